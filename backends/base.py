@@ -1,0 +1,42 @@
+"""The backend interface: build a rootfs from layer blobs, and take it down."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from providers.digest import Digest
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """A verified layer blob in the store, as stored (compressed or not)."""
+
+    digest: Digest
+    path: Path
+    media_type: str
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    path: Path
+    backend: str
+    writable: bool
+
+
+class Backend(Protocol):
+    name: str
+
+    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+        """Build the union of ``layers`` (bottom first) at ``rootfs``.
+
+        ``rootfs`` does not exist yet; its parent does. On failure nothing is
+        left mounted and the caller removes ``rootfs``. Blocking.
+        """
+        ...
+
+    def destroy(self, rootfs: Path) -> None:
+        """Unmount and remove ``rootfs``. Idempotent: a missing rootfs is fine."""
+        ...

@@ -1,0 +1,236 @@
+"""What a provider hands on: an image's ordered layers and its runtime config.
+
+Parsing here is pure (bytes in, values out) so both the local puller and the
+registry client share it and tests can feed it tables of documents.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.digest import Digest, parse_digest
+from providers.errors import BadImage
+
+# Media types, from the OCI image spec and Docker's image manifest v2 schema 2.
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER_NONDIST_TAR = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_LAYER_NONDIST_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+# Appc images carry their rootfs in a tar under "rootfs/".
+APPC_LAYER = "application/vnd.appc.image.aci"
+
+LAYER_TYPES = frozenset(
+    {
+        OCI_LAYER_TAR,
+        OCI_LAYER_GZIP,
+        OCI_LAYER_ZSTD,
+        OCI_LAYER_NONDIST_TAR,
+        OCI_LAYER_NONDIST_GZIP,
+        OCI_LAYER_NONDIST_ZSTD,
+        DOCKER_LAYER_GZIP,
+        DOCKER_LAYER_FOREIGN,
+        APPC_LAYER,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer blob as the image describes it.
+
+    ``digest`` and ``size`` are those of the blob as stored (compressed or
+    not); ``diff_id`` is the digest of the uncompressed tar when known.
+    """
+
+    digest: Digest
+    media_type: str
+    size: int
+    diff_id: Digest | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The parts of an image config a container runtime needs."""
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    working_dir: str = ""
+    user: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entrypoint": list(self.entrypoint),
+            "cmd": list(self.cmd),
+            "env": list(self.env),
+            "working_dir": self.working_dir,
+            "user": self.user,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RuntimeConfig:
+        return cls(
+            entrypoint=tuple(data.get("entrypoint", ())),
+            cmd=tuple(data.get("cmd", ())),
+            env=tuple(data.get("env", ())),
+            working_dir=data.get("working_dir", ""),
+            user=data.get("user", ""),
+        )
+
+
+@dataclass(frozen=True)
+class ImageManifest:
+    """A resolved image: the layers bottom first, and the runtime config.
+
+    ``digest`` identifies the image: the manifest digest where the format has
+    one, else the config digest (legacy ``docker save``), else the layer chain.
+    """
+
+    reference: str
+    digest: Digest
+    layers: tuple[Layer, ...]
+    config: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "digest": self.digest,
+            "layers": [
+                {
+                    "digest": layer.digest,
+                    "media_type": layer.media_type,
+                    "size": layer.size,
+                    "diff_id": layer.diff_id,
+                }
+                for layer in self.layers
+            ],
+            "config": self.config.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageManifest:
+        return cls(
+            reference=data["reference"],
+            digest=Digest(data["digest"]),
+            layers=tuple(
+                Layer(
+                    digest=Digest(item["digest"]),
+                    media_type=item["media_type"],
+                    size=int(item["size"]),
+                    diff_id=Digest(item["diff_id"]) if item.get("diff_id") else None,
+                )
+                for item in data["layers"]
+            ),
+            config=RuntimeConfig.from_json(data.get("config", {})),
+        )
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Parse JSON or raise BadImage naming ``what``."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadImage(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        # Docker accepts a bare string for Cmd/Entrypoint in some old configs.
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadImage(f"image config field {what} is not a list of strings")
+    return tuple(value)
+
+
+def parse_image_config(data: bytes) -> tuple[RuntimeConfig, tuple[Digest, ...]]:
+    """Parse a Docker or OCI image config: runtime config and rootfs diff_ids."""
+    doc = load_json(data, "image config")
+    if not isinstance(doc, dict):
+        raise BadImage("image config is not a JSON object")
+    conf = doc.get("config") or doc.get("container_config") or {}
+    if not isinstance(conf, dict):
+        raise BadImage("image config field config is not an object")
+    runtime = RuntimeConfig(
+        entrypoint=_strings(conf.get("Entrypoint"), "Entrypoint"),
+        cmd=_strings(conf.get("Cmd"), "Cmd"),
+        env=_strings(conf.get("Env"), "Env"),
+        working_dir=conf.get("WorkingDir") or "",
+        user=conf.get("User") or "",
+    )
+    rootfs = doc.get("rootfs") or {}
+    diff_ids = tuple(parse_digest(d) for d in rootfs.get("diff_ids") or ())
+    return runtime, diff_ids
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: Digest
+    size: int
+    platform: dict[str, Any] | None = None
+    annotations: dict[str, str] | None = None
+
+
+def parse_descriptor(item: Any, what: str) -> Descriptor:
+    if not isinstance(item, dict):
+        raise BadImage(f"{what} is not a JSON object")
+    try:
+        size = int(item["size"])
+        digest = parse_digest(str(item["digest"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadImage(f"{what} lacks a valid digest or size") from exc
+    if size < 0:
+        raise BadImage(f"{what} has a negative size")
+    return Descriptor(
+        media_type=str(item.get("mediaType", "")),
+        digest=digest,
+        size=size,
+        platform=item.get("platform"),
+        annotations=item.get("annotations"),
+    )
+
+
+@dataclass(frozen=True)
+class ParsedManifest:
+    """An OCI or Docker v2 schema 2 image manifest: config and layer descriptors."""
+
+    media_type: str
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+
+def parse_image_manifest(data: bytes, media_type: str = "") -> ParsedManifest:
+    """Parse an image manifest (not an index); ``media_type`` is a fallback."""
+    doc = load_json(data, "image manifest")
+    if not isinstance(doc, dict):
+        raise BadImage("image manifest is not a JSON object")
+    kind = doc.get("mediaType") or media_type or OCI_MANIFEST
+    if kind in (OCI_INDEX, DOCKER_MANIFEST_LIST) or "manifests" in doc:
+        raise BadImage(f"expected an image manifest, got an index ({kind})")
+    if kind not in (OCI_MANIFEST, DOCKER_MANIFEST):
+        raise BadImage(f"unsupported manifest media type {kind!r}")
+    if doc.get("schemaVersion") != 2:
+        raise BadImage(f"unsupported manifest schemaVersion {doc.get('schemaVersion')!r}")
+    config = parse_descriptor(doc.get("config"), "manifest config descriptor")
+    layers_doc = doc.get("layers")
+    if not isinstance(layers_doc, list):
+        raise BadImage("image manifest has no layers list")
+    layers = tuple(parse_descriptor(item, f"layer {i}") for i, item in enumerate(layers_doc))
+    for layer in layers:
+        if layer.media_type not in LAYER_TYPES:
+            raise BadImage(f"unsupported layer media type {layer.media_type!r}")
+    return ParsedManifest(media_type=kind, config=config, layers=layers)
