@@ -8,8 +8,9 @@
     │   ├── InvalidReference     a reference that breaks the reference grammar
     │   └── UnsafeLayer          a layer entry that would escape the rootfs
     ├── TemporaryFailure         worth retrying: connection reset, 429, 5xx
-    ├── Conflict                 a container id already provisioned, a busy lock
-    └── BackendError             a backend cannot do what was asked
+    ├── Conflict                 a container id already provisioned
+    ├── BackendError             a backend cannot do what was asked
+    └── UsageError               an argument the caller got wrong (container id, flag)
 
 Each error carries its facts as attributes and renders them as one line, so
 the CLI can print ``str(error)`` and nothing else. Lower-level exceptions
@@ -72,4 +73,8 @@ class Conflict(LazyfsError):
 
 
 class BackendError(LazyfsError):
+    pass
+
+
+class UsageError(LazyfsError):
     pass

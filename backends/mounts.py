@@ -1,0 +1,109 @@
+"""mount(2) and umount2(2) through libc, and the mount table from mountinfo."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+
+from providers.errors import BackendError
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+
+def mount(source: str, target: Path, fstype: str | None, flags: int, data: str = "") -> None:
+    result = _libc.mount(
+        source.encode(),
+        os.fsencode(target),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
+    )
+    if result != 0:
+        err = ctypes.get_errno()
+        raise BackendError(f"mount {source} on {target} failed: {os.strerror(err)}")
+
+
+def bind_mount(source: Path, target: Path, *, readonly: bool) -> None:
+    """Bind ``source`` on ``target``; read-only needs a second, remounting call."""
+    mount(str(source), target, None, MS_BIND | MS_REC)
+    try:
+        # Private, so later mounts inside the rootfs do not leak back to the store.
+        mount("none", target, None, MS_PRIVATE | MS_REC)
+        if readonly:
+            mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    except BackendError:
+        unmount(target)
+        raise
+
+
+def unmount(target: Path) -> None:
+    """Unmount ``target``; fine when nothing is mounted there. Detaches when busy."""
+    path = os.fsencode(target)
+    if _libc.umount2(path, 0) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOENT):  # not a mount point, or gone
+        return
+    if err == errno.EBUSY and _libc.umount2(path, MNT_DETACH) == 0:
+        return
+    raise BackendError(f"unmount {target} failed: {os.strerror(ctypes.get_errno() or err)}")
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_points() -> list[Path]:
+    """Every mount point of this mount namespace, in mount order."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split(" ")
+            if len(fields) > 4:
+                points.append(Path(_unescape(fields[4])))
+    return points
+
+
+def mounts_under(root: Path) -> list[Path]:
+    """Mount points at or below ``root``, deepest first (the order to unmount)."""
+    root = root.resolve() if root.exists() else root
+    found = {p for p in mount_points() if p == root or root in p.parents}
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_all_under(root: Path) -> None:
+    """Unmount everything at or below ``root``; raises if something stays mounted."""
+    for point in mounts_under(root):
+        unmount(point)
+    left = mounts_under(root)
+    if left:
+        raise BackendError(f"still mounted after unmount: {', '.join(map(str, left))}")

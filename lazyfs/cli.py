@@ -1,0 +1,225 @@
+"""The ``lazyfs`` command: parses flags, calls the library, prints one line on error.
+
+Global flags come before the command and are named as the Mesos agent names
+them; each is accepted with underscores (``--work_dir``) and with dashes
+(``--work-dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from backends.registry import NAMES as BACKENDS
+from backends.registry import default_backend_name
+from lazyfs import runtime
+from lazyfs.docker import DockerProvider
+from lazyfs.imagespec import image_from_file, parse_image
+from lazyfs.progress import Progress
+from lazyfs.provisioner import ImageProvider, ProvisionInfo, Provisioner
+from lazyfs.store import Store
+from providers.errors import LazyfsError, NotFound, UsageError
+from providers.image_pb2 import Image
+
+DEFAULT_WORK_DIR = "/var/lib/lazyfs"
+DEFAULT_REGISTRY = "https://registry-1.docker.io"
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: object) -> None:
+    """Add ``--name_with_underscores`` and its dashed spelling as one option."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    parser.add_argument(*spellings, dest=name, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lazyfs", description="Provision container root filesystems from images."
+    )
+    _flag(parser, "work_dir", default=DEFAULT_WORK_DIR, help="where containers' work lives")
+    _flag(parser, "image_providers", default="docker", help="comma-separated: docker, appc")
+    _flag(parser, "image_provisioner_backend", default=None, help=f"one of {', '.join(BACKENDS)}")
+    _flag(
+        parser,
+        "docker_registry",
+        default=DEFAULT_REGISTRY,
+        help="a directory of image tarballs (/dir or file:///dir), or a registry URL",
+    )
+    _flag(parser, "docker_store_dir", default=None, help="default: WORK_DIR/store/docker")
+    _flag(parser, "docker_config", default=None, help="docker config.json: a path or inline JSON")
+    parser.add_argument("--debug", action="store_true", help="log what happens on stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def image_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "image", nargs="?", help="docker:REFERENCE, appc:NAME[,label=value...] or REFERENCE"
+        )
+        sub.add_argument("--image-file", "--image_file", dest="image_file", type=Path)
+        sub.add_argument("--backend", choices=BACKENDS, default=None)
+        sub.add_argument("--writable", action="store_true", help="ask for a writable rootfs")
+
+    sub = commands.add_parser("provision", help="build a rootfs; prints JSON")
+    sub.add_argument("container_id")
+    image_args(sub)
+    sub = commands.add_parser("destroy", help="unmount and remove a container's rootfs")
+    sub.add_argument("container_id")
+    sub = commands.add_parser("recover", help="keep the named containers, clean up the rest")
+    sub.add_argument("--keep", nargs="*", default=[], metavar="ID")
+    commands.add_parser("images", help="list the images in the store")
+    sub = commands.add_parser("run", help="provision, run a command with runc, destroy")
+    image_args(sub)
+    sub.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
+    return parser
+
+
+class App:
+    """The objects one invocation needs, built from the global flags."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.work_dir = Path(args.work_dir)
+        store_dir = args.docker_store_dir or self.work_dir / "store" / "docker"
+        self.store = Store(Path(store_dir))
+        providers: dict[str, ImageProvider] = {}
+        for kind in filter(None, (p.strip() for p in args.image_providers.split(","))):
+            if kind == "docker":
+                providers["docker"] = DockerProvider(self.store, args.docker_registry)
+            elif kind == "appc":
+                raise UsageError("the appc image provider is not available yet")
+            else:
+                raise UsageError(f"unknown image provider {kind!r} (known: docker, appc)")
+        backend = args.image_provisioner_backend or default_backend_name()
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+        self.provisioner = Provisioner(self.work_dir, self.store, providers, backend)
+
+
+def _image(args: argparse.Namespace) -> Image:
+    if args.image_file is not None:
+        if args.image:
+            raise UsageError("give an image or --image-file, not both")
+        return image_from_file(args.image_file)
+    if not args.image:
+        raise UsageError("no image given")
+    return parse_image(args.image)
+
+
+def _provision(app: App, args: argparse.Namespace) -> int:
+    image = _image(args)
+    info = trio.run(
+        lambda: app.provisioner.provision(
+            args.container_id, image, args.backend, writable=args.writable, progress=Progress()
+        )
+    )
+    print(json.dumps(info.to_json(), indent=1))
+    return 0
+
+
+def _destroy(app: App, args: argparse.Namespace) -> int:
+    if not trio.run(app.provisioner.destroy, args.container_id):
+        raise NotFound(f"container {args.container_id} is not provisioned")
+    return 0
+
+
+def _recover(app: App, args: argparse.Namespace) -> int:
+    report = trio.run(app.provisioner.recover, args.keep)
+    print(
+        json.dumps(
+            {
+                "kept": list(report.kept),
+                "destroyed": list(report.destroyed),
+                "busy": list(report.busy),
+            }
+        )
+    )
+    return 0
+
+
+def _images(app: App, _args: argparse.Namespace) -> int:
+    rows = [("REFERENCE", "DIGEST", "LAYERS", "SIZE")]
+    for image in app.store.images():
+        rows.append(
+            (
+                image.reference,
+                image.manifest.digest[:19],
+                str(len(image.manifest.layers)),
+                _human(image.size),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _run(app: App, args: argparse.Namespace) -> int:
+    command = list(args.command_args)
+    if command and command[0] == "--":
+        command = command[1:]
+    image = _image(args)
+    container_id = f"run-{uuid.uuid4().hex[:12]}"
+    info: ProvisionInfo = trio.run(
+        lambda: app.provisioner.provision(
+            container_id, image, args.backend, writable=True, progress=Progress()
+        )
+    )
+    bundle = app.provisioner.containers / container_id / "bundle"
+    try:
+        config = runtime.bundle_config(
+            info.rootfs,
+            info.config,
+            command,
+            readonly=not info.writable,
+            # Relative: runc puts it under the cgroup of the process that runs it.
+            cgroups_path=f"lazyfs/{container_id}",
+        )
+        runtime.write_bundle(bundle, config)
+        return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
+    finally:
+        trio.run(app.provisioner.destroy, container_id)
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+COMMANDS = {
+    "provision": _provision,
+    "destroy": _destroy,
+    "recover": _recover,
+    "images": _images,
+    "run": _run,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="lazyfs: %(levelname)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](App(args), args)
+    except LazyfsError as exc:
+        print(f"lazyfs: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"lazyfs: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lazyfs: interrupted", file=sys.stderr)
+        return 130
+

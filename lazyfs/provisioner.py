@@ -1,0 +1,268 @@
+"""The provisioner: an image in, a rootfs per container out; destroy and recover.
+
+Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
+
+    containers/<cid>/provisioning                      present while half done
+    containers/<cid>/info.json                         written last, atomically
+    containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs itself
+    locks/<cid>.lock                                   held while one process works on <cid>
+
+A container directory without ``info.json`` is half-done work: ``recover``
+removes it unless its provision is still running (it holds the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from backends.base import Backend, LayerFile
+from backends.mounts import unmount_all_under
+from backends.registry import make_backend
+from lazyfs.progress import Progress
+from lazyfs.store import Store
+from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
+from providers.image_pb2 import Image
+from providers.manifest import ImageManifest, RuntimeConfig
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class ImageProvider(Protocol):
+    async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
+        """Resolve ``image`` and make all its layer blobs present in the store."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProvisionInfo:
+    container_id: str
+    rootfs: Path
+    backend: str
+    writable: bool
+    image: ImageManifest
+
+    @property
+    def config(self) -> RuntimeConfig:
+        return self.image.config
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "container_id": self.container_id,
+            "rootfs": str(self.rootfs),
+            "backend": self.backend,
+            "writable": self.writable,
+            "image": {
+                "reference": self.image.reference,
+                "digest": self.image.digest,
+                "layers": [layer.digest for layer in self.image.layers],
+            },
+            "config": self.image.config.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    kept: tuple[str, ...]
+    destroyed: tuple[str, ...]
+    busy: tuple[str, ...]
+
+
+def check_container_id(container_id: str) -> None:
+    if not _CONTAINER_ID.match(container_id) or ".." in container_id:
+        raise UsageError(
+            f"invalid container id {container_id!r}: use letters, digits, '_', '.', '-' "
+            "(at most 128, not starting with a punctuation mark)"
+        )
+
+
+class Provisioner:
+    def __init__(
+        self,
+        work_dir: Path,
+        store: Store,
+        providers: Mapping[str, ImageProvider],
+        default_backend: str,
+    ) -> None:
+        self.root = work_dir / "provisioner"
+        self.containers = self.root / "containers"
+        self.locks = self.root / "locks"
+        self.store = store
+        self.providers = providers
+        self.default_backend = default_backend
+        self.containers.mkdir(parents=True, exist_ok=True)
+        self.locks.mkdir(parents=True, exist_ok=True)
+
+    def backend(self, name: str) -> Backend:
+        return make_backend(name, self.store.layers)
+
+    async def provision(
+        self,
+        container_id: str,
+        image: Image,
+        backend: str | None = None,
+        *,
+        writable: bool = False,
+        progress: Progress | None = None,
+    ) -> ProvisionInfo:
+        """Build a rootfs for ``container_id`` from ``image``.
+
+        Refuses (Conflict) a container id that exists. Atomic for the caller:
+        on any failure or cancellation nothing of the container is left.
+        """
+        check_container_id(container_id)
+        name = backend or self.default_backend
+        chosen = self.backend(name)  # fails early on an unknown backend
+        provider = self._provider(image)
+        progress = progress or Progress()
+        home = self.containers / container_id
+        async with self._container_lock(container_id):
+            try:
+                home.mkdir()
+            except FileExistsError:
+                raise Conflict(f"container {container_id} is already provisioned") from None
+            try:
+                (home / "provisioning").write_text(f"{os.getpid()}\n")
+                manifest = await provider.fetch(image, progress)
+                layers = [
+                    LayerFile(layer.digest, self.store.blob_path(layer.digest), layer.media_type)
+                    for layer in manifest.layers
+                ]
+                rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
+                rootfs_dir.parent.mkdir(parents=True)
+                rootfs = await trio.to_thread.run_sync(
+                    lambda: chosen.provision(layers, rootfs_dir, writable=writable)
+                )
+                info = ProvisionInfo(container_id, rootfs.path, name, rootfs.writable, manifest)
+                _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
+                (home / "provisioning").unlink()
+                return info
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._remove, home)
+                raise
+
+    async def destroy(self, container_id: str) -> bool:
+        """Unmount and remove everything of ``container_id``; False if there was nothing."""
+        check_container_id(container_id)
+        home = self.containers / container_id
+        async with self._container_lock(container_id):
+            if not home.exists():
+                return False
+            await trio.to_thread.run_sync(self._remove, home)
+        return True
+
+    async def recover(self, keep: Sequence[str]) -> RecoverReport:
+        """Keep the named containers, destroy the rest and all half-done work.
+
+        A container whose provision is still running in another process is
+        left alone and reported busy.
+        """
+        kept, destroyed, busy = [], [], []
+        wanted = set(keep)
+        for home in sorted(self.containers.iterdir()):
+            cid = home.name
+            with self._try_lock(cid) as locked:
+                if not locked:
+                    busy.append(cid)
+                    continue
+                complete = (home / "info.json").is_file() and not (home / "provisioning").exists()
+                if cid in wanted and complete:
+                    kept.append(cid)
+                    continue
+                await trio.to_thread.run_sync(self._remove, home)
+                destroyed.append(cid)
+        await trio.to_thread.run_sync(self.store.clean_tmp)
+        return RecoverReport(tuple(kept), tuple(destroyed), tuple(busy))
+
+    def info(self, container_id: str) -> ProvisionInfo:
+        check_container_id(container_id)
+        path = self.containers / container_id / "info.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"container {container_id} is not provisioned") from None
+        manifest = self.store.get_image(data["image"]["reference"])
+        if manifest is None:
+            raise NotFound(f"image of container {container_id} is gone from the store")
+        return ProvisionInfo(
+            container_id, Path(data["rootfs"]), data["backend"], data["writable"], manifest
+        )
+
+    def list(self) -> list[str]:
+        return sorted(p.name for p in self.containers.iterdir())
+
+    # -- internals ---------------------------------------------------------
+
+    def _provider(self, image: Image) -> ImageProvider:
+        kind = {Image.DOCKER: "docker", Image.APPC: "appc"}.get(image.type, "")
+        provider = self.providers.get(kind)
+        if provider is None:
+            enabled = ", ".join(sorted(self.providers)) or "none"
+            raise BadImage(f"no {kind or 'such'} image provider enabled (enabled: {enabled})")
+        return provider
+
+    def _remove(self, home: Path) -> None:
+        """Destroy every rootfs under ``home`` with its backend, then ``home``."""
+        backends_dir = home / "backends"
+        if backends_dir.is_dir():
+            for backend_dir in backends_dir.iterdir():
+                rootfses = backend_dir / "rootfses"
+                if not rootfses.is_dir():
+                    continue
+                for rootfs in rootfses.iterdir():
+                    try:
+                        backend = self.backend(backend_dir.name)
+                    except LazyfsError:
+                        unmount_all_under(rootfs)
+                        continue
+                    backend.destroy(rootfs)
+        # Whatever a backend missed (or a runtime left) is unmounted before the
+        # delete, which must never reach through a mount into shared data.
+        unmount_all_under(home)
+        shutil.rmtree(home)
+
+    @contextlib.asynccontextmanager
+    async def _container_lock(self, container_id: str) -> Any:
+        fd = os.open(self.locks / f"{container_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            await trio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _try_lock(self, container_id: str) -> Iterator[bool]:
+        fd = os.open(self.locks / f"{container_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    yield False
+                    return
+                raise
+            yield True
+        finally:
+            os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(tmp, path)

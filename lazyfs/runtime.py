@@ -1,0 +1,219 @@
+"""OCI runtime bundles from an image's runtime config, run with runc.
+
+The bundle follows the OCI runtime spec's defaults for a Linux container
+(the same set ``runc spec`` writes): new pid, ipc, uts, mount and network
+namespaces, /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue and /sys, and a
+relative ``cgroupsPath`` so the container's cgroup sits under the caller's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from providers.errors import BadImage, LazyfsError
+from providers.manifest import RuntimeConfig
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def command_line(config: RuntimeConfig, command: Sequence[str]) -> list[str]:
+    """Docker's rule: the entrypoint, then the given command or else the image's Cmd."""
+    args = list(config.entrypoint) + list(command or config.cmd)
+    if not args:
+        raise BadImage("the image has no Entrypoint or Cmd; give a command after --")
+    return args
+
+
+def environment(config: RuntimeConfig) -> list[str]:
+    env = list(config.env)
+    if not any(item.startswith("PATH=") for item in env):
+        env.insert(0, DEFAULT_PATH)
+    if not any(item.startswith("HOME=") for item in env):
+        env.append("HOME=/root")
+    return env
+
+
+def resolve_user(rootfs: Path, user: str) -> tuple[int, int, list[int]]:
+    """``user`` as Docker takes it (name, uid, name:group, uid:gid) to numbers.
+
+    Names are looked up in the rootfs' /etc/passwd and /etc/group, never the
+    host's. An unknown name is an error, as in Docker.
+    """
+    if not user:
+        return 0, 0, []
+    name, _, group = user.partition(":")
+    passwd = _read_table(rootfs, "etc/passwd")
+    groups = _read_table(rootfs, "etc/group")
+    uid: int | None = None
+    gid: int | None = None
+    if name.isdigit():
+        uid = int(name)
+        for row in passwd:
+            if len(row) > 3 and row[2] == name and row[3].isdigit():
+                gid = int(row[3])
+                break
+    else:
+        for row in passwd:
+            if len(row) > 3 and row[0] == name and row[2].isdigit() and row[3].isdigit():
+                uid, gid = int(row[2]), int(row[3])
+                break
+        if uid is None:
+            raise BadImage(f"user {name!r} is not in the image's /etc/passwd")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            match = [row for row in groups if len(row) > 2 and row[0] == group and row[2].isdigit()]
+            if not match:
+                raise BadImage(f"group {group!r} is not in the image's /etc/group")
+            gid = int(match[0][2])
+    return uid, gid if gid is not None else 0, []
+
+
+def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
+    """Read a colon table from the rootfs without following any symlink out of it."""
+    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in relative.split("/"):
+            nxt = os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as table:
+            fd = -1
+            return [line.rstrip("\n").split(":") for line in table if not line.startswith("#")]
+    except OSError:
+        return []
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def bundle_config(
+    rootfs: Path,
+    config: RuntimeConfig,
+    command: Sequence[str],
+    *,
+    readonly: bool,
+    cgroups_path: str,
+    hostname: str = "lazyfs",
+) -> dict[str, Any]:
+    """An OCI runtime spec ``config.json`` for running ``command`` in ``rootfs``."""
+    uid, gid, extra = resolve_user(rootfs, config.user)
+    cwd = config.working_dir or "/"
+    if not cwd.startswith("/"):
+        cwd = "/" + cwd
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid, "additionalGids": extra},
+            "args": command_line(config, command),
+            "env": environment(config),
+            "cwd": cwd,
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": readonly},
+        "hostname": hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+        ],
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "namespaces": [
+                {"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")
+            ],
+            "maskedPaths": [
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+            ],
+            "readonlyPaths": [
+                "/proc/asound",
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ],
+        },
+    }
+
+
+def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
+    """Run the bundle in the foreground with runc; returns the container's exit code.
+
+    stdin, stdout and stderr are the caller's. SIGINT and SIGTERM reach runc,
+    which forwards them to the container. The runc state is deleted after.
+    """
+    state_root.mkdir(parents=True, exist_ok=True)
+    argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
+    try:
+        process = subprocess.Popen(argv)
+    except FileNotFoundError:
+        raise LazyfsError("runc is not installed (run scripts/setup)") from None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: process.send_signal(signum))
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        subprocess.run(
+            ["runc", "--root", str(state_root), "delete", "--force", container_id],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    # runc reports a container killed by a signal as 128+N, as shells do.
+    return code if code >= 0 else 128 - code
+
+
+def write_bundle(bundle: Path, config: dict[str, Any]) -> None:
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps(config, indent=1))

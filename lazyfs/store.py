@@ -1,0 +1,183 @@
+"""The content-addressed store shared by every image and every container.
+
+Layout under the store root::
+
+    blobs/sha256/<hex>        verified blobs, written once, never changed
+    images/<key>.json         resolved image metadata by reference
+    layers/<hex>/             per-layer data backends derive (extracted trees)
+    locks/<name>.lock         flock(2) files: one writer per blob or reference
+    tmp/                      partial writes, named <pid>.<random>
+
+Writes are atomic: bytes go to ``tmp/``, are verified and fsynced, then
+renamed into place, so a crash never leaves a half blob at a trusted name.
+A blob is fetched under an exclusive lock on its digest; a second process
+that wants the same blob waits, then finds it present, so concurrent
+provisions of one image pull it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
+from providers.errors import BadImage
+from providers.manifest import ImageManifest, Layer
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    reference: str
+    manifest: ImageManifest
+    size: int
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.images_dir = root / "images"
+        self.layers = root / "layers"
+        self.locks = root / "locks"
+        self.tmp = root / "tmp"
+        for directory in (self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- blobs -------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        algo, hexdigest = digest.split(":", 1)
+        return self.blobs / algo / hexdigest
+
+    def has_blob(self, digest: Digest) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def ingest(
+        self,
+        layer: Layer,
+        opener: Callable[[], BinaryIO],
+        progress: Progress | None = None,
+    ) -> Path:
+        """Make the blob ``layer.digest`` present, fetching it with ``opener`` if missing.
+
+        Blocking. Idempotent. Raises DigestMismatch (nothing stored) when the
+        bytes are not what ``layer`` promises.
+        """
+        path = self.blob_path(layer.digest)
+        if path.is_file():
+            return path
+        with self.lock(f"blob-{hex_part(layer.digest)}"):
+            if path.is_file():  # another process fetched it while we waited
+                return path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self.temp_file() as (tmp_path, out):
+                with contextlib.closing(opener()) as raw:
+                    reader = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
+                    while chunk := reader.read(CHUNK):
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                    reader.verify()
+                out.flush()
+                os.fsync(out.fileno())
+                os.chmod(tmp_path, 0o444)
+                os.rename(tmp_path, path)
+        return path
+
+    # -- images ------------------------------------------------------------
+
+    def _image_path(self, reference: str) -> Path:
+        key = hashlib.sha256(reference.encode()).hexdigest()
+        return self.images_dir / f"{key}.json"
+
+    def put_image(self, manifest: ImageManifest) -> None:
+        """Record ``manifest`` under its reference, atomically replacing an older one."""
+        data = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode()
+        with self.temp_file() as (tmp_path, out):
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+            os.rename(tmp_path, self._image_path(manifest.reference))
+
+    def get_image(self, reference: str) -> ImageManifest | None:
+        """The stored manifest of ``reference`` if it and all its blobs are present."""
+        try:
+            data = json.loads(self._image_path(reference).read_bytes())
+            manifest = ImageManifest.from_json(data)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadImage(f"store record of {reference} is damaged: {exc}") from exc
+        if not all(self.has_blob(layer.digest) for layer in manifest.layers):
+            return None
+        return manifest
+
+    def images(self) -> list[StoredImage]:
+        found = []
+        for path in sorted(self.images_dir.glob("*.json")):
+            try:
+                manifest = ImageManifest.from_json(json.loads(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            size = sum(layer.size for layer in manifest.layers)
+            found.append(StoredImage(manifest.reference, manifest, size))
+        return sorted(found, key=lambda image: image.reference)
+
+    # -- plumbing ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold an exclusive flock named ``name``; released when the process dies."""
+        fd = os.open(self.locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
+        """A new file under tmp/, removed on exit unless renamed away."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=f"{os.getpid()}.")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield path, out
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def clean_tmp(self) -> int:
+        """Remove partial writes left by processes that are gone; returns how many."""
+        removed = 0
+        for entry in self.tmp.iterdir():
+            pid = entry.name.split(".", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,167 @@
+"""provision, destroy, recover and run, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.mounts import mounts_under
+from tests.e2e.conftest import Lazyfs, one_line_error
+
+pytestmark = pytest.mark.integration
+
+
+def containers(work: Path) -> list[str]:
+    return sorted(p.name for p in (work / "provisioner" / "containers").iterdir())
+
+
+def test_provision_copy_gives_the_union_and_the_config(lazyfs: Lazyfs) -> None:
+    out = json.loads(lazyfs("provision", "c1", "docker:busybox").stdout)
+    assert out["container_id"] == "c1"
+    assert out["backend"] == "copy"
+    rootfs = Path(out["rootfs"])
+    assert rootfs.is_relative_to(lazyfs.work_dir / "provisioner/containers/c1/backends/copy")
+    # Both layers are there: busybox from the first, /etc files from the second.
+    assert (rootfs / "bin/busybox").is_file()
+    assert os.readlink(rootfs / "bin/sh") == "/bin/busybox"
+    assert (rootfs / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    assert out["image"]["reference"] == "docker.io/library/busybox:latest"
+    assert len(out["image"]["layers"]) == 2
+    assert out["image"]["digest"].startswith("sha256:")
+    assert out["config"] == {
+        "entrypoint": [],
+        "cmd": ["/bin/sh"],
+        "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        "working_dir": "/",
+        "user": "",
+    }
+
+
+def test_second_provision_of_a_container_is_refused(lazyfs: Lazyfs) -> None:
+    first = json.loads(lazyfs("provision", "c1", "busybox").stdout)
+    error = one_line_error(lazyfs("provision", "c1", "busybox", check=False))
+    assert "c1" in error and "already provisioned" in error
+    assert Path(first["rootfs"], "etc/motd").is_file()  # the first one is untouched
+
+
+def test_destroy_removes_everything(lazyfs: Lazyfs) -> None:
+    lazyfs("provision", "c1", "busybox")
+    lazyfs("destroy", "c1")
+    assert containers(lazyfs.work_dir) == []
+    error = one_line_error(lazyfs("destroy", "c1", check=False))
+    assert "c1" in error
+
+
+def test_bind_refuses_a_multi_layer_image_and_leaves_nothing(lazyfs: Lazyfs) -> None:
+    error = one_line_error(lazyfs("provision", "c1", "busybox", "--backend", "bind", check=False))
+    assert "exactly one layer" in error and "2" in error
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("docker:nosuchimage", "nosuchimage"),
+        ("docker:busybox:nosuchtag", "nosuchtag"),
+        ("docker:Busybox", "lowercase"),
+        ("docker:busybox@sha256:abc", "digest"),
+    ],
+)
+def test_bad_images_give_one_line(lazyfs: Lazyfs, image: str, expected: str) -> None:
+    error = one_line_error(lazyfs("provision", "c1", image, check=False))
+    assert expected in error
+    assert not (lazyfs.work_dir / "provisioner/containers/c1").exists()
+
+
+def test_recover_keeps_the_named_and_destroys_the_rest(lazyfs: Lazyfs) -> None:
+    lazyfs("provision", "keep-me", "busybox")
+    lazyfs("provision", "drop-me", "busybox")
+    report = json.loads(lazyfs("recover", "--keep", "keep-me").stdout)
+    assert report == {"kept": ["keep-me"], "destroyed": ["drop-me"], "busy": []}
+    assert containers(lazyfs.work_dir) == ["keep-me"]
+
+
+def test_recover_after_a_killed_provision_leaves_a_clean_work_dir(lazyfs: Lazyfs) -> None:
+    import fcntl
+    import hashlib
+
+    from lazyfs.store import Store
+
+    # Hold the store's lock on the image so the provision stops, deterministically,
+    # after it recorded its work and before it finished; then kill it.
+    store = Store(lazyfs.work_dir / "store" / "docker")
+    key = hashlib.sha256(b"docker.io/library/busybox:latest").hexdigest()
+    fd = os.open(store.locks / f"image-{key}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        process = lazyfs.popen("provision", "c1", "busybox")
+        marker = lazyfs.work_dir / "provisioner/containers/c1/provisioning"
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "provision never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        os.close(fd)
+    assert containers(lazyfs.work_dir) == ["c1"]
+    report = json.loads(lazyfs("recover", "--keep", "c1").stdout)
+    assert report["destroyed"] == ["c1"]
+    assert containers(lazyfs.work_dir) == []
+    assert list(store.tmp.iterdir()) == []
+    # And the work dir is usable again: the same id provisions.
+    lazyfs("provision", "c1", "busybox")
+
+
+def test_run_passes_output_and_exit_code_through(lazyfs: Lazyfs) -> None:
+    result = lazyfs(
+        "run", "docker:busybox", "--", "sh", "-c", "cat /etc/motd; echo $PATH; exit 7", check=False
+    )
+    assert result.returncode == 7, result.stderr
+    assert result.stdout.splitlines() == [
+        "hello from a lazyfs rootfs",
+        "/usr/sbin:/usr/bin:/sbin:/bin",
+    ]
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == []
+
+
+def test_run_uses_the_image_cmd_without_a_command(lazyfs: Lazyfs) -> None:
+    # The image's Cmd is /bin/sh, which reads the (empty) stdin and exits 0.
+    result = lazyfs("run", "busybox")
+    assert result.returncode == 0
+
+
+def test_images_lists_what_the_store_holds(lazyfs: Lazyfs) -> None:
+    lazyfs("provision", "c1", "busybox")
+    lines = lazyfs("images").stdout.splitlines()
+    assert lines[0].split() == ["REFERENCE", "DIGEST", "LAYERS", "SIZE"]
+    assert lines[1].split()[0] == "docker.io/library/busybox:latest"
+    assert lines[1].split()[2] == "2"
+
+
+def test_flags_are_accepted_with_dashes(lazyfs: Lazyfs) -> None:
+    argv = [
+        "--work-dir",
+        str(lazyfs.work_dir),
+        "--docker-registry",
+        f"file://{lazyfs.image_dir}",
+        "--image-provisioner-backend",
+        "copy",
+        "provision",
+        "c1",
+        "busybox",
+    ]
+    result = subprocess.run(
+        [__import__("sys").executable, "-m", "lazyfs", *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["backend"] == "copy"
