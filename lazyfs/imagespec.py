@@ -1,0 +1,146 @@
+"""The image a user names, as the Image protobuf the provisioner takes.
+
+On the command line::
+
+    docker:REFERENCE                  a Docker image (docker:busybox:1.36)
+    docker://REFERENCE                the same, as skopeo writes it
+    REFERENCE                         no prefix: a Docker image
+    appc:NAME[,LABEL=VALUE...]        an Appc image (appc:example.com/app,version=1.0)
+
+From a file: the Image message in protobuf's JSON form, as Mesos writes it::
+
+    {"type": "DOCKER", "docker": {"name": "busybox"}, "cached": false}
+
+Both paths end in ``check_image``, so an Image from either is complete and
+consistent. Errors are BadImage (InvalidReference for a Docker reference) with
+one line naming what is wrong.
+
+A Docker registry called "docker" with a port ("docker:5000/app") reads as the
+prefix; write "docker:docker:5000/app" for that one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from google.protobuf import json_format
+
+from providers.errors import BadImage, InvalidReference
+from providers.image_pb2 import Image, Label
+from providers.reference import parse_reference
+
+DOCKER_PREFIXES = ("docker://", "docker:")
+APPC_PREFIX = "appc:"
+
+# The Appc spec's AC Identifier: lowercase alphanumerics joined by single -._~/
+_AC_IDENTIFIER_RE = re.compile(r"[a-z0-9]+(?:[-._~/][a-z0-9]+)*")
+
+
+def parse_image(spec: str) -> Image:
+    """The Image that the command-line argument ``spec`` names.
+
+    Pure: nothing is fetched or looked up. The Docker name is kept as the
+    user wrote it (as Mesos keeps it); providers normalize it.
+    """
+    if not spec:
+        raise BadImage("empty image: give docker:REFERENCE or appc:NAME")
+    if spec.startswith(APPC_PREFIX):
+        return check_image(_appc_image(spec[len(APPC_PREFIX) :]), repr(spec))
+    name = spec
+    for prefix in DOCKER_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    # No source: InvalidReference already quotes the name, which is the argument.
+    return check_image(Image(type=Image.DOCKER, docker=Image.Docker(name=name)))
+
+
+def image_from_file(path: str | os.PathLike[str]) -> Image:
+    """Read an Image in protobuf JSON form from ``path`` and check it."""
+    where = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except UnicodeDecodeError as error:
+        raise BadImage(f"image file {where}: not UTF-8 text ({error.reason})") from error
+    except OSError as error:
+        raise BadImage(f"cannot read image file {where}: {error.strerror}") from error
+    # json_format accepts a top-level array as an empty message; an Image file
+    # is always one object.
+    if not text.lstrip().startswith("{"):
+        raise BadImage(f"image file {where}: not a JSON object")
+    image = Image()
+    try:
+        json_format.Parse(text, image)
+    except json_format.ParseError as error:
+        # Its messages run on with the list of known fields; the first line
+        # says what is wrong.
+        reason = str(error).splitlines()[0] if str(error) else "cannot parse"
+        raise BadImage(f"image file {where}: {reason}") from error
+    return check_image(image, f"image file {where}")
+
+
+def check_image(image: Image, source: str | None = None) -> Image:
+    """Return ``image`` if it is complete and consistent, else raise BadImage.
+
+    Complete: every required field is set. Consistent: the message for its
+    type is set and the other one is not; a Docker name is a valid
+    reference; an Appc name is an AC Identifier with distinct label keys.
+    ``source`` (the argument or the file) starts each error message; an
+    InvalidReference keeps its own wording and gets ``source`` at the end.
+    """
+    where = source or "image"
+    # Public protobuf API (paths like "docker.name") that types-protobuf omits.
+    missing: list[str] = image.FindInitializationErrors()  # type: ignore[attr-defined]
+    if missing:
+        raise BadImage(f"{where}: missing required field(s): {', '.join(missing)}")
+    if image.type == Image.DOCKER:
+        if not image.HasField("docker"):
+            raise BadImage(f"{where}: type DOCKER needs a 'docker' message")
+        if image.HasField("appc"):
+            raise BadImage(f"{where}: type DOCKER but an 'appc' message is set")
+        try:
+            parse_reference(image.docker.name)
+        except InvalidReference as error:
+            if source is None:
+                raise
+            raise InvalidReference(error.reference, f"{error.reason} (in {source})") from None
+    else:
+        if not image.HasField("appc"):
+            raise BadImage(f"{where}: type APPC needs an 'appc' message")
+        if image.HasField("docker"):
+            raise BadImage(f"{where}: type APPC but a 'docker' message is set")
+        _check_appc(image.appc, where)
+    return image
+
+
+def _appc_image(text: str) -> Image:
+    name, *pairs = text.split(",")
+    labels = []
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise BadImage(f"appc label {pair!r}: want KEY=VALUE")
+        if not value:
+            raise BadImage(f"appc label {key!r} has no value")
+        labels.append(Label(key=key, value=value))
+    appc = Image.Appc(name=name)
+    if labels:
+        appc.labels.labels.extend(labels)
+    return Image(type=Image.APPC, appc=appc)
+
+
+def _check_appc(appc: Image.Appc, source: str) -> None:
+    if not _AC_IDENTIFIER_RE.fullmatch(appc.name):
+        raise BadImage(
+            f"{source}: invalid appc image name {appc.name!r}: lowercase letters and digits "
+            "joined by single '-', '.', '_', '~' or '/'"
+        )
+    seen: set[str] = set()
+    for label in appc.labels.labels:
+        if not label.key:
+            raise BadImage(f"{source}: appc label with an empty key")
+        if label.key in seen:
+            raise BadImage(f"{source}: appc label {label.key!r} given twice")
+        seen.add(label.key)
