@@ -23,7 +23,7 @@ from lazyfs import runtime
 from lazyfs.docker import DockerProvider
 from lazyfs.imagespec import image_from_file, parse_image
 from lazyfs.progress import Progress
-from lazyfs.provisioner import ImageProvider, ProvisionInfo, Provisioner
+from lazyfs.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store import Store
 from providers.errors import LazyfsError, NotFound, UsageError
 from providers.image_pb2 import Image
@@ -155,7 +155,9 @@ def _images(app: App, _args: argparse.Namespace) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return 0
 
 
@@ -222,4 +224,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lazyfs: interrupted", file=sys.stderr)
         return 130
-

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import trio

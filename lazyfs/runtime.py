@@ -158,9 +158,7 @@ def bundle_config(
         ],
         "linux": {
             "cgroupsPath": cgroups_path,
-            "namespaces": [
-                {"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")
-            ],
+            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": [
                 "/proc/acpi",
                 "/proc/kcore",

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ from providers.errors import BadImage
 from providers.manifest import ImageManifest, Layer
 
 Progress = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Store:
             if path.is_file():  # another process fetched it while we waited
                 return path
             path.parent.mkdir(parents=True, exist_ok=True)
+            log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
             with self.temp_file() as (tmp_path, out):
                 with contextlib.closing(opener()) as raw:
                     reader = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")

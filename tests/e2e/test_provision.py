@@ -165,3 +165,40 @@ def test_flags_are_accepted_with_dashes(lazyfs: Lazyfs) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["backend"] == "copy"
+
+
+def test_concurrent_provisions_of_one_image_pull_it_once(lazyfs: Lazyfs) -> None:
+    processes = [lazyfs.popen("--debug", "provision", cid, "busybox") for cid in ("c1", "c2")]
+    # --debug is a global flag and must come first; popen puts it after the
+    # other globals, which argparse accepts in any order before the command.
+    outputs = [process.communicate(timeout=120) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+    fetches = [
+        line for _, stderr in outputs for line in stderr.splitlines() if "fetching blob" in line
+    ]
+    assert len(fetches) == 2, fetches  # two layers, each fetched by one process only
+    assert containers(lazyfs.work_dir) == ["c1", "c2"]
+
+
+def _cgroups(text: str) -> dict[str, str]:
+    """hierarchy (controllers) -> path, from /proc/PID/cgroup text."""
+    table = {}
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        table[controllers] = path
+    return table
+
+
+def test_run_keeps_the_container_cgroup_under_the_callers(lazyfs: Lazyfs) -> None:
+    result = lazyfs("run", "busybox", "--", "cat", "/proc/self/cgroup")
+    mine = _cgroups(Path("/proc/self/cgroup").read_text())
+    theirs = _cgroups(result.stdout)
+    checked = 0
+    for controllers, path in theirs.items():
+        if controllers not in mine or controllers.startswith("name="):
+            continue
+        parent = mine[controllers].rstrip("/")
+        assert path.startswith(f"{parent}/lazyfs/run-"), (controllers, path, parent)
+        checked += 1
+    assert checked > 0, result.stdout
