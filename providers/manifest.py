@@ -156,6 +156,14 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _string(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadImage(f"image config field {what} is not a string")
+    return value
+
+
 def parse_image_config(data: bytes) -> tuple[RuntimeConfig, tuple[Digest, ...]]:
     """Parse a Docker or OCI image config: runtime config and rootfs diff_ids."""
     doc = load_json(data, "image config")
@@ -168,11 +176,16 @@ def parse_image_config(data: bytes) -> tuple[RuntimeConfig, tuple[Digest, ...]]:
         entrypoint=_strings(conf.get("Entrypoint"), "Entrypoint"),
         cmd=_strings(conf.get("Cmd"), "Cmd"),
         env=_strings(conf.get("Env"), "Env"),
-        working_dir=conf.get("WorkingDir") or "",
-        user=conf.get("User") or "",
+        working_dir=_string(conf.get("WorkingDir"), "WorkingDir"),
+        user=_string(conf.get("User"), "User"),
     )
     rootfs = doc.get("rootfs") or {}
-    diff_ids = tuple(parse_digest(d) for d in rootfs.get("diff_ids") or ())
+    if not isinstance(rootfs, dict):
+        raise BadImage("image config field rootfs is not an object")
+    raw_ids = rootfs.get("diff_ids") or []
+    if not isinstance(raw_ids, list) or not all(isinstance(d, str) for d in raw_ids):
+        raise BadImage("image config field rootfs.diff_ids is not a list of strings")
+    diff_ids = tuple(parse_digest(d) for d in raw_ids)
     return runtime, diff_ids
 
 

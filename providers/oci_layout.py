@@ -1,0 +1,398 @@
+"""Image files in a tar or a directory, and the OCI image layout read from them.
+
+The local puller reads three tar forms (legacy ``docker save``, its
+``manifest.json`` successor, OCI layout tars) and OCI layout directories. All
+of them are "named files": this module gives one way to read those names from
+a tar without extracting it (``TarFiles``: member offsets are indexed once, a
+blob is a byte range of the tar) or from a directory (``DirFiles``), plus the
+OCI layout walk (index -> manifest -> config -> layers) over either.
+
+Every descriptor's digest and size is checked when its manifest, index or
+config is read; layer bytes are only located here, and checked by whoever
+streams them through ``VerifyingReader``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import posixpath
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from providers.digest import Digest, algorithm, digest_bytes, hex_part
+from providers.errors import BadImage, DigestMismatch, NotFound
+from providers.manifest import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageManifest,
+    Layer,
+    load_json,
+    parse_descriptor,
+    parse_image_config,
+    parse_image_manifest,
+)
+
+# Manifests, indexes and configs are read into memory: bound them so a hostile
+# archive cannot make us allocate gigabytes for "metadata".
+METADATA_LIMIT = 16 << 20
+# A docker save of a large image has a few thousand members; a million is abuse.
+MEMBER_LIMIT = 1_000_000
+# Indexes may nest (an index entry pointing at another index); real ones nest once.
+INDEX_DEPTH_LIMIT = 4
+_LINK_HOPS = 16
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+ATTESTATION_KEY = "vnd.docker.reference.type"
+
+# platform.machine() spellings to GOARCH, which OCI platforms use.
+_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i386": "386",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def host_arch() -> str:
+    machine = platform.machine()
+    return _ARCH.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """Where a blob's bytes are: ``size`` bytes of ``path`` from ``offset``."""
+
+    path: Path
+    offset: int
+    size: int
+
+
+class RangeReader(io.RawIOBase):
+    """Reads one byte range of a file, as if it were the whole file.
+
+    EOF comes at the end of the range. The file is opened lazily so that a
+    reader that is never read holds no descriptor; ``close`` is idempotent.
+    """
+
+    def __init__(self, where: BlobLocation) -> None:
+        super().__init__()
+        self._where = where
+        self._pos = 0
+        self._fd: int | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("read from a closed RangeReader")
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._where.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                raise NotFound(f"blob file {self._where.path} is gone") from exc
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._where.size - self._pos)
+        if want <= 0:
+            return 0
+        data = os.pread(self._fd, want, self._where.offset + self._pos)
+        # A file truncated under us ends early; VerifyingReader reports the size.
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        super().close()
+
+
+def open_location(where: BlobLocation) -> BinaryIO:
+    return io.BufferedReader(RangeReader(where), buffer_size=1 << 20)
+
+
+class Files(Protocol):
+    """Named files of an image, from a tar or a directory."""
+
+    label: str
+
+    def location(self, name: str) -> BlobLocation | None:
+        """Where ``name``'s bytes are, following symlinks and hardlinks; None if absent."""
+        ...
+
+
+def read_file(files: Files, name: str, what: str, limit: int = METADATA_LIMIT) -> bytes:
+    """The bytes of ``name``, for small metadata files; BadImage when absent or too big."""
+    where = files.location(name)
+    if where is None:
+        raise BadImage(f"{files.label}: {what} {name!r} is missing")
+    if where.size > limit:
+        raise BadImage(f"{files.label}: {what} {name!r} is {where.size} bytes, over {limit}")
+    with open_location(where) as stream:
+        data = stream.read()
+    if len(data) != where.size:
+        raise BadImage(f"{files.label}: {name!r} is truncated")
+    return data
+
+
+def _clean(name: str) -> str:
+    # Tars name the same file "x", "./x" or "/x"; look them up alike.
+    name = posixpath.normpath("/" + name).lstrip("/")
+    return name
+
+
+class TarFiles:
+    """The members of an uncompressed tar, indexed once by name.
+
+    Symlinked and hardlinked members (``skopeo`` writes ``<id>/layer.tar`` as
+    a symlink to ``<digest>.tar``) resolve to the member they point at, inside
+    the tar only.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.label = str(path)
+        self._regular: dict[str, tuple[int, int]] = {}
+        self._links: dict[str, str] = {}
+        # Layer digests hashed in place, by (offset, size): the docker save
+        # forms give none, and hashing a layer twice per puller is waste.
+        self.digests: dict[tuple[int, int], Digest] = {}
+        try:
+            with open(path, "rb") as raw:
+                magic = raw.read(6)
+                if magic[:2] == b"\x1f\x8b" or magic[:4] == b"\x28\xb5\x2f\xfd":
+                    raise BadImage(f"{path}: compressed image archives are not supported")
+                raw.seek(0)
+                with tarfile.open(fileobj=raw, mode="r:") as tar:
+                    for count, member in enumerate(tar):
+                        if count >= MEMBER_LIMIT:
+                            raise BadImage(f"{path}: more than {MEMBER_LIMIT} members")
+                        self._add(member)
+        except (tarfile.TarError, EOFError) as exc:
+            raise BadImage(f"{path}: not a readable tar archive: {exc}") from exc
+        except OSError as exc:
+            raise NotFound(f"{path}: cannot read: {exc}") from exc
+
+    def _add(self, member: tarfile.TarInfo) -> None:
+        name = _clean(member.name)
+        # A later member of the same name wins, as when tar extracts.
+        self._regular.pop(name, None)
+        self._links.pop(name, None)
+        if member.isreg() and not member.issparse():
+            self._regular[name] = (member.offset_data, member.size)
+        elif member.issym():
+            target = member.linkname
+            base = "" if target.startswith("/") else posixpath.dirname(name)
+            self._links[name] = _clean(posixpath.join(base, target))
+        elif member.islnk():
+            self._links[name] = _clean(member.linkname)
+
+    def location(self, name: str) -> BlobLocation | None:
+        name = _clean(name)
+        for _ in range(_LINK_HOPS):
+            if name in self._regular:
+                offset, size = self._regular[name]
+                return BlobLocation(self.path, offset, size)
+            if name not in self._links:
+                return None
+            name = self._links[name]
+        raise BadImage(f"{self.path}: member {name!r} is a link loop")
+
+
+class DirFiles:
+    """Files below a directory; names are built by us from checked digests."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.label = str(root)
+
+    def location(self, name: str) -> BlobLocation | None:
+        path = self.root / _clean(name)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BadImage(f"{path}: cannot read: {exc}") from exc
+        if not path.is_file():
+            return None
+        return BlobLocation(path, 0, st.st_size)
+
+
+def blob_name(digest: Digest) -> str:
+    return f"blobs/{algorithm(digest)}/{hex_part(digest)}"
+
+
+def read_blob(files: Files, desc: Descriptor, what: str) -> bytes:
+    """A small blob of the layout, checked against its descriptor."""
+    name = blob_name(desc.digest)
+    if files.location(name) is None:
+        raise BadImage(f"{files.label}: {what} blob {desc.digest} is missing")
+    data = read_file(files, name, what)
+    if len(data) != desc.size:
+        raise DigestMismatch(
+            f"{files.label}: {what} {desc.digest} size",
+            expected=str(desc.size),
+            actual=str(len(data)),
+        )
+    actual = digest_bytes(data, algorithm(desc.digest))
+    if actual != desc.digest:
+        raise DigestMismatch(f"{files.label}: {what}", expected=desc.digest, actual=actual)
+    return data
+
+
+def _descriptors(doc: Any, what: str) -> list[Descriptor]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        raise BadImage(f"{what} has no manifests list")
+    return [parse_descriptor(item, f"{what} entry {i}") for i, item in enumerate(doc["manifests"])]
+
+
+def _annotation(desc: Descriptor, key: str) -> str | None:
+    if isinstance(desc.annotations, dict):
+        value = desc.annotations.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _unique(found: list[Descriptor], label: str, wanted: str) -> Descriptor | None:
+    if not found:
+        return None
+    if len({d.digest for d in found}) > 1:
+        raise BadImage(f"{label}: {len(found)} different images are named {wanted!r}")
+    return found[0]
+
+
+def select_entry(
+    entries: list[Descriptor], label: str, full_ref: str, tag: str | None, digest: Digest | None
+) -> Descriptor:
+    """Pick the index.json entry for a reference.
+
+    Most specific first: the pinned digest; containerd's full image name
+    (``docker save`` writes it); a ref.name equal to the full reference or to
+    the tag (``umoci``, ``skopeo``); else the only entry there is.
+    """
+    if digest is not None:
+        for entry in entries:
+            if entry.digest == digest:
+                return entry
+    tiers: list[list[Descriptor]] = [
+        [e for e in entries if _annotation(e, CONTAINERD_NAME) == full_ref],
+        [e for e in entries if _annotation(e, REF_NAME) == full_ref],
+    ]
+    if tag is not None:
+        tiers.append([e for e in entries if _annotation(e, REF_NAME) == tag])
+    for tier in tiers:
+        chosen = _unique(tier, label, full_ref)
+        if chosen is not None:
+            return chosen
+    if len(entries) == 1:
+        return entries[0]
+    names = sorted(
+        {_annotation(e, REF_NAME) or _annotation(e, CONTAINERD_NAME) or e.digest for e in entries}
+    )
+    raise NotFound(f"{label}: no image for {full_ref} (has {', '.join(names) or 'nothing'})")
+
+
+def _is_attestation(desc: Descriptor) -> bool:
+    plat = desc.platform if isinstance(desc.platform, dict) else {}
+    return plat.get("os") == "unknown" or _annotation(desc, ATTESTATION_KEY) is not None
+
+
+def select_platform(entries: list[Descriptor], label: str) -> Descriptor:
+    """The linux/<host arch> manifest of a multi-platform index.
+
+    Attestation manifests (``unknown/unknown``, buildkit's reference-type
+    annotation) are never chosen, so an index holding one image plus its
+    attestation resolves to the image. An entry without a platform is taken
+    only when it is the one image there is.
+    """
+    arch = host_arch()
+    images = [e for e in entries if not _is_attestation(e)]
+    for entry in images:
+        plat = entry.platform if isinstance(entry.platform, dict) else {}
+        # Among variants (arm v6/v7) the first listed wins, as containerd's default does.
+        if plat.get("os") == "linux" and plat.get("architecture") == arch:
+            return entry
+    if len(images) == 1 and not isinstance(images[0].platform, dict):
+        return images[0]
+    offered = sorted(
+        f"{p.get('os')}/{p.get('architecture')}"
+        for p in (e.platform if isinstance(e.platform, dict) else {} for e in entries)
+    )
+    raise NotFound(f"{label}: no linux/{arch} image (index offers {', '.join(offered)})")
+
+
+def _is_index(desc: Descriptor) -> bool:
+    return desc.media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST)
+
+
+def resolve_layout(
+    files: Files, reference: str, full_ref: str, tag: str | None, digest: Digest | None
+) -> tuple[ImageManifest, dict[Digest, BlobLocation]]:
+    """Resolve a reference in an OCI layout; returns the image and where its layers are."""
+    if files.location("oci-layout") is None:
+        raise BadImage(f"{files.label}: no oci-layout file")
+    layout = load_json(read_file(files, "oci-layout", "oci-layout"), f"{files.label}: oci-layout")
+    if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
+        raise BadImage(f"{files.label}: oci-layout has no imageLayoutVersion")
+    index = load_json(read_file(files, "index.json", "index"), f"{files.label}: index.json")
+    entry = select_entry(_descriptors(index, "index.json"), files.label, full_ref, tag, digest)
+    pinned_ok = digest is None or entry.digest == digest
+    depth = 0
+    while _is_index(entry):
+        depth += 1
+        if depth > INDEX_DEPTH_LIMIT:
+            raise BadImage(f"{files.label}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
+        nested = load_json(read_blob(files, entry, "image index"), f"index {entry.digest}")
+        children = _descriptors(nested, f"index {entry.digest}")
+        pinned = [c for c in children if digest is not None and c.digest == digest]
+        entry = pinned[0] if pinned else select_platform(children, files.label)
+        pinned_ok = pinned_ok or bool(pinned)
+    if not pinned_ok:
+        raise DigestMismatch(
+            f"{files.label}: {full_ref}", expected=str(digest), actual=entry.digest
+        )
+    if entry.media_type not in ("", OCI_MANIFEST, DOCKER_MANIFEST):
+        raise BadImage(f"{files.label}: {entry.digest} has unsupported type {entry.media_type!r}")
+    manifest = parse_image_manifest(read_blob(files, entry, "image manifest"), entry.media_type)
+    runtime, diff_ids = parse_image_config(read_blob(files, manifest.config, "image config"))
+    if len(diff_ids) != len(manifest.layers):
+        raise BadImage(
+            f"{files.label}: manifest has {len(manifest.layers)} layers "
+            f"but config has {len(diff_ids)} diff_ids"
+        )
+    layers: list[Layer] = []
+    blobs: dict[Digest, BlobLocation] = {}
+    for desc, diff_id in zip(manifest.layers, diff_ids, strict=True):
+        where = files.location(blob_name(desc.digest))
+        if where is None:
+            raise BadImage(f"{files.label}: layer blob {desc.digest} is missing")
+        if where.size != desc.size:
+            raise DigestMismatch(
+                f"{files.label}: layer {desc.digest} size",
+                expected=str(desc.size),
+                actual=str(where.size),
+            )
+        layers.append(Layer(desc.digest, desc.media_type, desc.size, diff_id))
+        blobs[desc.digest] = where
+    image = ImageManifest(
+        reference=reference, digest=entry.digest, layers=tuple(layers), config=runtime
+    )
+    return image, blobs
