@@ -25,8 +25,11 @@ from providers.errors import BackendError
 class BindBackend:
     name = "bind"
 
-    def __init__(self, layers_dir: Path) -> None:
+    def __init__(self, layers_dir: Path, tmp_dir: Path) -> None:
         self.layers_dir = layers_dir
+        # Scratch space on the same filesystem, named by pid, so the store's
+        # clean-up finds what a crashed extraction left.
+        self.tmp_dir = tmp_dir
 
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
         if len(layers) != 1:
@@ -56,7 +59,7 @@ class BindBackend:
         with _locked(home / "lock"):
             if target.is_dir():
                 return target
-            scratch = Path(tempfile.mkdtemp(dir=home, prefix="extract."))
+            scratch = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix=f"{os.getpid()}."))
             try:
                 tree = scratch / "rootfs"
                 tree.mkdir(mode=0o755)

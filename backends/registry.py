@@ -12,12 +12,16 @@ from providers.errors import BackendError
 NAMES = ("copy", "bind")
 
 
-def make_backend(name: str, layers_dir: Path) -> Backend:
-    """The backend called ``name``; ``layers_dir`` holds per-layer data it may share."""
+def make_backend(name: str, layers_dir: Path, tmp_dir: Path) -> Backend:
+    """The backend called ``name``.
+
+    ``layers_dir`` holds per-layer data backends share between containers;
+    ``tmp_dir`` is scratch space on the same filesystem, cleaned by recover.
+    """
     if name == "copy":
         return CopyBackend()
     if name == "bind":
-        return BindBackend(layers_dir)
+        return BindBackend(layers_dir, tmp_dir)
     raise BackendError(f"unknown backend {name!r}; known: {', '.join(NAMES)}")
 
 

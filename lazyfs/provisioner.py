@@ -106,7 +106,7 @@ class Provisioner:
         self.locks.mkdir(parents=True, exist_ok=True)
 
     def backend(self, name: str) -> Backend:
-        return make_backend(name, self.store.layers)
+        return make_backend(name, self.store.layers, self.store.tmp)
 
     async def provision(
         self,

@@ -202,3 +202,19 @@ def test_run_keeps_the_container_cgroup_under_the_callers(lazyfs: Lazyfs) -> Non
         assert path.startswith(f"{parent}/lazyfs/run-"), (controllers, path, parent)
         checked += 1
     assert checked > 0, result.stdout
+
+
+def test_image_file_in_protobuf_json_form(lazyfs: Lazyfs, tmp_path: Path) -> None:
+    image_file = tmp_path / "image.json"
+    image_file.write_text(json.dumps({"type": "DOCKER", "docker": {"name": "busybox:latest"}}))
+    out = json.loads(lazyfs("provision", "c1", "--image-file", str(image_file)).stdout)
+    assert out["image"]["reference"] == "docker.io/library/busybox:latest"
+    image_file.write_text('{"type": "DOCKER", "docker": {"nmae": "busybox"}}')
+    error = one_line_error(lazyfs("provision", "c2", "--image-file", str(image_file), check=False))
+    assert "nmae" in error
+
+
+def test_an_appc_image_needs_the_appc_provider(lazyfs: Lazyfs) -> None:
+    error = one_line_error(lazyfs("provision", "c1", "appc:example.com/app", check=False))
+    assert "appc" in error
+    assert containers(lazyfs.work_dir) == []
