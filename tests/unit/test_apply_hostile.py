@@ -1,0 +1,169 @@
+"""Hostile and damaged layers: refused, and nothing written outside the rootfs.
+
+Every hostile entry aims at a file named PROBE outside the rootfs (relative
+escapes land next to it, in the test's tmp_path; absolute ones at the host's
+root), and the test checks that no PROBE appeared anywhere it could reach
+and that the sentinel directory beside the rootfs is unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backends import apply as apply_module
+from backends.apply import apply_layer, apply_layers
+from backends.base import LayerFile
+from providers.digest import digest_bytes
+from providers.errors import BadImage, UnsafeLayer
+from tests.unit.test_apply import Member, apply_all, dir_, hard, layer, reg, sym, tree
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "root").mkdir()
+    return tmp_path / "root"
+
+
+def _truncations() -> Iterator[tuple[str, bytes]]:
+    whole = layer(reg("a", b"x" * 5000), reg("b", b"y" * 10)).getvalue()
+    yield "in-data", whole[:1500]
+    second = 512 + 5120  # a's header and its data, in whole blocks
+    yield "in-header", whole[: second + 100]
+    yield "in-end-marker", whole[: second + 1024 + 100]
+    garbled = bytearray(whole)
+    garbled[second + 3 : second + 40] = b"\xff" * 37
+    yield "garbled-header", bytes(garbled)
+    yield "not-a-tar", b"hello" * 300
+
+
+@pytest.mark.parametrize(
+    ("what", "data"), list(_truncations()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_damaged_tar_is_a_bad_image(root: Path, what: str, data: bytes) -> None:
+    with pytest.raises(BadImage, match="layer0"):
+        apply_layer(root, io.BytesIO(data), layer="layer0")
+
+
+def test_damaged_gzip_is_a_bad_image(root: Path, tmp_path: Path) -> None:
+    data = gzip.compress(layer(reg("a", b"x" * 100_000)).getvalue())
+    corrupt = tmp_path / "corrupt"
+    corrupt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImage):
+        apply_layers(root, [LayerFile(digest_bytes(data), corrupt, "gzip")])
+    flipped = bytearray(data)
+    flipped[-6] ^= 0xFF  # the CRC trailer: only a read to the end notices
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(BadImage):
+        apply_layers(root, [LayerFile(digest_bytes(data), corrupt, "gzip")])
+
+
+def test_entry_count_is_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apply_module, "MAX_ENTRIES", 3)
+    with pytest.raises(BadImage, match="more than 3 entries"):
+        apply_all(root, layer(*(reg(f"f{index}") for index in range(4))))
+
+
+def test_extended_headers_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apply_module, "MAX_HEADER_BYTES", 1000)
+    with pytest.raises(BadImage):
+        apply_all(root, layer(reg("f", pax_headers={"comment": "x" * 2000})))
+
+
+# --- hostile layers -------------------------------------------------------
+
+PROBE = "lazyfs-escape-probe"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    id: str
+    members: tuple[Member, ...]
+
+
+HOSTILE = [
+    Hostile("dotdot", (reg(f"../{PROBE}"),)),
+    Hostile("absolute", (reg(f"/{PROBE}"),)),
+    Hostile("absolute-dir", (dir_(f"/tmp/{PROBE}"),)),
+    Hostile("dotdot-inside", (reg(f"a/../../{PROBE}"),)),
+    Hostile("symlink-up-then-write", (sym("evil", "../outside"), reg(f"evil/{PROBE}"))),
+    Hostile("symlink-far-up", (sym("evil", "../../../../../../../.."), reg(f"evil/tmp/{PROBE}"))),
+    Hostile("symlink-to-slash-dotdot", (sym("evil", "/.."), reg(f"evil/{PROBE}"))),
+    Hostile("nested-symlink-up", (dir_("a/b"), sym("a/b/up", "../../.."), reg(f"a/b/up/{PROBE}"))),
+    Hostile(
+        "symlink-chain-up",
+        (sym("one", "two/.."), dir_("two"), sym("x", "one/.."), reg(f"x/{PROBE}")),
+    ),
+    Hostile("symlink-loop", (sym("a", "b"), sym("b", "a"), reg(f"a/{PROBE}"))),
+    Hostile("hardlink-dotdot", (hard(PROBE, "../outside/secret"),)),
+    Hostile("hardlink-absolute", (hard(PROBE, "/etc/passwd"),)),
+    Hostile("hardlink-via-symlink", (sym("evil", "../outside"), hard(PROBE, "evil/secret"))),
+    Hostile(
+        "hardlink-via-deep-symlink", (sym("evil", "/../../.."), hard(PROBE, "evil/etc/passwd"))
+    ),
+    Hostile("whiteout-via-symlink", (sym("evil", "../outside"), reg("evil/.wh.secret"))),
+    Hostile("opaque-via-symlink", (sym("evil", "../outside"), reg("evil/.wh..wh..opq"))),
+    Hostile("whiteout-of-dotdot", (reg(".wh.."),)),
+    Hostile("whiteout-as-parent", (reg(f".wh.x/{PROBE}"),)),
+    Hostile("name-too-long", (reg("a/" * 2100 + PROBE),)),
+    Hostile("component-too-long", (reg("a" * 256),)),
+]
+
+
+def _outside(tmp_path: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Everything around the rootfs: path -> (mode, link count, content)."""
+    seen: dict[str, tuple[int, int, bytes]] = {}
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_relative_to(tmp_path / "root"):
+            continue
+        info = path.lstat()
+        content = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
+        seen[str(path)] = (info.st_mode, info.st_nlink, content)
+    return seen
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[case.id for case in HOSTILE])
+@pytest.mark.parametrize("split", [False, True], ids=["one-layer", "two-layers"])
+def test_hostile_layers_are_refused(root: Path, tmp_path: Path, case: Hostile, split: bool) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/secret").write_text("secret")
+    before = _outside(tmp_path)
+    members = list(case.members)
+    layers = [layer(*members[:-1]), layer(members[-1])] if split else [layer(*members)]
+    with pytest.raises(UnsafeLayer) as caught:
+        apply_all(root, *layers)
+    assert str(caught.value).startswith("unsafe layer layer")
+    assert _outside(tmp_path) == before
+    for place in (Path("/"), Path("/tmp"), tmp_path.parent, Path.cwd()):
+        assert not (place / PROBE).exists()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-layer", "two-layers"])
+@pytest.mark.parametrize("target", ["../outside/secret", "ABSOLUTE"])
+def test_writing_over_a_symlink_replaces_it(
+    root: Path, tmp_path: Path, split: bool, target: str
+) -> None:
+    (tmp_path / "outside").mkdir()
+    secret = tmp_path / "outside/secret"
+    secret.write_text("secret")
+    link = sym("evil", str(secret) if target == "ABSOLUTE" else target)
+    write = reg("evil", b"mine", mode=0o666)
+    apply_all(root, *([layer(link), layer(write)] if split else [layer(link, write)]))
+    assert tree(root) == {"evil": "file:mine"}
+    assert secret.read_text() == "secret"
+    assert stat.S_IMODE(secret.stat().st_mode) != 0o666
+
+
+def test_absolute_symlink_parent_stays_inside_the_rootfs(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    apply_all(root, layer(sym("evil", str(outside))), layer(reg("evil/x", b"in")))
+    assert list(outside.iterdir()) == []
+    inside = root / str(outside).lstrip("/") / "x"
+    assert inside.read_bytes() == b"in"
