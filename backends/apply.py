@@ -224,6 +224,10 @@ class _Tree:
         self._created: set[RelPath] = set()
         self._ancestors: set[RelPath] = set()  # strict ancestors of _created
         self._dirs: dict[RelPath, tuple[int, int]] = {}
+        # Times of directories as the layer found them: adding or removing a
+        # child changes a directory's mtime, and (as umoci does) a directory
+        # the layer has no header for keeps the time the lower layer gave it.
+        self._found_times: dict[RelPath, tuple[int, int]] = {}
 
     def __enter__(self) -> _Tree:
         return self
@@ -276,6 +280,7 @@ class _Tree:
         when ``create`` (the entry needs a parent), else gives None.
         """
         if not path:
+            self._remember(self.root_fd, ())
             return self.root_fd, ()
         start, fd, resolved = 0, self.root_fd, path[:0]
         for end in range(len(path), 0, -1):
@@ -288,8 +293,14 @@ class _Tree:
                 break
         found = self._walk(fd, resolved, path[start:], entry, create=create, follow=follow)
         if found is not None:
+            self._remember(*found)
             self._cache(path, found)
         return found
+
+    def _remember(self, fd: int, resolved: RelPath) -> None:
+        if resolved not in self._found_times:
+            st = os.fstat(fd)
+            self._found_times[resolved] = (st.st_atime_ns, st.st_mtime_ns)
 
     def _walk(
         self, fd: int, start: RelPath, parts: RelPath, entry: str, *, create: bool, follow: bool
@@ -345,6 +356,7 @@ class _Tree:
         except FileNotFoundError:
             if not create:
                 return None
+            self._remember(fd, tuple(resolved))  # before the mkdir changes its time
             os.mkdir(part, 0o755, dir_fd=fd)
             child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.fchmod(child, 0o755)  # whatever the umask
@@ -477,8 +489,29 @@ class _Tree:
                 raise _backend_error(self.layer, entry, error) from error
             finally:
                 self.release()
+        self._restore_found_times()
         for what, count in sorted(self.skipped.items()):
             log.warning("layer %s: skipped %d %s", self.layer, count, what)
+
+    def _restore_found_times(self) -> None:
+        for path, times in list(self._found_times.items()):
+            if path in self._dirs:
+                continue  # the layer's own header decided this one's time
+            if not path:
+                os.utime(self.root_fd, ns=times)
+                continue
+            found = self.walk(path[:-1], "/".join(path), create=False, follow=False)
+            try:
+                if found is not None:
+                    fd = os.open(path[-1], _DIR_FLAGS, dir_fd=found[0])
+                    try:
+                        os.utime(fd, ns=times)
+                    finally:
+                        os.close(fd)
+            except OSError:
+                continue  # removed or replaced later in the layer: nothing to keep
+            finally:
+                self.release()
 
 
 def _set_dir_times(fd: int, mode: int, mtime_ns: int) -> None:

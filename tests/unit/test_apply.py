@@ -424,3 +424,16 @@ def test_apply_layers_reads_compressed_blobs(root: Path, tmp_path: Path, compres
         files.append(LayerFile(digest_bytes(data), path, "application/vnd.oci.image.layer.v1.tar"))
     apply_layers(root, files)
     assert tree(root) == {"b": "file:2", "c": "file:3"}
+
+
+def test_a_directory_without_a_header_keeps_its_lower_mtime(root: Path) -> None:
+    # As umoci does: a later layer that adds to or removes from a directory
+    # without a header for it leaves the directory's time as the lower layer set it.
+    apply_all(
+        root,
+        layer(dir_("d", mtime=1_000), reg("d/gone"), dir_("e", mtime=2_000)),
+        layer(reg("d/new"), reg("d/.wh.gone"), reg("e/deeper/file")),
+    )
+    assert sorted(os.listdir(root / "d")) == ["new"]
+    assert os.stat(root / "d").st_mtime == 1_000
+    assert os.stat(root / "e").st_mtime == 2_000
