@@ -142,6 +142,7 @@ class Provisioner:
                 ]
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
                 rootfs_dir.parent.mkdir(parents=True)
+                progress.message(f"building the rootfs of {container_id} with {name}")
                 rootfs = await trio.to_thread.run_sync(
                     lambda: chosen.provision(layers, rootfs_dir, writable=writable)
                 )
