@@ -32,29 +32,35 @@ process can redirect a write outside ``root``.  Errors name the layer and the
 entry: ``UnsafeLayer`` for entries that would escape, ``BadImage`` for
 archives that are corrupt, truncated or make no sense, ``BackendError`` when
 the filesystem refuses (a full disk, permissions).
+
+With ``whiteouts="overlay"`` one layer goes alone into an empty directory in
+overlayfs' lower-layer form and nothing is removed: ``.wh.NAME`` becomes a
+0/0 character device (or marks the layer's own directory NAME opaque), and
+``.wh..wh..opq`` sets ``trusted.overlay.opaque=y``; the layer's own entries
+still win.  Image xattrs ``trusted.overlay.*`` are dropped (they would steer
+overlayfs) and real 0/0 character devices refused (they would be whiteouts).
+Whiteouts need root.  The safety rules are as above; symlinked parents are
+followed within the layer only.  Both modes return the directories the layer
+made without a header: a union gives them a lower layer's attributes.
 """
 
 from __future__ import annotations
 
 import decimal
 import errno
-import gzip
 import logging
-import lzma
 import os
 import shutil
 import stat
 import tarfile
-import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, NoReturn, TypeVar
-
-import zstandard
+from typing import BinaryIO, Literal, TypeVar
 
 from backends.base import LayerFile
+from backends.tar_stream import CHUNK, CheckedTarInfo, LayerReader
 from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.errors import BackendError, BadImage, UnsafeLayer
@@ -62,11 +68,8 @@ from providers.layer_rules import RelPath
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 MAX_ENTRIES = 10_000_000
 MAX_ENTRY_SIZE = 1 << 40
-# tarfile reads pax and GNU long-name headers whole into memory.
-MAX_HEADER_BYTES = 1 << 20
 MAX_XATTR_VALUE_BYTES = 1 << 16  # the kernel's XATTR_SIZE_MAX
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "leave unchanged" to chown
 # Tar writers list a tree depth first: the directory being filled and its
@@ -78,38 +81,43 @@ _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _NS = 1_000_000_000
 # xattrs a filesystem cannot store or we may not set: reported, not fatal.
 _SKIPPABLE_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
-_HEADER_TYPES = frozenset(
-    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
-    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
-)
-
-# Not in typeshed, but part of tarfile since Python 3.2.
-_DAMAGED_HEADER: tuple[type[Exception], ...] = (
-    tarfile.TruncatedHeaderError,  # type: ignore[attr-defined]
-    tarfile.InvalidHeaderError,  # type: ignore[attr-defined]
-)
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+OVERLAY_OPAQUE = "trusted.overlay.opaque"
+Whiteouts = Literal["apply", "overlay"]
 
 T = TypeVar("T")
 
 
-def apply_layers(root: Path, layers: Sequence[LayerFile]) -> None:
-    """Apply layer blobs (gzip, zstd or plain tar) to existing ``root``, bottom first."""
+def apply_layers(
+    root: Path, layers: Sequence[LayerFile], *, whiteouts: Whiteouts = "apply"
+) -> frozenset[RelPath]:
+    """Apply layer blobs (gzip, zstd or plain tar) to ``root``, bottom first.
+
+    Returns ``apply_layer``'s answer for the last layer.
+    """
+    implicit: frozenset[RelPath] = frozenset()
     for layer in layers:
         with layer.path.open("rb") as blob:
-            apply_layer(root, decompressed(blob), layer=str(layer.digest))
+            implicit = apply_layer(
+                root, decompressed(blob), layer=str(layer.digest), whiteouts=whiteouts
+            )
+    return implicit
 
 
-def apply_layer(root: Path, tar_stream: BinaryIO, *, layer: str) -> None:
+def apply_layer(
+    root: Path, tar_stream: BinaryIO, *, layer: str, whiteouts: Whiteouts = "apply"
+) -> frozenset[RelPath]:
     """Apply one uncompressed tar stream to the existing directory ``root``.
 
-    ``layer`` names the layer (its digest) in errors.  The module docstring
-    has the rules.
+    ``layer`` names the layer (its digest) in errors; ``whiteouts`` applies
+    them or writes them for overlayfs.  Returns the directories the layer
+    made without a header.  The module docstring has the rules.
     """
-    stream = _LayerReader(tar_stream, layer)
-    with _Tree(root, layer) as tree:
+    stream = LayerReader(tar_stream, layer)
+    with _Tree(root, layer, overlay=whiteouts == "overlay") as tree:
         try:
             # Closing the archive would close nothing of ours.
-            archive = tarfile.open(fileobj=stream, mode="r:", tarinfo=_TarInfo)  # noqa: SIM115
+            archive = tarfile.open(fileobj=stream, mode="r:", tarinfo=CheckedTarInfo)  # noqa: SIM115
             count = 0
             while (member := archive.next()) is not None:
                 # tarfile keeps every member in a list; memory would grow with the layer.
@@ -123,81 +131,11 @@ def apply_layer(root: Path, tar_stream: BinaryIO, *, layer: str) -> None:
                 pass
         except (tarfile.TarError, EOFError) as error:
             raise BadImage(f"bad layer {layer}: corrupt or truncated tar: {error}") from error
+        return tree.implicit_dirs()
 
 
 def _bad(layer: str, entry: str, reason: str) -> BadImage:
     return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")
-
-
-class _LayerReader:
-    """The layer stream as tarfile's random-access mode wants it, read in order.
-
-    tarfile's stream mode copies its whole buffer for every header it reads,
-    which costs more than the rest of the extraction; its random-access mode
-    only ever seeks forward over one archive, so forward seeks are reads.
-    Decompression failures become BadImage here, on the read side only, so a
-    failing write to the rootfs is never mistaken for a corrupt layer.
-    """
-
-    def __init__(self, stream: BinaryIO, layer: str) -> None:
-        self._stream = stream
-        self._layer = layer
-        self._position = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        try:
-            data = self._stream.read(size)
-        except (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as error:
-            raise self._corrupt(error) from error
-        except OSError as error:
-            # gzip and bz2 report bad data as OSError without an errno; an I/O
-            # error has one and is not the image's fault.
-            if isinstance(error, gzip.BadGzipFile) or error.errno is None:
-                raise self._corrupt(error) from error
-            raise
-        self._position += len(data)
-        return data
-
-    def _corrupt(self, error: Exception) -> BadImage:
-        return BadImage(f"bad layer {self._layer}: corrupt compressed data: {error}")
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
-        if whence != os.SEEK_SET or offset < self._position:
-            raise tarfile.ReadError("a layer stream cannot seek backwards")
-        # At EOF this stops short; tarfile notices the short read that follows.
-        while self._position < offset and self.read(min(CHUNK, offset - self._position)):
-            pass
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def write(self, data: bytes, /) -> NoReturn:
-        raise OSError(errno.EBADF, "layer streams are read-only")
-
-    def close(self) -> None:
-        """The caller owns the stream."""
-
-
-class _TarInfo(tarfile.TarInfo):
-    """A member header that treats damage as damage, not as the end.
-
-    tarfile stops quietly at a truncated or garbled header after the first
-    one, which would make a damaged layer look complete; and it reads
-    extended headers whole, so their size is bounded first.
-    """
-
-    @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> _TarInfo:
-        try:
-            return super().fromtarfile(archive)
-        except _DAMAGED_HEADER as error:
-            raise tarfile.ReadError(f"damaged header: {error}") from None
-
-    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
-            raise tarfile.ReadError(f"extended header of {self.size} bytes")
-        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
 
 
 class _Tree:
@@ -212,8 +150,13 @@ class _Tree:
     in progress never sees its descriptors closed under it.
     """
 
-    def __init__(self, root: Path, layer: str) -> None:
+    def __init__(self, root: Path, layer: str, *, overlay: bool = False) -> None:
         self.layer = layer
+        self.overlay = overlay
+        # Overlay mode: whiteout devices this layer made.  Both modes:
+        # directories made for entries below them, without a header.
+        self._whiteouts: set[RelPath] = set()
+        self._implicit: set[RelPath] = set()
         # The caller chose root; following a symlink there is its business.
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.privileged = os.geteuid() == 0
@@ -357,19 +300,38 @@ class _Tree:
             if not create:
                 return None
             self._remember(fd, tuple(resolved))  # before the mkdir changes its time
-            os.mkdir(part, 0o755, dir_fd=fd)
-            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.fchmod(child, 0o755)  # whatever the umask
-            self.mark_created((*resolved, part))
-            return child
+            return self._implicit_dir(fd, (*resolved, part))
         except OSError as error:
             if error.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
+        if create and (*resolved, part) in self._whiteouts:
+            # The layer hid a lower NAME and puts things in NAME: a fresh,
+            # opaque directory is what that means to overlayfs.
+            os.unlink(part, dir_fd=fd)
+            self._invalidate()
+            return self._implicit_dir(fd, (*resolved, part))
         target = _readlink(fd, part)
         if target is None and create:
             where = "/".join((*resolved, part))
             raise _bad(self.layer, entry, f"needs {where!r} as a directory")
         return target
+
+    def _implicit_dir(self, parent_fd: int, path: RelPath) -> int:
+        """Make the missing directory ``path`` for an entry below it."""
+        os.mkdir(path[-1], 0o755, dir_fd=parent_fd)
+        child = os.open(path[-1], _DIR_FLAGS, dir_fd=parent_fd)
+        os.fchmod(child, 0o755)  # whatever the umask
+        self.mark_created(path)
+        if path in self._whiteouts:
+            # Fresh over a hidden namesake: its own attributes are the union's.
+            self._whiteouts.discard(path)
+            _set_opaque(child)
+        else:
+            self._implicit.add(path)
+        return child
+
+    def implicit_dirs(self) -> frozenset[RelPath]:
+        return frozenset(self._implicit - self._dirs.keys())
 
     def create(self, parent_fd: int, name: str, make: Callable[[], T]) -> T:
         """``make()`` the entry ``name``, replacing whatever is there."""
@@ -403,13 +365,17 @@ class _Tree:
                 os.mkdir(name, 0o755, dir_fd=parent_fd)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         self._cache(path, (fd, resolved))
+        if resolved in self._whiteouts:
+            # Hidden lower namesake, own directory: an opaque one (overlay mode).
+            self._whiteouts.discard(resolved)
+            _set_opaque(fd)
         return fd, existed
 
     def hardlink(self, target: RelPath, parent_fd: int, resolved: RelPath, entry: str) -> None:
         found = self.walk(target[:-1], entry, create=False)
         source = "/".join(target)
         if found is None:
-            raise _bad(self.layer, entry, f"is a hardlink to {source!r}, which does not exist")
+            raise self._no_link_source(entry, source)
         source_dir, source_parent = found
         source_name = target[-1]
         try:
@@ -417,9 +383,7 @@ class _Tree:
         except FileNotFoundError:
             if (*source_parent, source_name) in self.skipped_paths:
                 return
-            raise _bad(
-                self.layer, entry, f"is a hardlink to {source!r}, which does not exist"
-            ) from None
+            raise self._no_link_source(entry, source) from None
         if stat.S_ISDIR(mode):
             raise _bad(self.layer, entry, f"is a hardlink to the directory {source!r}")
         if (*source_parent, source_name) == resolved:
@@ -437,12 +401,51 @@ class _Tree:
             ),
         )
 
+    def _no_link_source(self, entry: str, source: str) -> Exception:
+        if self.overlay:
+            # It may be in a lower layer: fine in a union, impossible in one layer alone.
+            return BackendError(
+                f"layer {self.layer}: entry {entry!r} is a hardlink to {source!r}, which is "
+                "not in its own layer; the overlay backend cannot make it (use copy)"
+            )
+        return _bad(self.layer, entry, f"is a hardlink to {source!r}, which does not exist")
+
     def whiteout(self, path: RelPath, entry: str) -> None:
+        if self.overlay:
+            self._overlay_whiteout(path, entry)
+            return
         found = self.walk(path[:-1], entry, create=False)
         if found is not None:
             self._hide(found[0], path[-1], (*found[1], path[-1]))
 
+    def _overlay_whiteout(self, path: RelPath, entry: str) -> None:
+        if not self.privileged:
+            raise BackendError(f"layer {self.layer}: entry {entry!r}: whiteouts need root")
+        found = self.walk(path[:-1], entry, create=True)
+        assert found is not None  # walk with create either finds, makes or raises
+        parent_fd, parent = found
+        name = path[-1]
+        try:
+            mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent_fd)
+            self._whiteouts.add((*parent, name))
+            return
+        if stat.S_ISDIR(mode):
+            # The layer's own directory: it keeps its entries, loses the lower ones.
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                _set_opaque(fd)
+            finally:
+                os.close(fd)
+        # Any other entry of the layer hides its lower namesake by itself.
+
     def opaque(self, path: RelPath, entry: str) -> None:
+        if self.overlay:
+            made = self.walk(path, entry, create=True)
+            assert made is not None  # walk with create either finds, makes or raises
+            _set_opaque(made[0])
+            return
         found = self.walk(path, entry, create=False)
         if found is not None:
             for child in os.listdir(found[0]):
@@ -512,6 +515,10 @@ class _Tree:
                 continue  # removed or replaced later in the layer: nothing to keep
             finally:
                 self.release()
+
+
+def _set_opaque(fd: int) -> None:
+    os.setxattr(fd, OVERLAY_OPAQUE, b"y")
 
 
 def _set_dir_times(fd: int, mode: int, mtime_ns: int) -> None:
@@ -597,6 +604,11 @@ class _Entry:
                 tree.skipped["device nodes (making them needs root)"] += 1
                 tree.skipped_paths.add(resolved)
                 return
+            if tree.overlay and member.ischr() and member.devmajor == member.devminor == 0:
+                raise BackendError(
+                    f"layer {self.layer}: entry {self.name!r} is a 0/0 character device, "
+                    "which overlayfs would take for a whiteout"
+                )
             self._node(parent_fd, name)
         else:
             raise _bad(self.layer, self.name, f"has the unsupported tar type {member.type!r}")
@@ -688,7 +700,12 @@ class _Entry:
                 value = text.encode("utf-8", "surrogateescape")
                 if len(value) > MAX_XATTR_VALUE_BYTES:
                     raise _bad(self.layer, self.name, f"has an xattr of {len(value)} bytes")
-                found[key[len(_XATTR_PAX_PREFIX) :]] = value
+                name = key[len(_XATTR_PAX_PREFIX) :]
+                if self.tree.overlay and name.startswith(OVERLAY_XATTR_PREFIX):
+                    # They would forge whiteouts, opaque dirs or redirects.
+                    self.tree.skipped["overlayfs' own xattrs"] += 1
+                    continue
+                found[name] = value
         return found
 
     def _set_xattrs(self, where: int | str, xattrs: dict[str, bytes], *, replace: bool) -> None:
@@ -703,8 +720,13 @@ class _Entry:
         try:
             if replace:
                 for old in os.listxattr(where, follow_symlinks=follow):
-                    # The host's SELinux label is not the image's to remove.
-                    if old not in xattrs and old != "security.selinux":
+                    # The host's SELinux label is not the image's to remove,
+                    # nor overlayfs' markers the layer set (overlay mode).
+                    if (
+                        old not in xattrs
+                        and old != "security.selinux"
+                        and not (self.tree.overlay and old.startswith(OVERLAY_XATTR_PREFIX))
+                    ):
                         os.removexattr(where, old, follow_symlinks=follow)
             for key, value in xattrs.items():
                 os.setxattr(where, key, value, follow_symlinks=follow)

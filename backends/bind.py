@@ -7,18 +7,12 @@ store (``layers/<hex>/rootfs``) and is shared by every container using it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from backends.apply import apply_layers
 from backends.base import LayerFile, Rootfs
+from backends.extracted import extracted_layer
 from backends.mounts import bind_mount, unmount, unmount_all_under
-from providers.digest import hex_part
 from providers.errors import BackendError
 
 
@@ -51,30 +45,4 @@ class BindBackend:
 
     def extracted(self, layer: LayerFile) -> Path:
         """The layer's tree under the store, extracted once, atomically."""
-        home = self.layers_dir / hex_part(layer.digest)
-        target = home / "rootfs"
-        if target.is_dir():
-            return target
-        home.mkdir(parents=True, exist_ok=True)
-        with _locked(home / "lock"):
-            if target.is_dir():
-                return target
-            scratch = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix=f"{os.getpid()}."))
-            try:
-                tree = scratch / "rootfs"
-                tree.mkdir(mode=0o755)
-                apply_layers(tree, [layer])
-                os.rename(tree, target)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-        return target
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        return extracted_layer(self.layers_dir, self.tmp_dir, layer, "rootfs")

@@ -1,15 +1,24 @@
-"""The backends lazyfs knows, by the names the CLI and Mesos use."""
+"""The backends lazyfs knows, by the names the CLI and Mesos use, and the default.
+
+``default_backend_name`` chooses as the Mesos agent does when no backend is
+named: overlay where the kernel has overlayfs and the store's filesystem can
+hold its layers and upper directories (probed once per store tmp directory
+and process with a tiny trial mount), else copy.  bind is never chosen by
+itself: it refuses images of more than one layer.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from backends.base import Backend
 from backends.bind import BindBackend
 from backends.copy import CopyBackend
+from backends.overlay import OverlayBackend, overlay_usable
 from providers.errors import BackendError
 
-NAMES = ("copy", "bind")
+NAMES = ("copy", "bind", "overlay")
 
 
 def make_backend(name: str, layers_dir: Path, tmp_dir: Path) -> Backend:
@@ -22,9 +31,16 @@ def make_backend(name: str, layers_dir: Path, tmp_dir: Path) -> Backend:
         return CopyBackend()
     if name == "bind":
         return BindBackend(layers_dir, tmp_dir)
+    if name == "overlay":
+        return OverlayBackend(layers_dir, tmp_dir)
     raise BackendError(f"unknown backend {name!r}; known: {', '.join(NAMES)}")
 
 
-def default_backend_name() -> str:
-    """What provision uses when no backend is named: copy, until overlay exists."""
-    return "copy"
+def default_backend_name(store_tmp: Path) -> str:
+    """What provision uses when no backend is named, for the store whose tmp is ``store_tmp``."""
+    return "overlay" if _overlay_usable(str(store_tmp.resolve())) else "copy"
+
+
+@functools.cache
+def _overlay_usable(store_tmp: str) -> bool:
+    return overlay_usable(Path(store_tmp))

@@ -95,7 +95,7 @@ class App:
                 raise UsageError("the appc image provider is not available yet")
             else:
                 raise UsageError(f"unknown image provider {kind!r} (known: docker, appc)")
-        backend = args.image_provisioner_backend or default_backend_name()
+        backend = args.image_provisioner_backend or default_backend_name(self.store.tmp)
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         self.provisioner = Provisioner(self.work_dir, self.store, providers, backend)

@@ -30,7 +30,7 @@ import trio
 
 from backends.base import Backend, LayerFile
 from backends.mounts import unmount_all_under
-from backends.registry import make_backend
+from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
 from lazyfs.store import Store
 from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
@@ -94,16 +94,24 @@ class Provisioner:
         work_dir: Path,
         store: Store,
         providers: Mapping[str, ImageProvider],
-        default_backend: str,
+        default_backend: str | None = None,
     ) -> None:
+        """``default_backend`` None: chosen as Mesos does (``default_backend_name``)."""
         self.root = work_dir / "provisioner"
         self.containers = self.root / "containers"
         self.locks = self.root / "locks"
         self.store = store
         self.providers = providers
-        self.default_backend = default_backend
+        self._default_backend = default_backend
         self.containers.mkdir(parents=True, exist_ok=True)
         self.locks.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def default_backend(self) -> str:
+        # Chosen on first use: the choice probes with a trial mount.
+        if self._default_backend is None:
+            self._default_backend = default_backend_name(self.store.tmp)
+        return self._default_backend
 
     def backend(self, name: str) -> Backend:
         return make_backend(name, self.store.layers, self.store.tmp)

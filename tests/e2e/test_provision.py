@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from backends.mounts import mounts_under
+from backends.overlay import overlay_usable
 from tests.e2e.conftest import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -22,7 +23,7 @@ def containers(work: Path) -> list[str]:
 
 
 def test_provision_copy_gives_the_union_and_the_config(lazyfs: Lazyfs) -> None:
-    out = json.loads(lazyfs("provision", "c1", "docker:busybox").stdout)
+    out = json.loads(lazyfs("provision", "c1", "docker:busybox", "--backend", "copy").stdout)
     assert out["container_id"] == "c1"
     assert out["backend"] == "copy"
     rootfs = Path(out["rootfs"])
@@ -41,6 +42,16 @@ def test_provision_copy_gives_the_union_and_the_config(lazyfs: Lazyfs) -> None:
         "working_dir": "/",
         "user": "",
     }
+
+
+def test_default_backend_is_overlay_where_it_works(lazyfs: Lazyfs) -> None:
+    """As in Mesos: overlay when the kernel and the store's filesystem allow it."""
+    out = json.loads(lazyfs("provision", "c1", "busybox").stdout)
+    expected = "overlay" if overlay_usable(lazyfs.work_dir / "store" / "docker" / "tmp") else "copy"
+    assert out["backend"] == expected
+    assert (Path(out["rootfs"]) / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    lazyfs("destroy", "c1")
+    assert mounts_under(lazyfs.work_dir) == []
 
 
 def test_second_provision_of_a_container_is_refused(lazyfs: Lazyfs) -> None:

@@ -1,51 +1,8 @@
-"""Session fixtures: the rich test image, built once, in every local form."""
+"""The integration suite's fixtures live in ``tests/conftest.py``, shared with
+the conformance suite; ``RICH_TAG`` stays importable from here."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+from tests.conftest import RICH_TAG
 
-import pytest
-
-from tests import images
-
-RICH_TAG = "1.0"
-
-
-def _need_tools() -> None:
-    missing = [tool for tool in ("umoci", "skopeo") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-
-
-@pytest.fixture(scope="session")
-def rich_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An OCI layout holding the rich image as tags ``1.0`` and ``latest``."""
-    _need_tools()
-    layout = images.build_rich_image(tmp_path_factory.mktemp("rich"), RICH_TAG)
-    images.run("umoci", "tag", "--image", f"{layout}:{RICH_TAG}", "latest")
-    return layout
-
-
-@pytest.fixture(scope="session")
-def image_dir(rich_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``--docker_registry`` directory with the rich image in every form.
-
-    Names and files (all tag 1.0 unless said):
-      legacy:1.0.tar (pre-1.10 docker save), archive:1.0.tar (skopeo
-      docker-archive), ociarchive:1.0.tar, ocidir:1.0/, zstd:1.0/,
-      docker25:1.0.tar (OCI layout + manifest.json), plain.tar (latest),
-      foo/bar:1.0.tar, localhost:5000/foo/bar:2.0.tar.
-    """
-    root = tmp_path_factory.mktemp("images")
-    tag = RICH_TAG
-    images.to_legacy_docker_save(rich_layout, tag, root / "legacy:1.0.tar", "legacy")
-    images.to_docker_archive(rich_layout, tag, root / "archive:1.0.tar", "archive")
-    images.to_oci_archive(rich_layout, tag, root / "ociarchive:1.0.tar")
-    images.to_oci_dir(rich_layout, tag, root / "ocidir:1.0")
-    images.to_zstd_oci_dir(rich_layout, tag, root / "zstd:1.0")
-    images.to_docker25_save(rich_layout, tag, root / "docker25:1.0.tar", "docker25")
-    images.to_docker_archive(rich_layout, "latest", root / "plain.tar", "plain")
-    images.to_docker_archive(rich_layout, tag, root / "foo" / "bar:1.0.tar", "foo/bar")
-    images.to_oci_archive(rich_layout, tag, root / "localhost:5000" / "foo" / "bar:2.0.tar", "2.0")
-    return root
+__all__ = ["RICH_TAG"]

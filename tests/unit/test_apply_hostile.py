@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from backends import apply as apply_module
+from backends import tar_stream
 from backends.apply import apply_layer, apply_layers
 from backends.base import LayerFile
 from providers.digest import digest_bytes
@@ -71,7 +72,7 @@ def test_entry_count_is_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_extended_headers_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(apply_module, "MAX_HEADER_BYTES", 1000)
+    monkeypatch.setattr(tar_stream, "MAX_HEADER_BYTES", 1000)
     with pytest.raises(BadImage):
         apply_all(root, layer(reg("f", pax_headers={"comment": "x" * 2000})))
 

@@ -1,0 +1,88 @@
+"""Layers extracted once into the store, shared by every container using them.
+
+``extracted_layer(layers_dir, tmp_dir, layer, form)`` returns
+``<layers_dir>/<hex>/<form>``, the tree of one layer blob:
+
+- ``rootfs``: the layer applied to an empty directory, whiteouts applied
+  (there is nothing under them to hide), as the bind backend mounts it;
+- ``overlay``: the layer in overlayfs' lower-layer form (whiteouts as 0/0
+  character devices, opaque directories marked), as the overlay backend
+  stacks it.  Next to it, ``overlay.implicit.json`` lists the directories the
+  layer made without a header (see ``backends.apply``), read back with
+  ``implicit_dirs``.
+
+Extraction is atomic and happens once: under an flock on
+``<layers_dir>/<hex>/lock`` the tree is built in a scratch directory
+``<tmp_dir>/<pid>.<random>`` (on the same filesystem, so the store's clean-up
+finds what a crashed extraction left) and renamed into place, its sidecar
+first.  A tree that is present is complete and never changes afterwards.
+Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from backends.apply import apply_layers
+from backends.base import LayerFile
+from providers.digest import hex_part
+from providers.errors import BackendError
+from providers.layer_rules import RelPath
+
+Form = Literal["rootfs", "overlay"]
+_IMPLICIT_SUFFIX = ".implicit.json"
+
+
+def extracted_layer(layers_dir: Path, tmp_dir: Path, layer: LayerFile, form: Form) -> Path:
+    """The tree of ``layer`` in ``form`` under the store, extracted if missing."""
+    home = layers_dir / hex_part(layer.digest)
+    target = home / form
+    if target.is_dir():
+        return target
+    home.mkdir(parents=True, exist_ok=True)
+    with _locked(home / "lock"):
+        if target.is_dir():  # another process extracted it while we waited
+            return target
+        scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
+        try:
+            tree = scratch / form
+            tree.mkdir(mode=0o755)
+            whiteouts: Literal["apply", "overlay"] = "overlay" if form == "overlay" else "apply"
+            implicit = apply_layers(tree, [layer], whiteouts=whiteouts)
+            if form == "overlay":
+                sidecar = scratch / (form + _IMPLICIT_SUFFIX)
+                sidecar.write_text(json.dumps(sorted(list(p) for p in implicit)))
+                # The tree's presence promises its sidecar: rename that first.
+                os.rename(sidecar, home / sidecar.name)
+            os.rename(tree, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def implicit_dirs(tree: Path) -> frozenset[RelPath]:
+    """The directories the layer at ``tree`` (an ``overlay`` form) made on its own."""
+    sidecar = tree.with_name(tree.name + _IMPLICIT_SUFFIX)
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as error:
+        raise BackendError(f"extracted layer {tree} has no readable {sidecar.name}") from error
+    return frozenset(tuple(str(part) for part in path) for path in data)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,168 @@
+"""The overlay backend: a kernel overlayfs mount of layers extracted once.
+
+Each layer is extracted once into the store in overlayfs' lower form
+(``<layers_dir>/<hex>/overlay``, see ``backends.extracted``) and shared by
+every container using it; provisioning a rootfs copies no file.  Per rootfs,
+``<rootfs>/../../scratch/<rootfs name>/`` (as Mesos keeps per-rootfs scratch)
+holds what belongs to that container alone:
+
+    l/0 .. l/N-1   symlinks to the layers, top first: short names keep the
+                   mount options within the kernel's one page however many
+                   layers and however long the store path
+    top/           read-only rootfs: a directory stacked above the layers,
+                   holding the root's and the union's directory attributes
+                   (``backends.overlay_dirs``); it also makes a one-layer
+                   image two lowers, the least overlayfs takes without upper
+    upper/ work/   writable rootfs: the container's writes (the directory
+                   attributes go in upper/ instead of top/)
+
+The mount is made by util-linux ``mount`` in a child process whose working
+directory is the scratch directory, so every path in the options is
+relative and short; lazyfs itself never changes directory (it runs threads).
+The rootfs is mounted private, read-only unless writable was asked.
+
+``destroy`` unmounts (everything under the rootfs first, then it), removes
+the empty mount point and the scratch directory; the shared layers stay.
+It is idempotent. ``overlay_usable`` is the probe that decides whether this
+backend can run on a store at all.  All of it blocking.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from backends.base import LayerFile, Rootfs
+from backends.extracted import extracted_layer, implicit_dirs
+from backends.mounts import MS_PRIVATE, mount, mount_points, unmount, unmount_all_under
+from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs
+from providers.errors import BackendError
+
+# mount(2) takes its options in one page, the terminating NUL included.
+MAX_OPTIONS = 4095
+
+
+class OverlayBackend:
+    """Read-only or copy-on-write; needs root, overlayfs, and a store that can hold its layers."""
+
+    name = "overlay"
+
+    def __init__(self, layers_dir: Path, tmp_dir: Path) -> None:
+        self.layers_dir = layers_dir
+        self.tmp_dir = tmp_dir
+
+    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+        if not layers:
+            raise BackendError("the overlay backend needs an image of at least one layer")
+        lowers = [
+            extracted_layer(self.layers_dir, self.tmp_dir, layer, "overlay") for layer in layers
+        ]
+        scratch = scratch_dir(rootfs)
+        scratch.parent.mkdir(exist_ok=True)
+        scratch.mkdir()
+        mounted = False
+        try:
+            (scratch / "l").mkdir()
+            names = []
+            for index, lower in enumerate(reversed(lowers)):
+                os.symlink(lower, scratch / "l" / str(index))
+                names.append(f"l/{index}")
+            plan = plan_top_dirs([LowerDir(path, implicit_dirs(path)) for path in lowers])
+            if writable:
+                for part in ("upper", "work"):
+                    (scratch / part).mkdir(mode=0o755)
+                write_top_dirs(scratch / "upper", plan)
+                options = f"lowerdir={':'.join(names)},upperdir=upper,workdir=work"
+            else:
+                (scratch / "top").mkdir(mode=0o755)
+                write_top_dirs(scratch / "top", plan)
+                options = f"ro,lowerdir={':'.join(['top', *names])}"
+            rootfs.mkdir(mode=0o755)
+            mount_overlay(options, rootfs, cwd=scratch)
+            mounted = True
+            # Private, so mounts a runtime makes inside do not propagate out.
+            mount("none", rootfs, None, MS_PRIVATE)
+        except BaseException:
+            if mounted:
+                unmount(rootfs)
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return Rootfs(rootfs, self.name, writable=writable)
+
+    def destroy(self, rootfs: Path) -> None:
+        if rootfs.exists():
+            # A runtime may have left mounts inside (proc, dev); the rootfs
+            # mount itself is among them.
+            unmount_all_under(rootfs)
+            rootfs.rmdir()
+        scratch = scratch_dir(rootfs)
+        if scratch.exists():
+            unmount_all_under(scratch)  # never delete through a mount
+            shutil.rmtree(scratch)
+
+
+def scratch_dir(rootfs: Path) -> Path:
+    """Where the upper, work and link directories of ``rootfs`` live."""
+    return rootfs.parent.parent / "scratch" / rootfs.name
+
+
+def mount_overlay(options: str, target: Path, *, cwd: Path) -> None:
+    """Mount overlayfs on ``target`` with ``options``, relative paths taken from ``cwd``."""
+    if len(options.encode()) > MAX_OPTIONS:
+        raise BackendError(
+            f"overlay mount options of {len(options)} bytes exceed the kernel's {MAX_OPTIONS}"
+        )
+    argv = ["mount", "-t", "overlay", "-o", options, "overlay", str(target)]
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise BackendError("mount(8) from util-linux is not installed") from None
+    if done.returncode != 0:
+        reason = done.stderr.strip() or f"exit status {done.returncode}"
+        raise BackendError(f"mount overlay on {target} failed: {reason}")
+
+
+def overlay_usable(tmp_dir: Path) -> bool:
+    """Whether overlayfs works here with its layers and upper on ``tmp_dir``'s filesystem.
+
+    Tries a tiny mount with a whiteout, an opaque directory and a write in a
+    scratch directory ``<tmp_dir>/<pid>.<random>``, and removes it all.
+    """
+    try:
+        with open("/proc/filesystems", encoding="ascii") as table:
+            if not any(line.split()[-1:] == ["overlay"] for line in table):
+                return False
+    except OSError:
+        return False
+    if os.geteuid() != 0:
+        return False
+    try:
+        trial = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
+    except OSError:
+        return False
+    merged = trial / "merged"
+    try:
+        for part in ("low", "high", "upper", "work", "merged", "low/d"):
+            (trial / part).mkdir()
+        (trial / "low" / "gone").write_text("x")
+        (trial / "low" / "d" / "hidden").write_text("x")
+        os.mknod(trial / "high" / "gone", stat.S_IFCHR, os.makedev(0, 0))
+        (trial / "high" / "d").mkdir()
+        os.setxattr(trial / "high" / "d", "trusted.overlay.opaque", b"y")
+        mount_overlay("lowerdir=high:low,upperdir=upper,workdir=work", merged, cwd=trial)
+        try:
+            (merged / "written").write_text("x")
+            return not (merged / "gone").exists() and not any((merged / "d").iterdir())
+        finally:
+            unmount(merged)
+    except (OSError, BackendError):
+        return False
+    finally:
+        # Never delete through a mount that would not go away.
+        if merged not in mount_points():
+            shutil.rmtree(trial, ignore_errors=True)

@@ -1,0 +1,155 @@
+"""What the backend conformance suite runs against: backend variants and images.
+
+A variant is a backend name and whether the rootfs is asked writable; adding
+a backend to the suite is adding one line to ``VARIANTS``.  Every image of
+``cases.CASES`` is built once per session as a docker-archive in one image
+directory, next to what ``umoci unpack`` makes of it.  ``provisioned``
+provisions through the real provisioner and always destroys, also when the
+test fails, then checks nothing stayed mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backends.mounts import mounts_under, unmount_all_under
+from backends.overlay import overlay_usable
+from lazyfs.docker import DockerProvider
+from lazyfs.provisioner import Provisioner, ProvisionInfo
+from lazyfs.store import Store
+from providers.image_pb2 import Image
+from tests import images
+from tests.conformance.cases import CASES
+from tests.tree import Node, diff_trees, tree_digest
+
+# overlayfs keeps its own bookkeeping there; the host may label files.
+IGNORED_XATTRS = ("trusted.overlay.", "security.selinux")
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    backend: str
+    writable: bool
+    one_layer_only: bool = False
+    needs_overlay: bool = False
+
+
+VARIANTS = (
+    Variant("copy", "copy", writable=True),
+    Variant("bind", "bind", writable=False, one_layer_only=True),
+    Variant("overlay-ro", "overlay", writable=False, needs_overlay=True),
+    Variant("overlay-rw", "overlay", writable=True, needs_overlay=True),
+)
+
+
+def variants(*, multi_layer: bool = False, writable: bool | None = None) -> list[Variant]:
+    """``VARIANTS``, those that take images of many layers or the writable ones."""
+    return [
+        v
+        for v in VARIANTS
+        if not (multi_layer and v.one_layer_only) and (writable is None or v.writable == writable)
+    ]
+
+
+def params(*, multi_layer: bool = False, writable: bool | None = None) -> list[object]:
+    """``variants`` as pytest params, for ``indirect`` parametrizing of ``variant``."""
+    return [pytest.param(v, id=v.id) for v in variants(multi_layer=multi_layer, writable=writable)]
+
+
+@pytest.fixture(scope="session")
+def overlay_ok(tmp_path_factory: pytest.TempPathFactory) -> bool:
+    return overlay_usable(tmp_path_factory.mktemp("probe"))
+
+
+@pytest.fixture
+def variant(request: pytest.FixtureRequest, overlay_ok: bool) -> Variant:
+    """The variant the test is parametrized with, skipped where it cannot run."""
+    chosen: Variant = request.param
+    if os.geteuid() != 0:
+        pytest.skip("backends need root")
+    if chosen.needs_overlay and not overlay_ok:
+        pytest.skip("overlayfs is not usable here")
+    return chosen
+
+
+@dataclass(frozen=True)
+class CaseImages:
+    directory: Path  # a --docker_registry directory: NAME:latest.tar per case
+    references: dict[str, Path]  # case name -> umoci's rootfs
+    layouts: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def case_images(tmp_path_factory: pytest.TempPathFactory) -> CaseImages:
+    missing = [tool for tool in ("umoci", "skopeo") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    work = tmp_path_factory.mktemp("cases")
+    directory = work / "images"
+    references, layouts = {}, {}
+    for name, layers in CASES.items():
+        layout = images.build_oci_image(work / name, layers, "latest")
+        images.to_docker_archive(layout, "latest", directory / f"{name}:latest.tar", name)
+        references[name] = images.umoci_unpack(layout, "latest", work / name / "bundle")
+        layouts[name] = layout
+    return CaseImages(directory, references, layouts)
+
+
+def docker(name: str) -> Image:
+    image = Image(type=Image.DOCKER)
+    image.docker.name = name
+    return image
+
+
+def make_provisioner(work: Path, registry: Path) -> Provisioner:
+    store = Store(work / "store")
+    return Provisioner(work, store, {"docker": DockerProvider(store, str(registry))}, "copy")
+
+
+@contextlib.asynccontextmanager
+async def provisioned(
+    prov: Provisioner, variant: Variant, image: str, container_id: str = "c1"
+) -> AsyncIterator[ProvisionInfo]:
+    """A rootfs of ``image`` made by ``variant``; destroyed on the way out, whatever happens."""
+    home = prov.containers / container_id
+    info = await prov.provision(
+        container_id, docker(image), variant.backend, writable=variant.writable
+    )
+    try:
+        yield info
+    finally:
+        destroyed = await prov.destroy(container_id)
+        left = mounts_under(home)
+        if left:
+            unmount_all_under(home)
+        assert destroyed and not left, f"destroy left mounts: {left}"
+    assert not home.exists()
+
+
+def digest(root: Path) -> dict[str, Node]:
+    return tree_digest(root, ignore_xattrs=IGNORED_XATTRS)
+
+
+def assert_same_tree(reference: Path, rootfs: Path) -> None:
+    differences = diff_trees(digest(reference), digest(rootfs))
+    assert differences == [], "\n".join(differences)
+
+
+def store_state(store_root: Path) -> tuple[dict[str, Node], dict[str, str]]:
+    """Everything shared in a store: the extracted layers, exactly, and each blob's hash."""
+    layers = tree_digest(store_root / "layers")
+    blobs = {
+        str(path.relative_to(store_root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((store_root / "blobs").rglob("*"))
+        if path.is_file()
+    }
+    return layers, blobs

@@ -1,0 +1,127 @@
+"""Extracting one layer in overlayfs' lower form (``whiteouts="overlay"``).
+
+Whiteouts become 0/0 character devices and opaque markers an xattr; nothing
+is removed; the layer's own entries win over its whiteouts; overlayfs' own
+xattrs cannot come from an image; every hostile layer is still refused.
+Whiteouts and trusted.* xattrs need root, so the whole module does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from backends.apply import OVERLAY_OPAQUE, apply_layer
+from providers.errors import BackendError, UnsafeLayer
+from providers.layer_rules import RelPath
+from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, xattrs
+from tests.unit.test_apply_hostile import HOSTILE, PROBE, Hostile, _outside
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "root").mkdir()
+    return tmp_path / "root"
+
+
+def extract(root: Path, *members: Member) -> frozenset[RelPath]:
+    stream: io.BytesIO = layer(*members)
+    return apply_layer(root, stream, layer="layer0", whiteouts="overlay")
+
+
+def is_whiteout(path: Path) -> bool:
+    info = path.lstat()
+    return stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(0, 0)
+
+
+def is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OVERLAY_OPAQUE) == b"y"
+    except OSError:
+        return False
+
+
+def test_whiteout_becomes_a_0_0_character_device(root: Path) -> None:
+    extract(root, dir_("etc"), reg("etc/.wh.passwd"), reg(".wh.top"))
+    assert is_whiteout(root / "etc" / "passwd") and is_whiteout(root / "top")
+    assert sorted(os.listdir(root)) == ["etc", "top"]
+
+
+@pytest.mark.parametrize("marker_first", [True, False])
+def test_opaque_marker_sets_the_xattr_and_keeps_the_header(root: Path, marker_first: bool) -> None:
+    members = [dir_("d", mode=0o750, pax_headers=xattrs(user_k=b"v")), reg("d/own", b"x")]
+    marker = reg("d/.wh..wh..opq")
+    extract(root, *([marker, *members] if marker_first else [*members, marker]))
+    assert is_opaque(root / "d")
+    assert os.getxattr(root / "d", "user.k") == b"v"
+    assert stat.S_IMODE((root / "d").stat().st_mode) == 0o750
+    assert os.listdir(root / "d") == ["own"]
+
+
+@pytest.mark.parametrize("whiteout_first", [True, False])
+def test_whiteout_and_directory_of_one_layer_make_an_opaque_directory(
+    root: Path, whiteout_first: bool
+) -> None:
+    members = [dir_("d"), reg("d/own", b"x")]
+    whiteout = reg(".wh.d")
+    extract(root, *([whiteout, *members] if whiteout_first else [*members, whiteout]))
+    assert (root / "d").is_dir() and is_opaque(root / "d")
+    assert os.listdir(root / "d") == ["own"]
+
+
+def test_whiteout_then_a_child_makes_an_opaque_implicit_directory(root: Path) -> None:
+    implicit = extract(root, reg(".wh.d"), reg("d/own", b"x"))
+    assert is_opaque(root / "d") and os.listdir(root / "d") == ["own"]
+    assert implicit == frozenset()  # made fresh: no lower attributes to take
+
+
+def test_own_file_wins_over_its_whiteout(root: Path) -> None:
+    extract(root, reg(".wh.f"), reg("f", b"mine"))
+    assert (root / "f").read_bytes() == b"mine"
+    extract(root, reg("g", b"mine"), reg(".wh.g"))
+    assert (root / "g").read_bytes() == b"mine"
+
+
+def test_directories_without_headers_are_reported(root: Path) -> None:
+    assert extract(root, reg("a/b/f")) == {("a",), ("a", "b")}
+    assert extract(root, dir_("x"), reg("x/y/f")) == {("x", "y")}
+
+
+def test_overlay_xattrs_from_the_image_are_dropped(root: Path) -> None:
+    forged = {
+        "SCHILY.xattr.trusted.overlay.opaque": "y",
+        "SCHILY.xattr.trusted.overlay.redirect": "/etc",
+        "SCHILY.xattr.user.fine": "1",
+    }
+    extract(root, dir_("d", pax_headers=forged), reg("f", pax_headers=forged))
+    for path in (root / "d", root / "f"):
+        assert os.listxattr(path) == ["user.fine"]
+
+
+def test_a_real_0_0_character_device_is_refused(root: Path) -> None:
+    device = _info("dev/zero0", b"3", devmajor=0, devminor=0), b""
+    with pytest.raises(BackendError, match="0/0 character device"):
+        extract(root, dir_("dev"), device)
+
+
+def test_a_hardlink_to_another_layer_is_refused_clearly(root: Path) -> None:
+    with pytest.raises(BackendError, match="not in its own layer"):
+        extract(root, hard("mine", "lower/file"))
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[case.id for case in HOSTILE])
+def test_hostile_layers_are_still_refused(root: Path, tmp_path: Path, case: Hostile) -> None:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside/secret").write_text("secret")
+    before = _outside(tmp_path)
+    with pytest.raises(UnsafeLayer):
+        extract(root, *case.members)
+    assert _outside(tmp_path) == before
+    for place in (Path("/"), Path("/tmp"), tmp_path.parent, Path.cwd()):
+        assert not (place / PROBE).exists()
