@@ -27,6 +27,9 @@ from lazyfs.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store import Store
 from providers.errors import LazyfsError, NotFound, UsageError
 from providers.image_pb2 import Image
+from providers.registry import RegistryOptions, parse_platform
+from providers.registry_auth import parse_docker_config
+from providers.registry_http import HttpOptions
 
 DEFAULT_WORK_DIR = "/var/lib/lazyfs"
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
@@ -55,6 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(parser, "docker_store_dir", default=None, help="default: WORK_DIR/store/docker")
     _flag(parser, "docker_config", default=None, help="docker config.json: a path or inline JSON")
+    _flag(
+        parser,
+        "docker_registry_mirrors",
+        default="",
+        help="comma-separated registry URLs tried in order before the upstream for docker.io",
+    )
+    _flag(
+        parser,
+        "docker_insecure_registries",
+        default="",
+        help="comma-separated host[:port]s that may fall back to plain HTTP (loopback always may)",
+    )
+    _flag(
+        parser,
+        "docker_registry_ca_file",
+        default=None,
+        help="PEM CA bundle to verify registries with, instead of the system CAs",
+    )
+    _flag(parser, "platform", default=None, help="os/arch[/variant] to pick from image indexes")
     parser.add_argument("--debug", action="store_true", help="log what happens on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -69,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("provision", help="build a rootfs; prints JSON")
     sub.add_argument("container_id")
     image_args(sub)
+    sub = commands.add_parser("pull", help="fetch an image into the store; prints its manifest")
+    sub.add_argument(
+        "image", nargs="?", help="docker:REFERENCE or REFERENCE (fetched again even if stored)"
+    )
+    sub.add_argument("--image-file", "--image_file", dest="image_file", type=Path)
     sub = commands.add_parser("destroy", help="unmount and remove a container's rootfs")
     sub.add_argument("container_id")
     sub = commands.add_parser("recover", help="keep the named containers, clean up the rest")
@@ -88,9 +115,13 @@ class App:
         store_dir = args.docker_store_dir or self.work_dir / "store" / "docker"
         self.store = Store(Path(store_dir))
         providers: dict[str, ImageProvider] = {}
+        self.docker: DockerProvider | None = None
         for kind in filter(None, (p.strip() for p in args.image_providers.split(","))):
             if kind == "docker":
-                providers["docker"] = DockerProvider(self.store, args.docker_registry)
+                self.docker = DockerProvider(
+                    self.store, args.docker_registry, registry_options(args)
+                )
+                providers["docker"] = self.docker
             elif kind == "appc":
                 raise UsageError("the appc image provider is not available yet")
             else:
@@ -99,6 +130,22 @@ class App:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         self.provisioner = Provisioner(self.work_dir, self.store, providers, backend)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def registry_options(args: argparse.Namespace) -> RegistryOptions:
+    """The registry puller's settings from the global flags."""
+    credentials = parse_docker_config(args.docker_config) if args.docker_config else {}
+    return RegistryOptions(
+        registry=args.docker_registry,
+        mirrors=_split(args.docker_registry_mirrors),
+        insecure_registries=frozenset(_split(args.docker_insecure_registries)),
+        platform=parse_platform(args.platform) if args.platform else None,
+        http=HttpOptions(ca_file=args.docker_registry_ca_file, credentials=credentials),
+    )
 
 
 def _image(args: argparse.Namespace) -> Image:
@@ -119,6 +166,20 @@ def _provision(app: App, args: argparse.Namespace) -> int:
         )
     )
     print(json.dumps(info.to_json(), indent=1))
+    return 0
+
+
+def _pull(app: App, args: argparse.Namespace) -> int:
+    image = _image(args)
+    if image.type != Image.DOCKER:
+        raise UsageError("pull takes a Docker image")
+    if app.docker is None:
+        raise UsageError("pull needs the docker image provider (--image_providers)")
+    # A pull asks the registry again, as docker pull does; stored blobs are reused.
+    image.cached = False
+    docker = app.docker
+    manifest = trio.run(lambda: docker.fetch(image, Progress()))
+    print(json.dumps(manifest.to_json(), indent=1))
     return 0
 
 
@@ -199,6 +260,7 @@ def _human(n: int) -> str:
 
 COMMANDS = {
     "provision": _provision,
+    "pull": _pull,
     "destroy": _destroy,
     "recover": _recover,
     "images": _images,

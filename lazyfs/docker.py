@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -13,10 +14,12 @@ import trio
 from lazyfs.progress import Progress
 from lazyfs.store import Store
 from providers.docker_local import LocalPuller
-from providers.errors import BackendError, BadImage
+from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
 from providers.reference import parse_reference
+from providers.registry import RegistryClient, RegistryOptions
+from providers.registry_auth import parse_docker_config
 from providers.source import BlobSource
 
 # Blob copies and downloads in flight at once, across all images.
@@ -25,23 +28,40 @@ FETCH_LIMIT = trio.CapacityLimiter(4)
 
 @dataclass
 class DockerProvider:
-    """Resolves ``Image.docker.name`` with the local puller or (later) a registry.
+    """Resolves ``Image.docker.name`` with the local puller or a registry.
 
     ``registry`` is what ``--docker_registry`` says: a directory (``/dir`` or
-    ``file:///dir``) selects the local puller, as in Mesos.
+    ``file:///dir``) selects the local puller, an ``http(s)://`` URL the
+    registry puller, as in Mesos. ``options`` carries the other registry
+    flags; its ``registry`` is replaced by this URL. One registry client
+    serves every image (its tokens are shared), except images whose
+    ``Image.Docker.config`` brings their own credentials.
     """
 
     store: Store
     registry: str
+    options: RegistryOptions = field(default_factory=RegistryOptions)
+    _client: RegistryClient | None = field(default=None, init=False, repr=False)
 
-    def _source(self) -> LocalPuller:
+    def _source(self, image: Image) -> LocalPuller | RegistryClient:
         parsed = urlparse(self.registry)
         if parsed.scheme in ("", "file"):
             path = Path(parsed.path if parsed.scheme == "file" else self.registry)
             return LocalPuller(path)
-        raise BackendError(
-            f"--docker_registry {self.registry}: only local image directories are supported yet"
-        )
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise BackendError(
+                f"--docker_registry {self.registry}: expected a directory or an http(s) URL"
+            )
+        options = dataclasses.replace(self.options, registry=self.registry.rstrip("/"))
+        if image.docker.config:
+            # The image's own credentials win over --docker_config for its hosts.
+            own = parse_docker_config(image.docker.config, "Image.Docker.config")
+            creds = {**options.http.credentials, **own}
+            http = dataclasses.replace(options.http, credentials=creds)
+            return RegistryClient(dataclasses.replace(options, http=http))
+        if self._client is None:
+            self._client = RegistryClient(options)
+        return self._client
 
     async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
         """Resolve ``image`` and make all its layer blobs present in the store.
@@ -57,7 +77,7 @@ class DockerProvider:
             stored = await trio.to_thread.run_sync(self.store.get_image, reference)
             if stored is not None:
                 return stored
-        source = self._source()
+        source = self._source(image)
         key = "image-" + hashlib.sha256(reference.encode()).hexdigest()
         # The lock is a blocking flock: take it in a thread, hold it across the
         # pull, so a second process waits and then finds everything stored.
@@ -69,15 +89,20 @@ class DockerProvider:
             async with FETCH_LIMIT:
                 manifest = await trio.to_thread.run_sync(source.resolve, reference)
             manifest = ImageManifest(reference, manifest.digest, manifest.layers, manifest.config)
-            async with trio.open_nursery() as nursery:
-                for layer in manifest.layers:
-                    progress.start(layer.digest, layer.size)
-                    nursery.start_soon(self._ingest, source, layer, progress)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for layer in manifest.layers:
+                        progress.start(layer.digest, layer.size)
+                        nursery.start_soon(self._ingest, source, layer, progress, reference)
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
             progress.finish()
             await trio.to_thread.run_sync(self.store.put_image, manifest)
         return manifest
 
-    async def _ingest(self, source: BlobSource, layer: Layer, progress: Progress) -> None:
+    async def _ingest(
+        self, source: BlobSource, layer: Layer, progress: Progress, reference: str
+    ) -> None:
         def opener() -> BinaryIO:
             return source.open(layer.digest)
 
@@ -85,7 +110,34 @@ class DockerProvider:
             progress.advance(layer.digest, n)
 
         async with FETCH_LIMIT:
-            await trio.to_thread.run_sync(self.store.ingest, layer, opener, advance)
+            try:
+                await trio.to_thread.run_sync(self.store.ingest, layer, opener, advance)
+            except DigestMismatch as exc:
+                if exc.what.startswith(f"{reference}:"):
+                    raise
+                # The store knows the blob, not the image: name it for the user.
+                raise DigestMismatch(
+                    f"{reference}: {exc.what}", expected=exc.expected, actual=exc.actual
+                ) from exc
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first layer's error when every layer failed with a LazyfsError.
+
+    Layers fail independently; the user gets one line, so the first one
+    stands for all. Anything else (cancellation, a bug) keeps the whole group.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if leaves and all(isinstance(exc, LazyfsError) for exc in leaves):
+        return leaves[0]
+    return group
 
 
 class _thread_lock:

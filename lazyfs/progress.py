@@ -7,6 +7,9 @@ import threading
 import time
 from typing import TextIO
 
+# Per-item counts drawn at once; more would not fit a terminal line.
+ACTIVE_SHOWN = 3
+
 
 class Progress:
     """Byte counts per item and in total, redrawn on one line at most 10 times a second.
@@ -53,10 +56,25 @@ class Progress:
         done = sum(self._done.values())
         total = sum(self._total.values())
         finished = sum(1 for k, v in self._done.items() if v >= self._total.get(k, 0))
+        # The items still moving, each with its own bytes, so a slow layer shows.
+        active = [
+            f"{_short(item)} {_size(self._done.get(item, 0))}/{_size(size)}"
+            for item, size in self._total.items()
+            if 0 < self._done.get(item, 0) < size
+        ]
+        extra = (
+            f"  [{', '.join(active[:ACTIVE_SHOWN])}{' ...' if len(active) > ACTIVE_SHOWN else ''}]"
+        )
         self.stream.write(
             f"\r\033[K{finished}/{len(self._total)} blobs  {_size(done)} / {_size(total)}"
+            + (extra if active else "")
         )
         self.stream.flush()
+
+
+def _short(item: str) -> str:
+    """``sha256:0123456789ab`` for a digest: enough to tell layers apart."""
+    return item[: item.find(":") + 13] if ":" in item else item[:19]
 
 
 def _size(n: int) -> str:

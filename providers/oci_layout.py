@@ -315,28 +315,41 @@ def _is_attestation(desc: Descriptor) -> bool:
     return plat.get("os") == "unknown" or _annotation(desc, ATTESTATION_KEY) is not None
 
 
-def select_platform(entries: list[Descriptor], label: str) -> Descriptor:
-    """The linux/<host arch> manifest of a multi-platform index.
+def select_platform(
+    entries: list[Descriptor],
+    label: str,
+    *,
+    os_name: str = "linux",
+    arch: str | None = None,
+    variant: str | None = None,
+) -> Descriptor:
+    """The ``os_name``/``arch`` (default linux/<host arch>) manifest of a multi-platform index.
 
     Attestation manifests (``unknown/unknown``, buildkit's reference-type
     annotation) are never chosen, so an index holding one image plus its
     attestation resolves to the image. An entry without a platform is taken
-    only when it is the one image there is.
+    only when it is the one image there is. ``variant``, when given, must
+    match too (``arm/v7``).
     """
-    arch = host_arch()
+    arch = arch or host_arch()
     images = [e for e in entries if not _is_attestation(e)]
     for entry in images:
         plat = entry.platform if isinstance(entry.platform, dict) else {}
         # Among variants (arm v6/v7) the first listed wins, as containerd's default does.
-        if plat.get("os") == "linux" and plat.get("architecture") == arch:
+        if (
+            plat.get("os") == os_name
+            and plat.get("architecture") == arch
+            and (variant is None or plat.get("variant") == variant)
+        ):
             return entry
     if len(images) == 1 and not isinstance(images[0].platform, dict):
         return images[0]
     offered = sorted(
-        f"{p.get('os')}/{p.get('architecture')}"
-        for p in (e.platform if isinstance(e.platform, dict) else {} for e in entries)
+        "/".join(str(p[k]) for k in ("os", "architecture", "variant") if p.get(k))
+        for p in (e.platform if isinstance(e.platform, dict) else {} for e in images)
     )
-    raise NotFound(f"{label}: no linux/{arch} image (index offers {', '.join(offered)})")
+    wanted = f"{os_name}/{arch}" + (f"/{variant}" if variant else "")
+    raise NotFound(f"{label}: no {wanted} image (index offers {', '.join(offered) or 'nothing'})")
 
 
 def _is_index(desc: Descriptor) -> bool:

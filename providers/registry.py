@@ -1,0 +1,389 @@
+"""The Docker registry puller: Registry HTTP API v2 as ImageSource and BlobSource.
+
+``RegistryClient.resolve(reference)`` asks for the manifest by tag or digest
+accepting Docker v2 schema 2, OCI manifests, Docker manifest lists and OCI
+indexes. From an index it picks the host's platform (or ``platform``),
+skipping attestation entries, and follows it by digest. It fetches the image
+config and returns the layers with their diff_ids. Checked on the way: a
+manifest pulled by digest hashes to that digest, a manifest named by an
+index hashes to the index's digest and size, the ``Docker-Content-Digest``
+header (when the registry sends one) matches the bytes, and the config
+matches its descriptor. Layers are checked by the caller while streaming.
+Docker schema 1 manifests (providers.schema1) are read too: their layer
+sizes come from HEAD requests, their digest from the unsigned payload.
+
+Where a reference goes:
+
+- A reference on docker.io (``busybox``, ``library/busybox``) goes to each
+  of ``mirrors`` in order, then to ``registry`` (the ``--docker_registry``
+  URL), as Mesos and Docker do. A mirror that fails (not found, refused,
+  down) passes the request on; only the last endpoint's error is raised.
+- A reference naming its registry (``host:5000/app:1``) goes to that host
+  over HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and
+  hosts in ``insecure_registries`` try HTTPS once and fall back to plain
+  HTTP when TLS or the connection fails, as Docker does.
+
+``open(digest)`` streams a layer of an image this client resolved, resuming
+broken transfers (providers.registry_blob). Blocking; thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TypeVar
+
+import requests
+
+from providers.digest import Digest, digest_bytes
+from providers.errors import (
+    BadImage,
+    DigestMismatch,
+    LazyfsError,
+    NotFound,
+    TemporaryFailure,
+    UsageError,
+)
+from providers.manifest import (
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageManifest,
+    Layer,
+    load_json,
+    parse_descriptor,
+    parse_image_config,
+    parse_image_manifest,
+)
+from providers.oci_layout import INDEX_DEPTH_LIMIT, select_platform
+from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
+from providers.registry_blob import BlobStream
+from providers.registry_http import METADATA_LIMIT, HttpOptions, RegistryHttp, redact
+from providers.schema1 import parse_schema1, schema1_digest
+
+log = logging.getLogger(__name__)
+
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+T = TypeVar("T")
+# Schema 1 last and weighted down: only a registry with nothing newer sends it.
+ACCEPT = ", ".join(
+    [
+        OCI_INDEX,
+        DOCKER_MANIFEST_LIST,
+        OCI_MANIFEST,
+        DOCKER_MANIFEST,
+        f"{DOCKER_SCHEMA1_SIGNED};q=0.5",
+        f"{DOCKER_SCHEMA1};q=0.5",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+def parse_platform(text: str) -> Platform:
+    """``os/arch[/variant]`` as ``--platform`` takes it."""
+    parts = text.strip().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UsageError(f"--platform {text!r}: expected os/arch or os/arch/variant")
+    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (``name``, ``name:port``, ``[v6]:port``) is this machine."""
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """What the flags say; ``registry`` serves docker.io references."""
+
+    registry: str = "https://registry-1.docker.io"
+    mirrors: tuple[str, ...] = ()
+    insecure_registries: frozenset[str] = frozenset()
+    platform: Platform | None = None
+    http: HttpOptions = field(default_factory=HttpOptions)
+
+
+@dataclass(frozen=True)
+class _BlobHome:
+    base: str
+    repository: str
+    image: str
+    size: int
+
+
+class RegistryClient:
+    """ImageSource and BlobSource over Docker registries."""
+
+    def __init__(self, options: RegistryOptions) -> None:
+        self.options = options
+        self.http = RegistryHttp(options.http)
+        self._lock = threading.Lock()
+        self._blobs: dict[Digest, _BlobHome] = {}
+        # The base URL each registry host answered on (https or http).
+        self._bases: dict[str, str] = {}
+
+    # -- where to ask -------------------------------------------------------
+
+    def _endpoints(self, ref: Reference, image: str) -> list[str]:
+        if ref.registry == DEFAULT_REGISTRY:
+            return [u.rstrip("/") for u in (*self.options.mirrors, self.options.registry)]
+        return [self._host_base(ref.registry, image)]
+
+    def _host_base(self, host: str, image: str) -> str:
+        with self._lock:
+            known = self._bases.get(host)
+        if known is not None:
+            return known
+        base = f"https://{host}"
+        if is_loopback(host) or host in self.options.insecure_registries:
+            try:
+                self.http.ping(base, image=image, attempts=1)
+            except LazyfsError as exc:
+                log.info("%s: HTTPS failed (%s); trying plain HTTP", host, exc)
+                base = f"http://{host}"
+        with self._lock:
+            self._bases[host] = base
+        return base
+
+    # -- ImageSource --------------------------------------------------------
+
+    def resolve(self, reference: str) -> ImageManifest:
+        ref = parse_reference(reference)
+        endpoints = self._endpoints(ref, reference)
+        for i, base in enumerate(endpoints):
+            try:
+                return self._resolve_at(base, ref, reference)
+            except LazyfsError as exc:
+                # Any failure at a mirror passes the request on; the upstream's is final.
+                if i == len(endpoints) - 1:
+                    raise
+                log.warning("mirror %s failed for %s: %s", redact(base), reference, exc)
+        raise AssertionError("unreachable: there is always an upstream endpoint")
+
+    def _resolve_at(self, base: str, ref: Reference, image: str) -> ImageManifest:
+        scope = f"repository:{ref.repository}:pull"
+        data, media_type = self._manifest(base, ref.repository, ref.tag_or_digest, image, scope)
+        digest = _manifest_digest(data, media_type, image)
+        if ref.digest is not None and digest != ref.digest:
+            raise DigestMismatch(f"{image}: manifest", expected=ref.digest, actual=digest)
+        depth = 0
+        while True:
+            doc = _named(image, load_json, data, "manifest")
+            kind = (doc.get("mediaType") if isinstance(doc, dict) else None) or media_type
+            if kind in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED) or (
+                isinstance(doc, dict) and doc.get("schemaVersion") == 1
+            ):
+                if depth:
+                    raise BadImage(f"{image}: an image index lists a schema 1 manifest")
+                return self._schema1(base, ref.repository, data, digest, image, scope)
+            if kind not in (OCI_INDEX, DOCKER_MANIFEST_LIST) and not (
+                isinstance(doc, dict) and "manifests" in doc
+            ):
+                break
+            depth += 1
+            if depth > INDEX_DEPTH_LIMIT:
+                raise BadImage(f"{image}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
+            entry = _named(image, self._pick, doc, image)
+            data, media_type = self._manifest(base, ref.repository, entry.digest, image, scope)
+            _verify(data, entry, f"{image}: manifest {entry.digest}")
+            digest = entry.digest
+        manifest = _named(image, parse_image_manifest, data, media_type)
+        config = self._config(base, ref.repository, manifest.config, image, scope)
+        runtime, diff_ids = _named(image, parse_image_config, config)
+        if len(diff_ids) != len(manifest.layers):
+            raise BadImage(
+                f"{image}: manifest has {len(manifest.layers)} layers "
+                f"but config has {len(diff_ids)} diff_ids"
+            )
+        layers = tuple(
+            Layer(desc.digest, desc.media_type, desc.size, diff_id)
+            for desc, diff_id in zip(manifest.layers, diff_ids, strict=True)
+        )
+        with self._lock:
+            for layer in layers:
+                self._blobs[layer.digest] = _BlobHome(base, ref.repository, image, layer.size)
+        return ImageManifest(reference=image, digest=digest, layers=layers, config=runtime)
+
+    def _schema1(
+        self, base: str, repository: str, data: bytes, digest: Digest, image: str, scope: str
+    ) -> ImageManifest:
+        parsed = _named(image, parse_schema1, data)
+        layers = []
+        for layer_digest in parsed.layers:
+            # Schema 1 gives no sizes; the registry's answer bounds the download
+            # and the digest still proves the bytes.
+            url = f"{base}/v2/{repository}/blobs/{layer_digest}"
+            response = self.http.get(url, image=image, scope=scope, method="HEAD")
+            response.close()
+            try:
+                size = int(response.headers["Content-Length"])
+            except (KeyError, ValueError):
+                why = "gave no size for a schema 1 layer"
+                raise BadImage(f"{image}: {redact(url)} {why}") from None
+            layers.append(Layer(layer_digest, DOCKER_LAYER_GZIP, size))
+        with self._lock:
+            for layer in layers:
+                self._blobs[layer.digest] = _BlobHome(base, repository, image, layer.size)
+        return ImageManifest(image, digest, tuple(layers), parsed.config)
+
+    def _pick(self, doc: object, image: str) -> Descriptor:
+        if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+            raise BadImage("image index has no manifests list")
+        entries = [
+            parse_descriptor(item, f"index entry {i}") for i, item in enumerate(doc["manifests"])
+        ]
+        wanted = self.options.platform
+        if wanted is None:
+            return select_platform(entries, image)
+        return select_platform(
+            entries, image, os_name=wanted.os, arch=wanted.architecture, variant=wanted.variant
+        )
+
+    def _manifest(
+        self, base: str, repository: str, tag_or_digest: str, image: str, scope: str
+    ) -> tuple[bytes, str]:
+        url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
+        attempt = 0
+        while True:
+            attempt += 1
+            response = self.http.get(
+                url, image=image, scope=scope, headers={"Accept": ACCEPT}, stream=True
+            )
+            try:
+                data = _read_limited(response, image, url)
+                break
+            except TemporaryFailure:
+                # The body broke after the headers: ask again, as for a failed request.
+                if attempt >= self.options.http.attempts:
+                    raise
+        media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        sent = response.headers.get("Docker-Content-Digest", "")
+        if sent.startswith("sha256:"):
+            actual = _manifest_digest(data, media_type, image)
+            if sent != actual:
+                raise DigestMismatch(
+                    f"{image}: manifest at {redact(url)}", expected=sent, actual=actual
+                )
+        return data, media_type
+
+    def _config(
+        self, base: str, repository: str, desc: Descriptor, image: str, scope: str
+    ) -> bytes:
+        if desc.size > METADATA_LIMIT:
+            raise BadImage(f"{image}: config {desc.digest} is larger than {METADATA_LIMIT} bytes")
+        url = f"{base}/v2/{repository}/blobs/{desc.digest}"
+        # Read as a blob: its size is known, so a broken transfer resumes.
+        stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
+        with contextlib.closing(stream):
+            data = b"".join(iter(lambda: stream.read(1 << 16), b""))
+        _verify(data, desc, f"{image}: config {desc.digest}")
+        return data
+
+    # -- BlobSource ---------------------------------------------------------
+
+    def _home(self, digest: Digest) -> _BlobHome:
+        with self._lock:
+            home = self._blobs.get(digest)
+        if home is None:
+            raise NotFound(f"blob {digest} is not in any image this registry client resolved")
+        return home
+
+    def open(self, digest: Digest) -> BinaryIO:
+        home = self._home(digest)
+        raw = BlobStream(
+            self.http,
+            f"{home.base}/v2/{home.repository}/blobs/{digest}",
+            image=home.image,
+            scope=f"repository:{home.repository}:pull",
+            size=home.size,
+        )
+        return io.BufferedReader(raw, 1 << 20)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the blob from ``offset``; short only at its end."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative range {offset}+{length}")
+        home = self._home(digest)
+        length = max(0, min(length, home.size - offset))
+        if length == 0:
+            return b""
+        url = f"{home.base}/v2/{home.repository}/blobs/{digest}"
+        response = self.http.get(
+            url,
+            image=home.image,
+            scope=f"repository:{home.repository}:pull",
+            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            ok=(200, 206),
+        )
+        data = response.content
+        # A registry that ignores Range sends the whole blob.
+        return data[offset : offset + length] if response.status_code == 200 else data[:length]
+
+
+def _manifest_digest(data: bytes, media_type: str, image: str) -> Digest:
+    """The digest that names a manifest; a signed schema 1's leaves out its signatures."""
+    if media_type == DOCKER_SCHEMA1_SIGNED:
+        return _named(image, schema1_digest, data)
+    return digest_bytes(data)
+
+
+def _named(image: str, parse: Callable[..., T], *args: Any) -> T:
+    """Run a pure parser; its BadImage gains the image's name."""
+    try:
+        return parse(*args)
+    except BadImage as exc:
+        if str(exc).startswith(f"{image}:"):
+            raise
+        raise BadImage(f"{image}: {exc}") from exc
+
+
+def _read_limited(response: requests.Response, image: str, url: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for chunk in response.iter_content(1 << 16):
+            total += len(chunk)
+            if total > METADATA_LIMIT:
+                raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
+            chunks.append(chunk)
+    except requests.RequestException as exc:
+        raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def _verify(data: bytes, desc: Descriptor, what: str) -> None:
+    if len(data) != desc.size:
+        raise DigestMismatch(f"{what} size", expected=str(desc.size), actual=str(len(data)))
+    actual = digest_bytes(data, desc.digest.split(":", 1)[0])
+    if actual != desc.digest:
+        raise DigestMismatch(what, expected=desc.digest, actual=actual)

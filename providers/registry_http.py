@@ -1,0 +1,330 @@
+"""HTTP to a Docker registry: retries, authentication, TLS, and error translation.
+
+``RegistryHttp.get`` is the one boundary where requests' exceptions and HTTP
+statuses become providers.errors, each a one-line message naming the image,
+the cause and the URL (never credentials):
+
+    404                          NotFound
+    401, 403 (after auth)        Unauthorized
+    TLS verification failure     Unauthorized (the server could not be trusted)
+    429, 5xx, connection errors  TemporaryFailure, after bounded retries
+    other 4xx                    BadImage
+
+Retries back off exponentially (``Retry-After`` is honoured up to the cap).
+Authentication follows the registry's challenge: ``Bearer`` fetches a token
+from the realm for the scope and caches it per scope until it expires or
+the registry answers 401 again; ``Basic`` sends the credentials for the
+host. A redirect to another host loses the Authorization header (requests
+strips it), so blob storage behind a redirect never sees registry secrets.
+
+Blocking; safe to call from several threads (one requests.Session per thread).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
+from providers.registry_auth import (
+    Challenge,
+    Credentials,
+    TokenCache,
+    normalize_host,
+    parse_challenge,
+    parse_token_response,
+)
+
+log = logging.getLogger(__name__)
+
+# Errors that say the connection, not the registry, failed: worth another try.
+TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+# Manifests, configs and token answers are read into memory: bound them.
+METADATA_LIMIT = 16 << 20
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """How to talk to registries; the defaults suit a real network."""
+
+    ca_file: str | None = None
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    attempts: int = 5
+    backoff: float = 0.25
+    max_backoff: float = 4.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+def redact(url: str) -> str:
+    """``url`` without user:password and without the query (tokens hide there)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _registry_message(response: requests.Response) -> str:
+    """The first ``errors[]`` entry of a registry's JSON error body, if any."""
+    try:
+        doc = json.loads(response.content[:65536])
+        first = doc["errors"][0]
+        text = str(first.get("message") or first.get("code") or "")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return " ".join(text.split())[:200]
+
+
+class RegistryHttp:
+    """GETs against registries with auth, retries and translated errors."""
+
+    def __init__(self, options: HttpOptions) -> None:
+        self.options = options
+        self.tokens = TokenCache()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        # The last challenge each registry host answered with, to authenticate
+        # the next request up front instead of taking a 401 every time.
+        self._challenges: dict[str, Challenge] = {}
+
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.verify = self.options.ca_file or True
+            # Proxies from the environment would reroute loopback registries.
+            session.trust_env = False
+            self._local.session = session
+        return session
+
+    def credentials(self, url: str) -> Credentials | None:
+        return self.options.credentials.get(normalize_host(urlsplit(url).netloc))
+
+    def ping(self, base: str, *, image: str, attempts: int | None = None) -> None:
+        """``GET BASE/v2/``: proves the endpoint speaks the API and learns its challenge."""
+        url = f"{base}/v2/"
+        response = self.get(url, image=image, scope=None, ok=(200, 401), attempts=attempts)
+        if response.status_code == 401:
+            challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+            if challenge is not None:
+                with self._lock:
+                    self._challenges[urlsplit(url).netloc] = challenge
+        response.close()
+
+    def get(
+        self,
+        url: str,
+        *,
+        image: str,
+        scope: str | None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        ok: tuple[int, ...] = (200,),
+        attempts: int | None = None,
+        method: str = "GET",
+    ) -> requests.Response:
+        """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
+
+        ``image`` names what the request is for in error messages; ``scope``
+        is the bearer token scope (``repository:NAME:pull``) or None.
+        """
+        host = urlsplit(url).netloc
+        attempts = attempts or self.options.attempts
+        auth_tries = 0
+        attempt = 0
+        while True:
+            attempt += 1
+            sent = dict(headers or {})
+            authorization = self._authorization(host, url, image, scope)
+            if authorization is not None:
+                sent["Authorization"] = authorization
+            try:
+                response = self.session().request(
+                    method,
+                    url,
+                    headers=sent,
+                    stream=stream,
+                    timeout=(self.options.connect_timeout, self.options.read_timeout),
+                )
+            except requests.exceptions.SSLError as exc:
+                raise Unauthorized(f"{image}: TLS failure at {redact(url)}: {_why(exc)}") from exc
+            except TRANSIENT as exc:
+                if attempt >= attempts:
+                    raise TemporaryFailure(
+                        f"{image}: cannot reach {redact(url)}: {_why(exc)}"
+                    ) from exc
+                self._sleep(attempt, None, f"{redact(url)}: {_why(exc)}")
+                continue
+            if response.status_code in ok:
+                return response
+            status = response.status_code
+            if status == 401 and auth_tries < 2:
+                auth_tries += 1
+                if self._learn_challenge(host, response, url, image, scope, authorization):
+                    response.close()
+                    attempt -= 1  # authenticating is not a failed attempt
+                    continue
+            if (status == 429 or status >= 500) and attempt < attempts:
+                retry_after = response.headers.get("Retry-After")
+                response.close()
+                self._sleep(attempt, retry_after, f"{redact(url)}: HTTP {status}")
+                continue
+            self._fail(response, url, image)
+
+    def _fail(self, response: requests.Response, url: str, image: str) -> NoReturn:
+        status = response.status_code
+        detail = _registry_message(response)
+        response.close()
+        cause = f"HTTP {status}" + (f" {detail}" if detail else "")
+        where = f"({redact(url)})"
+        if status == 404:
+            raise NotFound(f"{image}: not found: {cause} {where}")
+        if status in (401, 403):
+            raise Unauthorized(f"{image}: access denied: {cause} {where}")
+        if status == 429 or status >= 500:
+            raise TemporaryFailure(f"{image}: registry failed: {cause} {where}")
+        raise BadImage(f"{image}: registry refused the request: {cause} {where}")
+
+    def _sleep(self, attempt: int, retry_after: str | None, why: str) -> None:
+        delay = min(self.options.max_backoff, self.options.backoff * 2 ** (attempt - 1))
+        if retry_after:
+            delay = min(self.options.max_backoff, max(delay, _retry_after(retry_after)))
+        log.info("retrying in %.2fs after %s", delay, why)
+        time.sleep(delay)
+
+    # -- authentication ------------------------------------------------------
+
+    def _authorization(self, host: str, url: str, image: str, scope: str | None) -> str | None:
+        with self._lock:
+            challenge = self._challenges.get(host)
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            creds = self.credentials(url)
+            return creds.basic_header() if creds is not None else None
+        if challenge.scheme == "bearer":
+            key = _token_key(challenge, scope)
+            token = self.tokens.get(key)
+            if token is None:
+                token = self._fetch_token(key, url, image)
+            return f"Bearer {token}"
+        return None
+
+    def _learn_challenge(
+        self,
+        host: str,
+        response: requests.Response,
+        url: str,
+        image: str,
+        scope: str | None,
+        sent: str | None,
+    ) -> bool:
+        """Remember the 401's challenge; True if another try may now succeed."""
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        if challenge is None or challenge.scheme not in ("basic", "bearer"):
+            return False
+        with self._lock:
+            self._challenges[host] = challenge
+        if challenge.scheme == "basic":
+            # Credentials already sent and refused: another try changes nothing.
+            return sent is None and self.credentials(url) is not None
+        # A cached token the registry refused (expired early, revoked): drop it.
+        self.tokens.forget(_token_key(challenge, scope))
+        if challenge.params.get("scope") and scope is None:
+            self.tokens.forget(_token_key(challenge, None))
+        return True
+
+    def _fetch_token(self, key: tuple[str, str, str], url: str, image: str) -> str:
+        realm, service, scope = key
+        if not realm.startswith(("http://", "https://")):
+            raise Unauthorized(f"{image}: registry {redact(url)} gave an unusable token realm")
+        params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+        creds = self.credentials(url)
+        headers = {"Authorization": creds.basic_header()} if creds is not None else {}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.session().get(
+                    realm,
+                    params=params,
+                    headers=headers,
+                    timeout=(self.options.connect_timeout, self.options.read_timeout),
+                )
+            except requests.exceptions.SSLError as exc:
+                raise Unauthorized(f"{image}: TLS failure at {redact(realm)}: {_why(exc)}") from exc
+            except TRANSIENT as exc:
+                if attempt >= self.options.attempts:
+                    raise TemporaryFailure(
+                        f"{image}: cannot reach token server {redact(realm)}: {_why(exc)}"
+                    ) from exc
+                self._sleep(attempt, None, f"{redact(realm)}: {_why(exc)}")
+                continue
+            status = response.status_code
+            if (status == 429 or status >= 500) and attempt < self.options.attempts:
+                self._sleep(attempt, response.headers.get("Retry-After"), f"HTTP {status}")
+                continue
+            break
+        if status in (401, 403):
+            who = "credentials refused" if creds is not None else "anonymous access refused"
+            raise Unauthorized(f"{image}: token server {redact(realm)}: {who} (HTTP {status})")
+        if status != 200:
+            raise TemporaryFailure(f"{image}: token server {redact(realm)} answered HTTP {status}")
+        if len(response.content) > METADATA_LIMIT:
+            raise Unauthorized(f"{image}: token server {redact(realm)} answer is too large")
+        try:
+            token, lifetime = parse_token_response(response.content)
+        except ValueError as exc:
+            raise Unauthorized(f"{image}: token server {redact(realm)}: {exc}") from None
+        self.tokens.put(key, token, lifetime)
+        return token
+
+
+def _token_key(challenge: Challenge, scope: str | None) -> tuple[str, str, str]:
+    params = challenge.params
+    return (params.get("realm", ""), params.get("service", ""), scope or params.get("scope", ""))
+
+
+def _retry_after(value: str) -> float:
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _why(exc: BaseException) -> str:
+    """A short cause for an error message: the innermost reason, one line, no URL."""
+    reason: Any = exc
+    # requests wraps urllib3 errors that wrap OSErrors; the innermost says most.
+    for _ in range(4):
+        inner = getattr(reason, "reason", None) or (reason.args[0] if reason.args else None)
+        if isinstance(inner, BaseException):
+            reason = inner
+        else:
+            break
+    text = str(reason)
+    if isinstance(reason, LazyfsError):
+        return text
+    # urllib3 puts "<connection object at 0x...>: " or "HTTPConnection(host=...):"
+    # before the useful part, which is the OS error when there is one.
+    text = text.split(">: ", 1)[-1]
+    if "[Errno" in text:
+        text = text[text.index("[Errno") :].split("] ", 1)[-1]
+    return " ".join(text.split())[:200] or type(reason).__name__

@@ -1,0 +1,127 @@
+"""A loopback HTTP proxy in front of a registry that misbehaves on request.
+
+Each fault applies to requests whose path contains ``Faults.target`` and
+is used up as it fires, so a test says "the next two blob requests get 500"
+and then watches the client recover. Every request is recorded with its
+headers (``seen``), which lets tests check what a client sent where.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import requests
+
+FORWARDED = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Docker-Content-Digest",
+    "WWW-Authenticate",
+    "Location",
+)
+
+
+@dataclass
+class Faults:
+    target: str = "/blobs/"
+    statuses: list[int] = field(default_factory=list)  # answered in order, then forwarded
+    cuts: int = 0  # responses cut after half the body
+    ignore_range: bool = False  # forward without Range: upstream answers 200, whole body
+    corrupt: bool = False  # flip one byte of every matching body
+    garbage_manifest: bool = False
+    redirect_to: str | None = None  # base URL to redirect matching requests to, once each
+    upstream_auth: str | None = None  # Authorization the redirect target adds by itself
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, name: str) -> Any:
+        """Use up one fault called ``name``; returns what it was (falsy if none left)."""
+        with self.lock:
+            value = getattr(self, name)
+            if name == "statuses":
+                return value.pop(0) if value else 0
+            if name == "cuts":
+                if value:
+                    self.cuts -= 1
+                return value
+            return value
+
+
+@contextmanager
+def run_proxy(upstream: str, faults: Faults) -> Iterator[str]:
+    """Serve on a free loopback port; yields the proxy's base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            headers = {k: v for k, v in self.headers.items()}
+            with faults.lock:
+                faults.seen.append((self.path, headers))
+            matches = faults.target in self.path
+            if "/manifests/" in self.path and faults.garbage_manifest:
+                self._answer(200, b"this is not JSON", "application/vnd.oci.image.manifest.v1+json")
+                return
+            if matches and (status := faults.take("statuses")):
+                error = json.dumps({"errors": [{"code": "INJECTED", "message": f"fault {status}"}]})
+                self._answer(status, error.encode(), "application/json", {"Retry-After": "0"})
+                return
+            host = self.headers.get("Host", "")
+            if matches and faults.redirect_to and not host.startswith("localhost"):
+                self._answer(307, b"", "text/plain", {"Location": faults.redirect_to + self.path})
+                return
+            sent = {k: v for k, v in headers.items() if k in ("Accept", "Authorization", "Range")}
+            if faults.ignore_range:
+                sent.pop("Range", None)
+            if host.startswith("localhost") and faults.upstream_auth:
+                sent["Authorization"] = faults.upstream_auth
+            upstream_response = requests.get(
+                upstream + self.path, headers=sent, stream=True, allow_redirects=False, timeout=30
+            )
+            body = upstream_response.raw.read()
+            if matches and faults.corrupt and len(body) > 1:
+                middle = len(body) // 2
+                body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+            self.send_response(upstream_response.status_code)
+            for name in FORWARDED:
+                if name in upstream_response.headers:
+                    self.send_header(name, upstream_response.headers[name])
+            self.end_headers()
+            if matches and upstream_response.status_code in (200, 206) and faults.take("cuts"):
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+        def _answer(
+            self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

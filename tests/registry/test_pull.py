@@ -1,0 +1,119 @@
+"""Pull from a plain-HTTP loopback registry: every manifest kind gives umoci's tree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from lazyfs.progress import Progress
+from providers.errors import NotFound
+from providers.registry import Platform, RegistryOptions
+from tests.registry.conftest import OTHER_ARCH, Seed
+from tests.registry.helpers import FAST, docker, lazyfs, provider, provision_tree_diff
+from tests.registry.servers import Registry, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("name", ["rich:v2s2", "rich:oci", "multi:latest", "multidocker:latest"])
+async def test_registry_image_equals_umoci_unpack(
+    name: str, plain_registry: Registry, reference_tree: Path, tmp_path: Path
+) -> None:
+    # The reference names its registry: loopback, so plain HTTP after HTTPS fails.
+    diff = await provision_tree_diff(
+        tmp_path / "work", "https://unused.invalid", f"{plain_registry.host}/{name}", reference_tree
+    )
+    assert diff == []
+
+
+async def test_docker_io_reference_goes_to_docker_registry_url(
+    plain_registry: Registry, reference_tree: Path, tmp_path: Path
+) -> None:
+    diff = await provision_tree_diff(tmp_path, plain_registry.url, "rich:oci", reference_tree)
+    assert diff == []
+
+
+async def test_pinned_digest_resolves_and_is_checked(
+    plain_registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    dp = provider(tmp_path, plain_registry.url)
+    manifest = await dp.fetch(docker(f"rich@{seed.rich_v2s2}"), _progress())
+    assert manifest.digest == seed.rich_v2s2
+    assert all(dp.store.has_blob(layer.digest) for layer in manifest.layers)
+
+
+async def test_platform_flag_picks_the_other_image(
+    plain_registry: Registry, seed: Seed, other_tree: Path, tmp_path: Path
+) -> None:
+    options = RegistryOptions(platform=Platform("linux", OTHER_ARCH), http=FAST)
+    diff = await provision_tree_diff(
+        tmp_path, plain_registry.url, f"{plain_registry.host}/multi:latest", other_tree, options
+    )
+    assert diff == []
+
+
+async def test_platform_missing_from_index_is_not_found(
+    plain_registry: Registry, tmp_path: Path
+) -> None:
+    options = RegistryOptions(platform=Platform("linux", "mips64le"), http=FAST)
+    dp = provider(tmp_path, plain_registry.url, options)
+    with pytest.raises(NotFound, match="no linux/mips64le image"):
+        await dp.fetch(docker(f"{plain_registry.host}/multi:latest"), _progress())
+
+
+def test_cli_pull_prints_manifest_and_stores_blobs(
+    plain_registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    result = lazyfs(tmp_path, "--docker_registry", plain_registry.url, "pull", "rich:v2s2")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["reference"] == "docker.io/library/rich:v2s2"
+    assert manifest["digest"] == seed.rich_v2s2
+    blobs = tmp_path / "store" / "docker" / "blobs" / "sha256"
+    for layer in manifest["layers"]:
+        assert (blobs / layer["digest"].split(":")[1]).is_file()
+    # Pulled again: resolved again, blobs reused, same answer.
+    again = lazyfs(tmp_path, "--docker-registry", plain_registry.url, "pull", "docker:rich:v2s2")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == manifest
+
+
+def test_mirror_is_tried_first_and_falls_through(plain_registry: Registry, tmp_path: Path) -> None:
+    dead_mirror = f"http://127.0.0.1:{free_port()}"
+    result = lazyfs(
+        tmp_path,
+        "--docker_registry",
+        "http://127.0.0.1:1",
+        "--docker_registry_mirrors",
+        f"{dead_mirror},{plain_registry.url}",
+        "pull",
+        "rich:oci",
+    )
+    # The first mirror is down, the second has it; the upstream is never asked.
+    assert result.returncode == 0, result.stderr
+
+
+def _progress() -> Progress:
+    return Progress(enabled=False)
+
+
+async def test_schema1_image_equals_umoci_unpack(
+    schema1_registry: Registry, reference_tree: Path, tmp_path: Path
+) -> None:
+    diff = await provision_tree_diff(tmp_path, schema1_registry.url, "rich:s1", reference_tree)
+    assert diff == []
+
+
+async def test_schema1_pinned_by_its_registry_digest(
+    schema1_registry: Registry, tmp_path: Path
+) -> None:
+    response = requests.get(f"{schema1_registry.url}/v2/library/rich/manifests/s1", timeout=10)
+    digest = response.headers["Docker-Content-Digest"]
+    assert "signatures" in response.json()
+    dp = provider(tmp_path, schema1_registry.url)
+    manifest = await dp.fetch(docker(f"rich@{digest}"), _progress())
+    assert manifest.digest == digest
+    assert [layer.diff_id for layer in manifest.layers] == [None, None, None]
