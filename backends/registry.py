@@ -4,7 +4,8 @@
 named: overlay where the kernel has overlayfs and the store's filesystem can
 hold its layers and upper directories (probed once per store tmp directory
 and process with a tiny trial mount), else copy.  bind is never chosen by
-itself: it refuses images of more than one layer.
+itself: it refuses images of more than one layer; nor is fuse, lazyfs' own
+backend, which is asked for by name.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 from backends.base import Backend
 from backends.bind import BindBackend
 from backends.copy import CopyBackend
+from backends.fuse import FuseBackend
 from backends.overlay import OverlayBackend, overlay_usable
 from providers.errors import BackendError
 
-NAMES = ("copy", "bind", "overlay")
+NAMES = ("copy", "bind", "overlay", "fuse")
 
 
 def make_backend(name: str, layers_dir: Path, tmp_dir: Path) -> Backend:
@@ -33,6 +35,8 @@ def make_backend(name: str, layers_dir: Path, tmp_dir: Path) -> Backend:
         return BindBackend(layers_dir, tmp_dir)
     if name == "overlay":
         return OverlayBackend(layers_dir, tmp_dir)
+    if name == "fuse":
+        return FuseBackend(layers_dir, tmp_dir)
     raise BackendError(f"unknown backend {name!r}; known: {', '.join(NAMES)}")
 
 

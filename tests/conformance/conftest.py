@@ -41,6 +41,10 @@ class Variant:
     writable: bool
     one_layer_only: bool = False
     needs_overlay: bool = False
+    needs_fuse: bool = False
+    # Whether the rootfs is made by backends.apply in the test's own process,
+    # where a test can break it (the fuse backend merges in its mount process).
+    applies_in_process: bool = True
 
 
 VARIANTS = (
@@ -48,21 +52,30 @@ VARIANTS = (
     Variant("bind", "bind", writable=False, one_layer_only=True),
     Variant("overlay-ro", "overlay", writable=False, needs_overlay=True),
     Variant("overlay-rw", "overlay", writable=True, needs_overlay=True),
+    Variant("fuse-ro", "fuse", writable=False, needs_fuse=True, applies_in_process=False),
 )
 
 
-def variants(*, multi_layer: bool = False, writable: bool | None = None) -> list[Variant]:
-    """``VARIANTS``, those that take images of many layers or the writable ones."""
+def variants(
+    *, multi_layer: bool = False, writable: bool | None = None, in_process: bool = False
+) -> list[Variant]:
+    """``VARIANTS``: those that take images of many layers, the writable ones, or
+    those whose layers are applied in the test's process."""
     return [
         v
         for v in VARIANTS
-        if not (multi_layer and v.one_layer_only) and (writable is None or v.writable == writable)
+        if not (multi_layer and v.one_layer_only)
+        and (writable is None or v.writable == writable)
+        and (v.applies_in_process or not in_process)
     ]
 
 
-def params(*, multi_layer: bool = False, writable: bool | None = None) -> list[object]:
+def params(
+    *, multi_layer: bool = False, writable: bool | None = None, in_process: bool = False
+) -> list[object]:
     """``variants`` as pytest params, for ``indirect`` parametrizing of ``variant``."""
-    return [pytest.param(v, id=v.id) for v in variants(multi_layer=multi_layer, writable=writable)]
+    chosen = variants(multi_layer=multi_layer, writable=writable, in_process=in_process)
+    return [pytest.param(v, id=v.id) for v in chosen]
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +91,13 @@ def variant(request: pytest.FixtureRequest, overlay_ok: bool) -> Variant:
         pytest.skip("backends need root")
     if chosen.needs_overlay and not overlay_ok:
         pytest.skip("overlayfs is not usable here")
+    if chosen.needs_fuse and not fuse_usable():
+        pytest.skip("FUSE is not usable here (/dev/fuse, fusermount3)")
     return chosen
+
+
+def fuse_usable() -> bool:
+    return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """Every backend gives, for every image, the tree ``umoci unpack`` gives.
 
 Parametrized over ``conftest.VARIANTS`` (copy; bind for one-layer images;
-overlay read-only and writable): names, types, modes, owners, sizes,
+overlay read-only and writable; fuse read-only): names, types, modes, owners, sizes,
 contents, link targets, device numbers, xattrs, hardlinks and mtimes, of
 directories too.  Read-only rootfses refuse writes; writable ones take them
 without changing anything shared in the store.  A last test shows the
-comparison catches a broken layer applier.
+comparison catches a broken layer applier (for the fuse backend's merged
+tree, ``tests/integration/test_lazy_tree.py`` shows it).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ async def test_bind_refuses_many_layers_before_mounting(
     assert mounts_under(tmp_path) == []
 
 
-@pytest.mark.parametrize("variant", params(multi_layer=True), indirect=True)
+@pytest.mark.parametrize("variant", params(multi_layer=True, in_process=True), indirect=True)
 async def test_the_comparison_catches_a_broken_applier(
     variant: Variant, case_images: CaseImages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

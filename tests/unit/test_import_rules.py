@@ -30,9 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKED_PACKAGES = ("providers", "lazyfs", "backends")
 FIRST_PARTY = frozenset({"providers", "lazyfs", "backends", "tests"})
 
-# Modules of lazyfs that backends may import: the public mount API. Empty until
-# that API exists; add its module here (e.g. "lazyfs.mount") when it does.
-BACKENDS_MAY_IMPORT_FROM_LAZYFS: frozenset[str] = frozenset()
+# Modules of lazyfs that backends may import: the public mount API.
+BACKENDS_MAY_IMPORT_FROM_LAZYFS: frozenset[str] = frozenset({"lazyfs.mount"})
 
 # Files of lazyfs (relative to the repository root, glob patterns) that may
 # import backends.

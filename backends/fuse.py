@@ -1,0 +1,86 @@
+"""The fuse backend: lazyfs' own merged tree over the layer blobs, one mount process per rootfs.
+
+Nothing is extracted: each layer is indexed once into the store
+(``layers/<hex>/index.json``, see ``lazyfs.index``) and the rootfs is a
+read-only FUSE mount served by a process of its own (``lazyfs.mount``),
+detached from the caller.  Per rootfs, ``<rootfs>/../../scratch/<rootfs
+name>/`` (as the overlay backend keeps its scratch) holds ``pid``, the mount
+process, and ``mount.log``, its log.
+
+Read-only only, for now: asking for a writable rootfs is refused before
+anything is made (copy-on-write is the next step).  ``destroy`` unmounts
+what a runtime mounted inside, then the rootfs, waits for the mount process
+to end, and removes the mount point and the scratch directory; idempotent.
+All of it blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from backends.base import LayerFile, Rootfs
+from backends.mounts import mount_points, unmount
+from lazyfs import mount as lazy_mount
+from providers.errors import BackendError
+
+
+class FuseBackend:
+    """Read-only; needs /dev/fuse and fusermount3 (root, for allow_other, suid and dev)."""
+
+    name = "fuse"
+
+    def __init__(self, layers_dir: Path, tmp_dir: Path) -> None:
+        self.layers_dir = layers_dir
+        self.tmp_dir = tmp_dir
+
+    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+        if writable:
+            raise BackendError("the fuse backend is read-only for now; use overlay or copy")
+        if not layers:
+            raise BackendError("the fuse backend needs an image of at least one layer")
+        scratch = scratch_dir(rootfs)
+        scratch.parent.mkdir(exist_ok=True)
+        scratch.mkdir()
+        try:
+            rootfs.mkdir(mode=0o755)
+            pid = lazy_mount.mount(
+                [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
+                rootfs,
+                layers_dir=self.layers_dir,
+                tmp_dir=self.tmp_dir,
+                log_path=scratch / "mount.log",
+            )
+            (scratch / "pid").write_text(f"{pid}\n")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                rootfs.rmdir()
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return Rootfs(rootfs, self.name, writable=False)
+
+    def destroy(self, rootfs: Path) -> None:
+        scratch = scratch_dir(rootfs)
+        # A runtime may have mounted inside (proc, dev): those go first.
+        inside = [p for p in mount_points() if rootfs in p.parents]
+        for point in sorted(set(inside), key=lambda p: len(p.parts), reverse=True):
+            unmount(point)
+        lazy_mount.unmount(rootfs, pid=_read_pid(scratch))
+        with contextlib.suppress(FileNotFoundError):
+            rootfs.rmdir()
+        if scratch.exists():
+            shutil.rmtree(scratch)
+
+
+def scratch_dir(rootfs: Path) -> Path:
+    """Where the pid and log of ``rootfs``'s mount process live."""
+    return rootfs.parent.parent / "scratch" / rootfs.name
+
+
+def _read_pid(scratch: Path) -> int | None:
+    try:
+        return int((scratch / "pid").read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,154 @@
+"""Ranged reads of layer data, and the bounded chunk cache the FUSE reads go through.
+
+``RangeReader.read_range(digest, offset, length)`` is the one interface the
+merged tree's reads use: bytes of a layer's *uncompressed* tar stream.
+``LocalTars`` serves it from tar files on this machine (the blob itself for
+plain tar layers, the store's uncompressed copy for gzip and zstd, see
+``lazyfs.index``); the cache daemon's client will serve it remotely without
+the tree or the operations changing.
+
+``ChunkCache`` wraps a RangeReader for trio: reads are cut into aligned
+chunks, misses are read in worker threads under a ``CapacityLimiter`` (they
+block, and may decompress), and recently used chunks are kept up to a byte
+budget, so a hot file costs no thread and no decompression the second time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from providers.digest import Digest
+
+CHUNK_SIZE = 1 << 17  # 128 KiB, what the kernel asks for in one read at most
+DEFAULT_CACHE_BYTES = 64 << 20
+DEFAULT_THREADS = 8
+
+
+class RangeReader(Protocol):
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.
+
+        Short only at the end of the stream; b"" at or past it.  Blocking and
+        thread-safe.  Raises KeyError for an unknown digest, OSError when the
+        bytes cannot be had.
+        """
+        ...
+
+
+class LocalTars:
+    """Tar streams in local files, by layer digest; descriptors opened once, on first use."""
+
+    def __init__(self, paths: Mapping[Digest, Path]) -> None:
+        self._paths = dict(paths)
+        self._fds: dict[Digest, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, digest: Digest) -> int:
+        with self._lock:
+            fd = self._fds.get(digest)
+            if fd is None:
+                fd = self._fds[digest] = os.open(self._paths[digest], os.O_RDONLY | os.O_CLOEXEC)
+            return fd
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        fd = self._fd(digest)
+        parts = []
+        # pread may return less than asked before EOF (signals, big reads).
+        while length > 0:
+            data = os.pread(fd, length, offset)
+            if not data:
+                break
+            parts.append(data)
+            offset += len(data)
+            length -= len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Close the descriptors; later reads open them again."""
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+class ChunkCache:
+    """Aligned chunks of layer streams, read through ``source``, kept up to ``max_bytes``.
+
+    ``read`` returns exactly the bytes asked for, short only at the end of
+    the stream.  Two tasks missing the same chunk read it once.  A task
+    cancelled while its chunk is read in a thread waits for the thread
+    (trio does not abandon it), so no read is left running unowned.
+    """
+
+    def __init__(
+        self,
+        source: RangeReader,
+        *,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+        threads: int = DEFAULT_THREADS,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.chunk_size = chunk_size
+        self._limiter = trio.CapacityLimiter(threads)
+        self._chunks: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[tuple[Digest, int], trio.Event] = {}
+        self.misses = 0
+
+    async def read(self, digest: Digest, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        first = offset // self.chunk_size
+        last = (offset + length - 1) // self.chunk_size
+        parts = []
+        for number in range(first, last + 1):
+            chunk = await self._chunk(digest, number)
+            parts.append(chunk)
+            if len(chunk) < self.chunk_size:
+                break  # end of the stream
+        data = b"".join(parts)
+        start = offset - first * self.chunk_size
+        return data[start : start + length]
+
+    async def _chunk(self, digest: Digest, number: int) -> bytes:
+        key = (digest, number)
+        while True:
+            found = self._chunks.get(key)
+            if found is not None:
+                self._chunks.move_to_end(key)
+                return found
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await pending.wait()  # then look again: the reader may have failed
+        done = self._pending[key] = trio.Event()
+        try:
+            self.misses += 1
+            data = await trio.to_thread.run_sync(
+                self.source.read_range,
+                digest,
+                number * self.chunk_size,
+                self.chunk_size,
+                limiter=self._limiter,
+            )
+            self._keep(key, data)
+            return data
+        finally:
+            del self._pending[key]
+            done.set()
+
+    def _keep(self, key: tuple[Digest, int], data: bytes) -> None:
+        self._chunks[key] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes and len(self._chunks) > 1:
+            _, dropped = self._chunks.popitem(last=False)
+            self._bytes -= len(dropped)

@@ -1,0 +1,229 @@
+"""pyfuse3 operations serving a MergedTree read-only.
+
+The tree never changes while mounted, so the kernel is told to keep
+everything: entries, negative lookups and attributes for ``CACHE_TIMEOUT``
+seconds, and file pages across opens (``keep_cache``).  A warm tree then
+costs Python nothing.  Directory offsets are positions in the sorted
+listing, stable for the life of the mount.  File bytes come from
+``ChunkCache`` (worker threads, bounded cache); open file and directory
+handles are the inode numbers themselves, since nothing is kept per handle.
+
+Writes never reach here: the mount is read-only, so the kernel answers
+EROFS itself; ``open`` for writing answers EROFS too, for callers that ask
+anyway.  Every handler ends in ``pyfuse3.FUSEError``: expected answers
+(ENOENT, ENOTDIR, ENODATA, EROFS) directly, anything unexpected as EIO after
+logging its cause once, so nothing else ever escapes to pyfuse3.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from lazyfs.blob_ranges import ChunkCache
+from lazyfs.tree import Inode, InodeNo, MergedTree
+
+log = logging.getLogger(__name__)
+
+# Lower layers never change: a year is "forever" to the kernel's caches.
+CACHE_TIMEOUT = 365 * 24 * 3600.0
+BLOCK_SIZE = 4096
+NAME_MAX = 255
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fuse_errors(
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Let FUSEError through; log anything else once and answer EIO.
+
+    Cancellation (a BaseException) passes untouched: pyfuse3 is shutting down.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("%s%r failed; answering EIO", handler.__name__, args[1:])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _fuse_ino(ino: InodeNo) -> pyfuse3.InodeT:
+    return pyfuse3.InodeT(ino)
+
+
+class ReadOnlyOperations(pyfuse3.Operations):
+    """The read-only view of ``tree``, reading file bytes through ``chunks``."""
+
+    def __init__(self, tree: MergedTree, chunks: ChunkCache) -> None:
+        super().__init__()
+        self.tree = tree
+        self.chunks = chunks
+        self._attributes: dict[InodeNo, pyfuse3.EntryAttributes] = {}
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _inode(self, inode: int) -> Inode:
+        found = self.tree.inodes.get(InodeNo(inode))
+        if found is None:
+            # The kernel only asks for inodes we gave it; this one is stale.
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return found
+
+    def attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        """The entry of ``inode`` as FUSE wants it; made once per inode."""
+        entry = self._attributes.get(inode.ino)
+        if entry is None:
+            entry = pyfuse3.EntryAttributes()
+            entry.st_ino = _fuse_ino(inode.ino)
+            entry.generation = 0
+            entry.entry_timeout = CACHE_TIMEOUT
+            entry.attr_timeout = CACHE_TIMEOUT
+            entry.st_mode = pyfuse3.ModeT(inode.mode)
+            entry.st_nlink = inode.nlink
+            entry.st_uid = inode.uid
+            entry.st_gid = inode.gid
+            entry.st_rdev = inode.rdev
+            entry.st_size = inode.size
+            entry.st_blksize = BLOCK_SIZE
+            entry.st_blocks = (inode.size + 511) // 512
+            entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = inode.mtime_ns
+            self._attributes[inode.ino] = entry
+        return entry
+
+    # -- the handlers ---------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        if not stat.S_ISDIR(parent.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if name == b".":
+            return self.attributes(parent)
+        found = self.tree.lookup(InodeNo(parent_inode), name)
+        if found is None:
+            # Inode 0 with a timeout: the kernel caches the miss as well.
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = pyfuse3.InodeT(0)
+            missing.entry_timeout = CACHE_TIMEOUT
+            return missing
+        return self.attributes(self.tree.inodes[found])
+
+    @fuse_errors
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(self._inode(inode))
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        """Nothing to drop: every inode lives as long as the mount."""
+
+    @fuse_errors
+    async def readlink(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileNameT:
+        found = self._inode(inode)
+        if not stat.S_ISLNK(found.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return pyfuse3.FileNameT(found.target)
+
+    @fuse_errors
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        if not stat.S_ISDIR(self._inode(inode).mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return pyfuse3.FileHandleT(inode)
+
+    @fuse_errors
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        """Entries after position ``start_id``; the next id of an entry is its position + 1."""
+        listing = self.tree.children.get(InodeNo(fh), ())
+        for position in range(start_id, len(listing)):
+            name, child = listing[position]
+            entry = self.attributes(self.tree.inodes[child])
+            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, position + 1):
+                return  # the kernel's buffer is full; it asks again from here
+
+    @fuse_errors
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        """Directory handles hold nothing."""
+
+    @fuse_errors
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        found = self._inode(inode)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if stat.S_ISDIR(found.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+
+    @fuse_errors
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        """``size`` bytes at ``off``; fewer at the end of the file, b"" past it."""
+        found = self._inode(fh)
+        data = found.data
+        if data is None or off >= data.size or size <= 0:
+            return b""
+        length = min(size, data.size - off)
+        got = await self.chunks.read(data.digest, data.offset + off, length)
+        if len(got) != length:
+            # The index promised bytes the layer does not have: never pad.
+            log.error("inode %d: layer %s ended early at %d", fh, data.digest, off + len(got))
+            raise pyfuse3.FUSEError(errno.EIO)
+        return got
+
+    @fuse_errors
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        """File handles hold nothing."""
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        stats = pyfuse3.StatvfsData()
+        used = sum((inode.size + BLOCK_SIZE - 1) // BLOCK_SIZE for inode in self._files())
+        stats.f_bsize = stats.f_frsize = BLOCK_SIZE
+        stats.f_blocks = used
+        stats.f_bfree = stats.f_bavail = 0
+        stats.f_files = len(self.tree.inodes)
+        stats.f_ffree = stats.f_favail = 0
+        stats.f_namemax = NAME_MAX
+        return stats
+
+    def _files(self) -> list[Inode]:
+        return [inode for inode in self.tree.inodes.values() if inode.data is not None]
+
+    @fuse_errors
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        for key, value in self._inode(inode).xattrs:
+            if key == name:
+                return value
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @fuse_errors
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        return [pyfuse3.XAttrNameT(key) for key, _ in self._inode(inode).xattrs]

@@ -1,0 +1,203 @@
+"""Build a LayerIndex from a layer blob: one decompressing pass, one header scan.
+
+A compressed blob is first decompressed, once, into ``tar_out`` (the caller
+renames it into the store); a plain tar blob is scanned in place.  The scan
+reads tar headers only and seeks over file data, so its cost is the number
+of entries, not the layer's size.
+
+The archive is distrusted as ``backends.apply`` distrusts it, and refused for
+the same reasons, so a layer this index accepts is one the extracting
+backends accept too: names and whiteouts through ``providers.layer_rules``,
+bounded entry counts, sizes, extended headers, owners and mtimes, and a
+damaged header is damage, never a quiet end of the archive.
+"""
+
+from __future__ import annotations
+
+import decimal
+import gzip
+import lzma
+import tarfile
+import zlib
+from pathlib import Path
+
+import zstandard
+
+from lazyfs.index import IndexEntry, Kind, LayerIndex
+from providers import layer_rules as rules
+from providers.compression import decompressed, sniff
+from providers.digest import Digest
+from providers.errors import BadImage
+
+CHUNK = 1 << 20
+MAX_ENTRIES = 10_000_000
+MAX_ENTRY_SIZE = 1 << 40
+MAX_HEADER_BYTES = 1 << 20
+MAX_XATTR_VALUE_BYTES = 1 << 16
+MAX_ID = (1 << 32) - 2
+_NS = 1_000_000_000
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+_HEADER_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
+_DAMAGED_HEADER: tuple[type[Exception], ...] = (
+    tarfile.TruncatedHeaderError,  # type: ignore[attr-defined]
+    tarfile.InvalidHeaderError,  # type: ignore[attr-defined]
+)
+_KINDS = {
+    tarfile.DIRTYPE: Kind.DIR,
+    tarfile.SYMTYPE: Kind.SYMLINK,
+    tarfile.LNKTYPE: Kind.HARDLINK,
+    tarfile.CHRTYPE: Kind.CHAR,
+    tarfile.BLKTYPE: Kind.BLOCK,
+    tarfile.FIFOTYPE: Kind.FIFO,
+}
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Treats a damaged header as damage and bounds extended headers.
+
+    tarfile would stop quietly at a garbled header after the first one, so a
+    damaged layer would look complete; and it reads extended headers whole.
+    """
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> _StrictTarInfo:
+        try:
+            return super().fromtarfile(archive)
+        except _DAMAGED_HEADER as error:
+            raise tarfile.ReadError(f"damaged header: {error}") from None
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise tarfile.ReadError(f"extended header of {self.size} bytes")
+        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
+
+
+def build_index(digest: Digest, blob: Path, tar_out: Path) -> LayerIndex:
+    """Index the layer blob ``blob``; for a compressed blob, write its tar to ``tar_out``.
+
+    ``tar_out`` is left untouched for plain tar blobs.  Raises BadImage or
+    UnsafeLayer (naming the layer and entry) for layers the backends refuse.
+    """
+    with blob.open("rb") as stream:
+        compression = sniff(stream.read(8))
+    if compression not in ("none", "gzip", "zstd"):
+        raise BadImage(f"bad layer {digest}: unsupported compression {compression}")
+    tar = blob
+    if compression != "none":
+        _decompress(digest, blob, tar_out)
+        tar = tar_out
+    entries = scan_tar(tar, layer=str(digest))
+    return LayerIndex(digest, compression, tar.stat().st_size, entries)
+
+
+def _decompress(digest: Digest, blob: Path, out: Path) -> None:
+    with blob.open("rb") as raw, out.open("wb") as sink:
+        try:
+            stream = decompressed(raw)
+            while chunk := stream.read(CHUNK):
+                sink.write(chunk)
+        except (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as error:
+            raise BadImage(f"bad layer {digest}: corrupt compressed data: {error}") from error
+        except OSError as error:
+            # Decompressors report bad data as OSError without an errno.
+            if isinstance(error, gzip.BadGzipFile) or error.errno is None:
+                raise BadImage(f"bad layer {digest}: corrupt compressed data: {error}") from error
+            raise
+
+
+def scan_tar(tar: Path, *, layer: str) -> tuple[IndexEntry, ...]:
+    """The entries of the uncompressed tar file ``tar``, in archive order."""
+    entries: list[IndexEntry] = []
+    try:
+        with tarfile.open(tar, mode="r:", tarinfo=_StrictTarInfo) as archive:
+            while (member := archive.next()) is not None:
+                # tarfile keeps every member; memory would grow with the layer.
+                archive.members.clear()  # type: ignore[attr-defined]
+                if len(entries) >= MAX_ENTRIES:
+                    raise BadImage(f"bad layer {layer}: more than {MAX_ENTRIES} entries")
+                entry = index_entry(member, layer=layer)
+                if entry is not None:
+                    entries.append(entry)
+    except (tarfile.TarError, EOFError) as error:
+        raise BadImage(f"bad layer {layer}: corrupt or truncated tar: {error}") from error
+    return tuple(entries)
+
+
+def _bad(layer: str, entry: str, reason: str) -> BadImage:
+    return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")
+
+
+def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
+    """What one tar header says, as an index entry; None for AUFS bookkeeping."""
+    name = member.name
+    rule = rules.rule_for(name, layer=layer)
+    if rule.action is rules.Action.IGNORE:
+        return None
+    if rule.action is rules.Action.WHITEOUT:
+        return IndexEntry(rule.path, Kind.WHITEOUT)
+    if rule.action is rules.Action.OPAQUE:
+        return IndexEntry(rule.path, Kind.OPAQUE)
+    if member.size > MAX_ENTRY_SIZE:
+        raise _bad(layer, name, f"claims {member.size} bytes")
+    if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
+        raise _bad(layer, name, f"has the owner {member.uid}:{member.gid}")
+    if member.isreg():
+        kind = Kind.FILE
+    elif member.type in _KINDS:
+        kind = _KINDS[member.type]
+    else:
+        raise _bad(layer, name, f"has the unsupported tar type {member.type!r}")
+    if not rule.path and kind is not Kind.DIR:
+        raise _bad(layer, name, "is the root but not a directory")
+    target = ""
+    if kind is Kind.SYMLINK:
+        rules.check_symlink_target(member.linkname, layer=layer, entry=name)
+        target = member.linkname
+    elif kind is Kind.HARDLINK:
+        target = "/".join(rules.hardlink_target(member.linkname, layer=layer, entry=name))
+    rdev = (0, 0)
+    if kind in (Kind.CHAR, Kind.BLOCK):
+        if not (0 <= member.devmajor < 1 << 32 and 0 <= member.devminor < 1 << 32):
+            raise _bad(layer, name, f"has the device {member.devmajor}:{member.devminor}")
+        rdev = (member.devmajor, member.devminor)
+    is_file = kind is Kind.FILE
+    return IndexEntry(
+        path=rule.path,
+        kind=kind,
+        mode=member.mode & 0o7777,
+        uid=member.uid,
+        gid=member.gid,
+        size=member.size if is_file else 0,
+        mtime_ns=_mtime_ns(member, layer),
+        target=target,
+        rdev=rdev,
+        xattrs=_xattrs(member, layer),
+        offset=member.offset_data if is_file else 0,
+    )
+
+
+def _mtime_ns(member: tarfile.TarInfo, layer: str) -> int:
+    exact = member.pax_headers.get("mtime")
+    try:
+        # A float loses the nanoseconds of a pax mtime; its text keeps them.
+        mtime_ns = int(decimal.Decimal(exact) * _NS) if exact else int(member.mtime) * _NS
+    except (decimal.InvalidOperation, ValueError, OverflowError):
+        raise _bad(layer, member.name, f"has the mtime {exact!r}") from None
+    if abs(mtime_ns) >= 1 << 62:
+        raise _bad(layer, member.name, f"has the absurd mtime {member.mtime}")
+    return mtime_ns
+
+
+def _xattrs(member: tarfile.TarInfo, layer: str) -> tuple[tuple[str, bytes], ...]:
+    found = []
+    for key, text in member.pax_headers.items():
+        if key.startswith(_XATTR_PAX_PREFIX):
+            # tarfile decoded binary values with surrogateescape; undo it.
+            value = text.encode("utf-8", "surrogateescape")
+            if len(value) > MAX_XATTR_VALUE_BYTES:
+                raise _bad(layer, member.name, f"has an xattr of {len(value)} bytes")
+            found.append((key[len(_XATTR_PAX_PREFIX) :], value))
+    return tuple(sorted(found))

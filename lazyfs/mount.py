@@ -1,0 +1,211 @@
+"""The public mount API: serve an image's merged tree at a mount point, in its own process.
+
+pyfuse3 serves one mount per process, so every mount is a child process
+running ``python -m lazyfs.mount_main`` (see there), in a session of its
+own with its output going to a log file, so it outlives the caller's
+terminal and its Ctrl-C.  This is the one module of lazyfs that backends may
+import.
+
+``mount`` indexes the layers first, in the calling process (once per layer:
+the indexes are stored by digest, see ``lazyfs.index``), so a bad layer
+fails there with its own error; then it starts the mount process and waits
+until it says the mount is up, or says why not, or ``timeout`` passes.  On
+any failure nothing is left mounted or running.  ``unmount`` takes the mount
+down and waits for its process to end, killing it if it does not.  Both are
+blocking; ``unmount`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazyfs.index import check_tar_present, ensure_index
+from providers.digest import Digest
+from providers.errors import BackendError
+
+READY = b"ready\n"
+MOUNT_TIMEOUT = 60.0
+EXIT_TIMEOUT = 10.0
+MODULE = "lazyfs.mount_main"
+
+
+@dataclass(frozen=True)
+class MountLayer:
+    """A verified layer blob in the store."""
+
+    digest: Digest
+    blob: Path
+
+
+def mount(
+    layers: Sequence[MountLayer],
+    mountpoint: Path,
+    *,
+    layers_dir: Path,
+    tmp_dir: Path,
+    log_path: Path,
+    timeout: float = MOUNT_TIMEOUT,
+) -> int:
+    """Mount the union of ``layers`` (bottom first) read-only at the existing ``mountpoint``.
+
+    Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
+    layer the index refuses, BackendError when the mount does not come up
+    (the reason from the mount process's log).
+    """
+    tars = []
+    for layer in layers:
+        index = ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob)
+        tars.append((layer.digest, check_tar_present(layers_dir, layer.blob, index)))
+    argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
+    argv += ["--layers-dir", str(layers_dir)]
+    for digest, tar in tars:
+        argv += ["--layer", f"{digest}={tar}"]
+    read_end, write_end = os.pipe()
+    try:
+        os.set_inheritable(write_end, True)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            # posix_spawn, not subprocess: the caller forgets this child on
+            # purpose, and Popen would warn about that when collected.
+            pid = os.posix_spawn(
+                sys.executable,
+                [*argv, "--ready-fd", str(write_end)],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,  # detached: no signal of the caller's terminal reaches it
+            )
+        finally:
+            os.close(log_fd)
+        os.close(write_end)
+        write_end = -1
+        answer = _read_answer(read_end, timeout)
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if answer == READY:
+        return pid
+    # Whatever it did, it must not stay: a half-made mount goes with it.
+    _signal(pid, signal.SIGKILL)
+    _wait_gone(pid, timeout)
+    _fusermount_unmount(mountpoint)
+    reason = answer.decode(errors="replace").strip() or _last_line(log_path)
+    raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
+
+
+def _read_answer(fd: int, timeout: float) -> bytes:
+    """What the mount process wrote to its ready pipe before closing it, or b"" on timeout."""
+    deadline = time.monotonic() + timeout
+    answer = b""
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return answer
+        answer += chunk
+        if answer == READY:
+            return answer
+    return answer if answer else b"timed out waiting for the mount"
+
+
+def _last_line(log_path: Path) -> str:
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT) -> None:
+    """Unmount ``mountpoint`` and wait for its mount process ``pid`` to end.
+
+    Fine when nothing is mounted there and when the process is gone.  A
+    process that does not exit within ``timeout`` after the unmount gets
+    SIGTERM, then SIGKILL.  Raises BackendError if the mount stays.
+    """
+    _fusermount_unmount(mountpoint)
+    alive = pid is not None and _is_mount_process(pid, mountpoint)
+    if pid is not None and alive and not _wait_gone(pid, timeout):
+        _signal(pid, signal.SIGTERM)
+        if not _wait_gone(pid, timeout):
+            _signal(pid, signal.SIGKILL)
+            _wait_gone(pid, timeout)
+    if is_mounted(mountpoint):
+        raise BackendError(f"{mountpoint} is still mounted after unmount")
+
+
+def _fusermount_unmount(mountpoint: Path) -> None:
+    if not is_mounted(mountpoint):
+        return
+    for args in (["-u"], ["-u", "-z"]):  # lazily only when busy
+        done = subprocess.run(
+            ["fusermount3", *args, str(mountpoint)], capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0 or not is_mounted(mountpoint):
+            return
+    raise BackendError(f"fusermount3 -u {mountpoint} failed: {done.stderr.strip()}")
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too)."""
+    wanted = os.path.abspath(mountpoint)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == wanted:
+                return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo.
+    for code in ("\\040", "\\011", "\\012", "\\134"):
+        field = field.replace(code, chr(int(code[1:], 8)))
+    return field
+
+
+def _is_mount_process(pid: int, mountpoint: Path) -> bool:
+    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return MODULE.encode() in args and os.fsencode(str(mountpoint)) in args
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # Reap it if it is our child; a zombie would look alive forever.
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _signal(pid: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, number)

@@ -1,0 +1,134 @@
+"""The mount process: ``python -m lazyfs.mount_main``, one per mount (pyfuse3 serves one).
+
+Started by ``lazyfs.mount.mount``, which has already indexed the layers.
+It loads the indexes, merges the tree, mounts it read-only at
+``--mountpoint`` and writes ``ready`` to ``--ready-fd`` (or one line saying
+why not, then exits non-zero), then serves until:
+
+- the mount is taken away (``fusermount3 -u``, umount2): it exits 0;
+- SIGTERM or SIGINT: it unmounts, then exits 0.
+
+Options: ``fsname=lazyfs``, ``ro``, ``default_permissions`` (the kernel
+checks modes, since other users see the tree), and as root
+``allow_other,suid,dev`` so the tree can be a container's root.  It logs
+to stderr, which the parent points at a log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import pyfuse3
+import trio
+
+from lazyfs.blob_ranges import ChunkCache, LocalTars
+from lazyfs.fuse_ops import ReadOnlyOperations
+from lazyfs.index import LayerIndex, load_index
+from lazyfs.tree import merge
+from providers.digest import Digest, parse_digest
+
+log = logging.getLogger("lazyfs.mount")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lazyfs.mount_main")
+    parser.add_argument("--mountpoint", type=Path, required=True)
+    parser.add_argument("--layers-dir", type=Path, required=True)
+    parser.add_argument("--layer", action="append", default=[], help="DIGEST=TAR, bottom first")
+    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--debug", action="store_true")
+    return parser.parse_args(argv)
+
+
+def mount_options() -> set[str]:
+    options = set(pyfuse3.default_options) | {"fsname=lazyfs", "ro"}
+    if os.geteuid() == 0:
+        options |= {"allow_other", "suid", "dev"}
+    return options
+
+
+def _operations(layers_dir: Path, layers: Sequence[str]) -> ReadOnlyOperations:
+    indexes: list[LayerIndex] = []
+    tars: dict[Digest, Path] = {}
+    for spec in layers:
+        text, _, tar = spec.partition("=")
+        digest = parse_digest(text)
+        index = load_index(layers_dir, digest)
+        if index is None:
+            raise RuntimeError(f"layer {digest} has no index in {layers_dir}")
+        indexes.append(index)
+        tars[digest] = Path(tar)
+    return ReadOnlyOperations(merge(indexes), ChunkCache(LocalTars(tars)))
+
+
+class _Stop:
+    """Whether a stop signal came; set from the signal handler before trio runs."""
+
+    requested = False
+    number = 0
+
+    @classmethod
+    def handler(cls, number: int, frame: FrameType | None) -> None:
+        cls.requested, cls.number = True, number
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        # A signal that came before trio took over counts too.
+        if not _Stop.requested:
+            async for number in signals:
+                _Stop.handler(number, None)
+                break
+        log.info("%s: unmounting", signal.Signals(_Stop.number).name)
+        pyfuse3.terminate()  # main() returns; close() below unmounts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s lazyfs-mount[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    for number in _STOP_SIGNALS:
+        signal.signal(number, _Stop.handler)
+    ready = os.fdopen(args.ready_fd, "wb", buffering=0)
+    try:
+        ops = _operations(args.layers_dir, args.layer)
+        pyfuse3.init(ops, str(args.mountpoint), mount_options())
+    except Exception as error:
+        log.exception("cannot mount %s", args.mountpoint)
+        ready.write(f"{type(error).__name__}: {error}\n".encode())
+        ready.close()
+        return 1
+    log.info("serving %s (%d inodes)", args.mountpoint, len(ops.tree.inodes))
+    ready.write(b"ready\n")
+    ready.close()
+    try:
+        trio.run(_serve)
+    except BaseException:
+        log.exception("serving %s failed", args.mountpoint)
+        pyfuse3.close(unmount=True)
+        return 1
+    # After a stop signal we unmount; after an unmount from outside there is nothing left.
+    pyfuse3.close(unmount=_Stop.requested)
+    log.info("unmounted %s", args.mountpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

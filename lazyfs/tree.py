@@ -1,0 +1,276 @@
+"""The merged tree of an image: the union of its layers' indexes, bottom first.
+
+``merge(indexes)`` replays every layer's index on an in-memory tree the way
+``backends.apply`` replays a layer's tar on a directory, with the rules of
+``providers.layer_rules``, so the FUSE view equals what the other backends
+and ``umoci unpack`` make:
+
+- a layer's whiteout and opaque markers hide what *lower* layers made, never
+  what the layer itself makes, whatever their order in the archive: they are
+  applied before the layer's other entries;
+- a directory over a directory keeps its children and takes the new mode,
+  owner, mtime and xattrs (the old xattrs go); anything else replaces;
+- parents that are symlinks are followed inside the tree (absolute targets
+  from its root, ``..`` above the root refused); the last component never is;
+  missing parents are made 0755 root:root;
+- a hardlink names a path already in the tree and shares its inode.
+
+The result is immutable.  Inode numbers are given in a depth-first walk of
+the tree by sorted name, the root being ``ROOT_INO``, so the same image gets
+the same numbers on every mount; a hardlinked inode keeps the number of its
+first name.  Regular files carry where their bytes are: the layer digest and
+the offset in its uncompressed tar.  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NewType
+
+from lazyfs.index import IndexEntry, Kind, LayerIndex
+from providers import layer_rules as rules
+from providers.digest import Digest
+from providers.errors import BadImage, UnsafeLayer
+from providers.layer_rules import RelPath
+
+InodeNo = NewType("InodeNo", int)
+ROOT_INO = InodeNo(1)  # what FUSE calls the root
+
+_TYPE_BITS = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.SYMLINK: stat.S_IFLNK,
+    Kind.CHAR: stat.S_IFCHR,
+    Kind.BLOCK: stat.S_IFBLK,
+    Kind.FIFO: stat.S_IFIFO,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DataRef:
+    """Where a regular file's bytes are: ``size`` bytes at ``offset`` of layer ``digest``'s tar."""
+
+    digest: Digest
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    """One inode of the merged tree; ``mode`` is a full st_mode (type bits included)."""
+
+    ino: InodeNo
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    nlink: int
+    rdev: int = 0
+    target: bytes = b""
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    data: DataRef | None = None
+
+
+@dataclass(frozen=True)
+class MergedTree:
+    """Inodes by number, and each directory's children as (name, ino), sorted by name."""
+
+    inodes: dict[InodeNo, Inode]
+    children: dict[InodeNo, tuple[tuple[bytes, InodeNo], ...]]
+    _by_name: dict[tuple[InodeNo, bytes], InodeNo] = field(repr=False)
+
+    def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None:
+        return self._by_name.get((parent, name))
+
+
+@dataclass(eq=False, slots=True)
+class _Node:
+    """A node while the tree is built; identity is the inode (hardlinks share it)."""
+
+    kind: Kind
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    target: str = ""
+    rdev: tuple[int, int] = (0, 0)
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    data: DataRef | None = None
+    children: dict[str, _Node] | None = None
+
+    @classmethod
+    def directory(cls) -> _Node:
+        return cls(Kind.DIR, children={})
+
+
+def merge(indexes: Sequence[LayerIndex]) -> MergedTree:
+    """The union of ``indexes``, bottom layer first.  Raises UnsafeLayer or BadImage."""
+    root = _Node.directory()
+    for index in indexes:
+        _Layer(root, index).apply()
+    return _freeze(root)
+
+
+class _Layer:
+    def __init__(self, root: _Node, index: LayerIndex) -> None:
+        self.root = root
+        self.index = index
+        self.layer = str(index.digest)
+
+    def apply(self) -> None:
+        for entry in self.index.entries:
+            if entry.kind is Kind.WHITEOUT:
+                parent = self._walk(entry.path[:-1], entry, create=False)
+                if parent is not None:
+                    parent.pop(entry.path[-1], None)
+            elif entry.kind is Kind.OPAQUE:
+                directory = self._walk(entry.path, entry, create=False)
+                if directory is not None:
+                    directory.clear()
+        for entry in self.index.entries:
+            if entry.kind not in (Kind.WHITEOUT, Kind.OPAQUE):
+                self._write(entry)
+
+    def _write(self, entry: IndexEntry) -> None:
+        if not entry.path:
+            _set_attributes(self.root, entry)
+            return
+        parent = self._walk(entry.path[:-1], entry, create=True)
+        assert parent is not None  # walk with create finds, makes or raises
+        name = entry.path[-1]
+        old = parent.get(name)
+        if entry.kind is Kind.DIR:
+            if old is None or old.kind is not Kind.DIR:
+                old = parent[name] = _Node.directory()
+            _set_attributes(old, entry)
+        elif entry.kind is Kind.HARDLINK:
+            parent[name] = self._link_source(entry)
+        else:
+            node = _Node(entry.kind)
+            if entry.kind is Kind.FILE:
+                node.data = DataRef(self.index.digest, entry.offset, entry.size)
+            _set_attributes(node, entry)
+            parent[name] = node
+
+    def _link_source(self, entry: IndexEntry) -> _Node:
+        path = tuple(entry.target.split("/"))
+        parent = self._walk(path[:-1], entry, create=False)
+        source = parent.get(path[-1]) if parent is not None else None
+        if source is None:
+            raise self._bad(entry, f"is a hardlink to {entry.target!r}, which does not exist")
+        if source.kind is Kind.DIR:
+            raise self._bad(entry, f"is a hardlink to the directory {entry.target!r}")
+        return source
+
+    def _bad(self, entry: IndexEntry, reason: str) -> BadImage:
+        return BadImage(f"bad layer {self.layer}: entry {'/'.join(entry.path)!r} {reason}")
+
+    def _walk(self, path: RelPath, entry: IndexEntry, *, create: bool) -> dict[str, _Node] | None:
+        """The children of the directory at ``path``, following symlinks on the way.
+
+        None when something is missing (and not ``create``) or is no
+        directory; with ``create`` a non-directory on the way is an error.
+        """
+        stack = [self.root]  # the directories walked through, for ".."
+        todo = list(reversed(path))
+        hops = 0
+        name = "/".join(entry.path)
+        while todo:
+            part = todo.pop()
+            if part == "..":  # only symlink targets bring these
+                if len(stack) == 1:
+                    raise UnsafeLayer(self.layer, name, "goes through a symlink above root")
+                stack.pop()
+                continue
+            children = stack[-1].children
+            assert children is not None  # only directories go on the stack
+            child = children.get(part)
+            if child is None:
+                if not create:
+                    return None
+                child = children[part] = _Node.directory()
+            if child.kind is Kind.SYMLINK:
+                hops += 1
+                if hops > rules.MAX_SYMLINK_HOPS:
+                    raise UnsafeLayer(self.layer, name, "goes through too many symlinks")
+                absolute, more = rules.split_link_target(child.target)
+                if absolute:
+                    del stack[1:]
+                todo.extend(reversed(more))
+                continue
+            if child.kind is not Kind.DIR:
+                if create:
+                    raise self._bad(entry, f"needs {part!r} on its path as a directory")
+                return None
+            stack.append(child)
+        return stack[-1].children
+
+
+def _set_attributes(node: _Node, entry: IndexEntry) -> None:
+    node.mode = entry.mode
+    node.uid, node.gid = entry.uid, entry.gid
+    node.mtime_ns = entry.mtime_ns
+    node.target = entry.target
+    node.rdev = entry.rdev
+    node.xattrs = entry.xattrs
+
+
+def _freeze(root: _Node) -> MergedTree:
+    numbers: dict[int, InodeNo] = {}  # id(node) -> ino
+    names: dict[int, int] = {}  # id(node) -> number of names
+    order: list[_Node] = []
+    pending = [root]
+    # Depth first by sorted name: the same image numbers the same way.
+    while pending:
+        node = pending.pop()
+        key = id(node)
+        names[key] = names.get(key, 0) + 1
+        if key in numbers:
+            continue
+        numbers[key] = InodeNo(len(order) + 1)
+        order.append(node)
+        if node.children:
+            pending.extend(node.children[n] for n in sorted(node.children, reverse=True))
+    inodes: dict[InodeNo, Inode] = {}
+    children: dict[InodeNo, tuple[tuple[bytes, InodeNo], ...]] = {}
+    by_name: dict[tuple[InodeNo, bytes], InodeNo] = {}
+    for node in order:
+        ino = numbers[id(node)]
+        if node.children is not None:
+            listing = tuple(
+                (os.fsencode(name), numbers[id(child)])
+                for name, child in sorted(node.children.items())
+            )
+            children[ino] = listing
+            by_name.update(((ino, name), child_ino) for name, child_ino in listing)
+            subdirs = sum(1 for child in node.children.values() if child.kind is Kind.DIR)
+            nlink = 2 + subdirs
+        else:
+            nlink = names[id(node)]
+        inodes[ino] = Inode(
+            ino=ino,
+            # Linux symlinks are always 0777, whatever the archive says.
+            mode=_TYPE_BITS[node.kind] | (0o777 if node.kind is Kind.SYMLINK else node.mode),
+            uid=node.uid,
+            gid=node.gid,
+            size=_size(node),
+            mtime_ns=node.mtime_ns,
+            nlink=nlink,
+            rdev=os.makedev(*node.rdev) if node.kind in (Kind.CHAR, Kind.BLOCK) else 0,
+            target=os.fsencode(node.target) if node.kind is Kind.SYMLINK else b"",
+            xattrs=tuple((os.fsencode(k), v) for k, v in node.xattrs),
+            data=node.data,
+        )
+    return MergedTree(inodes, children, by_name)
+
+
+def _size(node: _Node) -> int:
+    if node.data is not None:
+        return node.data.size
+    if node.kind is Kind.SYMLINK:
+        return len(os.fsencode(node.target))
+    return 0

@@ -1,0 +1,220 @@
+"""Real FUSE mounts through ``lazyfs.mount``: up, read, down, by every way down.
+
+Each test mounts through the ``mounted`` fixture, which unmounts and checks
+that the mount process is gone whatever the test did, so a failing test
+leaves neither a mount nor a process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from backends.base import LayerFile
+from backends.fuse import FuseBackend, scratch_dir
+from lazyfs import mount as lazy_mount
+from providers.digest import Digest, digest_bytes
+from providers.errors import BackendError, UnsafeLayer
+from tests import images
+from tests.conformance.conftest import docker, make_provisioner
+from tests.images import Entry, whiteout, write_layer
+
+pytestmark = pytest.mark.integration
+
+LAYERS = [
+    [
+        Entry("etc", "dir"),
+        Entry("etc/hosts", data=b"127.0.0.1 localhost\n"),
+        Entry("etc/gone", data=b"x"),
+        Entry("big", data=b"0123456789" * 100_000),
+    ],
+    [whiteout("etc/gone"), Entry("etc/new", data=b"new\n", mode=0o600, uid=7)],
+]
+
+Mount = Callable[[Path], int]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[Path, Path, list[lazy_mount.MountLayer]]:
+    if os.geteuid() != 0 or not os.access("/dev/fuse", os.W_OK) or not shutil.which("fusermount3"):
+        pytest.skip("needs root, /dev/fuse and fusermount3")
+    layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers_dir.mkdir()
+    tmp.mkdir()
+    found = []
+    for i, entries in enumerate(LAYERS):
+        blob = write_layer(entries, tmp_path / f"layer{i}.tar")
+        found.append(lazy_mount.MountLayer(digest_bytes(blob.read_bytes()), blob))
+    return layers_dir, tmp, found
+
+
+@pytest.fixture
+def mounted(
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
+) -> Iterator[Mount]:
+    """Mounts the test image where asked; everything is taken down afterwards."""
+    layers_dir, tmp, layers = store
+    made: list[tuple[Path, int]] = []
+
+    def mount(point: Path) -> int:
+        point.mkdir(exist_ok=True)
+        pid = lazy_mount.mount(
+            layers, point, layers_dir=layers_dir, tmp_dir=tmp, log_path=tmp_path / "mount.log"
+        )
+        made.append((point, pid))
+        return pid
+
+    try:
+        yield mount
+    finally:
+        for point, pid in made:
+            lazy_mount.unmount(point, pid=pid)
+            assert not lazy_mount.is_mounted(point)
+            assert not alive(pid)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_exit(pid: int, timeout: float = 10.0) -> int | None:
+    """The exit status of our child ``pid``, or None if it is still running at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    return None
+
+
+def test_the_tree_reads_and_stays_the_same_across_mounts(mounted: Mount, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    mounted(first)
+    mounted(second)
+    assert sorted(os.listdir(first / "etc")) == ["hosts", "new"]
+    assert (first / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert (first / "big").read_bytes() == b"0123456789" * 100_000
+    new = os.stat(first / "etc" / "new")
+    assert (new.st_mode & 0o7777, new.st_uid) == (0o600, 7)
+    for name in ("etc", "etc/hosts", "etc/new", "big"):
+        assert os.stat(first / name).st_ino == os.stat(second / name).st_ino
+    assert os.statvfs(first).f_files >= 5
+    with pytest.raises(OSError, match="Read-only"):
+        (first / "etc" / "hosts").write_text("x")
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_unmounts_cleanly(mounted: Mount, tmp_path: Path, number: int) -> None:
+    point = tmp_path / "m"
+    pid = mounted(point)
+    os.kill(pid, number)
+    assert wait_exit(pid) == 0
+    assert not lazy_mount.is_mounted(point)
+    assert "unmounting" in (tmp_path / "mount.log").read_text()
+
+
+def test_an_unmount_from_outside_ends_the_process(mounted: Mount, tmp_path: Path) -> None:
+    point = tmp_path / "m"
+    pid = mounted(point)
+    subprocess.run(["fusermount3", "-u", str(point)], check=True)
+    assert wait_exit(pid) == 0
+
+
+def test_a_mount_that_cannot_come_up_leaves_nothing(
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
+) -> None:
+    layers_dir, tmp, layers = store
+    before = set(os.listdir("/proc"))
+    with pytest.raises(BackendError, match=r"mounting .* failed"):
+        lazy_mount.mount(
+            layers,
+            tmp_path / "no-such-dir",
+            layers_dir=layers_dir,
+            tmp_dir=tmp,
+            log_path=tmp_path / "log",
+        )
+    spawned = [p for p in set(os.listdir("/proc")) - before if p.isdigit()]
+    assert not any(b"mount_main" in Path(f"/proc/{p}/cmdline").read_bytes() for p in spawned)
+
+
+def test_a_hostile_layer_fails_before_any_process(
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
+) -> None:
+    layers_dir, tmp, _ = store
+    blob = write_layer([Entry("../escape")], tmp_path / "bad.tar")
+    bad = lazy_mount.MountLayer(Digest(digest_bytes(blob.read_bytes())), blob)
+    (tmp_path / "m").mkdir()
+    with pytest.raises(UnsafeLayer):
+        lazy_mount.mount(
+            [bad], tmp_path / "m", layers_dir=layers_dir, tmp_dir=tmp, log_path=tmp_path / "log"
+        )
+    assert not (tmp_path / "log").exists()
+
+
+def test_the_backend_refuses_writable_and_destroys_idempotently(tmp_path: Path) -> None:
+    backend = FuseBackend(tmp_path / "layers", tmp_path / "tmp")
+    rootfs = tmp_path / "c" / "rootfses" / "r"
+    rootfs.parent.mkdir(parents=True)
+    with pytest.raises(BackendError, match="read-only"):
+        backend.provision([], rootfs, writable=True)
+    assert not rootfs.exists()
+    backend.destroy(rootfs)
+    backend.destroy(rootfs)
+
+
+def test_destroy_cleans_up_after_a_killed_mount_process(
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
+) -> None:
+    layers_dir, tmp, layers = store
+    backend = FuseBackend(layers_dir, tmp)
+    rootfs = tmp_path / "c" / "rootfses" / "r"
+    rootfs.parent.mkdir(parents=True)
+    files = [LayerFile(layer.digest, layer.blob, "application/x-tar") for layer in layers]
+    try:
+        backend.provision(files, rootfs, writable=False)
+        assert (rootfs / "etc" / "new").read_bytes() == b"new\n"
+        pid = int((scratch_dir(rootfs) / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        assert wait_exit(pid) == -signal.SIGKILL
+        with pytest.raises(OSError):  # ENOTCONN: the mount is dead, not gone
+            os.listdir(rootfs)
+    finally:
+        backend.destroy(rootfs)
+    assert not lazy_mount.is_mounted(rootfs)
+    assert not os.path.lexists(rootfs) and not scratch_dir(rootfs).exists()
+
+
+async def test_recover_cleans_a_container_whose_mount_process_died(
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
+) -> None:
+    for tool in ("umoci", "skopeo"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    layout = images.build_oci_image(tmp_path / "image", LAYERS, "latest")
+    images.to_docker_archive(layout, "latest", tmp_path / "images" / "two:latest.tar", "two")
+    prov = make_provisioner(tmp_path / "work", tmp_path / "images")
+    home = prov.containers / "c1"
+    info = await prov.provision("c1", docker("two"), "fuse")
+    try:
+        assert (info.rootfs / "etc" / "hosts").is_file()
+        pid = int((scratch_dir(info.rootfs) / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        assert wait_exit(pid) == -signal.SIGKILL
+        report = await prov.recover(keep=[])
+        assert report.destroyed == ("c1",)
+    finally:
+        await prov.destroy("c1")
+    assert not home.exists()
+    assert not lazy_mount.is_mounted(info.rootfs)

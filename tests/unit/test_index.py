@@ -1,0 +1,201 @@
+"""LayerIndex: built from plain, gzip and zstd layers; stored and read back."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lazyfs import index as layer_index
+from lazyfs.index import IndexEntry, Kind, LayerIndex, dumps, ensure_index, loads
+from lazyfs.index_build import build_index
+from providers.digest import Digest, digest_bytes
+from providers.errors import BadImage, UnsafeLayer
+from tests.images import BASE_MTIME_NS, Entry, opaque, whiteout, write_layer
+
+LAYER = [
+    Entry("etc", "dir", mode=0o750, uid=1, gid=2, mtime_ns=BASE_MTIME_NS),
+    Entry("etc/passwd", data=b"root\n", mode=0o600, xattrs={"user.a": b"\x00\xff"}),
+    Entry("etc/link", "symlink", target="/etc/passwd"),
+    Entry("etc/hard", "hardlink", target="./etc/passwd"),
+    Entry("dev/null", "char", mode=0o666, rdev=(1, 3)),
+    Entry("fifo", "fifo"),
+    whiteout("gone"),
+    opaque("etc"),
+    Entry(".wh..wh.plnk/123", data=b"aufs"),
+]
+
+
+def compress(kind: str, data: bytes) -> bytes:
+    if kind == "gzip":
+        return gzip.compress(data)
+    if kind == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def blob_of(tmp_path: Path, entries: list[Entry], kind: str = "none") -> tuple[Path, Digest]:
+    tar = write_layer(entries, tmp_path / "layer.tar").read_bytes()
+    data = compress(kind, tar)
+    blob = tmp_path / f"blob-{kind}"
+    blob.write_bytes(data)
+    return blob, digest_bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["none", "gzip", "zstd"])
+def test_build_reads_every_kind_and_marker(tmp_path: Path, kind: str) -> None:
+    blob, digest = blob_of(tmp_path, LAYER, kind)
+    index = build_index(digest, blob, tmp_path / "out.tar")
+    tar = blob if kind == "none" else tmp_path / "out.tar"
+    assert index.compression == kind and index.tar_size == tar.stat().st_size
+    by_path = {(e.path, e.kind): e for e in index.entries}
+    assert [(e.path, e.kind) for e in index.entries] == [
+        (("etc",), Kind.DIR),
+        (("etc", "passwd"), Kind.FILE),
+        (("etc", "link"), Kind.SYMLINK),
+        (("etc", "hard"), Kind.HARDLINK),
+        (("dev", "null"), Kind.CHAR),
+        (("fifo",), Kind.FIFO),
+        (("gone",), Kind.WHITEOUT),
+        (("etc",), Kind.OPAQUE),
+    ]
+    etc = by_path[("etc",), Kind.DIR]
+    assert (etc.mode, etc.uid, etc.gid, etc.mtime_ns) == (0o750, 1, 2, BASE_MTIME_NS)
+    passwd = by_path[("etc", "passwd"), Kind.FILE]
+    assert passwd.xattrs == (("user.a", b"\x00\xff"),) and passwd.size == 5
+    with tar.open("rb") as data:
+        data.seek(passwd.offset)
+        assert data.read(passwd.size) == b"root\n"
+    assert by_path[("etc", "link"), Kind.SYMLINK].target == "/etc/passwd"
+    assert by_path[("etc", "hard"), Kind.HARDLINK].target == "etc/passwd"
+    assert by_path[("dev", "null"), Kind.CHAR].rdev == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("entries", "error", "match"),
+    [
+        ([Entry("../escape")], UnsafeLayer, "'..'"),
+        ([Entry("/abs")], UnsafeLayer, "absolute"),
+        ([Entry("a", "hardlink", target="../x")], UnsafeLayer, "'..'"),
+        ([Entry("a", "symlink", target="")], UnsafeLayer, "empty target"),
+        ([Entry(".wh.x/y")], UnsafeLayer, "whiteout"),
+        ([Entry("a", uid=-1 & 0xFFFFFFFF)], BadImage, "owner"),
+    ],
+)
+def test_hostile_entries_are_refused(
+    tmp_path: Path, entries: list[Entry], error: type[Exception], match: str
+) -> None:
+    blob, digest = blob_of(tmp_path, entries)
+    with pytest.raises(error, match=match):
+        build_index(digest, blob, tmp_path / "out.tar")
+
+
+@pytest.mark.parametrize("cut", [100, 700, 1500])
+def test_truncated_layers_are_bad(tmp_path: Path, cut: int) -> None:
+    tar = write_layer(LAYER, tmp_path / "layer.tar").read_bytes()
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(tar)[:cut] if cut < 200 else tar[:cut])
+    with pytest.raises(BadImage):
+        build_index(digest_bytes(b""), blob, tmp_path / "out.tar")
+
+
+def test_garbage_after_the_first_header_is_damage(tmp_path: Path) -> None:
+    tar = bytearray(write_layer(LAYER, tmp_path / "layer.tar").read_bytes())
+    tar[1024 + 148 : 1024 + 156] = b"garbage!"  # the checksum of a later header
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(tar))
+    with pytest.raises(BadImage, match="corrupt or truncated"):
+        build_index(digest_bytes(b""), blob, tmp_path / "out.tar")
+
+
+def test_ensure_index_stores_once_and_reads_back(tmp_path: Path) -> None:
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    blob, digest = blob_of(tmp_path, LAYER, "gzip")
+    first = ensure_index(layers, tmp, digest, blob)
+    stored = layer_index.index_path(layers, digest)
+    assert stored.is_file() and list(tmp.iterdir()) == []
+    assert layer_index.check_tar_present(layers, blob, first).stat().st_size == first.tar_size
+    mtime = stored.stat().st_mtime_ns
+    assert ensure_index(layers, tmp, digest, blob) == first
+    assert stored.stat().st_mtime_ns == mtime
+    stored.write_text('{"version": 0}')
+    assert layer_index.load_index(layers, digest) is None
+    assert ensure_index(layers, tmp, digest, blob) == first
+
+
+def test_a_lost_uncompressed_copy_is_made_again(tmp_path: Path) -> None:
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    blob, digest = blob_of(tmp_path, LAYER, "zstd")
+    index = ensure_index(layers, tmp, digest, blob)
+    copy = layer_index.data_path(layers, blob, index)
+    copy.unlink()
+    assert ensure_index(layers, tmp, digest, blob) == index
+    assert copy.stat().st_size == index.tar_size
+
+
+def test_a_refused_layer_stores_nothing(tmp_path: Path) -> None:
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    blob, digest = blob_of(tmp_path, [Entry("../x")], "zstd")
+    with pytest.raises(UnsafeLayer):
+        ensure_index(layers, tmp, digest, blob)
+    assert list(tmp.iterdir()) == []
+    assert not layer_index.index_path(layers, digest).exists()
+
+
+def test_tarfile_offsets_are_stream_offsets(tmp_path: Path) -> None:
+    # GNU long names put extra headers before the data: offsets must count them.
+    long = "d/" + "x" * 200
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(long)
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    blob = tmp_path / "blob"
+    blob.write_bytes(out.getvalue())
+    (entry,) = build_index(digest_bytes(b""), blob, tmp_path / "o").entries
+    assert out.getvalue()[entry.offset : entry.offset + 3] == b"abc"
+
+
+_names = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1).filter(
+    lambda s: s not in (".", "..")
+)
+_entries = st.builds(
+    IndexEntry,
+    path=st.lists(_names, max_size=4).map(tuple),
+    kind=st.sampled_from(Kind),
+    mode=st.integers(0, 0o7777),
+    uid=st.integers(0, 2**32 - 2),
+    gid=st.integers(0, 2**32 - 2),
+    size=st.integers(0, 2**40),
+    mtime_ns=st.integers(-(2**61), 2**61),
+    target=st.text(),
+    rdev=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    xattrs=st.lists(st.tuples(st.text(min_size=1), st.binary())).map(tuple),
+    offset=st.integers(0, 2**50),
+)
+
+
+@given(st.lists(_entries, max_size=8), st.sampled_from(["none", "gzip", "zstd"]))
+def test_serialization_round_trips(entries: list[IndexEntry], compression: str) -> None:
+    index = LayerIndex(Digest("sha256:" + "ab" * 32), compression, 1024, tuple(entries))
+    assert loads(dumps(index)) == index
+
+
+@pytest.mark.parametrize(
+    "text", ["", "[]", '{"version": 1}', '{"version": 1, "digest": "x", "entries": [[1]]}']
+)
+def test_malformed_indexes_are_value_errors(text: str) -> None:
+    with pytest.raises(ValueError):
+        loads(text)
