@@ -1,0 +1,172 @@
+"""Command line of scripts/bench: choose images and measurements, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+
+import trio
+
+from benchlib import report
+from benchlib.images import BenchImage, debian_image, synthetic_image
+from benchlib.lazy import Lazyfs
+from benchlib.measure import (
+    MEASUREMENTS,
+    Context,
+    Result,
+    measure_provision,
+    measure_provision_first,
+    measure_start,
+    measure_tree,
+)
+from benchlib.util import scratch_dir
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = ("debootstrap", "umoci", "skopeo", "runc", "fuse-overlayfs", "tar", "busybox")
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark lazyfs against umoci, tar, kernel overlayfs and fuse-overlayfs.",
+    )
+    parser.add_argument("--runs", type=int, help="timed runs per contender (default 5, quick 1)")
+    parser.add_argument("--out", type=Path, help="results directory (default results/bench/TIME)")
+    parser.add_argument("--quick", action="store_true", help="synthetic image only, fewer runs")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help=f"run only this measurement (repeatable; a prefix such as 'walk' selects both "
+        f"temperatures): {', '.join(MEASUREMENTS)}",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("/var/cache/lazyfs-bench"),
+        help="where the built images are kept between runs (default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.only:
+        unknown = [n for n in args.only if not any(_selects(n, m) for m in MEASUREMENTS)]
+        if unknown:
+            parser.error(
+                f"unknown measurement {', '.join(unknown)}; known: {', '.join(MEASUREMENTS)}"
+            )
+    return args
+
+
+def _selects(name: str, measurement: str) -> bool:
+    """``walk`` selects walk-cold and walk-warm; a full name selects itself."""
+    return measurement == name or measurement.startswith(name + "-")
+
+
+def selected(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(MEASUREMENTS)
+    return [m for m in MEASUREMENTS if any(_selects(n, m) for n in only)]
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM takes the same path as Ctrl-C, so every finally unmounts and cleans.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_image(
+    image: BenchImage,
+    names: list[str],
+    cache: Path,
+    scratch: Path,
+    runs: int,
+    results: list[Result],
+) -> None:
+    """Run the measurements ``names`` on ``image``, appending each result as it completes.
+
+    Appending in place keeps what was measured when a later measurement fails
+    or is interrupted.
+    """
+    lazyfs = Lazyfs(scratch / "lazyfs", image)
+    ctx = Context(image, cache, scratch, lazyfs, runs, log)
+    try:
+        for name in names:
+            log(f"{name} on {image.name}")
+            if name == "provision":
+                results.append(measure_provision(ctx))
+            elif name == "provision-first":
+                results.append(measure_provision_first(ctx))
+            elif name == "start":
+                results.append(measure_start(ctx))
+            else:
+                what, temperature = name.split("-")
+                results.append(measure_tree(ctx, what, temperature == "cold"))
+    finally:
+        # Whatever a measurement left provisioned (interrupted mid-run) is destroyed.
+        trio.run(lazyfs.provisioner.recover, [])
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    if os.geteuid() != 0:
+        log("needs root (mounts, runc, drop_caches)")
+        return 2
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        log(f"missing {', '.join(missing)}; run scripts/setup")
+        return 2
+    runs = args.runs or (1 if args.quick else 5)
+    names = selected(args.only)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out: Path = args.out or REPO / "results" / "bench" / stamp
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    results: list[Result] = []
+    status = 0
+    try:
+        images = [synthetic_image(args.cache, log)]
+        if not args.quick:
+            images.append(debian_image(args.cache, log))
+        with scratch_dir(args.cache, "run-") as scratch:
+            for image in images:
+                with scratch_dir(scratch, f"{image.name}-") as work:
+                    run_image(image, names, args.cache, work, runs, results)
+    except KeyboardInterrupt:
+        status = 130
+        log("interrupted: everything is unmounted and removed; writing what was measured")
+    except Exception:
+        status = 1
+        log(f"failed:\n{traceback.format_exc()}everything is unmounted and removed")
+    if not results:
+        return status
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "started": stamp,
+        "runs": runs,
+        "quick": args.quick,
+        "complete": status == 0,
+        "machine": report.machine(args.cache, REPO),
+    }
+    json_path = report.write_json(out, meta, results)
+    m = meta["machine"]
+    title = (
+        f"lazyfs {m['lazyfs_commit']} - {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"kernel {m['kernel']}, {m['disk']} - {runs} runs"
+    )
+    png_path = report.chart(out, results, title)
+    (out / "results.md").write_text(report.markdown(meta, results))
+    print(title)
+    print(report.table(results))
+    print(f"\nwrote {json_path}, {png_path} and results.md")
+    return status

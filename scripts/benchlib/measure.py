@@ -1,0 +1,448 @@
+"""The measurements: each runs lazyfs and its peers in one session, alternating.
+
+A measurement is a list of contenders. Each contender's ``once`` does one
+timed run and returns its seconds (and optional phases); whatever it needs
+before and after (a fresh directory, a mount, cleaning up) happens in
+``once`` outside the timed region. Every contender runs once untimed first
+(warm-up: the page cache holds the layer blobs, per-layer stores are filled),
+then ``runs`` rounds in which the order rotates, so no one always goes first
+after a cache drop or a writeback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchlib.images import BenchImage, image_layers
+from benchlib.lazy import Lazyfs
+from benchlib.lowers import lower_dirs
+from benchlib.util import (
+    ToolError,
+    drop_caches,
+    fuse_overlay,
+    kernel_overlay,
+    mounted,
+    now,
+    run,
+    scratch_dir,
+    settle,
+)
+from lazyfs.provisioner import ProvisionInfo
+from lazyfs.runtime import bundle_config, write_bundle
+from providers.errors import LazyfsError
+from providers.manifest import RuntimeConfig
+
+Log = Callable[[str], None]
+MEASUREMENTS = (
+    "provision",
+    "provision-first",
+    "walk-cold",
+    "walk-warm",
+    "read-cold",
+    "read-warm",
+    "start",
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, int] = field(default_factory=dict)  # what was done: entries, bytes
+
+
+@dataclass
+class Contender:
+    name: str
+    lazyfs: bool  # lazyfs itself, as opposed to a peer it is compared with
+    once: Callable[[], Timing]
+    samples: list[Timing] = field(default_factory=list)
+    skipped: str = ""  # why it could not run, if it could not
+
+
+@dataclass
+class Result:
+    measurement: str
+    image: str
+    contenders: list[Contender]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "measurement": self.measurement,
+            "image": self.image,
+            "contenders": [
+                {
+                    "name": c.name,
+                    "lazyfs": c.lazyfs,
+                    "skipped": c.skipped,
+                    "seconds": [s.seconds for s in c.samples],
+                    "median": median([s.seconds for s in c.samples]) if c.samples else None,
+                    "phases": {
+                        phase: median([s.phases[phase] for s in c.samples])
+                        for phase in (c.samples[0].phases if c.samples else {})
+                    },
+                    "facts": c.samples[0].facts if c.samples else {},
+                }
+                for c in self.contenders
+            ],
+            "ratios": [{"lazyfs": a, "peer": b, "ratio": r} for a, b, r in ratios(self.contenders)],
+        }
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float]]:
+    """lazyfs median / peer median for every pair: above 1 means lazyfs is slower."""
+    out = []
+    for mine in contenders:
+        if not mine.lazyfs or not mine.samples:
+            continue
+        for peer in contenders:
+            if peer.lazyfs or not peer.samples:
+                continue
+            mine_m = median([s.seconds for s in mine.samples])
+            peer_m = median([s.seconds for s in peer.samples])
+            out.append((mine.name, peer.name, mine_m / peer_m if peer_m else float("inf")))
+    return out
+
+
+def compare(contenders: list[Contender], runs: int, log: Log, label: str) -> list[Contender]:
+    """Warm each contender up once, then run them ``runs`` rounds, rotating the order."""
+    alive = []
+    for contender in contenders:
+        try:
+            contender.once()
+        except (LazyfsError, ToolError, OSError) as exc:
+            # A backend that cannot take this image (or a peer tool missing) is
+            # reported as skipped with its reason, not a crash of the whole run.
+            contender.skipped = f"{type(exc).__name__}: {exc}"
+            log(f"{label}: {contender.name} skipped: {contender.skipped}")
+            continue
+        alive.append(contender)
+    for round_no in range(runs):
+        shift = round_no % len(alive) if alive else 0
+        for contender in alive[shift:] + alive[:shift]:
+            contender.samples.append(contender.once())
+        log(f"{label}: round {round_no + 1}/{runs} done")
+    return contenders
+
+
+# --- walking and reading trees ---------------------------------------------------
+
+
+def walk_tree(root: Path) -> dict[str, int]:
+    """lstat every entry below ``root``; never follows symlinks."""
+    entries = 0
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as listing:
+            for entry in listing:
+                os.lstat(entry.path)
+                entries += 1
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return {"entries": entries}
+
+
+def read_tree(root: Path) -> dict[str, int]:
+    """Read every regular file below ``root`` to the end; returns files and bytes read."""
+    files = total = 0
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as listing:
+            for entry in listing:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                    try:
+                        while n := os.readv(fd, [view]):
+                            total += n
+                    finally:
+                        os.close(fd)
+                    files += 1
+    return {"files": files, "bytes": total}
+
+
+# --- the measurements ----------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What every measurement of one image needs."""
+
+    image: BenchImage
+    cache: Path
+    scratch: Path  # on the same disk as the cache, removed at the end
+    lazyfs: Lazyfs
+    runs: int
+    log: Log
+
+    @property
+    def lowers(self) -> list[Path]:
+        return lower_dirs(self.cache, self.image)
+
+
+def measure_provision(ctx: Context) -> Result:
+    """A rootfs from the stored layers: lazyfs backends against umoci unpack and tar -x."""
+    contenders = [
+        Contender(f"lazyfs {name}", True, _provision_once(ctx, name))
+        for name in ctx.lazyfs.backends()
+    ]
+    contenders.append(Contender("umoci unpack", False, _umoci_once(ctx)))
+    contenders.append(Contender("tar -x", False, _tar_once(ctx)))
+    label = f"provision {ctx.image.name}"
+    return Result("provision", ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
+
+
+def measure_provision_first(ctx: Context) -> Result:
+    """The first container of an image: each run with a new, empty lazyfs store.
+
+    The blobs are fetched into the new store untimed; what a backend derives
+    from them per layer (extracted trees, indexes) is built inside the timed
+    provision, as for the first container on a machine.
+    """
+    contenders = [
+        Contender(f"lazyfs {name}", True, _provision_first_once(ctx, name))
+        for name in ctx.lazyfs.backends()
+    ]
+    contenders.append(Contender("umoci unpack", False, _umoci_once(ctx)))
+    contenders.append(Contender("tar -x", False, _tar_once(ctx)))
+    label = f"provision-first {ctx.image.name}"
+    return Result("provision-first", ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
+
+
+def _provision_first_once(ctx: Context, backend: str) -> Callable[[], Timing]:
+    def once() -> Timing:
+        with scratch_dir(ctx.scratch, f"first-{backend}-") as work:
+            fresh = Lazyfs(work, ctx.image)
+            settle()
+            info, seconds = fresh.provision(backend, writable=False)
+            fresh.destroy(info.container_id)
+            return Timing(seconds)
+
+    return once
+
+
+def _provision_once(ctx: Context, backend: str) -> Callable[[], Timing]:
+    def once() -> Timing:
+        settle()
+        info, seconds = ctx.lazyfs.provision(backend, writable=False)
+        ctx.lazyfs.destroy(info.container_id)
+        return Timing(seconds)
+
+    return once
+
+
+def _umoci_once(ctx: Context) -> Callable[[], Timing]:
+    def once() -> Timing:
+        settle()
+        bundle = ctx.scratch / "umoci-bundle"
+        try:
+            start = now()
+            run(["umoci", "unpack", "--image", f"{ctx.image.oci_layout}:{ctx.image.tag}", bundle])
+            return Timing(now() - start)
+        finally:
+            shutil.rmtree(bundle, ignore_errors=True)
+
+    return once
+
+
+def _tar_once(ctx: Context) -> Callable[[], Timing]:
+    layers = image_layers(ctx.image)
+
+    def once() -> Timing:
+        settle()
+        rootfs = ctx.scratch / "tar-rootfs"
+        try:
+            start = now()
+            rootfs.mkdir()
+            # Layers in order, as a naive unpacker would: whiteouts are not
+            # applied, so this is a lower bound on the work, not a correct tree.
+            for layer in layers:
+                run(
+                    [
+                        "tar", "--xattrs", "--xattrs-include=*", "--numeric-owner",
+                        "-xpf", layer, "-C", rootfs,
+                    ]
+                )  # fmt: skip
+            return Timing(now() - start)
+        finally:
+            shutil.rmtree(rootfs, ignore_errors=True)
+
+    return once
+
+
+def _trees(ctx: Context, stack: ExitStack) -> list[tuple[str, bool, Path]]:
+    """Every tree to walk: one rootfs per lazyfs backend, then the two overlay peers."""
+    trees: list[tuple[str, bool, Path]] = []
+    for backend in ctx.lazyfs.backends():
+        try:
+            info = stack.enter_context(ctx.lazyfs.rootfs(backend))
+        except LazyfsError as exc:
+            ctx.log(f"{backend} cannot provision {ctx.image.name}: {exc}")
+            continue
+        trees.append((f"lazyfs {backend}", True, info.rootfs))
+    lowers = ctx.lowers
+    trees.append(
+        (
+            "kernel overlayfs",
+            False,
+            stack.enter_context(kernel_overlay(lowers, ctx.scratch / "ovl")),
+        )
+    )
+    trees.append(
+        ("fuse-overlayfs", False, stack.enter_context(fuse_overlay(lowers, ctx.scratch / "fovl")))
+    )
+    return trees
+
+
+def measure_tree(ctx: Context, what: str, cold: bool) -> Result:
+    """Walk (lstat all) or read (every file) each backend's rootfs and the overlay peers."""
+    action = walk_tree if what == "walk" else read_tree
+    name = f"{what}-{'cold' if cold else 'warm'}"
+    with ExitStack() as stack:
+        trees = _trees(ctx, stack)
+
+        def once_for(root: Path) -> Callable[[], Timing]:
+            def once() -> Timing:
+                if cold:
+                    drop_caches()
+                else:
+                    action(root)  # untimed pass: whatever another tree evicted is back
+                start = now()
+                facts = action(root)
+                return Timing(now() - start, facts=facts)
+
+            return once
+
+        contenders = [Contender(label, mine, once_for(root)) for label, mine, root in trees]
+        compare(contenders, ctx.runs, ctx.log, f"{name} {ctx.image.name}")
+    return Result(name, ctx.image.name, contenders)
+
+
+def measure_start(ctx: Context) -> Result:
+    """Provision, then runc until the image's command has printed its line."""
+    config = ctx.lazyfs.manifest.config
+    contenders = [
+        Contender(f"lazyfs {name}", True, _start_lazyfs_once(ctx, name, config))
+        for name in ctx.lazyfs.backends()
+    ]
+    contenders.append(Contender("kernel overlayfs", False, _start_overlay_once(ctx, config)))
+    label = f"start {ctx.image.name}"
+    return Result("start", ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
+
+
+def _start_lazyfs_once(ctx: Context, backend: str, config: RuntimeConfig) -> Callable[[], Timing]:
+    # Writable, as a container gets it (runc may need to create /proc and the
+    # like); a backend that is read-only for now runs read-only instead.
+    writable = [True]
+
+    def provision() -> tuple[ProvisionInfo, float]:
+        try:
+            return ctx.lazyfs.provision(backend, writable=writable[0])
+        except LazyfsError:
+            if not writable[0]:
+                raise
+            writable[0] = False
+            ctx.log(f"start: {backend} cannot provision writable; measuring it read-only")
+            return ctx.lazyfs.provision(backend, writable=False)
+
+    def once() -> Timing:
+        settle()
+        start = now()
+        info, _ = provision()
+        try:
+            provisioned = now()
+            ran = _run_until_printed(ctx, info.rootfs, config, not info.writable)
+            phases = {"provision": provisioned - start, "run": ran - provisioned}
+            return Timing(ran - start, phases, {"writable": int(info.writable)})
+        finally:
+            ctx.lazyfs.destroy(info.container_id)
+
+    return once
+
+
+def _start_overlay_once(ctx: Context, config: RuntimeConfig) -> Callable[[], Timing]:
+    lowers = ctx.lowers
+
+    def once() -> Timing:
+        settle()
+        with scratch_dir(ctx.scratch, "ovl-start-") as work:
+            upper, workdir, merged = work / "upper", work / "work", work / "merged"
+            upper.mkdir()
+            workdir.mkdir()
+            lowerdir = ":".join(str(p) for p in reversed(lowers))
+            start = now()
+            options = f"lowerdir={lowerdir},upperdir={upper},workdir={workdir}"
+            with mounted("overlay", merged, "overlay", options):
+                provisioned = now()
+                ran = _run_until_printed(ctx, merged, config, False)
+            return Timing(ran - start, {"provision": provisioned - start, "run": ran - provisioned})
+
+    return once
+
+
+_runc_ids = iter(range(1 << 30))
+
+
+def _run_until_printed(ctx: Context, rootfs: Path, config: RuntimeConfig, readonly: bool) -> float:
+    """Run the image's command with runc; the time its expected line arrived."""
+    cid = f"lazyfs-bench-{os.getpid()}-{next(_runc_ids)}"
+    state = ctx.scratch / "runc"
+    with scratch_dir(ctx.scratch, "bundle-") as bundle:
+        spec = bundle_config(
+            rootfs,
+            config,
+            ctx.image.command,
+            readonly=readonly,
+            cgroups_path=f"lazyfs-bench/{cid}",
+        )
+        write_bundle(bundle, spec)
+        proc = subprocess.Popen(
+            ["runc", "--root", str(state), "run", "--bundle", str(bundle), cid],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            seen = b""
+            printed = 0.0
+            for line in proc.stdout:
+                if line.decode(errors="replace").strip() == ctx.image.expect:
+                    printed = now()
+                    break
+                seen += line
+            proc.stdout.read()
+            code = proc.wait(timeout=60)
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if not printed:
+                raise ToolError(f"runc run exited {code} without printing: {seen!r} {err.strip()}")
+            return printed
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            subprocess.run(
+                ["runc", "--root", str(state), "delete", "--force", cid],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
