@@ -26,6 +26,7 @@ from benchlib.measure import (
     measure_start,
     measure_tree,
 )
+from benchlib.pull import measure_pull
 from benchlib.util import scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,6 +108,8 @@ def run_image(
                 results.append(measure_provision(ctx))
             elif name == "provision-first":
                 results.append(measure_provision_first(ctx))
+            elif name == "pull":
+                results.append(measure_pull(ctx))
             elif name == "start":
                 results.append(measure_start(ctx))
             else:

@@ -41,6 +41,7 @@ from providers.manifest import RuntimeConfig
 
 Log = Callable[[str], None]
 MEASUREMENTS = (
+    "pull",
     "provision",
     "provision-first",
     "walk-cold",
