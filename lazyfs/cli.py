@@ -20,11 +20,13 @@ import trio
 from backends.registry import NAMES as BACKENDS
 from backends.registry import default_backend_name
 from lazyfs import runtime
+from lazyfs.appc import AppcProvider
 from lazyfs.docker import DockerProvider
 from lazyfs.imagespec import image_from_file, parse_image
 from lazyfs.progress import Progress
 from lazyfs.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store import Store
+from providers.appc_store import AppcStore
 from providers.errors import LazyfsError, NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.registry import RegistryOptions, parse_platform
@@ -76,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="PEM CA bundle to verify registries with, instead of the system CAs",
     )
+    _flag(parser, "appc_store_dir", default=None, help="default: WORK_DIR/store/appc")
+    _flag(
+        parser,
+        "appc_simple_discovery_uri_prefix",
+        default="",
+        help="where simple discovery finds ACIs: an http(s):// URL prefix or a directory",
+    )
     _flag(parser, "platform", default=None, help="os/arch[/variant] to pick from image indexes")
     parser.add_argument("--debug", action="store_true", help="log what happens on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -123,7 +132,10 @@ class App:
                 )
                 providers["docker"] = self.docker
             elif kind == "appc":
-                raise UsageError("the appc image provider is not available yet")
+                appc_dir = args.appc_store_dir or self.work_dir / "store" / "appc"
+                providers["appc"] = AppcProvider(
+                    self.store, AppcStore(Path(appc_dir)), args.appc_simple_discovery_uri_prefix
+                )
             else:
                 raise UsageError(f"unknown image provider {kind!r} (known: docker, appc)")
         backend = args.image_provisioner_backend or default_backend_name(self.store.tmp)

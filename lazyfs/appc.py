@@ -1,0 +1,174 @@
+"""The Appc image provider: an ``Image.Appc`` in, plain layer blobs in the store out.
+
+An image and its dependencies are found in the Appc store (by id, or by name
+and labels) or fetched by simple discovery, each once.  Each ACI's
+``rootfs/`` becomes one uncompressed layer tar (``providers.appc.write_layer``)
+ingested into the shared blob store by its sha256, so every backend takes
+Appc images as it takes Docker ones.
+
+Layer order follows the spec's rendering: the image's own files win over its
+dependencies', and an earlier dependency's over a later one's.  Visiting the
+image, then its dependencies in order, depth first, and reversing gives the
+layers bottom first.  A pathWhitelist limits the files of its image and of
+everything below it: the layer of each image keeps only paths allowed by
+every whitelist on the way down to it (parents of allowed paths stay).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import trio
+
+from lazyfs.progress import Progress
+from lazyfs.store import Store
+from providers.appc import write_layer
+from providers.appc_manifest import AciManifest, check_image_id
+from providers.appc_store import AppcStore, discovery_location, open_location
+from providers.digest import Digest, digest_stream
+from providers.errors import BadImage, DigestMismatch, NotFound
+from providers.image_pb2 import Image
+from providers.manifest import OCI_LAYER_TAR, ImageManifest, Layer
+
+FETCH_LIMIT = trio.CapacityLimiter(2)
+# Dependency graphs come from the images themselves: bound them.
+MAX_IMAGES = 128
+# None: no whitelist on the way down, everything shows.
+Whitelist = frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    name: str
+    image_id: str
+    # A tuple of pairs, not a dict: _Wanted keys the per-fetch memo.
+    labels: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        return self.image_id or ",".join([self.name, *(f"{k}={v}" for k, v in self.labels)])
+
+
+@dataclass
+class AppcProvider:
+    """Resolves ``Image.appc`` from ``appc_store``, discovering what it lacks.
+
+    ``discovery_prefix`` is ``--appc_simple_discovery_uri_prefix``: an
+    http(s) URL prefix or a directory; empty means the store only.
+    """
+
+    store: Store
+    appc_store: AppcStore
+    discovery_prefix: str = ""
+
+    async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
+        """Resolve ``image`` and its dependencies; their layers end in the store.
+
+        With ``image.cached`` false every image in the chain is fetched again.
+        Raises NotFound, BadImage (UnsafeLayer) or DigestMismatch for an image
+        whose id is not the one asked for.
+        """
+        if image.type != Image.APPC or not image.HasField("appc"):
+            raise BadImage("not an Appc image")
+        labels = tuple((label.key, label.value) for label in image.appc.labels.labels)
+        image_id = check_image_id(image.appc.id, "Image.Appc.id") if image.appc.id else ""
+        wanted = _Wanted(image.appc.name, image_id, labels)
+        async with FETCH_LIMIT:
+            manifest = await trio.to_thread.run_sync(
+                lambda: self._fetch_blocking(wanted, cached=image.cached, progress=progress)
+            )
+        progress.finish()
+        await trio.to_thread.run_sync(self.store.put_image, manifest)
+        return manifest
+
+    # -- blocking ------------------------------------------------------------
+
+    def _fetch_blocking(
+        self, wanted: _Wanted, *, cached: bool, progress: Progress
+    ) -> ImageManifest:
+        order: list[tuple[str, Whitelist]] = []
+        seen: set[str] = set()
+        # One fetch per image however often the graph names it, even uncached.
+        resolved: dict[_Wanted, tuple[str, AciManifest]] = {}
+
+        def resolve(want: _Wanted) -> tuple[str, AciManifest]:
+            if want not in resolved:
+                resolved[want] = self._resolve(want, cached=cached, progress=progress)
+            return resolved[want]
+
+        top_id, top = resolve(wanted)
+
+        def visit(image_id: str, manifest: AciManifest, allowed: Whitelist) -> None:
+            seen.add(image_id)
+            if len(seen) > MAX_IMAGES:
+                raise BadImage(f"appc image {wanted.describe()}: more than {MAX_IMAGES} images")
+            if manifest.path_whitelist:
+                own = frozenset(manifest.path_whitelist)
+                allowed = own if allowed is None else allowed & own
+            order.append((image_id, allowed))
+            for dep in manifest.dependencies:
+                dep_wanted = _Wanted(dep.name, dep.image_id, tuple(dep.labels))
+                try:
+                    dep_id, dep_manifest = resolve(dep_wanted)
+                except NotFound as error:
+                    raise NotFound(
+                        f"dependency {dep_wanted.describe()} of appc image {manifest.name}: {error}"
+                    ) from None
+                if dep_id not in seen:
+                    visit(dep_id, dep_manifest, allowed)
+
+        visit(top_id, top, None)
+        layers = tuple(self._layer(image_id, allowed) for image_id, allowed in reversed(order))
+        reference = "appc:" + wanted.describe()
+        return ImageManifest(
+            reference=reference,
+            digest=Digest("sha512:" + top_id.removeprefix("sha512-")),
+            layers=layers,
+            config=top.config,
+        )
+
+    def _resolve(
+        self, wanted: _Wanted, *, cached: bool, progress: Progress
+    ) -> tuple[str, AciManifest]:
+        if cached:
+            found = wanted.image_id or self.appc_store.find(wanted.name, dict(wanted.labels))
+            manifest = self.appc_store.manifest(found) if found else None
+            if found and manifest is not None:
+                return found, manifest
+        if not self.discovery_prefix:
+            raise NotFound(
+                f"appc image {wanted.describe()} is not in the store "
+                "and no --appc_simple_discovery_uri_prefix is set"
+            )
+        location = discovery_location(self.discovery_prefix, wanted.name, dict(wanted.labels))
+        progress.message(f"fetching {location}")
+        with open_location(location) as stream:
+            info = self.appc_store.add(stream, location)
+        if wanted.image_id and info.image_id != wanted.image_id:
+            raise DigestMismatch(
+                f"appc image {location} id", expected=wanted.image_id, actual=info.image_id
+            )
+        if info.manifest.name != wanted.name:
+            raise BadImage(
+                f"appc image {location} is named {info.manifest.name!r}, not {wanted.name!r}"
+            )
+        return info.image_id, info.manifest
+
+    def _layer(self, image_id: str, allowed: Whitelist) -> Layer:
+        """The layer blob of ``image_id`` under ``allowed``, made and stored if missing."""
+        whitelist = tuple(sorted(allowed)) if allowed is not None else ()
+        if allowed is not None and not allowed:
+            # Whitelists that share nothing: nothing of this image shows.
+            whitelist = ("/",)
+        with self.store.temp_file() as (tmp_path, out):
+            with self.appc_store.aci_path(image_id).open("rb") as aci:
+                write_layer(aci, out, whitelist, image_id)
+            out.flush()
+            os.fsync(out.fileno())
+            with tmp_path.open("rb") as written:
+                digest, size = digest_stream(written)
+            layer = Layer(digest=digest, media_type=OCI_LAYER_TAR, size=size)
+            # Ingest checks the bytes again as they are copied in: cheap, and
+            # the store's one way in.
+            self.store.ingest(layer, lambda: tmp_path.open("rb"))
+        return layer

@@ -1,0 +1,156 @@
+"""ACI files: read and check one, and turn its ``rootfs/`` into a plain layer tar.
+
+An ACI is a tar, plain or compressed with gzip, bzip2 or xz, holding a
+``manifest`` file and a ``rootfs/`` directory (App Container spec, "Image
+Archives").  Its image id is ``sha512-`` and the hex SHA-512 of the
+uncompressed tar.
+
+``read_aci`` streams an ACI once: it writes the uncompressed tar to ``out``,
+hashes it, validates the manifest and checks every entry.  Entries other
+than ``manifest`` and ``rootfs/...`` are ignored, as the spec allows;
+entries whose names escape (``..``, absolute names) and hardlinks that point
+outside ``rootfs/`` are refused with ``UnsafeLayer``.
+
+``write_layer`` copies the ``rootfs/`` entries of a checked, uncompressed ACI
+into a new tar with the ``rootfs/`` prefix removed and, when given, only the
+paths a pathWhitelist lets through (and the directories above them).  The
+result is an ordinary layer tar every backend applies with its usual safety
+rules, so an ACI needs nothing special downstream.  Both are blocking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from providers import layer_rules as rules
+from providers.appc_manifest import AciManifest, image_id, parse_aci_manifest
+from providers.compression import decompressed
+from providers.digest import CHUNK
+from providers.errors import BadImage, UnsafeLayer
+
+MANIFEST = "manifest"
+ROOTFS = "rootfs"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_ENTRIES = 10_000_000
+
+
+@dataclass(frozen=True)
+class AciInfo:
+    """What ``read_aci`` learnt: the id, the manifest's bytes and its meaning."""
+
+    image_id: str
+    manifest_bytes: bytes
+    manifest: AciManifest
+    size: int
+
+
+class _Tee:
+    """Reads from ``stream``, hashing and copying every byte to ``out``."""
+
+    def __init__(self, stream: BinaryIO, out: BinaryIO) -> None:
+        self._stream = stream
+        self._out = out
+        self.hasher = hashlib.sha512()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.hasher.update(data)
+        self._out.write(data)
+        self.size += len(data)
+        return data
+
+
+def _rooted(name: str, what: str) -> rules.RelPath | None:
+    """Path of an entry relative to the ACI's ``rootfs/`` (``()`` for rootfs itself).
+
+    None for names outside ``rootfs/``; UnsafeLayer for hostile names.
+    """
+    path = rules.normalize_name(name, layer=what)
+    if not path or path[0] != ROOTFS:
+        return None
+    return path[1:]
+
+
+def read_aci(stream: BinaryIO, out: BinaryIO, what: str) -> AciInfo:
+    """Check the ACI ``stream`` and copy it, uncompressed, to ``out``.
+
+    ``what`` (a file or URL) starts error messages.  Raises BadImage for a
+    corrupt archive or a missing or invalid manifest, UnsafeLayer for an entry
+    escaping ``rootfs/``.  ``out`` is not flushed or closed.
+    """
+    tee = _Tee(decompressed(stream), out)
+    manifest_bytes: bytes | None = None
+    try:
+        archive = tarfile.open(fileobj=tee, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+        for count, member in enumerate(archive, 1):
+            if count > MAX_ENTRIES:
+                raise BadImage(f"ACI {what}: more than {MAX_ENTRIES} entries")
+            path = rules.normalize_name(member.name, layer=what)
+            if path == (MANIFEST,) and member.isreg():
+                if member.size > MAX_MANIFEST_BYTES:
+                    raise BadImage(f"ACI {what}: manifest of {member.size} bytes")
+                extracted = archive.extractfile(member)
+                assert extracted is not None  # a regular file always has data
+                manifest_bytes = extracted.read()
+                continue
+            if not path or path[0] != ROOTFS:
+                continue
+            if member.islnk():
+                target = rules.normalize_name(member.linkname, layer=what)
+                if not target or target[0] != ROOTFS or len(target) < 2:
+                    raise UnsafeLayer(what, member.name, "links to a path outside rootfs/")
+        while tee.read(CHUNK):  # the tar's padding counts for the id
+            pass
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise BadImage(f"ACI {what}: corrupt or truncated archive: {error}") from error
+    if manifest_bytes is None:
+        raise BadImage(f"ACI {what}: no manifest file")
+    try:
+        manifest = parse_aci_manifest(manifest_bytes)
+    except BadImage as error:
+        raise BadImage(f"ACI {what}: {error}") from None
+    return AciInfo(image_id(tee.hasher.hexdigest()), manifest_bytes, manifest, tee.size)
+
+
+def _allowed(whitelist: Iterable[str]) -> tuple[frozenset[rules.RelPath], frozenset[rules.RelPath]]:
+    """The whitelisted paths, and every directory above one of them."""
+    paths = {tuple(p for p in entry.split("/") if p and p != ".") for entry in whitelist}
+    parents = {path[:i] for path in paths for i in range(len(path))}
+    return frozenset(paths), frozenset(parents)
+
+
+def write_layer(aci_tar: BinaryIO, out: BinaryIO, whitelist: tuple[str, ...], what: str) -> None:
+    """Write the ``rootfs/`` of the uncompressed ACI ``aci_tar`` to ``out`` as a layer tar.
+
+    An empty ``whitelist`` keeps everything.  A hardlink whose target the
+    whitelist drops becomes nothing (its data went with the target).
+    """
+    paths, parents = _allowed(whitelist)
+    kept: set[rules.RelPath] = set()
+
+    def keep(path: rules.RelPath) -> bool:
+        return not whitelist or path in paths or path in parents
+
+    try:
+        source = tarfile.open(fileobj=aci_tar, mode="r|")  # noqa: SIM115
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as layer:
+            for member in source:
+                rel = _rooted(member.name, what)
+                if rel is None or not keep(rel):
+                    continue
+                member.name = "/".join(rel) if rel else "./"
+                if member.islnk():
+                    target = _rooted(member.linkname, what)
+                    if not target or target not in kept:
+                        continue
+                    member.linkname = "/".join(target)
+                kept.add(rel)
+                data = source.extractfile(member) if member.isreg() else None
+                layer.addfile(member, data)
+    except (tarfile.TarError, EOFError) as error:
+        raise BadImage(f"ACI {what}: corrupt or truncated archive: {error}") from error

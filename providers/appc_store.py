@@ -1,0 +1,157 @@
+"""The Appc image store and simple discovery.
+
+Layout under the store root (``--appc_store_dir``), as Mesos keeps it but
+with the image as one uncompressed tar instead of an extracted ``rootfs/``
+(layers are made from it, and extracted trees live in the shared store)::
+
+    images/sha512-<hex>/manifest     the image's manifest, as in the ACI
+    images/sha512-<hex>/image.aci    the ACI, uncompressed: its SHA-512 is the id
+    tmp/                             partial writes, named <pid>.<random>
+
+An image directory is built in ``tmp/`` and renamed into place, so one that
+is present is complete and never changes; two processes adding the same
+image both succeed and one copy stays.
+
+Lookup (``find``) is by id, or by name and labels with the spec's defaults
+(``os`` linux, ``arch`` the host's in AC naming, ``version`` latest) for
+labels the request leaves out; an image without an ``os``, ``arch`` or
+``version`` label matches the default.  Simple discovery
+(``discovery_location``) names ``<prefix><name>-<version>-<os>-<arch>.aci``
+as the spec's template and Mesos do: prefix and file name joined as strings,
+the name's slashes kept.  Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+from providers.appc import AciInfo, read_aci
+from providers.appc_manifest import AciManifest, parse_aci_manifest
+from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
+
+DEFAULTS_KEYS = ("os", "arch", "version")
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "i386"}
+HTTP_TIMEOUT = 60
+
+
+def host_arch() -> str:
+    """The host's architecture as the App Container spec names it."""
+    machine = platform.machine()
+    return _ARCH.get(machine, machine)
+
+
+def with_defaults(labels: Mapping[str, str]) -> dict[str, str]:
+    """``labels`` plus the spec's defaults for os, arch and version."""
+    return {"os": "linux", "arch": host_arch(), "version": "latest", **labels}
+
+
+def matches(manifest: AciManifest, name: str, labels: Mapping[str, str]) -> bool:
+    if manifest.name != name:
+        return False
+    have = dict(manifest.labels)
+    for key, value in with_defaults(labels).items():
+        got = have.get(key)
+        if got is None and key in DEFAULTS_KEYS and key not in labels:
+            continue
+        if got != value:
+            return False
+    return True
+
+
+class AppcStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.images = root / "images"
+        self.tmp = root / "tmp"
+        for directory in (self.images, self.tmp):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def aci_path(self, image_id: str) -> Path:
+        return self.images / image_id / "image.aci"
+
+    def manifest(self, image_id: str) -> AciManifest | None:
+        """The manifest of the stored image ``image_id``, or None if absent."""
+        try:
+            data = (self.images / image_id / "manifest").read_bytes()
+        except FileNotFoundError:
+            return None
+        return parse_aci_manifest(data)
+
+    def find(self, name: str, labels: Mapping[str, str]) -> str | None:
+        """The id of a stored image named ``name`` with ``labels`` (defaults added)."""
+        for home in sorted(self.images.iterdir()):
+            try:
+                manifest = self.manifest(home.name)
+            except LazyfsError:
+                continue  # a damaged record is no match; adding the image replaces nothing
+            if manifest is not None and matches(manifest, name, labels):
+                return home.name
+        return None
+
+    def add(self, stream: BinaryIO, what: str) -> AciInfo:
+        """Read, check and keep the ACI ``stream``; returns what it is. Idempotent."""
+        scratch = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{os.getpid()}."))
+        try:
+            with (scratch / "image.aci").open("wb") as out:
+                info = read_aci(stream, out, what)
+                out.flush()
+                os.fsync(out.fileno())
+            (scratch / "manifest").write_bytes(info.manifest_bytes)
+            target = self.images / info.image_id
+            if not target.is_dir():
+                with contextlib.suppress(FileExistsError, OSError):
+                    # ENOTEMPTY: another process put it there first; same bytes.
+                    os.rename(scratch, target)
+            return info
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def discovery_location(prefix: str, name: str, labels: Mapping[str, str]) -> str:
+    """Where simple discovery finds ``name`` with ``labels``: a URL or a file path."""
+    full = with_defaults(labels)
+    file_name = f"{name}-{full['version']}-{full['os']}-{full['arch']}.aci"
+    scheme = urlparse(prefix).scheme
+    if scheme in ("http", "https"):
+        return prefix + file_name
+    local = prefix[len("file://") :] if scheme == "file" else prefix
+    # Mesos joins prefix and file name as strings; a directory named without
+    # its trailing slash is taken as meant.
+    if not local.endswith("/") and Path(local).is_dir():
+        local += "/"
+    return local + file_name
+
+
+@contextlib.contextmanager
+def open_location(location: str) -> Iterator[BinaryIO]:
+    """Open a discovered ACI for reading: NotFound when it is not there."""
+    if urlparse(location).scheme not in ("http", "https"):
+        try:
+            with open(location, "rb") as file:
+                yield file
+        except FileNotFoundError:
+            raise NotFound(f"appc image {location} not found") from None
+        return
+    try:
+        response = urllib.request.urlopen(location, timeout=HTTP_TIMEOUT)
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            raise NotFound(f"appc image {location} not found (HTTP 404)") from None
+        if error.code >= 500 or error.code == 429:
+            raise TemporaryFailure(f"appc image {location}: HTTP {error.code}") from None
+        raise BadImage(f"appc image {location}: HTTP {error.code}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TemporaryFailure(f"appc image {location}: {reason}") from None
+    with response:
+        yield response

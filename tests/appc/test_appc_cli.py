@@ -1,0 +1,248 @@
+"""The Appc provider through the real ``lazyfs`` command, on ACIs made with tarfile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.appc.conftest import AppcLazyfs, aci_bytes, manifest_doc, put_aci
+from tests.e2e.conftest import one_line_error
+from tests.tree import diff_trees, tree_digest
+
+BUSYBOX = Path("/bin/busybox")
+APP = {
+    "exec": ["/bin/busybox", "echo", "hello from appc"],
+    "user": "0",
+    "group": "0",
+    "environment": [{"name": "GREETING", "value": "hi"}],
+    "workingDirectory": "/",
+}
+
+
+def rootfs_of(aci: Path, where: Path) -> Path:
+    """The ACI's rootfs/ as GNU tar extracts it: the tree a provision must equal."""
+    where.mkdir()
+    subprocess.run(["tar", "-xf", str(aci), "-C", str(where), "rootfs"], check=True)
+    return where / "rootfs"
+
+
+def provision(
+    lazyfs: AppcLazyfs, cid: str, image: str, *args: str, prefix: str | None = None
+) -> dict[str, object]:
+    result = lazyfs("provision", cid, image, *args, prefix=prefix)
+    info: dict[str, object] = json.loads(result.stdout)
+    return info
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "bzip2", "xz"])
+@pytest.mark.parametrize("backend", ["copy", "overlay", "bind"])
+def test_an_aci_from_a_directory_provisions_its_rootfs(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, tmp_path: Path, compression: str, backend: str
+) -> None:
+    files: dict[str, bytes | str] = {"etc/hostname": b"appc\n", "bin/sh": "busybox"}
+    aci = put_aci(
+        aci_dir,
+        "example.com/hello",
+        aci_bytes(
+            manifest_doc("example.com/hello", app=APP, version="1.0"),
+            files,
+            compression=compression,
+        ),
+        version="1.0",
+    )
+    info = provision(appc_lazyfs, "c1", "appc:example.com/hello,version=1.0", "--backend", backend)
+    config = info["config"]
+    assert isinstance(config, dict)
+    assert config["entrypoint"] == APP["exec"]
+    assert config["env"] == ["GREETING=hi"]
+    assert config["user"] == "0:0"
+    assert config["working_dir"] == "/"
+    want = tree_digest(rootfs_of(aci, tmp_path / "want"), dir_mtimes=False)
+    got = tree_digest(Path(str(info["rootfs"])), dir_mtimes=False)
+    assert diff_trees(want, got) == []
+    appc_lazyfs("destroy", "c1")
+
+
+def test_dependencies_are_lower_layers_in_spec_order_with_the_whitelist(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path
+) -> None:
+    put_aci(
+        aci_dir,
+        "example.com/base",
+        aci_bytes(
+            manifest_doc("example.com/base", version="latest"),
+            {"etc/os": b"base\n", "etc/shared": b"base\n", "etc/hidden": b"base\n"},
+        ),
+        version="latest",
+    )
+    put_aci(
+        aci_dir,
+        "example.com/mid",
+        aci_bytes(
+            manifest_doc(
+                "example.com/mid",
+                dependencies=[{"imageName": "example.com/base"}],
+                version="2.0",
+            ),
+            {"etc/shared": b"mid\n", "etc/mid": b"mid\n"},
+        ),
+        version="2.0",
+    )
+    put_aci(
+        aci_dir,
+        "example.com/top",
+        aci_bytes(
+            manifest_doc(
+                "example.com/top",
+                app=APP,
+                dependencies=[
+                    {
+                        "imageName": "example.com/mid",
+                        "labels": [{"name": "version", "value": "2.0"}],
+                    },
+                    {"imageName": "example.com/base"},
+                ],
+                path_whitelist=["/etc/os", "/etc/shared", "/etc/mid", "/etc/top"],
+                version="1.0",
+            ),
+            {"etc/top": b"top\n"},
+        ),
+        version="1.0",
+    )
+    info = provision(appc_lazyfs, "c1", "appc:example.com/top,version=1.0", "--backend", "copy")
+    layers = info["image"]["layers"]  # type: ignore[index]
+    assert len(layers) == 3  # base once, though both top and mid depend on it
+    etc = Path(str(info["rootfs"])) / "etc"
+    assert sorted(p.name for p in etc.iterdir()) == ["mid", "os", "shared", "top"]
+    # mid is above base: its file wins.
+    assert (etc / "shared").read_text() == "mid\n"
+    overlay = provision(
+        appc_lazyfs, "c2", "appc:example.com/top,version=1.0", "--backend", "overlay"
+    )
+    assert (
+        diff_trees(
+            tree_digest(Path(str(info["rootfs"])), dir_mtimes=False),
+            tree_digest(Path(str(overlay["rootfs"])), dir_mtimes=False),
+        )
+        == []
+    )
+
+
+def test_an_aci_from_a_loopback_http_server(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, http_prefix: str
+) -> None:
+    put_aci(aci_dir, "example.com/web", aci_bytes(manifest_doc("example.com/web"), {"a": b"1"}))
+    info = provision(appc_lazyfs, "c1", "appc:example.com/web", prefix=http_prefix)
+    assert (Path(str(info["rootfs"])) / "a").read_bytes() == b"1"
+
+
+def test_the_store_serves_without_discovery_and_cached_false_fetches_again(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, tmp_path: Path
+) -> None:
+    put_aci(aci_dir, "example.com/app", aci_bytes(manifest_doc("example.com/app"), {"v": b"1"}))
+    first = provision(appc_lazyfs, "c1", "appc:example.com/app")
+    image_id = "sha512-" + str(first["image"]["digest"]).removeprefix("sha512:")  # type: ignore[index]
+    assert (appc_lazyfs.work_dir / "store" / "appc" / "images" / image_id / "manifest").is_file()
+    put_aci(aci_dir, "example.com/app", aci_bytes(manifest_doc("example.com/app"), {"v": b"2"}))
+    # No prefix: the store alone has it, by name and by id.
+    again = provision(appc_lazyfs, "c2", "appc:example.com/app", prefix="")
+    assert (Path(str(again["rootfs"])) / "v").read_bytes() == b"1"
+    spec = tmp_path / "image.json"
+    spec.write_text(
+        json.dumps({"type": "APPC", "appc": {"name": "example.com/app", "id": image_id}})
+    )
+    by_id = provision(appc_lazyfs, "c3", "--image-file", str(spec), prefix="")
+    assert (Path(str(by_id["rootfs"])) / "v").read_bytes() == b"1"
+    spec.write_text(
+        json.dumps({"type": "APPC", "appc": {"name": "example.com/app"}, "cached": False})
+    )
+    fresh = provision(appc_lazyfs, "c4", "--image-file", str(spec))
+    assert (Path(str(fresh["rootfs"])) / "v").read_bytes() == b"2"
+
+
+def test_run_runs_the_image_exec_under_runc(appc_lazyfs: AppcLazyfs, aci_dir: Path) -> None:
+    files: dict[str, bytes | str] = {"bin/busybox": BUSYBOX.read_bytes(), "bin/sh": "busybox"}
+    put_aci(
+        aci_dir,
+        "example.com/busybox",
+        aci_bytes(manifest_doc("example.com/busybox", app=APP), files),
+    )
+    result = appc_lazyfs("run", "appc:example.com/busybox")
+    assert result.stdout == "hello from appc\n"
+    shell = {**APP, "exec": ["/bin/sh", "-c", "echo $GREETING in $PWD; exit 3"]}
+    shell["workingDirectory"] = "/bin"
+    put_aci(
+        aci_dir,
+        "example.com/shell",
+        aci_bytes(manifest_doc("example.com/shell", app=shell), files),
+    )
+    result = appc_lazyfs("run", "appc:example.com/shell", check=False)
+    assert (result.returncode, result.stdout) == (3, "hi in /bin\n")
+
+
+def _escaping() -> tarfile.TarInfo:
+    info = tarfile.TarInfo("rootfs/../../escape")
+    return info
+
+
+@pytest.mark.parametrize(
+    ("aci", "message"),
+    [
+        (aci_bytes(None, {"a": b"1"}), "no manifest file"),
+        (aci_bytes(b"{not json", {"a": b"1"}), "not valid JSON"),
+        (aci_bytes({**manifest_doc("example.com/bad"), "acVersion": "x"}), "acVersion"),
+        (aci_bytes({**manifest_doc("example.com/bad"), "acKind": "PodManifest"}), "acKind"),
+        (aci_bytes(manifest_doc("example.com/bad"), extra=[_escaping()]), "escape"),
+        (
+            aci_bytes(
+                manifest_doc("example.com/bad", dependencies=[{"imageName": "example.com/gone"}])
+            ),
+            "dependency example.com/gone",
+        ),
+        (aci_bytes(manifest_doc("example.com/other")), "is named"),
+        (b"not an archive at all, just bytes" * 20, "corrupt"),
+    ],
+)
+def test_bad_acis_give_one_clear_line(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, aci: bytes, message: str
+) -> None:
+    put_aci(aci_dir, "example.com/bad", aci)
+    line = one_line_error(appc_lazyfs("provision", "c1", "appc:example.com/bad", check=False))
+    assert message in line
+    assert not (appc_lazyfs.work_dir / "provisioner" / "containers" / "c1").exists()
+
+
+def test_an_id_that_does_not_match_is_an_error(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, tmp_path: Path
+) -> None:
+    put_aci(aci_dir, "example.com/app", aci_bytes(manifest_doc("example.com/app")))
+    spec = tmp_path / "image.json"
+    wrong = "sha512-" + "0" * 128
+    spec.write_text(json.dumps({"type": "APPC", "appc": {"name": "example.com/app", "id": wrong}}))
+    line = one_line_error(appc_lazyfs("provision", "c1", "--image-file", str(spec), check=False))
+    assert "id" in line and wrong in line
+
+
+def test_a_hardlink_out_of_rootfs_is_refused(appc_lazyfs: AppcLazyfs, aci_dir: Path) -> None:
+    link = tarfile.TarInfo("rootfs/passwd")
+    link.type = tarfile.LNKTYPE
+    link.linkname = "manifest"
+    put_aci(aci_dir, "example.com/bad", aci_bytes(manifest_doc("example.com/bad"), extra=[link]))
+    line = one_line_error(appc_lazyfs("provision", "c1", "appc:example.com/bad", check=False))
+    assert "outside rootfs/" in line
+
+
+def test_an_unknown_image_is_not_found(appc_lazyfs: AppcLazyfs) -> None:
+    line = one_line_error(appc_lazyfs("provision", "c1", "appc:example.com/none", check=False))
+    assert "not found" in line
+
+
+@pytest.fixture(autouse=True)
+def _tar_available() -> None:
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is needed to extract reference trees")
