@@ -2,13 +2,14 @@
 
 Nothing is extracted: each layer is indexed once into the store
 (``layers/<hex>/index.json``, see ``lazyfs.index``) and the rootfs is a
-read-only FUSE mount served by a process of its own (``lazyfs.mount``),
-detached from the caller.  Per rootfs, ``<rootfs>/../../scratch/<rootfs
-name>/`` (as the overlay backend keeps its scratch) holds ``pid``, the mount
-process, and ``mount.log``, its log.
+FUSE mount served by a process of its own (``lazyfs.mount``), detached from
+the caller.  Per rootfs, ``<rootfs>/../../scratch/<rootfs name>/`` (as the
+overlay backend keeps its scratch) holds ``pid``, the mount process, and
+``mount.log``, its log; for a writable rootfs also ``upper/``, its writes
+in overlayfs' upperdir format, and ``work/``, copy-up temporaries (see
+``lazyfs.upper``).
 
-Read-only only, for now: asking for a writable rootfs is refused before
-anything is made (copy-on-write is the next step).  ``destroy`` unmounts
+A read-only rootfs is mounted ``ro``.  ``destroy`` unmounts
 what a runtime mounted inside, then the rootfs, waits for the mount process
 to end, and removes the mount point and the scratch directory; idempotent.
 All of it blocking.
@@ -28,7 +29,7 @@ from providers.errors import BackendError
 
 
 class FuseBackend:
-    """Read-only; needs /dev/fuse and fusermount3 (root, for allow_other, suid and dev)."""
+    """Read-only or copy-on-write; needs /dev/fuse, fusermount3, and root for allow_other."""
 
     name = "fuse"
 
@@ -37,14 +38,17 @@ class FuseBackend:
         self.tmp_dir = tmp_dir
 
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
-        if writable:
-            raise BackendError("the fuse backend is read-only for now; use overlay or copy")
         if not layers:
             raise BackendError("the fuse backend needs an image of at least one layer")
         scratch = scratch_dir(rootfs)
         scratch.parent.mkdir(exist_ok=True)
         scratch.mkdir()
         try:
+            upper = work = None
+            if writable:
+                upper, work = scratch / "upper", scratch / "work"
+                upper.mkdir(mode=0o755)
+                work.mkdir(mode=0o700)
             rootfs.mkdir(mode=0o755)
             pid = lazy_mount.mount(
                 [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
@@ -52,6 +56,8 @@ class FuseBackend:
                 layers_dir=self.layers_dir,
                 tmp_dir=self.tmp_dir,
                 log_path=scratch / "mount.log",
+                upper=upper,
+                work=work,
             )
             (scratch / "pid").write_text(f"{pid}\n")
         except BaseException:
@@ -59,7 +65,7 @@ class FuseBackend:
                 rootfs.rmdir()
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return Rootfs(rootfs, self.name, writable=False)
+        return Rootfs(rootfs, self.name, writable=writable)
 
     def destroy(self, rootfs: Path) -> None:
         scratch = scratch_dir(rootfs)
@@ -75,7 +81,7 @@ class FuseBackend:
 
 
 def scratch_dir(rootfs: Path) -> Path:
-    """Where the pid and log of ``rootfs``'s mount process live."""
+    """Where the pid, log and (writable) upper and work directories of ``rootfs`` live."""
     return rootfs.parent.parent / "scratch" / rootfs.name
 
 

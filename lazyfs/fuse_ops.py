@@ -8,7 +8,8 @@ listing, stable for the life of the mount.  File bytes come from
 ``ChunkCache`` (worker threads, bounded cache); open file and directory
 handles are the inode numbers themselves, since nothing is kept per handle.
 
-Writes never reach here: the mount is read-only, so the kernel answers
+Writes never reach here (writable mounts are served by
+``lazyfs.fuse_write``): the mount is read-only, so the kernel answers
 EROFS itself; ``open`` for writing answers EROFS too, for callers that ask
 anyway.  Every handler ends in ``pyfuse3.FUSEError``: expected answers
 (ENOENT, ENOTDIR, ENODATA, EROFS) directly, anything unexpected as EIO after
@@ -37,6 +38,9 @@ CACHE_TIMEOUT = 365 * 24 * 3600.0
 BLOCK_SIZE = 4096
 NAME_MAX = 255
 
+# Errors of the upper directory a writer should see as they are.
+PASSED_ON = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMLINK, errno.ENAMETOOLONG})
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -46,7 +50,10 @@ def fuse_errors(
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """Let FUSEError through; log anything else once and answer EIO.
 
-    Cancellation (a BaseException) passes untouched: pyfuse3 is shutting down.
+    An OSError that says the upper directory is full or at a limit
+    (``PASSED_ON``) is answered with its own errno, so a writer sees ENOSPC
+    as on any filesystem.  Cancellation (a BaseException) passes untouched:
+    pyfuse3 is shutting down.
     """
 
     @functools.wraps(handler)
@@ -55,6 +62,17 @@ def fuse_errors(
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
+        except OSError as error:
+            number = error.errno if error.errno in PASSED_ON else errno.EIO
+            log.error(
+                "%s%r failed, answering %s: %s",
+                handler.__name__,
+                args[1:],
+                errno.errorcode.get(number, number),
+                error,
+                exc_info=number == errno.EIO,
+            )
+            raise pyfuse3.FUSEError(number) from None
         except Exception:
             log.exception("%s%r failed; answering EIO", handler.__name__, args[1:])
             raise pyfuse3.FUSEError(errno.EIO) from None

@@ -54,8 +54,14 @@ def mount(
     tmp_dir: Path,
     log_path: Path,
     timeout: float = MOUNT_TIMEOUT,
+    upper: Path | None = None,
+    work: Path | None = None,
 ) -> int:
-    """Mount the union of ``layers`` (bottom first) read-only at the existing ``mountpoint``.
+    """Mount the union of ``layers`` (bottom first) at the existing ``mountpoint``.
+
+    Read-only, or with ``upper`` (and ``work``, both existing empty
+    directories on one filesystem) copy-on-write: the writes go to
+    ``upper`` in overlayfs' format (see ``lazyfs.upper``).
 
     Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
     layer the index refuses, BackendError when the mount does not come up
@@ -69,6 +75,10 @@ def mount(
     argv += ["--layers-dir", str(layers_dir)]
     for digest, tar in tars:
         argv += ["--layer", f"{digest}={tar}"]
+    if upper is not None:
+        if work is None:
+            raise BackendError("a writable mount needs a work directory beside its upper")
+        argv += ["--upper", str(upper), "--work", str(work)]
     read_end, write_end = os.pipe()
     try:
         os.set_inheritable(write_end, True)

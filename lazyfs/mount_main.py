@@ -1,14 +1,15 @@
 """The mount process: ``python -m lazyfs.mount_main``, one per mount (pyfuse3 serves one).
 
 Started by ``lazyfs.mount.mount``, which has already indexed the layers.
-It loads the indexes, merges the tree, mounts it read-only at
-``--mountpoint`` and writes ``ready`` to ``--ready-fd`` (or one line saying
+It loads the indexes, merges the tree, mounts it at ``--mountpoint``
+(read-only, or copy-on-write into ``--upper`` with ``--work`` for
+temporaries: see ``lazyfs.upper``) and writes ``ready`` to ``--ready-fd`` (or one line saying
 why not, then exits non-zero), then serves until:
 
 - the mount is taken away (``fusermount3 -u``, umount2): it exits 0;
 - SIGTERM or SIGINT: it unmounts, then exits 0.
 
-Options: ``fsname=lazyfs``, ``ro``, ``default_permissions`` (the kernel
+Options: ``fsname=lazyfs``, ``ro`` unless writable, ``default_permissions`` (the kernel
 checks modes, since other users see the tree), and as root
 ``allow_other,suid,dev`` so the tree can be a container's root.  It logs
 to stderr, which the parent points at a log file.
@@ -30,8 +31,10 @@ import trio
 
 from lazyfs.blob_ranges import ChunkCache, LocalTars
 from lazyfs.fuse_ops import ReadOnlyOperations
+from lazyfs.fuse_write import WritableOperations
 from lazyfs.index import LayerIndex, load_index
 from lazyfs.tree import merge
+from lazyfs.upper import Upper
 from providers.digest import Digest, parse_digest
 
 log = logging.getLogger("lazyfs.mount")
@@ -44,18 +47,24 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--layers-dir", type=Path, required=True)
     parser.add_argument("--layer", action="append", default=[], help="DIGEST=TAR, bottom first")
     parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--upper", type=Path, help="writable: the empty upper directory")
+    parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
     parser.add_argument("--debug", action="store_true")
     return parser.parse_args(argv)
 
 
-def mount_options() -> set[str]:
-    options = set(pyfuse3.default_options) | {"fsname=lazyfs", "ro"}
+def mount_options(*, writable: bool = False) -> set[str]:
+    options = set(pyfuse3.default_options) | {"fsname=lazyfs"}
+    if not writable:
+        options.add("ro")
     if os.geteuid() == 0:
         options |= {"allow_other", "suid", "dev"}
     return options
 
 
-def _operations(layers_dir: Path, layers: Sequence[str]) -> ReadOnlyOperations:
+def _operations(
+    layers_dir: Path, layers: Sequence[str], upper: Path | None, work: Path | None
+) -> ReadOnlyOperations | WritableOperations:
     indexes: list[LayerIndex] = []
     tars: dict[Digest, Path] = {}
     for spec in layers:
@@ -66,7 +75,12 @@ def _operations(layers_dir: Path, layers: Sequence[str]) -> ReadOnlyOperations:
             raise RuntimeError(f"layer {digest} has no index in {layers_dir}")
         indexes.append(index)
         tars[digest] = Path(tar)
-    return ReadOnlyOperations(merge(indexes), ChunkCache(LocalTars(tars)))
+    source = LocalTars(tars)
+    if upper is None:
+        return ReadOnlyOperations(merge(indexes), ChunkCache(source))
+    if work is None:
+        raise RuntimeError("a writable mount needs --work beside --upper")
+    return WritableOperations(Upper(merge(indexes), upper, work, source), ChunkCache(source))
 
 
 class _Stop:
@@ -108,8 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(number, _Stop.handler)
     ready = os.fdopen(args.ready_fd, "wb", buffering=0)
     try:
-        ops = _operations(args.layers_dir, args.layer)
-        pyfuse3.init(ops, str(args.mountpoint), mount_options())
+        ops = _operations(args.layers_dir, args.layer, args.upper, args.work)
+        writable = args.upper is not None
+        pyfuse3.init(ops, str(args.mountpoint), mount_options(writable=writable))
     except Exception as error:
         log.exception("cannot mount %s", args.mountpoint)
         ready.write(f"{type(error).__name__}: {error}\n".encode())

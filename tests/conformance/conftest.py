@@ -53,6 +53,7 @@ VARIANTS = (
     Variant("overlay-ro", "overlay", writable=False, needs_overlay=True),
     Variant("overlay-rw", "overlay", writable=True, needs_overlay=True),
     Variant("fuse-ro", "fuse", writable=False, needs_fuse=True, applies_in_process=False),
+    Variant("fuse-rw", "fuse", writable=True, needs_fuse=True, applies_in_process=False),
 )
 
 

@@ -229,3 +229,13 @@ def test_an_appc_image_needs_the_appc_provider(lazyfs: Lazyfs) -> None:
     error = one_line_error(lazyfs("provision", "c1", "appc:example.com/app", check=False))
     assert "appc" in error
     assert containers(lazyfs.work_dir) == []
+
+
+def test_run_on_a_writable_fuse_rootfs(lazyfs: Lazyfs) -> None:
+    script = "echo hi > /tmp/x; cat /tmp/x; rm /etc/motd; ls /etc/motd; chmod 700 /bin; exit 3"
+    result = lazyfs("run", "--backend", "fuse", "busybox", "--", "sh", "-c", script, check=False)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == ["hi"]
+    assert "No such file" in result.stderr
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == []

@@ -163,11 +163,11 @@ def test_a_hostile_layer_fails_before_any_process(
     assert not (tmp_path / "log").exists()
 
 
-def test_the_backend_refuses_writable_and_destroys_idempotently(tmp_path: Path) -> None:
+def test_the_backend_refuses_no_layers_and_destroys_idempotently(tmp_path: Path) -> None:
     backend = FuseBackend(tmp_path / "layers", tmp_path / "tmp")
     rootfs = tmp_path / "c" / "rootfses" / "r"
     rootfs.parent.mkdir(parents=True)
-    with pytest.raises(BackendError, match="read-only"):
+    with pytest.raises(BackendError, match="at least one layer"):
         backend.provision([], rootfs, writable=True)
     assert not rootfs.exists()
     backend.destroy(rootfs)

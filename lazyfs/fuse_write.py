@@ -1,0 +1,411 @@
+"""pyfuse3 operations for a copy-on-write mount: the merged tree with writes in ``Upper``.
+
+The tree and the upper directory's rules are in ``lazyfs.upper``; this
+module maps FUSE requests onto it.  Semantics chosen:
+
+- every handle sees the file's latest bytes, as on a plain filesystem: a
+  handle opened read-only while the bytes are in a lower layer reads them
+  there until the file is copied up, then opens the upper file for itself
+  at its next read.  (Overlayfs instead leaves such a handle on the lower
+  file; here that would mix old and new bytes, since the kernel keeps one
+  page cache per FUSE inode, which writers update.)  A handle that has an
+  upper fd keeps it, so it keeps working after the file is unlinked or
+  renamed; a lower file unlinked before its copy-up keeps reading from the
+  layer;
+- opening for writing (or with O_TRUNC) copies the data up first; a
+  metadata change (chmod, chown, utimens, xattrs) copies none
+  (``Upper.copy_up_meta``); a truncate does;
+- the kernel may cache entries and attributes only briefly (``TIMEOUT``):
+  they change now.  Pages still stay cached across opens, since every write
+  goes through this mount's page cache.
+
+Every handler ends in ``pyfuse3.FUSEError`` (``fuse_errors``): refusals
+directly, anything unexpected as EIO after logging its cause once.
+Blocking file I/O runs in worker threads under ``Upper.limiter``.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from lazyfs.blob_ranges import ChunkCache
+from lazyfs.fuse_ops import BLOCK_SIZE, NAME_MAX, fuse_errors
+from lazyfs.tree import DataRef, InodeNo
+from lazyfs.upper import Copy, Node, Upper, fail
+
+TIMEOUT = 1.0
+
+
+@dataclass(slots=True)
+class _Handle:
+    """An open file: its own fd on the upper file, else the lower bytes of the file."""
+
+    node: Node
+    fd: int | None
+    lower: DataRef | None
+
+
+class WritableOperations(pyfuse3.Operations):
+    """The copy-on-write view of ``upper``, reading lower bytes through ``chunks``."""
+
+    def __init__(self, upper: Upper, chunks: ChunkCache) -> None:
+        super().__init__()
+        self.upper = upper
+        self.tree = upper.tree  # what the mount process reports at start
+        self.chunks = chunks
+        self._numbers = itertools.count(1)
+        self._files: dict[int, _Handle] = {}
+        self._dirs: dict[int, list[tuple[bytes, InodeNo]]] = {}
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = pyfuse3.InodeT(node.ino)
+        entry.generation = 0
+        entry.entry_timeout = entry.attr_timeout = TIMEOUT
+        entry.st_mode = pyfuse3.ModeT(node.mode)
+        entry.st_nlink = node.nlink
+        entry.st_uid, entry.st_gid = node.uid, node.gid
+        entry.st_rdev = node.rdev
+        entry.st_size = node.size
+        entry.st_blksize = BLOCK_SIZE
+        entry.st_blocks = (node.size + 511) // 512
+        entry.st_atime_ns = node.atime_ns
+        entry.st_mtime_ns = node.mtime_ns
+        entry.st_ctime_ns = node.ctime_ns
+        return entry
+
+    # -- reading --------------------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self.attributes(self.upper.directory(parent_inode))
+        found = self.upper.lookup(parent_inode, name)
+        if found is None:
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = pyfuse3.InodeT(0)
+            missing.entry_timeout = TIMEOUT
+            return missing
+        return self.attributes(found)
+
+    @fuse_errors
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(self.upper.node(inode))
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        """Nothing to drop: nodes live as long as the mount (unlinked ones are small)."""
+
+    @fuse_errors
+    async def readlink(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileNameT:
+        node = self.upper.node(inode)
+        if not stat.S_ISLNK(node.mode):
+            raise fail(errno.EINVAL)
+        return pyfuse3.FileNameT(node.target)
+
+    @fuse_errors
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        # A snapshot: offsets stay positions in it however the directory changes meanwhile.
+        listing = self.upper.listing(inode)
+        fh = next(self._numbers)
+        self._dirs[fh] = listing
+        return pyfuse3.FileHandleT(fh)
+
+    @fuse_errors
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        listing = self._dirs.get(fh)
+        if listing is None:
+            raise fail(errno.EBADF)
+        for position in range(start_id, len(listing)):
+            name, child = listing[position]
+            entry = self.attributes(self.upper.node(child))
+            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, position + 1):
+                return
+
+    @fuse_errors
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self._dirs.pop(fh, None)
+
+    @fuse_errors
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        node = self.upper.node(inode)
+        if stat.S_ISDIR(node.mode):
+            raise fail(errno.EISDIR)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
+            await self.upper.truncate(node, 0)  # copies no data
+        elif writing:
+            await self.upper.copy_up_data(node)
+        handle = await self._handle(node, writing=writing)
+        return pyfuse3.FileInfo(fh=self._keep(handle), keep_cache=not writing)
+
+    async def _handle(self, node: Node, *, writing: bool) -> _Handle:
+        if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
+            return _Handle(node, None, node.lower_data)
+        mode = os.O_RDWR if writing else os.O_RDONLY
+        fd = os.open(self.upper.path(node), mode | os.O_CLOEXEC)
+        return _Handle(node, fd, None)
+
+    def _keep(self, handle: _Handle) -> pyfuse3.FileHandleT:
+        fh = next(self._numbers)
+        self._files[fh] = handle
+        return pyfuse3.FileHandleT(fh)
+
+    def _file(self, fh: int) -> _Handle:
+        handle = self._files.get(fh)
+        if handle is None:
+            raise fail(errno.EBADF)
+        return handle
+
+    @fuse_errors
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        handle = self._file(fh)
+        if handle.fd is None and handle.node.copy is Copy.DATA and handle.node.names:
+            # Copied up since this handle was opened: the lower bytes are stale now.
+            handle.fd = os.open(self.upper.path(handle.node), os.O_RDONLY | os.O_CLOEXEC)
+        if handle.fd is not None:
+            fd = handle.fd
+            return await trio.to_thread.run_sync(
+                os.pread, fd, size, off, limiter=self.upper.limiter
+            )
+        data = handle.lower
+        if data is None or off >= data.size or size <= 0:
+            return b""
+        length = min(size, data.size - off)
+        got = await self.chunks.read(data.digest, data.offset + off, length)
+        if len(got) != length:
+            raise OSError(errno.EIO, f"layer {data.digest} ended early at {off + len(got)}")
+        return got
+
+    @fuse_errors
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        handle = self._file(fh)
+        if handle.fd is None:
+            raise fail(errno.EBADF)
+        fd = handle.fd
+        written: int = await trio.to_thread.run_sync(
+            os.pwrite, fd, buf, off, limiter=self.upper.limiter
+        )
+        handle.node.size = max(handle.node.size, off + written)
+        self.upper.touch(handle.node)
+        return written
+
+    @fuse_errors
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        """Writes go straight to the upper file: nothing is buffered here."""
+        self._file(fh)
+
+    @fuse_errors
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        fd = self._file(fh).fd
+        if fd is not None:
+            sync = os.fdatasync if datasync else os.fsync
+            await trio.to_thread.run_sync(sync, fd, limiter=self.upper.limiter)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        """Directory changes are made with plain syscalls; the upper filesystem orders them."""
+
+    @fuse_errors
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.fd is not None:
+            os.close(handle.fd)
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        # Free space is what the upper directory has: that is where writes go.
+        found = os.statvfs(self.upper.upper)
+        stats = pyfuse3.StatvfsData()
+        stats.f_bsize, stats.f_frsize = found.f_bsize, found.f_frsize
+        stats.f_blocks, stats.f_bfree, stats.f_bavail = (
+            found.f_blocks,
+            found.f_bfree,
+            found.f_bavail,
+        )
+        stats.f_files, stats.f_ffree, stats.f_favail = (
+            found.f_files,
+            found.f_ffree,
+            found.f_favail,
+        )
+        stats.f_namemax = NAME_MAX
+        return stats
+
+    @fuse_errors
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        value = self.upper.node(inode).xattrs.get(name)
+        if value is None:
+            raise fail(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        return [pyfuse3.XAttrNameT(key) for key in self.upper.node(inode).xattrs]
+
+    # -- writing ----------------------------------------------------------------------------
+
+    @fuse_errors
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.upper.node(inode)
+        if fields.update_size:
+            handle = self._files.get(fh) if fh is not None else None
+            fd = handle.fd if handle is not None else None
+            await self.upper.truncate(node, attr.st_size, fd)
+        if fields.update_mode:
+            self.upper.set_mode(node, attr.st_mode)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else node.uid
+            gid = attr.st_gid if fields.update_gid else node.gid
+            self.upper.set_owner(node, uid, gid)
+        if fields.update_atime or fields.update_mtime:
+            self.upper.set_times(
+                node,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
+        return self.attributes(node)
+
+    @fuse_errors
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
+        node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid)
+        handle = await self._handle(node, writing=True)
+        return pyfuse3.FileInfo(fh=self._keep(handle)), self.attributes(node)
+
+    @fuse_errors
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        mode = stat.S_IFDIR | (stat.S_IMODE(mode) & ~ctx.umask)
+        return self.attributes(self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
+        node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev)
+        return self.attributes(node)
+
+    @fuse_errors
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.upper.new(
+            parent_inode, name, stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, target=target
+        )
+        return self.attributes(node)
+
+    @fuse_errors
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.upper.link(inode, new_parent_inode, new_name))
+
+    @fuse_errors
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._pin_readers(self.upper.lookup(parent_inode, name))
+        self.upper.remove(parent_inode, name, directory=False)
+
+    @fuse_errors
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self.upper.remove(parent_inode, name, directory=True)
+
+    @fuse_errors
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._pin_readers(self.upper.lookup(parent_inode_new, name_new))
+        await self.upper.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    def _pin_readers(self, node: Node | None) -> None:
+        """Give handles of copied-up ``node`` without an fd one, before a name of it may go.
+
+        Its last name going would leave them nothing to open but stale lower bytes.
+        """
+        if node is None or node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
+            return
+        for handle in self._files.values():
+            if handle.node is node and handle.fd is None:
+                handle.fd = os.open(self.upper.path(node), os.O_RDONLY | os.O_CLOEXEC)
+
+    @fuse_errors
+    async def setxattr(
+        self,
+        inode: pyfuse3.InodeT,
+        name: pyfuse3.XAttrNameT,
+        value: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self.upper.set_xattr(self.upper.node(inode), name, value)
+
+    @fuse_errors
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self.upper.set_xattr(self.upper.node(inode), name, None)

@@ -1,0 +1,244 @@
+"""The writable state of a copy-on-write mount: the merged tree plus an upper directory.
+
+``Upper`` holds, in memory, every inode the mount has touched (``Node``:
+attributes, names, and for directories the children) over the immutable
+``MergedTree``, and mirrors every change into ``upper`` in overlayfs'
+on-disk format, so the directory could serve as kernel overlayfs' upperdir:
+
+- a name deleted where a lower layer has one is a whiteout, a 0/0 character
+  device;
+- a directory made where a lower layer has a name is opaque
+  (``trusted.overlay.opaque=y``);
+- a regular file whose metadata changed but whose data did not is a
+  metadata-only copy: an empty *sparse* file of the right size, mode, owner,
+  times and xattrs, marked ``trusted.overlay.metacopy`` (empty value) as
+  overlayfs marks it; its bytes are still read from the lower layer.  Data
+  is copied up once (``copy_up_data``): into a temporary file in ``work``,
+  in one worker thread, then renamed over the metacopy, so the upper path
+  never holds half a file;
+- a hardlinked file is copied up at all its names at once, as hardlinks;
+  ``link`` and ``rename`` of a file copy its data up first, since a
+  metacopy at a name where no lower layer has the file would need
+  overlayfs' redirect xattrs, which are not written.
+
+Kernel overlayfs mounted with the layers as lowerdirs, this directory as
+upperdir and ``metacopy=on`` shows the tree the mount showed (a test
+checks it); without ``metacopy=on`` the kernel refuses metacopy files.
+
+The nodes, copy-up and metadata changes are in ``lazyfs.upper_state``;
+this module adds the operations on names.  Memory is authoritative: the
+upper directory is written, never read back, so it must be empty at start
+(reusing an upper dir is not supported yet).  Inode numbers of the lower
+tree stay as ``tree`` gives them; new inodes are numbered after the
+highest.  Directories that come from lower layers cannot be renamed
+(``EXDEV``, as overlayfs without redirect_dir answers).  Every method
+raises ``pyfuse3.FUSEError`` for expected refusals; ``OSError`` from the
+upper directory propagates (the handlers log it and answer EIO).  The
+synchronous methods do only small metadata syscalls and never yield, so
+each is atomic with respect to other trio tasks; the async ones
+(``copy_up_data``, ``truncate``, ``link``, ``rename``) yield only while
+bytes are copied, under the node's lock, and check names afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from pathlib import Path
+
+import pyfuse3
+
+from lazyfs.tree import ROOT_INO, InodeNo
+from lazyfs.upper_state import METACOPY_XATTR, OPAQUE_XATTR, Copy, Node, UpperState, fail
+
+__all__ = ["METACOPY_XATTR", "OPAQUE_XATTR", "Copy", "Node", "Upper", "fail"]
+
+
+class Upper(UpperState):
+    """``UpperState`` with the operations on names: new, link, remove, rename."""
+
+    # -- names --------------------------------------------------------------------------
+
+    def _free_name(self, parent: Node, name: bytes) -> Path:
+        """Make ``parent`` exist in upper and ``name`` free there (no whiteout); its path."""
+        if len(name) > 255:
+            raise fail(errno.ENAMETOOLONG)
+        path = self.copy_up_dir(parent) / os.fsdecode(name)
+        if self._lower_has(parent, name):
+            path.unlink()  # the whiteout of what was deleted here
+        return path
+
+    def _add(self, parent: Node, name: bytes, node: Node) -> None:
+        assert parent.children is not None
+        parent.children[name] = node.ino
+        node.names.append((parent.ino, name))
+        if node.children is not None:
+            parent.subdirs += 1
+        self.touch(parent)
+
+    def _drop(self, parent: Node, name: bytes, node: Node) -> None:
+        assert parent.children is not None
+        del parent.children[name]
+        node.names.remove((parent.ino, name))
+        if node.children is not None:
+            parent.subdirs -= 1
+        self.touch(parent)
+        self.touch(node, data=False)
+
+    def new(
+        self,
+        parent_ino: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        rdev: int = 0,
+        target: bytes = b"",
+    ) -> Node:
+        """A new file, directory, symlink or special file ``name`` in ``parent``."""
+        parent = self.directory(parent_ino)
+        assert parent.children is not None
+        if name in parent.children:
+            raise fail(errno.EEXIST)
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid  # BSD group semantics, as the kernel gives them
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        now = time.time_ns()
+        node = Node(
+            InodeNo(next(self._numbers)),
+            mode,
+            uid,
+            gid,
+            0,
+            now,
+            now,
+            now,
+            rdev=rdev,
+            target=target,
+            copy=Copy.DATA,
+        )
+        path = self._free_name(parent, name)
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFDIR:
+            node.children = {}
+            node.opaque = self._lower_has(parent, name)
+            path.mkdir(mode=0o700)
+        elif kind == stat.S_IFREG:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        elif kind == stat.S_IFLNK:
+            os.symlink(target, path)
+            node.size = len(target)
+            node.mode = stat.S_IFLNK | 0o777
+        else:
+            os.mknod(path, mode, rdev)
+        self._set_disk_attributes(node, path)
+        self._nodes[node.ino] = node
+        self._add(parent, name, node)
+        return node
+
+    async def link(self, ino: int, parent_ino: int, name: bytes) -> Node:
+        """A new name for file ``ino``: its data is copied up first.
+
+        A metacopy at a new name would find no lower data at that path
+        (overlayfs would need a redirect), so the bytes go up whole, once.
+        """
+        node = self.node(ino)
+        parent = self.directory(parent_ino)
+        assert parent.children is not None
+        if node.children is not None:
+            raise fail(errno.EPERM)
+        await self.copy_up_data(node)
+        # Checked after the copy: other tasks ran meanwhile.
+        if name in parent.children:
+            raise fail(errno.EEXIST)
+        os.link(self.path(node), self._free_name(parent, name))
+        self._add(parent, name, node)
+        return node
+
+    def remove(self, parent_ino: int, name: bytes, *, directory: bool) -> Node:
+        """Unlink (or rmdir) ``name``; a whiteout stays where a lower layer has the name."""
+        parent = self.directory(parent_ino)
+        node = self.lookup(parent_ino, name)
+        if node is None:
+            raise fail(errno.ENOENT)
+        if directory and node.children is None:
+            raise fail(errno.ENOTDIR)
+        if not directory and node.children is not None:
+            raise fail(errno.EISDIR)
+        if node.children:
+            raise fail(errno.ENOTEMPTY)
+        self._remove_from_disk(parent, name, node)
+        self._drop(parent, name, node)
+        self._whiteout(parent, name)
+        return node
+
+    def _remove_from_disk(self, parent: Node, name: bytes, node: Node) -> None:
+        if node.copy is Copy.NONE:
+            return
+        path = self.path(parent) / os.fsdecode(name)
+        if node.children is None:
+            path.unlink()
+            return
+        for hidden in path.iterdir():
+            hidden.unlink()  # an empty merged directory holds only whiteouts in upper
+        path.rmdir()
+
+    def _whiteout(self, parent: Node, name: bytes) -> None:
+        if self._lower_has(parent, name):
+            os.mknod(self.copy_up_dir(parent) / os.fsdecode(name), stat.S_IFCHR | 0o000, 0)
+
+    async def rename(
+        self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int
+    ) -> None:
+        """Rename as rename(2), RENAME_NOREPLACE included; EXDEV for lower directories."""
+        if flags & ~pyfuse3.RENAME_NOREPLACE:
+            raise fail(errno.EINVAL)  # RENAME_EXCHANGE and whiteout renames: not supported
+        source_dir, dest_dir = self.directory(old_parent), self.directory(new_parent)
+        node = self.lookup(old_parent, old)
+        if node is None:
+            raise fail(errno.ENOENT)
+        if node.children is not None:
+            if node.lower is not None:
+                # A lower directory: overlayfs answers so without redirect_dir.
+                raise fail(errno.EXDEV)
+            here: Node | None = dest_dir
+            while here is not None and here.ino != ROOT_INO:  # not into itself
+                if here is node:
+                    raise fail(errno.EINVAL)
+                here = self.node(here.names[0][0]) if here.names else None
+        else:
+            await self.copy_up_data(node)
+            if self.lookup(old_parent, old) is not node:
+                raise fail(errno.ENOENT)  # renamed or removed by another task meanwhile
+        # From here on nothing yields: the checks hold until the rename is done.
+        target = self.lookup(new_parent, new)
+        if target is node:
+            return
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise fail(errno.EEXIST)
+            if target.children is not None and node.children is None:
+                raise fail(errno.EISDIR)
+            if target.children is None and node.children is not None:
+                raise fail(errno.ENOTDIR)
+            if target.children:
+                raise fail(errno.ENOTEMPTY)
+        # Both parents exist in upper before anything moves.
+        source_path = self.copy_up_dir(source_dir) / os.fsdecode(old)
+        if target is not None:
+            self._remove_from_disk(dest_dir, new, target)
+            self._drop(dest_dir, new, target)
+            dest_path = self.copy_up_dir(dest_dir) / os.fsdecode(new)
+        else:
+            dest_path = self._free_name(dest_dir, new)
+        os.rename(source_path, dest_path)
+        self._drop(source_dir, old, node)
+        self._add(dest_dir, new, node)
+        if node.children is not None and self._lower_has(dest_dir, new) and not node.opaque:
+            node.opaque = True  # hide the lower directory of that name
+            os.setxattr(dest_path, OPAQUE_XATTR, b"y")
+        self._whiteout(source_dir, old)

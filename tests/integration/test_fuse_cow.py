@@ -1,0 +1,318 @@
+"""Copy-on-write on real FUSE mounts: the cases fuse-overlayfs tests for, and the upper they leave.
+
+Each test mounts through the ``cow`` fixture, which builds the test's layers,
+mounts them writable with an upper directory of their own, and unmounts and
+checks that the mount process is gone whatever the test did.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backends.base import LayerFile
+from backends.extracted import extracted_layer
+from backends.fuse import FuseBackend, scratch_dir
+from backends.overlay import overlay_usable
+from lazyfs import mount as lazy_mount
+from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR
+from providers.digest import digest_bytes
+from tests.images import Entry, opaque, whiteout, write_layer
+
+pytestmark = pytest.mark.integration
+
+BIG = b"0123456789abcdef" * (1 << 16)  # 1 MiB
+
+
+@dataclass(frozen=True)
+class Cow:
+    root: Path
+    upper: Path
+    pid: int
+    layers: list[LayerFile]
+
+
+Mount = Callable[[Sequence[Sequence[Entry]]], Cow]
+
+
+@pytest.fixture
+def cow(tmp_path: Path) -> Iterator[Mount]:
+    """Mounts layers writable, each mount with fresh upper and work; all taken down afterwards."""
+    if os.geteuid() != 0 or not os.access("/dev/fuse", os.W_OK) or not shutil.which("fusermount3"):
+        pytest.skip("needs root, /dev/fuse and fusermount3")
+    made: list[tuple[Path, int]] = []
+    layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers_dir.mkdir()
+    tmp.mkdir()
+
+    def mount(layers: Sequence[Sequence[Entry]]) -> Cow:
+        n = len(made)
+        found = []
+        for i, entries in enumerate(layers):
+            blob = write_layer(entries, tmp_path / f"m{n}-layer{i}.tar")
+            found.append(LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar"))
+        root, upper, work = (tmp_path / f"{part}{n}" for part in ("root", "upper", "work"))
+        for directory in (root, upper, work):
+            directory.mkdir()
+        pid = lazy_mount.mount(
+            [lazy_mount.MountLayer(layer.digest, layer.path) for layer in found],
+            root,
+            layers_dir=layers_dir,
+            tmp_dir=tmp,
+            log_path=tmp_path / "mount.log",
+            upper=upper,
+            work=work,
+        )
+        made.append((root, pid))
+        return Cow(root, upper, pid, found)
+
+    try:
+        yield mount
+    finally:
+        for point, pid in made:
+            lazy_mount.unmount(point, pid=pid)
+            assert not lazy_mount.is_mounted(point)
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+def is_whiteout(path: Path) -> bool:
+    found = os.lstat(path)
+    return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
+
+
+def test_a_whiteout_in_a_middle_layer_hides_a_deeper_directory(cow: Mount) -> None:
+    m = cow(
+        [
+            [Entry("a", "dir"), Entry("a/b", "dir"), Entry("a/b/f", data=b"f")],
+            [whiteout("a/b")],
+            [Entry("a/c", data=b"c")],
+        ]
+    )
+    assert os.listdir(m.root / "a") == ["c"]
+    (m.root / "a" / "b").mkdir()
+    assert os.listdir(m.root / "a" / "b") == []
+    # The middle layer's whiteout already hides the deeper a/b from overlayfs too.
+    assert OPAQUE_XATTR not in os.listxattr(m.upper / "a" / "b")
+
+
+def test_an_opaque_directory_in_a_lower_layer(cow: Mount) -> None:
+    m = cow(
+        [
+            [Entry("o", "dir"), Entry("o/old", data=b"old")],
+            [opaque("o"), Entry("o/new", data=b"new")],
+        ]
+    )
+    assert os.listdir(m.root / "o") == ["new"]
+    (m.root / "o" / "more").write_bytes(b"more")
+    assert sorted(os.listdir(m.root / "o")) == ["more", "new"]
+    (m.root / "o" / "new").unlink()
+    assert os.listdir(m.root / "o") == ["more"]
+    assert is_whiteout(m.upper / "o" / "new")
+
+
+def test_a_root_whiteout_does_not_hide_a_nested_name(cow: Mount) -> None:
+    m = cow([[Entry("x", data=b"x"), Entry("a", "dir"), Entry("a/x", data=b"ax")], [whiteout("x")]])
+    assert os.listdir(m.root) == ["a"]
+    assert (m.root / "a" / "x").read_bytes() == b"ax"
+    (m.root / "a" / "x").unlink()
+    assert is_whiteout(m.upper / "a" / "x")
+    assert not os.path.lexists(m.upper / "x")
+
+
+def test_re_creating_a_deleted_file(cow: Mount) -> None:
+    m = cow([[Entry("etc", "dir"), Entry("etc/f", data=b"lower", mode=0o600)]])
+    (m.root / "etc" / "f").unlink()
+    assert not (m.root / "etc" / "f").exists()
+    (m.root / "etc" / "f").write_bytes(b"upper")
+    assert (m.root / "etc" / "f").read_bytes() == b"upper"
+    assert os.stat(m.root / "etc" / "f").st_mode & 0o777 == 0o644
+    assert (m.upper / "etc" / "f").read_bytes() == b"upper"
+
+
+def test_a_directory_created_over_a_lower_symlink(cow: Mount) -> None:
+    m = cow([[Entry("d", "dir"), Entry("d/in", data=b"in"), Entry("s", "symlink", target="d")]])
+    assert (m.root / "s" / "in").read_bytes() == b"in"
+    (m.root / "s").unlink()
+    (m.root / "s").mkdir()
+    (m.root / "s" / "mine").write_bytes(b"mine")
+    assert os.listdir(m.root / "s") == ["mine"]
+    assert not (m.root / "s").is_symlink() and os.listdir(m.root / "d") == ["in"]
+    assert os.getxattr(m.upper / "s", OPAQUE_XATTR) == b"y"
+
+
+def test_reading_files_removed_while_open(cow: Mount) -> None:
+    m = cow([[Entry("lower", data=BIG)]])
+    (m.root / "upper").write_bytes(b"upper bytes")
+    with (m.root / "lower").open("rb") as lower, (m.root / "upper").open("rb") as upper:
+        (m.root / "lower").unlink()
+        (m.root / "upper").unlink()
+        assert lower.read() == BIG
+        assert upper.read() == b"upper bytes"
+    assert os.listdir(m.root) == []
+
+
+def test_a_reader_opened_before_a_copy_up_sees_the_new_bytes(cow: Mount) -> None:
+    m = cow([[Entry("big", data=BIG)]])
+    with (m.root / "big").open("rb", buffering=0) as reader:
+        assert reader.read(4) == BIG[:4]
+        with (m.root / "big").open("r+b") as writer:
+            writer.seek(len(BIG) - 4)
+            writer.write(b"TAIL")
+        (m.root / "big").unlink()
+        reader.seek(len(BIG) - 8)
+        assert reader.read() == BIG[-8:-4] + b"TAIL"
+    assert is_whiteout(m.upper / "big")
+
+
+def test_hardlink_counts_after_link_and_after_copy_up(cow: Mount) -> None:
+    m = cow([[Entry("f", data=b"data"), Entry("h", "hardlink", target="f")]])
+    assert os.stat(m.root / "f").st_nlink == 2
+    os.link(m.root / "f", m.root / "g")
+    assert [os.stat(m.root / n).st_nlink for n in "fgh"] == [3, 3, 3]
+    with (m.root / "h").open("ab") as h:
+        h.write(b" more")  # copies the data up
+    assert [os.stat(m.root / n).st_nlink for n in "fgh"] == [3, 3, 3]
+    assert (m.root / "f").read_bytes() == (m.root / "g").read_bytes() == b"data more"
+    assert os.stat(m.upper / "f").st_nlink == 3
+    (m.root / "g").unlink()
+    assert os.stat(m.root / "f").st_nlink == 2
+
+
+def test_st_ino_is_stable_across_remounts(cow: Mount) -> None:
+    layers = [[Entry("etc", "dir"), Entry("etc/a", data=b"a"), Entry("b", data=b"b")]]
+    first, second = cow(layers), cow(layers)
+    os.chmod(first.root / "etc" / "a", 0o600)
+    (first.root / "b").write_bytes(b"changed")
+    for name in ("etc", "etc/a", "b"):
+        assert os.stat(first.root / name).st_ino == os.stat(second.root / name).st_ino
+
+
+def test_chmod_of_a_large_lower_file_copies_no_data(cow: Mount) -> None:
+    m = cow([[Entry("big", data=BIG, mode=0o644)]])
+    os.chmod(m.root / "big", 0o600)
+    os.chown(m.root / "big", 5, 6)
+    copied = os.stat(m.upper / "big")
+    assert copied.st_size == len(BIG) and copied.st_blocks == 0
+    assert (copied.st_mode & 0o777, copied.st_uid, copied.st_gid) == (0o600, 5, 6)
+    assert os.getxattr(m.upper / "big", METACOPY_XATTR) == b""
+    assert (m.root / "big").read_bytes() == BIG
+
+
+def test_renames_and_refusals(cow: Mount) -> None:
+    m = cow([[Entry("d", "dir"), Entry("d/f", data=b"f"), Entry("g", data=b"g")]])
+    with pytest.raises(OSError) as refused:
+        os.rename(m.root / "d", m.root / "e")
+    assert refused.value.errno == errno.EXDEV
+    os.rename(m.root / "d" / "f", m.root / "f")
+    assert (m.root / "f").read_bytes() == b"f" and is_whiteout(m.upper / "d" / "f")
+    (m.root / "new").mkdir()
+    (m.root / "new" / "x").write_bytes(b"x")
+    os.rename(m.root / "new", m.root / "d" / "new")
+    assert (m.root / "d" / "new" / "x").read_bytes() == b"x"
+    with pytest.raises(OSError) as refused:
+        os.rmdir(m.root / "d")
+    assert refused.value.errno == errno.ENOTEMPTY
+    os.truncate(m.root / "g", 0)
+    assert (m.root / "g").read_bytes() == b""
+    os.symlink("g", m.root / "s")
+    assert os.readlink(m.root / "s") == "g"
+    os.setxattr(m.root / "g", "user.k", b"v")
+    assert os.getxattr(m.root / "g", "user.k") == b"v"
+    os.removexattr(m.root / "g", "user.k")
+    assert os.listxattr(m.root / "g") == []
+
+
+def tree(root: Path) -> dict[str, tuple[int, int, int, int, bytes | None]]:
+    """Every path under ``root``: mode, owner, links (files) and contents (regular files)."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            st = os.lstat(path)
+            regular = stat.S_ISREG(st.st_mode)
+            found[str(path.relative_to(root))] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_nlink if regular else 0,
+                path.read_bytes() if regular else None,
+            )
+    return found
+
+
+def test_kernel_overlayfs_reads_the_upper_as_the_mount_showed_it(
+    cow: Mount, tmp_path: Path
+) -> None:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if not overlay_usable(probe):
+        pytest.skip("needs overlayfs")
+    m = cow(
+        [
+            [
+                *(Entry(n, "dir") for n in ("etc", "d")),
+                *(Entry(f"etc/{n}", data=n.encode()) for n in ("a", "gone")),
+                Entry("big", data=BIG),
+                Entry("d/old", data=b"o"),
+                Entry("s", "symlink", target="d"),
+                Entry("etc/h", "hardlink", target="etc/a"),
+            ],
+            [Entry("etc/b", data=b"b")],
+        ]
+    )
+    (m.root / "etc" / "gone").unlink()
+    os.chmod(m.root / "big", 0o600)  # a metacopy
+    os.chown(m.root / "etc" / "a", 3, 4)  # a metacopy at two names
+    (m.root / "etc" / "b").write_bytes(b"B")
+    (m.root / "d" / "old").unlink()
+    (m.root / "d").rmdir()
+    (m.root / "d").mkdir()  # opaque
+    (m.root / "d" / "n").write_bytes(b"n")
+    (m.root / "s").unlink()
+    (m.root / "s").mkdir()
+    os.link(m.root / "etc" / "b", m.root / "etc" / "b2")
+    seen = tree(m.root)
+    lazy_mount.unmount(m.root, pid=m.pid)
+    layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
+    lowers = [str(extracted_layer(layers_dir, tmp, layer, "overlay")) for layer in m.layers]
+    point, work = tmp_path / "kernel", tmp_path / "kernel-work"
+    point.mkdir()
+    work.mkdir()
+    # Metacopy files need metacopy=on, as overlayfs' own metacopies do.
+    options = f"lowerdir={':'.join(reversed(lowers))},upperdir={m.upper},workdir={work}"
+    options += ",metacopy=on"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, point], check=True)
+    try:
+        assert tree(point) == seen
+    finally:
+        subprocess.run(["umount", point], check=True)
+
+
+def test_the_backend_provisions_writable_and_destroy_removes_the_upper(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not os.access("/dev/fuse", os.W_OK):
+        pytest.skip("needs root and /dev/fuse")
+    blob = write_layer([Entry("etc", "dir"), Entry("etc/a", data=b"a")], tmp_path / "l.tar")
+    layer = LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar")
+    (tmp_path / "layers").mkdir()
+    (tmp_path / "tmp").mkdir()
+    backend = FuseBackend(tmp_path / "layers", tmp_path / "tmp")
+    rootfs = tmp_path / "c" / "rootfses" / "r"
+    rootfs.parent.mkdir(parents=True)
+    try:
+        info = backend.provision([layer], rootfs, writable=True)
+        assert info.writable
+        (rootfs / "etc" / "b").write_bytes(b"b")
+        assert (scratch_dir(rootfs) / "upper" / "etc" / "b").read_bytes() == b"b"
+    finally:
+        backend.destroy(rootfs)
+    assert not lazy_mount.is_mounted(rootfs)
+    assert not os.path.lexists(rootfs) and not scratch_dir(rootfs).exists()

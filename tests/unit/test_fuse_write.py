@@ -1,0 +1,297 @@
+"""The copy-on-write FUSE operations, called in-process (no mount), and the upper they write."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pyfuse3
+import pytest
+import trio
+
+from lazyfs.blob_ranges import ChunkCache, LocalTars
+from lazyfs.fuse_write import WritableOperations
+from lazyfs.index import check_tar_present, ensure_index
+from lazyfs.tree import ROOT_INO, DataRef, merge
+from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, Upper
+from providers.digest import digest_bytes
+from tests.images import Entry, whiteout, write_layer
+
+CTX = cast(pyfuse3.RequestContext, SimpleNamespace(uid=0, gid=0, umask=0o022, pid=1))
+BIG = bytes(range(256)) * 4000  # 1 MB
+
+LOWER = [
+    Entry("etc", "dir", mode=0o755),
+    Entry("etc/passwd", data=b"root\n", xattrs={"user.a": b"1"}),
+    Entry("etc/gone", data=b"x"),
+    Entry("big", data=BIG),
+    Entry("link", "symlink", target="etc"),
+    Entry("hard", "hardlink", target="etc/passwd"),
+    Entry("d", "dir"),
+    Entry("d/x", data=b"dx"),
+]
+TOP = [whiteout("etc/gone"), Entry("etc/top", data=b"top\n")]
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> WritableOperations:
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    indexes, tars = [], {}
+    for i, entries in enumerate([LOWER, TOP]):
+        blob = write_layer(entries, tmp_path / f"{i}.tar")
+        digest = digest_bytes(blob.read_bytes())
+        index = ensure_index(layers, tmp, digest, blob)
+        indexes.append(index)
+        tars[digest] = check_tar_present(layers, blob, index)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    source = LocalTars(tars)
+    return WritableOperations(Upper(merge(indexes), upper, work, source), ChunkCache(source))
+
+
+def name(text: str) -> pyfuse3.FileNameT:
+    return pyfuse3.FileNameT(text.encode())
+
+
+async def ino(ops: WritableOperations, path: str) -> pyfuse3.InodeT:
+    found = pyfuse3.InodeT(ROOT_INO)
+    for part in path.split("/"):
+        found = (await ops.lookup(found, name(part), CTX)).st_ino
+    return found
+
+
+async def names(ops: WritableOperations, path: str) -> list[str]:
+    return sorted(n.decode() for n, _ in ops.upper.listing(await ino(ops, path) if path else 1))
+
+
+async def read(ops: WritableOperations, path: str) -> bytes:
+    info = await ops.open(await ino(ops, path), os.O_RDONLY, CTX)
+    try:
+        return await ops.read(info.fh, 0, 10 << 20)
+    finally:
+        await ops.release(info.fh)
+
+
+def upper(ops: WritableOperations) -> Path:
+    return ops.upper.upper
+
+
+def setting(*which: str) -> pyfuse3.SetattrFields:
+    """The fields of a setattr call (pyfuse3's own cannot be made outside it)."""
+    every = ("size", "mode", "uid", "gid", "atime", "mtime", "ctime")
+    fields = SimpleNamespace(**{f"update_{f}": f in which for f in every})
+    return cast(pyfuse3.SetattrFields, fields)
+
+
+def is_whiteout(path: Path) -> bool:
+    found = os.lstat(path)
+    return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
+
+
+async def test_write_copies_up_once_and_the_lower_stays(ops: WritableOperations) -> None:
+    passwd = await ino(ops, "etc/passwd")
+    info = await ops.open(passwd, os.O_WRONLY, CTX)
+    assert await ops.write(info.fh, 5, b"more\n") == 5
+    await ops.fsync(info.fh, False)
+    await ops.release(info.fh)
+    assert await read(ops, "etc/passwd") == b"root\nmore\n"
+    assert await read(ops, "hard") == b"root\nmore\n"  # one inode, two names
+    on_disk = upper(ops) / "etc" / "passwd"
+    assert on_disk.read_bytes() == b"root\nmore\n"
+    assert os.stat(on_disk).st_nlink == 2 and (upper(ops) / "hard").samefile(on_disk)
+    assert os.getxattr(on_disk, "user.a") == b"1"
+    assert METACOPY_XATTR not in os.listxattr(on_disk)
+    assert not list(ops.upper.work.iterdir())
+
+
+async def test_chmod_is_a_metadata_copy(ops: WritableOperations) -> None:
+    big = await ino(ops, "big")
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o700)
+    fields = setting("mode")
+    got = await ops.setattr(big, attr, fields, None, CTX)
+    assert got.st_mode & 0o7777 == 0o700 and got.st_size == len(BIG)
+    on_disk = os.stat(upper(ops) / "big")
+    assert on_disk.st_size == len(BIG) and on_disk.st_blocks == 0
+    assert os.getxattr(upper(ops) / "big", METACOPY_XATTR) == b""
+    assert await read(ops, "big") == BIG
+    fields = setting("size")
+    attr.st_size = 10
+    await ops.setattr(big, attr, fields, None, CTX)
+    assert await read(ops, "big") == BIG[:10]
+    assert (upper(ops) / "big").read_bytes() == BIG[:10]
+    assert os.stat(upper(ops) / "big").st_mode & 0o7777 == 0o700
+
+
+async def test_unlink_rmdir_whiteouts_and_recreate(ops: WritableOperations) -> None:
+    etc = await ino(ops, "etc")
+    await ops.unlink(etc, name("top"), CTX)
+    assert is_whiteout(upper(ops) / "etc" / "top")
+    assert await names(ops, "etc") == ["passwd"]
+    info, _ = await ops.create(etc, name("top"), 0o644, os.O_WRONLY, CTX)
+    await ops.write(info.fh, 0, b"again")
+    await ops.release(info.fh)
+    assert await read(ops, "etc/top") == b"again"
+    assert (upper(ops) / "etc" / "top").read_bytes() == b"again"
+    d = await ino(ops, "d")
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.rmdir(ROOT_INO, name("d"), CTX)
+    assert refused.value.errno == errno.ENOTEMPTY
+    await ops.unlink(d, name("x"), CTX)
+    await ops.rmdir(ROOT_INO, name("d"), CTX)
+    assert is_whiteout(upper(ops) / "d")
+    await ops.mkdir(ROOT_INO, name("d"), 0o755, CTX)
+    assert await names(ops, "d") == []
+    assert os.getxattr(upper(ops) / "d", OPAQUE_XATTR) == b"y"
+    await ops.mkdir(ROOT_INO, name("fresh"), 0o755, CTX)
+    assert OPAQUE_XATTR not in os.listxattr(upper(ops) / "fresh")
+
+
+async def test_a_lower_file_removed_while_open_still_reads(ops: WritableOperations) -> None:
+    info = await ops.open(await ino(ops, "big"), os.O_RDONLY, CTX)
+    await ops.unlink(ROOT_INO, name("big"), CTX)
+    assert await ops.read(info.fh, 0, 10) == BIG[:10]
+    await ops.release(info.fh)
+
+
+async def test_a_reader_opened_before_a_copy_up_follows_it(ops: WritableOperations) -> None:
+    passwd = await ino(ops, "etc/passwd")
+    reader = await ops.open(passwd, os.O_RDONLY, CTX)
+    assert await ops.read(reader.fh, 0, 100) == b"root\n"
+    writer = await ops.open(passwd, os.O_WRONLY, CTX)
+    await ops.write(writer.fh, 0, b"ROOT")
+    await ops.release(writer.fh)
+    await ops.rename(await ino(ops, "etc"), name("passwd"), ROOT_INO, name("moved"), 0, CTX)
+    assert await ops.read(reader.fh, 0, 100) == b"ROOT\n"
+    await ops.unlink(ROOT_INO, name("moved"), CTX)
+    await ops.unlink(ROOT_INO, name("hard"), CTX)
+    assert await ops.read(reader.fh, 0, 100) == b"ROOT\n"  # its fd outlives the names
+    await ops.release(reader.fh)
+
+
+async def test_rename_link_symlink_and_refusals(ops: WritableOperations) -> None:
+    etc = await ino(ops, "etc")
+    await ops.rename(etc, name("passwd"), ROOT_INO, name("moved"), 0, CTX)
+    assert await read(ops, "moved") == b"root\n"
+    assert is_whiteout(upper(ops) / "etc" / "passwd")
+    assert (await ops.getattr(await ino(ops, "hard"), CTX)).st_nlink == 2
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.rename(ROOT_INO, name("etc"), ROOT_INO, name("etc2"), 0, CTX)
+    assert refused.value.errno == errno.EXDEV
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.rename(ROOT_INO, name("moved"), ROOT_INO, name("link"), 1, CTX)
+    assert refused.value.errno == errno.EEXIST
+    linked = await ops.link(await ino(ops, "moved"), etc, name("again"), CTX)
+    assert linked.st_nlink == 3
+    await ops.symlink(ROOT_INO, name("s"), name("etc/again"), CTX)
+    assert await ops.readlink(await ino(ops, "s"), CTX) == b"etc/again"
+    assert os.readlink(upper(ops) / "s") == "etc/again"
+    await ops.mkdir(ROOT_INO, name("new"), 0o755, CTX)
+    await ops.rename(ROOT_INO, name("new"), etc, name("sub"), 0, CTX)
+    assert (upper(ops) / "etc" / "sub").is_dir()
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.create(etc, name("sub"), 0o644, os.O_WRONLY, CTX)
+    assert refused.value.errno == errno.EEXIST
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.unlink(etc, name("nope"), CTX)
+    assert refused.value.errno == errno.ENOENT
+
+
+async def test_xattrs_and_times(ops: WritableOperations) -> None:
+    passwd = await ino(ops, "etc/passwd")
+    await ops.setxattr(passwd, pyfuse3.XAttrNameT(b"user.b"), b"2", CTX)
+    await ops.removexattr(passwd, pyfuse3.XAttrNameT(b"user.a"), CTX)
+    assert await ops.listxattr(passwd, CTX) == [b"user.b"]
+    assert sorted(os.listxattr(upper(ops) / "etc" / "passwd")) == [METACOPY_XATTR, "user.b"]
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.removexattr(passwd, pyfuse3.XAttrNameT(b"user.a"), CTX)
+    assert refused.value.errno == pyfuse3.ENOATTR
+    attr = pyfuse3.EntryAttributes()
+    attr.st_atime_ns = attr.st_mtime_ns = 10**18
+    fields = setting("atime", "mtime")
+    assert (await ops.setattr(passwd, attr, fields, None, CTX)).st_mtime_ns == 10**18
+    assert os.stat(upper(ops) / "etc" / "passwd").st_mtime_ns == 10**18
+
+
+async def test_truncating_to_zero_copies_no_data(ops: WritableOperations) -> None:
+    big = await ino(ops, "big")
+    reader = await ops.open(big, os.O_RDONLY, CTX)
+    info = await ops.open(big, os.O_WRONLY | os.O_TRUNC, CTX)
+    assert (await ops.getattr(big, CTX)).st_size == 0
+    assert METACOPY_XATTR not in os.listxattr(upper(ops) / "big")
+    await ops.write(info.fh, 0, b"new")
+    await ops.release(info.fh)
+    assert await read(ops, "big") == b"new"
+    # A handle opened on the lower file sees the new bytes too, as the page cache does.
+    assert await ops.read(reader.fh, 0, 4) == b"new"
+    await ops.release(reader.fh)
+
+
+async def test_a_reader_keeps_the_copied_up_bytes_after_the_last_name_goes(
+    ops: WritableOperations,
+) -> None:
+    big = await ino(ops, "big")
+    reader = await ops.open(big, os.O_RDONLY, CTX)
+    writer = await ops.open(big, os.O_WRONLY, CTX)
+    await ops.write(writer.fh, 0, b"NEW")
+    await ops.release(writer.fh)
+    await ops.unlink(ROOT_INO, name("big"), CTX)
+    assert await ops.read(reader.fh, 0, 5) == b"NEW" + BIG[3:5]
+    await ops.release(reader.fh)
+
+
+async def test_a_full_upper_answers_enospc_and_others_eio(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info, _ = await ops.create(ROOT_INO, name("f"), 0o644, os.O_WRONLY, CTX)
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.write(info.fh, 0, b"x")
+    assert refused.value.errno == errno.ENOSPC
+
+    def broken(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.EBADMSG, "Bad message")
+
+    monkeypatch.setattr(os, "pwrite", broken)
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.write(info.fh, 0, b"x")
+    assert refused.value.errno == errno.EIO
+    await ops.release(info.fh)
+
+
+async def test_concurrent_writers_copy_the_data_up_once(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies = []
+    copy_bytes = ops.upper._copy_bytes
+
+    def counted(data: DataRef, temp: Path) -> None:
+        copies.append(temp)
+        copy_bytes(data, temp)
+
+    monkeypatch.setattr(ops.upper, "_copy_bytes", counted)
+    big = await ino(ops, "big")
+    handles: list[pyfuse3.FileInfo] = []
+
+    async def open_one() -> None:
+        handles.append(await ops.open(big, os.O_RDWR, CTX))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(open_one)
+    assert len(copies) == 1 and len(handles) == 10
+    for info in handles:
+        assert await ops.read(info.fh, len(BIG) - 3, 10) == BIG[-3:]
+        await ops.release(info.fh)
+    assert not list(ops.upper.work.iterdir())
