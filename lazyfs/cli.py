@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +21,8 @@ import trio
 
 from backends.registry import NAMES as BACKENDS
 from backends.registry import default_backend_name
-from lazyfs import runtime
+from lazyfs import devmount, runtime
+from lazyfs import mount as lazy_mount
 from lazyfs.appc import AppcProvider
 from lazyfs.docker import DockerProvider
 from lazyfs.imagespec import image_from_file, parse_image
@@ -110,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("recover", help="keep the named containers, clean up the rest")
     sub.add_argument("--keep", nargs="*", default=[], metavar="ID")
     commands.add_parser("images", help="list the images in the store")
+    sub = commands.add_parser("mount", help="mount an image at a directory to look inside")
+    sub.add_argument("image", help="docker:REFERENCE, appc:NAME[,label=value...] or REFERENCE")
+    sub.add_argument("mountpoint", type=Path, help="an existing empty directory")
+    sub.add_argument(
+        "--writable", action="store_true", help="copy-on-write; writes are discarded on umount"
+    )
+    sub.add_argument("--foreground", action="store_true", help="stay until Ctrl-C, then unmount")
+    sub.set_defaults(image_file=None)
+    sub = commands.add_parser("umount", help="take down what `lazyfs mount` mounted")
+    sub.add_argument("mountpoint", type=Path)
     sub = commands.add_parser("run", help="provision, run a command with runc, destroy")
     image_args(sub)
     sub.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
@@ -195,6 +208,64 @@ def _pull(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def _mount(app: App, args: argparse.Namespace) -> int:
+    image = _image(args)
+    mounted = trio.run(
+        lambda: devmount.mount_image(
+            app.provisioner,
+            app.work_dir,
+            image,
+            args.mountpoint,
+            writable=args.writable,
+            debug=args.debug,
+            progress=Progress(),
+        )
+    )
+    summary = {
+        "mountpoint": str(mounted.mountpoint),
+        "pid": mounted.pid,
+        "writable": mounted.writable,
+        "image": {
+            "reference": mounted.image.reference,
+            "digest": mounted.image.digest,
+            "layers": [layer.digest for layer in mounted.image.layers],
+        },
+    }
+    print(json.dumps(summary, indent=1), flush=True)
+    if not args.foreground:
+        return 0
+    # SIGTERM takes Ctrl-C's path: unmount, then exit 0.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _follow_log(mounted.record / "mount.log", mounted.mountpoint)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        devmount.unmount_image(app.work_dir, mounted.mountpoint)
+    return 0
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _follow_log(log: Path, mountpoint: Path) -> None:
+    """Copy the mount process's log to stderr until the mount goes away."""
+    with open(log, encoding="utf-8", errors="replace") as lines:
+        while lazy_mount.is_mounted(mountpoint):
+            text = lines.read()
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            else:
+                time.sleep(0.2)
+
+
+def _umount(app: App, args: argparse.Namespace) -> int:
+    devmount.unmount_image(app.work_dir, args.mountpoint)
+    return 0
+
+
 def _destroy(app: App, args: argparse.Namespace) -> int:
     if not trio.run(app.provisioner.destroy, args.container_id):
         raise NotFound(f"container {args.container_id} is not provisioned")
@@ -277,6 +348,8 @@ COMMANDS = {
     "recover": _recover,
     "images": _images,
     "run": _run,
+    "mount": _mount,
+    "umount": _umount,
 }
 
 

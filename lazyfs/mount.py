@@ -56,12 +56,14 @@ def mount(
     timeout: float = MOUNT_TIMEOUT,
     upper: Path | None = None,
     work: Path | None = None,
+    debug: bool = False,
 ) -> int:
     """Mount the union of ``layers`` (bottom first) at the existing ``mountpoint``.
 
     Read-only, or with ``upper`` (and ``work``, both existing empty
     directories on one filesystem) copy-on-write: the writes go to
-    ``upper`` in overlayfs' format (see ``lazyfs.upper``).
+    ``upper`` in overlayfs' format (see ``lazyfs.upper``). With ``debug``
+    the mount process logs every request it serves to ``log_path``.
 
     Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
     layer the index refuses, BackendError when the mount does not come up
@@ -79,6 +81,8 @@ def mount(
         if work is None:
             raise BackendError("a writable mount needs a work directory beside its upper")
         argv += ["--upper", str(upper), "--work", str(work)]
+    if debug:
+        argv.append("--debug")
     read_end, write_end = os.pipe()
     try:
         os.set_inheritable(write_end, True)

@@ -196,6 +196,10 @@ class Provisioner:
         await trio.to_thread.run_sync(self.store.clean_tmp)
         return RecoverReport(tuple(kept), tuple(destroyed), tuple(busy))
 
+    async def fetch(self, image: Image, progress: Progress | None = None) -> ImageManifest:
+        """Make ``image`` present in the store, with the provider its type names."""
+        return await self._provider(image).fetch(image, progress or Progress())
+
     def info(self, container_id: str) -> ProvisionInfo:
         check_container_id(container_id)
         path = self.containers / container_id / "info.json"

@@ -1,0 +1,114 @@
+"""``lazyfs mount`` and ``lazyfs umount``: an image at a directory, to look inside.
+
+For a developer rather than a container: the image's layers are fetched into
+the store and served by a FUSE mount process at a directory the user names.
+What the mount needs besides the store lives under
+``<work_dir>/mounts/<key>/`` (key: a hash of the mount point)::
+
+    mountpoint   the mount point, absolute
+    pid          the mount process
+    mount.log    what the mount process logged
+    upper/ work/ with --writable: where writes go; discarded on umount
+
+``umount`` takes the mount down, waits for its process and removes that
+directory, so writes made through a writable mount are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazyfs import mount as lazy_mount
+from lazyfs.progress import Progress
+from lazyfs.provisioner import Provisioner
+from providers.errors import Conflict, NotFound, UsageError
+from providers.image_pb2 import Image
+from providers.manifest import ImageManifest
+
+
+@dataclass(frozen=True)
+class DevMount:
+    mountpoint: Path
+    pid: int
+    writable: bool
+    record: Path
+    image: ImageManifest
+
+
+def record_dir(work_dir: Path, mountpoint: Path) -> Path:
+    key = hashlib.sha256(str(mountpoint).encode()).hexdigest()[:24]
+    return work_dir / "mounts" / key
+
+
+async def mount_image(
+    provisioner: Provisioner,
+    work_dir: Path,
+    image: Image,
+    mountpoint: Path,
+    *,
+    writable: bool,
+    debug: bool = False,
+    progress: Progress | None = None,
+) -> DevMount:
+    """Fetch ``image`` and mount it at ``mountpoint``, an existing empty directory.
+
+    Blocking parts (indexing, starting the mount process) run here, in the
+    caller's thread: the CLI calls this once and exits. Nothing is left
+    mounted or recorded when it fails.
+    """
+    mountpoint = mountpoint.absolute()
+    if not mountpoint.is_dir():
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    if lazy_mount.is_mounted(mountpoint):
+        raise Conflict(f"{mountpoint} is already a mount point")
+    if any(mountpoint.iterdir()):
+        raise UsageError(f"mount point {mountpoint} is not empty")
+    manifest = await provisioner.fetch(image, progress)
+    record = record_dir(work_dir, mountpoint)
+    if record.exists():  # left by a mount that is gone (checked above)
+        shutil.rmtree(record)
+    record.mkdir(parents=True)
+    try:
+        (record / "mountpoint").write_text(f"{mountpoint}\n")
+        upper = work = None
+        if writable:
+            upper, work = record / "upper", record / "work"
+            upper.mkdir(mode=0o755)
+            work.mkdir(mode=0o700)
+        store = provisioner.store
+        pid = lazy_mount.mount(
+            [
+                lazy_mount.MountLayer(layer.digest, store.blob_path(layer.digest))
+                for layer in manifest.layers
+            ],
+            mountpoint,
+            layers_dir=store.layers,
+            tmp_dir=store.tmp,
+            log_path=record / "mount.log",
+            upper=upper,
+            work=work,
+            debug=debug,
+        )
+        (record / "pid").write_text(f"{pid}\n")
+    except BaseException:
+        shutil.rmtree(record, ignore_errors=True)
+        raise
+    return DevMount(mountpoint, pid, writable, record, manifest)
+
+
+def unmount_image(work_dir: Path, mountpoint: Path) -> None:
+    """Take down the lazyfs mount at ``mountpoint`` and forget it; NotFound if none."""
+    mountpoint = mountpoint.absolute()
+    record = record_dir(work_dir, mountpoint)
+    pid: int | None = None
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((record / "pid").read_text())
+    if not record.exists():
+        # Only what lazyfs mounted, with this work dir: never someone else's mount.
+        raise NotFound(f"lazyfs has no mount at {mountpoint} (with this --work_dir)")
+    lazy_mount.unmount(mountpoint, pid=pid)
+    shutil.rmtree(record, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""`lazyfs mount` and `lazyfs umount`, end to end through the CLI."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from lazyfs.mount import is_mounted
+from tests.e2e.conftest import Lazyfs, one_line_error
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path, lazyfs: Lazyfs):
+    point = tmp_path / "mnt"
+    point.mkdir()
+    yield point
+    if is_mounted(point):
+        lazyfs("umount", str(point), check=False)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/cmdline").read_bytes().find(b"lazyfs.mount_main") >= 0
+
+
+def test_mount_shows_the_image_read_only_and_umount_takes_it_down(
+    lazyfs: Lazyfs, mountpoint: Path
+) -> None:
+    out = json.loads(lazyfs("mount", "busybox", str(mountpoint)).stdout)
+    assert out["mountpoint"] == str(mountpoint) and not out["writable"]
+    assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    assert os.readlink(mountpoint / "bin/sh") == "/bin/busybox"
+    with pytest.raises(OSError) as caught:
+        (mountpoint / "new").write_text("x")
+    assert caught.value.errno == errno.EROFS
+    lazyfs("umount", str(mountpoint))
+    assert not is_mounted(mountpoint)
+    assert list(mountpoint.iterdir()) == []
+    assert not pid_alive(out["pid"])
+    assert list((lazyfs.work_dir / "mounts").iterdir()) == []
+
+
+def test_a_writable_mount_takes_writes_and_forgets_them_on_umount(
+    lazyfs: Lazyfs, mountpoint: Path
+) -> None:
+    lazyfs("mount", "busybox", str(mountpoint), "--writable")
+    (mountpoint / "etc/motd").write_text("changed\n")
+    (mountpoint / "bin/busybox").chmod(0o700)
+    os.unlink(mountpoint / "etc/passwd")
+    assert (mountpoint / "etc/motd").read_text() == "changed\n"
+    assert not (mountpoint / "etc/passwd").exists()
+    lazyfs("umount", str(mountpoint))
+    lazyfs("mount", "busybox", str(mountpoint))
+    assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    assert (mountpoint / "etc/passwd").is_file()
+
+
+def test_foreground_mount_unmounts_on_sigterm(lazyfs: Lazyfs, mountpoint: Path) -> None:
+    process = lazyfs.popen("mount", "busybox", str(mountpoint), "--foreground")
+    try:
+        assert process.stdout is not None
+        # The JSON summary is printed once the mount is up: read it whole.
+        lines = []
+        while not lines or lines[-1] != "}\n":
+            line = process.stdout.readline()
+            assert line, process.communicate()
+            lines.append(line)
+        pid = json.loads("".join(lines))["pid"]
+        assert (mountpoint / "etc/motd").is_file()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not is_mounted(mountpoint)
+    assert not pid_alive(pid)
+
+
+def test_mount_refuses_a_busy_or_missing_place(lazyfs: Lazyfs, mountpoint: Path) -> None:
+    (mountpoint / "file").write_text("x")
+    error = one_line_error(lazyfs("mount", "busybox", str(mountpoint), check=False))
+    assert "not empty" in error
+    missing = mountpoint.parent / "missing"
+    error = one_line_error(lazyfs("mount", "busybox", str(missing), check=False))
+    assert "not a directory" in error
+    error = one_line_error(lazyfs("umount", str(mountpoint), check=False))
+    assert "no mount" in error
