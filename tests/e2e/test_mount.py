@@ -70,7 +70,7 @@ def test_foreground_mount_unmounts_on_sigterm(lazyfs: Lazyfs, mountpoint: Path) 
     try:
         assert process.stdout is not None
         # The JSON summary is printed once the mount is up: read it whole.
-        lines = []
+        lines: list[str] = []
         while not lines or lines[-1] != "}\n":
             line = process.stdout.readline()
             assert line, process.communicate()

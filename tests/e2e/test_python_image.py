@@ -68,8 +68,8 @@ def python_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     bundle = work / "bundle"
     images.run("umoci", "unpack", "--image", f"{layout}:latest", bundle)
     rootfs = bundle / "rootfs"
-    for directory in ("usr/bin", "usr/lib", "usr/lib64", "tmp", "proc", "sys", "dev", "srv"):
-        (rootfs / directory).mkdir(parents=True, exist_ok=True)
+    for name in ("usr/bin", "usr/lib", "usr/lib64", "tmp", "proc", "sys", "dev", "srv"):
+        (rootfs / name).mkdir(parents=True, exist_ok=True)
     (rootfs / "lib").symlink_to("usr/lib")
     (rootfs / "lib64").symlink_to("usr/lib64")
     (rootfs / "bin").symlink_to("usr/bin")
