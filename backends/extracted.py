@@ -21,13 +21,10 @@ Blocking.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +32,7 @@ from backends.apply import apply_layers
 from backends.base import LayerFile
 from providers.digest import hex_part
 from providers.errors import BackendError
+from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
 
 Form = Literal["rootfs", "overlay"]
@@ -48,7 +46,7 @@ def extracted_layer(layers_dir: Path, tmp_dir: Path, layer: LayerFile, form: For
     if target.is_dir():
         return target
     home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / "lock"):
+    with exclusive_lock(home / "lock"):
         if target.is_dir():  # another process extracted it while we waited
             return target
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
@@ -76,13 +74,3 @@ def implicit_dirs(tree: Path) -> frozenset[RelPath]:
     except (OSError, ValueError) as error:
         raise BackendError(f"extracted layer {tree} has no readable {sidecar.name}") from error
     return frozenset(tuple(str(part) for part in path) for path in data)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -51,6 +51,9 @@ class LocalTars:
         self._lock = threading.Lock()
 
     def _fd(self, digest: Digest) -> int:
+        fd = self._fds.get(digest)  # a dict read is atomic: no lock once open
+        if fd is not None:
+            return fd
         with self._lock:
             fd = self._fds.get(digest)
             if fd is None:
@@ -69,13 +72,6 @@ class LocalTars:
             offset += len(data)
             length -= len(data)
         return b"".join(parts)
-
-    def close(self) -> None:
-        """Close the descriptors; later reads open them again."""
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
 
 
 class ChunkCache:
@@ -107,17 +103,19 @@ class ChunkCache:
     async def read(self, digest: Digest, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
+        end = offset + length
         first = offset // self.chunk_size
-        last = (offset + length - 1) // self.chunk_size
+        last = (end - 1) // self.chunk_size
         parts = []
         for number in range(first, last + 1):
             chunk = await self._chunk(digest, number)
-            parts.append(chunk)
+            base = number * self.chunk_size
+            # Only the wanted part of each chunk is copied; a whole chunk not at all.
+            lo, hi = max(offset - base, 0), min(end - base, len(chunk))
+            parts.append(chunk if (lo, hi) == (0, len(chunk)) else chunk[lo:hi])
             if len(chunk) < self.chunk_size:
                 break  # end of the stream
-        data = b"".join(parts)
-        start = offset - first * self.chunk_size
-        return data[start : start + length]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _chunk(self, digest: Digest, number: int) -> bytes:
         key = (digest, number)

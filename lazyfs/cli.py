@@ -20,7 +20,6 @@ from pathlib import Path
 import trio
 
 from backends.registry import NAMES as BACKENDS
-from backends.registry import default_backend_name
 from lazyfs import devmount, runtime
 from lazyfs import mount as lazy_mount
 from lazyfs.appc import AppcProvider
@@ -151,8 +150,9 @@ class App:
                 )
             else:
                 raise UsageError(f"unknown image provider {kind!r} (known: docker, appc)")
-        backend = args.image_provisioner_backend or default_backend_name(self.store.tmp)
-        if backend not in BACKENDS:
+        # None: the provisioner chooses (a trial mount) only when it needs a backend.
+        backend = args.image_provisioner_backend
+        if backend is not None and backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         self.provisioner = Provisioner(self.work_dir, self.store, providers, backend)
 

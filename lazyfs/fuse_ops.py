@@ -92,6 +92,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.tree = tree
         self.chunks = chunks
         self._attributes: dict[InodeNo, pyfuse3.EntryAttributes] = {}
+        self._used_blocks: int | None = None
 
     # -- helpers ------------------------------------------------------------------
 
@@ -219,7 +220,13 @@ class ReadOnlyOperations(pyfuse3.Operations):
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         stats = pyfuse3.StatvfsData()
-        used = sum((inode.size + BLOCK_SIZE - 1) // BLOCK_SIZE for inode in self._files())
+        if self._used_blocks is None:  # the tree never changes: count once
+            self._used_blocks = sum(
+                (inode.size + BLOCK_SIZE - 1) // BLOCK_SIZE
+                for inode in self.tree.inodes.values()
+                if inode.data is not None
+            )
+        used = self._used_blocks
         stats.f_bsize = stats.f_frsize = BLOCK_SIZE
         stats.f_blocks = used
         stats.f_bfree = stats.f_bavail = 0
@@ -227,9 +234,6 @@ class ReadOnlyOperations(pyfuse3.Operations):
         stats.f_ffree = stats.f_favail = 0
         stats.f_namemax = NAME_MAX
         return stats
-
-    def _files(self) -> list[Inode]:
-        return [inode for inode in self.tree.inodes.values() if inode.data is not None]
 
     @fuse_errors
     async def getxattr(

@@ -25,19 +25,17 @@ is complete), and reads it back on every later call.  Blocking.
 from __future__ import annotations
 
 import base64
-import contextlib
 import enum
-import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from providers.digest import Digest, hex_part
 from providers.errors import BadImage
+from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
 
 FORMAT_VERSION = 1
@@ -203,7 +201,7 @@ def ensure_index(layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path) ->
 
     home = layers_dir / hex_part(digest)
     home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / "lock"):
+    with exclusive_lock(home / "lock"):
         found = _usable(layers_dir, blob, load_index(layers_dir, digest))
         if found is not None:  # another process built it while we waited
             return found
@@ -231,16 +229,6 @@ def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerInde
     except BadImage:
         return None  # built again, copy first
     return index
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def check_tar_present(layers_dir: Path, blob: Path, index: LayerIndex) -> Path:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazyfs.index import check_tar_present, ensure_index
+from lazyfs.index import data_path, ensure_index
 from providers.digest import Digest
 from providers.errors import BackendError
 
@@ -72,7 +72,8 @@ def mount(
     tars = []
     for layer in layers:
         index = ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob)
-        tars.append((layer.digest, check_tar_present(layers_dir, layer.blob, index)))
+        # ensure_index has just checked (or written) the tar its offsets point into.
+        tars.append((layer.digest, data_path(layers_dir, layer.blob, index)))
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--layers-dir", str(layers_dir)]
     for digest, tar in tars:

@@ -39,14 +39,14 @@ def environment(config: RuntimeConfig) -> list[str]:
     return env
 
 
-def resolve_user(rootfs: Path, user: str) -> tuple[int, int, list[int]]:
+def resolve_user(rootfs: Path, user: str) -> tuple[int, int]:
     """``user`` as Docker takes it (name, uid, name:group, uid:gid) to numbers.
 
     Names are looked up in the rootfs' /etc/passwd and /etc/group, never the
     host's. An unknown name is an error, as in Docker.
     """
     if not user:
-        return 0, 0, []
+        return 0, 0
     name, _, group = user.partition(":")
     passwd = _read_table(rootfs, "etc/passwd")
     groups = _read_table(rootfs, "etc/group")
@@ -73,7 +73,7 @@ def resolve_user(rootfs: Path, user: str) -> tuple[int, int, list[int]]:
             if not match:
                 raise BadImage(f"group {group!r} is not in the image's /etc/group")
             gid = int(match[0][2])
-    return uid, gid if gid is not None else 0, []
+    return uid, gid if gid is not None else 0
 
 
 def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
@@ -104,7 +104,7 @@ def bundle_config(
     hostname: str = "lazyfs",
 ) -> dict[str, Any]:
     """An OCI runtime spec ``config.json`` for running ``command`` in ``rootfs``."""
-    uid, gid, extra = resolve_user(rootfs, config.user)
+    uid, gid = resolve_user(rootfs, config.user)
     cwd = config.working_dir or "/"
     if not cwd.startswith("/"):
         cwd = "/" + cwd
@@ -113,7 +113,7 @@ def bundle_config(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": uid, "gid": gid, "additionalGids": extra},
+            "user": {"uid": uid, "gid": gid, "additionalGids": []},
             "args": command_line(config, command),
             "env": environment(config),
             "cwd": cwd,

@@ -18,7 +18,6 @@ provisions of one image pull it once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from typing import BinaryIO
 
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage
+from providers.fslock import exclusive_lock
 from providers.manifest import ImageManifest, Layer
 
 Progress = Callable[[int], None]
@@ -142,12 +142,8 @@ class Store:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold an exclusive flock named ``name``; released when the process dies."""
-        fd = os.open(self.locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive_lock(self.locks / f"{name}.lock"):
             yield
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
