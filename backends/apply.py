@@ -60,11 +60,11 @@ from types import TracebackType
 from typing import BinaryIO, Literal, TypeVar
 
 from backends.base import LayerFile
-from backends.tar_stream import CHUNK, CheckedTarInfo, LayerReader
 from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.errors import BackendError, BadImage, UnsafeLayer
 from providers.layer_rules import RelPath
+from providers.tar_stream import CHUNK, CheckedTarInfo, LayerReader
 
 log = logging.getLogger(__name__)
 

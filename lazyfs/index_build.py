@@ -15,36 +15,22 @@ damaged header is damage, never a quiet end of the archive.
 from __future__ import annotations
 
 import decimal
-import gzip
-import lzma
 import tarfile
-import zlib
 from pathlib import Path
-
-import zstandard
 
 from lazyfs.index import IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
 from providers.errors import BadImage
+from providers.tar_stream import CHUNK, CheckedTarInfo, LayerReader
 
-CHUNK = 1 << 20
 MAX_ENTRIES = 10_000_000
 MAX_ENTRY_SIZE = 1 << 40
-MAX_HEADER_BYTES = 1 << 20
 MAX_XATTR_VALUE_BYTES = 1 << 16
 MAX_ID = (1 << 32) - 2
 _NS = 1_000_000_000
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
-_HEADER_TYPES = frozenset(
-    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
-    | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
-)
-_DAMAGED_HEADER: tuple[type[Exception], ...] = (
-    tarfile.TruncatedHeaderError,  # type: ignore[attr-defined]
-    tarfile.InvalidHeaderError,  # type: ignore[attr-defined]
-)
 _KINDS = {
     tarfile.DIRTYPE: Kind.DIR,
     tarfile.SYMTYPE: Kind.SYMLINK,
@@ -53,26 +39,6 @@ _KINDS = {
     tarfile.BLKTYPE: Kind.BLOCK,
     tarfile.FIFOTYPE: Kind.FIFO,
 }
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    """Treats a damaged header as damage and bounds extended headers.
-
-    tarfile would stop quietly at a garbled header after the first one, so a
-    damaged layer would look complete; and it reads extended headers whole.
-    """
-
-    @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> _StrictTarInfo:
-        try:
-            return super().fromtarfile(archive)
-        except _DAMAGED_HEADER as error:
-            raise tarfile.ReadError(f"damaged header: {error}") from None
-
-    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
-            raise tarfile.ReadError(f"extended header of {self.size} bytes")
-        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
 
 
 def build_index(digest: Digest, blob: Path, tar_out: Path) -> LayerIndex:
@@ -95,24 +61,17 @@ def build_index(digest: Digest, blob: Path, tar_out: Path) -> LayerIndex:
 
 def _decompress(digest: Digest, blob: Path, out: Path) -> None:
     with blob.open("rb") as raw, out.open("wb") as sink:
-        try:
-            stream = decompressed(raw)
-            while chunk := stream.read(CHUNK):
-                sink.write(chunk)
-        except (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as error:
-            raise BadImage(f"bad layer {digest}: corrupt compressed data: {error}") from error
-        except OSError as error:
-            # Decompressors report bad data as OSError without an errno.
-            if isinstance(error, gzip.BadGzipFile) or error.errno is None:
-                raise BadImage(f"bad layer {digest}: corrupt compressed data: {error}") from error
-            raise
+        # LayerReader turns corrupt compressed data into BadImage, as for apply.
+        stream = LayerReader(decompressed(raw), str(digest))
+        while chunk := stream.read(CHUNK):
+            sink.write(chunk)
 
 
 def scan_tar(tar: Path, *, layer: str) -> tuple[IndexEntry, ...]:
     """The entries of the uncompressed tar file ``tar``, in archive order."""
     entries: list[IndexEntry] = []
     try:
-        with tarfile.open(tar, mode="r:", tarinfo=_StrictTarInfo) as archive:
+        with tarfile.open(tar, mode="r:", tarinfo=CheckedTarInfo) as archive:
             while (member := archive.next()) is not None:
                 # tarfile keeps every member; memory would grow with the layer.
                 archive.members.clear()  # type: ignore[attr-defined]

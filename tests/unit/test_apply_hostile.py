@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from backends import apply as apply_module
-from backends import tar_stream
 from backends.apply import apply_layer, apply_layers
 from backends.base import LayerFile
+from providers import tar_stream
 from providers.digest import digest_bytes
 from providers.errors import BadImage, UnsafeLayer
 from tests.unit.test_apply import Member, apply_all, dir_, hard, layer, reg, sym, tree

@@ -1,4 +1,4 @@
-"""A layer's tar stream as ``backends.apply`` reads it: in order, and distrusted.
+"""A layer's tar stream as lazyfs reads it (applying and indexing): in order, distrusted.
 
 ``LayerReader`` lets tarfile's random-access mode read a forward-only stream
 (forward seeks become reads) and turns decompression failures into
