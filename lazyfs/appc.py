@@ -16,7 +16,6 @@ every whitelist on the way down to it (parents of allowed paths stay).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import trio
@@ -163,8 +162,8 @@ class AppcProvider:
         with self.store.temp_file() as (tmp_path, out):
             with self.appc_store.aci_path(image_id).open("rb") as aci:
                 write_layer(aci, out, whitelist, image_id)
+            # No fsync: this file is only read back here; ingest makes the durable copy.
             out.flush()
-            os.fsync(out.fileno())
             with tmp_path.open("rb") as written:
                 digest, size = digest_stream(written)
             layer = Layer(digest=digest, media_type=OCI_LAYER_TAR, size=size)

@@ -45,7 +45,6 @@ class AciInfo:
     image_id: str
     manifest_bytes: bytes
     manifest: AciManifest
-    size: int
 
 
 class _Tee:
@@ -55,13 +54,11 @@ class _Tee:
         self._stream = stream
         self._out = out
         self.hasher = hashlib.sha512()
-        self.size = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
         self.hasher.update(data)
         self._out.write(data)
-        self.size += len(data)
         return data
 
 
@@ -114,7 +111,7 @@ def read_aci(stream: BinaryIO, out: BinaryIO, what: str) -> AciInfo:
         manifest = parse_aci_manifest(manifest_bytes)
     except BadImage as error:
         raise BadImage(f"ACI {what}: {error}") from None
-    return AciInfo(image_id(tee.hasher.hexdigest()), manifest_bytes, manifest, tee.size)
+    return AciInfo(image_id(tee.hasher.hexdigest()), manifest_bytes, manifest)
 
 
 def _allowed(whitelist: Iterable[str]) -> tuple[frozenset[rules.RelPath], frozenset[rules.RelPath]]:

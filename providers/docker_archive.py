@@ -20,12 +20,11 @@ hashed in place in the tar at resolve time. What is checked when:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
 from providers.compression import sniff
-from providers.digest import CHUNK, Digest, digest_bytes
+from providers.digest import Digest, digest_bytes, digest_stream
 from providers.errors import BadImage, DigestMismatch, NotFound
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
@@ -71,11 +70,8 @@ def _named_digest(name: str) -> Digest | None:
 def _hash(files: TarFiles, where: BlobLocation) -> Digest:
     key = (where.offset, where.size)
     if key not in files.digests:
-        hasher = hashlib.sha256()
         with open_location(where) as stream:
-            while chunk := stream.read(CHUNK):
-                hasher.update(chunk)
-        files.digests[key] = Digest(f"sha256:{hasher.hexdigest()}")
+            files.digests[key] = digest_stream(stream)[0]
     return files.digests[key]
 
 

@@ -31,6 +31,9 @@ DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzi
 # Appc images carry their rootfs in a tar under "rootfs/".
 APPC_LAYER = "application/vnd.appc.image.aci"
 
+# Manifests, indexes, configs and token answers are read into memory whole.
+METADATA_LIMIT = 16 << 20
+
 LAYER_TYPES = frozenset(
     {
         OCI_LAYER_TAR,

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from providers.compression import sniff
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
 from providers.errors import BadImage, DigestMismatch, NotFound
 from providers.manifest import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    METADATA_LIMIT,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
@@ -39,9 +41,6 @@ from providers.manifest import (
     parse_image_manifest,
 )
 
-# Manifests, indexes and configs are read into memory: bound them so a hostile
-# archive cannot make us allocate gigabytes for "metadata".
-METADATA_LIMIT = 16 << 20
 # A docker save of a large image has a few thousand members; a million is abuse.
 MEMBER_LIMIT = 1_000_000
 # Indexes may nest (an index entry pointing at another index); real ones nest once.
@@ -175,8 +174,7 @@ class TarFiles:
         self.digests: dict[tuple[int, int], Digest] = {}
         try:
             with open(path, "rb") as raw:
-                magic = raw.read(6)
-                if magic[:2] == b"\x1f\x8b" or magic[:4] == b"\x28\xb5\x2f\xfd":
+                if sniff(raw.read(8)) in ("gzip", "zstd"):
                     raise BadImage(f"{path}: compressed image archives are not supported")
                 raw.seek(0)
                 with tarfile.open(fileobj=raw, mode="r:") as tar:

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import requests
 
-from providers.digest import Digest, digest_bytes
+from providers.digest import Digest, VerifyingReader, digest_bytes
 from providers.errors import (
     BadImage,
     DigestMismatch,
@@ -53,6 +53,7 @@ from providers.manifest import (
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    METADATA_LIMIT,
     OCI_INDEX,
     OCI_MANIFEST,
     Descriptor,
@@ -66,7 +67,7 @@ from providers.manifest import (
 from providers.oci_layout import INDEX_DEPTH_LIMIT, select_platform
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_blob import BlobStream
-from providers.registry_http import METADATA_LIMIT, HttpOptions, RegistryHttp, redact
+from providers.registry_http import HttpOptions, RegistryHttp, redact
 from providers.schema1 import parse_schema1, schema1_digest
 
 log = logging.getLogger(__name__)
@@ -382,8 +383,4 @@ def _read_limited(response: requests.Response, image: str, url: str) -> bytes:
 
 
 def _verify(data: bytes, desc: Descriptor, what: str) -> None:
-    if len(data) != desc.size:
-        raise DigestMismatch(f"{what} size", expected=str(desc.size), actual=str(len(data)))
-    actual = digest_bytes(data, desc.digest.split(":", 1)[0])
-    if actual != desc.digest:
-        raise DigestMismatch(what, expected=desc.digest, actual=actual)
+    VerifyingReader(io.BytesIO(data), desc.digest, desc.size, what).read()

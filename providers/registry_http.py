@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
+from providers.manifest import METADATA_LIMIT
 from providers.registry_auth import (
     Challenge,
     Credentials,
@@ -52,8 +53,6 @@ TRANSIENT = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
-# Manifests, configs and token answers are read into memory: bound them.
-METADATA_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True)
