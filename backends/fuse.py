@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backends.base import LayerFile, Rootfs
-from backends.mounts import mount_points, unmount
+from backends.mounts import unmount
 from lazyfs import mount as lazy_mount
 from providers.errors import BackendError
 
@@ -70,7 +70,7 @@ class FuseBackend:
     def destroy(self, rootfs: Path) -> None:
         scratch = scratch_dir(rootfs)
         # A runtime may have mounted inside (proc, dev): those go first.
-        inside = [p for p in mount_points() if rootfs in p.parents]
+        inside = [p for p in lazy_mount.mount_points() if rootfs in p.parents]
         for point in sorted(set(inside), key=lambda p: len(p.parts), reverse=True):
             unmount(point)
         lazy_mount.unmount(rootfs, pid=_read_pid(scratch))

@@ -1,4 +1,4 @@
-"""mount(2) and umount2(2) through libc, and the mount table from mountinfo."""
+"""mount(2) and umount2(2) through libc, and which mounts lie under a directory."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import errno
 import os
 from pathlib import Path
 
+from lazyfs.mount import mount_points
 from providers.errors import BackendError
 
 MS_RDONLY = 0x1
@@ -66,31 +67,6 @@ def unmount(target: Path) -> None:
     if err == errno.EBUSY and _libc.umount2(path, MNT_DETACH) == 0:
         return
     raise BackendError(f"unmount {target} failed: {os.strerror(ctypes.get_errno() or err)}")
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_points() -> list[Path]:
-    """Every mount point of this mount namespace, in mount order."""
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            fields = line.split(" ")
-            if len(fields) > 4:
-                points.append(Path(_unescape(fields[4])))
-    return points
 
 
 def mounts_under(root: Path) -> list[Path]:

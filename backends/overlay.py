@@ -39,8 +39,9 @@ from pathlib import Path
 
 from backends.base import LayerFile, Rootfs
 from backends.extracted import extracted_layer, implicit_dirs
-from backends.mounts import MS_PRIVATE, mount, mount_points, unmount, unmount_all_under
+from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
 from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs
+from lazyfs.mount import mount_points
 from providers.errors import BackendError
 
 # mount(2) takes its options in one page, the terminating NUL included.

@@ -178,13 +178,18 @@ def _fusermount_unmount(mountpoint: Path) -> None:
 
 def is_mounted(mountpoint: Path) -> bool:
     """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too)."""
-    wanted = os.path.abspath(mountpoint)
+    return Path(os.path.abspath(mountpoint)) in mount_points()
+
+
+def mount_points() -> list[Path]:
+    """Every mount point of this mount namespace, in mount order."""
+    points = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
         for line in table:
             fields = line.split(" ")
-            if len(fields) > 4 and _unescape(fields[4]) == wanted:
-                return True
-    return False
+            if len(fields) > 4:
+                points.append(Path(_unescape(fields[4])))
+    return points
 
 
 def _unescape(field: str) -> str:

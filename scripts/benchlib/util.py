@@ -11,7 +11,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from backends.mounts import mount, mount_points, unmount, unmount_all_under
+from backends.mounts import mount, unmount, unmount_all_under
+from lazyfs.mount import mount_points
 
 
 class ToolError(RuntimeError):
