@@ -26,6 +26,14 @@ class Rootfs:
     writable: bool
 
 
+def scratch_dir(rootfs: Path) -> Path:
+    """A rootfs's own working space beside it (upper and work directories, logs), as Mesos keeps.
+
+    ``.../rootfses/<id>`` has ``.../scratch/<id>``; destroy removes it with the rootfs.
+    """
+    return rootfs.parent.parent / "scratch" / rootfs.name
+
+
 class Backend(Protocol):
     name: str
 

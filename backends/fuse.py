@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backends.base import LayerFile, Rootfs
+from backends.base import scratch_dir as scratch_dir  # where tests look for it
 from backends.mounts import unmount
 from lazyfs import mount as lazy_mount
 from providers.errors import BackendError
@@ -44,22 +45,15 @@ class FuseBackend:
         scratch.parent.mkdir(exist_ok=True)
         scratch.mkdir()
         try:
-            upper = work = None
-            if writable:
-                upper, work = scratch / "upper", scratch / "work"
-                upper.mkdir(mode=0o755)
-                work.mkdir(mode=0o700)
             rootfs.mkdir(mode=0o755)
-            pid = lazy_mount.mount(
+            lazy_mount.mount_recorded(
+                scratch,
                 [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
                 rootfs,
                 layers_dir=self.layers_dir,
                 tmp_dir=self.tmp_dir,
-                log_path=scratch / "mount.log",
-                upper=upper,
-                work=work,
+                writable=writable,
             )
-            (scratch / "pid").write_text(f"{pid}\n")
         except BaseException:
             with contextlib.suppress(OSError):
                 rootfs.rmdir()
@@ -73,20 +67,8 @@ class FuseBackend:
         inside = [p for p in lazy_mount.mount_points() if rootfs in p.parents]
         for point in sorted(set(inside), key=lambda p: len(p.parts), reverse=True):
             unmount(point)
-        lazy_mount.unmount(rootfs, pid=_read_pid(scratch))
+        lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
         with contextlib.suppress(FileNotFoundError):
             rootfs.rmdir()
         if scratch.exists():
             shutil.rmtree(scratch)
-
-
-def scratch_dir(rootfs: Path) -> Path:
-    """Where the pid, log and (writable) upper and work directories of ``rootfs`` live."""
-    return rootfs.parent.parent / "scratch" / rootfs.name
-
-
-def _read_pid(scratch: Path) -> int | None:
-    try:
-        return int((scratch / "pid").read_text())
-    except (OSError, ValueError):
-        return None

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backends.base import LayerFile, Rootfs
+from backends.base import scratch_dir as scratch_dir  # where tests look for it
 from backends.extracted import extracted_layer, implicit_dirs
 from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
 from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs
@@ -105,11 +106,6 @@ class OverlayBackend:
         if scratch.exists():
             unmount_all_under(scratch)  # never delete through a mount
             shutil.rmtree(scratch)
-
-
-def scratch_dir(rootfs: Path) -> Path:
-    """Where the upper, work and link directories of ``rootfs`` live."""
-    return rootfs.parent.parent / "scratch" / rootfs.name
 
 
 def mount_overlay(options: str, target: Path, *, cwd: Path) -> None:

@@ -16,7 +16,6 @@ directory, so writes made through a writable mount are gone afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 from dataclasses import dataclass
@@ -74,13 +73,9 @@ async def mount_image(
     record.mkdir(parents=True)
     try:
         (record / "mountpoint").write_text(f"{mountpoint}\n")
-        upper = work = None
-        if writable:
-            upper, work = record / "upper", record / "work"
-            upper.mkdir(mode=0o755)
-            work.mkdir(mode=0o700)
         store = provisioner.store
-        pid = lazy_mount.mount(
+        pid = lazy_mount.mount_recorded(
+            record,
             [
                 lazy_mount.MountLayer(layer.digest, store.blob_path(layer.digest))
                 for layer in manifest.layers
@@ -88,12 +83,9 @@ async def mount_image(
             mountpoint,
             layers_dir=store.layers,
             tmp_dir=store.tmp,
-            log_path=record / "mount.log",
-            upper=upper,
-            work=work,
+            writable=writable,
             debug=debug,
         )
-        (record / "pid").write_text(f"{pid}\n")
     except BaseException:
         shutil.rmtree(record, ignore_errors=True)
         raise
@@ -104,11 +96,8 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
     """Take down the lazyfs mount at ``mountpoint`` and forget it; NotFound if none."""
     mountpoint = mountpoint.absolute()
     record = record_dir(work_dir, mountpoint)
-    pid: int | None = None
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((record / "pid").read_text())
     if not record.exists():
         # Only what lazyfs mounted, with this work dir: never someone else's mount.
         raise NotFound(f"lazyfs has no mount at {mountpoint} (with this --work_dir)")
-    lazy_mount.unmount(mountpoint, pid=pid)
+    lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record))
     shutil.rmtree(record, ignore_errors=True)

@@ -121,6 +121,49 @@ def mount(
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
 
 
+def mount_recorded(
+    record: Path,
+    layers: Sequence[MountLayer],
+    mountpoint: Path,
+    *,
+    layers_dir: Path,
+    tmp_dir: Path,
+    writable: bool,
+    debug: bool = False,
+) -> int:
+    """``mount``, keeping the mount's state in ``record``, an existing empty directory.
+
+    ``record`` gets ``mount.log``, ``pid`` once the mount is up, and with
+    ``writable`` the ``upper`` and ``work`` directories. The caller removes
+    ``record`` when this fails and after ``unmount``.
+    """
+    upper = work = None
+    if writable:
+        upper, work = record / "upper", record / "work"
+        upper.mkdir(mode=0o755)
+        work.mkdir(mode=0o700)
+    pid = mount(
+        layers,
+        mountpoint,
+        layers_dir=layers_dir,
+        tmp_dir=tmp_dir,
+        log_path=record / "mount.log",
+        upper=upper,
+        work=work,
+        debug=debug,
+    )
+    (record / "pid").write_text(f"{pid}\n")
+    return pid
+
+
+def recorded_pid(record: Path) -> int | None:
+    """The mount process ``mount_recorded`` noted in ``record``, if any."""
+    try:
+        return int((record / "pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _read_answer(fd: int, timeout: float) -> bytes:
     """What the mount process wrote to its ready pipe before closing it, or b"" on timeout."""
     deadline = time.monotonic() + timeout
