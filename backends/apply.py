@@ -46,7 +46,6 @@ made without a header: a union gives them a lower layer's attributes.
 
 from __future__ import annotations
 
-import decimal
 import errno
 import logging
 import os
@@ -64,21 +63,25 @@ from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.errors import BackendError, BadImage, UnsafeLayer
 from providers.layer_rules import RelPath
-from providers.tar_stream import CHUNK, CheckedTarInfo, LayerReader
+from providers.tar_stream import (
+    CHUNK,
+    CheckedTarInfo,
+    LayerReader,
+    bad_entry,
+    pax_mtime_ns,
+    pax_xattrs,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_ENTRIES = 10_000_000
 MAX_ENTRY_SIZE = 1 << 40
-MAX_XATTR_VALUE_BYTES = 1 << 16  # the kernel's XATTR_SIZE_MAX
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "leave unchanged" to chown
 # Tar writers list a tree depth first: the directory being filled and its
 # ancestors are what is asked for again.
 FD_CACHE_SIZE = 64
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_XATTR_PAX_PREFIX = "SCHILY.xattr."
-_NS = 1_000_000_000
 # xattrs a filesystem cannot store or we may not set: reported, not fatal.
 _SKIPPABLE_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
@@ -132,10 +135,6 @@ def apply_layer(
         except (tarfile.TarError, EOFError) as error:
             raise BadImage(f"bad layer {layer}: corrupt or truncated tar: {error}") from error
         return tree.implicit_dirs()
-
-
-def _bad(layer: str, entry: str, reason: str) -> BadImage:
-    return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")
 
 
 class _Tree:
@@ -313,7 +312,7 @@ class _Tree:
         target = _readlink(fd, part)
         if target is None and create:
             where = "/".join((*resolved, part))
-            raise _bad(self.layer, entry, f"needs {where!r} as a directory")
+            raise bad_entry(self.layer, entry, f"needs {where!r} as a directory")
         return target
 
     def _implicit_dir(self, parent_fd: int, path: RelPath) -> int:
@@ -385,7 +384,7 @@ class _Tree:
                 return
             raise self._no_link_source(entry, source) from None
         if stat.S_ISDIR(mode):
-            raise _bad(self.layer, entry, f"is a hardlink to the directory {source!r}")
+            raise bad_entry(self.layer, entry, f"is a hardlink to the directory {source!r}")
         if (*source_parent, source_name) == resolved:
             return
         name = resolved[-1]
@@ -408,7 +407,7 @@ class _Tree:
                 f"layer {self.layer}: entry {entry!r} is a hardlink to {source!r}, which is "
                 "not in its own layer; the overlay backend cannot make it (use copy)"
             )
-        return _bad(self.layer, entry, f"is a hardlink to {source!r}, which does not exist")
+        return bad_entry(self.layer, entry, f"is a hardlink to {source!r}, which does not exist")
 
     def whiteout(self, path: RelPath, entry: str) -> None:
         if self.overlay:
@@ -556,7 +555,7 @@ class _Entry:
             raise _backend_error(self.layer, self.name, error) from error
         except OverflowError as error:
             # Numbers no syscall takes (device numbers) come from the archive.
-            raise _bad(self.layer, self.name, f"has impossible values: {error}") from error
+            raise bad_entry(self.layer, self.name, f"has impossible values: {error}") from error
         finally:
             self.tree.release()
 
@@ -572,10 +571,10 @@ class _Entry:
             return
         member, path, tree = self.member, rule.path, self.tree
         if member.size > MAX_ENTRY_SIZE:
-            raise _bad(self.layer, self.name, f"claims {member.size} bytes")
+            raise bad_entry(self.layer, self.name, f"claims {member.size} bytes")
         if not path:
             if not member.isdir():
-                raise _bad(self.layer, self.name, "is the root but not a directory")
+                raise bad_entry(self.layer, self.name, "is the root but not a directory")
             self._attributes(tree.root_fd, tree.root_fd, ".", replace_xattrs=True)
             tree.defer_dir((), member.mode & 0o7777, self._mtime_ns())
             return
@@ -611,7 +610,7 @@ class _Entry:
                 )
             self._node(parent_fd, name)
         else:
-            raise _bad(self.layer, self.name, f"has the unsupported tar type {member.type!r}")
+            raise bad_entry(self.layer, self.name, f"has the unsupported tar type {member.type!r}")
         tree.mark_created(resolved)
 
     def _regular(self, parent_fd: int, name: str) -> None:
@@ -643,15 +642,7 @@ class _Entry:
         self._attributes(None, parent_fd, name)
 
     def _mtime_ns(self) -> int:
-        exact = self.member.pax_headers.get("mtime")
-        try:
-            # A float loses the nanoseconds of a pax mtime; its text keeps them.
-            mtime_ns = int(decimal.Decimal(exact) * _NS) if exact else int(self.member.mtime) * _NS
-        except (decimal.InvalidOperation, ValueError, OverflowError):
-            raise _bad(self.layer, self.name, f"has the mtime {exact!r}") from None
-        if abs(mtime_ns) >= 1 << 62:
-            raise _bad(self.layer, self.name, f"has the absurd mtime {self.member.mtime}")
-        return mtime_ns
+        return pax_mtime_ns(self.member, self.layer)
 
     def _attributes(
         self, fd: int | None, parent_fd: int, name: str, *, replace_xattrs: bool = False
@@ -665,7 +656,7 @@ class _Entry:
         member = self.member
         if self.tree.privileged:
             if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
-                raise _bad(self.layer, self.name, f"has the owner {member.uid}:{member.gid}")
+                raise bad_entry(self.layer, self.name, f"has the owner {member.uid}:{member.gid}")
             if fd is not None:
                 os.fchown(fd, member.uid, member.gid)
             else:
@@ -690,22 +681,14 @@ class _Entry:
                 os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
 
     def _xattrs(self) -> dict[str, bytes]:
-        headers = self.member.pax_headers
-        if not headers:
+        if not self.member.pax_headers:
             return {}
-        found: dict[str, bytes] = {}
-        for key, text in headers.items():
-            if key.startswith(_XATTR_PAX_PREFIX):
-                # tarfile decoded binary values with surrogateescape; undo it.
-                value = text.encode("utf-8", "surrogateescape")
-                if len(value) > MAX_XATTR_VALUE_BYTES:
-                    raise _bad(self.layer, self.name, f"has an xattr of {len(value)} bytes")
-                name = key[len(_XATTR_PAX_PREFIX) :]
-                if self.tree.overlay and name.startswith(OVERLAY_XATTR_PREFIX):
-                    # They would forge whiteouts, opaque dirs or redirects.
-                    self.tree.skipped["overlayfs' own xattrs"] += 1
-                    continue
-                found[name] = value
+        found = pax_xattrs(self.member, self.layer)
+        if self.tree.overlay:
+            for name in [n for n in found if n.startswith(OVERLAY_XATTR_PREFIX)]:
+                # They would forge whiteouts, opaque dirs or redirects.
+                del found[name]
+                self.tree.skipped["overlayfs' own xattrs"] += 1
         return found
 
     def _set_xattrs(self, where: int | str, xattrs: dict[str, bytes], *, replace: bool) -> None:

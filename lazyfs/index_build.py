@@ -14,7 +14,6 @@ damaged header is damage, never a quiet end of the archive.
 
 from __future__ import annotations
 
-import decimal
 import tarfile
 from pathlib import Path
 
@@ -23,14 +22,18 @@ from providers import layer_rules as rules
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
 from providers.errors import BadImage
-from providers.tar_stream import CHUNK, CheckedTarInfo, LayerReader
+from providers.tar_stream import (
+    CHUNK,
+    CheckedTarInfo,
+    LayerReader,
+    bad_entry,
+    pax_mtime_ns,
+    pax_xattrs,
+)
 
 MAX_ENTRIES = 10_000_000
 MAX_ENTRY_SIZE = 1 << 40
-MAX_XATTR_VALUE_BYTES = 1 << 16
 MAX_ID = (1 << 32) - 2
-_NS = 1_000_000_000
-_XATTR_PAX_PREFIX = "SCHILY.xattr."
 _KINDS = {
     tarfile.DIRTYPE: Kind.DIR,
     tarfile.SYMTYPE: Kind.SYMLINK,
@@ -85,10 +88,6 @@ def scan_tar(tar: Path, *, layer: str) -> tuple[IndexEntry, ...]:
     return tuple(entries)
 
 
-def _bad(layer: str, entry: str, reason: str) -> BadImage:
-    return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")
-
-
 def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
     """What one tar header says, as an index entry; None for AUFS bookkeeping."""
     name = member.name
@@ -100,17 +99,17 @@ def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
     if rule.action is rules.Action.OPAQUE:
         return IndexEntry(rule.path, Kind.OPAQUE)
     if member.size > MAX_ENTRY_SIZE:
-        raise _bad(layer, name, f"claims {member.size} bytes")
+        raise bad_entry(layer, name, f"claims {member.size} bytes")
     if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
-        raise _bad(layer, name, f"has the owner {member.uid}:{member.gid}")
+        raise bad_entry(layer, name, f"has the owner {member.uid}:{member.gid}")
     if member.isreg():
         kind = Kind.FILE
     elif member.type in _KINDS:
         kind = _KINDS[member.type]
     else:
-        raise _bad(layer, name, f"has the unsupported tar type {member.type!r}")
+        raise bad_entry(layer, name, f"has the unsupported tar type {member.type!r}")
     if not rule.path and kind is not Kind.DIR:
-        raise _bad(layer, name, "is the root but not a directory")
+        raise bad_entry(layer, name, "is the root but not a directory")
     target = ""
     if kind is Kind.SYMLINK:
         rules.check_symlink_target(member.linkname, layer=layer, entry=name)
@@ -120,7 +119,7 @@ def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
     rdev = (0, 0)
     if kind in (Kind.CHAR, Kind.BLOCK):
         if not (0 <= member.devmajor < 1 << 32 and 0 <= member.devminor < 1 << 32):
-            raise _bad(layer, name, f"has the device {member.devmajor}:{member.devminor}")
+            raise bad_entry(layer, name, f"has the device {member.devmajor}:{member.devminor}")
         rdev = (member.devmajor, member.devminor)
     is_file = kind is Kind.FILE
     return IndexEntry(
@@ -130,33 +129,9 @@ def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
         uid=member.uid,
         gid=member.gid,
         size=member.size if is_file else 0,
-        mtime_ns=_mtime_ns(member, layer),
+        mtime_ns=pax_mtime_ns(member, layer),
         target=target,
         rdev=rdev,
-        xattrs=_xattrs(member, layer),
+        xattrs=tuple(sorted(pax_xattrs(member, layer).items())),
         offset=member.offset_data if is_file else 0,
     )
-
-
-def _mtime_ns(member: tarfile.TarInfo, layer: str) -> int:
-    exact = member.pax_headers.get("mtime")
-    try:
-        # A float loses the nanoseconds of a pax mtime; its text keeps them.
-        mtime_ns = int(decimal.Decimal(exact) * _NS) if exact else int(member.mtime) * _NS
-    except (decimal.InvalidOperation, ValueError, OverflowError):
-        raise _bad(layer, member.name, f"has the mtime {exact!r}") from None
-    if abs(mtime_ns) >= 1 << 62:
-        raise _bad(layer, member.name, f"has the absurd mtime {member.mtime}")
-    return mtime_ns
-
-
-def _xattrs(member: tarfile.TarInfo, layer: str) -> tuple[tuple[str, bytes], ...]:
-    found = []
-    for key, text in member.pax_headers.items():
-        if key.startswith(_XATTR_PAX_PREFIX):
-            # tarfile decoded binary values with surrogateescape; undo it.
-            value = text.encode("utf-8", "surrogateescape")
-            if len(value) > MAX_XATTR_VALUE_BYTES:
-                raise _bad(layer, member.name, f"has an xattr of {len(value)} bytes")
-            found.append((key[len(_XATTR_PAX_PREFIX) :], value))
-    return tuple(sorted(found))

@@ -9,6 +9,7 @@ them whole.
 
 from __future__ import annotations
 
+import decimal
 import errno
 import gzip
 import lzma
@@ -105,3 +106,38 @@ class CheckedTarInfo(tarfile.TarInfo):
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise tarfile.ReadError(f"extended header of {self.size} bytes")
         return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
+
+
+MAX_XATTR_VALUE_BYTES = 1 << 16  # the kernel's XATTR_SIZE_MAX
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+_NS = 1_000_000_000
+
+
+def bad_entry(layer: str, entry: str, reason: str) -> BadImage:
+    return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")
+
+
+def pax_mtime_ns(member: tarfile.TarInfo, layer: str) -> int:
+    """The member's mtime in nanoseconds, exact when a pax header gives it."""
+    exact = member.pax_headers.get("mtime")
+    try:
+        # A float loses the nanoseconds of a pax mtime; its text keeps them.
+        mtime_ns = int(decimal.Decimal(exact) * _NS) if exact else int(member.mtime) * _NS
+    except (decimal.InvalidOperation, ValueError, OverflowError):
+        raise bad_entry(layer, member.name, f"has the mtime {exact!r}") from None
+    if abs(mtime_ns) >= 1 << 62:
+        raise bad_entry(layer, member.name, f"has the absurd mtime {member.mtime}")
+    return mtime_ns
+
+
+def pax_xattrs(member: tarfile.TarInfo, layer: str) -> dict[str, bytes]:
+    """The member's xattrs (``SCHILY.xattr.*`` pax headers), in header order."""
+    found: dict[str, bytes] = {}
+    for key, text in member.pax_headers.items():
+        if key.startswith(_XATTR_PAX_PREFIX):
+            # tarfile decoded binary values with surrogateescape; undo it.
+            value = text.encode("utf-8", "surrogateescape")
+            if len(value) > MAX_XATTR_VALUE_BYTES:
+                raise bad_entry(layer, member.name, f"has an xattr of {len(value)} bytes")
+            found[key[len(_XATTR_PAX_PREFIX) :]] = value
+    return found
