@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from lazyfs.blob_ranges import ChunkCache
-from lazyfs.tree import Inode, InodeNo, MergedTree
+from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,21 @@ def fuse_errors(
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: int) -> bytes:
+    """``size`` bytes at ``off`` of a lower file; fewer at its end, b"" past it.
+
+    Raises OSError(EIO) when the layer holds fewer bytes than the index
+    promised: the reply is never padded.
+    """
+    if data is None or off >= data.size or size <= 0:
+        return b""
+    length = min(size, data.size - off)
+    got = await chunks.read(data.digest, data.offset + off, length)
+    if len(got) != length:
+        raise OSError(errno.EIO, f"layer {data.digest} ended early at {off + len(got)}")
+    return got
 
 
 def _fuse_ino(ino: InodeNo) -> pyfuse3.InodeT:
@@ -201,17 +216,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
     @fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         """``size`` bytes at ``off``; fewer at the end of the file, b"" past it."""
-        found = self._inode(fh)
-        data = found.data
-        if data is None or off >= data.size or size <= 0:
-            return b""
-        length = min(size, data.size - off)
-        got = await self.chunks.read(data.digest, data.offset + off, length)
-        if len(got) != length:
-            # The index promised bytes the layer does not have: never pad.
-            log.error("inode %d: layer %s ended early at %d", fh, data.digest, off + len(got))
-            raise pyfuse3.FUSEError(errno.EIO)
-        return got
+        return await read_lower(self.chunks, self._inode(fh).data, off, size)
 
     @fuse_errors
     async def release(self, fh: pyfuse3.FileHandleT) -> None:

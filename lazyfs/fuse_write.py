@@ -37,7 +37,7 @@ import pyfuse3
 import trio
 
 from lazyfs.blob_ranges import ChunkCache
-from lazyfs.fuse_ops import BLOCK_SIZE, NAME_MAX, fuse_errors
+from lazyfs.fuse_ops import BLOCK_SIZE, NAME_MAX, fuse_errors, read_lower
 from lazyfs.tree import DataRef, InodeNo
 from lazyfs.upper import Copy, Node, Upper, fail
 
@@ -188,14 +188,7 @@ class WritableOperations(pyfuse3.Operations):
             return await trio.to_thread.run_sync(
                 os.pread, fd, size, off, limiter=self.upper.limiter
             )
-        data = handle.lower
-        if data is None or off >= data.size or size <= 0:
-            return b""
-        length = min(size, data.size - off)
-        got = await self.chunks.read(data.digest, data.offset + off, length)
-        if len(got) != length:
-            raise OSError(errno.EIO, f"layer {data.digest} ended early at {off + len(got)}")
-        return got
+        return await read_lower(self.chunks, handle.lower, off, size)
 
     @fuse_errors
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:

@@ -167,7 +167,7 @@ class _Layer:
         return source
 
     def _bad(self, entry: IndexEntry, reason: str) -> BadImage:
-        return BadImage(f"bad layer {self.layer}: entry {'/'.join(entry.path)!r} {reason}")
+        return BadImage(f"bad layer {self.layer}: entry {_name(entry)!r} {reason}")
 
     def _walk(self, path: RelPath, entry: IndexEntry, *, create: bool) -> dict[str, _Node] | None:
         """The children of the directory at ``path``, following symlinks on the way.
@@ -178,12 +178,11 @@ class _Layer:
         stack = [self.root]  # the directories walked through, for ".."
         todo = list(reversed(path))
         hops = 0
-        name = "/".join(entry.path)
         while todo:
             part = todo.pop()
             if part == "..":  # only symlink targets bring these
                 if len(stack) == 1:
-                    raise UnsafeLayer(self.layer, name, "goes through a symlink above root")
+                    raise UnsafeLayer(self.layer, _name(entry), "goes through a symlink above root")
                 stack.pop()
                 continue
             children = stack[-1].children
@@ -196,7 +195,7 @@ class _Layer:
             if child.kind is Kind.SYMLINK:
                 hops += 1
                 if hops > rules.MAX_SYMLINK_HOPS:
-                    raise UnsafeLayer(self.layer, name, "goes through too many symlinks")
+                    raise UnsafeLayer(self.layer, _name(entry), "goes through too many symlinks")
                 absolute, more = rules.split_link_target(child.target)
                 if absolute:
                     del stack[1:]
@@ -208,6 +207,11 @@ class _Layer:
                 return None
             stack.append(child)
         return stack[-1].children
+
+
+def _name(entry: IndexEntry) -> str:
+    """The entry's path for error messages: built only when one is raised."""
+    return "/".join(entry.path)
 
 
 def _set_attributes(node: _Node, entry: IndexEntry) -> None:
