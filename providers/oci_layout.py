@@ -255,7 +255,7 @@ def read_blob(files: Files, desc: Descriptor, what: str) -> bytes:
     return data
 
 
-def _descriptors(doc: Any, what: str) -> list[Descriptor]:
+def index_entries(doc: Any, what: str) -> list[Descriptor]:
     if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
         raise BadImage(f"{what} has no manifests list")
     return [parse_descriptor(item, f"{what} entry {i}") for i, item in enumerate(doc["manifests"])]
@@ -364,7 +364,7 @@ def resolve_layout(
     if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
         raise BadImage(f"{files.label}: oci-layout has no imageLayoutVersion")
     index = load_json(read_file(files, "index.json", "index"), f"{files.label}: index.json")
-    entry = select_entry(_descriptors(index, "index.json"), files.label, full_ref, tag, digest)
+    entry = select_entry(index_entries(index, "index.json"), files.label, full_ref, tag, digest)
     pinned_ok = digest is None or entry.digest == digest
     depth = 0
     while _is_index(entry):
@@ -372,7 +372,7 @@ def resolve_layout(
         if depth > INDEX_DEPTH_LIMIT:
             raise BadImage(f"{files.label}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
         nested = load_json(read_blob(files, entry, "image index"), f"index {entry.digest}")
-        children = _descriptors(nested, f"index {entry.digest}")
+        children = index_entries(nested, f"index {entry.digest}")
         pinned = [c for c in children if digest is not None and c.digest == digest]
         entry = pinned[0] if pinned else select_platform(children, files.label)
         pinned_ok = pinned_ok or bool(pinned)

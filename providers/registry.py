@@ -60,11 +60,10 @@ from providers.manifest import (
     ImageManifest,
     Layer,
     load_json,
-    parse_descriptor,
     parse_image_config,
     parse_image_manifest,
 )
-from providers.oci_layout import INDEX_DEPTH_LIMIT, select_platform
+from providers.oci_layout import INDEX_DEPTH_LIMIT, index_entries, select_platform
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_blob import BlobStream
 from providers.registry_http import HttpOptions, RegistryHttp, redact
@@ -256,11 +255,7 @@ class RegistryClient:
         return ImageManifest(image, digest, tuple(layers), parsed.config)
 
     def _pick(self, doc: object, image: str) -> Descriptor:
-        if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
-            raise BadImage("image index has no manifests list")
-        entries = [
-            parse_descriptor(item, f"index entry {i}") for i, item in enumerate(doc["manifests"])
-        ]
+        entries = index_entries(doc, "image index")
         wanted = self.options.platform
         if wanted is None:
             return select_platform(entries, image)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from typing import Any
 
 import requests
@@ -78,8 +77,7 @@ class BlobStream(io.RawIOBase):
                 f"{self._image}: blob download from {redact(self._url)} broke at byte "
                 f"{self._pos}: {exc}"
             ) from exc
-        delay = min(options.max_backoff, options.backoff * 2 ** (self._failures - 1))
-        time.sleep(delay)
+        self._http.wait_before_retry(self._failures, None, f"{redact(self._url)}: {exc}")
 
     def _open(self) -> requests.Response:
         headers = {"Range": f"bytes={self._pos}-"} if self._pos else {}

@@ -164,7 +164,7 @@ class RegistryHttp:
                     raise TemporaryFailure(
                         f"{image}: cannot reach {redact(url)}: {_why(exc)}"
                     ) from exc
-                self._sleep(attempt, None, f"{redact(url)}: {_why(exc)}")
+                self.wait_before_retry(attempt, None, f"{redact(url)}: {_why(exc)}")
                 continue
             if response.status_code in ok:
                 return response
@@ -178,7 +178,7 @@ class RegistryHttp:
             if (status == 429 or status >= 500) and attempt < attempts:
                 retry_after = response.headers.get("Retry-After")
                 response.close()
-                self._sleep(attempt, retry_after, f"{redact(url)}: HTTP {status}")
+                self.wait_before_retry(attempt, retry_after, f"{redact(url)}: HTTP {status}")
                 continue
             self._fail(response, url, image)
 
@@ -196,7 +196,8 @@ class RegistryHttp:
             raise TemporaryFailure(f"{image}: registry failed: {cause} {where}")
         raise BadImage(f"{image}: registry refused the request: {cause} {where}")
 
-    def _sleep(self, attempt: int, retry_after: str | None, why: str) -> None:
+    def wait_before_retry(self, attempt: int, retry_after: str | None, why: str) -> None:
+        """Back off before try ``attempt + 1``: doubling, capped, at least ``Retry-After``."""
         delay = min(self.options.max_backoff, self.options.backoff * 2 ** (attempt - 1))
         if retry_after:
             delay = min(self.options.max_backoff, max(delay, _retry_after(retry_after)))
@@ -269,11 +270,13 @@ class RegistryHttp:
                     raise TemporaryFailure(
                         f"{image}: cannot reach token server {redact(realm)}: {_why(exc)}"
                     ) from exc
-                self._sleep(attempt, None, f"{redact(realm)}: {_why(exc)}")
+                self.wait_before_retry(attempt, None, f"{redact(realm)}: {_why(exc)}")
                 continue
             status = response.status_code
             if (status == 429 or status >= 500) and attempt < self.options.attempts:
-                self._sleep(attempt, response.headers.get("Retry-After"), f"HTTP {status}")
+                self.wait_before_retry(
+                    attempt, response.headers.get("Retry-After"), f"HTTP {status}"
+                )
                 continue
             break
         if status in (401, 403):
