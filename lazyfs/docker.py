@@ -81,7 +81,7 @@ class DockerProvider:
         key = "image-" + hashlib.sha256(reference.encode()).hexdigest()
         # The lock is a blocking flock: take it in a thread, hold it across the
         # pull, so a second process waits and then finds everything stored.
-        async with _thread_lock(self.store, key):
+        async with self.store.lock_async(key):
             if image.cached:
                 stored = await trio.to_thread.run_sync(self.store.get_image, reference)
                 if stored is not None:
@@ -138,18 +138,3 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     if leaves and all(isinstance(exc, LazyfsError) for exc in leaves):
         return leaves[0]
     return group
-
-
-class _thread_lock:
-    """An async context manager around Store.lock, entered in a worker thread."""
-
-    def __init__(self, store: Store, name: str) -> None:
-        self._cm = store.lock(name)
-
-    async def __aenter__(self) -> None:
-        # abandon_on_cancel stays False: the lock must not be taken by a thread
-        # nobody waits for, or it would never be released.
-        await trio.to_thread.run_sync(self._cm.__enter__)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._cm.__exit__(None, None, None)

@@ -32,7 +32,7 @@ from backends.base import Backend, LayerFile
 from backends.mounts import unmount_all_under
 from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
-from lazyfs.store import Store
+from lazyfs.store import Store, locked_in_thread
 from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
@@ -136,7 +136,7 @@ class Provisioner:
         provider = self._provider(image)
         progress = progress or Progress()
         home = self.containers / container_id
-        async with self._container_lock(container_id):
+        async with locked_in_thread(self.locks / f"{container_id}.lock"):
             try:
                 home.mkdir()
             except FileExistsError:
@@ -167,7 +167,7 @@ class Provisioner:
         """Unmount and remove everything of ``container_id``; False if there was nothing."""
         check_container_id(container_id)
         home = self.containers / container_id
-        async with self._container_lock(container_id):
+        async with locked_in_thread(self.locks / f"{container_id}.lock"):
             if not home.exists():
                 return False
             await trio.to_thread.run_sync(self._remove, home)
@@ -235,26 +235,19 @@ class Provisioner:
                 rootfses = backend_dir / "rootfses"
                 if not rootfses.is_dir():
                     continue
+                try:
+                    backend: Backend | None = self.backend(backend_dir.name)
+                except LazyfsError:
+                    backend = None  # a name this version does not know: unmount only
                 for rootfs in rootfses.iterdir():
-                    try:
-                        backend = self.backend(backend_dir.name)
-                    except LazyfsError:
+                    if backend is None:
                         unmount_all_under(rootfs)
-                        continue
-                    backend.destroy(rootfs)
+                    else:
+                        backend.destroy(rootfs)
         # Whatever a backend missed (or a runtime left) is unmounted before the
         # delete, which must never reach through a mount into shared data.
         unmount_all_under(home)
         shutil.rmtree(home)
-
-    @contextlib.asynccontextmanager
-    async def _container_lock(self, container_id: str) -> Any:
-        fd = os.open(self.locks / f"{container_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
-        try:
-            await trio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def _try_lock(self, container_id: str) -> Iterator[bool]:

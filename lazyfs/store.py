@@ -24,10 +24,12 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+import trio
 
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage
@@ -145,6 +147,10 @@ class Store:
         with exclusive_lock(self.locks / f"{name}.lock"):
             yield
 
+    def lock_async(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """``lock`` for trio code: the blocking wait happens in a worker thread."""
+        return locked_in_thread(self.locks / f"{name}.lock")
+
     @contextlib.contextmanager
     def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
         """A new file under tmp/, removed on exit unless renamed away."""
@@ -170,6 +176,21 @@ class Store:
                 entry.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+@contextlib.asynccontextmanager
+async def locked_in_thread(path: Path) -> AsyncIterator[None]:
+    """``exclusive_lock(path)`` for trio code, waiting for it in a worker thread.
+
+    The thread is never abandoned (trio waits for it even when cancelled), so
+    a lock it takes is always released here.
+    """
+    lock = exclusive_lock(path)
+    await trio.to_thread.run_sync(lock.__enter__)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _alive(pid: int) -> bool:
