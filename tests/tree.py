@@ -16,6 +16,7 @@ and a backend's mount point is not part of the image.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -58,20 +59,26 @@ class Node(NamedTuple):
         return " ".join(fields)
 
 
+_NO_XATTR_SUPPORT = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
 def _xattrs(path: str, ignore: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
+    except OSError as error:
         # Filesystems without xattr support (and some special files) have none.
-        return ()
+        if error.errno in _NO_XATTR_SUPPORT:
+            return ()
+        raise
     pairs = []
     for name in names:
         if name.startswith(ignore):
             continue
         try:
             pairs.append((name, os.getxattr(path, name, follow_symlinks=False)))
-        except OSError:
-            continue
+        except OSError as error:
+            if error.errno != errno.ENODATA:  # removed since it was listed
+                raise
     return tuple(sorted(pairs))
 
 

@@ -32,10 +32,9 @@ class Lazyfs:
     work_dir: Path
     image_dir: Path
 
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        argv = [
+    def argv(self, *args: str) -> list[str]:
+        """The ``lazyfs`` command line for ``args``, on this work dir and image dir."""
+        return [
             sys.executable,
             "-m",
             "lazyfs",
@@ -45,26 +44,24 @@ class Lazyfs:
             str(self.image_dir),
             *args,
         ]
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        argv = [
-            sys.executable,
-            "-m",
-            "lazyfs",
-            "--work_dir",
-            str(self.work_dir),
-            "--docker_registry",
-            str(self.image_dir),
-            *args,
-        ]
         return subprocess.Popen(
-            argv,
+            self.argv(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -30,7 +30,11 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/cmdline").read_bytes().find(b"lazyfs.mount_main") >= 0
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False  # it exited between the kill and the read
+    return cmdline.find(b"lazyfs.mount_main") >= 0
 
 
 def test_mount_shows_the_image_read_only_and_umount_takes_it_down(

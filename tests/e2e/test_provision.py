@@ -111,6 +111,7 @@ def test_recover_after_a_killed_provision_leaves_a_clean_work_dir(lazyfs: Lazyfs
     key = hashlib.sha256(b"docker.io/library/busybox:latest").hexdigest()
     fd = os.open(store.locks / f"image-{key}.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    process: subprocess.Popen[str] | None = None
     try:
         process = lazyfs.popen("provision", "c1", "busybox")
         marker = lazyfs.work_dir / "provisioner/containers/c1/provisioning"
@@ -122,6 +123,9 @@ def test_recover_after_a_killed_provision_leaves_a_clean_work_dir(lazyfs: Lazyfs
         process.send_signal(signal.SIGKILL)
         process.wait()
     finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
         os.close(fd)
     assert containers(lazyfs.work_dir) == ["c1"]
     report = json.loads(lazyfs("recover", "--keep", "c1").stdout)
@@ -182,7 +186,13 @@ def test_concurrent_provisions_of_one_image_pull_it_once(lazyfs: Lazyfs) -> None
     processes = [lazyfs.popen("--debug", "provision", cid, "busybox") for cid in ("c1", "c2")]
     # --debug is a global flag and must come first; popen puts it after the
     # other globals, which argparse accepts in any order before the command.
-    outputs = [process.communicate(timeout=120) for process in processes]
+    try:
+        outputs = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
     fetches = [

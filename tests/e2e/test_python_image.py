@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.mounts import mounts_under, unmount_all_under
 from tests import images
 from tests.e2e.conftest import Lazyfs
 
@@ -96,9 +97,12 @@ def test_runc_runs_the_app_on_a_fuse_rootfs(
 ) -> None:
     directory, _ = python_image
     lazyfs = Lazyfs(tmp_path / "work", directory)
-    result = lazyfs("run", "--backend", "fuse", "pyapp", "--", "python3", "/srv/app/main.py")
-    assert json.loads(result.stdout) == {"hello": "from lazyfs", "v": 3}
-    assert list((tmp_path / "work/provisioner/containers").iterdir()) == []
+    try:
+        result = lazyfs("run", "--backend", "fuse", "pyapp", "--", "python3", "/srv/app/main.py")
+        assert json.loads(result.stdout) == {"hello": "from lazyfs", "v": 3}
+        assert list((tmp_path / "work/provisioner/containers").iterdir()) == []
+    finally:
+        _unmount_leftovers(tmp_path)
 
 
 def test_tar_of_the_mounted_tree_equals_the_image(
@@ -116,7 +120,16 @@ def test_tar_of_the_mounted_tree_equals_the_image(
         for name in sorted(os.listdir(unpacked)):
             assert _tar_entry(mounted, name) == _tar_entry(unpacked, name), name
     finally:
-        lazyfs("destroy", "c1")
+        try:
+            lazyfs("destroy", "c1")
+        finally:
+            _unmount_leftovers(tmp_path)
+
+
+def _unmount_leftovers(tmp_path: Path) -> None:
+    """Whatever a failing test left mounted under ``tmp_path`` goes."""
+    if mounts_under(tmp_path):
+        unmount_all_under(tmp_path)
 
 
 def _tar_entry(root: Path, name: str) -> bytes:

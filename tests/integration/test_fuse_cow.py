@@ -26,6 +26,7 @@ from lazyfs import mount as lazy_mount
 from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR
 from providers.digest import digest_bytes
 from tests.images import Entry, opaque, whiteout, write_layer
+from tests.integration.fuse_helpers import unmount_all
 
 pytestmark = pytest.mark.integration
 
@@ -77,11 +78,7 @@ def cow(tmp_path: Path) -> Iterator[Mount]:
     try:
         yield mount
     finally:
-        for point, pid in made:
-            lazy_mount.unmount(point, pid=pid)
-            assert not lazy_mount.is_mounted(point)
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
+        unmount_all(made)
 
 
 def is_whiteout(path: Path) -> bool:

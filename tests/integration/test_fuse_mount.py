@@ -25,6 +25,7 @@ from providers.errors import BackendError, UnsafeLayer
 from tests import images
 from tests.conformance.conftest import docker, make_provisioner
 from tests.images import Entry, whiteout, write_layer
+from tests.integration.fuse_helpers import runs_mount_main, unmount_all
 
 pytestmark = pytest.mark.integration
 
@@ -74,18 +75,7 @@ def mounted(
     try:
         yield mount
     finally:
-        for point, pid in made:
-            lazy_mount.unmount(point, pid=pid)
-            assert not lazy_mount.is_mounted(point)
-            assert not alive(pid)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        unmount_all(made)
 
 
 def wait_exit(pid: int, timeout: float = 10.0) -> int | None:
@@ -146,7 +136,7 @@ def test_a_mount_that_cannot_come_up_leaves_nothing(
             log_path=tmp_path / "log",
         )
     spawned = [p for p in set(os.listdir("/proc")) - before if p.isdigit()]
-    assert not any(b"mount_main" in Path(f"/proc/{p}/cmdline").read_bytes() for p in spawned)
+    assert not any(runs_mount_main(p) for p in spawned)
 
 
 def test_a_hostile_layer_fails_before_any_process(

@@ -140,7 +140,9 @@ def test_link_counts_and_stable_inode_numbers(
     indexes, _ = indexes_of(layout, "latest", tmp_path / "store")
     tree = merge(indexes)
     assert merge(indexes) == tree
-    usr_bin = tree.lookup(tree.lookup(ROOT_INO, b"usr") or ROOT_INO, b"bin")
+    usr = tree.lookup(ROOT_INO, b"usr")
+    assert usr is not None
+    usr_bin = tree.lookup(usr, b"bin")
     assert usr_bin is not None
     prog = tree.lookup(usr_bin, b"prog")
     assert prog is not None and prog == tree.lookup(usr_bin, b"prog-link")

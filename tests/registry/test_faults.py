@@ -15,6 +15,7 @@ import pytest
 import requests
 import trio
 
+from backends.mounts import mounts_under, unmount_all_under
 from lazyfs.progress import Progress
 from providers.errors import DigestMismatch, TemporaryFailure
 from providers.manifest import OCI_MANIFEST
@@ -161,11 +162,21 @@ def test_cli_provision_from_registry_prints_config(
     plain_registry: Registry, tmp_path: Path
 ) -> None:
     url = plain_registry.url
-    result = lazyfs(tmp_path, "--docker_registry", url, "provision", "c1", "rich:oci")
-    assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
-    assert info["config"]["entrypoint"] == ["/bin/tool"]
-    assert lazyfs(tmp_path, "destroy", "c1").returncode == 0
+    destroy_tried = False
+    try:
+        result = lazyfs(tmp_path, "--docker_registry", url, "provision", "c1", "rich:oci")
+        assert result.returncode == 0, result.stderr
+        info = json.loads(result.stdout)
+        assert info["config"]["entrypoint"] == ["/bin/tool"]
+        destroy_tried = True
+        assert lazyfs(tmp_path, "destroy", "c1").returncode == 0
+    finally:
+        try:
+            if not destroy_tried:
+                lazyfs(tmp_path, "destroy", "c1")
+        finally:
+            if mounts_under(tmp_path):
+                unmount_all_under(tmp_path)
 
 
 async def test_concurrent_pulls_download_each_blob_once(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import trio
+import trio.testing
 
 from lazyfs.blob_ranges import ChunkCache
 from providers.digest import Digest
@@ -16,16 +16,20 @@ DATA = bytes(range(256)) * 40  # 10240 bytes
 
 
 class Slow:
-    """A RangeReader over DATA that takes its time and counts its calls."""
+    """A RangeReader over DATA that counts its calls; a gated one waits for ``gate`` to read."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, gated: bool = False) -> None:
         self.calls: list[int] = []
         self.lock = threading.Lock()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         with self.lock:
             self.calls.append(offset)
-        time.sleep(0.05)
+        # A bound on the wait, not a delay: a test that never opens the gate fails.
+        assert self.gate.wait(timeout=30), "the gate was never opened"
         return DATA[offset : offset + length]
 
 
@@ -38,7 +42,7 @@ async def test_reads_are_exact_and_short_only_at_the_end(offset: int, length: in
 
 
 async def test_concurrent_misses_of_one_chunk_read_it_once() -> None:
-    source = Slow()
+    source = Slow(gated=True)
     cache = ChunkCache(source, chunk_size=1024)
     results: list[bytes] = []
 
@@ -48,6 +52,9 @@ async def test_concurrent_misses_of_one_chunk_read_it_once() -> None:
     async with trio.open_nursery() as nursery:
         for _ in range(5):
             nursery.start_soon(reader)
+        # Every reader is now waiting: one on the source, the others on it.
+        await trio.testing.wait_all_tasks_blocked()
+        source.gate.set()
     assert results == [DATA[100:110]] * 5 and source.calls == [0]
 
 

@@ -1,0 +1,44 @@
+"""Teardown shared by the fixtures that make real FUSE mounts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lazyfs import mount as lazy_mount
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists; a process that vanished meanwhile is not alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def runs_mount_main(pid: int | str) -> bool:
+    """Whether ``pid`` is a live ``lazyfs.mount_main`` process; one that exited is not."""
+    try:
+        return b"mount_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def unmount_all(made: list[tuple[Path, int]]) -> None:
+    """Unmounts every ``(point, pid)``, then checks that each mount and its process are gone.
+
+    Every mount is taken down before the first failure is raised, so one failing
+    unmount does not leave the others behind.
+    """
+    errors: list[BaseException] = []
+    for point, pid in made:
+        try:
+            lazy_mount.unmount(point, pid=pid)
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise BaseExceptionGroup("unmount failed", errors) if len(errors) > 1 else errors[0]
+    for point, pid in made:
+        assert not lazy_mount.is_mounted(point)
+        assert not alive(pid)
