@@ -12,7 +12,6 @@ import lzma
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
 from providers.appc_store import host_arch
+from tests.httpserver import serve
 
 
 def manifest_doc(
@@ -135,15 +135,8 @@ def http_prefix(aci_dir: Path) -> Iterator[str]:
             pass
 
     handler = functools.partial(Quiet, directory=str(aci_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve(handler) as url:
+        yield url + "/"
 
 
 @dataclass

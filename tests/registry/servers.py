@@ -20,19 +20,20 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
 import requests
+
+from tests.httpserver import serve
 
 SERVICE = "lazyfs-test-registry"
 ISSUER = "lazyfs-test-token-server"
@@ -260,23 +261,9 @@ def run_token_server(workdir: Path, users: dict[str, str]) -> Iterator[TokenServ
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
             return user if server_state.users.get(user) == password else None
 
-    with _serve(Handler) as url:
+    with serve(Handler) as url:
         server_state.url = url + "/token"
         yield server_state
-
-
-@contextmanager
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def copy_storage(source: Path, dest: Path) -> Path:
