@@ -41,6 +41,7 @@ NAME_MAX = 255
 # Errors of the upper directory a writer should see as they are.
 PASSED_ON = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMLINK, errno.ENAMETOOLONG})
 
+Listing = list[tuple[pyfuse3.FileNameT, pyfuse3.EntryAttributes]]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -107,6 +108,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.tree = tree
         self.chunks = chunks
         self._attributes: dict[InodeNo, pyfuse3.EntryAttributes] = {}
+        self._listings: dict[InodeNo, Listing] = {}
         self._used_blocks: int | None = None
 
     # -- helpers ------------------------------------------------------------------
@@ -138,6 +140,20 @@ class ReadOnlyOperations(pyfuse3.Operations):
             entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = inode.mtime_ns
             self._attributes[inode.ino] = entry
         return entry
+
+    def listing(self, directory: InodeNo) -> Listing:
+        """A directory's entries as readdir sends them; made once per directory.
+
+        pyfuse3 answers every warm readdir in Python (it cannot ask the kernel
+        to cache listings), so the per-entry work is done here, once.
+        """
+        found = self._listings.get(directory)
+        if found is None:
+            found = self._listings[directory] = [
+                (pyfuse3.FileNameT(name), self.attributes(self.tree.inodes[child]))
+                for name, child in self.tree.children.get(directory, ())
+            ]
+        return found
 
     # -- the handlers ---------------------------------------------------------------
 
@@ -191,11 +207,10 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         """Entries after position ``start_id``; the next id of an entry is its position + 1."""
-        listing = self.tree.children.get(InodeNo(fh), ())
+        listing = self.listing(InodeNo(fh))
         for position in range(start_id, len(listing)):
-            name, child = listing[position]
-            entry = self.attributes(self.tree.inodes[child])
-            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, position + 1):
+            name, entry = listing[position]
+            if not pyfuse3.readdir_reply(token, name, entry, position + 1):
                 return  # the kernel's buffer is full; it asks again from here
 
     @fuse_errors
