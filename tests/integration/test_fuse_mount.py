@@ -186,8 +186,9 @@ def test_destroy_cleans_up_after_a_killed_mount_process(
     assert not os.path.lexists(rootfs) and not scratch_dir(rootfs).exists()
 
 
+@pytest.mark.parametrize("writable", [False, True], ids=["ro", "rw"])
 async def test_recover_cleans_a_container_whose_mount_process_died(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path, writable: bool
 ) -> None:
     for tool in ("umoci", "skopeo"):
         if shutil.which(tool) is None:
@@ -196,15 +197,20 @@ async def test_recover_cleans_a_container_whose_mount_process_died(
     images.to_docker_archive(layout, "latest", tmp_path / "images" / "two:latest.tar", "two")
     prov = make_provisioner(tmp_path / "work", tmp_path / "images")
     home = prov.containers / "c1"
-    info = await prov.provision("c1", docker("two"), "fuse")
+    info = await prov.provision("c1", docker("two"), "fuse", writable=writable)
+    scratch = scratch_dir(info.rootfs)
     try:
         assert (info.rootfs / "etc" / "hosts").is_file()
-        pid = int((scratch_dir(info.rootfs) / "pid").read_text())
+        if writable:  # the upper dir has something to lose
+            (info.rootfs / "etc" / "hosts").write_bytes(b"changed\n")
+            (info.rootfs / "made").mkdir()
+            assert (scratch / "upper" / "etc" / "hosts").read_bytes() == b"changed\n"
+        pid = int((scratch / "pid").read_text())
         os.kill(pid, signal.SIGKILL)
         assert wait_exit(pid) == -signal.SIGKILL
         report = await prov.recover(keep=[])
         assert report.destroyed == ("c1",)
     finally:
         await prov.destroy("c1")
-    assert not home.exists()
+    assert not home.exists() and not scratch.exists()
     assert not lazy_mount.is_mounted(info.rootfs)
