@@ -142,16 +142,17 @@ class ReadOnlyOperations(pyfuse3.Operations):
         return entry
 
     def listing(self, directory: InodeNo) -> Listing:
-        """A directory's entries as readdir sends them; made once per directory.
+        """A directory's entries as readdir sends them, ``.`` and ``..`` first; made once.
 
         pyfuse3 answers every warm readdir in Python (it cannot ask the kernel
         to cache listings), so the per-entry work is done here, once.
         """
         found = self._listings.get(directory)
         if found is None:
+            dots = ((b".", directory), (b"..", self.tree.parents[directory]))
             found = self._listings[directory] = [
                 (pyfuse3.FileNameT(name), self.attributes(self.tree.inodes[child]))
-                for name, child in self.tree.children.get(directory, ())
+                for name, child in (*dots, *self.tree.children[directory])
             ]
         return found
 

@@ -122,7 +122,10 @@ class WritableOperations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
         # A snapshot: offsets stay positions in it however the directory changes meanwhile.
-        listing = self.upper.listing(inode)
+        node = self.upper.directory(inode)
+        # The root, and a directory removed while open, have no parent but themselves.
+        parent = node.names[0][0] if node.names else node.ino
+        listing = [(b".", node.ino), (b"..", parent), *self.upper.listing(inode)]
         fh = next(self._numbers)
         self._dirs[fh] = listing
         return pyfuse3.FileHandleT(fh)

@@ -77,10 +77,14 @@ class Inode:
 
 @dataclass(frozen=True)
 class MergedTree:
-    """Inodes by number, and each directory's children as (name, ino), sorted by name."""
+    """Inodes by number, each directory's children as (name, ino) sorted by name, and its parent.
+
+    The root is its own parent, as ``/..`` is ``/``.
+    """
 
     inodes: dict[InodeNo, Inode]
     children: dict[InodeNo, tuple[tuple[bytes, InodeNo], ...]]
+    parents: dict[InodeNo, InodeNo] = field(repr=False)
     _by_name: dict[tuple[InodeNo, bytes], InodeNo] = field(repr=False)
 
     def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None:
@@ -242,6 +246,7 @@ def _freeze(root: _Node) -> MergedTree:
     inodes: dict[InodeNo, Inode] = {}
     children: dict[InodeNo, tuple[tuple[bytes, InodeNo], ...]] = {}
     by_name: dict[tuple[InodeNo, bytes], InodeNo] = {}
+    parents: dict[InodeNo, InodeNo] = {ROOT_INO: ROOT_INO}
     for node in order:
         ino = numbers[id(node)]
         if node.children is not None:
@@ -251,8 +256,9 @@ def _freeze(root: _Node) -> MergedTree:
             )
             children[ino] = listing
             by_name.update(((ino, name), child_ino) for name, child_ino in listing)
-            subdirs = sum(1 for child in node.children.values() if child.kind is Kind.DIR)
-            nlink = 2 + subdirs
+            subdirs = [numbers[id(c)] for c in node.children.values() if c.kind is Kind.DIR]
+            parents.update((subdir, ino) for subdir in subdirs)
+            nlink = 2 + len(subdirs)
         else:
             nlink = names[id(node)]
         inodes[ino] = Inode(
@@ -269,7 +275,7 @@ def _freeze(root: _Node) -> MergedTree:
             xattrs=tuple((os.fsencode(k), v) for k, v in node.xattrs),
             data=node.data,
         )
-    return MergedTree(inodes, children, by_name)
+    return MergedTree(inodes, children, parents, by_name)
 
 
 def _size(node: _Node) -> int:

@@ -105,6 +105,7 @@ async def test_readdir_offsets_are_stable(
     ops: ReadOnlyOperations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[bytes, int]] = []
+    inos: dict[bytes, int] = {}
     room = [7]
 
     def reply(token: Any, name: bytes, attr: Any, next_id: int) -> bool:
@@ -112,6 +113,7 @@ async def test_readdir_offsets_are_stable(
             return False
         room[0] -= 1
         seen.append((name, next_id))
+        inos[name] = attr.st_ino
         return True
 
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
@@ -123,8 +125,11 @@ async def test_readdir_offsets_are_stable(
         room[0] = 7
         await ops.readdir(fh, seen[-1][1], token)
     names = [name for name, _ in seen]
-    assert names == sorted(names) and len(names) == 21 and b"gone" not in names
-    assert [next_id for _, next_id in seen] == list(range(1, 22))
+    assert names[:2] == [b".", b".."] and inos[b"."] == etc and inos[b".."] == ROOT_INO
+    assert names == sorted(names) and len(names) == 23 and b"gone" not in names
+    assert [next_id for _, next_id in seen] == list(range(1, 24))
+    await ops.readdir(await ops.opendir(pyfuse3.InodeT(ROOT_INO), CTX), 0, token)
+    assert inos[b"."] == inos[b".."] == ROOT_INO  # the root is its own parent
 
 
 async def test_links_xattrs_and_statfs(ops: ReadOnlyOperations) -> None:

@@ -295,3 +295,32 @@ async def test_concurrent_writers_copy_the_data_up_once(
         assert await ops.read(info.fh, len(BIG) - 3, 10) == BIG[-3:]
         await ops.release(info.fh)
     assert not list(ops.upper.work.iterdir())
+
+
+async def test_readdir_lists_dot_and_dotdot_first(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[bytes, int]] = []
+
+    def reply(token: object, entry_name: bytes, attr: pyfuse3.EntryAttributes, _: int) -> bool:
+        seen.append((entry_name, attr.st_ino))
+        return True
+
+    async def listing(directory: int) -> list[tuple[bytes, int]]:
+        seen.clear()
+        fh = await ops.opendir(pyfuse3.InodeT(directory), CTX)
+        await ops.readdir(fh, 0, cast(pyfuse3.ReaddirToken, None))
+        await ops.releasedir(fh)
+        return list(seen)
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    d = await ino(ops, "d")
+    made = (await ops.mkdir(d, name("new"), 0o755, CTX)).st_ino
+    assert await listing(d) == [
+        (b".", d),
+        (b"..", ROOT_INO),
+        (b"new", made),
+        (b"x", await ino(ops, "d/x")),
+    ]
+    assert await listing(made) == [(b".", made), (b"..", d)]
+    assert (await listing(ROOT_INO))[:2] == [(b".", ROOT_INO), (b"..", ROOT_INO)]
