@@ -40,7 +40,10 @@ from providers.appc_manifest import AciManifest, parse_aci_manifest
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
 
 DEFAULTS_KEYS = ("os", "arch", "version")
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "i386"}
+# uname's machine to the App Container spec's Linux arch label.  The spec
+# keeps the kernel's own names for ARM (aarch64, armv7l...), unlike OCI's
+# arm64/arm: only the x86 names differ.
+_ARCH = {"x86_64": "amd64", "i686": "i386", "i586": "i386"}
 HTTP_TIMEOUT = 60
 
 

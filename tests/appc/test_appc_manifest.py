@@ -93,3 +93,14 @@ def test_simple_discovery_locations_follow_the_template(
     prefix: str, labels: dict[str, str], want: str
 ) -> None:
     assert discovery_location(prefix, "example.com/app", labels) == want
+
+
+@pytest.mark.parametrize(
+    ("machine", "arch"),
+    [("x86_64", "amd64"), ("i686", "i386"), ("aarch64", "aarch64"), ("armv7l", "armv7l")],
+)
+def test_the_host_arch_is_named_as_the_spec_names_linux_arches(
+    monkeypatch: pytest.MonkeyPatch, machine: str, arch: str
+) -> None:
+    monkeypatch.setattr("platform.machine", lambda: machine)
+    assert host_arch() == arch
