@@ -31,7 +31,8 @@ upper directory is written, never read back, so it must be empty at start
 (reusing an upper dir is not supported yet).  Inode numbers of the lower
 tree stay as ``tree`` gives them; new inodes are numbered after the
 highest.  Directories that come from lower layers cannot be renamed
-(``EXDEV``, as overlayfs without redirect_dir answers).  Every method
+(``EXDEV``, as overlayfs without redirect_dir answers); ``RENAME_EXCHANGE``
+swaps two names with one ``renameat2`` in upper, after copying files up.  Every method
 raises ``pyfuse3.FUSEError`` for expected refusals; ``OSError`` from the
 upper directory propagates (the handlers log it and answer EIO).  The
 synchronous methods do only small metadata syscalls and never yield, so
@@ -42,6 +43,7 @@ bytes are copied, under the node's lock, and check names afterwards.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -194,26 +196,22 @@ class Upper(UpperState):
     async def rename(
         self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int
     ) -> None:
-        """Rename as rename(2), RENAME_NOREPLACE included; EXDEV for lower directories."""
+        """Rename as rename(2): RENAME_NOREPLACE and RENAME_EXCHANGE; EXDEV for lower directories.
+
+        RENAME_WHITEOUT (overlayfs' own flag) answers EINVAL.
+        """
+        if flags == pyfuse3.RENAME_EXCHANGE:
+            await self._exchange(old_parent, old, new_parent, new)
+            return
         if flags & ~pyfuse3.RENAME_NOREPLACE:
-            raise fail(errno.EINVAL)  # RENAME_EXCHANGE and whiteout renames: not supported
+            raise fail(errno.EINVAL)
         source_dir, dest_dir = self.directory(old_parent), self.directory(new_parent)
         node = self.lookup(old_parent, old)
         if node is None:
             raise fail(errno.ENOENT)
-        if node.children is not None:
-            if node.lower is not None:
-                # A lower directory: overlayfs answers so without redirect_dir.
-                raise fail(errno.EXDEV)
-            here: Node | None = dest_dir
-            while here is not None and here.ino != ROOT_INO:  # not into itself
-                if here is node:
-                    raise fail(errno.EINVAL)
-                here = self.node(here.names[0][0]) if here.names else None
-        else:
-            await self.copy_up_data(node)
-            if self.lookup(old_parent, old) is not node:
-                raise fail(errno.ENOENT)  # renamed or removed by another task meanwhile
+        await self._movable(node, dest_dir)
+        if self.lookup(old_parent, old) is not node:
+            raise fail(errno.ENOENT)  # renamed or removed by another task meanwhile
         # From here on nothing yields: the checks hold until the rename is done.
         target = self.lookup(new_parent, new)
         if target is node:
@@ -242,3 +240,62 @@ class Upper(UpperState):
             node.opaque = True  # hide the lower directory of that name
             os.setxattr(dest_path, OPAQUE_XATTR, b"y")
         self._whiteout(source_dir, old)
+
+    async def _movable(self, node: Node, dest_dir: Node) -> None:
+        """Refuse what cannot move into ``dest_dir``; copy a file's data up so it can.
+
+        May yield (while data is copied): the caller checks its names again.
+        """
+        self._check_move(node, dest_dir)
+        if node.children is None:
+            await self.copy_up_data(node)
+
+    def _check_move(self, node: Node, dest_dir: Node) -> None:
+        if node.children is None:
+            return
+        if node.lower is not None:
+            # A lower directory: overlayfs answers so without redirect_dir.
+            raise fail(errno.EXDEV)
+        here: Node | None = dest_dir
+        while here is not None and here.ino != ROOT_INO:  # not into itself
+            if here is node:
+                raise fail(errno.EINVAL)
+            here = self.node(here.names[0][0]) if here.names else None
+
+    async def _exchange(self, a_parent: int, a: bytes, b_parent: int, b: bytes) -> None:
+        """Swap what names ``a`` and ``b`` point at, atomically on disk (renameat2)."""
+        a_dir, b_dir = self.directory(a_parent), self.directory(b_parent)
+        a_node, b_node = self.lookup(a_parent, a), self.lookup(b_parent, b)
+        if a_node is None or b_node is None:
+            raise fail(errno.ENOENT)
+        if a_node is b_node:
+            return
+        self._check_move(b_node, a_dir)  # both refusals before either copy-up
+        await self._movable(a_node, b_dir)
+        await self._movable(b_node, a_dir)
+        if self.lookup(a_parent, a) is not a_node or self.lookup(b_parent, b) is not b_node:
+            raise fail(errno.ENOENT)  # renamed or removed by another task meanwhile
+        # From here on nothing yields.  Both names are in upper now: files were
+        # copied up, and directories that may move were made there.
+        a_path = self.copy_up_dir(a_dir) / os.fsdecode(a)
+        b_path = self.copy_up_dir(b_dir) / os.fsdecode(b)
+        exchange_paths(a_path, b_path)
+        self._drop(a_dir, a, a_node)
+        self._drop(b_dir, b, b_node)
+        self._add(a_dir, a, b_node)
+        self._add(b_dir, b, a_node)
+        for node, parent, name, path in ((a_node, b_dir, b, b_path), (b_node, a_dir, a, a_path)):
+            if node.children is not None and self._lower_has(parent, name) and not node.opaque:
+                node.opaque = True  # hide the lower directory of that name
+                os.setxattr(path, OPAQUE_XATTR, b"y")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+
+
+def exchange_paths(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): both paths must exist; raises OSError."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), 2) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number), str(a), None, str(b))

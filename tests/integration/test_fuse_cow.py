@@ -23,7 +23,7 @@ from backends.extracted import extracted_layer
 from backends.fuse import FuseBackend, scratch_dir
 from backends.overlay import overlay_usable
 from lazyfs import mount as lazy_mount
-from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR
+from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
 from providers.digest import digest_bytes
 from tests.images import Entry, opaque, whiteout, write_layer
 from tests.integration.fuse_helpers import unmount_all
@@ -277,6 +277,9 @@ def test_kernel_overlayfs_reads_the_upper_as_the_mount_showed_it(
     (m.root / "s").unlink()
     (m.root / "s").mkdir()
     os.link(m.root / "etc" / "b", m.root / "etc" / "b2")
+    exchange_paths(m.root / "etc" / "a", m.root / "s")  # a file (two names) and a new dir
+    assert (m.root / "s").read_bytes() == (m.root / "etc" / "h").read_bytes() == b"a"
+    assert (m.root / "etc" / "a").is_dir()
     seen = tree(m.root)
     lazy_mount.unmount(m.root, pid=m.pid)
     layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"

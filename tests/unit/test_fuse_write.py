@@ -324,3 +324,51 @@ async def test_readdir_lists_dot_and_dotdot_first(
     ]
     assert await listing(made) == [(b".", made), (b"..", d)]
     assert (await listing(ROOT_INO))[:2] == [(b".", ROOT_INO), (b"..", ROOT_INO)]
+
+
+async def test_rename_exchange_swaps_names_in_memory_and_in_upper(ops: WritableOperations) -> None:
+    exchange = pyfuse3.RENAME_EXCHANGE
+    etc, d = await ino(ops, "etc"), await ino(ops, "d")
+    passwd, x = await ino(ops, "etc/passwd"), await ino(ops, "d/x")
+    await ops.rename(etc, name("passwd"), d, name("x"), exchange, CTX)
+    assert (await ino(ops, "etc/passwd"), await ino(ops, "d/x")) == (x, passwd)
+    assert await read(ops, "etc/passwd") == b"dx"
+    assert await read(ops, "d/x") == await read(ops, "hard") == b"root\n"
+    assert (await ops.getattr(passwd, CTX)).st_nlink == 2
+    assert (upper(ops) / "etc" / "passwd").read_bytes() == b"dx"
+    assert (upper(ops) / "d" / "x").read_bytes() == b"root\n"
+    # A new directory and a lower file: the directory takes a lower name, so it turns opaque.
+    made = (await ops.mkdir(ROOT_INO, name("new"), 0o755, CTX)).st_ino
+    await ops.rename(ROOT_INO, name("new"), ROOT_INO, name("big"), exchange, CTX)
+    assert await ino(ops, "big") == made and await read(ops, "new") == BIG
+    assert (upper(ops) / "big").is_dir() and (upper(ops) / "new").read_bytes() == BIG
+    assert os.getxattr(upper(ops) / "big", OPAQUE_XATTR) == b"y"
+    assert sorted(await names(ops, "")) == ["big", "d", "etc", "hard", "link", "new"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "flags", "code"),
+    [
+        ("etc", "big", pyfuse3.RENAME_EXCHANGE, errno.EXDEV),  # a lower directory
+        ("big", "etc", pyfuse3.RENAME_EXCHANGE, errno.EXDEV),  # and big is not copied up
+        ("big", "nope", pyfuse3.RENAME_EXCHANGE, errno.ENOENT),
+        ("mine", "mine/in", pyfuse3.RENAME_EXCHANGE, errno.EINVAL),  # into itself
+        ("big", "link", pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE, errno.EINVAL),
+    ],
+)
+async def test_rename_exchange_refusals(
+    ops: WritableOperations, a: str, b: str, flags: int, code: int
+) -> None:
+    mine = (await ops.mkdir(ROOT_INO, name("mine"), 0o755, CTX)).st_ino
+    await ops.mkdir(mine, name("in"), 0o755, CTX)
+
+    async def place(path: str) -> tuple[pyfuse3.InodeT, pyfuse3.FileNameT]:
+        head, _, last = path.rpartition("/")
+        return (await ino(ops, head) if head else pyfuse3.InodeT(ROOT_INO)), name(last)
+
+    (a_dir, a_name), (b_dir, b_name) = await place(a), await place(b)
+    before = sorted(p.name for p in upper(ops).iterdir())
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.rename(a_dir, a_name, b_dir, b_name, flags, CTX)
+    assert refused.value.errno == code
+    assert sorted(p.name for p in upper(ops).iterdir()) == before
