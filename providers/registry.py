@@ -66,7 +66,7 @@ from providers.manifest import (
 from providers.oci_layout import INDEX_DEPTH_LIMIT, index_entries, select_platform
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_blob import BlobStream
-from providers.registry_http import HttpOptions, RegistryHttp, redact
+from providers.registry_http import HttpOptions, RegistryHttp, read_capped, redact
 from providers.schema1 import parse_schema1, schema1_digest
 
 log = logging.getLogger(__name__)
@@ -362,19 +362,13 @@ def _named(image: str, parse: Callable[..., T], *args: Any) -> T:
 
 
 def _read_limited(response: requests.Response, image: str, url: str) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
     try:
-        for chunk in response.iter_content(1 << 16):
-            total += len(chunk)
-            if total > METADATA_LIMIT:
-                raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
-            chunks.append(chunk)
+        data = read_capped(response, METADATA_LIMIT)
     except requests.RequestException as exc:
         raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
-    finally:
-        response.close()
-    return b"".join(chunks)
+    if data is None:
+        raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
+    return data
 
 
 def _verify(data: bytes, desc: Descriptor, what: str) -> None:

@@ -262,6 +262,7 @@ class RegistryHttp:
                     params=params,
                     headers=headers,
                     timeout=(self.options.connect_timeout, self.options.read_timeout),
+                    stream=True,  # the body is read below, no further than the limit
                 )
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(f"{image}: TLS failure at {redact(realm)}: {_why(exc)}") from exc
@@ -274,24 +275,52 @@ class RegistryHttp:
                 continue
             status = response.status_code
             if (status == 429 or status >= 500) and attempt < self.options.attempts:
+                response.close()
                 self.wait_before_retry(
                     attempt, response.headers.get("Retry-After"), f"HTTP {status}"
                 )
                 continue
             break
-        if status in (401, 403):
-            who = "credentials refused" if creds is not None else "anonymous access refused"
-            raise Unauthorized(f"{image}: token server {redact(realm)}: {who} (HTTP {status})")
         if status != 200:
+            response.close()
+            if status in (401, 403):
+                who = "credentials refused" if creds is not None else "anonymous access refused"
+                raise Unauthorized(f"{image}: token server {redact(realm)}: {who} (HTTP {status})")
             raise TemporaryFailure(f"{image}: token server {redact(realm)} answered HTTP {status}")
-        if len(response.content) > METADATA_LIMIT:
+        try:
+            body = read_capped(response, METADATA_LIMIT)
+        except requests.RequestException as exc:
+            raise TemporaryFailure(
+                f"{image}: reading the token from {redact(realm)} failed: {_why(exc)}"
+            ) from exc
+        if body is None:
             raise Unauthorized(f"{image}: token server {redact(realm)} answer is too large")
         try:
-            token, lifetime = parse_token_response(response.content)
+            token, lifetime = parse_token_response(body)
         except ValueError as exc:
             raise Unauthorized(f"{image}: token server {redact(realm)}: {exc}") from None
         self.tokens.put(key, token, lifetime)
         return token
+
+
+def read_capped(response: requests.Response, limit: int) -> bytes | None:
+    """The body of the streamed ``response``, or None once it passes ``limit`` bytes.
+
+    Reads no further than the chunk that passes the limit, and closes the
+    response either way.  Raises ``requests.RequestException`` when the body
+    breaks off.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for chunk in response.iter_content(1 << 16):
+            total += len(chunk)
+            if total > limit:
+                return None
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return b"".join(chunks)
 
 
 def _token_key(challenge: Challenge, scope: str | None) -> tuple[str, str, str]:

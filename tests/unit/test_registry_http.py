@@ -1,0 +1,65 @@
+"""The registry client's HTTP layer against a loopback server the test owns."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+
+from providers.errors import Unauthorized
+from providers.manifest import METADATA_LIMIT
+from providers.registry_http import HttpOptions, RegistryHttp
+from tests.httpserver import serve
+
+ENDLESS = 256 << 20  # far past the limit: a client that read it all would take it all
+
+
+class TokenFlood:
+    """A registry whose token server answers with more bytes than any token has."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.done = threading.Event()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        flood = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/v2/"):
+                    host = self.headers["Host"]
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(ENDLESS))
+                self.end_headers()
+                chunk = b"0" * (1 << 16)
+                try:
+                    while flood.sent < ENDLESS:
+                        self.wfile.write(chunk)
+                        flood.sent += len(chunk)
+                except OSError:
+                    pass  # the client hung up: what this test wants
+                finally:
+                    flood.done.set()
+
+        return Handler
+
+
+def test_an_oversized_token_answer_is_refused_without_reading_it_all() -> None:
+    flood = TokenFlood()
+    with serve(flood.handler()) as base:
+        http = RegistryHttp(HttpOptions(attempts=1))
+        with pytest.raises(Unauthorized, match="answer is too large"):
+            http.get(f"{base}/v2/", image="x", scope=None)
+        assert flood.done.wait(timeout=30)
+    # The limit, plus what loopback socket buffers took before the hang-up.
+    assert METADATA_LIMIT < flood.sent < METADATA_LIMIT + (32 << 20)
