@@ -30,6 +30,7 @@ import pyfuse3
 import trio
 
 from lazyfs.blob_ranges import ChunkCache, LocalTars
+from lazyfs.fuse_debug import log_requests
 from lazyfs.fuse_ops import ReadOnlyOperations
 from lazyfs.fuse_write import WritableOperations
 from lazyfs.index import LayerIndex, load_index
@@ -123,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready = os.fdopen(args.ready_fd, "wb", buffering=0)
     try:
         ops = _operations(args.layers_dir, args.layer, args.upper, args.work)
+        if args.debug:
+            log_requests(ops)
         writable = args.upper is not None
         pyfuse3.init(ops, str(args.mountpoint), mount_options(writable=writable))
     except Exception as error:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 
+from lazyfs.devmount import record_dir
 from lazyfs.mount import is_mounted
 from tests.e2e.conftest import Lazyfs, one_line_error
 
@@ -67,6 +69,24 @@ def test_a_writable_mount_takes_writes_and_forgets_them_on_umount(
     lazyfs("mount", "busybox", str(mountpoint))
     assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
     assert (mountpoint / "etc/passwd").is_file()
+
+
+def test_debug_logs_every_request_the_mount_serves(lazyfs: Lazyfs, mountpoint: Path) -> None:
+    lazyfs("--debug", "mount", "busybox", str(mountpoint))
+    assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    assert not (mountpoint / "etc/nope").exists()
+    # Each line is logged before its answer goes back, so it is there now.
+    log = (record_dir(lazyfs.work_dir, mountpoint) / "mount.log").read_text()
+    lazyfs("umount", str(mountpoint))
+    lines = [line.split(": ", 1)[1] for line in log.splitlines() if "lazyfs.requests" in line]
+
+    def logged(pattern: str) -> bool:
+        return any(re.fullmatch(pattern, line) for line in lines)
+
+    assert logged(r"lookup\(1, b'etc'\) -> ino \d+")
+    assert logged(r"lookup\(\d+, b'nope'\) -> no entry \(cached\)")
+    assert logged(r"open\(\d+, O_RDONLY\) -> fh \d+")
+    assert logged(r"read\(\d+, 0, \d+\) -> 27 bytes")
 
 
 def test_foreground_mount_unmounts_on_sigterm(lazyfs: Lazyfs, mountpoint: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from lazyfs.blob_ranges import ChunkCache, LocalTars
+from lazyfs.fuse_debug import log_requests
 from lazyfs.fuse_write import WritableOperations
 from lazyfs.index import check_tar_present, ensure_index
 from lazyfs.tree import ROOT_INO, DataRef, merge
@@ -372,3 +374,25 @@ async def test_rename_exchange_refusals(
         await ops.rename(a_dir, a_name, b_dir, b_name, flags, CTX)
     assert refused.value.errno == code
     assert sorted(p.name for p in upper(ops).iterdir()) == before
+
+
+async def test_debug_logs_each_request_and_its_answer(
+    ops: WritableOperations, caplog: pytest.LogCaptureFixture
+) -> None:
+    log_requests(ops)
+    with caplog.at_level(logging.DEBUG, logger="lazyfs.requests"):
+        info, attrs = await ops.create(ROOT_INO, name("f"), 0o644, os.O_WRONLY | os.O_TRUNC, CTX)
+        await ops.write(info.fh, 0, b"x" * 100)
+        await ops.release(info.fh)
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.unlink(ROOT_INO, name("nope"), CTX)
+        link = await ino(ops, "link")
+        await ops.readlink(link, CTX)
+    assert caplog.messages == [
+        f"create(1, b'f', 420, O_WRONLY|O_TRUNC) -> fh {info.fh}, ino {attrs.st_ino}",
+        f"write({info.fh}, 0, <100 bytes>) -> 100",
+        f"release({info.fh}) -> ok",
+        "unlink(1, b'nope') -> ENOENT",
+        f"lookup(1, b'link') -> ino {link}",
+        f"readlink({link}) -> b'etc'",
+    ]
