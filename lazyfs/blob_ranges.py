@@ -3,9 +3,11 @@
 ``RangeReader.read_range(digest, offset, length)`` is the one interface the
 merged tree's reads use: bytes of a layer's *uncompressed* tar stream.
 ``LocalTars`` serves it from tar files on this machine (the blob itself for
-plain tar layers, the store's uncompressed copy for gzip and zstd, see
-``lazyfs.index``); the cache daemon's client will serve it remotely without
-the tree or the operations changing.
+plain tar layers, the store's uncompressed copy for zstd),
+``lazyfs.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through their
+checkpoints, and ``open_layers`` puts the two together per layer as
+``lazyfs.index.layer_data`` says; the cache daemon's client will serve it
+remotely without the tree or the operations changing.
 
 ``ChunkCache`` wraps a RangeReader for trio: reads are cut into aligned
 chunks, misses are read in worker threads under a ``CapacityLimiter`` (they
@@ -24,6 +26,8 @@ from typing import Protocol
 
 import trio
 
+from lazyfs.gzip_checkpoints import GzipCheckpoints
+from lazyfs.index import LayerData
 from providers.digest import Digest
 
 CHUNK_SIZE = 1 << 17  # 128 KiB, what the kernel asks for in one read at most
@@ -72,6 +76,32 @@ class LocalTars:
             offset += len(data)
             length -= len(data)
         return b"".join(parts)
+
+
+class ByLayer:
+    """``read_range`` dispatched to one reader per layer digest (KeyError for others)."""
+
+    def __init__(self, readers: Mapping[Digest, RangeReader]) -> None:
+        self._readers = dict(readers)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        return self._readers[digest].read_range(digest, offset, length)
+
+
+def open_layers(layers: Mapping[Digest, LayerData]) -> RangeReader:
+    """One reader for the layers' streams, each read from where ``layers`` says.
+
+    Opens nothing yet: descriptors and gzip handles are opened on first read.
+    """
+    tars = LocalTars({d: data.path for d, data in layers.items() if data.checkpoints is None})
+    gzips = GzipCheckpoints(
+        {
+            digest: (data.path, data.checkpoints)
+            for digest, data in layers.items()
+            if data.checkpoints is not None
+        }
+    )
+    return ByLayer({d: tars if data.checkpoints is None else gzips for d, data in layers.items()})
 
 
 class ChunkCache:

@@ -9,17 +9,21 @@ the directory), so the merged tree applies the same rules
 (``providers.layer_rules``) as the extracting backends; AUFS bookkeeping
 entries are dropped.
 
-Where the bytes are: for a plain tar blob, the offsets are offsets into the
-blob itself.  For gzip and zstd blobs this version decompresses the blob once
-into ``<layers_dir>/<hex>/tar`` and the offsets point there (a documented
-simplification: gzip checkpoints and zstd frames that would let a range be
-read without that copy come later; ``LayerIndex.data_path`` is the one place
-that knows).  Either way ``read_range(digest, offset, length)`` over the
-returned ``data`` file is all a reader needs.
+Where the bytes are (``layer_data`` is the one place that knows):
 
-``ensure_index`` builds and stores the index once per layer digest (under an
-flock, written to a scratch file and renamed into place, so a present index
-is complete), and reads it back on every later call.  Blocking.
+- plain tar: the offsets are offsets into the blob itself;
+- gzip: the blob stays as it is; ``<layers_dir>/<hex>/gzip-index`` holds
+  checkpoints into its compressed stream (``lazyfs.gzip_checkpoints``), from
+  which any range of the uncompressed stream is decoded on demand;
+- zstd: the blob is decompressed once into ``<layers_dir>/<hex>/tar`` and
+  the offsets point there.  A layer is one zstd frame as a rule, and a
+  frame cannot be entered in the middle, so there is nothing to checkpoint.
+
+``ensure_index`` builds and stores the index once per layer digest, with
+what it points into: under an flock, each file written to a scratch
+directory and renamed into place, the index last, so a present index.json
+implies its tar copy or checkpoint file is complete.  It reads them back on
+every later call.  Blocking.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from providers.errors import BadImage
 from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
 
-FORMAT_VERSION = 1
+# 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
+FORMAT_VERSION = 2
 INDEX_NAME = "index.json"
 TAR_NAME = "tar"
+CHECKPOINTS_NAME = "gzip-index"
 
 
 class Kind(enum.Enum):
@@ -85,20 +91,42 @@ class LayerIndex:
     """The entries of the layer ``digest``, in archive order.
 
     ``compression`` is what the blob was ("none", "gzip", "zstd");
-    ``tar_size`` the length of the uncompressed tar stream.
+    ``tar_size`` the length of the uncompressed tar stream;
+    ``checkpoints_size`` the length of the gzip checkpoint file (0 unless gzip).
     """
 
     digest: Digest
     compression: str
     tar_size: int
     entries: tuple[IndexEntry, ...]
+    checkpoints_size: int = 0
 
 
-def data_path(layers_dir: Path, blob: Path, index: LayerIndex) -> Path:
-    """The uncompressed tar file the index's offsets point into."""
-    if index.compression == "none":
-        return blob
-    return layers_dir / hex_part(index.digest) / TAR_NAME
+@dataclass(frozen=True, slots=True)
+class LayerData:
+    """Where a layer's uncompressed tar stream is read from.
+
+    ``path`` is a tar file (the blob of a plain layer, the store's copy of a
+    zstd one), or with ``checkpoints`` the gzip blob those checkpoints index.
+    """
+
+    path: Path
+    checkpoints: Path | None = None
+
+
+def layer_data(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
+    """What the index's offsets point into, for the layer blob ``blob``; no I/O."""
+    home = layers_dir / hex_part(index.digest)
+    if index.compression == "gzip":
+        return LayerData(blob, home / CHECKPOINTS_NAME)
+    if index.compression == "zstd":
+        return LayerData(home / TAR_NAME)
+    return LayerData(blob)
+
+
+def _stored_files(index: LayerIndex) -> tuple[str, ...]:
+    """The files beside index.json that the index promises (built into scratch first)."""
+    return {"gzip": (CHECKPOINTS_NAME,), "zstd": (TAR_NAME,)}.get(index.compression, ())
 
 
 # -- serialization --------------------------------------------------------------
@@ -148,6 +176,7 @@ def dumps(index: LayerIndex) -> str:
             "digest": index.digest,
             "compression": index.compression,
             "tar_size": index.tar_size,
+            "checkpoints_size": index.checkpoints_size,
             "entries": [_entry_to_json(entry) for entry in index.entries],
         },
         separators=(",", ":"),
@@ -165,6 +194,7 @@ def loads(text: str) -> LayerIndex:
             compression=str(data["compression"]),
             tar_size=int(data["tar_size"]),
             entries=tuple(_entry_from_json(row) for row in data["entries"]),
+            checkpoints_size=int(data["checkpoints_size"]),
         )
     except (KeyError, TypeError, IndexError, AttributeError) as error:
         raise ValueError(f"malformed layer index: {error!r}") from error
@@ -189,8 +219,10 @@ def load_index(layers_dir: Path, digest: Digest) -> LayerIndex | None:
 def ensure_index(layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path) -> LayerIndex:
     """The index of the verified layer blob ``blob``, built and stored if missing.
 
-    For compressed blobs the uncompressed copy is written first, then the
-    index that promises it.  Raises BadImage for a corrupt layer, UnsafeLayer
+    Rebuilt too when what it points into (``check_data_present``) is gone
+    or damaged.  The zstd copy or gzip checkpoints are renamed into place
+    before the index that promises them; a gzip layer's tar copy left by
+    format 1 is removed.  Raises BadImage for a corrupt layer, UnsafeLayer
     for a hostile one; nothing is stored then.
     """
     found = _usable(layers_dir, blob, load_index(layers_dir, digest))
@@ -207,9 +239,11 @@ def ensure_index(layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path) ->
             return found
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
-            index = build_index(digest, blob, scratch / TAR_NAME)
-            if index.compression != "none":
-                os.rename(scratch / TAR_NAME, home / TAR_NAME)
+            index = build_index(digest, blob, scratch)
+            for name in _stored_files(index):
+                os.rename(scratch / name, home / name)
+            if index.compression == "gzip":
+                (home / TAR_NAME).unlink(missing_ok=True)  # format 1's copy
             staged = scratch / INDEX_NAME
             staged.write_text(dumps(index), encoding="utf-8")
             os.rename(staged, home / INDEX_NAME)
@@ -221,25 +255,42 @@ def ensure_index(layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path) ->
 
 
 def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerIndex | None:
-    """``index``, unless the uncompressed copy it points into went missing or changed size."""
+    """``index``, unless what it points into went missing or changed size."""
     if index is None:
         return None
     try:
-        check_tar_present(layers_dir, blob, index)
+        check_data_present(layers_dir, blob, index)
     except BadImage:
-        return None  # built again, copy first
+        return None  # built again, its files first
     return index
 
 
-def check_tar_present(layers_dir: Path, blob: Path, index: LayerIndex) -> Path:
-    """``data_path``, refusing an index whose uncompressed copy went missing."""
-    path = data_path(layers_dir, blob, index)
+def check_data_present(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
+    """``layer_data``, refusing an index whose tar copy or checkpoint file is unusable.
+
+    Cheap (a stat, an open): the tar copy must have ``tar_size`` bytes, the
+    checkpoint file must open for reading and have ``checkpoints_size``.
+    """
+    data = layer_data(layers_dir, blob, index)
     try:
-        size = path.stat().st_size
+        size = data.path.stat().st_size
     except OSError as error:
         raise BadImage(
-            f"layer {index.digest}: its tar data {path} is unreadable: {error}"
+            f"layer {index.digest}: its tar data {data.path} is unreadable: {error}"
         ) from None
-    if index.compression != "none" and size != index.tar_size:
-        raise BadImage(f"layer {index.digest}: {path} has {size} bytes, want {index.tar_size}")
-    return path
+    if index.compression == "zstd" and size != index.tar_size:
+        raise BadImage(f"layer {index.digest}: {data.path} has {size} bytes, want {index.tar_size}")
+    if data.checkpoints is not None:
+        try:
+            with data.checkpoints.open("rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+        except OSError as error:
+            raise BadImage(
+                f"layer {index.digest}: its checkpoints {data.checkpoints} are unreadable: {error}"
+            ) from None
+        if size != index.checkpoints_size:
+            raise BadImage(
+                f"layer {index.digest}: its checkpoints {data.checkpoints} have {size} bytes,"
+                f" want {index.checkpoints_size}"
+            )
+    return data

@@ -1,9 +1,15 @@
-"""Build a LayerIndex from a layer blob: one decompressing pass, one header scan.
+"""Build a LayerIndex from a layer blob: one pass over it, one header scan.
 
-A compressed blob is first decompressed, once, into ``tar_out`` (the caller
-renames it into the store); a plain tar blob is scanned in place.  The scan
-reads tar headers only and seeks over file data, so its cost is the number
-of entries, not the layer's size.
+What the index points into is written to the caller's scratch directory,
+under the names ``lazyfs.index`` gives (the caller renames it into the
+store):
+
+- plain tar: nothing; the blob is scanned in place, tar headers only,
+  seeking over file data, so the cost is the number of entries;
+- gzip: the tar stream is scanned as it is decompressed, and checkpoints
+  are made alongside (``lazyfs.gzip_checkpoints``) and written to
+  ``CHECKPOINTS_NAME``; no uncompressed copy;
+- zstd: the blob is decompressed once into ``TAR_NAME``, then scanned there.
 
 The archive is distrusted as ``backends.apply`` distrusts it, and refused for
 the same reasons, so a layer this index accepts is one the extracting
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
-from lazyfs.index import IndexEntry, Kind, LayerIndex
+from lazyfs.gzip_checkpoints import SPACING, Checkpointer
+from lazyfs.index import CHECKPOINTS_NAME, TAR_NAME, IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
@@ -44,22 +52,25 @@ _KINDS = {
 }
 
 
-def build_index(digest: Digest, blob: Path, tar_out: Path) -> LayerIndex:
-    """Index the layer blob ``blob``; for a compressed blob, write its tar to ``tar_out``.
+def build_index(digest: Digest, blob: Path, scratch: Path, *, spacing: int = SPACING) -> LayerIndex:
+    """Index the layer blob ``blob``, writing what the index points into to ``scratch``.
 
-    ``tar_out`` is left untouched for plain tar blobs.  Raises BadImage or
-    UnsafeLayer (naming the layer and entry) for layers the backends refuse.
+    ``spacing`` is the distance between gzip checkpoints (tests make it
+    small).  Raises BadImage or UnsafeLayer (naming the layer and entry)
+    for layers the backends refuse.
     """
     with blob.open("rb") as stream:
         compression = sniff(stream.read(8))
-    if compression not in ("none", "gzip", "zstd"):
-        raise BadImage(f"bad layer {digest}: unsupported compression {compression}")
-    tar = blob
-    if compression != "none":
-        _decompress(digest, blob, tar_out)
-        tar = tar_out
-    entries = scan_tar(tar, layer=str(digest))
-    return LayerIndex(digest, compression, tar.stat().st_size, entries)
+    layer = str(digest)
+    if compression == "none":
+        return LayerIndex(digest, compression, blob.stat().st_size, scan_tar(blob, layer=layer))
+    if compression == "zstd":
+        tar = scratch / TAR_NAME
+        _decompress(digest, blob, tar)
+        return LayerIndex(digest, compression, tar.stat().st_size, scan_tar(tar, layer=layer))
+    if compression == "gzip":
+        return _index_gzip(digest, blob, scratch / CHECKPOINTS_NAME, spacing)
+    raise BadImage(f"bad layer {digest}: unsupported compression {compression}")
 
 
 def _decompress(digest: Digest, blob: Path, out: Path) -> None:
@@ -70,19 +81,41 @@ def _decompress(digest: Digest, blob: Path, out: Path) -> None:
             sink.write(chunk)
 
 
+def _index_gzip(digest: Digest, blob: Path, out: Path, spacing: int) -> LayerIndex:
+    layer = str(digest)
+    with blob.open("rb") as raw, Checkpointer(blob, layer=layer, spacing=spacing) as points:
+        # The scan reads what apply's decompressor accepts (CRCs, truncation,
+        # trailing garbage); the checkpointer follows it, see its module.
+        stream = LayerReader(points.track(decompressed(raw)), layer)
+        entries = scan_stream(stream, layer=layer)
+        while stream.read(CHUNK):  # the rest: padding, and the CRC checks at the end
+            pass
+        tar_size = stream.tell()
+        exported = points.export(tar_size)
+    out.write_bytes(exported)
+    return LayerIndex(digest, "gzip", tar_size, entries, checkpoints_size=len(exported))
+
+
 def scan_tar(tar: Path, *, layer: str) -> tuple[IndexEntry, ...]:
     """The entries of the uncompressed tar file ``tar``, in archive order."""
+    with tar.open("rb") as stream:
+        return scan_stream(stream, layer=layer)
+
+
+def scan_stream(stream: BinaryIO | LayerReader, *, layer: str) -> tuple[IndexEntry, ...]:
+    """The entries of the tar stream ``stream`` (seekable forward at least), in archive order."""
     entries: list[IndexEntry] = []
     try:
-        with tarfile.open(tar, mode="r:", tarinfo=CheckedTarInfo) as archive:
-            while (member := archive.next()) is not None:
-                # tarfile keeps every member; memory would grow with the layer.
-                archive.members.clear()  # type: ignore[attr-defined]
-                if len(entries) >= MAX_ENTRIES:
-                    raise BadImage(f"bad layer {layer}: more than {MAX_ENTRIES} entries")
-                entry = index_entry(member, layer=layer)
-                if entry is not None:
-                    entries.append(entry)
+        # Closing the archive would close nothing of ours.
+        archive = tarfile.open(fileobj=stream, mode="r:", tarinfo=CheckedTarInfo)  # noqa: SIM115
+        while (member := archive.next()) is not None:
+            # tarfile keeps every member; memory would grow with the layer.
+            archive.members.clear()  # type: ignore[attr-defined]
+            if len(entries) >= MAX_ENTRIES:
+                raise BadImage(f"bad layer {layer}: more than {MAX_ENTRIES} entries")
+            entry = index_entry(member, layer=layer)
+            if entry is not None:
+                entries.append(entry)
     except (tarfile.TarError, EOFError) as error:
         raise BadImage(f"bad layer {layer}: corrupt or truncated tar: {error}") from error
     return tuple(entries)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazyfs.index import data_path, ensure_index
+from lazyfs.index import ensure_index
 from providers.digest import Digest
 from providers.errors import BackendError
 
@@ -69,15 +69,15 @@ def mount(
     layer the index refuses, BackendError when the mount does not come up
     (the reason from the mount process's log).
     """
-    tars = []
     for layer in layers:
-        index = ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob)
-        # ensure_index has just checked (or written) the tar its offsets point into.
-        tars.append((layer.digest, data_path(layers_dir, layer.blob, index)))
+        # It checks (or writes) what the index points into, too.
+        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob)
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--layers-dir", str(layers_dir)]
-    for digest, tar in tars:
-        argv += ["--layer", f"{digest}={tar}"]
+    for layer in layers:
+        # The blob, not where its tar stream is: the mount process asks its
+        # index (lazyfs.index.layer_data), so that knowledge stays in one place.
+        argv += ["--layer", f"{layer.digest}={layer.blob}"]
     if upper is not None:
         if work is None:
             raise BackendError("a writable mount needs a work directory beside its upper")

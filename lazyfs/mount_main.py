@@ -29,11 +29,11 @@ from types import FrameType
 import pyfuse3
 import trio
 
-from lazyfs.blob_ranges import ChunkCache, LocalTars
+from lazyfs.blob_ranges import ChunkCache, open_layers
 from lazyfs.fuse_debug import log_requests
 from lazyfs.fuse_ops import ReadOnlyOperations
 from lazyfs.fuse_write import WritableOperations
-from lazyfs.index import LayerIndex, load_index
+from lazyfs.index import LayerData, LayerIndex, check_data_present, load_index
 from lazyfs.tree import merge
 from lazyfs.upper import Upper
 from providers.digest import Digest, parse_digest
@@ -46,7 +46,13 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="lazyfs.mount_main")
     parser.add_argument("--mountpoint", type=Path, required=True)
     parser.add_argument("--layers-dir", type=Path, required=True)
-    parser.add_argument("--layer", action="append", default=[], help="DIGEST=TAR, bottom first")
+    parser.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        help="DIGEST=BLOB, bottom first: the verified layer blob; its stored index says"
+        " where its tar stream is read from (the blob, a tar copy, or gzip checkpoints)",
+    )
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--upper", type=Path, help="writable: the empty upper directory")
     parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
@@ -67,16 +73,17 @@ def _operations(
     layers_dir: Path, layers: Sequence[str], upper: Path | None, work: Path | None
 ) -> ReadOnlyOperations | WritableOperations:
     indexes: list[LayerIndex] = []
-    tars: dict[Digest, Path] = {}
+    data: dict[Digest, LayerData] = {}
     for spec in layers:
-        text, _, tar = spec.partition("=")
+        text, _, blob = spec.partition("=")
         digest = parse_digest(text)
         index = load_index(layers_dir, digest)
         if index is None:
             raise RuntimeError(f"layer {digest} has no index in {layers_dir}")
         indexes.append(index)
-        tars[digest] = Path(tar)
-    source = LocalTars(tars)
+        # BadImage here, not EIO later, if a tar copy or checkpoint file went missing.
+        data[digest] = check_data_present(layers_dir, Path(blob), index)
+    source = open_layers(data)
     if upper is None:
         return ReadOnlyOperations(merge(indexes), ChunkCache(source))
     if work is None:

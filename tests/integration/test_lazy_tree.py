@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.index import Kind, LayerIndex, check_tar_present, ensure_index
+from lazyfs.blob_ranges import RangeReader, open_layers
+from lazyfs.index import Kind, LayerIndex, check_data_present, ensure_index
 from lazyfs.tree import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest
 from tests import images
@@ -44,7 +45,7 @@ def layer_blobs(layout: Path, tag: str) -> list[tuple[Digest, Path]]:
     ]
 
 
-def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], dict[Digest, Path]]:
+def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], RangeReader]:
     layers, tmp = store / "layers", store / "tmp"
     layers.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(exist_ok=True)
@@ -52,11 +53,11 @@ def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], d
     for digest, blob in layer_blobs(layout, tag):
         index = ensure_index(layers, tmp, digest, blob)
         found.append(index)
-        tars[digest] = check_tar_present(layers, blob, index)
-    return found, tars
+        tars[digest] = check_data_present(layers, blob, index)
+    return found, open_layers(tars)
 
 
-def describe(tree: MergedTree, tars: dict[Digest, Path]) -> dict[str, Node]:
+def describe(tree: MergedTree, tars: RangeReader) -> dict[str, Node]:
     """``tree`` as ``tests.tree.tree_digest`` would describe it once mounted."""
     paths: dict[str, InodeNo] = {}
 
@@ -78,9 +79,8 @@ def describe(tree: MergedTree, tars: dict[Digest, Path]) -> dict[str, Node]:
         kind = _KINDS[stat.S_IFMT(inode.mode)]
         sha = None
         if inode.data is not None:
-            with tars[inode.data.digest].open("rb") as tar:
-                tar.seek(inode.data.offset)
-                sha = hashlib.sha256(tar.read(inode.data.size)).hexdigest()
+            data = tars.read_range(inode.data.digest, inode.data.offset, inode.data.size)
+            sha = hashlib.sha256(data).hexdigest()
         elif kind == "file":
             sha = hashlib.sha256(b"").hexdigest()
         group = groups.get(ino, [])

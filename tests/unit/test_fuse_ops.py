@@ -12,9 +12,9 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 
-from lazyfs.blob_ranges import ChunkCache, LocalTars
+from lazyfs.blob_ranges import ChunkCache, LocalTars, open_layers
 from lazyfs.fuse_ops import CACHE_TIMEOUT, ReadOnlyOperations
-from lazyfs.index import check_tar_present, ensure_index
+from lazyfs.index import check_data_present, ensure_index
 from lazyfs.tree import ROOT_INO, merge
 from providers.digest import Digest, digest_bytes
 from tests.images import Entry, whiteout, write_layer
@@ -47,8 +47,8 @@ def ops(tmp_path: Path) -> ReadOnlyOperations:
         digest = digest_bytes(blob.read_bytes())
         index = ensure_index(layers, tmp, digest, blob)
         indexes.append(index)
-        tars[digest] = check_tar_present(layers, blob, index)
-    return ReadOnlyOperations(merge(indexes), ChunkCache(LocalTars(tars), chunk_size=4096))
+        tars[digest] = check_data_present(layers, blob, index)
+    return ReadOnlyOperations(merge(indexes), ChunkCache(open_layers(tars), chunk_size=4096))
 
 
 async def lookup(ops: ReadOnlyOperations, path: str) -> pyfuse3.EntryAttributes:

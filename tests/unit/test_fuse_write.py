@@ -14,10 +14,10 @@ import pyfuse3
 import pytest
 import trio
 
-from lazyfs.blob_ranges import ChunkCache, LocalTars
+from lazyfs.blob_ranges import ChunkCache, open_layers
 from lazyfs.fuse_debug import log_requests
 from lazyfs.fuse_write import WritableOperations
-from lazyfs.index import check_tar_present, ensure_index
+from lazyfs.index import check_data_present, ensure_index
 from lazyfs.tree import ROOT_INO, DataRef, merge
 from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, Upper
 from providers.digest import digest_bytes
@@ -50,11 +50,11 @@ def ops(tmp_path: Path) -> WritableOperations:
         digest = digest_bytes(blob.read_bytes())
         index = ensure_index(layers, tmp, digest, blob)
         indexes.append(index)
-        tars[digest] = check_tar_present(layers, blob, index)
+        tars[digest] = check_data_present(layers, blob, index)
     upper, work = tmp_path / "upper", tmp_path / "work"
     upper.mkdir()
     work.mkdir()
-    source = LocalTars(tars)
+    source = open_layers(tars)
     return WritableOperations(Upper(merge(indexes), upper, work, source), ChunkCache(source))
 
 

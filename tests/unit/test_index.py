@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lazyfs import index as layer_index
-from lazyfs.index import IndexEntry, Kind, LayerIndex, dumps, ensure_index, loads
+from lazyfs.blob_ranges import open_layers
+from lazyfs.index import IndexEntry, Kind, LayerData, LayerIndex, dumps, ensure_index, loads
 from lazyfs.index_build import build_index
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, UnsafeLayer
@@ -51,9 +53,14 @@ def blob_of(tmp_path: Path, entries: list[Entry], kind: str = "none") -> tuple[P
 @pytest.mark.parametrize("kind", ["none", "gzip", "zstd"])
 def test_build_reads_every_kind_and_marker(tmp_path: Path, kind: str) -> None:
     blob, digest = blob_of(tmp_path, LAYER, kind)
-    index = build_index(digest, blob, tmp_path / "out.tar")
-    tar = blob if kind == "none" else tmp_path / "out.tar"
-    assert index.compression == kind and index.tar_size == tar.stat().st_size
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    index = build_index(digest, blob, scratch)
+    assert index.compression == kind
+    assert index.tar_size == (tmp_path / "layer.tar").stat().st_size
+    # Only what the index points into is written: the zstd copy, the gzip checkpoints.
+    written = {"none": [], "gzip": [layer_index.CHECKPOINTS_NAME], "zstd": [layer_index.TAR_NAME]}
+    assert sorted(p.name for p in scratch.iterdir()) == written[kind]
     by_path = {(e.path, e.kind): e for e in index.entries}
     assert [(e.path, e.kind) for e in index.entries] == [
         (("etc",), Kind.DIR),
@@ -69,9 +76,13 @@ def test_build_reads_every_kind_and_marker(tmp_path: Path, kind: str) -> None:
     assert (etc.mode, etc.uid, etc.gid, etc.mtime_ns) == (0o750, 1, 2, BASE_MTIME_NS)
     passwd = by_path[("etc", "passwd"), Kind.FILE]
     assert passwd.xattrs == (("user.a", b"\x00\xff"),) and passwd.size == 5
-    with tar.open("rb") as data:
-        data.seek(passwd.offset)
-        assert data.read(passwd.size) == b"root\n"
+    data = {
+        "none": LayerData(blob),
+        "gzip": LayerData(blob, scratch / layer_index.CHECKPOINTS_NAME),
+        "zstd": LayerData(scratch / layer_index.TAR_NAME),
+    }[kind]
+    source = open_layers({digest: data})
+    assert source.read_range(digest, passwd.offset, passwd.size) == b"root\n"
     assert by_path[("etc", "link"), Kind.SYMLINK].target == "/etc/passwd"
     assert by_path[("etc", "hard"), Kind.HARDLINK].target == "etc/passwd"
     assert by_path[("dev", "null"), Kind.CHAR].rdev == (1, 3)
@@ -93,7 +104,7 @@ def test_hostile_entries_are_refused(
 ) -> None:
     blob, digest = blob_of(tmp_path, entries)
     with pytest.raises(error, match=match):
-        build_index(digest, blob, tmp_path / "out.tar")
+        build_index(digest, blob, tmp_path)
 
 
 @pytest.mark.parametrize("cut", [100, 700, 1500])
@@ -102,7 +113,7 @@ def test_truncated_layers_are_bad(tmp_path: Path, cut: int) -> None:
     blob = tmp_path / "blob"
     blob.write_bytes(gzip.compress(tar)[:cut] if cut < 200 else tar[:cut])
     with pytest.raises(BadImage):
-        build_index(digest_bytes(b""), blob, tmp_path / "out.tar")
+        build_index(digest_bytes(b""), blob, tmp_path)
 
 
 def test_garbage_after_the_first_header_is_damage(tmp_path: Path) -> None:
@@ -111,18 +122,24 @@ def test_garbage_after_the_first_header_is_damage(tmp_path: Path) -> None:
     blob = tmp_path / "blob"
     blob.write_bytes(bytes(tar))
     with pytest.raises(BadImage, match="corrupt or truncated"):
-        build_index(digest_bytes(b""), blob, tmp_path / "out.tar")
+        build_index(digest_bytes(b""), blob, tmp_path)
 
 
-def test_ensure_index_stores_once_and_reads_back(tmp_path: Path) -> None:
+def _store(tmp_path: Path) -> tuple[Path, Path]:
     layers, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers.mkdir()
     tmp.mkdir()
-    blob, digest = blob_of(tmp_path, LAYER, "gzip")
+    return layers, tmp
+
+
+def test_ensure_index_stores_once_and_reads_back(tmp_path: Path) -> None:
+    layers, tmp = _store(tmp_path)
+    blob, digest = blob_of(tmp_path, LAYER, "zstd")
     first = ensure_index(layers, tmp, digest, blob)
     stored = layer_index.index_path(layers, digest)
     assert stored.is_file() and list(tmp.iterdir()) == []
-    assert layer_index.check_tar_present(layers, blob, first).stat().st_size == first.tar_size
+    data = layer_index.check_data_present(layers, blob, first)
+    assert data.checkpoints is None and data.path.stat().st_size == first.tar_size
     mtime = stored.stat().st_mtime_ns
     assert ensure_index(layers, tmp, digest, blob) == first
     assert stored.stat().st_mtime_ns == mtime
@@ -131,13 +148,81 @@ def test_ensure_index_stores_once_and_reads_back(tmp_path: Path) -> None:
     assert ensure_index(layers, tmp, digest, blob) == first
 
 
+def test_a_gzip_layer_stores_checkpoints_and_no_tar_copy(tmp_path: Path) -> None:
+    layers, tmp = _store(tmp_path)
+    blob, digest = blob_of(tmp_path, LAYER, "gzip")
+    first = ensure_index(layers, tmp, digest, blob)
+    home = layer_index.index_path(layers, digest).parent
+    assert sorted(p.name for p in home.iterdir()) == ["gzip-index", "index.json", "lock"]
+    assert list(tmp.iterdir()) == []
+    data = layer_index.check_data_present(layers, blob, first)
+    assert data == LayerData(blob, home / "gzip-index")
+    assert first.checkpoints_size == data.checkpoints.stat().st_size > 0  # type: ignore[union-attr]
+    before = (home / "index.json").stat()
+    assert ensure_index(layers, tmp, digest, blob) == first
+    after = (home / "index.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "a directory"])
+def test_lost_or_damaged_checkpoints_are_made_again(tmp_path: Path, damage: str) -> None:
+    layers, tmp = _store(tmp_path)
+    blob, digest = blob_of(tmp_path, LAYER, "gzip")
+    first = ensure_index(layers, tmp, digest, blob)
+    home = layer_index.index_path(layers, digest).parent
+    checkpoints = home / "gzip-index"
+    good = checkpoints.read_bytes()
+    checkpoints.unlink()
+    if damage == "truncated":
+        checkpoints.write_bytes(good[:100])
+    elif damage == "a directory":
+        checkpoints.mkdir()
+    with pytest.raises(BadImage, match="checkpoints"):
+        layer_index.check_data_present(layers, blob, first)
+    if damage == "a directory":
+        checkpoints.rmdir()  # rename cannot replace a directory by a file
+    before = (home / "index.json").stat().st_ino
+    assert ensure_index(layers, tmp, digest, blob) == first
+    assert (home / "index.json").stat().st_ino != before  # rebuilt
+    assert checkpoints.read_bytes() == good
+
+
+def test_an_old_format_gzip_index_is_rebuilt_and_its_copy_removed(tmp_path: Path) -> None:
+    layers, tmp = _store(tmp_path)
+    blob, digest = blob_of(tmp_path, LAYER, "gzip")
+    home = layer_index.index_path(layers, digest).parent
+    home.mkdir()
+    # What format 1 left: an uncompressed copy and an index pointing into it.
+    (home / "tar").write_bytes((tmp_path / "layer.tar").read_bytes())
+    old = json.loads(dumps(build_index(digest, blob, tmp_path)))
+    old["version"] = 1
+    del old["checkpoints_size"]
+    (home / "index.json").write_text(json.dumps(old))
+    assert layer_index.load_index(layers, digest) is None
+    index = ensure_index(layers, tmp, digest, blob)
+    assert index.compression == "gzip" and index.checkpoints_size > 0
+    assert sorted(p.name for p in home.iterdir()) == ["gzip-index", "index.json", "lock"]
+
+
+def test_a_corrupt_gzip_layer_stores_nothing(tmp_path: Path) -> None:
+    layers, tmp = _store(tmp_path)
+    tar = write_layer(LAYER, tmp_path / "layer.tar").read_bytes()
+    data = gzip.compress(tar)[:-20]
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    digest = digest_bytes(data)
+    with pytest.raises(BadImage, match=f"bad layer {digest}"):
+        ensure_index(layers, tmp, digest, blob)
+    assert list(tmp.iterdir()) == []
+    home = layer_index.index_path(layers, digest).parent
+    assert [p.name for p in home.iterdir()] == ["lock"]
+
+
 def test_a_lost_uncompressed_copy_is_made_again(tmp_path: Path) -> None:
-    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
-    layers.mkdir()
-    tmp.mkdir()
+    layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "zstd")
     index = ensure_index(layers, tmp, digest, blob)
-    copy = layer_index.data_path(layers, blob, index)
+    copy = layer_index.layer_data(layers, blob, index).path
     copy.unlink()
     assert ensure_index(layers, tmp, digest, blob) == index
     assert copy.stat().st_size == index.tar_size
@@ -164,7 +249,7 @@ def test_tarfile_offsets_are_stream_offsets(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(b"abc"))
     blob = tmp_path / "blob"
     blob.write_bytes(out.getvalue())
-    (entry,) = build_index(digest_bytes(b""), blob, tmp_path / "o").entries
+    (entry,) = build_index(digest_bytes(b""), blob, tmp_path).entries
     assert out.getvalue()[entry.offset : entry.offset + 3] == b"abc"
 
 
@@ -189,7 +274,7 @@ _entries = st.builds(
 
 @given(st.lists(_entries, max_size=8), st.sampled_from(["none", "gzip", "zstd"]))
 def test_serialization_round_trips(entries: list[IndexEntry], compression: str) -> None:
-    index = LayerIndex(Digest("sha256:" + "ab" * 32), compression, 1024, tuple(entries))
+    index = LayerIndex(Digest("sha256:" + "ab" * 32), compression, 1024, tuple(entries), 99)
     assert loads(dumps(index)) == index
 
 
