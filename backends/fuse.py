@@ -1,9 +1,10 @@
 """The fuse backend: lazyfs' own merged tree over the layer blobs, one mount process per rootfs.
 
 Nothing is extracted: each layer is indexed once into the store
-(``layers/<hex>/index.json``, see ``lazyfs.index``) and the rootfs is a
-FUSE mount served by a process of its own (``lazyfs.mount``), detached from
-the caller.  Per rootfs, ``<rootfs>/../../scratch/<rootfs name>/`` (as the
+(``layers/<hex>/index.json``, see ``lazyfs.index``), each image's merged
+tree is kept beside its top layer's index (``lazyfs.tree_cache``), and the
+rootfs is a FUSE mount served by a process of its own (``lazyfs.mount``),
+detached from the caller.  Per rootfs, ``<rootfs>/../../scratch/<rootfs name>/`` (as the
 overlay backend keeps its scratch) holds ``pid``, the mount process, and
 ``mount.log``, its log; for a writable rootfs also ``upper/``, its writes
 in overlayfs' upperdir format, and ``work/``, copy-up temporaries (see

@@ -43,7 +43,8 @@ from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
 
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
-FORMAT_VERSION = 2
+# 3: a header line before the entries, so the header reads without them.
+FORMAT_VERSION = 3
 INDEX_NAME = "index.json"
 TAR_NAME = "tar"
 CHECKPOINTS_NAME = "gzip-index"
@@ -169,32 +170,44 @@ def _entry_from_json(row: list[Any]) -> IndexEntry:
 
 
 def dumps(index: LayerIndex) -> str:
-    """The index as JSON text; ``loads`` gives it back equal."""
-    return json.dumps(
-        {
-            "version": FORMAT_VERSION,
-            "digest": index.digest,
-            "compression": index.compression,
-            "tar_size": index.tar_size,
-            "checkpoints_size": index.checkpoints_size,
-            "entries": [_entry_to_json(entry) for entry in index.entries],
-        },
-        separators=(",", ":"),
-    )
+    """The index as text: a JSON header line, then a JSON line of entries.
+
+    ``loads`` gives it back equal.  The header comes first so that a caller
+    needing only where the bytes are (``load_index(..., entries=False)``)
+    reads one short line, not every entry of the layer.
+    """
+    header = {
+        "version": FORMAT_VERSION,
+        "digest": index.digest,
+        "compression": index.compression,
+        "tar_size": index.tar_size,
+        "checkpoints_size": index.checkpoints_size,
+        "entries": len(index.entries),
+    }
+    entries = [_entry_to_json(entry) for entry in index.entries]
+    return f"{json.dumps(header)}\n{json.dumps(entries, separators=(',', ':'))}\n"
 
 
-def loads(text: str) -> LayerIndex:
-    """Parse ``dumps`` output; ValueError when it is not a current index."""
+def loads(text: str, *, entries: bool = True) -> LayerIndex:
+    """Parse ``dumps`` output; ValueError when it is not a current index.
+
+    With ``entries=False`` only the header line is parsed and the index
+    comes back with no entries.
+    """
+    head, _, rest = text.partition("\n")
     try:
-        data = json.loads(text)
-        if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"index format {data.get('version')!r}, want {FORMAT_VERSION}")
+        header = json.loads(head)
+        if header.get("version") != FORMAT_VERSION:
+            raise ValueError(f"index format {header.get('version')!r}, want {FORMAT_VERSION}")
+        rows = json.loads(rest) if entries else []
+        if entries and len(rows) != header["entries"]:
+            raise ValueError(f"index has {len(rows)} entries, its header {header['entries']}")
         return LayerIndex(
-            digest=Digest(data["digest"]),
-            compression=str(data["compression"]),
-            tar_size=int(data["tar_size"]),
-            entries=tuple(_entry_from_json(row) for row in data["entries"]),
-            checkpoints_size=int(data["checkpoints_size"]),
+            digest=Digest(header["digest"]),
+            compression=str(header["compression"]),
+            tar_size=int(header["tar_size"]),
+            entries=tuple(_entry_from_json(row) for row in rows),
+            checkpoints_size=int(header["checkpoints_size"]),
         )
     except (KeyError, TypeError, IndexError, AttributeError) as error:
         raise ValueError(f"malformed layer index: {error!r}") from error
@@ -207,25 +220,34 @@ def index_path(layers_dir: Path, digest: Digest) -> Path:
     return layers_dir / hex_part(digest) / INDEX_NAME
 
 
-def load_index(layers_dir: Path, digest: Digest) -> LayerIndex | None:
-    """The stored index of ``digest``; None if there is none or it is stale or damaged."""
+def load_index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex | None:
+    """The stored index of ``digest``; None if there is none or it is stale or damaged.
+
+    ``entries=False``: its header only (no entries), read from the first line.
+    """
     try:
-        index = loads(index_path(layers_dir, digest).read_text(encoding="utf-8"))
+        with index_path(layers_dir, digest).open(encoding="utf-8") as stream:
+            text = stream.read() if entries else stream.readline()
+        index = loads(text, entries=entries)
     except (OSError, ValueError):
         return None
     return index if index.digest == digest else None
 
 
-def ensure_index(layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path) -> LayerIndex:
+def ensure_index(
+    layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path, *, entries: bool = True
+) -> LayerIndex:
     """The index of the verified layer blob ``blob``, built and stored if missing.
 
     Rebuilt too when what it points into (``check_data_present``) is gone
     or damaged.  The zstd copy or gzip checkpoints are renamed into place
     before the index that promises them; a gzip layer's tar copy left by
-    format 1 is removed.  Raises BadImage for a corrupt layer, UnsafeLayer
-    for a hostile one; nothing is stored then.
+    format 1 is removed.  With ``entries=False`` a stored index is checked
+    and returned by its header alone (no entries): what a caller that only
+    makes sure the index is there needs.  Raises BadImage for a corrupt
+    layer, UnsafeLayer for a hostile one; nothing is stored then.
     """
-    found = _usable(layers_dir, blob, load_index(layers_dir, digest))
+    found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
         return found
     # Here to keep the build (tarfile, decompressors) out of mount startup.

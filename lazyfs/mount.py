@@ -71,7 +71,7 @@ def mount(
     """
     for layer in layers:
         # It checks (or writes) what the index points into, too.
-        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob)
+        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=False)
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--layers-dir", str(layers_dir)]
     for layer in layers:

@@ -1,10 +1,12 @@
 """The mount process: ``python -m lazyfs.mount_main``, one per mount (pyfuse3 serves one).
 
 Started by ``lazyfs.mount.mount``, which has already indexed the layers.
-It loads the indexes, merges the tree, mounts it at ``--mountpoint``
-(read-only, or copy-on-write into ``--upper`` with ``--work`` for
-temporaries: see ``lazyfs.upper``) and writes ``ready`` to ``--ready-fd`` (or one line saying
-why not, then exits non-zero), then serves until:
+It reads each index's header (where the layer's bytes are), takes the
+merged tree from the store or merges the indexes once (``lazyfs.tree_cache``),
+mounts it at ``--mountpoint`` (read-only, or copy-on-write into ``--upper``
+with ``--work`` for temporaries: see ``lazyfs.upper``) and writes ``ready``
+to ``--ready-fd`` (or one line saying why not, then exits non-zero), then
+serves until:
 
 - the mount is taken away (``fusermount3 -u``, umount2): it exits 0;
 - SIGTERM or SIGINT: it unmounts, then exits 0.
@@ -34,7 +36,7 @@ from lazyfs.fuse_debug import log_requests
 from lazyfs.fuse_ops import ReadOnlyOperations
 from lazyfs.fuse_write import WritableOperations
 from lazyfs.index import LayerData, LayerIndex, check_data_present, load_index
-from lazyfs.tree import merge
+from lazyfs.tree_cache import merged_tree
 from lazyfs.upper import Upper
 from providers.digest import Digest, parse_digest
 
@@ -72,23 +74,33 @@ def mount_options(*, writable: bool = False) -> set[str]:
 def _operations(
     layers_dir: Path, layers: Sequence[str], upper: Path | None, work: Path | None
 ) -> ReadOnlyOperations | WritableOperations:
-    indexes: list[LayerIndex] = []
+    digests: list[Digest] = []
     data: dict[Digest, LayerData] = {}
     for spec in layers:
         text, _, blob = spec.partition("=")
         digest = parse_digest(text)
-        index = load_index(layers_dir, digest)
-        if index is None:
-            raise RuntimeError(f"layer {digest} has no index in {layers_dir}")
-        indexes.append(index)
+        digests.append(digest)
+        # The header says where the bytes are; the entries are needed only
+        # if the merged tree is not kept yet (tree_cache).
+        header = _index(layers_dir, digest, entries=False)
         # BadImage here, not EIO later, if a tar copy or checkpoint file went missing.
-        data[digest] = check_data_present(layers_dir, Path(blob), index)
+        data[digest] = check_data_present(layers_dir, Path(blob), header)
+    tree = merged_tree(
+        layers_dir, digests, lambda: [_index(layers_dir, digest) for digest in digests]
+    )
     source = open_layers(data)
     if upper is None:
-        return ReadOnlyOperations(merge(indexes), ChunkCache(source))
+        return ReadOnlyOperations(tree, ChunkCache(source))
     if work is None:
         raise RuntimeError("a writable mount needs --work beside --upper")
-    return WritableOperations(Upper(merge(indexes), upper, work, source), ChunkCache(source))
+    return WritableOperations(Upper(tree, upper, work, source), ChunkCache(source))
+
+
+def _index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex:
+    index = load_index(layers_dir, digest, entries=entries)
+    if index is None:
+        raise RuntimeError(f"layer {digest} has no index in {layers_dir}")
+    return index
 
 
 class _Stop:

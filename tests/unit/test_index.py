@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -194,8 +195,8 @@ def test_an_old_format_gzip_index_is_rebuilt_and_its_copy_removed(tmp_path: Path
     home.mkdir()
     # What format 1 left: an uncompressed copy and an index pointing into it.
     (home / "tar").write_bytes((tmp_path / "layer.tar").read_bytes())
-    old = json.loads(dumps(build_index(digest, blob, tmp_path)))
-    old["version"] = 1
+    header, entries, _ = dumps(build_index(digest, blob, tmp_path)).split("\n")
+    old = {**json.loads(header), "version": 1, "entries": json.loads(entries)}
     del old["checkpoints_size"]
     (home / "index.json").write_text(json.dumps(old))
     assert layer_index.load_index(layers, digest) is None
@@ -276,10 +277,38 @@ _entries = st.builds(
 def test_serialization_round_trips(entries: list[IndexEntry], compression: str) -> None:
     index = LayerIndex(Digest("sha256:" + "ab" * 32), compression, 1024, tuple(entries), 99)
     assert loads(dumps(index)) == index
+    # The header alone: everything but the entries, read from one line.
+    header = dumps(index).partition("\n")[0]
+    assert loads(header, entries=False) == dataclasses.replace(index, entries=())
+
+
+def test_the_header_reads_without_the_entries(tmp_path: Path) -> None:
+    layers, tmp = _store(tmp_path)
+    blob, digest = blob_of(tmp_path, LAYER, "gzip")
+    full = ensure_index(layers, tmp, digest, blob)
+    stored = layer_index.index_path(layers, digest)
+    header, _, _ = stored.read_text().partition("\n")
+    stored.write_text(header + "\nnot json\n")  # entries a header-only reader never sees
+    assert ensure_index(layers, tmp, digest, blob, entries=False) == dataclasses.replace(
+        full, entries=()
+    )
+    assert layer_index.load_index(layers, digest) is None
 
 
 @pytest.mark.parametrize(
-    "text", ["", "[]", '{"version": 1}', '{"version": 1, "digest": "x", "entries": [[1]]}']
+    "text",
+    [
+        "",
+        "[]",
+        '{"version": 3}',
+        '{"version": 3, "digest": "x", "entries": [[1]]}',
+        # A format-2 index: one line, entries inside.
+        '{"version": 2, "digest": "x", "compression": "none", "tar_size": 0,'
+        ' "checkpoints_size": 0, "entries": []}',
+        # A header promising more entries than follow.
+        '{"version": 3, "digest": "x", "compression": "none", "tar_size": 0,'
+        ' "checkpoints_size": 0, "entries": 2}\n[]',
+    ],
 )
 def test_malformed_indexes_are_value_errors(text: str) -> None:
     with pytest.raises(ValueError):

@@ -1,0 +1,130 @@
+"""Merged trees kept in the store, so mounting an image merges its layers once.
+
+A ``MergedTree`` is a pure function of its layers' indexes, in order, and an
+index is a pure function of its layer blob; so the tree of a chain of layer
+digests never goes stale.  ``merged_tree`` loads it from
+``<layers_dir>/<top layer hex>/trees/<chain hex>`` when it is there, and
+otherwise merges the indexes and stores the tree for the next mount.  That
+turns the bulk of a mount's start (parsing every index and replaying every
+entry) into one ``marshal.loads``.
+
+The file is ``marshal`` data: fast, and written only by this module into the
+root-owned store, which is trusted as the indexes are.  Its header names the
+format, the Python version (marshal's format may change between versions)
+and the chain; a file that does not match, or does not load, is ignored and
+replaced.  It is written to a temporary file and renamed into place, so a
+reader sees a whole file or none; two mounts racing both write the same
+tree.  Not being able to store it costs only speed: it is logged, not
+raised.  Blocking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import marshal
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lazyfs.index import LayerIndex
+from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree, merge
+from providers.digest import Digest, hex_part
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+_PYTHON = tuple(sys.version_info[:2])
+
+
+def tree_path(layers_dir: Path, digests: Sequence[Digest]) -> Path:
+    """Where the tree of layers ``digests`` (bottom first) is kept."""
+    chain = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    return layers_dir / hex_part(digests[-1]) / "trees" / chain
+
+
+def merged_tree(
+    layers_dir: Path,
+    digests: Sequence[Digest],
+    load_indexes: Callable[[], Sequence[LayerIndex]],
+) -> MergedTree:
+    """The merged tree of ``digests``: kept, or merged from ``load_indexes()`` and kept.
+
+    Raises what ``load_indexes`` and ``merge`` raise.
+    """
+    path = tree_path(layers_dir, digests)
+    found = load_tree(path, digests)
+    if found is not None:
+        return found
+    tree = merge(load_indexes())
+    try:
+        store_tree(path, digests, tree)
+    except OSError as error:
+        log.warning("cannot keep the merged tree in %s: %s", path, error)
+    return tree
+
+
+def load_tree(path: Path, digests: Sequence[Digest]) -> MergedTree | None:
+    """The tree kept at ``path`` for ``digests``; None if none is, or it is not current."""
+    try:
+        data = marshal.loads(path.read_bytes())
+        header, rows, children, parents = data
+        if header != (FORMAT, _PYTHON, tuple(digests)):
+            return None
+        return _tree(rows, children, parents)
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError, TypeError, IndexError) as error:
+        log.warning("ignoring the damaged merged tree %s: %s", path, error)
+        return None
+
+
+def store_tree(path: Path, digests: Sequence[Digest], tree: MergedTree) -> None:
+    """Keep ``tree`` at ``path``, whole or not at all.  Raises OSError."""
+    rows = [
+        (
+            *(inode.ino, inode.mode, inode.uid, inode.gid, inode.size, inode.mtime_ns),
+            *(inode.nlink, inode.rdev, inode.target, inode.xattrs),
+            None if inode.data is None else tuple(_data_fields(inode.data)),
+        )
+        for inode in tree.inodes.values()
+    ]
+    payload = marshal.dumps(((FORMAT, _PYTHON, tuple(digests)), rows, tree.children, tree.parents))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tree.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(payload)
+        os.rename(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def _data_fields(data: DataRef) -> tuple[str, int, int]:
+    return (data.digest, data.offset, data.size)
+
+
+def _tree(rows: list[Any], children: dict[Any, Any], parents: dict[Any, Any]) -> MergedTree:
+    inodes: dict[InodeNo, Inode] = {}
+    for ino, mode, uid, gid, size, mtime_ns, nlink, rdev, target, xattrs, data in rows:
+        inodes[ino] = Inode(
+            ino,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime_ns,
+            nlink,
+            rdev,
+            target,
+            xattrs,
+            None if data is None else DataRef(*data),
+        )
+    by_name = {
+        (parent, name): child for parent, listing in children.items() for name, child in listing
+    }
+    return MergedTree(inodes, children, parents, by_name)

@@ -1,0 +1,119 @@
+"""Merged trees kept in the store: the same tree back, merged once, never trusted blindly."""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from lazyfs import tree_cache
+from lazyfs.index import LayerIndex, ensure_index
+from lazyfs.tree import ROOT_INO, MergedTree, merge
+from providers.digest import Digest, digest_bytes
+from tests.images import Entry, whiteout, write_layer
+
+LAYERS = [
+    [
+        Entry("etc", "dir"),
+        Entry("etc/passwd", data=b"root\n", xattrs={"user.a": b"\x00\xff"}),
+        Entry("etc/gone", data=b"x"),
+        Entry("hard", "hardlink", target="etc/passwd"),
+        Entry("link", "symlink", target="etc"),
+        Entry("null", "char", mode=0o666, rdev=(1, 3)),
+    ],
+    [whiteout("etc/gone"), Entry("etc/new", data=b"new\n", mode=0o600, uid=7)],
+]
+
+
+class Indexes:
+    """``load_indexes`` for ``merged_tree``, counting its calls."""
+
+    def __init__(self, indexes: Sequence[LayerIndex]) -> None:
+        self.indexes = indexes
+        self.calls = 0
+
+    def __call__(self) -> Sequence[LayerIndex]:
+        self.calls += 1
+        return self.indexes
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> tuple[Path, list[Digest], Indexes]:
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    digests, indexes = [], []
+    for i, entries in enumerate(LAYERS):
+        blob = write_layer(entries, tmp_path / f"{i}.tar")
+        digest = digest_bytes(blob.read_bytes())
+        digests.append(digest)
+        indexes.append(ensure_index(layers, tmp, digest, blob))
+    return layers, digests, Indexes(indexes)
+
+
+def same(a: MergedTree, b: MergedTree) -> bool:
+    return (a.inodes, a.children, a.parents) == (b.inodes, b.children, b.parents) and all(
+        a.lookup(parent, name) == child
+        for parent, listing in b.children.items()
+        for name, child in listing
+    )
+
+
+def test_the_second_mount_loads_the_tree_the_first_merged(
+    chain: tuple[Path, list[Digest], Indexes],
+) -> None:
+    layers, digests, indexes = chain
+    first = tree_cache.merged_tree(layers, digests, indexes)
+    assert indexes.calls == 1 and same(first, merge(indexes.indexes))
+    assert tree_cache.tree_path(layers, digests).is_file()
+    second = tree_cache.merged_tree(layers, digests, indexes)
+    assert indexes.calls == 1 and same(second, first)
+    # Another chain (here: one layer less) is another tree.
+    lower = tree_cache.merged_tree(layers, digests[:1], Indexes(indexes.indexes[:1]))
+    etc = lower.lookup(ROOT_INO, b"etc")
+    assert etc is not None and lower.lookup(etc, b"gone") is not None
+    assert first.lookup(etc, b"gone") is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],  # truncated
+        lambda data: b"not marshal at all",
+        lambda data: marshal.dumps(
+            ((tree_cache.FORMAT + 1, *marshal.loads(data)[0][1:]), [], {}, {})
+        ),
+        lambda data: marshal.dumps(("header", "rows")),
+    ],
+    ids=["truncated", "garbage", "other-format", "other-shape"],
+)
+def test_a_damaged_or_foreign_tree_is_merged_again_and_replaced(
+    chain: tuple[Path, list[Digest], Indexes], damage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    layers, digests, indexes = chain
+    good = tree_cache.merged_tree(layers, digests, indexes)
+    path = tree_cache.tree_path(layers, digests)
+    path.write_bytes(damage(path.read_bytes()))  # type: ignore[operator]
+    with caplog.at_level(logging.WARNING):
+        again = tree_cache.merged_tree(layers, digests, indexes)
+    assert indexes.calls == 2 and same(again, good)
+    assert tree_cache.load_tree(path, digests) is not None  # replaced by a good one
+
+
+def test_a_store_it_cannot_write_costs_only_speed(
+    chain: tuple[Path, list[Digest], Indexes], caplog: pytest.LogCaptureFixture
+) -> None:
+    layers, digests, indexes = chain
+    trees = tree_cache.tree_path(layers, digests).parent
+    trees.parent.mkdir(parents=True, exist_ok=True)
+    trees.write_bytes(b"")  # a file where the directory should be: no tree can be kept
+    with caplog.at_level(logging.WARNING):
+        tree = tree_cache.merged_tree(layers, digests, indexes)
+    assert same(tree, merge(indexes.indexes))
+    assert "cannot keep the merged tree" in caplog.text
+    assert [p.name for p in trees.parent.iterdir() if p.name.startswith(".tree.")] == []
+    assert os.path.getsize(trees) == 0
