@@ -132,7 +132,7 @@ class App:
     """The objects one invocation needs, built from the global flags."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.work_dir = Path(args.work_dir)
+        self.work_dir = Path(args.work_dir).absolute()  # runc and mounts see other cwds
         store_dir = args.docker_store_dir or self.work_dir / "store" / "docker"
         self.store = Store(Path(store_dir))
         providers: dict[str, ImageProvider] = {}

@@ -96,8 +96,13 @@ class Provisioner:
         providers: Mapping[str, ImageProvider],
         default_backend: str | None = None,
     ) -> None:
-        """``default_backend`` None: chosen as Mesos does (``default_backend_name``)."""
-        self.root = work_dir / "provisioner"
+        """``default_backend`` None: chosen as Mesos does (``default_backend_name``).
+
+        A relative ``work_dir`` is taken from the current directory, once:
+        rootfs paths are recorded, mounted and handed to runtimes, which
+        resolve them elsewhere.
+        """
+        self.root = work_dir.absolute() / "provisioner"
         self.containers = self.root / "containers"
         self.locks = self.root / "locks"
         self.store = store

@@ -49,6 +49,8 @@ class StoredImage:
 
 class Store:
     def __init__(self, root: Path) -> None:
+        # Absolute: blob and layer paths go to mount processes and the kernel.
+        root = root.absolute()
         self.root = root
         self.blobs = root / "blobs"
         self.images_dir = root / "images"

@@ -249,3 +249,26 @@ def test_run_on_a_writable_fuse_rootfs(lazyfs: Lazyfs) -> None:
     assert "No such file" in result.stderr
     assert containers(lazyfs.work_dir) == []
     assert mounts_under(lazyfs.work_dir) == []
+
+
+@pytest.mark.parametrize("backend", ["overlay", "fuse"])
+def test_run_with_a_relative_work_dir(lazyfs: Lazyfs, backend: str) -> None:
+    # runc resolves the bundle's rootfs from the bundle, the kernel from the
+    # caller's cwd: a relative work dir must not reach either as it is.
+    if backend == "overlay" and not overlay_usable(lazyfs.work_dir.parent):
+        pytest.skip("needs overlayfs")
+    relative = os.path.relpath(lazyfs.work_dir, lazyfs.work_dir.parent)
+    argv = lazyfs.argv("run", "--backend", backend, "busybox", "--", "cat", "/etc/motd")
+    argv[argv.index(str(lazyfs.work_dir))] = relative
+    result = subprocess.run(
+        argv,
+        cwd=lazyfs.work_dir.parent,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from a lazyfs rootfs\n"
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == []
