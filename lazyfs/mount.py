@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazyfs.index import ensure_index
+from lazyfs.tree_cache import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError
 
@@ -69,9 +70,13 @@ def mount(
     layer the index refuses, BackendError when the mount does not come up
     (the reason from the mount process's log).
     """
+    # With the image's merged tree kept, the mount process needs only the
+    # indexes' headers; without it, it merges the entries, so check them whole
+    # (a damaged index is built again here, not refused there every time).
+    kept = tree_path(layers_dir, [layer.digest for layer in layers]).is_file()
     for layer in layers:
         # It checks (or writes) what the index points into, too.
-        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=False)
+        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=not kept)
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--layers-dir", str(layers_dir)]
     for layer in layers:

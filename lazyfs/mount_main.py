@@ -99,7 +99,8 @@ def _operations(
 def _index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex:
     index = load_index(layers_dir, digest, entries=entries)
     if index is None:
-        raise RuntimeError(f"layer {digest} has no index in {layers_dir}")
+        # lazyfs.mount checked it; it went missing or was damaged since.
+        raise RuntimeError(f"layer {digest}: its index in {layers_dir} is missing or damaged")
     return index
 
 

@@ -2,24 +2,26 @@
 
 A ``MergedTree`` is a pure function of its layers' indexes, in order, and an
 index is a pure function of its layer blob; so the tree of a chain of layer
-digests never goes stale.  ``merged_tree`` loads it from
-``<layers_dir>/<top layer hex>/trees/<chain hex>`` when it is there, and
-otherwise merges the indexes and stores the tree for the next mount.  That
-turns the bulk of a mount's start (parsing every index and replaying every
-entry) into one ``marshal.loads``.
+digests goes stale only when the code that makes it changes, which the
+file's header records (a hash of the index, merge and layer-rule modules).
+``merged_tree`` loads it from ``<layers_dir>/<top layer hex>/trees/<chain
+hex>`` when it is there, and otherwise merges the indexes and stores the
+tree for the next mount.  That turns the bulk of a mount's start (parsing
+every index and replaying every entry) into one ``marshal.loads``.
 
 The file is ``marshal`` data: fast, and written only by this module into the
 root-owned store, which is trusted as the indexes are.  Its header names the
-format, the Python version (marshal's format may change between versions)
-and the chain; a file that does not match, or does not load, is ignored and
-replaced.  It is written to a temporary file and renamed into place, so a
-reader sees a whole file or none; two mounts racing both write the same
-tree.  Not being able to store it costs only speed: it is logged, not
-raised.  Blocking.
+format, the Python version (marshal's format may change between versions),
+that code hash and the chain; a file that does not match is merged again
+and replaced, one that does not load is removed first.  It is written to a
+temporary file and renamed into place, so a reader sees a whole file or
+none; two mounts racing both write the same tree.  Not being able to store
+it costs only speed: it is logged, not raised.  Blocking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import marshal
@@ -30,6 +32,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import lazyfs.index
+import lazyfs.tree
+import providers.layer_rules
 from lazyfs.index import LayerIndex
 from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree, merge
 from providers.digest import Digest, hex_part
@@ -40,8 +45,23 @@ FORMAT = 1
 _PYTHON = tuple(sys.version_info[:2])
 
 
+def _rules() -> str:
+    """A fingerprint of the code a tree depends on: the index, the merge and its rules.
+
+    A kept tree made by other code is merged again, so a fixed merge rule or
+    a newly refused layer reaches images that were mounted before.
+    """
+    digest = hashlib.sha256()
+    for module in (lazyfs.index, lazyfs.tree, providers.layer_rules):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_RULES = _rules()
+
+
 def tree_path(layers_dir: Path, digests: Sequence[Digest]) -> Path:
-    """Where the tree of layers ``digests`` (bottom first) is kept."""
+    """Where the tree of layers ``digests`` (bottom first, at least one) is kept."""
     chain = hashlib.sha256("\n".join(digests).encode()).hexdigest()
     return layers_dir / hex_part(digests[-1]) / "trees" / chain
 
@@ -55,6 +75,8 @@ def merged_tree(
 
     Raises what ``load_indexes`` and ``merge`` raise.
     """
+    if not digests:
+        return merge(())  # an empty root: nothing worth keeping
     path = tree_path(layers_dir, digests)
     found = load_tree(path, digests)
     if found is not None:
@@ -68,18 +90,32 @@ def merged_tree(
 
 
 def load_tree(path: Path, digests: Sequence[Digest]) -> MergedTree | None:
-    """The tree kept at ``path`` for ``digests``; None if none is, or it is not current."""
+    """The tree kept at ``path`` for ``digests``; None if none is, or it is not current.
+
+    A damaged file is removed, so that the next mount's caller checks the
+    indexes whole again (``lazyfs.mount``).
+    """
     try:
-        data = marshal.loads(path.read_bytes())
-        header, rows, children, parents = data
-        if header != (FORMAT, _PYTHON, tuple(digests)):
-            return None
-        return _tree(rows, children, parents)
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, EOFError, ValueError, TypeError, IndexError) as error:
-        log.warning("ignoring the damaged merged tree %s: %s", path, error)
+    except OSError as error:
+        log.warning("cannot read the merged tree %s: %s", path, error)
         return None
+    try:
+        header, rows, children, parents = marshal.loads(raw)
+        if header != _header(digests):
+            return None
+        return _tree(rows, children, parents)
+    except Exception as error:  # any shape marshal can give back: merge again
+        log.warning("removing the damaged merged tree %s: %r", path, error)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+
+
+def _header(digests: Sequence[Digest]) -> tuple[int, tuple[int, ...], str, tuple[str, ...]]:
+    return (FORMAT, _PYTHON, _RULES, tuple(digests))
 
 
 def store_tree(path: Path, digests: Sequence[Digest], tree: MergedTree) -> None:
@@ -92,7 +128,7 @@ def store_tree(path: Path, digests: Sequence[Digest], tree: MergedTree) -> None:
         )
         for inode in tree.inodes.values()
     ]
-    payload = marshal.dumps(((FORMAT, _PYTHON, tuple(digests)), rows, tree.children, tree.parents))
+    payload = marshal.dumps((_header(digests), rows, tree.children, tree.parents))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tree.")
     try:

@@ -20,6 +20,8 @@ import pytest
 from backends.base import LayerFile
 from backends.fuse import FuseBackend, scratch_dir
 from lazyfs import mount as lazy_mount
+from lazyfs.index import index_path, load_index
+from lazyfs.tree_cache import tree_path
 from providers.digest import Digest, digest_bytes
 from providers.errors import BackendError, UnsafeLayer
 from tests import images
@@ -103,6 +105,26 @@ def test_the_tree_reads_and_stays_the_same_across_mounts(mounted: Mount, tmp_pat
     assert os.statvfs(first).f_files >= 5
     with pytest.raises(OSError, match="Read-only"):
         (first / "etc" / "hosts").write_text("x")
+
+
+def test_a_damaged_index_is_built_again_unless_the_kept_tree_makes_it_unneeded(
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], mounted: Mount, tmp_path: Path
+) -> None:
+    layers_dir, _, layers = store
+    mounted(tmp_path / "a")
+    kept = tree_path(layers_dir, [layer.digest for layer in layers])
+    assert kept.is_file()
+    stored = index_path(layers_dir, layers[0].digest)
+    header = stored.read_text().partition("\n")[0]
+    # A torn entries line: the kept tree needs only the header.
+    stored.write_text(header + "\n[[")
+    mounted(tmp_path / "b")
+    assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    # Without the tree the entries are needed: the mount builds the index again.
+    kept.unlink()
+    mounted(tmp_path / "c")
+    assert (tmp_path / "c" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert load_index(layers_dir, layers[0].digest) is not None and kept.is_file()
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])

@@ -88,8 +88,9 @@ def test_the_second_mount_loads_the_tree_the_first_merged(
             ((tree_cache.FORMAT + 1, *marshal.loads(data)[0][1:]), [], {}, {})
         ),
         lambda data: marshal.dumps(("header", "rows")),
+        lambda data: marshal.dumps((marshal.loads(data)[0], [], [], {})),  # children: a list
     ],
-    ids=["truncated", "garbage", "other-format", "other-shape"],
+    ids=["truncated", "garbage", "other-format", "other-shape", "right-header-bad-body"],
 )
 def test_a_damaged_or_foreign_tree_is_merged_again_and_replaced(
     chain: tuple[Path, list[Digest], Indexes], damage: object, caplog: pytest.LogCaptureFixture
@@ -117,3 +118,18 @@ def test_a_store_it_cannot_write_costs_only_speed(
     assert "cannot keep the merged tree" in caplog.text
     assert [p.name for p in trees.parent.iterdir() if p.name.startswith(".tree.")] == []
     assert os.path.getsize(trees) == 0
+
+
+def test_a_tree_made_by_other_code_is_merged_again(
+    chain: tuple[Path, list[Digest], Indexes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layers, digests, indexes = chain
+    tree_cache.merged_tree(layers, digests, indexes)
+    monkeypatch.setattr(tree_cache, "_RULES", "another merge")
+    tree_cache.merged_tree(layers, digests, indexes)
+    assert indexes.calls == 2
+
+
+def test_an_image_without_layers_is_an_empty_root(tmp_path: Path) -> None:
+    tree = tree_cache.merged_tree(tmp_path, [], Indexes([]))
+    assert tree.children == {ROOT_INO: ()} and list(tmp_path.iterdir()) == []
