@@ -264,6 +264,19 @@ class RegistryHttp:
                     timeout=(self.options.connect_timeout, self.options.read_timeout),
                     stream=True,  # the body is read below, no further than the limit
                 )
+                status = response.status_code
+                if (status == 429 or status >= 500) and attempt < self.options.attempts:
+                    response.close()
+                    self.wait_before_retry(
+                        attempt, response.headers.get("Retry-After"), f"HTTP {status}"
+                    )
+                    continue
+                if status != 200:
+                    response.close()
+                    break
+                # A body that breaks off is retried as a failed request is.
+                body = read_capped(response, METADATA_LIMIT)
+                break
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(f"{image}: TLS failure at {redact(realm)}: {_why(exc)}") from exc
             except TRANSIENT as exc:
@@ -272,27 +285,15 @@ class RegistryHttp:
                         f"{image}: cannot reach token server {redact(realm)}: {_why(exc)}"
                     ) from exc
                 self.wait_before_retry(attempt, None, f"{redact(realm)}: {_why(exc)}")
-                continue
-            status = response.status_code
-            if (status == 429 or status >= 500) and attempt < self.options.attempts:
-                response.close()
-                self.wait_before_retry(
-                    attempt, response.headers.get("Retry-After"), f"HTTP {status}"
-                )
-                continue
-            break
+            except requests.RequestException as exc:
+                raise TemporaryFailure(
+                    f"{image}: asking {redact(realm)} for a token failed: {_why(exc)}"
+                ) from exc
         if status != 200:
-            response.close()
             if status in (401, 403):
                 who = "credentials refused" if creds is not None else "anonymous access refused"
                 raise Unauthorized(f"{image}: token server {redact(realm)}: {who} (HTTP {status})")
             raise TemporaryFailure(f"{image}: token server {redact(realm)} answered HTTP {status}")
-        try:
-            body = read_capped(response, METADATA_LIMIT)
-        except requests.RequestException as exc:
-            raise TemporaryFailure(
-                f"{image}: reading the token from {redact(realm)} failed: {_why(exc)}"
-            ) from exc
         if body is None:
             raise Unauthorized(f"{image}: token server {redact(realm)} answer is too large")
         try:

@@ -63,3 +63,49 @@ def test_an_oversized_token_answer_is_refused_without_reading_it_all() -> None:
         assert flood.done.wait(timeout=30)
     # The limit, plus what loopback socket buffers took before the hang-up.
     assert METADATA_LIMIT < flood.sent < METADATA_LIMIT + (32 << 20)
+
+
+class TokenCutShort:
+    """A token server whose first answer breaks off mid-body; a registry wanting its token."""
+
+    def __init__(self) -> None:
+        self.token_requests = 0
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/v2/"):
+                    granted = self.headers.get("Authorization") == "Bearer t"
+                    self.send_response(200 if granted else 401)
+                    if not granted:
+                        host = self.headers["Host"]
+                        self.send_header("WWW-Authenticate", f'Bearer realm="http://{host}/token"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                server.token_requests += 1
+                body = b'{"token": "t"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.token_requests == 1:
+                    self.wfile.write(body[:5])
+                    self.close_connection = True  # the rest never comes
+                    return
+                self.wfile.write(body)
+
+        return Handler
+
+
+def test_a_token_answer_that_breaks_off_is_asked_for_again() -> None:
+    server = TokenCutShort()
+    with serve(server.handler()) as base:
+        http = RegistryHttp(HttpOptions(attempts=3, backoff=0.0))
+        response = http.get(f"{base}/v2/", image="x", scope=None)
+        assert response.status_code == 200
+    assert server.token_requests == 2
