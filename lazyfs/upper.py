@@ -275,6 +275,9 @@ class Upper(UpperState):
         await self._movable(b_node, a_dir)
         if self.lookup(a_parent, a) is not a_node or self.lookup(b_parent, b) is not b_node:
             raise fail(errno.ENOENT)  # renamed or removed by another task meanwhile
+        # A directory may have moved meanwhile too: into the other one, say.
+        self._check_move(a_node, b_dir)
+        self._check_move(b_node, a_dir)
         # From here on nothing yields.  Both names are in upper now: files were
         # copied up, and directories that may move were made there.
         a_path = self.copy_up_dir(a_dir) / os.fsdecode(a)

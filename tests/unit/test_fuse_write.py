@@ -13,6 +13,7 @@ from typing import cast
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from lazyfs.blob_ranges import ChunkCache, open_layers
 from lazyfs.fuse_debug import log_requests
@@ -396,3 +397,26 @@ async def test_debug_logs_each_request_and_its_answer(
         f"lookup(1, b'link') -> ino {link}",
         f"readlink({link}) -> b'etc'",
     ]
+
+
+async def test_rename_exchange_checks_again_after_waiting(ops: WritableOperations) -> None:
+    mine = (await ops.mkdir(ROOT_INO, name("mine"), 0o755, CTX)).st_ino
+    dst = (await ops.mkdir(ROOT_INO, name("dst"), 0o755, CTX)).st_ino
+    info, attrs = await ops.create(dst, name("f"), 0o644, os.O_WRONLY, CTX)
+    await ops.release(info.fh)
+    answers: list[int] = []
+
+    async def exchange() -> None:
+        try:
+            await ops.rename(ROOT_INO, name("mine"), dst, name("f"), pyfuse3.RENAME_EXCHANGE, CTX)
+        except pyfuse3.FUSEError as error:
+            answers.append(error.errno)
+
+    # The exchange waits for f (as behind a copy-up) while dst moves into mine:
+    # swapping mine into dst would now put mine inside itself.
+    async with trio.open_nursery() as nursery, ops.upper.node(attrs.st_ino).lock:
+        nursery.start_soon(exchange)
+        await trio.testing.wait_all_tasks_blocked()
+        await ops.rename(ROOT_INO, name("dst"), mine, name("dst"), 0, CTX)
+    assert answers == [errno.EINVAL]
+    assert await names(ops, "mine") == ["dst"] and await names(ops, "mine/dst") == ["f"]

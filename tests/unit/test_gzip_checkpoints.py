@@ -7,6 +7,7 @@ import gzip
 import itertools
 import random
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -105,11 +106,10 @@ def test_concurrent_reads_get_their_own_bytes(layer: Layer) -> None:
             if reader.read_range(layer.digest, offset, length) != layer.tar[offset:][:length]:
                 failures.append(f"{offset}+{length}")
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # Through futures: an exception in a worker fails the test, not just its thread.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for done in [pool.submit(work, seed) for seed in range(8)]:
+            done.result()
     assert reader._pools[layer.digest]._made <= 2  # bounded, however many threads
     reader.close()
     assert failures == []
