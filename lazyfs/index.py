@@ -265,7 +265,7 @@ def ensure_index(
             for name in _stored_files(index):
                 os.rename(scratch / name, home / name)
             if index.compression == "gzip":
-                (home / TAR_NAME).unlink(missing_ok=True)  # format 1's copy
+                _drop_old_copy(home / TAR_NAME)
             staged = scratch / INDEX_NAME
             staged.write_text(dumps(index), encoding="utf-8")
             os.rename(staged, home / INDEX_NAME)
@@ -274,6 +274,28 @@ def ensure_index(
                 leftover.unlink()
             scratch.rmdir()
     return index
+
+
+def _drop_old_copy(tar: Path) -> None:
+    """Remove format 1's tar copy of a gzip layer, unless a mount process still names it.
+
+    Format 1's mount processes were started with ``--layer DIGEST=<the copy>``
+    and open it on their first read of the layer: removing it under one of
+    them would turn its reads into EIO.  Such a copy stays until a rebuild
+    finds it unused.
+    """
+    if not tar.exists():
+        return
+    named = b"=" + os.fsencode(tar) + b"\0"
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            if named in (process / "cmdline").read_bytes():
+                return
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    tar.unlink(missing_ok=True)
 
 
 def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerIndex | None:

@@ -6,6 +6,8 @@ import dataclasses
 import gzip
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -203,6 +205,26 @@ def test_an_old_format_gzip_index_is_rebuilt_and_its_copy_removed(tmp_path: Path
     index = ensure_index(layers, tmp, digest, blob)
     assert index.compression == "gzip" and index.checkpoints_size > 0
     assert sorted(p.name for p in home.iterdir()) == ["gzip-index", "index.json", "lock"]
+
+
+def test_an_old_copy_a_running_mount_names_is_kept(tmp_path: Path) -> None:
+    layers, tmp = _store(tmp_path)
+    blob, digest = blob_of(tmp_path, LAYER, "gzip")
+    home = layer_index.index_path(layers, digest).parent
+    home.mkdir()
+    copy = home / "tar"
+    copy.write_bytes((tmp_path / "layer.tar").read_bytes())
+    # A format-1 mount process: it opens the copy on its first read of the layer.
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()", "--layer", f"{digest}={copy}"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE) as mount_process:
+        try:
+            assert ensure_index(layers, tmp, digest, blob).compression == "gzip"
+            assert copy.is_file()
+        finally:
+            mount_process.communicate(b"")
+    layer_index.index_path(layers, digest).unlink()  # the next call builds again
+    ensure_index(layers, tmp, digest, blob)
+    assert not copy.exists()
 
 
 def test_a_corrupt_gzip_layer_stores_nothing(tmp_path: Path) -> None:
