@@ -81,6 +81,32 @@ def _export(layout: Path, tag: str, cache: Path, name: str) -> BenchImage:
     return _image(cache, name, tag)
 
 
+GZIP_TAG = "gzip"
+
+
+def gzip_reference(cache: Path, image: BenchImage) -> str:
+    """``image`` with gzip layers, as registries serve them, for lazyfs' local puller.
+
+    An OCI layout directory ``NAME:gzip`` beside the image's tar, made once
+    from the plain layout with ``skopeo copy --dest-compress``.
+    """
+    target = image.image_dir / f"{image.name}:{GZIP_TAG}"
+    marker = image.image_dir / f".{image.name}.{GZIP_TAG}.done"
+    if not (marker.is_file() and marker.read_text() == _done_marker(cache, image.name).read_text()):
+        shutil.rmtree(target, ignore_errors=True)
+        with scratch_dir(cache, "gzip-") as tmp:
+            staged = tmp / "layout"  # skopeo splits its arguments on ':'
+            run(
+                [
+                    "skopeo", "copy", "-q", "--dest-compress",
+                    f"oci:{image.oci_layout}:{image.tag}", f"oci:{staged}:{image.tag}",
+                ]
+            )  # fmt: skip
+            shutil.move(staged, target)
+        marker.write_text(_done_marker(cache, image.name).read_text())
+    return f"{image.name}:{GZIP_TAG}"
+
+
 def _image(cache: Path, name: str, tag: str) -> BenchImage:
     if name == "debian":
         command: tuple[str, ...] = ("python3", "/srv/app/main.py")

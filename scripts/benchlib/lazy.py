@@ -27,12 +27,13 @@ class Lazyfs:
     rootfses from a store, which is what a second container from an image costs.
     """
 
-    def __init__(self, work_dir: Path, image: BenchImage) -> None:
+    def __init__(self, work_dir: Path, image: BenchImage, reference: str | None = None) -> None:
+        """``reference``: another form of ``image`` in its directory (its gzip one)."""
         self.store = Store(work_dir / "store")
         provider = DockerProvider(self.store, str(image.image_dir))
         self.provisioner = Provisioner(work_dir, self.store, {"docker": provider}, "copy")
         self.image = Image(type=Image.DOCKER)
-        self.image.docker.name = image.reference
+        self.image.docker.name = reference or image.reference
         self.manifest = trio.run(provider.fetch, self.image, Progress(enabled=False))
         self.layers = len(self.manifest.layers)
 

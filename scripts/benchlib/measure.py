@@ -11,6 +11,7 @@ after a cache drop or a writeback.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib.images import BenchImage, image_layers
+from benchlib.images import BenchImage, gzip_reference, image_layers
 from benchlib.lazy import Lazyfs
 from benchlib.lowers import lower_dirs
 from benchlib.util import (
@@ -196,6 +197,12 @@ class Context:
     def lowers(self) -> list[Path]:
         return lower_dirs(self.cache, self.image)
 
+    @functools.cached_property
+    def lazyfs_gzip(self) -> Lazyfs:
+        """lazyfs with the image's gzip form fetched: the fuse backend reads through checkpoints."""
+        reference = gzip_reference(self.cache, self.image)
+        return Lazyfs(self.scratch / "lazyfs-gzip", self.image, reference)
+
 
 def measure_provision(ctx: Context) -> Result:
     """A rootfs from the stored layers: lazyfs backends against umoci unpack and tar -x."""
@@ -297,6 +304,10 @@ def _trees(ctx: Context, stack: ExitStack) -> list[tuple[str, bool, Path]]:
             ctx.log(f"{backend} cannot provision {ctx.image.name}: {exc}")
             continue
         trees.append((f"lazyfs {backend}", True, info.rootfs))
+    if "fuse" in ctx.lazyfs.backends():
+        # The same image with gzip layers, as a registry serves it.
+        info = stack.enter_context(ctx.lazyfs_gzip.rootfs("fuse"))
+        trees.append(("lazyfs fuse (gzip layers)", True, info.rootfs))
     lowers = ctx.lowers
     trees.append(
         (
