@@ -105,12 +105,12 @@ def busybox_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _run_in(info: ProvisionInfo, work: Path, script: str) -> int:
+def _run_in(info: ProvisionInfo, work: Path, script: str, *, readonly: bool) -> int:
     config = runtime.bundle_config(
         info.rootfs,
         info.config,
         ["/bin/sh", "-c", script],
-        readonly=not info.writable,
+        readonly=readonly,
         # Relative: the container's cgroup goes under the test's own.
         cgroups_path=f"lazyfs-test/{info.container_id}",
     )
@@ -131,13 +131,15 @@ def test_runc_runs_in_an_overlay_rootfs(
     try:
         if variant.writable:
             script = "cat /etc/motd > /root/motd && rm /etc/passwd && exit 7"
-            assert _run_in(info, tmp_path, script) == 7
+            assert _run_in(info, tmp_path, script, readonly=False) == 7
             assert (info.rootfs / "root" / "motd").read_text() == "hello from a lazyfs rootfs\n"
             assert not (info.rootfs / "etc" / "passwd").exists()
             assert (scratch_dir(info.rootfs) / "upper" / "root" / "motd").is_file()
         else:
+            # runc told the root is writable leaves it as mounted: only the
+            # overlay's own read-only mount can refuse the write.
             script = "grep -q lazyfs /etc/motd && ! touch /etc/x 2>/dev/null"
-            assert _run_in(info, tmp_path, script) == 0
+            assert _run_in(info, tmp_path, script, readonly=False) == 0
     finally:
         trio.run(prov.destroy, "c1")
     assert mounts_under(tmp_path) == []

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from providers.errors import TemporaryFailure, UsageError
+from providers.errors import UsageError
 from providers.registry import (
     Platform,
     RegistryClient,
@@ -28,6 +30,7 @@ from providers.registry_auth import (
     parse_token_response,
 )
 from providers.registry_http import redact
+from tests.httpserver import serve
 
 
 @pytest.mark.parametrize(
@@ -174,18 +177,19 @@ def test_redact_drops_userinfo_and_query() -> None:
     assert redact("https://u:p@host:5000/v2/x?scope=s&token=t") == "https://host:5000/v2/x"
 
 
-def test_only_loopback_and_insecure_hosts_fall_back_to_http(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    client = RegistryClient(RegistryOptions(insecure_registries=frozenset({"reg.example:5000"})))
-    pinged: list[str] = []
+def test_a_loopback_registry_without_tls_is_spoken_to_in_plain_http() -> None:
+    class PlainRegistry(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass  # the TLS hello it cannot parse is expected
 
-    def ping(base: str, *, image: str, attempts: int | None = None) -> None:
-        pinged.append(base)
-        raise TemporaryFailure(f"{image}: no TLS at {base}")
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
-    monkeypatch.setattr(client.http, "ping", ping)
-    assert client._host_base("reg.example:5000", "img") == "http://reg.example:5000"
-    assert client._host_base("localhost:5000", "img") == "http://localhost:5000"
+    with serve(PlainRegistry) as base:
+        host = base.removeprefix("http://")
+        client = RegistryClient(RegistryOptions())
+        assert client._host_base(host, "img") == base  # HTTPS failed: plain HTTP
+    # Anything else is HTTPS, asked for nothing up front (no insecure_registries here).
     assert client._host_base("secure.example", "img") == "https://secure.example"
-    assert pinged == ["https://reg.example:5000", "https://localhost:5000"]
