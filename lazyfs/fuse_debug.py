@@ -10,9 +10,9 @@ request, after it is answered::
     read(17, 0, 4096) -> 4096 bytes
     getxattr(2, b'user.x') -> ENODATA
 
-Arguments are shortened (bytes past 40 characters; no ``ctx`` or ``token``
-parameters); file data is shown as its length.  Errors other than
-``FUSEError`` never reach here: ``fuse_ops.fuse_errors`` has turned them
+Arguments are shortened (bytes past 40 characters, anything else past 200;
+no ``ctx`` or ``token`` parameters); file data is shown as its length.
+Errors other than ``FUSEError`` never reach here: ``fuse_ops.fuse_errors`` has turned them
 into EIO and logged their cause.
 """
 
@@ -62,6 +62,7 @@ HANDLERS = (
     "access",
 )
 _SHOWN_BYTES = 40
+_SHOWN_OTHER = 200
 _ACCESS = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
 
 Handler = Callable[..., Coroutine[Any, Any, Any]]
@@ -136,4 +137,7 @@ def _short(value: Any) -> str:
     text = repr(value)
     if isinstance(value, (bytes, bytearray)) and len(text) > _SHOWN_BYTES:
         return text[:_SHOWN_BYTES] + "...'"
+    if len(text) > _SHOWN_OTHER:  # a forget of thousands of inodes, say
+        count = f" ({len(value)} items)" if isinstance(value, (list, tuple)) else ""
+        return f"{text[:_SHOWN_OTHER]}...{count}"
     return text

@@ -420,3 +420,14 @@ async def test_rename_exchange_checks_again_after_waiting(ops: WritableOperation
         await ops.rename(ROOT_INO, name("dst"), mine, name("dst"), 0, CTX)
     assert answers == [errno.EINVAL]
     assert await names(ops, "mine") == ["dst"] and await names(ops, "mine/dst") == ["f"]
+
+
+async def test_debug_lines_stay_short_for_long_arguments(
+    ops: WritableOperations, caplog: pytest.LogCaptureFixture
+) -> None:
+    log_requests(ops)
+    with caplog.at_level(logging.DEBUG, logger="lazyfs.requests"):
+        await ops.forget([(pyfuse3.InodeT(i), 1) for i in range(2, 1002)])
+    (line,) = caplog.messages
+    assert line.startswith("forget([(2, 1), (3, 1)") and line.endswith("... (1000 items)) -> ok")
+    assert len(line) < 300
