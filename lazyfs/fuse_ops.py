@@ -96,8 +96,43 @@ async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: i
     return got
 
 
-def _fuse_ino(ino: InodeNo) -> pyfuse3.InodeT:
-    return pyfuse3.InodeT(ino)
+def entry_attributes(
+    ino: int,
+    mode: int,
+    nlink: int,
+    uid: int,
+    gid: int,
+    size: int,
+    times_ns: tuple[int, int, int],
+    *,
+    rdev: int = 0,
+    timeout: float,
+) -> pyfuse3.EntryAttributes:
+    """An entry as FUSE wants it, cached by the kernel for ``timeout`` seconds.
+
+    ``times_ns``: atime, mtime and ctime.  Both views build theirs here.
+    """
+    found = pyfuse3.EntryAttributes()
+    found.st_ino = pyfuse3.InodeT(ino)
+    found.generation = 0
+    found.entry_timeout = found.attr_timeout = timeout
+    found.st_mode = pyfuse3.ModeT(mode)
+    found.st_nlink = nlink
+    found.st_uid, found.st_gid = uid, gid
+    found.st_rdev = rdev
+    found.st_size = size
+    found.st_blksize = BLOCK_SIZE
+    found.st_blocks = (size + 511) // 512
+    found.st_atime_ns, found.st_mtime_ns, found.st_ctime_ns = times_ns
+    return found
+
+
+def no_entry(timeout: float) -> pyfuse3.EntryAttributes:
+    """A miss the kernel caches for ``timeout`` seconds (inode 0 with a timeout)."""
+    missing = pyfuse3.EntryAttributes()
+    missing.st_ino = pyfuse3.InodeT(0)
+    missing.entry_timeout = timeout
+    return missing
 
 
 class ReadOnlyOperations(pyfuse3.Operations):
@@ -122,24 +157,20 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     def attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:
         """The entry of ``inode`` as FUSE wants it; made once per inode."""
-        entry = self._attributes.get(inode.ino)
-        if entry is None:
-            entry = pyfuse3.EntryAttributes()
-            entry.st_ino = _fuse_ino(inode.ino)
-            entry.generation = 0
-            entry.entry_timeout = CACHE_TIMEOUT
-            entry.attr_timeout = CACHE_TIMEOUT
-            entry.st_mode = pyfuse3.ModeT(inode.mode)
-            entry.st_nlink = inode.nlink
-            entry.st_uid = inode.uid
-            entry.st_gid = inode.gid
-            entry.st_rdev = inode.rdev
-            entry.st_size = inode.size
-            entry.st_blksize = BLOCK_SIZE
-            entry.st_blocks = (inode.size + 511) // 512
-            entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = inode.mtime_ns
-            self._attributes[inode.ino] = entry
-        return entry
+        found = self._attributes.get(inode.ino)
+        if found is None:
+            found = self._attributes[inode.ino] = entry_attributes(
+                inode.ino,
+                inode.mode,
+                inode.nlink,
+                inode.uid,
+                inode.gid,
+                inode.size,
+                (inode.mtime_ns,) * 3,
+                rdev=inode.rdev,
+                timeout=CACHE_TIMEOUT,
+            )
+        return found
 
     def listing(self, directory: InodeNo) -> Listing:
         """A directory's entries as readdir sends them, ``.`` and ``..`` first; made once.
@@ -169,11 +200,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
             return self.attributes(parent)
         found = self.tree.lookup(InodeNo(parent_inode), name)
         if found is None:
-            # Inode 0 with a timeout: the kernel caches the miss as well.
-            missing = pyfuse3.EntryAttributes()
-            missing.st_ino = pyfuse3.InodeT(0)
-            missing.entry_timeout = CACHE_TIMEOUT
-            return missing
+            return no_entry(CACHE_TIMEOUT)
         return self.attributes(self.tree.inodes[found])
 
     @fuse_errors

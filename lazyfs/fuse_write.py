@@ -37,7 +37,7 @@ import pyfuse3
 import trio
 
 from lazyfs.blob_ranges import ChunkCache
-from lazyfs.fuse_ops import BLOCK_SIZE, NAME_MAX, fuse_errors, read_lower
+from lazyfs.fuse_ops import NAME_MAX, entry_attributes, fuse_errors, no_entry, read_lower
 from lazyfs.tree import DataRef, InodeNo
 from lazyfs.upper import Copy, Node, Upper, fail
 
@@ -66,21 +66,17 @@ class WritableOperations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, InodeNo]]] = {}
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        entry = pyfuse3.EntryAttributes()
-        entry.st_ino = pyfuse3.InodeT(node.ino)
-        entry.generation = 0
-        entry.entry_timeout = entry.attr_timeout = TIMEOUT
-        entry.st_mode = pyfuse3.ModeT(node.mode)
-        entry.st_nlink = node.nlink
-        entry.st_uid, entry.st_gid = node.uid, node.gid
-        entry.st_rdev = node.rdev
-        entry.st_size = node.size
-        entry.st_blksize = BLOCK_SIZE
-        entry.st_blocks = (node.size + 511) // 512
-        entry.st_atime_ns = node.atime_ns
-        entry.st_mtime_ns = node.mtime_ns
-        entry.st_ctime_ns = node.ctime_ns
-        return entry
+        return entry_attributes(
+            node.ino,
+            node.mode,
+            node.nlink,
+            node.uid,
+            node.gid,
+            node.size,
+            (node.atime_ns, node.mtime_ns, node.ctime_ns),
+            rdev=node.rdev,
+            timeout=TIMEOUT,
+        )
 
     # -- reading --------------------------------------------------------------------------
 
@@ -91,12 +87,7 @@ class WritableOperations(pyfuse3.Operations):
         if name == b".":
             return self.attributes(self.upper.directory(parent_inode))
         found = self.upper.lookup(parent_inode, name)
-        if found is None:
-            missing = pyfuse3.EntryAttributes()
-            missing.st_ino = pyfuse3.InodeT(0)
-            missing.entry_timeout = TIMEOUT
-            return missing
-        return self.attributes(found)
+        return no_entry(TIMEOUT) if found is None else self.attributes(found)
 
     @fuse_errors
     async def getattr(
