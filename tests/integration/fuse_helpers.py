@@ -17,12 +17,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-def runs_mount_main(pid: int | str) -> bool:
-    """Whether ``pid`` is a live ``lazyfs.mount_main`` process; one that exited is not."""
+def runs_mount_main(pid: int | str, mountpoint: Path) -> bool:
+    """Whether ``pid`` is a live ``lazyfs.mount_main`` process for ``mountpoint``.
+
+    One that exited is not; nor is another test's (tests may run beside others).
+    """
     try:
-        return b"mount_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError):
         return False
+    return b"lazyfs.mount_main" in argv and os.fsencode(mountpoint) in argv
 
 
 def unmount_all(made: list[tuple[Path, int]]) -> None:

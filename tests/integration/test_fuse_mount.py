@@ -158,7 +158,7 @@ def test_a_mount_that_cannot_come_up_leaves_nothing(
             log_path=tmp_path / "log",
         )
     spawned = [p for p in set(os.listdir("/proc")) - before if p.isdigit()]
-    assert not any(runs_mount_main(p) for p in spawned)
+    assert not any(runs_mount_main(p, tmp_path / "no-such-dir") for p in spawned)
 
 
 def test_a_hostile_layer_fails_before_any_process(
