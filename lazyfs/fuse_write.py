@@ -15,6 +15,8 @@ module maps FUSE requests onto it.  Semantics chosen:
 - opening for writing (or with O_TRUNC) copies the data up first; a
   metadata change (chmod, chown, utimens, xattrs) copies none
   (``Upper.copy_up_meta``); a truncate does;
+- there is no ``flush``: writes go straight to the upper file, so pyfuse3's
+  ENOSYS tells the kernel to stop asking, one request fewer per close;
 - the kernel may cache entries and attributes only briefly (``TIMEOUT``):
   they change now.  Pages still stay cached across opens, since every write
   goes through this mount's page cache.
@@ -196,11 +198,6 @@ class WritableOperations(pyfuse3.Operations):
         handle.node.size = max(handle.node.size, off + written)
         self.upper.touch(handle.node)
         return written
-
-    @fuse_errors
-    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        """Writes go straight to the upper file: nothing is buffered here."""
-        self._file(fh)
 
     @fuse_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
