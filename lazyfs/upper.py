@@ -236,9 +236,7 @@ class Upper(UpperState):
         os.rename(source_path, dest_path)
         self._drop(source_dir, old, node)
         self._add(dest_dir, new, node)
-        if node.children is not None and self._lower_has(dest_dir, new) and not node.opaque:
-            node.opaque = True  # hide the lower directory of that name
-            os.setxattr(dest_path, OPAQUE_XATTR, b"y")
+        self._hide_lower(node, dest_dir, new, dest_path)
         self._whiteout(source_dir, old)
 
     async def _movable(self, node: Node, dest_dir: Node) -> None:
@@ -287,10 +285,14 @@ class Upper(UpperState):
         self._drop(b_dir, b, b_node)
         self._add(a_dir, a, b_node)
         self._add(b_dir, b, a_node)
-        for node, parent, name, path in ((a_node, b_dir, b, b_path), (b_node, a_dir, a, a_path)):
-            if node.children is not None and self._lower_has(parent, name) and not node.opaque:
-                node.opaque = True  # hide the lower directory of that name
-                os.setxattr(path, OPAQUE_XATTR, b"y")
+        self._hide_lower(a_node, b_dir, b, b_path)
+        self._hide_lower(b_node, a_dir, a, a_path)
+
+    def _hide_lower(self, node: Node, parent: Node, name: bytes, path: Path) -> None:
+        """A directory moved to ``name`` in ``parent`` turns opaque if a lower layer has it."""
+        if node.children is not None and self._lower_has(parent, name) and not node.opaque:
+            node.opaque = True
+            os.setxattr(path, OPAQUE_XATTR, b"y")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
