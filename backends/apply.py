@@ -61,22 +61,21 @@ from typing import BinaryIO, Literal, TypeVar
 from backends.base import LayerFile
 from providers import layer_rules as rules
 from providers.compression import decompressed
-from providers.errors import BackendError, BadImage, UnsafeLayer
+from providers.errors import BackendError, BadImage, UnsafeLayer, bad_entry
 from providers.layer_rules import RelPath
 from providers.tar_stream import (
     CHUNK,
+    MAX_ENTRIES,
+    MAX_ENTRY_SIZE,
+    MAX_ID,
     CheckedTarInfo,
     LayerReader,
-    bad_entry,
     pax_mtime_ns,
     pax_xattrs,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_ENTRIES = 10_000_000
-MAX_ENTRY_SIZE = 1 << 40
-MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "leave unchanged" to chown
 # Tar writers list a tree depth first: the directory being filled and its
 # ancestors are what is asked for again.
 FD_CACHE_SIZE = 64

@@ -29,19 +29,18 @@ from lazyfs.index import CHECKPOINTS_NAME, TAR_NAME, IndexEntry, Kind, LayerInde
 from providers import layer_rules as rules
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
-from providers.errors import BadImage
+from providers.errors import BadImage, bad_entry
 from providers.tar_stream import (
     CHUNK,
+    MAX_ENTRIES,
+    MAX_ENTRY_SIZE,
+    MAX_ID,
     CheckedTarInfo,
     LayerReader,
-    bad_entry,
     pax_mtime_ns,
     pax_xattrs,
 )
 
-MAX_ENTRIES = 10_000_000
-MAX_ENTRY_SIZE = 1 << 40
-MAX_ID = (1 << 32) - 2
 _KINDS = {
     tarfile.DIRTYPE: Kind.DIR,
     tarfile.SYMTYPE: Kind.SYMLINK,

@@ -33,7 +33,7 @@ from typing import NewType
 from lazyfs.index import IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.digest import Digest
-from providers.errors import BadImage, UnsafeLayer
+from providers.errors import BadImage, UnsafeLayer, bad_entry
 from providers.layer_rules import RelPath
 
 InodeNo = NewType("InodeNo", int)
@@ -171,7 +171,7 @@ class _Layer:
         return source
 
     def _bad(self, entry: IndexEntry, reason: str) -> BadImage:
-        return BadImage(f"bad layer {self.layer}: entry {_name(entry)!r} {reason}")
+        return bad_entry(self.layer, _name(entry), reason)
 
     def _walk(self, path: RelPath, entry: IndexEntry, *, create: bool) -> dict[str, _Node] | None:
         """The children of the directory at ``path``, following symlinks on the way.

@@ -31,11 +31,11 @@ from providers.appc_manifest import AciManifest, image_id, parse_aci_manifest
 from providers.compression import decompressed
 from providers.digest import CHUNK
 from providers.errors import BadImage, UnsafeLayer
+from providers.tar_stream import MAX_ENTRIES
 
 MANIFEST = "manifest"
 ROOTFS = "rootfs"
 MAX_MANIFEST_BYTES = 1 << 20
-MAX_ENTRIES = 10_000_000
 
 
 @dataclass(frozen=True)

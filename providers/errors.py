@@ -78,3 +78,8 @@ class BackendError(LazyfsError):
 
 class UsageError(LazyfsError):
     pass
+
+
+def bad_entry(layer: str, entry: str, reason: str) -> BadImage:
+    """BadImage for one entry of a layer, worded the same wherever a layer is read."""
+    return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")

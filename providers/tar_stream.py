@@ -20,11 +20,16 @@ from typing import BinaryIO, NoReturn
 
 import zstandard
 
-from providers.errors import BadImage
+from providers.errors import BadImage, bad_entry
 
 CHUNK = 1 << 20
 # tarfile reads pax and GNU long-name headers whole into memory.
 MAX_HEADER_BYTES = 1 << 20
+# What any reader of a layer refuses past: entries per layer, bytes per
+# entry, and owner ids ((uid_t)-1 means "leave unchanged" to chown).
+MAX_ENTRIES = 10_000_000
+MAX_ENTRY_SIZE = 1 << 40
+MAX_ID = (1 << 32) - 2
 _HEADER_TYPES = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
     | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
@@ -111,10 +116,6 @@ class CheckedTarInfo(tarfile.TarInfo):
 MAX_XATTR_VALUE_BYTES = 1 << 16  # the kernel's XATTR_SIZE_MAX
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _NS = 1_000_000_000
-
-
-def bad_entry(layer: str, entry: str, reason: str) -> BadImage:
-    return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")
 
 
 def pax_mtime_ns(member: tarfile.TarInfo, layer: str) -> int:
