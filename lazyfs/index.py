@@ -32,6 +32,7 @@ import base64
 import enum
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,9 +271,8 @@ def ensure_index(
             staged.write_text(dumps(index), encoding="utf-8")
             os.rename(staged, home / INDEX_NAME)
         finally:
-            for leftover in scratch.iterdir():
-                leftover.unlink()
-            scratch.rmdir()
+            # Never one cleanup error in place of the build's own.
+            shutil.rmtree(scratch, ignore_errors=True)
     return index
 
 
