@@ -23,8 +23,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.base import LayerFile, Rootfs
-from backends.base import scratch_dir as scratch_dir  # where tests look for it
+from backends.base import LayerFile, Rootfs, scratch_dir
 from backends.mounts import unmount
 from lazyfs import mount as lazy_mount
 from providers.errors import BackendError

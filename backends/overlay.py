@@ -37,8 +37,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.base import LayerFile, Rootfs
-from backends.base import scratch_dir as scratch_dir  # where tests look for it
+from backends.base import LayerFile, Rootfs, scratch_dir
 from backends.extracted import extracted_layer, implicit_dirs
 from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
 from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import LayerFile
-from backends.fuse import FuseBackend, scratch_dir
+from backends.base import LayerFile, scratch_dir
+from backends.fuse import FuseBackend
 from lazyfs import mount as lazy_mount
 from lazyfs.index import index_path, load_index
 from lazyfs.tree_cache import tree_path
@@ -91,9 +91,14 @@ def wait_exit(pid: int, timeout: float = 10.0) -> int | None:
     return None
 
 
-def test_the_tree_reads_and_stays_the_same_across_mounts(mounted: Mount, tmp_path: Path) -> None:
+def test_the_tree_reads_and_stays_the_same_across_mounts(
+    store: tuple[Path, Path, list[lazy_mount.MountLayer]], mounted: Mount, tmp_path: Path
+) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     mounted(first)
+    # Merged again, not loaded from the store: the numbering itself must be stable.
+    layers_dir, _, layers = store
+    tree_path(layers_dir, [layer.digest for layer in layers]).unlink()
     mounted(second)
     assert sorted(os.listdir(first / "etc")) == ["hosts", "new"]
     assert (first / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from backends.base import scratch_dir
 from backends.mounts import mounts_under
-from backends.overlay import MAX_OPTIONS, OverlayBackend, overlay_usable, scratch_dir
+from backends.overlay import MAX_OPTIONS, OverlayBackend, overlay_usable
 from backends.registry import default_backend_name
 from lazyfs import runtime
 from lazyfs.provisioner import Provisioner, ProvisionInfo

@@ -323,7 +323,9 @@ def test_the_header_reads_without_the_entries(tmp_path: Path) -> None:
         "",
         "[]",
         '{"version": 3}',
-        '{"version": 3, "digest": "x", "entries": [[1]]}',
+        # A whole header, then an entry row that is no entry.
+        '{"version": 3, "digest": "x", "compression": "none", "tar_size": 0,'
+        ' "checkpoints_size": 0, "entries": 1}\n[[1]]',
         # A format-2 index: one line, entries inside.
         '{"version": 2, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": []}',

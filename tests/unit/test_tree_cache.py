@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import marshal
 import os
@@ -116,8 +117,25 @@ def test_a_store_it_cannot_write_costs_only_speed(
         tree = tree_cache.merged_tree(layers, digests, indexes)
     assert same(tree, merge(indexes.indexes))
     assert "cannot keep the merged tree" in caplog.text
-    assert [p.name for p in trees.parent.iterdir() if p.name.startswith(".tree.")] == []
     assert os.path.getsize(trees) == 0
+
+
+def test_a_tree_that_cannot_be_renamed_into_place_leaves_no_temporary(
+    chain: tuple[Path, list[Digest], Indexes],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layers, digests, indexes = chain
+
+    def refuse(source: object, target: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("lazyfs.tree_cache.os.rename", refuse)
+    with caplog.at_level(logging.WARNING):
+        tree = tree_cache.merged_tree(layers, digests, indexes)
+    assert same(tree, merge(indexes.indexes))
+    assert "cannot keep the merged tree" in caplog.text
+    assert list(tree_cache.tree_path(layers, digests).parent.iterdir()) == []
 
 
 def test_a_tree_made_by_other_code_is_merged_again(
