@@ -31,7 +31,7 @@ from providers.appc_manifest import AciManifest, image_id, parse_aci_manifest
 from providers.compression import decompressed
 from providers.digest import CHUNK
 from providers.errors import BadImage, UnsafeLayer
-from providers.tar_stream import MAX_ENTRIES
+from providers.tar_stream import MAX_ENTRIES, CheckedTarInfo
 
 MANIFEST = "manifest"
 ROOTFS = "rootfs"
@@ -83,7 +83,8 @@ def read_aci(stream: BinaryIO, out: BinaryIO, what: str) -> AciInfo:
     tee = _Tee(decompressed(stream), out)
     manifest_bytes: bytes | None = None
     try:
-        archive = tarfile.open(fileobj=tee, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+        # CheckedTarInfo: a damaged header is damage, never the archive's end.
+        archive = tarfile.open(fileobj=tee, mode="r|", tarinfo=CheckedTarInfo)  # type: ignore[call-overload]  # noqa: SIM115
         for count, member in enumerate(archive, 1):
             if count > MAX_ENTRIES:
                 raise BadImage(f"ACI {what}: more than {MAX_ENTRIES} entries")
@@ -134,7 +135,7 @@ def write_layer(aci_tar: BinaryIO, out: BinaryIO, whitelist: tuple[str, ...], wh
         return not whitelist or path in paths or path in parents
 
     try:
-        source = tarfile.open(fileobj=aci_tar, mode="r|")  # noqa: SIM115
+        source = tarfile.open(fileobj=aci_tar, mode="r|", tarinfo=CheckedTarInfo)  # noqa: SIM115
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as layer:
             for member in source:
                 rel = _rooted(member.name, what)
