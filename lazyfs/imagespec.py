@@ -22,10 +22,10 @@ prefix; write "docker:docker:5000/app" for that one.
 from __future__ import annotations
 
 import os
-import re
 
 from google.protobuf import json_format
 
+from providers.appc_manifest import AC_IDENTIFIER_RE
 from providers.errors import BadImage, InvalidReference
 from providers.image_pb2 import Image, Label
 from providers.reference import parse_reference
@@ -34,7 +34,6 @@ DOCKER_PREFIXES = ("docker://", "docker:")
 APPC_PREFIX = "appc:"
 
 # The Appc spec's AC Identifier: lowercase alphanumerics joined by single -._~/
-_AC_IDENTIFIER_RE = re.compile(r"[a-z0-9]+(?:[-._~/][a-z0-9]+)*")
 
 
 def parse_image(spec: str) -> Image:
@@ -132,7 +131,7 @@ def _appc_image(text: str) -> Image:
 
 
 def _check_appc(appc: Image.Appc, source: str) -> None:
-    if not _AC_IDENTIFIER_RE.fullmatch(appc.name):
+    if not AC_IDENTIFIER_RE.fullmatch(appc.name):
         raise BadImage(
             f"{source}: invalid appc image name {appc.name!r}: lowercase letters and digits "
             "joined by single '-', '.', '_', '~' or '/'"
