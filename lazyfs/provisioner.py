@@ -14,14 +14,12 @@ removes it unless its provision is still running (it holds the lock).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +32,7 @@ from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
 from lazyfs.store import Store, locked_in_thread
 from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
+from providers.fslock import try_exclusive_lock
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
 
@@ -254,20 +253,8 @@ class Provisioner:
         unmount_all_under(home)
         shutil.rmtree(home)
 
-    @contextlib.contextmanager
-    def _try_lock(self, container_id: str) -> Iterator[bool]:
-        fd = os.open(self.locks / f"{container_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    yield False
-                    return
-                raise
-            yield True
-        finally:
-            os.close(fd)
+    def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
+        return try_exclusive_lock(self.locks / f"{container_id}.lock")
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,4 +1,4 @@
-"""An exclusive flock(2) on a lock file, shared by the store, indexes and extractions."""
+"""An exclusive flock(2) on a lock file: the store, indexes, extractions, the provisioner."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def try_exclusive_lock(path: Path) -> Iterator[bool]:
+    """``exclusive_lock`` without waiting: yields whether the lock was free (and is held)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # EAGAIN/EWOULDBLOCK: someone holds it
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
