@@ -13,7 +13,7 @@ from tests import images
 RICH_TAG = "1.0"
 
 
-def _need_tools() -> None:
+def need_tools() -> None:
     missing = [tool for tool in ("umoci", "skopeo") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
@@ -22,7 +22,7 @@ def _need_tools() -> None:
 @pytest.fixture(scope="session")
 def rich_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An OCI layout holding the rich image as tags ``1.0`` and ``latest``."""
-    _need_tools()
+    need_tools()
     layout = images.build_rich_image(tmp_path_factory.mktemp("rich"), RICH_TAG)
     images.run("umoci", "tag", "--image", f"{layout}:{RICH_TAG}", "latest")
     return layout

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import pytest
+
 from lazyfs import mount as lazy_mount
+
+
+def need_fuse() -> None:
+    """Skip unless real FUSE mounts can be made here: root, /dev/fuse and fusermount3."""
+    usable = os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3")
+    if os.geteuid() != 0 or not usable:
+        pytest.skip("needs root, /dev/fuse and fusermount3")
 
 
 def alive(pid: int) -> bool:

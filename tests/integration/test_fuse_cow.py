@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +26,7 @@ from lazyfs.tree_cache import tree_path
 from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
 from providers.digest import digest_bytes
 from tests.images import Entry, opaque, whiteout, write_layer
-from tests.integration.fuse_helpers import unmount_all
+from tests.integration.fuse_helpers import need_fuse, unmount_all
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +47,7 @@ Mount = Callable[[Sequence[Sequence[Entry]]], Cow]
 @pytest.fixture
 def cow(tmp_path: Path) -> Iterator[Mount]:
     """Mounts layers writable, each mount with fresh upper and work; all taken down afterwards."""
-    if os.geteuid() != 0 or not os.access("/dev/fuse", os.W_OK) or not shutil.which("fusermount3"):
-        pytest.skip("needs root, /dev/fuse and fusermount3")
+    need_fuse()
     made: list[tuple[Path, int]] = []
     layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers_dir.mkdir()
@@ -302,8 +300,7 @@ def test_kernel_overlayfs_reads_the_upper_as_the_mount_showed_it(
 
 
 def test_the_backend_provisions_writable_and_destroy_removes_the_upper(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or not os.access("/dev/fuse", os.W_OK):
-        pytest.skip("needs root and /dev/fuse")
+    need_fuse()
     blob = write_layer([Entry("etc", "dir"), Entry("etc/a", data=b"a")], tmp_path / "l.tar")
     layer = LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar")
     (tmp_path / "layers").mkdir()

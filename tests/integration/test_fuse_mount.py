@@ -8,7 +8,6 @@ leaves neither a mount nor a process behind.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -26,8 +25,9 @@ from providers.digest import Digest, digest_bytes
 from providers.errors import BackendError, UnsafeLayer
 from tests import images
 from tests.conformance.conftest import docker, make_provisioner
+from tests.conftest import need_tools
 from tests.images import Entry, whiteout, write_layer
-from tests.integration.fuse_helpers import runs_mount_main, unmount_all
+from tests.integration.fuse_helpers import need_fuse, runs_mount_main, unmount_all
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,7 @@ Mount = Callable[[Path], int]
 
 @pytest.fixture
 def store(tmp_path: Path) -> tuple[Path, Path, list[lazy_mount.MountLayer]]:
-    if os.geteuid() != 0 or not os.access("/dev/fuse", os.W_OK) or not shutil.which("fusermount3"):
-        pytest.skip("needs root, /dev/fuse and fusermount3")
+    need_fuse()
     layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers_dir.mkdir()
     tmp.mkdir()
@@ -215,11 +214,10 @@ def test_destroy_cleans_up_after_a_killed_mount_process(
 
 @pytest.mark.parametrize("writable", [False, True], ids=["ro", "rw"])
 async def test_recover_cleans_a_container_whose_mount_process_died(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path, writable: bool
+    tmp_path: Path, writable: bool
 ) -> None:
-    for tool in ("umoci", "skopeo"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool}")
+    need_fuse()
+    need_tools()
     layout = images.build_oci_image(tmp_path / "image", LAYERS, "latest")
     images.to_docker_archive(layout, "latest", tmp_path / "images" / "two:latest.tar", "two")
     prov = make_provisioner(tmp_path / "work", tmp_path / "images")
