@@ -206,6 +206,14 @@ class _Image:
         return [_blob(layout, layer["digest"]) for layer in self.manifest["layers"]]
 
 
+def layer_paths(layout: Path, tag: str) -> list[tuple[str, Path]]:
+    """(digest, blob path) of each layer of image ``tag`` in ``layout``, bottom first."""
+    return [
+        (layer["digest"], layout / "blobs" / Path(*layer["digest"].split(":")))
+        for layer in _read_image(layout, tag).manifest["layers"]
+    ]
+
+
 def _blob(layout: Path, digest: str) -> bytes:
     algo, hexpart = digest.split(":")
     return (layout / "blobs" / algo / hexpart).read_bytes()

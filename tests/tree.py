@@ -157,3 +157,9 @@ def diff_trees(a: Mapping[str, Node], b: Mapping[str, Node]) -> list[str]:
                         x, y = oct(x), oct(y)
                     lines.append(f"{path}: {name} {x!r} != {y!r}")
     return lines
+
+
+def is_whiteout(path: Path) -> bool:
+    """Whether ``path`` is an overlayfs whiteout: a 0/0 character device."""
+    found = path.lstat()
+    return stat.S_ISCHR(found.st_mode) and found.st_rdev == os.makedev(0, 0)

@@ -27,6 +27,7 @@ from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
 from providers.digest import digest_bytes
 from tests.images import Entry, opaque, whiteout, write_layer
 from tests.integration.fuse_helpers import need_fuse, unmount_all
+from tests.tree import is_whiteout
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +79,6 @@ def cow(tmp_path: Path) -> Iterator[Mount]:
         yield mount
     finally:
         unmount_all(made)
-
-
-def is_whiteout(path: Path) -> bool:
-    found = os.lstat(path)
-    return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
 
 
 def test_a_whiteout_in_a_middle_layer_hides_a_deeper_directory(cow: Mount) -> None:

@@ -9,7 +9,6 @@ Inode numbers are stable: merging the same image twice numbers it the same.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from dataclasses import replace
@@ -31,18 +30,7 @@ HIDING = (Kind.WHITEOUT, Kind.OPAQUE)
 
 
 def layer_blobs(layout: Path, tag: str) -> list[tuple[Digest, Path]]:
-    index = json.loads((layout / "index.json").read_text())
-    (entry,) = [
-        m
-        for m in index["manifests"]
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
-    ]
-    blob = layout / "blobs" / "sha256"
-    manifest = json.loads((blob / entry["digest"].split(":")[1]).read_text())
-    return [
-        (Digest(layer["digest"]), blob / layer["digest"].split(":")[1])
-        for layer in manifest["layers"]
-    ]
+    return [(Digest(digest), path) for digest, path in images.layer_paths(layout, tag)]
 
 
 def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], RangeReader]:

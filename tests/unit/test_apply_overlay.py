@@ -18,6 +18,7 @@ import pytest
 from backends.apply import OVERLAY_OPAQUE, apply_layer
 from providers.errors import BackendError, UnsafeLayer
 from providers.layer_rules import RelPath
+from tests.tree import is_whiteout
 from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, xattrs
 from tests.unit.test_apply_hostile import HOSTILE, PROBE, Hostile, _outside
 
@@ -33,11 +34,6 @@ def root(tmp_path: Path) -> Path:
 def extract(root: Path, *members: Member) -> frozenset[RelPath]:
     stream: io.BytesIO = layer(*members)
     return apply_layer(root, stream, layer="layer0", whiteouts="overlay")
-
-
-def is_whiteout(path: Path) -> bool:
-    info = path.lstat()
-    return stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(0, 0)
 
 
 def is_opaque(path: Path) -> bool:

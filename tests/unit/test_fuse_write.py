@@ -23,6 +23,7 @@ from lazyfs.tree import ROOT_INO, DataRef, merge
 from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, Upper
 from providers.digest import digest_bytes
 from tests.images import Entry, whiteout, write_layer
+from tests.tree import is_whiteout
 
 CTX = cast(pyfuse3.RequestContext, SimpleNamespace(uid=0, gid=0, umask=0o022, pid=1))
 BIG = bytes(range(256)) * 4000  # 1 MB
@@ -91,11 +92,6 @@ def setting(*which: str) -> pyfuse3.SetattrFields:
     every = ("size", "mode", "uid", "gid", "atime", "mtime", "ctime")
     fields = SimpleNamespace(**{f"update_{f}": f in which for f in every})
     return cast(pyfuse3.SetattrFields, fields)
-
-
-def is_whiteout(path: Path) -> bool:
-    found = os.lstat(path)
-    return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
 
 
 async def test_write_copies_up_once_and_the_lower_stays(ops: WritableOperations) -> None:
