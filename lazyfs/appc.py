@@ -17,6 +17,7 @@ every whitelist on the way down to it (parents of allowed paths stay).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 import trio
 
@@ -25,7 +26,7 @@ from lazyfs.store import Store
 from providers.appc import write_layer
 from providers.appc_manifest import AciManifest, check_image_id
 from providers.appc_store import AppcStore, discovery_location, open_location
-from providers.digest import Digest, digest_stream
+from providers.digest import Digest, HashingWriter
 from providers.errors import BadImage, DigestMismatch, NotFound
 from providers.image_pb2 import Image
 from providers.manifest import OCI_LAYER_TAR, ImageManifest, Layer
@@ -160,13 +161,12 @@ class AppcProvider:
             # Whitelists that share nothing: nothing of this image shows.
             whitelist = ("/",)
         with self.store.temp_file() as (tmp_path, out):
+            hashing = HashingWriter(out)  # hashed as it is written, not read back
             with self.appc_store.aci_path(image_id).open("rb") as aci:
-                write_layer(aci, out, whitelist, image_id)
-            # No fsync: this file is only read back here; ingest makes the durable copy.
+                write_layer(aci, cast(BinaryIO, hashing), whitelist, image_id)
+            # No fsync: this file is only read back by ingest, which makes the durable copy.
             out.flush()
-            with tmp_path.open("rb") as written:
-                digest, size = digest_stream(written)
-            layer = Layer(digest=digest, media_type=OCI_LAYER_TAR, size=size)
+            layer = Layer(digest=hashing.digest(), media_type=OCI_LAYER_TAR, size=hashing.size)
             # Ingest checks the bytes again as they are copied in: cheap, and
             # the store's one way in.
             self.store.ingest(layer, lambda: tmp_path.open("rb"))

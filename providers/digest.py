@@ -45,6 +45,24 @@ def digest_stream(stream: BinaryIO, algo: str = "sha256") -> tuple[Digest, int]:
     return Digest(f"{algo}:{hasher.hexdigest()}"), size
 
 
+class HashingWriter:
+    """Writes through to ``out`` and hashes what passes: the digest of a file as it is made."""
+
+    def __init__(self, out: BinaryIO, algo: str = "sha256") -> None:
+        self._out = out
+        self._algo = algo
+        self._hasher = hashlib.new(algo)
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._hasher.update(data)
+        self.size += len(data)
+        return self._out.write(data)
+
+    def digest(self) -> Digest:
+        return Digest(f"{self._algo}:{self._hasher.hexdigest()}")
+
+
 class VerifyingReader:
     """Wraps a stream and checks digest and size when the stream reaches EOF.
 
