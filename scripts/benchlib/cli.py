@@ -30,7 +30,16 @@ from benchlib.pull import measure_pull
 from benchlib.util import scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = ("debootstrap", "umoci", "skopeo", "runc", "fuse-overlayfs", "tar", "busybox")
+TOOLS = (
+    "debootstrap",
+    "umoci",
+    "skopeo",
+    "runc",
+    "fuse-overlayfs",
+    "tar",
+    "busybox",
+    "docker-registry",
+)
 
 
 def log(message: str) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from benchlib.images import BenchImage, gzip_reference, image_layers
@@ -96,12 +97,6 @@ class Result:
             ],
             "ratios": [{"lazyfs": a, "peer": b, "ratio": r} for a, b, r in ratios(self.contenders)],
         }
-
-
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float]]:
@@ -206,14 +201,7 @@ class Context:
 
 def measure_provision(ctx: Context) -> Result:
     """A rootfs from the stored layers: lazyfs backends against umoci unpack and tar -x."""
-    contenders = [
-        Contender(f"lazyfs {name}", True, _provision_once(ctx, name))
-        for name in ctx.lazyfs.backends()
-    ]
-    contenders.append(Contender("umoci unpack", False, _umoci_once(ctx)))
-    contenders.append(Contender("tar -x", False, _tar_once(ctx)))
-    label = f"provision {ctx.image.name}"
-    return Result("provision", ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
+    return _measure_provisions(ctx, "provision", _provision_once)
 
 
 def measure_provision_first(ctx: Context) -> Result:
@@ -223,14 +211,20 @@ def measure_provision_first(ctx: Context) -> Result:
     from them per layer (extracted trees, indexes) is built inside the timed
     provision, as for the first container on a machine.
     """
+    return _measure_provisions(ctx, "provision-first", _provision_first_once)
+
+
+def _measure_provisions(
+    ctx: Context, name: str, lazyfs_once: Callable[[Context, str], Callable[[], Timing]]
+) -> Result:
     contenders = [
-        Contender(f"lazyfs {name}", True, _provision_first_once(ctx, name))
-        for name in ctx.lazyfs.backends()
+        Contender(f"lazyfs {backend}", True, lazyfs_once(ctx, backend))
+        for backend in ctx.lazyfs.backends()
     ]
     contenders.append(Contender("umoci unpack", False, _umoci_once(ctx)))
     contenders.append(Contender("tar -x", False, _tar_once(ctx)))
-    label = f"provision-first {ctx.image.name}"
-    return Result("provision-first", ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
+    label = f"{name} {ctx.image.name}"
+    return Result(name, ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
 
 
 def _provision_first_once(ctx: Context, backend: str) -> Callable[[], Timing]:

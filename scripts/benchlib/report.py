@@ -7,9 +7,10 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from statistics import median
 from typing import Any
 
-from benchlib.measure import Result, median, ratios
+from benchlib.measure import Result, ratios
 
 
 def _first_line(args: list[str], containing: str = "") -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from backends.mounts import mount, unmount, unmount_all_under
-from lazyfs.mount import mount_points
+from lazyfs.mount import is_mounted
 
 
 class ToolError(RuntimeError):
@@ -125,7 +125,7 @@ def _wait_mounted(target: Path, proc: subprocess.Popen[bytes], timeout: float = 
     deadline = time.monotonic() + timeout
     resolved = target.resolve()
     while time.monotonic() < deadline:
-        if resolved in mount_points():
+        if is_mounted(resolved):
             return
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
