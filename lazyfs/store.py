@@ -5,6 +5,7 @@ Layout under the store root::
     blobs/sha256/<hex>        verified blobs, written once, never changed
     images/<key>.json         resolved image metadata by reference
     layers/<hex>/             per-layer data backends derive (extracted trees)
+    layers/<hex>/diff_id      the checked digest of the blob's uncompressed tar
     locks/<name>.lock         flock(2) files: one writer per blob or reference
     tmp/                      partial writes, named <pid>.<random>
 
@@ -12,7 +13,9 @@ Writes are atomic: bytes go to ``tmp/``, are verified and fsynced, then
 renamed into place, so a crash never leaves a half blob at a trusted name.
 A blob is fetched under an exclusive lock on its digest; a second process
 that wants the same blob waits, then finds it present, so concurrent
-provisions of one image pull it once.
+provisions of one image pull it once.  A layer's diff_id (the image
+config's digest of its uncompressed tar) is checked in the same pass as its
+blob digest, and held against every image that names the blob.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from typing import BinaryIO
 
 import trio
 
+from providers.diff_id import DiffIdReader, diff_id_of
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
-from providers.errors import BadImage
+from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
 from providers.manifest import ImageManifest, Layer
 
@@ -82,25 +86,64 @@ class Store:
         """
         path = self.blob_path(layer.digest)
         if path.is_file():
+            self._check_diff_id(layer, path)
             return path
         with self.lock(f"blob-{hex_part(layer.digest)}"):
             if path.is_file():  # another process fetched it while we waited
+                self._check_diff_id(layer, path)
                 return path
             path.parent.mkdir(parents=True, exist_ok=True)
             log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
             with self.temp_file() as (tmp_path, out):
                 with contextlib.closing(opener()) as raw:
-                    reader = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
+                    blob = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
+                    # Checked beside the blob digest, in the same pass.
+                    reader = DiffIdReader(blob, layer.diff_id, f"layer {layer.digest}")
                     while chunk := reader.read(CHUNK):
                         out.write(chunk)
                         if progress is not None:
                             progress(len(chunk))
+                    blob.verify()
                     reader.verify()
                 out.flush()
                 os.fsync(out.fileno())
                 os.chmod(tmp_path, 0o444)
+                self._record_diff_id(layer.digest, reader.actual())
                 os.rename(tmp_path, path)
         return path
+
+    def _diff_id_record(self, digest: Digest) -> Path:
+        return self.layers / hex_part(digest) / "diff_id"
+
+    def _record_diff_id(self, digest: Digest, diff_id: Digest) -> None:
+        record = self._diff_id_record(digest)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with self.temp_file() as (tmp_path, out):
+            out.write(diff_id.encode())
+            out.flush()
+            os.fsync(out.fileno())
+            os.rename(tmp_path, record)
+
+    def _check_diff_id(self, layer: Layer, blob: Path) -> None:
+        """A stored blob must also be what *this* image's config says it is.
+
+        Two images may share a blob and disagree about its diff_id; each is
+        held to its own.  Blobs stored before diff_ids were recorded are
+        read once to record theirs.
+        """
+        if layer.diff_id is None:
+            return
+        try:
+            known = Digest(self._diff_id_record(layer.digest).read_text())
+        except FileNotFoundError:
+            # No lock: the blob never changes, so racing readers write the same record.
+            with blob.open("rb") as stream:
+                known = diff_id_of(stream, f"layer {layer.digest}")
+            self._record_diff_id(layer.digest, known)
+        if known != layer.diff_id:
+            raise DigestMismatch(
+                f"layer {layer.digest} diff_id", expected=layer.diff_id, actual=known
+            )
 
     # -- images ------------------------------------------------------------
 

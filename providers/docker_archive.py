@@ -14,8 +14,8 @@ hashed in place in the tar at resolve time. What is checked when:
   they are the same thing), at resolve;
 - a layer whose name encodes its digest is hashed by the caller's
   VerifyingReader while it streams; one named otherwise was hashed here;
-- a compressed layer's diff_id is recorded, not checked: that needs a full
-  decompression, which whoever unpacks the layer does anyway.
+- a compressed layer's diff_id is handed on; the store checks it while it
+  ingests the blob (``providers.diff_id``).
 """
 
 from __future__ import annotations
