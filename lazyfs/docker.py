@@ -17,6 +17,7 @@ from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
+from providers.oci_layout import host_platform
 from providers.reference import parse_reference
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import parse_docker_config
@@ -47,7 +48,7 @@ class DockerProvider:
         parsed = urlparse(self.registry)
         if parsed.scheme in ("", "file"):
             path = Path(parsed.path if parsed.scheme == "file" else self.registry)
-            return LocalPuller(path)
+            return LocalPuller(path, self.options.platform)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise BackendError(
                 f"--docker_registry {self.registry}: expected a directory or an http(s) URL"
@@ -73,22 +74,26 @@ class DockerProvider:
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
         reference = str(parse_reference(image.docker.name))
+        # One reference names an image per platform; the store keeps each.
+        platform = str(self.options.platform or host_platform())
         if image.cached:
-            stored = await trio.to_thread.run_sync(self.store.get_image, reference)
+            stored = await trio.to_thread.run_sync(self.store.get_image, reference, platform)
             if stored is not None:
                 return stored
         source = self._source(image)
-        key = "image-" + hashlib.sha256(reference.encode()).hexdigest()
+        key = "image-" + hashlib.sha256(f"{reference}\n{platform}".encode()).hexdigest()
         # The lock is a blocking flock: take it in a thread, hold it across the
         # pull, so a second process waits and then finds everything stored.
         async with self.store.lock_async(key):
             if image.cached:
-                stored = await trio.to_thread.run_sync(self.store.get_image, reference)
+                stored = await trio.to_thread.run_sync(self.store.get_image, reference, platform)
                 if stored is not None:
                     return stored
             async with FETCH_LIMIT:
                 manifest = await trio.to_thread.run_sync(source.resolve, reference)
-            manifest = ImageManifest(reference, manifest.digest, manifest.layers, manifest.config)
+            manifest = ImageManifest(
+                reference, manifest.digest, manifest.layers, manifest.config, platform
+            )
             try:
                 async with trio.open_nursery() as nursery:
                     for layer in manifest.layers:

@@ -65,6 +65,7 @@ class ProvisionInfo:
             "writable": self.writable,
             "image": {
                 "reference": self.image.reference,
+                "platform": self.image.platform,
                 "digest": self.image.digest,
                 "layers": [layer.digest for layer in self.image.layers],
             },
@@ -211,7 +212,8 @@ class Provisioner:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise NotFound(f"container {container_id} is not provisioned") from None
-        manifest = self.store.get_image(data["image"]["reference"])
+        image = data["image"]
+        manifest = self.store.get_image(image["reference"], image.get("platform", ""))
         if manifest is None:
             raise NotFound(f"image of container {container_id} is gone from the store")
         return ProvisionInfo(

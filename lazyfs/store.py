@@ -147,23 +147,23 @@ class Store:
 
     # -- images ------------------------------------------------------------
 
-    def _image_path(self, reference: str) -> Path:
-        key = hashlib.sha256(reference.encode()).hexdigest()
-        return self.images_dir / f"{key}.json"
+    def _image_path(self, reference: str, platform: str) -> Path:
+        key = reference if not platform else f"{reference}\n{platform}"
+        return self.images_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
     def put_image(self, manifest: ImageManifest) -> None:
-        """Record ``manifest`` under its reference, atomically replacing an older one."""
+        """Record ``manifest`` by reference and platform, atomically replacing an older one."""
         data = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode()
         with self.temp_file() as (tmp_path, out):
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-            os.rename(tmp_path, self._image_path(manifest.reference))
+            os.rename(tmp_path, self._image_path(manifest.reference, manifest.platform))
 
-    def get_image(self, reference: str) -> ImageManifest | None:
-        """The stored manifest of ``reference`` if it and all its blobs are present."""
+    def get_image(self, reference: str, platform: str = "") -> ImageManifest | None:
+        """The stored manifest of ``reference`` for ``platform`` if it and its blobs are here."""
         try:
-            data = json.loads(self._image_path(reference).read_bytes())
+            data = json.loads(self._image_path(reference, platform).read_bytes())
             manifest = ImageManifest.from_json(data)
         except FileNotFoundError:
             return None
@@ -180,6 +180,8 @@ class Store:
                 manifest = ImageManifest.from_json(json.loads(path.read_bytes()))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
+            if path != self._image_path(manifest.reference, manifest.platform):
+                continue  # recorded under a key no lookup makes any more
             size = sum(layer.size for layer in manifest.layers)
             found.append(StoredImage(manifest.reference, manifest, size))
         return sorted(found, key=lambda image: image.reference)

@@ -45,6 +45,7 @@ from providers.manifest import ImageManifest
 from providers.oci_layout import (
     BlobLocation,
     DirFiles,
+    Platform,
     TarFiles,
     open_location,
     resolve_layout,
@@ -130,8 +131,10 @@ class LocalPuller:
     a file rewritten after resolve fails the caller's digest check.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], platform: Platform | None = None) -> None:
         self.directory = _directory(directory)
+        # Taken from multi-platform OCI indexes; None: the host's.
+        self.platform = platform
         self._lock = threading.Lock()
         self._blobs: dict[Digest, BlobLocation] = {}
         self._tars: dict[Path, tuple[tuple[int, ...], TarFiles]] = {}
@@ -146,7 +149,12 @@ class LocalPuller:
             if path.is_dir():
                 files = DirFiles(path)
                 image, blobs = resolve_layout(
-                    files, reference, wanted.full_reference, wanted.tag, wanted.digest
+                    files,
+                    reference,
+                    wanted.full_reference,
+                    wanted.tag,
+                    wanted.digest,
+                    self.platform,
                 )
                 break
         else:
@@ -164,7 +172,9 @@ class LocalPuller:
         files = self._tar(path)
         full_ref = wanted.full_reference
         if files.location("index.json") is not None and files.location("oci-layout") is not None:
-            return resolve_layout(files, reference, full_ref, wanted.tag, wanted.digest)
+            return resolve_layout(
+                files, reference, full_ref, wanted.tag, wanted.digest, self.platform
+            )
         if files.location("manifest.json") is not None:
             image, blobs = resolve_manifest_json(files, reference, full_ref, wanted.tag)
         elif files.location("repositories") is not None:

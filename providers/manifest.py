@@ -105,6 +105,9 @@ class ImageManifest:
     digest: Digest
     layers: tuple[Layer, ...]
     config: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # The os/arch[/variant] asked for when the image was resolved ("" where
+    # that does not apply): one reference names one image per platform.
+    platform: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -120,6 +123,7 @@ class ImageManifest:
                 for layer in self.layers
             ],
             "config": self.config.to_json(),
+            "platform": self.platform,
         }
 
     @classmethod
@@ -137,6 +141,7 @@ class ImageManifest:
                 for item in data["layers"]
             ),
             config=RuntimeConfig.from_json(data.get("config", {})),
+            platform=str(data.get("platform", "")),
         )
 
 

@@ -73,6 +73,23 @@ def host_arch() -> str:
 
 
 @dataclass(frozen=True)
+class Platform:
+    """An OCI platform: ``linux/amd64``, ``linux/arm/v7``."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+def host_platform() -> Platform:
+    """The platform picked from an index when none is asked for."""
+    return Platform("linux", host_arch())
+
+
+@dataclass(frozen=True)
 class BlobLocation:
     """Where a blob's bytes are: ``size`` bytes of ``path`` from ``offset``."""
 
@@ -314,14 +331,9 @@ def _is_attestation(desc: Descriptor) -> bool:
 
 
 def select_platform(
-    entries: list[Descriptor],
-    label: str,
-    *,
-    os_name: str = "linux",
-    arch: str | None = None,
-    variant: str | None = None,
+    entries: list[Descriptor], label: str, wanted: Platform | None = None
 ) -> Descriptor:
-    """The ``os_name``/``arch`` (default linux/<host arch>) manifest of a multi-platform index.
+    """The ``wanted`` (default linux/<host arch>) manifest of a multi-platform index.
 
     Attestation manifests (``unknown/unknown``, buildkit's reference-type
     annotation) are never chosen, so an index holding one image plus its
@@ -329,7 +341,8 @@ def select_platform(
     only when it is the one image there is. ``variant``, when given, must
     match too (``arm/v7``).
     """
-    arch = arch or host_arch()
+    wanted = wanted or host_platform()
+    os_name, arch, variant = wanted.os, wanted.architecture, wanted.variant
     images = [e for e in entries if not _is_attestation(e)]
     for entry in images:
         plat = entry.platform if isinstance(entry.platform, dict) else {}
@@ -346,7 +359,6 @@ def select_platform(
         "/".join(str(p[k]) for k in ("os", "architecture", "variant") if p.get(k))
         for p in (e.platform if isinstance(e.platform, dict) else {} for e in images)
     )
-    wanted = f"{os_name}/{arch}" + (f"/{variant}" if variant else "")
     raise NotFound(f"{label}: no {wanted} image (index offers {', '.join(offered) or 'nothing'})")
 
 
@@ -355,9 +367,17 @@ def _is_index(desc: Descriptor) -> bool:
 
 
 def resolve_layout(
-    files: Files, reference: str, full_ref: str, tag: str | None, digest: Digest | None
+    files: Files,
+    reference: str,
+    full_ref: str,
+    tag: str | None,
+    digest: Digest | None,
+    platform: Platform | None = None,
 ) -> tuple[ImageManifest, dict[Digest, BlobLocation]]:
-    """Resolve a reference in an OCI layout; returns the image and where its layers are."""
+    """Resolve a reference in an OCI layout; returns the image and where its layers are.
+
+    From a multi-platform index, ``platform`` (default the host's) is taken.
+    """
     if files.location("oci-layout") is None:
         raise BadImage(f"{files.label}: no oci-layout file")
     layout = load_json(read_file(files, "oci-layout", "oci-layout"), f"{files.label}: oci-layout")
@@ -374,7 +394,7 @@ def resolve_layout(
         nested = load_json(read_blob(files, entry, "image index"), f"index {entry.digest}")
         children = index_entries(nested, f"index {entry.digest}")
         pinned = [c for c in children if digest is not None and c.digest == digest]
-        entry = pinned[0] if pinned else select_platform(children, files.label)
+        entry = pinned[0] if pinned else select_platform(children, files.label, platform)
         pinned_ok = pinned_ok or bool(pinned)
     if not pinned_ok:
         raise DigestMismatch(

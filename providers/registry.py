@@ -63,7 +63,7 @@ from providers.manifest import (
     parse_image_config,
     parse_image_manifest,
 )
-from providers.oci_layout import INDEX_DEPTH_LIMIT, index_entries, select_platform
+from providers.oci_layout import INDEX_DEPTH_LIMIT, Platform, index_entries, select_platform
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_blob import BlobStream
 from providers.registry_http import HttpOptions, RegistryHttp, read_capped, redact
@@ -85,16 +85,6 @@ ACCEPT = ", ".join(
         f"{DOCKER_SCHEMA1};q=0.5",
     ]
 )
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
 def parse_platform(text: str) -> Platform:
@@ -256,12 +246,7 @@ class RegistryClient:
 
     def _pick(self, doc: object, image: str) -> Descriptor:
         entries = index_entries(doc, "image index")
-        wanted = self.options.platform
-        if wanted is None:
-            return select_platform(entries, image)
-        return select_platform(
-            entries, image, os_name=wanted.os, arch=wanted.architecture, variant=wanted.variant
-        )
+        return select_platform(entries, image, self.options.platform)
 
     def _manifest(
         self, base: str, repository: str, tag_or_digest: str, image: str, scope: str

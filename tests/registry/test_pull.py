@@ -10,7 +10,8 @@ import requests
 
 from lazyfs.progress import Progress
 from providers.errors import NotFound
-from providers.registry import Platform, RegistryOptions
+from providers.oci_layout import Platform, host_arch
+from providers.registry import RegistryOptions
 from tests.registry.conftest import OTHER_ARCH, Seed
 from tests.registry.helpers import FAST, docker, lazyfs, provider, provision_tree_diff
 from tests.registry.servers import Registry, free_port
@@ -117,3 +118,21 @@ async def test_schema1_pinned_by_its_registry_digest(
     manifest = await dp.fetch(docker(f"rich@{digest}"), _progress())
     assert manifest.digest == digest
     assert [layer.diff_id for layer in manifest.layers] == [None, None, None]
+
+
+def test_the_store_keeps_one_image_per_platform(
+    plain_registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    """A pull for another platform does not become what this platform provisions."""
+    url = ("--docker_registry", plain_registry.url)
+    name = f"{plain_registry.host}/multi:latest"
+    other = lazyfs(tmp_path, *url, "--platform", f"linux/{OTHER_ARCH}", "pull", name)
+    assert other.returncode == 0, other.stderr
+    assert json.loads(other.stdout)["digest"] == seed.other_oci
+
+    for platform in ((), ("--platform", f"linux/{host_arch()}")):
+        result = lazyfs(tmp_path, *url, *platform, "provision", "c", name, "--backend", "copy")
+        assert result.returncode == 0, result.stderr
+        provisioned = json.loads(result.stdout)["image"]
+        assert provisioned["digest"] == seed.rich_oci
+        assert lazyfs(tmp_path, "destroy", "c").returncode == 0

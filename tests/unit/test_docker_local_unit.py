@@ -212,6 +212,16 @@ def test_multi_platform_index_picks_the_host(
     assert puller.resolve("multi:1").config.cmd == ("bare",)
 
 
+def test_multi_platform_index_honours_the_platform_asked_for(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "multi:1")
+    amd = layout.image([b"amd"], "amd", **_platform("linux", "amd64"))
+    arm = layout.image([b"arm"], "arm", **_platform("linux", "arm64"))
+    layout.write([layout.index([amd, arm], annotations={oci_layout.REF_NAME: "1"})])
+    for arch, cmd in (("amd64", "amd"), ("arm64", "arm")):
+        puller = LocalPuller(tmp_path, oci_layout.Platform("linux", arch))
+        assert puller.resolve("multi:1").config.cmd == (cmd,)
+
+
 def test_index_entries_by_name(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "x:2")
     one = layout.image([b"1"], "one", annotations={oci_layout.REF_NAME: "1"})

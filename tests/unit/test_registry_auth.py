@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.errors import UsageError
+from providers.oci_layout import Platform
 from providers.registry import (
-    Platform,
     RegistryClient,
     RegistryOptions,
     is_loopback,
