@@ -10,6 +10,9 @@ What the mount needs besides the store lives under
     mount.log    what the mount process logged
     upper/ work/ with --writable: where writes go; discarded on umount
 
+``<work_dir>/mounts`` and each record are closed to other users (``0700``,
+see ``providers.private_dir``): the upper holds copies of setuid files.
+
 ``umount`` takes the mount down, waits for its process and removes that
 directory, so writes made through a writable mount are gone afterwards.
 """
@@ -27,6 +30,7 @@ from lazyfs.provisioner import Provisioner
 from providers.errors import Conflict, NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
+from providers.private_dir import private_dir
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ async def mount_image(
     record = record_dir(work_dir, mountpoint)
     if record.exists():  # left by a mount that is gone (checked above)
         shutil.rmtree(record)
-    record.mkdir(parents=True)
+    private_dir(record.parent)
+    private_dir(record, exist_ok=False)
     try:
         (record / "mountpoint").write_text(f"{mountpoint}\n")
         store = provisioner.store

@@ -32,6 +32,7 @@ from lazyfs.index import ensure_index
 from lazyfs.tree_cache import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError
+from providers.private_dir import private_dir
 
 READY = b"ready\n"
 MOUNT_TIMEOUT = 60.0
@@ -139,9 +140,11 @@ def mount_recorded(
     """``mount``, keeping the mount's state in ``record``, an existing empty directory.
 
     ``record`` gets ``mount.log``, ``pid`` once the mount is up, and with
-    ``writable`` the ``upper`` and ``work`` directories. The caller removes
-    ``record`` when this fails and after ``unmount``.
+    ``writable`` the ``upper`` and ``work`` directories. It is closed to
+    other users (``0700``): the upper gets copies of the image's setuid
+    files. The caller removes ``record`` when this fails and after ``unmount``.
     """
+    private_dir(record)
     upper = work = None
     if writable:
         upper, work = record / "upper", record / "work"
