@@ -268,6 +268,8 @@ def test_setuid_files_of_an_image_never_run_as_root_for_other_users(
     for path in extracted:
         assert path.stat().st_mode & stat.S_ISUID and path.stat().st_uid == 0
         assert euid_as_nobody(path) == EACCES, path
+    # A person's mount is reachable where they put it, but nosuid.
+    assert euid_as_nobody(provisioned.mountpoint / "usr/bin/euid") == str(NOBODY)
 
 
 def test_no_path_lazyfs_made_is_reachable_by_other_users(provisioned: Provisioned) -> None:
@@ -291,6 +293,22 @@ def test_no_path_lazyfs_made_is_reachable_by_other_users(provisioned: Provisione
         assert done.stderr.count("Permission denied") == len(chunk) - len(done.stdout.splitlines())
     assert reached == []
     assert [stat.S_IMODE(root.stat().st_mode) for root in provisioned.cli.roots] == [0o700] * 3
+
+
+def test_a_persons_mount_is_nosuid_nodev_unless_asked(provisioned: Provisioned) -> None:
+    with pytest.raises(PermissionError):
+        (provisioned.mountpoint / DEVICE).open("rb")
+    # A container's rootfs keeps its devices, as it keeps setuid.
+    (provisioned.rootfses["fuse-ro"] / DEVICE).open("rb").close()
+    asked = provisioned.mountpoint.with_name("mnt-suid")
+    asked.mkdir(mode=0o755)
+    out = provisioned.cli("mount", IMAGE, str(asked), "--suid", "--dev")
+    try:
+        assert euid_as_nobody(asked / "usr/bin/euid") == "0"
+        (asked / DEVICE).open("rb").close()
+    finally:
+        provisioned.cli("umount", str(asked))
+    assert not alive(json.loads(out.stdout)["pid"])
 
 
 def test_an_old_work_dir_is_closed_when_lazyfs_starts() -> None:
