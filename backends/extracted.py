@@ -16,6 +16,8 @@ Extraction is atomic and happens once: under an flock on
 ``<tmp_dir>/<pid>.<random>`` (on the same filesystem, so the store's clean-up
 finds what a crashed extraction left) and renamed into place, its sidecar
 first.  A tree that is present is complete and never changes afterwards.
+``<layers_dir>/<hex>`` is closed to other users (``0700``, see
+``providers.private_dir``): the tree holds the layer's setuid files.
 Blocking.
 """
 
@@ -34,6 +36,7 @@ from providers.digest import hex_part
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
+from providers.private_dir import private_dir
 
 Form = Literal["rootfs", "overlay"]
 _IMPLICIT_SUFFIX = ".implicit.json"
@@ -45,7 +48,7 @@ def extracted_layer(layers_dir: Path, tmp_dir: Path, layer: LayerFile, form: For
     target = home / form
     if target.is_dir():
         return target
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     with exclusive_lock(home / "lock"):
         if target.is_dir():  # another process extracted it while we waited
             return target

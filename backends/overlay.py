@@ -16,6 +16,10 @@ holds what belongs to that container alone:
     upper/ work/   writable rootfs: the container's writes (the directory
                    attributes go in upper/ instead of top/)
 
+The scratch directory and its parent are closed to other users (``0700``,
+see ``providers.private_dir``): upper/ holds the container's copies of setuid
+files and l/ leads to the shared layers.
+
 The mount is made by util-linux ``mount`` in a child process whose working
 directory is the scratch directory, so every path in the options is
 relative and short; lazyfs itself never changes directory (it runs threads).
@@ -43,6 +47,7 @@ from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
 from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs
 from lazyfs.mount import mount_points
 from providers.errors import BackendError
+from providers.private_dir import private_dir
 
 # mount(2) takes its options in one page, the terminating NUL included.
 MAX_OPTIONS = 4095
@@ -64,23 +69,24 @@ class OverlayBackend:
             extracted_layer(self.layers_dir, self.tmp_dir, layer, "overlay") for layer in layers
         ]
         scratch = scratch_dir(rootfs)
-        scratch.parent.mkdir(exist_ok=True)
-        scratch.mkdir()
+        private_dir(scratch.parent)
+        private_dir(scratch, exist_ok=False)
         mounted = False
         try:
-            (scratch / "l").mkdir()
+            private_dir(scratch / "l")
             names = []
             for index, lower in enumerate(reversed(lowers)):
                 os.symlink(lower, scratch / "l" / str(index))
                 names.append(f"l/{index}")
             plan = plan_top_dirs([LowerDir(path, implicit_dirs(path)) for path in lowers])
             if writable:
+                # upper/'s mode is the root's: write_top_dirs sets it.
                 for part in ("upper", "work"):
-                    (scratch / part).mkdir(mode=0o755)
+                    private_dir(scratch / part)
                 write_top_dirs(scratch / "upper", plan)
                 options = f"lowerdir={':'.join(names)},upperdir=upper,workdir=work"
             else:
-                (scratch / "top").mkdir(mode=0o755)
+                private_dir(scratch / "top")
                 write_top_dirs(scratch / "top", plan)
                 options = f"ro,lowerdir={':'.join(['top', *names])}"
             rootfs.mkdir(mode=0o755)

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--writable", action="store_true", help="copy-on-write; writes are discarded on umount"
     )
     sub.add_argument("--foreground", action="store_true", help="stay until Ctrl-C, then unmount")
+    sub.add_argument("--suid", action="store_true", help="honour setuid bits (default: nosuid)")
+    sub.add_argument("--dev", action="store_true", help="allow device nodes (default: nodev)")
     sub.set_defaults(image_file=None)
     sub = commands.add_parser("umount", help="take down what `lazyfs mount` mounted")
     sub.add_argument("mountpoint", type=Path)
@@ -218,6 +220,8 @@ def _mount(app: App, args: argparse.Namespace) -> int:
             args.mountpoint,
             writable=args.writable,
             debug=args.debug,
+            suid=args.suid,
+            dev=args.dev,
             progress=Progress(),
         )
     )

@@ -10,6 +10,9 @@ What the mount needs besides the store lives under
     mount.log    what the mount process logged
     upper/ work/ with --writable: where writes go; discarded on umount
 
+``<work_dir>/mounts`` and each record are closed to other users (``0700``,
+see ``providers.private_dir``): the upper holds copies of setuid files.
+
 ``umount`` takes the mount down, waits for its process and removes that
 directory, so writes made through a writable mount are gone afterwards.
 """
@@ -17,6 +20,7 @@ directory, so writes made through a writable mount are gone afterwards.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,7 @@ from lazyfs.provisioner import Provisioner
 from providers.errors import Conflict, NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
+from providers.private_dir import private_dir
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,24 @@ async def mount_image(
     *,
     writable: bool,
     debug: bool = False,
+    suid: bool = False,
+    dev: bool = False,
     progress: Progress | None = None,
 ) -> DevMount:
     """Fetch ``image`` and mount it at ``mountpoint``, an existing empty directory.
+
+    ``nosuid,nodev`` unless ``suid`` or ``dev`` (root only: UsageError
+    otherwise) ask to honour the image's setuid bits or device nodes: the
+    mount is for a person to look inside, and other users may reach it
+    (``lazyfs.mount_main.mount_options`` says why it is ``allow_other``).
 
     Blocking parts (indexing, starting the mount process) run here, in the
     caller's thread: the CLI calls this once and exits. Nothing is left
     mounted or recorded when it fails.
     """
+    if (suid or dev) and os.geteuid() != 0:
+        # fusermount3 would mount nosuid,nodev anyway, and say so only in the log.
+        raise UsageError("lazyfs mount --suid and --dev need root")
     mountpoint = mountpoint.absolute()
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
@@ -70,7 +85,8 @@ async def mount_image(
     record = record_dir(work_dir, mountpoint)
     if record.exists():  # left by a mount that is gone (checked above)
         shutil.rmtree(record)
-    record.mkdir(parents=True)
+    private_dir(record.parent)
+    private_dir(record, exist_ok=False)
     try:
         (record / "mountpoint").write_text(f"{mountpoint}\n")
         store = provisioner.store
@@ -85,6 +101,8 @@ async def mount_image(
             tmp_dir=store.tmp,
             writable=writable,
             debug=debug,
+            suid=suid,
+            dev=dev,
         )
     except BaseException:
         shutil.rmtree(record, ignore_errors=True)

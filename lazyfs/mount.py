@@ -32,6 +32,7 @@ from lazyfs.index import ensure_index
 from lazyfs.tree_cache import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError
+from providers.private_dir import private_dir
 
 READY = b"ready\n"
 MOUNT_TIMEOUT = 60.0
@@ -58,6 +59,8 @@ def mount(
     upper: Path | None = None,
     work: Path | None = None,
     debug: bool = False,
+    suid: bool = True,
+    dev: bool = True,
 ) -> int:
     """Mount the union of ``layers`` (bottom first) at the existing ``mountpoint``.
 
@@ -65,6 +68,11 @@ def mount(
     directories on one filesystem) copy-on-write: the writes go to
     ``upper`` in overlayfs' format (see ``lazyfs.upper``). With ``debug``
     the mount process logs every request it serves to ``log_path``.
+
+    ``suid`` and ``dev`` (as root; the defaults, as a container's rootfs
+    needs) honour the image's setuid bits and device nodes; false, the
+    mount is ``nosuid``/``nodev``, as a person's look inside an image must
+    be where other users can reach it (see ``lazyfs.mount_main.mount_options``).
 
     Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
     layer the index refuses, BackendError when the mount does not come up
@@ -89,6 +97,11 @@ def mount(
         argv += ["--upper", str(upper), "--work", str(work)]
     if debug:
         argv.append("--debug")
+    # mount_main mounts nosuid,nodev: only what is asked for here opens them.
+    if suid:
+        argv.append("--suid")
+    if dev:
+        argv.append("--dev")
     read_end, write_end = os.pipe()
     try:
         os.set_inheritable(write_end, True)
@@ -135,13 +148,17 @@ def mount_recorded(
     tmp_dir: Path,
     writable: bool,
     debug: bool = False,
+    suid: bool = True,
+    dev: bool = True,
 ) -> int:
     """``mount``, keeping the mount's state in ``record``, an existing empty directory.
 
     ``record`` gets ``mount.log``, ``pid`` once the mount is up, and with
-    ``writable`` the ``upper`` and ``work`` directories. The caller removes
-    ``record`` when this fails and after ``unmount``.
+    ``writable`` the ``upper`` and ``work`` directories. It is closed to
+    other users (``0700``): the upper gets copies of the image's setuid
+    files. The caller removes ``record`` when this fails and after ``unmount``.
     """
+    private_dir(record)
     upper = work = None
     if writable:
         upper, work = record / "upper", record / "work"
@@ -156,6 +173,8 @@ def mount_recorded(
         upper=upper,
         work=work,
         debug=debug,
+        suid=suid,
+        dev=dev,
     )
     (record / "pid").write_text(f"{pid}\n")
     return pid

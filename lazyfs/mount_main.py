@@ -12,9 +12,10 @@ serves until:
 - SIGTERM or SIGINT: it unmounts, then exits 0.
 
 Options: ``fsname=lazyfs``, ``ro`` unless writable, ``default_permissions`` (the kernel
-checks modes, since other users see the tree), and as root
-``allow_other,suid,dev`` so the tree can be a container's root.  It logs
-to stderr, which the parent points at a log file.
+checks modes, since other users see the tree), ``nosuid,nodev`` unless
+``--suid``/``--dev`` say otherwise, and as root ``allow_other``.  See
+``mount_options`` for why.  It logs to stderr, which the parent points at a
+log file.
 """
 
 from __future__ import annotations
@@ -59,15 +60,38 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--upper", type=Path, help="writable: the empty upper directory")
     parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
+    parser.add_argument("--dev", action="store_true", help="let device nodes be opened")
     return parser.parse_args(argv)
 
 
-def mount_options(*, writable: bool = False) -> set[str]:
+def mount_options(*, writable: bool = False, suid: bool = False, dev: bool = False) -> set[str]:
+    """The FUSE mount options; ``suid`` and ``dev`` count only as root.
+
+    ``allow_other`` as root: without it the kernel lets in only processes
+    running as the mounting user, root here. A container's rootfs needs it,
+    since its processes run as the image's user, and so does a person's
+    ``sudo lazyfs mount``, looked at as themselves. Who else gets in is up
+    to the mount point's parents: a rootfs's are closed to other users (see
+    ``providers.private_dir``), a person's are theirs to choose. Whoever
+    gets in meets the image's modes (``default_permissions``): they read
+    what the image lets anyone read and, in a writable mount, write where
+    it lets anyone write (into the upper, discarded on umount).
+
+    ``suid`` and ``dev`` are for a container's rootfs, whose setuid files
+    and device nodes must work inside it; a person's look inside an image
+    gets ``nosuid,nodev``, so an image's setuid-root file, or a device node
+    anyone may open, reached through their mount point gives no one root.
+    Without root, fusermount3 mounts ``nosuid,nodev`` whatever is asked.
+    """
     options = set(pyfuse3.default_options) | {"fsname=lazyfs"}
     if not writable:
         options.add("ro")
-    if os.geteuid() == 0:
-        options |= {"allow_other", "suid", "dev"}
+    root = os.geteuid() == 0
+    if root:
+        options.add("allow_other")
+    options.add("suid" if suid and root else "nosuid")
+    options.add("dev" if dev and root else "nodev")
     return options
 
 
@@ -147,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             log_requests(ops)
         writable = args.upper is not None
-        pyfuse3.init(ops, str(args.mountpoint), mount_options(writable=writable))
+        options = mount_options(writable=writable, suid=args.suid, dev=args.dev)
+        pyfuse3.init(ops, str(args.mountpoint), options)
     except Exception as error:
         log.exception("cannot mount %s", args.mountpoint)
         ready.write(f"{type(error).__name__}: {error}\n".encode())

@@ -7,6 +7,10 @@ Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
     containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs itself
     locks/<cid>.lock                                   held while one process works on <cid>
 
+The work dir and everything lazyfs makes in it are closed to other users
+(``0700``, see ``providers.private_dir``): a rootfs holds its image's setuid
+files, and only its container may use them.
+
 A container directory without ``info.json`` is half-done work: ``recover``
 removes it unless its provision is still running (it holds the lock).
 """
@@ -35,6 +39,7 @@ from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageErr
 from providers.fslock import try_exclusive_lock
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
+from providers.private_dir import private_dir
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -108,8 +113,8 @@ class Provisioner:
         self.store = store
         self.providers = providers
         self._default_backend = default_backend
-        self.containers.mkdir(parents=True, exist_ok=True)
-        self.locks.mkdir(parents=True, exist_ok=True)
+        for directory in (work_dir.absolute(), self.root, self.containers, self.locks):
+            private_dir(directory)
 
     @property
     def default_backend(self) -> str:
@@ -143,7 +148,7 @@ class Provisioner:
         home = self.containers / container_id
         async with locked_in_thread(self.locks / f"{container_id}.lock"):
             try:
-                home.mkdir()
+                private_dir(home, exist_ok=False)
             except FileExistsError:
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
@@ -154,7 +159,7 @@ class Provisioner:
                     for layer in manifest.layers
                 ]
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
-                rootfs_dir.parent.mkdir(parents=True)
+                private_dir(rootfs_dir.parent)
                 progress.message(f"building the rootfs of {container_id} with {name}")
                 rootfs = await trio.to_thread.run_sync(
                     lambda: chosen.provision(layers, rootfs_dir, writable=writable)

@@ -9,6 +9,9 @@ Layout under the store root::
     locks/<name>.lock         flock(2) files: one writer per blob or reference
     tmp/                      partial writes, named <pid>.<random>
 
+The root and these directories are closed to other users (``0700``, see
+``providers.private_dir``): extracted layers hold images' setuid files.
+
 Writes are atomic: bytes go to ``tmp/``, are verified and fsynced, then
 renamed into place, so a crash never leaves a half blob at a trusted name.
 A blob is fetched under an exclusive lock on its digest; a second process
@@ -39,6 +42,7 @@ from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
 from providers.manifest import ImageManifest, Layer
+from providers.private_dir import private_dir
 
 Progress = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -61,8 +65,8 @@ class Store:
         self.layers = root / "layers"
         self.locks = root / "locks"
         self.tmp = root / "tmp"
-        for directory in (self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
-            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
+            private_dir(directory)
 
     # -- blobs -------------------------------------------------------------
 

@@ -8,6 +8,9 @@ with the image as one uncompressed tar instead of an extracted ``rootfs/``
     images/sha512-<hex>/image.aci    the ACI, uncompressed: its SHA-512 is the id
     tmp/                             partial writes, named <pid>.<random>
 
+The root and these directories are closed to other users (``0700``, see
+``providers.private_dir``): an ACI holds its image's setuid files.
+
 An image directory is built in ``tmp/`` and renamed into place, so one that
 is present is complete and never changes; two processes adding the same
 image both succeed and one copy stays.
@@ -38,6 +41,7 @@ from urllib.parse import urlparse
 from providers.appc import AciInfo, read_aci
 from providers.appc_manifest import AciManifest, parse_aci_manifest
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
+from providers.private_dir import private_dir
 
 DEFAULTS_KEYS = ("os", "arch", "version")
 # uname's machine to the App Container spec's Linux arch label.  The spec
@@ -76,8 +80,8 @@ class AppcStore:
         self.root = root
         self.images = root / "images"
         self.tmp = root / "tmp"
-        for directory in (self.images, self.tmp):
-            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self.images, self.tmp):
+            private_dir(directory)
 
     def aci_path(self, image_id: str) -> Path:
         return self.images / image_id / "image.aci"

@@ -1,0 +1,76 @@
+"""Directories the machine's other users cannot enter: the work dir, the stores and what is below.
+
+An image's setuid-root file, or its world-writable device node, is harmless
+inside its container and a local root exploit anywhere another user can reach
+it: in an extracted layer, a copied rootfs, the upper of a writable one. So
+lazyfs keeps every tree it makes closed, as container engines do: its roots
+and the directories it makes in them are ``0700``, set with ``fchmod`` so the
+umask (0, say, in a service manager) never opens them, and set again on each
+start so a tree an older lazyfs made ``0755`` is closed too.
+
+Nothing lazyfs runs needs another user to pass through: mount processes,
+extractions and runtimes run as root, and a container sees its rootfs from
+inside (after ``pivot_root``), never through these parents. A caller that
+ever needs a path passed through asks for ``0o711``, never for a readable
+parent of a rootfs.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from providers.errors import UsageError
+
+PRIVATE = 0o700
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def private_dir(path: Path, mode: int = PRIVATE, *, exist_ok: bool = True) -> Path:
+    """Make ``path`` a directory of this user with exactly ``mode``; returns ``path``.
+
+    Missing parents are made first, each with ``mode`` too: they hold
+    nothing but what lazyfs puts there. A directory that exists already is
+    kept (unless ``exist_ok`` is false: FileExistsError, as ``mkdir``) and
+    gets ``mode`` if it had another. A new directory is never more open than
+    ``mode`` at any moment. Idempotent; safe when processes race to make the
+    same directory. A symlink at ``path`` is followed: the caller named it.
+
+    Raises UsageError when ``path`` is not a directory, or is owned by
+    another user, who could open it again at will.
+    """
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        _make(parent, mode, exist_ok=True)
+    _make(path, mode, exist_ok=exist_ok)
+    return path
+
+
+def _make(path: Path, mode: int, *, exist_ok: bool) -> None:
+    try:
+        # 0700 at most until fchmod below: the umask can only take bits away.
+        os.mkdir(path, PRIVATE)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except NotADirectoryError:
+        raise UsageError(f"{path} is not a directory") from None
+    try:
+        # One descriptor for the check and the change, so they see one directory.
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise UsageError(
+                f"{path} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}):"
+                " its owner could open it to everyone; use a directory of your own"
+            )
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
