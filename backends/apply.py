@@ -56,13 +56,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, TypeVar
+from typing import BinaryIO, Literal, TypeVar, cast
 
 from backends.base import LayerFile
 from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.errors import BackendError, BadImage, UnsafeLayer, bad_entry
 from providers.layer_rules import RelPath
+from providers.tar_sparse import stored_chunks
 from providers.tar_stream import (
     CHUNK,
     MAX_ENTRIES,
@@ -70,6 +71,7 @@ from providers.tar_stream import (
     MAX_ID,
     CheckedTarInfo,
     LayerReader,
+    file_layout,
     pax_mtime_ns,
     pax_xattrs,
 )
@@ -613,17 +615,20 @@ class _Entry:
         tree.mark_created(resolved)
 
     def _regular(self, parent_fd: int, name: str) -> None:
+        layout = file_layout(self.member, layer=self.layer)
         fd = self.tree.create(
             parent_fd, name, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
         )
         try:
-            if self.member.size:
-                data = self.archive.extractfile(self.member)
-                assert data is not None  # regular members always have data
-                while chunk := data.read(CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+            stream = cast(BinaryIO, self.archive.fileobj)
+            for offset, chunk in stored_chunks(stream, layout, CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+            if layout.extents is not None:
+                # A sparse file's holes stay holes: the size, not zeros, extends it.
+                os.ftruncate(fd, layout.size)
             self._attributes(fd, parent_fd, name)
         finally:
             os.close(fd)

@@ -3,8 +3,10 @@
 ``LayerReader`` lets tarfile's random-access mode read a forward-only stream
 (forward seeks become reads) and turns decompression failures into
 ``BadImage``; ``CheckedTarInfo`` treats a damaged header as damage, not as
-the end of the archive, and bounds extended headers before tarfile reads
-them whole.
+the end of the archive, bounds extended headers before tarfile reads them
+whole, and parses GNU sparse maps with ``providers.tar_sparse``;
+``file_layout`` says where a regular entry's bytes are, the one answer every
+reader uses.
 """
 
 from __future__ import annotations
@@ -16,20 +18,34 @@ import lzma
 import os
 import tarfile
 import zlib
-from typing import BinaryIO, NoReturn
+from collections.abc import Callable
+from typing import BinaryIO, NoReturn, cast
 
 import zstandard
 
 from providers.errors import BadImage, bad_entry
+from providers.tar_sparse import (
+    BLOCK,
+    MAX_EXTENTS,
+    FileLayout,
+    checked_extents,
+    map_00,
+    map_01,
+    map_10,
+    number,
+    old_gnu_extension,
+)
 
 CHUNK = 1 << 20
 # tarfile reads pax and GNU long-name headers whole into memory.
 MAX_HEADER_BYTES = 1 << 20
 # What any reader of a layer refuses past: entries per layer, bytes per
-# entry, and owner ids ((uid_t)-1 means "leave unchanged" to chown).
+# entry (apparent: a sparse file's holes count), and owner ids ((uid_t)-1
+# means "leave unchanged" to chown).
 MAX_ENTRIES = 10_000_000
 MAX_ENTRY_SIZE = 1 << 40
 MAX_ID = (1 << 32) - 2
+_SPARSE_PREFIX = "GNU.sparse."
 _HEADER_TYPES = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
     | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
@@ -97,8 +113,14 @@ class CheckedTarInfo(tarfile.TarInfo):
 
     tarfile stops quietly at a truncated or garbled header after the first
     one, which would make a damaged layer look complete; and it reads
-    extended headers whole, so their size is bounded first.
+    extended headers whole, so their size is bounded first.  GNU sparse
+    maps are read with ``providers.tar_sparse``'s bounded parsers; a member
+    records ``data_end``, where the archive's next header starts, so that
+    ``file_layout`` can check its data fills exactly its own blocks.
     """
+
+    data_end: int
+    header_size: int
 
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> CheckedTarInfo:
@@ -107,10 +129,126 @@ class CheckedTarInfo(tarfile.TarInfo):
         except _DAMAGED_HEADER as error:
             raise tarfile.ReadError(f"damaged header: {error}") from None
 
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> CheckedTarInfo:
+        found = super().frombuf(buf, encoding, errors)
+        # The size field as written, before any pax header changes it.
+        found.header_size = found.size
+        return found
+
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise tarfile.ReadError(f"extended header of {self.size} bytes")
-        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
+        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        if self.type == tarfile.XGLTYPE and any(
+            key.startswith(_SPARSE_PREFIX) for key in archive.pax_headers
+        ):
+            raise tarfile.ReadError("a global header has GNU sparse keys")
+        pending = vars(member).pop("_sparse_end", None)
+        if pending is not None:
+            # tarfile takes the size from whichever pax key came last, and
+            # misplaces the next header of a PAX 1.0 entry with a size key.
+            member.size, archive.offset = pending
+        member.data_end = archive.offset  # type: ignore[attr-defined]
+        return member
+
+    def _proc_sparse(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        """Old GNU sparse header: the map in it and its extension blocks."""
+        slots, extended, realsize = self._sparse_structs  # type: ignore[attr-defined]
+        del self._sparse_structs  # type: ignore[attr-defined]
+        found: list[tuple[int, int]] = list(slots)
+        fileobj = cast(BinaryIO, archive.fileobj)
+        while extended:
+            more, extended = old_gnu_extension(fileobj.read(BLOCK))
+            found += more
+            if len(found) > MAX_EXTENTS:
+                raise tarfile.ReadError(f"{self.name!r} has more than {MAX_EXTENTS} extents")
+        self.sparse = found  # type: ignore[assignment]  # typeshed has bytes
+        self.offset_data = fileobj.tell()
+        archive.offset = self.offset_data + _blocks(self.size)
+        self.size = realsize
+        return self
+
+    def _proc_gnusparse_00(
+        self, next: tarfile.TarInfo, pax_headers: dict[str, str], buf: bytes
+    ) -> None:
+        self._sparse(next, pax_headers, lambda: (map_00(buf), 0), "GNU.sparse.size")
+
+    def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
+        found = pax_headers["GNU.sparse.map"]
+        self._sparse(next, pax_headers, lambda: (map_01(found), 0), "GNU.sparse.size")
+
+    def _proc_gnusparse_10(
+        self, next: tarfile.TarInfo, pax_headers: dict[str, str], archive: tarfile.TarFile
+    ) -> None:
+        fileobj = cast(BinaryIO, archive.fileobj)
+        self._sparse(
+            next,
+            pax_headers,
+            lambda: map_10(fileobj, _stored(next, pax_headers)),
+            "GNU.sparse.realsize",
+        )
+
+    def _sparse(
+        self,
+        next: tarfile.TarInfo,
+        pax_headers: dict[str, str],
+        read_map: Callable[[], tuple[list[tuple[int, int]], int]],
+        size_key: str,
+    ) -> None:
+        """Give ``next`` the map ``read_map`` reads (and the bytes it took), and its sizes."""
+        if self.type == tarfile.XGLTYPE:
+            raise tarfile.ReadError("a global header has a GNU sparse map")
+        if not next.isreg():
+            raise tarfile.ReadError(f"{next.name!r}: a sparse map on a non-regular entry")
+        if size_key not in pax_headers:
+            raise tarfile.ReadError(f"{next.name!r}: a sparse map without {size_key}")
+        realsize = number(pax_headers[size_key], size_key)
+        header_end = next.offset_data
+        found, used = read_map()
+        next.sparse = found  # type: ignore[assignment]  # typeshed has bytes
+        next.offset_data = header_end + used
+        data_end = header_end + _blocks(_stored(next, pax_headers))
+        next._sparse_end = (realsize, data_end)  # type: ignore[attr-defined]
+
+
+def _blocks(count: int) -> int:
+    """``count`` bytes rounded up to whole tar blocks."""
+    return -(-count // BLOCK) * BLOCK
+
+
+def _stored(member: tarfile.TarInfo, pax_headers: dict[str, str]) -> int:
+    """The bytes the archive gives ``member``'s data (a sparse map's included)."""
+    if "size" in pax_headers:
+        return number(pax_headers["size"], "size")
+    return member.header_size  # type: ignore[attr-defined, no-any-return]
+
+
+def file_layout(member: tarfile.TarInfo, *, layer: str) -> FileLayout:
+    """Where the bytes of the regular entry ``member`` (read by ``CheckedTarInfo``) are.
+
+    Raises BadImage naming the entry when its apparent size passes
+    ``MAX_ENTRY_SIZE`` (holes count: a sparse file claiming a TiB is a bomb
+    for anyone who reads it), when its sparse map is damaged
+    (``tar_sparse.checked_extents``), or when its data does not fill exactly
+    the blocks the archive gives it: what its size or map says would then
+    run into the next entry.  The bytes actually stored, not the holes,
+    count toward the layer's ``LayerLimits``.
+    """
+    name, size = member.name, member.size
+    if not 0 <= size <= MAX_ENTRY_SIZE:
+        raise bad_entry(layer, name, f"claims {size} bytes")
+    extents = None
+    sparse = cast(list[tuple[int, int]] | None, member.sparse)  # typeshed has bytes
+    if sparse is not None:
+        extents = checked_extents(sparse, size, layer=layer, entry=name)
+    layout = FileLayout(size, member.offset_data, extents)
+    area = getattr(member, "data_end", -1) - member.offset_data
+    if area != _blocks(layout.stored):
+        raise bad_entry(
+            layer, name, f"has {layout.stored} bytes of data in {max(area, 0)} bytes of blocks"
+        )
+    return layout
 
 
 MAX_XATTR_VALUE_BYTES = 1 << 16  # the kernel's XATTR_SIZE_MAX
