@@ -37,6 +37,7 @@ from providers.tar_stream import (
     MAX_ID,
     CheckedTarInfo,
     LayerReader,
+    file_layout,
     pax_mtime_ns,
     pax_xattrs,
 )
@@ -153,17 +154,18 @@ def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
         if not (0 <= member.devmajor < 1 << 32 and 0 <= member.devminor < 1 << 32):
             raise bad_entry(layer, name, f"has the device {member.devmajor}:{member.devminor}")
         rdev = (member.devmajor, member.devminor)
-    is_file = kind is Kind.FILE
+    layout = file_layout(member, layer=layer) if kind is Kind.FILE else None
     return IndexEntry(
         path=rule.path,
         kind=kind,
         mode=member.mode & 0o7777,
         uid=member.uid,
         gid=member.gid,
-        size=member.size if is_file else 0,
+        size=layout.size if layout else 0,
         mtime_ns=pax_mtime_ns(member, layer),
         target=target,
         rdev=rdev,
         xattrs=tuple(sorted(pax_xattrs(member, layer).items())),
-        offset=member.offset_data if is_file else 0,
+        offset=layout.offset if layout else 0,
+        extents=layout.extents if layout else None,
     )

@@ -1,4 +1,4 @@
-"""Hostile and damaged GNU sparse entries: one clear BadImage from applying.
+"""Hostile and damaged GNU sparse entries: one clear BadImage from applying and from indexing.
 
 Each layer but the truncated ones puts its bad sparse entry right before a
 private ``etc/shadow``, whose bytes a reader that trusted the map would
@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from backends.apply import apply_layer
+from lazyfs.index_build import build_index
+from providers.digest import digest_bytes
 from providers.errors import BadImage
 from providers.tar_sparse import MAX_EXTENTS
 from providers.tar_stream import MAX_ENTRY_SIZE
@@ -145,6 +147,20 @@ def test_apply_refuses_with_one_line(case: str, tmp_path: Path) -> None:
         apply_layer(root, io.BytesIO(data), layer="sha256:l")
     message = str(caught.value)
     assert message.startswith("bad layer sha256:l: ") and "\n" not in message
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_index_refuses_with_one_line(case: str, tmp_path: Path) -> None:
+    data = CASES[case]
+    blob = tmp_path / "blob"
+    blob.write_bytes(data)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    digest = digest_bytes(data)
+    with pytest.raises(BadImage) as caught:
+        build_index(digest, blob, scratch)
+    message = str(caught.value)
+    assert message.startswith(f"bad layer {digest}: ") and "\n" not in message
 
 
 def test_the_handmade_forms_are_read_when_sound(tmp_path: Path) -> None:
