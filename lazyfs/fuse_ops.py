@@ -30,7 +30,7 @@ import pyfuse3
 
 from lazyfs.blob_ranges import ChunkCache
 from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree
-from providers.tar_sparse import pieces
+from providers.extents import pieces
 
 log = logging.getLogger(__name__)
 

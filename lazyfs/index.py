@@ -41,9 +41,9 @@ from typing import Any
 
 from providers.digest import Digest, hex_part
 from providers.errors import BadImage
+from providers.extents import Extent
 from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
-from providers.tar_sparse import Extent
 
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
 # 3: a header line before the entries, so the header reads without them.

@@ -34,8 +34,8 @@ from lazyfs.index import IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.digest import Digest
 from providers.errors import BadImage, UnsafeLayer, bad_entry
+from providers.extents import Extent
 from providers.layer_rules import RelPath
-from providers.tar_sparse import Extent
 
 InodeNo = NewType("InodeNo", int)
 ROOT_INO = InodeNo(1)  # what FUSE calls the root
@@ -55,7 +55,7 @@ class DataRef:
     """Where a regular file's bytes are: ``size`` bytes at ``offset`` of layer ``digest``'s tar.
 
     For a GNU sparse file, ``extents`` are its data extents stored from
-    ``offset`` on, and the rest reads as zeros (``providers.tar_sparse.pieces``).
+    ``offset`` on, and the rest reads as zeros (``providers.extents.pieces``).
     """
 
     digest: Digest

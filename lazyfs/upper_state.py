@@ -23,7 +23,7 @@ import trio
 
 from lazyfs.blob_ranges import RangeReader
 from lazyfs.tree import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
-from providers.tar_sparse import data_extents
+from providers.extents import data_extents
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 METACOPY_XATTR = "trusted.overlay.metacopy"

@@ -23,13 +23,12 @@ the bounded parsers here (damage is ``tarfile.ReadError``), and
 ``tar_stream.file_layout`` judges every regular entry, sparse or not, with
 ``checked_extents``, before anyone reads its bytes: applying
 (``backends.apply``, with ``stored_chunks``), indexing
-(``lazyfs.index_build``) and, through the index, the FUSE reads (with
-``pieces`` and ``data_extents``).
+(``lazyfs.index_build``) and, through the index, the FUSE reads
+(``providers.extents``).
 """
 
 from __future__ import annotations
 
-import bisect
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from providers.errors import bad_entry
+from providers.extents import Extent, data_extents
 
 BLOCK = tarfile.BLOCKSIZE
 # GNU tar writes one extent per run of data; a map this long is no real file's.
@@ -46,9 +46,6 @@ _MAX_DIGITS = 20
 _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
 # tarfile's reader of numeric header fields (octal or base-256); not in typeshed.
 _nti: Callable[[bytes], int] = tarfile.nti  # type: ignore[attr-defined]
-
-# (offset in the file, length, offset in the entry's stored data): one data extent.
-Extent = tuple[int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,47 +94,6 @@ def checked_extents(
         stored += length
         end = offset + length
     return tuple(extents)
-
-
-def data_extents(extents: tuple[Extent, ...] | None, size: int) -> tuple[Extent, ...]:
-    """The data extents of a file: ``extents``, or all of it for an ordinary one."""
-    if extents is not None:
-        return extents
-    return ((0, size, 0),) if size else ()
-
-
-def pieces(
-    extents: tuple[Extent, ...] | None, size: int, offset: int, length: int
-) -> Iterator[tuple[int, int | None]]:
-    """``length`` bytes at ``offset`` of a file, as (length, stored offset or None for zeros).
-
-    In file order, covering the range cut at ``size``; nothing past it.
-    """
-    end = min(size, offset + length)
-    if offset >= end:
-        return
-    if extents is None:
-        yield end - offset, offset
-        return
-    # The first extent that ends after offset: the one holding it, or the next.
-    here = max(bisect.bisect_right(extents, offset, key=lambda e: e[0]) - 1, 0)
-    position = offset
-    for start, count, stored in extents[here:]:
-        if position >= end:
-            return
-        if start + count <= position:
-            continue
-        if position < start:
-            gap = min(start, end) - position
-            yield gap, None
-            position += gap
-            if position >= end:
-                return
-        take = min(start + count, end) - position
-        yield take, stored + position - start
-        position += take
-    if position < end:
-        yield end - position, None
 
 
 def stored_chunks(stream: BinaryIO, layout: FileLayout, chunk: int) -> Iterator[tuple[int, bytes]]:

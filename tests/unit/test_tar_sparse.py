@@ -1,13 +1,21 @@
-"""providers.tar_sparse without archives: extents checked, ranges cut into data and holes."""
+"""Sparse extents without archives: checked (tar_sparse), ranges cut into data and holes (extents).
+
+A mount process reads sparse files through providers.extents alone: it
+never imports tarfile, which only building an index needs.
+"""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.errors import BadImage
-from providers.tar_sparse import Extent, checked_extents, data_extents, pieces
+from providers.extents import Extent, data_extents, pieces
+from providers.tar_sparse import checked_extents
 
 
 @st.composite
@@ -76,3 +84,12 @@ def test_data_extents_of_an_ordinary_file() -> None:
 def test_checked_extents_refuses(pairs: list[tuple[int, int]], size: int, reason: str) -> None:
     with pytest.raises(BadImage, match=reason):
         checked_extents(pairs, size, layer="sha256:l", entry="etc/x")
+
+
+def test_a_mount_process_does_not_import_the_tar_parsers() -> None:
+    probe = "import sys, lazyfs.mount_main; print(sorted(set(sys.argv[1:]) & set(sys.modules)))"
+    parsers = ["tarfile", "providers.tar_sparse", "providers.tar_stream", "zstandard"]
+    found = subprocess.run(
+        [sys.executable, "-c", probe, *parsers], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"
