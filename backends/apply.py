@@ -70,6 +70,7 @@ from providers.tar_stream import (
     MAX_ENTRY_SIZE,
     MAX_ID,
     CheckedTarInfo,
+    LayerLimits,
     LayerReader,
     file_layout,
     pax_mtime_ns,
@@ -93,31 +94,49 @@ T = TypeVar("T")
 
 
 def apply_layers(
-    root: Path, layers: Sequence[LayerFile], *, whiteouts: Whiteouts = "apply"
+    root: Path,
+    layers: Sequence[LayerFile],
+    *,
+    whiteouts: Whiteouts = "apply",
+    limits: LayerLimits | None = None,
 ) -> frozenset[RelPath]:
     """Apply layer blobs (gzip, zstd or plain tar) to ``root``, bottom first.
 
-    Returns ``apply_layer``'s answer for the last layer.
+    Each layer unpacks within ``limits`` (default: ``LayerLimits()``) for
+    its blob's size.  Returns ``apply_layer``'s answer for the last layer.
     """
     implicit: frozenset[RelPath] = frozenset()
     for layer in layers:
         with layer.path.open("rb") as blob:
             implicit = apply_layer(
-                root, decompressed(blob), layer=str(layer.digest), whiteouts=whiteouts
+                root,
+                decompressed(blob),
+                layer=str(layer.digest),
+                whiteouts=whiteouts,
+                limits=limits,
+                compressed_size=os.fstat(blob.fileno()).st_size,
             )
     return implicit
 
 
 def apply_layer(
-    root: Path, tar_stream: BinaryIO, *, layer: str, whiteouts: Whiteouts = "apply"
+    root: Path,
+    tar_stream: BinaryIO,
+    *,
+    layer: str,
+    whiteouts: Whiteouts = "apply",
+    limits: LayerLimits | None = None,
+    compressed_size: int | None = None,
 ) -> frozenset[RelPath]:
     """Apply one uncompressed tar stream to the existing directory ``root``.
 
     ``layer`` names the layer (its digest) in errors; ``whiteouts`` applies
-    them or writes them for overlayfs.  Returns the directories the layer
-    made without a header.  The module docstring has the rules.
+    them or writes them for overlayfs; the stream may have what ``limits``
+    allow a blob of ``compressed_size`` (None: unknown) bytes, BadImage
+    past it.  Returns the directories the layer made without a header.  The
+    module docstring has the rules.
     """
-    stream = LayerReader(tar_stream, layer)
+    stream = LayerReader(tar_stream, layer, limits=limits, compressed_size=compressed_size)
     with _Tree(root, layer, overlay=whiteouts == "overlay") as tree:
         try:
             # Closing the archive would close nothing of ours.

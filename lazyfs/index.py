@@ -37,13 +37,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers.digest import Digest, hex_part
 from providers.errors import BadImage
 from providers.extents import Extent
 from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
+
+if TYPE_CHECKING:
+    # Only building an index needs the tar parsers, not a mount process.
+    from providers.tar_stream import LayerLimits
 
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
 # 3: a header line before the entries, so the header reads without them.
@@ -245,7 +249,13 @@ def load_index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> Lay
 
 
 def ensure_index(
-    layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path, *, entries: bool = True
+    layers_dir: Path,
+    tmp_dir: Path,
+    digest: Digest,
+    blob: Path,
+    *,
+    entries: bool = True,
+    limits: LayerLimits | None = None,
 ) -> LayerIndex:
     """The index of the verified layer blob ``blob``, built and stored if missing.
 
@@ -255,7 +265,9 @@ def ensure_index(
     format 1 is removed.  With ``entries=False`` a stored index is checked
     and returned by its header alone (no entries): what a caller that only
     makes sure the index is there needs.  Raises BadImage for a corrupt
-    layer, UnsafeLayer for a hostile one; nothing is stored then.
+    layer or one that unpacks past ``limits`` (a stored index was built
+    within the limits of its day), UnsafeLayer for a hostile one; nothing
+    is stored then.
     """
     found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
@@ -271,7 +283,7 @@ def ensure_index(
             return found
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
-            index = build_index(digest, blob, scratch)
+            index = build_index(digest, blob, scratch, limits=limits)
             for name in _stored_files(index):
                 os.rename(scratch / name, home / name)
             if index.compression == "gzip":

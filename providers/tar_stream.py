@@ -1,12 +1,12 @@
 """A layer's tar stream as lazyfs reads it (applying and indexing): in order, distrusted.
 
 ``LayerReader`` lets tarfile's random-access mode read a forward-only stream
-(forward seeks become reads) and turns decompression failures into
-``BadImage``; ``CheckedTarInfo`` treats a damaged header as damage, not as
-the end of the archive, bounds extended headers before tarfile reads them
-whole, and parses GNU sparse maps with ``providers.tar_sparse``;
-``file_layout`` says where a regular entry's bytes are, the one answer every
-reader uses.
+(forward seeks become reads), turns decompression failures into
+``BadImage`` and bounds how far a layer unpacks (``LayerLimits``);
+``CheckedTarInfo`` treats a damaged header as damage, not as the end of the
+archive, bounds extended headers before tarfile reads them whole, and parses
+GNU sparse maps with ``providers.tar_sparse``; ``file_layout`` says where a
+regular entry's bytes are, the one answer every reader uses.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import tarfile
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO, NoReturn, cast
 
 import zstandard
@@ -58,6 +59,52 @@ _DAMAGED_HEADER: tuple[type[Exception], ...] = (
 )
 
 
+GiB = 1 << 30
+# Real layers unpack to a few GiB, the biggest (CUDA toolkits, model weights
+# baked in) to tens of GiB: 256 GiB is far past them and still bounds a
+# bomb by what a disk holds.
+DEFAULT_MAX_LAYER_SIZE = 256 * GiB
+# Real layers compress 2-5 times, text-heavy ones up to 10-20: 100 leaves
+# them room, while gzip of zeros reaches 1000.  What passes it is a file of
+# zeros (lastlog or faillog after useradd of a large uid without -l, a
+# preallocated file); such an image needs --max_layer_ratio raised.
+DEFAULT_MAX_LAYER_RATIO = 100
+# Tiny layers look far more compressed than they are (an empty GNU tar is
+# 10 KiB of zeros in 45 gzip bytes); unpacking 64 MiB harms no one.
+RATIO_FLOOR = 64 << 20
+
+
+@dataclass(frozen=True)
+class LayerLimits:
+    """How many bytes a layer's uncompressed tar stream may have.
+
+    At most ``max_size``, and at most ``max_ratio`` times the size of the
+    compressed blob (but ``RATIO_FLOOR`` whatever the blob).  Counted are the
+    bytes of the tar stream, which are what an extraction writes at most:
+    the holes of sparse entries are not in it and are never written (each
+    entry's apparent size is bounded by ``MAX_ENTRY_SIZE`` instead).
+    """
+
+    max_size: int = DEFAULT_MAX_LAYER_SIZE
+    max_ratio: int = DEFAULT_MAX_LAYER_RATIO
+
+    def bound(self, compressed_size: int | None) -> tuple[int, str]:
+        """The most a layer of ``compressed_size`` (None: unknown) may unpack to, and why."""
+        if compressed_size is not None:
+            by_ratio = max(RATIO_FLOOR, self.max_ratio * compressed_size)
+            if by_ratio < self.max_size:
+                return by_ratio, (
+                    f"{self.max_ratio} times its {compressed_size} bytes, see --max_layer_ratio"
+                )
+        return self.max_size, "see --max_layer_size"
+
+    def check(self, layer: str, size: int, compressed_size: int | None) -> None:
+        """BadImage if ``size`` bytes are more than a layer of ``compressed_size`` may have."""
+        most, why = self.bound(compressed_size)
+        if size > most:
+            raise BadImage(f"bad layer {layer}: unpacks to more than {most} bytes ({why})")
+
+
 class LayerReader:
     """The layer stream as tarfile's random-access mode wants it, read in order.
 
@@ -65,13 +112,25 @@ class LayerReader:
     which costs more than the rest of the extraction; its random-access mode
     only ever seeks forward over one archive, so forward seeks are reads.
     Decompression failures become BadImage here, on the read side only, so a
-    failing write to the rootfs is never mistaken for a corrupt layer.
+    failing write to the rootfs is never mistaken for a corrupt layer; so
+    does reading past what ``limits`` allow a layer whose blob has
+    ``compressed_size`` bytes, before the bytes past it are handed on.
     """
 
-    def __init__(self, stream: BinaryIO, layer: str) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        layer: str,
+        *,
+        limits: LayerLimits | None = None,
+        compressed_size: int | None = None,
+    ) -> None:
         self._stream = stream
         self._layer = layer
         self._position = 0
+        self._limits = limits or LayerLimits()
+        self._compressed_size = compressed_size
+        self._most = self._limits.bound(compressed_size)[0]
 
     def read(self, size: int = -1, /) -> bytes:
         try:
@@ -85,6 +144,8 @@ class LayerReader:
                 raise self._corrupt(error) from error
             raise
         self._position += len(data)
+        if self._position > self._most:
+            self._limits.check(self._layer, self._position, self._compressed_size)
         return data
 
     def _corrupt(self, error: Exception) -> BadImage:
