@@ -85,6 +85,7 @@ async def mount_image(
             tmp_dir=store.tmp,
             writable=writable,
             debug=debug,
+            limits=provisioner.limits,
         )
     except BaseException:
         shutil.rmtree(record, ignore_errors=True)

@@ -27,11 +27,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazyfs.index import ensure_index
 from lazyfs.tree_cache import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError
+
+if TYPE_CHECKING:
+    from providers.tar_stream import LayerLimits
 
 READY = b"ready\n"
 MOUNT_TIMEOUT = 60.0
@@ -58,6 +62,7 @@ def mount(
     upper: Path | None = None,
     work: Path | None = None,
     debug: bool = False,
+    limits: LayerLimits | None = None,
 ) -> int:
     """Mount the union of ``layers`` (bottom first) at the existing ``mountpoint``.
 
@@ -67,8 +72,9 @@ def mount(
     the mount process logs every request it serves to ``log_path``.
 
     Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
-    layer the index refuses, BackendError when the mount does not come up
-    (the reason from the mount process's log).
+    layer the index refuses (one that unpacks past ``limits`` too),
+    BackendError when the mount does not come up (the reason from the mount
+    process's log).
     """
     # With the image's merged tree kept, the mount process needs only the
     # indexes' headers; without it, it merges the entries, so check them whole
@@ -76,7 +82,7 @@ def mount(
     kept = tree_path(layers_dir, [layer.digest for layer in layers]).is_file()
     for layer in layers:
         # It checks (or writes) what the index points into, too.
-        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=not kept)
+        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=not kept, limits=limits)
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--layers-dir", str(layers_dir)]
     for layer in layers:
@@ -135,6 +141,7 @@ def mount_recorded(
     tmp_dir: Path,
     writable: bool,
     debug: bool = False,
+    limits: LayerLimits | None = None,
 ) -> int:
     """``mount``, keeping the mount's state in ``record``, an existing empty directory.
 
@@ -156,6 +163,7 @@ def mount_recorded(
         upper=upper,
         work=work,
         debug=debug,
+        limits=limits,
     )
     (record / "pid").write_text(f"{pid}\n")
     return pid

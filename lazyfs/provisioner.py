@@ -35,6 +35,7 @@ from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageErr
 from providers.fslock import try_exclusive_lock
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
+from providers.tar_stream import LayerLimits
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -94,8 +95,11 @@ class Provisioner:
         store: Store,
         providers: Mapping[str, ImageProvider],
         default_backend: str | None = None,
+        limits: LayerLimits | None = None,
     ) -> None:
         """``default_backend`` None: chosen as Mesos does (``default_backend_name``).
+
+        ``limits`` bounds how far any layer unpacks, in every backend.
 
         A relative ``work_dir`` is taken from the current directory, once:
         rootfs paths are recorded, mounted and handed to runtimes, which
@@ -107,6 +111,7 @@ class Provisioner:
         self.store = store
         self.providers = providers
         self._default_backend = default_backend
+        self.limits = limits
         self.containers.mkdir(parents=True, exist_ok=True)
         self.locks.mkdir(parents=True, exist_ok=True)
 
@@ -118,7 +123,7 @@ class Provisioner:
         return self._default_backend
 
     def backend(self, name: str) -> Backend:
-        return make_backend(name, self.store.layers, self.store.tmp)
+        return make_backend(name, self.store.layers, self.store.tmp, self.limits)
 
     async def provision(
         self,
