@@ -94,15 +94,16 @@ class LayerLimits:
             by_ratio = max(RATIO_FLOOR, self.max_ratio * compressed_size)
             if by_ratio < self.max_size:
                 return by_ratio, (
-                    f"{self.max_ratio} times its {compressed_size} bytes, see --max_layer_ratio"
+                    f"the most for its {compressed_size} compressed bytes"
+                    f" at --max_layer_ratio {self.max_ratio}"
                 )
-        return self.max_size, "see --max_layer_size"
+        return self.max_size, "the most any layer may have, see --max_layer_size"
 
     def check(self, layer: str, size: int, compressed_size: int | None) -> None:
         """BadImage if ``size`` bytes are more than a layer of ``compressed_size`` may have."""
         most, why = self.bound(compressed_size)
         if size > most:
-            raise BadImage(f"bad layer {layer}: unpacks to more than {most} bytes ({why})")
+            raise BadImage(f"bad layer {layer}: unpacks to more than {most} bytes, {why}")
 
 
 class LayerReader:

@@ -141,7 +141,9 @@ def test_the_absolute_cap(kind: str, tmp_path: Path) -> None:
     root.mkdir()
     with pytest.raises(BadImage) as caught:
         apply_layers(root, [layer], limits=limits)
-    assert one_line(caught.value).endswith(f"more than {2 * MiB} bytes (see --max_layer_size)")
+    assert one_line(caught.value).endswith(
+        f"more than {2 * MiB} bytes, the most any layer may have, see --max_layer_size"
+    )
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     with pytest.raises(BadImage, match="--max_layer_size"):
@@ -154,10 +156,15 @@ def test_the_absolute_cap(kind: str, tmp_path: Path) -> None:
 
 def test_the_bound_of_a_layer() -> None:
     limits = LayerLimits(max_size=1 << 40, max_ratio=100)
-    assert limits.bound(None) == (1 << 40, "see --max_layer_size")
-    assert limits.bound(10)[0] == RATIO_FLOOR  # tiny layers may always unpack a little
+    by_size = "the most any layer may have, see --max_layer_size"
+    assert limits.bound(None) == (1 << 40, by_size)
+    # Tiny layers may always unpack a little.
+    assert limits.bound(10) == (
+        RATIO_FLOOR,
+        "the most for its 10 compressed bytes at --max_layer_ratio 100",
+    )
     assert limits.bound(10 * MiB) == (
         1000 * MiB,
-        f"100 times its {10 * MiB} bytes, see --max_layer_ratio",
+        f"the most for its {10 * MiB} compressed bytes at --max_layer_ratio 100",
     )
-    assert LayerLimits(max_size=5 * MiB).bound(10 * MiB) == (5 * MiB, "see --max_layer_size")
+    assert LayerLimits(max_size=5 * MiB).bound(10 * MiB) == (5 * MiB, by_size)
