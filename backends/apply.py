@@ -56,20 +56,23 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, TypeVar
+from typing import BinaryIO, Literal, TypeVar, cast
 
 from backends.base import LayerFile
 from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.errors import BackendError, BadImage, UnsafeLayer, bad_entry
 from providers.layer_rules import RelPath
+from providers.tar_sparse import stored_chunks
 from providers.tar_stream import (
     CHUNK,
     MAX_ENTRIES,
     MAX_ENTRY_SIZE,
     MAX_ID,
     CheckedTarInfo,
+    LayerLimits,
     LayerReader,
+    file_layout,
     pax_mtime_ns,
     pax_xattrs,
 )
@@ -91,31 +94,49 @@ T = TypeVar("T")
 
 
 def apply_layers(
-    root: Path, layers: Sequence[LayerFile], *, whiteouts: Whiteouts = "apply"
+    root: Path,
+    layers: Sequence[LayerFile],
+    *,
+    whiteouts: Whiteouts = "apply",
+    limits: LayerLimits | None = None,
 ) -> frozenset[RelPath]:
     """Apply layer blobs (gzip, zstd or plain tar) to ``root``, bottom first.
 
-    Returns ``apply_layer``'s answer for the last layer.
+    Each layer unpacks within ``limits`` (default: ``LayerLimits()``) for
+    its blob's size.  Returns ``apply_layer``'s answer for the last layer.
     """
     implicit: frozenset[RelPath] = frozenset()
     for layer in layers:
         with layer.path.open("rb") as blob:
             implicit = apply_layer(
-                root, decompressed(blob), layer=str(layer.digest), whiteouts=whiteouts
+                root,
+                decompressed(blob),
+                layer=str(layer.digest),
+                whiteouts=whiteouts,
+                limits=limits,
+                compressed_size=os.fstat(blob.fileno()).st_size,
             )
     return implicit
 
 
 def apply_layer(
-    root: Path, tar_stream: BinaryIO, *, layer: str, whiteouts: Whiteouts = "apply"
+    root: Path,
+    tar_stream: BinaryIO,
+    *,
+    layer: str,
+    whiteouts: Whiteouts = "apply",
+    limits: LayerLimits | None = None,
+    compressed_size: int | None = None,
 ) -> frozenset[RelPath]:
     """Apply one uncompressed tar stream to the existing directory ``root``.
 
     ``layer`` names the layer (its digest) in errors; ``whiteouts`` applies
-    them or writes them for overlayfs.  Returns the directories the layer
-    made without a header.  The module docstring has the rules.
+    them or writes them for overlayfs; the stream may have what ``limits``
+    allow a blob of ``compressed_size`` (None: unknown) bytes, BadImage
+    past it.  Returns the directories the layer made without a header.  The
+    module docstring has the rules.
     """
-    stream = LayerReader(tar_stream, layer)
+    stream = LayerReader(tar_stream, layer, limits=limits, compressed_size=compressed_size)
     with _Tree(root, layer, overlay=whiteouts == "overlay") as tree:
         try:
             # Closing the archive would close nothing of ours.
@@ -613,17 +634,20 @@ class _Entry:
         tree.mark_created(resolved)
 
     def _regular(self, parent_fd: int, name: str) -> None:
+        layout = file_layout(self.member, layer=self.layer)
         fd = self.tree.create(
             parent_fd, name, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
         )
         try:
-            if self.member.size:
-                data = self.archive.extractfile(self.member)
-                assert data is not None  # regular members always have data
-                while chunk := data.read(CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+            stream = cast(BinaryIO, self.archive.fileobj)
+            for offset, chunk in stored_chunks(stream, layout, CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+            if layout.extents is not None:
+                # A sparse file's holes stay holes: the size, not zeros, extends it.
+                os.ftruncate(fd, layout.size)
             self._attributes(fd, parent_fd, name)
         finally:
             os.close(fd)

@@ -14,16 +14,18 @@ from backends.base import LayerFile, Rootfs
 from backends.extracted import extracted_layer
 from backends.mounts import bind_mount, unmount, unmount_all_under
 from providers.errors import BackendError
+from providers.tar_stream import LayerLimits
 
 
 class BindBackend:
     name = "bind"
 
-    def __init__(self, layers_dir: Path, tmp_dir: Path) -> None:
+    def __init__(self, layers_dir: Path, tmp_dir: Path, limits: LayerLimits | None = None) -> None:
         self.layers_dir = layers_dir
         # Scratch space on the same filesystem, named by pid, so the store's
         # clean-up finds what a crashed extraction left.
         self.tmp_dir = tmp_dir
+        self.limits = limits
 
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
         if len(layers) != 1:
@@ -45,4 +47,4 @@ class BindBackend:
 
     def extracted(self, layer: LayerFile) -> Path:
         """The layer's tree under the store, extracted once, atomically."""
-        return extracted_layer(self.layers_dir, self.tmp_dir, layer, "rootfs")
+        return extracted_layer(self.layers_dir, self.tmp_dir, layer, "rootfs", self.limits)

@@ -9,6 +9,7 @@ from pathlib import Path
 from backends.apply import apply_layers
 from backends.base import LayerFile, Rootfs
 from backends.mounts import unmount_all_under
+from providers.tar_stream import LayerLimits
 
 
 class CopyBackend:
@@ -16,9 +17,12 @@ class CopyBackend:
 
     name = "copy"
 
+    def __init__(self, limits: LayerLimits | None = None) -> None:
+        self.limits = limits
+
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
         rootfs.mkdir(mode=0o755)
-        apply_layers(rootfs, layers)
+        apply_layers(rootfs, layers, limits=self.limits)
         # The tree is the container's own, so it is writable whatever was asked.
         return Rootfs(rootfs, self.name, writable=True)
 

@@ -1,6 +1,6 @@
 """Layers extracted once into the store, shared by every container using them.
 
-``extracted_layer(layers_dir, tmp_dir, layer, form)`` returns
+``extracted_layer(layers_dir, tmp_dir, layer, form, limits)`` returns
 ``<layers_dir>/<hex>/<form>``, the tree of one layer blob:
 
 - ``rootfs``: the layer applied to an empty directory, whiteouts applied
@@ -37,13 +37,23 @@ from providers.errors import BackendError
 from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
 from providers.private_dir import private_dir
+from providers.tar_stream import LayerLimits
 
 Form = Literal["rootfs", "overlay"]
 _IMPLICIT_SUFFIX = ".implicit.json"
 
 
-def extracted_layer(layers_dir: Path, tmp_dir: Path, layer: LayerFile, form: Form) -> Path:
-    """The tree of ``layer`` in ``form`` under the store, extracted if missing."""
+def extracted_layer(
+    layers_dir: Path,
+    tmp_dir: Path,
+    layer: LayerFile,
+    form: Form,
+    limits: LayerLimits | None = None,
+) -> Path:
+    """The tree of ``layer`` in ``form`` under the store, extracted if missing.
+
+    Extraction refuses a layer that unpacks past ``limits`` (BadImage), leaving nothing.
+    """
     home = layers_dir / hex_part(layer.digest)
     target = home / form
     if target.is_dir():
@@ -57,7 +67,7 @@ def extracted_layer(layers_dir: Path, tmp_dir: Path, layer: LayerFile, form: For
             tree = scratch / form
             tree.mkdir(mode=0o755)
             whiteouts: Literal["apply", "overlay"] = "overlay" if form == "overlay" else "apply"
-            implicit = apply_layers(tree, [layer], whiteouts=whiteouts)
+            implicit = apply_layers(tree, [layer], whiteouts=whiteouts, limits=limits)
             if form == "overlay":
                 sidecar = scratch / (form + _IMPLICIT_SUFFIX)
                 sidecar.write_text(json.dumps(sorted(list(p) for p in implicit)))

@@ -27,6 +27,7 @@ from backends.base import LayerFile, Rootfs, scratch_dir
 from backends.mounts import unmount
 from lazyfs import mount as lazy_mount
 from providers.errors import BackendError
+from providers.tar_stream import LayerLimits
 
 
 class FuseBackend:
@@ -34,9 +35,10 @@ class FuseBackend:
 
     name = "fuse"
 
-    def __init__(self, layers_dir: Path, tmp_dir: Path) -> None:
+    def __init__(self, layers_dir: Path, tmp_dir: Path, limits: LayerLimits | None = None) -> None:
         self.layers_dir = layers_dir
         self.tmp_dir = tmp_dir
+        self.limits = limits
 
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
         if not layers:
@@ -53,6 +55,7 @@ class FuseBackend:
                 layers_dir=self.layers_dir,
                 tmp_dir=self.tmp_dir,
                 writable=writable,
+                limits=self.limits,
             )
         except BaseException:
             with contextlib.suppress(OSError):

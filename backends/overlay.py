@@ -48,6 +48,7 @@ from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs
 from lazyfs.mount import mount_points
 from providers.errors import BackendError
 from providers.private_dir import private_dir
+from providers.tar_stream import LayerLimits
 
 # mount(2) takes its options in one page, the terminating NUL included.
 MAX_OPTIONS = 4095
@@ -58,15 +59,17 @@ class OverlayBackend:
 
     name = "overlay"
 
-    def __init__(self, layers_dir: Path, tmp_dir: Path) -> None:
+    def __init__(self, layers_dir: Path, tmp_dir: Path, limits: LayerLimits | None = None) -> None:
         self.layers_dir = layers_dir
         self.tmp_dir = tmp_dir
+        self.limits = limits
 
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
         if not layers:
             raise BackendError("the overlay backend needs an image of at least one layer")
         lowers = [
-            extracted_layer(self.layers_dir, self.tmp_dir, layer, "overlay") for layer in layers
+            extracted_layer(self.layers_dir, self.tmp_dir, layer, "overlay", self.limits)
+            for layer in layers
         ]
         scratch = scratch_dir(rootfs)
         private_dir(scratch.parent)

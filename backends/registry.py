@@ -19,24 +19,28 @@ from backends.copy import CopyBackend
 from backends.fuse import FuseBackend
 from backends.overlay import OverlayBackend, overlay_usable
 from providers.errors import BackendError
+from providers.tar_stream import LayerLimits
 
 NAMES = ("copy", "bind", "overlay", "fuse")
 
 
-def make_backend(name: str, layers_dir: Path, tmp_dir: Path) -> Backend:
+def make_backend(
+    name: str, layers_dir: Path, tmp_dir: Path, limits: LayerLimits | None = None
+) -> Backend:
     """The backend called ``name``.
 
     ``layers_dir`` holds per-layer data backends share between containers;
-    ``tmp_dir`` is scratch space on the same filesystem, cleaned by recover.
+    ``tmp_dir`` is scratch space on the same filesystem, cleaned by recover;
+    ``limits`` bounds how far a layer unpacks (default: ``LayerLimits()``).
     """
     if name == "copy":
-        return CopyBackend()
+        return CopyBackend(limits)
     if name == "bind":
-        return BindBackend(layers_dir, tmp_dir)
+        return BindBackend(layers_dir, tmp_dir, limits)
     if name == "overlay":
-        return OverlayBackend(layers_dir, tmp_dir)
+        return OverlayBackend(layers_dir, tmp_dir, limits)
     if name == "fuse":
-        return FuseBackend(layers_dir, tmp_dir)
+        return FuseBackend(layers_dir, tmp_dir, limits)
     raise BackendError(f"unknown backend {name!r}; known: {', '.join(NAMES)}")
 
 

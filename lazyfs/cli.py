@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -34,6 +35,7 @@ from providers.image_pb2 import Image
 from providers.registry import RegistryOptions, parse_platform
 from providers.registry_auth import parse_docker_config
 from providers.registry_http import HttpOptions
+from providers.tar_stream import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE, LayerLimits
 
 DEFAULT_WORK_DIR = "/var/lib/lazyfs"
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
@@ -88,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="where simple discovery finds ACIs: an http(s):// URL prefix or a directory",
     )
     _flag(parser, "platform", default=None, help="os/arch[/variant] to pick from image indexes")
+    _flag(
+        parser,
+        "max_layer_size",
+        default=f"{DEFAULT_MAX_LAYER_SIZE >> 30}GB",
+        help="the most a layer may unpack to: bytes, or a number with B, KB, MB, GB or TB",
+    )
+    _flag(
+        parser,
+        "max_layer_ratio",
+        default=str(DEFAULT_MAX_LAYER_RATIO),
+        help="the most times its compressed size a layer may unpack to (64 MB always may)",
+    )
     parser.add_argument("--debug", action="store_true", help="log what happens on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -156,7 +170,26 @@ class App:
         backend = args.image_provisioner_backend
         if backend is not None and backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        self.provisioner = Provisioner(self.work_dir, self.store, providers, backend)
+        self.provisioner = Provisioner(
+            self.work_dir, self.store, providers, backend, limits=layer_limits(args)
+        )
+
+
+# As Mesos writes byte sizes: 1024-based units.
+_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def layer_limits(args: argparse.Namespace) -> LayerLimits:
+    """The bounds on unpacking a layer from ``--max_layer_size`` and ``--max_layer_ratio``."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?B)?", args.max_layer_size.strip(), re.I)
+    ratio = args.max_layer_ratio.strip()
+    if found is None:
+        raise UsageError(f"--max_layer_size {args.max_layer_size!r}: want bytes, e.g. 300GB")
+    if not ratio.isdigit() or int(ratio) < 1:
+        raise UsageError(f"--max_layer_ratio {args.max_layer_ratio!r}: want a whole number")
+    number, unit = found.groups()
+    size = int(float(number) * _UNITS[(unit or "B").upper()])
+    return LayerLimits(max_size=size, max_ratio=int(ratio))
 
 
 def _split(text: str) -> tuple[str, ...]:

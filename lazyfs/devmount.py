@@ -103,6 +103,7 @@ async def mount_image(
             debug=debug,
             suid=suid,
             dev=dev,
+            limits=provisioner.limits,
         )
     except BaseException:
         shutil.rmtree(record, ignore_errors=True)

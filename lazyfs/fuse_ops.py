@@ -30,6 +30,7 @@ import pyfuse3
 
 from lazyfs.blob_ranges import ChunkCache
 from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree
+from providers.extents import pieces
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,22 @@ def fuse_errors(
 async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: int) -> bytes:
     """``size`` bytes at ``off`` of a lower file; fewer at its end, b"" past it.
 
-    Raises OSError(EIO) when the layer holds fewer bytes than the index
-    promised: the reply is never padded.
+    A sparse file's holes read as zeros and cost no layer read.  Raises
+    OSError(EIO) when the layer holds fewer bytes than the index promised:
+    the reply is never padded.
     """
-    if data is None or off >= data.size or size <= 0:
+    if data is None:
         return b""
-    length = min(size, data.size - off)
-    got = await chunks.read(data.digest, data.offset + off, length)
-    if len(got) != length:
-        raise OSError(errno.EIO, f"layer {data.digest} ended early at {off + len(got)}")
-    return got
+    parts = []
+    for length, stored in pieces(data.extents, data.size, off, size):
+        if stored is None:
+            parts.append(bytes(length))
+            continue
+        got = await chunks.read(data.digest, data.offset + stored, length)
+        if len(got) != length:
+            raise OSError(errno.EIO, f"layer {data.digest} ended early at {stored + len(got)}")
+        parts.append(got)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def entry_attributes(

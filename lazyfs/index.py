@@ -3,9 +3,10 @@
 An index lists every entry of a layer's tar stream in archive order: path,
 kind, mode, owner, size, mtime (to the nanosecond), link target, device
 numbers, xattrs, and for regular files where their bytes start in the
-*uncompressed* tar stream.  Whiteouts and opaque markers stay in the index
-as markers (``Kind.WHITEOUT`` naming the hidden path, ``Kind.OPAQUE`` naming
-the directory), so the merged tree applies the same rules
+*uncompressed* tar stream, with the data extents of GNU sparse files.
+Whiteouts and opaque markers stay in the index as markers
+(``Kind.WHITEOUT`` naming the hidden path, ``Kind.OPAQUE`` naming the
+directory), so the merged tree applies the same rules
 (``providers.layer_rules``) as the extracting backends; AUFS bookkeeping
 entries are dropped.
 
@@ -36,16 +37,22 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers.digest import Digest, hex_part
 from providers.errors import BadImage
+from providers.extents import Extent
 from providers.fslock import exclusive_lock
 from providers.layer_rules import RelPath
 
+if TYPE_CHECKING:
+    # Only building an index needs the tar parsers, not a mount process.
+    from providers.tar_stream import LayerLimits
+
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
 # 3: a header line before the entries, so the header reads without them.
-FORMAT_VERSION = 3
+# 4: GNU sparse files carry their extents; format 3 served their raw tar bytes.
+FORMAT_VERSION = 4
 INDEX_NAME = "index.json"
 TAR_NAME = "tar"
 CHECKPOINTS_NAME = "gzip-index"
@@ -72,7 +79,10 @@ class IndexEntry:
     ``mode`` holds the permission bits only (0o7777).  ``target`` is the
     symlink target as written, or the hardlink's target path joined by "/".
     ``offset`` is where a regular file's bytes start in the uncompressed tar
-    stream (0 for other kinds); ``size`` is 0 except for files.
+    stream (0 for other kinds); ``size`` is 0 except for files, and holes
+    included for sparse ones.  ``extents`` is None but for a GNU sparse
+    file: its data extents (``providers.tar_sparse``), stored back to back
+    from ``offset``; everything else of it reads as zeros.
     """
 
     path: RelPath
@@ -86,6 +96,7 @@ class IndexEntry:
     rdev: tuple[int, int] = (0, 0)
     xattrs: tuple[tuple[str, bytes], ...] = ()
     offset: int = 0
+    extents: tuple[Extent, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +161,12 @@ def _entry_to_json(entry: IndexEntry) -> list[Any]:
         list(entry.rdev),
         [[name, base64.b64encode(value).decode("ascii")] for name, value in entry.xattrs],
         entry.offset,
+        None if entry.extents is None else [list(extent) for extent in entry.extents],
     ]
 
 
 def _entry_from_json(row: list[Any]) -> IndexEntry:
-    path, kind, mode, uid, gid, size, mtime_ns, target, rdev, xattrs, offset = row
+    path, kind, mode, uid, gid, size, mtime_ns, target, rdev, xattrs, offset, extents = row
     return IndexEntry(
         path=tuple(path.split("/")) if path else (),
         kind=Kind(kind),
@@ -167,6 +179,7 @@ def _entry_from_json(row: list[Any]) -> IndexEntry:
         rdev=(int(rdev[0]), int(rdev[1])),
         xattrs=tuple((str(name), base64.b64decode(value)) for name, value in xattrs),
         offset=int(offset),
+        extents=None if extents is None else tuple((int(a), int(b), int(c)) for a, b, c in extents),
     )
 
 
@@ -236,7 +249,13 @@ def load_index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> Lay
 
 
 def ensure_index(
-    layers_dir: Path, tmp_dir: Path, digest: Digest, blob: Path, *, entries: bool = True
+    layers_dir: Path,
+    tmp_dir: Path,
+    digest: Digest,
+    blob: Path,
+    *,
+    entries: bool = True,
+    limits: LayerLimits | None = None,
 ) -> LayerIndex:
     """The index of the verified layer blob ``blob``, built and stored if missing.
 
@@ -246,7 +265,9 @@ def ensure_index(
     format 1 is removed.  With ``entries=False`` a stored index is checked
     and returned by its header alone (no entries): what a caller that only
     makes sure the index is there needs.  Raises BadImage for a corrupt
-    layer, UnsafeLayer for a hostile one; nothing is stored then.
+    layer or one that unpacks past ``limits`` (a stored index was built
+    within the limits of its day), UnsafeLayer for a hostile one; nothing
+    is stored then.
     """
     found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
@@ -262,7 +283,7 @@ def ensure_index(
             return found
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
-            index = build_index(digest, blob, scratch)
+            index = build_index(digest, blob, scratch, limits=limits)
             for name in _stored_files(index):
                 os.rename(scratch / name, home / name)
             if index.compression == "gzip":

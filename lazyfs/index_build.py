@@ -20,6 +20,7 @@ damaged header is damage, never a quiet end of the archive.
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +37,9 @@ from providers.tar_stream import (
     MAX_ENTRY_SIZE,
     MAX_ID,
     CheckedTarInfo,
+    LayerLimits,
     LayerReader,
+    file_layout,
     pax_mtime_ns,
     pax_xattrs,
 )
@@ -51,41 +54,64 @@ _KINDS = {
 }
 
 
-def build_index(digest: Digest, blob: Path, scratch: Path, *, spacing: int = SPACING) -> LayerIndex:
+def build_index(
+    digest: Digest,
+    blob: Path,
+    scratch: Path,
+    *,
+    spacing: int = SPACING,
+    limits: LayerLimits | None = None,
+) -> LayerIndex:
     """Index the layer blob ``blob``, writing what the index points into to ``scratch``.
 
     ``spacing`` is the distance between gzip checkpoints (tests make it
     small).  Raises BadImage or UnsafeLayer (naming the layer and entry)
-    for layers the backends refuse.
+    for layers the backends refuse, BadImage for one that unpacks past
+    ``limits`` (default: ``LayerLimits()``), as apply does.
     """
+    limits = limits or LayerLimits()
     with blob.open("rb") as stream:
         compression = sniff(stream.read(8))
+        size = os.fstat(stream.fileno()).st_size
     layer = str(digest)
     if compression == "none":
-        return LayerIndex(digest, compression, blob.stat().st_size, scan_tar(blob, layer=layer))
+        limits.check(layer, size, size)
+        return LayerIndex(digest, compression, size, scan_tar(blob, layer=layer))
     if compression == "zstd":
         tar = scratch / TAR_NAME
-        _decompress(digest, blob, tar)
+        _decompress(digest, blob, tar, limits)
         return LayerIndex(digest, compression, tar.stat().st_size, scan_tar(tar, layer=layer))
     if compression == "gzip":
-        return _index_gzip(digest, blob, scratch / CHECKPOINTS_NAME, spacing)
+        return _index_gzip(digest, blob, scratch / CHECKPOINTS_NAME, spacing, limits)
     raise BadImage(f"bad layer {digest}: unsupported compression {compression}")
 
 
-def _decompress(digest: Digest, blob: Path, out: Path) -> None:
+def _decompress(digest: Digest, blob: Path, out: Path, limits: LayerLimits) -> None:
     with blob.open("rb") as raw, out.open("wb") as sink:
         # LayerReader turns corrupt compressed data into BadImage, as for apply.
-        stream = LayerReader(decompressed(raw), str(digest))
+        stream = LayerReader(
+            decompressed(raw),
+            str(digest),
+            limits=limits,
+            compressed_size=os.fstat(raw.fileno()).st_size,
+        )
         while chunk := stream.read(CHUNK):
             sink.write(chunk)
 
 
-def _index_gzip(digest: Digest, blob: Path, out: Path, spacing: int) -> LayerIndex:
+def _index_gzip(
+    digest: Digest, blob: Path, out: Path, spacing: int, limits: LayerLimits
+) -> LayerIndex:
     layer = str(digest)
     with blob.open("rb") as raw, Checkpointer(blob, layer=layer, spacing=spacing) as points:
         # The scan reads what apply's decompressor accepts (CRCs, truncation,
         # trailing garbage); the checkpointer follows it, see its module.
-        stream = LayerReader(points.track(decompressed(raw)), layer)
+        stream = LayerReader(
+            points.track(decompressed(raw)),
+            layer,
+            limits=limits,
+            compressed_size=os.fstat(raw.fileno()).st_size,
+        )
         entries = scan_stream(stream, layer=layer)
         while stream.read(CHUNK):  # the rest: padding, and the CRC checks at the end
             pass
@@ -153,17 +179,18 @@ def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
         if not (0 <= member.devmajor < 1 << 32 and 0 <= member.devminor < 1 << 32):
             raise bad_entry(layer, name, f"has the device {member.devmajor}:{member.devminor}")
         rdev = (member.devmajor, member.devminor)
-    is_file = kind is Kind.FILE
+    layout = file_layout(member, layer=layer) if kind is Kind.FILE else None
     return IndexEntry(
         path=rule.path,
         kind=kind,
         mode=member.mode & 0o7777,
         uid=member.uid,
         gid=member.gid,
-        size=member.size if is_file else 0,
+        size=layout.size if layout else 0,
         mtime_ns=pax_mtime_ns(member, layer),
         target=target,
         rdev=rdev,
         xattrs=tuple(sorted(pax_xattrs(member, layer).items())),
-        offset=member.offset_data if is_file else 0,
+        offset=layout.offset if layout else 0,
+        extents=layout.extents if layout else None,
     )

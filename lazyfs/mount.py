@@ -27,12 +27,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazyfs.index import ensure_index
 from lazyfs.tree_cache import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError
 from providers.private_dir import private_dir
+
+if TYPE_CHECKING:
+    from providers.tar_stream import LayerLimits
 
 READY = b"ready\n"
 MOUNT_TIMEOUT = 60.0
@@ -61,6 +65,7 @@ def mount(
     debug: bool = False,
     suid: bool = True,
     dev: bool = True,
+    limits: LayerLimits | None = None,
 ) -> int:
     """Mount the union of ``layers`` (bottom first) at the existing ``mountpoint``.
 
@@ -75,8 +80,9 @@ def mount(
     be where other users can reach it (see ``lazyfs.mount_main.mount_options``).
 
     Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
-    layer the index refuses, BackendError when the mount does not come up
-    (the reason from the mount process's log).
+    layer the index refuses (one that unpacks past ``limits`` too),
+    BackendError when the mount does not come up (the reason from the mount
+    process's log).
     """
     # With the image's merged tree kept, the mount process needs only the
     # indexes' headers; without it, it merges the entries, so check them whole
@@ -84,7 +90,7 @@ def mount(
     kept = tree_path(layers_dir, [layer.digest for layer in layers]).is_file()
     for layer in layers:
         # It checks (or writes) what the index points into, too.
-        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=not kept)
+        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=not kept, limits=limits)
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--layers-dir", str(layers_dir)]
     for layer in layers:
@@ -150,6 +156,7 @@ def mount_recorded(
     debug: bool = False,
     suid: bool = True,
     dev: bool = True,
+    limits: LayerLimits | None = None,
 ) -> int:
     """``mount``, keeping the mount's state in ``record``, an existing empty directory.
 
@@ -175,6 +182,7 @@ def mount_recorded(
         debug=debug,
         suid=suid,
         dev=dev,
+        limits=limits,
     )
     (record / "pid").write_text(f"{pid}\n")
     return pid

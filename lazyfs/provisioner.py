@@ -40,6 +40,7 @@ from providers.fslock import try_exclusive_lock
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
 from providers.private_dir import private_dir
+from providers.tar_stream import LayerLimits
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -100,8 +101,11 @@ class Provisioner:
         store: Store,
         providers: Mapping[str, ImageProvider],
         default_backend: str | None = None,
+        limits: LayerLimits | None = None,
     ) -> None:
         """``default_backend`` None: chosen as Mesos does (``default_backend_name``).
+
+        ``limits`` bounds how far any layer unpacks, in every backend.
 
         A relative ``work_dir`` is taken from the current directory, once:
         rootfs paths are recorded, mounted and handed to runtimes, which
@@ -113,6 +117,7 @@ class Provisioner:
         self.store = store
         self.providers = providers
         self._default_backend = default_backend
+        self.limits = limits
         for directory in (work_dir.absolute(), self.root, self.containers, self.locks):
             private_dir(directory)
 
@@ -124,7 +129,7 @@ class Provisioner:
         return self._default_backend
 
     def backend(self, name: str) -> Backend:
-        return make_backend(name, self.store.layers, self.store.tmp)
+        return make_backend(name, self.store.layers, self.store.tmp, self.limits)
 
     async def provision(
         self,

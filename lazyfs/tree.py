@@ -34,6 +34,7 @@ from lazyfs.index import IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.digest import Digest
 from providers.errors import BadImage, UnsafeLayer, bad_entry
+from providers.extents import Extent
 from providers.layer_rules import RelPath
 
 InodeNo = NewType("InodeNo", int)
@@ -51,11 +52,16 @@ _TYPE_BITS = {
 
 @dataclass(frozen=True, slots=True)
 class DataRef:
-    """Where a regular file's bytes are: ``size`` bytes at ``offset`` of layer ``digest``'s tar."""
+    """Where a regular file's bytes are: ``size`` bytes at ``offset`` of layer ``digest``'s tar.
+
+    For a GNU sparse file, ``extents`` are its data extents stored from
+    ``offset`` on, and the rest reads as zeros (``providers.extents.pieces``).
+    """
 
     digest: Digest
     offset: int
     size: int
+    extents: tuple[Extent, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +162,7 @@ class _Layer:
         else:
             node = _Node(entry.kind)
             if entry.kind is Kind.FILE:
-                node.data = DataRef(self.index.digest, entry.offset, entry.size)
+                node.data = DataRef(self.index.digest, entry.offset, entry.size, entry.extents)
             _set_attributes(node, entry)
             parent[name] = node
 

@@ -41,7 +41,8 @@ from providers.digest import Digest, hex_part
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+# 2: a file's data carries a sparse file's extents.
+FORMAT = 2
 _PYTHON = tuple(sys.version_info[:2])
 
 
@@ -140,8 +141,8 @@ def store_tree(path: Path, digests: Sequence[Digest], tree: MergedTree) -> None:
         raise
 
 
-def _data_fields(data: DataRef) -> tuple[str, int, int]:
-    return (data.digest, data.offset, data.size)
+def _data_fields(data: DataRef) -> tuple[Any, ...]:
+    return (data.digest, data.offset, data.size, data.extents)
 
 
 def _tree(rows: list[Any], children: dict[Any, Any], parents: dict[Any, Any]) -> MergedTree:

@@ -23,6 +23,7 @@ import trio
 
 from lazyfs.blob_ranges import RangeReader
 from lazyfs.tree import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
+from providers.extents import data_extents
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 METACOPY_XATTR = "trusted.overlay.metacopy"
@@ -257,15 +258,18 @@ class UpperState:
         # Runs in a worker thread: blocking reads and writes only, no trio.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            done = 0
-            while done < data.size:
-                chunk = self.reader.read_range(
-                    data.digest, data.offset + done, min(COPY_BLOCK, data.size - done)
-                )
-                if not chunk:
-                    raise OSError(errno.EIO, f"layer {data.digest} ended early at {done}")
-                os.pwrite(fd, chunk, done)
-                done += len(chunk)
+            for start, length, stored in data_extents(data.extents, data.size):
+                done = 0
+                while done < length:
+                    where = data.offset + stored + done
+                    chunk = self.reader.read_range(
+                        data.digest, where, min(COPY_BLOCK, length - done)
+                    )
+                    if not chunk:
+                        raise OSError(errno.EIO, f"layer {data.digest} ended early at {where}")
+                    os.pwrite(fd, chunk, start + done)
+                    done += len(chunk)
+            os.ftruncate(fd, data.size)  # a sparse file's holes stay holes
             os.fsync(fd)  # the rename must not publish a file whose bytes are not there
         except BaseException:
             os.close(fd)

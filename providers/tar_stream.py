@@ -1,10 +1,12 @@
 """A layer's tar stream as lazyfs reads it (applying and indexing): in order, distrusted.
 
 ``LayerReader`` lets tarfile's random-access mode read a forward-only stream
-(forward seeks become reads) and turns decompression failures into
-``BadImage``; ``CheckedTarInfo`` treats a damaged header as damage, not as
-the end of the archive, and bounds extended headers before tarfile reads
-them whole.
+(forward seeks become reads), turns decompression failures into
+``BadImage`` and bounds how far a layer unpacks (``LayerLimits``);
+``CheckedTarInfo`` treats a damaged header as damage, not as the end of the
+archive, bounds extended headers before tarfile reads them whole, and parses
+GNU sparse maps with ``providers.tar_sparse``; ``file_layout`` says where a
+regular entry's bytes are, the one answer every reader uses.
 """
 
 from __future__ import annotations
@@ -16,20 +18,35 @@ import lzma
 import os
 import tarfile
 import zlib
-from typing import BinaryIO, NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO, NoReturn, cast
 
 import zstandard
 
 from providers.errors import BadImage, bad_entry
+from providers.tar_sparse import (
+    BLOCK,
+    MAX_EXTENTS,
+    FileLayout,
+    checked_extents,
+    map_00,
+    map_01,
+    map_10,
+    number,
+    old_gnu_extension,
+)
 
 CHUNK = 1 << 20
 # tarfile reads pax and GNU long-name headers whole into memory.
 MAX_HEADER_BYTES = 1 << 20
 # What any reader of a layer refuses past: entries per layer, bytes per
-# entry, and owner ids ((uid_t)-1 means "leave unchanged" to chown).
+# entry (apparent: a sparse file's holes count), and owner ids ((uid_t)-1
+# means "leave unchanged" to chown).
 MAX_ENTRIES = 10_000_000
 MAX_ENTRY_SIZE = 1 << 40
 MAX_ID = (1 << 32) - 2
+_SPARSE_PREFIX = "GNU.sparse."
 _HEADER_TYPES = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
     | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
@@ -42,6 +59,53 @@ _DAMAGED_HEADER: tuple[type[Exception], ...] = (
 )
 
 
+GiB = 1 << 30
+# Real layers unpack to a few GiB, the biggest (CUDA toolkits, model weights
+# baked in) to tens of GiB: 256 GiB is far past them and still bounds a
+# bomb by what a disk holds.
+DEFAULT_MAX_LAYER_SIZE = 256 * GiB
+# Real layers compress 2-5 times, text-heavy ones up to 10-20: 100 leaves
+# them room, while gzip of zeros reaches 1000.  What passes it is a file of
+# zeros (lastlog or faillog after useradd of a large uid without -l, a
+# preallocated file); such an image needs --max_layer_ratio raised.
+DEFAULT_MAX_LAYER_RATIO = 100
+# Tiny layers look far more compressed than they are (an empty GNU tar is
+# 10 KiB of zeros in 45 gzip bytes); unpacking 64 MiB harms no one.
+RATIO_FLOOR = 64 << 20
+
+
+@dataclass(frozen=True)
+class LayerLimits:
+    """How many bytes a layer's uncompressed tar stream may have.
+
+    At most ``max_size``, and at most ``max_ratio`` times the size of the
+    compressed blob (but ``RATIO_FLOOR`` whatever the blob).  Counted are the
+    bytes of the tar stream, which are what an extraction writes at most:
+    the holes of sparse entries are not in it and are never written (each
+    entry's apparent size is bounded by ``MAX_ENTRY_SIZE`` instead).
+    """
+
+    max_size: int = DEFAULT_MAX_LAYER_SIZE
+    max_ratio: int = DEFAULT_MAX_LAYER_RATIO
+
+    def bound(self, compressed_size: int | None) -> tuple[int, str]:
+        """The most a layer of ``compressed_size`` (None: unknown) may unpack to, and why."""
+        if compressed_size is not None:
+            by_ratio = max(RATIO_FLOOR, self.max_ratio * compressed_size)
+            if by_ratio < self.max_size:
+                return by_ratio, (
+                    f"the most for its {compressed_size} compressed bytes"
+                    f" at --max_layer_ratio {self.max_ratio}"
+                )
+        return self.max_size, "the most any layer may have, see --max_layer_size"
+
+    def check(self, layer: str, size: int, compressed_size: int | None) -> None:
+        """BadImage if ``size`` bytes are more than a layer of ``compressed_size`` may have."""
+        most, why = self.bound(compressed_size)
+        if size > most:
+            raise BadImage(f"bad layer {layer}: unpacks to more than {most} bytes, {why}")
+
+
 class LayerReader:
     """The layer stream as tarfile's random-access mode wants it, read in order.
 
@@ -49,13 +113,25 @@ class LayerReader:
     which costs more than the rest of the extraction; its random-access mode
     only ever seeks forward over one archive, so forward seeks are reads.
     Decompression failures become BadImage here, on the read side only, so a
-    failing write to the rootfs is never mistaken for a corrupt layer.
+    failing write to the rootfs is never mistaken for a corrupt layer; so
+    does reading past what ``limits`` allow a layer whose blob has
+    ``compressed_size`` bytes, before the bytes past it are handed on.
     """
 
-    def __init__(self, stream: BinaryIO, layer: str) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        layer: str,
+        *,
+        limits: LayerLimits | None = None,
+        compressed_size: int | None = None,
+    ) -> None:
         self._stream = stream
         self._layer = layer
         self._position = 0
+        self._limits = limits or LayerLimits()
+        self._compressed_size = compressed_size
+        self._most = self._limits.bound(compressed_size)[0]
 
     def read(self, size: int = -1, /) -> bytes:
         try:
@@ -69,6 +145,8 @@ class LayerReader:
                 raise self._corrupt(error) from error
             raise
         self._position += len(data)
+        if self._position > self._most:
+            self._limits.check(self._layer, self._position, self._compressed_size)
         return data
 
     def _corrupt(self, error: Exception) -> BadImage:
@@ -97,8 +175,14 @@ class CheckedTarInfo(tarfile.TarInfo):
 
     tarfile stops quietly at a truncated or garbled header after the first
     one, which would make a damaged layer look complete; and it reads
-    extended headers whole, so their size is bounded first.
+    extended headers whole, so their size is bounded first.  GNU sparse
+    maps are read with ``providers.tar_sparse``'s bounded parsers; a member
+    records ``data_end``, where the archive's next header starts, so that
+    ``file_layout`` can check its data fills exactly its own blocks.
     """
+
+    data_end: int
+    header_size: int
 
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> CheckedTarInfo:
@@ -107,10 +191,126 @@ class CheckedTarInfo(tarfile.TarInfo):
         except _DAMAGED_HEADER as error:
             raise tarfile.ReadError(f"damaged header: {error}") from None
 
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> CheckedTarInfo:
+        found = super().frombuf(buf, encoding, errors)
+        # The size field as written, before any pax header changes it.
+        found.header_size = found.size
+        return found
+
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
             raise tarfile.ReadError(f"extended header of {self.size} bytes")
-        return super()._proc_member(archive)  # type: ignore[misc, no-any-return]
+        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        if self.type == tarfile.XGLTYPE and any(
+            key.startswith(_SPARSE_PREFIX) for key in archive.pax_headers
+        ):
+            raise tarfile.ReadError("a global header has GNU sparse keys")
+        pending = vars(member).pop("_sparse_end", None)
+        if pending is not None:
+            # tarfile takes the size from whichever pax key came last, and
+            # misplaces the next header of a PAX 1.0 entry with a size key.
+            member.size, archive.offset = pending
+        member.data_end = archive.offset  # type: ignore[attr-defined]
+        return member
+
+    def _proc_sparse(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        """Old GNU sparse header: the map in it and its extension blocks."""
+        slots, extended, realsize = self._sparse_structs  # type: ignore[attr-defined]
+        del self._sparse_structs  # type: ignore[attr-defined]
+        found: list[tuple[int, int]] = list(slots)
+        fileobj = cast(BinaryIO, archive.fileobj)
+        while extended:
+            more, extended = old_gnu_extension(fileobj.read(BLOCK))
+            found += more
+            if len(found) > MAX_EXTENTS:
+                raise tarfile.ReadError(f"{self.name!r} has more than {MAX_EXTENTS} extents")
+        self.sparse = found  # type: ignore[assignment]  # typeshed has bytes
+        self.offset_data = fileobj.tell()
+        archive.offset = self.offset_data + _blocks(self.size)
+        self.size = realsize
+        return self
+
+    def _proc_gnusparse_00(
+        self, next: tarfile.TarInfo, pax_headers: dict[str, str], buf: bytes
+    ) -> None:
+        self._sparse(next, pax_headers, lambda: (map_00(buf), 0), "GNU.sparse.size")
+
+    def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
+        found = pax_headers["GNU.sparse.map"]
+        self._sparse(next, pax_headers, lambda: (map_01(found), 0), "GNU.sparse.size")
+
+    def _proc_gnusparse_10(
+        self, next: tarfile.TarInfo, pax_headers: dict[str, str], archive: tarfile.TarFile
+    ) -> None:
+        fileobj = cast(BinaryIO, archive.fileobj)
+        self._sparse(
+            next,
+            pax_headers,
+            lambda: map_10(fileobj, _stored(next, pax_headers)),
+            "GNU.sparse.realsize",
+        )
+
+    def _sparse(
+        self,
+        next: tarfile.TarInfo,
+        pax_headers: dict[str, str],
+        read_map: Callable[[], tuple[list[tuple[int, int]], int]],
+        size_key: str,
+    ) -> None:
+        """Give ``next`` the map ``read_map`` reads (and the bytes it took), and its sizes."""
+        if self.type == tarfile.XGLTYPE:
+            raise tarfile.ReadError("a global header has a GNU sparse map")
+        if not next.isreg():
+            raise tarfile.ReadError(f"{next.name!r}: a sparse map on a non-regular entry")
+        if size_key not in pax_headers:
+            raise tarfile.ReadError(f"{next.name!r}: a sparse map without {size_key}")
+        realsize = number(pax_headers[size_key], size_key)
+        header_end = next.offset_data
+        found, used = read_map()
+        next.sparse = found  # type: ignore[assignment]  # typeshed has bytes
+        next.offset_data = header_end + used
+        data_end = header_end + _blocks(_stored(next, pax_headers))
+        next._sparse_end = (realsize, data_end)  # type: ignore[attr-defined]
+
+
+def _blocks(count: int) -> int:
+    """``count`` bytes rounded up to whole tar blocks."""
+    return -(-count // BLOCK) * BLOCK
+
+
+def _stored(member: tarfile.TarInfo, pax_headers: dict[str, str]) -> int:
+    """The bytes the archive gives ``member``'s data (a sparse map's included)."""
+    if "size" in pax_headers:
+        return number(pax_headers["size"], "size")
+    return member.header_size  # type: ignore[attr-defined, no-any-return]
+
+
+def file_layout(member: tarfile.TarInfo, *, layer: str) -> FileLayout:
+    """Where the bytes of the regular entry ``member`` (read by ``CheckedTarInfo``) are.
+
+    Raises BadImage naming the entry when its apparent size passes
+    ``MAX_ENTRY_SIZE`` (holes count: a sparse file claiming a TiB is a bomb
+    for anyone who reads it), when its sparse map is damaged
+    (``tar_sparse.checked_extents``), or when its data does not fill exactly
+    the blocks the archive gives it: what its size or map says would then
+    run into the next entry.  The bytes actually stored, not the holes,
+    count toward the layer's ``LayerLimits``.
+    """
+    name, size = member.name, member.size
+    if not 0 <= size <= MAX_ENTRY_SIZE:
+        raise bad_entry(layer, name, f"claims {size} bytes")
+    extents = None
+    sparse = cast(list[tuple[int, int]] | None, member.sparse)  # typeshed has bytes
+    if sparse is not None:
+        extents = checked_extents(sparse, size, layer=layer, entry=name)
+    layout = FileLayout(size, member.offset_data, extents)
+    area = getattr(member, "data_end", -1) - member.offset_data
+    if area != _blocks(layout.stored):
+        raise bad_entry(
+            layer, name, f"has {layout.stored} bytes of data in {max(area, 0)} bytes of blocks"
+        )
+    return layout
 
 
 MAX_XATTR_VALUE_BYTES = 1 << 16  # the kernel's XATTR_SIZE_MAX

@@ -322,16 +322,19 @@ def test_the_header_reads_without_the_entries(tmp_path: Path) -> None:
     [
         "",
         "[]",
-        '{"version": 3}',
+        '{"version": 4}',
         # A whole header, then an entry row that is no entry.
-        '{"version": 3, "digest": "x", "compression": "none", "tar_size": 0,'
+        '{"version": 4, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": 1}\n[[1]]',
         # A format-2 index: one line, entries inside.
         '{"version": 2, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": []}',
         # A header promising more entries than follow.
-        '{"version": 3, "digest": "x", "compression": "none", "tar_size": 0,'
+        '{"version": 4, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": 2}\n[]',
+        # A format-3 index: rows without extents, which it got wrong for sparse files.
+        '{"version": 3, "digest": "x", "compression": "none", "tar_size": 0,'
+        ' "checkpoints_size": 0, "entries": 0}\n[]',
     ],
 )
 def test_malformed_indexes_are_value_errors(text: str) -> None:

@@ -1,0 +1,56 @@
+"""A file's data extents and holes: how a GNU sparse file's bytes are read, without tarfile.
+
+A sparse file (``providers.tar_sparse``) is its data extents, stored back
+to back in the tar stream, and holes that read as zeros.  This is the read
+side, kept apart from the tar parsing so that a FUSE mount process, which
+reads files through their index, never imports tarfile.  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+# (offset in the file, length, offset in the entry's stored data): one data extent.
+Extent = tuple[int, int, int]
+
+
+def data_extents(extents: tuple[Extent, ...] | None, size: int) -> tuple[Extent, ...]:
+    """The data extents of a file: ``extents``, or all of it for an ordinary one."""
+    if extents is not None:
+        return extents
+    return ((0, size, 0),) if size else ()
+
+
+def pieces(
+    extents: tuple[Extent, ...] | None, size: int, offset: int, length: int
+) -> Iterator[tuple[int, int | None]]:
+    """``length`` bytes at ``offset`` of a file, as (length, stored offset or None for zeros).
+
+    In file order, covering the range cut at ``size``; nothing past it.
+    """
+    end = min(size, offset + length)
+    if offset >= end:
+        return
+    if extents is None:
+        yield end - offset, offset
+        return
+    # The first extent that ends after offset: the one holding it, or the next.
+    here = max(bisect.bisect_right(extents, offset, key=lambda e: e[0]) - 1, 0)
+    position = offset
+    for start, count, stored in extents[here:]:
+        if position >= end:
+            return
+        if start + count <= position:
+            continue
+        if position < start:
+            gap = min(start, end) - position
+            yield gap, None
+            position += gap
+            if position >= end:
+                return
+        take = min(start + count, end) - position
+        yield take, stored + position - start
+        position += take
+    if position < end:
+        yield end - position, None
