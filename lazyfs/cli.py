@@ -150,7 +150,8 @@ class App:
     def __init__(self, args: argparse.Namespace) -> None:
         self.work_dir = Path(args.work_dir).absolute()  # runc and mounts see other cwds
         store_dir = args.docker_store_dir or self.work_dir / "store" / "docker"
-        self.store = Store(Path(store_dir))
+        limits = layer_limits(args)
+        self.store = Store(Path(store_dir), limits)
         providers: dict[str, ImageProvider] = {}
         self.docker: DockerProvider | None = None
         for kind in filter(None, (p.strip() for p in args.image_providers.split(","))):
@@ -170,9 +171,7 @@ class App:
         backend = args.image_provisioner_backend
         if backend is not None and backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        self.provisioner = Provisioner(
-            self.work_dir, self.store, providers, backend, limits=layer_limits(args)
-        )
+        self.provisioner = Provisioner(self.work_dir, self.store, providers, backend, limits=limits)
 
 
 # As Mesos writes byte sizes: 1024-based units.

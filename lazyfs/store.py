@@ -43,6 +43,7 @@ from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
 from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
+from providers.tar_stream import LayerLimits
 
 Progress = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -56,10 +57,12 @@ class StoredImage:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: LayerLimits | None = None) -> None:
         # Absolute: blob and layer paths go to mount processes and the kernel.
         root = root.absolute()
         self.root = root
+        # A layer that would unpack past these is refused as it streams in.
+        self.limits = limits or LayerLimits()
         self.blobs = root / "blobs"
         self.images_dir = root / "images"
         self.layers = root / "layers"
@@ -102,7 +105,8 @@ class Store:
                 with contextlib.closing(opener()) as raw:
                     blob = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
                     # Checked beside the blob digest, in the same pass.
-                    reader = DiffIdReader(blob, layer.diff_id, f"layer {layer.digest}")
+                    bound = self.limits.bound(layer.size)
+                    reader = DiffIdReader(blob, layer.diff_id, f"layer {layer.digest}", bound)
                     while chunk := reader.read(CHUNK):
                         out.write(chunk)
                         if progress is not None:
@@ -142,7 +146,8 @@ class Store:
         except FileNotFoundError:
             # No lock: the blob never changes, so racing readers write the same record.
             with blob.open("rb") as stream:
-                known = diff_id_of(stream, f"layer {layer.digest}")
+                bound = self.limits.bound(layer.size)
+                known = diff_id_of(stream, f"layer {layer.digest}", bound)
             self._record_diff_id(layer.digest, known)
         if known != layer.diff_id:
             raise DigestMismatch(

@@ -37,6 +37,26 @@ _ISAL_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]
 _HEAD = 8
 
 
+class _Sink:
+    """Where decoders put the uncompressed bytes: hashed, counted, and cut off at ``most``."""
+
+    def __init__(self, algorithm: str, most: int | None, why: str, what: str) -> None:
+        self.hasher = hashlib.new(algorithm)
+        self.size = 0
+        self._most = most
+        self._why = why
+        self._what = what
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._most is not None and self.size > self._most:
+            # Raised at once: inflating the rest would only cost more CPU.
+            raise BadImage(
+                f"bad {self._what}: unpacks to more than {self._most} bytes, {self._why}"
+            )
+        self.hasher.update(data)
+
+
 class Readable(Protocol):
     """What ``DiffIdReader`` wraps: a blob stream (a file, a ``VerifyingReader``)."""
 
@@ -57,7 +77,7 @@ class _Gzip:
     A member that inflates a thousandfold never sits in memory whole.
     """
 
-    def __init__(self, sink: hashlib._Hash) -> None:
+    def __init__(self, sink: _Sink) -> None:
         self._sink = sink
         self._zlib = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
 
@@ -78,7 +98,7 @@ class _Chained:
     """bzip2 or xz streams, one after another, with the same bounded output."""
 
     def __init__(
-        self, new: Callable[[], bz2.BZ2Decompressor | lzma.LZMADecompressor], sink: hashlib._Hash
+        self, new: Callable[[], bz2.BZ2Decompressor | lzma.LZMADecompressor], sink: _Sink
     ) -> None:
         self._new = new
         self._sink = sink
@@ -100,7 +120,7 @@ class _Chained:
 class _Zstd:
     """zstd frames, decoded through a stream writer that hands on ``CHUNK`` bytes at a time."""
 
-    def __init__(self, sink: hashlib._Hash) -> None:
+    def __init__(self, sink: _Sink) -> None:
         self._sink = sink
         # The writer only ever calls ``write`` on its sink.
         decompressor = zstandard.ZstdDecompressor()
@@ -115,7 +135,7 @@ class _Zstd:
 
 
 class _Plain:
-    def __init__(self, sink: hashlib._Hash) -> None:
+    def __init__(self, sink: _Sink) -> None:
         self._sink = sink
 
     def feed(self, data: bytes) -> None:
@@ -128,15 +148,24 @@ class DiffIdReader:
     ``what`` names the layer in errors.  The check runs when ``read``
     returns b"" (or on ``verify``), so a consumer that reads to the end, as
     the store's ingest does, never keeps a blob whose content is not the
-    config's.
+    config's.  ``bound`` (the most bytes the layer may unpack to, and why:
+    ``providers.tar_stream.LayerLimits.bound``) stops a compression bomb
+    with BadImage as soon as it passes the bound.
     """
 
-    def __init__(self, stream: Readable, diff_id: Digest | None, what: str) -> None:
+    def __init__(
+        self,
+        stream: Readable,
+        diff_id: Digest | None,
+        what: str,
+        bound: tuple[int, str] | None = None,
+    ) -> None:
         self._stream = stream
         self._diff_id = diff_id
         self._what = what
         self._algorithm = "sha256" if diff_id is None else algorithm(diff_id)
-        self._hasher = hashlib.new(self._algorithm)
+        most, why = bound if bound is not None else (None, "")
+        self._hasher = _Sink(self._algorithm, most, why, what)
         self._head = b""
         self._decoder: _Decoder | None = None
         self._checked = False
@@ -185,7 +214,7 @@ class DiffIdReader:
             self._decoder = _Plain(self._hasher)
             self._decoder.feed(self._head)
             self._head = b""
-        return Digest(f"{self._algorithm}:{self._hasher.hexdigest()}")
+        return Digest(f"{self._algorithm}:{self._hasher.hasher.hexdigest()}")
 
     def verify(self) -> None:
         """Check the bytes read so far against the diff_id (if one was given); idempotent."""
@@ -204,7 +233,7 @@ class DiffIdReader:
         self._stream.close()
 
 
-def _decoder_for(kind: str, sink: hashlib._Hash) -> _Decoder:
+def _decoder_for(kind: str, sink: _Sink) -> _Decoder:
     if kind == "gzip":
         return _Gzip(sink)
     if kind == "bzip2":
@@ -216,9 +245,9 @@ def _decoder_for(kind: str, sink: hashlib._Hash) -> _Decoder:
     return _Plain(sink)
 
 
-def diff_id_of(stream: BinaryIO, what: str) -> Digest:
+def diff_id_of(stream: BinaryIO, what: str, bound: tuple[int, str] | None = None) -> Digest:
     """The sha256 diff_id of a whole (compressed or plain) layer blob read from ``stream``."""
-    reader = DiffIdReader(stream, None, what)
+    reader = DiffIdReader(stream, None, what, bound)
     while data := stream.read(CHUNK):
         reader.feed(data)
     return reader.actual()

@@ -115,3 +115,10 @@ def test_any_split_of_the_stream_gives_the_same_diff_id(form: str, cuts: list[in
         position += cut
     reader.feed(blob[position:])
     reader.verify()
+
+
+def test_a_bomb_is_refused_once_it_passes_its_bound() -> None:
+    blob = gzip.compress(bytes(8 << 20), compresslevel=9)
+    reader = DiffIdReader(io.BytesIO(blob), _digest(b""), "layer x", (4 << 20, "too much"))
+    with pytest.raises(BadImage, match="layer x: unpacks to more than 4194304 bytes, too much"):
+        _read_all(reader)
