@@ -66,7 +66,8 @@ from providers.manifest import (
 from providers.oci_layout import INDEX_DEPTH_LIMIT, index_entries, select_platform
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_blob import BlobStream
-from providers.registry_http import HttpOptions, RegistryHttp, read_capped, redact
+from providers.registry_http import HttpOptions, RegistryHttp, redact
+from providers.retry import Deadline, is_temporary
 from providers.schema1 import parse_schema1, schema1_digest
 
 log = logging.getLogger(__name__)
@@ -267,18 +268,17 @@ class RegistryClient:
         self, base: str, repository: str, tag_or_digest: str, image: str, scope: str
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
-        attempt = 0
+        retries = self.http.retries(Deadline(0))
         while True:
-            attempt += 1
             response = self.http.get(
                 url, image=image, scope=scope, headers={"Accept": ACCEPT}, stream=True
             )
             try:
-                data = _read_limited(response, image, url)
+                data = self._read_limited(response, image, url)
                 break
-            except TemporaryFailure:
+            except TemporaryFailure as exc:
                 # The body broke after the headers: ask again, as for a failed request.
-                if attempt >= self.options.http.attempts:
+                if not retries.again(str(exc)):
                     raise
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         sent = response.headers.get("Docker-Content-Digest", "")
@@ -301,6 +301,17 @@ class RegistryClient:
         with contextlib.closing(stream):
             data = b"".join(iter(lambda: stream.read(1 << 16), b""))
         _verify(data, desc, f"{image}: config {desc.digest}")
+        return data
+
+    def _read_limited(self, response: requests.Response, image: str, url: str) -> bytes:
+        try:
+            data = self.http.read_capped(response, METADATA_LIMIT)
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
+        if data is None:
+            raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
         return data
 
     # -- BlobSource ---------------------------------------------------------
@@ -337,11 +348,24 @@ class RegistryClient:
             image=home.image,
             scope=f"repository:{home.repository}:pull",
             headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            stream=True,
             ok=(200, 206),
         )
-        data = response.content
-        # A registry that ignores Range sends the whole blob.
-        return data[offset : offset + length] if response.status_code == 200 else data[:length]
+        # A registry that ignores Range sends the whole blob: read up to the range.
+        skip = offset if response.status_code == 200 else 0
+        data = bytearray()
+        try:
+            for chunk in self.http.body(response, self.http.speed_floor()):
+                data += chunk
+                if len(data) >= skip + length:
+                    break
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            raise TemporaryFailure(f"{home.image}: reading {redact(url)} failed: {exc}") from exc
+        finally:
+            response.close()
+        return bytes(data[skip : skip + length])
 
 
 def _manifest_digest(data: bytes, media_type: str, image: str) -> Digest:
@@ -359,16 +383,6 @@ def _named(image: str, parse: Callable[..., T], *args: Any) -> T:
         if str(exc).startswith(f"{image}:"):
             raise
         raise BadImage(f"{image}: {exc}") from exc
-
-
-def _read_limited(response: requests.Response, image: str, url: str) -> bytes:
-    try:
-        data = read_capped(response, METADATA_LIMIT)
-    except requests.RequestException as exc:
-        raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
-    if data is None:
-        raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
-    return data
 
 
 def _verify(data: bytes, desc: Descriptor, what: str) -> None:
