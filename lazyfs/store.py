@@ -32,7 +32,7 @@ from typing import BinaryIO
 import trio
 
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
-from providers.errors import BadImage
+from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
 from providers.manifest import ImageManifest, Layer
 
@@ -77,8 +77,12 @@ class Store:
     ) -> Path:
         """Make the blob ``layer.digest`` present, fetching it with ``opener`` if missing.
 
-        Blocking. Idempotent. Raises DigestMismatch (nothing stored) when the
-        bytes are not what ``layer`` promises.
+        Blocking. Idempotent. Bytes that are not what ``layer`` promises are
+        fetched once more from their start (a fresh ``opener()``, an emptied
+        temp file, a fresh hash), since a body corrupted on the way is seldom
+        corrupted twice; a second mismatch raises DigestMismatch. Nothing
+        unverified is ever stored. ``progress`` is told of both tries and
+        takes back (a negative count) what the first one counted.
         """
         path = self.blob_path(layer.digest)
         if path.is_file():
@@ -89,13 +93,15 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
             with self.temp_file() as (tmp_path, out):
-                with contextlib.closing(opener()) as raw:
-                    reader = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
-                    while chunk := reader.read(CHUNK):
-                        out.write(chunk)
-                        if progress is not None:
-                            progress(len(chunk))
-                    reader.verify()
+                try:
+                    _copy_verified(layer, opener(), out, progress)
+                except DigestMismatch as exc:
+                    log.warning("%s; fetching it again from its start", exc)
+                    if progress is not None:
+                        progress(-out.tell())
+                    out.seek(0)
+                    out.truncate()
+                    _copy_verified(layer, opener(), out, progress)
                 out.flush()
                 os.fsync(out.fileno())
                 os.chmod(tmp_path, 0o444)
@@ -178,6 +184,19 @@ class Store:
                 entry.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _copy_verified(
+    layer: Layer, source: BinaryIO, out: BinaryIO, progress: Progress | None
+) -> None:
+    """Copy ``source`` (closed after) to ``out``; DigestMismatch unless it is ``layer``'s blob."""
+    with contextlib.closing(source) as raw:
+        reader = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
+        while chunk := reader.read(CHUNK):
+            out.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        reader.verify()
 
 
 @contextlib.asynccontextmanager

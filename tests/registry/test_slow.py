@@ -1,4 +1,4 @@
-"""A registry that says nothing, stalls or trickles: the pull ends or heals.
+"""A registry that says nothing, stalls, trickles or corrupts once: the pull ends or heals.
 
 Every case runs with small flag values (deadlines of seconds, a speed
 window of one second) so that it ends quickly; nothing here asserts how
@@ -8,6 +8,7 @@ stored.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import trio
 
 from lazyfs.docker import DockerProvider
 from lazyfs.progress import Progress
-from providers.errors import TemporaryFailure
+from providers.errors import DigestMismatch, TemporaryFailure
 from providers.manifest import OCI_MANIFEST
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions
@@ -112,6 +113,29 @@ async def test_a_stalled_transfer_resumes_on_a_fresh_connection(
     asked = ranges(faults)
     assert len(asked) == 2 and asked[0] == "" and asked[1].startswith("bytes=")
     await wait_for(faults.hung_up)
+
+
+async def test_a_body_corrupted_once_is_fetched_again_from_its_start(
+    proxy: str, faults: Faults, big_layer: str, tmp_path: Path
+) -> None:
+    faults.corruptions = 1
+    dp = provider(tmp_path, proxy, options())
+    await dp.fetch(docker("rich:oci"), Progress(enabled=False))
+    assert ranges(faults) == ["", ""]  # two whole bodies, the second from byte 0
+    stored = dp.store.blob_path(big_layer).read_bytes()  # type: ignore[arg-type]
+    assert "sha256:" + hashlib.sha256(stored).hexdigest() == big_layer
+    assert list(dp.store.tmp.iterdir()) == []
+
+
+async def test_a_body_corrupted_twice_is_refused(
+    proxy: str, faults: Faults, big_layer: str, tmp_path: Path
+) -> None:
+    faults.corruptions = 2
+    dp = provider(tmp_path, proxy, options())
+    with pytest.raises(DigestMismatch, match=f"rich:oci: blob {big_layer}: expected {big_layer}"):
+        await dp.fetch(docker("rich:oci"), Progress(enabled=False))
+    assert ranges(faults) == ["", ""]
+    assert_nothing_stored(dp, big_layer)
 
 
 # --- cancellation ---------------------------------------------------------------
