@@ -23,7 +23,8 @@ from providers.errors import DigestMismatch, TemporaryFailure
 from providers.manifest import OCI_MANIFEST
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions
-from tests.registry.helpers import docker, provider, provision_tree_diff
+from tests.e2e.conftest import one_line_error
+from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff
 from tests.registry.proxy import Faults, run_proxy
 from tests.registry.servers import Registry
 
@@ -174,3 +175,32 @@ async def test_a_cancelled_pull_stops_waiting_to_retry(
     assert scope.cancelled_caught
     assert len(ranges(faults)) == 1
     assert_nothing_stored(dp, big_layer)
+
+
+# --- what the user sees ---------------------------------------------------------
+
+
+def test_cli_silent_registry(plain_registry: Registry, tmp_path: Path) -> None:
+    faults = Faults(target="/v2/", silent=10)
+    with run_proxy(plain_registry.url, faults) as url:
+        result = lazyfs(
+            tmp_path, "--docker_registry", url, "--docker-registry-timeout", "1.5", "pull", "rich"
+        )
+    line = one_line_error(result)
+    manifest = f"{url}/v2/library/rich/manifests/latest"
+    assert line == f"lazyfs: docker.io/library/rich:latest: no answer from {manifest} within 1.5 s"
+
+
+def test_cli_trickling_registry(plain_registry: Registry, big_layer: str, tmp_path: Path) -> None:
+    faults = Faults(target=big_layer, trickle=10)
+    with run_proxy(plain_registry.url, faults) as url:
+        result = lazyfs(
+            tmp_path,
+            "--docker_registry", url,
+            "--docker_registry_min_speed", "2048",
+            "--docker-registry-min-speed-time", "1",
+            "pull", "rich:oci",
+        )  # fmt: skip
+    line = one_line_error(result)
+    assert line.startswith(f"lazyfs: docker.io/library/rich:oci: blob download from {url}/v2/")
+    assert line.endswith(": registry sent less than 2048 bytes/s for 1 s")
