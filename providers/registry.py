@@ -191,10 +191,10 @@ class RegistryClient:
 
     def _resolve_at(self, base: str, ref: Reference, image: str) -> ImageManifest:
         scope = f"repository:{ref.repository}:pull"
-        data, media_type = self._manifest(base, ref.repository, ref.tag_or_digest, image, scope)
+        data, media_type = self._manifest(
+            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
+        )
         digest = _manifest_digest(data, media_type, image)
-        if ref.digest is not None and digest != ref.digest:
-            raise DigestMismatch(f"{image}: manifest", expected=ref.digest, actual=digest)
         depth = 0
         while True:
             doc = _named(image, load_json, data, "manifest")
@@ -213,8 +213,9 @@ class RegistryClient:
             if depth > INDEX_DEPTH_LIMIT:
                 raise BadImage(f"{image}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
             entry = _named(image, self._pick, doc, image)
-            data, media_type = self._manifest(base, ref.repository, entry.digest, image, scope)
-            _verify(data, entry, f"{image}: manifest {entry.digest}")
+            data, media_type = self._manifest(
+                base, ref.repository, entry.digest, image, scope, want=entry
+            )
             digest = entry.digest
         manifest = _named(image, parse_image_manifest, data, media_type)
         config = self._config(base, ref.repository, manifest.config, image, scope)
@@ -265,7 +266,36 @@ class RegistryClient:
         )
 
     def _manifest(
-        self, base: str, repository: str, tag_or_digest: str, image: str, scope: str
+        self,
+        base: str,
+        repository: str,
+        tag_or_digest: str,
+        image: str,
+        scope: str,
+        want: Descriptor | Digest | None = None,
+    ) -> tuple[bytes, str]:
+        """The manifest's bytes and media type, checked against the registry's
+        ``Docker-Content-Digest`` and ``want`` (an index entry, or the digest
+        the image was named by). A body that does not verify is asked for
+        once more, as Store.ingest does for blobs: corruption on the way is
+        seldom repeated."""
+        for last_try in (False, True):
+            try:
+                return self._manifest_once(base, repository, tag_or_digest, image, scope, want)
+            except DigestMismatch as exc:
+                if last_try:
+                    raise
+                log.warning("%s; asking again", exc)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _manifest_once(
+        self,
+        base: str,
+        repository: str,
+        tag_or_digest: str,
+        image: str,
+        scope: str,
+        want: Descriptor | Digest | None,
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
         retries = self.http.retries(Deadline(0))
@@ -288,6 +318,12 @@ class RegistryClient:
                 raise DigestMismatch(
                     f"{image}: manifest at {redact(url)}", expected=sent, actual=actual
                 )
+        if isinstance(want, Descriptor):
+            _verify(data, want, f"{image}: manifest {want.digest}")
+        elif want is not None:
+            actual = _manifest_digest(data, media_type, image)
+            if actual != want:
+                raise DigestMismatch(f"{image}: manifest", expected=want, actual=actual)
         return data, media_type
 
     def _config(
@@ -296,12 +332,20 @@ class RegistryClient:
         if desc.size > METADATA_LIMIT:
             raise BadImage(f"{image}: config {desc.digest} is larger than {METADATA_LIMIT} bytes")
         url = f"{base}/v2/{repository}/blobs/{desc.digest}"
-        # Read as a blob: its size is known, so a broken transfer resumes.
-        stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
-        with contextlib.closing(stream):
-            data = b"".join(iter(lambda: stream.read(1 << 16), b""))
-        _verify(data, desc, f"{image}: config {desc.digest}")
-        return data
+        for last_try in (False, True):
+            # Read as a blob: its size is known, so a broken transfer resumes.
+            stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
+            with contextlib.closing(stream):
+                data = stream.readall()
+            try:
+                _verify(data, desc, f"{image}: config {desc.digest}")
+                return data
+            except DigestMismatch as exc:
+                if last_try:
+                    raise
+                # As for manifests and layers: a corrupted body is asked for once more.
+                log.warning("%s; asking again", exc)
+        raise AssertionError("unreachable: the last try returns or raises")
 
     def _read_limited(self, response: requests.Response, image: str, url: str) -> bytes:
         try:

@@ -139,6 +139,34 @@ async def test_a_body_corrupted_twice_is_refused(
     assert_nothing_stored(dp, big_layer)
 
 
+@pytest.mark.parametrize("what", ["manifest", "config"])
+async def test_metadata_corrupted_once_is_asked_for_again(
+    what: str, plain_registry: Registry, reference_tree: Path, tmp_path: Path
+) -> None:
+    manifest = requests.get(
+        f"{plain_registry.url}/v2/library/rich/manifests/oci",
+        headers={"Accept": OCI_MANIFEST},
+        timeout=10,
+    ).json()
+    target = "/manifests/oci" if what == "manifest" else manifest["config"]["digest"]
+    faults = Faults(target=target, corruptions=1)
+    with run_proxy(plain_registry.url, faults) as url:
+        assert await provision_tree_diff(tmp_path, url, "rich:oci", reference_tree) == []
+    assert ranges(faults) == ["", ""]
+
+
+async def test_a_manifest_corrupted_twice_is_refused(
+    plain_registry: Registry, tmp_path: Path
+) -> None:
+    faults = Faults(target="/manifests/oci", corruptions=2)
+    with run_proxy(plain_registry.url, faults) as url:
+        dp = provider(tmp_path, url, options())
+        with pytest.raises(DigestMismatch, match=r"rich:oci: manifest at .*: expected sha256:"):
+            await dp.fetch(docker("rich:oci"), Progress(enabled=False))
+    assert ranges(faults) == ["", ""]
+    assert dp.store.get_image("docker.io/library/rich:oci") is None
+
+
 # --- cancellation ---------------------------------------------------------------
 
 
