@@ -300,9 +300,7 @@ class RegistryClient:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
         retries = self.http.retries(Deadline(0))
         while True:
-            response = self.http.get(
-                url, image=image, scope=scope, headers={"Accept": ACCEPT}, stream=True
-            )
+            response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
             try:
                 data = self._read_limited(response, image, url)
                 break
@@ -392,7 +390,6 @@ class RegistryClient:
             image=home.image,
             scope=f"repository:{home.repository}:pull",
             headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-            stream=True,
             ok=(200, 206),
         )
         # A registry that ignores Range sends the whole blob: read up to the range.

@@ -118,7 +118,6 @@ class BlobStream(io.RawIOBase):
             image=self._image,
             scope=self._scope,
             headers=headers,
-            stream=True,
             ok=(200, 206),
         )
         self._response = response

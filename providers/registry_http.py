@@ -69,6 +69,7 @@ TRANSIENT = (
     requests.exceptions.ChunkedEncodingError,
 )
 BODY_CHUNK = 1 << 16
+ERROR_BODY_LIMIT = 1 << 16  # a registry's JSON error says what it has to say in less
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,10 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _registry_message(response: requests.Response) -> str:
+def _registry_message(body: bytes) -> str:
     """The first ``errors[]`` entry of a registry's JSON error body, if any."""
     try:
-        doc = json.loads(response.content[:65536])
+        doc = json.loads(body)
         first = doc["errors"][0]
         text = str(first.get("message") or first.get("code") or "")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
@@ -169,7 +170,6 @@ class RegistryHttp:
         image: str,
         scope: str | None,
         headers: Mapping[str, str] | None = None,
-        stream: bool = False,
         ok: tuple[int, ...] = (200,),
         attempts: int | None = None,
         method: str = "GET",
@@ -177,7 +177,9 @@ class RegistryHttp:
         """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
 
         ``image`` names what the request is for in error messages; ``scope``
-        is the bearer token scope (``repository:NAME:pull``) or None.
+        is the bearer token scope (``repository:NAME:pull``) or None. The
+        response's body is not read yet: the caller reads it with ``body`` or
+        ``read_capped`` (which keep to the speed floor) or closes it.
         """
         host = urlsplit(url).netloc
         timeout = self.options.timeout
@@ -194,7 +196,7 @@ class RegistryHttp:
                     raise requests.Timeout("deadline passed before the request")
                 checkpoint()
                 response = self.session().request(
-                    method, url, headers=sent, stream=stream, timeout=(left, left)
+                    method, url, headers=sent, stream=True, timeout=(left, left)
                 )
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(f"{image}: TLS failure at {redact(url)}: {_why(exc)}") from exc
@@ -262,9 +264,9 @@ class RegistryHttp:
             except urllib3.exceptions.ReadTimeoutError as exc:
                 silent = f"registry sent nothing for {seconds(idle)} s"
                 raise TooSlow(floor.message() if floor.enabled else silent) from exc
-            floor.add(len(data))
             if not data:
-                return
+                return  # a body that ended is judged no more: it arrived
+            floor.add(len(data))
             yield data
 
     def read_capped(self, response: requests.Response, limit: int) -> bytes | None:
@@ -288,8 +290,13 @@ class RegistryHttp:
 
     def _fail(self, response: requests.Response, url: str, image: str) -> NoReturn:
         status = response.status_code
-        detail = _registry_message(response)
-        response.close()
+        try:
+            # Under the speed floor: an error body that trickles ends too.
+            detail = _registry_message(self.read_capped(response, ERROR_BODY_LIMIT) or b"")
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            detail = ""
         cause = f"HTTP {status}" + (f" {detail}" if detail else "")
         where = f"({redact(url)})"
         if status == 404:
