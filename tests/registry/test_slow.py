@@ -105,6 +105,21 @@ async def test_a_trickling_registry_fails_at_the_speed_floor(
     assert_nothing_stored(dp, big_layer)
 
 
+async def test_a_blob_that_keeps_coming_ends_at_its_deadline(
+    proxy: str, faults: Faults, big_layer: str, tmp_path: Path
+) -> None:
+    # The floor is off: only the blob's deadline can end this download.
+    faults.trickle = 10
+    dp = provider(tmp_path, proxy, options(min_speed=0, blob_timeout=2))
+    url = f"{proxy}/v2/library/rich/blobs/{big_layer}"
+    late = r"did not finish within 2 s \(at byte [1-9][0-9]*\)$"
+    with pytest.raises(TemporaryFailure, match=f"rich:oci: blob download from {url} {late}"):
+        await dp.fetch(docker("rich:oci"), Progress(enabled=False))
+    assert len(ranges(faults)) == 1
+    await wait_for(faults.hung_up)
+    assert_nothing_stored(dp, big_layer)
+
+
 async def test_a_stalled_transfer_resumes_on_a_fresh_connection(
     proxy: str, faults: Faults, reference_tree: Path, tmp_path: Path
 ) -> None:
