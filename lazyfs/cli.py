@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import signal
 import sys
@@ -49,6 +50,16 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: object) -> None:
     parser.add_argument(*spellings, dest=name, **kwargs)  # type: ignore[arg-type]
 
 
+# --docker_registry_NAME: how long a registry may take (HttpOptions says why these
+# defaults), as (NAME, type, default, may be 0 to turn it off, metavar, help).
+REGISTRY_LIMITS = (
+    ("timeout", float, 30.0, False, "SECONDS", "a request unanswered this long fails, retries too"),
+    ("min_speed", int, 1024, True, "BYTES", "a transfer below this many bytes/s is cut"),
+    ("min_speed_time", float, 30.0, False, "SECONDS", "the window min_speed is judged over"),
+    ("blob_timeout", float, 0.0, True, "SECONDS", "a blob not fetched in this long fails"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lazyfs", description="Provision container root filesystems from images."
@@ -82,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="PEM CA bundle to verify registries with, instead of the system CAs",
     )
+    for name, kind, default, off, metavar, text in REGISTRY_LIMITS:
+        text += f" (default {default:g}{'; 0: never' if off else ''})"
+        _flag(
+            parser,
+            f"docker_registry_{name}",
+            type=kind,
+            default=default,
+            metavar=metavar,
+            help=text,
+        )
     _flag(parser, "appc_store_dir", default=None, help="default: WORK_DIR/store/appc")
     _flag(
         parser,
@@ -198,12 +219,18 @@ def _split(text: str) -> tuple[str, ...]:
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
     """The registry puller's settings from the global flags."""
     credentials = parse_docker_config(args.docker_config) if args.docker_config else {}
+    limits = {name: getattr(args, f"docker_registry_{name}") for name, *_ in REGISTRY_LIMITS}
+    for name, _kind, _default, off, _metavar, _text in REGISTRY_LIMITS:
+        value = limits[name]
+        if not (math.isfinite(value) and (value > 0 or (off and value == 0))):
+            least = "0 or more" if off else "more than 0"
+            raise UsageError(f"--docker_registry_{name} {value}: expected {least}")
     return RegistryOptions(
         registry=args.docker_registry,
         mirrors=_split(args.docker_registry_mirrors),
         insecure_registries=frozenset(_split(args.docker_insecure_registries)),
         platform=parse_platform(args.platform) if args.platform else None,
-        http=HttpOptions(ca_file=args.docker_registry_ca_file, credentials=credentials),
+        http=HttpOptions(ca_file=args.docker_registry_ca_file, credentials=credentials, **limits),
     )
 
 

@@ -37,7 +37,7 @@ from typing import BinaryIO
 
 import trio
 
-from providers.diff_id import DiffIdReader, diff_id_of
+from providers.diff_id import DiffIdChecker, diff_id_of
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
@@ -88,8 +88,12 @@ class Store:
     ) -> Path:
         """Make the blob ``layer.digest`` present, fetching it with ``opener`` if missing.
 
-        Blocking. Idempotent. Raises DigestMismatch (nothing stored) when the
-        bytes are not what ``layer`` promises.
+        Blocking. Idempotent. Bytes that are not what ``layer`` promises are
+        fetched once more from their start (a fresh ``opener()``, an emptied
+        temp file, a fresh hash), since a body corrupted on the way is seldom
+        corrupted twice; a second mismatch raises DigestMismatch. Nothing
+        unverified is ever stored. ``progress`` is told of both tries and
+        takes back (a negative count) what the first one counted.
         """
         path = self.blob_path(layer.digest)
         if path.is_file():
@@ -102,21 +106,22 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
             with self.temp_file() as (tmp_path, out):
-                with contextlib.closing(opener()) as raw:
-                    blob = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
-                    # Checked beside the blob digest, in the same pass.
-                    bound = self.limits.bound(layer.size)
-                    reader = DiffIdReader(blob, layer.diff_id, f"layer {layer.digest}", bound)
-                    while chunk := reader.read(CHUNK):
-                        out.write(chunk)
-                        if progress is not None:
-                            progress(len(chunk))
-                    blob.verify()
-                    reader.verify()
+                bound = self.limits.bound(layer.size)
+                try:
+                    inflated = _copy_verified(layer, opener(), out, progress, bound)
+                except DigestMismatch as exc:
+                    log.warning("%s; fetching it again from its start", exc)
+                    if progress is not None:
+                        progress(-out.tell())
+                    out.seek(0)
+                    out.truncate()
+                    inflated = _copy_verified(layer, opener(), out, progress, bound)
+                # After the blob digest: its content, checked beside it, in the same pass.
+                inflated.verify()
                 out.flush()
                 os.fsync(out.fileno())
                 os.chmod(tmp_path, 0o444)
-                self._record_diff_id(layer.digest, reader.actual())
+                self._record_diff_id(layer.digest, inflated.actual())
                 os.rename(tmp_path, path)
         return path
 
@@ -232,6 +237,29 @@ class Store:
                 entry.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _copy_verified(
+    layer: Layer,
+    source: BinaryIO,
+    out: BinaryIO,
+    progress: Progress | None,
+    bound: tuple[int, str],
+) -> DiffIdChecker:
+    """Copy ``source`` (closed after) to ``out``; DigestMismatch unless it is ``layer``'s blob.
+
+    Returns the layer's diff_id check, fed every byte but not yet verified.
+    """
+    inflated = DiffIdChecker(layer.diff_id, f"layer {layer.digest}", bound)
+    with contextlib.closing(source) as raw:
+        reader = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")
+        while chunk := reader.read(CHUNK):
+            out.write(chunk)
+            inflated.feed(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        reader.verify()
+    return inflated
 
 
 @contextlib.asynccontextmanager

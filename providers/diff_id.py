@@ -5,8 +5,8 @@ compressed blob by its digest.  Checking only the blob digest trusts the
 manifest and ignores the config; a registry (or a tarball) whose manifest
 and config disagree would provision a tree the config never described.
 
-``DiffIdReader`` wraps the blob stream the store ingests: it passes the
-bytes through unchanged and, beside them, decompresses them (by what they
+``DiffIdChecker`` is fed the blob's bytes as the store ingests them and,
+beside the blob digest check, decompresses them (by what they
 start with, as ``providers.compression.decompressed`` decides) into a hash,
 output-bounded so a compression bomb costs CPU, never memory.  At EOF the
 hash must be the diff_id, or ``DigestMismatch``.  It does not judge whether
@@ -55,14 +55,6 @@ class _Sink:
                 f"bad {self._what}: unpacks to more than {self._most} bytes, {self._why}"
             )
         self.hasher.update(data)
-
-
-class Readable(Protocol):
-    """What ``DiffIdReader`` wraps: a blob stream (a file, a ``VerifyingReader``)."""
-
-    def read(self, n: int = -1) -> bytes: ...
-
-    def close(self) -> None: ...
 
 
 class _Decoder(Protocol):
@@ -142,25 +134,20 @@ class _Plain:
         self._sink.update(data)
 
 
-class DiffIdReader:
-    """``stream``'s bytes, unchanged; at EOF, DigestMismatch unless they inflate to ``diff_id``.
+class DiffIdChecker:
+    """Fed a layer blob's bytes in order; ``verify`` says whether they inflate to ``diff_id``.
 
-    ``what`` names the layer in errors.  The check runs when ``read``
-    returns b"" (or on ``verify``), so a consumer that reads to the end, as
-    the store's ingest does, never keeps a blob whose content is not the
-    config's.  ``bound`` (the most bytes the layer may unpack to, and why:
-    ``providers.tar_stream.LayerLimits.bound``) stops a compression bomb
-    with BadImage as soon as it passes the bound.
+    ``what`` names the layer in errors.  ``bound`` (the most bytes the layer
+    may unpack to, and why: ``providers.tar_stream.LayerLimits.bound``)
+    stops a compression bomb with BadImage from ``feed`` as soon as it
+    passes the bound; damaged compressed data is reported by ``verify``, so
+    a caller that checks the blob's digest first reports a blob that is not
+    what was promised as that.
     """
 
     def __init__(
-        self,
-        stream: Readable,
-        diff_id: Digest | None,
-        what: str,
-        bound: tuple[int, str] | None = None,
+        self, diff_id: Digest | None, what: str, bound: tuple[int, str] | None = None
     ) -> None:
-        self._stream = stream
         self._diff_id = diff_id
         self._what = what
         self._algorithm = "sha256" if diff_id is None else algorithm(diff_id)
@@ -170,14 +157,6 @@ class DiffIdReader:
         self._decoder: _Decoder | None = None
         self._checked = False
         self._error: BadImage | None = None
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        if data:
-            self.feed(data)
-        else:
-            self.verify()
-        return data
 
     def feed(self, data: bytes) -> None:
         """Take ``data`` as the next bytes of the blob."""
@@ -199,8 +178,7 @@ class DiffIdReader:
             lzma.LZMAError,
             zstandard.ZstdError,
         ) as error:
-            # Kept for EOF: a blob that is not what its digest promised is
-            # reported as that, by the digest check, which comes first.
+            # Kept for verify: see the class docstring.
             self._error = BadImage(f"bad {self._what}: corrupt compressed data: {error}")
 
     def actual(self) -> Digest:
@@ -229,9 +207,6 @@ class DiffIdReader:
             raise DigestMismatch(f"{self._what} diff_id", expected=self._diff_id, actual=actual)
         self._checked = True
 
-    def close(self) -> None:
-        self._stream.close()
-
 
 def _decoder_for(kind: str, sink: _Sink) -> _Decoder:
     if kind == "gzip":
@@ -247,7 +222,7 @@ def _decoder_for(kind: str, sink: _Sink) -> _Decoder:
 
 def diff_id_of(stream: BinaryIO, what: str, bound: tuple[int, str] | None = None) -> Digest:
     """The sha256 diff_id of a whole (compressed or plain) layer blob read from ``stream``."""
-    reader = DiffIdReader(stream, None, what, bound)
+    checker = DiffIdChecker(None, what, bound)
     while data := stream.read(CHUNK):
-        reader.feed(data)
-    return reader.actual()
+        checker.feed(data)
+    return checker.actual()

@@ -66,7 +66,8 @@ from providers.manifest import (
 from providers.oci_layout import INDEX_DEPTH_LIMIT, Platform, index_entries, select_platform
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_blob import BlobStream
-from providers.registry_http import HttpOptions, RegistryHttp, read_capped, redact
+from providers.registry_http import HttpOptions, RegistryHttp, redact
+from providers.retry import Deadline, is_temporary
 from providers.schema1 import parse_schema1, schema1_digest
 
 log = logging.getLogger(__name__)
@@ -180,10 +181,10 @@ class RegistryClient:
 
     def _resolve_at(self, base: str, ref: Reference, image: str) -> ImageManifest:
         scope = f"repository:{ref.repository}:pull"
-        data, media_type = self._manifest(base, ref.repository, ref.tag_or_digest, image, scope)
+        data, media_type = self._manifest(
+            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
+        )
         digest = _manifest_digest(data, media_type, image)
-        if ref.digest is not None and digest != ref.digest:
-            raise DigestMismatch(f"{image}: manifest", expected=ref.digest, actual=digest)
         depth = 0
         while True:
             doc = _named(image, load_json, data, "manifest")
@@ -202,8 +203,9 @@ class RegistryClient:
             if depth > INDEX_DEPTH_LIMIT:
                 raise BadImage(f"{image}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
             entry = _named(image, self._pick, doc, image)
-            data, media_type = self._manifest(base, ref.repository, entry.digest, image, scope)
-            _verify(data, entry, f"{image}: manifest {entry.digest}")
+            data, media_type = self._manifest(
+                base, ref.repository, entry.digest, image, scope, want=entry
+            )
             digest = entry.digest
         manifest = _named(image, parse_image_manifest, data, media_type)
         config = self._config(base, ref.repository, manifest.config, image, scope)
@@ -249,21 +251,47 @@ class RegistryClient:
         return select_platform(entries, image, self.options.platform)
 
     def _manifest(
-        self, base: str, repository: str, tag_or_digest: str, image: str, scope: str
+        self,
+        base: str,
+        repository: str,
+        tag_or_digest: str,
+        image: str,
+        scope: str,
+        want: Descriptor | Digest | None = None,
+    ) -> tuple[bytes, str]:
+        """The manifest's bytes and media type, checked against the registry's
+        ``Docker-Content-Digest`` and ``want`` (an index entry, or the digest
+        the image was named by). A body that does not verify is asked for
+        once more, as Store.ingest does for blobs: corruption on the way is
+        seldom repeated."""
+        for last_try in (False, True):
+            try:
+                return self._manifest_once(base, repository, tag_or_digest, image, scope, want)
+            except DigestMismatch as exc:
+                if last_try:
+                    raise
+                log.warning("%s; asking again", exc)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _manifest_once(
+        self,
+        base: str,
+        repository: str,
+        tag_or_digest: str,
+        image: str,
+        scope: str,
+        want: Descriptor | Digest | None,
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
-        attempt = 0
+        retries = self.http.retries(Deadline(0))
         while True:
-            attempt += 1
-            response = self.http.get(
-                url, image=image, scope=scope, headers={"Accept": ACCEPT}, stream=True
-            )
+            response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
             try:
-                data = _read_limited(response, image, url)
+                data = self._read_limited(response, image, url)
                 break
-            except TemporaryFailure:
+            except TemporaryFailure as exc:
                 # The body broke after the headers: ask again, as for a failed request.
-                if attempt >= self.options.http.attempts:
+                if not retries.again(str(exc)):
                     raise
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         sent = response.headers.get("Docker-Content-Digest", "")
@@ -273,6 +301,12 @@ class RegistryClient:
                 raise DigestMismatch(
                     f"{image}: manifest at {redact(url)}", expected=sent, actual=actual
                 )
+        if isinstance(want, Descriptor):
+            _verify(data, want, f"{image}: manifest {want.digest}")
+        elif want is not None:
+            actual = _manifest_digest(data, media_type, image)
+            if actual != want:
+                raise DigestMismatch(f"{image}: manifest", expected=want, actual=actual)
         return data, media_type
 
     def _config(
@@ -281,11 +315,30 @@ class RegistryClient:
         if desc.size > METADATA_LIMIT:
             raise BadImage(f"{image}: config {desc.digest} is larger than {METADATA_LIMIT} bytes")
         url = f"{base}/v2/{repository}/blobs/{desc.digest}"
-        # Read as a blob: its size is known, so a broken transfer resumes.
-        stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
-        with contextlib.closing(stream):
-            data = b"".join(iter(lambda: stream.read(1 << 16), b""))
-        _verify(data, desc, f"{image}: config {desc.digest}")
+        for last_try in (False, True):
+            # Read as a blob: its size is known, so a broken transfer resumes.
+            stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
+            with contextlib.closing(stream):
+                data = stream.readall()
+            try:
+                _verify(data, desc, f"{image}: config {desc.digest}")
+                return data
+            except DigestMismatch as exc:
+                if last_try:
+                    raise
+                # As for manifests and layers: a corrupted body is asked for once more.
+                log.warning("%s; asking again", exc)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _read_limited(self, response: requests.Response, image: str, url: str) -> bytes:
+        try:
+            data = self.http.read_capped(response, METADATA_LIMIT)
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
+        if data is None:
+            raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
         return data
 
     # -- BlobSource ---------------------------------------------------------
@@ -324,9 +377,21 @@ class RegistryClient:
             headers={"Range": f"bytes={offset}-{offset + length - 1}"},
             ok=(200, 206),
         )
-        data = response.content
-        # A registry that ignores Range sends the whole blob.
-        return data[offset : offset + length] if response.status_code == 200 else data[:length]
+        # A registry that ignores Range sends the whole blob: read up to the range.
+        skip = offset if response.status_code == 200 else 0
+        data = bytearray()
+        try:
+            for chunk in self.http.body(response, self.http.speed_floor()):
+                data += chunk
+                if len(data) >= skip + length:
+                    break
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            raise TemporaryFailure(f"{home.image}: reading {redact(url)} failed: {exc}") from exc
+        finally:
+            response.close()
+        return bytes(data[skip : skip + length])
 
 
 def _manifest_digest(data: bytes, media_type: str, image: str) -> Digest:
@@ -344,16 +409,6 @@ def _named(image: str, parse: Callable[..., T], *args: Any) -> T:
         if str(exc).startswith(f"{image}:"):
             raise
         raise BadImage(f"{image}: {exc}") from exc
-
-
-def _read_limited(response: requests.Response, image: str, url: str) -> bytes:
-    try:
-        data = read_capped(response, METADATA_LIMIT)
-    except requests.RequestException as exc:
-        raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
-    if data is None:
-        raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
-    return data
 
 
 def _verify(data: bytes, desc: Descriptor, what: str) -> None:

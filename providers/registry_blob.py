@@ -1,32 +1,35 @@
 """A registry blob as a stream that survives broken connections.
 
 ``BlobStream`` reads ``GET /v2/NAME/blobs/DIGEST``. When the connection
-breaks midway (reset, timeout, a body shorter than its Content-Length) it
-asks again from where it stopped with ``Range: bytes=N-``; a registry that
-ignores the range and answers 200 with the whole body has its first N bytes
-skipped. Consecutive failures without progress are bounded by the HTTP
-options' ``attempts``; then TemporaryFailure.
+breaks midway (reset, a body shorter than its Content-Length, a body slower
+than the speed floor or silent for its window) it asks again from where it
+stopped with ``Range: bytes=N-``; a registry that ignores the range and
+answers 200 with the whole body has its first N bytes skipped. Failures are
+counted by one providers.retry.Retries: ``attempts`` in a row without
+progress (a speed window's worth of bytes, so a trickle that brings a byte
+per resume does not count as progress), or the blob's deadline
+(``blob_timeout``), end the download with TemporaryFailure.
 
 The stream is not verified: callers wrap it in providers.digest.VerifyingReader
 (Store.ingest does), so a corrupted byte is caught at EOF and nothing is kept.
+Each read checks for trio cancellation (providers.retry.checkpoint), so a
+cancelled or interrupted pull stops within one chunk or one silent window.
 """
 
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import requests
-import urllib3
 
 from providers.errors import TemporaryFailure
-from providers.registry_http import RegistryHttp, redact
+from providers.registry_http import RegistryHttp, _why, redact
+from providers.retry import Deadline, is_temporary, seconds
 
-# What a broken body looks like from requests' and urllib3's side.
-_BROKEN = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_SKIP_CHUNK = 1 << 20
 
 
 class BlobStream(io.RawIOBase):
@@ -42,8 +45,15 @@ class BlobStream(io.RawIOBase):
         self._scope = scope
         self._size = size
         self._pos = 0
-        self._failures = 0
+        options = http.options
+        self._retries = http.retries(Deadline(options.blob_timeout))
+        self._floor = http.speed_floor()
+        # Bytes a resume must bring before earlier failures stop counting.
+        self._progress = max(1, int(options.min_speed * options.min_speed_time))
+        self._since_failure = 0
         self._response: requests.Response | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._pending = b""
 
     def readable(self) -> bool:
         return True
@@ -53,63 +63,76 @@ class BlobStream(io.RawIOBase):
         if len(view) == 0 or (self._size is not None and self._pos >= self._size):
             return 0
         while True:
+            deadline = self._retries.deadline
+            if deadline.expired():
+                self._drop()
+                raise TemporaryFailure(
+                    f"{self._image}: blob download from {redact(self._url)} did not finish "
+                    f"within {seconds(deadline.seconds)} s (at byte {self._pos})"
+                )
             try:
-                if self._response is None:
-                    self._response = self._open()
-                data = self._response.raw.read(len(view), decode_content=False)
-                if not data and self._size is not None and self._pos < self._size:
-                    # The server closed cleanly but early: treat it as a cut.
-                    raise OSError(f"body ended at {self._pos} of {self._size} bytes")
-            except _BROKEN as exc:
+                data = self._next()
+            except Exception as exc:
+                if not is_temporary(exc):
+                    raise
                 self._broken(exc)
                 continue
-            self._failures = 0
-            view[: len(data)] = data
-            self._pos += len(data)
-            return len(data)
+            count = min(len(view), len(data))
+            view[:count] = data[:count]
+            self._pending = data[count:]
+            self._pos += count
+            self._since_failure += count
+            if self._since_failure >= self._progress:
+                self._retries.progressed()
+            return count
+
+    def _next(self) -> bytes:
+        """The next bytes of the body (at least one unless at its end); opens as needed."""
+        if self._pending:
+            return self._pending
+        if self._chunks is None:
+            self._chunks = self._open()
+            if self._pending:
+                return self._pending
+        data = next(self._chunks, b"")
+        if not data and self._size is not None and self._pos < self._size:
+            # The server closed cleanly but early: treat it as a cut.
+            raise OSError(f"body ended at {self._pos} of {self._size} bytes")
+        return data
 
     def _broken(self, exc: BaseException) -> None:
         self._drop()
-        self._failures += 1
-        options = self._http.options
-        if self._failures >= options.attempts:
+        self._since_failure = 0
+        if not self._retries.again(f"{redact(self._url)}: {_why(exc)}"):
+            deadline = self._retries.deadline
+            late = f" (deadline of {seconds(deadline.seconds)} s)" if deadline.seconds > 0 else ""
             raise TemporaryFailure(
                 f"{self._image}: blob download from {redact(self._url)} broke at byte "
-                f"{self._pos}: {exc}"
+                f"{self._pos}: {_why(exc)}{late if deadline.expired() else ''}"
             ) from exc
-        self._http.wait_before_retry(self._failures, None, f"{redact(self._url)}: {exc}")
 
-    def _open(self) -> requests.Response:
+    def _open(self) -> Iterator[bytes]:
         headers = {"Range": f"bytes={self._pos}-"} if self._pos else {}
         response = self._http.get(
             self._url,
             image=self._image,
             scope=self._scope,
             headers=headers,
-            stream=True,
             ok=(200, 206),
         )
+        self._response = response
         if self._pos and response.status_code == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             if match is None or int(match.group(1)) != self._pos:
-                response.close()
                 raise OSError(f"registry answered a range other than bytes={self._pos}-")
-        elif self._pos:
-            self._skip(response, self._pos)
-        return response
-
-    @staticmethod
-    def _skip(response: requests.Response, count: int) -> None:
-        """Drop the first ``count`` bytes of a full-body answer to a range request."""
-        left = count
-        while left:
-            data = response.raw.read(min(left, _SKIP_CHUNK), decode_content=False)
-            if not data:
-                response.close()
-                raise OSError("full-body answer ended before the resume point")
-            left -= len(data)
+        chunks = self._http.body(response, self._floor)
+        if self._pos and response.status_code != 206:
+            self._pending = _skip(chunks, self._pos)
+        return chunks
 
     def _drop(self) -> None:
+        self._chunks = None
+        self._pending = b""
         if self._response is not None:
             self._response.close()
             self._response = None
@@ -117,3 +140,18 @@ class BlobStream(io.RawIOBase):
     def close(self) -> None:
         self._drop()
         super().close()
+
+
+def _skip(chunks: Iterator[bytes], count: int) -> bytes:
+    """Drop the first ``count`` bytes of a full-body answer to a range request.
+
+    Returns what the last chunk held past them.
+    """
+    left = count
+    for data in chunks:
+        if len(data) > left:
+            return data[left:]
+        left -= len(data)
+        if not left:
+            return b""
+    raise OSError("full-body answer ended before the resume point")

@@ -8,9 +8,15 @@ the cause and the URL (never credentials):
     401, 403 (after auth)        Unauthorized
     TLS verification failure     Unauthorized (the server could not be trusted)
     429, 5xx, connection errors  TemporaryFailure, after bounded retries
+    no answer within ``timeout`` TemporaryFailure, at once
     other 4xx                    BadImage
 
-Retries back off exponentially (``Retry-After`` is honoured up to the cap).
+Retries (providers.retry) back off exponentially (``Retry-After`` is
+honoured up to the cap) and end at the request's deadline: ``timeout``
+seconds from the first try to the response's headers. A server that took
+the connection and said nothing has used that deadline up, so it is not
+asked again. Bodies are read with ``body``, under the speed floor:
+``min_speed`` bytes/s over each ``min_speed_time`` seconds.
 Authentication follows the registry's challenge: ``Bearer`` fetches a token
 from the realm for the scope and caches it per scope until it expires or
 the registry answers 401 again; ``Basic`` sends the credentials for the
@@ -22,17 +28,16 @@ Blocking; safe to call from several threads (one requests.Session per thread).
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
 from providers.manifest import METADATA_LIMIT
@@ -44,6 +49,16 @@ from providers.registry_auth import (
     parse_challenge,
     parse_token_response,
 )
+from providers.retry import (
+    Backoff,
+    Deadline,
+    Retries,
+    SpeedFloor,
+    TooSlow,
+    checkpoint,
+    is_temporary,
+    seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +68,45 @@ TRANSIENT = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
+BODY_CHUNK = 1 << 16
+ERROR_BODY_LIMIT = 1 << 16  # a registry's JSON error says what it has to say in less
 
 
 @dataclass(frozen=True)
 class HttpOptions:
-    """How to talk to registries; the defaults suit a real network."""
+    """How to talk to registries; the defaults suit a real network.
+
+    ``timeout``: seconds from a request's first try to its answer's headers,
+    retries included, and the longest a body may go silent when the speed
+    floor is off. 30 s: a registry or CDN answers in well under a second, a
+    TLS handshake over a poor mobile link in a few, and one that has said
+    nothing for 30 s is not about to (the old 10 s connect and 60 s read
+    timeouts, tried 5 times, held a pull on a silent server for 305 s).
+
+    ``min_speed`` bytes/s over each ``min_speed_time`` seconds: the speed
+    floor of bodies, as curl's --speed-limit/--speed-time and git's
+    http.lowSpeedLimit/lowSpeedTime; 0 turns it off. 1 KiB/s is far below
+    any working link (a 56k modem does 7 KiB/s) and far above a stuck one;
+    30 s rides out TCP's retransmission backoff after a burst of loss
+    (1 + 2 + 4 + 8 s), where a shorter window would cut a link that recovers.
+    A blob cut for slowness resumes on a fresh connection, which cures a
+    dead flow; a registry that is slow on every connection runs out of
+    ``attempts``.
+
+    ``blob_timeout``: seconds for one whole blob, resumes included; 0 (the
+    default) is none, because a cap that suits a 10 MB layer cuts a 10 GB
+    one on an honest link, and the floor already ends transfers that stop.
+    """
 
     ca_file: str | None = None
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
     attempts: int = 5
     backoff: float = 0.25
     max_backoff: float = 4.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    timeout: float = 30.0
+    min_speed: int = 1024
+    min_speed_time: float = 30.0
+    blob_timeout: float = 0.0
 
 
 def redact(url: str) -> str:
@@ -75,10 +116,10 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _registry_message(response: requests.Response) -> str:
+def _registry_message(body: bytes) -> str:
     """The first ``errors[]`` entry of a registry's JSON error body, if any."""
     try:
-        doc = json.loads(response.content[:65536])
+        doc = json.loads(body)
         first = doc["errors"][0]
         text = str(first.get("message") or first.get("code") or "")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
@@ -129,7 +170,6 @@ class RegistryHttp:
         image: str,
         scope: str | None,
         headers: Mapping[str, str] | None = None,
-        stream: bool = False,
         ok: tuple[int, ...] = (200,),
         attempts: int | None = None,
         method: str = "GET",
@@ -137,34 +177,40 @@ class RegistryHttp:
         """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
 
         ``image`` names what the request is for in error messages; ``scope``
-        is the bearer token scope (``repository:NAME:pull``) or None.
+        is the bearer token scope (``repository:NAME:pull``) or None. The
+        response's body is not read yet: the caller reads it with ``body`` or
+        ``read_capped`` (which keep to the speed floor) or closes it.
         """
         host = urlsplit(url).netloc
-        attempts = attempts or self.options.attempts
+        timeout = self.options.timeout
+        retries = self.retries(Deadline(timeout), attempts)
         auth_tries = 0
-        attempt = 0
         while True:
-            attempt += 1
             sent = dict(headers or {})
             authorization = self._authorization(host, url, image, scope)
             if authorization is not None:
                 sent["Authorization"] = authorization
+            left = retries.deadline.remaining()
             try:
+                if left <= 0:
+                    raise requests.Timeout("deadline passed before the request")
+                checkpoint()
                 response = self.session().request(
-                    method,
-                    url,
-                    headers=sent,
-                    stream=stream,
-                    timeout=(self.options.connect_timeout, self.options.read_timeout),
+                    method, url, headers=sent, stream=True, timeout=(left, left)
                 )
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(f"{image}: TLS failure at {redact(url)}: {_why(exc)}") from exc
+            except requests.Timeout as exc:
+                # Connecting and waiting both got the rest of the deadline: asking
+                # again would only wait past it.
+                raise TemporaryFailure(
+                    f"{image}: no answer from {redact(url)} within {seconds(timeout)} s"
+                ) from exc
             except TRANSIENT as exc:
-                if attempt >= attempts:
+                if not retries.again(f"{redact(url)}: {_why(exc)}"):
                     raise TemporaryFailure(
                         f"{image}: cannot reach {redact(url)}: {_why(exc)}"
                     ) from exc
-                self.wait_before_retry(attempt, None, f"{redact(url)}: {_why(exc)}")
                 continue
             if response.status_code in ok:
                 return response
@@ -173,19 +219,84 @@ class RegistryHttp:
                 auth_tries += 1
                 if self._learn_challenge(host, response, url, image, scope, authorization):
                     response.close()
-                    attempt -= 1  # authenticating is not a failed attempt
+                    continue  # authenticating is not a failed attempt
+            if status == 429 or status >= 500:
+                delay = retries.next_delay(response.headers.get("Retry-After"))
+                if delay is not None:
+                    response.close()
+                    retries.wait(delay, f"{redact(url)}: HTTP {status}")
                     continue
-            if (status == 429 or status >= 500) and attempt < attempts:
-                retry_after = response.headers.get("Retry-After")
-                response.close()
-                self.wait_before_retry(attempt, retry_after, f"{redact(url)}: HTTP {status}")
-                continue
             self._fail(response, url, image)
+
+    def retries(self, deadline: Deadline, attempts: int | None = None) -> Retries:
+        """A retry budget for one operation under these options."""
+        options = self.options
+        backoff = Backoff(options.backoff, options.max_backoff)
+        return Retries(attempts or options.attempts, backoff, deadline)
+
+    def speed_floor(self) -> SpeedFloor:
+        return SpeedFloor(self.options.min_speed, self.options.min_speed_time)
+
+    def body(
+        self, response: requests.Response, floor: SpeedFloor, *, decode: bool = False
+    ) -> Iterator[bytes]:
+        """The body of a streamed ``response`` in chunks as they arrive, under ``floor``.
+
+        Raises TooSlow when the floor is not met or the body goes silent
+        (for a window of the floor, or ``timeout`` when the floor is off);
+        urllib3 errors or OSError when the connection breaks. ``decode``
+        undoes a Content-Encoding (never wanted for blobs: their digest is
+        of the bytes as sent). Checks for cancellation between chunks.
+        """
+        floor.restart()
+        idle = floor.window if floor.enabled else self.options.timeout
+        connection = response.raw.connection
+        if connection is not None and connection.sock is not None:
+            # The request's timeout was for waiting for the answer; the body's
+            # silences are bounded by the floor's window instead.
+            connection.sock.settimeout(idle)
+        while True:
+            checkpoint()
+            try:
+                # read1: whatever has arrived, so a trickle is measured as it
+                # comes instead of being waited for until a whole chunk fills.
+                data = response.raw.read1(BODY_CHUNK, decode_content=decode)
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                silent = f"registry sent nothing for {seconds(idle)} s"
+                raise TooSlow(floor.message() if floor.enabled else silent) from exc
+            if not data:
+                return  # a body that ended is judged no more: it arrived
+            floor.add(len(data))
+            yield data
+
+    def read_capped(self, response: requests.Response, limit: int) -> bytes | None:
+        """The decoded body of the streamed ``response``, or None once it passes ``limit`` bytes.
+
+        Reads no further than the chunk that passes the limit, under the
+        speed floor, and closes the response either way. Raises TooSlow,
+        urllib3 errors or OSError when the body breaks off or crawls.
+        """
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            for chunk in self.body(response, self.speed_floor(), decode=True):
+                total += len(chunk)
+                if total > limit:
+                    return None
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return b"".join(chunks)
 
     def _fail(self, response: requests.Response, url: str, image: str) -> NoReturn:
         status = response.status_code
-        detail = _registry_message(response)
-        response.close()
+        try:
+            # Under the speed floor: an error body that trickles ends too.
+            detail = _registry_message(self.read_capped(response, ERROR_BODY_LIMIT) or b"")
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            detail = ""
         cause = f"HTTP {status}" + (f" {detail}" if detail else "")
         where = f"({redact(url)})"
         if status == 404:
@@ -195,14 +306,6 @@ class RegistryHttp:
         if status == 429 or status >= 500:
             raise TemporaryFailure(f"{image}: registry failed: {cause} {where}")
         raise BadImage(f"{image}: registry refused the request: {cause} {where}")
-
-    def wait_before_retry(self, attempt: int, retry_after: str | None, why: str) -> None:
-        """Back off before try ``attempt + 1``: doubling, capped, at least ``Retry-After``."""
-        delay = min(self.options.max_backoff, self.options.backoff * 2 ** (attempt - 1))
-        if retry_after:
-            delay = min(self.options.max_backoff, max(delay, _retry_after(retry_after)))
-        log.info("retrying in %.2fs after %s", delay, why)
-        time.sleep(delay)
 
     # -- authentication ------------------------------------------------------
 
@@ -253,42 +356,53 @@ class RegistryHttp:
         params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
         creds = self.credentials(url)
         headers = {"Authorization": creds.basic_header()} if creds is not None else {}
-        attempt = 0
+        where = redact(realm)
+        timeout = self.options.timeout
+        retries = self.retries(Deadline(timeout))
         while True:
-            attempt += 1
+            left = retries.deadline.remaining()
             try:
+                if left <= 0:
+                    raise requests.Timeout("deadline passed before the request")
+                checkpoint()
                 response = self.session().get(
                     realm,
                     params=params,
                     headers=headers,
-                    timeout=(self.options.connect_timeout, self.options.read_timeout),
+                    timeout=(left, left),
                     stream=True,  # the body is read below, no further than the limit
                 )
                 status = response.status_code
-                if (status == 429 or status >= 500) and attempt < self.options.attempts:
+                if status == 429 or status >= 500:
+                    delay = retries.next_delay(response.headers.get("Retry-After"))
                     response.close()
-                    self.wait_before_retry(
-                        attempt, response.headers.get("Retry-After"), f"HTTP {status}"
-                    )
+                    if delay is None:
+                        break
+                    retries.wait(delay, f"{where}: HTTP {status}")
                     continue
                 if status != 200:
                     response.close()
                     break
                 # A body that breaks off is retried as a failed request is.
-                body = read_capped(response, METADATA_LIMIT)
+                body = self.read_capped(response, METADATA_LIMIT)
                 break
             except requests.exceptions.SSLError as exc:
-                raise Unauthorized(f"{image}: TLS failure at {redact(realm)}: {_why(exc)}") from exc
-            except TRANSIENT as exc:
-                if attempt >= self.options.attempts:
-                    raise TemporaryFailure(
-                        f"{image}: cannot reach token server {redact(realm)}: {_why(exc)}"
-                    ) from exc
-                self.wait_before_retry(attempt, None, f"{redact(realm)}: {_why(exc)}")
-            except requests.RequestException as exc:
+                raise Unauthorized(f"{image}: TLS failure at {where}: {_why(exc)}") from exc
+            except requests.Timeout as exc:
                 raise TemporaryFailure(
-                    f"{image}: asking {redact(realm)} for a token failed: {_why(exc)}"
+                    f"{image}: no answer from token server {where} within {seconds(timeout)} s"
                 ) from exc
+            except Exception as exc:
+                if not is_temporary(exc):
+                    if isinstance(exc, requests.RequestException):
+                        raise TemporaryFailure(
+                            f"{image}: asking {where} for a token failed: {_why(exc)}"
+                        ) from exc
+                    raise
+                if not retries.again(f"{where}: {_why(exc)}"):
+                    raise TemporaryFailure(
+                        f"{image}: cannot reach token server {where}: {_why(exc)}"
+                    ) from exc
         if status != 200:
             if status in (401, 403):
                 who = "credentials refused" if creds is not None else "anonymous access refused"
@@ -304,41 +418,9 @@ class RegistryHttp:
         return token
 
 
-def read_capped(response: requests.Response, limit: int) -> bytes | None:
-    """The body of the streamed ``response``, or None once it passes ``limit`` bytes.
-
-    Reads no further than the chunk that passes the limit, and closes the
-    response either way.  Raises ``requests.RequestException`` when the body
-    breaks off.
-    """
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        for chunk in response.iter_content(1 << 16):
-            total += len(chunk)
-            if total > limit:
-                return None
-            chunks.append(chunk)
-    finally:
-        response.close()
-    return b"".join(chunks)
-
-
 def _token_key(challenge: Challenge, scope: str | None) -> tuple[str, str, str]:
     params = challenge.params
     return (params.get("realm", ""), params.get("service", ""), scope or params.get("scope", ""))
-
-
-def _retry_after(value: str) -> float:
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _why(exc: BaseException) -> str:

@@ -4,6 +4,14 @@ Each fault applies to requests whose path contains ``Faults.target`` and
 is used up as it fires, so a test says "the next two blob requests get 500"
 and then watches the client recover. Every request is recorded with its
 headers (``seen``), which lets tests check what a client sent where.
+
+Slow faults: ``silent`` takes the connection and never answers, ``stalls``
+sends half the body and then nothing, ``trickle`` sends the body a byte per
+``trickle_interval`` seconds (at most ``trickle_limit`` bytes, then cuts).
+Each holds its connection until the client hangs up (``hung_up`` is set)
+or the proxy stops. ``asked`` and ``trickled`` tell a test, without
+waiting on a clock, that a matching request arrived and that a trickle has
+begun.
 """
 
 from __future__ import annotations
@@ -38,6 +46,17 @@ class Faults:
     cuts: int = 0  # responses cut after half the body
     ignore_range: bool = False  # forward without Range: upstream answers 200, whole body
     corrupt: bool = False  # flip one byte of every matching body
+    corruptions: int = 0  # flip one byte of the next N matching bodies
+    silent: int = 0  # the next N matching requests get no answer at all
+    stalls: int = 0  # the next N matching bodies stop after half
+    trickle: int = 0  # the next N matching bodies come a byte at a time
+    trickle_interval: float = 0.05
+    trickle_limit: int | None = None  # bytes a trickle sends before it cuts
+    retry_after: str = "0"  # sent with injected statuses
+    asked: threading.Event = field(default_factory=threading.Event)
+    trickled: threading.Event = field(default_factory=threading.Event)
+    hung_up: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)
     garbage_manifest: bool = False
     redirect_to: str | None = None  # base URL to redirect matching requests to, once each
     upstream_auth: str | None = None  # Authorization the redirect target adds by itself
@@ -50,9 +69,9 @@ class Faults:
             value = getattr(self, name)
             if name == "statuses":
                 return value.pop(0) if value else 0
-            if name == "cuts":
+            if name in ("cuts", "corruptions", "silent", "stalls", "trickle"):
                 if value:
-                    self.cuts -= 1
+                    setattr(self, name, value - 1)
                 return value
             return value
 
@@ -70,12 +89,18 @@ def run_proxy(upstream: str, faults: Faults) -> Iterator[str]:
             with faults.lock:
                 faults.seen.append((self.path, headers))
             matches = faults.target in self.path
+            if matches:
+                faults.asked.set()
+                if faults.take("silent"):
+                    self._hold()
+                    return
             if "/manifests/" in self.path and faults.garbage_manifest:
                 self._answer(200, b"this is not JSON", "application/vnd.oci.image.manifest.v1+json")
                 return
             if matches and (status := faults.take("statuses")):
                 error = json.dumps({"errors": [{"code": "INJECTED", "message": f"fault {status}"}]})
-                self._answer(status, error.encode(), "application/json", {"Retry-After": "0"})
+                retry = {"Retry-After": faults.retry_after}
+                self._answer(status, error.encode(), "application/json", retry)
                 return
             host = self.headers.get("Host", "")
             if matches and faults.redirect_to and not host.startswith("localhost"):
@@ -90,7 +115,8 @@ def run_proxy(upstream: str, faults: Faults) -> Iterator[str]:
                 upstream + self.path, headers=sent, stream=True, allow_redirects=False, timeout=30
             )
             body = upstream_response.raw.read()
-            if matches and faults.corrupt and len(body) > 1:
+            corrupt = matches and (faults.corrupt or faults.take("corruptions"))
+            if corrupt and len(body) > 1:
                 middle = len(body) // 2
                 body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
             self.send_response(upstream_response.status_code)
@@ -98,13 +124,54 @@ def run_proxy(upstream: str, faults: Faults) -> Iterator[str]:
                 if name in upstream_response.headers:
                     self.send_header(name, upstream_response.headers[name])
             self.end_headers()
-            if matches and upstream_response.status_code in (200, 206) and faults.take("cuts"):
+            sending = matches and upstream_response.status_code in (200, 206)
+            if sending and faults.take("cuts"):
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
-                self.connection.shutdown(socket.SHUT_RDWR)
-                self.close_connection = True
+                self._cut()
+                return
+            if sending and faults.take("stalls"):
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self._hold()
+                return
+            if sending and faults.take("trickle"):
+                self._trickle(body)
                 return
             self.wfile.write(body)
+
+        def _cut(self) -> None:
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+
+        def _hold(self) -> None:
+            """Say nothing more until the client hangs up or the proxy stops."""
+            self.close_connection = True
+            self.connection.settimeout(0.1)  # to notice the proxy stopping
+            while not faults.stopping.is_set():
+                try:
+                    if not self.connection.recv(1 << 16):
+                        faults.hung_up.set()
+                        return
+                except TimeoutError:
+                    continue
+                except OSError:
+                    faults.hung_up.set()
+                    return
+
+        def _trickle(self, body: bytes) -> None:
+            limit = len(body) if faults.trickle_limit is None else faults.trickle_limit
+            try:
+                for i in range(min(limit, len(body))):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    faults.trickled.set()
+                    if faults.stopping.wait(faults.trickle_interval):
+                        break
+            except OSError:
+                faults.hung_up.set()
+                return
+            self._cut()
 
         def _answer(
             self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
@@ -118,4 +185,7 @@ def run_proxy(upstream: str, faults: Faults) -> Iterator[str]:
             self.wfile.write(body)
 
     with serve(Handler) as url:
-        yield url
+        try:
+            yield url
+        finally:
+            faults.stopping.set()  # let held connections go, so the server can stop

@@ -104,6 +104,7 @@ async def test_corrupt_byte_is_refused_and_never_stored(
     dp = provider(tmp_path, proxy)
     with pytest.raises(DigestMismatch, match=big_layer):
         await dp.fetch(docker("rich:oci"), Progress(enabled=False))
+    assert ranges(faults) == ["", ""]  # asked again from its start, then refused
     assert not dp.store.has_blob(big_layer)  # type: ignore[arg-type]
     assert list(dp.store.tmp.iterdir()) == []
     assert dp.store.get_image("docker.io/library/rich:oci") is None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from providers.errors import Unauthorized
+from providers.errors import TemporaryFailure, Unauthorized
 from providers.manifest import METADATA_LIMIT
 from providers.registry_http import HttpOptions, RegistryHttp
 from tests.httpserver import serve
@@ -109,3 +109,42 @@ def test_a_token_answer_that_breaks_off_is_asked_for_again() -> None:
         response = http.get(f"{base}/v2/", image="x", scope=None)
         assert response.status_code == 200
     assert server.token_requests == 2
+
+
+class TrickledError:
+    """A registry that answers 500 and then sends its error body a byte at a time."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(1 << 20))
+                self.end_headers()
+                try:
+                    while not server.stopping.wait(0.05):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client hung up: what this test wants
+
+        return Handler
+
+
+def test_an_error_body_that_trickles_is_cut_at_the_speed_floor() -> None:
+    server = TrickledError()
+    with serve(server.handler()) as base:
+        try:
+            http = RegistryHttp(HttpOptions(attempts=1, min_speed=1024, min_speed_time=1))
+            with pytest.raises(TemporaryFailure, match=r"^x: registry failed: HTTP 500 \("):
+                http.get(f"{base}/v2/", image="x", scope=None)
+        finally:
+            server.stopping.set()
