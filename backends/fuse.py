@@ -19,7 +19,6 @@ All of it blocking.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from backends.base import LayerFile, Rootfs, scratch_dir
 from backends.mounts import unmount
 from lazyfs import mount as lazy_mount
 from providers.errors import BackendError
+from providers.fstree import remove_tree
 
 
 class FuseBackend:
@@ -57,7 +57,8 @@ class FuseBackend:
         except BaseException:
             with contextlib.suppress(OSError):
                 rootfs.rmdir()
-            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(scratch)
             raise
         return Rootfs(rootfs, self.name, writable=writable)
 
@@ -70,5 +71,5 @@ class FuseBackend:
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
         with contextlib.suppress(FileNotFoundError):
             rootfs.rmdir()
-        if scratch.exists():
-            shutil.rmtree(scratch)
+        # A writable rootfs's upper holds whatever its container made, at any depth.
+        remove_tree(scratch)

@@ -16,8 +16,8 @@ directory, so writes made through a writable mount are gone afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from lazyfs import mount as lazy_mount
 from lazyfs.progress import Progress
 from lazyfs.provisioner import Provisioner
 from providers.errors import Conflict, NotFound, UsageError
+from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 
@@ -69,7 +70,7 @@ async def mount_image(
     manifest = await provisioner.fetch(image, progress)
     record = record_dir(work_dir, mountpoint)
     if record.exists():  # left by a mount that is gone (checked above)
-        shutil.rmtree(record)
+        remove_tree(record)
     record.mkdir(parents=True)
     try:
         (record / "mountpoint").write_text(f"{mountpoint}\n")
@@ -87,7 +88,8 @@ async def mount_image(
             debug=debug,
         )
     except BaseException:
-        shutil.rmtree(record, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(record)
         raise
     return DevMount(mountpoint, pid, writable, record, manifest)
 
@@ -100,4 +102,6 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
         # Only what lazyfs mounted, with this work dir: never someone else's mount.
         raise NotFound(f"lazyfs has no mount at {mountpoint} (with this --work_dir)")
     lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record))
-    shutil.rmtree(record, ignore_errors=True)
+    # upper/ of a writable mount holds whatever was written, at any depth.
+    with contextlib.suppress(OSError):
+        remove_tree(record)

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from lazyfs.progress import Progress
 from lazyfs.store import Store, locked_in_thread
 from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
 from providers.fslock import try_exclusive_lock
+from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
 
@@ -251,7 +251,7 @@ class Provisioner:
         # Whatever a backend missed (or a runtime left) is unmounted before the
         # delete, which must never reach through a mount into shared data.
         unmount_all_under(home)
-        shutil.rmtree(home)
+        remove_tree(home)
 
     def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
         return try_exclusive_lock(self.locks / f"{container_id}.lock")
