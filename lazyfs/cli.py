@@ -280,10 +280,13 @@ def _recover(app: App, args: argparse.Namespace) -> int:
                 "kept": list(report.kept),
                 "destroyed": list(report.destroyed),
                 "busy": list(report.busy),
+                "failed": dict(report.failed),
             }
         )
     )
-    return 0
+    for cid, why in report.failed:
+        print(f"lazyfs: container {cid} could not be destroyed: {why}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _images(app: App, _args: argparse.Namespace) -> int:

@@ -74,9 +74,16 @@ class ProvisionInfo:
 
 @dataclass(frozen=True)
 class RecoverReport:
+    """What ``recover`` did with each container.
+
+    ``failed`` maps a container that could not be destroyed to why (one
+    line); it is left as it was, and the others were still handled.
+    """
+
     kept: tuple[str, ...]
     destroyed: tuple[str, ...]
     busy: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...] = ()
 
 
 def check_container_id(container_id: str) -> None:
@@ -184,6 +191,7 @@ class Provisioner:
         left alone and reported busy.
         """
         kept, destroyed, busy = [], [], []
+        failed: list[tuple[str, str]] = []
         wanted = set(keep)
         for home in sorted(self.containers.iterdir()):
             cid = home.name
@@ -191,14 +199,18 @@ class Provisioner:
                 if not locked:
                     busy.append(cid)
                     continue
-                complete = (home / "info.json").is_file() and not (home / "provisioning").exists()
-                if cid in wanted and complete:
+                if cid in wanted and self._complete(home):
                     kept.append(cid)
                     continue
-                await trio.to_thread.run_sync(self._remove, home)
+                try:
+                    await trio.to_thread.run_sync(self._remove, home)
+                except Exception as error:
+                    # One container that cannot go must not keep the others.
+                    failed.append((cid, one_line(error)))
+                    continue
                 destroyed.append(cid)
         await trio.to_thread.run_sync(self.store.clean_tmp)
-        return RecoverReport(tuple(kept), tuple(destroyed), tuple(busy))
+        return RecoverReport(tuple(kept), tuple(destroyed), tuple(busy), tuple(failed))
 
     async def fetch(self, image: Image, progress: Progress | None = None) -> ImageManifest:
         """Make ``image`` present in the store, with the provider its type names."""
@@ -255,6 +267,20 @@ class Provisioner:
 
     def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
         return try_exclusive_lock(self.locks / f"{container_id}.lock")
+
+    @staticmethod
+    def _complete(home: Path) -> bool:
+        """Whether the container at ``home`` finished provisioning."""
+        return (home / "info.json").is_file() and not (home / "provisioning").exists()
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line for a report: its message, and for OSError the file."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    if isinstance(error, LazyfsError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -9,8 +9,9 @@ bounds the depth; only memory for one name and one pending list per level.
 
 The tree is hostile (image content, or a container's writes): symlinks are
 removed, never followed; a directory on another filesystem than the top's
-is a mount point and is refused rather than emptied (callers unmount first;
-deleting through a mount would reach shared data).  Going back up uses
+is a mount point and is refused rather than emptied (deleting through a
+mount would reach shared data).  A bind mount from the same filesystem
+cannot be told that way: callers unmount everything under the tree first.  Going back up uses
 ``..`` and checks it is the directory it came from, so a directory moved
 during the walk stops it instead of sending it elsewhere.
 """
@@ -68,6 +69,18 @@ def _empty(parent_fd: int, name: str, top: os.stat_result, shown: str) -> None:
     fd = _open_dir(parent_fd, name, top, shown)
     levels = [_Level(name, top.st_dev, top.st_ino)]
     try:
+        _walk(fd, levels, top.st_dev, shown)
+    except OSError as error:
+        if isinstance(error.filename, str) and not error.filename.startswith("/"):
+            # A name relative to some directory deep inside: say where.
+            where = _where(shown, levels, error.filename)
+            raise OSError(error.errno, error.strerror, where) from error
+        raise
+
+
+def _walk(fd: int, levels: list[_Level], dev: int, shown: str) -> None:
+    """Empty ``levels[0]``, open as ``fd`` (closed here); ``levels`` is where the walk is."""
+    try:
         levels[0].subdirs = _unlink_files(fd)
         while True:
             here = levels[-1]
@@ -80,10 +93,8 @@ def _empty(parent_fd: int, name: str, top: os.stat_result, shown: str) -> None:
                 if not stat.S_ISDIR(found.st_mode):  # replaced meanwhile
                     os.unlink(child, dir_fd=fd)
                     continue
-                if found.st_dev != top.st_dev:
-                    raise OSError(
-                        errno.EXDEV, "a mount point inside the tree", _shown(shown, levels)
-                    )
+                if found.st_dev != dev:
+                    raise OSError(errno.EXDEV, "a mount point inside the tree", child)
                 child_fd = _open_dir(fd, child, found, shown)
                 os.close(fd)
                 fd = child_fd
@@ -131,6 +142,9 @@ def _unlink_files(fd: int) -> list[str]:
     return subdirs
 
 
-def _shown(top: str, levels: list[_Level]) -> str:
-    """A readable path for an error: the top, and how deep below it the walk was."""
-    return f"{top} ({len(levels) - 1} levels down)"
+def _where(top: str, levels: list[_Level], name: str) -> str:
+    """A readable path for an error about ``name`` where the walk is: long ones shortened."""
+    parts = [level.name for level in levels[1:]] + [name]
+    if len(parts) > 7:
+        parts = [*parts[:3], f"...{len(parts) - 6} more...", *parts[-3:]]
+    return "/".join([top, *parts])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,5 +85,23 @@ def test_a_mount_inside_is_refused_and_its_content_kept(tmp_path: Path) -> None:
         assert (inner / "shared").read_text() == "not ours to delete"
     finally:
         unmount(inner)
+    remove_tree(top)
+    assert not top.exists()
+
+
+def test_an_error_deep_inside_names_where_and_the_rest_stays(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    make_deep(top, 20)
+    stuck = top / "/".join(["d"] * 15) / "stuck"
+    stuck.write_text("x")
+    subprocess.run(["chattr", "+i", stuck], check=True)
+    try:
+        with pytest.raises(OSError) as caught:
+            remove_tree(top)
+        assert caught.value.errno == errno.EPERM
+        assert caught.value.filename == f"{top}/d/d/d/...10 more.../d/d/stuck"
+        assert stuck.exists()
+    finally:
+        subprocess.run(["chattr", "-i", stuck], check=True)
     remove_tree(top)
     assert not top.exists()
