@@ -314,25 +314,27 @@ def _run(app: App, args: argparse.Namespace) -> int:
         command = command[1:]
     image = _image(args)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
-    info: ProvisionInfo = trio.run(
-        lambda: app.provisioner.provision(
-            container_id, image, args.backend, writable=True, progress=Progress()
+    # Held from provision to destroy: recover elsewhere sees the container busy.
+    with app.provisioner.hold(container_id):
+        info: ProvisionInfo = trio.run(
+            lambda: app.provisioner.provision(
+                container_id, image, args.backend, writable=True, progress=Progress()
+            )
         )
-    )
-    bundle = app.provisioner.containers / container_id / "bundle"
-    try:
-        config = runtime.bundle_config(
-            info.rootfs,
-            info.config,
-            command,
-            readonly=not info.writable,
-            # Relative: runc puts it under the cgroup of the process that runs it.
-            cgroups_path=f"lazyfs/{container_id}",
-        )
-        runtime.write_bundle(bundle, config)
-        return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
-    finally:
-        trio.run(app.provisioner.destroy, container_id)
+        bundle = app.provisioner.containers / container_id / "bundle"
+        try:
+            config = runtime.bundle_config(
+                info.rootfs,
+                info.config,
+                command,
+                readonly=not info.writable,
+                # Relative: runc puts it under the cgroup of the process that runs it.
+                cgroups_path=f"lazyfs/{container_id}",
+            )
+            runtime.write_bundle(bundle, config)
+            return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
+        finally:
+            trio.run(app.provisioner.destroy, container_id)
 
 
 def _human(n: int) -> str:

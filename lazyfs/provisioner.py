@@ -8,7 +8,9 @@ Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
     locks/<cid>.lock                                   held while one process works on <cid>
 
 A container directory without ``info.json`` is half-done work: ``recover``
-removes it unless its provision is still running (it holds the lock).
+removes it unless its provision is still running (it holds the lock).  A
+caller that runs a container holds its lock for the container's life
+(``hold``), so ``recover`` elsewhere reports it busy and leaves it alone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +33,7 @@ from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
 from lazyfs.store import Store, locked_in_thread
 from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
-from providers.fslock import try_exclusive_lock
+from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
@@ -114,6 +116,7 @@ class Provisioner:
         self.store = store
         self.providers = providers
         self._default_backend = default_backend
+        self._held: set[str] = set()  # container ids whose lock ``hold`` keeps
         self.containers.mkdir(parents=True, exist_ok=True)
         self.locks.mkdir(parents=True, exist_ok=True)
 
@@ -147,7 +150,7 @@ class Provisioner:
         provider = self._provider(image)
         progress = progress or Progress()
         home = self.containers / container_id
-        async with locked_in_thread(self.locks / f"{container_id}.lock"):
+        async with self._locked(container_id):
             try:
                 home.mkdir()
             except FileExistsError:
@@ -178,11 +181,31 @@ class Provisioner:
         """Unmount and remove everything of ``container_id``; False if there was nothing."""
         check_container_id(container_id)
         home = self.containers / container_id
-        async with locked_in_thread(self.locks / f"{container_id}.lock"):
+        async with self._locked(container_id):
             if not home.exists():
                 return False
             await trio.to_thread.run_sync(self._remove, home)
         return True
+
+    @contextlib.contextmanager
+    def hold(self, container_id: str) -> Iterator[None]:
+        """Hold ``container_id``'s lock for the block, waiting for it if need be.
+
+        Meanwhile ``recover`` in any process reports the container busy and
+        keeps it, and other processes' provision or destroy of it wait; this
+        provisioner's own provision and destroy of it go ahead (under the
+        lock held here).  For running a container: hold, provision, run,
+        destroy. Blocking.
+        """
+        check_container_id(container_id)
+        if container_id in self._held:
+            raise UsageError(f"container {container_id} is already held")
+        with exclusive_lock(self.locks / f"{container_id}.lock"):
+            self._held.add(container_id)
+            try:
+                yield
+            finally:
+                self._held.discard(container_id)
 
     async def recover(self, keep: Sequence[str]) -> RecoverReport:
         """Keep the named containers, destroy the rest and all half-done work.
@@ -264,6 +287,15 @@ class Provisioner:
         # delete, which must never reach through a mount into shared data.
         unmount_all_under(home)
         remove_tree(home)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, container_id: str) -> AsyncIterator[None]:
+        """The container's lock, unless ``hold`` already keeps it for this provisioner."""
+        if container_id in self._held:
+            yield
+            return
+        async with locked_in_thread(self.locks / f"{container_id}.lock"):
+            yield
 
     def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
         return try_exclusive_lock(self.locks / f"{container_id}.lock")
