@@ -13,7 +13,9 @@ in overlayfs' upperdir format, and ``work/``, copy-up temporaries (see
 A read-only rootfs is mounted ``ro``.  ``destroy`` unmounts
 what a runtime mounted inside, then the rootfs, waits for the mount process
 to end, and removes the mount point and the scratch directory; idempotent.
-All of it blocking.
+``remount`` starts a read-only rootfs's mount process again when the old
+one died (a writable rootfs is refused: a new process cannot take over an
+upper directory yet).  All of it blocking.
 """
 
 from __future__ import annotations
@@ -61,6 +63,29 @@ class FuseBackend:
                 remove_tree(scratch)
             raise
         return Rootfs(rootfs, self.name, writable=writable)
+
+    def remount(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> None:
+        """Start a mount process for a read-only rootfs again; a writable one is refused.
+
+        A writable rootfs's writes are in its upper directory, which a new
+        mount process cannot take over yet (it needs an empty upper).
+        """
+        scratch = scratch_dir(rootfs)
+        if writable:
+            raise BackendError(
+                f"its writes are kept in {scratch / 'upper'}; mounting a writable fuse rootfs "
+                "again is not supported yet"
+            )
+        # The dead mount goes first; its process is gone, or goes now.
+        lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
+        lazy_mount.mount_recorded(
+            scratch,
+            [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
+            rootfs,
+            layers_dir=self.layers_dir,
+            tmp_dir=self.tmp_dir,
+            writable=False,
+        )
 
     def destroy(self, rootfs: Path) -> None:
         scratch = scratch_dir(rootfs)

@@ -281,12 +281,16 @@ def _recover(app: App, args: argparse.Namespace) -> int:
                 "destroyed": list(report.destroyed),
                 "busy": list(report.busy),
                 "failed": dict(report.failed),
+                "remounted": list(report.remounted),
+                "broken": dict(report.broken),
             }
         )
     )
     for cid, why in report.failed:
         print(f"lazyfs: container {cid} could not be destroyed: {why}", file=sys.stderr)
-    return 1 if report.failed else 0
+    for cid, why in report.broken:
+        print(f"lazyfs: container {cid} is broken: {why}", file=sys.stderr)
+    return 1 if report.failed or report.broken else 0
 
 
 def _images(app: App, _args: argparse.Namespace) -> int:

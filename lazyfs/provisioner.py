@@ -27,12 +27,19 @@ from typing import Any, Protocol
 
 import trio
 
-from backends.base import Backend, LayerFile
-from backends.mounts import unmount_all_under
+from backends.base import Backend, LayerFile, Remountable
+from backends.mounts import mount_problem, unmount_all_under
 from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
 from lazyfs.store import Store, locked_in_thread
-from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
+from providers.errors import (
+    BackendError,
+    BadImage,
+    Conflict,
+    LazyfsError,
+    NotFound,
+    UsageError,
+)
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
@@ -78,7 +85,10 @@ class ProvisionInfo:
 class RecoverReport:
     """What ``recover`` did with each container.
 
-    ``failed`` maps a container that could not be destroyed to why (one
+    ``remounted`` are kept containers whose rootfs mount was gone or dead
+    and is back; ``broken`` pairs a kept container whose rootfs does not
+    work (and could not be mounted again) with why, left as it was.
+    ``failed`` pairs a container that could not be destroyed with why (one
     line); it is left as it was, and the others were still handled.
     """
 
@@ -86,6 +96,8 @@ class RecoverReport:
     destroyed: tuple[str, ...]
     busy: tuple[str, ...]
     failed: tuple[tuple[str, str], ...] = ()
+    remounted: tuple[str, ...] = ()
+    broken: tuple[tuple[str, str], ...] = ()
 
 
 def check_container_id(container_id: str) -> None:
@@ -158,10 +170,7 @@ class Provisioner:
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
                 manifest = await provider.fetch(image, progress)
-                layers = [
-                    LayerFile(layer.digest, self.store.blob_path(layer.digest), layer.media_type)
-                    for layer in manifest.layers
-                ]
+                layers = self._layer_files(manifest)
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
                 rootfs_dir.parent.mkdir(parents=True)
                 progress.message(f"building the rootfs of {container_id} with {name}")
@@ -210,11 +219,15 @@ class Provisioner:
     async def recover(self, keep: Sequence[str]) -> RecoverReport:
         """Keep the named containers, destroy the rest and all half-done work.
 
-        A container whose provision is still running in another process is
-        left alone and reported busy.
+        A container whose provision is still running in another process, or
+        that a process holds (``hold``: it is running), is left alone and
+        reported busy.  A kept container's rootfs is checked: a bind or
+        read-only fuse mount that is gone or dead is mounted again; any
+        other rootfs that does not work is reported broken, never kept.
         """
-        kept, destroyed, busy = [], [], []
+        kept, destroyed, busy, remounted = [], [], [], []
         failed: list[tuple[str, str]] = []
+        broken: list[tuple[str, str]] = []
         wanted = set(keep)
         for home in sorted(self.containers.iterdir()):
             cid = home.name
@@ -223,6 +236,12 @@ class Provisioner:
                     busy.append(cid)
                     continue
                 if cid in wanted and self._complete(home):
+                    try:
+                        if await trio.to_thread.run_sync(self._revive, cid):
+                            remounted.append(cid)
+                    except Exception as error:
+                        broken.append((cid, one_line(error)))
+                        continue
                     kept.append(cid)
                     continue
                 try:
@@ -233,7 +252,14 @@ class Provisioner:
                     continue
                 destroyed.append(cid)
         await trio.to_thread.run_sync(self.store.clean_tmp)
-        return RecoverReport(tuple(kept), tuple(destroyed), tuple(busy), tuple(failed))
+        return RecoverReport(
+            tuple(kept),
+            tuple(destroyed),
+            tuple(busy),
+            tuple(failed),
+            tuple(remounted),
+            tuple(broken),
+        )
 
     async def fetch(self, image: Image, progress: Progress | None = None) -> ImageManifest:
         """Make ``image`` present in the store, with the provider its type names."""
@@ -265,6 +291,34 @@ class Provisioner:
             enabled = ", ".join(sorted(self.providers)) or "none"
             raise BadImage(f"no {kind or 'such'} image provider enabled (enabled: {enabled})")
         return provider
+
+    def _layer_files(self, manifest: ImageManifest) -> tuple[LayerFile, ...]:
+        return tuple(
+            LayerFile(layer.digest, self.store.blob_path(layer.digest), layer.media_type)
+            for layer in manifest.layers
+        )
+
+    def _revive(self, container_id: str) -> bool:
+        """Check a kept container's rootfs; True if it had to be mounted again.
+
+        Raises (BackendError, NotFound) saying why the rootfs does not work
+        when it cannot be mounted again. Blocking.
+        """
+        info = self.info(container_id)
+        problem = _rootfs_problem(info.backend, info.rootfs)
+        if problem is None:
+            return False
+        backend = self.backend(info.backend)
+        if not isinstance(backend, Remountable):
+            raise BackendError(f"its rootfs {info.rootfs} {problem}")
+        try:
+            backend.remount(self._layer_files(info.image), info.rootfs, writable=info.writable)
+        except LazyfsError as error:
+            raise BackendError(f"its rootfs {info.rootfs} {problem}: {error}") from error
+        problem = _rootfs_problem(info.backend, info.rootfs)
+        if problem is not None:
+            raise BackendError(f"its rootfs {info.rootfs} {problem} after mounting it again")
+        return True
 
     def _remove(self, home: Path) -> None:
         """Destroy every rootfs under ``home`` with its backend, then ``home``."""
@@ -304,6 +358,13 @@ class Provisioner:
     def _complete(home: Path) -> bool:
         """Whether the container at ``home`` finished provisioning."""
         return (home / "info.json").is_file() and not (home / "provisioning").exists()
+
+
+def _rootfs_problem(backend: str, rootfs: Path) -> str | None:
+    """Why ``rootfs`` made by ``backend`` does not work (a short clause), or None."""
+    if backend == "copy":  # a plain directory; every other backend mounts one
+        return None if rootfs.is_dir() else "is missing"
+    return mount_problem(rootfs)
 
 
 def one_line(error: BaseException) -> str:

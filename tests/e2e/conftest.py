@@ -27,7 +27,8 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     - busybox:latest, built from the host's busybox (two layers);
     - deep:latest, one layer of DEEP nested directories ``d/d/...`` with a file ``f``
       at the bottom;
-    - empty:latest, an image of no layer at all.
+    - empty:latest, an image of no layer at all;
+    - one:latest, one layer with /etc/motd, for the bind backend.
     """
     directory = tmp_path_factory.mktemp("images")
     subprocess.run(
@@ -43,7 +44,8 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         entries.append(images.Entry(path, "dir", mode=0o755))
     entries.append(images.Entry(f"{path}/f", data=b"bottom\n"))
     config = images.ImageConfig(cmd=("/bin/sh",))
-    for name, layers in (("deep", [entries]), ("empty", [])):
+    one = [images.Entry("etc", "dir", mode=0o755), images.Entry("etc/motd", data=b"one layer\n")]
+    for name, layers in (("deep", [entries]), ("empty", []), ("one", [one])):
         layout = images.build_oci_image(work / name, layers, "latest", config)
         images.to_docker_archive(layout, "latest", directory / f"{name}:latest.tar", name)
     return directory

@@ -95,7 +95,14 @@ def test_recover_keeps_the_named_and_destroys_the_rest(lazyfs: Lazyfs) -> None:
     lazyfs("provision", "keep-me", "busybox")
     lazyfs("provision", "drop-me", "busybox")
     report = json.loads(lazyfs("recover", "--keep", "keep-me").stdout)
-    assert report == {"kept": ["keep-me"], "destroyed": ["drop-me"], "busy": [], "failed": {}}
+    assert report == {
+        "kept": ["keep-me"],
+        "destroyed": ["drop-me"],
+        "busy": [],
+        "failed": {},
+        "remounted": [],
+        "broken": {},
+    }
     assert containers(lazyfs.work_dir) == ["keep-me"]
 
 

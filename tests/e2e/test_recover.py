@@ -1,13 +1,19 @@
-"""recover: one failure does not stop it; a running container is busy."""
+"""recover: one failure does not stop it; a running container is busy; a kept one works."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import select
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from backends.mounts import mounts_under
+from backends.overlay import overlay_usable
 from tests.e2e.conftest import Lazyfs
 
 pytestmark = pytest.mark.integration
@@ -72,3 +78,65 @@ def test_a_running_container_is_busy_and_kept(lazyfs: Lazyfs) -> None:
                 run.kill()
                 run.wait()
     assert containers(lazyfs.work_dir) == []
+
+
+def kill_mount_process(rootfs: Path) -> None:
+    """SIGKILL the fuse mount process of ``rootfs`` and wait until it is gone."""
+    pid = int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text())
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        select.select([pidfd], [], [])  # readable once the process has exited
+    finally:
+        os.close(pidfd)
+
+
+def test_kept_containers_with_dead_mounts_are_mounted_again_or_reported_broken(
+    lazyfs: Lazyfs,
+) -> None:
+    wanted = {
+        "bind": ("one", "--backend", "bind"),
+        "copy": ("busybox", "--backend", "copy"),
+        "fuse-ro": ("busybox", "--backend", "fuse"),
+        "fuse-rw": ("busybox", "--backend", "fuse", "--writable"),
+        "overlay": ("busybox", "--backend", "overlay"),
+    }
+    if not overlay_usable(lazyfs.work_dir.parent):
+        del wanted["overlay"]
+    rootfs = {}
+    for cid, args in wanted.items():
+        rootfs[cid] = Path(json.loads(lazyfs("provision", cid, *args).stdout)["rootfs"])
+    kill_mount_process(rootfs["fuse-ro"])
+    kill_mount_process(rootfs["fuse-rw"])
+    with pytest.raises(OSError) as caught:
+        (rootfs["fuse-ro"] / "etc").stat()
+    assert caught.value.errno == errno.ENOTCONN
+    # Gone as after a reboot.
+    subprocess.run(["umount", rootfs["bind"]], check=True)
+    if "overlay" in wanted:
+        subprocess.run(["umount", rootfs["overlay"]], check=True)
+
+    result = lazyfs("recover", "--keep", *wanted, check=False)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["kept"] == ["bind", "copy", "fuse-ro"]
+    assert report["remounted"] == ["bind", "fuse-ro"]
+    assert report["destroyed"] == [] and report["failed"] == {}
+    broken = report["broken"]
+    assert sorted(broken) == sorted({"fuse-rw", "overlay"} & set(wanted))
+    assert "is a dead mount (Transport endpoint is not connected)" in broken["fuse-rw"]
+    assert "writable fuse rootfs again is not supported yet" in broken["fuse-rw"]
+    if "overlay" in wanted:
+        assert broken["overlay"] == f"its rootfs {rootfs['overlay']} is not mounted"
+    assert sorted(result.stderr.splitlines()) == sorted(
+        f"lazyfs: container {cid} is broken: {why}" for cid, why in broken.items()
+    )
+    assert (rootfs["bind"] / "etc/motd").read_text() == "one layer\n"
+    assert (rootfs["fuse-ro"] / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    # Kept and healthy now: a second recover has nothing to mount.
+    again = json.loads(lazyfs("recover", "--keep", "bind", "copy", "fuse-ro").stdout)
+    assert again["kept"] == ["bind", "copy", "fuse-ro"] and again["remounted"] == []
+    assert sorted(again["destroyed"]) == sorted({"fuse-rw", "overlay"} & set(wanted))
+    lazyfs("recover")
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == []
