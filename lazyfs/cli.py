@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -35,6 +37,7 @@ from providers.registry import RegistryOptions, parse_platform
 from providers.registry_auth import parse_docker_config
 from providers.registry_http import HttpOptions
 
+T = TypeVar("T")
 DEFAULT_WORK_DIR = "/var/lib/lazyfs"
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
 
@@ -185,12 +188,21 @@ def _image(args: argparse.Namespace) -> Image:
 
 def _provision(app: App, args: argparse.Namespace) -> int:
     image = _image(args)
-    info = trio.run(
+
+    def publish(info: ProvisionInfo) -> None:
+        # Before the container counts as provisioned: a closed stdout undoes it.
+        print(json.dumps(info.to_json(), indent=1), flush=True)
+
+    _trio_run(
         lambda: app.provisioner.provision(
-            args.container_id, image, args.backend, writable=args.writable, progress=Progress()
+            args.container_id,
+            image,
+            args.backend,
+            writable=args.writable,
+            progress=Progress(),
+            publish=publish,
         )
     )
-    print(json.dumps(info.to_json(), indent=1))
     return 0
 
 
@@ -203,14 +215,14 @@ def _pull(app: App, args: argparse.Namespace) -> int:
     # A pull asks the registry again, as docker pull does; stored blobs are reused.
     image.cached = False
     docker = app.docker
-    manifest = trio.run(lambda: docker.fetch(image, Progress()))
+    manifest = _trio_run(lambda: docker.fetch(image, Progress()))
     print(json.dumps(manifest.to_json(), indent=1))
     return 0
 
 
 def _mount(app: App, args: argparse.Namespace) -> int:
     image = _image(args)
-    mounted = trio.run(
+    mounted = _trio_run(
         lambda: devmount.mount_image(
             app.provisioner,
             app.work_dir,
@@ -267,13 +279,13 @@ def _umount(app: App, args: argparse.Namespace) -> int:
 
 
 def _destroy(app: App, args: argparse.Namespace) -> int:
-    if not trio.run(app.provisioner.destroy, args.container_id):
+    if not _trio_run(lambda: app.provisioner.destroy(args.container_id)):
         raise NotFound(f"container {args.container_id} is not provisioned")
     return 0
 
 
 def _recover(app: App, args: argparse.Namespace) -> int:
-    report = trio.run(app.provisioner.recover, args.keep)
+    report = _trio_run(lambda: app.provisioner.recover(args.keep))
     print(
         json.dumps(
             {
@@ -320,7 +332,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with app.provisioner.hold(container_id):
-        info: ProvisionInfo = trio.run(
+        info: ProvisionInfo = _trio_run(
             lambda: app.provisioner.provision(
                 container_id, image, args.backend, writable=True, progress=Progress()
             )
@@ -338,7 +350,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
             runtime.write_bundle(bundle, config)
             return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
         finally:
-            trio.run(app.provisioner.destroy, container_id)
+            _trio_run(lambda: app.provisioner.destroy(container_id))
 
 
 def _human(n: int) -> str:
@@ -362,21 +374,89 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="lazyfs: %(levelname)s: %(message)s",
-    )
+class Stopped(Exception):
+    """A signal other than SIGINT asked the command to stop; its work was undone."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _trio_run(work: Callable[[], Awaitable[T]]) -> T:
+    """``trio.run(work)``; SIGTERM and SIGHUP cancel it, as Ctrl-C does, then raise Stopped.
+
+    Cancelled, the provisioner undoes what it started (its clean-up is
+    shielded), so a stopped provision leaves no container.
+    """
+
+    async def watched() -> T:
+        result: list[T] = []
+
+        async def watch(signals: AsyncIterator[int]) -> None:
+            async for signum in signals:
+                raise Stopped(signum)
+
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, signals)
+                result.append(await work())
+                nursery.cancel_scope.cancel()
+        return result[0]
+
     try:
-        return COMMANDS[args.command](App(args), args)
-    except LazyfsError as exc:
-        print(f"lazyfs: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+        return trio.run(watched)
+    except BaseExceptionGroup as group:
+        # One failure inside the nursery: raise it as it is, so main() words it.
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def _failure(exc: BaseException) -> tuple[str, int] | None:
+    """The line and exit status for an exception the user should see as one line."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(exc, Stopped):
+        return f"stopped by {exc}", 128 + exc.signum
+    if isinstance(exc, LazyfsError):
+        return str(exc), 1
+    if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"lazyfs: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lazyfs: interrupted", file=sys.stderr)
-        return 130
+        return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, BaseExceptionGroup):
+        # Several at once, all known: an interruption says why the command
+        # ended (before errors it caused), else the first error. Anything
+        # unknown among them is a bug: a traceback then.
+        described = [_failure(leaf) for leaf in _leaves(exc)]
+        known = [d for d in described if d is not None]
+        if known and len(known) == len(described):
+            return max(known, key=lambda d: d[1] != 1)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.WARNING,
+            format="lazyfs: %(levelname)s: %(message)s",
+        )
+        return COMMANDS[args.command](App(args), args)
+    except BaseException as exc:
+        if isinstance(exc, BrokenPipeError):
+            # Nothing more can reach stdout; keep the exit-time flush quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        failure = _failure(exc)
+        if failure is None:
+            raise
+        line, status = failure
+        print(f"lazyfs: {line}", file=sys.stderr)
+        return status

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -150,11 +150,17 @@ class Provisioner:
         *,
         writable: bool = False,
         progress: Progress | None = None,
+        publish: Callable[[ProvisionInfo], None] | None = None,
     ) -> ProvisionInfo:
         """Build a rootfs for ``container_id`` from ``image``.
 
-        Refuses (Conflict) a container id that exists. Atomic for the caller:
-        on any failure or cancellation nothing of the container is left.
+        Refuses (Conflict) a container id that exists, complete or not.
+        ``publish``, if given, is called with the result before the
+        container is marked complete: tell the caller's caller there, so a
+        failure to (a closed pipe) undoes the container too.  Atomic for
+        the caller: on any failure or cancellation nothing of the container
+        is left; if the process dies first, an incomplete container is,
+        which ``destroy`` and ``recover`` remove.
         """
         check_container_id(container_id)
         name = backend or self.default_backend
@@ -166,6 +172,9 @@ class Provisioner:
             try:
                 home.mkdir()
             except FileExistsError:
+                if not self._complete(home):
+                    # Its provision died (we hold the lock): say so, not "provisioned".
+                    raise Conflict(_incomplete(container_id)) from None
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
@@ -179,6 +188,8 @@ class Provisioner:
                 )
                 info = ProvisionInfo(container_id, rootfs.path, name, rootfs.writable, manifest)
                 _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
+                if publish is not None:
+                    publish(info)
                 (home / "provisioning").unlink()
                 return info
             except BaseException:
@@ -267,11 +278,15 @@ class Provisioner:
 
     def info(self, container_id: str) -> ProvisionInfo:
         check_container_id(container_id)
-        path = self.containers / container_id / "info.json"
+        home = self.containers / container_id
         try:
-            data = json.loads(path.read_text())
+            data = json.loads((home / "info.json").read_text())
         except FileNotFoundError:
+            if home.is_dir():
+                raise NotFound(_incomplete(container_id)) from None
             raise NotFound(f"container {container_id} is not provisioned") from None
+        if (home / "provisioning").exists():
+            raise NotFound(_incomplete(container_id))
         manifest = self.store.get_image(data["image"]["reference"])
         if manifest is None:
             raise NotFound(f"image of container {container_id} is gone from the store")
@@ -358,6 +373,13 @@ class Provisioner:
     def _complete(home: Path) -> bool:
         """Whether the container at ``home`` finished provisioning."""
         return (home / "info.json").is_file() and not (home / "provisioning").exists()
+
+
+def _incomplete(container_id: str) -> str:
+    return (
+        f"container {container_id} is incomplete: its provision did not finish; "
+        "destroy it or run recover"
+    )
 
 
 def _rootfs_problem(backend: str, rootfs: Path) -> str | None:
