@@ -27,11 +27,16 @@ class BindBackend:
         self.tmp_dir = tmp_dir
 
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+        if writable:
+            # Read-only, as in Mesos (writes need volumes): refused, never given silently.
+            raise BackendError(
+                "the bind backend makes read-only rootfses only; "
+                "a writable one needs copy, overlay or fuse"
+            )
         if len(layers) != 1:
             raise BackendError(
                 f"the bind backend needs an image of exactly one layer, this one has {len(layers)}"
             )
-        # Read-only whatever was asked, as in Mesos: writes need volumes.
         source = self.extracted(layers[0])
         rootfs.mkdir(mode=0o755)
         bind_mount(source, rootfs, readonly=True)

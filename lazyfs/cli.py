@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("mountpoint", type=Path)
     sub = commands.add_parser("run", help="provision, run a command with runc, destroy")
     image_args(sub)
+    sub.add_argument(
+        "--read-only",
+        "--read_only",
+        dest="read_only",
+        action="store_true",
+        help="a read-only rootfs (run is writable by default, as docker run)",
+    )
     sub.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
     return parser
 
@@ -328,13 +335,15 @@ def _run(app: App, args: argparse.Namespace) -> int:
     command = list(args.command_args)
     if command and command[0] == "--":
         command = command[1:]
+    if args.read_only and args.writable:
+        raise UsageError("give --read-only or --writable, not both")
     image = _image(args)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with app.provisioner.hold(container_id):
         info: ProvisionInfo = _trio_run(
             lambda: app.provisioner.provision(
-                container_id, image, args.backend, writable=True, progress=Progress()
+                container_id, image, args.backend, writable=not args.read_only, progress=Progress()
             )
         )
         bundle = app.provisioner.containers / container_id / "bundle"
@@ -343,7 +352,9 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 info.rootfs,
                 info.config,
                 command,
-                readonly=not info.writable,
+                # The copy backend's rootfs is writable whatever was asked: runc
+                # makes it read-only then.
+                readonly=args.read_only or not info.writable,
                 # Relative: runc puts it under the cgroup of the process that runs it.
                 cgroups_path=f"lazyfs/{container_id}",
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -279,3 +280,32 @@ def test_run_with_a_relative_work_dir(lazyfs: Lazyfs, backend: str) -> None:
     assert result.stdout == "hello from a lazyfs rootfs\n"
     assert containers(lazyfs.work_dir) == []
     assert mounts_under(lazyfs.work_dir) == []
+
+
+def test_bind_refuses_a_writable_rootfs_and_gives_a_read_only_one(lazyfs: Lazyfs) -> None:
+    error = one_line_error(
+        lazyfs("provision", "c1", "one", "--backend", "bind", "--writable", check=False)
+    )
+    assert "read-only" in error and "bind" in error
+    assert containers(lazyfs.work_dir) == []
+    out = json.loads(lazyfs("provision", "c1", "one", "--backend", "bind").stdout)
+    assert out["writable"] is False
+    with pytest.raises(OSError) as caught:
+        (Path(out["rootfs"]) / "new").write_text("x")
+    assert caught.value.errno == errno.EROFS
+    lazyfs("destroy", "c1")
+
+
+@pytest.mark.parametrize("backend", ["copy", "fuse"])
+def test_run_is_writable_unless_read_only_is_asked(lazyfs: Lazyfs, backend: str) -> None:
+    script = "touch /new && echo wrote"
+    writable = lazyfs("run", "--backend", backend, "busybox", "--", "sh", "-c", script)
+    assert writable.stdout == "wrote\n"
+    read_only = lazyfs(
+        "run", "--read-only", "--backend", backend, "busybox", "--", "sh", "-c", script, check=False
+    )
+    assert read_only.returncode == 1 and read_only.stdout == ""
+    assert "Read-only file system" in read_only.stderr
+    assert containers(lazyfs.work_dir) == []
+    error = one_line_error(lazyfs("run", "--read-only", "--writable", "busybox", check=False))
+    assert "not both" in error
