@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lazyfs import mount as lazy_mount
 from lazyfs.progress import Progress
-from lazyfs.provisioner import Provisioner
+from lazyfs.provisioner import Provisioner, require_layers
 from providers.errors import Conflict, NotFound, UsageError
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
@@ -68,6 +68,7 @@ async def mount_image(
     if any(mountpoint.iterdir()):
         raise UsageError(f"mount point {mountpoint} is not empty")
     manifest = await provisioner.fetch(image, progress)
+    require_layers(manifest)
     record = record_dir(work_dir, mountpoint)
     if record.exists():  # left by a mount that is gone (checked above)
         remove_tree(record)

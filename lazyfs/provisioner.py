@@ -100,6 +100,12 @@ class RecoverReport:
     broken: tuple[tuple[str, str], ...] = ()
 
 
+def require_layers(manifest: ImageManifest) -> None:
+    """Refuse an image of no layer (BadImage): every backend would, each its own way."""
+    if not manifest.layers:
+        raise BadImage(f"image {manifest.reference} has no layers: no root filesystem to make")
+
+
 def check_container_id(container_id: str) -> None:
     if not _CONTAINER_ID.match(container_id) or ".." in container_id:
         raise UsageError(
@@ -179,6 +185,7 @@ class Provisioner:
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
                 manifest = await provider.fetch(image, progress)
+                require_layers(manifest)
                 layers = self._layer_files(manifest)
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
                 rootfs_dir.parent.mkdir(parents=True)

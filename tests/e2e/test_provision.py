@@ -309,3 +309,23 @@ def test_run_is_writable_unless_read_only_is_asked(lazyfs: Lazyfs, backend: str)
     assert containers(lazyfs.work_dir) == []
     error = one_line_error(lazyfs("run", "--read-only", "--writable", "busybox", check=False))
     assert "not both" in error
+
+
+EMPTY_IMAGE = (
+    "lazyfs: image docker.io/library/empty:latest has no layers: no root filesystem to make"
+)
+
+
+@pytest.mark.parametrize("backend", ["copy", "bind", "overlay", "fuse"])
+def test_an_image_of_no_layer_is_one_line_with_every_backend(lazyfs: Lazyfs, backend: str) -> None:
+    result = lazyfs("provision", "c1", "empty", "--backend", backend, check=False)
+    assert one_line_error(result) == EMPTY_IMAGE
+    assert containers(lazyfs.work_dir) == []
+
+
+def test_mounting_an_image_of_no_layer_is_one_line(lazyfs: Lazyfs, tmp_path: Path) -> None:
+    point = tmp_path / "mnt"
+    point.mkdir()
+    assert one_line_error(lazyfs("mount", "empty", str(point), check=False)) == EMPTY_IMAGE
+    assert mounts_under(tmp_path) == []
+    assert not (lazyfs.work_dir / "mounts").exists()  # nothing recorded
