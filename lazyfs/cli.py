@@ -394,7 +394,8 @@ class Stopped(Exception):
 
 
 def _trio_run(work: Callable[[], Awaitable[T]]) -> T:
-    """``trio.run(work)``; SIGTERM and SIGHUP cancel it, as Ctrl-C does, then raise Stopped.
+    """``trio.run(work)``; SIGTERM and SIGHUP (unless ignored) cancel it as Ctrl-C does,
+    then raise Stopped.
 
     Cancelled, the provisioner undoes what it started (its clean-up is
     shielded), so a stopped provision leaves no container.
@@ -407,7 +408,13 @@ def _trio_run(work: Callable[[], Awaitable[T]]) -> T:
             async for signum in signals:
                 raise Stopped(signum)
 
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        # Not one the caller ignores: under nohup a hang-up must not stop us.
+        wanted = [
+            s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN
+        ]
+        if not wanted:
+            return await work()
+        with trio.open_signal_receiver(*wanted) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch, signals)
                 result.append(await work())
