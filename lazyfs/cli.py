@@ -15,29 +15,26 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
-
-import trio
 
 from backends.registry import NAMES as BACKENDS
 from lazyfs import devmount, runtime
 from lazyfs import mount as lazy_mount
 from lazyfs.appc import AppcProvider
+from lazyfs.cli_run import failure_line, run_trio
 from lazyfs.docker import DockerProvider
 from lazyfs.imagespec import image_from_file, parse_image
 from lazyfs.progress import Progress
 from lazyfs.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store import Store
 from providers.appc_store import AppcStore
-from providers.errors import LazyfsError, NotFound, UsageError
+from providers.errors import NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.registry import RegistryOptions, parse_platform
 from providers.registry_auth import parse_docker_config
 from providers.registry_http import HttpOptions
 
-T = TypeVar("T")
 DEFAULT_WORK_DIR = "/var/lib/lazyfs"
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
 
@@ -200,7 +197,7 @@ def _provision(app: App, args: argparse.Namespace) -> int:
         # Before the container counts as provisioned: a closed stdout undoes it.
         print(json.dumps(info.to_json(), indent=1), flush=True)
 
-    _trio_run(
+    run_trio(
         lambda: app.provisioner.provision(
             args.container_id,
             image,
@@ -222,14 +219,14 @@ def _pull(app: App, args: argparse.Namespace) -> int:
     # A pull asks the registry again, as docker pull does; stored blobs are reused.
     image.cached = False
     docker = app.docker
-    manifest = _trio_run(lambda: docker.fetch(image, Progress()))
+    manifest = run_trio(lambda: docker.fetch(image, Progress()))
     print(json.dumps(manifest.to_json(), indent=1))
     return 0
 
 
 def _mount(app: App, args: argparse.Namespace) -> int:
     image = _image(args)
-    mounted = _trio_run(
+    mounted = run_trio(
         lambda: devmount.mount_image(
             app.provisioner,
             app.work_dir,
@@ -286,13 +283,13 @@ def _umount(app: App, args: argparse.Namespace) -> int:
 
 
 def _destroy(app: App, args: argparse.Namespace) -> int:
-    if not _trio_run(lambda: app.provisioner.destroy(args.container_id)):
+    if not run_trio(lambda: app.provisioner.destroy(args.container_id)):
         raise NotFound(f"container {args.container_id} is not provisioned")
     return 0
 
 
 def _recover(app: App, args: argparse.Namespace) -> int:
-    report = _trio_run(lambda: app.provisioner.recover(args.keep))
+    report = run_trio(lambda: app.provisioner.recover(args.keep))
     print(
         json.dumps(
             {
@@ -341,7 +338,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with app.provisioner.hold(container_id):
-        info: ProvisionInfo = _trio_run(
+        info: ProvisionInfo = run_trio(
             lambda: app.provisioner.provision(
                 container_id, image, args.backend, writable=not args.read_only, progress=Progress()
             )
@@ -361,7 +358,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
             runtime.write_bundle(bundle, config)
             return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
         finally:
-            _trio_run(lambda: app.provisioner.destroy(container_id))
+            run_trio(lambda: app.provisioner.destroy(container_id))
 
 
 def _human(n: int) -> str:
@@ -385,81 +382,6 @@ COMMANDS = {
 }
 
 
-class Stopped(Exception):
-    """A signal other than SIGINT asked the command to stop; its work was undone."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _trio_run(work: Callable[[], Awaitable[T]]) -> T:
-    """``trio.run(work)``; SIGTERM and SIGHUP (unless ignored) cancel it as Ctrl-C does,
-    then raise Stopped.
-
-    Cancelled, the provisioner undoes what it started (its clean-up is
-    shielded), so a stopped provision leaves no container.
-    """
-
-    async def watched() -> T:
-        result: list[T] = []
-
-        async def watch(signals: AsyncIterator[int]) -> None:
-            async for signum in signals:
-                raise Stopped(signum)
-
-        # Not one the caller ignores: under nohup a hang-up must not stop us.
-        wanted = [
-            s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN
-        ]
-        if not wanted:
-            return await work()
-        with trio.open_signal_receiver(*wanted) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch, signals)
-                result.append(await work())
-                nursery.cancel_scope.cancel()
-        return result[0]
-
-    try:
-        return trio.run(watched)
-    except BaseExceptionGroup as group:
-        # One failure inside the nursery: raise it as it is, so main() words it.
-        leaves = _leaves(group)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
-
-
-def _failure(exc: BaseException) -> tuple[str, int] | None:
-    """The line and exit status for an exception the user should see as one line."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", 130
-    if isinstance(exc, Stopped):
-        return f"stopped by {exc}", 128 + exc.signum
-    if isinstance(exc, LazyfsError):
-        return str(exc), 1
-    if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror or exc}{where}", 1
-    if isinstance(exc, BaseExceptionGroup):
-        # Several at once, all known: an interruption says why the command
-        # ended (before errors it caused), else the first error. Anything
-        # unknown among them is a bug: a traceback then.
-        described = [_failure(leaf) for leaf in _leaves(exc)]
-        known = [d for d in described if d is not None]
-        if known and len(known) == len(described):
-            return max(known, key=lambda d: d[1] != 1)
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -472,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, BrokenPipeError):
             # Nothing more can reach stdout; keep the exit-time flush quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        failure = _failure(exc)
+        failure = failure_line(exc)
         if failure is None:
             raise
         line, status = failure

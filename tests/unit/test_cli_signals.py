@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.cli import Stopped, _trio_run
+from lazyfs.cli_run import Stopped, run_trio
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -24,7 +24,7 @@ def test_a_signal_cancels_the_work_and_its_clean_up_runs(signum: int) -> None:
             cleaned.append(True)
 
     with pytest.raises(Stopped) as caught:
-        _trio_run(work)
+        run_trio(work)
     assert caught.value.signum == signum and str(caught.value) == signal.Signals(signum).name
     assert cleaned == [True]
 
@@ -38,7 +38,7 @@ def test_an_ignored_hangup_does_not_stop_the_work() -> None:
 
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     try:
-        assert _trio_run(work) == "done"
+        assert run_trio(work) == "done"
     finally:
         signal.signal(signal.SIGHUP, previous)
 
@@ -48,4 +48,4 @@ def test_an_error_inside_comes_out_as_itself() -> None:
         raise ValueError("the one cause")
 
     with pytest.raises(ValueError, match="the one cause"):
-        _trio_run(work)
+        run_trio(work)
