@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from providers.digest import Digest
 
@@ -47,4 +47,17 @@ class Backend(Protocol):
 
     def destroy(self, rootfs: Path) -> None:
         """Unmount and remove ``rootfs``. Idempotent: a missing rootfs is fine."""
+        ...
+
+
+@runtime_checkable
+class Remountable(Protocol):
+    """A backend that can mount a rootfs again once its mount is gone (a reboot) or dead."""
+
+    def remount(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> None:
+        """Mount ``rootfs``, provisioned earlier from ``layers``, again in place.
+
+        Clears what is left of the old mount first. Raises BackendError when
+        this backend cannot (then ``rootfs`` is left as it was). Blocking.
+        """
         ...

@@ -1,7 +1,8 @@
 """The bind backend: a one-layer image, extracted once, bind-mounted read-only.
 
 As in Mesos, it copies nothing per container and so cannot union layers: an
-image of more than one layer is refused. The extracted layer lives in the
+image of more than one layer is refused.  ``remount`` binds the layer again
+where the mount went away (a reboot). The extracted layer lives in the
 store (``layers/<hex>/rootfs``) and is shared by every container using it.
 """
 
@@ -28,15 +29,28 @@ class BindBackend:
         self.limits = limits
 
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+        if writable:
+            # Read-only, as in Mesos (writes need volumes): refused, never given silently.
+            raise BackendError(
+                "the bind backend makes read-only rootfses only; "
+                "a writable one needs copy, overlay or fuse"
+            )
         if len(layers) != 1:
             raise BackendError(
                 f"the bind backend needs an image of exactly one layer, this one has {len(layers)}"
             )
-        # Read-only whatever was asked, as in Mesos: writes need volumes.
         source = self.extracted(layers[0])
         rootfs.mkdir(mode=0o755)
         bind_mount(source, rootfs, readonly=True)
         return Rootfs(rootfs, self.name, writable=False)
+
+    def remount(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> None:
+        """Bind the extracted layer (extracted again if it went) on ``rootfs`` again."""
+        if writable or len(layers) != 1:
+            raise BackendError("the bind backend never made this rootfs")
+        source = self.extracted(layers[0])
+        unmount(rootfs)  # whatever is left there
+        bind_mount(source, rootfs, readonly=True)
 
     def destroy(self, rootfs: Path) -> None:
         if not rootfs.exists():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from backends.apply import apply_layers
 from backends.base import LayerFile, Rootfs
 from backends.mounts import unmount_all_under
+from providers.fstree import remove_tree
 from providers.tar_stream import LayerLimits
 
 
@@ -31,4 +31,4 @@ class CopyBackend:
             return
         # A runtime may have left mounts inside (proc, dev); never delete through them.
         unmount_all_under(rootfs)
-        shutil.rmtree(rootfs)
+        remove_tree(rootfs)

@@ -23,9 +23,9 @@ Blocking.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -35,6 +35,7 @@ from backends.base import LayerFile
 from providers.digest import hex_part
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock
+from providers.fstree import remove_tree
 from providers.layer_rules import RelPath
 from providers.private_dir import private_dir
 from providers.tar_stream import LayerLimits
@@ -75,7 +76,9 @@ def extracted_layer(
                 os.rename(sidecar, home / sidecar.name)
             os.rename(tree, target)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            # The layer may be deeper than shutil.rmtree can recurse.
+            with contextlib.suppress(OSError):
+                remove_tree(scratch)
     return target
 
 

@@ -13,13 +13,14 @@ in overlayfs' upperdir format, and ``work/``, copy-up temporaries (see
 A read-only rootfs is mounted ``ro``.  ``destroy`` unmounts
 what a runtime mounted inside, then the rootfs, waits for the mount process
 to end, and removes the mount point and the scratch directory; idempotent.
-All of it blocking.
+``remount`` starts a read-only rootfs's mount process again when the old
+one died (a writable rootfs is refused: a new process cannot take over an
+upper directory yet).  All of it blocking.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from backends.base import LayerFile, Rootfs, scratch_dir
 from backends.mounts import unmount
 from lazyfs import mount as lazy_mount
 from providers.errors import BackendError
+from providers.fstree import remove_tree
 from providers.tar_stream import LayerLimits
 
 
@@ -60,9 +62,33 @@ class FuseBackend:
         except BaseException:
             with contextlib.suppress(OSError):
                 rootfs.rmdir()
-            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(scratch)
             raise
         return Rootfs(rootfs, self.name, writable=writable)
+
+    def remount(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> None:
+        """Start a mount process for a read-only rootfs again; a writable one is refused.
+
+        A writable rootfs's writes are in its upper directory, which a new
+        mount process cannot take over yet (it needs an empty upper).
+        """
+        scratch = scratch_dir(rootfs)
+        if writable:
+            raise BackendError(
+                f"its writes are kept in {scratch / 'upper'}; mounting a writable fuse rootfs "
+                "again is not supported yet"
+            )
+        # The dead mount goes first; its process is gone, or goes now.
+        lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
+        lazy_mount.mount_recorded(
+            scratch,
+            [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
+            rootfs,
+            layers_dir=self.layers_dir,
+            tmp_dir=self.tmp_dir,
+            writable=False,
+        )
 
     def destroy(self, rootfs: Path) -> None:
         scratch = scratch_dir(rootfs)
@@ -73,5 +99,5 @@ class FuseBackend:
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
         with contextlib.suppress(FileNotFoundError):
             rootfs.rmdir()
-        if scratch.exists():
-            shutil.rmtree(scratch)
+        # A writable rootfs's upper holds whatever its container made, at any depth.
+        remove_tree(scratch)

@@ -8,7 +8,7 @@ import errno
 import os
 from pathlib import Path
 
-from lazyfs.mount import mount_points
+from lazyfs.mount import is_mounted, mount_points
 from providers.errors import BackendError
 
 MS_RDONLY = 0x1
@@ -83,3 +83,18 @@ def unmount_all_under(root: Path) -> None:
     left = mounts_under(root)
     if left:
         raise BackendError(f"still mounted after unmount: {', '.join(map(str, left))}")
+
+
+def mount_problem(target: Path) -> str | None:
+    """Why ``target`` is not a working mount point (one short clause), or None.
+
+    A FUSE mount whose process died is still in the mount table; the kernel
+    answers ENOTCONN for it, which is how it is told from a live one.
+    """
+    if not is_mounted(target):
+        return "is not mounted"
+    try:
+        os.stat(target)
+    except OSError as error:
+        return f"is a dead mount ({error.strerror})"
+    return None

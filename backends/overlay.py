@@ -33,6 +33,7 @@ backend can run on a store at all.  All of it blocking.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -47,6 +48,7 @@ from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
 from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs
 from lazyfs.mount import mount_points
 from providers.errors import BackendError
+from providers.fstree import remove_tree
 from providers.private_dir import private_dir
 from providers.tar_stream import LayerLimits
 
@@ -100,7 +102,8 @@ class OverlayBackend:
         except BaseException:
             if mounted:
                 unmount(rootfs)
-            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(scratch)  # top/ or upper/ may be as deep as the image
             raise
         return Rootfs(rootfs, self.name, writable=writable)
 
@@ -113,7 +116,8 @@ class OverlayBackend:
         scratch = scratch_dir(rootfs)
         if scratch.exists():
             unmount_all_under(scratch)  # never delete through a mount
-            shutil.rmtree(scratch)
+            # upper/ holds whatever the container made, at any depth.
+            remove_tree(scratch)
 
 
 def mount_overlay(options: str, target: Path, *, cwd: Path) -> None:

@@ -1,5 +1,5 @@
 import sys
 
-from lazyfs.cli import main
+from lazyfs.entry import main
 
 sys.exit(main())

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -19,19 +20,18 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import trio
-
 from backends.registry import NAMES as BACKENDS
 from lazyfs import devmount, runtime
 from lazyfs import mount as lazy_mount
 from lazyfs.appc import AppcProvider
+from lazyfs.cli_run import failure_line, run_trio
 from lazyfs.docker import DockerProvider
 from lazyfs.imagespec import image_from_file, parse_image
 from lazyfs.progress import Progress
 from lazyfs.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store import Store
 from providers.appc_store import AppcStore
-from providers.errors import LazyfsError, NotFound, UsageError
+from providers.errors import NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.registry import RegistryOptions, parse_platform
 from providers.registry_auth import parse_docker_config
@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("mountpoint", type=Path)
     sub = commands.add_parser("run", help="provision, run a command with runc, destroy")
     image_args(sub)
+    sub.add_argument(
+        "--read-only",
+        "--read_only",
+        dest="read_only",
+        action="store_true",
+        help="a read-only rootfs (run is writable by default, as docker run)",
+    )
     sub.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
     return parser
 
@@ -246,12 +253,21 @@ def _image(args: argparse.Namespace) -> Image:
 
 def _provision(app: App, args: argparse.Namespace) -> int:
     image = _image(args)
-    info = trio.run(
+
+    def publish(info: ProvisionInfo) -> None:
+        # Before the container counts as provisioned: a closed stdout undoes it.
+        print(json.dumps(info.to_json(), indent=1), flush=True)
+
+    run_trio(
         lambda: app.provisioner.provision(
-            args.container_id, image, args.backend, writable=args.writable, progress=Progress()
+            args.container_id,
+            image,
+            args.backend,
+            writable=args.writable,
+            progress=Progress(),
+            publish=publish,
         )
     )
-    print(json.dumps(info.to_json(), indent=1))
     return 0
 
 
@@ -264,14 +280,14 @@ def _pull(app: App, args: argparse.Namespace) -> int:
     # A pull asks the registry again, as docker pull does; stored blobs are reused.
     image.cached = False
     docker = app.docker
-    manifest = trio.run(lambda: docker.fetch(image, Progress()))
+    manifest = run_trio(lambda: docker.fetch(image, Progress()))
     print(json.dumps(manifest.to_json(), indent=1))
     return 0
 
 
 def _mount(app: App, args: argparse.Namespace) -> int:
     image = _image(args)
-    mounted = trio.run(
+    mounted = run_trio(
         lambda: devmount.mount_image(
             app.provisioner,
             app.work_dir,
@@ -330,23 +346,30 @@ def _umount(app: App, args: argparse.Namespace) -> int:
 
 
 def _destroy(app: App, args: argparse.Namespace) -> int:
-    if not trio.run(app.provisioner.destroy, args.container_id):
+    if not run_trio(lambda: app.provisioner.destroy(args.container_id)):
         raise NotFound(f"container {args.container_id} is not provisioned")
     return 0
 
 
 def _recover(app: App, args: argparse.Namespace) -> int:
-    report = trio.run(app.provisioner.recover, args.keep)
+    report = run_trio(lambda: app.provisioner.recover(args.keep))
     print(
         json.dumps(
             {
                 "kept": list(report.kept),
                 "destroyed": list(report.destroyed),
                 "busy": list(report.busy),
+                "failed": dict(report.failed),
+                "remounted": list(report.remounted),
+                "broken": dict(report.broken),
             }
         )
     )
-    return 0
+    for cid, why in report.failed:
+        print(f"lazyfs: container {cid} could not be destroyed: {why}", file=sys.stderr)
+    for cid, why in report.broken:
+        print(f"lazyfs: container {cid} is broken: {why}", file=sys.stderr)
+    return 1 if report.failed or report.broken else 0
 
 
 def _images(app: App, _args: argparse.Namespace) -> int:
@@ -372,27 +395,33 @@ def _run(app: App, args: argparse.Namespace) -> int:
     command = list(args.command_args)
     if command and command[0] == "--":
         command = command[1:]
+    if args.read_only and args.writable:
+        raise UsageError("give --read-only or --writable, not both")
     image = _image(args)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
-    info: ProvisionInfo = trio.run(
-        lambda: app.provisioner.provision(
-            container_id, image, args.backend, writable=True, progress=Progress()
+    # Held from provision to destroy: recover elsewhere sees the container busy.
+    with app.provisioner.hold(container_id):
+        info: ProvisionInfo = run_trio(
+            lambda: app.provisioner.provision(
+                container_id, image, args.backend, writable=not args.read_only, progress=Progress()
+            )
         )
-    )
-    bundle = app.provisioner.containers / container_id / "bundle"
-    try:
-        config = runtime.bundle_config(
-            info.rootfs,
-            info.config,
-            command,
-            readonly=not info.writable,
-            # Relative: runc puts it under the cgroup of the process that runs it.
-            cgroups_path=f"lazyfs/{container_id}",
-        )
-        runtime.write_bundle(bundle, config)
-        return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
-    finally:
-        trio.run(app.provisioner.destroy, container_id)
+        bundle = app.provisioner.containers / container_id / "bundle"
+        try:
+            config = runtime.bundle_config(
+                info.rootfs,
+                info.config,
+                command,
+                # The copy backend's rootfs is writable whatever was asked: runc
+                # makes it read-only then.
+                readonly=args.read_only or not info.writable,
+                # Relative: runc puts it under the cgroup of the process that runs it.
+                cgroups_path=f"lazyfs/{container_id}",
+            )
+            runtime.write_bundle(bundle, config)
+            return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
+        finally:
+            run_trio(lambda: app.provisioner.destroy(container_id))
 
 
 def _human(n: int) -> str:
@@ -417,20 +446,20 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="lazyfs: %(levelname)s: %(message)s",
-    )
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.WARNING,
+            format="lazyfs: %(levelname)s: %(message)s",
+        )
         return COMMANDS[args.command](App(args), args)
-    except LazyfsError as exc:
-        print(f"lazyfs: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"lazyfs: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lazyfs: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as exc:
+        if isinstance(exc, BrokenPipeError):
+            # Nothing more can reach stdout; keep the exit-time flush quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        failure = failure_line(exc)
+        if failure is None:
+            raise
+        line, status = failure
+        print(f"lazyfs: {line}", file=sys.stderr)
+        return status

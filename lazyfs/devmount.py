@@ -19,16 +19,17 @@ directory, so writes made through a writable mount are gone afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from lazyfs import mount as lazy_mount
 from lazyfs.progress import Progress
-from lazyfs.provisioner import Provisioner
+from lazyfs.provisioner import Provisioner, require_layers
 from providers.errors import Conflict, NotFound, UsageError
+from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
@@ -82,9 +83,10 @@ async def mount_image(
     if any(mountpoint.iterdir()):
         raise UsageError(f"mount point {mountpoint} is not empty")
     manifest = await provisioner.fetch(image, progress)
+    require_layers(manifest)
     record = record_dir(work_dir, mountpoint)
     if record.exists():  # left by a mount that is gone (checked above)
-        shutil.rmtree(record)
+        remove_tree(record)
     private_dir(record.parent)
     private_dir(record, exist_ok=False)
     try:
@@ -106,7 +108,8 @@ async def mount_image(
             limits=provisioner.limits,
         )
     except BaseException:
-        shutil.rmtree(record, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(record)
         raise
     return DevMount(mountpoint, pid, writable, record, manifest)
 
@@ -119,4 +122,6 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
         # Only what lazyfs mounted, with this work dir: never someone else's mount.
         raise NotFound(f"lazyfs has no mount at {mountpoint} (with this --work_dir)")
     lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record))
-    shutil.rmtree(record, ignore_errors=True)
+    # upper/ of a writable mount holds whatever was written, at any depth.
+    with contextlib.suppress(OSError):
+        remove_tree(record)

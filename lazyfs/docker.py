@@ -69,7 +69,10 @@ class DockerProvider:
 
         With ``image.cached`` (the default) a reference the store already holds
         is not resolved again. Concurrent fetches of one reference, in this or
-        another process, resolve it once; each blob is copied once.
+        another process, resolve it once; each blob is copied once. When one
+        layer fails, the others still finish, then its error is raised.
+        Cancelled, it does not wait for downloads in flight: their threads
+        are abandoned and end by themselves (see ``_ingest``).
         """
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
@@ -90,24 +93,35 @@ class DockerProvider:
                 if stored is not None:
                     return stored
             async with FETCH_LIMIT:
-                manifest = await trio.to_thread.run_sync(source.resolve, reference)
+                manifest = await trio.to_thread.run_sync(
+                    source.resolve, reference, abandon_on_cancel=True
+                )
             manifest = ImageManifest(
                 reference, manifest.digest, manifest.layers, manifest.config, platform
             )
-            try:
-                async with trio.open_nursery() as nursery:
-                    for layer in manifest.layers:
-                        progress.start(layer.digest, layer.size)
-                        nursery.start_soon(self._ingest, source, layer, progress, reference)
-            except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+            # A layer that fails does not cancel the others (their threads would be
+            # abandoned mid-write): all finish, then the first failure stands for all.
+            failures: list[LazyfsError] = []
+            async with trio.open_nursery() as nursery:
+                for layer in manifest.layers:
+                    progress.start(layer.digest, layer.size)
+                    nursery.start_soon(self._ingest, source, layer, progress, reference, failures)
+            if failures:
+                raise failures[0]
             progress.finish()
             await trio.to_thread.run_sync(self.store.put_image, manifest)
         return manifest
 
     async def _ingest(
-        self, source: BlobSource, layer: Layer, progress: Progress, reference: str
+        self,
+        source: BlobSource,
+        layer: Layer,
+        progress: Progress,
+        reference: str,
+        failures: list[LazyfsError],
     ) -> None:
+        """Store one layer's blob; a LazyfsError goes to ``failures``, not up."""
+
         def opener() -> BinaryIO:
             return source.open(layer.digest)
 
@@ -116,30 +130,22 @@ class DockerProvider:
 
         async with FETCH_LIMIT:
             try:
-                await trio.to_thread.run_sync(self.store.ingest, layer, opener, advance)
+                # Abandoned when cancelled (Ctrl-C, SIGTERM): a read that waits on the
+                # network, or a retry's backoff, must not hold the cancellation up. Left
+                # alone, the thread ends by itself; all it can leave is a tmp/ file named
+                # by this pid (Store.clean_tmp's) or a verified blob.
+                await trio.to_thread.run_sync(
+                    self.store.ingest, layer, opener, advance, abandon_on_cancel=True
+                )
             except DigestMismatch as exc:
                 if exc.what.startswith(f"{reference}:"):
-                    raise
+                    failures.append(exc)
+                    return
                 # The store knows the blob, not the image: name it for the user.
-                raise DigestMismatch(
+                named = DigestMismatch(
                     f"{reference}: {exc.what}", expected=exc.expected, actual=exc.actual
-                ) from exc
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first layer's error when every layer failed with a LazyfsError.
-
-    Layers fail independently; the user gets one line, so the first one
-    stands for all. Anything else (cancellation, a bug) keeps the whole group.
-    """
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = list(exc.exceptions)
-        else:
-            leaves.append(exc)
-    if leaves and all(isinstance(exc, LazyfsError) for exc in leaves):
-        return leaves[0]
-    return group
+                )
+                named.__cause__ = exc
+                failures.append(named)
+            except LazyfsError as exc:
+                failures.append(exc)

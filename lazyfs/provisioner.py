@@ -12,7 +12,9 @@ The work dir and everything lazyfs makes in it are closed to other users
 files, and only its container may use them.
 
 A container directory without ``info.json`` is half-done work: ``recover``
-removes it unless its provision is still running (it holds the lock).
+removes it unless its provision is still running (it holds the lock).  A
+caller that runs a container holds its lock for the container's life
+(``hold``), so ``recover`` elsewhere reports it busy and leaves it alone.
 """
 
 from __future__ import annotations
@@ -21,22 +23,29 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
-from backends.base import Backend, LayerFile
-from backends.mounts import unmount_all_under
+from backends.base import Backend, LayerFile, Remountable
+from backends.mounts import mount_problem, unmount_all_under
 from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
 from lazyfs.store import Store, locked_in_thread
-from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
-from providers.fslock import try_exclusive_lock
+from providers.errors import (
+    BackendError,
+    BadImage,
+    Conflict,
+    LazyfsError,
+    NotFound,
+    UsageError,
+)
+from providers.fslock import exclusive_lock, try_exclusive_lock
+from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, RuntimeConfig
 from providers.private_dir import private_dir
@@ -81,9 +90,27 @@ class ProvisionInfo:
 
 @dataclass(frozen=True)
 class RecoverReport:
+    """What ``recover`` did with each container.
+
+    ``remounted`` are kept containers whose rootfs mount was gone or dead
+    and is back; ``broken`` pairs a kept container whose rootfs does not
+    work (and could not be mounted again) with why, left as it was.
+    ``failed`` pairs a container that could not be destroyed with why (one
+    line); it is left as it was, and the others were still handled.
+    """
+
     kept: tuple[str, ...]
     destroyed: tuple[str, ...]
     busy: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...] = ()
+    remounted: tuple[str, ...] = ()
+    broken: tuple[tuple[str, str], ...] = ()
+
+
+def require_layers(manifest: ImageManifest) -> None:
+    """Refuse an image of no layer (BadImage): every backend would, each its own way."""
+    if not manifest.layers:
+        raise BadImage(f"image {manifest.reference} has no layers: no root filesystem to make")
 
 
 def check_container_id(container_id: str) -> None:
@@ -118,6 +145,7 @@ class Provisioner:
         self.providers = providers
         self._default_backend = default_backend
         self.limits = limits
+        self._held: set[str] = set()  # container ids whose lock ``hold`` keeps
         for directory in (work_dir.absolute(), self.root, self.containers, self.locks):
             private_dir(directory)
 
@@ -139,11 +167,17 @@ class Provisioner:
         *,
         writable: bool = False,
         progress: Progress | None = None,
+        publish: Callable[[ProvisionInfo], None] | None = None,
     ) -> ProvisionInfo:
         """Build a rootfs for ``container_id`` from ``image``.
 
-        Refuses (Conflict) a container id that exists. Atomic for the caller:
-        on any failure or cancellation nothing of the container is left.
+        Refuses (Conflict) a container id that exists, complete or not.
+        ``publish``, if given, is called with the result before the
+        container is marked complete: tell the caller's caller there, so a
+        failure to (a closed pipe) undoes the container too.  Atomic for
+        the caller: on any failure or cancellation nothing of the container
+        is left; if the process dies first, an incomplete container is,
+        which ``destroy`` and ``recover`` remove.
         """
         check_container_id(container_id)
         name = backend or self.default_backend
@@ -151,18 +185,19 @@ class Provisioner:
         provider = self._provider(image)
         progress = progress or Progress()
         home = self.containers / container_id
-        async with locked_in_thread(self.locks / f"{container_id}.lock"):
+        async with self._locked(container_id):
             try:
                 private_dir(home, exist_ok=False)
             except FileExistsError:
+                if not self._complete(home):
+                    # Its provision died (we hold the lock): say so, not "provisioned".
+                    raise Conflict(_incomplete(container_id)) from None
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
                 manifest = await provider.fetch(image, progress)
-                layers = [
-                    LayerFile(layer.digest, self.store.blob_path(layer.digest), layer.media_type)
-                    for layer in manifest.layers
-                ]
+                require_layers(manifest)
+                layers = self._layer_files(manifest)
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
                 private_dir(rootfs_dir.parent)
                 progress.message(f"building the rootfs of {container_id} with {name}")
@@ -171,6 +206,8 @@ class Provisioner:
                 )
                 info = ProvisionInfo(container_id, rootfs.path, name, rootfs.writable, manifest)
                 _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
+                if publish is not None:
+                    publish(info)
                 (home / "provisioning").unlink()
                 return info
             except BaseException:
@@ -182,19 +219,44 @@ class Provisioner:
         """Unmount and remove everything of ``container_id``; False if there was nothing."""
         check_container_id(container_id)
         home = self.containers / container_id
-        async with locked_in_thread(self.locks / f"{container_id}.lock"):
+        async with self._locked(container_id):
             if not home.exists():
                 return False
             await trio.to_thread.run_sync(self._remove, home)
         return True
 
+    @contextlib.contextmanager
+    def hold(self, container_id: str) -> Iterator[None]:
+        """Hold ``container_id``'s lock for the block, waiting for it if need be.
+
+        Meanwhile ``recover`` in any process reports the container busy and
+        keeps it, and other processes' provision or destroy of it wait; this
+        provisioner's own provision and destroy of it go ahead (under the
+        lock held here).  For running a container: hold, provision, run,
+        destroy. Blocking.
+        """
+        check_container_id(container_id)
+        if container_id in self._held:
+            raise UsageError(f"container {container_id} is already held")
+        with exclusive_lock(self.locks / f"{container_id}.lock"):
+            self._held.add(container_id)
+            try:
+                yield
+            finally:
+                self._held.discard(container_id)
+
     async def recover(self, keep: Sequence[str]) -> RecoverReport:
         """Keep the named containers, destroy the rest and all half-done work.
 
-        A container whose provision is still running in another process is
-        left alone and reported busy.
+        A container whose provision is still running in another process, or
+        that a process holds (``hold``: it is running), is left alone and
+        reported busy.  A kept container's rootfs is checked: a bind or
+        read-only fuse mount that is gone or dead is mounted again; any
+        other rootfs that does not work is reported broken, never kept.
         """
-        kept, destroyed, busy = [], [], []
+        kept, destroyed, busy, remounted = [], [], [], []
+        failed: list[tuple[str, str]] = []
+        broken: list[tuple[str, str]] = []
         wanted = set(keep)
         for home in sorted(self.containers.iterdir()):
             cid = home.name
@@ -202,14 +264,31 @@ class Provisioner:
                 if not locked:
                     busy.append(cid)
                     continue
-                complete = (home / "info.json").is_file() and not (home / "provisioning").exists()
-                if cid in wanted and complete:
+                if cid in wanted and self._complete(home):
+                    try:
+                        if await trio.to_thread.run_sync(self._revive, cid):
+                            remounted.append(cid)
+                    except Exception as error:
+                        broken.append((cid, one_line(error)))
+                        continue
                     kept.append(cid)
                     continue
-                await trio.to_thread.run_sync(self._remove, home)
+                try:
+                    await trio.to_thread.run_sync(self._remove, home)
+                except Exception as error:
+                    # One container that cannot go must not keep the others.
+                    failed.append((cid, one_line(error)))
+                    continue
                 destroyed.append(cid)
         await trio.to_thread.run_sync(self.store.clean_tmp)
-        return RecoverReport(tuple(kept), tuple(destroyed), tuple(busy))
+        return RecoverReport(
+            tuple(kept),
+            tuple(destroyed),
+            tuple(busy),
+            tuple(failed),
+            tuple(remounted),
+            tuple(broken),
+        )
 
     async def fetch(self, image: Image, progress: Progress | None = None) -> ImageManifest:
         """Make ``image`` present in the store, with the provider its type names."""
@@ -217,11 +296,15 @@ class Provisioner:
 
     def info(self, container_id: str) -> ProvisionInfo:
         check_container_id(container_id)
-        path = self.containers / container_id / "info.json"
+        home = self.containers / container_id
         try:
-            data = json.loads(path.read_text())
+            data = json.loads((home / "info.json").read_text())
         except FileNotFoundError:
+            if home.is_dir():
+                raise NotFound(_incomplete(container_id)) from None
             raise NotFound(f"container {container_id} is not provisioned") from None
+        if (home / "provisioning").exists():
+            raise NotFound(_incomplete(container_id))
         image = data["image"]
         manifest = self.store.get_image(image["reference"], image.get("platform", ""))
         if manifest is None:
@@ -243,6 +326,34 @@ class Provisioner:
             raise BadImage(f"no {kind or 'such'} image provider enabled (enabled: {enabled})")
         return provider
 
+    def _layer_files(self, manifest: ImageManifest) -> tuple[LayerFile, ...]:
+        return tuple(
+            LayerFile(layer.digest, self.store.blob_path(layer.digest), layer.media_type)
+            for layer in manifest.layers
+        )
+
+    def _revive(self, container_id: str) -> bool:
+        """Check a kept container's rootfs; True if it had to be mounted again.
+
+        Raises (BackendError, NotFound) saying why the rootfs does not work
+        when it cannot be mounted again. Blocking.
+        """
+        info = self.info(container_id)
+        problem = _rootfs_problem(info.backend, info.rootfs)
+        if problem is None:
+            return False
+        backend = self.backend(info.backend)
+        if not isinstance(backend, Remountable):
+            raise BackendError(f"its rootfs {info.rootfs} {problem}")
+        try:
+            backend.remount(self._layer_files(info.image), info.rootfs, writable=info.writable)
+        except LazyfsError as error:
+            raise BackendError(f"its rootfs {info.rootfs} {problem}: {error}") from error
+        problem = _rootfs_problem(info.backend, info.rootfs)
+        if problem is not None:
+            raise BackendError(f"its rootfs {info.rootfs} {problem} after mounting it again")
+        return True
+
     def _remove(self, home: Path) -> None:
         """Destroy every rootfs under ``home`` with its backend, then ``home``."""
         backends_dir = home / "backends"
@@ -263,10 +374,47 @@ class Provisioner:
         # Whatever a backend missed (or a runtime left) is unmounted before the
         # delete, which must never reach through a mount into shared data.
         unmount_all_under(home)
-        shutil.rmtree(home)
+        remove_tree(home)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, container_id: str) -> AsyncIterator[None]:
+        """The container's lock, unless ``hold`` already keeps it for this provisioner."""
+        if container_id in self._held:
+            yield
+            return
+        async with locked_in_thread(self.locks / f"{container_id}.lock"):
+            yield
 
     def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
         return try_exclusive_lock(self.locks / f"{container_id}.lock")
+
+    @staticmethod
+    def _complete(home: Path) -> bool:
+        """Whether the container at ``home`` finished provisioning."""
+        return (home / "info.json").is_file() and not (home / "provisioning").exists()
+
+
+def _incomplete(container_id: str) -> str:
+    return (
+        f"container {container_id} is incomplete: its provision did not finish; "
+        "destroy it or run recover"
+    )
+
+
+def _rootfs_problem(backend: str, rootfs: Path) -> str | None:
+    """Why ``rootfs`` made by ``backend`` does not work (a short clause), or None."""
+    if backend == "copy":  # a plain directory; every other backend mounts one
+        return None if rootfs.is_dir() else "is missing"
+    return mount_problem(rootfs)
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line for a report: its message, and for OSError the file."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    if isinstance(error, LazyfsError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from providers.diff_id import DiffIdChecker, diff_id_of
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
+from providers.fstree import remove_tree
 from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
 from providers.tar_stream import LayerLimits
@@ -231,10 +231,9 @@ class Store:
             pid = entry.name.split(".", 1)[0]
             if pid.isdigit() and _alive(int(pid)):
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            # Best effort, as before: what cannot go now is tried again next time.
+            with contextlib.suppress(OSError):
+                remove_tree(entry)  # an extraction's scratch may be deep
             removed += 1
         return removed
 

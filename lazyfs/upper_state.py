@@ -149,13 +149,23 @@ class UpperState:
         return sorted(children.items())
 
     def path(self, node: Node, which: int = 0) -> Path:
-        """Where name ``which`` of ``node`` is (or would be) in upper."""
-        if node.ino == ROOT_INO:
+        """Where name ``which`` of ``node`` is (or would be) in upper.
+
+        Walked up parent by parent, not recursively: a container may nest
+        directories deeper than Python's recursion limit.  A path past
+        PATH_MAX is the kernel's to refuse (ENAMETOOLONG, passed on).
+        """
+        names: list[bytes] = []
+        while node.ino != ROOT_INO:
+            if not node.names:
+                raise fail(errno.ENOENT)  # unlinked: it has no place in upper any more
+            parent, name = node.names[which]
+            names.append(name)
+            node, which = self.node(parent), 0
+        if not names:
             return self.upper
-        if not node.names:
-            raise fail(errno.ENOENT)  # unlinked: it has no place in upper any more
-        parent, name = node.names[which]
-        return self.path(self.node(parent)) / os.fsdecode(name)
+        names.reverse()
+        return self.upper / os.fsdecode(b"/".join(names))
 
     def _lower_has(self, parent: Node, name: bytes) -> bool:
         """Whether a lower layer has ``name`` in ``parent`` (then a whiteout must hide it)."""
@@ -167,14 +177,19 @@ class UpperState:
 
     def copy_up_dir(self, node: Node) -> Path:
         """Make directory ``node`` (and its parents) exist in upper; its path there."""
-        if node.copy is not Copy.NONE:
-            return self.path(node)
-        parent, _ = node.names[0]
-        self.copy_up_dir(self.node(parent))
-        path = self.path(node)
-        path.mkdir(mode=0o700)
-        self._set_disk_attributes(node, path)
-        node.copy = Copy.DATA
+        missing: list[Node] = []  # from node up to the first one already in upper
+        here = node
+        while here.copy is Copy.NONE:
+            if not here.names:
+                raise fail(errno.ENOENT)  # removed while a process still had it open
+            missing.append(here)
+            here = self.node(here.names[0][0])
+        path = self.path(here)
+        for below in reversed(missing):
+            path = path / os.fsdecode(below.names[0][1])
+            path.mkdir(mode=0o700)
+            self._set_disk_attributes(below, path)
+            below.copy = Copy.DATA
         return path
 
     def copy_up_meta(self, node: Node) -> None:

@@ -11,19 +11,43 @@ from pathlib import Path
 import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
+from providers.fstree import remove_tree
+from tests import images
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+DEEP = 1100  # levels of the deep image: past Python's recursion limit (1000)
+
+
 @pytest.fixture(scope="session")
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local image directory holding busybox:latest.tar, built from the host's busybox."""
+    """A local image directory holding, as ``docker save`` tarballs:
+
+    - busybox:latest, built from the host's busybox (two layers);
+    - deep:latest, one layer of DEEP nested directories ``d/d/...`` with a file ``f``
+      at the bottom;
+    - empty:latest, an image of no layer at all;
+    - one:latest, one layer with /etc/motd, for the bind backend.
+    """
     directory = tmp_path_factory.mktemp("images")
     subprocess.run(
         [REPO / "scripts" / "sample-image", directory, "busybox:latest"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
+    work = tmp_path_factory.mktemp("odd-images")
+    path = ""
+    entries = []
+    for _ in range(DEEP):
+        path = f"{path}/d" if path else "d"
+        entries.append(images.Entry(path, "dir", mode=0o755))
+    entries.append(images.Entry(f"{path}/f", data=b"bottom\n"))
+    config = images.ImageConfig(cmd=("/bin/sh",))
+    one = [images.Entry("etc", "dir", mode=0o755), images.Entry("etc/motd", data=b"one layer\n")]
+    for name, layers in (("deep", [entries]), ("empty", []), ("one", [one])):
+        layout = images.build_oci_image(work / name, layers, "latest", config)
+        images.to_docker_archive(layout, "latest", directory / f"{name}:latest.tar", name)
     return directory
 
 
@@ -76,6 +100,8 @@ def lazyfs(tmp_path: Path, image_dir: Path) -> Iterator[Lazyfs]:
     # Whatever a failing test left mounted goes, so the next test starts clean.
     if mounts_under(tmp_path):
         unmount_all_under(tmp_path)
+    # And what it left on disk: pytest's own clean-up cannot remove a deep tree.
+    remove_tree(work)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

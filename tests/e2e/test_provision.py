@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -95,7 +96,14 @@ def test_recover_keeps_the_named_and_destroys_the_rest(lazyfs: Lazyfs) -> None:
     lazyfs("provision", "keep-me", "busybox")
     lazyfs("provision", "drop-me", "busybox")
     report = json.loads(lazyfs("recover", "--keep", "keep-me").stdout)
-    assert report == {"kept": ["keep-me"], "destroyed": ["drop-me"], "busy": []}
+    assert report == {
+        "kept": ["keep-me"],
+        "destroyed": ["drop-me"],
+        "busy": [],
+        "failed": {},
+        "remounted": [],
+        "broken": {},
+    }
     assert containers(lazyfs.work_dir) == ["keep-me"]
 
 
@@ -272,3 +280,52 @@ def test_run_with_a_relative_work_dir(lazyfs: Lazyfs, backend: str) -> None:
     assert result.stdout == "hello from a lazyfs rootfs\n"
     assert containers(lazyfs.work_dir) == []
     assert mounts_under(lazyfs.work_dir) == []
+
+
+def test_bind_refuses_a_writable_rootfs_and_gives_a_read_only_one(lazyfs: Lazyfs) -> None:
+    error = one_line_error(
+        lazyfs("provision", "c1", "one", "--backend", "bind", "--writable", check=False)
+    )
+    assert "read-only" in error and "bind" in error
+    assert containers(lazyfs.work_dir) == []
+    out = json.loads(lazyfs("provision", "c1", "one", "--backend", "bind").stdout)
+    assert out["writable"] is False
+    with pytest.raises(OSError) as caught:
+        (Path(out["rootfs"]) / "new").write_text("x")
+    assert caught.value.errno == errno.EROFS
+    lazyfs("destroy", "c1")
+
+
+@pytest.mark.parametrize("backend", ["copy", "fuse"])
+def test_run_is_writable_unless_read_only_is_asked(lazyfs: Lazyfs, backend: str) -> None:
+    script = "touch /new && echo wrote"
+    writable = lazyfs("run", "--backend", backend, "busybox", "--", "sh", "-c", script)
+    assert writable.stdout == "wrote\n"
+    read_only = lazyfs(
+        "run", "--read-only", "--backend", backend, "busybox", "--", "sh", "-c", script, check=False
+    )
+    assert read_only.returncode == 1 and read_only.stdout == ""
+    assert "Read-only file system" in read_only.stderr
+    assert containers(lazyfs.work_dir) == []
+    error = one_line_error(lazyfs("run", "--read-only", "--writable", "busybox", check=False))
+    assert "not both" in error
+
+
+EMPTY_IMAGE = (
+    "lazyfs: image docker.io/library/empty:latest has no layers: no root filesystem to make"
+)
+
+
+@pytest.mark.parametrize("backend", ["copy", "bind", "overlay", "fuse"])
+def test_an_image_of_no_layer_is_one_line_with_every_backend(lazyfs: Lazyfs, backend: str) -> None:
+    result = lazyfs("provision", "c1", "empty", "--backend", backend, check=False)
+    assert one_line_error(result) == EMPTY_IMAGE
+    assert containers(lazyfs.work_dir) == []
+
+
+def test_mounting_an_image_of_no_layer_is_one_line(lazyfs: Lazyfs, tmp_path: Path) -> None:
+    point = tmp_path / "mnt"
+    point.mkdir()
+    assert one_line_error(lazyfs("mount", "empty", str(point), check=False)) == EMPTY_IMAGE
+    assert mounts_under(tmp_path) == []
+    assert not (lazyfs.work_dir / "mounts").exists()  # nothing recorded

@@ -1,0 +1,137 @@
+"""recover: one failure does not stop it; a running container is busy; a kept one works."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backends.mounts import mounts_under
+from tests.e2e.conftest import Lazyfs
+
+pytestmark = pytest.mark.integration
+
+
+def containers(work: Path) -> list[str]:
+    return sorted(p.name for p in (work / "provisioner" / "containers").iterdir())
+
+
+def test_a_container_that_cannot_go_is_reported_and_the_others_go(lazyfs: Lazyfs) -> None:
+    rootfs = {}
+    for cid in ("c1", "c2", "c3"):
+        out = json.loads(lazyfs("provision", cid, "busybox", "--backend", "copy").stdout)
+        rootfs[cid] = Path(out["rootfs"])
+    stuck = rootfs["c2"] / "etc" / "motd"
+    subprocess.run(["chattr", "+i", stuck], check=True)  # as a container might have
+    try:
+        result = lazyfs("recover", check=False)
+    finally:
+        subprocess.run(["chattr", "-i", stuck], check=True)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["destroyed"] == ["c1", "c3"]
+    assert report["failed"] == {"c2": f"Operation not permitted: {stuck}"}
+    assert result.stderr == (
+        f"lazyfs: container c2 could not be destroyed: Operation not permitted: {stuck}\n"
+    )
+    assert containers(lazyfs.work_dir) == ["c2"]
+    # Once it can go, the next recover takes it.
+    assert json.loads(lazyfs("recover").stdout)["destroyed"] == ["c2"]
+    assert containers(lazyfs.work_dir) == []
+
+
+def test_a_running_container_is_busy_and_kept(lazyfs: Lazyfs) -> None:
+    script = "echo up; read line; cat /etc/motd"
+    run = subprocess.Popen(
+        lazyfs.argv("run", "--backend", "copy", "busybox", "--", "sh", "-c", script),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run.stdout is not None and run.stdin is not None
+        assert run.stdout.readline() == "up\n", run.stderr and run.stderr.read()
+        (running,) = containers(lazyfs.work_dir)
+        report = json.loads(lazyfs("recover").stdout)
+        assert report["busy"] == [running] and report["destroyed"] == []
+        run.stdin.write("go on\n")
+        run.stdin.close()
+        # The container reads its rootfs after recover: it is still there.
+        assert run.stdout.read() == "hello from a lazyfs rootfs\n"
+        assert run.wait(timeout=60) == 0, run.stderr.read() if run.stderr else ""
+    finally:
+        if run.poll() is None:
+            # EOF lets the container end by itself; runc would outlive a killed run.
+            if run.stdin is not None and not run.stdin.closed:
+                run.stdin.close()
+            try:
+                run.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                run.wait()
+    assert containers(lazyfs.work_dir) == []
+
+
+def kill_mount_process(rootfs: Path) -> None:
+    """SIGKILL the fuse mount process of ``rootfs`` and wait until it is gone."""
+    pid = int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text())
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        select.select([pidfd], [], [])  # readable once the process has exited
+    finally:
+        os.close(pidfd)
+
+
+def test_kept_containers_with_dead_mounts_are_mounted_again_or_reported_broken(
+    lazyfs: Lazyfs,
+) -> None:
+    wanted = {
+        "bind": ("one", "--backend", "bind"),
+        "copy": ("busybox", "--backend", "copy"),
+        "fuse-ro": ("busybox", "--backend", "fuse"),
+        "fuse-rw": ("busybox", "--backend", "fuse", "--writable"),
+        "overlay": ("busybox", "--backend", "overlay"),
+    }
+    rootfs = {}
+    for cid, args in wanted.items():
+        rootfs[cid] = Path(json.loads(lazyfs("provision", cid, *args).stdout)["rootfs"])
+    kill_mount_process(rootfs["fuse-ro"])
+    kill_mount_process(rootfs["fuse-rw"])
+    with pytest.raises(OSError) as caught:
+        (rootfs["fuse-ro"] / "etc").stat()
+    assert caught.value.errno == errno.ENOTCONN
+    # Gone as after a reboot.
+    subprocess.run(["umount", rootfs["bind"]], check=True)
+    subprocess.run(["umount", rootfs["overlay"]], check=True)
+
+    result = lazyfs("recover", "--keep", *wanted, check=False)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["kept"] == ["bind", "copy", "fuse-ro"]
+    assert report["remounted"] == ["bind", "fuse-ro"]
+    assert report["destroyed"] == [] and report["failed"] == {}
+    broken = report["broken"]
+    assert sorted(broken) == ["fuse-rw", "overlay"]
+    assert "is a dead mount (Transport endpoint is not connected)" in broken["fuse-rw"]
+    assert "writable fuse rootfs again is not supported yet" in broken["fuse-rw"]
+    assert broken["overlay"] == f"its rootfs {rootfs['overlay']} is not mounted"
+    assert sorted(result.stderr.splitlines()) == sorted(
+        f"lazyfs: container {cid} is broken: {why}" for cid, why in broken.items()
+    )
+    assert (rootfs["bind"] / "etc/motd").read_text() == "one layer\n"
+    assert (rootfs["fuse-ro"] / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    # Kept and healthy now: a second recover has nothing to mount.
+    again = json.loads(lazyfs("recover", "--keep", "bind", "copy", "fuse-ro").stdout)
+    assert again["kept"] == ["bind", "copy", "fuse-ro"] and again["remounted"] == []
+    assert again["destroyed"] == ["fuse-rw", "overlay"]
+    lazyfs("recover")
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == []
