@@ -231,9 +231,19 @@ class CheckedTarInfo(tarfile.TarInfo):
         self.size = realsize
         return self
 
-    def _proc_gnusparse_00(
-        self, next: tarfile.TarInfo, pax_headers: dict[str, str], buf: bytes
-    ) -> None:
+    def _proc_gnusparse_00(self, next: tarfile.TarInfo, *found: object) -> None:
+        # tarfile passes (pax_headers, buf) up to Python 3.11.9 and 3.12.4, and
+        # (raw_headers,), a list of (length, keyword, value) bytes, since the
+        # fix for gh-121285 (3.11.10, 3.12.5, 3.13): both read the same.
+        if len(found) == 2:
+            pax_headers = cast(dict[str, str], found[0])
+            buf = cast(bytes, found[1])
+        else:
+            raw = cast(list[tuple[int, bytes, bytes]], found[0])
+            pax_headers = {
+                k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for _, k, v in raw
+            }
+            buf = b"".join(_pax_record(k, v) for _, k, v in raw)
         self._sparse(next, pax_headers, lambda: (map_00(buf), 0), "GNU.sparse.size")
 
     def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax_headers: dict[str, str]) -> None:
@@ -272,6 +282,15 @@ class CheckedTarInfo(tarfile.TarInfo):
         next.offset_data = header_end + used
         data_end = header_end + _blocks(_stored(next, pax_headers))
         next._sparse_end = (realsize, data_end)  # type: ignore[attr-defined]
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """One PAX extended header record, ``"%d %s=%s\\n"``, its length counting itself."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(str(length)) + len(body) != length:
+        length += 1
+    return str(length).encode() + body
 
 
 def _blocks(count: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -93,3 +94,33 @@ def test_a_mount_process_does_not_import_the_tar_parsers() -> None:
         [sys.executable, "-c", probe, *parsers], capture_output=True, text=True, check=True
     )
     assert found.stdout.strip() == "[]"
+
+
+def test_pax_00_maps_read_the_same_from_old_and_new_tarfile() -> None:
+    """tarfile passes PAX 0.0 maps as (pax_headers, buf) before gh-121285, (raw_headers,) since."""
+    import tarfile
+
+    from providers.tar_stream import CheckedTarInfo, _pax_record
+
+    raw = [
+        (0, b"GNU.sparse.size", b"100000"),
+        (0, b"size", b"1024"),
+        (0, b"GNU.sparse.offset", b"0"),
+        (0, b"GNU.sparse.numbytes", b"512"),
+        (0, b"GNU.sparse.offset", b"99488"),
+        (0, b"GNU.sparse.numbytes", b"512"),
+    ]
+    old = (
+        {k.decode(): v.decode() for _, k, v in raw},
+        b"".join(_pax_record(k, v) for _, k, v in raw),
+    )
+    seen = []
+    for form in (old, (raw,)):
+        header = CheckedTarInfo("pax")
+        header.type = tarfile.XHDTYPE
+        member = CheckedTarInfo("f")
+        member.offset_data = 1536
+        header._proc_gnusparse_00(member, *form)
+        sparse: Any = member.sparse  # typeshed says bytes; lazyfs keeps (offset, size) pairs
+        seen.append((sparse, member.offset_data, vars(member)["_sparse_end"]))
+    assert seen[0] == seen[1] == ([(0, 512), (99488, 512)], 1536, (100000, 1536 + 1024))
