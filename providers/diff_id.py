@@ -72,17 +72,24 @@ class _Gzip:
     def __init__(self, sink: _Sink) -> None:
         self._sink = sink
         self._zlib = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
+        self._between = False  # after a member: zero padding may follow, as gzip allows
 
     def feed(self, data: bytes) -> None:
         while data:
+            if self._between:
+                data = data.lstrip(b"\0")
+                if not data:
+                    return
+                self._between = False
+                self._zlib = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
             self._sink.update(self._zlib.decompress(data, CHUNK))
             if self._zlib.eof:
                 data = self._zlib.unused_data
-                self._zlib = isal_zlib.decompressobj(wbits=_GZIP_WBITS)
+                self._between = True
             else:
                 data = self._zlib.unconsumed_tail
         # Output still held inside the decoder comes out without more input.
-        while not self._zlib.eof and (out := self._zlib.decompress(b"", CHUNK)):
+        while not self._between and (out := self._zlib.decompress(b"", CHUNK)):
             self._sink.update(out)
 
 

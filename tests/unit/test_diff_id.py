@@ -42,6 +42,7 @@ FORMS = {
     "gzip members": _gzip_members,
     "zstd": zstandard.ZstdCompressor().compress,
     "zstd frames": _zstd_frames,
+    "gzip padded": lambda data: gzip.compress(data) + bytes(700) + gzip.compress(b"") + bytes(3),
     "bzip2": bz2.compress,
     "xz": lzma.compress,
 }
