@@ -88,6 +88,7 @@ class FuseBackend:
             layers_dir=self.layers_dir,
             tmp_dir=self.tmp_dir,
             writable=False,
+            limits=self.limits,
         )
 
     def destroy(self, rootfs: Path) -> None:

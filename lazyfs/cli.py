@@ -216,6 +216,8 @@ def layer_limits(args: argparse.Namespace) -> LayerLimits:
         raise UsageError(f"--max_layer_ratio {args.max_layer_ratio!r}: want a whole number")
     number, unit = found.groups()
     size = int(float(number) * _UNITS[(unit or "B").upper()])
+    if size < 1:
+        raise UsageError(f"--max_layer_size {args.max_layer_size!r}: want more than 0 bytes")
     return LayerLimits(max_size=size, max_ratio=int(ratio))
 
 

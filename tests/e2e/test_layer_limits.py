@@ -98,7 +98,8 @@ def test_the_size_flag_bounds_any_layer(spelling: str, lazyfs: Lazyfs) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--max_layer_size", "lots"), ("--max_layer_ratio", "0")]
+    ("flag", "value"),
+    [("--max_layer_size", "lots"), ("--max_layer_size", "0KB"), ("--max_layer_ratio", "0")],
 )
 def test_bad_limit_values_are_usage_errors(flag: str, value: str, lazyfs: Lazyfs) -> None:
     error = one_line_error(lazyfs(flag, value, "images", check=False))
