@@ -35,7 +35,7 @@ from backends.base import Backend, LayerFile, Remountable
 from backends.mounts import mount_problem, unmount_all_under
 from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
-from lazyfs.store import Store, locked_in_thread
+from lazyfs.store import Store, locked_async
 from providers.errors import (
     BackendError,
     BadImage,
@@ -382,7 +382,7 @@ class Provisioner:
         if container_id in self._held:
             yield
             return
-        async with locked_in_thread(self.locks / f"{container_id}.lock"):
+        async with locked_async(self.locks / f"{container_id}.lock"):
             yield
 
     def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:

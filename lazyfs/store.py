@@ -39,7 +39,7 @@ import trio
 from providers.diff_id import DiffIdChecker, diff_id_of
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage, DigestMismatch
-from providers.fslock import exclusive_lock
+from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
@@ -209,8 +209,8 @@ class Store:
             yield
 
     def lock_async(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """``lock`` for trio code: the blocking wait happens in a worker thread."""
-        return locked_in_thread(self.locks / f"{name}.lock")
+        """``lock`` for trio code: waiting for it yields, and a cancellation ends the wait."""
+        return locked_async(self.locks / f"{name}.lock")
 
     @contextlib.contextmanager
     def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
@@ -261,19 +261,28 @@ def _copy_verified(
     return inflated
 
 
-@contextlib.asynccontextmanager
-async def locked_in_thread(path: Path) -> AsyncIterator[None]:
-    """``exclusive_lock(path)`` for trio code, waiting for it in a worker thread.
+# How often a wait for a lock another process holds looks again, at most.
+_LOCK_POLL_MAX = 0.25
 
-    The thread is never abandoned (trio waits for it even when cancelled), so
-    a lock it takes is always released here.
+
+@contextlib.asynccontextmanager
+async def locked_async(path: Path) -> AsyncIterator[None]:
+    """``exclusive_lock(path)`` for trio code.
+
+    The wait polls a non-blocking flock between trio sleeps, so Ctrl-C or
+    SIGTERM end it at once, however long another process (a pull of the
+    same image, a ``lazyfs run`` of the same container) keeps the lock.  A
+    thread blocked in flock(2) could be neither cancelled nor abandoned
+    without leaking the lock it might take later.
     """
-    lock = exclusive_lock(path)
-    await trio.to_thread.run_sync(lock.__enter__)
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
+    delay = 0.005
+    while True:
+        with try_exclusive_lock(path) as held:
+            if held:
+                yield
+                return
+        await trio.sleep(delay)
+        delay = min(delay * 2, _LOCK_POLL_MAX)
 
 
 def _alive(pid: int) -> bool:
