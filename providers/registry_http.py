@@ -274,7 +274,8 @@ class RegistryHttp:
 
         Reads no further than the chunk that passes the limit, under the
         speed floor, and closes the response either way. Raises TooSlow,
-        urllib3 errors or OSError when the body breaks off or crawls.
+        urllib3 errors or OSError when the body breaks off or crawls, and
+        BadImage when it does not decode as its ``Content-Encoding`` says.
         """
         chunks: list[bytes] = []
         total = 0
@@ -284,6 +285,11 @@ class RegistryHttp:
                 if total > limit:
                     return None
                 chunks.append(chunk)
+        except (urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError) as exc:
+            raise BadImage(
+                f"{redact(response.url)}: the body does not decode as its Content-Encoding"
+                f" says: {exc}"
+            ) from exc
         finally:
             response.close()
         return b"".join(chunks)
@@ -293,9 +299,9 @@ class RegistryHttp:
         try:
             # Under the speed floor: an error body that trickles ends too.
             detail = _registry_message(self.read_capped(response, ERROR_BODY_LIMIT) or b"")
-        except Exception as exc:
-            if not is_temporary(exc):
-                raise
+        except Exception:
+            # The body only adds detail: whatever is wrong with it, the status
+            # says what happened.
             detail = ""
         cause = f"HTTP {status}" + (f" {detail}" if detail else "")
         where = f"({redact(url)})"

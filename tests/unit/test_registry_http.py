@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from providers.errors import TemporaryFailure, Unauthorized
+from providers.errors import BadImage, NotFound, TemporaryFailure, Unauthorized
 from providers.manifest import METADATA_LIMIT
 from providers.registry_http import HttpOptions, RegistryHttp
 from tests.httpserver import serve
@@ -148,3 +148,36 @@ def test_an_error_body_that_trickles_is_cut_at_the_speed_floor() -> None:
                 http.get(f"{base}/v2/", image="x", scope=None)
         finally:
             server.stopping.set()
+
+
+def _mislabelled(status: int) -> type[BaseHTTPRequestHandler]:
+    """Answers ``status`` with a body that says gzip and is not."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b"this is not gzip"
+            self.send_response(status)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def test_an_error_body_that_does_not_decode_still_gives_the_status_s_error() -> None:
+    with serve(_mislabelled(404)) as base:
+        http = RegistryHttp(HttpOptions(attempts=1))
+        with pytest.raises(NotFound, match=r"^x: not found: HTTP 404 \("):
+            http.get(f"{base}/v2/", image="x", scope=None)
+
+
+def test_a_body_that_does_not_decode_is_a_bad_image() -> None:
+    with serve(_mislabelled(200)) as base:
+        http = RegistryHttp(HttpOptions(attempts=1))
+        response = http.get(f"{base}/v2/x/manifests/1", image="x", scope=None)
+        with pytest.raises(BadImage, match="does not decode as its Content-Encoding says"):
+            http.read_capped(response, METADATA_LIMIT)
