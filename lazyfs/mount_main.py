@@ -11,9 +11,8 @@ serves until:
 - the mount is taken away (``fusermount3 -u``, umount2): it exits 0;
 - SIGTERM or SIGINT: it unmounts, then exits 0.
 
-A read-only mount's operations take the no-open path where the running
-pyfuse3 and kernel allow it (``lazyfs.fuse_caps``), else today's path with
-handles.
+Its operations take the no-open path where the running pyfuse3 and
+kernel allow it (``lazyfs.fuse_caps``), else today's path with handles.
 
 Options: ``fsname=lazyfs``, ``ro`` unless writable, ``default_permissions`` (the kernel
 checks modes, since other users see the tree), ``nosuid,nodev`` unless
@@ -41,6 +40,7 @@ from lazyfs.blob_ranges import ChunkCache, open_layers
 from lazyfs.fuse_debug import log_requests
 from lazyfs.fuse_ops import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.fuse_write import WritableOperations
+from lazyfs.fuse_write_no_open import NoOpenWritableOperations
 from lazyfs.index import LayerData, LayerIndex, check_data_present, load_index
 from lazyfs.tree_cache import merged_tree
 from lazyfs.upper import Upper
@@ -128,7 +128,8 @@ def _operations(
         return read_only(tree, ChunkCache(source))
     if work is None:
         raise RuntimeError("a writable mount needs --work beside --upper")
-    return WritableOperations(Upper(tree, upper, work, source), ChunkCache(source))
+    writable = NoOpenWritableOperations if no_open else WritableOperations
+    return writable(Upper(tree, upper, work, source), ChunkCache(source))
 
 
 def _index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex:
@@ -178,8 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(number, _Stop.handler)
     ready = os.fdopen(args.ready_fd, "wb", buffering=0)
     try:
-        # Writable mounts keep today's path for now.
-        no_open = fuse_caps.no_open() and args.upper is None
+        no_open = fuse_caps.no_open()
         ops = _operations(args.layers_dir, args.layer, args.upper, args.work, no_open=no_open)
         if args.debug:
             log_requests(ops)
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready.write(f"{type(error).__name__}: {error}\n".encode())
         ready.close()
         return 1
-    path = "no-open" if no_open else "open"
+    path = "no-open" if no_open else f"open ({fuse_caps.why_not() or fuse_caps.ENV}=0)"
     log.info("serving %s (%d inodes) on the %s path", args.mountpoint, len(ops.tree.inodes), path)
     ready.write(b"ready\n")
     ready.close()

@@ -64,9 +64,8 @@ VARIANTS = (
             fuse_path=path,
         )
         for path in fuse_paths.PATHS
-        for mode in ("ro",)
+        for mode in ("ro", "rw")
     ),
-    Variant("fuse-rw", "fuse", writable=True, needs_fuse=True, applies_in_process=False),
 )
 
 
