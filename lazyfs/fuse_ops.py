@@ -2,11 +2,18 @@
 
 The tree never changes while mounted, so the kernel is told to keep
 everything: entries, negative lookups and attributes for ``CACHE_TIMEOUT``
-seconds, and file pages across opens (``keep_cache``).  A warm tree then
-costs Python nothing.  Directory offsets are positions in the sorted
-listing, stable for the life of the mount.  File bytes come from
-``ChunkCache`` (worker threads, bounded cache); open file and directory
-handles are the inode numbers themselves, since nothing is kept per handle.
+seconds, and file pages across opens (``keep_cache``).  Directory offsets
+are positions in the sorted listing, stable for the life of the mount.
+File bytes come from ``ChunkCache`` (worker threads, bounded cache); open
+file and directory handles are the inode numbers themselves, since nothing
+is kept per handle.
+
+``NoOpenReadOnlyOperations`` answers ENOSYS to open and opendir instead
+(the no-open path, see ``lazyfs.fuse_caps``): the kernel then opens files
+and directories itself, sends no open, release, opendir or releasedir, and
+keeps directory listings cached too, so a warm tree costs Python nothing.
+The handles it sends are the inode numbers as well (the pyfuse3 patch puts
+them there), so reading is the same code on both paths.
 
 Writes never reach here (writable mounts are served by
 ``lazyfs.fuse_write``): the mount is read-only, so the kernel answers
@@ -182,8 +189,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
     def listing(self, directory: InodeNo) -> Listing:
         """A directory's entries as readdir sends them, ``.`` and ``..`` first; made once.
 
-        pyfuse3 answers every warm readdir in Python (it cannot ask the kernel
-        to cache listings), so the per-entry work is done here, once.
+        Today's path answers every warm readdir in Python (stock pyfuse3
+        cannot ask the kernel to cache listings), so the per-entry work is
+        done here, once.
         """
         found = self._listings.get(directory)
         if found is None:
@@ -304,3 +312,24 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
         return [pyfuse3.XAttrNameT(key) for key, _ in self._inode(inode).xattrs]
+
+
+class NoOpenReadOnlyOperations(ReadOnlyOperations):
+    """``ReadOnlyOperations`` on the no-open path: the kernel opens files and directories itself.
+
+    Only for a pyfuse3 that passes the inode as the handle (``lazyfs.fuse_caps``).
+    Nothing is lost by not seeing opens: the mount is ``ro``, so the kernel
+    refuses opens for writing before they would reach here.
+    """
+
+    @fuse_errors
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
+    @fuse_errors
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        raise pyfuse3.FUSEError(errno.ENOSYS)

@@ -24,6 +24,8 @@ module maps FUSE requests onto it.  Semantics chosen:
 Every handler ends in ``pyfuse3.FUSEError`` (``fuse_errors``): refusals
 directly, anything unexpected as EIO after logging its cause once.
 Blocking file I/O runs in worker threads under ``Upper.limiter``.
+``lazyfs.fuse_write_no_open`` serves the same view without open and
+opendir (the no-open path, see ``lazyfs.fuse_caps``).
 """
 
 from __future__ import annotations
@@ -263,9 +265,7 @@ class WritableOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self.upper.node(inode)
         if fields.update_size:
-            handle = self._files.get(fh) if fh is not None else None
-            fd = handle.fd if handle is not None else None
-            await self.upper.truncate(node, attr.st_size, fd)
+            await self._truncate(node, attr.st_size, fh)
         if fields.update_mode:
             self.upper.set_mode(node, attr.st_mode)
         if fields.update_uid or fields.update_gid:
@@ -279,6 +279,12 @@ class WritableOperations(pyfuse3.Operations):
                 attr.st_mtime_ns if fields.update_mtime else None,
             )
         return self.attributes(node)
+
+    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        """Set ``node``'s size, through ``fh``'s upper fd when it has one (it may be unlinked)."""
+        handle = self._files.get(fh) if fh is not None else None
+        fd = handle.fd if handle is not None else None
+        await self.upper.truncate(node, size, fd)
 
     @fuse_errors
     async def create(

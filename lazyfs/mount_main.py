@@ -11,6 +11,9 @@ serves until:
 - the mount is taken away (``fusermount3 -u``, umount2): it exits 0;
 - SIGTERM or SIGINT: it unmounts, then exits 0.
 
+Its operations take the no-open path where the running pyfuse3 and
+kernel allow it (``lazyfs.fuse_caps``), else today's path with handles.
+
 Options: ``fsname=lazyfs``, ``ro`` unless writable, ``default_permissions`` (the kernel
 checks modes, since other users see the tree), ``nosuid,nodev`` unless
 ``--suid``/``--dev`` say otherwise, and as root ``allow_other``.  See
@@ -32,10 +35,12 @@ from types import FrameType
 import pyfuse3
 import trio
 
+from lazyfs import fuse_caps
 from lazyfs.blob_ranges import ChunkCache, open_layers
 from lazyfs.fuse_debug import log_requests
-from lazyfs.fuse_ops import ReadOnlyOperations
+from lazyfs.fuse_ops import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.fuse_write import WritableOperations
+from lazyfs.fuse_write_no_open import NoOpenWritableOperations
 from lazyfs.index import LayerData, LayerIndex, check_data_present, load_index
 from lazyfs.tree_cache import merged_tree
 from lazyfs.upper import Upper
@@ -96,7 +101,12 @@ def mount_options(*, writable: bool = False, suid: bool = False, dev: bool = Fal
 
 
 def _operations(
-    layers_dir: Path, layers: Sequence[str], upper: Path | None, work: Path | None
+    layers_dir: Path,
+    layers: Sequence[str],
+    upper: Path | None,
+    work: Path | None,
+    *,
+    no_open: bool,
 ) -> ReadOnlyOperations | WritableOperations:
     digests: list[Digest] = []
     data: dict[Digest, LayerData] = {}
@@ -114,10 +124,12 @@ def _operations(
     )
     source = open_layers(data)
     if upper is None:
-        return ReadOnlyOperations(tree, ChunkCache(source))
+        read_only = NoOpenReadOnlyOperations if no_open else ReadOnlyOperations
+        return read_only(tree, ChunkCache(source))
     if work is None:
         raise RuntimeError("a writable mount needs --work beside --upper")
-    return WritableOperations(Upper(tree, upper, work, source), ChunkCache(source))
+    writable = NoOpenWritableOperations if no_open else WritableOperations
+    return writable(Upper(tree, upper, work, source), ChunkCache(source))
 
 
 def _index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex:
@@ -167,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(number, _Stop.handler)
     ready = os.fdopen(args.ready_fd, "wb", buffering=0)
     try:
-        ops = _operations(args.layers_dir, args.layer, args.upper, args.work)
+        no_open = fuse_caps.no_open()
+        ops = _operations(args.layers_dir, args.layer, args.upper, args.work, no_open=no_open)
         if args.debug:
             log_requests(ops)
         writable = args.upper is not None
@@ -178,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready.write(f"{type(error).__name__}: {error}\n".encode())
         ready.close()
         return 1
-    log.info("serving %s (%d inodes)", args.mountpoint, len(ops.tree.inodes))
+    path = "no-open" if no_open else f"open ({fuse_caps.why_not() or fuse_caps.ENV}=0)"
+    log.info("serving %s (%d inodes) on the %s path", args.mountpoint, len(ops.tree.inodes), path)
     ready.write(b"ready\n")
     ready.close()
     try:

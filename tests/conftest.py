@@ -1,5 +1,6 @@
 """Session fixtures shared by the integration and conformance suites: the rich
-test image, built once, in every local form; and no silent skips under CI."""
+test image, built once, in every local form; the FUSE path a test's mounts
+take; and no silent skips under CI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import images
+from tests import fuse_paths, images
 from tests.ci_skips import pytest_runtest_makereport  # noqa: F401  (a hook: pytest finds it here)
 
 RICH_TAG = "1.0"
@@ -18,6 +19,14 @@ def need_tools() -> None:
     missing = [tool for tool in ("umoci", "skopeo") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
+
+
+@pytest.fixture(params=fuse_paths.PATHS)
+def fuse_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The path (``tests.fuse_paths``) the test's FUSE mounts take: each test runs on both."""
+    path: str = request.param
+    fuse_paths.choose(path, monkeypatch.setenv)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """What the backend conformance suite runs against: backend variants and images.
 
-A variant is a backend name and whether the rootfs is asked writable; adding
-a backend to the suite is adding one line to ``VARIANTS``.  Every image of
+A variant is a backend name and whether the rootfs is asked writable (and
+for fuse, which path its mount takes: ``tests.fuse_paths``); adding a
+backend to the suite is adding one line to ``VARIANTS``.  Every image of
 ``cases.CASES`` is built once per session as a docker-archive in one image
 directory, next to what ``umoci unpack`` makes of it.  ``provisioned``
 provisions through the real provisioner and always destroys, also when the
@@ -26,7 +27,7 @@ from lazyfs.docker import DockerProvider
 from lazyfs.provisioner import Provisioner, ProvisionInfo
 from lazyfs.store import Store
 from providers.image_pb2 import Image
-from tests import images
+from tests import fuse_paths, images
 from tests.conformance.cases import CASES
 from tests.tree import Node, diff_trees, tree_digest
 
@@ -45,6 +46,7 @@ class Variant:
     # Whether the rootfs is made by backends.apply in the test's own process,
     # where a test can break it (the fuse backend merges in its mount process).
     applies_in_process: bool = True
+    fuse_path: str | None = None
 
 
 VARIANTS = (
@@ -52,8 +54,18 @@ VARIANTS = (
     Variant("bind", "bind", writable=False, one_layer_only=True),
     Variant("overlay-ro", "overlay", writable=False, needs_overlay=True),
     Variant("overlay-rw", "overlay", writable=True, needs_overlay=True),
-    Variant("fuse-ro", "fuse", writable=False, needs_fuse=True, applies_in_process=False),
-    Variant("fuse-rw", "fuse", writable=True, needs_fuse=True, applies_in_process=False),
+    *(
+        Variant(
+            f"fuse-{mode}{'' if path == fuse_paths.NO_OPEN else '-open'}",
+            "fuse",
+            writable=mode == "rw",
+            needs_fuse=True,
+            applies_in_process=False,
+            fuse_path=path,
+        )
+        for path in fuse_paths.PATHS
+        for mode in ("ro", "rw")
+    ),
 )
 
 
@@ -85,7 +97,9 @@ def overlay_ok(tmp_path_factory: pytest.TempPathFactory) -> bool:
 
 
 @pytest.fixture
-def variant(request: pytest.FixtureRequest, overlay_ok: bool) -> Variant:
+def variant(
+    request: pytest.FixtureRequest, overlay_ok: bool, monkeypatch: pytest.MonkeyPatch
+) -> Variant:
     """The variant the test is parametrized with, skipped where it cannot run."""
     chosen: Variant = request.param
     if os.geteuid() != 0:
@@ -94,6 +108,8 @@ def variant(request: pytest.FixtureRequest, overlay_ok: bool) -> Variant:
         pytest.skip("overlayfs is not usable here")
     if chosen.needs_fuse and not fuse_usable():
         pytest.skip("FUSE is not usable here (/dev/fuse, fusermount3)")
+    if chosen.fuse_path is not None:
+        fuse_paths.choose(chosen.fuse_path, monkeypatch.setenv)
     return chosen
 
 

@@ -1,7 +1,8 @@
 """Every backend gives, for every image, the tree ``umoci unpack`` gives.
 
 Parametrized over ``conftest.VARIANTS`` (copy; bind for one-layer images;
-overlay read-only and writable; fuse read-only): names, types, modes, owners, sizes,
+overlay read-only and writable; fuse read-only and writable, each on both
+FUSE paths: ``tests.fuse_paths``): names, types, modes, owners, sizes,
 contents, link targets, device numbers, xattrs, hardlinks and mtimes, of
 directories too.  Read-only rootfses refuse writes; writable ones take them
 without changing anything shared in the store.  A last test shows the

@@ -85,7 +85,8 @@ def test_debug_logs_every_request_the_mount_serves(lazyfs: Lazyfs, mountpoint: P
 
     assert logged(r"lookup\(1, b'etc'\) -> ino \d+")
     assert logged(r"lookup\(\d+, b'nope'\) -> no entry \(cached\)")
-    assert logged(r"open\(\d+, O_RDONLY\) -> fh \d+")
+    # On the no-open path (lazyfs.fuse_caps) the one open answers ENOSYS.
+    assert logged(r"open\(\d+, O_RDONLY\) -> (fh \d+|ENOSYS)")
     assert logged(r"read\(\d+, 0, \d+\) -> 27 bytes")
 
 

@@ -1,9 +1,12 @@
-"""Teardown shared by the fixtures that make real FUSE mounts."""
+"""Teardown shared by the fixtures that make real FUSE mounts, and what a mount was asked."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,29 @@ def unmount_all(made: list[tuple[Path, int]]) -> None:
     for point, pid in made:
         assert not lazy_mount.is_mounted(point)
         assert not alive(pid)
+
+
+def walk_and_read(root: Path) -> tuple[int, int]:
+    """lstat every entry under ``root`` and read every regular file; (directories, files)."""
+    directories = files = 0
+    for top, _, names in os.walk(root):
+        directories += 1
+        for name in names:
+            path = os.path.join(top, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                files += 1
+                with open(path, "rb") as file:
+                    while file.read(1 << 16):
+                        pass
+    return directories, files
+
+
+def requests(log: bytes) -> Counter[str]:
+    """How many requests of each kind a ``--debug`` mount log shows; forgets left out.
+
+    A request's line is written before it is answered, so a syscall that
+    returned has its requests in the log already.
+    """
+    found = Counter(m.decode() for m in re.findall(rb"lazyfs\.requests: (\w+)\(", log))
+    del found["forget"]  # the kernel drops inodes when it likes
+    return found

@@ -2,7 +2,8 @@
 
 Each test mounts through the ``cow`` fixture, which builds the test's layers,
 mounts them writable with an upper directory of their own, and unmounts and
-checks that the mount process is gone whatever the test did.
+checks that the mount process is gone whatever the test did.  Every test runs
+on both FUSE paths (``fuse_path``: no-open and open).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import errno
 import os
 import stat
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -25,8 +27,9 @@ from lazyfs import mount as lazy_mount
 from lazyfs.tree_cache import tree_path
 from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
 from providers.digest import digest_bytes
+from tests import fuse_paths
 from tests.images import Entry, opaque, whiteout, write_layer
-from tests.integration.fuse_helpers import need_fuse, unmount_all
+from tests.integration.fuse_helpers import need_fuse, requests, unmount_all, walk_and_read
 from tests.tree import is_whiteout
 
 pytestmark = pytest.mark.integration
@@ -42,11 +45,12 @@ class Cow:
     layers: list[LayerFile]
 
 
-Mount = Callable[[Sequence[Sequence[Entry]]], Cow]
+class Mount(Protocol):
+    def __call__(self, layers: Sequence[Sequence[Entry]], *, debug: bool = False) -> Cow: ...
 
 
 @pytest.fixture
-def cow(tmp_path: Path) -> Iterator[Mount]:
+def cow(tmp_path: Path, fuse_path: str) -> Iterator[Mount]:
     """Mounts layers writable, each mount with fresh upper and work; all taken down afterwards."""
     need_fuse()
     made: list[tuple[Path, int]] = []
@@ -54,7 +58,7 @@ def cow(tmp_path: Path) -> Iterator[Mount]:
     layers_dir.mkdir()
     tmp.mkdir()
 
-    def mount(layers: Sequence[Sequence[Entry]]) -> Cow:
+    def mount(layers: Sequence[Sequence[Entry]], *, debug: bool = False) -> Cow:
         n = len(made)
         found = []
         for i, entries in enumerate(layers):
@@ -71,6 +75,7 @@ def cow(tmp_path: Path) -> Iterator[Mount]:
             log_path=tmp_path / "mount.log",
             upper=upper,
             work=work,
+            debug=debug,
         )
         made.append((root, pid))
         return Cow(root, upper, pid, found)
@@ -165,6 +170,30 @@ def test_a_reader_opened_before_a_copy_up_sees_the_new_bytes(cow: Mount) -> None
     assert is_whiteout(m.upper / "big")
 
 
+def test_o_trunc_empties_a_lower_file_and_readers_see_it(cow: Mount) -> None:
+    m = cow([[Entry("big", data=BIG)]])
+    with (m.root / "big").open("rb", buffering=0) as reader:
+        assert reader.read(4) == BIG[:4]
+        (m.root / "big").write_bytes(b"short")  # open(O_WRONLY | O_TRUNC)
+        assert reader.read() == b"t"  # what is left of the new bytes after the 4 read
+    assert (m.root / "big").read_bytes() == (m.upper / "big").read_bytes() == b"short"
+    assert os.stat(m.root / "big").st_size == 5
+
+
+def test_writes_and_truncates_through_an_fd_of_an_unlinked_lower_file(cow: Mount) -> None:
+    m = cow([[Entry("big", data=BIG)]])
+    fd = os.open(m.root / "big", os.O_RDWR)
+    try:
+        os.unlink(m.root / "big")
+        assert os.pwrite(fd, b"NEW", 0) == 3
+        os.ftruncate(fd, 10)
+        assert os.pread(fd, 20, 0) == b"NEW" + BIG[3:10]
+        assert os.fstat(fd).st_size == 10
+    finally:
+        os.close(fd)
+    assert os.listdir(m.root) == [] and is_whiteout(m.upper / "big")
+
+
 def test_hardlink_counts_after_link_and_after_copy_up(cow: Mount) -> None:
     m = cow([[Entry("f", data=b"data"), Entry("h", "hardlink", target="f")]])
     assert os.stat(m.root / "f").st_nlink == 2
@@ -177,6 +206,24 @@ def test_hardlink_counts_after_link_and_after_copy_up(cow: Mount) -> None:
     assert os.stat(m.upper / "f").st_nlink == 3
     (m.root / "g").unlink()
     assert os.stat(m.root / "f").st_nlink == 2
+
+
+def test_untouched_lower_files_cost_no_open_once_warm(
+    cow: Mount, fuse_path: str, tmp_path: Path
+) -> None:
+    layer = [Entry("etc", "dir"), Entry("etc/a", data=b"a" * 5000), Entry("big", data=BIG)]
+    m = cow([layer], debug=True)
+    (m.root / "mine").write_bytes(b"written")  # the mount has been written to, too
+    walk_and_read(m.root)
+    log = tmp_path / "mount.log"
+    warm = len(log.read_bytes())
+    dirs, files = walk_and_read(m.root)
+    second = requests(log.read_bytes()[warm:])
+    if fuse_path == fuse_paths.NO_OPEN:
+        # Attributes of a writable mount expire (fuse_write.TIMEOUT): getattr may come.
+        assert not second.keys() & {"open", "release", "opendir", "releasedir", "flush", "read"}
+    else:  # release and releasedir are sent after close returns: not counted here
+        assert (second["open"], second["opendir"]) == (files, dirs)
 
 
 def test_st_ino_is_stable_across_remounts(cow: Mount, tmp_path: Path) -> None:
@@ -295,7 +342,9 @@ def test_kernel_overlayfs_reads_the_upper_as_the_mount_showed_it(
         subprocess.run(["umount", point], check=True)
 
 
-def test_the_backend_provisions_writable_and_destroy_removes_the_upper(tmp_path: Path) -> None:
+def test_the_backend_provisions_writable_and_destroy_removes_the_upper(
+    tmp_path: Path, fuse_path: str
+) -> None:
     need_fuse()
     blob = write_layer([Entry("etc", "dir"), Entry("etc/a", data=b"a")], tmp_path / "l.tar")
     layer = LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar")

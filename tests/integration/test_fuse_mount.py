@@ -2,7 +2,8 @@
 
 Each test mounts through the ``mounted`` fixture, which unmounts and checks
 that the mount process is gone whatever the test did, so a failing test
-leaves neither a mount nor a process behind.
+leaves neither a mount nor a process behind.  Every test that mounts runs on
+both FUSE paths (``fuse_path``: no-open and open).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -23,11 +25,17 @@ from lazyfs.index import index_path, load_index
 from lazyfs.tree_cache import tree_path
 from providers.digest import Digest, digest_bytes
 from providers.errors import BackendError, UnsafeLayer
-from tests import images
+from tests import fuse_paths, images
 from tests.conformance.conftest import docker, make_provisioner
 from tests.conftest import need_tools
 from tests.images import Entry, whiteout, write_layer
-from tests.integration.fuse_helpers import need_fuse, runs_mount_main, unmount_all
+from tests.integration.fuse_helpers import (
+    need_fuse,
+    requests,
+    runs_mount_main,
+    unmount_all,
+    walk_and_read,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +49,13 @@ LAYERS = [
     [whiteout("etc/gone"), Entry("etc/new", data=b"new\n", mode=0o600, uid=7)],
 ]
 
-Mount = Callable[[Path], int]
+
+class Mount(Protocol):
+    def __call__(self, point: Path, *, debug: bool = False) -> int: ...
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> tuple[Path, Path, list[lazy_mount.MountLayer]]:
+def store(tmp_path: Path, fuse_path: str) -> tuple[Path, Path, list[lazy_mount.MountLayer]]:
     need_fuse()
     layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers_dir.mkdir()
@@ -65,10 +75,15 @@ def mounted(
     layers_dir, tmp, layers = store
     made: list[tuple[Path, int]] = []
 
-    def mount(point: Path) -> int:
+    def mount(point: Path, *, debug: bool = False) -> int:
         point.mkdir(exist_ok=True)
         pid = lazy_mount.mount(
-            layers, point, layers_dir=layers_dir, tmp_dir=tmp, log_path=tmp_path / "mount.log"
+            layers,
+            point,
+            layers_dir=layers_dir,
+            tmp_dir=tmp,
+            log_path=tmp_path / "mount.log",
+            debug=debug,
         )
         made.append((point, pid))
         return pid
@@ -109,6 +124,25 @@ def test_the_tree_reads_and_stays_the_same_across_mounts(
     assert os.statvfs(first).f_files >= 5
     with pytest.raises(OSError, match="Read-only"):
         (first / "etc" / "hosts").write_text("x")
+
+
+def test_a_warm_tree_is_served_by_the_kernel_alone_without_open(
+    mounted: Mount, fuse_path: str, tmp_path: Path
+) -> None:
+    mounted(tmp_path / "m", debug=True)
+    log = tmp_path / "mount.log"
+    walk_and_read(tmp_path / "m")
+    first, warm = requests(log.read_bytes()), len(log.read_bytes())
+    dirs, files = walk_and_read(tmp_path / "m")
+    second = requests(log.read_bytes()[warm:])
+    if fuse_path == fuse_paths.NO_OPEN:
+        assert b"on the no-open path" in log.read_bytes()
+        # One ENOSYS each tells the kernel to stop asking, for the whole mount.
+        assert (first["open"], first["opendir"]) == (1, 1)
+        assert not first["release"] and not first["releasedir"]
+        assert second == {}
+    else:  # release and releasedir are sent after close returns: not counted here
+        assert (second["open"], second["opendir"]) == (files, dirs)
 
 
 def test_a_damaged_index_is_built_again_unless_the_kept_tree_makes_it_unneeded(
@@ -214,7 +248,7 @@ def test_destroy_cleans_up_after_a_killed_mount_process(
 
 @pytest.mark.parametrize("writable", [False, True], ids=["ro", "rw"])
 async def test_recover_cleans_a_container_whose_mount_process_died(
-    tmp_path: Path, writable: bool
+    tmp_path: Path, writable: bool, fuse_path: str
 ) -> None:
     need_fuse()
     need_tools()

@@ -1,4 +1,8 @@
-"""The read-only FUSE operations, called in-process (no mount)."""
+"""The read-only FUSE operations, called in-process (no mount).
+
+Every test runs on both paths (``tests.fuse_paths``): today's, with a handle
+per open, and the no-open one, driven as the kernel drives it.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ import pyfuse3
 import pytest
 
 from lazyfs.blob_ranges import ChunkCache, LocalTars, open_layers
-from lazyfs.fuse_ops import CACHE_TIMEOUT, ReadOnlyOperations
+from lazyfs.fuse_ops import CACHE_TIMEOUT, NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.index import check_data_present, ensure_index
 from lazyfs.tree import ROOT_INO, merge
 from providers.digest import Digest, digest_bytes
+from tests import fuse_paths
 from tests.images import Entry, whiteout, write_layer
 
 CTX = cast(pyfuse3.RequestContext, None)
@@ -34,8 +39,8 @@ LOWER = [
 UPPER = [whiteout("etc/gone"), *(Entry(f"etc/f{i:02}", data=b"%d" % i) for i in range(20))]
 
 
-@pytest.fixture
-def ops(tmp_path: Path) -> ReadOnlyOperations:
+@pytest.fixture(params=fuse_paths.PATHS)
+def ops(tmp_path: Path, request: pytest.FixtureRequest) -> ReadOnlyOperations:
     layers, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers.mkdir()
     tmp.mkdir()
@@ -48,7 +53,11 @@ def ops(tmp_path: Path) -> ReadOnlyOperations:
         index = ensure_index(layers, tmp, digest, blob)
         indexes.append(index)
         tars[digest] = check_data_present(layers, blob, index)
-    return ReadOnlyOperations(merge(indexes), ChunkCache(open_layers(tars), chunk_size=4096))
+    chunks = ChunkCache(open_layers(tars), chunk_size=4096)
+    if request.param == fuse_paths.NO_OPEN:
+        kernel = fuse_paths.NoOpenKernel(NoOpenReadOnlyOperations(merge(indexes), chunks))
+        return cast(ReadOnlyOperations, kernel)
+    return ReadOnlyOperations(merge(indexes), chunks)
 
 
 async def lookup(ops: ReadOnlyOperations, path: str) -> pyfuse3.EntryAttributes:
@@ -145,6 +154,9 @@ async def test_links_xattrs_and_statfs(ops: ReadOnlyOperations) -> None:
     assert stats.f_files == len(ops.tree.inodes) and stats.f_bfree == 0
 
 
+# On the no-open path no open reaches the operations: the kernel refuses
+# writes to the ro mount itself (tests/integration/test_fuse_mount.py).
+@pytest.mark.parametrize("ops", [fuse_paths.OPEN], indirect=True)
 @pytest.mark.parametrize(
     ("path", "flags", "code"),
     [
@@ -158,6 +170,19 @@ async def test_open_refusals(ops: ReadOnlyOperations, path: str, flags: int, cod
     with pytest.raises(pyfuse3.FUSEError) as caught:
         await ops.open(ino, flags, CTX)
     assert caught.value.errno == code
+
+
+@pytest.mark.parametrize("ops", [fuse_paths.NO_OPEN], indirect=True)
+async def test_the_no_open_path_answers_enosys_to_every_open(ops: ReadOnlyOperations) -> None:
+    operations = cast(fuse_paths.NoOpenKernel, ops).ops  # itself, not as the kernel drives it
+    for path, flags in [("etc/passwd", os.O_RDONLY), ("big", os.O_RDWR), ("etc", os.O_RDONLY)]:
+        ino = (await lookup(ops, path)).st_ino
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await operations.open(ino, flags, CTX)
+        assert caught.value.errno == errno.ENOSYS
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await operations.opendir(pyfuse3.InodeT(ROOT_INO), CTX)
+    assert caught.value.errno == errno.ENOSYS
 
 
 async def test_unexpected_failures_are_eio_and_logged(

@@ -1,4 +1,8 @@
-"""The copy-on-write FUSE operations, called in-process (no mount), and the upper they write."""
+"""The copy-on-write FUSE operations, called in-process (no mount), and the upper they write.
+
+Every test runs on both paths (``tests.fuse_paths``): today's, with a handle
+per open, and the no-open one, driven as the kernel drives it.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ import trio.testing
 from lazyfs.blob_ranges import ChunkCache, open_layers
 from lazyfs.fuse_debug import log_requests
 from lazyfs.fuse_write import WritableOperations
+from lazyfs.fuse_write_no_open import NoOpenWritableOperations
 from lazyfs.index import check_data_present, ensure_index
 from lazyfs.tree import ROOT_INO, DataRef, merge
 from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, Upper
 from providers.digest import digest_bytes
+from tests import fuse_paths
 from tests.images import Entry, whiteout, write_layer
 from tests.tree import is_whiteout
 
@@ -41,8 +47,13 @@ LOWER = [
 TOP = [whiteout("etc/gone"), Entry("etc/top", data=b"top\n")]
 
 
-@pytest.fixture
-def ops(tmp_path: Path) -> WritableOperations:
+@pytest.fixture(params=fuse_paths.PATHS)
+def ops(tmp_path: Path, request: pytest.FixtureRequest) -> WritableOperations:
+    return make_ops(tmp_path, request.param)
+
+
+def make_ops(tmp_path: Path, path: str) -> WritableOperations:
+    """The writable view of LOWER and TOP on ``path`` (``tests.fuse_paths``)."""
     layers, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers.mkdir()
     tmp.mkdir()
@@ -57,7 +68,11 @@ def ops(tmp_path: Path) -> WritableOperations:
     upper.mkdir()
     work.mkdir()
     source = open_layers(tars)
-    return WritableOperations(Upper(merge(indexes), upper, work, source), ChunkCache(source))
+    view = Upper(merge(indexes), upper, work, source)
+    if path == fuse_paths.NO_OPEN:
+        kernel = fuse_paths.NoOpenKernel(NoOpenWritableOperations(view, ChunkCache(source)))
+        return cast(WritableOperations, kernel)
+    return WritableOperations(view, ChunkCache(source))
 
 
 def name(text: str) -> pyfuse3.FileNameT:
@@ -87,11 +102,7 @@ def upper(ops: WritableOperations) -> Path:
     return ops.upper.upper
 
 
-def setting(*which: str) -> pyfuse3.SetattrFields:
-    """The fields of a setattr call (pyfuse3's own cannot be made outside it)."""
-    every = ("size", "mode", "uid", "gid", "atime", "mtime", "ctime")
-    fields = SimpleNamespace(**{f"update_{f}": f in which for f in every})
-    return cast(pyfuse3.SetattrFields, fields)
+setting = fuse_paths.setattr_fields
 
 
 async def test_write_copies_up_once_and_the_lower_stays(ops: WritableOperations) -> None:
@@ -284,7 +295,9 @@ async def test_concurrent_writers_copy_the_data_up_once(
     handles: list[pyfuse3.FileInfo] = []
 
     async def open_one() -> None:
-        handles.append(await ops.open(big, os.O_RDWR, CTX))
+        info = await ops.open(big, os.O_RDWR, CTX)
+        await ops.write(info.fh, 0, BIG[:1])  # no-open copies up here, not at open
+        handles.append(info)
 
     async with trio.open_nursery() as nursery:
         for _ in range(10):

@@ -1,0 +1,322 @@
+"""The copy-on-write view on the no-open path: every request names its file by inode.
+
+``NoOpenWritableOperations`` answers ENOSYS to open and opendir, so the
+kernel opens files and directories itself and sends no open, release,
+opendir or releasedir (and, after the first, no flush): a lower file that
+is only read costs Python nothing once its pages are cached.  With the
+patched pyfuse3 (``lazyfs.fuse_caps``) the handle of every request is the
+inode number, so what today's path (``lazyfs.fuse_write``) keeps per
+handle is kept per inode here.  Semantics, the same as today's path's
+where not said otherwise:
+
+- data is copied up by the first request that changes it, not at open: a
+  write copies the bytes up, a truncate copies none (``O_TRUNC`` arrives
+  as a setattr of size 0: ``enable_atomic_o_trunc`` is off, or the kernel
+  would keep it to itself), a metadata change makes a metacopy.  An open
+  for writing that never writes copies nothing;
+- a read goes wherever the bytes are now: the lower layer until they are
+  copied up, the upper file after, so every open file sees a copy-up at
+  once, as the kernel's one page cache per inode does;
+- a copied-up file losing its last name (unlink, or a rename over it)
+  keeps an fd on its upper file (``_pinned``) until the kernel forgets the
+  inode, so a process that has it open keeps reading and writing it.  A
+  file whose bytes were still in a lower layer keeps reading them there;
+  its first write copies them into an anonymous file in ``work``;
+- the kernel's lookup count of every inode that may be a regular file is
+  kept (``_lookups``), to know when it forgets one;
+- a directory offset is a listing's generation and a position in it:
+  readdir at offset 0 takes a snapshot of the directory, later offsets
+  continue in it, so entries added or removed meanwhile never make another
+  one skipped or listed twice.  The kernel caches the listing, and drops
+  it when the directory changes through the mount.  The last ``SNAPSHOTS``
+  snapshots are kept; a reader coming back to one dropped since continues
+  at the same position in a new one;
+- a created file's handle is its inode too (create still opens, so the
+  kernel sends a release for it, which has nothing to do).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import stat
+import tempfile
+from collections.abc import Sequence
+
+import pyfuse3
+import trio
+
+from lazyfs.blob_ranges import ChunkCache, RangeReader
+from lazyfs.fuse_ops import fuse_errors, read_lower
+from lazyfs.fuse_write import WritableOperations
+from lazyfs.tree import DataRef, InodeNo
+from lazyfs.upper import Copy, Node, Upper, fail
+
+SNAPSHOTS = 64
+_POSITION_BITS = 32
+_POSITIONS = (1 << _POSITION_BITS) - 1
+_GENERATIONS = (1 << 31) - 1  # offsets are signed 64-bit: keep them positive
+_COPY_BLOCK = 1 << 20
+
+Listing = list[tuple[bytes, InodeNo]]
+
+
+class NoOpenWritableOperations(WritableOperations):
+    """``WritableOperations`` on the no-open path (see the module docstring)."""
+
+    # Read by the patched pyfuse3 at init: O_TRUNC must reach us as a setattr.
+    enable_atomic_o_trunc = False
+
+    def __init__(self, upper: Upper, chunks: ChunkCache) -> None:
+        super().__init__(upper, chunks)
+        self._lookups: dict[InodeNo, int] = {}
+        self._pinned: dict[InodeNo, int] = {}
+        self._snapshots: dict[tuple[InodeNo, int], Listing] = {}
+        self._generations = itertools.count(1)
+
+    def _counted(self, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """``entry``, counted as one lookup of its inode by the kernel."""
+        if entry.st_ino:
+            ino = InodeNo(entry.st_ino)
+            self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        return entry
+
+    # -- what the kernel does itself here -----------------------------------------------
+
+    @fuse_errors
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        raise fail(errno.ENOSYS)
+
+    @fuse_errors
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        raise fail(errno.ENOSYS)
+
+    @fuse_errors
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        """Only created files are released, and their handle holds nothing."""
+
+    @fuse_errors
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        """Never sent once opendir answered ENOSYS."""
+
+    # -- lookup counts --------------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._counted(await super().lookup(parent_inode, name, ctx))
+
+    @fuse_errors
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        return self._counted(await super().mknod(parent_inode, name, mode, rdev, ctx))
+
+    @fuse_errors
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        return self._counted(await super().link(inode, new_parent_inode, new_name, ctx))
+
+    @fuse_errors
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
+        node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid)
+        entry = self._counted(self.attributes(node))
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(node.ino)), entry
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        """Drop the kernel's lookups; an inode it no longer knows lets go of its pinned fd."""
+        for inode, count in inode_list:
+            ino = InodeNo(inode)
+            left = self._lookups.get(ino, 0) - count
+            if left > 0:
+                self._lookups[ino] = left
+                continue
+            # mkdir and symlink are not counted (never pinned): their count may go below 0.
+            self._lookups.pop(ino, None)
+            fd = self._pinned.pop(ino, None)
+            if fd is not None:
+                os.close(fd)
+
+    # -- directories ----------------------------------------------------------------------
+
+    @fuse_errors
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        directory = InodeNo(fh)
+        generation, position = start_id >> _POSITION_BITS, start_id & _POSITIONS
+        listing = self._snapshots.pop((directory, generation), None)
+        if start_id == 0 or listing is None:
+            generation, listing = next(self._generations) & _GENERATIONS, self._snapshot(fh)
+        self._snapshots[directory, generation] = listing  # the most recently used: last
+        while len(self._snapshots) > SNAPSHOTS:
+            del self._snapshots[next(iter(self._snapshots))]
+        for index in range(position, len(listing)):
+            name, child = listing[index]
+            entry = self.attributes(self.upper.node(child))
+            next_id = generation << _POSITION_BITS | (index + 1)
+            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, next_id):
+                return
+            if index >= 2:  # not . or ..: the kernel counts a lookup of each entry
+                self._counted(entry)
+
+    def _snapshot(self, inode: int) -> Listing:
+        node = self.upper.directory(inode)
+        # The root, and a directory removed meanwhile, have no parent but themselves.
+        parent = node.names[0][0] if node.names else node.ino
+        return [(b".", node.ino), (b"..", parent), *self.upper.listing(inode)]
+
+    # -- file data ------------------------------------------------------------------------
+
+    def _upper_fd(self, node: Node, mode: int) -> tuple[int, bool]:
+        """An fd on ``node``'s upper file, and whether the caller must close it.
+
+        Opened here, without yielding, so no rename moves another file into
+        the path between finding and opening it.
+        """
+        pinned = self._pinned.get(node.ino)
+        if pinned is not None:
+            return pinned, False
+        return os.open(self.upper.path(node), mode | os.O_CLOEXEC), True
+
+    @fuse_errors
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        node = self.upper.node(fh)
+        if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
+            return await read_lower(self.chunks, node.lower_data, off, size)
+        fd, owned = self._upper_fd(node, os.O_RDONLY)
+        try:
+            return await trio.to_thread.run_sync(
+                os.pread, fd, size, off, limiter=self.upper.limiter
+            )
+        finally:
+            if owned:
+                os.close(fd)
+
+    @fuse_errors
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        node = self.upper.node(fh)
+        if not stat.S_ISREG(node.mode):
+            raise fail(errno.EINVAL)
+        await self._copy_up_for_writing(node)
+        fd, owned = self._upper_fd(node, os.O_WRONLY)
+        try:
+            written: int = await trio.to_thread.run_sync(
+                os.pwrite, fd, buf, off, limiter=self.upper.limiter
+            )
+        finally:
+            if owned:
+                os.close(fd)
+        node.size = max(node.size, off + written)
+        self.upper.touch(node)
+        return written
+
+    @fuse_errors
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        node = self.upper.node(fh)
+        if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
+            return  # nothing of it written in upper
+        fd, owned = self._upper_fd(node, os.O_RDONLY)
+        try:
+            sync = os.fdatasync if datasync else os.fsync
+            await trio.to_thread.run_sync(sync, fd, limiter=self.upper.limiter)
+        finally:
+            if owned:
+                os.close(fd)
+
+    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        if stat.S_ISREG(node.mode) and not node.names and node.copy is not Copy.DATA:
+            await self._copy_up_anonymous(node)
+        await self.upper.truncate(node, size, self._pinned.get(node.ino))
+
+    async def _copy_up_for_writing(self, node: Node) -> None:
+        if node.names:
+            await self.upper.copy_up_data(node)
+        elif node.copy is not Copy.DATA:
+            await self._copy_up_anonymous(node)
+
+    async def _copy_up_anonymous(self, node: Node) -> None:
+        """Copy the lower bytes of unlinked ``node`` into a file with no name, pinned.
+
+        Concurrent callers wait for the first (the node's lock, as ``copy_up_data``).
+        """
+        async with node.lock:
+            if node.copy is Copy.DATA:
+                return
+            fd = _anonymous_file(self.upper.work)
+            try:
+                data = node.lower_data
+                if data is not None:
+                    reader = self.upper.reader
+                    await trio.to_thread.run_sync(
+                        _copy_into, reader, data, fd, limiter=self.upper.limiter
+                    )
+            except BaseException:
+                os.close(fd)
+                raise
+            self._pinned[node.ino] = fd
+            node.copy = Copy.DATA
+
+    def _pin_readers(self, node: Node | None) -> None:
+        """Keep an fd on copied-up ``node`` before its last name goes, for whoever has it open."""
+        if (
+            node is None
+            or node.copy is not Copy.DATA
+            or not stat.S_ISREG(node.mode)
+            or len(node.names) > 1
+            or node.ino in self._pinned
+            or self._lookups.get(node.ino, 0) <= 0  # no forget would ever let go of it
+        ):
+            return
+        self._pinned[node.ino] = os.open(self.upper.path(node), os.O_RDWR | os.O_CLOEXEC)
+
+
+def _anonymous_file(directory: os.PathLike[str]) -> int:
+    """A read-write fd on a new file in ``directory`` that has no name there."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR):
+            raise
+    # A filesystem without O_TMPFILE: a name, gone before anyone could use it.
+    fd, path = tempfile.mkstemp(dir=directory)
+    os.unlink(path)
+    return fd
+
+
+def _copy_into(reader: RangeReader, data: DataRef, fd: int) -> None:
+    # Runs in a worker thread: blocking reads and writes only, no trio.
+    done = 0
+    while done < data.size:
+        chunk = reader.read_range(
+            data.digest, data.offset + done, min(_COPY_BLOCK, data.size - done)
+        )
+        if not chunk:
+            raise OSError(errno.EIO, f"layer {data.digest} ended early at {done}")
+        os.pwrite(fd, chunk, done)
+        done += len(chunk)

@@ -1,0 +1,174 @@
+"""The copy-on-write operations without open: what only that path does, and what both must.
+
+In-process, as ``tests/unit/test_fuse_write.py`` (whose image and helpers
+these tests share); the no-open path is driven as the kernel drives it
+(``tests.fuse_paths.NoOpenKernel``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import pyfuse3
+import pytest
+
+from lazyfs.fuse_write import WritableOperations
+from lazyfs.fuse_write_no_open import SNAPSHOTS
+from lazyfs.tree import ROOT_INO
+from tests import fuse_paths
+from tests.tree import is_whiteout
+from tests.unit.test_fuse_write import BIG, CTX, ino, make_ops, name, setting
+
+
+@pytest.fixture(params=fuse_paths.PATHS)
+def ops(tmp_path: Path, request: pytest.FixtureRequest) -> WritableOperations:
+    return make_ops(tmp_path, request.param)
+
+
+@pytest.fixture
+def no_open(tmp_path: Path) -> WritableOperations:
+    return make_ops(tmp_path, fuse_paths.NO_OPEN)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+class Listing:
+    """readdir with room for ``room`` entries per call, as a small kernel buffer gives."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+        self.room = room
+        self.left = room
+        self.batch: list[tuple[bytes, int]] = []
+        monkeypatch.setattr(pyfuse3, "readdir_reply", self.reply)
+
+    def reply(self, token: Any, entry_name: bytes, attr: Any, next_id: int) -> bool:
+        if self.left == 0:
+            return False
+        self.left -= 1
+        self.batch.append((entry_name, next_id))
+        return True
+
+    async def next_batch(self, ops: WritableOperations, fh: int, offset: int) -> list[bytes]:
+        self.left, self.batch = self.room, []
+        await ops.readdir(pyfuse3.FileHandleT(fh), offset, cast(pyfuse3.ReaddirToken, None))
+        return [entry for entry, _ in self.batch]
+
+
+async def make_files(ops: WritableOperations, count: int) -> pyfuse3.InodeT:
+    many = (await ops.mkdir(ROOT_INO, name("many"), 0o755, CTX)).st_ino
+    for i in range(count):
+        info, _ = await ops.create(many, name(f"f{i:02}"), 0o644, os.O_WRONLY, CTX)
+        await ops.release(info.fh)
+    return many
+
+
+async def test_names_removed_while_listing_never_make_others_skipped(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``rm -r`` does: list a few, remove them, list on from the offset it was given."""
+    many = await make_files(ops, 20)
+    listing = Listing(monkeypatch, room=3)
+    fh = await ops.opendir(many, CTX)
+    seen, offset = [], 0
+    for _ in range(20):  # bounded: a broken readdir may never reach the end
+        if not (batch := await listing.next_batch(ops, fh, offset)):
+            break
+        offset = listing.batch[-1][1]
+        seen += batch
+        for entry in batch:
+            if entry not in (b".", b".."):
+                await ops.unlink(many, pyfuse3.FileNameT(entry), CTX)
+    await ops.releasedir(fh)
+    assert seen == [b".", b"..", *(b"f%02d" % i for i in range(20))]
+    assert ops.upper.listing(many) == []
+
+
+async def test_names_added_while_listing_never_make_others_listed_twice(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = await make_files(ops, 10)
+    listing = Listing(monkeypatch, room=4)
+    fh = await ops.opendir(many, CTX)
+    seen, offset = [], 0
+    for _ in range(20):  # bounded: a broken readdir may never reach the end
+        if not (batch := await listing.next_batch(ops, fh, offset)):
+            break
+        offset = listing.batch[-1][1]
+        seen += batch
+        info, _ = await ops.create(many, name(f"a{len(seen)}"), 0o644, os.O_WRONLY, CTX)
+        await ops.release(info.fh)  # sorts before every f: would shift positions
+    await ops.releasedir(fh)
+    assert seen == [b".", b"..", *(b"f%02d" % i for i in range(10))]
+
+
+async def test_a_reader_continues_in_a_new_snapshot_once_its_own_was_dropped(
+    no_open: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = await make_files(no_open, 6)
+    listing = Listing(monkeypatch, room=4)
+    first = await listing.next_batch(no_open, many, 0)
+    offset = listing.batch[-1][1]
+    for _ in range(SNAPSHOTS):  # other listings push this one's snapshot out
+        await listing.next_batch(no_open, ROOT_INO, 0)
+    rest = await listing.next_batch(no_open, many, offset)
+    assert first + rest == [b".", b"..", *(b"f%02d" % i for i in range(6))]
+
+
+async def test_a_lower_file_unlinked_while_open_takes_writes_and_truncates(
+    ops: WritableOperations,
+) -> None:
+    big = await ino(ops, "big")
+    info = await ops.open(big, os.O_RDWR, CTX)
+    await ops.unlink(ROOT_INO, name("big"), CTX)
+    assert await ops.write(info.fh, 0, b"NEW") == 3
+    assert await ops.read(info.fh, 0, 5) == b"NEW" + BIG[3:5]
+    attr = pyfuse3.EntryAttributes()
+    attr.st_size = 4
+    await ops.setattr(big, attr, setting("size"), info.fh, CTX)
+    assert await ops.read(info.fh, 0, 10) == b"NEW" + BIG[3:4]
+    await ops.release(info.fh)
+    assert is_whiteout(ops.upper.upper / "big")
+    assert list(ops.upper.work.iterdir()) == []  # the copy has no name anywhere
+
+
+async def test_opening_for_writing_copies_nothing_until_something_changes(
+    no_open: WritableOperations,
+) -> None:
+    passwd = await ino(no_open, "etc/passwd")
+    info = await no_open.open(passwd, os.O_WRONLY, CTX)
+    await no_open.release(info.fh)
+    assert not (no_open.upper.upper / "etc").exists()
+    info = await no_open.open(passwd, os.O_WRONLY, CTX)
+    await no_open.write(info.fh, 0, b"R")
+    await no_open.release(info.fh)
+    assert (no_open.upper.upper / "etc" / "passwd").read_bytes() == b"Root\n"
+
+
+async def test_o_trunc_empties_a_lower_file_through_setattr(no_open: WritableOperations) -> None:
+    big = await ino(no_open, "big")
+    reader = await no_open.open(big, os.O_RDONLY, CTX)
+    assert await no_open.read(reader.fh, 0, 3) == BIG[:3]
+    await no_open.open(big, os.O_WRONLY | os.O_TRUNC, CTX)  # the kernel sends a setattr
+    assert (no_open.upper.upper / "big").read_bytes() == b""
+    assert await no_open.read(reader.fh, 0, 3) == b""
+
+
+async def test_an_unlinked_file_keeps_its_fd_until_the_kernel_forgets_it(
+    no_open: WritableOperations,
+) -> None:
+    before = open_fds()
+    info, attrs = await no_open.create(ROOT_INO, name("f"), 0o644, os.O_WRONLY, CTX)
+    await no_open.write(info.fh, 0, b"data")
+    await no_open.release(info.fh)
+    assert await ino(no_open, "f") == attrs.st_ino  # the kernel's second lookup of it
+    reader = await no_open.open(attrs.st_ino, os.O_RDONLY, CTX)
+    await no_open.unlink(ROOT_INO, name("f"), CTX)
+    assert open_fds() != before
+    await no_open.forget([(attrs.st_ino, 1)])  # one of two lookups: it is still known
+    assert await no_open.read(reader.fh, 0, 10) == b"data"
+    await no_open.forget([(attrs.st_ino, 1)])
+    assert open_fds() == before
