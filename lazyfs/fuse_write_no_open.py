@@ -47,11 +47,12 @@ from collections.abc import Sequence
 import pyfuse3
 import trio
 
-from lazyfs.blob_ranges import ChunkCache, RangeReader
+from lazyfs.blob_ranges import ChunkCache
 from lazyfs.fuse_ops import fuse_errors, read_lower
 from lazyfs.fuse_write import WritableOperations
-from lazyfs.tree import DataRef, InodeNo
+from lazyfs.tree import InodeNo
 from lazyfs.upper import Copy, Node, Upper, fail
+from lazyfs.upper_state import copy_lower_into
 
 SNAPSHOTS = 64
 _POSITION_BITS = 32
@@ -274,7 +275,7 @@ class NoOpenWritableOperations(WritableOperations):
                 if data is not None:
                     reader = self.upper.reader
                     await trio.to_thread.run_sync(
-                        _copy_into, reader, data, fd, limiter=self.upper.limiter
+                        copy_lower_into, reader, data, fd, limiter=self.upper.limiter
                     )
             except BaseException:
                 os.close(fd)
@@ -307,16 +308,3 @@ def _anonymous_file(directory: os.PathLike[str]) -> int:
     fd, path = tempfile.mkstemp(dir=directory)
     os.unlink(path)
     return fd
-
-
-def _copy_into(reader: RangeReader, data: DataRef, fd: int) -> None:
-    # Runs in a worker thread: blocking reads and writes only, no trio.
-    done = 0
-    while done < data.size:
-        chunk = reader.read_range(
-            data.digest, data.offset + done, min(_COPY_BLOCK, data.size - done)
-        )
-        if not chunk:
-            raise OSError(errno.EIO, f"layer {data.digest} ended early at {done}")
-        os.pwrite(fd, chunk, done)
-        done += len(chunk)

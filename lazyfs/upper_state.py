@@ -273,18 +273,7 @@ class UpperState:
         # Runs in a worker thread: blocking reads and writes only, no trio.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            for start, length, stored in data_extents(data.extents, data.size):
-                done = 0
-                while done < length:
-                    where = data.offset + stored + done
-                    chunk = self.reader.read_range(
-                        data.digest, where, min(COPY_BLOCK, length - done)
-                    )
-                    if not chunk:
-                        raise OSError(errno.EIO, f"layer {data.digest} ended early at {where}")
-                    os.pwrite(fd, chunk, start + done)
-                    done += len(chunk)
-            os.ftruncate(fd, data.size)  # a sparse file's holes stay holes
+            copy_lower_into(self.reader, data, fd)
             os.fsync(fd)  # the rename must not publish a file whose bytes are not there
         except BaseException:
             os.close(fd)
@@ -352,3 +341,20 @@ class UpperState:
             os.setxattr(self.path(node), name, value, follow_symlinks=False)
             node.xattrs[name] = value
         self.touch(node, data=False)
+
+
+def copy_lower_into(reader: RangeReader, data: DataRef, fd: int) -> None:
+    """Write the lower file ``data`` into ``fd`` from offset 0: its extents, holes left as holes.
+
+    Blocking (a worker thread's job).  Raises OSError(EIO) if the layer ends early.
+    """
+    for start, length, stored in data_extents(data.extents, data.size):
+        done = 0
+        while done < length:
+            where = data.offset + stored + done
+            chunk = reader.read_range(data.digest, where, min(COPY_BLOCK, length - done))
+            if not chunk:
+                raise OSError(errno.EIO, f"layer {data.digest} ended early at {where}")
+            os.pwrite(fd, chunk, start + done)
+            done += len(chunk)
+    os.ftruncate(fd, data.size)

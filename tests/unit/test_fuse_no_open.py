@@ -14,10 +14,14 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 
+from lazyfs.blob_ranges import ChunkCache, open_layers
 from lazyfs.fuse_write import WritableOperations
-from lazyfs.fuse_write_no_open import SNAPSHOTS
-from lazyfs.tree import ROOT_INO
-from tests import fuse_paths
+from lazyfs.fuse_write_no_open import SNAPSHOTS, NoOpenWritableOperations
+from lazyfs.index import check_data_present, ensure_index
+from lazyfs.tree import ROOT_INO, merge
+from lazyfs.upper import Upper
+from providers.digest import digest_bytes
+from tests import fuse_paths, sparse
 from tests.tree import is_whiteout
 from tests.unit.test_fuse_write import BIG, CTX, ino, make_ops, name, setting
 
@@ -172,3 +176,30 @@ async def test_an_unlinked_file_keeps_its_fd_until_the_kernel_forgets_it(
     assert await no_open.read(reader.fh, 0, 10) == b"data"
     await no_open.forget([(attrs.st_ino, 1)])
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("form", sparse.FORMS)
+async def test_an_unlinked_sparse_file_is_copied_as_its_data_and_holes(
+    tmp_path: Path, form: str
+) -> None:
+    """Never as the raw tar after its stored data, which holds the next entry (etc/shadow)."""
+    tar = sparse.gnu_tar(sparse.make_tree(tmp_path / "tree"), tmp_path / "layer.tar", form)
+    layers, tmp, upper, work = (tmp_path / d for d in ("layers", "tmp", "upper", "work"))
+    for directory in (layers, tmp, upper, work):
+        directory.mkdir()
+    digest = digest_bytes(tar.read_bytes())
+    index = ensure_index(layers, tmp, digest, tar)
+    source = open_layers({digest: check_data_present(layers, tar, index)})
+    view = Upper(merge([index]), upper, work, source)
+    ops = fuse_paths.NoOpenKernel(NoOpenWritableOperations(view, ChunkCache(source)))
+    etc = await ino(ops, "etc")  # type: ignore[arg-type]
+    public = (await ops.lookup(etc, name("public"), CTX)).st_ino
+    info = await ops.open(public, os.O_RDWR, CTX)
+    await ops.unlink(etc, name("public"), CTX)
+    assert await ops.write(info.fh, 0, b"P") == 1
+    want = b"P" + sparse.expected("etc/public")[1:]
+    got = b""
+    while chunk := await ops.read(info.fh, len(got), 1 << 20):
+        got += chunk
+    await ops.release(info.fh)
+    assert got == want
