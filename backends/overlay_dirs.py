@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.apply import OVERLAY_OPAQUE, OVERLAY_XATTR_PREFIX
+from backends.apply_tree import OVERLAY_OPAQUE, OVERLAY_XATTR_PREFIX
 from providers.errors import BackendError
 from providers.layer_rules import RelPath
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.apply import OVERLAY_OPAQUE, apply_layer
+from backends.apply import apply_layer
+from backends.apply_tree import OVERLAY_OPAQUE
 from providers.errors import BackendError, UnsafeLayer
 from providers.layer_rules import RelPath
 from tests.tree import is_whiteout
