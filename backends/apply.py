@@ -7,8 +7,10 @@ neither is atomic: on error ``root`` holds part of the layer and the caller
 throws it away.  The stream is read to its end, so a decompressor's trailer
 check (gzip CRC) runs, but it is not closed.
 
-What an entry means is decided by ``providers.layer_rules``; this module does
-it to a real directory the way containerd and umoci do:
+What an entry means, and whether it is refused, is decided by
+``providers.layer_entry`` (its names by ``providers.layer_rules``), as for
+the merged FUSE tree; this module does it to a real directory the way
+containerd and umoci do:
 
 - a directory over a directory keeps the directory and its contents and takes
   the new attributes (mode, owner, mtime, xattrs); any other entry replaces
@@ -38,11 +40,11 @@ With ``whiteouts="overlay"`` one layer goes alone into an empty directory in
 overlayfs' lower-layer form and nothing is removed: ``.wh.NAME`` becomes a
 0/0 character device (or marks the layer's own directory NAME opaque), and
 ``.wh..wh..opq`` sets ``trusted.overlay.opaque=y``; the layer's own entries
-still win.  Image xattrs ``trusted.overlay.*`` are dropped (they would steer
-overlayfs) and real 0/0 character devices refused (they would be whiteouts).
-Whiteouts need root.  The safety rules are as above; symlinked parents are
-followed within the layer only.  Both modes return the directories the layer
-made without a header: a union gives them a lower layer's attributes.
+still win.  (Image xattrs ``trusted.overlay.*`` and 0/0 character devices,
+which would steer overlayfs, never get this far.)  Whiteouts need root.  The
+safety rules are as above; symlinked parents are followed within the layer
+only.  Both modes return the directories the layer made without a header: a
+union gives them a lower layer's attributes.
 """
 
 from __future__ import annotations
@@ -64,18 +66,10 @@ from backends.apply_tree import (
 from backends.base import LayerFile
 from providers import layer_rules as rules
 from providers.compression import decompressed
-from providers.errors import BackendError, BadImage, bad_entry
+from providers.errors import BadImage
+from providers.layer_entry import EntryKind, LayerEntry, classify_member
 from providers.layer_rules import RelPath
-from providers.tar_stream import (
-    CHUNK,
-    MAX_ENTRIES,
-    MAX_ENTRY_SIZE,
-    MAX_ID,
-    CheckedTarInfo,
-    LayerReader,
-    pax_mtime_ns,
-    pax_xattrs,
-)
+from providers.tar_stream import CHUNK, MAX_ENTRIES, CheckedTarInfo, LayerReader
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +77,11 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 # xattrs a filesystem cannot store or we may not set: reported, not fatal.
 _SKIPPABLE_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
 Whiteouts = Literal["apply", "overlay"]
+_NODE_TYPES = {
+    EntryKind.FIFO: stat.S_IFIFO,
+    EntryKind.CHAR: stat.S_IFCHR,
+    EntryKind.BLOCK: stat.S_IFBLK,
+}
 
 
 def apply_layers(
@@ -132,7 +131,7 @@ def apply_layer(
 
 
 class _Entry:
-    """One tar member, applied to the tree."""
+    """One tar member, applied to the tree as ``providers.layer_entry`` classifies it."""
 
     def __init__(self, tree: Tree, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         self.tree = tree
@@ -143,70 +142,56 @@ class _Entry:
 
     def apply(self) -> None:
         try:
-            self._apply()
+            self._apply(classify_member(self.member, layer=self.layer))
         except OSError as error:
             raise backend_error(self.layer, self.name, error) from error
-        except OverflowError as error:
-            # Numbers no syscall takes (device numbers) come from the archive.
-            raise bad_entry(self.layer, self.name, f"has impossible values: {error}") from error
         finally:
             self.tree.release()
 
-    def _apply(self) -> None:
-        rule = rules.rule_for(self.name, layer=self.layer)
+    def _apply(self, entry: LayerEntry) -> None:
+        rule, tree = entry.rule, self.tree
         if rule.action is rules.Action.IGNORE:
             return
         if rule.action is rules.Action.WHITEOUT:
-            self.tree.whiteout(rule.path, self.name)
+            tree.whiteout(rule.path, self.name)
             return
         if rule.action is rules.Action.OPAQUE:
-            self.tree.opaque(rule.path, self.name)
+            tree.opaque(rule.path, self.name)
             return
-        member, path, tree = self.member, rule.path, self.tree
-        if member.size > MAX_ENTRY_SIZE:
-            raise bad_entry(self.layer, self.name, f"claims {member.size} bytes")
+        for reason in entry.dropped:
+            tree.skipped[reason] += 1
+        path, kind = rule.path, entry.kind
         if not path:
-            if not member.isdir():
-                raise bad_entry(self.layer, self.name, "is the root but not a directory")
-            self._attributes(tree.root_fd, tree.root_fd, ".", replace_xattrs=True)
-            tree.defer_dir((), member.mode & 0o7777, self._mtime_ns())
+            self._attributes(entry, tree.root_fd, tree.root_fd, ".", replace_xattrs=True)
+            tree.defer_dir((), entry.mode, entry.mtime_ns)
             return
         found = tree.walk(path[:-1], self.name, create=True)
         assert found is not None  # walk with create either finds, makes or raises
         parent_fd, parent = found
         name = path[-1]
         resolved = (*parent, name)
-        if member.isdir():
+        if kind is EntryKind.DIR:
             fd, existed = tree.make_dir(path, parent_fd, resolved)
-            self._attributes(fd, parent_fd, name, replace_xattrs=existed)
-            tree.defer_dir(resolved, member.mode & 0o7777, self._mtime_ns())
-        elif member.isreg():
-            self._regular(parent_fd, name)
-        elif member.issym():
-            target = member.linkname
-            rules.check_symlink_target(target, layer=self.layer, entry=self.name)
+            self._attributes(entry, fd, parent_fd, name, replace_xattrs=existed)
+            tree.defer_dir(resolved, entry.mode, entry.mtime_ns)
+        elif kind is EntryKind.FILE:
+            self._regular(entry, parent_fd, name)
+        elif kind is EntryKind.SYMLINK:
+            target = entry.target
             tree.create(parent_fd, name, lambda: os.symlink(target, name, dir_fd=parent_fd))
-            self._attributes(None, parent_fd, name)
-        elif member.islnk():
-            target_path = rules.hardlink_target(member.linkname, layer=self.layer, entry=self.name)
+            self._attributes(entry, None, parent_fd, name)
+        elif kind is EntryKind.HARDLINK:
             # The link shares its target's inode and so its attributes.
-            tree.hardlink(target_path, parent_fd, resolved, self.name)
-        elif member.ischr() or member.isblk() or member.isfifo():
-            if not member.isfifo() and not tree.privileged:
+            tree.hardlink(entry.link, parent_fd, resolved, self.name)
+        else:
+            if kind is not EntryKind.FIFO and not tree.privileged:
                 tree.skipped["device nodes (making them needs root)"] += 1
                 tree.skipped_paths.add(resolved)
                 return
-            if tree.overlay and member.ischr() and member.devmajor == member.devminor == 0:
-                raise BackendError(
-                    f"layer {self.layer}: entry {self.name!r} is a 0/0 character device, "
-                    "which overlayfs would take for a whiteout"
-                )
-            self._node(parent_fd, name)
-        else:
-            raise bad_entry(self.layer, self.name, f"has the unsupported tar type {member.type!r}")
+            self._node(entry, parent_fd, name)
         tree.mark_created(resolved)
 
-    def _regular(self, parent_fd: int, name: str) -> None:
+    def _regular(self, entry: LayerEntry, parent_fd: int, name: str) -> None:
         fd = self.tree.create(
             parent_fd, name, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
         )
@@ -218,27 +203,27 @@ class _Entry:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-            self._attributes(fd, parent_fd, name)
+            self._attributes(entry, fd, parent_fd, name)
         finally:
             os.close(fd)
 
-    def _node(self, parent_fd: int, name: str) -> None:
-        member = self.member
-        if member.isfifo():
-            kind, device = stat.S_IFIFO, 0
-        else:
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            device = os.makedev(member.devmajor, member.devminor)
+    def _node(self, entry: LayerEntry, parent_fd: int, name: str) -> None:
+        assert entry.kind is not None  # only written entries get here
+        kind = _NODE_TYPES[entry.kind]
+        device = os.makedev(*entry.rdev)
         self.tree.create(
             parent_fd, name, lambda: os.mknod(name, kind | 0o600, device, dir_fd=parent_fd)
         )
-        self._attributes(None, parent_fd, name)
-
-    def _mtime_ns(self) -> int:
-        return pax_mtime_ns(self.member, self.layer)
+        self._attributes(entry, None, parent_fd, name)
 
     def _attributes(
-        self, fd: int | None, parent_fd: int, name: str, *, replace_xattrs: bool = False
+        self,
+        entry: LayerEntry,
+        fd: int | None,
+        parent_fd: int,
+        name: str,
+        *,
+        replace_xattrs: bool = False,
     ) -> None:
         """Owner, then mode, xattrs and mtime: chown clears setuid and capabilities.
 
@@ -246,43 +231,28 @@ class _Entry:
         regular files); otherwise ``name`` in ``parent_fd`` is changed
         without following it.  Directories get mode and mtime in ``finish``.
         """
-        member = self.member
         if self.tree.privileged:
-            if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
-                raise bad_entry(self.layer, self.name, f"has the owner {member.uid}:{member.gid}")
             if fd is not None:
-                os.fchown(fd, member.uid, member.gid)
+                os.fchown(fd, entry.uid, entry.gid)
             else:
-                os.chown(name, member.uid, member.gid, dir_fd=parent_fd, follow_symlinks=False)
-        directory = member.isdir()
-        if not directory and not member.issym():
+                os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+        directory = entry.kind is EntryKind.DIR
+        if not directory and entry.kind is not EntryKind.SYMLINK:
             if fd is not None:
-                os.fchmod(fd, member.mode & 0o7777)
+                os.fchmod(fd, entry.mode)
             else:
-                os.chmod(name, member.mode & 0o7777, dir_fd=parent_fd, follow_symlinks=False)
-        xattrs = self._xattrs()
-        if xattrs or replace_xattrs:
+                os.chmod(name, entry.mode, dir_fd=parent_fd, follow_symlinks=False)
+        if entry.xattrs or replace_xattrs:
             # Symlinks and nodes cannot be opened safely; reach them through
             # their pinned parent, without following the last component.
             where: int | str = fd if fd is not None else f"/proc/self/fd/{parent_fd}/{name}"
-            self._set_xattrs(where, xattrs, replace=replace_xattrs)
+            self._set_xattrs(where, dict(entry.xattrs), replace=replace_xattrs)
         if not directory:
-            mtime_ns = self._mtime_ns()
+            times = (entry.mtime_ns, entry.mtime_ns)
             if fd is not None:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                os.utime(fd, ns=times)
             else:
-                os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
-
-    def _xattrs(self) -> dict[str, bytes]:
-        if not self.member.pax_headers:
-            return {}
-        found = pax_xattrs(self.member, self.layer)
-        if self.tree.overlay:
-            for name in [n for n in found if n.startswith(OVERLAY_XATTR_PREFIX)]:
-                # They would forge whiteouts, opaque dirs or redirects.
-                del found[name]
-                self.tree.skipped["overlayfs' own xattrs"] += 1
-        return found
+                os.utime(name, ns=times, dir_fd=parent_fd, follow_symlinks=False)
 
     def _set_xattrs(self, where: int | str, xattrs: dict[str, bytes], *, replace: bool) -> None:
         """Set ``xattrs``; with ``replace``, first drop those a lower layer left.

@@ -45,7 +45,8 @@ from providers.layer_rules import RelPath
 
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
 # 3: a header line before the entries, so the header reads without them.
-FORMAT_VERSION = 3
+# 4: entries as providers.layer_entry classifies them (xattrs, devices, times).
+FORMAT_VERSION = 4
 INDEX_NAME = "index.json"
 TAR_NAME = "tar"
 CHECKPOINTS_NAME = "gzip-index"

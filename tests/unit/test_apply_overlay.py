@@ -17,7 +17,7 @@ import pytest
 
 from backends.apply import apply_layer
 from backends.apply_tree import OVERLAY_OPAQUE
-from providers.errors import BackendError, UnsafeLayer
+from providers.errors import BackendError, BadImage, UnsafeLayer
 from providers.layer_rules import RelPath
 from tests.tree import is_whiteout
 from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, xattrs
@@ -103,7 +103,7 @@ def test_overlay_xattrs_from_the_image_are_dropped(root: Path) -> None:
 
 def test_a_real_0_0_character_device_is_refused(root: Path) -> None:
     device = _info("dev/zero0", b"3", devmajor=0, devminor=0), b""
-    with pytest.raises(BackendError, match="0/0 character device"):
+    with pytest.raises(BadImage, match="0/0 character device"):
         extract(root, dir_("dev"), device)
 
 
