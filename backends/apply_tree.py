@@ -255,7 +255,7 @@ class Tree:
         if hit is not None and hit[1] == resolved:
             return hit[0], True
         name = resolved[-1]
-        existed = False
+        existed = replaced = False
         try:
             os.mkdir(name, 0o755, dir_fd=parent_fd)
         except FileExistsError:
@@ -264,8 +264,15 @@ class Tree:
             else:
                 self._remove(parent_fd, name)
                 os.mkdir(name, 0o755, dir_fd=parent_fd)
+                replaced = True
         fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-        self._cache(path, (fd, resolved))
+        if replaced:
+            # What went may have been a symlink ``path`` itself went through
+            # ("b/b" over "b -> ."): ``path`` leads elsewhere now, so it is not
+            # cached; the descriptor lives until the entry is done.
+            self._retired.append(fd)
+        else:
+            self._cache(path, (fd, resolved))
         if resolved in self._whiteouts:
             # Hidden lower namesake, own directory: an opaque one (overlay mode).
             self._whiteouts.discard(resolved)
