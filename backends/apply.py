@@ -20,7 +20,8 @@ containerd and umoci do:
 - parent directories that are symlinks (usrmerge's ``lib -> usr/lib``) are
   followed inside the rootfs, absolute targets starting at its root, and a
   ``..`` above the root is refused; missing parents are made (0755, owner of
-  the process: root when it matters);
+  the process: root when it matters; mtime 0, as the merged FUSE tree has
+  them);
 - the last component of a name is never followed: a symlink there is replaced;
 - hardlinks point at another path of the image, resolved the same way;
 - owners are set only when running as root; device nodes are made only as

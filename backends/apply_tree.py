@@ -222,6 +222,9 @@ class Tree:
         os.mkdir(path[-1], 0o755, dir_fd=parent_fd)
         child = os.open(path[-1], DIR_FLAGS, dir_fd=parent_fd)
         os.fchmod(child, 0o755)  # whatever the umask
+        # Made without a header: mtime 0 at the end, as the merged FUSE tree
+        # shows it, not whenever this extraction ran.
+        self._found_times[path] = (0, 0)
         self.mark_created(path)
         if path in self._whiteouts:
             # Fresh over a hidden namesake: its own attributes are the union's.

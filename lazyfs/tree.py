@@ -12,7 +12,7 @@ and ``umoci unpack`` make:
   owner, mtime and xattrs (the old xattrs go); anything else replaces;
 - parents that are symlinks are followed inside the tree (absolute targets
   from its root, ``..`` above the root refused); the last component never is;
-  missing parents are made 0755 root:root;
+  missing parents are made 0755 root:root, mtime 0;
 - a hardlink names a path already in the tree and shares its inode.
 
 The result is immutable.  Inode numbers are given in a depth-first walk of
