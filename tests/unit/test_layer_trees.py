@@ -14,7 +14,7 @@ import pytest
 
 from tests.layer_trees import copy_tree, fuse_tree
 from tests.tree import diff_trees
-from tests.unit.test_apply import ROOT_ONLY, Member, dir_, layer, reg
+from tests.unit.test_apply import ROOT_ONLY, Member, dir_, layer, reg, sym
 
 
 def image(*layers: list[Member]) -> list[bytes]:
@@ -25,6 +25,18 @@ CASES = {
     "directories-without-headers": image([reg("a/b/f", b"x"), dir_("c"), reg("c/d/e")]),
     "a-directory-without-a-header-over-one-with": image(
         [dir_("a", mode=0o700, mtime=5)], [reg("a/b/f")]
+    ),
+    "markers-through-a-symlink-the-layer-makes": image(
+        [dir_("d"), reg("d/x"), reg("d/y")],
+        [sym("s", "d"), reg("s/.wh.x"), reg("s/.wh..wh..opq")],
+    ),
+    "a-marker-then-a-symlink-on-its-path": image(
+        [dir_("d"), reg("d/x"), dir_("e"), reg("e/x")],
+        [reg("s/.wh.x"), sym("s", "d")],
+    ),
+    "a-marker-after-its-parent-became-a-directory": image(
+        [dir_("d"), reg("d/x"), sym("s", "d")],
+        [dir_("s"), reg("s/.wh.x"), reg("d/.wh.x")],
     ),
 }
 
