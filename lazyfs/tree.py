@@ -35,6 +35,7 @@ from lazyfs.index import IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.digest import Digest
 from providers.errors import BadImage, UnsafeLayer, bad_entry
+from providers.layer_entry import EntryKind, carried_xattr
 from providers.layer_rules import RelPath
 
 InodeNo = NewType("InodeNo", int)
@@ -268,6 +269,11 @@ def _set_attributes(node: _Node, entry: IndexEntry) -> None:
     node.target = entry.target
     node.rdev = entry.rdev
     node.xattrs = entry.xattrs
+    if entry.xattrs:
+        # An index not built here (kept from older rules, or come from
+        # elsewhere) is held to the same rule as a layer applied to disk.
+        kind = EntryKind(entry.kind.value)
+        node.xattrs = tuple(pair for pair in entry.xattrs if carried_xattr(pair[0], kind))
 
 
 def _freeze(root: _Node) -> MergedTree:

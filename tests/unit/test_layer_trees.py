@@ -1,5 +1,8 @@
 """The copy backend and the merged FUSE tree make one tree of the same layers.
 
+An index not built here cannot bring overlayfs' own xattrs into the merged
+tree, nor so into a writable mount's upper directory.
+
 Small images where they once differed, each compared whole (``tests.tree``'s
 digest: kinds, modes, owners, contents, targets, devices, mtimes, xattrs,
 hardlinks), in-process: ``backends.apply`` into a directory against the
@@ -8,10 +11,16 @@ merged tree of the layers' indexes.  Owners and devices need root.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from lazyfs.blob_ranges import LocalTars
+from lazyfs.index import IndexEntry, Kind, LayerIndex
+from lazyfs.tree import ROOT_INO, merge
+from lazyfs.upper import Upper
+from providers.digest import Digest
 from tests.layer_trees import copy_tree, fuse_tree
 from tests.tree import diff_trees
 from tests.unit.test_apply import ROOT_ONLY, Member, dir_, layer, reg, sym
@@ -49,3 +58,36 @@ def test_copy_and_fuse_make_one_tree(case: str, tmp_path: Path) -> None:
     merged = fuse_tree(layers, tmp_path / "fuse")
     differences = diff_trees(copied, merged)
     assert differences == [], "\n".join(differences)
+
+
+OVERLAY_XATTRS = (("trusted.overlay.opaque", b"y"), ("trusted.overlay.redirect", b"/etc"))
+
+
+def foreign_index() -> LayerIndex:
+    """An index not built here, carrying what no layer entry may bring."""
+    kept = (("user.a", b"1"),)
+    entries = (
+        IndexEntry(("d",), Kind.DIR, mode=0o755, xattrs=OVERLAY_XATTRS + kept),
+        IndexEntry(("d", "f"), Kind.FILE, mode=0o644, xattrs=OVERLAY_XATTRS + kept),
+    )
+    return LayerIndex(Digest("sha256:" + "0" * 64), "none", 0, entries)
+
+
+@ROOT_ONLY
+def test_overlay_xattrs_reach_neither_the_tree_nor_the_upper(tmp_path: Path) -> None:
+    tree = merge([foreign_index()])
+    d = tree.lookup(ROOT_INO, b"d")
+    assert d is not None
+    f = tree.lookup(d, b"f")
+    assert f is not None
+    for ino in (d, f):
+        assert tree.inodes[ino].xattrs == ((b"user.a", b"1"),)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    state = Upper(tree, upper, work, LocalTars({}))
+    state.set_mode(state.node(f), 0o600)  # a metadata-only copy-up of d/f, and of d
+    for path in (upper / "d", upper / "d" / "f"):
+        names = set(os.listxattr(path))
+        assert "user.a" in names
+        assert not names & {name for name, _ in OVERLAY_XATTRS}
