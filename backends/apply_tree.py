@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from providers import layer_rules as rules
 from providers.errors import BackendError, UnsafeLayer, bad_entry
+from providers.layer_entry import link_into_itself, link_to_directory, no_link_source
 from providers.layer_rules import RelPath
 
 log = logging.getLogger(__name__)
@@ -296,9 +297,11 @@ class Tree:
                 return
             raise self._no_link_source(entry, source) from None
         if stat.S_ISDIR(mode):
-            raise bad_entry(self.layer, entry, f"is a hardlink to the directory {source!r}")
+            raise link_to_directory(self.layer, entry, source)
         if (*source_parent, source_name) == resolved:
             return
+        if (*source_parent, source_name)[: len(resolved)] == resolved:
+            raise link_into_itself(self.layer, entry, source)
         name = resolved[-1]
         self.create(
             parent_fd,
@@ -319,7 +322,7 @@ class Tree:
                 f"layer {self.layer}: entry {entry!r} is a hardlink to {source!r}, which is "
                 "not in its own layer; the overlay backend cannot make it (use copy)"
             )
-        return bad_entry(self.layer, entry, f"is a hardlink to {source!r}, which does not exist")
+        return no_link_source(self.layer, entry, source)
 
     def whiteout(self, path: RelPath, entry: str) -> None:
         if self.overlay:

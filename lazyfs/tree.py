@@ -35,7 +35,13 @@ from lazyfs.index import IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.digest import Digest
 from providers.errors import BadImage, UnsafeLayer, bad_entry
-from providers.layer_entry import EntryKind, carried_xattr
+from providers.layer_entry import (
+    EntryKind,
+    carried_xattr,
+    link_into_itself,
+    link_to_directory,
+    no_link_source,
+)
 from providers.layer_rules import RelPath
 
 InodeNo = NewType("InodeNo", int)
@@ -185,7 +191,7 @@ class _Layer:
                 old = parent[name] = _Node.directory()
             _set_attributes(old, entry)
         elif entry.kind is Kind.HARDLINK:
-            parent[name] = self._link_source(entry)
+            parent[name] = self._link_source(entry, (*where, name))
         else:
             node = _Node(entry.kind)
             if entry.kind is Kind.FILE:
@@ -194,14 +200,19 @@ class _Layer:
             parent[name] = node
         self._mark_created((*where, name))
 
-    def _link_source(self, entry: IndexEntry) -> _Node:
+    def _link_source(self, entry: IndexEntry, at: RelPath) -> _Node:
+        """The node hardlink ``entry`` names, to be put at the resolved path ``at``."""
         path = tuple(entry.target.split("/"))
         found = self._walk(path[:-1], entry, create=False)
         source = found[0].get(path[-1]) if found is not None else None
-        if source is None:
-            raise self._bad(entry, f"is a hardlink to {entry.target!r}, which does not exist")
+        if found is None or source is None:
+            raise no_link_source(self.layer, _name(entry), entry.target)
         if source.kind is Kind.DIR:
-            raise self._bad(entry, f"is a hardlink to the directory {entry.target!r}")
+            raise link_to_directory(self.layer, _name(entry), entry.target)
+        where = (*found[1], path[-1])
+        if where != at and where[: len(at)] == at:
+            # Replacing ``at`` removes the source with it, as on disk.
+            raise link_into_itself(self.layer, _name(entry), entry.target)
         return source
 
     def _bad(self, entry: IndexEntry, reason: str) -> BadImage:

@@ -46,7 +46,7 @@ import tarfile
 from dataclasses import dataclass
 
 from providers import layer_rules as rules
-from providers.errors import bad_entry
+from providers.errors import BadImage, bad_entry
 from providers.layer_rules import Action, RelPath, Rule
 from providers.tar_stream import MAX_ENTRY_SIZE, MAX_ID, pax_mtime_ns, pax_xattrs
 
@@ -253,3 +253,19 @@ def _capability(value: bytes, *, layer: str, entry: str) -> bytes:
             if rootid <= MAX_ID:
                 return value
     raise bad_entry(layer, entry, "has a security.capability the kernel refuses")
+
+
+# Why a hardlink is refused once the tree it goes into is known: one wording
+# for every reader of a layer.
+
+
+def no_link_source(layer: str, entry: str, source: str) -> BadImage:
+    return bad_entry(layer, entry, f"is a hardlink to {source!r}, which does not exist")
+
+
+def link_to_directory(layer: str, entry: str, source: str) -> BadImage:
+    return bad_entry(layer, entry, f"is a hardlink to the directory {source!r}")
+
+
+def link_into_itself(layer: str, entry: str, source: str) -> BadImage:
+    return bad_entry(layer, entry, f"is a hardlink to {source!r}, inside what it replaces")

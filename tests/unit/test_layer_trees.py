@@ -21,9 +21,10 @@ from lazyfs.index import IndexEntry, Kind, LayerIndex
 from lazyfs.tree import ROOT_INO, merge
 from lazyfs.upper import Upper
 from providers.digest import Digest
+from providers.errors import BadImage
 from tests.layer_trees import copy_tree, fuse_tree
 from tests.tree import diff_trees
-from tests.unit.test_apply import ROOT_ONLY, Member, dir_, layer, reg, sym
+from tests.unit.test_apply import ROOT_ONLY, Member, dir_, hard, layer, reg, sym
 
 
 def image(*layers: list[Member]) -> list[bytes]:
@@ -91,3 +92,15 @@ def test_overlay_xattrs_reach_neither_the_tree_nor_the_upper(tmp_path: Path) -> 
         names = set(os.listxattr(path))
         assert "user.a" in names
         assert not names & {name for name, _ in OVERLAY_XATTRS}
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("split", [False, True], ids=["one-layer", "two-layers"])
+def test_a_hardlink_replacing_the_directory_of_its_target_is_refused(
+    tmp_path: Path, split: bool
+) -> None:
+    members = [dir_("a"), reg("a/b", b"x"), hard("a", "a/b")]
+    layers = image(members[:2], members[2:]) if split else image(members)
+    for build in (copy_tree, fuse_tree):
+        with pytest.raises(BadImage, match="inside what it replaces"):
+            build(layers, tmp_path / build.__name__)
