@@ -372,6 +372,7 @@ class Tree:
         except FileNotFoundError:
             return
         if path not in self._created and path not in self._ancestors:
+            self._remember(parent_fd, path[:-1])  # before the removal changes its time
             self._remove(parent_fd, name)
         elif stat.S_ISDIR(mode):
             # Ours, or holding something of ours: its lower children go.

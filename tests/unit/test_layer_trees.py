@@ -104,3 +104,14 @@ def test_a_hardlink_replacing_the_directory_of_its_target_is_refused(
     for build in (copy_tree, fuse_tree):
         with pytest.raises(BadImage, match="inside what it replaces"):
             build(layers, tmp_path / build.__name__)
+
+
+def test_a_marker_keeps_the_time_of_a_directory_it_empties_on_the_way(tmp_path: Path) -> None:
+    layers = image(
+        [dir_("b", mtime=7), reg("b/a", b"x"), dir_("b/c", mtime=9)],
+        [reg("b/c/new"), reg(".wh..wh..opq")],
+    )
+    copied = copy_tree(layers, tmp_path / "copy")
+    assert sorted(copied) == ["b", "b/c", "b/c/new"]
+    assert copied["b"].mtime_ns == 7 * 10**9
+    assert diff_trees(copied, fuse_tree(layers, tmp_path / "fuse")) == []
