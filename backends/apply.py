@@ -44,8 +44,9 @@ overlayfs' lower-layer form and nothing is removed: ``.wh.NAME`` becomes a
 still win.  (Image xattrs ``trusted.overlay.*`` and 0/0 character devices,
 which would steer overlayfs, never get this far.)  Whiteouts need root.  The
 safety rules are as above; symlinked parents are followed within the layer
-only.  Both modes return the directories the layer made without a header: a
-union gives them a lower layer's attributes.
+only; a marker under something of the layer's own that is no directory does
+nothing.  Both modes return the directories the layer made without a header
+(``MadeDirs``): a union gives them a lower layer's attributes.
 """
 
 from __future__ import annotations
@@ -59,17 +60,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from backends.apply_tree import (
-    OVERLAY_XATTR_PREFIX,
-    Tree,
-    backend_error,
-)
+from backends.apply_tree import OVERLAY_XATTR_PREFIX, MadeDirs, Tree, backend_error
 from backends.base import LayerFile
 from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.errors import BadImage
 from providers.layer_entry import EntryKind, LayerEntry, classify_member
-from providers.layer_rules import RelPath
 from providers.tar_stream import CHUNK, MAX_ENTRIES, CheckedTarInfo, LayerReader
 
 log = logging.getLogger(__name__)
@@ -87,28 +83,28 @@ _NODE_TYPES = {
 
 def apply_layers(
     root: Path, layers: Sequence[LayerFile], *, whiteouts: Whiteouts = "apply"
-) -> frozenset[RelPath]:
+) -> MadeDirs:
     """Apply layer blobs (gzip, zstd or plain tar) to ``root``, bottom first.
 
     Returns ``apply_layer``'s answer for the last layer.
     """
-    implicit: frozenset[RelPath] = frozenset()
+    made = MadeDirs()
     for layer in layers:
         with layer.path.open("rb") as blob:
-            implicit = apply_layer(
+            made = apply_layer(
                 root, decompressed(blob), layer=str(layer.digest), whiteouts=whiteouts
             )
-    return implicit
+    return made
 
 
 def apply_layer(
     root: Path, tar_stream: BinaryIO, *, layer: str, whiteouts: Whiteouts = "apply"
-) -> frozenset[RelPath]:
+) -> MadeDirs:
     """Apply one uncompressed tar stream to the existing directory ``root``.
 
     ``layer`` names the layer (its digest) in errors; ``whiteouts`` applies
     them or writes them for overlayfs.  Returns the directories the layer
-    made without a header.  The module docstring has the rules.
+    made without a header (``MadeDirs``).  The module docstring has the rules.
     """
     stream = LayerReader(tar_stream, layer)
     with Tree(root, layer, overlay=whiteouts == "overlay") as tree:
@@ -128,7 +124,7 @@ def apply_layer(
                 pass
         except (tarfile.TarError, EOFError) as error:
             raise BadImage(f"bad layer {layer}: corrupt or truncated tar: {error}") from error
-        return tree.implicit_dirs()
+        return tree.made_dirs()
 
 
 class _Entry:

@@ -19,6 +19,7 @@ import shutil
 import stat
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -40,6 +41,31 @@ OVERLAY_OPAQUE = "trusted.overlay.opaque"
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class MadeDirs:
+    """Directories a layer made without a header, for a union of layers in overlay form.
+
+    ``implicit``: all of them; in a union they take the attributes of the
+    nearest lower layer that has a header for them.  ``marker_only``: those
+    that hold nothing but whiteouts and opaque markers; where no lower layer
+    has them as directories, they are not part of the union.  ``kept``:
+    those made before an opaque marker (or a whiteout of their own
+    directory) above them: that marker does not hide their lower namesakes'
+    attributes.  ``whiteout_dirs``: the directories holding the whiteouts it
+    made (any of them, header or not): where no other layer has them, the
+    kernel would list those whiteouts.  ``walked``: every directory it made
+    for something below, whatever became of it later in the layer: where a
+    lower layer has no directory there, the layer went through (or into) a
+    non-directory, which a union cannot show.
+    """
+
+    implicit: frozenset[RelPath] = frozenset()
+    marker_only: frozenset[RelPath] = frozenset()
+    kept: frozenset[RelPath] = frozenset()
+    whiteout_dirs: frozenset[RelPath] = frozenset()
+    walked: frozenset[RelPath] = frozenset()
+
+
 class Tree:
     """The rootfs being written, reached only through directory descriptors.
 
@@ -59,6 +85,9 @@ class Tree:
         # directories made for entries below them, without a header.
         self._whiteouts: set[RelPath] = set()
         self._implicit: set[RelPath] = set()
+        # Overlay mode: implicit directories below a directory the layer then
+        # hid the lower children of (see MadeDirs.kept).
+        self._kept: set[RelPath] = set()
         # The caller chose root; following a symlink there is its business.
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.privileged = os.geteuid() == 0
@@ -68,6 +97,7 @@ class Tree:
         self._retired: list[int] = []
         self._created: set[RelPath] = set()
         self._ancestors: set[RelPath] = set()  # strict ancestors of _created
+        self._holding: set[RelPath] = set()  # strict ancestors of the entries written
         self._dirs: dict[RelPath, tuple[int, int]] = {}
         # Times of directories as the layer found them: adding or removing a
         # child changes a directory's mtime, and (as umoci does) a directory
@@ -104,8 +134,11 @@ class Tree:
         if len(self._fds) > FD_CACHE_SIZE:
             self._retired.append(self._fds.popitem(last=False)[1][0])
 
-    def mark_created(self, path: RelPath) -> None:
+    def mark_created(self, path: RelPath, *, entry: bool = True) -> None:
+        """Record that the layer made ``path``: an entry, or (not ``entry``) a directory for one."""
         self._created.add(path)
+        if entry:
+            self._holding.update(path[:end] for end in range(len(path)))
         for end in range(len(path) - 1, -1, -1):
             if path[:end] in self._ancestors:
                 break
@@ -115,14 +148,22 @@ class Tree:
         self._dirs[path] = (mode, mtime_ns)
 
     def walk(
-        self, path: RelPath, entry: str, *, create: bool, follow: bool = True
+        self,
+        path: RelPath,
+        entry: str,
+        *,
+        create: bool,
+        follow: bool = True,
+        marker: bool = False,
     ) -> tuple[int, RelPath] | None:
         """The directory at ``path``: a descriptor (cache-owned) and its resolved path.
 
         With ``follow``, symlinks on the way are followed inside the rootfs;
         without, meeting one gives None.  A missing component is made when
         ``create``, else gives None.  A non-directory on the way is an error
-        when ``create`` (the entry needs a parent), else gives None.
+        when ``create`` (the entry needs a parent), else gives None; so it
+        is for a ``marker`` (whiteout or opaque marker in overlay form),
+        which a non-directory leaves nothing to hide under.
         """
         if not path:
             self._remember(self.root_fd, ())
@@ -136,7 +177,9 @@ class Tree:
                     return hit
                 start, (fd, resolved) = end, hit
                 break
-        found = self._walk(fd, resolved, path[start:], entry, create=create, follow=follow)
+        found = self._walk(
+            fd, resolved, path[start:], entry, create=create, follow=follow, marker=marker
+        )
         if found is not None:
             self._remember(*found)
             self._cache(path, found)
@@ -148,7 +191,15 @@ class Tree:
             self._found_times[resolved] = (st.st_atime_ns, st.st_mtime_ns)
 
     def _walk(
-        self, fd: int, start: RelPath, parts: RelPath, entry: str, *, create: bool, follow: bool
+        self,
+        fd: int,
+        start: RelPath,
+        parts: RelPath,
+        entry: str,
+        *,
+        create: bool,
+        follow: bool,
+        marker: bool,
     ) -> tuple[int, RelPath] | None:
         resolved = list(start)
         todo = list(reversed(parts))
@@ -163,7 +214,7 @@ class Tree:
                     step: int | str | None = os.open("..", DIR_FLAGS, dir_fd=fd)
                     resolved.pop()
                 else:
-                    step = self._step(fd, resolved, part, entry, create=create)
+                    step = self._step(fd, resolved, part, entry, create=create, marker=marker)
                 if step is None:
                     return None
                 if isinstance(step, str):
@@ -193,7 +244,7 @@ class Tree:
                 os.close(fd)
 
     def _step(
-        self, fd: int, resolved: list[str], part: str, entry: str, *, create: bool
+        self, fd: int, resolved: list[str], part: str, entry: str, *, create: bool, marker: bool
     ) -> int | str | None:
         """Open directory ``part`` in ``fd``: its descriptor, a symlink's target, or None."""
         try:
@@ -206,14 +257,19 @@ class Tree:
         except OSError as error:
             if error.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
-        if create and (*resolved, part) in self._whiteouts:
+        if (
+            create
+            and not marker
+            and (*resolved, part) in self._whiteouts
+            and _is_whiteout(fd, part)
+        ):
             # The layer hid a lower NAME and puts things in NAME: a fresh,
             # opaque directory is what that means to overlayfs.
             os.unlink(part, dir_fd=fd)
             self._invalidate()
             return self._implicit_dir(fd, (*resolved, part))
         target = _readlink(fd, part)
-        if target is None and create:
+        if target is None and create and not marker:
             where = "/".join((*resolved, part))
             raise bad_entry(self.layer, entry, f"needs {where!r} as a directory")
         return target
@@ -226,7 +282,7 @@ class Tree:
         # Made without a header: mtime 0 at the end, as the merged FUSE tree
         # shows it, not whenever this extraction ran.
         self._found_times[path] = (0, 0)
-        self.mark_created(path)
+        self.mark_created(path, entry=False)
         if path in self._whiteouts:
             # Fresh over a hidden namesake: its own attributes are the union's.
             self._whiteouts.discard(path)
@@ -235,8 +291,15 @@ class Tree:
             self._implicit.add(path)
         return child
 
-    def implicit_dirs(self) -> frozenset[RelPath]:
-        return frozenset(self._implicit - self._dirs.keys())
+    def made_dirs(self) -> MadeDirs:
+        implicit = frozenset(self._implicit - self._dirs.keys())
+        return MadeDirs(
+            implicit,
+            frozenset(implicit - self._holding),
+            frozenset(self._kept & implicit),
+            frozenset(path[:-1] for path in self._whiteouts if len(path) > 1),
+            frozenset(self._implicit),
+        )
 
     def create(self, parent_fd: int, name: str, make: Callable[[], T]) -> T:
         """``make()`` the entry ``name``, replacing whatever is there."""
@@ -277,8 +340,9 @@ class Tree:
             self._retired.append(fd)
         else:
             self._cache(path, (fd, resolved))
-        if resolved in self._whiteouts:
-            # Hidden lower namesake, own directory: an opaque one (overlay mode).
+        if resolved in self._whiteouts or (replaced and self.overlay):
+            # Overlay mode: the layer's own whiteout, or its own non-directory,
+            # hid the lower namesake; its own directory there is an opaque one.
             self._whiteouts.discard(resolved)
             set_opaque(fd)
         return fd, existed
@@ -298,6 +362,11 @@ class Tree:
             raise self._no_link_source(entry, source) from None
         if stat.S_ISDIR(mode):
             raise link_to_directory(self.layer, entry, source)
+        if (*source_parent, source_name) in self._whiteouts and _is_whiteout(
+            source_dir, source_name
+        ):
+            # Overlay form: the layer hid the source; a link would be one more whiteout.
+            raise no_link_source(self.layer, entry, source)
         if (*source_parent, source_name) == resolved:
             return
         if (*source_parent, source_name)[: len(resolved)] == resolved:
@@ -318,10 +387,7 @@ class Tree:
     def _no_link_source(self, entry: str, source: str) -> Exception:
         if self.overlay:
             # It may be in a lower layer: fine in a union, impossible in one layer alone.
-            return BackendError(
-                f"layer {self.layer}: entry {entry!r} is a hardlink to {source!r}, which is "
-                "not in its own layer; the overlay backend cannot make it (use copy)"
-            )
+            return LinkOutsideLayer(self.layer, entry, source)
         return no_link_source(self.layer, entry, source)
 
     def whiteout(self, path: RelPath, entry: str) -> None:
@@ -335,8 +401,9 @@ class Tree:
     def _overlay_whiteout(self, path: RelPath, entry: str) -> None:
         if not self.privileged:
             raise BackendError(f"layer {self.layer}: entry {entry!r}: whiteouts need root")
-        found = self.walk(path[:-1], entry, create=True)
-        assert found is not None  # walk with create either finds, makes or raises
+        found = self.walk(path[:-1], entry, create=True, marker=True)
+        if found is None:
+            return  # under something of the layer's own that is no directory
         parent_fd, parent = found
         name = path[-1]
         try:
@@ -349,16 +416,25 @@ class Tree:
             # The layer's own directory: it keeps its entries, loses the lower ones.
             fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             try:
-                set_opaque(fd)
+                self._make_opaque(fd, (*parent, name))
             finally:
                 os.close(fd)
         # Any other entry of the layer hides its lower namesake by itself.
 
+    def _make_opaque(self, fd: int, path: RelPath) -> None:
+        set_opaque(fd)
+        # Directories the layer made below for its entries before this marker
+        # were found or made then: they keep the attributes the union gave them.
+        depth = len(path)
+        self._kept.update(
+            p for p in self._implicit & self._holding if len(p) > depth and p[:depth] == path
+        )
+
     def opaque(self, path: RelPath, entry: str) -> None:
         if self.overlay:
-            made = self.walk(path, entry, create=True)
-            assert made is not None  # walk with create either finds, makes or raises
-            set_opaque(made[0])
+            made = self.walk(path, entry, create=True, marker=True)
+            if made is not None:
+                self._make_opaque(*made)
             return
         found = self.walk(path, entry, create=False)
         if found is not None:
@@ -432,6 +508,23 @@ class Tree:
                 self.release()
 
 
+class LinkOutsideLayer(BackendError):
+    """A hardlink of a layer extracted alone (overlay form) to a path not in that layer.
+
+    Whether it exists in the image is the union's question: the overlay
+    backend answers it, with ``no_link_source`` if it does not.
+    """
+
+    def __init__(self, layer: str, entry: str, source: str) -> None:
+        super().__init__(
+            f"layer {layer}: entry {entry!r} is a hardlink to {source!r}, which is not in its "
+            "own layer; the overlay backend cannot make it (use copy)"
+        )
+        self.layer = layer
+        self.entry = entry
+        self.source = source
+
+
 def set_opaque(fd: int) -> None:
     os.setxattr(fd, OVERLAY_OPAQUE, b"y")
 
@@ -439,6 +532,12 @@ def set_opaque(fd: int) -> None:
 def _set_dir_times(fd: int, mode: int, mtime_ns: int) -> None:
     os.fchmod(fd, mode)
     os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def _is_whiteout(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` is still the whiteout the layer made (an entry may have replaced it)."""
+    found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
 
 
 def _readlink(dir_fd: int, name: str) -> str | None:

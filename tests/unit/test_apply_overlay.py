@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from backends.apply import apply_layer
-from backends.apply_tree import OVERLAY_OPAQUE
+from backends.apply_tree import OVERLAY_OPAQUE, MadeDirs
 from providers.errors import BackendError, BadImage, UnsafeLayer
 from providers.layer_rules import RelPath
 from tests.tree import is_whiteout
-from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, xattrs
+from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, sym, xattrs
 from tests.unit.test_apply_hostile import HOSTILE, PROBE, Hostile, _outside
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -33,6 +33,11 @@ def root(tmp_path: Path) -> Path:
 
 
 def extract(root: Path, *members: Member) -> frozenset[RelPath]:
+    """Extract one layer; the directories it made without a header."""
+    return extract_made(root, *members).implicit
+
+
+def extract_made(root: Path, *members: Member) -> MadeDirs:
     stream: io.BytesIO = layer(*members)
     return apply_layer(root, stream, layer="layer0", whiteouts="overlay")
 
@@ -122,3 +127,22 @@ def test_hostile_layers_are_still_refused(root: Path, tmp_path: Path, case: Host
     assert _outside(tmp_path) == before
     for place in (Path("/"), Path("/tmp"), tmp_path.parent, Path.cwd()):
         assert not (place / PROBE).exists()
+
+
+@pytest.mark.parametrize("first", [reg("d"), sym("d", "elsewhere")], ids=["file", "symlink"])
+def test_a_directory_over_the_layers_own_non_directory_is_opaque(root: Path, first: Member) -> None:
+    # The layer's own "d" hid a lower d; its directory d must go on hiding it.
+    extract(root, first, dir_("d"), reg("d/mine"))
+    assert is_opaque(root / "d")
+    assert os.listdir(root / "d") == ["mine"]
+
+
+def test_the_layers_own_file_over_its_whiteout_is_no_whiteout(tmp_path: Path) -> None:
+    # ".wh.a", then a file "a": neither an entry beneath it nor a link to it
+    # may take the file for the whiteout it replaced.
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(BadImage, match="needs 'a' as a directory"):
+        extract(tmp_path / "one", reg(".wh.a"), reg("a", b"mine"), reg("a/under"))
+    extract(tmp_path / "two", reg(".wh.b"), reg("b", b"mine"), hard("c", "b"))
+    assert (tmp_path / "two" / "c").read_bytes() == b"mine"
