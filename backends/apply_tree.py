@@ -54,9 +54,10 @@ class MadeDirs:
     attributes.  ``whiteout_dirs``: the directories holding the whiteouts it
     made (any of them, header or not): where no other layer has them, the
     kernel would list those whiteouts.  ``walked``: every directory it made
-    for something below, whatever became of it later in the layer: where a
-    lower layer has no directory there, the layer went through (or into) a
-    non-directory, which a union cannot show.
+    for something below where a lower namesake still showed through,
+    whatever became of it later in the layer: where a lower layer has a
+    non-directory there, the layer went through (or into) it, which a union
+    cannot show.
     """
 
     implicit: frozenset[RelPath] = frozenset()
@@ -88,6 +89,11 @@ class Tree:
         # Overlay mode: implicit directories below a directory the layer then
         # hid the lower children of (see MadeDirs.kept).
         self._kept: set[RelPath] = set()
+        # Overlay mode: directories it made opaque, and implicit ones made
+        # below one of those (no lower namesake showed through there).
+        self._opaque: set[RelPath] = set()
+        self._fresh: set[RelPath] = set()
+        self._own_attrs: set[RelPath] = set()  # implicit ones a marker cut off from below
         # The caller chose root; following a symlink there is its business.
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.privileged = os.geteuid() == 0
@@ -286,9 +292,13 @@ class Tree:
         if path in self._whiteouts:
             # Fresh over a hidden namesake: its own attributes are the union's.
             self._whiteouts.discard(path)
-            set_opaque(child)
+            self._set_opaque(child, path)
         else:
             self._implicit.add(path)
+            if any(path[:end] in self._opaque for end in range(len(path))):
+                # No lower namesake shows through any more.
+                self._fresh.add(path)
+                self._own_attrs.add(path)
         return child
 
     def made_dirs(self) -> MadeDirs:
@@ -298,7 +308,7 @@ class Tree:
             frozenset(implicit - self._holding),
             frozenset(self._kept & implicit),
             frozenset(path[:-1] for path in self._whiteouts if len(path) > 1),
-            frozenset(self._implicit),
+            frozenset(self._implicit - self._fresh),
         )
 
     def create(self, parent_fd: int, name: str, make: Callable[[], T]) -> T:
@@ -344,7 +354,7 @@ class Tree:
             # Overlay mode: the layer's own whiteout, or its own non-directory,
             # hid the lower namesake; its own directory there is an opaque one.
             self._whiteouts.discard(resolved)
-            set_opaque(fd)
+            self._set_opaque(fd, resolved)
         return fd, existed
 
     def hardlink(self, target: RelPath, parent_fd: int, resolved: RelPath, entry: str) -> None:
@@ -406,29 +416,43 @@ class Tree:
             return  # under something of the layer's own that is no directory
         parent_fd, parent = found
         name = path[-1]
+        resolved = (*parent, name)
         try:
             mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
         except FileNotFoundError:
+            mode = None
+        own = resolved in self._dirs or resolved in self._holding
+        if mode is not None and stat.S_ISDIR(mode) and not own:
+            # Made for earlier markers only: nothing of the layer's own in it.
+            self._remove(parent_fd, name)
+            mode = None
+        if mode is None:
             os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent_fd)
-            self._whiteouts.add((*parent, name))
+            self._whiteouts.add(resolved)
             return
         if stat.S_ISDIR(mode):
             # The layer's own directory: it keeps its entries, loses the lower ones.
             fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
             try:
-                self._make_opaque(fd, (*parent, name))
+                self._make_opaque(fd, resolved)
             finally:
                 os.close(fd)
         # Any other entry of the layer hides its lower namesake by itself.
 
     def _make_opaque(self, fd: int, path: RelPath) -> None:
-        set_opaque(fd)
-        # Directories the layer made below for its entries before this marker
-        # were found or made then: they keep the attributes the union gave them.
+        self._set_opaque(fd, path)
+        # Directories the layer made below for its entries before this marker,
+        # where a lower namesake still showed, keep the attributes it gave them.
         depth = len(path)
-        self._kept.update(
-            p for p in self._implicit & self._holding if len(p) > depth and p[:depth] == path
-        )
+        below = {p for p in self._implicit if len(p) > depth and p[:depth] == path}
+        self._kept.update((below & self._holding) - self._own_attrs)
+        # The others go, as far as lower layers are concerned: when the layer
+        # writes into them later, they are its own.
+        self._own_attrs.update(below - self._holding)
+
+    def _set_opaque(self, fd: int, path: RelPath) -> None:
+        set_opaque(fd)
+        self._opaque.add(path)
 
     def opaque(self, path: RelPath, entry: str) -> None:
         if self.overlay:

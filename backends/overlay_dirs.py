@@ -141,36 +141,12 @@ def _check_walked_dirs(lower: LowerDir, below: Sequence[LowerDir]) -> None:
     layer replaced, taking the entries' trace with it.  ``below`` is top first.
     """
     for path in sorted(lower.made.walked):
-        if path not in lower.made.kept and _hidden_in(lower, path):
-            continue  # the layer's own opaque marker hid the lower one first
         if union_kind(below, path) in ("other", "unknown"):
             name = "/".join(path)
             raise BackendError(
                 f"layer {lower.path.parent.name} writes into {name!r} without a header while a "
                 f"lower layer has {name!r} as no directory; overlay cannot show that union"
             )
-
-
-def _hidden_in(lower: LowerDir, path: RelPath) -> bool:
-    """Whether the layer's root or a directory above ``path`` in it is opaque."""
-    if lower.root_opaque:
-        return True
-    fd = os.open(lower.path, _DIR_FLAGS)
-    try:
-        for part in path[:-1]:
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as error:
-                if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    raise
-                return False  # replaced later in the layer: no marker of it says anything
-            os.close(fd)
-            fd = child
-            if _is_opaque(fd):
-                return True
-        return False
-    finally:
-        os.close(fd)
 
 
 def _want(top: Sequence[LowerDir], wanted: dict[RelPath, DirAttrs], path: RelPath) -> None:
