@@ -16,10 +16,12 @@ the union should look like: directories with their union attributes, and
 whiteouts over phantoms; ``write_top_dirs`` makes them in a directory stacked
 above the layers (the rootfs' upper directory, or an extra read-only lower),
 where the kernel takes their attributes without hiding anything else.  A
-layer whose root is opaque hides every lower layer; ``first_mounted`` says which
-layers the mount needs (``first_mounted``), and the plan still reads the hidden ones for the
-directories that marker spared (``MadeDirs.kept``).  ``union_kind`` says what
-the union shows at a path, for a hardlink a layer alone cannot make.
+layer whose root is opaque hides every lower layer: ``first_mounted`` says
+which layers the mount needs, and the plan still reads the hidden ones for
+the directories that marker spared (``MadeDirs.kept``).  The plan refuses,
+with a ``BackendError``, a layer that went through a lower non-directory.
+``union_kind`` says what the union shows at a path, for a hardlink a layer
+alone cannot make.
 
 The layer trees are read without following any symlink in them: each
 component is opened with ``O_NOFOLLOW``.  Pure reads, blocking.
