@@ -3,7 +3,7 @@
 As in Mesos, it copies nothing per container and so cannot union layers: an
 image of more than one layer is refused.  ``remount`` binds the layer again
 where the mount went away (a reboot). The extracted layer lives in the
-store (``layers/<hex>/rootfs``) and is shared by every container using it.
+store (``layers/<hex>/rootfs-v2``) and is shared by every container using it.
 """
 
 from __future__ import annotations

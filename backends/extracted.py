@@ -1,15 +1,21 @@
 """Layers extracted once into the store, shared by every container using them.
 
 ``extracted_layer(layers_dir, tmp_dir, layer, form, limits)`` returns
-``<layers_dir>/<hex>/<form>``, the tree of one layer blob:
+``<layers_dir>/<hex>/<form>-v2``, the tree of one layer blob (``-v2``: made
+by the layer rules of ``providers.layer_entry``; trees of earlier rules are
+left alone and not used):
 
 - ``rootfs``: the layer applied to an empty directory, whiteouts applied
   (there is nothing under them to hide), as the bind backend mounts it;
 - ``overlay``: the layer in overlayfs' lower-layer form (whiteouts as 0/0
   character devices, opaque directories marked), as the overlay backend
-  stacks it.  Next to it, ``overlay.implicit.json`` lists the directories the
-  layer made without a header (see ``backends.apply``), read back with
-  ``implicit_dirs``.
+  stacks it.  Next to it, ``overlay-v2.dirs.json`` lists the directories the
+  layer made without a header (``backends.apply_tree.MadeDirs``), read back
+  with ``made_dirs``.
+
+An image may hold one layer twice, and overlayfs takes no directory twice in
+one mount: ``replica`` n > 0 asks for another copy of the same tree,
+``<form>-v2.<n>``.
 
 Extraction is atomic and happens once: under an flock on
 ``<layers_dir>/<hex>/lock`` the tree is built in a scratch directory
@@ -31,17 +37,18 @@ from pathlib import Path
 from typing import Literal
 
 from backends.apply import apply_layers
+from backends.apply_tree import MadeDirs
 from backends.base import LayerFile
 from providers.digest import hex_part
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock
 from providers.fstree import remove_tree
-from providers.layer_rules import RelPath
 from providers.private_dir import private_dir
 from providers.tar_stream import LayerLimits
 
 Form = Literal["rootfs", "overlay"]
-_IMPLICIT_SUFFIX = ".implicit.json"
+_VERSION = "-v2"
+_DIRS_SUFFIX = ".dirs.json"
 
 
 def extracted_layer(
@@ -50,13 +57,15 @@ def extracted_layer(
     layer: LayerFile,
     form: Form,
     limits: LayerLimits | None = None,
+    *,
+    replica: int = 0,
 ) -> Path:
-    """The tree of ``layer`` in ``form`` under the store, extracted if missing.
+    """The tree of ``layer`` in ``form`` (copy ``replica``) in the store; extracted if missing.
 
     Extraction refuses a layer that unpacks past ``limits`` (BadImage), leaving nothing.
     """
     home = layers_dir / hex_part(layer.digest)
-    target = home / form
+    target = home / (f"{form}{_VERSION}.{replica}" if replica else f"{form}{_VERSION}")
     if target.is_dir():
         return target
     private_dir(home)
@@ -65,13 +74,16 @@ def extracted_layer(
             return target
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
-            tree = scratch / form
+            tree = scratch / target.name
             tree.mkdir(mode=0o755)
             whiteouts: Literal["apply", "overlay"] = "overlay" if form == "overlay" else "apply"
-            implicit = apply_layers(tree, [layer], whiteouts=whiteouts, limits=limits)
+            made = apply_layers(tree, [layer], whiteouts=whiteouts, limits=limits)
             if form == "overlay":
-                sidecar = scratch / (form + _IMPLICIT_SUFFIX)
-                sidecar.write_text(json.dumps(sorted(list(p) for p in implicit)))
+                sidecar = scratch / (target.name + _DIRS_SUFFIX)
+                fields = {"implicit": made.implicit, "marker_only": made.marker_only}
+                fields.update(kept=made.kept, whiteout_dirs=made.whiteout_dirs, walked=made.walked)
+                text = json.dumps({key: sorted(map(list, paths)) for key, paths in fields.items()})
+                sidecar.write_text(text)
                 # The tree's presence promises its sidecar: rename that first.
                 os.rename(sidecar, home / sidecar.name)
             os.rename(tree, target)
@@ -82,11 +94,15 @@ def extracted_layer(
     return target
 
 
-def implicit_dirs(tree: Path) -> frozenset[RelPath]:
+def made_dirs(tree: Path) -> MadeDirs:
     """The directories the layer at ``tree`` (an ``overlay`` form) made on its own."""
-    sidecar = tree.with_name(tree.name + _IMPLICIT_SUFFIX)
+    sidecar = tree.with_name(tree.name + _DIRS_SUFFIX)
     try:
         data = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as error:
+        paths = {
+            key: frozenset(tuple(str(part) for part in path) for path in data[key])
+            for key in ("implicit", "marker_only", "kept", "whiteout_dirs", "walked")
+        }
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise BackendError(f"extracted layer {tree} has no readable {sidecar.name}") from error
-    return frozenset(tuple(str(part) for part in path) for path in data)
+    return MadeDirs(**paths)

@@ -1,7 +1,7 @@
 """The overlay backend: a kernel overlayfs mount of layers extracted once.
 
 Each layer is extracted once into the store in overlayfs' lower form
-(``<layers_dir>/<hex>/overlay``, see ``backends.extracted``) and shared by
+(``<layers_dir>/<hex>/overlay-v2``, see ``backends.extracted``) and shared by
 every container using it; provisioning a rootfs copies no file.  Per rootfs,
 ``<rootfs>/../../scratch/<rootfs name>/`` (as Mesos keeps per-rootfs scratch)
 holds what belongs to that container alone:
@@ -11,10 +11,18 @@ holds what belongs to that container alone:
                    layers and however long the store path
     top/           read-only rootfs: a directory stacked above the layers,
                    holding the root's and the union's directory attributes
+                   and whiteouts over directories only markers made
                    (``backends.overlay_dirs``); it also makes a one-layer
                    image two lowers, the least overlayfs takes without upper
-    upper/ work/   writable rootfs: the container's writes (the directory
-                   attributes go in upper/ instead of top/)
+    upper/ work/   writable rootfs: the container's writes (what top/ would
+                   hold goes in upper/ instead)
+
+Layers below one whose root is opaque are left out of the mount; a layer the
+image holds twice is extracted twice (overlayfs takes no directory twice).
+A hardlink to a file of another layer, or a layer writing through a lower
+non-directory, cannot be shown by stacking layers extracted alone: that is a
+``BackendError`` saying so (the copy and fuse backends show such images);
+a hardlink to nothing is the bad image it is for every backend.
 
 The scratch directory and its parent are closed to other users (``0700``,
 see ``providers.private_dir``): upper/ holds the container's copies of setuid
@@ -39,16 +47,25 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from backends.apply_tree import LinkOutsideLayer
 from backends.base import LayerFile, Rootfs, scratch_dir
-from backends.extracted import extracted_layer, implicit_dirs
+from backends.extracted import extracted_layer, made_dirs
 from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
-from backends.overlay_dirs import LowerDir, plan_top_dirs, write_top_dirs
+from backends.overlay_dirs import (
+    LowerDir,
+    first_mounted,
+    plan_top_dirs,
+    union_kind,
+    write_top_dirs,
+)
 from lazyfs.mount import mount_points
 from providers.errors import BackendError
 from providers.fstree import remove_tree
+from providers.layer_entry import link_to_directory, no_link_source
 from providers.private_dir import private_dir
 from providers.tar_stream import LayerLimits
 
@@ -69,10 +86,8 @@ class OverlayBackend:
     def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
         if not layers:
             raise BackendError("the overlay backend needs an image of at least one layer")
-        lowers = [
-            extracted_layer(self.layers_dir, self.tmp_dir, layer, "overlay", self.limits)
-            for layer in layers
-        ]
+        lowers = self._lowers(layers)
+        first = first_mounted(lowers)
         scratch = scratch_dir(rootfs)
         private_dir(scratch.parent)
         private_dir(scratch, exist_ok=False)
@@ -80,10 +95,10 @@ class OverlayBackend:
         try:
             private_dir(scratch / "l")
             names = []
-            for index, lower in enumerate(reversed(lowers)):
-                os.symlink(lower, scratch / "l" / str(index))
+            for index, lower in enumerate(reversed(lowers[first:])):
+                os.symlink(lower.path, scratch / "l" / str(index))
                 names.append(f"l/{index}")
-            plan = plan_top_dirs([LowerDir(path, implicit_dirs(path)) for path in lowers])
+            plan = plan_top_dirs(lowers)
             if writable:
                 # upper/'s mode is the root's: write_top_dirs sets it.
                 for part in ("upper", "work"):
@@ -107,6 +122,26 @@ class OverlayBackend:
             raise
         return Rootfs(rootfs, self.name, writable=writable)
 
+    def _lowers(self, layers: Sequence[LayerFile]) -> list[LowerDir]:
+        """Every layer extracted in overlay form, bottom first.
+
+        overlayfs takes no directory twice in one mount: a layer the image
+        holds twice gets a second copy in the store.
+        """
+        lowers: list[LowerDir] = []
+        seen: Counter[str] = Counter()
+        for layer in layers:
+            replica = seen[layer.digest]
+            seen[layer.digest] += 1
+            try:
+                path = extracted_layer(
+                    self.layers_dir, self.tmp_dir, layer, "overlay", self.limits, replica=replica
+                )
+            except LinkOutsideLayer as error:
+                raise _link_verdict(error, lowers) from error
+            lowers.append(LowerDir(path, made_dirs(path)))
+        return lowers
+
     def destroy(self, rootfs: Path) -> None:
         if rootfs.exists():
             # A runtime may have left mounts inside (proc, dev); the rootfs
@@ -118,6 +153,16 @@ class OverlayBackend:
             unmount_all_under(scratch)  # never delete through a mount
             # upper/ holds whatever the container made, at any depth.
             remove_tree(scratch)
+
+
+def _link_verdict(error: LinkOutsideLayer, below: Sequence[LowerDir]) -> Exception:
+    """What a hardlink out of its own layer is in the image below it, as copy would say."""
+    kind = union_kind(list(reversed(below)), tuple(error.source.split("/")))
+    if kind == "missing":
+        return no_link_source(error.layer, error.entry, error.source)
+    if kind == "dir":
+        return link_to_directory(error.layer, error.entry, error.source)
+    return error  # there, but in another layer: overlay cannot link it
 
 
 def mount_overlay(options: str, target: Path, *, cwd: Path) -> None:

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
 # 3: a header line before the entries, so the header reads without them.
 # 4: GNU sparse files carry their extents; format 3 served their raw tar bytes.
-FORMAT_VERSION = 4
+# 5: entries as providers.layer_entry classifies them (xattrs, devices, times).
+FORMAT_VERSION = 5
 INDEX_NAME = "index.json"
 TAR_NAME = "tar"
 CHECKPOINTS_NAME = "gzip-index"

@@ -13,45 +13,39 @@ store):
 
 The archive is distrusted as ``backends.apply`` distrusts it, and refused for
 the same reasons, so a layer this index accepts is one the extracting
-backends accept too: names and whiteouts through ``providers.layer_rules``,
-bounded entry counts, sizes, extended headers, owners and mtimes, and a
-damaged header is damage, never a quiet end of the archive.
+backends accept too: every member is classified by
+``providers.layer_entry``, as apply classifies it, and the index holds the
+values it gives; entry counts and extended headers are bounded the same way,
+and a damaged header is damage, never a quiet end of the archive.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tarfile
+from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
 
 from lazyfs.gzip_checkpoints import SPACING, Checkpointer
 from lazyfs.index import CHECKPOINTS_NAME, TAR_NAME, IndexEntry, Kind, LayerIndex
-from providers import layer_rules as rules
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
-from providers.errors import BadImage, bad_entry
+from providers.errors import BadImage
+from providers.layer_entry import EntryKind, LayerEntry, classify_member
+from providers.layer_rules import Action
+from providers.tar_sparse import FileLayout
 from providers.tar_stream import (
     CHUNK,
     MAX_ENTRIES,
-    MAX_ENTRY_SIZE,
-    MAX_ID,
     CheckedTarInfo,
     LayerLimits,
     LayerReader,
     file_layout,
-    pax_mtime_ns,
-    pax_xattrs,
 )
 
-_KINDS = {
-    tarfile.DIRTYPE: Kind.DIR,
-    tarfile.SYMTYPE: Kind.SYMLINK,
-    tarfile.LNKTYPE: Kind.HARDLINK,
-    tarfile.CHRTYPE: Kind.CHAR,
-    tarfile.BLKTYPE: Kind.BLOCK,
-    tarfile.FIFOTYPE: Kind.FIFO,
-}
+log = logging.getLogger(__name__)
 
 
 def build_index(
@@ -130,67 +124,56 @@ def scan_tar(tar: Path, *, layer: str) -> tuple[IndexEntry, ...]:
 def scan_stream(stream: BinaryIO | LayerReader, *, layer: str) -> tuple[IndexEntry, ...]:
     """The entries of the tar stream ``stream`` (seekable forward at least), in archive order."""
     entries: list[IndexEntry] = []
+    dropped: Counter[str] = Counter()
     try:
         # Closing the archive would close nothing of ours.
         archive = tarfile.open(fileobj=stream, mode="r:", tarinfo=CheckedTarInfo)  # noqa: SIM115
+        count = 0
         while (member := archive.next()) is not None:
             # tarfile keeps every member; memory would grow with the layer.
             archive.members.clear()  # type: ignore[attr-defined]
-            if len(entries) >= MAX_ENTRIES:
+            count += 1
+            if count > MAX_ENTRIES:
                 raise BadImage(f"bad layer {layer}: more than {MAX_ENTRIES} entries")
-            entry = index_entry(member, layer=layer)
+            classified = classify_member(member, layer=layer)
+            dropped.update(classified.dropped)
+            layout = file_layout(member, layer=layer) if classified.kind is EntryKind.FILE else None
+            entry = index_entry(classified, layout=layout)
             if entry is not None:
                 entries.append(entry)
     except (tarfile.TarError, EOFError) as error:
         raise BadImage(f"bad layer {layer}: corrupt or truncated tar: {error}") from error
+    for what, number in sorted(dropped.items()):
+        log.warning("layer %s: dropped %d %s", layer, number, what)
     return tuple(entries)
 
 
-def index_entry(member: tarfile.TarInfo, *, layer: str) -> IndexEntry | None:
-    """What one tar header says, as an index entry; None for AUFS bookkeeping."""
-    name = member.name
-    rule = rules.rule_for(name, layer=layer)
-    if rule.action is rules.Action.IGNORE:
+def index_entry(entry: LayerEntry, *, layout: FileLayout | None) -> IndexEntry | None:
+    """A classified member as an index entry; None for AUFS bookkeeping.
+
+    ``layout`` (a regular file's only) says where its bytes are in the tar
+    stream: its data, and for a sparse file the extents between the holes.
+    """
+    rule = entry.rule
+    if rule.action is Action.IGNORE:
         return None
-    if rule.action is rules.Action.WHITEOUT:
+    if rule.action is Action.WHITEOUT:
         return IndexEntry(rule.path, Kind.WHITEOUT)
-    if rule.action is rules.Action.OPAQUE:
+    if rule.action is Action.OPAQUE:
         return IndexEntry(rule.path, Kind.OPAQUE)
-    if member.size > MAX_ENTRY_SIZE:
-        raise bad_entry(layer, name, f"claims {member.size} bytes")
-    if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
-        raise bad_entry(layer, name, f"has the owner {member.uid}:{member.gid}")
-    if member.isreg():
-        kind = Kind.FILE
-    elif member.type in _KINDS:
-        kind = _KINDS[member.type]
-    else:
-        raise bad_entry(layer, name, f"has the unsupported tar type {member.type!r}")
-    if not rule.path and kind is not Kind.DIR:
-        raise bad_entry(layer, name, "is the root but not a directory")
-    target = ""
-    if kind is Kind.SYMLINK:
-        rules.check_symlink_target(member.linkname, layer=layer, entry=name)
-        target = member.linkname
-    elif kind is Kind.HARDLINK:
-        target = "/".join(rules.hardlink_target(member.linkname, layer=layer, entry=name))
-    rdev = (0, 0)
-    if kind in (Kind.CHAR, Kind.BLOCK):
-        if not (0 <= member.devmajor < 1 << 32 and 0 <= member.devminor < 1 << 32):
-            raise bad_entry(layer, name, f"has the device {member.devmajor}:{member.devminor}")
-        rdev = (member.devmajor, member.devminor)
-    layout = file_layout(member, layer=layer) if kind is Kind.FILE else None
+    assert entry.kind is not None  # written entries have one
+    kind = Kind(entry.kind.value)
     return IndexEntry(
         path=rule.path,
         kind=kind,
-        mode=member.mode & 0o7777,
-        uid=member.uid,
-        gid=member.gid,
+        mode=entry.mode,
+        uid=entry.uid,
+        gid=entry.gid,
         size=layout.size if layout else 0,
-        mtime_ns=pax_mtime_ns(member, layer),
-        target=target,
-        rdev=rdev,
-        xattrs=tuple(sorted(pax_xattrs(member, layer).items())),
+        mtime_ns=entry.mtime_ns,
+        target="/".join(entry.link) if kind is Kind.HARDLINK else entry.target,
+        rdev=entry.rdev,
+        xattrs=entry.xattrs,
         offset=layout.offset if layout else 0,
         extents=layout.extents if layout else None,
     )

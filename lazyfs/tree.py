@@ -5,14 +5,15 @@
 ``providers.layer_rules``, so the FUSE view equals what the other backends
 and ``umoci unpack`` make:
 
-- a layer's whiteout and opaque markers hide what *lower* layers made, never
-  what the layer itself makes, whatever their order in the archive: they are
-  applied before the layer's other entries;
+- entries are replayed in archive order; a layer's whiteout and opaque
+  markers hide what *lower* layers made, never what the layer itself makes,
+  whatever their order in the archive, and find their directory as the tree
+  stands when they come (through a symlink the layer made before them, say);
 - a directory over a directory keeps its children and takes the new mode,
   owner, mtime and xattrs (the old xattrs go); anything else replaces;
 - parents that are symlinks are followed inside the tree (absolute targets
   from its root, ``..`` above the root refused); the last component never is;
-  missing parents are made 0755 root:root;
+  missing parents are made 0755 root:root, mtime 0;
 - a hardlink names a path already in the tree and shares its inode.
 
 The result is immutable.  Inode numbers are given in a depth-first walk of
@@ -35,6 +36,13 @@ from providers import layer_rules as rules
 from providers.digest import Digest
 from providers.errors import BadImage, UnsafeLayer, bad_entry
 from providers.extents import Extent
+from providers.layer_entry import (
+    EntryKind,
+    carried_xattr,
+    link_into_itself,
+    link_to_directory,
+    no_link_source,
+)
 from providers.layer_rules import RelPath
 
 InodeNo = NewType("InodeNo", int)
@@ -126,31 +134,62 @@ def merge(indexes: Sequence[LayerIndex]) -> MergedTree:
 
 
 class _Layer:
+    """One layer replayed on the tree in archive order, as ``backends.apply`` replays it.
+
+    ``created`` holds the resolved paths this layer made (entries, and
+    directories made for them), ``ancestors`` their strict ancestors: its
+    whiteout and opaque markers hide what lower layers made and spare these.
+    """
+
     def __init__(self, root: _Node, index: LayerIndex) -> None:
         self.root = root
         self.index = index
         self.layer = str(index.digest)
+        self.created: set[RelPath] = set()
+        self.ancestors: set[RelPath] = set()
 
     def apply(self) -> None:
         for entry in self.index.entries:
             if entry.kind is Kind.WHITEOUT:
-                parent = self._walk(entry.path[:-1], entry, create=False)
-                if parent is not None:
-                    parent.pop(entry.path[-1], None)
+                found = self._walk(entry.path[:-1], entry, create=False)
+                if found is not None:
+                    children, where = found
+                    name = entry.path[-1]
+                    self._hide(children, name, (*where, name))
             elif entry.kind is Kind.OPAQUE:
-                directory = self._walk(entry.path, entry, create=False)
-                if directory is not None:
-                    directory.clear()
-        for entry in self.index.entries:
-            if entry.kind not in (Kind.WHITEOUT, Kind.OPAQUE):
+                found = self._walk(entry.path, entry, create=False)
+                if found is not None:
+                    children, where = found
+                    for name in list(children):
+                        self._hide(children, name, (*where, name))
+            else:
                 self._write(entry)
+
+    def _hide(self, children: dict[str, _Node], name: str, path: RelPath) -> None:
+        """Remove what lower layers made at ``path``, keeping what this layer made."""
+        node = children.get(name)
+        if node is None:
+            return
+        if path not in self.created and path not in self.ancestors:
+            del children[name]
+        elif node.children is not None:
+            for child in list(node.children):
+                self._hide(node.children, child, (*path, child))
+
+    def _mark_created(self, path: RelPath) -> None:
+        self.created.add(path)
+        for end in range(len(path) - 1, -1, -1):
+            if path[:end] in self.ancestors:
+                break
+            self.ancestors.add(path[:end])
 
     def _write(self, entry: IndexEntry) -> None:
         if not entry.path:
             _set_attributes(self.root, entry)
             return
-        parent = self._walk(entry.path[:-1], entry, create=True)
-        assert parent is not None  # walk with create finds, makes or raises
+        found = self._walk(entry.path[:-1], entry, create=True)
+        assert found is not None  # walk with create finds, makes or raises
+        parent, where = found
         name = entry.path[-1]
         old = parent.get(name)
         if entry.kind is Kind.DIR:
@@ -158,34 +197,44 @@ class _Layer:
                 old = parent[name] = _Node.directory()
             _set_attributes(old, entry)
         elif entry.kind is Kind.HARDLINK:
-            parent[name] = self._link_source(entry)
+            parent[name] = self._link_source(entry, (*where, name))
         else:
             node = _Node(entry.kind)
             if entry.kind is Kind.FILE:
                 node.data = DataRef(self.index.digest, entry.offset, entry.size, entry.extents)
             _set_attributes(node, entry)
             parent[name] = node
+        self._mark_created((*where, name))
 
-    def _link_source(self, entry: IndexEntry) -> _Node:
+    def _link_source(self, entry: IndexEntry, at: RelPath) -> _Node:
+        """The node hardlink ``entry`` names, to be put at the resolved path ``at``."""
         path = tuple(entry.target.split("/"))
-        parent = self._walk(path[:-1], entry, create=False)
-        source = parent.get(path[-1]) if parent is not None else None
-        if source is None:
-            raise self._bad(entry, f"is a hardlink to {entry.target!r}, which does not exist")
+        found = self._walk(path[:-1], entry, create=False)
+        source = found[0].get(path[-1]) if found is not None else None
+        if found is None or source is None:
+            raise no_link_source(self.layer, _name(entry), entry.target)
         if source.kind is Kind.DIR:
-            raise self._bad(entry, f"is a hardlink to the directory {entry.target!r}")
+            raise link_to_directory(self.layer, _name(entry), entry.target)
+        where = (*found[1], path[-1])
+        if where != at and where[: len(at)] == at:
+            # Replacing ``at`` removes the source with it, as on disk.
+            raise link_into_itself(self.layer, _name(entry), entry.target)
         return source
 
     def _bad(self, entry: IndexEntry, reason: str) -> BadImage:
         return bad_entry(self.layer, _name(entry), reason)
 
-    def _walk(self, path: RelPath, entry: IndexEntry, *, create: bool) -> dict[str, _Node] | None:
-        """The children of the directory at ``path``, following symlinks on the way.
+    def _walk(
+        self, path: RelPath, entry: IndexEntry, *, create: bool
+    ) -> tuple[dict[str, _Node], RelPath] | None:
+        """The children of the directory at ``path`` and where it really is.
 
-        None when something is missing (and not ``create``) or is no
-        directory; with ``create`` a non-directory on the way is an error.
+        Symlinks on the way are followed.  None when something is missing
+        (and not ``create``) or is no directory; with ``create`` a missing
+        directory is made and a non-directory on the way is an error.
         """
         stack = [self.root]  # the directories walked through, for ".."
+        where: list[str] = []  # their names
         todo = list(reversed(path))
         hops = 0
         while todo:
@@ -194,6 +243,7 @@ class _Layer:
                 if len(stack) == 1:
                     raise UnsafeLayer(self.layer, _name(entry), "goes through a symlink above root")
                 stack.pop()
+                where.pop()
                 continue
             children = stack[-1].children
             assert children is not None  # only directories go on the stack
@@ -202,6 +252,7 @@ class _Layer:
                 if not create:
                     return None
                 child = children[part] = _Node.directory()
+                self._mark_created((*where, part))
             if child.kind is Kind.SYMLINK:
                 hops += 1
                 if hops > rules.MAX_SYMLINK_HOPS:
@@ -209,6 +260,7 @@ class _Layer:
                 absolute, more = rules.split_link_target(child.target)
                 if absolute:
                     del stack[1:]
+                    where.clear()
                 todo.extend(reversed(more))
                 continue
             if child.kind is not Kind.DIR:
@@ -216,7 +268,10 @@ class _Layer:
                     raise self._bad(entry, f"needs {part!r} on its path as a directory")
                 return None
             stack.append(child)
-        return stack[-1].children
+            where.append(part)
+        children = stack[-1].children
+        assert children is not None
+        return children, tuple(where)
 
 
 def _name(entry: IndexEntry) -> str:
@@ -231,6 +286,11 @@ def _set_attributes(node: _Node, entry: IndexEntry) -> None:
     node.target = entry.target
     node.rdev = entry.rdev
     node.xattrs = entry.xattrs
+    if entry.xattrs:
+        # An index not built here (kept from older rules, or come from
+        # elsewhere) is held to the same rule as a layer applied to disk.
+        kind = EntryKind(entry.kind.value)
+        node.xattrs = tuple(pair for pair in entry.xattrs if carried_xattr(pair[0], kind))
 
 
 def _freeze(root: _Node) -> MergedTree:

@@ -34,6 +34,7 @@ from typing import Any
 
 import lazyfs.index
 import lazyfs.tree
+import providers.layer_entry
 import providers.layer_rules
 from lazyfs.index import LayerIndex
 from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree, merge
@@ -47,13 +48,13 @@ _PYTHON = tuple(sys.version_info[:2])
 
 
 def _rules() -> str:
-    """A fingerprint of the code a tree depends on: the index, the merge and its rules.
+    """A fingerprint of the code a tree depends on: the index, the merge and the layer rules.
 
     A kept tree made by other code is merged again, so a fixed merge rule or
     a newly refused layer reaches images that were mounted before.
     """
     digest = hashlib.sha256()
-    for module in (lazyfs.index, lazyfs.tree, providers.layer_rules):
+    for module in (lazyfs.index, lazyfs.tree, providers.layer_entry, providers.layer_rules):
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -119,8 +119,63 @@ SINGLE_LAYER: list[list[Entry]] = [
     ]
 ]
 
+FORGED = {"trusted.overlay.opaque": b"y", "trusted.overlay.redirect": b"/etc", "user.ok": b"1"}
+
+# Markers where they hide nothing: whiteouts and opaque markers in
+# directories no layer has (no phantom directory may appear), whiteouts in a
+# directory only their own layer has; markers reached through a symlink their
+# layer made; and xattrs overlayfs would obey.
+MARKERS_LAYERS: list[list[Entry]] = [
+    [
+        _dir("etc", 50),
+        _file("etc/a", 51),
+        _dir("etc/sub", 52, 0o750),
+        _file("etc/sub/b", 53),
+        _dir("x", 54),
+        _file("x/f", 55),
+        _file("x/g", 56),
+    ],
+    [
+        whiteout("nowhere/f"),
+        whiteout("no/where/f"),
+        opaque("gone"),
+        _dir("own", 58, 0o711),
+        whiteout("own/nothing"),
+        _file("own/file", 59),
+        Entry("s", "symlink", target="x", mtime_ns=_t(60)),
+        whiteout("s/f"),
+        _dir("etc/sub", 61, 0o755, xattrs=FORGED),
+        _file("etc/forged", 62, xattrs=FORGED),
+    ],
+    [
+        _dir("new", 63),
+        _file("new/file", 64),
+        whiteout("new/nothing"),
+        whiteout("etc/sub/gone/deeper"),
+    ],
+]
+
+# An opaque root hides every lower layer, whatever overlayfs does with the
+# marker of a layer's root directory.
+OPAQUE_ROOT_LAYERS: list[list[Entry]] = [
+    [_dir("etc", 80), _file("etc/a", 81), _dir("x", 82), _file("x/f", 83), _file("y", 84)],
+    [_file("between", 85)],
+    [opaque("."), _dir("etc", 86, 0o700), _file("etc/new", 87), _file("z", 88)],
+]
+
+# One layer twice, as images built from an empty step or a repeated one hold:
+# overlayfs takes no directory twice in one mount.
+REPEATED_LAYERS: list[list[Entry]] = [
+    [_dir("d", 70), _file("d/f", 71)],
+    [_file("d/g", 72), whiteout("d/f")],
+    [_dir("d", 70), _file("d/f", 71)],
+]
+
 CASES: dict[str, list[list[Entry]]] = {
     "rich": RICH_LAYERS,
     "types": TYPES_LAYERS,
     "single": SINGLE_LAYER,
+    "markers": MARKERS_LAYERS,
+    "opaque-root": OPAQUE_ROOT_LAYERS,
+    "repeated": REPEATED_LAYERS,
 }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import backends.apply
+import backends.apply_tree
 from backends.mounts import mounts_under
 from providers.errors import BackendError
 from tests import images
@@ -134,7 +134,7 @@ async def test_the_comparison_catches_a_broken_applier(
     def ignore_whiteouts(tree: object, path: object, entry: str) -> None:
         """A bug: whiteouts do nothing."""
 
-    monkeypatch.setattr(backends.apply._Tree, "whiteout", ignore_whiteouts)
+    monkeypatch.setattr(backends.apply_tree.Tree, "whiteout", ignore_whiteouts)
     prov = make_provisioner(tmp_path / "work", case_images.directory)
     async with provisioned(prov, variant, "rich") as info:
         differences = diff_trees(digest(case_images.references["rich"]), digest(info.rootfs))

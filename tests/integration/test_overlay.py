@@ -88,7 +88,7 @@ async def test_many_layers_under_a_long_path(
     prov = make_provisioner(work, directory)
     async with provisioned(prov, variant, "many") as info:
         assert len(info.image.layers) == MANY
-        store_layers = sorted((work / "store" / "layers").glob("*/overlay"))
+        store_layers = sorted((work / "store" / "layers").glob("*/overlay-v2"))
         assert len(store_layers) == MANY
         # Spelt out, the layers would not fit in one mount(2) call.
         assert len(":".join(map(str, store_layers))) > MAX_OPTIONS
@@ -182,7 +182,7 @@ async def test_containers_share_layers_and_stay_apart(
         assert (one.rootfs / "d1" / "f").read_text() == "changed in c1\n"
     async with provisioned(prov, RO, "many", "c3") as three:
         assert_same_tree(reference, three.rootfs)
-    assert len(list((tmp_path / "work" / "store" / "layers").glob("*/overlay"))) == MANY
+    assert len(list((tmp_path / "work" / "store" / "layers").glob("*/overlay-v2"))) == MANY
 
 
 async def test_recover_takes_down_overlay_rootfses(

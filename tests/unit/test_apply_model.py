@@ -279,3 +279,15 @@ def test_markers_anywhere_without_symlinks(layers: list[list[Entry]]) -> None:
     except Unpredictable:
         reject()
     assert real(layers) == expected
+
+
+def test_a_directory_replacing_the_symlink_its_own_path_went_through() -> None:
+    # "b/b" goes through "b" -> ".", so it names "b" itself: the directory
+    # replaces the symlink, and "b/b" names a new path from then on.
+    layers = [[("link", ("b",), "."), ("dir", ("b", "b"), ""), ("file", ("b", "b", "a"), "x")]]
+    assert predicted(layers, ordered=True) == {
+        ("b",): DIR,
+        ("b", "b"): DIR,
+        ("b", "b", "a"): ("file", "x"),
+    }
+    assert real(layers) == predicted(layers, ordered=True)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from backends.apply import OVERLAY_OPAQUE, apply_layer
-from providers.errors import BackendError, UnsafeLayer
+from backends.apply import apply_layer
+from backends.apply_tree import OVERLAY_OPAQUE, MadeDirs
+from providers.errors import BackendError, BadImage, UnsafeLayer
 from providers.layer_rules import RelPath
 from tests.tree import is_whiteout
-from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, xattrs
+from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, sym, xattrs
 from tests.unit.test_apply_hostile import HOSTILE, PROBE, Hostile, _outside
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -32,6 +33,11 @@ def root(tmp_path: Path) -> Path:
 
 
 def extract(root: Path, *members: Member) -> frozenset[RelPath]:
+    """Extract one layer; the directories it made without a header."""
+    return extract_made(root, *members).implicit
+
+
+def extract_made(root: Path, *members: Member) -> MadeDirs:
     stream: io.BytesIO = layer(*members)
     return apply_layer(root, stream, layer="layer0", whiteouts="overlay")
 
@@ -102,7 +108,7 @@ def test_overlay_xattrs_from_the_image_are_dropped(root: Path) -> None:
 
 def test_a_real_0_0_character_device_is_refused(root: Path) -> None:
     device = _info("dev/zero0", b"3", devmajor=0, devminor=0), b""
-    with pytest.raises(BackendError, match="0/0 character device"):
+    with pytest.raises(BadImage, match="0/0 character device"):
         extract(root, dir_("dev"), device)
 
 
@@ -121,3 +127,22 @@ def test_hostile_layers_are_still_refused(root: Path, tmp_path: Path, case: Host
     assert _outside(tmp_path) == before
     for place in (Path("/"), Path("/tmp"), tmp_path.parent, Path.cwd()):
         assert not (place / PROBE).exists()
+
+
+@pytest.mark.parametrize("first", [reg("d"), sym("d", "elsewhere")], ids=["file", "symlink"])
+def test_a_directory_over_the_layers_own_non_directory_is_opaque(root: Path, first: Member) -> None:
+    # The layer's own "d" hid a lower d; its directory d must go on hiding it.
+    extract(root, first, dir_("d"), reg("d/mine"))
+    assert is_opaque(root / "d")
+    assert os.listdir(root / "d") == ["mine"]
+
+
+def test_the_layers_own_file_over_its_whiteout_is_no_whiteout(tmp_path: Path) -> None:
+    # ".wh.a", then a file "a": neither an entry beneath it nor a link to it
+    # may take the file for the whiteout it replaced.
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(BadImage, match="needs 'a' as a directory"):
+        extract(tmp_path / "one", reg(".wh.a"), reg("a", b"mine"), reg("a/under"))
+    extract(tmp_path / "two", reg(".wh.b"), reg("b", b"mine"), hard("c", "b"))
+    assert (tmp_path / "two" / "c").read_bytes() == b"mine"

@@ -18,7 +18,16 @@ from hypothesis import strategies as st
 
 from lazyfs import index as layer_index
 from lazyfs.blob_ranges import open_layers
-from lazyfs.index import IndexEntry, Kind, LayerData, LayerIndex, dumps, ensure_index, loads
+from lazyfs.index import (
+    FORMAT_VERSION,
+    IndexEntry,
+    Kind,
+    LayerData,
+    LayerIndex,
+    dumps,
+    ensure_index,
+    loads,
+)
 from lazyfs.index_build import build_index
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, UnsafeLayer
@@ -322,15 +331,15 @@ def test_the_header_reads_without_the_entries(tmp_path: Path) -> None:
     [
         "",
         "[]",
-        '{"version": 4}',
+        f'{{"version": {FORMAT_VERSION}}}',
         # A whole header, then an entry row that is no entry.
-        '{"version": 4, "digest": "x", "compression": "none", "tar_size": 0,'
+        f'{{"version": {FORMAT_VERSION}, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": 1}\n[[1]]',
         # A format-2 index: one line, entries inside.
         '{"version": 2, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": []}',
         # A header promising more entries than follow.
-        '{"version": 4, "digest": "x", "compression": "none", "tar_size": 0,'
+        f'{{"version": {FORMAT_VERSION}, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": 2}\n[]',
         # A format-3 index: rows without extents, which it got wrong for sparse files.
         '{"version": 3, "digest": "x", "compression": "none", "tar_size": 0,'

@@ -26,13 +26,13 @@ def stack(tmp_path: Path, *layers: list[Member]) -> list[LowerDir]:
     for index, members in enumerate(layers):
         root = tmp_path / f"l{index}" / "overlay"
         root.mkdir(parents=True)
-        implicit = apply_layer(root, layer(*members), layer=f"l{index}", whiteouts="overlay")
-        lowers.append(LowerDir(root, implicit))
+        made = apply_layer(root, layer(*members), layer=f"l{index}", whiteouts="overlay")
+        lowers.append(LowerDir(root, made))
     return lowers
 
 
 def planned(lowers: list[LowerDir]) -> dict[tuple[str, ...], DirAttrs]:
-    return {attrs.path: attrs for attrs in plan_top_dirs(lowers)}
+    return {attrs.path: attrs for attrs in plan_top_dirs(lowers).dirs}
 
 
 def test_a_directory_without_header_takes_the_lower_attributes(tmp_path: Path) -> None:

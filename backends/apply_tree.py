@@ -1,0 +1,577 @@
+"""The rootfs a layer is applied to, reached only through directory descriptors.
+
+``Tree`` is ``backends.apply``'s view of the directory being written: every
+filesystem call goes through directory descriptors opened one component at
+a time with ``O_NOFOLLOW``, so neither the archive nor a concurrent process
+can redirect a write outside the root.  It walks paths (following symlinked
+parents inside the root), makes, replaces and removes entries, applies
+whiteouts and opaque markers (or writes them in overlayfs' form), and sets
+directory modes and times once the layer is in.  What an entry means is
+decided before it gets here; see ``backends.apply``.  Blocking.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from providers import layer_rules as rules
+from providers.errors import BackendError, UnsafeLayer, bad_entry
+from providers.layer_entry import link_into_itself, link_to_directory, no_link_source
+from providers.layer_rules import RelPath
+
+log = logging.getLogger(__name__)
+
+# Tar writers list a tree depth first: the directory being filled and its
+# ancestors are what is asked for again.
+FD_CACHE_SIZE = 64
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+OVERLAY_OPAQUE = "trusted.overlay.opaque"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MadeDirs:
+    """Directories a layer made without a header, for a union of layers in overlay form.
+
+    ``implicit``: all of them; in a union they take the attributes of the
+    nearest lower layer that has a header for them.  ``marker_only``: those
+    that hold nothing but whiteouts and opaque markers; where no lower layer
+    has them as directories, they are not part of the union.  ``kept``:
+    those made before an opaque marker (or a whiteout of their own
+    directory) above them: that marker does not hide their lower namesakes'
+    attributes.  ``whiteout_dirs``: the directories holding the whiteouts it
+    made (any of them, header or not): where no other layer has them, the
+    kernel would list those whiteouts.  ``walked``: every directory it made
+    for something below where a lower namesake still showed through,
+    whatever became of it later in the layer: where a lower layer has a
+    non-directory there, the layer went through (or into) it, which a union
+    cannot show.
+    """
+
+    implicit: frozenset[RelPath] = frozenset()
+    marker_only: frozenset[RelPath] = frozenset()
+    kept: frozenset[RelPath] = frozenset()
+    whiteout_dirs: frozenset[RelPath] = frozenset()
+    walked: frozenset[RelPath] = frozenset()
+
+
+class Tree:
+    """The rootfs being written, reached only through directory descriptors.
+
+    Remembers, for one layer, which resolved paths the layer made (so its
+    whiteouts spare them) and which directories get their mode and mtime at
+    the end.  Descriptors of recently used directories are cached by the
+    path as written in the archive; any removal empties the cache, because a
+    removed directory or symlink changes where cached paths lead.  A
+    descriptor leaving the cache stays open until ``release``, so the entry
+    in progress never sees its descriptors closed under it.
+    """
+
+    def __init__(self, root: Path, layer: str, *, overlay: bool = False) -> None:
+        self.layer = layer
+        self.overlay = overlay
+        # Overlay mode: whiteout devices this layer made.  Both modes:
+        # directories made for entries below them, without a header.
+        self._whiteouts: set[RelPath] = set()
+        self._implicit: set[RelPath] = set()
+        # Overlay mode: implicit directories below a directory the layer then
+        # hid the lower children of (see MadeDirs.kept).
+        self._kept: set[RelPath] = set()
+        # Overlay mode: directories it made opaque, and implicit ones made
+        # below one of those (no lower namesake showed through there).
+        self._opaque: set[RelPath] = set()
+        self._fresh: set[RelPath] = set()
+        self._own_attrs: set[RelPath] = set()  # implicit ones a marker cut off from below
+        # The caller chose root; following a symlink there is its business.
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.privileged = os.geteuid() == 0
+        self.skipped: Counter[str] = Counter()
+        self.skipped_paths: set[RelPath] = set()
+        self._fds: OrderedDict[RelPath, tuple[int, RelPath]] = OrderedDict()
+        self._retired: list[int] = []
+        self._created: set[RelPath] = set()
+        self._ancestors: set[RelPath] = set()  # strict ancestors of _created
+        self._holding: set[RelPath] = set()  # strict ancestors of the entries written
+        self._dirs: dict[RelPath, tuple[int, int]] = {}
+        # Times of directories as the layer found them: adding or removing a
+        # child changes a directory's mtime, and (as umoci does) a directory
+        # the layer has no header for keeps the time the lower layer gave it.
+        self._found_times: dict[RelPath, tuple[int, int]] = {}
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._invalidate()
+        self.release()
+        os.close(self.root_fd)
+
+    def release(self) -> None:
+        """Close descriptors that left the cache; called between entries."""
+        while self._retired:
+            os.close(self._retired.pop())
+
+    def _invalidate(self) -> None:
+        self._retired.extend(fd for fd, _ in self._fds.values())
+        self._fds.clear()
+
+    def _cache(self, path: RelPath, found: tuple[int, RelPath]) -> None:
+        old = self._fds.pop(path, None)
+        if old is not None:
+            self._retired.append(old[0])
+        self._fds[path] = found
+        if len(self._fds) > FD_CACHE_SIZE:
+            self._retired.append(self._fds.popitem(last=False)[1][0])
+
+    def mark_created(self, path: RelPath, *, entry: bool = True) -> None:
+        """Record that the layer made ``path``: an entry, or (not ``entry``) a directory for one."""
+        self._created.add(path)
+        if entry:
+            self._holding.update(path[:end] for end in range(len(path)))
+        for end in range(len(path) - 1, -1, -1):
+            if path[:end] in self._ancestors:
+                break
+            self._ancestors.add(path[:end])
+
+    def defer_dir(self, path: RelPath, mode: int, mtime_ns: int) -> None:
+        self._dirs[path] = (mode, mtime_ns)
+
+    def walk(
+        self,
+        path: RelPath,
+        entry: str,
+        *,
+        create: bool,
+        follow: bool = True,
+        marker: bool = False,
+    ) -> tuple[int, RelPath] | None:
+        """The directory at ``path``: a descriptor (cache-owned) and its resolved path.
+
+        With ``follow``, symlinks on the way are followed inside the rootfs;
+        without, meeting one gives None.  A missing component is made when
+        ``create``, else gives None.  A non-directory on the way is an error
+        when ``create`` (the entry needs a parent), else gives None; so it
+        is for a ``marker`` (whiteout or opaque marker in overlay form),
+        which a non-directory leaves nothing to hide under.
+        """
+        if not path:
+            self._remember(self.root_fd, ())
+            return self.root_fd, ()
+        start, fd, resolved = 0, self.root_fd, path[:0]
+        for end in range(len(path), 0, -1):
+            hit = self._fds.get(path[:end])
+            if hit is not None and (follow or hit[1] == path[:end]):
+                if end == len(path):
+                    self._fds.move_to_end(path)
+                    return hit
+                start, (fd, resolved) = end, hit
+                break
+        found = self._walk(
+            fd, resolved, path[start:], entry, create=create, follow=follow, marker=marker
+        )
+        if found is not None:
+            self._remember(*found)
+            self._cache(path, found)
+        return found
+
+    def _remember(self, fd: int, resolved: RelPath) -> None:
+        if resolved not in self._found_times:
+            st = os.fstat(fd)
+            self._found_times[resolved] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def _walk(
+        self,
+        fd: int,
+        start: RelPath,
+        parts: RelPath,
+        entry: str,
+        *,
+        create: bool,
+        follow: bool,
+        marker: bool,
+    ) -> tuple[int, RelPath] | None:
+        resolved = list(start)
+        todo = list(reversed(parts))
+        owned = done = False
+        hops = 0
+        try:
+            while todo:
+                part = todo.pop()
+                if part == "..":  # only symlink targets bring these
+                    if not resolved:
+                        raise UnsafeLayer(self.layer, entry, "goes through a symlink above root")
+                    step: int | str | None = os.open("..", DIR_FLAGS, dir_fd=fd)
+                    resolved.pop()
+                else:
+                    step = self._step(fd, resolved, part, entry, create=create, marker=marker)
+                if step is None:
+                    return None
+                if isinstance(step, str):
+                    hops += 1
+                    if not follow:
+                        return None
+                    if hops > rules.MAX_SYMLINK_HOPS:
+                        raise UnsafeLayer(self.layer, entry, "goes through too many symlinks")
+                    absolute, more = rules.split_link_target(step)
+                    if absolute:
+                        if owned:
+                            os.close(fd)
+                        fd, owned, resolved = self.root_fd, False, []
+                    todo.extend(reversed(more))
+                    continue
+                if part != "..":
+                    resolved.append(part)
+                if owned:
+                    os.close(fd)
+                fd, owned = step, True
+            if not owned:
+                fd, owned = os.dup(fd), True
+            done = True
+            return fd, tuple(resolved)
+        finally:
+            if owned and not done:
+                os.close(fd)
+
+    def _step(
+        self, fd: int, resolved: list[str], part: str, entry: str, *, create: bool, marker: bool
+    ) -> int | str | None:
+        """Open directory ``part`` in ``fd``: its descriptor, a symlink's target, or None."""
+        try:
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+            self._remember(fd, tuple(resolved))  # before the mkdir changes its time
+            return self._implicit_dir(fd, (*resolved, part))
+        except OSError as error:
+            if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+        if (
+            create
+            and not marker
+            and (*resolved, part) in self._whiteouts
+            and _is_whiteout(fd, part)
+        ):
+            # The layer hid a lower NAME and puts things in NAME: a fresh,
+            # opaque directory is what that means to overlayfs.
+            os.unlink(part, dir_fd=fd)
+            self._invalidate()
+            return self._implicit_dir(fd, (*resolved, part))
+        target = _readlink(fd, part)
+        if target is None and create and not marker:
+            where = "/".join((*resolved, part))
+            raise bad_entry(self.layer, entry, f"needs {where!r} as a directory")
+        return target
+
+    def _implicit_dir(self, parent_fd: int, path: RelPath) -> int:
+        """Make the missing directory ``path`` for an entry below it."""
+        os.mkdir(path[-1], 0o755, dir_fd=parent_fd)
+        child = os.open(path[-1], DIR_FLAGS, dir_fd=parent_fd)
+        os.fchmod(child, 0o755)  # whatever the umask
+        # Made without a header: mtime 0 at the end, as the merged FUSE tree
+        # shows it, not whenever this extraction ran.
+        self._found_times[path] = (0, 0)
+        self.mark_created(path, entry=False)
+        if path in self._whiteouts:
+            # Fresh over a hidden namesake: its own attributes are the union's.
+            self._whiteouts.discard(path)
+            self._set_opaque(child, path)
+        else:
+            self._implicit.add(path)
+            if any(path[:end] in self._opaque for end in range(len(path))):
+                # No lower namesake shows through any more.
+                self._fresh.add(path)
+                self._own_attrs.add(path)
+        return child
+
+    def made_dirs(self) -> MadeDirs:
+        implicit = frozenset(self._implicit - self._dirs.keys())
+        return MadeDirs(
+            implicit,
+            frozenset(implicit - self._holding),
+            frozenset(self._kept & implicit),
+            frozenset(path[:-1] for path in self._whiteouts if len(path) > 1),
+            frozenset(self._implicit - self._fresh),
+        )
+
+    def create(self, parent_fd: int, name: str, make: Callable[[], T]) -> T:
+        """``make()`` the entry ``name``, replacing whatever is there."""
+        try:
+            return make()
+        except FileExistsError:
+            self._remove(parent_fd, name)
+            return make()
+
+    def _remove(self, parent_fd: int, name: str) -> None:
+        self._invalidate()
+        if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+            shutil.rmtree(name, dir_fd=parent_fd)
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+
+    def make_dir(self, path: RelPath, parent_fd: int, resolved: RelPath) -> tuple[int, bool]:
+        """The directory at ``path`` (made, or kept if one is there) and whether it was there."""
+        hit = self._fds.get(path)
+        if hit is not None and hit[1] == resolved:
+            return hit[0], True
+        name = resolved[-1]
+        existed = replaced = False
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent_fd)
+        except FileExistsError:
+            if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                existed = True
+            else:
+                self._remove(parent_fd, name)
+                os.mkdir(name, 0o755, dir_fd=parent_fd)
+                replaced = True
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        if replaced:
+            # What went may have been a symlink ``path`` itself went through
+            # ("b/b" over "b -> ."): ``path`` leads elsewhere now, so it is not
+            # cached; the descriptor lives until the entry is done.
+            self._retired.append(fd)
+        else:
+            self._cache(path, (fd, resolved))
+        if resolved in self._whiteouts or (replaced and self.overlay):
+            # Overlay mode: the layer's own whiteout, or its own non-directory,
+            # hid the lower namesake; its own directory there is an opaque one.
+            self._whiteouts.discard(resolved)
+            self._set_opaque(fd, resolved)
+        return fd, existed
+
+    def hardlink(self, target: RelPath, parent_fd: int, resolved: RelPath, entry: str) -> None:
+        found = self.walk(target[:-1], entry, create=False)
+        source = "/".join(target)
+        if found is None:
+            raise self._no_link_source(entry, source)
+        source_dir, source_parent = found
+        source_name = target[-1]
+        try:
+            mode = os.stat(source_name, dir_fd=source_dir, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            if (*source_parent, source_name) in self.skipped_paths:
+                return
+            raise self._no_link_source(entry, source) from None
+        if stat.S_ISDIR(mode):
+            raise link_to_directory(self.layer, entry, source)
+        if (*source_parent, source_name) in self._whiteouts and _is_whiteout(
+            source_dir, source_name
+        ):
+            # Overlay form: the layer hid the source; a link would be one more whiteout.
+            raise no_link_source(self.layer, entry, source)
+        if (*source_parent, source_name) == resolved:
+            return
+        if (*source_parent, source_name)[: len(resolved)] == resolved:
+            raise link_into_itself(self.layer, entry, source)
+        name = resolved[-1]
+        self.create(
+            parent_fd,
+            name,
+            lambda: os.link(
+                source_name,
+                name,
+                src_dir_fd=source_dir,
+                dst_dir_fd=parent_fd,
+                follow_symlinks=False,
+            ),
+        )
+
+    def _no_link_source(self, entry: str, source: str) -> Exception:
+        if self.overlay:
+            # It may be in a lower layer: fine in a union, impossible in one layer alone.
+            return LinkOutsideLayer(self.layer, entry, source)
+        return no_link_source(self.layer, entry, source)
+
+    def whiteout(self, path: RelPath, entry: str) -> None:
+        if self.overlay:
+            self._overlay_whiteout(path, entry)
+            return
+        found = self.walk(path[:-1], entry, create=False)
+        if found is not None:
+            self._hide(found[0], path[-1], (*found[1], path[-1]))
+
+    def _overlay_whiteout(self, path: RelPath, entry: str) -> None:
+        if not self.privileged:
+            raise BackendError(f"layer {self.layer}: entry {entry!r}: whiteouts need root")
+        found = self.walk(path[:-1], entry, create=True, marker=True)
+        if found is None:
+            return  # under something of the layer's own that is no directory
+        parent_fd, parent = found
+        name = path[-1]
+        resolved = (*parent, name)
+        try:
+            mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            mode = None
+        own = resolved in self._dirs or resolved in self._holding
+        if mode is not None and stat.S_ISDIR(mode) and not own:
+            # Made for earlier markers only: nothing of the layer's own in it.
+            self._remove(parent_fd, name)
+            mode = None
+        if mode is None:
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent_fd)
+            self._whiteouts.add(resolved)
+            return
+        if stat.S_ISDIR(mode):
+            # The layer's own directory: it keeps its entries, loses the lower ones.
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                self._make_opaque(fd, resolved)
+            finally:
+                os.close(fd)
+        # Any other entry of the layer hides its lower namesake by itself.
+
+    def _make_opaque(self, fd: int, path: RelPath) -> None:
+        self._set_opaque(fd, path)
+        # Directories the layer made below for its entries before this marker,
+        # where a lower namesake still showed, keep the attributes it gave them.
+        depth = len(path)
+        below = {p for p in self._implicit if len(p) > depth and p[:depth] == path}
+        self._kept.update((below & self._holding) - self._own_attrs)
+        # The others go, as far as lower layers are concerned: when the layer
+        # writes into them later, they are its own.
+        self._own_attrs.update(below - self._holding)
+
+    def _set_opaque(self, fd: int, path: RelPath) -> None:
+        set_opaque(fd)
+        self._opaque.add(path)
+
+    def opaque(self, path: RelPath, entry: str) -> None:
+        if self.overlay:
+            made = self.walk(path, entry, create=True, marker=True)
+            if made is not None:
+                self._make_opaque(*made)
+            return
+        found = self.walk(path, entry, create=False)
+        if found is not None:
+            for child in os.listdir(found[0]):
+                self._hide(found[0], child, (*found[1], child))
+
+    def _hide(self, parent_fd: int, name: str, path: RelPath) -> None:
+        """Remove what lower layers made at ``path``, keeping what this layer made."""
+        try:
+            mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return
+        if path not in self._created and path not in self._ancestors:
+            self._remember(parent_fd, path[:-1])  # before the removal changes its time
+            self._remove(parent_fd, name)
+        elif stat.S_ISDIR(mode):
+            # Ours, or holding something of ours: its lower children go.
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+            try:
+                for child in os.listdir(fd):
+                    self._hide(fd, child, (*path, child))
+            finally:
+                os.close(fd)
+
+    def finish(self) -> None:
+        """Set the deferred directory modes and mtimes, deepest first."""
+        for path in sorted(self._dirs, key=len, reverse=True):
+            mode, mtime_ns = self._dirs[path]
+            entry = "/".join(path) or "."
+            try:
+                if not path:
+                    _set_dir_times(self.root_fd, mode, mtime_ns)
+                    continue
+                found = self.walk(path[:-1], entry, create=False, follow=False)
+                if found is None:
+                    continue  # a later entry of the layer replaced it
+                try:
+                    fd = os.open(path[-1], DIR_FLAGS, dir_fd=found[0])
+                except OSError:
+                    continue
+                try:
+                    _set_dir_times(fd, mode, mtime_ns)
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                raise backend_error(self.layer, entry, error) from error
+            finally:
+                self.release()
+        self._restore_found_times()
+        for what, count in sorted(self.skipped.items()):
+            log.warning("layer %s: skipped %d %s", self.layer, count, what)
+
+    def _restore_found_times(self) -> None:
+        for path, times in list(self._found_times.items()):
+            if path in self._dirs:
+                continue  # the layer's own header decided this one's time
+            if not path:
+                os.utime(self.root_fd, ns=times)
+                continue
+            found = self.walk(path[:-1], "/".join(path), create=False, follow=False)
+            try:
+                if found is not None:
+                    fd = os.open(path[-1], DIR_FLAGS, dir_fd=found[0])
+                    try:
+                        os.utime(fd, ns=times)
+                    finally:
+                        os.close(fd)
+            except OSError:
+                continue  # removed or replaced later in the layer: nothing to keep
+            finally:
+                self.release()
+
+
+class LinkOutsideLayer(BackendError):
+    """A hardlink of a layer extracted alone (overlay form) to a path not in that layer.
+
+    Whether it exists in the image is the union's question: the overlay
+    backend answers it, with ``no_link_source`` if it does not.
+    """
+
+    def __init__(self, layer: str, entry: str, source: str) -> None:
+        super().__init__(
+            f"layer {layer}: entry {entry!r} is a hardlink to {source!r}, which is not in its "
+            "own layer; the overlay backend cannot make it (use copy)"
+        )
+        self.layer = layer
+        self.entry = entry
+        self.source = source
+
+
+def set_opaque(fd: int) -> None:
+    os.setxattr(fd, OVERLAY_OPAQUE, b"y")
+
+
+def _set_dir_times(fd: int, mode: int, mtime_ns: int) -> None:
+    os.fchmod(fd, mode)
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def _is_whiteout(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` is still the whiteout the layer made (an entry may have replaced it)."""
+    found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
+
+
+def _readlink(dir_fd: int, name: str) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno == errno.EINVAL:  # not a symlink
+            return None
+        raise
+
+
+def backend_error(layer: str, entry: str, error: OSError) -> BackendError:
+    return BackendError(f"layer {layer}: entry {entry!r}: {error.strerror or error}")
