@@ -42,13 +42,15 @@ from __future__ import annotations
 
 import enum
 import struct
-import tarfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from providers import layer_rules as rules
 from providers.errors import BadImage, bad_entry
 from providers.layer_rules import Action, RelPath, Rule
-from providers.tar_stream import MAX_ENTRY_SIZE, MAX_ID, pax_mtime_ns, pax_xattrs
+
+if TYPE_CHECKING:
+    import tarfile
 
 _NS = 1_000_000_000
 # ext4's timestamps: 32 signed bits of seconds plus two epoch bits.  At either
@@ -84,13 +86,17 @@ class EntryKind(enum.Enum):
     FIFO = "fifo"
 
 
+# The largest owner id a layer may give: (uid_t)-1 means "leave unchanged" to chown.
+MAX_ID = (1 << 32) - 2
+# tarfile's type flags, written out: the merged tree (a mount process) uses
+# this module's link rules and must not load tarfile and the tar parsers.
 _KINDS = {
-    tarfile.DIRTYPE: EntryKind.DIR,
-    tarfile.SYMTYPE: EntryKind.SYMLINK,
-    tarfile.LNKTYPE: EntryKind.HARDLINK,
-    tarfile.CHRTYPE: EntryKind.CHAR,
-    tarfile.BLKTYPE: EntryKind.BLOCK,
-    tarfile.FIFOTYPE: EntryKind.FIFO,
+    b"5": EntryKind.DIR,
+    b"2": EntryKind.SYMLINK,
+    b"1": EntryKind.HARDLINK,
+    b"3": EntryKind.CHAR,
+    b"4": EntryKind.BLOCK,
+    b"6": EntryKind.FIFO,
 }
 
 
@@ -124,6 +130,9 @@ class LayerEntry:
 
 def classify_member(member: tarfile.TarInfo, *, layer: str) -> LayerEntry:
     """What ``member`` of layer ``layer`` is; raises BadImage or UnsafeLayer if refused."""
+    # Here, not at the top: see _KINDS.
+    from providers.tar_stream import MAX_ENTRY_SIZE, pax_mtime_ns, pax_xattrs
+
     name = member.name
     rule = rules.rule_for(name, layer=layer)
     if rule.action is not Action.WRITE:

@@ -40,12 +40,10 @@ from providers.tar_sparse import (
 CHUNK = 1 << 20
 # tarfile reads pax and GNU long-name headers whole into memory.
 MAX_HEADER_BYTES = 1 << 20
-# What any reader of a layer refuses past: entries per layer, bytes per
-# entry (apparent: a sparse file's holes count), and owner ids ((uid_t)-1
-# means "leave unchanged" to chown).
+# What any reader of a layer refuses past: entries per layer, and bytes per
+# entry (apparent: a sparse file's holes count).  Owner ids: layer_entry.MAX_ID.
 MAX_ENTRIES = 10_000_000
 MAX_ENTRY_SIZE = 1 << 40
-MAX_ID = (1 << 32) - 2
 _SPARSE_PREFIX = "GNU.sparse."
 _HEADER_TYPES = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
