@@ -264,7 +264,7 @@ def test_setuid_files_of_an_image_never_run_as_root_for_other_users(
         # ...while from outside, nobody cannot even reach the rootfs.
         assert euid_as_nobody(rootfs / "usr/bin/euid") == EACCES, name
     extracted = sorted(provisioned.cli.docker_store.glob("layers/*/*/usr/bin/euid"))
-    assert {path.parents[2].name for path in extracted} >= {"rootfs", "overlay"}
+    assert {path.parents[2].name for path in extracted} >= {"rootfs-v2", "overlay-v2"}
     for path in extracted:
         assert path.stat().st_mode & stat.S_ISUID and path.stat().st_uid == 0
         assert euid_as_nobody(path) == EACCES, path
