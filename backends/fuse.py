@@ -50,15 +50,7 @@ class FuseBackend:
         scratch.mkdir()
         try:
             rootfs.mkdir(mode=0o755)
-            lazy_mount.mount_recorded(
-                scratch,
-                [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
-                rootfs,
-                layers_dir=self.layers_dir,
-                tmp_dir=self.tmp_dir,
-                writable=writable,
-                limits=self.limits,
-            )
+            self._mount(scratch, layers, rootfs, writable=writable)
         except BaseException:
             with contextlib.suppress(OSError):
                 rootfs.rmdir()
@@ -81,13 +73,18 @@ class FuseBackend:
             )
         # The dead mount goes first; its process is gone, or goes now.
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
+        self._mount(scratch, layers, rootfs, writable=False)
+
+    def _mount(
+        self, scratch: Path, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool
+    ) -> None:
         lazy_mount.mount_recorded(
             scratch,
             [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
             rootfs,
             layers_dir=self.layers_dir,
             tmp_dir=self.tmp_dir,
-            writable=False,
+            writable=writable,
             limits=self.limits,
         )
 

@@ -22,6 +22,7 @@ import requests
 from providers.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from providers.oci_layout import host_arch
 from tests import images
+from tests.registry.proxy import Faults, run_proxy
 from tests.registry.servers import (
     Registry,
     Tls,
@@ -210,3 +211,26 @@ def token_registry(seed: Seed, tmp_path_factory: pytest.TempPathFactory) -> Iter
         run_registry(work, storage, token=(tokens.url, tokens.cert)) as registry,
     ):
         yield TokenSetup(registry, tokens)
+
+
+@pytest.fixture(scope="module")
+def big_layer(plain_registry: Registry) -> str:
+    """The digest of the rich image's largest layer."""
+    response = requests.get(
+        f"{plain_registry.url}/v2/library/rich/manifests/oci",
+        headers={"Accept": OCI_MANIFEST},
+        timeout=10,
+    )
+    layers = response.json()["layers"]
+    return str(max(layers, key=lambda layer: layer["size"])["digest"])
+
+
+@pytest.fixture
+def faults(big_layer: str) -> Faults:
+    return Faults(target=big_layer)
+
+
+@pytest.fixture
+def proxy(plain_registry: Registry, faults: Faults) -> Iterator[str]:
+    with run_proxy(plain_registry.url, faults) as url:
+        yield url

@@ -13,6 +13,7 @@ from lazyfs.store import Store
 from providers.image_pb2 import Image
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions
+from tests.registry.proxy import Faults
 from tests.tree import diff_trees, tree_digest
 
 # Fast retries: the faults are injected, not real, so waiting proves nothing.
@@ -50,3 +51,8 @@ def lazyfs(work: Path, *args: str, timeout: float = 120) -> subprocess.Completed
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
+
+
+def ranges(faults: Faults) -> list[str]:
+    """The Range headers of the requests for the faulted blob, in order."""
+    return [h.get("Range", "") for path, h in faults.seen if faults.target in path]

@@ -8,54 +8,24 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 import trio
 
 from backends.mounts import mounts_under, unmount_all_under
 from lazyfs.progress import Progress
 from providers.errors import DigestMismatch, TemporaryFailure
-from providers.manifest import OCI_MANIFEST
 from providers.registry import RegistryOptions
 from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions
 from tests.e2e.conftest import one_line_error
 from tests.registry.conftest import PASSWORD, USER
-from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff
+from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff, ranges
 from tests.registry.proxy import Faults, run_proxy
 from tests.registry.servers import Registry, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def big_layer(plain_registry: Registry) -> str:
-    """The digest of the rich image's largest layer."""
-    response = requests.get(
-        f"{plain_registry.url}/v2/library/rich/manifests/oci",
-        headers={"Accept": OCI_MANIFEST},
-        timeout=10,
-    )
-    layers = response.json()["layers"]
-    return str(max(layers, key=lambda layer: layer["size"])["digest"])
-
-
-@pytest.fixture
-def faults(big_layer: str) -> Faults:
-    return Faults(target=big_layer)
-
-
-@pytest.fixture
-def proxy(plain_registry: Registry, faults: Faults) -> Iterator[str]:
-    with run_proxy(plain_registry.url, faults) as url:
-        yield url
-
-
-def ranges(faults: Faults) -> list[str]:
-    return [h.get("Range", "") for path, h in faults.seen if faults.target in path]
 
 
 async def test_cut_transfer_resumes_with_range(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from providers.manifest import OCI_MANIFEST
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions
 from tests.e2e.conftest import one_line_error
-from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff
+from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff, ranges
 from tests.registry.proxy import Faults, run_proxy
 from tests.registry.servers import Registry
 
@@ -32,33 +31,6 @@ pytestmark = pytest.mark.integration
 
 # Long enough for any loaded machine to have answered; short enough to end the test.
 GUARD = 60.0
-
-
-@pytest.fixture(scope="module")
-def big_layer(plain_registry: Registry) -> str:
-    """The digest of the rich image's largest layer."""
-    response = requests.get(
-        f"{plain_registry.url}/v2/library/rich/manifests/oci",
-        headers={"Accept": OCI_MANIFEST},
-        timeout=10,
-    )
-    layers = response.json()["layers"]
-    return str(max(layers, key=lambda layer: layer["size"])["digest"])
-
-
-@pytest.fixture
-def faults(big_layer: str) -> Faults:
-    return Faults(target=big_layer)
-
-
-@pytest.fixture
-def proxy(plain_registry: Registry, faults: Faults) -> Iterator[str]:
-    with run_proxy(plain_registry.url, faults) as url:
-        yield url
-
-
-def ranges(faults: Faults) -> list[str]:
-    return [h.get("Range", "") for path, h in faults.seen if faults.target in path]
 
 
 def options(**http: float) -> RegistryOptions:
