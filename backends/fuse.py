@@ -1,14 +1,14 @@
 """The fuse backend: lazyfs' own merged tree over the layer blobs, one mount process per rootfs.
 
 Nothing is extracted: each layer is indexed once into the store
-(``layers/<hex>/index.json``, see ``lazyfs.index``), each image's merged
-tree is kept beside its top layer's index (``lazyfs.tree_cache``), and the
-rootfs is a FUSE mount served by a process of its own (``lazyfs.mount``),
+(``layers/<hex>/index.json``, see ``lazyfs.index.model``), each image's merged
+tree is kept beside its top layer's index (``lazyfs.tree.kept``), and the
+rootfs is a FUSE mount served by a process of its own (``lazyfs.fs.mount``),
 detached from the caller.  Per rootfs, ``<rootfs>/../../scratch/<rootfs name>/`` (as the
 overlay backend keeps its scratch) holds ``pid``, the mount process, and
 ``mount.log``, its log; for a writable rootfs also ``upper/``, its writes
 in overlayfs' upperdir format, and ``work/``, copy-up temporaries (see
-``lazyfs.upper``).
+``lazyfs.fs.upper``).
 
 A read-only rootfs is mounted ``ro``.  ``destroy`` unmounts
 what a runtime mounted inside, then the rootfs, waits for the mount process
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from backends.base import LayerFile, Rootfs, scratch_dir
 from backends.mounts import unmount
-from lazyfs import mount as lazy_mount
+from lazyfs.fs import mount as lazy_mount
 from providers.errors import BackendError
 from providers.fstree import remove_tree
 from providers.tar_stream import LayerLimits

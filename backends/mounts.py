@@ -8,7 +8,7 @@ import errno
 import os
 from pathlib import Path
 
-from lazyfs.mount import is_mounted, mount_points
+from lazyfs.fs.mount import is_mounted, mount_points
 from providers.errors import BackendError
 
 MS_RDONLY = 0x1

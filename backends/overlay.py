@@ -62,7 +62,7 @@ from backends.overlay_dirs import (
     union_kind,
     write_top_dirs,
 )
-from lazyfs.mount import mount_points
+from lazyfs.fs.mount import mount_points
 from providers.errors import BackendError
 from providers.fstree import remove_tree
 from providers.layer_entry import link_to_directory, no_link_source

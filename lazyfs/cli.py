@@ -21,15 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backends.registry import NAMES as BACKENDS
-from lazyfs import devmount, runtime
-from lazyfs import mount as lazy_mount
-from lazyfs.appc import AppcProvider
 from lazyfs.cli_run import failure_line, run_trio
-from lazyfs.docker import DockerProvider
-from lazyfs.imagespec import image_from_file, parse_image
+from lazyfs.fs import mount as lazy_mount
+from lazyfs.images.appc import AppcProvider
+from lazyfs.images.docker import DockerProvider
+from lazyfs.images.spec import image_from_file, parse_image
 from lazyfs.progress import Progress
-from lazyfs.provisioner import ImageProvider, Provisioner, ProvisionInfo
-from lazyfs.store import Store
+from lazyfs.provision import devmount, runtime
+from lazyfs.provision.provisioner import ImageProvider, Provisioner, ProvisionInfo
+from lazyfs.store.disk import Store
 from providers.appc_store import AppcStore
 from providers.errors import NotFound, UsageError
 from providers.image_pb2 import Image

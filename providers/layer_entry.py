@@ -4,7 +4,7 @@
 member of a layer is: accepted as it is, accepted with values normalised, or
 refused with the error that names the layer and the entry.  Applying a layer
 to a directory (``backends.apply``, for the copy, bind and overlay backends)
-and indexing it for the merged FUSE tree (``lazyfs.index_build``) act on the
+and indexing it for the merged FUSE tree (``lazyfs.index.build``) act on the
 ``LayerEntry`` it returns and on nothing else of the header, so every backend
 accepts and refuses the same layers and shows the same values.
 

@@ -23,7 +23,7 @@ the bounded parsers here (damage is ``tarfile.ReadError``), and
 ``tar_stream.file_layout`` judges every regular entry, sparse or not, with
 ``checked_extents``, before anyone reads its bytes: applying
 (``backends.apply``, with ``stored_chunks``), indexing
-(``lazyfs.index_build``) and, through the index, the FUSE reads
+(``lazyfs.index.build``) and, through the index, the FUSE reads
 (``providers.extents``).
 """
 

@@ -1,4 +1,4 @@
-"""The two paths a FUSE mount can take (``lazyfs.fuse_caps``), for tests that run on each.
+"""The two paths a FUSE mount can take (``lazyfs.fs.caps``), for tests that run on each.
 
 ``no-open``: open and opendir answer ENOSYS and every request names its file
 by inode; it needs the patched pyfuse3 for real mounts (and skips without it,
@@ -22,7 +22,7 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 
-from lazyfs import fuse_caps
+from lazyfs.fs import caps as fuse_caps
 
 NO_OPEN, OPEN = "no-open", "open"
 PATHS = (NO_OPEN, OPEN)

@@ -5,7 +5,7 @@ function returns the tree in ``tests.tree.tree_digest``'s form, or raises
 what the backend raised:
 
 - ``copy_tree``: ``backends.apply`` into a directory (the copy backend);
-- ``fuse_tree``: the merged tree of the layers' indexes (``lazyfs.tree``),
+- ``fuse_tree``: the merged tree of the layers' indexes (``lazyfs.tree.merge``),
   described as ``tree_digest`` would describe the mounted view, without
   mounting: file contents are read at the offsets the index gives;
 - ``overlay_tree``: the overlay backend's read-only rootfs, mounted, read
@@ -27,9 +27,9 @@ from pathlib import Path
 from backends.apply import apply_layers
 from backends.base import LayerFile
 from backends.overlay import OverlayBackend
-from lazyfs.index import LayerIndex
-from lazyfs.index_build import scan_tar
-from lazyfs.tree import ROOT_INO, InodeNo, merge
+from lazyfs.index.build import scan_tar
+from lazyfs.index.model import LayerIndex
+from lazyfs.tree.merge import ROOT_INO, InodeNo, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import LazyfsError
 from tests.tree import _KINDS, Node, tree_digest

@@ -11,10 +11,10 @@ import trio
 
 from backends.registry import NAMES
 from benchlib.images import BenchImage
-from lazyfs.docker import DockerProvider
+from lazyfs.images.docker import DockerProvider
 from lazyfs.progress import Progress
-from lazyfs.provisioner import Provisioner, ProvisionInfo
-from lazyfs.store import Store
+from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
+from lazyfs.store.disk import Store
 from providers.image_pb2 import Image
 
 _ids = itertools.count()

@@ -36,8 +36,8 @@ from benchlib.util import (
     scratch_dir,
     settle,
 )
-from lazyfs.provisioner import ProvisionInfo
-from lazyfs.runtime import bundle_config, write_bundle
+from lazyfs.provision.provisioner import ProvisionInfo
+from lazyfs.provision.runtime import bundle_config, write_bundle
 from providers.errors import LazyfsError
 from providers.manifest import RuntimeConfig
 

@@ -21,9 +21,9 @@ import trio
 
 from benchlib.measure import Contender, Context, Result, Timing, compare
 from benchlib.util import now, run, scratch_dir, settle
-from lazyfs.docker import DockerProvider
+from lazyfs.images.docker import DockerProvider
 from lazyfs.progress import Progress
-from lazyfs.store import Store
+from lazyfs.store.disk import Store
 from providers.image_pb2 import Image
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from backends.mounts import mount, unmount, unmount_all_under
-from lazyfs.mount import is_mounted
+from lazyfs.fs.mount import is_mounted
 
 
 class ToolError(RuntimeError):

@@ -23,9 +23,9 @@ import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
 from backends.overlay import overlay_usable
-from lazyfs.docker import DockerProvider
-from lazyfs.provisioner import Provisioner, ProvisionInfo
-from lazyfs.store import Store
+from lazyfs.images.docker import DockerProvider
+from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
+from lazyfs.store.disk import Store
 from providers.image_pb2 import Image
 from tests import fuse_paths, images
 from tests.conformance.cases import CASES

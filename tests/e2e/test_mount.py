@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.devmount import record_dir
-from lazyfs.mount import is_mounted
+from lazyfs.fs.mount import is_mounted
+from lazyfs.provision.devmount import record_dir
 from tests.e2e.conftest import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def pid_alive(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False  # it exited between the kill and the read
-    return cmdline.find(b"lazyfs.mount_main") >= 0
+    return cmdline.find(b"lazyfs.fs.mount_main") >= 0
 
 
 def test_mount_shows_the_image_read_only_and_umount_takes_it_down(
@@ -85,7 +85,7 @@ def test_debug_logs_every_request_the_mount_serves(lazyfs: Lazyfs, mountpoint: P
 
     assert logged(r"lookup\(1, b'etc'\) -> ino \d+")
     assert logged(r"lookup\(\d+, b'nope'\) -> no entry \(cached\)")
-    # On the no-open path (lazyfs.fuse_caps) the one open answers ENOSYS.
+    # On the no-open path (lazyfs.fs.caps) the one open answers ENOSYS.
     assert logged(r"open\(\d+, O_RDONLY\) -> (fh \d+|ENOSYS)")
     assert logged(r"read\(\d+, 0, \d+\) -> 27 bytes")
 

@@ -111,7 +111,7 @@ def test_recover_after_a_killed_provision_leaves_a_clean_work_dir(lazyfs: Lazyfs
     import fcntl
     import hashlib
 
-    from lazyfs.store import Store
+    from lazyfs.store.disk import Store
 
     # Hold the store's lock on the image so the provision stops, deterministically,
     # after it recorded its work and before it finished; then kill it.

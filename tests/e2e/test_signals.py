@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backends.mounts import mounts_under
-from lazyfs.store import Store
+from lazyfs.store.disk import Store
 from tests.e2e.conftest import REPO, Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration

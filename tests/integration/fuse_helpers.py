@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs import mount as lazy_mount
+from lazyfs.fs import mount as lazy_mount
 
 
 def need_fuse() -> None:
@@ -31,7 +31,7 @@ def alive(pid: int) -> bool:
 
 
 def runs_mount_main(pid: int | str, mountpoint: Path) -> bool:
-    """Whether ``pid`` is a live ``lazyfs.mount_main`` process for ``mountpoint``.
+    """Whether ``pid`` is a live ``lazyfs.fs.mount_main`` process for ``mountpoint``.
 
     One that exited is not; nor is another test's (tests may run beside others).
     """
@@ -39,7 +39,7 @@ def runs_mount_main(pid: int | str, mountpoint: Path) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return b"lazyfs.mount_main" in argv and os.fsencode(mountpoint) in argv
+    return b"lazyfs.fs.mount_main" in argv and os.fsencode(mountpoint) in argv
 
 
 def unmount_all(made: list[tuple[Path, int]]) -> None:

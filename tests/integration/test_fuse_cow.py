@@ -23,9 +23,9 @@ from backends.base import LayerFile, scratch_dir
 from backends.extracted import extracted_layer
 from backends.fuse import FuseBackend
 from backends.overlay import overlay_usable
-from lazyfs import mount as lazy_mount
-from lazyfs.tree_cache import tree_path
-from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
+from lazyfs.fs import mount as lazy_mount
+from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
+from lazyfs.tree.kept import tree_path
 from providers.digest import digest_bytes
 from tests import fuse_paths
 from tests.images import Entry, opaque, whiteout, write_layer

@@ -1,4 +1,4 @@
-"""Real FUSE mounts through ``lazyfs.mount``: up, read, down, by every way down.
+"""Real FUSE mounts through ``lazyfs.fs.mount``: up, read, down, by every way down.
 
 Each test mounts through the ``mounted`` fixture, which unmounts and checks
 that the mount process is gone whatever the test did, so a failing test
@@ -20,9 +20,9 @@ import pytest
 
 from backends.base import LayerFile, scratch_dir
 from backends.fuse import FuseBackend
-from lazyfs import mount as lazy_mount
-from lazyfs.index import index_path, load_index
-from lazyfs.tree_cache import tree_path
+from lazyfs.fs import mount as lazy_mount
+from lazyfs.index.model import index_path, load_index
+from lazyfs.tree.kept import tree_path
 from providers.digest import Digest, digest_bytes
 from providers.errors import BackendError, UnsafeLayer
 from tests import fuse_paths, images

@@ -1,6 +1,6 @@
 """The merged tree of the layer indexes equals what ``umoci unpack`` makes.
 
-No mount: the tree is described straight from ``lazyfs.tree`` in the form of
+No mount: the tree is described straight from ``lazyfs.tree.merge`` in the form of
 ``tests.tree.tree_digest`` (file contents read through the indexes' offsets)
 and compared with the digest of umoci's rootfs, for every conformance case.
 Inode numbers are stable: merging the same image twice numbers it the same.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.blob_ranges import RangeReader, open_layers
-from lazyfs.index import Kind, LayerIndex, check_data_present, ensure_index
-from lazyfs.tree import ROOT_INO, InodeNo, MergedTree, merge
+from lazyfs.blobs.ranges import RangeReader, open_layers
+from lazyfs.index.model import Kind, LayerIndex, check_data_present, ensure_index
+from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest
 from tests import images
 from tests.conformance.cases import CASES

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
-from lazyfs import mount as lazy_mount
+from lazyfs.fs import mount as lazy_mount
 from tests import images
 from tests.appc.conftest import manifest_doc, put_aci
 from tests.conftest import need_tools

@@ -20,9 +20,9 @@ from backends.base import scratch_dir
 from backends.mounts import mounts_under
 from backends.overlay import MAX_OPTIONS, OverlayBackend, overlay_usable
 from backends.registry import default_backend_name
-from lazyfs import runtime
-from lazyfs.provisioner import Provisioner, ProvisionInfo
-from lazyfs.store import Store
+from lazyfs.provision import runtime
+from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
+from lazyfs.store.disk import Store
 from tests import images
 from tests.conformance.conftest import (
     Variant,

@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lazyfs.docker import DockerProvider
+from lazyfs.images.docker import DockerProvider
 from lazyfs.progress import Progress
-from lazyfs.provisioner import Provisioner
-from lazyfs.store import Store
+from lazyfs.provision.provisioner import Provisioner
+from lazyfs.store.disk import Store
 from providers.image_pb2 import Image
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions

@@ -16,7 +16,7 @@ import pytest
 import requests
 import trio
 
-from lazyfs.docker import DockerProvider
+from lazyfs.images.docker import DockerProvider
 from lazyfs.progress import Progress
 from providers.errors import DigestMismatch, TemporaryFailure
 from providers.manifest import OCI_MANIFEST

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.blob_ranges import ChunkCache
+from lazyfs.blobs.ranges import ChunkCache
 from providers.digest import Digest
 
 LAYER = Digest("sha256:" + "1" * 64)

@@ -7,7 +7,7 @@ from types import ModuleType
 import pyfuse3
 import pytest
 
-from lazyfs import fuse_caps
+from lazyfs.fs import caps as fuse_caps
 from providers.errors import UsageError
 
 

@@ -14,12 +14,12 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 
-from lazyfs.blob_ranges import ChunkCache, open_layers
-from lazyfs.fuse_write import WritableOperations
-from lazyfs.fuse_write_no_open import SNAPSHOTS, NoOpenWritableOperations
-from lazyfs.index import check_data_present, ensure_index
-from lazyfs.tree import ROOT_INO, merge
-from lazyfs.upper import Upper
+from lazyfs.blobs.ranges import ChunkCache, open_layers
+from lazyfs.fs.upper import Upper
+from lazyfs.fs.writable import WritableOperations
+from lazyfs.fs.writable_no_open import SNAPSHOTS, NoOpenWritableOperations
+from lazyfs.index.model import check_data_present, ensure_index
+from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from tests import fuse_paths, sparse
 from tests.tree import is_whiteout

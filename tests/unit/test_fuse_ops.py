@@ -16,10 +16,10 @@ from typing import Any, cast
 import pyfuse3
 import pytest
 
-from lazyfs.blob_ranges import ChunkCache, LocalTars, open_layers
-from lazyfs.fuse_ops import CACHE_TIMEOUT, NoOpenReadOnlyOperations, ReadOnlyOperations
-from lazyfs.index import check_data_present, ensure_index
-from lazyfs.tree import ROOT_INO, merge
+from lazyfs.blobs.ranges import ChunkCache, LocalTars, open_layers
+from lazyfs.fs.read_only import CACHE_TIMEOUT, NoOpenReadOnlyOperations, ReadOnlyOperations
+from lazyfs.index.model import check_data_present, ensure_index
+from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import Digest, digest_bytes
 from tests import fuse_paths
 from tests.images import Entry, whiteout, write_layer

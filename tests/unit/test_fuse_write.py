@@ -19,13 +19,13 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.blob_ranges import ChunkCache, open_layers
-from lazyfs.fuse_debug import log_requests
-from lazyfs.fuse_write import WritableOperations
-from lazyfs.fuse_write_no_open import NoOpenWritableOperations
-from lazyfs.index import check_data_present, ensure_index
-from lazyfs.tree import ROOT_INO, DataRef, merge
-from lazyfs.upper import METACOPY_XATTR, OPAQUE_XATTR, Upper
+from lazyfs.blobs.ranges import ChunkCache, open_layers
+from lazyfs.fs.debug import log_requests
+from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, Upper
+from lazyfs.fs.writable import WritableOperations
+from lazyfs.fs.writable_no_open import NoOpenWritableOperations
+from lazyfs.index.model import check_data_present, ensure_index
+from lazyfs.tree.merge import ROOT_INO, DataRef, merge
 from providers.digest import digest_bytes
 from tests import fuse_paths
 from tests.images import Entry, whiteout, write_layer

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazyfs.blob_ranges import open_layers
-from lazyfs.gzip_checkpoints import GzipCheckpoints
-from lazyfs.index import CHECKPOINTS_NAME, LayerData, LayerIndex
-from lazyfs.index_build import build_index
+from lazyfs.blobs.ranges import open_layers
+from lazyfs.index.build import build_index
+from lazyfs.index.gzip_checkpoints import GzipCheckpoints
+from lazyfs.index.model import CHECKPOINTS_NAME, LayerData, LayerIndex
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
 from tests.images import Entry, write_layer

@@ -1,4 +1,4 @@
-"""lazyfs.imagespec: the CLI's image argument and Image JSON files."""
+"""lazyfs.images.spec: the CLI's image argument and Image JSON files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from lazyfs.imagespec import check_image, image_from_file, parse_image
+from lazyfs.images.spec import check_image, image_from_file, parse_image
 from providers.errors import BadImage, InvalidReference
 from providers.image_pb2 import Image
 

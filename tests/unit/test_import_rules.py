@@ -7,7 +7,7 @@
 - No import cycle runs through two top-level packages.
 
 The cycle rule is checked on modules, not packages: once backends may import
-``lazyfs.mount`` while ``lazyfs.provisioner`` imports backends, the package
+``lazyfs.fs.mount`` while ``lazyfs.provision.provisioner`` imports backends, the package
 graph has a cycle by design; what must not exist is a chain of imports that
 leads from a module back to itself through another package.
 
@@ -31,11 +31,11 @@ CHECKED_PACKAGES = ("providers", "lazyfs", "backends")
 FIRST_PARTY = frozenset({"providers", "lazyfs", "backends", "tests"})
 
 # Modules of lazyfs that backends may import: the public mount API.
-BACKENDS_MAY_IMPORT_FROM_LAZYFS: frozenset[str] = frozenset({"lazyfs.mount"})
+BACKENDS_MAY_IMPORT_FROM_LAZYFS: frozenset[str] = frozenset({"lazyfs.fs.mount"})
 
 # Files of lazyfs (relative to the repository root, glob patterns) that may
 # import backends.
-LAZYFS_MAY_IMPORT_BACKENDS = ("lazyfs/provisioner.py", "lazyfs/provisioner_*.py", "lazyfs/cli.py")
+LAZYFS_MAY_IMPORT_BACKENDS = ("lazyfs/provision/*.py", "lazyfs/cli.py")
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
 @pytest.mark.parametrize(
     ("files", "expected"),
     [
-        ({"providers/a.py": "import lazyfs.store\n"}, ["providers/a.py:1: providers imports"]),
+        ({"providers/a.py": "import lazyfs.store.disk\n"}, ["providers/a.py:1: providers imports"]),
         ({"providers/a.py": "\n\nfrom backends import copy\n"}, ["providers/a.py:3:"]),
         ({"providers/a.py": "from tests import images\n"}, ["providers/a.py:1:"]),
         ({"providers/a.py": "import json, requests, providers.digest\n"}, []),
@@ -313,17 +313,18 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
         ),
         ({"backends/a.py": "from providers.digest import Digest\n"}, []),
         (
-            {"backends/a.py": "from lazyfs.store import Store\n"},
-            ["backends/a.py:1: backends imports lazyfs.store"],
+            {"backends/a.py": "from lazyfs.store.disk import Store\n"},
+            ["backends/a.py:1: backends imports lazyfs.store.disk"],
         ),
         ({"backends/a.py": "import lazyfs\n"}, ["backends/a.py:1:"]),
         ({"backends/a.py": "from ..lazyfs import store\n"}, ["backends/a.py:1:"]),
         (
-            {"lazyfs/store.py": "from backends.copy import CopyBackend\n"},
-            ["lazyfs/store.py:1: lazyfs.store imports"],
+            {"lazyfs/store/disk.py": "from backends.copy import CopyBackend\n"},
+            ["lazyfs/store/disk.py:1: lazyfs.store.disk imports"],
         ),
-        ({"lazyfs/provisioner.py": "from backends.copy import CopyBackend\n"}, []),
-        ({"lazyfs/provisioner_gc.py": "import backends.copy\n"}, []),
+        ({"lazyfs/provision/provisioner.py": "from backends.copy import CopyBackend\n"}, []),
+        ({"lazyfs/provision/gc.py": "import backends.copy\n"}, []),
+        ({"lazyfs/provisioner_gc.py": "import backends.copy\n"}, ["lazyfs/provisioner_gc.py:1:"]),
         ({"lazyfs/cli.py": "from backends import registry\n"}, []),
         ({"lazyfs/x/cli.py": "from backends import registry\n"}, ["lazyfs/x/cli.py:1:"]),
         (
@@ -343,20 +344,20 @@ def test_checker_finds_violations(
 
 
 def test_checker_finds_cross_package_cycles(tmp_path: Path) -> None:
-    # Allowed edge by edge (backends -> lazyfs.mount is allow-listed, the
+    # Allowed edge by edge (backends -> lazyfs.fs.mount is allow-listed, the
     # provisioner may import backends), yet a cycle: the rules alone miss it.
     root = write_tree(
         tmp_path,
         {
-            "lazyfs/mount.py": "import lazyfs.provisioner\n",
-            "lazyfs/provisioner.py": "from backends import fuse\n",
-            "backends/fuse.py": "from lazyfs.mount import mount\n",
+            "lazyfs/fs/mount.py": "import lazyfs.provision.provisioner\n",
+            "lazyfs/provision/provisioner.py": "from backends import fuse\n",
+            "backends/fuse.py": "from lazyfs.fs.mount import mount\n",
         },
     )
-    problems = check(root, backends_may_import=frozenset({"lazyfs.mount"}))
+    problems = check(root, backends_may_import=frozenset({"lazyfs.fs.mount"}))
     assert len(problems) == 1, problems
     assert problems[0].startswith("import cycle across packages: ")
-    for step in ("backends/fuse.py:1", "lazyfs/mount.py:1", "lazyfs/provisioner.py:1"):
+    for step in ("backends/fuse.py:1", "lazyfs/fs/mount.py:1", "lazyfs/provision/provisioner.py:1"):
         assert step in problems[0]
 
 

@@ -16,9 +16,10 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs import index as layer_index
-from lazyfs.blob_ranges import open_layers
-from lazyfs.index import (
+from lazyfs.blobs.ranges import open_layers
+from lazyfs.index import model as layer_index
+from lazyfs.index.build import build_index
+from lazyfs.index.model import (
     FORMAT_VERSION,
     IndexEntry,
     Kind,
@@ -28,7 +29,6 @@ from lazyfs.index import (
     ensure_index,
     loads,
 )
-from lazyfs.index_build import build_index
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, UnsafeLayer
 from tests.images import BASE_MTIME_NS, Entry, opaque, whiteout, write_layer

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from backends.apply import apply_layer
-from lazyfs.index import IndexEntry, Kind
-from lazyfs.index_build import scan_stream
+from lazyfs.index.build import scan_stream
+from lazyfs.index.model import IndexEntry, Kind
 from providers.errors import BadImage, UnsafeLayer
 from providers.layer_entry import (
     MAX_MTIME_NS,

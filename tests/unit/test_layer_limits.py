@@ -19,9 +19,9 @@ import zstandard
 
 from backends.apply import apply_layers
 from backends.base import LayerFile
-from lazyfs import index as layer_index
-from lazyfs.index import ensure_index
-from lazyfs.index_build import build_index
+from lazyfs.index import model as layer_index
+from lazyfs.index.build import build_index
+from lazyfs.index.model import ensure_index
 from providers.digest import digest_bytes
 from providers.errors import BadImage
 from providers.tar_stream import RATIO_FLOOR, LayerLimits

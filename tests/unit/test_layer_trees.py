@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.blob_ranges import LocalTars
-from lazyfs.index import IndexEntry, Kind, LayerIndex
-from lazyfs.tree import ROOT_INO, merge
-from lazyfs.upper import Upper
+from lazyfs.blobs.ranges import LocalTars
+from lazyfs.fs.upper import Upper
+from lazyfs.index.model import IndexEntry, Kind, LayerIndex
+from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import Digest
 from providers.errors import BadImage
 from tests.layer_trees import copy_tree, fuse_tree

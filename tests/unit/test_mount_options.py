@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.devmount import mount_image
-from lazyfs.mount_main import mount_options
-from lazyfs.provisioner import Provisioner
-from lazyfs.store import Store
+from lazyfs.fs.mount_main import mount_options
+from lazyfs.provision.devmount import mount_image
+from lazyfs.provision.provisioner import Provisioner
+from lazyfs.store.disk import Store
 from providers.errors import UsageError
 from providers.image_pb2 import Image
 

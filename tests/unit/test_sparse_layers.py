@@ -22,10 +22,10 @@ import zstandard
 
 from backends.apply import apply_layers
 from backends.base import LayerFile
-from lazyfs.blob_ranges import ChunkCache, open_layers
-from lazyfs.fuse_ops import ReadOnlyOperations
-from lazyfs.index import check_data_present, ensure_index, index_path, load_index
-from lazyfs.tree import ROOT_INO, merge
+from lazyfs.blobs.ranges import ChunkCache, open_layers
+from lazyfs.fs.read_only import ReadOnlyOperations
+from lazyfs.index.model import check_data_present, ensure_index, index_path, load_index
+from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from tests import sparse
 

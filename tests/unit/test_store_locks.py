@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.store import locked_async
+from lazyfs.store.disk import locked_async
 
 # Releases the held lock if the wait could not be cancelled, so that such a
 # wait fails the test instead of hanging it.

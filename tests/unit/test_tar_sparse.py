@@ -88,7 +88,7 @@ def test_checked_extents_refuses(pairs: list[tuple[int, int]], size: int, reason
 
 
 def test_a_mount_process_does_not_import_the_tar_parsers() -> None:
-    probe = "import sys, lazyfs.mount_main; print(sorted(set(sys.argv[1:]) & set(sys.modules)))"
+    probe = "import sys, lazyfs.fs.mount_main; print(sorted(set(sys.argv[1:]) & set(sys.modules)))"
     parsers = ["tarfile", "providers.tar_sparse", "providers.tar_stream", "zstandard"]
     found = subprocess.run(
         [sys.executable, "-c", probe, *parsers], capture_output=True, text=True, check=True

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs import tree_cache
-from lazyfs.index import LayerIndex, ensure_index
-from lazyfs.tree import ROOT_INO, MergedTree, merge
+from lazyfs.index.model import LayerIndex, ensure_index
+from lazyfs.tree import kept as tree_cache
+from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
 from tests.images import Entry, whiteout, write_layer
 
@@ -130,7 +130,7 @@ def test_a_tree_that_cannot_be_renamed_into_place_leaves_no_temporary(
     def refuse(source: object, target: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("lazyfs.tree_cache.os.rename", refuse)
+    monkeypatch.setattr("lazyfs.tree.kept.os.rename", refuse)
     with caplog.at_level(logging.WARNING):
         tree = tree_cache.merged_tree(layers, digests, indexes)
     assert same(tree, merge(indexes.indexes))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from hypothesis import given, reject, settings
 
-from lazyfs.index import Kind, LayerIndex
-from lazyfs.index_build import build_index
-from lazyfs.tree import ROOT_INO, InodeNo, MergedTree, merge
+from lazyfs.index.build import build_index
+from lazyfs.index.model import Kind, LayerIndex
+from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
 from tests.unit.test_apply_model import (

@@ -12,11 +12,11 @@ from pathlib import Path
 import pyfuse3
 import pytest
 
-from lazyfs.blob_ranges import ChunkCache, open_layers
-from lazyfs.fuse_write import WritableOperations
-from lazyfs.index import check_data_present, ensure_index
-from lazyfs.tree import ROOT_INO, merge
-from lazyfs.upper import Upper
+from lazyfs.blobs.ranges import ChunkCache, open_layers
+from lazyfs.fs.upper import Upper
+from lazyfs.fs.writable import WritableOperations
+from lazyfs.index.model import check_data_present, ensure_index
+from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from providers.fstree import remove_tree
 from tests.images import Entry, write_layer

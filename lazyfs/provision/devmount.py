@@ -25,9 +25,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazyfs import mount as lazy_mount
+from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
-from lazyfs.provisioner import Provisioner, require_layers
+from lazyfs.provision.provisioner import Provisioner, require_layers
 from providers.errors import Conflict, NotFound, UsageError
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
@@ -66,7 +66,7 @@ async def mount_image(
     ``nosuid,nodev`` unless ``suid`` or ``dev`` (root only: UsageError
     otherwise) ask to honour the image's setuid bits or device nodes: the
     mount is for a person to look inside, and other users may reach it
-    (``lazyfs.mount_main.mount_options`` says why it is ``allow_other``).
+    (``lazyfs.fs.mount_main.mount_options`` says why it is ``allow_other``).
 
     Blocking parts (indexing, starting the mount process) run here, in the
     caller's thread: the CLI calls this once and exits. Nothing is left

@@ -25,7 +25,7 @@ Kernel overlayfs mounted with the layers as lowerdirs, this directory as
 upperdir and ``metacopy=on`` shows the tree the mount showed (a test
 checks it); without ``metacopy=on`` the kernel refuses metacopy files.
 
-The nodes, copy-up and metadata changes are in ``lazyfs.upper_state``;
+The nodes, copy-up and metadata changes are in ``lazyfs.fs.upper_state``;
 this module adds the operations on names.  Memory is authoritative: the
 upper directory is written, never read back, so it must be empty at start
 (reusing an upper dir is not supported yet).  Inode numbers of the lower
@@ -52,8 +52,8 @@ from pathlib import Path
 
 import pyfuse3
 
-from lazyfs.tree import ROOT_INO, InodeNo
-from lazyfs.upper_state import METACOPY_XATTR, OPAQUE_XATTR, Copy, Node, UpperState, fail
+from lazyfs.fs.upper_state import METACOPY_XATTR, OPAQUE_XATTR, Copy, Node, UpperState, fail
+from lazyfs.tree.merge import ROOT_INO, InodeNo
 
 __all__ = ["METACOPY_XATTR", "OPAQUE_XATTR", "Copy", "Node", "Upper", "fail"]
 

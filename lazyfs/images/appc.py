@@ -22,7 +22,7 @@ from typing import BinaryIO, cast
 import trio
 
 from lazyfs.progress import Progress
-from lazyfs.store import Store
+from lazyfs.store.disk import Store
 from providers.appc import write_layer
 from providers.appc_manifest import AciManifest, check_image_id
 from providers.appc_store import AppcStore, discovery_location, open_location

@@ -4,8 +4,8 @@
 kernel opens files and directories itself and sends no open, release,
 opendir or releasedir (and, after the first, no flush): a lower file that
 is only read costs Python nothing once its pages are cached.  With the
-patched pyfuse3 (``lazyfs.fuse_caps``) the handle of every request is the
-inode number, so what today's path (``lazyfs.fuse_write``) keeps per
+patched pyfuse3 (``lazyfs.fs.caps``) the handle of every request is the
+inode number, so what today's path (``lazyfs.fs.writable``) keeps per
 handle is kept per inode here.  Semantics, the same as today's path's
 where not said otherwise:
 
@@ -47,12 +47,12 @@ from collections.abc import Sequence
 import pyfuse3
 import trio
 
-from lazyfs.blob_ranges import ChunkCache
-from lazyfs.fuse_ops import fuse_errors, read_lower
-from lazyfs.fuse_write import WritableOperations
-from lazyfs.tree import InodeNo
-from lazyfs.upper import Copy, Node, Upper, fail
-from lazyfs.upper_state import copy_lower_into
+from lazyfs.blobs.ranges import ChunkCache
+from lazyfs.fs.read_only import fuse_errors, read_lower
+from lazyfs.fs.upper import Copy, Node, Upper, fail
+from lazyfs.fs.upper_state import copy_lower_into
+from lazyfs.fs.writable import WritableOperations
+from lazyfs.tree.merge import InodeNo
 
 SNAPSHOTS = 64
 _POSITION_BITS = 32

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import trio
 
 from lazyfs.progress import Progress
-from lazyfs.store import Store
+from lazyfs.store.disk import Store
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image

@@ -9,14 +9,14 @@ file and directory handles are the inode numbers themselves, since nothing
 is kept per handle.
 
 ``NoOpenReadOnlyOperations`` answers ENOSYS to open and opendir instead
-(the no-open path, see ``lazyfs.fuse_caps``): the kernel then opens files
+(the no-open path, see ``lazyfs.fs.caps``): the kernel then opens files
 and directories itself, sends no open, release, opendir or releasedir, and
 keeps directory listings cached too, so a warm tree costs Python nothing.
 The handles it sends are the inode numbers as well (the pyfuse3 patch puts
 them there), so reading is the same code on both paths.
 
 Writes never reach here (writable mounts are served by
-``lazyfs.fuse_write``): the mount is read-only, so the kernel answers
+``lazyfs.fs.writable``): the mount is read-only, so the kernel answers
 EROFS itself; ``open`` for writing answers EROFS too, for callers that ask
 anyway.  Every handler ends in ``pyfuse3.FUSEError``: expected answers
 (ENOENT, ENOTDIR, ENODATA, EROFS) directly, anything unexpected as EIO after
@@ -35,8 +35,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from lazyfs.blob_ranges import ChunkCache
-from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree
+from lazyfs.blobs.ranges import ChunkCache
+from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree
 from providers.extents import pieces
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
 class NoOpenReadOnlyOperations(ReadOnlyOperations):
     """``ReadOnlyOperations`` on the no-open path: the kernel opens files and directories itself.
 
-    Only for a pyfuse3 that passes the inode as the handle (``lazyfs.fuse_caps``).
+    Only for a pyfuse3 that passes the inode as the handle (``lazyfs.fs.caps``).
     Nothing is lost by not seeing opens: the mount is ``ro``, so the kernel
     refuses opens for writing before they would reach here.
     """

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NewType
 
-from lazyfs.index import IndexEntry, Kind, LayerIndex
+from lazyfs.index.model import IndexEntry, Kind, LayerIndex
 from providers import layer_rules as rules
 from providers.digest import Digest
 from providers.errors import BadImage, UnsafeLayer, bad_entry

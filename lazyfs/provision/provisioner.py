@@ -35,7 +35,7 @@ from backends.base import Backend, LayerFile, Remountable
 from backends.mounts import mount_problem, unmount_all_under
 from backends.registry import default_backend_name, make_backend
 from lazyfs.progress import Progress
-from lazyfs.store import Store, locked_async
+from lazyfs.store.disk import Store, locked_async
 from providers.errors import (
     BackendError,
     BadImage,

@@ -32,12 +32,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import lazyfs.index
-import lazyfs.tree
+import lazyfs.index.model
+import lazyfs.tree.merge
 import providers.layer_entry
 import providers.layer_rules
-from lazyfs.index import LayerIndex
-from lazyfs.tree import DataRef, Inode, InodeNo, MergedTree, merge
+from lazyfs.index.model import LayerIndex
+from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree, merge
 from providers.digest import Digest, hex_part
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,12 @@ def _rules() -> str:
     a newly refused layer reaches images that were mounted before.
     """
     digest = hashlib.sha256()
-    for module in (lazyfs.index, lazyfs.tree, providers.layer_entry, providers.layer_rules):
+    for module in (
+        lazyfs.index.model,
+        lazyfs.tree.merge,
+        providers.layer_entry,
+        providers.layer_rules,
+    ):
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -95,7 +100,7 @@ def load_tree(path: Path, digests: Sequence[Digest]) -> MergedTree | None:
     """The tree kept at ``path`` for ``digests``; None if none is, or it is not current.
 
     A damaged file is removed, so that the next mount's caller checks the
-    indexes whole again (``lazyfs.mount``).
+    indexes whole again (``lazyfs.fs.mount``).
     """
     try:
         raw = path.read_bytes()

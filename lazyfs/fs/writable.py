@@ -1,6 +1,6 @@
 """pyfuse3 operations for a copy-on-write mount: the merged tree with writes in ``Upper``.
 
-The tree and the upper directory's rules are in ``lazyfs.upper``; this
+The tree and the upper directory's rules are in ``lazyfs.fs.upper``; this
 module maps FUSE requests onto it.  Semantics chosen:
 
 - every handle sees the file's latest bytes, as on a plain filesystem: a
@@ -24,8 +24,8 @@ module maps FUSE requests onto it.  Semantics chosen:
 Every handler ends in ``pyfuse3.FUSEError`` (``fuse_errors``): refusals
 directly, anything unexpected as EIO after logging its cause once.
 Blocking file I/O runs in worker threads under ``Upper.limiter``.
-``lazyfs.fuse_write_no_open`` serves the same view without open and
-opendir (the no-open path, see ``lazyfs.fuse_caps``).
+``lazyfs.fs.writable_no_open`` serves the same view without open and
+opendir (the no-open path, see ``lazyfs.fs.caps``).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from lazyfs.blob_ranges import ChunkCache
-from lazyfs.fuse_ops import NAME_MAX, entry_attributes, fuse_errors, no_entry, read_lower
-from lazyfs.tree import DataRef, InodeNo
-from lazyfs.upper import Copy, Node, Upper, fail
+from lazyfs.blobs.ranges import ChunkCache
+from lazyfs.fs.read_only import NAME_MAX, entry_attributes, fuse_errors, no_entry, read_lower
+from lazyfs.fs.upper import Copy, Node, Upper, fail
+from lazyfs.tree.merge import DataRef, InodeNo
 
 TIMEOUT = 1.0
 

@@ -4,9 +4,9 @@
 merged tree's reads use: bytes of a layer's *uncompressed* tar stream.
 ``LocalTars`` serves it from tar files on this machine (the blob itself for
 plain tar layers, the store's uncompressed copy for zstd),
-``lazyfs.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through their
+``lazyfs.index.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through their
 checkpoints, and ``open_layers`` puts the two together per layer as
-``lazyfs.index.layer_data`` says; the cache daemon's client will serve it
+``lazyfs.index.model.layer_data`` says; the cache daemon's client will serve it
 remotely without the tree or the operations changing.
 
 ``ChunkCache`` wraps a RangeReader for trio: reads are cut into aligned
@@ -26,8 +26,8 @@ from typing import Protocol
 
 import trio
 
-from lazyfs.gzip_checkpoints import GzipCheckpoints
-from lazyfs.index import LayerData
+from lazyfs.index.gzip_checkpoints import GzipCheckpoints
+from lazyfs.index.model import LayerData
 from providers.digest import Digest
 
 CHUNK_SIZE = 1 << 17  # 128 KiB, what the kernel asks for in one read at most

@@ -1,9 +1,9 @@
-"""The state under ``lazyfs.upper.Upper``: nodes over the merged tree, copy-up and metadata.
+"""The state under ``lazyfs.fs.upper.Upper``: nodes over the merged tree, copy-up and metadata.
 
 ``UpperState`` keeps the nodes of the writable view (``Node``) over the
 immutable ``MergedTree``, finds where each lives in the upper directory,
 copies nodes up (directories, metadata-only, data) and applies metadata
-changes; ``lazyfs.upper`` adds the operations on names and states the
+changes; ``lazyfs.fs.upper`` adds the operations on names and states the
 on-disk format and the contracts both follow.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lazyfs.blob_ranges import RangeReader
-from lazyfs.tree import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
+from lazyfs.blobs.ranges import RangeReader
+from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
 from providers.extents import data_extents
 
 OPAQUE_XATTR = "trusted.overlay.opaque"

@@ -1,10 +1,10 @@
-"""The mount process: ``python -m lazyfs.mount_main``, one per mount (pyfuse3 serves one).
+"""The mount process: ``python -m lazyfs.fs.mount_main``, one per mount (pyfuse3 serves one).
 
-Started by ``lazyfs.mount.mount``, which has already indexed the layers.
+Started by ``lazyfs.fs.mount.mount``, which has already indexed the layers.
 It reads each index's header (where the layer's bytes are), takes the
-merged tree from the store or merges the indexes once (``lazyfs.tree_cache``),
+merged tree from the store or merges the indexes once (``lazyfs.tree.kept``),
 mounts it at ``--mountpoint`` (read-only, or copy-on-write into ``--upper``
-with ``--work`` for temporaries: see ``lazyfs.upper``) and writes ``ready``
+with ``--work`` for temporaries: see ``lazyfs.fs.upper``) and writes ``ready``
 to ``--ready-fd`` (or one line saying why not, then exits non-zero), then
 serves until:
 
@@ -12,7 +12,7 @@ serves until:
 - SIGTERM or SIGINT: it unmounts, then exits 0.
 
 Its operations take the no-open path where the running pyfuse3 and
-kernel allow it (``lazyfs.fuse_caps``), else today's path with handles.
+kernel allow it (``lazyfs.fs.caps``), else today's path with handles.
 
 Options: ``fsname=lazyfs``, ``ro`` unless writable, ``default_permissions`` (the kernel
 checks modes, since other users see the tree), ``nosuid,nodev`` unless
@@ -35,23 +35,23 @@ from types import FrameType
 import pyfuse3
 import trio
 
-from lazyfs import fuse_caps
-from lazyfs.blob_ranges import ChunkCache, open_layers
-from lazyfs.fuse_debug import log_requests
-from lazyfs.fuse_ops import NoOpenReadOnlyOperations, ReadOnlyOperations
-from lazyfs.fuse_write import WritableOperations
-from lazyfs.fuse_write_no_open import NoOpenWritableOperations
-from lazyfs.index import LayerData, LayerIndex, check_data_present, load_index
-from lazyfs.tree_cache import merged_tree
-from lazyfs.upper import Upper
+from lazyfs.blobs.ranges import ChunkCache, open_layers
+from lazyfs.fs import caps as fuse_caps
+from lazyfs.fs.debug import log_requests
+from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
+from lazyfs.fs.upper import Upper
+from lazyfs.fs.writable import WritableOperations
+from lazyfs.fs.writable_no_open import NoOpenWritableOperations
+from lazyfs.index.model import LayerData, LayerIndex, check_data_present, load_index
+from lazyfs.tree.kept import merged_tree
 from providers.digest import Digest, parse_digest
 
-log = logging.getLogger("lazyfs.mount")
+log = logging.getLogger("lazyfs.fs.mount")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lazyfs.mount_main")
+    parser = argparse.ArgumentParser(prog="lazyfs.fs.mount_main")
     parser.add_argument("--mountpoint", type=Path, required=True)
     parser.add_argument("--layers-dir", type=Path, required=True)
     parser.add_argument(
@@ -135,7 +135,7 @@ def _operations(
 def _index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex:
     index = load_index(layers_dir, digest, entries=entries)
     if index is None:
-        # lazyfs.mount checked it; it went missing or was damaged since.
+        # lazyfs.fs.mount checked it; it went missing or was damaged since.
         raise RuntimeError(f"layer {digest}: its index in {layers_dir} is missing or damaged")
     return index
 

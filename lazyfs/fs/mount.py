@@ -1,13 +1,13 @@
 """The public mount API: serve an image's merged tree at a mount point, in its own process.
 
 pyfuse3 serves one mount per process, so every mount is a child process
-running ``python -m lazyfs.mount_main`` (see there), in a session of its
+running ``python -m lazyfs.fs.mount_main`` (see there), in a session of its
 own with its output going to a log file, so it outlives the caller's
 terminal and its Ctrl-C.  This is the one module of lazyfs that backends may
 import.
 
 ``mount`` indexes the layers first, in the calling process (once per layer:
-the indexes are stored by digest, see ``lazyfs.index``), so a bad layer
+the indexes are stored by digest, see ``lazyfs.index.model``), so a bad layer
 fails there with its own error; then it starts the mount process and waits
 until it says the mount is up, or says why not, or ``timeout`` passes.  On
 any failure nothing is left mounted or running.  ``unmount`` takes the mount
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazyfs.index import ensure_index
-from lazyfs.tree_cache import tree_path
+from lazyfs.index.model import ensure_index
+from lazyfs.tree.kept import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError
 from providers.private_dir import private_dir
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 READY = b"ready\n"
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
-MODULE = "lazyfs.mount_main"
+MODULE = "lazyfs.fs.mount_main"
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,13 @@ def mount(
 
     Read-only, or with ``upper`` (and ``work``, both existing empty
     directories on one filesystem) copy-on-write: the writes go to
-    ``upper`` in overlayfs' format (see ``lazyfs.upper``). With ``debug``
+    ``upper`` in overlayfs' format (see ``lazyfs.fs.upper``). With ``debug``
     the mount process logs every request it serves to ``log_path``.
 
     ``suid`` and ``dev`` (as root; the defaults, as a container's rootfs
     needs) honour the image's setuid bits and device nodes; false, the
     mount is ``nosuid``/``nodev``, as a person's look inside an image must
-    be where other users can reach it (see ``lazyfs.mount_main.mount_options``).
+    be where other users can reach it (see ``lazyfs.fs.mount_main.mount_options``).
 
     Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
     layer the index refuses (one that unpacks past ``limits`` too),
@@ -95,7 +95,7 @@ def mount(
     argv += ["--layers-dir", str(layers_dir)]
     for layer in layers:
         # The blob, not where its tar stream is: the mount process asks its
-        # index (lazyfs.index.layer_data), so that knowledge stays in one place.
+        # index (lazyfs.index.model.layer_data), so that knowledge stays in one place.
         argv += ["--layer", f"{layer.digest}={layer.blob}"]
     if upper is not None:
         if work is None:

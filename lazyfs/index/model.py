@@ -14,7 +14,7 @@ Where the bytes are (``layer_data`` is the one place that knows):
 
 - plain tar: the offsets are offsets into the blob itself;
 - gzip: the blob stays as it is; ``<layers_dir>/<hex>/gzip-index`` holds
-  checkpoints into its compressed stream (``lazyfs.gzip_checkpoints``), from
+  checkpoints into its compressed stream (``lazyfs.index.gzip_checkpoints``), from
   which any range of the uncompressed stream is decoded on demand;
 - zstd: the blob is decompressed once into ``<layers_dir>/<hex>/tar`` and
   the offsets point there.  A layer is one zstd frame as a rule, and a
@@ -274,7 +274,7 @@ def ensure_index(
     if found is not None:
         return found
     # Here to keep the build (tarfile, decompressors) out of mount startup.
-    from lazyfs.index_build import build_index
+    from lazyfs.index.build import build_index
 
     home = layers_dir / hex_part(digest)
     home.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,13 @@
 """Build a LayerIndex from a layer blob: one pass over it, one header scan.
 
 What the index points into is written to the caller's scratch directory,
-under the names ``lazyfs.index`` gives (the caller renames it into the
+under the names ``lazyfs.index.model`` gives (the caller renames it into the
 store):
 
 - plain tar: nothing; the blob is scanned in place, tar headers only,
   seeking over file data, so the cost is the number of entries;
 - gzip: the tar stream is scanned as it is decompressed, and checkpoints
-  are made alongside (``lazyfs.gzip_checkpoints``) and written to
+  are made alongside (``lazyfs.index.gzip_checkpoints``) and written to
   ``CHECKPOINTS_NAME``; no uncompressed copy;
 - zstd: the blob is decompressed once into ``TAR_NAME``, then scanned there.
 
@@ -28,8 +28,8 @@ from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
 
-from lazyfs.gzip_checkpoints import SPACING, Checkpointer
-from lazyfs.index import CHECKPOINTS_NAME, TAR_NAME, IndexEntry, Kind, LayerIndex
+from lazyfs.index.gzip_checkpoints import SPACING, Checkpointer
+from lazyfs.index.model import CHECKPOINTS_NAME, TAR_NAME, IndexEntry, Kind, LayerIndex
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
 from providers.errors import BadImage

@@ -1,0 +1,9 @@
+"""The FUSE filesystem: operations, the writable upper, and the mount process.
+
+``read_only`` and ``writable`` (with their no-open variants) map FUSE requests
+onto a merged tree and an ``upper``; ``mount_main`` is the process that serves
+one mount; ``mount`` is the public mount API the backends call, and loads no
+FUSE code itself.
+
+Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, providers.
+"""

@@ -1,0 +1,8 @@
+"""The provisioner and the runtime: rootfses per container, and running them.
+
+``provisioner`` records, destroys and recovers rootfses built by a backend;
+``devmount`` is ``lazyfs mount`` for a person; ``runtime`` writes OCI bundles
+and runs them with runc.
+
+Imports: lazyfs.store, lazyfs.images, lazyfs.fs.mount, lazyfs.progress, backends, providers.
+"""

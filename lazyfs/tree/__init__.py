@@ -1,0 +1,8 @@
+"""The merged tree: the union of an image's layer indexes, and the trees kept in the store.
+
+``merge`` replays the indexes bottom first with the whiteout rules of
+``providers.layer_rules``; ``kept`` stores a merged tree beside its top layer so
+that a later mount of the same image merges nothing.
+
+Imports: lazyfs.index, providers.
+"""
