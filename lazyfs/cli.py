@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.registry import NAMES as BACKENDS
+from backends.names import NAMES as BACKENDS
 from lazyfs.cli_run import failure_line, run_trio
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.images.appc import AppcProvider

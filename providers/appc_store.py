@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from providers.appc import AciInfo, read_aci
+from providers.aci import AciInfo, read_aci
 from providers.appc_manifest import AciManifest, parse_aci_manifest
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
 from providers.private_dir import private_dir

@@ -1,15 +1,21 @@
-"""The two interfaces every image provider implements.
+"""The interfaces every image provider implements: one for images, one for blobs.
 
-Both are blocking: callers in trio run them through
-``trio.to_thread.run_sync`` under a CapacityLimiter.
+``ImageSource`` finds an image and describes it; ``BlobSource`` gives a blob's
+bytes, whole or by range, in blob bytes (as stored: compressed or not).
+``LocalBlobSource`` is a blob source that can also make a blob a verified
+local file, as the store can; copy, bind and overlay need that, fuse does not.
+
+All are blocking: callers in trio run them through ``trio.to_thread.run_sync``
+under a CapacityLimiter.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from providers.digest import Digest
-from providers.manifest import ImageManifest
+from providers.manifest import ImageManifest, Layer
 
 
 class ImageSource(Protocol):
@@ -30,5 +36,27 @@ class BlobSource(Protocol):
         The stream yields the blob's bytes as stored (compressed or not). It
         is not verified: wrap it in providers.digest.VerifyingReader. The
         caller closes it. Raises NotFound for an unknown digest.
+        """
+        ...
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of blob ``digest`` from ``offset``, in blob bytes.
+
+        Short only at the blob's end: a range that runs past the end gives the
+        bytes up to it, one that starts at or past the end gives ``b""``.
+        Raises ValueError for a negative offset or length, NotFound for an
+        unknown digest. Not verified: the caller checks what it serves.
+        Idempotent.
+        """
+        ...
+
+
+class LocalBlobSource(BlobSource, Protocol):
+    def local_blob(self, layer: Layer) -> Path:
+        """A local file holding ``layer``'s blob, verified against its digest.
+
+        Fetches the blob first when it is not local yet. The file is the
+        source's own: read it, never change or remove it. Raises NotFound,
+        DigestMismatch or BadImage as fetching does. Idempotent.
         """
         ...

@@ -2,7 +2,7 @@
 
 An image and its dependencies are found in the Appc store (by id, or by name
 and labels) or fetched by simple discovery, each once.  Each ACI's
-``rootfs/`` becomes one uncompressed layer tar (``providers.appc.write_layer``)
+``rootfs/`` becomes one uncompressed layer tar (``providers.aci.write_layer``)
 ingested into the shared blob store by its sha256, so every backend takes
 Appc images as it takes Docker ones.
 
@@ -23,7 +23,7 @@ import trio
 
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
-from providers.appc import write_layer
+from providers.aci import write_layer
 from providers.appc_manifest import AciManifest, check_image_id
 from providers.appc_store import AppcStore, discovery_location, open_location
 from providers.digest import Digest, HashingWriter

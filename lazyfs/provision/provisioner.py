@@ -33,7 +33,7 @@ import trio
 
 from backends.base import Backend, LayerFile, Remountable
 from backends.mounts import mount_problem, unmount_all_under
-from backends.registry import default_backend_name, make_backend
+from backends.names import default_backend_name, make_backend
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store, locked_async
 from providers.errors import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from backends.registry import NAMES
+from backends.names import NAMES
 from benchlib.images import BenchImage
 from lazyfs.images.docker import DockerProvider
 from lazyfs.progress import Progress

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from providers.appc import read_aci
+from providers.aci import read_aci
 from providers.errors import BadImage
 from tests.appc.conftest import aci_bytes, manifest_doc
 

@@ -18,8 +18,8 @@ import trio
 
 from backends.base import scratch_dir
 from backends.mounts import mounts_under
+from backends.names import default_backend_name
 from backends.overlay import MAX_OPTIONS, OverlayBackend, overlay_usable
-from backends.registry import default_backend_name
 from lazyfs.provision import runtime
 from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
 from lazyfs.store.disk import Store

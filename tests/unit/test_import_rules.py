@@ -325,8 +325,8 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
         ({"lazyfs/provision/provisioner.py": "from backends.copy import CopyBackend\n"}, []),
         ({"lazyfs/provision/gc.py": "import backends.copy\n"}, []),
         ({"lazyfs/provisioner_gc.py": "import backends.copy\n"}, ["lazyfs/provisioner_gc.py:1:"]),
-        ({"lazyfs/cli.py": "from backends import registry\n"}, []),
-        ({"lazyfs/x/cli.py": "from backends import registry\n"}, ["lazyfs/x/cli.py:1:"]),
+        ({"lazyfs/cli.py": "from backends import names\n"}, []),
+        ({"lazyfs/x/cli.py": "from backends import names\n"}, ["lazyfs/x/cli.py:1:"]),
         (
             {"lazyfs/a.py": "from tests.images import build\n"},
             ["lazyfs/a.py:1: lazyfs imports tests"],
