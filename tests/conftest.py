@@ -4,26 +4,18 @@ take; and no silent skips under CI."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests import fuse_paths, images
-from tests.ci_skips import pytest_runtest_makereport  # noqa: F401  (a hook: pytest finds it here)
-
-RICH_TAG = "1.0"
-
-
-def need_tools() -> None:
-    missing = [tool for tool in ("umoci", "skopeo") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
+from tests.support import fuse_paths, images
+from tests.support.ci_skips import pytest_runtest_makereport  # noqa: F401  (a hook: pytest finds it here)
+from tests.support.rich_image import RICH_TAG, need_tools
 
 
 @pytest.fixture(params=fuse_paths.PATHS)
 def fuse_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The path (``tests.fuse_paths``) the test's FUSE mounts take: each test runs on both."""
+    """The path (``tests.support.fuse_paths``) the FUSE mounts take: each test runs on both."""
     path: str = request.param
     fuse_paths.choose(path, monkeypatch.setenv)
     return path

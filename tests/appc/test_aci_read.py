@@ -8,7 +8,7 @@ import pytest
 
 from providers.aci import read_aci
 from providers.errors import BadImage
-from tests.appc.conftest import aci_bytes, manifest_doc
+from tests.support.acis import aci_bytes, manifest_doc
 
 BLOCK = 512
 CHECKSUM = slice(148, 156)  # the ustar header's checksum field

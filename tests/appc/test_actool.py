@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.appc import actool
-from tests.appc.conftest import AppcLazyfs, aci_file_name, manifest_doc
-from tests.appc.test_appc_cli import APP, rootfs_of
-from tests.tree import diff_trees, tree_digest
+from tests.support import actool
+from tests.support.acis import APP, aci_file_name, manifest_doc, rootfs_of
+from tests.support.lazyfs_cli import AppcLazyfs
+from tests.support.tree import diff_trees, tree_digest
 
 
 @pytest.fixture(scope="session")

@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.appc.conftest import AppcLazyfs, aci_bytes, manifest_doc, put_aci
-from tests.e2e.conftest import one_line_error
-from tests.tree import diff_trees, tree_digest
+from tests.support.acis import APP, aci_bytes, manifest_doc, put_aci, rootfs_of
+from tests.support.lazyfs_cli import AppcLazyfs, one_line_error
+from tests.support.tree import diff_trees, tree_digest
 
 BUSYBOX = Path("/bin/busybox")
-APP = {
-    "exec": ["/bin/busybox", "echo", "hello from appc"],
-    "user": "0",
-    "group": "0",
-    "environment": [{"name": "GREETING", "value": "hi"}],
-    "workingDirectory": "/",
-}
-
-
-def rootfs_of(aci: Path, where: Path) -> Path:
-    """The ACI's rootfs/ as GNU tar extracts it: the tree a provision must equal."""
-    where.mkdir()
-    subprocess.run(["tar", "-xf", str(aci), "-C", str(where), "rootfs"], check=True)
-    return where / "rootfs"
 
 
 def provision(

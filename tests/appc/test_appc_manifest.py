@@ -10,7 +10,7 @@ import pytest
 from providers.appc_manifest import parse_aci_manifest
 from providers.appc_store import discovery_location, host_arch
 from providers.errors import BadImage
-from tests.appc.conftest import manifest_doc
+from tests.support.acis import manifest_doc
 
 GOOD_APP = {
     "exec": ["/bin/sh", "-c", "true"],

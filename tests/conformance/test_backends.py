@@ -1,10 +1,10 @@
 """Every backend gives, for every image, the tree ``umoci unpack`` gives.
 
-Parametrized over ``conftest.VARIANTS`` (copy; bind for one-layer images;
-overlay read-only and writable; fuse read-only and writable, each on both
-FUSE paths: ``tests.fuse_paths``): names, types, modes, owners, sizes,
-contents, link targets, device numbers, xattrs, hardlinks and mtimes, of
-directories too.  Read-only rootfses refuse writes; writable ones take them
+Parametrized over ``tests.support.backend_variants.VARIANTS`` (copy; bind
+for one-layer images; overlay read-only and writable; fuse read-only and
+writable, each on both FUSE paths: ``tests.support.fuse_paths``): names,
+types, modes, owners, sizes, contents, link targets, device numbers, xattrs,
+hardlinks and mtimes, of directories too.  Read-only rootfses refuse writes; writable ones take them
 without changing anything shared in the store.  A last test shows the
 comparison catches a broken layer applier (for the fuse backend's merged
 tree, ``tests/integration/test_lazy_tree.py`` shows it).
@@ -21,9 +21,9 @@ import pytest
 import backends.apply_tree
 from backends.mounts import mounts_under
 from providers.errors import BackendError
-from tests import images
-from tests.conformance.cases import CASES
-from tests.conformance.conftest import (
+from tests.support import images
+from tests.support.backend_cases import CASES
+from tests.support.backend_variants import (
     CaseImages,
     Variant,
     assert_same_tree,
@@ -35,8 +35,8 @@ from tests.conformance.conftest import (
     store_state,
     variants,
 )
-from tests.conftest import RICH_TAG
-from tests.tree import diff_trees
+from tests.support.rich_image import RICH_TAG
+from tests.support.tree import diff_trees
 
 pytestmark = pytest.mark.integration
 

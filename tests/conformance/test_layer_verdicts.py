@@ -14,8 +14,8 @@ Hypothesis draws images of one to three layers in two ways:
 
 Each image goes, in-process, to the copy backend (``backends.apply``), to
 the merged FUSE tree built from the layers' indexes, and to the overlay
-backend, mounted read-only (``tests.layer_trees``).  All must accept it with
-the same tree (``tests.tree``'s digest: kinds, modes, owners, contents,
+backend, mounted read-only (``tests.support.layer_trees``).  All must accept it with
+the same tree (``tests.support.tree``'s digest: kinds, modes, owners, contents,
 targets, devices, mtimes, xattrs, hardlinks) or all refuse it as a bad
 image, with one line; nothing may end in another exception.  The overlay
 backend may also answer that it cannot show a union that the others build
@@ -42,8 +42,8 @@ from hypothesis import strategies as st
 
 from backends.overlay import overlay_usable
 from providers.errors import BackendError, BadImage
-from tests.layer_trees import Outcome, copy_tree, fuse_tree, outcome, overlay_tree
-from tests.tree import diff_trees
+from tests.support.layer_trees import Outcome, copy_tree, fuse_tree, outcome, overlay_tree
+from tests.support.tree import diff_trees
 
 pytestmark = pytest.mark.integration
 Test = TypeVar("Test", bound=Callable[..., None])

@@ -1,6 +1,6 @@
 """GNU sparse layers: every backend gives GNU tar's bytes, umoci's tree, and no other file's data.
 
-One image per sparse form GNU tar writes (``tests.sparse.FORMS``), its one
+One image per sparse form GNU tar writes (``tests.support.sparse.FORMS``), its one
 layer made by ``tar --sparse`` and gzipped by umoci, served from an OCI
 layout directory.  Each backend's rootfs must hold, byte for byte, what GNU
 tar extracts from that layer (the sparse ``etc/public`` never shows the
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import images, sparse
-from tests.conformance.conftest import (
+from tests.support import images, sparse
+from tests.support.backend_variants import (
     Variant,
     assert_same_tree,
     make_provisioner,

@@ -10,7 +10,7 @@ import pytest
 
 from backends.mounts import mounts_under
 from backends.overlay import overlay_usable
-from tests.e2e.conftest import DEEP, Lazyfs
+from tests.support.lazyfs_cli import DEEP, Lazyfs
 
 pytestmark = pytest.mark.integration
 

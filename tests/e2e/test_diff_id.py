@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import images
-from tests.e2e.conftest import Lazyfs, one_line_error
+from tests.support import images
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
 

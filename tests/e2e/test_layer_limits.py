@@ -17,9 +17,9 @@ import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
 from backends.overlay import overlay_usable
-from tests import images
-from tests.conformance.conftest import fuse_usable
-from tests.e2e.conftest import Lazyfs, one_line_error
+from tests.support import images
+from tests.support.backend_variants import fuse_usable
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from lazyfs.fs.mount import is_mounted
 from lazyfs.provision.devmount import record_dir
-from tests.e2e.conftest import Lazyfs, one_line_error
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
 

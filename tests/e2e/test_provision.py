@@ -14,7 +14,7 @@ import pytest
 
 from backends.mounts import mounts_under
 from backends.overlay import overlay_usable
-from tests.e2e.conftest import Lazyfs, one_line_error
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
-from tests import images
-from tests.e2e.conftest import Lazyfs
+from tests.support import images
+from tests.support.lazyfs_cli import Lazyfs
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backends.mounts import mounts_under
-from tests.e2e.conftest import Lazyfs
+from tests.support.lazyfs_cli import Lazyfs
 
 pytestmark = pytest.mark.integration
 

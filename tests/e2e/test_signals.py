@@ -17,7 +17,7 @@ import pytest
 
 from backends.mounts import mounts_under
 from lazyfs.store.disk import Store
-from tests.e2e.conftest import REPO, Lazyfs, one_line_error
+from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
 

@@ -27,9 +27,9 @@ from providers.manifest import (
     ImageManifest,
     parse_image_config,
 )
-from tests import images
-from tests.integration.conftest import RICH_TAG
-from tests.tree import Node, tree_digest
+from tests.support import images
+from tests.support.rich_image import RICH_TAG
+from tests.support.tree import Node, tree_digest
 
 pytestmark = pytest.mark.integration
 

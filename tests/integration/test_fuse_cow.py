@@ -27,10 +27,10 @@ from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
 from lazyfs.tree.kept import tree_path
 from providers.digest import digest_bytes
-from tests import fuse_paths
-from tests.images import Entry, opaque, whiteout, write_layer
-from tests.integration.fuse_helpers import need_fuse, requests, unmount_all, walk_and_read
-from tests.tree import is_whiteout
+from tests.support import fuse_paths
+from tests.support.fuse_mounts import need_fuse, requests, unmount_all, walk_and_read
+from tests.support.images import Entry, opaque, whiteout, write_layer
+from tests.support.tree import is_whiteout
 
 pytestmark = pytest.mark.integration
 

@@ -25,17 +25,17 @@ from lazyfs.index.model import index_path, load_index
 from lazyfs.tree.kept import tree_path
 from providers.digest import Digest, digest_bytes
 from providers.errors import BackendError, UnsafeLayer
-from tests import fuse_paths, images
-from tests.conformance.conftest import docker, make_provisioner
-from tests.conftest import need_tools
-from tests.images import Entry, whiteout, write_layer
-from tests.integration.fuse_helpers import (
+from tests.support import fuse_paths, images
+from tests.support.backend_variants import docker, make_provisioner
+from tests.support.fuse_mounts import (
     need_fuse,
     requests,
     runs_mount_main,
     unmount_all,
     walk_and_read,
 )
+from tests.support.images import Entry, whiteout, write_layer
+from tests.support.rich_image import need_tools
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """The merged tree of the layer indexes equals what ``umoci unpack`` makes.
 
 No mount: the tree is described straight from ``lazyfs.tree.merge`` in the form of
-``tests.tree.tree_digest`` (file contents read through the indexes' offsets)
+``tests.support.tree.tree_digest`` (file contents read through the indexes' offsets)
 and compared with the digest of umoci's rootfs, for every conformance case.
 Inode numbers are stable: merging the same image twice numbers it the same.
 """
@@ -20,10 +20,10 @@ from lazyfs.blobs.ranges import RangeReader, open_layers
 from lazyfs.index.model import Kind, LayerIndex, check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest
-from tests import images
-from tests.conformance.cases import CASES
-from tests.conformance.conftest import IGNORED_XATTRS
-from tests.tree import _KINDS, Node, diff_trees, tree_digest
+from tests.support import images
+from tests.support.backend_cases import CASES
+from tests.support.backend_variants import IGNORED_XATTRS
+from tests.support.tree import _KINDS, Node, diff_trees, tree_digest
 
 pytestmark = pytest.mark.integration
 HIDING = (Kind.WHITEOUT, Kind.OPAQUE)
@@ -46,7 +46,7 @@ def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], R
 
 
 def describe(tree: MergedTree, tars: RangeReader) -> dict[str, Node]:
-    """``tree`` as ``tests.tree.tree_digest`` would describe it once mounted."""
+    """``tree`` as ``tests.support.tree.tree_digest`` would describe it once mounted."""
     paths: dict[str, InodeNo] = {}
 
     def walk(ino: InodeNo, prefix: str) -> None:

@@ -36,10 +36,10 @@ import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
 from lazyfs.fs import mount as lazy_mount
-from tests import images
-from tests.appc.conftest import manifest_doc, put_aci
-from tests.conftest import need_tools
-from tests.integration.fuse_helpers import alive, need_fuse
+from tests.support import images
+from tests.support.acis import manifest_doc, put_aci
+from tests.support.fuse_mounts import alive, need_fuse
+from tests.support.rich_image import need_tools
 
 pytestmark = pytest.mark.integration
 

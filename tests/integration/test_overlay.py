@@ -23,15 +23,15 @@ from backends.overlay import MAX_OPTIONS, OverlayBackend, overlay_usable
 from lazyfs.provision import runtime
 from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
 from lazyfs.store.disk import Store
-from tests import images
-from tests.conformance.conftest import (
+from tests.support import images
+from tests.support.backend_variants import (
     Variant,
     assert_same_tree,
     docker,
     make_provisioner,
     provisioned,
 )
-from tests.images import BASE_MTIME_NS, Entry, whiteout
+from tests.support.images import BASE_MTIME_NS, Entry, whiteout
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,12 @@ import requests
 
 from providers.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from providers.oci_layout import host_arch
-from tests import images
-from tests.registry.proxy import Faults, run_proxy
-from tests.registry.servers import (
+from tests.support import images
+from tests.support.fault_proxy import Faults, run_proxy
+from tests.support.registry_seed import OTHER_ARCH, PASSWORD, USER, Seed, TokenSetup
+from tests.support.registry_servers import (
     Registry,
     Tls,
-    TokenServer,
     copy_storage,
     make_tls,
     run_registry,
@@ -36,8 +35,6 @@ from tests.registry.servers import (
 )
 
 RICH_TAG = "1.0"
-USER, PASSWORD = "alice", "s3cret-pa55"
-OTHER_ARCH = "s390x" if host_arch() != "s390x" else "arm64"
 OTHER_LAYER = [
     images.Entry("etc", kind="dir"),
     images.Entry("etc/other", data=b"the other platform\n"),
@@ -48,15 +45,6 @@ def _need_tools() -> None:
     missing = [t for t in ("umoci", "skopeo", "docker-registry", "openssl") if not shutil.which(t)]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
-
-
-@dataclass(frozen=True)
-class Seed:
-    storage: Path
-    layout: Path
-    rich_v2s2: str  # manifest digests
-    rich_oci: str
-    other_oci: str
 
 
 @pytest.fixture(scope="session")
@@ -194,12 +182,6 @@ def basic_registry(seed: Seed, tmp_path_factory: pytest.TempPathFactory) -> Iter
     storage = copy_storage(seed.storage, work / "storage")
     with run_registry(work, storage, htpasswd=htpasswd) as registry:
         yield registry
-
-
-@dataclass(frozen=True)
-class TokenSetup:
-    registry: Registry
-    tokens: TokenServer
 
 
 @pytest.fixture(scope="session")

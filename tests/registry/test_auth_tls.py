@@ -13,10 +13,10 @@ from providers.errors import Unauthorized
 from providers.registry import RegistryOptions
 from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions
-from tests.e2e.conftest import one_line_error
-from tests.registry.conftest import PASSWORD, USER, TokenSetup
-from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff
-from tests.registry.servers import Registry, Tls
+from tests.support.lazyfs_cli import one_line_error
+from tests.support.registry_pulls import docker, lazyfs, provider, provision_tree_diff
+from tests.support.registry_seed import PASSWORD, USER, TokenSetup
+from tests.support.registry_servers import Registry, Tls
 
 pytestmark = pytest.mark.integration
 

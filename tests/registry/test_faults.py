@@ -19,11 +19,11 @@ from providers.errors import DigestMismatch, TemporaryFailure
 from providers.registry import RegistryOptions
 from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions
-from tests.e2e.conftest import one_line_error
-from tests.registry.conftest import PASSWORD, USER
-from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff, ranges
-from tests.registry.proxy import Faults, run_proxy
-from tests.registry.servers import Registry, free_port
+from tests.support.fault_proxy import Faults, run_proxy
+from tests.support.lazyfs_cli import one_line_error
+from tests.support.registry_pulls import docker, lazyfs, provider, provision_tree_diff, ranges
+from tests.support.registry_seed import PASSWORD, USER
+from tests.support.registry_servers import Registry, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ import requests
 
 from backends.mounts import mounts_under
 from providers.manifest import OCI_MANIFEST
-from tests.httpserver import serve
-from tests.registry.servers import Registry
+from tests.support.httpserver import serve
+from tests.support.registry_servers import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from lazyfs.progress import Progress
 from providers.errors import NotFound
 from providers.oci_layout import Platform, host_arch
 from providers.registry import RegistryOptions
-from tests.registry.conftest import OTHER_ARCH, Seed
-from tests.registry.helpers import FAST, docker, lazyfs, provider, provision_tree_diff
-from tests.registry.servers import Registry, free_port
+from tests.support.registry_pulls import FAST, docker, lazyfs, provider, provision_tree_diff
+from tests.support.registry_seed import OTHER_ARCH, Seed
+from tests.support.registry_servers import Registry, free_port
 
 pytestmark = pytest.mark.integration
 

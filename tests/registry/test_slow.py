@@ -22,10 +22,10 @@ from providers.errors import DigestMismatch, TemporaryFailure
 from providers.manifest import OCI_MANIFEST
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions
-from tests.e2e.conftest import one_line_error
-from tests.registry.helpers import docker, lazyfs, provider, provision_tree_diff, ranges
-from tests.registry.proxy import Faults, run_proxy
-from tests.registry.servers import Registry
+from tests.support.fault_proxy import Faults, run_proxy
+from tests.support.lazyfs_cli import one_line_error
+from tests.support.registry_pulls import docker, lazyfs, provider, provision_tree_diff, ranges
+from tests.support.registry_servers import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -1,14 +1,13 @@
 """Applying tar layers to a directory: union rules, links, attributes, blobs.
 
-Layers are built in memory with tarfile; the builders here are shared with
-test_apply_hostile.  Tests that need root (owners, device nodes, security.*
-xattrs) skip without it.
+Layers are built in memory with tarfile (``tests.support.tar_members``).
+Tests that need root (owners, device nodes, security.* xattrs) skip without
+it.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import stat
 import tarfile
@@ -17,79 +16,23 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from backends.apply import apply_layer, apply_layers
+from backends.apply import apply_layers
 from backends.base import LayerFile
 from providers.digest import digest_bytes
 from providers.errors import BadImage, UnsafeLayer
-
-ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
-Member = tuple[tarfile.TarInfo, bytes]
-
-
-def _info(name: str, kind: bytes, **fields: object) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    for key, value in fields.items():
-        setattr(info, key, value)
-    return info
-
-
-def reg(name: str, data: bytes = b"", **fields: object) -> Member:
-    info = _info(name, tarfile.REGTYPE, **fields)
-    info.size = len(data)
-    return info, data
-
-
-def dir_(name: str, **fields: object) -> Member:
-    return _info(name, tarfile.DIRTYPE, **fields), b""
-
-
-def sym(name: str, target: str, **fields: object) -> Member:
-    return _info(name, tarfile.SYMTYPE, linkname=target, **fields), b""
-
-
-def hard(name: str, target: str) -> Member:
-    return _info(name, tarfile.LNKTYPE, linkname=target), b""
-
-
-def xattrs(**values: bytes) -> dict[str, str]:
-    """pax headers for xattrs; ``user_x`` names ``user.x``."""
-    return {
-        "SCHILY.xattr." + key.replace("_", ".", 1): value.decode("utf-8", "surrogateescape")
-        for key, value in values.items()
-    }
-
-
-def layer(*members: Member) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for info, data in members:
-            archive.addfile(info, io.BytesIO(data) if data else None)
-    buffer.seek(0)
-    return buffer
-
-
-def apply_all(root: Path, *layers: io.BytesIO) -> None:
-    for index, stream in enumerate(layers):
-        apply_layer(root, stream, layer=f"layer{index}")
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Everything under ``root``: path -> "dir", "file:<content>" or "link:<target>"."""
-    found: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            found[key] = f"link:{os.readlink(path)}"
-        elif path.is_dir():
-            found[key] = "dir"
-        elif path.is_file():
-            found[key] = f"file:{path.read_bytes().decode()}"
-        else:
-            found[key] = stat.filemode(path.lstat().st_mode)
-    return found
+from tests.support.tar_members import (
+    ROOT_ONLY,
+    Member,
+    apply_all,
+    dir_,
+    hard,
+    layer,
+    reg,
+    sym,
+    tar_info,
+    tree,
+    xattrs,
+)
 
 
 @pytest.fixture
@@ -385,9 +328,9 @@ def test_file_capabilities_survive_chown(root: Path) -> None:
 
 @ROOT_ONLY
 def test_device_nodes_and_fifos(root: Path) -> None:
-    null = _info("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666, uid=0)
-    loop = _info("dev/loop0", tarfile.BLKTYPE, devmajor=7, devminor=0, mode=0o660, gid=6)
-    fifo = _info("run/fifo", tarfile.FIFOTYPE, mode=0o620)
+    null = tar_info("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666, uid=0)
+    loop = tar_info("dev/loop0", tarfile.BLKTYPE, devmajor=7, devminor=0, mode=0o660, gid=6)
+    fifo = tar_info("run/fifo", tarfile.FIFOTYPE, mode=0o620)
     apply_all(root, layer((null, b""), (loop, b""), (fifo, b"")))
     info = (root / "dev/null").lstat()
     assert stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 3)
@@ -402,8 +345,8 @@ def test_unprivileged_skips_devices_and_owners(
     root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    null = _info("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3)
-    fifo = _info("fifo", tarfile.FIFOTYPE, uid=55)
+    null = tar_info("dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3)
+    fifo = tar_info("fifo", tarfile.FIFOTYPE, uid=55)
     apply_all(root, layer((null, b""), hard("dev/null2", "dev/null"), (fifo, b"")))
     assert tree(root) == {"dev": "dir", "fifo": "prw-r--r--"}
     assert (root / "fifo").lstat().st_uid == os.getuid()  # not 55: ownership skipped

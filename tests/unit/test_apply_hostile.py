@@ -12,7 +12,6 @@ import gzip
 import io
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,8 @@ from backends.base import LayerFile
 from providers import tar_stream
 from providers.digest import digest_bytes
 from providers.errors import BadImage, UnsafeLayer
-from tests.unit.test_apply import Member, apply_all, dir_, hard, layer, reg, sym, tree
+from tests.support.hostile_layers import HOSTILE, PROBE, Hostile, outside_state
+from tests.support.tar_members import apply_all, layer, reg, sym, tree
 
 
 @pytest.fixture
@@ -79,68 +79,19 @@ def test_extended_headers_are_bounded(root: Path, monkeypatch: pytest.MonkeyPatc
 
 # --- hostile layers -------------------------------------------------------
 
-PROBE = "lazyfs-escape-probe"
-
-
-@dataclass(frozen=True)
-class Hostile:
-    id: str
-    members: tuple[Member, ...]
-
-
-HOSTILE = [
-    Hostile("dotdot", (reg(f"../{PROBE}"),)),
-    Hostile("absolute", (reg(f"/{PROBE}"),)),
-    Hostile("absolute-dir", (dir_(f"/tmp/{PROBE}"),)),
-    Hostile("dotdot-inside", (reg(f"a/../../{PROBE}"),)),
-    Hostile("symlink-up-then-write", (sym("evil", "../outside"), reg(f"evil/{PROBE}"))),
-    Hostile("symlink-far-up", (sym("evil", "../../../../../../../.."), reg(f"evil/tmp/{PROBE}"))),
-    Hostile("symlink-to-slash-dotdot", (sym("evil", "/.."), reg(f"evil/{PROBE}"))),
-    Hostile("nested-symlink-up", (dir_("a/b"), sym("a/b/up", "../../.."), reg(f"a/b/up/{PROBE}"))),
-    Hostile(
-        "symlink-chain-up",
-        (sym("one", "two/.."), dir_("two"), sym("x", "one/.."), reg(f"x/{PROBE}")),
-    ),
-    Hostile("symlink-loop", (sym("a", "b"), sym("b", "a"), reg(f"a/{PROBE}"))),
-    Hostile("hardlink-dotdot", (hard(PROBE, "../outside/secret"),)),
-    Hostile("hardlink-absolute", (hard(PROBE, "/etc/passwd"),)),
-    Hostile("hardlink-via-symlink", (sym("evil", "../outside"), hard(PROBE, "evil/secret"))),
-    Hostile(
-        "hardlink-via-deep-symlink", (sym("evil", "/../../.."), hard(PROBE, "evil/etc/passwd"))
-    ),
-    Hostile("whiteout-via-symlink", (sym("evil", "../outside"), reg("evil/.wh.secret"))),
-    Hostile("opaque-via-symlink", (sym("evil", "../outside"), reg("evil/.wh..wh..opq"))),
-    Hostile("whiteout-of-dotdot", (reg(".wh.."),)),
-    Hostile("whiteout-as-parent", (reg(f".wh.x/{PROBE}"),)),
-    Hostile("name-too-long", (reg("a/" * 2100 + PROBE),)),
-    Hostile("component-too-long", (reg("a" * 256),)),
-]
-
-
-def _outside(tmp_path: Path) -> dict[str, tuple[int, int, bytes]]:
-    """Everything around the rootfs: path -> (mode, link count, content)."""
-    seen: dict[str, tuple[int, int, bytes]] = {}
-    for path in sorted(tmp_path.rglob("*")):
-        if path.is_relative_to(tmp_path / "root"):
-            continue
-        info = path.lstat()
-        content = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
-        seen[str(path)] = (info.st_mode, info.st_nlink, content)
-    return seen
-
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[case.id for case in HOSTILE])
 @pytest.mark.parametrize("split", [False, True], ids=["one-layer", "two-layers"])
 def test_hostile_layers_are_refused(root: Path, tmp_path: Path, case: Hostile, split: bool) -> None:
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside/secret").write_text("secret")
-    before = _outside(tmp_path)
+    before = outside_state(tmp_path)
     members = list(case.members)
     layers = [layer(*members[:-1]), layer(members[-1])] if split else [layer(*members)]
     with pytest.raises(UnsafeLayer) as caught:
         apply_all(root, *layers)
     assert str(caught.value).startswith("unsafe layer layer")
-    assert _outside(tmp_path) == before
+    assert outside_state(tmp_path) == before
     for place in (Path("/"), Path("/tmp"), tmp_path.parent, Path.cwd()):
         assert not (place / PROBE).exists()
 

@@ -19,9 +19,9 @@ from backends.apply import apply_layer
 from backends.apply_tree import OVERLAY_OPAQUE, MadeDirs
 from providers.errors import BackendError, BadImage, UnsafeLayer
 from providers.layer_rules import RelPath
-from tests.tree import is_whiteout
-from tests.unit.test_apply import Member, _info, dir_, hard, layer, reg, sym, xattrs
-from tests.unit.test_apply_hostile import HOSTILE, PROBE, Hostile, _outside
+from tests.support.hostile_layers import HOSTILE, PROBE, Hostile, outside_state
+from tests.support.tar_members import Member, dir_, hard, layer, reg, sym, tar_info, xattrs
+from tests.support.tree import is_whiteout
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -107,7 +107,7 @@ def test_overlay_xattrs_from_the_image_are_dropped(root: Path) -> None:
 
 
 def test_a_real_0_0_character_device_is_refused(root: Path) -> None:
-    device = _info("dev/zero0", b"3", devmajor=0, devminor=0), b""
+    device = tar_info("dev/zero0", b"3", devmajor=0, devminor=0), b""
     with pytest.raises(BadImage, match="0/0 character device"):
         extract(root, dir_("dev"), device)
 
@@ -121,10 +121,10 @@ def test_a_hardlink_to_another_layer_is_refused_clearly(root: Path) -> None:
 def test_hostile_layers_are_still_refused(root: Path, tmp_path: Path, case: Hostile) -> None:
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside/secret").write_text("secret")
-    before = _outside(tmp_path)
+    before = outside_state(tmp_path)
     with pytest.raises(UnsafeLayer):
         extract(root, *case.members)
-    assert _outside(tmp_path) == before
+    assert outside_state(tmp_path) == before
     for place in (Path("/"), Path("/tmp"), tmp_path.parent, Path.cwd()):
         assert not (place / PROBE).exists()
 

@@ -24,7 +24,9 @@ def test_passes():
 def test_a_skip_fails_only_under_ci(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str
 ) -> None:
-    pytester.makeconftest("from tests.ci_skips import pytest_runtest_makereport  # noqa: F401\n")
+    pytester.makeconftest(
+        "from tests.support.ci_skips import pytest_runtest_makereport  # noqa: F401\n"
+    )
     pytester.makepyfile(INNER)
     monkeypatch.setenv("CI", ci)
     monkeypatch.setenv("PYTHONPATH", str(REPO))

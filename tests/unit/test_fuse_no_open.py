@@ -2,7 +2,7 @@
 
 In-process, as ``tests/unit/test_fuse_write.py`` (whose image and helpers
 these tests share); the no-open path is driven as the kernel drives it
-(``tests.fuse_paths.NoOpenKernel``).
+(``tests.support.fuse_paths.NoOpenKernel``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from lazyfs.fs.writable_no_open import SNAPSHOTS, NoOpenWritableOperations
 from lazyfs.index.model import check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
-from tests import fuse_paths, sparse
-from tests.tree import is_whiteout
-from tests.unit.test_fuse_write import BIG, CTX, ino, make_ops, name, setting
+from tests.support import fuse_paths, sparse
+from tests.support.tree import is_whiteout
+from tests.support.writable_ops import BIG, CTX, ino, make_ops, name, setting
 
 
 @pytest.fixture(params=fuse_paths.PATHS)

@@ -1,6 +1,6 @@
 """The read-only FUSE operations, called in-process (no mount).
 
-Every test runs on both paths (``tests.fuse_paths``): today's, with a handle
+Every test runs on both paths (``tests.support.fuse_paths``): today's, with a handle
 per open, and the no-open one, driven as the kernel drives it.
 """
 
@@ -21,8 +21,8 @@ from lazyfs.fs.read_only import CACHE_TIMEOUT, NoOpenReadOnlyOperations, ReadOnl
 from lazyfs.index.model import check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import Digest, digest_bytes
-from tests import fuse_paths
-from tests.images import Entry, whiteout, write_layer
+from tests.support import fuse_paths
+from tests.support.images import Entry, whiteout, write_layer
 
 CTX = cast(pyfuse3.RequestContext, None)
 BIG = bytes(range(256)) * 2000  # 512000 bytes: several chunks

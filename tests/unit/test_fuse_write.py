@@ -1,6 +1,6 @@
 """The copy-on-write FUSE operations, called in-process (no mount), and the upper they write.
 
-Every test runs on both paths (``tests.fuse_paths``): today's, with a handle
+Every test runs on both paths (``tests.support.fuse_paths``): today's, with a handle
 per open, and the no-open one, driven as the kernel drives it.
 """
 
@@ -11,7 +11,6 @@ import logging
 import os
 import stat
 from pathlib import Path
-from types import SimpleNamespace
 from typing import cast
 
 import pyfuse3
@@ -19,71 +18,18 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.blobs.ranges import ChunkCache, open_layers
 from lazyfs.fs.debug import log_requests
-from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, Upper
+from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR
 from lazyfs.fs.writable import WritableOperations
-from lazyfs.fs.writable_no_open import NoOpenWritableOperations
-from lazyfs.index.model import check_data_present, ensure_index
-from lazyfs.tree.merge import ROOT_INO, DataRef, merge
-from providers.digest import digest_bytes
-from tests import fuse_paths
-from tests.images import Entry, whiteout, write_layer
-from tests.tree import is_whiteout
-
-CTX = cast(pyfuse3.RequestContext, SimpleNamespace(uid=0, gid=0, umask=0o022, pid=1))
-BIG = bytes(range(256)) * 4000  # 1 MB
-
-LOWER = [
-    Entry("etc", "dir", mode=0o755),
-    Entry("etc/passwd", data=b"root\n", xattrs={"user.a": b"1"}),
-    Entry("etc/gone", data=b"x"),
-    Entry("big", data=BIG),
-    Entry("link", "symlink", target="etc"),
-    Entry("hard", "hardlink", target="etc/passwd"),
-    Entry("d", "dir"),
-    Entry("d/x", data=b"dx"),
-]
-TOP = [whiteout("etc/gone"), Entry("etc/top", data=b"top\n")]
+from lazyfs.tree.merge import ROOT_INO, DataRef
+from tests.support import fuse_paths
+from tests.support.tree import is_whiteout
+from tests.support.writable_ops import BIG, CTX, ino, make_ops, name, setting
 
 
 @pytest.fixture(params=fuse_paths.PATHS)
 def ops(tmp_path: Path, request: pytest.FixtureRequest) -> WritableOperations:
     return make_ops(tmp_path, request.param)
-
-
-def make_ops(tmp_path: Path, path: str) -> WritableOperations:
-    """The writable view of LOWER and TOP on ``path`` (``tests.fuse_paths``)."""
-    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
-    layers.mkdir()
-    tmp.mkdir()
-    indexes, tars = [], {}
-    for i, entries in enumerate([LOWER, TOP]):
-        blob = write_layer(entries, tmp_path / f"{i}.tar")
-        digest = digest_bytes(blob.read_bytes())
-        index = ensure_index(layers, tmp, digest, blob)
-        indexes.append(index)
-        tars[digest] = check_data_present(layers, blob, index)
-    upper, work = tmp_path / "upper", tmp_path / "work"
-    upper.mkdir()
-    work.mkdir()
-    source = open_layers(tars)
-    view = Upper(merge(indexes), upper, work, source)
-    if path == fuse_paths.NO_OPEN:
-        kernel = fuse_paths.NoOpenKernel(NoOpenWritableOperations(view, ChunkCache(source)))
-        return cast(WritableOperations, kernel)
-    return WritableOperations(view, ChunkCache(source))
-
-
-def name(text: str) -> pyfuse3.FileNameT:
-    return pyfuse3.FileNameT(text.encode())
-
-
-async def ino(ops: WritableOperations, path: str) -> pyfuse3.InodeT:
-    found = pyfuse3.InodeT(ROOT_INO)
-    for part in path.split("/"):
-        found = (await ops.lookup(found, name(part), CTX)).st_ino
-    return found
 
 
 async def names(ops: WritableOperations, path: str) -> list[str]:
@@ -100,9 +46,6 @@ async def read(ops: WritableOperations, path: str) -> bytes:
 
 def upper(ops: WritableOperations) -> Path:
     return ops.upper.upper
-
-
-setting = fuse_paths.setattr_fields
 
 
 async def test_write_copies_up_once_and_the_lower_stays(ops: WritableOperations) -> None:

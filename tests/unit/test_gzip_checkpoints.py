@@ -20,7 +20,7 @@ from lazyfs.index.gzip_checkpoints import GzipCheckpoints
 from lazyfs.index.model import CHECKPOINTS_NAME, LayerData, LayerIndex
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
-from tests.images import Entry, write_layer
+from tests.support.images import Entry, write_layer
 
 SPACING = 1 << 16  # zran's least is just over its 32 KiB window
 _random = random.Random(7)

@@ -31,7 +31,7 @@ from lazyfs.index.model import (
 )
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, UnsafeLayer
-from tests.images import BASE_MTIME_NS, Entry, opaque, whiteout, write_layer
+from tests.support.images import BASE_MTIME_NS, Entry, opaque, whiteout, write_layer
 
 LAYER = [
     Entry("etc", "dir", mode=0o750, uid=1, gid=2, mtime_ns=BASE_MTIME_NS),

@@ -33,7 +33,7 @@ from providers.layer_entry import (
     classify_member,
 )
 from providers.layer_rules import Action
-from tests.unit.test_apply import ROOT_ONLY, Member, _info, dir_, layer, reg, sym, xattrs
+from tests.support.tar_members import ROOT_ONLY, Member, dir_, layer, reg, sym, tar_info, xattrs
 
 NS = 1_000_000_000
 # vfs_cap_data: revision 2 or 3 | effective, cap_net_bind_service, [rootid].
@@ -44,11 +44,11 @@ CAP_V3_1000 = struct.pack("<I", 0x03000001) + CAP_DATA + struct.pack("<I", 1000)
 
 
 def hardlink(name: str, target: str, **fields: object) -> Member:
-    return _info(name, tarfile.LNKTYPE, linkname=target, **fields), b""
+    return tar_info(name, tarfile.LNKTYPE, linkname=target, **fields), b""
 
 
 def device(name: str, kind: bytes, major: int, minor: int) -> Member:
-    return _info(name, kind, devmajor=major, devminor=minor), b""
+    return tar_info(name, kind, devmajor=major, devminor=minor), b""
 
 
 def named(values: dict[str, bytes]) -> dict[str, str]:

@@ -3,7 +3,7 @@
 An index not built here cannot bring overlayfs' own xattrs into the merged
 tree, nor so into a writable mount's upper directory.
 
-Small images where they once differed, each compared whole (``tests.tree``'s
+Small images where they once differed, each compared whole (``tests.support.tree``'s
 digest: kinds, modes, owners, contents, targets, devices, mtimes, xattrs,
 hardlinks), in-process: ``backends.apply`` into a directory against the
 merged tree of the layers' indexes.  Owners and devices need root.
@@ -22,9 +22,9 @@ from lazyfs.index.model import IndexEntry, Kind, LayerIndex
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import Digest
 from providers.errors import BadImage
-from tests.layer_trees import copy_tree, fuse_tree
-from tests.tree import diff_trees
-from tests.unit.test_apply import ROOT_ONLY, Member, dir_, hard, layer, reg, sym
+from tests.support.layer_trees import copy_tree, fuse_tree
+from tests.support.tar_members import ROOT_ONLY, Member, dir_, hard, layer, reg, sym
+from tests.support.tree import diff_trees
 
 
 def image(*layers: list[Member]) -> list[bytes]:

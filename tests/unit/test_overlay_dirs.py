@@ -16,7 +16,7 @@ import pytest
 from backends.apply import apply_layer
 from backends.overlay_dirs import DirAttrs, LowerDir, plan_top_dirs, write_top_dirs
 from providers.errors import BackendError
-from tests.unit.test_apply import Member, dir_, layer, reg, sym, xattrs
+from tests.support.tar_members import Member, dir_, layer, reg, sym, xattrs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

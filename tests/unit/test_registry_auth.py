@@ -30,7 +30,7 @@ from providers.registry_auth import (
     parse_token_response,
 )
 from providers.registry_http import redact
-from tests.httpserver import serve
+from tests.support.httpserver import serve
 
 
 @pytest.mark.parametrize(

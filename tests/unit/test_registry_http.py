@@ -11,7 +11,7 @@ import pytest
 from providers.errors import BadImage, NotFound, TemporaryFailure, Unauthorized
 from providers.manifest import METADATA_LIMIT
 from providers.registry_http import HttpOptions, RegistryHttp
-from tests.httpserver import serve
+from tests.support.httpserver import serve
 
 ENDLESS = 256 << 20  # far past the limit: a client that read it all would take it all
 

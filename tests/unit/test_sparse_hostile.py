@@ -20,7 +20,7 @@ from providers.digest import digest_bytes
 from providers.errors import BadImage
 from providers.tar_sparse import MAX_EXTENTS
 from providers.tar_stream import MAX_ENTRY_SIZE
-from tests.sparse import SECRET
+from tests.support.sparse import SECRET
 
 BLOCK = tarfile.BLOCKSIZE
 END = bytes(2 * BLOCK)

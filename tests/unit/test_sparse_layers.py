@@ -27,7 +27,7 @@ from lazyfs.fs.read_only import ReadOnlyOperations
 from lazyfs.index.model import check_data_present, ensure_index, index_path, load_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
-from tests import sparse
+from tests.support import sparse
 
 CTX = cast(pyfuse3.RequestContext, None)
 COMPRESSIONS = ("none", "gzip", "zstd")

@@ -15,7 +15,7 @@ from lazyfs.index.model import LayerIndex, ensure_index
 from lazyfs.tree import kept as tree_cache
 from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
-from tests.images import Entry, whiteout, write_layer
+from tests.support.images import Entry, whiteout, write_layer
 
 LAYERS = [
     [

@@ -1,9 +1,10 @@
 """The merged tree against the model of the layer rules that ``backends.apply`` is held to.
 
-The stacks, the model and the tar writer are ``test_apply_model``'s, so the
-merged FUSE tree and the extracting backends are checked against one
-statement of the rules: what the tree shows (names, kinds, file contents,
-link targets), or the error class when the stack is refused.
+The stacks, the model and the tar writer are ``tests.support.apply_model``'s,
+which ``test_apply_model`` uses too, so the merged FUSE tree and the
+extracting backends are checked against one statement of the rules: what
+the tree shows (names, kinds, file contents, link targets), or the error
+class when the stack is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lazyfs.index.model import Kind, LayerIndex
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
-from tests.unit.test_apply_model import (
+from tests.support.apply_model import (
     DIR,
     Entry,
     Node,

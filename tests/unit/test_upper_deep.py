@@ -19,8 +19,8 @@ from lazyfs.index.model import check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from providers.fstree import remove_tree
-from tests.images import Entry, write_layer
-from tests.unit.test_fuse_write import CTX, name, setting
+from tests.support.images import Entry, write_layer
+from tests.support.writable_ops import CTX, name, setting
 
 DEPTH = sys.getrecursionlimit() + 200
 

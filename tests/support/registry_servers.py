@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import bcrypt
 import requests
 
-from tests.httpserver import serve
+from tests.support.httpserver import serve
 
 SERVICE = "lazyfs-test-registry"
 ISSUER = "lazyfs-test-token-server"
@@ -178,7 +178,7 @@ def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
 
 def skopeo_push(layout: Path, tag: str, dest: str, fmt: str) -> None:
     """Push ``layout:tag`` to ``dest`` (``127.0.0.1:PORT/name:tag``) as v2s2 or oci."""
-    from tests.images import run
+    from tests.support.images import run
 
     run("skopeo", "copy", "-q", "--dest-tls-verify=false", "--format", fmt,
         f"oci:{layout}:{tag}", f"docker://{dest}")  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from tests.httpserver import serve
+from tests.support.httpserver import serve
 
 FORWARDED = (
     "Content-Type",

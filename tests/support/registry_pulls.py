@@ -13,8 +13,8 @@ from lazyfs.store.disk import Store
 from providers.image_pb2 import Image
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions
-from tests.registry.proxy import Faults
-from tests.tree import diff_trees, tree_digest
+from tests.support.fault_proxy import Faults
+from tests.support.tree import diff_trees, tree_digest
 
 # Fast retries: the faults are injected, not real, so waiting proves nothing.
 FAST = HttpOptions(backoff=0.01, max_backoff=0.05)

@@ -1,7 +1,7 @@
 """One image, every backend's tree of it, in-process: for tests that compare them.
 
 An image here is its layers as uncompressed tar bytes, bottom first.  Each
-function returns the tree in ``tests.tree.tree_digest``'s form, or raises
+function returns the tree in ``tests.support.tree.tree_digest``'s form, or raises
 what the backend raised:
 
 - ``copy_tree``: ``backends.apply`` into a directory (the copy backend);
@@ -32,7 +32,7 @@ from lazyfs.index.model import LayerIndex
 from lazyfs.tree.merge import ROOT_INO, InodeNo, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import LazyfsError
-from tests.tree import _KINDS, Node, tree_digest
+from tests.support.tree import _KINDS, Node, tree_digest
 
 # The host may label files; nothing of the image.
 IGNORED_XATTRS = ("security.selinux",)

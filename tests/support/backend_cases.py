@@ -1,16 +1,16 @@
 """The images every backend must turn into exactly what ``umoci unpack`` gives.
 
-Each case is a list of layers (``tests.images.Entry``), bottom first.  Every
+Each case is a list of layers (``tests.support.images.Entry``), bottom first.  Every
 directory has a header in some layer: one that never has is made by the
 extractor at its own time, which no two extractors agree on.  ``rich`` is
-``tests.images.RICH_LAYERS``; the others add what it lacks.
+``tests.support.images.RICH_LAYERS``; the others add what it lacks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tests.images import BASE_MTIME_NS, RICH_LAYERS, Entry, opaque, whiteout
+from tests.support.images import BASE_MTIME_NS, RICH_LAYERS, Entry, opaque, whiteout
 
 
 def _t(n: int) -> int:

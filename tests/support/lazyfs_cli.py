@@ -1,0 +1,97 @@
+"""The real ``lazyfs`` command, run as a subprocess the way a user runs it.
+
+``Lazyfs`` runs it on a work dir and a local image directory, ``AppcLazyfs``
+with the Appc provider and a simple discovery prefix; ``one_line_error``
+checks that a failure printed one line and no traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+DEEP = 1100  # levels of the e2e deep image: past Python's recursion limit (1000)
+
+
+@dataclass
+class Lazyfs:
+    work_dir: Path
+    image_dir: Path
+
+    def argv(self, *args: str) -> list[str]:
+        """The ``lazyfs`` command line for ``args``, on this work dir and image dir."""
+        return [
+            sys.executable,
+            "-m",
+            "lazyfs",
+            "--work_dir",
+            str(self.work_dir),
+            "--docker_registry",
+            str(self.image_dir),
+            *args,
+        ]
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+@dataclass
+class AppcLazyfs:
+    work_dir: Path
+    prefix: str
+
+    def __call__(
+        self, *args: str, check: bool = True, prefix: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "lazyfs",
+            "--work_dir",
+            str(self.work_dir),
+            "--image_providers",
+            "appc,docker",
+            "--appc_simple_discovery_uri_prefix",
+            self.prefix if prefix is None else prefix,
+            *args,
+        ]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
+        return result
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The error a failed command printed; asserts it is one line and no traceback."""
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("lazyfs: ")
+    return lines[0]
