@@ -6,6 +6,7 @@
   backends that need no FUSE loads no FUSE code.
 - ``lazyfs`` imports ``backends`` only from the provisioner and the CLI.
 - No import cycle, neither through two top-level packages nor inside one.
+- Tests (and the benchmarks) import from ``tests`` only ``tests.support``.
 
 The cycle rule is checked on modules, not packages: backends may import
 ``lazyfs.fs.mount`` while ``lazyfs.provision.provisioner`` imports backends,
@@ -34,6 +35,8 @@ from tests.support.import_graph import (
     Import,
     all_imports,
     import_cycles,
+    imports_of,
+    module_name,
     top,
 )
 
@@ -315,3 +318,67 @@ def test_backends_without_fuse_load_no_fuse_code() -> None:
 
 def test_the_subprocess_check_sees_pyfuse3_when_it_is_loaded() -> None:
     assert "pyfuse3" in modules_loaded_by("lazyfs.fs.read_only")
+
+
+# Tests share helpers through tests/support/ only: a test module or conftest
+# that other files import cannot be moved, split or deleted on its own.
+
+HELPER_IMPORTERS = ("tests", "scripts/benchlib")
+
+
+def helper_import_problems(root: Path) -> list[str]:
+    """Every import, in the tests or the benchmarks, of ``tests`` outside ``tests.support``."""
+    files = [
+        path
+        for directory in HELPER_IMPORTERS
+        if (root / directory).is_dir()
+        for path in sorted((root / directory).rglob("*.py"))
+    ]
+    modules = {module_name(path.relative_to(root)) for path in files}
+    return [
+        f"{imp.where}: {imp.module} imports {imp.target}; "
+        "what tests share lives in tests.support, and is imported from there"
+        for path in files
+        for imp in imports_of(root, path, modules)
+        if top(imp.target) == "tests"
+        and imp.target != "tests.support"
+        and not imp.target.startswith("tests.support.")
+    ]
+
+
+def test_tests_import_shared_helpers_from_tests_support_only() -> None:
+    problems = helper_import_problems(ROOT)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"tests/unit/test_a.py": "from tests.support.images import Entry\n"}, []),
+        ({"tests/unit/test_a.py": "from tests.support import images, tree\n"}, []),
+        ({"tests/support/a.py": "from . import b\n", "tests/support/b.py": ""}, []),
+        ({"tests/unit/test_a.py": "import json, pytest, lazyfs.cli\n"}, []),
+        (
+            {"tests/unit/test_a.py": "from tests.unit.test_b import helper\n"},
+            ["tests/unit/test_a.py:1: tests.unit.test_a imports tests.unit.test_b;"],
+        ),
+        (
+            {"tests/e2e/test_a.py": "\nfrom tests.e2e.conftest import Lazyfs\n"},
+            ["tests/e2e/test_a.py:2: tests.e2e.test_a imports tests.e2e.conftest;"],
+        ),
+        ({"tests/e2e/conftest.py": "from tests.conftest import x\n"}, ["tests/e2e/conftest.py:1:"]),
+        ({"tests/unit/test_a.py": "from .test_b import helper\n"}, ["tests/unit/test_a.py:1:"]),
+        ({"tests/unit/test_a.py": "from tests.registry import servers\n"}, ["tests/unit/"]),
+        ({"tests/unit/test_a.py": "import tests\n"}, ["tests/unit/test_a.py:1:"]),
+        ({"scripts/benchlib/a.py": "from tests.images import build\n"}, ["scripts/benchlib/"]),
+        ({"scripts/other.py": "from tests.images import build\n"}, []),
+    ],
+)
+def test_checker_finds_helpers_imported_from_outside_tests_support(
+    tmp_path: Path, files: dict[str, str], expected: list[str]
+) -> None:
+    write_tree(tmp_path, files)
+    problems = helper_import_problems(tmp_path)
+    assert len(problems) == len(expected), problems
+    for problem, prefix in zip(problems, expected, strict=True):
+        assert problem.startswith(prefix), problems
