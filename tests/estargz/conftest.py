@@ -3,8 +3,8 @@
 Session fixtures, started once:
 
 - ``containerd``: Debian's containerd with its own root, state and socket
-  (``tests.estargz.helpers.run_containerd``), stopped at the end.
-- ``converted``: the rich image (``tests.images.RICH_LAYERS``) and a "big"
+  (``tests.support.containerd.run_containerd``), stopped at the end.
+- ``converted``: the rich image (``tests.support.images.RICH_LAYERS``) and a "big"
   image (a file of several 4 MiB chunks, files without their parent
   directories' entries) built with umoci, imported into that containerd and
   converted with ``ctr-remote image optimize --no-optimize --oci``; each
@@ -17,15 +17,13 @@ Without the tools or root these skip, which fails under CI (tests.ci_skips).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests import images
-from tests.estargz.helpers import (
+from tests.support import images
+from tests.support.containerd import (
     Containerd,
     export_layout,
     import_archive,
@@ -34,32 +32,8 @@ from tests.estargz.helpers import (
     run_containerd,
     to_estargz,
 )
-from tests.registry.servers import Registry, run_registry
-
-SOURCE_TAG = "src"
-ESGZ_TAG = "esgz"
-# Incompressible, so its chunks stay near the 4 MiB ctr-remote cuts them to.
-BIG_DATA = random.Random(12).randbytes((9 << 20) + 12345)
-BIG_LAYERS = [
-    [
-        images.Entry("opt/big", data=BIG_DATA, mode=0o755),
-        images.Entry("deep/er/file", data=b"no parent entries\n", uid=7, gid=8),
-        images.Entry("empty"),
-    ],
-    [images.Entry("opt/small", data=b"small\n" * 100)],
-]
-
-
-@dataclass(frozen=True)
-class Converted:
-    """One image in both forms: ``source`` (OCI layout, tag SOURCE_TAG) and
-    ``layout`` (OCI layout of the eStargz image, tag ESGZ_TAG); ``ref`` is the
-    eStargz image's name in containerd."""
-
-    name: str
-    source: Path
-    layout: Path
-    ref: str
+from tests.support.estargz_images import BIG_LAYERS, ESGZ_TAG, SOURCE_TAG, Converted
+from tests.support.registry_servers import Registry, run_registry
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,9 @@ from lazyfs.index.estargz_footer import FOOTER_SIZE
 from providers.digest import Digest, digest_bytes
 from providers.layer_rules import RelPath
 from providers.manifest import OCI_MANIFEST
-from tests import images
-from tests.estargz.conftest import BIG_DATA, ESGZ_TAG, SOURCE_TAG, Converted
-from tests.registry.servers import Registry
+from tests.support import images
+from tests.support.estargz_images import BIG_DATA, ESGZ_TAG, SOURCE_TAG, Converted
+from tests.support.registry_servers import Registry
 
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 _NS = 1_000_000_000

@@ -1,5 +1,5 @@
 """eStargz footers, TOCs and chunks, on blobs written here from the spec
-(``tests.estargz.writer``): what a well-formed layer gives, and that every
+(``tests.support.estargz_writer``): what a well-formed layer gives, and that every
 hostile one is refused with BadImage or DigestMismatch and nothing else."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from lazyfs.index.estargz_toc import MAX_FILE_SIZE, parse_toc
 from providers.digest import Digest
 from providers.errors import BadImage, DigestMismatch, UnsafeLayer
 from providers.tar_stream import MAX_ENTRY_SIZE
-from tests.estargz.writer import Blob, File, footer, write_estargz
+from tests.support.estargz_writer import Blob, File, footer, write_estargz
 
 LAYER = "sha256:layer"
 NOISE = bytes((i * 7919) % 251 for i in range(20_000))  # compresses poorly

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import images
+from tests.support import images
 
 TOOLS = ("containerd", "ctr", "ctr-remote", "umoci", "skopeo")
 NAMESPACE = "lazyfs-test"
