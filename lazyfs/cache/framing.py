@@ -24,7 +24,17 @@ HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 1 << 20
 
 
-class FrameError(LazyfsError):
+class ProtocolError(LazyfsError):
+    """A peer that does not speak ``cache.proto``: the connection is to be dropped.
+
+    ProtocolError             (lazyfs.cache.framing)
+    ├── FrameError            a byte stream that is not a sequence of frames
+    └── BadRequest            a frame that is not a request we can act on
+                              (lazyfs.cache.messages)
+    """
+
+
+class FrameError(ProtocolError):
     """A byte stream that is not a sequence of acceptable frames."""
 
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from lazyfs.cache import cache_pb2 as pb
+from lazyfs.cache.framing import ProtocolError
 from providers.digest import Digest, parse_digest
 from providers.errors import (
     BadImage,
     DigestMismatch,
-    LazyfsError,
     NotFound,
     TemporaryFailure,
     Unauthorized,
@@ -36,12 +36,12 @@ MAX_READ_LENGTH = 64 << 20
 MAX_PREFETCH_RANGES = 4096
 
 
-class ProtocolError(LazyfsError):
-    """A payload that is not a message of ``cache.proto`` we can act on."""
-
-
 class BadRequest(ProtocolError):
-    """A payload that is not a request we can act on; ``request_id`` when it could be read."""
+    """A payload that is not a request we can act on; ``request_id`` when it could be read.
+
+    With an id, the daemon answers it (BAD_REQUEST) and goes on; without one
+    the stream cannot be trusted and the connection is dropped.
+    """
 
     def __init__(self, reason: str, request_id: int | None = None) -> None:
         super().__init__(reason)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lazyfs.cache import cache_pb2 as pb
+from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.messages import (
     MAX_PREFETCH_RANGES,
     MAX_READ_LENGTH,
@@ -21,7 +22,6 @@ from lazyfs.cache.messages import (
     HandleOrigin,
     Prefetch,
     PrefetchOk,
-    ProtocolError,
     Read,
     ReadOk,
     RegistryOrigin,
