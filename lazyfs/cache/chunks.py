@@ -90,13 +90,15 @@ class DiskCache:
         private_dir(root)
         fd = os.open(layout.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(
+                    f"the cache at {root} is in use by another lazyfs daemon"
+                ) from None
             block = os.fstatvfs(fd).f_frsize or 4096
             cache = cls(layout, limit_bytes, fd, block)
             cache._rebuild()
-        except BlockingIOError:
-            os.close(fd)
-            raise UsageError(f"the cache at {root} is in use by another lazyfs daemon") from None
         except BaseException:
             os.close(fd)
             raise

@@ -98,8 +98,7 @@ class Fetcher:
         # turned out to end before it; a second round learns that from the
         # recorded size. More rounds mean something removed a pinned chunk.
         for _ in range(3):
-            size = self._sizes.get(digest) or self.cache.blob_size(digest)
-            indices = wanted_chunks([(offset, length)], self.chunk_size, size)
+            indices = wanted_chunks([(offset, length)], self.chunk_size, self._size(digest))
             keys = [ChunkKey(digest, i) for i in indices]
             # Pins and lookups take the cache's mutex from the trio thread:
             # held by others only for a rename or an eviction, never an fsync.
@@ -138,8 +137,13 @@ class Fetcher:
         Does not wait: the fetches run in the background, failures only
         clear their flights.
         """
-        indices = wanted_chunks(ranges, self.chunk_size, self._sizes.get(digest))
+        indices = wanted_chunks(ranges, self.chunk_size, self._size(digest))
         return self._start(source, digest, [], indices)
+
+    def _size(self, digest: Digest) -> int | None:
+        """The blob's size, when a request, a short answer or a short chunk told it."""
+        size = self._sizes.get(digest)
+        return self.cache.blob_size(digest) if size is None else size
 
     # Planning and starting. No await from here to the flights' registration:
     # a task planning the same chunks meanwhile would fetch them twice.
@@ -166,7 +170,7 @@ class Fetcher:
     ) -> int:
         """Start the fetches ``wanted`` and ``ahead`` need; returns how many chunks they fetch."""
         have = _InHand(digest, self._flights, self.cache)
-        size = self._sizes.get(digest)
+        size = self._size(digest)
         last_chunk = None if size is None else (size - 1) // self.chunk_size
         fetches = plan(
             wanted,
@@ -198,7 +202,7 @@ class Fetcher:
             base = index * self.chunk_size
             chunk_length = self.cache.length(ChunkKey(digest, index))
             if chunk_length is None:
-                size = self._sizes.get(digest)
+                size = self._size(digest)
                 if size is not None and base >= size:
                     break  # the blob ends before this chunk
                 return None

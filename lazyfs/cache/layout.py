@@ -10,7 +10,7 @@ a chunk that is there. The layout is the contract between them::
       chunks-<CHUNK_SIZE>/              the chunk size in bytes: a cache made with
                                         another size is never misread
         <algorithm>/<hex>/              one directory per blob, e.g. sha256/3f2a...
-          <index>                       8 lowercase hex digits: the blob's bytes
+          <index>                       lowercase hex, at least 8 digits: the blob's bytes
                                         [index * CHUNK_SIZE, (index + 1) * CHUNK_SIZE),
                                         shorter only when the blob ends inside it
 
@@ -49,8 +49,19 @@ from providers.digest import Digest, algorithm, hex_part, parse_digest
 from providers.errors import BadImage
 
 CHUNK_SIZE = 1 << 20
-_INDEX_RE = re.compile(r"^[0-9a-f]{8}$")
-_MAX_INDEX = 0xFFFFFFFF
+_INDEX_RE = re.compile(r"^[0-9a-f]{8,16}$")
+
+
+def _index_of(name: str) -> int | None:
+    """The chunk index a file name spells, when it is the one spelling of it."""
+    if not _INDEX_RE.match(name):
+        return None
+    index = int(name, 16)
+    return index if name == _index_name(index) else None
+
+
+def _index_name(index: int) -> str:
+    return f"{index:08x}"
 
 
 @dataclass(frozen=True, order=True)
@@ -97,9 +108,9 @@ class Layout:
         return self.chunks_dir / algorithm(digest) / hex_part(digest)
 
     def chunk_path(self, key: ChunkKey) -> Path:
-        if not 0 <= key.index <= _MAX_INDEX:
-            raise ValueError(f"chunk index {key.index} out of range")
-        return self.blob_dir(key.digest) / f"{key.index:08x}"
+        if key.index < 0:
+            raise ValueError(f"negative chunk index {key.index}")
+        return self.blob_dir(key.digest) / _index_name(key.index)
 
     def key_of(self, path: Path) -> ChunkKey | None:
         """The chunk a path under ``chunks_dir`` names, or None when it names none."""
@@ -107,13 +118,14 @@ class Layout:
             relative = path.relative_to(self.chunks_dir)
         except ValueError:
             return None
-        if len(relative.parts) != 3 or not _INDEX_RE.match(relative.parts[2]):
+        if len(relative.parts) != 3:
             return None
+        index = _index_of(relative.parts[2])
         try:
             digest = parse_digest(f"{relative.parts[0]}:{relative.parts[1]}")
         except BadImage:
             return None
-        return ChunkKey(digest, int(relative.parts[2], 16))
+        return None if index is None else ChunkKey(digest, index)
 
     def span(self, key: ChunkKey) -> tuple[int, int]:
         """The blob bytes [start, end) chunk ``key`` holds when it is a whole chunk."""
@@ -192,9 +204,8 @@ class ChunkFiles:
             names = os.listdir(self.layout.blob_dir(digest))
         except FileNotFoundError:
             return
-        for name in sorted(names):
-            if _INDEX_RE.match(name):
-                yield ChunkKey(digest, int(name, 16))
+        for index in sorted(i for i in map(_index_of, names) if i is not None):
+            yield ChunkKey(digest, index)
 
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:

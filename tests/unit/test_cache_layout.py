@@ -53,7 +53,7 @@ def test_paths_follow_the_documented_layout(tmp_path: Path) -> None:
 digests = st.text("0123456789abcdef", min_size=64, max_size=64).map(
     lambda h: Digest(f"sha256:{h}")
 ) | st.text("0123456789abcdef", min_size=128, max_size=128).map(lambda h: Digest(f"sha512:{h}"))
-keys = st.builds(ChunkKey, digests, st.integers(min_value=0, max_value=0xFFFFFFFF))
+keys = st.builds(ChunkKey, digests, st.integers(min_value=0, max_value=(1 << 64) - 1))
 
 
 @given(keys)
@@ -68,6 +68,8 @@ def test_a_chunk_path_names_its_key(key: ChunkKey) -> None:
         "chunks-16/sha256/" + "3f" * 32,
         "chunks-16/sha256/" + "3f" * 32 + "/2a",
         "chunks-16/sha256/" + "3f" * 32 + "/0000002A",
+        "chunks-16/sha256/" + "3f" * 32 + "/00000002a",  # one spelling per chunk
+        "chunks-16/sha256/" + "3f" * 32 + "/1" + "0" * 16,
         "chunks-16/sha256/" + "3f" * 31 + "/00000000",
         "chunks-16/md5/" + "3f" * 16 + "/00000000",
         "chunks-32/sha256/" + "3f" * 32 + "/00000000",
@@ -78,6 +80,13 @@ def test_a_chunk_path_names_its_key(key: ChunkKey) -> None:
 def test_other_paths_name_no_chunk(relative: str) -> None:
     layout = Layout(Path("/cache"), SIZE)
     assert layout.key_of(Path("/cache") / relative) is None
+
+
+def test_chunk_names_widen_past_8_digits() -> None:
+    layout = Layout(Path("/cache"), SIZE)
+    assert layout.chunk_path(ChunkKey(BLOB, 1 << 40)).name == "10000000000"
+    with pytest.raises(ValueError):
+        layout.chunk_path(ChunkKey(BLOB, -1))
 
 
 def test_a_chunk_size_must_be_positive() -> None:
