@@ -67,7 +67,7 @@ class FrameDecoder:
         """Bytes received that are not part of a returned frame yet."""
         return len(self._buffer) + (HEADER.size if self._need is not None else 0)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Take ``data``; return the payloads it completed, oldest first.
 
         A header announcing more than ``max_frame`` bytes is a FrameError,
