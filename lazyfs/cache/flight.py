@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -38,6 +39,8 @@ from providers.errors import TemporaryFailure
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_UPSTREAM_REQUESTS = 8
 # Readers of one blob: enough to keep a detector per layer of many images.
@@ -92,6 +95,40 @@ class Fetcher:
         source raised (NotFound, TemporaryFailure, ...) when a needed fetch
         failed.
         """
+        return await self._answer(source, digest, offset, length, blob_size, lambda e: e)
+
+    async def read(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        offset: int,
+        length: int,
+        blob_size: int | None = None,
+    ) -> bytes:
+        """The bytes ``read_extents`` points at, read from the cache files while still pinned."""
+
+        def gather(extents: list[Extent]) -> bytes:
+            parts = []
+            for extent in extents:
+                key = ChunkKey(digest, extent.blob_offset // self.chunk_size)
+                data = self.cache.files.read_chunk(key, extent.file_offset, extent.length)
+                if data is None or len(data) != extent.length:
+                    raise TemporaryFailure(f"chunk {key.index} of {digest} vanished while pinned")
+                parts.append(data)
+            return b"".join(parts)
+
+        return await self._answer(source, digest, offset, length, blob_size, gather)
+
+    async def _answer(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        offset: int,
+        length: int,
+        blob_size: int | None,
+        build: Callable[[list[Extent]], T],
+    ) -> T:
+        """``build`` of the range's extents, called while its chunks are pinned."""
         if blob_size is not None:
             self._sizes[digest] = blob_size
         # Rounds: a chunk can be missing after its wait only if the blob
@@ -107,27 +144,9 @@ class Fetcher:
                 waits = [f for key in keys if (f := self._flights.get(key)) is not None]
                 await self._wait(waits)
                 extents = self._extents(digest, offset, length, indices)
-            if extents is not None:
-                return extents
+                if extents is not None:
+                    return build(extents)
         raise TemporaryFailure(f"chunks of {digest} vanished from the cache while being read")
-
-    async def read(
-        self,
-        source: BlobSource,
-        digest: Digest,
-        offset: int,
-        length: int,
-        blob_size: int | None = None,
-    ) -> bytes:
-        """The bytes ``read_extents`` points at, read from the cache files."""
-        parts = []
-        for extent in await self.read_extents(source, digest, offset, length, blob_size):
-            key = ChunkKey(digest, extent.blob_offset // self.chunk_size)
-            data = self.cache.files.read_chunk(key, extent.file_offset, extent.length)
-            if data is None or len(data) != extent.length:
-                raise TemporaryFailure(f"chunk {key.index} of {digest} vanished while being read")
-            parts.append(data)
-        return b"".join(parts)
 
     def prefetch(
         self, source: BlobSource, digest: Digest, ranges: Iterable[tuple[int, int]]

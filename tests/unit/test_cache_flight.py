@@ -210,3 +210,17 @@ async def test_prefetch_fetches_in_the_background(tmp_path: Path) -> None:
         source.calls.clear()
         assert await f.read(source, BLOB, 0, 64) == DATA[:64]
     assert source.calls == []
+
+
+async def test_a_read_larger_than_the_cache_succeeds_and_the_cache_shrinks_back(
+    tmp_path: Path,
+) -> None:
+    source = FakeSource()
+    with disk_cache(tmp_path / "cache", chunks=2) as cache:
+        async with trio.open_nursery() as nursery:
+            f = Fetcher(cache, nursery)
+            # Three chunks pinned at once: over the limit while the read needs them.
+            assert await f.read(source, BLOB, 0, 48) == DATA[:48]
+            assert await f.read(source, BLOB, 100, 100) == DATA[100:200]
+        stats = cache.stats()
+        assert stats.used_bytes <= stats.limit_bytes and stats.pinned_chunks == 0
