@@ -37,7 +37,7 @@ from lazyfs.cache.messages import (
 )
 from providers.digest import Digest
 from providers.source import BlobSource
-from tests.unit.cache_fakes import BLOB, DATA, SIZE, FakeSource
+from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
 
 FAKE = HandleOrigin("fake")
 

@@ -16,7 +16,7 @@ from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from providers.digest import Digest
 from providers.errors import NotFound, TemporaryFailure
-from tests.unit.cache_fakes import BLOB, DATA, SIZE, FakeSource
+from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
 
 
 @contextmanager
