@@ -13,9 +13,11 @@ the cause and the URL (never credentials):
 
 Retries (providers.retry) back off exponentially (``Retry-After`` is
 honoured up to the cap) and end at the request's deadline: ``timeout``
-seconds from the first try to the response's headers. A server that took
-the connection and said nothing has used that deadline up, so it is not
-asked again. Bodies are read with ``body``, under the speed floor:
+seconds from the first try to the response's headers. That deadline holds
+for the whole of each try, however the server dribbles its status line and
+headers (providers.http_session), and for token requests as for registry
+ones. A server that took the connection and did not answer in full has used
+that deadline up, so it is not asked again. Bodies are read with ``body``, under the speed floor:
 ``min_speed`` bytes/s over each ``min_speed_time`` seconds.
 Authentication follows the registry's challenge: ``Bearer`` fetches a token
 from the realm for the scope and caches it per scope until it expires or
@@ -40,6 +42,7 @@ import requests
 import urllib3
 
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
+from providers.http_session import new_session, send
 from providers.manifest import METADATA_LIMIT
 from providers.registry_auth import (
     Challenge,
@@ -142,10 +145,7 @@ class RegistryHttp:
     def session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
-            session.verify = self.options.ca_file or True
-            # Proxies from the environment would reroute loopback registries.
-            session.trust_env = False
+            session = new_session(self.options.ca_file or True)
             self._local.session = session
         return session
 
@@ -190,13 +190,10 @@ class RegistryHttp:
             authorization = self._authorization(host, url, image, scope)
             if authorization is not None:
                 sent["Authorization"] = authorization
-            left = retries.deadline.remaining()
             try:
-                if left <= 0:
-                    raise requests.Timeout("deadline passed before the request")
                 checkpoint()
-                response = self.session().request(
-                    method, url, headers=sent, stream=True, timeout=(left, left)
+                response = send(
+                    self.session(), method, url, seconds=retries.deadline.remaining(), headers=sent
                 )
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(f"{image}: TLS failure at {redact(url)}: {_why(exc)}") from exc
@@ -366,17 +363,16 @@ class RegistryHttp:
         timeout = self.options.timeout
         retries = self.retries(Deadline(timeout))
         while True:
-            left = retries.deadline.remaining()
             try:
-                if left <= 0:
-                    raise requests.Timeout("deadline passed before the request")
                 checkpoint()
-                response = self.session().get(
+                # Streamed: the body is read below, no further than the limit.
+                response = send(
+                    self.session(),
+                    "GET",
                     realm,
+                    seconds=retries.deadline.remaining(),
                     params=params,
                     headers=headers,
-                    timeout=(left, left),
-                    stream=True,  # the body is read below, no further than the limit
                 )
                 status = response.status_code
                 if status == 429 or status >= 500:
