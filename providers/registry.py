@@ -69,6 +69,7 @@ from providers.registry_blob import BlobStream
 from providers.registry_http import HttpOptions, RegistryHttp, redact
 from providers.retry import Deadline, is_temporary
 from providers.schema1 import parse_schema1, schema1_digest
+from providers.source import clamp_range
 
 log = logging.getLogger(__name__)
 
@@ -363,10 +364,8 @@ class RegistryClient:
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes of the blob from ``offset``; short only at its end."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative range {offset}+{length}")
         home = self._home(digest)
-        length = max(0, min(length, home.size - offset))
+        length = clamp_range(offset, length, home.size)
         if length == 0:
             return b""
         url = f"{home.base}/v2/{home.repository}/blobs/{digest}"

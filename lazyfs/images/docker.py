@@ -21,7 +21,7 @@ from providers.oci_layout import host_platform
 from providers.reference import parse_reference
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import parse_docker_config
-from providers.source import BlobSource
+from providers.source import BlobSource, Puller
 
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
@@ -44,7 +44,7 @@ class DockerProvider:
     options: RegistryOptions = field(default_factory=RegistryOptions)
     _client: RegistryClient | None = field(default=None, init=False, repr=False)
 
-    def _source(self, image: Image) -> LocalPuller | RegistryClient:
+    def _source(self, image: Image) -> Puller:
         parsed = urlparse(self.registry)
         if parsed.scheme in ("", "file"):
             path = Path(parsed.path if parsed.scheme == "file" else self.registry)
