@@ -17,7 +17,9 @@ in the Appc store under that id.
 - ``AppcDiscoverySource`` fetches it by simple discovery (an http(s) URL
   prefix or a directory) and adds it to the store; an image whose id or
   name is not the one asked for is refused. Its ``resolve`` reads the whole
-  ACI: simple discovery has no metadata apart from the image.
+  ACI: simple discovery has no metadata apart from the image. Over HTTP, a
+  fetch that fails temporarily (connection, 429, 5xx, a body that broke
+  off) is tried again from its start, through providers.retry.
 
 Blocking; each call is independent, so both are safe to share between
 threads.
@@ -26,13 +28,18 @@ threads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
+from providers.aci import AciInfo
 from providers.appc_manifest import AciManifest, check_image_id
 from providers.appc_store import AppcStore, discovery_location, open_location
 from providers.digest import Digest
-from providers.errors import BadImage, DigestMismatch, NotFound
+from providers.errors import BadImage, DigestMismatch, NotFound, TemporaryFailure
 from providers.manifest import ImageManifest, Layer
+from providers.retry import Again, Backoff, Deadline, Retries, retrying
 
+# Tries of one HTTP fetch, as for registries (providers.registry_http.HttpOptions).
+ATTEMPTS = 5
 # Not registered anywhere: it names an ACI blob in a Layer, nothing reads it from the wire.
 ACI_MEDIA_TYPE = "application/vnd.appc.image.aci"
 
@@ -113,8 +120,13 @@ class AppcDiscoverySource:
     def resolve(self, reference: str) -> ImageManifest:
         ref = parse_appc_ref(reference)
         location = discovery_location(self.prefix, ref.name, dict(ref.labels))
-        with open_location(location) as stream:
-            info = self.store.add(stream, location)
+        if urlparse(location).scheme in ("http", "https"):
+            # A fetch that broke is tried again whole: the store keeps no partial ACI.
+            info = retrying(
+                Retries(ATTEMPTS, Backoff(), Deadline(0)), lambda: self._fetch(location)
+            )
+        else:
+            info = self._add(location)
         if ref.image_id and info.image_id != ref.image_id:
             raise DigestMismatch(
                 f"appc image {location} id", expected=ref.image_id, actual=info.image_id
@@ -124,3 +136,13 @@ class AppcDiscoverySource:
                 f"appc image {location} is named {info.manifest.name!r}, not {ref.name!r}"
             )
         return aci_image(self.store, reference, info.image_id, info.manifest)
+
+    def _add(self, location: str) -> AciInfo:
+        with open_location(location) as stream:
+            return self.store.add(stream, location)
+
+    def _fetch(self, location: str) -> AciInfo:
+        try:
+            return self._add(location)
+        except TemporaryFailure as exc:
+            raise Again(str(exc), exc) from exc

@@ -67,7 +67,7 @@ from providers.oci_layout import INDEX_DEPTH_LIMIT, Platform, index_entries, sel
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_blob import BlobStream
 from providers.registry_http import HttpOptions, RegistryHttp, redact
-from providers.retry import Deadline, is_temporary
+from providers.retry import Again, Backoff, Deadline, Retries, is_temporary, retrying
 from providers.schema1 import parse_schema1, schema1_digest
 from providers.source import clamp_range
 
@@ -265,14 +265,12 @@ class RegistryClient:
         the image was named by). A body that does not verify is asked for
         once more, as Store.ingest does for blobs: corruption on the way is
         seldom repeated."""
-        for last_try in (False, True):
-            try:
-                return self._manifest_once(base, repository, tag_or_digest, image, scope, want)
-            except DigestMismatch as exc:
-                if last_try:
-                    raise
-                log.warning("%s; asking again", exc)
-        raise AssertionError("unreachable: the last try returns or raises")
+        return retrying(
+            _once_more(),
+            lambda: _again_on_mismatch(
+                lambda: self._manifest_once(base, repository, tag_or_digest, image, scope, want)
+            ),
+        )
 
     def _manifest_once(
         self,
@@ -284,16 +282,16 @@ class RegistryClient:
         want: Descriptor | Digest | None,
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
-        retries = self.http.retries(Deadline(0))
-        while True:
+
+        def attempt() -> tuple[requests.Response, bytes]:
             response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
             try:
-                data = self._read_limited(response, image, url)
-                break
+                return response, self._read_limited(response, image, url)
             except TemporaryFailure as exc:
                 # The body broke after the headers: ask again, as for a failed request.
-                if not retries.again(str(exc)):
-                    raise
+                raise Again(str(exc), exc) from exc
+
+        response, data = retrying(self.http.retries(Deadline(0)), attempt)
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         sent = response.headers.get("Docker-Content-Digest", "")
         if sent.startswith("sha256:"):
@@ -316,20 +314,17 @@ class RegistryClient:
         if desc.size > METADATA_LIMIT:
             raise BadImage(f"{image}: config {desc.digest} is larger than {METADATA_LIMIT} bytes")
         url = f"{base}/v2/{repository}/blobs/{desc.digest}"
-        for last_try in (False, True):
+
+        def attempt() -> bytes:
             # Read as a blob: its size is known, so a broken transfer resumes.
             stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
             with contextlib.closing(stream):
                 data = stream.readall()
-            try:
-                _verify(data, desc, f"{image}: config {desc.digest}")
-                return data
-            except DigestMismatch as exc:
-                if last_try:
-                    raise
-                # As for manifests and layers: a corrupted body is asked for once more.
-                log.warning("%s; asking again", exc)
-        raise AssertionError("unreachable: the last try returns or raises")
+            _verify(data, desc, f"{image}: config {desc.digest}")
+            return data
+
+        # As for manifests and layers: a corrupted body is asked for once more.
+        return retrying(_once_more(), lambda: _again_on_mismatch(attempt))
 
     def _read_limited(self, response: requests.Response, image: str, url: str) -> bytes:
         try:
@@ -369,28 +364,51 @@ class RegistryClient:
         if length == 0:
             return b""
         url = f"{home.base}/v2/{home.repository}/blobs/{digest}"
-        response = self.http.get(
-            url,
-            image=home.image,
-            scope=f"repository:{home.repository}:pull",
-            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-            ok=(200, 206),
-        )
-        # A registry that ignores Range sends the whole blob: read up to the range.
-        skip = offset if response.status_code == 200 else 0
-        data = bytearray()
-        try:
-            for chunk in self.http.body(response, self.http.speed_floor()):
-                data += chunk
-                if len(data) >= skip + length:
-                    break
-        except Exception as exc:
-            if not is_temporary(exc):
-                raise
-            raise TemporaryFailure(f"{home.image}: reading {redact(url)} failed: {exc}") from exc
-        finally:
-            response.close()
-        return bytes(data[skip : skip + length])
+
+        def attempt() -> bytes:
+            response = self.http.get(
+                url,
+                image=home.image,
+                scope=f"repository:{home.repository}:pull",
+                headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                ok=(200, 206),
+            )
+            # A registry that ignores Range sends the whole blob: read up to the range.
+            skip = offset if response.status_code == 200 else 0
+            data = bytearray()
+            try:
+                for chunk in self.http.body(response, self.http.speed_floor()):
+                    data += chunk
+                    if len(data) >= skip + length:
+                        break
+            except Exception as exc:
+                if not is_temporary(exc):
+                    raise
+                failed = TemporaryFailure(f"{home.image}: reading {redact(url)} failed: {exc}")
+                raise Again(str(failed), failed) from exc
+            finally:
+                response.close()
+            if len(data) < skip + length:
+                failed = TemporaryFailure(
+                    f"{home.image}: reading {redact(url)} failed: the body ended early"
+                )
+                raise Again(str(failed), failed)
+            return bytes(data[skip : skip + length])
+
+        # A body that broke is asked for again, as a failed request is.
+        return retrying(self.http.retries(Deadline(self.http.options.blob_timeout)), attempt)
+
+
+def _once_more() -> Retries:
+    """One more try at once: for bytes that did not match their digest."""
+    return Retries(2, Backoff(0.0, 0.0), Deadline(0))
+
+
+def _again_on_mismatch(attempt: Callable[[], T]) -> T:
+    try:
+        return attempt()
+    except DigestMismatch as exc:
+        raise Again(f"{exc}; asking again", exc) from exc
 
 
 def _manifest_digest(data: bytes, media_type: str, image: str) -> Digest:

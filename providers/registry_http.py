@@ -35,7 +35,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -53,6 +53,7 @@ from providers.registry_auth import (
     parse_token_response,
 )
 from providers.retry import (
+    Again,
     Backoff,
     Deadline,
     Retries,
@@ -60,7 +61,9 @@ from providers.retry import (
     TooSlow,
     checkpoint,
     is_temporary,
+    retrying,
     seconds,
+    short_cause,
 )
 
 log = logging.getLogger(__name__)
@@ -181,11 +184,26 @@ class RegistryHttp:
         response's body is not read yet: the caller reads it with ``body`` or
         ``read_capped`` (which keep to the speed floor) or closes it.
         """
+        retries = self.retries(Deadline(self.options.timeout), attempts)
+        return retrying(
+            retries,
+            lambda: self._get_once(url, image, scope, headers, ok, method, retries.deadline),
+        )
+
+    def _get_once(
+        self,
+        url: str,
+        image: str,
+        scope: str | None,
+        headers: Mapping[str, str] | None,
+        ok: tuple[int, ...],
+        method: str,
+        deadline: Deadline,
+    ) -> requests.Response:
+        """One attempt of ``get``; raises Again when another may succeed."""
         host = urlsplit(url).netloc
-        timeout = self.options.timeout
-        retries = self.retries(Deadline(timeout), attempts)
-        auth_tries = 0
-        while True:
+        # Authenticating after a 401 is not a failed attempt: up to two per attempt.
+        for auth_try in range(3):
             sent = dict(headers or {})
             authorization = self._authorization(host, url, image, scope)
             if authorization is not None:
@@ -193,37 +211,42 @@ class RegistryHttp:
             try:
                 checkpoint()
                 response = send(
-                    self.session(), method, url, seconds=retries.deadline.remaining(), headers=sent
+                    self.session(), method, url, seconds=deadline.remaining(), headers=sent
                 )
             except requests.exceptions.SSLError as exc:
-                raise Unauthorized(f"{image}: TLS failure at {redact(url)}: {_why(exc)}") from exc
+                raise Unauthorized(
+                    f"{image}: TLS failure at {redact(url)}: {short_cause(exc)}"
+                ) from exc
             except requests.Timeout as exc:
                 # Connecting and waiting both got the rest of the deadline: asking
                 # again would only wait past it.
                 raise TemporaryFailure(
-                    f"{image}: no answer from {redact(url)} within {seconds(timeout)} s"
+                    f"{image}: no answer from {redact(url)} within {seconds(deadline.seconds)} s"
                 ) from exc
             except TRANSIENT as exc:
-                if not retries.again(f"{redact(url)}: {_why(exc)}"):
-                    raise TemporaryFailure(
-                        f"{image}: cannot reach {redact(url)}: {_why(exc)}"
-                    ) from exc
-                continue
-            if response.status_code in ok:
-                return response
+                failed = TemporaryFailure(
+                    f"{image}: cannot reach {redact(url)}: {short_cause(exc)}"
+                )
+                raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
             status = response.status_code
-            if status == 401 and auth_tries < 2:
-                auth_tries += 1
-                if self._learn_challenge(host, response, url, image, scope, authorization):
-                    response.close()
-                    continue  # authenticating is not a failed attempt
+            if status in ok:
+                return response
+            if (
+                status == 401
+                and auth_try < 2
+                and self._learn_challenge(host, response, url, image, scope, authorization)
+            ):
+                response.close()
+                continue
             if status == 429 or status >= 500:
-                delay = retries.next_delay(response.headers.get("Retry-After"))
-                if delay is not None:
-                    response.close()
-                    retries.wait(delay, f"{redact(url)}: HTTP {status}")
-                    continue
-            self._fail(response, url, image)
+                raise Again(
+                    f"{redact(url)}: HTTP {status}",
+                    partial(self._error, response, url, image),
+                    response.headers.get("Retry-After"),
+                    response.close,
+                )
+            raise self._error(response, url, image)
+        raise AssertionError("unreachable: the last authentication try returns or raises")
 
     def retries(self, deadline: Deadline, attempts: int | None = None) -> Retries:
         """A retry budget for one operation under these options."""
@@ -291,7 +314,8 @@ class RegistryHttp:
             response.close()
         return b"".join(chunks)
 
-    def _fail(self, response: requests.Response, url: str, image: str) -> NoReturn:
+    def _error(self, response: requests.Response, url: str, image: str) -> LazyfsError:
+        """The error an unwanted answer means; reads (a bounded part of) its body and closes it."""
         status = response.status_code
         try:
             # Under the speed floor: an error body that trickles ends too.
@@ -303,12 +327,12 @@ class RegistryHttp:
         cause = f"HTTP {status}" + (f" {detail}" if detail else "")
         where = f"({redact(url)})"
         if status == 404:
-            raise NotFound(f"{image}: not found: {cause} {where}")
+            return NotFound(f"{image}: not found: {cause} {where}")
         if status in (401, 403):
-            raise Unauthorized(f"{image}: access denied: {cause} {where}")
+            return Unauthorized(f"{image}: access denied: {cause} {where}")
         if status == 429 or status >= 500:
-            raise TemporaryFailure(f"{image}: registry failed: {cause} {where}")
-        raise BadImage(f"{image}: registry refused the request: {cause} {where}")
+            return TemporaryFailure(f"{image}: registry failed: {cause} {where}")
+        return BadImage(f"{image}: registry refused the request: {cause} {where}")
 
     # -- authentication ------------------------------------------------------
 
@@ -359,57 +383,11 @@ class RegistryHttp:
         params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
         creds = self.credentials(url)
         headers = {"Authorization": creds.basic_header()} if creds is not None else {}
-        where = redact(realm)
-        timeout = self.options.timeout
-        retries = self.retries(Deadline(timeout))
-        while True:
-            try:
-                checkpoint()
-                # Streamed: the body is read below, no further than the limit.
-                response = send(
-                    self.session(),
-                    "GET",
-                    realm,
-                    seconds=retries.deadline.remaining(),
-                    params=params,
-                    headers=headers,
-                )
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    delay = retries.next_delay(response.headers.get("Retry-After"))
-                    response.close()
-                    if delay is None:
-                        break
-                    retries.wait(delay, f"{where}: HTTP {status}")
-                    continue
-                if status != 200:
-                    response.close()
-                    break
-                # A body that breaks off is retried as a failed request is.
-                body = self.read_capped(response, METADATA_LIMIT)
-                break
-            except requests.exceptions.SSLError as exc:
-                raise Unauthorized(f"{image}: TLS failure at {where}: {_why(exc)}") from exc
-            except requests.Timeout as exc:
-                raise TemporaryFailure(
-                    f"{image}: no answer from token server {where} within {seconds(timeout)} s"
-                ) from exc
-            except Exception as exc:
-                if not is_temporary(exc):
-                    if isinstance(exc, requests.RequestException):
-                        raise TemporaryFailure(
-                            f"{image}: asking {where} for a token failed: {_why(exc)}"
-                        ) from exc
-                    raise
-                if not retries.again(f"{where}: {_why(exc)}"):
-                    raise TemporaryFailure(
-                        f"{image}: cannot reach token server {where}: {_why(exc)}"
-                    ) from exc
-        if status != 200:
-            if status in (401, 403):
-                who = "credentials refused" if creds is not None else "anonymous access refused"
-                raise Unauthorized(f"{image}: token server {redact(realm)}: {who} (HTTP {status})")
-            raise TemporaryFailure(f"{image}: token server {redact(realm)} answered HTTP {status}")
+        retries = self.retries(Deadline(self.options.timeout))
+        body = retrying(
+            retries,
+            lambda: self._token_once(realm, params, headers, image, creds, retries.deadline),
+        )
         if body is None:
             raise Unauthorized(f"{image}: token server {redact(realm)} answer is too large")
         try:
@@ -419,28 +397,71 @@ class RegistryHttp:
         self.tokens.put(key, token, lifetime)
         return token
 
+    def _token_once(
+        self,
+        realm: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        image: str,
+        creds: Credentials | None,
+        deadline: Deadline,
+    ) -> bytes | None:
+        """One attempt at the token server: its answer's body, None if too large."""
+        where = redact(realm)
+        try:
+            checkpoint()
+            # Streamed: the body is read below, no further than the limit.
+            response = send(
+                self.session(),
+                "GET",
+                realm,
+                seconds=deadline.remaining(),
+                params=params,
+                headers=headers,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise Unauthorized(f"{image}: TLS failure at {where}: {short_cause(exc)}") from exc
+        except requests.Timeout as exc:
+            raise TemporaryFailure(
+                f"{image}: no answer from token server {where} within {seconds(deadline.seconds)} s"
+            ) from exc
+        except TRANSIENT as exc:
+            failed = TemporaryFailure(
+                f"{image}: cannot reach token server {where}: {short_cause(exc)}"
+            )
+            raise Again(f"{where}: {short_cause(exc)}", failed) from exc
+        except requests.RequestException as exc:
+            raise TemporaryFailure(
+                f"{image}: asking {where} for a token failed: {short_cause(exc)}"
+            ) from exc
+        status = response.status_code
+        if status != 200:
+            response.close()
+            if status in (401, 403):
+                who = "credentials refused" if creds is not None else "anonymous access refused"
+                raise Unauthorized(f"{image}: token server {where}: {who} (HTTP {status})")
+            failed = TemporaryFailure(f"{image}: token server {where} answered HTTP {status}")
+            if status == 429 or status >= 500:
+                raise Again(
+                    f"{where}: HTTP {status}", lambda: failed, response.headers.get("Retry-After")
+                )
+            raise failed
+        try:
+            return self.read_capped(response, METADATA_LIMIT)
+        except Exception as exc:
+            if not is_temporary(exc):
+                if isinstance(exc, requests.RequestException):
+                    raise TemporaryFailure(
+                        f"{image}: asking {where} for a token failed: {short_cause(exc)}"
+                    ) from exc
+                raise
+            # A body that breaks off is retried as a failed request is.
+            failed = TemporaryFailure(
+                f"{image}: cannot reach token server {where}: {short_cause(exc)}"
+            )
+            raise Again(f"{where}: {short_cause(exc)}", failed) from exc
+
 
 def _token_key(challenge: Challenge, scope: str | None) -> tuple[str, str, str]:
     params = challenge.params
     return (params.get("realm", ""), params.get("service", ""), scope or params.get("scope", ""))
-
-
-def _why(exc: BaseException) -> str:
-    """A short cause for an error message: the innermost reason, one line, no URL."""
-    reason: Any = exc
-    # requests wraps urllib3 errors that wrap OSErrors; the innermost says most.
-    for _ in range(4):
-        inner = getattr(reason, "reason", None) or (reason.args[0] if reason.args else None)
-        if isinstance(inner, BaseException):
-            reason = inner
-        else:
-            break
-    text = str(reason)
-    if isinstance(reason, LazyfsError):
-        return text
-    # urllib3 puts "<connection object at 0x...>: " or "HTTPConnection(host=...):"
-    # before the useful part, which is the OS error when there is one.
-    text = text.split(">: ", 1)[-1]
-    if "[Errno" in text:
-        text = text[text.index("[Errno") :].split("] ", 1)[-1]
-    return " ".join(text.split())[:200] or type(reason).__name__
