@@ -43,7 +43,7 @@ import urllib3
 from providers.aci import AciInfo, read_aci
 from providers.appc_manifest import AciManifest, parse_aci_manifest
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
-from providers.http_session import new_session, send
+from providers.http_session import new_session, redact, send
 from providers.private_dir import private_dir
 from providers.retry import checkpoint, short_cause
 
@@ -157,22 +157,26 @@ def open_location(location: str) -> Iterator[BinaryIO]:
             with open(location, "rb") as file:
                 yield file
         except FileNotFoundError:
-            raise NotFound(f"appc image {location} not found") from None
+            raise NotFound(f"appc image {location} not found", url=location) from None
         return
     try:
         response = send(new_session(), "GET", location, seconds=HTTP_TIMEOUT)
     except requests.Timeout:
         raise TemporaryFailure(
-            f"appc image {location}: no answer within {HTTP_TIMEOUT} s"
+            f"appc image {location}: no answer within {HTTP_TIMEOUT} s", url=redact(location)
         ) from None
     except requests.RequestException as error:
-        raise TemporaryFailure(f"appc image {location}: {short_cause(error)}") from None
+        raise TemporaryFailure(
+            f"appc image {location}: {short_cause(error)}", url=redact(location)
+        ) from None
     with contextlib.closing(response):
         status = response.status_code
         if status == 404:
-            raise NotFound(f"appc image {location} not found (HTTP 404)")
+            raise NotFound(f"appc image {location} not found (HTTP 404)", url=redact(location))
         if status >= 500 or status == 429:
-            raise TemporaryFailure(f"appc image {location}: HTTP {status}")
+            raise TemporaryFailure(
+                f"appc image {location}: HTTP {status}", url=redact(location), status=status
+            )
         if status != 200:
             raise BadImage(f"appc image {location}: HTTP {status}")
         yield cast(BinaryIO, io.BufferedReader(_Body(response, location), CHUNK))
@@ -198,4 +202,6 @@ class _Body(io.RawIOBase):
             return int(self._raw.readinto(buffer))
         except (urllib3.exceptions.HTTPError, OSError) as error:
             # Not an OSError: the ACI reader takes those for a damaged archive.
-            raise TemporaryFailure(f"appc image {self._location}: {short_cause(error)}") from error
+            raise TemporaryFailure(
+                f"appc image {self._location}: {short_cause(error)}", url=redact(self._location)
+            ) from error

@@ -216,5 +216,7 @@ class LocalPuller:
         with self._lock:
             where = self._blobs.get(digest)
         if where is None:
-            raise NotFound(f"blob {digest} is not in any image resolved from {self.directory}")
+            raise NotFound(
+                f"blob {digest} is not in any image resolved from {self.directory}", digest=digest
+            )
         return where

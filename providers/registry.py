@@ -298,14 +298,16 @@ class RegistryClient:
             actual = _manifest_digest(data, media_type, image)
             if sent != actual:
                 raise DigestMismatch(
-                    f"{image}: manifest at {redact(url)}", expected=sent, actual=actual
+                    f"{image}: manifest at {redact(url)}", expected=sent, actual=actual, image=image
                 )
         if isinstance(want, Descriptor):
-            _verify(data, want, f"{image}: manifest {want.digest}")
+            _verify(data, want, image, f"manifest {want.digest}")
         elif want is not None:
             actual = _manifest_digest(data, media_type, image)
             if actual != want:
-                raise DigestMismatch(f"{image}: manifest", expected=want, actual=actual)
+                raise DigestMismatch(
+                    f"{image}: manifest", expected=want, actual=actual, image=image
+                )
         return data, media_type
 
     def _config(
@@ -320,7 +322,7 @@ class RegistryClient:
             stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
             with contextlib.closing(stream):
                 data = stream.readall()
-            _verify(data, desc, f"{image}: config {desc.digest}")
+            _verify(data, desc, image, f"config {desc.digest}")
             return data
 
         # As for manifests and layers: a corrupted body is asked for once more.
@@ -332,7 +334,9 @@ class RegistryClient:
         except Exception as exc:
             if not is_temporary(exc):
                 raise
-            raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
+            raise TemporaryFailure(
+                f"{image}: reading {redact(url)} failed: {exc}", url=redact(url), image=image
+            ) from exc
         if data is None:
             raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
         return data
@@ -343,7 +347,9 @@ class RegistryClient:
         with self._lock:
             home = self._blobs.get(digest)
         if home is None:
-            raise NotFound(f"blob {digest} is not in any image this registry client resolved")
+            raise NotFound(
+                f"blob {digest} is not in any image this registry client resolved", digest=digest
+            )
         return home
 
     def open(self, digest: Digest) -> BinaryIO:
@@ -384,13 +390,19 @@ class RegistryClient:
             except Exception as exc:
                 if not is_temporary(exc):
                     raise
-                failed = TemporaryFailure(f"{home.image}: reading {redact(url)} failed: {exc}")
+                failed = TemporaryFailure(
+                    f"{home.image}: reading {redact(url)} failed: {exc}",
+                    url=redact(url),
+                    image=home.image,
+                )
                 raise Again(str(failed), failed) from exc
             finally:
                 response.close()
             if len(data) < skip + length:
                 failed = TemporaryFailure(
-                    f"{home.image}: reading {redact(url)} failed: the body ended early"
+                    f"{home.image}: reading {redact(url)} failed: the body ended early",
+                    url=redact(url),
+                    image=home.image,
                 )
                 raise Again(str(failed), failed)
             return bytes(data[skip : skip + length])
@@ -423,10 +435,12 @@ def _named(image: str, parse: Callable[..., T], *args: Any) -> T:
     try:
         return parse(*args)
     except BadImage as exc:
-        if str(exc).startswith(f"{image}:"):
-            raise
-        raise BadImage(f"{image}: {exc}") from exc
+        raise exc.for_image(image) from exc
 
 
-def _verify(data: bytes, desc: Descriptor, what: str) -> None:
-    VerifyingReader(io.BytesIO(data), desc.digest, desc.size, what).read()
+def _verify(data: bytes, desc: Descriptor, image: str, what: str) -> None:
+    try:
+        VerifyingReader(io.BytesIO(data), desc.digest, desc.size, f"{image}: {what}").read()
+    except DigestMismatch as exc:
+        exc.image = image  # named in ``what`` already
+        raise

@@ -79,7 +79,9 @@ class BlobStream(io.RawIOBase):
             self._drop()
             raise TemporaryFailure(
                 f"{self._image}: blob download from {redact(self._url)} did not finish "
-                f"within {seconds(deadline.seconds)} s (at byte {self._pos})"
+                f"within {seconds(deadline.seconds)} s (at byte {self._pos})",
+                url=redact(self._url),
+                image=self._image,
             )
         try:
             return self._next()
@@ -91,7 +93,9 @@ class BlobStream(io.RawIOBase):
             late = f" (deadline of {seconds(deadline.seconds)} s)" if deadline.seconds > 0 else ""
             failed = TemporaryFailure(
                 f"{self._image}: blob download from {redact(self._url)} broke at byte "
-                f"{self._pos}: {short_cause(exc)}{late if deadline.expired() else ''}"
+                f"{self._pos}: {short_cause(exc)}{late if deadline.expired() else ''}",
+                url=redact(self._url),
+                image=self._image,
             )
             raise Again(f"{redact(self._url)}: {short_cause(exc)}", failed) from exc
 

@@ -36,13 +36,14 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
 from providers.http_session import new_session, send
+from providers.http_session import redact as redact  # re-exported: the registry's callers use it
 from providers.manifest import METADATA_LIMIT
 from providers.registry_auth import (
     Challenge,
@@ -113,13 +114,6 @@ class HttpOptions:
     min_speed: int = 1024
     min_speed_time: float = 30.0
     blob_timeout: float = 0.0
-
-
-def redact(url: str) -> str:
-    """``url`` without user:password and without the query (tokens hide there)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _registry_message(body: bytes) -> str:
@@ -215,17 +209,23 @@ class RegistryHttp:
                 )
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(
-                    f"{image}: TLS failure at {redact(url)}: {short_cause(exc)}"
+                    f"{image}: TLS failure at {redact(url)}: {short_cause(exc)}",
+                    url=redact(url),
+                    image=image,
                 ) from exc
             except requests.Timeout as exc:
                 # Connecting and waiting both got the rest of the deadline: asking
                 # again would only wait past it.
                 raise TemporaryFailure(
-                    f"{image}: no answer from {redact(url)} within {seconds(deadline.seconds)} s"
+                    f"{image}: no answer from {redact(url)} within {seconds(deadline.seconds)} s",
+                    url=redact(url),
+                    image=image,
                 ) from exc
             except TRANSIENT as exc:
                 failed = TemporaryFailure(
-                    f"{image}: cannot reach {redact(url)}: {short_cause(exc)}"
+                    f"{image}: cannot reach {redact(url)}: {short_cause(exc)}",
+                    url=redact(url),
+                    image=image,
                 )
                 raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
             status = response.status_code
@@ -325,14 +325,19 @@ class RegistryHttp:
             # says what happened.
             detail = ""
         cause = f"HTTP {status}" + (f" {detail}" if detail else "")
-        where = f"({redact(url)})"
+        clean = redact(url)
+        where = f"({clean})"
         if status == 404:
-            return NotFound(f"{image}: not found: {cause} {where}")
+            return NotFound(f"{image}: not found: {cause} {where}", url=clean, image=image)
         if status in (401, 403):
-            return Unauthorized(f"{image}: access denied: {cause} {where}")
+            return Unauthorized(
+                f"{image}: access denied: {cause} {where}", url=clean, status=status, image=image
+            )
         if status == 429 or status >= 500:
-            return TemporaryFailure(f"{image}: registry failed: {cause} {where}")
-        return BadImage(f"{image}: registry refused the request: {cause} {where}")
+            return TemporaryFailure(
+                f"{image}: registry failed: {cause} {where}", url=clean, status=status, image=image
+            )
+        return BadImage(f"{image}: registry refused the request: {cause} {where}", image=image)
 
     # -- authentication ------------------------------------------------------
 
@@ -420,27 +425,46 @@ class RegistryHttp:
                 headers=headers,
             )
         except requests.exceptions.SSLError as exc:
-            raise Unauthorized(f"{image}: TLS failure at {where}: {short_cause(exc)}") from exc
+            raise Unauthorized(
+                f"{image}: TLS failure at {where}: {short_cause(exc)}", url=where, image=image
+            ) from exc
         except requests.Timeout as exc:
             raise TemporaryFailure(
-                f"{image}: no answer from token server {where} within {seconds(deadline.seconds)} s"
+                f"{image}: no answer from token server {where}"
+                f" within {seconds(deadline.seconds)} s",
+                url=where,
+                image=image,
             ) from exc
         except TRANSIENT as exc:
             failed = TemporaryFailure(
-                f"{image}: cannot reach token server {where}: {short_cause(exc)}"
+                f"{image}: cannot reach token server {where}: {short_cause(exc)}",
+                url=where,
+                image=image,
             )
             raise Again(f"{where}: {short_cause(exc)}", failed) from exc
         except requests.RequestException as exc:
             raise TemporaryFailure(
-                f"{image}: asking {where} for a token failed: {short_cause(exc)}"
+                f"{image}: asking {where} for a token failed: {short_cause(exc)}",
+                url=where,
+                image=image,
             ) from exc
         status = response.status_code
         if status != 200:
             response.close()
             if status in (401, 403):
                 who = "credentials refused" if creds is not None else "anonymous access refused"
-                raise Unauthorized(f"{image}: token server {where}: {who} (HTTP {status})")
-            failed = TemporaryFailure(f"{image}: token server {where} answered HTTP {status}")
+                raise Unauthorized(
+                    f"{image}: token server {where}: {who} (HTTP {status})",
+                    url=where,
+                    status=status,
+                    image=image,
+                )
+            failed = TemporaryFailure(
+                f"{image}: token server {where} answered HTTP {status}",
+                url=where,
+                status=status,
+                image=image,
+            )
             if status == 429 or status >= 500:
                 raise Again(
                     f"{where}: HTTP {status}", lambda: failed, response.headers.get("Retry-After")
@@ -452,12 +476,16 @@ class RegistryHttp:
             if not is_temporary(exc):
                 if isinstance(exc, requests.RequestException):
                     raise TemporaryFailure(
-                        f"{image}: asking {where} for a token failed: {short_cause(exc)}"
+                        f"{image}: asking {where} for a token failed: {short_cause(exc)}",
+                        url=where,
+                        image=image,
                     ) from exc
                 raise
             # A body that breaks off is retried as a failed request is.
             failed = TemporaryFailure(
-                f"{image}: cannot reach token server {where}: {short_cause(exc)}"
+                f"{image}: cannot reach token server {where}: {short_cause(exc)}",
+                url=where,
+                image=image,
             )
             raise Again(f"{where}: {short_cause(exc)}", failed) from exc
 

@@ -138,14 +138,7 @@ class DockerProvider:
                     self.store.ingest, layer, opener, advance, abandon_on_cancel=True
                 )
             except DigestMismatch as exc:
-                if exc.what.startswith(f"{reference}:"):
-                    failures.append(exc)
-                    return
                 # The store knows the blob, not the image: name it for the user.
-                named = DigestMismatch(
-                    f"{reference}: {exc.what}", expected=exc.expected, actual=exc.actual
-                )
-                named.__cause__ = exc
-                failures.append(named)
+                failures.append(exc.for_image(reference))
             except LazyfsError as exc:
                 failures.append(exc)
