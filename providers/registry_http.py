@@ -19,9 +19,10 @@ headers (providers.http_session), and for token requests as for registry
 ones. A server that took the connection and did not answer in full has used
 that deadline up, so it is not asked again. Bodies are read with ``body``, under the speed floor:
 ``min_speed`` bytes/s over each ``min_speed_time`` seconds.
+Bodies are read by providers.http_body.
 Authentication follows the registry's challenge: ``Bearer`` fetches a token
-from the realm for the scope and caches it per scope until it expires or
-the registry answers 401 again; ``Basic`` sends the credentials for the
+from the realm for the scope (providers.registry_token) and caches it per
+scope until it expires or the registry answers 401 again; ``Basic`` sends the credentials for the
 host. A redirect to another host loses the Authorization header (requests
 strips it), so blob storage behind a redirect never sees registry secrets.
 
@@ -39,29 +40,27 @@ from functools import partial
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
+from providers.http_body import body_chunks, read_capped
 from providers.http_session import new_session, send
 from providers.http_session import redact as redact  # re-exported: the registry's callers use it
-from providers.manifest import METADATA_LIMIT
 from providers.registry_auth import (
     Challenge,
     Credentials,
     TokenCache,
     normalize_host,
     parse_challenge,
-    parse_token_response,
 )
+from providers.registry_token import fetch_token, token_key
 from providers.retry import (
+    TRANSIENT,
     Again,
     Backoff,
     Deadline,
     Retries,
     SpeedFloor,
-    TooSlow,
     checkpoint,
-    is_temporary,
     retrying,
     seconds,
     short_cause,
@@ -69,13 +68,6 @@ from providers.retry import (
 
 log = logging.getLogger(__name__)
 
-# Errors that say the connection, not the registry, failed: worth another try.
-TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
-BODY_CHUNK = 1 << 16
 ERROR_BODY_LIMIT = 1 << 16  # a registry's JSON error says what it has to say in less
 
 
@@ -260,59 +252,17 @@ class RegistryHttp:
     def body(
         self, response: requests.Response, floor: SpeedFloor, *, decode: bool = False
     ) -> Iterator[bytes]:
-        """The body of a streamed ``response`` in chunks as they arrive, under ``floor``.
+        """The body of ``response`` under ``floor`` (providers.http_body.body_chunks).
 
-        Raises TooSlow when the floor is not met or the body goes silent
-        (for a window of the floor, or ``timeout`` when the floor is off);
-        urllib3 errors or OSError when the connection breaks. ``decode``
-        undoes a Content-Encoding (never wanted for blobs: their digest is
-        of the bytes as sent). Checks for cancellation between chunks.
+        A body goes silent for at most a window of the floor, or ``timeout``
+        when the floor is off.
         """
-        floor.restart()
         idle = floor.window if floor.enabled else self.options.timeout
-        connection = response.raw.connection
-        if connection is not None and connection.sock is not None:
-            # The request's timeout was for waiting for the answer; the body's
-            # silences are bounded by the floor's window instead.
-            connection.sock.settimeout(idle)
-        while True:
-            checkpoint()
-            try:
-                # read1: whatever has arrived, so a trickle is measured as it
-                # comes instead of being waited for until a whole chunk fills.
-                data = response.raw.read1(BODY_CHUNK, decode_content=decode)
-            except urllib3.exceptions.ReadTimeoutError as exc:
-                silent = f"registry sent nothing for {seconds(idle)} s"
-                raise TooSlow(floor.message() if floor.enabled else silent) from exc
-            if not data:
-                return  # a body that ended is judged no more: it arrived
-            floor.add(len(data))
-            yield data
+        return body_chunks(response, floor, idle, decode=decode)
 
     def read_capped(self, response: requests.Response, limit: int) -> bytes | None:
-        """The decoded body of the streamed ``response``, or None once it passes ``limit`` bytes.
-
-        Reads no further than the chunk that passes the limit, under the
-        speed floor, and closes the response either way. Raises TooSlow,
-        urllib3 errors or OSError when the body breaks off or crawls, and
-        BadImage when it does not decode as its ``Content-Encoding`` says.
-        """
-        chunks: list[bytes] = []
-        total = 0
-        try:
-            for chunk in self.body(response, self.speed_floor(), decode=True):
-                total += len(chunk)
-                if total > limit:
-                    return None
-                chunks.append(chunk)
-        except (urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError) as exc:
-            raise BadImage(
-                f"{redact(response.url)}: the body does not decode as its Content-Encoding"
-                f" says: {exc}"
-            ) from exc
-        finally:
-            response.close()
-        return b"".join(chunks)
+        """The decoded body of ``response`` under the floor (providers.http_body.read_capped)."""
+        return read_capped(response, limit, self.body(response, self.speed_floor(), decode=True))
 
     def _error(self, response: requests.Response, url: str, image: str) -> LazyfsError:
         """The error an unwanted answer means; reads (a bounded part of) its body and closes it."""
@@ -350,10 +300,12 @@ class RegistryHttp:
             creds = self.credentials(url)
             return creds.basic_header() if creds is not None else None
         if challenge.scheme == "bearer":
-            key = _token_key(challenge, scope)
+            key = token_key(challenge, scope)
             token = self.tokens.get(key)
             if token is None:
-                token = self._fetch_token(key, url, image)
+                creds = self.credentials(url)
+                token, lifetime = fetch_token(self, key, creds, url=url, image=image)
+                self.tokens.put(key, token, lifetime)
             return f"Bearer {token}"
         return None
 
@@ -376,120 +328,7 @@ class RegistryHttp:
             # Credentials already sent and refused: another try changes nothing.
             return sent is None and self.credentials(url) is not None
         # A cached token the registry refused (expired early, revoked): drop it.
-        self.tokens.forget(_token_key(challenge, scope))
+        self.tokens.forget(token_key(challenge, scope))
         if challenge.params.get("scope") and scope is None:
-            self.tokens.forget(_token_key(challenge, None))
+            self.tokens.forget(token_key(challenge, None))
         return True
-
-    def _fetch_token(self, key: tuple[str, str, str], url: str, image: str) -> str:
-        realm, service, scope = key
-        if not realm.startswith(("http://", "https://")):
-            raise Unauthorized(f"{image}: registry {redact(url)} gave an unusable token realm")
-        params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
-        creds = self.credentials(url)
-        headers = {"Authorization": creds.basic_header()} if creds is not None else {}
-        retries = self.retries(Deadline(self.options.timeout))
-        body = retrying(
-            retries,
-            lambda: self._token_once(realm, params, headers, image, creds, retries.deadline),
-        )
-        if body is None:
-            raise Unauthorized(f"{image}: token server {redact(realm)} answer is too large")
-        try:
-            token, lifetime = parse_token_response(body)
-        except ValueError as exc:
-            raise Unauthorized(f"{image}: token server {redact(realm)}: {exc}") from None
-        self.tokens.put(key, token, lifetime)
-        return token
-
-    def _token_once(
-        self,
-        realm: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-        image: str,
-        creds: Credentials | None,
-        deadline: Deadline,
-    ) -> bytes | None:
-        """One attempt at the token server: its answer's body, None if too large."""
-        where = redact(realm)
-        try:
-            checkpoint()
-            # Streamed: the body is read below, no further than the limit.
-            response = send(
-                self.session(),
-                "GET",
-                realm,
-                seconds=deadline.remaining(),
-                params=params,
-                headers=headers,
-            )
-        except requests.exceptions.SSLError as exc:
-            raise Unauthorized(
-                f"{image}: TLS failure at {where}: {short_cause(exc)}", url=where, image=image
-            ) from exc
-        except requests.Timeout as exc:
-            raise TemporaryFailure(
-                f"{image}: no answer from token server {where}"
-                f" within {seconds(deadline.seconds)} s",
-                url=where,
-                image=image,
-            ) from exc
-        except TRANSIENT as exc:
-            failed = TemporaryFailure(
-                f"{image}: cannot reach token server {where}: {short_cause(exc)}",
-                url=where,
-                image=image,
-            )
-            raise Again(f"{where}: {short_cause(exc)}", failed) from exc
-        except requests.RequestException as exc:
-            raise TemporaryFailure(
-                f"{image}: asking {where} for a token failed: {short_cause(exc)}",
-                url=where,
-                image=image,
-            ) from exc
-        status = response.status_code
-        if status != 200:
-            response.close()
-            if status in (401, 403):
-                who = "credentials refused" if creds is not None else "anonymous access refused"
-                raise Unauthorized(
-                    f"{image}: token server {where}: {who} (HTTP {status})",
-                    url=where,
-                    status=status,
-                    image=image,
-                )
-            failed = TemporaryFailure(
-                f"{image}: token server {where} answered HTTP {status}",
-                url=where,
-                status=status,
-                image=image,
-            )
-            if status == 429 or status >= 500:
-                raise Again(
-                    f"{where}: HTTP {status}", lambda: failed, response.headers.get("Retry-After")
-                )
-            raise failed
-        try:
-            return self.read_capped(response, METADATA_LIMIT)
-        except Exception as exc:
-            if not is_temporary(exc):
-                if isinstance(exc, requests.RequestException):
-                    raise TemporaryFailure(
-                        f"{image}: asking {where} for a token failed: {short_cause(exc)}",
-                        url=where,
-                        image=image,
-                    ) from exc
-                raise
-            # A body that breaks off is retried as a failed request is.
-            failed = TemporaryFailure(
-                f"{image}: cannot reach token server {where}: {short_cause(exc)}",
-                url=where,
-                image=image,
-            )
-            raise Again(f"{where}: {short_cause(exc)}", failed) from exc
-
-
-def _token_key(challenge: Challenge, scope: str | None) -> tuple[str, str, str]:
-    params = challenge.params
-    return (params.get("realm", ""), params.get("service", ""), scope or params.get("scope", ""))

@@ -47,6 +47,14 @@ SLICE = 0.1
 T = TypeVar("T")
 
 
+# Errors that say the connection, not the server, failed: worth another try.
+TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
 class TooSlow(OSError):
     """A body whose bytes came slower than the speed floor: as temporary as a cut."""
 

@@ -17,7 +17,7 @@ from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
-from providers.oci_layout import host_platform
+from providers.platforms import host_platform
 from providers.reference import parse_reference
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import parse_docker_config

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from providers.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
-from providers.oci_layout import host_arch
+from providers.platforms import host_arch
 from tests import images
 from tests.registry.proxy import Faults, run_proxy
 from tests.registry.servers import (
