@@ -24,9 +24,6 @@ OVER_LIMIT: frozenset[str] = frozenset(
         "lazyfs/cli.py",
         "lazyfs/fs/writable.py",
         "lazyfs/provision/provisioner.py",
-        "providers/oci_layout.py",
-        "providers/registry.py",
-        "providers/registry_http.py",
     }
 )
 
