@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.ranges import RangeReader, open_layers
-from lazyfs.index.model import Kind, LayerIndex, check_data_present, ensure_index
+from lazyfs.index.model import Kind, LayerIndex
+from lazyfs.index.stored import check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest
 from tests.support import images

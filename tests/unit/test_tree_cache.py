@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.index.model import LayerIndex, ensure_index
+from lazyfs.index.model import LayerIndex
+from lazyfs.index.stored import ensure_index
 from lazyfs.tree import kept as tree_cache
 from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
