@@ -5,8 +5,8 @@ merged tree's reads use: bytes of a layer's *uncompressed* tar stream.
 ``LocalTars`` serves it from tar files on this machine (the blob itself for
 plain tar layers, the store's uncompressed copy for zstd),
 ``lazyfs.index.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through their
-checkpoints, and ``open_layers`` puts the two together per layer as
-``lazyfs.index.model.layer_data`` says; the cache daemon's client will serve it
+checkpoints, and ``open_layers`` puts the two together per layer as its
+format's ``layer_data`` says (``lazyfs.index.formats``); the cache daemon's client will serve it
 remotely without the tree or the operations changing.
 
 ``ChunkCache`` wraps a RangeReader for trio: reads are cut into aligned

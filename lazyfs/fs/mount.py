@@ -95,7 +95,7 @@ def mount(
     argv += ["--layers-dir", str(layers_dir)]
     for layer in layers:
         # The blob, not where its tar stream is: the mount process asks its
-        # index (lazyfs.index.model.layer_data), so that knowledge stays in one place.
+        # index (lazyfs.index.stored.layer_data), so that knowledge stays in one place.
         argv += ["--layer", f"{layer.digest}={layer.blob}"]
     if upper is not None:
         if work is None:

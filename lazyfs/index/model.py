@@ -1,4 +1,4 @@
-"""LayerIndex: the table of contents of one layer blob, and its place in the store.
+"""LayerIndex: the table of contents of one layer blob.
 
 An index lists every entry of a layer's tar stream in archive order: path,
 kind, mode, owner, size, mtime (to the nanosecond), link target, device
@@ -10,18 +10,11 @@ directory), so the merged tree applies the same rules
 (``providers.layer_rules``) as the extracting backends; AUFS bookkeeping
 entries are dropped.
 
-Where the bytes are (``layer_data`` is the one place that knows):
-
-- plain tar: the offsets are offsets into the blob itself;
-- gzip: the blob stays as it is; ``<layers_dir>/<hex>/gzip-index`` holds
-  checkpoints into its compressed stream (``lazyfs.index.gzip_checkpoints``), from
-  which any range of the uncompressed stream is decoded on demand;
-- zstd: the blob is decompressed once into ``<layers_dir>/<hex>/tar`` and
-  the offsets point there.  A layer is one zstd frame as a rule, and a
-  frame cannot be entered in the middle, so there is nothing to checkpoint.
+Where those offsets are read (the blob, a tar copy, the blob through gzip
+checkpoints) is the layer's format's to say: ``lazyfs.index.formats``.
 
 Values and text only, no I/O: ``lazyfs.index.stored`` keeps indexes in the
-store and ``lazyfs.index.build`` makes them.
+store and ``lazyfs.index.formats`` builds them.
 """
 
 from __future__ import annotations
@@ -33,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from providers.digest import Digest, hex_part
+from providers.digest import Digest
 from providers.extents import Extent
 from providers.layer_rules import RelPath
 
@@ -92,7 +85,8 @@ class IndexEntry:
 class LayerIndex:
     """The entries of the layer ``digest``, in archive order.
 
-    ``compression`` is what the blob was ("none", "gzip", "zstd");
+    ``compression`` names the blob's format (``lazyfs.index.formats``: "none",
+    "gzip", "zstd");
     ``tar_size`` the length of the uncompressed tar stream;
     ``checkpoints_size`` the length of the gzip checkpoint file (0 unless gzip).
     """
@@ -108,27 +102,13 @@ class LayerIndex:
 class LayerData:
     """Where a layer's uncompressed tar stream is read from.
 
-    ``path`` is a tar file (the blob of a plain layer, the store's copy of a
-    zstd one), or with ``checkpoints`` the gzip blob those checkpoints index.
+    ``path`` is a tar file read directly (the blob of a plain layer, the
+    store's copy of a zstd one), or with ``checkpoints`` the gzip blob those
+    checkpoints index.  Made by a ``LayerFormat.layer_data``.
     """
 
     path: Path
     checkpoints: Path | None = None
-
-
-def layer_data(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
-    """What the index's offsets point into, for the layer blob ``blob``; no I/O."""
-    home = layers_dir / hex_part(index.digest)
-    if index.compression == "gzip":
-        return LayerData(blob, home / CHECKPOINTS_NAME)
-    if index.compression == "zstd":
-        return LayerData(home / TAR_NAME)
-    return LayerData(blob)
-
-
-def stored_files(index: LayerIndex) -> tuple[str, ...]:
-    """The files beside index.json that the index promises (built into scratch first)."""
-    return {"gzip": (CHECKPOINTS_NAME,), "zstd": (TAR_NAME,)}.get(index.compression, ())
 
 
 # -- serialization --------------------------------------------------------------

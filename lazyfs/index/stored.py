@@ -1,15 +1,16 @@
 """Layer indexes kept in the store: read back, checked, built once per layer.
 
-``<layers_dir>/<hex>/`` holds a layer's ``index.json`` and what it points
-into (``lazyfs.index.model.layer_data``): the zstd copy ``tar`` or the gzip
-checkpoints ``gzip-index``.
+``<layers_dir>/<hex>/`` holds a layer's ``index.json`` and what its format
+(``lazyfs.index.formats``) keeps beside it: the zstd copy ``tar``, the gzip
+checkpoints ``gzip-index``, or nothing for a plain tar layer.
 
 ``ensure_index`` builds and stores the index once per layer digest, with
 what it points into: under an flock, each file written to a scratch
 directory and renamed into place, the index last, so a present index.json
 implies its tar copy or checkpoint file is complete.  It reads them back on
 every later call.  ``load_index`` and ``check_data_present`` are what a
-mount process needs: they read, and never build.  Blocking.
+mount process serving stored indexes needs: they read, never build.
+Blocking.
 """
 
 from __future__ import annotations
@@ -20,22 +21,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazyfs.index.model import (
-    INDEX_NAME,
-    TAR_NAME,
-    LayerData,
-    LayerIndex,
-    dumps,
-    layer_data,
-    loads,
-    stored_files,
-)
+from lazyfs.index.formats import LayerFormat, build_index, format_named
+from lazyfs.index.model import INDEX_NAME, LayerData, LayerIndex, dumps, loads
 from providers.digest import Digest, hex_part
 from providers.errors import BadImage
 from providers.fslock import exclusive_lock
 
 if TYPE_CHECKING:
-    # Only building an index needs the tar parsers, not a mount process.
     from providers.tar_stream import LayerLimits
 
 
@@ -69,9 +61,10 @@ def ensure_index(
     """The index of the verified layer blob ``blob``, built and stored if missing.
 
     Rebuilt too when what it points into (``check_data_present``) is gone
-    or damaged.  The zstd copy or gzip checkpoints are renamed into place
-    before the index that promises them; a gzip layer's tar copy left by
-    format 1 is removed.  With ``entries=False`` a stored index is checked
+    or damaged.  The files its format keeps (a zstd copy, gzip checkpoints)
+    are renamed into place before the index that promises them; what an
+    older index format kept there and this one does not need is removed
+    (``_drop_unused``).  With ``entries=False`` a stored index is checked
     and returned by its header alone (no entries): what a caller that only
     makes sure the index is there needs.  Raises BadImage for a corrupt
     layer or one that unpacks past ``limits`` (a stored index was built
@@ -81,9 +74,6 @@ def ensure_index(
     found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
         return found
-    # Here to keep the build (tarfile, decompressors) out of mount startup.
-    from lazyfs.index.build import build_index
-
     home = layers_dir / hex_part(digest)
     home.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(home / "lock"):
@@ -93,10 +83,11 @@ def ensure_index(
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
             index = build_index(digest, blob, scratch, limits=limits)
-            for name in stored_files(index):
+            kind = format_named(index.compression)
+            for name in kind.stored_files:
                 os.rename(scratch / name, home / name)
-            if index.compression == "gzip":
-                _drop_old_copy(home / TAR_NAME)
+            for name in kind.obsolete_files:
+                _drop_unused(home / name)
             staged = scratch / INDEX_NAME
             staged.write_text(dumps(index), encoding="utf-8")
             os.rename(staged, home / INDEX_NAME)
@@ -106,17 +97,17 @@ def ensure_index(
     return index
 
 
-def _drop_old_copy(tar: Path) -> None:
-    """Remove format 1's tar copy of a gzip layer, unless a mount process still names it.
+def _drop_unused(path: Path) -> None:
+    """Remove ``path``, a file an older index format kept, unless a mount process still names it.
 
-    Format 1's mount processes were started with ``--layer DIGEST=<the copy>``
-    and open it on their first read of the layer: removing it under one of
-    them would turn its reads into EIO.  Such a copy stays until a rebuild
-    finds it unused.
+    Format 1's mount processes were started with ``--layer DIGEST=<the tar
+    copy of a gzip layer>`` and open it on their first read of the layer:
+    removing it under one of them would turn its reads into EIO.  Such a
+    file stays until a rebuild finds it unused.
     """
-    if not tar.exists():
+    if not path.exists():
         return
-    named = b"=" + os.fsencode(tar) + b"\0"
+    named = b"=" + os.fsencode(path) + b"\0"
     for process in Path("/proc").iterdir():
         if not process.name.isdigit():
             continue
@@ -125,7 +116,7 @@ def _drop_old_copy(tar: Path) -> None:
                 return
         except OSError:
             continue  # gone meanwhile, or not ours to read
-    tar.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerIndex | None:
@@ -139,32 +130,26 @@ def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerInde
     return index
 
 
-def check_data_present(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
-    """``layer_data``, refusing an index whose tar copy or checkpoint file is unusable.
+def layer_format(index: LayerIndex) -> LayerFormat:
+    """The format ``index`` was built for; BadImage for a name not known here (built again)."""
+    return format_named(index.compression)
 
-    Cheap (a stat, an open): the tar copy must have ``tar_size`` bytes, the
+
+def layer_data(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
+    """What the index's offsets point into, for the layer blob ``blob``; no I/O.
+
+    BadImage for an index of a format not known here.
+    """
+    return layer_format(index).layer_data(layers_dir / hex_part(index.digest), blob)
+
+
+def check_data_present(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
+    """``layer_data``, refusing an index whose blob, tar copy or checkpoint file is unusable.
+
+    Cheap (a stat, an open): a tar copy must have ``tar_size`` bytes, a
     checkpoint file must open for reading and have ``checkpoints_size``.
     """
-    data = layer_data(layers_dir, blob, index)
-    try:
-        size = data.path.stat().st_size
-    except OSError as error:
-        raise BadImage(
-            f"layer {index.digest}: its tar data {data.path} is unreadable: {error}"
-        ) from None
-    if index.compression == "zstd" and size != index.tar_size:
-        raise BadImage(f"layer {index.digest}: {data.path} has {size} bytes, want {index.tar_size}")
-    if data.checkpoints is not None:
-        try:
-            with data.checkpoints.open("rb") as stream:
-                size = os.fstat(stream.fileno()).st_size
-        except OSError as error:
-            raise BadImage(
-                f"layer {index.digest}: its checkpoints {data.checkpoints} are unreadable: {error}"
-            ) from None
-        if size != index.checkpoints_size:
-            raise BadImage(
-                f"layer {index.digest}: its checkpoints {data.checkpoints} have {size} bytes,"
-                f" want {index.checkpoints_size}"
-            )
+    kind = layer_format(index)
+    data = kind.layer_data(layers_dir / hex_part(index.digest), blob)
+    kind.check_data(index, data)
     return data

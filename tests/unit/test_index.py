@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from lazyfs.blobs.ranges import open_layers
 from lazyfs.index import model as layer_index
 from lazyfs.index import stored as stored_index
-from lazyfs.index.build import build_index
+from lazyfs.index.formats import build_index
 from lazyfs.index.model import FORMAT_VERSION, IndexEntry, Kind, LayerData, LayerIndex, dumps, loads
 from lazyfs.index.stored import ensure_index
 from providers.digest import Digest, digest_bytes
@@ -247,7 +247,7 @@ def test_a_lost_uncompressed_copy_is_made_again(tmp_path: Path) -> None:
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "zstd")
     index = ensure_index(layers, tmp, digest, blob)
-    copy = layer_index.layer_data(layers, blob, index).path
+    copy = stored_index.layer_data(layers, blob, index).path
     copy.unlink()
     assert ensure_index(layers, tmp, digest, blob) == index
     assert copy.stat().st_size == index.tar_size

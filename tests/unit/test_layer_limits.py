@@ -20,7 +20,7 @@ import zstandard
 from backends.apply import apply_layers
 from backends.base import LayerFile
 from lazyfs.index import stored as stored_index
-from lazyfs.index.build import build_index
+from lazyfs.index.formats import build_index
 from lazyfs.index.stored import ensure_index
 from providers.digest import digest_bytes
 from providers.errors import BadImage
