@@ -21,7 +21,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from lazyfs.blobs.ranges import RangeReader
+from lazyfs.blobs.ranges import TarRangeReader
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
 from providers.extents import data_extents
 
@@ -83,7 +83,7 @@ class UpperState:
     ``upper`` and ``work`` must be empty directories on one filesystem.
     """
 
-    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: RangeReader) -> None:
+    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: TarRangeReader) -> None:
         if any(upper.iterdir()):
             raise ValueError(f"upper directory {upper} is not empty; reusing one is not supported")
         self.tree = tree
@@ -343,7 +343,7 @@ class UpperState:
         self.touch(node, data=False)
 
 
-def copy_lower_into(reader: RangeReader, data: DataRef, fd: int) -> None:
+def copy_lower_into(reader: TarRangeReader, data: DataRef, fd: int) -> None:
     """Write the lower file ``data`` into ``fd`` from offset 0: its extents, holes left as holes.
 
     Blocking (a worker thread's job).  Raises OSError(EIO) if the layer ends early.
