@@ -5,5 +5,5 @@ onto a merged tree and an ``upper``; ``mount_main`` is the process that serves
 one mount; ``mount`` is the public mount API the backends call, and loads no
 FUSE code itself.
 
-Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, providers.
+Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store.atomic, providers.
 """

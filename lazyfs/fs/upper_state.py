@@ -22,6 +22,7 @@ import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import TarRangeReader
+from lazyfs.store.atomic import Staged, staged_file
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
 from providers.extents import data_extents
 
@@ -233,16 +234,14 @@ class UpperState:
                 return
             data = node.lower_data
             assert data is not None  # META only for non-empty lower files
-            temp = self.work / f"copyup-{node.ino}-{next(self._temps)}"
-            await trio.to_thread.run_sync(self._copy_bytes, data, temp, limiter=self.limiter)
-            try:
-                self._set_disk_attributes(node, temp)
-                os.rename(temp, self.path(node))
-                for which in range(1, len(node.names)):
-                    self._replace_with_link(self.path(node), self.path(node, which))
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
+            # Modes and the rest are set below, as the node has them once the bytes are in.
+            with staged_file(self.work, mode=None, prefix=f"copyup-{node.ino}-") as staged:
+                await trio.to_thread.run_sync(self._copy_bytes, data, staged, limiter=self.limiter)
+                self._set_disk_attributes(node, staged.path)
+                # The upper directory is not kept across a crash: no directory sync.
+                staged.commit(self.path(node), sync_dir=False)
+            for which in range(1, len(node.names)):
+                self._replace_with_link(self.path(node), self.path(node, which))
             node.copy = Copy.DATA
 
     async def truncate(self, node: Node, size: int, fd: int | None = None) -> None:
@@ -269,17 +268,10 @@ class UpperState:
         node.size = size
         self.touch(node)
 
-    def _copy_bytes(self, data: DataRef, temp: Path) -> None:
-        # Runs in a worker thread: blocking reads and writes only, no trio.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            copy_lower_into(self.reader, data, fd)
-            os.fsync(fd)  # the rename must not publish a file whose bytes are not there
-        except BaseException:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+    def _copy_bytes(self, data: DataRef, staged: Staged) -> None:
+        # Runs in a worker thread: blocking reads, writes and the fsync, no trio.
+        copy_lower_into(self.reader, data, staged.file.fileno())
+        staged.sync()
 
     def _replace_with_link(self, source: Path, dest: Path) -> None:
         temp = self.work / f"link-{next(self._temps)}"

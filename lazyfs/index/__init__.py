@@ -8,5 +8,5 @@ into a gzip blob (``gzip_checkpoints``), and the indexes kept in the store
 (``stored``: read back, checked, built once per layer), which sits above
 the others so nothing below it imports it.
 
-Imports: providers.
+Imports: lazyfs.store.atomic, providers.
 """

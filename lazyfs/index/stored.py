@@ -7,7 +7,8 @@ checkpoints ``gzip-index``, or nothing for a plain tar layer.
 ``ensure_index`` builds and stores the index once per layer digest, with
 what it points into: under an flock, each file written to a scratch
 directory and renamed into place, the index last, so a present index.json
-implies its tar copy or checkpoint file is complete.  It reads them back on
+implies its tar copy or checkpoint file is complete (each is fsynced before
+its rename: ``lazyfs.store.atomic``).  It reads them back on
 every later call.  ``load_index`` and ``check_data_present`` are what a
 mount process serving stored indexes needs: they read, never build.
 Blocking.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from lazyfs.index.formats import LayerFormat, build_index, format_named
 from lazyfs.index.model import INDEX_NAME, LayerData, LayerIndex, dumps, loads
+from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, hex_part
 from providers.errors import BadImage
 from providers.fslock import exclusive_lock
@@ -85,12 +87,11 @@ def ensure_index(
             index = build_index(digest, blob, scratch, limits=limits)
             kind = format_named(index.compression)
             for name in kind.stored_files:
-                os.rename(scratch / name, home / name)
+                # The directory is synced once, with the index renamed into it last.
+                publish(scratch / name, home / name, sync_dir=False)
             for name in kind.obsolete_files:
                 _drop_unused(home / name)
-            staged = scratch / INDEX_NAME
-            staged.write_text(dumps(index), encoding="utf-8")
-            os.rename(staged, home / INDEX_NAME)
+            write_atomic(home / INDEX_NAME, dumps(index).encode(), mode=0o644, temp_dir=scratch)
         finally:
             # Never one cleanup error in place of the build's own.
             shutil.rmtree(scratch, ignore_errors=True)

@@ -131,7 +131,7 @@ def test_a_tree_that_cannot_be_renamed_into_place_leaves_no_temporary(
     def refuse(source: object, target: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("lazyfs.tree.kept.os.rename", refuse)
+    monkeypatch.setattr("lazyfs.store.atomic.os.rename", refuse)
     with caplog.at_level(logging.WARNING):
         tree = tree_cache.merged_tree(layers, digests, indexes)
     assert same(tree, merge(indexes.indexes))
