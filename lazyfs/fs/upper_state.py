@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import TarRangeReader
@@ -74,8 +73,21 @@ class Node:
         return self.lower.data if self.lower is not None and self.copy is not Copy.DATA else None
 
 
-def fail(number: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(number)
+class UpperError(Exception):
+    """An expected refusal of the writable view, with its facts.
+
+    ``errno`` is what the FUSE request is answered (``lazyfs.fs.boundary``
+    turns it into ``FUSEError`` at the handler), ``what`` says which name or
+    inode and why, for the debug log.
+    """
+
+    def __init__(self, number: int, what: str) -> None:
+        super().__init__(number, what)
+        self.errno = number
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"{errno.errorcode.get(self.errno, self.errno)}: {self.what}"
 
 
 class UpperState:
@@ -112,7 +124,7 @@ class UpperState:
             return found
         inode = self.tree.inodes.get(InodeNo(ino))
         if inode is None:
-            raise fail(errno.ENOENT)
+            raise UpperError(errno.ENOENT, f"no inode {ino}")
         found = Node(
             ino=inode.ino,
             mode=inode.mode,
@@ -137,7 +149,7 @@ class UpperState:
     def directory(self, ino: int) -> Node:
         found = self.node(ino)
         if found.children is None:
-            raise fail(errno.ENOTDIR)
+            raise UpperError(errno.ENOTDIR, f"inode {ino} is not a directory")
         return found
 
     def lookup(self, parent: int, name: bytes) -> Node | None:
@@ -159,7 +171,8 @@ class UpperState:
         names: list[bytes] = []
         while node.ino != ROOT_INO:
             if not node.names:
-                raise fail(errno.ENOENT)  # unlinked: it has no place in upper any more
+                # Unlinked: it has no place in upper any more.
+                raise UpperError(errno.ENOENT, f"inode {node.ino} has no name left")
             parent, name = node.names[which]
             names.append(name)
             node, which = self.node(parent), 0
@@ -182,7 +195,8 @@ class UpperState:
         here = node
         while here.copy is Copy.NONE:
             if not here.names:
-                raise fail(errno.ENOENT)  # removed while a process still had it open
+                # Removed while a process still had it open.
+                raise UpperError(errno.ENOENT, f"directory {here.ino} has no name left")
             missing.append(here)
             here = self.node(here.names[0][0])
         path = self.path(here)
@@ -250,7 +264,7 @@ class UpperState:
         Truncating to zero copies no data: the metacopy just loses its marker.
         """
         if not stat.S_ISREG(node.mode):
-            raise fail(errno.EINVAL)
+            raise UpperError(errno.EINVAL, f"inode {node.ino} is not a regular file")
         if size == 0:
             async with node.lock:  # not while a data copy-up of it runs
                 self.copy_up_meta(node)
@@ -322,9 +336,10 @@ class UpperState:
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
         """Set ``name`` (or remove it, with None: ENODATA when it is not there)."""
         if name.startswith(b"trusted.overlay."):
-            raise fail(errno.EPERM)  # ours: the upper format's markers
+            # Ours: the upper format's markers.
+            raise UpperError(errno.EPERM, f"{name!r} is reserved for the upper directory's format")
         if value is None and name not in node.xattrs:
-            raise fail(pyfuse3.ENOATTR)
+            raise UpperError(errno.ENODATA, f"inode {node.ino} has no xattr {name!r}")
         self.copy_up_meta(node)
         if value is None:
             os.removexattr(self.path(node), name, follow_symlinks=False)

@@ -21,8 +21,9 @@ module maps FUSE requests onto it.  Semantics chosen:
   they change now.  Pages still stay cached across opens, since every write
   goes through this mount's page cache.
 
-Every handler ends in ``pyfuse3.FUSEError`` (``fuse_errors``): refusals
-directly, anything unexpected as EIO after logging its cause once.
+Every handler ends in ``pyfuse3.FUSEError`` (``lazyfs.fs.boundary``): the
+upper's refusals with their errno, anything unexpected as EIO after
+logging its cause once.
 Blocking file I/O runs in worker threads under ``Upper.limiter``.
 ``lazyfs.fs.writable_no_open`` serves the same view without open and
 opendir (the no-open path, see ``lazyfs.fs.caps``).
@@ -41,8 +42,9 @@ import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import ChunkCache
-from lazyfs.fs.read_only import NAME_MAX, entry_attributes, fuse_errors, no_entry, read_lower
-from lazyfs.fs.upper import Copy, Node, Upper, fail
+from lazyfs.fs.boundary import fuse_errors
+from lazyfs.fs.read_only import NAME_MAX, entry_attributes, no_entry, read_lower
+from lazyfs.fs.upper import Copy, Node, Upper
 from lazyfs.tree.merge import DataRef, InodeNo
 
 TIMEOUT = 1.0
@@ -109,7 +111,7 @@ class WritableOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileNameT:
         node = self.upper.node(inode)
         if not stat.S_ISLNK(node.mode):
-            raise fail(errno.EINVAL)
+            raise pyfuse3.FUSEError(errno.EINVAL)
         return pyfuse3.FileNameT(node.target)
 
     @fuse_errors
@@ -131,7 +133,7 @@ class WritableOperations(pyfuse3.Operations):
     ) -> None:
         listing = self._dirs.get(fh)
         if listing is None:
-            raise fail(errno.EBADF)
+            raise pyfuse3.FUSEError(errno.EBADF)
         for position in range(start_id, len(listing)):
             name, child = listing[position]
             entry = self.attributes(self.upper.node(child))
@@ -148,7 +150,7 @@ class WritableOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         node = self.upper.node(inode)
         if stat.S_ISDIR(node.mode):
-            raise fail(errno.EISDIR)
+            raise pyfuse3.FUSEError(errno.EISDIR)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
             await self.upper.truncate(node, 0)  # copies no data
@@ -172,7 +174,7 @@ class WritableOperations(pyfuse3.Operations):
     def _file(self, fh: int) -> _Handle:
         handle = self._files.get(fh)
         if handle is None:
-            raise fail(errno.EBADF)
+            raise pyfuse3.FUSEError(errno.EBADF)
         return handle
 
     @fuse_errors
@@ -192,7 +194,7 @@ class WritableOperations(pyfuse3.Operations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._file(fh)
         if handle.fd is None:
-            raise fail(errno.EBADF)
+            raise pyfuse3.FUSEError(errno.EBADF)
         fd = handle.fd
         written: int = await trio.to_thread.run_sync(
             os.pwrite, fd, buf, off, limiter=self.upper.limiter
@@ -243,7 +245,7 @@ class WritableOperations(pyfuse3.Operations):
     ) -> bytes:
         value = self.upper.node(inode).xattrs.get(name)
         if value is None:
-            raise fail(pyfuse3.ENOATTR)
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @fuse_errors
