@@ -8,10 +8,9 @@ checkpoints ``gzip-index``, or nothing for a plain tar layer.
 what it points into: under an flock, each file written to a scratch
 directory and renamed into place, the index last, so a present index.json
 implies its tar copy or checkpoint file is complete (each is fsynced before
-its rename: ``lazyfs.store.atomic``).  It reads them back on
-every later call.  ``load_index`` and ``check_data_present`` are what a
-mount process serving stored indexes needs: they read, never build.
-Blocking.
+its rename: ``lazyfs.store.atomic``).  It reads them back on every later
+call.  ``load_index`` and ``check_data_present`` are what a mount process
+serving stored indexes needs: they read, never build.  Blocking.
 """
 
 from __future__ import annotations
@@ -85,7 +84,7 @@ def ensure_index(
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
             index = build_index(digest, blob, scratch, limits=limits)
-            kind = format_named(index.compression)
+            kind = layer_format(index)
             for name in kind.stored_files:
                 # The directory is synced once, with the index renamed into it last.
                 publish(scratch / name, home / name, sync_dir=False)
