@@ -7,7 +7,7 @@ terminal and its Ctrl-C.  This is the one module of lazyfs that backends may
 import.
 
 ``mount`` indexes the layers first, in the calling process (once per layer:
-the indexes are stored by digest, see ``lazyfs.index.model``), so a bad layer
+the indexes are stored by digest, see ``lazyfs.index.stored``), so a bad layer
 fails there with its own error; then it starts the mount process and waits
 until it says the mount is up, or says why not, or ``timeout`` passes.  On
 any failure nothing is left mounted or running.  ``unmount`` takes the mount
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazyfs.index.model import ensure_index
+from lazyfs.index.stored import ensure_index
 from lazyfs.tree.kept import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError
@@ -95,7 +95,7 @@ def mount(
     argv += ["--layers-dir", str(layers_dir)]
     for layer in layers:
         # The blob, not where its tar stream is: the mount process asks its
-        # index (lazyfs.index.model.layer_data), so that knowledge stays in one place.
+        # index (lazyfs.index.stored.layer_data), so that knowledge stays in one place.
         argv += ["--layer", f"{layer.digest}={layer.blob}"]
     if upper is not None:
         if work is None:

@@ -42,7 +42,8 @@ from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.fs.upper import Upper
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs.writable_no_open import NoOpenWritableOperations
-from lazyfs.index.model import LayerData, LayerIndex, check_data_present, load_index
+from lazyfs.index.model import LayerData, LayerIndex
+from lazyfs.index.stored import check_data_present, load_index
 from lazyfs.tree.kept import merged_tree
 from providers.digest import Digest, parse_digest
 

@@ -4,5 +4,5 @@
 ``providers.layer_rules``; ``kept`` stores a merged tree beside its top layer so
 that a later mount of the same image merges nothing.
 
-Imports: lazyfs.index, providers.
+Imports: lazyfs.index, lazyfs.store.atomic, providers.
 """

@@ -21,7 +21,7 @@ import pytest
 from backends.base import LayerFile, scratch_dir
 from backends.fuse import FuseBackend
 from lazyfs.fs import mount as lazy_mount
-from lazyfs.index.model import index_path, load_index
+from lazyfs.index.stored import index_path, load_index
 from lazyfs.tree.kept import tree_path
 from providers.digest import Digest, digest_bytes
 from providers.errors import BackendError, UnsafeLayer

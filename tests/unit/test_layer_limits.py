@@ -19,9 +19,9 @@ import zstandard
 
 from backends.apply import apply_layers
 from backends.base import LayerFile
-from lazyfs.index import model as layer_index
-from lazyfs.index.build import build_index
-from lazyfs.index.model import ensure_index
+from lazyfs.index import stored as stored_index
+from lazyfs.index.formats import build_index
+from lazyfs.index.stored import ensure_index
 from providers.digest import digest_bytes
 from providers.errors import BadImage
 from providers.tar_stream import RATIO_FLOOR, LayerLimits
@@ -109,7 +109,7 @@ def test_the_index_refuses_a_compression_bomb_and_stores_nothing(
     with pytest.raises(BadImage) as caught:
         ensure_index(layers, tmp, layer.digest, layer.path)
     assert "--max_layer_ratio" in one_line(caught.value)
-    home = layer_index.index_path(layers, layer.digest).parent
+    home = stored_index.index_path(layers, layer.digest).parent
     assert [p.name for p in home.iterdir()] == ["lock"]
     assert list(tmp.iterdir()) == []
 

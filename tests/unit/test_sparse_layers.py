@@ -24,7 +24,7 @@ from backends.apply import apply_layers
 from backends.base import LayerFile
 from lazyfs.blobs.ranges import ChunkCache, open_layers
 from lazyfs.fs.read_only import ReadOnlyOperations
-from lazyfs.index.model import check_data_present, ensure_index, index_path, load_index
+from lazyfs.index.stored import check_data_present, ensure_index, index_path, load_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from tests.support import sparse
