@@ -24,11 +24,13 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.base import LayerFile, Rootfs, scratch_dir
+from backends.base import Rootfs, scratch_dir
 from backends.mounts import unmount
 from lazyfs.fs import mount as lazy_mount
 from providers.errors import BackendError
 from providers.fstree import remove_tree
+from providers.manifest import Layer
+from providers.source import LocalBlobSource
 from providers.tar_stream import LayerLimits
 
 
@@ -42,7 +44,9 @@ class FuseBackend:
         self.tmp_dir = tmp_dir
         self.limits = limits
 
-    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+    def provision(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> Rootfs:
         if not layers:
             raise BackendError("the fuse backend needs an image of at least one layer")
         scratch = scratch_dir(rootfs)
@@ -50,7 +54,7 @@ class FuseBackend:
         scratch.mkdir()
         try:
             rootfs.mkdir(mode=0o755)
-            self._mount(scratch, layers, rootfs, writable=writable)
+            self._mount(scratch, layers, blobs, rootfs, writable=writable)
         except BaseException:
             with contextlib.suppress(OSError):
                 rootfs.rmdir()
@@ -59,7 +63,9 @@ class FuseBackend:
             raise
         return Rootfs(rootfs, self.name, writable=writable)
 
-    def remount(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> None:
+    def remount(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> None:
         """Start a mount process for a read-only rootfs again; a writable one is refused.
 
         A writable rootfs's writes are in its upper directory, which a new
@@ -73,14 +79,20 @@ class FuseBackend:
             )
         # The dead mount goes first; its process is gone, or goes now.
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
-        self._mount(scratch, layers, rootfs, writable=False)
+        self._mount(scratch, layers, blobs, rootfs, writable=False)
 
     def _mount(
-        self, scratch: Path, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool
+        self,
+        scratch: Path,
+        layers: Sequence[Layer],
+        blobs: LocalBlobSource,
+        rootfs: Path,
+        *,
+        writable: bool,
     ) -> None:
         lazy_mount.mount_recorded(
             scratch,
-            [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
+            [lazy_mount.MountLayer(layer.digest, blobs.local_blob(layer)) for layer in layers],
             rootfs,
             layers_dir=self.layers_dir,
             tmp_dir=self.tmp_dir,

@@ -31,10 +31,11 @@ from typing import Any, Protocol
 
 import trio
 
-from backends.base import Backend, LayerFile, Remountable
+from backends.base import Backend, Remountable
 from backends.mounts import mount_problem, unmount_all_under
 from backends.names import default_backend_name, make_backend
 from lazyfs.progress import Progress
+from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, locked_async
 from providers.errors import (
     BackendError,
@@ -142,6 +143,8 @@ class Provisioner:
         self.containers = self.root / "containers"
         self.locks = self.root / "locks"
         self.store = store
+        # What backends read layers from: the provider's fetch made them all present.
+        self.blobs = StoreBlobs(store)
         self.providers = providers
         self._default_backend = default_backend
         self.limits = limits
@@ -197,12 +200,13 @@ class Provisioner:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
                 manifest = await provider.fetch(image, progress)
                 require_layers(manifest)
-                layers = self._layer_files(manifest)
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
                 private_dir(rootfs_dir.parent)
                 progress.message(f"building the rootfs of {container_id} with {name}")
                 rootfs = await trio.to_thread.run_sync(
-                    lambda: chosen.provision(layers, rootfs_dir, writable=writable)
+                    lambda: chosen.provision(
+                        manifest.layers, self.blobs, rootfs_dir, writable=writable
+                    )
                 )
                 info = ProvisionInfo(container_id, rootfs.path, name, rootfs.writable, manifest)
                 _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
@@ -326,12 +330,6 @@ class Provisioner:
             raise BadImage(f"no {kind or 'such'} image provider enabled (enabled: {enabled})")
         return provider
 
-    def _layer_files(self, manifest: ImageManifest) -> tuple[LayerFile, ...]:
-        return tuple(
-            LayerFile(layer.digest, self.store.blob_path(layer.digest), layer.media_type)
-            for layer in manifest.layers
-        )
-
     def _revive(self, container_id: str) -> bool:
         """Check a kept container's rootfs; True if it had to be mounted again.
 
@@ -346,7 +344,7 @@ class Provisioner:
         if not isinstance(backend, Remountable):
             raise BackendError(f"its rootfs {info.rootfs} {problem}")
         try:
-            backend.remount(self._layer_files(info.image), info.rootfs, writable=info.writable)
+            backend.remount(info.image.layers, self.blobs, info.rootfs, writable=info.writable)
         except LazyfsError as error:
             raise BackendError(f"its rootfs {info.rootfs} {problem}: {error}") from error
         problem = _rootfs_problem(info.backend, info.rootfs)

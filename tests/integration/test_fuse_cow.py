@@ -19,7 +19,8 @@ from typing import Protocol
 
 import pytest
 
-from backends.base import LayerFile, scratch_dir
+from backends.apply import LayerFile
+from backends.base import scratch_dir
 from backends.extracted import extracted_layer
 from backends.fuse import FuseBackend
 from backends.overlay import overlay_usable
@@ -28,6 +29,7 @@ from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
 from lazyfs.tree.kept import tree_path
 from providers.digest import digest_bytes
 from tests import fuse_paths
+from tests.blob_sources import LocalFiles
 from tests.images import Entry, opaque, whiteout, write_layer
 from tests.integration.fuse_helpers import need_fuse, requests, unmount_all, walk_and_read
 from tests.tree import is_whiteout
@@ -63,7 +65,7 @@ def cow(tmp_path: Path, fuse_path: str) -> Iterator[Mount]:
         found = []
         for i, entries in enumerate(layers):
             blob = write_layer(entries, tmp_path / f"m{n}-layer{i}.tar")
-            found.append(LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar"))
+            found.append(LayerFile(digest_bytes(blob.read_bytes()), blob))
         root, upper, work = (tmp_path / f"{part}{n}" for part in ("root", "upper", "work"))
         for directory in (root, upper, work):
             directory.mkdir()
@@ -347,14 +349,14 @@ def test_the_backend_provisions_writable_and_destroy_removes_the_upper(
 ) -> None:
     need_fuse()
     blob = write_layer([Entry("etc", "dir"), Entry("etc/a", data=b"a")], tmp_path / "l.tar")
-    layer = LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar")
+    blobs = LocalFiles([LayerFile(digest_bytes(blob.read_bytes()), blob)])
     (tmp_path / "layers").mkdir()
     (tmp_path / "tmp").mkdir()
     backend = FuseBackend(tmp_path / "layers", tmp_path / "tmp")
     rootfs = tmp_path / "c" / "rootfses" / "r"
     rootfs.parent.mkdir(parents=True)
     try:
-        info = backend.provision([layer], rootfs, writable=True)
+        info = backend.provision(blobs.layers(), blobs, rootfs, writable=True)
         assert info.writable
         (rootfs / "etc" / "b").write_bytes(b"b")
         assert (scratch_dir(rootfs) / "upper" / "etc" / "b").read_bytes() == b"b"

@@ -18,7 +18,8 @@ from typing import Protocol
 
 import pytest
 
-from backends.base import LayerFile, scratch_dir
+from backends.apply import LayerFile
+from backends.base import scratch_dir
 from backends.fuse import FuseBackend
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.index.model import index_path, load_index
@@ -26,6 +27,7 @@ from lazyfs.tree.kept import tree_path
 from providers.digest import Digest, digest_bytes
 from providers.errors import BackendError, UnsafeLayer
 from tests import fuse_paths, images
+from tests.blob_sources import LocalFiles
 from tests.conformance.conftest import docker, make_provisioner
 from tests.conftest import need_tools
 from tests.images import Entry, whiteout, write_layer
@@ -218,7 +220,7 @@ def test_the_backend_refuses_no_layers_and_destroys_idempotently(tmp_path: Path)
     rootfs = tmp_path / "c" / "rootfses" / "r"
     rootfs.parent.mkdir(parents=True)
     with pytest.raises(BackendError, match="at least one layer"):
-        backend.provision([], rootfs, writable=True)
+        backend.provision([], LocalFiles([]), rootfs, writable=True)
     assert not rootfs.exists()
     backend.destroy(rootfs)
     backend.destroy(rootfs)
@@ -231,9 +233,9 @@ def test_destroy_cleans_up_after_a_killed_mount_process(
     backend = FuseBackend(layers_dir, tmp)
     rootfs = tmp_path / "c" / "rootfses" / "r"
     rootfs.parent.mkdir(parents=True)
-    files = [LayerFile(layer.digest, layer.blob, "application/x-tar") for layer in layers]
+    blobs = LocalFiles([LayerFile(layer.digest, layer.blob) for layer in layers])
     try:
-        backend.provision(files, rootfs, writable=False)
+        backend.provision(blobs.layers(), blobs, rootfs, writable=False)
         assert (rootfs / "etc" / "new").read_bytes() == b"new\n"
         pid = int((scratch_dir(rootfs) / "pid").read_text())
         os.kill(pid, signal.SIGKILL)
