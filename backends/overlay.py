@@ -55,7 +55,7 @@ from backends.apply import LayerFile, local_files
 from backends.apply_tree import LinkOutsideLayer
 from backends.base import Rootfs, scratch_dir
 from backends.extracted import extracted_layer, made_dirs
-from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
+from backends.mounts import MS_PRIVATE, mount, mount_points, unmount, unmount_all_under
 from backends.overlay_dirs import (
     LowerDir,
     first_mounted,
@@ -63,7 +63,6 @@ from backends.overlay_dirs import (
     union_kind,
     write_top_dirs,
 )
-from lazyfs.fs.mount import mount_points
 from providers.errors import BackendError
 from providers.fstree import remove_tree
 from providers.layer_entry import link_to_directory, no_link_source

@@ -3,6 +3,7 @@
 ``MemoryBlobs`` is an upstream ``BlobSource`` that counts what it was asked
 to open; ``LocalFiles`` is a ``LocalBlobSource`` over files, for backends
 driven without a store.  Neither verifies: the test made the bytes.
+``store_files`` puts layer files in a real store, for what reads a store.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backends.apply import LayerFile
-from providers.digest import Digest
+from lazyfs.store.disk import Store
+from providers.digest import Digest, digest_bytes
 from providers.errors import NotFound
 from providers.manifest import OCI_LAYER_TAR, Layer
 
@@ -69,3 +71,14 @@ class LocalFiles:
     def layers(self) -> list[Layer]:
         """The files as layer descriptors, in the order given (a layer twice too)."""
         return [Layer(f.digest, OCI_LAYER_TAR, f.path.stat().st_size) for f in self.files]
+
+
+def store_files(store: Store, paths: Sequence[Path]) -> list[Layer]:
+    """The layer blob files at ``paths`` put in ``store`` (verified as any), as descriptors."""
+    layers = []
+    for path in paths:
+        data = path.read_bytes()
+        layer = Layer(digest_bytes(data), OCI_LAYER_TAR, len(data))
+        store.ingest(layer, lambda: io.BytesIO(data))  # noqa: B023  (called at once)
+        layers.append(layer)
+    return layers

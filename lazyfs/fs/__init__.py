@@ -1,9 +1,10 @@
 """The FUSE filesystem: operations, the writable upper, and the mount process.
 
 ``read_only`` and ``writable`` (with their no-open variants) map FUSE requests
-onto a merged tree and an ``upper``; ``mount_main`` is the process that serves
-one mount; ``mount`` is the public mount API the backends call, and loads no
-FUSE code itself.
+onto a merged tree and an ``upper``; ``mount_main`` is the process that
+indexes an image's layers in the store and serves one mount; ``mount`` is the
+public mount API the backends call, and loads no FUSE, index or tree code
+itself (providers only). The mount process finds blobs through lazyfs.store.
 
-Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, providers.
+Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, providers.
 """

@@ -160,7 +160,10 @@ class Provisioner:
         return self._default_backend
 
     def backend(self, name: str) -> Backend:
-        return make_backend(name, self.store.layers, self.store.tmp, self.limits)
+        store = self.store
+        return make_backend(
+            name, store=store.root, layers_dir=store.layers, tmp_dir=store.tmp, limits=self.limits
+        )
 
     async def provision(
         self,

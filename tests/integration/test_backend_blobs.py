@@ -35,7 +35,7 @@ def backend_for(name: str, store: Store) -> Backend:
         pytest.skip(f"the {name} backend needs root")
     if name == "overlay" and not overlay_usable(store.tmp):
         pytest.skip("overlayfs is not usable here")
-    return make_backend(name, store.layers, store.tmp)
+    return make_backend(name, store=store.root, layers_dir=store.layers, tmp_dir=store.tmp)
 
 
 def layer_blob(tmp_path: Path) -> tuple[Layer, bytes]:
