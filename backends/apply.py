@@ -31,7 +31,7 @@ containerd and umoci do:
   children changes them.
 
 Every filesystem call goes through directory descriptors opened one
-component at a time with O_NOFOLLOW (``backends.apply_tree``), so neither
+component at a time with O_NOFOLLOW (``backends.apply_walk``), so neither
 the archive nor a concurrent process can redirect a write outside ``root``.
 Errors name the layer and the
 entry: ``UnsafeLayer`` for entries that would escape, ``BadImage`` for
