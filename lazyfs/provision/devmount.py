@@ -27,7 +27,8 @@ from pathlib import Path
 
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
-from lazyfs.provision.provisioner import Provisioner, require_layers
+from lazyfs.provision.provisioner import Provisioner
+from lazyfs.provision.records import require_layers
 from providers.errors import Conflict, NotFound, UsageError
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
