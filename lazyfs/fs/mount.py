@@ -94,11 +94,14 @@ def mount(
     argv += ["--store", str(store)]
     for layer in layers:
         argv += ["--layer", layer_arg(layer)]
-    if limits is not None and limits != type(limits)():
+    if limits is not None:
+        from providers.tar_stream import LayerLimits  # loaded already: ``limits`` is one
+
         # Only limits other than the defaults: those need the tar parsers
         # loaded in the mount process, which needs them only to build an index.
-        argv += ["--max-layer-size", str(limits.max_size)]
-        argv += ["--max-layer-ratio", str(limits.max_ratio)]
+        if limits != LayerLimits():
+            argv += ["--max-layer-size", str(limits.max_size)]
+            argv += ["--max-layer-ratio", str(limits.max_ratio)]
     if upper is not None:
         if work is None:
             raise BackendError("a writable mount needs a work directory beside its upper")
