@@ -5,8 +5,9 @@
 requests onto a merged tree and an ``upper`` (``upper``, ``upper_state``:
 no FUSE code, refusals are ``UpperError``); ``boundary`` is where every
 error of a handler becomes its answer; ``mount_main`` is the process that
-serves one mount; ``mount`` is the public mount API the backends call, and
-loads no FUSE code itself.
+indexes an image's layers in the store and serves one mount; ``mount`` is the
+public mount API the backends call, and loads no FUSE, index or tree code
+itself (providers only). The mount process finds blobs through lazyfs.store.
 
-Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store.atomic, providers.
+Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, providers.
 """

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from backends.apply import apply_layers
-from backends.base import LayerFile
+from backends.apply import LayerFile, apply_layers
 from lazyfs.index import stored as stored_index
 from lazyfs.index.formats import build_index
 from lazyfs.index.stored import ensure_index
@@ -67,7 +66,7 @@ def bombs() -> dict[str, bytes]:
 def layer_file(tmp_path: Path, data: bytes) -> LayerFile:
     path = tmp_path / "blob"
     path.write_bytes(data)
-    return LayerFile(digest_bytes(data), path, "application/octet-stream")
+    return LayerFile(digest_bytes(data), path)
 
 
 def store(tmp_path: Path) -> tuple[Path, Path]:
