@@ -421,7 +421,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 cgroups_path=f"lazyfs/{container_id}",
             )
             runtime.write_bundle(bundle, config)
-            return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
+            return runtime.run_bundle(bundle, container_id, runtime.state_root(app.work_dir))
         finally:
             run_trio(lambda: app.provisioner.destroy(container_id))
 
