@@ -4,6 +4,10 @@ The bundle follows the OCI runtime spec's defaults for a Linux container
 (the same set ``runc spec`` writes): new pid, ipc, uts, mount and network
 namespaces, /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue and /sys, and a
 relative ``cgroupsPath`` so the container's cgroup sits under the caller's.
+
+runc keeps its state under ``state_root(work_dir)``, by the provisioner's
+container id; ``still_running`` asks runc there, for ``recover``, whether a
+container still uses its rootfs, however its ``lazyfs run`` ended.
 """
 
 from __future__ import annotations
