@@ -11,6 +11,6 @@ One subpackage per concept, each saying in its docstring what it may import:
 - ``images``: the Docker and Appc providers as the provisioner sees them;
 - ``provision``: the provisioner, ``lazyfs mount`` and the runc runtime.
 
-The command line sits on top, in ``cli``, ``cli_run`` and ``entry``;
+The command line sits on top, in ``cli``, ``cli_flags``, ``cli_run`` and ``entry``;
 ``progress`` is shared by providers and the provisioner.
 """

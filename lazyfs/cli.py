@@ -2,7 +2,7 @@
 
 Global flags come before the command and are named as the Mesos agent names
 them; each is accepted with underscores (``--work_dir``) and with dashes
-(``--work-dir``).
+(``--work-dir``), or from a ``LAZYFS_*`` variable (``cli_flags`` says how).
 """
 
 from __future__ import annotations
@@ -10,17 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
-import re
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from backends.names import NAMES as BACKENDS
+from lazyfs.cli_flags import (
+    ENV_PREFIX,
+    FlagParser,
+    global_flags,
+    image_providers,
+    layer_limits,
+)
+from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import failure_line, run_trio
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.images.appc import AppcProvider
@@ -33,97 +39,23 @@ from lazyfs.store.disk import Store
 from providers.appc_store import AppcStore
 from providers.errors import NotFound, UsageError
 from providers.image_pb2 import Image
-from providers.registry import RegistryOptions, parse_platform
-from providers.registry_auth import parse_docker_config
-from providers.registry_http import HttpOptions
-from providers.tar_stream import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE, LayerLimits
-
-DEFAULT_WORK_DIR = "/var/lib/lazyfs"
-DEFAULT_REGISTRY = "https://registry-1.docker.io"
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: object) -> None:
-    """Add ``--name_with_underscores`` and its dashed spelling as one option."""
-    spellings = [f"--{name}"]
-    if "_" in name:
-        spellings.append(f"--{name.replace('_', '-')}")
-    parser.add_argument(*spellings, dest=name, **kwargs)  # type: ignore[arg-type]
-
-
-# --docker_registry_NAME: how long a registry may take (HttpOptions says why these
-# defaults), as (NAME, type, default, may be 0 to turn it off, metavar, help).
-REGISTRY_LIMITS = (
-    ("timeout", float, 30.0, False, "SECONDS", "a request unanswered this long fails, retries too"),
-    ("min_speed", int, 1024, True, "BYTES", "a transfer below this many bytes/s is cut"),
-    ("min_speed_time", float, 30.0, False, "SECONDS", "the window min_speed is judged over"),
-    ("blob_timeout", float, 0.0, True, "SECONDS", "a blob not fetched in this long fails"),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lazyfs", description="Provision container root filesystems from images."
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``lazyfs`` parser; global flags not given come from ``environ`` (default
+    ``os.environ``) as ``LAZYFS_*``, else their defaults."""
+    parser = FlagParser(
+        prog="lazyfs",
+        description="Provision container root filesystems from images.",
+        epilog=(
+            f"Every global flag may also be set in the environment as {ENV_PREFIX}NAME "
+            f"(e.g. {ENV_PREFIX}WORK_DIR); the command line wins over the environment, "
+            "the environment over the default."
+        ),
+        environ=environ,
     )
-    _flag(parser, "work_dir", default=DEFAULT_WORK_DIR, help="where containers' work lives")
-    _flag(parser, "image_providers", default="docker", help="comma-separated: docker, appc")
-    _flag(parser, "image_provisioner_backend", default=None, help=f"one of {', '.join(BACKENDS)}")
-    _flag(
-        parser,
-        "docker_registry",
-        default=DEFAULT_REGISTRY,
-        help="a directory of image tarballs (/dir or file:///dir), or a registry URL",
-    )
-    _flag(parser, "docker_store_dir", default=None, help="default: WORK_DIR/store/docker")
-    _flag(parser, "docker_config", default=None, help="docker config.json: a path or inline JSON")
-    _flag(
-        parser,
-        "docker_registry_mirrors",
-        default="",
-        help="comma-separated registry URLs tried in order before the upstream for docker.io",
-    )
-    _flag(
-        parser,
-        "docker_insecure_registries",
-        default="",
-        help="comma-separated host[:port]s that may fall back to plain HTTP (loopback always may)",
-    )
-    _flag(
-        parser,
-        "docker_registry_ca_file",
-        default=None,
-        help="PEM CA bundle to verify registries with, instead of the system CAs",
-    )
-    for name, kind, default, off, metavar, text in REGISTRY_LIMITS:
-        text += f" (default {default:g}{'; 0: never' if off else ''})"
-        _flag(
-            parser,
-            f"docker_registry_{name}",
-            type=kind,
-            default=default,
-            metavar=metavar,
-            help=text,
-        )
-    _flag(parser, "appc_store_dir", default=None, help="default: WORK_DIR/store/appc")
-    _flag(
-        parser,
-        "appc_simple_discovery_uri_prefix",
-        default="",
-        help="where simple discovery finds ACIs: an http(s):// URL prefix or a directory",
-    )
-    _flag(parser, "platform", default=None, help="os/arch[/variant] to pick from image indexes")
-    _flag(
-        parser,
-        "max_layer_size",
-        default=f"{DEFAULT_MAX_LAYER_SIZE >> 30}GB",
-        help="the most a layer may unpack to: bytes, or a number with B, KB, MB, GB or TB",
-    )
-    _flag(
-        parser,
-        "max_layer_ratio",
-        default=str(DEFAULT_MAX_LAYER_RATIO),
-        help="the most times its compressed size a layer may unpack to (64 MB always may)",
-    )
-    parser.add_argument("--debug", action="store_true", help="log what happens on stderr")
+    for flag in global_flags(BACKENDS):
+        parser.add_flag(flag)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def image_args(sub: argparse.ArgumentParser) -> None:
@@ -182,65 +114,22 @@ class App:
         self.store = Store(Path(store_dir), limits)
         providers: dict[str, ImageProvider] = {}
         self.docker: DockerProvider | None = None
-        for kind in filter(None, (p.strip() for p in args.image_providers.split(","))):
+        for kind in image_providers(args):
             if kind == "docker":
                 self.docker = DockerProvider(
                     self.store, args.docker_registry, registry_options(args)
                 )
                 providers["docker"] = self.docker
-            elif kind == "appc":
+            else:
                 appc_dir = args.appc_store_dir or self.work_dir / "store" / "appc"
                 providers["appc"] = AppcProvider(
                     self.store, AppcStore(Path(appc_dir)), args.appc_simple_discovery_uri_prefix
                 )
-            else:
-                raise UsageError(f"unknown image provider {kind!r} (known: docker, appc)")
         # None: the provisioner chooses (a trial mount) only when it needs a backend.
         backend = args.image_provisioner_backend
         if backend is not None and backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         self.provisioner = Provisioner(self.work_dir, self.store, providers, backend, limits=limits)
-
-
-# As Mesos writes byte sizes: 1024-based units.
-_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
-
-
-def layer_limits(args: argparse.Namespace) -> LayerLimits:
-    """The bounds on unpacking a layer from ``--max_layer_size`` and ``--max_layer_ratio``."""
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?B)?", args.max_layer_size.strip(), re.I)
-    ratio = args.max_layer_ratio.strip()
-    if found is None:
-        raise UsageError(f"--max_layer_size {args.max_layer_size!r}: want bytes, e.g. 300GB")
-    if not ratio.isdigit() or int(ratio) < 1:
-        raise UsageError(f"--max_layer_ratio {args.max_layer_ratio!r}: want a whole number")
-    number, unit = found.groups()
-    size = int(float(number) * _UNITS[(unit or "B").upper()])
-    if size < 1:
-        raise UsageError(f"--max_layer_size {args.max_layer_size!r}: want more than 0 bytes")
-    return LayerLimits(max_size=size, max_ratio=int(ratio))
-
-
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def registry_options(args: argparse.Namespace) -> RegistryOptions:
-    """The registry puller's settings from the global flags."""
-    credentials = parse_docker_config(args.docker_config) if args.docker_config else {}
-    limits = {name: getattr(args, f"docker_registry_{name}") for name, *_ in REGISTRY_LIMITS}
-    for name, _kind, _default, off, _metavar, _text in REGISTRY_LIMITS:
-        value = limits[name]
-        if not (math.isfinite(value) and (value > 0 or (off and value == 0))):
-            least = "0 or more" if off else "more than 0"
-            raise UsageError(f"--docker_registry_{name} {value}: expected {least}")
-    return RegistryOptions(
-        registry=args.docker_registry,
-        mirrors=_split(args.docker_registry_mirrors),
-        insecure_registries=frozenset(_split(args.docker_insecure_registries)),
-        platform=parse_platform(args.platform) if args.platform else None,
-        http=HttpOptions(ca_file=args.docker_registry_ca_file, credentials=credentials, **limits),
-    )
 
 
 def _image(args: argparse.Namespace) -> Image:
@@ -421,7 +310,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 cgroups_path=f"lazyfs/{container_id}",
             )
             runtime.write_bundle(bundle, config)
-            return runtime.run_bundle(bundle, container_id, app.work_dir / "runc")
+            return runtime.run_bundle(bundle, container_id, runtime.state_root(app.work_dir))
         finally:
             run_trio(lambda: app.provisioner.destroy(container_id))
 

@@ -33,6 +33,7 @@ from backends.base import Backend, Remountable
 from backends.mounts import mount_problem, unmount_all_under
 from backends.names import default_backend_name, make_backend
 from lazyfs.progress import Progress
+from lazyfs.provision import runtime
 from lazyfs.provision.records import (
     ProvisionInfo,
     RecoverReport,
@@ -214,15 +215,19 @@ class Provisioner:
         reported busy.  A kept container's rootfs is checked: a bind or
         read-only fuse mount that is gone or dead is mounted again; any
         other rootfs that does not work is reported broken, never kept.
+        A container runc still runs (``runtime.still_running``) is busy
+        too, whatever became of the ``lazyfs run`` that started it.
         """
         kept, destroyed, busy, remounted = [], [], [], []
         failed: list[tuple[str, str]] = []
         broken: list[tuple[str, str]] = []
         wanted = set(keep)
+        runc = runtime.state_root(self.root.parent)  # where `lazyfs run` runs them
         for home in sorted(self.containers.iterdir()):
             cid = home.name
             with self._try_lock(cid) as locked:
-                if not locked:
+                # Its lock is free once `lazyfs run` dies, yet runc may run it on.
+                if not locked or await trio.to_thread.run_sync(runtime.still_running, runc, cid):
                     busy.append(cid)
                     continue
                 if cid in wanted and self._complete(home):

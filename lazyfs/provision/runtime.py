@@ -4,15 +4,20 @@ The bundle follows the OCI runtime spec's defaults for a Linux container
 (the same set ``runc spec`` writes): new pid, ipc, uts, mount and network
 namespaces, /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue and /sys, and a
 relative ``cgroupsPath`` so the container's cgroup sits under the caller's.
+
+runc keeps its state under ``state_root(work_dir)``, by the provisioner's
+container id; ``still_running`` asks runc there, for ``recover``, whether a
+container still uses its rootfs, however its ``lazyfs run`` ended.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,19 +187,47 @@ def bundle_config(
     }
 
 
+def state_root(work_dir: Path) -> Path:
+    """The runc state root (``runc --root``) of the containers ``lazyfs run`` runs.
+
+    Their runc container ids are the provisioner's container ids.
+    """
+    return work_dir / "runc"
+
+
+# runc statuses in which a container's processes may still use its rootfs.
+_LIVE = frozenset({"creating", "created", "running", "pausing", "paused"})
+
+# Forwarded to runc, which passes them on to the container: what would stop
+# `lazyfs run` stops the container, and `run` ends when it does.
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
 def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
     """Run the bundle in the foreground with runc; returns the container's exit code.
 
-    stdin, stdout and stderr are the caller's. SIGINT and SIGTERM reach runc,
-    which forwards them to the container. The runc state is deleted after.
+    stdin, stdout and stderr are the caller's. SIGINT, SIGTERM and SIGHUP
+    (unless the caller ignores it, as under nohup) reach runc, which
+    forwards them to the container. Should the caller die without a word
+    (SIGKILL), runc gets SIGTERM (its parent-death signal) and forwards it
+    as well: runc keeps supervising, so a container that ignores it runs
+    on, and ``still_running`` says so. The runc state is deleted after.
+    Call from the main thread: the parent-death signal follows the thread
+    that started runc.
     """
     state_root.mkdir(parents=True, exist_ok=True)
     argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
     try:
-        process = subprocess.Popen(argv)
+        process = subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid()))
     except FileNotFoundError:
         raise LazyfsError("runc is not installed (run scripts/setup)") from None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it.
+    forwarded = [
+        s for s in _FORWARDED if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN
+    ]
+    previous = {sig: signal.getsignal(sig) for sig in forwarded}
     for sig in previous:
         signal.signal(sig, lambda signum, _frame: process.send_signal(signum))
     try:
@@ -202,14 +235,67 @@ def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        subprocess.run(
-            ["runc", "--root", str(state_root), "delete", "--force", container_id],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
+        _runc(state_root, "delete", "--force", container_id)
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
+
+
+def _term_when_parent_dies(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: SIGTERM to the child when ``parent`` dies, whatever kills it.
+
+    Not SIGKILL: runc is the container's parent but not its end (the container
+    would outlive it, unsupervised); SIGTERM reaches runc's forwarding instead.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # died before the signal was armed
+            os._exit(128 + signal.SIGTERM)
+
+    return arm
+
+
+def still_running(state_root: Path, container_id: str) -> bool:
+    """Whether runc still has ``container_id`` under ``state_root`` created, running or paused.
+
+    runc itself checks the container's init process, so the answer holds
+    whatever became of the ``lazyfs run`` that started it. No state for
+    the id (runc keeps it in ``ID/state.json``), or no runc installed: not
+    running. State that runc cannot read counts as running, since a rootfs
+    must never go from under a live container. A stopped container's
+    leftover state is deleted on the way (``runc run`` would have, had it
+    lived). Blocking.
+    """
+    state = state_root / container_id / "state.json"
+    if not state.exists():
+        return False
+    try:
+        answer = _runc(state_root, "state", container_id)
+    except FileNotFoundError:
+        return False
+    try:
+        status = json.loads(answer.stdout)["status"] if answer.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        status = None
+    if status is None:
+        # Gone meanwhile (its runc run just deleted it), or unreadable.
+        return state.exists()
+    if status in _LIVE:
+        return True
+    _runc(state_root, "delete", container_id)
+    return False
+
+
+def _runc(state_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``runc --root state_root ARGS``, its output captured; FileNotFoundError without runc."""
+    return subprocess.run(
+        ["runc", "--root", str(state_root), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def write_bundle(bundle: Path, config: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +50,22 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lazyfs(tmp_path: Path, image_dir: Path) -> Iterator[Lazyfs]:
     work = tmp_path / "work"
     yield Lazyfs(work, image_dir)
+    # Containers a failing test left to runc go first: they use what follows.
+    delete_runc_containers(work / "runc")
     # Whatever a failing test left mounted goes, so the next test starts clean.
     if mounts_under(tmp_path):
         unmount_all_under(tmp_path)
     # And what it left on disk: pytest's own clean-up cannot remove a deep tree.
     remove_tree(work)
+
+
+def delete_runc_containers(state_root: Path) -> None:
+    """Kill and delete every container runc has under ``state_root``."""
+    if not state_root.is_dir():
+        return
+    for cid in os.listdir(state_root):
+        subprocess.run(
+            ["runc", "--root", state_root, "delete", "--force", cid],
+            capture_output=True,
+            check=False,
+        )

@@ -1,0 +1,256 @@
+"""The global flags of ``lazyfs``, named and read as the Mesos agent reads its own.
+
+Each flag is accepted with underscores (``--work_dir``, as Mesos writes it)
+and with dashes (``--work-dir``), and may also come from the environment as
+``LAZYFS_`` and its name in capitals (``LAZYFS_WORK_DIR``), as Mesos reads
+``MESOS_*``. The command line wins over the environment, the environment
+over the default. ``FlagParser.parse_args`` applies that order, so every
+flag is set on what it returns; ``source`` names where a value came from,
+for errors.
+
+The values that need more than a string (limits, providers, the docker
+config) are turned into the library's settings here, with one-line errors
+naming the flag or variable to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from providers.errors import UsageError
+from providers.registry import RegistryOptions, parse_platform
+from providers.registry_auth import parse_docker_config
+from providers.registry_http import HttpOptions
+from providers.tar_stream import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE, LayerLimits
+
+DEFAULT_WORK_DIR = "/var/lib/lazyfs"
+DEFAULT_REGISTRY = "https://registry-1.docker.io"
+ENV_PREFIX = "LAZYFS_"
+PROVIDERS = ("docker", "appc")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One global flag: its Mesos name, default, and how a string becomes its value."""
+
+    name: str
+    default: Any
+    help: str
+    kind: Callable[[str], Any] = str
+    metavar: str | None = None
+    switch: bool = False  # takes no value on the command line: present means true
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+# --docker_registry_NAME: how long a registry may take (HttpOptions says why these
+# defaults), as (NAME, type, default, may be 0 to turn it off, metavar, help).
+REGISTRY_LIMITS = (
+    ("timeout", float, 30.0, False, "SECONDS", "a request unanswered this long fails, retries too"),
+    ("min_speed", int, 1024, True, "BYTES", "a transfer below this many bytes/s is cut"),
+    ("min_speed_time", float, 30.0, False, "SECONDS", "the window min_speed is judged over"),
+    ("blob_timeout", float, 0.0, True, "SECONDS", "a blob not fetched in this long fails"),
+)
+
+
+def _truth(text: str) -> bool:
+    """A switch's value from the environment, as Mesos takes booleans."""
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
+    """Every global flag; ``backends`` names the rootfs backends for the help."""
+    return (
+        Flag("work_dir", DEFAULT_WORK_DIR, "where containers' work lives"),
+        Flag("image_providers", "docker", "comma-separated: docker, appc (any case)"),
+        Flag("image_provisioner_backend", None, f"one of {', '.join(backends)}"),
+        Flag(
+            "docker_registry",
+            DEFAULT_REGISTRY,
+            "a directory of image tarballs (/dir or file:///dir), or a registry URL",
+        ),
+        Flag("docker_store_dir", None, "default: WORK_DIR/store/docker"),
+        Flag("docker_config", None, "docker config.json: a path, a file:// URL or inline JSON"),
+        Flag(
+            "docker_registry_mirrors",
+            "",
+            "comma-separated registry URLs tried in order before the upstream for docker.io",
+        ),
+        Flag(
+            "docker_insecure_registries",
+            "",
+            "comma-separated host[:port]s that may fall back to plain HTTP (loopback always may)",
+        ),
+        Flag(
+            "docker_registry_ca_file",
+            None,
+            "PEM CA bundle to verify registries with, instead of the system CAs",
+        ),
+        *(
+            Flag(
+                f"docker_registry_{name}",
+                default,
+                f"{text} (default {default:g}{'; 0: never' if off else ''})",
+                kind,
+                metavar,
+            )
+            for name, kind, default, off, metavar, text in REGISTRY_LIMITS
+        ),
+        Flag("appc_store_dir", None, "default: WORK_DIR/store/appc"),
+        Flag(
+            "appc_simple_discovery_uri_prefix",
+            "http://",
+            "where simple discovery finds ACIs: an http(s):// URL prefix or a directory; "
+            "empty: the store only (default http://, as in Mesos)",
+        ),
+        Flag("platform", None, "os/arch[/variant] to pick from image indexes"),
+        Flag(
+            "max_layer_size",
+            f"{DEFAULT_MAX_LAYER_SIZE >> 30}GB",
+            "the most a layer may unpack to: bytes, or a number with B, KB, MB, GB or TB",
+        ),
+        Flag(
+            "max_layer_ratio",
+            str(DEFAULT_MAX_LAYER_RATIO),
+            "the most times its compressed size a layer may unpack to (64 MB always may)",
+        ),
+        Flag("debug", False, "log what happens on stderr", _truth, switch=True),
+    )
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ArgumentParser whose global flags also come from ``LAZYFS_*`` variables.
+
+    ``environ`` is read when arguments are parsed (``os.environ`` unless
+    given). The namespace gains ``flag_sources``: for each global flag
+    taken from the environment, the variable's name.
+    """
+
+    def __init__(self, *args: Any, environ: Mapping[str, str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._globals: list[Flag] = []
+        self._environ = environ
+
+    def add_flag(self, flag: Flag) -> None:
+        """Add ``--name_with_underscores`` and its dashed spelling as one option."""
+        spellings = [f"--{flag.name}"]
+        if "_" in flag.name:
+            spellings.append(f"--{flag.name.replace('_', '-')}")
+        # Unset unless given: parse_known_args fills it from the environment or default.
+        options: dict[str, Any] = {"dest": flag.name, "default": argparse.SUPPRESS}
+        if flag.switch:
+            options["action"] = "store_true"
+        else:
+            options.update(type=flag.kind, metavar=flag.metavar)
+        self.add_argument(*spellings, help=flag.help, **options)
+        self._globals.append(flag)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        if not self._globals:  # a command's parser: the top one fills the globals
+            return parsed, rest
+        environ = os.environ if self._environ is None else self._environ
+        sources: dict[str, str] = {}
+        for flag in self._globals:
+            if hasattr(parsed, flag.name):
+                continue
+            value = flag.default
+            if flag.env in environ:
+                text = environ[flag.env]
+                try:
+                    value = flag.kind(text)
+                except ValueError:
+                    raise UsageError(f"{flag.env}={text!r}: not a valid --{flag.name}") from None
+                sources[flag.name] = flag.env
+            setattr(parsed, flag.name, value)
+        parsed.flag_sources = sources
+        return parsed, rest
+
+
+def source(args: argparse.Namespace, name: str) -> str:
+    """Where flag ``name`` came from, as errors name it: ``--name`` or ``LAZYFS_NAME``."""
+    sources: Mapping[str, str] = getattr(args, "flag_sources", {})
+    return sources.get(name, f"--{name}")
+
+
+def image_providers(args: argparse.Namespace) -> tuple[str, ...]:
+    """The providers ``--image_providers`` enables, in lower case: Mesos writes ``APPC,DOCKER``."""
+    kinds = tuple(kind.lower() for kind in _split(args.image_providers))
+    for kind in kinds:
+        if kind not in PROVIDERS:
+            raise UsageError(
+                f"{source(args, 'image_providers')}: unknown image provider {kind!r} "
+                f"(known: {', '.join(PROVIDERS)})"
+            )
+    return kinds
+
+
+# As Mesos writes byte sizes: 1024-based units.
+_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def layer_limits(args: argparse.Namespace) -> LayerLimits:
+    """The bounds on unpacking a layer from ``--max_layer_size`` and ``--max_layer_ratio``."""
+    size_flag, ratio_flag = source(args, "max_layer_size"), source(args, "max_layer_ratio")
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?B)?", args.max_layer_size.strip(), re.I)
+    ratio = args.max_layer_ratio.strip()
+    if found is None:
+        raise UsageError(f"{size_flag} {args.max_layer_size!r}: want bytes, e.g. 300GB")
+    if not ratio.isdigit() or int(ratio) < 1:
+        raise UsageError(f"{ratio_flag} {args.max_layer_ratio!r}: want a whole number")
+    number, unit = found.groups()
+    size = int(float(number) * _UNITS[(unit or "B").upper()])
+    if size < 1:
+        raise UsageError(f"{size_flag} {args.max_layer_size!r}: want more than 0 bytes")
+    return LayerLimits(max_size=size, max_ratio=int(ratio))
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def docker_config_text(value: str) -> str:
+    """``--docker_config`` as ``parse_docker_config`` takes it: a path or inline JSON.
+
+    Mesos also takes ``file:///path``, for this flag as for any: the path.
+    """
+    stripped = value.strip()
+    return stripped[len("file://") :] if stripped.startswith("file://") else value
+
+
+def registry_options(args: argparse.Namespace) -> RegistryOptions:
+    """The registry puller's settings from the global flags."""
+    credentials = (
+        parse_docker_config(docker_config_text(args.docker_config), source(args, "docker_config"))
+        if args.docker_config
+        else {}
+    )
+    limits = {name: getattr(args, f"docker_registry_{name}") for name, *_ in REGISTRY_LIMITS}
+    for name, _kind, _default, off, _metavar, _text in REGISTRY_LIMITS:
+        value = limits[name]
+        if not (math.isfinite(value) and (value > 0 or (off and value == 0))):
+            least = "0 or more" if off else "more than 0"
+            where = source(args, f"docker_registry_{name}")
+            raise UsageError(f"{where} {value}: expected {least}")
+    return RegistryOptions(
+        registry=args.docker_registry,
+        mirrors=_split(args.docker_registry_mirrors),
+        insecure_registries=frozenset(_split(args.docker_insecure_registries)),
+        platform=parse_platform(args.platform) if args.platform else None,
+        http=HttpOptions(ca_file=args.docker_registry_ca_file, credentials=credentials, **limits),
+    )
