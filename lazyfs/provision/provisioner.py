@@ -42,6 +42,7 @@ from lazyfs.provision.records import (
     one_line,
     require_layers,
 )
+from lazyfs.store.atomic import write_atomic
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, locked_async
 from providers.errors import (
@@ -362,9 +363,4 @@ def _rootfs_problem(backend: str, rootfs: Path) -> str | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.rename(tmp, path)
+    write_atomic(path, text.encode(), mode=0o600)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import trio
 
+from lazyfs.store.atomic import staged_file, write_atomic
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock, try_exclusive_lock
@@ -117,7 +118,8 @@ class Store:
                 return path
             path.parent.mkdir(parents=True, exist_ok=True)
             log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
-            with self.temp_file() as (tmp_path, out):
+            with staged_file(self.tmp, mode=0o444, prefix=f"{os.getpid()}.") as staged:
+                out = staged.file
                 bound = self.limits.bound(layer.size)
                 try:
                     inflated = _copy_verified(layer, opener(), out, progress, bound)
@@ -130,11 +132,8 @@ class Store:
                     inflated = _copy_verified(layer, opener(), out, progress, bound)
                 # After the blob digest: its content, checked beside it, in the same pass.
                 inflated.verify()
-                out.flush()
-                os.fsync(out.fileno())
-                os.chmod(tmp_path, 0o444)
                 self._record_diff_id(layer.digest, inflated.actual())
-                os.rename(tmp_path, path)
+                staged.commit(path)
         return path
 
     def _diff_id_record(self, digest: Digest) -> Path:
@@ -143,11 +142,9 @@ class Store:
     def _record_diff_id(self, digest: Digest, diff_id: Digest) -> None:
         record = self._diff_id_record(digest)
         record.parent.mkdir(parents=True, exist_ok=True)
-        with self.temp_file() as (tmp_path, out):
-            out.write(diff_id.encode())
-            out.flush()
-            os.fsync(out.fileno())
-            os.rename(tmp_path, record)
+        write_atomic(
+            record, diff_id.encode(), mode=0o600, temp_dir=self.tmp, prefix=f"{os.getpid()}."
+        )
 
     def _check_diff_id(self, layer: Layer, blob: Path) -> None:
         """A stored blob must also be what *this* image's config says it is.
@@ -182,11 +179,8 @@ class Store:
     def put_image(self, manifest: ImageManifest) -> None:
         """Record ``manifest`` by reference and platform, atomically replacing an older one."""
         data = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode()
-        with self.temp_file() as (tmp_path, out):
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-            os.rename(tmp_path, self._image_path(manifest.reference, manifest.platform))
+        target = self._image_path(manifest.reference, manifest.platform)
+        write_atomic(target, data, mode=0o600, temp_dir=self.tmp, prefix=f"{os.getpid()}.")
 
     def get_image(self, reference: str, platform: str = "") -> ImageManifest | None:
         """The stored manifest of ``reference`` for ``platform`` if it and its blobs are here."""
