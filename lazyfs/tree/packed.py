@@ -43,13 +43,17 @@ A string list is: count u32, then per string its UTF-8 length u32 and bytes.
 Checked at open, in this order: the magic, the version, the file size, one
 CRC-32 over everything after the checksum field, the section table, then
 ``built_from``.  CRC-32 because reading it is cheap (zlib does several GB
-per second; a 1M-entry file is about 130 MB, read through a small buffer,
+per second; a 1M-entry file is about 100 MB, read through a small buffer,
 so checking costs no mapped pages) and it catches what it is for: a torn or
 truncated write, a flipped bit, a file cut short.  One checksum rather than
 one per section: a per-section sum would have to be checked at open all
 the same, or damage would surface later as a wrong answer inside a FUSE
 handler.  It is no defence against a forger; the file lives in the
 root-owned store, trusted as the layer indexes are.
+
+The file is never changed in place (a file cut short under a mapping is
+SIGBUS for its readers): ``write_packed`` replaces it by a rename, and a
+reader that opened the old one keeps reading the old one.
 
 A file that fails a check is refused with ``DamagedPackedTree`` (not
 something this code wrote, or damaged since) or ``StalePackedTree`` (whole,
@@ -72,6 +76,8 @@ HEADER = struct.Struct("<8sIIQIIQ")
 CHECKED_FROM = 16  # the checksum covers the file from the end of its own field on
 SECTION = struct.Struct("<QQ")
 NODE = struct.Struct("<HHIIIqQIIQII")
+# A node's flags, ref and count alone: what a lookup reads of the directory.
+NODE_PAYLOAD = struct.Struct("<2xH36xQI")
 DIRENT = struct.Struct("<QII")
 LINK = struct.Struct("<III")
 DATA = struct.Struct("<IIQQQ")

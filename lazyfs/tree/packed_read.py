@@ -4,18 +4,17 @@
 version, size, checksum, section table, ``built_from``) and maps it
 read-only and shared, so every mount of one image uses the same page-cache
 pages.  It answers what the FUSE operations ask of a ``MergedTree``, with
-the same names (``inodes``, ``children``, ``parents``, ``lookup``) and the
-same answers, and adds the questions a mount can ask without building
-anything per entry: ``inode``, ``entries`` from a readdir offset,
-``child_count``, ``names_of`` an inode, ``data_blocks``.
+the same names (``inodes``, ``children``, ``parents``, ``lookup``: the
+``TreeReader`` both are) and the same answers, and adds what a mount can
+ask without anything built per entry: ``inode``, ``entries`` from a
+readdir offset, ``child_count``, ``names_of`` an inode, ``data_blocks``.
 
 What it holds does not grow with the tree: the mapping, the header, the
 layer digests and ``built_from``.  Every ``Inode``, name and listing is
 made when asked for and belongs to the caller.  Lookups are binary searches
 over a directory's names in the mapped bytes; inode numbers index the node
-records.  Not thread-safe to ``close`` while others read; reading from
-several threads is fine.  ``close`` unmaps; any use after it raises
-ValueError.
+records.  Reading from several threads at once is safe; ``close`` unmaps,
+and must come after the last read (a read after it raises ValueError).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from lazyfs.tree import packed as fmt
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo
@@ -36,6 +36,21 @@ Listing = tuple[tuple[bytes, InodeNo], ...]
 _CHECK_CHUNK = 1 << 20
 _S = fmt.Section
 _DIRENT = fmt.DIRENT.size
+
+
+class TreeReader(Protocol):
+    """What the FUSE operations read of a tree; ``MergedTree`` and ``PackedTree`` are both one."""
+
+    @property
+    def inodes(self) -> Mapping[InodeNo, Inode]: ...
+
+    @property
+    def children(self) -> Mapping[InodeNo, Listing]: ...
+
+    @property
+    def parents(self) -> Mapping[InodeNo, InodeNo]: ...
+
+    def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None: ...
 
 
 class PackedTree:
@@ -107,12 +122,13 @@ class PackedTree:
 
     def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None:
         """The inode named ``name`` in directory ``parent``; None if none is (or no such dir)."""
-        record = self._record(parent)
-        if record is None or not record[1] & fmt.DIRECTORY:
+        payload = self._payload(parent)
+        if payload is None or not payload[0] & fmt.DIRECTORY:
             return None
-        by_text = bool(record[1] & fmt.NAMES_BY_TEXT)
+        flags, low, count = payload
+        by_text = bool(flags & fmt.NAMES_BY_TEXT)
         wanted: bytes | str = os.fsdecode(name) if by_text else name
-        low, high = record[9], record[9] + record[10]
+        high = low + count
         while low < high:
             middle = (low + high) // 2
             at, length, child = fmt.DIRENT.unpack_from(self._map, self._dirents + middle * _DIRENT)
@@ -205,15 +221,21 @@ class PackedTree:
             return None
         return fmt.NODE.unpack_from(self._map, self._nodes + (ino - 1) * fmt.NODE.size)
 
+    def _payload(self, ino: int) -> tuple[int, int, int] | None:
+        """Flags, ref and count of ``ino``'s record; the rest is not read."""
+        if not 1 <= ino <= self._count:
+            return None
+        return fmt.NODE_PAYLOAD.unpack_from(self._map, self._nodes + (ino - 1) * fmt.NODE.size)
+
     def _is_directory(self, ino: int) -> bool:
-        record = self._record(ino)
-        return record is not None and bool(record[1] & fmt.DIRECTORY)
+        payload = self._payload(ino)
+        return payload is not None and bool(payload[0] & fmt.DIRECTORY)
 
     def _listing(self, directory: int) -> tuple[int, int]:
-        record = self._record(directory)
-        if record is None or not record[1] & fmt.DIRECTORY:
+        payload = self._payload(directory)
+        if payload is None or not payload[0] & fmt.DIRECTORY:
             raise KeyError(directory)
-        return record[9], record[10]
+        return payload[1], payload[2]
 
     def _string(self, at: int, length: int) -> bytes:
         return self._map[self._strings + at : self._strings + at + length]

@@ -125,6 +125,8 @@ class _Packer:
                 else:
                     self.first_name[child] = (InodeNo(ino), dirent)
             self.listed[InodeNo(ino)] = (first, len(listing), flags)
+        if len(self.listed) != len(self.tree.children):
+            raise ValueError("listings of inodes that are not in the tree")
 
     def _pack_node(self, nodes: bytearray, inode: Inode) -> None:
         ino = inode.ino

@@ -31,7 +31,7 @@ from lazyfs.index.build import scan_tar
 from lazyfs.index.model import IndexEntry, Kind, LayerIndex
 from lazyfs.tree import packed as fmt
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
-from lazyfs.tree.packed_read import PackedTree
+from lazyfs.tree.packed_read import PackedTree, TreeReader
 from lazyfs.tree.packed_write import write_packed
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
@@ -125,6 +125,8 @@ def test_every_conformance_image_reads_back_the_same(case: str, tmp_path: Path) 
     with packed(tree, tmp_path / "tree") as got:
         assert got.built_from == BUILT_FROM
         assert_same(got, tree)
+        readers: list[TreeReader] = [tree, got]  # one type for the FUSE operations (mypy)
+        assert [r.lookup(ROOT_INO, b"\0") for r in readers] == [None, None]
 
 
 @pytest.mark.parametrize("form", sparse.FORMS)
@@ -297,6 +299,10 @@ def _two_payloads(tree: MergedTree) -> MergedTree:
     return dataclasses.replace(tree, inodes=inodes)
 
 
+def _stray_listing(tree: MergedTree) -> MergedTree:
+    return dataclasses.replace(tree, children={**tree.children, InodeNo(9): ()})
+
+
 def _unnamed(tree: MergedTree) -> MergedTree:
     children = dict(tree.children)
     children[InodeNo(2)] = children[InodeNo(2)][:1]
@@ -310,6 +316,7 @@ def _unnamed(tree: MergedTree) -> MergedTree:
         (_gap, "not 1..n"),
         (_two_payloads, "more than one of"),
         (_unnamed, "has no name"),
+        (_stray_listing, "not in the tree"),
     ],
 )
 def test_a_tree_the_format_cannot_hold_is_refused_before_writing(
