@@ -2,7 +2,8 @@
 
 ``apply_layer(root, stream, layer=...)`` applies one uncompressed tar stream
 on top of what ``root`` already holds; ``apply_layers(root, layers)`` opens,
-decompresses and applies layer blobs bottom first.  Both are blocking and
+decompresses and applies layer blobs bottom first, given as local files
+(``LayerFile``, which ``local_files`` asks a blob source for).  Both are blocking and
 neither is atomic: on error ``root`` holds part of the layer and the caller
 throws it away.  The stream is read to its end, so a decompressor's trailer
 check (gzip CRC) runs, but it is not closed.
@@ -30,7 +31,7 @@ containerd and umoci do:
   children changes them.
 
 Every filesystem call goes through directory descriptors opened one
-component at a time with O_NOFOLLOW (``backends.apply_tree``), so neither
+component at a time with O_NOFOLLOW (``backends.apply_walk``), so neither
 the archive nor a concurrent process can redirect a write outside ``root``.
 Errors name the layer and the
 entry: ``UnsafeLayer`` for entries that would escape, ``BadImage`` for
@@ -57,15 +58,18 @@ import os
 import stat
 import tarfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
 from backends.apply_tree import OVERLAY_XATTR_PREFIX, MadeDirs, Tree, backend_error
-from backends.base import LayerFile
 from providers import layer_rules as rules
 from providers.compression import decompressed
+from providers.digest import Digest
 from providers.errors import BadImage
 from providers.layer_entry import EntryKind, LayerEntry, classify_member
+from providers.manifest import Layer
+from providers.source import LocalBlobSource
 from providers.tar_sparse import stored_chunks
 from providers.tar_stream import (
     CHUNK,
@@ -87,6 +91,23 @@ _NODE_TYPES = {
     EntryKind.CHAR: stat.S_IFCHR,
     EntryKind.BLOCK: stat.S_IFBLK,
 }
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """A layer blob as a verified local file (compressed or not), named by its digest."""
+
+    digest: Digest
+    path: Path
+
+
+def local_files(layers: Sequence[Layer], blobs: LocalBlobSource) -> list[LayerFile]:
+    """Every one of ``layers`` as a verified local file of ``blobs``, bottom first.
+
+    All are asked for before any is applied, so a layer that cannot be had
+    (NotFound, DigestMismatch) fails a build before it starts.
+    """
+    return [LayerFile(layer.digest, blobs.local_blob(layer)) for layer in layers]
 
 
 def apply_layers(

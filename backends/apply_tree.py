@@ -1,40 +1,35 @@
 """The rootfs a layer is applied to, reached only through directory descriptors.
 
 ``Tree`` is ``backends.apply``'s view of the directory being written: every
-filesystem call goes through directory descriptors opened one component at
-a time with ``O_NOFOLLOW``, so neither the archive nor a concurrent process
-can redirect a write outside the root.  It walks paths (following symlinked
-parents inside the root), makes, replaces and removes entries, applies
-whiteouts and opaque markers (or writes them in overlayfs' form), and sets
-directory modes and times once the layer is in.  What an entry means is
-decided before it gets here; see ``backends.apply``.  Blocking.
+filesystem call goes through directory descriptors (the walk itself is
+``backends.apply_walk``), so neither the archive nor a concurrent process
+can redirect a write outside the root.  It makes, replaces and removes
+entries, applies whiteouts and opaque markers (or writes them in overlayfs'
+form), keeps what a union of layers in overlay form must know about the
+directories a layer made (``MadeDirs``), and sets directory modes and times
+once the layer is in.  What an entry means is decided before it gets here;
+see ``backends.apply``.  Blocking.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
 import stat
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
-from providers import layer_rules as rules
-from providers.errors import BackendError, UnsafeLayer, bad_entry
+from backends.apply_walk import DIR_FLAGS, DirWalker
+from providers.errors import BackendError
 from providers.layer_entry import link_into_itself, link_to_directory, no_link_source
 from providers.layer_rules import RelPath
 
 log = logging.getLogger(__name__)
 
-# Tar writers list a tree depth first: the directory being filled and its
-# ancestors are what is asked for again.
-FD_CACHE_SIZE = 64
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 OVERLAY_OPAQUE = "trusted.overlay.opaque"
 
@@ -67,20 +62,16 @@ class MadeDirs:
     walked: frozenset[RelPath] = frozenset()
 
 
-class Tree:
+class Tree(DirWalker):
     """The rootfs being written, reached only through directory descriptors.
 
     Remembers, for one layer, which resolved paths the layer made (so its
     whiteouts spare them) and which directories get their mode and mtime at
-    the end.  Descriptors of recently used directories are cached by the
-    path as written in the archive; any removal empties the cache, because a
-    removed directory or symlink changes where cached paths lead.  A
-    descriptor leaving the cache stays open until ``release``, so the entry
-    in progress never sees its descriptors closed under it.
+    the end.  Any removal empties the walk's descriptor cache.
     """
 
     def __init__(self, root: Path, layer: str, *, overlay: bool = False) -> None:
-        self.layer = layer
+        super().__init__(root, layer)
         self.overlay = overlay
         # Overlay mode: whiteout devices this layer made.  Both modes:
         # directories made for entries below them, without a header.
@@ -94,51 +85,13 @@ class Tree:
         self._opaque: set[RelPath] = set()
         self._fresh: set[RelPath] = set()
         self._own_attrs: set[RelPath] = set()  # implicit ones a marker cut off from below
-        # The caller chose root; following a symlink there is its business.
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.privileged = os.geteuid() == 0
         self.skipped: Counter[str] = Counter()
         self.skipped_paths: set[RelPath] = set()
-        self._fds: OrderedDict[RelPath, tuple[int, RelPath]] = OrderedDict()
-        self._retired: list[int] = []
         self._created: set[RelPath] = set()
         self._ancestors: set[RelPath] = set()  # strict ancestors of _created
         self._holding: set[RelPath] = set()  # strict ancestors of the entries written
         self._dirs: dict[RelPath, tuple[int, int]] = {}
-        # Times of directories as the layer found them: adding or removing a
-        # child changes a directory's mtime, and (as umoci does) a directory
-        # the layer has no header for keeps the time the lower layer gave it.
-        self._found_times: dict[RelPath, tuple[int, int]] = {}
-
-    def __enter__(self) -> Tree:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._invalidate()
-        self.release()
-        os.close(self.root_fd)
-
-    def release(self) -> None:
-        """Close descriptors that left the cache; called between entries."""
-        while self._retired:
-            os.close(self._retired.pop())
-
-    def _invalidate(self) -> None:
-        self._retired.extend(fd for fd, _ in self._fds.values())
-        self._fds.clear()
-
-    def _cache(self, path: RelPath, found: tuple[int, RelPath]) -> None:
-        old = self._fds.pop(path, None)
-        if old is not None:
-            self._retired.append(old[0])
-        self._fds[path] = found
-        if len(self._fds) > FD_CACHE_SIZE:
-            self._retired.append(self._fds.popitem(last=False)[1][0])
 
     def mark_created(self, path: RelPath, *, entry: bool = True) -> None:
         """Record that the layer made ``path``: an entry, or (not ``entry``) a directory for one."""
@@ -153,132 +106,17 @@ class Tree:
     def defer_dir(self, path: RelPath, mode: int, mtime_ns: int) -> None:
         self._dirs[path] = (mode, mtime_ns)
 
-    def walk(
-        self,
-        path: RelPath,
-        entry: str,
-        *,
-        create: bool,
-        follow: bool = True,
-        marker: bool = False,
-    ) -> tuple[int, RelPath] | None:
-        """The directory at ``path``: a descriptor (cache-owned) and its resolved path.
+    def make_missing(self, parent_fd: int, path: RelPath) -> int:
+        return self._implicit_dir(parent_fd, path)
 
-        With ``follow``, symlinks on the way are followed inside the rootfs;
-        without, meeting one gives None.  A missing component is made when
-        ``create``, else gives None.  A non-directory on the way is an error
-        when ``create`` (the entry needs a parent), else gives None; so it
-        is for a ``marker`` (whiteout or opaque marker in overlay form),
-        which a non-directory leaves nothing to hide under.
-        """
-        if not path:
-            self._remember(self.root_fd, ())
-            return self.root_fd, ()
-        start, fd, resolved = 0, self.root_fd, path[:0]
-        for end in range(len(path), 0, -1):
-            hit = self._fds.get(path[:end])
-            if hit is not None and (follow or hit[1] == path[:end]):
-                if end == len(path):
-                    self._fds.move_to_end(path)
-                    return hit
-                start, (fd, resolved) = end, hit
-                break
-        found = self._walk(
-            fd, resolved, path[start:], entry, create=create, follow=follow, marker=marker
-        )
-        if found is not None:
-            self._remember(*found)
-            self._cache(path, found)
-        return found
-
-    def _remember(self, fd: int, resolved: RelPath) -> None:
-        if resolved not in self._found_times:
-            st = os.fstat(fd)
-            self._found_times[resolved] = (st.st_atime_ns, st.st_mtime_ns)
-
-    def _walk(
-        self,
-        fd: int,
-        start: RelPath,
-        parts: RelPath,
-        entry: str,
-        *,
-        create: bool,
-        follow: bool,
-        marker: bool,
-    ) -> tuple[int, RelPath] | None:
-        resolved = list(start)
-        todo = list(reversed(parts))
-        owned = done = False
-        hops = 0
-        try:
-            while todo:
-                part = todo.pop()
-                if part == "..":  # only symlink targets bring these
-                    if not resolved:
-                        raise UnsafeLayer(self.layer, entry, "goes through a symlink above root")
-                    step: int | str | None = os.open("..", DIR_FLAGS, dir_fd=fd)
-                    resolved.pop()
-                else:
-                    step = self._step(fd, resolved, part, entry, create=create, marker=marker)
-                if step is None:
-                    return None
-                if isinstance(step, str):
-                    hops += 1
-                    if not follow:
-                        return None
-                    if hops > rules.MAX_SYMLINK_HOPS:
-                        raise UnsafeLayer(self.layer, entry, "goes through too many symlinks")
-                    absolute, more = rules.split_link_target(step)
-                    if absolute:
-                        if owned:
-                            os.close(fd)
-                        fd, owned, resolved = self.root_fd, False, []
-                    todo.extend(reversed(more))
-                    continue
-                if part != "..":
-                    resolved.append(part)
-                if owned:
-                    os.close(fd)
-                fd, owned = step, True
-            if not owned:
-                fd, owned = os.dup(fd), True
-            done = True
-            return fd, tuple(resolved)
-        finally:
-            if owned and not done:
-                os.close(fd)
-
-    def _step(
-        self, fd: int, resolved: list[str], part: str, entry: str, *, create: bool, marker: bool
-    ) -> int | str | None:
-        """Open directory ``part`` in ``fd``: its descriptor, a symlink's target, or None."""
-        try:
-            return os.open(part, DIR_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                return None
-            self._remember(fd, tuple(resolved))  # before the mkdir changes its time
-            return self._implicit_dir(fd, (*resolved, part))
-        except OSError as error:
-            if error.errno not in (errno.ENOTDIR, errno.ELOOP):
-                raise
-        if (
-            create
-            and not marker
-            and (*resolved, part) in self._whiteouts
-            and _is_whiteout(fd, part)
-        ):
+    def replace_non_dir(self, parent_fd: int, path: RelPath) -> int | None:
+        if path in self._whiteouts and _is_whiteout(parent_fd, path[-1]):
             # The layer hid a lower NAME and puts things in NAME: a fresh,
             # opaque directory is what that means to overlayfs.
-            os.unlink(part, dir_fd=fd)
-            self._invalidate()
-            return self._implicit_dir(fd, (*resolved, part))
-        target = _readlink(fd, part)
-        if target is None and create and not marker:
-            where = "/".join((*resolved, part))
-            raise bad_entry(self.layer, entry, f"needs {where!r} as a directory")
-        return target
+            os.unlink(path[-1], dir_fd=parent_fd)
+            self.invalidate()
+            return self._implicit_dir(parent_fd, path)
+        return None
 
     def _implicit_dir(self, parent_fd: int, path: RelPath) -> int:
         """Make the missing directory ``path`` for an entry below it."""
@@ -320,7 +158,7 @@ class Tree:
             return make()
 
     def _remove(self, parent_fd: int, name: str) -> None:
-        self._invalidate()
+        self.invalidate()
         if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
             shutil.rmtree(name, dir_fd=parent_fd)
         else:
@@ -328,7 +166,7 @@ class Tree:
 
     def make_dir(self, path: RelPath, parent_fd: int, resolved: RelPath) -> tuple[int, bool]:
         """The directory at ``path`` (made, or kept if one is there) and whether it was there."""
-        hit = self._fds.get(path)
+        hit = self.cached(path)
         if hit is not None and hit[1] == resolved:
             return hit[0], True
         name = resolved[-1]
@@ -347,9 +185,9 @@ class Tree:
             # What went may have been a symlink ``path`` itself went through
             # ("b/b" over "b -> ."): ``path`` leads elsewhere now, so it is not
             # cached; the descriptor lives until the entry is done.
-            self._retired.append(fd)
+            self.retire(fd)
         else:
-            self._cache(path, (fd, resolved))
+            self.cache(path, (fd, resolved))
         if resolved in self._whiteouts or (replaced and self.overlay):
             # Overlay mode: the layer's own whiteout, or its own non-directory,
             # hid the lower namesake; its own directory there is an opaque one.
@@ -472,7 +310,7 @@ class Tree:
         except FileNotFoundError:
             return
         if path not in self._created and path not in self._ancestors:
-            self._remember(parent_fd, path[:-1])  # before the removal changes its time
+            self.remember(parent_fd, path[:-1])  # before the removal changes its time
             self._remove(parent_fd, name)
         elif stat.S_ISDIR(mode):
             # Ours, or holding something of ours: its lower children go.
@@ -507,29 +345,10 @@ class Tree:
                 raise backend_error(self.layer, entry, error) from error
             finally:
                 self.release()
-        self._restore_found_times()
+        # The layer's own header decided the times of its directories.
+        self.restore_found_times(self._dirs)
         for what, count in sorted(self.skipped.items()):
             log.warning("layer %s: skipped %d %s", self.layer, count, what)
-
-    def _restore_found_times(self) -> None:
-        for path, times in list(self._found_times.items()):
-            if path in self._dirs:
-                continue  # the layer's own header decided this one's time
-            if not path:
-                os.utime(self.root_fd, ns=times)
-                continue
-            found = self.walk(path[:-1], "/".join(path), create=False, follow=False)
-            try:
-                if found is not None:
-                    fd = os.open(path[-1], DIR_FLAGS, dir_fd=found[0])
-                    try:
-                        os.utime(fd, ns=times)
-                    finally:
-                        os.close(fd)
-            except OSError:
-                continue  # removed or replaced later in the layer: nothing to keep
-            finally:
-                self.release()
 
 
 class LinkOutsideLayer(BackendError):
@@ -562,15 +381,6 @@ def _is_whiteout(dir_fd: int, name: str) -> bool:
     """Whether ``name`` is still the whiteout the layer made (an entry may have replaced it)."""
     found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
-
-
-def _readlink(dir_fd: int, name: str) -> str | None:
-    try:
-        return os.readlink(name, dir_fd=dir_fd)
-    except OSError as error:
-        if error.errno == errno.EINVAL:  # not a symlink
-            return None
-        raise
 
 
 def backend_error(layer: str, entry: str, error: OSError) -> BackendError:

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.base import LayerFile, Rootfs
+from backends.apply import LayerFile, local_files
+from backends.base import Rootfs
 from backends.extracted import extracted_layer
 from backends.mounts import bind_mount, unmount, unmount_all_under
 from providers.errors import BackendError
+from providers.manifest import Layer
+from providers.source import LocalBlobSource
 from providers.tar_stream import LayerLimits
 
 
@@ -28,7 +31,9 @@ class BindBackend:
         self.tmp_dir = tmp_dir
         self.limits = limits
 
-    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+    def provision(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> Rootfs:
         if writable:
             # Read-only, as in Mesos (writes need volumes): refused, never given silently.
             raise BackendError(
@@ -39,16 +44,18 @@ class BindBackend:
             raise BackendError(
                 f"the bind backend needs an image of exactly one layer, this one has {len(layers)}"
             )
-        source = self.extracted(layers[0])
+        source = self.extracted(*local_files(layers, blobs))
         rootfs.mkdir(mode=0o755)
         bind_mount(source, rootfs, readonly=True)
         return Rootfs(rootfs, self.name, writable=False)
 
-    def remount(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> None:
+    def remount(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> None:
         """Bind the extracted layer (extracted again if it went) on ``rootfs`` again."""
         if writable or len(layers) != 1:
             raise BackendError("the bind backend never made this rootfs")
-        source = self.extracted(layers[0])
+        source = self.extracted(*local_files(layers, blobs))
         unmount(rootfs)  # whatever is left there
         bind_mount(source, rootfs, readonly=True)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.apply import apply_layers
-from backends.base import LayerFile, Rootfs
+from backends.apply import apply_layers, local_files
+from backends.base import Rootfs
 from backends.mounts import unmount_all_under
 from providers.fstree import remove_tree
+from providers.manifest import Layer
+from providers.source import LocalBlobSource
 from providers.tar_stream import LayerLimits
 
 
@@ -20,9 +22,12 @@ class CopyBackend:
     def __init__(self, limits: LayerLimits | None = None) -> None:
         self.limits = limits
 
-    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+    def provision(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> Rootfs:
+        files = local_files(layers, blobs)
         rootfs.mkdir(mode=0o755)
-        apply_layers(rootfs, layers, limits=self.limits)
+        apply_layers(rootfs, files, limits=self.limits)
         # The tree is the container's own, so it is writable whatever was asked.
         return Rootfs(rootfs, self.name, writable=True)
 

@@ -36,9 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from backends.apply import apply_layers
+from backends.apply import LayerFile, apply_layers
 from backends.apply_tree import MadeDirs
-from backends.base import LayerFile
 from providers.digest import hex_part
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock

@@ -1,11 +1,17 @@
 """The fuse backend: lazyfs' own merged tree over the layer blobs, one mount process per rootfs.
 
-Nothing is extracted: each layer is indexed once into the store
-(``layers/<hex>/index.json``, see ``lazyfs.index.model``), each image's merged
-tree is kept beside its top layer's index (``lazyfs.tree.kept``), and the
-rootfs is a FUSE mount served by a process of its own (``lazyfs.fs.mount``),
-detached from the caller.  Per rootfs, ``<rootfs>/../../scratch/<rootfs name>/`` (as the
-overlay backend keeps its scratch) holds ``pid``, the mount process, and
+Nothing is extracted, and no layer needs to be a local file here: the
+rootfs is a FUSE mount served by a process of its own (``lazyfs.fs.mount``,
+given the layers' descriptors and the store's root), detached from the
+caller.  That process indexes each layer once into the store
+(``layers/<hex>/index.json``, see ``lazyfs.index.model``) and keeps each
+image's merged tree beside its top layer's index (``lazyfs.tree.kept``);
+this module loads none of that code.  The ``blobs`` a backend is given are
+not read here: for now the mount process reads the blobs in the store, as
+the store says where they are (the cache daemon will serve them instead).
+
+Per rootfs, ``<rootfs>/../../scratch/<rootfs name>/`` (as the overlay
+backend keeps its scratch) holds ``pid``, the mount process, and
 ``mount.log``, its log; for a writable rootfs also ``upper/``, its writes
 in overlayfs' upperdir format, and ``work/``, copy-up temporaries (see
 ``lazyfs.fs.upper``).
@@ -24,11 +30,13 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.base import LayerFile, Rootfs, scratch_dir
-from backends.mounts import unmount
+from backends.base import Rootfs, scratch_dir
+from backends.mounts import mount_points, unmount
 from lazyfs.fs import mount as lazy_mount
 from providers.errors import BackendError
 from providers.fstree import remove_tree
+from providers.manifest import Layer
+from providers.source import LocalBlobSource
 from providers.tar_stream import LayerLimits
 
 
@@ -37,12 +45,14 @@ class FuseBackend:
 
     name = "fuse"
 
-    def __init__(self, layers_dir: Path, tmp_dir: Path, limits: LayerLimits | None = None) -> None:
-        self.layers_dir = layers_dir
-        self.tmp_dir = tmp_dir
+    def __init__(self, store: Path, limits: LayerLimits | None = None) -> None:
+        # The store's root: the mount process reads the blobs and indexes there.
+        self.store = store
         self.limits = limits
 
-    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+    def provision(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> Rootfs:
         if not layers:
             raise BackendError("the fuse backend needs an image of at least one layer")
         scratch = scratch_dir(rootfs)
@@ -59,7 +69,9 @@ class FuseBackend:
             raise
         return Rootfs(rootfs, self.name, writable=writable)
 
-    def remount(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> None:
+    def remount(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> None:
         """Start a mount process for a read-only rootfs again; a writable one is refused.
 
         A writable rootfs's writes are in its upper directory, which a new
@@ -76,14 +88,13 @@ class FuseBackend:
         self._mount(scratch, layers, rootfs, writable=False)
 
     def _mount(
-        self, scratch: Path, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool
+        self, scratch: Path, layers: Sequence[Layer], rootfs: Path, *, writable: bool
     ) -> None:
         lazy_mount.mount_recorded(
             scratch,
-            [lazy_mount.MountLayer(layer.digest, layer.path) for layer in layers],
+            layers,
             rootfs,
-            layers_dir=self.layers_dir,
-            tmp_dir=self.tmp_dir,
+            store=self.store,
             writable=writable,
             limits=self.limits,
         )
@@ -91,7 +102,7 @@ class FuseBackend:
     def destroy(self, rootfs: Path) -> None:
         scratch = scratch_dir(rootfs)
         # A runtime may have mounted inside (proc, dev): those go first.
-        inside = [p for p in lazy_mount.mount_points() if rootfs in p.parents]
+        inside = [p for p in mount_points() if rootfs in p.parents]
         for point in sorted(set(inside), key=lambda p: len(p.parts), reverse=True):
             unmount(point)
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))

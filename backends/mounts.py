@@ -1,4 +1,8 @@
-"""mount(2) and umount2(2) through libc, and which mounts lie under a directory."""
+"""mount(2) and umount2(2) through libc, and which mounts lie under a directory.
+
+``is_mounted`` and ``mount_points`` (``providers.mountinfo``) are here too,
+so backends ask one module about mounts.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,19 @@ import errno
 import os
 from pathlib import Path
 
-from lazyfs.fs.mount import is_mounted, mount_points
 from providers.errors import BackendError
+from providers.mountinfo import is_mounted, mount_points
+
+__all__ = [
+    "bind_mount",
+    "is_mounted",
+    "mount",
+    "mount_points",
+    "mount_problem",
+    "mounts_under",
+    "unmount",
+    "unmount_all_under",
+]
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2

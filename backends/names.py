@@ -25,13 +25,20 @@ NAMES = ("copy", "bind", "overlay", "fuse")
 
 
 def make_backend(
-    name: str, layers_dir: Path, tmp_dir: Path, limits: LayerLimits | None = None
+    name: str,
+    *,
+    store: Path,
+    layers_dir: Path,
+    tmp_dir: Path,
+    limits: LayerLimits | None = None,
 ) -> Backend:
     """The backend called ``name``.
 
-    ``layers_dir`` holds per-layer data backends share between containers;
-    ``tmp_dir`` is scratch space on the same filesystem, cleaned by recover;
-    ``limits`` bounds how far a layer unpacks (default: ``LayerLimits()``).
+    ``store`` is the store's root, which the fuse backend's mount process
+    reads; ``layers_dir`` holds per-layer data backends share between
+    containers; ``tmp_dir`` is scratch space on the same filesystem, cleaned
+    by recover; ``limits`` bounds how far a layer unpacks (default:
+    ``LayerLimits()``).
     """
     if name == "copy":
         return CopyBackend(limits)
@@ -40,7 +47,7 @@ def make_backend(
     if name == "overlay":
         return OverlayBackend(layers_dir, tmp_dir, limits)
     if name == "fuse":
-        return FuseBackend(layers_dir, tmp_dir, limits)
+        return FuseBackend(store, limits)
     raise BackendError(f"unknown backend {name!r}; known: {', '.join(NAMES)}")
 
 

@@ -51,10 +51,11 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from backends.apply import LayerFile, local_files
 from backends.apply_tree import LinkOutsideLayer
-from backends.base import LayerFile, Rootfs, scratch_dir
+from backends.base import Rootfs, scratch_dir
 from backends.extracted import extracted_layer, made_dirs
-from backends.mounts import MS_PRIVATE, mount, unmount, unmount_all_under
+from backends.mounts import MS_PRIVATE, mount, mount_points, unmount, unmount_all_under
 from backends.overlay_dirs import (
     LowerDir,
     first_mounted,
@@ -62,11 +63,12 @@ from backends.overlay_dirs import (
     union_kind,
     write_top_dirs,
 )
-from lazyfs.fs.mount import mount_points
 from providers.errors import BackendError
 from providers.fstree import remove_tree
 from providers.layer_entry import link_to_directory, no_link_source
+from providers.manifest import Layer
 from providers.private_dir import private_dir
+from providers.source import LocalBlobSource
 from providers.tar_stream import LayerLimits
 
 # mount(2) takes its options in one page, the terminating NUL included.
@@ -83,10 +85,12 @@ class OverlayBackend:
         self.tmp_dir = tmp_dir
         self.limits = limits
 
-    def provision(self, layers: Sequence[LayerFile], rootfs: Path, *, writable: bool) -> Rootfs:
+    def provision(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> Rootfs:
         if not layers:
             raise BackendError("the overlay backend needs an image of at least one layer")
-        lowers = self._lowers(layers)
+        lowers = self._lowers(local_files(layers, blobs))
         first = first_mounted(lowers)
         scratch = scratch_dir(rootfs)
         private_dir(scratch.parent)

@@ -27,21 +27,25 @@ the name's slashes kept.  Blocking.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import platform
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlparse
+
+import requests
+import urllib3
 
 from providers.aci import AciInfo, read_aci
 from providers.appc_manifest import AciManifest, parse_aci_manifest
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
+from providers.http_session import new_session, redact, send
 from providers.private_dir import private_dir
+from providers.retry import checkpoint, short_cause
 
 DEFAULTS_KEYS = ("os", "arch", "version")
 # uname's machine to the App Container spec's Linux arch label.  The spec
@@ -141,24 +145,63 @@ def discovery_location(prefix: str, name: str, labels: Mapping[str, str]) -> str
 
 @contextlib.contextmanager
 def open_location(location: str) -> Iterator[BinaryIO]:
-    """Open a discovered ACI for reading: NotFound when it is not there."""
+    """Open a discovered ACI for reading: NotFound when it is not there.
+
+    Over HTTP, the answer's headers must arrive within ``HTTP_TIMEOUT``
+    seconds, and the body may go silent that long; TemporaryFailure (while
+    opening, or from the stream's reads) says trying again may help. Not
+    retried here: the caller retries the whole fetch (providers.appc_source).
+    """
     if urlparse(location).scheme not in ("http", "https"):
         try:
             with open(location, "rb") as file:
                 yield file
         except FileNotFoundError:
-            raise NotFound(f"appc image {location} not found") from None
+            raise NotFound(f"appc image {location} not found", url=location) from None
         return
     try:
-        response = urllib.request.urlopen(location, timeout=HTTP_TIMEOUT)
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            raise NotFound(f"appc image {location} not found (HTTP 404)") from None
-        if error.code >= 500 or error.code == 429:
-            raise TemporaryFailure(f"appc image {location}: HTTP {error.code}") from None
-        raise BadImage(f"appc image {location}: HTTP {error.code}") from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise TemporaryFailure(f"appc image {location}: {reason}") from None
-    with response:
-        yield response
+        response = send(new_session(), "GET", location, seconds=HTTP_TIMEOUT)
+    except requests.Timeout:
+        raise TemporaryFailure(
+            f"appc image {location}: no answer within {HTTP_TIMEOUT} s", url=redact(location)
+        ) from None
+    except requests.RequestException as error:
+        raise TemporaryFailure(
+            f"appc image {location}: {short_cause(error)}", url=redact(location)
+        ) from None
+    with contextlib.closing(response):
+        status = response.status_code
+        if status == 404:
+            raise NotFound(f"appc image {location} not found (HTTP 404)", url=redact(location))
+        if status >= 500 or status == 429:
+            raise TemporaryFailure(
+                f"appc image {location}: HTTP {status}", url=redact(location), status=status
+            )
+        if status != 200:
+            raise BadImage(f"appc image {location}: HTTP {status}")
+        yield cast(BinaryIO, io.BufferedReader(_Body(response, location), CHUNK))
+
+
+CHUNK = 1 << 16
+
+
+class _Body(io.RawIOBase):
+    """An HTTP answer's body as sent; a connection that breaks is a TemporaryFailure."""
+
+    def __init__(self, response: requests.Response, location: str) -> None:
+        super().__init__()
+        self._raw = response.raw
+        self._location = location
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        checkpoint()
+        try:
+            return int(self._raw.readinto(buffer))
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            # Not an OSError: the ACI reader takes those for a damaged archive.
+            raise TemporaryFailure(
+                f"appc image {self._location}: {short_cause(error)}", url=redact(self._location)
+            ) from error

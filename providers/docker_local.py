@@ -50,6 +50,7 @@ from providers.oci_layout import (
     open_location,
     resolve_layout,
 )
+from providers.source import clamp_range
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -207,9 +208,7 @@ class LocalPuller:
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes of the blob from ``offset``; short only at its end."""
         where = self._where(digest)
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative range {offset}+{length}")
-        length = max(0, min(length, where.size - offset))
+        length = clamp_range(offset, length, where.size)
         with open_location(BlobLocation(where.path, where.offset + offset, length)) as stream:
             return stream.read()
 
@@ -217,5 +216,7 @@ class LocalPuller:
         with self._lock:
             where = self._blobs.get(digest)
         if where is None:
-            raise NotFound(f"blob {digest} is not in any image resolved from {self.directory}")
+            raise NotFound(
+                f"blob {digest} is not in any image resolved from {self.directory}", digest=digest
+            )
         return where

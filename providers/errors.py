@@ -1,46 +1,107 @@
-"""The errors lazyfs raises, in one tree.
+"""The errors lazyfs raises, in one tree, and the facts each carries.
 
-    LazyfsError                  every error lazyfs means to raise
-    ├── NotFound                 an image, tag, blob or container that is not there
-    ├── Unauthorized             credentials missing or refused
-    ├── DigestMismatch           bytes whose digest or size is not what was promised
-    ├── BadImage                 an image, manifest, reference or layer we cannot use
-    │   ├── InvalidReference     a reference that breaks the reference grammar
-    │   └── UnsafeLayer          a layer entry that would escape the rootfs
-    ├── TemporaryFailure         worth retrying: connection reset, 429, 5xx
+    LazyfsError                  every error lazyfs means to raise    image
+    ├── NotFound                 an image, tag, blob or container     digest, url
+    │                            that is not there
+    ├── Unauthorized             credentials missing or refused,      url, status
+    │                            or a server that cannot be trusted
+    ├── DigestMismatch           bytes whose digest or size is not    what, expected, actual
+    │                            what was promised
+    ├── BadImage                 an image, manifest, reference or
+    │   │                        layer we cannot use
+    │   ├── InvalidReference     a reference that breaks the grammar  reference, reason
+    │   └── UnsafeLayer          a layer entry that would escape      layer, entry, reason
+    │                            the rootfs
+    ├── TemporaryFailure         worth retrying: connection reset,    url, status
+    │                            429, 5xx, no answer in time
     ├── Conflict                 a container id already provisioned
     ├── BackendError             a backend cannot do what was asked
     └── UsageError               an argument the caller got wrong (container id, flag)
 
-Each error carries its facts as attributes and renders them as one line, so
-the CLI can print ``str(error)`` and nothing else. Lower-level exceptions
-(OSError, HTTP errors, JSON errors) are translated at one boundary each and
-chained with ``raise ... from``.
+Each error renders its facts as one line, so the CLI can print
+``str(error)`` and nothing else, and carries them as attributes, so code
+never reads them back out of the message. Every error has ``image``: the
+image its message starts with (``rich:oci: not found: ...``), or None when
+the code that raised it did not know the image (the store checking a blob,
+a pure parser). ``for_image`` names the image for such an error, once.
+``url`` never holds credentials or a query (providers.registry_http.redact);
+``status`` is the HTTP status that meant the error, when one did.
+DigestMismatch's ``expected`` is what was wanted, ``actual`` what was got.
+
+Lower-level exceptions (OSError, HTTP errors, JSON errors) are translated
+at one boundary each and chained with ``raise ... from``.
 """
 
 from __future__ import annotations
+
+from typing import Self
 
 
 class LazyfsError(Exception):
     """Base of every error lazyfs raises on purpose."""
 
+    def __init__(self, message: str = "", *, image: str | None = None) -> None:
+        super().__init__(message)
+        self.image = image
+
+    def for_image(self, image: str) -> Self:
+        """This error with its message starting with ``image``; itself if it already does.
+
+        The copy keeps every fact and has this error as its cause.
+        """
+        if self.image == image:
+            return self
+        named = type(self).__new__(type(self))
+        named.__dict__.update(self.__dict__)
+        named.args = (f"{image}: {self}",)
+        named.image = image
+        named._renamed(image)
+        named.__cause__ = self
+        return named
+
+    def _renamed(self, image: str) -> None:
+        """Update facts that repeat the message's start; most errors have none."""
+
 
 class NotFound(LazyfsError):
-    pass
+    def __init__(
+        self,
+        message: str,
+        *,
+        digest: str | None = None,
+        url: str | None = None,
+        image: str | None = None,
+    ) -> None:
+        super().__init__(message, image=image)
+        self.digest = digest
+        self.url = url
 
 
 class Unauthorized(LazyfsError):
-    pass
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        image: str | None = None,
+    ) -> None:
+        super().__init__(message, image=image)
+        self.url = url
+        self.status = status
 
 
 class DigestMismatch(LazyfsError):
     """Bytes that do not hash (or measure) to what the manifest promised."""
 
-    def __init__(self, what: str, *, expected: str, actual: str) -> None:
-        super().__init__(f"{what}: expected {expected}, got {actual}")
+    def __init__(self, what: str, *, expected: str, actual: str, image: str | None = None) -> None:
+        super().__init__(f"{what}: expected {expected}, got {actual}", image=image)
         self.what = what
         self.expected = expected
         self.actual = actual
+
+    def _renamed(self, image: str) -> None:
+        self.what = f"{image}: {self.what}"
 
 
 class BadImage(LazyfsError):
@@ -65,7 +126,17 @@ class UnsafeLayer(BadImage):
 
 
 class TemporaryFailure(LazyfsError):
-    pass
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        image: str | None = None,
+    ) -> None:
+        super().__init__(message, image=image)
+        self.url = url
+        self.status = status
 
 
 class Conflict(LazyfsError):

@@ -5,7 +5,8 @@ The local puller reads three tar forms (legacy ``docker save``, its
 of them are "named files": this module gives one way to read those names from
 a tar without extracting it (``TarFiles``: member offsets are indexed once, a
 blob is a byte range of the tar) or from a directory (``DirFiles``), plus the
-OCI layout walk (index -> manifest -> config -> layers) over either.
+OCI layout walk (index -> manifest -> config -> layers) over either. Which
+entry of a multi-platform index is taken is providers.platforms' choice.
 
 Every descriptor's digest and size is checked when its manifest, index or
 config is read; layer bytes are only located here, and checked by whoever
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import platform
 import posixpath
 import tarfile
 from dataclasses import dataclass
@@ -36,10 +36,12 @@ from providers.manifest import (
     ImageManifest,
     Layer,
     load_json,
-    parse_descriptor,
     parse_image_config,
     parse_image_manifest,
 )
+from providers.platforms import Platform as Platform  # re-exported: older callers
+from providers.platforms import annotation, index_entries, select_platform
+from providers.platforms import host_arch as host_arch  # re-exported: older callers
 
 # A docker save of a large image has a few thousand members; a million is abuse.
 MEMBER_LIMIT = 1_000_000
@@ -49,44 +51,6 @@ _LINK_HOPS = 16
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
-ATTESTATION_KEY = "vnd.docker.reference.type"
-
-# platform.machine() spellings to GOARCH, which OCI platforms use.
-_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "arm",
-    "armv6l": "arm",
-    "i386": "386",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-}
-
-
-def host_arch() -> str:
-    machine = platform.machine()
-    return _ARCH.get(machine, machine)
-
-
-@dataclass(frozen=True)
-class Platform:
-    """An OCI platform: ``linux/amd64``, ``linux/arm/v7``."""
-
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-def host_platform() -> Platform:
-    """The platform picked from an index when none is asked for."""
-    return Platform("linux", host_arch())
 
 
 @dataclass(frozen=True)
@@ -272,20 +236,6 @@ def read_blob(files: Files, desc: Descriptor, what: str) -> bytes:
     return data
 
 
-def index_entries(doc: Any, what: str) -> list[Descriptor]:
-    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
-        raise BadImage(f"{what} has no manifests list")
-    return [parse_descriptor(item, f"{what} entry {i}") for i, item in enumerate(doc["manifests"])]
-
-
-def _annotation(desc: Descriptor, key: str) -> str | None:
-    if isinstance(desc.annotations, dict):
-        value = desc.annotations.get(key)
-        if isinstance(value, str):
-            return value
-    return None
-
-
 def _unique(found: list[Descriptor], label: str, wanted: str) -> Descriptor | None:
     if not found:
         return None
@@ -308,11 +258,11 @@ def select_entry(
             if entry.digest == digest:
                 return entry
     tiers: list[list[Descriptor]] = [
-        [e for e in entries if _annotation(e, CONTAINERD_NAME) == full_ref],
-        [e for e in entries if _annotation(e, REF_NAME) == full_ref],
+        [e for e in entries if annotation(e, CONTAINERD_NAME) == full_ref],
+        [e for e in entries if annotation(e, REF_NAME) == full_ref],
     ]
     if tag is not None:
-        tiers.append([e for e in entries if _annotation(e, REF_NAME) == tag])
+        tiers.append([e for e in entries if annotation(e, REF_NAME) == tag])
     for tier in tiers:
         chosen = _unique(tier, label, full_ref)
         if chosen is not None:
@@ -320,46 +270,9 @@ def select_entry(
     if len(entries) == 1:
         return entries[0]
     names = sorted(
-        {_annotation(e, REF_NAME) or _annotation(e, CONTAINERD_NAME) or e.digest for e in entries}
+        {annotation(e, REF_NAME) or annotation(e, CONTAINERD_NAME) or e.digest for e in entries}
     )
     raise NotFound(f"{label}: no image for {full_ref} (has {', '.join(names) or 'nothing'})")
-
-
-def _is_attestation(desc: Descriptor) -> bool:
-    plat = desc.platform if isinstance(desc.platform, dict) else {}
-    return plat.get("os") == "unknown" or _annotation(desc, ATTESTATION_KEY) is not None
-
-
-def select_platform(
-    entries: list[Descriptor], label: str, wanted: Platform | None = None
-) -> Descriptor:
-    """The ``wanted`` (default linux/<host arch>) manifest of a multi-platform index.
-
-    Attestation manifests (``unknown/unknown``, buildkit's reference-type
-    annotation) are never chosen, so an index holding one image plus its
-    attestation resolves to the image. An entry without a platform is taken
-    only when it is the one image there is. ``variant``, when given, must
-    match too (``arm/v7``).
-    """
-    wanted = wanted or host_platform()
-    os_name, arch, variant = wanted.os, wanted.architecture, wanted.variant
-    images = [e for e in entries if not _is_attestation(e)]
-    for entry in images:
-        plat = entry.platform if isinstance(entry.platform, dict) else {}
-        # Among variants (arm v6/v7) the first listed wins, as containerd's default does.
-        if (
-            plat.get("os") == os_name
-            and plat.get("architecture") == arch
-            and (variant is None or plat.get("variant") == variant)
-        ):
-            return entry
-    if len(images) == 1 and not isinstance(images[0].platform, dict):
-        return images[0]
-    offered = sorted(
-        "/".join(str(p[k]) for k in ("os", "architecture", "variant") if p.get(k))
-        for p in (e.platform if isinstance(e.platform, dict) else {} for e in images)
-    )
-    raise NotFound(f"{label}: no {wanted} image (index offers {', '.join(offered) or 'nothing'})")
 
 
 def _is_index(desc: Descriptor) -> bool:

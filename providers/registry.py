@@ -34,20 +34,18 @@ import io
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
 
 import requests
 
-from providers.digest import Digest, VerifyingReader, digest_bytes
+from providers.digest import Digest
 from providers.errors import (
     BadImage,
     DigestMismatch,
     LazyfsError,
     NotFound,
     TemporaryFailure,
-    UsageError,
 )
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
@@ -63,18 +61,27 @@ from providers.manifest import (
     parse_image_config,
     parse_image_manifest,
 )
-from providers.oci_layout import INDEX_DEPTH_LIMIT, Platform, index_entries, select_platform
+from providers.oci_layout import INDEX_DEPTH_LIMIT
+from providers.platforms import Platform, index_entries, select_platform
+from providers.platforms import parse_platform as parse_platform  # re-exported: the CLI's
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
-from providers.registry_blob import BlobStream
+from providers.registry_blob import BlobStream, read_blob_range
+from providers.registry_checks import (
+    DOCKER_SCHEMA1,
+    DOCKER_SCHEMA1_SIGNED,
+    again_on_mismatch,
+    manifest_digest,
+    named,
+    once_more,
+    verify,
+)
 from providers.registry_http import HttpOptions, RegistryHttp, redact
-from providers.retry import Deadline, is_temporary
-from providers.schema1 import parse_schema1, schema1_digest
+from providers.retry import Again, Deadline, is_temporary, retrying
+from providers.schema1 import parse_schema1
+from providers.source import clamp_range
 
 log = logging.getLogger(__name__)
 
-DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
-DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-T = TypeVar("T")
 # Schema 1 last and weighted down: only a registry with nothing newer sends it.
 ACCEPT = ", ".join(
     [
@@ -86,14 +93,6 @@ ACCEPT = ", ".join(
         f"{DOCKER_SCHEMA1};q=0.5",
     ]
 )
-
-
-def parse_platform(text: str) -> Platform:
-    """``os/arch[/variant]`` as ``--platform`` takes it."""
-    parts = text.strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"--platform {text!r}: expected os/arch or os/arch/variant")
-    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
 def is_loopback(host: str) -> bool:
@@ -184,10 +183,10 @@ class RegistryClient:
         data, media_type = self._manifest(
             base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
         )
-        digest = _manifest_digest(data, media_type, image)
+        digest = manifest_digest(data, media_type, image)
         depth = 0
         while True:
-            doc = _named(image, load_json, data, "manifest")
+            doc = named(image, load_json, data, "manifest")
             kind = (doc.get("mediaType") if isinstance(doc, dict) else None) or media_type
             if kind in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED) or (
                 isinstance(doc, dict) and doc.get("schemaVersion") == 1
@@ -202,14 +201,14 @@ class RegistryClient:
             depth += 1
             if depth > INDEX_DEPTH_LIMIT:
                 raise BadImage(f"{image}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
-            entry = _named(image, self._pick, doc, image)
+            entry = named(image, self._pick, doc, image)
             data, media_type = self._manifest(
                 base, ref.repository, entry.digest, image, scope, want=entry
             )
             digest = entry.digest
-        manifest = _named(image, parse_image_manifest, data, media_type)
+        manifest = named(image, parse_image_manifest, data, media_type)
         config = self._config(base, ref.repository, manifest.config, image, scope)
-        runtime, diff_ids = _named(image, parse_image_config, config)
+        runtime, diff_ids = named(image, parse_image_config, config)
         if len(diff_ids) != len(manifest.layers):
             raise BadImage(
                 f"{image}: manifest has {len(manifest.layers)} layers "
@@ -227,7 +226,7 @@ class RegistryClient:
     def _schema1(
         self, base: str, repository: str, data: bytes, digest: Digest, image: str, scope: str
     ) -> ImageManifest:
-        parsed = _named(image, parse_schema1, data)
+        parsed = named(image, parse_schema1, data)
         layers = []
         for layer_digest in parsed.layers:
             # Schema 1 gives no sizes; the registry's answer bounds the download
@@ -264,14 +263,12 @@ class RegistryClient:
         the image was named by). A body that does not verify is asked for
         once more, as Store.ingest does for blobs: corruption on the way is
         seldom repeated."""
-        for last_try in (False, True):
-            try:
-                return self._manifest_once(base, repository, tag_or_digest, image, scope, want)
-            except DigestMismatch as exc:
-                if last_try:
-                    raise
-                log.warning("%s; asking again", exc)
-        raise AssertionError("unreachable: the last try returns or raises")
+        return retrying(
+            once_more(),
+            lambda: again_on_mismatch(
+                lambda: self._manifest_once(base, repository, tag_or_digest, image, scope, want)
+            ),
+        )
 
     def _manifest_once(
         self,
@@ -283,30 +280,32 @@ class RegistryClient:
         want: Descriptor | Digest | None,
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
-        retries = self.http.retries(Deadline(0))
-        while True:
+
+        def attempt() -> tuple[requests.Response, bytes]:
             response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
             try:
-                data = self._read_limited(response, image, url)
-                break
+                return response, self._read_limited(response, image, url)
             except TemporaryFailure as exc:
                 # The body broke after the headers: ask again, as for a failed request.
-                if not retries.again(str(exc)):
-                    raise
+                raise Again(str(exc), exc) from exc
+
+        response, data = retrying(self.http.retries(Deadline(0)), attempt)
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         sent = response.headers.get("Docker-Content-Digest", "")
         if sent.startswith("sha256:"):
-            actual = _manifest_digest(data, media_type, image)
+            actual = manifest_digest(data, media_type, image)
             if sent != actual:
                 raise DigestMismatch(
-                    f"{image}: manifest at {redact(url)}", expected=sent, actual=actual
+                    f"{image}: manifest at {redact(url)}", expected=sent, actual=actual, image=image
                 )
         if isinstance(want, Descriptor):
-            _verify(data, want, f"{image}: manifest {want.digest}")
+            verify(data, want, image, f"manifest {want.digest}")
         elif want is not None:
-            actual = _manifest_digest(data, media_type, image)
+            actual = manifest_digest(data, media_type, image)
             if actual != want:
-                raise DigestMismatch(f"{image}: manifest", expected=want, actual=actual)
+                raise DigestMismatch(
+                    f"{image}: manifest", expected=want, actual=actual, image=image
+                )
         return data, media_type
 
     def _config(
@@ -315,20 +314,17 @@ class RegistryClient:
         if desc.size > METADATA_LIMIT:
             raise BadImage(f"{image}: config {desc.digest} is larger than {METADATA_LIMIT} bytes")
         url = f"{base}/v2/{repository}/blobs/{desc.digest}"
-        for last_try in (False, True):
+
+        def attempt() -> bytes:
             # Read as a blob: its size is known, so a broken transfer resumes.
             stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
             with contextlib.closing(stream):
                 data = stream.readall()
-            try:
-                _verify(data, desc, f"{image}: config {desc.digest}")
-                return data
-            except DigestMismatch as exc:
-                if last_try:
-                    raise
-                # As for manifests and layers: a corrupted body is asked for once more.
-                log.warning("%s; asking again", exc)
-        raise AssertionError("unreachable: the last try returns or raises")
+            verify(data, desc, image, f"config {desc.digest}")
+            return data
+
+        # As for manifests and layers: a corrupted body is asked for once more.
+        return retrying(once_more(), lambda: again_on_mismatch(attempt))
 
     def _read_limited(self, response: requests.Response, image: str, url: str) -> bytes:
         try:
@@ -336,7 +332,9 @@ class RegistryClient:
         except Exception as exc:
             if not is_temporary(exc):
                 raise
-            raise TemporaryFailure(f"{image}: reading {redact(url)} failed: {exc}") from exc
+            raise TemporaryFailure(
+                f"{image}: reading {redact(url)} failed: {exc}", url=redact(url), image=image
+            ) from exc
         if data is None:
             raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
         return data
@@ -347,7 +345,9 @@ class RegistryClient:
         with self._lock:
             home = self._blobs.get(digest)
         if home is None:
-            raise NotFound(f"blob {digest} is not in any image this registry client resolved")
+            raise NotFound(
+                f"blob {digest} is not in any image this registry client resolved", digest=digest
+            )
         return home
 
     def open(self, digest: Digest) -> BinaryIO:
@@ -363,53 +363,12 @@ class RegistryClient:
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes of the blob from ``offset``; short only at its end."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"negative range {offset}+{length}")
         home = self._home(digest)
-        length = max(0, min(length, home.size - offset))
+        length = clamp_range(offset, length, home.size)
         if length == 0:
             return b""
         url = f"{home.base}/v2/{home.repository}/blobs/{digest}"
-        response = self.http.get(
-            url,
-            image=home.image,
-            scope=f"repository:{home.repository}:pull",
-            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-            ok=(200, 206),
+        scope = f"repository:{home.repository}:pull"
+        return read_blob_range(
+            self.http, url, image=home.image, scope=scope, offset=offset, length=length
         )
-        # A registry that ignores Range sends the whole blob: read up to the range.
-        skip = offset if response.status_code == 200 else 0
-        data = bytearray()
-        try:
-            for chunk in self.http.body(response, self.http.speed_floor()):
-                data += chunk
-                if len(data) >= skip + length:
-                    break
-        except Exception as exc:
-            if not is_temporary(exc):
-                raise
-            raise TemporaryFailure(f"{home.image}: reading {redact(url)} failed: {exc}") from exc
-        finally:
-            response.close()
-        return bytes(data[skip : skip + length])
-
-
-def _manifest_digest(data: bytes, media_type: str, image: str) -> Digest:
-    """The digest that names a manifest; a signed schema 1's leaves out its signatures."""
-    if media_type == DOCKER_SCHEMA1_SIGNED:
-        return _named(image, schema1_digest, data)
-    return digest_bytes(data)
-
-
-def _named(image: str, parse: Callable[..., T], *args: Any) -> T:
-    """Run a pure parser; its BadImage gains the image's name."""
-    try:
-        return parse(*args)
-    except BadImage as exc:
-        if str(exc).startswith(f"{image}:"):
-            raise
-        raise BadImage(f"{image}: {exc}") from exc
-
-
-def _verify(data: bytes, desc: Descriptor, what: str) -> None:
-    VerifyingReader(io.BytesIO(data), desc.digest, desc.size, what).read()

@@ -5,10 +5,14 @@ breaks midway (reset, a body shorter than its Content-Length, a body slower
 than the speed floor or silent for its window) it asks again from where it
 stopped with ``Range: bytes=N-``; a registry that ignores the range and
 answers 200 with the whole body has its first N bytes skipped. Failures are
-counted by one providers.retry.Retries: ``attempts`` in a row without
-progress (a speed window's worth of bytes, so a trickle that brings a byte
+counted by one providers.retry.Retries (through ``retrying``): ``attempts``
+in a row without progress (a speed window's worth of bytes, so a trickle that brings a byte
 per resume does not count as progress), or the blob's deadline
 (``blob_timeout``), end the download with TemporaryFailure.
+
+``read_blob_range`` reads one range of a blob, asking again (through
+providers.retry) when its body breaks off or ends early; a registry that
+ignores Range and answers 200 has the bytes before the range skipped.
 
 The stream is not verified: callers wrap it in providers.digest.VerifyingReader
 (Store.ingest does), so a corrupted byte is caught at EOF and nothing is kept.
@@ -26,8 +30,8 @@ from typing import Any
 import requests
 
 from providers.errors import TemporaryFailure
-from providers.registry_http import RegistryHttp, _why, redact
-from providers.retry import Deadline, is_temporary, seconds
+from providers.registry_http import RegistryHttp, redact
+from providers.retry import Again, Deadline, is_temporary, retrying, seconds, short_cause
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -62,29 +66,42 @@ class BlobStream(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if len(view) == 0 or (self._size is not None and self._pos >= self._size):
             return 0
-        while True:
-            deadline = self._retries.deadline
-            if deadline.expired():
-                self._drop()
-                raise TemporaryFailure(
-                    f"{self._image}: blob download from {redact(self._url)} did not finish "
-                    f"within {seconds(deadline.seconds)} s (at byte {self._pos})"
-                )
-            try:
-                data = self._next()
-            except Exception as exc:
-                if not is_temporary(exc):
-                    raise
-                self._broken(exc)
-                continue
-            count = min(len(view), len(data))
-            view[:count] = data[:count]
-            self._pending = data[count:]
-            self._pos += count
-            self._since_failure += count
-            if self._since_failure >= self._progress:
-                self._retries.progressed()
-            return count
+        data = retrying(self._retries, self._attempt)
+        count = min(len(view), len(data))
+        view[:count] = data[:count]
+        self._pending = data[count:]
+        self._pos += count
+        self._since_failure += count
+        if self._since_failure >= self._progress:
+            self._retries.progressed()
+        return count
+
+    def _attempt(self) -> bytes:
+        """The next bytes, opening or resuming as needed; Again when the transfer broke."""
+        deadline = self._retries.deadline
+        if deadline.expired():
+            self._drop()
+            raise TemporaryFailure(
+                f"{self._image}: blob download from {redact(self._url)} did not finish "
+                f"within {seconds(deadline.seconds)} s (at byte {self._pos})",
+                url=redact(self._url),
+                image=self._image,
+            )
+        try:
+            return self._next()
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            self._drop()
+            self._since_failure = 0
+            late = f" (deadline of {seconds(deadline.seconds)} s)" if deadline.seconds > 0 else ""
+            failed = TemporaryFailure(
+                f"{self._image}: blob download from {redact(self._url)} broke at byte "
+                f"{self._pos}: {short_cause(exc)}{late if deadline.expired() else ''}",
+                url=redact(self._url),
+                image=self._image,
+            )
+            raise Again(f"{redact(self._url)}: {short_cause(exc)}", failed) from exc
 
     def _next(self) -> bytes:
         """The next bytes of the body (at least one unless at its end); opens as needed."""
@@ -99,17 +116,6 @@ class BlobStream(io.RawIOBase):
             # The server closed cleanly but early: treat it as a cut.
             raise OSError(f"body ended at {self._pos} of {self._size} bytes")
         return data
-
-    def _broken(self, exc: BaseException) -> None:
-        self._drop()
-        self._since_failure = 0
-        if not self._retries.again(f"{redact(self._url)}: {_why(exc)}"):
-            deadline = self._retries.deadline
-            late = f" (deadline of {seconds(deadline.seconds)} s)" if deadline.seconds > 0 else ""
-            raise TemporaryFailure(
-                f"{self._image}: blob download from {redact(self._url)} broke at byte "
-                f"{self._pos}: {_why(exc)}{late if deadline.expired() else ''}"
-            ) from exc
 
     def _open(self) -> Iterator[bytes]:
         headers = {"Range": f"bytes={self._pos}-"} if self._pos else {}
@@ -155,3 +161,48 @@ def _skip(chunks: Iterator[bytes], count: int) -> bytes:
         if not left:
             return b""
     raise OSError("full-body answer ended before the resume point")
+
+
+def read_blob_range(
+    http: RegistryHttp, url: str, *, image: str, scope: str, offset: int, length: int
+) -> bytes:
+    """``length`` bytes of the blob at ``url`` from ``offset`` (both checked by the caller).
+
+    Raises TemporaryFailure when the registry keeps failing, as ``get`` does.
+    """
+
+    def failure(why: str) -> TemporaryFailure:
+        return TemporaryFailure(
+            f"{image}: reading {redact(url)} failed: {why}", url=redact(url), image=image
+        )
+
+    def attempt() -> bytes:
+        response = http.get(
+            url,
+            image=image,
+            scope=scope,
+            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            ok=(200, 206),
+        )
+        # A registry that ignores Range sends the whole blob: read up to the range.
+        skip = offset if response.status_code == 200 else 0
+        data = bytearray()
+        try:
+            for chunk in http.body(response, http.speed_floor()):
+                data += chunk
+                if len(data) >= skip + length:
+                    break
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            failed = failure(str(exc))
+            raise Again(str(failed), failed) from exc
+        finally:
+            response.close()
+        if len(data) < skip + length:
+            failed = failure("the body ended early")
+            raise Again(str(failed), failed)
+        return bytes(data[skip : skip + length])
+
+    # A body that broke is asked for again, as a failed request is.
+    return retrying(http.retries(Deadline(http.options.blob_timeout)), attempt)

@@ -13,13 +13,16 @@ the cause and the URL (never credentials):
 
 Retries (providers.retry) back off exponentially (``Retry-After`` is
 honoured up to the cap) and end at the request's deadline: ``timeout``
-seconds from the first try to the response's headers. A server that took
-the connection and said nothing has used that deadline up, so it is not
-asked again. Bodies are read with ``body``, under the speed floor:
+seconds from the first try to the response's headers. That deadline holds
+for the whole of each try, however the server dribbles its status line and
+headers (providers.http_session), and for token requests as for registry
+ones. A server that took the connection and did not answer in full has used
+that deadline up, so it is not asked again. Bodies are read with ``body``, under the speed floor:
 ``min_speed`` bytes/s over each ``min_speed_time`` seconds.
+Bodies are read by providers.http_body.
 Authentication follows the registry's challenge: ``Bearer`` fetches a token
-from the realm for the scope and caches it per scope until it expires or
-the registry answers 401 again; ``Basic`` sends the credentials for the
+from the realm for the scope (providers.registry_token) and caches it per
+scope until it expires or the registry answers 401 again; ``Basic`` sends the credentials for the
 host. A redirect to another host loses the Authorization header (requests
 strips it), so blob storage behind a redirect never sees registry secrets.
 
@@ -33,42 +36,38 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from functools import partial
+from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
-from providers.manifest import METADATA_LIMIT
+from providers.http_body import body_chunks, read_capped
+from providers.http_session import new_session, send
+from providers.http_session import redact as redact  # re-exported: the registry's callers use it
 from providers.registry_auth import (
     Challenge,
     Credentials,
     TokenCache,
     normalize_host,
     parse_challenge,
-    parse_token_response,
 )
+from providers.registry_token import fetch_token, token_key
 from providers.retry import (
+    TRANSIENT,
+    Again,
     Backoff,
     Deadline,
     Retries,
     SpeedFloor,
-    TooSlow,
     checkpoint,
-    is_temporary,
+    retrying,
     seconds,
+    short_cause,
 )
 
 log = logging.getLogger(__name__)
 
-# Errors that say the connection, not the registry, failed: worth another try.
-TRANSIENT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
-BODY_CHUNK = 1 << 16
 ERROR_BODY_LIMIT = 1 << 16  # a registry's JSON error says what it has to say in less
 
 
@@ -109,13 +108,6 @@ class HttpOptions:
     blob_timeout: float = 0.0
 
 
-def redact(url: str) -> str:
-    """``url`` without user:password and without the query (tokens hide there)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def _registry_message(body: bytes) -> str:
     """The first ``errors[]`` entry of a registry's JSON error body, if any."""
     try:
@@ -142,10 +134,7 @@ class RegistryHttp:
     def session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
-            session.verify = self.options.ca_file or True
-            # Proxies from the environment would reroute loopback registries.
-            session.trust_env = False
+            session = new_session(self.options.ca_file or True)
             self._local.session = session
         return session
 
@@ -181,52 +170,75 @@ class RegistryHttp:
         response's body is not read yet: the caller reads it with ``body`` or
         ``read_capped`` (which keep to the speed floor) or closes it.
         """
+        retries = self.retries(Deadline(self.options.timeout), attempts)
+        return retrying(
+            retries,
+            lambda: self._get_once(url, image, scope, headers, ok, method, retries.deadline),
+        )
+
+    def _get_once(
+        self,
+        url: str,
+        image: str,
+        scope: str | None,
+        headers: Mapping[str, str] | None,
+        ok: tuple[int, ...],
+        method: str,
+        deadline: Deadline,
+    ) -> requests.Response:
+        """One attempt of ``get``; raises Again when another may succeed."""
         host = urlsplit(url).netloc
-        timeout = self.options.timeout
-        retries = self.retries(Deadline(timeout), attempts)
-        auth_tries = 0
-        while True:
+        # Authenticating after a 401 is not a failed attempt: up to two per attempt.
+        for auth_try in range(3):
             sent = dict(headers or {})
             authorization = self._authorization(host, url, image, scope)
             if authorization is not None:
                 sent["Authorization"] = authorization
-            left = retries.deadline.remaining()
             try:
-                if left <= 0:
-                    raise requests.Timeout("deadline passed before the request")
                 checkpoint()
-                response = self.session().request(
-                    method, url, headers=sent, stream=True, timeout=(left, left)
+                response = send(
+                    self.session(), method, url, seconds=deadline.remaining(), headers=sent
                 )
             except requests.exceptions.SSLError as exc:
-                raise Unauthorized(f"{image}: TLS failure at {redact(url)}: {_why(exc)}") from exc
+                raise Unauthorized(
+                    f"{image}: TLS failure at {redact(url)}: {short_cause(exc)}",
+                    url=redact(url),
+                    image=image,
+                ) from exc
             except requests.Timeout as exc:
                 # Connecting and waiting both got the rest of the deadline: asking
                 # again would only wait past it.
                 raise TemporaryFailure(
-                    f"{image}: no answer from {redact(url)} within {seconds(timeout)} s"
+                    f"{image}: no answer from {redact(url)} within {seconds(deadline.seconds)} s",
+                    url=redact(url),
+                    image=image,
                 ) from exc
             except TRANSIENT as exc:
-                if not retries.again(f"{redact(url)}: {_why(exc)}"):
-                    raise TemporaryFailure(
-                        f"{image}: cannot reach {redact(url)}: {_why(exc)}"
-                    ) from exc
-                continue
-            if response.status_code in ok:
-                return response
+                failed = TemporaryFailure(
+                    f"{image}: cannot reach {redact(url)}: {short_cause(exc)}",
+                    url=redact(url),
+                    image=image,
+                )
+                raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
             status = response.status_code
-            if status == 401 and auth_tries < 2:
-                auth_tries += 1
-                if self._learn_challenge(host, response, url, image, scope, authorization):
-                    response.close()
-                    continue  # authenticating is not a failed attempt
+            if status in ok:
+                return response
+            if (
+                status == 401
+                and auth_try < 2
+                and self._learn_challenge(host, response, url, image, scope, authorization)
+            ):
+                response.close()
+                continue
             if status == 429 or status >= 500:
-                delay = retries.next_delay(response.headers.get("Retry-After"))
-                if delay is not None:
-                    response.close()
-                    retries.wait(delay, f"{redact(url)}: HTTP {status}")
-                    continue
-            self._fail(response, url, image)
+                raise Again(
+                    f"{redact(url)}: HTTP {status}",
+                    partial(self._error, response, url, image),
+                    response.headers.get("Retry-After"),
+                    response.close,
+                )
+            raise self._error(response, url, image)
+        raise AssertionError("unreachable: the last authentication try returns or raises")
 
     def retries(self, deadline: Deadline, attempts: int | None = None) -> Retries:
         """A retry budget for one operation under these options."""
@@ -240,61 +252,20 @@ class RegistryHttp:
     def body(
         self, response: requests.Response, floor: SpeedFloor, *, decode: bool = False
     ) -> Iterator[bytes]:
-        """The body of a streamed ``response`` in chunks as they arrive, under ``floor``.
+        """The body of ``response`` under ``floor`` (providers.http_body.body_chunks).
 
-        Raises TooSlow when the floor is not met or the body goes silent
-        (for a window of the floor, or ``timeout`` when the floor is off);
-        urllib3 errors or OSError when the connection breaks. ``decode``
-        undoes a Content-Encoding (never wanted for blobs: their digest is
-        of the bytes as sent). Checks for cancellation between chunks.
+        A body goes silent for at most a window of the floor, or ``timeout``
+        when the floor is off.
         """
-        floor.restart()
         idle = floor.window if floor.enabled else self.options.timeout
-        connection = response.raw.connection
-        if connection is not None and connection.sock is not None:
-            # The request's timeout was for waiting for the answer; the body's
-            # silences are bounded by the floor's window instead.
-            connection.sock.settimeout(idle)
-        while True:
-            checkpoint()
-            try:
-                # read1: whatever has arrived, so a trickle is measured as it
-                # comes instead of being waited for until a whole chunk fills.
-                data = response.raw.read1(BODY_CHUNK, decode_content=decode)
-            except urllib3.exceptions.ReadTimeoutError as exc:
-                silent = f"registry sent nothing for {seconds(idle)} s"
-                raise TooSlow(floor.message() if floor.enabled else silent) from exc
-            if not data:
-                return  # a body that ended is judged no more: it arrived
-            floor.add(len(data))
-            yield data
+        return body_chunks(response, floor, idle, decode=decode)
 
     def read_capped(self, response: requests.Response, limit: int) -> bytes | None:
-        """The decoded body of the streamed ``response``, or None once it passes ``limit`` bytes.
+        """The decoded body of ``response`` under the floor (providers.http_body.read_capped)."""
+        return read_capped(response, limit, self.body(response, self.speed_floor(), decode=True))
 
-        Reads no further than the chunk that passes the limit, under the
-        speed floor, and closes the response either way. Raises TooSlow,
-        urllib3 errors or OSError when the body breaks off or crawls, and
-        BadImage when it does not decode as its ``Content-Encoding`` says.
-        """
-        chunks: list[bytes] = []
-        total = 0
-        try:
-            for chunk in self.body(response, self.speed_floor(), decode=True):
-                total += len(chunk)
-                if total > limit:
-                    return None
-                chunks.append(chunk)
-        except (urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError) as exc:
-            raise BadImage(
-                f"{redact(response.url)}: the body does not decode as its Content-Encoding"
-                f" says: {exc}"
-            ) from exc
-        finally:
-            response.close()
-        return b"".join(chunks)
-
-    def _fail(self, response: requests.Response, url: str, image: str) -> NoReturn:
+    def _error(self, response: requests.Response, url: str, image: str) -> LazyfsError:
+        """The error an unwanted answer means; reads (a bounded part of) its body and closes it."""
         status = response.status_code
         try:
             # Under the speed floor: an error body that trickles ends too.
@@ -304,14 +275,19 @@ class RegistryHttp:
             # says what happened.
             detail = ""
         cause = f"HTTP {status}" + (f" {detail}" if detail else "")
-        where = f"({redact(url)})"
+        clean = redact(url)
+        where = f"({clean})"
         if status == 404:
-            raise NotFound(f"{image}: not found: {cause} {where}")
+            return NotFound(f"{image}: not found: {cause} {where}", url=clean, image=image)
         if status in (401, 403):
-            raise Unauthorized(f"{image}: access denied: {cause} {where}")
+            return Unauthorized(
+                f"{image}: access denied: {cause} {where}", url=clean, status=status, image=image
+            )
         if status == 429 or status >= 500:
-            raise TemporaryFailure(f"{image}: registry failed: {cause} {where}")
-        raise BadImage(f"{image}: registry refused the request: {cause} {where}")
+            return TemporaryFailure(
+                f"{image}: registry failed: {cause} {where}", url=clean, status=status, image=image
+            )
+        return BadImage(f"{image}: registry refused the request: {cause} {where}", image=image)
 
     # -- authentication ------------------------------------------------------
 
@@ -324,10 +300,12 @@ class RegistryHttp:
             creds = self.credentials(url)
             return creds.basic_header() if creds is not None else None
         if challenge.scheme == "bearer":
-            key = _token_key(challenge, scope)
+            key = token_key(challenge, scope)
             token = self.tokens.get(key)
             if token is None:
-                token = self._fetch_token(key, url, image)
+                creds = self.credentials(url)
+                token, lifetime = fetch_token(self, key, creds, url=url, image=image)
+                self.tokens.put(key, token, lifetime)
             return f"Bearer {token}"
         return None
 
@@ -350,101 +328,7 @@ class RegistryHttp:
             # Credentials already sent and refused: another try changes nothing.
             return sent is None and self.credentials(url) is not None
         # A cached token the registry refused (expired early, revoked): drop it.
-        self.tokens.forget(_token_key(challenge, scope))
+        self.tokens.forget(token_key(challenge, scope))
         if challenge.params.get("scope") and scope is None:
-            self.tokens.forget(_token_key(challenge, None))
+            self.tokens.forget(token_key(challenge, None))
         return True
-
-    def _fetch_token(self, key: tuple[str, str, str], url: str, image: str) -> str:
-        realm, service, scope = key
-        if not realm.startswith(("http://", "https://")):
-            raise Unauthorized(f"{image}: registry {redact(url)} gave an unusable token realm")
-        params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
-        creds = self.credentials(url)
-        headers = {"Authorization": creds.basic_header()} if creds is not None else {}
-        where = redact(realm)
-        timeout = self.options.timeout
-        retries = self.retries(Deadline(timeout))
-        while True:
-            left = retries.deadline.remaining()
-            try:
-                if left <= 0:
-                    raise requests.Timeout("deadline passed before the request")
-                checkpoint()
-                response = self.session().get(
-                    realm,
-                    params=params,
-                    headers=headers,
-                    timeout=(left, left),
-                    stream=True,  # the body is read below, no further than the limit
-                )
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    delay = retries.next_delay(response.headers.get("Retry-After"))
-                    response.close()
-                    if delay is None:
-                        break
-                    retries.wait(delay, f"{where}: HTTP {status}")
-                    continue
-                if status != 200:
-                    response.close()
-                    break
-                # A body that breaks off is retried as a failed request is.
-                body = self.read_capped(response, METADATA_LIMIT)
-                break
-            except requests.exceptions.SSLError as exc:
-                raise Unauthorized(f"{image}: TLS failure at {where}: {_why(exc)}") from exc
-            except requests.Timeout as exc:
-                raise TemporaryFailure(
-                    f"{image}: no answer from token server {where} within {seconds(timeout)} s"
-                ) from exc
-            except Exception as exc:
-                if not is_temporary(exc):
-                    if isinstance(exc, requests.RequestException):
-                        raise TemporaryFailure(
-                            f"{image}: asking {where} for a token failed: {_why(exc)}"
-                        ) from exc
-                    raise
-                if not retries.again(f"{where}: {_why(exc)}"):
-                    raise TemporaryFailure(
-                        f"{image}: cannot reach token server {where}: {_why(exc)}"
-                    ) from exc
-        if status != 200:
-            if status in (401, 403):
-                who = "credentials refused" if creds is not None else "anonymous access refused"
-                raise Unauthorized(f"{image}: token server {redact(realm)}: {who} (HTTP {status})")
-            raise TemporaryFailure(f"{image}: token server {redact(realm)} answered HTTP {status}")
-        if body is None:
-            raise Unauthorized(f"{image}: token server {redact(realm)} answer is too large")
-        try:
-            token, lifetime = parse_token_response(body)
-        except ValueError as exc:
-            raise Unauthorized(f"{image}: token server {redact(realm)}: {exc}") from None
-        self.tokens.put(key, token, lifetime)
-        return token
-
-
-def _token_key(challenge: Challenge, scope: str | None) -> tuple[str, str, str]:
-    params = challenge.params
-    return (params.get("realm", ""), params.get("service", ""), scope or params.get("scope", ""))
-
-
-def _why(exc: BaseException) -> str:
-    """A short cause for an error message: the innermost reason, one line, no URL."""
-    reason: Any = exc
-    # requests wraps urllib3 errors that wrap OSErrors; the innermost says most.
-    for _ in range(4):
-        inner = getattr(reason, "reason", None) or (reason.args[0] if reason.args else None)
-        if isinstance(inner, BaseException):
-            reason = inner
-        else:
-            break
-    text = str(reason)
-    if isinstance(reason, LazyfsError):
-        return text
-    # urllib3 puts "<connection object at 0x...>: " or "HTTPConnection(host=...):"
-    # before the useful part, which is the OS error when there is one.
-    text = text.split(">: ", 1)[-1]
-    if "[Errno" in text:
-        text = text[text.index("[Errno") :].split("] ", 1)[-1]
-    return " ".join(text.split())[:200] or type(reason).__name__

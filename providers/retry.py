@@ -1,14 +1,19 @@
 """When a registry transfer is tried again, how long it waits, and when it gives up.
 
-Every HTTP path of the registry client (requests, blob streams, token
-fetches) counts its failures with one ``Retries`` and stops at the first of:
+Every HTTP path (registry manifests, blobs and ranges, token fetches, Appc
+discovery) tries again through one loop, ``retrying``: an attempt that
+fails temporarily raises ``Again``, and one ``Retries`` decides whether
+another attempt follows, after a backoff, or the attempt's final error is
+raised. It stops at the first of:
 
 - ``attempts`` failures in a row without progress;
 - a ``Deadline`` the next wait would pass.
 
 Only temporary errors are retried: a connection that broke, was refused or
-timed out (``is_temporary``), 429 and 5xx answers, and a body that came too
-slowly (``TooSlow``). Everything else is final at once.
+timed out (``is_temporary``), 429 and 5xx answers, a body that came too
+slowly (``TooSlow``), and a body that did not match its digest (asked for
+once more: corruption on the way is seldom repeated). Everything else is
+final at once.
 
 Waiting is interruptible: the helpers here run in worker threads started by
 ``trio.to_thread.run_sync``, where trio cannot stop a ``time.sleep``. So
@@ -27,15 +32,27 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
 
 import requests
 import trio
 import urllib3
 
+from providers.errors import LazyfsError
+
 log = logging.getLogger(__name__)
 
 # How long a wait may go without asking trio whether it was cancelled.
 SLICE = 0.1
+T = TypeVar("T")
+
+
+# Errors that say the connection, not the server, failed: worth another try.
+TRANSIENT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
 
 
 class TooSlow(OSError):
@@ -189,6 +206,78 @@ class SpeedFloor:
             raise TooSlow(self.message())
         self._start = now
         self._got = 0
+
+
+class Again(Exception):
+    """An attempt failed in a way worth another: raised by attempts, caught by ``retrying``.
+
+    ``why`` is logged with the wait; ``final`` is the error raised when no
+    attempt is left, or makes it (called only then: it may read the failed
+    answer);
+    ``release`` frees what the attempt holds when another follows instead;
+    ``retry_after`` is the server's Retry-After. Chain the cause with
+    ``raise Again(...) from exc``: the final error keeps it.
+    """
+
+    def __init__(
+        self,
+        why: str,
+        final: BaseException | Callable[[], BaseException],
+        retry_after: str | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(why)
+        self.why = why
+        self.final = final
+        self.retry_after = retry_after
+        self.release = release
+
+
+def retrying(retries: Retries, attempt: Callable[[], T]) -> T:
+    """``attempt()``, tried again after each ``Again`` while ``retries`` allow.
+
+    Returns what an attempt returns; raises what an attempt raises other
+    than Again, or the last Again's final error. Raises ``trio.Cancelled`` or
+    ``KeyboardInterrupt`` if interrupted while waiting.
+    """
+    while True:
+        try:
+            return attempt()
+        except Again as again:
+            delay = retries.next_delay(again.retry_after)
+            if delay is None:
+                _give_up(again)
+            if again.release is not None:
+                again.release()
+            retries.wait(delay, again.why)
+
+
+def _give_up(again: Again) -> NoReturn:
+    final = again.final if isinstance(again.final, BaseException) else again.final()
+    # An attempt may give up with the very error that caused its Again.
+    cause = final.__cause__ if final is again.__cause__ else again.__cause__
+    raise final from cause
+
+
+def short_cause(exc: BaseException) -> str:
+    """A short cause for an error message: the innermost reason, one line, no URL."""
+    reason: Any = exc
+    # requests wraps urllib3 errors that wrap OSErrors; the innermost says most.
+    for _ in range(4):
+        inner = getattr(reason, "reason", None) or (reason.args[0] if reason.args else None)
+        if isinstance(inner, BaseException):
+            reason = inner
+        else:
+            break
+    text = str(reason)
+    if isinstance(reason, LazyfsError):
+        return text
+    # urllib3 puts "<connection object at 0x...>: " or "HTTPConnection(host=...):"
+    # before the useful part, which is the OS error when there is one.
+    text = text.split(">: ", 1)[-1]
+    if "[Errno" in text:
+        text = text[text.index("[Errno") :].split("] ", 1)[-1]
+    return " ".join(text.split())[:200] or type(reason).__name__
 
 
 def seconds(value: float) -> str:

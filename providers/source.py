@@ -4,6 +4,10 @@
 bytes, whole or by range, in blob bytes (as stored: compressed or not).
 ``LocalBlobSource`` is a blob source that can also make a blob a verified
 local file, as the store can; copy, bind and overlay need that, fuse does not.
+``Puller`` is both an image and a blob source: what resolves an image serves
+its blobs (the local puller, the registry client). Every ``read_range``
+checks and clamps its arguments with ``clamp_range``, so all agree on what a
+range past the end or a negative one means.
 
 All are blocking: callers in trio run them through ``trio.to_thread.run_sync``
 under a CapacityLimiter.
@@ -60,3 +64,23 @@ class LocalBlobSource(BlobSource, Protocol):
         DigestMismatch or BadImage as fetching does. Idempotent.
         """
         ...
+
+
+class Puller(ImageSource, BlobSource, Protocol):
+    """Resolves images and serves the blobs of the images it resolved.
+
+    ``open`` and ``read_range`` know the blobs of images this puller has
+    resolved; any other digest is NotFound.
+    """
+
+
+def clamp_range(offset: int, length: int, size: int) -> int:
+    """How many of ``length`` bytes from ``offset`` a blob of ``size`` bytes has.
+
+    The shared argument check of ``BlobSource.read_range``: raises ValueError
+    for a negative offset or length; 0 for a range that starts at or past
+    the end.
+    """
+    if offset < 0 or length < 0:
+        raise ValueError(f"negative range {offset}+{length}")
+    return max(0, min(length, size - offset))

@@ -1,15 +1,18 @@
 """Ranged reads of layer data, and the bounded chunk cache the FUSE reads go through.
 
-``RangeReader.read_range(digest, offset, length)`` is the one interface the
-merged tree's reads use: bytes of a layer's *uncompressed* tar stream.
-``LocalTars`` serves it from tar files on this machine (the blob itself for
-plain tar layers, the store's uncompressed copy for zstd),
-``lazyfs.index.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through their
-checkpoints, and ``open_layers`` puts the two together per layer as
-``lazyfs.index.model.layer_data`` says; the cache daemon's client will serve it
-remotely without the tree or the operations changing.
+``TarRangeReader.read_range(digest, offset, length)`` is the one interface
+the merged tree's reads use: bytes of a layer's *uncompressed tar stream*,
+at the offsets its index gives (not bytes of the blob, which is what
+``providers``' blob sources read by range).  ``LocalTars`` serves it from
+tar files on this machine (the blob itself for plain tar layers, the
+store's uncompressed copy for zstd),
+``lazyfs.index.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through
+their checkpoints, and ``open_layers`` puts the two together per layer as
+its format's ``layer_data`` says (``lazyfs.index.formats``); the cache
+daemon's client will serve it remotely without the tree or the operations
+changing.
 
-``ChunkCache`` wraps a RangeReader for trio: reads are cut into aligned
+``ChunkCache`` wraps a TarRangeReader for trio: reads are cut into aligned
 chunks, misses are read in worker threads under a ``CapacityLimiter`` (they
 block, and may decompress), and recently used chunks are kept up to a byte
 budget, so a hot file costs no thread and no decompression the second time.
@@ -35,7 +38,7 @@ DEFAULT_CACHE_BYTES = 64 << 20
 DEFAULT_THREADS = 8
 
 
-class RangeReader(Protocol):
+class TarRangeReader(Protocol):
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.
 
@@ -81,14 +84,14 @@ class LocalTars:
 class ByLayer:
     """``read_range`` dispatched to one reader per layer digest (KeyError for others)."""
 
-    def __init__(self, readers: Mapping[Digest, RangeReader]) -> None:
+    def __init__(self, readers: Mapping[Digest, TarRangeReader]) -> None:
         self._readers = dict(readers)
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         return self._readers[digest].read_range(digest, offset, length)
 
 
-def open_layers(layers: Mapping[Digest, LayerData]) -> RangeReader:
+def open_layers(layers: Mapping[Digest, LayerData]) -> TarRangeReader:
     """One reader for the layers' streams, each read from where ``layers`` says.
 
     Opens nothing yet: descriptors and gzip handles are opened on first read.
@@ -115,7 +118,7 @@ class ChunkCache:
 
     def __init__(
         self,
-        source: RangeReader,
+        source: TarRangeReader,
         *,
         max_bytes: int = DEFAULT_CACHE_BYTES,
         threads: int = DEFAULT_THREADS,

@@ -1,9 +1,13 @@
 """The FUSE filesystem: operations, the writable upper, and the mount process.
 
-``read_only`` and ``writable`` (with their no-open variants) map FUSE requests
-onto a merged tree and an ``upper``; ``mount_main`` is the process that serves
-one mount; ``mount`` is the public mount API the backends call, and loads no
-FUSE code itself.
+``read_only`` and ``writable`` (with their no-open variants, and
+``writable_names``, the handlers both writable paths share) map FUSE
+requests onto a merged tree and an ``upper`` (``upper``, ``upper_state``:
+no FUSE code, refusals are ``UpperError``); ``boundary`` is where every
+error of a handler becomes its answer; ``mount_main`` is the process that
+indexes an image's layers in the store and serves one mount; ``mount`` is the
+public mount API the backends call, and loads no FUSE, index or tree code
+itself (providers only). The mount process finds blobs through lazyfs.store.
 
-Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, providers.
+Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, providers.
 """

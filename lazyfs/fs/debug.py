@@ -12,8 +12,8 @@ request, after it is answered::
 
 Arguments are shortened (bytes past 40 characters, anything else past 200;
 no ``ctx`` or ``token`` parameters); file data is shown as its length.
-Errors other than ``FUSEError`` never reach here: ``fuse_ops.fuse_errors`` has turned them
-into EIO and logged their cause.
+Errors other than ``FUSEError`` never reach here: ``lazyfs.fs.boundary.fuse_errors``
+has turned them into answers and logged their cause.
 """
 
 from __future__ import annotations

@@ -4,20 +4,30 @@ pyfuse3 serves one mount per process, so every mount is a child process
 running ``python -m lazyfs.fs.mount_main`` (see there), in a session of its
 own with its output going to a log file, so it outlives the caller's
 terminal and its Ctrl-C.  This is the one module of lazyfs that backends may
-import.
+import, and it stays light: it loads no FUSE, index or tree code.
 
-``mount`` indexes the layers first, in the calling process (once per layer:
-the indexes are stored by digest, see ``lazyfs.index.model``), so a bad layer
-fails there with its own error; then it starts the mount process and waits
-until it says the mount is up, or says why not, or ``timeout`` passes.  On
-any failure nothing is left mounted or running.  ``unmount`` takes the mount
-down and waits for its process to end, killing it if it does not.  Both are
-blocking; ``unmount`` is idempotent.
+``mount`` starts the mount process with the layers' descriptors and the
+store they are in, and waits for its answer on a pipe, one line each:
+
+- ``indexed``: the layers are indexed (once per layer: the indexes are
+  stored by digest, see ``lazyfs.index.stored``) and the merged tree is being
+  mounted; the mount's ``timeout`` starts here;
+- ``ready``: the mount is up; or
+- ``refused <json>``: indexing refused a layer (BadImage, UnsafeLayer, a
+  layer past its limits) or the store failed it (NotFound, OSError):
+  ``mount`` raises that same error, class and message; or
+- anything else: why the mount did not come up (BackendError here).
+
+On any failure, and if the caller is interrupted while it waits, nothing is
+left mounted or running.  ``unmount`` takes the mount down and waits for its
+process to end, killing it if it does not.  Both are blocking; ``unmount``
+is idempotent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -25,39 +35,34 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lazyfs.index.model import ensure_index
-from lazyfs.tree.kept import tree_path
+from providers import errors
 from providers.digest import Digest
-from providers.errors import BackendError
+from providers.errors import BackendError, LazyfsError
+from providers.manifest import Layer
+from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
 
+__all__ = ["is_mounted", "mount", "mount_points", "mount_recorded", "recorded_pid", "unmount"]
+
 READY = b"ready\n"
+INDEXED = b"indexed\n"
+REFUSED = b"refused "
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
 MODULE = "lazyfs.fs.mount_main"
 
 
-@dataclass(frozen=True)
-class MountLayer:
-    """A verified layer blob in the store."""
-
-    digest: Digest
-    blob: Path
-
-
 def mount(
-    layers: Sequence[MountLayer],
+    layers: Sequence[Layer],
     mountpoint: Path,
     *,
-    layers_dir: Path,
-    tmp_dir: Path,
+    store: Path,
     log_path: Path,
     timeout: float = MOUNT_TIMEOUT,
     upper: Path | None = None,
@@ -67,36 +72,36 @@ def mount(
     dev: bool = True,
     limits: LayerLimits | None = None,
 ) -> int:
-    """Mount the union of ``layers`` (bottom first) at the existing ``mountpoint``.
+    """Mount the union of ``layers`` (bottom first), blobs in the store at ``store``.
 
-    Read-only, or with ``upper`` (and ``work``, both existing empty
-    directories on one filesystem) copy-on-write: the writes go to
-    ``upper`` in overlayfs' format (see ``lazyfs.fs.upper``). With ``debug``
-    the mount process logs every request it serves to ``log_path``.
+    ``mountpoint`` exists. Read-only, or with ``upper`` (and ``work``, both
+    existing empty directories on one filesystem) copy-on-write: the writes
+    go to ``upper`` in overlayfs' format (see ``lazyfs.fs.upper``). With
+    ``debug`` the mount process logs every request it serves to ``log_path``.
 
     ``suid`` and ``dev`` (as root; the defaults, as a container's rootfs
     needs) honour the image's setuid bits and device nodes; false, the
     mount is ``nosuid``/``nodev``, as a person's look inside an image must
     be where other users can reach it (see ``lazyfs.fs.mount_main.mount_options``).
 
-    Returns the mount process's pid.  Raises BadImage or UnsafeLayer for a
-    layer the index refuses (one that unpacks past ``limits`` too),
-    BackendError when the mount does not come up (the reason from the mount
-    process's log).
+    Returns the mount process's pid.  Raises what indexing raised for a
+    layer it refuses (BadImage, UnsafeLayer; one that unpacks past
+    ``limits`` too) or cannot find in the store (NotFound), BackendError
+    when the mount does not come up within ``timeout`` of the layers being
+    indexed (the reason from the mount process's answer or log).
     """
-    # With the image's merged tree kept, the mount process needs only the
-    # indexes' headers; without it, it merges the entries, so check them whole
-    # (a damaged index is built again here, not refused there every time).
-    kept = tree_path(layers_dir, [layer.digest for layer in layers]).is_file()
-    for layer in layers:
-        # It checks (or writes) what the index points into, too.
-        ensure_index(layers_dir, tmp_dir, layer.digest, layer.blob, entries=not kept, limits=limits)
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
-    argv += ["--layers-dir", str(layers_dir)]
+    argv += ["--store", str(store)]
     for layer in layers:
-        # The blob, not where its tar stream is: the mount process asks its
-        # index (lazyfs.index.model.layer_data), so that knowledge stays in one place.
-        argv += ["--layer", f"{layer.digest}={layer.blob}"]
+        argv += ["--layer", layer_arg(layer)]
+    if limits is not None:
+        from providers.tar_stream import LayerLimits  # loaded already: ``limits`` is one
+
+        # Only limits other than the defaults: those need the tar parsers
+        # loaded in the mount process, which needs them only to build an index.
+        if limits != LayerLimits():
+            argv += ["--max-layer-size", str(limits.max_size)]
+            argv += ["--max-layer-ratio", str(limits.max_ratio)]
     if upper is not None:
         if work is None:
             raise BackendError("a writable mount needs a work directory beside its upper")
@@ -130,7 +135,12 @@ def mount(
             os.close(log_fd)
         os.close(write_end)
         write_end = -1
-        answer = _read_answer(read_end, timeout)
+        try:
+            answer = _read_answer(read_end, timeout)
+        except BaseException:
+            # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.
+            _abandon(pid, mountpoint, timeout)
+            raise
     finally:
         os.close(read_end)
         if write_end >= 0:
@@ -138,20 +148,81 @@ def mount(
     if answer == READY:
         return pid
     # Whatever it did, it must not stay: a half-made mount goes with it.
-    _signal(pid, signal.SIGKILL)
-    _wait_gone(pid, timeout)
-    _fusermount_unmount(mountpoint)
+    _abandon(pid, mountpoint, timeout)
+    if answer.startswith(REFUSED):
+        raise refused_error(answer[len(REFUSED) :])
     reason = answer.decode(errors="replace").strip() or _last_line(log_path)
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
 
 
+def layer_arg(layer: Layer) -> str:
+    """``layer`` as the mount process's ``--layer`` argument (``parse_layer_arg`` reads it)."""
+    fields = {"digest": layer.digest, "media_type": layer.media_type, "size": layer.size}
+    if layer.diff_id is not None:
+        fields["diff_id"] = layer.diff_id
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def parse_layer_arg(text: str) -> Layer:
+    data = json.loads(text)
+    diff_id = data.get("diff_id")
+    return Layer(
+        Digest(data["digest"]),
+        str(data["media_type"]),
+        int(data["size"]),
+        Digest(diff_id) if diff_id else None,
+    )
+
+
+def refusal(error: LazyfsError | OSError) -> bytes:
+    """The answer line that hands ``error`` to the caller of ``mount``, to raise there.
+
+    A lazyfs error travels as its class names (most derived first), its
+    message and its plain facts; an OSError as its errno, text and file.
+    """
+    fields: dict[str, Any]
+    if isinstance(error, OSError):
+        fields = {"errno": error.errno, "strerror": error.strerror, "filename": error.filename}
+        fields["filename"] = None if fields["filename"] is None else os.fsdecode(error.filename)
+    else:
+        classes = [cls.__name__ for cls in type(error).__mro__ if issubclass(cls, LazyfsError)]
+        facts = {
+            key: value
+            for key, value in vars(error).items()
+            if isinstance(value, (str, int, float, bool)) or value is None
+        }
+        fields = {"classes": classes, "message": str(error), "facts": facts}
+    return REFUSED + json.dumps(fields).encode() + b"\n"
+
+
+def refused_error(text: bytes) -> Exception:
+    """The error a ``refusal`` line describes: the same class, message and facts."""
+    try:
+        fields = json.loads(text)
+        if "errno" in fields:
+            return OSError(fields["errno"], fields["strerror"], fields["filename"])
+        # The nearest class this side knows; LazyfsError at worst.
+        cls = next(
+            found
+            for name in fields["classes"]
+            if isinstance(found := getattr(errors, name, None), type)
+            and issubclass(found, LazyfsError)
+        )
+        error: LazyfsError = cls.__new__(cls)
+        # Not cls(...): each error has its own constructor; its message is made already.
+        Exception.__init__(error, str(fields["message"]))
+        error.__dict__.update(fields["facts"])
+        return error
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return BackendError(f"the mount process refused with a damaged answer: {text!r}")
+
+
 def mount_recorded(
     record: Path,
-    layers: Sequence[MountLayer],
+    layers: Sequence[Layer],
     mountpoint: Path,
     *,
-    layers_dir: Path,
-    tmp_dir: Path,
+    store: Path,
     writable: bool,
     debug: bool = False,
     suid: bool = True,
@@ -174,8 +245,7 @@ def mount_recorded(
     pid = mount(
         layers,
         mountpoint,
-        layers_dir=layers_dir,
-        tmp_dir=tmp_dir,
+        store=store,
         log_path=record / "mount.log",
         upper=upper,
         work=work,
@@ -197,10 +267,18 @@ def recorded_pid(record: Path) -> int | None:
 
 
 def _read_answer(fd: int, timeout: float) -> bytes:
-    """What the mount process wrote to its ready pipe before closing it, or b"" on timeout."""
-    deadline = time.monotonic() + timeout
+    """The mount process's last answer on its ready pipe (see the module docstring).
+
+    No deadline while it indexes (a big layer takes what it takes);
+    ``timeout`` from its ``indexed`` on.  Whatever it wrote before closing
+    the pipe, b"" if nothing (it died).
+    """
+    deadline: float | None = None
     answer = b""
-    while (left := deadline - time.monotonic()) > 0:
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
         ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             break
@@ -208,9 +286,19 @@ def _read_answer(fd: int, timeout: float) -> bytes:
         if not chunk:
             return answer
         answer += chunk
+        if answer.startswith(INDEXED):
+            answer = answer[len(INDEXED) :]
+            deadline = time.monotonic() + timeout
         if answer == READY:
             return answer
     return answer if answer else b"timed out waiting for the mount"
+
+
+def _abandon(pid: int, mountpoint: Path, timeout: float) -> None:
+    """Kill a mount process that is not to serve, and take down whatever it mounted."""
+    _signal(pid, signal.SIGKILL)
+    _wait_gone(pid, timeout)
+    _fusermount_unmount(mountpoint)
 
 
 def _last_line(log_path: Path) -> str:
@@ -249,29 +337,6 @@ def _fusermount_unmount(mountpoint: Path) -> None:
         if done.returncode == 0 or not is_mounted(mountpoint):
             return
     raise BackendError(f"fusermount3 -u {mountpoint} failed: {done.stderr.strip()}")
-
-
-def is_mounted(mountpoint: Path) -> bool:
-    """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too)."""
-    return Path(os.path.abspath(mountpoint)) in mount_points()
-
-
-def mount_points() -> list[Path]:
-    """Every mount point of this mount namespace, in mount order."""
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            fields = line.split(" ")
-            if len(fields) > 4:
-                points.append(Path(_unescape(fields[4])))
-    return points
-
-
-def _unescape(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as \ooo.
-    for code in ("\\040", "\\011", "\\012", "\\134"):
-        field = field.replace(code, chr(int(code[1:], 8)))
-    return field
 
 
 def _is_mount_process(pid: int, mountpoint: Path) -> bool:

@@ -1,12 +1,16 @@
 """The mount process: ``python -m lazyfs.fs.mount_main``, one per mount (pyfuse3 serves one).
 
-Started by ``lazyfs.fs.mount.mount``, which has already indexed the layers.
-It reads each index's header (where the layer's bytes are), takes the
-merged tree from the store or merges the indexes once (``lazyfs.tree.kept``),
-mounts it at ``--mountpoint`` (read-only, or copy-on-write into ``--upper``
-with ``--work`` for temporaries: see ``lazyfs.fs.upper``) and writes ``ready``
-to ``--ready-fd`` (or one line saying why not, then exits non-zero), then
-serves until:
+Started by ``lazyfs.fs.mount.mount`` with the layers' descriptors and the
+store (``--store``) their blobs are in.  It indexes each layer the store
+has no index of yet (``lazyfs.index.stored.ensure_index``, within the
+``--max-layer-size`` and ``--max-layer-ratio`` limits) and says ``indexed``
+on ``--ready-fd``, or hands the refusal to its caller there
+(``lazyfs.fs.mount.refusal``) and exits non-zero.  Then it reads each
+index's header (where the layer's bytes are), takes the merged tree from
+the store or merges the indexes once (``lazyfs.tree.kept``), mounts it at
+``--mountpoint`` (read-only, or copy-on-write into ``--upper`` with
+``--work`` for temporaries: see ``lazyfs.fs.upper``) and writes ``ready``
+(or one line saying why not, then exits non-zero), then serves until:
 
 - the mount is taken away (``fusermount3 -u``, umount2): it exits 0;
 - SIGTERM or SIGINT: it unmounts, then exits 0.
@@ -29,8 +33,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyfuse3
 import trio
@@ -38,13 +44,22 @@ import trio
 from lazyfs.blobs.ranges import ChunkCache, open_layers
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.debug import log_requests
+from lazyfs.fs.mount import INDEXED, READY, parse_layer_arg, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.fs.upper import Upper
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs.writable_no_open import NoOpenWritableOperations
-from lazyfs.index.model import LayerData, LayerIndex, check_data_present, load_index
-from lazyfs.tree.kept import merged_tree
-from providers.digest import Digest, parse_digest
+from lazyfs.index.model import LayerData, LayerIndex
+from lazyfs.index.stored import check_data_present, ensure_index, load_index
+from lazyfs.store.blobs import StoreBlobs
+from lazyfs.store.disk import Store
+from lazyfs.tree.kept import merged_tree, tree_path
+from providers.digest import Digest
+from providers.errors import LazyfsError
+from providers.manifest import Layer
+
+if TYPE_CHECKING:
+    from providers.tar_stream import LayerLimits
 
 log = logging.getLogger("lazyfs.fs.mount")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -53,14 +68,18 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="lazyfs.fs.mount_main")
     parser.add_argument("--mountpoint", type=Path, required=True)
-    parser.add_argument("--layers-dir", type=Path, required=True)
+    parser.add_argument("--store", type=Path, required=True, help="the store root")
     parser.add_argument(
         "--layer",
         action="append",
         default=[],
-        help="DIGEST=BLOB, bottom first: the verified layer blob; its stored index says"
-        " where its tar stream is read from (the blob, a tar copy, or gzip checkpoints)",
+        type=parse_layer_arg,
+        help="a layer's descriptor (JSON: digest, media_type, size, diff_id), bottom first;"
+        " its blob is in the store, its stored index says where its tar stream is read from"
+        " (the blob, a tar copy, or gzip checkpoints)",
     )
+    parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
+    parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--upper", type=Path, help="writable: the empty upper directory")
     parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
@@ -100,28 +119,68 @@ def mount_options(*, writable: bool = False, suid: bool = False, dev: bool = Fal
     return options
 
 
+@dataclass(frozen=True)
+class _Indexed:
+    """The layers made ready to mount: each one's blob and stored index.
+
+    ``indexes`` are whole where the merged tree must be made (``whole``),
+    else headers only (no entries): what a kept tree needs.
+    """
+
+    layers_dir: Path
+    digests: list[Digest]
+    blobs: dict[Digest, Path]
+    indexes: dict[Digest, LayerIndex]
+    whole: bool
+
+
+def _index_layers(
+    store_root: Path, layers: Sequence[Layer], limits: LayerLimits | None
+) -> _Indexed:
+    """Index each layer the store has no index of yet (once per layer digest).
+
+    Raises NotFound for a blob the store does not have, BadImage or
+    UnsafeLayer for a layer indexing refuses (one past ``limits`` too).
+    """
+    store = Store(store_root)
+    blobs = StoreBlobs(store)
+    digests = [layer.digest for layer in layers]
+    # With the image's merged tree kept, the mount needs only the indexes'
+    # headers; without it, it merges the entries, so check them whole (a
+    # damaged index is built again here, not refused every time below).
+    whole = not tree_path(store.layers, digests).is_file()
+    files: dict[Digest, Path] = {}
+    indexes: dict[Digest, LayerIndex] = {}
+    for layer in layers:
+        blob = files[layer.digest] = blobs.local_blob(layer)
+        # It checks (or writes) what the index points into, too.
+        indexes[layer.digest] = ensure_index(
+            store.layers, store.tmp, layer.digest, blob, entries=whole, limits=limits
+        )
+    return _Indexed(store.layers, digests, files, indexes, whole)
+
+
 def _operations(
-    layers_dir: Path,
-    layers: Sequence[str],
+    indexed: _Indexed,
     upper: Path | None,
     work: Path | None,
     *,
     no_open: bool,
 ) -> ReadOnlyOperations | WritableOperations:
-    digests: list[Digest] = []
-    data: dict[Digest, LayerData] = {}
-    for spec in layers:
-        text, _, blob = spec.partition("=")
-        digest = parse_digest(text)
-        digests.append(digest)
-        # The header says where the bytes are; the entries are needed only
-        # if the merged tree is not kept yet (tree_cache).
-        header = _index(layers_dir, digest, entries=False)
+    layers_dir = indexed.layers_dir
+    data: dict[Digest, LayerData] = {
         # BadImage here, not EIO later, if a tar copy or checkpoint file went missing.
-        data[digest] = check_data_present(layers_dir, Path(blob), header)
-    tree = merged_tree(
-        layers_dir, digests, lambda: [_index(layers_dir, digest) for digest in digests]
-    )
+        digest: check_data_present(layers_dir, indexed.blobs[digest], indexed.indexes[digest])
+        for digest in indexed.digests
+    }
+
+    def whole_indexes() -> list[LayerIndex]:
+        if indexed.whole:
+            return [indexed.indexes[digest] for digest in indexed.digests]
+        # The kept tree was there but is damaged: merging needs the entries after all.
+        return [_index(layers_dir, digest) for digest in indexed.digests]
+
+    tree = merged_tree(layers_dir, indexed.digests, whole_indexes)
     source = open_layers(data)
     if upper is None:
         read_only = NoOpenReadOnlyOperations if no_open else ReadOnlyOperations
@@ -132,12 +191,32 @@ def _operations(
     return writable(Upper(tree, upper, work, source), ChunkCache(source))
 
 
-def _index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex:
-    index = load_index(layers_dir, digest, entries=entries)
+def _index(layers_dir: Path, digest: Digest) -> LayerIndex:
+    index = load_index(layers_dir, digest)
     if index is None:
-        # lazyfs.fs.mount checked it; it went missing or was damaged since.
+        # _index_layers checked it; it went missing or was damaged since.
         raise RuntimeError(f"layer {digest}: its index in {layers_dir} is missing or damaged")
     return index
+
+
+def _limits(args: argparse.Namespace) -> LayerLimits | None:
+    """The limits asked for, None for the defaults (which need no tar parser loaded here)."""
+    given = {"max_size": args.max_layer_size, "max_ratio": args.max_layer_ratio}
+    given = {key: value for key, value in given.items() if value is not None}
+    if not given:
+        return None
+    from providers.tar_stream import LayerLimits
+
+    return LayerLimits(**given)
+
+
+def _answer(ready: BinaryIO, line: bytes) -> bool:
+    """Tell the caller ``line``; False if it is gone (then nobody waits for this mount)."""
+    try:
+        ready.write(line)
+        return True
+    except OSError:
+        return False
 
 
 class _Stop:
@@ -177,24 +256,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for number in _STOP_SIGNALS:
         signal.signal(number, _Stop.handler)
-    ready = os.fdopen(args.ready_fd, "wb", buffering=0)
-    try:
-        no_open = fuse_caps.no_open()
-        ops = _operations(args.layers_dir, args.layer, args.upper, args.work, no_open=no_open)
-        if args.debug:
-            log_requests(ops)
-        writable = args.upper is not None
-        options = mount_options(writable=writable, suid=args.suid, dev=args.dev)
-        pyfuse3.init(ops, str(args.mountpoint), options)
-    except Exception as error:
-        log.exception("cannot mount %s", args.mountpoint)
-        ready.write(f"{type(error).__name__}: {error}\n".encode())
-        ready.close()
-        return 1
-    path = "no-open" if no_open else f"open ({fuse_caps.why_not() or fuse_caps.ENV}=0)"
-    log.info("serving %s (%d inodes) on the %s path", args.mountpoint, len(ops.tree.inodes), path)
-    ready.write(b"ready\n")
-    ready.close()
+    with os.fdopen(args.ready_fd, "wb", buffering=0) as ready:
+        try:
+            indexed = _index_layers(args.store, args.layer, _limits(args))
+        except (LazyfsError, OSError) as error:
+            # The caller raises it as it is: one line for the user, no traceback.
+            log.info("refused to mount %s: %s", args.mountpoint, error)
+            _answer(ready, refusal(error))
+            return 1
+        except Exception as error:
+            log.exception("cannot index the layers of %s", args.mountpoint)
+            _answer(ready, f"{type(error).__name__}: {error}\n".encode())
+            return 1
+        if not _answer(ready, INDEXED):
+            return 1
+        try:
+            no_open = fuse_caps.no_open()
+            ops = _operations(indexed, args.upper, args.work, no_open=no_open)
+            if args.debug:
+                log_requests(ops)
+            writable = args.upper is not None
+            options = mount_options(writable=writable, suid=args.suid, dev=args.dev)
+            pyfuse3.init(ops, str(args.mountpoint), options)
+        except Exception as error:
+            log.exception("cannot mount %s", args.mountpoint)
+            _answer(ready, f"{type(error).__name__}: {error}\n".encode())
+            return 1
+        path = "no-open" if no_open else f"open ({fuse_caps.why_not() or fuse_caps.ENV}=0)"
+        inodes = len(ops.tree.inodes)
+        log.info("serving %s (%d inodes) on the %s path", args.mountpoint, inodes, path)
+        if not _answer(ready, READY):
+            log.info("the caller is gone: unmounting %s", args.mountpoint)
+            pyfuse3.close(unmount=True)
+            return 1
     try:
         trio.run(_serve)
     except BaseException:

@@ -18,24 +18,24 @@ them there), so reading is the same code on both paths.
 Writes never reach here (writable mounts are served by
 ``lazyfs.fs.writable``): the mount is read-only, so the kernel answers
 EROFS itself; ``open`` for writing answers EROFS too, for callers that ask
-anyway.  Every handler ends in ``pyfuse3.FUSEError``: expected answers
-(ENOENT, ENOTDIR, ENODATA, EROFS) directly, anything unexpected as EIO after
-logging its cause once, so nothing else ever escapes to pyfuse3.
+anyway.  Every handler ends in ``pyfuse3.FUSEError`` (``lazyfs.fs.boundary``):
+expected answers (ENOENT, ENOTDIR, ENODATA, EROFS) directly, anything
+unexpected as EIO after logging its cause once, so nothing else ever
+escapes to pyfuse3.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Sequence
 
 import pyfuse3
 
 from lazyfs.blobs.ranges import ChunkCache
+from lazyfs.fs.boundary import fuse_errors
 from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree
 from providers.extents import pieces
 
@@ -46,47 +46,7 @@ CACHE_TIMEOUT = 365 * 24 * 3600.0
 BLOCK_SIZE = 4096
 NAME_MAX = 255
 
-# Errors of the upper directory a writer should see as they are.
-PASSED_ON = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMLINK, errno.ENAMETOOLONG})
-
 Listing = list[tuple[pyfuse3.FileNameT, pyfuse3.EntryAttributes]]
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def fuse_errors(
-    handler: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Let FUSEError through; log anything else once and answer EIO.
-
-    An OSError that says the upper directory is full or at a limit
-    (``PASSED_ON``) is answered with its own errno, so a writer sees ENOSPC
-    as on any filesystem.  Cancellation (a BaseException) passes untouched:
-    pyfuse3 is shutting down.
-    """
-
-    @functools.wraps(handler)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except OSError as error:
-            number = error.errno if error.errno in PASSED_ON else errno.EIO
-            log.error(
-                "%s%r failed, answering %s: %s",
-                handler.__name__,
-                args[1:],
-                errno.errorcode.get(number, number),
-                error,
-                exc_info=number == errno.EIO,
-            )
-            raise pyfuse3.FUSEError(number) from None
-        except Exception:
-            log.exception("%s%r failed; answering EIO", handler.__name__, args[1:])
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
 
 
 async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: int) -> bytes:

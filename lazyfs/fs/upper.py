@@ -32,9 +32,11 @@ upper directory is written, never read back, so it must be empty at start
 tree stay as ``tree`` gives them; new inodes are numbered after the
 highest.  Directories that come from lower layers cannot be renamed
 (``EXDEV``, as overlayfs without redirect_dir answers); ``RENAME_EXCHANGE``
-swaps two names with one ``renameat2`` in upper, after copying files up.  Every method
-raises ``pyfuse3.FUSEError`` for expected refusals; ``OSError`` from the
-upper directory propagates (the handlers log it and answer EIO).  The
+swaps two names with one ``renameat2`` in upper, after copying files up.
+Every method raises ``UpperError`` (an errno and the facts) for expected
+refusals, which the FUSE handlers answer with that errno
+(``lazyfs.fs.boundary``); ``OSError`` from the upper directory propagates
+(the handlers log it and answer EIO).  No pyfuse3 here.  The
 synchronous methods do only small metadata syscalls and never yield, so
 each is atomic with respect to other trio tasks; the async ones
 (``copy_up_data``, ``truncate``, ``link``, ``rename``) yield only while
@@ -50,12 +52,21 @@ import stat
 import time
 from pathlib import Path
 
-import pyfuse3
-
-from lazyfs.fs.upper_state import METACOPY_XATTR, OPAQUE_XATTR, Copy, Node, UpperState, fail
+from lazyfs.fs.upper_state import (
+    METACOPY_XATTR,
+    OPAQUE_XATTR,
+    Copy,
+    Node,
+    UpperError,
+    UpperState,
+)
 from lazyfs.tree.merge import ROOT_INO, InodeNo
 
-__all__ = ["METACOPY_XATTR", "OPAQUE_XATTR", "Copy", "Node", "Upper", "fail"]
+__all__ = ["METACOPY_XATTR", "OPAQUE_XATTR", "Copy", "Node", "Upper", "UpperError"]
+
+# rename(2)'s flags (linux/fs.h), which FUSE passes on as they are.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 
 
 class Upper(UpperState):
@@ -66,7 +77,7 @@ class Upper(UpperState):
     def _free_name(self, parent: Node, name: bytes) -> Path:
         """Make ``parent`` exist in upper and ``name`` free there (no whiteout); its path."""
         if len(name) > 255:
-            raise fail(errno.ENAMETOOLONG)
+            raise UpperError(errno.ENAMETOOLONG, f"name {name!r} is longer than 255 bytes")
         path = self.copy_up_dir(parent) / os.fsdecode(name)
         if self._lower_has(parent, name):
             path.unlink()  # the whiteout of what was deleted here
@@ -104,7 +115,7 @@ class Upper(UpperState):
         parent = self.directory(parent_ino)
         assert parent.children is not None
         if name in parent.children:
-            raise fail(errno.EEXIST)
+            raise UpperError(errno.EEXIST, f"{name!r} exists in directory {parent_ino}")
         if parent.mode & stat.S_ISGID:
             gid = parent.gid  # BSD group semantics, as the kernel gives them
             if stat.S_ISDIR(mode):
@@ -152,11 +163,11 @@ class Upper(UpperState):
         parent = self.directory(parent_ino)
         assert parent.children is not None
         if node.children is not None:
-            raise fail(errno.EPERM)
+            raise UpperError(errno.EPERM, f"inode {ino} is a directory: no hardlinks to it")
         await self.copy_up_data(node)
         # Checked after the copy: other tasks ran meanwhile.
         if name in parent.children:
-            raise fail(errno.EEXIST)
+            raise UpperError(errno.EEXIST, f"{name!r} exists in directory {parent_ino}")
         os.link(self.path(node), self._free_name(parent, name))
         self._add(parent, name, node)
         return node
@@ -166,13 +177,15 @@ class Upper(UpperState):
         parent = self.directory(parent_ino)
         node = self.lookup(parent_ino, name)
         if node is None:
-            raise fail(errno.ENOENT)
+            raise UpperError(errno.ENOENT, f"no {name!r} in directory {parent_ino}")
         if directory and node.children is None:
-            raise fail(errno.ENOTDIR)
+            raise UpperError(
+                errno.ENOTDIR, f"{name!r} in directory {parent_ino} is not a directory"
+            )
         if not directory and node.children is not None:
-            raise fail(errno.EISDIR)
+            raise UpperError(errno.EISDIR, f"{name!r} in directory {parent_ino} is a directory")
         if node.children:
-            raise fail(errno.ENOTEMPTY)
+            raise UpperError(errno.ENOTEMPTY, f"directory {name!r} in {parent_ino} is not empty")
         self._remove_from_disk(parent, name, node)
         self._drop(parent, name, node)
         self._whiteout(parent, name)
@@ -200,31 +213,40 @@ class Upper(UpperState):
 
         RENAME_WHITEOUT (overlayfs' own flag) answers EINVAL.
         """
-        if flags == pyfuse3.RENAME_EXCHANGE:
+        if flags == RENAME_EXCHANGE:
             await self._exchange(old_parent, old, new_parent, new)
             return
-        if flags & ~pyfuse3.RENAME_NOREPLACE:
-            raise fail(errno.EINVAL)
+        if flags & ~RENAME_NOREPLACE:
+            raise UpperError(errno.EINVAL, f"rename flags {flags:#x} are not supported")
         source_dir, dest_dir = self.directory(old_parent), self.directory(new_parent)
         node = self.lookup(old_parent, old)
         if node is None:
-            raise fail(errno.ENOENT)
+            raise UpperError(errno.ENOENT, f"no {old!r} in directory {old_parent}")
         await self._movable(node, dest_dir)
         if self.lookup(old_parent, old) is not node:
-            raise fail(errno.ENOENT)  # renamed or removed by another task meanwhile
+            # Renamed or removed by another task meanwhile.
+            raise UpperError(
+                errno.ENOENT, f"{old!r} in directory {old_parent} went while its data was copied up"
+            )
         # From here on nothing yields: the checks hold until the rename is done.
         target = self.lookup(new_parent, new)
         if target is node:
             return
         if target is not None:
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                raise fail(errno.EEXIST)
+            if flags & RENAME_NOREPLACE:
+                raise UpperError(errno.EEXIST, f"{new!r} exists in directory {new_parent}")
             if target.children is not None and node.children is None:
-                raise fail(errno.EISDIR)
+                raise UpperError(
+                    errno.EISDIR,
+                    f"a non-directory cannot replace directory {new!r} in {new_parent}",
+                )
             if target.children is None and node.children is not None:
-                raise fail(errno.ENOTDIR)
+                raise UpperError(
+                    errno.ENOTDIR,
+                    f"a directory cannot replace non-directory {new!r} in {new_parent}",
+                )
             if target.children:
-                raise fail(errno.ENOTEMPTY)
+                raise UpperError(errno.ENOTEMPTY, f"directory {new!r} in {new_parent} is not empty")
         # Both parents exist in upper before anything moves.
         source_path = self.copy_up_dir(source_dir) / os.fsdecode(old)
         if target is not None:
@@ -253,11 +275,13 @@ class Upper(UpperState):
             return
         if node.lower is not None:
             # A lower directory: overlayfs answers so without redirect_dir.
-            raise fail(errno.EXDEV)
+            raise UpperError(
+                errno.EXDEV, f"directory {node.ino} is from a lower layer: it cannot move"
+            )
         here: Node | None = dest_dir
         while here is not None and here.ino != ROOT_INO:  # not into itself
             if here is node:
-                raise fail(errno.EINVAL)
+                raise UpperError(errno.EINVAL, f"directory {node.ino} cannot move into itself")
             here = self.node(here.names[0][0]) if here.names else None
 
     async def _exchange(self, a_parent: int, a: bytes, b_parent: int, b: bytes) -> None:
@@ -265,14 +289,17 @@ class Upper(UpperState):
         a_dir, b_dir = self.directory(a_parent), self.directory(b_parent)
         a_node, b_node = self.lookup(a_parent, a), self.lookup(b_parent, b)
         if a_node is None or b_node is None:
-            raise fail(errno.ENOENT)
+            raise UpperError(
+                errno.ENOENT, f"no {a!r} in directory {a_parent}, or no {b!r} in {b_parent}"
+            )
         if a_node is b_node:
             return
         self._check_move(b_node, a_dir)  # both refusals before either copy-up
         await self._movable(a_node, b_dir)
         await self._movable(b_node, a_dir)
         if self.lookup(a_parent, a) is not a_node or self.lookup(b_parent, b) is not b_node:
-            raise fail(errno.ENOENT)  # renamed or removed by another task meanwhile
+            # Renamed or removed by another task meanwhile.
+            raise UpperError(errno.ENOENT, f"{a!r} or {b!r} went while data was copied up")
         # A directory may have moved meanwhile too: into the other one, say.
         self._check_move(a_node, b_dir)
         self._check_move(b_node, a_dir)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-import pyfuse3
 import trio
 
-from lazyfs.blobs.ranges import RangeReader
+from lazyfs.blobs.ranges import TarRangeReader
+from lazyfs.store.atomic import Staged, staged_file
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
 from providers.extents import data_extents
 
@@ -73,8 +73,21 @@ class Node:
         return self.lower.data if self.lower is not None and self.copy is not Copy.DATA else None
 
 
-def fail(number: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(number)
+class UpperError(Exception):
+    """An expected refusal of the writable view, with its facts.
+
+    ``errno`` is what the FUSE request is answered (``lazyfs.fs.boundary``
+    turns it into ``FUSEError`` at the handler), ``what`` says which name or
+    inode and why, for the debug log.
+    """
+
+    def __init__(self, number: int, what: str) -> None:
+        super().__init__(number, what)
+        self.errno = number
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"{errno.errorcode.get(self.errno, self.errno)}: {self.what}"
 
 
 class UpperState:
@@ -83,7 +96,7 @@ class UpperState:
     ``upper`` and ``work`` must be empty directories on one filesystem.
     """
 
-    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: RangeReader) -> None:
+    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: TarRangeReader) -> None:
         if any(upper.iterdir()):
             raise ValueError(f"upper directory {upper} is not empty; reusing one is not supported")
         self.tree = tree
@@ -111,7 +124,7 @@ class UpperState:
             return found
         inode = self.tree.inodes.get(InodeNo(ino))
         if inode is None:
-            raise fail(errno.ENOENT)
+            raise UpperError(errno.ENOENT, f"no inode {ino}")
         found = Node(
             ino=inode.ino,
             mode=inode.mode,
@@ -136,7 +149,7 @@ class UpperState:
     def directory(self, ino: int) -> Node:
         found = self.node(ino)
         if found.children is None:
-            raise fail(errno.ENOTDIR)
+            raise UpperError(errno.ENOTDIR, f"inode {ino} is not a directory")
         return found
 
     def lookup(self, parent: int, name: bytes) -> Node | None:
@@ -158,7 +171,8 @@ class UpperState:
         names: list[bytes] = []
         while node.ino != ROOT_INO:
             if not node.names:
-                raise fail(errno.ENOENT)  # unlinked: it has no place in upper any more
+                # Unlinked: it has no place in upper any more.
+                raise UpperError(errno.ENOENT, f"inode {node.ino} has no name left")
             parent, name = node.names[which]
             names.append(name)
             node, which = self.node(parent), 0
@@ -181,7 +195,8 @@ class UpperState:
         here = node
         while here.copy is Copy.NONE:
             if not here.names:
-                raise fail(errno.ENOENT)  # removed while a process still had it open
+                # Removed while a process still had it open.
+                raise UpperError(errno.ENOENT, f"directory {here.ino} has no name left")
             missing.append(here)
             here = self.node(here.names[0][0])
         path = self.path(here)
@@ -233,16 +248,14 @@ class UpperState:
                 return
             data = node.lower_data
             assert data is not None  # META only for non-empty lower files
-            temp = self.work / f"copyup-{node.ino}-{next(self._temps)}"
-            await trio.to_thread.run_sync(self._copy_bytes, data, temp, limiter=self.limiter)
-            try:
-                self._set_disk_attributes(node, temp)
-                os.rename(temp, self.path(node))
-                for which in range(1, len(node.names)):
-                    self._replace_with_link(self.path(node), self.path(node, which))
-            except BaseException:
-                temp.unlink(missing_ok=True)
-                raise
+            # Modes and the rest are set below, as the node has them once the bytes are in.
+            with staged_file(self.work, mode=None, prefix=f"copyup-{node.ino}-") as staged:
+                await trio.to_thread.run_sync(self._copy_bytes, data, staged, limiter=self.limiter)
+                self._set_disk_attributes(node, staged.path)
+                # The upper directory is not kept across a crash: no directory sync.
+                staged.commit(self.path(node), sync_dir=False)
+            for which in range(1, len(node.names)):
+                self._replace_with_link(self.path(node), self.path(node, which))
             node.copy = Copy.DATA
 
     async def truncate(self, node: Node, size: int, fd: int | None = None) -> None:
@@ -251,7 +264,7 @@ class UpperState:
         Truncating to zero copies no data: the metacopy just loses its marker.
         """
         if not stat.S_ISREG(node.mode):
-            raise fail(errno.EINVAL)
+            raise UpperError(errno.EINVAL, f"inode {node.ino} is not a regular file")
         if size == 0:
             async with node.lock:  # not while a data copy-up of it runs
                 self.copy_up_meta(node)
@@ -269,17 +282,10 @@ class UpperState:
         node.size = size
         self.touch(node)
 
-    def _copy_bytes(self, data: DataRef, temp: Path) -> None:
-        # Runs in a worker thread: blocking reads and writes only, no trio.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            copy_lower_into(self.reader, data, fd)
-            os.fsync(fd)  # the rename must not publish a file whose bytes are not there
-        except BaseException:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+    def _copy_bytes(self, data: DataRef, staged: Staged) -> None:
+        # Runs in a worker thread: blocking reads, writes and the fsync, no trio.
+        copy_lower_into(self.reader, data, staged.file.fileno())
+        staged.sync()
 
     def _replace_with_link(self, source: Path, dest: Path) -> None:
         temp = self.work / f"link-{next(self._temps)}"
@@ -330,9 +336,10 @@ class UpperState:
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
         """Set ``name`` (or remove it, with None: ENODATA when it is not there)."""
         if name.startswith(b"trusted.overlay."):
-            raise fail(errno.EPERM)  # ours: the upper format's markers
+            # Ours: the upper format's markers.
+            raise UpperError(errno.EPERM, f"{name!r} is reserved for the upper directory's format")
         if value is None and name not in node.xattrs:
-            raise fail(pyfuse3.ENOATTR)
+            raise UpperError(errno.ENODATA, f"inode {node.ino} has no xattr {name!r}")
         self.copy_up_meta(node)
         if value is None:
             os.removexattr(self.path(node), name, follow_symlinks=False)
@@ -343,7 +350,7 @@ class UpperState:
         self.touch(node, data=False)
 
 
-def copy_lower_into(reader: RangeReader, data: DataRef, fd: int) -> None:
+def copy_lower_into(reader: TarRangeReader, data: DataRef, fd: int) -> None:
     """Write the lower file ``data`` into ``fd`` from offset 0: its extents, holes left as holes.
 
     Blocking (a worker thread's job).  Raises OSError(EIO) if the layer ends early.

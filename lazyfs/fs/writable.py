@@ -1,7 +1,9 @@
 """pyfuse3 operations for a copy-on-write mount: the merged tree with writes in ``Upper``.
 
-The tree and the upper directory's rules are in ``lazyfs.fs.upper``; this
-module maps FUSE requests onto it.  Semantics chosen:
+The tree and the upper directory's rules are in ``lazyfs.fs.upper``; the
+handlers of names and attributes, and their semantics, in
+``lazyfs.fs.writable_names``.  This module adds open files and directories,
+a handle per open.  Semantics chosen:
 
 - every handle sees the file's latest bytes, as on a plain filesystem: a
   handle opened read-only while the bytes are in a lower layer reads them
@@ -12,17 +14,11 @@ module maps FUSE requests onto it.  Semantics chosen:
   upper fd keeps it, so it keeps working after the file is unlinked or
   renamed; a lower file unlinked before its copy-up keeps reading from the
   layer;
-- opening for writing (or with O_TRUNC) copies the data up first; a
-  metadata change (chmod, chown, utimens, xattrs) copies none
-  (``Upper.copy_up_meta``); a truncate does;
-- there is no ``flush``: writes go straight to the upper file, so pyfuse3's
-  ENOSYS tells the kernel to stop asking, one request fewer per close;
-- the kernel may cache entries and attributes only briefly (``TIMEOUT``):
-  they change now.  Pages still stay cached across opens, since every write
-  goes through this mount's page cache.
+- opening for writing (or with O_TRUNC) copies the data up first;
+- pages stay cached across opens, since every write goes through this
+  mount's page cache.
 
-Every handler ends in ``pyfuse3.FUSEError`` (``fuse_errors``): refusals
-directly, anything unexpected as EIO after logging its cause once.
+Every handler ends in ``pyfuse3.FUSEError`` (``lazyfs.fs.boundary``).
 Blocking file I/O runs in worker threads under ``Upper.limiter``.
 ``lazyfs.fs.writable_no_open`` serves the same view without open and
 opendir (the no-open path, see ``lazyfs.fs.caps``).
@@ -34,18 +30,17 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import ChunkCache
-from lazyfs.fs.read_only import NAME_MAX, entry_attributes, fuse_errors, no_entry, read_lower
-from lazyfs.fs.upper import Copy, Node, Upper, fail
+from lazyfs.fs.boundary import fuse_errors
+from lazyfs.fs.read_only import read_lower
+from lazyfs.fs.upper import Copy, Node, Upper
+from lazyfs.fs.writable_names import WritableNames
 from lazyfs.tree.merge import DataRef, InodeNo
-
-TIMEOUT = 1.0
 
 
 @dataclass(slots=True)
@@ -57,60 +52,16 @@ class _Handle:
     lower: DataRef | None
 
 
-class WritableOperations(pyfuse3.Operations):
+class WritableOperations(WritableNames):
     """The copy-on-write view of ``upper``, reading lower bytes through ``chunks``."""
 
     def __init__(self, upper: Upper, chunks: ChunkCache) -> None:
-        super().__init__()
-        self.upper = upper
-        self.tree = upper.tree  # what the mount process reports at start
-        self.chunks = chunks
+        super().__init__(upper, chunks)
         self._numbers = itertools.count(1)
         self._files: dict[int, _Handle] = {}
         self._dirs: dict[int, list[tuple[bytes, InodeNo]]] = {}
 
-    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
-        return entry_attributes(
-            node.ino,
-            node.mode,
-            node.nlink,
-            node.uid,
-            node.gid,
-            node.size,
-            (node.atime_ns, node.mtime_ns, node.ctime_ns),
-            rdev=node.rdev,
-            timeout=TIMEOUT,
-        )
-
-    # -- reading --------------------------------------------------------------------------
-
-    @fuse_errors
-    async def lookup(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        if name == b".":
-            return self.attributes(self.upper.directory(parent_inode))
-        found = self.upper.lookup(parent_inode, name)
-        return no_entry(TIMEOUT) if found is None else self.attributes(found)
-
-    @fuse_errors
-    async def getattr(
-        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        return self.attributes(self.upper.node(inode))
-
-    @fuse_errors
-    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
-        """Nothing to drop: nodes live as long as the mount (unlinked ones are small)."""
-
-    @fuse_errors
-    async def readlink(
-        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.FileNameT:
-        node = self.upper.node(inode)
-        if not stat.S_ISLNK(node.mode):
-            raise fail(errno.EINVAL)
-        return pyfuse3.FileNameT(node.target)
+    # -- open files and directories ----------------------------------------------------------
 
     @fuse_errors
     async def opendir(
@@ -131,7 +82,7 @@ class WritableOperations(pyfuse3.Operations):
     ) -> None:
         listing = self._dirs.get(fh)
         if listing is None:
-            raise fail(errno.EBADF)
+            raise pyfuse3.FUSEError(errno.EBADF)
         for position in range(start_id, len(listing)):
             name, child = listing[position]
             entry = self.attributes(self.upper.node(child))
@@ -148,7 +99,7 @@ class WritableOperations(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         node = self.upper.node(inode)
         if stat.S_ISDIR(node.mode):
-            raise fail(errno.EISDIR)
+            raise pyfuse3.FUSEError(errno.EISDIR)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
             await self.upper.truncate(node, 0)  # copies no data
@@ -172,7 +123,7 @@ class WritableOperations(pyfuse3.Operations):
     def _file(self, fh: int) -> _Handle:
         handle = self._files.get(fh)
         if handle is None:
-            raise fail(errno.EBADF)
+            raise pyfuse3.FUSEError(errno.EBADF)
         return handle
 
     @fuse_errors
@@ -192,7 +143,7 @@ class WritableOperations(pyfuse3.Operations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._file(fh)
         if handle.fd is None:
-            raise fail(errno.EBADF)
+            raise pyfuse3.FUSEError(errno.EBADF)
         fd = handle.fd
         written: int = await trio.to_thread.run_sync(
             os.pwrite, fd, buf, off, limiter=self.upper.limiter
@@ -209,82 +160,10 @@ class WritableOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(sync, fd, limiter=self.upper.limiter)
 
     @fuse_errors
-    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        """Directory changes are made with plain syscalls; the upper filesystem orders them."""
-
-    @fuse_errors
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._files.pop(fh, None)
         if handle is not None and handle.fd is not None:
             os.close(handle.fd)
-
-    @fuse_errors
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        # Free space is what the upper directory has: that is where writes go.
-        found = os.statvfs(self.upper.upper)
-        stats = pyfuse3.StatvfsData()
-        stats.f_bsize, stats.f_frsize = found.f_bsize, found.f_frsize
-        stats.f_blocks, stats.f_bfree, stats.f_bavail = (
-            found.f_blocks,
-            found.f_bfree,
-            found.f_bavail,
-        )
-        stats.f_files, stats.f_ffree, stats.f_favail = (
-            found.f_files,
-            found.f_ffree,
-            found.f_favail,
-        )
-        stats.f_namemax = NAME_MAX
-        return stats
-
-    @fuse_errors
-    async def getxattr(
-        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
-    ) -> bytes:
-        value = self.upper.node(inode).xattrs.get(name)
-        if value is None:
-            raise fail(pyfuse3.ENOATTR)
-        return value
-
-    @fuse_errors
-    async def listxattr(
-        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
-    ) -> Sequence[pyfuse3.XAttrNameT]:
-        return [pyfuse3.XAttrNameT(key) for key in self.upper.node(inode).xattrs]
-
-    # -- writing ----------------------------------------------------------------------------
-
-    @fuse_errors
-    async def setattr(
-        self,
-        inode: pyfuse3.InodeT,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
-        fh: pyfuse3.FileHandleT | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        node = self.upper.node(inode)
-        if fields.update_size:
-            await self._truncate(node, attr.st_size, fh)
-        if fields.update_mode:
-            self.upper.set_mode(node, attr.st_mode)
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else node.uid
-            gid = attr.st_gid if fields.update_gid else node.gid
-            self.upper.set_owner(node, uid, gid)
-        if fields.update_atime or fields.update_mtime:
-            self.upper.set_times(
-                node,
-                attr.st_atime_ns if fields.update_atime else None,
-                attr.st_mtime_ns if fields.update_mtime else None,
-            )
-        return self.attributes(node)
-
-    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
-        """Set ``node``'s size, through ``fh``'s upper fd when it has one (it may be unlinked)."""
-        handle = self._files.get(fh) if fh is not None else None
-        fd = handle.fd if handle is not None else None
-        await self.upper.truncate(node, size, fd)
 
     @fuse_errors
     async def create(
@@ -300,78 +179,11 @@ class WritableOperations(pyfuse3.Operations):
         handle = await self._handle(node, writing=True)
         return pyfuse3.FileInfo(fh=self._keep(handle)), self.attributes(node)
 
-    @fuse_errors
-    async def mkdir(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        mode: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        mode = stat.S_IFDIR | (stat.S_IMODE(mode) & ~ctx.umask)
-        return self.attributes(self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid))
-
-    @fuse_errors
-    async def mknod(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        mode: int,
-        rdev: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
-        node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev)
-        return self.attributes(node)
-
-    @fuse_errors
-    async def symlink(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        target: pyfuse3.FileNameT,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        node = self.upper.new(
-            parent_inode, name, stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, target=target
-        )
-        return self.attributes(node)
-
-    @fuse_errors
-    async def link(
-        self,
-        inode: pyfuse3.InodeT,
-        new_parent_inode: pyfuse3.InodeT,
-        new_name: pyfuse3.FileNameT,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        return self.attributes(await self.upper.link(inode, new_parent_inode, new_name))
-
-    @fuse_errors
-    async def unlink(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-    ) -> None:
-        self._pin_readers(self.upper.lookup(parent_inode, name))
-        self.upper.remove(parent_inode, name, directory=False)
-
-    @fuse_errors
-    async def rmdir(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-    ) -> None:
-        self.upper.remove(parent_inode, name, directory=True)
-
-    @fuse_errors
-    async def rename(
-        self,
-        parent_inode_old: pyfuse3.InodeT,
-        name_old: pyfuse3.FileNameT,
-        parent_inode_new: pyfuse3.InodeT,
-        name_new: pyfuse3.FileNameT,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        self._pin_readers(self.upper.lookup(parent_inode_new, name_new))
-        await self.upper.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        """Set ``node``'s size, through ``fh``'s upper fd when it has one (it may be unlinked)."""
+        handle = self._files.get(fh) if fh is not None else None
+        fd = handle.fd if handle is not None else None
+        await self.upper.truncate(node, size, fd)
 
     def _pin_readers(self, node: Node | None) -> None:
         """Give handles of copied-up ``node`` without an fd one, before a name of it may go.
@@ -383,19 +195,3 @@ class WritableOperations(pyfuse3.Operations):
         for handle in self._files.values():
             if handle.node is node and handle.fd is None:
                 handle.fd = os.open(self.upper.path(node), os.O_RDONLY | os.O_CLOEXEC)
-
-    @fuse_errors
-    async def setxattr(
-        self,
-        inode: pyfuse3.InodeT,
-        name: pyfuse3.XAttrNameT,
-        value: bytes,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        self.upper.set_xattr(self.upper.node(inode), name, value)
-
-    @fuse_errors
-    async def removexattr(
-        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
-    ) -> None:
-        self.upper.set_xattr(self.upper.node(inode), name, None)

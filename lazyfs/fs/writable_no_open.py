@@ -48,8 +48,9 @@ import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import ChunkCache
-from lazyfs.fs.read_only import fuse_errors, read_lower
-from lazyfs.fs.upper import Copy, Node, Upper, fail
+from lazyfs.fs.boundary import fuse_errors
+from lazyfs.fs.read_only import read_lower
+from lazyfs.fs.upper import Copy, Node, Upper
 from lazyfs.fs.upper_state import copy_lower_into
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.tree.merge import InodeNo
@@ -89,13 +90,13 @@ class NoOpenWritableOperations(WritableOperations):
     async def open(
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        raise fail(errno.ENOSYS)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_errors
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
-        raise fail(errno.ENOSYS)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_errors
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
@@ -223,7 +224,7 @@ class NoOpenWritableOperations(WritableOperations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         node = self.upper.node(fh)
         if not stat.S_ISREG(node.mode):
-            raise fail(errno.EINVAL)
+            raise pyfuse3.FUSEError(errno.EINVAL)
         await self._copy_up_for_writing(node)
         fd, owned = self._upper_fd(node, os.O_WRONLY)
         try:

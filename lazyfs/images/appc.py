@@ -25,28 +25,19 @@ from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
 from providers.aci import write_layer
 from providers.appc_manifest import AciManifest, check_image_id
-from providers.appc_store import AppcStore, discovery_location, open_location
+from providers.appc_source import AppcDiscoverySource, AppcRef, AppcStoreSource
+from providers.appc_store import AppcStore
 from providers.digest import Digest, HashingWriter
-from providers.errors import BadImage, DigestMismatch, NotFound
+from providers.errors import BadImage, NotFound
 from providers.image_pb2 import Image
 from providers.manifest import OCI_LAYER_TAR, ImageManifest, Layer
+from providers.source import ImageSource
 
 FETCH_LIMIT = trio.CapacityLimiter(2)
 # Dependency graphs come from the images themselves: bound them.
 MAX_IMAGES = 128
 # None: no whitelist on the way down, everything shows.
 Whitelist = frozenset[str] | None
-
-
-@dataclass(frozen=True)
-class _Wanted:
-    name: str
-    image_id: str
-    # A tuple of pairs, not a dict: _Wanted keys the per-fetch memo.
-    labels: tuple[tuple[str, str], ...]
-
-    def describe(self) -> str:
-        return self.image_id or ",".join([self.name, *(f"{k}={v}" for k, v in self.labels)])
 
 
 @dataclass
@@ -72,7 +63,7 @@ class AppcProvider:
             raise BadImage("not an Appc image")
         labels = tuple((label.key, label.value) for label in image.appc.labels.labels)
         image_id = check_image_id(image.appc.id, "Image.Appc.id") if image.appc.id else ""
-        wanted = _Wanted(image.appc.name, image_id, labels)
+        wanted = AppcRef(image.appc.name, labels, image_id)
         async with FETCH_LIMIT:
             manifest = await trio.to_thread.run_sync(
                 lambda: self._fetch_blocking(wanted, cached=image.cached, progress=progress)
@@ -84,14 +75,14 @@ class AppcProvider:
     # -- blocking ------------------------------------------------------------
 
     def _fetch_blocking(
-        self, wanted: _Wanted, *, cached: bool, progress: Progress
+        self, wanted: AppcRef, *, cached: bool, progress: Progress
     ) -> ImageManifest:
         order: list[tuple[str, Whitelist]] = []
         seen: set[str] = set()
         # One fetch per image however often the graph names it, even uncached.
-        resolved: dict[_Wanted, tuple[str, AciManifest]] = {}
+        resolved: dict[AppcRef, tuple[str, AciManifest]] = {}
 
-        def resolve(want: _Wanted) -> tuple[str, AciManifest]:
+        def resolve(want: AppcRef) -> tuple[str, AciManifest]:
             if want not in resolved:
                 resolved[want] = self._resolve(want, cached=cached, progress=progress)
             return resolved[want]
@@ -107,7 +98,7 @@ class AppcProvider:
                 allowed = own if allowed is None else allowed & own
             order.append((image_id, allowed))
             for dep in manifest.dependencies:
-                dep_wanted = _Wanted(dep.name, dep.image_id, tuple(dep.labels))
+                dep_wanted = AppcRef(dep.name, tuple(dep.labels), dep.image_id)
                 try:
                     dep_id, dep_manifest = resolve(dep_wanted)
                 except NotFound as error:
@@ -128,31 +119,31 @@ class AppcProvider:
         )
 
     def _resolve(
-        self, wanted: _Wanted, *, cached: bool, progress: Progress
+        self, wanted: AppcRef, *, cached: bool, progress: Progress
     ) -> tuple[str, AciManifest]:
+        reference = str(wanted)
         if cached:
-            found = wanted.image_id or self.appc_store.find(wanted.name, dict(wanted.labels))
-            manifest = self.appc_store.manifest(found) if found else None
-            if found and manifest is not None:
-                return found, manifest
+            try:
+                return self._stored(AppcStoreSource(self.appc_store), reference)
+            except NotFound:
+                pass
         if not self.discovery_prefix:
             raise NotFound(
                 f"appc image {wanted.describe()} is not in the store "
                 "and no --appc_simple_discovery_uri_prefix is set"
             )
-        location = discovery_location(self.discovery_prefix, wanted.name, dict(wanted.labels))
-        progress.message(f"fetching {location}")
-        with open_location(location) as stream:
-            info = self.appc_store.add(stream, location)
-        if wanted.image_id and info.image_id != wanted.image_id:
-            raise DigestMismatch(
-                f"appc image {location} id", expected=wanted.image_id, actual=info.image_id
-            )
-        if info.manifest.name != wanted.name:
-            raise BadImage(
-                f"appc image {location} is named {info.manifest.name!r}, not {wanted.name!r}"
-            )
-        return info.image_id, info.manifest
+        discovery = AppcDiscoverySource(self.appc_store, self.discovery_prefix)
+        progress.message(f"fetching {discovery.location(reference)}")
+        return self._stored(discovery, reference)
+
+    def _stored(self, source: ImageSource, reference: str) -> tuple[str, AciManifest]:
+        """Resolve ``reference`` with ``source``; the id and manifest it left in the Appc store."""
+        image = source.resolve(reference)
+        image_id = "sha512-" + image.digest.removeprefix("sha512:")
+        manifest = self.appc_store.manifest(image_id)
+        if manifest is None:
+            raise NotFound(f"appc image {reference}: {image_id} is not in the store")
+        return image_id, manifest
 
     def _layer(self, image_id: str, allowed: Whitelist) -> Layer:
         """The layer blob of ``image_id`` under ``allowed``, made and stored if missing."""

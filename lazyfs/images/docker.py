@@ -17,11 +17,11 @@ from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
-from providers.oci_layout import host_platform
+from providers.platforms import host_platform
 from providers.reference import parse_reference
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import parse_docker_config
-from providers.source import BlobSource
+from providers.source import BlobSource, Puller
 
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
@@ -44,7 +44,7 @@ class DockerProvider:
     options: RegistryOptions = field(default_factory=RegistryOptions)
     _client: RegistryClient | None = field(default=None, init=False, repr=False)
 
-    def _source(self, image: Image) -> LocalPuller | RegistryClient:
+    def _source(self, image: Image) -> Puller:
         parsed = urlparse(self.registry)
         if parsed.scheme in ("", "file"):
             path = Path(parsed.path if parsed.scheme == "file" else self.registry)
@@ -138,14 +138,7 @@ class DockerProvider:
                     self.store.ingest, layer, opener, advance, abandon_on_cancel=True
                 )
             except DigestMismatch as exc:
-                if exc.what.startswith(f"{reference}:"):
-                    failures.append(exc)
-                    return
                 # The store knows the blob, not the image: name it for the user.
-                named = DigestMismatch(
-                    f"{reference}: {exc.what}", expected=exc.expected, actual=exc.actual
-                )
-                named.__cause__ = exc
-                failures.append(named)
+                failures.append(exc.for_image(reference))
             except LazyfsError as exc:
                 failures.append(exc)

@@ -1,16 +1,17 @@
-"""Build a LayerIndex from a layer blob: one pass over it, one header scan.
+"""The steps of an index build: one pass over a layer blob, one header scan.
 
-What the index points into is written to the caller's scratch directory,
-under the names ``lazyfs.index.model`` gives (the caller renames it into the
-store):
+``lazyfs.index.formats`` puts them together per kind of blob:
 
-- plain tar: nothing; the blob is scanned in place, tar headers only,
-  seeking over file data, so the cost is the number of entries;
-- gzip: the tar stream is scanned as it is decompressed, and checkpoints
-  are made alongside (``lazyfs.index.gzip_checkpoints``) and written to
-  ``CHECKPOINTS_NAME``; no uncompressed copy;
-- zstd: the blob is decompressed once into ``TAR_NAME``, then scanned there.
+- ``scan_in_place``: a plain tar blob, tar headers only, seeking over file
+  data, so the cost is the number of entries;
+- ``scan_with_checkpoints``: a gzip blob's tar stream scanned as it is
+  decompressed, with checkpoints made alongside
+  (``lazyfs.index.gzip_checkpoints``); no uncompressed copy;
+- ``copy_decompressed`` then ``scan_tar``: a zstd blob decompressed once
+  into a tar copy, scanned there.
 
+Compressed blobs are read through ``providers.compression.decompressed``,
+the decompressor ``backends.apply`` uses, so both accept the same bytes.
 The archive is distrusted as ``backends.apply`` distrusts it, and refused for
 the same reasons, so a layer this index accepts is one the extracting
 backends accept too: every member is classified by
@@ -28,8 +29,8 @@ from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
 
-from lazyfs.index.gzip_checkpoints import SPACING, Checkpointer
-from lazyfs.index.model import CHECKPOINTS_NAME, TAR_NAME, IndexEntry, Kind, LayerIndex
+from lazyfs.index.gzip_checkpoints import Checkpointer
+from lazyfs.index.model import IndexEntry, Kind
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
 from providers.errors import BadImage
@@ -48,39 +49,24 @@ from providers.tar_stream import (
 log = logging.getLogger(__name__)
 
 
-def build_index(
-    digest: Digest,
-    blob: Path,
-    scratch: Path,
-    *,
-    spacing: int = SPACING,
-    limits: LayerLimits | None = None,
-) -> LayerIndex:
-    """Index the layer blob ``blob``, writing what the index points into to ``scratch``.
+def scan_in_place(
+    digest: Digest, blob: Path, *, limits: LayerLimits | None
+) -> tuple[tuple[IndexEntry, ...], int]:
+    """The entries of the plain tar blob ``blob``, and its length: its headers only are read.
 
-    ``spacing`` is the distance between gzip checkpoints (tests make it
-    small).  Raises BadImage or UnsafeLayer (naming the layer and entry)
-    for layers the backends refuse, BadImage for one that unpacks past
-    ``limits`` (default: ``LayerLimits()``), as apply does.
+    BadImage for a blob compressed in a way no layer format reads (bzip2, xz).
     """
-    limits = limits or LayerLimits()
     with blob.open("rb") as stream:
         compression = sniff(stream.read(8))
         size = os.fstat(stream.fileno()).st_size
-    layer = str(digest)
-    if compression == "none":
-        limits.check(layer, size, size)
-        return LayerIndex(digest, compression, size, scan_tar(blob, layer=layer))
-    if compression == "zstd":
-        tar = scratch / TAR_NAME
-        _decompress(digest, blob, tar, limits)
-        return LayerIndex(digest, compression, tar.stat().st_size, scan_tar(tar, layer=layer))
-    if compression == "gzip":
-        return _index_gzip(digest, blob, scratch / CHECKPOINTS_NAME, spacing, limits)
-    raise BadImage(f"bad layer {digest}: unsupported compression {compression}")
+    if compression != "none":
+        raise BadImage(f"bad layer {digest}: unsupported compression {compression}")
+    (limits or LayerLimits()).check(str(digest), size, size)
+    return scan_tar(blob, layer=str(digest)), size
 
 
-def _decompress(digest: Digest, blob: Path, out: Path, limits: LayerLimits) -> None:
+def copy_decompressed(digest: Digest, blob: Path, out: Path, *, limits: LayerLimits | None) -> int:
+    """Write the tar stream of the compressed blob ``blob`` to ``out``; its length."""
     with blob.open("rb") as raw, out.open("wb") as sink:
         # LayerReader turns corrupt compressed data into BadImage, as for apply.
         stream = LayerReader(
@@ -91,11 +77,16 @@ def _decompress(digest: Digest, blob: Path, out: Path, limits: LayerLimits) -> N
         )
         while chunk := stream.read(CHUNK):
             sink.write(chunk)
+        return sink.tell()
 
 
-def _index_gzip(
-    digest: Digest, blob: Path, out: Path, spacing: int, limits: LayerLimits
-) -> LayerIndex:
+def scan_with_checkpoints(
+    digest: Digest, blob: Path, *, spacing: int, limits: LayerLimits | None
+) -> tuple[tuple[IndexEntry, ...], int, bytes]:
+    """Scan the gzip blob ``blob`` as it is decompressed, checkpointing it on the way.
+
+    Returns the entries, the tar stream's length and the exported checkpoints.
+    """
     layer = str(digest)
     with blob.open("rb") as raw, Checkpointer(blob, layer=layer, spacing=spacing) as points:
         # The scan reads what apply's decompressor accepts (CRCs, truncation,
@@ -110,9 +101,7 @@ def _index_gzip(
         while stream.read(CHUNK):  # the rest: padding, and the CRC checks at the end
             pass
         tar_size = stream.tell()
-        exported = points.export(tar_size)
-    out.write_bytes(exported)
-    return LayerIndex(digest, "gzip", tar_size, entries, checkpoints_size=len(exported))
+        return entries, tar_size, points.export(tar_size)
 
 
 def scan_tar(tar: Path, *, layer: str) -> tuple[IndexEntry, ...]:

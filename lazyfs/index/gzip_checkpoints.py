@@ -16,8 +16,9 @@ only ever goes where ``providers.compression.decompressed`` (the same
 decompressor ``backends.apply`` uses) has already accepted the bytes, and at
 the end both must agree on the stream's length.  Its errors become BadImage.
 
-Reading (``GzipCheckpoints``): a ``RangeReader`` over gzip blobs with their
-exported checkpoints, reading the *uncompressed* stream.  See its docstring
+Reading (``GzipCheckpoints``): a ``lazyfs.blobs.ranges.TarRangeReader``
+over gzip blobs with their exported checkpoints, reading the
+*uncompressed* stream.  See its docstring
 for the thread-safety and resource bounds.
 """
 

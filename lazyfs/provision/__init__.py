@@ -1,8 +1,10 @@
 """The provisioner and the runtime: rootfses per container, and running them.
 
-``provisioner`` records, destroys and recovers rootfses built by a backend;
-``devmount`` is ``lazyfs mount`` for a person; ``runtime`` writes OCI bundles
-and runs them with runc.
+``provisioner`` records, destroys and recovers rootfses built by a backend,
+with ``records`` holding what it records and reports (``ProvisionInfo``,
+``RecoverReport``) and the checks on what it is given; ``devmount`` is
+``lazyfs mount`` for a person; ``runtime`` writes OCI bundles and runs them
+with runc.
 
 Imports: lazyfs.store, lazyfs.images, lazyfs.fs.mount, lazyfs.progress, backends, providers.
 """

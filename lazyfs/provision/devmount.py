@@ -27,7 +27,8 @@ from pathlib import Path
 
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
-from lazyfs.provision.provisioner import Provisioner, require_layers
+from lazyfs.provision.provisioner import Provisioner
+from lazyfs.provision.records import require_layers
 from providers.errors import Conflict, NotFound, UsageError
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
@@ -68,8 +69,8 @@ async def mount_image(
     mount is for a person to look inside, and other users may reach it
     (``lazyfs.fs.mount_main.mount_options`` says why it is ``allow_other``).
 
-    Blocking parts (indexing, starting the mount process) run here, in the
-    caller's thread: the CLI calls this once and exits. Nothing is left
+    Blocking parts (starting the mount process, waiting while it indexes)
+    run here, in the caller's thread: the CLI calls this once and exits. Nothing is left
     mounted or recorded when it fails.
     """
     if (suid or dev) and os.geteuid() != 0:
@@ -91,16 +92,11 @@ async def mount_image(
     private_dir(record, exist_ok=False)
     try:
         (record / "mountpoint").write_text(f"{mountpoint}\n")
-        store = provisioner.store
         pid = lazy_mount.mount_recorded(
             record,
-            [
-                lazy_mount.MountLayer(layer.digest, store.blob_path(layer.digest))
-                for layer in manifest.layers
-            ],
+            manifest.layers,
             mountpoint,
-            layers_dir=store.layers,
-            tmp_dir=store.tmp,
+            store=provisioner.store.root,
             writable=writable,
             debug=debug,
             suid=suid,

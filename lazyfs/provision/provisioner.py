@@ -22,19 +22,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
-from backends.base import Backend, LayerFile, Remountable
+from backends.base import Backend, Remountable
 from backends.mounts import mount_problem, unmount_all_under
 from backends.names import default_backend_name, make_backend
 from lazyfs.progress import Progress
+from lazyfs.provision.records import (
+    ProvisionInfo,
+    RecoverReport,
+    check_container_id,
+    incomplete,
+    one_line,
+    require_layers,
+)
+from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, locked_async
 from providers.errors import (
     BackendError,
@@ -47,78 +54,26 @@ from providers.errors import (
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
-from providers.manifest import ImageManifest, RuntimeConfig
+from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
 from providers.tar_stream import LayerLimits
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The records and checks live in lazyfs.provision.records; callers may take them from here.
+__all__ = [
+    "ImageProvider",
+    "ProvisionInfo",
+    "Provisioner",
+    "RecoverReport",
+    "check_container_id",
+    "one_line",
+    "require_layers",
+]
 
 
 class ImageProvider(Protocol):
     async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
         """Resolve ``image`` and make all its layer blobs present in the store."""
         ...
-
-
-@dataclass(frozen=True)
-class ProvisionInfo:
-    container_id: str
-    rootfs: Path
-    backend: str
-    writable: bool
-    image: ImageManifest
-
-    @property
-    def config(self) -> RuntimeConfig:
-        return self.image.config
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "container_id": self.container_id,
-            "rootfs": str(self.rootfs),
-            "backend": self.backend,
-            "writable": self.writable,
-            "image": {
-                "reference": self.image.reference,
-                "platform": self.image.platform,
-                "digest": self.image.digest,
-                "layers": [layer.digest for layer in self.image.layers],
-            },
-            "config": self.image.config.to_json(),
-        }
-
-
-@dataclass(frozen=True)
-class RecoverReport:
-    """What ``recover`` did with each container.
-
-    ``remounted`` are kept containers whose rootfs mount was gone or dead
-    and is back; ``broken`` pairs a kept container whose rootfs does not
-    work (and could not be mounted again) with why, left as it was.
-    ``failed`` pairs a container that could not be destroyed with why (one
-    line); it is left as it was, and the others were still handled.
-    """
-
-    kept: tuple[str, ...]
-    destroyed: tuple[str, ...]
-    busy: tuple[str, ...]
-    failed: tuple[tuple[str, str], ...] = ()
-    remounted: tuple[str, ...] = ()
-    broken: tuple[tuple[str, str], ...] = ()
-
-
-def require_layers(manifest: ImageManifest) -> None:
-    """Refuse an image of no layer (BadImage): every backend would, each its own way."""
-    if not manifest.layers:
-        raise BadImage(f"image {manifest.reference} has no layers: no root filesystem to make")
-
-
-def check_container_id(container_id: str) -> None:
-    if not _CONTAINER_ID.match(container_id) or ".." in container_id:
-        raise UsageError(
-            f"invalid container id {container_id!r}: use letters, digits, '_', '.', '-' "
-            "(at most 128, not starting with a punctuation mark)"
-        )
 
 
 class Provisioner:
@@ -142,6 +97,8 @@ class Provisioner:
         self.containers = self.root / "containers"
         self.locks = self.root / "locks"
         self.store = store
+        # What backends read layers from: the provider's fetch made them all present.
+        self.blobs = StoreBlobs(store)
         self.providers = providers
         self._default_backend = default_backend
         self.limits = limits
@@ -157,7 +114,10 @@ class Provisioner:
         return self._default_backend
 
     def backend(self, name: str) -> Backend:
-        return make_backend(name, self.store.layers, self.store.tmp, self.limits)
+        store = self.store
+        return make_backend(
+            name, store=store.root, layers_dir=store.layers, tmp_dir=store.tmp, limits=self.limits
+        )
 
     async def provision(
         self,
@@ -191,18 +151,19 @@ class Provisioner:
             except FileExistsError:
                 if not self._complete(home):
                     # Its provision died (we hold the lock): say so, not "provisioned".
-                    raise Conflict(_incomplete(container_id)) from None
+                    raise Conflict(incomplete(container_id)) from None
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
                 manifest = await provider.fetch(image, progress)
                 require_layers(manifest)
-                layers = self._layer_files(manifest)
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
                 private_dir(rootfs_dir.parent)
                 progress.message(f"building the rootfs of {container_id} with {name}")
                 rootfs = await trio.to_thread.run_sync(
-                    lambda: chosen.provision(layers, rootfs_dir, writable=writable)
+                    lambda: chosen.provision(
+                        manifest.layers, self.blobs, rootfs_dir, writable=writable
+                    )
                 )
                 info = ProvisionInfo(container_id, rootfs.path, name, rootfs.writable, manifest)
                 _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
@@ -301,10 +262,10 @@ class Provisioner:
             data = json.loads((home / "info.json").read_text())
         except FileNotFoundError:
             if home.is_dir():
-                raise NotFound(_incomplete(container_id)) from None
+                raise NotFound(incomplete(container_id)) from None
             raise NotFound(f"container {container_id} is not provisioned") from None
         if (home / "provisioning").exists():
-            raise NotFound(_incomplete(container_id))
+            raise NotFound(incomplete(container_id))
         image = data["image"]
         manifest = self.store.get_image(image["reference"], image.get("platform", ""))
         if manifest is None:
@@ -326,12 +287,6 @@ class Provisioner:
             raise BadImage(f"no {kind or 'such'} image provider enabled (enabled: {enabled})")
         return provider
 
-    def _layer_files(self, manifest: ImageManifest) -> tuple[LayerFile, ...]:
-        return tuple(
-            LayerFile(layer.digest, self.store.blob_path(layer.digest), layer.media_type)
-            for layer in manifest.layers
-        )
-
     def _revive(self, container_id: str) -> bool:
         """Check a kept container's rootfs; True if it had to be mounted again.
 
@@ -346,7 +301,7 @@ class Provisioner:
         if not isinstance(backend, Remountable):
             raise BackendError(f"its rootfs {info.rootfs} {problem}")
         try:
-            backend.remount(self._layer_files(info.image), info.rootfs, writable=info.writable)
+            backend.remount(info.image.layers, self.blobs, info.rootfs, writable=info.writable)
         except LazyfsError as error:
             raise BackendError(f"its rootfs {info.rootfs} {problem}: {error}") from error
         problem = _rootfs_problem(info.backend, info.rootfs)
@@ -394,27 +349,11 @@ class Provisioner:
         return (home / "info.json").is_file() and not (home / "provisioning").exists()
 
 
-def _incomplete(container_id: str) -> str:
-    return (
-        f"container {container_id} is incomplete: its provision did not finish; "
-        "destroy it or run recover"
-    )
-
-
 def _rootfs_problem(backend: str, rootfs: Path) -> str | None:
     """Why ``rootfs`` made by ``backend`` does not work (a short clause), or None."""
     if backend == "copy":  # a plain directory; every other backend mounts one
         return None if rootfs.is_dir() else "is missing"
     return mount_problem(rootfs)
-
-
-def one_line(error: BaseException) -> str:
-    """``error`` as one line for a report: its message, and for OSError the file."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    if isinstance(error, LazyfsError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 def _write_atomic(path: Path, text: str) -> None:

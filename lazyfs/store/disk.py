@@ -32,18 +32,22 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import trio
 
-from providers.diff_id import DiffIdChecker, diff_id_of
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
-from providers.tar_stream import LayerLimits
+
+if TYPE_CHECKING:
+    # Only ingesting needs the decompressors and tar limits, not a mount
+    # process that finds its blobs here.
+    from providers.diff_id import DiffIdChecker
+    from providers.tar_stream import LayerLimits
 
 Progress = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -61,8 +65,7 @@ class Store:
         # Absolute: blob and layer paths go to mount processes and the kernel.
         root = root.absolute()
         self.root = root
-        # A layer that would unpack past these is refused as it streams in.
-        self.limits = limits or LayerLimits()
+        self._limits = limits
         self.blobs = root / "blobs"
         self.images_dir = root / "images"
         self.layers = root / "layers"
@@ -70,6 +73,15 @@ class Store:
         self.tmp = root / "tmp"
         for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
             private_dir(directory)
+
+    @property
+    def limits(self) -> LayerLimits:
+        """A layer that would unpack past these is refused as it streams in."""
+        if self._limits is None:
+            from providers.tar_stream import LayerLimits
+
+            self._limits = LayerLimits()
+        return self._limits
 
     # -- blobs -------------------------------------------------------------
 
@@ -146,6 +158,8 @@ class Store:
         """
         if layer.diff_id is None:
             return
+        from providers.diff_id import diff_id_of
+
         try:
             known = Digest(self._diff_id_record(layer.digest).read_text())
         except FileNotFoundError:
@@ -249,6 +263,8 @@ def _copy_verified(
 
     Returns the layer's diff_id check, fed every byte but not yet verified.
     """
+    from providers.diff_id import DiffIdChecker
+
     inflated = DiffIdChecker(layer.diff_id, f"layer {layer.digest}", bound)
     with contextlib.closing(source) as raw:
         reader = VerifyingReader(raw, layer.digest, layer.size, f"blob {layer.digest}")

@@ -6,5 +6,5 @@ that a later mount of the same image merges nothing.  ``packed`` is a
 read-only binary form of a merged tree (``packed_write``, ``packed_read``)
 that mounts map and read in place, sharing its pages; not yet used to mount.
 
-Imports: lazyfs.index, providers.
+Imports: lazyfs.index, lazyfs.store.atomic, providers.
 """

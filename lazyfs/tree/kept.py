@@ -25,9 +25,7 @@ import contextlib
 import hashlib
 import logging
 import marshal
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ import lazyfs.tree.merge
 import providers.layer_entry
 import providers.layer_rules
 from lazyfs.index.model import LayerIndex
+from lazyfs.store.atomic import write_atomic
 from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree, merge
 from providers.digest import Digest, hex_part
 
@@ -137,14 +136,8 @@ def store_tree(path: Path, digests: Sequence[Digest], tree: MergedTree) -> None:
     ]
     payload = marshal.dumps((_header(digests), rows, tree.children, tree.parents))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tree.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(payload)
-        os.rename(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    # Not durable: a tree torn by a crash fails to load and is merged again.
+    write_atomic(path, payload, mode=0o600, prefix=".tree.", durable=False)
 
 
 def _data_fields(data: DataRef) -> tuple[Any, ...]:

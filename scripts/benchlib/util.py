@@ -11,8 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from backends.mounts import mount, unmount, unmount_all_under
-from lazyfs.fs.mount import is_mounted
+from backends.mounts import is_mounted, mount, unmount, unmount_all_under
 
 
 class ToolError(RuntimeError):

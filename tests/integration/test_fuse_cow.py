@@ -19,15 +19,18 @@ from typing import Protocol
 
 import pytest
 
-from backends.base import LayerFile, scratch_dir
+from backends.apply import LayerFile
+from backends.base import scratch_dir
 from backends.extracted import extracted_layer
 from backends.fuse import FuseBackend
 from backends.overlay import overlay_usable
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
+from lazyfs.store.blobs import StoreBlobs
+from lazyfs.store.disk import Store
 from lazyfs.tree.kept import tree_path
-from providers.digest import digest_bytes
 from tests.support import fuse_paths
+from tests.support.blob_sources import store_files
 from tests.support.fuse_mounts import need_fuse, requests, unmount_all, walk_and_read
 from tests.support.images import Entry, opaque, whiteout, write_layer
 from tests.support.tree import is_whiteout
@@ -54,31 +57,30 @@ def cow(tmp_path: Path, fuse_path: str) -> Iterator[Mount]:
     """Mounts layers writable, each mount with fresh upper and work; all taken down afterwards."""
     need_fuse()
     made: list[tuple[Path, int]] = []
-    layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
-    layers_dir.mkdir()
-    tmp.mkdir()
+    store = Store(tmp_path / "store")
 
     def mount(layers: Sequence[Sequence[Entry]], *, debug: bool = False) -> Cow:
         n = len(made)
-        found = []
-        for i, entries in enumerate(layers):
-            blob = write_layer(entries, tmp_path / f"m{n}-layer{i}.tar")
-            found.append(LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar"))
+        blobs = [
+            write_layer(entries, tmp_path / f"m{n}-layer{i}.tar")
+            for i, entries in enumerate(layers)
+        ]
+        found = store_files(store, blobs)
         root, upper, work = (tmp_path / f"{part}{n}" for part in ("root", "upper", "work"))
         for directory in (root, upper, work):
             directory.mkdir()
         pid = lazy_mount.mount(
-            [lazy_mount.MountLayer(layer.digest, layer.path) for layer in found],
+            found,
             root,
-            layers_dir=layers_dir,
-            tmp_dir=tmp,
+            store=store.root,
             log_path=tmp_path / "mount.log",
             upper=upper,
             work=work,
             debug=debug,
         )
         made.append((root, pid))
-        return Cow(root, upper, pid, found)
+        files = [LayerFile(layer.digest, store.blob_path(layer.digest)) for layer in found]
+        return Cow(root, upper, pid, files)
 
     try:
         yield mount
@@ -230,7 +232,7 @@ def test_st_ino_is_stable_across_remounts(cow: Mount, tmp_path: Path) -> None:
     layers = [[Entry("etc", "dir"), Entry("etc/a", data=b"a"), Entry("b", data=b"b")]]
     first = cow(layers)
     # Merged again, not loaded from the store: the numbering itself must be stable.
-    tree_path(tmp_path / "layers", [layer.digest for layer in first.layers]).unlink()
+    tree_path(Store(tmp_path / "store").layers, [layer.digest for layer in first.layers]).unlink()
     second = cow(layers)
     os.chmod(first.root / "etc" / "a", 0o600)
     (first.root / "b").write_bytes(b"changed")
@@ -327,8 +329,8 @@ def test_kernel_overlayfs_reads_the_upper_as_the_mount_showed_it(
     assert (m.root / "etc" / "a").is_dir()
     seen = tree(m.root)
     lazy_mount.unmount(m.root, pid=m.pid)
-    layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
-    lowers = [str(extracted_layer(layers_dir, tmp, layer, "overlay")) for layer in m.layers]
+    store = Store(tmp_path / "store")  # the cow fixture's
+    lowers = [str(extracted_layer(store.layers, store.tmp, layer, "overlay")) for layer in m.layers]
     point, work = tmp_path / "kernel", tmp_path / "kernel-work"
     point.mkdir()
     work.mkdir()
@@ -347,14 +349,13 @@ def test_the_backend_provisions_writable_and_destroy_removes_the_upper(
 ) -> None:
     need_fuse()
     blob = write_layer([Entry("etc", "dir"), Entry("etc/a", data=b"a")], tmp_path / "l.tar")
-    layer = LayerFile(digest_bytes(blob.read_bytes()), blob, "application/x-tar")
-    (tmp_path / "layers").mkdir()
-    (tmp_path / "tmp").mkdir()
-    backend = FuseBackend(tmp_path / "layers", tmp_path / "tmp")
+    store = Store(tmp_path / "store")
+    layers = store_files(store, [blob])
+    backend = FuseBackend(store.root)
     rootfs = tmp_path / "c" / "rootfses" / "r"
     rootfs.parent.mkdir(parents=True)
     try:
-        info = backend.provision([layer], rootfs, writable=True)
+        info = backend.provision(layers, StoreBlobs(store), rootfs, writable=True)
         assert info.writable
         (rootfs / "etc" / "b").write_bytes(b"b")
         assert (scratch_dir(rootfs) / "upper" / "etc" / "b").read_bytes() == b"b"

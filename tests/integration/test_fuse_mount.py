@@ -18,15 +18,19 @@ from typing import Protocol
 
 import pytest
 
-from backends.base import LayerFile, scratch_dir
+from backends.base import scratch_dir
 from backends.fuse import FuseBackend
 from lazyfs.fs import mount as lazy_mount
-from lazyfs.index.model import index_path, load_index
+from lazyfs.index.stored import index_path, load_index
+from lazyfs.store.blobs import StoreBlobs
+from lazyfs.store.disk import Store
 from lazyfs.tree.kept import tree_path
-from providers.digest import Digest, digest_bytes
-from providers.errors import BackendError, UnsafeLayer
+from providers.digest import Digest
+from providers.errors import BackendError, NotFound, UnsafeLayer
+from providers.manifest import Layer
 from tests.support import fuse_paths, images
 from tests.support.backend_variants import docker, make_provisioner
+from tests.support.blob_sources import LocalFiles, store_files
 from tests.support.fuse_mounts import (
     need_fuse,
     requests,
@@ -54,25 +58,22 @@ class Mount(Protocol):
     def __call__(self, point: Path, *, debug: bool = False) -> int: ...
 
 
+Stored = tuple[Store, list[Layer]]
+
+
 @pytest.fixture
-def store(tmp_path: Path, fuse_path: str) -> tuple[Path, Path, list[lazy_mount.MountLayer]]:
+def store(tmp_path: Path, fuse_path: str) -> Stored:
+    """A store holding the layers of ``LAYERS``, and their descriptors."""
     need_fuse()
-    layers_dir, tmp = tmp_path / "layers", tmp_path / "tmp"
-    layers_dir.mkdir()
-    tmp.mkdir()
-    found = []
-    for i, entries in enumerate(LAYERS):
-        blob = write_layer(entries, tmp_path / f"layer{i}.tar")
-        found.append(lazy_mount.MountLayer(digest_bytes(blob.read_bytes()), blob))
-    return layers_dir, tmp, found
+    lazy_store = Store(tmp_path / "store")
+    blobs = [write_layer(entries, tmp_path / f"layer{i}.tar") for i, entries in enumerate(LAYERS)]
+    return lazy_store, store_files(lazy_store, blobs)
 
 
 @pytest.fixture
-def mounted(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
-) -> Iterator[Mount]:
+def mounted(store: Stored, tmp_path: Path) -> Iterator[Mount]:
     """Mounts the test image where asked; everything is taken down afterwards."""
-    layers_dir, tmp, layers = store
+    lazy_store, layers = store
     made: list[tuple[Path, int]] = []
 
     def mount(point: Path, *, debug: bool = False) -> int:
@@ -80,8 +81,7 @@ def mounted(
         pid = lazy_mount.mount(
             layers,
             point,
-            layers_dir=layers_dir,
-            tmp_dir=tmp,
+            store=lazy_store.root,
             log_path=tmp_path / "mount.log",
             debug=debug,
         )
@@ -106,13 +106,13 @@ def wait_exit(pid: int, timeout: float = 10.0) -> int | None:
 
 
 def test_the_tree_reads_and_stays_the_same_across_mounts(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], mounted: Mount, tmp_path: Path
+    store: Stored, mounted: Mount, tmp_path: Path
 ) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     mounted(first)
     # Merged again, not loaded from the store: the numbering itself must be stable.
-    layers_dir, _, layers = store
-    tree_path(layers_dir, [layer.digest for layer in layers]).unlink()
+    lazy_store, layers = store
+    tree_path(lazy_store.layers, [layer.digest for layer in layers]).unlink()
     mounted(second)
     assert sorted(os.listdir(first / "etc")) == ["hosts", "new"]
     assert (first / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
@@ -146,9 +146,10 @@ def test_a_warm_tree_is_served_by_the_kernel_alone_without_open(
 
 
 def test_a_damaged_index_is_built_again_unless_the_kept_tree_makes_it_unneeded(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], mounted: Mount, tmp_path: Path
+    store: Stored, mounted: Mount, tmp_path: Path
 ) -> None:
-    layers_dir, _, layers = store
+    lazy_store, layers = store
+    layers_dir = lazy_store.layers
     mounted(tmp_path / "a")
     kept = tree_path(layers_dir, [layer.digest for layer in layers])
     assert kept.is_file()
@@ -182,58 +183,64 @@ def test_an_unmount_from_outside_ends_the_process(mounted: Mount, tmp_path: Path
     assert wait_exit(pid) == 0
 
 
-def test_a_mount_that_cannot_come_up_leaves_nothing(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
-) -> None:
-    layers_dir, tmp, layers = store
+def test_a_mount_that_cannot_come_up_leaves_nothing(store: Stored, tmp_path: Path) -> None:
+    lazy_store, layers = store
     before = set(os.listdir("/proc"))
     with pytest.raises(BackendError, match=r"mounting .* failed"):
         lazy_mount.mount(
-            layers,
-            tmp_path / "no-such-dir",
-            layers_dir=layers_dir,
-            tmp_dir=tmp,
-            log_path=tmp_path / "log",
+            layers, tmp_path / "no-such-dir", store=lazy_store.root, log_path=tmp_path / "log"
         )
     spawned = [p for p in set(os.listdir("/proc")) - before if p.isdigit()]
     assert not any(runs_mount_main(p, tmp_path / "no-such-dir") for p in spawned)
 
 
-def test_a_hostile_layer_fails_before_any_process(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
+def test_a_hostile_layer_is_refused_as_itself_and_leaves_nothing(
+    store: Stored, tmp_path: Path
 ) -> None:
-    layers_dir, tmp, _ = store
-    blob = write_layer([Entry("../escape")], tmp_path / "bad.tar")
-    bad = lazy_mount.MountLayer(Digest(digest_bytes(blob.read_bytes())), blob)
-    (tmp_path / "m").mkdir()
-    with pytest.raises(UnsafeLayer):
-        lazy_mount.mount(
-            [bad], tmp_path / "m", layers_dir=layers_dir, tmp_dir=tmp, log_path=tmp_path / "log"
-        )
-    assert not (tmp_path / "log").exists()
+    # The mount process indexes, and hands the refusal back: class, message, facts.
+    lazy_store, _ = store
+    [bad] = store_files(lazy_store, [write_layer([Entry("../escape")], tmp_path / "bad.tar")])
+    point = tmp_path / "m"
+    point.mkdir()
+    before = set(os.listdir("/proc"))
+    with pytest.raises(UnsafeLayer) as refused:
+        lazy_mount.mount([bad], point, store=lazy_store.root, log_path=tmp_path / "log")
+    assert refused.value.layer == bad.digest and "escape" in refused.value.entry
+    assert str(refused.value).startswith(f"unsafe layer {bad.digest}: entry ")
+    spawned = [p for p in set(os.listdir("/proc")) - before if p.isdigit()]
+    assert not any(runs_mount_main(p, point) for p in spawned)
+    assert not lazy_mount.is_mounted(point)
+    assert load_index(lazy_store.layers, bad.digest) is None
+
+
+def test_a_layer_missing_from_the_store_is_not_found(store: Stored, tmp_path: Path) -> None:
+    lazy_store, layers = store
+    missing = Layer(Digest("sha256:" + "0" * 64), layers[0].media_type, 1)
+    point = tmp_path / "m"
+    point.mkdir()
+    with pytest.raises(NotFound, match=missing.digest):
+        lazy_mount.mount([*layers, missing], point, store=lazy_store.root, log_path=tmp_path / "l")
+    assert not lazy_mount.is_mounted(point)
 
 
 def test_the_backend_refuses_no_layers_and_destroys_idempotently(tmp_path: Path) -> None:
-    backend = FuseBackend(tmp_path / "layers", tmp_path / "tmp")
+    backend = FuseBackend(tmp_path / "store")
     rootfs = tmp_path / "c" / "rootfses" / "r"
     rootfs.parent.mkdir(parents=True)
     with pytest.raises(BackendError, match="at least one layer"):
-        backend.provision([], rootfs, writable=True)
+        backend.provision([], LocalFiles([]), rootfs, writable=True)
     assert not rootfs.exists()
     backend.destroy(rootfs)
     backend.destroy(rootfs)
 
 
-def test_destroy_cleans_up_after_a_killed_mount_process(
-    store: tuple[Path, Path, list[lazy_mount.MountLayer]], tmp_path: Path
-) -> None:
-    layers_dir, tmp, layers = store
-    backend = FuseBackend(layers_dir, tmp)
+def test_destroy_cleans_up_after_a_killed_mount_process(store: Stored, tmp_path: Path) -> None:
+    lazy_store, layers = store
+    backend = FuseBackend(lazy_store.root)
     rootfs = tmp_path / "c" / "rootfses" / "r"
     rootfs.parent.mkdir(parents=True)
-    files = [LayerFile(layer.digest, layer.blob, "application/x-tar") for layer in layers]
     try:
-        backend.provision(files, rootfs, writable=False)
+        backend.provision(layers, StoreBlobs(lazy_store), rootfs, writable=False)
         assert (rootfs / "etc" / "new").read_bytes() == b"new\n"
         pid = int((scratch_dir(rootfs) / "pid").read_text())
         os.kill(pid, signal.SIGKILL)

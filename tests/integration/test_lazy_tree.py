@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.blobs.ranges import RangeReader, open_layers
-from lazyfs.index.model import Kind, LayerIndex, check_data_present, ensure_index
+from lazyfs.blobs.ranges import TarRangeReader, open_layers
+from lazyfs.index.model import Kind, LayerIndex
+from lazyfs.index.stored import check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest
 from tests.support import images
@@ -33,7 +34,7 @@ def layer_blobs(layout: Path, tag: str) -> list[tuple[Digest, Path]]:
     return [(Digest(digest), path) for digest, path in images.layer_paths(layout, tag)]
 
 
-def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], RangeReader]:
+def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], TarRangeReader]:
     layers, tmp = store / "layers", store / "tmp"
     layers.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(exist_ok=True)
@@ -45,7 +46,7 @@ def indexes_of(layout: Path, tag: str, store: Path) -> tuple[list[LayerIndex], R
     return found, open_layers(tars)
 
 
-def describe(tree: MergedTree, tars: RangeReader) -> dict[str, Node]:
+def describe(tree: MergedTree, tars: TarRangeReader) -> dict[str, Node]:
     """``tree`` as ``tests.support.tree.tree_digest`` would describe it once mounted."""
     paths: dict[str, InodeNo] = {}
 

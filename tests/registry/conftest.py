@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from providers.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
-from providers.oci_layout import host_arch
+from providers.platforms import host_arch
 from tests.support import images
 from tests.support.fault_proxy import Faults, run_proxy
 from tests.support.registry_seed import OTHER_ARCH, PASSWORD, USER, Seed, TokenSetup

@@ -11,17 +11,19 @@ import json
 from pathlib import Path
 
 import pytest
+import requests
 import trio
 
 from backends.mounts import mounts_under, unmount_all_under
 from lazyfs.progress import Progress
+from providers.digest import Digest
 from providers.errors import DigestMismatch, TemporaryFailure
-from providers.registry import RegistryOptions
+from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions
 from tests.support.fault_proxy import Faults, run_proxy
 from tests.support.lazyfs_cli import one_line_error
-from tests.support.registry_pulls import docker, lazyfs, provider, provision_tree_diff, ranges
+from tests.support.registry_pulls import FAST, docker, lazyfs, provider, provision_tree_diff, ranges
 from tests.support.registry_seed import PASSWORD, USER
 from tests.support.registry_servers import Registry, free_port
 
@@ -161,3 +163,17 @@ async def test_concurrent_pulls_download_each_blob_once(
         nursery.start_soon(second.fetch, docker("rich:v2s2"), Progress(enabled=False))
     assert len(ranges(faults)) == 1
     assert first.store.has_blob(big_layer)  # type: ignore[arg-type]
+
+
+async def test_a_range_read_that_breaks_is_asked_for_again(
+    proxy: str, faults: Faults, big_layer: str, plain_registry: Registry
+) -> None:
+    client = RegistryClient(RegistryOptions(registry=proxy, http=FAST))
+    await trio.to_thread.run_sync(client.resolve, "rich:oci")
+    whole = requests.get(f"{plain_registry.url}/v2/library/rich/blobs/{big_layer}", timeout=10)
+    length = len(whole.content) - 200
+    faults.cuts = 1
+    got = await trio.to_thread.run_sync(client.read_range, Digest(big_layer), 100, length)
+    assert got == whole.content[100 : 100 + length]
+    asked = f"bytes=100-{100 + length - 1}"
+    assert ranges(faults) == [asked, asked]

@@ -10,7 +10,7 @@ import requests
 
 from lazyfs.progress import Progress
 from providers.errors import NotFound
-from providers.oci_layout import Platform, host_arch
+from providers.platforms import Platform, host_arch
 from providers.registry import RegistryOptions
 from tests.support.registry_pulls import FAST, docker, lazyfs, provider, provision_tree_diff
 from tests.support.registry_seed import OTHER_ARCH, Seed

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -22,7 +24,8 @@ from providers.errors import DigestMismatch, TemporaryFailure
 from providers.manifest import OCI_MANIFEST
 from providers.registry import RegistryOptions
 from providers.registry_http import HttpOptions
-from tests.support.fault_proxy import Faults, run_proxy
+from tests.support.fault_proxy import Faults, run_proxy, trickle_headers
+from tests.support.httpserver import serve
 from tests.support.lazyfs_cli import one_line_error
 from tests.support.registry_pulls import docker, lazyfs, provider, provision_tree_diff, ranges
 from tests.support.registry_servers import Registry
@@ -66,6 +69,61 @@ async def test_a_silent_registry_fails_at_the_deadline_without_asking_again(
     assert len(ranges(faults)) == 1
     await wait_for(faults.hung_up)
     assert_nothing_stored(dp, big_layer)
+
+
+async def test_a_registry_that_trickles_its_headers_fails_at_the_deadline(
+    proxy: str, faults: Faults, big_layer: str, tmp_path: Path
+) -> None:
+    # Each byte comes well within the deadline; the headers never end.
+    faults.trickle_headers = 10
+    dp = provider(tmp_path, proxy, options(timeout=2))
+    url = f"{proxy}/v2/library/rich/blobs/{big_layer}"
+    with (
+        trio.fail_after(GUARD),
+        pytest.raises(TemporaryFailure, match=f"rich:oci: no answer from {url} within 2 s$"),
+    ):
+        await dp.fetch(docker("rich:oci"), Progress(enabled=False))
+    assert len(ranges(faults)) == 1
+    await wait_for(faults.hung_up)
+    assert_nothing_stored(dp, big_layer)
+
+
+async def test_a_token_server_that_trickles_its_headers_fails_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    faults = Faults()
+
+    class Handler(BaseHTTPRequestHandler):
+        """A registry that wants a token, and its token server, which trickles."""
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/v2/"):
+                self.send_response(401)
+                realm = f"http://{self.headers['Host']}/token"
+                self.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="test"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            trickle_headers(self.connection, faults)
+
+    with serve(Handler) as base:
+        try:
+            dp = provider(tmp_path, base, options(timeout=2))
+            token = f"{base}/token"
+            with (
+                trio.fail_after(GUARD),
+                pytest.raises(
+                    TemporaryFailure,
+                    match=f"rich:oci: no answer from token server {token} within 2 s$",
+                ),
+            ):
+                await dp.fetch(docker("rich:oci"), Progress(enabled=False))
+            await wait_for(faults.hung_up)
+        finally:
+            faults.stopping.set()
 
 
 async def test_a_trickling_registry_fails_at_the_speed_floor(
@@ -207,6 +265,18 @@ def test_cli_silent_registry(plain_registry: Registry, tmp_path: Path) -> None:
         result = lazyfs(
             tmp_path, "--docker_registry", url, "--docker-registry-timeout", "1.5", "pull", "rich"
         )
+    line = one_line_error(result)
+    manifest = f"{url}/v2/library/rich/manifests/latest"
+    assert line == f"lazyfs: docker.io/library/rich:latest: no answer from {manifest} within 1.5 s"
+
+
+def test_cli_registry_trickling_its_headers(plain_registry: Registry, tmp_path: Path) -> None:
+    faults = Faults(target="/v2/", trickle_headers=10)
+    with run_proxy(plain_registry.url, faults) as url:
+        result = lazyfs(
+            tmp_path, "--docker_registry", url, "--docker-registry-timeout", "1.5", "pull", "rich",
+            timeout=GUARD,
+        )  # fmt: skip
     line = one_line_error(result)
     manifest = f"{url}/v2/library/rich/manifests/latest"
     assert line == f"lazyfs: docker.io/library/rich:latest: no answer from {manifest} within 1.5 s"

@@ -7,7 +7,9 @@ headers (``seen``), which lets tests check what a client sent where.
 
 Slow faults: ``silent`` takes the connection and never answers, ``stalls``
 sends half the body and then nothing, ``trickle`` sends the body a byte per
-``trickle_interval`` seconds (at most ``trickle_limit`` bytes, then cuts).
+``trickle_interval`` seconds (at most ``trickle_limit`` bytes, then cuts),
+``trickle_headers`` sends a status line and endless headers a byte per
+``trickle_interval`` seconds, so no single read ever waits long.
 Each holds its connection until the client hangs up (``hung_up`` is set)
 or the proxy stops. ``asked`` and ``trickled`` tell a test, without
 waiting on a clock, that a matching request arrived and that a trickle has
@@ -50,6 +52,7 @@ class Faults:
     silent: int = 0  # the next N matching requests get no answer at all
     stalls: int = 0  # the next N matching bodies stop after half
     trickle: int = 0  # the next N matching bodies come a byte at a time
+    trickle_headers: int = 0  # the next N matching requests get headers a byte at a time
     trickle_interval: float = 0.05
     trickle_limit: int | None = None  # bytes a trickle sends before it cuts
     retry_after: str = "0"  # sent with injected statuses
@@ -69,11 +72,31 @@ class Faults:
             value = getattr(self, name)
             if name == "statuses":
                 return value.pop(0) if value else 0
-            if name in ("cuts", "corruptions", "silent", "stalls", "trickle"):
+            if name in ("cuts", "corruptions", "silent", "stalls", "trickle", "trickle_headers"):
                 if value:
                     setattr(self, name, value - 1)
                 return value
             return value
+
+
+def trickle_headers(connection: socket.socket, faults: Faults) -> None:
+    """Send a status line and headers that never end, a byte per ``trickle_interval``.
+
+    Ends when the client hangs up (``hung_up`` is set) or the proxy stops.
+    """
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+    pad = 0
+    try:
+        while True:
+            for i in range(len(head)):
+                connection.sendall(head[i : i + 1])
+                faults.trickled.set()
+                if faults.stopping.wait(faults.trickle_interval):
+                    return
+            pad += 1
+            head = f"X-Pad-{pad}: x\r\n".encode()
+    except OSError:
+        faults.hung_up.set()
 
 
 @contextmanager
@@ -93,6 +116,9 @@ def run_proxy(upstream: str, faults: Faults) -> Iterator[str]:
                 faults.asked.set()
                 if faults.take("silent"):
                     self._hold()
+                    return
+                if faults.take("trickle_headers"):
+                    trickle_headers(self.connection, faults)
                     return
             if "/manifests/" in self.path and faults.garbage_manifest:
                 self._answer(200, b"this is not JSON", "application/vnd.oci.image.manifest.v1+json")

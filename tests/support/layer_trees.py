@@ -24,14 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.apply import apply_layers
-from backends.base import LayerFile
+from backends.apply import LayerFile, apply_layers
 from backends.overlay import OverlayBackend
 from lazyfs.index.build import scan_tar
 from lazyfs.index.model import LayerIndex
 from lazyfs.tree.merge import ROOT_INO, InodeNo, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import LazyfsError
+from tests.support.blob_sources import LocalFiles
 from tests.support.tree import _KINDS, Node, tree_digest
 
 # The host may label files; nothing of the image.
@@ -45,7 +45,7 @@ def _layer_files(layers: Sequence[bytes], work: Path) -> list[LayerFile]:
     for number, data in enumerate(layers):
         path = work / f"layer{number}.tar"
         path.write_bytes(data)
-        files.append(LayerFile(digest_bytes(data), path, "application/vnd.oci.image.layer.v1.tar"))
+        files.append(LayerFile(digest_bytes(data), path))
     return files
 
 
@@ -119,7 +119,8 @@ def overlay_tree(layers: Sequence[bytes], work: Path) -> Tree:
     backend = OverlayBackend(work / "layers", work / "tmp")
     rootfs = work / "containers" / "rootfses" / "r"
     try:
-        backend.provision(files, rootfs, writable=False)
+        blobs = LocalFiles(files)
+        backend.provision(blobs.layers(), blobs, rootfs, writable=False)
         return tree_digest(rootfs, ignore_xattrs=IGNORED_XATTRS)
     finally:
         backend.destroy(rootfs)

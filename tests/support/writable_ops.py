@@ -17,7 +17,7 @@ from lazyfs.blobs.ranges import ChunkCache, open_layers
 from lazyfs.fs.upper import Upper
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs.writable_no_open import NoOpenWritableOperations
-from lazyfs.index.model import check_data_present, ensure_index
+from lazyfs.index.stored import check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from tests.support import fuse_paths

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from backends.apply import apply_layers
-from backends.base import LayerFile
+from backends.apply import LayerFile, apply_layers
 from providers.digest import digest_bytes
 from providers.errors import BadImage, UnsafeLayer
 from tests.support.tar_members import (
@@ -364,7 +363,7 @@ def test_apply_layers_reads_compressed_blobs(root: Path, tmp_path: Path, compres
         data = compress(blob.getvalue())  # type: ignore[operator]
         path = tmp_path / f"blob{index}"
         path.write_bytes(data)
-        files.append(LayerFile(digest_bytes(data), path, "application/vnd.oci.image.layer.v1.tar"))
+        files.append(LayerFile(digest_bytes(data), path))
     apply_layers(root, files)
     assert tree(root) == {"b": "file:2", "c": "file:3"}
 

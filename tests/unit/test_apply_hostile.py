@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from backends import apply as apply_module
-from backends.apply import apply_layer, apply_layers
-from backends.base import LayerFile
+from backends.apply import LayerFile, apply_layer, apply_layers
 from providers import tar_stream
 from providers.digest import digest_bytes
 from providers.errors import BadImage, UnsafeLayer
@@ -57,12 +56,12 @@ def test_damaged_gzip_is_a_bad_image(root: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt"
     corrupt.write_bytes(data[: len(data) // 2])
     with pytest.raises(BadImage):
-        apply_layers(root, [LayerFile(digest_bytes(data), corrupt, "gzip")])
+        apply_layers(root, [LayerFile(digest_bytes(data), corrupt)])
     flipped = bytearray(data)
     flipped[-6] ^= 0xFF  # the CRC trailer: only a read to the end notices
     corrupt.write_bytes(bytes(flipped))
     with pytest.raises(BadImage):
-        apply_layers(root, [LayerFile(digest_bytes(data), corrupt, "gzip")])
+        apply_layers(root, [LayerFile(digest_bytes(data), corrupt)])
 
 
 def test_entry_count_is_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ DATA = bytes(range(256)) * 40  # 10240 bytes
 
 
 class Slow:
-    """A RangeReader over DATA that counts its calls; a gated one waits for ``gate`` to read."""
+    """A TarRangeReader over DATA that counts its calls; a gated one waits for ``gate`` to read."""
 
     def __init__(self, *, gated: bool = False) -> None:
         self.calls: list[int] = []

@@ -18,7 +18,7 @@ import pytest
 
 from lazyfs.blobs.ranges import ChunkCache, LocalTars, open_layers
 from lazyfs.fs.read_only import CACHE_TIMEOUT, NoOpenReadOnlyOperations, ReadOnlyOperations
-from lazyfs.index.model import check_data_present, ensure_index
+from lazyfs.index.stored import check_data_present, ensure_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import Digest, digest_bytes
 from tests.support import fuse_paths

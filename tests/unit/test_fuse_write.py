@@ -21,6 +21,7 @@ import trio.testing
 from lazyfs.fs.debug import log_requests
 from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR
 from lazyfs.fs.writable import WritableOperations
+from lazyfs.store.atomic import Staged
 from lazyfs.tree.merge import ROOT_INO, DataRef
 from tests.support import fuse_paths
 from tests.support.tree import is_whiteout
@@ -229,9 +230,9 @@ async def test_concurrent_writers_copy_the_data_up_once(
     copies = []
     copy_bytes = ops.upper._copy_bytes
 
-    def counted(data: DataRef, temp: Path) -> None:
-        copies.append(temp)
-        copy_bytes(data, temp)
+    def counted(data: DataRef, staged: Staged) -> None:
+        copies.append(staged.path)
+        copy_bytes(data, staged)
 
     monkeypatch.setattr(ops.upper, "_copy_bytes", counted)
     big = await ino(ops, "big")

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyfs.blobs.ranges import open_layers
-from lazyfs.index.build import build_index
+from lazyfs.index.formats import build_index
 from lazyfs.index.gzip_checkpoints import GzipCheckpoints
 from lazyfs.index.model import CHECKPOINTS_NAME, LayerData, LayerIndex
 from providers.digest import Digest, digest_bytes

@@ -45,13 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Import cycles known today, as the one import of each that is left out of
 # the graph; each entry is (importer, imported).  Empty is the goal: an entry
 # that no longer closes a cycle fails the test until it is taken off.
-KNOWN_IMPORT_CYCLES: frozenset[Edge] = frozenset(
-    {
-        # index.model builds a missing index with index.build, which reads the
-        # model's types; being untangled as the index package takes shape.
-        ("lazyfs.index.model", "lazyfs.index.build"),
-    }
-)
+KNOWN_IMPORT_CYCLES: frozenset[Edge] = frozenset()
 
 # Modules of lazyfs that backends may import: the public mount API.
 BACKENDS_MAY_IMPORT_FROM_LAZYFS: frozenset[str] = frozenset({"lazyfs.fs.mount"})

@@ -18,17 +18,10 @@ from hypothesis import strategies as st
 
 from lazyfs.blobs.ranges import open_layers
 from lazyfs.index import model as layer_index
-from lazyfs.index.build import build_index
-from lazyfs.index.model import (
-    FORMAT_VERSION,
-    IndexEntry,
-    Kind,
-    LayerData,
-    LayerIndex,
-    dumps,
-    ensure_index,
-    loads,
-)
+from lazyfs.index import stored as stored_index
+from lazyfs.index.formats import build_index
+from lazyfs.index.model import FORMAT_VERSION, IndexEntry, Kind, LayerData, LayerIndex, dumps, loads
+from lazyfs.index.stored import ensure_index
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, UnsafeLayer
 from tests.support.images import BASE_MTIME_NS, Entry, opaque, whiteout, write_layer
@@ -148,15 +141,15 @@ def test_ensure_index_stores_once_and_reads_back(tmp_path: Path) -> None:
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "zstd")
     first = ensure_index(layers, tmp, digest, blob)
-    stored = layer_index.index_path(layers, digest)
+    stored = stored_index.index_path(layers, digest)
     assert stored.is_file() and list(tmp.iterdir()) == []
-    data = layer_index.check_data_present(layers, blob, first)
+    data = stored_index.check_data_present(layers, blob, first)
     assert data.checkpoints is None and data.path.stat().st_size == first.tar_size
     mtime = stored.stat().st_mtime_ns
     assert ensure_index(layers, tmp, digest, blob) == first
     assert stored.stat().st_mtime_ns == mtime
     stored.write_text('{"version": 0}')
-    assert layer_index.load_index(layers, digest) is None
+    assert stored_index.load_index(layers, digest) is None
     assert ensure_index(layers, tmp, digest, blob) == first
 
 
@@ -164,10 +157,10 @@ def test_a_gzip_layer_stores_checkpoints_and_no_tar_copy(tmp_path: Path) -> None
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "gzip")
     first = ensure_index(layers, tmp, digest, blob)
-    home = layer_index.index_path(layers, digest).parent
+    home = stored_index.index_path(layers, digest).parent
     assert sorted(p.name for p in home.iterdir()) == ["gzip-index", "index.json", "lock"]
     assert list(tmp.iterdir()) == []
-    data = layer_index.check_data_present(layers, blob, first)
+    data = stored_index.check_data_present(layers, blob, first)
     assert data == LayerData(blob, home / "gzip-index")
     assert first.checkpoints_size == data.checkpoints.stat().st_size > 0  # type: ignore[union-attr]
     before = (home / "index.json").stat()
@@ -181,7 +174,7 @@ def test_lost_or_damaged_checkpoints_are_made_again(tmp_path: Path, damage: str)
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "gzip")
     first = ensure_index(layers, tmp, digest, blob)
-    home = layer_index.index_path(layers, digest).parent
+    home = stored_index.index_path(layers, digest).parent
     checkpoints = home / "gzip-index"
     good = checkpoints.read_bytes()
     checkpoints.unlink()
@@ -190,7 +183,7 @@ def test_lost_or_damaged_checkpoints_are_made_again(tmp_path: Path, damage: str)
     elif damage == "a directory":
         checkpoints.mkdir()
     with pytest.raises(BadImage, match="checkpoints"):
-        layer_index.check_data_present(layers, blob, first)
+        stored_index.check_data_present(layers, blob, first)
     if damage == "a directory":
         checkpoints.rmdir()  # rename cannot replace a directory by a file
     before = (home / "index.json").stat().st_ino
@@ -202,7 +195,7 @@ def test_lost_or_damaged_checkpoints_are_made_again(tmp_path: Path, damage: str)
 def test_an_old_format_gzip_index_is_rebuilt_and_its_copy_removed(tmp_path: Path) -> None:
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "gzip")
-    home = layer_index.index_path(layers, digest).parent
+    home = stored_index.index_path(layers, digest).parent
     home.mkdir()
     # What format 1 left: an uncompressed copy and an index pointing into it.
     (home / "tar").write_bytes((tmp_path / "layer.tar").read_bytes())
@@ -210,7 +203,7 @@ def test_an_old_format_gzip_index_is_rebuilt_and_its_copy_removed(tmp_path: Path
     old = {**json.loads(header), "version": 1, "entries": json.loads(entries)}
     del old["checkpoints_size"]
     (home / "index.json").write_text(json.dumps(old))
-    assert layer_index.load_index(layers, digest) is None
+    assert stored_index.load_index(layers, digest) is None
     index = ensure_index(layers, tmp, digest, blob)
     assert index.compression == "gzip" and index.checkpoints_size > 0
     assert sorted(p.name for p in home.iterdir()) == ["gzip-index", "index.json", "lock"]
@@ -219,7 +212,7 @@ def test_an_old_format_gzip_index_is_rebuilt_and_its_copy_removed(tmp_path: Path
 def test_an_old_copy_a_running_mount_names_is_kept(tmp_path: Path) -> None:
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "gzip")
-    home = layer_index.index_path(layers, digest).parent
+    home = stored_index.index_path(layers, digest).parent
     home.mkdir()
     copy = home / "tar"
     copy.write_bytes((tmp_path / "layer.tar").read_bytes())
@@ -231,7 +224,7 @@ def test_an_old_copy_a_running_mount_names_is_kept(tmp_path: Path) -> None:
             assert copy.is_file()
         finally:
             mount_process.communicate(b"")
-    layer_index.index_path(layers, digest).unlink()  # the next call builds again
+    stored_index.index_path(layers, digest).unlink()  # the next call builds again
     ensure_index(layers, tmp, digest, blob)
     assert not copy.exists()
 
@@ -246,7 +239,7 @@ def test_a_corrupt_gzip_layer_stores_nothing(tmp_path: Path) -> None:
     with pytest.raises(BadImage, match=f"bad layer {digest}"):
         ensure_index(layers, tmp, digest, blob)
     assert list(tmp.iterdir()) == []
-    home = layer_index.index_path(layers, digest).parent
+    home = stored_index.index_path(layers, digest).parent
     assert [p.name for p in home.iterdir()] == ["lock"]
 
 
@@ -254,7 +247,7 @@ def test_a_lost_uncompressed_copy_is_made_again(tmp_path: Path) -> None:
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "zstd")
     index = ensure_index(layers, tmp, digest, blob)
-    copy = layer_index.layer_data(layers, blob, index).path
+    copy = stored_index.layer_data(layers, blob, index).path
     copy.unlink()
     assert ensure_index(layers, tmp, digest, blob) == index
     assert copy.stat().st_size == index.tar_size
@@ -268,7 +261,7 @@ def test_a_refused_layer_stores_nothing(tmp_path: Path) -> None:
     with pytest.raises(UnsafeLayer):
         ensure_index(layers, tmp, digest, blob)
     assert list(tmp.iterdir()) == []
-    assert not layer_index.index_path(layers, digest).exists()
+    assert not stored_index.index_path(layers, digest).exists()
 
 
 def test_tarfile_offsets_are_stream_offsets(tmp_path: Path) -> None:
@@ -317,13 +310,13 @@ def test_the_header_reads_without_the_entries(tmp_path: Path) -> None:
     layers, tmp = _store(tmp_path)
     blob, digest = blob_of(tmp_path, LAYER, "gzip")
     full = ensure_index(layers, tmp, digest, blob)
-    stored = layer_index.index_path(layers, digest)
+    stored = stored_index.index_path(layers, digest)
     header, _, _ = stored.read_text().partition("\n")
     stored.write_text(header + "\nnot json\n")  # entries a header-only reader never sees
     assert ensure_index(layers, tmp, digest, blob, entries=False) == dataclasses.replace(
         full, entries=()
     )
-    assert layer_index.load_index(layers, digest) is None
+    assert stored_index.load_index(layers, digest) is None
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from backends.apply import apply_layers
-from backends.base import LayerFile
-from lazyfs.index import model as layer_index
-from lazyfs.index.build import build_index
-from lazyfs.index.model import ensure_index
+from backends.apply import LayerFile, apply_layers
+from lazyfs.index import stored as stored_index
+from lazyfs.index.formats import build_index
+from lazyfs.index.stored import ensure_index
 from providers.digest import digest_bytes
 from providers.errors import BadImage
 from providers.tar_stream import RATIO_FLOOR, LayerLimits
@@ -67,7 +66,7 @@ def bombs() -> dict[str, bytes]:
 def layer_file(tmp_path: Path, data: bytes) -> LayerFile:
     path = tmp_path / "blob"
     path.write_bytes(data)
-    return LayerFile(digest_bytes(data), path, "application/octet-stream")
+    return LayerFile(digest_bytes(data), path)
 
 
 def store(tmp_path: Path) -> tuple[Path, Path]:
@@ -109,7 +108,7 @@ def test_the_index_refuses_a_compression_bomb_and_stores_nothing(
     with pytest.raises(BadImage) as caught:
         ensure_index(layers, tmp, layer.digest, layer.path)
     assert "--max_layer_ratio" in one_line(caught.value)
-    home = layer_index.index_path(layers, layer.digest).parent
+    home = stored_index.index_path(layers, layer.digest).parent
     assert [p.name for p in home.iterdir()] == ["lock"]
     assert list(tmp.iterdir()) == []
 

@@ -1,7 +1,8 @@
 """The committed protobuf code is what scripts/gen-proto makes from the .proto.
 
-Fails when someone edits providers/image.proto without regenerating, or edits
-the generated files by hand. Runs the script itself, so the test and the
+Fails when someone edits a .proto (providers/image.proto,
+lazyfs/cache/cache.proto) without regenerating, or edits the generated files
+by hand. Runs the script itself, so the test and the
 script cannot disagree about how the code is generated.
 """
 
@@ -18,7 +19,12 @@ import pytest
 from providers.image_pb2 import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ("providers/image_pb2.py", "providers/image_pb2.pyi")
+GENERATED = (
+    "providers/image_pb2.py",
+    "providers/image_pb2.pyi",
+    "lazyfs/cache/cache_pb2.py",
+    "lazyfs/cache/cache_pb2.pyi",
+)
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
@@ -37,7 +43,7 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
     ]
     version = metadata.version("grpcio-tools")
     assert not stale, (
-        f"{', '.join(stale)} differ from what scripts/gen-proto makes from providers/image.proto "
+        f"{', '.join(stale)} differ from what scripts/gen-proto makes from their .proto "
         f"(with grpcio-tools {version}, pinned in pyproject.toml): run scripts/gen-proto and "
         "commit the result"
     )

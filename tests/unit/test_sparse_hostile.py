@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backends.apply import apply_layer
-from lazyfs.index.build import build_index
+from lazyfs.index.formats import build_index
 from providers.digest import digest_bytes
 from providers.errors import BadImage
 from providers.tar_sparse import MAX_EXTENTS

@@ -20,11 +20,10 @@ import pyfuse3
 import pytest
 import zstandard
 
-from backends.apply import apply_layers
-from backends.base import LayerFile
+from backends.apply import LayerFile, apply_layers
 from lazyfs.blobs.ranges import ChunkCache, open_layers
 from lazyfs.fs.read_only import ReadOnlyOperations
-from lazyfs.index.model import check_data_present, ensure_index, index_path, load_index
+from lazyfs.index.stored import check_data_present, ensure_index, index_path, load_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from tests.support import sparse
@@ -58,7 +57,7 @@ def blob(tmp_path: Path, tar: Path, compression: str) -> LayerFile:
         data = zstandard.ZstdCompressor().compress(data)
     path = tmp_path / f"blob-{compression}"
     path.write_bytes(data)
-    return LayerFile(digest_bytes(data), path, "application/octet-stream")
+    return LayerFile(digest_bytes(data), path)
 
 
 def test_gnu_tar_made_the_sparse_forms(built: Built) -> None:

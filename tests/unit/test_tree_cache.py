@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.index.model import LayerIndex, ensure_index
+from lazyfs.index.model import LayerIndex
+from lazyfs.index.stored import ensure_index
 from lazyfs.tree import kept as tree_cache
 from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
@@ -130,7 +131,7 @@ def test_a_tree_that_cannot_be_renamed_into_place_leaves_no_temporary(
     def refuse(source: object, target: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("lazyfs.tree.kept.os.rename", refuse)
+    monkeypatch.setattr("lazyfs.store.atomic.os.rename", refuse)
     with caplog.at_level(logging.WARNING):
         tree = tree_cache.merged_tree(layers, digests, indexes)
     assert same(tree, merge(indexes.indexes))

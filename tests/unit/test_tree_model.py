@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hypothesis import given, reject, settings
 
-from lazyfs.index.build import build_index
+from lazyfs.index.formats import build_index
 from lazyfs.index.model import Kind, LayerIndex
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from providers.digest import Digest, digest_bytes

@@ -1,0 +1,260 @@
+"""Directories of a rootfs reached only through descriptors, one component at a time.
+
+``DirWalker`` is how ``backends.apply_tree`` finds the directory an entry
+goes in: every component is opened with ``O_NOFOLLOW`` relative to its
+parent's descriptor, so neither the archive nor a concurrent process can
+redirect a walk outside the root.  Symlinks on the way are followed inside
+the rootfs (an absolute target starts at the root again, a ``..`` above the
+root is refused); a missing directory is made where the caller asks, by the
+subclass (``make_missing``), which decides what making one means.
+
+It caches descriptors of recently used directories and records the times
+of each directory as first reached, so that what the layer does to their
+children can be undone to their times at the end.  Blocking.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import OrderedDict
+from collections.abc import Container
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from providers import layer_rules as rules
+from providers.errors import UnsafeLayer, bad_entry
+from providers.layer_rules import RelPath
+
+# Tar writers list a tree depth first: the directory being filled and its
+# ancestors are what is asked for again.
+FD_CACHE_SIZE = 64
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class DirWalker:
+    """Walks the directories below ``root`` for one layer, by descriptors only.
+
+    Descriptors are cached by the path as written in the archive; any
+    removal must empty the cache (``invalidate``), because a removed
+    directory or symlink changes where cached paths lead.  A descriptor
+    leaving the cache stays open until ``release``, so the entry in
+    progress never sees its descriptors closed under it.
+    """
+
+    def __init__(self, root: Path, layer: str) -> None:
+        self.layer = layer
+        # The caller chose root; following a symlink there is its business.
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fds: OrderedDict[RelPath, tuple[int, RelPath]] = OrderedDict()
+        self._retired: list[int] = []
+        # Times of directories as the walk first reached them (atime, mtime).
+        self._found_times: dict[RelPath, tuple[int, int]] = {}
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.invalidate()
+        self.release()
+        os.close(self.root_fd)
+
+    def release(self) -> None:
+        """Close descriptors that left the cache; called between entries."""
+        while self._retired:
+            os.close(self._retired.pop())
+
+    def invalidate(self) -> None:
+        """Forget every cached descriptor: something on the way may have gone."""
+        self._retired.extend(fd for fd, _ in self._fds.values())
+        self._fds.clear()
+
+    def cached(self, path: RelPath) -> tuple[int, RelPath] | None:
+        return self._fds.get(path)
+
+    def cache(self, path: RelPath, found: tuple[int, RelPath]) -> None:
+        """Keep ``found`` (a descriptor the walker now owns, and where it leads) for ``path``."""
+        old = self._fds.pop(path, None)
+        if old is not None:
+            self._retired.append(old[0])
+        self._fds[path] = found
+        if len(self._fds) > FD_CACHE_SIZE:
+            self._retired.append(self._fds.popitem(last=False)[1][0])
+
+    def retire(self, fd: int) -> None:
+        """Close ``fd`` at the next ``release``, with the descriptors that left the cache."""
+        self._retired.append(fd)
+
+    def make_missing(self, parent_fd: int, path: RelPath) -> int:
+        """Make the missing directory ``path`` in ``parent_fd`` for a walk; its descriptor."""
+        raise NotImplementedError
+
+    def replace_non_dir(self, parent_fd: int, path: RelPath) -> int | None:
+        """A directory in place of the non-directory ``path`` a creating walk met, or None.
+
+        None (the default) leaves the walk to follow it if it is a symlink,
+        and to refuse it otherwise.
+        """
+        return None
+
+    def walk(
+        self,
+        path: RelPath,
+        entry: str,
+        *,
+        create: bool,
+        follow: bool = True,
+        marker: bool = False,
+    ) -> tuple[int, RelPath] | None:
+        """The directory at ``path``: a descriptor (cache-owned) and its resolved path.
+
+        With ``follow``, symlinks on the way are followed inside the rootfs;
+        without, meeting one gives None.  A missing component is made when
+        ``create``, else gives None.  A non-directory on the way is an error
+        when ``create`` (the entry needs a parent), else gives None; so it
+        is for a ``marker`` (whiteout or opaque marker in overlay form),
+        which a non-directory leaves nothing to hide under.
+        """
+        if not path:
+            self.remember(self.root_fd, ())
+            return self.root_fd, ()
+        start, fd, resolved = 0, self.root_fd, path[:0]
+        for end in range(len(path), 0, -1):
+            hit = self._fds.get(path[:end])
+            if hit is not None and (follow or hit[1] == path[:end]):
+                if end == len(path):
+                    self._fds.move_to_end(path)
+                    return hit
+                start, (fd, resolved) = end, hit
+                break
+        found = self._walk(
+            fd, resolved, path[start:], entry, create=create, follow=follow, marker=marker
+        )
+        if found is not None:
+            self.remember(*found)
+            self.cache(path, found)
+        return found
+
+    def remember(self, fd: int, resolved: RelPath) -> None:
+        """Note ``fd``'s times as those of ``resolved`` unless noted: call before changing it."""
+        if resolved not in self._found_times:
+            st = os.fstat(fd)
+            self._found_times[resolved] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def _walk(
+        self,
+        fd: int,
+        start: RelPath,
+        parts: RelPath,
+        entry: str,
+        *,
+        create: bool,
+        follow: bool,
+        marker: bool,
+    ) -> tuple[int, RelPath] | None:
+        resolved = list(start)
+        todo = list(reversed(parts))
+        owned = done = False
+        hops = 0
+        try:
+            while todo:
+                part = todo.pop()
+                if part == "..":  # only symlink targets bring these
+                    if not resolved:
+                        raise UnsafeLayer(self.layer, entry, "goes through a symlink above root")
+                    step: int | str | None = os.open("..", DIR_FLAGS, dir_fd=fd)
+                    resolved.pop()
+                else:
+                    step = self._step(fd, resolved, part, entry, create=create, marker=marker)
+                if step is None:
+                    return None
+                if isinstance(step, str):
+                    hops += 1
+                    if not follow:
+                        return None
+                    if hops > rules.MAX_SYMLINK_HOPS:
+                        raise UnsafeLayer(self.layer, entry, "goes through too many symlinks")
+                    absolute, more = rules.split_link_target(step)
+                    if absolute:
+                        if owned:
+                            os.close(fd)
+                        fd, owned, resolved = self.root_fd, False, []
+                    todo.extend(reversed(more))
+                    continue
+                if part != "..":
+                    resolved.append(part)
+                if owned:
+                    os.close(fd)
+                fd, owned = step, True
+            if not owned:
+                fd, owned = os.dup(fd), True
+            done = True
+            return fd, tuple(resolved)
+        finally:
+            if owned and not done:
+                os.close(fd)
+
+    def _step(
+        self, fd: int, resolved: list[str], part: str, entry: str, *, create: bool, marker: bool
+    ) -> int | str | None:
+        """Open directory ``part`` in ``fd``: its descriptor, a symlink's target, or None."""
+        try:
+            return os.open(part, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+            self.remember(fd, tuple(resolved))  # before the mkdir changes its time
+            return self.make_missing(fd, (*resolved, part))
+        except OSError as error:
+            if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+        if create and not marker:
+            fresh = self.replace_non_dir(fd, (*resolved, part))
+            if fresh is not None:
+                return fresh
+        target = _readlink(fd, part)
+        if target is None and create and not marker:
+            where = "/".join((*resolved, part))
+            raise bad_entry(self.layer, entry, f"needs {where!r} as a directory")
+        return target
+
+    def restore_found_times(self, keep: Container[RelPath]) -> None:
+        """Give every directory the walk reached the times it had then, except those in ``keep``.
+
+        Adding or removing a child changes a directory's mtime; (as umoci
+        does) a directory the layer has no header for keeps the time the
+        lower layer gave it.
+        """
+        for path, times in list(self._found_times.items()):
+            if path in keep:
+                continue
+            if not path:
+                os.utime(self.root_fd, ns=times)
+                continue
+            found = self.walk(path[:-1], "/".join(path), create=False, follow=False)
+            try:
+                if found is not None:
+                    fd = os.open(path[-1], DIR_FLAGS, dir_fd=found[0])
+                    try:
+                        os.utime(fd, ns=times)
+                    finally:
+                        os.close(fd)
+            except OSError:
+                continue  # removed or replaced later in the layer: nothing to keep
+            finally:
+                self.release()
+
+
+def _readlink(dir_fd: int, name: str) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno == errno.EINVAL:  # not a symlink
+            return None
+        raise

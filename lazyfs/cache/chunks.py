@@ -1,0 +1,351 @@
+"""The daemon's side of the cache directory: atomic chunk writes, a size limit, LRU eviction, pins.
+
+``DiskCache.open`` takes the directory for this process (one daemon per
+directory: an exclusive flock on ``lock``), clears ``tmp/``, drops what is not
+a valid chunk, and rebuilds its accounting from the files that are, oldest
+mtime first: a restarted daemon trusts and keeps what it had. The layout is
+``lazyfs.cache.layout``'s.
+
+The limit counts whole filesystem blocks of chunk files, what ``du`` shows.
+Before a chunk is written, least recently used chunks are evicted to make room
+for it; a chunk is never evicted while it is pinned: by this process
+(``pin``/``pinned``, for the time between a fetch landing and its readers
+being served) or by a reader in another process (a shared flock, see
+``layout``). Recency is this process's own use plus the mtime that mount
+processes set when they read a chunk directly: an evictee whose mtime moved
+since the daemon last looked gets a second chance. When every chunk is pinned
+the cache goes over the limit rather than fail a read, and evicts down to it
+as soon as pins are released.
+
+Thread-safe: the daemon writes chunks from worker threads. Blocking (fsync):
+call it from trio through ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
+from providers.digest import Digest
+from providers.errors import UsageError
+from providers.private_dir import PRIVATE, private_dir
+
+
+@dataclass
+class _Entry:
+    length: int
+    charged: int  # length rounded up to whole blocks
+    used_at: float  # the file's mtime when this process last looked at or used it
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    used_bytes: int
+    limit_bytes: int
+    chunks: int
+    pinned_chunks: int
+    chunk_size: int
+
+
+class DiskCache:
+    """The chunk cache under one directory, owned by this process until ``close``.
+
+    Made by ``open``; a context manager that closes it.
+    """
+
+    def __init__(self, layout: Layout, limit_bytes: int, lock_fd: int, block: int) -> None:
+        self.layout = layout
+        self.limit_bytes = limit_bytes
+        self.files = ChunkFiles(layout)
+        self._lock_fd: int | None = lock_fd
+        self._block = block
+        self._mutex = threading.Lock()
+        self._lru: OrderedDict[ChunkKey, _Entry] = OrderedDict()  # oldest first
+        self._pins: Counter[ChunkKey] = Counter()
+        self._used = 0
+        self._reserved = 0  # charged for chunks being written, not renamed in yet
+        self._ends: dict[Digest, int] = {}  # blob sizes that a short chunk shows
+
+    @classmethod
+    def open(cls, root: Path, limit_bytes: int, *, chunk_size: int = CHUNK_SIZE) -> DiskCache:
+        """Own the cache at ``root`` (made private if missing) with a limit of ``limit_bytes``.
+
+        Raises UsageError when another process owns it or the limit is below
+        one chunk. Evicts down to the limit at once when the files found
+        exceed it (a smaller ``--cache_size`` than last time).
+        """
+        if limit_bytes < chunk_size:
+            raise UsageError(f"cache size {limit_bytes} is smaller than one chunk ({chunk_size})")
+        layout = Layout(root, chunk_size)
+        private_dir(root)
+        fd = os.open(layout.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(
+                    f"the cache at {root} is in use by another lazyfs daemon"
+                ) from None
+            block = os.fstatvfs(fd).f_frsize or 4096
+            cache = cls(layout, limit_bytes, fd, block)
+            cache._rebuild()
+        except BaseException:
+            os.close(fd)
+            raise
+        return cache
+
+    def close(self) -> None:
+        """Let go of the directory (another daemon may own it next). Idempotent."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> DiskCache:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # Lookups
+
+    def contains(self, key: ChunkKey) -> bool:
+        with self._mutex:
+            return key in self._lru
+
+    def length(self, key: ChunkKey) -> int | None:
+        """The length of chunk ``key`` when cached (short only as its blob's last chunk)."""
+        with self._mutex:
+            entry = self._lru.get(key)
+            return None if entry is None else entry.length
+
+    def blob_size(self, digest: Digest) -> int | None:
+        """The blob's size when its last chunk is cached and short, else None (not known here)."""
+        with self._mutex:
+            return self._ends.get(digest)
+
+    def touch(self, key: ChunkKey) -> None:
+        """Count a use of ``key`` (served by this process) for eviction. No-op when absent."""
+        with self._mutex:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+
+    def stats(self) -> CacheStats:
+        with self._mutex:
+            return CacheStats(
+                self._used,
+                self.limit_bytes,
+                len(self._lru),
+                sum(1 for key in self._pins if key in self._lru),
+                self.layout.chunk_size,
+            )
+
+    # Pins
+
+    def pin(self, key: ChunkKey) -> None:
+        """Keep ``key`` from eviction until as many ``unpin``. ``key`` need not be cached yet."""
+        with self._mutex:
+            self._pins[key] += 1
+
+    def unpin(self, key: ChunkKey) -> None:
+        with self._mutex:
+            self._pins[key] -= 1
+            if self._pins[key] <= 0:
+                del self._pins[key]
+                if self._used > self.limit_bytes:
+                    self._evict_for(0)
+
+    @contextlib.contextmanager
+    def pinned(self, keys: Iterable[ChunkKey]) -> Iterator[None]:
+        held = list(keys)
+        for key in held:
+            self.pin(key)
+        try:
+            yield
+        finally:
+            for key in held:
+                self.unpin(key)
+
+    # Writing
+
+    def put(self, key: ChunkKey, data: bytes) -> Path:
+        """Store ``data`` as chunk ``key``, atomically; returns the chunk's path.
+
+        ``data`` is the whole chunk: ``chunk_size`` bytes, fewer only as the
+        blob's last. The caller verified it: a chunk is trusted by everyone
+        once it is in place. Idempotent: a chunk already cached is kept as it
+        is. A crash at any point leaves the chunk either whole or absent.
+        """
+        if not 0 < len(data) <= self.layout.chunk_size:
+            raise ValueError(f"a chunk of {len(data)} bytes (1 to {self.layout.chunk_size})")
+        path = self.layout.chunk_path(key)
+        charge = self._charge(len(data))
+        with self._mutex:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return path
+            # Room first, and reserved, so that concurrent writers cannot
+            # together pass the limit.
+            self._evict_for(charge)
+            self._reserved += charge
+        try:
+            tmp, mtime = self._write_tmp(data)
+        except BaseException:
+            with self._mutex:
+                self._reserved -= charge
+            raise
+        with self._mutex:
+            self._reserved -= charge
+            if key in self._lru:  # another writer of the same chunk won
+                os.unlink(tmp)
+                return path
+            try:
+                _mkdirs(path.parent, self.layout.chunks_dir)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            self._add(key, len(data), mtime)
+        return path
+
+    def _write_tmp(self, data: bytes) -> tuple[Path, float]:
+        fd, name = tempfile.mkstemp(dir=self.layout.tmp_dir, prefix="chunk.")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            # The data reaches the disk before the name does: after a crash
+            # the chunk is whole or absent, never a file of zeros. The rename
+            # itself need not be durable (a lost chunk is fetched again), so
+            # the directory is not fsynced.
+            os.fsync(fd)
+            return Path(name), os.fstat(fd).st_mtime
+        except BaseException:
+            os.unlink(name)
+            raise
+        finally:
+            os.close(fd)
+
+    # Accounting and eviction (callers hold the mutex)
+
+    def _charge(self, length: int) -> int:
+        return -(-length // self._block) * self._block
+
+    def _add(self, key: ChunkKey, length: int, used_at: float) -> None:
+        self._lru[key] = _Entry(length, self._charge(length), used_at)
+        self._used += self._charge(length)
+        if length < self.layout.chunk_size:
+            self._ends[key.digest] = key.index * self.layout.chunk_size + length
+
+    def _forget(self, key: ChunkKey) -> None:
+        entry = self._lru.pop(key)
+        self._used -= entry.charged
+        if entry.length < self.layout.chunk_size:
+            self._ends.pop(key.digest, None)
+
+    def _evict_for(self, need: int) -> None:
+        """Evict until ``need`` more bytes fit under the limit, or nothing more may go."""
+        target = self.limit_bytes - need
+        # First pass: a chunk a mount read since we last looked is kept, as
+        # recently used. Second pass: only pins protect.
+        for second_chance in (True, False):
+            for key in list(self._lru):
+                if self._used + self._reserved <= target:
+                    return
+                if self._pins.get(key):
+                    continue
+                if second_chance and self._was_read_since(key):
+                    self._lru.move_to_end(key)
+                    continue
+                self._evict(key)
+
+    def _was_read_since(self, key: ChunkKey) -> bool:
+        entry = self._lru[key]
+        try:
+            mtime = os.stat(self.layout.chunk_path(key)).st_mtime
+        except FileNotFoundError:
+            return False  # gone already: _evict forgets it
+        if mtime > entry.used_at:
+            entry.used_at = mtime
+            return True
+        return False
+
+    def _evict(self, key: ChunkKey) -> None:
+        path = self.layout.chunk_path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._forget(key)
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # a mount is reading it right now
+            os.unlink(path)
+            self._forget(key)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):  # not empty: other chunks of the blob
+            os.rmdir(path.parent)
+
+    def _rebuild(self) -> None:
+        """Clear what a crash or another chunk size left; take stock of the chunks."""
+        shutil.rmtree(self.layout.tmp_dir, ignore_errors=True)
+        private_dir(self.layout.tmp_dir)
+        for other in self.layout.root.glob("chunks-*"):
+            if other != self.layout.chunks_dir:
+                shutil.rmtree(other, ignore_errors=True)
+        private_dir(self.layout.chunks_dir)
+        # What is not a directory where the layout has directories is in the way.
+        for path in [*self.layout.chunks_dir.glob("*"), *self.layout.chunks_dir.glob("*/*")]:
+            if path.is_symlink() or not path.is_dir():
+                path.unlink(missing_ok=True)
+        found: list[tuple[float, ChunkKey, int]] = []
+        for path in sorted(self.layout.chunks_dir.glob("*/*/*")):
+            key = self.layout.key_of(path)
+            st = path.lstat()
+            if key is None or not path.is_file() or path.is_symlink():
+                _remove(path)
+            elif not 0 < st.st_size <= self.layout.chunk_size:
+                path.unlink()  # never written by put: not a chunk to trust
+            else:
+                found.append((st.st_mtime, key, st.st_size))
+        for blob_dir in self.layout.chunks_dir.glob("*/*"):
+            with contextlib.suppress(OSError):
+                blob_dir.rmdir()
+        with self._mutex:
+            for mtime, key, length in sorted(found):
+                self._add(key, length, mtime)
+            self._evict_for(0)
+
+
+def _mkdirs(path: Path, top: Path) -> None:
+    """Make ``path`` and its missing parents below ``top``, each 0700."""
+    if path == top or path.is_dir():
+        return
+    _mkdirs(path.parent, top)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, PRIVATE)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

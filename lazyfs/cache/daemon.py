@@ -1,0 +1,178 @@
+"""The cache daemon's server: ``cache.proto`` over a Unix socket in the cache directory.
+
+``serve`` listens on ``CACHE_DIR/daemon.sock`` (the cache directory is the
+daemon's: it holds the cache's lock, so a socket file found there is stale and
+replaced) and answers every connection's requests, each in a task of its own,
+so a slow miss never holds up a status request or a hit behind it. Answers
+go back in the order they are ready, named by request id.
+
+A frame that cannot be read, or a payload without a readable request id,
+ends the connection: the stream is out of step. A request that can be read but
+not served is answered with an error (``messages.Failure``) and the
+connection goes on. When a mount disconnects, its pending requests are
+dropped; the fetches they started go on for everyone else.
+
+``resolve`` turns a request's origin into the BlobSource to fetch from: the
+registry client for a registry origin, whatever the caller configured for a
+handle. It raises BadRequest (or NotFound) for an origin it does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket as stdlib_socket
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.flight import Fetcher
+from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
+from lazyfs.cache.messages import (
+    BadRequest,
+    Failure,
+    FailureKind,
+    Origin,
+    Prefetch,
+    PrefetchOk,
+    Read,
+    ReadOk,
+    Request,
+    Response,
+    StatusOk,
+    decode_request,
+    encode_response,
+    failure_kind,
+)
+from providers.source import BlobSource
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "daemon.sock"
+# Requests of one connection being served at once; past it the connection is
+# not read until one finishes, so a flooding mount slows only itself.
+MAX_REQUESTS_PER_CONNECTION = 256
+_RECEIVE = 1 << 16
+
+Resolve = Callable[[Origin], BlobSource]
+
+
+def socket_path(cache_dir: Path) -> Path:
+    return cache_dir / SOCKET_NAME
+
+
+async def serve(
+    cache: DiskCache,
+    resolve: Resolve,
+    *,
+    task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the cache until cancelled; ``task_status.started`` gets the socket's path."""
+    path = socket_path(cache.layout.root)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        await sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    listener = trio.SocketListener(sock)
+    try:
+        async with trio.open_nursery() as nursery:
+            server = Server(cache, Fetcher(cache, nursery), resolve)
+            task_status.started(path)
+            await trio.serve_listeners(server.connection, [listener])
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class Server:
+    """The message handling of the daemon, one ``connection`` call per mount connected."""
+
+    def __init__(self, cache: DiskCache, fetcher: Fetcher, resolve: Resolve) -> None:
+        self.cache = cache
+        self.fetcher = fetcher
+        self.resolve = resolve
+
+    async def connection(self, stream: trio.abc.Stream) -> None:
+        sending = trio.Lock()  # one writer at a time: frames must not interleave
+        slots = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
+
+        async def send(response: Response) -> None:
+            async with sending:
+                # The mount may be gone: then nobody wants the answer.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(encode_frame(encode_response(response)))
+
+        async def answer(request: Request) -> None:
+            try:
+                await send(await self.answer(request))
+            finally:
+                slots.release()
+
+        async with stream, trio.open_nursery() as requests:
+            decoder = FrameDecoder()
+            try:
+                while True:
+                    try:
+                        data = await stream.receive_some(_RECEIVE)
+                    except trio.BrokenResourceError:
+                        break
+                    if not data:
+                        decoder.eof()
+                        break
+                    for payload in decoder.feed(data):
+                        try:
+                            request = decode_request(payload)
+                        except BadRequest as error:
+                            if error.request_id is None:
+                                raise
+                            await send(
+                                Failure(error.request_id, FailureKind.BAD_REQUEST, str(error))
+                            )
+                            continue
+                        await slots.acquire()
+                        requests.start_soon(answer, request)
+            except ProtocolError as error:
+                log.warning("dropping a cache client: %s", error)
+            # The mount is gone or out of step: its answers have nobody to go to.
+            requests.cancel_scope.cancel()
+
+    async def answer(self, request: Request) -> Response:
+        """The response to ``request``; failures are answers too, never raised."""
+        try:
+            if isinstance(request, Read):
+                source = self.resolve(request.origin)
+                blob = request.range
+                extents = await self.fetcher.read_extents(
+                    source, blob.digest, blob.offset, blob.length, request.blob_size
+                )
+                return ReadOk(request.id, tuple(extents))
+            if isinstance(request, Prefetch):
+                source = self.resolve(request.origin)
+                queued = sum(
+                    self.fetcher.prefetch(source, r.digest, [(r.offset, r.length)])
+                    for r in request.ranges
+                )
+                return PrefetchOk(request.id, queued)
+            stats = self.cache.stats()
+            return StatusOk(
+                request.id,
+                stats.used_bytes,
+                stats.limit_bytes,
+                stats.chunks,
+                stats.pinned_chunks,
+                self.fetcher.fetches_in_flight,
+                stats.chunk_size,
+            )
+        except Exception as error:
+            kind = failure_kind(error)
+            log.warning("cache request %d failed (%s): %s", request.id, kind.name, error)
+            return Failure(request.id, kind, str(error) or type(error).__name__)

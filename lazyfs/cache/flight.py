@@ -1,0 +1,295 @@
+"""Fetching missing chunks into the disk cache: one fetch per chunk however many readers wait.
+
+``Fetcher`` is the daemon's coordinator, for trio. A read plans its requests
+(``lazyfs.cache.planner``) against what is cached or already in flight,
+starts a task per request, and waits for its chunks. Each missing chunk has
+one flight: every reader of it waits on that flight, so twenty mounts reading
+one range make one upstream request.
+
+The fetch tasks belong to the Fetcher's nursery, not to any reader: a reader
+cancelled while it waits stops waiting and nothing else, the fetch goes on for
+the others and lands in the cache. A fetch that fails wakes every waiter of
+its chunks with the error (each raises the same exception object), and leaves
+nothing behind: the next read of those chunks tries again. Failures are not
+remembered.
+
+Chunks are put in the cache as they are cut from a request's answer, and each
+chunk's waiters wake as soon as it is in place; a reader's chunks are pinned
+from before its wait until its answer is built, so eviction cannot take them
+in between. The bytes a source gives are trusted: verification belongs in the
+source (a verifying wrapper), before anything reaches the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import trio
+
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.messages import Extent
+from lazyfs.cache.planner import Fetch, Readahead, advance, plan, wanted_chunks
+from providers.digest import Digest
+from providers.errors import TemporaryFailure
+from providers.source import BlobSource
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_UPSTREAM_REQUESTS = 8
+# Readers of one blob: enough to keep a detector per layer of many images.
+_READAHEAD_STATES = 4096
+
+
+@dataclass
+class _Flight:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+class Fetcher:
+    """Single-flight chunk fetches into ``cache``, run as tasks of ``nursery``.
+
+    ``limiter`` bounds the upstream requests running at once (they block in
+    worker threads).
+    """
+
+    def __init__(
+        self,
+        cache: DiskCache,
+        nursery: trio.Nursery,
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+        max_request_chunks: int = 8,
+        readahead: tuple[int, int] = (2, 16),
+    ) -> None:
+        self.cache = cache
+        self.chunk_size = cache.layout.chunk_size
+        self._nursery = nursery
+        self._limiter = limiter or trio.CapacityLimiter(DEFAULT_UPSTREAM_REQUESTS)
+        self._max_request_chunks = max_request_chunks
+        self._readahead_bounds = readahead
+        self._flights: dict[ChunkKey, _Flight] = {}
+        self._sizes: dict[Digest, int] = {}
+        self._readahead: OrderedDict[Digest, Readahead] = OrderedDict()
+        self.fetches_in_flight = 0
+
+    async def read_extents(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        offset: int,
+        length: int,
+        blob_size: int | None = None,
+    ) -> list[Extent]:
+        """Where blob bytes [offset, offset + length) are in the cache, fetching what is missing.
+
+        The extents are in blob order and contiguous from ``offset``; they
+        add up to ``length`` less only where the blob ends. Raises what the
+        source raised (NotFound, TemporaryFailure, ...) when a needed fetch
+        failed.
+        """
+        return await self._answer(source, digest, offset, length, blob_size, lambda e: e)
+
+    async def read(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        offset: int,
+        length: int,
+        blob_size: int | None = None,
+    ) -> bytes:
+        """The bytes ``read_extents`` points at, read from the cache files while still pinned."""
+
+        def gather(extents: list[Extent]) -> bytes:
+            parts = []
+            for extent in extents:
+                key = ChunkKey(digest, extent.blob_offset // self.chunk_size)
+                data = self.cache.files.read_chunk(key, extent.file_offset, extent.length)
+                if data is None or len(data) != extent.length:
+                    raise TemporaryFailure(f"chunk {key.index} of {digest} vanished while pinned")
+                parts.append(data)
+            return b"".join(parts)
+
+        return await self._answer(source, digest, offset, length, blob_size, gather)
+
+    async def _answer(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        offset: int,
+        length: int,
+        blob_size: int | None,
+        build: Callable[[list[Extent]], T],
+    ) -> T:
+        """``build`` of the range's extents, called while its chunks are pinned."""
+        if blob_size is not None:
+            self._sizes[digest] = blob_size
+        # Rounds: a chunk can be missing after its wait only if the blob
+        # turned out to end before it; a second round learns that from the
+        # recorded size. More rounds mean something removed a pinned chunk.
+        for _ in range(3):
+            indices = wanted_chunks([(offset, length)], self.chunk_size, self._size(digest))
+            keys = [ChunkKey(digest, i) for i in indices]
+            # Pins and lookups take the cache's mutex from the trio thread:
+            # held by others only for a rename or an eviction, never an fsync.
+            with self.cache.pinned(keys):
+                self._start(source, digest, indices, self._readahead_for(digest, indices))
+                waits = [f for key in keys if (f := self._flights.get(key)) is not None]
+                await self._wait(waits)
+                extents = self._extents(digest, offset, length, indices)
+                if extents is not None:
+                    return build(extents)
+        raise TemporaryFailure(f"chunks of {digest} vanished from the cache while being read")
+
+    def prefetch(
+        self, source: BlobSource, digest: Digest, ranges: Iterable[tuple[int, int]]
+    ) -> int:
+        """Start fetching the chunks of ``ranges`` not cached or in flight; returns how many.
+
+        Does not wait: the fetches run in the background, failures only
+        clear their flights.
+        """
+        indices = wanted_chunks(ranges, self.chunk_size, self._size(digest))
+        return self._start(source, digest, [], indices)
+
+    def _size(self, digest: Digest) -> int | None:
+        """The blob's size, when a request, a short answer or a short chunk told it."""
+        size = self._sizes.get(digest)
+        return self.cache.blob_size(digest) if size is None else size
+
+    # Planning and starting. No await from here to the flights' registration:
+    # a task planning the same chunks meanwhile would fetch them twice.
+
+    def _readahead_for(self, digest: Digest, indices: list[int]) -> list[int]:
+        if not indices:
+            return []
+        state, ahead = advance(
+            self._readahead.get(digest),
+            indices[0],
+            indices[-1],
+            min_window=self._readahead_bounds[0],
+            max_window=self._readahead_bounds[1],
+        )
+        if state is not None:
+            self._readahead[digest] = state
+            self._readahead.move_to_end(digest)
+            if len(self._readahead) > _READAHEAD_STATES:
+                self._readahead.popitem(last=False)
+        return list(ahead)
+
+    def _start(
+        self, source: BlobSource, digest: Digest, wanted: list[int], ahead: list[int]
+    ) -> int:
+        """Start the fetches ``wanted`` and ``ahead`` need; returns how many chunks they fetch."""
+        have = _InHand(digest, self._flights, self.cache)
+        size = self._size(digest)
+        last_chunk = None if size is None else (size - 1) // self.chunk_size
+        fetches = plan(
+            wanted,
+            have,
+            ahead=ahead,
+            max_request_chunks=self._max_request_chunks,
+            last_chunk=last_chunk,
+        )
+        for fetch in fetches:
+            flights = {ChunkKey(digest, i): _Flight() for i in fetch.chunks}
+            self._flights.update(flights)
+            self.fetches_in_flight += 1
+            self._nursery.start_soon(self._fetch, source, digest, fetch, flights)
+        return sum(fetch.count for fetch in fetches)
+
+    async def _wait(self, waits: list[_Flight]) -> None:
+        for flight in waits:
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+
+    def _extents(
+        self, digest: Digest, offset: int, length: int, indices: list[int]
+    ) -> list[Extent] | None:
+        """The answer from the cache's accounting, or None when a chunk needed is missing."""
+        extents = []
+        end = offset + length
+        for index in indices:
+            base = index * self.chunk_size
+            chunk_length = self.cache.length(ChunkKey(digest, index))
+            if chunk_length is None:
+                size = self._size(digest)
+                if size is not None and base >= size:
+                    break  # the blob ends before this chunk
+                return None
+            lo, hi = max(offset - base, 0), min(end - base, chunk_length)
+            if hi > lo:
+                path = self.cache.layout.chunk_path(ChunkKey(digest, index))
+                extents.append(Extent(str(path), lo, base + lo, hi - lo))
+            self.cache.touch(ChunkKey(digest, index))
+            if chunk_length < self.chunk_size:
+                break
+        return extents
+
+    # Fetching
+
+    async def _fetch(
+        self, source: BlobSource, digest: Digest, fetch: Fetch, flights: dict[ChunkKey, _Flight]
+    ) -> None:
+        """Run one request; never raises (that would cancel every other fetch)."""
+        offset, length = fetch.span(self.chunk_size)
+        error: BaseException | None = None
+        try:
+            data = await trio.to_thread.run_sync(
+                source.read_range, digest, offset, length, limiter=self._limiter
+            )
+            if len(data) < length:
+                self._sizes[digest] = offset + len(data)
+            for index in fetch.chunks:
+                key = ChunkKey(digest, index)
+                start = (key.index - fetch.first) * self.chunk_size
+                piece = data[start : start + self.chunk_size]
+                if piece:
+                    await trio.to_thread.run_sync(self.cache.put, key, piece)
+                self._land(key, flights, None)
+        except Exception as failure:
+            # Logged here once: read-ahead has no waiter to report it.
+            log.warning("fetch of %s bytes %d+%d failed: %s", digest, offset, length, failure)
+            error = failure
+        except BaseException:
+            # Cancelled: the daemon is shutting down. Waiters get an error they can report.
+            error = TemporaryFailure(f"fetch of {digest} stopped: the cache daemon is stopping")
+            raise
+        finally:
+            for key in list(flights):
+                self._land(key, flights, error)
+            self.fetches_in_flight -= 1
+
+    def _land(
+        self, key: ChunkKey, flights: dict[ChunkKey, _Flight], error: BaseException | None
+    ) -> None:
+        flight = flights.pop(key, None)
+        if flight is None:
+            return
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.error = error
+        flight.done.set()
+
+
+class _InHand:
+    """The chunks of one blob that need no new fetch: cached, or being fetched."""
+
+    def __init__(self, digest: Digest, flights: dict[ChunkKey, _Flight], cache: DiskCache) -> None:
+        self._digest = digest
+        self._flights = flights
+        self._cache = cache
+
+    def __contains__(self, index: object) -> bool:
+        if not isinstance(index, int):
+            return False
+        key = ChunkKey(self._digest, index)
+        return key in self._flights or self._cache.contains(key)

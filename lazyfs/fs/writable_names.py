@@ -1,0 +1,255 @@
+"""The copy-on-write view's names and attributes: every FUSE handler but those of open files.
+
+``WritableNames`` maps the requests that look names up, make, link,
+remove and rename them, and read or change attributes and xattrs, onto
+``lazyfs.fs.upper.Upper``, whose rules and on-disk format it follows.
+Both paths serve them alike and add the open files: ``lazyfs.fs.writable``
+with a handle per open, ``lazyfs.fs.writable_no_open`` without.  Which fd
+a truncate goes through (``_truncate``) and what open files keep before a
+file's last name goes (``_pin_readers``) are theirs to say.  Semantics
+chosen:
+
+- a metadata change (chmod, chown, utimens, xattrs) copies no data
+  (``Upper.copy_up_meta``); a truncate does;
+- the kernel may cache entries and attributes only briefly (``TIMEOUT``):
+  they change now;
+- there is no ``flush``: writes go straight to the upper file, so pyfuse3's
+  ENOSYS tells the kernel to stop asking, one request fewer per close.
+
+Every handler ends in ``pyfuse3.FUSEError`` (``lazyfs.fs.boundary``): the
+upper's refusals with their errno, anything unexpected as EIO after
+logging its cause once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+
+import pyfuse3
+
+from lazyfs.blobs.ranges import ChunkCache
+from lazyfs.fs.boundary import fuse_errors
+from lazyfs.fs.read_only import NAME_MAX, entry_attributes, no_entry
+from lazyfs.fs.upper import Node, Upper
+
+TIMEOUT = 1.0
+
+
+class WritableNames(pyfuse3.Operations):
+    """The names and attributes of the copy-on-write view of ``upper``.
+
+    ``chunks`` reads lower bytes for the open files the subclasses add.
+    """
+
+    def __init__(self, upper: Upper, chunks: ChunkCache) -> None:
+        super().__init__()
+        self.upper = upper
+        self.tree = upper.tree  # what the mount process reports at start
+        self.chunks = chunks
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        return entry_attributes(
+            node.ino,
+            node.mode,
+            node.nlink,
+            node.uid,
+            node.gid,
+            node.size,
+            (node.atime_ns, node.mtime_ns, node.ctime_ns),
+            rdev=node.rdev,
+            timeout=TIMEOUT,
+        )
+
+    # -- names and attributes ---------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self.attributes(self.upper.directory(parent_inode))
+        found = self.upper.lookup(parent_inode, name)
+        return no_entry(TIMEOUT) if found is None else self.attributes(found)
+
+    @fuse_errors
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(self.upper.node(inode))
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        """Nothing to drop: nodes live as long as the mount (unlinked ones are small)."""
+
+    @fuse_errors
+    async def readlink(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileNameT:
+        node = self.upper.node(inode)
+        if not stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return pyfuse3.FileNameT(node.target)
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        # Free space is what the upper directory has: that is where writes go.
+        found = os.statvfs(self.upper.upper)
+        stats = pyfuse3.StatvfsData()
+        stats.f_bsize, stats.f_frsize = found.f_bsize, found.f_frsize
+        stats.f_blocks, stats.f_bfree, stats.f_bavail = (
+            found.f_blocks,
+            found.f_bfree,
+            found.f_bavail,
+        )
+        stats.f_files, stats.f_ffree, stats.f_favail = (
+            found.f_files,
+            found.f_ffree,
+            found.f_favail,
+        )
+        stats.f_namemax = NAME_MAX
+        return stats
+
+    @fuse_errors
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        value = self.upper.node(inode).xattrs.get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        return [pyfuse3.XAttrNameT(key) for key in self.upper.node(inode).xattrs]
+
+    @fuse_errors
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.upper.node(inode)
+        if fields.update_size:
+            await self._truncate(node, attr.st_size, fh)
+        if fields.update_mode:
+            self.upper.set_mode(node, attr.st_mode)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else node.uid
+            gid = attr.st_gid if fields.update_gid else node.gid
+            self.upper.set_owner(node, uid, gid)
+        if fields.update_atime or fields.update_mtime:
+            self.upper.set_times(
+                node,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
+        return self.attributes(node)
+
+    async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
+        """Set ``node``'s size for setattr, through whatever fd ``fh`` (or the path) has."""
+        raise NotImplementedError
+
+    @fuse_errors
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        mode = stat.S_IFDIR | (stat.S_IMODE(mode) & ~ctx.umask)
+        return self.attributes(self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @fuse_errors
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
+        node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev)
+        return self.attributes(node)
+
+    @fuse_errors
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.upper.new(
+            parent_inode, name, stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, target=target
+        )
+        return self.attributes(node)
+
+    @fuse_errors
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.upper.link(inode, new_parent_inode, new_name))
+
+    @fuse_errors
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._pin_readers(self.upper.lookup(parent_inode, name))
+        self.upper.remove(parent_inode, name, directory=False)
+
+    @fuse_errors
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self.upper.remove(parent_inode, name, directory=True)
+
+    @fuse_errors
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._pin_readers(self.upper.lookup(parent_inode_new, name_new))
+        await self.upper.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    def _pin_readers(self, node: Node | None) -> None:
+        """Before a name of ``node`` may go: keep what its open files need to go on reading."""
+        raise NotImplementedError
+
+    @fuse_errors
+    async def setxattr(
+        self,
+        inode: pyfuse3.InodeT,
+        name: pyfuse3.XAttrNameT,
+        value: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self.upper.set_xattr(self.upper.node(inode), name, value)
+
+    @fuse_errors
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self.upper.set_xattr(self.upper.node(inode), name, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        """Directory changes are made with plain syscalls; the upper filesystem orders them."""

@@ -1,0 +1,155 @@
+"""Layer indexes kept in the store: read back, checked, built once per layer.
+
+``<layers_dir>/<hex>/`` holds a layer's ``index.json`` and what its format
+(``lazyfs.index.formats``) keeps beside it: the zstd copy ``tar``, the gzip
+checkpoints ``gzip-index``, or nothing for a plain tar layer.
+
+``ensure_index`` builds and stores the index once per layer digest, with
+what it points into: under an flock, each file written to a scratch
+directory and renamed into place, the index last, so a present index.json
+implies its tar copy or checkpoint file is complete (each is fsynced before
+its rename: ``lazyfs.store.atomic``).  It reads them back on every later
+call.  ``load_index`` and ``check_data_present`` are what a mount process
+serving stored indexes needs: they read, never build.  Blocking.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lazyfs.index.formats import LayerFormat, build_index, format_named
+from lazyfs.index.model import INDEX_NAME, LayerData, LayerIndex, dumps, loads
+from lazyfs.store.atomic import publish, write_atomic
+from providers.digest import Digest, hex_part
+from providers.errors import BadImage
+from providers.fslock import exclusive_lock
+
+if TYPE_CHECKING:
+    from providers.tar_stream import LayerLimits
+
+
+def index_path(layers_dir: Path, digest: Digest) -> Path:
+    return layers_dir / hex_part(digest) / INDEX_NAME
+
+
+def load_index(layers_dir: Path, digest: Digest, *, entries: bool = True) -> LayerIndex | None:
+    """The stored index of ``digest``; None if there is none or it is stale or damaged.
+
+    ``entries=False``: its header only (no entries), read from the first line.
+    """
+    try:
+        with index_path(layers_dir, digest).open(encoding="utf-8") as stream:
+            text = stream.read() if entries else stream.readline()
+        index = loads(text, entries=entries)
+    except (OSError, ValueError):
+        return None
+    return index if index.digest == digest else None
+
+
+def ensure_index(
+    layers_dir: Path,
+    tmp_dir: Path,
+    digest: Digest,
+    blob: Path,
+    *,
+    entries: bool = True,
+    limits: LayerLimits | None = None,
+) -> LayerIndex:
+    """The index of the verified layer blob ``blob``, built and stored if missing.
+
+    Rebuilt too when what it points into (``check_data_present``) is gone
+    or damaged.  The files its format keeps (a zstd copy, gzip checkpoints)
+    are renamed into place before the index that promises them; what an
+    older index format kept there and this one does not need is removed
+    (``_drop_unused``).  With ``entries=False`` a stored index is checked
+    and returned by its header alone (no entries): what a caller that only
+    makes sure the index is there needs.  Raises BadImage for a corrupt
+    layer or one that unpacks past ``limits`` (a stored index was built
+    within the limits of its day), UnsafeLayer for a hostile one; nothing
+    is stored then.
+    """
+    found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
+    if found is not None:
+        return found
+    home = layers_dir / hex_part(digest)
+    home.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(home / "lock"):
+        found = _usable(layers_dir, blob, load_index(layers_dir, digest))
+        if found is not None:  # another process built it while we waited
+            return found
+        scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
+        try:
+            index = build_index(digest, blob, scratch, limits=limits)
+            kind = layer_format(index)
+            for name in kind.stored_files:
+                # The directory is synced once, with the index renamed into it last.
+                publish(scratch / name, home / name, sync_dir=False)
+            for name in kind.obsolete_files:
+                _drop_unused(home / name)
+            write_atomic(home / INDEX_NAME, dumps(index).encode(), mode=0o644, temp_dir=scratch)
+        finally:
+            # Never one cleanup error in place of the build's own.
+            shutil.rmtree(scratch, ignore_errors=True)
+    return index
+
+
+def _drop_unused(path: Path) -> None:
+    """Remove ``path``, a file an older index format kept, unless a mount process still names it.
+
+    Format 1's mount processes were started with ``--layer DIGEST=<the tar
+    copy of a gzip layer>`` and open it on their first read of the layer:
+    removing it under one of them would turn its reads into EIO.  Such a
+    file stays until a rebuild finds it unused.
+    """
+    if not path.exists():
+        return
+    named = b"=" + os.fsencode(path) + b"\0"
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            if named in (process / "cmdline").read_bytes():
+                return
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    path.unlink(missing_ok=True)
+
+
+def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerIndex | None:
+    """``index``, unless what it points into went missing or changed size."""
+    if index is None:
+        return None
+    try:
+        check_data_present(layers_dir, blob, index)
+    except BadImage:
+        return None  # built again, its files first
+    return index
+
+
+def layer_format(index: LayerIndex) -> LayerFormat:
+    """The format ``index`` was built for; BadImage for a name not known here (built again)."""
+    return format_named(index.compression)
+
+
+def layer_data(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
+    """What the index's offsets point into, for the layer blob ``blob``; no I/O.
+
+    BadImage for an index of a format not known here.
+    """
+    return layer_format(index).layer_data(layers_dir / hex_part(index.digest), blob)
+
+
+def check_data_present(layers_dir: Path, blob: Path, index: LayerIndex) -> LayerData:
+    """``layer_data``, refusing an index whose blob, tar copy or checkpoint file is unusable.
+
+    Cheap (a stat, an open): a tar copy must have ``tar_size`` bytes, a
+    checkpoint file must open for reading and have ``checkpoints_size``.
+    """
+    kind = layer_format(index)
+    data = kind.layer_data(layers_dir / hex_part(index.digest), blob)
+    kind.check_data(index, data)
+    return data

@@ -1,0 +1,96 @@
+"""What the provisioner records and reports, and the checks on what it is given.
+
+``ProvisionInfo`` is a provisioned container as ``info.json`` records it (see
+``lazyfs.provision.provisioner`` for where); ``RecoverReport`` is what
+``recover`` did.  ``check_container_id`` and ``require_layers`` refuse what
+no backend should be handed; ``one_line`` words an error for a report.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from providers.errors import BadImage, LazyfsError, UsageError
+from providers.manifest import ImageManifest, RuntimeConfig
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ProvisionInfo:
+    container_id: str
+    rootfs: Path
+    backend: str
+    writable: bool
+    image: ImageManifest
+
+    @property
+    def config(self) -> RuntimeConfig:
+        return self.image.config
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "container_id": self.container_id,
+            "rootfs": str(self.rootfs),
+            "backend": self.backend,
+            "writable": self.writable,
+            "image": {
+                "reference": self.image.reference,
+                "platform": self.image.platform,
+                "digest": self.image.digest,
+                "layers": [layer.digest for layer in self.image.layers],
+            },
+            "config": self.image.config.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    """What ``recover`` did with each container.
+
+    ``remounted`` are kept containers whose rootfs mount was gone or dead
+    and is back; ``broken`` pairs a kept container whose rootfs does not
+    work (and could not be mounted again) with why, left as it was.
+    ``failed`` pairs a container that could not be destroyed with why (one
+    line); it is left as it was, and the others were still handled.
+    """
+
+    kept: tuple[str, ...]
+    destroyed: tuple[str, ...]
+    busy: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...] = ()
+    remounted: tuple[str, ...] = ()
+    broken: tuple[tuple[str, str], ...] = ()
+
+
+def require_layers(manifest: ImageManifest) -> None:
+    """Refuse an image of no layer (BadImage): every backend would, each its own way."""
+    if not manifest.layers:
+        raise BadImage(f"image {manifest.reference} has no layers: no root filesystem to make")
+
+
+def check_container_id(container_id: str) -> None:
+    if not _CONTAINER_ID.match(container_id) or ".." in container_id:
+        raise UsageError(
+            f"invalid container id {container_id!r}: use letters, digits, '_', '.', '-' "
+            "(at most 128, not starting with a punctuation mark)"
+        )
+
+
+def incomplete(container_id: str) -> str:
+    return (
+        f"container {container_id} is incomplete: its provision did not finish; "
+        "destroy it or run recover"
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line for a report: its message, and for OSError the file."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    if isinstance(error, LazyfsError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,190 @@
+"""requests sessions whose answers must arrive whole by a deadline.
+
+requests' read timeout bounds each ``recv``, not the answer: a server that
+sends its status line and headers a byte every few seconds restarts it on
+every byte and holds a request forever. ``send`` closes that gap with a
+watchdog per request: when the answer's status line and headers have not
+all arrived by the deadline, it shuts down the request's socket, whatever
+the request is doing (connecting, the TLS handshake, sending, waiting for
+or reading the headers), and the request ends with ``HeadersTimeout``.
+
+The watchdog finds the request's sockets through the connection classes of
+``new_session``'s pools: each registers the socket it opens or reuses with
+the watch of the thread that sends on it. Bodies are not watched: once the
+headers are in, the watch is disarmed and the caller bounds the body (see
+providers.retry.SpeedFloor).
+
+Blocking; one session per thread, as requests wants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+
+class HeadersTimeout(requests.Timeout):
+    """The answer's status line and headers did not all arrive by the deadline."""
+
+
+class Watch:
+    """The deadline of one request's headers; shuts its sockets down when it passes.
+
+    Thread-safe: the timer fires in its own thread. Once ``disarm`` has
+    returned, the watch touches no socket again, so a body read after it is
+    never cut by it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._armed = True
+        self._fired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    @property
+    def fired(self) -> bool:
+        with self._lock:
+            return self._fired
+
+    def add(self, sock: socket.socket) -> None:
+        """Watch ``sock`` too; shut it down at once if the deadline has passed."""
+        with self._lock:
+            if self._fired:
+                _shutdown(sock)
+            elif self._armed:
+                self._sockets.append(sock)
+
+    def disarm(self) -> bool:
+        """Stop watching; True if the deadline had passed first."""
+        with self._lock:
+            self._armed = False
+            self._sockets = []
+        self._timer.cancel()
+        return self.fired
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            self._fired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+            self._sockets = []
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for an SSLSocket: its override drops
+    # the TLS state, which the thread reading it may be using right now.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_local = threading.local()
+
+
+def _watch(sock: socket.socket | None) -> None:
+    watch: Watch | None = getattr(_local, "watch", None)
+    if watch is not None and sock is not None:
+        watch.add(sock)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)  # before the TLS handshake, which a silent server can stall too
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock)  # a kept-alive connection opens no new socket
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def redact(url: str) -> str:
+    """``url`` without user:password and without the query (tokens hide there)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def new_session(verify: str | bool = True) -> requests.Session:
+    """A session for ``send``: its connections can be watched; no proxies from the environment."""
+    session = requests.Session()
+    session.verify = verify
+    # Proxies from the environment would reroute loopback registries.
+    session.trust_env = False
+    adapter = _WatchedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def send(
+    session: requests.Session, method: str, url: str, *, seconds: float, **kwargs: Any
+) -> requests.Response:
+    """``session.request(method, url, stream=True, ...)`` whose headers arrive within ``seconds``.
+
+    Raises HeadersTimeout when the status line and headers are not all in
+    by then (``seconds`` from now, connecting included), and requests'
+    errors otherwise. The body is left unread.
+    """
+    if seconds <= 0:
+        raise HeadersTimeout("deadline passed before the request")
+    watch = Watch(seconds)
+    outer = getattr(_local, "watch", None)
+    _local.watch = watch
+    watch.start()
+    try:
+        try:
+            response = session.request(
+                method, url, stream=True, timeout=(seconds, seconds), **kwargs
+            )
+        except requests.RequestException as exc:
+            if watch.disarm():
+                raise HeadersTimeout(f"no complete answer within {seconds:g} s") from exc
+            raise
+        if watch.disarm():
+            # The headers came as the watchdog fired: their socket may be shut.
+            response.close()
+            raise HeadersTimeout(f"no complete answer within {seconds:g} s")
+        return response
+    finally:
+        watch.disarm()
+        _local.watch = outer

@@ -1,0 +1,35 @@
+"""Which mount points exist in this process's mount namespace (``/proc/self/mountinfo``).
+
+Read-only and free of mounting code, so both the backends and the public
+mount API of lazyfs can ask without loading each other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# mountinfo writes space, tab, newline and backslash in paths as \ooo.
+_ESCAPES = ("\\040", "\\011", "\\012", "\\134")
+
+
+def mount_points() -> list[Path]:
+    """Every mount point of this mount namespace, in mount order."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split(" ")
+            if len(fields) > 4:
+                points.append(Path(_unescape(fields[4])))
+    return points
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too)."""
+    return Path(os.path.abspath(mountpoint)) in mount_points()
+
+
+def _unescape(field: str) -> str:
+    for code in _ESCAPES:
+        field = field.replace(code, chr(int(code[1:], 8)))
+    return field

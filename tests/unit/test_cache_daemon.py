@@ -1,0 +1,215 @@
+"""The cache daemon's server, in-process: requests over its Unix socket, answers by id."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from lazyfs.cache import cache_pb2 as pb
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.daemon import serve, socket_path
+from lazyfs.cache.framing import FrameDecoder, encode_frame
+from lazyfs.cache.messages import (
+    BadRequest,
+    BlobRange,
+    Failure,
+    FailureKind,
+    HandleOrigin,
+    Origin,
+    Prefetch,
+    PrefetchOk,
+    Read,
+    ReadOk,
+    RegistryOrigin,
+    Request,
+    Response,
+    Status,
+    StatusOk,
+    decode_response,
+    encode_request,
+)
+from providers.digest import Digest
+from providers.source import BlobSource
+from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
+
+FAKE = HandleOrigin("fake")
+
+
+class Client:
+    """A mount's end of the socket, as plain as the protocol allows."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder()
+        self.pending: list[bytes] = []
+
+    async def send(self, request: Request) -> None:
+        await self.stream.send_all(encode_frame(encode_request(request)))
+
+    async def receive(self) -> Response | None:
+        """The next answer, or None when the daemon closed the connection."""
+        while not self.pending:
+            data = await self.stream.receive_some(1 << 16)
+            if not data:
+                return None
+            self.pending.extend(self.decoder.feed(data))
+        return decode_response(self.pending.pop(0))
+
+    async def call(self, request: Request) -> Response | None:
+        await self.send(request)
+        return await self.receive()
+
+
+@asynccontextmanager
+async def daemon(tmp_path: Path, source: FakeSource) -> AsyncIterator[Path]:
+    def resolve(origin: Origin) -> BlobSource:
+        if origin == FAKE:
+            return source
+        raise BadRequest(f"unknown origin {origin}")
+
+    root = tmp_path / "c"
+    root.mkdir()
+    with DiskCache.open(root, 64 * os.statvfs(root).f_frsize, chunk_size=SIZE) as cache:
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(serve, cache, resolve)
+            yield path
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connect(path: Path) -> AsyncIterator[Client]:
+    stream = await trio.open_unix_socket(str(path))
+    async with stream:
+        yield Client(stream)
+
+
+def read(request_id: int, offset: int, length: int, origin: Origin = FAKE) -> Read:
+    return Read(request_id, BlobRange(BLOB, offset, length), origin)
+
+
+async def test_a_read_is_answered_with_where_the_bytes_are(tmp_path: Path) -> None:
+    source = FakeSource()
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        answer = await client.call(read(7, 10, 30))
+        assert isinstance(answer, ReadOk) and answer.id == 7
+        got = b""
+        for extent in answer.extents:
+            with open(extent.path, "rb") as chunk:
+                chunk.seek(extent.file_offset)
+                got += chunk.read(extent.length)
+        assert got == DATA[10:40]
+    assert source.calls == [(0, 48)]
+
+
+async def test_the_socket_is_the_daemons_own(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    socket_path(tmp_path / "c").write_bytes(b"")  # a stale one, from a killed daemon
+    root = tmp_path / "c"
+    with DiskCache.open(root, 1 << 20, chunk_size=SIZE) as cache:
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(serve, cache, lambda origin: FakeSource())
+            assert path == root / "daemon.sock"
+            assert stat.S_ISSOCK(path.stat().st_mode)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            nursery.cancel_scope.cancel()
+    assert not path.exists()
+
+
+async def test_mounts_on_two_connections_share_one_fetch(tmp_path: Path) -> None:
+    source = FakeSource(gated=True)
+    answers: list[Response | None] = []
+    async with daemon(tmp_path, source) as path:
+
+        async def mount(request_id: int) -> None:
+            async with connect(path) as client:
+                answers.append(await client.call(read(request_id, 0, 40)))
+
+        async with trio.open_nursery() as mounts:
+            mounts.start_soon(mount, 1)
+            mounts.start_soon(mount, 2)
+            await trio.testing.wait_all_tasks_blocked()
+            source.gate.set()
+    assert sorted(a.id for a in answers if isinstance(a, ReadOk)) == [1, 2]
+    assert source.calls == [(0, 48)]
+
+
+async def test_answers_come_when_ready_named_by_id(tmp_path: Path) -> None:
+    source = FakeSource(gated=True)
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        await client.send(read(1, 0, 16))  # waits for the gated source
+        status = await client.call(Status(2))
+        assert isinstance(status, StatusOk) and status.id == 2
+        assert status.fetches_in_flight == 1 and status.chunk_size == SIZE
+        source.gate.set()
+        answer = await client.receive()
+        assert isinstance(answer, ReadOk) and answer.id == 1
+
+
+async def test_failures_are_answers_and_the_connection_goes_on(tmp_path: Path) -> None:
+    source = FakeSource()
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        elsewhere = RegistryOrigin("r.example", "x")
+        unknown = await client.call(read(3, 0, 16, elsewhere))
+        assert unknown == Failure(3, FailureKind.BAD_REQUEST, f"unknown origin {elsewhere}")
+        missing = await client.call(Read(4, BlobRange(Digest("sha256:" + "00" * 32), 0, 16), FAKE))
+        assert isinstance(missing, Failure) and missing.kind is FailureKind.NOT_FOUND
+        # A request with an id but a bad digest: answered, not fatal.
+        bad = pb.Request(id=5)
+        bad.read.range.digest = "sha256:nothex"
+        bad.read.origin.handle = "fake"
+        await client.stream.send_all(encode_frame(bad.SerializeToString()))
+        answer = await client.receive()
+        assert isinstance(answer, Failure) and answer.id == 5
+        assert answer.kind is FailureKind.BAD_REQUEST and "invalid blob digest" in answer.reason
+        assert isinstance(await client.call(Status(6)), StatusOk)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\xff\xff\xff\xff",  # a frame far over the limit
+        encode_frame(b"\xff"),  # a payload that is no request
+    ],
+)
+async def test_a_stream_out_of_step_is_dropped(tmp_path: Path, wire: bytes) -> None:
+    async with daemon(tmp_path, FakeSource()) as path:
+        async with connect(path) as client:
+            await client.stream.send_all(wire)
+            assert await client.receive() is None
+        # Only that connection: the daemon serves the next one.
+        async with connect(path) as client:
+            assert isinstance(await client.call(Status(1)), StatusOk)
+
+
+async def test_prefetch_queues_what_is_missing(tmp_path: Path) -> None:
+    source = FakeSource()
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        answer = await client.call(
+            Prefetch(1, (BlobRange(BLOB, 0, 64), BlobRange(BLOB, 256, 16)), FAKE)
+        )
+        assert answer == PrefetchOk(1, 5)
+        # The read waits on the prefetch's flights rather than fetching again.
+        assert isinstance(await client.call(read(2, 0, 64)), ReadOk)
+    assert sorted(source.calls) == [(0, 64), (256, 16)]
+
+
+async def test_a_disconnected_mount_leaves_its_fetch_running_for_others(tmp_path: Path) -> None:
+    source = FakeSource(gated=True)
+    async with daemon(tmp_path, source) as path:
+        async with connect(path) as client:
+            await client.send(read(1, 0, 16))
+            await trio.testing.wait_all_tasks_blocked()
+        async with connect(path) as client:
+            await client.send(read(2, 0, 16))
+            await trio.testing.wait_all_tasks_blocked()
+            source.gate.set()
+            answer = await client.receive()
+            assert isinstance(answer, ReadOk) and answer.id == 2
+    assert source.calls == [(0, 16)]

@@ -1,0 +1,67 @@
+"""The store as a local blob source: ``StoreBlobs.local_blob`` gives verified files only.
+
+A blob already in the store is its file; a missing one is fetched from the
+upstream source, verified on the way in, or is NotFound without one.  Bytes
+that are not the blob never reach the store.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from lazyfs.store.blobs import StoreBlobs
+from lazyfs.store.disk import Store
+from providers.digest import digest_bytes
+from providers.errors import DigestMismatch, NotFound
+from providers.manifest import OCI_LAYER_TAR, Layer
+from tests.support.blob_sources import MemoryBlobs
+from tests.support.images import Entry, write_layer
+
+
+def layer_blob(tmp_path: Path) -> tuple[Layer, bytes]:
+    data = write_layer([Entry("etc", "dir"), Entry("etc/a", data=b"a\n")], tmp_path / "l.tar")
+    blob = data.read_bytes()
+    return Layer(digest_bytes(blob), OCI_LAYER_TAR, len(blob)), blob
+
+
+def test_a_stored_blob_is_its_file_and_upstream_is_not_asked(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    layer, blob = layer_blob(tmp_path)
+    store.ingest(layer, lambda: io.BytesIO(blob))
+    upstream = MemoryBlobs({})
+    path = StoreBlobs(store, upstream).local_blob(layer)
+    assert path == store.blob_path(layer.digest)
+    assert path.read_bytes() == blob
+    assert upstream.opened == []
+
+
+def test_a_missing_blob_without_upstream_is_not_found(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    layer, _ = layer_blob(tmp_path)
+    with pytest.raises(NotFound, match=layer.digest):
+        StoreBlobs(store).local_blob(layer)
+    assert not store.has_blob(layer.digest)
+
+
+def test_a_missing_blob_is_fetched_once_from_upstream(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    layer, blob = layer_blob(tmp_path)
+    upstream = MemoryBlobs({layer.digest: blob})
+    blobs = StoreBlobs(store, upstream)
+    path = blobs.local_blob(layer)
+    assert path.read_bytes() == blob and store.has_blob(layer.digest)
+    assert blobs.local_blob(layer) == path
+    assert upstream.opened == [layer.digest]
+
+
+def test_wrong_bytes_upstream_never_reach_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    layer, blob = layer_blob(tmp_path)
+    upstream = MemoryBlobs({layer.digest: blob[:-1] + b"!"})
+    with pytest.raises(DigestMismatch):
+        StoreBlobs(store, upstream).local_blob(layer)
+    assert not store.has_blob(layer.digest)
+    assert list(store.tmp.iterdir()) == []

@@ -1,0 +1,91 @@
+"""The upper refuses with UpperError (errno and facts); only the handler boundary speaks FUSE."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from lazyfs.blobs.ranges import LocalTars
+from lazyfs.fs.boundary import fuse_errors
+from lazyfs.fs.upper import Upper, UpperError
+from lazyfs.index.formats import build_index
+from lazyfs.tree.merge import ROOT_INO, merge
+from providers.digest import digest_bytes
+from tests.support.images import Entry, write_layer
+
+
+def upper_of(tmp_path: Path) -> Upper:
+    blob = write_layer([Entry("etc", "dir"), Entry("etc/passwd", data=b"x")], tmp_path / "0.tar")
+    index = build_index(digest_bytes(blob.read_bytes()), blob, tmp_path)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    return Upper(merge([index]), upper, work, LocalTars({}))
+
+
+def test_the_upper_loads_no_fuse_code() -> None:
+    probe = "import sys, lazyfs.fs.upper; print('pyfuse3' in sys.modules)"
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "False"
+
+
+def test_a_refusal_names_what_was_refused(tmp_path: Path) -> None:
+    upper = upper_of(tmp_path)
+    with pytest.raises(UpperError) as refused:
+        upper.remove(ROOT_INO, b"nope", directory=False)
+    assert refused.value.errno == errno.ENOENT
+    assert str(refused.value) == "ENOENT: no b'nope' in directory 1"
+    etc = upper.lookup(ROOT_INO, b"etc")
+    assert etc is not None
+    with pytest.raises(UpperError) as refused:
+        upper.remove(ROOT_INO, b"etc", directory=False)
+    assert (refused.value.errno, refused.value.what) == (
+        errno.EISDIR,
+        "b'etc' in directory 1 is a directory",
+    )
+
+
+class Handlers:
+    """Handlers failing the ways a writable mount's handlers can."""
+
+    @fuse_errors
+    async def refuse(self, number: int) -> None:
+        raise UpperError(number, "what the upper knows")
+
+    @fuse_errors
+    async def full(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    @fuse_errors
+    async def broken(self) -> None:
+        raise OSError(errno.EBADMSG, "Bad message")
+
+
+@pytest.mark.parametrize("number", [errno.ENOENT, errno.EXDEV, errno.ENOTEMPTY, errno.ENODATA])
+async def test_the_boundary_answers_a_refusal_with_its_errno_quietly(
+    number: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO), pytest.raises(pyfuse3.FUSEError) as answer:
+        await Handlers().refuse(number)
+    assert answer.value.errno == number
+    assert caplog.records == []
+
+
+async def test_the_boundary_passes_a_full_upper_on_and_turns_the_rest_into_eio(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(pyfuse3.FUSEError) as answer:
+        await Handlers().full()
+    assert answer.value.errno == errno.ENOSPC
+    with pytest.raises(pyfuse3.FUSEError) as answer:
+        await Handlers().broken()
+    assert answer.value.errno == errno.EIO
+    assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR"]
