@@ -11,22 +11,19 @@ makes passes.  Blocking.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import os
 import stat
 import struct
-import tempfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from lazyfs.store.atomic import staged_file
 from lazyfs.tree import packed as fmt
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
 from providers.extents import Extent
-
-_U32_MAX = 0xFFFF_FFFF
 
 
 def write_packed(tree: MergedTree, built_from: Sequence[str], path: Path) -> None:
@@ -35,11 +32,16 @@ def write_packed(tree: MergedTree, built_from: Sequence[str], path: Path) -> Non
     ``built_from`` names what the tree is a function of (say the layer
     digests bottom first and a fingerprint of the merge rules): the reader
     refuses the file unless its caller expects exactly these strings.
-    Readers see the old file or the new one, never a part: the bytes go to
-    a temporary file beside ``path``, are fsynced and renamed over it.
+    Readers see the old file or the new one, never a part
+    (``lazyfs.store.atomic``: a temporary file beside ``path``, fsynced and
+    renamed over it).
     Raises ValueError for a tree the format cannot hold, OSError.
     """
-    _write_atomic(path, _Packer(tree).chunks(built_from))
+    chunks = _Packer(tree).chunks(built_from)
+    with staged_file(path.parent, mode=0o644, prefix=".packed.") as staged:
+        for chunk in chunks:
+            staged.file.write(chunk)
+        staged.commit(path)
 
 
 class _Packer:
@@ -195,8 +197,6 @@ class _Packer:
         at = self.xattrs_at.get(pairs)
         if at is None:
             at = self.xattrs_at[pairs] = len(self.xattrs)
-            if at > _U32_MAX:
-                raise ValueError("more xattrs than the format can hold")
             self.xattrs += fmt.COUNT32.pack(len(pairs))
             for key, value in pairs:
                 self.xattrs += fmt.XATTR.pack(len(key), len(value)) + key + value
@@ -221,30 +221,3 @@ class _Packer:
 
 def _strictly_sorted(names: Sequence[bytes] | Sequence[str]) -> bool:
     return all(a < b for a, b in itertools.pairwise(names))  # type: ignore[operator]
-
-
-def _write_atomic(target: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` to ``target``: temporary file, fsync, rename, directory fsync.
-
-    Written here until the store's atomic-write helper lands on this
-    branch; it follows the same steps.  The temporary file is removed on
-    any failure and the target left as it was.
-    """
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".packed.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-            os.fchmod(out.fileno(), 0o644)
-        os.rename(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
