@@ -2,7 +2,9 @@
 
 ``merge`` replays the indexes bottom first with the whiteout rules of
 ``providers.layer_rules``; ``kept`` stores a merged tree beside its top layer so
-that a later mount of the same image merges nothing.
+that a later mount of the same image merges nothing.  ``packed`` is a
+read-only binary form of a merged tree (``packed_write``, ``packed_read``)
+that mounts map and read in place, sharing its pages; not yet used to mount.
 
 Imports: lazyfs.index, lazyfs.store.atomic, providers.
 """
