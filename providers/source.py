@@ -115,7 +115,8 @@ def stream_range(
     """``source.stream_range`` when it has one; else ``read_range`` as one piece.
 
     Either way the contract of ``StreamingBlobSource.stream_range`` holds,
-    arguments checked at the call included.
+    but that a source without streaming reads at the call, so its transfer
+    errors are raised there too.
     """
     streaming = getattr(source, "stream_range", None)
     if streaming is not None:
