@@ -20,9 +20,9 @@ signed URL on another host. That URL is asked without the registry's
 Authorization (another host never sees it) and is kept in a
 providers.registry_redirects.RedirectCache until it expires, so later
 ranges of the blob go straight to storage. When storage refuses a kept URL
-(401, 403, 404, 410: expired, revoked, moved), it is dropped and the
-registry is asked once more for a fresh one; a fresh URL that is refused
-is an error.
+(401, 403, 404, 410: expired, revoked, moved) or fails, it is dropped and
+the registry is asked once more for a fresh one; a fresh URL that is
+refused is an error.
 
 Answers (providers.registry_checks.range_answer): a 206 must carry exactly
 the range asked for; a 200 carries the whole blob, which a pull-through
@@ -200,14 +200,19 @@ class RangeReader:
         headers = {"Range": f"bytes={first}-{last}"}
         stored = self.redirects.get(url)
         if stored is not None:
-            response = self._storage(stored, url, place, headers)
-            if response.status_code not in REFUSED:
-                return response, stored, self._start(response, stored, place, first, last)
-            response.close()
+            try:
+                response = self._storage(stored, url, place, headers)
+            except LazyfsError as exc:
+                why = str(exc)  # unreachable, or failing: the registry may know better
+            else:
+                if response.status_code not in REFUSED:
+                    return response, stored, self._start(response, stored, place, first, last)
+                response.close()
+                why = f"HTTP {response.status_code}"
             self.redirects.drop(url, stored)
             log.info(
-                "%s: storage refused %s (HTTP %d); asking %s again",
-                place.image, redact(stored), response.status_code, redact(url),
+                "%s: storage URL %s failed (%s); asking %s again",
+                place.image, redact(stored), why, redact(url),
             )  # fmt: skip
         response = self.http.get(
             url,

@@ -23,7 +23,7 @@ from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions
 from tests.support.blob_storage import Front, Storage, run_front, run_storage
 from tests.support.registry_seed import PASSWORD, USER
-from tests.support.registry_servers import Registry
+from tests.support.registry_servers import Registry, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,7 @@ class Setup:
     storage: Storage
     digest: Digest
     data: bytes
+    blob_url: str  # the blob at the registry (the front)
 
 
 @pytest.fixture
@@ -50,7 +51,8 @@ def setup(basic_registry: Registry, big_layer: str) -> Iterator[Setup]:
         http = HttpOptions(credentials={host: Credentials(USER, PASSWORD)}, backoff=0.01)
         client = RegistryClient(RegistryOptions(registry=front_url, http=http))
         client.resolve("rich:oci")
-        yield Setup(client, front, storage, Digest(big_layer), data)
+        blob_url = f"{front_url}/v2/library/rich/blobs/{big_layer}"
+        yield Setup(client, front, storage, Digest(big_layer), data, blob_url)
 
 
 def storage_ranges(setup: Setup) -> list[str]:
@@ -78,6 +80,14 @@ def test_a_refused_storage_url_is_dropped_and_the_registry_asked_again(setup: Se
     # The fresh URL is kept in turn.
     assert setup.client.read_range(setup.digest, 40, 10) == setup.data[40:50]
     assert setup.front.blob_requests() == 2
+
+
+def test_a_storage_url_that_cannot_be_reached_is_dropped(setup: Setup) -> None:
+    gone = f"http://localhost:{free_port()}/blobs/{setup.digest}?X-Amz-Signature=00"
+    setup.client.ranges.redirects.put(setup.blob_url, gone)  # as if it redirected there before
+    assert setup.client.read_range(setup.digest, 30, 10) == setup.data[30:40]
+    assert setup.front.blob_requests() == 1
+    assert storage_ranges(setup) == ["bytes=30-39"]
 
 
 def test_a_fresh_storage_url_that_is_refused_is_an_error(setup: Setup) -> None:
