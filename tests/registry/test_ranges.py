@@ -104,6 +104,20 @@ def test_stream_range_yields_the_range_of_a_partial_answer(
     assert offsets == [len(data) - 10] and got == data[-10:]
 
 
+def test_a_whole_body_answer_that_breaks_resumes_without_repeating_a_byte(
+    proxy: str, faults: Faults, big_layer: str, plain_registry: Registry
+) -> None:
+    reader = client(proxy)
+    reader.resolve("rich:oci")
+    whole = blob(plain_registry, "library/rich", big_layer)
+    faults.ignore_range = True  # every answer is the whole blob
+    faults.cuts = 1  # the first one breaks off after half of it
+    offsets, got = joined(reader.stream_range(Digest(big_layer), len(whole) - 100, 100))
+    # The second answer starts at 0 again: what was yielded is not yielded twice.
+    assert offsets[0] == 0 and got == whole
+    assert ranges(faults) == [f"bytes={len(whole) - 100}-{len(whole) - 1}"] * 2
+
+
 @pytest.mark.parametrize(
     "content_range",
     [
