@@ -24,16 +24,20 @@ Where a reference goes:
   HTTP when TLS or the connection fails, as Docker does.
 
 ``open(digest)`` streams a layer of an image this client resolved, resuming
-broken transfers (providers.registry_blob). Blocking; thread-safe.
+broken transfers (providers.registry_blob), from the endpoint that resolved
+the image. ``read_range`` and ``stream_range`` read ranges of it for lazy
+pulling (providers.registry_range): from that endpoint, then, should it
+fail, from the endpoints after it, as ``resolve`` tries them; following a
+redirect to blob storage and reusing it. Blocking; thread-safe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -65,7 +69,8 @@ from providers.oci_layout import INDEX_DEPTH_LIMIT
 from providers.platforms import Platform, index_entries, select_platform
 from providers.platforms import parse_platform as parse_platform  # re-exported: the CLI's
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
-from providers.registry_blob import BlobStream, read_blob_range
+from providers.registry_auth import is_loopback as is_loopback  # re-exported: tests use it
+from providers.registry_blob import BlobStream
 from providers.registry_checks import (
     DOCKER_SCHEMA1,
     DOCKER_SCHEMA1_SIGNED,
@@ -76,6 +81,7 @@ from providers.registry_checks import (
     verify,
 )
 from providers.registry_http import HttpOptions, RegistryHttp, redact
+from providers.registry_range import BlobPlace, RangeReader
 from providers.retry import Again, Deadline, is_temporary, retrying
 from providers.schema1 import parse_schema1
 from providers.source import clamp_range
@@ -95,21 +101,6 @@ ACCEPT = ", ".join(
 )
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (``name``, ``name:port``, ``[v6]:port``) is this machine."""
-    name = host
-    if name.startswith("["):
-        name = name[1 : name.find("]")]
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    if name.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True)
 class RegistryOptions:
     """What the flags say; ``registry`` serves docker.io references."""
@@ -123,10 +114,13 @@ class RegistryOptions:
 
 @dataclass(frozen=True)
 class _BlobHome:
-    base: str
+    bases: tuple[str, ...]  # the endpoint that resolved the image, then those after it
     repository: str
     image: str
     size: int
+
+    def url(self, base: str, digest: Digest) -> str:
+        return f"{base}/v2/{self.repository}/blobs/{digest}"
 
 
 class RegistryClient:
@@ -135,6 +129,7 @@ class RegistryClient:
     def __init__(self, options: RegistryOptions) -> None:
         self.options = options
         self.http = RegistryHttp(options.http)
+        self.ranges = RangeReader(self.http)
         self._lock = threading.Lock()
         self._blobs: dict[Digest, _BlobHome] = {}
         # The base URL each registry host answered on (https or http).
@@ -170,7 +165,7 @@ class RegistryClient:
         endpoints = self._endpoints(ref, reference)
         for i, base in enumerate(endpoints):
             try:
-                return self._resolve_at(base, ref, reference)
+                return self._resolve_at(tuple(endpoints[i:]), ref, reference)
             except LazyfsError as exc:
                 # Any failure at a mirror passes the request on; the upstream's is final.
                 if i == len(endpoints) - 1:
@@ -178,7 +173,8 @@ class RegistryClient:
                 log.warning("mirror %s failed for %s: %s", redact(base), reference, exc)
         raise AssertionError("unreachable: there is always an upstream endpoint")
 
-    def _resolve_at(self, base: str, ref: Reference, image: str) -> ImageManifest:
+    def _resolve_at(self, bases: tuple[str, ...], ref: Reference, image: str) -> ImageManifest:
+        base = bases[0]
         scope = f"repository:{ref.repository}:pull"
         data, media_type = self._manifest(
             base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
@@ -193,7 +189,7 @@ class RegistryClient:
             ):
                 if depth:
                     raise BadImage(f"{image}: an image index lists a schema 1 manifest")
-                return self._schema1(base, ref.repository, data, digest, image, scope)
+                return self._schema1(bases, ref.repository, data, digest, image, scope)
             if kind not in (OCI_INDEX, DOCKER_MANIFEST_LIST) and not (
                 isinstance(doc, dict) and "manifests" in doc
             ):
@@ -218,14 +214,26 @@ class RegistryClient:
             Layer(desc.digest, desc.media_type, desc.size, diff_id)
             for desc, diff_id in zip(manifest.layers, diff_ids, strict=True)
         )
-        with self._lock:
-            for layer in layers:
-                self._blobs[layer.digest] = _BlobHome(base, ref.repository, image, layer.size)
+        self._remember(layers, bases, ref.repository, image)
         return ImageManifest(reference=image, digest=digest, layers=layers, config=runtime)
 
+    def _remember(
+        self, layers: tuple[Layer, ...], bases: tuple[str, ...], repository: str, image: str
+    ) -> None:
+        with self._lock:
+            for layer in layers:
+                self._blobs[layer.digest] = _BlobHome(bases, repository, image, layer.size)
+
     def _schema1(
-        self, base: str, repository: str, data: bytes, digest: Digest, image: str, scope: str
+        self,
+        bases: tuple[str, ...],
+        repository: str,
+        data: bytes,
+        digest: Digest,
+        image: str,
+        scope: str,
     ) -> ImageManifest:
+        base = bases[0]
         parsed = named(image, parse_schema1, data)
         layers = []
         for layer_digest in parsed.layers:
@@ -240,9 +248,7 @@ class RegistryClient:
                 why = "gave no size for a schema 1 layer"
                 raise BadImage(f"{image}: {redact(url)} {why}") from None
             layers.append(Layer(layer_digest, DOCKER_LAYER_GZIP, size))
-        with self._lock:
-            for layer in layers:
-                self._blobs[layer.digest] = _BlobHome(base, repository, image, layer.size)
+        self._remember(tuple(layers), bases, repository, image)
         return ImageManifest(image, digest, tuple(layers), parsed.config)
 
     def _pick(self, doc: object, image: str) -> Descriptor:
@@ -354,21 +360,33 @@ class RegistryClient:
         home = self._home(digest)
         raw = BlobStream(
             self.http,
-            f"{home.base}/v2/{home.repository}/blobs/{digest}",
+            home.url(home.bases[0], digest),
             image=home.image,
             scope=f"repository:{home.repository}:pull",
             size=home.size,
         )
         return io.BufferedReader(raw, 1 << 20)
 
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes of the blob from ``offset``; short only at its end."""
+    def _place(self, digest: Digest) -> BlobPlace:
         home = self._home(digest)
-        length = clamp_range(offset, length, home.size)
-        if length == 0:
-            return b""
-        url = f"{home.base}/v2/{home.repository}/blobs/{digest}"
-        scope = f"repository:{home.repository}:pull"
-        return read_blob_range(
-            self.http, url, image=home.image, scope=scope, offset=offset, length=length
-        )
+        urls = tuple(home.url(base, digest) for base in home.bases)
+        return BlobPlace(urls, home.image, f"repository:{home.repository}:pull", home.size)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the blob from ``offset``; short only at its end.
+
+        One Range request (more if it breaks off); a registry that answers
+        200 with the whole blob is read through to the range, never held
+        whole. Raises as ``BlobSource.read_range`` says, and BadImage when
+        the registry answers another range than was asked.
+        """
+        place = self._place(digest)
+        length = clamp_range(offset, length, place.size)
+        return self.ranges.read(place, offset, length) if length else b""
+
+    def stream_range(self, digest: Digest, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
+        """The range as ``(blob offset, bytes)`` pieces as they arrive, bytes before and
+        after it included when the registry sends the whole blob
+        (providers.source.StreamingBlobSource states the contract)."""
+        place = self._place(digest)
+        return self.ranges.stream(place, offset, clamp_range(offset, length, place.size))

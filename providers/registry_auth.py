@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
 import threading
@@ -58,6 +59,21 @@ def normalize_host(key: str) -> str:
         text = "//" + text
     host = (urlparse(text).netloc or "").rsplit("@", 1)[-1].lower()
     return "docker.io" if host in DOCKER_HUB_ALIASES else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (``name``, ``name:port``, ``[v6]:port``) is this machine."""
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_docker_config(text: str, what: str = "--docker_config") -> dict[str, Credentials]:

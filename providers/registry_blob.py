@@ -10,9 +10,7 @@ in a row without progress (a speed window's worth of bytes, so a trickle that br
 per resume does not count as progress), or the blob's deadline
 (``blob_timeout``), end the download with TemporaryFailure.
 
-``read_blob_range`` reads one range of a blob, asking again (through
-providers.retry) when its body breaks off or ends early; a registry that
-ignores Range and answers 200 has the bytes before the range skipped.
+Range reads for lazy pulling are providers.registry_range's.
 
 The stream is not verified: callers wrap it in providers.digest.VerifyingReader
 (Store.ingest does), so a corrupted byte is caught at EOF and nothing is kept.
@@ -23,17 +21,15 @@ cancelled or interrupted pull stops within one chunk or one silent window.
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import requests
 
 from providers.errors import TemporaryFailure
+from providers.registry_checks import parse_content_range
 from providers.registry_http import RegistryHttp, redact
 from providers.retry import Again, Deadline, is_temporary, retrying, seconds, short_cause
-
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 class BlobStream(io.RawIOBase):
@@ -128,8 +124,8 @@ class BlobStream(io.RawIOBase):
         )
         self._response = response
         if self._pos and response.status_code == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if match is None or int(match.group(1)) != self._pos:
+            parsed = parse_content_range(response.headers.get("Content-Range", ""))
+            if parsed is None or parsed[0] != self._pos:
                 raise OSError(f"registry answered a range other than bytes={self._pos}-")
         chunks = self._http.body(response, self._floor)
         if self._pos and response.status_code != 206:
@@ -161,48 +157,3 @@ def _skip(chunks: Iterator[bytes], count: int) -> bytes:
         if not left:
             return b""
     raise OSError("full-body answer ended before the resume point")
-
-
-def read_blob_range(
-    http: RegistryHttp, url: str, *, image: str, scope: str, offset: int, length: int
-) -> bytes:
-    """``length`` bytes of the blob at ``url`` from ``offset`` (both checked by the caller).
-
-    Raises TemporaryFailure when the registry keeps failing, as ``get`` does.
-    """
-
-    def failure(why: str) -> TemporaryFailure:
-        return TemporaryFailure(
-            f"{image}: reading {redact(url)} failed: {why}", url=redact(url), image=image
-        )
-
-    def attempt() -> bytes:
-        response = http.get(
-            url,
-            image=image,
-            scope=scope,
-            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-            ok=(200, 206),
-        )
-        # A registry that ignores Range sends the whole blob: read up to the range.
-        skip = offset if response.status_code == 200 else 0
-        data = bytearray()
-        try:
-            for chunk in http.body(response, http.speed_floor()):
-                data += chunk
-                if len(data) >= skip + length:
-                    break
-        except Exception as exc:
-            if not is_temporary(exc):
-                raise
-            failed = failure(str(exc))
-            raise Again(str(failed), failed) from exc
-        finally:
-            response.close()
-        if len(data) < skip + length:
-            failed = failure("the body ended early")
-            raise Again(str(failed), failed)
-        return bytes(data[skip : skip + length])
-
-    # A body that broke is asked for again, as a failed request is.
-    return retrying(http.retries(Deadline(http.options.blob_timeout)), attempt)

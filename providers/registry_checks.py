@@ -9,6 +9,7 @@ way is seldom repeated), through providers.retry like every other retry.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,8 @@ from providers.schema1 import schema1_digest
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 T = TypeVar("T")
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def once_more() -> Retries:
@@ -56,3 +59,40 @@ def verify(data: bytes, desc: Descriptor, image: str, what: str) -> None:
     except DigestMismatch as exc:
         exc.image = image  # named in ``what`` already
         raise
+
+
+def parse_content_range(header: str) -> tuple[int, int, int | None] | None:
+    """``bytes FIRST-LAST/SIZE`` (SIZE may be ``*``) as (first, last, size); None if not that."""
+    match = _CONTENT_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    size = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), size
+
+
+def range_answer(
+    status: int, content_range: str | None, content_length: str | None, first: int, last: int,
+    size: int,
+) -> int:  # fmt: skip
+    """The blob offset where the body of an answer to ``Range: bytes=FIRST-LAST`` starts.
+
+    ``size`` is the blob's. A 200 carries the whole blob, so its body starts
+    at 0 (and its Content-Length, when sent, is ``size``); a 206 must carry
+    exactly the range asked for, of a blob of ``size`` bytes. Raises
+    BadImage (without the image's name) for any other answer: a server that
+    sends other bytes than were asked for is not guessed at.
+    """
+    asked = f"Range: bytes={first}-{last}"
+    if status == 200:
+        if content_length is not None and content_length.strip() != str(size):
+            why = f"answered 200 with {content_length.strip()} bytes for a blob of {size} bytes"
+            raise BadImage(f"{why} to {asked}")
+        return 0
+    if status != 206:
+        raise BadImage(f"answered HTTP {status} to {asked}")
+    parsed = parse_content_range(content_range or "")
+    if parsed is None or parsed[:2] != (first, last) or parsed[2] not in (size, None):
+        raise BadImage(
+            f"answered Content-Range {content_range!r} to {asked} (blob of {size} bytes)"
+        )
+    return first

@@ -24,7 +24,9 @@ Authentication follows the registry's challenge: ``Bearer`` fetches a token
 from the realm for the scope (providers.registry_token) and caches it per
 scope until it expires or the registry answers 401 again; ``Basic`` sends the credentials for the
 host. A redirect to another host loses the Authorization header (requests
-strips it), so blob storage behind a redirect never sees registry secrets.
+strips it), so blob storage behind a redirect never sees registry secrets;
+range reads take redirects themselves (``follow=False``) to reuse the
+storage URL, and ask it with ``auth=False`` (providers.registry_range).
 
 Blocking; safe to call from several threads (one requests.Session per thread).
 """
@@ -119,6 +121,17 @@ def _registry_message(body: bytes) -> str:
     return " ".join(text.split())[:200]
 
 
+@dataclass(frozen=True)
+class _How:
+    """How ``RegistryHttp.get`` asks, beyond where and for what."""
+
+    headers: Mapping[str, str] | None
+    ok: tuple[int, ...]
+    method: str
+    auth: bool
+    follow: bool
+
+
 class RegistryHttp:
     """GETs against registries with auth, retries and translated errors."""
 
@@ -162,6 +175,8 @@ class RegistryHttp:
         ok: tuple[int, ...] = (200,),
         attempts: int | None = None,
         method: str = "GET",
+        auth: bool = True,
+        follow: bool = True,
     ) -> requests.Response:
         """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
 
@@ -169,35 +184,35 @@ class RegistryHttp:
         is the bearer token scope (``repository:NAME:pull``) or None. The
         response's body is not read yet: the caller reads it with ``body`` or
         ``read_capped`` (which keep to the speed floor) or closes it.
+        ``auth=False`` sends no Authorization and answers no challenge: for
+        blob storage a registry redirected to, which must never see the
+        registry's credentials. ``follow=False`` returns redirects (put
+        their statuses in ``ok``) instead of following them.
         """
         retries = self.retries(Deadline(self.options.timeout), attempts)
-        return retrying(
-            retries,
-            lambda: self._get_once(url, image, scope, headers, ok, method, retries.deadline),
-        )
+        how = _How(headers, ok, method, auth, follow)
+        return retrying(retries, lambda: self._get_once(url, image, scope, how, retries.deadline))
 
     def _get_once(
-        self,
-        url: str,
-        image: str,
-        scope: str | None,
-        headers: Mapping[str, str] | None,
-        ok: tuple[int, ...],
-        method: str,
-        deadline: Deadline,
+        self, url: str, image: str, scope: str | None, how: _How, deadline: Deadline
     ) -> requests.Response:
         """One attempt of ``get``; raises Again when another may succeed."""
         host = urlsplit(url).netloc
         # Authenticating after a 401 is not a failed attempt: up to two per attempt.
         for auth_try in range(3):
-            sent = dict(headers or {})
-            authorization = self._authorization(host, url, image, scope)
+            sent = dict(how.headers or {})
+            authorization = self._authorization(host, url, image, scope) if how.auth else None
             if authorization is not None:
                 sent["Authorization"] = authorization
             try:
                 checkpoint()
                 response = send(
-                    self.session(), method, url, seconds=deadline.remaining(), headers=sent
+                    self.session(),
+                    how.method,
+                    url,
+                    seconds=deadline.remaining(),
+                    headers=sent,
+                    allow_redirects=how.follow,
                 )
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(
@@ -221,10 +236,11 @@ class RegistryHttp:
                 )
                 raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
             status = response.status_code
-            if status in ok:
+            if status in how.ok:
                 return response
             if (
                 status == 401
+                and how.auth
                 and auth_try < 2
                 and self._learn_challenge(host, response, url, image, scope, authorization)
             ):
@@ -233,11 +249,11 @@ class RegistryHttp:
             if status == 429 or status >= 500:
                 raise Again(
                     f"{redact(url)}: HTTP {status}",
-                    partial(self._error, response, url, image),
+                    partial(self.error, response, url, image),
                     response.headers.get("Retry-After"),
                     response.close,
                 )
-            raise self._error(response, url, image)
+            raise self.error(response, url, image)
         raise AssertionError("unreachable: the last authentication try returns or raises")
 
     def retries(self, deadline: Deadline, attempts: int | None = None) -> Retries:
@@ -264,7 +280,7 @@ class RegistryHttp:
         """The decoded body of ``response`` under the floor (providers.http_body.read_capped)."""
         return read_capped(response, limit, self.body(response, self.speed_floor(), decode=True))
 
-    def _error(self, response: requests.Response, url: str, image: str) -> LazyfsError:
+    def error(self, response: requests.Response, url: str, image: str) -> LazyfsError:
         """The error an unwanted answer means; reads (a bounded part of) its body and closes it."""
         status = response.status_code
         try:

@@ -7,7 +7,9 @@ local file, as the store can; copy, bind and overlay need that, fuse does not.
 ``Puller`` is both an image and a blob source: what resolves an image serves
 its blobs (the local puller, the registry client). Every ``read_range``
 checks and clamps its arguments with ``clamp_range``, so all agree on what a
-range past the end or a negative one means.
+range past the end or a negative one means. ``StreamingBlobSource`` also
+streams a range as it arrives, with whatever else the server sends around
+it (the registry client); ``stream_range`` streams from any blob source.
 
 All are blocking: callers in trio run them through ``trio.to_thread.run_sync``
 under a CapacityLimiter.
@@ -15,6 +17,7 @@ under a CapacityLimiter.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -55,6 +58,26 @@ class BlobSource(Protocol):
         ...
 
 
+class StreamingBlobSource(BlobSource, Protocol):
+    def stream_range(self, digest: Digest, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
+        """The range of ``read_range`` as ``(blob offset, bytes)`` pieces, as they arrive.
+
+        Pieces are non-empty, in ascending blob order and never overlap;
+        together they cover the range (clamped as ``read_range`` clamps it)
+        without a gap. They may also hold bytes outside it: a server that
+        answers a range request with the whole blob (a pull-through cache
+        that has not cached it yet) gives every byte from 0 to the blob's
+        end, each yielded as it goes by unless the caller stops; keep what
+        is useful, drop the rest. After a transfer broke and resumed, bytes
+        outside the range may be missing. Not verified.
+
+        Arguments are checked at the call (ValueError, NotFound); transfer
+        errors are raised while iterating, after the pieces that arrived.
+        Closing the iterator early (``close()``) ends the transfer.
+        """
+        ...
+
+
 class LocalBlobSource(BlobSource, Protocol):
     def local_blob(self, layer: Layer) -> Path:
         """A local file holding ``layer``'s blob, verified against its digest.
@@ -84,3 +107,20 @@ def clamp_range(offset: int, length: int, size: int) -> int:
     if offset < 0 or length < 0:
         raise ValueError(f"negative range {offset}+{length}")
     return max(0, min(length, size - offset))
+
+
+def stream_range(
+    source: BlobSource, digest: Digest, offset: int, length: int
+) -> Iterator[tuple[int, bytes]]:
+    """``source.stream_range`` when it has one; else ``read_range`` as one piece.
+
+    Either way the contract of ``StreamingBlobSource.stream_range`` holds,
+    but that a source without streaming reads at the call, so its transfer
+    errors are raised there too.
+    """
+    streaming = getattr(source, "stream_range", None)
+    if streaming is not None:
+        pieces: Iterator[tuple[int, bytes]] = streaming(digest, offset, length)
+        return pieces
+    data = source.read_range(digest, offset, length)
+    return iter([(offset, data)] if data else [])

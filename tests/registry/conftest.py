@@ -4,13 +4,16 @@ One plain registry is seeded once with skopeo (the rich image as Docker v2s2
 and as OCI, a second small image, and hand-made multi-arch indexes: an OCI
 index and a Docker manifest list, each listing an attestation entry first).
 Every configuration then serves a copy of that storage: plain HTTP, TLS,
-htpasswd basic auth, token auth.
+htpasswd basic auth, token auth. ``big_blob`` adds an image with one large
+layer of random bytes to the plain registry, for range reads, and
+``pull_through`` is a fresh pull-through cache of the plain registry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,7 @@ from tests.support.registry_servers import (
     Tls,
     copy_storage,
     make_tls,
+    push_blob_image,
     run_registry,
     run_token_server,
     skopeo_push,
@@ -35,6 +39,7 @@ from tests.support.registry_servers import (
 )
 
 RICH_TAG = "1.0"
+BIG_BLOB_SIZE = 8 << 20
 OTHER_LAYER = [
     images.Entry("etc", kind="dir"),
     images.Entry("etc/other", data=b"the other platform\n"),
@@ -216,3 +221,20 @@ def faults(big_layer: str) -> Faults:
 def proxy(plain_registry: Registry, faults: Faults) -> Iterator[str]:
     with run_proxy(plain_registry.url, faults) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def big_blob(plain_registry: Registry) -> tuple[str, bytes]:
+    """(digest, bytes) of the one layer of ``bigblob:1`` (``library/bigblob``) in the
+    plain registry: BIG_BLOB_SIZE random bytes."""
+    data = random.Random(12).randbytes(BIG_BLOB_SIZE)
+    return push_blob_image(plain_registry, "library/bigblob", "1", data), data
+
+
+@pytest.fixture
+def pull_through(plain_registry: Registry, tmp_path: Path) -> Iterator[Registry]:
+    """A docker-registry caching the plain registry (proxy mode), with nothing cached yet."""
+    with run_registry(
+        tmp_path / "mirror", tmp_path / "mirror" / "storage", proxy=plain_registry.url
+    ) as mirror:
+        yield mirror

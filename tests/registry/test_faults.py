@@ -175,5 +175,6 @@ async def test_a_range_read_that_breaks_is_asked_for_again(
     faults.cuts = 1
     got = await trio.to_thread.run_sync(client.read_range, Digest(big_layer), 100, length)
     assert got == whole.content[100 : 100 + length]
-    asked = f"bytes=100-{100 + length - 1}"
-    assert ranges(faults) == [asked, asked]
+    # Asked again for the rest only: the proxy cut the first answer after half its body.
+    end = 100 + length - 1
+    assert ranges(faults) == [f"bytes=100-{end}", f"bytes={100 + length // 2}-{end}"]

@@ -1,8 +1,9 @@
 """Real peers for the registry tests, all on loopback and owned by the tests.
 
 - ``Registry``: the Debian ``docker-registry`` (distribution 2.8) on a free
-  port with its own storage, in one of four configurations: plain HTTP, TLS
-  with a CA made here, htpasswd basic auth, token auth.
+  port with its own storage, in one of five configurations: plain HTTP, TLS
+  with a CA made here, htpasswd basic auth, token auth, and a pull-through
+  cache of another registry (``proxy``).
 - ``TokenServer``: issues RS256 JWTs the registry trusts (its signing
   certificate is the registry's ``rootcertbundle``), to callers with the
   right basic credentials.
@@ -16,6 +17,7 @@ Certificates and signatures come from the ``openssl`` command.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import socket
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import bcrypt
 import requests
@@ -97,10 +99,14 @@ def run_registry(
     htpasswd: Path | None = None,
     token: tuple[str, Path] | None = None,
     schema1: bool = False,
+    proxy: str | None = None,
 ) -> Iterator[Registry]:
     """Start ``docker-registry serve`` on a free port; stop it on exit.
 
-    ``token`` is (realm URL, signing certificate) for token auth.
+    ``token`` is (realm URL, signing certificate) for token auth. ``proxy``
+    is the URL of the registry this one caches (``proxy: remoteurl``): it
+    then serves that registry's repositories, read-only, fetching what it
+    has not cached yet.
     """
     port = free_port()
     lines = [
@@ -130,6 +136,8 @@ def run_registry(
     if schema1:
         # Old registries: accept schema 1 pushes and serve them as they are.
         lines += ["compatibility: {schema1: {enabled: true}}"]
+    if proxy is not None:
+        lines += ["proxy:", f"  remoteurl: {proxy}"]
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"registry-{port}.yml"
     config.write_text("\n".join(lines) + "\n")
@@ -182,6 +190,46 @@ def skopeo_push(layout: Path, tag: str, dest: str, fmt: str) -> None:
 
     run("skopeo", "copy", "-q", "--dest-tls-verify=false", "--format", fmt,
         f"oci:{layout}:{tag}", f"docker://{dest}")  # fmt: skip
+
+
+def push_blob_image(registry: Registry, repository: str, tag: str, layer: bytes) -> str:
+    """Push an OCI image whose one layer blob is ``layer`` (any bytes); returns its digest.
+
+    For range reads, which never look inside a layer: a layer of random
+    bytes of any size is quick to make and compresses to nothing.
+    """
+
+    def put_blob(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        start = requests.post(f"{registry.url}/v2/{repository}/blobs/uploads/", timeout=30)
+        start.raise_for_status()
+        location = urljoin(registry.url, start.headers["Location"])
+        joiner = "&" if "?" in location else "?"
+        done = requests.put(f"{location}{joiner}digest={digest}", data=data, timeout=60)
+        done.raise_for_status()
+        return digest
+
+    layer_digest = put_blob(layer)
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }).encode()  # fmt: skip
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": put_blob(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest, "size": len(layer)}],
+    }  # fmt: skip
+    response = requests.put(
+        f"{registry.url}/v2/{repository}/manifests/{tag}",
+        data=json.dumps(manifest).encode(),
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return layer_digest
 
 
 # --- token server ------------------------------------------------------------
