@@ -68,7 +68,8 @@ class EstargzChunks:
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` of layer ``digest``'s data space.
 
-        Short only at its end, b"" at or past it.  Raises KeyError for a
+        Short only at its end, b"" at or past it; the gaps between files
+        read as zeros and fetch nothing.  Raises KeyError for a
         layer not given, ValueError for a negative range, OSError(EIO) when
         a chunk cannot be had or does not verify.
         """
@@ -77,11 +78,19 @@ class EstargzChunks:
         table = self._table(digest)
         end = min(offset + length, table.size)
         parts = []
+        at = offset
         for number in table.covering(offset, end):
             row = table.rows[number]
+            if row.start + row.size <= at:
+                continue  # the row before ``offset`` ends in the gap that holds it
+            if row.start > at:
+                parts.append(bytes(row.start - at))  # a gap between files: no file's bytes
             data = self._chunk(digest, number, row)
-            lo, hi = max(offset - row.start, 0), min(end - row.start, row.size)
+            lo, hi = max(at - row.start, 0), min(end - row.start, row.size)
             parts.append(data if (lo, hi) == (0, row.size) else data[lo:hi])
+            at = row.start + hi
+        if at < end:
+            parts.append(bytes(end - at))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _table(self, digest: Digest) -> ChunkTable:

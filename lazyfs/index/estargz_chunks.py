@@ -4,13 +4,21 @@ An eStargz layer is indexed from its TOC alone (``lazyfs.index.estargz_index``),
 without its tar stream, and the TOC does not say where a file's bytes start
 in that stream (the tar headers before them are not in it).  So an eStargz
 index names a file's bytes in the layer's *data space* instead: the layer's
-regular files laid end to end in archive order, a file of ``n`` bytes at
-``o`` owning ``[o, o + n)`` of it.  ``IndexEntry.offset`` (hence
-``DataRef.offset`` in the merged tree) is that ``o``, ``LayerIndex.tar_size``
-the space's length, and an empty file owns no bytes.  The readers of the
-merged tree pass these offsets to a ``TarRangeReader`` as they pass tar
-offsets for the other formats, and ``lazyfs.blobs.estargz_reader`` serves
-them: the tree and the FUSE operations need not know.
+regular files in archive order, each non-empty one starting at the next
+multiple of ``ALIGN`` after the one before it ends, a file of ``n`` bytes at
+``o`` owning ``[o, o + n)``.  ``IndexEntry.offset`` (hence ``DataRef.offset``
+in the merged tree) is that ``o``, ``LayerIndex.tar_size`` the end of the
+last file.  The readers of the merged tree pass these offsets to a
+``TarRangeReader`` as they pass tar offsets for the other formats, and
+``lazyfs.blobs.estargz_reader`` serves them: the tree and the FUSE
+operations need not know.
+
+Why the alignment: the chunk cache above reads the space in aligned blocks
+(``lazyfs.blobs.ranges.ChunkCache``, 128 KiB), and ``ALIGN`` is a multiple
+of any such block, so no block holds bytes of two files.  A read of one file
+then never fetches a neighbour's chunk from the registry, nor fails because
+a neighbour's chunk does not verify.  The gaps hold no bytes of any file and
+read as zeros.
 
 The table tiles the data space with the TOC's chunks, in order, each a
 ``ChunkRow``: ``size`` bytes of the space from ``start`` are the bytes
@@ -34,6 +42,12 @@ from lazyfs.index.estargz_toc import Chunk
 from providers.digest import Digest
 
 VERSION = 1
+ALIGN = 1 << 20
+
+
+def aligned(offset: int) -> int:
+    """The first multiple of ``ALIGN`` at or after ``offset``."""
+    return -(-offset // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +77,7 @@ class ChunkRow:
 
 @dataclass(frozen=True)
 class ChunkTable:
-    """The rows of layer ``digest``, tiling its data space from 0 in order.
+    """The rows of layer ``digest``, in data-space order, none overlapping.
 
     ``toc_digest`` is the digest of the TOC they were read from (the layer
     descriptor's annotation), ``blob_size`` the blob's size, ``prefetch``
@@ -83,11 +97,15 @@ class ChunkTable:
 
     @property
     def size(self) -> int:
-        """The length of the data space."""
+        """The length of the data space: the end of its last row."""
         return self.rows[-1].start + self.rows[-1].size if self.rows else 0
 
     def covering(self, offset: int, end: int) -> range:
-        """The indexes of the rows holding bytes of ``[offset, end)``, in order."""
+        """The indexes of the rows that may hold bytes of ``[offset, end)``, in order.
+
+        Every row that starts before ``end``, from the last one that starts
+        at or before ``offset`` (which may end before it, in a gap).
+        """
         if offset >= end:
             return range(0)
         first = max(bisect.bisect_right(self._starts, offset) - 1, 0)
@@ -134,8 +152,8 @@ def _row(raw: list[Any]) -> ChunkRow:
 def loads(text: str) -> ChunkTable:
     """Parse ``dumps`` output; ValueError unless it is a whole table of this version.
 
-    The rows must tile the data space from 0 and lie inside the blob: a
-    damaged table is refused, never read at the wrong place.
+    The rows must follow each other without overlapping and lie inside the
+    blob: a damaged table is refused rather than read at the wrong place.
     """
     head, _, rest = text.partition("\n")
     try:
@@ -157,7 +175,7 @@ def loads(text: str) -> ChunkTable:
         raise ValueError(f"chunk table has {len(rows)} rows, its header {header['rows']}")
     at = 0
     for row in rows:
-        if row.start != at or row.size <= 0 or not 0 <= row.offset < row.end <= table.blob_size:
-            raise ValueError(f"chunk table row {row} does not follow {at} inside the blob")
-        at += row.size
+        if row.start < at or row.size <= 0 or not 0 <= row.offset < row.end <= table.blob_size:
+            raise ValueError(f"chunk table row {row} is not after {at} and inside the blob")
+        at = row.start + row.size
     return table

@@ -15,8 +15,8 @@
    accepted, dropped or refused exactly as for the same layer pulled whole;
    eStargz's own entries (the landmarks) are left out, as stargz-snapshotter
    hides them;
-4. lays the regular files' bytes out in the layer's data space and tiles it
-   with their chunks (``lazyfs.index.estargz_chunks``).
+4. lays the regular files' bytes out in the layer's data space and maps it
+   onto their chunks (``lazyfs.index.estargz_chunks``).
 
 What the TOC cannot give: mtimes finer than its ``modtime`` (ctr-remote
 writes whole seconds; the nanoseconds stay in the blob's tar headers), and
@@ -45,7 +45,7 @@ from lazyfs.index.estargz import (
     read_toc,
     toc_member,
 )
-from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable
+from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, aligned
 from lazyfs.index.formats import ESTARGZ
 from lazyfs.index.model import IndexEntry, LayerIndex
 from providers.digest import Digest
@@ -173,7 +173,7 @@ def index_toc(
     entries: list[IndexEntry] = []
     rows: list[ChunkRow] = []
     dropped: Counter[str] = Counter()
-    position = 0
+    position = total = 0
     for toc_entry in toc.entries:
         if is_stargz_own(toc_entry.path):
             continue
@@ -181,13 +181,15 @@ def index_toc(
         dropped.update(classified.dropped)
         layout = None
         if classified.kind is EntryKind.FILE:
-            layout = FileLayout(toc_entry.size, position)
-            rows.extend(_rows(toc_entry, position))
-            position += toc_entry.size
+            start = aligned(position) if toc_entry.size else position
+            layout = FileLayout(toc_entry.size, start)
+            rows.extend(_rows(toc_entry, start))
+            position = start + toc_entry.size
+            total += toc_entry.size
         entry = index_entry(classified, layout=layout)
         if entry is not None:
             entries.append(entry)
-    (limits or LayerLimits()).check(name, position, layer.size)
+    (limits or LayerLimits()).check(name, total, layer.size)
     for what, number in sorted(dropped.items()):
         log.warning("layer %s: dropped %d %s", name, number, what)
     table = ChunkTable(layer.digest, toc_digest, layer.size, tuple(rows), prefetch_span(toc))

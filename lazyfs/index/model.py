@@ -62,7 +62,8 @@ class IndexEntry:
     ``mode`` holds the permission bits only (0o7777).  ``target`` is the
     symlink target as written, or the hardlink's target path joined by "/".
     ``offset`` is where a regular file's bytes start in the uncompressed tar
-    stream (0 for other kinds); ``size`` is 0 except for files, and holes
+    stream (in an eStargz index, in the layer's data space:
+    ``lazyfs.index.estargz_chunks``; 0 for other kinds); ``size`` is 0 except for files, and holes
     included for sparse ones.  ``extents`` is None but for a GNU sparse
     file: its data extents (``providers.tar_sparse``), stored back to back
     from ``offset``; everything else of it reads as zeros.
