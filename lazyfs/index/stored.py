@@ -135,9 +135,9 @@ def ensure_remote_index(
     Raises DigestMismatch for a TOC that is not the one the descriptor
     names, or when the stored index was built from another TOC (a blob has
     one TOC, so one of the two descriptors lies; nothing is replaced);
-    BadImage or UnsafeLayer for a layer indexing refuses; and what
-    ``blobs.read_range`` raises (NotFound, TemporaryFailure).  Nothing is
-    stored then.
+    BadImage or UnsafeLayer for a layer indexing refuses (or a TOC digest
+    annotation that is no digest); and what ``blobs.read_range`` raises
+    (NotFound, TemporaryFailure).  Nothing is stored then.
     """
     from lazyfs.index.estargz_index import build_remote_index  # loads the tar rules
 
