@@ -51,7 +51,7 @@ def answer(call: Callable[[], object]) -> int:
     try:
         call()
     except OSError as error:
-        return error.errno
+        return error.errno or -1
     return 0
 
 

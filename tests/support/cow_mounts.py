@@ -2,11 +2,12 @@
 
 ``CowMounts(tmp_path)`` builds layers from ``tests.support.images`` entries
 and mounts them copy-on-write, each mount with an upper and work of its own
-(``mount``; the blobs go into a store under ``tmp_path``), or mounts
-kernel overlayfs over the same layers, extracted into that store, with a fresh upper or one a lazyfs mount left (``overlay``),
-as the reference a writable mount is compared with.  ``close`` takes every
-mount down, lazyfs' and the kernel's, and checks that the mount processes
-are gone; a fixture calls it whatever the test did.
+(``mount``; the blobs go into a store under ``tmp_path``), or mounts kernel
+overlayfs over the same layers, extracted into that store, with a fresh
+upper or one a lazyfs mount left (``overlay``), as the reference a writable
+mount is compared with.  ``close`` takes every mount down, lazyfs' and the
+kernel's, and checks that the mount processes are gone; a fixture calls it
+whatever the test did.
 """
 
 from __future__ import annotations
