@@ -126,10 +126,6 @@ class UpperState:
         root.copy = Copy.DATA
         self._set_disk_attributes(root, self._root, ".")
 
-    def close(self) -> None:
-        """Let go of the upper's root fd; the view is unusable afterwards."""
-        os.close(self._root)
-
     # -- reading ----------------------------------------------------------------------
 
     def node(self, ino: int) -> Node:
