@@ -11,7 +11,10 @@ request, after it is answered::
     getxattr(2, b'user.x') -> ENODATA
 
 Arguments are shortened (bytes past 40 characters, anything else past 200;
-no ``ctx`` or ``token`` parameters); file data is shown as its length.
+no ``ctx`` or ``token`` parameters); file data is shown as its length.  On
+a writable mount, forget and statfs lines end with how many nodes the
+upper holds in memory (``forget([(7, 1)]) -> ok [12 nodes held]``), to
+see that forgotten inodes are let go of.
 Errors other than ``FUSEError`` never reach here: ``lazyfs.fs.boundary.fuse_errors``
 has turned them into answers and logged their cause.
 """
@@ -63,6 +66,7 @@ HANDLERS = (
 )
 _SHOWN_BYTES = 40
 _SHOWN_OTHER = 200
+_HELD_SHOWN = ("forget", "statfs")
 _ACCESS = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
 
 Handler = Callable[..., Coroutine[Any, Any, Any]]
@@ -70,13 +74,14 @@ Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 def log_requests(ops: pyfuse3.Operations) -> None:
     """Log every request ``ops`` answers, at DEBUG on ``lazyfs.requests``."""
+    held: Callable[[], int] | None = getattr(ops, "nodes_held", None)
     for name in HANDLERS:
         handler = getattr(ops, name, None)
         if handler is not None:
-            setattr(ops, name, _logged(name, handler))
+            setattr(ops, name, _logged(name, handler, held if name in _HELD_SHOWN else None))
 
 
-def _logged(name: str, handler: Handler) -> Handler:
+def _logged(name: str, handler: Handler, held: Callable[[], int] | None = None) -> Handler:
     # Request contexts and readdir tokens say nothing worth a log line.
     parameters = inspect.signature(handler).parameters
     hidden = {i for i, parameter in enumerate(parameters) if parameter in ("ctx", "token")}
@@ -93,7 +98,8 @@ def _logged(name: str, handler: Handler) -> Handler:
         except pyfuse3.FUSEError as error:
             log.debug("%s(%s) -> %s", name, shown, errno.errorcode.get(error.errno, error.errno))
             raise
-        log.debug("%s(%s) -> %s", name, shown, _result(name, result))
+        tail = "" if held is None else f" [{held()} nodes held]"
+        log.debug("%s(%s) -> %s%s", name, shown, _result(name, result), tail)
         return result
 
     return wrapper

@@ -173,6 +173,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if name == b".":
             return self.attributes(parent)
+        if len(name) > NAME_MAX:
+            # As any filesystem (overlayfs too) answers, not a mere ENOENT.
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         found = self.tree.lookup(InodeNo(parent_inode), name)
         if found is None:
             return no_entry(CACHE_TIMEOUT)

@@ -17,71 +17,84 @@ on-disk format, so the directory could serve as kernel overlayfs' upperdir:
   in one worker thread, then renamed over the metacopy, so the upper path
   never holds half a file;
 - a hardlinked file is copied up at all its names at once, as hardlinks;
-  ``link`` and ``rename`` of a file copy its data up first, since a
-  metacopy at a name where no lower layer has the file would need
-  overlayfs' redirect xattrs, which are not written.
+- ``link`` and ``rename`` of a lower file copy no data: the file becomes a
+  metacopy that also names where its bytes are,
+  ``trusted.overlay.redirect=/its/lower/path``, as overlayfs does with
+  metacopy on, so it finds them from any name;
+- a lower directory that is renamed is made in upper (its lower children
+  stay where they are) with a redirect to its lower path, as overlayfs does
+  with ``redirect_dir=on``; the old name gets a whiteout.
 
 Kernel overlayfs mounted with the layers as lowerdirs, this directory as
-upperdir and ``metacopy=on`` shows the tree the mount showed (a test
-checks it); without ``metacopy=on`` the kernel refuses metacopy files.
+upperdir and ``metacopy=on`` (which turns ``redirect_dir`` on) shows the
+tree the mount showed (a test checks it); without ``metacopy=on`` the
+kernel refuses metacopy files.
 
-The nodes, copy-up and metadata changes are in ``lazyfs.fs.upper_state``;
-this module adds the operations on names.  Memory is authoritative: the
-upper directory is written, never read back, so it must be empty at start
-(reusing an upper dir is not supported yet).  Inode numbers of the lower
-tree stay as ``tree`` gives them; new inodes are numbered after the
-highest.  Directories that come from lower layers cannot be renamed
-(``EXDEV``, as overlayfs without redirect_dir answers); ``RENAME_EXCHANGE``
-swaps two names with one ``renameat2`` in upper, after copying files up.
-Every method raises ``UpperError`` (an errno and the facts) for expected
-refusals, which the FUSE handlers answer with that errno
+The nodes are in ``lazyfs.fs.upper_state``, copy-up and metadata changes
+in ``lazyfs.fs.upper_copy``; this module adds the operations on names.
+Memory is authoritative: the upper directory is written, never read back,
+so it must be empty at start (reusing an upper dir is not supported yet).
+Every file of the upper is reached through an fd of its directory
+(``lazyfs.fs.upper_disk``), so paths inside the mount may be as long as
+the kernel allows, whatever the upper's own path.  Inode numbers of the
+lower tree stay as ``tree`` gives them; new inodes are numbered after the
+highest.  ``RENAME_EXCHANGE`` swaps two names with one ``renameat2`` in
+upper.  Every method raises ``UpperError`` (an errno and the facts) for
+expected refusals, which the FUSE handlers answer with that errno
 (``lazyfs.fs.boundary``); ``OSError`` from the upper directory propagates
-(the handlers log it and answer EIO).  No pyfuse3 here.  The
-synchronous methods do only small metadata syscalls and never yield, so
-each is atomic with respect to other trio tasks; the async ones
-(``copy_up_data``, ``truncate``, ``link``, ``rename``) yield only while
-bytes are copied, under the node's lock, and check names afterwards.
+(the handlers log it and answer EIO).  No pyfuse3 here.  The synchronous
+methods, ``link`` and ``rename`` included, do only small metadata
+syscalls and never yield, so each is atomic with respect to other trio
+tasks; ``copy_up_data`` and ``truncate`` yield only while bytes are
+copied, under the node's lock, and look names up afterwards.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 import time
-from pathlib import Path
 
+from lazyfs.fs.upper_copy import UpperCopy
+from lazyfs.fs.upper_disk import AT_FDCWD, exchange_at, remove_dir_at, set_xattr_at
 from lazyfs.fs.upper_state import (
     METACOPY_XATTR,
     OPAQUE_XATTR,
+    REDIRECT_XATTR,
     Copy,
     Node,
     UpperError,
-    UpperState,
+    check_name,
 )
 from lazyfs.tree.merge import ROOT_INO, InodeNo
 
-__all__ = ["METACOPY_XATTR", "OPAQUE_XATTR", "Copy", "Node", "Upper", "UpperError"]
+__all__ = [
+    "METACOPY_XATTR",
+    "OPAQUE_XATTR",
+    "REDIRECT_XATTR",
+    "Copy",
+    "Node",
+    "Upper",
+    "UpperError",
+    "exchange_paths",
+]
 
 # rename(2)'s flags (linux/fs.h), which FUSE passes on as they are.
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
-class Upper(UpperState):
-    """``UpperState`` with the operations on names: new, link, remove, rename."""
+class Upper(UpperCopy):
+    """``UpperCopy`` with the operations on names: new, link, remove, rename."""
 
     # -- names --------------------------------------------------------------------------
 
-    def _free_name(self, parent: Node, name: bytes) -> Path:
-        """Make ``parent`` exist in upper and ``name`` free there (no whiteout); its path."""
-        if len(name) > 255:
-            raise UpperError(errno.ENAMETOOLONG, f"name {name!r} is longer than 255 bytes")
-        path = self.copy_up_dir(parent) / os.fsdecode(name)
+    def _free_name(self, parent: Node, name: bytes, fd: int) -> str:
+        """Make ``name`` free in ``parent`` (open at ``fd``): no whiteout left there."""
         if self._lower_has(parent, name):
-            path.unlink()  # the whiteout of what was deleted here
-        return path
+            os.unlink(name, dir_fd=fd)  # the whiteout of what was deleted here
+        return os.fsdecode(name)
 
     def _add(self, parent: Node, name: bytes, node: Node) -> None:
         assert parent.children is not None
@@ -114,6 +127,7 @@ class Upper(UpperState):
         """A new file, directory, symlink or special file ``name`` in ``parent``."""
         parent = self.directory(parent_ino)
         assert parent.children is not None
+        check_name(name)
         if name in parent.children:
             raise UpperError(errno.EEXIST, f"{name!r} exists in directory {parent_ino}")
         if parent.mode & stat.S_ISGID:
@@ -134,43 +148,58 @@ class Upper(UpperState):
             target=target,
             copy=Copy.DATA,
         )
-        path = self._free_name(parent, name)
-        kind = stat.S_IFMT(mode)
-        if kind == stat.S_IFDIR:
-            node.children = {}
-            node.opaque = self._lower_has(parent, name)
-            path.mkdir(mode=0o700)
-        elif kind == stat.S_IFREG:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        elif kind == stat.S_IFLNK:
-            os.symlink(target, path)
-            node.size = len(target)
-            node.mode = stat.S_IFLNK | 0o777
-        else:
-            os.mknod(path, mode, rdev)
-        self._set_disk_attributes(node, path)
+        with self.inside(parent) as fd:
+            where = self._free_name(parent, name, fd)
+            kind = stat.S_IFMT(mode)
+            if kind == stat.S_IFDIR:
+                node.children = {}
+                node.opaque = self._lower_has(parent, name)
+                os.mkdir(where, 0o700, dir_fd=fd)
+            elif kind == stat.S_IFREG:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(where, flags, 0o600, dir_fd=fd))
+            elif kind == stat.S_IFLNK:
+                os.symlink(target, where, dir_fd=fd)
+                node.size = len(target)
+                node.mode = stat.S_IFLNK | 0o777
+            else:
+                os.mknod(where, mode, rdev, dir_fd=fd)
+            self._set_disk_attributes(node, fd, where)
         self._nodes[node.ino] = node
         self._add(parent, name, node)
         return node
 
     async def link(self, ino: int, parent_ino: int, name: bytes) -> Node:
-        """A new name for file ``ino``: its data is copied up first.
+        """A new name for file ``ino``; its data stays where it is (a lower one: redirected).
 
-        A metacopy at a new name would find no lower data at that path
-        (overlayfs would need a redirect), so the bytes go up whole, once.
+        The file's ctime changes, as link(2) changes it.
         """
         node = self.node(ino)
         parent = self.directory(parent_ino)
         assert parent.children is not None
         if node.children is not None:
             raise UpperError(errno.EPERM, f"inode {ino} is a directory: no hardlinks to it")
-        await self.copy_up_data(node)
-        # Checked after the copy: other tasks ran meanwhile.
+        check_name(name)
         if name in parent.children:
             raise UpperError(errno.EEXIST, f"{name!r} exists in directory {parent_ino}")
-        os.link(self.path(node), self._free_name(parent, name))
+        self._into_upper(node)
+        with self.at(node) as (source_fd, source), self.inside(parent) as fd:
+            where = self._free_name(parent, name, fd)
+            os.link(source, where, src_dir_fd=source_fd, dst_dir_fd=fd, follow_symlinks=False)
         self._add(parent, name, node)
+        self.touch(node, data=False)
         return node
+
+    def _into_upper(self, node: Node) -> None:
+        """Put ``node`` in upper so that it may get a new name, without its bytes.
+
+        A metacopy or a lower directory at a name its lower layer does not
+        have there finds its lower part through a redirect.
+        """
+        self.copy_up_meta(node)
+        if node.copy is Copy.META or (node.children is not None and node.lower is not None):
+            with self.at(node) as (fd, name):
+                set_xattr_at(fd, name, REDIRECT_XATTR, self.lower_path(node))
 
     def remove(self, parent_ino: int, name: bytes, *, directory: bool) -> Node:
         """Unlink (or rmdir) ``name``; a whiteout stays where a lower layer has the name."""
@@ -194,27 +223,27 @@ class Upper(UpperState):
     def _remove_from_disk(self, parent: Node, name: bytes, node: Node) -> None:
         if node.copy is Copy.NONE:
             return
-        path = self.path(parent) / os.fsdecode(name)
-        if node.children is None:
-            path.unlink()
-            return
-        for hidden in path.iterdir():
-            hidden.unlink()  # an empty merged directory holds only whiteouts in upper
-        path.rmdir()
+        with self.inside(parent) as fd:
+            if node.children is None:
+                os.unlink(name, dir_fd=fd)
+            else:
+                # An empty merged directory holds only whiteouts in upper.
+                remove_dir_at(fd, os.fsdecode(name))
 
     def _whiteout(self, parent: Node, name: bytes) -> None:
         if self._lower_has(parent, name):
-            os.mknod(self.copy_up_dir(parent) / os.fsdecode(name), stat.S_IFCHR | 0o000, 0)
+            with self.inside(parent) as fd:
+                os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=fd)
 
     async def rename(
         self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int
     ) -> None:
-        """Rename as rename(2): RENAME_NOREPLACE and RENAME_EXCHANGE; EXDEV for lower directories.
+        """Rename as rename(2): RENAME_NOREPLACE and RENAME_EXCHANGE; no data is copied.
 
         RENAME_WHITEOUT (overlayfs' own flag) answers EINVAL.
         """
         if flags == RENAME_EXCHANGE:
-            await self._exchange(old_parent, old, new_parent, new)
+            self._exchange(old_parent, old, new_parent, new)
             return
         if flags & ~RENAME_NOREPLACE:
             raise UpperError(errno.EINVAL, f"rename flags {flags:#x} are not supported")
@@ -222,69 +251,53 @@ class Upper(UpperState):
         node = self.lookup(old_parent, old)
         if node is None:
             raise UpperError(errno.ENOENT, f"no {old!r} in directory {old_parent}")
-        await self._movable(node, dest_dir)
-        if self.lookup(old_parent, old) is not node:
-            # Renamed or removed by another task meanwhile.
-            raise UpperError(
-                errno.ENOENT, f"{old!r} in directory {old_parent} went while its data was copied up"
-            )
-        # From here on nothing yields: the checks hold until the rename is done.
         target = self.lookup(new_parent, new)
+        self._check_move(node, dest_dir)
         if target is node:
             return
         if target is not None:
-            if flags & RENAME_NOREPLACE:
-                raise UpperError(errno.EEXIST, f"{new!r} exists in directory {new_parent}")
-            if target.children is not None and node.children is None:
-                raise UpperError(
-                    errno.EISDIR,
-                    f"a non-directory cannot replace directory {new!r} in {new_parent}",
-                )
-            if target.children is None and node.children is not None:
-                raise UpperError(
-                    errno.ENOTDIR,
-                    f"a directory cannot replace non-directory {new!r} in {new_parent}",
-                )
-            if target.children:
-                raise UpperError(errno.ENOTEMPTY, f"directory {new!r} in {new_parent} is not empty")
-        # Both parents exist in upper before anything moves.
-        source_path = self.copy_up_dir(source_dir) / os.fsdecode(old)
+            self._check_replace(node, target, new, new_parent, flags)
+        self._into_upper(node)
         if target is not None:
             self._remove_from_disk(dest_dir, new, target)
             self._drop(dest_dir, new, target)
-            dest_path = self.copy_up_dir(dest_dir) / os.fsdecode(new)
-        else:
-            dest_path = self._free_name(dest_dir, new)
-        os.rename(source_path, dest_path)
+        with self.inside(source_dir) as source_fd, self.inside(dest_dir) as dest_fd:
+            # With the target gone from upper (or only ever in a lower layer),
+            # its name is free but for a whiteout.
+            where = self._free_name(dest_dir, new, dest_fd) if target is None else os.fsdecode(new)
+            os.rename(old, where, src_dir_fd=source_fd, dst_dir_fd=dest_fd)
         self._drop(source_dir, old, node)
         self._add(dest_dir, new, node)
-        self._hide_lower(node, dest_dir, new, dest_path)
+        self._hide_lower(node, dest_dir, new)
         self._whiteout(source_dir, old)
 
-    async def _movable(self, node: Node, dest_dir: Node) -> None:
-        """Refuse what cannot move into ``dest_dir``; copy a file's data up so it can.
-
-        May yield (while data is copied): the caller checks its names again.
-        """
-        self._check_move(node, dest_dir)
-        if node.children is None:
-            await self.copy_up_data(node)
+    def _check_replace(
+        self, node: Node, target: Node, new: bytes, new_parent: int, flags: int
+    ) -> None:
+        if flags & RENAME_NOREPLACE:
+            raise UpperError(errno.EEXIST, f"{new!r} exists in directory {new_parent}")
+        if target.children is not None and node.children is None:
+            raise UpperError(
+                errno.EISDIR, f"a non-directory cannot replace directory {new!r} in {new_parent}"
+            )
+        if target.children is None and node.children is not None:
+            raise UpperError(
+                errno.ENOTDIR, f"a directory cannot replace non-directory {new!r} in {new_parent}"
+            )
+        if target.children:
+            raise UpperError(errno.ENOTEMPTY, f"directory {new!r} in {new_parent} is not empty")
 
     def _check_move(self, node: Node, dest_dir: Node) -> None:
+        """EINVAL for a directory moving into itself."""
         if node.children is None:
             return
-        if node.lower is not None:
-            # A lower directory: overlayfs answers so without redirect_dir.
-            raise UpperError(
-                errno.EXDEV, f"directory {node.ino} is from a lower layer: it cannot move"
-            )
         here: Node | None = dest_dir
-        while here is not None and here.ino != ROOT_INO:  # not into itself
+        while here is not None and here.ino != ROOT_INO:
             if here is node:
                 raise UpperError(errno.EINVAL, f"directory {node.ino} cannot move into itself")
             here = self.node(here.names[0][0]) if here.names else None
 
-    async def _exchange(self, a_parent: int, a: bytes, b_parent: int, b: bytes) -> None:
+    def _exchange(self, a_parent: int, a: bytes, b_parent: int, b: bytes) -> None:
         """Swap what names ``a`` and ``b`` point at, atomically on disk (renameat2)."""
         a_dir, b_dir = self.directory(a_parent), self.directory(b_parent)
         a_node, b_node = self.lookup(a_parent, a), self.lookup(b_parent, b)
@@ -294,40 +307,32 @@ class Upper(UpperState):
             )
         if a_node is b_node:
             return
-        self._check_move(b_node, a_dir)  # both refusals before either copy-up
-        await self._movable(a_node, b_dir)
-        await self._movable(b_node, a_dir)
-        if self.lookup(a_parent, a) is not a_node or self.lookup(b_parent, b) is not b_node:
-            # Renamed or removed by another task meanwhile.
-            raise UpperError(errno.ENOENT, f"{a!r} or {b!r} went while data was copied up")
-        # A directory may have moved meanwhile too: into the other one, say.
-        self._check_move(a_node, b_dir)
+        self._check_move(a_node, b_dir)  # both refusals before either copy-up
         self._check_move(b_node, a_dir)
-        # From here on nothing yields.  Both names are in upper now: files were
-        # copied up, and directories that may move were made there.
-        a_path = self.copy_up_dir(a_dir) / os.fsdecode(a)
-        b_path = self.copy_up_dir(b_dir) / os.fsdecode(b)
-        exchange_paths(a_path, b_path)
+        self._into_upper(a_node)
+        self._into_upper(b_node)
+        with self.inside(a_dir) as a_fd, self.inside(b_dir) as b_fd:
+            exchange_at(a_fd, a, b_fd, b)
         self._drop(a_dir, a, a_node)
         self._drop(b_dir, b, b_node)
         self._add(a_dir, a, b_node)
         self._add(b_dir, b, a_node)
-        self._hide_lower(a_node, b_dir, b, b_path)
-        self._hide_lower(b_node, a_dir, a, a_path)
+        self._hide_lower(a_node, b_dir, b)
+        self._hide_lower(b_node, a_dir, a)
 
-    def _hide_lower(self, node: Node, parent: Node, name: bytes, path: Path) -> None:
-        """A directory moved to ``name`` in ``parent`` turns opaque if a lower layer has it."""
-        if node.children is not None and self._lower_has(parent, name) and not node.opaque:
+    def _hide_lower(self, node: Node, parent: Node, name: bytes) -> None:
+        """A directory of upper's own moved to ``name`` turns opaque if a lower layer has it.
+
+        A lower directory needs not: its redirect says where its lower part is.
+        """
+        if node.children is None or node.lower is not None or node.opaque:
+            return
+        if self._lower_has(parent, name):
             node.opaque = True
-            os.setxattr(path, OPAQUE_XATTR, b"y")
+            with self.at(node) as (fd, where):
+                set_xattr_at(fd, where, OPAQUE_XATTR, b"y")
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_AT_FDCWD = -100
-
-
-def exchange_paths(a: Path, b: Path) -> None:
-    """renameat2(RENAME_EXCHANGE): both paths must exist; raises OSError."""
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), 2) != 0:
-        number = ctypes.get_errno()
-        raise OSError(number, os.strerror(number), str(a), None, str(b))
+def exchange_paths(a: os.PathLike[str] | str, b: os.PathLike[str] | str) -> None:
+    """renameat2(RENAME_EXCHANGE) of two paths: both must exist; raises OSError."""
+    exchange_at(AT_FDCWD, os.fspath(a), AT_FDCWD, os.fspath(b))

@@ -85,9 +85,14 @@ class WritableOperations(WritableNames):
             raise pyfuse3.FUSEError(errno.EBADF)
         for position in range(start_id, len(listing)):
             name, child = listing[position]
-            entry = self.attributes(self.upper.node(child))
+            node = self.upper.find(child)
+            if node is None:
+                continue  # removed and forgotten since the snapshot: no longer listed
+            entry = self.attributes(node)
             if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, position + 1):
                 return
+            if position >= 2:  # not . or ..: the kernel counts a lookup of each entry
+                self._counted(entry)
 
     @fuse_errors
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
@@ -112,8 +117,7 @@ class WritableOperations(WritableNames):
         if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
             return _Handle(node, None, node.lower_data)
         mode = os.O_RDWR if writing else os.O_RDONLY
-        fd = os.open(self.upper.path(node), mode | os.O_CLOEXEC)
-        return _Handle(node, fd, None)
+        return _Handle(node, self.upper.open_file(node, mode), None)
 
     def _keep(self, handle: _Handle) -> pyfuse3.FileHandleT:
         fh = next(self._numbers)
@@ -131,7 +135,7 @@ class WritableOperations(WritableNames):
         handle = self._file(fh)
         if handle.fd is None and handle.node.copy is Copy.DATA and handle.node.names:
             # Copied up since this handle was opened: the lower bytes are stale now.
-            handle.fd = os.open(self.upper.path(handle.node), os.O_RDONLY | os.O_CLOEXEC)
+            handle.fd = self.upper.open_file(handle.node, os.O_RDONLY)
         if handle.fd is not None:
             fd = handle.fd
             return await trio.to_thread.run_sync(
@@ -177,7 +181,7 @@ class WritableOperations(WritableNames):
         mode = stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask)
         node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid)
         handle = await self._handle(node, writing=True)
-        return pyfuse3.FileInfo(fh=self._keep(handle)), self.attributes(node)
+        return pyfuse3.FileInfo(fh=self._keep(handle)), self._counted(self.attributes(node))
 
     async def _truncate(self, node: Node, size: int, fh: int | None) -> None:
         """Set ``node``'s size, through ``fh``'s upper fd when it has one (it may be unlinked)."""
@@ -194,4 +198,4 @@ class WritableOperations(WritableNames):
             return
         for handle in self._files.values():
             if handle.node is node and handle.fd is None:
-                handle.fd = os.open(self.upper.path(node), os.O_RDONLY | os.O_CLOEXEC)
+                handle.fd = self.upper.open_file(node, os.O_RDONLY)

@@ -14,7 +14,11 @@ chosen:
 - the kernel may cache entries and attributes only briefly (``TIMEOUT``):
   they change now;
 - there is no ``flush``: writes go straight to the upper file, so pyfuse3's
-  ENOSYS tells the kernel to stop asking, one request fewer per close.
+  ENOSYS tells the kernel to stop asking, one request fewer per close;
+- the kernel's lookup count of every inode is kept (``_lookups``: each
+  entry answered counts one, a forget takes its count off).  An inode the
+  kernel forgets is let go of (``Upper.forget``) when no name reaches it
+  either, so memory stays bounded however many files come and go.
 
 Every handler ends in ``pyfuse3.FUSEError`` (``lazyfs.fs.boundary``): the
 upper's refusals with their errno, anything unexpected as EIO after
@@ -34,6 +38,7 @@ from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
 from lazyfs.fs.read_only import NAME_MAX, entry_attributes, no_entry
 from lazyfs.fs.upper import Node, Upper
+from lazyfs.tree.merge import InodeNo
 
 TIMEOUT = 1.0
 
@@ -49,6 +54,18 @@ class WritableNames(pyfuse3.Operations):
         self.upper = upper
         self.tree = upper.tree  # what the mount process reports at start
         self.chunks = chunks
+        self._lookups: dict[InodeNo, int] = {}
+
+    def nodes_held(self) -> int:
+        """How many nodes the upper holds in memory (the debug log shows it)."""
+        return self.upper.held()
+
+    def _counted(self, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """``entry``, counted as one lookup of its inode by the kernel."""
+        if entry.st_ino:
+            ino = InodeNo(entry.st_ino)
+            self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        return entry
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         return entry_attributes(
@@ -70,9 +87,9 @@ class WritableNames(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         if name == b".":
-            return self.attributes(self.upper.directory(parent_inode))
+            return self._counted(self.attributes(self.upper.directory(parent_inode)))
         found = self.upper.lookup(parent_inode, name)
-        return no_entry(TIMEOUT) if found is None else self.attributes(found)
+        return no_entry(TIMEOUT) if found is None else self._counted(self.attributes(found))
 
     @fuse_errors
     async def getattr(
@@ -82,7 +99,26 @@ class WritableNames(pyfuse3.Operations):
 
     @fuse_errors
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
-        """Nothing to drop: nodes live as long as the mount (unlinked ones are small)."""
+        """Take the kernel's lookups off; let go of what it no longer knows.
+
+        Never yields: no other request runs between a count reaching zero
+        and what is let go of.
+        """
+        for inode, count in inode_list:
+            ino = InodeNo(inode)
+            left = self._lookups.get(ino, 0) - count
+            if left > 0:
+                self._lookups[ino] = left
+                continue
+            self._lookups.pop(ino, None)
+            self._forgotten(ino)
+
+    def _forgotten(self, ino: InodeNo) -> None:
+        """The kernel knows ``ino`` no more: what it kept, and its node if unlinked, may go.
+
+        The kernel forgets an inode only once no file of it is open.
+        """
+        self.upper.forget(ino)
 
     @fuse_errors
     async def readlink(
@@ -166,7 +202,8 @@ class WritableNames(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         mode = stat.S_IFDIR | (stat.S_IMODE(mode) & ~ctx.umask)
-        return self.attributes(self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid))
+        node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid)
+        return self._counted(self.attributes(node))
 
     @fuse_errors
     async def mknod(
@@ -179,7 +216,7 @@ class WritableNames(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
         node = self.upper.new(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev)
-        return self.attributes(node)
+        return self._counted(self.attributes(node))
 
     @fuse_errors
     async def symlink(
@@ -192,7 +229,7 @@ class WritableNames(pyfuse3.Operations):
         node = self.upper.new(
             parent_inode, name, stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, target=target
         )
-        return self.attributes(node)
+        return self._counted(self.attributes(node))
 
     @fuse_errors
     async def link(
@@ -202,7 +239,8 @@ class WritableNames(pyfuse3.Operations):
         new_name: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return self.attributes(await self.upper.link(inode, new_parent_inode, new_name))
+        node = await self.upper.link(inode, new_parent_inode, new_name)
+        return self._counted(self.attributes(node))
 
     @fuse_errors
     async def unlink(

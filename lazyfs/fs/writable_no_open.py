@@ -22,8 +22,6 @@ where not said otherwise:
   inode, so a process that has it open keeps reading and writing it.  A
   file whose bytes were still in a lower layer keeps reading them there;
   its first write copies them into an anonymous file in ``work``;
-- the kernel's lookup count of every inode that may be a regular file is
-  kept (``_lookups``), to know when it forgets one;
 - a directory offset is a listing's generation and a position in it:
   readdir at offset 0 takes a snapshot of the directory, later offsets
   continue in it, so entries added or removed meanwhile never make another
@@ -42,7 +40,6 @@ import itertools
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
 
 import pyfuse3
 import trio
@@ -51,7 +48,7 @@ from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
 from lazyfs.fs.read_only import read_lower
 from lazyfs.fs.upper import Copy, Node, Upper
-from lazyfs.fs.upper_state import copy_lower_into
+from lazyfs.fs.upper_copy import copy_lower_into
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.tree.merge import InodeNo
 
@@ -72,17 +69,9 @@ class NoOpenWritableOperations(WritableOperations):
 
     def __init__(self, upper: Upper, chunks: ChunkCache) -> None:
         super().__init__(upper, chunks)
-        self._lookups: dict[InodeNo, int] = {}
         self._pinned: dict[InodeNo, int] = {}
         self._snapshots: dict[tuple[InodeNo, int], Listing] = {}
         self._generations = itertools.count(1)
-
-    def _counted(self, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
-        """``entry``, counted as one lookup of its inode by the kernel."""
-        if entry.st_ino:
-            ino = InodeNo(entry.st_ino)
-            self._lookups[ino] = self._lookups.get(ino, 0) + 1
-        return entry
 
     # -- what the kernel does itself here -----------------------------------------------
 
@@ -106,34 +95,7 @@ class NoOpenWritableOperations(WritableOperations):
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         """Never sent once opendir answered ENOSYS."""
 
-    # -- lookup counts --------------------------------------------------------------------
-
-    @fuse_errors
-    async def lookup(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        return self._counted(await super().lookup(parent_inode, name, ctx))
-
-    @fuse_errors
-    async def mknod(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        mode: int,
-        rdev: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        return self._counted(await super().mknod(parent_inode, name, mode, rdev, ctx))
-
-    @fuse_errors
-    async def link(
-        self,
-        inode: pyfuse3.InodeT,
-        new_parent_inode: pyfuse3.InodeT,
-        new_name: pyfuse3.FileNameT,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        return self._counted(await super().link(inode, new_parent_inode, new_name, ctx))
+    # -- created files and forgotten inodes ------------------------------------------------
 
     @fuse_errors
     async def create(
@@ -149,20 +111,12 @@ class NoOpenWritableOperations(WritableOperations):
         entry = self._counted(self.attributes(node))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(node.ino)), entry
 
-    @fuse_errors
-    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
-        """Drop the kernel's lookups; an inode it no longer knows lets go of its pinned fd."""
-        for inode, count in inode_list:
-            ino = InodeNo(inode)
-            left = self._lookups.get(ino, 0) - count
-            if left > 0:
-                self._lookups[ino] = left
-                continue
-            # mkdir and symlink are not counted (never pinned): their count may go below 0.
-            self._lookups.pop(ino, None)
-            fd = self._pinned.pop(ino, None)
-            if fd is not None:
-                os.close(fd)
+    def _forgotten(self, ino: InodeNo) -> None:
+        """Also let go of the pinned fd of an inode the kernel no longer knows."""
+        fd = self._pinned.pop(ino, None)
+        if fd is not None:
+            os.close(fd)
+        super()._forgotten(ino)
 
     # -- directories ----------------------------------------------------------------------
 
@@ -180,7 +134,10 @@ class NoOpenWritableOperations(WritableOperations):
             del self._snapshots[next(iter(self._snapshots))]
         for index in range(position, len(listing)):
             name, child = listing[index]
-            entry = self.attributes(self.upper.node(child))
+            node = self.upper.find(child)
+            if node is None:
+                continue  # removed and forgotten since the snapshot: no longer listed
+            entry = self.attributes(node)
             next_id = generation << _POSITION_BITS | (index + 1)
             if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, next_id):
                 return
@@ -204,7 +161,7 @@ class NoOpenWritableOperations(WritableOperations):
         pinned = self._pinned.get(node.ino)
         if pinned is not None:
             return pinned, False
-        return os.open(self.upper.path(node), mode | os.O_CLOEXEC), True
+        return self.upper.open_file(node, mode), True
 
     @fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -295,7 +252,7 @@ class NoOpenWritableOperations(WritableOperations):
             or self._lookups.get(node.ino, 0) <= 0  # no forget would ever let go of it
         ):
             return
-        self._pinned[node.ino] = os.open(self.upper.path(node), os.O_RDWR | os.O_CLOEXEC)
+        self._pinned[node.ino] = self.upper.open_file(node, os.O_RDWR)
 
 
 def _anonymous_file(directory: os.PathLike[str]) -> int:

@@ -13,8 +13,9 @@ here.
   as each backend makes it.
 - backend_variants: the backends the conformance suites run, provisioning
   and comparing.
-- fuse_paths, fuse_mounts, writable_ops: the two FUSE paths, real mounts and
-  their teardown, the writable operations in-process.
+- fuse_paths, fuse_mounts, writable_ops, cow_mounts: the two FUSE paths,
+  real mounts and their teardown, the writable operations in-process,
+  writable mounts beside kernel overlayfs mounts of the same layers.
 - httpserver, registry_servers, registry_seed, registry_pulls, fault_proxy:
   servers the tests own (docker-registry, tokens, a proxy that misbehaves),
   and pulling through them.

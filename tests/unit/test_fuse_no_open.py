@@ -203,3 +203,37 @@ async def test_an_unlinked_sparse_file_is_copied_as_its_data_and_holes(
         got += chunk
     await ops.release(info.fh)
     assert got == want
+
+
+async def test_a_node_goes_once_forgotten_and_unlinked_not_before(ops: WritableOperations) -> None:
+    start = ops.upper.held()
+    made = [(await ops.create(ROOT_INO, name(f"n{i}"), 0o644, os.O_WRONLY, CTX)) for i in range(3)]
+    for info, _ in made:
+        await ops.release(info.fh)
+    first, second, third = (attrs.st_ino for _, attrs in made)
+    assert (await ops.lookup(ROOT_INO, name("n0"), CTX)).st_ino == first  # looked up twice now
+    for each in ("n0", "n1"):
+        await ops.unlink(ROOT_INO, name(each), CTX)
+    await ops.forget([(first, 1), (second, 1), (third, 1)])
+    # n0: the kernel still knows it; n2: a name still reaches it.
+    assert ops.upper.held() == start + 2
+    assert (await ops.getattr(first, CTX)).st_nlink == 0
+    assert (await ops.getattr(third, CTX)).st_nlink == 1
+    await ops.forget([(first, 1)])
+    assert ops.upper.held() == start + 1
+    assert ops.upper.find(first) is None and ops.upper.find(third) is not None
+
+
+async def test_a_listing_leaves_out_what_went_and_was_forgotten_meanwhile(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = await make_files(ops, 4)
+    gone = (await ops.lookup(many, name("f02"), CTX)).st_ino
+    listing = Listing(monkeypatch, room=3)
+    fh = await ops.opendir(many, CTX)
+    first = await listing.next_batch(ops, fh, 0)
+    await ops.unlink(many, name("f02"), CTX)
+    await ops.forget([(gone, 2)])  # create's lookup and ours
+    rest = await listing.next_batch(ops, fh, listing.batch[-1][1])
+    await ops.releasedir(fh)
+    assert first + rest == [b".", b"..", b"f00", b"f01", b"f03"]

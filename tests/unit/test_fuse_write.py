@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from lazyfs.fs.debug import log_requests
-from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR
+from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, REDIRECT_XATTR
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.store.atomic import Staged
 from lazyfs.tree.merge import ROOT_INO, DataRef
@@ -136,9 +136,13 @@ async def test_rename_link_symlink_and_refusals(ops: WritableOperations) -> None
     assert await read(ops, "moved") == b"root\n"
     assert is_whiteout(upper(ops) / "etc" / "passwd")
     assert (await ops.getattr(await ino(ops, "hard"), CTX)).st_nlink == 2
-    with pytest.raises(pyfuse3.FUSEError) as refused:
-        await ops.rename(ROOT_INO, name("etc"), ROOT_INO, name("etc2"), 0, CTX)
-    assert refused.value.errno == errno.EXDEV
+    # A lower directory moves through a redirect (no longer EXDEV), and back.
+    await ops.rename(ROOT_INO, name("etc"), ROOT_INO, name("etc2"), 0, CTX)
+    assert await read(ops, "etc2/top") == b"top\n" and await ino(ops, "etc2") == etc
+    assert os.getxattr(upper(ops) / "etc2", REDIRECT_XATTR) == b"/etc"
+    assert is_whiteout(upper(ops) / "etc")
+    await ops.rename(ROOT_INO, name("etc2"), ROOT_INO, name("etc"), 0, CTX)
+    assert not os.path.lexists(upper(ops) / "etc2")
     with pytest.raises(pyfuse3.FUSEError) as refused:
         await ops.rename(ROOT_INO, name("moved"), ROOT_INO, name("link"), 1, CTX)
     assert refused.value.errno == errno.EEXIST
@@ -291,13 +295,16 @@ async def test_rename_exchange_swaps_names_in_memory_and_in_upper(ops: WritableO
     assert await read(ops, "etc/passwd") == b"dx"
     assert await read(ops, "d/x") == await read(ops, "hard") == b"root\n"
     assert (await ops.getattr(passwd, CTX)).st_nlink == 2
-    assert (upper(ops) / "etc" / "passwd").read_bytes() == b"dx"
-    assert (upper(ops) / "d" / "x").read_bytes() == b"root\n"
+    # No bytes copied: metacopies that say where theirs are.
+    for where, lower in (("etc/passwd", {b"/d/x"}), ("d/x", {b"/etc/passwd", b"/hard"})):
+        assert os.getxattr(upper(ops) / where, REDIRECT_XATTR) in lower  # passwd has two
+        assert os.getxattr(upper(ops) / where, METACOPY_XATTR) == b""
     # A new directory and a lower file: the directory takes a lower name, so it turns opaque.
     made = (await ops.mkdir(ROOT_INO, name("new"), 0o755, CTX)).st_ino
     await ops.rename(ROOT_INO, name("new"), ROOT_INO, name("big"), exchange, CTX)
     assert await ino(ops, "big") == made and await read(ops, "new") == BIG
-    assert (upper(ops) / "big").is_dir() and (upper(ops) / "new").read_bytes() == BIG
+    assert (upper(ops) / "big").is_dir() and os.stat(upper(ops) / "new").st_blocks == 0
+    assert os.getxattr(upper(ops) / "new", REDIRECT_XATTR) == b"/big"
     assert os.getxattr(upper(ops) / "big", OPAQUE_XATTR) == b"y"
     assert sorted(await names(ops, "")) == ["big", "d", "etc", "hard", "link", "new"]
 
@@ -305,8 +312,6 @@ async def test_rename_exchange_swaps_names_in_memory_and_in_upper(ops: WritableO
 @pytest.mark.parametrize(
     ("a", "b", "flags", "code"),
     [
-        ("etc", "big", pyfuse3.RENAME_EXCHANGE, errno.EXDEV),  # a lower directory
-        ("big", "etc", pyfuse3.RENAME_EXCHANGE, errno.EXDEV),  # and big is not copied up
         ("big", "nope", pyfuse3.RENAME_EXCHANGE, errno.ENOENT),
         ("mine", "mine/in", pyfuse3.RENAME_EXCHANGE, errno.EINVAL),  # into itself
         ("big", "link", pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE, errno.EINVAL),
@@ -352,27 +357,26 @@ async def test_debug_logs_each_request_and_its_answer(
     ]
 
 
-async def test_rename_exchange_checks_again_after_waiting(ops: WritableOperations) -> None:
-    mine = (await ops.mkdir(ROOT_INO, name("mine"), 0o755, CTX)).st_ino
+async def test_a_rename_during_a_copy_up_moves_where_the_bytes_land(
+    ops: WritableOperations,
+) -> None:
+    big = ops.upper.node(await ino(ops, "big"))
     dst = (await ops.mkdir(ROOT_INO, name("dst"), 0o755, CTX)).st_ino
-    info, attrs = await ops.create(dst, name("f"), 0o644, os.O_WRONLY, CTX)
-    await ops.release(info.fh)
-    answers: list[int] = []
 
-    async def exchange() -> None:
-        try:
-            await ops.rename(ROOT_INO, name("mine"), dst, name("f"), pyfuse3.RENAME_EXCHANGE, CTX)
-        except pyfuse3.FUSEError as error:
-            answers.append(error.errno)
+    async def rename_meanwhile() -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the copy is in its worker thread
+        # Renames never wait for a copy-up: they copy no bytes.
+        await ops.rename(ROOT_INO, name("big"), dst, name("big"), 0, CTX)
+        exchange = pyfuse3.RENAME_EXCHANGE
+        await ops.rename(ROOT_INO, name("d"), dst, name("big"), exchange, CTX)
 
-    # The exchange waits for f (as behind a copy-up) while dst moves into mine:
-    # swapping mine into dst would now put mine inside itself.
-    async with trio.open_nursery() as nursery, ops.upper.node(attrs.st_ino).lock:
-        nursery.start_soon(exchange)
-        await trio.testing.wait_all_tasks_blocked()
-        await ops.rename(ROOT_INO, name("dst"), mine, name("dst"), 0, CTX)
-    assert answers == [errno.EINVAL]
-    assert await names(ops, "mine") == ["dst"] and await names(ops, "mine/dst") == ["f"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rename_meanwhile)
+        await ops.upper.copy_up_data(big)
+    assert (upper(ops) / "d").read_bytes() == BIG
+    assert REDIRECT_XATTR not in os.listxattr(upper(ops) / "d")
+    assert await read(ops, "d") == BIG and await names(ops, "dst/big") == ["x"]
+    assert is_whiteout(upper(ops) / "big")
 
 
 async def test_debug_lines_stay_short_for_long_arguments(
@@ -382,5 +386,6 @@ async def test_debug_lines_stay_short_for_long_arguments(
     with caplog.at_level(logging.DEBUG, logger="lazyfs.requests"):
         await ops.forget([(pyfuse3.InodeT(i), 1) for i in range(2, 1002)])
     (line,) = caplog.messages
-    assert line.startswith("forget([(2, 1), (3, 1)") and line.endswith("... (1000 items)) -> ok")
+    assert line.startswith("forget([(2, 1), (3, 1)")
+    assert line.endswith(f"... (1000 items)) -> ok [{ops.upper.held()} nodes held]")
     assert len(line) < 300

@@ -88,11 +88,18 @@ async def test_a_deep_lower_directory_copies_up_with_all_its_parents(where: Path
     assert depth_on_disk(ops.upper.upper) == DEPTH
 
 
-async def test_an_upper_path_past_path_max_is_enametoolong_not_eio(where: Path) -> None:
+async def test_upper_paths_past_path_max_work(where: Path) -> None:
+    """The upper is worked on through directory fds: no path length limits it."""
     ops = writable(where, [Entry("etc", "dir")])
     parent = pyfuse3.InodeT(ROOT_INO)
     long = name("n" * 250)
+    for _ in range(4096 // 250 + 1):
+        parent = (await ops.mkdir(parent, long, 0o755, CTX)).st_ino
+    made = await ops.create(parent, name("f"), 0o644, os.O_WRONLY, CTX)
+    assert await ops.write(made[0].fh, 0, b"deep") == 4
+    await ops.release(made[0].fh)
+    await ops.rename(parent, name("f"), parent, name("g"), 0, CTX)
+    await ops.unlink(parent, name("g"), CTX)
     with pytest.raises(pyfuse3.FUSEError) as caught:
-        for _ in range(4096 // 250 + 1):
-            parent = (await ops.mkdir(parent, long, 0o755, CTX)).st_ino
+        await ops.lookup(parent, name("n" * 256), CTX)
     assert caught.value.errno == errno.ENAMETOOLONG
