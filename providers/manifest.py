@@ -54,13 +54,31 @@ class Layer:
     """One layer blob as the image describes it.
 
     ``digest`` and ``size`` are those of the blob as stored (compressed or
-    not); ``diff_id`` is the digest of the uncompressed tar when known.
+    not); ``diff_id`` is the digest of the uncompressed tar when known;
+    ``annotations`` are the descriptor's, as (key, value) pairs sorted by key
+    (``layer_annotations``): eStargz's TOC digest travels there.
     """
 
     digest: Digest
     media_type: str
     size: int
     diff_id: Digest | None = None
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+def layer_annotations(raw: object) -> tuple[tuple[str, str], ...]:
+    """A descriptor's ``annotations`` as ``Layer`` keeps them: string pairs, sorted by key.
+
+    The spec makes them a map of strings; pairs that are not strings, or a
+    value that is not a map, are left out rather than refusing an image
+    for metadata it does not need.  What is read from them (a TOC digest)
+    is checked where it is used.
+    """
+    if not isinstance(raw, dict):
+        return ()
+    return tuple(
+        sorted((k, v) for k, v in raw.items() if isinstance(k, str) and isinstance(v, str))
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,7 @@ class ImageManifest:
                     "media_type": layer.media_type,
                     "size": layer.size,
                     "diff_id": layer.diff_id,
+                    "annotations": dict(layer.annotations),
                 }
                 for layer in self.layers
             ],
@@ -137,6 +156,7 @@ class ImageManifest:
                     media_type=item["media_type"],
                     size=int(item["size"]),
                     diff_id=Digest(item["diff_id"]) if item.get("diff_id") else None,
+                    annotations=layer_annotations(item.get("annotations")),
                 )
                 for item in data["layers"]
             ),

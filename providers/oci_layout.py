@@ -35,6 +35,7 @@ from providers.manifest import (
     Descriptor,
     ImageManifest,
     Layer,
+    layer_annotations,
     load_json,
     parse_image_config,
     parse_image_manifest,
@@ -334,7 +335,15 @@ def resolve_layout(
                 expected=str(desc.size),
                 actual=str(where.size),
             )
-        layers.append(Layer(desc.digest, desc.media_type, desc.size, diff_id))
+        layers.append(
+            Layer(
+                desc.digest,
+                desc.media_type,
+                desc.size,
+                diff_id,
+                layer_annotations(desc.annotations),
+            )
+        )
         blobs[desc.digest] = where
     image = ImageManifest(
         reference=reference, digest=entry.digest, layers=tuple(layers), config=runtime

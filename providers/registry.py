@@ -61,6 +61,7 @@ from providers.manifest import (
     Descriptor,
     ImageManifest,
     Layer,
+    layer_annotations,
     load_json,
     parse_image_config,
     parse_image_manifest,
@@ -211,7 +212,13 @@ class RegistryClient:
                 f"but config has {len(diff_ids)} diff_ids"
             )
         layers = tuple(
-            Layer(desc.digest, desc.media_type, desc.size, diff_id)
+            Layer(
+                desc.digest,
+                desc.media_type,
+                desc.size,
+                diff_id,
+                layer_annotations(desc.annotations),
+            )
             for desc, diff_id in zip(manifest.layers, diff_ids, strict=True)
         )
         self._remember(layers, bases, ref.repository, image)

@@ -7,10 +7,12 @@ at the offsets its index gives (not bytes of the blob, which is what
 tar files on this machine (the blob itself for plain tar layers, the
 store's uncompressed copy for zstd),
 ``lazyfs.index.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through
-their checkpoints, and ``open_layers`` puts the two together per layer as
-its format's ``layer_data`` says (``lazyfs.index.formats``); the cache
-daemon's client will serve it remotely without the tree or the operations
-changing.
+their checkpoints, ``lazyfs.blobs.estargz_reader.EstargzChunks`` from
+eStargz blobs, local or not, chunk by chunk through a ``BlobSource`` (their
+indexes' offsets are in the layer's data space, not its tar stream: the
+reader and the index agree, the tree and the operations need not know),
+and ``open_layers`` puts them together per layer as its format's
+``layer_data`` says (``lazyfs.index.formats``).
 
 ``ChunkCache`` wraps a TarRangeReader for trio: reads are cut into aligned
 chunks, misses are read in worker threads under a ``CapacityLimiter`` (they
@@ -29,9 +31,11 @@ from typing import Protocol
 
 import trio
 
+from lazyfs.blobs.estargz_reader import EstargzChunks
 from lazyfs.index.gzip_checkpoints import GzipCheckpoints
 from lazyfs.index.model import LayerData
 from providers.digest import Digest
+from providers.source import BlobSource
 
 CHUNK_SIZE = 1 << 17  # 128 KiB, what the kernel asks for in one read at most
 DEFAULT_CACHE_BYTES = 64 << 20
@@ -91,20 +95,37 @@ class ByLayer:
         return self._readers[digest].read_range(digest, offset, length)
 
 
-def open_layers(layers: Mapping[Digest, LayerData]) -> TarRangeReader:
+def open_layers(
+    layers: Mapping[Digest, LayerData], blobs: BlobSource | None = None
+) -> TarRangeReader:
     """One reader for the layers' streams, each read from where ``layers`` says.
 
-    Opens nothing yet: descriptors and gzip handles are opened on first read.
+    ``blobs`` serves the blobs of eStargz layers (``LayerData.chunks``) by
+    range: a registry client, the cache daemon's client, or the store for
+    local blobs; ValueError when such a layer is given without it.  Opens
+    nothing yet: descriptors, gzip handles and chunk tables are opened on
+    first read.
     """
-    tars = LocalTars({d: data.path for d, data in layers.items() if data.checkpoints is None})
+    chunked = {digest: data.path for digest, data in layers.items() if data.chunks}
+    if chunked and blobs is None:
+        raise ValueError(f"eStargz layers {', '.join(sorted(chunked))} need a blob source")
+    plain = {d: data for d, data in layers.items() if not data.chunks}
+    tars = LocalTars({d: data.path for d, data in plain.items() if data.checkpoints is None})
     gzips = GzipCheckpoints(
         {
             digest: (data.path, data.checkpoints)
-            for digest, data in layers.items()
+            for digest, data in plain.items()
             if data.checkpoints is not None
         }
     )
-    return ByLayer({d: tars if data.checkpoints is None else gzips for d, data in layers.items()})
+    readers: dict[Digest, TarRangeReader] = {
+        d: tars if data.checkpoints is None else gzips for d, data in plain.items()
+    }
+    if chunked:
+        assert blobs is not None  # checked above
+        remote = EstargzChunks(chunked, blobs)
+        readers.update(dict.fromkeys(chunked, remote))
+    return ByLayer(readers)
 
 
 class ChunkCache:

@@ -11,14 +11,21 @@ beside the index for it (``<layers_dir>/<hex>/``):
   range is decoded on demand;
 - ``ZSTD``: the blob is decompressed once into ``tar`` and read there.  A
   layer is one zstd frame as a rule, and a frame cannot be entered in the
-  middle, so there is nothing to checkpoint.
+  middle, so there is nothing to checkpoint;
+- ``ESTARGZ``: the blob need not be here at all.  Its index is built from
+  its footer and TOC, read by range (``lazyfs.index.estargz_index``, through
+  ``lazyfs.index.stored.ensure_remote_index``), its offsets are in the
+  layer's data space rather than its tar stream, and ``estargz-chunks``
+  maps that space onto the blob's chunks
+  (``lazyfs.index.estargz_chunks``), read through a ``BlobSource``.
 
 The format is looked up once: by the blob's first bytes when indexing
 (``format_of``; the signatures are those ``providers.compression.sniff``
 knows, a test holds them equal), by the name the index records when
-reading it back (``format_named``).  A new kind (eStargz, say) is one more
-implementation in ``FORMATS``; the store, the mount process and the range
-readers only ever go through ``LayerFormat``.
+reading it back (``format_named``).  eStargz is never chosen by the bytes:
+a TOC is trusted only through the digest its layer's descriptor gives, so
+a local eStargz blob scanned whole is a gzip layer.  The store, the mount
+process and the range readers only ever go through ``LayerFormat``.
 
 Looking a format up, and ``layer_data`` and ``check_data``, load no tar
 parser and no decompressor: a mount process serving stored indexes needs
@@ -34,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.index.gzip_checkpoints import SPACING
-from lazyfs.index.model import CHECKPOINTS_NAME, TAR_NAME, LayerData, LayerIndex
+from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, TAR_NAME, LayerData, LayerIndex
 from providers.digest import Digest
 from providers.errors import BadImage
 
@@ -138,18 +145,7 @@ class _Gzip:
     def check_data(self, index: LayerIndex, data: LayerData) -> None:
         _size(index, data.path, "its tar data")
         assert data.checkpoints is not None  # layer_data gives them
-        try:
-            with data.checkpoints.open("rb") as stream:
-                size = os.fstat(stream.fileno()).st_size
-        except OSError as error:
-            raise BadImage(
-                f"layer {index.digest}: its checkpoints {data.checkpoints} are unreadable: {error}"
-            ) from None
-        if size != index.checkpoints_size:
-            raise BadImage(
-                f"layer {index.digest}: its checkpoints {data.checkpoints} have {size} bytes,"
-                f" want {index.checkpoints_size}"
-            )
+        _kept_file(index, data.checkpoints, "its checkpoints")
 
 
 class _Zstd:
@@ -180,6 +176,48 @@ class _Zstd:
             )
 
 
+class _Estargz:
+    """An eStargz blob, indexed from its TOC by range reads and read chunk by chunk.
+
+    Not found by its bytes (``magic`` is empty, and ``format_of`` passes
+    over it): see the module docstring.  The blob need not be local, so
+    ``layer_data`` ignores ``blob``: its chunks are read through a
+    ``BlobSource`` (``lazyfs.blobs.ranges.open_layers``).
+    """
+
+    name = "estargz"
+    magic = b""
+    stored_files = (CHUNKS_NAME,)
+    obsolete_files: tuple[str, ...] = ()
+
+    def index(
+        self, digest: Digest, blob: Path, scratch: Path, *, spacing: int, limits: LayerLimits | None
+    ) -> LayerIndex:
+        raise BadImage(
+            f"layer {digest}: an eStargz index is built from its TOC and its descriptor"
+            " (lazyfs.index.stored.ensure_remote_index), not from a local blob"
+        )
+
+    def layer_data(self, home: Path, blob: Path) -> LayerData:
+        return LayerData(home / CHUNKS_NAME, chunks=True)
+
+    def check_data(self, index: LayerIndex, data: LayerData) -> None:
+        _kept_file(index, data.path, "its chunk table")
+
+
+def _kept_file(index: LayerIndex, path: Path, what: str) -> None:
+    """BadImage unless ``path`` opens for reading and has ``index.checkpoints_size`` bytes."""
+    try:
+        with path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+    except OSError as error:
+        raise BadImage(f"layer {index.digest}: {what} {path} cannot be read: {error}") from None
+    if size != index.checkpoints_size:
+        raise BadImage(
+            f"layer {index.digest}: {what} {path}: {size} bytes, want {index.checkpoints_size}"
+        )
+
+
 def _size(index: LayerIndex, path: Path, what: str) -> int:
     try:
         return path.stat().st_size
@@ -190,7 +228,8 @@ def _size(index: LayerIndex, path: Path, what: str) -> int:
 PLAIN_TAR: LayerFormat = _PlainTar()
 GZIP: LayerFormat = _Gzip()
 ZSTD: LayerFormat = _Zstd()
-FORMATS: dict[str, LayerFormat] = {kind.name: kind for kind in (PLAIN_TAR, GZIP, ZSTD)}
+ESTARGZ: LayerFormat = _Estargz()
+FORMATS: dict[str, LayerFormat] = {kind.name: kind for kind in (PLAIN_TAR, GZIP, ZSTD, ESTARGZ)}
 
 
 def format_named(name: str) -> LayerFormat:

@@ -38,6 +38,7 @@ FORMAT_VERSION = 5
 INDEX_NAME = "index.json"
 TAR_NAME = "tar"
 CHECKPOINTS_NAME = "gzip-index"
+CHUNKS_NAME = "estargz-chunks"
 
 
 class Kind(enum.Enum):
@@ -61,7 +62,8 @@ class IndexEntry:
     ``mode`` holds the permission bits only (0o7777).  ``target`` is the
     symlink target as written, or the hardlink's target path joined by "/".
     ``offset`` is where a regular file's bytes start in the uncompressed tar
-    stream (0 for other kinds); ``size`` is 0 except for files, and holes
+    stream (in an eStargz index, in the layer's data space:
+    ``lazyfs.index.estargz_chunks``; 0 for other kinds); ``size`` is 0 except for files, and holes
     included for sparse ones.  ``extents`` is None but for a GNU sparse
     file: its data extents (``providers.tar_sparse``), stored back to back
     from ``offset``; everything else of it reads as zeros.
@@ -86,9 +88,11 @@ class LayerIndex:
     """The entries of the layer ``digest``, in archive order.
 
     ``compression`` names the blob's format (``lazyfs.index.formats``: "none",
-    "gzip", "zstd");
-    ``tar_size`` the length of the uncompressed tar stream;
-    ``checkpoints_size`` the length of the gzip checkpoint file (0 unless gzip).
+    "gzip", "zstd", "estargz");
+    ``tar_size`` the length of the uncompressed tar stream (for "estargz",
+    of the layer's file data laid end to end: see ``lazyfs.index.estargz_chunks``);
+    ``checkpoints_size`` the length of the file kept beside the index to read
+    it at random: gzip checkpoints, or an eStargz chunk table (0 for others).
     """
 
     digest: Digest
@@ -104,11 +108,14 @@ class LayerData:
 
     ``path`` is a tar file read directly (the blob of a plain layer, the
     store's copy of a zstd one), or with ``checkpoints`` the gzip blob those
-    checkpoints index.  Made by a ``LayerFormat.layer_data``.
+    checkpoints index, or with ``chunks`` the chunk table of an eStargz
+    layer, whose blob is read by range through a ``BlobSource``
+    (``lazyfs.blobs.estargz_reader``).  Made by a ``LayerFormat.layer_data``.
     """
 
     path: Path
     checkpoints: Path | None = None
+    chunks: bool = False
 
 
 # -- serialization --------------------------------------------------------------

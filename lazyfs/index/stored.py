@@ -2,31 +2,48 @@
 
 ``<layers_dir>/<hex>/`` holds a layer's ``index.json`` and what its format
 (``lazyfs.index.formats``) keeps beside it: the zstd copy ``tar``, the gzip
-checkpoints ``gzip-index``, or nothing for a plain tar layer.
+checkpoints ``gzip-index``, the eStargz chunk table ``estargz-chunks``, or
+nothing for a plain tar layer.
 
 ``ensure_index`` builds and stores the index once per layer digest, with
 what it points into: under an flock, each file written to a scratch
 directory and renamed into place, the index last, so a present index.json
 implies its tar copy or checkpoint file is complete (each is fsynced before
 its rename: ``lazyfs.store.atomic``).  It reads them back on every later
-call.  ``load_index`` and ``check_data_present`` are what a mount process
-serving stored indexes needs: they read, never build.  Blocking.
+call.  ``ensure_remote_index`` does the same for an eStargz layer whose blob
+is not here, from its footer and TOC read through a ``BlobSource``.
+``load_index`` and ``check_data_present`` are what a mount process
+serving stored indexes needs: they read, never build.
+
+A layer's index keeps its format once stored: merged trees kept for an
+image (``lazyfs.tree.kept``) hold the offsets its index gave, which differ
+between formats (an eStargz index gives data-space offsets, a gzip one tar
+offsets).  So ``ensure_index`` keeps a stored eStargz index (its chunks read
+from the local blob as well as from a registry), and ``ensure_remote_index``
+leaves an index of another format alone.  Blocking.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazyfs.index.formats import LayerFormat, build_index, format_named
-from lazyfs.index.model import INDEX_NAME, LayerData, LayerIndex, dumps, loads
+from lazyfs.index.estargz import SUGGESTED_TAIL_SIZE, toc_digest
+from lazyfs.index.estargz_chunks import ChunkTable, toc_digest_of
+from lazyfs.index.estargz_chunks import dumps as dump_chunks
+from lazyfs.index.estargz_chunks import loads as load_chunks
+from lazyfs.index.formats import ESTARGZ, LayerFormat, build_index, format_named
+from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, LayerData, LayerIndex, dumps, loads
 from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, hex_part
-from providers.errors import BadImage
+from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
+from providers.manifest import Layer
+from providers.source import BlobSource
 
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
@@ -70,7 +87,8 @@ def ensure_index(
     makes sure the index is there needs.  Raises BadImage for a corrupt
     layer or one that unpacks past ``limits`` (a stored index was built
     within the limits of its day), UnsafeLayer for a hostile one; nothing
-    is stored then.
+    is stored then.  A stored eStargz index is kept (see the module
+    docstring): read it through a ``BlobSource`` (the store's own will do).
     """
     found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
@@ -84,17 +102,120 @@ def ensure_index(
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
             index = build_index(digest, blob, scratch, limits=limits)
-            kind = layer_format(index)
-            for name in kind.stored_files:
-                # The directory is synced once, with the index renamed into it last.
-                publish(scratch / name, home / name, sync_dir=False)
-            for name in kind.obsolete_files:
-                _drop_unused(home / name)
-            write_atomic(home / INDEX_NAME, dumps(index).encode(), mode=0o644, temp_dir=scratch)
+            _store(home, scratch, index)
         finally:
             # Never one cleanup error in place of the build's own.
             shutil.rmtree(scratch, ignore_errors=True)
     return index
+
+
+def ensure_remote_index(
+    layers_dir: Path,
+    tmp_dir: Path,
+    layer: Layer,
+    blobs: BlobSource,
+    *,
+    entries: bool = True,
+    limits: LayerLimits | None = None,
+    tail: int = SUGGESTED_TAIL_SIZE,
+) -> LayerIndex | None:
+    """The index of the eStargz layer ``layer``, from its footer and TOC, stored if missing.
+
+    None when the layer is not to be read lazily: its descriptor gives no
+    TOC digest (it is a gzip layer to pull, eStargz or not: an unverifiable
+    TOC is no TOC), or the store holds an index of another format for it
+    (built from its whole blob, which the store then has: ``ensure_index``).
+    Otherwise the footer and TOC are read through ``blobs`` (one range read
+    of the blob's last ``tail`` bytes, a second only for a TOC that starts
+    before them; none when the index is stored), checked against the TOC
+    digest, and the index and its chunk table stored as ``ensure_index``
+    stores an index, so the next call reads them back.  ``entries=False``
+    as for ``ensure_index``.
+
+    Raises DigestMismatch for a TOC that is not the one the descriptor
+    names, or when the stored index was built from another TOC (a blob has
+    one TOC, so one of the two descriptors lies; nothing is replaced);
+    BadImage or UnsafeLayer for a layer indexing refuses (or a TOC digest
+    annotation that is no digest); and what ``blobs.read_range`` raises
+    (NotFound, TemporaryFailure).  Nothing is stored then.
+    """
+    from lazyfs.index.estargz_index import build_remote_index  # loads the tar rules
+
+    expected = toc_digest(dict(layer.annotations))
+    if expected is None:
+        return None
+    digest = layer.digest
+    found = load_index(layers_dir, digest, entries=entries)
+    if found is not None and found.compression != ESTARGZ.name:
+        return None
+    if _remote_usable(layers_dir, found, expected):
+        return found
+    home = layers_dir / hex_part(digest)
+    home.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(home / "lock"):
+        found = load_index(layers_dir, digest)
+        if found is not None and found.compression != ESTARGZ.name:
+            return None
+        if _remote_usable(layers_dir, found, expected):
+            return found  # another process built it while we waited
+        index, table = build_remote_index(layer, blobs, expected, tail=tail, limits=limits)
+        text = dump_chunks(table).encode()
+        index = dataclasses.replace(index, checkpoints_size=len(text))
+        scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
+        try:
+            (scratch / CHUNKS_NAME).write_bytes(text)
+            _store(home, scratch, index)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return index
+
+
+def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest) -> bool:
+    """Whether ``index`` (eStargz, or None) is whole and was built from the TOC ``expected``.
+
+    Raises DigestMismatch when it was built from another TOC.
+    """
+    if index is None:
+        return False
+    try:
+        data = check_data_present(layers_dir, Path(), index)
+        with data.path.open(encoding="utf-8") as stream:
+            stored = toc_digest_of(stream.readline())
+    except (BadImage, OSError, ValueError):
+        return False  # built again, its table first
+    if stored != expected:
+        raise DigestMismatch(
+            f"TOC of layer {index.digest} (its stored index was built from another)",
+            expected=expected,
+            actual=stored,
+        )
+    return True
+
+
+def _store(home: Path, scratch: Path, index: LayerIndex) -> None:
+    """Rename the files of ``index``'s format from ``scratch`` into ``home``, then the index."""
+    kind = layer_format(index)
+    for name in kind.stored_files:
+        # The directory is synced once, with the index renamed into it last.
+        publish(scratch / name, home / name, sync_dir=False)
+    for name in kind.obsolete_files:
+        _drop_unused(home / name)
+    write_atomic(home / INDEX_NAME, dumps(index).encode(), mode=0o644, temp_dir=scratch)
+
+
+def load_chunk_table(layers_dir: Path, index: LayerIndex) -> ChunkTable:
+    """The chunk table of the stored eStargz index ``index`` (its prefetch span, say).
+
+    BadImage when it is missing or damaged.
+    """
+    data = check_data_present(layers_dir, Path(), index)
+    try:
+        table = load_chunks(data.path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BadImage(f"layer {index.digest}: its chunk table {data.path}: {error}") from None
+    if table.digest != index.digest:
+        raise BadImage(f"layer {index.digest}: its chunk table {data.path} is another layer's")
+    return table
 
 
 def _drop_unused(path: Path) -> None:
@@ -147,7 +268,9 @@ def check_data_present(layers_dir: Path, blob: Path, index: LayerIndex) -> Layer
     """``layer_data``, refusing an index whose blob, tar copy or checkpoint file is unusable.
 
     Cheap (a stat, an open): a tar copy must have ``tar_size`` bytes, a
-    checkpoint file must open for reading and have ``checkpoints_size``.
+    checkpoint file or chunk table must open for reading and have
+    ``checkpoints_size``.  An eStargz index ignores ``blob`` (any path will
+    do): its blob is read through a ``BlobSource``.
     """
     kind = layer_format(index)
     data = kind.layer_data(layers_dir / hex_part(index.digest), blob)

@@ -3,6 +3,7 @@
 ``MemoryBlobs`` is an upstream ``BlobSource`` that counts what it was asked
 to open; ``LocalFiles`` is a ``LocalBlobSource`` over files, for backends
 driven without a store.  Neither verifies: the test made the bytes.
+``CountingBlobs`` wraps any ``BlobSource`` and records its range reads.
 ``store_files`` puts layer files in a real store, for what reads a store.
 """
 
@@ -18,6 +19,7 @@ from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
 from providers.errors import NotFound
 from providers.manifest import OCI_LAYER_TAR, Layer
+from providers.source import BlobSource
 
 
 def _range(offset: int, length: int) -> None:
@@ -43,6 +45,26 @@ class MemoryBlobs:
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         _range(offset, length)
         return self._bytes(digest)[offset : offset + length]
+
+
+class CountingBlobs:
+    """``inner``, with every range read recorded as (digest, offset, bytes returned)."""
+
+    def __init__(self, inner: BlobSource) -> None:
+        self.inner = inner
+        self.reads: list[tuple[Digest, int, int]] = []
+
+    def open(self, digest: Digest) -> BinaryIO:
+        raise AssertionError(f"blob {digest} opened whole; only ranges are expected")
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        data = self.inner.read_range(digest, offset, length)
+        self.reads.append((digest, offset, len(data)))
+        return data
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(length for _, _, length in self.reads)
 
 
 class LocalFiles:

@@ -7,7 +7,8 @@ what the backend raised:
 - ``copy_tree``: ``backends.apply`` into a directory (the copy backend);
 - ``fuse_tree``: the merged tree of the layers' indexes (``lazyfs.tree.merge``),
   described as ``tree_digest`` would describe the mounted view, without
-  mounting: file contents are read at the offsets the index gives;
+  mounting: file contents are read at the offsets the index gives
+  (``merged_tree_nodes`` describes any merged tree so);
 - ``overlay_tree``: the overlay backend's read-only rootfs, mounted, read
   and destroyed (also when reading fails).
 
@@ -28,7 +29,7 @@ from backends.apply import LayerFile, apply_layers
 from backends.overlay import OverlayBackend
 from lazyfs.index.build import scan_tar
 from lazyfs.index.model import LayerIndex
-from lazyfs.tree.merge import ROOT_INO, InodeNo, merge
+from lazyfs.tree.merge import ROOT_INO, DataRef, InodeNo, MergedTree, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import LazyfsError
 from tests.support.blob_sources import LocalFiles
@@ -64,7 +65,15 @@ def fuse_tree(layers: Sequence[bytes], work: Path) -> Tree:
         LayerIndex(file.digest, "none", len(blob), scan_tar(file.path, layer=str(file.digest)))
         for file, blob in zip(files, layers, strict=True)
     ]
-    tree = merge(indexes)
+
+    def content(ref: DataRef) -> bytes:
+        return data[ref.digest][ref.offset : ref.offset + ref.size]
+
+    return merged_tree_nodes(merge(indexes), content)
+
+
+def merged_tree_nodes(tree: MergedTree, content: Callable[[DataRef], bytes]) -> Tree:
+    """``tree`` as ``tree_digest`` would describe it mounted; ``content`` reads a file's bytes."""
     paths: dict[str, InodeNo] = {}
 
     def walk(ino: InodeNo, prefix: str) -> None:
@@ -83,10 +92,6 @@ def fuse_tree(layers: Sequence[bytes], work: Path) -> Tree:
     for path, ino in paths.items():
         inode = tree.inodes[ino]
         kind = _KINDS[stat.S_IFMT(inode.mode)]
-        content = b""
-        if inode.data is not None:
-            blob = data[inode.data.digest]
-            content = blob[inode.data.offset : inode.data.offset + inode.data.size]
         group = names.get(ino, [])
         nodes[path] = Node(
             kind=kind,
@@ -94,7 +99,9 @@ def fuse_tree(layers: Sequence[bytes], work: Path) -> Tree:
             uid=inode.uid,
             gid=inode.gid,
             size=inode.size if kind in ("file", "symlink") else None,
-            sha256=hashlib.sha256(content).hexdigest() if kind == "file" else None,
+            sha256=hashlib.sha256(content(inode.data) if inode.data else b"").hexdigest()
+            if kind == "file"
+            else None,
             target=os.fsdecode(inode.target) if kind == "symlink" else None,
             rdev=(os.major(inode.rdev), os.minor(inode.rdev))
             if kind in ("char", "block")

@@ -1,0 +1,151 @@
+"""Reading eStargz layers' files chunk by chunk through a ``BlobSource``, every chunk verified.
+
+``EstargzChunks`` is a ``TarRangeReader`` over eStargz layers: it serves
+bytes of a layer's *data space* (its files end to end, the offsets an
+eStargz index gives: ``lazyfs.index.estargz_chunks``), so the merged tree's
+reads (``DataRef``: digest, offset, size) reach it exactly as they reach a
+tar file.  A read maps to the chunks of the layer's chunk table that cover
+it; each chunk's compressed bytes are read from the blob
+(``BlobSource.read_range``, the range ``[offset, end)`` its table row
+gives), inflated, and checked against its ``chunkDigest`` before any byte
+of it is served (``lazyfs.index.estargz.inflate_chunk``).  A chunk that
+does not verify is an OSError(EIO) naming the layer, the file and both
+digests, as is a blob source that fails: the FUSE handlers answer EIO,
+never wrong bytes, and nothing unverified is kept.
+
+Chunks are up to 4 MiB (ctr-remote's default) while the FUSE reads above
+ask for 128 KiB at a time (``lazyfs.blobs.ranges.ChunkCache``), so verified
+chunks are kept here, least recently used first out, up to ``max_bytes``,
+and a chunk that several threads want at once is fetched once.
+
+Blocking and thread-safe, as ``TarRangeReader`` says.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+from lazyfs.index.estargz import inflate_chunk
+from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, loads
+from providers.digest import Digest
+from providers.errors import LazyfsError
+from providers.source import BlobSource
+
+DEFAULT_KEEP_BYTES = 32 << 20
+
+
+class EstargzChunks:
+    """The data spaces of eStargz layers, by digest, from their chunk tables' files.
+
+    ``tables`` maps each layer digest to its chunk table file
+    (``LayerData.path`` of an eStargz layer), read on the layer's first read.
+    ``blobs`` serves the layers' blobs by range (a registry, the cache
+    daemon, the store); it is trusted with nothing: every chunk is checked.
+    ``fetches`` counts the chunks read from it.
+    """
+
+    def __init__(
+        self,
+        tables: Mapping[Digest, Path],
+        blobs: BlobSource,
+        *,
+        max_bytes: int = DEFAULT_KEEP_BYTES,
+    ) -> None:
+        self._paths = dict(tables)
+        self._blobs = blobs
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._tables: dict[Digest, ChunkTable] = {}
+        self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[tuple[Digest, int], threading.Event] = {}
+        self.fetches = 0
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` of layer ``digest``'s data space.
+
+        Short only at its end, b"" at or past it; the gaps between files
+        read as zeros and fetch nothing.  Raises KeyError for a
+        layer not given, ValueError for a negative range, OSError(EIO) when
+        a chunk cannot be had or does not verify.
+        """
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative range {offset}+{length}")
+        table = self._table(digest)
+        end = min(offset + length, table.size)
+        parts = []
+        at = offset
+        for number in table.covering(offset, end):
+            row = table.rows[number]
+            if row.start + row.size <= at:
+                continue  # the row before ``offset`` ends in the gap that holds it
+            if row.start > at:
+                parts.append(bytes(row.start - at))  # a gap between files: no file's bytes
+            data = self._chunk(digest, number, row)
+            lo, hi = max(at - row.start, 0), min(end - row.start, row.size)
+            parts.append(data if (lo, hi) == (0, row.size) else data[lo:hi])
+            at = row.start + hi
+        if at < end:
+            parts.append(bytes(end - at))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _table(self, digest: Digest) -> ChunkTable:
+        table = self._tables.get(digest)  # a dict read is atomic: no lock once loaded
+        if table is not None:
+            return table
+        path = self._paths[digest]
+        try:
+            table = loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise OSError(errno.EIO, f"layer {digest}: its chunk table {path}: {error}") from None
+        if table.digest != digest:
+            raise OSError(errno.EIO, f"layer {digest}: its chunk table {path} is another layer's")
+        with self._lock:
+            return self._tables.setdefault(digest, table)
+
+    def _chunk(self, digest: Digest, number: int, row: ChunkRow) -> bytes:
+        """The verified bytes of chunk ``number`` of layer ``digest``: kept, or fetched once."""
+        key = (digest, number)
+        while True:
+            with self._lock:
+                found = self._kept.get(key)
+                if found is not None:
+                    self._kept.move_to_end(key)
+                    return found
+                waiting = self._pending.get(key)
+                if waiting is None:
+                    done = self._pending[key] = threading.Event()
+                    break
+            waiting.wait()  # then look again: that fetch may have failed
+        try:
+            data = self._fetch(digest, row)
+            with self._lock:
+                self._keep(key, data)
+            return data
+        finally:
+            with self._lock:
+                del self._pending[key]
+            done.set()
+
+    def _fetch(self, digest: Digest, row: ChunkRow) -> bytes:
+        with self._lock:
+            self.fetches += 1
+        try:
+            raw = self._blobs.read_range(digest, row.offset, row.end - row.offset)
+            return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
+        except LazyfsError as error:
+            # DigestMismatch, or the blob source's NotFound or TemporaryFailure:
+            # to the FUSE handlers, bytes that cannot be had.
+            raise OSError(errno.EIO, str(error)) from error
+
+    def _keep(self, key: tuple[Digest, int], data: bytes) -> None:
+        """Keep ``data``, then drop the least recently used chunks past ``max_bytes``."""
+        self._kept[key] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes and len(self._kept) > 1:
+            _, dropped = self._kept.popitem(last=False)
+            self._bytes -= len(dropped)

@@ -1,0 +1,181 @@
+"""The chunk table of an eStargz layer: which bytes of its blob hold which bytes of its files.
+
+An eStargz layer is indexed from its TOC alone (``lazyfs.index.estargz_index``),
+without its tar stream, and the TOC does not say where a file's bytes start
+in that stream (the tar headers before them are not in it).  So an eStargz
+index names a file's bytes in the layer's *data space* instead: the layer's
+regular files in archive order, each non-empty one starting at the next
+multiple of ``ALIGN`` after the one before it ends, a file of ``n`` bytes at
+``o`` owning ``[o, o + n)``.  ``IndexEntry.offset`` (hence ``DataRef.offset``
+in the merged tree) is that ``o``, ``LayerIndex.tar_size`` the end of the
+last file.  The readers of the merged tree pass these offsets to a
+``TarRangeReader`` as they pass tar offsets for the other formats, and
+``lazyfs.blobs.estargz_reader`` serves them: the tree and the FUSE
+operations need not know.
+
+Why the alignment: the chunk cache above reads the space in aligned blocks
+(``lazyfs.blobs.ranges.ChunkCache``, 128 KiB), and ``ALIGN`` is a multiple
+of any such block, so no block holds bytes of two files.  A read of one file
+then never fetches a neighbour's chunk from the registry, nor fails because
+a neighbour's chunk does not verify.  The gaps hold no bytes of any file and
+read as zeros.
+
+The table tiles the data space with the TOC's chunks, in order, each a
+``ChunkRow``: ``size`` bytes of the space from ``start`` are the bytes
+``[inner_offset, inner_offset + size)`` of the gzip member at ``offset`` in
+the blob, which ends by ``end``, and their digest is ``digest``.  It is kept
+beside the index (``CHUNKS_NAME``) as text: a JSON header line (the layer,
+the TOC digest it was built from, the blob's size, the prefetch span, the
+row count), then a JSON line of rows.
+
+Pure: no I/O; safe from any thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lazyfs.index.estargz_toc import Chunk
+from providers.digest import Digest
+
+VERSION = 1
+ALIGN = 1 << 20
+
+
+def aligned(offset: int) -> int:
+    """The first multiple of ``ALIGN`` at or after ``offset``."""
+    return -(-offset // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    """``size`` bytes of the data space from ``start``: a chunk of the file ``name``.
+
+    They are the file's bytes from ``chunk_offset``, and the bytes
+    ``[inner_offset, inner_offset + size)`` of the gzip member at ``offset``
+    in the blob, which ends by ``end``; ``digest`` is their digest.
+    """
+
+    start: int
+    size: int
+    offset: int
+    end: int
+    inner_offset: int
+    chunk_offset: int
+    digest: Digest
+    name: str
+
+    def chunk(self) -> Chunk:
+        """The chunk as ``lazyfs.index.estargz.inflate_chunk`` takes it."""
+        return Chunk(
+            self.offset, self.chunk_offset, self.size, self.digest, self.inner_offset, self.end
+        )
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """The rows of layer ``digest``, in data-space order, none overlapping.
+
+    ``toc_digest`` is the digest of the TOC they were read from (the layer
+    descriptor's annotation), ``blob_size`` the blob's size, ``prefetch``
+    the range of the blob to fetch at mount (``estargz.prefetch_span``) or
+    None.
+    """
+
+    digest: Digest
+    toc_digest: Digest
+    blob_size: int
+    rows: tuple[ChunkRow, ...]
+    prefetch: tuple[int, int] | None = None
+    _starts: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_starts", [row.start for row in self.rows])
+
+    @property
+    def size(self) -> int:
+        """The length of the data space: the end of its last row."""
+        return self.rows[-1].start + self.rows[-1].size if self.rows else 0
+
+    def covering(self, offset: int, end: int) -> range:
+        """The indexes of the rows that may hold bytes of ``[offset, end)``, in order.
+
+        Every row that starts before ``end``, from the last one that starts
+        at or before ``offset`` (which may end before it, in a gap).
+        """
+        if offset >= end:
+            return range(0)
+        first = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        last = bisect.bisect_left(self._starts, end)
+        return range(first, last)
+
+
+def dumps(table: ChunkTable) -> str:
+    """The table as text; ``loads`` gives it back equal."""
+    header = {
+        "version": VERSION,
+        "digest": table.digest,
+        "toc_digest": table.toc_digest,
+        "blob_size": table.blob_size,
+        "prefetch": None if table.prefetch is None else list(table.prefetch),
+        "rows": len(table.rows),
+    }
+    rows = [
+        [r.start, r.size, r.offset, r.end, r.inner_offset, r.chunk_offset, r.digest, r.name]
+        for r in table.rows
+    ]
+    return f"{json.dumps(header)}\n{json.dumps(rows, separators=(',', ':'))}\n"
+
+
+def toc_digest_of(head: str) -> Digest:
+    """The TOC digest in a table's first line (``dumps``'s header); ValueError if there is none."""
+    try:
+        header = json.loads(head)
+        if header.get("version") != VERSION:
+            raise ValueError(f"chunk table format {header.get('version')!r}, want {VERSION}")
+        return Digest(str(header["toc_digest"]))
+    except (KeyError, AttributeError) as error:
+        raise ValueError(f"malformed chunk table: {error!r}") from error
+
+
+def _row(raw: list[Any]) -> ChunkRow:
+    start, size, offset, end, inner, chunk_offset, digest, name = raw
+    return ChunkRow(
+        int(start), int(size), int(offset), int(end), int(inner), int(chunk_offset),
+        Digest(str(digest)), str(name),
+    )  # fmt: skip
+
+
+def loads(text: str) -> ChunkTable:
+    """Parse ``dumps`` output; ValueError unless it is a whole table of this version.
+
+    The rows must follow each other without overlapping and lie inside the
+    blob: a damaged table is refused rather than read at the wrong place.
+    """
+    head, _, rest = text.partition("\n")
+    try:
+        header = json.loads(head)
+        if header.get("version") != VERSION:
+            raise ValueError(f"chunk table format {header.get('version')!r}, want {VERSION}")
+        rows = tuple(_row(raw) for raw in json.loads(rest))
+        prefetch = header["prefetch"]
+        table = ChunkTable(
+            Digest(str(header["digest"])),
+            Digest(str(header["toc_digest"])),
+            int(header["blob_size"]),
+            rows,
+            None if prefetch is None else (int(prefetch[0]), int(prefetch[1])),
+        )
+    except (KeyError, TypeError, IndexError, AttributeError) as error:
+        raise ValueError(f"malformed chunk table: {error!r}") from error
+    if len(rows) != header["rows"]:
+        raise ValueError(f"chunk table has {len(rows)} rows, its header {header['rows']}")
+    at = 0
+    for row in rows:
+        if row.start < at or row.size <= 0 or not 0 <= row.offset < row.end <= table.blob_size:
+            raise ValueError(f"chunk table row {row} is not after {at} and inside the blob")
+        at = row.start + row.size
+    return table
