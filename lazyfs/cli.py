@@ -22,6 +22,7 @@ from backends.names import NAMES as BACKENDS
 from lazyfs.cli_flags import (
     ENV_PREFIX,
     FlagParser,
+    docker_registry,
     global_flags,
     image_providers,
     layer_limits,
@@ -117,7 +118,7 @@ class App:
         for kind in image_providers(args):
             if kind == "docker":
                 self.docker = DockerProvider(
-                    self.store, args.docker_registry, registry_options(args)
+                    self.store, docker_registry(args), registry_options(args)
                 )
                 providers["docker"] = self.docker
             else:

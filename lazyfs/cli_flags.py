@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from providers.errors import UsageError
 from providers.registry import RegistryOptions, parse_platform
@@ -233,6 +234,37 @@ def docker_config_text(value: str) -> str:
     return stripped[len("file://") :] if stripped.startswith("file://") else value
 
 
+# skopeo's transports that name one local image, not a place holding many.
+_IMAGE_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+
+
+def docker_registry(args: argparse.Namespace) -> str:
+    """``--docker_registry``, checked: a directory (``/dir``, ``file:///dir``) or an http(s) URL.
+
+    A skopeo transport is a common slip (``docker://host``, ``oci:/dir``): it
+    gets a line saying what to write instead.
+    """
+    value: str = args.docker_registry
+    where = source(args, "docker_registry")
+    if not value.strip():
+        raise UsageError(f"{where} is empty: give a directory of images or a registry URL")
+    if value.startswith("docker://"):
+        host = value[len("docker://") :].rstrip("/")
+        raise UsageError(
+            f"{where} {value}: docker:// is a skopeo transport for an image; "
+            f"give the registry as https://{host} and the image as docker://REFERENCE"
+        )
+    if value.startswith(_IMAGE_TRANSPORTS):
+        raise UsageError(
+            f"{where} {value}: a skopeo transport names one image, not a registry; "
+            f"give it where the image goes (lazyfs run {value}), or a directory here"
+        )
+    scheme = urlparse(value).scheme
+    if scheme not in ("", "file", "http", "https"):
+        raise UsageError(f"{where} {value}: expected a directory or an http(s) URL")
+    return value
+
+
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
     """The registry puller's settings from the global flags."""
     credentials = (
@@ -248,7 +280,7 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
             where = source(args, f"docker_registry_{name}")
             raise UsageError(f"{where} {value}: expected {least}")
     return RegistryOptions(
-        registry=args.docker_registry,
+        registry=docker_registry(args),
         mirrors=_split(args.docker_registry_mirrors),
         insecure_registries=frozenset(_split(args.docker_insecure_registries)),
         platform=parse_platform(args.platform) if args.platform else None,
