@@ -26,6 +26,7 @@ from lazyfs.cli_flags import (
     global_flags,
     image_providers,
     layer_limits,
+    unauthorized_hint,
 )
 from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import failure_line, run_trio
@@ -38,8 +39,9 @@ from lazyfs.provision import devmount, runtime
 from lazyfs.provision.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store.disk import Store
 from providers.appc_store import AppcStore
-from providers.errors import NotFound, UsageError
+from providers.errors import NotFound, Unauthorized, UsageError
 from providers.image_pb2 import Image
+from providers.registry import RegistryOptions
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -115,10 +117,12 @@ class App:
         self.store = Store(Path(store_dir), limits)
         providers: dict[str, ImageProvider] = {}
         self.docker: DockerProvider | None = None
+        self.registry_options: RegistryOptions | None = None
         for kind in image_providers(args):
             if kind == "docker":
+                self.registry_options = registry_options(args)
                 self.docker = DockerProvider(
-                    self.store, docker_registry(args), registry_options(args)
+                    self.store, docker_registry(args), self.registry_options
                 )
                 providers["docker"] = self.docker
             else:
@@ -338,13 +342,15 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    app: App | None = None
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(
             level=logging.DEBUG if args.debug else logging.WARNING,
             format="lazyfs: %(levelname)s: %(message)s",
         )
-        return COMMANDS[args.command](App(args), args)
+        app = App(args)
+        return COMMANDS[args.command](app, args)
     except BaseException as exc:
         if isinstance(exc, BrokenPipeError):
             # Nothing more can reach stdout; keep the exit-time flush quiet.
@@ -353,5 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure is None:
             raise
         line, status = failure
+        refused = isinstance(exc, Unauthorized) and exc.status in (401, 403)
+        if refused and app is not None and app.registry_options is not None:
+            line += unauthorized_hint(args, app.registry_options.http.credentials)
         print(f"lazyfs: {line}", file=sys.stderr)
         return status

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from providers.docker_config import CredentialChain, default_configs, load_docker_config
 from providers.errors import UsageError
 from providers.registry import RegistryOptions, parse_platform
-from providers.registry_auth import parse_docker_config
 from providers.registry_http import HttpOptions
 from providers.tar_stream import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE, LayerLimits
 
@@ -267,11 +267,13 @@ def docker_registry(args: argparse.Namespace) -> str:
 
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
     """The registry puller's settings from the global flags."""
-    credentials = (
-        parse_docker_config(docker_config_text(args.docker_config), source(args, "docker_config"))
-        if args.docker_config
-        else {}
-    )
+    if args.docker_config:
+        where = source(args, "docker_config")
+        config = load_docker_config(docker_config_text(args.docker_config), where)
+        credentials = CredentialChain([config])
+    else:
+        # As docker and podman look for them: DOCKER_CONFIG, ~/.docker, XDG_RUNTIME_DIR.
+        credentials = default_configs()
     limits = {name: getattr(args, f"docker_registry_{name}") for name, *_ in REGISTRY_LIMITS}
     for name, _kind, _default, off, _metavar, _text in REGISTRY_LIMITS:
         value = limits[name]
@@ -286,3 +288,11 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
         platform=parse_platform(args.platform) if args.platform else None,
         http=HttpOptions(ca_file=args.docker_registry_ca_file, credentials=credentials, **limits),
     )
+
+
+def unauthorized_hint(args: argparse.Namespace, credentials: object) -> str:
+    """What to add to a registry's refusal (401, 403): where credentials were
+    looked for, and the flag that passes them."""
+    read = credentials.describe() if isinstance(credentials, CredentialChain) else ""
+    flag = source(args, "docker_config")
+    return f"; lazyfs {read}; pass credentials with {flag} FILE (a Docker config.json)"
