@@ -22,6 +22,7 @@ from pathlib import Path
 
 from backends.names import NAMES as BACKENDS
 from lazyfs import cli_parser
+from lazyfs.cli_exec import exec_problem
 from lazyfs.cli_flags import (
     docker_registry,
     image_providers,
@@ -260,6 +261,8 @@ def _run(app: App, args: argparse.Namespace) -> int:
         command = command[1:]
     if args.read_only and args.writable:
         raise UsageError("give --read-only or --writable, not both")
+    if args.tty and not sys.stdin.isatty():
+        raise UsageError("run -t: stdin is not a terminal (run -t needs one, as docker run -t)")
     image = _image(args)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
@@ -281,6 +284,13 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 # Relative: runc puts it under the cgroup of the process that runs it.
                 cgroups_path=f"lazyfs/{container_id}",
             )
+            process = config["process"]
+            # As a shell says it, not as runc's failure to start (status 1).
+            problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
+            if problem is not None:
+                print(f"lazyfs: {problem[0]}", file=sys.stderr)
+                return problem[1]
+            process["terminal"] = args.tty
             runtime.write_bundle(bundle, config)
             return runtime.run_bundle(bundle, container_id, runtime.state_root(app.work_dir))
         finally:

@@ -116,6 +116,12 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         help="a read-only rootfs (default: writable, as docker run)",
     )
     sub.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="give the command a terminal, as docker run -t (default: lazyfs' stdio)",
+    )
+    sub.add_argument(
         "command_args",
         nargs="*",
         metavar="-- COMMAND ARGS",
