@@ -1,8 +1,9 @@
 """The ``lazyfs`` command: parses flags, calls the library, prints one line on error.
 
-Global flags come before the command and are named as the Mesos agent names
-them; each is accepted with underscores (``--work_dir``) and with dashes
-(``--work-dir``), or from a ``LAZYFS_*`` variable (``cli_flags`` says how).
+Global flags come before or after the command and are named as the Mesos
+agent names them; each is accepted with underscores (``--work_dir``) and with
+dashes (``--work-dir``), or from a ``LAZYFS_*`` variable (``cli_flags`` says
+how); ``cli_parser`` holds the commands and their help.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 
 from backends.names import NAMES as BACKENDS
+from lazyfs import cli_parser
+from lazyfs.cli_exec import exec_problem
 from lazyfs.cli_flags import (
-    ENV_PREFIX,
-    FlagParser,
-    global_flags,
+    docker_registry,
     image_providers,
     layer_limits,
+    source,
+    unauthorized_hint,
+    work_dir,
 )
 from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import failure_line, run_trio
@@ -37,99 +42,65 @@ from lazyfs.provision import devmount, runtime
 from lazyfs.provision.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store.disk import Store
 from providers.appc_store import AppcStore
-from providers.errors import NotFound, UsageError
+from providers.errors import NotFound, Unauthorized, UsageError
 from providers.image_pb2 import Image
+from providers.registry import RegistryOptions
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The ``lazyfs`` parser; global flags not given come from ``environ`` (default
-    ``os.environ``) as ``LAZYFS_*``, else their defaults."""
-    parser = FlagParser(
-        prog="lazyfs",
-        description="Provision container root filesystems from images.",
-        epilog=(
-            f"Every global flag may also be set in the environment as {ENV_PREFIX}NAME "
-            f"(e.g. {ENV_PREFIX}WORK_DIR); the command line wins over the environment, "
-            "the environment over the default."
-        ),
-        environ=environ,
-    )
-    for flag in global_flags(BACKENDS):
-        parser.add_flag(flag)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def image_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "image", nargs="?", help="docker:REFERENCE, appc:NAME[,label=value...] or REFERENCE"
-        )
-        sub.add_argument("--image-file", "--image_file", dest="image_file", type=Path)
-        sub.add_argument("--backend", choices=BACKENDS, default=None)
-        sub.add_argument("--writable", action="store_true", help="ask for a writable rootfs")
-
-    sub = commands.add_parser("provision", help="build a rootfs; prints JSON")
-    sub.add_argument("container_id")
-    image_args(sub)
-    sub = commands.add_parser("pull", help="fetch an image into the store; prints its manifest")
-    sub.add_argument(
-        "image", nargs="?", help="docker:REFERENCE or REFERENCE (fetched again even if stored)"
-    )
-    sub.add_argument("--image-file", "--image_file", dest="image_file", type=Path)
-    sub = commands.add_parser("destroy", help="unmount and remove a container's rootfs")
-    sub.add_argument("container_id")
-    sub = commands.add_parser("recover", help="keep the named containers, clean up the rest")
-    sub.add_argument("--keep", nargs="*", default=[], metavar="ID")
-    commands.add_parser("images", help="list the images in the store")
-    sub = commands.add_parser("mount", help="mount an image at a directory to look inside")
-    sub.add_argument("image", help="docker:REFERENCE, appc:NAME[,label=value...] or REFERENCE")
-    sub.add_argument("mountpoint", type=Path, help="an existing empty directory")
-    sub.add_argument(
-        "--writable", action="store_true", help="copy-on-write; writes are discarded on umount"
-    )
-    sub.add_argument("--foreground", action="store_true", help="stay until Ctrl-C, then unmount")
-    sub.add_argument("--suid", action="store_true", help="honour setuid bits (default: nosuid)")
-    sub.add_argument("--dev", action="store_true", help="allow device nodes (default: nodev)")
-    sub.set_defaults(image_file=None)
-    sub = commands.add_parser("umount", help="take down what `lazyfs mount` mounted")
-    sub.add_argument("mountpoint", type=Path)
-    sub = commands.add_parser("run", help="provision, run a command with runc, destroy")
-    image_args(sub)
-    sub.add_argument(
-        "--read-only",
-        "--read_only",
-        dest="read_only",
-        action="store_true",
-        help="a read-only rootfs (run is writable by default, as docker run)",
-    )
-    sub.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
-    return parser
+    """The ``lazyfs`` parser (``cli_parser``) for the backends there are."""
+    return cli_parser.build_parser(BACKENDS, environ)
 
 
 class App:
-    """The objects one invocation needs, built from the global flags."""
+    """The objects one invocation needs, built from the global flags when first used.
+
+    Checking the flags touches nothing; the store and the provisioner are
+    made (with their directories) only by the commands that use them, so
+    that ``images`` creates nothing on disk.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.work_dir = Path(args.work_dir).absolute()  # runc and mounts see other cwds
-        store_dir = args.docker_store_dir or self.work_dir / "store" / "docker"
-        limits = layer_limits(args)
-        self.store = Store(Path(store_dir), limits)
+        self.args = args
+        self.work_dir = Path(work_dir(args)).absolute()  # runc and mounts see other cwds
+        self.store_dir = Path(args.docker_store_dir or self.work_dir / "store" / "docker")
+        self.limits = layer_limits(args)
+        self.kinds = image_providers(args)
+        # Set when the docker provider is made: a refusal then says where credentials were.
+        self.registry_options: RegistryOptions | None = None
+        # None: the provisioner chooses (a trial mount) only when it needs a backend.
+        self.backend = args.image_provisioner_backend
+        if self.backend is not None and self.backend not in BACKENDS:
+            where = source(args, "image_provisioner_backend")
+            raise UsageError(
+                f"{where}: unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})"
+            )
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.store_dir, self.limits)
+
+    @cached_property
+    def provisioner(self) -> Provisioner:
+        args = self.args
         providers: dict[str, ImageProvider] = {}
-        self.docker: DockerProvider | None = None
-        for kind in image_providers(args):
+        for kind in self.kinds:
             if kind == "docker":
-                self.docker = DockerProvider(
-                    self.store, args.docker_registry, registry_options(args)
-                )
-                providers["docker"] = self.docker
+                self.registry_options = registry_options(args)
+                registry = docker_registry(args)
+                providers["docker"] = DockerProvider(self.store, registry, self.registry_options)
             else:
                 appc_dir = args.appc_store_dir or self.work_dir / "store" / "appc"
                 providers["appc"] = AppcProvider(
                     self.store, AppcStore(Path(appc_dir)), args.appc_simple_discovery_uri_prefix
                 )
-        # None: the provisioner chooses (a trial mount) only when it needs a backend.
-        backend = args.image_provisioner_backend
-        if backend is not None and backend not in BACKENDS:
-            raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        self.provisioner = Provisioner(self.work_dir, self.store, providers, backend, limits=limits)
+        return Provisioner(self.work_dir, self.store, providers, self.backend, limits=self.limits)
+
+    @property
+    def docker(self) -> DockerProvider | None:
+        """The Docker provider, unless ``--image_providers`` leaves it out."""
+        found = self.provisioner.providers.get("docker")
+        return found if isinstance(found, DockerProvider) else None
 
 
 def _image(args: argparse.Namespace) -> Image:
@@ -265,7 +236,9 @@ def _recover(app: App, args: argparse.Namespace) -> int:
 
 def _images(app: App, _args: argparse.Namespace) -> int:
     rows = [("REFERENCE", "DIGEST", "LAYERS", "SIZE")]
-    for image in app.store.images():
+    # No store yet: nothing to list, and nothing to create for it.
+    stored = app.store.images() if app.store_dir.is_dir() else []
+    for image in stored:
         rows.append(
             (
                 image.reference,
@@ -288,6 +261,8 @@ def _run(app: App, args: argparse.Namespace) -> int:
         command = command[1:]
     if args.read_only and args.writable:
         raise UsageError("give --read-only or --writable, not both")
+    if args.tty and not sys.stdin.isatty():
+        raise UsageError("run -t: stdin is not a terminal (run -t needs one, as docker run -t)")
     image = _image(args)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
@@ -309,6 +284,13 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 # Relative: runc puts it under the cgroup of the process that runs it.
                 cgroups_path=f"lazyfs/{container_id}",
             )
+            process = config["process"]
+            # As a shell says it, not as runc's failure to start (status 1).
+            problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
+            if problem is not None:
+                print(f"lazyfs: {problem[0]}", file=sys.stderr)
+                return problem[1]
+            process["terminal"] = args.tty
             runtime.write_bundle(bundle, config)
             return runtime.run_bundle(bundle, container_id, runtime.state_root(app.work_dir))
         finally:
@@ -336,14 +318,28 @@ COMMANDS = {
 }
 
 
+def _help(args: argparse.Namespace) -> int:
+    parsers: Mapping[str, argparse.ArgumentParser] = args.command_parsers
+    if args.topic is None:
+        build_parser().print_help()
+    else:
+        parsers[args.topic].print_help()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    app: App | None = None
+    args: argparse.Namespace | None = None
     try:
-        args = build_parser().parse_args(argv)
+        args = cli_parser.parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)
+        if args.command == "help":
+            return _help(args)
         logging.basicConfig(
             level=logging.DEBUG if args.debug else logging.WARNING,
             format="lazyfs: %(levelname)s: %(message)s",
         )
-        return COMMANDS[args.command](App(args), args)
+        app = App(args)
+        return COMMANDS[args.command](app, args)
     except BaseException as exc:
         if isinstance(exc, BrokenPipeError):
             # Nothing more can reach stdout; keep the exit-time flush quiet.
@@ -352,5 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure is None:
             raise
         line, status = failure
+        refused = isinstance(exc, Unauthorized) and exc.status in (401, 403)
+        if refused and args is not None and app is not None and app.registry_options is not None:
+            line += unauthorized_hint(args, app.registry_options.http.credentials)
         print(f"lazyfs: {line}", file=sys.stderr)
         return status

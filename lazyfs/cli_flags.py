@@ -21,11 +21,12 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlparse
 
+from providers.docker_config import CredentialChain, default_configs, load_docker_config
 from providers.errors import UsageError
 from providers.registry import RegistryOptions, parse_platform
-from providers.registry_auth import parse_docker_config
 from providers.registry_http import HttpOptions
 from providers.tar_stream import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE, LayerLimits
 
@@ -45,10 +46,24 @@ class Flag:
     kind: Callable[[str], Any] = str
     metavar: str | None = None
     switch: bool = False  # takes no value on the command line: present means true
+    shown: str | None = None  # the default as help words it, when not the value itself
 
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def described(self) -> str:
+        """The help line: what it is, its default, and its variable."""
+        if self.shown is not None:
+            default = self.shown
+        elif self.switch:
+            default = "off"
+        elif self.default in (None, ""):
+            default = "none"
+        else:
+            default = f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+        return f"{self.help} (default: {default}; or {self.env})"
 
 
 # --docker_registry_NAME: how long a registry may take (HttpOptions says why these
@@ -76,14 +91,25 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
     return (
         Flag("work_dir", DEFAULT_WORK_DIR, "where containers' work lives"),
         Flag("image_providers", "docker", "comma-separated: docker, appc (any case)"),
-        Flag("image_provisioner_backend", None, f"one of {', '.join(backends)}"),
+        Flag(
+            "image_provisioner_backend",
+            None,
+            f"one of {', '.join(backends)}",
+            shown="overlay where it works, else copy",
+        ),
         Flag(
             "docker_registry",
             DEFAULT_REGISTRY,
             "a directory of image tarballs (/dir or file:///dir), or a registry URL",
         ),
-        Flag("docker_store_dir", None, "default: WORK_DIR/store/docker"),
-        Flag("docker_config", None, "docker config.json: a path, a file:// URL or inline JSON"),
+        Flag("docker_store_dir", None, "the blob store", shown="WORK_DIR/store/docker"),
+        Flag(
+            "docker_config",
+            None,
+            "docker config.json: a path, a file:// URL or inline JSON",
+            shown="$DOCKER_CONFIG/config.json, ~/.docker/config.json, "
+            "$XDG_RUNTIME_DIR/containers/auth.json",
+        ),
         Flag(
             "docker_registry_mirrors",
             "",
@@ -97,26 +123,33 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
         Flag(
             "docker_registry_ca_file",
             None,
-            "PEM CA bundle to verify registries with, instead of the system CAs",
+            "PEM CA bundle to verify registries with",
+            shown="the system CAs",
         ),
         *(
             Flag(
                 f"docker_registry_{name}",
                 default,
-                f"{text} (default {default:g}{'; 0: never' if off else ''})",
+                f"{text}{'; 0: never' if off else ''}",
                 kind,
                 metavar,
+                shown="none" if off and default == 0 else None,
             )
             for name, kind, default, off, metavar, text in REGISTRY_LIMITS
         ),
-        Flag("appc_store_dir", None, "default: WORK_DIR/store/appc"),
+        Flag("appc_store_dir", None, "the Appc image store", shown="WORK_DIR/store/appc"),
         Flag(
             "appc_simple_discovery_uri_prefix",
             "http://",
             "where simple discovery finds ACIs: an http(s):// URL prefix or a directory; "
-            "empty: the store only (default http://, as in Mesos)",
+            "empty: the store only",
         ),
-        Flag("platform", None, "os/arch[/variant] to pick from image indexes"),
+        Flag(
+            "platform",
+            None,
+            "os/arch[/variant] to pick from image indexes",
+            shown="linux/<this machine's arch>",
+        ),
         Flag(
             "max_layer_size",
             f"{DEFAULT_MAX_LAYER_SIZE >> 30}GB",
@@ -144,6 +177,12 @@ class FlagParser(argparse.ArgumentParser):
         self._globals: list[Flag] = []
         self._environ = environ
 
+    def error(self, message: str) -> NoReturn:
+        """A usage error as one line (argparse's own adds the whole usage), status 2."""
+        command = self.prog.removeprefix("lazyfs").strip()
+        see = f"lazyfs help {command}" if command else "lazyfs --help"
+        self.exit(2, f"lazyfs: {message} (see `{see}`)\n")
+
     def add_flag(self, flag: Flag) -> None:
         """Add ``--name_with_underscores`` and its dashed spelling as one option."""
         spellings = [f"--{flag.name}"]
@@ -155,7 +194,7 @@ class FlagParser(argparse.ArgumentParser):
             options["action"] = "store_true"
         else:
             options.update(type=flag.kind, metavar=flag.metavar)
-        self.add_argument(*spellings, help=flag.help, **options)
+        self.add_argument(*spellings, help=flag.described, **options)
         self._globals.append(flag)
 
     def parse_known_args(  # type: ignore[override]
@@ -233,13 +272,85 @@ def docker_config_text(value: str) -> str:
     return stripped[len("file://") :] if stripped.startswith("file://") else value
 
 
+def work_dir(args: argparse.Namespace) -> str:
+    """``--work_dir``; empty is an error, not the current directory."""
+    value: str = args.work_dir
+    if not value.strip():
+        raise UsageError(f"{source(args, 'work_dir')} is empty: give a directory")
+    return value
+
+
+def _registry_urls(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--docker_registry_mirrors``, each checked to be an http(s) URL with a host."""
+    mirrors = _split(args.docker_registry_mirrors)
+    for mirror in mirrors:
+        parsed = urlparse(mirror)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            where = source(args, "docker_registry_mirrors")
+            raise UsageError(f"{where} {mirror!r}: not an http:// or https:// URL with a host")
+    return mirrors
+
+
+def _ca_file(args: argparse.Namespace) -> str | None:
+    """``--docker_registry_ca_file``, checked to be a readable file."""
+    path: str | None = args.docker_registry_ca_file
+    if path is None:
+        return None
+    where = source(args, "docker_registry_ca_file")
+    if not path.strip():
+        raise UsageError(f"{where} is empty: give a PEM file of CA certificates")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{where} {path}: {exc.strerror}") from None
+    if not os.path.isfile(path):
+        raise UsageError(f"{where} {path}: not a file")
+    return path
+
+
+# skopeo's transports that name one local image, not a place holding many.
+_IMAGE_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+
+
+def docker_registry(args: argparse.Namespace) -> str:
+    """``--docker_registry``, checked: a directory (``/dir``, ``file:///dir``) or an http(s) URL.
+
+    A skopeo transport is a common slip (``docker://host``, ``oci:/dir``): it
+    gets a line saying what to write instead.
+    """
+    value: str = args.docker_registry
+    where = source(args, "docker_registry")
+    if not value.strip():
+        raise UsageError(f"{where} is empty: give a directory of images or a registry URL")
+    if value.startswith("docker://"):
+        host = value[len("docker://") :].rstrip("/")
+        raise UsageError(
+            f"{where} {value}: docker:// is a skopeo transport for an image; "
+            f"give the registry as https://{host} and the image as docker://REFERENCE"
+        )
+    if value.startswith(_IMAGE_TRANSPORTS):
+        raise UsageError(
+            f"{where} {value}: a skopeo transport names one image, not a registry; "
+            f"give it where the image goes (lazyfs run {value}), or a directory here"
+        )
+    parsed = urlparse(value)
+    if parsed.scheme not in ("", "file", "http", "https"):
+        raise UsageError(f"{where} {value}: expected a directory or an http(s) URL")
+    if parsed.scheme in ("http", "https") and not parsed.hostname:
+        raise UsageError(f"{where} {value}: a registry URL needs a host")
+    return value
+
+
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
     """The registry puller's settings from the global flags."""
-    credentials = (
-        parse_docker_config(docker_config_text(args.docker_config), source(args, "docker_config"))
-        if args.docker_config
-        else {}
-    )
+    if args.docker_config:
+        where = source(args, "docker_config")
+        config = load_docker_config(docker_config_text(args.docker_config), where)
+        credentials = CredentialChain([config])
+    else:
+        # As docker and podman look for them: DOCKER_CONFIG, ~/.docker, XDG_RUNTIME_DIR.
+        credentials = default_configs()
     limits = {name: getattr(args, f"docker_registry_{name}") for name, *_ in REGISTRY_LIMITS}
     for name, _kind, _default, off, _metavar, _text in REGISTRY_LIMITS:
         value = limits[name]
@@ -248,9 +359,17 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
             where = source(args, f"docker_registry_{name}")
             raise UsageError(f"{where} {value}: expected {least}")
     return RegistryOptions(
-        registry=args.docker_registry,
-        mirrors=_split(args.docker_registry_mirrors),
+        registry=docker_registry(args),
+        mirrors=_registry_urls(args),
         insecure_registries=frozenset(_split(args.docker_insecure_registries)),
         platform=parse_platform(args.platform) if args.platform else None,
-        http=HttpOptions(ca_file=args.docker_registry_ca_file, credentials=credentials, **limits),
+        http=HttpOptions(ca_file=_ca_file(args), credentials=credentials, **limits),
     )
+
+
+def unauthorized_hint(args: argparse.Namespace, credentials: object) -> str:
+    """What to add to a registry's refusal (401, 403): where credentials were
+    looked for, and the flag that passes them."""
+    read = credentials.describe() if isinstance(credentials, CredentialChain) else ""
+    flag = source(args, "docker_config")
+    return f"; lazyfs {read}; pass credentials with {flag} FILE (a Docker config.json)"

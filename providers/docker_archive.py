@@ -103,25 +103,33 @@ def _matches(repo_tag: str, full_ref: str, tag: str | None) -> tuple[bool, bool]
 
 
 def _pick(
-    candidates: list[tuple[list[str], Any]], label: str, full_ref: str, tag: str | None
+    candidates: list[tuple[list[str], Any]],
+    label: str,
+    full_ref: str,
+    tag: str | None,
+    strict: bool = False,
 ) -> Any:
-    """The candidate whose names match ``full_ref``, else its tag alone, else the only one."""
+    """The candidate whose names match ``full_ref``, else (unless ``strict``) its tag
+    alone, else the only one."""
+    given = candidates
     full = [c for names, c in candidates if any(_matches(n, full_ref, tag)[0] for n in names)]
     if full:
         return full[0]
+    if strict:
+        candidates = []
     by_tag = [c for names, c in candidates if any(_matches(n, full_ref, tag)[1] for n in names)]
     if len(by_tag) == 1:
         return by_tag[0]
     if len(candidates) == 1:
         return candidates[0][1]
-    offered = sorted(n for names, _ in candidates for n in names)
+    offered = sorted(n for names, _ in given for n in names)
     raise NotFound(f"{label}: no image for {full_ref} (has {', '.join(offered) or 'no tags'})")
 
 
 def resolve_manifest_json(
-    files: TarFiles, reference: str, full_ref: str, tag: str | None
+    files: TarFiles, reference: str, full_ref: str, tag: str | None, strict: bool = False
 ) -> tuple[ImageManifest, dict[Digest, BlobLocation]]:
-    """Resolve a reference in a tar with ``manifest.json``."""
+    """Resolve a reference in a tar with ``manifest.json``; ``strict``: only by its RepoTags."""
     doc = load_json(read_file(files, "manifest.json", "manifest"), f"{files.label}: manifest.json")
     if not isinstance(doc, list) or not doc:
         raise BadImage(f"{files.label}: manifest.json is not a non-empty list")
@@ -133,7 +141,7 @@ def resolve_manifest_json(
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise BadImage(f"{files.label}: manifest.json entry {i} RepoTags is not a string list")
         candidates.append((tags, item))
-    entry = _pick(candidates, files.label, full_ref, tag)
+    entry = _pick(candidates, files.label, full_ref, tag, strict)
     config_name = entry.get("Config")
     layer_names = entry.get("Layers")
     if not isinstance(config_name, str):
@@ -171,9 +179,9 @@ def _image_id(value: Any, label: str) -> str:
 
 
 def resolve_legacy(
-    files: TarFiles, reference: str, full_ref: str, tag: str | None
+    files: TarFiles, reference: str, full_ref: str, tag: str | None, strict: bool = False
 ) -> tuple[ImageManifest, dict[Digest, BlobLocation]]:
-    """Resolve a reference in a pre-1.10 ``docker save`` tar (``repositories``)."""
+    """Resolve a reference in a pre-1.10 ``docker save`` tar; ``strict``: only by its names."""
     doc = load_json(
         read_file(files, "repositories", "repositories"), f"{files.label}: repositories"
     )
@@ -187,7 +195,7 @@ def resolve_legacy(
             candidates.append(([f"{repo}:{its_tag}"], _image_id(image_id, files.label)))
     if not candidates:
         raise BadImage(f"{files.label}: repositories names no image")
-    top = _pick(candidates, files.label, full_ref, tag)
+    top = _pick(candidates, files.label, full_ref, tag, strict)
     chain: list[str] = []
     top_json = b""
     current: str | None = top

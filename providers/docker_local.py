@@ -144,42 +144,51 @@ class LocalPuller:
         wanted = local_name(reference)
         tried = wanted.candidates(self.directory)
         for path in tried:
-            if path.is_file():
-                image, blobs = self._resolve_tar(path, reference, wanted)
-                break
-            if path.is_dir():
-                files = DirFiles(path)
-                image, blobs = resolve_layout(
-                    files,
-                    reference,
-                    wanted.full_reference,
-                    wanted.tag,
-                    wanted.digest,
-                    self.platform,
-                )
-                break
-        else:
-            raise NotFound(
-                f"image {reference} not found in {self.directory}: "
-                f"tried {', '.join(str(p) for p in tried)}"
+            if path.is_file() or path.is_dir():
+                return self.resolve_path(path, reference, wanted, wanted.full_reference)
+        raise NotFound(
+            f"image {reference} not found in {self.directory}: "
+            f"tried {', '.join(str(p) for p in tried)}"
+        )
+
+    def resolve_path(
+        self, path: Path, reference: str, wanted: LocalName, full_ref: str, strict: bool = False
+    ) -> ImageManifest:
+        """Resolve the image ``wanted`` in the tar or layout directory ``path``.
+
+        ``full_ref`` is what image names in the file are matched with;
+        ``reference`` becomes the manifest's. ``strict``: the file must name
+        it, even when it holds one image. Its blobs are served from then on.
+        """
+        if path.is_dir():
+            image, blobs = resolve_layout(
+                DirFiles(path),
+                reference,
+                full_ref,
+                wanted.tag,
+                wanted.digest,
+                self.platform,
+                strict,
             )
+        else:
+            image, blobs = self._resolve_tar(path, reference, wanted, full_ref, strict)
         with self._lock:
             self._blobs.update(blobs)
         return image
 
     def _resolve_tar(
-        self, path: Path, reference: str, wanted: LocalName
+        self, path: Path, reference: str, wanted: LocalName, full_ref: str, strict: bool
     ) -> tuple[ImageManifest, dict[Digest, BlobLocation]]:
         files = self._tar(path)
-        full_ref = wanted.full_reference
+        tag = wanted.tag
         if files.location("index.json") is not None and files.location("oci-layout") is not None:
             return resolve_layout(
-                files, reference, full_ref, wanted.tag, wanted.digest, self.platform
+                files, reference, full_ref, tag, wanted.digest, self.platform, strict
             )
         if files.location("manifest.json") is not None:
-            image, blobs = resolve_manifest_json(files, reference, full_ref, wanted.tag)
+            image, blobs = resolve_manifest_json(files, reference, full_ref, tag, strict)
         elif files.location("repositories") is not None:
-            image, blobs = resolve_legacy(files, reference, full_ref, wanted.tag)
+            image, blobs = resolve_legacy(files, reference, full_ref, tag, strict)
         else:
             raise BadImage(f"{path}: has none of index.json, manifest.json, repositories")
         if wanted.digest is not None and image.digest != wanted.digest:

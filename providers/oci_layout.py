@@ -246,13 +246,19 @@ def _unique(found: list[Descriptor], label: str, wanted: str) -> Descriptor | No
 
 
 def select_entry(
-    entries: list[Descriptor], label: str, full_ref: str, tag: str | None, digest: Digest | None
+    entries: list[Descriptor],
+    label: str,
+    full_ref: str,
+    tag: str | None,
+    digest: Digest | None,
+    strict: bool = False,
 ) -> Descriptor:
     """Pick the index.json entry for a reference.
 
     Most specific first: the pinned digest; containerd's full image name
     (``docker save`` writes it); a ref.name equal to the full reference or to
-    the tag (``umoci``, ``skopeo``); else the only entry there is.
+    the tag (``umoci``, ``skopeo``); else, unless ``strict``, the only entry
+    there is.
     """
     if digest is not None:
         for entry in entries:
@@ -268,7 +274,7 @@ def select_entry(
         chosen = _unique(tier, label, full_ref)
         if chosen is not None:
             return chosen
-    if len(entries) == 1:
+    if len(entries) == 1 and not strict:
         return entries[0]
     names = sorted(
         {annotation(e, REF_NAME) or annotation(e, CONTAINERD_NAME) or e.digest for e in entries}
@@ -287,10 +293,12 @@ def resolve_layout(
     tag: str | None,
     digest: Digest | None,
     platform: Platform | None = None,
+    strict: bool = False,
 ) -> tuple[ImageManifest, dict[Digest, BlobLocation]]:
     """Resolve a reference in an OCI layout; returns the image and where its layers are.
 
     From a multi-platform index, ``platform`` (default the host's) is taken.
+    ``strict``: the reference must be named in the index, even if it holds one image.
     """
     if files.location("oci-layout") is None:
         raise BadImage(f"{files.label}: no oci-layout file")
@@ -298,7 +306,8 @@ def resolve_layout(
     if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
         raise BadImage(f"{files.label}: oci-layout has no imageLayoutVersion")
     index = load_json(read_file(files, "index.json", "index"), f"{files.label}: index.json")
-    entry = select_entry(index_entries(index, "index.json"), files.label, full_ref, tag, digest)
+    entries = index_entries(index, "index.json")
+    entry = select_entry(entries, files.label, full_ref, tag, digest, strict)
     pinned_ok = digest is None or entry.digest == digest
     depth = 0
     while _is_index(entry):

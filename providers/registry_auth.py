@@ -1,7 +1,8 @@
 """Registry credentials and authentication challenges, without I/O.
 
 Credentials come from a docker ``config.json`` (a path or the JSON itself,
-as ``--docker_config`` and ``Image.Docker.config`` give it): its ``auths``
+as ``--docker_config`` and ``Image.Docker.config`` give it; which files are
+read without one, and credential helpers, are ``providers.docker_config``'s): its ``auths``
 map, keyed by registry host (``registry.example.com:5000``) or URL
 (``https://index.docker.io/v1/``), each entry holding ``auth`` (base64 of
 ``user:password``) or ``username`` and ``password``. Keys are normalized to
@@ -82,6 +83,13 @@ def parse_docker_config(text: str, what: str = "--docker_config") -> dict[str, C
     Raises UsageError naming ``what`` (never the content) when the file is
     missing or the JSON is not a docker config.
     """
+    return docker_config_document(text, what)[0]
+
+
+def docker_config_document(
+    text: str, what: str = "--docker_config"
+) -> tuple[dict[str, Credentials], dict[str, Any]]:
+    """``parse_docker_config``'s credentials, and the whole JSON object they came from."""
     stripped = text.strip()
     if not stripped.startswith("{"):
         try:
@@ -103,7 +111,7 @@ def parse_docker_config(text: str, what: str = "--docker_config") -> dict[str, C
         creds = _entry_credentials(entry, f"{what}: entry {key}")
         if creds is not None:
             found[normalize_host(key)] = creds
-    return found
+    return found, doc
 
 
 def _looks_like_auths(doc: dict[str, Any]) -> bool:

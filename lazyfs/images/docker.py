@@ -22,6 +22,7 @@ from providers.reference import parse_reference
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import parse_docker_config
 from providers.source import BlobSource, Puller
+from providers.transports import PathPuller, parse_transport
 
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
@@ -76,19 +77,21 @@ class DockerProvider:
         """
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
-        reference = str(parse_reference(image.docker.name))
+        # oci:DIR, oci-archive:FILE, docker-archive:FILE: read again every time.
+        local = parse_transport(image.docker.name)
+        reference = str(local.absolute()) if local else str(parse_reference(image.docker.name))
         # One reference names an image per platform; the store keeps each.
         platform = str(self.options.platform or host_platform())
-        if image.cached:
+        if image.cached and local is None:
             stored = await trio.to_thread.run_sync(self.store.get_image, reference, platform)
             if stored is not None:
                 return stored
-        source = self._source(image)
+        source = PathPuller(local, self.options.platform) if local else self._source(image)
         key = "image-" + hashlib.sha256(f"{reference}\n{platform}".encode()).hexdigest()
         # The lock is a blocking flock: take it in a thread, hold it across the
         # pull, so a second process waits and then finds everything stored.
         async with self.store.lock_async(key):
-            if image.cached:
+            if image.cached and local is None:
                 stored = await trio.to_thread.run_sync(self.store.get_image, reference, platform)
                 if stored is not None:
                     return stored

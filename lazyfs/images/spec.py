@@ -4,6 +4,11 @@ On the command line::
 
     docker:REFERENCE                  a Docker image (docker:busybox:1.36)
     docker://REFERENCE                the same, as skopeo writes it
+    oci:DIR[:REF]                     skopeo's local transports: an OCI layout
+    oci-archive:FILE[:REF]            directory, an OCI layout tar, a docker save
+    docker-archive:FILE[:NAME:TAG]    tar (providers.transports); kept in
+                                      Image.docker.name as written, the path
+                                      made absolute
     REFERENCE                         no prefix: a Docker image
     appc:NAME[,LABEL=VALUE...]        an Appc image (appc:example.com/app,version=1.0)
 
@@ -16,7 +21,9 @@ consistent. Errors are BadImage (InvalidReference for a Docker reference) with
 one line naming what is wrong.
 
 A Docker registry called "docker" with a port ("docker:5000/app") reads as the
-prefix; write "docker:docker:5000/app" for that one.
+prefix; write "docker:docker:5000/app" for that one. Likewise an image called
+"oci" (or another transport's name) with a tag reads as a transport: write
+its full name, "docker.io/library/oci:1.0".
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from providers.appc_manifest import AC_IDENTIFIER_RE
 from providers.errors import BadImage, InvalidReference
 from providers.image_pb2 import Image, Label
 from providers.reference import parse_reference
+from providers.transports import parse_transport
 
 DOCKER_PREFIXES = ("docker://", "docker:")
 APPC_PREFIX = "appc:"
@@ -46,6 +54,11 @@ def parse_image(spec: str) -> Image:
         raise BadImage("empty image: give docker:REFERENCE or appc:NAME")
     if spec.startswith(APPC_PREFIX):
         return check_image(_appc_image(spec[len(APPC_PREFIX) :]), repr(spec))
+    local = parse_transport(spec)
+    if local is not None:
+        # Absolute: the provisioner and the store outlive this directory.
+        named = Image.Docker(name=str(local.absolute()))
+        return check_image(Image(type=Image.DOCKER, docker=named), repr(spec))
     name = spec
     for prefix in DOCKER_PREFIXES:
         if name.startswith(prefix):
@@ -99,6 +112,8 @@ def check_image(image: Image, source: str | None = None) -> Image:
             raise BadImage(f"{where}: type DOCKER needs a 'docker' message")
         if image.HasField("appc"):
             raise BadImage(f"{where}: type DOCKER but an 'appc' message is set")
+        if parse_transport(image.docker.name) is not None:
+            return image
         try:
             parse_reference(image.docker.name)
         except InvalidReference as error:

@@ -19,8 +19,11 @@ from lazyfs.cli import App, build_parser, main
 from lazyfs.cli_flags import Flag, global_flags, image_providers, registry_options
 from lazyfs.images.appc import AppcProvider
 from lazyfs.images.spec import parse_image
+from lazyfs.store.disk import Store
 from providers.appc_store import discovery_location
+from providers.digest import Digest
 from providers.errors import NotFound, UsageError
+from providers.manifest import OCI_LAYER_TAR, ImageManifest, Layer
 
 FLAGS = global_flags(BACKENDS)
 
@@ -180,8 +183,13 @@ def test_the_command_reads_its_own_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     work = tmp_path / "work"
+    # An image stored under that work dir: listing it shows the variable was read.
+    layer = Layer(Digest("sha256:" + "a" * 64), OCI_LAYER_TAR, 10)
+    stored = ImageManifest("example.org/from-env:1", Digest("sha256:" + "b" * 64), (layer,))
+    Store(work / "store" / "docker").put_image(stored)
     monkeypatch.setenv("LAZYFS_WORK_DIR", str(work))
     monkeypatch.setenv("LAZYFS_IMAGE_PROVIDERS", "DOCKER")
     assert main(["images"]) == 0
-    assert capsys.readouterr().out.startswith("REFERENCE")
-    assert (work / "store" / "docker").is_dir()
+    out = capsys.readouterr().out
+    assert out.startswith("REFERENCE")
+    assert "example.org/from-env:1" in out

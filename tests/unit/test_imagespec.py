@@ -215,3 +215,55 @@ def test_check_image_accepts_a_built_message() -> None:
     assert check_image(image) is image
     with pytest.raises(BadImage, match=r"^from the agent: missing required field"):
         check_image(Image(docker=Image.Docker(name="busybox")), "from the agent")
+
+
+@pytest.mark.parametrize(
+    ("spec", "name"),
+    [
+        ("oci:/srv/layout", "oci:/srv/layout"),
+        ("oci:/srv/layout:1.0", "oci:/srv/layout:1.0"),
+        ("oci-archive:/srv/x.tar:latest", "oci-archive:/srv/x.tar:latest"),
+        ("docker-archive:/srv/x.tar", "docker-archive:/srv/x.tar"),
+        ("docker-archive:/srv/x.tar:app:1.0", "docker-archive:/srv/x.tar:app:1.0"),
+        # Made absolute: the store keeps the name after this directory is gone.
+        ("oci:layout:1.0", f"oci:{Path.cwd() / 'layout'}:1.0"),
+    ],
+)
+def test_skopeo_transports_are_kept_as_written(spec: str, name: str) -> None:
+    image = parse_image(spec)
+    assert image.type == Image.DOCKER
+    assert image.docker.name == name
+
+
+def test_a_transport_path_with_a_colon_is_taken_whole_when_only_that_exists(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "busybox:1.0.tar"
+    archive.write_bytes(b"")
+    assert parse_image(f"oci-archive:{archive}").docker.name == f"oci-archive:{archive}"
+    # Where the part before the colon exists, it is the path, as in skopeo.
+    (tmp_path / "busybox").write_bytes(b"")
+    name = parse_image(f"oci-archive:{tmp_path / 'busybox'}:1.0.tar").docker.name
+    assert name == f"oci-archive:{tmp_path / 'busybox'}:1.0.tar"
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ("oci:", "no path"),
+        ("oci-archive:/x.tar:", "empty REF"),
+        ("docker-archive:/x.tar:@0", "want docker-archive:FILE[:NAME[:TAG]]"),
+        ("containers-storage:busybox", "transport is not supported"),
+        ("dir:/srv/image", "transport is not supported"),
+    ],
+)
+def test_bad_transports(spec: str, reason: str) -> None:
+    with pytest.raises(BadImage) as caught:
+        parse_image(spec)
+    assert reason in str(caught.value)
+
+
+def test_an_image_file_may_name_a_transport(tmp_path: Path) -> None:
+    path = tmp_path / "image.json"
+    path.write_text(json.dumps({"type": "DOCKER", "docker": {"name": "oci:/srv/layout:1.0"}}))
+    assert image_from_file(path).docker.name == "oci:/srv/layout:1.0"

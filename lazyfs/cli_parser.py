@@ -1,0 +1,199 @@
+"""The ``lazyfs`` command line: its commands, their arguments and their help.
+
+Global flags (``cli_flags``) may come before the command or after it
+(``lazyfs images --work_dir X``); given in both places, the later one wins.
+``lazyfs help [COMMAND]`` and ``lazyfs --version`` answer without touching
+the disk. For ``run``, the first ``--`` ends lazyfs' own arguments: what
+follows is the container's command (``parse_command_line`` says how).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+
+from lazyfs.cli_flags import ENV_PREFIX, Flag, FlagParser, global_flags
+
+IMAGE_HELP = (
+    "docker:REFERENCE or REFERENCE, docker://REFERENCE, oci:DIR[:REF], "
+    "oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG], or appc:NAME[,label=value...]"
+)
+IMAGE_FILE_HELP = "a file holding the Image message in protobuf's JSON form, instead of IMAGE"
+BACKEND_HELP = "(default: --image_provisioner_backend, else overlay where it works, else copy)"
+
+
+def version() -> str:
+    """The installed lazyfs's version, as ``pip`` knows it."""
+    try:
+        return metadata.version("lazyfs")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = None) -> FlagParser:
+    """The ``lazyfs`` parser, for the rootfs backends named ``backends``; global
+    flags not given come from ``environ`` (default ``os.environ``) as
+    ``LAZYFS_*``, else their defaults."""
+    parser = FlagParser(
+        prog="lazyfs",
+        description="Provision container root filesystems from images.",
+        epilog=(
+            "Global flags may also come after the command. Each may also be set in the "
+            f"environment as {ENV_PREFIX}NAME (e.g. {ENV_PREFIX}WORK_DIR); the command line "
+            "wins over the environment, the environment over the default. "
+            "`lazyfs help COMMAND` describes a command."
+        ),
+        environ=environ,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"lazyfs {version()}", help="print the version"
+    )
+    flags = global_flags(backends)
+    for flag in flags:
+        parser.add_flag(flag)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
+        _global_flags_after(sub, flags)
+        return sub
+
+    def image_args(sub: argparse.ArgumentParser, optional: bool = True) -> None:
+        sub.add_argument("image", nargs="?" if optional else None, help=IMAGE_HELP)
+        if optional:
+            sub.add_argument(
+                "--image-file", "--image_file", dest="image_file", type=Path, help=IMAGE_FILE_HELP
+            )
+        else:
+            sub.set_defaults(image_file=None)
+
+    sub = command("provision", "build a container's rootfs from an image; prints it as JSON")
+    sub.add_argument("container_id", help="the new container's id")
+    image_args(sub)
+    sub.add_argument("--backend", choices=backends, default=None, help=BACKEND_HELP)
+    sub.add_argument(
+        "--writable", action="store_true", help="a writable rootfs (default: read-only)"
+    )
+    sub = command("pull", "fetch an image into the store, even if stored; prints its manifest")
+    image_args(sub)
+    sub = command("destroy", "unmount and remove a container's rootfs")
+    sub.add_argument("container_id", help="the container to destroy")
+    sub = command("recover", "keep the named containers, clean up the rest; prints JSON")
+    sub.add_argument(
+        "--keep", nargs="*", default=[], metavar="ID", help="containers to keep (default: none)"
+    )
+    command("images", "list the images in the store (creates nothing)")
+    sub = command("mount", "mount an image at a directory to look inside")
+    image_args(sub, optional=False)
+    sub.add_argument("mountpoint", type=Path, help="an existing empty directory")
+    sub.add_argument(
+        "--writable",
+        action="store_true",
+        help="copy-on-write; writes are discarded on umount (default: read-only)",
+    )
+    sub.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay until Ctrl-C, then unmount (default: return once mounted)",
+    )
+    sub.add_argument("--suid", action="store_true", help="honour setuid bits (default: nosuid)")
+    sub.add_argument("--dev", action="store_true", help="allow device nodes (default: nodev)")
+    sub = command("umount", "take down what `lazyfs mount` mounted")
+    sub.add_argument("mountpoint", type=Path, help="where `lazyfs mount` mounted the image")
+    sub = command("run", "provision, run a command with runc, destroy")
+    image_args(sub)
+    sub.add_argument("--backend", choices=backends, default=None, help=BACKEND_HELP)
+    sub.add_argument(
+        "--writable", action="store_true", help="a writable rootfs (the default for run)"
+    )
+    sub.add_argument(
+        "--read-only",
+        "--read_only",
+        dest="read_only",
+        action="store_true",
+        help="a read-only rootfs (default: writable, as docker run)",
+    )
+    sub.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="give the command a terminal, as docker run -t (default: lazyfs' stdio)",
+    )
+    sub.add_argument(
+        "command_args",
+        nargs="*",
+        metavar="-- COMMAND ARGS",
+        help="what to run in the container, after -- (default: the image's entrypoint and cmd)",
+    )
+    sub = command("help", "describe a command, or lazyfs itself")
+    sub.add_argument(
+        "topic", nargs="?", choices=sorted(commands.choices), metavar="COMMAND", help="a command"
+    )
+    parser.set_defaults(command_parsers=dict(commands.choices))
+    return parser
+
+
+def _global_flags_after(sub: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
+    """The global flags again, for after the command: set only when given there."""
+    group = sub.add_argument_group("global flags (as before the command; `lazyfs --help`)")
+    for flag in flags:
+        spellings = [f"--{flag.name}"]
+        if "_" in flag.name:
+            spellings.append(f"--{flag.name.replace('_', '-')}")
+        options: dict[str, object] = {"dest": flag.name, "default": argparse.SUPPRESS}
+        if flag.switch:
+            options["action"] = "store_true"
+        else:
+            options.update(type=flag.kind, metavar=flag.metavar)
+        group.add_argument(*spellings, help=argparse.SUPPRESS, **options)  # type: ignore[arg-type]
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``run``, the container's command is set apart first.
+
+    ``run [FLAGS] IMAGE [FLAGS] [--] COMMAND ARGS``: the command starts at
+    the first ``--`` (which is dropped) or at the first word after IMAGE,
+    whichever comes first; all after it is the command's, options too
+    (``run busybox sh -c 'echo hi'``), as ``docker run`` takes it.
+    """
+    head, command = _split_run(list(argv))
+    parsed = parser.parse_args(head)
+    if command is not None:
+        parsed.command_args = command
+    return parsed
+
+
+# run's own options that take a value: their value is not the image.
+_RUN_VALUED = ("--backend", "--image-file", "--image_file")
+
+
+def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``argv`` as lazyfs' arguments and ``run``'s command (None: not ``run``, or none)."""
+    valued = {
+        spelling
+        for flag in global_flags(())
+        if not flag.switch
+        for spelling in (f"--{flag.name}", f"--{flag.name.replace('_', '-')}")
+    }
+    valued.update(_RUN_VALUED)
+    is_run, words, image_file, skip = False, 0, False, False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+        elif word == "--":
+            return (argv[:i], argv[i + 1 :]) if is_run else (argv, None)
+        elif word.startswith("-") and word != "-":
+            name = word.split("=", 1)[0]
+            skip = "=" not in word and name in valued
+            image_file = image_file or (is_run and name in _RUN_VALUED[1:])
+        elif not is_run:
+            if word != "run":
+                return argv, None
+            is_run = True
+        else:
+            words += 1
+            if words > (0 if image_file else 1):
+                return argv[:i], argv[i:]
+    return argv, None

@@ -1,0 +1,203 @@
+"""Registry credentials found as Docker and podman find them.
+
+Where: ``--docker_config`` when given; otherwise each of these that exists,
+in order (``default_config_paths``)::
+
+    $DOCKER_CONFIG/config.json                  Docker, when DOCKER_CONFIG is set
+    ~/.docker/config.json                       Docker
+    ${XDG_RUNTIME_DIR}/containers/auth.json     podman and skopeo (``podman login``)
+
+For a registry host, the first config that has credentials for it wins. In
+one config, as in Docker: a ``credHelpers`` entry for the host, else a
+``credsStore``, names a helper, and then only the helper is asked; without
+one, the ``auths`` entry is used (``providers.registry_auth`` reads it).
+
+A helper is the program ``docker-credential-NAME`` on ``PATH``, run as
+``docker-credential-NAME get`` with the server on stdin (the host, or
+``https://index.docker.io/v1/`` for Docker Hub), answering JSON
+``{"ServerURL", "Username", "Secret"}``. "credentials not found" (its
+non-zero exit with that text) means anonymous, as does an identity token
+(``Username`` ``<token>``), which only Docker's own login flow can use.
+Helpers run when a registry first asks for credentials, once per host.
+
+Secrets never reach errors or logs: a failing helper is named with the first
+line of its stderr, never its stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from providers.errors import UsageError
+from providers.registry_auth import Credentials, docker_config_document, normalize_host
+
+log = logging.getLogger(__name__)
+
+HELPER_PREFIX = "docker-credential-"
+# Docker stores Hub credentials under this server URL, and asks helpers with it.
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
+# A helper that unlocks a keyring may prompt; past this it is stuck.
+HELPER_TIMEOUT = 60.0
+HELPER_OUTPUT_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    """One config file's credentials: inline ``auths`` and the helpers it names."""
+
+    source: str
+    auths: Mapping[str, Credentials] = field(default_factory=dict, repr=False)
+    cred_helpers: Mapping[str, str] = field(default_factory=dict)
+    creds_store: str | None = None
+
+    def helper(self, host: str) -> str | None:
+        """The helper to ask for ``host``'s credentials, if this config names one."""
+        return self.cred_helpers.get(host) or self.creds_store
+
+
+def load_docker_config(text: str, what: str) -> DockerConfig:
+    """A config from a path or inline JSON; UsageError naming ``what`` when unusable."""
+    auths, doc = docker_config_document(text, what)
+    helpers = doc.get("credHelpers") or {}
+    if not isinstance(helpers, dict) or not all(isinstance(v, str) and v for v in helpers.values()):
+        raise UsageError(f"{what}: credHelpers is not a map of host to helper name")
+    store = doc.get("credsStore") or None
+    if store is not None and not isinstance(store, str):
+        raise UsageError(f"{what}: credsStore is not a helper name")
+    by_host = {normalize_host(key): name for key, name in helpers.items()}
+    return DockerConfig(what, auths, by_host, store)
+
+
+def default_config_paths(environ: Mapping[str, str]) -> list[Path]:
+    """Where Docker, then podman, keep credentials, in the order they are read."""
+    paths = []
+    if environ.get("DOCKER_CONFIG"):
+        paths.append(Path(environ["DOCKER_CONFIG"]) / "config.json")
+    if environ.get("HOME"):
+        paths.append(Path(environ["HOME"]) / ".docker" / "config.json")
+    if environ.get("XDG_RUNTIME_DIR"):
+        paths.append(Path(environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    return paths
+
+
+def default_configs(environ: Mapping[str, str] | None = None) -> CredentialChain:
+    """The credentials of every default config that exists (``default_config_paths``)."""
+    paths = default_config_paths(os.environ if environ is None else environ)
+    found = [load_docker_config(str(path), str(path)) for path in paths if path.is_file()]
+    return CredentialChain(found, looked_in=tuple(str(p) for p in paths))
+
+
+class CredentialChain(Mapping[str, Credentials]):
+    """Credentials by normalized host from configs in order; helpers asked lazily.
+
+    Thread-safe: registry requests look credentials up from worker threads;
+    a host's helper runs once, its answer (also "none") is kept.
+    """
+
+    def __init__(self, configs: Sequence[DockerConfig], looked_in: Sequence[str] = ()) -> None:
+        self.configs = tuple(configs)
+        self.looked_in = tuple(looked_in)
+        self._lock = threading.Lock()
+        self._found: dict[str, Credentials | None] = {}
+
+    def __getitem__(self, host: str) -> Credentials:
+        with self._lock:
+            if host not in self._found:
+                self._found[host] = self._lookup(host)
+            creds = self._found[host]
+        if creds is None:
+            raise KeyError(host)
+        return creds
+
+    def __iter__(self) -> Iterator[str]:
+        hosts: dict[str, None] = {}
+        for config in self.configs:
+            hosts.update(dict.fromkeys(config.auths))
+            hosts.update(dict.fromkeys(config.cred_helpers))
+        return iter(hosts)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def _lookup(self, host: str) -> Credentials | None:
+        for config in self.configs:
+            helper = config.helper(host)
+            creds = ask_helper(helper, host, config.source) if helper else config.auths.get(host)
+            if creds is not None:
+                return creds
+        return None
+
+    def describe(self) -> str:
+        """Where credentials were looked for, for a line about a refusal."""
+        if self.configs:
+            return "read " + ", ".join(config.source for config in self.configs)
+        if self.looked_in:
+            return "found no Docker config (looked for " + ", ".join(self.looked_in) + ")"
+        return "found no Docker config"
+
+
+def ask_helper(name: str, host: str, source: str) -> Credentials | None:
+    """Ask ``docker-credential-NAME`` for ``host``'s credentials; None when it has none.
+
+    Raises UsageError (naming ``source``, the config that named the helper)
+    when the helper is missing, fails or answers something unreadable.
+    """
+    program = HELPER_PREFIX + name
+    server = DOCKER_HUB_SERVER if host == "docker.io" else host
+    try:
+        done = subprocess.run(
+            [program, "get"],
+            input=server.encode(),
+            capture_output=True,
+            timeout=HELPER_TIMEOUT,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise UsageError(f"{source}: credential helper {program} is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise UsageError(
+            f"{source}: credential helper {program} gave no answer in {HELPER_TIMEOUT:g} s"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot run credential helper {program}: {exc}") from None
+    if done.returncode != 0:
+        said = (done.stdout + done.stderr).decode(errors="replace")
+        if "credentials not found" in said.lower():
+            log.debug("%s has no credentials for %s", program, host)
+            return None
+        first = done.stderr.decode(errors="replace").strip().splitlines()
+        why = f": {first[0][:200]}" if first else ""
+        raise UsageError(
+            f"{source}: credential helper {program} failed for {server} "
+            f"(exit status {done.returncode}){why}"
+        )
+    return _helper_answer(done.stdout, program, source)
+
+
+def _helper_answer(stdout: bytes, program: str, source: str) -> Credentials | None:
+    # Only the shape is reported: the answer holds a secret.
+    unreadable = UsageError(f"{source}: credential helper {program} answered no usable JSON")
+    if len(stdout) > HELPER_OUTPUT_LIMIT:
+        raise unreadable
+    try:
+        doc = json.loads(stdout)
+    except (ValueError, UnicodeDecodeError):
+        raise unreadable from None
+    if not isinstance(doc, dict):
+        raise unreadable
+    user, secret = doc.get("Username"), doc.get("Secret")
+    if not isinstance(user, str) or not isinstance(secret, str):
+        raise unreadable
+    if user == "<token>":
+        log.debug("%s gave an identity token, which lazyfs cannot use", program)
+        return None
+    if not user and not secret:
+        return None
+    return Credentials(user, secret)

@@ -1,0 +1,129 @@
+"""``lazyfs run``: a command that cannot be executed exits 127 or 126 with one
+line, as a shell says it; ``-t`` gives the command a terminal."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, _in_root, exec_problem
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
+
+pytestmark = pytest.mark.integration
+
+
+def containers(work: Path) -> list[str]:
+    return sorted(p.name for p in (work / "provisioner" / "containers").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "expected"),
+    [
+        (["nosuch"], 127, "lazyfs: nosuch: command not found in the container (PATH="),
+        (["/no/such"], 127, "lazyfs: /no/such: no such file in the container"),
+        (["/etc/motd"], 126, "lazyfs: /etc/motd: cannot be executed in the container: it has no"),
+        (["/etc"], 126, "lazyfs: /etc: cannot be executed in the container: it is a directory"),
+    ],
+)
+def test_a_command_that_cannot_run_exits_as_a_shell_says(
+    lazyfs: Lazyfs, command: list[str], status: int, expected: str
+) -> None:
+    result = lazyfs("run", "busybox", "--", *command, check=False)
+    assert result.returncode == status
+    assert one_line_error(result).startswith(expected)
+    assert containers(lazyfs.work_dir) == []
+
+
+def test_a_command_found_through_path_and_links_runs(lazyfs: Lazyfs) -> None:
+    # sh is /bin/sh -> /bin/busybox inside the image.
+    assert lazyfs("run", "busybox", "--", "sh", "-c", "exit 0").returncode == 0
+    assert lazyfs("run", "busybox", "--", "../../bin/sh", "-c", "exit 0").returncode == 0
+
+
+def _in_terminal(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` with a terminal as its stdin, stdout and stderr (``script``'s pty)."""
+    if shutil.which("script") is None:
+        pytest.skip("needs script (util-linux)")
+    return subprocess.run(
+        ["script", "-qec", shlex.join(argv), "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_run_t_gives_the_command_a_terminal(lazyfs: Lazyfs) -> None:
+    probe = ["sh", "-c", "tty; exit 5"]
+    result = _in_terminal(lazyfs.argv("run", "-t", "busybox", "--", *probe))
+    assert result.returncode == 5, result.stdout
+    assert "/dev/pts/" in result.stdout
+    result = _in_terminal(lazyfs.argv("run", "busybox", "--", *probe))
+    assert "not a tty" in result.stdout
+    assert containers(lazyfs.work_dir) == []
+
+
+def test_run_t_without_a_terminal_is_one_line(lazyfs: Lazyfs) -> None:
+    result = lazyfs("run", "-t", "busybox", "--", "tty", check=False)
+    assert "run -t: stdin is not a terminal" in one_line_error(result)
+    assert not (lazyfs.work_dir / "provisioner").exists() or containers(lazyfs.work_dir) == []
+
+
+# -- the lookup itself, on a rootfs of our own ------------------------------------
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    root = tmp_path / "rootfs"
+    for directory in ("bin", "opt/real", "usr/bin", "data"):
+        (root / directory).mkdir(parents=True)
+    tool = root / "opt/real/tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (root / "data/plain").write_text("")
+    # Absolute and relative links, meant inside the rootfs, not on the host.
+    (root / "bin/tool").symlink_to("/opt/real/tool")
+    (root / "usr/bin/up").symlink_to("../../../../../opt/real/tool")
+    (root / "bin/loop").symlink_to("/bin/loop")
+    (root / "bin/plain").symlink_to("/data/plain")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        ("/bin/tool", "opt/real/tool"),
+        ("/usr/bin/up", "opt/real/tool"),
+        ("/../../bin/tool", "opt/real/tool"),
+        ("/bin/loop", None),
+        ("/bin/none", None),
+        ("/data/plain/x", None),
+    ],
+)
+def test_paths_resolve_inside_the_rootfs(rootfs: Path, path: str, where: str | None) -> None:
+    assert _in_root(rootfs, path) == (rootfs / where if where else None)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "cwd", "status"),
+    [
+        (["tool"], ["PATH=/usr/bin:/bin"], "/", None),
+        (["tool"], ["PATH=/usr/bin"], "/", NOT_FOUND),
+        # A non-executable file in PATH is passed over, as Go's LookPath does.
+        (["plain"], ["PATH=/bin"], "/", NOT_FOUND),
+        (["./tool"], [], "/bin", None),
+        (["real/tool"], [], "/opt", None),
+        (["/bin/plain"], [], "/", NOT_EXECUTABLE),
+        (["/bin/loop"], [], "/", NOT_FOUND),
+        ([], [], "/", None),
+    ],
+)
+def test_exec_problem(
+    rootfs: Path, args: list[str], env: list[str], cwd: str, status: int | None
+) -> None:
+    problem = exec_problem(rootfs, args, env, cwd)
+    assert (problem[1] if problem else None) == status
