@@ -15,10 +15,11 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from backends.names import NAMES as BACKENDS
+from lazyfs.cli_daemon import daemon_spec, run_daemon
 from lazyfs.cli_flags import (
     ENV_PREFIX,
     FlagParser,
@@ -101,6 +102,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="a read-only rootfs (run is writable by default, as docker run)",
     )
     sub.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS")
+    commands.add_parser("daemon", help="run the machine's cache daemon in the foreground")
     return parser
 
 
@@ -129,7 +131,9 @@ class App:
         backend = args.image_provisioner_backend
         if backend is not None and backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        self.provisioner = Provisioner(self.work_dir, self.store, providers, backend, limits=limits)
+        self.provisioner = Provisioner(
+            self.work_dir, self.store, providers, backend, limits=limits, daemon=daemon_spec(args)
+        )
 
 
 def _image(args: argparse.Namespace) -> Image:
@@ -324,7 +328,7 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "provision": _provision,
     "pull": _pull,
     "destroy": _destroy,
@@ -333,6 +337,7 @@ COMMANDS = {
     "run": _run,
     "mount": _mount,
     "umount": _umount,
+    "daemon": lambda _app, args: run_daemon(args),
 }
 
 

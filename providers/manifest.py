@@ -54,13 +54,19 @@ class Layer:
     """One layer blob as the image describes it.
 
     ``digest`` and ``size`` are those of the blob as stored (compressed or
-    not); ``diff_id`` is the digest of the uncompressed tar when known.
+    not); ``diff_id`` is the digest of the uncompressed tar when known;
+    ``annotations`` are the descriptor's, sorted by key (an eStargz layer's
+    TOC digest is one).
     """
 
     digest: Digest
     media_type: str
     size: int
     diff_id: Digest | None = None
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,8 @@ class ImageManifest:
                     "media_type": layer.media_type,
                     "size": layer.size,
                     "diff_id": layer.diff_id,
+                    # Only when there are some: records without them stay as they were.
+                    **({"annotations": dict(layer.annotations)} if layer.annotations else {}),
                 }
                 for layer in self.layers
             ],
@@ -137,12 +145,22 @@ class ImageManifest:
                     media_type=item["media_type"],
                     size=int(item["size"]),
                     diff_id=Digest(item["diff_id"]) if item.get("diff_id") else None,
+                    annotations=annotation_pairs(item.get("annotations")),
                 )
                 for item in data["layers"]
             ),
             config=RuntimeConfig.from_json(data.get("config", {})),
             platform=str(data.get("platform", "")),
         )
+
+
+def annotation_pairs(annotations: Any) -> tuple[tuple[str, str], ...]:
+    """A descriptor's annotations as ``Layer`` keeps them; what is not text is dropped."""
+    if not isinstance(annotations, dict):
+        return ()
+    return tuple(
+        sorted((k, v) for k, v in annotations.items() if isinstance(k, str) and isinstance(v, str))
+    )
 
 
 def load_json(data: bytes, what: str) -> Any:

@@ -14,7 +14,9 @@ dropped; the fetches they started go on for everyone else.
 
 ``resolve`` turns a request's origin into the BlobSource to fetch from: the
 registry client for a registry origin, whatever the caller configured for a
-handle. It raises BadRequest (or NotFound) for an origin it does not know.
+handle (``lazyfs.cache.upstream.Origins``). It raises BadRequest (or
+NotFound) for an origin it does not know. A source that takes size hints
+(``SizeHints``) gets the blob size a read names before the fetch.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
+from lazyfs.cache.upstream import SizeHints
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ class Server:
         self.cache = cache
         self.fetcher = fetcher
         self.resolve = resolve
+        self.reads = 0  # read requests received: what a mount could not serve itself
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         sending = trio.Lock()  # one writer at a time: frames must not interleave
@@ -149,8 +153,11 @@ class Server:
         """The response to ``request``; failures are answers too, never raised."""
         try:
             if isinstance(request, Read):
+                self.reads += 1
                 source = self.resolve(request.origin)
                 blob = request.range
+                if request.blob_size is not None and isinstance(source, SizeHints):
+                    source.note_size(blob.digest, request.blob_size)
                 extents = await self.fetcher.read_extents(
                     source, blob.digest, blob.offset, blob.length, request.blob_size
                 )
@@ -171,6 +178,8 @@ class Server:
                 stats.pinned_chunks,
                 self.fetcher.fetches_in_flight,
                 stats.chunk_size,
+                self.reads,
+                self.fetcher.fetches_started,
             )
         except Exception as error:
             kind = failure_kind(error)
