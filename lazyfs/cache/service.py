@@ -6,7 +6,7 @@ directory, UsageError when another has it), serves its socket
 socket is removed and the fetches in flight are cancelled (their waiters get
 an error; nothing half-written is ever trusted, see ``chunks``). systemd
 runs it so; a mount that finds no daemon starts it detached the same way
-(``lazyfs.cache.spawn``).
+(``lazyfs.cache.spawn``). While it serves, ``CACHE_DIR/daemon.pid`` names it.
 
 Its upstreams are ``lazyfs.cache.upstream.Origins``: the registries mounts
 name, with the registry settings the daemon was started with.
@@ -15,6 +15,7 @@ name, with the registry settings the daemon was started with.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from lazyfs.cache.daemon import Resolve, serve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_SIZE = 10 << 30
+PID_NAME = "daemon.pid"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -34,6 +35,9 @@ def run(cache_dir: Path, limit_bytes: int, resolve: Resolve) -> None:
     # A signal before trio listens (while the cache is taken stock of) ends the
     # process as signals do: the lock goes with it, and nothing is served yet.
     with DiskCache.open(cache_dir, limit_bytes) as cache:
+        # Written while we own the cache: whoever reads it finds the owner (or a dead one).
+        pid_file = cache_dir / PID_NAME
+        pid_file.write_text(f"{os.getpid()}\n")
         stats = cache.stats()
         log.info(
             "cache %s: %d chunks, %d of %d bytes used",
@@ -42,7 +46,10 @@ def run(cache_dir: Path, limit_bytes: int, resolve: Resolve) -> None:
             stats.used_bytes,
             stats.limit_bytes,
         )
-        trio.run(_serve, cache, resolve)
+        try:
+            trio.run(_serve, cache, resolve)
+        finally:
+            pid_file.unlink(missing_ok=True)
     log.info("cache daemon stopped")
 
 
