@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lazyfs.cache.daemon import socket_path
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
-from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
+from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
 from lazyfs.cache.messages import (
     MAX_READ_LENGTH,
     BlobRange,

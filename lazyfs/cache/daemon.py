@@ -27,12 +27,14 @@ import os
 import socket as stdlib_socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import trio
 
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
+from lazyfs.cache.layout import SOCKET_NAME, socket_path
 from lazyfs.cache.messages import (
     BadRequest,
     Failure,
@@ -49,12 +51,11 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
-from lazyfs.cache.upstream import SizeHints
+from providers.digest import Digest
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "daemon.sock"
 # Requests of one connection being served at once; past it the connection is
 # not read until one finishes, so a flooding mount slows only itself.
 MAX_REQUESTS_PER_CONNECTION = 256
@@ -62,9 +63,14 @@ _RECEIVE = 1 << 16
 
 Resolve = Callable[[Origin], BlobSource]
 
+__all__ = ["SOCKET_NAME", "Resolve", "Server", "SizeHints", "serve", "socket_path"]
 
-def socket_path(cache_dir: Path) -> Path:
-    return cache_dir / SOCKET_NAME
+
+@runtime_checkable
+class SizeHints(Protocol):
+    def note_size(self, digest: Digest, size: int) -> None:
+        """Remember that blob ``digest`` has ``size`` bytes. Cheap: called from trio, no I/O."""
+        ...
 
 
 async def serve(

@@ -10,7 +10,8 @@ A handle origin names a source the daemon was configured with (tests).
 
 A registry client serves only blobs it knows the size of, which a pull
 learns from the image's manifest. A mount says the size in its read
-(``blob_size``): the daemon hands it on through ``SizeHints.note_size``
+(``blob_size``): the daemon hands it on through ``note_size``
+(``lazyfs.cache.daemon.SizeHints``)
 before fetching. A read of a blob never sized is NotFound.
 """
 
@@ -18,19 +19,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO
 
 from lazyfs.cache.messages import BadRequest, HandleOrigin, Origin, RegistryOrigin
 from providers.digest import Digest
 from providers.registry import RegistryClient, RegistryOptions
 from providers.source import BlobSource
-
-
-@runtime_checkable
-class SizeHints(Protocol):
-    def note_size(self, digest: Digest, size: int) -> None:
-        """Remember that blob ``digest`` has ``size`` bytes. Cheap: called from trio, no I/O."""
-        ...
 
 
 class Origins:
