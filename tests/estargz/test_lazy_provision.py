@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
 from lazyfs.images.docker import TOC_DIGEST_ANNOTATION as PROVIDER_ANNOTATION
+from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
 from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon
 from tests.support.fuse_mounts import need_fuse
 from tests.support.registry_servers import Registry
@@ -25,8 +25,8 @@ def test_the_provider_names_estargz_layers_as_the_index_does() -> None:
 
 
 def _lazyfs(work: Path, registry: Registry, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work),
-            "--docker_registry", registry.url, "--cache_dir", str(work / "cache"), *args]  # fmt: skip
+    argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
+            registry.url, "--cache_dir", str(work / "cache"), *args]  # fmt: skip
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False
     )
