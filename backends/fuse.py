@@ -7,8 +7,9 @@ caller.  That process indexes each layer once into the store
 (``layers/<hex>/index.json``, see ``lazyfs.index.model``) and keeps each
 image's merged tree beside its top layer's index (``lazyfs.tree.kept``);
 this module loads none of that code.  The ``blobs`` a backend is given are
-not read here: for now the mount process reads the blobs in the store, as
-the store says where they are (the cache daemon will serve them instead).
+not read here: the mount process reads the blobs in the store, and the
+layers ``blobs`` says are still in a registry (``remote``, see
+``lazyfs.cache.remote``) through the cache daemon, started when none runs.
 
 Per rootfs, ``<rootfs>/../../scratch/<rootfs name>/`` (as the overlay
 backend keeps its scratch) holds ``pid``, the mount process, and
@@ -60,7 +61,7 @@ class FuseBackend:
         scratch.mkdir()
         try:
             rootfs.mkdir(mode=0o755)
-            self._mount(scratch, layers, rootfs, writable=writable)
+            self._mount(scratch, layers, blobs, rootfs, writable=writable)
         except BaseException:
             with contextlib.suppress(OSError):
                 rootfs.rmdir()
@@ -85,10 +86,16 @@ class FuseBackend:
             )
         # The dead mount goes first; its process is gone, or goes now.
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
-        self._mount(scratch, layers, rootfs, writable=False)
+        self._mount(scratch, layers, blobs, rootfs, writable=False)
 
     def _mount(
-        self, scratch: Path, layers: Sequence[Layer], rootfs: Path, *, writable: bool
+        self,
+        scratch: Path,
+        layers: Sequence[Layer],
+        blobs: LocalBlobSource,
+        rootfs: Path,
+        *,
+        writable: bool,
     ) -> None:
         lazy_mount.mount_recorded(
             scratch,
@@ -97,6 +104,7 @@ class FuseBackend:
             store=self.store,
             writable=writable,
             limits=self.limits,
+            remote=blobs.remote if isinstance(blobs, lazy_mount.RemoteAware) else None,
         )
 
     def destroy(self, rootfs: Path) -> None:

@@ -16,12 +16,13 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
 from backends.names import NAMES as BACKENDS
 from lazyfs import cli_parser
+from lazyfs.cli_daemon import daemon_spec, run_daemon
 from lazyfs.cli_exec import exec_problem
 from lazyfs.cli_flags import (
     docker_registry,
@@ -94,7 +95,14 @@ class App:
                 providers["appc"] = AppcProvider(
                     self.store, AppcStore(Path(appc_dir)), args.appc_simple_discovery_uri_prefix
                 )
-        return Provisioner(self.work_dir, self.store, providers, self.backend, limits=self.limits)
+        return Provisioner(
+            self.work_dir,
+            self.store,
+            providers,
+            self.backend,
+            limits=self.limits,
+            daemon=daemon_spec(args),
+        )
 
     @property
     def docker(self) -> DockerProvider | None:
@@ -306,7 +314,7 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "provision": _provision,
     "pull": _pull,
     "destroy": _destroy,
@@ -315,6 +323,7 @@ COMMANDS = {
     "run": _run,
     "mount": _mount,
     "umount": _umount,
+    "daemon": lambda _app, args: run_daemon(args),
 }
 
 

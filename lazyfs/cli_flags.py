@@ -160,6 +160,8 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
             str(DEFAULT_MAX_LAYER_RATIO),
             "the most times its compressed size a layer may unpack to (64 MB always may)",
         ),
+        Flag("cache_dir", None, "the cache daemon's directory; default: WORK_DIR/cache"),
+        Flag("cache_size", "10GB", "the most the cache keeps: bytes, or a number with KB..TB"),
         Flag("debug", False, "log what happens on stderr", _truth, switch=True),
     )
 

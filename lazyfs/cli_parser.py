@@ -100,6 +100,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     )
     sub.add_argument("--suid", action="store_true", help="honour setuid bits (default: nosuid)")
     sub.add_argument("--dev", action="store_true", help="allow device nodes (default: nodev)")
+    command("daemon", "run the machine's cache daemon in the foreground")
     sub = command("umount", "take down what `lazyfs mount` mounted")
     sub.add_argument("mountpoint", type=Path, help="where `lazyfs mount` mounted the image")
     sub = command("run", "provision, run a command with runc, destroy")

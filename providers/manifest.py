@@ -65,6 +65,9 @@ class Layer:
     diff_id: Digest | None = None
     annotations: tuple[tuple[str, str], ...] = ()
 
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
 
 def layer_annotations(raw: object) -> tuple[tuple[str, str], ...]:
     """A descriptor's ``annotations`` as ``Layer`` keeps them: string pairs, sorted by key.
@@ -137,7 +140,8 @@ class ImageManifest:
                     "media_type": layer.media_type,
                     "size": layer.size,
                     "diff_id": layer.diff_id,
-                    "annotations": dict(layer.annotations),
+                    # Only when there are some: records without them stay as they were.
+                    **({"annotations": dict(layer.annotations)} if layer.annotations else {}),
                 }
                 for layer in self.layers
             ],

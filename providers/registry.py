@@ -211,15 +211,10 @@ class RegistryClient:
                 f"{image}: manifest has {len(manifest.layers)} layers "
                 f"but config has {len(diff_ids)} diff_ids"
             )
+        notes = [layer_annotations(desc.annotations) for desc in manifest.layers]
         layers = tuple(
-            Layer(
-                desc.digest,
-                desc.media_type,
-                desc.size,
-                diff_id,
-                layer_annotations(desc.annotations),
-            )
-            for desc, diff_id in zip(manifest.layers, diff_ids, strict=True)
+            Layer(desc.digest, desc.media_type, desc.size, diff_id, note)
+            for desc, diff_id, note in zip(manifest.layers, diff_ids, notes, strict=True)
         )
         self._remember(layers, bases, ref.repository, image)
         return ImageManifest(reference=image, digest=digest, layers=layers, config=runtime)
@@ -362,6 +357,12 @@ class RegistryClient:
                 f"blob {digest} is not in any image this registry client resolved", digest=digest
             )
         return home
+
+    def add_blob(self, repository: str, digest: Digest, size: int) -> None:
+        """Serve blob ``digest`` of ``repository`` (``host:5000/app``) with no image resolved."""
+        ref = parse_reference(repository)
+        bases = tuple(self._endpoints(ref, repository))
+        self._remember((Layer(digest, "", size),), bases, ref.repository, repository)
 
     def open(self, digest: Digest) -> BinaryIO:
         home = self._home(digest)

@@ -8,9 +8,12 @@ mount processes read directly; ``chunks`` the daemon's side of it (atomic
 chunk writes, a size limit with LRU eviction, pins, rebuilt at start).
 ``planner`` decides which range requests a read needs (pure), ``flight`` runs
 them with one fetch per missing chunk however many readers wait, and
-``daemon`` serves it all over a Unix socket in the cache directory.
-
-Not wired into mounts or the CLI yet.
+``daemon`` serves it all over a Unix socket in the cache directory, fetching
+from ``upstream`` (the registries reads name). ``service`` is the daemon as
+a process (``lazyfs daemon``), ``spawn`` finds it or starts it for a mount
+that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
+read from the files, misses asked for. ``remote`` holds the light values a
+mount is given for its layers still in a registry.
 
 Imports: providers.
 """

@@ -80,20 +80,24 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("used_bytes", "limit_bytes", "chunks", "pinned_chunks", "fetches_in_flight", "chunk_size")
+    __slots__ = ("used_bytes", "limit_bytes", "chunks", "pinned_chunks", "fetches_in_flight", "chunk_size", "reads", "fetches")
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     PINNED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     FETCHES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    FETCHES_FIELD_NUMBER: _ClassVar[int]
     used_bytes: int
     limit_bytes: int
     chunks: int
     pinned_chunks: int
     fetches_in_flight: int
     chunk_size: int
-    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., pinned_chunks: _Optional[int] = ..., fetches_in_flight: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    reads: int
+    fetches: int
+    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., pinned_chunks: _Optional[int] = ..., fetches_in_flight: _Optional[int] = ..., chunk_size: _Optional[int] = ..., reads: _Optional[int] = ..., fetches: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("kind", "reason")

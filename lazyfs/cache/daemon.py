@@ -14,7 +14,9 @@ dropped; the fetches they started go on for everyone else.
 
 ``resolve`` turns a request's origin into the BlobSource to fetch from: the
 registry client for a registry origin, whatever the caller configured for a
-handle. It raises BadRequest (or NotFound) for an origin it does not know.
+handle (``lazyfs.cache.upstream.Origins``). It raises BadRequest (or
+NotFound) for an origin it does not know. A source that takes size hints
+(``SizeHints``) gets the blob size a read names before the fetch.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import os
 import socket as stdlib_socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import trio
 
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
+from lazyfs.cache.layout import SOCKET_NAME, socket_path
 from lazyfs.cache.messages import (
     BadRequest,
     Failure,
@@ -47,11 +51,11 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
+from providers.digest import Digest
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "daemon.sock"
 # Requests of one connection being served at once; past it the connection is
 # not read until one finishes, so a flooding mount slows only itself.
 MAX_REQUESTS_PER_CONNECTION = 256
@@ -59,9 +63,14 @@ _RECEIVE = 1 << 16
 
 Resolve = Callable[[Origin], BlobSource]
 
+__all__ = ["SOCKET_NAME", "Resolve", "Server", "SizeHints", "serve", "socket_path"]
 
-def socket_path(cache_dir: Path) -> Path:
-    return cache_dir / SOCKET_NAME
+
+@runtime_checkable
+class SizeHints(Protocol):
+    def note_size(self, digest: Digest, size: int) -> None:
+        """Remember that blob ``digest`` has ``size`` bytes. Cheap: called from trio, no I/O."""
+        ...
 
 
 async def serve(
@@ -100,6 +109,7 @@ class Server:
         self.cache = cache
         self.fetcher = fetcher
         self.resolve = resolve
+        self.reads = 0  # read requests received: what a mount could not serve itself
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         sending = trio.Lock()  # one writer at a time: frames must not interleave
@@ -149,8 +159,11 @@ class Server:
         """The response to ``request``; failures are answers too, never raised."""
         try:
             if isinstance(request, Read):
+                self.reads += 1
                 source = self.resolve(request.origin)
                 blob = request.range
+                if request.blob_size is not None and isinstance(source, SizeHints):
+                    source.note_size(blob.digest, request.blob_size)
                 extents = await self.fetcher.read_extents(
                     source, blob.digest, blob.offset, blob.length, request.blob_size
                 )
@@ -171,6 +184,8 @@ class Server:
                 stats.pinned_chunks,
                 self.fetcher.fetches_in_flight,
                 stats.chunk_size,
+                self.reads,
+                self.fetcher.fetches_started,
             )
         except Exception as error:
             kind = failure_kind(error)

@@ -79,6 +79,7 @@ class Fetcher:
         self._sizes: dict[Digest, int] = {}
         self._readahead: OrderedDict[Digest, Readahead] = OrderedDict()
         self.fetches_in_flight = 0
+        self.fetches_started = 0
 
     async def read_extents(
         self,
@@ -202,6 +203,7 @@ class Fetcher:
             flights = {ChunkKey(digest, i): _Flight() for i in fetch.chunks}
             self._flights.update(flights)
             self.fetches_in_flight += 1
+            self.fetches_started += 1
             self._nursery.start_soon(self._fetch, source, digest, fetch, flights)
         return sum(fetch.count for fetch in fetches)
 

@@ -6,6 +6,7 @@ a chunk that is there. The layout is the contract between them::
 
     CACHE_DIR/                          0700, the machine's other users stay out
       lock                              flock(LOCK_EX) by the one daemon that owns the dir
+      daemon.sock                       the daemon's Unix socket (``socket_path``)
       tmp/                              chunks being written; emptied at every start
       chunks-<CHUNK_SIZE>/              the chunk size in bytes: a cache made with
                                         another size is never misread
@@ -49,6 +50,7 @@ from providers.digest import Digest, algorithm, hex_part, parse_digest
 from providers.errors import BadImage
 
 CHUNK_SIZE = 1 << 20
+SOCKET_NAME = "daemon.sock"
 _INDEX_RE = re.compile(r"^[0-9a-f]{8,16}$")
 
 
@@ -62,6 +64,11 @@ def _index_of(name: str) -> int | None:
 
 def _index_name(index: int) -> str:
     return f"{index:08x}"
+
+
+def socket_path(cache_dir: Path) -> Path:
+    """Where the daemon of ``cache_dir`` listens."""
+    return cache_dir / SOCKET_NAME
 
 
 @dataclass(frozen=True, order=True)

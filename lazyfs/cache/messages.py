@@ -128,6 +128,8 @@ class StatusOk:
     pinned_chunks: int
     fetches_in_flight: int
     chunk_size: int
+    reads: int = 0
+    fetches: int = 0
 
 
 class FailureKind(enum.Enum):
@@ -283,6 +285,8 @@ def encode_response(response: Response) -> bytes:
                 pinned_chunks=response.pinned_chunks,
                 fetches_in_flight=response.fetches_in_flight,
                 chunk_size=response.chunk_size,
+                reads=response.reads,
+                fetches=response.fetches,
             )
         )
     else:
@@ -319,6 +323,8 @@ def decode_response(payload: bytes) -> Response:
             s.pinned_chunks,
             s.fetches_in_flight,
             s.chunk_size,
+            s.reads,
+            s.fetches,
         )
     if body == "error":
         try:

@@ -10,5 +10,5 @@ indexes an image's layers in the store and serves one mount; ``mount`` is the
 public mount API the backends call, and loads no FUSE, index or tree code
 itself (providers only). The mount process finds blobs through lazyfs.store.
 
-Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, providers.
+Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, lazyfs.cache, providers.
 """

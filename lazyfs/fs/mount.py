@@ -4,7 +4,10 @@ pyfuse3 serves one mount per process, so every mount is a child process
 running ``python -m lazyfs.fs.mount_main`` (see there), in a session of its
 own with its output going to a log file, so it outlives the caller's
 terminal and its Ctrl-C.  This is the one module of lazyfs that backends may
-import, and it stays light: it loads no FUSE, index or tree code.
+import, and it stays light: it loads no FUSE, index or tree code.  Layers
+still in a registry (``remote``, see ``lazyfs.cache.remote``) are read by
+the mount process through the cache daemon, which ``mount`` starts first
+when none answers (``lazyfs.cache.spawn``).
 
 ``mount`` starts the mount process with the layers' descriptors and the
 store they are in, and waits for its answer on a pipe, one line each:
@@ -27,7 +30,6 @@ is idempotent.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -36,11 +38,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from providers import errors
-from providers.digest import Digest
-from providers.errors import BackendError, LazyfsError
+from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
+from lazyfs.cache.spawn import DaemonSpec, ensure_daemon
+from lazyfs.fs.mount_wire import (
+    REFUSED,
+    layer_arg,
+    parse_layer_arg,
+    parse_layer_args,
+    refusal,
+    refused_error,
+)
+from providers.errors import BackendError
 from providers.manifest import Layer
 from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
@@ -48,11 +58,27 @@ from providers.private_dir import private_dir
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
 
-__all__ = ["is_mounted", "mount", "mount_points", "mount_recorded", "recorded_pid", "unmount"]
+__all__ = [
+    "REFUSED",
+    "DaemonSpec",
+    "Remote",
+    "RemoteAware",
+    "RemoteOrigin",
+    "is_mounted",
+    "layer_arg",
+    "mount",
+    "mount_points",
+    "mount_recorded",
+    "parse_layer_arg",
+    "parse_layer_args",
+    "recorded_pid",
+    "refusal",
+    "refused_error",
+    "unmount",
+]
 
 READY = b"ready\n"
 INDEXED = b"indexed\n"
-REFUSED = b"refused "
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
 MODULE = "lazyfs.fs.mount_main"
@@ -71,8 +97,13 @@ def mount(
     suid: bool = True,
     dev: bool = True,
     limits: LayerLimits | None = None,
+    remote: Remote | None = None,
 ) -> int:
     """Mount the union of ``layers`` (bottom first), blobs in the store at ``store``.
+
+    Layers ``remote`` names are read through the cache daemon, not from the
+    store; the daemon is started first when none answers (BackendError when
+    it does not come up).
 
     ``mountpoint`` exists. Read-only, or with ``upper`` (and ``work``, both
     existing empty directories on one filesystem) copy-on-write: the writes
@@ -92,8 +123,12 @@ def mount(
     """
     argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--store", str(store)]
+    origins = {} if remote is None else remote.origins
+    if remote is not None and any(layer.digest in origins for layer in layers):
+        ensure_daemon(remote.daemon)
+        argv += ["--cache-dir", str(remote.daemon.cache_dir)]
     for layer in layers:
-        argv += ["--layer", layer_arg(layer)]
+        argv += ["--layer", layer_arg(layer, origins.get(layer.digest))]
     if limits is not None:
         from providers.tar_stream import LayerLimits  # loaded already: ``limits`` is one
 
@@ -155,68 +190,6 @@ def mount(
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
 
 
-def layer_arg(layer: Layer) -> str:
-    """``layer`` as the mount process's ``--layer`` argument (``parse_layer_arg`` reads it)."""
-    fields = {"digest": layer.digest, "media_type": layer.media_type, "size": layer.size}
-    if layer.diff_id is not None:
-        fields["diff_id"] = layer.diff_id
-    return json.dumps(fields, separators=(",", ":"))
-
-
-def parse_layer_arg(text: str) -> Layer:
-    data = json.loads(text)
-    diff_id = data.get("diff_id")
-    return Layer(
-        Digest(data["digest"]),
-        str(data["media_type"]),
-        int(data["size"]),
-        Digest(diff_id) if diff_id else None,
-    )
-
-
-def refusal(error: LazyfsError | OSError) -> bytes:
-    """The answer line that hands ``error`` to the caller of ``mount``, to raise there.
-
-    A lazyfs error travels as its class names (most derived first), its
-    message and its plain facts; an OSError as its errno, text and file.
-    """
-    fields: dict[str, Any]
-    if isinstance(error, OSError):
-        fields = {"errno": error.errno, "strerror": error.strerror, "filename": error.filename}
-        fields["filename"] = None if fields["filename"] is None else os.fsdecode(error.filename)
-    else:
-        classes = [cls.__name__ for cls in type(error).__mro__ if issubclass(cls, LazyfsError)]
-        facts = {
-            key: value
-            for key, value in vars(error).items()
-            if isinstance(value, (str, int, float, bool)) or value is None
-        }
-        fields = {"classes": classes, "message": str(error), "facts": facts}
-    return REFUSED + json.dumps(fields).encode() + b"\n"
-
-
-def refused_error(text: bytes) -> Exception:
-    """The error a ``refusal`` line describes: the same class, message and facts."""
-    try:
-        fields = json.loads(text)
-        if "errno" in fields:
-            return OSError(fields["errno"], fields["strerror"], fields["filename"])
-        # The nearest class this side knows; LazyfsError at worst.
-        cls = next(
-            found
-            for name in fields["classes"]
-            if isinstance(found := getattr(errors, name, None), type)
-            and issubclass(found, LazyfsError)
-        )
-        error: LazyfsError = cls.__new__(cls)
-        # Not cls(...): each error has its own constructor; its message is made already.
-        Exception.__init__(error, str(fields["message"]))
-        error.__dict__.update(fields["facts"])
-        return error
-    except (ValueError, KeyError, TypeError, StopIteration):
-        return BackendError(f"the mount process refused with a damaged answer: {text!r}")
-
-
 def mount_recorded(
     record: Path,
     layers: Sequence[Layer],
@@ -228,6 +201,7 @@ def mount_recorded(
     suid: bool = True,
     dev: bool = True,
     limits: LayerLimits | None = None,
+    remote: Remote | None = None,
 ) -> int:
     """``mount``, keeping the mount's state in ``record``, an existing empty directory.
 
@@ -253,6 +227,7 @@ def mount_recorded(
         suid=suid,
         dev=dev,
         limits=limits,
+        remote=remote,
     )
     (record / "pid").write_text(f"{pid}\n")
     return pid

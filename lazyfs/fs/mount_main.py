@@ -1,7 +1,9 @@
 """The mount process: ``python -m lazyfs.fs.mount_main``, one per mount (pyfuse3 serves one).
 
 Started by ``lazyfs.fs.mount.mount`` with the layers' descriptors and the
-store (``--store``) their blobs are in.  It indexes each layer the store
+store (``--store``) their blobs are in, or for a layer still in a registry
+its origin: such a layer is read through the cache daemon of ``--cache-dir``
+(``lazyfs.cache.client``; see ``_remote_layer``).  It indexes each layer the store
 has no index of yet (``lazyfs.index.stored.ensure_index``, within the
 ``--max-layer-size`` and ``--max-layer-ratio`` limits) and says ``indexed``
 on ``--ready-fd``, or hands the refusal to its caller there
@@ -41,22 +43,31 @@ from typing import TYPE_CHECKING, BinaryIO
 import pyfuse3
 import trio
 
-from lazyfs.blobs.ranges import ChunkCache, open_layers
+from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
+from lazyfs.cache.client import CacheClient, RemoteBlob
+from lazyfs.cache.messages import RegistryOrigin
+from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.debug import log_requests
-from lazyfs.fs.mount import INDEXED, READY, parse_layer_arg, refusal
+from lazyfs.fs.mount import INDEXED, READY, parse_layer_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.fs.upper import Upper
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs.writable_no_open import NoOpenWritableOperations
 from lazyfs.index.model import LayerData, LayerIndex
-from lazyfs.index.stored import check_data_present, ensure_index, load_index
+from lazyfs.index.stored import (
+    check_data_present,
+    ensure_index,
+    ensure_remote_index,
+    load_index,
+)
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from lazyfs.tree.kept import merged_tree, tree_path
 from providers.digest import Digest
-from providers.errors import LazyfsError
+from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
+from providers.source import BlobSource
 
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
@@ -73,11 +84,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--layer",
         action="append",
         default=[],
-        type=parse_layer_arg,
-        help="a layer's descriptor (JSON: digest, media_type, size, diff_id), bottom first;"
-        " its blob is in the store, its stored index says where its tar stream is read from"
-        " (the blob, a tar copy, or gzip checkpoints)",
+        type=parse_layer_args,
+        help="a layer's descriptor (JSON: digest, media_type, size, diff_id, annotations,"
+        " origin), bottom first; without an origin its blob is in the store, its stored index"
+        " says where its tar stream is read from (the blob, a tar copy, or gzip checkpoints)",
     )
+    parser.add_argument("--cache-dir", type=Path, help="the cache daemon's, for remote layers")
     parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
     parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)
@@ -124,7 +136,8 @@ class _Indexed:
     """The layers made ready to mount: each one's blob and stored index.
 
     ``indexes`` are whole where the merged tree must be made (``whole``),
-    else headers only (no entries): what a kept tree needs.
+    else headers only (no entries): what a kept tree needs. ``blobs`` are
+    the local layers' files, ``remote`` the readers of the others.
     """
 
     layers_dir: Path
@@ -132,10 +145,14 @@ class _Indexed:
     blobs: dict[Digest, Path]
     indexes: dict[Digest, LayerIndex]
     whole: bool
+    remote: dict[Digest, TarRangeReader]
 
 
 def _index_layers(
-    store_root: Path, layers: Sequence[Layer], limits: LayerLimits | None
+    store_root: Path,
+    layers: Sequence[tuple[Layer, RemoteOrigin | None]],
+    limits: LayerLimits | None,
+    cache_dir: Path | None = None,
 ) -> _Indexed:
     """Index each layer the store has no index of yet (once per layer digest).
 
@@ -144,20 +161,82 @@ def _index_layers(
     """
     store = Store(store_root)
     blobs = StoreBlobs(store)
-    digests = [layer.digest for layer in layers]
+    client = _cache_client(cache_dir, layers)
+    digests = [layer.digest for layer, _ in layers]
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a
     # damaged index is built again here, not refused every time below).
     whole = not tree_path(store.layers, digests).is_file()
     files: dict[Digest, Path] = {}
     indexes: dict[Digest, LayerIndex] = {}
-    for layer in layers:
+    remote: dict[Digest, TarRangeReader] = {}
+    for layer, origin in layers:
+        if origin is not None and client is not None:
+            indexes[layer.digest], remote[layer.digest] = _remote_layer(
+                store, layer, client, entries=whole, limits=limits
+            )
+            continue
         blob = files[layer.digest] = blobs.local_blob(layer)
         # It checks (or writes) what the index points into, too.
         indexes[layer.digest] = ensure_index(
             store.layers, store.tmp, layer.digest, blob, entries=whole, limits=limits
         )
-    return _Indexed(store.layers, digests, files, indexes, whole)
+    return _Indexed(store.layers, digests, files, indexes, whole, remote)
+
+
+def _cache_client(
+    cache_dir: Path | None, layers: Sequence[tuple[Layer, RemoteOrigin | None]]
+) -> CacheClient | None:
+    """The daemon's client for the remote layers, if there are any."""
+    remote = {
+        layer.digest: RemoteBlob(RegistryOrigin(origin.host, origin.repository), layer.size)
+        for layer, origin in layers
+        if origin is not None
+    }
+    if not remote:
+        return None
+    if cache_dir is None:
+        raise BackendError("remote layers need --cache-dir, the cache daemon's directory")
+    return CacheClient(cache_dir, remote)
+
+
+# The seam for remote layers. Everything above and below takes a remote
+# layer's index and reader from here; only this function knows how a layer
+# is read lazily.
+def _remote_layer(
+    store: Store,
+    layer: Layer,
+    blobs: BlobSource,
+    *,
+    entries: bool,
+    limits: LayerLimits | None,
+) -> tuple[LayerIndex, TarRangeReader]:
+    """The index of a layer still in a registry, and the reader of its tar stream.
+
+    ``blobs`` reads the layer's blob by range through the cache daemon
+    (``lazyfs.cache.client.CacheClient``): cached chunks from the cache
+    files, misses fetched once by the daemon. An eStargz layer (its
+    ``toc.digest`` annotation) is indexed from its footer and TOC, checked
+    against the annotation, and read chunk by chunk, each chunk checked
+    against its ``chunkDigest`` before any byte of it is served. A layer
+    that cannot be read so (no TOC digest, or the store already holds an
+    index of another format for it) is fetched whole through the daemon
+    into the store (verified by digest and diff_id, as every ingest) and
+    read as a local layer. Stored like any index, under ``store.layers``.
+    """
+    index = ensure_remote_index(
+        store.layers, store.tmp, layer, blobs, entries=entries, limits=limits
+    )
+    if index is not None:
+        # eStargz data is read by chunk table; no local blob is named.
+        data = check_data_present(store.layers, Path(), index)
+        return index, open_layers({layer.digest: data}, blobs)
+    path = StoreBlobs(store, upstream=blobs).local_blob(layer)
+    index = ensure_index(
+        store.layers, store.tmp, layer.digest, path, entries=entries, limits=limits
+    )
+    data = check_data_present(store.layers, path, index)
+    return index, open_layers({layer.digest: data}, StoreBlobs(store))
 
 
 def _operations(
@@ -172,6 +251,7 @@ def _operations(
         # BadImage here, not EIO later, if a tar copy or checkpoint file went missing.
         digest: check_data_present(layers_dir, indexed.blobs[digest], indexed.indexes[digest])
         for digest in indexed.digests
+        if digest not in indexed.remote
     }
 
     def whole_indexes() -> list[LayerIndex]:
@@ -181,7 +261,9 @@ def _operations(
         return [_index(layers_dir, digest) for digest in indexed.digests]
 
     tree = merged_tree(layers_dir, indexed.digests, whole_indexes)
-    source = open_layers(data)
+    # A local layer indexed as eStargz earlier (it was remote then) reads its chunks here.
+    local = open_layers(data, StoreBlobs(Store(layers_dir.parent)))
+    source = ByLayer({d: indexed.remote.get(d, local) for d in indexed.digests})
     if upper is None:
         read_only = NoOpenReadOnlyOperations if no_open else ReadOnlyOperations
         return read_only(tree, ChunkCache(source))
@@ -258,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(number, _Stop.handler)
     with os.fdopen(args.ready_fd, "wb", buffering=0) as ready:
         try:
-            indexed = _index_layers(args.store, args.layer, _limits(args))
+            indexed = _index_layers(args.store, args.layer, _limits(args), args.cache_dir)
         except (LazyfsError, OSError) as error:
             # The caller raises it as it is: one line for the user, no traceback.
             log.info("refused to mount %s: %s", args.mountpoint, error)

@@ -1,4 +1,11 @@
-"""The Docker image provider: a reference in, verified blobs in the store out."""
+"""The Docker image provider: a reference in, verified blobs in the store out.
+
+``fetch`` makes every layer blob present in the store. ``fetch_lazy`` does
+the same but for the layers the fuse backend reads from a registry by range
+through the cache daemon (``lazy_layer``: eStargz layers, which carry the
+``containerd.io/snapshot/stargz/toc.digest`` annotation): those stay in the
+registry, and only the other layers are pulled, in parallel as always.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,14 @@ from providers.transports import PathPuller, parse_transport
 
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
+# As lazyfs.index.estargz names it (a test holds them equal): the mark of an
+# eStargz layer, whose table of contents can be read by range.
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+
+
+def lazy_layer(layer: Layer) -> bool:
+    """Whether ``layer`` may stay in its registry, read by range (an eStargz layer)."""
+    return layer.annotation(TOC_DIGEST_ANNOTATION) is not None
 
 
 @dataclass
@@ -68,6 +83,9 @@ class DockerProvider:
     async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
         """Resolve ``image`` and make all its layer blobs present in the store.
 
+        A stored image with a blob missing (``fetch_lazy`` left it remote) is
+        resolved again, and what is missing is pulled.
+
         With ``image.cached`` (the default) a reference the store already holds
         is not resolved again. Concurrent fetches of one reference, in this or
         another process, resolve it once; each blob is copied once. When one
@@ -75,6 +93,27 @@ class DockerProvider:
         Cancelled, it does not wait for downloads in flight: their threads
         are abandoned and end by themselves (see ``_ingest``).
         """
+        return await self._fetch(image, progress, lazy=False)
+
+    async def fetch_lazy(self, image: Image, progress: Progress) -> ImageManifest:
+        """``fetch``, but the ``lazy_layer`` layers of a registry image stay in the registry.
+
+        Those of an image from a directory are pulled as ever: no daemon reads them.
+        """
+        lazy = urlparse(self.registry).scheme in ("http", "https")
+        return await self._fetch(image, progress, lazy=lazy)
+
+    def _stored(self, reference: str, platform: str, lazy: bool) -> ImageManifest | None:
+        """The stored image, if every blob it needs now is in the store. Blocking."""
+        stored = self.store.get_image(reference, platform)
+        if stored is None:
+            return None
+        for layer in stored.layers:
+            if not (lazy and lazy_layer(layer)) and not self.store.has_blob(layer.digest):
+                return None
+        return stored
+
+    async def _fetch(self, image: Image, progress: Progress, *, lazy: bool) -> ImageManifest:
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
         # oci:DIR, oci-archive:FILE, docker-archive:FILE: read again every time.
@@ -83,7 +122,7 @@ class DockerProvider:
         # One reference names an image per platform; the store keeps each.
         platform = str(self.options.platform or host_platform())
         if image.cached and local is None:
-            stored = await trio.to_thread.run_sync(self.store.get_image, reference, platform)
+            stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
             if stored is not None:
                 return stored
         source = PathPuller(local, self.options.platform) if local else self._source(image)
@@ -92,7 +131,7 @@ class DockerProvider:
         # pull, so a second process waits and then finds everything stored.
         async with self.store.lock_async(key):
             if image.cached and local is None:
-                stored = await trio.to_thread.run_sync(self.store.get_image, reference, platform)
+                stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:
                     return stored
             async with FETCH_LIMIT:
@@ -107,6 +146,8 @@ class DockerProvider:
             failures: list[LazyfsError] = []
             async with trio.open_nursery() as nursery:
                 for layer in manifest.layers:
+                    if lazy and lazy_layer(layer):
+                        continue  # read by range through the cache daemon
                     progress.start(layer.digest, layer.size)
                     nursery.start_soon(self._ingest, source, layer, progress, reference, failures)
             if failures:

@@ -4,7 +4,8 @@
 with ``records`` holding what it records and reports (``ProvisionInfo``,
 ``RecoverReport``) and the checks on what it is given; ``devmount`` is
 ``lazyfs mount`` for a person; ``runtime`` writes OCI bundles and runs them
-with runc.
+with runc; ``lazy`` decides which layers of an image stay in its registry
+for the fuse backend, read through the cache daemon.
 
 Imports: lazyfs.store, lazyfs.images, lazyfs.fs.mount, lazyfs.progress, backends, providers.
 """

@@ -1,7 +1,9 @@
 """``lazyfs mount`` and ``lazyfs umount``: an image at a directory, to look inside.
 
 For a developer rather than a container: the image's layers are fetched into
-the store and served by a FUSE mount process at a directory the user names.
+the store (but for those the cache daemon reads from the registry, as for
+the fuse backend: ``lazyfs.provision.lazy``) and served by a FUSE mount
+process at a directory the user names.
 What the mount needs besides the store lives under
 ``<work_dir>/mounts/<key>/`` (key: a hash of the mount point)::
 
@@ -83,8 +85,9 @@ async def mount_image(
         raise Conflict(f"{mountpoint} is already a mount point")
     if any(mountpoint.iterdir()):
         raise UsageError(f"mount point {mountpoint} is not empty")
-    manifest = await provisioner.fetch(image, progress)
+    manifest = await provisioner.fetch(image, progress, lazy=True)
     require_layers(manifest)
+    blobs = provisioner.blobs_for("fuse", manifest)
     record = record_dir(work_dir, mountpoint)
     if record.exists():  # left by a mount that is gone (checked above)
         remove_tree(record)
@@ -102,6 +105,7 @@ async def mount_image(
             suid=suid,
             dev=dev,
             limits=provisioner.limits,
+            remote=blobs.remote if isinstance(blobs, lazy_mount.RemoteAware) else None,
         )
     except BaseException:
         with contextlib.suppress(OSError):

@@ -32,8 +32,10 @@ import trio
 from backends.base import Backend, Remountable
 from backends.mounts import mount_problem, unmount_all_under
 from backends.names import default_backend_name, make_backend
+from lazyfs.fs.mount import DaemonSpec
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
+from lazyfs.provision.lazy import LAZY_BACKENDS, LazyProvider, blobs_for, remote_digests
 from lazyfs.provision.records import (
     ProvisionInfo,
     RecoverReport,
@@ -45,6 +47,7 @@ from lazyfs.provision.records import (
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, locked_async
+from providers.digest import Digest
 from providers.errors import (
     BackendError,
     BadImage,
@@ -58,6 +61,7 @@ from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
+from providers.source import LocalBlobSource
 from providers.tar_stream import LayerLimits
 
 # The records and checks live in lazyfs.provision.records; callers may take them from here.
@@ -86,10 +90,14 @@ class Provisioner:
         providers: Mapping[str, ImageProvider],
         default_backend: str | None = None,
         limits: LayerLimits | None = None,
+        daemon: DaemonSpec | None = None,
     ) -> None:
         """``default_backend`` None: chosen as Mesos does (``default_backend_name``).
 
         ``limits`` bounds how far any layer unpacks, in every backend.
+        ``daemon``: the cache daemon, through which the fuse backend reads
+        the layers of registry images it mounts before pulling them
+        (``lazyfs.provision.lazy``); None, every layer is pulled first.
 
         A relative ``work_dir`` is taken from the current directory, once:
         rootfs paths are recorded, mounted and handed to runtimes, which
@@ -104,6 +112,7 @@ class Provisioner:
         self.providers = providers
         self._default_backend = default_backend
         self.limits = limits
+        self.daemon = daemon
         self._held: set[str] = set()  # container ids whose lock ``hold`` keeps
         for directory in (work_dir.absolute(), self.root, self.containers, self.locks):
             private_dir(directory)
@@ -157,17 +166,23 @@ class Provisioner:
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
-                manifest = await provider.fetch(image, progress)
+                manifest = await self._fetch(provider, image, progress, lazy=name in LAZY_BACKENDS)
                 require_layers(manifest)
                 rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
                 private_dir(rootfs_dir.parent)
                 progress.message(f"building the rootfs of {container_id} with {name}")
+                blobs = await trio.to_thread.run_sync(self.blobs_for, name, manifest)
                 rootfs = await trio.to_thread.run_sync(
-                    lambda: chosen.provision(
-                        manifest.layers, self.blobs, rootfs_dir, writable=writable
-                    )
+                    lambda: chosen.provision(manifest.layers, blobs, rootfs_dir, writable=writable)
                 )
-                info = ProvisionInfo(container_id, rootfs.path, name, rootfs.writable, manifest)
+                info = ProvisionInfo(
+                    container_id,
+                    rootfs.path,
+                    name,
+                    rootfs.writable,
+                    manifest,
+                    remote_digests(blobs),
+                )
                 _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
                 if publish is not None:
                     publish(info)
@@ -257,9 +272,25 @@ class Provisioner:
             tuple(broken),
         )
 
-    async def fetch(self, image: Image, progress: Progress | None = None) -> ImageManifest:
-        """Make ``image`` present in the store, with the provider its type names."""
-        return await self._provider(image).fetch(image, progress or Progress())
+    async def fetch(
+        self, image: Image, progress: Progress | None = None, *, lazy: bool = False
+    ) -> ImageManifest:
+        """Make ``image`` present in the store, with the provider its type names.
+
+        ``lazy``: leave in the registry the layers a lazy backend reads by range.
+        """
+        return await self._fetch(self._provider(image), image, progress or Progress(), lazy=lazy)
+
+    async def _fetch(
+        self, provider: ImageProvider, image: Image, progress: Progress, *, lazy: bool
+    ) -> ImageManifest:
+        if lazy and self.daemon is not None and isinstance(provider, LazyProvider):
+            return await provider.fetch_lazy(image, progress)
+        return await provider.fetch(image, progress)
+
+    def blobs_for(self, backend: str, manifest: ImageManifest) -> LocalBlobSource:
+        """What ``backend`` reads ``manifest``'s layers from (``lazy.blobs_for``). Blocking."""
+        return blobs_for(backend, self.blobs, manifest, self.daemon)
 
     def info(self, container_id: str) -> ProvisionInfo:
         check_container_id(container_id)
@@ -276,8 +307,9 @@ class Provisioner:
         manifest = self.store.get_image(image["reference"], image.get("platform", ""))
         if manifest is None:
             raise NotFound(f"image of container {container_id} is gone from the store")
+        remote = tuple(Digest(d) for d in data.get("remote_layers", ()))
         return ProvisionInfo(
-            container_id, Path(data["rootfs"]), data["backend"], data["writable"], manifest
+            container_id, Path(data["rootfs"]), data["backend"], data["writable"], manifest, remote
         )
 
     def list(self) -> list[str]:
@@ -307,7 +339,8 @@ class Provisioner:
         if not isinstance(backend, Remountable):
             raise BackendError(f"its rootfs {info.rootfs} {problem}")
         try:
-            backend.remount(info.image.layers, self.blobs, info.rootfs, writable=info.writable)
+            blobs = self.blobs_for(info.backend, info.image)
+            backend.remount(info.image.layers, blobs, info.rootfs, writable=info.writable)
         except LazyfsError as error:
             raise BackendError(f"its rootfs {info.rootfs} {problem}: {error}") from error
         problem = _rootfs_problem(info.backend, info.rootfs)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from providers.digest import Digest
 from providers.errors import BadImage, LazyfsError, UsageError
 from providers.manifest import ImageManifest, RuntimeConfig
 
@@ -26,6 +27,8 @@ class ProvisionInfo:
     backend: str
     writable: bool
     image: ImageManifest
+    # Layers left in their registry when it was provisioned, read through the cache daemon.
+    remote_layers: tuple[Digest, ...] = ()
 
     @property
     def config(self) -> RuntimeConfig:
@@ -43,6 +46,7 @@ class ProvisionInfo:
                 "digest": self.image.digest,
                 "layers": [layer.digest for layer in self.image.layers],
             },
+            "remote_layers": list(self.remote_layers),
             "config": self.image.config.to_json(),
         }
 

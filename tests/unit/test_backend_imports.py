@@ -21,7 +21,17 @@ MODULES = sorted(
 )
 # Those that start mounts through the mount API.
 MOUNTING = {"backends.fuse", "backends.names"}
-MOUNT_API = {"lazyfs", "lazyfs.fs", "lazyfs.fs.mount"}
+# The mount API, its wire format, and the light values and start-up of the
+# cache daemon it reads remote layers through.
+MOUNT_API = {
+    "lazyfs",
+    "lazyfs.fs",
+    "lazyfs.fs.mount",
+    "lazyfs.fs.mount_wire",
+    "lazyfs.cache",
+    "lazyfs.cache.remote",
+    "lazyfs.cache.spawn",
+}
 HEAVY = ("pyfuse3", "lazyfs.index", "lazyfs.tree", "lazyfs.blobs")
 
 

@@ -1,0 +1,294 @@
+"""A mount's side of the cache daemon: a BlobSource that reads the shared cache.
+
+``CacheClient.read_range`` reads the chunks that are cached straight from the
+cache files (``lazyfs.cache.layout.ChunkFiles``), with no round trip, and
+asks the daemon only for a range with a chunk missing; the daemon answers
+once the chunks are in the cache, and the client reads them from the files
+too. So every byte a mount serves comes from a cache file; the socket carries
+only requests and where to read.
+
+When the daemon is gone (killed, restarting), cached chunks keep being read
+as before. A miss waits for the daemon to come back, trying again with a
+growing pause, for at most ``wait`` seconds counted from the first failure,
+then raises ``CacheUnavailable`` saying why; the FUSE boundary answers EIO
+and logs it. A chunk evicted between the daemon's answer and the read is
+asked for again.
+
+Blocking and thread-safe: a mount's reads run in worker threads
+(``trio.to_thread``, see ``lazyfs.blobs.ranges``). Each connection carries
+one request at a time; a thread takes an idle one from a small pool or
+opens another, so concurrent misses do not queue behind each other.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
+from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
+from lazyfs.cache.messages import (
+    MAX_READ_LENGTH,
+    BlobRange,
+    Failure,
+    FailureKind,
+    Origin,
+    Read,
+    ReadOk,
+    Request,
+    Response,
+    Status,
+    StatusOk,
+    decode_response,
+    encode_request,
+)
+from providers.digest import Digest
+from providers.errors import LazyfsError, NotFound, TemporaryFailure
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
+_RECEIVE = 1 << 16
+_IDLE_CONNECTIONS = 8
+_EVICTED_RETRIES = 3
+
+
+class CacheUnavailable(TemporaryFailure):
+    """The cache daemon could not be reached within the wait: a miss cannot be served."""
+
+
+class DaemonError(LazyfsError):
+    """The daemon answered a read with a failure (``kind``, ``reason``) other than NotFound."""
+
+    def __init__(self, message: str, *, kind: FailureKind) -> None:
+        super().__init__(message)
+        self.kind = kind.name
+
+
+@dataclass(frozen=True)
+class RemoteBlob:
+    """Where the daemon fetches a blob from, and its size when the manifest says it."""
+
+    origin: Origin
+    size: int | None = None
+
+
+class Connection:
+    """One blocking connection to the daemon's socket: ``call`` sends a request, waits its answer.
+
+    Raises OSError when the daemon is unreachable or hangs up, ProtocolError
+    when it answers out of step. Not for two threads at once.
+    """
+
+    def __init__(self, path: Path, timeout: float | None = None) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(str(path))
+        except BaseException:
+            self._sock.close()
+            raise
+        self._decoder = FrameDecoder()
+        self._frames: list[bytes] = []
+
+    def call(self, request: Request) -> Response:
+        self._sock.sendall(encode_frame(encode_request(request)))
+        while not self._frames:
+            data = self._sock.recv(_RECEIVE)
+            if not data:
+                raise ConnectionResetError("the cache daemon closed the connection")
+            self._frames.extend(self._decoder.feed(data))
+        response = decode_response(self._frames.pop(0))
+        if response.id != request.id:
+            raise ProtocolError(f"answer to request {response.id}, expected {request.id}")
+        return response
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def status(cache_dir: Path, timeout: float | None = 5.0) -> StatusOk:
+    """The daemon's status, asked once; OSError when none answers at ``cache_dir``."""
+    connection = Connection(socket_path(cache_dir), timeout)
+    try:
+        response = connection.call(Status(1))
+    finally:
+        connection.close()
+    if not isinstance(response, StatusOk):
+        raise ProtocolError(f"a status request answered with {response}")
+    return response
+
+
+class CacheClient:
+    """A BlobSource over the daemon of ``cache_dir`` for the blobs in ``blobs``.
+
+    ``read_range`` and ``open`` take any digest of ``blobs`` (NotFound for
+    others). Not verified: the caller checks what it serves, as for any
+    BlobSource.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        blobs: Mapping[Digest, RemoteBlob],
+        *,
+        wait: float = DEFAULT_WAIT,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.files = ChunkFiles(Layout(cache_dir, chunk_size))
+        self.blobs = dict(blobs)
+        self.wait = wait
+        self._socket = socket_path(cache_dir)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._idle: list[Connection] = []
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    # BlobSource
+
+    def open(self, digest: Digest) -> BinaryIO:
+        self._blob(digest)
+        return io.BufferedReader(_BlobStream(self, digest), 1 << 20)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        blob = self._blob(digest)
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative range {offset}+{length}")
+        if blob.size is not None:
+            length = max(0, min(length, blob.size - offset))
+        if length == 0:
+            return b""
+        parts = []
+        # The daemon bounds one read: a bigger range is asked in pieces.
+        for start in range(offset, offset + length, MAX_READ_LENGTH):
+            piece = min(MAX_READ_LENGTH, offset + length - start)
+            data = self._read(digest, blob, start, piece)
+            parts.append(data)
+            if len(data) < piece:
+                break  # the blob ends here
+        return b"".join(parts)
+
+    def _blob(self, digest: Digest) -> RemoteBlob:
+        blob = self.blobs.get(digest)
+        if blob is None:
+            raise NotFound(f"blob {digest} is not one this mount reads remotely", digest=digest)
+        return blob
+
+    def _read(self, digest: Digest, blob: RemoteBlob, offset: int, length: int) -> bytes:
+        data = self.files.read_range(digest, offset, length)
+        if data is not None:
+            return data
+        for _ in range(_EVICTED_RETRIES):
+            answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
+                                    blob.origin, blob.size))  # fmt: skip
+            if not isinstance(answer, ReadOk):
+                raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
+            data = self._gather(digest, answer)
+            if data is not None:
+                return data
+        raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they were fetched")
+
+    def _gather(self, digest: Digest, answer: ReadOk) -> bytes | None:
+        """The bytes the answer points at, from the files; None when a chunk went meanwhile."""
+        parts = []
+        size = self.files.layout.chunk_size
+        for extent in answer.extents:
+            # Read where the layout puts the chunk, not at the path the socket names.
+            key = ChunkKey(digest, extent.blob_offset // size)
+            data = self.files.read_chunk(key, extent.blob_offset % size, extent.length)
+            if data is None or len(data) != extent.length:
+                return None
+            parts.append(data)
+        return b"".join(parts)
+
+    # The socket
+
+    def _ask(self, request: Request) -> Response:
+        """The daemon's answer to ``request``, waiting for the daemon when it is gone."""
+        deadline: float | None = None
+        pause = 0.05
+        while True:
+            connection = None
+            try:
+                connection = self._take()
+                response = connection.call(request)
+            except (OSError, ProtocolError) as error:
+                if connection is not None:
+                    connection.close()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.wait
+                    log.warning("cache daemon at %s unreachable (%s); a miss waits up to %gs "
+                                "for it", self._socket, error, self.wait)  # fmt: skip
+                if now >= deadline:
+                    raise CacheUnavailable(
+                        f"the cache daemon at {self._socket} did not answer within "
+                        f"{self.wait:g}s: {error}"
+                    ) from None
+                time.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 1.0)
+                continue
+            self._give(connection)
+            if deadline is not None:
+                log.info("cache daemon at %s answers again", self._socket)
+            if isinstance(response, Failure):
+                raise _failure(request, response)
+            return response
+
+    def _take(self) -> Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return Connection(self._socket)
+
+    def _give(self, connection: Connection) -> None:
+        with self._lock:
+            if len(self._idle) < _IDLE_CONNECTIONS:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+
+def _failure(request: Request, failure: Failure) -> LazyfsError:
+    what = "the cache daemon"
+    if isinstance(request, Read):
+        blob = request.range
+        what = f"reading {blob.digest} bytes {blob.offset}+{blob.length} through the cache"
+    if failure.kind is FailureKind.NOT_FOUND:
+        digest = request.range.digest if isinstance(request, Read) else None
+        return NotFound(f"{what}: {failure.reason}", digest=digest)
+    if failure.kind is FailureKind.TEMPORARY:
+        return TemporaryFailure(f"{what}: {failure.reason}")
+    return DaemonError(f"{what}: {failure.reason} ({failure.kind.name})", kind=failure.kind)
+
+
+class _BlobStream(io.RawIOBase):
+    """A blob read from its start through the client, range by range (``CacheClient.open``)."""
+
+    def __init__(self, client: CacheClient, digest: Digest) -> None:
+        self._client = client
+        self._digest = digest
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._client.read_range(self._digest, self._position, len(buffer))
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)

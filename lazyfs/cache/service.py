@@ -1,0 +1,64 @@
+"""The cache daemon as a process: what ``lazyfs daemon`` runs, in the foreground.
+
+``run`` owns the cache directory (``DiskCache.open``: one daemon per
+directory, UsageError when another has it), serves its socket
+(``lazyfs.cache.daemon.serve``) and returns on SIGTERM or SIGINT, after the
+socket is removed and the fetches in flight are cancelled (their waiters get
+an error; nothing half-written is ever trusted, see ``chunks``). systemd
+runs it so; a mount that finds no daemon starts it detached the same way
+(``lazyfs.cache.spawn``). While it serves, ``CACHE_DIR/daemon.pid`` names it.
+
+Its upstreams are ``lazyfs.cache.upstream.Origins``: the registries mounts
+name, with the registry settings the daemon was started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.daemon import Resolve, serve
+
+log = logging.getLogger(__name__)
+
+PID_NAME = "daemon.pid"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def run(cache_dir: Path, limit_bytes: int, resolve: Resolve) -> None:
+    """Serve the cache at ``cache_dir`` until SIGTERM or SIGINT. Blocking."""
+    # A signal before trio listens (while the cache is taken stock of) ends the
+    # process as signals do: the lock goes with it, and nothing is served yet.
+    with DiskCache.open(cache_dir, limit_bytes) as cache:
+        # Written while we own the cache: whoever reads it finds the owner (or a dead one).
+        pid_file = cache_dir / PID_NAME
+        pid_file.write_text(f"{os.getpid()}\n")
+        stats = cache.stats()
+        log.info(
+            "cache %s: %d chunks, %d of %d bytes used",
+            cache_dir,
+            stats.chunks,
+            stats.used_bytes,
+            stats.limit_bytes,
+        )
+        try:
+            trio.run(_serve, cache, resolve)
+        finally:
+            pid_file.unlink(missing_ok=True)
+    log.info("cache daemon stopped")
+
+
+async def _serve(cache: DiskCache, resolve: Resolve) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(serve, cache, resolve)
+            log.info("cache daemon serving on %s", path)
+            async for number in signals:
+                log.info("%s: stopping", signal.Signals(number).name)
+                break
+            nursery.cancel_scope.cancel()

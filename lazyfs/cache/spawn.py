@@ -1,0 +1,168 @@
+"""Finding the machine's cache daemon, and starting one when none runs.
+
+``ensure_daemon(spec)`` returns once a daemon answers a status request on
+``CACHE_DIR/daemon.sock``. When none does, one caller at a time (an
+exclusive flock on ``CACHE_DIR/start.lock``, across processes) looks again,
+then starts ``spec.command`` detached: in a session of its own, stdin from
+/dev/null, its output appended to ``CACHE_DIR/daemon.log``, with
+``spec.env`` over this process's environment (the registry flags travel
+there, not on a command line other users can read). It waits until the
+daemon answers, until it exits (the log's last line says why), or
+``spec.timeout``.
+
+A socket file nobody answers on is a dead daemon's: it is ignored, and the
+new daemon replaces it. A daemon that holds the cache's lock but does not
+answer yet is starting: it is waited for, not started twice. Nothing here
+kills a daemon: mounts outlive it (``lazyfs.cache.client`` waits for it),
+and it outlives the process that started it.
+
+Light: loads no trio, no registry client; the mount API calls it.
+Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from providers.errors import BackendError
+from providers.private_dir import private_dir
+
+START_LOCK = "start.lock"
+LOG_NAME = "daemon.log"
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    """How to reach the cache daemon of ``cache_dir``, and how to start it.
+
+    ``command`` runs it in the foreground (``lazyfs ... daemon``); ``env``
+    is added to the environment it starts in. Compared without ``env``.
+    """
+
+    cache_dir: Path
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict, compare=False)
+    timeout: float = START_TIMEOUT
+
+
+def answers(cache_dir: Path) -> bool:
+    """Whether a daemon answers a status request at ``cache_dir`` now."""
+    # Imported here: the client loads the protocol's protobuf code.
+    from lazyfs.cache.client import status
+    from lazyfs.cache.framing import ProtocolError
+
+    try:
+        status(cache_dir)
+    except (OSError, ProtocolError):
+        return False
+    return True
+
+
+def ensure_daemon(spec: DaemonSpec) -> None:
+    """Return once the daemon of ``spec.cache_dir`` answers, starting it if need be.
+
+    Raises BackendError when it does not answer within ``spec.timeout``.
+    """
+    if answers(spec.cache_dir):
+        return
+    private_dir(spec.cache_dir)
+    deadline = time.monotonic() + spec.timeout
+    with _start_lock(spec.cache_dir / START_LOCK, deadline):
+        if answers(spec.cache_dir):
+            return  # another caller started it while we waited for the lock
+        # A daemon that owns the cache but does not answer yet is starting: wait for it.
+        pid = None if _owned(spec.cache_dir) else _spawn(spec)
+        _wait_answering(spec, pid, deadline)
+    if pid is not None:
+        # Reaped when it ends, so a daemon that dies leaves no zombie here.
+        threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+
+
+def _owned(cache_dir: Path) -> bool:
+    """Whether a process holds the cache's lock (``lazyfs.cache.chunks.DiskCache.open``)."""
+    try:
+        fd = os.open(cache_dir / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops our shared lock too, if we got it
+    return False
+
+
+def _spawn(spec: DaemonSpec) -> int:
+    log_fd = os.open(
+        spec.cache_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+    )
+    try:
+        return os.posix_spawn(
+            spec.command[0],
+            list(spec.command),
+            {**os.environ, **spec.env},
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,  # no signal of the starter's terminal or session reaches it
+        )
+    finally:
+        os.close(log_fd)
+
+
+def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
+    pause = 0.02
+    while not answers(spec.cache_dir):
+        if pid is not None and os.waitpid(pid, os.WNOHANG)[0] == pid:
+            raise BackendError(
+                f"the cache daemon exited at start: {_last_line(spec.cache_dir / LOG_NAME)}"
+            )
+        if time.monotonic() > deadline:
+            raise BackendError(
+                f"the cache daemon at {spec.cache_dir} did not answer within {spec.timeout:g}s"
+                f" (see {spec.cache_dir / LOG_NAME})"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+@contextlib.contextmanager
+def _start_lock(path: Path, deadline: float) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        # Polled, not blocking: a starter that hangs must not hang us past the deadline.
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BackendError(f"{path} stayed locked: another start hangs") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "nothing logged"

@@ -1,0 +1,105 @@
+"""What the caller of ``lazyfs.fs.mount`` and the mount process say to each other.
+
+``layer_arg`` and ``parse_layer_args``: a layer's descriptor as the mount
+process's ``--layer`` argument (JSON: digest, media type, size, diff_id,
+annotations, and for a layer still in a registry its ``origin``).
+``refusal`` and ``refused_error``: an error the mount process raised while
+indexing, as the answer line that carries it back, and the same error again
+on the caller's side. The answers themselves (``ready``, ``indexed``) are
+described in ``lazyfs.fs.mount``.
+
+Light: providers and ``lazyfs.cache.remote`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from lazyfs.cache.remote import RemoteOrigin
+from providers import errors
+from providers.digest import Digest
+from providers.errors import BackendError, LazyfsError
+from providers.manifest import Layer
+
+REFUSED = b"refused "
+
+
+def layer_arg(layer: Layer, origin: RemoteOrigin | None = None) -> str:
+    """``layer`` as the mount process's ``--layer`` argument (``parse_layer_arg`` reads it).
+
+    With ``origin`` the layer is remote: read from that registry through the daemon.
+    """
+    fields: dict[str, Any] = {"digest": layer.digest, "media_type": layer.media_type}
+    fields["size"] = layer.size
+    if layer.diff_id is not None:
+        fields["diff_id"] = layer.diff_id
+    if layer.annotations:
+        fields["annotations"] = dict(layer.annotations)
+    if origin is not None:
+        fields["origin"] = [origin.host, origin.repository]
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def parse_layer_arg(text: str) -> Layer:
+    return parse_layer_args(text)[0]
+
+
+def parse_layer_args(text: str) -> tuple[Layer, RemoteOrigin | None]:
+    """The layer a ``layer_arg`` describes, and its origin when it is remote."""
+    data = json.loads(text)
+    diff_id = data.get("diff_id")
+    notes = data.get("annotations") or {}
+    layer = Layer(
+        Digest(data["digest"]),
+        str(data["media_type"]),
+        int(data["size"]),
+        Digest(diff_id) if diff_id else None,
+        tuple(sorted((str(k), str(v)) for k, v in notes.items())),
+    )
+    origin = data.get("origin")
+    return layer, None if origin is None else RemoteOrigin(str(origin[0]), str(origin[1]))
+
+
+def refusal(error: LazyfsError | OSError) -> bytes:
+    """The answer line that hands ``error`` to the caller of ``mount``, to raise there.
+
+    A lazyfs error travels as its class names (most derived first), its
+    message and its plain facts; an OSError as its errno, text and file.
+    """
+    fields: dict[str, Any]
+    if isinstance(error, OSError):
+        fields = {"errno": error.errno, "strerror": error.strerror, "filename": error.filename}
+        fields["filename"] = None if fields["filename"] is None else os.fsdecode(error.filename)
+    else:
+        classes = [cls.__name__ for cls in type(error).__mro__ if issubclass(cls, LazyfsError)]
+        facts = {
+            key: value
+            for key, value in vars(error).items()
+            if isinstance(value, (str, int, float, bool)) or value is None
+        }
+        fields = {"classes": classes, "message": str(error), "facts": facts}
+    return REFUSED + json.dumps(fields).encode() + b"\n"
+
+
+def refused_error(text: bytes) -> Exception:
+    """The error a ``refusal`` line describes: the same class, message and facts."""
+    try:
+        fields = json.loads(text)
+        if "errno" in fields:
+            return OSError(fields["errno"], fields["strerror"], fields["filename"])
+        # The nearest class this side knows; LazyfsError at worst.
+        cls = next(
+            found
+            for name in fields["classes"]
+            if isinstance(found := getattr(errors, name, None), type)
+            and issubclass(found, LazyfsError)
+        )
+        error: LazyfsError = cls.__new__(cls)
+        # Not cls(...): each error has its own constructor; its message is made already.
+        Exception.__init__(error, str(fields["message"]))
+        error.__dict__.update(fields["facts"])
+        return error
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return BackendError(f"the mount process refused with a damaged answer: {text!r}")

@@ -1,0 +1,89 @@
+"""Mount before pulling: which layers of an image stay remote, and the blob source that says so.
+
+For the fuse backend, a Docker registry image is fetched with
+``DockerProvider.fetch_lazy``: its manifest and config, and the blobs of
+the layers no daemon can read by range. The layers whose blobs are not in
+the store afterwards are remote (``remote_origins``): their registry is the
+image reference's host and repository, which the cache daemon reads them
+from with its own credentials. ``LazyBlobs`` is the store's blob source
+with that knowledge attached (``lazyfs.cache.remote.RemoteAware``), which
+the fuse backend hands to the mount.
+
+Other backends, and images with every blob present, get the store's blob
+source as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin
+from lazyfs.progress import Progress
+from lazyfs.store.blobs import StoreBlobs
+from lazyfs.store.disk import Store
+from providers.digest import Digest
+from providers.image_pb2 import Image
+from providers.manifest import ImageManifest, Layer
+from providers.reference import parse_reference
+from providers.source import LocalBlobSource
+
+LAZY_BACKENDS = frozenset({"fuse"})
+
+
+@runtime_checkable
+class LazyProvider(Protocol):
+    async def fetch_lazy(self, image: Image, progress: Progress) -> ImageManifest:
+        """``fetch``, leaving in the registry the layers that can be read by range."""
+        ...
+
+
+class LazyBlobs:
+    """``StoreBlobs`` and the layers of one image that are still in its registry."""
+
+    def __init__(self, blobs: StoreBlobs, remote: Remote) -> None:
+        self.blobs = blobs
+        self.remote = remote
+
+    def open(self, digest: Digest) -> BinaryIO:
+        return self.blobs.open(digest)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        return self.blobs.read_range(digest, offset, length)
+
+    def local_blob(self, layer: Layer) -> Path:
+        return self.blobs.local_blob(layer)
+
+
+def remote_origins(store: Store, manifest: ImageManifest) -> dict[Digest, RemoteOrigin]:
+    """The layers of ``manifest`` not in ``store``, with their registry. Blocking."""
+    missing = [layer.digest for layer in manifest.layers if not store.has_blob(layer.digest)]
+    if not missing:
+        return {}
+    ref = parse_reference(manifest.reference)
+    origin = RemoteOrigin(ref.registry, ref.repository)
+    return dict.fromkeys(missing, origin)
+
+
+def blobs_for(
+    backend: str,
+    blobs: StoreBlobs,
+    manifest: ImageManifest,
+    daemon: DaemonSpec | None,
+) -> LocalBlobSource:
+    """What ``backend`` reads ``manifest``'s layers from: for fuse, with the remote ones. Blocking.
+
+    A layer missing from the store is remote only for a lazy backend with a
+    daemon to read it; for any other, the store's source says NotFound.
+    """
+    if backend not in LAZY_BACKENDS or daemon is None:
+        return blobs
+    origins = remote_origins(blobs.store, manifest)
+    return LazyBlobs(blobs, Remote(daemon, origins)) if origins else blobs
+
+
+def remote_digests(blobs: LocalBlobSource) -> tuple[Digest, ...]:
+    """The layers ``blobs`` leaves in a registry, for the provisioner's record."""
+    if isinstance(blobs, LazyBlobs):
+        return tuple(blobs.remote.origins)
+    return ()

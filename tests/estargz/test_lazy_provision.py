@@ -1,0 +1,86 @@
+"""``lazyfs provision --backend fuse`` of a registry eStargz image: mounted before it is pulled.
+
+The image's layers all carry the ``toc.digest`` annotation, so the provider
+pulls none of them: the provisioner records them as remote, the mount
+process reads them through the cache daemon, which the first mount starts,
+and the rootfs serves the image's files.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from lazyfs.images.docker import TOC_DIGEST_ANNOTATION as PROVIDER_ANNOTATION
+from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
+from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon
+from tests.support.estargz_images import BIG_DATA
+from tests.support.fuse_mounts import need_fuse
+from tests.support.registry_servers import Registry
+
+
+def test_the_provider_names_estargz_layers_as_the_index_does() -> None:
+    assert PROVIDER_ANNOTATION == TOC_DIGEST_ANNOTATION
+
+
+def _lazyfs(work: Path, registry: Registry, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
+            registry.url, "--cache_dir", str(work / "cache"), *args]  # fmt: skip
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False
+    )
+
+
+def test_provision_fuse_mounts_the_estargz_layers_from_the_registry(
+    estargz_registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    work = tmp_path / "work"
+    image = f"docker:{estargz_registry.host}/rich:esgz"
+    try:
+        done = _lazyfs(work, estargz_registry, "provision", "c1", image, "--backend", "fuse")
+        assert done.returncode == 0, done.stderr
+        info = json.loads(done.stdout)
+        assert info["backend"] == "fuse"
+        assert len(info["remote_layers"]) == len(info["image"]["layers"]) == 3
+        rootfs = Path(info["rootfs"])
+        assert (rootfs / "usr/bin/prog").read_bytes() == b"prog\n" * 1000
+        assert (rootfs / "etc/hostname").read_bytes() == b"rich-top\n"
+        # Started by the mount that needed it; it fetched the layers' bytes.
+        assert recorded_daemon(work / "cache") is not None
+        found = daemon_status(work / "cache")
+        assert found is not None and found.fetches > 0
+    finally:
+        gone = _lazyfs(work, estargz_registry, "destroy", "c1")
+        kill_recorded(work / "cache")
+    assert gone.returncode == 0, gone.stderr
+
+
+def test_a_file_read_from_a_remote_layer_fetches_its_chunks_not_the_layer(
+    estargz_registry: Registry, tmp_path: Path
+) -> None:
+    # The big image's first layer holds 9 MiB of incompressible data; reading
+    # only the small file of its second layer must leave most of it remote.
+    need_fuse()
+    work = tmp_path / "work"
+    image = f"docker:{estargz_registry.host}/big:esgz"
+    try:
+        done = _lazyfs(work, estargz_registry, "provision", "c1", image, "--backend", "fuse")
+        assert done.returncode == 0, done.stderr
+        info = json.loads(done.stdout)
+        rootfs = Path(info["rootfs"])
+        assert (rootfs / "opt/small").read_bytes() == b"small\n" * 100
+        assert (rootfs / "opt/big").stat().st_size == len(BIG_DATA)
+        found = daemon_status(work / "cache")
+        assert found is not None
+        # Tails for the tables of contents and the small file's chunk: a
+        # fraction of the image, never its big (incompressible) layer whole.
+        assert found.used_bytes < len(BIG_DATA) / 2, found.used_bytes
+        # Once read, the big file's bytes are the image's, chunk by chunk.
+        assert (rootfs / "opt/big").read_bytes() == BIG_DATA
+    finally:
+        gone = _lazyfs(work, estargz_registry, "destroy", "c1")
+        kill_recorded(work / "cache")
+    assert gone.returncode == 0, gone.stderr

@@ -1,0 +1,85 @@
+"""``lazyfs daemon``'s flags, and how a command hands its flags to a daemon it starts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from lazyfs.cli import build_parser
+from lazyfs.cli_daemon import cache_dir, cache_size, daemon_spec
+from lazyfs.fs.mount import RemoteOrigin, layer_arg, parse_layer_args
+from providers.digest import Digest
+from providers.errors import UsageError
+from providers.manifest import ImageManifest, Layer
+
+CONFIG = '{"auths": {"r.example": {"username": "u", "password": "secret-pw"}}}'
+
+
+def parse(*argv: str, env: dict[str, str] | None = None) -> argparse.Namespace:
+    return build_parser(env or {}).parse_args([*argv, "daemon"])
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10GB", 10 << 30), ("512MB", 512 << 20), ("1.5kb", 1536), ("4096", 4096), ("7B", 7)],
+)
+def test_cache_size_counts_as_mesos_does(text: str, size: int) -> None:
+    assert cache_size(parse("--cache_size", text)) == size
+
+
+@pytest.mark.parametrize("text", ["0", "ten", "-1GB", "1PB", ""])
+def test_a_bad_cache_size_names_its_flag(text: str) -> None:
+    with pytest.raises(UsageError, match=r"^LAZYFS_CACHE_SIZE"):
+        cache_size(parse(env={"LAZYFS_CACHE_SIZE": text}))
+
+
+def test_the_default_cache_is_under_the_work_dir_and_absolute(tmp_path: Path) -> None:
+    args = parse("--work_dir", "relative/work")
+    assert cache_dir(args) == Path("relative/work/cache").absolute()
+    assert cache_size(args) == 10 << 30
+
+
+def test_a_started_daemon_gets_the_flags_in_its_environment_not_its_command_line() -> None:
+    args = parse(
+        "--work_dir", "w", "--docker_config", CONFIG, "--docker_registry_timeout", "7",
+        "--cache_size", "1GB",
+    )  # fmt: skip
+    spec = daemon_spec(args)
+    assert spec.command[-3:] == ("-m", "lazyfs", "daemon")
+    assert not any("secret" in part for part in spec.command)
+    assert spec.env["LAZYFS_DOCKER_CONFIG"] == CONFIG
+    assert spec.env["LAZYFS_DOCKER_REGISTRY_TIMEOUT"] == "7.0"
+    assert spec.env["LAZYFS_WORK_DIR"] == str(Path("w").absolute())
+    assert spec.env["LAZYFS_CACHE_DIR"] == str(Path("w/cache").absolute())
+    assert spec.env["LAZYFS_CACHE_SIZE"] == str(1 << 30)
+    assert "LAZYFS_PLATFORM" not in spec.env  # a flag left at its default stays out
+    # What it is given reads back as the same settings.
+    again = build_parser(dict(spec.env)).parse_args(["daemon"])
+    assert (cache_dir(again), cache_size(again)) == (spec.cache_dir, 1 << 30)
+
+
+LAYER = Layer(
+    Digest("sha256:" + "ab" * 32),
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    1234,
+    Digest("sha256:" + "cd" * 32),
+    (("containerd.io/snapshot/stargz/toc.digest", "sha256:" + "ef" * 32),),
+)
+
+
+def test_a_remote_layer_reaches_the_mount_process_with_its_origin_and_annotations() -> None:
+    origin = RemoteOrigin("127.0.0.1:5000", "lazyfs/rich")
+    assert parse_layer_args(layer_arg(LAYER, origin)) == (LAYER, origin)
+    assert parse_layer_args(layer_arg(LAYER)) == (LAYER, None)
+
+
+def test_stored_manifests_keep_annotations_and_records_without_them_are_unchanged() -> None:
+    plain = Layer(LAYER.digest, LAYER.media_type, LAYER.size, LAYER.diff_id)
+    for layers in ((LAYER,), (plain,)):
+        manifest = ImageManifest("r/x:1", Digest("sha256:" + "01" * 32), layers)
+        text = json.dumps(manifest.to_json())
+        assert ImageManifest.from_json(json.loads(text)) == manifest
+        assert ("annotations" in text) == bool(layers[0].annotations)
