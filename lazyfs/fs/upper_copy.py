@@ -97,7 +97,10 @@ class UpperCopy(UpperState):
                 name = os.fsdecode(name_bytes)
                 if which:
                     with self.at(node) as (first_fd, first):
-                        os.link(first, name, src_dir_fd=first_fd, dst_dir_fd=fd)
+                        # Never follow: the first name may be an image's symlink to a host file.
+                        os.link(
+                            first, name, src_dir_fd=first_fd, dst_dir_fd=fd, follow_symlinks=False
+                        )
                     continue
                 kind = stat.S_IFMT(node.mode)
                 if kind == stat.S_IFREG:
@@ -176,7 +179,7 @@ class UpperCopy(UpperState):
         """Make name ``which`` of ``node`` a hardlink of its first name again, atomically."""
         temp = str(self.work / f"link-{next(self._temps)}")
         with self.at(node) as (fd, name):
-            os.link(name, temp, src_dir_fd=fd)
+            os.link(name, temp, src_dir_fd=fd, follow_symlinks=False)
         with self.at(node, which) as (fd, name):
             os.rename(temp, name, dst_dir_fd=fd)
 
