@@ -119,6 +119,9 @@ class DockerProvider:
         # oci:DIR, oci-archive:FILE, docker-archive:FILE: read again every time.
         local = parse_transport(image.docker.name)
         reference = str(local.absolute()) if local else str(parse_reference(image.docker.name))
+        # Only a registry image is read by range, and only with the daemon's own
+        # credentials: an image bringing its own (Image.Docker.config) is pulled whole.
+        lazy = lazy and local is None and not image.docker.config
         # One reference names an image per platform; the store keeps each.
         platform = str(self.options.platform or host_platform())
         if image.cached and local is None:
