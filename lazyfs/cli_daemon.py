@@ -56,7 +56,7 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
     env["LAZYFS_WORK_DIR"] = str(Path(args.work_dir).absolute())
     env["LAZYFS_CACHE_DIR"] = str(cache_dir(args))
     env["LAZYFS_CACHE_SIZE"] = str(cache_size(args))
-    return DaemonSpec(cache_dir(args), (sys.executable, "-m", "lazyfs", "daemon"), env)
+    return DaemonSpec(cache_dir(args), (sys.executable, "-P", "-m", "lazyfs", "daemon"), env)
 
 
 def run_daemon(args: argparse.Namespace) -> int:

@@ -71,9 +71,10 @@ def ensure_daemon(spec: DaemonSpec) -> None:
 
     Raises BackendError when it does not answer within ``spec.timeout``.
     """
+    # Checked before anything in it is trusted: ours, closed to other users.
+    private_dir(spec.cache_dir)
     if answers(spec.cache_dir):
         return
-    private_dir(spec.cache_dir)
     deadline = time.monotonic() + spec.timeout
     with _start_lock(spec.cache_dir / START_LOCK, deadline):
         if answers(spec.cache_dir):

@@ -121,7 +121,8 @@ def mount(
     when the mount does not come up within ``timeout`` of the layers being
     indexed (the reason from the mount process's answer or log).
     """
-    argv = [sys.executable, "-m", MODULE, "--mountpoint", str(mountpoint)]
+    # -P: the caller's working directory is not on the mount process's import path.
+    argv = [sys.executable, "-P", "-m", MODULE, "--mountpoint", str(mountpoint)]
     argv += ["--store", str(store)]
     origins = {} if remote is None else remote.origins
     if remote is not None and any(layer.digest in origins for layer in layers):

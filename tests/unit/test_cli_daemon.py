@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_a_started_daemon_gets_the_flags_in_its_environment_not_its_command_line
         "--cache_size", "1GB",
     )  # fmt: skip
     spec = daemon_spec(args)
-    assert spec.command[-3:] == ("-m", "lazyfs", "daemon")
+    assert spec.command[-4:] == ("-P", "-m", "lazyfs", "daemon")
     assert not any("secret" in part for part in spec.command)
     assert spec.env["LAZYFS_DOCKER_CONFIG"] == CONFIG
     assert spec.env["LAZYFS_DOCKER_REGISTRY_TIMEOUT"] == "7.0"
@@ -83,3 +84,19 @@ def test_stored_manifests_keep_annotations_and_records_without_them_are_unchange
         text = json.dumps(manifest.to_json())
         assert ImageManifest.from_json(json.loads(text)) == manifest
         assert ("annotations" in text) == bool(layers[0].annotations)
+
+
+def test_a_started_daemon_imports_nothing_from_the_callers_directory(tmp_path: Path) -> None:
+    # Root running `lazyfs provision` from a directory another user can write
+    # must not run that user's `lazyfs` package in the daemon it starts.
+    planted = tmp_path / "lazyfs"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "__main__.py").write_text("")
+    spec = daemon_spec(parse("--work_dir", str(tmp_path / "work")))
+    command = [*spec.command[:-1], "--help"]  # the daemon's interpreter and module, not its loop
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "usage: lazyfs" in done.stdout
+    assert not marker.exists()
