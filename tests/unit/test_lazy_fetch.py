@@ -19,6 +19,7 @@ import trio
 from lazyfs.images.docker import TOC_DIGEST_ANNOTATION, DockerProvider
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
+from providers.digest import Digest
 from providers.image_pb2 import Image
 
 
@@ -85,4 +86,4 @@ def test_a_local_transport_image_is_pulled_whole_even_with_estargz_layers(tmp_pa
     image.docker.name = f"oci:{layout}:1.0"
     manifest = trio.run(provider.fetch_lazy, image, Progress(enabled=False))
     assert [stored.digest for stored in manifest.layers] == [layer]
-    assert store.has_blob(layer)
+    assert store.has_blob(Digest(layer))
