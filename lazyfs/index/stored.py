@@ -20,7 +20,8 @@ image (``lazyfs.tree.kept``) hold the offsets its index gave, which differ
 between formats (an eStargz index gives data-space offsets, a gzip one tar
 offsets).  So ``ensure_index`` keeps a stored eStargz index (its chunks read
 from the local blob as well as from a registry), and ``ensure_remote_index``
-leaves an index of another format alone.
+leaves an index of another format alone.  Kept trees name the format of
+each layer's index too, so one that changes anyway is merged again.
 
 An eStargz index was built from a TOC a registry served, checked against the
 TOC digest its descriptor gave, never against the layer digest: any image
@@ -205,6 +206,29 @@ def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest)
             actual=stored,
         )
     return True
+
+
+def index_source(layers_dir: Path, digest: Digest) -> str:
+    """What the stored index of ``digest`` was built from, as text; "" when there is none.
+
+    Its format, and for an eStargz index the TOC digest its chunk table
+    names: two indexes of one layer digest give the same offsets only when
+    these are equal (an eStargz index gives data-space offsets, another
+    tar offsets).  What a kept merged tree is checked against
+    (``lazyfs.tree.kept``).  Cheap: two first lines read.
+    """
+    index = load_index(layers_dir, digest, entries=False)
+    if index is None:
+        return ""
+    if index.compression != ESTARGZ.name:
+        return index.compression
+    try:
+        data = layer_data(layers_dir, Path(), index)
+        with data.path.open(encoding="utf-8") as stream:
+            toc, _ = source_of(stream.readline())
+    except (BadImage, OSError, ValueError):
+        return index.compression  # no tree made with a readable table matches it
+    return f"{index.compression} {toc}"
 
 
 def _store(home: Path, scratch: Path, index: LayerIndex) -> None:
