@@ -59,6 +59,7 @@ __all__ = [
     "prefetch_span",
     "read_toc",
     "toc_digest",
+    "toc_json",
     "toc_member",
 ]
 
@@ -123,6 +124,19 @@ def _toc_json(tar: bytes, layer: str) -> bytes:
     return tar[_BLOCK : _BLOCK + size]
 
 
+def toc_json(member: bytes, *, layer: str, limits: TocLimits | None = None) -> bytes:
+    """The TOC's JSON held by the gzip ``member``, unchecked and unparsed.
+
+    What a TOC digest is the digest of.  Raises BadImage when the member or
+    its tar entry is refused (sizes bounded by ``limits``).
+    """
+    limits = limits or TocLimits()
+    tar = inflate_member(
+        member, limit=limits.max_json_bytes + _TAR_OVERHEAD, what=f"the TOC of layer {layer}"
+    )
+    return _toc_json(tar, layer)
+
+
 def read_toc(
     member: bytes, *, toc_offset: int, expected: Digest, layer: str, limits: TocLimits | None = None
 ) -> Toc:
@@ -134,10 +148,7 @@ def read_toc(
     ``limits``) — before any of the JSON is parsed, its digest has matched.
     """
     limits = limits or TocLimits()
-    tar = inflate_member(
-        member, limit=limits.max_json_bytes + _TAR_OVERHEAD, what=f"the TOC of layer {layer}"
-    )
-    data = _toc_json(tar, layer)
+    data = toc_json(member, layer=layer, limits=limits)
     actual = digest_bytes(data, algorithm(expected))
     if actual != expected:
         raise DigestMismatch(f"TOC of layer {layer}", expected=expected, actual=actual)

@@ -130,14 +130,17 @@ def dumps(table: ChunkTable) -> str:
     return f"{json.dumps(header)}\n{json.dumps(rows, separators=(',', ':'))}\n"
 
 
-def toc_digest_of(head: str) -> Digest:
-    """The TOC digest in a table's first line (``dumps``'s header); ValueError if there is none."""
+def source_of(head: str) -> tuple[Digest, int]:
+    """The TOC digest and blob size a table was built from, read from its first line.
+
+    ``dumps``'s header; ValueError if it is not one.
+    """
     try:
         header = json.loads(head)
         if header.get("version") != VERSION:
             raise ValueError(f"chunk table format {header.get('version')!r}, want {VERSION}")
-        return Digest(str(header["toc_digest"]))
-    except (KeyError, AttributeError) as error:
+        return Digest(str(header["toc_digest"])), int(header["blob_size"])
+    except (KeyError, AttributeError, TypeError) as error:
         raise ValueError(f"malformed chunk table: {error!r}") from error
 
 

@@ -20,7 +20,15 @@ image (``lazyfs.tree.kept``) hold the offsets its index gave, which differ
 between formats (an eStargz index gives data-space offsets, a gzip one tar
 offsets).  So ``ensure_index`` keeps a stored eStargz index (its chunks read
 from the local blob as well as from a registry), and ``ensure_remote_index``
-leaves an index of another format alone.  Blocking.
+leaves an index of another format alone.  Kept trees name the format of
+each layer's index too, so one that changes anyway is merged again.
+
+An eStargz index was built from a TOC a registry served, checked against the
+TOC digest its descriptor gave, never against the layer digest: any image
+can name any layer digest with its own TOC.  So ``ensure_index``, which has
+the verified blob, keeps a stored eStargz index only when it was built from
+that blob's own TOC and size; any other is built again from the blob, in the
+blob's format.  Blocking.
 """
 
 from __future__ import annotations
@@ -30,16 +38,23 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-from lazyfs.index.estargz import SUGGESTED_TAIL_SIZE, toc_digest
-from lazyfs.index.estargz_chunks import ChunkTable, toc_digest_of
+from lazyfs.index.estargz import (
+    SUGGESTED_TAIL_SIZE,
+    TocLimits,
+    parse_footer,
+    toc_digest,
+    toc_json,
+    toc_member,
+)
+from lazyfs.index.estargz_chunks import ChunkTable, source_of
 from lazyfs.index.estargz_chunks import dumps as dump_chunks
 from lazyfs.index.estargz_chunks import loads as load_chunks
 from lazyfs.index.formats import ESTARGZ, LayerFormat, build_index, format_named
 from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, LayerData, LayerIndex, dumps, loads
 from lazyfs.store.atomic import publish, write_atomic
-from providers.digest import Digest, hex_part
+from providers.digest import Digest, algorithm, digest_bytes, hex_part
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock
 from providers.manifest import Layer
@@ -87,8 +102,9 @@ def ensure_index(
     makes sure the index is there needs.  Raises BadImage for a corrupt
     layer or one that unpacks past ``limits`` (a stored index was built
     within the limits of its day), UnsafeLayer for a hostile one; nothing
-    is stored then.  A stored eStargz index is kept (see the module
-    docstring): read it through a ``BlobSource`` (the store's own will do).
+    is stored then.  A stored eStargz index built from ``blob``'s own TOC
+    is kept, another is replaced (see the module docstring): read a kept
+    one through a ``BlobSource`` (the store's own will do).
     """
     found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
@@ -180,7 +196,7 @@ def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest)
     try:
         data = check_data_present(layers_dir, Path(), index)
         with data.path.open(encoding="utf-8") as stream:
-            stored = toc_digest_of(stream.readline())
+            stored, _ = source_of(stream.readline())
     except (BadImage, OSError, ValueError):
         return False  # built again, its table first
     if stored != expected:
@@ -190,6 +206,29 @@ def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest)
             actual=stored,
         )
     return True
+
+
+def index_source(layers_dir: Path, digest: Digest) -> str:
+    """What the stored index of ``digest`` was built from, as text; "" when there is none.
+
+    Its format, and for an eStargz index the TOC digest its chunk table
+    names: two indexes of one layer digest give the same offsets only when
+    these are equal (an eStargz index gives data-space offsets, another
+    tar offsets).  What a kept merged tree is checked against
+    (``lazyfs.tree.kept``).  Cheap: two first lines read.
+    """
+    index = load_index(layers_dir, digest, entries=False)
+    if index is None:
+        return ""
+    if index.compression != ESTARGZ.name:
+        return index.compression
+    try:
+        data = layer_data(layers_dir, Path(), index)
+        with data.path.open(encoding="utf-8") as stream:
+            toc, _ = source_of(stream.readline())
+    except (BadImage, OSError, ValueError):
+        return index.compression  # no tree made with a readable table matches it
+    return f"{index.compression} {toc}"
 
 
 def _store(home: Path, scratch: Path, index: LayerIndex) -> None:
@@ -241,14 +280,59 @@ def _drop_unused(path: Path) -> None:
 
 
 def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerIndex | None:
-    """``index``, unless what it points into went missing or changed size."""
+    """``index``, unless what it points into went missing or changed size.
+
+    Or it is an eStargz index not built from ``blob``'s own TOC.
+    """
     if index is None:
         return None
     try:
-        check_data_present(layers_dir, blob, index)
+        data = check_data_present(layers_dir, blob, index)
     except BadImage:
         return None  # built again, its files first
+    if index.compression == ESTARGZ.name and not _built_from(data.path, blob, index):
+        return None  # built again from the verified blob, in its own format
     return index
+
+
+def _built_from(table: Path, blob: Path, index: LayerIndex) -> bool:
+    """Whether the chunk table ``table`` of ``index`` was built from the TOC of ``blob``.
+
+    The same TOC digest and blob size: a blob has one TOC, so the index is
+    the one ``blob``'s TOC gives.
+    """
+    try:
+        with table.open(encoding="utf-8") as stream:
+            toc, size = source_of(stream.readline())
+        with blob.open("rb") as stream:
+            json = _local_toc(stream, size, str(index.digest))
+    except (BadImage, OSError, ValueError):
+        return False
+    return json is not None and digest_bytes(json, algorithm(toc)) == toc
+
+
+def _local_toc(stream: BinaryIO, size: int, layer: str) -> bytes | None:
+    """The TOC's JSON in the eStargz blob open as ``stream``, which must have ``size`` bytes.
+
+    None when it has another size or ends in no footer.  Raises BadImage for
+    a TOC member refused, and OSError.
+    """
+    if os.fstat(stream.fileno()).st_size != size:
+        return None
+    start = max(0, size - SUGGESTED_TAIL_SIZE)
+    stream.seek(start)
+    tail = stream.read()
+    footer = parse_footer(tail, size)
+    if footer is None:
+        return None
+    member = toc_member(tail, size, footer)
+    if member is None:
+        length = footer.toc_end - footer.toc_offset
+        if length > 2 * TocLimits().max_json_bytes:
+            return None  # no member that long holds a TOC the parser takes
+        stream.seek(footer.toc_offset)
+        member = stream.read(length)
+    return toc_json(member, layer=layer)
 
 
 def layer_format(index: LayerIndex) -> LayerFormat:

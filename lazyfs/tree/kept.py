@@ -1,9 +1,12 @@
 """Merged trees kept in the store, so mounting an image merges its layers once.
 
-A ``MergedTree`` is a pure function of its layers' indexes, in order, and an
-index is a pure function of its layer blob; so the tree of a chain of layer
-digests goes stale only when the code that makes it changes, which the
-file's header records (a hash of the index, merge and layer-rule modules).
+A ``MergedTree`` is a pure function of its layers' indexes, in order.  An
+index is a function of its layer blob and its format: a layer indexed from
+its eStargz TOC has data-space offsets, the same layer indexed whole tar
+offsets (``lazyfs.index.stored``).  So the tree of a chain of layer digests
+goes stale when the code that makes it changes, or when a layer's index is
+built again from another source; the file's header records both (a hash of
+the index, merge and layer-rule modules; each layer's ``index_source``).
 ``merged_tree`` loads it from ``<layers_dir>/<top layer hex>/trees/<chain
 hex>`` when it is there, and otherwise merges the indexes and stores the
 tree for the next mount.  That turns the bulk of a mount's start (parsing
@@ -12,7 +15,7 @@ every index and replaying every entry) into one ``marshal.loads``.
 The file is ``marshal`` data: fast, and written only by this module into the
 root-owned store, which is trusted as the indexes are.  Its header names the
 format, the Python version (marshal's format may change between versions),
-that code hash and the chain; a file that does not match is merged again
+that code hash, the chain and its indexes' sources; a file that does not match is merged again
 and replaced, one that does not load is removed first.  It is written to a
 temporary file and renamed into place, so a reader sees a whole file or
 none; two mounts racing both write the same tree.  Not being able to store
@@ -35,14 +38,16 @@ import lazyfs.tree.merge
 import providers.layer_entry
 import providers.layer_rules
 from lazyfs.index.model import LayerIndex
+from lazyfs.index.stored import index_source
 from lazyfs.store.atomic import write_atomic
 from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree, merge
 from providers.digest import Digest, hex_part
 
 log = logging.getLogger(__name__)
 
-# 2: a file's data carries a sparse file's extents.
-FORMAT = 2
+# 2: a file's data carries a sparse file's extents.  3: the header names each
+# layer's index source.
+FORMAT = 3
 _PYTHON = tuple(sys.version_info[:2])
 
 
@@ -79,24 +84,38 @@ def merged_tree(
 ) -> MergedTree:
     """The merged tree of ``digests``: kept, or merged from ``load_indexes()`` and kept.
 
-    Raises what ``load_indexes`` and ``merge`` raise.
+    Kept only for the indexes stored now (``layer_sources``).  Raises what
+    ``load_indexes`` and ``merge`` raise.
     """
     if not digests:
         return merge(())  # an empty root: nothing worth keeping
     path = tree_path(layers_dir, digests)
-    found = load_tree(path, digests)
+    # Read before the indexes are: one replaced meanwhile leaves a tree
+    # labelled with the sources before it, which no later mount takes.
+    sources = layer_sources(layers_dir, digests)
+    found = load_tree(path, digests, sources=sources)
     if found is not None:
         return found
     tree = merge(load_indexes())
     try:
-        store_tree(path, digests, tree)
+        store_tree(path, digests, tree, sources=sources)
     except OSError as error:
         log.warning("cannot keep the merged tree in %s: %s", path, error)
     return tree
 
 
-def load_tree(path: Path, digests: Sequence[Digest]) -> MergedTree | None:
+def layer_sources(layers_dir: Path, digests: Sequence[Digest]) -> tuple[str, ...]:
+    """What the stored index of each layer was built from (``index_source``), in order."""
+    return tuple(index_source(layers_dir, digest) for digest in digests)
+
+
+def load_tree(
+    path: Path, digests: Sequence[Digest], *, sources: Sequence[str]
+) -> MergedTree | None:
     """The tree kept at ``path`` for ``digests``; None if none is, or it is not current.
+
+    Current: made by this code from indexes of these ``sources``
+    (``layer_sources``).
 
     A damaged file is removed, so that the next mount's caller checks the
     indexes whole again (``lazyfs.fs.mount``).
@@ -110,7 +129,7 @@ def load_tree(path: Path, digests: Sequence[Digest]) -> MergedTree | None:
         return None
     try:
         header, rows, children, parents = marshal.loads(raw)
-        if header != _header(digests):
+        if header != _header(digests, sources):
             return None
         return _tree(rows, children, parents)
     except Exception as error:  # any shape marshal can give back: merge again
@@ -120,12 +139,17 @@ def load_tree(path: Path, digests: Sequence[Digest]) -> MergedTree | None:
         return None
 
 
-def _header(digests: Sequence[Digest]) -> tuple[int, tuple[int, ...], str, tuple[str, ...]]:
-    return (FORMAT, _PYTHON, _RULES, tuple(digests))
+def _header(digests: Sequence[Digest], sources: Sequence[str]) -> tuple[Any, ...]:
+    return (FORMAT, _PYTHON, _RULES, tuple(digests), tuple(sources))
 
 
-def store_tree(path: Path, digests: Sequence[Digest], tree: MergedTree) -> None:
-    """Keep ``tree`` at ``path``, whole or not at all.  Raises OSError."""
+def store_tree(
+    path: Path, digests: Sequence[Digest], tree: MergedTree, *, sources: Sequence[str]
+) -> None:
+    """Keep ``tree``, merged from indexes of ``sources``, at ``path``, whole or not at all.
+
+    Raises OSError.
+    """
     rows = [
         (
             *(inode.ino, inode.mode, inode.uid, inode.gid, inode.size, inode.mtime_ns),
@@ -134,7 +158,7 @@ def store_tree(path: Path, digests: Sequence[Digest], tree: MergedTree) -> None:
         )
         for inode in tree.inodes.values()
     ]
-    payload = marshal.dumps((_header(digests), rows, tree.children, tree.parents))
+    payload = marshal.dumps((_header(digests, sources), rows, tree.children, tree.parents))
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not durable: a tree torn by a crash fails to load and is merged again.
     write_atomic(path, payload, mode=0o600, prefix=".tree.", durable=False)

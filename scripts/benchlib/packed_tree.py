@@ -122,7 +122,7 @@ def child(kind: str, path: Path, digests: list[str], probes: Path, cold: bool, h
     start = time.perf_counter()
     tree: Any
     if kind == "kept":
-        tree = kept.load_tree(path, [Digest(d) for d in digests])
+        tree = kept.load_tree(path, [Digest(d) for d in digests], sources=())
         assert tree is not None
     else:
         tree = PackedTree.open(path, digests)
@@ -206,7 +206,7 @@ def measure(entries: int, work: Path, runs: int, count: int) -> dict[str, Any]:
     )
     files = {"kept": work / f"kept-{entries}", "packed": work / f"packed-{entries}"}
     start = time.perf_counter()
-    kept.store_tree(files["kept"], [Digest(d) for d in digests], tree)
+    kept.store_tree(files["kept"], [Digest(d) for d in digests], tree, sources=())
     kept_s = time.perf_counter() - start
     start = time.perf_counter()
     write_packed(tree, digests, files["packed"])

@@ -207,11 +207,42 @@ def test_a_layer_indexed_whole_stays_so(store: Store, tmp_path: Path) -> None:
     assert load_index(store.layers, whole.digest) == whole and blobs.reads == []
 
 
-def test_an_estargz_index_stays_when_the_blob_becomes_local(store: Store, tmp_path: Path) -> None:
-    # Kept merged trees hold its offsets: its format must not change under them.
-    blob = write_estargz(FILES)
+@pytest.mark.parametrize("tail", [None, 64], ids=["TOC in the tail", "TOC before the tail"])
+def test_an_estargz_index_stays_when_the_blob_becomes_local(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: int | None
+) -> None:
+    # Kept merged trees hold its offsets: its format should not change under them.
+    # It was built from this blob's own TOC, which the local blob is checked for.
+    if tail is not None:
+        monkeypatch.setattr("lazyfs.index.stored.SUGGESTED_TAIL_SIZE", tail)
+    blob = write_estargz(FILES, chunk_size=20_000)
     index, _ = remote(store, blob)
     assert local(store, blob, tmp_path) == index
+
+
+def test_an_estargz_index_of_another_blob_is_built_again_from_the_verified_one(
+    store: Store, tmp_path: Path
+) -> None:
+    # A hostile image names this layer's digest with its own TOC digest and serves
+    # its own eStargz bytes: that TOC checks out against its annotation and is stored.
+    blob = write_estargz(FILES)
+    digest = digest_bytes(blob.data)
+    evil = write_estargz(
+        [File("bin/", type="dir", modtime=""), File("bin/su", b"x", mode=0o4755, modtime="")]
+    )
+    lie = Layer(digest, OCI_LAYER_GZIP, len(evil.data), None, layer_of(evil).annotations)
+    poisoned = ensure_remote_index(store.layers, store.tmp, lie, MemoryBlobs({digest: evil.data}))
+    assert poisoned is not None and ("bin", "su") in {e.path for e in poisoned.entries}
+    # Once the verified blob is here, its index is its own, in its own format.
+    index = local(store, blob, tmp_path)
+    assert index.compression == "gzip" and index != poisoned
+    paths = {e.path for e in index.entries}
+    assert ("bin", "su") not in paths and ("etc", "passwd") in paths
+    assert load_index(store.layers, digest) == index
+    honest = Store(tmp_path / "honest", tmp_path / "honest-tmp")
+    honest.layers.mkdir()
+    honest.tmp.mkdir()
+    assert local(honest, blob, tmp_path) == index
 
 
 def test_a_blob_without_a_footer_or_shorter_than_its_descriptor_is_refused(store: Store) -> None:

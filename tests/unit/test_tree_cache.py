@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
 from lazyfs.index.model import LayerIndex
-from lazyfs.index.stored import ensure_index
+from lazyfs.index.stored import ensure_index, ensure_remote_index, index_path
 from lazyfs.tree import kept as tree_cache
 from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
+from providers.manifest import OCI_LAYER_GZIP, Layer
+from tests.support.blob_sources import MemoryBlobs
+from tests.support.estargz_writer import File, write_estargz
 from tests.support.images import Entry, whiteout, write_layer
 
 LAYERS = [
@@ -104,7 +108,9 @@ def test_a_damaged_or_foreign_tree_is_merged_again_and_replaced(
     with caplog.at_level(logging.WARNING):
         again = tree_cache.merged_tree(layers, digests, indexes)
     assert indexes.calls == 2 and same(again, good)
-    assert tree_cache.load_tree(path, digests) is not None  # replaced by a good one
+    sources = tree_cache.layer_sources(layers, digests)
+    # Replaced by a good one.
+    assert tree_cache.load_tree(path, digests, sources=sources) is not None
 
 
 def test_a_store_it_cannot_write_costs_only_speed(
@@ -147,6 +153,37 @@ def test_a_tree_made_by_other_code_is_merged_again(
     monkeypatch.setattr(tree_cache, "_RULES", "another merge")
     tree_cache.merged_tree(layers, digests, indexes)
     assert indexes.calls == 2
+
+
+def test_a_tree_of_a_layer_indexed_in_another_format_since_is_merged_again(
+    tmp_path: Path,
+) -> None:
+    # An eStargz index gives data-space offsets, the same layer indexed whole gives
+    # tar offsets: a tree kept with the first must not serve reads through the second.
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    blob = write_estargz(
+        [File("a", b"a" * 3000, modtime=""), File("b", b"bee\n", modtime="")], chunk_size=1000
+    )
+    digest = digest_bytes(blob.data)
+    annotations = ((TOC_DIGEST_ANNOTATION, blob.toc_digest),)
+    layer = Layer(digest, OCI_LAYER_GZIP, len(blob.data), None, annotations)
+    lazy = ensure_remote_index(layers, tmp, layer, MemoryBlobs({digest: blob.data}))
+    assert lazy is not None
+    tree_cache.merged_tree(layers, [digest], Indexes([lazy]))
+    # Its index built again from the whole blob, in the blob's own format.
+    index_path(layers, digest).unlink()
+    path = tmp_path / "blob.gz"
+    path.write_bytes(blob.data)
+    whole = ensure_index(layers, tmp, digest, path)
+    assert whole.compression == "gzip"
+    assert {e.path: e.offset for e in whole.entries} != {e.path: e.offset for e in lazy.entries}
+    indexes = Indexes([whole])
+    tree = tree_cache.merged_tree(layers, [digest], indexes)
+    assert indexes.calls == 1 and same(tree, merge([whole]))
+    again = Indexes([whole])
+    assert same(tree_cache.merged_tree(layers, [digest], again), tree) and again.calls == 0
 
 
 def test_an_image_without_layers_is_an_empty_root(tmp_path: Path) -> None:
