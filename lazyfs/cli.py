@@ -45,6 +45,7 @@ from lazyfs.store.disk import Store
 from providers.appc_store import AppcStore
 from providers.errors import NotFound, Unauthorized, UsageError
 from providers.image_pb2 import Image
+from providers.private_dir import private_dir
 from providers.registry import RegistryOptions
 
 
@@ -67,6 +68,12 @@ class App:
         self.store_dir = Path(args.docker_store_dir or self.work_dir / "store" / "docker")
         self.limits = layer_limits(args)
         self.kinds = image_providers(args)
+        appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc")
+        # Roots an older lazyfs or a umask left open are closed at every start,
+        # whatever the command; one that does not exist is not made here.
+        for root in (self.work_dir, self.store_dir, appc_dir):
+            if root.is_dir():
+                private_dir(root)
         # Set when the docker provider is made: a refusal then says where credentials were.
         self.registry_options: RegistryOptions | None = None
         # None: the provisioner chooses (a trial mount) only when it needs a backend.
