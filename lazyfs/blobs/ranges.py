@@ -31,7 +31,6 @@ from typing import Protocol
 
 import trio
 
-from lazyfs.blobs.estargz_reader import EstargzChunks
 from lazyfs.index.gzip_checkpoints import GzipCheckpoints
 from lazyfs.index.model import LayerData
 from providers.digest import Digest
@@ -123,6 +122,9 @@ def open_layers(
     }
     if chunked:
         assert blobs is not None  # checked above
+        # Loaded only for eStargz layers: a mount of plain layers starts without it.
+        from lazyfs.blobs.estargz_reader import EstargzChunks
+
         remote = EstargzChunks(chunked, blobs)
         readers.update(dict.fromkeys(chunked, remote))
     return ByLayer(readers)

@@ -44,9 +44,10 @@ import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
-from lazyfs.cache.client import CacheClient, RemoteBlob
-from lazyfs.cache.messages import RegistryOrigin
 from lazyfs.cache.remote import RemoteOrigin
+
+if TYPE_CHECKING:
+    from lazyfs.cache.client import CacheClient
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.debug import log_requests
 from lazyfs.fs.mount import INDEXED, READY, parse_layer_args, refusal
@@ -188,6 +189,11 @@ def _cache_client(
     cache_dir: Path | None, layers: Sequence[tuple[Layer, RemoteOrigin | None]]
 ) -> CacheClient | None:
     """The daemon's client for the remote layers, if there are any."""
+    # Loaded only with remote layers: a mount of local layers starts without
+    # the daemon's protocol (protobuf) and client.
+    from lazyfs.cache.client import CacheClient, RemoteBlob
+    from lazyfs.cache.messages import RegistryOrigin
+
     remote = {
         layer.digest: RemoteBlob(RegistryOrigin(origin.host, origin.repository), layer.size)
         for layer, origin in layers
