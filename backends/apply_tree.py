@@ -50,9 +50,10 @@ class MadeDirs:
     made (any of them, header or not): where no other layer has them, the
     kernel would list those whiteouts.  ``walked``: every directory it made
     for something below where a lower namesake still showed through,
-    whatever became of it later in the layer: where a lower layer has a
-    non-directory there, the layer went through (or into) it, which a union
-    cannot show.
+    whatever became of it later in the layer, and every missing path a walk
+    went through lexically there (``layer_rules.past_missing``): where a
+    lower layer has a non-directory there, the layer went through (or into)
+    it, which a union cannot show.
     """
 
     implicit: frozenset[RelPath] = frozenset()
@@ -85,6 +86,9 @@ class Tree(DirWalker):
         self._opaque: set[RelPath] = set()
         self._fresh: set[RelPath] = set()
         self._own_attrs: set[RelPath] = set()  # implicit ones a marker cut off from below
+        # Missing paths a walk went through lexically where a lower namesake
+        # could show through (see MadeDirs.walked).
+        self._passed: set[RelPath] = set()
         self.privileged = os.geteuid() == 0
         self.skipped: Counter[str] = Counter()
         self.skipped_paths: set[RelPath] = set()
@@ -108,6 +112,10 @@ class Tree(DirWalker):
 
     def make_missing(self, parent_fd: int, path: RelPath) -> int:
         return self._implicit_dir(parent_fd, path)
+
+    def passed_missing(self, path: RelPath) -> None:
+        if not any(path[:end] in self._opaque for end in range(len(path))):
+            self._passed.add(path)
 
     def replace_non_dir(self, parent_fd: int, path: RelPath) -> int | None:
         if path in self._whiteouts and _is_whiteout(parent_fd, path[-1]):
@@ -146,7 +154,7 @@ class Tree(DirWalker):
             frozenset(implicit - self._holding),
             frozenset(self._kept & implicit),
             frozenset(path[:-1] for path in self._whiteouts if len(path) > 1),
-            frozenset(self._implicit - self._fresh),
+            frozenset((self._implicit - self._fresh) | self._passed),
         )
 
     def create(self, parent_fd: int, name: str, make: Callable[[], T]) -> T:

@@ -5,8 +5,11 @@ goes in: every component is opened with ``O_NOFOLLOW`` relative to its
 parent's descriptor, so neither the archive nor a concurrent process can
 redirect a walk outside the root.  Symlinks on the way are followed inside
 the rootfs (an absolute target starts at the root again, a ``..`` above the
-root is refused); a missing directory is made where the caller asks, by the
-subclass (``make_missing``), which decides what making one means.
+root is refused); what follows a missing component is resolved lexically, as
+``providers.layer_rules.past_missing`` says (a ``..`` climbs back out of it,
+making nothing), and the missing directories a path ends in are made where
+the caller asks, by the subclass (``make_missing``), which decides what
+making one means.
 
 It caches descriptors of recently used directories and records the times
 of each directory as first reached, so that what the layer does to their
@@ -15,6 +18,7 @@ children can be undone to their times at the end.  Blocking.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 from collections import OrderedDict
@@ -31,6 +35,13 @@ from providers.layer_rules import RelPath
 # ancestors are what is asked for again.
 FD_CACHE_SIZE = 64
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Missing(enum.Enum):
+    MISSING = enum.auto()
+
+
+MISSING = _Missing.MISSING  # what a step finds where nothing is
 
 
 class DirWalker:
@@ -115,11 +126,13 @@ class DirWalker:
         """The directory at ``path``: a descriptor (cache-owned) and its resolved path.
 
         With ``follow``, symlinks on the way are followed inside the rootfs;
-        without, meeting one gives None.  A missing component is made when
-        ``create``, else gives None.  A non-directory on the way is an error
-        when ``create`` (the entry needs a parent), else gives None; so it
-        is for a ``marker`` (whiteout or opaque marker in overlay form),
-        which a non-directory leaves nothing to hide under.
+        without, meeting one gives None.  What follows a missing component
+        is resolved lexically (``layer_rules.past_missing``): a ``..`` climbs
+        back out of it, and missing directories the path ends in are made
+        when ``create``, else give None.  A non-directory on the way is an
+        error when ``create`` (the entry needs a parent), else gives None;
+        so it is for a ``marker`` (whiteout or opaque marker in overlay
+        form), which a non-directory leaves nothing to hide under.
         """
         if not path:
             self.remember(self.root_fd, ())
@@ -136,16 +149,26 @@ class DirWalker:
         found = self._walk(
             fd, resolved, path[start:], entry, create=create, follow=follow, marker=marker
         )
-        if found is not None:
-            self.remember(*found)
-            self.cache(path, found)
-        return found
+        if found is None:
+            return None
+        fd, resolved, lexical = found
+        self.remember(fd, resolved)
+        if lexical:
+            # The way went through something missing, which a later entry
+            # may make (a symlink, say): where ``path`` leads is not kept.
+            self.retire(fd)
+        else:
+            self.cache(path, (fd, resolved))
+        return fd, resolved
 
     def remember(self, fd: int, resolved: RelPath) -> None:
         """Note ``fd``'s times as those of ``resolved`` unless noted: call before changing it."""
         if resolved not in self._found_times:
             st = os.fstat(fd)
             self._found_times[resolved] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def passed_missing(self, path: RelPath) -> None:
+        """Note that a walk went through the missing ``path`` lexically, making nothing there."""
 
     def _walk(
         self,
@@ -157,10 +180,12 @@ class DirWalker:
         create: bool,
         follow: bool,
         marker: bool,
-    ) -> tuple[int, RelPath] | None:
+    ) -> tuple[int, RelPath, bool] | None:
+        """``walk`` from ``fd`` (at ``start``): a descriptor the caller owns, where, and
+        whether the way went through a missing path it made nothing at."""
         resolved = list(start)
         todo = list(reversed(parts))
-        owned = done = False
+        owned = done = lexical = False
         hops = 0
         try:
             while todo:
@@ -168,10 +193,27 @@ class DirWalker:
                 if part == "..":  # only symlink targets bring these
                     if not resolved:
                         raise UnsafeLayer(self.layer, entry, "goes through a symlink above root")
-                    step: int | str | None = os.open("..", DIR_FLAGS, dir_fd=fd)
+                    step: int | str | _Missing | None = os.open("..", DIR_FLAGS, dir_fd=fd)
                     resolved.pop()
                 else:
                     step = self._step(fd, resolved, part, entry, create=create, marker=marker)
+                if step is MISSING:
+                    past = rules.past_missing(part, todo)
+                    ends = past.ends
+                    for way in past.passed:
+                        if way != ends[: len(way)]:
+                            lexical = True
+                            self.passed_missing((*resolved, *way))
+                    if ends and not create:
+                        return None
+                    for name in ends:  # the rest of the path: todo is empty
+                        self.remember(fd, tuple(resolved))  # before the mkdir changes its time
+                        made = self.make_missing(fd, (*resolved, name))
+                        resolved.append(name)
+                        if owned:
+                            os.close(fd)
+                        fd, owned = made, True
+                    continue
                 if step is None:
                     return None
                 if isinstance(step, str):
@@ -195,22 +237,22 @@ class DirWalker:
             if not owned:
                 fd, owned = os.dup(fd), True
             done = True
-            return fd, tuple(resolved)
+            return fd, tuple(resolved), lexical
         finally:
             if owned and not done:
                 os.close(fd)
 
     def _step(
         self, fd: int, resolved: list[str], part: str, entry: str, *, create: bool, marker: bool
-    ) -> int | str | None:
-        """Open directory ``part`` in ``fd``: its descriptor, a symlink's target, or None."""
+    ) -> int | str | _Missing | None:
+        """Open directory ``part`` in ``fd``: its descriptor, a symlink's target, MISSING, or None.
+
+        None: a non-directory the walk stops at (not ``create``, or a ``marker``).
+        """
         try:
             return os.open(part, DIR_FLAGS, dir_fd=fd)
         except FileNotFoundError:
-            if not create:
-                return None
-            self.remember(fd, tuple(resolved))  # before the mkdir changes its time
-            return self.make_missing(fd, (*resolved, part))
+            return MISSING
         except OSError as error:
             if error.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise

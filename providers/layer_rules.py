@@ -20,10 +20,12 @@ image makes:
   layers made; the layer's own entries survive its whiteouts whatever their
   order in the archive (OCI image spec, "Whiteouts").
 
-``hides`` answers whether a whiteout rule hides a given lower path, and
+``hides`` answers whether a whiteout rule hides a given lower path,
 ``split_link_target`` splits a symlink target for resolution inside the
-rootfs (absolute targets start again at the rootfs root).  All functions are
-pure and safe to call from any thread.
+rootfs (absolute targets start again at the rootfs root), and
+``past_missing`` says where a resolution goes from a missing component on
+(lexically: nothing below it exists to redirect it).  All functions are pure
+and safe to call from any thread.
 """
 
 from __future__ import annotations
@@ -172,6 +174,50 @@ def split_link_target(target: str) -> tuple[bool, RelPath]:
     resolver knows where it leads (and whether it climbs above the root).
     """
     return target.startswith("/"), tuple(p for p in target.split("/") if p not in ("", "."))
+
+
+@dataclass(frozen=True, slots=True)
+class PastMissing:
+    """Where a walk goes from a missing component on; see ``past_missing``.
+
+    ``ends``: the missing components the walk ends in, () if it climbed
+    back out; ``passed``: every missing path it went through, relative to
+    the directory where it met the first, in order.
+    """
+
+    ends: RelPath
+    passed: tuple[RelPath, ...]
+
+
+def past_missing(part: str, todo: list[str]) -> PastMissing:
+    """Resolve lexically what follows the missing component ``part`` in a walk.
+
+    ``todo`` is what the walk has still to resolve, as a stack (next
+    component last).  Nothing below a missing directory exists, so no
+    symlink can redirect what follows: a name goes one level deeper and
+    ``..`` one up, without looking, as filepath-securejoin (umoci) and
+    continuity's ``RootPath`` (containerd) resolve a path.  So a missing
+    directory is never made only to be left by ``..``: a symlink ``l ->
+    x/../y`` leads to ``y`` whether or not ``x`` exists.
+
+    Pops from ``todo`` until a ``..`` climbs back out of ``part``: then
+    ``ends`` is (), and the walk goes on where it met ``part``.  Or until
+    ``todo`` is empty: then ``ends`` holds the missing components the walk
+    ends in, ``part`` first, which a walk that creates makes and any other
+    finds missing.
+    """
+    missing = [part]
+    passed: list[RelPath] = [(part,)]
+    while todo:
+        step = todo.pop()
+        if step != "..":
+            missing.append(step)
+            passed.append(tuple(missing))
+            continue
+        missing.pop()
+        if not missing:
+            break
+    return PastMissing(tuple(missing), tuple(passed))
 
 
 def hides(rule: Rule, path: RelPath) -> bool:

@@ -13,7 +13,9 @@ and ``umoci unpack`` make:
   owner, mtime and xattrs (the old xattrs go); anything else replaces;
 - parents that are symlinks are followed inside the tree (absolute targets
   from its root, ``..`` above the root refused); the last component never is;
-  missing parents are made 0755 root:root, mtime 0;
+  what follows a missing component is resolved lexically, so a ``..``
+  climbs back out of it (``layer_rules.past_missing``); missing parents are
+  made 0755 root:root, mtime 0;
 - a hardlink names a path already in the tree and shares its inode.
 
 The result is immutable.  Inode numbers are given in a depth-first walk of
@@ -229,9 +231,11 @@ class _Layer:
     ) -> tuple[dict[str, _Node], RelPath] | None:
         """The children of the directory at ``path`` and where it really is.
 
-        Symlinks on the way are followed.  None when something is missing
-        (and not ``create``) or is no directory; with ``create`` a missing
-        directory is made and a non-directory on the way is an error.
+        Symlinks on the way are followed; what follows a missing component
+        is resolved lexically (``layer_rules.past_missing``).  None when the
+        path ends in something missing (and not ``create``) or meets a
+        non-directory; with ``create`` the missing directories it ends in
+        are made and a non-directory on the way is an error.
         """
         stack = [self.root]  # the directories walked through, for ".."
         where: list[str] = []  # their names
@@ -249,10 +253,17 @@ class _Layer:
             assert children is not None  # only directories go on the stack
             child = children.get(part)
             if child is None:
-                if not create:
+                ends = rules.past_missing(part, todo).ends
+                if ends and not create:
                     return None
-                child = children[part] = _Node.directory()
-                self._mark_created((*where, part))
+                for name in ends:  # the rest of the path: todo is empty
+                    child = children[name] = _Node.directory()
+                    children = child.children
+                    assert children is not None
+                    where.append(name)
+                    stack.append(child)
+                    self._mark_created(tuple(where))
+                continue
             if child.kind is Kind.SYMLINK:
                 hops += 1
                 if hops > rules.MAX_SYMLINK_HOPS:

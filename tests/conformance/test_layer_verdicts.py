@@ -327,6 +327,19 @@ FOUND = {
     "directory-over-the-layers-own-file": _image(
         (_m("a", "dir"), _m("a/a", "dir")), (_m("a"), _m("a", "dir"))
     ),
+    # From a, "a/../.." is the root: the missing a/a is left by "..", never made.
+    "a-symlink-through-a-missing-directory-and-back-out": _image(
+        (_m("a/b", "symlink", target="a/../.."), _m("a/b/a", "dir", pax=FORGED))
+    ),
+    # Alone, the upper layer finds no x and goes lexically to y; in the
+    # union x leads to d/e and "x/.." to d.
+    "a-way-out-of-a-missing-directory-that-a-lower-symlink-holds": _image(
+        (_m("d/e", "dir"), _m("x", "symlink", target="d/e")),
+        (_m("l", "symlink", target="x/../y"), _m("l/f")),
+    ),
+    "missing-directories-left-by-dotdot-then-made": _image(
+        (_m("s", "symlink", target="m/n/../../m/o/../p"), _m("s/f"))
+    ),
 }
 
 

@@ -57,10 +57,21 @@ def resolve(tree: dict[Path_, Node], path: Path_, *, create: bool) -> Path_ | No
             continue
         node = tree.get((*where, part))
         if node is None:
-            if not create:
+            # Nothing below is there to redirect the rest: resolved as text.
+            missing = [part]
+            while todo and missing:
+                step = todo.pop()
+                if step == "..":
+                    missing.pop()
+                else:
+                    missing.append(step)
+            if missing and not create:
                 return None
-            tree[(*where, part)] = DIR
-        elif node[0] == "link":
+            for name in missing:
+                where.append(name)
+                tree[tuple(where)] = DIR
+            continue
+        if node[0] == "link":
             hops += 1
             if hops > 40:
                 raise Refused(UnsafeLayer)
@@ -68,7 +79,7 @@ def resolve(tree: dict[Path_, Node], path: Path_, *, create: bool) -> Path_ | No
                 where = []
             todo.extend(reversed([p for p in node[1].split("/") if p not in ("", ".")]))
             continue
-        elif node[0] == "file":
+        if node[0] == "file":
             if create:
                 raise Refused(BadImage)
             return None

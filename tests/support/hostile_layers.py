@@ -37,6 +37,12 @@ HOSTILE = [
         (sym("one", "two/.."), dir_("two"), sym("x", "one/.."), reg(f"x/{PROBE}")),
     ),
     Hostile("symlink-loop", (sym("a", "b"), sym("b", "a"), reg(f"a/{PROBE}"))),
+    # Lexically past a missing directory, then above the root all the same.
+    Hostile("symlink-up-past-a-missing-dir", (sym("evil", "gone/../.."), reg(f"evil/{PROBE}"))),
+    Hostile(
+        "symlink-deep-into-missing-then-up",
+        (dir_("a"), sym("a/evil", "m/n/../../../.."), reg(f"a/evil/{PROBE}")),
+    ),
     Hostile("hardlink-dotdot", (hard(PROBE, "../outside/secret"),)),
     Hostile("hardlink-absolute", (hard(PROBE, "/etc/passwd"),)),
     Hostile("hardlink-via-symlink", (sym("evil", "../outside"), hard(PROBE, "evil/secret"))),

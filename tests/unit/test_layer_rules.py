@@ -17,6 +17,7 @@ from providers.layer_rules import (
     hardlink_target,
     hides,
     normalize_name,
+    past_missing,
     rule_for,
     split_link_target,
 )
@@ -143,6 +144,26 @@ def test_symlink_targets_refused(target: str) -> None:
 )
 def test_split_link_target(target: str, expected: tuple[bool, RelPath]) -> None:
     assert split_link_target(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("part", "rest", "ends", "passed", "left"),
+    [
+        ("m", "", ("m",), (("m",),), ""),
+        ("m", "n/o", ("m", "n", "o"), (("m",), ("m", "n"), ("m", "n", "o")), ""),
+        ("m", "../x/y", (), (("m",),), "x/y"),
+        ("m", "n/../../..", (), (("m",), ("m", "n")), ".."),
+        ("m", "n/../o", ("m", "o"), (("m",), ("m", "n"), ("m", "o")), ""),
+        ("m", "n/../../m/p", (), (("m",), ("m", "n")), "m/p"),
+    ],
+)
+def test_past_missing_resolves_lexically(
+    part: str, rest: str, ends: RelPath, passed: tuple[RelPath, ...], left: str
+) -> None:
+    todo = list(reversed([p for p in rest.split("/") if p]))
+    found = past_missing(part, todo)
+    assert (found.ends, found.passed) == (ends, passed)
+    assert "/".join(reversed(todo)) == left  # what the walk goes on with
 
 
 @pytest.mark.parametrize(
