@@ -81,14 +81,12 @@ class Tree(DirWalker):
         # Overlay mode: implicit directories below a directory the layer then
         # hid the lower children of (see MadeDirs.kept).
         self._kept: set[RelPath] = set()
-        # Overlay mode: directories it made opaque, and implicit ones made
-        # below one of those (no lower namesake showed through there).
+        # Overlay mode: directories it made opaque.
         self._opaque: set[RelPath] = set()
-        self._fresh: set[RelPath] = set()
         self._own_attrs: set[RelPath] = set()  # implicit ones a marker cut off from below
-        # Missing paths a walk went through lexically where a lower namesake
-        # could show through (see MadeDirs.walked).
-        self._passed: set[RelPath] = set()
+        # Paths it made implicit directories at, or went through lexically,
+        # where a lower namesake showed through, then (see MadeDirs.walked).
+        self._walked: set[RelPath] = set()
         self._gone: set[RelPath] = set()  # implicit ones the layer removed again
         self.privileged = os.geteuid() == 0
         self.skipped: Counter[str] = Counter()
@@ -115,8 +113,12 @@ class Tree(DirWalker):
         return self._implicit_dir(parent_fd, path)
 
     def passed_missing(self, path: RelPath) -> None:
-        if not any(path[:end] in self._opaque for end in range(len(path))):
-            self._passed.add(path)
+        if not self._below_opaque(path):
+            self._walked.add(path)
+
+    def _below_opaque(self, path: RelPath) -> bool:
+        """Whether no lower namesake of ``path`` shows through: it is below an opaque one."""
+        return any(path[:end] in self._opaque for end in range(len(path)))
 
     def replace_non_dir(self, parent_fd: int, path: RelPath) -> int | None:
         if path in self._whiteouts and _is_whiteout(parent_fd, path[-1]):
@@ -143,10 +145,10 @@ class Tree(DirWalker):
         else:
             self._implicit.add(path)
             self._gone.discard(path)
-            if any(path[:end] in self._opaque for end in range(len(path))):
-                # No lower namesake shows through any more.
-                self._fresh.add(path)
+            if self._below_opaque(path):
                 self._own_attrs.add(path)
+            else:
+                self._walked.add(path)
         return child
 
     def made_dirs(self) -> MadeDirs:
@@ -156,7 +158,7 @@ class Tree(DirWalker):
             frozenset(implicit - self._holding),
             frozenset(self._kept & implicit),
             frozenset(path[:-1] for path in self._whiteouts if len(path) > 1),
-            frozenset((self._implicit - self._fresh) | self._passed),
+            frozenset(self._walked),
         )
 
     def create(self, parent_fd: int, path: RelPath, make: Callable[[], T]) -> T:
