@@ -347,6 +347,10 @@ FOUND = {
     "a-marker-made-directory-whited-out-then-made-again": _image(
         (_m("a", "dir"), _m("a/b", "dir")), (_m("a/b/.wh.a"), _m("a/.wh.b"), _m("a/b/a", "dir"))
     ),
+    # b/a/a goes through the lower device b/a before b is replaced.
+    "through-a-lower-device-then-its-parent-replaced": _image(
+        (_m("b/a", "char"),), (_m("b/a/a", "dir"), _m("b", "char"), _m("b", "dir"), _m("b/a/a/a"))
+    ),
 }
 
 
