@@ -62,12 +62,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
-from backends.apply_tree import OVERLAY_XATTR_PREFIX, MadeDirs, Tree, backend_error
+from backends.apply_tree import OVERLAY_XATTR_PREFIX, MadeDirs, Tree
+from backends.apply_walk import backend_error
 from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.digest import Digest
 from providers.errors import BadImage
 from providers.layer_entry import EntryKind, LayerEntry, classify_member
+from providers.layer_rules import RelPath
 from providers.manifest import Layer
 from providers.source import LocalBlobSource
 from providers.tar_sparse import stored_chunks
@@ -219,10 +221,10 @@ class _Entry:
             self._attributes(entry, fd, parent_fd, name, replace_xattrs=existed)
             tree.defer_dir(resolved, entry.mode, entry.mtime_ns)
         elif kind is EntryKind.FILE:
-            self._regular(entry, parent_fd, name)
+            self._regular(entry, parent_fd, resolved)
         elif kind is EntryKind.SYMLINK:
             target = entry.target
-            tree.create(parent_fd, name, lambda: os.symlink(target, name, dir_fd=parent_fd))
+            tree.create(parent_fd, resolved, lambda: os.symlink(target, name, dir_fd=parent_fd))
             self._attributes(entry, None, parent_fd, name)
         elif kind is EntryKind.HARDLINK:
             # The link shares its target's inode and so its attributes.
@@ -232,13 +234,14 @@ class _Entry:
                 tree.skipped["device nodes (making them needs root)"] += 1
                 tree.skipped_paths.add(resolved)
                 return
-            self._node(entry, parent_fd, name)
+            self._node(entry, parent_fd, resolved)
         tree.mark_created(resolved)
 
-    def _regular(self, entry: LayerEntry, parent_fd: int, name: str) -> None:
+    def _regular(self, entry: LayerEntry, parent_fd: int, resolved: RelPath) -> None:
         layout = file_layout(self.member, layer=self.layer)
+        name = resolved[-1]
         fd = self.tree.create(
-            parent_fd, name, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
+            parent_fd, resolved, lambda: os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
         )
         try:
             stream = cast(BinaryIO, self.archive.fileobj)
@@ -254,12 +257,13 @@ class _Entry:
         finally:
             os.close(fd)
 
-    def _node(self, entry: LayerEntry, parent_fd: int, name: str) -> None:
+    def _node(self, entry: LayerEntry, parent_fd: int, resolved: RelPath) -> None:
         assert entry.kind is not None  # only written entries get here
         kind = _NODE_TYPES[entry.kind]
         device = os.makedev(*entry.rdev)
+        name = resolved[-1]
         self.tree.create(
-            parent_fd, name, lambda: os.mknod(name, kind | 0o600, device, dir_fd=parent_fd)
+            parent_fd, resolved, lambda: os.mknod(name, kind | 0o600, device, dir_fd=parent_fd)
         )
         self._attributes(entry, None, parent_fd, name)
 

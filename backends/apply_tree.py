@@ -81,14 +81,13 @@ class Tree(DirWalker):
         # Overlay mode: implicit directories below a directory the layer then
         # hid the lower children of (see MadeDirs.kept).
         self._kept: set[RelPath] = set()
-        # Overlay mode: directories it made opaque, and implicit ones made
-        # below one of those (no lower namesake showed through there).
+        # Overlay mode: directories it made opaque.
         self._opaque: set[RelPath] = set()
-        self._fresh: set[RelPath] = set()
         self._own_attrs: set[RelPath] = set()  # implicit ones a marker cut off from below
-        # Missing paths a walk went through lexically where a lower namesake
-        # could show through (see MadeDirs.walked).
-        self._passed: set[RelPath] = set()
+        # Paths it made implicit directories at, or went through lexically,
+        # where a lower namesake showed through, then (see MadeDirs.walked).
+        self._walked: set[RelPath] = set()
+        self._gone: set[RelPath] = set()  # implicit ones the layer removed again
         self.privileged = os.geteuid() == 0
         self.skipped: Counter[str] = Counter()
         self.skipped_paths: set[RelPath] = set()
@@ -114,8 +113,12 @@ class Tree(DirWalker):
         return self._implicit_dir(parent_fd, path)
 
     def passed_missing(self, path: RelPath) -> None:
-        if not any(path[:end] in self._opaque for end in range(len(path))):
-            self._passed.add(path)
+        if not self._below_opaque(path):
+            self._walked.add(path)
+
+    def _below_opaque(self, path: RelPath) -> bool:
+        """Whether no lower namesake of ``path`` shows through: it is below an opaque one."""
+        return any(path[:end] in self._opaque for end in range(len(path)))
 
     def replace_non_dir(self, parent_fd: int, path: RelPath) -> int | None:
         if path in self._whiteouts and _is_whiteout(parent_fd, path[-1]):
@@ -141,29 +144,42 @@ class Tree(DirWalker):
             self._set_opaque(child, path)
         else:
             self._implicit.add(path)
-            if any(path[:end] in self._opaque for end in range(len(path))):
-                # No lower namesake shows through any more.
-                self._fresh.add(path)
+            self._gone.discard(path)
+            if self._below_opaque(path):
                 self._own_attrs.add(path)
+            else:
+                self._walked.add(path)
         return child
 
     def made_dirs(self) -> MadeDirs:
-        implicit = frozenset(self._implicit - self._dirs.keys())
+        implicit = frozenset(self._implicit - self._gone - self._dirs.keys())
         return MadeDirs(
             implicit,
             frozenset(implicit - self._holding),
             frozenset(self._kept & implicit),
             frozenset(path[:-1] for path in self._whiteouts if len(path) > 1),
-            frozenset((self._implicit - self._fresh) | self._passed),
+            frozenset(self._walked),
         )
 
-    def create(self, parent_fd: int, name: str, make: Callable[[], T]) -> T:
-        """``make()`` the entry ``name``, replacing whatever is there."""
+    def create(self, parent_fd: int, path: RelPath, make: Callable[[], T]) -> T:
+        """``make()`` the entry at resolved ``path`` (in ``parent_fd``), replacing what is there."""
         try:
             return make()
         except FileExistsError:
-            self._remove(parent_fd, name)
+            self._remove(parent_fd, path[-1])
+            self._removed(path)
             return make()
+
+    def _removed(self, path: RelPath) -> None:
+        """Forget what the layer made at and below ``path``, which it removed again.
+
+        A directory it makes there later is a new one: no header of the
+        old one gives it attributes.  ``walked`` keeps the old ways.
+        """
+        for gone in [p for p in self._dirs if p[: len(path)] == path]:
+            del self._dirs[gone]
+        self._gone.update(p for p in self._implicit if p[: len(path)] == path)
+        self._whiteouts.difference_update([p for p in self._whiteouts if p[: len(path)] == path])
 
     def _remove(self, parent_fd: int, name: str) -> None:
         self.invalidate()
@@ -230,7 +246,7 @@ class Tree(DirWalker):
         name = resolved[-1]
         self.create(
             parent_fd,
-            name,
+            resolved,
             lambda: os.link(
                 source_name,
                 name,
@@ -271,6 +287,7 @@ class Tree(DirWalker):
         if mode is not None and stat.S_ISDIR(mode) and not own:
             # Made for earlier markers only: nothing of the layer's own in it.
             self._remove(parent_fd, name)
+            self._removed(resolved)
             mode = None
         if mode is None:
             os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent_fd)
@@ -330,31 +347,8 @@ class Tree(DirWalker):
                 os.close(fd)
 
     def finish(self) -> None:
-        """Set the deferred directory modes and mtimes, deepest first."""
-        for path in sorted(self._dirs, key=len, reverse=True):
-            mode, mtime_ns = self._dirs[path]
-            entry = "/".join(path) or "."
-            try:
-                if not path:
-                    _set_dir_times(self.root_fd, mode, mtime_ns)
-                    continue
-                found = self.walk(path[:-1], entry, create=False, follow=False)
-                if found is None:
-                    continue  # a later entry of the layer replaced it
-                try:
-                    fd = os.open(path[-1], DIR_FLAGS, dir_fd=found[0])
-                except OSError:
-                    continue
-                try:
-                    _set_dir_times(fd, mode, mtime_ns)
-                finally:
-                    os.close(fd)
-            except OSError as error:
-                raise backend_error(self.layer, entry, error) from error
-            finally:
-                self.release()
-        # The layer's own header decided the times of its directories.
-        self.restore_found_times(self._dirs)
+        """Set the deferred directory modes and mtimes; log what was skipped."""
+        self.set_dir_times(self._dirs)
         for what, count in sorted(self.skipped.items()):
             log.warning("layer %s: skipped %d %s", self.layer, count, what)
 
@@ -380,16 +374,7 @@ def set_opaque(fd: int) -> None:
     os.setxattr(fd, OVERLAY_OPAQUE, b"y")
 
 
-def _set_dir_times(fd: int, mode: int, mtime_ns: int) -> None:
-    os.fchmod(fd, mode)
-    os.utime(fd, ns=(mtime_ns, mtime_ns))
-
-
 def _is_whiteout(dir_fd: int, name: str) -> bool:
     """Whether ``name`` is still the whiteout the layer made (an entry may have replaced it)."""
     found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0
-
-
-def backend_error(layer: str, entry: str, error: OSError) -> BackendError:
-    return BackendError(f"layer {layer}: entry {entry!r}: {error.strerror or error}")

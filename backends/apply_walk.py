@@ -13,7 +13,9 @@ making one means.
 
 It caches descriptors of recently used directories and records the times
 of each directory as first reached, so that what the layer does to their
-children can be undone to their times at the end.  Blocking.
+children can be undone to their times at the end, when the directories the
+layer has headers for take the modes and mtimes the headers give
+(``set_dir_times``).  Blocking.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import enum
 import errno
 import os
 from collections import OrderedDict
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from providers import layer_rules as rules
-from providers.errors import UnsafeLayer, bad_entry
+from providers.errors import BackendError, UnsafeLayer, bad_entry
 from providers.layer_rules import RelPath
 
 # Tar writers list a tree depth first: the directory being filled and its
@@ -266,6 +268,34 @@ class DirWalker:
             raise bad_entry(self.layer, entry, f"needs {where!r} as a directory")
         return target
 
+    def set_dir_times(self, dirs: Mapping[RelPath, tuple[int, int]]) -> None:
+        """Give the directories in ``dirs`` their (mode, mtime), deepest first, and the
+        others the walk reached the times they had then (``restore_found_times``)."""
+        for path in sorted(dirs, key=len, reverse=True):
+            mode, mtime_ns = dirs[path]
+            entry = "/".join(path) or "."
+            try:
+                if not path:
+                    _set_dir_times(self.root_fd, mode, mtime_ns)
+                    continue
+                found = self.walk(path[:-1], entry, create=False, follow=False)
+                if found is None:
+                    continue  # a later entry of the layer replaced it
+                try:
+                    fd = os.open(path[-1], DIR_FLAGS, dir_fd=found[0])
+                except OSError:
+                    continue
+                try:
+                    _set_dir_times(fd, mode, mtime_ns)
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                raise backend_error(self.layer, entry, error) from error
+            finally:
+                self.release()
+        # The layer's own header decided the times of its directories.
+        self.restore_found_times(dirs)
+
     def restore_found_times(self, keep: Container[RelPath]) -> None:
         """Give every directory the walk reached the times it had then, except those in ``keep``.
 
@@ -300,3 +330,12 @@ def _readlink(dir_fd: int, name: str) -> str | None:
         if error.errno == errno.EINVAL:  # not a symlink
             return None
         raise
+
+
+def _set_dir_times(fd: int, mode: int, mtime_ns: int) -> None:
+    os.fchmod(fd, mode)
+    os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def backend_error(layer: str, entry: str, error: OSError) -> BackendError:
+    return BackendError(f"layer {layer}: entry {entry!r}: {error.strerror or error}")

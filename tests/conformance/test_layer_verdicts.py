@@ -340,6 +340,17 @@ FOUND = {
     "missing-directories-left-by-dotdot-then-made": _image(
         (_m("s", "symlink", target="m/n/../../m/o/../p"), _m("s/f"))
     ),
+    # The header of a/a went with a: the a/a made for a/a/a later has none.
+    "a-directory-header-gone-with-its-parent-then-made-again": _image(
+        (_m("a", "dir"), _m("a/a", "dir"), _m("a"), _m("a", "dir"), _m("a/a/a"))
+    ),
+    "a-marker-made-directory-whited-out-then-made-again": _image(
+        (_m("a", "dir"), _m("a/b", "dir")), (_m("a/b/.wh.a"), _m("a/.wh.b"), _m("a/b/a", "dir"))
+    ),
+    # b/a/a goes through the lower device b/a before b is replaced.
+    "through-a-lower-device-then-its-parent-replaced": _image(
+        (_m("b/a", "char"),), (_m("b/a/a", "dir"), _m("b", "char"), _m("b", "dir"), _m("b/a/a/a"))
+    ),
 }
 
 
