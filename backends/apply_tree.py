@@ -233,6 +233,9 @@ class Tree(DirWalker):
                 return
             raise self._no_link_source(entry, source) from None
         if stat.S_ISDIR(mode):
+            if self.overlay and (*source_parent, source_name) in self.made_dirs().marker_only:
+                # Made for markers only: what the union has there is below.
+                raise LinkOutsideLayer(self.layer, entry, source)
             raise link_to_directory(self.layer, entry, source)
         if (*source_parent, source_name) in self._whiteouts and _is_whiteout(
             source_dir, source_name

@@ -351,6 +351,13 @@ FOUND = {
     "through-a-lower-device-then-its-parent-replaced": _image(
         (_m("b/a", "char"),), (_m("b/a/a", "dir"), _m("b", "char"), _m("b", "dir"), _m("b/a/a/a"))
     ),
+    # c/.wh.a makes no directory c: the link names what the layers below have there.
+    "a-hardlink-to-a-lower-device-a-marker-went-under": _image(
+        (_m("c", "char"),), (_m("c/.wh.a"), _m("b", "hardlink", target="c"))
+    ),
+    "a-hardlink-to-nothing-but-a-marker-directory": _image(
+        (_m("x", "dir"),), (_m("c/.wh.a"), _m("b", "hardlink", target="c"))
+    ),
 }
 
 
