@@ -34,6 +34,7 @@ import trio
 from lazyfs.index.gzip_checkpoints import GzipCheckpoints
 from lazyfs.index.model import LayerData
 from providers.digest import Digest
+from providers.fileio import pread_all
 from providers.source import BlobSource
 
 CHUNK_SIZE = 1 << 17  # 128 KiB, what the kernel asks for in one read at most
@@ -71,17 +72,7 @@ class LocalTars:
             return fd
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        fd = self._fd(digest)
-        parts = []
-        # pread may return less than asked before EOF (signals, big reads).
-        while length > 0:
-            data = os.pread(fd, length, offset)
-            if not data:
-                break
-            parts.append(data)
-            offset += len(data)
-            length -= len(data)
-        return b"".join(parts)
+        return pread_all(self._fd(digest), length, offset)
 
 
 class ByLayer:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from providers.digest import Digest, algorithm, hex_part, parse_digest
 from providers.errors import BadImage
+from providers.fileio import pread_all
 
 CHUNK_SIZE = 1 << 20
 SOCKET_NAME = "daemon.sock"
@@ -164,7 +165,7 @@ class ChunkFiles:
             # The pin: eviction skips a chunk it cannot lock exclusively.
             fcntl.flock(fd, fcntl.LOCK_SH)
             wanted = self.layout.chunk_size - start if length is None else length
-            data = _pread_all(fd, wanted, start)
+            data = pread_all(fd, wanted, start)
             # Recency is a hint for eviction, not worth failing a read over.
             with contextlib.suppress(OSError):
                 os.utime(fd)
@@ -213,16 +214,3 @@ class ChunkFiles:
             return
         for index in sorted(i for i in map(_index_of, names) if i is not None):
             yield ChunkKey(digest, index)
-
-
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    parts = []
-    # pread may return less than asked before EOF (signals, big reads).
-    while length > 0:
-        data = os.pread(fd, length, offset)
-        if not data:
-            break
-        parts.append(data)
-        offset += len(data)
-        length -= len(data)
-    return b"".join(parts)
