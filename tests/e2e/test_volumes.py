@@ -235,3 +235,21 @@ def test_a_bad_container_info_is_one_line_and_provisions_nothing(
     assert containers(lazyfs.work_dir) == []
     both = lazyfs("provision", "c", "busybox", "--container-info", str(path), check=False)
     assert one_line_error(both) == "lazyfs: give IMAGE, --image-file or --container-info, only one"
+
+
+def test_a_record_from_before_volumes_still_works(lazyfs: Lazyfs) -> None:
+    info = provision(lazyfs, "old", "one", "--backend", "bind")
+    record = lazyfs.work_dir / "provisioner" / "containers" / "old" / "info.json"
+    # info.json as lazyfs wrote it before volumes (and before lazy layers).
+    old = json.loads(record.read_text())
+    del old["volumes"], old["remote_layers"]
+    record.write_text(json.dumps(old))
+    subprocess.run(["umount", info["rootfs"]], check=True)
+    (listed,) = json.loads(lazyfs("ps", "--json").stdout)
+    assert (listed["volumes"], listed["mount"]) == ([], "not mounted")
+    report = json.loads(lazyfs("recover", "--keep", "old").stdout)
+    assert report["kept"] == ["old"] and report["remounted"] == ["old"]
+    assert (Path(info["rootfs"]) / "etc/motd").read_text() == "one layer\n"
+    lazyfs("destroy", "old")
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == []
