@@ -2,7 +2,8 @@
 
 Read from the containers' records alone (``lazyfs.provision.usage``): no
 store, no provisioner, so it creates nothing on disk, as ``images`` does.
-Each container's mount state says whether its rootfs and volumes work:
+Each container's mount state (``lazyfs.provision.revive.mount_state``) says
+whether its rootfs and volumes work:
 
     alive        every mount is there and answers
     dead         one is still in the mount table but its process is gone
@@ -18,26 +19,15 @@ The worst state of its rootfs and volumes is the container's.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from backends.mounts import mount_problem
+from lazyfs.provision.revive import mount_state
 from lazyfs.provision.usage import ContainerRecord, Listed, VolumeRecord, containers
 
 # Worst last: a container shows the worst of its rootfs's and volumes' states.
 _ORDER = ("alive", "directory", "not mounted", "missing", "dead")
 _HEADER = ("ID", "BACKEND", "IMAGE", "ROOTFS", "VOLUMES", "WRITABLE", "MOUNT")
-
-
-def mount_state(backend: str, rootfs: Path) -> str:
-    """One of the states in the module doc, for a rootfs made by ``backend``."""
-    if backend == "copy":
-        return "directory" if os.path.isdir(rootfs) else "missing"
-    problem = mount_problem(rootfs)
-    if problem is None:
-        return "alive"
-    return "dead" if problem.startswith("is a dead mount") else "not mounted"
 
 
 def _worst(states: list[str]) -> str:

@@ -28,6 +28,21 @@ def rootfs_problem(backend: str, rootfs: Path) -> str | None:
     return mount_problem(rootfs)
 
 
+def mount_state(backend: str, rootfs: Path) -> str:
+    """``rootfs`` made by ``backend`` in a word, as ``lazyfs ps`` shows it.
+
+    ``alive``, ``dead`` (in the mount table, its process gone), ``not
+    mounted``; for the copy backend, which mounts nothing, ``directory`` or
+    ``missing``.
+    """
+    problem = rootfs_problem(backend, rootfs)
+    if problem is None:
+        return "directory" if backend == "copy" else "alive"
+    if backend == "copy":
+        return "missing"
+    return "dead" if problem.startswith("is a dead mount") else "not mounted"
+
+
 def revive(
     info: ProvisionInfo,
     backend: Backend,
