@@ -42,6 +42,7 @@ class Machine:
     work: Path
     cache_dir: Path
     flags: tuple[str, ...] = ()
+    background_fetch: bool = False
     daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
     rootfses: dict[str, Path] = field(default_factory=dict)
 
@@ -49,14 +50,30 @@ class Machine:
         return [sys.executable, "-m", "lazyfs", "--work_dir", str(self.work),
                 "--cache_dir", str(self.cache_dir), *self.flags, *args]  # fmt: skip
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of every command: the daemon a mount starts inherits it."""
+        env = dict(os.environ)
+        if not self.background_fetch:
+            # Fetch only what mounts read, so bytes over the link are what reads
+            # need; a lazyfs without background fetch ignores the variable.
+            env["LAZYFS_NO_BACKGROUND_FETCH"] = "1"
+        return env
+
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             self.argv(*args), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-            stdin=subprocess.DEVNULL, check=False,
+            stdin=subprocess.DEVNULL, check=False, env=self.env,
         )  # fmt: skip
         if check and done.returncode != 0:
             raise AssertionError(f"lazyfs {' '.join(args)} exited {done.returncode}: {done.stderr}")
         return done
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args), cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
 
     def provision(self, container: str, image: str) -> Path:
         """``lazyfs provision CONTAINER IMAGE --backend fuse``; returns the rootfs."""
@@ -65,13 +82,7 @@ class Machine:
 
     def provision_at_once(self, containers: list[str], image: str) -> list[Path]:
         """Start one ``lazyfs provision`` process per container together; their rootfses."""
-        started = [
-            subprocess.Popen(
-                self.argv("provision", c, image, "--backend", "fuse"), cwd=ROOT,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            for c in containers
-        ]
+        started = [self.popen("provision", c, image, "--backend", "fuse") for c in containers]
         results = []
         try:
             for process in started:
@@ -106,8 +117,8 @@ class Machine:
         log_path = self.work / f"daemon-{len(self.daemons)}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                self.argv(*flags, "daemon"), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT,
+                self.argv(*flags, "daemon"), cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.daemons.append(process)
 
@@ -189,9 +200,13 @@ def _zombie(pid: str) -> bool:
 
 
 @contextlib.contextmanager
-def machine(work: Path, *flags: str) -> Iterator[Machine]:
-    """A ``Machine`` on ``work`` (cache in ``work/cache``), taken down on exit."""
-    found = Machine(work, work / "cache", flags)
+def machine(work: Path, *flags: str, background_fetch: bool = False) -> Iterator[Machine]:
+    """A ``Machine`` on ``work`` (cache in ``work/cache``), taken down on exit.
+
+    Background fetch is off unless asked for: what crosses the link is then
+    what the test's reads need.
+    """
+    found = Machine(work, work / "cache", flags, background_fetch)
     try:
         yield found
     finally:
