@@ -96,11 +96,13 @@ def test_a_daemon_killed_mid_workload_fails_no_cached_read_and_misses_succeed_on
             ]
             wait_for(lambda: all(f.done() for _, f in reads), "the first cached reads")
 
+            # More reads in flight as it dies: before, during or after, they must all succeed.
+            reads += [(p, pool.submit(outcome, b / p)) for p in WARM[8:16]]
             m.kill_daemon(daemon)
             assert daemon_status(m.cache_dir) is None
             # The rest of the workload, with the daemon dead: cached files b
             # never read, read from the cache files, and again.
-            reads += [(p, pool.submit(outcome, b / p)) for p in WARM[8:] + WARM]
+            reads += [(p, pool.submit(outcome, b / p)) for p in WARM[16:] + WARM]
             wait_for(lambda: all(f.done() for _, f in reads), "the cached reads")
             failed = [(p, f.result()) for p, f in reads if f.result() != right(p)]
             assert failed == [], f"{len(failed)} failed reads of cached data"
