@@ -2,7 +2,7 @@
 bytes spoiled on the way, a full cache, a restart on a warm cache.
 
 Every container is ``lazyfs provision --backend fuse`` of an eStargz image
-(``tests.support.lazy_images.WORKLOAD``: ``warm/`` files in its bottom layer,
+(``tests.support.estargz_workloads.WORKLOAD``: ``warm/`` files in its bottom layer,
 ``cold/`` files in its top one) from a loopback ``docker-registry``, often
 through a proxy that counts, holds or spoils what crosses it
 (``tests.support.counting_proxy``). Files are read through the FUSE mounts
@@ -25,7 +25,7 @@ from tests.support.cache_daemons import daemon_status, wait_for
 from tests.support.containerd import Containerd
 from tests.support.counting_proxy import CountingProxy, run_counting_proxy
 from tests.support.fuse_mounts import need_fuse
-from tests.support.lazy_images import (
+from tests.support.estargz_workloads import (
     COLD_FILES,
     WARM_FILES,
     WORKLOAD,

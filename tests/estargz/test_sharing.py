@@ -24,7 +24,7 @@ from tests.support.cache_daemons import daemon_status
 from tests.support.containerd import Containerd
 from tests.support.counting_proxy import CountingProxy, run_counting_proxy
 from tests.support.fuse_mounts import need_fuse
-from tests.support.lazy_images import (
+from tests.support.estargz_workloads import (
     BASE,
     BASE_FILES,
     TOP_ONE,
