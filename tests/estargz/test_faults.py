@@ -24,7 +24,6 @@ import pytest
 from tests.support.cache_daemons import daemon_status, wait_for
 from tests.support.containerd import Containerd
 from tests.support.counting_proxy import CountingProxy, run_counting_proxy
-from tests.support.fuse_mounts import need_fuse
 from tests.support.estargz_workloads import (
     COLD_FILES,
     WARM_FILES,
@@ -35,6 +34,7 @@ from tests.support.estargz_workloads import (
     publish,
     sha,
 )
+from tests.support.fuse_mounts import need_fuse
 from tests.support.lazy_machine import chunk_bytes_on_disk, machine
 from tests.support.registry_servers import Registry, copy_storage, run_registry
 

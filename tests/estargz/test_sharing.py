@@ -23,7 +23,6 @@ import pytest
 from tests.support.cache_daemons import daemon_status
 from tests.support.containerd import Containerd
 from tests.support.counting_proxy import CountingProxy, run_counting_proxy
-from tests.support.fuse_mounts import need_fuse
 from tests.support.estargz_workloads import (
     BASE,
     BASE_FILES,
@@ -35,6 +34,7 @@ from tests.support.estargz_workloads import (
     publish,
     sha,
 )
+from tests.support.fuse_mounts import need_fuse
 from tests.support.lazy_machine import machine
 from tests.support.registry_servers import Registry, run_registry
 
