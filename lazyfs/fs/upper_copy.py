@@ -9,6 +9,7 @@ all three modules follow.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import time
@@ -27,6 +28,7 @@ from lazyfs.fs.upper_disk import (
     set_xattr_at,
     truncate_at,
 )
+from lazyfs.fs.upper_load import clear_work, is_started, load_upper, mark_started
 from lazyfs.fs.upper_state import (
     METACOPY_XATTR,
     REDIRECT_XATTR,
@@ -36,14 +38,34 @@ from lazyfs.fs.upper_state import (
     UpperState,
 )
 from lazyfs.store.atomic import Staged, staged_file
-from lazyfs.tree.merge import DataRef
+from lazyfs.tree.merge import DataRef, MergedTree
 from providers.extents import data_extents
 
 COPY_BLOCK = 1 << 20
 
 
 class UpperCopy(UpperState):
-    """``UpperState`` with copy-up and metadata changes."""
+    """``UpperState`` with copy-up and metadata changes.
+
+    Starts from ``upper`` as a mount left it (``lazyfs.fs.upper_load``:
+    UpperDamaged when it cannot), or sets up a fresh one when ``upper`` is
+    empty and no mount used it before.  What a mount that died left in
+    ``work`` is removed first.
+    """
+
+    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: TarRangeReader) -> None:
+        super().__init__(tree, upper, work, reader)
+        try:
+            clear_work(work)
+            if is_started(work) or any(upper.iterdir()):
+                self._nodes, first_free = load_upper(tree, self._root, upper, self._lower_names)
+                self._numbers = itertools.count(first_free)
+            else:
+                self.set_up_root()
+            mark_started(work)
+        except BaseException:
+            os.close(self._root)
+            raise
 
     @contextmanager
     def inside(self, directory: Node) -> Iterator[int]:
