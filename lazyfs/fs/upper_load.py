@@ -324,7 +324,7 @@ class _Loader:
 
 def _plain(part: bytes) -> bool:
     """A name a redirect may hold: not empty, ``.`` or ``..``, no NUL, within NAME_MAX."""
-    return 0 < len(part) <= NAME_MAX and part not in (b".", b"..") and b"\0" not in part
+    return 0 < len(part) <= NAME_MAX and part not in (b".", b"..") and not set(part) & {0, 47}
 
 
 def _listing(fd: int) -> list[bytes]:
