@@ -52,7 +52,6 @@ from lazyfs.fs.upper_state import (
     lower_node,
 )
 from lazyfs.tree.merge import ROOT_INO, Inode, InodeNo, MergedTree
-from providers.fstree import remove_tree
 
 OVERLAY_PREFIX = b"trusted.overlay."
 # An xattr of ``work``: the upper beside it has been set up (its root's attributes
@@ -68,11 +67,13 @@ class UpperDamaged(Exception):
 
 
 def clear_work(work: Path) -> None:
-    """Remove what a mount that died left in ``work`` (copy-up temporaries)."""
+    """Remove the files a mount that died left in ``work`` (copy-up temporaries).
+
+    Directories stay: a mount makes none there (kernel overlayfs does, if
+    one was mounted over this work, and needs nothing from them either).
+    """
     for entry in os.scandir(work):
-        if entry.is_dir(follow_symlinks=False):
-            remove_tree(Path(entry.path))
-        else:
+        if not entry.is_dir(follow_symlinks=False):
             os.unlink(entry.path)
 
 
@@ -390,4 +391,12 @@ def is_started(work: Path) -> bool:
 
 
 def mark_started(work: Path) -> None:
-    os.setxattr(work, STARTED, b"y", follow_symlinks=False)
+    """Note ``STARTED`` on ``work``, where trusted xattrs can be set (as root; else it is not).
+
+    Without it, only an upper left empty loses its root's changes on a remount.
+    """
+    try:
+        os.setxattr(work, STARTED, b"y", follow_symlinks=False)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
