@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -203,3 +204,31 @@ def test_a_damaged_upper_is_refused_in_one_line(mounts: CowMounts) -> None:
     message = str(refused.value)
     assert f"upper directory {first.upper}: e has a bad redirect" in message
     assert "\n" not in message and "Traceback" not in message
+
+
+def test_an_upper_kernel_overlayfs_wrote_loads_as_the_kernel_showed_it(
+    mounts: CowMounts,
+) -> None:
+    first = mounts.mount(LAYERS)  # for its layers, upper and work: nothing is written
+    mounts.unmount(first)
+    kernel = mounts.overlay(first.layers, first.upper)
+    (kernel / "etc" / "gone").unlink()
+    os.chmod(kernel / "big", 0o600)
+    (kernel / "etc" / "b").write_bytes(b"kernel")
+    os.link(kernel / "etc" / "b", kernel / "b-link")
+    os.rename(kernel / "ren", kernel / "ren2")  # the kernel's redirect is relative here
+    os.rename(kernel / "ren2" / "sub", kernel / "etc" / "sub")  # and absolute here
+    (kernel / "ren2" / "x").unlink()
+    os.rename(kernel / "m" / "f", kernel / "mf")
+    (kernel / "d" / "old").unlink()
+    (kernel / "d").rmdir()
+    (kernel / "d").mkdir()
+    (kernel / "d" / "n").write_bytes(b"n")
+    os.mkfifo(kernel / "fifo")
+    os.symlink("ren2", kernel / "to-ren2")
+    shown = tree_digest(kernel)
+    subprocess.run(["umount", kernel], check=True)
+    again = mounts.mount_again(first)
+    same(shown, tree_digest(again.root))
+    (again.root / "ren2" / "more").write_bytes(b"more")  # and it goes on from there
+    assert sorted(os.listdir(again.root / "ren2")) == ["keep", "more"]
