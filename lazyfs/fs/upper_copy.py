@@ -22,13 +22,16 @@ import trio
 from lazyfs.blobs.ranges import TarRangeReader
 from lazyfs.fs.upper_disk import (
     DIR_FLAGS,
+    clear_work,
+    is_started,
+    mark_started,
     open_dir,
     proc_path,
     remove_xattr_at,
     set_xattr_at,
     truncate_at,
 )
-from lazyfs.fs.upper_load import clear_work, is_started, load_upper, mark_started
+from lazyfs.fs.upper_load import load_upper
 from lazyfs.fs.upper_state import (
     METACOPY_XATTR,
     REDIRECT_XATTR,

@@ -54,27 +54,11 @@ from lazyfs.fs.upper_state import (
 from lazyfs.tree.merge import ROOT_INO, Inode, InodeNo, MergedTree
 
 OVERLAY_PREFIX = b"trusted.overlay."
-# An xattr of ``work``: the upper beside it has been set up (its root's attributes
-# are the view's), so an empty upper is loaded, not set up again, on a remount.
-# On ``work``, not in it: a directory of temporaries only; trusted: as the upper's own.
-STARTED = "trusted.lazyfs.upper"
-
 LowerNames = dict[InodeNo, list[tuple[InodeNo, bytes]]]
 
 
 class UpperDamaged(Exception):
     """The upper directory cannot be loaded: one line, with the path and why."""
-
-
-def clear_work(work: Path) -> None:
-    """Remove the files a mount that died left in ``work`` (copy-up temporaries).
-
-    Directories stay: a mount makes none there (kernel overlayfs does, if
-    one was mounted over this work, and needs nothing from them either).
-    """
-    for entry in os.scandir(work):
-        if not entry.is_dir(follow_symlinks=False):
-            os.unlink(entry.path)
 
 
 def load_upper(
@@ -377,26 +361,3 @@ def _node(
         lower=lower,
         copy=Copy.DATA,
     )
-
-
-def is_started(work: Path) -> bool:
-    """Whether the upper beside ``work`` was set up by a mount before (``STARTED``)."""
-    try:
-        os.getxattr(work, STARTED, follow_symlinks=False)
-    except OSError as error:
-        if error.errno == errno.ENODATA:
-            return False
-        raise
-    return True
-
-
-def mark_started(work: Path) -> None:
-    """Note ``STARTED`` on ``work``, where trusted xattrs can be set (as root; else it is not).
-
-    Without it, only an upper left empty loses its root's changes on a remount.
-    """
-    try:
-        os.setxattr(work, STARTED, b"y", follow_symlinks=False)
-    except OSError as error:
-        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
