@@ -79,3 +79,25 @@ def test_a_writable_fuse_rootfs_comes_back_with_its_writes(lazyfs: Lazyfs) -> No
     finally:
         lazyfs("recover")
     assert mounts_under(lazyfs.work_dir) == []
+
+
+def test_a_writable_fuse_rootfs_whose_upper_is_damaged_is_reported_broken(
+    lazyfs: Lazyfs,
+) -> None:
+    out = json.loads(lazyfs("provision", "rw", "busybox", "--backend", "fuse", "--writable").stdout)
+    rootfs = Path(out["rootfs"])
+    upper = rootfs.parent.parent / "scratch" / rootfs.name / "upper"
+    try:
+        (rootfs / "root" / "made").mkdir()
+        kill_mount_process(rootfs)
+        os.setxattr(upper / "root" / "made", "trusted.overlay.redirect", b"/../../etc")
+        result = lazyfs("recover", "--keep", "rw", check=False)
+        assert result.returncode == 1
+        report = json.loads(result.stdout)
+        assert report["kept"] == [] and report["remounted"] == []
+        why = report["broken"]["rw"]
+        assert f"upper directory {upper}: root/made has a bad redirect" in why
+        assert result.stderr == f"lazyfs: container rw is broken: {why}\n"
+    finally:
+        lazyfs("recover")
+    assert mounts_under(lazyfs.work_dir) == []
