@@ -77,8 +77,8 @@ class FuseBackend:
         """Start a mount process for ``rootfs`` again; a writable one keeps its writes.
 
         The new process of a writable rootfs loads the upper directory the
-        old one left; BackendError (the upper is left as it is) when that
-        upper is gone or damaged.
+        old one left; BackendError when that upper is gone or damaged (what
+        it holds stays there).
         """
         scratch = scratch_dir(rootfs)
         # The dead mount goes first; its process is gone, or goes now: the
