@@ -8,6 +8,7 @@ all three modules follow.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -129,20 +130,41 @@ class UpperCopy(UpperState):
                     continue
                 kind = stat.S_IFMT(node.mode)
                 if kind == stat.S_IFREG:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                    file = os.open(name, flags, 0o600, dir_fd=fd)
-                    try:
-                        os.ftruncate(file, node.size)  # sparse: no block written
-                    finally:
-                        os.close(file)
-                    if node.size:
-                        set_xattr_at(fd, name, METACOPY_XATTR, b"")
-                elif kind == stat.S_IFLNK:
+                    self._new_metacopy(node, fd, name)
+                    continue
+                if kind == stat.S_IFLNK:
                     os.symlink(node.target, name, dir_fd=fd)
                 else:
                     os.mknod(name, node.mode, node.rdev, dir_fd=fd)
                 self._set_disk_attributes(node, fd, name)
         node.copy = Copy.META if stat.S_ISREG(node.mode) and node.size else Copy.DATA
+
+    def _new_metacopy(self, node: Node, fd: int, name: str) -> None:
+        """Regular file ``node`` at ``name`` in ``fd``: sized (sparse), marked, with its attributes.
+
+        Made whole in ``work``, then renamed to its name: a mount killed
+        meanwhile leaves no unmarked file of zeros there for the next
+        mount to load as the file's bytes.
+        """
+        temp = f"meta-{next(self._temps)}"
+        work_fd = os.open(self.work, DIR_FLAGS)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            file = os.open(temp, flags, 0o600, dir_fd=work_fd)
+            try:
+                os.ftruncate(file, node.size)  # sparse: no block written
+            finally:
+                os.close(file)
+            if node.size:
+                set_xattr_at(work_fd, temp, METACOPY_XATTR, b"")
+            self._set_disk_attributes(node, work_fd, temp)
+            os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=work_fd)
+            raise
+        finally:
+            os.close(work_fd)
 
     async def copy_up_data(self, node: Node) -> None:
         """Put ``node``'s bytes in upper, once: a temporary file renamed over the metacopy.

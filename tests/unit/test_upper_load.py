@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
+from lazyfs.fs import upper_copy
 from lazyfs.fs.upper import METACOPY_XATTR, REDIRECT_XATTR, Copy, Node, Upper, UpperError
 from lazyfs.fs.upper_load import UpperDamaged
 from lazyfs.index.model import LayerIndex
@@ -331,3 +332,23 @@ def test_names_of_one_metacopy_with_other_lower_files_are_refused(fx: Fixture) -
     os.link(fx.upper / "etc" / "a", fx.upper / "etc" / "gone")  # lower etc/gone: 4 bytes too
     with pytest.raises(UpperDamaged, match="has another lower file than its other names"):
         fx.view()
+
+
+def test_a_metacopy_that_fails_halfway_leaves_no_zeros_for_the_next_mount(
+    fx: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = fx.view()
+    big = state.lookup(ROOT_INO, b"big")
+    assert big is not None
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(upper_copy, "set_xattr_at", full)  # as a mount killed right there
+    with pytest.raises(OSError):
+        state.set_mode(big, 0o600)
+    monkeypatch.undo()
+    assert not os.path.lexists(fx.upper / "big") and os.listdir(fx.work) == []
+    again = fx.view()
+    loaded = again.lookup(ROOT_INO, b"big")
+    assert loaded is not None and contents(again, loaded) == b"big" * 1000
