@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -21,7 +20,8 @@ from backends.overlay import overlay_usable
 from tests.support import containerd, fuse_paths, images
 from tests.support.backend_cases import CASES
 from tests.support.backend_variants import CaseImages, Variant, fuse_usable
-from tests.support.registry_servers import Registry, run_registry
+from tests.support.lazy_cases import LazyCases
+from tests.support.registry_servers import run_registry
 
 
 @pytest.fixture(scope="session")
@@ -60,14 +60,6 @@ def case_images(tmp_path_factory: pytest.TempPathFactory) -> CaseImages:
         references[name] = images.umoci_unpack(layout, "latest", work / name / "bundle")
         layouts[name] = layout
     return CaseImages(directory, references, layouts)
-
-
-@dataclass(frozen=True)
-class LazyCases:
-    """Every case converted to eStargz by ctr-remote and pushed to a loopback registry."""
-
-    registry: Registry
-    images: dict[str, str]  # case name -> docker:HOST/NAME:esgz
 
 
 @pytest.fixture(scope="session")

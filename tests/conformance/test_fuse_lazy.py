@@ -28,9 +28,8 @@ import pytest
 from tests.support.backend_cases import CASES
 from tests.support.backend_variants import CaseImages, digest, fuse_usable
 from tests.support.cache_daemons import kill_recorded
+from tests.support.lazy_cases import LazyCases
 from tests.support.tree import Node, diff_trees
-
-from .conftest import LazyCases
 
 pytestmark = pytest.mark.integration
 
