@@ -5,7 +5,7 @@ under a quarter (issue 12), which the cache's chunking does not meet yet.
 The image (``tests.support.debian_like``: a minbase-like base, python3 and
 its standard library, an app; about 36 MB of gzip) is converted by
 ``ctr-remote`` and pushed to a loopback registry; lazyfs reaches that
-registry only through a byte-counting proxy (``tests.support.counting_proxy``),
+registry only through a byte-counting proxy (``tests.support.tcp_counter``),
 which is what the image reference names, so the cache daemon's range reads
 cross it too.  The count is read the moment the program's line arrives.
 """
@@ -23,10 +23,10 @@ from providers.registry import RegistryClient, RegistryOptions
 from tests.support import debian_like, images
 from tests.support.cache_daemons import kill_recorded
 from tests.support.containerd import Containerd, import_archive, push, to_estargz
-from tests.support.counting_proxy import run_counting_proxy
 from tests.support.fuse_mounts import need_fuse
 from tests.support.registry_pulls import FAST
 from tests.support.registry_servers import Registry, run_registry
+from tests.support.tcp_counter import run_counting_proxy
 
 pytestmark = pytest.mark.integration
 

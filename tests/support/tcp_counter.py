@@ -1,4 +1,4 @@
-"""A loopback TCP proxy that counts the bytes crossing it, each way.
+"""A loopback TCP proxy that counts every byte crossing it, each way (headers included).
 
 Put in front of a registry (``run_counting_proxy(upstream_port)``), it
 shows what a client really moved over the link: HTTP headers, manifests,
