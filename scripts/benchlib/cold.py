@@ -2,7 +2,7 @@
 program prints, over a shaped link.
 
 A loopback ``docker-registry`` (started for the measurement) holds the image
-twice: as pushed by ``skopeo`` (gzip layers, "plain") and converted to
+twice: as pushed by ``skopeo --dest-compress`` (gzip layers, "plain") and converted to
 eStargz by ``ctr-remote`` (``benchlib.estargz``).  Every contender reaches
 it only through the bench's shaping proxy (``benchlib.shaper``: 100 Mbit/s
 and 20 ms round trip unless ``--link-rate``/``--link-rtt`` say otherwise),
@@ -52,8 +52,10 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
     with scratch_dir(ctx.scratch, "cold-registry-") as work, registry(work) as host:
         plain, lazy = f"bench/{image.name}:plain", f"bench/{image.name}:esgz"
         ctx.log(f"{NAME}: pushing {image.reference} to {host}, plain and as eStargz")
+        # The layout's layers are uncompressed; a registry serves gzip, so compress them.
         run(["skopeo", "copy", "-q", "--dest-tls-verify=false", "--format", "v2s2",
-             f"oci:{image.oci_layout}:{image.tag}", f"docker://{host}/{plain}"])  # fmt: skip
+             "--dest-compress", f"oci:{image.oci_layout}:{image.tag}",
+             f"docker://{host}/{plain}"])  # fmt: skip
         push_estargz(image.oci_layout, image.tag, ctx.scratch, f"{host}/{lazy}")
         sizes = {ref: _image_bytes(f"{host}/{ref}") for ref in (plain, lazy)}
         port = int(host.rsplit(":", 1)[1])
