@@ -55,11 +55,13 @@ from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.fs.upper import Upper
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs.writable_no_open import NoOpenWritableOperations
+from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerData, LayerIndex
 from lazyfs.index.stored import (
     check_data_present,
     ensure_index,
     ensure_remote_index,
+    index_source,
     load_index,
 )
 from lazyfs.store.blobs import StoreBlobs
@@ -147,6 +149,7 @@ class _Indexed:
     indexes: dict[Digest, LayerIndex]
     whole: bool
     remote: dict[Digest, TarRangeReader]
+    index_dirs: dict[Digest, Path]  # where each remote layer's index is
 
 
 def _index_layers(
@@ -171,9 +174,10 @@ def _index_layers(
     files: dict[Digest, Path] = {}
     indexes: dict[Digest, LayerIndex] = {}
     remote: dict[Digest, TarRangeReader] = {}
+    index_dirs: dict[Digest, Path] = {}
     for layer, origin in layers:
         if origin is not None and client is not None:
-            indexes[layer.digest], remote[layer.digest] = _remote_layer(
+            indexes[layer.digest], remote[layer.digest], index_dirs[layer.digest] = _remote_layer(
                 store, layer, client, entries=whole, limits=limits
             )
             continue
@@ -182,7 +186,7 @@ def _index_layers(
         indexes[layer.digest] = ensure_index(
             store.layers, store.tmp, layer.digest, blob, entries=whole, limits=limits
         )
-    return _Indexed(store.layers, digests, files, indexes, whole, remote)
+    return _Indexed(store.layers, digests, files, indexes, whole, remote, index_dirs)
 
 
 def _cache_client(
@@ -216,8 +220,8 @@ def _remote_layer(
     *,
     entries: bool,
     limits: LayerLimits | None,
-) -> tuple[LayerIndex, TarRangeReader]:
-    """The index of a layer still in a registry, and the reader of its tar stream.
+) -> tuple[LayerIndex, TarRangeReader, Path]:
+    """The index of a layer still in a registry, the reader of its tar stream, its layers dir.
 
     ``blobs`` reads the layer's blob by range through the cache daemon
     (``lazyfs.cache.client.CacheClient``): cached chunks from the cache
@@ -228,21 +232,21 @@ def _remote_layer(
     that cannot be read so (no TOC digest, or the store already holds an
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and
-    read as a local layer. Stored like any index, under ``store.layers``.
+    read as a local layer. Stored under ``store.layers`` (eStargz: by TOC too).
     """
     index = ensure_remote_index(
         store.layers, store.tmp, layer, blobs, entries=entries, limits=limits
     )
-    if index is not None:
+    if index is not None and (where := remote_layers_dir(store.layers, layer)) is not None:
         # eStargz data is read by chunk table; no local blob is named.
-        data = check_data_present(store.layers, Path(), index)
-        return index, open_layers({layer.digest: data}, blobs)
+        data = check_data_present(where, Path(), index)
+        return index, open_layers({layer.digest: data}, blobs), where
     path = StoreBlobs(store, upstream=blobs).local_blob(layer)
     index = ensure_index(
         store.layers, store.tmp, layer.digest, path, entries=entries, limits=limits
     )
     data = check_data_present(store.layers, path, index)
-    return index, open_layers({layer.digest: data}, StoreBlobs(store))
+    return index, open_layers({layer.digest: data}, StoreBlobs(store)), store.layers
 
 
 def _operations(
@@ -253,6 +257,7 @@ def _operations(
     no_open: bool,
 ) -> ReadOnlyOperations | WritableOperations:
     layers_dir = indexed.layers_dir
+    homes = {d: indexed.index_dirs.get(d, layers_dir) for d in indexed.digests}
     data: dict[Digest, LayerData] = {
         # BadImage here, not EIO later, if a tar copy or checkpoint file went missing.
         digest: check_data_present(layers_dir, indexed.blobs[digest], indexed.indexes[digest])
@@ -264,9 +269,11 @@ def _operations(
         if indexed.whole:
             return [indexed.indexes[digest] for digest in indexed.digests]
         # The kept tree was there but is damaged: merging needs the entries after all.
-        return [_index(layers_dir, digest) for digest in indexed.digests]
+        return [_index(homes[digest], digest) for digest in indexed.digests]
 
-    tree = merged_tree(layers_dir, indexed.digests, whole_indexes)
+    # Not a kept tree made from another image's TOC for one of these layer digests.
+    sources = tuple(index_source(homes[d], d) for d in indexed.digests)
+    tree = merged_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
     # A local layer indexed as eStargz earlier (it was remote then) reads its chunks here.
     local = open_layers(data, StoreBlobs(Store(layers_dir.parent)))
     source = ByLayer({d: indexed.remote.get(d, local) for d in indexed.digests})

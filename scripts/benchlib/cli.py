@@ -15,6 +15,8 @@ from types import FrameType
 import trio
 
 from benchlib import report
+from benchlib.cold import DEFAULT_RATE_MBIT, DEFAULT_RTT_MS, measure_cold_start
+from benchlib.estargz import TOOLS as ESTARGZ_TOOLS
 from benchlib.images import BenchImage, debian_image, synthetic_image
 from benchlib.lazy import Lazyfs
 from benchlib.measure import (
@@ -62,6 +64,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
         f"temperatures): {', '.join(MEASUREMENTS)}",
     )
     parser.add_argument(
+        "--link-rate",
+        type=float,
+        default=DEFAULT_RATE_MBIT,
+        metavar="MBIT",
+        help="cold-start: the shaped link's bandwidth, Mbit/s each way (default %(default)g)",
+    )
+    parser.add_argument(
+        "--link-rtt",
+        type=float,
+        default=DEFAULT_RTT_MS,
+        metavar="MS",
+        help="cold-start: the shaped link's round trip, ms (default %(default)g)",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path("/var/cache/lazyfs-bench"),
@@ -70,6 +86,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.link_rate <= 0 or args.link_rtt < 0:
+        parser.error("--link-rate must be above 0 and --link-rtt at least 0")
     if args.only:
         unknown = [n for n in args.only if not any(_selects(n, m) for m in MEASUREMENTS)]
         if unknown:
@@ -102,6 +120,7 @@ def run_image(
     scratch: Path,
     runs: int,
     results: list[Result],
+    link: tuple[float, float] = (DEFAULT_RATE_MBIT, DEFAULT_RTT_MS),
 ) -> None:
     """Run the measurements ``names`` on ``image``, appending each result as it completes.
 
@@ -121,6 +140,8 @@ def run_image(
                 results.append(measure_pull(ctx))
             elif name == "start":
                 results.append(measure_start(ctx))
+            elif name == "cold-start":
+                results.append(measure_cold_start(ctx, *link))
             else:
                 what, temperature = name.split("-")
                 results.append(measure_tree(ctx, what, temperature == "cold"))
@@ -134,12 +155,13 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         log("needs root (mounts, runc, drop_caches)")
         return 2
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    names = selected(args.only)
+    wanted = TOOLS + (ESTARGZ_TOOLS if "cold-start" in names else ())
+    missing = [tool for tool in wanted if shutil.which(tool) is None]
     if missing:
         log(f"missing {', '.join(missing)}; run scripts/setup")
         return 2
     runs = args.runs or (1 if args.quick else 5)
-    names = selected(args.only)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or REPO / "results" / "bench" / stamp
     signal.signal(signal.SIGTERM, _interrupt)
@@ -153,7 +175,8 @@ def main(argv: list[str]) -> int:
         with scratch_dir(args.cache, "run-") as scratch:
             for image in images:
                 with scratch_dir(scratch, f"{image.name}-") as work:
-                    run_image(image, names, args.cache, work, runs, results)
+                    link = (args.link_rate, args.link_rtt)
+                    run_image(image, names, args.cache, work, runs, results, link)
     except KeyboardInterrupt:
         status = 130
         log("interrupted: everything is unmounted and removed; writing what was measured")
