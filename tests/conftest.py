@@ -4,6 +4,7 @@ take; and no silent skips under CI."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import pytest
 from tests.support import fuse_paths, images
 from tests.support.ci_skips import pytest_runtest_makereport  # noqa: F401  (a hook: pytest finds it here)
 from tests.support.rich_image import RICH_TAG, need_tools
+
+# Mount processes are exec'd unless a test asks for the mount server
+# (tests.support.mount_servers): a server per test's store would outlive its test.
+os.environ.setdefault("LAZYFS_MOUNT_SERVER", "0")
 
 
 @pytest.fixture(params=fuse_paths.PATHS)

@@ -86,6 +86,7 @@ INDEXED = b"indexed\n"
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
 MODULE = "lazyfs.fs.mount_main"
+_PF_KTHREAD = 0x00200000  # proc(5), /proc/PID/stat field 9
 
 
 def mount(
@@ -336,11 +337,20 @@ def _fusermount_unmount(mountpoint: Path) -> None:
 
 
 def _is_mount_process(pid: int, mountpoint: Path) -> bool:
-    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused)."""
+    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused).
+
+    One that is exiting (its memory, command line with it, already gone) is
+    waited for too: a process forked by the mount server gets there within
+    a moment of the unmount, and an exec'd one is reaped only by waiting.
+    """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             args = cmdline.read().split(b"\0")
-    except OSError:
+        if args == [b""]:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                flags = int(stat.read().rsplit(b")", 1)[1].split()[6])
+            return not flags & _PF_KTHREAD  # a kernel thread's has none at all
+    except (OSError, ValueError, IndexError):
         return False
     return MODULE.encode() in args and os.fsencode(str(mountpoint)) in args
 
