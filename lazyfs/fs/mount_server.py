@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _exit_on_signal(number: int, frame: object) -> None:
+    _say(f"{signal.Signals(number).name}: exiting")
     raise SystemExit(0)
 
 
@@ -178,6 +179,7 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
             raise Refused(f"uid {uid} may not use this mount server")
         message = _receive(conn, fds)
         if message.get("op") == "stop":
+            _say(f"stopped by pid {pid}")
             _answer(conn, {"stopped": os.getpid()})
             return False
         if message.get("key") != server.key:

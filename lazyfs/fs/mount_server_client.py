@@ -295,7 +295,10 @@ def _send(conn: socket.socket, message: Mapping[str, Any], fds: list[int]) -> No
     try:
         # The descriptors ride with the first bytes; the rest follows plainly.
         sent = socket.send_fds(conn, [frame], fds)
-        conn.sendall(frame[sent:])
+        # Not even an empty send once all is out: the server may have
+        # answered and closed already, and that send would fail (EPIPE).
+        if sent < len(frame):
+            conn.sendall(frame[sent:])
     except OSError as error:
         # A server that closed before reading took nothing: no child exists.
         raise Unreachable(f"the mount server hung up: {error}") from None
