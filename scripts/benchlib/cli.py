@@ -15,6 +15,7 @@ from types import FrameType
 import trio
 
 from benchlib import report
+from benchlib.density import measure_density, stop_mount_server
 from benchlib.images import BenchImage, debian_image, synthetic_image
 from benchlib.lazy import Lazyfs
 from benchlib.measure import (
@@ -121,12 +122,15 @@ def run_image(
                 results.append(measure_pull(ctx))
             elif name == "start":
                 results.append(measure_start(ctx))
+            elif name == "density":
+                results.append(measure_density(ctx))
             else:
                 what, temperature = name.split("-")
                 results.append(measure_tree(ctx, what, temperature == "cold"))
     finally:
         # Whatever a measurement left provisioned (interrupted mid-run) is destroyed.
         trio.run(lazyfs.provisioner.recover, [])
+        stop_mount_server(ctx)  # the fuse mounts' server, if one was started
 
 
 def main(argv: list[str]) -> int:

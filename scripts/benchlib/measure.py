@@ -51,6 +51,7 @@ MEASUREMENTS = (
     "read-cold",
     "read-warm",
     "start",
+    "density",
 )
 
 
