@@ -92,10 +92,11 @@ def start_mount(
     environment. The server is started when none answers.
 
     Raises Unreachable when no server took the request (none could be
-    started, or each answered with other code than ``key``, by default
-    ``code_key()``); BackendError when the request was sent but no pid came
-    back: a child may exist then, and ends when the caller closes the ready
-    pipe's read end (its first answer fails), so it must not be retried.
+    started, each answered with other code than ``key``, by default
+    ``code_key()``, or it refused and said why); BackendError when the
+    request was sent but no answer came back: a child may exist then, and
+    ends when the caller closes the ready pipe's read end (its first answer
+    fails), so it must not be retried.
     """
     key = code_key() if key is None else key
     cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -110,7 +111,8 @@ def start_mount(
                 continue
             if isinstance(reply.get("pid"), int):
                 return int(reply["pid"])
-            raise BackendError(f"the mount server refused: {reply.get('error', reply)}")
+            # It said why it started nothing (a refusal, a failed fork).
+            raise Unreachable(f"the mount server refused: {reply.get('error', reply)}")
     finally:
         os.close(cwd)
     raise Unreachable("the mount server kept answering with other code than ours")
@@ -139,8 +141,9 @@ def stop_server(directory: Path, timeout: float = START_TIMEOUT) -> int | None:
         return None
     with conn:
         pid = peer_credentials(conn)[0]
-        _send(conn, {"op": "stop", "key": ""}, [])
-        with contextlib.suppress(OSError, BackendError):
+        # A server exiting anyway (idle, replaced) may hang up on us: wait all the same.
+        with contextlib.suppress(Unreachable, BackendError):
+            _send(conn, {"op": "stop", "key": ""}, [])
             _reply(conn)
     deadline = time.monotonic() + timeout
     while _alive(pid):

@@ -209,7 +209,7 @@ def test_a_request_is_checked_and_its_arguments_parsed_as_an_exec_ones(
     read_end, write_end = os.pipe()
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        with pytest.raises(BackendError, match="--ready-fd is the server's"):
+        with pytest.raises(server_client.Unreachable, match="--ready-fd is the server's"):
             server_client.start_mount(
                 directory, ["--ready-fd", "0"], ready_fd=write_end, log_fd=log_fd
             )
