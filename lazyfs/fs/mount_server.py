@@ -92,6 +92,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    # Opened first: a relative --dir is relative to the starter's directory.
+    directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     os.chdir("/")  # pin no caller's directory
     key = code_key()
     for name in PRELOAD:
@@ -103,7 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     server = _listen(directory, key)
     _say(f"serving in {args.dir}")
     try:
