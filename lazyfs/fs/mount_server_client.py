@@ -37,6 +37,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -277,7 +278,7 @@ def _start(directory: Path, deadline: float) -> socket.socket:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             raise Unreachable(f"the mount server exited at start: {_last_line(directory)}")
         if time.monotonic() > deadline:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise Unreachable(f"the mount server did not listen within {START_TIMEOUT:g}s")
         time.sleep(pause)
