@@ -91,7 +91,3 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def log_of(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
