@@ -16,6 +16,7 @@ import trio
 
 from benchlib import report
 from benchlib.cold import DEFAULT_RATE_MBIT, DEFAULT_RTT_MS, measure_cold_start
+from benchlib.density import measure_density, stop_mount_server
 from benchlib.estargz import TOOLS as ESTARGZ_TOOLS
 from benchlib.images import BenchImage, debian_image, synthetic_image
 from benchlib.lazy import Lazyfs
@@ -142,12 +143,15 @@ def run_image(
                 results.append(measure_start(ctx))
             elif name == "cold-start":
                 results.append(measure_cold_start(ctx, *link))
+            elif name == "density":
+                results.append(measure_density(ctx))
             else:
                 what, temperature = name.split("-")
                 results.append(measure_tree(ctx, what, temperature == "cold"))
     finally:
         # Whatever a measurement left provisioned (interrupted mid-run) is destroyed.
         trio.run(lazyfs.provisioner.recover, [])
+        stop_mount_server(ctx)  # the fuse mounts' server, if one was started
 
 
 def main(argv: list[str]) -> int:

@@ -52,6 +52,7 @@ MEASUREMENTS = (
     "read-warm",
     "start",
     "cold-start",
+    "density",
 )
 
 
