@@ -71,5 +71,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         )
     if not args.debug:
         root.setLevel(logging.INFO)
-    service.run(cache_dir(args), cache_size(args), Origins(registry_options(args)))
+    background = bool(getattr(args, "cache_background_fetch", True))
+    service.run(
+        cache_dir(args), cache_size(args), Origins(registry_options(args)), background=background
+    )
     return 0
