@@ -71,7 +71,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         )
     if not args.debug:
         root.setLevel(logging.INFO)
-    background = bool(getattr(args, "cache_background_fetch", True))
+    background = not getattr(args, "no_background_fetch", False)
     service.run(
         cache_dir(args), cache_size(args), Origins(registry_options(args)), background=background
     )

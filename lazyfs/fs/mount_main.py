@@ -60,6 +60,7 @@ from lazyfs.index.stored import (
     check_data_present,
     ensure_index,
     ensure_remote_index,
+    load_chunk_table,
     load_index,
 )
 from lazyfs.store.blobs import StoreBlobs
@@ -68,7 +69,6 @@ from lazyfs.tree.kept import merged_tree, tree_path
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
-from providers.source import BlobSource
 
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
@@ -191,11 +191,10 @@ def _cache_client(
     """The daemon's client for the remote layers, if there are any."""
     # Loaded only with remote layers: a mount of local layers starts without
     # the daemon's protocol (protobuf) and client.
-    from lazyfs.cache.client import CacheClient, RemoteBlob
-    from lazyfs.cache.messages import RegistryOrigin
+    from lazyfs.cache.client import CacheClient, remote_blob
 
     remote = {
-        layer.digest: RemoteBlob(RegistryOrigin(origin.host, origin.repository), layer.size)
+        layer.digest: remote_blob(origin.host, origin.repository, layer)
         for layer, origin in layers
         if origin is not None
     }
@@ -212,7 +211,7 @@ def _cache_client(
 def _remote_layer(
     store: Store,
     layer: Layer,
-    blobs: BlobSource,
+    blobs: CacheClient,
     *,
     entries: bool,
     limits: LayerLimits | None,
@@ -224,7 +223,9 @@ def _remote_layer(
     files, misses fetched once by the daemon. An eStargz layer (its
     ``toc.digest`` annotation) is indexed from its footer and TOC, checked
     against the annotation, and read chunk by chunk, each chunk checked
-    against its ``chunkDigest`` before any byte of it is served. A layer
+    against its ``chunkDigest`` before any byte of it is served; the daemon
+    is asked at once for the files before its prefetch landmark (one range
+    request) and for the rest of the blob in the background. A layer
     that cannot be read so (no TOC digest, or the store already holds an
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and
@@ -236,6 +237,7 @@ def _remote_layer(
     if index is not None:
         # eStargz data is read by chunk table; no local blob is named.
         data = check_data_present(store.layers, Path(), index)
+        blobs.layer_mounted(layer.digest, load_chunk_table(store.layers, index).prefetch)
         return index, open_layers({layer.digest: data}, blobs)
     path = StoreBlobs(store, upstream=blobs).local_blob(layer)
     index = ensure_index(
