@@ -21,6 +21,7 @@ diff_id as every ingest is, so it is local like any pulled layer.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -106,7 +107,7 @@ def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> li
             continue
         stream.close()
         try:
-            store.ingest(layer, lambda layer=layer: _reopen(cache_dir, layer))
+            store.ingest(layer, partial(_reopen, cache_dir, layer))
         except LazyfsError as error:
             log.warning("layer %s stays remote: copying it from the cache: %s", layer.digest, error)
             continue
