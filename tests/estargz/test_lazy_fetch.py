@@ -92,7 +92,7 @@ def ranges_of(faults: Faults, digest: str) -> list[tuple[int, int]]:
 
 def landmark_offset(blob: Blob) -> int:
     toc = json.loads(blob.toc_json)
-    return next(e["offset"] for e in toc["entries"] if e["name"] == ".prefetch.landmark")
+    return int(next(e["offset"] for e in toc["entries"] if e["name"] == ".prefetch.landmark"))
 
 
 def settled(cache_dir: Path) -> StatusOk:
