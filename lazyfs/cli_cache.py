@@ -107,6 +107,8 @@ def _from_disk(directory: Path, known: Mapping[Digest, int]) -> tuple[int, int, 
         verdict = judged.get(digest)
         size = verdict.size if verdict is not None else known.get(digest)
         state = verdict.state.upper() if verdict is not None else "PARTIAL"
+        if state == "COMPLETE" and cached.get(digest, 0) < (size or 0):
+            state = "PARTIAL"  # verified once, partly evicted since
         reason = verdict.reason if verdict is not None else ""
         rows.append(_row(digest, size, cached.get(digest, 0), state, reason))
     return sum(cached.values()), chunks, rows

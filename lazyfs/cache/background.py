@@ -73,7 +73,7 @@ class Backgrounds:
     ) -> BlobInfo:
         """Queue blob ``digest`` unless it is done, queued, or background fetch is off."""
         verdict = read_verdict(self.cache.layout.root, digest)
-        if verdict is not None:
+        if verdict is not None and not self._evicted_since(verdict):
             return self._info_of_verdict(verdict)
         job = self._jobs.get(digest)
         if job is not None and job.kind is BlobKind.FETCHING:
@@ -107,10 +107,21 @@ class Backgrounds:
 
         return {v.digest for v in verdicts(self.cache.layout.root)}
 
+    def _evicted_since(self, verdict: Verdict) -> bool:
+        """Whether a complete blob lost chunks to eviction since: then it is fetched again."""
+        if verdict.state != COMPLETE:
+            return False
+        return self.cache.blob_usage().get(verdict.digest, 0) < verdict.size
+
     def _info_of_verdict(self, verdict: Verdict, cached: int | None = None) -> BlobInfo:
         if cached is None:
             cached = self.cache.blob_usage().get(verdict.digest, 0)
         kind = BlobKind.COMPLETE if verdict.state == COMPLETE else BlobKind.QUARANTINED
+        if kind is BlobKind.COMPLETE and cached < verdict.size:
+            job = self._jobs.get(verdict.digest)
+            # Verified once, partly evicted since: partial until fetched again.
+            fetching = job is not None and job.kind is BlobKind.FETCHING
+            kind = BlobKind.FETCHING if fetching else BlobKind.PARTIAL
         return BlobInfo(verdict.digest, kind, verdict.size, cached, verdict.reason)
 
     async def _run(self, source: BlobSource, job: _Job) -> None:

@@ -198,3 +198,18 @@ async def test_a_prefetch_asks_in_requests_of_up_to_its_bound(
         assert queued == 10
     assert len(source.calls) == requests
     assert sorted(source.calls)[0][0] == 0  # the requests run side by side, in any order
+
+
+async def test_a_complete_blob_that_lost_a_chunk_is_partial_and_fetched_again(
+    tmp_path: Path,
+) -> None:
+    source = Source()
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await _until(backgrounds, BlobKind.COMPLETE)
+        fetcher.cache.drop(ChunkKey(DIGEST, 2))
+        assert backgrounds.info(DIGEST).kind is BlobKind.PARTIAL
+        calls = len(source.calls)
+        assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.FETCHING
+        await _until(backgrounds, BlobKind.COMPLETE)
+        assert source.calls[calls:] == [(2 * SIZE, SIZE)]
