@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lazyfs import cli_cache
 from lazyfs.cli_flags import ENV_PREFIX, Flag, FlagParser, global_flags
+from lazyfs.cli_volumes import add_volume_args
 
 IMAGE_HELP = (
     "docker:REFERENCE or REFERENCE, docker://REFERENCE, oci:DIR[:REF], "
@@ -77,6 +78,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument(
         "--writable", action="store_true", help="a writable rootfs (default: read-only)"
     )
+    add_volume_args(sub)
     sub = command("pull", "fetch an image into the store, even if stored; prints its manifest")
     image_args(sub)
     sub = command("destroy", "unmount and remove a container's rootfs")
@@ -86,6 +88,8 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         "--keep", nargs="*", default=[], metavar="ID", help="containers to keep (default: none)"
     )
     command("images", "list the images in the store (creates nothing)")
+    sub = command("ps", "list the provisioned containers and their mounts (creates nothing)")
+    sub.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     sub = command("mount", "mount an image at a directory to look inside")
     image_args(sub, optional=False)
     sub.add_argument("mountpoint", type=Path, help="an existing empty directory")
@@ -124,6 +128,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         action="store_true",
         help="give the command a terminal, as docker run -t (default: lazyfs' stdio)",
     )
+    add_volume_args(sub)
     sub.add_argument(
         "command_args",
         nargs="*",
@@ -168,8 +173,10 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
     return parsed
 
 
-# run's own options that take a value: their value is not the image.
-_RUN_VALUED = ("--backend", "--image-file", "--image_file")
+# run's own options that take a value: their value is not the image; the
+# last four name the image instead of IMAGE.
+_RUN_VALUED = ("--backend", "-v", "--volume")
+_RUN_IMAGE = ("--image-file", "--image_file", "--container-info", "--container_info")
 
 
 def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -180,7 +187,7 @@ def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
         if not flag.switch
         for spelling in (f"--{flag.name}", f"--{flag.name.replace('_', '-')}")
     }
-    valued.update(_RUN_VALUED)
+    valued.update(_RUN_VALUED, _RUN_IMAGE)
     is_run, words, image_file, skip = False, 0, False, False
     for i, word in enumerate(argv):
         if skip:
@@ -190,7 +197,7 @@ def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
         elif word.startswith("-") and word != "-":
             name = word.split("=", 1)[0]
             skip = "=" not in word and name in valued
-            image_file = image_file or (is_run and name in _RUN_VALUED[1:])
+            image_file = image_file or (is_run and name in _RUN_IMAGE)
         elif not is_run:
             if word != "run":
                 return argv, None
