@@ -21,8 +21,8 @@ from functools import cached_property
 from pathlib import Path
 
 from backends.names import NAMES as BACKENDS
-from lazyfs import cli_parser
-from lazyfs.cli_daemon import daemon_spec, run_daemon
+from lazyfs import cli_cache, cli_parser
+from lazyfs.cli_daemon import cache_dir, daemon_spec, run_daemon
 from lazyfs.cli_exec import exec_problem
 from lazyfs.cli_flags import (
     docker_registry,
@@ -253,7 +253,7 @@ def _recover(app: App, args: argparse.Namespace) -> int:
 
 
 def _images(app: App, _args: argparse.Namespace) -> int:
-    rows = [("REFERENCE", "DIGEST", "LAYERS", "SIZE")]
+    rows = [("REFERENCE", "DIGEST", "LAYERS", "SIZE", "LOCAL")]
     # No store yet: nothing to list, and nothing to create for it.
     stored = app.store.images() if app.store_dir.is_dir() else []
     for image in stored:
@@ -263,9 +263,10 @@ def _images(app: App, _args: argparse.Namespace) -> int:
                 image.manifest.digest[:19],
                 str(len(image.manifest.layers)),
                 _human(image.size),
+                cli_cache.local_share(image.manifest, app.store.has_blob, cache_dir(app.args)),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -341,6 +342,7 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "mount": _mount,
     "umount": _umount,
     "daemon": lambda _app, args: run_daemon(args),
+    "cache": lambda app, args: cli_cache.run_cache(args, app.store_dir, lambda: app.store),
 }
 
 

@@ -71,5 +71,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         )
     if not args.debug:
         root.setLevel(logging.INFO)
-    service.run(cache_dir(args), cache_size(args), Origins(registry_options(args)))
+    background = not getattr(args, "no_background_fetch", False)
+    service.run(
+        cache_dir(args), cache_size(args), Origins(registry_options(args)), background=background
+    )
     return 0

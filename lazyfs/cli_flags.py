@@ -162,6 +162,7 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
         ),
         Flag("cache_dir", None, "the cache daemon's directory; default: WORK_DIR/cache"),
         Flag("cache_size", "10GB", "the most the cache keeps: bytes, or a number with KB..TB"),
+        Flag("no_background_fetch", False, "fetch only what mounts read", _truth, switch=True),
         Flag("debug", False, "log what happens on stderr", _truth, switch=True),
     )
 

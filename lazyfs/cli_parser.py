@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from lazyfs import cli_cache
 from lazyfs.cli_flags import ENV_PREFIX, Flag, FlagParser, global_flags
 from lazyfs.cli_volumes import add_volume_args
 
@@ -105,6 +106,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument("--suid", action="store_true", help="honour setuid bits (default: nosuid)")
     sub.add_argument("--dev", action="store_true", help="allow device nodes (default: nodev)")
     command("daemon", "run the machine's cache daemon in the foreground")
+    cli_cache.add_arguments(command("cache", "show the cache: size, limit, layers, completeness"))
     sub = command("umount", "take down what `lazyfs mount` mounted")
     sub.add_argument("mountpoint", type=Path, help="where `lazyfs mount` mounted the image")
     sub = command("run", "provision, run a command with runc, destroy")

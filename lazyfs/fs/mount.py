@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, ensure_daemon
@@ -60,6 +60,7 @@ from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
+    from providers.digest import Digest
     from providers.tar_stream import LayerLimits
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "mount",
     "mount_points",
     "mount_recorded",
+    "open_complete",
     "parse_layer_arg",
     "parse_layer_args",
     "recorded_pid",
@@ -375,3 +377,14 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def _signal(pid: int, number: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, number)
+
+
+def open_complete(cache_dir: Path, digest: Digest) -> BinaryIO | None:
+    """Blob ``digest`` from the cache's chunk files, when the daemon found it whole and verified.
+
+    None otherwise. Not verified here: the reader checks it (``Store.ingest``);
+    see ``lazyfs.cache.blobstate``. Loaded only when called: mounting needs it not.
+    """
+    from lazyfs.cache.blobstate import open_complete as from_cache
+
+    return from_cache(cache_dir, digest)

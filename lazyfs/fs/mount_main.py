@@ -62,6 +62,7 @@ from lazyfs.index.stored import (
     ensure_index,
     ensure_remote_index,
     index_source,
+    load_chunk_table,
     load_index,
 )
 from lazyfs.store.blobs import StoreBlobs
@@ -70,7 +71,6 @@ from lazyfs.tree.kept import merged_tree, tree_path
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
-from providers.source import BlobSource
 
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
@@ -195,11 +195,10 @@ def _cache_client(
     """The daemon's client for the remote layers, if there are any."""
     # Loaded only with remote layers: a mount of local layers starts without
     # the daemon's protocol (protobuf) and client.
-    from lazyfs.cache.client import CacheClient, RemoteBlob
-    from lazyfs.cache.messages import RegistryOrigin
+    from lazyfs.cache.client import CacheClient, remote_blob
 
     remote = {
-        layer.digest: RemoteBlob(RegistryOrigin(origin.host, origin.repository), layer.size)
+        layer.digest: remote_blob(origin.host, origin.repository, layer)
         for layer, origin in layers
         if origin is not None
     }
@@ -210,13 +209,11 @@ def _cache_client(
     return CacheClient(cache_dir, remote)
 
 
-# The seam for remote layers. Everything above and below takes a remote
-# layer's index and reader from here; only this function knows how a layer
-# is read lazily.
+# The seam for remote layers: only this function knows how a layer is read lazily.
 def _remote_layer(
     store: Store,
     layer: Layer,
-    blobs: BlobSource,
+    blobs: CacheClient,
     *,
     entries: bool,
     limits: LayerLimits | None,
@@ -228,7 +225,9 @@ def _remote_layer(
     files, misses fetched once by the daemon. An eStargz layer (its
     ``toc.digest`` annotation) is indexed from its footer and TOC, checked
     against the annotation, and read chunk by chunk, each chunk checked
-    against its ``chunkDigest`` before any byte of it is served. A layer
+    against its ``chunkDigest`` before any byte of it is served; the daemon
+    is asked at once for the files before its prefetch landmark (one range
+    request) and for the rest of the blob in the background. A layer
     that cannot be read so (no TOC digest, or the store already holds an
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and
@@ -240,6 +239,7 @@ def _remote_layer(
     if index is not None and (where := remote_layers_dir(store.layers, layer)) is not None:
         # eStargz data is read by chunk table; no local blob is named.
         data = check_data_present(where, Path(), index)
+        blobs.layer_mounted(layer.digest, load_chunk_table(where, index).prefetch)
         return index, open_layers({layer.digest: data}, blobs), where
     path = StoreBlobs(store, upstream=blobs).local_blob(layer)
     index = ensure_index(

@@ -175,13 +175,6 @@ def test_a_chunk_corrupted_in_flight_is_never_served(
         assert "answering EIO" in log and f"of '{path}' in layer {image.layers[0]}" in log, log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cache chunk whose bytes fail an eStargz chunkDigest stays in CACHE_DIR/chunks-*: "
-    "the mount (lazyfs/blobs/estargz_reader.py) answers EIO and reads the same bad chunk file "
-    "again on every later read, as does every other mount; nothing evicts it to refetch, so "
-    "the file gives EIO for good once the link is clean (bgfetch drops and refetches it)",
-)
 def test_once_the_link_is_clean_a_corrupted_chunk_is_fetched_again_and_read_right(
     origin: tuple[Registry, Published], tmp_path: Path
 ) -> None:

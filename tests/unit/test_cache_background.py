@@ -1,0 +1,215 @@
+"""Background fetch in the daemon: low priority, whole-blob verdicts; eviction and prefetch runs.
+
+In process, with trio and a blob source over bytes in memory that records
+its calls and can hold them at a gate: what was asked upstream, and when,
+is read from it; verdicts from the cache directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+import trio
+import trio.testing
+
+from lazyfs.cache.background import Backgrounds
+from lazyfs.cache.blobstate import (
+    COMPLETE,
+    QUARANTINED,
+    open_complete,
+    quarantine_reason,
+    read_verdict,
+)
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.flight import Fetcher
+from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.values import BlobKind
+from providers.digest import Digest
+
+SIZE = 64  # bytes a chunk: a small blob has many
+
+
+def _layer() -> tuple[bytes, Digest, Digest]:
+    """A gzip layer blob, its digest and its diff_id."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        data = os.urandom(700)
+        info = tarfile.TarInfo("file")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    plain = out.getvalue()
+    blob = gzip.compress(plain)
+    return (
+        blob,
+        Digest("sha256:" + hashlib.sha256(blob).hexdigest()),
+        Digest("sha256:" + hashlib.sha256(plain).hexdigest()),
+    )
+
+
+BLOB, DIGEST, DIFF_ID = _layer()
+CHUNKS = -(-len(BLOB) // SIZE)
+
+
+class Source:
+    """BLOB by range; records each call; gated, every call waits for ``gate``."""
+
+    def __init__(self, *, gated: bool = False) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+        self.gate = threading.Event()
+        self.asked = threading.Event()  # set once a call has arrived
+        if not gated:
+            self.gate.set()
+
+    def open(self, digest: Digest) -> BinaryIO:
+        return io.BytesIO(BLOB)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        with self.lock:
+            self.calls.append((offset, length))
+        self.asked.set()
+        assert self.gate.wait(timeout=30), "the gate was never opened"
+        return BLOB[offset : offset + length]
+
+
+@asynccontextmanager
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, Backgrounds]]:
+    root = tmp_path / "cache"
+    root.mkdir(parents=True, exist_ok=True)
+    limit = 4 * CHUNKS * os.statvfs(root).f_frsize
+    with DiskCache.open(root, limit, chunk_size=SIZE) as cache:
+        async with trio.open_nursery() as nursery:
+            fetcher = Fetcher(cache, nursery, readahead=(0, 0))
+            yield fetcher, Backgrounds(fetcher, nursery)
+
+
+async def _until(backgrounds: Backgrounds, kind: BlobKind) -> None:
+    while backgrounds.info(DIGEST).kind is not kind:
+        await trio.sleep(0)  # a checkpoint, not a delay: the task runs meanwhile
+
+
+async def test_background_fetch_waits_while_a_reader_waits_then_completes(tmp_path: Path) -> None:
+    source = Source(gated=True)
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        got: list[bytes] = []
+
+        async def reader() -> None:
+            got.append(await fetcher.read(source, DIGEST, 5 * SIZE, 10, len(BLOB)))
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(reader)
+            await trio.to_thread.run_sync(source.asked.wait)
+            state = backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+            assert state.kind is BlobKind.FETCHING
+            await trio.testing.wait_all_tasks_blocked()
+            # The reader's fetch is held upstream: the background started none.
+            assert fetcher.fetches_in_flight == 1
+            assert source.calls == [(5 * SIZE, SIZE)]
+            source.gate.set()
+        assert got == [BLOB[5 * SIZE : 5 * SIZE + 10]]
+        await _until(backgrounds, BlobKind.COMPLETE)
+        # Every chunk once: the reader's was not fetched again.
+        assert len(source.calls) > 1
+        assert sum(min(n, len(BLOB) - o) for o, n in source.calls) == len(BLOB), source.calls
+    verdict = read_verdict(tmp_path / "cache", DIGEST)
+    assert verdict is not None and verdict.state == COMPLETE and verdict.diff_id == DIFF_ID
+    stream = open_complete(tmp_path / "cache", DIGEST, chunk_size=SIZE)
+    assert stream is not None and stream.read() == BLOB
+
+
+async def test_a_blob_whose_diff_id_is_wrong_is_quarantined_and_its_chunks_dropped(
+    tmp_path: Path,
+) -> None:
+    wrong = Digest("sha256:" + "0" * 64)
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        backgrounds.start(Source(), DIGEST, len(BLOB), wrong)
+        await _until(backgrounds, BlobKind.QUARANTINED)
+        assert fetcher.cache.blob_usage().get(DIGEST, 0) == 0
+        info = backgrounds.info(DIGEST)
+        assert "diff_id" in info.reason and wrong in info.reason
+    reason = quarantine_reason(tmp_path / "cache", DIGEST)
+    assert reason is not None and "diff_id" in reason
+    assert read_verdict(tmp_path / "cache", DIGEST).state == QUARANTINED  # type: ignore[union-attr]
+    assert open_complete(tmp_path / "cache", DIGEST, chunk_size=SIZE) is None
+
+
+async def test_a_blob_shorter_than_its_descriptor_says_is_quarantined(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (_fetcher, backgrounds):
+        backgrounds.start(Source(), DIGEST, len(BLOB) + 5, DIFF_ID)
+        await _until(backgrounds, BlobKind.QUARANTINED)
+        assert "bytes" in backgrounds.info(DIGEST).reason
+
+
+async def test_background_fetch_off_answers_and_fetches_nothing(tmp_path: Path) -> None:
+    source = Source()
+    async with daemon(tmp_path) as (_fetcher, backgrounds):
+        backgrounds.enabled = False
+        assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.UNKNOWN
+        await trio.testing.wait_all_tasks_blocked()
+    assert source.calls == []
+
+
+async def test_asking_twice_starts_one_background_fetch(tmp_path: Path) -> None:
+    source = Source(gated=True)
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await trio.to_thread.run_sync(source.asked.wait)
+        backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetcher.fetches_in_flight == 1
+        source.gate.set()
+        await _until(backgrounds, BlobKind.COMPLETE)
+        calls = len(source.calls)
+        # Done: a later mount's request finds the verdict and fetches nothing.
+        assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.COMPLETE
+    assert len(source.calls) == calls
+
+
+async def test_evict_drops_cached_chunks_and_the_next_read_fetches_them(tmp_path: Path) -> None:
+    source = Source()
+    async with daemon(tmp_path) as (fetcher, _backgrounds):
+        assert await fetcher.read(source, DIGEST, 0, 3 * SIZE, len(BLOB)) == BLOB[: 3 * SIZE]
+        assert fetcher.evict(DIGEST, SIZE + 1, 10) == 1
+        assert not fetcher.cache.contains(ChunkKey(DIGEST, 1))
+        assert fetcher.cache.contains(ChunkKey(DIGEST, 0))
+        assert await fetcher.read(source, DIGEST, SIZE, SIZE, len(BLOB)) == BLOB[SIZE : 2 * SIZE]
+    assert source.calls == [(0, 3 * SIZE), (SIZE, SIZE)]
+
+
+@pytest.mark.parametrize(("most", "requests"), [(None, 2), (64, 1)])
+async def test_a_prefetch_asks_in_requests_of_up_to_its_bound(
+    tmp_path: Path, most: int | None, requests: int
+) -> None:
+    source = Source()
+    async with daemon(tmp_path) as (fetcher, _backgrounds):
+        # Ten chunks: reads ask for 8 at most; a landmark prefetch for all at once.
+        queued = fetcher.prefetch(source, DIGEST, [(0, 10 * SIZE)], len(BLOB),
+                                  max_request_chunks=most)  # fmt: skip
+        assert queued == 10
+    assert len(source.calls) == requests
+    assert sorted(source.calls)[0][0] == 0  # the requests run side by side, in any order
+
+
+async def test_a_complete_blob_that_lost_a_chunk_is_partial_and_fetched_again(
+    tmp_path: Path,
+) -> None:
+    source = Source()
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await _until(backgrounds, BlobKind.COMPLETE)
+        fetcher.cache.drop(ChunkKey(DIGEST, 2))
+        assert backgrounds.info(DIGEST).kind is BlobKind.PARTIAL
+        calls = len(source.calls)
+        assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.FETCHING
+        await _until(backgrounds, BlobKind.COMPLETE)
+        assert source.calls[calls:] == [(2 * SIZE, SIZE)]
