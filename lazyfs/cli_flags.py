@@ -162,6 +162,12 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
         ),
         Flag("cache_dir", None, "the cache daemon's directory; default: WORK_DIR/cache"),
         Flag("cache_size", "10GB", "the most the cache keeps: bytes, or a number with KB..TB"),
+        Flag(
+            "image_gc_config",
+            None,
+            "image GC as Mesos' ImageGcConfig: JSON, a file or a file:// URL",
+            shown='{"image_disk_headroom": 0.1}, nothing excluded',
+        ),
         Flag("debug", False, "log what happens on stderr", _truth, switch=True),
     )
 

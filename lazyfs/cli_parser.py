@@ -13,8 +13,10 @@ import argparse
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from lazyfs.cli_flags import ENV_PREFIX, Flag, FlagParser, global_flags
+from lazyfs.cli_images import add_images_parser
 
 IMAGE_HELP = (
     "docker:REFERENCE or REFERENCE, docker://REFERENCE, oci:DIR[:REF], "
@@ -84,7 +86,14 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument(
         "--keep", nargs="*", default=[], metavar="ID", help="containers to keep (default: none)"
     )
-    command("images", "list the images in the store (creates nothing)")
+
+    def nested(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = actions.add_parser(name, help=text, description=text)
+        _global_flags_after(sub, flags)
+        return sub
+
+    add_images_parser(command("images", "list the images in the store (creates nothing)"), nested)
+    command("gc", "one image GC pass: remove what nothing uses until the store has its headroom")
     sub = command("mount", "mount an image at a directory to look inside")
     image_args(sub, optional=False)
     sub.add_argument("mountpoint", type=Path, help="an existing empty directory")

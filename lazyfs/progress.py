@@ -77,10 +77,14 @@ def _short(item: str) -> str:
     return item[: item.find(":") + 13] if ":" in item else item[:19]
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
+    """``n`` bytes in binary units, as lazyfs prints every size: ``512 B``, ``1.5 KiB``."""
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
             return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
         value /= 1024
     return f"{n} B"
+
+
+_size = human_size
