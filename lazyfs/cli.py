@@ -161,8 +161,12 @@ def _pull(app: App, args: argparse.Namespace) -> int:
     image.cached = False
     docker = app.docker
     # Held shared while pulling: a GC pass meanwhile would take blobs it found stored.
+    progress = Progress()
     with in_use(app.store.root):
-        manifest = run_trio(lambda: docker.fetch(image, Progress()))
+        manifest = run_trio(lambda: docker.fetch(image, progress))
+    if progress.fetched == 0:
+        # As docker pull says "Image is up to date": on stderr, stdout is the manifest.
+        print(f"lazyfs: {manifest.reference}: already stored, nothing fetched", file=sys.stderr)
     print(json.dumps(manifest.to_json(), indent=1))
     return 0
 

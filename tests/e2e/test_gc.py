@@ -135,7 +135,8 @@ def test_gc_that_cannot_reach_the_headroom_says_so(
 
 # Runs ``lazyfs`` and kills itself with SIGKILL just before its Nth change to a
 # directory (unlink, rmdir, rename), whatever GC is doing then: moving,
-# deleting a tree half way, writing.
+# deleting a tree half way, writing.  N = 0: runs to the end, and says on
+# stderr how many changes it made.
 KILLER = """
 import os, signal, sys
 limit, count = int(sys.argv[1]), 0
@@ -150,8 +151,11 @@ def counted(real):
 for name in ("unlink", "rmdir", "rename", "replace"):
     setattr(os, name, counted(getattr(os, name)))
 from lazyfs.cli import main
-sys.exit(main(sys.argv[2:]))
+status = main(sys.argv[2:])
+print(f"changes={count}", file=sys.stderr)
+sys.exit(status)
 """
+KILL_POINTS = 8
 
 
 def test_a_gc_killed_at_any_step_leaves_no_layer_a_provision_trusts_damaged(
@@ -159,45 +163,47 @@ def test_a_gc_killed_at_any_step_leaves_no_layer_a_provision_trusts_damaged(
 ) -> None:
     work, store = tmp_path / "work", tmp_path / "store"
     lazyfs = cli_on(work, gc_images, store)
-    names = ["img0", "img1"]
-    backends = ("overlay", "fuse")
-    expected: dict[tuple[str, str], dict[str, Node]] = {}
+    expected: dict[str, dict[str, Node]] = {}
 
-    def provision_each(check: Callable[[str, str, dict[str, Node]], None]) -> None:
-        for name in names:
-            for backend in backends:
-                info = json.loads(lazyfs("provision", "c", name, "--backend", backend).stdout)
-                try:
-                    check(name, backend, rootfs_tree(info))
-                finally:
-                    lazyfs("destroy", "c")
+    def provision_each() -> None:
+        # Pulls what is gone and leaves everything a layer has: a blob,
+        # extracted trees (overlay), an index and a kept merged tree (fuse);
+        # each rootfs must be the tree the image had before any GC.
+        for backend in ("overlay", "fuse"):
+            info = json.loads(lazyfs("provision", "c", "img0", "--backend", backend).stdout)
+            try:
+                tree = rootfs_tree(info)
+            finally:
+                lazyfs("destroy", "c")
+            assert diff_trees(expected.setdefault(backend, tree), tree) == [], backend
 
-    def remember(name: str, backend: str, tree: dict[str, Node]) -> None:
-        expected.setdefault((name, backend), tree)
+    def prune(limit: int) -> subprocess.CompletedProcess[str]:
+        argv = Lazyfs(work, gc_images).argv("--docker_store_dir", str(store), "images", "prune")
+        return subprocess.run(
+            [sys.executable, "-c", KILLER, str(limit), *argv[3:]],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
 
-    def same(name: str, backend: str, tree: dict[str, Node]) -> None:
-        assert diff_trees(expected[name, backend], tree) == [], (name, backend, limit)
-
-    argv = Lazyfs(work, gc_images).argv("--docker_store_dir", str(store), "images", "prune")
-    limit, step, done = 1, 1, False
     try:
-        while not done:
-            # Everything a layer has: blobs, extracted trees, indexes, kept trees.
-            provision_each(remember)
-            killed = subprocess.run(
-                [sys.executable, "-c", KILLER, str(limit), *argv[3:]],
-                capture_output=True,
-                text=True,
-                cwd=REPO,
-                timeout=300,
-            )
-            if killed.returncode == 0:
-                done = True
-            else:
-                assert killed.returncode == -signal.SIGKILL, killed.stderr
+        provision_each()
+        whole = prune(0)
+        assert whole.returncode == 0, whole.stderr
+        changes = int(whole.stderr.rsplit("changes=", 1)[1])
+        assert changes > 2 * KILL_POINTS  # the image, its layers, their trees
+        provision_each()
+        kills = 0
+        for n in range(KILL_POINTS):
+            limit = 1 + n * (changes - 1) // (KILL_POINTS - 1)  # the first change to the last
+            killed = prune(limit)
+            # The last points may lie past a pass that had less to do than the first.
+            assert killed.returncode in (-signal.SIGKILL, 0), killed.stderr
+            kills += killed.returncode != 0
             # What it left is whole or gone: provisions (pulling again) get the same trees.
-            provision_each(same)
-            limit, step = limit + step, limit  # 1, 2, 3, 5, 8, ...: early steps and late
+            provision_each()
+        assert kills >= KILL_POINTS - 2
         # The next pass finishes what the killed ones left in gc/.
         lazyfs("gc")
         assert list((store / "gc").iterdir()) == []
