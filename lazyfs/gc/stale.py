@@ -9,9 +9,10 @@ uses the layer:
   older lazyfs provisioned stacks it);
 - files an index of another format kept (``tar``, ``gzip-index``,
   ``estargz-chunks``) beside the index stored now, such as the chunk table
-  of an eStargz index rebuilt from the whole blob in its own format, unless a
-  live process names the file (format 1's mount processes were handed
-  their ``tar``);
+  of an eStargz index rebuilt from the whole blob in its own format, or
+  beside no index at all (a build that never finished), unless a live
+  process names the file (format 1's mount processes were handed their
+  ``tar``); an index of a format this version does not read keeps them;
 - merged trees kept (``trees/<chain>``) that no mount will take: made by
   other code or from indexes since replaced (``lazyfs.tree.kept``), or for
   a chain whose indexes are gone.
@@ -25,6 +26,7 @@ Blocking.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import marshal
 import os
@@ -33,7 +35,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lazyfs.gc.trash import Trash
-from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, TAR_NAME
+from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, INDEX_NAME, TAR_NAME
 from lazyfs.index.stored import layer_format, load_index
 from lazyfs.store.disk import Store
 from lazyfs.tree.kept import layer_sources, load_tree
@@ -42,7 +44,7 @@ from providers.errors import BadImage
 from providers.fslock import try_exclusive_lock
 
 _INDEX_FILES = (TAR_NAME, CHECKPOINTS_NAME, CHUNKS_NAME)
-_HEX = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
 
 
 def remove_stale(
@@ -87,20 +89,25 @@ def _stale_in(
     for entry in sorted(home.iterdir()):
         if stale_tree(entry.name) and not _mounted(mounts, home.name, entry.name):
             found.append(entry)
-    index = load_index(layers_dir, Digest(f"sha256:{home.name}"), entries=False)
+    index = load_index(layers_dir, _digest(home.name), entries=False)
+    wanted = set(_INDEX_FILES)
     if index is not None:
-        try:
+        with contextlib.suppress(BadImage):  # a format this version does not know: keep all
             wanted = set(layer_format(index).stored_files)
-        except BadImage:
-            wanted = set(_INDEX_FILES)  # a format this version does not know: keep its files
-        for name in _INDEX_FILES:
-            path = home / name
-            if name not in wanted and path.exists() and not _named(named, path):
-                found.append(path)
+    elif not (home / INDEX_NAME).exists():
+        wanted = set()  # the files of an index build that never finished
+    for name in _INDEX_FILES:
+        path = home / name
+        if name not in wanted and path.exists() and not _named(named, path):
+            found.append(path)
     trees = home / "trees"
     if trees.is_dir():
         found.extend(tree for tree in sorted(trees.iterdir()) if _stale_tree_file(layers_dir, tree))
     return found
+
+
+def _digest(hexdigest: str) -> Digest:
+    return Digest(f"{'sha512' if len(hexdigest) == 128 else 'sha256'}:{hexdigest}")
 
 
 def _stale_tree_file(layers_dir: Path, path: Path) -> bool:

@@ -155,7 +155,7 @@ status = main(sys.argv[2:])
 print(f"changes={count}", file=sys.stderr)
 sys.exit(status)
 """
-KILL_POINTS = 8
+KILL_POINTS = 6
 
 
 def test_a_gc_killed_at_any_step_leaves_no_layer_a_provision_trusts_damaged(
