@@ -51,7 +51,7 @@ def parse_gc_config(text: str, where: str = "--image_gc_config") -> GcConfig:
     body = text.strip()
     if not body:
         raise UsageError(f"{where} is empty: give JSON or a file holding it")
-    if not body.startswith("{"):
+    if not body.startswith(("{", "[")):
         path = body.removeprefix("file://")
         try:
             with open(path, encoding="utf-8") as stream:
