@@ -29,7 +29,9 @@ MakeParser = Callable[..., argparse.ArgumentParser]
 
 def add_images_parser(sub: argparse.ArgumentParser, command: MakeParser) -> None:
     """``images`` (``sub``) and its actions; ``command(subparsers, name, text)`` makes one."""
-    actions = sub.add_subparsers(dest="images_action", metavar="ACTION")
+    actions = sub.add_subparsers(
+        dest="images_action", metavar="ACTION", help="none: list the images, with their sizes"
+    )
     rm = command(actions, "rm", "remove images no container uses, and their unused layers")
     rm.add_argument(
         "names",

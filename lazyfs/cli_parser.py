@@ -92,7 +92,8 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         _global_flags_after(sub, flags)
         return sub
 
-    add_images_parser(command("images", "list the images in the store (creates nothing)"), nested)
+    images_help = "list the images in the store (creates nothing), or remove some: rm, prune"
+    add_images_parser(command("images", images_help), nested)
     command("gc", "one image GC pass: remove what nothing uses until the store has its headroom")
     sub = command("mount", "mount an image at a directory to look inside")
     image_args(sub, optional=False)
