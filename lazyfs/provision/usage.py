@@ -11,6 +11,10 @@ one without ``remote_layers`` left none in its registry.  A container whose
 record is missing (its provision is under way, or died) or unreadable is
 listed with ``record`` None: it may use any image, so a careful GC keeps
 everything while there is one (``Usage.unknown``).
+
+Images a person mounted with ``lazyfs mount`` are in use too, for as long
+as their record (``<work_dir>/mounts/<key>/image.json``) is there:
+``Usage.mounts``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "VolumeRecord",
     "containers",
     "containers_dir",
+    "mounted_images",
     "used_images",
     "used_layers",
 ]
@@ -123,23 +128,31 @@ class ImageUse:
 
 @dataclass(frozen=True)
 class Usage:
-    """What the provisioned containers use.
+    """What the provisioned containers, and ``lazyfs mount``'s mounts, use.
 
     ``unknown``: containers whose record is missing or unreadable (a
-    provision under way, or one that died): they may use any image.
+    provision under way, or one that died), and mount records without an
+    image (a ``lazyfs mount`` starting, or one of an older lazyfs), as
+    ``mount:<record dir>``: they may use any image.  ``mounts``: each
+    ``lazyfs mount`` record dir with its image.  ``layers`` and
+    ``references`` cover containers and mounts alike.
     """
 
     images: tuple[ImageUse, ...]
     unknown: tuple[str, ...]
+    mounts: tuple[tuple[Path, ImageRecord], ...] = ()
+
+    def _all(self) -> list[ImageRecord]:
+        return [use.image for use in self.images] + [image for _, image in self.mounts]
 
     @property
     def layers(self) -> frozenset[Digest]:
-        return frozenset(d for use in self.images for d in use.image.layers)
+        return frozenset(d for image in self._all() for d in image.layers)
 
     @property
     def references(self) -> frozenset[tuple[str, str]]:
         """(reference, platform) of every image used, as the store keys them."""
-        return frozenset((use.image.reference, use.image.platform) for use in self.images)
+        return frozenset((image.reference, image.platform) for image in self._all())
 
 
 def containers_dir(work_dir: Path) -> Path:
@@ -183,8 +196,28 @@ def containers(work_dir: Path) -> list[Listed]:
     return listed
 
 
+def mounted_images(work_dir: Path) -> tuple[list[tuple[Path, ImageRecord]], list[str]]:
+    """The images of ``lazyfs mount``'s records under ``work_dir``, and the records
+    without one (``mount:<dir>``). Creates nothing. Blocking."""
+    try:
+        records = sorted((work_dir.absolute() / "mounts").iterdir())
+    except FileNotFoundError:
+        return [], []
+    found: list[tuple[Path, ImageRecord]] = []
+    unknown: list[str] = []
+    for record in records:
+        try:
+            found.append(
+                (record, ImageRecord.from_json(json.loads((record / "image.json").read_text())))
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            unknown.append(f"mount:{record}")
+    return found, unknown
+
+
 def used_images(work_dir: Path) -> Usage:
-    """What every provisioned container under ``work_dir`` uses, rootfs and volumes.
+    """What every provisioned container under ``work_dir`` uses, rootfs and volumes,
+    and what every ``lazyfs mount`` recorded there uses.
 
     Read-only and safe to call while other processes provision (a
     container appears once its record is written; until then it is in
@@ -201,7 +234,8 @@ def used_images(work_dir: Path) -> Usage:
         images.extend(
             ImageUse(record.container_id, v.container_path, v.image) for v in record.volumes
         )
-    return Usage(tuple(images), tuple(unknown))
+    mounts, unmounted = mounted_images(work_dir)
+    return Usage(tuple(images), tuple(unknown + unmounted), tuple(mounts))
 
 
 def used_layers(work_dir: Path) -> frozenset[Digest]:

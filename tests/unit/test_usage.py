@@ -83,3 +83,16 @@ def test_nothing_is_created_for_a_work_dir_that_is_not_there(tmp_path: Path) -> 
     work = tmp_path / "absent"
     assert used_images(work).images == ()
     assert not work.exists()
+
+
+def test_lazyfs_mounts_count_and_a_mount_without_its_image_is_unknown(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    (mounts / "k1").mkdir(parents=True)
+    (mounts / "k1" / "image.json").write_text(json.dumps(_image("busybox", A, B)))
+    (mounts / "k2").mkdir()  # a mount starting, or one an older lazyfs made
+    _write(tmp_path, "c1", _record("c1", _image("other", C)))
+    usage = used_images(tmp_path)
+    assert usage.layers == {A, B, C}
+    assert ("busybox", "linux/amd64") in usage.references
+    assert [path.name for path, _ in usage.mounts] == ["k1"]
+    assert usage.unknown == (f"mount:{mounts / 'k2'}",)
