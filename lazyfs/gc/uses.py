@@ -7,9 +7,10 @@
   more (``recover`` removes it), so it keeps nothing; one whose provision
   is under way cannot be seen here, which is why GC and provisions take
   the store's usage lock (``lazyfs.store.usage_lock``).
-- Every layer a live FUSE mount process of this store serves, from its
-  command line (``--store ROOT --layer JSON``): a container's rootfs
-  mount, and a person's ``lazyfs mount``, which has no record.
+- The image of every ``lazyfs mount`` record that names one, and every
+  layer a live FUSE mount process of this store serves, from its command
+  line (``--store ROOT --layer JSON``): a container's rootfs mount, and a
+  person's ``lazyfs mount`` whatever its record says.
 - The images ``excluded_images`` names (``lazyfs.gc.config``).
 
 Blocking; reads only.
@@ -23,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazyfs.provision.usage import containers
+from lazyfs.provision.usage import containers, mounted_images
 from providers.digest import Digest
 from providers.errors import Conflict
 
@@ -68,6 +69,11 @@ def in_use(work_dir: Path, store_root: Path) -> InUse:
             images.setdefault((image.reference, image.platform), []).append(who)
             for digest in image.layers:
                 layers.setdefault(digest, []).append(who)
+    for record, image in mounted_images(work_dir)[0]:
+        who = f"lazyfs mount {record.name}"
+        images.setdefault((image.reference, image.platform), []).append(who)
+        for digest in image.layers:
+            layers.setdefault(digest, []).append(who)
     mounts = mounted_layers(store_root)
     for pid, digests in mounts:
         for digest in digests:
