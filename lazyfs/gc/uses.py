@@ -69,8 +69,8 @@ def in_use(work_dir: Path, store_root: Path) -> InUse:
             images.setdefault((image.reference, image.platform), []).append(who)
             for digest in image.layers:
                 layers.setdefault(digest, []).append(who)
-    for record, image in mounted_images(work_dir)[0]:
-        who = f"lazyfs mount {record.name}"
+    for mount_dir, image in mounted_images(work_dir)[0]:
+        who = f"lazyfs mount {mount_dir.name}"
         images.setdefault((image.reference, image.platform), []).append(who)
         for digest in image.layers:
             layers.setdefault(digest, []).append(who)
