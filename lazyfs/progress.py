@@ -107,7 +107,14 @@ class Progress:
                 TimeRemainingColumn(),
             ]
             console = Console(file=self.stream, highlight=False)
-            self._bars = RichProgress(*columns, console=console, expand=True)
+            # stdout is the command's output (JSON): never drawn into, nor taken over.
+            self._bars = RichProgress(
+                *columns,
+                console=console,
+                expand=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._bars.start()
             # An error may end the command before ``finish``: leave the terminal as it was.
             atexit.register(self.finish)
