@@ -48,6 +48,7 @@ from providers.digest import Digest
 from providers.errors import Conflict, NotFound
 from providers.fslock import try_exclusive_lock
 from providers.manifest import ImageManifest
+from providers.private_dir import private_dir
 
 StaleTree = Callable[[str], bool]
 _ALGORITHMS = {64: "sha256", 128: "sha512"}
@@ -114,6 +115,7 @@ class _Pass:
         on_move: Callable[[str], None] | None,
     ) -> None:
         self.store = store
+        private_dir(store.gc_dir)
         self.trash = Trash(store.root, store.gc_dir, on_move)
         self.report = Report(space(store.root))
         left = self.trash.empty()

@@ -79,10 +79,9 @@ class Store:
         self.layers = root / "layers"
         self.locks = root / "locks"
         self.tmp = root / "tmp"
-        self.gc_dir = root / "gc"
+        self.gc_dir = root / "gc"  # made by the first GC pass (``lazyfs.gc``)
         for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
             private_dir(directory)
-        private_dir(self.gc_dir)
 
     @property
     def limits(self) -> LayerLimits:
