@@ -35,7 +35,9 @@ from lazyfs.cli_flags import (
 )
 from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
 from lazyfs.cli_images import run_images
+from lazyfs.cli_ps import ps
 from lazyfs.cli_run import failure_line, run_trio
+from lazyfs.cli_volumes import container_request, volume_mounts
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.images.appc import AppcProvider
 from lazyfs.images.docker import DockerProvider
@@ -132,7 +134,7 @@ def _image(args: argparse.Namespace) -> Image:
 
 
 def _provision(app: App, args: argparse.Namespace) -> int:
-    image = _image(args)
+    spec = container_request(args, lambda: _image(args))
 
     def publish(info: ProvisionInfo) -> None:
         # Before the container counts as provisioned: a closed stdout undoes it.
@@ -141,9 +143,10 @@ def _provision(app: App, args: argparse.Namespace) -> int:
     run_trio(
         lambda: app.provisioner.provision(
             args.container_id,
-            image,
+            spec.image,
             args.backend,
             writable=args.writable,
+            volumes=spec.volumes,
             progress=Progress(),
             publish=publish,
         )
@@ -279,13 +282,18 @@ def _run(app: App, args: argparse.Namespace) -> int:
         raise UsageError("give --read-only or --writable, not both")
     if args.tty and not sys.stdin.isatty():
         raise UsageError("run -t: stdin is not a terminal (run -t needs one, as docker run -t)")
-    image = _image(args)
+    spec = container_request(args, lambda: _image(args))
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with app.provisioner.hold(container_id):
         info: ProvisionInfo = run_trio(
             lambda: app.provisioner.provision(
-                container_id, image, args.backend, writable=not args.read_only, progress=Progress()
+                container_id,
+                spec.image,
+                args.backend,
+                writable=not args.read_only,
+                volumes=spec.volumes,
+                progress=Progress(),
             )
         )
         bundle = app.provisioner.containers / container_id / "bundle"
@@ -300,6 +308,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 # Relative: runc puts it under the cgroup of the process that runs it.
                 cgroups_path=f"lazyfs/{container_id}",
             )
+            config["mounts"].extend(volume_mounts(info))
             process = config["process"]
             # As a shell says it, not as runc's failure to start (status 1).
             problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
@@ -320,6 +329,7 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "recover": _recover,
     "images": _images,
     "gc": _gc,
+    "ps": lambda app, args: ps(app.work_dir, as_json=args.json),
     "run": _run,
     "mount": _mount,
     "umount": _umount,
