@@ -69,16 +69,27 @@ def in_use(work_dir: Path, store_root: Path) -> InUse:
             images.setdefault((image.reference, image.platform), []).append(who)
             for digest in image.layers:
                 layers.setdefault(digest, []).append(who)
+    recorded: set[int] = set()  # mount processes a record names already
     for mount_dir, image in mounted_images(work_dir)[0]:
-        who = f"lazyfs mount {mount_dir.name}"
+        who = f"the lazyfs mount at {_read(mount_dir / 'mountpoint') or mount_dir}"
+        recorded_pid = _read(mount_dir / "pid")
+        if recorded_pid.isdigit():
+            recorded.add(int(recorded_pid))
         images.setdefault((image.reference, image.platform), []).append(who)
         for digest in image.layers:
             layers.setdefault(digest, []).append(who)
-    mounts = mounted_layers(store_root)
+    mounts = [(pid, digests) for pid, digests in mounted_layers(store_root) if pid not in recorded]
     for pid, digests in mounts:
         for digest in digests:
             layers.setdefault(digest, []).append(f"mount process {pid}")
     return InUse(images, layers, tuple(mounts))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def mounted_layers(store_root: Path) -> list[tuple[int, tuple[Digest, ...]]]:

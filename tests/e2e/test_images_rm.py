@@ -87,17 +87,8 @@ def test_prune_keeps_what_containers_volumes_mounts_and_the_config_keep(
 ) -> None:
     for name in ("busybox", "one", "deep"):
         lazyfs("pull", name)
-    lazyfs("provision", "c1", "one", "--backend", "copy")
-    # A container whose image volume is deep: its record names it as a volume.
-    volume_home = lazyfs.work_dir / "provisioner" / "containers" / "v1"
-    record = json.loads((lazyfs.work_dir / "provisioner/containers/c1/info.json").read_text())
-    deep = json.loads(lazyfs("pull", "deep").stdout)
-    volume_image = {"reference": deep["reference"], "platform": deep["platform"]}
-    volume_image["layers"] = [layer["digest"] for layer in deep["layers"]]
-    record.update(container_id="v1", volumes=[{"container_path": "/data", "rootfs": "/x"}])
-    record["volumes"][0]["image"] = volume_image
-    volume_home.mkdir()
-    (volume_home / "info.json").write_text(json.dumps(record))
+    # One container: its rootfs is one, and deep is its image volume.
+    lazyfs("provision", "c1", "one", "--backend", "copy", "--volume", "/data:deep")
 
     config = json.dumps({"excluded_images": [{"type": "DOCKER", "docker": {"name": "busybox"}}]})
     out = lazyfs("--image_gc_config", config, "images", "prune").stdout
@@ -107,9 +98,11 @@ def test_prune_keeps_what_containers_volumes_mounts_and_the_config_keep(
         "docker.io/library/deep:latest",
         "docker.io/library/one:latest",
     ]
+    refused = lazyfs("images", "rm", "deep", check=False)
+    assert "is used by container c1 (volume /data):" in one_line_error(refused)
 
-    (volume_home / "info.json").unlink()
-    volume_home.rmdir()
+    lazyfs("destroy", "c1")
+    lazyfs("provision", "c1", "one", "--backend", "copy")  # now without the volume
     out = lazyfs("images", "prune").stdout
     assert "removed image docker.io/library/deep:latest" in out
     assert "removed image docker.io/library/busybox:latest" in out
@@ -128,7 +121,10 @@ def test_prune_keeps_an_image_a_lazyfs_mount_serves(
         assert stored(lazyfs) == [BUSYBOX]
         assert (point / "etc" / "motd").read_text() == "hello from a lazyfs rootfs\n"
         refused = lazyfs("images", "rm", "busybox", check=False)
-        assert "is used by mount process" in one_line_error(refused)
+        assert one_line_error(refused) == (
+            f"lazyfs: image {BUSYBOX} (linux/amd64) is used by the lazyfs mount at {point}: "
+            "destroy (or unmount) it first; nothing was removed"
+        )
     finally:
         lazyfs("umount", str(point))
     assert not is_mounted(point)
