@@ -13,9 +13,11 @@ import argparse
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from lazyfs import cli_cache
 from lazyfs.cli_flags import ENV_PREFIX, Flag, FlagParser, global_flags
+from lazyfs.cli_images import add_images_parser
 from lazyfs.cli_volumes import add_volume_args
 
 IMAGE_HELP = (
@@ -87,7 +89,15 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument(
         "--keep", nargs="*", default=[], metavar="ID", help="containers to keep (default: none)"
     )
-    command("images", "list the images in the store (creates nothing)")
+
+    def nested(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = actions.add_parser(name, help=text, description=text)
+        _global_flags_after(sub, flags)
+        return sub
+
+    images_help = "list the images in the store (creates nothing), or remove some: rm, prune"
+    add_images_parser(command("images", images_help), nested)
+    command("gc", "one image GC pass: remove what nothing uses until the store has its headroom")
     sub = command("ps", "list the provisioned containers and their mounts (creates nothing)")
     sub.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     sub = command("mount", "mount an image at a directory to look inside")

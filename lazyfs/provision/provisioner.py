@@ -56,7 +56,7 @@ from lazyfs.provision.usage import read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.blobs import StoreBlobs
-from lazyfs.store.disk import Store, locked_async
+from lazyfs.store.disk import Store, in_use_async, locked_async
 from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
@@ -374,12 +374,13 @@ class Provisioner:
 
     @contextlib.asynccontextmanager
     async def _locked(self, container_id: str) -> AsyncIterator[None]:
-        """The container's lock, unless ``hold`` already keeps it for this provisioner."""
-        if container_id in self._held:
-            yield
-            return
-        async with locked_async(self.locks / f"{container_id}.lock"):
-            yield
+        """The container's lock, unless ``hold`` keeps it; the store's usage lock, shared."""
+        async with in_use_async(self.store.root):  # GC waits till the record names its uses
+            if container_id in self._held:
+                yield
+                return
+            async with locked_async(self.locks / f"{container_id}.lock"):
+                yield
 
     def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
         return try_exclusive_lock(self.locks / f"{container_id}.lock")
