@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lazyfs.cli_daemon import cache_dir, cache_size
+from lazyfs.progress import human_size
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.manifest import ImageManifest
@@ -124,16 +125,14 @@ def render(report: CacheReport) -> str:
     daemon = "daemon running" if report.daemon_running else "no daemon answering"
     if report.background_fetch is not None:
         daemon += f", background fetch {'on' if report.background_fetch else 'off'}"
-    lines = [
-        f"cache {report.cache_dir}: {human(report.used_bytes)} of {human(report.limit_bytes)} "
-        f"used, {report.chunks} chunks ({daemon})"
-    ]
+    used, limit = human_size(report.used_bytes), human_size(report.limit_bytes)
+    lines = [f"cache {report.cache_dir}: {used} of {limit} used, {report.chunks} chunks ({daemon})"]
     table: list[tuple[str, ...]] = [("LAYER", "SIZE", "CACHED", "COMPLETE", "STATE")]
     for row in report.layers:
-        size = "?" if row.size is None else human(row.size)
+        size = "?" if row.size is None else human_size(row.size)
         share = "?" if row.complete is None else f"{row.complete:.0%}"
         state = f"{row.state}: {row.reason}" if row.reason else row.state
-        table.append((row.digest[:19], size, human(row.cached_bytes), share, state))
+        table.append((row.digest[:19], size, human_size(row.cached_bytes), share, state))
     lines.extend(columns(table))
     return "\n".join(lines)
 
@@ -143,15 +142,6 @@ def columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
     return [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
-
-
-def human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def layer_sizes(manifests: Iterable[ImageManifest]) -> dict[Digest, int]:
