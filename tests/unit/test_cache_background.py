@@ -191,6 +191,23 @@ async def test_wrong_bytes_from_one_origin_are_held_against_that_origin_only(
     assert refusal(root, DIGEST, HOSTILE, len(BLOB), DIFF_ID) == (None, True)
 
 
+async def test_bytes_that_hash_to_the_digest_but_do_not_unpack_are_refused_to_every_image(
+    tmp_path: Path,
+) -> None:
+    # A gzip header, then a deflate block of the reserved type: no layer.
+    junk = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 300
+    digest = Digest("sha256:" + hashlib.sha256(junk).hexdigest())
+    root = tmp_path / "cache"
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        backgrounds.start(Source(blob=junk), digest, len(junk), DIFF_ID, HOSTILE)
+        while backgrounds.info(digest).kind is not BlobKind.QUARANTINED:
+            await trio.sleep(0)
+        assert fetcher.cache.blob_usage().get(digest, 0) == 0
+    for origin in (HONEST, HOSTILE):
+        reason, final = refusal(root, digest, origin, len(junk), None)
+        assert reason is not None and "corrupt" in reason and final
+
+
 @pytest.mark.parametrize("state", ["quarantined", "complete"])
 async def test_a_verdict_in_the_earlier_format_is_ignored_and_the_blob_judged_again(
     tmp_path: Path, state: str
