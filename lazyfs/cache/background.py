@@ -10,12 +10,18 @@ their own (one at a time), never taking a reader's place upstream. Blobs are
 worked through one at a time, in the order they were asked for.
 
 When every chunk is in the cache the blob is read back from its chunk files
-(pinned meanwhile), its digest and, uncompressed, its diff_id checked
-(``providers.diff_id.DiffIdChecker``, output bounded as pulls are), and the
-verdict written (``lazyfs.cache.blobstate``): complete, or quarantined with
-the reason, its chunks then dropped. A chunk evicted before the check makes
-the task fetch again (a few rounds at most: a cache smaller than the blob
-cannot hold it whole, and then the blob stays partial).
+(pinned meanwhile), and its digest, size and, uncompressed, its diff_id
+computed (``providers.diff_id.DiffIdChecker``, output bounded as pulls are,
+for the size read). What the mounting image said of the layer decides
+nothing here: the verdict (``lazyfs.cache.blobstate``) is on the bytes,
+shared by every image. Bytes that hash to the digest are complete, with
+the size and diff_id they have (quarantined, for everyone, only when they
+do not unpack); bytes that do not are wrong bytes from the origin they came
+from, recorded against that origin and size alone, and their chunks are
+dropped, so a mount reading the blob from another origin fetches from its
+own. A chunk evicted before the check makes the task fetch again (a few
+rounds at most: a cache smaller than the blob cannot hold it whole, and
+then the blob stays partial).
 
 A fetch that fails leaves the blob partial with the reason logged; the next
 mount of it asks again. Nothing here is remembered across restarts but the
@@ -30,11 +36,20 @@ from dataclasses import dataclass
 
 import trio
 
-from lazyfs.cache.blobstate import COMPLETE, QUARANTINED, Verdict, read_verdict, write_verdict
+from lazyfs.cache.blobstate import (
+    COMPLETE,
+    QUARANTINED,
+    Verdict,
+    forget_wrong,
+    origin_name,
+    read_verdict,
+    write_verdict,
+    write_wrong,
+)
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
-from lazyfs.cache.values import BlobInfo, BlobKind
+from lazyfs.cache.values import BlobInfo, BlobKind, Origin
 from providers.diff_id import DiffIdChecker
 from providers.digest import Digest, algorithm
 from providers.errors import BadImage, DigestMismatch, LazyfsError
@@ -52,6 +67,7 @@ class _Job:
     digest: Digest
     size: int
     diff_id: Digest | None
+    origin: Origin | None = None
     kind: BlobKind = BlobKind.FETCHING
     reason: str = ""
 
@@ -69,18 +85,26 @@ class Backgrounds:
         self._upstream = trio.CapacityLimiter(1)
 
     def start(
-        self, source: BlobSource, digest: Digest, size: int, diff_id: Digest | None
+        self,
+        source: BlobSource,
+        digest: Digest,
+        size: int,
+        diff_id: Digest | None,
+        origin: Origin | None = None,
     ) -> BlobInfo:
-        """Queue blob ``digest`` unless it is done, queued, or background fetch is off."""
+        """Queue blob ``digest`` from ``origin`` unless it is done, queued, or background
+        fetch is off. An origin found to serve wrong bytes is tried again (a new mount
+        asks): its record stays, refusing reads through it, until a fetch verifies.
+        """
         verdict = read_verdict(self.cache.layout.root, digest)
         if verdict is not None and not self._evicted_since(verdict):
             return self._info_of_verdict(verdict)
         job = self._jobs.get(digest)
-        if job is not None and job.kind is BlobKind.FETCHING:
+        if job is not None and job.kind is BlobKind.FETCHING and job.origin == origin:
             return self.info(digest)
         if not self.enabled:
             return self.info(digest)
-        job = self._jobs[digest] = _Job(digest, size, diff_id)
+        job = self._jobs[digest] = _Job(digest, size, diff_id, origin)
         self._nursery.start_soon(self._run, source, job)
         return self.info(digest)
 
@@ -127,6 +151,12 @@ class Backgrounds:
     async def _run(self, source: BlobSource, job: _Job) -> None:
         """Fetch, check and judge one blob; never raises but Cancelled."""
         async with self._one_blob:
+            verdict = read_verdict(self.cache.layout.root, job.digest)
+            if verdict is not None and not self._evicted_since(verdict):
+                # Judged by a job from another origin meanwhile.
+                job.kind = BlobKind.COMPLETE if verdict.state == COMPLETE else BlobKind.QUARANTINED
+                job.reason = verdict.reason
+                return
             try:
                 await self._fetch_and_judge(source, job)
             except (LazyfsError, OSError) as error:
@@ -148,8 +178,8 @@ class Backgrounds:
             with self.cache.pinned(keys):
                 if self._next_run(job.digest, 0, count):
                     continue  # evicted before it was pinned: fetch it again
-                problem = await trio.to_thread.run_sync(self._check, job)
-            self._judge(job, problem)
+                found = await trio.to_thread.run_sync(self._check, job)
+            self._judge(job, found)
             return
         job.kind = BlobKind.PARTIAL
         job.reason = "the cache cannot hold the blob whole"
@@ -172,39 +202,62 @@ class Backgrounds:
                 break
         return run
 
-    def _check(self, job: _Job) -> str | None:
-        """Why the cached blob is not what its descriptor says, or None when it is. Blocking."""
-        what = f"layer {job.digest}"
-        hasher = hashlib.new(algorithm(job.digest))
-        checker = DiffIdChecker(job.diff_id, what, LayerLimits().bound(job.size))
-        size = 0
-        try:
-            for index in range(-(-job.size // self.cache.layout.chunk_size)):
-                data = self.cache.files.read_chunk(ChunkKey(job.digest, index))
-                if data is None:
-                    return f"chunk {index} vanished while pinned"
-                size += len(data)
-                hasher.update(data)
-                checker.feed(data)
-            actual = Digest(f"{algorithm(job.digest)}:{hasher.hexdigest()}")
-            if size != job.size:
-                return f"{what}: {size} bytes, its descriptor says {job.size}"
-            if actual != job.digest:
-                return str(DigestMismatch(what, expected=job.digest, actual=actual))
-            checker.verify()
-        except (DigestMismatch, BadImage) as error:
-            return str(error)
-        return None
+    def _check(self, job: _Job) -> Verdict | str:
+        """The verdict on the cached blob's bytes, or why they are not blob ``job.digest``.
 
-    def _judge(self, job: _Job, problem: str | None) -> None:
+        Blocking. Every size and digest here is computed from the chunks read.
+        """
+        what = f"layer {job.digest}"
+        count = -(-job.size // self.cache.layout.chunk_size)
+        keys = [ChunkKey(job.digest, index) for index in range(count)]
+        lengths = [self.cache.length(key) or 0 for key in keys]
+        hasher = hashlib.new(algorithm(job.digest))
+        # Bounded by the size read, not the one the image says, so that a
+        # claim cannot make good bytes look like a bomb.
+        checker = DiffIdChecker(None, what, LayerLimits().bound(sum(lengths)))
+        size = 0
+        unpacks: str | None = None
+        for key in keys:
+            data = self.cache.files.read_chunk(key)
+            if data is None:
+                raise OSError(f"chunk {key.index} of {job.digest} vanished while pinned")
+            size += len(data)
+            hasher.update(data)
+            if unpacks is None:
+                try:
+                    checker.feed(data)
+                except BadImage as error:
+                    unpacks = str(error)
+        actual = Digest(f"{algorithm(job.digest)}:{hasher.hexdigest()}")
+        if actual != job.digest:
+            return str(DigestMismatch(what, expected=job.digest, actual=actual))
+        diff_id = None
+        if unpacks is None:
+            try:
+                diff_id = checker.actual()
+            except BadImage as error:
+                unpacks = str(error)
+        if unpacks is not None:
+            return Verdict(job.digest, QUARANTINED, size, None, unpacks)
+        return Verdict(job.digest, COMPLETE, size, diff_id)
+
+    def _judge(self, job: _Job, found: Verdict | str) -> None:
         root = self.cache.layout.root
-        if problem is None:
-            write_verdict(root, Verdict(job.digest, COMPLETE, job.size, job.diff_id))
-            job.kind = BlobKind.COMPLETE
-            log.info("layer %s is complete and verified (%d bytes)", job.digest, job.size)
-            return
-        write_verdict(root, Verdict(job.digest, QUARANTINED, job.size, job.diff_id, problem))
-        job.kind, job.reason = BlobKind.QUARANTINED, problem
+        if isinstance(found, Verdict):
+            write_verdict(root, found)
+            forget_wrong(root, job.digest, job.origin, job.size)
+            if found.state == COMPLETE:
+                job.kind = BlobKind.COMPLETE
+                log.info("layer %s is complete and verified (%d bytes, diff_id %s)",
+                         job.digest, found.size, found.diff_id)  # fmt: skip
+                return
+            job.kind, job.reason = BlobKind.QUARANTINED, found.reason
+            log.error("layer %s quarantined: its bytes do not unpack: %s", job.digest, found.reason)
+        else:
+            # Says nothing of the blob: only of what this origin served.
+            origin = origin_name(job.origin)
+            job.kind, job.reason = BlobKind.QUARANTINED, f"{origin} served wrong bytes: {found}"
+            write_wrong(root, job.digest, job.origin, job.size, job.reason)
+            log.error("layer %s: not read from %s any more: %s", job.digest, origin, found)
         for index in range(-(-job.size // self.cache.layout.chunk_size)):
             self.cache.drop(ChunkKey(job.digest, index))
-        log.error("layer %s quarantined: %s", job.digest, problem)

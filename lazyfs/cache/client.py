@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lazyfs.cache.blobstate import quarantine_reason
+from lazyfs.cache.blobstate import refusal
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
 from lazyfs.cache.messages import (
@@ -76,7 +76,8 @@ class CacheUnavailable(TemporaryFailure):
 
 
 class Quarantined(LazyfsError):
-    """The daemon found the whole blob is not what its descriptor says: none of it is served."""
+    """The blob's bytes contradict what this mount's image says, or its origin served wrong
+    ones (``lazyfs.cache.blobstate.refusal``): none of it is served to this mount."""
 
 
 class DaemonError(LazyfsError):
@@ -172,6 +173,7 @@ class CacheClient:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._idle: list[Connection] = []
+        self._agreed: set[Digest] = set()  # blobs whose verdict agrees with this image
 
     def close(self) -> None:
         with self._lock:
@@ -267,9 +269,12 @@ class CacheClient:
         return blob
 
     def _read(self, digest: Digest, blob: RemoteBlob, offset: int, length: int) -> bytes:
-        reason = quarantine_reason(self.cache_dir, digest)
-        if reason is not None:
-            raise Quarantined(f"layer {digest} is quarantined: {reason}")
+        if digest not in self._agreed:
+            reason, final = refusal(self.cache_dir, digest, blob.origin, blob.size, blob.diff_id)
+            if reason is not None:
+                raise Quarantined(reason)
+            if final:
+                self._agreed.add(digest)
         data = self.files.read_range(digest, offset, length)
         if data is not None:
             return data

@@ -215,7 +215,7 @@ class Server:
                 if isinstance(source, SizeHints):
                     source.note_size(request.digest, request.blob_size)
                 state = self.backgrounds.start(
-                    source, request.digest, request.blob_size, request.diff_id
+                    source, request.digest, request.blob_size, request.diff_id, request.origin
                 )
                 return BackgroundOk(request.id, state)
             stats = self.cache.stats()

@@ -15,7 +15,10 @@ source as before.
 A layer the cache daemon has fetched whole in the background and found
 complete (``lazyfs.cache.blobstate``) is no longer remote: ``blobs_for``
 copies it from the cache files into the store first, verified by digest and
-diff_id as every ingest is, so it is local like any pulled layer.
+diff_id as every ingest is, so it is local like any pulled layer. Complete
+says only that the bytes hash to the digest: the diff_id this image says is
+checked here, per image, and a layer that fails it stays remote (its reads
+refused by the cache client, which compares the same).
 """
 
 from __future__ import annotations

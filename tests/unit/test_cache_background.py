@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 import threading
@@ -25,15 +26,15 @@ import trio.testing
 from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.blobstate import (
     COMPLETE,
-    QUARANTINED,
     open_complete,
-    quarantine_reason,
     read_verdict,
+    record_path,
+    refusal,
 )
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
-from lazyfs.cache.values import BlobKind
+from lazyfs.cache.values import BlobKind, RegistryOrigin
 from providers.digest import Digest
 
 SIZE = 64  # bytes a chunk: a small blob has many
@@ -63,7 +64,8 @@ CHUNKS = -(-len(BLOB) // SIZE)
 class Source:
     """BLOB by range; records each call; gated, every call waits for ``gate``."""
 
-    def __init__(self, *, gated: bool = False) -> None:
+    def __init__(self, *, gated: bool = False, blob: bytes = BLOB) -> None:
+        self.blob = blob
         self.calls: list[tuple[int, int]] = []
         self.lock = threading.Lock()
         self.gate = threading.Event()
@@ -72,14 +74,14 @@ class Source:
             self.gate.set()
 
     def open(self, digest: Digest) -> BinaryIO:
-        return io.BytesIO(BLOB)
+        return io.BytesIO(self.blob)
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         with self.lock:
             self.calls.append((offset, length))
         self.asked.set()
         assert self.gate.wait(timeout=30), "the gate was never opened"
-        return BLOB[offset : offset + length]
+        return self.blob[offset : offset + length]
 
 
 @asynccontextmanager
@@ -127,27 +129,102 @@ async def test_background_fetch_waits_while_a_reader_waits_then_completes(tmp_pa
     assert stream is not None and stream.read() == BLOB
 
 
-async def test_a_blob_whose_diff_id_is_wrong_is_quarantined_and_its_chunks_dropped(
+HONEST = RegistryOrigin("honest.example", "victim/app")
+HOSTILE = RegistryOrigin("hostile.example", "bad/app")
+
+
+async def test_an_image_naming_a_wrong_diff_id_cannot_quarantine_the_blob_for_others(
     tmp_path: Path,
 ) -> None:
     wrong = Digest("sha256:" + "0" * 64)
+    root = tmp_path / "cache"
     async with daemon(tmp_path) as (fetcher, backgrounds):
-        backgrounds.start(Source(), DIGEST, len(BLOB), wrong)
+        backgrounds.start(Source(), DIGEST, len(BLOB), wrong, HOSTILE)
+        await _until(backgrounds, BlobKind.COMPLETE)
+        # The verdict is on the bytes: the diff_id they have, not the one claimed.
+        verdict = read_verdict(root, DIGEST)
+        assert verdict is not None and verdict.state == COMPLETE
+        assert (verdict.size, verdict.diff_id) == (len(BLOB), DIFF_ID)
+        assert fetcher.cache.blob_usage().get(DIGEST, 0) == len(BLOB)
+    # An image that agrees reads, from any origin; the claimant is refused, with both named.
+    assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, True)
+    reason, _ = refusal(root, DIGEST, HOSTILE, len(BLOB), wrong)
+    assert reason == f"layer {DIGEST}: its diff_id is {DIFF_ID}, the image says {wrong}"
+    stream = open_complete(root, DIGEST, chunk_size=SIZE)
+    assert stream is not None and stream.read() == BLOB
+
+
+async def test_a_blob_longer_claimed_is_complete_at_its_size_and_the_claim_refused(
+    tmp_path: Path,
+) -> None:
+    async with daemon(tmp_path) as (_fetcher, backgrounds):
+        backgrounds.start(Source(), DIGEST, len(BLOB) + 5, DIFF_ID, HOSTILE)
+        await _until(backgrounds, BlobKind.COMPLETE)
+    reason, _ = refusal(tmp_path / "cache", DIGEST, HOSTILE, len(BLOB) + 5, DIFF_ID)
+    assert reason == f"layer {DIGEST}: its size is {len(BLOB)}, the image says {len(BLOB) + 5}"
+    assert refusal(tmp_path / "cache", DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, True)
+
+
+async def test_wrong_bytes_from_one_origin_are_held_against_that_origin_only(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cache"
+    bad = bytearray(BLOB)
+    bad[len(bad) // 2] ^= 0xFF
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        backgrounds.start(Source(blob=bytes(bad)), DIGEST, len(BLOB), DIFF_ID, HOSTILE)
         await _until(backgrounds, BlobKind.QUARANTINED)
         assert fetcher.cache.blob_usage().get(DIGEST, 0) == 0
-        info = backgrounds.info(DIGEST)
-        assert "diff_id" in info.reason and wrong in info.reason
-    reason = quarantine_reason(tmp_path / "cache", DIGEST)
-    assert reason is not None and "diff_id" in reason
-    assert read_verdict(tmp_path / "cache", DIGEST).state == QUARANTINED  # type: ignore[union-attr]
-    assert open_complete(tmp_path / "cache", DIGEST, chunk_size=SIZE) is None
+        assert read_verdict(root, DIGEST) is None
+        reason, final = refusal(root, DIGEST, HOSTILE, len(BLOB), DIFF_ID)
+        assert reason is not None and "hostile.example/bad/app served wrong bytes" in reason
+        assert not final
+        # Another origin's mount is not refused: it fetches from its own, and that verifies.
+        assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, False)
+        honest = Source()
+        assert backgrounds.start(honest, DIGEST, len(BLOB), DIFF_ID, HONEST).kind is (
+            BlobKind.FETCHING
+        )
+        await _until(backgrounds, BlobKind.COMPLETE)
+        assert honest.calls
+    # The bytes are known now: the origin's record of wrong ones is cleared.
+    assert refusal(root, DIGEST, HOSTILE, len(BLOB), DIFF_ID) == (None, True)
 
 
-async def test_a_blob_shorter_than_its_descriptor_says_is_quarantined(tmp_path: Path) -> None:
+async def test_bytes_that_hash_to_the_digest_but_do_not_unpack_are_refused_to_every_image(
+    tmp_path: Path,
+) -> None:
+    # A gzip header, then a deflate block of the reserved type: no layer.
+    junk = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"\xff" * 300
+    digest = Digest("sha256:" + hashlib.sha256(junk).hexdigest())
+    root = tmp_path / "cache"
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        backgrounds.start(Source(blob=junk), digest, len(junk), DIFF_ID, HOSTILE)
+        while backgrounds.info(digest).kind is not BlobKind.QUARANTINED:
+            await trio.sleep(0)
+        assert fetcher.cache.blob_usage().get(digest, 0) == 0
+    for origin in (HONEST, HOSTILE):
+        reason, final = refusal(root, digest, origin, len(junk), None)
+        assert reason is not None and "corrupt" in reason and final
+
+
+@pytest.mark.parametrize("state", ["quarantined", "complete"])
+async def test_a_verdict_in_the_earlier_format_is_ignored_and_the_blob_judged_again(
+    tmp_path: Path, state: str
+) -> None:
+    root = tmp_path / "cache"
+    path = record_path(root, DIGEST)
+    path.parent.mkdir(parents=True)
+    old = {"state": state, "size": len(BLOB), "diff_id": DIFF_ID, "reason": "diff_id: x"}
+    path.write_text(json.dumps(old))
+    assert read_verdict(root, DIGEST) is None
+    assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, False)
     async with daemon(tmp_path) as (_fetcher, backgrounds):
-        backgrounds.start(Source(), DIGEST, len(BLOB) + 5, DIFF_ID)
-        await _until(backgrounds, BlobKind.QUARANTINED)
-        assert "bytes" in backgrounds.info(DIGEST).reason
+        assert backgrounds.start(Source(), DIGEST, len(BLOB), DIFF_ID, HONEST).kind is (
+            BlobKind.FETCHING
+        )
+        await _until(backgrounds, BlobKind.COMPLETE)
+    assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, True)
 
 
 async def test_background_fetch_off_answers_and_fetches_nothing(tmp_path: Path) -> None:
