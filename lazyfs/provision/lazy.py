@@ -99,11 +99,16 @@ def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> li
     """Copy into ``store`` the layers of ``manifest`` the cache holds whole and verified.
 
     Returns the layers copied. A copy that fails (a chunk evicted meanwhile,
-    bytes that do not verify) is logged, and the layer stays remote. Blocking.
+    bytes that do not verify) is logged, and the layer stays remote. A layer
+    the store already has is held to this image's diff_id: DigestMismatch
+    when it is not. Blocking.
     """
     adopted = []
     for layer in manifest.layers:
         if store.has_blob(layer.digest):
+            # Another image may have brought it: this one is held to its own
+            # diff_id all the same (DigestMismatch), as a pull of it would be.
+            store.ingest(layer, partial(_gone, layer))
             continue
         stream = open_complete(cache_dir, layer.digest)
         if stream is None:
@@ -116,6 +121,10 @@ def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> li
             continue
         adopted.append(layer.digest)
     return adopted
+
+
+def _gone(layer: Layer) -> BinaryIO:
+    raise NotFound(f"layer {layer.digest} left the store", digest=layer.digest)
 
 
 def _reopen(cache_dir: Path, layer: Layer) -> BinaryIO:
