@@ -104,12 +104,15 @@ def mount_problem(target: Path) -> str | None:
     """Why ``target`` is not a working mount point (one short clause), or None.
 
     A FUSE mount whose process died is still in the mount table; the kernel
-    answers ENOTCONN for it, which is how it is told from a live one.
+    answers ENOTCONN for it, which is how it is told from a live one. Asked
+    with statfs, which the kernel always sends to the FUSE process: a stat
+    may be answered from attributes the kernel still caches for the root
+    (for years, on a read-only lazyfs mount).
     """
     if not is_mounted(target):
         return "is not mounted"
     try:
-        os.stat(target)
+        os.statvfs(target)
     except OSError as error:
         return f"is a dead mount ({error.strerror})"
     return None

@@ -20,6 +20,7 @@ import pytest
 
 from backends.base import scratch_dir
 from backends.fuse import FuseBackend
+from backends.mounts import mount_problem
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.index.stored import index_path, load_index
 from lazyfs.store.blobs import StoreBlobs
@@ -251,6 +252,26 @@ def test_destroy_cleans_up_after_a_killed_mount_process(store: Stored, tmp_path:
         backend.destroy(rootfs)
     assert not lazy_mount.is_mounted(rootfs)
     assert not os.path.lexists(rootfs) and not scratch_dir(rootfs).exists()
+
+
+def test_a_killed_mount_is_seen_dead_though_the_kernel_caches_its_root(
+    store: Stored, tmp_path: Path
+) -> None:
+    lazy_store, layers = store
+    backend = FuseBackend(lazy_store.root)
+    rootfs = tmp_path / "c" / "rootfses" / "r"
+    rootfs.parent.mkdir(parents=True)
+    try:
+        backend.provision(layers, StoreBlobs(lazy_store), rootfs, writable=False)
+        assert mount_problem(rootfs) is None
+        os.stat(rootfs)  # the root's attributes, cached by the kernel for as long as we said
+        pid = int((scratch_dir(rootfs) / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        assert wait_exit(pid) == -signal.SIGKILL
+        assert os.stat(rootfs)  # still answered from that cache: not how to tell
+        assert (mount_problem(rootfs) or "").startswith("is a dead mount")
+    finally:
+        backend.destroy(rootfs)
 
 
 @pytest.mark.parametrize("writable", [False, True], ids=["ro", "rw"])
