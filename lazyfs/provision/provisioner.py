@@ -247,7 +247,8 @@ class Provisioner:
         A container whose provision is still running in another process, or
         that a process holds (``hold``: it is running), is left alone and
         reported busy.  A kept container's rootfs is checked: a bind or
-        read-only fuse mount that is gone or dead is mounted again; any
+        fuse mount that is gone or dead is mounted again (a writable fuse
+        one over its upper, with the container's writes); any
         other rootfs that does not work is reported broken, never kept.
         A container runc still runs (``runtime.still_running``) is busy
         too, whatever became of the ``lazyfs run`` that started it.
