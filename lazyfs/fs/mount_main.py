@@ -48,13 +48,11 @@ from lazyfs.cache.remote import RemoteOrigin
 
 if TYPE_CHECKING:
     from lazyfs.cache.client import CacheClient
+    from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.debug import log_requests
 from lazyfs.fs.mount import INDEXED, READY, parse_layer_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
-from lazyfs.fs.upper import Upper
-from lazyfs.fs.writable import WritableOperations
-from lazyfs.fs.writable_no_open import NoOpenWritableOperations
 from lazyfs.index.model import LayerData, LayerIndex
 from lazyfs.index.stored import (
     check_data_present,
@@ -189,6 +187,8 @@ def _cache_client(
     cache_dir: Path | None, layers: Sequence[tuple[Layer, RemoteOrigin | None]]
 ) -> CacheClient | None:
     """The daemon's client for the remote layers, if there are any."""
+    if all(origin is None for _, origin in layers):
+        return None
     # Loaded only with remote layers: a mount of local layers starts without
     # the daemon's protocol (protobuf) and client.
     from lazyfs.cache.client import CacheClient, RemoteBlob
@@ -275,6 +275,11 @@ def _operations(
         return read_only(tree, ChunkCache(source))
     if work is None:
         raise RuntimeError("a writable mount needs --work beside --upper")
+    # Loaded only for a writable mount: a read-only one starts without them.
+    from lazyfs.fs.upper import Upper
+    from lazyfs.fs.writable import WritableOperations
+    from lazyfs.fs.writable_no_open import NoOpenWritableOperations
+
     writable = NoOpenWritableOperations if no_open else WritableOperations
     return writable(Upper(tree, upper, work, source), ChunkCache(source))
 
