@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING
 from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, ensure_daemon
 from lazyfs.fs.mount_wire import (
+    INDEXED,
+    READY,
     REFUSED,
     layer_arg,
     parse_layer_arg,
@@ -77,8 +79,6 @@ __all__ = [
     "unmount",
 ]
 
-READY = b"ready\n"
-INDEXED = b"indexed\n"
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
 MODULE = "lazyfs.fs.mount_main"

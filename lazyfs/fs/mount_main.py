@@ -50,8 +50,7 @@ if TYPE_CHECKING:
     from lazyfs.cache.client import CacheClient
     from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs import caps as fuse_caps
-from lazyfs.fs.debug import log_requests
-from lazyfs.fs.mount import INDEXED, READY, parse_layer_args, refusal
+from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.index.model import LayerData, LayerIndex
 from lazyfs.index.stored import (
@@ -367,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             no_open = fuse_caps.no_open()
             ops = _operations(indexed, args.upper, args.work, no_open=no_open)
             if args.debug:
+                from lazyfs.fs.debug import log_requests
+
                 log_requests(ops)
             writable = args.upper is not None
             options = mount_options(writable=writable, suid=args.suid, dev=args.dev)

@@ -4,9 +4,10 @@ A mount process starts for every fuse rootfs, so what it imports is part of
 every container's start.  The cache daemon's client and its protocol
 (protobuf), the eStargz TOC and chunk code, the writable operations and the
 tar parsers are for remote layers, eStargz layers, writable mounts and
-building indexes: a read-only mount of local plain layers whose indexes are
-stored loads none of them, neither when it merges their tree nor when it
-loads the tree kept from an earlier mount.  Checked in a fresh interpreter,
+building indexes, and ``lazyfs.fs.mount`` is for the mount's caller: a
+read-only mount of local plain layers whose indexes are stored loads none
+of them, neither when it merges their tree nor when it loads the tree kept
+from an earlier mount.  Checked in a fresh interpreter,
 by the modules it has loaded: importing ``lazyfs.fs.mount_main``, and then
 running the steps its ``main`` runs before mounting.
 """
@@ -41,8 +42,12 @@ NOT_FOR_LOCAL_LAYERS = {
     "lazyfs.blobs.estargz_reader",
 }
 NOT_FOR_READ_ONLY = {"lazyfs.fs.upper", "lazyfs.fs.writable", "lazyfs.fs.writable_no_open"}
+# The caller's side of the mount API: the process it starts needs only the wire format.
+NOT_FOR_THE_MOUNT_PROCESS = {"lazyfs.fs.mount"}
 NOT_FOR_STORED_INDEXES = {"tarfile", "providers.tar_stream", "providers.tar_sparse", "zstandard"}
-NOT_LOADED = NOT_FOR_LOCAL_LAYERS | NOT_FOR_READ_ONLY | NOT_FOR_STORED_INDEXES
+NOT_LOADED = (
+    NOT_FOR_LOCAL_LAYERS | NOT_FOR_READ_ONLY | NOT_FOR_STORED_INDEXES | NOT_FOR_THE_MOUNT_PROCESS
+)
 
 # What ``mount_main.main`` does before ``pyfuse3.init``, twice: the first
 # time merges the layers' tree and keeps it, the second loads the kept one.
