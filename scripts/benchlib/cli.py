@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from types import FrameType
 
 import trio
 
+from backends.names import NAMES
 from benchlib import report
 from benchlib.images import BenchImage, debian_image, synthetic_image
 from benchlib.lazy import Lazyfs
@@ -30,6 +32,9 @@ from benchlib.pull import measure_pull
 from benchlib.util import scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
+IMAGES = ("synthetic", "debian")
+# Byte-compiled before measuring (see compile_sources).
+PACKAGES = ("lazyfs", "providers", "backends")
 TOOLS = (
     "debootstrap",
     "umoci",
@@ -62,6 +67,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
         f"temperatures): {', '.join(MEASUREMENTS)}",
     )
     parser.add_argument(
+        "--image",
+        action="append",
+        choices=IMAGES,
+        help="only this image (repeatable; default both, the synthetic one with --quick)",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        help=f"only this lazyfs backend (repeatable; default all): {', '.join(NAMES)}",
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="lazyfs alone, no umoci, tar, overlayfs or skopeo: an A/B between lazyfs versions",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path("/var/cache/lazyfs-bench"),
@@ -70,6 +92,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+    unknown_backends = sorted(set(args.backend or ()) - set(NAMES))
+    if unknown_backends:
+        parser.error(f"unknown backend {', '.join(unknown_backends)}; known: {', '.join(NAMES)}")
     if args.only:
         unknown = [n for n in args.only if not any(_selects(n, m) for m in MEASUREMENTS)]
         if unknown:
@@ -95,6 +120,18 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def compile_sources() -> bool:
+    """Byte-compile lazyfs' packages, as installing it does; False if that failed.
+
+    Every mount process imports its modules afresh. Under
+    PYTHONDONTWRITEBYTECODE (or a checkout Python cannot write to) nothing
+    would be cached, so each would compile them from source inside the
+    timed region: a cost that grows with the source's size and that no
+    installed lazyfs pays.
+    """
+    return all(compileall.compile_dir(REPO / name, quiet=1) for name in PACKAGES)
+
+
 def run_image(
     image: BenchImage,
     names: list[str],
@@ -102,14 +139,17 @@ def run_image(
     scratch: Path,
     runs: int,
     results: list[Result],
+    *,
+    backends: list[str] | None = None,
+    peers: bool = True,
 ) -> None:
     """Run the measurements ``names`` on ``image``, appending each result as it completes.
 
     Appending in place keeps what was measured when a later measurement fails
     or is interrupted.
     """
-    lazyfs = Lazyfs(scratch / "lazyfs", image)
-    ctx = Context(image, cache, scratch, lazyfs, runs, log)
+    lazyfs = Lazyfs(scratch / "lazyfs", image, only=backends)
+    ctx = Context(image, cache, scratch, lazyfs, runs, log, peers=peers)
     try:
         for name in names:
             log(f"{name} on {image.name}")
@@ -146,14 +186,26 @@ def main(argv: list[str]) -> int:
 
     results: list[Result] = []
     status = 0
+    compiled = compile_sources()
+    if not compiled:
+        log("could not byte-compile lazyfs; its mount processes compile it at every start")
+    wanted = args.image or (["synthetic"] if args.quick else list(IMAGES))
     try:
-        images = [synthetic_image(args.cache, log)]
-        if not args.quick:
-            images.append(debian_image(args.cache, log))
+        builders = {"synthetic": synthetic_image, "debian": debian_image}
+        images = [builders[name](args.cache, log) for name in IMAGES if name in wanted]
         with scratch_dir(args.cache, "run-") as scratch:
             for image in images:
                 with scratch_dir(scratch, f"{image.name}-") as work:
-                    run_image(image, names, args.cache, work, runs, results)
+                    run_image(
+                        image,
+                        names,
+                        args.cache,
+                        work,
+                        runs,
+                        results,
+                        backends=args.backend,
+                        peers=not args.no_peers,
+                    )
     except KeyboardInterrupt:
         status = 130
         log("interrupted: everything is unmounted and removed; writing what was measured")
@@ -168,6 +220,9 @@ def main(argv: list[str]) -> int:
         "runs": runs,
         "quick": args.quick,
         "complete": status == 0,
+        "backends": args.backend,
+        "peers": not args.no_peers,
+        "compiled": compiled,
         "machine": report.machine(args.cache, REPO),
     }
     json_path = report.write_json(out, meta, results)
