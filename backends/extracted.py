@@ -17,6 +17,10 @@ An image may hold one layer twice, and overlayfs takes no directory twice in
 one mount: ``replica`` n > 0 asks for another copy of the same tree,
 ``<form>-v2.<n>``.
 
+``stale_name`` tells image GC which names in ``<layers_dir>/<hex>`` are
+trees (or sidecars) of earlier rules that no backend uses any more: ``rootfs``
+and ``overlay`` of before ``-v2``, with their ``.implicit.json`` sidecar.
+
 Extraction is atomic and happens once: under an flock on
 ``<layers_dir>/<hex>/lock`` the tree is built in a scratch directory
 ``<tmp_dir>/<pid>.<random>`` (on the same filesystem, so the store's clean-up
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -46,8 +51,30 @@ from providers.private_dir import private_dir
 from providers.tar_stream import LayerLimits
 
 Form = Literal["rootfs", "overlay"]
+FORMS: tuple[Form, ...] = ("rootfs", "overlay")
 _VERSION = "-v2"
 _DIRS_SUFFIX = ".dirs.json"
+# A tree's name: its form, the version of the rules that made it, a replica
+# number, a sidecar's suffix.  Versions before -v2 had no suffix; their
+# sidecar was .implicit.json.
+_TREE_NAME = re.compile(
+    r"(?P<form>rootfs|overlay)(?P<version>-v\d+)?(?:\.\d+)?(?P<sidecar>\.dirs\.json|\.implicit\.json)?"
+)
+
+
+def stale_name(name: str) -> bool:
+    """Whether ``name`` in a layer's store directory is a tree (or its sidecar) of earlier rules.
+
+    False for the trees of these rules and for any name that is no tree's:
+    only what an earlier lazyfs made is stale, never what a later one might.
+    """
+    found = _TREE_NAME.fullmatch(name)
+    if found is None:
+        return False
+    version = found["version"]
+    if version is None:
+        return True  # made before trees were versioned
+    return int(version[2:]) < int(_VERSION[2:])
 
 
 def extracted_layer(

@@ -20,9 +20,10 @@ in overlayfs' upperdir format, and ``work/``, copy-up temporaries (see
 A read-only rootfs is mounted ``ro``.  ``destroy`` unmounts
 what a runtime mounted inside, then the rootfs, waits for the mount process
 to end, and removes the mount point and the scratch directory; idempotent.
-``remount`` starts a read-only rootfs's mount process again when the old
-one died (a writable rootfs is refused: a new process cannot take over an
-upper directory yet).  All of it blocking.
+``remount`` starts a rootfs's mount process again when the old one died;
+for a writable rootfs the new process takes over the ``upper/`` and
+``work/`` the old one left, so the container's writes are still there
+(``lazyfs.fs.upper_load``).  All of it blocking.
 """
 
 from __future__ import annotations
@@ -73,20 +74,35 @@ class FuseBackend:
     def remount(
         self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
     ) -> None:
-        """Start a mount process for a read-only rootfs again; a writable one is refused.
+        """Start a mount process for ``rootfs`` again; a writable one keeps its writes.
 
-        A writable rootfs's writes are in its upper directory, which a new
-        mount process cannot take over yet (it needs an empty upper).
+        The new process of a writable rootfs loads the upper directory the
+        old one left; BackendError when that upper is gone or damaged (what
+        it holds stays there).
         """
         scratch = scratch_dir(rootfs)
-        if writable:
-            raise BackendError(
-                f"its writes are kept in {scratch / 'upper'}; mounting a writable fuse rootfs "
-                "again is not supported yet"
-            )
-        # The dead mount goes first; its process is gone, or goes now.
+        # The dead mount goes first; its process is gone, or goes now: the
+        # upper must have one writer at a time.
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
-        self._mount(scratch, layers, blobs, rootfs, writable=False)
+        if not writable:
+            self._mount(scratch, layers, blobs, rootfs, writable=False)
+            return
+        upper, work = scratch / "upper", scratch / "work"
+        for kept in (upper, work):
+            if kept.is_symlink() or not kept.is_dir():
+                raise BackendError(f"{kept}, where this rootfs's writes were kept, is gone")
+        pid = lazy_mount.mount(
+            layers,
+            rootfs,
+            store=self.store,
+            log_path=scratch / "mount.log",
+            upper=upper,
+            work=work,
+            limits=self.limits,
+            remote=_remote(blobs),
+        )
+        # As mount_recorded notes it: destroy and the next remount find the process.
+        (scratch / "pid").write_text(f"{pid}\n")
 
     def _mount(
         self,
@@ -104,7 +120,7 @@ class FuseBackend:
             store=self.store,
             writable=writable,
             limits=self.limits,
-            remote=blobs.remote if isinstance(blobs, lazy_mount.RemoteAware) else None,
+            remote=_remote(blobs),
         )
 
     def destroy(self, rootfs: Path) -> None:
@@ -118,3 +134,8 @@ class FuseBackend:
             rootfs.rmdir()
         # A writable rootfs's upper holds whatever its container made, at any depth.
         remove_tree(scratch)
+
+
+def _remote(blobs: LocalBlobSource) -> lazy_mount.Remote | None:
+    """Where the layers still in a registry are read from, if ``blobs`` says."""
+    return blobs.remote if isinstance(blobs, lazy_mount.RemoteAware) else None

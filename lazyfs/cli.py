@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
+from backends.extracted import stale_name
 from backends.names import NAMES as BACKENDS
-from lazyfs import cli_parser
-from lazyfs.cli_daemon import daemon_spec, run_daemon
+from lazyfs import cli_cache, cli_parser
+from lazyfs.cli_daemon import cache_dir, daemon_spec, run_daemon
 from lazyfs.cli_exec import exec_problem
 from lazyfs.cli_flags import (
     docker_registry,
@@ -33,7 +34,10 @@ from lazyfs.cli_flags import (
     work_dir,
 )
 from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
+from lazyfs.cli_images import run_images
+from lazyfs.cli_ps import ps
 from lazyfs.cli_run import failure_line, run_trio
+from lazyfs.cli_volumes import container_request, volume_mounts
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.images.appc import AppcProvider
 from lazyfs.images.docker import DockerProvider
@@ -42,9 +46,11 @@ from lazyfs.progress import Progress
 from lazyfs.provision import devmount, runtime
 from lazyfs.provision.provisioner import ImageProvider, Provisioner, ProvisionInfo
 from lazyfs.store.disk import Store
+from lazyfs.store.usage_lock import in_use
 from providers.appc_store import AppcStore
 from providers.errors import NotFound, Unauthorized, UsageError
 from providers.image_pb2 import Image
+from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
 from providers.registry import RegistryOptions
 
@@ -129,7 +135,7 @@ def _image(args: argparse.Namespace) -> Image:
 
 
 def _provision(app: App, args: argparse.Namespace) -> int:
-    image = _image(args)
+    spec = container_request(args, lambda: _image(args))
 
     def publish(info: ProvisionInfo) -> None:
         # Before the container counts as provisioned: a closed stdout undoes it.
@@ -138,9 +144,10 @@ def _provision(app: App, args: argparse.Namespace) -> int:
     run_trio(
         lambda: app.provisioner.provision(
             args.container_id,
-            image,
+            spec.image,
             args.backend,
             writable=args.writable,
+            volumes=spec.volumes,
             progress=Progress(),
             publish=publish,
         )
@@ -157,26 +164,34 @@ def _pull(app: App, args: argparse.Namespace) -> int:
     # A pull asks the registry again, as docker pull does; stored blobs are reused.
     image.cached = False
     docker = app.docker
-    manifest = run_trio(lambda: docker.fetch(image, Progress()))
+    # Held shared while pulling: a GC pass meanwhile would take blobs it found stored.
+    progress = Progress()
+    with in_use(app.store.root):
+        manifest = run_trio(lambda: docker.fetch(image, progress))
+    if progress.fetched == 0:
+        # As docker pull says "Image is up to date": on stderr, stdout is the manifest.
+        print(f"lazyfs: {manifest.reference}: already stored, nothing fetched", file=sys.stderr)
     print(json.dumps(manifest.to_json(), indent=1))
     return 0
 
 
 def _mount(app: App, args: argparse.Namespace) -> int:
     image = _image(args)
-    mounted = run_trio(
-        lambda: devmount.mount_image(
-            app.provisioner,
-            app.work_dir,
-            image,
-            args.mountpoint,
-            writable=args.writable,
-            debug=args.debug,
-            suid=args.suid,
-            dev=args.dev,
-            progress=Progress(),
+    # Held shared until the mount process serves the layers (GC then sees them).
+    with in_use(app.store.root):
+        mounted = run_trio(
+            lambda: devmount.mount_image(
+                app.provisioner,
+                app.work_dir,
+                image,
+                args.mountpoint,
+                writable=args.writable,
+                debug=args.debug,
+                suid=args.suid,
+                dev=args.dev,
+                progress=Progress(),
+            )
         )
-    )
     summary = {
         "mountpoint": str(mounted.mountpoint),
         "pid": mounted.pid,
@@ -249,25 +264,19 @@ def _recover(app: App, args: argparse.Namespace) -> int:
     return 1 if report.failed or report.broken else 0
 
 
-def _images(app: App, _args: argparse.Namespace) -> int:
-    rows = [("REFERENCE", "DIGEST", "LAYERS", "SIZE")]
-    # No store yet: nothing to list, and nothing to create for it.
-    stored = app.store.images() if app.store_dir.is_dir() else []
-    for image in stored:
-        rows.append(
-            (
-                image.reference,
-                image.manifest.digest[:19],
-                str(len(image.manifest.layers)),
-                _human(image.size),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-    return 0
+def _images(app: App, args: argparse.Namespace) -> int:
+    store = lambda: app.store  # noqa: E731 - made only when used: listing creates nothing
+
+    def local(manifest: ImageManifest) -> str:
+        return cli_cache.local_share(manifest, app.store.has_blob, cache_dir(app.args))
+
+    return run_images(args, app.store_dir, store, app.work_dir, stale_tree=stale_name, local=local)
+
+
+def _gc(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_gc import run_gc  # the GC code loads for this command only
+
+    return run_gc(args, lambda: app.store, app.work_dir, stale_tree=stale_name)
 
 
 def _run(app: App, args: argparse.Namespace) -> int:
@@ -278,13 +287,18 @@ def _run(app: App, args: argparse.Namespace) -> int:
         raise UsageError("give --read-only or --writable, not both")
     if args.tty and not sys.stdin.isatty():
         raise UsageError("run -t: stdin is not a terminal (run -t needs one, as docker run -t)")
-    image = _image(args)
+    spec = container_request(args, lambda: _image(args))
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with app.provisioner.hold(container_id):
         info: ProvisionInfo = run_trio(
             lambda: app.provisioner.provision(
-                container_id, image, args.backend, writable=not args.read_only, progress=Progress()
+                container_id,
+                spec.image,
+                args.backend,
+                writable=not args.read_only,
+                volumes=spec.volumes,
+                progress=Progress(),
             )
         )
         bundle = app.provisioner.containers / container_id / "bundle"
@@ -299,6 +313,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 # Relative: runc puts it under the cgroup of the process that runs it.
                 cgroups_path=f"lazyfs/{container_id}",
             )
+            config["mounts"].extend(volume_mounts(info))
             process = config["process"]
             # As a shell says it, not as runc's failure to start (status 1).
             problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
@@ -312,25 +327,19 @@ def _run(app: App, args: argparse.Namespace) -> int:
             run_trio(lambda: app.provisioner.destroy(container_id))
 
 
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
-
-
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "provision": _provision,
     "pull": _pull,
     "destroy": _destroy,
     "recover": _recover,
     "images": _images,
+    "gc": _gc,
+    "ps": lambda app, args: ps(app.work_dir, as_json=args.json),
     "run": _run,
     "mount": _mount,
     "umount": _umount,
     "daemon": lambda _app, args: run_daemon(args),
+    "cache": lambda app, args: cli_cache.run_cache(args, app.store_dir, lambda: app.store),
 }
 
 

@@ -2,8 +2,8 @@
 
 ``run_daemon`` is the command: the machine's cache daemon in the
 foreground (for systemd), over ``--cache_dir`` (default ``WORK_DIR/cache``)
-bounded by ``--cache_size`` (bytes, or a number with B, KB, MB, GB or TB,
-1024-based as Mesos counts; default 10GB), fetching from registries with
+bounded by ``--cache_size`` (bytes, or a number with KiB, MiB, GiB or TiB,
+or KB.. 1024-based as Mesos counts; default 10GiB), fetching from registries with
 the same registry flags as pulls. It stops on SIGTERM or SIGINT.
 
 ``daemon_spec`` is what a mount that needs the daemon is given to start it
@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 
 from lazyfs.cache.spawn import DaemonSpec
-from lazyfs.cli_flags import global_flags, registry_options, source
+from lazyfs.cli_flags import global_flags, parse_size, registry_options, source
 from providers.errors import UsageError
 
-DEFAULT_CACHE_SIZE = "10GB"
-_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+DEFAULT_CACHE_SIZE = "10GiB"
 
 
 def cache_dir(args: argparse.Namespace) -> Path:
@@ -37,11 +35,10 @@ def cache_dir(args: argparse.Namespace) -> Path:
 
 def cache_size(args: argparse.Namespace) -> int:
     """``--cache_size`` in bytes."""
-    text = str(args.cache_size).strip()
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?B)?", text, re.I)
-    size = int(float(found[1]) * _UNITS[(found[2] or "B").upper()]) if found else 0
+    size = parse_size(str(args.cache_size)) or 0
     if size < 1:
-        raise UsageError(f"{source(args, 'cache_size')} {args.cache_size!r}: want bytes, e.g. 10GB")
+        where = source(args, "cache_size")
+        raise UsageError(f"{where} {args.cache_size!r}: want bytes, e.g. 10GiB")
     return size
 
 
@@ -71,5 +68,8 @@ def run_daemon(args: argparse.Namespace) -> int:
         )
     if not args.debug:
         root.setLevel(logging.INFO)
-    service.run(cache_dir(args), cache_size(args), Origins(registry_options(args)))
+    background = not getattr(args, "no_background_fetch", False)
+    service.run(
+        cache_dir(args), cache_size(args), Origins(registry_options(args)), background=background
+    )
     return 0

@@ -10,6 +10,8 @@ looks it up (Go's ``exec.LookPath``: the first regular file with an execute
 bit), a name with a slash is taken from the working directory.
 
 Only reads; a rootfs changed by the command itself later is not its concern.
+``in_root`` is that walk alone: ``run`` asks it whether a read-only rootfs
+has the directory a volume is to be mounted on.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ def exec_problem(
     if "/" not in name:
         path = _env_value(env, "PATH")
         for directory in path.split(":"):
-            found = _in_root(rootfs, f"{_absolute(directory or '.', cwd)}/{name}")
+            found = in_root(rootfs, f"{_absolute(directory or '.', cwd)}/{name}")
             if found is not None and _why_not_executable(found) is None:
                 return None
         return f"{name}: command not found in the container (PATH={path})", NOT_FOUND
-    found = _in_root(rootfs, _absolute(name, cwd))
+    found = in_root(rootfs, _absolute(name, cwd))
     if found is None:
         return f"{name}: no such file in the container", NOT_FOUND
     why = _why_not_executable(found)
@@ -73,7 +75,7 @@ def _why_not_executable(path: Path) -> str | None:
     return None
 
 
-def _in_root(rootfs: Path, path: str) -> Path | None:
+def in_root(rootfs: Path, path: str) -> Path | None:
     """Where ``path`` of the container is under ``rootfs``; None if it does not exist.
 
     The final component is resolved too, so the answer is never a symlink.

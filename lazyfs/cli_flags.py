@@ -152,16 +152,23 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
         ),
         Flag(
             "max_layer_size",
-            f"{DEFAULT_MAX_LAYER_SIZE >> 30}GB",
-            "the most a layer may unpack to: bytes, or a number with B, KB, MB, GB or TB",
+            f"{DEFAULT_MAX_LAYER_SIZE >> 30}GiB",
+            "the most a layer may unpack to: bytes, or a number with KiB, MiB, GiB or TiB",
         ),
         Flag(
             "max_layer_ratio",
             str(DEFAULT_MAX_LAYER_RATIO),
-            "the most times its compressed size a layer may unpack to (64 MB always may)",
+            "the most times its compressed size a layer may unpack to (64 MiB always may)",
         ),
         Flag("cache_dir", None, "the cache daemon's directory; default: WORK_DIR/cache"),
-        Flag("cache_size", "10GB", "the most the cache keeps: bytes, or a number with KB..TB"),
+        Flag("cache_size", "10GiB", "the most the cache keeps: bytes, or a number with KiB..TiB"),
+        Flag("no_background_fetch", False, "fetch only what mounts read", _truth, switch=True),
+        Flag(
+            "image_gc_config",
+            None,
+            "image GC as Mesos' ImageGcConfig: JSON, a file or a file:// URL",
+            shown='{"image_disk_headroom": 0.1}, nothing excluded',
+        ),
         Flag("debug", False, "log what happens on stderr", _truth, switch=True),
     )
 
@@ -241,21 +248,30 @@ def image_providers(args: argparse.Namespace) -> tuple[str, ...]:
     return kinds
 
 
-# As Mesos writes byte sizes: 1024-based units.
-_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+# Sizes are binary (1024-based) everywhere: printed as KiB, MiB, GiB, and
+# taken as KiB or as Mesos writes the same sizes (KB, MB, GB).
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?", re.I)
+_SHIFTS = {"K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes in ``text`` (``4096``, ``512MiB``, ``10GB``, ``1.5k``: 1024-based); None if none."""
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        return None
+    number, unit = found.groups()
+    return int(float(number) * (1 << _SHIFTS[unit.upper()] if unit else 1))
 
 
 def layer_limits(args: argparse.Namespace) -> LayerLimits:
     """The bounds on unpacking a layer from ``--max_layer_size`` and ``--max_layer_ratio``."""
     size_flag, ratio_flag = source(args, "max_layer_size"), source(args, "max_layer_ratio")
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?B)?", args.max_layer_size.strip(), re.I)
+    size = parse_size(args.max_layer_size)
     ratio = args.max_layer_ratio.strip()
-    if found is None:
-        raise UsageError(f"{size_flag} {args.max_layer_size!r}: want bytes, e.g. 300GB")
+    if size is None:
+        raise UsageError(f"{size_flag} {args.max_layer_size!r}: want bytes, e.g. 300GiB")
     if not ratio.isdigit() or int(ratio) < 1:
         raise UsageError(f"{ratio_flag} {args.max_layer_ratio!r}: want a whole number")
-    number, unit = found.groups()
-    size = int(float(number) * _UNITS[(unit or "B").upper()])
     if size < 1:
         raise UsageError(f"{size_flag} {args.max_layer_size!r}: want more than 0 bytes")
     return LayerLimits(max_size=size, max_ratio=int(ratio))

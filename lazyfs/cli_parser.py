@@ -13,8 +13,12 @@ import argparse
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
+from lazyfs import cli_cache
 from lazyfs.cli_flags import ENV_PREFIX, Flag, FlagParser, global_flags
+from lazyfs.cli_images import add_images_parser
+from lazyfs.cli_volumes import add_volume_args
 
 IMAGE_HELP = (
     "docker:REFERENCE or REFERENCE, docker://REFERENCE, oci:DIR[:REF], "
@@ -76,6 +80,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument(
         "--writable", action="store_true", help="a writable rootfs (default: read-only)"
     )
+    add_volume_args(sub)
     sub = command("pull", "fetch an image into the store, even if stored; prints its manifest")
     image_args(sub)
     sub = command("destroy", "unmount and remove a container's rootfs")
@@ -84,7 +89,17 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument(
         "--keep", nargs="*", default=[], metavar="ID", help="containers to keep (default: none)"
     )
-    command("images", "list the images in the store (creates nothing)")
+
+    def nested(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = actions.add_parser(name, help=text, description=text)
+        _global_flags_after(sub, flags)
+        return sub
+
+    images_help = "list the images in the store (creates nothing), or remove some: rm, prune"
+    add_images_parser(command("images", images_help), nested)
+    command("gc", "one image GC pass: remove what nothing uses until the store has its headroom")
+    sub = command("ps", "list the provisioned containers and their mounts (creates nothing)")
+    sub.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     sub = command("mount", "mount an image at a directory to look inside")
     image_args(sub, optional=False)
     sub.add_argument("mountpoint", type=Path, help="an existing empty directory")
@@ -101,6 +116,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument("--suid", action="store_true", help="honour setuid bits (default: nosuid)")
     sub.add_argument("--dev", action="store_true", help="allow device nodes (default: nodev)")
     command("daemon", "run the machine's cache daemon in the foreground")
+    cli_cache.add_arguments(command("cache", "show the cache: size, limit, layers, completeness"))
     sub = command("umount", "take down what `lazyfs mount` mounted")
     sub.add_argument("mountpoint", type=Path, help="where `lazyfs mount` mounted the image")
     sub = command("run", "provision, run a command with runc, destroy")
@@ -122,6 +138,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         action="store_true",
         help="give the command a terminal, as docker run -t (default: lazyfs' stdio)",
     )
+    add_volume_args(sub)
     sub.add_argument(
         "command_args",
         nargs="*",
@@ -166,8 +183,10 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
     return parsed
 
 
-# run's own options that take a value: their value is not the image.
-_RUN_VALUED = ("--backend", "--image-file", "--image_file")
+# run's own options that take a value: their value is not the image; the
+# last four name the image instead of IMAGE.
+_RUN_VALUED = ("--backend", "-v", "--volume")
+_RUN_IMAGE = ("--image-file", "--image_file", "--container-info", "--container_info")
 
 
 def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -178,7 +197,7 @@ def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
         if not flag.switch
         for spelling in (f"--{flag.name}", f"--{flag.name.replace('_', '-')}")
     }
-    valued.update(_RUN_VALUED)
+    valued.update(_RUN_VALUED, _RUN_IMAGE)
     is_run, words, image_file, skip = False, 0, False, False
     for i, word in enumerate(argv):
         if skip:
@@ -188,7 +207,7 @@ def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
         elif word.startswith("-") and word != "-":
             name = word.split("=", 1)[0]
             skip = "=" not in word and name in valued
-            image_file = image_file or (is_run and name in _RUN_VALUED[1:])
+            image_file = image_file or (is_run and name in _RUN_IMAGE)
         elif not is_run:
             if word != "run":
                 return argv, None

@@ -4,13 +4,19 @@ take; and no silent skips under CI."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import fuse_paths, images
+from tests.support import fuse_paths, images, mount_servers
 from tests.support.ci_skips import pytest_runtest_makereport  # noqa: F401  (a hook: pytest finds it here)
 from tests.support.rich_image import RICH_TAG, need_tools
+
+# Mount processes are exec'd unless a test asks for the mount server
+# (tests.support.mount_servers): a server per test's store would outlive its test.
+os.environ.setdefault("LAZYFS_MOUNT_SERVER", "0")
 
 
 @pytest.fixture(params=fuse_paths.PATHS)
@@ -19,6 +25,20 @@ def fuse_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     path: str = request.param
     fuse_paths.choose(path, monkeypatch.setenv)
     return path
+
+
+@pytest.fixture(params=mount_servers.PATHS)
+def mount_start(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """How mount processes of the store ``tmp_path / "store"`` start: exec'd or forked.
+
+    The store's mount server, if one was started, is stopped afterwards
+    (``tests.support.mount_servers``).
+    """
+    path: str = request.param
+    with mount_servers.chosen(path, tmp_path / "store", monkeypatch.setenv):
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,11 @@ does not verify is an OSError(EIO) naming the layer, the file and both
 digests, as is a blob source that fails: the FUSE handlers answer EIO,
 never wrong bytes, and nothing unverified is kept.
 
+Nor is it kept below: a blob source that caches what it read for others
+(the cache daemon's client, ``Evicting``) is told to drop the bytes that
+did not verify, and they are read once more, since bytes corrupted on the
+way are seldom corrupted twice.  A second failure is the EIO.
+
 Chunks are up to 4 MiB (ctr-remote's default) while the FUSE reads above
 ask for 128 KiB at a time (``lazyfs.blobs.ranges.ChunkCache``), so verified
 chunks are kept here, least recently used first out, up to ``max_bytes``,
@@ -24,18 +29,28 @@ Blocking and thread-safe, as ``TarRangeReader`` says.
 from __future__ import annotations
 
 import errno
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from lazyfs.index.estargz import inflate_chunk
 from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, loads
 from providers.digest import Digest
-from providers.errors import LazyfsError
+from providers.errors import DigestMismatch, LazyfsError
 from providers.source import BlobSource
 
 DEFAULT_KEEP_BYTES = 32 << 20
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Evicting(Protocol):
+    """A blob source that keeps what it reads: told to drop bytes found wrong."""
+
+    def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int: ...
 
 
 class EstargzChunks:
@@ -134,9 +149,25 @@ class EstargzChunks:
     def _fetch(self, digest: Digest, row: ChunkRow) -> bytes:
         with self._lock:
             self.fetches += 1
+        length = row.end - row.offset
         try:
-            raw = self._blobs.read_range(digest, row.offset, row.end - row.offset)
-            return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
+            try:
+                raw = self._blobs.read_range(digest, row.offset, length)
+                return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
+            except DigestMismatch as error:
+                if not isinstance(self._blobs, Evicting):
+                    raise
+                log.warning("%s; dropping it from the cache and reading it again", error)
+                self._blobs.evict(digest, row.offset, length, str(error))
+                with self._lock:
+                    self.fetches += 1
+                raw = self._blobs.read_range(digest, row.offset, length)
+                try:
+                    return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
+                except DigestMismatch as again:
+                    # Not kept either: a later read tries afresh, not this EIO for good.
+                    self._blobs.evict(digest, row.offset, length, str(again))
+                    raise
         except LazyfsError as error:
             # DigestMismatch, or the blob source's NotFound or TemporaryFailure:
             # to the FUSE handlers, bytes that cannot be had.

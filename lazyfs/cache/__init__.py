@@ -1,7 +1,8 @@
 """The shared cache daemon: its protocol, the chunk cache on disk, fetch planning, the server.
 
 ``cache.proto`` (generated ``cache_pb2``) is what a mount process and the
-daemon say to each other, ``messages`` the same as checked typed values, and
+daemon say to each other, ``messages`` the same as checked typed values
+(the values themselves in ``values``), and
 ``framing`` how they cross the socket: length-prefixed, decoded by a pure
 state machine. ``layout`` is the cache directory's on-disk layout, which
 mount processes read directly; ``chunks`` the daemon's side of it (atomic
@@ -9,7 +10,10 @@ chunk writes, a size limit with LRU eviction, pins, rebuilt at start).
 ``planner`` decides which range requests a read needs (pure), ``flight`` runs
 them with one fetch per missing chunk however many readers wait, and
 ``daemon`` serves it all over a Unix socket in the cache directory, fetching
-from ``upstream`` (the registries reads name). ``service`` is the daemon as
+from ``upstream`` (the registries reads name). ``background`` fetches the
+rest of mounted layers while no read waits and judges each whole blob;
+``blobstate`` keeps those verdicts in the cache directory and reads a
+complete blob back for the store. ``service`` is the daemon as
 a process (``lazyfs daemon``), ``spawn`` finds it or starts it for a mount
 that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
 read from the files, misses asked for. ``remote`` holds the light values a

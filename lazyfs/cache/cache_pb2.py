@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lazyfs/cache/cache.proto\x12\x0clazyfs.cache\"0\n\x0cRegistryBlob\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"T\n\x06Origin\x12.\n\x08registry\x18\x01 \x01(\x0b\x32\x1a.lazyfs.cache.RegistryBlobH\x00\x12\x10\n\x06handle\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\";\n\tBlobRange\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"\x81\x01\n\x0bReadRequest\x12&\n\x05range\x18\x01 \x01(\x0b\x32\x17.lazyfs.cache.BlobRange\x12$\n\x06origin\x18\x02 \x01(\x0b\x32\x14.lazyfs.cache.Origin\x12\x16\n\tblob_size\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_blob_size\"P\n\x06\x45xtent\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ile_offset\x18\x02 \x01(\x04\x12\x13\n\x0b\x62lob_offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"2\n\tReadReply\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.lazyfs.cache.Extent\"`\n\x0fPrefetchRequest\x12\'\n\x06ranges\x18\x01 \x03(\x0b\x32\x17.lazyfs.cache.BlobRange\x12$\n\x06origin\x18\x02 \x01(\x0b\x32\x14.lazyfs.cache.Origin\"&\n\rPrefetchReply\x12\x15\n\rchunks_queued\x18\x01 \x01(\x04\"\x0f\n\rStatusRequest\"\xac\x01\n\x0bStatusReply\x12\x12\n\nused_bytes\x18\x01 \x01(\x04\x12\x13\n\x0blimit_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x04\x12\x15\n\rpinned_chunks\x18\x04 \x01(\x04\x12\x19\n\x11\x66\x65tches_in_flight\x18\x05 \x01(\x04\x12\x12\n\nchunk_size\x18\x06 \x01(\x04\x12\r\n\x05reads\x18\x07 \x01(\x04\x12\x0f\n\x07\x66\x65tches\x18\x08 \x01(\x04\"\xa9\x01\n\x05\x45rror\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.lazyfs.cache.Error.Kind\x12\x0e\n\x06reason\x18\x02 \x01(\t\"h\n\x04Kind\x12\n\n\x06\x46\x41ILED\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x12\x10\n\x0cUNAUTHORIZED\x10\x02\x12\x13\n\x0f\x44IGEST_MISMATCH\x10\x03\x12\r\n\tTEMPORARY\x10\x04\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x05\"\xaa\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\x04\x12)\n\x04read\x18\x02 \x01(\x0b\x32\x19.lazyfs.cache.ReadRequestH\x00\x12\x31\n\x08prefetch\x18\x03 \x01(\x0b\x32\x1d.lazyfs.cache.PrefetchRequestH\x00\x12-\n\x06status\x18\x04 \x01(\x0b\x32\x1b.lazyfs.cache.StatusRequestH\x00\x42\x06\n\x04\x62ody\"\xcb\x01\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x04read\x18\x02 \x01(\x0b\x32\x17.lazyfs.cache.ReadReplyH\x00\x12/\n\x08prefetch\x18\x03 \x01(\x0b\x32\x1b.lazyfs.cache.PrefetchReplyH\x00\x12+\n\x06status\x18\x04 \x01(\x0b\x32\x19.lazyfs.cache.StatusReplyH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.lazyfs.cache.ErrorH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lazyfs/cache/cache.proto\x12\x0clazyfs.cache\"0\n\x0cRegistryBlob\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x12\n\nrepository\x18\x02 \x01(\t\"T\n\x06Origin\x12.\n\x08registry\x18\x01 \x01(\x0b\x32\x1a.lazyfs.cache.RegistryBlobH\x00\x12\x10\n\x06handle\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\";\n\tBlobRange\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"\x81\x01\n\x0bReadRequest\x12&\n\x05range\x18\x01 \x01(\x0b\x32\x17.lazyfs.cache.BlobRange\x12$\n\x06origin\x18\x02 \x01(\x0b\x32\x14.lazyfs.cache.Origin\x12\x16\n\tblob_size\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_blob_size\"P\n\x06\x45xtent\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x66ile_offset\x18\x02 \x01(\x04\x12\x13\n\x0b\x62lob_offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"2\n\tReadReply\x12%\n\x07\x65xtents\x18\x01 \x03(\x0b\x32\x14.lazyfs.cache.Extent\"\x86\x01\n\x0fPrefetchRequest\x12\'\n\x06ranges\x18\x01 \x03(\x0b\x32\x17.lazyfs.cache.BlobRange\x12$\n\x06origin\x18\x02 \x01(\x0b\x32\x14.lazyfs.cache.Origin\x12\x16\n\tblob_size\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0c\n\n_blob_size\"F\n\x0c\x45victRequest\x12&\n\x05range\x18\x01 \x01(\x0b\x32\x17.lazyfs.cache.BlobRange\x12\x0e\n\x06reason\x18\x02 \x01(\t\"$\n\nEvictReply\x12\x16\n\x0e\x63hunks_evicted\x18\x01 \x01(\x04\"\x81\x01\n\x11\x42\x61\x63kgroundRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12$\n\x06origin\x18\x02 \x01(\x0b\x32\x14.lazyfs.cache.Origin\x12\x11\n\tblob_size\x18\x03 \x01(\x04\x12\x0f\n\x07\x64iff_id\x18\x04 \x01(\t\x12\x12\n\nmedia_type\x18\x05 \x01(\t\"9\n\x0f\x42\x61\x63kgroundReply\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.lazyfs.cache.BlobState\"\xca\x01\n\tBlobState\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.lazyfs.cache.BlobState.Kind\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61\x63hed_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\"M\n\x04Kind\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0c\n\x08\x46\x45TCHING\x10\x01\x12\x0c\n\x08\x43OMPLETE\x10\x02\x12\x0f\n\x0bQUARANTINED\x10\x03\x12\x0b\n\x07PARTIAL\x10\x04\"&\n\rPrefetchReply\x12\x15\n\rchunks_queued\x18\x01 \x01(\x04\"\x0f\n\rStatusRequest\"\x85\x02\n\x0bStatusReply\x12\x12\n\nused_bytes\x18\x01 \x01(\x04\x12\x13\n\x0blimit_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x04\x12\x15\n\rpinned_chunks\x18\x04 \x01(\x04\x12\x19\n\x11\x66\x65tches_in_flight\x18\x05 \x01(\x04\x12\x12\n\nchunk_size\x18\x06 \x01(\x04\x12\r\n\x05reads\x18\x07 \x01(\x04\x12\x0f\n\x07\x66\x65tches\x18\x08 \x01(\x04\x12\x15\n\rfetched_bytes\x18\t \x01(\x04\x12&\n\x05\x62lobs\x18\n \x03(\x0b\x32\x17.lazyfs.cache.BlobState\x12\x18\n\x10\x62\x61\x63kground_fetch\x18\x0b \x01(\x08\"\xa9\x01\n\x05\x45rror\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.lazyfs.cache.Error.Kind\x12\x0e\n\x06reason\x18\x02 \x01(\t\"h\n\x04Kind\x12\n\n\x06\x46\x41ILED\x10\x00\x12\r\n\tNOT_FOUND\x10\x01\x12\x10\n\x0cUNAUTHORIZED\x10\x02\x12\x13\n\x0f\x44IGEST_MISMATCH\x10\x03\x12\r\n\tTEMPORARY\x10\x04\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x05\"\x8e\x02\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\x04\x12)\n\x04read\x18\x02 \x01(\x0b\x32\x19.lazyfs.cache.ReadRequestH\x00\x12\x31\n\x08prefetch\x18\x03 \x01(\x0b\x32\x1d.lazyfs.cache.PrefetchRequestH\x00\x12-\n\x06status\x18\x04 \x01(\x0b\x32\x1b.lazyfs.cache.StatusRequestH\x00\x12+\n\x05\x65vict\x18\x05 \x01(\x0b\x32\x1a.lazyfs.cache.EvictRequestH\x00\x12\x35\n\nbackground\x18\x06 \x01(\x0b\x32\x1f.lazyfs.cache.BackgroundRequestH\x00\x42\x06\n\x04\x62ody\"\xab\x02\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x04read\x18\x02 \x01(\x0b\x32\x17.lazyfs.cache.ReadReplyH\x00\x12/\n\x08prefetch\x18\x03 \x01(\x0b\x32\x1b.lazyfs.cache.PrefetchReplyH\x00\x12+\n\x06status\x18\x04 \x01(\x0b\x32\x19.lazyfs.cache.StatusReplyH\x00\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x13.lazyfs.cache.ErrorH\x00\x12)\n\x05\x65vict\x18\x06 \x01(\x0b\x32\x18.lazyfs.cache.EvictReplyH\x00\x12\x33\n\nbackground\x18\x07 \x01(\x0b\x32\x1d.lazyfs.cache.BackgroundReplyH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,20 +43,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXTENT']._serialized_end=451
   _globals['_READREPLY']._serialized_start=453
   _globals['_READREPLY']._serialized_end=503
-  _globals['_PREFETCHREQUEST']._serialized_start=505
-  _globals['_PREFETCHREQUEST']._serialized_end=601
-  _globals['_PREFETCHREPLY']._serialized_start=603
-  _globals['_PREFETCHREPLY']._serialized_end=641
-  _globals['_STATUSREQUEST']._serialized_start=643
-  _globals['_STATUSREQUEST']._serialized_end=658
-  _globals['_STATUSREPLY']._serialized_start=661
-  _globals['_STATUSREPLY']._serialized_end=833
-  _globals['_ERROR']._serialized_start=836
-  _globals['_ERROR']._serialized_end=1005
-  _globals['_ERROR_KIND']._serialized_start=901
-  _globals['_ERROR_KIND']._serialized_end=1005
-  _globals['_REQUEST']._serialized_start=1008
-  _globals['_REQUEST']._serialized_end=1178
-  _globals['_RESPONSE']._serialized_start=1181
-  _globals['_RESPONSE']._serialized_end=1384
+  _globals['_PREFETCHREQUEST']._serialized_start=506
+  _globals['_PREFETCHREQUEST']._serialized_end=640
+  _globals['_EVICTREQUEST']._serialized_start=642
+  _globals['_EVICTREQUEST']._serialized_end=712
+  _globals['_EVICTREPLY']._serialized_start=714
+  _globals['_EVICTREPLY']._serialized_end=750
+  _globals['_BACKGROUNDREQUEST']._serialized_start=753
+  _globals['_BACKGROUNDREQUEST']._serialized_end=882
+  _globals['_BACKGROUNDREPLY']._serialized_start=884
+  _globals['_BACKGROUNDREPLY']._serialized_end=941
+  _globals['_BLOBSTATE']._serialized_start=944
+  _globals['_BLOBSTATE']._serialized_end=1146
+  _globals['_BLOBSTATE_KIND']._serialized_start=1069
+  _globals['_BLOBSTATE_KIND']._serialized_end=1146
+  _globals['_PREFETCHREPLY']._serialized_start=1148
+  _globals['_PREFETCHREPLY']._serialized_end=1186
+  _globals['_STATUSREQUEST']._serialized_start=1188
+  _globals['_STATUSREQUEST']._serialized_end=1203
+  _globals['_STATUSREPLY']._serialized_start=1206
+  _globals['_STATUSREPLY']._serialized_end=1467
+  _globals['_ERROR']._serialized_start=1470
+  _globals['_ERROR']._serialized_end=1639
+  _globals['_ERROR_KIND']._serialized_start=1535
+  _globals['_ERROR_KIND']._serialized_end=1639
+  _globals['_REQUEST']._serialized_start=1642
+  _globals['_REQUEST']._serialized_end=1912
+  _globals['_RESPONSE']._serialized_start=1915
+  _globals['_RESPONSE']._serialized_end=2214
 # @@protoc_insertion_point(module_scope)

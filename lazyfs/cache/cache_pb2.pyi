@@ -62,12 +62,74 @@ class ReadReply(_message.Message):
     def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ...) -> None: ...
 
 class PrefetchRequest(_message.Message):
-    __slots__ = ("ranges", "origin")
+    __slots__ = ("ranges", "origin", "blob_size")
     RANGES_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    BLOB_SIZE_FIELD_NUMBER: _ClassVar[int]
     ranges: _containers.RepeatedCompositeFieldContainer[BlobRange]
     origin: Origin
-    def __init__(self, ranges: _Optional[_Iterable[_Union[BlobRange, _Mapping]]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ...) -> None: ...
+    blob_size: int
+    def __init__(self, ranges: _Optional[_Iterable[_Union[BlobRange, _Mapping]]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ...) -> None: ...
+
+class EvictRequest(_message.Message):
+    __slots__ = ("range", "reason")
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    range: BlobRange
+    reason: str
+    def __init__(self, range: _Optional[_Union[BlobRange, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EvictReply(_message.Message):
+    __slots__ = ("chunks_evicted",)
+    CHUNKS_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    chunks_evicted: int
+    def __init__(self, chunks_evicted: _Optional[int] = ...) -> None: ...
+
+class BackgroundRequest(_message.Message):
+    __slots__ = ("digest", "origin", "blob_size", "diff_id", "media_type")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    BLOB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIFF_ID_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    origin: Origin
+    blob_size: int
+    diff_id: str
+    media_type: str
+    def __init__(self, digest: _Optional[str] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., diff_id: _Optional[str] = ..., media_type: _Optional[str] = ...) -> None: ...
+
+class BackgroundReply(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: BlobState
+    def __init__(self, state: _Optional[_Union[BlobState, _Mapping]] = ...) -> None: ...
+
+class BlobState(_message.Message):
+    __slots__ = ("digest", "kind", "size", "cached_bytes", "reason")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNKNOWN: _ClassVar[BlobState.Kind]
+        FETCHING: _ClassVar[BlobState.Kind]
+        COMPLETE: _ClassVar[BlobState.Kind]
+        QUARANTINED: _ClassVar[BlobState.Kind]
+        PARTIAL: _ClassVar[BlobState.Kind]
+    UNKNOWN: BlobState.Kind
+    FETCHING: BlobState.Kind
+    COMPLETE: BlobState.Kind
+    QUARANTINED: BlobState.Kind
+    PARTIAL: BlobState.Kind
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    kind: BlobState.Kind
+    size: int
+    cached_bytes: int
+    reason: str
+    def __init__(self, digest: _Optional[str] = ..., kind: _Optional[_Union[BlobState.Kind, str]] = ..., size: _Optional[int] = ..., cached_bytes: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PrefetchReply(_message.Message):
     __slots__ = ("chunks_queued",)
@@ -80,7 +142,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("used_bytes", "limit_bytes", "chunks", "pinned_chunks", "fetches_in_flight", "chunk_size", "reads", "fetches")
+    __slots__ = ("used_bytes", "limit_bytes", "chunks", "pinned_chunks", "fetches_in_flight", "chunk_size", "reads", "fetches", "fetched_bytes", "blobs", "background_fetch")
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +151,9 @@ class StatusReply(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     READS_FIELD_NUMBER: _ClassVar[int]
     FETCHES_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FETCH_FIELD_NUMBER: _ClassVar[int]
     used_bytes: int
     limit_bytes: int
     chunks: int
@@ -97,7 +162,10 @@ class StatusReply(_message.Message):
     chunk_size: int
     reads: int
     fetches: int
-    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., pinned_chunks: _Optional[int] = ..., fetches_in_flight: _Optional[int] = ..., chunk_size: _Optional[int] = ..., reads: _Optional[int] = ..., fetches: _Optional[int] = ...) -> None: ...
+    fetched_bytes: int
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobState]
+    background_fetch: bool
+    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., pinned_chunks: _Optional[int] = ..., fetches_in_flight: _Optional[int] = ..., chunk_size: _Optional[int] = ..., reads: _Optional[int] = ..., fetches: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., blobs: _Optional[_Iterable[_Union[BlobState, _Mapping]]] = ..., background_fetch: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("kind", "reason")
@@ -122,27 +190,35 @@ class Error(_message.Message):
     def __init__(self, kind: _Optional[_Union[Error.Kind, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "read", "prefetch", "status")
+    __slots__ = ("id", "read", "prefetch", "status", "evict", "background")
     ID_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    EVICT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     id: int
     read: ReadRequest
     prefetch: PrefetchRequest
     status: StatusRequest
-    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadRequest, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ...) -> None: ...
+    evict: EvictRequest
+    background: BackgroundRequest
+    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadRequest, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., evict: _Optional[_Union[EvictRequest, _Mapping]] = ..., background: _Optional[_Union[BackgroundRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("id", "read", "prefetch", "status", "error")
+    __slots__ = ("id", "read", "prefetch", "status", "error", "evict", "background")
     ID_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EVICT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     id: int
     read: ReadReply
     prefetch: PrefetchReply
     status: StatusReply
     error: Error
-    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadReply, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    evict: EvictReply
+    background: BackgroundReply
+    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadReply, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., evict: _Optional[_Union[EvictReply, _Mapping]] = ..., background: _Optional[_Union[BackgroundReply, _Mapping]] = ...) -> None: ...

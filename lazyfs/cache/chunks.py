@@ -144,6 +144,31 @@ class DiskCache:
             if key in self._lru:
                 self._lru.move_to_end(key)
 
+    def blob_usage(self) -> dict[Digest, int]:
+        """The bytes cached of each blob with a chunk cached."""
+        usage: Counter[Digest] = Counter()
+        with self._mutex:
+            for key, entry in self._lru.items():
+                usage[key.digest] += entry.length
+        return dict(usage)
+
+    def drop(self, key: ChunkKey) -> bool:
+        """Remove chunk ``key`` now, pinned or not: its bytes are not to be trusted.
+
+        A reader that has the file open keeps its bytes (the kernel keeps the
+        inode); everyone after it finds the chunk missing and fetches it again.
+        Returns whether it was cached.
+        """
+        with self._mutex:
+            if key not in self._lru:
+                return False
+            self._forget(key)
+            path = self.layout.chunk_path(key)
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: other chunks of the blob
+            os.rmdir(path.parent)
+        return True
+
     def stats(self) -> CacheStats:
         with self._mutex:
             return CacheStats(

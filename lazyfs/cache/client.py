@@ -33,16 +33,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lazyfs.cache.blobstate import refusal
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
 from lazyfs.cache.messages import (
     MAX_READ_LENGTH,
+    Background,
+    BackgroundOk,
+    BlobInfo,
     BlobRange,
+    Evict,
+    EvictOk,
     Failure,
     FailureKind,
     Origin,
+    Prefetch,
+    PrefetchOk,
     Read,
     ReadOk,
+    RegistryOrigin,
     Request,
     Response,
     Status,
@@ -52,6 +61,7 @@ from lazyfs.cache.messages import (
 )
 from providers.digest import Digest
 from providers.errors import LazyfsError, NotFound, TemporaryFailure
+from providers.manifest import Layer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,11 @@ _EVICTED_RETRIES = 3
 
 class CacheUnavailable(TemporaryFailure):
     """The cache daemon could not be reached within the wait: a miss cannot be served."""
+
+
+class Quarantined(LazyfsError):
+    """The blob's bytes contradict what this mount's image says, or its origin served wrong
+    ones (``lazyfs.cache.blobstate.refusal``): none of it is served to this mount."""
 
 
 class DaemonError(LazyfsError):
@@ -79,6 +94,8 @@ class RemoteBlob:
 
     origin: Origin
     size: int | None = None
+    diff_id: Digest | None = None
+    media_type: str = ""
 
 
 class Connection:
@@ -127,6 +144,11 @@ def status(cache_dir: Path, timeout: float | None = 5.0) -> StatusOk:
     return response
 
 
+def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
+    """Layer ``layer`` of the registry repository ``host``/``repository``, as a client reads it."""
+    return RemoteBlob(RegistryOrigin(host, repository), layer.size, layer.diff_id, layer.media_type)
+
+
 class CacheClient:
     """A BlobSource over the daemon of ``cache_dir`` for the blobs in ``blobs``.
 
@@ -151,6 +173,7 @@ class CacheClient:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._idle: list[Connection] = []
+        self._agreed: set[Digest] = set()  # blobs whose verdict agrees with this image
 
     def close(self) -> None:
         with self._lock:
@@ -182,6 +205,63 @@ class CacheClient:
                 break  # the blob ends here
         return b"".join(parts)
 
+    # What a mount asks besides reads
+
+    def layer_mounted(self, digest: Digest, prefetch: tuple[int, int] | None) -> None:
+        """Tell the daemon a layer is mounted: fetch blob bytes ``prefetch`` (start, end) now,
+        in one request, and the rest of the blob in the background (when the daemon does).
+
+        Neither is needed to serve a read, so a failure is logged, not raised.
+        """
+        blob = self._blob(digest)
+        try:
+            if prefetch is not None and prefetch[1] > prefetch[0]:
+                self.prefetch(digest, prefetch[0], prefetch[1] - prefetch[0])
+            if blob.size:
+                self.background(digest)
+        except LazyfsError as error:
+            log.warning("layer %s: the cache daemon did not take its prefetch: %s", digest, error)
+
+    def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+        """Have the daemon fetch blob bytes [offset, offset + length) now; returns chunks queued.
+
+        Not waited for: a read of those bytes meanwhile waits on that fetch.
+        """
+        blob = self._blob(digest)
+        ranges = tuple(
+            BlobRange(digest, start, min(MAX_READ_LENGTH, offset + length - start))
+            for start in range(offset, offset + length, MAX_READ_LENGTH)
+        )
+        answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size))
+        if not isinstance(answer, PrefetchOk):
+            raise TemporaryFailure(f"the cache daemon answered a prefetch with {answer}")
+        return answer.chunks_queued
+
+    def background(self, digest: Digest) -> BlobInfo:
+        """Have the daemon fetch the whole blob at low priority, then check it; its state now."""
+        blob = self._blob(digest)
+        if not blob.size:
+            raise ValueError(f"blob {digest}: a background fetch needs its size")
+        request = Background(
+            next(self._ids), digest, blob.origin, blob.size, blob.diff_id, blob.media_type
+        )
+        answer = self._ask(request)
+        if not isinstance(answer, BackgroundOk):
+            raise TemporaryFailure(f"the cache daemon answered a background fetch with {answer}")
+        return answer.state
+
+    def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
+        """Have the daemon drop the cached chunks of blob bytes [offset, offset + length).
+
+        For bytes found wrong (``reason``): no reader is served them again,
+        the next read fetches them afresh. Returns how many chunks went.
+        """
+        self._blob(digest)
+        answer = self._ask(Evict(next(self._ids), BlobRange(digest, offset, length), reason))
+        if not isinstance(answer, EvictOk):
+            raise TemporaryFailure(f"the cache daemon answered an eviction with {answer}")
+        return answer.chunks_evicted
+
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)
         if blob is None:
@@ -189,6 +269,12 @@ class CacheClient:
         return blob
 
     def _read(self, digest: Digest, blob: RemoteBlob, offset: int, length: int) -> bytes:
+        if digest not in self._agreed:
+            reason, final = refusal(self.cache_dir, digest, blob.origin, blob.size, blob.diff_id)
+            if reason is not None:
+                raise Quarantined(reason)
+            if final:
+                self._agreed.add(digest)
         data = self.files.read_range(digest, offset, length)
         if data is not None:
             return data

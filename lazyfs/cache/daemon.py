@@ -31,12 +31,19 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
 from lazyfs.cache.layout import SOCKET_NAME, socket_path
 from lazyfs.cache.messages import (
+    MAX_READ_LENGTH,
+    Background,
+    BackgroundOk,
     BadRequest,
+    BlobRange,
+    Evict,
+    EvictOk,
     Failure,
     FailureKind,
     Origin,
@@ -77,9 +84,14 @@ async def serve(
     cache: DiskCache,
     resolve: Resolve,
     *,
+    background: bool = True,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the cache until cancelled; ``task_status.started`` gets the socket's path."""
+    """Serve the cache until cancelled; ``task_status.started`` gets the socket's path.
+
+    ``background``: whether background fetch requests are carried out
+    (``lazyfs.cache.background``); when not, they are answered and ignored.
+    """
     path = socket_path(cache.layout.root)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -94,7 +106,9 @@ async def serve(
     listener = trio.SocketListener(sock)
     try:
         async with trio.open_nursery() as nursery:
-            server = Server(cache, Fetcher(cache, nursery), resolve)
+            fetcher = Fetcher(cache, nursery)
+            backgrounds = Backgrounds(fetcher, nursery, enabled=background)
+            server = Server(cache, fetcher, resolve, backgrounds)
             task_status.started(path)
             await trio.serve_listeners(server.connection, [listener])
     finally:
@@ -105,10 +119,17 @@ async def serve(
 class Server:
     """The message handling of the daemon, one ``connection`` call per mount connected."""
 
-    def __init__(self, cache: DiskCache, fetcher: Fetcher, resolve: Resolve) -> None:
+    def __init__(
+        self,
+        cache: DiskCache,
+        fetcher: Fetcher,
+        resolve: Resolve,
+        backgrounds: Backgrounds | None = None,
+    ) -> None:
         self.cache = cache
         self.fetcher = fetcher
         self.resolve = resolve
+        self.backgrounds = backgrounds
         self.reads = 0  # read requests received: what a mount could not serve itself
 
     async def connection(self, stream: trio.abc.Stream) -> None:
@@ -169,12 +190,34 @@ class Server:
                 )
                 return ReadOk(request.id, tuple(extents))
             if isinstance(request, Prefetch):
-                source = self.resolve(request.origin)
+                source = self._source(request.origin, request.ranges, request.blob_size)
+                # One request per range: a landmark's files arrive in one go.
+                whole = MAX_READ_LENGTH // self.cache.layout.chunk_size
                 queued = sum(
-                    self.fetcher.prefetch(source, r.digest, [(r.offset, r.length)])
+                    self.fetcher.prefetch(
+                        source, r.digest, [(r.offset, r.length)], request.blob_size,
+                        max_request_chunks=whole,
+                    )
                     for r in request.ranges
-                )
+                )  # fmt: skip
                 return PrefetchOk(request.id, queued)
+            if isinstance(request, Evict):
+                blob = request.range
+                dropped = self.fetcher.evict(blob.digest, blob.offset, blob.length)
+                why = request.reason or "no reason given"
+                log.warning("evicted %d chunks of %s bytes %d+%d: %s", dropped, blob.digest,
+                            blob.offset, blob.length, why)  # fmt: skip
+                return EvictOk(request.id, dropped)
+            if isinstance(request, Background):
+                if self.backgrounds is None:
+                    raise BadRequest("this cache daemon does no background fetch")
+                source = self.resolve(request.origin)
+                if isinstance(source, SizeHints):
+                    source.note_size(request.digest, request.blob_size)
+                state = self.backgrounds.start(
+                    source, request.digest, request.blob_size, request.diff_id, request.origin
+                )
+                return BackgroundOk(request.id, state)
             stats = self.cache.stats()
             return StatusOk(
                 request.id,
@@ -186,8 +229,20 @@ class Server:
                 stats.chunk_size,
                 self.reads,
                 self.fetcher.fetches_started,
+                self.fetcher.fetched_bytes,
+                tuple(self.backgrounds.infos()) if self.backgrounds is not None else (),
+                self.backgrounds is not None and self.backgrounds.enabled,
             )
         except Exception as error:
             kind = failure_kind(error)
             log.warning("cache request %d failed (%s): %s", request.id, kind.name, error)
             return Failure(request.id, kind, str(error) or type(error).__name__)
+
+    def _source(
+        self, origin: Origin, ranges: tuple[BlobRange, ...], blob_size: int | None
+    ) -> BlobSource:
+        source = self.resolve(origin)
+        if blob_size is not None and isinstance(source, SizeHints):
+            for blob in ranges:
+                source.note_size(blob.digest, blob_size)
+        return source

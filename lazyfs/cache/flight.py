@@ -32,8 +32,8 @@ import trio
 
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.layout import ChunkKey
-from lazyfs.cache.messages import Extent
 from lazyfs.cache.planner import Fetch, Readahead, advance, plan, wanted_chunks
+from lazyfs.cache.values import Extent
 from providers.digest import Digest
 from providers.errors import TemporaryFailure
 from providers.source import BlobSource
@@ -80,6 +80,11 @@ class Fetcher:
         self._readahead: OrderedDict[Digest, Readahead] = OrderedDict()
         self.fetches_in_flight = 0
         self.fetches_started = 0
+        self.fetched_bytes = 0
+        # Readers waiting on a flight now: background fetches pause while any do.
+        self.demand_waiting = 0
+        self._quiet = trio.Event()
+        self._quiet.set()
 
     async def read_extents(
         self,
@@ -143,22 +148,82 @@ class Fetcher:
             with self.cache.pinned(keys):
                 self._start(source, digest, indices, self._readahead_for(digest, indices))
                 waits = [f for key in keys if (f := self._flights.get(key)) is not None]
-                await self._wait(waits)
+                if waits:
+                    self._demand(+1)
+                    try:
+                        await self._wait(waits)
+                    finally:
+                        self._demand(-1)
                 extents = self._extents(digest, offset, length, indices)
                 if extents is not None:
                     return build(extents)
         raise TemporaryFailure(f"chunks of {digest} vanished from the cache while being read")
 
     def prefetch(
-        self, source: BlobSource, digest: Digest, ranges: Iterable[tuple[int, int]]
+        self,
+        source: BlobSource,
+        digest: Digest,
+        ranges: Iterable[tuple[int, int]],
+        blob_size: int | None = None,
+        *,
+        max_request_chunks: int | None = None,
     ) -> int:
         """Start fetching the chunks of ``ranges`` not cached or in flight; returns how many.
 
         Does not wait: the fetches run in the background, failures only
-        clear their flights.
+        clear their flights. Adjacent missing chunks go out in requests of
+        up to ``max_request_chunks`` (default: as reads do).
         """
+        if blob_size is not None:
+            self._sizes[digest] = blob_size
         indices = wanted_chunks(ranges, self.chunk_size, self._size(digest))
-        return self._start(source, digest, [], indices)
+        return self._start(source, digest, [], indices, max_request_chunks)
+
+    async def fetch_chunks(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        indices: list[int],
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        """Fetch the chunks ``indices`` not cached yet, under ``limiter``, and wait for them all.
+
+        For background work: the requests count against ``limiter``, not the
+        readers' one, so that reads always find room upstream. Raises what a
+        fetch raised.
+        """
+        self._start(source, digest, [], indices, limiter=limiter)
+        waits = [f for i in indices if (f := self._flights.get(ChunkKey(digest, i))) is not None]
+        await self._wait(waits)
+
+    async def quiet(self) -> None:
+        """Return once no reader waits on a fetch (at once when none does)."""
+        while self.demand_waiting:
+            await self._quiet.wait()
+
+    def in_flight(self, key: ChunkKey) -> bool:
+        return key in self._flights
+
+    def evict(self, digest: Digest, offset: int, length: int) -> int:
+        """Drop the cached chunks holding blob bytes [offset, offset + length); returns how many.
+
+        A chunk being fetched is left to land: it is new bytes, not the ones
+        found wrong.
+        """
+        dropped = 0
+        for index in wanted_chunks([(offset, length)], self.chunk_size):
+            key = ChunkKey(digest, index)
+            if key not in self._flights and self.cache.drop(key):
+                dropped += 1
+        return dropped
+
+    def _demand(self, change: int) -> None:
+        self.demand_waiting += change
+        if self.demand_waiting:
+            if self._quiet.is_set():
+                self._quiet = trio.Event()
+        else:
+            self._quiet.set()
 
     def _size(self, digest: Digest) -> int | None:
         """The blob's size, when a request, a short answer or a short chunk told it."""
@@ -186,7 +251,14 @@ class Fetcher:
         return list(ahead)
 
     def _start(
-        self, source: BlobSource, digest: Digest, wanted: list[int], ahead: list[int]
+        self,
+        source: BlobSource,
+        digest: Digest,
+        wanted: list[int],
+        ahead: list[int],
+        max_request_chunks: int | None = None,
+        *,
+        limiter: trio.CapacityLimiter | None = None,
     ) -> int:
         """Start the fetches ``wanted`` and ``ahead`` need; returns how many chunks they fetch."""
         have = _InHand(digest, self._flights, self.cache)
@@ -196,7 +268,7 @@ class Fetcher:
             wanted,
             have,
             ahead=ahead,
-            max_request_chunks=self._max_request_chunks,
+            max_request_chunks=max_request_chunks or self._max_request_chunks,
             last_chunk=last_chunk,
         )
         for fetch in fetches:
@@ -204,7 +276,9 @@ class Fetcher:
             self._flights.update(flights)
             self.fetches_in_flight += 1
             self.fetches_started += 1
-            self._nursery.start_soon(self._fetch, source, digest, fetch, flights)
+            self._nursery.start_soon(
+                self._fetch, source, digest, fetch, flights, limiter or self._limiter
+            )
         return sum(fetch.count for fetch in fetches)
 
     async def _wait(self, waits: list[_Flight]) -> None:
@@ -239,15 +313,21 @@ class Fetcher:
     # Fetching
 
     async def _fetch(
-        self, source: BlobSource, digest: Digest, fetch: Fetch, flights: dict[ChunkKey, _Flight]
+        self,
+        source: BlobSource,
+        digest: Digest,
+        fetch: Fetch,
+        flights: dict[ChunkKey, _Flight],
+        limiter: trio.CapacityLimiter,
     ) -> None:
         """Run one request; never raises (that would cancel every other fetch)."""
         offset, length = fetch.span(self.chunk_size)
         error: BaseException | None = None
         try:
             data = await trio.to_thread.run_sync(
-                source.read_range, digest, offset, length, limiter=self._limiter
+                source.read_range, digest, offset, length, limiter=limiter
             )
+            self.fetched_bytes += len(data)
             if len(data) < length:
                 self._sizes[digest] = offset + len(data)
             for index in fetch.chunks:

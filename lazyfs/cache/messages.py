@@ -1,10 +1,13 @@
 """The daemon's messages as typed values, checked on the way in: no I/O here.
 
-``decode_request`` turns a frame's payload into a ``Read``, ``Prefetch`` or
-``Status`` (or raises BadRequest naming what is wrong, with the request's id
-when it had one, so the daemon can answer it); ``encode_request`` does the
+``decode_request`` turns a frame's payload into a ``Read``, ``Prefetch``,
+``Status``, ``Evict`` or ``Background`` (or raises BadRequest naming what
+is wrong, with the request's id when it had one, so the daemon can answer
+it); ``encode_request`` does the
 reverse for the mount. ``encode_response``/``decode_response`` do the same for
-the answers: ``ReadOk``, ``PrefetchOk``, ``StatusOk`` and ``Failure``.
+the answers: ``ReadOk``, ``PrefetchOk``, ``StatusOk``, ``EvictOk``,
+``BackgroundOk`` and ``Failure``. The values themselves are in ``values``
+and named here too.
 ``failure_kind`` maps an exception onto the wire's error kinds, the one place
 the daemon's errors are translated for its clients.
 
@@ -14,13 +17,33 @@ Encoding then decoding a value gives the value back; the wire format itself is
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-
 from google.protobuf.message import DecodeError
 
 from lazyfs.cache import cache_pb2 as pb
 from lazyfs.cache.framing import ProtocolError
+from lazyfs.cache.values import (
+    Background,
+    BackgroundOk,
+    BlobInfo,
+    BlobKind,
+    BlobRange,
+    Evict,
+    EvictOk,
+    Extent,
+    Failure,
+    FailureKind,
+    HandleOrigin,
+    Origin,
+    Prefetch,
+    PrefetchOk,
+    Read,
+    ReadOk,
+    RegistryOrigin,
+    Request,
+    Response,
+    Status,
+    StatusOk,
+)
 from providers.digest import Digest, parse_digest
 from providers.errors import (
     BadImage,
@@ -34,6 +57,41 @@ from providers.errors import (
 # bounded so that a single request cannot hold the daemon on gigabytes.
 MAX_READ_LENGTH = 64 << 20
 MAX_PREFETCH_RANGES = 4096
+# What a status lists of the blobs: enough for any machine's images, bounded
+# so that the answer stays within one frame.
+MAX_STATUS_BLOBS = 4096
+
+__all__ = [
+    "MAX_PREFETCH_RANGES",
+    "MAX_READ_LENGTH",
+    "Background",
+    "BackgroundOk",
+    "BadRequest",
+    "BlobInfo",
+    "BlobKind",
+    "BlobRange",
+    "Evict",
+    "EvictOk",
+    "Extent",
+    "Failure",
+    "FailureKind",
+    "HandleOrigin",
+    "Origin",
+    "Prefetch",
+    "PrefetchOk",
+    "Read",
+    "ReadOk",
+    "RegistryOrigin",
+    "Request",
+    "Response",
+    "Status",
+    "StatusOk",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+    "failure_kind",
+]
 
 
 class BadRequest(ProtocolError):
@@ -47,108 +105,6 @@ class BadRequest(ProtocolError):
         super().__init__(reason)
         self.reason = reason
         self.request_id = request_id
-
-
-@dataclass(frozen=True)
-class RegistryOrigin:
-    host: str
-    repository: str
-
-
-@dataclass(frozen=True)
-class HandleOrigin:
-    handle: str
-
-
-Origin = RegistryOrigin | HandleOrigin
-
-
-@dataclass(frozen=True)
-class BlobRange:
-    digest: Digest
-    offset: int
-    length: int
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
-
-
-@dataclass(frozen=True)
-class Read:
-    id: int
-    range: BlobRange
-    origin: Origin
-    blob_size: int | None = None
-
-
-@dataclass(frozen=True)
-class Prefetch:
-    id: int
-    ranges: tuple[BlobRange, ...]
-    origin: Origin
-
-
-@dataclass(frozen=True)
-class Status:
-    id: int
-
-
-Request = Read | Prefetch | Status
-
-
-@dataclass(frozen=True)
-class Extent:
-    """Blob bytes [blob_offset, blob_offset + length) at ``file_offset`` of the file ``path``."""
-
-    path: str
-    file_offset: int
-    blob_offset: int
-    length: int
-
-
-@dataclass(frozen=True)
-class ReadOk:
-    id: int
-    extents: tuple[Extent, ...]
-
-
-@dataclass(frozen=True)
-class PrefetchOk:
-    id: int
-    chunks_queued: int
-
-
-@dataclass(frozen=True)
-class StatusOk:
-    id: int
-    used_bytes: int
-    limit_bytes: int
-    chunks: int
-    pinned_chunks: int
-    fetches_in_flight: int
-    chunk_size: int
-    reads: int = 0
-    fetches: int = 0
-
-
-class FailureKind(enum.Enum):
-    FAILED = pb.Error.FAILED
-    NOT_FOUND = pb.Error.NOT_FOUND
-    UNAUTHORIZED = pb.Error.UNAUTHORIZED
-    DIGEST_MISMATCH = pb.Error.DIGEST_MISMATCH
-    TEMPORARY = pb.Error.TEMPORARY
-    BAD_REQUEST = pb.Error.BAD_REQUEST
-
-
-@dataclass(frozen=True)
-class Failure:
-    id: int
-    kind: FailureKind
-    reason: str
-
-
-Response = ReadOk | PrefetchOk | StatusOk | Failure
 
 
 def failure_kind(error: BaseException) -> FailureKind:
@@ -182,6 +138,18 @@ def encode_request(request: Request) -> bytes:
     elif isinstance(request, Prefetch):
         message.prefetch.ranges.extend(_range_pb(r) for r in request.ranges)
         message.prefetch.origin.CopyFrom(_origin_pb(request.origin))
+        if request.blob_size is not None:
+            message.prefetch.blob_size = request.blob_size
+    elif isinstance(request, Evict):
+        message.evict.range.CopyFrom(_range_pb(request.range))
+        message.evict.reason = request.reason
+    elif isinstance(request, Background):
+        body = message.background
+        body.digest = request.digest
+        body.origin.CopyFrom(_origin_pb(request.origin))
+        body.blob_size = request.blob_size
+        body.diff_id = request.diff_id or ""
+        body.media_type = request.media_type
     else:
         message.status.SetInParent()
     return message.SerializeToString()
@@ -215,14 +183,36 @@ def decode_request(payload: bytes) -> Request:
                     f"prefetch of {len(prefetch.ranges)} ranges; the limit is {MAX_PREFETCH_RANGES}"
                 )
             ranges = tuple(_range(r) for r in prefetch.ranges)
-            return Prefetch(
-                request_id, ranges, _origin(prefetch.origin, prefetch.HasField("origin"))
-            )
+            origin = _origin(prefetch.origin, prefetch.HasField("origin"))
+            size = prefetch.blob_size if prefetch.HasField("blob_size") else None
+            return Prefetch(request_id, ranges, origin, size)
         if body == "status":
             return Status(request_id)
-        raise BadRequest("request without a body (read, prefetch or status)")
+        if body == "evict":
+            if not message.evict.HasField("range"):
+                raise BadRequest("evict request without a range")
+            return Evict(request_id, _range(message.evict.range), message.evict.reason)
+        if body == "background":
+            return _background(request_id, message.background)
+        raise BadRequest("request without a body (read, prefetch, status, evict or background)")
     except BadRequest as error:
         raise BadRequest(f"request {request_id}: {error.reason}", request_id) from None
+
+
+def _background(request_id: int, message: pb.BackgroundRequest) -> Background:
+    digest = _digest(message.digest, "blob")
+    diff_id = _digest(message.diff_id, "diff_id") if message.diff_id else None
+    if message.blob_size == 0:
+        raise BadRequest("background fetch without the blob's size")
+    origin = _origin(message.origin, message.HasField("origin"))
+    return Background(request_id, digest, origin, message.blob_size, diff_id, message.media_type)
+
+
+def _digest(text: str, what: str) -> Digest:
+    try:
+        return parse_digest(text)
+    except BadImage:
+        raise BadRequest(f"invalid {what} digest {text!r}") from None
 
 
 def _range_pb(blob_range: BlobRange) -> pb.BlobRange:
@@ -232,10 +222,7 @@ def _range_pb(blob_range: BlobRange) -> pb.BlobRange:
 
 
 def _range(message: pb.BlobRange) -> BlobRange:
-    try:
-        digest = parse_digest(message.digest)
-    except BadImage:
-        raise BadRequest(f"invalid blob digest {message.digest!r}") from None
+    digest = _digest(message.digest, "blob")
     if message.length > MAX_READ_LENGTH:
         raise BadRequest(f"range of {message.length} bytes; the limit is {MAX_READ_LENGTH}")
     return BlobRange(digest, message.offset, message.length)
@@ -287,8 +274,16 @@ def encode_response(response: Response) -> bytes:
                 chunk_size=response.chunk_size,
                 reads=response.reads,
                 fetches=response.fetches,
+                fetched_bytes=response.fetched_bytes,
+                blobs=[_blob_pb(b) for b in response.blobs[:MAX_STATUS_BLOBS]],
+                background_fetch=response.background_fetch,
             )
         )
+    elif isinstance(response, EvictOk):
+        message.evict.chunks_evicted = response.chunks_evicted
+        message.evict.SetInParent()
+    elif isinstance(response, BackgroundOk):
+        message.background.state.CopyFrom(_blob_pb(response.state))
     else:
         message.error.kind = response.kind.value
         message.error.reason = response.reason
@@ -325,7 +320,14 @@ def decode_response(payload: bytes) -> Response:
             s.chunk_size,
             s.reads,
             s.fetches,
+            s.fetched_bytes,
+            tuple(_blob(b) for b in s.blobs),
+            s.background_fetch,
         )
+    if body == "evict":
+        return EvictOk(message.id, message.evict.chunks_evicted)
+    if body == "background":
+        return BackgroundOk(message.id, _blob(message.background.state))
     if body == "error":
         try:
             kind = FailureKind(message.error.kind)
@@ -334,3 +336,23 @@ def decode_response(payload: bytes) -> Response:
             kind = FailureKind.FAILED
         return Failure(message.id, kind, message.error.reason)
     raise ProtocolError(f"response {message.id} without a body")
+
+
+def _blob_pb(info: BlobInfo) -> pb.BlobState:
+    return pb.BlobState(
+        digest=info.digest,
+        kind=info.kind.value,
+        size=info.size,
+        cached_bytes=info.cached_bytes,
+        reason=info.reason,
+    )
+
+
+def _blob(message: pb.BlobState) -> BlobInfo:
+    try:
+        kind = BlobKind(message.kind)
+    except ValueError:
+        kind = BlobKind.UNKNOWN  # a newer daemon's state
+    return BlobInfo(
+        Digest(message.digest), kind, message.size, message.cached_bytes, message.reason
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -30,8 +31,11 @@ PID_NAME = "daemon.pid"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def run(cache_dir: Path, limit_bytes: int, resolve: Resolve) -> None:
-    """Serve the cache at ``cache_dir`` until SIGTERM or SIGINT. Blocking."""
+def run(cache_dir: Path, limit_bytes: int, resolve: Resolve, *, background: bool = True) -> None:
+    """Serve the cache at ``cache_dir`` until SIGTERM or SIGINT. Blocking.
+
+    ``background``: whether mounted layers are fetched whole in the background.
+    """
     # A signal before trio listens (while the cache is taken stock of) ends the
     # process as signals do: the lock goes with it, and nothing is served yet.
     with DiskCache.open(cache_dir, limit_bytes) as cache:
@@ -47,16 +51,16 @@ def run(cache_dir: Path, limit_bytes: int, resolve: Resolve) -> None:
             stats.limit_bytes,
         )
         try:
-            trio.run(_serve, cache, resolve)
+            trio.run(_serve, cache, resolve, background)
         finally:
             pid_file.unlink(missing_ok=True)
     log.info("cache daemon stopped")
 
 
-async def _serve(cache: DiskCache, resolve: Resolve) -> None:
+async def _serve(cache: DiskCache, resolve: Resolve, background: bool) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            path = await nursery.start(serve, cache, resolve)
+            path = await nursery.start(partial(serve, cache, resolve, background=background))
             log.info("cache daemon serving on %s", path)
             async for number in signals:
                 log.info("%s: stopping", signal.Signals(number).name)

@@ -4,8 +4,12 @@
 registry origin (host and repository, as a mount names the image its layer
 came from) becomes a BlobSource over one ``RegistryClient``, built from the
 same registry flags as pulls: credentials (``--docker_config``), mirrors,
-TLS and deadlines are the daemon's own, never sent by a mount. One client
-serves every origin, so bearer tokens are shared and renewed in one place.
+TLS and deadlines are the daemon's own, never sent by a mount. Every origin
+has a client of its own, since a client knows one home per blob digest and
+two repositories may hold the same blob (the last one named would win, and
+reads of the other would go to a repository that may not let us in); the
+clients share one HTTP layer, so bearer tokens are still kept and renewed in
+one place.
 A handle origin names a source the daemon was configured with (tests).
 
 A registry client serves only blobs it knows the size of, which a pull
@@ -33,6 +37,7 @@ class Origins:
     def __init__(
         self, options: RegistryOptions, handles: Mapping[str, BlobSource] | None = None
     ) -> None:
+        self.options = options
         self.client = RegistryClient(options)
         self.handles = dict(handles or {})
         self._repositories: dict[RegistryOrigin, RegistryBlobs] = {}
@@ -45,7 +50,10 @@ class Origins:
             return source
         found = self._repositories.get(origin)
         if found is None:
-            found = self._repositories[origin] = RegistryBlobs(self.client, origin)
+            client = RegistryClient(self.options)
+            # One HTTP layer (sessions, tokens, retries) for every origin.
+            client.http, client.ranges = self.client.http, self.client.ranges
+            found = self._repositories[origin] = RegistryBlobs(client, origin)
         return found
 
 

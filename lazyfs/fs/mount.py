@@ -1,9 +1,12 @@
 """The public mount API: serve an image's merged tree at a mount point, in its own process.
 
-pyfuse3 serves one mount per process, so every mount is a child process
-running ``python -m lazyfs.fs.mount_main`` (see there), in a session of its
-own with its output going to a log file, so it outlives the caller's
-terminal and its Ctrl-C.  This is the one module of lazyfs that backends may
+pyfuse3 serves one mount per process, so every mount is a process running
+``lazyfs.fs.mount_main`` (see there), in a session of its own with its
+output going to a log file, so it outlives the caller's terminal and its
+Ctrl-C.  It is forked by the store's mount server, which has imported it
+all once (``lazyfs.fs.mount_server_client``), or exec'd as ``python -m
+lazyfs.fs.mount_main`` when the server cannot be had; either way the same
+process to the caller.  This is the one module of lazyfs that backends may
 import, and it stays light: it loads no FUSE, index or tree code.  Layers
 still in a registry (``remote``, see ``lazyfs.cache.remote``) are read by
 the mount process through the cache daemon, which ``mount`` starts first
@@ -38,10 +41,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, ensure_daemon
+from lazyfs.fs import mount_server_client as server_client
 from lazyfs.fs.mount_wire import (
     INDEXED,
     READY,
@@ -58,6 +62,7 @@ from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
+    from providers.digest import Digest
     from providers.tar_stream import LayerLimits
 
 __all__ = [
@@ -71,6 +76,7 @@ __all__ = [
     "mount",
     "mount_points",
     "mount_recorded",
+    "open_complete",
     "parse_layer_arg",
     "parse_layer_args",
     "recorded_pid",
@@ -82,6 +88,7 @@ __all__ = [
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
 MODULE = "lazyfs.fs.mount_main"
+_PF_KTHREAD = 0x00200000  # proc(5), /proc/PID/stat field 9
 
 
 def mount(
@@ -113,7 +120,7 @@ def mount(
     ``suid`` and ``dev`` (as root; the defaults, as a container's rootfs
     needs) honour the image's setuid bits and device nodes; false, the
     mount is ``nosuid``/``nodev``, as a person's look inside an image must
-    be where other users can reach it (see ``lazyfs.fs.mount_main.mount_options``).
+    be where other users can reach it (see ``lazyfs.fs.mount_options``).
 
     Returns the mount process's pid.  Raises what indexing raised for a
     layer it refuses (BadImage, UnsafeLayer; one that unpacks past
@@ -121,9 +128,7 @@ def mount(
     when the mount does not come up within ``timeout`` of the layers being
     indexed (the reason from the mount process's answer or log).
     """
-    # -P: the caller's working directory is not on the mount process's import path.
-    argv = [sys.executable, "-P", "-m", MODULE, "--mountpoint", str(mountpoint)]
-    argv += ["--store", str(store)]
+    argv = ["--mountpoint", str(mountpoint), "--store", str(store)]
     origins = {} if remote is None else remote.origins
     if remote is not None and any(layer.digest in origins for layer in layers):
         ensure_daemon(remote.daemon)
@@ -154,19 +159,7 @@ def mount(
         os.set_inheritable(write_end, True)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            # posix_spawn, not subprocess: the caller forgets this child on
-            # purpose, and Popen would warn about that when collected.
-            pid = os.posix_spawn(
-                sys.executable,
-                [*argv, "--ready-fd", str(write_end)],
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                ],
-                setsid=True,  # detached: no signal of the caller's terminal reaches it
-            )
+            pid = _start(argv, store, ready_fd=write_end, log_fd=log_fd)
         finally:
             os.close(log_fd)
         os.close(write_end)
@@ -189,6 +182,36 @@ def mount(
         raise refused_error(answer[len(REFUSED) :])
     reason = answer.decode(errors="replace").strip() or _last_line(log_path)
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
+
+
+def _start(args: list[str], store: Path, *, ready_fd: int, log_fd: int) -> int:
+    """Start the mount process of ``args``: forked by the mount server if it can, else exec'd.
+
+    ``LAZYFS_MOUNT_SERVER`` (``lazyfs.fs.mount_server_client``) forces either way.
+    """
+    use_server = server_client.wanted()
+    if use_server is not False:
+        try:
+            directory = server_client.server_dir(store)
+            return server_client.start_mount(directory, args, ready_fd=ready_fd, log_fd=log_fd)
+        except server_client.Unreachable as why:
+            if use_server:
+                raise BackendError(f"the mount server cannot start this mount: {why}") from None
+            os.write(log_fd, f"starting the mount process itself: {why}\n".encode())
+    # posix_spawn, not subprocess: the caller forgets this child on purpose,
+    # and Popen would warn about that when collected.
+    return os.posix_spawn(
+        sys.executable,
+        # -P: the caller's working directory is not on the mount process's import path.
+        [sys.executable, "-P", "-m", MODULE, *args, "--ready-fd", str(ready_fd)],
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ],
+        setsid=True,  # detached: no signal of the caller's terminal reaches it
+    )
 
 
 def mount_recorded(
@@ -316,11 +339,20 @@ def _fusermount_unmount(mountpoint: Path) -> None:
 
 
 def _is_mount_process(pid: int, mountpoint: Path) -> bool:
-    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused)."""
+    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused).
+
+    One that is exiting (its memory, command line with it, already gone) is
+    waited for too: a process forked by the mount server gets there within
+    a moment of the unmount, and an exec'd one is reaped only by waiting.
+    """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             args = cmdline.read().split(b"\0")
-    except OSError:
+        if args == [b""]:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                flags = int(stat.read().rsplit(b")", 1)[1].split()[6])
+            return not flags & _PF_KTHREAD  # a kernel thread's has none at all
+    except (OSError, ValueError, IndexError):
         return False
     return MODULE.encode() in args and os.fsencode(str(mountpoint)) in args
 
@@ -345,3 +377,14 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def _signal(pid: int, number: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, number)
+
+
+def open_complete(cache_dir: Path, digest: Digest) -> BinaryIO | None:
+    """Blob ``digest`` from the cache's chunk files, when the daemon found it whole and verified.
+
+    None otherwise. Not verified here: the reader checks it (``Store.ingest``);
+    see ``lazyfs.cache.blobstate``. Loaded only when called: mounting needs it not.
+    """
+    from lazyfs.cache.blobstate import open_complete as from_cache
+
+    return from_cache(cache_dir, digest)

@@ -23,7 +23,7 @@ kernel allow it (``lazyfs.fs.caps``), else today's path with handles.
 Options: ``fsname=lazyfs``, ``ro`` unless writable, ``default_permissions`` (the kernel
 checks modes, since other users see the tree), ``nosuid,nodev`` unless
 ``--suid``/``--dev`` say otherwise, and as root ``allow_other``.  See
-``mount_options`` for why.  It logs to stderr, which the parent points at a
+``lazyfs.fs.mount_options`` for why.  It logs to stderr, which the parent points at a
 log file.
 """
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from lazyfs.cache.client import CacheClient
     from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs import caps as fuse_caps
+from lazyfs.fs.mount_options import mount_options
 from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.index.model import LayerData, LayerIndex
@@ -57,6 +58,8 @@ from lazyfs.index.stored import (
     check_data_present,
     ensure_index,
     ensure_remote_index,
+    index_source,
+    load_chunk_table,
     load_index,
 )
 from lazyfs.store.blobs import StoreBlobs
@@ -65,7 +68,6 @@ from lazyfs.tree.kept import merged_tree, tree_path
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
-from providers.source import BlobSource
 
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
@@ -99,36 +101,6 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def mount_options(*, writable: bool = False, suid: bool = False, dev: bool = False) -> set[str]:
-    """The FUSE mount options; ``suid`` and ``dev`` count only as root.
-
-    ``allow_other`` as root: without it the kernel lets in only processes
-    running as the mounting user, root here. A container's rootfs needs it,
-    since its processes run as the image's user, and so does a person's
-    ``sudo lazyfs mount``, looked at as themselves. Who else gets in is up
-    to the mount point's parents: a rootfs's are closed to other users (see
-    ``providers.private_dir``), a person's are theirs to choose. Whoever
-    gets in meets the image's modes (``default_permissions``): they read
-    what the image lets anyone read and, in a writable mount, write where
-    it lets anyone write (into the upper, discarded on umount).
-
-    ``suid`` and ``dev`` are for a container's rootfs, whose setuid files
-    and device nodes must work inside it; a person's look inside an image
-    gets ``nosuid,nodev``, so an image's setuid-root file, or a device node
-    anyone may open, reached through their mount point gives no one root.
-    Without root, fusermount3 mounts ``nosuid,nodev`` whatever is asked.
-    """
-    options = set(pyfuse3.default_options) | {"fsname=lazyfs"}
-    if not writable:
-        options.add("ro")
-    root = os.geteuid() == 0
-    if root:
-        options.add("allow_other")
-    options.add("suid" if suid and root else "nosuid")
-    options.add("dev" if dev and root else "nodev")
-    return options
-
-
 @dataclass(frozen=True)
 class _Indexed:
     """The layers made ready to mount: each one's blob and stored index.
@@ -144,6 +116,7 @@ class _Indexed:
     indexes: dict[Digest, LayerIndex]
     whole: bool
     remote: dict[Digest, TarRangeReader]
+    index_dirs: dict[Digest, Path]  # where each remote layer's index is
 
 
 def _index_layers(
@@ -168,9 +141,10 @@ def _index_layers(
     files: dict[Digest, Path] = {}
     indexes: dict[Digest, LayerIndex] = {}
     remote: dict[Digest, TarRangeReader] = {}
+    index_dirs: dict[Digest, Path] = {}
     for layer, origin in layers:
         if origin is not None and client is not None:
-            indexes[layer.digest], remote[layer.digest] = _remote_layer(
+            indexes[layer.digest], remote[layer.digest], index_dirs[layer.digest] = _remote_layer(
                 store, layer, client, entries=whole, limits=limits
             )
             continue
@@ -179,7 +153,7 @@ def _index_layers(
         indexes[layer.digest] = ensure_index(
             store.layers, store.tmp, layer.digest, blob, entries=whole, limits=limits
         )
-    return _Indexed(store.layers, digests, files, indexes, whole, remote)
+    return _Indexed(store.layers, digests, files, indexes, whole, remote, index_dirs)
 
 
 def _cache_client(
@@ -190,11 +164,10 @@ def _cache_client(
         return None
     # Loaded only with remote layers: a mount of local layers starts without
     # the daemon's protocol (protobuf) and client.
-    from lazyfs.cache.client import CacheClient, RemoteBlob
-    from lazyfs.cache.messages import RegistryOrigin
+    from lazyfs.cache.client import CacheClient, remote_blob
 
     remote = {
-        layer.digest: RemoteBlob(RegistryOrigin(origin.host, origin.repository), layer.size)
+        layer.digest: remote_blob(origin.host, origin.repository, layer)
         for layer, origin in layers
         if origin is not None
     }
@@ -205,43 +178,47 @@ def _cache_client(
     return CacheClient(cache_dir, remote)
 
 
-# The seam for remote layers. Everything above and below takes a remote
-# layer's index and reader from here; only this function knows how a layer
-# is read lazily.
+# The seam for remote layers: only this function knows how a layer is read lazily.
 def _remote_layer(
     store: Store,
     layer: Layer,
-    blobs: BlobSource,
+    blobs: CacheClient,
     *,
     entries: bool,
     limits: LayerLimits | None,
-) -> tuple[LayerIndex, TarRangeReader]:
-    """The index of a layer still in a registry, and the reader of its tar stream.
+) -> tuple[LayerIndex, TarRangeReader, Path]:
+    """The index of a layer still in a registry, the reader of its tar stream, its layers dir.
 
     ``blobs`` reads the layer's blob by range through the cache daemon
     (``lazyfs.cache.client.CacheClient``): cached chunks from the cache
     files, misses fetched once by the daemon. An eStargz layer (its
     ``toc.digest`` annotation) is indexed from its footer and TOC, checked
     against the annotation, and read chunk by chunk, each chunk checked
-    against its ``chunkDigest`` before any byte of it is served. A layer
+    against its ``chunkDigest`` before any byte of it is served; the daemon
+    is asked at once for the files before its prefetch landmark (one range
+    request) and for the rest of the blob in the background. A layer
     that cannot be read so (no TOC digest, or the store already holds an
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and
-    read as a local layer. Stored like any index, under ``store.layers``.
+    read as a local layer. Stored under ``store.layers`` (eStargz: by TOC too).
     """
+    # Loaded only with remote layers: it loads the eStargz code.
+    from lazyfs.index.estargz_store import remote_layers_dir
+
     index = ensure_remote_index(
         store.layers, store.tmp, layer, blobs, entries=entries, limits=limits
     )
-    if index is not None:
+    if index is not None and (where := remote_layers_dir(store.layers, layer)) is not None:
         # eStargz data is read by chunk table; no local blob is named.
-        data = check_data_present(store.layers, Path(), index)
-        return index, open_layers({layer.digest: data}, blobs)
+        data = check_data_present(where, Path(), index)
+        blobs.layer_mounted(layer.digest, load_chunk_table(where, index).prefetch)
+        return index, open_layers({layer.digest: data}, blobs), where
     path = StoreBlobs(store, upstream=blobs).local_blob(layer)
     index = ensure_index(
         store.layers, store.tmp, layer.digest, path, entries=entries, limits=limits
     )
     data = check_data_present(store.layers, path, index)
-    return index, open_layers({layer.digest: data}, StoreBlobs(store))
+    return index, open_layers({layer.digest: data}, StoreBlobs(store)), store.layers
 
 
 def _operations(
@@ -252,6 +229,7 @@ def _operations(
     no_open: bool,
 ) -> ReadOnlyOperations | WritableOperations:
     layers_dir = indexed.layers_dir
+    homes = {d: indexed.index_dirs.get(d, layers_dir) for d in indexed.digests}
     data: dict[Digest, LayerData] = {
         # BadImage here, not EIO later, if a tar copy or checkpoint file went missing.
         digest: check_data_present(layers_dir, indexed.blobs[digest], indexed.indexes[digest])
@@ -263,9 +241,11 @@ def _operations(
         if indexed.whole:
             return [indexed.indexes[digest] for digest in indexed.digests]
         # The kept tree was there but is damaged: merging needs the entries after all.
-        return [_index(layers_dir, digest) for digest in indexed.digests]
+        return [_index(homes[digest], digest) for digest in indexed.digests]
 
-    tree = merged_tree(layers_dir, indexed.digests, whole_indexes)
+    # Not a kept tree made from another image's TOC for one of these layer digests.
+    sources = tuple(index_source(homes[d], d) for d in indexed.digests)
+    tree = merged_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
     # A local layer indexed as eStargz earlier (it was remote then) reads its chunks here.
     local = open_layers(data, StoreBlobs(Store(layers_dir.parent)))
     source = ByLayer({d: indexed.remote.get(d, local) for d in indexed.digests})

@@ -32,8 +32,13 @@ kernel refuses metacopy files.
 
 The nodes are in ``lazyfs.fs.upper_state``, copy-up and metadata changes
 in ``lazyfs.fs.upper_copy``; this module adds the operations on names.
-Memory is authoritative: the upper directory is written, never read back,
-so it must be empty at start (reusing an upper dir is not supported yet).
+Memory is authoritative while the mount runs: the upper directory is
+written, and read back only when a new mount starts over an upper a mount
+left (``lazyfs.fs.upper_load``), so a container's writes outlive its mount
+process.  Times the mount keeps in memory only (ctimes, and mtimes it sets
+as the kernel sets its own on the upper) come back as the upper has them.
+A character device 0/0 cannot be made (EPERM, as overlayfs refuses it):
+the upper would read it back as a whiteout.
 Every file of the upper is reached through an fd of its directory
 (``lazyfs.fs.upper_disk``), so paths inside the mount may be as long as
 the kernel allows, whatever the upper's own path.  Inode numbers of the
@@ -130,6 +135,8 @@ class Upper(UpperCopy):
         check_name(name)
         if name in parent.children:
             raise UpperError(errno.EEXIST, f"{name!r} exists in directory {parent_ino}")
+        if stat.S_ISCHR(mode) and rdev == 0:
+            raise UpperError(errno.EPERM, f"{name!r}: a 0/0 device is a whiteout in the upper")
         if parent.mode & stat.S_ISGID:
             gid = parent.gid  # BSD group semantics, as the kernel gives them
             if stat.S_ISDIR(mode):

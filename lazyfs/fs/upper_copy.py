@@ -8,7 +8,9 @@ all three modules follow.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import os
 import stat
 import time
@@ -21,12 +23,16 @@ import trio
 from lazyfs.blobs.ranges import TarRangeReader
 from lazyfs.fs.upper_disk import (
     DIR_FLAGS,
+    clear_work,
+    is_started,
+    mark_started,
     open_dir,
     proc_path,
     remove_xattr_at,
     set_xattr_at,
     truncate_at,
 )
+from lazyfs.fs.upper_load import load_upper
 from lazyfs.fs.upper_state import (
     METACOPY_XATTR,
     REDIRECT_XATTR,
@@ -36,14 +42,34 @@ from lazyfs.fs.upper_state import (
     UpperState,
 )
 from lazyfs.store.atomic import Staged, staged_file
-from lazyfs.tree.merge import DataRef
+from lazyfs.tree.merge import DataRef, MergedTree
 from providers.extents import data_extents
 
 COPY_BLOCK = 1 << 20
 
 
 class UpperCopy(UpperState):
-    """``UpperState`` with copy-up and metadata changes."""
+    """``UpperState`` with copy-up and metadata changes.
+
+    Starts from ``upper`` as a mount left it (``lazyfs.fs.upper_load``:
+    UpperDamaged when it cannot), or sets up a fresh one when ``upper`` is
+    empty and no mount used it before.  What a mount that died left in
+    ``work`` is removed first.
+    """
+
+    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: TarRangeReader) -> None:
+        super().__init__(tree, upper, work, reader)
+        try:
+            clear_work(work)
+            if is_started(work) or any(upper.iterdir()):
+                self._nodes, first_free = load_upper(tree, self._root, upper, self._lower_names)
+                self._numbers = itertools.count(first_free)
+            else:
+                self.set_up_root()
+            mark_started(work)
+        except BaseException:
+            os.close(self._root)
+            raise
 
     @contextmanager
     def inside(self, directory: Node) -> Iterator[int]:
@@ -104,20 +130,41 @@ class UpperCopy(UpperState):
                     continue
                 kind = stat.S_IFMT(node.mode)
                 if kind == stat.S_IFREG:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                    file = os.open(name, flags, 0o600, dir_fd=fd)
-                    try:
-                        os.ftruncate(file, node.size)  # sparse: no block written
-                    finally:
-                        os.close(file)
-                    if node.size:
-                        set_xattr_at(fd, name, METACOPY_XATTR, b"")
-                elif kind == stat.S_IFLNK:
+                    self._new_metacopy(node, fd, name)
+                    continue
+                if kind == stat.S_IFLNK:
                     os.symlink(node.target, name, dir_fd=fd)
                 else:
                     os.mknod(name, node.mode, node.rdev, dir_fd=fd)
                 self._set_disk_attributes(node, fd, name)
         node.copy = Copy.META if stat.S_ISREG(node.mode) and node.size else Copy.DATA
+
+    def _new_metacopy(self, node: Node, fd: int, name: str) -> None:
+        """Regular file ``node`` at ``name`` in ``fd``: sized (sparse), marked, with its attributes.
+
+        Made whole in ``work``, then renamed to its name: a mount killed
+        meanwhile leaves no unmarked file of zeros there for the next
+        mount to load as the file's bytes.
+        """
+        temp = f"meta-{next(self._temps)}"
+        work_fd = os.open(self.work, DIR_FLAGS)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            file = os.open(temp, flags, 0o600, dir_fd=work_fd)
+            try:
+                os.ftruncate(file, node.size)  # sparse: no block written
+            finally:
+                os.close(file)
+            if node.size:
+                set_xattr_at(work_fd, temp, METACOPY_XATTR, b"")
+            self._set_disk_attributes(node, work_fd, temp)
+            os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=work_fd)
+            raise
+        finally:
+            os.close(work_fd)
 
     async def copy_up_data(self, node: Node) -> None:
         """Put ``node``'s bytes in upper, once: a temporary file renamed over the metacopy.

@@ -13,19 +13,30 @@ helper that wants a path) get ``proc_path``: ``/proc/self/fd/N/NAME``,
 whose magic link jumps straight to the directory, so the path stays short
 and the last component is still not followed.
 
+The work directory's own helpers are here too: ``clear_work`` removes
+what a mount that died left there, and ``STARTED`` (``is_started``,
+``mark_started``) says whether the upper beside it was set up before.
+
 Everything here is a plain blocking syscall on metadata; nothing yields.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 # Longest path one syscall takes, without its NUL.
 PATH_MAX = 4095
 DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# An xattr of ``work``: the upper beside it has been set up (its root's attributes
+# are the view's), so an empty upper is loaded, not set up again, on a remount.
+# On ``work``, not in it: a directory of temporaries only; trusted: as the upper's own.
+STARTED = "trusted.lazyfs.upper"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -118,3 +129,37 @@ def exchange_at(a_fd: int, a: str | bytes, b_fd: int, b: str | bytes) -> None:
     if _libc.renameat2(a_fd, a_name, b_fd, b_name, _RENAME_EXCHANGE) != 0:
         number = ctypes.get_errno()
         raise OSError(number, os.strerror(number), os.fsdecode(a), None, os.fsdecode(b))
+
+
+def clear_work(work: Path) -> None:
+    """Remove the files a mount that died left in ``work`` (copy-up temporaries).
+
+    Directories stay: a mount makes none there (kernel overlayfs does, if
+    one was mounted over this work, and needs nothing from them either).
+    """
+    for entry in os.scandir(work):
+        if not entry.is_dir(follow_symlinks=False):
+            os.unlink(entry.path)
+
+
+def is_started(work: Path) -> bool:
+    """Whether the upper beside ``work`` was set up by a mount before (``STARTED``)."""
+    try:
+        os.getxattr(work, STARTED, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
+
+
+def mark_started(work: Path) -> None:
+    """Note ``STARTED`` on ``work``, where trusted xattrs can be set (as root; else it is not).
+
+    Without it, only an upper left empty loses its root's changes on a remount.
+    """
+    try:
+        os.setxattr(work, STARTED, b"y", follow_symlinks=False)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise

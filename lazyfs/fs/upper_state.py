@@ -102,12 +102,12 @@ class UpperError(Exception):
 class UpperState:
     """The merged tree ``tree`` with the changes kept in ``upper`` (``work`` for temporaries).
 
-    ``upper`` and ``work`` must be empty directories on one filesystem.
+    ``upper`` and ``work`` are directories on one filesystem.  This sets up
+    no node: ``UpperCopy`` starts a fresh upper (``set_up_root``) or loads
+    one a mount left (``lazyfs.fs.upper_load``).
     """
 
     def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: TarRangeReader) -> None:
-        if any(upper.iterdir()):
-            raise ValueError(f"upper directory {upper} is not empty; reusing one is not supported")
         self.tree = tree
         self.upper = upper
         self.work = work
@@ -122,6 +122,9 @@ class UpperState:
         for parent, listing in tree.children.items():
             for name, child in listing:
                 self._lower_names.setdefault(child, []).append((parent, name))
+
+    def set_up_root(self) -> None:
+        """Start a fresh upper: its root takes the attributes of the lower root."""
         root = self.node(ROOT_INO)
         root.copy = Copy.DATA
         self._set_disk_attributes(root, self._root, ".")
@@ -136,24 +139,7 @@ class UpperState:
         inode = self.tree.inodes.get(InodeNo(ino))
         if inode is None:
             raise UpperError(errno.ENOENT, f"no inode {ino}")
-        found = Node(
-            ino=inode.ino,
-            mode=inode.mode,
-            uid=inode.uid,
-            gid=inode.gid,
-            size=inode.size,
-            atime_ns=inode.mtime_ns,
-            mtime_ns=inode.mtime_ns,
-            ctime_ns=inode.mtime_ns,
-            rdev=inode.rdev,
-            target=inode.target,
-            xattrs=dict(inode.xattrs),
-            lower=inode,
-            names=list(self._lower_names.get(inode.ino, [])),
-        )
-        if stat.S_ISDIR(inode.mode):
-            found.children = dict(self.tree.children.get(inode.ino, ()))
-            found.subdirs = inode.nlink - 2
+        found = lower_node(self.tree, inode, list(self._lower_names.get(inode.ino, [])))
         self._nodes[inode.ino] = found
         return found
 
@@ -255,6 +241,29 @@ class UpperState:
             set_xattr_at(dir_fd, name, key, value)
         if node.opaque:
             set_xattr_at(dir_fd, name, OPAQUE_XATTR, b"y")
+
+
+def lower_node(tree: MergedTree, inode: Inode, names: list[tuple[InodeNo, bytes]]) -> Node:
+    """The node of ``tree``'s inode ``inode``, shown at ``names``, as the tree has it."""
+    found = Node(
+        ino=inode.ino,
+        mode=inode.mode,
+        uid=inode.uid,
+        gid=inode.gid,
+        size=inode.size,
+        atime_ns=inode.mtime_ns,
+        mtime_ns=inode.mtime_ns,
+        ctime_ns=inode.mtime_ns,
+        rdev=inode.rdev,
+        target=inode.target,
+        xattrs=dict(inode.xattrs),
+        lower=inode,
+        names=names,
+    )
+    if stat.S_ISDIR(inode.mode):
+        found.children = dict(tree.children.get(inode.ino, ()))
+        found.subdirs = inode.nlink - 2
+    return found
 
 
 def check_name(name: bytes) -> None:

@@ -21,8 +21,11 @@ contents near the end.  Reading one lazily goes:
    ``chunkDigest`` matches.
 
 ``is_stargz_own(path)`` names the entries eStargz adds to a layer (the TOC
-and the landmarks), which a tree built from it hides, as stargz-snapshotter
-does.
+and the landmarks), which a tree built from its TOC hides, as
+stargz-snapshotter does.  A layer pulled whole is an ordinary gzip layer,
+indexed and unpacked from its tar by every backend: its own entries show
+there, as docker, containerd's overlayfs snapshotter and ``umoci unpack``
+show them, and all backends give that one tree.
 
 Pure: no I/O; safe from any thread.
 """

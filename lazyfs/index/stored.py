@@ -11,7 +11,8 @@ directory and renamed into place, the index last, so a present index.json
 implies its tar copy or checkpoint file is complete (each is fsynced before
 its rename: ``lazyfs.store.atomic``).  It reads them back on every later
 call.  ``ensure_remote_index`` does the same for an eStargz layer whose blob
-is not here, from its footer and TOC read through a ``BlobSource``.
+is not here, from its footer and TOC read through a ``BlobSource``, and
+keeps it by layer digest and TOC digest (``lazyfs.index.estargz_store``).
 ``load_index`` and ``check_data_present`` are what a mount process
 serving stored indexes needs: they read, never build.
 
@@ -46,7 +47,7 @@ from lazyfs.index.formats import ESTARGZ, LayerFormat, build_index, format_named
 from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, LayerData, LayerIndex, dumps, loads
 from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
-from providers.errors import BadImage, DigestMismatch
+from providers.errors import BadImage
 from providers.fslock import exclusive_lock
 from providers.manifest import Layer
 from providers.source import BlobSource
@@ -164,31 +165,36 @@ def ensure_remote_index(
     stores an index, so the next call reads them back.  ``entries=False``
     as for ``ensure_index``.
 
+    Stored by layer digest and TOC digest
+    (``lazyfs.index.estargz_store.remote_layers_dir``: read it back with
+    ``load_index`` and ``check_data_present`` on that layers dir), so an
+    image that names this layer digest with another TOC, hostile or not,
+    neither changes this index nor is refused for it.
+
     Raises DigestMismatch for a TOC that is not the one the descriptor
-    names, or when the stored index was built from another TOC (a blob has
-    one TOC, so one of the two descriptors lies; nothing is replaced);
-    BadImage or UnsafeLayer for a layer indexing refuses (or a TOC digest
-    annotation that is no digest); and what ``blobs.read_range`` raises
-    (NotFound, TemporaryFailure).  Nothing is stored then.
+    names; BadImage or UnsafeLayer for a layer indexing refuses (or a TOC
+    digest annotation that is no digest); and what ``blobs.read_range``
+    raises (NotFound, TemporaryFailure).  Nothing is stored then.
     """
     from lazyfs.index.estargz_index import build_remote_index  # loads the tar rules
+    from lazyfs.index.estargz_store import toc_layers_dir
 
     expected = toc_digest(dict(layer.annotations))
     if expected is None:
         return None
     digest = layer.digest
-    found = load_index(layers_dir, digest, entries=entries)
-    if found is not None and found.compression != ESTARGZ.name:
+    whole = load_index(layers_dir, digest, entries=False)
+    if whole is not None and whole.compression != ESTARGZ.name:
         return None
-    if _remote_usable(layers_dir, found, expected):
+    own = toc_layers_dir(layers_dir, digest, expected)
+    found = load_index(own, digest, entries=entries)
+    if _remote_usable(own, found, expected):
         return found
-    home = layers_dir / hex_part(digest)
+    home = own / hex_part(digest)
     home.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(home / "lock"):
-        found = load_index(layers_dir, digest)
-        if found is not None and found.compression != ESTARGZ.name:
-            return None
-        if _remote_usable(layers_dir, found, expected):
+        found = load_index(own, digest)
+        if _remote_usable(own, found, expected):
             return found  # another process built it while we waited
         index, table = build_remote_index(layer, blobs, expected, tail=tail, limits=limits)
         text = dump_chunks(table).encode()
@@ -203,11 +209,11 @@ def ensure_remote_index(
 
 
 def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest) -> bool:
-    """Whether ``index`` (eStargz, or None) is whole and was built from the TOC ``expected``.
+    """Whether ``index`` is an eStargz index, whole, built from the TOC ``expected``.
 
-    Raises DigestMismatch when it was built from another TOC.
+    Anything else in the TOC's own place is damage: it is built again.
     """
-    if index is None:
+    if index is None or index.compression != ESTARGZ.name:
         return False
     try:
         data = check_data_present(layers_dir, Path(), index)
@@ -215,13 +221,7 @@ def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest)
             stored, _ = source_of(stream.readline())
     except (BadImage, OSError, ValueError):
         return False  # built again, its table first
-    if stored != expected:
-        raise DigestMismatch(
-            f"TOC of layer {index.digest} (its stored index was built from another)",
-            expected=expected,
-            actual=stored,
-        )
-    return True
+    return stored == expected
 
 
 def index_source(layers_dir: Path, digest: Digest) -> str:

@@ -1,8 +1,11 @@
 """The provisioner and the runtime: rootfses per container, and running them.
 
-``provisioner`` records, destroys and recovers rootfses built by a backend,
-with ``records`` holding what it records and reports (``ProvisionInfo``,
-``RecoverReport``) and the checks on what it is given; ``devmount`` is
+``provisioner`` records, destroys and recovers rootfses built by a backend
+(``build``; ``revive`` mounts a kept one again), with ``records`` holding
+what it records and reports (``ProvisionInfo``, ``RecoverReport``) and the
+checks on what it is given; ``volumes`` are Mesos' image volumes, a
+container's further images mounted into it; ``usage`` reads the records
+alone, for ``lazyfs ps`` and for image GC (``used_images``); ``devmount`` is
 ``lazyfs mount`` for a person; ``runtime`` writes OCI bundles and runs them
 with runc; ``lazy`` decides which layers of an image stay in its registry
 for the fuse backend, read through the cache daemon.

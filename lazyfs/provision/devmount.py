@@ -8,6 +8,8 @@ What the mount needs besides the store lives under
 ``<work_dir>/mounts/<key>/`` (key: a hash of the mount point)::
 
     mountpoint   the mount point, absolute
+    image.json   the image mounted (reference, platform, digest, layers), so
+                 image GC keeps it (``lazyfs.provision.usage``)
     pid          the mount process
     mount.log    what the mount process logged
     upper/ work/ with --writable: where writes go; discarded on umount
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +97,14 @@ async def mount_image(
     private_dir(record.parent)
     private_dir(record, exist_ok=False)
     try:
+        # Before the mount: GC must see what it uses from its first read on.
+        image_json = {
+            "reference": manifest.reference,
+            "platform": manifest.platform,
+            "digest": manifest.digest,
+            "layers": [layer.digest for layer in manifest.layers],
+        }
+        (record / "image.json").write_text(json.dumps(image_json))
         (record / "mountpoint").write_text(f"{mountpoint}\n")
         pid = lazy_mount.mount_recorded(
             record,

@@ -11,24 +11,36 @@ the fuse backend hands to the mount.
 
 Other backends, and images with every blob present, get the store's blob
 source as before.
+
+A layer the cache daemon has fetched whole in the background and found
+complete (``lazyfs.cache.blobstate``) is no longer remote: ``blobs_for``
+copies it from the cache files into the store first, verified by digest and
+diff_id as every ingest is, so it is local like any pulled layer. Complete
+says only that the bytes hash to the digest: the diff_id this image says is
+checked here, per image, and a layer that fails it stays remote (its reads
+refused by the cache client, which compares the same).
 """
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin
+from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin, open_complete
 from lazyfs.progress import Progress
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest
+from providers.errors import LazyfsError, NotFound
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
 from providers.reference import parse_reference
 from providers.source import LocalBlobSource
 
 LAZY_BACKENDS = frozenset({"fuse"})
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -78,8 +90,39 @@ def blobs_for(
     """
     if backend not in LAZY_BACKENDS or daemon is None:
         return blobs
+    adopt_complete(blobs.store, daemon.cache_dir, manifest)
     origins = remote_origins(blobs.store, manifest)
     return LazyBlobs(blobs, Remote(daemon, origins)) if origins else blobs
+
+
+def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> list[Digest]:
+    """Copy into ``store`` the layers of ``manifest`` the cache holds whole and verified.
+
+    Returns the layers copied. A copy that fails (a chunk evicted meanwhile,
+    bytes that do not verify) is logged, and the layer stays remote. Blocking.
+    """
+    adopted = []
+    for layer in manifest.layers:
+        if store.has_blob(layer.digest):
+            continue
+        stream = open_complete(cache_dir, layer.digest)
+        if stream is None:
+            continue
+        stream.close()
+        try:
+            store.ingest(layer, partial(_reopen, cache_dir, layer))
+        except LazyfsError as error:
+            log.warning("layer %s stays remote: copying it from the cache: %s", layer.digest, error)
+            continue
+        adopted.append(layer.digest)
+    return adopted
+
+
+def _reopen(cache_dir: Path, layer: Layer) -> BinaryIO:
+    stream = open_complete(cache_dir, layer.digest)
+    if stream is None:
+        raise NotFound(f"layer {layer.digest} left the cache", digest=layer.digest)
+    return stream
 
 
 def remote_digests(blobs: LocalBlobSource) -> tuple[Digest, ...]:

@@ -4,12 +4,17 @@ Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
 
     containers/<cid>/provisioning                      present while half done
     containers/<cid>/info.json                         written last, atomically
-    containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs itself
+    containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs, and one per image volume
     locks/<cid>.lock                                   held while one process works on <cid>
 
 The work dir and everything lazyfs makes in it are closed to other users
 (``0700``, see ``providers.private_dir``): a rootfs holds its image's setuid
 files, and only its container may use them.
+
+A container's image volumes (``lazyfs.provision.volumes``) are provisioned
+by its backend beside its rootfs, as Mesos' ``volume/image`` isolator does,
+and recorded in its ``info.json``: destroy, recover and image GC
+(``lazyfs.provision.usage``) see them as part of the container.
 
 A container directory without ``info.json`` is half-done work: ``recover``
 removes it unless its provision is still running (it holds the lock).  A
@@ -22,40 +27,37 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
-from backends.base import Backend, Remountable
-from backends.mounts import mount_problem, unmount_all_under
+from backends.base import Backend
+from backends.mounts import unmount_all_under
 from backends.names import default_backend_name, make_backend
 from lazyfs.fs.mount import DaemonSpec
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
-from lazyfs.provision.lazy import LAZY_BACKENDS, LazyProvider, blobs_for, remote_digests
+from lazyfs.provision.build import RootfsBuilder
+from lazyfs.provision.lazy import LAZY_BACKENDS, LazyProvider, blobs_for
 from lazyfs.provision.records import (
     ProvisionInfo,
     RecoverReport,
+    VolumeInfo,
     check_container_id,
     incomplete,
+    load_info,
     one_line,
     require_layers,
 )
+from lazyfs.provision.revive import revive
+from lazyfs.provision.usage import read_record
+from lazyfs.provision.volumes import VolumeSpec, check_volumes
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.blobs import StoreBlobs
-from lazyfs.store.disk import Store, locked_async
-from providers.digest import Digest
-from providers.errors import (
-    BackendError,
-    BadImage,
-    Conflict,
-    LazyfsError,
-    NotFound,
-    UsageError,
-)
+from lazyfs.store.disk import Store, in_use_async, locked_async
+from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
@@ -137,11 +139,14 @@ class Provisioner:
         backend: str | None = None,
         *,
         writable: bool = False,
+        volumes: Sequence[VolumeSpec] = (),
         progress: Progress | None = None,
         publish: Callable[[ProvisionInfo], None] | None = None,
     ) -> ProvisionInfo:
-        """Build a rootfs for ``container_id`` from ``image``.
+        """Build a rootfs for ``container_id`` from ``image``, and one per image volume.
 
+        Each of ``volumes`` is built by the same backend, writable if its
+        mode is ``rw``, after the rootfs and in order, and recorded with it.
         Refuses (Conflict) a container id that exists, complete or not.
         ``publish``, if given, is called with the result before the
         container is marked complete: tell the caller's caller there, so a
@@ -151,9 +156,11 @@ class Provisioner:
         which ``destroy`` and ``recover`` remove.
         """
         check_container_id(container_id)
+        volumes = check_volumes(volumes)
         name = backend or self.default_backend
         chosen = self.backend(name)  # fails early on an unknown backend
-        provider = self._provider(image)
+        for wanted in (image, *(volume.image for volume in volumes)):
+            self._provider(wanted)  # fails early on a provider not enabled
         progress = progress or Progress()
         home = self.containers / container_id
         async with self._locked(container_id):
@@ -166,22 +173,33 @@ class Provisioner:
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
-                manifest = await self._fetch(provider, image, progress, lazy=name in LAZY_BACKENDS)
-                require_layers(manifest)
-                rootfs_dir = home / "backends" / name / "rootfses" / str(uuid.uuid4())
-                private_dir(rootfs_dir.parent)
-                progress.message(f"building the rootfs of {container_id} with {name}")
-                blobs = await trio.to_thread.run_sync(self.blobs_for, name, manifest)
-                rootfs = await trio.to_thread.run_sync(
-                    lambda: chosen.provision(manifest.layers, blobs, rootfs_dir, writable=writable)
-                )
-                info = ProvisionInfo(
-                    container_id,
-                    rootfs.path,
+                lazy = name in LAZY_BACKENDS
+                build = RootfsBuilder(
+                    home,
                     name,
-                    rootfs.writable,
-                    manifest,
-                    remote_digests(blobs),
+                    chosen,
+                    progress,
+                    lambda wanted: self._fetch(self._provider(wanted), wanted, progress, lazy=lazy),
+                    lambda manifest: self.blobs_for(name, manifest),
+                )
+                what = f"the rootfs of {container_id}"
+                manifest, rootfs, remote = await build(image, writable, what)
+                built = []
+                for volume in volumes:
+                    what = f"volume {volume.container_path} of {container_id}"
+                    v_image, v_rootfs, v_remote = await build(volume.image, volume.writable, what)
+                    built.append(
+                        VolumeInfo(
+                            volume.container_path,
+                            volume.mode,
+                            v_rootfs.path,
+                            v_rootfs.writable,
+                            v_image,
+                            v_remote,
+                        )
+                    )
+                info = ProvisionInfo(
+                    container_id, rootfs.path, name, rootfs.writable, manifest, remote, tuple(built)
                 )
                 _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
                 if publish is not None:
@@ -233,6 +251,8 @@ class Provisioner:
         other rootfs that does not work is reported broken, never kept.
         A container runc still runs (``runtime.still_running``) is busy
         too, whatever became of the ``lazyfs run`` that started it.
+        A container's image volumes are kept, checked and mounted again
+        with it, and destroyed with it.
         """
         kept, destroyed, busy, remounted = [], [], [], []
         failed: list[tuple[str, str]] = []
@@ -293,24 +313,18 @@ class Provisioner:
         return blobs_for(backend, self.blobs, manifest, self.daemon)
 
     def info(self, container_id: str) -> ProvisionInfo:
+        """The record of ``container_id``, its images from the store; NotFound if none."""
         check_container_id(container_id)
         home = self.containers / container_id
         try:
-            data = json.loads((home / "info.json").read_text())
-        except FileNotFoundError:
+            record = read_record(home)
+        except ValueError as error:
+            raise NotFound(f"container {container_id}: {error}") from None
+        if record is None:
             if home.is_dir():
-                raise NotFound(incomplete(container_id)) from None
-            raise NotFound(f"container {container_id} is not provisioned") from None
-        if (home / "provisioning").exists():
-            raise NotFound(incomplete(container_id))
-        image = data["image"]
-        manifest = self.store.get_image(image["reference"], image.get("platform", ""))
-        if manifest is None:
-            raise NotFound(f"image of container {container_id} is gone from the store")
-        remote = tuple(Digest(d) for d in data.get("remote_layers", ()))
-        return ProvisionInfo(
-            container_id, Path(data["rootfs"]), data["backend"], data["writable"], manifest, remote
-        )
+                raise NotFound(incomplete(container_id))
+            raise NotFound(f"container {container_id} is not provisioned")
+        return load_info(self.store, record)
 
     def list(self) -> list[str]:
         return sorted(p.name for p in self.containers.iterdir())
@@ -332,21 +346,9 @@ class Provisioner:
         when it cannot be mounted again. Blocking.
         """
         info = self.info(container_id)
-        problem = _rootfs_problem(info.backend, info.rootfs)
-        if problem is None:
-            return False
-        backend = self.backend(info.backend)
-        if not isinstance(backend, Remountable):
-            raise BackendError(f"its rootfs {info.rootfs} {problem}")
-        try:
-            blobs = self.blobs_for(info.backend, info.image)
-            backend.remount(info.image.layers, blobs, info.rootfs, writable=info.writable)
-        except LazyfsError as error:
-            raise BackendError(f"its rootfs {info.rootfs} {problem}: {error}") from error
-        problem = _rootfs_problem(info.backend, info.rootfs)
-        if problem is not None:
-            raise BackendError(f"its rootfs {info.rootfs} {problem} after mounting it again")
-        return True
+        return revive(
+            info, self.backend(info.backend), lambda image: self.blobs_for(info.backend, image)
+        )
 
     def _remove(self, home: Path) -> None:
         """Destroy every rootfs under ``home`` with its backend, then ``home``."""
@@ -372,12 +374,13 @@ class Provisioner:
 
     @contextlib.asynccontextmanager
     async def _locked(self, container_id: str) -> AsyncIterator[None]:
-        """The container's lock, unless ``hold`` already keeps it for this provisioner."""
-        if container_id in self._held:
-            yield
-            return
-        async with locked_async(self.locks / f"{container_id}.lock"):
-            yield
+        """The container's lock, unless ``hold`` keeps it; the store's usage lock, shared."""
+        async with in_use_async(self.store.root):  # GC waits till the record names its uses
+            if container_id in self._held:
+                yield
+                return
+            async with locked_async(self.locks / f"{container_id}.lock"):
+                yield
 
     def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
         return try_exclusive_lock(self.locks / f"{container_id}.lock")
@@ -386,13 +389,6 @@ class Provisioner:
     def _complete(home: Path) -> bool:
         """Whether the container at ``home`` finished provisioning."""
         return (home / "info.json").is_file() and not (home / "provisioning").exists()
-
-
-def _rootfs_problem(backend: str, rootfs: Path) -> str | None:
-    """Why ``rootfs`` made by ``backend`` does not work (a short clause), or None."""
-    if backend == "copy":  # a plain directory; every other backend mounts one
-        return None if rootfs.is_dir() else "is missing"
-    return mount_problem(rootfs)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,7 +1,9 @@
 """What the provisioner records and reports, and the checks on what it is given.
 
 ``ProvisionInfo`` is a provisioned container as ``info.json`` records it (see
-``lazyfs.provision.provisioner`` for where); ``RecoverReport`` is what
+``lazyfs.provision.provisioner`` for where), with its image volumes
+(``VolumeInfo``); ``load_info`` reads it back with each image from the store
+(``lazyfs.provision.usage`` reads the record alone). ``RecoverReport`` is what
 ``recover`` did.  ``check_container_id`` and ``require_layers`` refuse what
 no backend should be handed; ``one_line`` words an error for a report.
 """
@@ -13,11 +15,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lazyfs.provision.usage import ContainerRecord, ImageRecord
+from lazyfs.store.disk import Store
 from providers.digest import Digest
-from providers.errors import BadImage, LazyfsError, UsageError
+from providers.errors import BadImage, LazyfsError, NotFound, UsageError
 from providers.manifest import ImageManifest, RuntimeConfig
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """An image volume of a container: its own rootfs, mounted at ``container_path``.
+
+    ``mode`` is what was asked (``ro`` unless ``rw``); ``writable`` is what
+    the backend made (the copy backend's is writable whatever was asked).
+    """
+
+    container_path: str
+    mode: str
+    rootfs: Path
+    writable: bool
+    image: ImageManifest
+    remote_layers: tuple[Digest, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "container_path": self.container_path,
+            "mode": self.mode,
+            "rootfs": str(self.rootfs),
+            "writable": self.writable,
+            "image": _image_json(self.image),
+            "remote_layers": list(self.remote_layers),
+        }
 
 
 @dataclass(frozen=True)
@@ -29,6 +59,7 @@ class ProvisionInfo:
     image: ImageManifest
     # Layers left in their registry when it was provisioned, read through the cache daemon.
     remote_layers: tuple[Digest, ...] = ()
+    volumes: tuple[VolumeInfo, ...] = ()
 
     @property
     def config(self) -> RuntimeConfig:
@@ -40,15 +71,53 @@ class ProvisionInfo:
             "rootfs": str(self.rootfs),
             "backend": self.backend,
             "writable": self.writable,
-            "image": {
-                "reference": self.image.reference,
-                "platform": self.image.platform,
-                "digest": self.image.digest,
-                "layers": [layer.digest for layer in self.image.layers],
-            },
+            "image": _image_json(self.image),
             "remote_layers": list(self.remote_layers),
             "config": self.image.config.to_json(),
+            "volumes": [volume.to_json() for volume in self.volumes],
         }
+
+
+def _image_json(image: ImageManifest) -> dict[str, Any]:
+    return {
+        "reference": image.reference,
+        "platform": image.platform,
+        "digest": image.digest,
+        "layers": [layer.digest for layer in image.layers],
+    }
+
+
+def load_info(store: Store, record: ContainerRecord) -> ProvisionInfo:
+    """``record`` with its images' manifests from ``store``; NotFound if one is gone."""
+    cid = record.container_id
+
+    def manifest(image: ImageRecord, what: str) -> ImageManifest:
+        found = store.get_image(image.reference, image.platform)
+        if found is None:
+            gone = f"image {image.reference} of container {cid}{what}"
+            raise NotFound(f"{gone} is gone from the store")
+        return found
+
+    volumes = tuple(
+        VolumeInfo(
+            v.container_path,
+            v.mode,
+            v.rootfs,
+            v.writable,
+            manifest(v.image, f"'s volume {v.container_path}"),
+            v.remote_layers,
+        )
+        for v in record.volumes
+    )
+    return ProvisionInfo(
+        cid,
+        record.rootfs,
+        record.backend,
+        record.writable,
+        manifest(record.image, ""),
+        record.remote_layers,
+        volumes,
+    )
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,14 @@
 Layout under the store root::
 
     blobs/sha256/<hex>        verified blobs, written once, never changed
-    images/<key>.json         resolved image metadata by reference
+    images/<key>.json         resolved image metadata by reference; its mtime is
+                              the image's last use (stored, or found for a provision)
     layers/<hex>/             per-layer data backends derive (extracted trees)
     layers/<hex>/diff_id      the checked digest of the blob's uncompressed tar
     locks/<name>.lock         flock(2) files: one writer per blob or reference
     tmp/                      partial writes, named <pid>.<random>
+    gc/                       what image GC is removing (``lazyfs.gc``): moved here
+                              whole first, so no trusted name is ever half removed
 
 The root and these directories are closed to other users (``0700``, see
 ``providers.private_dir``): extracted layers hold images' setuid files.
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import trio
 
 from lazyfs.store.atomic import staged_file, write_atomic
+from lazyfs.store.usage_lock import in_use_async
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock, try_exclusive_lock
@@ -49,6 +53,9 @@ if TYPE_CHECKING:
     # process that finds its blobs here.
     from providers.diff_id import DiffIdChecker
     from providers.tar_stream import LayerLimits
+
+# The usage lock, where provisions take it with the other locks of the store.
+__all__ = ["Progress", "Store", "StoredImage", "in_use_async", "locked_async"]
 
 Progress = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -72,6 +79,7 @@ class Store:
         self.layers = root / "layers"
         self.locks = root / "locks"
         self.tmp = root / "tmp"
+        self.gc_dir = root / "gc"  # made by the first GC pass (``lazyfs.gc``)
         for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
             private_dir(directory)
 
@@ -183,9 +191,14 @@ class Store:
         write_atomic(target, data, mode=0o600, temp_dir=self.tmp, prefix=f"{os.getpid()}.")
 
     def get_image(self, reference: str, platform: str = "") -> ImageManifest | None:
-        """The stored manifest of ``reference`` for ``platform`` if it and its blobs are here."""
+        """The stored manifest of ``reference`` for ``platform`` if it and its blobs are here.
+
+        Found, it counts as used now (its record's mtime): image GC removes
+        the images used longest ago first.
+        """
+        path = self._image_path(reference, platform)
         try:
-            data = json.loads(self._image_path(reference, platform).read_bytes())
+            data = json.loads(path.read_bytes())
             manifest = ImageManifest.from_json(data)
         except FileNotFoundError:
             return None
@@ -193,19 +206,38 @@ class Store:
             raise BadImage(f"store record of {reference} is damaged: {exc}") from exc
         if not all(self.has_blob(layer.digest) for layer in manifest.layers):
             return None
+        with contextlib.suppress(OSError):  # a read-only store still serves it
+            os.utime(path)
         return manifest
 
-    def images(self) -> list[StoredImage]:
-        found = []
+    def image_record(self, reference: str, platform: str = "") -> Path:
+        """Where the record of ``reference`` for ``platform`` is (or would be) kept."""
+        return self._image_path(reference, platform)
+
+    def records(self) -> list[tuple[Path, ImageManifest | None]]:
+        """Every file under images/, with the image it records; None: damaged or stale.
+
+        Stale: recorded under a key no lookup makes any more (``images`` skips it).
+        """
+        found: list[tuple[Path, ImageManifest | None]] = []
         for path in sorted(self.images_dir.glob("*.json")):
             try:
                 manifest = ImageManifest.from_json(json.loads(path.read_bytes()))
-            except (OSError, ValueError, KeyError, TypeError):
+            except FileNotFoundError:
                 continue
-            if path != self._image_path(manifest.reference, manifest.platform):
-                continue  # recorded under a key no lookup makes any more
-            size = sum(layer.size for layer in manifest.layers)
-            found.append(StoredImage(manifest.reference, manifest, size))
+            except (OSError, ValueError, KeyError, TypeError):
+                found.append((path, None))
+                continue
+            current = path == self._image_path(manifest.reference, manifest.platform)
+            found.append((path, manifest if current else None))
+        return found
+
+    def images(self) -> list[StoredImage]:
+        found = [
+            StoredImage(manifest.reference, manifest, sum(layer.size for layer in manifest.layers))
+            for _path, manifest in self.records()
+            if manifest is not None
+        ]
         return sorted(found, key=lambda image: image.reference)
 
     # -- plumbing ----------------------------------------------------------

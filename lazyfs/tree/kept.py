@@ -82,10 +82,14 @@ def merged_tree(
     layers_dir: Path,
     digests: Sequence[Digest],
     load_indexes: Callable[[], Sequence[LayerIndex]],
+    *,
+    sources: Sequence[str] | None = None,
 ) -> MergedTree:
     """The merged tree of ``digests``: kept, or merged from ``load_indexes()`` and kept.
 
-    Kept only for the indexes stored now (``layer_sources``).  Raises what
+    Kept only for the indexes stored now: ``sources``, what each layer's
+    index was built from, read before the indexes are (default
+    ``layer_sources``, for indexes all in ``layers_dir``).  Raises what
     ``load_indexes`` and ``merge`` raise.
     """
     if not digests:
@@ -93,7 +97,8 @@ def merged_tree(
     path = tree_path(layers_dir, digests)
     # Read before the indexes are: one replaced meanwhile leaves a tree
     # labelled with the sources before it, which no later mount takes.
-    sources = layer_sources(layers_dir, digests)
+    if sources is None:
+        sources = layer_sources(layers_dir, digests)
     found = load_tree(path, digests, sources=sources)
     if found is not None:
         return found

@@ -17,6 +17,9 @@ import trio
 
 from backends.names import NAMES
 from benchlib import report
+from benchlib.cold import DEFAULT_RATE_MBIT, DEFAULT_RTT_MS, measure_cold_start
+from benchlib.density import measure_density, stop_mount_server
+from benchlib.estargz import TOOLS as ESTARGZ_TOOLS
 from benchlib.images import BenchImage, debian_image, synthetic_image
 from benchlib.lazy import Lazyfs
 from benchlib.measure import (
@@ -84,6 +87,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="lazyfs alone, no umoci, tar, overlayfs or skopeo: an A/B between lazyfs versions",
     )
     parser.add_argument(
+        "--link-rate",
+        type=float,
+        default=DEFAULT_RATE_MBIT,
+        metavar="MBIT",
+        help="cold-start: the shaped link's bandwidth, Mbit/s each way (default %(default)g)",
+    )
+    parser.add_argument(
+        "--link-rtt",
+        type=float,
+        default=DEFAULT_RTT_MS,
+        metavar="MS",
+        help="cold-start: the shaped link's round trip, ms (default %(default)g)",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path("/var/cache/lazyfs-bench"),
@@ -95,6 +112,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     unknown_backends = sorted(set(args.backend or ()) - set(NAMES))
     if unknown_backends:
         parser.error(f"unknown backend {', '.join(unknown_backends)}; known: {', '.join(NAMES)}")
+    if args.link_rate <= 0 or args.link_rtt < 0:
+        parser.error("--link-rate must be above 0 and --link-rtt at least 0")
     if args.only:
         unknown = [n for n in args.only if not any(_selects(n, m) for m in MEASUREMENTS)]
         if unknown:
@@ -139,6 +158,7 @@ def run_image(
     scratch: Path,
     runs: int,
     results: list[Result],
+    link: tuple[float, float] = (DEFAULT_RATE_MBIT, DEFAULT_RTT_MS),
     *,
     backends: list[str] | None = None,
     peers: bool = True,
@@ -161,12 +181,17 @@ def run_image(
                 results.append(measure_pull(ctx))
             elif name == "start":
                 results.append(measure_start(ctx))
+            elif name == "cold-start":
+                results.append(measure_cold_start(ctx, *link))
+            elif name == "density":
+                results.append(measure_density(ctx))
             else:
                 what, temperature = name.split("-")
                 results.append(measure_tree(ctx, what, temperature == "cold"))
     finally:
         # Whatever a measurement left provisioned (interrupted mid-run) is destroyed.
         trio.run(lazyfs.provisioner.recover, [])
+        stop_mount_server(ctx)  # the fuse mounts' server, if one was started
 
 
 def main(argv: list[str]) -> int:
@@ -174,12 +199,13 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         log("needs root (mounts, runc, drop_caches)")
         return 2
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    names = selected(args.only)
+    wanted = TOOLS + (ESTARGZ_TOOLS if "cold-start" in names else ())
+    missing = [tool for tool in wanted if shutil.which(tool) is None]
     if missing:
         log(f"missing {', '.join(missing)}; run scripts/setup")
         return 2
     runs = args.runs or (1 if args.quick else 5)
-    names = selected(args.only)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or REPO / "results" / "bench" / stamp
     signal.signal(signal.SIGTERM, _interrupt)
@@ -189,10 +215,10 @@ def main(argv: list[str]) -> int:
     compiled = compile_sources()
     if not compiled:
         log("could not byte-compile lazyfs; its mount processes compile it at every start")
-    wanted = args.image or (["synthetic"] if args.quick else list(IMAGES))
+    chosen = args.image or (["synthetic"] if args.quick else list(IMAGES))
     try:
         builders = {"synthetic": synthetic_image, "debian": debian_image}
-        images = [builders[name](args.cache, log) for name in IMAGES if name in wanted]
+        images = [builders[name](args.cache, log) for name in IMAGES if name in chosen]
         with scratch_dir(args.cache, "run-") as scratch:
             for image in images:
                 with scratch_dir(scratch, f"{image.name}-") as work:
@@ -203,6 +229,7 @@ def main(argv: list[str]) -> int:
                         work,
                         runs,
                         results,
+                        (args.link_rate, args.link_rtt),
                         backends=args.backend,
                         peers=not args.no_peers,
                     )

@@ -51,6 +51,8 @@ MEASUREMENTS = (
     "read-cold",
     "read-warm",
     "start",
+    "cold-start",
+    "density",
 )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from benchlib.measure import Result, ratios
+from benchlib.measure import Contender, Result, ratios
 
 
 def _first_line(args: list[str], containing: str = "") -> str:
@@ -100,6 +100,15 @@ def _facts(result: Result) -> str:
     return "  (" + ", ".join(f"{v:,} {k}" for k, v in next(iter(seen))) + ")"
 
 
+def _link(contender: Contender) -> str:
+    """What crossed the link (cold-start), and its share of the image; "" for others."""
+    facts = contender.samples[0].facts if contender.samples else {}
+    if "bytes" not in facts or not facts.get("image_bytes"):
+        return ""
+    crossed = median([s.facts["bytes"] for s in contender.samples])
+    return f"{crossed / 1e6:.1f} MB ({crossed / facts['image_bytes']:.1%} of the image)"
+
+
 def _ratio(value: float) -> str:
     # Two decimals hide a 10 ms provision against a 10 s one; keep 3 digits.
     return f"x{value:.3g}"
@@ -111,16 +120,19 @@ def table(results: list[Result]) -> str:
     for result in results:
         lines.append(f"\n{result.measurement} - {result.image}{_facts(result)}")
         pairs = ratios(result.contenders)
+        width = max(20, *(len(c.name) for c in result.contenders))
         for c in result.contenders:
             if not c.samples:
-                lines.append(f"  {c.name:<20} skipped ({c.skipped})")
+                lines.append(f"  {c.name:<{width}} skipped ({c.skipped})")
                 continue
             secs = [s.seconds for s in c.samples]
-            row = f"  {c.name:<20} {_fmt(median(secs))}  [{_fmt(min(secs)).strip()} .. "
+            row = f"  {c.name:<{width}} {_fmt(median(secs))}  [{_fmt(min(secs)).strip()} .. "
             row += f"{_fmt(max(secs)).strip()}]"
             vs = [f"{_ratio(r)} {peer}" for mine, peer, r in pairs if mine == c.name]
             if vs:
                 row += "   " + ", ".join(vs)
+            if _link(c):
+                row += f"   over the link: {_link(c)}"
             lines.append(row)
     lines.append(
         "\n(median of the runs, [min .. max]; xR = lazyfs median / peer median, >1 slower)"
@@ -179,20 +191,22 @@ def markdown(meta: dict[str, Any], results: list[Result]) -> str:
         f"kernel {m['kernel']}, disk {m['disk']}; {m['tools']['umoci']}, "
         f"{m['tools']['runc']}, {m['tools']['fuse-overlayfs']}.",
         "",
-        "| measurement | image | contender | median | min .. max | lazyfs / peer |",
-        "| --- | --- | --- | ---: | --- | --- |",
+        "| measurement | image | contender | median | min .. max | lazyfs / peer | over the link |",
+        "| --- | --- | --- | ---: | --- | --- | --- |",
     ]
     for result in results:
         pairs = ratios(result.contenders)
         for c in result.contenders:
             if not c.samples:
-                lines.append(f"| {result.measurement} | {result.image} | {c.name} | skipped | | |")
+                lines.append(
+                    f"| {result.measurement} | {result.image} | {c.name} | skipped | | | |"
+                )
                 continue
             secs = [s.seconds for s in c.samples]
             vs = ", ".join(f"{_ratio(r)} {peer}" for mine, peer, r in pairs if mine == c.name)
             lines.append(
                 f"| {result.measurement} | {result.image} | {c.name} | "
                 f"{_fmt(median(secs)).strip()} | {_fmt(min(secs)).strip()} .. "
-                f"{_fmt(max(secs)).strip()} | {vs} |"
+                f"{_fmt(max(secs)).strip()} | {vs} | {_link(c)} |"
             )
     return "\n".join(lines) + "\n"

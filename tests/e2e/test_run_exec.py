@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, _in_root, exec_problem
+from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, exec_problem, in_root
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def rootfs(tmp_path: Path) -> Path:
     ],
 )
 def test_paths_resolve_inside_the_rootfs(rootfs: Path, path: str, where: str | None) -> None:
-    assert _in_root(rootfs, path) == (rootfs / where if where else None)
+    assert in_root(rootfs, path) == (rootfs / where if where else None)
 
 
 @pytest.mark.parametrize(

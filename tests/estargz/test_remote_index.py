@@ -15,6 +15,7 @@ import pytest
 
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
 from lazyfs.index.estargz import SUGGESTED_TAIL_SIZE, TOC_DIGEST_ANNOTATION
+from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerData, LayerIndex
 from lazyfs.index.stored import check_data_present, ensure_remote_index, load_chunk_table
 from lazyfs.tree.merge import merge
@@ -72,18 +73,21 @@ def to_seconds(tree: Tree) -> Tree:
 class Indexed:
     indexes: list[LayerIndex]
     data: dict[Digest, LayerData]
+    homes: dict[Digest, Path]  # the layers dir of each index (by layer and TOC)
 
 
 def index_all(layers: tuple[Layer, ...], blobs: BlobSource, work: Path) -> Indexed:
     store, tmp = work / "layers", work / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    indexes = []
+    indexes, homes = [], {}
     for layer in layers:
         index = ensure_remote_index(store, tmp, layer, blobs)
-        assert index is not None, layer
+        home = remote_layers_dir(store, layer)
+        assert index is not None and home is not None, layer
         indexes.append(index)
-    data = {i.digest: check_data_present(store, Path(), i) for i in indexes}
-    return Indexed(indexes, data)
+        homes[layer.digest] = home
+    data = {i.digest: check_data_present(homes[i.digest], Path(), i) for i in indexes}
+    return Indexed(indexes, data, homes)
 
 
 def remote_tree(indexed: Indexed, reader: TarRangeReader) -> Tree:
@@ -120,7 +124,7 @@ def test_the_tree_and_bytes_of_remote_indexes_are_the_source_images(
     chunks = {
         (index.digest, row.offset, row.end - row.offset)
         for index in indexed.indexes
-        for row in load_chunk_table(tmp_path / "layers", index).rows
+        for row in load_chunk_table(indexed.homes[index.digest], index).rows
     }
     assert set(blobs.reads) <= chunks and len(set(blobs.reads)) == len(blobs.reads)
 
@@ -149,7 +153,7 @@ def test_a_corrupted_chunk_is_an_error_and_the_rest_reads(
     blobs = blobs_of(converted["big"], layers)
     indexed = index_all(layers, MemoryBlobs(blobs), tmp_path)
     bottom = indexed.indexes[0]
-    table = load_chunk_table(tmp_path / "layers", bottom)
+    table = load_chunk_table(indexed.homes[bottom.digest], bottom)
     second = next(r for r in table.rows if r.name.endswith("opt/big") and r.chunk_offset)
     damaged = bytearray(blobs[bottom.digest])
     damaged[(second.offset + second.end) // 2] ^= 0x01
@@ -181,7 +185,31 @@ def test_a_toc_not_the_annotations_is_refused(image: Converted, tmp_path: Path) 
     blobs = MemoryBlobs(blobs_of(image, (layer,)))
     with pytest.raises(DigestMismatch, match=f"TOC of layer {layer.digest}"):
         ensure_remote_index(tmp_path / "layers", tmp_path, liar, blobs)
-    assert not (tmp_path / "layers" / layer.digest[7:] / "index.json").exists()
+    assert not list((tmp_path / "layers").rglob("index.json"))
+
+
+def test_another_images_toc_for_the_layer_digest_changes_nothing_here(
+    converted: dict[str, Converted], tmp_path: Path
+) -> None:
+    # A hostile image names each layer digest of the rich image with the TOC of
+    # one of the big image's layers, and its registry serves that layer's bytes
+    # for the digest.  Indexed first, it neither fails the rich image's indexes
+    # nor shows in them.
+    rich = esgz_layers(converted["rich"])
+    other = esgz_layers(converted["big"])[0]
+    forged = blobs_of(converted["big"], (other,))[other.digest]
+    lies = tuple(
+        dataclasses.replace(layer, size=other.size, annotations=other.annotations) for layer in rich
+    )
+    hostile = index_all(lies, MemoryBlobs(dict.fromkeys(blobs_of(converted["rich"], rich), forged)),
+                        tmp_path)  # fmt: skip
+    assert all(("opt", "big") in {e.path for e in i.entries} for i in hostile.indexes)
+    indexed = index_all(rich, MemoryBlobs(blobs_of(converted["rich"], rich)), tmp_path)
+    reader = open_layers(indexed.data, MemoryBlobs(blobs_of(converted["rich"], rich)))
+    assert_source_tree(remote_tree(indexed, reader), converted["rich"], tmp_path / "source")
+    # And the hostile image's own indexes are still its own.
+    nothing = CountingBlobs(MemoryBlobs({}))
+    assert index_all(lies, nothing, tmp_path).indexes == hostile.indexes and nothing.reads == []
 
 
 def test_a_registry_serves_the_index_and_the_bytes_by_range(

@@ -239,3 +239,21 @@ def test_the_first_user_starts_the_daemon_once_and_a_stale_socket_is_replaced(
         assert os.getsid(started) == started
     finally:
         kill_recorded(cache_dir)
+
+
+def test_a_blob_in_two_repositories_is_read_from_each_origin_as_named(
+    tmp_path: Path, registry: tuple[Registry, str]
+) -> None:
+    server, digest = registry
+    cache_dir = tmp_path / "cache"
+    with run_daemon(tmp_path / "work", cache_dir):
+        # The blob is in REPOSITORY only. A mount naming another repository
+        # for it fails; the daemon must not then send REPOSITORY's reads there.
+        first = [(0, 100)]
+        assert _reader(cache_dir, digest, server.host, first) == [expected(DATA, 0, 100)]
+        elsewhere = read_ranges(
+            cache_dir, digest, server.host, "cache/other", len(DATA), [(CHUNK_SIZE, 100)]
+        )
+        assert elsewhere[0]["ok"] is False
+        later = [(2 * CHUNK_SIZE, 100)]
+        assert _reader(cache_dir, digest, server.host, later) == [expected(DATA, *later[0])]

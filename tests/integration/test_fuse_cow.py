@@ -3,7 +3,8 @@
 Each test mounts through the ``cow`` fixture, which builds the test's layers,
 mounts them writable with an upper directory of their own, and unmounts and
 checks that the mount process is gone whatever the test did.  Every test runs
-on both FUSE paths (``fuse_path``: no-open and open).
+on both FUSE paths (``fuse_path``: no-open and open), with the mount
+process exec'd and forked by the mount server (``mount_start``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Mount(Protocol):
 
 
 @pytest.fixture
-def mounts(tmp_path: Path, fuse_path: str) -> Iterator[CowMounts]:
+def mounts(tmp_path: Path, fuse_path: str, mount_start: str) -> Iterator[CowMounts]:
     """Writable mounts (and kernel overlayfs ones), all taken down afterwards."""
     made = CowMounts(tmp_path)
     try:

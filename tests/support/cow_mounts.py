@@ -24,6 +24,7 @@ from backends.extracted import extracted_layer
 from backends.overlay import overlay_usable
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.store.disk import Store
+from providers.manifest import Layer
 from tests.support.blob_sources import store_files
 from tests.support.fuse_mounts import need_fuse, unmount_all
 from tests.support.images import Entry, write_layer
@@ -37,6 +38,8 @@ class Cow:
     upper: Path
     pid: int
     layers: list[LayerFile]
+    work: Path
+    descriptors: tuple[Layer, ...]
 
 
 class CowMounts:
@@ -57,9 +60,18 @@ class CowMounts:
         """
         blobs = [write_layer(entries, self._fresh("layer", ".tar")) for entries in layers]
         found = store_files(self.store, blobs)
-        root, upper, work = (self._fresh(part) for part in ("root", "upper", "work"))
-        for directory in (root, upper, work):
-            directory.mkdir()
+        upper, work = self._fresh("upper"), self._fresh("work")
+        upper.mkdir()
+        work.mkdir()
+        return self._mount(tuple(found), upper, work, debug=debug)
+
+    def mount_again(self, cow: Cow) -> Cow:
+        """``cow``'s layers mounted writable at a new place, over the upper and work it used."""
+        return self._mount(cow.descriptors, cow.upper, cow.work, debug=False)
+
+    def _mount(self, found: tuple[Layer, ...], upper: Path, work: Path, *, debug: bool) -> Cow:
+        root = self._fresh("root")
+        root.mkdir()
         pid = lazy_mount.mount(
             found,
             root,
@@ -71,7 +83,7 @@ class CowMounts:
         )
         self._made.append((root, pid))
         files = [LayerFile(layer.digest, self.store.blob_path(layer.digest)) for layer in found]
-        return Cow(root, upper, pid, files)
+        return Cow(root, upper, pid, files, work, found)
 
     def unmount(self, cow: Cow) -> None:
         """Take ``cow`` down now (``close`` checks that it went)."""

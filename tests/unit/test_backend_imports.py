@@ -21,12 +21,14 @@ MODULES = sorted(
 )
 # Those that start mounts through the mount API.
 MOUNTING = {"backends.fuse", "backends.names"}
-# The mount API, its wire format, and the light values and start-up of the
-# cache daemon it reads remote layers through.
+# The mount API, its wire format, the client of the mount server it starts
+# mount processes through, and the light values and start-up of the cache
+# daemon it reads remote layers through.
 MOUNT_API = {
     "lazyfs",
     "lazyfs.fs",
     "lazyfs.fs.mount",
+    "lazyfs.fs.mount_server_client",
     "lazyfs.fs.mount_wire",
     "lazyfs.cache",
     "lazyfs.cache.remote",

@@ -14,8 +14,14 @@ from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.messages import (
     MAX_PREFETCH_RANGES,
     MAX_READ_LENGTH,
+    Background,
+    BackgroundOk,
     BadRequest,
+    BlobInfo,
+    BlobKind,
     BlobRange,
+    Evict,
+    EvictOk,
     Extent,
     Failure,
     FailureKind,
@@ -59,14 +65,34 @@ names = st.text(min_size=1, max_size=30)
 origins = st.builds(RegistryOrigin, names, names) | st.builds(HandleOrigin, names)
 requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(Read, ids, ranges, origins, st.none() | u64),
-    st.builds(Prefetch, ids, st.lists(ranges, max_size=5).map(tuple), origins),
+    st.builds(Prefetch, ids, st.lists(ranges, max_size=5).map(tuple), origins, st.none() | u64),
     st.builds(Status, ids),
-)
+    st.builds(Evict, ids, ranges, st.text(max_size=40)),
+    st.builds(Background, ids, digests, origins, u64.filter(bool), st.none() | digests,
+              st.text(max_size=40)),
+)  # fmt: skip
+blob_infos = st.builds(BlobInfo, digests, st.sampled_from(BlobKind), u64, u64, st.text(max_size=40))
 extents = st.builds(Extent, st.text(max_size=40), u64, u64, u64)
 responses: st.SearchStrategy[Response] = st.one_of(
     st.builds(ReadOk, ids, st.lists(extents, max_size=5).map(tuple)),
     st.builds(PrefetchOk, ids, u64),
-    st.builds(StatusOk, ids, u64, u64, u64, u64, u64, u64),
+    st.builds(
+        StatusOk,
+        ids,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        st.lists(blob_infos, max_size=4).map(tuple),
+        st.booleans(),
+    ),
+    st.builds(EvictOk, ids, u64),
+    st.builds(BackgroundOk, ids, blob_infos),
     st.builds(Failure, ids, st.sampled_from(FailureKind), st.text(max_size=60)),
 )
 
@@ -142,8 +168,23 @@ def read_message(**changes: object) -> pb.Request:
             f"prefetch of {MAX_PREFETCH_RANGES + 1} ranges",
         ),
         (pb.Request(id=6, prefetch=pb.PrefetchRequest()), "request 6: request without an origin"),
+        (pb.Request(id=8, evict=pb.EvictRequest()), "request 8: evict request without a range"),
+        (
+            pb.Request(id=10, background=pb.BackgroundRequest(digest="x", blob_size=1)),
+            "request 10: invalid blob digest 'x'",
+        ),
+        (
+            pb.Request(id=11, background=pb.BackgroundRequest(
+                digest=BLOB, blob_size=1, diff_id="sha256:0", origin=pb.Origin(handle="h"))),
+            "request 11: invalid diff_id digest 'sha256:0'",
+        ),
+        (
+            pb.Request(id=12, background=pb.BackgroundRequest(
+                digest=BLOB, origin=pb.Origin(handle="h"))),
+            "request 12: background fetch without the blob's size",
+        ),
     ],
-)
+)  # fmt: skip
 def test_bad_requests_are_named_with_their_id(message: pb.Request, reason: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(reason)) as info:
         decode_request(message.SerializeToString())

@@ -21,6 +21,7 @@ from lazyfs.fs.read_only import ReadOnlyOperations
 from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION, is_stargz_own
 from lazyfs.index.estargz_chunks import dumps as dump_chunks
 from lazyfs.index.estargz_chunks import loads as load_chunks
+from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import IndexEntry, Kind, LayerIndex
 from lazyfs.index.stored import (
     check_data_present,
@@ -81,6 +82,13 @@ def store(tmp_path: Path) -> Store:
 def layer_of(blob: Blob, toc_digest: str | None = None) -> Layer:
     annotations = ((TOC_DIGEST_ANNOTATION, toc_digest or blob.toc_digest),)
     return Layer(digest_bytes(blob.data), OCI_LAYER_GZIP, len(blob.data), None, annotations)
+
+
+def home(store: Store, blob: Blob, toc_digest: str | None = None) -> Path:
+    """The layers dir where the remote index of ``blob`` under that TOC digest is kept."""
+    found = remote_layers_dir(store.layers, layer_of(blob, toc_digest))
+    assert found is not None
+    return found
 
 
 def remote(store: Store, blob: Blob, **kwargs: Any) -> tuple[LayerIndex, CountingBlobs]:
@@ -164,12 +172,13 @@ def test_a_toc_before_the_tail_takes_one_more_read_of_what_is_missing(store: Sto
 def test_the_index_is_stored_and_read_back_without_a_read(store: Store) -> None:
     blob = write_estargz(FILES, chunk_size=20_000)
     index, _ = remote(store, blob)
-    assert load_index(store.layers, index.digest) == index
+    assert load_index(home(store, blob), index.digest) == index
+    assert load_index(store.layers, index.digest) is None  # kept by TOC too
     again, blobs = remote(store, blob)
     assert again == index and blobs.reads == []
     header, blobs = remote(store, blob, entries=False)
     assert header == dataclasses.replace(index, entries=()) and blobs.reads == []
-    table = load_chunk_table(store.layers, index)
+    table = load_chunk_table(home(store, blob), index)
     assert table.toc_digest == blob.toc_digest and table.prefetch is None
     assert load_chunks(dump_chunks(table)) == table
 
@@ -180,15 +189,33 @@ def test_a_toc_not_the_annotations_is_refused_and_nothing_stored(store: Store) -
     with pytest.raises(DigestMismatch, match="TOC of layer"):
         ensure_remote_index(store.layers, store.tmp, layer, MemoryBlobs({layer.digest: blob.data}))
     assert load_index(store.layers, layer.digest) is None
+    assert load_index(home(store, blob, digest_bytes(b"another TOC")), layer.digest) is None
 
 
-def test_a_stored_index_of_another_toc_is_refused_not_replaced(store: Store) -> None:
+def test_a_hostile_toc_for_a_layer_digest_leaves_the_layers_own_index_alone(
+    store: Store,
+) -> None:
+    # A hostile image, read first, names this layer's digest with its own TOC
+    # and serves its own eStargz bytes for it from its registry: they check out
+    # against its annotation, and nothing ties them to the digest before the
+    # whole blob is here.  The honest image still mounts, with its own files.
     blob = write_estargz(FILES)
+    digest = digest_bytes(blob.data)
+    evil = write_estargz(
+        [File("bin/", type="dir", modtime=""), File("bin/su", b"x", mode=0o4755, modtime="")]
+    )
+    lie = Layer(digest, OCI_LAYER_GZIP, len(evil.data), None, layer_of(evil).annotations)
+    poisoned = ensure_remote_index(store.layers, store.tmp, lie, MemoryBlobs({digest: evil.data}))
+    assert poisoned is not None and ("bin", "su") in {e.path for e in poisoned.entries}
     index, _ = remote(store, blob)
-    liar = layer_of(blob, digest_bytes(b"another TOC"))
-    with pytest.raises(DigestMismatch, match="built from another"):
-        ensure_remote_index(store.layers, store.tmp, liar, MemoryBlobs({}))
-    assert load_index(store.layers, index.digest) == index
+    paths = {e.path for e in index.entries}
+    assert ("bin", "su") not in paths and ("etc", "passwd") in paths
+    # Each reads back its own, with no read, whichever comes first.
+    nothing = CountingBlobs(MemoryBlobs({}))
+    assert ensure_remote_index(store.layers, store.tmp, lie, nothing) == poisoned
+    assert ensure_remote_index(store.layers, store.tmp, layer_of(blob), nothing) == index
+    assert nothing.reads == []
+    assert load_chunk_table(home(store, blob), index).toc_digest == blob.toc_digest
 
 
 def test_without_a_toc_digest_the_layer_is_not_lazy(store: Store) -> None:
@@ -207,17 +234,22 @@ def test_a_layer_indexed_whole_stays_so(store: Store, tmp_path: Path) -> None:
     assert load_index(store.layers, whole.digest) == whole and blobs.reads == []
 
 
-@pytest.mark.parametrize("tail", [None, 64], ids=["TOC in the tail", "TOC before the tail"])
-def test_an_estargz_index_stays_when_the_blob_becomes_local(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: int | None
+def test_a_blob_that_becomes_local_is_indexed_from_its_tar_and_the_remote_index_stays(
+    store: Store, tmp_path: Path
 ) -> None:
-    # Kept merged trees hold its offsets: its format should not change under them.
-    # It was built from this blob's own TOC, which the local blob is checked for.
-    if tail is not None:
-        monkeypatch.setattr("lazyfs.index.stored.SUGGESTED_TAIL_SIZE", tail)
+    # The remote index is kept by TOC, apart from the layer's own: the verified
+    # blob gets its index in its own format (kept merged trees name each
+    # layer's index source, so none is read through the other's offsets),
+    # later mounts read the layer as local, and those that read it remotely
+    # keep their chunk table.
     blob = write_estargz(FILES, chunk_size=20_000)
     index, _ = remote(store, blob)
-    assert local(store, blob, tmp_path) == index
+    whole = local(store, blob, tmp_path)
+    assert whole.compression == "gzip"
+    assert load_index(home(store, blob), index.digest) == index
+    blobs = CountingBlobs(MemoryBlobs({}))
+    assert ensure_remote_index(store.layers, store.tmp, layer_of(blob), blobs) is None
+    assert blobs.reads == []
 
 
 def test_an_estargz_index_of_another_blob_is_built_again_from_the_verified_one(
@@ -258,7 +290,7 @@ def test_a_blob_without_a_footer_or_shorter_than_its_descriptor_is_refused(store
 
 def reader(store: Store, blob: Blob, data: bytes | None = None) -> tuple[LayerIndex, EstargzChunks]:
     index, _ = remote(store, blob)
-    table = check_data_present(store.layers, Path(), index).path
+    table = check_data_present(home(store, blob), Path(), index).path
     served = MemoryBlobs({index.digest: blob.data if data is None else data})
     return index, EstargzChunks({index.digest: table}, served)
 
@@ -301,7 +333,7 @@ def test_a_chunk_is_fetched_once_for_many_small_reads(store: Store) -> None:
 def test_a_corrupted_chunk_is_eio_and_the_others_read(store: Store) -> None:
     blob = write_estargz(FILES, chunk_size=20_000)
     index, _ = remote(store, blob)
-    table = load_chunk_table(store.layers, index)
+    table = load_chunk_table(home(store, blob), index)
     big = next(e for e in index.entries if e.path == ("big",))
     second = next(r for r in table.rows if r.name == "big" and r.chunk_offset == 20_000)
     damaged = bytearray(blob.data)
@@ -320,10 +352,10 @@ async def test_the_fuse_read_of_a_corrupted_chunk_answers_eio(store: Store) -> N
     blob = write_estargz(FILES, chunk_size=20_000)
     index, _ = remote(store, blob)
     damaged = bytearray(blob.data)
-    table = load_chunk_table(store.layers, index)
+    table = load_chunk_table(home(store, blob), index)
     last = table.rows[-2]  # big's last chunk; "small" follows it
     damaged[(last.offset + last.end) // 2] ^= 0x55
-    data = {index.digest: check_data_present(store.layers, Path(), index)}
+    data = {index.digest: check_data_present(home(store, blob), Path(), index)}
     source = open_layers(data, MemoryBlobs({index.digest: bytes(damaged)}))
     ops = ReadOnlyOperations(merge([index]), ChunkCache(source, chunk_size=4096))
 
@@ -340,8 +372,9 @@ async def test_the_fuse_read_of_a_corrupted_chunk_answers_eio(store: Store) -> N
 
 
 def test_open_layers_needs_a_blob_source_for_estargz(store: Store) -> None:
-    index, _ = remote(store, write_estargz(FILES))
-    data = {index.digest: check_data_present(store.layers, Path(), index)}
+    blob = write_estargz(FILES)
+    index, _ = remote(store, blob)
+    data = {index.digest: check_data_present(home(store, blob), Path(), index)}
     with pytest.raises(ValueError, match="need a blob source"):
         open_layers(data)
 
@@ -349,7 +382,7 @@ def test_open_layers_needs_a_blob_source_for_estargz(store: Store) -> None:
 def test_a_damaged_chunk_table_is_eio_never_misread(store: Store) -> None:
     blob = write_estargz(FILES, chunk_size=20_000)
     index, chunks = reader(store, blob)
-    path = index_path(store.layers, index.digest).parent / "estargz-chunks"
+    path = index_path(home(store, blob), index.digest).parent / "estargz-chunks"
     table = load_chunks(path.read_text())
     first, second, *rest = table.rows
     overlapping = dataclasses.replace(second, start=first.start + first.size - 1)

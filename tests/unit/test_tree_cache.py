@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
+from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerIndex
-from lazyfs.index.stored import ensure_index, ensure_remote_index, index_path
+from lazyfs.index.stored import ensure_index, ensure_remote_index, index_source
 from lazyfs.tree import kept as tree_cache
 from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
@@ -171,9 +172,12 @@ def test_a_tree_of_a_layer_indexed_in_another_format_since_is_merged_again(
     layer = Layer(digest, OCI_LAYER_GZIP, len(blob.data), None, annotations)
     lazy = ensure_remote_index(layers, tmp, layer, MemoryBlobs({digest: blob.data}))
     assert lazy is not None
-    tree_cache.merged_tree(layers, [digest], Indexes([lazy]))
-    # Its index built again from the whole blob, in the blob's own format.
-    index_path(layers, digest).unlink()
+    # As a mount process names the source of a remote layer's index: where it is kept.
+    home = remote_layers_dir(layers, layer)
+    assert home is not None
+    sources = (index_source(home, digest),)
+    tree_cache.merged_tree(layers, [digest], Indexes([lazy]), sources=sources)
+    # The whole blob indexed in its own format.
     path = tmp_path / "blob.gz"
     path.write_bytes(blob.data)
     whole = ensure_index(layers, tmp, digest, path)

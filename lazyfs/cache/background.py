@@ -1,0 +1,263 @@
+"""Background fetch: the rest of a mounted layer's blob, at low priority, then a verdict on it.
+
+A mount asks for it once per remote layer (``Background`` in ``cache.proto``).
+``Backgrounds.start`` runs one task per blob, in the daemon's nursery, and
+answers at once. The task fetches the blob's missing chunks in blob order, a
+run of adjacent chunks per request, and before each request waits until no
+reader waits on a fetch (``Fetcher.quiet``): on-demand reads go first, the
+background only fills the idle link. Its requests run under a limiter of
+their own (one at a time), never taking a reader's place upstream. Blobs are
+worked through one at a time, in the order they were asked for.
+
+When every chunk is in the cache the blob is read back from its chunk files
+(pinned meanwhile), and its digest, size and, uncompressed, its diff_id
+computed (``providers.diff_id.DiffIdChecker``, output bounded as pulls are,
+for the size read). What the mounting image said of the layer decides
+nothing here: the verdict (``lazyfs.cache.blobstate``) is on the bytes,
+shared by every image. Bytes that hash to the digest are complete, with
+the size and diff_id they have (quarantined, for everyone, only when they
+do not unpack); bytes that do not are wrong bytes from the origin they came
+from, recorded against that origin and size alone, and their chunks are
+dropped, so a mount reading the blob from another origin fetches from its
+own. A chunk evicted before the check makes the task fetch again (a few
+rounds at most: a cache smaller than the blob cannot hold it whole, and
+then the blob stays partial).
+
+A fetch that fails leaves the blob partial with the reason logged; the next
+mount of it asks again. Nothing here is remembered across restarts but the
+verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from lazyfs.cache.blobstate import (
+    COMPLETE,
+    QUARANTINED,
+    Verdict,
+    forget_wrong,
+    origin_name,
+    read_verdict,
+    write_verdict,
+    write_wrong,
+)
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.flight import Fetcher
+from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.values import BlobInfo, BlobKind, Origin
+from providers.diff_id import DiffIdChecker
+from providers.digest import Digest, algorithm
+from providers.errors import BadImage, DigestMismatch, LazyfsError
+from providers.source import BlobSource
+from providers.tar_stream import LayerLimits
+
+log = logging.getLogger(__name__)
+
+_ROUNDS = 3
+_REQUEST_CHUNKS = 8
+
+
+@dataclass
+class _Job:
+    digest: Digest
+    size: int
+    diff_id: Digest | None
+    origin: Origin | None = None
+    kind: BlobKind = BlobKind.FETCHING
+    reason: str = ""
+
+
+class Backgrounds:
+    """The daemon's background fetches, over ``fetcher``'s cache, run in ``nursery``."""
+
+    def __init__(self, fetcher: Fetcher, nursery: trio.Nursery, *, enabled: bool = True) -> None:
+        self.fetcher = fetcher
+        self.cache: DiskCache = fetcher.cache
+        self.enabled = enabled
+        self._nursery = nursery
+        self._jobs: dict[Digest, _Job] = {}
+        self._one_blob = trio.Lock()  # blobs one after another, in the order asked
+        self._upstream = trio.CapacityLimiter(1)
+
+    def start(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        size: int,
+        diff_id: Digest | None,
+        origin: Origin | None = None,
+    ) -> BlobInfo:
+        """Queue blob ``digest`` from ``origin`` unless it is done, queued, or background
+        fetch is off. An origin found to serve wrong bytes is tried again (a new mount
+        asks): its record stays, refusing reads through it, until a fetch verifies.
+        """
+        verdict = read_verdict(self.cache.layout.root, digest)
+        if verdict is not None and not self._evicted_since(verdict):
+            return self._info_of_verdict(verdict)
+        job = self._jobs.get(digest)
+        if job is not None and job.kind is BlobKind.FETCHING and job.origin == origin:
+            return self.info(digest)
+        if not self.enabled:
+            return self.info(digest)
+        job = self._jobs[digest] = _Job(digest, size, diff_id, origin)
+        self._nursery.start_soon(self._run, source, job)
+        return self.info(digest)
+
+    def info(self, digest: Digest, cached: int | None = None) -> BlobInfo:
+        if cached is None:
+            cached = self.cache.blob_usage().get(digest, 0)
+        verdict = read_verdict(self.cache.layout.root, digest)
+        if verdict is not None:
+            return self._info_of_verdict(verdict, cached)
+        job = self._jobs.get(digest)
+        if job is None:
+            size = self.cache.blob_size(digest) or 0
+            return BlobInfo(digest, BlobKind.UNKNOWN, size, cached)
+        return BlobInfo(digest, job.kind, job.size, cached, job.reason)
+
+    def infos(self) -> list[BlobInfo]:
+        """Every blob with chunks cached, a background job or a verdict, by digest."""
+        usage = self.cache.blob_usage()
+        digests = set(usage) | set(self._jobs) | self._verdict_digests()
+        return [self.info(d, usage.get(d, 0)) for d in sorted(digests)]
+
+    def _verdict_digests(self) -> set[Digest]:
+        from lazyfs.cache.blobstate import verdicts
+
+        return {v.digest for v in verdicts(self.cache.layout.root)}
+
+    def _evicted_since(self, verdict: Verdict) -> bool:
+        """Whether a complete blob lost chunks to eviction since: then it is fetched again."""
+        if verdict.state != COMPLETE:
+            return False
+        return self.cache.blob_usage().get(verdict.digest, 0) < verdict.size
+
+    def _info_of_verdict(self, verdict: Verdict, cached: int | None = None) -> BlobInfo:
+        if cached is None:
+            cached = self.cache.blob_usage().get(verdict.digest, 0)
+        kind = BlobKind.COMPLETE if verdict.state == COMPLETE else BlobKind.QUARANTINED
+        if kind is BlobKind.COMPLETE and cached < verdict.size:
+            job = self._jobs.get(verdict.digest)
+            # Verified once, partly evicted since: partial until fetched again.
+            fetching = job is not None and job.kind is BlobKind.FETCHING
+            kind = BlobKind.FETCHING if fetching else BlobKind.PARTIAL
+        return BlobInfo(verdict.digest, kind, verdict.size, cached, verdict.reason)
+
+    async def _run(self, source: BlobSource, job: _Job) -> None:
+        """Fetch, check and judge one blob; never raises but Cancelled."""
+        async with self._one_blob:
+            verdict = read_verdict(self.cache.layout.root, job.digest)
+            if verdict is not None and not self._evicted_since(verdict):
+                # Judged by a job from another origin meanwhile.
+                job.kind = BlobKind.COMPLETE if verdict.state == COMPLETE else BlobKind.QUARANTINED
+                job.reason = verdict.reason
+                return
+            try:
+                await self._fetch_and_judge(source, job)
+            except (LazyfsError, OSError) as error:
+                job.kind, job.reason = BlobKind.PARTIAL, str(error)
+                log.warning("background fetch of %s stopped: %s", job.digest, error)
+
+    async def _fetch_and_judge(self, source: BlobSource, job: _Job) -> None:
+        chunk_size = self.cache.layout.chunk_size
+        count = -(-job.size // chunk_size)
+        for _ in range(_ROUNDS):
+            # Each chunk is asked for at most once a round: a cache smaller
+            # than the blob evicts its first chunks while the last come in.
+            at = 0
+            while run := self._next_run(job.digest, at, count):
+                await self.fetcher.quiet()
+                await self.fetcher.fetch_chunks(source, job.digest, run, self._upstream)
+                at = run[-1] + 1
+            keys = [ChunkKey(job.digest, i) for i in range(count)]
+            with self.cache.pinned(keys):
+                if self._next_run(job.digest, 0, count):
+                    continue  # evicted before it was pinned: fetch it again
+                found = await trio.to_thread.run_sync(self._check, job)
+            self._judge(job, found)
+            return
+        job.kind = BlobKind.PARTIAL
+        job.reason = "the cache cannot hold the blob whole"
+        log.warning("background fetch of %s: %s", job.digest, job.reason)
+
+    def _next_run(self, digest: Digest, at: int, count: int) -> list[int]:
+        """The first run of uncached chunks from chunk ``at`` on, up to a request's worth.
+
+        Chunks a reader's fetch is bringing count as uncached: fetching
+        them waits for that fetch rather than asking again.
+        """
+        run: list[int] = []
+        for index in range(at, count):
+            if self.cache.contains(ChunkKey(digest, index)):
+                if run:
+                    break
+                continue
+            run.append(index)
+            if len(run) == _REQUEST_CHUNKS:
+                break
+        return run
+
+    def _check(self, job: _Job) -> Verdict | str:
+        """The verdict on the cached blob's bytes, or why they are not blob ``job.digest``.
+
+        Blocking. Every size and digest here is computed from the chunks read.
+        """
+        what = f"layer {job.digest}"
+        count = -(-job.size // self.cache.layout.chunk_size)
+        keys = [ChunkKey(job.digest, index) for index in range(count)]
+        lengths = [self.cache.length(key) or 0 for key in keys]
+        hasher = hashlib.new(algorithm(job.digest))
+        # Bounded by the size read, not the one the image says, so that a
+        # claim cannot make good bytes look like a bomb.
+        checker = DiffIdChecker(None, what, LayerLimits().bound(sum(lengths)))
+        size = 0
+        unpacks: str | None = None
+        for key in keys:
+            data = self.cache.files.read_chunk(key)
+            if data is None:
+                raise OSError(f"chunk {key.index} of {job.digest} vanished while pinned")
+            size += len(data)
+            hasher.update(data)
+            if unpacks is None:
+                try:
+                    checker.feed(data)
+                except BadImage as error:
+                    unpacks = str(error)
+        actual = Digest(f"{algorithm(job.digest)}:{hasher.hexdigest()}")
+        if actual != job.digest:
+            return str(DigestMismatch(what, expected=job.digest, actual=actual))
+        diff_id = None
+        if unpacks is None:
+            try:
+                diff_id = checker.actual()
+            except BadImage as error:
+                unpacks = str(error)
+        if unpacks is not None:
+            return Verdict(job.digest, QUARANTINED, size, None, unpacks)
+        return Verdict(job.digest, COMPLETE, size, diff_id)
+
+    def _judge(self, job: _Job, found: Verdict | str) -> None:
+        root = self.cache.layout.root
+        if isinstance(found, Verdict):
+            write_verdict(root, found)
+            forget_wrong(root, job.digest, job.origin, job.size)
+            if found.state == COMPLETE:
+                job.kind = BlobKind.COMPLETE
+                log.info("layer %s is complete and verified (%d bytes, diff_id %s)",
+                         job.digest, found.size, found.diff_id)  # fmt: skip
+                return
+            job.kind, job.reason = BlobKind.QUARANTINED, found.reason
+            log.error("layer %s quarantined: its bytes do not unpack: %s", job.digest, found.reason)
+        else:
+            # Says nothing of the blob: only of what this origin served.
+            origin = origin_name(job.origin)
+            job.kind, job.reason = BlobKind.QUARANTINED, f"{origin} served wrong bytes: {found}"
+            write_wrong(root, job.digest, job.origin, job.size, job.reason)
+            log.error("layer %s: not read from %s any more: %s", job.digest, origin, found)
+        for index in range(-(-job.size // self.cache.layout.chunk_size)):
+            self.cache.drop(ChunkKey(job.digest, index))

@@ -1,0 +1,96 @@
+"""``lazyfs ps``: the provisioned containers, as a table or as JSON.
+
+Read from the containers' records alone (``lazyfs.provision.usage``): no
+store, no provisioner, so it creates nothing on disk, as ``images`` does.
+Each container's mount state (``lazyfs.provision.revive.mount_state``) says
+whether its rootfs and volumes work:
+
+    alive        every mount is there and answers
+    dead         one is still in the mount table but its process is gone
+    not mounted  one is gone (a reboot, an unmount): ``recover --keep`` mounts it again
+    directory    the copy backend's plain directory (no mount), present
+    missing      the copy backend's directory is gone
+    incomplete   its provision is under way, or died (``recover`` removes it)
+    unreadable   its record cannot be read
+
+The worst state of its rootfs and volumes is the container's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lazyfs.provision.revive import mount_state
+from lazyfs.provision.usage import ContainerRecord, Listed, VolumeRecord, containers
+
+# Worst last: a container shows the worst of its rootfs's and volumes' states.
+_ORDER = ("alive", "directory", "not mounted", "missing", "dead")
+_HEADER = ("ID", "BACKEND", "IMAGE", "ROOTFS", "VOLUMES", "WRITABLE", "MOUNT")
+
+
+def _worst(states: list[str]) -> str:
+    return max(states, key=_ORDER.index)
+
+
+def _volume_json(backend: str, volume: VolumeRecord) -> dict[str, Any]:
+    return {
+        "container_path": volume.container_path,
+        "mode": volume.mode,
+        "image": volume.image.reference,
+        "rootfs": str(volume.rootfs),
+        "writable": volume.writable,
+        "mount": mount_state(backend, volume.rootfs),
+    }
+
+
+def describe(listed: Listed) -> dict[str, Any]:
+    """``listed`` as ``ps --json`` gives it."""
+    record: ContainerRecord | None = listed.record
+    if record is None:
+        state = "unreadable" if listed.problem.startswith("unreadable") else "incomplete"
+        return {"container_id": listed.container_id, "mount": state, "problem": listed.problem}
+    volumes = [_volume_json(record.backend, v) for v in record.volumes]
+    rootfs_state = mount_state(record.backend, record.rootfs)
+    return {
+        "container_id": record.container_id,
+        "backend": record.backend,
+        "image": record.image.reference,
+        "digest": record.image.digest,
+        "platform": record.image.platform,
+        "rootfs": str(record.rootfs),
+        "writable": record.writable,
+        "mount": _worst([rootfs_state, *(v["mount"] for v in volumes)]),
+        "rootfs_mount": rootfs_state,
+        "volumes": volumes,
+    }
+
+
+def _row(item: dict[str, Any]) -> tuple[str, ...]:
+    if "backend" not in item:
+        return (item["container_id"], "-", "-", "-", "-", "-", item["mount"])
+    volumes = ", ".join(f"{v['container_path']}:{v['image']}:{v['mode']}" for v in item["volumes"])
+    return (
+        item["container_id"],
+        item["backend"],
+        item["image"],
+        item["rootfs"],
+        volumes or "-",
+        "yes" if item["writable"] else "no",
+        item["mount"],
+    )
+
+
+def ps(work_dir: Path, *, as_json: bool) -> int:
+    """Print the containers under ``work_dir``; 0. Creates nothing."""
+    items = [describe(listed) for listed in containers(work_dir)]
+    if as_json:
+        print(json.dumps(items, indent=1))
+        return 0
+    rows = [_HEADER, *(_row(item) for item in items)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return 0

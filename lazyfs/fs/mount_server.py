@@ -1,0 +1,271 @@
+"""The mount server: ``python -m lazyfs.fs.mount_server``, one per store, forking mount processes.
+
+Started detached by the first mount that finds none (``start_mount`` in
+``lazyfs.fs.mount_server_client``, which also describes the socket, its
+directory and the requests). At start it computes its ``code_key`` (before
+importing anything it will serve, so it never claims newer code than it
+holds), imports everything a mount process runs (``PRELOAD``), freezes
+those objects out of the garbage collector's reach (so collections in the
+children do not touch, and unshare, the pages they live on), then listens.
+
+It runs no trio and no FUSE: pyfuse3 and trio are not safe to fork once
+they ran, so the server only imports them and serves its socket with a
+plain blocking accept loop, one request at a time. Each request:
+
+- from a peer that is neither its own uid nor root (SO_PEERCRED): refused;
+- ``mount`` with another ``code_key``: answered ``stale``; the server
+  removes its socket first (the next caller starts a new server) and exits;
+- ``mount``: checked (a list of strings without ``--ready-fd``, which it
+  sets itself; an environment of strings; a umask; three descriptors), then
+  forked: the child becomes the mount process (``mount_server_child``) and
+  the server answers its pid;
+- ``stop``: it exits.
+
+It exits after ``--idle`` seconds without a request too. Its children are
+never its business again: SIGCHLD is ignored so the kernel reaps them, they
+run in sessions of their own, and they outlive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lazyfs.fs import mount_server_child
+from lazyfs.fs.mount_server_client import (
+    LENGTH,
+    MAX_MESSAGE,
+    SOCKET_NAME,
+    code_key,
+    encode,
+    peer_credentials,
+    read_exactly,
+    socket_path,
+)
+
+# What a mount process imports, some of it only on the way (remote layers,
+# limits other than the defaults, --debug): all of it is shared this way.
+PRELOAD = (
+    "pyfuse3",
+    "trio",
+    "lazyfs.fs.mount_main",
+    "lazyfs.fs.debug",
+    "lazyfs.cache.client",
+    "lazyfs.cache.messages",
+    "lazyfs.index.stored",
+    "providers.tar_stream",
+)
+IDLE_TIMEOUT = 3600.0
+REQUEST_TIMEOUT = 10.0
+FDS = 3  # the ready pipe, the log, the working directory
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    args: list[str]
+    env: dict[str, str]
+    umask: int
+
+
+class Refused(Exception):
+    """A request the server does not serve; its message is the answer."""
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=__spec__.name if __spec__ else "mount_server")
+    parser.add_argument("--dir", type=Path, required=True, help="the server's private directory")
+    parser.add_argument("--room", default="", help="room for the children's command lines")
+    parser.add_argument("--idle", type=float, default=IDLE_TIMEOUT, help="seconds, then exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    # Opened first: a relative --dir is relative to the starter's directory.
+    directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.chdir("/")  # pin no caller's directory
+    key = code_key()
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:  # a mount imports it itself, then
+            _say(f"cannot preload {name}: {error}")
+    gc.collect()
+    gc.freeze()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    server = _listen(directory, key)
+    _say(f"serving in {args.dir}")
+    try:
+        _serve(server, args.idle)
+    except SystemExit:
+        pass
+    finally:
+        server.forget_socket()
+        server.listener.close()
+    _say("exiting")
+    return 0
+
+
+def _exit_on_signal(number: int, frame: object) -> None:
+    _say(f"{signal.Signals(number).name}: exiting")
+    raise SystemExit(0)
+
+
+@dataclass
+class _Server:
+    listener: socket.socket
+    directory: int
+    inode: int  # of the socket file we bound
+    key: str
+
+    def forget_socket(self) -> None:
+        """Remove the socket file if it still is ours (a successor may have replaced it)."""
+        path = socket_path(self.directory)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == self.inode:
+                os.unlink(path)
+
+
+def _listen(directory: int, key: str) -> _Server:
+    """Listen on the socket, replacing a dead server's in one rename."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    temporary = f"/proc/self/fd/{directory}/.{SOCKET_NAME}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    # Its directory is closed to others already; the socket is ours alone too.
+    old = os.umask(0o077)
+    try:
+        listener.bind(temporary)
+    finally:
+        os.umask(old)
+    inode = os.stat(temporary).st_ino
+    listener.listen(64)
+    os.rename(temporary, socket_path(directory))
+    return _Server(listener, directory, inode, key)
+
+
+def _serve(server: _Server, idle: float) -> None:
+    while True:
+        server.listener.settimeout(idle)
+        try:
+            conn, _ = server.listener.accept()
+        except TimeoutError:
+            _say(f"idle for {idle:g}s")
+            return
+        with conn:
+            if not _handle(conn, server):
+                return
+
+
+def _handle(conn: socket.socket, server: _Server) -> bool:
+    """Serve one request; False when the server is to exit."""
+    conn.settimeout(REQUEST_TIMEOUT)
+    fds: list[int] = []
+    try:
+        pid, uid, _ = peer_credentials(conn)
+        if uid not in (os.getuid(), 0):
+            _say(f"refused pid {pid}: uid {uid}")
+            raise Refused(f"uid {uid} may not use this mount server")
+        message = _receive(conn, fds)
+        if message.get("op") == "stop":
+            _say(f"stopped by pid {pid}")
+            _answer(conn, {"stopped": os.getpid()})
+            return False
+        if message.get("key") != server.key:
+            _say(f"pid {pid} runs other code: exiting for a new server")
+            # Before answering: the caller's next connect must start a new server.
+            server.forget_socket()
+            _answer(conn, {"stale": True})
+            return False
+        request = _check(message, fds)
+        child = mount_server_child.fork_mount(
+            request.args,
+            request.env,
+            request.umask,
+            ready_fd=fds[0],
+            log_fd=fds[1],
+            cwd_fd=fds[2],
+            close=(conn, server.listener),
+        )
+        _answer(conn, {"pid": child})
+    except Refused as refused:
+        _answer(conn, {"error": str(refused)})
+    except EOFError:
+        pass  # a caller that only looked for us (``server_pid``), or gave up
+    except (OSError, ValueError) as error:
+        _say(f"a request failed: {error}")
+        _answer(conn, {"error": f"{type(error).__name__}: {error}"})
+    finally:
+        for fd in fds:
+            os.close(fd)  # the child has its own copies
+    return True
+
+
+def _receive(conn: socket.socket, fds: list[int]) -> dict[str, Any]:
+    """The request on ``conn``; the descriptors that came with it go into ``fds``."""
+    data, received, flags, _ = socket.recv_fds(conn, 65536, FDS + 1)
+    fds.extend(received)  # closed by the caller whatever happens next
+    for fd in received:
+        os.set_inheritable(fd, False)
+    if flags & socket.MSG_CTRUNC:
+        raise Refused("too many descriptors")
+    head = read_exactly(conn, LENGTH.size, data[: LENGTH.size])
+    (length,) = LENGTH.unpack(head)
+    if length > MAX_MESSAGE:
+        raise Refused(f"a request of {length} bytes")
+    message = json.loads(read_exactly(conn, length, data[LENGTH.size :]))
+    if not isinstance(message, dict):
+        raise Refused("a request that is not an object")
+    return message
+
+
+def _check(message: dict[str, Any], fds: list[int]) -> MountRequest:
+    """The mount request in ``message``; Refused unless it is well formed.
+
+    The arguments themselves are parsed by the mount process, as when exec'd.
+    """
+    args, env, umask = message.get("args"), message.get("env"), message.get("umask")
+    if message.get("op") != "mount":
+        raise Refused(f"unknown request {message.get('op')!r}")
+    if len(fds) != FDS:
+        raise Refused(f"{len(fds)} descriptors, not {FDS}")
+    if not isinstance(args, list) or not all(_plain(arg) for arg in args):
+        raise Refused("arguments that are not a list of strings")
+    if any(arg.startswith("--ready-fd") for arg in args):
+        raise Refused("--ready-fd is the server's to set")
+    if not isinstance(env, dict) or not all(_plain(k) and _plain(v) for k, v in env.items()):
+        raise Refused("an environment that is not strings")
+    if any(not name or "=" in name for name in env):
+        raise Refused("an environment variable without a name")
+    if not isinstance(umask, int) or not 0 <= umask <= 0o777:
+        raise Refused("no umask")
+    return MountRequest(list(args), dict(env), umask)
+
+
+def _plain(value: object) -> bool:
+    return isinstance(value, str) and "\0" not in value
+
+
+def _answer(conn: socket.socket, message: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(encode(message))
+
+
+def _say(line: str) -> None:
+    print(f"lazyfs-mount-server[{os.getpid()}]: {line}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

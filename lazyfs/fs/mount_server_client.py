@@ -1,0 +1,389 @@
+"""Asking the mount server to start a mount process, and starting the server when none runs.
+
+A mount process exec'd afresh spends most of its start importing Python. The
+mount server (``python -m lazyfs.fs.mount_server``, see there) has imported
+all of it once and forks one child per mount, so a mount starts without
+importing and every mount shares the server's code pages and modules
+copy-on-write.
+
+There is one server per store, in ``STORE/mount-server/`` (``0700``, as the
+store): its socket ``mount.sock``, ``start.lock`` (one starter at a time,
+across processes) and ``server.log``. ``start_mount`` connects, checks that
+the server runs as this user (SO_PEERCRED), and sends the mount's arguments,
+environment and umask with the file descriptors the child needs (SCM_RIGHTS:
+the ready pipe's write end, the log, the working directory); the server
+forks, and answers the child's pid. The child is then what an exec'd mount
+process is to its caller: same ready pipe, same ``/proc/PID/cmdline``, same
+signals (``lazyfs.fs.mount``).
+
+The server serves only the code a mount would exec now: each request carries
+``code_key()`` (the Python, the import path, the lazyfs and providers source
+files by path, size and mtime); a server with another answers ``stale`` and
+exits, and a new one is started. A socket nobody answers on is a dead
+server's: the new server replaces it. Killing the server takes no mount with
+it: its children are in sessions of their own and never talk to it again.
+
+``LAZYFS_MOUNT_SERVER``: ``0`` never uses the server, ``1`` always does
+(BackendError if it cannot), unset or anything else uses it when it can.
+
+Light: the standard library and providers; the mount API calls it. Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from providers.errors import BackendError, UsageError
+from providers.private_dir import private_dir
+
+ENV = "LAZYFS_MOUNT_SERVER"
+DIR_NAME = "mount-server"
+SOCKET_NAME = "mount.sock"
+LOCK_NAME = "start.lock"
+LOG_NAME = "server.log"
+SERVER_MODULE = "lazyfs.fs.mount_server"
+START_TIMEOUT = 30.0
+REPLY_TIMEOUT = 30.0
+# Bytes of the server's command line its children overwrite with a mount
+# process's (``lazyfs.fs.mount_server``): a mount point and a store path fit.
+TITLE_ROOM = 8192
+MAX_MESSAGE = 1 << 20
+LENGTH = struct.Struct(">I")
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class Unreachable(Exception):
+    """No server took the request: nothing was started, the caller may exec instead."""
+
+
+def wanted(environ: Mapping[str, str] = os.environ) -> bool | None:
+    """Whether mounts start through the server: True forced, False never, None when it can."""
+    value = environ.get(ENV, "")
+    return {"0": False, "1": True}.get(value)
+
+
+def server_dir(store: Path) -> Path:
+    """The directory of the mount server for mounts of the store at ``store``."""
+    return store / DIR_NAME
+
+
+def start_mount(
+    directory: Path, args: list[str], *, ready_fd: int, log_fd: int, key: str | None = None
+) -> int:
+    """Have the server of ``directory`` fork a mount process of ``args``; its pid.
+
+    ``args`` are ``lazyfs.fs.mount_main``'s arguments without ``--ready-fd``:
+    the child gets ``ready_fd`` for it, ``log_fd`` as stdout and stderr,
+    /dev/null as stdin, this process's working directory, umask and
+    environment. The server is started when none answers.
+
+    Raises Unreachable when no server took the request (none could be
+    started, each answered with other code than ``key``, by default
+    ``code_key()``, or it refused and said why); BackendError when the
+    request was sent but no answer came back: a child may exist then, and
+    ends when the caller closes the ready pipe's read end (its first answer
+    fails), so it must not be retried.
+    """
+    key = code_key() if key is None else key
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        request: dict[str, Any] = {"op": "mount", "key": key, "args": args}
+        request.update(env=dict(os.environ), umask=_umask())
+        for _ in range(2):  # a stale server exits on our request; its successor serves
+            with _connected(directory) as conn:
+                _send(conn, request, [ready_fd, log_fd, cwd])
+                reply = _reply(conn)
+            if reply.get("stale"):
+                continue
+            if isinstance(reply.get("pid"), int):
+                return int(reply["pid"])
+            # It said why it started nothing (a refusal, a failed fork).
+            raise Unreachable(f"the mount server refused: {reply.get('error', reply)}")
+    finally:
+        os.close(cwd)
+    raise Unreachable("the mount server kept answering with other code than ours")
+
+
+def server_pid(directory: Path) -> int | None:
+    """The pid of the server answering in ``directory``, None if none does."""
+    with contextlib.suppress(OSError, Unreachable):
+        conn = _connect(directory)
+        if conn is not None:
+            with conn:
+                return peer_credentials(conn)[0]
+    return None
+
+
+def stop_server(directory: Path, timeout: float = START_TIMEOUT) -> int | None:
+    """Ask the server of ``directory`` to exit and wait until it has; its pid, None if none ran.
+
+    The mounts it started keep running. Raises BackendError if it stays.
+    """
+    try:
+        conn = _connect(directory)
+    except Unreachable:
+        return None
+    if conn is None:
+        return None
+    with conn:
+        pid = peer_credentials(conn)[0]
+        # A server exiting anyway (idle, replaced) may hang up on us: wait all the same.
+        with contextlib.suppress(Unreachable, BackendError):
+            _send(conn, {"op": "stop", "key": ""}, [])
+            _reply(conn)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise BackendError(f"the mount server {pid} did not stop within {timeout:g}s")
+        time.sleep(0.02)
+    return pid
+
+
+def code_key() -> str:
+    """What a server's code must match to serve a mount this process would exec now."""
+    digest = hashlib.sha256()
+    digest.update(f"{_version()}\0{sys.version}\0{sys.executable}\0".encode())
+    digest.update(os.environ.get("PYTHONPATH", "").encode() + b"\0")
+    for package in ("lazyfs", "providers", "pyfuse3"):
+        spec = importlib.util.find_spec(package)
+        origin = None if spec is None else spec.origin
+        if origin is None:
+            digest.update(f"{package}: none\n".encode())
+            continue
+        root = Path(origin).parent if spec and spec.submodule_search_locations else Path(origin)
+        files = sorted(root.rglob("*.py")) + sorted(root.rglob("*.so")) if root.is_dir() else [root]
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lazyfs")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def socket_path(directory_fd: int) -> str:
+    """The socket's path through an open descriptor of its directory.
+
+    Short whatever the store's path (a socket's path has 108 bytes at most),
+    and it cannot be redirected by renaming the directory under us.
+    """
+    return f"/proc/self/fd/{directory_fd}/{SOCKET_NAME}"
+
+
+@contextlib.contextmanager
+def _connected(directory: Path) -> Iterator[socket.socket]:
+    """A connection to the server of ``directory``, starting one if none answers."""
+    try:
+        # Checked before anything in it is trusted: ours, closed to other users.
+        private_dir(directory)
+    except (UsageError, OSError) as error:
+        raise Unreachable(str(error)) from None
+    conn = _connect(directory)
+    if conn is None:
+        deadline = time.monotonic() + START_TIMEOUT
+        with _start_lock(directory / LOCK_NAME, deadline):
+            conn = _connect(directory)  # another caller may have started it meanwhile
+            if conn is None:
+                conn = _start(directory, deadline)
+    with conn:
+        yield conn
+
+
+def _connect(directory: Path) -> socket.socket | None:
+    """A connection to the server of ``directory``; None if none listens there."""
+    try:
+        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise Unreachable(f"{directory}: {error.strerror}") from None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        conn.connect(socket_path(fd))
+        uid = peer_credentials(conn)[1]
+        if uid != os.geteuid():
+            # Never hand our descriptors and environment to another user's process.
+            raise Unreachable(f"the mount server in {directory} runs as uid {uid}, not as us")
+    except (FileNotFoundError, ConnectionRefusedError):
+        conn.close()
+        return None  # none started, or a dead server's socket: a new server replaces it
+    except OSError as error:
+        conn.close()
+        raise Unreachable(f"cannot reach the mount server in {directory}: {error}") from None
+    except BaseException:
+        conn.close()
+        raise
+    finally:
+        os.close(fd)
+    return conn
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """The peer's pid, uid and gid as the kernel saw them at connect."""
+    pid, uid, gid = _CREDS.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    )
+    return pid, uid, gid
+
+
+def _start(directory: Path, deadline: float) -> socket.socket:
+    """Start a server in ``directory`` and connect to it once it listens."""
+    log_fd = os.open(
+        directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+    )
+    try:
+        # The room argument: the children write their own command line over it.
+        argv = [sys.executable, "-P", "-m", SERVER_MODULE, "--dir", str(directory)]
+        argv += ["--room", " " * TITLE_ROOM]
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,  # detached: no signal of the caller's terminal reaches it
+        )
+    except OSError as error:
+        raise Unreachable(f"cannot start the mount server: {error}") from None
+    finally:
+        os.close(log_fd)
+    pause = 0.005
+    while True:
+        conn = _connect(directory)
+        if conn is not None:
+            break
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            raise Unreachable(f"the mount server exited at start: {_last_line(directory)}")
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise Unreachable(f"the mount server did not listen within {START_TIMEOUT:g}s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+    # Reaped when it ends, so a server that exits leaves no zombie here.
+    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+    return conn
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    return LENGTH.pack(len(data)) + data
+
+
+def _send(conn: socket.socket, message: Mapping[str, Any], fds: list[int]) -> None:
+    frame = encode(message)
+    conn.settimeout(REPLY_TIMEOUT)
+    try:
+        # The descriptors ride with the first bytes; the rest follows plainly.
+        sent = socket.send_fds(conn, [frame], fds)
+        # Not even an empty send once all is out: the server may have
+        # answered and closed already, and that send would fail (EPIPE).
+        if sent < len(frame):
+            conn.sendall(frame[sent:])
+    except OSError as error:
+        # A server that closed before reading took nothing: no child exists.
+        raise Unreachable(f"the mount server hung up: {error}") from None
+
+
+def _reply(conn: socket.socket) -> dict[str, Any]:
+    try:
+        header = read_exactly(conn, LENGTH.size, b"")
+        (length,) = LENGTH.unpack(header)
+        if length > MAX_MESSAGE:
+            raise ValueError(f"an answer of {length} bytes")
+        reply = json.loads(read_exactly(conn, length, b""))
+        if not isinstance(reply, dict):
+            raise ValueError("an answer that is not an object")
+        return reply
+    except (OSError, ValueError, EOFError) as error:
+        raise BackendError(f"the mount server gave no answer: {error or 'it hung up'}") from None
+
+
+def read_exactly(conn: socket.socket, size: int, have: bytes) -> bytes:
+    """``size`` bytes from ``conn``, starting with the ``have`` read already; EOFError if short."""
+    while len(have) < size:
+        chunk = conn.recv(size - len(have))
+        if not chunk:
+            raise EOFError("the peer hung up")
+        have += chunk
+    return have
+
+
+@contextlib.contextmanager
+def _start_lock(path: Path, deadline: float) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        # Polled: a starter that hangs must not hang us past the deadline.
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Unreachable(f"{path} stayed locked: another start hangs") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (other threads may be creating files)."""
+    with (
+        contextlib.suppress(OSError, ValueError, StopIteration),
+        open("/proc/self/status") as status,
+    ):
+        line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _last_line(directory: Path) -> str:
+    try:
+        lines = (directory / LOG_NAME).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "nothing logged"

@@ -1,0 +1,160 @@
+"""Leftovers of earlier lazyfs versions and of replaced files: garbage in any layer.
+
+In a layer's store directory ``layers/<hex>/``, whether or not a container
+uses the layer:
+
+- extracted trees of earlier rules (``stale_tree``, from
+  ``backends.extracted.stale_name``: ``rootfs`` and ``overlay`` before
+  ``-v2``), unless a mount on this machine still names one (a container an
+  older lazyfs provisioned stacks it);
+- files an index of another format kept (``tar``, ``gzip-index``,
+  ``estargz-chunks``) beside the index stored now, such as the chunk table
+  of an eStargz index rebuilt from the whole blob in its own format, or
+  beside no index at all (a build that never finished), unless a live
+  process names the file (format 1's mount processes were handed their
+  ``tar``); an index of a format this version does not read keeps them;
+- merged trees kept (``trees/<chain>``) that no mount will take: made by
+  other code or from indexes since replaced (``lazyfs.tree.kept``), or for
+  a chain whose indexes are gone.
+
+And image records no lookup finds (damaged, or under an old key), unless
+the key is one a container's image has.  Each goes through the ``gc/``
+area (``lazyfs.gc.trash``).  A layer directory whose lock is held (an
+extraction or an index build under way) is left for the next pass.
+Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import marshal
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from lazyfs.gc.trash import Trash
+from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, INDEX_NAME, TAR_NAME
+from lazyfs.index.stored import layer_format, load_index
+from lazyfs.store.disk import Store
+from lazyfs.tree.kept import layer_sources, load_tree
+from providers.digest import Digest
+from providers.errors import BadImage
+from providers.fslock import try_exclusive_lock
+
+_INDEX_FILES = (TAR_NAME, CHECKPOINTS_NAME, CHUNKS_NAME)
+_HEX = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
+
+
+def remove_stale(
+    store: Store,
+    trash: Trash,
+    stale_tree: Callable[[str], bool],
+    kept_keys: Iterable[tuple[str, str]],
+) -> list[str]:
+    """Remove every leftover described above; their store-relative paths.
+
+    ``kept_keys``: (reference, platform) of images a container uses, whose
+    records stay even when they do not read.
+    """
+    removed: list[str] = []
+    keep = {store.image_record(reference, platform) for reference, platform in kept_keys}
+    for path, manifest in store.records():
+        if manifest is None and path not in keep:
+            trash.discard(path)
+            removed.append(str(path.relative_to(store.root)))
+    mounts = _mount_table()
+    named = _process_words()
+    for home in sorted(store.layers.iterdir()):
+        if not _HEX.fullmatch(home.name) or not home.is_dir():
+            continue
+        with try_exclusive_lock(home / "lock") as free:
+            if not free:
+                continue  # an extraction or index build is under way: next pass
+            for path in _stale_in(store.layers, home, stale_tree, mounts, named):
+                trash.discard(path)
+                removed.append(str(path.relative_to(store.root)))
+    return removed
+
+
+def _stale_in(
+    layers_dir: Path,
+    home: Path,
+    stale_tree: Callable[[str], bool],
+    mounts: str,
+    named: bytes,
+) -> list[Path]:
+    found = []
+    for entry in sorted(home.iterdir()):
+        if stale_tree(entry.name) and not _mounted(mounts, home.name, entry.name):
+            found.append(entry)
+    index = load_index(layers_dir, _digest(home.name), entries=False)
+    wanted = set(_INDEX_FILES)
+    if index is not None:
+        with contextlib.suppress(BadImage):  # a format this version does not know: keep all
+            wanted = set(layer_format(index).stored_files)
+    elif not (home / INDEX_NAME).exists():
+        wanted = set()  # the files of an index build that never finished
+    for name in _INDEX_FILES:
+        path = home / name
+        if name not in wanted and path.exists() and not _named(named, path):
+            found.append(path)
+    trees = home / "trees"
+    if trees.is_dir():
+        found.extend(tree for tree in sorted(trees.iterdir()) if _stale_tree_file(layers_dir, tree))
+    return found
+
+
+def _digest(hexdigest: str) -> Digest:
+    return Digest(f"{'sha512' if len(hexdigest) == 128 else 'sha256'}:{hexdigest}")
+
+
+def _stale_tree_file(layers_dir: Path, path: Path) -> bool:
+    """Whether the kept merged tree at ``path`` is one no mount will load."""
+    try:
+        header = marshal.loads(path.read_bytes())[0]
+        digests = tuple(Digest(str(d)) for d in header[3])
+    except FileNotFoundError:
+        return False
+    except Exception:  # any shape marshal gives back, or unreadable: no mount loads it
+        return True
+    if not digests or hashlib.sha256("\n".join(digests).encode()).hexdigest() != path.name:
+        return True
+    if path.parent.parent.name != digests[-1].partition(":")[2]:
+        return True
+    sources = layer_sources(layers_dir, digests)
+    # Not current: made by other code, or from indexes since replaced or gone.
+    return "" in sources or load_tree(path, digests, sources=sources) is None
+
+
+def _mounted(mounts: str, home: str, name: str) -> bool:
+    """Whether a mount names ``<home>/<name>`` (or below it): a root, a lowerdir, a source."""
+    return re.search(rf"/{home}/{re.escape(name)}(?=[/,:\s]|$)", mounts, re.M) is not None
+
+
+def _named(words: bytes, path: Path) -> bool:
+    return b"\0" + os.fsencode(path) + b"\0" in words
+
+
+def _mount_table() -> str:
+    """This mount namespace's mountinfo: overlay lowerdirs and bind roots name trees."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            return table.read()
+    except OSError:
+        return ""
+
+
+def _process_words() -> bytes:
+    """Every live process's command line, NUL-separated words, ``=``-split too."""
+    words = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        words.append(argv.replace(b"=", b"\0"))
+    return b"\0" + b"\0".join(words) + b"\0"

@@ -1,0 +1,243 @@
+"""What provisioned containers are and use, read from their records alone.
+
+``containers(work_dir)`` reads every container's ``info.json`` as it was
+written (see ``lazyfs.provision.provisioner`` for where), without the store
+and without creating anything: ``lazyfs ps`` lists them from it, and image
+GC asks ``used_images`` / ``used_layers`` what it must not remove, rootfs
+and image volumes alike (Mesos once let GC take an image a volume used).
+
+Records of every lazyfs version load: one without ``volumes`` has none,
+one without ``remote_layers`` left none in its registry.  A container whose
+record is missing (its provision is under way, or died) or unreadable is
+listed with ``record`` None: it may use any image, so a careful GC keeps
+everything while there is one (``Usage.unknown``).
+
+Images a person mounted with ``lazyfs mount`` are in use too, for as long
+as their record (``<work_dir>/mounts/<key>/image.json``) is there:
+``Usage.mounts``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from providers.digest import Digest
+
+__all__ = [
+    "ContainerRecord",
+    "ImageRecord",
+    "ImageUse",
+    "Listed",
+    "Usage",
+    "VolumeRecord",
+    "containers",
+    "containers_dir",
+    "mounted_images",
+    "used_images",
+    "used_layers",
+]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image as a container's record names it: enough to find it in the store."""
+
+    reference: str
+    platform: str
+    digest: str
+    layers: tuple[Digest, ...]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageRecord:
+        return cls(
+            str(data["reference"]),
+            str(data.get("platform", "")),
+            str(data.get("digest", "")),
+            tuple(Digest(str(d)) for d in data.get("layers", ())),
+        )
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """An image volume of a container: mounted at ``container_path``, ``ro`` or ``rw``."""
+
+    container_path: str
+    mode: str
+    rootfs: Path
+    writable: bool
+    image: ImageRecord
+    remote_layers: tuple[Digest, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VolumeRecord:
+        return cls(
+            str(data["container_path"]),
+            str(data.get("mode", "ro")),
+            Path(data["rootfs"]),
+            bool(data.get("writable", False)),
+            ImageRecord.from_json(data["image"]),
+            tuple(Digest(str(d)) for d in data.get("remote_layers", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """A complete container's ``info.json``, as recorded."""
+
+    container_id: str
+    backend: str
+    rootfs: Path
+    writable: bool
+    image: ImageRecord
+    remote_layers: tuple[Digest, ...] = ()
+    volumes: tuple[VolumeRecord, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
+        return cls(
+            str(data["container_id"]),
+            str(data["backend"]),
+            Path(data["rootfs"]),
+            bool(data["writable"]),
+            ImageRecord.from_json(data["image"]),
+            tuple(Digest(str(d)) for d in data.get("remote_layers", ())),
+            tuple(VolumeRecord.from_json(v) for v in data.get("volumes", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A container directory: its record, or None with why there is none (one line)."""
+
+    container_id: str
+    record: ContainerRecord | None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class ImageUse:
+    """One image one container uses: for its rootfs (``container_path`` None) or a volume."""
+
+    container_id: str
+    container_path: str | None
+    image: ImageRecord
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the provisioned containers, and ``lazyfs mount``'s mounts, use.
+
+    ``unknown``: containers whose record is missing or unreadable (a
+    provision under way, or one that died), and mount records without an
+    image (a ``lazyfs mount`` starting, or one of an older lazyfs), as
+    ``mount:<record dir>``: they may use any image.  ``mounts``: each
+    ``lazyfs mount`` record dir with its image.  ``layers`` and
+    ``references`` cover containers and mounts alike.
+    """
+
+    images: tuple[ImageUse, ...]
+    unknown: tuple[str, ...]
+    mounts: tuple[tuple[Path, ImageRecord], ...] = ()
+
+    def _all(self) -> list[ImageRecord]:
+        return [use.image for use in self.images] + [image for _, image in self.mounts]
+
+    @property
+    def layers(self) -> frozenset[Digest]:
+        return frozenset(d for image in self._all() for d in image.layers)
+
+    @property
+    def references(self) -> frozenset[tuple[str, str]]:
+        """(reference, platform) of every image used, as the store keys them."""
+        return frozenset((image.reference, image.platform) for image in self._all())
+
+
+def containers_dir(work_dir: Path) -> Path:
+    return work_dir.absolute() / "provisioner" / "containers"
+
+
+def read_record(home: Path) -> ContainerRecord | None:
+    """The record of the container at ``home``; None if it is incomplete.
+
+    Raises ValueError (with the reason) for a record that cannot be read.
+    """
+    if (home / "provisioning").exists():
+        return None
+    try:
+        text = (home / "info.json").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ValueError(error.strerror or str(error)) from error
+    try:
+        return ContainerRecord.from_json(json.loads(text))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"damaged record: {type(error).__name__}: {error}") from error
+
+
+def containers(work_dir: Path) -> list[Listed]:
+    """Every container directory under ``work_dir``, by id. Creates nothing. Blocking."""
+    try:
+        homes = sorted(containers_dir(work_dir).iterdir())
+    except FileNotFoundError:
+        return []
+    listed = []
+    for home in homes:
+        try:
+            record = read_record(home)
+        except ValueError as error:
+            listed.append(Listed(home.name, None, f"unreadable record: {error}"))
+            continue
+        problem = "" if record is not None else "incomplete: its provision did not finish"
+        listed.append(Listed(home.name, record, problem))
+    return listed
+
+
+def mounted_images(work_dir: Path) -> tuple[list[tuple[Path, ImageRecord]], list[str]]:
+    """The images of ``lazyfs mount``'s records under ``work_dir``, and the records
+    without one (``mount:<dir>``). Creates nothing. Blocking."""
+    try:
+        records = sorted((work_dir.absolute() / "mounts").iterdir())
+    except FileNotFoundError:
+        return [], []
+    found: list[tuple[Path, ImageRecord]] = []
+    unknown: list[str] = []
+    for record in records:
+        try:
+            found.append(
+                (record, ImageRecord.from_json(json.loads((record / "image.json").read_text())))
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            unknown.append(f"mount:{record}")
+    return found, unknown
+
+
+def used_images(work_dir: Path) -> Usage:
+    """What every provisioned container under ``work_dir`` uses, rootfs and volumes,
+    and what every ``lazyfs mount`` recorded there uses.
+
+    Read-only and safe to call while other processes provision (a
+    container appears once its record is written; until then it is in
+    ``unknown``). Blocking.
+    """
+    images: list[ImageUse] = []
+    unknown: list[str] = []
+    for listed in containers(work_dir):
+        record = listed.record
+        if record is None:
+            unknown.append(listed.container_id)
+            continue
+        images.append(ImageUse(record.container_id, None, record.image))
+        images.extend(
+            ImageUse(record.container_id, v.container_path, v.image) for v in record.volumes
+        )
+    mounts, unmounted = mounted_images(work_dir)
+    return Usage(tuple(images), tuple(unknown + unmounted), tuple(mounts))
+
+
+def used_layers(work_dir: Path) -> frozenset[Digest]:
+    """The layer digests of every image a provisioned container uses (``used_images``)."""
+    return used_images(work_dir).layers

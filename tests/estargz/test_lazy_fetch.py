@@ -1,0 +1,297 @@
+"""Prefetch, background fetch and bad bytes, as the registry and the daemon see them.
+
+Real processes throughout: ``lazyfs provision --backend fuse`` from a
+loopback ``docker-registry`` behind a recording proxy
+(``tests.support.fault_proxy``: every request with its Range header), the
+daemon the first mount starts, and reads of the mounted rootfs. What
+happened is read from the proxy's record and the daemon's status, never
+from a mock. Tests that count bytes turn background fetch off
+(``--no_background_fetch``); the background tests leave it on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazyfs.cache.client import status
+from lazyfs.cache.messages import BlobKind, StatusOk
+from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon, wait_for
+from tests.support.estargz_writer import Blob, File, write_estargz
+from tests.support.fault_proxy import Faults, run_proxy
+from tests.support.fuse_mounts import need_fuse
+from tests.support.lazy_images import diff_id, lazyfs, push_estargz_image
+from tests.support.registry_servers import Registry, run_registry
+
+A = os.urandom(1536 << 10)
+B = os.urandom(1 << 20)
+C = os.urandom(3 << 20)
+TREE = [
+    File("app", type="dir", mode=0o755),
+    File("app/a", A),
+    File("app/b", B),
+    File("data", type="dir", mode=0o755),
+    File("data/c", C),
+]
+# The landmark after app/a and app/b: they are the prioritized files.
+PREFETCHED = write_estargz(TREE, chunk_size=512 << 10, prefetch=3)
+NOT_PREFETCHED = write_estargz(TREE, chunk_size=512 << 10)
+TOP = write_estargz([File("etc", type="dir", mode=0o755), File("etc/top", b"top\n" * 2000)])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    work = tmp_path_factory.mktemp("lazy-fetch-registry")
+    with run_registry(work, work / "storage") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def proxied(registry: Registry) -> Iterator[tuple[str, Faults]]:
+    """A recording proxy in front of ``registry``: its host, and its record."""
+    faults = Faults()
+    with run_proxy(registry.url, faults) as url:
+        yield url.removeprefix("http://"), faults
+
+
+@contextlib.contextmanager
+def provisioned(
+    work: Path, host: str, image: str, container: str = "c1", *, background: bool
+) -> Iterator[dict[str, Any]]:
+    """``lazyfs provision --backend fuse``; destroyed, and its daemon ended, afterwards."""
+    url = f"http://{host}"
+    try:
+        done = lazyfs(work, url, "provision", container, f"docker:{host}/{image}",
+                      "--backend", "fuse", background=background)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        yield json.loads(done.stdout)
+    finally:
+        gone = lazyfs(work, url, "destroy", container)
+        kill_recorded(work / "cache")
+        assert gone.returncode == 0, gone.stderr
+
+
+def ranges_of(faults: Faults, digest: str) -> list[tuple[int, int]]:
+    """The (first, last) byte of every Range request the proxy saw for blob ``digest``."""
+    found = []
+    with faults.lock:
+        seen = list(faults.seen)
+    for path, headers in seen:
+        if path.endswith(f"/blobs/{digest}") and "Range" in headers:
+            first, last = headers["Range"].removeprefix("bytes=").split("-")
+            found.append((int(first), int(last)))
+    return found
+
+
+def landmark_offset(blob: Blob) -> int:
+    toc = json.loads(blob.toc_json)
+    return int(next(e["offset"] for e in toc["entries"] if e["name"] == ".prefetch.landmark"))
+
+
+def settled(cache_dir: Path) -> StatusOk:
+    """The daemon's status once no fetch is in flight."""
+
+    def idle() -> bool:
+        found = daemon_status(cache_dir)
+        return found is not None and found.fetches_in_flight == 0
+
+    wait_for(idle, "the daemon's fetches to land")
+    found = status(cache_dir)
+    return found
+
+
+def test_the_files_before_the_landmark_arrive_at_mount_in_one_range_request(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    pushed = push_estargz_image(registry.url, "lazy/pre", "v1", [PREFETCHED])
+    (layer,) = pushed.layers
+    work = tmp_path / "work"
+    with (
+        proxied(registry) as (host, faults),
+        provisioned(work, host, "lazy/pre:v1", background=False) as info,
+    ):
+        settled(work / "cache")
+        at_mount = ranges_of(faults, layer)
+        from_start = [r for r in at_mount if r[0] == 0]
+        # One request from the blob's start through the landmark's bytes.
+        assert len(from_start) == 1, at_mount
+        assert from_start[0][1] >= landmark_offset(PREFETCHED)
+        rootfs = Path(info["rootfs"])
+        assert (rootfs / "app/a").read_bytes() == A
+        assert (rootfs / "app/b").read_bytes() == B
+        # The prioritized files were all there: reading them asked nothing more.
+        assert ranges_of(faults, layer) == at_mount
+        assert (rootfs / "data/c").read_bytes() == C
+        assert len(ranges_of(faults, layer)) > len(at_mount)
+
+
+def test_a_layer_with_the_no_prefetch_landmark_gets_no_prefetch(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    pushed = push_estargz_image(registry.url, "lazy/noprefetch", "v1", [NOT_PREFETCHED])
+    (layer,) = pushed.layers
+    work = tmp_path / "work"
+    with (
+        proxied(registry) as (host, faults),
+        provisioned(work, host, "lazy/noprefetch:v1", background=False),
+    ):
+        found = settled(work / "cache")
+        # The footer and TOC only: the tail of the blob, nothing from its start.
+        at_mount = ranges_of(faults, layer)
+        assert at_mount and all(first > 0 for first, _ in at_mount), at_mount
+        assert found.used_bytes < len(NOT_PREFETCHED.data) // 2
+
+
+def _blob_states(cache_dir: Path) -> dict[str, BlobKind]:
+    found = daemon_status(cache_dir)
+    return {} if found is None else {b.digest: b.kind for b in found.blobs}
+
+
+def test_background_fetch_completes_the_layers_and_the_next_provision_has_them_local(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    pushed = push_estargz_image(registry.url, "lazy/bg", "v1", [NOT_PREFETCHED, TOP])
+    work = tmp_path / "work"
+    cache_dir = work / "cache"
+    store = work / "store" / "docker" / "blobs"
+    with proxied(registry) as (host, _faults):
+        with provisioned(work, host, "lazy/bg:v1", background=True) as info:
+            assert len(info["remote_layers"]) == 2
+
+            def complete() -> bool:
+                states = _blob_states(cache_dir)
+                return all(states.get(d) is BlobKind.COMPLETE for d in pushed.layers)
+
+            wait_for(complete, "both layers to be fetched and verified", timeout=120)
+            shown = lazyfs(work, f"http://{host}", "cache", "--json")
+            assert shown.returncode == 0, shown.stderr
+            report = json.loads(shown.stdout)
+            assert report["daemon_running"] is True and report["background_fetch"] is True
+            rows = {row["digest"]: row for row in report["layers"]}
+            for digest, size in zip(pushed.layers, pushed.sizes, strict=True):
+                assert rows[digest]["state"] == "complete"
+                assert rows[digest]["size"] == size and rows[digest]["complete"] == 1.0
+            table = lazyfs(work, f"http://{host}", "cache").stdout
+            assert pushed.layers[0][:19] in table and "100%" in table
+            images = lazyfs(work, f"http://{host}", "images").stdout
+            assert "LOCAL" in images and "100%" in images
+            # Files read while the background fetch ran are the image's.
+            assert (Path(info["rootfs"]) / "data/c").read_bytes() == C
+        assert recorded_daemon(cache_dir) is None
+        # The next provision copies them from the cache into the store, verified,
+        # and mounts them as local layers: no daemon is needed, none is started.
+        with provisioned(work, host, "lazy/bg:v1", "c2", background=True) as again:
+            assert again["remote_layers"] == []
+            for digest in pushed.layers:
+                assert (store / "sha256" / digest.removeprefix("sha256:")).is_file()
+            assert (Path(again["rootfs"]) / "app/a").read_bytes() == A
+            assert recorded_daemon(cache_dir) is None
+
+
+def test_an_image_lying_about_a_layer_s_diff_id_cannot_deny_the_layer_to_other_images(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    wrong = diff_id(TOP)  # the other layer's: a config that lies about this one
+    right = diff_id(NOT_PREFETCHED)
+    lying = push_estargz_image(registry.url, "lazy/lying", "v1", [NOT_PREFETCHED], diff_ids=[wrong])
+    honest = push_estargz_image(registry.url, "lazy/honest", "v1", [NOT_PREFETCHED])
+    (layer,) = lying.layers
+    assert honest.layers == lying.layers
+    work = tmp_path / "work"
+    cache_dir = work / "cache"
+    with (
+        proxied(registry) as (host, _faults),
+        provisioned(work, host, "lazy/lying:v1", background=True) as info,
+    ):
+        # The liar's own background fetch runs to its verdict: on the bytes, not the claim.
+        wait_for(
+            lambda: _blob_states(cache_dir).get(layer) is BlobKind.COMPLETE,
+            "the layer's verdict",
+            timeout=120,
+        )
+        rootfs = Path(info["rootfs"])
+        with pytest.raises(OSError) as raised:
+            (rootfs / "data/c").read_bytes()
+        assert raised.value.errno == errno.EIO
+        log = (rootfs.parent.parent / "scratch" / rootfs.name / "mount.log").read_text()
+        assert f"layer {layer}: its diff_id is {right}, the image says {wrong}" in log
+        shown = json.loads(lazyfs(work, f"http://{host}", "cache", "--json").stdout)
+        (row,) = [r for r in shown["layers"] if r["digest"] == layer]
+        assert row["state"] == "complete"
+        # Nothing is made local for the liar: the store checks diff_id per image.
+        again = lazyfs(work, f"http://{host}", "provision", "c3", f"docker:{host}/lazy/lying:v1",
+                       "--backend", "fuse")  # fmt: skip
+        try:
+            assert again.returncode == 0, again.stderr
+            assert json.loads(again.stdout)["remote_layers"] == [layer]
+        finally:
+            assert lazyfs(work, f"http://{host}", "destroy", "c3").returncode == 0
+        # Another image naming the layer with its true diff_id reads it.
+        with provisioned(work, host, "lazy/honest:v1", "c2", background=True) as victim:
+            assert (Path(victim["rootfs"]) / "data/c").read_bytes() == C
+            assert (Path(victim["rootfs"]) / "app/a").read_bytes() == A
+
+
+def test_a_chunk_corrupted_in_flight_is_dropped_from_the_cache_and_fetched_again(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    pushed = push_estargz_image(registry.url, "lazy/flip", "v1", [NOT_PREFETCHED])
+    (layer,) = pushed.layers
+    work = tmp_path / "work"
+    with (
+        proxied(registry) as (host, faults),
+        provisioned(work, host, "lazy/flip:v1", background=False) as info,
+    ):
+        settled(work / "cache")
+        before = len(ranges_of(faults, layer))
+        with faults.lock:
+            faults.corruptions = 1  # the next blob body has one byte flipped
+        assert (Path(info["rootfs"]) / "app/a").read_bytes() == A
+        assert (Path(info["rootfs"]) / "app/b").read_bytes() == B
+        assert faults.corruptions == 0  # it fired
+        after = ranges_of(faults, layer)[before:]
+        # The corrupted range was asked for again, after the mount told the daemon.
+        assert len(after) > len(set(after)), after
+        assert "evicted" in (work / "cache" / "daemon.log").read_text()
+
+
+def _lying_chunk(doc: dict[str, Any]) -> None:
+    for entry in doc["entries"]:
+        if entry["name"] == "app/b":
+            entry["chunkDigest"] = "sha256:" + "0" * 64
+
+
+def test_a_chunk_that_never_verifies_gives_eio_and_is_not_kept_in_the_cache(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    lying = write_estargz(TREE, chunk_size=512 << 10, edit_toc=_lying_chunk)
+    pushed = push_estargz_image(registry.url, "lazy/never", "v1", [lying])
+    (layer,) = pushed.layers
+    work = tmp_path / "work"
+    with (
+        proxied(registry) as (host, faults),
+        provisioned(work, host, "lazy/never:v1", background=False) as info,
+    ):
+        settled(work / "cache")
+        for attempt in (1, 2):
+            before = len(ranges_of(faults, layer))
+            with pytest.raises(OSError) as raised:
+                (Path(info["rootfs"]) / "app/b").read_bytes()
+            assert raised.value.errno == errno.EIO
+            # Fetched, found wrong, dropped, fetched again: on every attempt,
+            # never served from a cache that kept the bad bytes.
+            assert len(ranges_of(faults, layer)) >= before + 2, attempt
+        assert (Path(info["rootfs"]) / "app/a").read_bytes() == A

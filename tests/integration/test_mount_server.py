@@ -1,0 +1,304 @@
+"""Mount processes forked by the mount server (``lazyfs.fs.mount_server``) are exec'd ones' equals.
+
+Each test that mounts takes down its mounts and stops the store's server
+afterwards, checking that neither a mount process nor the server is left
+(``mounted``, ``tests.support.mount_servers.chosen``). Tests that hold for
+both ways of starting run on each (``start``: exec and server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from lazyfs.fs import caps as fuse_caps
+from lazyfs.fs import mount as lazy_mount
+from lazyfs.fs import mount_server_client as server_client
+from lazyfs.store.disk import Store
+from providers.errors import BackendError
+from providers.manifest import Layer
+from tests.support import images, mount_servers
+from tests.support.backend_variants import IGNORED_XATTRS
+from tests.support.blob_sources import store_files
+from tests.support.fuse_mounts import need_fuse, runs_mount_main, unmount_all, walk_and_read
+from tests.support.images import Entry, whiteout, write_layer
+from tests.support.mount_servers import EXEC, SERVER
+from tests.support.rich_image import RICH_TAG
+from tests.support.tree import diff_trees, tree_digest
+
+pytestmark = pytest.mark.integration
+
+LAYERS = [
+    [Entry("etc", "dir"), Entry("etc/hosts", data=b"127.0.0.1 localhost\n"), Entry("etc/gone")],
+    [whiteout("etc/gone"), Entry("big", data=b"0123456789" * 100_000)],
+]
+
+
+class Mount(Protocol):
+    def __call__(self, point: Path, *, writable: bool = False) -> int: ...
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Store, list[Layer]]]:
+    """A store with ``LAYERS``; its mount server, if one was started, is stopped afterwards."""
+    need_fuse()
+    lazy_store = Store(tmp_path / "store")
+    blobs = [write_layer(entries, tmp_path / f"layer{i}.tar") for i, entries in enumerate(LAYERS)]
+    layers = store_files(lazy_store, blobs)
+    with mount_servers.chosen(SERVER, lazy_store.root, monkeypatch.setenv):
+        yield lazy_store, layers
+
+
+@pytest.fixture
+def mounted(store: tuple[Store, list[Layer]], tmp_path: Path) -> Iterator[Mount]:
+    """Mounts ``LAYERS`` where asked; every mount is taken down and its process gone afterwards."""
+    lazy_store, layers = store
+    made: list[tuple[Path, int]] = []
+
+    def mount(point: Path, *, writable: bool = False) -> int:
+        point.mkdir(exist_ok=True)
+        record = tmp_path / f"record-{point.name}"
+        record.mkdir()
+        pid = lazy_mount.mount_recorded(
+            record, layers, point, store=lazy_store.root, writable=writable
+        )
+        made.append((point, pid))
+        return pid
+
+    try:
+        yield mount
+    finally:
+        unmount_all(made)
+
+
+@pytest.mark.parametrize("writable", [False, True], ids=["ro", "rw"])
+def test_a_served_mount_shows_what_an_exec_one_shows(
+    rich_layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writable: bool
+) -> None:
+    need_fuse()
+    lazy_store = Store(tmp_path / "store")
+    layers = store_files(
+        lazy_store, [path for _, path in images.layer_paths(rich_layout, RICH_TAG)]
+    )
+    trees = {}
+    made: list[tuple[Path, int]] = []
+    try:
+        for start in mount_servers.PATHS:
+            with mount_servers.chosen(start, lazy_store.root, monkeypatch.setenv):
+                point, record = tmp_path / start, tmp_path / f"record-{start}"
+                point.mkdir()
+                record.mkdir()
+                pid = lazy_mount.mount_recorded(
+                    record, layers, point, store=lazy_store.root, writable=writable
+                )
+                made.append((point, pid))
+                forked = mount_servers.parent(pid) != os.getpid()
+                assert forked == (start == SERVER)
+                assert runs_mount_main(pid, point)
+                if writable:
+                    (point / "written").write_bytes(b"by the container\n")
+                    os.utime(point / "written", ns=(0, 1_700_000_000_000_000_000))
+                trees[start] = tree_digest(point, ignore_xattrs=IGNORED_XATTRS)
+                unmount_all([made.pop()])
+    finally:
+        unmount_all(made)
+    assert not diff_trees(trees[EXEC], trees[SERVER])
+    assert len(trees[SERVER]) > 10 and ("written" in trees[SERVER]) == writable
+
+
+def test_mounts_are_forked_by_one_server_and_go_down_as_exec_ones(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    first, second = mounted(tmp_path / "a"), mounted(tmp_path / "b", writable=True)
+    server = mount_servers.server_of(lazy_store.root)
+    assert {first, second} <= mount_servers.children(server)
+    assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert not (tmp_path / "b" / "etc" / "gone").exists()
+    # Each its own session, as an exec'd one: a signal to the server's group misses it.
+    assert os.getsid(first) == first and os.getsid(second) == second
+    os.kill(second, signal.SIGTERM)
+    assert mount_servers.wait_gone(second)
+    assert not lazy_mount.is_mounted(tmp_path / "b")
+    assert "SIGTERM: unmounting" in (tmp_path / "record-b" / "mount.log").read_text()
+
+
+@pytest.fixture
+def adopting() -> Iterator[None]:
+    with mount_servers.adopting_orphans():
+        yield
+
+
+def test_killing_the_server_leaves_every_mount_serving_and_the_next_starts_another(
+    adopting: None, mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    points = [tmp_path / "a", tmp_path / "b"]
+    pids = [mounted(point) for point in points]
+    server = mount_servers.server_of(lazy_store.root)
+    os.kill(server, signal.SIGKILL)
+    assert mount_servers.wait_gone(server)
+    for point, pid in zip(points, pids, strict=True):
+        assert mount_servers.alive(pid) and mount_servers.parent(pid) == os.getpid()
+        # Bytes never read before: the mount process itself answers.
+        assert walk_and_read(point) == (2, 2)
+        assert (point / "big").read_bytes()[-10:] == b"0123456789"
+    pid = mounted(tmp_path / "c")
+    assert mount_servers.server_of(lazy_store.root) not in (server, None)
+    assert mount_servers.parent(pid) == mount_servers.server_of(lazy_store.root)
+    assert (tmp_path / "c" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+
+
+def test_each_mount_gets_its_callers_environment(
+    mounted: Mount, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = fuse_caps.why_not()
+    if reason is not None:
+        pytest.skip(f"the no-open path cannot run here: {reason}")
+    # The server started with the first; the second's environment is its caller's own.
+    monkeypatch.setenv(fuse_caps.ENV, "0")
+    mounted(tmp_path / "a")
+    monkeypatch.setenv(fuse_caps.ENV, "1")
+    mounted(tmp_path / "b")
+    assert "on the open (" in (tmp_path / "record-a" / "mount.log").read_text()
+    assert "on the no-open path" in (tmp_path / "record-b" / "mount.log").read_text()
+
+
+def test_a_server_of_other_code_exits_and_is_replaced(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    mounted(tmp_path / "a")
+    old = mount_servers.server_of(lazy_store.root)
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(server_client.Unreachable, match="other code"):
+            server_client.start_mount(
+                server_client.server_dir(lazy_store.root),
+                ["--mountpoint", str(tmp_path / "x")],
+                ready_fd=write_end,
+                log_fd=write_end,
+                key="code of another lazyfs",
+            )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert mount_servers.wait_gone(old)
+    assert server_client.server_pid(server_client.server_dir(lazy_store.root)) is None
+    mounted(tmp_path / "b")
+    assert mount_servers.server_of(lazy_store.root) != old
+
+
+def test_a_request_is_checked_and_its_arguments_parsed_as_an_exec_ones(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    mounted(tmp_path / "a")
+    server = mount_servers.server_of(lazy_store.root)
+    directory = server_client.server_dir(lazy_store.root)
+    before = mount_servers.children(server)
+    log = tmp_path / "bad.log"
+    read_end, write_end = os.pipe()
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(server_client.Unreachable, match="--ready-fd is the server's"):
+            server_client.start_mount(
+                directory, ["--ready-fd", "0"], ready_fd=write_end, log_fd=log_fd
+            )
+        assert mount_servers.children(server) == before
+        pid = server_client.start_mount(
+            directory, ["--no-such-flag"], ready_fd=write_end, log_fd=log_fd
+        )
+        os.close(write_end)
+        write_end = -1
+        assert os.read(read_end, 100) == b""  # it said nothing: it exited
+    finally:
+        os.close(read_end)
+        os.close(log_fd)
+        if write_end >= 0:
+            os.close(write_end)
+    assert mount_servers.wait_gone(pid)
+    assert "the following arguments are required: --mountpoint" in log.read_text()
+
+
+def test_the_server_is_closed_to_other_users(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    mounted(tmp_path / "a")
+    server = mount_servers.server_of(lazy_store.root)
+    directory = server_client.server_dir(lazy_store.root)
+    sock = directory / server_client.SOCKET_NAME
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0
+    # Past the closed directory and socket (a hole there would be another bug),
+    # the server still refuses a peer of another uid.
+    sock.chmod(0o666)
+    before = mount_servers.children(server)
+    answer = _ask_as(65534, sock, tmp_path)
+    assert "uid 65534 may not use this mount server" in answer
+    assert mount_servers.children(server) == before
+    assert mount_servers.alive(server)
+
+
+def _ask_as(uid: int, sock: Path, tmp_path: Path) -> str:
+    """What the server answers a mount request sent by a process of ``uid``."""
+    out = tmp_path / "answer"
+    path_fd = os.open(sock, os.O_PATH)
+    script = (
+        "import os, socket, sys, json, struct\n"
+        f"os.setgroups([]); os.setresgid({uid}, {uid}, {uid}); os.setresuid({uid}, {uid}, {uid})\n"
+        "c = socket.socket(socket.AF_UNIX)\n"
+        f"c.connect('/proc/self/fd/{path_fd}')\n"
+        "body = json.dumps({'op': 'mount', 'key': '', 'args': [], 'env': {}, 'umask': 0})\n"
+        "try:\n"
+        "    socket.send_fds(c, [struct.pack('>I', len(body)) + body.encode()], [0, 1, 2])\n"
+        "except BrokenPipeError:\n"
+        "    pass  # answered and closed before reading: the answer is there still\n"
+        "sys.stdout.write(c.recv(65536)[4:].decode())\n"
+    )
+    try:
+        with out.open("w") as answer:
+            # The interpreter itself: the venv's link may sit where uid cannot look.
+            subprocess.run(
+                [os.path.realpath("/proc/self/exe"), "-I", "-c", script],
+                stdout=answer,
+                pass_fds=[path_fd],
+                check=True,
+                timeout=60,
+            )
+    finally:
+        os.close(path_fd)
+    return str(json.loads(out.read_text()).get("error"))
+
+
+def test_without_a_server_mounts_are_exec_d_unless_the_server_is_required(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_fuse()
+    lazy_store = Store(tmp_path / "store")
+    layers = store_files(lazy_store, [write_layer(LAYERS[0], tmp_path / "layer.tar")])
+    # No server can live there: its directory is a file.
+    server_client.server_dir(lazy_store.root).write_bytes(b"")
+    point = tmp_path / "m"
+    point.mkdir()
+    monkeypatch.setenv(server_client.ENV, "1")
+    with pytest.raises(BackendError, match="the mount server cannot start this mount"):
+        lazy_mount.mount(layers, point, store=lazy_store.root, log_path=tmp_path / "log")
+    assert not lazy_mount.is_mounted(point)
+    monkeypatch.delenv(server_client.ENV)
+    pid = lazy_mount.mount(layers, point, store=lazy_store.root, log_path=tmp_path / "log")
+    try:
+        assert mount_servers.parent(pid) == os.getpid()
+        assert (point / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+        assert "starting the mount process itself" in (tmp_path / "log").read_text()
+    finally:
+        unmount_all([(point, pid)])

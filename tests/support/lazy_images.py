@@ -1,0 +1,107 @@
+"""eStargz images made to measure for the lazy-fetch tests, pushed to a loopback registry.
+
+ctr-remote's ``optimize --no-optimize`` always writes ``.no.prefetch.landmark``
+(and profiling a workload to get a ``.prefetch.landmark`` needs a container
+run, which failed here on such images), so the prefetch and background-fetch
+tests build their layers with ``tests.support.estargz_writer`` and push them
+over the Registry API: an OCI manifest whose layers carry the
+``toc.digest`` annotation, and a config naming each layer's diff_id (the
+digest of the gunzipped blob), or a wrong one when a test asks for it.
+
+``lazyfs`` runs the CLI the way a user does, with the registry, work and
+cache directories of a test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+
+from tests.support.estargz_writer import Blob
+
+TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def diff_id(blob: Blob) -> str:
+    return sha256(gzip.decompress(blob.data))
+
+
+@dataclass(frozen=True)
+class Pushed:
+    layers: tuple[str, ...]  # the layers' blob digests, bottom first
+    sizes: tuple[int, ...]
+
+
+def put_blob(registry_url: str, repository: str, data: bytes) -> str:
+    digest = sha256(data)
+    start = requests.post(f"{registry_url}/v2/{repository}/blobs/uploads/", timeout=30)
+    start.raise_for_status()
+    location = urljoin(registry_url, start.headers["Location"])
+    joiner = "&" if "?" in location else "?"
+    done = requests.put(f"{location}{joiner}digest={digest}", data=data, timeout=60)
+    done.raise_for_status()
+    return digest
+
+
+def push_estargz_image(
+    registry_url: str,
+    repository: str,
+    tag: str,
+    blobs: Sequence[Blob],
+    *,
+    diff_ids: Sequence[str] | None = None,
+) -> Pushed:
+    """Push an image of the eStargz ``blobs``; ``diff_ids`` overrides what the config says."""
+    digests = [put_blob(registry_url, repository, blob.data) for blob in blobs]
+    named = list(diff_ids) if diff_ids is not None else [diff_id(blob) for blob in blobs]
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/true"]},
+        "rootfs": {"type": "layers", "diff_ids": named},
+    }).encode()  # fmt: skip
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": put_blob(registry_url, repository, config), "size": len(config)},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest,
+             "size": len(blob.data), "annotations": {TOC_ANNOTATION: blob.toc_digest}}
+            for digest, blob in zip(digests, blobs, strict=True)
+        ],
+    }  # fmt: skip
+    response = requests.put(
+        f"{registry_url}/v2/{repository}/manifests/{tag}",
+        data=json.dumps(manifest).encode(),
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return Pushed(tuple(digests), tuple(len(blob.data) for blob in blobs))
+
+
+def lazyfs(
+    work: Path, registry_url: str, *args: str, background: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``lazyfs ARGS`` with this test's work dir, cache dir and registry."""
+    argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
+            registry_url, "--cache_dir", str(work / "cache")]  # fmt: skip
+    if not background:
+        argv.append("--no_background_fetch")
+    return subprocess.run(
+        [*argv, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip

@@ -1,0 +1,87 @@
+"""``lazyfs cache`` from the disk when no daemon answers; the LOCAL column of ``lazyfs images``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from lazyfs.cache.blobstate import COMPLETE, QUARANTINED, Verdict, write_verdict
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey
+from lazyfs.cli_cache import cache_report, local_share, render
+from providers.digest import Digest
+from providers.manifest import ImageManifest, Layer
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTIAL = Digest("sha256:" + "aa" * 32)
+DONE = Digest("sha256:" + "bb" * 32)
+BAD = Digest("sha256:" + "cc" * 32)
+
+
+def _cache(root: Path) -> None:
+    with DiskCache.open(root, 64 * CHUNK_SIZE) as cache:
+        cache.put(ChunkKey(PARTIAL, 0), b"x" * CHUNK_SIZE)
+        cache.put(ChunkKey(DONE, 0), b"y" * 100)
+    write_verdict(root, Verdict(DONE, COMPLETE, 100))
+    write_verdict(root, Verdict(BAD, QUARANTINED, 5000, reason="layer diff_id: wanted a, got b"))
+
+
+def test_without_a_daemon_the_cache_is_read_from_its_directory(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    _cache(root)
+    report = cache_report(root, 1 << 30, {PARTIAL: 4 * CHUNK_SIZE})
+    assert not report.daemon_running and report.background_fetch is None
+    assert (report.used_bytes, report.limit_bytes, report.chunks) == (CHUNK_SIZE + 100, 1 << 30, 2)
+    rows = {row.digest: row for row in report.layers}
+    assert (rows[PARTIAL].state, rows[PARTIAL].complete) == ("partial", 0.25)
+    assert (rows[DONE].state, rows[DONE].complete, rows[DONE].size) == ("complete", 1.0, 100)
+    assert rows[BAD].state == "quarantined" and "diff_id" in rows[BAD].reason
+    table = render(report)
+    assert "25%" in table and "100%" in table and "quarantined: layer diff_id" in table
+
+
+def test_a_layer_of_unknown_size_shows_a_question_mark(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    _cache(root)
+    report = cache_report(root, 1 << 30, {})
+    (row,) = [r for r in report.layers if r.digest == PARTIAL]
+    assert row.size is None and row.complete is None
+    assert "?" in render(report)
+
+
+def test_the_local_share_counts_stored_layers_and_cached_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    _cache(root)
+    manifest = ImageManifest(
+        reference="r.example/app:v1",
+        digest=Digest("sha256:" + "dd" * 32),
+        layers=(Layer(PARTIAL, "", 4 * CHUNK_SIZE), Layer(DONE, "", 100),
+                Layer(BAD, "", 4 * CHUNK_SIZE - 100)),
+    )  # fmt: skip
+    # PARTIAL: a quarter cached; DONE: in the store; BAD: nothing.
+    assert (
+        local_share(manifest, lambda d: d == DONE, root)
+        == f"{(CHUNK_SIZE + 100) / (8 * CHUNK_SIZE):.0%}"
+    )
+
+
+def test_lazyfs_cache_on_a_missing_cache_creates_nothing(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "cache", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"layers": []' in done.stdout
+    assert not work.exists()
+
+
+def test_a_bad_cache_size_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lazyfs", "--work_dir", str(tmp_path), "--cache_size", "lots",
+         "cache"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1 and "cache_size" in done.stderr

@@ -1,0 +1,167 @@
+"""Image GC's pure parts: its config, the names of stale trees, sizes, and the gc/ area."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends.extracted import stale_name
+from lazyfs.cli_flags import parse_size
+from lazyfs.gc.config import DEFAULT_INTERVAL_NS, GcConfig, parse_gc_config, reference_forms
+from lazyfs.gc.trash import Trash
+from lazyfs.gc.uses import mounted_layers
+from lazyfs.progress import human_size
+from providers.errors import UsageError
+
+
+def test_the_mesos_example_parses() -> None:
+    text = json.dumps(
+        {
+            "image_disk_headroom": 0.1,
+            "image_disk_watch_interval": {"nanoseconds": 3600000000000},
+            "excluded_images": [],
+        }
+    )
+    assert parse_gc_config(text) == GcConfig(0.1, 3600 * 10**9, ())
+
+
+def test_defaults_are_mesos_and_excluded_images_take_both_forms() -> None:
+    config = parse_gc_config(
+        '{"excluded_images": [{"type": "DOCKER", "docker": {"name": "busybox"}}, "app:1"]}'
+    )
+    assert (config.headroom, config.interval_ns) == (0.1, DEFAULT_INTERVAL_NS)
+    assert config.excludes("docker.io/library/busybox:latest")
+    assert config.excludes("docker.io/library/app:1")
+    assert not config.excludes("docker.io/library/app:2")
+
+
+def test_a_file_and_a_file_url_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "gc.json"
+    path.write_text('{"image_disk_headroom": 0.5}')
+    assert parse_gc_config(str(path)).headroom == 0.5
+    assert parse_gc_config(f"file://{path}").headroom == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "--image_gc_config is empty: give JSON or a file holding it"),
+        ("{", "--image_gc_config: not JSON: "),
+        ("[]", "--image_gc_config: want a JSON object with image_disk_headroom, "),
+        ('{"image_disk_headroom": 1.5}', "image_disk_headroom 1.5: want a number from 0 to 1"),
+        ('{"image_disk_headroom": -0.1}', "image_disk_headroom -0.1: want a number from 0 to 1"),
+        ('{"image_disk_headroom": true}', "image_disk_headroom True: want a number from 0 to 1"),
+        ('{"image_disk_watch_interval": 5}', "image_disk_watch_interval 5: want"),
+        ('{"image_disk_watch_interval": {"nanoseconds": 0}}', 'want {"nanoseconds": N}'),
+        ('{"excluded_images": "busybox"}', "excluded_images: want a list of images"),
+        ('{"excluded_images": [{"type": "DOCKER"}]}', "names no image"),
+        ('{"excluded_images": [3]}', "excluded image 3: want an Image or a name"),
+        ('{"image_disk_headroom": 0.1, "headroom": 1}', "unknown field 'headroom'"),
+        ("/nonexistent/gc.json", "--image_gc_config /nonexistent/gc.json: No such file"),
+    ],
+)
+def test_a_bad_config_is_one_line_naming_the_flag(text: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_gc_config(text)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_reference_forms_cover_what_the_store_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "docker.io/library/busybox:latest" in reference_forms("busybox")
+    assert "docker.io/library/busybox:latest" in reference_forms("docker://busybox")
+    (tmp_path / "a.tar").touch()
+    monkeypatch.chdir(tmp_path)
+    assert f"oci-archive:{tmp_path}/a.tar" in reference_forms("oci-archive:a.tar")
+
+
+@pytest.mark.parametrize(
+    ("name", "stale"),
+    [
+        ("rootfs", True),  # before trees were versioned
+        ("overlay", True),
+        ("overlay.1", True),
+        ("overlay.implicit.json", True),
+        ("overlay-v1", True),
+        ("rootfs-v2", False),  # these rules' trees
+        ("overlay-v2", False),
+        ("overlay-v2.3", False),
+        ("overlay-v2.dirs.json", False),
+        ("overlay-v2.3.dirs.json", False),
+        ("overlay-v3", False),  # a later lazyfs's: never ours to remove
+        ("index.json", False),
+        ("trees", False),
+        ("rootfsx", False),
+    ],
+)
+def test_stale_tree_names(name: str, stale: bool) -> None:
+    assert stale_name(name) is stale
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4096", 4096),
+        ("7B", 7),
+        ("1.5k", 1536),
+        ("512MiB", 512 << 20),
+        ("512MB", 512 << 20),  # as Mesos writes it: 1024-based too
+        ("10 GiB", 10 << 30),
+        ("1TB", 1 << 40),
+        ("ten", None),
+        ("5 XB", None),
+    ],
+)
+def test_sizes_are_binary_whatever_the_spelling(text: str, size: int | None) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 << 20, "3.0 MiB"), (5 << 40, "5.0 TiB")],
+)
+def test_human_size_is_binary(n: int, shown: str) -> None:
+    assert human_size(n) == shown
+
+
+def test_trash_moves_then_deletes_and_empty_finishes_what_was_left(tmp_path: Path) -> None:
+    root, gc = tmp_path / "store", tmp_path / "store" / "gc"
+    gc.mkdir(parents=True)
+    tree = root / "layers" / "abc"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_bytes(b"x" * 10000)
+    moved: list[str] = []
+    trash = Trash(root, gc, moved.append)
+    assert trash.discard(tree) >= 10000
+    assert moved == ["layers/abc"]
+    assert not tree.exists() and list(gc.iterdir()) == []
+    assert trash.discard(tree) == 0  # gone already: nothing to do
+    (gc / "99.1.left").mkdir()
+    (gc / "99.1.left" / "g").write_text("y")
+    assert trash.empty() == 1 and list(gc.iterdir()) == []
+
+
+def test_the_layers_a_live_mount_process_serves_are_found(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    layer = json.dumps({"digest": "sha256:" + "a" * 64, "media_type": "x", "size": 1})
+    other = json.dumps({"digest": "sha256:" + "b" * 64, "media_type": "x", "size": 1})
+    # Processes with a mount process's arguments: one of this store, one of another.
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    mine = subprocess.Popen([*argv, "--store", str(store), "--layer", layer], stdin=subprocess.PIPE)
+    theirs = subprocess.Popen(
+        [*argv, "--store", str(tmp_path / "other"), "--layer", other], stdin=subprocess.PIPE
+    )
+    try:
+        assert mounted_layers(store) == [(mine.pid, ("sha256:" + "a" * 64,))]
+    finally:
+        for process in (mine, theirs):
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait()
+    assert mounted_layers(store) == []

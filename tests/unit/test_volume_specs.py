@@ -1,0 +1,163 @@
+"""Image volume specs: --volume, a ContainerInfo's volumes, and run's mounts for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lazyfs.cli import build_parser
+from lazyfs.cli_parser import parse_command_line
+from lazyfs.cli_volumes import volume_mounts
+from lazyfs.provision.records import ProvisionInfo, VolumeInfo
+from lazyfs.provision.volumes import (
+    check_container_path,
+    container_from_json,
+    parse_volume,
+    with_volumes,
+)
+from providers.digest import Digest
+from providers.errors import UsageError
+from providers.image_pb2 import Image
+from providers.manifest import ImageManifest, RuntimeConfig
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "name", "mode"),
+    [
+        ("/data:busybox", "/data", "busybox", "ro"),
+        ("/data:busybox:rw", "/data", "busybox", "rw"),
+        ("/data:busybox:RO", "/data", "busybox", "ro"),
+        ("/data:busybox:1.36", "/data", "busybox:1.36", "ro"),
+        ("/data:busybox:1.36:rw", "/data", "busybox:1.36", "rw"),
+        ("/data:busybox:ro:ro", "/data", "busybox:ro", "ro"),
+        ("/data:registry:5000/app:v1", "/data", "registry:5000/app:v1", "ro"),
+        ("/data:docker://busybox:rw", "/data", "busybox", "rw"),
+        ("//a/./b/:busybox", "/a/b", "busybox", "ro"),
+    ],
+)
+def test_parse_volume(text: str, path: str, name: str, mode: str) -> None:
+    volume = parse_volume(text)
+    assert (volume.container_path, volume.image.docker.name, volume.mode) == (path, name, mode)
+    assert volume.writable == (mode == "rw")
+
+
+def test_parse_volume_takes_every_image_form() -> None:
+    volume = parse_volume("/v:appc:example.com/app,version=1.0:rw")
+    assert volume.image.type == Image.APPC and volume.image.appc.name == "example.com/app"
+    assert volume.mode == "rw"
+    volume = parse_volume("/v:oci:/some/layout:tag")
+    assert volume.image.docker.name == "oci:/some/layout:tag"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("", "want CONTAINER_PATH:IMAGE[:ro|rw]"),
+        ("/data", "no image"),
+        ("/data:", "no image"),
+        ("/data::rw", "no image"),
+        ("data:busybox", "container path 'data' is not absolute"),
+        (":busybox", "no container path"),
+        ("/a/../b:busybox", "has a '..' component"),
+        ("/..:busybox", "has a '..' component"),
+        ("/:busybox", "is the root"),
+        ("/./:busybox", "is the root"),
+        ("/data:busybox:ro,z", "unknown mode 'ro,z': use ro or rw"),
+        ("/data:busybox:readonly", "unknown mode 'readonly'"),
+        ("/data:busybox:Z", "unknown mode 'Z'"),
+        ("/data:busybox:mode=ro", "unknown mode 'mode=ro'"),
+        ("/data:Busybox", "--volume '/data:Busybox': "),
+        ("/data:appc:Bad", "invalid appc image name"),
+    ],
+)
+def test_a_bad_volume_is_a_usage_error(text: str, error: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_volume(text)
+    assert error in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@given(st.text(alphabet="/.ab\0", max_size=12))
+def test_a_container_path_is_normal_and_never_climbs(path: str) -> None:
+    try:
+        normal = check_container_path(path)
+    except UsageError:
+        return
+    parts = normal.split("/")
+    assert parts[0] == "" and all(p not in ("", ".", "..") for p in parts[1:])
+    assert "\0" not in normal
+    assert normal == check_container_path(normal)
+
+
+BUSYBOX = {"type": "DOCKER", "docker": {"name": "busybox"}}
+
+
+def test_a_container_info_in_protobufs_json_form() -> None:
+    spec = container_from_json(
+        {
+            "type": "MESOS",
+            "mesos": {"image": BUSYBOX},
+            "volumes": [
+                {"container_path": "/a", "mode": "RW", "image": BUSYBOX},
+                {"containerPath": "/b/", "mode": 2, "image": BUSYBOX},
+            ],
+        },
+        "spec",
+    )
+    assert spec.image.docker.name == "busybox"
+    assert [(v.container_path, v.mode) for v in spec.volumes] == [("/a", "rw"), ("/b", "ro")]
+    more = with_volumes(spec, [parse_volume("/c:busybox")])
+    assert [v.container_path for v in more.volumes] == ["/a", "/b", "/c"]
+    with pytest.raises(UsageError, match="two volumes at /a"):
+        with_volumes(spec, [parse_volume("/a/.:busybox")])
+
+
+def _manifest() -> ImageManifest:
+    return ImageManifest("r", Digest("sha256:" + "0" * 64), (), RuntimeConfig())
+
+
+def _info(rootfs: Path, writable: bool, *paths: tuple[str, str]) -> ProvisionInfo:
+    volumes = tuple(
+        VolumeInfo(p, mode, rootfs.parent / f"v{i}", mode == "rw", _manifest())
+        for i, (p, mode) in enumerate(paths)
+    )
+    return ProvisionInfo("c", rootfs, "overlay", writable, _manifest(), (), volumes)
+
+
+def test_run_mounts_outer_volumes_first_read_only_unless_rw(tmp_path: Path) -> None:
+    info = _info(tmp_path / "r", True, ("/a/b/c", "ro"), ("/z", "rw"), ("/a", "ro"), ("/a/b", "ro"))
+    mounts = volume_mounts(info)
+    assert [m["destination"] for m in mounts] == ["/a", "/z", "/a/b", "/a/b/c"]
+    assert [m["options"][-1] for m in mounts] == ["ro", "rw", "ro", "ro"]
+    assert all(m["type"] == "bind" and "rbind" in m["options"] for m in mounts)
+    assert mounts[1]["source"] == str(tmp_path / "v1")
+
+
+def test_a_read_only_rootfs_needs_the_mount_point(tmp_path: Path) -> None:
+    rootfs = tmp_path / "r"
+    (rootfs / "there").mkdir(parents=True)
+    (rootfs / "link").symlink_to("/there")  # resolved inside the rootfs, as runc does
+    assert len(volume_mounts(_info(rootfs, False, ("/there", "ro"), ("/link", "ro")))) == 2
+    with pytest.raises(UsageError, match="the read-only rootfs has no /missing"):
+        volume_mounts(_info(rootfs, False, ("/missing", "ro")))
+    assert len(volume_mounts(_info(rootfs, True, ("/missing", "ro")))) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "image", "volumes", "command"),
+    [
+        (["run", "-v", "/d:x", "busybox", "ls"], "busybox", ["/d:x"], ["ls"]),
+        (["run", "busybox", "--volume", "/d:x", "ls"], "busybox", ["/d:x"], ["ls"]),
+        (["run", "--volume=/d:x", "busybox", "--", "ls"], "busybox", ["/d:x"], ["ls"]),
+        (["run", "--container-info", "f.json", "ls", "-l"], None, [], ["ls", "-l"]),
+        (["run", "--container_info", "f.json", "-v", "/e:y", "ls"], None, ["/e:y"], ["ls"]),
+    ],
+)
+def test_run_sets_its_volume_flags_apart_from_the_command(
+    argv: list[str], image: str | None, volumes: list[str], command: list[str]
+) -> None:
+    args = parse_command_line(build_parser({}), argv)
+    assert (args.image, args.volume, args.command_args) == (image, volumes, command)
