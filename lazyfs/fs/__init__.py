@@ -7,7 +7,8 @@ requests onto a merged tree and an ``upper`` (``upper``, ``upper_copy``,
 and ``upper_disk``, the ``*at`` calls they work through: no FUSE code,
 refusals are ``UpperError``); ``boundary`` is where every
 error of a handler becomes its answer; ``mount_main`` is the process that
-indexes an image's layers in the store and serves one mount; ``mount`` is the
+indexes an image's layers in the store and serves one mount (with the
+options of ``mount_options``); ``mount`` is the
 public mount API the backends call, and loads no FUSE, index or tree code
 itself (providers only). The mount process finds blobs through lazyfs.store.
 

@@ -47,6 +47,8 @@ from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, ensure_daemon
 from lazyfs.fs import mount_server_client as server_client
 from lazyfs.fs.mount_wire import (
+    INDEXED,
+    READY,
     REFUSED,
     layer_arg,
     parse_layer_arg,
@@ -83,8 +85,6 @@ __all__ = [
     "unmount",
 ]
 
-READY = b"ready\n"
-INDEXED = b"indexed\n"
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
 MODULE = "lazyfs.fs.mount_main"
@@ -120,7 +120,7 @@ def mount(
     ``suid`` and ``dev`` (as root; the defaults, as a container's rootfs
     needs) honour the image's setuid bits and device nodes; false, the
     mount is ``nosuid``/``nodev``, as a person's look inside an image must
-    be where other users can reach it (see ``lazyfs.fs.mount_main.mount_options``).
+    be where other users can reach it (see ``lazyfs.fs.mount_options``).
 
     Returns the mount process's pid.  Raises what indexing raised for a
     layer it refuses (BadImage, UnsafeLayer; one that unpacks past

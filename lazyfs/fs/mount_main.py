@@ -23,7 +23,7 @@ kernel allow it (``lazyfs.fs.caps``), else today's path with handles.
 Options: ``fsname=lazyfs``, ``ro`` unless writable, ``default_permissions`` (the kernel
 checks modes, since other users see the tree), ``nosuid,nodev`` unless
 ``--suid``/``--dev`` say otherwise, and as root ``allow_other``.  See
-``mount_options`` for why.  It logs to stderr, which the parent points at a
+``lazyfs.fs.mount_options`` for why.  It logs to stderr, which the parent points at a
 log file.
 """
 
@@ -48,14 +48,11 @@ from lazyfs.cache.remote import RemoteOrigin
 
 if TYPE_CHECKING:
     from lazyfs.cache.client import CacheClient
+    from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs import caps as fuse_caps
-from lazyfs.fs.debug import log_requests
-from lazyfs.fs.mount import INDEXED, READY, parse_layer_args, refusal
+from lazyfs.fs.mount_options import mount_options
+from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
-from lazyfs.fs.upper import Upper
-from lazyfs.fs.writable import WritableOperations
-from lazyfs.fs.writable_no_open import NoOpenWritableOperations
-from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerData, LayerIndex
 from lazyfs.index.stored import (
     check_data_present,
@@ -102,36 +99,6 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
     parser.add_argument("--dev", action="store_true", help="let device nodes be opened")
     return parser.parse_args(argv)
-
-
-def mount_options(*, writable: bool = False, suid: bool = False, dev: bool = False) -> set[str]:
-    """The FUSE mount options; ``suid`` and ``dev`` count only as root.
-
-    ``allow_other`` as root: without it the kernel lets in only processes
-    running as the mounting user, root here. A container's rootfs needs it,
-    since its processes run as the image's user, and so does a person's
-    ``sudo lazyfs mount``, looked at as themselves. Who else gets in is up
-    to the mount point's parents: a rootfs's are closed to other users (see
-    ``providers.private_dir``), a person's are theirs to choose. Whoever
-    gets in meets the image's modes (``default_permissions``): they read
-    what the image lets anyone read and, in a writable mount, write where
-    it lets anyone write (into the upper, discarded on umount).
-
-    ``suid`` and ``dev`` are for a container's rootfs, whose setuid files
-    and device nodes must work inside it; a person's look inside an image
-    gets ``nosuid,nodev``, so an image's setuid-root file, or a device node
-    anyone may open, reached through their mount point gives no one root.
-    Without root, fusermount3 mounts ``nosuid,nodev`` whatever is asked.
-    """
-    options = set(pyfuse3.default_options) | {"fsname=lazyfs"}
-    if not writable:
-        options.add("ro")
-    root = os.geteuid() == 0
-    if root:
-        options.add("allow_other")
-    options.add("suid" if suid and root else "nosuid")
-    options.add("dev" if dev and root else "nodev")
-    return options
 
 
 @dataclass(frozen=True)
@@ -193,6 +160,8 @@ def _cache_client(
     cache_dir: Path | None, layers: Sequence[tuple[Layer, RemoteOrigin | None]]
 ) -> CacheClient | None:
     """The daemon's client for the remote layers, if there are any."""
+    if all(origin is None for _, origin in layers):
+        return None
     # Loaded only with remote layers: a mount of local layers starts without
     # the daemon's protocol (protobuf) and client.
     from lazyfs.cache.client import CacheClient, remote_blob
@@ -233,6 +202,9 @@ def _remote_layer(
     into the store (verified by digest and diff_id, as every ingest) and
     read as a local layer. Stored under ``store.layers`` (eStargz: by TOC too).
     """
+    # Loaded only with remote layers: it loads the eStargz code.
+    from lazyfs.index.estargz_store import remote_layers_dir
+
     index = ensure_remote_index(
         store.layers, store.tmp, layer, blobs, entries=entries, limits=limits
     )
@@ -282,6 +254,11 @@ def _operations(
         return read_only(tree, ChunkCache(source))
     if work is None:
         raise RuntimeError("a writable mount needs --work beside --upper")
+    # Loaded only for a writable mount: a read-only one starts without them.
+    from lazyfs.fs.upper import Upper
+    from lazyfs.fs.writable import WritableOperations
+    from lazyfs.fs.writable_no_open import NoOpenWritableOperations
+
     writable = NoOpenWritableOperations if no_open else WritableOperations
     return writable(Upper(tree, upper, work, source), ChunkCache(source))
 
@@ -369,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             no_open = fuse_caps.no_open()
             ops = _operations(indexed, args.upper, args.work, no_open=no_open)
             if args.debug:
+                from lazyfs.fs.debug import log_requests
+
                 log_requests(ops)
             writable = args.upper is not None
             options = mount_options(writable=writable, suid=args.suid, dev=args.dev)

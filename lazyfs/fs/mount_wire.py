@@ -5,7 +5,7 @@ process's ``--layer`` argument (JSON: digest, media type, size, diff_id,
 annotations, and for a layer still in a registry its ``origin``).
 ``refusal`` and ``refused_error``: an error the mount process raised while
 indexing, as the answer line that carries it back, and the same error again
-on the caller's side. The answers themselves (``ready``, ``indexed``) are
+on the caller's side. The answers themselves (``INDEXED``, ``READY``) are
 described in ``lazyfs.fs.mount``.
 
 Light: providers and ``lazyfs.cache.remote`` only.
@@ -23,6 +23,9 @@ from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
 
+# The mount process's answers on its ready pipe (``lazyfs.fs.mount`` says when each comes).
+INDEXED = b"indexed\n"
+READY = b"ready\n"
 REFUSED = b"refused "
 
 

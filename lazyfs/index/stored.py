@@ -38,20 +38,11 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from lazyfs.index.estargz import (
-    SUGGESTED_TAIL_SIZE,
-    TocLimits,
-    parse_footer,
-    toc_digest,
-    toc_json,
-    toc_member,
-)
-from lazyfs.index.estargz_chunks import ChunkTable, source_of
-from lazyfs.index.estargz_chunks import dumps as dump_chunks
-from lazyfs.index.estargz_chunks import loads as load_chunks
+from lazyfs.index.estargz_footer import SUGGESTED_TAIL_SIZE
 from lazyfs.index.formats import ESTARGZ, LayerFormat, build_index, format_named
 from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, LayerData, LayerIndex, dumps, loads
 from lazyfs.store.atomic import publish, write_atomic
@@ -62,7 +53,32 @@ from providers.manifest import Layer
 from providers.source import BlobSource
 
 if TYPE_CHECKING:
+    from lazyfs.index.estargz_chunks import ChunkTable
     from providers.tar_stream import LayerLimits
+
+
+# The eStargz TOC and chunk table code (the TOC parser above all) is loaded
+# on first use, through these three: a mount of plain layers reads neither,
+# and should not pay for importing them at every start.
+def toc_digest(annotations: Mapping[str, str]) -> Digest | None:
+    """``lazyfs.index.estargz.toc_digest``."""
+    from lazyfs.index.estargz import toc_digest as digest_of
+
+    return digest_of(annotations)
+
+
+def source_of(head: str) -> tuple[Digest, int]:
+    """``lazyfs.index.estargz_chunks.source_of``."""
+    from lazyfs.index.estargz_chunks import source_of as parse
+
+    return parse(head)
+
+
+def dump_chunks(table: ChunkTable) -> str:
+    """``lazyfs.index.estargz_chunks.dumps``."""
+    from lazyfs.index.estargz_chunks import dumps
+
+    return dumps(table)
 
 
 def index_path(layers_dir: Path, digest: Digest) -> Path:
@@ -247,6 +263,8 @@ def load_chunk_table(layers_dir: Path, index: LayerIndex) -> ChunkTable:
 
     BadImage when it is missing or damaged.
     """
+    from lazyfs.index.estargz_chunks import loads as load_chunks
+
     data = check_data_present(layers_dir, Path(), index)
     try:
         table = load_chunks(data.path.read_text(encoding="utf-8"))
@@ -317,6 +335,8 @@ def _local_toc(stream: BinaryIO, size: int, layer: str) -> bytes | None:
     None when it has another size or ends in no footer.  Raises BadImage for
     a TOC member refused, and OSError.
     """
+    from lazyfs.index.estargz import TocLimits, parse_footer, toc_json, toc_member
+
     if os.fstat(stream.fileno()).st_size != size:
         return None
     start = max(0, size - SUGGESTED_TAIL_SIZE)

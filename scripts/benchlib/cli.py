@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from types import FrameType
 
 import trio
 
+from backends.names import NAMES
 from benchlib import report
 from benchlib.cold import DEFAULT_RATE_MBIT, DEFAULT_RTT_MS, measure_cold_start
 from benchlib.density import measure_density, stop_mount_server
@@ -33,6 +35,9 @@ from benchlib.pull import measure_pull
 from benchlib.util import scratch_dir
 
 REPO = Path(__file__).resolve().parents[2]
+IMAGES = ("synthetic", "debian")
+# Byte-compiled before measuring (see compile_sources).
+PACKAGES = ("lazyfs", "providers", "backends")
 TOOLS = (
     "debootstrap",
     "umoci",
@@ -65,6 +70,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
         f"temperatures): {', '.join(MEASUREMENTS)}",
     )
     parser.add_argument(
+        "--image",
+        action="append",
+        choices=IMAGES,
+        help="only this image (repeatable; default both, the synthetic one with --quick)",
+    )
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        help=f"only this lazyfs backend (repeatable; default all): {', '.join(NAMES)}",
+    )
+    parser.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="lazyfs alone, no umoci, tar, overlayfs or skopeo: an A/B between lazyfs versions",
+    )
+    parser.add_argument(
         "--link-rate",
         type=float,
         default=DEFAULT_RATE_MBIT,
@@ -87,6 +109,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+    unknown_backends = sorted(set(args.backend or ()) - set(NAMES))
+    if unknown_backends:
+        parser.error(f"unknown backend {', '.join(unknown_backends)}; known: {', '.join(NAMES)}")
     if args.link_rate <= 0 or args.link_rtt < 0:
         parser.error("--link-rate must be above 0 and --link-rtt at least 0")
     if args.only:
@@ -114,6 +139,18 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def compile_sources() -> bool:
+    """Byte-compile lazyfs' packages, as installing it does; False if that failed.
+
+    Every mount process imports its modules afresh. Under
+    PYTHONDONTWRITEBYTECODE (or a checkout Python cannot write to) nothing
+    would be cached, so each would compile them from source inside the
+    timed region: a cost that grows with the source's size and that no
+    installed lazyfs pays.
+    """
+    return all(compileall.compile_dir(REPO / name, quiet=1) for name in PACKAGES)
+
+
 def run_image(
     image: BenchImage,
     names: list[str],
@@ -122,14 +159,17 @@ def run_image(
     runs: int,
     results: list[Result],
     link: tuple[float, float] = (DEFAULT_RATE_MBIT, DEFAULT_RTT_MS),
+    *,
+    backends: list[str] | None = None,
+    peers: bool = True,
 ) -> None:
     """Run the measurements ``names`` on ``image``, appending each result as it completes.
 
     Appending in place keeps what was measured when a later measurement fails
     or is interrupted.
     """
-    lazyfs = Lazyfs(scratch / "lazyfs", image)
-    ctx = Context(image, cache, scratch, lazyfs, runs, log)
+    lazyfs = Lazyfs(scratch / "lazyfs", image, only=backends)
+    ctx = Context(image, cache, scratch, lazyfs, runs, log, peers=peers)
     try:
         for name in names:
             log(f"{name} on {image.name}")
@@ -172,15 +212,27 @@ def main(argv: list[str]) -> int:
 
     results: list[Result] = []
     status = 0
+    compiled = compile_sources()
+    if not compiled:
+        log("could not byte-compile lazyfs; its mount processes compile it at every start")
+    chosen = args.image or (["synthetic"] if args.quick else list(IMAGES))
     try:
-        images = [synthetic_image(args.cache, log)]
-        if not args.quick:
-            images.append(debian_image(args.cache, log))
+        builders = {"synthetic": synthetic_image, "debian": debian_image}
+        images = [builders[name](args.cache, log) for name in IMAGES if name in chosen]
         with scratch_dir(args.cache, "run-") as scratch:
             for image in images:
                 with scratch_dir(scratch, f"{image.name}-") as work:
-                    link = (args.link_rate, args.link_rtt)
-                    run_image(image, names, args.cache, work, runs, results, link)
+                    run_image(
+                        image,
+                        names,
+                        args.cache,
+                        work,
+                        runs,
+                        results,
+                        (args.link_rate, args.link_rtt),
+                        backends=args.backend,
+                        peers=not args.no_peers,
+                    )
     except KeyboardInterrupt:
         status = 130
         log("interrupted: everything is unmounted and removed; writing what was measured")
@@ -195,6 +247,9 @@ def main(argv: list[str]) -> int:
         "runs": runs,
         "quick": args.quick,
         "complete": status == 0,
+        "backends": args.backend,
+        "peers": not args.no_peers,
+        "compiled": compiled,
         "machine": report.machine(args.cache, REPO),
     }
     json_path = report.write_json(out, meta, results)

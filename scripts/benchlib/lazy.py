@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,8 +27,18 @@ class Lazyfs:
     rootfses from a store, which is what a second container from an image costs.
     """
 
-    def __init__(self, work_dir: Path, image: BenchImage, reference: str | None = None) -> None:
-        """``reference``: another form of ``image`` in its directory (its gzip one)."""
+    def __init__(
+        self,
+        work_dir: Path,
+        image: BenchImage,
+        reference: str | None = None,
+        only: Sequence[str] | None = None,
+    ) -> None:
+        """``reference``: another form of ``image`` in its directory (its gzip one).
+
+        ``only``: the backends to measure (``--backend``), else every one.
+        """
+        self.only = None if only is None else set(only)
         self.store = Store(work_dir / "store")
         provider = DockerProvider(self.store, str(image.image_dir))
         self.provisioner = Provisioner(work_dir, self.store, {"docker": provider}, "copy")
@@ -40,7 +50,11 @@ class Lazyfs:
     def backends(self) -> list[str]:
         """Every backend lazyfs has that can take this image, read at runtime."""
         # bind unions nothing: it refuses images of more than one layer.
-        return [name for name in NAMES if not (name == "bind" and self.layers > 1)]
+        return [
+            name
+            for name in NAMES
+            if not (name == "bind" and self.layers > 1) and (self.only is None or name in self.only)
+        ]
 
     def provision(self, backend: str, *, writable: bool) -> tuple[ProvisionInfo, float]:
         """Provision a new container; returns its info and the seconds ``provision`` took."""

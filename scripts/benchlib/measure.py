@@ -189,6 +189,7 @@ class Context:
     lazyfs: Lazyfs
     runs: int
     log: Log
+    peers: bool = True  # False (``--no-peers``): lazyfs alone, for an A/B between versions
 
     @property
     def lowers(self) -> list[Path]:
@@ -223,8 +224,9 @@ def _measure_provisions(
         Contender(f"lazyfs {backend}", True, lazyfs_once(ctx, backend))
         for backend in ctx.lazyfs.backends()
     ]
-    contenders.append(Contender("umoci unpack", False, _umoci_once(ctx)))
-    contenders.append(Contender("tar -x", False, _tar_once(ctx)))
+    if ctx.peers:
+        contenders.append(Contender("umoci unpack", False, _umoci_once(ctx)))
+        contenders.append(Contender("tar -x", False, _tar_once(ctx)))
     label = f"{name} {ctx.image.name}"
     return Result(name, ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
 
@@ -291,7 +293,7 @@ def _tar_once(ctx: Context) -> Callable[[], Timing]:
 
 
 def _trees(ctx: Context, stack: ExitStack) -> list[tuple[str, bool, Path]]:
-    """Every tree to walk: one rootfs per lazyfs backend, then the two overlay peers."""
+    """Every tree to walk: one rootfs per lazyfs backend, then the two overlay peers (if any)."""
     trees: list[tuple[str, bool, Path]] = []
     for backend in ctx.lazyfs.backends():
         try:
@@ -304,6 +306,8 @@ def _trees(ctx: Context, stack: ExitStack) -> list[tuple[str, bool, Path]]:
         # The same image with gzip layers, as a registry serves it.
         info = stack.enter_context(ctx.lazyfs_gzip.rootfs("fuse"))
         trees.append(("lazyfs fuse (gzip layers)", True, info.rootfs))
+    if not ctx.peers:
+        return trees
     lowers = ctx.lowers
     trees.append(
         (
@@ -349,7 +353,8 @@ def measure_start(ctx: Context) -> Result:
         Contender(f"lazyfs {name}", True, _start_lazyfs_once(ctx, name, config))
         for name in ctx.lazyfs.backends()
     ]
-    contenders.append(Contender("kernel overlayfs", False, _start_overlay_once(ctx, config)))
+    if ctx.peers:
+        contenders.append(Contender("kernel overlayfs", False, _start_overlay_once(ctx, config)))
     label = f"start {ctx.image.name}"
     return Result("start", ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
 

@@ -79,10 +79,9 @@ def measure_pull(ctx: Context) -> Result:
                 f"oci:{ctx.image.oci_layout}:{ctx.image.tag}", f"docker://{name}",
             ]
         )  # fmt: skip
-        contenders = [
-            Contender("lazyfs pull", True, _lazyfs_once(ctx, host, name)),
-            Contender("skopeo copy", False, _skopeo_once(ctx, name)),
-        ]
+        contenders = [Contender("lazyfs pull", True, _lazyfs_once(ctx, host, name))]
+        if ctx.peers:
+            contenders.append(Contender("skopeo copy", False, _skopeo_once(ctx, name)))
         label = f"pull {ctx.image.name}"
         return Result("pull", ctx.image.name, compare(contenders, ctx.runs, ctx.log, label))
 

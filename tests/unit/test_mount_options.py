@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.fs.mount_main import mount_options
+from lazyfs.fs.mount_options import mount_options
 from lazyfs.provision.devmount import mount_image
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.store.disk import Store

@@ -1,0 +1,122 @@
+"""A mount process of local layers loads only what serving them needs.
+
+A mount process starts for every fuse rootfs, so what it imports is part of
+every container's start.  The cache daemon's client and its protocol
+(protobuf), the eStargz TOC and chunk code, the writable operations and the
+tar parsers are for remote layers, eStargz layers, writable mounts and
+building indexes, and ``lazyfs.fs.mount`` is for the mount's caller: a
+read-only mount of local plain layers whose indexes are stored loads none
+of them, neither when it merges their tree nor when it loads the tree kept
+from an earlier mount.  Checked in a fresh interpreter,
+by the modules it has loaded: importing ``lazyfs.fs.mount_main``, and then
+running the steps its ``main`` runs before mounting.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+from lazyfs.fs.mount_wire import layer_arg
+from lazyfs.index.stored import ensure_index
+from lazyfs.store.disk import Store
+from lazyfs.tree.kept import tree_path
+from providers.digest import digest_bytes
+from providers.manifest import OCI_LAYER_TAR, Layer
+from tests.support.images import Entry, whiteout, write_layer
+
+ROOT = Path(__file__).resolve().parents[2]
+# Loaded by a mount that needs them, never by a read-only one of local plain layers.
+NOT_FOR_LOCAL_LAYERS = {
+    "google.protobuf",
+    "lazyfs.cache.client",
+    "lazyfs.cache.messages",
+    "lazyfs.cache.cache_pb2",
+    "lazyfs.index.estargz",
+    "lazyfs.index.estargz_toc",
+    "lazyfs.index.estargz_chunks",
+    "lazyfs.index.estargz_index",
+    "lazyfs.blobs.estargz_reader",
+}
+NOT_FOR_READ_ONLY = {"lazyfs.fs.upper", "lazyfs.fs.writable", "lazyfs.fs.writable_no_open"}
+# The caller's side of the mount API: the process it starts needs only the wire format.
+NOT_FOR_THE_MOUNT_PROCESS = {"lazyfs.fs.mount"}
+NOT_FOR_STORED_INDEXES = {"tarfile", "providers.tar_stream", "providers.tar_sparse", "zstandard"}
+NOT_LOADED = (
+    NOT_FOR_LOCAL_LAYERS | NOT_FOR_READ_ONLY | NOT_FOR_STORED_INDEXES | NOT_FOR_THE_MOUNT_PROCESS
+)
+
+# What ``mount_main.main`` does before ``pyfuse3.init``, twice: the first
+# time merges the layers' tree and keeps it, the second loads the kept one.
+START = """
+import sys
+from pathlib import Path
+from lazyfs.fs import mount_main
+store, *args = sys.argv[1:]
+layers = [mount_main.parse_layer_args(arg) for arg in args]
+for _ in range(2):
+    indexed = mount_main._index_layers(Path(store), layers, None)
+    mount_main._operations(indexed, None, None, no_open=False)
+print("\\n".join(sys.modules))
+"""
+
+
+def loaded(code: str, *args: str) -> set[str]:
+    """Every module a fresh interpreter has loaded after running ``code``."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+def unwanted(modules: set[str]) -> list[str]:
+    return sorted(
+        m for m in modules if any(m == name or m.startswith(name + ".") for name in NOT_LOADED)
+    )
+
+
+def stored_layers(tmp_path: Path) -> tuple[Store, list[Layer]]:
+    """A store holding two plain tar layers and their indexes, as a mount's caller leaves it."""
+    store = Store(tmp_path / "store")
+    lower = [Entry("etc", "dir"), Entry("etc/a", data=b"a\n"), Entry("etc/b", data=b"b\n")]
+    upper = [Entry("etc", "dir"), whiteout("etc/b"), Entry("etc/c", data=b"c\n")]
+    layers: list[Layer] = []
+    for number, entries in enumerate((lower, upper)):
+        blob = write_layer(entries, tmp_path / f"{number}.tar").read_bytes()
+        layer = Layer(digest_bytes(blob), OCI_LAYER_TAR, len(blob))
+        path = store.ingest(layer, functools.partial(io.BytesIO, blob))
+        ensure_index(store.layers, store.tmp, layer.digest, path)
+        layers.append(layer)
+    return store, layers
+
+
+def test_importing_the_mount_process_loads_nothing_a_local_read_only_mount_does_not_need() -> None:
+    modules = loaded("import sys, lazyfs.fs.mount_main; print('\\n'.join(sys.modules))")
+    assert "lazyfs.fs.mount_main" in modules
+    assert unwanted(modules) == []
+
+
+def test_starting_a_read_only_mount_of_stored_local_layers_loads_nothing_more(
+    tmp_path: Path,
+) -> None:
+    store, layers = stored_layers(tmp_path)
+    modules = loaded(START, str(store.root), *(layer_arg(layer) for layer in layers))
+    assert "lazyfs.tree.kept" in modules
+    # The first pass kept the tree, so the second took the kept tree's path.
+    assert tree_path(store.layers, [layer.digest for layer in layers]).is_file()
+    assert unwanted(modules) == []
+
+
+def test_the_check_can_see_a_module_loaded(tmp_path: Path) -> None:
+    """The probe is not blind: a module a mount does load shows."""
+    store, layers = stored_layers(tmp_path)
+    code = START.replace("print(", "import lazyfs.fs.writable; print(")
+    modules = loaded(code, str(store.root), *(layer_arg(layer) for layer in layers))
+    assert "lazyfs.fs.writable" in unwanted(modules)
