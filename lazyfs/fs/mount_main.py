@@ -93,7 +93,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
     parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument("--upper", type=Path, help="writable: the empty upper directory")
+    parser.add_argument(
+        "--upper", type=Path, help="writable: the upper directory (new, or a former mount's)"
+    )
     parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
