@@ -133,7 +133,9 @@ def test_read_only_commands_create_nothing(tmp_path: Path, argv: list[str]) -> N
 
 def test_images_of_an_empty_work_dir_is_the_header_alone(tmp_path: Path) -> None:
     result = bare("--work_dir", str(tmp_path / "none"), "images")
-    assert result.stdout.split() == ["REFERENCE", "DIGEST", "LAYERS", "SIZE", "LOCAL"]
+    assert result.stdout.split() == [
+        "REFERENCE", "PLATFORM", "DIGEST", "LAYERS", "SIZE", "UNPACKED", "LOCAL"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -166,9 +167,14 @@ def test_run_uses_the_image_cmd_without_a_command(lazyfs: Lazyfs) -> None:
 def test_images_lists_what_the_store_holds(lazyfs: Lazyfs) -> None:
     lazyfs("provision", "c1", "busybox")
     lines = lazyfs("images").stdout.splitlines()
-    assert lines[0].split() == ["REFERENCE", "DIGEST", "LAYERS", "SIZE"]
-    assert lines[1].split()[0] == "docker.io/library/busybox:latest"
-    assert lines[1].split()[2] == "2"
+    header = ["REFERENCE", "PLATFORM", "DIGEST", "LAYERS", "SIZE", "UNPACKED", "LOCAL"]
+    assert lines[0].split() == header
+    (listed,) = json.loads(lazyfs("images", "--json").stdout)
+    assert listed["reference"] == "docker.io/library/busybox:latest"
+    assert listed["platform"] == lines[1].split()[1] != ""
+    assert listed["digest"].startswith("sha256:") and listed["layers"] == 2
+    assert listed["size"] > 0 and listed["local"] == "100%"
+    assert lazyfs("images", "-q").stdout.split() == [listed["digest"]]
 
 
 def test_flags_are_accepted_with_dashes(lazyfs: Lazyfs) -> None:
@@ -329,3 +335,26 @@ def test_mounting_an_image_of_no_layer_is_one_line(lazyfs: Lazyfs, tmp_path: Pat
     assert one_line_error(lazyfs("mount", "empty", str(point), check=False)) == EMPTY_IMAGE
     assert mounts_under(tmp_path) == []
     assert not (lazyfs.work_dir / "mounts").exists()  # nothing recorded
+
+
+def test_images_shows_one_unpacked_size_whichever_form_stored_it(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    """The docker-save tar (plain tar layers) and an OCI layout with gzip layers of one image."""
+    gzipped, archive = tmp_path / "gzipped", tmp_path / "busybox.tar"  # skopeo splits on ':'
+    shutil.copyfile(lazyfs.image_dir / "busybox:latest.tar", archive)
+    subprocess.run(
+        ["skopeo", "copy", "--dest-compress", f"docker-archive:{archive}", f"oci:{gzipped}:1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    lazyfs("provision", "plain", "busybox", "--backend", "fuse")
+    lazyfs("provision", "gzip", f"oci:{gzipped}:1", "--backend", "fuse")
+    try:
+        listed = {i["reference"]: i for i in json.loads(lazyfs("images", "--json").stdout)}
+        plain = listed["docker.io/library/busybox:latest"]
+        (gzip,) = (item for name, item in listed.items() if name != plain["reference"])
+        assert gzip["size"] < plain["size"]  # stored as they came
+        assert gzip["unpacked"] == plain["unpacked"] is not None
+    finally:
+        lazyfs("destroy", "plain")
+        lazyfs("destroy", "gzip")
