@@ -23,7 +23,7 @@ from pathlib import Path
 from backends.extracted import stale_name
 from backends.names import NAMES as BACKENDS
 from lazyfs import cli_cache, cli_parser
-from lazyfs.cli_daemon import cache_dir, daemon_spec, run_daemon
+from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
 from lazyfs.cli_exec import exec_problem
 from lazyfs.cli_flags import (
     docker_registry,
@@ -338,7 +338,9 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "run": _run,
     "mount": _mount,
     "umount": _umount,
-    "daemon": lambda _app, args: run_daemon(args),
+    "daemon": lambda app, args: run_daemon(
+        args, every=image_gc_chore(args, lambda: app.store, app.work_dir, stale_name)
+    ),
     "cache": lambda app, args: cli_cache.run_cache(args, app.store_dir, lambda: app.store),
 }
 

@@ -18,11 +18,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.cli_flags import global_flags, parse_size, registry_options, source
 from providers.errors import UsageError
+
+if TYPE_CHECKING:
+    from lazyfs.cache.service import Chore
+    from lazyfs.store.disk import Store
 
 DEFAULT_CACHE_SIZE = "10GiB"
 
@@ -56,8 +62,11 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
     return DaemonSpec(cache_dir(args), (sys.executable, "-P", "-m", "lazyfs", "daemon"), env)
 
 
-def run_daemon(args: argparse.Namespace) -> int:
-    """``lazyfs daemon``: serve the cache until SIGTERM or SIGINT; 0 then."""
+def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:
+    """``lazyfs daemon``: serve the cache until SIGTERM or SIGINT; 0 then.
+
+    ``every``: a chore and its interval (image GC, with ``--image_gc_config``).
+    """
     from lazyfs.cache import service
     from lazyfs.cache.upstream import Origins
 
@@ -70,6 +79,38 @@ def run_daemon(args: argparse.Namespace) -> int:
         root.setLevel(logging.INFO)
     background = not getattr(args, "no_background_fetch", False)
     service.run(
-        cache_dir(args), cache_size(args), Origins(registry_options(args)), background=background
+        cache_dir(args),
+        cache_size(args),
+        Origins(registry_options(args)),
+        background=background,
+        every=every,
     )
     return 0
+
+
+def image_gc_chore(
+    args: argparse.Namespace,
+    store: Callable[[], Store],
+    work_dir: Path,
+    stale_tree: Callable[[str], bool],
+) -> Chore | None:
+    """With ``--image_gc_config``: a GC pass every ``image_disk_watch_interval``, as in Mesos."""
+    if getattr(args, "image_gc_config", None) is None:
+        return None
+    # The GC code loads for a daemon that runs it only.
+    from lazyfs.cli_gc import gc_config
+    from lazyfs.gc.collect import gc_pass
+
+    config = gc_config(args)
+    assert config is not None
+
+    def image_gc() -> None:
+        report = gc_pass(store(), work_dir, config, stale_tree=stale_tree)
+        if report.images or report.layers or not report.reached:
+            reached = "reached" if report.reached else "not reached (the rest is used or excluded)"
+            logging.getLogger("lazyfs.gc").info(
+                "image GC: removed %d images, %d layers; headroom %s",
+                len(report.images), len(report.layers), reached,
+            )  # fmt: skip
+
+    return config.interval_ns / 1e9, image_gc

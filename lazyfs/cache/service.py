@@ -9,7 +9,10 @@ runs it so; a mount that finds no daemon starts it detached the same way
 (``lazyfs.cache.spawn``). While it serves, ``CACHE_DIR/daemon.pid`` names it.
 
 Its upstreams are ``lazyfs.cache.upstream.Origins``: the registries mounts
-name, with the registry settings the daemon was started with.
+name, with the registry settings the daemon was started with.  ``every``
+is a chore the daemon runs in a thread at an interval while it serves
+(image GC, handed in by the CLI: this package does not know the store); a
+chore that fails is logged and tried again at the next interval.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +35,17 @@ PID_NAME = "daemon.pid"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def run(cache_dir: Path, limit_bytes: int, resolve: Resolve, *, background: bool = True) -> None:
+Chore = tuple[float, Callable[[], object]]  # seconds between runs, and the blocking job
+
+
+def run(
+    cache_dir: Path,
+    limit_bytes: int,
+    resolve: Resolve,
+    *,
+    background: bool = True,
+    every: Chore | None = None,
+) -> None:
     """Serve the cache at ``cache_dir`` until SIGTERM or SIGINT. Blocking.
 
     ``background``: whether mounted layers are fetched whole in the background.
@@ -51,18 +65,32 @@ def run(cache_dir: Path, limit_bytes: int, resolve: Resolve, *, background: bool
             stats.limit_bytes,
         )
         try:
-            trio.run(_serve, cache, resolve, background)
+            trio.run(_serve, cache, resolve, background, every)
         finally:
             pid_file.unlink(missing_ok=True)
     log.info("cache daemon stopped")
 
 
-async def _serve(cache: DiskCache, resolve: Resolve, background: bool) -> None:
+async def _serve(cache: DiskCache, resolve: Resolve, background: bool, every: Chore | None) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             path = await nursery.start(partial(serve, cache, resolve, background=background))
             log.info("cache daemon serving on %s", path)
+            if every is not None:
+                nursery.start_soon(_chore, *every)
             async for number in signals:
                 log.info("%s: stopping", signal.Signals(number).name)
                 break
             nursery.cancel_scope.cancel()
+
+
+async def _chore(interval: float, job: Callable[[], object]) -> None:
+    """``job`` in a thread every ``interval`` seconds, one run at a time, until cancelled."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            # Cancelling waits for the run in hand: GC moves things into its gc/
+            # area and is safe to stop anywhere, but not to leave running unowned.
+            await trio.to_thread.run_sync(job)
+        except Exception as error:
+            log.error("%s failed: %s", getattr(job, "__name__", "a chore"), error)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -209,3 +210,27 @@ def test_a_gc_killed_at_any_step_leaves_no_layer_a_provision_trusts_damaged(
         assert list((store / "gc").iterdir()) == []
     finally:
         lazyfs("recover", check=False)
+
+
+def test_the_cache_daemon_runs_gc_every_watch_interval(tmp_path: Path, gc_images: Path) -> None:
+    lazyfs = Lazyfs(tmp_path / "work", gc_images)
+    store = tmp_path / "work" / "store" / "docker"
+    lazyfs("provision", "c0", "img0", "--backend", "copy")
+    lazyfs("pull", "img1")
+    assert sorted(records(store)) == ["img0", "img1"]
+    # A headroom of 100% is never reached: every pass removes all that nothing uses.
+    config = '{"image_disk_headroom": 1, "image_disk_watch_interval": {"nanoseconds": 100000000}}'
+    daemon = lazyfs.popen("--image_gc_config", config, "daemon")
+    try:
+        deadline = time.monotonic() + 60  # bounds a failure only
+        while "img1" in records(store) and daemon.poll() is None:
+            assert time.monotonic() < deadline, "the daemon ran no GC pass"
+            time.sleep(0.05)
+        assert daemon.poll() is None, daemon.communicate()[1]
+        assert sorted(records(store)) == ["img0"]  # c0 uses it
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+        lazyfs("recover", check=False)
+    assert daemon.returncode == 0, err
+    assert "image GC: removed 1 images" in err
