@@ -43,13 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.fs import mount_server_child
+from lazyfs.fs.mount_peers import peer_credentials
 from lazyfs.fs.mount_server_client import (
     LENGTH,
     MAX_MESSAGE,
     SOCKET_NAME,
     code_key,
     encode,
-    peer_credentials,
     read_exactly,
     socket_path,
 )

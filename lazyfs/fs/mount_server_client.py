@@ -48,6 +48,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from lazyfs.fs import mount_peers as peers
 from providers.errors import BackendError, UsageError
 from providers.private_dir import private_dir
 
@@ -64,7 +65,6 @@ REPLY_TIMEOUT = 30.0
 TITLE_ROOM = 8192
 MAX_MESSAGE = 1 << 20
 LENGTH = struct.Struct(">I")
-_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class Unreachable(Exception):
@@ -125,7 +125,7 @@ def server_pid(directory: Path) -> int | None:
         conn = _connect(directory)
         if conn is not None:
             with conn:
-                return peer_credentials(conn)[0]
+                return peers.peer_credentials(conn)[0]
     return None
 
 
@@ -141,7 +141,7 @@ def stop_server(directory: Path, timeout: float = START_TIMEOUT) -> int | None:
     if conn is None:
         return None
     with conn:
-        pid = peer_credentials(conn)[0]
+        pid = peers.peer_credentials(conn)[0]
         # A server exiting anyway (idle, replaced) may hang up on us: wait all the same.
         with contextlib.suppress(Unreachable, BackendError):
             _send(conn, {"op": "stop", "key": ""}, [])
@@ -220,10 +220,14 @@ def _connect(directory: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         conn.connect(socket_path(fd))
-        uid = peer_credentials(conn)[1]
+        pid, uid, _ = peers.peer_credentials(conn)
         if uid != os.geteuid():
             # Never hand our descriptors and environment to another user's process.
             raise Unreachable(f"the mount server in {directory} runs as uid {uid}, not as us")
+        elsewhere = peers.elsewhere(pid)
+        if elsewhere:
+            # Its child would mount where the server lives, not where we asked.
+            raise Unreachable(f"the mount server in {directory} runs in another {elsewhere}")
     except (FileNotFoundError, ConnectionRefusedError):
         conn.close()
         return None  # none started, or a dead server's socket: a new server replaces it
@@ -236,14 +240,6 @@ def _connect(directory: Path) -> socket.socket | None:
     finally:
         os.close(fd)
     return conn
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
-    """The peer's pid, uid and gid as the kernel saw them at connect."""
-    pid, uid, gid = _CREDS.unpack(
-        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
-    )
-    return pid, uid, gid
 
 
 def _start(directory: Path, deadline: float) -> socket.socket:

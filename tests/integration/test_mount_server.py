@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +31,7 @@ from tests.support.backend_variants import IGNORED_XATTRS
 from tests.support.blob_sources import store_files
 from tests.support.fuse_mounts import need_fuse, runs_mount_main, unmount_all, walk_and_read
 from tests.support.images import Entry, whiteout, write_layer
+from tests.support.lazyfs_cli import REPO
 from tests.support.mount_servers import EXEC, SERVER
 from tests.support.rich_image import RICH_TAG
 from tests.support.tree import diff_trees, tree_digest
@@ -302,3 +304,49 @@ def test_without_a_server_mounts_are_exec_d_unless_the_server_is_required(
         assert "starting the mount process itself" in (tmp_path / "log").read_text()
     finally:
         unmount_all([(point, pid)])
+
+
+def test_a_caller_in_another_mount_namespace_gets_a_mount_of_its_own(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, layers = store
+    mounted(tmp_path / "a")  # the server now runs, in our namespaces and cgroup
+    server = mount_servers.server_of(lazy_store.root)
+    point = tmp_path / "b"
+    point.mkdir()
+    # In a mount namespace of its own, a mount forked by the server would be
+    # made in ours and leave the caller an empty directory.
+    script = (
+        "import os, sys, json\n"
+        "from pathlib import Path\n"
+        "from lazyfs.fs import mount as lazy_mount\n"
+        "from providers.manifest import Layer\n"
+        "layers = [Layer(**d) for d in json.loads(sys.argv[1])]\n"
+        "point, store, log = (Path(a) for a in sys.argv[2:5])\n"
+        "pid = lazy_mount.mount(layers, point, store=store, log_path=log)\n"
+        "print((point / 'etc' / 'hosts').read_text(), end='')\n"
+        "lazy_mount.unmount(point, pid=pid)\n"
+    )
+    described = json.dumps([
+        {"digest": la.digest, "media_type": la.media_type, "size": la.size, "diff_id": la.diff_id}
+        for la in layers
+    ])  # fmt: skip
+    before = mount_servers.children(server)
+
+    def unshared(server_wanted: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), server_client.ENV: server_wanted}
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script,
+             described, str(point), str(lazy_store.root), str(tmp_path / "b.log")],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    required = unshared("1")
+    assert required.returncode != 0
+    assert "runs in another mnt namespace" in required.stderr.splitlines()[-1]
+    result = unshared("")  # unset: the server where it can, else exec
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "127.0.0.1 localhost\n"
+    assert "runs in another mnt namespace" in (tmp_path / "b.log").read_text()
+    assert mount_servers.children(server) == before  # the server forked nothing for it
+    assert not lazy_mount.is_mounted(point)  # nor is anything left in ours

@@ -1,0 +1,45 @@
+"""Who is at the other end of the mount server's socket, and whether it lives where we do.
+
+Imports: the standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+_CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+_NAMESPACES = ("mnt", "pid", "user", "cgroup")
+
+
+def elsewhere(pid: int) -> str | None:
+    """What of ours process ``pid`` does not share: a namespace or the cgroup; None if all.
+
+    A forked mount process mounts in its server's mount namespace and lives
+    in its cgroup: a caller elsewhere (unshare, a systemd unit with private
+    mounts, another container's cgroup) must not have its mounts made there.
+    A process we cannot look at (pid 0: outside our pid namespace) is elsewhere.
+    """
+    if pid <= 0:
+        return "pid namespace"
+    try:
+        for name in _NAMESPACES:
+            if os.readlink(f"/proc/self/ns/{name}") != os.readlink(f"/proc/{pid}/ns/{name}"):
+                return f"{name} namespace"
+        with open("/proc/self/cgroup", "rb") as ours, open(f"/proc/{pid}/cgroup", "rb") as its:
+            if ours.read() != its.read():
+                return "cgroup"
+    except OSError:
+        return "place we cannot see"
+    return None
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """The peer's pid, uid and gid as the kernel saw them at connect."""
+    pid, uid, gid = _CREDS.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    )
+    return pid, uid, gid
