@@ -68,6 +68,7 @@ def lazy_run(python_registry: Registry, tmp_path_factory: pytest.TempPathFactory
     with run_counting_proxy(port) as link:
         argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work),
                 "--docker_registry", f"http://{link.host}", "--cache_dir", str(work / "cache"),
+                "--no_background_fetch",  # what the program needs only: the rest would follow
                 "run", "--backend", "fuse", f"docker:{link.host}/debpy:esgz",
                 "--", *debian_like.COMMAND]  # fmt: skip
         run = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -96,8 +97,8 @@ def test_run_prints_the_programs_line_before_the_image_has_arrived(lazy_run: Laz
 # blob chunks and reads ahead on rising offsets, so the python layer (9 MB:
 # the interpreter, its libraries, and the stdlib modules ``import json``
 # loads, spread through it) crosses whole.  Strict: once the cache fetches
-# less, this passes and the mark must go.  (With background fetch, the run
-# must also ask for none: ``--no_background_fetch``.)
+# less, this passes and the mark must go.  (The run asks for no background
+# fetch, which would bring the rest of the image.)
 @pytest.mark.xfail(
     strict=True, reason="1 MiB cache chunks and read-ahead fetch 44% of this image first"
 )
