@@ -15,6 +15,7 @@ from lazyfs.gc.config import DEFAULT_INTERVAL_NS, GcConfig, parse_gc_config, ref
 from lazyfs.gc.trash import Trash
 from lazyfs.gc.uses import MountProcess, mounted_layers
 from lazyfs.progress import human_size
+from providers.digest import Digest
 from providers.errors import UsageError
 
 
@@ -169,7 +170,7 @@ def test_the_layers_a_live_mount_process_serves_are_found(tmp_path: Path) -> Non
         started.stdout.readline()
     try:
         assert mounted_layers(store) == [
-            MountProcess(mine.pid, Path("/m"), ("sha256:" + "a" * 64,), ours=True)
+            MountProcess(mine.pid, Path("/m"), (Digest("sha256:" + "a" * 64),), ours=True)
         ]
     finally:
         for process in (mine, theirs):
