@@ -18,7 +18,8 @@ between looking at the store and writing its record meanwhile:
    by their last use, oldest first, each with its layers that no other
    record names.  Never an image a container uses (rootfs or volume), nor
    one the config excludes, nor a layer any of those has or a live mount
-   serves (``lazyfs.gc.uses``); a layer whose directory is locked (being
+   serves (``lazyfs.gc.uses``), nor anything while what some mount uses
+   is unknown; a layer whose directory is locked (being
    extracted or indexed) is left for the next pass.
 
 It stops as soon as there is room.  An image record goes before its
@@ -144,6 +145,8 @@ class _Pass:
 
     def orphans(self, kept: set[Digest]) -> list[Digest]:
         """Layers present that no image record names and nothing keeps, oldest first."""
+        if self.uses.unknown:
+            return []  # a user whose layers are unknown may use any of them
         present: dict[Digest, float] = {}
         for algo_dir in self.store.blobs.iterdir():
             for blob in algo_dir.iterdir():

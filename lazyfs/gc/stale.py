@@ -15,7 +15,9 @@ uses the layer:
   ``tar``); an index of a format this version does not read keeps them;
 - merged trees kept (``trees/<chain>``) that no mount will take: made by
   other code or from indexes since replaced (``lazyfs.tree.kept``), or for
-  a chain whose indexes are gone.
+  a chain whose indexes are gone.  A layer's index may be the one of the
+  layer's own directory or one kept by TOC for a lazily read eStargz layer
+  (``lazyfs.index.estargz_store``): a tree made from any of those stays.
 
 And image records no lookup finds (damaged, or under an old key), unless
 the key is one a container's image has.  Each goes through the ``gc/``
@@ -35,10 +37,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lazyfs.gc.trash import Trash
+from lazyfs.index.estargz_store import TOCS_DIR
 from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, INDEX_NAME, TAR_NAME
-from lazyfs.index.stored import layer_format, load_index
+from lazyfs.index.stored import index_source, layer_format, load_index
 from lazyfs.store.disk import Store
-from lazyfs.tree.kept import layer_sources, load_tree
+from lazyfs.tree.kept import load_tree
 from providers.digest import Digest
 from providers.errors import BadImage
 from providers.fslock import try_exclusive_lock
@@ -115,6 +118,7 @@ def _stale_tree_file(layers_dir: Path, path: Path) -> bool:
     try:
         header = marshal.loads(path.read_bytes())[0]
         digests = tuple(Digest(str(d)) for d in header[3])
+        sources = tuple(str(source) for source in header[4])
     except FileNotFoundError:
         return False
     except Exception:  # any shape marshal gives back, or unreadable: no mount loads it
@@ -123,9 +127,25 @@ def _stale_tree_file(layers_dir: Path, path: Path) -> bool:
         return True
     if path.parent.parent.name != digests[-1].partition(":")[2]:
         return True
-    sources = layer_sources(layers_dir, digests)
-    # Not current: made by other code, or from indexes since replaced or gone.
-    return "" in sources or load_tree(path, digests, sources=sources) is None
+    if len(sources) != len(digests):
+        return True
+    # A mount labels each layer with the source of the index it reads: the
+    # layer's own, or one kept by TOC (lazyfs.fs.mount_main).  Not current
+    # when a layer has no index of that source: made by other code, or from
+    # indexes since replaced or gone.
+    for digest, source in zip(digests, sources, strict=True):
+        if source == "" or source not in _index_sources(layers_dir, digest):
+            return True
+    return load_tree(path, digests, sources=sources) is None
+
+
+def _index_sources(layers_dir: Path, digest: Digest) -> set[str]:
+    """The sources (``index_source``) of every index stored for ``digest``."""
+    homes = [layers_dir]
+    with contextlib.suppress(OSError):
+        tocs = layers_dir / digest.partition(":")[2] / TOCS_DIR
+        homes += sorted(entry for entry in tocs.iterdir() if entry.is_dir())
+    return {index_source(home, digest) for home in homes} - {""}
 
 
 def _mounted(mounts: str, home: str, name: str) -> bool:

@@ -13,11 +13,19 @@
   person's ``lazyfs mount`` whatever its record says.
 - The images ``excluded_images`` names (``lazyfs.gc.config``).
 
+What some user uses may not be known: a ``lazyfs mount`` record without a
+readable image, or a live mount process of the store (of its owner or
+ours) whose layers cannot be read whole (a forked one's command line is cut
+to the room it has: ``lazyfs.fs.mount_server_child.set_title``) and whose
+mountpoint no record names.  Then GC keeps every image and layer
+(``InUse.unknown``); it still removes stale leftovers.
+
 Blocking; reads only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -38,13 +46,26 @@ class InUse:
     layers: dict[Digest, list[str]] = field(default_factory=dict)
     # Each live mount process of the store: its pid and the layers it serves.
     mounts: tuple[tuple[int, tuple[Digest, ...]], ...] = ()
+    # Users whose images are unknown: while there is one, every image is kept.
+    unknown: tuple[str, ...] = ()
 
     def image_users(self, reference: str, platform: str, layers: Iterable[Digest]) -> list[str]:
-        """Who uses the image: containers by its reference, a mount by serving its layers."""
+        """Who uses the image: containers by its reference, a mount by serving its layers,
+        and every user whose images are unknown."""
         chain = tuple(layers)
         users = list(self.images.get((reference, platform), []))
         users += [f"mount process {pid}" for pid, served in self.mounts if served == chain]
-        return users
+        return users + [f"{who} (what it uses is unknown)" for who in self.unknown]
+
+
+@dataclass(frozen=True)
+class MountProcess:
+    """A live mount process of the store: its mountpoint and layers, None where unreadable."""
+
+    pid: int
+    mountpoint: Path | None
+    layers: tuple[Digest, ...] | None  # None: its command line does not read whole
+    ours: bool  # run by us or by the store's owner, as a real mount process is
 
 
 def in_use(work_dir: Path, store_root: Path) -> InUse:
@@ -70,19 +91,39 @@ def in_use(work_dir: Path, store_root: Path) -> InUse:
             for digest in image.layers:
                 layers.setdefault(digest, []).append(who)
     recorded: set[int] = set()  # mount processes a record names already
-    for mount_dir, image in mounted_images(work_dir)[0]:
-        who = f"the lazyfs mount at {_read(mount_dir / 'mountpoint') or mount_dir}"
+    mountpoints = {listed.record.rootfs for listed in containers(work_dir) if listed.record}
+    mountpoints |= {
+        volume.rootfs
+        for listed in containers(work_dir)
+        if listed.record
+        for volume in listed.record.volumes
+    }
+    found, unrecorded = mounted_images(work_dir)
+    unknown = [f"the lazyfs mount record {name.partition(':')[2]}" for name in unrecorded]
+    for mount_dir, image in found:
+        mountpoint = _read(mount_dir / "mountpoint")
+        if mountpoint:
+            mountpoints.add(Path(mountpoint))
+        who = f"the lazyfs mount at {mountpoint or mount_dir}"
         recorded_pid = _read(mount_dir / "pid")
         if recorded_pid.isdigit():
             recorded.add(int(recorded_pid))
         images.setdefault((image.reference, image.platform), []).append(who)
         for digest in image.layers:
             layers.setdefault(digest, []).append(who)
-    mounts = [(pid, digests) for pid, digests in mounted_layers(store_root) if pid not in recorded]
+    mounts: list[tuple[int, tuple[Digest, ...]]] = []
+    for process in mounted_layers(store_root):
+        if process.pid in recorded:
+            continue
+        if process.layers is not None:
+            mounts.append((process.pid, process.layers))
+        elif process.ours and process.mountpoint not in mountpoints:
+            # Its image is not one a record names: it could be any.
+            unknown.append(f"mount process {process.pid}")
     for pid, digests in mounts:
         for digest in digests:
             layers.setdefault(digest, []).append(f"mount process {pid}")
-    return InUse(images, layers, tuple(mounts))
+    return InUse(images, layers, tuple(mounts), tuple(unknown))
 
 
 def _read(path: Path) -> str:
@@ -92,43 +133,68 @@ def _read(path: Path) -> str:
         return ""
 
 
-def mounted_layers(store_root: Path) -> list[tuple[int, tuple[Digest, ...]]]:
-    """The layers each live mount process of the store at ``store_root`` serves, by pid.
+def mounted_layers(store_root: Path) -> list[MountProcess]:
+    """Each live mount process of the store at ``store_root``, with the layers it serves.
 
     Read from ``/proc/PID/cmdline`` (``lazyfs.fs.mount`` starts them with
-    ``--store ROOT`` and one ``--layer JSON`` per layer).  A process we may
-    not read, or that ends meanwhile, is passed over: a mount process runs
-    as the user who runs lazyfs, whose own processes are readable.
+    ``--mountpoint DIR --store ROOT``, one ``--layer JSON`` per layer, and
+    ``--ready-fd N`` last).  One whose line does not end so was cut, and one
+    with a layer argument this version does not read may serve any layer:
+    its ``layers`` are None.  A process we may not read, or that ends
+    meanwhile, is passed over: a mount process runs as the user who runs
+    lazyfs, whose own processes are readable.
     """
     wanted = os.fsencode(store_root.absolute())
-    found: list[tuple[int, tuple[Digest, ...]]] = []
+    owners = {os.geteuid()}
+    with contextlib.suppress(OSError):
+        owners.add(store_root.stat().st_uid)
+    found: list[MountProcess] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            owner = entry.stat().st_uid
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if not _serves(argv, wanted):
+        if _value(argv, b"--store") != wanted:
             continue
-        found.append((int(entry.name), tuple(_layers(argv))))
+        mountpoint = _value(argv, b"--mountpoint")
+        found.append(
+            MountProcess(
+                int(entry.name),
+                None if mountpoint is None else Path(os.fsdecode(mountpoint)),
+                _layers(argv),
+                owner in owners,
+            )
+        )
     return found
 
 
-def _serves(argv: list[bytes], store: bytes) -> bool:
-    return any(
-        word == b"--store" and i + 1 < len(argv) and argv[i + 1] == store
-        for i, word in enumerate(argv)
-    )
-
-
-def _layers(argv: list[bytes]) -> Iterable[Digest]:
+def _value(argv: list[bytes], flag: bytes) -> bytes | None:
+    """The word after the first ``flag`` in ``argv``; None if there is none."""
     for i, word in enumerate(argv[:-1]):
+        if word == flag:
+            return argv[i + 1]
+    return None
+
+
+def _layers(argv: list[bytes]) -> tuple[Digest, ...] | None:
+    """The layers of a mount process's whole command line; None if it is not whole."""
+    words = list(argv)
+    while words and not words[-1]:
+        words.pop()  # the zeroed rest of a forked process's room, the final NUL
+    if len(words) < 2 or words[-2] != b"--ready-fd" or not words[-1].isdigit():
+        return None  # cut: the layers after the cut are unknown
+    digests = []
+    for i, word in enumerate(words[:-1]):
         if word != b"--layer":
             continue
         try:
-            digest = json.loads(argv[i + 1])["digest"]
+            digest = json.loads(words[i + 1])["digest"]
         except (ValueError, KeyError, TypeError):
-            continue  # not a layer argument this version reads: nothing to keep for it
-        if isinstance(digest, str):
-            yield Digest(digest)
+            return None
+        if not isinstance(digest, str):
+            return None
+        digests.append(Digest(digest))
+    return tuple(digests)

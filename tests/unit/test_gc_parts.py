@@ -13,8 +13,9 @@ from backends.extracted import stale_name
 from lazyfs.cli_flags import parse_size
 from lazyfs.gc.config import DEFAULT_INTERVAL_NS, GcConfig, parse_gc_config, reference_forms
 from lazyfs.gc.trash import Trash
-from lazyfs.gc.uses import mounted_layers
+from lazyfs.gc.uses import MountProcess, mounted_layers
 from lazyfs.progress import human_size
+from providers.digest import Digest
 from providers.errors import UsageError
 
 
@@ -152,16 +153,56 @@ def test_the_layers_a_live_mount_process_serves_are_found(tmp_path: Path) -> Non
     layer = json.dumps({"digest": "sha256:" + "a" * 64, "media_type": "x", "size": 1})
     other = json.dumps({"digest": "sha256:" + "b" * 64, "media_type": "x", "size": 1})
     # Processes with a mount process's arguments: one of this store, one of another.
-    argv = [sys.executable, "-c", "import sys; sys.stdin.read()"]
-    mine = subprocess.Popen([*argv, "--store", str(store), "--layer", layer], stdin=subprocess.PIPE)
-    theirs = subprocess.Popen(
-        [*argv, "--store", str(tmp_path / "other"), "--layer", other], stdin=subprocess.PIPE
+    argv = [sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()"]
+    last = ["--ready-fd", "3"]
+    mine = subprocess.Popen(
+        [*argv, "--mountpoint", "/m", "--store", str(store), "--layer", layer, *last],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
+    theirs = subprocess.Popen(
+        [*argv, "--store", str(tmp_path / "other"), "--layer", other, *last],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    for started in (mine, theirs):  # up: its command line is its own
+        assert started.stdout is not None
+        started.stdout.readline()
     try:
-        assert mounted_layers(store) == [(mine.pid, ("sha256:" + "a" * 64,))]
+        assert mounted_layers(store) == [
+            MountProcess(mine.pid, Path("/m"), (Digest("sha256:" + "a" * 64),), ours=True)
+        ]
     finally:
         for process in (mine, theirs):
-            assert process.stdin is not None
-            process.stdin.close()
-            process.wait()
+            process.communicate()  # closes its stdin: it ends
     assert mounted_layers(store) == []
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        ["--layer", '{"digest": "sha256:'],  # cut inside a layer argument
+        ["--layer", "{}", "--ready-fd", "3"],  # a layer argument this version does not read
+    ],
+)
+def test_a_mount_process_whose_layers_do_not_read_whole_has_unknown_layers(
+    tmp_path: Path, tail: list[str]
+) -> None:
+    store = tmp_path / "store"
+    layer = json.dumps({"digest": "sha256:" + "a" * 64, "media_type": "x", "size": 1})
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; print(flush=True); sys.stdin.read()",
+        "--store",
+        str(store),
+    ]
+    process = subprocess.Popen(
+        [*argv, "--layer", layer, *tail], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    process.stdout.readline()  # up: its command line is its own
+    try:
+        assert mounted_layers(store) == [MountProcess(process.pid, None, None, ours=True)]
+    finally:
+        process.communicate()  # closes its stdin: it ends
