@@ -290,3 +290,29 @@ async def test_a_complete_blob_that_lost_a_chunk_is_partial_and_fetched_again(
         assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.FETCHING
         await _until(backgrounds, BlobKind.COMPLETE)
         assert source.calls[calls:] == [(2 * SIZE, SIZE)]
+
+
+async def test_chunks_another_origin_filled_wrong_are_not_held_against_the_jobs_origin(
+    tmp_path: Path,
+) -> None:
+    # A hostile image names the victim's layer digest with its own registry;
+    # its mount reads a range first, so the cache holds its wrong bytes.
+    root = tmp_path / "cache"
+    bad = bytearray(BLOB)
+    bad[3] ^= 0xFF
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        got = await fetcher.read(Source(blob=bytes(bad)), DIGEST, 0, 10, len(BLOB))
+        assert got == bytes(bad[:10])
+        honest = Source()
+        backgrounds.start(honest, DIGEST, len(BLOB), DIFF_ID, HONEST)
+        while (info := backgrounds.info(DIGEST)).kind is BlobKind.FETCHING:
+            await trio.sleep(0)  # a checkpoint, not a delay: the task runs meanwhile
+        assert info.kind is BlobKind.COMPLETE, info.reason
+        # The honest origin was asked for every chunk, the hostile one's included.
+        assert sum(min(n, len(BLOB) - o) for o, n in honest.calls) >= len(BLOB)
+        assert await fetcher.read(honest, DIGEST, 0, 10, len(BLOB)) == BLOB[:10]
+    assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, True)
+    verdict = read_verdict(root, DIGEST)
+    assert verdict is not None and verdict.state == COMPLETE and verdict.diff_id == DIFF_ID
+    stream = open_complete(root, DIGEST, chunk_size=SIZE)
+    assert stream is not None and stream.read() == BLOB
