@@ -88,7 +88,7 @@ class Backgrounds:
         self._one_blob = trio.Lock()  # blobs one after another, in the order asked
         self._upstream = trio.CapacityLimiter(1)
 
-    def start(
+    async def start(
         self,
         source: BlobSource,
         digest: Digest,
@@ -100,17 +100,26 @@ class Backgrounds:
         fetch is off. An origin found to serve wrong bytes is tried again (a new mount
         asks): its record stays, refusing reads through it, until a fetch verifies.
         """
-        verdict = read_verdict(self.cache.layout.root, digest)
-        if verdict is not None and not self._evicted_since(verdict):
-            return self._info_of_verdict(verdict)
+        # A file read and a walk of the cache's index: not in the thread
+        # every mount's reads are answered in.
+        done = await trio.to_thread.run_sync(self._judged, digest)
+        if done is not None:
+            return done
         job = self._jobs.get(digest)
         if job is not None and job.kind is BlobKind.FETCHING and job.origin == origin:
             return self.info(digest)
         if not self.enabled:
-            return self.info(digest)
+            return await trio.to_thread.run_sync(self.info, digest)
         job = self._jobs[digest] = _Job(digest, size, diff_id, origin)
         self._nursery.start_soon(self._run, source, job)
         return self.info(digest)
+
+    def _judged(self, digest: Digest) -> BlobInfo | None:
+        """The blob's state when a verdict stands on it (and it was not evicted since)."""
+        verdict = read_verdict(self.cache.layout.root, digest)
+        if verdict is not None and not self._evicted_since(verdict):
+            return self._info_of_verdict(verdict)
+        return None
 
     def info(self, digest: Digest, cached: int | None = None) -> BlobInfo:
         if cached is None:
