@@ -280,14 +280,19 @@ class Backgrounds:
         origin may be held against it. What it serves replaces the cached
         chunks, so that bytes found good are what the next check reads.
         """
-        step = self.cache.layout.chunk_size * _REQUEST_CHUNKS
+        chunk_size = self.cache.layout.chunk_size
+        step = chunk_size * _REQUEST_CHUNKS
+        # Whole chunks, as the check of the cache reads them: a short one
+        # would say the blob ends there.
+        end = -(-job.size // chunk_size) * chunk_size
         hasher = hashlib.new(algorithm(job.digest))
-        for offset in range(0, job.size, step):
+        for offset in range(0, end, step):
             await self.fetcher.quiet()
-            length = min(step, job.size - offset)
+            length = min(step, end - offset)
             data = await trio.to_thread.run_sync(
                 source.read_range, job.digest, offset, length, limiter=self._upstream
             )
+            data = data[:length]  # what was asked, however much came
             await trio.to_thread.run_sync(self._replace, job.digest, offset, data, hasher)
             if len(data) < length:
                 break  # the blob ends early: the digest decides
