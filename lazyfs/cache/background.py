@@ -16,10 +16,13 @@ for the size read). What the mounting image said of the layer decides
 nothing here: the verdict (``lazyfs.cache.blobstate``) is on the bytes,
 shared by every image. Bytes that hash to the digest are complete, with
 the size and diff_id they have (quarantined, for everyone, only when they
-do not unpack); bytes that do not are wrong bytes from the origin they came
-from, recorded against that origin and size alone, and their chunks are
-dropped, so a mount reading the blob from another origin fetches from its
-own. A chunk evicted before the check makes the task fetch again (a few
+do not unpack). Cached bytes that do not may have come from another origin
+(chunks are keyed by digest alone, and any image may name a digest with its
+own registry): the job's origin is asked for every byte anew, its answer
+replacing the cached chunks. Only when those bytes fail too are they wrong
+bytes from that origin, recorded against it and the size alone, and the
+chunks dropped, so a mount reading the blob from another origin fetches
+from its own. A chunk evicted before the check makes the task fetch again (a few
 rounds at most: a cache smaller than the blob cannot hold it whole, and
 then the blob stays partial).
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -84,7 +88,7 @@ class Backgrounds:
         self._one_blob = trio.Lock()  # blobs one after another, in the order asked
         self._upstream = trio.CapacityLimiter(1)
 
-    def start(
+    async def start(
         self,
         source: BlobSource,
         digest: Digest,
@@ -96,25 +100,37 @@ class Backgrounds:
         fetch is off. An origin found to serve wrong bytes is tried again (a new mount
         asks): its record stays, refusing reads through it, until a fetch verifies.
         """
-        verdict = read_verdict(self.cache.layout.root, digest)
-        if verdict is not None and not self._evicted_since(verdict):
-            return self._info_of_verdict(verdict)
+        # A file read and a walk of the cache's index: not in the thread
+        # every mount's reads are answered in.
+        done = await trio.to_thread.run_sync(self._judged, digest)
+        if done is not None:
+            return done
         job = self._jobs.get(digest)
         if job is not None and job.kind is BlobKind.FETCHING and job.origin == origin:
             return self.info(digest)
         if not self.enabled:
-            return self.info(digest)
+            return await trio.to_thread.run_sync(self.info, digest)
         job = self._jobs[digest] = _Job(digest, size, diff_id, origin)
         self._nursery.start_soon(self._run, source, job)
         return self.info(digest)
 
+    def _judged(self, digest: Digest) -> BlobInfo | None:
+        """The blob's state when a verdict stands on it (and it was not evicted since)."""
+        verdict = read_verdict(self.cache.layout.root, digest)
+        if verdict is not None and not self._evicted_since(verdict):
+            return self._info_of_verdict(verdict)
+        return None
+
     def info(self, digest: Digest, cached: int | None = None) -> BlobInfo:
         if cached is None:
             cached = self.cache.blob_usage().get(digest, 0)
+        job = self._jobs.get(digest)
+        if job is not None and job.kind is BlobKind.FETCHING:
+            # Until its records are written and its chunks dropped, whatever is on disk.
+            return BlobInfo(digest, job.kind, job.size, cached, job.reason)
         verdict = read_verdict(self.cache.layout.root, digest)
         if verdict is not None:
             return self._info_of_verdict(verdict, cached)
-        job = self._jobs.get(digest)
         if job is None:
             size = self.cache.blob_size(digest) or 0
             return BlobInfo(digest, BlobKind.UNKNOWN, size, cached)
@@ -166,7 +182,8 @@ class Backgrounds:
     async def _fetch_and_judge(self, source: BlobSource, job: _Job) -> None:
         chunk_size = self.cache.layout.chunk_size
         count = -(-job.size // chunk_size)
-        for _ in range(_ROUNDS):
+        asked_anew = False  # whether every byte was asked of the job's origin anew
+        for _ in range(_ROUNDS + 1):
             # Each chunk is asked for at most once a round: a cache smaller
             # than the blob evicts its first chunks while the last come in.
             at = 0
@@ -179,7 +196,20 @@ class Backgrounds:
                 if self._next_run(job.digest, 0, count):
                     continue  # evicted before it was pinned: fetch it again
                 found = await trio.to_thread.run_sync(self._check, job)
-            self._judge(job, found)
+            if isinstance(found, str) and not asked_anew:
+                asked_anew = True
+                wrong = await self._origin_mismatch(source, job)
+                if wrong is None:
+                    continue  # the origin's bytes are good: check them in the cache
+                found = wrong
+            elif isinstance(found, str):
+                # Its origin served good bytes, yet the cache holds others again.
+                await self._drop(job)
+                job.kind = BlobKind.PARTIAL
+                job.reason = "chunks from another origin replaced the ones verified"
+                log.warning("background fetch of %s: %s", job.digest, job.reason)
+                return
+            await self._judge(job, found)
             return
         job.kind = BlobKind.PARTIAL
         job.reason = "the cache cannot hold the blob whole"
@@ -241,23 +271,77 @@ class Backgrounds:
             return Verdict(job.digest, QUARANTINED, size, None, unpacks)
         return Verdict(job.digest, COMPLETE, size, diff_id)
 
-    def _judge(self, job: _Job, found: Verdict | str) -> None:
+    async def _origin_mismatch(self, source: BlobSource, job: _Job) -> str | None:
+        """Why the blob as ``job.origin`` serves it is not ``job.digest``, every byte asked anew.
+
+        The cached bytes failed, but a chunk there may have come from
+        another origin (a reader's fetch through an image naming this digest
+        with its own registry): only bytes that all came from the job's
+        origin may be held against it. What it serves replaces the cached
+        chunks, so that bytes found good are what the next check reads.
+        """
+        chunk_size = self.cache.layout.chunk_size
+        step = chunk_size * _REQUEST_CHUNKS
+        # Whole chunks, as the check of the cache reads them: a short one
+        # would say the blob ends there.
+        end = -(-job.size // chunk_size) * chunk_size
+        hasher = hashlib.new(algorithm(job.digest))
+        for offset in range(0, end, step):
+            await self.fetcher.quiet()
+            length = min(step, end - offset)
+            data = await trio.to_thread.run_sync(
+                source.read_range, job.digest, offset, length, limiter=self._upstream
+            )
+            data = data[:length]  # what was asked, however much came
+            await trio.to_thread.run_sync(self._replace, job.digest, offset, data, hasher)
+            if len(data) < length:
+                break  # the blob ends early: the digest decides
+        actual = Digest(f"{algorithm(job.digest)}:{hasher.hexdigest()}")
+        if actual == job.digest:
+            return None
+        return str(DigestMismatch(f"layer {job.digest}", expected=job.digest, actual=actual))
+
+    def _replace(self, digest: Digest, offset: int, data: bytes, hasher: Any) -> None:
+        """Blocking: hash ``data``, and put it in the cache over whatever is there."""
+        hasher.update(data)
+        chunk_size = self.cache.layout.chunk_size
+        for start in range(0, len(data), chunk_size):
+            key = ChunkKey(digest, (offset + start) // chunk_size)
+            self.cache.put(key, data[start : start + chunk_size], replace=True)
+
+    async def _judge(self, job: _Job, found: Verdict | str) -> None:
+        # The records are fsynced: written in a worker thread, not the one
+        # every mount's reads are answered in. The job reads as fetching
+        # until they are written and the chunks dropped.
         root = self.cache.layout.root
         if isinstance(found, Verdict):
-            write_verdict(root, found)
-            forget_wrong(root, job.digest, job.origin, job.size)
+            await trio.to_thread.run_sync(write_verdict, root, found)
+            await trio.to_thread.run_sync(forget_wrong, root, job.digest, job.origin, job.size)
             if found.state == COMPLETE:
                 job.kind = BlobKind.COMPLETE
                 log.info("layer %s is complete and verified (%d bytes, diff_id %s)",
                          job.digest, found.size, found.diff_id)  # fmt: skip
                 return
+            await self._drop(job)
             job.kind, job.reason = BlobKind.QUARANTINED, found.reason
             log.error("layer %s quarantined: its bytes do not unpack: %s", job.digest, found.reason)
         else:
             # Says nothing of the blob: only of what this origin served.
             origin = origin_name(job.origin)
-            job.kind, job.reason = BlobKind.QUARANTINED, f"{origin} served wrong bytes: {found}"
-            write_wrong(root, job.digest, job.origin, job.size, job.reason)
+            reason = f"{origin} served wrong bytes: {found}"
+            await trio.to_thread.run_sync(
+                write_wrong, root, job.digest, job.origin, job.size, reason
+            )
+            await self._drop(job)
+            job.kind, job.reason = BlobKind.QUARANTINED, reason
             log.error("layer %s: not read from %s any more: %s", job.digest, origin, found)
+
+    async def _drop(self, job: _Job) -> None:
+        """Drop the blob's chunks. In the trio thread on purpose: a reader builds its
+        answer from pinned chunks without a checkpoint (``Fetcher._answer``), so a drop
+        here can never fall between its lookup and its read; one in a worker thread could.
+        """
         for index in range(-(-job.size // self.cache.layout.chunk_size)):
             self.cache.drop(ChunkKey(job.digest, index))
+            if index % _REQUEST_CHUNKS == _REQUEST_CHUNKS - 1:
+                await trio.lowlevel.checkpoint()  # let reads in between a long blob's unlinks

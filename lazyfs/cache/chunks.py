@@ -207,20 +207,23 @@ class DiskCache:
 
     # Writing
 
-    def put(self, key: ChunkKey, data: bytes) -> Path:
+    def put(self, key: ChunkKey, data: bytes, *, replace: bool = False) -> Path:
         """Store ``data`` as chunk ``key``, atomically; returns the chunk's path.
 
         ``data`` is the whole chunk: ``chunk_size`` bytes, fewer only as the
         blob's last. The caller verified it: a chunk is trusted by everyone
         once it is in place. Idempotent: a chunk already cached is kept as it
-        is. A crash at any point leaves the chunk either whole or absent.
+        is, unless ``replace``: then its file is renamed over, so that a
+        reader never finds the chunk missing (one with the old file open
+        keeps its bytes). A crash at any point leaves the chunk either whole
+        or absent.
         """
         if not 0 < len(data) <= self.layout.chunk_size:
             raise ValueError(f"a chunk of {len(data)} bytes (1 to {self.layout.chunk_size})")
         path = self.layout.chunk_path(key)
         charge = self._charge(len(data))
         with self._mutex:
-            if key in self._lru:
+            if key in self._lru and not replace:
                 self._lru.move_to_end(key)
                 return path
             # Room first, and reserved, so that concurrent writers cannot
@@ -235,7 +238,7 @@ class DiskCache:
             raise
         with self._mutex:
             self._reserved -= charge
-            if key in self._lru:  # another writer of the same chunk won
+            if key in self._lru and not replace:  # another writer of the same chunk won
                 os.unlink(tmp)
                 return path
             try:
@@ -245,6 +248,8 @@ class DiskCache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
+            if key in self._lru:
+                self._forget(key)
             self._add(key, len(data), mtime)
         return path
 

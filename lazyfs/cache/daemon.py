@@ -214,7 +214,7 @@ class Server:
                 source = self.resolve(request.origin)
                 if isinstance(source, SizeHints):
                     source.note_size(request.digest, request.blob_size)
-                state = self.backgrounds.start(
+                state = await self.backgrounds.start(
                     source, request.digest, request.blob_size, request.diff_id, request.origin
                 )
                 return BackgroundOk(request.id, state)

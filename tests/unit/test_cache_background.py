@@ -111,7 +111,7 @@ async def test_background_fetch_waits_while_a_reader_waits_then_completes(tmp_pa
         async with trio.open_nursery() as readers:
             readers.start_soon(reader)
             await trio.to_thread.run_sync(source.asked.wait)
-            state = backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+            state = await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
             assert state.kind is BlobKind.FETCHING
             await trio.testing.wait_all_tasks_blocked()
             # The reader's fetch is held upstream: the background started none.
@@ -139,7 +139,7 @@ async def test_an_image_naming_a_wrong_diff_id_cannot_quarantine_the_blob_for_ot
     wrong = Digest("sha256:" + "0" * 64)
     root = tmp_path / "cache"
     async with daemon(tmp_path) as (fetcher, backgrounds):
-        backgrounds.start(Source(), DIGEST, len(BLOB), wrong, HOSTILE)
+        await backgrounds.start(Source(), DIGEST, len(BLOB), wrong, HOSTILE)
         await _until(backgrounds, BlobKind.COMPLETE)
         # The verdict is on the bytes: the diff_id they have, not the one claimed.
         verdict = read_verdict(root, DIGEST)
@@ -158,7 +158,7 @@ async def test_a_blob_longer_claimed_is_complete_at_its_size_and_the_claim_refus
     tmp_path: Path,
 ) -> None:
     async with daemon(tmp_path) as (_fetcher, backgrounds):
-        backgrounds.start(Source(), DIGEST, len(BLOB) + 5, DIFF_ID, HOSTILE)
+        await backgrounds.start(Source(), DIGEST, len(BLOB) + 5, DIFF_ID, HOSTILE)
         await _until(backgrounds, BlobKind.COMPLETE)
     reason, _ = refusal(tmp_path / "cache", DIGEST, HOSTILE, len(BLOB) + 5, DIFF_ID)
     assert reason == f"layer {DIGEST}: its size is {len(BLOB)}, the image says {len(BLOB) + 5}"
@@ -172,7 +172,7 @@ async def test_wrong_bytes_from_one_origin_are_held_against_that_origin_only(
     bad = bytearray(BLOB)
     bad[len(bad) // 2] ^= 0xFF
     async with daemon(tmp_path) as (fetcher, backgrounds):
-        backgrounds.start(Source(blob=bytes(bad)), DIGEST, len(BLOB), DIFF_ID, HOSTILE)
+        await backgrounds.start(Source(blob=bytes(bad)), DIGEST, len(BLOB), DIFF_ID, HOSTILE)
         await _until(backgrounds, BlobKind.QUARANTINED)
         assert fetcher.cache.blob_usage().get(DIGEST, 0) == 0
         assert read_verdict(root, DIGEST) is None
@@ -182,7 +182,7 @@ async def test_wrong_bytes_from_one_origin_are_held_against_that_origin_only(
         # Another origin's mount is not refused: it fetches from its own, and that verifies.
         assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, False)
         honest = Source()
-        assert backgrounds.start(honest, DIGEST, len(BLOB), DIFF_ID, HONEST).kind is (
+        assert (await backgrounds.start(honest, DIGEST, len(BLOB), DIFF_ID, HONEST)).kind is (
             BlobKind.FETCHING
         )
         await _until(backgrounds, BlobKind.COMPLETE)
@@ -199,7 +199,7 @@ async def test_bytes_that_hash_to_the_digest_but_do_not_unpack_are_refused_to_ev
     digest = Digest("sha256:" + hashlib.sha256(junk).hexdigest())
     root = tmp_path / "cache"
     async with daemon(tmp_path) as (fetcher, backgrounds):
-        backgrounds.start(Source(blob=junk), digest, len(junk), DIFF_ID, HOSTILE)
+        await backgrounds.start(Source(blob=junk), digest, len(junk), DIFF_ID, HOSTILE)
         while backgrounds.info(digest).kind is not BlobKind.QUARANTINED:
             await trio.sleep(0)
         assert fetcher.cache.blob_usage().get(digest, 0) == 0
@@ -220,7 +220,7 @@ async def test_a_verdict_in_the_earlier_format_is_ignored_and_the_blob_judged_ag
     assert read_verdict(root, DIGEST) is None
     assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, False)
     async with daemon(tmp_path) as (_fetcher, backgrounds):
-        assert backgrounds.start(Source(), DIGEST, len(BLOB), DIFF_ID, HONEST).kind is (
+        assert (await backgrounds.start(Source(), DIGEST, len(BLOB), DIFF_ID, HONEST)).kind is (
             BlobKind.FETCHING
         )
         await _until(backgrounds, BlobKind.COMPLETE)
@@ -231,7 +231,9 @@ async def test_background_fetch_off_answers_and_fetches_nothing(tmp_path: Path) 
     source = Source()
     async with daemon(tmp_path) as (_fetcher, backgrounds):
         backgrounds.enabled = False
-        assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.UNKNOWN
+        assert (
+            await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        ).kind is BlobKind.UNKNOWN
         await trio.testing.wait_all_tasks_blocked()
     assert source.calls == []
 
@@ -239,16 +241,18 @@ async def test_background_fetch_off_answers_and_fetches_nothing(tmp_path: Path) 
 async def test_asking_twice_starts_one_background_fetch(tmp_path: Path) -> None:
     source = Source(gated=True)
     async with daemon(tmp_path) as (fetcher, backgrounds):
-        backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
         await trio.to_thread.run_sync(source.asked.wait)
-        backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
         await trio.testing.wait_all_tasks_blocked()
         assert fetcher.fetches_in_flight == 1
         source.gate.set()
         await _until(backgrounds, BlobKind.COMPLETE)
         calls = len(source.calls)
         # Done: a later mount's request finds the verdict and fetches nothing.
-        assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.COMPLETE
+        assert (
+            await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        ).kind is BlobKind.COMPLETE
     assert len(source.calls) == calls
 
 
@@ -282,11 +286,39 @@ async def test_a_complete_blob_that_lost_a_chunk_is_partial_and_fetched_again(
 ) -> None:
     source = Source()
     async with daemon(tmp_path) as (fetcher, backgrounds):
-        backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
         await _until(backgrounds, BlobKind.COMPLETE)
         fetcher.cache.drop(ChunkKey(DIGEST, 2))
         assert backgrounds.info(DIGEST).kind is BlobKind.PARTIAL
         calls = len(source.calls)
-        assert backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID).kind is BlobKind.FETCHING
+        assert (
+            await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        ).kind is BlobKind.FETCHING
         await _until(backgrounds, BlobKind.COMPLETE)
         assert source.calls[calls:] == [(2 * SIZE, SIZE)]
+
+
+async def test_chunks_another_origin_filled_wrong_are_not_held_against_the_jobs_origin(
+    tmp_path: Path,
+) -> None:
+    # A hostile image names the victim's layer digest with its own registry;
+    # its mount reads a range first, so the cache holds its wrong bytes.
+    root = tmp_path / "cache"
+    bad = bytearray(BLOB)
+    bad[3] ^= 0xFF
+    async with daemon(tmp_path) as (fetcher, backgrounds):
+        got = await fetcher.read(Source(blob=bytes(bad)), DIGEST, 0, 10, len(BLOB))
+        assert got == bytes(bad[:10])
+        honest = Source()
+        await backgrounds.start(honest, DIGEST, len(BLOB), DIFF_ID, HONEST)
+        while (info := backgrounds.info(DIGEST)).kind is BlobKind.FETCHING:
+            await trio.sleep(0)  # a checkpoint, not a delay: the task runs meanwhile
+        assert info.kind is BlobKind.COMPLETE, info.reason
+        # The honest origin was asked for every chunk, the hostile one's included.
+        assert sum(min(n, len(BLOB) - o) for o, n in honest.calls) >= len(BLOB)
+        assert await fetcher.read(honest, DIGEST, 0, 10, len(BLOB)) == BLOB[:10]
+    assert refusal(root, DIGEST, HONEST, len(BLOB), DIFF_ID) == (None, True)
+    verdict = read_verdict(root, DIGEST)
+    assert verdict is not None and verdict.state == COMPLETE and verdict.diff_id == DIFF_ID
+    stream = open_complete(root, DIGEST, chunk_size=SIZE)
+    assert stream is not None and stream.read() == BLOB
