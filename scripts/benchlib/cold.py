@@ -39,6 +39,7 @@ from benchlib.measure import Contender, Context, Result, Timing, _run_until_prin
 from benchlib.pull import registry
 from benchlib.shaper import Shaper, shaping_proxy
 from benchlib.util import ToolError, drop_caches, now, run, scratch_dir
+from lazyfs.fs import mount_server_client as server_client
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "cold-start"
@@ -99,6 +100,8 @@ def _lazyfs_once(
                 return _until_printed(ctx, argv, env, work / "lazyfs.log", link, image_bytes)
             finally:
                 _stop_daemon(cache)
+                # The fuse run's mount server would idle on, in a store about to go.
+                server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
 
     return once
 
