@@ -35,6 +35,7 @@ from lazyfs.cli_flags import (
 )
 from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
 from lazyfs.cli_images import run_images
+from lazyfs.cli_index import run_index
 from lazyfs.cli_ps import ps
 from lazyfs.cli_run import failure_line, run_trio
 from lazyfs.cli_volumes import container_request, volume_mounts
@@ -334,6 +335,7 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "recover": _recover,
     "images": _images,
     "gc": _gc,
+    "index": lambda app, args: run_index(args, app.store, app.docker, app.registry_options),
     "ps": lambda app, args: ps(app.work_dir, as_json=args.json),
     "run": _run,
     "mount": _mount,
