@@ -164,6 +164,13 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
         Flag("cache_size", "10GiB", "the most the cache keeps: bytes, or a number with KiB..TiB"),
         Flag("no_background_fetch", False, "fetch only what mounts read", _truth, switch=True),
         Flag(
+            "publish_indexes",
+            False,
+            "after pulling a registry image whole, push its layer indexes beside it",
+            _truth,
+            switch=True,
+        ),
+        Flag(
             "image_gc_config",
             None,
             "image GC as Mesos' ImageGcConfig: JSON, a file or a file:// URL",

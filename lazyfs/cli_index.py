@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,10 @@ from providers.transports import parse_transport
 if TYPE_CHECKING:
     from lazyfs.images.docker import DockerProvider
     from lazyfs.store.disk import Store
+    from providers.manifest import ImageManifest
     from providers.registry import RegistryOptions
+
+log = logging.getLogger(__name__)
 
 MakeParser = Callable[..., argparse.ArgumentParser]
 
@@ -38,6 +42,22 @@ def add_index_parser(sub: argparse.ArgumentParser, command: MakeParser) -> None:
         actions, "push", "pull an image, then push its layer indexes beside it; prints JSON"
     )
     push.add_argument("image", help="a registry image: REFERENCE or docker://REFERENCE")
+
+
+def index_publisher(
+    store: Store, registry: str, options: RegistryOptions
+) -> Callable[[ImageManifest], None]:
+    """What ``--publish_indexes`` runs after a registry image is pulled whole (blocking)."""
+    from lazyfs.publish.push import publish_indexes, repository_push
+    from providers.registry import RegistryClient
+
+    client = RegistryClient(dataclasses.replace(options, registry=registry.rstrip("/")))
+
+    def publish(image: ImageManifest) -> None:
+        done = publish_indexes(store, repository_push(client, image.reference), image)
+        log.info("%s: published the indexes of %d layers", image.reference, len(done.layers))
+
+    return publish
 
 
 def run_index(

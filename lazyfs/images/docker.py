@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +32,8 @@ from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import parse_docker_config
 from providers.source import BlobSource, Puller
 from providers.transports import PathPuller, parse_transport
+
+log = logging.getLogger(__name__)
 
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
@@ -58,6 +62,8 @@ class DockerProvider:
     store: Store
     registry: str
     options: RegistryOptions = field(default_factory=RegistryOptions)
+    # Called (in a thread) after a registry image is pulled whole; what it raises is a warning.
+    after_pull: Callable[[ImageManifest], None] | None = None
     _client: RegistryClient | None = field(default=None, init=False, repr=False)
 
     def _source(self, image: Image) -> Puller:
@@ -157,7 +163,26 @@ class DockerProvider:
                 raise failures[0]
             progress.finish()
             await trio.to_thread.run_sync(self.store.put_image, manifest)
+            whole = not any(lazy and lazy_layer(layer) for layer in manifest.layers)
+        if self.after_pull is not None and local is None and whole:
+            await self._after_pull(self.after_pull, manifest)
         return manifest
+
+    async def _after_pull(
+        self, hook: Callable[[ImageManifest], None], image: ImageManifest
+    ) -> None:
+        """Run ``hook``; its failure is logged, the pull stands."""
+        try:
+            await trio.to_thread.run_sync(hook, image)
+        except Exception as exc:
+            # Publishing is a favour to other machines: nothing of it may fail the pull.
+            known = isinstance(exc, (LazyfsError, OSError))
+            log.warning(
+                "%s: pulled, but publishing its indexes failed: %s",
+                image.reference,
+                exc,
+                exc_info=not known,
+            )
 
     async def _ingest(
         self,

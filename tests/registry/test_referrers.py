@@ -157,3 +157,29 @@ def test_push_of_a_local_image_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "lazyfs: index push takes a registry image (REFERENCE or docker://REFERENCE)"
     )
+
+
+def test_publish_after_a_full_pull_only_when_asked(
+    registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    image = f"{registry.host}/rich:oci"
+    plain = lazyfs(tmp_path / "plain", "pull", image, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    assert list_referrers(_client(registry, "rich"), Digest(seed.rich_oci)) == ()
+
+    pulled = lazyfs(tmp_path / "work", "--publish_indexes", "pull", image, timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "WARNING" not in pulled.stderr
+    listed = list_referrers(_client(registry, "rich"), Digest(seed.rich_oci), ARTIFACT_TYPE)
+    assert len(listed) == 1
+
+
+def test_a_failed_publish_is_a_warning(pull_through: Registry, seed: Seed, tmp_path: Path) -> None:
+    """A pull-through cache takes no pushes: the pull stands, with a warning."""
+    result = lazyfs(
+        tmp_path / "work", "--publish_indexes", "pull", f"{pull_through.host}/rich:oci", timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["digest"] == seed.rich_oci
+    assert "pulled, but publishing its indexes failed" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
