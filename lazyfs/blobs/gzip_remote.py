@@ -33,12 +33,15 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from lazyfs.index.artifact import Span
-from lazyfs.index.published import PublishedData
+from lazyfs.index.model import LayerIndex
+from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
 from providers.errors import LazyfsError
+from providers.manifest import Layer
 from providers.source import BlobSource
 
 DEFAULT_KEEP_BYTES = 32 << 20
@@ -198,6 +201,21 @@ class PublishedLayers:
             self._idle.clear()
         for handle in handles:
             handle.close()
+
+
+def open_published(
+    layers_dir: Path, layer: Layer, blobs: BlobSource, *, entries: bool = True
+) -> tuple[LayerIndex, PublishedLayers, Path] | None:
+    """The index of ``layer`` published beside its image, a reader of its tar stream, its dir.
+
+    None when ``layer`` names no published index kept under ``layers_dir``
+    (``lazyfs.index.published.load_published``).
+    """
+    found = load_published(layers_dir, layer, entries=entries)
+    if found is None:
+        return None
+    index, where, data = found
+    return index, PublishedLayers({layer.digest: data}, blobs), where
 
 
 def _open(reader: PublishedLayers, digest: Digest, data: PublishedData) -> tuple[Any, _BlobFile]:

@@ -205,8 +205,12 @@ def _remote_layer(
     read as a local layer. Stored under ``store.layers`` (eStargz: by TOC too).
     """
     # Loaded only with remote layers: it loads the eStargz code.
+    from lazyfs.blobs.gzip_remote import open_published  # checks each span it reads
     from lazyfs.index.estargz_store import remote_layers_dir
 
+    if (published := open_published(store.layers, layer, blobs, entries=entries)) is not None:
+        blobs.layer_mounted(layer.digest, None)  # the rest of the blob in the background
+        return published
     index = ensure_remote_index(
         store.layers, store.tmp, layer, blobs, entries=entries, limits=limits
     )

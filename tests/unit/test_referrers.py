@@ -87,3 +87,25 @@ def test_artifact_manifest_refused(change: object, message: str) -> None:
     change(doc)  # type: ignore[operator]
     with pytest.raises(BadImage, match=message):
         artifact_layers(json.dumps(doc).encode(), A)
+
+
+def test_the_provider_names_index_blobs_as_the_index_does() -> None:
+    from lazyfs.images.docker import INDEX_BLOB_ANNOTATION as PROVIDER
+    from lazyfs.index.published import INDEX_BLOB_ANNOTATION
+
+    assert PROVIDER == INDEX_BLOB_ANNOTATION
+
+
+def test_a_registry_manifest_never_names_an_index_blob() -> None:
+    from lazyfs.index.published import INDEX_BLOB_ANNOTATION
+    from lazyfs.publish.fetch import with_index_blobs, without_index_blobs
+    from providers.manifest import ImageManifest, Layer
+
+    hostile = Layer(A, "", 1, None, (("a", "1"), (INDEX_BLOB_ANNOTATION, B)))
+    plain = Layer(C, "", 1)
+    image = ImageManifest("x", A, (hostile, plain))
+    cleaned = without_index_blobs(image)
+    assert [layer.annotations for layer in cleaned.layers] == [(("a", "1"),), ()]
+    marked = with_index_blobs(cleaned, {C: B})
+    assert marked.layers[1].annotation(INDEX_BLOB_ANNOTATION) == B
+    assert marked.layers[0].annotation(INDEX_BLOB_ANNOTATION) is None
