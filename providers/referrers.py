@@ -145,7 +145,7 @@ def list_referrers(
     response = push.http.get(
         url,
         image=push.image,
-        scope=f"repository:{push.repository}:pull",
+        scope=push.read_scope,
         headers={"Accept": OCI_INDEX},
         ok=(200, 404),
     )

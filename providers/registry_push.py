@@ -45,6 +45,11 @@ class RegistryPush:
     def scope(self) -> str:
         return f"repository:{self.repository}:pull,push"
 
+    @property
+    def read_scope(self) -> str:
+        """What reads ask for: a token server may grant it to whom it refuses a push."""
+        return f"repository:{self.repository}:pull"
+
     def _url(self, path: str) -> str:
         return f"{self.base}/v2/{self.repository}/{path}"
 
@@ -107,7 +112,7 @@ class RegistryPush:
         """The manifest at ``reference`` and its media type; None when there is none."""
         url = self._url(f"manifests/{reference}")
         response = self.http.get(
-            url, image=self.image, scope=self.scope, headers={"Accept": accept}, ok=(200, 404)
+            url, image=self.image, scope=self.read_scope, headers={"Accept": accept}, ok=(200, 404)
         )
         with contextlib.closing(response):
             if response.status_code == 404:
@@ -121,7 +126,7 @@ class RegistryPush:
     def get_blob(self, digest: Digest, limit: int) -> bytes:
         """The blob ``digest``, at most ``limit`` bytes, checked against its digest."""
         url = self._url(f"blobs/{digest}")
-        response = self.http.get(url, image=self.image, scope=self.scope)
+        response = self.http.get(url, image=self.image, scope=self.read_scope)
         with contextlib.closing(response):
             data = self.http.read_capped(response, limit)
         if data is None:

@@ -198,7 +198,10 @@ def _remote_layer(
     against the annotation, and read chunk by chunk, each chunk checked
     against its ``chunkDigest`` before any byte of it is served; the daemon
     is asked at once for the files before its prefetch landmark (one range
-    request) and for the rest of the blob in the background. A layer
+    request) and for the rest of the blob in the background. A gzip or tar
+    layer whose index was published beside its image (kept at provision:
+    ``lazyfs.index.published``) is read span by span, each checked against
+    its digest (``lazyfs.blobs.gzip_remote``), the rest fetched in the background. A layer
     that cannot be read so (no TOC digest, or the store already holds an
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyfs.index.model import LayerIndex, loads
+from lazyfs.index.model import Kind, LayerIndex, loads
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
 
@@ -199,11 +199,32 @@ def _size(header: dict[str, Any], name: str) -> int:
 
 
 def _check_entries(index: LayerIndex) -> None:
-    """Every file's stored bytes lie inside the tar stream."""
+    """Every entry is one a layer scan could give: plain names, bytes inside the stream.
+
+    A scan (``lazyfs.index.build``) names entries as ``providers.layer_rules``
+    normalizes tar names: no empty, ``.`` or ``..`` component, no NUL; a
+    published index must not bring what a scan never would.
+    """
     for entry in index.entries:
-        stored = sum(e[1] for e in entry.extents) if entry.extents is not None else entry.size
-        if entry.offset < 0 or stored < 0 or entry.offset + stored > index.tar_size:
-            raise _bad(f"entry {'/'.join(entry.path)!r} reaches past the layer's tar stream")
+        name = "/".join(entry.path)
+        if not _plain_path(entry.path):
+            raise _bad(f"entry {name[:200]!r} is not a plain relative path")
+        if entry.kind is Kind.HARDLINK and not _plain_path(tuple(entry.target.split("/"))):
+            raise _bad(f"hardlink {name[:200]!r} names no plain path")
+        if not 0 <= entry.mode <= 0o7777 or entry.size < 0:
+            raise _bad(f"entry {name[:200]!r} has a bad mode or size")
+        extents = entry.extents or ()
+        stored = sum(e[1] for e in extents) if entry.extents is not None else entry.size
+        if any(e[0] < 0 or e[1] < 0 or e[0] + e[1] > entry.size or e[2] < 0 for e in extents):
+            raise _bad(f"entry {name[:200]!r} has extents outside it")
+        if any(e[2] + e[1] > stored for e in extents):
+            raise _bad(f"entry {name[:200]!r} has extents outside its data")
+        if entry.offset < 0 or entry.offset + stored > index.tar_size:
+            raise _bad(f"entry {name[:200]!r} reaches past the layer's tar stream")
+
+
+def _plain_path(path: tuple[str, ...]) -> bool:
+    return all(part not in ("", ".", "..") and "\0" not in part for part in path)
 
 
 def _spans(raw: object, size: int) -> tuple[Span, ...]:

@@ -25,7 +25,7 @@ from lazyfs.index.artifact import (
     parse_checkpoints,
 )
 from lazyfs.index.formats import build_index
-from lazyfs.index.model import CHECKPOINTS_NAME
+from lazyfs.index.model import CHECKPOINTS_NAME, Kind
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
 from tests.support.images import Entry, write_layer
@@ -208,3 +208,26 @@ def test_any_flipped_byte_decodes_or_is_refused(
     data[position % len(data)] = value
     with contextlib.suppress(BadImage):
         decode(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"path": ("..", "etc", "passwd")}, "not a plain relative path"),
+        ({"path": ("etc", "", "x")}, "not a plain relative path"),
+        ({"path": ("a\0b",)}, "not a plain relative path"),
+        ({"kind": Kind.HARDLINK, "target": "../../outside"}, "names no plain path"),
+        ({"mode": 0o170000}, "bad mode or size"),
+        ({"extents": ((0, 10**9, 0),)}, "extents outside it"),
+    ],
+)
+def test_entries_a_scan_never_gives(
+    gz: tuple[Path, LayerArtifact], change: dict[str, Any], message: str
+) -> None:
+    _, artifact = gz
+    entries = list(artifact.index.entries)
+    number = next(i for i, e in enumerate(entries) if e.size)
+    entries[number] = dataclasses.replace(entries[number], **change)
+    index = dataclasses.replace(artifact.index, entries=tuple(entries))
+    with pytest.raises(BadImage, match=message):
+        decode(encode(dataclasses.replace(artifact, index=index)))
