@@ -58,6 +58,19 @@ def lazy_layer(layer: Layer) -> bool:
     )
 
 
+def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
+    """``manifest`` with no layer naming an index blob: only ``lazyfs.publish.fetch`` names one."""
+    if not any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in manifest.layers):
+        return manifest
+    layers = tuple(
+        dataclasses.replace(
+            layer, annotations=tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
+        )
+        for layer in manifest.layers
+    )
+    return dataclasses.replace(manifest, layers=layers)
+
+
 @dataclass
 class DockerProvider:
     """Resolves ``Image.docker.name`` with the local puller or a registry.
@@ -185,12 +198,12 @@ class DockerProvider:
         self, client: RegistryClient, manifest: ImageManifest, *, lazy: bool
     ) -> ImageManifest:
         """``manifest``, its layers with a published index (found for a lazy pull) so marked."""
-        # Loaded for registry images only: it loads the index code.
-        from lazyfs.publish.fetch import published_layers, with_index_blobs, without_index_blobs
-
         manifest = without_index_blobs(manifest)  # a registry's manifest never says it
         if not lazy:
             return manifest
+        # Loaded for lazy pulls only: it loads the index code.
+        from lazyfs.publish.fetch import published_layers, with_index_blobs
+
         wanted = [
             layer
             for layer in manifest.layers

@@ -54,19 +54,6 @@ _answers: dict[tuple[str, str, Digest], dict[Digest, Descriptor]] = {}
 _answers_lock = threading.Lock()
 
 
-def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
-    """``manifest`` with no layer naming an index blob: only this module's say names one."""
-    if not any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in manifest.layers):
-        return manifest
-    layers = tuple(
-        dataclasses.replace(
-            layer, annotations=tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
-        )
-        for layer in manifest.layers
-    )
-    return dataclasses.replace(manifest, layers=layers)
-
-
 def with_index_blobs(manifest: ImageManifest, blobs: dict[Digest, Digest]) -> ImageManifest:
     """``manifest`` with each layer in ``blobs`` annotated with its index blob."""
     layers = []

@@ -97,8 +97,9 @@ def test_the_provider_names_index_blobs_as_the_index_does() -> None:
 
 
 def test_a_registry_manifest_never_names_an_index_blob() -> None:
+    from lazyfs.images.docker import without_index_blobs
     from lazyfs.index.published import INDEX_BLOB_ANNOTATION
-    from lazyfs.publish.fetch import with_index_blobs, without_index_blobs
+    from lazyfs.publish.fetch import with_index_blobs
     from providers.manifest import ImageManifest, Layer
 
     hostile = Layer(A, "", 1, None, (("a", "1"), (INDEX_BLOB_ANNOTATION, B)))
