@@ -40,7 +40,7 @@ from lazyfs.index.artifact import Span
 from lazyfs.index.model import LayerIndex
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
-from providers.errors import LazyfsError
+from providers.errors import DigestMismatch, LazyfsError
 from providers.manifest import Layer
 from providers.source import BlobSource
 
@@ -140,15 +140,16 @@ class PublishedLayers:
                 return piece
             evict = getattr(self._blobs, "evict", None)
             if evict is None:
-                raise _refused(problem)
+                raise problem
             # Bytes corrupted on the way are seldom corrupted twice: drop, read again.
             log.warning("%s; dropping it from the cache and reading it again", problem)
-            evict(digest, span.offset, span.length, problem)
+            evict(digest, span.offset, span.length, str(problem))
             piece = self._read(digest, span)
             if (problem := _mismatch(digest, span, piece)) is None:
                 return piece
-            evict(digest, span.offset, span.length, problem)
-            raise _refused(problem)
+            # Not kept below either: a later read tries afresh, not this EIO for good.
+            evict(digest, span.offset, span.length, str(problem))
+            raise problem
         except LazyfsError as error:
             log.error("layer %s: cannot read blob span at %d: %s", digest, span.offset, error)
             raise OSError(errno.EIO, f"layer {digest}: {error}") from error
@@ -240,18 +241,17 @@ def _open(reader: PublishedLayers, digest: Digest, data: PublishedData) -> tuple
     return handle, blob
 
 
-def _mismatch(digest: Digest, span: Span, piece: bytes) -> str | None:
+def _mismatch(digest: Digest, span: Span, piece: bytes) -> DigestMismatch | None:
+    """None when ``piece`` is the span its published index promised, else why not."""
     got = hashlib.sha256(piece).hexdigest()
     if len(piece) == span.length and got == span.sha256:
         return None
-    return (
+    return DigestMismatch(
         f"layer {digest}: blob span [{span.offset}, {span.offset + span.length}) does not match"
-        f" its published index: sha256 {got} ({len(piece)} bytes), want {span.sha256}"
+        " its published index",
+        expected=f"sha256 {span.sha256} ({span.length} bytes)",
+        actual=f"sha256 {got} ({len(piece)} bytes)",
     )
-
-
-def _refused(problem: str) -> LazyfsError:
-    return LazyfsError(problem)
 
 
 class _BlobFile(io.RawIOBase):
