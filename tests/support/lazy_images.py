@@ -93,15 +93,20 @@ def push_estargz_image(
     return Pushed(tuple(digests), tuple(len(blob.data) for blob in blobs))
 
 
-def lazyfs(
-    work: Path, registry_url: str, *args: str, background: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """``lazyfs ARGS`` with this test's work dir, cache dir and registry."""
+def lazyfs_argv(work: Path, registry_url: str, *args: str, background: bool = True) -> list[str]:
+    """The command line of ``lazyfs ARGS`` with this test's work dir, cache dir and registry."""
     argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
             registry_url, "--cache_dir", str(work / "cache")]  # fmt: skip
     if not background:
         argv.append("--no_background_fetch")
+    return [*argv, *args]
+
+
+def lazyfs(
+    work: Path, registry_url: str, *args: str, background: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``lazyfs ARGS`` with this test's work dir, cache dir and registry."""
     return subprocess.run(
-        [*argv, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        stdin=subprocess.DEVNULL, check=False,
+        lazyfs_argv(work, registry_url, *args, background=background), cwd=ROOT,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
