@@ -33,6 +33,7 @@ from lazyfs.cache.client import status
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.messages import StatusOk
 from tests.support.httpserver import serve
+from tests.support.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 PID_NAME = "daemon.pid"
@@ -77,16 +78,6 @@ def run_daemon(work_dir: Path, cache_dir: Path) -> Iterator[subprocess.Popen[byt
         yield process
     finally:
         stop(process)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
 
 
 def recorded_daemon(cache_dir: Path) -> int | None:

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from backends.mounts import mounts_under, unmount_all_under
 from lazyfs.fs import mount as lazy_mount
-from tests.support.cache_daemons import ROOT, kill_recorded, stop, wait_for
+from tests.support.cache_daemons import ROOT, kill_recorded, wait_for
 from tests.support.fuse_mounts import alive
+from tests.support.processes import stop
 
 TIMEOUT = 300.0  # bounds a hung command, so a failing test ends; never reached when it passes
 

@@ -36,6 +36,7 @@ import bcrypt
 import requests
 
 from tests.support.httpserver import serve
+from tests.support.processes import stop
 
 SERVICE = "lazyfs-test-registry"
 ISSUER = "lazyfs-test-token-server"
@@ -151,12 +152,7 @@ def run_registry(
         _wait_ready(registry, tls, workdir / f"registry-{port}.log")
         yield registry
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 
