@@ -50,6 +50,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, 
         yield registry, push_estargz_image(registry.url, "lazy/progress", "v1", [BOTTOM, TOP])
 
 
+def ref(registry: Registry) -> str:
+    return f"docker:{registry.host}/lazy/progress:v1"
+
+
 @contextlib.contextmanager
 def cleaned(work: Path, registry: Registry, undo: list[str]) -> Iterator[None]:
     """Undo what the block made (``lazyfs UNDO``), and end the daemon its mount started."""
@@ -61,8 +65,14 @@ def cleaned(work: Path, registry: Registry, undo: list[str]) -> Iterator[None]:
         assert gone.returncode == 0, gone.stderr
 
 
-def check_screen(shown: str, pushed: Pushed) -> dict[str, str]:
-    """The lines fit; each layer has its bar; the summary's parts, which it returns."""
+def on_terminal(
+    work: Path, registry: Registry, pushed: Pushed, *args: str, background: bool = True
+) -> dict[str, str]:
+    """``lazyfs ARGS`` on a terminal: it succeeds, its lines fit, each layer has its bar,
+    and one summary ends it, whose parts this returns."""
+    argv = lazyfs_argv(work, registry.url, *args, background=background)
+    status, shown = run_on_terminal(argv, COLUMNS, cwd=ROOT)
+    assert status == 0, shown
     lines = screen_lines(shown)
     assert all(len(line) <= COLUMNS for line in lines), lines
     for digest in pushed.layers:
@@ -70,9 +80,10 @@ def check_screen(shown: str, pushed: Pushed) -> dict[str, str]:
         assert bars, (digest, lines)
         assert all("%" in bar for bar in bars), bars
     assert any(line.startswith("total") for line in lines), lines
-    summaries = [found for line in lines if (found := SUMMARY.fullmatch(line.strip()))]
-    assert len(summaries) == 1, lines
-    summary = summaries[0].groupdict()
+    assert sum(1 for line in lines if SUMMARY.fullmatch(line.strip())) == 1, lines
+    last = SUMMARY.fullmatch(lines[-1].strip())
+    assert last is not None, lines
+    summary = last.groupdict()
     assert int(summary["share"]) > 0, summary  # the footers and TOCs at least
     return summary
 
@@ -85,11 +96,8 @@ def test_a_lazy_mount_shows_each_layer_and_what_stays_remote(
     work, mountpoint = tmp_path / "work", tmp_path / "mnt"
     mountpoint.mkdir()
     with cleaned(work, registry, ["umount", str(mountpoint)]):
-        argv = lazyfs_argv(work, registry.url, "mount", f"docker:{registry.host}/lazy/progress:v1",
-                           str(mountpoint), background=False)  # fmt: skip
-        status, shown = run_on_terminal(argv, COLUMNS, cwd=ROOT)
-        assert status == 0, shown
-        summary = check_screen(shown, pushed)
+        summary = on_terminal(work, registry, pushed, "mount", ref(registry), str(mountpoint),
+                              background=False)  # fmt: skip
         # The footers, TOCs and the prefetched file are local; app/later is not.
         assert int(summary["share"]) < 100 and summary["remote"] != "0 B", summary
         assert summary["how"] == "read on demand", summary
@@ -103,11 +111,8 @@ def test_a_lazy_provision_says_the_rest_comes_in_the_background(
     registry, pushed = image
     work = tmp_path / "work"
     with cleaned(work, registry, ["destroy", "c1"]):
-        image_ref = f"docker:{registry.host}/lazy/progress:v1"
-        argv = lazyfs_argv(work, registry.url, "provision", "c1", image_ref, "--backend", "fuse")
-        status, shown = run_on_terminal(argv, COLUMNS, cwd=ROOT)
-        assert status == 0, shown
-        summary = check_screen(shown, pushed)
+        summary = on_terminal(work, registry, pushed, "provision", "c1", ref(registry),
+                              "--backend", "fuse")  # fmt: skip
         assert summary["how"] == "fetching in the background", summary
 
 
@@ -118,7 +123,6 @@ def test_a_lazy_provision_draws_nothing_on_a_pipe(
     registry, _ = image
     work = tmp_path / "work"
     with cleaned(work, registry, ["destroy", "c1"]):
-        done = lazyfs(work, registry.url, "provision", "c1",
-                      f"docker:{registry.host}/lazy/progress:v1", "--backend", "fuse")  # fmt: skip
+        done = lazyfs(work, registry.url, "provision", "c1", ref(registry), "--backend", "fuse")
         assert done.returncode == 0, done.stderr
         assert done.stderr == ""
