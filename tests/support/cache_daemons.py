@@ -33,7 +33,7 @@ from lazyfs.cache.client import status
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.messages import StatusOk
 from tests.support.httpserver import serve
-from tests.support.processes import stop
+from tests.support.processes import stop, zombie
 
 ROOT = Path(__file__).resolve().parents[2]
 PID_NAME = "daemon.pid"
@@ -97,14 +97,7 @@ def kill_recorded(cache_dir: Path) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), "the daemon to end")
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or zombie(pid), "the daemon to end")
 
 
 @dataclass

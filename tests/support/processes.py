@@ -1,8 +1,9 @@
-"""Ending a server process a test started: asked first, killed if it does not go."""
+"""Ending a server process a test started (asked first, killed if it does not go); zombies."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -14,3 +15,11 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+
+
+def zombie(pid: int | str) -> bool:
+    """Whether process ``pid`` has ended and waits to be reaped (or is gone altogether)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
