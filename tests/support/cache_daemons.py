@@ -32,7 +32,7 @@ import requests
 from lazyfs.cache.client import status
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.messages import StatusOk
-from tests.support.httpserver import serve
+from tests.support.httpserver import relay, serve
 from tests.support.processes import stop, zombie
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,13 +128,7 @@ def run_gated_proxy(upstream: str, proxy: GatedProxy) -> Iterator[str]:
                 assert proxy.gate.wait(60), "the gate was never opened"
             sent = {k: v for k, v in self.headers.items() if k in ("Accept", "Range")}
             answer = requests.get(upstream + self.path, headers=sent, timeout=30)
-            self.send_response(answer.status_code)
-            for name in ("Content-Type", "Content-Range", "Docker-Content-Digest"):
-                if name in answer.headers:
-                    self.send_header(name, answer.headers[name])
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
+            relay(self, answer, ("Content-Type", "Content-Range", "Docker-Content-Digest"))
 
     with serve(Handler) as url:
         try:
