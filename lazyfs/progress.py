@@ -40,7 +40,7 @@ class Progress:
         self._bars: Bars | None = None
         self._tasks: dict[str, TaskID] = {}
         self._total: TaskID | None = None
-        self._size = 0
+        self._size = 0  # of the items the bars drawn now show
         self.fetched = 0  # bytes counted in all, net of what was taken back
         self.items = 0
 
@@ -123,6 +123,7 @@ class Progress:
             self._bars = None
             self._tasks.clear()
             self._total = None
+            self._size = 0  # the next bars' total counts only their own items
 
 
 def _console(stream: TextIO) -> Console:
