@@ -159,15 +159,8 @@ def _global_flags_after(sub: argparse.ArgumentParser, flags: Sequence[Flag]) -> 
     """The global flags again, for after the command: set only when given there."""
     group = sub.add_argument_group("global flags (as before the command; `lazyfs --help`)")
     for flag in flags:
-        spellings = [f"--{flag.name}"]
-        if "_" in flag.name:
-            spellings.append(f"--{flag.name.replace('_', '-')}")
-        options: dict[str, object] = {"dest": flag.name, "default": argparse.SUPPRESS}
-        if flag.switch:
-            options["action"] = "store_true"
-        else:
-            options.update(type=flag.kind, metavar=flag.metavar)
-        group.add_argument(*spellings, help=argparse.SUPPRESS, **options)  # type: ignore[arg-type]
+        spellings, options = flag.argument()
+        group.add_argument(*spellings, help=argparse.SUPPRESS, **options)
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:

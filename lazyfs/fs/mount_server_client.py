@@ -32,7 +32,6 @@ Light: the standard library and providers; the mount API calls it. Blocking.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -50,6 +49,7 @@ from typing import Any
 
 from lazyfs.fs import mount_peers as peers
 from providers.errors import BackendError, UsageError
+from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
 
 ENV = "LAZYFS_MOUNT_SERVER"
@@ -203,7 +203,7 @@ def _connected(directory: Path) -> Iterator[socket.socket]:
     conn = _connect(directory)
     if conn is None:
         deadline = time.monotonic() + START_TIMEOUT
-        with _start_lock(directory / LOCK_NAME, deadline):
+        with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.02):
             conn = _connect(directory)  # another caller may have started it meanwhile
             if conn is None:
                 conn = _start(directory, deadline)
@@ -326,24 +326,6 @@ def read_exactly(conn: socket.socket, size: int, have: bytes) -> bytes:
             raise EOFError("the peer hung up")
         have += chunk
     return have
-
-
-@contextlib.contextmanager
-def _start_lock(path: Path, deadline: float) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        # Polled: a starter that hangs must not hang us past the deadline.
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise Unreachable(f"{path} stayed locked: another start hangs") from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _umask() -> int:
