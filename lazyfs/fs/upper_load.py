@@ -157,7 +157,7 @@ class _Loader:
                 )
             node = _node(lower.ino, st, xattrs, lower=lower)
             node.children = dict(self.tree.entries(lower.ino))
-            if self._lower_child(parent, name) is not lower:
+            if not _same(self._lower_child(parent, name), lower):
                 self.redirected.append(node)
         node.opaque = opaque
         self.nodes[node.ino] = node
@@ -182,7 +182,7 @@ class _Loader:
                 )
         node = self.by_inode.get((st.st_dev, st.st_ino))
         if node is not None:  # another name of a file already loaded
-            if node.lower is not lower:
+            if not _same(node.lower, lower):
                 raise UpperDamaged(
                     f"hardlinked metacopy {self._shown(name)} has another lower file "
                     "than its other names"
@@ -308,6 +308,14 @@ class _Loader:
             assert loaded.children is not None
             return loaded.children.get(name) == ino
         return self._lazily_shown(parent)
+
+
+def _same(one: Inode | None, other: Inode | None) -> bool:
+    """Whether both are the same lower inode (or none): by number, as the tree makes a new
+    ``Inode`` each time it is asked (a packed tree does)."""
+    if one is None or other is None:
+        return one is other
+    return one.ino == other.ino
 
 
 def _plain(part: bytes) -> bool:

@@ -185,7 +185,7 @@ def run_image(
                 results.append(measure_cold_start(ctx, *link))
             elif name == "density":
                 results.append(measure_density(ctx))
-                if not any(result.name == "density-files" for result in results):
+                if not any(result.measurement == "density-files" for result in results):
                     results.append(measure_density_files(ctx))  # once a run, not per image
             else:
                 what, temperature = name.split("-")

@@ -60,8 +60,8 @@ class Indexes:
 def case_indexes(layers: list[list[Entry]], work: Path) -> list[LayerIndex]:
     work.mkdir(parents=True, exist_ok=True)
     found = []
-    for number, entries in enumerate(layers):
-        tar = write_layer(entries, work / f"{number}.tar")
+    for number, layer in enumerate(layers):
+        tar = write_layer(layer, work / f"{number}.tar")
         digest = digest_bytes(tar.read_bytes())
         entries = tuple(scan_tar(tar, layer=digest))
         found.append(LayerIndex(digest, "none", tar.stat().st_size, entries))
@@ -119,8 +119,10 @@ async def readdir(ops: ReadOnlyOperations, ino: int, start: int) -> list[Any]:
     found: list[Any] = []
     original = pyfuse3.readdir_reply
 
-    def reply(token: Any, name: bytes, entry: pyfuse3.EntryAttributes, next_id: int) -> bool:
-        found.append((name, fields(entry), next_id))
+    def reply(
+        token: pyfuse3.ReaddirToken, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int
+    ) -> bool:
+        found.append((name, fields(attr), next_id))
         return True
 
     pyfuse3.readdir_reply = reply
@@ -160,7 +162,7 @@ def test_the_writable_view_over_the_mapped_tree_is_the_same(case: str, tmp_path:
         upper.mkdir(parents=True)
         work.mkdir()
         state = UpperState(served, upper, work, reader=cast(Any, None))
-        nodes = []
+        nodes: list[tuple[Any, ...]] = []
         for ino in range(1, state.tree.max_ino() + 1):
             node = state.node(ino)
             lower_path = state.lower_path(node) if ino != ROOT_INO else b"/"
