@@ -13,10 +13,13 @@ reached through an fd of its directory (``at``, ``UpperCopy.inside``; see
 A node lives in memory while anything can reach it: a name, or the
 kernel's lookups of it.  ``forget`` lets go of a node the kernel no longer
 knows once it has no name left, so a container that creates and deletes
-files forever does not grow the mount.  Nodes of lower inodes stay (the
-tree alone cannot tell what became of them); nothing is made for a lower
-inode nothing asked for: the names of a lower inode come from the tree
-when its node is made (``names_of``), not from a map of the whole tree.
+files forever does not grow the mount.  The node of a lower inode goes
+too once it is as the tree has it (nothing of it, its names or its
+children changed, no copy in upper): the tree makes the same node again
+when it is asked for, so a writable mount holds only what changed and what
+the kernel holds.  Nothing is made for a lower inode nothing asked for:
+its names come from the tree when its node is made (``names_of``), not
+from a map of the whole tree.
 """
 
 from __future__ import annotations
@@ -154,10 +157,20 @@ class UpperState:
             return None
 
     def forget(self, ino: int) -> None:
-        """The kernel no longer knows ``ino``: drop its node if no name reaches it either."""
+        """The kernel no longer knows ``ino``: drop its node if no name reaches it either,
+        or if it is a lower inode's node as the tree would make it again."""
         node = self._nodes.get(InodeNo(ino))
-        if node is not None and not node.names and node.lower is None and node.ino != ROOT_INO:
+        if node is None or node.ino == ROOT_INO or node.lock.locked():
+            return
+        if (not node.names and node.lower is None) or self._pristine(node):
             del self._nodes[node.ino]
+
+    def _pristine(self, node: Node) -> bool:
+        """Whether ``node`` is a lower inode's, unchanged: ``node(ino)`` would make it again."""
+        if node.lower is None or node.copy is not Copy.NONE or node.opaque:
+            return False
+        again = lower_node(self.tree, node.lower, list(self.tree.names_of(node.lower.ino)))
+        return _state(node) == _state(again)
 
     def held(self) -> int:
         """How many nodes are in memory (for the debug log and tests)."""
@@ -267,6 +280,15 @@ def lower_node(tree: LowerTree, inode: Inode, names: list[tuple[InodeNo, bytes]]
         found.children = dict(tree.entries(inode.ino))
         found.subdirs = inode.nlink - 2
     return found
+
+
+def _state(node: Node) -> tuple[object, ...]:
+    """Everything of a node but its lock (and ``lower``, which is the same by its number)."""
+    return (
+        *(node.ino, node.mode, node.uid, node.gid, node.size, node.rdev, node.target),
+        *(node.atime_ns, node.mtime_ns, node.ctime_ns, node.xattrs, node.names),
+        *(node.copy, node.opaque, node.children, node.subdirs),
+    )
 
 
 def check_name(name: bytes) -> None:
