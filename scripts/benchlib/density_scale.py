@@ -29,6 +29,7 @@ import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from statistics import median
 from typing import IO, Any
 
 import trio
@@ -72,8 +73,22 @@ def measure_scale(ctx: Context, measure: Callable[[int], float], per: Callable[.
                 Contender(f"overlay {files:,} files", False, _overlay(lazyfs)),
             ]
             compare(pair, ctx.runs, ctx.log, f"density {files:,} files")
+            log_medians(ctx, f"density {files:,} files", pair)
             contenders += pair
     return Result("density-files", "many-files", contenders)
+
+
+def log_medians(ctx: Context, label: str, contenders: list[Contender]) -> None:
+    """Each contender's median time and facts in the log (the JSON keeps the first run's facts)."""
+    for contender in contenders:
+        if contender.samples:
+            facts = {
+                key: median([sample.facts[key] for sample in contender.samples])
+                for key in contender.samples[0].facts
+            }
+            seconds = median([sample.seconds for sample in contender.samples])
+            shown = "".join(f"; {key} {value:,.0f}" for key, value in facts.items())
+            ctx.log(f"{label}: {contender.name}: {seconds:.3f} s{shown}")
 
 
 @contextlib.contextmanager
