@@ -9,7 +9,7 @@ has no index of yet (``lazyfs.index.stored.ensure_index``, within the
 on ``--ready-fd``, or hands the refusal to its caller there
 (``lazyfs.fs.mount.refusal``) and exits non-zero.  Then it reads each
 index's header (where the layer's bytes are), takes the merged tree from
-the store or merges the indexes once (``lazyfs.tree.kept``), mounts it at
+the store, mapped, or merges the indexes once (``lazyfs.tree.mapped``), mounts it at
 ``--mountpoint`` (read-only, or copy-on-write into ``--upper`` with
 ``--work`` for temporaries: see ``lazyfs.fs.upper``) and writes ``ready``
 (or one line saying why not, then exits non-zero), then serves until:
@@ -64,7 +64,7 @@ from lazyfs.index.stored import (
 )
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
-from lazyfs.tree.kept import merged_tree, tree_path
+from lazyfs.tree.mapped import mount_tree, tree_kept
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
@@ -139,7 +139,7 @@ def _index_layers(
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a
     # damaged index is built again here, not refused every time below).
-    whole = not tree_path(store.layers, digests).is_file()
+    whole = not tree_kept(store.layers, digests)
     files: dict[Digest, Path] = {}
     indexes: dict[Digest, LayerIndex] = {}
     remote: dict[Digest, TarRangeReader] = {}
@@ -254,7 +254,7 @@ def _operations(
 
     # Not a kept tree made from another image's TOC for one of these layer digests.
     sources = tuple(index_source(homes[d], d) for d in indexed.digests)
-    tree = merged_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
+    tree = mount_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
     # A local layer indexed as eStargz earlier (it was remote then) reads its chunks here.
     local = open_layers(data, StoreBlobs(Store(layers_dir.parent)))
     source = ByLayer({d: indexed.remote.get(d, local) for d in indexed.digests})

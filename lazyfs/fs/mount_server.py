@@ -61,6 +61,7 @@ PRELOAD = (
     "trio",
     "lazyfs.fs.mount_main",
     "lazyfs.fs.debug",
+    "lazyfs.fs.writable_no_open",
     "lazyfs.cache.client",
     "lazyfs.cache.messages",
     "lazyfs.index.stored",
