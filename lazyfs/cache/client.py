@@ -66,6 +66,9 @@ from providers.manifest import Layer
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
+# An eStargz layer's TOC digest (``lazyfs.index.estargz.TOC_DIGEST_ANNOTATION``;
+# this package loads no index code): such a layer is read chunk by chunk.
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 _RECEIVE = 1 << 16
 _IDLE_CONNECTIONS = 8
 _EVICTED_RETRIES = 3
@@ -96,6 +99,8 @@ class RemoteBlob:
     size: int | None = None
     diff_id: Digest | None = None
     media_type: str = ""
+    # Read by exact ranges (an eStargz layer's chunks): the daemon reads nothing ahead.
+    exact: bool = False
 
 
 class Connection:
@@ -146,7 +151,10 @@ def status(cache_dir: Path, timeout: float | None = 5.0) -> StatusOk:
 
 def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
     """Layer ``layer`` of the registry repository ``host``/``repository``, as a client reads it."""
-    return RemoteBlob(RegistryOrigin(host, repository), layer.size, layer.diff_id, layer.media_type)
+    exact = TOC_DIGEST_ANNOTATION in dict(layer.annotations)
+    return RemoteBlob(
+        RegistryOrigin(host, repository), layer.size, layer.diff_id, layer.media_type, exact
+    )
 
 
 class CacheClient:
@@ -280,7 +288,7 @@ class CacheClient:
             return data
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
-                                    blob.origin, blob.size))  # fmt: skip
+                                    blob.origin, blob.size, blob.exact))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
             data = self._gather(digest, answer)

@@ -85,6 +85,8 @@ class Fetcher:
         self.demand_waiting = 0
         self._quiet = trio.Event()
         self._quiet.set()
+        # When a reader last had to wait on a fetch (trio's clock; None: never).
+        self.last_demand: float | None = None
 
     async def read_extents(
         self,
@@ -93,15 +95,20 @@ class Fetcher:
         offset: int,
         length: int,
         blob_size: int | None = None,
+        *,
+        readahead: bool = True,
     ) -> list[Extent]:
         """Where blob bytes [offset, offset + length) are in the cache, fetching what is missing.
 
         The extents are in blob order and contiguous from ``offset``; they
         add up to ``length`` less only where the blob ends. Raises what the
         source raised (NotFound, TemporaryFailure, ...) when a needed fetch
-        failed.
+        failed. ``readahead``: whether a sequential run of reads fetches
+        ahead of them (not for a reader that asks exactly what it needs).
         """
-        return await self._answer(source, digest, offset, length, blob_size, lambda e: e)
+        return await self._answer(
+            source, digest, offset, length, blob_size, lambda e: e, readahead=readahead
+        )
 
     async def read(
         self,
@@ -133,6 +140,8 @@ class Fetcher:
         length: int,
         blob_size: int | None,
         build: Callable[[list[Extent]], T],
+        *,
+        readahead: bool = True,
     ) -> T:
         """``build`` of the range's extents, called while its chunks are pinned."""
         if blob_size is not None:
@@ -146,7 +155,8 @@ class Fetcher:
             # Pins and lookups take the cache's mutex from the trio thread:
             # held by others only for a rename or an eviction, never an fsync.
             with self.cache.pinned(keys):
-                self._start(source, digest, indices, self._readahead_for(digest, indices))
+                ahead = self._readahead_for(digest, indices) if readahead else []
+                self._start(source, digest, indices, ahead)
                 waits = [f for key in keys if (f := self._flights.get(key)) is not None]
                 if waits:
                     self._demand(+1)
@@ -196,10 +206,20 @@ class Fetcher:
         waits = [f for i in indices if (f := self._flights.get(ChunkKey(digest, i))) is not None]
         await self._wait(waits)
 
-    async def quiet(self) -> None:
-        """Return once no reader waits on a fetch (at once when none does)."""
-        while self.demand_waiting:
-            await self._quiet.wait()
+    async def quiet(self, settle: float = 0.0) -> None:
+        """Return once no reader waits on a fetch, and none has for ``settle`` seconds.
+
+        At once when none does and none did within ``settle``.
+        """
+        while True:
+            while self.demand_waiting:
+                await self._quiet.wait()
+            if self.last_demand is None:
+                return
+            left = self.last_demand + settle - trio.current_time()
+            if left <= 0:
+                return
+            await trio.sleep(left)
 
     def in_flight(self, key: ChunkKey) -> bool:
         return key in self._flights
@@ -219,6 +239,7 @@ class Fetcher:
 
     def _demand(self, change: int) -> None:
         self.demand_waiting += change
+        self.last_demand = trio.current_time()
         if self.demand_waiting:
             if self._quiet.is_set():
                 self._quiet = trio.Event()

@@ -135,7 +135,9 @@ def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
                 f" (see {spec.cache_dir / LOG_NAME})"
             )
         time.sleep(pause)
-        pause = min(pause * 2, 0.5)
+        # A short pause: the daemon answers within a second or two of its start,
+        # and a mount waits on it (a status request costs a connect, little more).
+        pause = min(pause * 2, 0.05)
 
 
 @contextlib.contextmanager
