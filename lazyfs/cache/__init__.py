@@ -16,8 +16,9 @@ rest of mounted layers while no read waits and judges each whole blob;
 complete blob back for the store. ``service`` is the daemon as
 a process (``lazyfs daemon``), ``spawn`` finds it or starts it for a mount
 that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
-read from the files, misses asked for. ``remote`` holds the light values a
-mount is given for its layers still in a registry.
+read from the files, misses asked for (``connection``: one socket to the
+daemon). ``remote`` holds the light values a mount is given for its layers
+still in a registry.
 
 Imports: providers.
 """
