@@ -13,8 +13,9 @@ its chunks with the error (each raises the same exception object), and leaves
 nothing behind: the next read of those chunks tries again. Failures are not
 remembered.
 
-Chunks are put in the cache as they are cut from a request's answer, and each
-chunk's waiters wake as soon as it is in place; a reader's chunks are pinned
+Chunks are put in the cache as they are cut from a request's answer, side
+by side, and each chunk's waiters wake as soon as it is in place (its
+``Flight``, ``lazyfs.cache.landing``); a reader's chunks are pinned
 from before its wait until its answer is built, so eviction cannot take them
 in between. The bytes a source gives are trusted: verification belongs in the
 source (a verifying wrapper), before anything reaches the cache.
@@ -25,12 +26,12 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
 
 from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.landing import Flight, InHand
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.planner import Fetch, Readahead, advance, plan, wanted_chunks
 from lazyfs.cache.values import Extent
@@ -45,12 +46,6 @@ T = TypeVar("T")
 DEFAULT_UPSTREAM_REQUESTS = 8
 # Readers of one blob: enough to keep a detector per layer of many images.
 _READAHEAD_STATES = 4096
-
-
-@dataclass
-class _Flight:
-    done: trio.Event = field(default_factory=trio.Event)
-    error: BaseException | None = None
 
 
 class Fetcher:
@@ -75,7 +70,7 @@ class Fetcher:
         self._limiter = limiter or trio.CapacityLimiter(DEFAULT_UPSTREAM_REQUESTS)
         self._max_request_chunks = max_request_chunks
         self._readahead_bounds = readahead
-        self._flights: dict[ChunkKey, _Flight] = {}
+        self._flights: dict[ChunkKey, Flight] = {}
         self._sizes: dict[Digest, int] = {}
         self._readahead: OrderedDict[Digest, Readahead] = OrderedDict()
         self.fetches_in_flight = 0
@@ -282,7 +277,7 @@ class Fetcher:
         limiter: trio.CapacityLimiter | None = None,
     ) -> int:
         """Start the fetches ``wanted`` and ``ahead`` need; returns how many chunks they fetch."""
-        have = _InHand(digest, self._flights, self.cache)
+        have = InHand(digest, self._flights, self.cache)
         size = self._size(digest)
         last_chunk = None if size is None else (size - 1) // self.chunk_size
         fetches = plan(
@@ -293,7 +288,7 @@ class Fetcher:
             last_chunk=last_chunk,
         )
         for fetch in fetches:
-            flights = {ChunkKey(digest, i): _Flight() for i in fetch.chunks}
+            flights = {ChunkKey(digest, i): Flight() for i in fetch.chunks}
             self._flights.update(flights)
             self.fetches_in_flight += 1
             self.fetches_started += 1
@@ -302,7 +297,7 @@ class Fetcher:
             )
         return sum(fetch.count for fetch in fetches)
 
-    async def _wait(self, waits: list[_Flight]) -> None:
+    async def _wait(self, waits: list[Flight]) -> None:
         for flight in waits:
             await flight.done.wait()
             if flight.error is not None:
@@ -338,7 +333,7 @@ class Fetcher:
         source: BlobSource,
         digest: Digest,
         fetch: Fetch,
-        flights: dict[ChunkKey, _Flight],
+        flights: dict[ChunkKey, Flight],
         limiter: trio.CapacityLimiter,
     ) -> None:
         """Run one request; never raises (that would cancel every other fetch)."""
@@ -351,13 +346,16 @@ class Fetcher:
             self.fetched_bytes += len(data)
             if len(data) < length:
                 self._sizes[digest] = offset + len(data)
-            for index in fetch.chunks:
-                key = ChunkKey(digest, index)
-                start = (key.index - fetch.first) * self.chunk_size
-                piece = data[start : start + self.chunk_size]
-                if piece:
-                    await trio.to_thread.run_sync(self.cache.put, key, piece)
-                self._land(key, flights, None)
+            failures: list[Exception] = []
+            # Side by side: each write ends in an fsync, and the filesystem
+            # commits concurrent ones together. A chunk's readers wake when it is in.
+            async with trio.open_nursery() as puts:
+                for index in fetch.chunks:
+                    start = (index - fetch.first) * self.chunk_size
+                    piece = data[start : start + self.chunk_size]
+                    puts.start_soon(self._put, ChunkKey(digest, index), piece, flights, failures)
+            if failures:
+                raise failures[0]
         except Exception as failure:
             # Logged here once: read-ahead has no waiter to report it.
             log.warning("fetch of %s bytes %d+%d failed: %s", digest, offset, length, failure)
@@ -371,8 +369,24 @@ class Fetcher:
                 self._land(key, flights, error)
             self.fetches_in_flight -= 1
 
+    async def _put(
+        self,
+        key: ChunkKey,
+        piece: bytes,
+        flights: dict[ChunkKey, Flight],
+        failures: list[Exception],
+    ) -> None:
+        """Cache one chunk of an answer and wake its readers; a failure goes to ``failures``."""
+        try:
+            if piece:
+                await trio.to_thread.run_sync(self.cache.put, key, piece)
+        except Exception as failure:
+            failures.append(failure)  # its flight lands with the fetch's error
+            return
+        self._land(key, flights, None)
+
     def _land(
-        self, key: ChunkKey, flights: dict[ChunkKey, _Flight], error: BaseException | None
+        self, key: ChunkKey, flights: dict[ChunkKey, Flight], error: BaseException | None
     ) -> None:
         flight = flights.pop(key, None)
         if flight is None:
@@ -381,18 +395,3 @@ class Fetcher:
             del self._flights[key]
         flight.error = error
         flight.done.set()
-
-
-class _InHand:
-    """The chunks of one blob that need no new fetch: cached, or being fetched."""
-
-    def __init__(self, digest: Digest, flights: dict[ChunkKey, _Flight], cache: DiskCache) -> None:
-        self._digest = digest
-        self._flights = flights
-        self._cache = cache
-
-    def __contains__(self, index: object) -> bool:
-        if not isinstance(index, int):
-            return False
-        key = ChunkKey(self._digest, index)
-        return key in self._flights or self._cache.contains(key)

@@ -16,12 +16,15 @@ import trio.testing
 
 from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
-from lazyfs.cache.client import TOC_DIGEST_ANNOTATION, remote_blob
+from lazyfs.cache.client import TOC_DIGEST_ANNOTATION, CacheClient, RemoteBlob, remote_blob
+from lazyfs.cache.daemon import serve
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.messages import decode_request, encode_request
-from lazyfs.cache.values import BlobKind, BlobRange, Read, RegistryOrigin
+from lazyfs.cache.values import BlobKind, BlobRange, HandleOrigin, Origin, Read, RegistryOrigin
 from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION as INDEX_TOC_DIGEST
+from providers.digest import Digest
 from providers.manifest import Layer
+from providers.source import BlobSource
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
 
 
@@ -90,3 +93,51 @@ def test_an_estargz_layer_is_read_exactly_and_another_is_not() -> None:
     )
     assert not remote_blob("registry.example", "repo", plain).exact
     assert remote_blob("registry.example", "repo", stargz).exact
+
+
+class Blobs(FakeSource):
+    """DATA under every digest, each call recorded with its digest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[Digest, int, int]] = []
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        with self.lock:
+            self.asked.append((digest, offset, length))
+        return DATA[offset : offset + length]
+
+
+async def test_the_first_toc_read_of_a_mount_fetches_every_estargz_layers_tail(
+    tmp_path: Path,
+) -> None:
+    source = Blobs()
+    origin = HandleOrigin("blobs")
+
+    def resolve(asked: Origin) -> BlobSource:
+        assert asked == origin
+        return source
+
+    first, second, plain = (Digest("sha256:" + c * 64) for c in "123")
+    blobs = {
+        first: RemoteBlob(origin, len(DATA), exact=True),
+        second: RemoteBlob(origin, len(DATA), exact=True),
+        plain: RemoteBlob(origin, len(DATA)),  # not eStargz: no TOC to read
+    }
+    root = tmp_path / "c"
+    root.mkdir()
+    with DiskCache.open(root, 256 * os.statvfs(root).f_frsize, chunk_size=SIZE) as cache:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, cache, resolve)
+            client = CacheClient(root, blobs, chunk_size=SIZE)
+            tail = await trio.to_thread.run_sync(client.read_range, first, len(DATA) - 40, 40)
+            assert tail == DATA[-40:]
+            # A bound on a hang, not a timing: without the prefetch it never comes.
+            with trio.fail_after(30):
+                while not any(digest == second for digest, _, _ in source.asked):
+                    await trio.sleep(0.01)  # the prefetch runs in the daemon's tasks
+            client.close()
+            nursery.cancel_scope.cancel()
+    # The other eStargz layer's last 40 bytes were asked for too, nothing of the plain one.
+    assert {d for d, _, _ in source.asked} == {first, second}
+    assert all(offset + length >= len(DATA) - 40 for _, offset, length in source.asked)
