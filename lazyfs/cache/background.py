@@ -20,7 +20,9 @@ started in such a gap is still out when the next miss comes, and on a
 shared link that miss then waits behind it. Holding off until no miss has
 come for a while (the daemon's ``BACKGROUND_SETTLE``, ``lazyfs.cache.service``)
 lets a container's start have the link to itself; the rest of the image
-follows once it runs.
+follows once it runs. The request for background fetch counts as such a
+miss: a mount asks for it as soon as it has indexed a layer, and its
+container's first reads are about to come.
 
 When every chunk is in the cache the blob is read back from its chunk files
 (pinned meanwhile), and its digest, size and, uncompressed, its diff_id
@@ -122,6 +124,9 @@ class Backgrounds:
         fetch is off. An origin found to serve wrong bytes is tried again (a new mount
         asks): its record stays, refusing reads through it, until a fetch verifies.
         """
+        # A mount asks right after indexing its layer, just before its first
+        # reads: they get the link first, as if one had just waited.
+        self.fetcher.note_demand()
         # A file read and a walk of the cache's index: not in the thread
         # every mount's reads are answered in.
         done = await trio.to_thread.run_sync(self._judged, digest)

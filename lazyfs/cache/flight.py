@@ -202,10 +202,7 @@ class Fetcher:
         await self._wait(waits)
 
     async def quiet(self, settle: float = 0.0) -> None:
-        """Return once no reader waits on a fetch, and none has for ``settle`` seconds.
-
-        At once when none does and none did within ``settle``.
-        """
+        """Return once no reader waits on a fetch, and none has for ``settle`` seconds."""
         while True:
             while self.demand_waiting:
                 await self._quiet.wait()
@@ -231,6 +228,10 @@ class Fetcher:
             if key not in self._flights and self.cache.drop(key):
                 dropped += 1
         return dropped
+
+    def note_demand(self) -> None:
+        """Count now as a reader's wait: ``quiet(settle)`` waits ``settle`` from here."""
+        self.last_demand = trio.current_time()
 
     def _demand(self, change: int) -> None:
         self.demand_waiting += change

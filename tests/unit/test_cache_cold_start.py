@@ -78,6 +78,23 @@ async def test_background_fetch_waits_until_no_miss_came_for_its_settle_time(
         assert len(source.calls) > 2
 
 
+async def test_a_background_request_itself_holds_the_link_for_the_reads_that_follow(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    source = FakeSource()
+    async with fetcher(tmp_path) as (f, nursery):
+        backgrounds = Backgrounds(f, nursery, settle=5.0)
+        await backgrounds.start(source, BLOB, len(DATA), None)  # no read has come yet
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(4.5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert source.calls == []
+        mock_clock.jump(1.0)
+        while backgrounds.info(BLOB).kind is BlobKind.FETCHING:
+            await trio.sleep(0)  # a checkpoint, not a delay: its fetches run in threads
+        assert source.calls
+
+
 def test_a_read_says_whether_it_is_exact_on_the_wire() -> None:
     origin = RegistryOrigin("registry.example", "repo")
     for exact in (False, True):
