@@ -58,7 +58,6 @@ from providers.private_dir import PRIVATE
 COMPLETE = "complete"
 QUARANTINED = "quarantined"  # the bytes hash to the digest but are no layer (do not unpack)
 BLOBS_DIR = "blobs"
-_AHEAD = 32  # chunk files asked of the disk ahead of a whole-blob read (2 MiB)
 WRONG_DIR = "wrong"
 FORMAT = 2  # records without it predate verdicts on bytes alone: ignored
 
@@ -250,13 +249,7 @@ def open_complete(
 
 
 class _ChunkStream(io.RawIOBase):
-    """Blob ``digest`` of ``size`` bytes, read chunk after chunk from the cache files.
-
-    The kernel reads ahead within a file, not across small ones: the chunk
-    files ``_AHEAD`` ahead are asked for (``POSIX_FADV_WILLNEED``) as the
-    stream goes, so that a blob read with a cold page cache is not one disk
-    read after another.
-    """
+    """Blob ``digest`` of ``size`` bytes, read chunk after chunk from the cache files."""
 
     def __init__(self, files: ChunkFiles, digest: Digest, size: int) -> None:
         self._files = files
@@ -267,28 +260,12 @@ class _ChunkStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _ask_ahead(self, index: int) -> None:
-        last = (self._size - 1) // self._files.layout.chunk_size
-        first = index + 1 if index == 0 else index + _AHEAD
-        for ahead in range(first, min(index + _AHEAD, last) + 1):
-            path = self._files.layout.chunk_path(ChunkKey(self._digest, ahead))
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue  # its turn will say so
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
-
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._position >= self._size:
             return 0
         chunk_size = self._files.layout.chunk_size
         index, start = divmod(self._position, chunk_size)
         want = min(len(buffer), chunk_size - start, self._size - self._position)
-        if start == 0:
-            self._ask_ahead(index)
         data = self._files.read_chunk(ChunkKey(self._digest, index), start, want)
         if not data:
             raise NotFound(f"chunk {index} of {self._digest} left the cache", digest=self._digest)
