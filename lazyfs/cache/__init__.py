@@ -8,7 +8,8 @@ state machine. ``layout`` is the cache directory's on-disk layout, which
 mount processes read directly; ``chunks`` the daemon's side of it (atomic
 chunk writes, a size limit with LRU eviction, pins, rebuilt at start).
 ``planner`` decides which range requests a read needs (pure), ``flight`` runs
-them with one fetch per missing chunk however many readers wait, and
+them with one fetch per missing chunk however many readers wait (each
+chunk's ``landing``), and
 ``daemon`` serves it all over a Unix socket in the cache directory, fetching
 from ``upstream`` (the registries reads name). ``background`` fetches the
 rest of mounted layers while no read waits and judges each whole blob;
@@ -16,8 +17,9 @@ rest of mounted layers while no read waits and judges each whole blob;
 complete blob back for the store. ``service`` is the daemon as
 a process (``lazyfs daemon``), ``spawn`` finds it or starts it for a mount
 that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
-read from the files, misses asked for. ``remote`` holds the light values a
-mount is given for its layers still in a registry.
+read from the files, misses asked for (``connection``: one socket to the
+daemon). ``remote`` holds the light values a mount is given for its layers
+still in a registry.
 
 Imports: providers.
 """

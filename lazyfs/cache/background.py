@@ -4,10 +4,25 @@ A mount asks for it once per remote layer (``Background`` in ``cache.proto``).
 ``Backgrounds.start`` runs one task per blob, in the daemon's nursery, and
 answers at once. The task fetches the blob's missing chunks in blob order, a
 run of adjacent chunks per request, and before each request waits until no
-reader waits on a fetch (``Fetcher.quiet``): on-demand reads go first, the
-background only fills the idle link. Its requests run under a limiter of
-their own (one at a time), never taking a reader's place upstream. Blobs are
-worked through one at a time, in the order they were asked for.
+reader waits on a fetch and none has for ``settle`` seconds
+(``Fetcher.quiet``): on-demand reads go first, the background only fills a
+link that has gone idle. Its requests run under a limiter of their own (one
+at a time), never taking a reader's place upstream, and are small (a few
+chunks), so a read that comes while one is out shares the link with it
+only briefly. Blobs are worked through one at a time, in the order they
+were asked for.
+
+Why wait for the link to settle rather than only for no reader waiting: a
+container starting from a lazy mount reads in bursts (the mount's TOCs,
+then the program's loader, libraries and modules, each miss a round trip
+after the last), with gaps of CPU work between them. A background request
+started in such a gap is still out when the next miss comes, and on a
+shared link that miss then waits behind it. Holding off until no miss has
+come for a while (the daemon's ``BACKGROUND_SETTLE``, ``lazyfs.cache.service``)
+lets a container's start have the link to itself; the rest of the image
+follows once it runs. The request for background fetch counts as such a
+miss: a mount asks for it as soon as it has indexed a layer, and its
+container's first reads are about to come.
 
 When every chunk is in the cache the blob is read back from its chunk files
 (pinned meanwhile), and its digest, size and, uncompressed, its diff_id
@@ -79,8 +94,17 @@ class _Job:
 class Backgrounds:
     """The daemon's background fetches, over ``fetcher``'s cache, run in ``nursery``."""
 
-    def __init__(self, fetcher: Fetcher, nursery: trio.Nursery, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        nursery: trio.Nursery,
+        *,
+        enabled: bool = True,
+        settle: float = 0.0,
+    ) -> None:
+        """``settle``: seconds without a reader waiting before each background request."""
         self.fetcher = fetcher
+        self.settle = settle
         self.cache: DiskCache = fetcher.cache
         self.enabled = enabled
         self._nursery = nursery
@@ -100,6 +124,9 @@ class Backgrounds:
         fetch is off. An origin found to serve wrong bytes is tried again (a new mount
         asks): its record stays, refusing reads through it, until a fetch verifies.
         """
+        # A mount asks right after indexing its layer, just before its first
+        # reads: they get the link first, as if one had just waited.
+        self.fetcher.note_demand()
         # A file read and a walk of the cache's index: not in the thread
         # every mount's reads are answered in.
         done = await trio.to_thread.run_sync(self._judged, digest)
@@ -188,7 +215,7 @@ class Backgrounds:
             # than the blob evicts its first chunks while the last come in.
             at = 0
             while run := self._next_run(job.digest, at, count):
-                await self.fetcher.quiet()
+                await self.fetcher.quiet(self.settle)
                 await self.fetcher.fetch_chunks(source, job.digest, run, self._upstream)
                 at = run[-1] + 1
             keys = [ChunkKey(job.digest, i) for i in range(count)]
@@ -287,7 +314,7 @@ class Backgrounds:
         end = -(-job.size // chunk_size) * chunk_size
         hasher = hashlib.new(algorithm(job.digest))
         for offset in range(0, end, step):
-            await self.fetcher.quiet()
+            await self.fetcher.quiet(self.settle)
             length = min(step, end - offset)
             data = await trio.to_thread.run_sync(
                 source.read_range, job.digest, offset, length, limiter=self._upstream

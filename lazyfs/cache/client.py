@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -34,7 +33,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lazyfs.cache.blobstate import refusal
-from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
+from lazyfs.cache.connection import Connection
+from lazyfs.cache.connection import status as status  # where callers have found it
+from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
 from lazyfs.cache.messages import (
     MAX_READ_LENGTH,
@@ -54,10 +55,6 @@ from lazyfs.cache.messages import (
     RegistryOrigin,
     Request,
     Response,
-    Status,
-    StatusOk,
-    decode_response,
-    encode_request,
 )
 from providers.digest import Digest
 from providers.errors import LazyfsError, NotFound, TemporaryFailure
@@ -66,7 +63,9 @@ from providers.manifest import Layer
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
-_RECEIVE = 1 << 16
+# An eStargz layer's TOC digest (``lazyfs.index.estargz.TOC_DIGEST_ANNOTATION``;
+# this package loads no index code): such a layer is read chunk by chunk.
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 _IDLE_CONNECTIONS = 8
 _EVICTED_RETRIES = 3
 
@@ -96,57 +95,16 @@ class RemoteBlob:
     size: int | None = None
     diff_id: Digest | None = None
     media_type: str = ""
-
-
-class Connection:
-    """One blocking connection to the daemon's socket: ``call`` sends a request, waits its answer.
-
-    Raises OSError when the daemon is unreachable or hangs up, ProtocolError
-    when it answers out of step. Not for two threads at once.
-    """
-
-    def __init__(self, path: Path, timeout: float | None = None) -> None:
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._sock.settimeout(timeout)
-            self._sock.connect(str(path))
-        except BaseException:
-            self._sock.close()
-            raise
-        self._decoder = FrameDecoder()
-        self._frames: list[bytes] = []
-
-    def call(self, request: Request) -> Response:
-        self._sock.sendall(encode_frame(encode_request(request)))
-        while not self._frames:
-            data = self._sock.recv(_RECEIVE)
-            if not data:
-                raise ConnectionResetError("the cache daemon closed the connection")
-            self._frames.extend(self._decoder.feed(data))
-        response = decode_response(self._frames.pop(0))
-        if response.id != request.id:
-            raise ProtocolError(f"answer to request {response.id}, expected {request.id}")
-        return response
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-def status(cache_dir: Path, timeout: float | None = 5.0) -> StatusOk:
-    """The daemon's status, asked once; OSError when none answers at ``cache_dir``."""
-    connection = Connection(socket_path(cache_dir), timeout)
-    try:
-        response = connection.call(Status(1))
-    finally:
-        connection.close()
-    if not isinstance(response, StatusOk):
-        raise ProtocolError(f"a status request answered with {response}")
-    return response
+    # Read by exact ranges (an eStargz layer's chunks): the daemon reads nothing ahead.
+    exact: bool = False
 
 
 def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
     """Layer ``layer`` of the registry repository ``host``/``repository``, as a client reads it."""
-    return RemoteBlob(RegistryOrigin(host, repository), layer.size, layer.diff_id, layer.media_type)
+    exact = TOC_DIGEST_ANNOTATION in dict(layer.annotations)
+    return RemoteBlob(
+        RegistryOrigin(host, repository), layer.size, layer.diff_id, layer.media_type, exact
+    )
 
 
 class CacheClient:
@@ -174,6 +132,7 @@ class CacheClient:
         self._lock = threading.Lock()
         self._idle: list[Connection] = []
         self._agreed: set[Digest] = set()  # blobs whose verdict agrees with this image
+        self._tails_asked = False
 
     def close(self) -> None:
         with self._lock:
@@ -262,6 +221,28 @@ class CacheClient:
             raise TemporaryFailure(f"the cache daemon answered an eviction with {answer}")
         return answer.chunks_evicted
 
+    def _ask_tails(self, digest: Digest, length: int) -> None:
+        """On the first read of an exact blob's tail, prefetch every other one's too.
+
+        A mount reads its eStargz layers' footers and TOCs (a blob's last
+        bytes) one layer after another, each a round trip upstream; the
+        daemon fetches the others' side by side meanwhile. Once a mount:
+        a failure is logged, not raised (the reads ask again).
+        """
+        with self._lock:
+            if self._tails_asked:
+                return
+            self._tails_asked = True
+        for other, blob in self.blobs.items():
+            if other == digest or not blob.exact or not blob.size:
+                continue
+            start = max(0, blob.size - length)
+            try:
+                self.prefetch(other, start, blob.size - start)
+            except LazyfsError as error:
+                log.warning("layer %s: the cache daemon did not take its TOC's prefetch: %s",
+                            other, error)  # fmt: skip
+
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)
         if blob is None:
@@ -278,9 +259,11 @@ class CacheClient:
         data = self.files.read_range(digest, offset, length)
         if data is not None:
             return data
+        if blob.exact and offset + length == blob.size:
+            self._ask_tails(digest, length)
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
-                                    blob.origin, blob.size))  # fmt: skip
+                                    blob.origin, blob.size, blob.exact))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
             data = self._gather(digest, answer)
@@ -326,7 +309,8 @@ class CacheClient:
                         f"{self.wait:g}s: {error}"
                     ) from None
                 time.sleep(min(pause, deadline - now))
-                pause = min(pause * 2, 1.0)
+                # Short: a mount starts beside the daemon and may ask before it listens.
+                pause = min(pause * 2, 0.2)
                 continue
             self._give(connection)
             if deadline is not None:

@@ -85,12 +85,15 @@ async def serve(
     resolve: Resolve,
     *,
     background: bool = True,
+    background_settle: float = 0.0,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the cache until cancelled; ``task_status.started`` gets the socket's path.
 
     ``background``: whether background fetch requests are carried out
     (``lazyfs.cache.background``); when not, they are answered and ignored.
+    ``background_settle``: how long no reader may have waited on a fetch
+    before a background request goes out.
     """
     path = socket_path(cache.layout.root)
     with contextlib.suppress(FileNotFoundError):
@@ -107,7 +110,9 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             fetcher = Fetcher(cache, nursery)
-            backgrounds = Backgrounds(fetcher, nursery, enabled=background)
+            backgrounds = Backgrounds(
+                fetcher, nursery, enabled=background, settle=background_settle
+            )
             server = Server(cache, fetcher, resolve, backgrounds)
             task_status.started(path)
             await trio.serve_listeners(server.connection, [listener])
@@ -186,7 +191,12 @@ class Server:
                 if request.blob_size is not None and isinstance(source, SizeHints):
                     source.note_size(blob.digest, request.blob_size)
                 extents = await self.fetcher.read_extents(
-                    source, blob.digest, blob.offset, blob.length, request.blob_size
+                    source,
+                    blob.digest,
+                    blob.offset,
+                    blob.length,
+                    request.blob_size,
+                    readahead=not request.exact,
                 )
                 return ReadOk(request.id, tuple(extents))
             if isinstance(request, Prefetch):

@@ -13,8 +13,9 @@ its chunks with the error (each raises the same exception object), and leaves
 nothing behind: the next read of those chunks tries again. Failures are not
 remembered.
 
-Chunks are put in the cache as they are cut from a request's answer, and each
-chunk's waiters wake as soon as it is in place; a reader's chunks are pinned
+Chunks are put in the cache as they are cut from a request's answer, side
+by side, and each chunk's waiters wake as soon as it is in place (its
+``Flight``, ``lazyfs.cache.landing``); a reader's chunks are pinned
 from before its wait until its answer is built, so eviction cannot take them
 in between. The bytes a source gives are trusted: verification belongs in the
 source (a verifying wrapper), before anything reaches the cache.
@@ -25,12 +26,12 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
 
 from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.landing import Flight, InHand
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.planner import Fetch, Readahead, advance, plan, wanted_chunks
 from lazyfs.cache.values import Extent
@@ -45,12 +46,6 @@ T = TypeVar("T")
 DEFAULT_UPSTREAM_REQUESTS = 8
 # Readers of one blob: enough to keep a detector per layer of many images.
 _READAHEAD_STATES = 4096
-
-
-@dataclass
-class _Flight:
-    done: trio.Event = field(default_factory=trio.Event)
-    error: BaseException | None = None
 
 
 class Fetcher:
@@ -75,7 +70,7 @@ class Fetcher:
         self._limiter = limiter or trio.CapacityLimiter(DEFAULT_UPSTREAM_REQUESTS)
         self._max_request_chunks = max_request_chunks
         self._readahead_bounds = readahead
-        self._flights: dict[ChunkKey, _Flight] = {}
+        self._flights: dict[ChunkKey, Flight] = {}
         self._sizes: dict[Digest, int] = {}
         self._readahead: OrderedDict[Digest, Readahead] = OrderedDict()
         self.fetches_in_flight = 0
@@ -85,6 +80,8 @@ class Fetcher:
         self.demand_waiting = 0
         self._quiet = trio.Event()
         self._quiet.set()
+        # When a reader last had to wait on a fetch (trio's clock; None: never).
+        self.last_demand: float | None = None
 
     async def read_extents(
         self,
@@ -93,15 +90,20 @@ class Fetcher:
         offset: int,
         length: int,
         blob_size: int | None = None,
+        *,
+        readahead: bool = True,
     ) -> list[Extent]:
         """Where blob bytes [offset, offset + length) are in the cache, fetching what is missing.
 
         The extents are in blob order and contiguous from ``offset``; they
         add up to ``length`` less only where the blob ends. Raises what the
         source raised (NotFound, TemporaryFailure, ...) when a needed fetch
-        failed.
+        failed. ``readahead``: whether a sequential run of reads fetches
+        ahead of them (not for a reader that asks exactly what it needs).
         """
-        return await self._answer(source, digest, offset, length, blob_size, lambda e: e)
+        return await self._answer(
+            source, digest, offset, length, blob_size, lambda e: e, readahead=readahead
+        )
 
     async def read(
         self,
@@ -133,6 +135,8 @@ class Fetcher:
         length: int,
         blob_size: int | None,
         build: Callable[[list[Extent]], T],
+        *,
+        readahead: bool = True,
     ) -> T:
         """``build`` of the range's extents, called while its chunks are pinned."""
         if blob_size is not None:
@@ -146,7 +150,8 @@ class Fetcher:
             # Pins and lookups take the cache's mutex from the trio thread:
             # held by others only for a rename or an eviction, never an fsync.
             with self.cache.pinned(keys):
-                self._start(source, digest, indices, self._readahead_for(digest, indices))
+                ahead = self._readahead_for(digest, indices) if readahead else []
+                self._start(source, digest, indices, ahead)
                 waits = [f for key in keys if (f := self._flights.get(key)) is not None]
                 if waits:
                     self._demand(+1)
@@ -196,10 +201,17 @@ class Fetcher:
         waits = [f for i in indices if (f := self._flights.get(ChunkKey(digest, i))) is not None]
         await self._wait(waits)
 
-    async def quiet(self) -> None:
-        """Return once no reader waits on a fetch (at once when none does)."""
-        while self.demand_waiting:
-            await self._quiet.wait()
+    async def quiet(self, settle: float = 0.0) -> None:
+        """Return once no reader waits on a fetch, and none has for ``settle`` seconds."""
+        while True:
+            while self.demand_waiting:
+                await self._quiet.wait()
+            if self.last_demand is None:
+                return
+            left = self.last_demand + settle - trio.current_time()
+            if left <= 0:
+                return
+            await trio.sleep(left)
 
     def in_flight(self, key: ChunkKey) -> bool:
         return key in self._flights
@@ -217,8 +229,13 @@ class Fetcher:
                 dropped += 1
         return dropped
 
+    def note_demand(self) -> None:
+        """Count now as a reader's wait: ``quiet(settle)`` waits ``settle`` from here."""
+        self.last_demand = trio.current_time()
+
     def _demand(self, change: int) -> None:
         self.demand_waiting += change
+        self.last_demand = trio.current_time()
         if self.demand_waiting:
             if self._quiet.is_set():
                 self._quiet = trio.Event()
@@ -261,7 +278,7 @@ class Fetcher:
         limiter: trio.CapacityLimiter | None = None,
     ) -> int:
         """Start the fetches ``wanted`` and ``ahead`` need; returns how many chunks they fetch."""
-        have = _InHand(digest, self._flights, self.cache)
+        have = InHand(digest, self._flights, self.cache)
         size = self._size(digest)
         last_chunk = None if size is None else (size - 1) // self.chunk_size
         fetches = plan(
@@ -272,7 +289,7 @@ class Fetcher:
             last_chunk=last_chunk,
         )
         for fetch in fetches:
-            flights = {ChunkKey(digest, i): _Flight() for i in fetch.chunks}
+            flights = {ChunkKey(digest, i): Flight() for i in fetch.chunks}
             self._flights.update(flights)
             self.fetches_in_flight += 1
             self.fetches_started += 1
@@ -281,7 +298,7 @@ class Fetcher:
             )
         return sum(fetch.count for fetch in fetches)
 
-    async def _wait(self, waits: list[_Flight]) -> None:
+    async def _wait(self, waits: list[Flight]) -> None:
         for flight in waits:
             await flight.done.wait()
             if flight.error is not None:
@@ -317,7 +334,7 @@ class Fetcher:
         source: BlobSource,
         digest: Digest,
         fetch: Fetch,
-        flights: dict[ChunkKey, _Flight],
+        flights: dict[ChunkKey, Flight],
         limiter: trio.CapacityLimiter,
     ) -> None:
         """Run one request; never raises (that would cancel every other fetch)."""
@@ -330,13 +347,16 @@ class Fetcher:
             self.fetched_bytes += len(data)
             if len(data) < length:
                 self._sizes[digest] = offset + len(data)
-            for index in fetch.chunks:
-                key = ChunkKey(digest, index)
-                start = (key.index - fetch.first) * self.chunk_size
-                piece = data[start : start + self.chunk_size]
-                if piece:
-                    await trio.to_thread.run_sync(self.cache.put, key, piece)
-                self._land(key, flights, None)
+            failures: list[Exception] = []
+            # Side by side: each write ends in an fsync, and the filesystem
+            # commits concurrent ones together. A chunk's readers wake when it is in.
+            async with trio.open_nursery() as puts:
+                for index in fetch.chunks:
+                    start = (index - fetch.first) * self.chunk_size
+                    piece = data[start : start + self.chunk_size]
+                    puts.start_soon(self._put, ChunkKey(digest, index), piece, flights, failures)
+            if failures:
+                raise failures[0]
         except Exception as failure:
             # Logged here once: read-ahead has no waiter to report it.
             log.warning("fetch of %s bytes %d+%d failed: %s", digest, offset, length, failure)
@@ -350,8 +370,24 @@ class Fetcher:
                 self._land(key, flights, error)
             self.fetches_in_flight -= 1
 
+    async def _put(
+        self,
+        key: ChunkKey,
+        piece: bytes,
+        flights: dict[ChunkKey, Flight],
+        failures: list[Exception],
+    ) -> None:
+        """Cache one chunk of an answer and wake its readers; a failure goes to ``failures``."""
+        try:
+            if piece:
+                await trio.to_thread.run_sync(self.cache.put, key, piece)
+        except Exception as failure:
+            failures.append(failure)  # its flight lands with the fetch's error
+            return
+        self._land(key, flights, None)
+
     def _land(
-        self, key: ChunkKey, flights: dict[ChunkKey, _Flight], error: BaseException | None
+        self, key: ChunkKey, flights: dict[ChunkKey, Flight], error: BaseException | None
     ) -> None:
         flight = flights.pop(key, None)
         if flight is None:
@@ -360,18 +396,3 @@ class Fetcher:
             del self._flights[key]
         flight.error = error
         flight.done.set()
-
-
-class _InHand:
-    """The chunks of one blob that need no new fetch: cached, or being fetched."""
-
-    def __init__(self, digest: Digest, flights: dict[ChunkKey, _Flight], cache: DiskCache) -> None:
-        self._digest = digest
-        self._flights = flights
-        self._cache = cache
-
-    def __contains__(self, index: object) -> bool:
-        if not isinstance(index, int):
-            return False
-        key = ChunkKey(self._digest, index)
-        return key in self._flights or self._cache.contains(key)

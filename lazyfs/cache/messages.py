@@ -135,6 +135,7 @@ def encode_request(request: Request) -> bytes:
         message.read.origin.CopyFrom(_origin_pb(request.origin))
         if request.blob_size is not None:
             message.read.blob_size = request.blob_size
+        message.read.exact = request.exact
     elif isinstance(request, Prefetch):
         message.prefetch.ranges.extend(_range_pb(r) for r in request.ranges)
         message.prefetch.origin.CopyFrom(_origin_pb(request.origin))
@@ -175,6 +176,7 @@ def decode_request(payload: bytes) -> Request:
                 _range(read.range),
                 _origin(read.origin, read.HasField("origin")),
                 blob_size,
+                read.exact,
             )
         if body == "prefetch":
             prefetch = message.prefetch

@@ -32,6 +32,10 @@ from lazyfs.cache.daemon import Resolve, serve
 log = logging.getLogger(__name__)
 
 PID_NAME = "daemon.pid"
+# Seconds without an on-demand miss before background fetch sends a request:
+# a starting container's misses come in bursts with gaps of CPU work between
+# them, and its start should not share the link (``lazyfs.cache.background``).
+BACKGROUND_SETTLE = 2.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -74,7 +78,10 @@ def run(
 async def _serve(cache: DiskCache, resolve: Resolve, background: bool, every: Chore | None) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            path = await nursery.start(partial(serve, cache, resolve, background=background))
+            serving = partial(
+                serve, cache, resolve, background=background, background_settle=BACKGROUND_SETTLE
+            )
+            path = await nursery.start(serving)
             log.info("cache daemon serving on %s", path)
             if every is not None:
                 nursery.start_soon(_chore, *every)

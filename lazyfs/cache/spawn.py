@@ -1,7 +1,9 @@
 """Finding the machine's cache daemon, and starting one when none runs.
 
 ``ensure_daemon(spec)`` returns once a daemon answers a status request on
-``CACHE_DIR/daemon.sock``. When none does, one caller at a time (an
+``CACHE_DIR/daemon.sock``; ``start_daemon(spec)`` does the same in two
+steps, starting it and returning, then ``Starting.wait``, so that a mount
+process can start while the daemon does. When none does, one caller at a time (an
 exclusive flock on ``CACHE_DIR/start.lock``, across processes) looks again,
 then starts ``spec.command`` detached: in a session of its own, stdin from
 /dev/null, its output appended to ``CACHE_DIR/daemon.log``, with
@@ -57,7 +59,7 @@ class DaemonSpec:
 def answers(cache_dir: Path) -> bool:
     """Whether a daemon answers a status request at ``cache_dir`` now."""
     # Imported here: the client loads the protocol's protobuf code.
-    from lazyfs.cache.client import status
+    from lazyfs.cache.connection import status
     from lazyfs.cache.framing import ProtocolError
 
     try:
@@ -72,20 +74,69 @@ def ensure_daemon(spec: DaemonSpec) -> None:
 
     Raises BackendError when it does not answer within ``spec.timeout``.
     """
+    starting = start_daemon(spec)
+    if starting is not None:
+        starting.wait()
+
+
+class Starting:
+    """A daemon being started (or waited for) by this process: ``wait`` until it answers.
+
+    Holds the start lock until ``wait`` or ``release``: callers in other
+    processes wait for this start rather than make another.
+    """
+
+    def __init__(
+        self, spec: DaemonSpec, pid: int | None, lock: contextlib.ExitStack, deadline: float
+    ) -> None:
+        self.spec = spec
+        self.pid = pid  # ours to reap; None when another process started it
+        self._lock = lock
+        self._deadline = deadline
+
+    def wait(self) -> None:
+        """Return once the daemon answers; BackendError when it exits or the timeout passes."""
+        try:
+            _wait_answering(self.spec, self.pid, self._deadline)
+        finally:
+            self.release()
+        if self.pid is not None:
+            # Reaped when it ends, so a daemon that dies leaves no zombie here.
+            threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
+            self.pid = None
+
+    def release(self) -> None:
+        """Let go of the start lock without waiting. Idempotent."""
+        self._lock.close()
+
+
+def start_daemon(spec: DaemonSpec) -> Starting | None:
+    """Start the daemon of ``spec.cache_dir`` if none answers, without waiting for it.
+
+    None when one answers already; else a ``Starting`` to ``wait`` on (or
+    ``release``), so that the caller can start what needs the daemon (a
+    mount process, which waits for the daemon itself) while it comes up.
+    Raises BackendError when another start holds the lock past the timeout.
+    """
     # Checked before anything in it is trusted: ours, closed to other users.
     private_dir(spec.cache_dir)
     if answers(spec.cache_dir):
-        return
+        return None
     deadline = time.monotonic() + spec.timeout
-    with exclusive_lock_until(spec.cache_dir / START_LOCK, deadline, BackendError):
+    lock = contextlib.ExitStack()
+    lock.enter_context(
+        exclusive_lock_until(spec.cache_dir / START_LOCK, deadline, BackendError)
+    )
+    try:
         if answers(spec.cache_dir):
-            return  # another caller started it while we waited for the lock
+            lock.close()
+            return None  # another caller started it while we waited for the lock
         # A daemon that owns the cache but does not answer yet is starting: wait for it.
         pid = None if _owned(spec.cache_dir) else _spawn(spec)
-        _wait_answering(spec, pid, deadline)
-    if pid is not None:
-        # Reaped when it ends, so a daemon that dies leaves no zombie here.
-        threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+    except BaseException:
+        lock.close()
+        raise
+    return Starting(spec, pid, lock, deadline)
 
 
 def _owned(cache_dir: Path) -> bool:
@@ -136,7 +187,9 @@ def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
                 f" (see {spec.cache_dir / LOG_NAME})"
             )
         time.sleep(pause)
-        pause = min(pause * 2, 0.5)
+        # A short pause: the daemon answers within a second or two of its start,
+        # and a mount waits on it (a status request costs a connect, little more).
+        pause = min(pause * 2, 0.05)
 
 
 def _reap(pid: int) -> None:

@@ -46,6 +46,7 @@ class Read:
     range: BlobRange
     origin: Origin
     blob_size: int | None = None
+    exact: bool = False  # no read-ahead: the mount asks for just what it needs
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
-from lazyfs.cache.spawn import DaemonSpec, ensure_daemon
+from lazyfs.cache.spawn import DaemonSpec, start_daemon
 from lazyfs.fs import mount_server_client as server_client
 from lazyfs.fs.mount_wire import (
     INDEXED,
@@ -109,8 +109,8 @@ def mount(
     """Mount the union of ``layers`` (bottom first), blobs in the store at ``store``.
 
     Layers ``remote`` names are read through the cache daemon, not from the
-    store; the daemon is started first when none answers (BackendError when
-    it does not come up).
+    store; the daemon is started beside the mount process when none answers
+    (BackendError when it does not come up).
 
     ``mountpoint`` exists. Read-only, or with ``upper`` (and ``work``, both
     existing empty directories on one filesystem) copy-on-write: the writes
@@ -130,8 +130,9 @@ def mount(
     """
     argv = ["--mountpoint", str(mountpoint), "--store", str(store)]
     origins = {} if remote is None else remote.origins
+    daemon = None
     if remote is not None and any(layer.digest in origins for layer in layers):
-        ensure_daemon(remote.daemon)
+        daemon = remote.daemon
         argv += ["--cache-dir", str(remote.daemon.cache_dir)]
     for layer in layers:
         argv += ["--layer", layer_arg(layer, origins.get(layer.digest))]
@@ -154,6 +155,9 @@ def mount(
         argv.append("--suid")
     if dev:
         argv.append("--dev")
+    # The daemon comes up while the mount process starts, not before: the mount
+    # process waits for it at its first miss, and both take a while to load.
+    starting = None if daemon is None else start_daemon(daemon)
     read_end, write_end = os.pipe()
     try:
         os.set_inheritable(write_end, True)
@@ -165,12 +169,16 @@ def mount(
         os.close(write_end)
         write_end = -1
         try:
+            if starting is not None:
+                starting.wait()  # BackendError when it does not come up
             answer = _read_answer(read_end, timeout)
         except BaseException:
             # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.
             _abandon(pid, mountpoint, timeout)
             raise
     finally:
+        if starting is not None:
+            starting.release()
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)

@@ -36,7 +36,7 @@ import itertools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from lazyfs.index.estargz_footer import MAX_DEFLATE_RATIO
@@ -163,10 +163,19 @@ class _Fields:
             raise self.bad(f"has the {key} {text!r}, not a digest") from error
 
 
-def _mtime_ns(fields: _Fields) -> int:
+def _mtime_ns(fields: _Fields, seen: dict[str, int]) -> int:
+    """The entry's modtime; ``seen`` holds the texts already read (most entries share a few)."""
     text = fields.text("modtime")
     if not text:
         return 0
+    known = seen.get(text)
+    if known is not None:
+        return known
+    seen[text] = found = _read_mtime(fields, text)
+    return found
+
+
+def _read_mtime(fields: _Fields, text: str) -> int:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise fields.bad(f"has the modtime {text!r}, not RFC 3339")
@@ -214,7 +223,7 @@ def _chunk(fields: _Fields, chunk_offset: int, remaining: int, toc_offset: int) 
     return Chunk(offset, chunk_offset, size, digest, fields.integer("innerOffset", MAX_FILE_SIZE))
 
 
-def _entry(fields: _Fields, kind: EntryType, path: RelPath) -> TocEntry:
+def _entry(fields: _Fields, kind: EntryType, path: RelPath, mtimes: dict[str, int]) -> TocEntry:
     if not path and kind is not EntryType.DIR:
         raise fields.bad("is the root but not a directory")
     link = fields.text("linkName")
@@ -233,7 +242,7 @@ def _entry(fields: _Fields, kind: EntryType, path: RelPath) -> TocEntry:
         mode=fields.integer("mode", _MAX_MODE) & 0o7777,
         uid=fields.integer("uid", MAX_ID),
         gid=fields.integer("gid", MAX_ID),
-        mtime_ns=_mtime_ns(fields),
+        mtime_ns=_mtime_ns(fields, mtimes),
         link_name=link,
         xattrs=_xattrs(fields),
         devices=devices,
@@ -260,12 +269,18 @@ def _load(data: bytes, layer: str, limits: TocLimits) -> list[Any]:
 
 
 class _Reader:
-    """Folds the TOC's entries into TocEntry values, a file's chunks into its entry."""
+    """Folds the TOC's entries into TocEntry values, a file's chunks into its entry.
+
+    Each entry and chunk is made once: a file's chunks wait in ``chunks``
+    (by the entry's index) until ``_place_chunks`` knows where each ends.
+    """
 
     def __init__(self, layer: str, toc_offset: int) -> None:
         self.layer, self.toc_offset = layer, toc_offset
         self.entries: list[TocEntry] = []
-        self.chunks: list[Chunk] = []  # of the last entry, while it is a regular file
+        self.chunks: dict[int, list[Chunk]] = {}  # by entry index: regular files' chunks
+        self.pending: list[Chunk] = []  # of the last entry, while it is a regular file
+        self.mtimes: dict[str, int] = {}
 
     def add(self, raw: object) -> None:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -278,47 +293,72 @@ class _Reader:
         self.close()
         if not isinstance(kind, str) or kind not in _TYPES:
             raise fields.bad(f"has the type {kind!r}")
-        entry = _entry(fields, _TYPES[kind], normalize_name(fields.name, layer=self.layer))
+        path = normalize_name(fields.name, layer=self.layer)
+        entry = _entry(fields, _TYPES[kind], path, self.mtimes)
         self.entries.append(entry)
         if entry.type is EntryType.REG and entry.size:
-            self.chunks.append(_chunk(fields, 0, entry.size, self.toc_offset))
+            self.pending.append(_chunk(fields, 0, entry.size, self.toc_offset))
 
     def _add_chunk(self, fields: _Fields) -> None:
-        if not self.chunks or self.entries[-1].name != fields.name:
+        if not self.pending or self.entries[-1].name != fields.name:
             raise fields.bad("has a chunk that follows no non-empty file of its name")
-        done = self.chunks[-1].chunk_offset + self.chunks[-1].chunk_size
+        done = self.pending[-1].chunk_offset + self.pending[-1].chunk_size
         if fields.integer("chunkOffset", MAX_FILE_SIZE) != done:
             raise fields.bad(f"has a chunk that does not start at {done}")
         remaining = self.entries[-1].size - done
         if remaining == 0:
             raise fields.bad("has a chunk past the end of its file")
-        self.chunks.append(_chunk(fields, done, remaining, self.toc_offset))
+        self.pending.append(_chunk(fields, done, remaining, self.toc_offset))
 
     def close(self) -> None:
-        """Attach the pending chunks to their file, once they cover it."""
-        if not self.chunks:
+        """Hold the pending chunks for their file, once they cover it."""
+        if not self.pending:
             return
         file = self.entries[-1]
-        covered = self.chunks[-1].chunk_offset + self.chunks[-1].chunk_size
+        covered = self.pending[-1].chunk_offset + self.pending[-1].chunk_size
         if covered != file.size:
             raise bad_entry(
                 self.layer, file.name, f"in the TOC has chunks for {covered} of {file.size} bytes"
             )
-        self.entries[-1] = replace(file, chunks=tuple(self.chunks))
-        self.chunks = []
+        self.chunks[len(self.entries) - 1] = self.pending
+        self.pending = []
 
 
-def _place_chunks(entries: list[TocEntry], toc_offset: int, layer: str, limits: TocLimits) -> None:
-    """Give every chunk its ``end``; refuse overlaps and impossible sizes."""
-    starts = sorted({c.offset for e in entries for c in e.chunks} | {toc_offset})
+def _with_chunks(entry: TocEntry, chunks: tuple[Chunk, ...]) -> TocEntry:
+    """``entry`` with ``chunks``: ``dataclasses.replace``, without its cost per call."""
+    return TocEntry(
+        entry.name,
+        entry.path,
+        entry.type,
+        entry.size,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        entry.mtime_ns,
+        entry.link_name,
+        entry.xattrs,
+        entry.devices,
+        entry.digest,
+        chunks,
+    )
+
+
+def _place_chunks(
+    entries: list[TocEntry],
+    chunks: dict[int, list[Chunk]],
+    toc_offset: int,
+    layer: str,
+    limits: TocLimits,
+) -> None:
+    """Give every chunk its ``end`` and its file; refuse overlaps and impossible sizes."""
+    starts = sorted({c.offset for found in chunks.values() for c in found} | {toc_offset})
     following = dict(itertools.pairwise(starts))
     # Per member, the spans of its inflated stream that chunks claim.
     claims: dict[int, list[tuple[int, int, str]]] = {}
-    for index, entry in enumerate(entries):
-        if not entry.chunks:
-            continue
+    for index, found in chunks.items():
+        entry = entries[index]
         placed = []
-        for chunk in entry.chunks:
+        for chunk in found:
             end = following[chunk.offset]
             need = chunk.inner_offset + chunk.chunk_size
             room = end - chunk.offset
@@ -329,8 +369,9 @@ def _place_chunks(entries: list[TocEntry], toc_offset: int, layer: str, limits: 
                     f"in the TOC needs {need} bytes from {room} at {chunk.offset}",
                 )
             claims.setdefault(chunk.offset, []).append((chunk.inner_offset, need, entry.name))
-            placed.append(replace(chunk, end=end))
-        entries[index] = replace(entry, chunks=tuple(placed))
+            at, size, digest = chunk.chunk_offset, chunk.chunk_size, chunk.chunk_digest
+            placed.append(Chunk(chunk.offset, at, size, digest, chunk.inner_offset, end))
+        entries[index] = _with_chunks(entry, tuple(placed))
     for offset, spans in claims.items():
         spans.sort()
         for (_, claimed, _), (start, _, name) in itertools.pairwise(spans):
@@ -349,5 +390,5 @@ def parse_toc(data: bytes, *, toc_offset: int, layer: str, limits: TocLimits | N
     for raw in _load(data, layer, limits):
         reader.add(raw)
     reader.close()
-    _place_chunks(reader.entries, toc_offset, layer, limits)
+    _place_chunks(reader.entries, reader.chunks, toc_offset, layer, limits)
     return Toc(tuple(reader.entries), toc_offset)

@@ -39,6 +39,8 @@ from benchlib.measure import Contender, Context, Result, Timing, _run_until_prin
 from benchlib.pull import registry
 from benchlib.shaper import Shaper, shaping_proxy
 from benchlib.util import ToolError, drop_caches, now, run, scratch_dir
+from lazyfs.cache.connection import status
+from lazyfs.cache.framing import ProtocolError
 from lazyfs.fs import mount_server_client as server_client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +99,7 @@ def _lazyfs_once(
             env = {**os.environ, "PYTHONPATH": str(REPO)}
             drop_caches()
             try:
-                return _until_printed(ctx, argv, env, work / "lazyfs.log", link, image_bytes)
+                return _until_printed(ctx, argv, env, work / "lazyfs.log", link, image_bytes, cache)
             finally:
                 _stop_daemon(cache)
                 # The fuse run's mount server would idle on, in a store about to go.
@@ -107,10 +109,21 @@ def _lazyfs_once(
 
 
 def _until_printed(
-    ctx: Context, argv: list[str], env: dict[str, str], log: Path, link: Shaper, image_bytes: int
+    ctx: Context,
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    link: Shaper,
+    image_bytes: int,
+    cache: Path | None = None,
 ) -> Timing:
-    """Run ``argv``; the seconds and link bytes until it printed the image's line."""
+    """Run ``argv``; the seconds and link bytes until it printed the image's line.
+
+    With ``cache``, the facts also say what its cache daemon had done by then
+    (``_daemon_facts``).
+    """
     before = link.crossed()
+    daemon: dict[str, int] = {}
     with open(log, "wb") as errors:
         start = now()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -121,6 +134,7 @@ def _until_printed(
             for line in proc.stdout:
                 if line.decode(errors="replace").strip() == ctx.image.expect:
                     printed, crossed = now(), link.crossed() - before
+                    daemon = _daemon_facts(cache) if cache is not None else {}
                     break
             proc.stdout.read()
             code = proc.wait(timeout=_RUN_TIMEOUT)
@@ -133,7 +147,26 @@ def _until_printed(
     if not printed or code != 0:
         tail = log.read_text(errors="replace").strip()[-1500:]
         raise ToolError(f"{' '.join(argv[3:])} exited {code}, printed={bool(printed)}: {tail}")
-    return Timing(printed - start, facts={"bytes": crossed, "image_bytes": image_bytes})
+    facts = {"bytes": crossed, "image_bytes": image_bytes, **daemon}
+    return Timing(printed - start, facts=facts)
+
+
+def _daemon_facts(cache: Path) -> dict[str, int]:
+    """What the cache daemon of ``cache`` had done when the line came (asked untimed).
+
+    ``daemon_reads``: misses the mounts asked it for; ``daemon_requests`` and
+    ``daemon_fetched_bytes``: range requests it sent upstream (on-demand,
+    prefetch and background) and the bytes they brought.
+    """
+    try:
+        found = status(cache)
+    except (OSError, ProtocolError):
+        return {}
+    return {
+        "daemon_reads": found.reads,
+        "daemon_requests": found.fetches,
+        "daemon_fetched_bytes": found.fetched_bytes,
+    }
 
 
 def _stop_daemon(cache: Path) -> None:

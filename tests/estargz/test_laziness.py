@@ -1,6 +1,6 @@
 """Laziness end to end: ``lazyfs run`` of an eStargz Debian + python3 image prints its
-program's line while only part of the image has crossed the link; the target is
-under a quarter (issue 12), which the cache's chunking does not meet yet.
+program's line while only part of the image has crossed the link: under a
+quarter of it (issue 12).
 
 The image (``tests.support.debian_like``: a minbase-like base, python3 and
 its standard library, an app; about 36 MB of gzip) is converted by
@@ -93,14 +93,10 @@ def test_run_prints_the_programs_line_before_the_image_has_arrived(lazy_run: Laz
     assert lazy_run.crossed < lazy_run.image_bytes * 3 / 4, lazy_run
 
 
-# Measured here: 16.4 of 37.4 MB (44%).  The cache daemon fetches aligned 1 MiB
-# blob chunks and reads ahead on rising offsets, so the python layer (9 MB:
-# the interpreter, its libraries, and the stdlib modules ``import json``
-# loads, spread through it) crosses whole.  Strict: once the cache fetches
-# less, this passes and the mark must go.  (The run asks for no background
-# fetch, which would bring the rest of the image.)
-@pytest.mark.xfail(
-    strict=True, reason="1 MiB cache chunks and read-ahead fetch 44% of this image first"
-)
+# The python layer (9 MB: the interpreter, its libraries, and the stdlib
+# modules ``import json`` loads, spread through it) must not cross whole: the
+# cache fetches 64 KiB chunks and reads nothing ahead of an eStargz layer's
+# chunks.  (The run asks for no background fetch, which would bring the rest
+# of the image.)
 def test_under_a_quarter_of_the_image_crossed_by_then(lazy_run: LazyRun) -> None:
     assert lazy_run.crossed < lazy_run.image_bytes / 4, lazy_run
