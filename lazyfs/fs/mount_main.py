@@ -29,6 +29,13 @@ log file.
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":
+    # Exec'd: no cyclic garbage is made before it serves, yet the collector would
+    # walk every module as they load, over and over (some 10 ms). ``main`` resumes it.
+    gc.disable()
+
 import argparse
 import logging
 import os
@@ -44,10 +51,10 @@ import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
-from lazyfs.cache.remote import RemoteOrigin
 
 if TYPE_CHECKING:
     from lazyfs.cache.client import CacheClient
+    from lazyfs.cache.remote import RemoteOrigin
     from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.mount_options import mount_options
@@ -323,6 +330,15 @@ async def _watch_signals() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # The collector is paused while it starts, forked or exec'd (see the top), not while it serves.
+    gc.disable()
+    try:
+        return _main(argv)
+    finally:
+        gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -365,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("the caller is gone: unmounting %s", args.mountpoint)
             pyfuse3.close(unmount=True)
             return 1
+    gc.enable()
     try:
         trio.run(_serve)
     except BaseException:
