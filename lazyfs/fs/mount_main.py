@@ -51,11 +51,6 @@ import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
-
-if TYPE_CHECKING:
-    from lazyfs.cache.client import CacheClient
-    from lazyfs.cache.remote import RemoteOrigin
-    from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.mount_options import mount_options
 from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
@@ -77,6 +72,9 @@ from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
 
 if TYPE_CHECKING:
+    from lazyfs.cache.client import CacheClient
+    from lazyfs.cache.remote import RemoteOrigin
+    from lazyfs.fs.writable import WritableOperations
     from providers.tar_stream import LayerLimits
 
 log = logging.getLogger("lazyfs.fs.mount")
