@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, BinaryIO
 from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, ensure_daemon
 from lazyfs.fs import mount_server_client as server_client
-from lazyfs.fs.mount_readahead import raise_read_ahead
 from lazyfs.fs.mount_wire import (
     INDEXED,
     READY,
@@ -177,8 +176,6 @@ def mount(
         if write_end >= 0:
             os.close(write_end)
     if answer == READY:
-        if not any(layer.digest in origins for layer in layers):
-            raise_read_ahead(mountpoint)
         return pid
     # Whatever it did, it must not stay: a half-made mount goes with it.
     _abandon(pid, mountpoint, timeout)

@@ -32,8 +32,7 @@ from __future__ import annotations
 import gc
 
 if __name__ == "__main__":
-    # Exec'd: no cyclic garbage is made before it serves, yet the collector would
-    # walk every module as they load, over and over (some 10 ms). ``main`` resumes it.
+    # Exec'd: nothing to collect yet, but each pass walks every module loaded (some 10 ms).
     gc.disable()
 
 import argparse
@@ -43,6 +42,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, BinaryIO
@@ -53,6 +53,7 @@ import trio
 from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.mount_options import mount_options
+from lazyfs.fs.mount_readahead import raise_read_ahead
 from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.index.model import LayerData, LayerIndex
@@ -309,9 +310,12 @@ class _Stop:
         cls.requested, cls.number = True, number
 
 
-async def _serve() -> None:
+async def _serve(read_ahead: Path | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals)
+        if read_ahead is not None:  # once serving: see lazyfs.fs.mount_readahead
+            raise_it = partial(raise_read_ahead, read_ahead)
+            nursery.start_soon(partial(trio.to_thread.run_sync, raise_it, abandon_on_cancel=True))
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -328,7 +332,7 @@ async def _watch_signals() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # The collector is paused while it starts, forked or exec'd (see the top), not while it serves.
+    # The collector is paused while it starts, forked or exec'd (see the top), resumed to serve.
     gc.disable()
     try:
         return _main(argv)
@@ -365,8 +369,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 from lazyfs.fs.debug import log_requests
 
                 log_requests(ops)
-            writable = args.upper is not None
-            options = mount_options(writable=writable, suid=args.suid, dev=args.dev)
+            options = mount_options(writable=args.upper is not None, suid=args.suid, dev=args.dev)
             pyfuse3.init(ops, str(args.mountpoint), options)
         except Exception as error:
             log.exception("cannot mount %s", args.mountpoint)
@@ -381,7 +384,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return 1
     gc.enable()
     try:
-        trio.run(_serve)
+        trio.run(_serve, None if indexed.remote else args.mountpoint)
     except BaseException:
         log.exception("serving %s failed", args.mountpoint)
         pyfuse3.close(unmount=True)

@@ -6,10 +6,13 @@ a hundred read requests, each a round trip through the mount process's
 Python. With 1 MiB, FUSE's largest request, about thirty. Layers still in a
 registry keep the default: their bytes are fetched as the kernel asks.
 
-Set by the caller of ``lazyfs.fs.mount`` once the mount answered ``ready``:
+Set by the mount process itself once it serves (``lazyfs.fs.mount_main``):
 the kernel takes the mount's read-ahead from its first exchange with the
 mount process (the smaller of the two), so it is raised after that, on the
-mount's device (``/sys/class/bdi/MAJOR:MINOR``). Only root may; elsewhere
+mount's device (``/sys/class/bdi/MAJOR:MINOR``), in a thread that asks the
+mount's attributes first: the answer comes once that exchange is over. Not
+by the caller before it returns: the container's runtime starts meanwhile,
+and its first reads come some milliseconds later. Only root may; elsewhere
 reads keep the default, which changes their speed only.
 
 Imports: the standard library only.

@@ -357,7 +357,12 @@ def test_a_mount_of_local_layers_reads_ahead_a_mebibyte(mounted: Mount, tmp_path
     mounted(tmp_path / "a")
     device = (tmp_path / "a").stat().st_dev
     knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
-    assert knob.read_text() == f"{READ_AHEAD_KIB}\n" == "1024\n"
+    # Raised by the mount process once it serves, not before it answers: waited for.
+    deadline = time.monotonic() + 30
+    while knob.read_text() != f"{READ_AHEAD_KIB}\n":
+        assert time.monotonic() < deadline, f"read-ahead stays {knob.read_text().strip()} KiB"
+        time.sleep(0.02)
+    assert READ_AHEAD_KIB == 1024
 
 
 def _listening(directory: Path, timeout: float = 60.0) -> int:

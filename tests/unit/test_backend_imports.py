@@ -31,7 +31,6 @@ MOUNT_API = {
     "lazyfs.fs.mount_server_client",
     "lazyfs.fs.mount_server_wire",
     "lazyfs.fs.mount_peers",
-    "lazyfs.fs.mount_readahead",
     "lazyfs.fs.mount_wire",
     "lazyfs.cache",
     "lazyfs.cache.remote",

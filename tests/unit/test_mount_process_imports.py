@@ -47,7 +47,6 @@ NOT_FOR_READ_ONLY = {"lazyfs.fs.upper", "lazyfs.fs.writable", "lazyfs.fs.writabl
 # starts needs only the wire format. The request log is for --debug alone.
 NOT_FOR_THE_MOUNT_PROCESS = {
     "lazyfs.fs.mount",
-    "lazyfs.fs.mount_readahead",
     "lazyfs.fs.mount_server",
     "lazyfs.fs.mount_server_client",
     "lazyfs.fs.mount_server_wire",
@@ -66,6 +65,7 @@ START_MODULES = {
     "lazyfs.fs",
     "lazyfs.fs.mount_main",
     "lazyfs.fs.mount_options",
+    "lazyfs.fs.mount_readahead",
     "lazyfs.fs.mount_wire",
     "lazyfs.fs.caps",
     "lazyfs.fs.read_only",
