@@ -42,7 +42,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, BinaryIO
@@ -53,7 +52,6 @@ import trio
 from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.mount_options import mount_options
-from lazyfs.fs.mount_readahead import raise_read_ahead
 from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.index.model import LayerData, LayerIndex
@@ -310,12 +308,9 @@ class _Stop:
         cls.requested, cls.number = True, number
 
 
-async def _serve(read_ahead: Path | None) -> None:
+async def _serve() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals)
-        if read_ahead is not None:  # once serving: see lazyfs.fs.mount_readahead
-            raise_it = partial(raise_read_ahead, read_ahead)
-            nursery.start_soon(partial(trio.to_thread.run_sync, raise_it, abandon_on_cancel=True))
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -384,7 +379,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return 1
     gc.enable()
     try:
-        trio.run(_serve, None if indexed.remote else args.mountpoint)
+        trio.run(_serve)
     except BaseException:
         log.exception("serving %s failed", args.mountpoint)
         pyfuse3.close(unmount=True)

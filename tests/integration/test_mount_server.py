@@ -25,7 +25,6 @@ import pytest
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs import mount_server_client as server_client
-from lazyfs.fs.mount_readahead import READ_AHEAD_KIB
 from lazyfs.store.disk import Store
 from providers.errors import BackendError
 from providers.manifest import Layer
@@ -351,18 +350,6 @@ def test_a_mount_while_a_server_starts_neither_waits_nor_starts_another(
     finally:
         os.close(lock)
     assert not (directory / server_client.SOCKET_NAME).exists()
-
-
-def test_a_mount_of_local_layers_reads_ahead_a_mebibyte(mounted: Mount, tmp_path: Path) -> None:
-    mounted(tmp_path / "a")
-    device = (tmp_path / "a").stat().st_dev
-    knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
-    # Raised by the mount process once it serves, not before it answers: waited for.
-    deadline = time.monotonic() + 30
-    while knob.read_text() != f"{READ_AHEAD_KIB}\n":
-        assert time.monotonic() < deadline, f"read-ahead stays {knob.read_text().strip()} KiB"
-        time.sleep(0.02)
-    assert READ_AHEAD_KIB == 1024
 
 
 def _listening(directory: Path, timeout: float = 60.0) -> int:

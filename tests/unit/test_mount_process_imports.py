@@ -65,7 +65,6 @@ START_MODULES = {
     "lazyfs.fs",
     "lazyfs.fs.mount_main",
     "lazyfs.fs.mount_options",
-    "lazyfs.fs.mount_readahead",
     "lazyfs.fs.mount_wire",
     "lazyfs.fs.caps",
     "lazyfs.fs.read_only",
