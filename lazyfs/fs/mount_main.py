@@ -377,6 +377,7 @@ def _main(argv: Sequence[str] | None) -> int:
             log.info("the caller is gone: unmounting %s", args.mountpoint)
             pyfuse3.close(unmount=True)
             return 1
+    gc.freeze()  # what the start made lives as long as the mount: no collection walks it
     gc.enable()
     try:
         trio.run(_serve)
