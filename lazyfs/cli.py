@@ -35,6 +35,7 @@ from lazyfs.cli_flags import (
 )
 from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
 from lazyfs.cli_images import run_images
+from lazyfs.cli_index import index_publisher, run_index
 from lazyfs.cli_ps import ps
 from lazyfs.cli_run import failure_line, run_trio
 from lazyfs.cli_volumes import container_request, volume_mounts
@@ -102,7 +103,12 @@ class App:
             if kind == "docker":
                 self.registry_options = registry_options(args)
                 registry = docker_registry(args)
-                providers["docker"] = DockerProvider(self.store, registry, self.registry_options)
+                after = None
+                if args.publish_indexes and registry.startswith(("http://", "https://")):
+                    after = index_publisher(self.store, registry, self.registry_options)
+                providers["docker"] = DockerProvider(
+                    self.store, registry, self.registry_options, after
+                )
             else:
                 appc_dir = args.appc_store_dir or self.work_dir / "store" / "appc"
                 providers["appc"] = AppcProvider(
@@ -334,6 +340,7 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "recover": _recover,
     "images": _images,
     "gc": _gc,
+    "index": lambda app, args: run_index(args, app.store, app.docker, app.registry_options),
     "ps": lambda app, args: ps(app.work_dir, as_json=args.json),
     "run": _run,
     "mount": _mount,

@@ -65,6 +65,21 @@ class Flag:
             default = f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
         return f"{self.help} (default: {default}; or {self.env})"
 
+    def argument(self) -> tuple[list[str], dict[str, Any]]:
+        """``--name_with_underscores`` and its dashed spelling, and argparse's options.
+
+        Unset unless given: ``FlagParser`` fills it from the environment or default.
+        """
+        spellings = [f"--{self.name}"]
+        if "_" in self.name:
+            spellings.append(f"--{self.name.replace('_', '-')}")
+        options: dict[str, Any] = {"dest": self.name, "default": argparse.SUPPRESS}
+        if self.switch:
+            options["action"] = "store_true"
+        else:
+            options.update(type=self.kind, metavar=self.metavar)
+        return spellings, options
+
 
 # --docker_registry_NAME: how long a registry may take (HttpOptions says why these
 # defaults), as (NAME, type, default, may be 0 to turn it off, metavar, help).
@@ -164,6 +179,13 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
         Flag("cache_size", "10GiB", "the most the cache keeps: bytes, or a number with KiB..TiB"),
         Flag("no_background_fetch", False, "fetch only what mounts read", _truth, switch=True),
         Flag(
+            "publish_indexes",
+            False,
+            "after pulling a registry image whole, push its layer indexes beside it",
+            _truth,
+            switch=True,
+        ),
+        Flag(
             "image_gc_config",
             None,
             "image GC as Mesos' ImageGcConfig: JSON, a file or a file:// URL",
@@ -194,15 +216,7 @@ class FlagParser(argparse.ArgumentParser):
 
     def add_flag(self, flag: Flag) -> None:
         """Add ``--name_with_underscores`` and its dashed spelling as one option."""
-        spellings = [f"--{flag.name}"]
-        if "_" in flag.name:
-            spellings.append(f"--{flag.name.replace('_', '-')}")
-        # Unset unless given: parse_known_args fills it from the environment or default.
-        options: dict[str, Any] = {"dest": flag.name, "default": argparse.SUPPRESS}
-        if flag.switch:
-            options["action"] = "store_true"
-        else:
-            options.update(type=flag.kind, metavar=flag.metavar)
+        spellings, options = flag.argument()
         self.add_argument(*spellings, help=flag.described, **options)
         self._globals.append(flag)
 

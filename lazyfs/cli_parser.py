@@ -18,6 +18,7 @@ from typing import Any
 from lazyfs import cli_cache
 from lazyfs.cli_flags import ENV_PREFIX, Flag, FlagParser, global_flags
 from lazyfs.cli_images import add_images_parser
+from lazyfs.cli_index import add_index_parser
 from lazyfs.cli_volumes import add_volume_args
 
 IMAGE_HELP = (
@@ -97,6 +98,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
 
     images_help = "list the images in the store (creates nothing), or remove some: rm, prune"
     add_images_parser(command("images", images_help), nested)
+    add_index_parser(command("index", "publish layer indexes beside an image: push"), nested)
     command("gc", "one image GC pass: remove what nothing uses until the store has its headroom")
     sub = command("ps", "list the provisioned containers and their mounts (creates nothing)")
     sub.add_argument("--json", action="store_true", help="print JSON (default: a table)")
@@ -157,15 +159,8 @@ def _global_flags_after(sub: argparse.ArgumentParser, flags: Sequence[Flag]) -> 
     """The global flags again, for after the command: set only when given there."""
     group = sub.add_argument_group("global flags (as before the command; `lazyfs --help`)")
     for flag in flags:
-        spellings = [f"--{flag.name}"]
-        if "_" in flag.name:
-            spellings.append(f"--{flag.name.replace('_', '-')}")
-        options: dict[str, object] = {"dest": flag.name, "default": argparse.SUPPRESS}
-        if flag.switch:
-            options["action"] = "store_true"
-        else:
-            options.update(type=flag.kind, metavar=flag.metavar)
-        group.add_argument(*spellings, help=argparse.SUPPRESS, **options)  # type: ignore[arg-type]
+        spellings, options = flag.argument()
+        group.add_argument(*spellings, help=argparse.SUPPRESS, **options)
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:

@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress as Bars
     from rich.progress import TaskID
 
@@ -39,7 +40,7 @@ class Progress:
         self._bars: Bars | None = None
         self._tasks: dict[str, TaskID] = {}
         self._total: TaskID | None = None
-        self._size = 0
+        self._size = 0  # of the items the bars drawn now show
         self.fetched = 0  # bytes counted in all, net of what was taken back
         self.items = 0
 
@@ -68,15 +69,12 @@ class Progress:
                 self._bars.advance(self._total, amount)
 
     def message(self, text: str) -> None:
-        """A line above the bars (on a terminal only)."""
+        """A line above the bars (on a terminal only), wrapped to the terminal's width."""
         if not self.enabled:
             return
         with self._lock:
-            if self._bars is not None:
-                self._bars.console.print(text, markup=False, highlight=False)
-            else:
-                self.stream.write(f"{text}\n")
-                self.stream.flush()
+            console = self._bars.console if self._bars is not None else _console(self.stream)
+            console.print(text, markup=False, highlight=False)
 
     def finish(self) -> None:
         """Draw the bars a last time and stop; the next ``start`` draws new ones."""
@@ -86,7 +84,6 @@ class Progress:
     def _open(self) -> Bars:
         if self._bars is None:
             # Loaded only to draw: a command whose stderr is no terminal never pays for it.
-            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
@@ -106,7 +103,7 @@ class Progress:
                 _speed_column(),
                 TimeRemainingColumn(),
             ]
-            console = Console(file=self.stream, highlight=False)
+            console = _console(self.stream)
             # stdout is the command's output (JSON): never drawn into, nor taken over.
             self._bars = RichProgress(
                 *columns,
@@ -126,6 +123,14 @@ class Progress:
             self._bars = None
             self._tasks.clear()
             self._total = None
+            self._size = 0  # the next bars' total counts only their own items
+
+
+def _console(stream: TextIO) -> Console:
+    # Loaded only to draw: a command whose stderr is no terminal never pays for it.
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False)
 
 
 def _speed_column() -> Any:

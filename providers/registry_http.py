@@ -130,6 +130,7 @@ class _How:
     method: str
     auth: bool
     follow: bool
+    data: bytes | None = None
 
 
 class RegistryHttp:
@@ -177,6 +178,7 @@ class RegistryHttp:
         method: str = "GET",
         auth: bool = True,
         follow: bool = True,
+        data: bytes | None = None,
     ) -> requests.Response:
         """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
 
@@ -187,10 +189,11 @@ class RegistryHttp:
         ``auth=False`` sends no Authorization and answers no challenge: for
         blob storage a registry redirected to, which must never see the
         registry's credentials. ``follow=False`` returns redirects (put
-        their statuses in ``ok``) instead of following them.
+        their statuses in ``ok``) instead of following them. ``data``: the
+        request's body (a push), sent again on each try.
         """
         retries = self.retries(Deadline(self.options.timeout), attempts)
-        how = _How(headers, ok, method, auth, follow)
+        how = _How(headers, ok, method, auth, follow, data)
         return retrying(retries, lambda: self._get_once(url, image, scope, how, retries.deadline))
 
     def _get_once(
@@ -213,6 +216,7 @@ class RegistryHttp:
                     seconds=deadline.remaining(),
                     headers=sent,
                     allow_redirects=how.follow,
+                    data=how.data,
                 )
             except requests.exceptions.SSLError as exc:
                 raise Unauthorized(

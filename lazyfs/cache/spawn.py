@@ -27,11 +27,12 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from providers.errors import BackendError
+from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
 
 START_LOCK = "start.lock"
@@ -76,7 +77,7 @@ def ensure_daemon(spec: DaemonSpec) -> None:
     if answers(spec.cache_dir):
         return
     deadline = time.monotonic() + spec.timeout
-    with _start_lock(spec.cache_dir / START_LOCK, deadline):
+    with exclusive_lock_until(spec.cache_dir / START_LOCK, deadline, BackendError):
         if answers(spec.cache_dir):
             return  # another caller started it while we waited for the lock
         # A daemon that owns the cache but does not answer yet is starting: wait for it.
@@ -136,24 +137,6 @@ def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
             )
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
-
-
-@contextlib.contextmanager
-def _start_lock(path: Path, deadline: float) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        # Polled, not blocking: a starter that hangs must not hang us past the deadline.
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BackendError(f"{path} stayed locked: another start hangs") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _reap(pid: int) -> None:

@@ -9,7 +9,7 @@ has no index of yet (``lazyfs.index.stored.ensure_index``, within the
 on ``--ready-fd``, or hands the refusal to its caller there
 (``lazyfs.fs.mount.refusal``) and exits non-zero.  Then it reads each
 index's header (where the layer's bytes are), takes the merged tree from
-the store or merges the indexes once (``lazyfs.tree.kept``), mounts it at
+the store, mapped, or merges the indexes once (``lazyfs.tree.mapped``), mounts it at
 ``--mountpoint`` (read-only, or copy-on-write into ``--upper`` with
 ``--work`` for temporaries: see ``lazyfs.fs.upper``) and writes ``ready``
 (or one line saying why not, then exits non-zero), then serves until:
@@ -65,7 +65,7 @@ from lazyfs.index.stored import (
 )
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
-from lazyfs.tree.kept import merged_tree, tree_path
+from lazyfs.tree.mapped import mount_tree, tree_kept
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
@@ -97,9 +97,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
     parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument(
-        "--upper", type=Path, help="writable: the upper directory (new, or a former mount's)"
-    )
+    parser.add_argument("--upper", type=Path, help="writable: the upper (new, or a former mount's)")
     parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
@@ -143,7 +141,7 @@ def _index_layers(
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a
     # damaged index is built again here, not refused every time below).
-    whole = not tree_path(store.layers, digests).is_file()
+    whole = not tree_kept(store.layers, digests)
     files: dict[Digest, Path] = {}
     indexes: dict[Digest, LayerIndex] = {}
     remote: dict[Digest, TarRangeReader] = {}
@@ -202,15 +200,22 @@ def _remote_layer(
     against the annotation, and read chunk by chunk, each chunk checked
     against its ``chunkDigest`` before any byte of it is served; the daemon
     is asked at once for the files before its prefetch landmark (one range
-    request) and for the rest of the blob in the background. A layer
+    request) and for the rest of the blob in the background. A gzip or tar
+    layer whose index was published beside its image (kept at provision:
+    ``lazyfs.index.published``) is read span by span, each checked against
+    its digest (``lazyfs.blobs.gzip_remote``), the rest fetched in the background. A layer
     that cannot be read so (no TOC digest, or the store already holds an
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and
     read as a local layer. Stored under ``store.layers`` (eStargz: by TOC too).
     """
     # Loaded only with remote layers: it loads the eStargz code.
+    from lazyfs.blobs.gzip_remote import open_published  # checks each span it reads
     from lazyfs.index.estargz_store import remote_layers_dir
 
+    if (published := open_published(store.layers, layer, blobs, entries=entries)) is not None:
+        blobs.layer_mounted(layer.digest, None)  # the rest of the blob in the background
+        return published
     index = ensure_remote_index(
         store.layers, store.tmp, layer, blobs, entries=entries, limits=limits
     )
@@ -251,7 +256,7 @@ def _operations(
 
     # Not a kept tree made from another image's TOC for one of these layer digests.
     sources = tuple(index_source(homes[d], d) for d in indexed.digests)
-    tree = merged_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
+    tree = mount_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
     # A local layer indexed as eStargz earlier (it was remote then) reads its chunks here.
     local = open_layers(data, StoreBlobs(Store(layers_dir.parent)))
     source = ByLayer({d: indexed.remote.get(d, local) for d in indexed.digests})
@@ -327,8 +332,7 @@ async def _watch_signals() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # The collector is paused while it starts, forked or exec'd (see the top), resumed to serve.
-    gc.disable()
+    gc.disable()  # while it starts, forked or exec'd (see the top); resumed to serve
     try:
         return _main(argv)
     finally:

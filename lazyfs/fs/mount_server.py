@@ -59,6 +59,7 @@ PRELOAD = (
     "lazyfs.fs.writable",
     "lazyfs.fs.writable_no_open",
     "lazyfs.fs.debug",
+    "lazyfs.fs.writable_no_open",
     "lazyfs.cache.client",
     "lazyfs.cache.messages",
     "lazyfs.index.stored",

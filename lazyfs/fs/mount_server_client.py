@@ -50,6 +50,7 @@ from lazyfs.fs import mount_peers as peers
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, encode, read_exactly
 from lazyfs.fs.mount_server_wire import code_key as code_key  # callers ask it here too
 from providers.errors import BackendError, UsageError
+from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
 
 ENV = "LAZYFS_MOUNT_SERVER"
@@ -189,7 +190,7 @@ def _connected(directory: Path, *, wait: bool = True) -> Iterator[socket.socket]
         conn = _start_beside(directory)
     if conn is None:
         deadline = time.monotonic() + START_TIMEOUT
-        with _start_lock(directory / LOCK_NAME, deadline):
+        with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.02):
             conn = _connect(directory)  # another caller may have started it meanwhile
             if conn is None:
                 conn = _start(directory, deadline)
@@ -333,24 +334,6 @@ def _reply(conn: socket.socket) -> dict[str, Any]:
         return reply
     except (OSError, ValueError, EOFError) as error:
         raise BackendError(f"the mount server gave no answer: {error or 'it hung up'}") from None
-
-
-@contextlib.contextmanager
-def _start_lock(path: Path, deadline: float) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        # Polled: a starter that hangs must not hang us past the deadline.
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise Unreachable(f"{path} stayed locked: another start hangs") from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _umask() -> int:

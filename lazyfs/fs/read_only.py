@@ -1,9 +1,18 @@
-"""pyfuse3 operations serving a MergedTree read-only.
+"""pyfuse3 operations serving an image's lower tree read-only.
+
+The tree is a ``lazyfs.tree.lower.LowerTree``: in a mount, the image's
+packed tree file mapped and read in place (``lazyfs.tree.mapped``), so
+what this process holds per inode is only what the bounded caches below
+keep; a ``MergedTree`` (tests) is served through the same interface.
 
 The tree never changes while mounted, so the kernel is told to keep
 everything: entries, negative lookups and attributes for ``CACHE_TIMEOUT``
 seconds, and file pages across opens (``keep_cache``).  Directory offsets
-are positions in the sorted listing, stable for the life of the mount.
+are positions in the sorted listing, stable for the life of the mount, so
+a readdir reads its entries from the tree from its offset on and keeps
+nothing.  Attributes made for the kernel are kept for the inodes asked for
+most recently, at most ``ATTRIBUTES_KEPT`` of them: a ``find`` over a
+million files does not grow the mount.
 File bytes come from ``ChunkCache`` (worker threads, bounded cache); open
 file and directory handles are the inode numbers themselves, since nothing
 is kept per handle.
@@ -27,15 +36,17 @@ escapes to pyfuse3.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pyfuse3
 
 from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
+from lazyfs.tree.lower import LowerTree, as_lower
 from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree
 from providers.extents import pieces
 
@@ -45,8 +56,8 @@ log = logging.getLogger(__name__)
 CACHE_TIMEOUT = 365 * 24 * 3600.0
 BLOCK_SIZE = 4096
 NAME_MAX = 255
-
-Listing = list[tuple[pyfuse3.FileNameT, pyfuse3.EntryAttributes]]
+# Enough for the inodes a container's start touches; a bound, not a cache of the tree.
+ATTRIBUTES_KEPT = 4096
 
 
 async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: int) -> bytes:
@@ -112,27 +123,29 @@ def no_entry(timeout: float) -> pyfuse3.EntryAttributes:
 class ReadOnlyOperations(pyfuse3.Operations):
     """The read-only view of ``tree``, reading file bytes through ``chunks``."""
 
-    def __init__(self, tree: MergedTree, chunks: ChunkCache) -> None:
+    def __init__(self, tree: MergedTree | LowerTree, chunks: ChunkCache) -> None:
         super().__init__()
-        self.tree = tree
+        self.tree = as_lower(tree)
         self.chunks = chunks
         self._attributes: dict[InodeNo, pyfuse3.EntryAttributes] = {}
-        self._listings: dict[InodeNo, Listing] = {}
         self._used_blocks: int | None = None
 
     # -- helpers ------------------------------------------------------------------
 
     def _inode(self, inode: int) -> Inode:
-        found = self.tree.inodes.get(InodeNo(inode))
+        found = self.tree.inode(inode)
         if found is None:
             # The kernel only asks for inodes we gave it; this one is stale.
             raise pyfuse3.FUSEError(errno.ENOENT)
         return found
 
     def attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:
-        """The entry of ``inode`` as FUSE wants it; made once per inode."""
+        """The entry of ``inode`` as FUSE wants it; kept for the latest ``ATTRIBUTES_KEPT``."""
         found = self._attributes.get(inode.ino)
         if found is None:
+            if len(self._attributes) >= ATTRIBUTES_KEPT:
+                # Dropped whole, not one by one: cheaper than an LRU, and as bounded.
+                self._attributes.clear()
             found = self._attributes[inode.ino] = entry_attributes(
                 inode.ino,
                 inode.mode,
@@ -146,21 +159,20 @@ class ReadOnlyOperations(pyfuse3.Operations):
             )
         return found
 
-    def listing(self, directory: InodeNo) -> Listing:
-        """A directory's entries as readdir sends them, ``.`` and ``..`` first; made once.
+    def listing(
+        self, directory: InodeNo, start: int = 0
+    ) -> Iterator[tuple[pyfuse3.FileNameT, pyfuse3.EntryAttributes]]:
+        """A directory's entries as readdir sends them from ``start`` on, ``.`` and ``..`` first.
 
-        Today's path answers every warm readdir in Python (stock pyfuse3
-        cannot ask the kernel to cache listings), so the per-entry work is
-        done here, once.
+        Read from the tree as they are sent, nothing kept: the mapped tree
+        answers in a few microseconds an entry.  KeyError for no directory.
         """
-        found = self._listings.get(directory)
-        if found is None:
-            dots = ((b".", directory), (b"..", self.tree.parents[directory]))
-            found = self._listings[directory] = [
-                (pyfuse3.FileNameT(name), self.attributes(self.tree.inodes[child]))
-                for name, child in (*dots, *self.tree.children[directory])
-            ]
-        return found
+        dots = ((b".", InodeNo(directory)), (b"..", self.tree.parent(directory)))
+        rest = self.tree.entries(directory, max(start - len(dots), 0))
+        for name, child in itertools.chain(dots[start:], rest):
+            found = self.tree.inode(child)
+            assert found is not None  # a tree's listings name its own inodes
+            yield pyfuse3.FileNameT(name), self.attributes(found)
 
     # -- the handlers ---------------------------------------------------------------
 
@@ -179,7 +191,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         found = self.tree.lookup(InodeNo(parent_inode), name)
         if found is None:
             return no_entry(CACHE_TIMEOUT)
-        return self.attributes(self.tree.inodes[found])
+        return self.attributes(self._inode(found))
 
     @fuse_errors
     async def getattr(
@@ -213,9 +225,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         """Entries after position ``start_id``; the next id of an entry is its position + 1."""
-        listing = self.listing(InodeNo(fh))
-        for position in range(start_id, len(listing)):
-            name, entry = listing[position]
+        for position, (name, entry) in enumerate(self.listing(InodeNo(fh), start_id), start_id):
             if not pyfuse3.readdir_reply(token, name, entry, position + 1):
                 return  # the kernel's buffer is full; it asks again from here
 
@@ -247,11 +257,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         stats = pyfuse3.StatvfsData()
         if self._used_blocks is None:  # the tree never changes: count once
-            self._used_blocks = sum(
-                (inode.size + BLOCK_SIZE - 1) // BLOCK_SIZE
-                for inode in self.tree.inodes.values()
-                if inode.data is not None
-            )
+            self._used_blocks = self.tree.data_blocks()
         used = self._used_blocks
         stats.f_bsize = stats.f_frsize = BLOCK_SIZE
         stats.f_blocks = used

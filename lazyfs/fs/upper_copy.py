@@ -42,6 +42,7 @@ from lazyfs.fs.upper_state import (
     UpperState,
 )
 from lazyfs.store.atomic import Staged, staged_file
+from lazyfs.tree.lower import LowerTree
 from lazyfs.tree.merge import DataRef, MergedTree
 from providers.extents import data_extents
 
@@ -57,12 +58,14 @@ class UpperCopy(UpperState):
     ``work`` is removed first.
     """
 
-    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: TarRangeReader) -> None:
+    def __init__(
+        self, tree: MergedTree | LowerTree, upper: Path, work: Path, reader: TarRangeReader
+    ) -> None:
         super().__init__(tree, upper, work, reader)
         try:
             clear_work(work)
             if is_started(work) or any(upper.iterdir()):
-                self._nodes, first_free = load_upper(tree, self._root, upper, self._lower_names)
+                self._nodes, first_free = load_upper(self.tree, self._root, upper)
                 self._numbers = itertools.count(first_free)
             else:
                 self.set_up_root()

@@ -51,25 +51,22 @@ from lazyfs.fs.upper_state import (
     Node,
     lower_node,
 )
-from lazyfs.tree.merge import ROOT_INO, Inode, InodeNo, MergedTree
+from lazyfs.tree.lower import LowerTree
+from lazyfs.tree.merge import ROOT_INO, Inode, InodeNo
 
 OVERLAY_PREFIX = b"trusted.overlay."
-LowerNames = dict[InodeNo, list[tuple[InodeNo, bytes]]]
 
 
 class UpperDamaged(Exception):
     """The upper directory cannot be loaded: one line, with the path and why."""
 
 
-def load_upper(
-    tree: MergedTree, root_fd: int, upper: Path, lower_names: LowerNames
-) -> tuple[dict[InodeNo, Node], int]:
+def load_upper(tree: LowerTree, root_fd: int, upper: Path) -> tuple[dict[InodeNo, Node], int]:
     """The nodes of the view ``upper`` (open at ``root_fd``) makes of ``tree``; the next free ino.
 
-    ``lower_names`` are the names of every lower inode (``UpperState``).
     Raises UpperDamaged.
     """
-    loader = _Loader(tree, root_fd, lower_names)
+    loader = _Loader(tree, root_fd)
     try:
         loader.load()
     except UpperDamaged as error:
@@ -82,22 +79,21 @@ def load_upper(
 
 
 class _Loader:
-    def __init__(self, tree: MergedTree, root_fd: int, lower_names: LowerNames) -> None:
+    def __init__(self, tree: LowerTree, root_fd: int) -> None:
         self.tree = tree
         self.root_fd = root_fd
-        self.lower_names = lower_names
         self.nodes: dict[InodeNo, Node] = {}
-        self.numbers = itertools.count(max(tree.inodes) + 1)
+        self.numbers = itertools.count(tree.max_ino() + 1)
         self.here: list[bytes] = []  # the directory being read, for messages
         self.by_inode: dict[tuple[int, int], Node] = {}
         self.redirected: list[Node] = []  # directories merged with a lower one not at their path
 
     def load(self) -> None:
-        root_lower = self.tree.inodes[ROOT_INO]
+        root_lower = self._lower(ROOT_INO)
         st = os.stat(".", dir_fd=self.root_fd, follow_symlinks=False)
         xattrs, _ = _xattrs(self.root_fd, ".")
         root = _node(ROOT_INO, st, xattrs, lower=root_lower)
-        root.children = dict(self.tree.children.get(ROOT_INO, ()))
+        root.children = dict(self.tree.entries(ROOT_INO))
         self.nodes[ROOT_INO] = root
         pending: list[tuple[Node, list[bytes]]] = [(root, [])]
         # Depth first, with a stack: any depth loads.
@@ -160,8 +156,8 @@ class _Loader:
                     f"{os.fsdecode(self._lower_path(lower.ino))}, merged elsewhere already"
                 )
             node = _node(lower.ino, st, xattrs, lower=lower)
-            node.children = dict(self.tree.children.get(lower.ino, ()))
-            if self._lower_child(parent, name) is not lower:
+            node.children = dict(self.tree.entries(lower.ino))
+            if not _same(self._lower_child(parent, name), lower):
                 self.redirected.append(node)
         node.opaque = opaque
         self.nodes[node.ino] = node
@@ -186,7 +182,7 @@ class _Loader:
                 )
         node = self.by_inode.get((st.st_dev, st.st_ino))
         if node is not None:  # another name of a file already loaded
-            if node.lower is not lower:
+            if not _same(node.lower, lower):
                 raise UpperDamaged(
                     f"hardlinked metacopy {self._shown(name)} has another lower file "
                     "than its other names"
@@ -212,7 +208,7 @@ class _Loader:
         if directory.lower is None or directory.opaque:
             return None
         found = self.tree.lookup(directory.lower.ino, name)
-        return None if found is None else self.tree.inodes[found]
+        return None if found is None else self._lower(found)
 
     def _redirect(self, value: bytes, parent: Node, name: bytes) -> Inode | None:
         """The lower inode redirect ``value`` (of ``name`` in ``parent``) names; None: none there.
@@ -235,12 +231,12 @@ class _Loader:
             if found is None:
                 return None
             ino = found
-        return self.tree.inodes[ino]
+        return self._lower(ino)
 
     def _lower_path(self, ino: InodeNo) -> bytes:
         names: list[bytes] = []
         while ino != ROOT_INO:
-            parent, name = self.lower_names[ino][0]
+            parent, name = self.tree.names_of(ino)[0]
             names.append(name)
             ino = parent
         return b"/" + b"/".join(reversed(names))
@@ -249,7 +245,13 @@ class _Loader:
         found = self.nodes.get(ino)
         if found is not None:
             return found.children is not None
-        return stat.S_ISDIR(self.tree.inodes[ino].mode)
+        return stat.S_ISDIR(self._lower(ino).mode)
+
+    def _lower(self, ino: InodeNo) -> Inode:
+        found = self.tree.inode(ino)
+        if found is None:
+            raise KeyError(ino)  # the tree's own numbers: never
+        return found
 
     def _shown(self, name: bytes) -> str:
         return os.fsdecode(b"/".join([*self.here, name]))
@@ -264,7 +266,7 @@ class _Loader:
         lower tree at a time, so this ends at the root at the latest.
         """
         while True:
-            parent, name = self.lower_names[ino][0]
+            parent, name = self.tree.names_of(ino)[0]
             loaded = self.nodes.get(parent)
             if loaded is not None:
                 assert loaded.children is not None
@@ -275,7 +277,7 @@ class _Loader:
         """Refuse a lower directory merged where it is and again through a redirect."""
         for node in self.redirected:
             assert node.lower is not None
-            parent, name = self.lower_names[node.lower.ino][0]
+            parent, name = self.tree.names_of(node.lower.ino)[0]
             loaded = self.nodes.get(parent)
             if loaded is None:
                 twice = self._lazily_shown(parent)
@@ -290,14 +292,15 @@ class _Loader:
 
     def _lower_hardlinks(self) -> None:
         """A lower file of several names, some hidden or covered, gets only the names shown."""
-        for ino, names in self.lower_names.items():
-            if len(names) < 2 or ino in self.nodes:
+        for ino in self.tree.linked():
+            if ino in self.nodes:
                 continue
+            names = self.tree.names_of(ino)
             shown = [(parent, name) for parent, name in names if self._shows(parent, name, ino)]
             if len(shown) == len(names):
                 continue  # as UpperState.node makes it
             if shown:
-                self.nodes[ino] = lower_node(self.tree, self.tree.inodes[ino], shown)
+                self.nodes[ino] = lower_node(self.tree, self._lower(ino), shown)
 
     def _shows(self, parent: InodeNo, name: bytes, ino: InodeNo) -> bool:
         loaded = self.nodes.get(parent)
@@ -305,6 +308,14 @@ class _Loader:
             assert loaded.children is not None
             return loaded.children.get(name) == ino
         return self._lazily_shown(parent)
+
+
+def _same(one: Inode | None, other: Inode | None) -> bool:
+    """Whether both are the same lower inode (or none): by number, as the tree makes a new
+    ``Inode`` each time it is asked (a packed tree does)."""
+    if one is None or other is None:
+        return one is other
+    return one.ino == other.ino
 
 
 def _plain(part: bytes) -> bool:

@@ -1,7 +1,9 @@
 """The state under ``lazyfs.fs.upper.Upper``: the nodes over the merged tree, and where they are.
 
 ``UpperState`` keeps the nodes of the writable view (``Node``) over the
-immutable ``MergedTree`` and finds where each lives in the upper
+immutable lower tree (a ``lazyfs.tree.lower.LowerTree``: in a mount, the
+image's packed tree, mapped and shared with every other mount of the
+image) and finds where each lives in the upper
 directory; ``lazyfs.fs.upper_copy`` adds copy-up and metadata changes,
 ``lazyfs.fs.upper`` the operations on names, and states the on-disk
 format and the contracts all three follow.  Every file of the upper is
@@ -11,8 +13,13 @@ reached through an fd of its directory (``at``, ``UpperCopy.inside``; see
 A node lives in memory while anything can reach it: a name, or the
 kernel's lookups of it.  ``forget`` lets go of a node the kernel no longer
 knows once it has no name left, so a container that creates and deletes
-files forever does not grow the mount.  Nodes of lower inodes stay (the
-tree alone cannot tell what became of them).
+files forever does not grow the mount.  The node of a lower inode goes
+too once it is as the tree has it (nothing of it, its names or its
+children changed, no copy in upper): the tree makes the same node again
+when it is asked for, so a writable mount holds only what changed and what
+the kernel holds.  Nothing is made for a lower inode nothing asked for:
+its names come from the tree when its node is made (``names_of``), not
+from a map of the whole tree.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import trio
 
 from lazyfs.blobs.ranges import TarRangeReader
 from lazyfs.fs.upper_disk import DIR_FLAGS, opened_dir, set_xattr_at
+from lazyfs.tree.lower import LowerTree, as_lower
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -107,8 +115,10 @@ class UpperState:
     one a mount left (``lazyfs.fs.upper_load``).
     """
 
-    def __init__(self, tree: MergedTree, upper: Path, work: Path, reader: TarRangeReader) -> None:
-        self.tree = tree
+    def __init__(
+        self, tree: MergedTree | LowerTree, upper: Path, work: Path, reader: TarRangeReader
+    ) -> None:
+        self.tree = as_lower(tree)
         self.upper = upper
         self.work = work
         self.reader = reader
@@ -116,12 +126,8 @@ class UpperState:
         # Every file of the upper is reached from here (lazyfs.fs.upper_disk).
         self._root = os.open(upper, DIR_FLAGS)
         self._nodes: dict[InodeNo, Node] = {}
-        self._numbers = itertools.count(max(tree.inodes) + 1)
+        self._numbers = itertools.count(self.tree.max_ino() + 1)
         self._temps = itertools.count()
-        self._lower_names: dict[InodeNo, list[tuple[InodeNo, bytes]]] = {}
-        for parent, listing in tree.children.items():
-            for name, child in listing:
-                self._lower_names.setdefault(child, []).append((parent, name))
 
     def set_up_root(self) -> None:
         """Start a fresh upper: its root takes the attributes of the lower root."""
@@ -136,10 +142,10 @@ class UpperState:
         found = self._nodes.get(InodeNo(ino))
         if found is not None:
             return found
-        inode = self.tree.inodes.get(InodeNo(ino))
+        inode = self.tree.inode(ino)
         if inode is None:
             raise UpperError(errno.ENOENT, f"no inode {ino}")
-        found = lower_node(self.tree, inode, list(self._lower_names.get(inode.ino, [])))
+        found = lower_node(self.tree, inode, list(self.tree.names_of(inode.ino)))
         self._nodes[inode.ino] = found
         return found
 
@@ -151,10 +157,20 @@ class UpperState:
             return None
 
     def forget(self, ino: int) -> None:
-        """The kernel no longer knows ``ino``: drop its node if no name reaches it either."""
+        """The kernel no longer knows ``ino``: drop its node if no name reaches it either,
+        or if it is a lower inode's node as the tree would make it again."""
         node = self._nodes.get(InodeNo(ino))
-        if node is not None and not node.names and node.lower is None and node.ino != ROOT_INO:
+        if node is None or node.ino == ROOT_INO or node.lock.locked():
+            return
+        if (not node.names and node.lower is None) or self._pristine(node):
             del self._nodes[node.ino]
+
+    def _pristine(self, node: Node) -> bool:
+        """Whether ``node`` is a lower inode's, unchanged: ``node(ino)`` would make it again."""
+        if node.lower is None or node.copy is not Copy.NONE or node.opaque:
+            return False
+        again = lower_node(self.tree, node.lower, list(self.tree.names_of(node.lower.ino)))
+        return _state(node) == _state(again)
 
     def held(self) -> int:
         """How many nodes are in memory (for the debug log and tests)."""
@@ -227,7 +243,7 @@ class UpperState:
         names: list[bytes] = []
         ino = node.lower.ino
         while ino != ROOT_INO:
-            parent, name = self._lower_names[ino][0]
+            parent, name = self.tree.names_of(ino)[0]
             names.append(name)
             ino = parent
         return b"/" + b"/".join(reversed(names))
@@ -243,7 +259,7 @@ class UpperState:
             set_xattr_at(dir_fd, name, OPAQUE_XATTR, b"y")
 
 
-def lower_node(tree: MergedTree, inode: Inode, names: list[tuple[InodeNo, bytes]]) -> Node:
+def lower_node(tree: LowerTree, inode: Inode, names: list[tuple[InodeNo, bytes]]) -> Node:
     """The node of ``tree``'s inode ``inode``, shown at ``names``, as the tree has it."""
     found = Node(
         ino=inode.ino,
@@ -261,9 +277,18 @@ def lower_node(tree: MergedTree, inode: Inode, names: list[tuple[InodeNo, bytes]
         names=names,
     )
     if stat.S_ISDIR(inode.mode):
-        found.children = dict(tree.children.get(inode.ino, ()))
+        found.children = dict(tree.entries(inode.ino))
         found.subdirs = inode.nlink - 2
     return found
+
+
+def _state(node: Node) -> tuple[object, ...]:
+    """Everything of a node but its lock (and ``lower``, which is the same by its number)."""
+    return (
+        *(node.ino, node.mode, node.uid, node.gid, node.size, node.rdev, node.target),
+        *(node.atime_ns, node.mtime_ns, node.ctime_ns, node.xattrs, node.names),
+        *(node.copy, node.opaque, node.children, node.subdirs),
+    )
 
 
 def check_name(name: bytes) -> None:

@@ -3,14 +3,17 @@
 ``fetch`` makes every layer blob present in the store. ``fetch_lazy`` does
 the same but for the layers the fuse backend reads from a registry by range
 through the cache daemon (``lazy_layer``: eStargz layers, which carry the
-``containerd.io/snapshot/stargz/toc.digest`` annotation): those stay in the
-registry, and only the other layers are pulled, in parallel as always.
+``containerd.io/snapshot/stargz/toc.digest`` annotation, and layers whose
+index was published beside the image: ``lazyfs.publish.fetch``): those stay
+in the registry, and only the other layers are pulled, in parallel as always.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -31,16 +34,41 @@ from providers.registry_auth import parse_docker_config
 from providers.source import BlobSource, Puller
 from providers.transports import PathPuller, parse_transport
 
+log = logging.getLogger(__name__)
+
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
 # As lazyfs.index.estargz names it (a test holds them equal): the mark of an
 # eStargz layer, whose table of contents can be read by range.
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+# As lazyfs.index.published names it (a test holds them equal): the index blob
+# published beside the image that a layer is read through.
+INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
 
 
 def lazy_layer(layer: Layer) -> bool:
-    """Whether ``layer`` may stay in its registry, read by range (an eStargz layer)."""
-    return layer.annotation(TOC_DIGEST_ANNOTATION) is not None
+    """Whether ``layer`` may stay in its registry, read by range.
+
+    An eStargz layer, or one whose published index was found and kept
+    (``lazyfs.publish.fetch``).
+    """
+    return (
+        layer.annotation(TOC_DIGEST_ANNOTATION) is not None
+        or layer.annotation(INDEX_BLOB_ANNOTATION) is not None
+    )
+
+
+def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
+    """``manifest`` with no layer naming an index blob: only ``lazyfs.publish.fetch`` names one."""
+    if not any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in manifest.layers):
+        return manifest
+    layers = tuple(
+        dataclasses.replace(
+            layer, annotations=tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
+        )
+        for layer in manifest.layers
+    )
+    return dataclasses.replace(manifest, layers=layers)
 
 
 @dataclass
@@ -58,6 +86,8 @@ class DockerProvider:
     store: Store
     registry: str
     options: RegistryOptions = field(default_factory=RegistryOptions)
+    # Called (in a thread) after a registry image is pulled whole; what it raises is a warning.
+    after_pull: Callable[[ImageManifest], None] | None = None
     _client: RegistryClient | None = field(default=None, init=False, repr=False)
 
     def _source(self, image: Image) -> Puller:
@@ -144,6 +174,8 @@ class DockerProvider:
             manifest = ImageManifest(
                 reference, manifest.digest, manifest.layers, manifest.config, platform
             )
+            if isinstance(source, RegistryClient):
+                manifest = await self._published(source, manifest, lazy=lazy)
             # A layer that fails does not cancel the others (their threads would be
             # abandoned mid-write): all finish, then the first failure stands for all.
             failures: list[LazyfsError] = []
@@ -157,7 +189,48 @@ class DockerProvider:
                 raise failures[0]
             progress.finish()
             await trio.to_thread.run_sync(self.store.put_image, manifest)
+            whole = not any(lazy and lazy_layer(layer) for layer in manifest.layers)
+        if self.after_pull is not None and local is None and whole:
+            await self._after_pull(self.after_pull, manifest)
         return manifest
+
+    async def _published(
+        self, client: RegistryClient, manifest: ImageManifest, *, lazy: bool
+    ) -> ImageManifest:
+        """``manifest``, its layers with a published index (found for a lazy pull) so marked."""
+        manifest = without_index_blobs(manifest)  # a registry's manifest never says it
+        if not lazy:
+            return manifest
+        # Loaded for lazy pulls only: it loads the index code.
+        from lazyfs.publish.fetch import published_layers, with_index_blobs
+
+        wanted = [
+            layer
+            for layer in manifest.layers
+            if not lazy_layer(layer) and not self.store.has_blob(layer.digest)
+        ]
+        if not wanted:
+            return manifest
+        found = await trio.to_thread.run_sync(
+            published_layers, self.store, client, manifest, wanted, abandon_on_cancel=True
+        )
+        return with_index_blobs(manifest, found)
+
+    async def _after_pull(
+        self, hook: Callable[[ImageManifest], None], image: ImageManifest
+    ) -> None:
+        """Run ``hook``; its failure is logged, the pull stands."""
+        try:
+            await trio.to_thread.run_sync(hook, image)
+        except Exception as exc:
+            # Publishing is a favour to other machines: nothing of it may fail the pull.
+            known = isinstance(exc, (LazyfsError, OSError))
+            log.warning(
+                "%s: pulled, but publishing its indexes failed: %s",
+                image.reference,
+                exc,
+                exc_info=not known,
+            )
 
     async def _ingest(
         self,

@@ -10,7 +10,9 @@ space onto its blob (``estargz_chunks``), an eStargz index built from its
 footer and TOC read by range through a ``BlobSource`` (``estargz_index``),
 and the indexes kept in the store (``stored``: read back, checked, built
 once per layer, from a local blob or an eStargz layer's TOC), which sits
-above the others so nothing below it imports it.
+above the others so nothing below it imports it; and the index artifact,
+one layer's index as a blob published beside its image in a registry
+(``artifact``: its format, with the span digests that check its blob).
 
 Imports: lazyfs.store.atomic, providers.
 """

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from lazyfs.index.estargz_footer import SUGGESTED_TAIL_SIZE
 from lazyfs.index.formats import ESTARGZ, LayerFormat, build_index, format_named
 from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, LayerData, LayerIndex, dumps, loads
+from lazyfs.index.published import is_published
 from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
 from providers.errors import BadImage
@@ -236,6 +237,9 @@ def index_source(layers_dir: Path, digest: Digest) -> str:
     index = load_index(layers_dir, digest, entries=False)
     if index is None:
         return ""
+    if is_published(layers_dir, digest):
+        # Fetched from a registry (lazyfs.index.published): not what this blob gives here.
+        return f"{index.compression} published {layers_dir.name}"
     if index.compression != ESTARGZ.name:
         return index.compression
     try:

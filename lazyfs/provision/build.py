@@ -19,6 +19,7 @@ import trio
 from backends.base import Backend, Rootfs
 from lazyfs.progress import Progress
 from lazyfs.provision.lazy import remote_digests
+from lazyfs.provision.lazy_progress import lazy_progress
 from lazyfs.provision.records import require_layers
 from providers.digest import Digest
 from providers.image_pb2 import Image
@@ -61,7 +62,10 @@ class RootfsBuilder:
         private_dir(rootfs_dir.parent)
         self.progress.message(f"building {what} with {self.name}")
         blobs = await trio.to_thread.run_sync(self.blobs_for, manifest)
-        rootfs = await trio.to_thread.run_sync(
-            lambda: self.backend.provision(manifest.layers, blobs, rootfs_dir, writable=writable)
-        )
+        with lazy_progress(blobs, manifest, self.progress):
+            rootfs = await trio.to_thread.run_sync(
+                lambda: self.backend.provision(
+                    manifest.layers, blobs, rootfs_dir, writable=writable
+                )
+            )
         return manifest, rootfs, remote_digests(blobs)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
+from lazyfs.provision.lazy_progress import lazy_progress
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
 from providers.errors import Conflict, NotFound, UsageError
@@ -106,18 +107,19 @@ async def mount_image(
         }
         (record / "image.json").write_text(json.dumps(image_json))
         (record / "mountpoint").write_text(f"{mountpoint}\n")
-        pid = lazy_mount.mount_recorded(
-            record,
-            manifest.layers,
-            mountpoint,
-            store=provisioner.store.root,
-            writable=writable,
-            debug=debug,
-            suid=suid,
-            dev=dev,
-            limits=provisioner.limits,
-            remote=blobs.remote if isinstance(blobs, lazy_mount.RemoteAware) else None,
-        )
+        with lazy_progress(blobs, manifest, progress):
+            pid = lazy_mount.mount_recorded(
+                record,
+                manifest.layers,
+                mountpoint,
+                store=provisioner.store.root,
+                writable=writable,
+                debug=debug,
+                suid=suid,
+                dev=dev,
+                limits=provisioner.limits,
+                remote=blobs.remote if isinstance(blobs, lazy_mount.RemoteAware) else None,
+            )
     except BaseException:
         with contextlib.suppress(OSError):
             remove_tree(record)

@@ -16,6 +16,7 @@ from typing import BinaryIO
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import NotFound
+from providers.fileio import pread_all
 from providers.manifest import Layer
 from providers.source import BlobSource
 
@@ -37,7 +38,8 @@ class StoreBlobs:
         with self.open(digest) as stream:
             # Clamped first: pread allocates all it is asked for.
             length = max(0, min(length, os.fstat(stream.fileno()).st_size - offset))
-            return os.pread(stream.fileno(), length, offset) if length else b""
+            # Whole: one pread may return less (a signal; Linux moves at most ~2 GiB a call).
+            return pread_all(stream.fileno(), length, offset)
 
     def local_blob(self, layer: Layer) -> Path:
         path = self.store.blob_path(layer.digest)

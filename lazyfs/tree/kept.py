@@ -72,6 +72,11 @@ def _rules() -> str:
 _RULES = _rules()
 
 
+def rules_fingerprint() -> str:
+    """The fingerprint of the index, merge and layer-rule code every kept tree records."""
+    return _RULES
+
+
 def tree_path(layers_dir: Path, digests: Sequence[Digest]) -> Path:
     """Where the tree of layers ``digests`` (bottom first, at least one) is kept."""
     chain = hashlib.sha256("\n".join(digests).encode()).hexdigest()

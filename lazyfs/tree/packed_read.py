@@ -211,6 +211,24 @@ class PackedTree:
         """The 4096-byte blocks of all files with data, each rounded up, as statfs counts."""
         return self._header.data_blocks
 
+    def parent(self, directory: int) -> InodeNo:
+        """The parent of ``directory`` (the root's is itself); KeyError if it is not one."""
+        return self.parents[InodeNo(directory)]
+
+    def linked(self) -> Iterator[InodeNo]:
+        """The inodes with more than one name, in order (each once)."""
+        offset, length = self._links
+        last = 0
+        for number in range(length // fmt.LINK.size):
+            (ino,) = fmt.COUNT32.unpack_from(self._map, offset + number * fmt.LINK.size)
+            if ino != last:
+                last = ino
+                yield InodeNo(ino)
+
+    def max_ino(self) -> int:
+        """The highest inode number: inodes are 1..n."""
+        return self._count
+
     def __len__(self) -> int:
         return self._count
 

@@ -18,7 +18,7 @@ import trio
 from backends.names import NAMES
 from benchlib import report
 from benchlib.cold import DEFAULT_RATE_MBIT, DEFAULT_RTT_MS, measure_cold_start
-from benchlib.density import measure_density, stop_mount_server
+from benchlib.density import measure_density, measure_density_files, stop_mount_server
 from benchlib.estargz import TOOLS as ESTARGZ_TOOLS
 from benchlib.images import BenchImage, debian_image, synthetic_image
 from benchlib.lazy import Lazyfs
@@ -185,6 +185,8 @@ def run_image(
                 results.append(measure_cold_start(ctx, *link))
             elif name == "density":
                 results.append(measure_density(ctx))
+                if not any(result.measurement == "density-files" for result in results):
+                    results.append(measure_density_files(ctx))  # once a run, not per image
             else:
                 what, temperature = name.split("-")
                 results.append(measure_tree(ctx, what, temperature == "cold"))

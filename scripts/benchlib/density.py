@@ -1,6 +1,6 @@
 """The density measurement: many fuse containers of one image on one machine, at once.
 
-For N of 1, 10 and 20, N writable fuse containers of the image are provisioned
+For N of 1, 10, 20 and 100, N writable fuse containers of the image are provisioned
 concurrently (one trio nursery, as an agent starting them together would),
 with their mount processes exec'd (``LAZYFS_MOUNT_SERVER=0``) and forked by
 the store's mount server (``=1``; the server is started by the warm-up run,
@@ -15,6 +15,9 @@ mount process once all N are up:
   server's share of it (the forks) added;
 - ``server_pss_kib``: the server's own PSS (0 without it), a fixed cost per
   store.
+
+Once a run, ``measure_density_files`` measures one mount of images of 1k
+to 1M files (``benchlib.density_scale``).
 """
 
 from __future__ import annotations
@@ -23,18 +26,18 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from statistics import median
 
 import trio
 
 from backends.base import scratch_dir as rootfs_scratch
+from benchlib.density_scale import log_medians, measure_scale
 from benchlib.measure import Contender, Context, Result, Timing, compare
 from benchlib.util import now, settle
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs import mount_server_client as server_client
 from lazyfs.provision.provisioner import ProvisionInfo
 
-COUNTS = (1, 10, 20)
+COUNTS = (1, 10, 20, 100)
 STARTS = {"exec": "0", "server": "1"}
 _ids = itertools.count()
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -50,17 +53,13 @@ def measure_density(ctx: Context) -> Result:
         compare(contenders, ctx.runs, ctx.log, f"density {ctx.image.name}")
     finally:
         stop_mount_server(ctx)
-    for contender in contenders:
-        if contender.samples:
-            # The JSON keeps the first run's facts; the log, each fact's median.
-            facts = {
-                key: median([sample.facts[key] for sample in contender.samples])
-                for key in contender.samples[0].facts
-            }
-            seconds = median([sample.seconds for sample in contender.samples])
-            shown = ", ".join(f"{key} {value:,.0f}" for key, value in facts.items())
-            ctx.log(f"density {ctx.image.name}: {contender.name}: {seconds:.3f} s; {shown}")
+    log_medians(ctx, f"density {ctx.image.name}", contenders)
     return Result("density", ctx.image.name, contenders)
+
+
+def measure_density_files(ctx: Context) -> Result:
+    """One mount per image size, 1k to 1M files (``benchlib.density_scale``)."""
+    return measure_scale(ctx, _cpu_ms, _per)
 
 
 def stop_mount_server(ctx: Context) -> None:

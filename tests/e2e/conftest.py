@@ -69,3 +69,10 @@ def delete_runc_containers(state_root: Path) -> None:
             capture_output=True,
             check=False,
         )
+
+
+@pytest.fixture
+def store(lazyfs: Lazyfs) -> Iterator[Path]:
+    """The Docker store of ``lazyfs``'s work dir; its containers are recovered away after."""
+    yield lazyfs.work_dir / "store" / "docker"
+    lazyfs("recover", check=False)

@@ -50,6 +50,15 @@ def disk(tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
 
 
+@pytest.fixture
+def on_disk(tmp_path: Path, disk: Path, gc_images: Path) -> Iterator[tuple[Path, Cli]]:
+    """A store on the small disk and ``lazyfs`` using it; its containers recovered away after."""
+    store = disk / "store"
+    lazyfs = cli_on(tmp_path / "work", gc_images, store)
+    yield store, lazyfs
+    lazyfs("recover", check=False)
+
+
 def cli_on(work: Path, image_dir: Path, store: Path) -> Cli:
     lazyfs = Lazyfs(work, image_dir)
 
@@ -73,65 +82,55 @@ def rootfs_tree(info: dict[str, object]) -> dict[str, Node]:
 
 
 def test_gc_reaches_the_headroom_oldest_first_and_containers_keep_their_trees(
-    tmp_path: Path, disk: Path, gc_images: Path
+    on_disk: tuple[Path, Cli],
 ) -> None:
-    store = disk / "store"
-    lazyfs = cli_on(tmp_path / "work", gc_images, store)
-    try:
-        for name in NAMES:
-            lazyfs("pull", name)
-        used = {
-            "c0": json.loads(lazyfs("provision", "c0", "img0", "--backend", "overlay").stdout),
-            "c1": json.loads(lazyfs("provision", "c1", "img1", "--backend", "fuse").stdout),
-        }
-        before = {cid: rootfs_tree(info) for cid, info in used.items()}
-        # Last used: img2 longest ago, then img3, img4; img5 is excluded, img0 and img1 in use.
-        for age, name in enumerate(["img2", "img3", "img4", "img5", "img0", "img1"]):
-            os.utime(records(store)[name], (1_000_000 + age, 1_000_000 + age))
-        stats = os.statvfs(store)
-        free, total = stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
-        # Room for one image and a half more: two must go, and the third may stay.
-        headroom = (free + 1.5 * PAYLOAD) / total
-        config = {"image_disk_headroom": headroom, "excluded_images": ["img5"]}
+    store, lazyfs = on_disk
+    for name in NAMES:
+        lazyfs("pull", name)
+    used = {
+        "c0": json.loads(lazyfs("provision", "c0", "img0", "--backend", "overlay").stdout),
+        "c1": json.loads(lazyfs("provision", "c1", "img1", "--backend", "fuse").stdout),
+    }
+    before = {cid: rootfs_tree(info) for cid, info in used.items()}
+    # Last used: img2 longest ago, then img3, img4; img5 is excluded, img0 and img1 in use.
+    for age, name in enumerate(["img2", "img3", "img4", "img5", "img0", "img1"]):
+        os.utime(records(store)[name], (1_000_000 + age, 1_000_000 + age))
+    stats = os.statvfs(store)
+    free, total = stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+    # Room for one image and a half more: two must go, and the third may stay.
+    headroom = (free + 1.5 * PAYLOAD) / total
+    config = {"image_disk_headroom": headroom, "excluded_images": ["img5"]}
 
-        result = lazyfs("--image_gc_config", json.dumps(config), "gc")
+    result = lazyfs("--image_gc_config", json.dumps(config), "gc")
 
-        report = json.loads(result.stdout)
-        assert report["reached"] is True
-        assert [name.split(" ")[0] for name in report["removed_images"]] == [
-            "docker.io/library/img2:latest",
-            "docker.io/library/img3:latest",
-        ]
-        stats = os.statvfs(store)
-        assert stats.f_bavail * stats.f_frsize >= headroom * total
-        assert sorted(records(store)) == ["img0", "img1", "img4", "img5"]
-        for cid, info in used.items():
-            assert diff_trees(before[cid], rootfs_tree(info)) == [], cid
-        assert list((store / "gc").iterdir()) == []
-        # What went is pulled again when wanted; what stayed is whole.
-        for cid, name in (("c2", "img2"), ("c4", "img4")):
-            info = json.loads(lazyfs("provision", cid, name, "--backend", "overlay").stdout)
-            assert (Path(info["rootfs"]) / "data" / f"{name}.bin").stat().st_size > PAYLOAD - 1
-    finally:
-        lazyfs("recover", check=False)
+    report = json.loads(result.stdout)
+    assert report["reached"] is True
+    assert [name.split(" ")[0] for name in report["removed_images"]] == [
+        "docker.io/library/img2:latest",
+        "docker.io/library/img3:latest",
+    ]
+    stats = os.statvfs(store)
+    assert stats.f_bavail * stats.f_frsize >= headroom * total
+    assert sorted(records(store)) == ["img0", "img1", "img4", "img5"]
+    for cid, info in used.items():
+        assert diff_trees(before[cid], rootfs_tree(info)) == [], cid
+    assert list((store / "gc").iterdir()) == []
+    # What went is pulled again when wanted; what stayed is whole.
+    for cid, name in (("c2", "img2"), ("c4", "img4")):
+        info = json.loads(lazyfs("provision", cid, name, "--backend", "overlay").stdout)
+        assert (Path(info["rootfs"]) / "data" / f"{name}.bin").stat().st_size > PAYLOAD - 1
 
 
-def test_gc_that_cannot_reach_the_headroom_says_so(
-    tmp_path: Path, disk: Path, gc_images: Path
-) -> None:
-    store = disk / "store"
-    lazyfs = cli_on(tmp_path / "work", gc_images, store)
-    try:
-        lazyfs("provision", "c0", "img0", "--backend", "copy")
-        result = lazyfs("--image_gc_config", '{"image_disk_headroom": 1}', "gc", check=False)
-        assert result.returncode == 1
-        assert json.loads(result.stdout)["removed_images"] == []
-        (line,) = result.stderr.splitlines()
-        assert line.startswith("lazyfs: the store's filesystem has ")
-        assert line.endswith("less than the headroom 100%: the rest is in use or excluded")
-        assert sorted(records(store)) == ["img0"]
-    finally:
-        lazyfs("recover", check=False)
+def test_gc_that_cannot_reach_the_headroom_says_so(on_disk: tuple[Path, Cli]) -> None:
+    store, lazyfs = on_disk
+    lazyfs("provision", "c0", "img0", "--backend", "copy")
+    result = lazyfs("--image_gc_config", '{"image_disk_headroom": 1}', "gc", check=False)
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["removed_images"] == []
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("lazyfs: the store's filesystem has ")
+    assert line.endswith("less than the headroom 100%: the rest is in use or excluded")
+    assert sorted(records(store)) == ["img0"]
 
 
 # Runs ``lazyfs`` and kills itself with SIGKILL just before its Nth change to a

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,31 +32,20 @@ CUT = (
 )
 
 
-@pytest.fixture
-def store(lazyfs: Lazyfs) -> Iterator[Path]:
-    yield lazyfs.work_dir / "store" / "docker"
-    lazyfs("recover", check=False)
-
-
-def stored(lazyfs: Lazyfs) -> list[str]:
-    lines = lazyfs("images").stdout.splitlines()[1:]
-    return sorted(line.split()[0] for line in lines)
-
-
 def test_an_unreadable_mount_record_keeps_every_image(lazyfs: Lazyfs, store: Path) -> None:
     lazyfs("pull", "busybox")
     record = lazyfs.work_dir / "mounts" / "m1"
     record.mkdir(parents=True)  # a record whose image.json is missing
 
     assert "removed image" not in lazyfs("images", "prune").stdout
-    assert stored(lazyfs) == [BUSYBOX]
+    assert lazyfs.stored() == [BUSYBOX]
     refused = one_line_error(lazyfs("images", "rm", "busybox", check=False))
     assert f"the lazyfs mount record {record} (what it uses is unknown)" in refused
     assert refused.endswith("nothing was removed")
 
     record.rmdir()
     assert f"removed image {BUSYBOX}" in lazyfs("images", "prune").stdout
-    assert stored(lazyfs) == []
+    assert lazyfs.stored() == []
 
 
 def test_a_mount_process_whose_command_line_is_cut_keeps_every_image(
@@ -84,10 +72,10 @@ def test_a_mount_process_whose_command_line_is_cut_keeps_every_image(
         assert b"--ready-fd" not in shown  # cut
 
         assert "removed image" not in lazyfs("images", "prune").stdout
-        assert stored(lazyfs) == [BUSYBOX]
+        assert lazyfs.stored() == [BUSYBOX]
         refused = one_line_error(lazyfs("images", "rm", "busybox", check=False))
         assert f"mount process {process.pid} (what it uses is unknown)" in refused
     finally:
         process.communicate()  # closes its stdin: it ends
     assert f"removed image {BUSYBOX}" in lazyfs("images", "prune").stdout
-    assert stored(lazyfs) == []
+    assert lazyfs.stored() == []

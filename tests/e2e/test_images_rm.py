@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ from tests.support.lazyfs_cli import Lazyfs, one_line_error
 pytestmark = pytest.mark.integration
 
 BUSYBOX = "docker.io/library/busybox:latest"
-
-
-@pytest.fixture
-def store(lazyfs: Lazyfs) -> Iterator[Path]:
-    yield lazyfs.work_dir / "store" / "docker"
-    lazyfs("recover", check=False)
-
-
-def stored(lazyfs: Lazyfs) -> list[str]:
-    lines = lazyfs("images").stdout.splitlines()[1:]
-    return sorted(line.split()[0] for line in lines)
 
 
 def layers(lazyfs: Lazyfs, name: str) -> list[str]:
@@ -55,13 +43,13 @@ def test_rm_refuses_an_image_a_container_uses_and_removes_it_once_destroyed(
         f"lazyfs: image {BUSYBOX} (linux/amd64) is used by container c1: "
         "destroy (or unmount) it first; nothing was removed"
     )
-    assert stored(lazyfs) == [BUSYBOX]
+    assert lazyfs.stored() == [BUSYBOX]
     lazyfs("destroy", "c1")
     removed = lazyfs("images", "rm", "busybox").stdout.splitlines()
     assert removed[0] == f"removed image {BUSYBOX} (linux/amd64)"
     assert sorted(line.split()[2] for line in removed[1:-1]) == sorted(digests)
     assert re.fullmatch(r"freed \d+\.\d (KiB|MiB)", removed[-1]), removed[-1]
-    assert stored(lazyfs) == []
+    assert lazyfs.stored() == []
     assert not any(blob(store, d).exists() for d in digests)
     assert not any((store / "layers" / d.split(":")[1]).exists() for d in digests)
 
@@ -72,14 +60,14 @@ def test_rm_of_an_image_not_stored_is_one_line_and_removes_nothing(
     lazyfs("pull", "busybox")
     refused = lazyfs("images", "rm", "busybox", "nosuch:1.0", check=False)
     assert one_line_error(refused) == "lazyfs: no image nosuch:1.0 in the store"
-    assert stored(lazyfs) == [BUSYBOX]
+    assert lazyfs.stored() == [BUSYBOX]
 
 
 def test_rm_by_digest_keeps_the_layers_another_image_shares(lazyfs: Lazyfs, store: Path) -> None:
     manifest = json.loads(lazyfs("pull", "busybox").stdout)
     lazyfs("pull", "one")
     lazyfs("images", "rm", manifest["digest"][:19])
-    assert stored(lazyfs) == ["docker.io/library/one:latest"]
+    assert lazyfs.stored() == ["docker.io/library/one:latest"]
 
 
 def test_prune_keeps_what_containers_volumes_mounts_and_the_config_keep(
@@ -93,7 +81,7 @@ def test_prune_keeps_what_containers_volumes_mounts_and_the_config_keep(
     config = json.dumps({"excluded_images": [{"type": "DOCKER", "docker": {"name": "busybox"}}]})
     out = lazyfs("--image_gc_config", config, "images", "prune").stdout
     assert "removed image" not in out
-    assert stored(lazyfs) == [
+    assert lazyfs.stored() == [
         BUSYBOX,
         "docker.io/library/deep:latest",
         "docker.io/library/one:latest",
@@ -106,7 +94,7 @@ def test_prune_keeps_what_containers_volumes_mounts_and_the_config_keep(
     out = lazyfs("images", "prune").stdout
     assert "removed image docker.io/library/deep:latest" in out
     assert "removed image docker.io/library/busybox:latest" in out
-    assert stored(lazyfs) == ["docker.io/library/one:latest"]
+    assert lazyfs.stored() == ["docker.io/library/one:latest"]
 
 
 def test_prune_keeps_an_image_a_lazyfs_mount_serves(
@@ -118,7 +106,7 @@ def test_prune_keeps_an_image_a_lazyfs_mount_serves(
     try:
         out = lazyfs("images", "prune").stdout
         assert "removed" not in out.replace("removed leftover", "")
-        assert stored(lazyfs) == [BUSYBOX]
+        assert lazyfs.stored() == [BUSYBOX]
         assert (point / "etc" / "motd").read_text() == "hello from a lazyfs rootfs\n"
         refused = lazyfs("images", "rm", "busybox", check=False)
         assert one_line_error(refused) == (
@@ -129,7 +117,7 @@ def test_prune_keeps_an_image_a_lazyfs_mount_serves(
         lazyfs("umount", str(point))
     assert not is_mounted(point)
     lazyfs("images", "prune")
-    assert stored(lazyfs) == []
+    assert lazyfs.stored() == []
 
 
 def test_gc_removes_stale_leftovers_but_keeps_what_is_current_or_mounted(

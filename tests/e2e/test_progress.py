@@ -3,61 +3,20 @@ and a pull of a stored image that says so."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 import re
-import struct
-import subprocess
-import termios
 from pathlib import Path
 
 import pytest
 
 from tests.support.lazyfs_cli import Lazyfs
+from tests.support.terminal import run_on_terminal, screen_lines
 
 pytestmark = pytest.mark.integration
-
-# CSI sequences (colours, cursor moves, erase) and the two-byte escapes rich writes.
-_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>78]")
 
 
 def pull_on_terminal(lazyfs: Lazyfs, columns: int, *args: str) -> tuple[int, str]:
     """Run ``lazyfs pull`` with stderr on a terminal ``columns`` wide; its status and stderr."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)}
-    env.pop("NO_COLOR", None)
-    try:
-        process = subprocess.Popen(
-            lazyfs.argv("pull", *args),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=slave,
-            env=env,
-        )
-    finally:
-        os.close(slave)
-    chunks = []
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError as error:  # EIO: the last writer closed the terminal
-                if error.errno != errno.EIO:
-                    raise
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(master)
-    return process.wait(timeout=120), b"".join(chunks).decode("utf-8", "replace")
-
-
-def screen_lines(text: str) -> list[str]:
-    """What each redraw leaves on a line: escapes dropped, split at CR and LF."""
-    return [line for line in re.split(r"[\r\n]", _ESCAPES.sub("", text)) if line.strip()]
+    return run_on_terminal(lazyfs.argv("pull", *args), columns)
 
 
 def test_a_pull_on_a_terminal_shows_bars_that_fit_it(lazyfs: Lazyfs) -> None:

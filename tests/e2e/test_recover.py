@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import select
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from backends.mounts import mounts_under
+from tests.support.fuse_mounts import kill_mount_process
 from tests.support.lazyfs_cli import Lazyfs
 
 pytestmark = pytest.mark.integration
@@ -77,17 +75,6 @@ def test_a_running_container_is_busy_and_kept(lazyfs: Lazyfs) -> None:
                 run.kill()
                 run.wait()
     assert containers(lazyfs.work_dir) == []
-
-
-def kill_mount_process(rootfs: Path) -> None:
-    """SIGKILL the fuse mount process of ``rootfs`` and wait until it is gone."""
-    pid = int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text())
-    pidfd = os.pidfd_open(pid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        select.select([pidfd], [], [])  # readable once the process has exited
-    finally:
-        os.close(pidfd)
 
 
 def test_kept_containers_with_dead_mounts_are_mounted_again_or_reported_broken(

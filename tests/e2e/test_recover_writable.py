@@ -5,27 +5,15 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
-import signal
 from pathlib import Path
 
 import pytest
 
 from backends.mounts import mounts_under
+from tests.support.fuse_mounts import kill_mount_process
 from tests.support.lazyfs_cli import Lazyfs
 
 pytestmark = pytest.mark.integration
-
-
-def kill_mount_process(rootfs: Path) -> None:
-    """SIGKILL the fuse mount process of ``rootfs`` and wait until it is gone."""
-    pid = int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text())
-    pidfd = os.pidfd_open(pid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        select.select([pidfd], [], [])  # readable once the process has exited
-    finally:
-        os.close(pidfd)
 
 
 def write_into(rootfs: Path) -> None:

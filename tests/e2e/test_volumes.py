@@ -9,9 +9,6 @@ unless ``rw``; `recover --keep` keeps and mounts it again; `destroy` and
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import pytest
 
 from backends.mounts import is_mounted, mounts_under
 from tests.support import images
+from tests.support.fuse_mounts import kill_mount_process
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -124,17 +122,6 @@ def test_a_read_only_rootfs_without_the_mount_point_is_one_line(
     assert lazyfs("run", "busybox", *args, "/tmp/hello").stdout == "hello from a volume\n"
 
 
-def _kill_mount_process(rootfs: Path) -> None:
-    """SIGKILL the fuse mount process of ``rootfs`` and wait until it is gone."""
-    pid = int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text())
-    pidfd = os.pidfd_open(pid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        select.select([pidfd], [], [])  # readable once the process has exited
-    finally:
-        os.close(pidfd)
-
-
 def test_recover_keeps_volumes_mounts_them_again_and_destroys_them(
     lazyfs: Lazyfs, data_image: str
 ) -> None:
@@ -143,7 +130,7 @@ def test_recover_keeps_volumes_mounts_them_again_and_destroys_them(
     gone = provision(lazyfs, "gone", "one", "--backend", "bind", "-v", volume)
     kept_volume = Path(kept["volumes"][0]["rootfs"])
     gone_volume = Path(gone["volumes"][0]["rootfs"])
-    _kill_mount_process(kept_volume)
+    kill_mount_process(kept_volume)
     listed = {c["container_id"]: c for c in json.loads(lazyfs("ps", "--json").stdout)}
     assert listed["kept"]["mount"] == "dead" and listed["kept"]["rootfs_mount"] == "alive"
     assert listed["kept"]["volumes"][0]["mount"] == "dead"

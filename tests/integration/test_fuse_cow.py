@@ -24,12 +24,12 @@ from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs.upper import METACOPY_XATTR, OPAQUE_XATTR, exchange_paths
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
-from lazyfs.tree.kept import tree_path
 from tests.support import fuse_paths
 from tests.support.blob_sources import store_files
 from tests.support.cow_mounts import Cow, CowMounts
 from tests.support.fuse_mounts import need_fuse, requests, walk_and_read
 from tests.support.images import Entry, opaque, whiteout, write_layer
+from tests.support.kept_trees import drop_kept_trees
 from tests.support.tree import is_whiteout
 
 pytestmark = pytest.mark.integration
@@ -201,7 +201,7 @@ def test_st_ino_is_stable_across_remounts(cow: Mount, tmp_path: Path) -> None:
     layers = [[Entry("etc", "dir"), Entry("etc/a", data=b"a"), Entry("b", data=b"b")]]
     first = cow(layers)
     # Merged again, not loaded from the store: the numbering itself must be stable.
-    tree_path(Store(tmp_path / "store").layers, [layer.digest for layer in first.layers]).unlink()
+    drop_kept_trees(Store(tmp_path / "store").layers, [layer.digest for layer in first.layers])
     second = cow(layers)
     os.chmod(first.root / "etc" / "a", 0o600)
     (first.root / "b").write_bytes(b"changed")

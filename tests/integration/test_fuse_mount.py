@@ -25,7 +25,6 @@ from lazyfs.fs import mount as lazy_mount
 from lazyfs.index.stored import index_path, load_index
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
-from lazyfs.tree.kept import tree_path
 from providers.digest import Digest
 from providers.errors import BackendError, NotFound, UnsafeLayer
 from providers.manifest import Layer
@@ -40,6 +39,7 @@ from tests.support.fuse_mounts import (
     walk_and_read,
 )
 from tests.support.images import Entry, whiteout, write_layer
+from tests.support.kept_trees import drop_kept_trees, kept_tree_files
 from tests.support.rich_image import need_tools
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def test_the_tree_reads_and_stays_the_same_across_mounts(
     mounted(first)
     # Merged again, not loaded from the store: the numbering itself must be stable.
     lazy_store, layers = store
-    tree_path(lazy_store.layers, [layer.digest for layer in layers]).unlink()
+    drop_kept_trees(lazy_store.layers, [layer.digest for layer in layers])
     mounted(second)
     assert sorted(os.listdir(first / "etc")) == ["hosts", "new"]
     assert (first / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
@@ -152,19 +152,43 @@ def test_a_damaged_index_is_built_again_unless_the_kept_tree_makes_it_unneeded(
     lazy_store, layers = store
     layers_dir = lazy_store.layers
     mounted(tmp_path / "a")
-    kept = tree_path(layers_dir, [layer.digest for layer in layers])
-    assert kept.is_file()
+    kept = kept_tree_files(layers_dir, [layer.digest for layer in layers])
+    assert all(path.is_file() for path in kept)
     stored = index_path(layers_dir, layers[0].digest)
     header = stored.read_text().partition("\n")[0]
     # A torn entries line: the kept tree needs only the header.
     stored.write_text(header + "\n[[")
     mounted(tmp_path / "b")
     assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
-    # Without the tree the entries are needed: the mount builds the index again.
-    kept.unlink()
+    # Without the trees the entries are needed: the mount builds the index again.
+    for path in kept:
+        path.unlink()
     mounted(tmp_path / "c")
     assert (tmp_path / "c" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
-    assert load_index(layers_dir, layers[0].digest) is not None and kept.is_file()
+    assert load_index(layers_dir, layers[0].digest) is not None
+    assert all(path.is_file() for path in kept)
+
+
+def test_mounts_map_one_packed_tree_and_refuse_a_damaged_one(
+    store: Stored, mounted: Mount, tmp_path: Path
+) -> None:
+    lazy_store, layers = store
+    _, packed = kept_tree_files(lazy_store.layers, [layer.digest for layer in layers])
+    first = mounted(tmp_path / "a")
+    second = mounted(tmp_path / "b")
+    # Both serve from the one file, mapped: its pages are the page cache's, shared.
+    for pid in (first, second):
+        assert str(packed) in Path(f"/proc/{pid}/maps").read_text()
+    whole = packed.read_bytes()
+    packed.write_bytes(whole[:-40] + bytes([whole[-40] ^ 1]) + whole[-39:])
+    third = mounted(tmp_path / "c")
+    assert (tmp_path / "c" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert sorted(os.listdir(tmp_path / "c" / "etc")) == ["hosts", "new"]
+    assert b"building the packed tree again" in (tmp_path / "mount.log").read_bytes()
+    assert packed.read_bytes() == whole
+    assert str(packed) in Path(f"/proc/{third}/maps").read_text()
+    # The first mounts read on from the file they mapped.
+    assert (tmp_path / "a" / "etc" / "new").read_bytes() == b"new\n"
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])

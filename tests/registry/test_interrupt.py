@@ -22,7 +22,7 @@ import requests
 
 from backends.mounts import mounts_under
 from providers.manifest import OCI_MANIFEST
-from tests.support.httpserver import serve
+from tests.support.httpserver import relay, serve
 from tests.support.registry_servers import Registry
 
 pytestmark = pytest.mark.integration
@@ -90,13 +90,7 @@ def proxy(plain_registry: Registry, hold: Hold) -> Iterator[str]:
             if "/blobs/" in self.path and digest in hold.layers:
                 self._hold(digest, answer.content)
                 return
-            self.send_response(answer.status_code)
-            for name in ("Content-Type", "Docker-Content-Digest", "WWW-Authenticate"):
-                if name in answer.headers:
-                    self.send_header(name, answer.headers[name])
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
+            relay(self, answer, ("Content-Type", "Docker-Content-Digest", "WWW-Authenticate"))
 
         def _hold(self, digest: str, blob: bytes) -> None:
             if hold.fail(digest):

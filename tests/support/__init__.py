@@ -20,6 +20,8 @@ here.
   servers the tests own (docker-registry, tokens, a proxy that misbehaves),
   and pulling through them.
 - acis, actool: Appc images and the spec's actool.
-- lazyfs_cli: the ``lazyfs`` command run as a user runs it.
+- lazyfs_cli: the ``lazyfs`` command run as a user runs it; terminal: with
+  its stderr on a pty of a given width, for the progress tests.
+- processes: ending the servers the tests start.
 - ci_skips: under CI a skip is a failure.
 """

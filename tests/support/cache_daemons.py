@@ -32,7 +32,8 @@ import requests
 from lazyfs.cache.client import status
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.messages import StatusOk
-from tests.support.httpserver import serve
+from tests.support.httpserver import relay, serve
+from tests.support.processes import stop, zombie
 
 ROOT = Path(__file__).resolve().parents[2]
 PID_NAME = "daemon.pid"
@@ -79,16 +80,6 @@ def run_daemon(work_dir: Path, cache_dir: Path) -> Iterator[subprocess.Popen[byt
         stop(process)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
-
-
 def recorded_daemon(cache_dir: Path) -> int | None:
     """The pid in ``daemon.pid`` when it is a live ``lazyfs daemon``."""
     try:
@@ -106,14 +97,7 @@ def kill_recorded(cache_dir: Path) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), "the daemon to end")
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or zombie(pid), "the daemon to end")
 
 
 @dataclass
@@ -144,13 +128,7 @@ def run_gated_proxy(upstream: str, proxy: GatedProxy) -> Iterator[str]:
                 assert proxy.gate.wait(60), "the gate was never opened"
             sent = {k: v for k, v in self.headers.items() if k in ("Accept", "Range")}
             answer = requests.get(upstream + self.path, headers=sent, timeout=30)
-            self.send_response(answer.status_code)
-            for name in ("Content-Type", "Content-Range", "Docker-Content-Digest"):
-                if name in answer.headers:
-                    self.send_header(name, answer.headers[name])
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
+            relay(self, answer, ("Content-Type", "Content-Range", "Docker-Content-Digest"))
 
     with serve(Handler) as url:
         try:

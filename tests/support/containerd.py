@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import images
+from tests.support.processes import stop
 
 TOOLS = ("containerd", "ctr", "ctr-remote", "umoci", "skopeo")
 NAMESPACE = "lazyfs-test"
@@ -121,12 +122,7 @@ def run_containerd(workdir: Path) -> Iterator[Containerd]:
             time.sleep(0.02)
         yield Containerd(address, workdir / "root", process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=20)
         log.close()
         shutil.rmtree(sockets, ignore_errors=True)
 

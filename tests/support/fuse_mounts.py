@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
+import signal
 import stat
 from collections import Counter
 from pathlib import Path
@@ -28,6 +30,17 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def kill_mount_process(rootfs: Path) -> None:
+    """SIGKILL the fuse mount process of a provisioned ``rootfs`` and wait until it is gone."""
+    pid = int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text())
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        select.select([pidfd], [], [])  # readable once the process has exited
+    finally:
+        os.close(pidfd)
 
 
 def runs_mount_main(pid: int | str, mountpoint: Path) -> bool:

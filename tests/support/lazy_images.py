@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
-
-import requests
 
 from tests.support.estargz_writer import Blob
+from tests.support.registry_servers import push_oci_image
 
 TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,17 +43,6 @@ class Pushed:
     sizes: tuple[int, ...]
 
 
-def put_blob(registry_url: str, repository: str, data: bytes) -> str:
-    digest = sha256(data)
-    start = requests.post(f"{registry_url}/v2/{repository}/blobs/uploads/", timeout=30)
-    start.raise_for_status()
-    location = urljoin(registry_url, start.headers["Location"])
-    joiner = "&" if "?" in location else "?"
-    done = requests.put(f"{location}{joiner}digest={digest}", data=data, timeout=60)
-    done.raise_for_status()
-    return digest
-
-
 def push_estargz_image(
     registry_url: str,
     repository: str,
@@ -66,42 +52,26 @@ def push_estargz_image(
     diff_ids: Sequence[str] | None = None,
 ) -> Pushed:
     """Push an image of the eStargz ``blobs``; ``diff_ids`` overrides what the config says."""
-    digests = [put_blob(registry_url, repository, blob.data) for blob in blobs]
     named = list(diff_ids) if diff_ids is not None else [diff_id(blob) for blob in blobs]
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/true"]},
-        "rootfs": {"type": "layers", "diff_ids": named},
-    }).encode()  # fmt: skip
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": put_blob(registry_url, repository, config), "size": len(config)},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest,
-             "size": len(blob.data), "annotations": {TOC_ANNOTATION: blob.toc_digest}}
-            for digest, blob in zip(digests, blobs, strict=True)
-        ],
-    }  # fmt: skip
-    response = requests.put(
-        f"{registry_url}/v2/{repository}/manifests/{tag}",
-        data=json.dumps(manifest).encode(),
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-        timeout=30,
-    )
-    response.raise_for_status()
+    layers = [(blob.data, {TOC_ANNOTATION: blob.toc_digest}) for blob in blobs]
+    digests = push_oci_image(registry_url, repository, tag, layers, named, {"Cmd": ["/bin/true"]})
     return Pushed(tuple(digests), tuple(len(blob.data) for blob in blobs))
+
+
+def lazyfs_argv(work: Path, registry_url: str, *args: str, background: bool = True) -> list[str]:
+    """The command line of ``lazyfs ARGS`` with this test's work dir, cache dir and registry."""
+    argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
+            registry_url, "--cache_dir", str(work / "cache")]  # fmt: skip
+    if not background:
+        argv.append("--no_background_fetch")
+    return [*argv, *args]
 
 
 def lazyfs(
     work: Path, registry_url: str, *args: str, background: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """``lazyfs ARGS`` with this test's work dir, cache dir and registry."""
-    argv = [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
-            registry_url, "--cache_dir", str(work / "cache")]  # fmt: skip
-    if not background:
-        argv.append("--no_background_fetch")
     return subprocess.run(
-        [*argv, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        stdin=subprocess.DEVNULL, check=False,
+        lazyfs_argv(work, registry_url, *args, background=background), cwd=ROOT,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from backends.mounts import mounts_under, unmount_all_under
 from lazyfs.fs import mount as lazy_mount
-from tests.support.cache_daemons import ROOT, kill_recorded, stop, wait_for
+from tests.support.cache_daemons import ROOT, kill_recorded, wait_for
 from tests.support.fuse_mounts import alive
+from tests.support.processes import stop, zombie
 
 TIMEOUT = 300.0  # bounds a hung command, so a failing test ends; never reached when it passes
 
@@ -187,16 +188,9 @@ def mount_processes_under(root: Path) -> list[int]:
         if b"lazyfs.fs.mount_main" not in argv or b"--mountpoint" not in argv:
             continue
         point = Path(os.fsdecode(argv[argv.index(b"--mountpoint") + 1]))
-        if (point == root or root in point.parents) and alive(int(name)) and not _zombie(name):
+        if (point == root or root in point.parents) and alive(int(name)) and not zombie(name):
             found.append(int(name))
     return found
-
-
-def _zombie(pid: str) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 @contextlib.contextmanager

@@ -49,6 +49,11 @@ class Lazyfs:
             raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
         return result
 
+    def stored(self) -> list[str]:
+        """The references ``lazyfs images`` lists, sorted."""
+        lines = self("images").stdout.splitlines()[1:]
+        return sorted(line.split()[0] for line in lines)
+
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.argv(*args),

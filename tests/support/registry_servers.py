@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -36,6 +36,7 @@ import bcrypt
 import requests
 
 from tests.support.httpserver import serve
+from tests.support.processes import stop
 
 SERVICE = "lazyfs-test-registry"
 ISSUER = "lazyfs-test-token-server"
@@ -151,12 +152,7 @@ def run_registry(
         _wait_ready(registry, tls, workdir / f"registry-{port}.log")
         yield registry
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 
@@ -192,44 +188,67 @@ def skopeo_push(layout: Path, tag: str, dest: str, fmt: str) -> None:
         f"oci:{layout}:{tag}", f"docker://{dest}")  # fmt: skip
 
 
+def put_blob(registry_url: str, repository: str, data: bytes) -> str:
+    """Upload ``data`` as a blob of ``repository`` (monolithic upload); its digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    start = requests.post(f"{registry_url}/v2/{repository}/blobs/uploads/", timeout=30)
+    start.raise_for_status()
+    location = urljoin(registry_url, start.headers["Location"])
+    joiner = "&" if "?" in location else "?"
+    done = requests.put(f"{location}{joiner}digest={digest}", data=data, timeout=60)
+    done.raise_for_status()
+    return digest
+
+
+def push_oci_image(
+    registry_url: str,
+    repository: str,
+    tag: str,
+    layers: Sequence[tuple[bytes, dict[str, str]]],
+    diff_ids: Sequence[str],
+    config: dict[str, Any],
+) -> list[str]:
+    """Push an OCI image of gzip ``layers`` (each blob with its annotations, may be empty)
+    and a config of ``config`` with ``diff_ids``; returns the layers' blob digests."""
+    digests = [put_blob(registry_url, repository, blob) for blob, _ in layers]
+    config_blob = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": config,
+        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+    }).encode()  # fmt: skip
+    descriptors = []
+    for digest, (blob, notes) in zip(digests, layers, strict=True):
+        descriptor: dict[str, Any] = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                      "digest": digest, "size": len(blob)}  # fmt: skip
+        if notes:
+            descriptor["annotations"] = notes
+        descriptors.append(descriptor)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": put_blob(registry_url, repository, config_blob),
+                   "size": len(config_blob)},
+        "layers": descriptors,
+    }  # fmt: skip
+    response = requests.put(
+        f"{registry_url}/v2/{repository}/manifests/{tag}",
+        data=json.dumps(manifest).encode(),
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return digests
+
+
 def push_blob_image(registry: Registry, repository: str, tag: str, layer: bytes) -> str:
     """Push an OCI image whose one layer blob is ``layer`` (any bytes); returns its digest.
 
     For range reads, which never look inside a layer: a layer of random
     bytes of any size is quick to make and compresses to nothing.
     """
-
-    def put_blob(data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        start = requests.post(f"{registry.url}/v2/{repository}/blobs/uploads/", timeout=30)
-        start.raise_for_status()
-        location = urljoin(registry.url, start.headers["Location"])
-        joiner = "&" if "?" in location else "?"
-        done = requests.put(f"{location}{joiner}digest={digest}", data=data, timeout=60)
-        done.raise_for_status()
-        return digest
-
-    layer_digest = put_blob(layer)
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-    }).encode()  # fmt: skip
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": put_blob(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": layer_digest, "size": len(layer)}],
-    }  # fmt: skip
-    response = requests.put(
-        f"{registry.url}/v2/{repository}/manifests/{tag}",
-        data=json.dumps(manifest).encode(),
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-        timeout=30,
-    )
-    response.raise_for_status()
-    return layer_digest
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    (pushed,) = push_oci_image(registry.url, repository, tag, [(layer, {})], [layer_digest], {})
+    return pushed
 
 
 # --- token server ------------------------------------------------------------

@@ -18,10 +18,11 @@ from lazyfs.fs.upper import Upper
 from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs.writable_no_open import NoOpenWritableOperations
 from lazyfs.index.stored import check_data_present, ensure_index
-from lazyfs.tree.merge import ROOT_INO, merge
+from lazyfs.tree.merge import ROOT_INO
 from providers.digest import digest_bytes
 from tests.support import fuse_paths
 from tests.support.images import Entry, whiteout, write_layer
+from tests.support.kept_trees import served_tree
 
 CTX = cast(pyfuse3.RequestContext, SimpleNamespace(uid=0, gid=0, umask=0o022, pid=1))
 BIG = bytes(range(256)) * 4000  # 1 MB
@@ -55,7 +56,8 @@ def make_ops(tmp_path: Path, path: str) -> WritableOperations:
     upper.mkdir()
     work.mkdir()
     source = open_layers(tars)
-    view = Upper(merge(indexes), upper, work, source)
+    # The tree a mount serves: the packed file, mapped.
+    view = Upper(served_tree(layers, indexes), upper, work, source)
     if path == fuse_paths.NO_OPEN:
         kernel = fuse_paths.NoOpenKernel(NoOpenWritableOperations(view, ChunkCache(source)))
         return cast(WritableOperations, kernel)

@@ -75,7 +75,7 @@ async def daemon(tmp_path: Path, source: FakeSource) -> AsyncIterator[Path]:
         raise BadRequest(f"unknown origin {origin}")
 
     root = tmp_path / "c"
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     with DiskCache.open(root, 64 * os.statvfs(root).f_frsize, chunk_size=SIZE) as cache:
         async with trio.open_nursery() as nursery:
             path = await nursery.start(serve, cache, resolve)
@@ -109,16 +109,13 @@ async def test_a_read_is_answered_with_where_the_bytes_are(tmp_path: Path) -> No
 
 
 async def test_the_socket_is_the_daemons_own(tmp_path: Path) -> None:
-    (tmp_path / "c").mkdir()
-    socket_path(tmp_path / "c").write_bytes(b"")  # a stale one, from a killed daemon
     root = tmp_path / "c"
-    with DiskCache.open(root, 1 << 20, chunk_size=SIZE) as cache:
-        async with trio.open_nursery() as nursery:
-            path = await nursery.start(serve, cache, lambda origin: FakeSource())
-            assert path == root / "daemon.sock"
-            assert stat.S_ISSOCK(path.stat().st_mode)
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600
-            nursery.cancel_scope.cancel()
+    root.mkdir()
+    socket_path(root).write_bytes(b"")  # a stale one, from a killed daemon
+    async with daemon(tmp_path, FakeSource()) as path:
+        assert path == root / "daemon.sock"
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not path.exists()
 
 

@@ -224,6 +224,34 @@ async def test_a_node_goes_once_forgotten_and_unlinked_not_before(ops: WritableO
     assert ops.upper.find(first) is None and ops.upper.find(third) is not None
 
 
+async def test_a_lower_node_goes_once_forgotten_unless_something_of_it_changed(
+    ops: WritableOperations,
+) -> None:
+    start = ops.upper.held()
+    etc = await ino(ops, "etc")
+    found = {
+        each: (await ops.lookup(etc, name(each), CTX)).st_ino
+        for each in ("passwd", "top")  # lower files, as the tree has them
+    }
+    d = (await ops.lookup(ROOT_INO, name("d"), CTX)).st_ino
+    before = await ops.getattr(found["top"], CTX)
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = pyfuse3.ModeT(0o100600)
+    await ops.setattr(found["passwd"], attr, setting("mode"), None, CTX)
+    await ops.forget([(found["passwd"], 1), (found["top"], 1), (d, 1), (etc, 1)])
+    # passwd changed, and etc with it (copied up to hold it); top and d are as the tree has them.
+    assert ops.upper.find(found["passwd"]) is not None
+    assert ops.upper.held() == start + 2
+    again = await ops.getattr(found["top"], CTX)  # made again from the tree, the same
+    assert (again.st_ino, again.st_mode, again.st_mtime_ns, again.st_nlink) == (
+        before.st_ino,
+        before.st_mode,
+        before.st_mtime_ns,
+        before.st_nlink,
+    )
+    assert (await ops.getattr(found["passwd"], CTX)).st_mode & 0o777 == 0o600
+
+
 async def test_a_listing_leaves_out_what_went_and_was_forgotten_meanwhile(
     ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,10 +19,11 @@ import pytest
 from lazyfs.blobs.ranges import ChunkCache, LocalTars, open_layers
 from lazyfs.fs.read_only import CACHE_TIMEOUT, NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.index.stored import check_data_present, ensure_index
-from lazyfs.tree.merge import ROOT_INO, merge
+from lazyfs.tree.merge import ROOT_INO
 from providers.digest import Digest, digest_bytes
 from tests.support import fuse_paths
 from tests.support.images import Entry, whiteout, write_layer
+from tests.support.kept_trees import served_tree
 
 CTX = cast(pyfuse3.RequestContext, None)
 BIG = bytes(range(256)) * 2000  # 512000 bytes: several chunks
@@ -54,10 +55,11 @@ def ops(tmp_path: Path, request: pytest.FixtureRequest) -> ReadOnlyOperations:
         indexes.append(index)
         tars[digest] = check_data_present(layers, blob, index)
     chunks = ChunkCache(open_layers(tars), chunk_size=4096)
+    tree = served_tree(layers, indexes)  # what a mount serves: the packed tree, mapped
     if request.param == fuse_paths.NO_OPEN:
-        kernel = fuse_paths.NoOpenKernel(NoOpenReadOnlyOperations(merge(indexes), chunks))
+        kernel = fuse_paths.NoOpenKernel(NoOpenReadOnlyOperations(tree, chunks))
         return cast(ReadOnlyOperations, kernel)
-    return ReadOnlyOperations(merge(indexes), chunks)
+    return ReadOnlyOperations(tree, chunks)
 
 
 async def lookup(ops: ReadOnlyOperations, path: str) -> pyfuse3.EntryAttributes:

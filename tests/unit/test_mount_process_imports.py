@@ -79,6 +79,10 @@ START_MODULES = {
     "lazyfs.index.formats",
     "lazyfs.index.gzip_checkpoints",
     "lazyfs.index.estargz_footer",  # the stored index's tail size; no eStargz code
+    # Loaded by lazyfs.index.stored for indexes published beside an image; a
+    # local layer's start uses neither: a candidate to load only when asked.
+    "lazyfs.index.published",
+    "lazyfs.index.artifact",
     "lazyfs.store",
     "lazyfs.store.atomic",
     "lazyfs.store.blobs",
@@ -87,6 +91,11 @@ START_MODULES = {
     "lazyfs.tree",
     "lazyfs.tree.kept",
     "lazyfs.tree.merge",
+    "lazyfs.tree.lower",  # the kept tree, mapped: read in place, not unmarshalled
+    "lazyfs.tree.mapped",
+    "lazyfs.tree.packed",
+    "lazyfs.tree.packed_read",
+    "lazyfs.tree.packed_write",
     "providers",
     "providers.digest",
     "providers.errors",

@@ -47,3 +47,17 @@ def test_progress_is_silent_when_disabled_and_still_counts() -> None:
     progress.finish()
     assert out.getvalue() == ""
     assert progress.fetched == 10
+
+
+def test_the_next_bars_total_counts_only_their_own_items() -> None:
+    # A provision pulls an image's plain layers, then mounts its lazy ones: two sets of bars.
+    out = io.StringIO()
+    progress = Progress(out, enabled=True)
+    progress.start(A, 4096)
+    progress.advance(A, 4096)
+    progress.finish()
+    progress.start(B, 1024)
+    progress.start("sha256:" + "c" * 64, 1024)
+    progress.finish()
+    (total,) = [line for line in out.getvalue().splitlines() if line.startswith("total")]
+    assert "0/2.0 KiB" in total, total

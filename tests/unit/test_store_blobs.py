@@ -8,6 +8,7 @@ that are not the blob never reach the store.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,21 @@ def test_wrong_bytes_upstream_never_reach_the_store(tmp_path: Path) -> None:
         StoreBlobs(store, upstream).local_blob(layer)
     assert not store.has_blob(layer.digest)
     assert list(store.tmp.iterdir()) == []
+
+
+def test_a_range_read_is_whole_when_the_system_reads_it_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "store")
+    layer, blob = layer_blob(tmp_path)
+    store.ingest(layer, lambda: io.BytesIO(blob))
+    real = os.pread
+
+    def short(fd: int, length: int, offset: int) -> bytes:
+        # As a signal or Linux's ~2 GiB cap per call can make it: less than asked.
+        return real(fd, min(length, 100), offset)
+
+    monkeypatch.setattr(os, "pread", short)
+    blobs = StoreBlobs(store)
+    assert blobs.read_range(layer.digest, 10, 1000) == blob[10:1010]
+    assert blobs.read_range(layer.digest, len(blob) - 50, 1000) == blob[-50:]

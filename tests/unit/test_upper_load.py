@@ -27,6 +27,7 @@ from lazyfs.tree.merge import ROOT_INO, InodeNo, merge
 from providers.digest import digest_bytes
 from providers.fstree import remove_tree
 from tests.support.images import Entry, whiteout, write_layer
+from tests.support.kept_trees import served_tree
 
 LAYERS = [
     [
@@ -54,13 +55,18 @@ class Fixture:
     reader: TarRangeReader
     upper: Path
     work: Path
+    tree: str
 
     def view(self) -> Upper:
-        return Upper(merge(self.indexes), self.upper, self.work, self.reader)
+        if self.tree == "merged":
+            return Upper(merge(self.indexes), self.upper, self.work, self.reader)
+        served = served_tree(self.tmp_path / "layers", self.indexes)
+        return Upper(served, self.upper, self.work, self.reader)
 
 
-@pytest.fixture
-def fx(tmp_path: Path) -> Fixture:
+# Each view over the tree in memory, and over the packed tree a mount maps.
+@pytest.fixture(params=["merged", "mapped"])
+def fx(tmp_path: Path, request: pytest.FixtureRequest) -> Fixture:
     layers, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers.mkdir()
     tmp.mkdir()
@@ -74,7 +80,7 @@ def fx(tmp_path: Path) -> Fixture:
     upper, work = tmp_path / "upper", tmp_path / "work"
     upper.mkdir()
     work.mkdir()
-    return Fixture(tmp_path, indexes, open_layers(tars), upper, work)
+    return Fixture(tmp_path, indexes, open_layers(tars), upper, work, request.param)
 
 
 def contents(state: Upper, node: Node) -> bytes | None:

@@ -1,0 +1,94 @@
+"""``lazyfs index push IMAGE``: publish an image's layer indexes beside it in its registry.
+
+The image is pulled into the store first (what is stored is reused, as
+``lazyfs pull`` does), each gzip or tar layer's index is built there if it
+is missing, and the indexes go to the image's repository as one OCI
+artifact whose subject is the image manifest (``lazyfs.publish.push``).
+Prints what was published as JSON.  Needs push rights to the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lazyfs.cli_run import run_trio
+from lazyfs.images.spec import parse_image
+from lazyfs.progress import Progress
+from lazyfs.store.usage_lock import in_use
+from providers.errors import UsageError
+from providers.image_pb2 import Image
+from providers.transports import parse_transport
+
+if TYPE_CHECKING:
+    from lazyfs.images.docker import DockerProvider
+    from lazyfs.store.disk import Store
+    from providers.manifest import ImageManifest
+    from providers.registry import RegistryOptions
+
+log = logging.getLogger(__name__)
+
+MakeParser = Callable[..., argparse.ArgumentParser]
+
+
+def add_index_parser(sub: argparse.ArgumentParser, command: MakeParser) -> None:
+    """``index`` (``sub``) and its actions; ``command(subparsers, name, text)`` makes one."""
+    actions = sub.add_subparsers(dest="index_action", required=True, metavar="ACTION")
+    push = command(
+        actions, "push", "pull an image, then push its layer indexes beside it; prints JSON"
+    )
+    push.add_argument("image", help="a registry image: REFERENCE or docker://REFERENCE")
+
+
+def index_publisher(
+    store: Store, registry: str, options: RegistryOptions
+) -> Callable[[ImageManifest], None]:
+    """What ``--publish_indexes`` runs after a registry image is pulled whole (blocking)."""
+    from lazyfs.publish.push import publish_indexes, repository_push
+    from providers.registry import RegistryClient
+
+    client = RegistryClient(dataclasses.replace(options, registry=registry.rstrip("/")))
+
+    def publish(image: ImageManifest) -> None:
+        done = publish_indexes(store, repository_push(client, image.reference), image)
+        log.info("%s: published the indexes of %d layers", image.reference, len(done.layers))
+
+    return publish
+
+
+def run_index(
+    args: argparse.Namespace,
+    store: Store,
+    docker: DockerProvider | None,
+    options: RegistryOptions | None,
+) -> int:
+    """``index push``: exit status 0, or raises a LazyfsError the CLI prints in one line."""
+    from lazyfs.publish.push import publish_indexes, repository_push
+    from providers.registry import RegistryClient
+
+    image = parse_image(args.image)
+    if image.type != Image.DOCKER or parse_transport(image.docker.name) is not None:
+        raise UsageError("index push takes a registry image (REFERENCE or docker://REFERENCE)")
+    if docker is None or options is None:
+        raise UsageError("index push needs the docker image provider (--image_providers)")
+    if not docker.registry.startswith(("http://", "https://")):
+        raise UsageError("index push needs --docker_registry to be a registry URL")
+    client = RegistryClient(dataclasses.replace(options, registry=docker.registry.rstrip("/")))
+    # Held shared from pull to push: a GC pass meanwhile would take the blobs.
+    with in_use(store.root):
+        manifest = run_trio(lambda: docker.fetch(image, Progress()))
+        done = publish_indexes(store, repository_push(client, manifest.reference), manifest)
+    report = {
+        "image": manifest.reference,
+        "subject": done.subject,
+        "artifact": done.artifact,
+        "layers": list(done.layers),
+        "skipped": list(done.skipped),
+        "referrers_tag_updated": done.tag_updated,
+    }
+    print(json.dumps(report, indent=1))
+    return 0

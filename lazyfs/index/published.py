@@ -1,0 +1,146 @@
+"""Indexes fetched from a registry (published beside an image), kept by layer and index blob.
+
+A published index (``lazyfs.index.artifact``) of a gzip or tar layer lets
+a mount read the layer from its registry by range, before the blob has
+arrived.  Nothing but its own digest and the layer digest it names ties it
+to the layer: any image can publish an index for any layer digest.  So, as
+eStargz indexes are kept by TOC (``lazyfs.index.estargz_store``), each
+(layer digest, index blob digest) pair has a layers dir of its own::
+
+    <layers_dir>/<layer hex>/published-indexes/<blob algorithm>-<blob hex>/
+        <layer hex>/index.json, gzip-index, spans
+
+``index.json`` is the store's index format (``lazyfs.index.model``),
+``gzip-index`` the checkpoints (none for a tar layer), ``spans`` the span
+digests and the blob's size; the index is written last, so a present one
+implies the others.  ``load_index`` and ``index_source`` of
+``lazyfs.index.stored`` read it there unchanged; ``index_source`` tells
+such an index from one built here (see ``PUBLISHED_DIR``), so a merged tree
+kept from a published index is never taken for one built from the blob.
+
+A layer that is to be read from its published index carries the index
+blob's digest in its descriptor's annotations (``INDEX_BLOB_ANNOTATION``,
+set by the provider that fetched and stored it, never taken from a
+registry's manifest).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from lazyfs.index.artifact import LayerArtifact, Span
+from lazyfs.index.model import CHECKPOINTS_NAME, INDEX_NAME, LayerIndex, dumps, loads
+from lazyfs.store.atomic import write_atomic
+from providers.digest import Digest, algorithm, hex_part, parse_digest
+from providers.errors import BadImage
+from providers.manifest import Layer
+
+PUBLISHED_DIR = "published-indexes"
+SPANS_NAME = "spans"
+INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
+
+
+@dataclass(frozen=True)
+class PublishedData:
+    """What a layer read through its published index needs besides the index.
+
+    ``checkpoints`` is the gzip checkpoint file (None for a tar layer);
+    ``spans`` the blob's spans and their digests; ``size`` the blob's length.
+    """
+
+    checkpoints: Path | None
+    spans: tuple[Span, ...]
+    size: int
+
+    @cached_property
+    def starts(self) -> list[int]:
+        """Where each span starts, for bisection."""
+        return [span.offset for span in self.spans]
+
+
+def published_layers_dir(layers_dir: Path, layer: Digest, blob: Digest) -> Path:
+    """The layers dir holding the index of ``layer`` published as the blob ``blob``."""
+    return layers_dir / hex_part(layer) / PUBLISHED_DIR / f"{algorithm(blob)}-{hex_part(blob)}"
+
+
+def index_blob(layer: Layer) -> Digest | None:
+    """The published index blob ``layer``'s descriptor names; None when it names none.
+
+    BadImage for an annotation that is no digest.
+    """
+    text = layer.annotation(INDEX_BLOB_ANNOTATION)
+    return None if text is None else parse_digest(text)
+
+
+def store_published(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> Path:
+    """Keep the verified ``artifact`` (of index blob ``blob``); its layers dir.
+
+    Idempotent: the same blob gives the same files.  Each file is written
+    atomically, the index last.
+    """
+    where = published_layers_dir(layers_dir, artifact.layer, blob)
+    home = where / hex_part(artifact.layer)
+    home.mkdir(parents=True, exist_ok=True)
+    if artifact.checkpoints:
+        write_atomic(home / CHECKPOINTS_NAME, artifact.checkpoints, mode=0o644)
+    spans = {"size": artifact.layer_size, "spans": [list(_row(s)) for s in artifact.spans]}
+    write_atomic(home / SPANS_NAME, json.dumps(spans).encode(), mode=0o644)
+    write_atomic(home / INDEX_NAME, dumps(artifact.index).encode(), mode=0o644)
+    return where
+
+
+def _row(span: Span) -> tuple[int, int, str]:
+    return span.offset, span.length, span.sha256
+
+
+def load_published(
+    layers_dir: Path, layer: Layer, *, entries: bool = True
+) -> tuple[LayerIndex, Path, PublishedData] | None:
+    """The published index ``layer``'s descriptor names, its layers dir and data.
+
+    None when it names none or the store does not hold it whole (the
+    layer is then fetched whole instead).  The index must be of the layer
+    and of a format read this way ("gzip" or "none").
+    """
+    blob = index_blob(layer)
+    if blob is None:
+        return None
+    where = published_layers_dir(layers_dir, layer.digest, blob)
+    home = where / hex_part(layer.digest)
+    try:
+        with (home / INDEX_NAME).open(encoding="utf-8") as stream:
+            text = stream.read() if entries else stream.readline()
+        index = loads(text, entries=entries)
+        doc = json.loads((home / SPANS_NAME).read_text(encoding="utf-8"))
+        spans = tuple(Span(int(a), int(b), str(c)) for a, b, c in doc["spans"])
+        size = int(doc["size"])
+        checkpoints = home / CHECKPOINTS_NAME if index.compression == "gzip" else None
+        if checkpoints is not None and checkpoints.stat().st_size != index.checkpoints_size:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if index.digest != layer.digest or index.compression not in ("gzip", "none"):
+        return None
+    return index, where, PublishedData(checkpoints, spans, size)
+
+
+def is_published(layers_dir: Path, digest: Digest) -> bool:
+    """Whether ``layers_dir`` is the layers dir of a published index of ``digest``."""
+    return (
+        layers_dir.parent.name == PUBLISHED_DIR
+        and (layers_dir / hex_part(digest) / SPANS_NAME).is_file()
+    )
+
+
+def check_artifact_layer(artifact: LayerArtifact, layer: Layer) -> None:
+    """BadImage unless ``artifact`` indexes ``layer`` as its descriptor gives it."""
+    if artifact.layer != layer.digest:
+        raise BadImage(f"published index names layer {artifact.layer}, not {layer.digest}")
+    if artifact.layer_size != layer.size:
+        raise BadImage(
+            f"published index of layer {layer.digest}: {artifact.layer_size} bytes,"
+            f" the layer has {layer.size}"
+        )

@@ -1,0 +1,137 @@
+"""Finding an image's published indexes, for a lazy mount of its gzip and tar layers.
+
+``published_layers`` is asked, when a registry image is provisioned for a
+lazy backend, about the layers that are neither in the store nor eStargz:
+
+1. the image's referrers of the lazyfs artifact type are looked up (one
+   request to the Referrers API, a second for the referrers tag on a
+   registry without it; the answer is kept for the image digest while this
+   process lives);
+2. the first such artifact manifest that reads is fetched by digest and
+   checked against it, and lists an index blob per layer;
+3. each wanted layer's index blob is fetched, checked against its digest,
+   decoded (``lazyfs.index.artifact.decode``, every size and offset checked)
+   and held to the layer: it must name the layer's digest and size; then it
+   is kept in the store by layer and blob (``lazyfs.index.published``).
+
+What it returns (layer digest -> index blob digest) goes into the layers'
+annotations (``with_index_blobs``), which is how the mount process finds the
+index.  Anything that goes wrong is a warning naming why, and that layer (or
+the image) is pulled whole as before: never a failed provision, never an
+index that was not checked.  A layer read this way is checked span by span
+as it is read (``lazyfs.blobs.gzip_remote``), and by blob digest and diff_id
+when the cache daemon has it whole.  Blocking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+
+from lazyfs.index.artifact import ARTIFACT_TYPE, decode
+from lazyfs.index.artifact_manifest import artifact_layers
+from lazyfs.index.published import (
+    INDEX_BLOB_ANNOTATION,
+    check_artifact_layer,
+    load_published,
+    store_published,
+)
+from lazyfs.publish.push import repository_push
+from lazyfs.store.disk import Store
+from providers.digest import Digest, digest_bytes
+from providers.errors import BadImage, DigestMismatch, LazyfsError
+from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
+from providers.referrers import list_referrers
+from providers.registry import RegistryClient
+from providers.registry_push import RegistryPush
+
+log = logging.getLogger(__name__)
+
+# The referrers answer per (repository, image digest), for this process.
+_answers: dict[tuple[str, str, Digest], dict[Digest, Descriptor]] = {}
+_answers_lock = threading.Lock()
+
+
+def with_index_blobs(manifest: ImageManifest, blobs: dict[Digest, Digest]) -> ImageManifest:
+    """``manifest`` with each layer in ``blobs`` annotated with its index blob."""
+    layers = []
+    for layer in manifest.layers:
+        blob = blobs.get(layer.digest)
+        if blob is not None:
+            notes = dict(layer.annotations)
+            notes[INDEX_BLOB_ANNOTATION] = blob
+            layer = dataclasses.replace(layer, annotations=tuple(sorted(notes.items())))
+        layers.append(layer)
+    return dataclasses.replace(manifest, layers=tuple(layers))
+
+
+def published_layers(
+    store: Store, client: RegistryClient, image: ImageManifest, wanted: Sequence[Layer]
+) -> dict[Digest, Digest]:
+    """The index blob kept in ``store`` for each layer of ``wanted`` that has one published."""
+    try:
+        push = repository_push(client, image.reference)
+        listed = _listed(push, image.digest)
+    except LazyfsError as error:
+        log.warning("%s: cannot look for published indexes: %s", image.reference, error)
+        return {}
+    found: dict[Digest, Digest] = {}
+    for layer in wanted:
+        blob = listed.get(layer.digest)
+        if blob is None:
+            continue
+        try:
+            _keep(store, push, layer, blob)
+        except LazyfsError as error:
+            log.warning(
+                "%s: layer %s is pulled whole: its published index %s is refused: %s",
+                image.reference,
+                layer.digest,
+                blob.digest,
+                error,
+            )
+            continue
+        found[layer.digest] = blob.digest
+    return found
+
+
+def _listed(push: RegistryPush, subject: Digest) -> dict[Digest, Descriptor]:
+    """The index blobs the first readable lazyfs artifact of ``subject`` lists, by layer."""
+    key = (push.base, push.repository, subject)
+    with _answers_lock:
+        known = _answers.get(key)
+    if known is not None:
+        return known
+    listed: dict[Digest, Descriptor] = {}
+    for referrer in list_referrers(push, subject, ARTIFACT_TYPE):
+        try:
+            got = push.get_manifest(referrer.digest, OCI_MANIFEST)
+            if got is None:
+                continue  # listed, since deleted
+            actual = digest_bytes(got[0])
+            if actual != referrer.digest:
+                raise DigestMismatch(
+                    f"{push.image}: index manifest", expected=referrer.digest, actual=actual
+                )
+            listed = artifact_layers(got[0], subject)
+            break
+        except (BadImage, DigestMismatch) as error:
+            log.warning("%s: published index %s ignored: %s", push.image, referrer.digest, error)
+    with _answers_lock:
+        _answers[key] = listed
+    return listed
+
+
+def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> None:
+    """Fetch, check and keep the index blob ``blob`` of ``layer``, unless kept already."""
+    named = dataclasses.replace(layer, annotations=((INDEX_BLOB_ANNOTATION, blob.digest),))
+    if load_published(store.layers, named, entries=False) is not None:
+        return
+    data = push.get_blob(blob.digest, blob.size)
+    if len(data) != blob.size:
+        raise BadImage(f"index blob {blob.digest}: {len(data)} bytes, want {blob.size}")
+    artifact = decode(data, layer=layer.digest)
+    check_artifact_layer(artifact, layer)
+    store_published(store.layers, blob.digest, artifact)

@@ -1,0 +1,136 @@
+"""The tree a mount serves: the image's packed tree file in the store, mapped and used in place.
+
+``mount_tree`` opens ``<layers_dir>/<top layer hex>/packed-trees/<chain
+hex>`` (``packed_path``), the packed form (``lazyfs.tree.packed``) of the
+merged tree ``lazyfs.tree.kept`` keeps beside it, and returns it mapped:
+nothing is parsed, and every mount of the image shares its page-cache
+pages.  The file records what it was built from (``built_from``): the
+chain's layer digests, what each layer's index was built from, and the
+fingerprint of the code that merges them (``lazyfs.tree.kept``'s), so a
+tree of other indexes or other rules is never served.
+
+When the file is missing, or refused at open (damaged: truncated, its
+checksum or layout wrong; stale: another format version or built from
+something else), the merged tree is taken as before (``kept.merged_tree``:
+the marshal file, or the indexes merged) and written as a packed file by a
+rename over whatever was there, then mapped.  A mapping of the old file
+keeps reading the old file, so a mount serving it is not disturbed.  When
+the packed file cannot be written or read back (a read-only store, a full
+disk) the mount serves the merged tree from memory, as before, and says so
+in its log: slower and private, never wrong.
+
+The packed files are outside ``trees/`` (which ``lazyfs.gc`` prunes by
+the marshal files' headers): a stale one is replaced in place by the next
+mount of its chain, and goes with its layer's directory.  Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lazyfs.tree.packed
+import lazyfs.tree.packed_write
+from lazyfs.index.model import LayerIndex
+from lazyfs.tree import kept
+from lazyfs.tree.lower import LowerTree, MergedLower
+from lazyfs.tree.merge import merge
+from lazyfs.tree.packed import PackedTreeRefused
+from lazyfs.tree.packed_read import PackedTree
+from lazyfs.tree.packed_write import write_packed
+from providers.digest import Digest, hex_part
+
+log = logging.getLogger(__name__)
+
+PACKED_DIR = "packed-trees"
+
+
+def packed_path(layers_dir: Path, digests: Sequence[Digest]) -> Path:
+    """Where the packed tree of layers ``digests`` (bottom first, at least one) is kept."""
+    chain = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    return layers_dir / hex_part(digests[-1]) / PACKED_DIR / chain
+
+
+def _writer() -> str:
+    """A fingerprint of the code that lays the file out: a fix to it reaches trees packed before."""
+    digest = hashlib.sha256()
+    for module in (lazyfs.tree.packed, lazyfs.tree.packed_write):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_WRITER = _writer()
+
+
+def built_from(digests: Sequence[Digest], sources: Sequence[str]) -> tuple[str, ...]:
+    """What a packed tree of ``digests`` from indexes of ``sources`` records, and is held to."""
+    return (
+        f"merge rules {kept.rules_fingerprint()} writer {_WRITER}",
+        *(f"{digest} {source}" for digest, source in zip(digests, sources, strict=True)),
+    )
+
+
+def tree_kept(layers_dir: Path, digests: Sequence[Digest]) -> bool:
+    """Whether a tree of ``digests`` is kept (packed or merged): then indexes' headers suffice.
+
+    Only a hint, checked no further: a tree that turns out damaged or stale
+    is made from the indexes after all (``mount_tree``'s ``load_indexes``).
+    """
+    if not digests:
+        return False
+    packed = packed_path(layers_dir, digests)
+    return packed.is_file() or kept.tree_path(layers_dir, digests).is_file()
+
+
+def mount_tree(
+    layers_dir: Path,
+    digests: Sequence[Digest],
+    load_indexes: Callable[[], Sequence[LayerIndex]],
+    *,
+    sources: Sequence[str],
+) -> LowerTree:
+    """The tree of ``digests`` to serve: its packed file mapped, built first when it must be.
+
+    ``sources`` and ``load_indexes`` as ``kept.merged_tree`` takes them.
+    Raises what ``load_indexes`` and ``merge`` raise; nothing for a packed
+    file that cannot be kept (see the module docstring).
+    """
+    if not digests:
+        return MergedLower(merge(()))  # an empty root: nothing worth keeping
+    path = packed_path(layers_dir, digests)
+    expected = built_from(digests, sources)
+    found = _open(path, expected)
+    if found is not None:
+        return found
+    tree = kept.merged_tree(layers_dir, digests, load_indexes, sources=sources)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_packed(tree, expected, path)
+    except (OSError, ValueError) as error:
+        log.warning("serving the merged tree from memory: cannot keep %s: %s", path, error)
+        return MergedLower(tree)
+    again = _open(path, expected)
+    if again is None:
+        log.warning("serving the merged tree from memory: %s did not read back", path)
+        return MergedLower(tree)
+    return again
+
+
+def _open(path: Path, expected: Sequence[str]) -> PackedTree | None:
+    """The packed tree at ``path`` if it is whole and current; a refused one is removed."""
+    try:
+        return PackedTree.open(path, expected)
+    except FileNotFoundError:
+        return None
+    except PackedTreeRefused as refused:
+        log.warning("building the packed tree again: %s", refused)
+        # Removed, not kept for a later look: the rename of the new one would replace it anyway.
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("cannot read the packed tree %s: %s", path, error)
+        return None

@@ -1,0 +1,213 @@
+"""Lazy fuse mounts of an unmodified gzip image, through the index published beside it.
+
+One machine pulls the rich image whole (fuse backend) and publishes its
+index (``lazyfs index push``); a second, with an empty store, work dir and
+cache, provisions it: every layer stays remote, read by range through the
+cache daemon, and the tree equals the first machine's.  Tampered indexes
+never give a wrong byte: a span digest that does not match is EIO for the
+reads that need it, with a logged reason; an index blob that fails its
+digest, or that names another layer, is refused and that layer is pulled
+whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from lazyfs.index.artifact import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, decode, encode
+from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_layers, artifact_manifest
+from providers.digest import Digest, digest_bytes, hex_part
+from providers.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
+from providers.referrers import referrers_tag
+from providers.registry_http import HttpOptions, RegistryHttp
+from providers.registry_push import RegistryPush
+from tests.support.fuse_mounts import need_fuse
+from tests.support.lazy_machine import Machine, machine
+from tests.support.registry_seed import Seed
+from tests.support.registry_servers import Registry, copy_storage, run_registry
+from tests.support.tree import Node, diff_trees, tree_digest
+
+
+@pytest.fixture
+def registry(seed: Seed, tmp_path: Path) -> Iterator[Registry]:
+    with run_registry(tmp_path, copy_storage(seed.storage, tmp_path / "storage")) as running:
+        yield running
+
+
+@dataclasses.dataclass
+class Published:
+    image: str
+    artifact: Digest
+    whole_tree: dict[str, Node]
+    layers: list[Digest]
+
+
+@pytest.fixture
+def published(registry: Registry, seed: Seed, tmp_path: Path) -> Iterator[Published]:
+    """The rich image pulled whole on one machine, mounted, described, and its index pushed."""
+    need_fuse()
+    image = f"{registry.host}/rich:oci"
+    with machine(tmp_path / "first") as first:
+        rootfs = first.provision("whole", f"docker:{image}")
+        tree = tree_digest(rootfs)
+        pushed = json.loads(first.run("index", "push", image).stdout)
+    yield Published(image, Digest(pushed["artifact"]), tree, [Digest(d) for d in pushed["layers"]])
+
+
+def _provision(second: Machine, image: str) -> tuple[Path, dict[str, object], str]:
+    """``provision lazy IMAGE --backend fuse``: the rootfs, the info printed, the stderr."""
+    done = second.run("provision", "lazy", f"docker:{image}", "--backend", "fuse")
+    info: dict[str, object] = json.loads(done.stdout)
+    second.rootfses["lazy"] = Path(str(info["rootfs"]))
+    return Path(str(info["rootfs"])), info, done.stderr
+
+
+def _store_blobs(work: Path) -> set[str]:
+    root = work / "store" / "docker" / "blobs" / "sha256"
+    return {f"sha256:{p.name}" for p in root.iterdir()} if root.is_dir() else set()
+
+
+def test_a_second_machine_mounts_lazily_the_same_tree(published: Published, tmp_path: Path) -> None:
+    with machine(tmp_path / "second") as second:
+        rootfs, info, _ = _provision(second, published.image)
+        assert sorted(info["remote_layers"]) == sorted(published.layers)  # type: ignore[call-overload]
+        differences = diff_trees(published.whole_tree, tree_digest(rootfs))
+        assert differences == []
+        # Every file was read, and no layer blob came into the store: read by range.
+        assert not _store_blobs(second.work) & set(published.layers)
+
+
+def _client(registry: Registry) -> RegistryPush:
+    return RegistryPush(RegistryHttp(HttpOptions()), registry.url, "rich", "test")
+
+
+def _republish(registry: Registry, seed: Seed, blobs: dict[Digest, bytes]) -> None:
+    """Publish an artifact of ``blobs`` (layer -> index blob) as the image's only referrer."""
+    push = _client(registry)
+    raw = requests.get(
+        f"{registry.url}/v2/rich/manifests/{seed.rich_oci}",
+        headers={"Accept": OCI_MANIFEST},
+        timeout=10,
+    ).content
+    subject = Descriptor(OCI_MANIFEST, Digest(seed.rich_oci), len(raw))
+    config = push.push_blob(CONFIG_BYTES, CONFIG_MEDIA_TYPE)
+    indexes = {layer: push.push_blob(data, INDEX_MEDIA_TYPE) for layer, data in blobs.items()}
+    manifest = artifact_manifest(subject, config, indexes)
+    digest = digest_bytes(manifest)
+    push.put_manifest(digest, manifest, OCI_MANIFEST)
+    listing = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest),
+         "artifactType": "application/vnd.lazyfs.index.v1"}]}  # fmt: skip
+    tag = referrers_tag(Digest(seed.rich_oci))
+    push.put_manifest(tag, json.dumps(listing).encode(), OCI_INDEX)
+
+
+def _index_blobs(registry: Registry, published: Published, seed: Seed) -> dict[Digest, bytes]:
+    manifest = requests.get(
+        f"{registry.url}/v2/rich/manifests/{published.artifact}",
+        headers={"Accept": OCI_MANIFEST},
+        timeout=10,
+    ).content
+    found = artifact_layers(manifest, Digest(seed.rich_oci))
+    return {
+        layer: requests.get(f"{registry.url}/v2/rich/blobs/{blob.digest}", timeout=10).content
+        for layer, blob in found.items()
+    }
+
+
+def _read_all(rootfs: Path, expected: dict[str, Node]) -> tuple[int, int]:
+    """Read every file; (files read right, files refused with EIO); any wrong byte fails."""
+    import hashlib
+
+    right = refused = 0
+    for rel, node in expected.items():
+        if node.kind != "file":
+            continue
+        try:
+            data = (rootfs / rel).read_bytes()
+        except OSError as error:
+            assert error.errno == errno.EIO, (rel, error)
+            refused += 1
+            continue
+        assert hashlib.sha256(data).hexdigest() == node.sha256, rel
+        right += 1
+    return right, refused
+
+
+def test_a_tampered_span_digest_is_eio_never_a_wrong_byte(
+    published: Published, registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    blobs = _index_blobs(registry, published, seed)
+    # The largest layer's spans all promise other bytes; the others stay honest.
+    target = max(blobs, key=lambda layer: decode(blobs[layer]).index.tar_size)
+    artifact = decode(blobs[target])
+    spans = tuple(dataclasses.replace(s, sha256="0" * 64) for s in artifact.spans)
+    blobs[target] = encode(dataclasses.replace(artifact, spans=spans))
+    _republish(registry, seed, blobs)
+    with machine(tmp_path / "second") as second:
+        rootfs, info, _ = _provision(second, published.image)
+        assert sorted(info["remote_layers"]) == sorted(published.layers)  # type: ignore[call-overload]
+        right, refused = _read_all(rootfs, published.whole_tree)
+        assert refused > 0 and right > 0
+        assert "does not match its published index" in second.mount_log("lazy")
+
+
+def _tamper_stored_blob(registry: Registry, digest: Digest) -> None:
+    """Change the last byte of a blob in the registry's storage: it no longer has its digest."""
+    data = (
+        registry.storage / "docker/registry/v2/blobs/sha256" / hex_part(digest)[:2]
+        / hex_part(digest) / "data"
+    )  # fmt: skip
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["tampered checkpoint", "another layer's index"])
+def test_a_refused_index_means_that_layer_is_pulled_whole(
+    how: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    blobs = _index_blobs(registry, published, seed)
+    gzipped = [layer for layer, data in blobs.items() if decode(data).checkpoints]
+    target = gzipped[0]
+    if how == "tampered checkpoint":
+        # The index blob's last bytes are its last checkpoint's window.
+        manifest = requests.get(
+            f"{registry.url}/v2/rich/manifests/{published.artifact}",
+            headers={"Accept": OCI_MANIFEST},
+            timeout=10,
+        ).content
+        listed = artifact_layers(manifest, Digest(seed.rich_oci))
+        _tamper_stored_blob(registry, listed[target].digest)
+        reason = "its published index"
+    else:
+        other = next(layer for layer in blobs if layer != target)
+        blobs[target] = blobs[other]
+        _republish(registry, seed, blobs)
+        reason = f"indexes layer {other}, not {target}"
+    with machine(tmp_path / "second") as second:
+        rootfs, info, stderr = _provision(second, published.image)
+        assert reason in stderr
+        remote = set(info["remote_layers"])  # type: ignore[call-overload]
+        assert target not in remote and remote  # the others stay lazy
+        assert target in _store_blobs(second.work)
+        assert diff_trees(published.whole_tree, tree_digest(rootfs)) == []
+
+
+def test_without_a_published_index_the_image_is_pulled_whole(
+    registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    need_fuse()
+    with machine(tmp_path / "only") as only:
+        _, info, stderr = _provision(only, f"{registry.host}/rich:oci")
+        assert info["remote_layers"] == []
+        layers = info["image"]["layers"]  # type: ignore[index]
+        assert set(layers) <= _store_blobs(only.work)
+        assert "WARNING" not in stderr

@@ -1,0 +1,181 @@
+"""Reading remote gzip and tar layers through their published index: right bytes, or EIO."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import gzip
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from lazyfs.blobs.gzip_remote import PublishedLayers
+from lazyfs.index.artifact import LayerArtifact, Span, build_artifact
+from lazyfs.index.formats import build_index
+from lazyfs.index.model import CHECKPOINTS_NAME
+from lazyfs.index.published import (
+    INDEX_BLOB_ANNOTATION,
+    PublishedData,
+    load_published,
+    store_published,
+)
+from providers.digest import Digest, digest_bytes
+from providers.manifest import Layer
+from tests.support.blob_sources import MemoryBlobs
+from tests.support.images import Entry, write_layer
+
+SPACING = 1 << 16
+_random = random.Random(5)
+FILES = [
+    Entry("small", data=b"hello\n"),
+    Entry("noise", data=_random.randbytes(400_000)),
+    Entry("text", data=b"".join(b"line %d of it\n" % i for i in range(40_000))),
+]
+BLOB = Digest("sha256:" + "e" * 64)  # the index blob's digest: only a name here
+
+
+class Built:
+    def __init__(self, tmp: Path, compress: bool) -> None:
+        self.tar = write_layer(FILES, tmp / "layer.tar").read_bytes()
+        self.blob = gzip.compress(self.tar) if compress else self.tar
+        path = tmp / "blob"
+        path.write_bytes(self.blob)
+        self.digest = digest_bytes(self.blob)
+        scratch = tmp / "scratch"
+        scratch.mkdir()
+        index = build_index(self.digest, path, scratch, spacing=SPACING)
+        points = scratch / CHECKPOINTS_NAME
+        checkpoints = points.read_bytes() if points.exists() else b""
+        self.artifact = build_artifact(index, path, checkpoints)
+        self.layers_dir = tmp / "layers"
+        store_published(self.layers_dir, BLOB, self.artifact)
+        self.layer = Layer(self.digest, "", len(self.blob), None, ((INDEX_BLOB_ANNOTATION, BLOB),))
+        found = load_published(self.layers_dir, self.layer)
+        assert found is not None
+        self.data: PublishedData = found[2]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["gzip", "tar"])
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return Built(tmp_path_factory.mktemp("layer"), request.param)
+
+
+class Evicting(MemoryBlobs):
+    """A cache-like source: wrong bytes in ``bad`` until evicted ``heals`` times."""
+
+    def __init__(self, blobs: dict[Digest, bytes], bad: bytes, heals: int) -> None:
+        super().__init__(blobs)
+        self.bad = bad
+        self.heals = heals
+        self.evicted: list[tuple[int, int, str]] = []
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        source = self.bad if len(self.evicted) < self.heals or self.heals < 0 else None
+        data = source if source is not None else self.blobs[digest]
+        return data[offset : offset + length]
+
+    def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
+        self.evicted.append((offset, length, reason))
+        return 1
+
+
+def test_every_byte_of_the_stream_reads_right(built: Built) -> None:
+    reader = PublishedLayers({built.digest: built.data}, MemoryBlobs({built.digest: built.blob}))
+    rng = random.Random(3)
+    for _ in range(60):
+        offset = rng.randrange(len(built.tar))
+        length = rng.choice([1, 100, 4096, 131072, 300_000])
+        assert reader.read_range(built.digest, offset, length) == built.tar[offset:][:length]
+    whole = b"".join(
+        reader.read_range(built.digest, at, 1 << 17) for at in range(0, len(built.tar), 1 << 17)
+    )
+    assert whole == built.tar
+    assert reader.read_range(built.digest, len(built.tar), 10) == b""
+    reader.close()
+
+
+def _tampered_span(built: Built, number: int) -> PublishedData:
+    spans = list(built.data.spans)
+    spans[number] = dataclasses.replace(spans[number], sha256="0" * 64)
+    return dataclasses.replace(built.data, spans=tuple(spans))
+
+
+def test_a_tampered_span_digest_is_eio_for_its_reads_only(
+    built: Built, caplog: pytest.LogCaptureFixture
+) -> None:
+    number = len(built.data.spans) // 2
+    span = built.data.spans[number]
+    reader = PublishedLayers(
+        {built.digest: _tampered_span(built, number)}, MemoryBlobs({built.digest: built.blob})
+    )
+    # A stream offset whose bytes come from that span: for a tar layer the same
+    # offset; for gzip, the uncompressed offset of the checkpoint at its start.
+    offset = span.offset if not built.artifact.checkpoints else _uncompressed_at(built, span)
+    with pytest.raises(OSError) as raised:
+        reader.read_range(built.digest, offset, 4096)
+    assert raised.value.errno == errno.EIO
+    assert "does not match its published index" in str(raised.value)
+    assert "does not match its published index" in caplog.text
+    # The first span's bytes still read right.
+    assert reader.read_range(built.digest, 0, 512) == built.tar[:512]
+
+
+def _uncompressed_at(built: Built, span: Span) -> int:
+    from lazyfs.index.artifact import parse_checkpoints
+
+    points = parse_checkpoints(
+        built.artifact.checkpoints, len(built.blob), built.artifact.index.tar_size
+    )
+    return next(p.position for p in points if p.offset == span.offset)
+
+
+def test_wrong_bytes_from_the_source_are_read_again_then_refused(built: Built) -> None:
+    damaged = bytearray(built.blob)
+    damaged[len(damaged) // 2] ^= 0xFF
+    once = Evicting({built.digest: built.blob}, bytes(damaged), heals=1)
+    reader = PublishedLayers({built.digest: built.data}, once)
+    whole = reader.read_range(built.digest, 0, len(built.tar))
+    assert whole == built.tar  # the second read after the eviction was right
+    assert len(once.evicted) == 1
+
+    always = Evicting({built.digest: built.blob}, bytes(damaged), heals=-1)
+    reader = PublishedLayers({built.digest: built.data}, always)
+    with pytest.raises(OSError) as raised:
+        reader.read_range(built.digest, 0, len(built.tar))
+    assert raised.value.errno == errno.EIO
+    assert len(always.evicted) == 2  # the bad bytes are not kept below either
+
+
+def test_no_wrong_byte_from_any_flipped_blob_byte(built: Built) -> None:
+    """Whatever one byte of the blob is changed to, a read gives the right bytes or EIO."""
+    rng = random.Random(11)
+    for _ in range(20):
+        damaged = bytearray(built.blob)
+        at = rng.randrange(len(damaged))
+        damaged[at] ^= rng.randrange(1, 256)
+        reader = PublishedLayers(
+            {built.digest: built.data}, MemoryBlobs({built.digest: bytes(damaged)})
+        )
+        for offset in range(0, len(built.tar), 1 << 17):
+            try:
+                got = reader.read_range(built.digest, offset, 1 << 17)
+            except OSError as error:
+                assert error.errno == errno.EIO
+                continue
+            assert got == built.tar[offset : offset + (1 << 17)]
+
+
+def test_an_index_of_another_layer_is_not_loaded(built: Built) -> None:
+    other = dataclasses.replace(built.layer, digest=Digest("sha256:" + "1" * 64))
+    assert load_published(built.layers_dir, other) is None
+    plain = dataclasses.replace(built.layer, annotations=())
+    assert load_published(built.layers_dir, plain) is None
+
+
+def test_spans_hash_the_blob(built: Built) -> None:
+    for span in built.data.spans:
+        piece = built.blob[span.offset : span.offset + span.length]
+        assert hashlib.sha256(piece).hexdigest() == span.sha256
+    assert isinstance(built.artifact, LayerArtifact)
