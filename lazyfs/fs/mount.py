@@ -5,7 +5,8 @@ pyfuse3 serves one mount per process, so every mount is a process running
 output going to a log file, so it outlives the caller's terminal and its
 Ctrl-C.  It is forked by the store's mount server, which has imported it
 all once (``lazyfs.fs.mount_server_client``), or exec'd as ``python -m
-lazyfs.fs.mount_main`` when the server cannot be had; either way the same
+lazyfs.fs.mount_main`` when the server cannot be had (or is only
+starting, for the first mount of a store); either way the same
 process to the caller.  This is the one module of lazyfs that backends may
 import, and it stays light: it loads no FUSE, index or tree code.  Layers
 still in a registry (``remote``, see ``lazyfs.cache.remote``) are read by
@@ -193,7 +194,7 @@ def mount(
 
 
 def _start(args: list[str], store: Path, *, ready_fd: int, log_fd: int) -> int:
-    """Start the mount process of ``args``: forked by the mount server if it can, else exec'd.
+    """Start the mount process of ``args``: forked by the mount server if one runs, else exec'd.
 
     ``LAZYFS_MOUNT_SERVER`` (``lazyfs.fs.mount_server_client``) forces either way.
     """
@@ -201,7 +202,12 @@ def _start(args: list[str], store: Path, *, ready_fd: int, log_fd: int) -> int:
     if use_server is not False:
         try:
             directory = server_client.server_dir(store)
-            return server_client.start_mount(directory, args, ready_fd=ready_fd, log_fd=log_fd)
+            # Unless the server is required, the first mount of a store does
+            # not wait for the server it starts: it is exec'd meanwhile.
+            wait = use_server is True
+            return server_client.start_mount(
+                directory, args, ready_fd=ready_fd, log_fd=log_fd, wait=wait
+            )
         except server_client.Unreachable as why:
             if use_server:
                 raise BackendError(f"the mount server cannot start this mount: {why}") from None

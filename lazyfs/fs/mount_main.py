@@ -29,6 +29,12 @@ log file.
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":
+    # Exec'd: nothing to collect yet, but each pass walks every module loaded (some 10 ms).
+    gc.disable()
+
 import argparse
 import logging
 import os
@@ -44,11 +50,6 @@ import pyfuse3
 import trio
 
 from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
-from lazyfs.cache.remote import RemoteOrigin
-
-if TYPE_CHECKING:
-    from lazyfs.cache.client import CacheClient
-    from lazyfs.fs.writable import WritableOperations
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.mount_options import mount_options
 from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
@@ -70,6 +71,9 @@ from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
 
 if TYPE_CHECKING:
+    from lazyfs.cache.client import CacheClient
+    from lazyfs.cache.remote import RemoteOrigin
+    from lazyfs.fs.writable import WritableOperations
     from providers.tar_stream import LayerLimits
 
 log = logging.getLogger("lazyfs.fs.mount")
@@ -93,9 +97,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
     parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument(
-        "--upper", type=Path, help="writable: the upper directory (new, or a former mount's)"
-    )
+    parser.add_argument("--upper", type=Path, help="writable: the upper (new, or a former mount's)")
     parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
@@ -330,6 +332,14 @@ async def _watch_signals() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    gc.disable()  # while it starts, forked or exec'd (see the top); resumed to serve
+    try:
+        return _main(argv)
+    finally:
+        gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -358,8 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from lazyfs.fs.debug import log_requests
 
                 log_requests(ops)
-            writable = args.upper is not None
-            options = mount_options(writable=writable, suid=args.suid, dev=args.dev)
+            options = mount_options(writable=args.upper is not None, suid=args.suid, dev=args.dev)
             pyfuse3.init(ops, str(args.mountpoint), options)
         except Exception as error:
             log.exception("cannot mount %s", args.mountpoint)
@@ -372,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("the caller is gone: unmounting %s", args.mountpoint)
             pyfuse3.close(unmount=True)
             return 1
+    gc.freeze()  # what the start made lives as long as the mount: no collection walks it
+    gc.enable()
     try:
         trio.run(_serve)
     except BaseException:

@@ -44,27 +44,28 @@ from typing import Any
 
 from lazyfs.fs import mount_server_child
 from lazyfs.fs.mount_peers import peer_credentials
-from lazyfs.fs.mount_server_client import (
-    LENGTH,
-    MAX_MESSAGE,
-    SOCKET_NAME,
-    code_key,
-    encode,
-    read_exactly,
-    socket_path,
-)
+from lazyfs.fs.mount_server_client import SOCKET_NAME, socket_path
+from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, code_key, encode, read_exactly
 
-# What a mount process imports, some of it only on the way (remote layers,
-# limits other than the defaults, --debug): all of it is shared this way.
+# What a mount process imports, some of it only on the way (writable mounts,
+# remote and eStargz layers, limits other than the defaults, --debug): all of
+# it is shared this way, and none of it is imported again by a child.
 PRELOAD = (
     "pyfuse3",
     "trio",
     "lazyfs.fs.mount_main",
+    "lazyfs.fs.upper",
+    "lazyfs.fs.upper_load",
+    "lazyfs.fs.writable",
+    "lazyfs.fs.writable_no_open",
     "lazyfs.fs.debug",
     "lazyfs.fs.writable_no_open",
     "lazyfs.cache.client",
     "lazyfs.cache.messages",
     "lazyfs.index.stored",
+    "lazyfs.index.estargz_index",
+    "lazyfs.index.estargz_store",
+    "lazyfs.blobs.estargz_reader",
     "providers.tar_stream",
 )
 IDLE_TIMEOUT = 3600.0
@@ -88,6 +89,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, required=True, help="the server's private directory")
     parser.add_argument("--room", default="", help="room for the children's command lines")
     parser.add_argument("--idle", type=float, default=IDLE_TIMEOUT, help="seconds, then exit")
+    parser.add_argument(
+        "--start-lock-fd", type=int, help="the starter's start.lock, held until this listens"
+    )
     return parser.parse_args(argv)
 
 
@@ -107,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     signal.signal(signal.SIGTERM, _exit_on_signal)
     server = _listen(directory, key)
+    if args.start_lock_fd is not None:
+        os.close(args.start_lock_fd)  # listening: callers may connect, none starts another
     _say(f"serving in {args.dir}")
     try:
         _serve(server, args.idle)

@@ -24,7 +24,9 @@ server's: the new server replaces it. Killing the server takes no mount with
 it: its children are in sessions of their own and never talk to it again.
 
 ``LAZYFS_MOUNT_SERVER``: ``0`` never uses the server, ``1`` always does
-(BackendError if it cannot), unset or anything else uses it when it can.
+(BackendError if it cannot), unset or anything else uses it when it can:
+a mount that finds none starts one and is exec'd meanwhile, not waiting
+for the server's imports.
 
 Light: the standard library and providers; the mount API calls it. Blocking.
 """
@@ -32,22 +34,21 @@ Light: the standard library and providers; the mount API calls it. Blocking.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
+import fcntl
 import json
 import os
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from lazyfs.fs import mount_peers as peers
+from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, encode, read_exactly
+from lazyfs.fs.mount_server_wire import code_key as code_key  # callers ask it here too
 from providers.errors import BackendError, UsageError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
@@ -63,8 +64,7 @@ REPLY_TIMEOUT = 30.0
 # Bytes of the server's command line its children overwrite with a mount
 # process's (``lazyfs.fs.mount_server``): a mount point and a store path fit.
 TITLE_ROOM = 8192
-MAX_MESSAGE = 1 << 20
-LENGTH = struct.Struct(">I")
+_LOCK_FD = 3  # where a server started beside a mount gets start.lock
 
 
 class Unreachable(Exception):
@@ -83,14 +83,22 @@ def server_dir(store: Path) -> Path:
 
 
 def start_mount(
-    directory: Path, args: list[str], *, ready_fd: int, log_fd: int, key: str | None = None
+    directory: Path,
+    args: list[str],
+    *,
+    ready_fd: int,
+    log_fd: int,
+    key: str | None = None,
+    wait: bool = True,
 ) -> int:
     """Have the server of ``directory`` fork a mount process of ``args``; its pid.
 
     ``args`` are ``lazyfs.fs.mount_main``'s arguments without ``--ready-fd``:
     the child gets ``ready_fd`` for it, ``log_fd`` as stdout and stderr,
     /dev/null as stdin, this process's working directory, umask and
-    environment. The server is started when none answers.
+    environment. The server is started when none answers; with ``wait``
+    false the caller does not wait for it to come up (Unreachable: exec this
+    one, the next mounts find the server).
 
     Raises Unreachable when no server took the request (none could be
     started, each answered with other code than ``key``, by default
@@ -105,7 +113,7 @@ def start_mount(
         request: dict[str, Any] = {"op": "mount", "key": key, "args": args}
         request.update(env=dict(os.environ), umask=_umask())
         for _ in range(2):  # a stale server exits on our request; its successor serves
-            with _connected(directory) as conn:
+            with _connected(directory, wait=wait) as conn:
                 _send(conn, request, [ready_fd, log_fd, cwd])
                 reply = _reply(conn)
             if reply.get("stale"):
@@ -154,35 +162,6 @@ def stop_server(directory: Path, timeout: float = START_TIMEOUT) -> int | None:
     return pid
 
 
-def code_key() -> str:
-    """What a server's code must match to serve a mount this process would exec now."""
-    digest = hashlib.sha256()
-    digest.update(f"{_version()}\0{sys.version}\0{sys.executable}\0".encode())
-    digest.update(os.environ.get("PYTHONPATH", "").encode() + b"\0")
-    for package in ("lazyfs", "providers", "pyfuse3"):
-        spec = importlib.util.find_spec(package)
-        origin = None if spec is None else spec.origin
-        if origin is None:
-            digest.update(f"{package}: none\n".encode())
-            continue
-        root = Path(origin).parent if spec and spec.submodule_search_locations else Path(origin)
-        files = sorted(root.rglob("*.py")) + sorted(root.rglob("*.so")) if root.is_dir() else [root]
-        for path in files:
-            stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-@lru_cache(maxsize=1)
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("lazyfs")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def socket_path(directory_fd: int) -> str:
     """The socket's path through an open descriptor of its directory.
 
@@ -193,14 +172,22 @@ def socket_path(directory_fd: int) -> str:
 
 
 @contextlib.contextmanager
-def _connected(directory: Path) -> Iterator[socket.socket]:
-    """A connection to the server of ``directory``, starting one if none answers."""
+def _connected(directory: Path, *, wait: bool = True) -> Iterator[socket.socket]:
+    """A connection to the server of ``directory``, starting one if none answers.
+
+    Not ``wait``ing, a server started here (or starting already) is not
+    waited for: Unreachable. It imports all a mount needs, several times an
+    exec'd mount's start; that need not delay the first mount, which is
+    exec'd beside it.
+    """
     try:
         # Checked before anything in it is trusted: ours, closed to other users.
         private_dir(directory)
     except (UsageError, OSError) as error:
         raise Unreachable(str(error)) from None
     conn = _connect(directory)
+    if conn is None and not wait:
+        conn = _start_beside(directory)
     if conn is None:
         deadline = time.monotonic() + START_TIMEOUT
         with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.02):
@@ -242,8 +229,30 @@ def _connect(directory: Path) -> socket.socket | None:
     return conn
 
 
-def _start(directory: Path, deadline: float) -> socket.socket:
-    """Start a server in ``directory`` and connect to it once it listens."""
+def _start_beside(directory: Path) -> socket.socket | None:
+    """Start a server in ``directory`` unless one is starting; a connection if one listens now.
+
+    Raises Unreachable when there is none to use yet. The server started
+    holds ``start.lock`` until it listens (``--start-lock-fd``), so callers
+    meanwhile neither start another nor wait for it.
+    """
+    lock = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Unreachable("the mount server is starting; not waiting for it") from None
+        conn = _connect(directory)  # it may have come up meanwhile
+        if conn is not None:
+            return conn
+        _reap_later(_spawn(directory, lock_fd=lock))
+    finally:
+        os.close(lock)  # the server's copy holds the lock on
+    raise Unreachable("no mount server ran; one is starting for the next mounts")
+
+
+def _spawn(directory: Path, *, lock_fd: int | None = None) -> int:
+    """Start a server in ``directory``, detached; its pid. It holds ``lock_fd`` till it listens."""
     log_fd = os.open(
         directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
     )
@@ -251,21 +260,31 @@ def _start(directory: Path, deadline: float) -> socket.socket:
         # The room argument: the children write their own command line over it.
         argv = [sys.executable, "-P", "-m", SERVER_MODULE, "--dir", str(directory)]
         argv += ["--room", " " * TITLE_ROOM]
-        pid = os.posix_spawn(
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ]
+        if lock_fd is not None:
+            # The same open file, so the same lock: it is released when the server closes it.
+            actions.append((os.POSIX_SPAWN_DUP2, lock_fd, _LOCK_FD))
+            argv += ["--start-lock-fd", str(_LOCK_FD)]
+        return os.posix_spawn(
             sys.executable,
             argv,
             os.environ,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            ],
+            file_actions=actions,
             setsid=True,  # detached: no signal of the caller's terminal reaches it
         )
     except OSError as error:
         raise Unreachable(f"cannot start the mount server: {error}") from None
     finally:
         os.close(log_fd)
+
+
+def _start(directory: Path, deadline: float) -> socket.socket:
+    """Start a server in ``directory`` and connect to it once it listens."""
+    pid = _spawn(directory)
     pause = 0.005
     while True:
         conn = _connect(directory)
@@ -279,14 +298,13 @@ def _start(directory: Path, deadline: float) -> socket.socket:
             raise Unreachable(f"the mount server did not listen within {START_TIMEOUT:g}s")
         time.sleep(pause)
         pause = min(pause * 2, 0.2)
-    # Reaped when it ends, so a server that exits leaves no zombie here.
-    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+    _reap_later(pid)
     return conn
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
-    data = json.dumps(message, separators=(",", ":")).encode()
-    return LENGTH.pack(len(data)) + data
+def _reap_later(pid: int) -> None:
+    """Reap the server ``pid`` when it ends, so a server that exits leaves no zombie here."""
+    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
 
 
 def _send(conn: socket.socket, message: Mapping[str, Any], fds: list[int]) -> None:
@@ -316,16 +334,6 @@ def _reply(conn: socket.socket) -> dict[str, Any]:
         return reply
     except (OSError, ValueError, EOFError) as error:
         raise BackendError(f"the mount server gave no answer: {error or 'it hung up'}") from None
-
-
-def read_exactly(conn: socket.socket, size: int, have: bytes) -> bytes:
-    """``size`` bytes from ``conn``, starting with the ``have`` read already; EOFError if short."""
-    while len(have) < size:
-        chunk = conn.recv(size - len(have))
-        if not chunk:
-            raise EOFError("the peer hung up")
-        have += chunk
-    return have
 
 
 def _umask() -> int:

@@ -8,20 +8,23 @@ indexing, as the answer line that carries it back, and the same error again
 on the caller's side. The answers themselves (``INDEXED``, ``READY``) are
 described in ``lazyfs.fs.mount``.
 
-Light: providers and ``lazyfs.cache.remote`` only.
+Light: providers only; ``lazyfs.cache.remote`` is loaded for a remote
+layer's origin alone, so a mount process of local layers starts without it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lazyfs.cache.remote import RemoteOrigin
 from providers import errors
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
+
+if TYPE_CHECKING:
+    from lazyfs.cache.remote import RemoteOrigin
 
 # The mount process's answers on its ready pipe (``lazyfs.fs.mount`` says when each comes).
 INDEXED = b"indexed\n"
@@ -62,7 +65,11 @@ def parse_layer_args(text: str) -> tuple[Layer, RemoteOrigin | None]:
         tuple(sorted((str(k), str(v)) for k, v in notes.items())),
     )
     origin = data.get("origin")
-    return layer, None if origin is None else RemoteOrigin(str(origin[0]), str(origin[1]))
+    if origin is None:
+        return layer, None
+    from lazyfs.cache.remote import RemoteOrigin
+
+    return layer, RemoteOrigin(str(origin[0]), str(origin[1]))
 
 
 def refusal(error: LazyfsError | OSError) -> bytes:

@@ -8,12 +8,14 @@ both ways of starting run on each (``start``: exec and server).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -304,6 +306,59 @@ def test_without_a_server_mounts_are_exec_d_unless_the_server_is_required(
         assert "starting the mount process itself" in (tmp_path / "log").read_text()
     finally:
         unmount_all([(point, pid)])
+
+
+def test_unless_required_the_first_mount_is_exec_d_while_a_server_starts_for_the_next(
+    mounted: Mount,
+    store: tuple[Store, list[Layer]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    monkeypatch.delenv(server_client.ENV)  # unset: the server where it can, else exec
+    first = mounted(tmp_path / "a")
+    assert mount_servers.parent(first) == os.getpid()
+    assert (
+        "one is starting for the next mounts" in (tmp_path / "record-a" / "mount.log").read_text()
+    )
+    assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    server = _listening(directory)
+    second = mounted(tmp_path / "b")
+    assert mount_servers.parent(second) == server
+    assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+
+
+def test_a_mount_while_a_server_starts_neither_waits_nor_starts_another(
+    mounted: Mount,
+    store: tuple[Store, list[Layer]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    monkeypatch.delenv(server_client.ENV)
+    directory.mkdir(mode=0o700)
+    # What a server that is starting holds until it listens.
+    lock = os.open(directory / server_client.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pid = mounted(tmp_path / "a")
+        assert mount_servers.parent(pid) == os.getpid()
+        assert "the mount server is starting" in (tmp_path / "record-a" / "mount.log").read_text()
+        assert server_client.server_pid(directory) is None
+    finally:
+        os.close(lock)
+    assert not (directory / server_client.SOCKET_NAME).exists()
+
+
+def _listening(directory: Path, timeout: float = 60.0) -> int:
+    """The pid of the server of ``directory`` once it listens (it was started in the background)."""
+    deadline = time.monotonic() + timeout
+    while (pid := server_client.server_pid(directory)) is None:
+        assert time.monotonic() < deadline, f"no mount server listened in {directory}"
+        time.sleep(0.05)
+    return pid
 
 
 def test_a_caller_in_another_mount_namespace_gets_a_mount_of_its_own(

@@ -29,6 +29,7 @@ MOUNT_API = {
     "lazyfs.fs",
     "lazyfs.fs.mount",
     "lazyfs.fs.mount_server_client",
+    "lazyfs.fs.mount_server_wire",
     "lazyfs.fs.mount_peers",
     "lazyfs.fs.mount_wire",
     "lazyfs.cache",

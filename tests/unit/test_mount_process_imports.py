@@ -7,9 +7,12 @@ tar parsers are for remote layers, eStargz layers, writable mounts and
 building indexes, and ``lazyfs.fs.mount`` is for the mount's caller: a
 read-only mount of local plain layers whose indexes are stored loads none
 of them, neither when it merges their tree nor when it loads the tree kept
-from an earlier mount.  Checked in a fresh interpreter,
-by the modules it has loaded: importing ``lazyfs.fs.mount_main``, and then
-running the steps its ``main`` runs before mounting.
+from an earlier mount, nor the daemon's remote-layer values, the mount
+server's code or the request log.  Every module of lazyfs and providers it
+loads is named in ``START_MODULES``, so a new one on this path is a choice.
+Checked in a fresh interpreter, by the modules it has loaded: importing
+``lazyfs.fs.mount_main``, and then running the steps its ``main`` runs
+before mounting.
 """
 
 from __future__ import annotations
@@ -32,9 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Loaded by a mount that needs them, never by a read-only one of local plain layers.
 NOT_FOR_LOCAL_LAYERS = {
     "google.protobuf",
-    "lazyfs.cache.client",
-    "lazyfs.cache.messages",
-    "lazyfs.cache.cache_pb2",
+    "lazyfs.cache",  # the daemon's client and protocol, and the remote layers' origins
     "lazyfs.index.estargz",
     "lazyfs.index.estargz_toc",
     "lazyfs.index.estargz_chunks",
@@ -42,12 +43,72 @@ NOT_FOR_LOCAL_LAYERS = {
     "lazyfs.blobs.estargz_reader",
 }
 NOT_FOR_READ_ONLY = {"lazyfs.fs.upper", "lazyfs.fs.writable", "lazyfs.fs.writable_no_open"}
-# The caller's side of the mount API: the process it starts needs only the wire format.
-NOT_FOR_THE_MOUNT_PROCESS = {"lazyfs.fs.mount"}
+# The caller's side of the mount API and of the mount server: the process it
+# starts needs only the wire format. The request log is for --debug alone.
+NOT_FOR_THE_MOUNT_PROCESS = {
+    "lazyfs.fs.mount",
+    "lazyfs.fs.mount_server",
+    "lazyfs.fs.mount_server_client",
+    "lazyfs.fs.mount_server_wire",
+    "lazyfs.fs.debug",
+}
 NOT_FOR_STORED_INDEXES = {"tarfile", "providers.tar_stream", "providers.tar_sparse", "zstandard"}
 NOT_LOADED = (
     NOT_FOR_LOCAL_LAYERS | NOT_FOR_READ_ONLY | NOT_FOR_STORED_INDEXES | NOT_FOR_THE_MOUNT_PROCESS
 )
+
+# Every module of lazyfs and providers such a start loads, each needed by it:
+# a module new on this path is a cost to every container's start, so it is
+# added here only with the reason it cannot wait (or be left to its caller).
+START_MODULES = {
+    "lazyfs",
+    "lazyfs.fs",
+    "lazyfs.fs.mount_main",
+    "lazyfs.fs.mount_options",
+    "lazyfs.fs.mount_wire",
+    "lazyfs.fs.caps",
+    "lazyfs.fs.read_only",
+    "lazyfs.fs.boundary",
+    "lazyfs.fs.upper_state",  # UpperError, which the handler boundary answers
+    "lazyfs.fs.upper_disk",
+    "lazyfs.blobs",
+    "lazyfs.blobs.ranges",
+    "lazyfs.index",
+    "lazyfs.index.model",
+    "lazyfs.index.stored",
+    "lazyfs.index.formats",
+    "lazyfs.index.gzip_checkpoints",
+    "lazyfs.index.estargz_footer",  # the stored index's tail size; no eStargz code
+    # Loaded by lazyfs.index.stored for indexes published beside an image; a
+    # local layer's start uses neither: a candidate to load only when asked.
+    "lazyfs.index.published",
+    "lazyfs.index.artifact",
+    "lazyfs.store",
+    "lazyfs.store.atomic",
+    "lazyfs.store.blobs",
+    "lazyfs.store.disk",
+    "lazyfs.store.usage_lock",
+    "lazyfs.tree",
+    "lazyfs.tree.kept",
+    "lazyfs.tree.merge",
+    "lazyfs.tree.lower",  # the kept tree, mapped: read in place, not unmarshalled
+    "lazyfs.tree.mapped",
+    "lazyfs.tree.packed",
+    "lazyfs.tree.packed_read",
+    "lazyfs.tree.packed_write",
+    "providers",
+    "providers.digest",
+    "providers.errors",
+    "providers.extents",
+    "providers.fileio",
+    "providers.fslock",
+    "providers.fstree",
+    "providers.layer_entry",
+    "providers.layer_rules",
+    "providers.manifest",
+    "providers.private_dir",
+    "providers.source",
+}
 
 # What ``mount_main.main`` does before ``pyfuse3.init``, twice: the first
 # time merges the layers' tree and keeps it, the second loads the kept one.
@@ -82,6 +143,12 @@ def unwanted(modules: set[str]) -> list[str]:
     )
 
 
+def unlisted(modules: set[str]) -> list[str]:
+    """The modules of lazyfs and providers loaded that ``START_MODULES`` does not name."""
+    ours = {m for m in modules if m.split(".")[0] in ("lazyfs", "providers", "backends")}
+    return sorted(ours - START_MODULES)
+
+
 def stored_layers(tmp_path: Path) -> tuple[Store, list[Layer]]:
     """A store holding two plain tar layers and their indexes, as a mount's caller leaves it."""
     store = Store(tmp_path / "store")
@@ -112,6 +179,7 @@ def test_starting_a_read_only_mount_of_stored_local_layers_loads_nothing_more(
     # The first pass kept the tree, so the second took the kept tree's path.
     assert tree_path(store.layers, [layer.digest for layer in layers]).is_file()
     assert unwanted(modules) == []
+    assert unlisted(modules) == []
 
 
 def test_the_check_can_see_a_module_loaded(tmp_path: Path) -> None:
@@ -120,3 +188,4 @@ def test_the_check_can_see_a_module_loaded(tmp_path: Path) -> None:
     code = START.replace("print(", "import lazyfs.fs.writable; print(")
     modules = loaded(code, str(store.root), *(layer_arg(layer) for layer in layers))
     assert "lazyfs.fs.writable" in unwanted(modules)
+    assert "lazyfs.fs.writable" in unlisted(modules)
