@@ -25,18 +25,12 @@ from backends.names import NAMES as BACKENDS
 from lazyfs import cli_cache, cli_parser
 from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
 from lazyfs.cli_exec import exec_problem
-from lazyfs.cli_flags import (
-    docker_registry,
-    image_providers,
-    layer_limits,
-    source,
-    unauthorized_hint,
-    work_dir,
-)
-from lazyfs.cli_flags import registry_options as registry_options  # tests build options here
+from lazyfs.cli_flags import image_providers, layer_limits, source, work_dir
 from lazyfs.cli_images import run_images
 from lazyfs.cli_index import index_publisher, run_index
 from lazyfs.cli_ps import ps
+from lazyfs.cli_registry import docker_registry, unauthorized_hint
+from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import failure_line, run_trio
 from lazyfs.cli_volumes import container_request, volume_mounts
 from lazyfs.fs import mount as lazy_mount

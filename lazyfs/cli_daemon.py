@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lazyfs.cache.spawn import DaemonSpec
-from lazyfs.cli_flags import global_flags, parse_size, registry_options, source
+from lazyfs.cli_flags import global_flags, parse_size, source
+from lazyfs.cli_registry import registry_options
 from providers.errors import UsageError
 
 if TYPE_CHECKING:

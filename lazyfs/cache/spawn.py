@@ -124,9 +124,7 @@ def start_daemon(spec: DaemonSpec) -> Starting | None:
         return None
     deadline = time.monotonic() + spec.timeout
     lock = contextlib.ExitStack()
-    lock.enter_context(
-        exclusive_lock_until(spec.cache_dir / START_LOCK, deadline, BackendError)
-    )
+    lock.enter_context(exclusive_lock_until(spec.cache_dir / START_LOCK, deadline, BackendError))
     try:
         if answers(spec.cache_dir):
             lock.close()

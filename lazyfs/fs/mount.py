@@ -33,11 +33,9 @@ is idempotent.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +55,7 @@ from lazyfs.fs.mount_wire import (
     refusal,
     refused_error,
 )
+from lazyfs.fs.unmount import MOUNT_MODULE, fusermount_unmount, signal_pid, unmount, wait_gone
 from providers.errors import BackendError
 from providers.manifest import Layer
 from providers.mountinfo import is_mounted, mount_points
@@ -87,9 +86,6 @@ __all__ = [
 ]
 
 MOUNT_TIMEOUT = 60.0
-EXIT_TIMEOUT = 10.0
-MODULE = "lazyfs.fs.mount_main"
-_PF_KTHREAD = 0x00200000  # proc(5), /proc/PID/stat field 9
 
 
 def mount(
@@ -217,7 +213,7 @@ def _start(args: list[str], store: Path, *, ready_fd: int, log_fd: int) -> int:
     return os.posix_spawn(
         sys.executable,
         # -P: the caller's working directory is not on the mount process's import path.
-        [sys.executable, "-P", "-m", MODULE, *args, "--ready-fd", str(ready_fd)],
+        [sys.executable, "-P", "-m", MOUNT_MODULE, *args, "--ready-fd", str(ready_fd)],
         os.environ,
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -309,9 +305,9 @@ def _read_answer(fd: int, timeout: float) -> bytes:
 
 def _abandon(pid: int, mountpoint: Path, timeout: float) -> None:
     """Kill a mount process that is not to serve, and take down whatever it mounted."""
-    _signal(pid, signal.SIGKILL)
-    _wait_gone(pid, timeout)
-    _fusermount_unmount(mountpoint)
+    signal_pid(pid, signal.SIGKILL)
+    wait_gone(pid, timeout)
+    fusermount_unmount(mountpoint)
 
 
 def _last_line(log_path: Path) -> str:
@@ -320,77 +316,6 @@ def _last_line(log_path: Path) -> str:
     except OSError:
         return ""
     return lines[-1] if lines else ""
-
-
-def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT) -> None:
-    """Unmount ``mountpoint`` and wait for its mount process ``pid`` to end.
-
-    Fine when nothing is mounted there and when the process is gone.  A
-    process that does not exit within ``timeout`` after the unmount gets
-    SIGTERM, then SIGKILL.  Raises BackendError if the mount stays.
-    """
-    _fusermount_unmount(mountpoint)
-    alive = pid is not None and _is_mount_process(pid, mountpoint)
-    if pid is not None and alive and not _wait_gone(pid, timeout):
-        _signal(pid, signal.SIGTERM)
-        if not _wait_gone(pid, timeout):
-            _signal(pid, signal.SIGKILL)
-            _wait_gone(pid, timeout)
-    if is_mounted(mountpoint):
-        raise BackendError(f"{mountpoint} is still mounted after unmount")
-
-
-def _fusermount_unmount(mountpoint: Path) -> None:
-    if not is_mounted(mountpoint):
-        return
-    for args in (["-u"], ["-u", "-z"]):  # lazily only when busy
-        done = subprocess.run(
-            ["fusermount3", *args, str(mountpoint)], capture_output=True, text=True, check=False
-        )
-        if done.returncode == 0 or not is_mounted(mountpoint):
-            return
-    raise BackendError(f"fusermount3 -u {mountpoint} failed: {done.stderr.strip()}")
-
-
-def _is_mount_process(pid: int, mountpoint: Path) -> bool:
-    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused).
-
-    One that is exiting (its memory, command line with it, already gone) is
-    waited for too: a process forked by the mount server gets there within
-    a moment of the unmount, and an exec'd one is reaped only by waiting.
-    """
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            args = cmdline.read().split(b"\0")
-        if args == [b""]:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                flags = int(stat.read().rsplit(b")", 1)[1].split()[6])
-            return not flags & _PF_KTHREAD  # a kernel thread's has none at all
-    except (OSError, ValueError, IndexError):
-        return False
-    return MODULE.encode() in args and os.fsencode(str(mountpoint)) in args
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            # Reap it if it is our child; a zombie would look alive forever.
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-
-
-def _signal(pid: int, number: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, number)
 
 
 def open_complete(cache_dir: Path, digest: Digest) -> BinaryIO | None:

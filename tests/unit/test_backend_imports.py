@@ -21,7 +21,7 @@ MODULES = sorted(
 )
 # Those that start mounts through the mount API.
 MOUNTING = {"backends.fuse", "backends.names"}
-# The mount API, its wire format, the client of the mount server it starts
+# The mount API, its unmount, its wire format, the client of the mount server it starts
 # mount processes through, and the light values and start-up of the cache
 # daemon it reads remote layers through.
 MOUNT_API = {
@@ -32,6 +32,7 @@ MOUNT_API = {
     "lazyfs.fs.mount_server_wire",
     "lazyfs.fs.mount_peers",
     "lazyfs.fs.mount_wire",
+    "lazyfs.fs.unmount",
     "lazyfs.cache",
     "lazyfs.cache.remote",
     "lazyfs.cache.spawn",

@@ -16,7 +16,8 @@ import trio
 
 from backends.names import NAMES as BACKENDS
 from lazyfs.cli import App, build_parser, main
-from lazyfs.cli_flags import Flag, global_flags, image_providers, registry_options
+from lazyfs.cli_flags import Flag, global_flags, image_providers
+from lazyfs.cli_registry import registry_options
 from lazyfs.images.appc import AppcProvider
 from lazyfs.images.spec import parse_image
 from lazyfs.store.disk import Store

@@ -1,0 +1,121 @@
+"""The registry puller's settings from the global flags: ``--docker_registry``,
+its mirrors, CA file, limits and credentials, each checked with a one-line
+error naming the flag or variable to fix (``lazyfs.cli_flags.source``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from urllib.parse import urlparse
+
+from lazyfs.cli_flags import REGISTRY_LIMITS, source, split_list
+from providers.docker_config import CredentialChain, default_configs, load_docker_config
+from providers.errors import UsageError
+from providers.registry import RegistryOptions, parse_platform
+from providers.registry_http import HttpOptions
+
+
+def docker_config_text(value: str) -> str:
+    """``--docker_config`` as ``parse_docker_config`` takes it: a path or inline JSON.
+
+    Mesos also takes ``file:///path``, for this flag as for any: the path.
+    """
+    stripped = value.strip()
+    return stripped[len("file://") :] if stripped.startswith("file://") else value
+
+
+def _registry_urls(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--docker_registry_mirrors``, each checked to be an http(s) URL with a host."""
+    mirrors = split_list(args.docker_registry_mirrors)
+    for mirror in mirrors:
+        parsed = urlparse(mirror)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            where = source(args, "docker_registry_mirrors")
+            raise UsageError(f"{where} {mirror!r}: not an http:// or https:// URL with a host")
+    return mirrors
+
+
+def _ca_file(args: argparse.Namespace) -> str | None:
+    """``--docker_registry_ca_file``, checked to be a readable file."""
+    path: str | None = args.docker_registry_ca_file
+    if path is None:
+        return None
+    where = source(args, "docker_registry_ca_file")
+    if not path.strip():
+        raise UsageError(f"{where} is empty: give a PEM file of CA certificates")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{where} {path}: {exc.strerror}") from None
+    if not os.path.isfile(path):
+        raise UsageError(f"{where} {path}: not a file")
+    return path
+
+
+# skopeo's transports that name one local image, not a place holding many.
+_IMAGE_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+
+
+def docker_registry(args: argparse.Namespace) -> str:
+    """``--docker_registry``, checked: a directory (``/dir``, ``file:///dir``) or an http(s) URL.
+
+    A skopeo transport is a common slip (``docker://host``, ``oci:/dir``): it
+    gets a line saying what to write instead.
+    """
+    value: str = args.docker_registry
+    where = source(args, "docker_registry")
+    if not value.strip():
+        raise UsageError(f"{where} is empty: give a directory of images or a registry URL")
+    if value.startswith("docker://"):
+        host = value[len("docker://") :].rstrip("/")
+        raise UsageError(
+            f"{where} {value}: docker:// is a skopeo transport for an image; "
+            f"give the registry as https://{host} and the image as docker://REFERENCE"
+        )
+    if value.startswith(_IMAGE_TRANSPORTS):
+        raise UsageError(
+            f"{where} {value}: a skopeo transport names one image, not a registry; "
+            f"give it where the image goes (lazyfs run {value}), or a directory here"
+        )
+    parsed = urlparse(value)
+    if parsed.scheme not in ("", "file", "http", "https"):
+        raise UsageError(f"{where} {value}: expected a directory or an http(s) URL")
+    if parsed.scheme in ("http", "https") and not parsed.hostname:
+        raise UsageError(f"{where} {value}: a registry URL needs a host")
+    return value
+
+
+def registry_options(args: argparse.Namespace) -> RegistryOptions:
+    """The registry puller's settings from the global flags."""
+    if args.docker_config:
+        where = source(args, "docker_config")
+        config = load_docker_config(docker_config_text(args.docker_config), where)
+        credentials = CredentialChain([config])
+    else:
+        # As docker and podman look for them: DOCKER_CONFIG, ~/.docker, XDG_RUNTIME_DIR.
+        credentials = default_configs()
+    limits = {name: getattr(args, f"docker_registry_{name}") for name, *_ in REGISTRY_LIMITS}
+    for name, _kind, _default, off, _metavar, _text in REGISTRY_LIMITS:
+        value = limits[name]
+        if not (math.isfinite(value) and (value > 0 or (off and value == 0))):
+            least = "0 or more" if off else "more than 0"
+            where = source(args, f"docker_registry_{name}")
+            raise UsageError(f"{where} {value}: expected {least}")
+    return RegistryOptions(
+        registry=docker_registry(args),
+        mirrors=_registry_urls(args),
+        insecure_registries=frozenset(split_list(args.docker_insecure_registries)),
+        platform=parse_platform(args.platform) if args.platform else None,
+        http=HttpOptions(ca_file=_ca_file(args), credentials=credentials, **limits),
+    )
+
+
+def unauthorized_hint(args: argparse.Namespace, credentials: object) -> str:
+    """What to add to a registry's refusal (401, 403): where credentials were
+    looked for, and the flag that passes them."""
+    read = credentials.describe() if isinstance(credentials, CredentialChain) else ""
+    flag = source(args, "docker_config")
+    return f"; lazyfs {read}; pass credentials with {flag} FILE (a Docker config.json)"

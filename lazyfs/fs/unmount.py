@@ -1,0 +1,93 @@
+"""Taking a mount down: ``unmount`` and the steps ``lazyfs.fs.mount`` shares with it.
+
+A mount process is told by its command line (``MOUNT_MODULE`` and its
+mount point), since pids get reused; one that does not exit after the
+unmount gets SIGTERM, then SIGKILL.  Blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from providers.errors import BackendError
+from providers.mountinfo import is_mounted
+
+EXIT_TIMEOUT = 10.0
+MOUNT_MODULE = "lazyfs.fs.mount_main"
+_PF_KTHREAD = 0x00200000  # proc(5), /proc/PID/stat field 9
+
+
+def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT) -> None:
+    """Unmount ``mountpoint`` and wait for its mount process ``pid`` to end.
+
+    Fine when nothing is mounted there and when the process is gone.  A
+    process that does not exit within ``timeout`` after the unmount gets
+    SIGTERM, then SIGKILL.  Raises BackendError if the mount stays.
+    """
+    fusermount_unmount(mountpoint)
+    alive = pid is not None and _is_mount_process(pid, mountpoint)
+    if pid is not None and alive and not wait_gone(pid, timeout):
+        signal_pid(pid, signal.SIGTERM)
+        if not wait_gone(pid, timeout):
+            signal_pid(pid, signal.SIGKILL)
+            wait_gone(pid, timeout)
+    if is_mounted(mountpoint):
+        raise BackendError(f"{mountpoint} is still mounted after unmount")
+
+
+def fusermount_unmount(mountpoint: Path) -> None:
+    if not is_mounted(mountpoint):
+        return
+    for args in (["-u"], ["-u", "-z"]):  # lazily only when busy
+        done = subprocess.run(
+            ["fusermount3", *args, str(mountpoint)], capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0 or not is_mounted(mountpoint):
+            return
+    raise BackendError(f"fusermount3 -u {mountpoint} failed: {done.stderr.strip()}")
+
+
+def _is_mount_process(pid: int, mountpoint: Path) -> bool:
+    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused).
+
+    One that is exiting (its memory, command line with it, already gone) is
+    waited for too: a process forked by the mount server gets there within
+    a moment of the unmount, and an exec'd one is reaped only by waiting.
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            args = cmdline.read().split(b"\0")
+        if args == [b""]:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                flags = int(stat.read().rsplit(b")", 1)[1].split()[6])
+            return not flags & _PF_KTHREAD  # a kernel thread's has none at all
+    except (OSError, ValueError, IndexError):
+        return False
+    return MOUNT_MODULE.encode() in args and os.fsencode(str(mountpoint)) in args
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # Reap it if it is our child; a zombie would look alive forever.
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def signal_pid(pid: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, number)
