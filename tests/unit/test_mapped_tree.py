@@ -179,8 +179,9 @@ def layers_of(tmp_path: Path) -> tuple[Indexes, MergedTree]:
     return indexes, merge(indexes.indexes)
 
 
-def kept_file(tmp_path: Path, indexes: Indexes) -> Path:
-    return mapped.packed_path(tmp_path / "layers", [i.digest for i in indexes.indexes])
+def kept_file(tmp_path: Path, indexes: Indexes, sources: Sequence[str] = ()) -> Path:
+    digests = [i.digest for i in indexes.indexes]
+    return mapped.packed_path(tmp_path / "layers", digests, sources or sources_of(indexes.indexes))
 
 
 def flip_bit(raw: bytes, at: int) -> bytes:
@@ -217,26 +218,62 @@ def test_a_damaged_packed_file_is_refused_and_built_again(
     assert passwd is not None and served.inode(passwd) == merged.inodes[passwd]
 
 
-def test_a_packed_file_of_other_indexes_is_stale_and_built_again(tmp_path: Path) -> None:
+def test_a_packed_file_of_other_code_is_stale_and_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     indexes, _ = layers_of(tmp_path)
-    mount_tree(tmp_path / "layers", indexes, sources=("made from the TOC",))
+    monkeypatch.setattr(mapped, "_WRITER", "an older writer")
+    mount_tree(tmp_path / "layers", indexes)
     path = kept_file(tmp_path, indexes)
     before = path.read_bytes()
-    # The layer's index was built again from the whole blob: its kept trees are not current.
-    served = mount_tree(tmp_path / "layers", indexes, sources=("made from the blob",))
+    monkeypatch.undo()
+    served = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(served, PackedTree)
     assert served.built_from == mapped.built_from(
-        [i.digest for i in indexes.indexes], ("made from the blob",)
+        [i.digest for i in indexes.indexes], sources_of(indexes.indexes)
     )
-    assert path.read_bytes() != before and indexes.calls == 2
+    # Packed again from the kept merged tree, and replaced in place: the file of
+    # the older code is not left beside the new one.
+    assert path.read_bytes() != before and indexes.calls == 1
+    assert mapped.packed_files(tmp_path / "layers", [i.digest for i in indexes.indexes]) == [path]
 
 
-def test_a_mapping_keeps_reading_the_file_it_opened_when_it_is_replaced(tmp_path: Path) -> None:
+def test_indexes_of_two_sources_keep_a_packed_file_each(tmp_path: Path) -> None:
+    # A chain mounted from a published index while a background fetch makes a local one.
+    indexes = Indexes(case_indexes(CASES["types"], tmp_path / "tars"))
+    digests = [i.digest for i in indexes.indexes]
+    published = tuple(f"published index of {d}" for d in digests)
+    local = tuple(f"local index of {d}" for d in digests)
+    files = {}
+    for sources in (published, local):
+        served = mount_tree(tmp_path / "layers", indexes, sources)
+        assert isinstance(served, PackedTree)
+        assert served.built_from == mapped.built_from(digests, sources)
+        files[sources] = (served.path, served.path.stat().st_ino)
+    assert indexes.calls == 2 and files[published][0] != files[local][0]
+    assert mapped.packed_files(tmp_path / "layers", digests) == sorted(
+        path for path, _ in files.values()
+    )
+    # Mounts of either, in turn, map their own file as it is: nothing merged or written again.
+    for sources in (published, local, published, local):
+        served = mount_tree(tmp_path / "layers", indexes, sources)
+        assert isinstance(served, PackedTree)
+        assert (served.path, served.path.stat().st_ino) == files[sources]
+        served.close()
+    assert indexes.calls == 2
+
+
+def test_a_mapping_keeps_reading_the_file_it_opened_when_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     indexes, merged = layers_of(tmp_path)
-    first = mount_tree(tmp_path / "layers", indexes, sources=("one",))
+    monkeypatch.setattr(mapped, "_WRITER", "an older writer")
+    first = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(first, PackedTree)
-    second = mount_tree(tmp_path / "layers", indexes, sources=("two",))
+    monkeypatch.undo()
+    second = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(second, PackedTree) and first.built_from != second.built_from
+    assert first.path == second.path  # the one file, replaced under the first mapping
     assert [first.inode(i) for i in range(1, 4)] == [
         merged.inodes.get(InodeNo(i)) for i in (1, 2, 3)
     ]
