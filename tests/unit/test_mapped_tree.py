@@ -5,7 +5,10 @@ the read-only FUSE operations over the mapped tree answer every request
 exactly as they answer over the merged tree in memory: attributes of every
 inode, every listing from every readdir offset (names, inode numbers and
 attributes), lookups of every name and of absent ones, link targets,
-xattrs, statfs.  The writable view over it makes the same nodes (names,
+xattrs, statfs, and the bytes of every file, read through the same layer
+ranges; and each inode, its data description included (layer, offset,
+size, sparse extents), is the merged tree's.  The same holds for a layer of
+sparse files.  The writable view over it makes the same nodes (names,
 children, attributes, lower paths).  A packed file that is truncated, has
 a flipped bit or was built from other indexes is refused and built again,
 never served; a store that cannot hold one still mounts.  The attributes a
@@ -35,6 +38,7 @@ from lazyfs.tree.lower import LowerTree, MergedLower
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from lazyfs.tree.packed_read import PackedTree
 from providers.digest import Digest, digest_bytes
+from tests.support import sparse
 from tests.support.backend_cases import CASES
 from tests.support.images import Entry, write_layer
 
@@ -99,6 +103,12 @@ async def everything(ops: ReadOnlyOperations, max_ino: int) -> list[Any]:
             answers.append(("getxattr", key, await ops.getxattr(pyfuse3.InodeT(ino), key, CTX)))
         if stat.S_ISLNK(entry.st_mode):
             answers.append(("readlink", await ops.readlink(pyfuse3.InodeT(ino), CTX)))
+        if stat.S_ISREG(entry.st_mode):
+            # The whole file, a piece across its middle and past its end: bytes, not just sizes.
+            size = entry.st_size
+            for off, length in ((0, size + 1), (size // 2, 4097), (size + 1, 10)):
+                got = await ops.read(pyfuse3.FileHandleT(ino), off, length)
+                answers.append(("read", ino, off, digest_bytes(got)))
         if stat.S_ISDIR(entry.st_mode):
             listing = await readdir(ops, ino, 0)
             answers.append(("readdir", ino, listing))
@@ -137,16 +147,51 @@ def chunks() -> ChunkCache:
     return cast(ChunkCache, None)  # no file is read here: lookups, attributes and listings
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+class LayerTars:
+    """What ``ChunkCache.read`` gives, from the layers' tar files: every range asked, recorded.
+
+    A stand-in for the cache, not the thing under test: the tree is, by the
+    ranges its data descriptions make a read ask for.
+    """
+
+    def __init__(self, tars: dict[Digest, Path]) -> None:
+        self.tars = tars
+        self.asked: list[tuple[Digest, int, int]] = []
+
+    async def read(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.asked.append((digest, offset, length))
+        with self.tars[digest].open("rb") as tar:
+            tar.seek(offset)
+            return tar.read(length)
+
+
+def image_indexes(case: str, work: Path) -> tuple[list[LayerIndex], dict[Digest, Path]]:
+    """The indexes of a conformance case, or of a layer of sparse files, and their tars."""
+    if case == "sparse":
+        tar = sparse.gnu_tar(sparse.make_tree(work / "src"), work / "sparse.tar", "1.0")
+        digest = digest_bytes(tar.read_bytes())
+        entries = tuple(scan_tar(tar, layer=digest))
+        return [LayerIndex(digest, "none", tar.stat().st_size, entries)], {digest: tar}
+    indexes = case_indexes(CASES[case], work)
+    return indexes, {index.digest: work / f"{n}.tar" for n, index in enumerate(indexes)}
+
+
+@pytest.mark.parametrize("case", [*sorted(CASES), "sparse"])
 def test_the_mapped_tree_answers_as_the_merged_tree(case: str, tmp_path: Path) -> None:
-    indexes = Indexes(case_indexes(CASES[case], tmp_path / "tars"))
+    found, tars = image_indexes(case, tmp_path / "tars")
+    indexes = Indexes(found)
     merged = merge(indexes.indexes)
     served = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(served, PackedTree)  # mapped, not the merged tree in memory
     assert served.max_ino() == max(merged.inodes)
-    ours = trio.run(everything, ReadOnlyOperations(served, chunks()), served.max_ino())
-    theirs = trio.run(everything, ReadOnlyOperations(merged, chunks()), served.max_ino())
-    assert ours == theirs
+    # Each inode whole, its data description too: layer, tar offset, size, sparse extents.
+    assert [served.inode(ino) for ino in merged.inodes] == list(merged.inodes.values())
+    assert any(inode.data is not None for inode in merged.inodes.values())
+    ours, theirs = LayerTars(tars), LayerTars(tars)
+    mine = trio.run(everything, ReadOnlyOperations(served, cast(Any, ours)), served.max_ino())
+    other = trio.run(everything, ReadOnlyOperations(merged, cast(Any, theirs)), served.max_ino())
+    assert mine == other
+    assert ours.asked == theirs.asked and ours.asked
     # The next mount maps the kept file: nothing merged.
     again = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(again, PackedTree) and indexes.calls == 1
