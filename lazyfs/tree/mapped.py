@@ -139,7 +139,8 @@ def mount_tree(
     tree = kept.merged_tree(layers_dir, digests, load_indexes, sources=sources)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_packed(tree, expected, path)
+        with kept.cyclic_gc_paused():  # sections built from many small objects, no cycles
+            write_packed(tree, expected, path)
     except (OSError, ValueError) as error:
         log.warning("serving the merged tree from memory: cannot keep %s: %s", path, error)
         return MergedLower(tree)

@@ -17,6 +17,7 @@ read-only mount keeps stay bounded however many inodes are asked for.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from lazyfs.tree.lower import LowerTree, MergedLower
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from lazyfs.tree.packed_read import PackedTree
 from providers.digest import Digest, digest_bytes
+from providers.errors import BadImage
 from tests.support import sparse
 from tests.support.backend_cases import CASES
 from tests.support.images import Entry, write_layer
@@ -371,3 +373,26 @@ def test_the_attributes_a_mount_keeps_are_bounded(
         return most
 
     assert trio.run(walk) <= 50
+
+
+def test_trees_are_made_with_the_collector_held_off_and_it_is_on_again_after(
+    tmp_path: Path,
+) -> None:
+    # Merging or packing a big image under the cyclic collector rescans the tree made so far.
+    indexes, _ = layers_of(tmp_path)
+    collecting: list[bool] = []
+
+    def load() -> list[LayerIndex]:
+        collecting.append(gc.isenabled())
+        return indexes()
+
+    def refused() -> list[LayerIndex]:
+        raise BadImage("a layer the merge refuses")
+
+    digests = [i.digest for i in indexes.indexes]
+    assert gc.isenabled()
+    served = mapped.mount_tree(tmp_path / "a", digests, load, sources=sources_of(indexes.indexes))
+    assert isinstance(served, PackedTree) and collecting == [False] and gc.isenabled()
+    with pytest.raises(BadImage):
+        mapped.mount_tree(tmp_path / "b", digests, refused, sources=sources_of(indexes.indexes))
+    assert gc.isenabled()
