@@ -107,7 +107,8 @@ def merged_tree(
     found = load_tree(path, digests, sources=sources)
     if found is not None:
         return found
-    tree = merge(load_indexes())
+    with cyclic_gc_paused():  # the indexes' entries and the tree: many objects, no cycles
+        tree = merge(load_indexes())
     try:
         store_tree(path, digests, tree, sources=sources)
     except OSError as error:
@@ -139,7 +140,7 @@ def load_tree(
         log.warning("cannot read the merged tree %s: %s", path, error)
         return None
     try:
-        with _cyclic_gc_paused():
+        with cyclic_gc_paused():
             header, rows, children, parents = marshal.loads(raw)
             if header != _header(digests, sources):
                 return None
@@ -152,12 +153,14 @@ def load_tree(
 
 
 @contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
+def cyclic_gc_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector while a tree's objects are made.
 
     They are many and acyclic: each collection their making sets off finds
     nothing to free, yet scans what the process holds, which in a mount
-    process is every module it imported (some 10 ms of its start).
+    process is every module it imported (some 10 ms of its start), and
+    while a big image is merged or packed, the tree made so far (a third
+    of the merge's time for 100,000 entries).
     """
     enabled = gc.isenabled()
     gc.disable()

@@ -1,7 +1,7 @@
 """The tree a mount serves: the image's packed tree file in the store, mapped and used in place.
 
 ``mount_tree`` opens ``<layers_dir>/<top layer hex>/packed-trees/<chain
-hex>`` (``packed_path``), the packed form (``lazyfs.tree.packed``) of the
+hex>.<sources hex>`` (``packed_path``), the packed form (``lazyfs.tree.packed``) of the
 merged tree ``lazyfs.tree.kept`` keeps beside it, and returns it mapped:
 nothing is parsed, and every mount of the image shares its page-cache
 pages.  The file records what it was built from (``built_from``): the
@@ -19,9 +19,18 @@ the packed file cannot be written or read back (a read-only store, a full
 disk) the mount serves the merged tree from memory, as before, and says so
 in its log: slower and private, never wrong.
 
+The file name holds the indexes' sources as well as the chain, because one
+chain is mounted from indexes of more than one source at a time (a local
+index, one published beside the image, an eStargz TOC; the first while a
+background fetch completes, the others after): each source has a file of
+its own, which neither evicts, so mounts of either share pages and merge
+nothing.  The merge rules and the writer are left out of the name, so a
+file of older code is stale and replaced in place, not left beside the new.
+
 The packed files are outside ``trees/`` (which ``lazyfs.gc`` prunes by
 the marshal files' headers): a stale one is replaced in place by the next
-mount of its chain, and goes with its layer's directory.  Blocking.
+mount of its chain and sources, and all go with their layer's directory.
+Blocking.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -48,10 +58,32 @@ log = logging.getLogger(__name__)
 PACKED_DIR = "packed-trees"
 
 
-def packed_path(layers_dir: Path, digests: Sequence[Digest]) -> Path:
-    """Where the packed tree of layers ``digests`` (bottom first, at least one) is kept."""
-    chain = hashlib.sha256("\n".join(digests).encode()).hexdigest()
-    return layers_dir / hex_part(digests[-1]) / PACKED_DIR / chain
+def packed_path(layers_dir: Path, digests: Sequence[Digest], sources: Sequence[str]) -> Path:
+    """Where the packed tree of layers ``digests`` (bottom first, at least one) is kept.
+
+    One file per chain and per sources of its indexes (the module docstring says why).
+    """
+    layers = [f"{digest} {source}" for digest, source in zip(digests, sources, strict=True)]
+    made_from = hashlib.sha256("\n".join(layers).encode()).hexdigest()[:32]
+    return _packed_dir(layers_dir, digests) / f"{_chain(digests)}.{made_from}"
+
+
+def packed_files(layers_dir: Path, digests: Sequence[Digest]) -> list[Path]:
+    """The packed trees of layers ``digests`` kept now, whatever their indexes' sources."""
+    try:
+        names = os.listdir(_packed_dir(layers_dir, digests))
+    except OSError:  # none kept, or no directory where it goes
+        return []
+    prefix = _chain(digests) + "."
+    return sorted(_packed_dir(layers_dir, digests) / n for n in names if n.startswith(prefix))
+
+
+def _packed_dir(layers_dir: Path, digests: Sequence[Digest]) -> Path:
+    return layers_dir / hex_part(digests[-1]) / PACKED_DIR
+
+
+def _chain(digests: Sequence[Digest]) -> str:
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def _writer() -> str:
@@ -81,8 +113,7 @@ def tree_kept(layers_dir: Path, digests: Sequence[Digest]) -> bool:
     """
     if not digests:
         return False
-    packed = packed_path(layers_dir, digests)
-    return packed.is_file() or kept.tree_path(layers_dir, digests).is_file()
+    return bool(packed_files(layers_dir, digests)) or kept.tree_path(layers_dir, digests).is_file()
 
 
 def mount_tree(
@@ -100,7 +131,7 @@ def mount_tree(
     """
     if not digests:
         return MergedLower(merge(()))  # an empty root: nothing worth keeping
-    path = packed_path(layers_dir, digests)
+    path = packed_path(layers_dir, digests, sources)
     expected = built_from(digests, sources)
     found = _open(path, expected)
     if found is not None:
@@ -108,7 +139,8 @@ def mount_tree(
     tree = kept.merged_tree(layers_dir, digests, load_indexes, sources=sources)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_packed(tree, expected, path)
+        with kept.cyclic_gc_paused():  # sections built from many small objects, no cycles
+            write_packed(tree, expected, path)
     except (OSError, ValueError) as error:
         log.warning("serving the merged tree from memory: cannot keep %s: %s", path, error)
         return MergedLower(tree)

@@ -173,8 +173,8 @@ def test_mounts_map_one_packed_tree_and_refuse_a_damaged_one(
     store: Stored, mounted: Mount, tmp_path: Path
 ) -> None:
     lazy_store, layers = store
-    _, packed = kept_tree_files(lazy_store.layers, [layer.digest for layer in layers])
     first = mounted(tmp_path / "a")
+    _, packed = kept_tree_files(lazy_store.layers, [layer.digest for layer in layers])
     second = mounted(tmp_path / "b")
     # Both serve from the one file, mapped: its pages are the page cache's, shared.
     for pid in (first, second):

@@ -8,13 +8,19 @@ from pathlib import Path
 from lazyfs.index.model import LayerIndex
 from lazyfs.tree.kept import tree_path
 from lazyfs.tree.lower import LowerTree
-from lazyfs.tree.mapped import mount_tree, packed_path
+from lazyfs.tree.mapped import mount_tree, packed_files
 from providers.digest import Digest
 
 
 def kept_tree_files(layers_dir: Path, digests: Sequence[Digest]) -> list[Path]:
-    """The kept tree (``lazyfs.tree.kept``) and its packed form (``lazyfs.tree.mapped``)."""
-    return [tree_path(layers_dir, digests), packed_path(layers_dir, digests)]
+    """The kept tree (``lazyfs.tree.kept``) and its packed form (``lazyfs.tree.mapped``).
+
+    The packed file's name holds its indexes' sources: the one there now,
+    which must be the only one (a mount of ``digests`` made it).
+    """
+    packed = packed_files(layers_dir, digests)
+    assert len(packed) == 1, packed
+    return [tree_path(layers_dir, digests), *packed]
 
 
 def drop_kept_trees(layers_dir: Path, digests: Sequence[Digest]) -> None:

@@ -5,7 +5,10 @@ the read-only FUSE operations over the mapped tree answer every request
 exactly as they answer over the merged tree in memory: attributes of every
 inode, every listing from every readdir offset (names, inode numbers and
 attributes), lookups of every name and of absent ones, link targets,
-xattrs, statfs.  The writable view over it makes the same nodes (names,
+xattrs, statfs, and the bytes of every file, read through the same layer
+ranges; and each inode, its data description included (layer, offset,
+size, sparse extents), is the merged tree's.  The same holds for a layer of
+sparse files.  The writable view over it makes the same nodes (names,
 children, attributes, lower paths).  A packed file that is truncated, has
 a flipped bit or was built from other indexes is refused and built again,
 never served; a store that cannot hold one still mounts.  The attributes a
@@ -14,6 +17,7 @@ read-only mount keeps stay bounded however many inodes are asked for.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 from collections.abc import Sequence
@@ -35,6 +39,8 @@ from lazyfs.tree.lower import LowerTree, MergedLower
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from lazyfs.tree.packed_read import PackedTree
 from providers.digest import Digest, digest_bytes
+from providers.errors import BadImage
+from tests.support import sparse
 from tests.support.backend_cases import CASES
 from tests.support.images import Entry, write_layer
 
@@ -99,6 +105,12 @@ async def everything(ops: ReadOnlyOperations, max_ino: int) -> list[Any]:
             answers.append(("getxattr", key, await ops.getxattr(pyfuse3.InodeT(ino), key, CTX)))
         if stat.S_ISLNK(entry.st_mode):
             answers.append(("readlink", await ops.readlink(pyfuse3.InodeT(ino), CTX)))
+        if stat.S_ISREG(entry.st_mode):
+            # The whole file, a piece across its middle and past its end: bytes, not just sizes.
+            size = entry.st_size
+            for off, length in ((0, size + 1), (size // 2, 4097), (size + 1, 10)):
+                got = await ops.read(pyfuse3.FileHandleT(ino), off, length)
+                answers.append(("read", ino, off, digest_bytes(got)))
         if stat.S_ISDIR(entry.st_mode):
             listing = await readdir(ops, ino, 0)
             answers.append(("readdir", ino, listing))
@@ -137,16 +149,51 @@ def chunks() -> ChunkCache:
     return cast(ChunkCache, None)  # no file is read here: lookups, attributes and listings
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+class LayerTars:
+    """What ``ChunkCache.read`` gives, from the layers' tar files: every range asked, recorded.
+
+    A stand-in for the cache, not the thing under test: the tree is, by the
+    ranges its data descriptions make a read ask for.
+    """
+
+    def __init__(self, tars: dict[Digest, Path]) -> None:
+        self.tars = tars
+        self.asked: list[tuple[Digest, int, int]] = []
+
+    async def read(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.asked.append((digest, offset, length))
+        with self.tars[digest].open("rb") as tar:
+            tar.seek(offset)
+            return tar.read(length)
+
+
+def image_indexes(case: str, work: Path) -> tuple[list[LayerIndex], dict[Digest, Path]]:
+    """The indexes of a conformance case, or of a layer of sparse files, and their tars."""
+    if case == "sparse":
+        tar = sparse.gnu_tar(sparse.make_tree(work / "src"), work / "sparse.tar", "1.0")
+        digest = digest_bytes(tar.read_bytes())
+        entries = tuple(scan_tar(tar, layer=digest))
+        return [LayerIndex(digest, "none", tar.stat().st_size, entries)], {digest: tar}
+    indexes = case_indexes(CASES[case], work)
+    return indexes, {index.digest: work / f"{n}.tar" for n, index in enumerate(indexes)}
+
+
+@pytest.mark.parametrize("case", [*sorted(CASES), "sparse"])
 def test_the_mapped_tree_answers_as_the_merged_tree(case: str, tmp_path: Path) -> None:
-    indexes = Indexes(case_indexes(CASES[case], tmp_path / "tars"))
+    found, tars = image_indexes(case, tmp_path / "tars")
+    indexes = Indexes(found)
     merged = merge(indexes.indexes)
     served = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(served, PackedTree)  # mapped, not the merged tree in memory
     assert served.max_ino() == max(merged.inodes)
-    ours = trio.run(everything, ReadOnlyOperations(served, chunks()), served.max_ino())
-    theirs = trio.run(everything, ReadOnlyOperations(merged, chunks()), served.max_ino())
-    assert ours == theirs
+    # Each inode whole, its data description too: layer, tar offset, size, sparse extents.
+    assert [served.inode(ino) for ino in merged.inodes] == list(merged.inodes.values())
+    assert any(inode.data is not None for inode in merged.inodes.values())
+    ours, theirs = LayerTars(tars), LayerTars(tars)
+    mine = trio.run(everything, ReadOnlyOperations(served, cast(Any, ours)), served.max_ino())
+    other = trio.run(everything, ReadOnlyOperations(merged, cast(Any, theirs)), served.max_ino())
+    assert mine == other
+    assert ours.asked == theirs.asked and ours.asked
     # The next mount maps the kept file: nothing merged.
     again = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(again, PackedTree) and indexes.calls == 1
@@ -179,8 +226,9 @@ def layers_of(tmp_path: Path) -> tuple[Indexes, MergedTree]:
     return indexes, merge(indexes.indexes)
 
 
-def kept_file(tmp_path: Path, indexes: Indexes) -> Path:
-    return mapped.packed_path(tmp_path / "layers", [i.digest for i in indexes.indexes])
+def kept_file(tmp_path: Path, indexes: Indexes, sources: Sequence[str] = ()) -> Path:
+    digests = [i.digest for i in indexes.indexes]
+    return mapped.packed_path(tmp_path / "layers", digests, sources or sources_of(indexes.indexes))
 
 
 def flip_bit(raw: bytes, at: int) -> bytes:
@@ -217,26 +265,62 @@ def test_a_damaged_packed_file_is_refused_and_built_again(
     assert passwd is not None and served.inode(passwd) == merged.inodes[passwd]
 
 
-def test_a_packed_file_of_other_indexes_is_stale_and_built_again(tmp_path: Path) -> None:
+def test_a_packed_file_of_other_code_is_stale_and_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     indexes, _ = layers_of(tmp_path)
-    mount_tree(tmp_path / "layers", indexes, sources=("made from the TOC",))
+    monkeypatch.setattr(mapped, "_WRITER", "an older writer")
+    mount_tree(tmp_path / "layers", indexes)
     path = kept_file(tmp_path, indexes)
     before = path.read_bytes()
-    # The layer's index was built again from the whole blob: its kept trees are not current.
-    served = mount_tree(tmp_path / "layers", indexes, sources=("made from the blob",))
+    monkeypatch.undo()
+    served = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(served, PackedTree)
     assert served.built_from == mapped.built_from(
-        [i.digest for i in indexes.indexes], ("made from the blob",)
+        [i.digest for i in indexes.indexes], sources_of(indexes.indexes)
     )
-    assert path.read_bytes() != before and indexes.calls == 2
+    # Packed again from the kept merged tree, and replaced in place: the file of
+    # the older code is not left beside the new one.
+    assert path.read_bytes() != before and indexes.calls == 1
+    assert mapped.packed_files(tmp_path / "layers", [i.digest for i in indexes.indexes]) == [path]
 
 
-def test_a_mapping_keeps_reading_the_file_it_opened_when_it_is_replaced(tmp_path: Path) -> None:
+def test_indexes_of_two_sources_keep_a_packed_file_each(tmp_path: Path) -> None:
+    # A chain mounted from a published index while a background fetch makes a local one.
+    indexes = Indexes(case_indexes(CASES["types"], tmp_path / "tars"))
+    digests = [i.digest for i in indexes.indexes]
+    published = tuple(f"published index of {d}" for d in digests)
+    local = tuple(f"local index of {d}" for d in digests)
+    files = {}
+    for sources in (published, local):
+        served = mount_tree(tmp_path / "layers", indexes, sources)
+        assert isinstance(served, PackedTree)
+        assert served.built_from == mapped.built_from(digests, sources)
+        files[sources] = (served.path, served.path.stat().st_ino)
+    assert indexes.calls == 2 and files[published][0] != files[local][0]
+    assert mapped.packed_files(tmp_path / "layers", digests) == sorted(
+        path for path, _ in files.values()
+    )
+    # Mounts of either, in turn, map their own file as it is: nothing merged or written again.
+    for sources in (published, local, published, local):
+        served = mount_tree(tmp_path / "layers", indexes, sources)
+        assert isinstance(served, PackedTree)
+        assert (served.path, served.path.stat().st_ino) == files[sources]
+        served.close()
+    assert indexes.calls == 2
+
+
+def test_a_mapping_keeps_reading_the_file_it_opened_when_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     indexes, merged = layers_of(tmp_path)
-    first = mount_tree(tmp_path / "layers", indexes, sources=("one",))
+    monkeypatch.setattr(mapped, "_WRITER", "an older writer")
+    first = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(first, PackedTree)
-    second = mount_tree(tmp_path / "layers", indexes, sources=("two",))
+    monkeypatch.undo()
+    second = mount_tree(tmp_path / "layers", indexes)
     assert isinstance(second, PackedTree) and first.built_from != second.built_from
+    assert first.path == second.path  # the one file, replaced under the first mapping
     assert [first.inode(i) for i in range(1, 4)] == [
         merged.inodes.get(InodeNo(i)) for i in (1, 2, 3)
     ]
@@ -289,3 +373,26 @@ def test_the_attributes_a_mount_keeps_are_bounded(
         return most
 
     assert trio.run(walk) <= 50
+
+
+def test_trees_are_made_with_the_collector_held_off_and_it_is_on_again_after(
+    tmp_path: Path,
+) -> None:
+    # Merging or packing a big image under the cyclic collector rescans the tree made so far.
+    indexes, _ = layers_of(tmp_path)
+    collecting: list[bool] = []
+
+    def load() -> list[LayerIndex]:
+        collecting.append(gc.isenabled())
+        return indexes()
+
+    def refused() -> list[LayerIndex]:
+        raise BadImage("a layer the merge refuses")
+
+    digests = [i.digest for i in indexes.indexes]
+    assert gc.isenabled()
+    served = mapped.mount_tree(tmp_path / "a", digests, load, sources=sources_of(indexes.indexes))
+    assert isinstance(served, PackedTree) and collecting == [False] and gc.isenabled()
+    with pytest.raises(BadImage):
+        mapped.mount_tree(tmp_path / "b", digests, refused, sources=sources_of(indexes.indexes))
+    assert gc.isenabled()
