@@ -2,8 +2,10 @@
 
 One machine pulls the rich image whole (fuse backend) and publishes its
 index (``lazyfs index push``); a second, with an empty store, work dir and
-cache, provisions it: every layer stays remote, read by range through the
-cache daemon, and the tree equals the first machine's.  Tampered indexes
+cache, provisions it with ``--trust_published_indexes``: every layer stays
+remote, read by range through the cache daemon, and the tree equals the
+first machine's.  Without that flag no referrer is asked for and the image
+is pulled whole.  Tampered indexes
 never give a wrong byte: a span digest that does not match is EIO for the
 reads that need it, with a logged reason; an index blob that fails its
 digest, or that names another layer, is refused and that layer is pulled
@@ -28,11 +30,14 @@ from providers.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from providers.referrers import referrers_tag
 from providers.registry_http import HttpOptions, RegistryHttp
 from providers.registry_push import RegistryPush
+from tests.support.counting_proxy import CountingProxy, run_counting_proxy
 from tests.support.fuse_mounts import need_fuse
 from tests.support.lazy_machine import Machine, machine
 from tests.support.registry_seed import Seed
 from tests.support.registry_servers import Registry, copy_storage, run_registry
 from tests.support.tree import Node, diff_trees, tree_digest
+
+TRUST = "--trust_published_indexes"
 
 
 @pytest.fixture
@@ -75,7 +80,7 @@ def _store_blobs(work: Path) -> set[str]:
 
 
 def test_a_second_machine_mounts_lazily_the_same_tree(published: Published, tmp_path: Path) -> None:
-    with machine(tmp_path / "second") as second:
+    with machine(tmp_path / "second", TRUST) as second:
         rootfs, info, _ = _provision(second, published.image)
         assert sorted(info["remote_layers"]) == sorted(published.layers)  # type: ignore[call-overload]
         differences = diff_trees(published.whole_tree, tree_digest(rootfs))
@@ -151,7 +156,7 @@ def test_a_tampered_span_digest_is_eio_never_a_wrong_byte(
     spans = tuple(dataclasses.replace(s, sha256="0" * 64) for s in artifact.spans)
     blobs[target] = encode(dataclasses.replace(artifact, spans=spans))
     _republish(registry, seed, blobs)
-    with machine(tmp_path / "second") as second:
+    with machine(tmp_path / "second", TRUST) as second:
         rootfs, info, _ = _provision(second, published.image)
         assert sorted(info["remote_layers"]) == sorted(published.layers)  # type: ignore[call-overload]
         right, refused = _read_all(rootfs, published.whole_tree)
@@ -192,7 +197,7 @@ def test_a_refused_index_means_that_layer_is_pulled_whole(
         blobs[target] = blobs[other]
         _republish(registry, seed, blobs)
         reason = f"indexes layer {other}, not {target}"
-    with machine(tmp_path / "second") as second:
+    with machine(tmp_path / "second", TRUST) as second:
         rootfs, info, stderr = _provision(second, published.image)
         assert reason in stderr
         remote = set(info["remote_layers"])  # type: ignore[call-overload]
@@ -210,4 +215,18 @@ def test_without_a_published_index_the_image_is_pulled_whole(
         assert info["remote_layers"] == []
         layers = info["image"]["layers"]  # type: ignore[index]
         assert set(layers) <= _store_blobs(only.work)
+        assert "WARNING" not in stderr
+
+
+def test_without_trust_no_published_index_is_looked_up_or_used(
+    published: Published, registry: Registry, tmp_path: Path
+) -> None:
+    proxy = CountingProxy()
+    with run_counting_proxy(registry.url, proxy) as host, machine(tmp_path / "second") as second:
+        rootfs, info, stderr = _provision(second, f"{host}/rich:oci")
+        assert info["remote_layers"] == []
+        assert set(published.layers) <= _store_blobs(second.work)
+        assert diff_trees(published.whole_tree, tree_digest(rootfs)) == []
+        asked = [e.path for e in proxy.select()]
+        assert not [p for p in asked if "/referrers/" in p or "/manifests/sha256-" in p], asked
         assert "WARNING" not in stderr
