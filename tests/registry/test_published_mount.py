@@ -4,8 +4,9 @@ One machine pulls the rich image whole (fuse backend) and publishes its
 index (``lazyfs index push``); a second, with an empty store, work dir and
 cache, provisions it with ``--trust_published_indexes``: every layer stays
 remote, read by range through the cache daemon, and the tree equals the
-first machine's.  Without that flag no referrer is asked for and the image
-is pulled whole.  Tampered indexes
+first machine's.  Without that flag no referrer is asked for, and even an
+index with forged checkpoint windows (which span digests cannot catch) is
+never used: the image is pulled whole.  Tampered indexes
 never give a wrong byte: a span digest that does not match is EIO for the
 reads that need it, with a logged reason; an index blob that fails its
 digest, or that names another layer, is refused and that layer is pulled
@@ -23,7 +24,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from lazyfs.index.artifact import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, decode, encode
+from lazyfs.index.artifact import (
+    _GZIDX_HEAD,
+    _GZIDX_POINT,
+    CONFIG_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    decode,
+    encode,
+)
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_layers, artifact_manifest
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
@@ -175,14 +183,14 @@ def _tamper_stored_blob(registry: Registry, digest: Digest) -> None:
     data.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("how", ["tampered checkpoint", "another layer's index"])
+@pytest.mark.parametrize("how", ["index blob not its digest", "another layer's index"])
 def test_a_refused_index_means_that_layer_is_pulled_whole(
     how: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
 ) -> None:
     blobs = _index_blobs(registry, published, seed)
     gzipped = [layer for layer, data in blobs.items() if decode(data).checkpoints]
     target = gzipped[0]
-    if how == "tampered checkpoint":
+    if how == "index blob not its digest":
         # The index blob's last bytes are its last checkpoint's window.
         manifest = requests.get(
             f"{registry.url}/v2/rich/manifests/{published.artifact}",
@@ -218,9 +226,32 @@ def test_without_a_published_index_the_image_is_pulled_whole(
         assert "WARNING" not in stderr
 
 
+def _forged_windows(blob: bytes) -> bytes:
+    """``blob`` with every checkpoint window's bytes changed, and still self-consistent.
+
+    Span digests cover the compressed layer only: nothing in the artifact
+    can tell these windows (what zran inflates from) from the real ones.
+    """
+    artifact = decode(blob)
+    raw = bytearray(artifact.checkpoints)
+    count = _GZIDX_HEAD.unpack_from(raw)[-1]
+    for at in range(_GZIDX_HEAD.size + count * _GZIDX_POINT.size, len(raw), 5):
+        raw[at] ^= 0x11
+    forged = encode(dataclasses.replace(artifact, checkpoints=bytes(raw)))
+    assert decode(forged, layer=artifact.layer) is not None  # accepted as well-formed
+    return forged
+
+
+@pytest.mark.parametrize("index", ["as published", "forged windows"])
 def test_without_trust_no_published_index_is_looked_up_or_used(
-    published: Published, registry: Registry, tmp_path: Path
+    index: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
 ) -> None:
+    if index == "forged windows":
+        blobs = _index_blobs(registry, published, seed)
+        forged = {layer: _forged_windows(data) if decode(data).checkpoints else data
+                  for layer, data in blobs.items()}  # fmt: skip
+        assert forged != blobs
+        _republish(registry, seed, forged)
     proxy = CountingProxy()
     with run_counting_proxy(registry.url, proxy) as host, machine(tmp_path / "second") as second:
         rootfs, info, stderr = _provision(second, f"{host}/rich:oci")
