@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
+from lazyfs.fs.mount_main import _remote_layer
 from lazyfs.index.artifact import LayerArtifact, Span, build_artifact
 from lazyfs.index.formats import build_index
 from lazyfs.index.model import CHECKPOINTS_NAME
@@ -21,8 +22,11 @@ from lazyfs.index.published import (
     load_published,
     store_published,
 )
+from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
+from providers.errors import BadImage
 from providers.manifest import Layer
+from providers.tar_stream import LayerLimits
 from tests.support.blob_sources import MemoryBlobs
 from tests.support.images import Entry, write_layer
 
@@ -179,3 +183,27 @@ def test_spans_hash_the_blob(built: Built) -> None:
         piece = built.blob[span.offset : span.offset + span.length]
         assert hashlib.sha256(piece).hexdigest() == span.sha256
     assert isinstance(built.artifact, LayerArtifact)
+
+
+class Mountable(MemoryBlobs):
+    """A blob source that records which layers a mount asked to fetch in the background."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        super().__init__(blobs)
+        self.mounted: list[Digest] = []
+
+    def layer_mounted(self, digest: Digest, prefetch: object) -> None:
+        self.mounted.append(digest)
+
+
+def test_a_published_layer_is_held_to_the_layer_limits(built: Built) -> None:
+    store = Store(built.layers_dir.parent)
+    blobs = Mountable({built.digest: built.blob})
+    small = LayerLimits(max_size=len(built.tar) - 1)
+    with pytest.raises(BadImage, match="unpacks to more than"):
+        _remote_layer(store, built.layer, blobs, entries=True, limits=small)  # type: ignore[arg-type]
+    assert blobs.mounted == []
+    enough = LayerLimits(max_size=len(built.tar))
+    index, reader, _ = _remote_layer(store, built.layer, blobs, entries=True, limits=enough)  # type: ignore[arg-type]
+    assert index.tar_size == len(built.tar) and blobs.mounted == [built.digest]
+    assert reader.read_range(built.digest, 0, 512) == built.tar[:512]
