@@ -106,7 +106,7 @@ def _tampered_span(built: Built, number: int) -> PublishedData:
     return dataclasses.replace(built.data, spans=tuple(spans))
 
 
-def test_a_tampered_span_digest_is_eio_for_its_reads_only(
+def test_a_tampered_span_digest_makes_the_layer_eio_for_this_reader(
     built: Built, caplog: pytest.LogCaptureFixture
 ) -> None:
     number = len(built.data.spans) // 2
@@ -121,9 +121,16 @@ def test_a_tampered_span_digest_is_eio_for_its_reads_only(
         reader.read_range(built.digest, offset, 4096)
     assert raised.value.errno == errno.EIO
     assert "does not match its published index" in str(raised.value)
-    assert "does not match its published index" in caplog.text
-    # The first span's bytes still read right.
-    assert reader.read_range(built.digest, 0, 512) == built.tar[:512]
+    fetched = reader.fetches
+    # The index lied once: no byte of the layer is served through it any more,
+    # none fetched for it, and the reason was logged once.
+    for at in (0, offset):
+        with pytest.raises(OSError) as raised:
+            reader.read_range(built.digest, at, 512)
+        assert raised.value.errno == errno.EIO
+        assert "does not match its published index" in str(raised.value)
+    assert reader.fetches == fetched
+    assert caplog.text.count("does not match its published index") == 1
 
 
 def _uncompressed_at(built: Built, span: Span) -> int:
@@ -135,7 +142,7 @@ def _uncompressed_at(built: Built, span: Span) -> int:
     return next(p.position for p in points if p.offset == span.offset)
 
 
-def test_wrong_bytes_from_the_source_are_read_again_then_refused(built: Built) -> None:
+def test_wrong_bytes_from_the_source_are_read_again_then_refused_for_good(built: Built) -> None:
     damaged = bytearray(built.blob)
     damaged[len(damaged) // 2] ^= 0xFF
     once = Evicting({built.digest: built.blob}, bytes(damaged), heals=1)
@@ -149,7 +156,14 @@ def test_wrong_bytes_from_the_source_are_read_again_then_refused(built: Built) -
     with pytest.raises(OSError) as raised:
         reader.read_range(built.digest, 0, len(built.tar))
     assert raised.value.errno == errno.EIO
-    assert len(always.evicted) == 2  # the bad bytes are not kept below either
+    assert len(always.evicted) == 1
+    # Confirmed: later reads are EIO without evicting or fetching the shared chunks again.
+    fetched = reader.fetches
+    for _ in range(3):
+        with pytest.raises(OSError) as raised:
+            reader.read_range(built.digest, 0, len(built.tar))
+        assert raised.value.errno == errno.EIO
+    assert len(always.evicted) == 1 and reader.fetches == fetched
 
 
 def test_no_wrong_byte_from_any_flipped_blob_byte(built: Built) -> None:
