@@ -22,6 +22,10 @@ cache's chunks are shared with other mounts).  A blob source that fails is
 an OSError(EIO) for that read, logged.  The FUSE handlers answer EIO, never
 a wrong byte.
 
+Given its entries, it also holds each regular file's entry to the tar
+headers before its data before serving any of it
+(``lazyfs.blobs.entry_check``): EIO for a file they do not describe.
+
 Verified spans are kept, least recently used first out, up to
 ``max_bytes``; a span several threads want at once is fetched once.
 Blocking and thread-safe, as ``TarRangeReader`` says: each gzip read takes
@@ -37,12 +41,13 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.index.artifact import Span
-from lazyfs.index.model import LayerIndex
+from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError
@@ -65,8 +70,14 @@ class PublishedLayers:
         blobs: BlobSource,
         *,
         max_bytes: int = DEFAULT_KEEP_BYTES,
+        entries: Mapping[Digest, Callable[[], Sequence[IndexEntry]]] | None = None,
     ) -> None:
         self._layers = dict(layers)
+        # Files are held to their tar headers only for layers whose entries are given.
+        self._checks = {
+            digest: EntryCheck(str(digest), self._reader(digest), loader)
+            for digest, loader in (entries or {}).items()
+        }
         self._blobs = blobs
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -88,6 +99,16 @@ class PublishedLayers:
         """
         data = self._layers[digest]
         self._refuse_if_bad(digest)
+        if length <= 0:
+            return b""
+        if (check := self._checks.get(digest)) is not None:
+            check.check(offset)
+        return self._stream(digest, data, offset, length)
+
+    def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
+        return lambda offset, length: self._stream(digest, self._layers[digest], offset, length)
+
+    def _stream(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
         if data.checkpoints is None:
@@ -238,7 +259,16 @@ def open_published(
     if found is None:
         return None
     index, where, data = found
-    return index, PublishedLayers({layer.digest: data}, blobs), where
+
+    def files() -> Sequence[IndexEntry]:
+        if entries:
+            return index.entries
+        whole = load_published(layers_dir, layer)
+        if whole is None:  # gone since: nothing to hold a file to, so nothing served
+            raise OSError(errno.EIO, f"layer {layer.digest}: its published index is gone")
+        return whole[0].entries
+
+    return index, PublishedLayers({layer.digest: data}, blobs, entries={layer.digest: files}), where
 
 
 def _open(reader: PublishedLayers, digest: Digest, data: PublishedData) -> tuple[Any, _BlobFile]:
