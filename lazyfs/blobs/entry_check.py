@@ -66,17 +66,22 @@ class EntryCheck:
         self._overlap: str | None = None
         self._verdicts: dict[int, str | None] = {}  # data offset -> None (right) or why not
 
-    def check(self, offset: int) -> None:
-        """OSError(EIO) unless the file whose data holds ``offset`` (if any) matches its headers."""
-        number = self._file_at(offset)
+    def check(self, offset: int, length: int) -> None:
+        """OSError(EIO) unless every file whose data ``[offset, offset + length)`` reaches
+        matches its headers (reads come in aligned chunks, across files)."""
+        files = self._load()
         if self._overlap is not None:
             raise OSError(
                 errno.EIO, f"layer {self.layer}: published index refused: {self._overlap}"
             )
-        if number is None:
-            return
-        files = self._files
-        assert files is not None
+        number = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while number < len(files) and files[number].offset < offset + length:
+            entry = files[number]
+            if entry.offset + _stored(entry) > offset:
+                self._check_one(files, number)
+            number += 1
+
+    def _check_one(self, files: list[IndexEntry], number: int) -> None:
         entry = files[number]
         with self._lock:
             known = entry.offset in self._verdicts
@@ -91,7 +96,7 @@ class EntryCheck:
         if why is not None:
             raise OSError(errno.EIO, f"layer {self.layer}: published index refused for {why}")
 
-    def _file_at(self, offset: int) -> int | None:
+    def _load(self) -> list[IndexEntry]:
         if self._files is None:
             files = sorted(
                 (e for e in self._entries() if e.kind is Kind.FILE and _stored(e)),
@@ -108,12 +113,8 @@ class EntryCheck:
             with self._lock:
                 self._files, self._starts = files, [e.offset for e in files]
                 self._overlap = overlap
-        number = bisect.bisect_right(self._starts, offset) - 1
-        if number < 0:
-            return None
-        files = self._files
-        assert files is not None
-        return number if offset < files[number].offset + _stored(files[number]) else None
+            return files
+        return self._files
 
     def _compare(self, entry: IndexEntry, start: int) -> str | None:
         """None when the member whose data is at ``entry.offset`` gives ``entry``, else why not."""

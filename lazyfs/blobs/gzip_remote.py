@@ -102,7 +102,7 @@ class PublishedLayers:
         if length <= 0:
             return b""
         if (check := self._checks.get(digest)) is not None:
-            check.check(offset)
+            check.check(offset, length)
         return self._stream(digest, data, offset, length)
 
     def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:

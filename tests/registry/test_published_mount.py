@@ -33,6 +33,7 @@ from lazyfs.index.artifact import (
     encode,
 )
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_layers, artifact_manifest
+from lazyfs.index.model import Kind
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from providers.referrers import referrers_tag
@@ -261,3 +262,30 @@ def test_without_trust_no_published_index_is_looked_up_or_used(
         asked = [e.path for e in proxy.select()]
         assert not [p for p in asked if "/referrers/" in p or "/manifests/sha256-" in p], asked
         assert "WARNING" not in stderr
+
+
+def test_a_trusted_index_with_a_forged_file_entry_is_eio_for_that_file(
+    published: Published, registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    blobs = _index_blobs(registry, published, seed)
+    # The top layer's first file with data: no layer above hides it.
+    top = next(layer for layer in reversed(published.layers) if layer in blobs)
+    artifact = decode(blobs[top])
+    victim = next(e for e in artifact.index.entries if e.kind is Kind.FILE and e.size)
+    told = tuple(
+        dataclasses.replace(e, mode=0o4755, uid=0, gid=0) if e == victim else e
+        for e in artifact.index.entries
+    )
+    index = dataclasses.replace(artifact.index, entries=told)
+    blobs[top] = encode(dataclasses.replace(artifact, index=index))
+    _republish(registry, seed, blobs)
+    name = "/".join(victim.path)
+    with machine(tmp_path / "second", TRUST) as second:
+        rootfs, info, _ = _provision(second, published.image)
+        assert top in info["remote_layers"]  # type: ignore[operator]
+        with pytest.raises(OSError) as raised:
+            (rootfs / name).read_bytes()
+        assert raised.value.errno == errno.EIO
+        assert "published index refused" in second.mount_log("lazy")
+        expected = {rel: node for rel, node in published.whole_tree.items() if rel != name}
+        _read_all(rootfs, expected)  # every other file: right bytes or EIO, never wrong
