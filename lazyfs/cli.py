@@ -101,7 +101,11 @@ class App:
                 if args.publish_indexes and registry.startswith(("http://", "https://")):
                     after = index_publisher(self.store, registry, self.registry_options)
                 providers["docker"] = DockerProvider(
-                    self.store, registry, self.registry_options, after
+                    self.store,
+                    registry,
+                    self.registry_options,
+                    after,
+                    trust_published=args.trust_published_indexes,
                 )
             else:
                 appc_dir = args.appc_store_dir or self.work_dir / "store" / "appc"

@@ -181,6 +181,14 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
             switch=True,
         ),
         Flag(
+            "trust_published_indexes",
+            False,
+            "mount registry images lazily from indexes published beside them, trusted as far "
+            "as push rights to the image's repository",
+            _truth,
+            switch=True,
+        ),
+        Flag(
             "image_gc_config",
             None,
             "image GC as Mesos' ImageGcConfig: JSON, a file or a file:// URL",

@@ -13,9 +13,18 @@ layer is inflated by zran (``indexed_gzip``) from the checkpoint before the
 read, over a file object (``_VerifiedBlob``) that hands it verified span
 bytes only; a tar layer's bytes are the span bytes themselves.  A span that
 does not match is dropped from the blob source's cache (``Evicting``) and
-read once more; a second mismatch, or a blob source that fails, is an
-OSError(EIO) naming the layer, the span and both digests, logged here: the
-FUSE handlers answer EIO, never a wrong byte.
+read once more.  A second mismatch (or a first, from a source that cannot
+drop what it has) is confirmed: the index and the layer's bytes disagree,
+so the layer's index is bad for this reader; that is logged once, naming
+the layer, the span and both digests, and every read of the layer is
+OSError(EIO) from then on, with nothing fetched or evicted again (the
+cache's chunks are shared with other mounts).  A blob source that fails is
+an OSError(EIO) for that read, logged.  The FUSE handlers answer EIO, never
+a wrong byte.
+
+Given its entries, it also holds each regular file's entry to the tar
+headers before its data before serving any of it
+(``lazyfs.blobs.entry_check``): EIO for a file they do not describe.
 
 Verified spans are kept, least recently used first out, up to
 ``max_bytes``; a span several threads want at once is fetched once.
@@ -32,12 +41,13 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.index.artifact import Span
-from lazyfs.index.model import LayerIndex
+from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError
@@ -60,8 +70,14 @@ class PublishedLayers:
         blobs: BlobSource,
         *,
         max_bytes: int = DEFAULT_KEEP_BYTES,
+        entries: Mapping[Digest, Callable[[], Sequence[IndexEntry]]] | None = None,
     ) -> None:
         self._layers = dict(layers)
+        # Files are held to their tar headers only for layers whose entries are given.
+        self._checks = {
+            digest: EntryCheck(str(digest), self._reader(digest), loader)
+            for digest, loader in (entries or {}).items()
+        }
         self._blobs = blobs
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -70,15 +86,29 @@ class PublishedLayers:
         self._pending: dict[tuple[Digest, int], threading.Event] = {}
         self._idle: dict[Digest, list[tuple[Any, _BlobFile]]] = {}
         self._busy = threading.Semaphore(HANDLES_PER_LAYER * max(1, len(self._layers)))
+        # Layers whose index a span confirmed wrong: why, for each EIO after.
+        self._bad: dict[Digest, DigestMismatch] = {}
         self.fetches = 0
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.
 
         KeyError for a layer not given; OSError(EIO) when a span cannot be
-        had or does not verify.
+        had or does not verify, and for every read of a layer whose index a
+        span confirmed wrong.
         """
         data = self._layers[digest]
+        self._refuse_if_bad(digest)
+        if length <= 0:
+            return b""
+        if (check := self._checks.get(digest)) is not None:
+            check.check(offset, length)
+        return self._stream(digest, data, offset, length)
+
+    def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
+        return lambda offset, length: self._stream(digest, self._layers[digest], offset, length)
+
+    def _stream(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
         if data.checkpoints is None:
@@ -134,25 +164,38 @@ class PublishedLayers:
             done.set()
 
     def _fetch(self, digest: Digest, span: Span) -> bytes:
+        self._refuse_if_bad(digest)  # a read that waited on the span that proved it bad
         try:
             piece = self._read(digest, span)
             if (problem := _mismatch(digest, span, piece)) is None:
                 return piece
             evict = getattr(self._blobs, "evict", None)
-            if evict is None:
-                raise problem
-            # Bytes corrupted on the way are seldom corrupted twice: drop, read again.
-            log.warning("%s; dropping it from the cache and reading it again", problem)
-            evict(digest, span.offset, span.length, str(problem))
-            piece = self._read(digest, span)
-            if (problem := _mismatch(digest, span, piece)) is None:
-                return piece
-            # Not kept below either: a later read tries afresh, not this EIO for good.
-            evict(digest, span.offset, span.length, str(problem))
-            raise problem
+            if evict is not None:
+                # Bytes corrupted on the way are seldom corrupted twice: drop, read again.
+                log.warning("%s; dropping it from the cache and reading it again", problem)
+                evict(digest, span.offset, span.length, str(problem))
+                piece = self._read(digest, span)
+                if (problem := _mismatch(digest, span, piece)) is None:
+                    return piece
         except LazyfsError as error:
             log.error("layer %s: cannot read blob span at %d: %s", digest, span.offset, error)
             raise OSError(errno.EIO, f"layer {digest}: {error}") from error
+        self._mark_bad(digest, problem)
+        raise OSError(errno.EIO, f"layer {digest}: {problem}") from problem
+
+    def _mark_bad(self, digest: Digest, problem: DigestMismatch) -> None:
+        """Refuse every read of ``digest`` from now on; say why once."""
+        with self._lock:
+            first = digest not in self._bad
+            self._bad.setdefault(digest, problem)
+        if first:
+            log.error("%s; its published index is not used again by this mount: EIO", problem)
+
+    def _refuse_if_bad(self, digest: Digest) -> None:
+        with self._lock:
+            problem = self._bad.get(digest)
+        if problem is not None:
+            raise OSError(errno.EIO, f"layer {digest}: {problem}")
 
     def _read(self, digest: Digest, span: Span) -> bytes:
         with self._lock:
@@ -216,7 +259,16 @@ def open_published(
     if found is None:
         return None
     index, where, data = found
-    return index, PublishedLayers({layer.digest: data}, blobs), where
+
+    def files() -> Sequence[IndexEntry]:
+        if entries:
+            return index.entries
+        whole = load_published(layers_dir, layer)
+        if whole is None:  # gone since: nothing to hold a file to, so nothing served
+            raise OSError(errno.EIO, f"layer {layer.digest}: its published index is gone")
+        return whole[0].entries
+
+    return index, PublishedLayers({layer.digest: data}, blobs, entries={layer.digest: files}), where
 
 
 def _open(reader: PublishedLayers, digest: Digest, data: PublishedData) -> tuple[Any, _BlobFile]:

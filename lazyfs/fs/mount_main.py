@@ -214,6 +214,7 @@ def _remote_layer(
     from lazyfs.index.estargz_store import remote_layers_dir
 
     if (published := open_published(store.layers, layer, blobs, entries=entries)) is not None:
+        _held_to(limits, layer, published[0])  # as a local or eStargz index is
         blobs.layer_mounted(layer.digest, None)  # the rest of the blob in the background
         return published
     index = ensure_remote_index(
@@ -280,6 +281,13 @@ def _index(layers_dir: Path, digest: Digest) -> LayerIndex:
         # _index_layers checked it; it went missing or was damaged since.
         raise RuntimeError(f"layer {digest}: its index in {layers_dir} is missing or damaged")
     return index
+
+
+def _held_to(limits: LayerLimits | None, layer: Layer, index: LayerIndex) -> None:
+    """BadImage if ``layer`` unpacks (``index.tar_size``) past ``limits``."""
+    from providers.tar_stream import LayerLimits
+
+    (limits or LayerLimits()).check(str(layer.digest), index.tar_size, layer.size)
 
 
 def _limits(args: argparse.Namespace) -> LayerLimits | None:

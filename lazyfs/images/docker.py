@@ -88,6 +88,11 @@ class DockerProvider:
     options: RegistryOptions = field(default_factory=RegistryOptions)
     # Called (in a thread) after a registry image is pulled whole; what it raises is a warning.
     after_pull: Callable[[ImageManifest], None] | None = None
+    # --trust_published_indexes: look for indexes published beside an image and
+    # mount from them. Off, no referrers are looked up and a kept image's index
+    # blobs are ignored: such an index is trusted as far as push rights to the
+    # repository, which pinning the image by digest does not narrow.
+    trust_published: bool = False
     _client: RegistryClient | None = field(default=None, init=False, repr=False)
 
     def _source(self, image: Image) -> Puller:
@@ -138,6 +143,9 @@ class DockerProvider:
         stored = self.store.get_image(reference, platform)
         if stored is None:
             return None
+        if not self.trust_published:
+            # Kept by an earlier provision that trusted them: not trusted now.
+            stored = without_index_blobs(stored)
         for layer in stored.layers:
             if not (lazy and lazy_layer(layer)) and not self.store.has_blob(layer.digest):
                 return None
@@ -199,8 +207,8 @@ class DockerProvider:
     ) -> ImageManifest:
         """``manifest``, its layers with a published index (found for a lazy pull) so marked."""
         manifest = without_index_blobs(manifest)  # a registry's manifest never says it
-        if not lazy:
-            return manifest
+        if not (lazy and self.trust_published):
+            return manifest  # not even a referrers request
         # Loaded for lazy pulls only: it loads the index code.
         from lazyfs.publish.fetch import published_layers, with_index_blobs
 

@@ -22,10 +22,16 @@ distrusts its input: it came from a registry.  Every size and offset is
 checked against the layer and the blob, and anything off is a BadImage
 naming the artifact, in one line; an unknown version is refused, not
 guessed at.  What the checks cannot prove is that the index is the one the
-layer's own bytes give: the artifact is trusted as far as whoever may push
-to the image's repository (it is found by the image digest, not pinned by
-it).  Span digests make wrong compressed bytes fail; the blob digest and
-diff_id are checked when the whole layer is fetched.
+layer's own bytes give: span digests make wrong compressed bytes fail, but
+checkpoint windows (what zran inflates from) and entries (names, modes,
+owners, where each file's bytes are) are taken on the artifact's word
+(a regular file is held to its tar headers when its data is first read:
+``lazyfs.blobs.entry_check``; entries without data are not).  So
+the artifact is trusted as far as whoever may push to the image's
+repository, even for an image pinned by digest (it is found by the image
+digest, not pinned by it), and only when ``--trust_published_indexes``
+says so; the layer's blob digest and diff_id are checked only once the
+whole blob has arrived.
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ lazy backend, about the layers that are neither in the store nor eStargz:
 
 1. the image's referrers of the lazyfs artifact type are looked up (one
    request to the Referrers API, a second for the referrers tag on a
-   registry without it; the answer is kept for the image digest while this
-   process lives);
-2. the first such artifact manifest that reads is fetched by digest and
-   checked against it, and lists an index blob per layer;
+   registry without it); an answer that found an index is kept for the
+   image digest while this process lives, one that found none is not (an
+   index published later is found by the next provision);
+2. the newest such artifact manifest that reads (``newest_first``) is
+   fetched by digest and checked against it, and lists an index blob per
+   layer;
 3. each wanted layer's index blob is fetched, checked against its digest,
    decoded (``lazyfs.index.artifact.decode``, every size and offset checked)
    and held to the layer: it must name the layer's digest and size; then it
@@ -17,7 +19,8 @@ lazy backend, about the layers that are neither in the store nor eStargz:
 What it returns (layer digest -> index blob digest) goes into the layers'
 annotations (``with_index_blobs``), which is how the mount process finds the
 index.  Anything that goes wrong is a warning naming why, and that layer (or
-the image) is pulled whole as before: never a failed provision, never an
+the image) is pulled whole as before: never a failed provision (a store
+that cannot keep an index, full or not writable, included), never an
 index that was not checked.  A layer read this way is checked span by span
 as it is read (``lazyfs.blobs.gzip_remote``), and by blob digest and diff_id
 when the cache daemon has it whole.  Blocking.
@@ -43,13 +46,16 @@ from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, DigestMismatch, LazyfsError
 from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
-from providers.referrers import list_referrers
+from providers.referrers import Referrer, list_referrers
 from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
 
 log = logging.getLogger(__name__)
 
-# The referrers answer per (repository, image digest), for this process.
+# The OCI annotation of when an artifact was made, which referrers lists may carry.
+CREATED = "org.opencontainers.image.created"
+
+# What a referrers answer found, per (repository, image digest), for this process.
 _answers: dict[tuple[str, str, Digest], dict[Digest, Descriptor]] = {}
 _answers_lock = threading.Lock()
 
@@ -84,7 +90,8 @@ def published_layers(
             continue
         try:
             _keep(store, push, layer, blob)
-        except LazyfsError as error:
+        except (LazyfsError, OSError) as error:
+            # OSError: the store could not keep it (ENOSPC, EACCES); the pull goes on.
             log.warning(
                 "%s: layer %s is pulled whole: its published index %s is refused: %s",
                 image.reference,
@@ -98,14 +105,14 @@ def published_layers(
 
 
 def _listed(push: RegistryPush, subject: Digest) -> dict[Digest, Descriptor]:
-    """The index blobs the first readable lazyfs artifact of ``subject`` lists, by layer."""
+    """The index blobs the newest readable lazyfs artifact of ``subject`` lists, by layer."""
     key = (push.base, push.repository, subject)
     with _answers_lock:
         known = _answers.get(key)
     if known is not None:
         return known
     listed: dict[Digest, Descriptor] = {}
-    for referrer in list_referrers(push, subject, ARTIFACT_TYPE):
+    for referrer in newest_first(list_referrers(push, subject, ARTIFACT_TYPE)):
         try:
             got = push.get_manifest(referrer.digest, OCI_MANIFEST)
             if got is None:
@@ -119,9 +126,24 @@ def _listed(push: RegistryPush, subject: Digest) -> dict[Digest, Descriptor]:
             break
         except (BadImage, DigestMismatch) as error:
             log.warning("%s: published index %s ignored: %s", push.image, referrer.digest, error)
-    with _answers_lock:
-        _answers[key] = listed
+    if listed:
+        with _answers_lock:
+            _answers[key] = listed
     return listed
+
+
+def newest_first(referrers: Sequence[Referrer]) -> list[Referrer]:
+    """``referrers``, the newest first: by their ``CREATED`` annotation, then last listed first.
+
+    Listed later is newer where the referrers tag lists them: a push appends
+    (``providers.referrers.with_referrer``).
+    """
+    order = sorted(
+        range(len(referrers)),
+        key=lambda at: (referrers[at].annotations.get(CREATED, ""), at),
+        reverse=True,
+    )
+    return [referrers[at] for at in order]
 
 
 def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> None:

@@ -2,8 +2,11 @@
 
 One machine pulls the rich image whole (fuse backend) and publishes its
 index (``lazyfs index push``); a second, with an empty store, work dir and
-cache, provisions it: every layer stays remote, read by range through the
-cache daemon, and the tree equals the first machine's.  Tampered indexes
+cache, provisions it with ``--trust_published_indexes``: every layer stays
+remote, read by range through the cache daemon, and the tree equals the
+first machine's.  Without that flag no referrer is asked for, and even an
+index with forged checkpoint windows (which span digests cannot catch) is
+never used: the image is pulled whole.  Tampered indexes
 never give a wrong byte: a span digest that does not match is EIO for the
 reads that need it, with a logged reason; an index blob that fails its
 digest, or that names another layer, is refused and that layer is pulled
@@ -21,18 +24,29 @@ from pathlib import Path
 import pytest
 import requests
 
-from lazyfs.index.artifact import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, decode, encode
+from lazyfs.index.artifact import (
+    _GZIDX_HEAD,
+    _GZIDX_POINT,
+    CONFIG_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    decode,
+    encode,
+)
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_layers, artifact_manifest
+from lazyfs.index.model import Kind
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from providers.referrers import referrers_tag
 from providers.registry_http import HttpOptions, RegistryHttp
 from providers.registry_push import RegistryPush
+from tests.support.counting_proxy import CountingProxy, run_counting_proxy
 from tests.support.fuse_mounts import need_fuse
 from tests.support.lazy_machine import Machine, machine
 from tests.support.registry_seed import Seed
 from tests.support.registry_servers import Registry, copy_storage, run_registry
 from tests.support.tree import Node, diff_trees, tree_digest
+
+TRUST = "--trust_published_indexes"
 
 
 @pytest.fixture
@@ -75,7 +89,7 @@ def _store_blobs(work: Path) -> set[str]:
 
 
 def test_a_second_machine_mounts_lazily_the_same_tree(published: Published, tmp_path: Path) -> None:
-    with machine(tmp_path / "second") as second:
+    with machine(tmp_path / "second", TRUST) as second:
         rootfs, info, _ = _provision(second, published.image)
         assert sorted(info["remote_layers"]) == sorted(published.layers)  # type: ignore[call-overload]
         differences = diff_trees(published.whole_tree, tree_digest(rootfs))
@@ -151,7 +165,7 @@ def test_a_tampered_span_digest_is_eio_never_a_wrong_byte(
     spans = tuple(dataclasses.replace(s, sha256="0" * 64) for s in artifact.spans)
     blobs[target] = encode(dataclasses.replace(artifact, spans=spans))
     _republish(registry, seed, blobs)
-    with machine(tmp_path / "second") as second:
+    with machine(tmp_path / "second", TRUST) as second:
         rootfs, info, _ = _provision(second, published.image)
         assert sorted(info["remote_layers"]) == sorted(published.layers)  # type: ignore[call-overload]
         right, refused = _read_all(rootfs, published.whole_tree)
@@ -170,14 +184,14 @@ def _tamper_stored_blob(registry: Registry, digest: Digest) -> None:
     data.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("how", ["tampered checkpoint", "another layer's index"])
+@pytest.mark.parametrize("how", ["index blob not its digest", "another layer's index"])
 def test_a_refused_index_means_that_layer_is_pulled_whole(
     how: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
 ) -> None:
     blobs = _index_blobs(registry, published, seed)
     gzipped = [layer for layer, data in blobs.items() if decode(data).checkpoints]
     target = gzipped[0]
-    if how == "tampered checkpoint":
+    if how == "index blob not its digest":
         # The index blob's last bytes are its last checkpoint's window.
         manifest = requests.get(
             f"{registry.url}/v2/rich/manifests/{published.artifact}",
@@ -192,7 +206,7 @@ def test_a_refused_index_means_that_layer_is_pulled_whole(
         blobs[target] = blobs[other]
         _republish(registry, seed, blobs)
         reason = f"indexes layer {other}, not {target}"
-    with machine(tmp_path / "second") as second:
+    with machine(tmp_path / "second", TRUST) as second:
         rootfs, info, stderr = _provision(second, published.image)
         assert reason in stderr
         remote = set(info["remote_layers"])  # type: ignore[call-overload]
@@ -211,3 +225,67 @@ def test_without_a_published_index_the_image_is_pulled_whole(
         layers = info["image"]["layers"]  # type: ignore[index]
         assert set(layers) <= _store_blobs(only.work)
         assert "WARNING" not in stderr
+
+
+def _forged_windows(blob: bytes) -> bytes:
+    """``blob`` with every checkpoint window's bytes changed, and still self-consistent.
+
+    Span digests cover the compressed layer only: nothing in the artifact
+    can tell these windows (what zran inflates from) from the real ones.
+    """
+    artifact = decode(blob)
+    raw = bytearray(artifact.checkpoints)
+    count = _GZIDX_HEAD.unpack_from(raw)[-1]
+    for at in range(_GZIDX_HEAD.size + count * _GZIDX_POINT.size, len(raw), 5):
+        raw[at] ^= 0x11
+    forged = encode(dataclasses.replace(artifact, checkpoints=bytes(raw)))
+    assert decode(forged, layer=artifact.layer) is not None  # accepted as well-formed
+    return forged
+
+
+@pytest.mark.parametrize("index", ["as published", "forged windows"])
+def test_without_trust_no_published_index_is_looked_up_or_used(
+    index: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    if index == "forged windows":
+        blobs = _index_blobs(registry, published, seed)
+        forged = {layer: _forged_windows(data) if decode(data).checkpoints else data
+                  for layer, data in blobs.items()}  # fmt: skip
+        assert forged != blobs
+        _republish(registry, seed, forged)
+    proxy = CountingProxy()
+    with run_counting_proxy(registry.url, proxy) as host, machine(tmp_path / "second") as second:
+        rootfs, info, stderr = _provision(second, f"{host}/rich:oci")
+        assert info["remote_layers"] == []
+        assert set(published.layers) <= _store_blobs(second.work)
+        assert diff_trees(published.whole_tree, tree_digest(rootfs)) == []
+        asked = [e.path for e in proxy.select()]
+        assert not [p for p in asked if "/referrers/" in p or "/manifests/sha256-" in p], asked
+        assert "WARNING" not in stderr
+
+
+def test_a_trusted_index_with_a_forged_file_entry_is_eio_for_that_file(
+    published: Published, registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    blobs = _index_blobs(registry, published, seed)
+    # The top layer's first file with data: no layer above hides it.
+    top = next(layer for layer in reversed(published.layers) if layer in blobs)
+    artifact = decode(blobs[top])
+    victim = next(e for e in artifact.index.entries if e.kind is Kind.FILE and e.size)
+    told = tuple(
+        dataclasses.replace(e, mode=0o4755, uid=0, gid=0) if e == victim else e
+        for e in artifact.index.entries
+    )
+    index = dataclasses.replace(artifact.index, entries=told)
+    blobs[top] = encode(dataclasses.replace(artifact, index=index))
+    _republish(registry, seed, blobs)
+    name = "/".join(victim.path)
+    with machine(tmp_path / "second", TRUST) as second:
+        rootfs, info, _ = _provision(second, published.image)
+        assert top in info["remote_layers"]  # type: ignore[operator]
+        with pytest.raises(OSError) as raised:
+            (rootfs / name).read_bytes()
+        assert raised.value.errno == errno.EIO
+        assert "published index refused" in second.mount_log("lazy")
+        expected = {rel: node for rel, node in published.whole_tree.items() if rel != name}
+        _read_all(rootfs, expected)  # every other file: right bytes or EIO, never wrong

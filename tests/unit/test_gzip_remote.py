@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
+from lazyfs.fs.mount_main import _remote_layer
 from lazyfs.index.artifact import LayerArtifact, Span, build_artifact
 from lazyfs.index.formats import build_index
 from lazyfs.index.model import CHECKPOINTS_NAME
@@ -21,8 +22,11 @@ from lazyfs.index.published import (
     load_published,
     store_published,
 )
+from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
+from providers.errors import BadImage
 from providers.manifest import Layer
+from providers.tar_stream import LayerLimits
 from tests.support.blob_sources import MemoryBlobs
 from tests.support.images import Entry, write_layer
 
@@ -102,7 +106,7 @@ def _tampered_span(built: Built, number: int) -> PublishedData:
     return dataclasses.replace(built.data, spans=tuple(spans))
 
 
-def test_a_tampered_span_digest_is_eio_for_its_reads_only(
+def test_a_tampered_span_digest_makes_the_layer_eio_for_this_reader(
     built: Built, caplog: pytest.LogCaptureFixture
 ) -> None:
     number = len(built.data.spans) // 2
@@ -117,9 +121,16 @@ def test_a_tampered_span_digest_is_eio_for_its_reads_only(
         reader.read_range(built.digest, offset, 4096)
     assert raised.value.errno == errno.EIO
     assert "does not match its published index" in str(raised.value)
-    assert "does not match its published index" in caplog.text
-    # The first span's bytes still read right.
-    assert reader.read_range(built.digest, 0, 512) == built.tar[:512]
+    fetched = reader.fetches
+    # The index lied once: no byte of the layer is served through it any more,
+    # none fetched for it, and the reason was logged once.
+    for at in (0, offset):
+        with pytest.raises(OSError) as raised:
+            reader.read_range(built.digest, at, 512)
+        assert raised.value.errno == errno.EIO
+        assert "does not match its published index" in str(raised.value)
+    assert reader.fetches == fetched
+    assert caplog.text.count("does not match its published index") == 1
 
 
 def _uncompressed_at(built: Built, span: Span) -> int:
@@ -131,7 +142,7 @@ def _uncompressed_at(built: Built, span: Span) -> int:
     return next(p.position for p in points if p.offset == span.offset)
 
 
-def test_wrong_bytes_from_the_source_are_read_again_then_refused(built: Built) -> None:
+def test_wrong_bytes_from_the_source_are_read_again_then_refused_for_good(built: Built) -> None:
     damaged = bytearray(built.blob)
     damaged[len(damaged) // 2] ^= 0xFF
     once = Evicting({built.digest: built.blob}, bytes(damaged), heals=1)
@@ -145,7 +156,14 @@ def test_wrong_bytes_from_the_source_are_read_again_then_refused(built: Built) -
     with pytest.raises(OSError) as raised:
         reader.read_range(built.digest, 0, len(built.tar))
     assert raised.value.errno == errno.EIO
-    assert len(always.evicted) == 2  # the bad bytes are not kept below either
+    assert len(always.evicted) == 1
+    # Confirmed: later reads are EIO without evicting or fetching the shared chunks again.
+    fetched = reader.fetches
+    for _ in range(3):
+        with pytest.raises(OSError) as raised:
+            reader.read_range(built.digest, 0, len(built.tar))
+        assert raised.value.errno == errno.EIO
+    assert len(always.evicted) == 1 and reader.fetches == fetched
 
 
 def test_no_wrong_byte_from_any_flipped_blob_byte(built: Built) -> None:
@@ -179,3 +197,27 @@ def test_spans_hash_the_blob(built: Built) -> None:
         piece = built.blob[span.offset : span.offset + span.length]
         assert hashlib.sha256(piece).hexdigest() == span.sha256
     assert isinstance(built.artifact, LayerArtifact)
+
+
+class Mountable(MemoryBlobs):
+    """A blob source that records which layers a mount asked to fetch in the background."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        super().__init__(blobs)
+        self.mounted: list[Digest] = []
+
+    def layer_mounted(self, digest: Digest, prefetch: object) -> None:
+        self.mounted.append(digest)
+
+
+def test_a_published_layer_is_held_to_the_layer_limits(built: Built) -> None:
+    store = Store(built.layers_dir.parent)
+    blobs = Mountable({built.digest: built.blob})
+    small = LayerLimits(max_size=len(built.tar) - 1)
+    with pytest.raises(BadImage, match="unpacks to more than"):
+        _remote_layer(store, built.layer, blobs, entries=True, limits=small)  # type: ignore[arg-type]
+    assert blobs.mounted == []
+    enough = LayerLimits(max_size=len(built.tar))
+    index, reader, _ = _remote_layer(store, built.layer, blobs, entries=True, limits=enough)  # type: ignore[arg-type]
+    assert index.tar_size == len(built.tar) and blobs.mounted == [built.digest]
+    assert reader.read_range(built.digest, 0, 512) == built.tar[:512]

@@ -1,0 +1,158 @@
+"""Finding and keeping published indexes (``lazyfs.publish.fetch``) against a registry stand-in.
+
+The registry is a dict of manifests and blobs behind the two calls the
+module makes of a repository (``get_manifest``, ``get_blob``) and a list of
+referrers; the index blobs are real artifacts of a real tar layer, so
+decoding and keeping them in the store is the module's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from lazyfs.index.artifact import (
+    ARTIFACT_TYPE,
+    CONFIG_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    Span,
+    build_artifact,
+    encode,
+)
+from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_manifest
+from lazyfs.index.formats import build_index
+from lazyfs.publish import fetch
+from lazyfs.store.disk import Store
+from providers.digest import Digest, digest_bytes, hex_part
+from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
+from providers.referrers import Referrer
+from tests.support.images import Entry, write_layer
+
+SUBJECT = Digest("sha256:" + "a" * 64)
+
+
+@dataclass
+class Repository:
+    """What the module reads of a repository: manifests, blobs, and the subject's referrers."""
+
+    manifests: dict[str, bytes] = field(default_factory=dict)
+    blobs: dict[Digest, bytes] = field(default_factory=dict)
+    referrers: list[Referrer] = field(default_factory=list)
+    listings: int = 0
+    base = "http://registry.invalid"
+    repository = "app"
+    image = "registry.invalid/app:1"
+
+    def get_manifest(self, reference: str, accept: str) -> tuple[bytes, str] | None:
+        found = self.manifests.get(reference)
+        return None if found is None else (found, OCI_MANIFEST)
+
+    def get_blob(self, digest: Digest, limit: int) -> bytes:
+        return self.blobs[digest]
+
+    def publish(self, layer: Digest, index: bytes, created: str | None = None) -> Digest:
+        """List an artifact of ``index`` (the index blob of ``layer``) as a referrer; its blob."""
+        blob = digest_bytes(index)
+        self.blobs[blob] = index
+        config = Descriptor(CONFIG_MEDIA_TYPE, digest_bytes(CONFIG_BYTES), len(CONFIG_BYTES))
+        subject = Descriptor(OCI_MANIFEST, SUBJECT, 1)
+        data = artifact_manifest(
+            subject, config, {layer: Descriptor(INDEX_MEDIA_TYPE, blob, len(index))}
+        )
+        digest = digest_bytes(data)
+        self.manifests[digest] = data
+        notes = {fetch.CREATED: created} if created else {}
+        self.referrers.append(Referrer(digest, len(data), OCI_MANIFEST, ARTIFACT_TYPE, notes))
+        return blob
+
+
+@dataclass
+class Built:
+    layer: Layer
+    index: bytes
+    other_index: bytes  # the same layer's index with its spans cut otherwise: another blob
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Built:
+    tar = write_layer([Entry("a", data=b"x" * 5000)], tmp_path / "layer.tar")
+    digest = digest_bytes(tar.read_bytes())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    artifact = build_artifact(build_index(digest, tar, scratch), tar, b"")
+    data = tar.read_bytes()
+    cut = [Span(0, 512, _sha(data[:512])), Span(512, len(data) - 512, _sha(data[512:]))]
+    other = replace(artifact, spans=tuple(cut))
+    layer = Layer(digest, "application/vnd.oci.image.layer.v1.tar", len(data))
+    return Built(layer, encode(artifact), encode(other))
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def repository(monkeypatch: pytest.MonkeyPatch) -> Iterator[Repository]:
+    found = Repository()
+
+    def listing(
+        push: object, subject: Digest, artifact_type: str | None = None
+    ) -> tuple[Referrer, ...]:
+        assert subject == SUBJECT and artifact_type == ARTIFACT_TYPE
+        found.listings += 1
+        return tuple(found.referrers)
+
+    monkeypatch.setattr(fetch, "_answers", {})
+    monkeypatch.setattr(fetch, "list_referrers", listing)
+    monkeypatch.setattr(fetch, "repository_push", lambda client, reference: found)
+    yield found
+
+
+def _look(store: Store, built: Built) -> dict[Digest, Digest]:
+    image = ImageManifest("registry.invalid/app:1", SUBJECT, (built.layer,))
+    return fetch.published_layers(store, None, image, [built.layer])  # type: ignore[arg-type]
+
+
+def test_a_store_that_cannot_keep_an_index_means_a_whole_pull(
+    repository: Repository, built: Built, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "store")
+    blob = repository.publish(built.layer.digest, built.index)
+    # Where the index would be kept is a file: mkdir fails as on a full or read-only disk.
+    (store.layers / hex_part(built.layer.digest)).write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        assert _look(store, built) == {}
+    assert f"{built.layer.digest} is pulled whole: its published index {blob}" in caplog.text
+
+
+def test_only_an_answer_that_found_an_index_is_kept(
+    repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "store")
+    assert _look(store, built) == {}
+    blob = repository.publish(built.layer.digest, built.index)
+    assert _look(store, built) == {built.layer.digest: blob}  # published since: found
+    assert _look(store, built) == {built.layer.digest: blob}
+    assert repository.listings == 2  # the found answer was kept
+
+
+def test_the_newest_index_is_used(repository: Repository, built: Built, tmp_path: Path) -> None:
+    repository.publish(built.layer.digest, built.index)
+    newer = repository.publish(built.layer.digest, built.other_index)
+    assert _look(Store(tmp_path / "store"), built) == {built.layer.digest: newer}
+
+
+def test_newest_first_by_creation_time_then_last_listed() -> None:
+    def made(name: str, created: str | None) -> Referrer:
+        notes = {fetch.CREATED: created} if created else {}
+        return Referrer(Digest("sha256:" + name * 64), 1, OCI_MANIFEST, ARTIFACT_TYPE, notes)
+
+    listed = [made("1", None), made("2", "2026-01-02T00:00:00Z"), made("3", None),
+              made("4", "2026-01-01T00:00:00Z")]  # fmt: skip
+    order = [r.digest[-1] for r in fetch.newest_first(listed)]
+    assert order == ["2", "4", "3", "1"]
