@@ -35,7 +35,6 @@ if __name__ == "__main__":
     # Exec'd: nothing to collect yet, but each pass walks every module loaded (some 10 ms).
     gc.disable()
 
-import argparse
 import logging
 import os
 import signal
@@ -52,7 +51,7 @@ import trio
 from lazyfs.blobs.ranges import ByLayer, ChunkCache, TarRangeReader, open_layers
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs.mount_options import mount_options
-from lazyfs.fs.mount_wire import INDEXED, READY, parse_layer_args, refusal
+from lazyfs.fs.mount_wire import INDEXED, READY, mount_limits, parse_mount_args, refusal
 from lazyfs.fs.read_only import NoOpenReadOnlyOperations, ReadOnlyOperations
 from lazyfs.index.model import LayerData, LayerIndex
 from lazyfs.index.stored import (
@@ -78,31 +77,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lazyfs.fs.mount")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="lazyfs.fs.mount_main")
-    parser.add_argument("--mountpoint", type=Path, required=True)
-    parser.add_argument("--store", type=Path, required=True, help="the store root")
-    parser.add_argument(
-        "--layer",
-        action="append",
-        default=[],
-        type=parse_layer_args,
-        help="a layer's descriptor (JSON: digest, media_type, size, diff_id, annotations,"
-        " origin), bottom first; without an origin its blob is in the store, its stored index"
-        " says where its tar stream is read from (the blob, a tar copy, or gzip checkpoints)",
-    )
-    parser.add_argument("--cache-dir", type=Path, help="the cache daemon's, for remote layers")
-    parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
-    parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
-    parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument("--upper", type=Path, help="writable: the upper (new, or a former mount's)")
-    parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
-    parser.add_argument("--debug", action="store_true")
-    parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
-    parser.add_argument("--dev", action="store_true", help="let device nodes be opened")
-    return parser.parse_args(argv)
 
 
 @dataclass(frozen=True)
@@ -290,17 +264,6 @@ def _held_to(limits: LayerLimits | None, layer: Layer, index: LayerIndex) -> Non
     (limits or LayerLimits()).check(str(layer.digest), index.tar_size, layer.size)
 
 
-def _limits(args: argparse.Namespace) -> LayerLimits | None:
-    """The limits asked for, None for the defaults (which need no tar parser loaded here)."""
-    given = {"max_size": args.max_layer_size, "max_ratio": args.max_layer_ratio}
-    given = {key: value for key, value in given.items() if value is not None}
-    if not given:
-        return None
-    from providers.tar_stream import LayerLimits
-
-    return LayerLimits(**given)
-
-
 def _answer(ready: BinaryIO, line: bytes) -> bool:
     """Tell the caller ``line``; False if it is gone (then nobody waits for this mount)."""
     try:
@@ -348,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    args = parse_mount_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s lazyfs-mount[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -357,7 +320,7 @@ def _main(argv: Sequence[str] | None) -> int:
         signal.signal(number, _Stop.handler)
     with os.fdopen(args.ready_fd, "wb", buffering=0) as ready:
         try:
-            indexed = _index_layers(args.store, args.layer, _limits(args), args.cache_dir)
+            indexed = _index_layers(args.store, args.layer, mount_limits(args), args.cache_dir)
         except (LazyfsError, OSError) as error:
             # The caller raises it as it is: one line for the user, no traceback.
             log.info("refused to mount %s: %s", args.mountpoint, error)

@@ -14,8 +14,11 @@ layer's origin alone, so a mount process of local layers starts without it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from providers import errors
@@ -25,6 +28,7 @@ from providers.manifest import Layer
 
 if TYPE_CHECKING:
     from lazyfs.cache.remote import RemoteOrigin
+    from providers.tar_stream import LayerLimits
 
 # The mount process's answers on its ready pipe (``lazyfs.fs.mount`` says when each comes).
 INDEXED = b"indexed\n"
@@ -113,3 +117,40 @@ def refused_error(text: bytes) -> Exception:
         return error
     except (ValueError, KeyError, TypeError, StopIteration):
         return BackendError(f"the mount process refused with a damaged answer: {text!r}")
+
+
+def parse_mount_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The mount process's command line (``lazyfs.fs.mount_main``)."""
+    parser = argparse.ArgumentParser(prog="lazyfs.fs.mount_main")
+    parser.add_argument("--mountpoint", type=Path, required=True)
+    parser.add_argument("--store", type=Path, required=True, help="the store root")
+    parser.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        type=parse_layer_args,
+        help="a layer's descriptor (JSON: digest, media_type, size, diff_id, annotations,"
+        " origin), bottom first; without an origin its blob is in the store, its stored index"
+        " says where its tar stream is read from (the blob, a tar copy, or gzip checkpoints)",
+    )
+    parser.add_argument("--cache-dir", type=Path, help="the cache daemon's, for remote layers")
+    parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
+    parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
+    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--upper", type=Path, help="writable: the upper (new, or a former mount's)")
+    parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
+    parser.add_argument("--dev", action="store_true", help="let device nodes be opened")
+    return parser.parse_args(argv)
+
+
+def mount_limits(args: argparse.Namespace) -> LayerLimits | None:
+    """The limits asked for, None for the defaults (which need no tar parser loaded here)."""
+    given = {"max_size": args.max_layer_size, "max_ratio": args.max_layer_ratio}
+    given = {key: value for key, value in given.items() if value is not None}
+    if not given:
+        return None
+    from providers.tar_stream import LayerLimits
+
+    return LayerLimits(**given)

@@ -116,8 +116,9 @@ START = """
 import sys
 from pathlib import Path
 from lazyfs.fs import mount_main
+from lazyfs.fs.mount_wire import parse_layer_args
 store, *args = sys.argv[1:]
-layers = [mount_main.parse_layer_args(arg) for arg in args]
+layers = [parse_layer_args(arg) for arg in args]
 for _ in range(2):
     indexed = mount_main._index_layers(Path(store), layers, None)
     mount_main._operations(indexed, None, None, no_open=False)
