@@ -17,7 +17,9 @@ mount process once all N are up:
   store.
 
 Once a run, ``measure_density_files`` measures one mount of images of 1k
-to 1M files (``benchlib.density_scale``).
+to 1M files (``benchlib.density_scale``), and its memory after a walk and a
+read-all (``benchlib.density_memory``); ``--only density-files`` runs that
+part alone.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def measure_density(ctx: Context) -> Result:
     return Result("density", ctx.image.name, contenders)
 
 
-def measure_density_files(ctx: Context) -> Result:
-    """One mount per image size, 1k to 1M files (``benchlib.density_scale``)."""
+def measure_density_files(ctx: Context) -> list[Result]:
+    """One mount per image size, 1k to 1M files, and its memory under load (``density_scale``)."""
     return measure_scale(ctx, _cpu_ms, _per)
 
 

@@ -37,6 +37,7 @@ from typing import IO, Any
 import trio
 
 from backends.base import scratch_dir as rootfs_scratch
+from benchlib.density_memory import memory_contenders
 from benchlib.images import BenchImage
 from benchlib.lazy import Lazyfs
 from benchlib.measure import Contender, Context, Result, Timing, compare
@@ -61,13 +62,18 @@ def sizes() -> tuple[int, ...]:
     return tuple(int(n) for n in given.split(",")) if given else SIZES
 
 
-def measure_scale(ctx: Context, measure: Callable[[int], float], per: Callable[..., int]) -> Result:
+def measure_scale(
+    ctx: Context, measure: Callable[[int], float], per: Callable[..., int]
+) -> list[Result]:
     """Mount time, PSS and CPU of one fuse mount per image size; overlay beside it.
 
+    Then, per size, a mount's memory after a walk and a read-all
+    (``benchlib.density_memory``), as a second result, ``density-memory``.
     ``measure(pid)`` is a mount process's CPU ms, ``per(pids, field)`` its
     ``smaps_rollup`` field (``benchlib.density``'s, passed in to share them).
     """
     contenders: list[Contender] = []
+    loaded: list[Contender] = []
     for files in sizes():
         image = many_files_image(ctx.cache, files, ctx.log)
         with contextlib.ExitStack() as stack:
@@ -83,7 +89,12 @@ def measure_scale(ctx: Context, measure: Callable[[int], float], per: Callable[.
             compare(pair, ctx.runs, ctx.log, f"density {files:,} files")
             log_medians(ctx, f"density {files:,} files", pair)
             contenders += pair
-    return Result("density-files", "many-files", contenders)
+            if pair[0].samples:
+                loaded += memory_contenders(lazyfs, files, per, ctx.log)
+    return [
+        Result("density-files", "many-files", contenders),
+        Result("density-memory", "many-files", loaded),
+    ]
 
 
 def log_medians(ctx: Context, label: str, contenders: list[Contender]) -> None:

@@ -109,6 +109,15 @@ def _link(contender: Contender) -> str:
     return f"{crossed / 1e6:.1f} MB ({crossed / facts['image_bytes']:.1%} of the image)"
 
 
+def _pairs(result: Result) -> list[tuple[str, str, float]]:
+    """lazyfs/peer ratios; by-size density rows only against the peer of the same size."""
+    pairs = ratios(result.contenders)
+    if result.measurement != "density-files":
+        return pairs
+    # "lazyfs fuse 1,000 files" against "overlay 1,000 files" only.
+    return [p for p in pairs if p[0].split()[-2:] == p[1].split()[-2:]]
+
+
 def _ratio(value: float) -> str:
     # Two decimals hide a 10 ms provision against a 10 s one; keep 3 digits.
     return f"x{value:.3g}"
@@ -119,7 +128,7 @@ def table(results: list[Result]) -> str:
     lines = []
     for result in results:
         lines.append(f"\n{result.measurement} - {result.image}{_facts(result)}")
-        pairs = ratios(result.contenders)
+        pairs = _pairs(result)
         width = max(20, *(len(c.name) for c in result.contenders))
         for c in result.contenders:
             if not c.samples:
@@ -195,7 +204,7 @@ def markdown(meta: dict[str, Any], results: list[Result]) -> str:
         "| --- | --- | --- | ---: | --- | --- | --- |",
     ]
     for result in results:
-        pairs = ratios(result.contenders)
+        pairs = _pairs(result)
         for c in result.contenders:
             if not c.samples:
                 lines.append(
