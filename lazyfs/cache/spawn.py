@@ -98,16 +98,23 @@ class Starting:
         """Return once the daemon answers; BackendError when it exits or the timeout passes."""
         try:
             _wait_answering(self.spec, self.pid, self._deadline)
+        except _Exited:
+            self.pid = None  # reaped already: its pid may be another's by now
+            raise
         finally:
             self.release()
+
+    def release(self) -> None:
+        """Let go of the start lock without waiting. Idempotent."""
+        self._lock.close()
         if self.pid is not None:
             # Reaped when it ends, so a daemon that dies leaves no zombie here.
             threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
             self.pid = None
 
-    def release(self) -> None:
-        """Let go of the start lock without waiting. Idempotent."""
-        self._lock.close()
+
+class _Exited(BackendError):
+    """The daemon started here exited before it answered (and was reaped)."""
 
 
 def start_daemon(spec: DaemonSpec) -> Starting | None:
@@ -176,7 +183,7 @@ def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
     pause = 0.02
     while not answers(spec.cache_dir):
         if pid is not None and os.waitpid(pid, os.WNOHANG)[0] == pid:
-            raise BackendError(
+            raise _Exited(
                 f"the cache daemon exited at start: {_last_line(spec.cache_dir / LOG_NAME)}"
             )
         if time.monotonic() > deadline:

@@ -154,9 +154,12 @@ def mount(
         argv.append("--dev")
     # The daemon comes up while the mount process starts, not before: the mount
     # process waits for it at its first miss, and both take a while to load.
-    starting = None if daemon is None else start_daemon(daemon)
-    read_end, write_end = os.pipe()
+    starting = None
+    read_end = write_end = -1
     try:
+        if daemon is not None:
+            starting = start_daemon(daemon)
+        read_end, write_end = os.pipe()
         # Not inheritable: only the mount process may hold the write end (see
         # ``_start``); a mount server spawned meanwhile would keep it for hours,
         # and the EOF that tells a failed mount would never come.
@@ -177,8 +180,9 @@ def mount(
             raise
     finally:
         if starting is not None:
-            starting.release()
-        os.close(read_end)
+            starting.release()  # a daemon start ends with it, or the lock stays held
+        if read_end >= 0:
+            os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
     if answer == READY:
