@@ -58,6 +58,7 @@ from lazyfs.cache.messages import (
     Status,
     StatusOk,
 )
+from lazyfs.cache.spawn import starting
 from providers.digest import Digest
 from providers.errors import LazyfsError, NotFound, TemporaryFailure
 from providers.manifest import Layer
@@ -293,13 +294,11 @@ class CacheClient:
         answer = self._ask(Status(next(self._ids)))
         if not isinstance(answer, StatusOk) or answer.chunk_size <= 0:
             raise TemporaryFailure(f"the cache daemon answered a status request with {answer}")
-        if answer.chunk_size != self.files.layout.chunk_size:
+        changed = answer.chunk_size != self.files.layout.chunk_size
+        if changed:
             log.info("the cache daemon at %s cuts %d-byte chunks; reading those",
                      self._socket, answer.chunk_size)  # fmt: skip
             self.files = ChunkFiles(Layout(self.cache_dir, answer.chunk_size))
-            changed = True
-        else:
-            changed = False
         self._layout_agreed = True
         return changed
 
@@ -335,8 +334,10 @@ class CacheClient:
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.wait
-                    log.warning("cache daemon at %s unreachable (%s); a miss waits up to %gs "
-                                "for it", self._socket, error, self.wait)  # fmt: skip
+                    # Expected while the daemon starts beside this mount: no warning then.
+                    level = logging.INFO if starting(self.cache_dir) else logging.WARNING
+                    log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to %gs "
+                            "for it", self._socket, error, self.wait)  # fmt: skip
                 if now >= deadline:
                     raise CacheUnavailable(
                         f"the cache daemon at {self._socket} did not answer within "

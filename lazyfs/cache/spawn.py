@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazyfs.cache.layout import socket_path
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
@@ -67,6 +68,25 @@ def answers(cache_dir: Path) -> bool:
     except (OSError, ProtocolError):
         return False
     return True
+
+
+def starting(cache_dir: Path) -> bool:
+    """Whether the daemon of ``cache_dir`` is known to be on its way: never listened yet, or
+    a start of it holds the start lock (a mount starts beside the daemon and may ask first).
+    """
+    if not socket_path(cache_dir).exists():
+        return True
+    try:
+        fd = os.open(cache_dir / START_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops our shared lock too, if we got it
+    return False
 
 
 def ensure_daemon(spec: DaemonSpec) -> None:
