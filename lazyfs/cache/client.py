@@ -55,7 +55,10 @@ from lazyfs.cache.messages import (
     RegistryOrigin,
     Request,
     Response,
+    Status,
+    StatusOk,
 )
+from lazyfs.cache.spawn import starting
 from providers.digest import Digest
 from providers.errors import LazyfsError, NotFound, TemporaryFailure
 from providers.manifest import Layer
@@ -124,7 +127,10 @@ class CacheClient:
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         self.cache_dir = cache_dir
+        # Until the daemon says otherwise (``_agree_layout``): it chose the
+        # chunk size its files are cut in, and may predate this code's.
         self.files = ChunkFiles(Layout(cache_dir, chunk_size))
+        self._layout_agreed = False
         self.blobs = dict(blobs)
         self.wait = wait
         self._socket = socket_path(cache_dir)
@@ -261,6 +267,10 @@ class CacheClient:
             return data
         if blob.exact and offset + length == blob.size:
             self._ask_tails(digest, length)
+        if self._agree_layout():  # it may have these bytes where we did not look
+            data = self.files.read_range(digest, offset, length)
+            if data is not None:
+                return data
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
                                     blob.origin, blob.size, blob.exact))  # fmt: skip
@@ -270,6 +280,27 @@ class CacheClient:
             if data is not None:
                 return data
         raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they were fetched")
+
+    def _agree_layout(self) -> bool:
+        """Read chunk files where the daemon writes them: ask its chunk size on first contact.
+
+        A daemon started by older code keeps running after an upgrade, cutting
+        chunks of another size into another directory; looking in ours, every
+        miss would find its chunks "evicted" as soon as they were fetched.
+        Whether the layout changed.
+        """
+        if self._layout_agreed:
+            return False
+        answer = self._ask(Status(next(self._ids)))
+        if not isinstance(answer, StatusOk) or answer.chunk_size <= 0:
+            raise TemporaryFailure(f"the cache daemon answered a status request with {answer}")
+        changed = answer.chunk_size != self.files.layout.chunk_size
+        if changed:
+            log.info("the cache daemon at %s cuts %d-byte chunks; reading those",
+                     self._socket, answer.chunk_size)  # fmt: skip
+            self.files = ChunkFiles(Layout(self.cache_dir, answer.chunk_size))
+        self._layout_agreed = True
+        return changed
 
     def _gather(self, digest: Digest, answer: ReadOk) -> bytes | None:
         """The bytes the answer points at, from the files; None when a chunk went meanwhile."""
@@ -298,11 +329,15 @@ class CacheClient:
             except (OSError, ProtocolError) as error:
                 if connection is not None:
                     connection.close()
+                # The one that answers next may be another daemon, of other chunks.
+                self._layout_agreed = False
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.wait
-                    log.warning("cache daemon at %s unreachable (%s); a miss waits up to %gs "
-                                "for it", self._socket, error, self.wait)  # fmt: skip
+                    # Expected while the daemon starts beside this mount: no warning then.
+                    level = logging.INFO if starting(self.cache_dir) else logging.WARNING
+                    log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to %gs "
+                            "for it", self._socket, error, self.wait)  # fmt: skip
                 if now >= deadline:
                     raise CacheUnavailable(
                         f"the cache daemon at {self._socket} did not answer within "

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lazyfs.cache.layout import socket_path
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
@@ -69,6 +70,25 @@ def answers(cache_dir: Path) -> bool:
     return True
 
 
+def starting(cache_dir: Path) -> bool:
+    """Whether the daemon of ``cache_dir`` is known to be on its way: never listened yet, or
+    a start of it holds the start lock (a mount starts beside the daemon and may ask first).
+    """
+    if not socket_path(cache_dir).exists():
+        return True
+    try:
+        fd = os.open(cache_dir / START_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops our shared lock too, if we got it
+    return False
+
+
 def ensure_daemon(spec: DaemonSpec) -> None:
     """Return once the daemon of ``spec.cache_dir`` answers, starting it if need be.
 
@@ -98,16 +118,23 @@ class Starting:
         """Return once the daemon answers; BackendError when it exits or the timeout passes."""
         try:
             _wait_answering(self.spec, self.pid, self._deadline)
+        except _Exited:
+            self.pid = None  # reaped already: its pid may be another's by now
+            raise
         finally:
             self.release()
+
+    def release(self) -> None:
+        """Let go of the start lock without waiting. Idempotent."""
+        self._lock.close()
         if self.pid is not None:
             # Reaped when it ends, so a daemon that dies leaves no zombie here.
             threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
             self.pid = None
 
-    def release(self) -> None:
-        """Let go of the start lock without waiting. Idempotent."""
-        self._lock.close()
+
+class _Exited(BackendError):
+    """The daemon started here exited before it answered (and was reaped)."""
 
 
 def start_daemon(spec: DaemonSpec) -> Starting | None:
@@ -176,7 +203,7 @@ def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
     pause = 0.02
     while not answers(spec.cache_dir):
         if pid is not None and os.waitpid(pid, os.WNOHANG)[0] == pid:
-            raise BackendError(
+            raise _Exited(
                 f"the cache daemon exited at start: {_last_line(spec.cache_dir / LOG_NAME)}"
             )
         if time.monotonic() > deadline:

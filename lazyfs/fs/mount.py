@@ -154,10 +154,15 @@ def mount(
         argv.append("--dev")
     # The daemon comes up while the mount process starts, not before: the mount
     # process waits for it at its first miss, and both take a while to load.
-    starting = None if daemon is None else start_daemon(daemon)
-    read_end, write_end = os.pipe()
+    starting = None
+    read_end = write_end = -1
     try:
-        os.set_inheritable(write_end, True)
+        if daemon is not None:
+            starting = start_daemon(daemon)
+        read_end, write_end = os.pipe()
+        # Not inheritable: only the mount process may hold the write end (see
+        # ``_start``); a mount server spawned meanwhile would keep it for hours,
+        # and the EOF that tells a failed mount would never come.
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             pid = _start(argv, store, ready_fd=write_end, log_fd=log_fd)
@@ -175,8 +180,9 @@ def mount(
             raise
     finally:
         if starting is not None:
-            starting.release()
-        os.close(read_end)
+            starting.release()  # a daemon start ends with it, or the lock stays held
+        if read_end >= 0:
+            os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
     if answer == READY:
@@ -219,6 +225,8 @@ def _start(args: list[str], store: Path, *, ready_fd: int, log_fd: int) -> int:
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),
             (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            # dup2 onto itself clears close-on-exec in this child only (POSIX).
+            (os.POSIX_SPAWN_DUP2, ready_fd, ready_fd),
         ],
         setsid=True,  # detached: no signal of the caller's terminal reaches it
     )

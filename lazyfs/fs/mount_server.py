@@ -97,6 +97,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    _close_inherited(keep=args.start_lock_fd)
     # Opened first: a relative --dir is relative to the starter's directory.
     directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     os.chdir("/")  # pin no caller's directory
@@ -123,6 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.listener.close()
     _say("exiting")
     return 0
+
+
+def _close_inherited(keep: int | None) -> None:
+    """Close what the starter let this inherit, but ``keep``: it would hold it open for hours.
+
+    A caller's ready pipe held here would keep its mount's EOF from coming.
+    Only inheritable ones: what this process opened itself is close-on-exec.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd < 3 or fd == keep:
+            continue
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+            if os.get_inheritable(fd):
+                os.close(fd)
 
 
 def _exit_on_signal(number: int, frame: object) -> None:

@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,8 @@ from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs import mount_server_client as server_client
 from lazyfs.store.disk import Store
-from providers.errors import BackendError
+from providers.digest import Digest
+from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
 from tests.support import images, mount_servers
 from tests.support.backend_variants import IGNORED_XATTRS
@@ -350,6 +352,41 @@ def test_a_mount_while_a_server_starts_neither_waits_nor_starts_another(
     finally:
         os.close(lock)
     assert not (directory / server_client.SOCKET_NAME).exists()
+
+
+def test_a_first_mount_that_fails_early_raises_while_a_server_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server started beside the first mount must not hold its ready pipe open."""
+    need_fuse()
+    lazy_store = Store(tmp_path / "store")
+    missing = Layer(Digest("sha256:" + "ab" * 32), "application/vnd.oci.image.layer.v1.tar", 10)
+    point = tmp_path / "m"
+    point.mkdir()
+    outcome: list[BaseException | int] = []
+
+    def first_mount() -> None:
+        try:
+            outcome.append(
+                lazy_mount.mount([missing], point, store=lazy_store.root, log_path=tmp_path / "log")
+            )
+        except BaseException as error:
+            outcome.append(error)
+
+    with mount_servers.chosen(SERVER, lazy_store.root, monkeypatch.setenv):
+        monkeypatch.delenv(server_client.ENV)  # unset: exec'd while a server starts
+        caller = threading.Thread(target=first_mount, daemon=True)
+        caller.start()
+        # A hang guard, not a timing claim: stopping the server (on leaving
+        # ``chosen``) lets a caller stuck on the held pipe return.
+        caller.join(120)
+        hung = caller.is_alive()
+        _listening(server_client.server_dir(lazy_store.root))
+    caller.join(120)
+    assert not hung, "the first mount waited for the mount server to exit"
+    assert len(outcome) == 1 and isinstance(outcome[0], LazyfsError), outcome
+    assert "not in the store" in str(outcome[0])
+    assert not lazy_mount.is_mounted(point)
 
 
 def _listening(directory: Path, timeout: float = 60.0) -> int:

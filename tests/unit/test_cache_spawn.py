@@ -1,0 +1,89 @@
+"""What starting the cache daemon leaves behind when the starter does not wait for it.
+
+The "daemon" here is a Python that exits at once: what is checked is the
+starter's side (the start lock, the child reaped), not the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lazyfs.cache.remote import Remote, RemoteOrigin
+from lazyfs.cache.spawn import START_LOCK, DaemonSpec, start_daemon
+from lazyfs.fs import mount as lazy_mount
+from providers.digest import Digest
+from providers.manifest import Layer
+
+
+def _spec(tmp_path: Path) -> DaemonSpec:
+    return DaemonSpec(tmp_path / "cache", (sys.executable, "-c", ""), timeout=60.0)
+
+
+def _reaped(pid: int, guard: float = 60.0) -> bool:
+    """Whether ``pid`` was reaped (its /proc entry gone); ``guard`` bounds a hang."""
+    deadline = time.monotonic() + guard
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _lock_freed(cache_dir: Path, guard: float = 60.0) -> bool:
+    """Whether the start lock is free, soon; ``guard``: a hang bound.
+
+    Not at once: a child spawned with vfork lets its parent go on before its
+    exec has closed the close-on-exec descriptors, the lock's among them.
+    """
+    deadline = time.monotonic() + guard
+    fd = os.open(cache_dir / START_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.02)
+                continue
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_daemon_start_released_without_waiting_is_reaped(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    starting = start_daemon(spec)
+    assert starting is not None and starting.pid is not None
+    pid = starting.pid
+    starting.release()
+    assert _lock_freed(spec.cache_dir)
+    assert _reaped(pid), f"the daemon {pid} started here is a zombie"
+
+
+def test_a_mount_that_fails_after_starting_the_daemon_lets_go_of_the_start_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path)
+    layer = Layer(Digest("sha256:" + "ab" * 32), "application/vnd.oci.image.layer.v1.tar", 10)
+    remote = Remote(spec, {layer.digest: RemoteOrigin("registry.example", "some/image")})
+    (tmp_path / "m").mkdir()
+
+    def no_descriptors() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    # Kept till the end: its traceback holds what the mount left, as a caller's would.
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="Too many") as raised:
+        patch.setattr(os, "pipe", no_descriptors)
+        lazy_mount.mount(
+            [layer], tmp_path / "m", store=tmp_path / "store", log_path=tmp_path / "log",
+            remote=remote,
+        )  # fmt: skip
+    assert _lock_freed(spec.cache_dir)
+    assert raised.value.errno == errno.EMFILE
