@@ -37,7 +37,9 @@ MakeParser = Callable[..., argparse.ArgumentParser]
 
 def add_index_parser(sub: argparse.ArgumentParser, command: MakeParser) -> None:
     """``index`` (``sub``) and its actions; ``command(subparsers, name, text)`` makes one."""
-    actions = sub.add_subparsers(dest="index_action", required=True, metavar="ACTION")
+    actions = sub.add_subparsers(
+        dest="index_action", required=True, metavar="ACTION", help="what to do with indexes"
+    )
     push = command(
         actions, "push", "pull an image, then push its layer indexes beside it; prints JSON"
     )
