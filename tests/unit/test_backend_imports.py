@@ -23,7 +23,7 @@ MODULES = sorted(
 MOUNTING = {"backends.fuse", "backends.names"}
 # The mount API, its unmount, its wire format, the client of the mount server it starts
 # mount processes through, and the light values and start-up of the cache
-# daemon it reads remote layers through.
+# daemon it reads remote layers through (and where its socket is).
 MOUNT_API = {
     "lazyfs",
     "lazyfs.fs",
@@ -34,6 +34,7 @@ MOUNT_API = {
     "lazyfs.fs.mount_wire",
     "lazyfs.fs.unmount",
     "lazyfs.cache",
+    "lazyfs.cache.layout",
     "lazyfs.cache.remote",
     "lazyfs.cache.spawn",
 }
