@@ -262,8 +262,13 @@ def test_a_chunk_corrupted_in_flight_is_dropped_from_the_cache_and_fetched_again
         assert (Path(info["rootfs"]) / "app/b").read_bytes() == B
         assert faults.corruptions == 0  # it fired
         after = ranges_of(faults, layer)[before:]
-        # The corrupted range was asked for again, after the mount told the daemon.
-        assert len(after) > len(set(after)), after
+        # The corrupted bytes were asked for again, after the mount told the daemon
+        # (not always as the same range: the refetch asks for the evicted chunks).
+        assert any(
+            first <= other_last and other_first <= last
+            for at, (first, last) in enumerate(after)
+            for other_first, other_last in after[at + 1 :]
+        ), after
         assert "evicted" in (work / "cache" / "daemon.log").read_text()
 
 
