@@ -31,7 +31,7 @@ from typing import TypeVar
 import trio
 
 from lazyfs.cache.chunks import DiskCache
-from lazyfs.cache.landing import Flight, InHand
+from lazyfs.cache.landing import Flight, InHand, land
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.planner import Fetch, Readahead, advance, plan, wanted_chunks
 from lazyfs.cache.values import Extent
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_UPSTREAM_REQUESTS = 8
+# Chunk writes (each ends in an fsync) at once: a 64 MiB prefetch is a
+# thousand of them, which on trio's default limiter would take all its threads.
+DEFAULT_CHUNK_WRITES = 8
 # Readers of one blob: enough to keep a detector per layer of many images.
 _READAHEAD_STATES = 4096
 
@@ -52,7 +55,7 @@ class Fetcher:
     """Single-flight chunk fetches into ``cache``, run as tasks of ``nursery``.
 
     ``limiter`` bounds the upstream requests running at once (they block in
-    worker threads).
+    worker threads), ``writes`` the chunk writes of all their answers.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class Fetcher:
         nursery: trio.Nursery,
         *,
         limiter: trio.CapacityLimiter | None = None,
+        writes: trio.CapacityLimiter | None = None,
         max_request_chunks: int = 8,
         readahead: tuple[int, int] = (2, 16),
     ) -> None:
@@ -68,6 +72,7 @@ class Fetcher:
         self.chunk_size = cache.layout.chunk_size
         self._nursery = nursery
         self._limiter = limiter or trio.CapacityLimiter(DEFAULT_UPSTREAM_REQUESTS)
+        self.chunk_writes = writes or trio.CapacityLimiter(DEFAULT_CHUNK_WRITES)
         self._max_request_chunks = max_request_chunks
         self._readahead_bounds = readahead
         self._flights: dict[ChunkKey, Flight] = {}
@@ -367,7 +372,7 @@ class Fetcher:
             raise
         finally:
             for key in list(flights):
-                self._land(key, flights, error)
+                land(self._flights, key, flights, error)
             self.fetches_in_flight -= 1
 
     async def _put(
@@ -380,19 +385,8 @@ class Fetcher:
         """Cache one chunk of an answer and wake its readers; a failure goes to ``failures``."""
         try:
             if piece:
-                await trio.to_thread.run_sync(self.cache.put, key, piece)
+                await trio.to_thread.run_sync(self.cache.put, key, piece, limiter=self.chunk_writes)
         except Exception as failure:
             failures.append(failure)  # its flight lands with the fetch's error
             return
-        self._land(key, flights, None)
-
-    def _land(
-        self, key: ChunkKey, flights: dict[ChunkKey, Flight], error: BaseException | None
-    ) -> None:
-        flight = flights.pop(key, None)
-        if flight is None:
-            return
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        flight.error = error
-        flight.done.set()
+        land(self._flights, key, flights, None)

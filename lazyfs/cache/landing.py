@@ -1,8 +1,8 @@
 """The flight of a chunk being fetched, and which chunks of a blob need no new fetch.
 
 Parts of ``lazyfs.cache.flight``'s ``Fetcher``: every reader of a missing
-chunk waits on its one ``Flight``; ``InHand`` is what the planner is told
-is there already (cached, or in flight).
+chunk waits on its one ``Flight``, which ``land`` ends; ``InHand`` is what
+the planner is told is there already (cached, or in flight).
 """
 
 from __future__ import annotations
@@ -37,3 +37,23 @@ class InHand:
             return False
         key = ChunkKey(self._digest, index)
         return key in self._flights or self._cache.contains(key)
+
+
+def land(
+    registry: dict[ChunkKey, Flight],
+    key: ChunkKey,
+    flights: dict[ChunkKey, Flight],
+    error: BaseException | None,
+) -> None:
+    """End ``key``'s flight of one fetch (``flights``), waking its readers.
+
+    It leaves ``registry`` (every flight of the Fetcher) only if it is still
+    the flight there: the chunk may have been planned again since.
+    """
+    flight = flights.pop(key, None)
+    if flight is None:
+        return
+    if registry.get(key) is flight:
+        del registry[key]
+    flight.error = error
+    flight.done.set()

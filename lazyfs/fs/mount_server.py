@@ -21,6 +21,9 @@ plain blocking accept loop, one request at a time. Each request:
   the server answers its pid;
 - ``stop``: it exits.
 
+It gives up if it is not listening within ``--start-timeout`` seconds (an
+import stuck on a dead network path, say): else it would hold ``start.lock``
+for good, and every later mount would be exec'd or wait for it in vain.
 It exits after ``--idle`` seconds without a request too. Its children are
 never its business again: SIGCHLD is ignored so the kernel reaps them, they
 run in sessions of their own, and they outlive it.
@@ -33,6 +36,7 @@ import contextlib
 import gc
 import importlib
 import json
+import math
 import os
 import signal
 import socket
@@ -44,7 +48,7 @@ from typing import Any
 
 from lazyfs.fs import mount_server_child
 from lazyfs.fs.mount_peers import peer_credentials
-from lazyfs.fs.mount_server_client import SOCKET_NAME, socket_path
+from lazyfs.fs.mount_server_client import SOCKET_NAME, START_TIMEOUT, socket_path
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, code_key, encode, read_exactly
 
 # What a mount process imports, some of it only on the way (writable mounts,
@@ -90,6 +94,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--room", default="", help="room for the children's command lines")
     parser.add_argument("--idle", type=float, default=IDLE_TIMEOUT, help="seconds, then exit")
     parser.add_argument(
+        "--start-timeout", type=int, default=math.ceil(START_TIMEOUT), help="seconds to listen in"
+    )
+    parser.add_argument(
         "--start-lock-fd", type=int, help="the starter's start.lock, held until this listens"
     )
     return parser.parse_args(argv)
@@ -97,6 +104,11 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    # Killed by the kernel (SIGALRM's default action) if not listening in
+    # time: that ends even a wait in an uninterruptible read, where a handler
+    # of ours would never run, and the lock goes with the process.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(args.start_timeout, 1))
     _close_inherited(keep=args.start_lock_fd)
     # Opened first: a relative --dir is relative to the starter's directory.
     directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -112,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     signal.signal(signal.SIGTERM, _exit_on_signal)
     server = _listen(directory, key)
+    signal.alarm(0)
     if args.start_lock_fd is not None:
         os.close(args.start_lock_fd)  # listening: callers may connect, none starts another
     _say(f"serving in {args.dir}")

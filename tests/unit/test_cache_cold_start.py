@@ -37,6 +37,19 @@ async def fetcher(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, trio.Nursery]]
             yield Fetcher(cache, nursery, readahead=(2, 4)), nursery
 
 
+async def judged(backgrounds: Backgrounds, clock: trio.testing.MockClock) -> None:
+    """Wait until BLOB's background fetch is judged; fail, not hang, if it never is.
+
+    Its fetches run in threads, so this spins on checkpoints. A frozen mock
+    clock would never reach a deadline: it runs at real speed from here (the
+    settle wait is over, later time changes nothing) so a stuck fetch fails.
+    """
+    clock.rate = 1.0
+    with trio.fail_after(60):
+        while backgrounds.info(BLOB).kind is BlobKind.FETCHING:
+            await trio.sleep(0)  # a checkpoint, not a delay
+
+
 async def test_exact_reads_fetch_only_what_they_ask_for(tmp_path: Path) -> None:
     source = FakeSource()
     async with fetcher(tmp_path) as (f, _):
@@ -73,8 +86,7 @@ async def test_background_fetch_waits_until_no_miss_came_for_its_settle_time(
         assert len(source.calls) == 2
         mock_clock.jump(1.5)
         # Settled: the rest of the blob comes, and it is judged.
-        while backgrounds.info(BLOB).kind is BlobKind.FETCHING:
-            await trio.sleep(0)  # a checkpoint, not a delay: its fetches run in threads
+        await judged(backgrounds, mock_clock)
         assert len(source.calls) > 2
 
 
@@ -90,8 +102,7 @@ async def test_a_background_request_itself_holds_the_link_for_the_reads_that_fol
         await trio.testing.wait_all_tasks_blocked()
         assert source.calls == []
         mock_clock.jump(1.0)
-        while backgrounds.info(BLOB).kind is BlobKind.FETCHING:
-            await trio.sleep(0)  # a checkpoint, not a delay: its fetches run in threads
+        await judged(backgrounds, mock_clock)
         assert source.calls
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -224,3 +225,53 @@ async def test_a_read_larger_than_the_cache_succeeds_and_the_cache_shrinks_back(
             assert await f.read(source, BLOB, 100, 100) == DATA[100:200]
         stats = cache.stats()
         assert stats.used_bytes <= stats.limit_bytes and stats.pinned_chunks == 0
+
+
+async def test_chunk_writes_run_at_most_the_write_limit_at_once(tmp_path: Path) -> None:
+    """A prefetch of many chunks does not take one thread per chunk write.
+
+    Each write holds until the test has seen every write either running or
+    queued for the Fetcher's write limiter; only then do they go on. Without
+    that limiter all 32 writes run at once, in trio's default threads.
+    """
+    chunks = len(DATA) // SIZE
+    lock = threading.Lock()
+    entered = threading.Condition(lock)
+    gate = threading.Event()
+    state = {"inside": 0, "most": 0, "entries": 0}
+    async with fetcher(tmp_path) as f:
+        real_put = f.cache.put
+
+        def counting_put(key: ChunkKey, data: bytes, *, replace: bool = False) -> Path:
+            with lock:
+                state["inside"] += 1
+                state["entries"] += 1
+                state["most"] = max(state["most"], state["inside"])
+                entered.notify_all()
+            try:
+                assert gate.wait(timeout=60), "the writes were never let go"
+                return real_put(key, data, replace=replace)
+            finally:
+                with lock:
+                    state["inside"] -= 1
+
+        def entry_after(seen: int) -> None:
+            with lock:
+                entered.wait_for(lambda: state["entries"] > seen, timeout=60)
+
+        f.cache.put = counting_put  # type: ignore[method-assign]
+        try:
+            with trio.fail_after(60):  # a bound on a hang, not a timing threshold
+                assert f.prefetch(FakeSource(), BLOB, [(0, len(DATA))], max_request_chunks=chunks)
+                while True:
+                    await trio.testing.wait_all_tasks_blocked()
+                    with lock:
+                        inside, seen = state["inside"], state["entries"]
+                    if inside + f.chunk_writes.statistics().tasks_waiting >= chunks:
+                        break
+                    await trio.to_thread.run_sync(entry_after, seen)
+        finally:
+            gate.set()
+    assert state["most"] == f.chunk_writes.total_tokens < chunks
+    assert state["entries"] == chunks
+    assert all(f.cache.contains(ChunkKey(BLOB, i)) for i in range(chunks))

@@ -1,0 +1,56 @@
+"""A mount server that hangs before it listens gives up, and lets go of ``start.lock``.
+
+A real server process, its ``pyfuse3`` preload shadowed by a module that
+never finishes importing (as an import stuck on a dead network path would).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from lazyfs.fs import mount_server_client as server_client
+from tests.support.lazyfs_cli import REPO
+
+
+def test_a_server_stuck_before_listening_exits_and_releases_the_start_lock(
+    tmp_path: Path,
+) -> None:
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    marker = tmp_path / "importing"
+    (stubs / "pyfuse3.py").write_text(
+        f"import pathlib, threading\n"
+        f"pathlib.Path({str(marker)!r}).touch()\n"
+        f"threading.Event().wait()  # never set\n"
+    )
+    directory = tmp_path / "server"
+    directory.mkdir(mode=0o700)
+    lock_path = directory / server_client.LOCK_NAME
+    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as a starter holds it for the server
+    env = {**os.environ, "PYTHONPATH": f"{stubs}{os.pathsep}{REPO}"}
+    argv = [sys.executable, "-P", "-m", "lazyfs.fs.mount_server", "--dir", str(directory)]
+    argv += ["--start-lock-fd", str(lock), "--start-timeout", "1"]
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen(argv, env=env, pass_fds=(lock,), stdout=log, stderr=log)
+    os.close(lock)  # the server's copy holds it now
+    try:
+        # A bound on a hang, not a timing threshold: the server is to go in 1s.
+        code = server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert marker.exists(), (tmp_path / "server.log").read_text()  # it hung where meant to
+    assert code == -signal.SIGALRM
+    assert not (directory / server_client.SOCKET_NAME).exists()
+    again = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: the next mount may start one
+    finally:
+        os.close(again)
