@@ -10,16 +10,23 @@ format and the contracts all three follow.  Every file of the upper is
 reached through an fd of its directory (``at``, ``UpperCopy.inside``; see
 ``lazyfs.fs.upper_disk``), never by an absolute path.
 
-A node lives in memory while anything can reach it: a name, or the
-kernel's lookups of it.  ``forget`` lets go of a node the kernel no longer
-knows once it has no name left, so a container that creates and deletes
-files forever does not grow the mount.  The node of a lower inode goes
-too once it is as the tree has it (nothing of it, its names or its
-children changed, no copy in upper): the tree makes the same node again
-when it is asked for, so a writable mount holds only what changed and what
-the kernel holds.  Nothing is made for a lower inode nothing asked for:
-its names come from the tree when its node is made (``names_of``), not
-from a map of the whole tree.
+A node is made for an inode when something is to change it (``node``,
+``directory``, ``lookup``: the operations that change names, attributes
+and data go through them), and lives in memory while anything can reach
+it: a name, or the kernel's lookups of it.  Reads make none: ``view``,
+``view_child`` and ``view_directory`` answer with the node when one is
+kept, else with the tree's own ``Inode``, since a lower inode that has no
+node is exactly as the tree has it.  So a ``find`` or a read-all over the
+whole image keeps nothing per inode here, as on a read-only mount.
+``forget`` lets go of a node the kernel no longer knows once it has no
+name left, so a container that creates and deletes files forever does not
+grow the mount.  The node of a lower inode goes too once it is as the tree
+has it (nothing of it, its names or its children changed, no copy in
+upper): the tree makes the same node again when it is asked for, so a
+writable mount holds only what changed and what the kernel holds of it.
+Nothing is made for a lower inode nothing asked to change: its names come
+from the tree when its node is made (``names_of``), not from a map of the
+whole tree.
 """
 
 from __future__ import annotations
@@ -156,6 +163,55 @@ class UpperState:
         except UpperError:
             return None
 
+    # -- reading without making nodes ---------------------------------------------------
+
+    def kept(self, ino: int) -> Node | None:
+        """The node of ``ino`` if one is in memory; None when the tree's inode is all there is."""
+        return self._nodes.get(InodeNo(ino))
+
+    def peek(self, ino: int) -> Node | Inode | None:
+        """``ino`` as it is now, making no node: its node if kept, else the tree's inode.
+
+        A lower inode without a node is as the tree has it (the module
+        docstring says why), so its ``Inode`` answers a read as its node
+        would.  None for a number never given out, or forgotten.
+        """
+        found = self._nodes.get(InodeNo(ino))
+        if found is not None:
+            return found
+        return self.tree.inode(ino)
+
+    def view(self, ino: int) -> Node | Inode:
+        """``peek``, with ENOENT for a number never given out, or forgotten."""
+        found = self.peek(ino)
+        if found is None:
+            raise UpperError(errno.ENOENT, f"no inode {ino}")
+        return found
+
+    def view_directory(self, ino: int) -> Node | Inode:
+        """``view`` of a directory; ENOTDIR for anything else."""
+        found = self.view(ino)
+        if not is_directory(found):
+            raise UpperError(errno.ENOTDIR, f"inode {ino} is not a directory")
+        return found
+
+    def view_child(self, parent: int, name: bytes) -> Node | Inode | None:
+        """``lookup`` making no node: what ``name`` in ``parent`` is, None if nothing."""
+        check_name(name)
+        directory = self.view_directory(parent)
+        if isinstance(directory, Node):
+            assert directory.children is not None
+            child = directory.children.get(name)
+        else:
+            child = self.tree.lookup(directory.ino, name)
+        return None if child is None else self.view(child)
+
+    def dir_parent(self, directory: Node | Inode) -> InodeNo:
+        """The parent ``..`` names; the root, and a directory removed, have only themselves."""
+        if isinstance(directory, Node):
+            return directory.names[0][0] if directory.names else directory.ino
+        return self.tree.parent(directory.ino)
+
     def forget(self, ino: int) -> None:
         """The kernel no longer knows ``ino``: drop its node if no name reaches it either,
         or if it is a lower inode's node as the tree would make it again."""
@@ -257,6 +313,13 @@ class UpperState:
             set_xattr_at(dir_fd, name, key, value)
         if node.opaque:
             set_xattr_at(dir_fd, name, OPAQUE_XATTR, b"y")
+
+
+def is_directory(found: Node | Inode) -> bool:
+    """Whether a node, or a tree's inode, is a directory."""
+    if isinstance(found, Node):
+        return found.children is not None
+    return stat.S_ISDIR(found.mode)
 
 
 def lower_node(tree: LowerTree, inode: Inode, names: list[tuple[InodeNo, bytes]]) -> Node:

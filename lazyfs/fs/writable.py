@@ -39,17 +39,30 @@ from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
 from lazyfs.fs.read_only import read_lower
 from lazyfs.fs.upper import Copy, Node, Upper
-from lazyfs.fs.writable_names import WritableNames
-from lazyfs.tree.merge import DataRef, InodeNo
+from lazyfs.fs.writable_names import Listing, WritableNames
+from lazyfs.tree.merge import DataRef, Inode, InodeNo
 
 
 @dataclass(slots=True)
 class _Handle:
-    """An open file: its own fd on the upper file, else the lower bytes of the file."""
+    """An open file: its own fd on the upper file, else the lower bytes of the file.
 
-    node: Node
+    ``node`` is None for a lower file opened for reading while nothing of it
+    had changed (no node kept): ``read`` looks for one made since.
+    """
+
+    ino: InodeNo
+    node: Node | None
     fd: int | None
     lower: DataRef | None
+
+
+@dataclass(slots=True)
+class _Dir:
+    """An open directory: its snapshot, or None for the tree's own listing (``listed``)."""
+
+    directory: Node | Inode
+    listing: Listing | None
 
 
 class WritableOperations(WritableNames):
@@ -59,7 +72,7 @@ class WritableOperations(WritableNames):
         super().__init__(upper, chunks)
         self._numbers = itertools.count(1)
         self._files: dict[int, _Handle] = {}
-        self._dirs: dict[int, list[tuple[bytes, InodeNo]]] = {}
+        self._dirs: dict[int, _Dir] = {}
 
     # -- open files and directories ----------------------------------------------------------
 
@@ -68,28 +81,20 @@ class WritableOperations(WritableNames):
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
         # A snapshot: offsets stay positions in it however the directory changes meanwhile.
-        node = self.upper.directory(inode)
-        # The root, and a directory removed while open, have no parent but themselves.
-        parent = node.names[0][0] if node.names else node.ino
-        listing = [(b".", node.ino), (b"..", parent), *self.upper.listing(inode)]
+        directory = self.upper.view_directory(inode)
         fh = next(self._numbers)
-        self._dirs[fh] = listing
+        self._dirs[fh] = _Dir(directory, self.snapshot(directory))
         return pyfuse3.FileHandleT(fh)
 
     @fuse_errors
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
-        listing = self._dirs.get(fh)
-        if listing is None:
+        opened = self._dirs.get(fh)
+        if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        for position in range(start_id, len(listing)):
-            name, child = listing[position]
-            node = self.upper.find(child)
-            if node is None:
-                continue  # removed and forgotten since the snapshot: no longer listed
-            entry = self.attributes(node)
-            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, position + 1):
+        for position, name, entry in self.listed(opened.directory, opened.listing, start_id):
+            if not pyfuse3.readdir_reply(token, name, entry, position + 1):
                 return
             if position >= 2:  # not . or ..: the kernel counts a lookup of each entry
                 self._counted(entry)
@@ -102,10 +107,15 @@ class WritableOperations(WritableNames):
     async def open(
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        node = self.upper.node(inode)
-        if stat.S_ISDIR(node.mode):
+        found = self.upper.view(inode)
+        if stat.S_ISDIR(found.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if isinstance(found, Inode) and not writing:
+            # A lower file nothing changed: read where the tree says, no node made.
+            handle = _Handle(found.ino, None, None, found.data)
+            return pyfuse3.FileInfo(fh=self._keep(handle), keep_cache=True)
+        node = self.upper.node(inode)
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
             await self.upper.truncate(node, 0)  # copies no data
         elif writing:
@@ -115,9 +125,9 @@ class WritableOperations(WritableNames):
 
     async def _handle(self, node: Node, *, writing: bool) -> _Handle:
         if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
-            return _Handle(node, None, node.lower_data)
+            return _Handle(node.ino, node, None, node.lower_data)
         mode = os.O_RDWR if writing else os.O_RDONLY
-        return _Handle(node, self.upper.open_file(node, mode), None)
+        return _Handle(node.ino, node, self.upper.open_file(node, mode), None)
 
     def _keep(self, handle: _Handle) -> pyfuse3.FileHandleT:
         fh = next(self._numbers)
@@ -133,9 +143,11 @@ class WritableOperations(WritableNames):
     @fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self._file(fh)
-        if handle.fd is None and handle.node.copy is Copy.DATA and handle.node.names:
-            # Copied up since this handle was opened: the lower bytes are stale now.
-            handle.fd = self.upper.open_file(handle.node, os.O_RDONLY)
+        if handle.fd is None:
+            node = handle.node if handle.node is not None else self.upper.kept(handle.ino)
+            if node is not None and node.copy is Copy.DATA and node.names:
+                # Copied up since this handle was opened: the lower bytes are stale now.
+                handle.node, handle.fd = node, self.upper.open_file(node, os.O_RDONLY)
         if handle.fd is not None:
             fd = handle.fd
             return await trio.to_thread.run_sync(
@@ -146,14 +158,14 @@ class WritableOperations(WritableNames):
     @fuse_errors
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._file(fh)
-        if handle.fd is None:
+        if handle.fd is None or handle.node is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        fd = handle.fd
+        fd, node = handle.fd, handle.node
         written: int = await trio.to_thread.run_sync(
             os.pwrite, fd, buf, off, limiter=self.upper.limiter
         )
-        handle.node.size = max(handle.node.size, off + written)
-        self.upper.touch(handle.node)
+        node.size = max(node.size, off + written)
+        self.upper.touch(node)
         return written
 
     @fuse_errors
@@ -197,5 +209,5 @@ class WritableOperations(WritableNames):
         if node is None or node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
             return
         for handle in self._files.values():
-            if handle.node is node and handle.fd is None:
-                handle.fd = self.upper.open_file(node, os.O_RDONLY)
+            if handle.ino == node.ino and handle.fd is None:
+                handle.node, handle.fd = node, self.upper.open_file(node, os.O_RDONLY)

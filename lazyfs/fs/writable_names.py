@@ -15,10 +15,15 @@ chosen:
   they change now;
 - there is no ``flush``: writes go straight to the upper file, so pyfuse3's
   ENOSYS tells the kernel to stop asking, one request fewer per close;
-- the kernel's lookup count of every inode is kept (``_lookups``: each
-  entry answered counts one, a forget takes its count off).  An inode the
-  kernel forgets is let go of (``Upper.forget``) when no name reaches it
-  either, so memory stays bounded however many files come and go.
+- the kernel's lookup count of every inode is kept (``_lookups``, a
+  ``lazyfs.fs.writable_lookups.LookupCounts``: each entry answered counts
+  one, a forget takes its count off).  An inode the kernel forgets is let
+  go of (``Upper.forget``) when no name reaches it either, so memory stays
+  bounded however many files come and go;
+- requests that only read (lookup, getattr, readlink, xattrs, readdir,
+  reads) answer from ``Upper.view``, which makes no node for a lower inode
+  nothing changed: a walk of the whole image keeps a 4-byte count per
+  inode and nothing else.
 
 Every handler ends in ``pyfuse3.FUSEError`` (``lazyfs.fs.boundary``): the
 upper's refusals with their errno, anything unexpected as EIO after
@@ -28,9 +33,10 @@ logging its cause once.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pyfuse3
 
@@ -38,9 +44,13 @@ from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
 from lazyfs.fs.read_only import NAME_MAX, entry_attributes, no_entry
 from lazyfs.fs.upper import Node, Upper
-from lazyfs.tree.merge import InodeNo
+from lazyfs.fs.writable_lookups import LookupCounts
+from lazyfs.tree.merge import Inode, InodeNo
 
 TIMEOUT = 1.0
+
+# A directory's entries as a reader of it sees them: (name, inode), ``.`` and ``..`` first.
+Listing = list[tuple[bytes, InodeNo]]
 
 
 class WritableNames(pyfuse3.Operations):
@@ -54,7 +64,7 @@ class WritableNames(pyfuse3.Operations):
         self.upper = upper
         self.tree = upper.tree  # what the mount process reports at start
         self.chunks = chunks
-        self._lookups: dict[InodeNo, int] = {}
+        self._lookups = LookupCounts(upper.tree.max_ino())
 
     def nodes_held(self) -> int:
         """How many nodes the upper holds in memory (the debug log shows it)."""
@@ -63,11 +73,23 @@ class WritableNames(pyfuse3.Operations):
     def _counted(self, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
         """``entry``, counted as one lookup of its inode by the kernel."""
         if entry.st_ino:
-            ino = InodeNo(entry.st_ino)
-            self._lookups[ino] = self._lookups.get(ino, 0) + 1
+            self._lookups.add(entry.st_ino)
         return entry
 
-    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+    def attributes(self, node: Node | Inode) -> pyfuse3.EntryAttributes:
+        """The entry of ``node``, or of a lower inode as the tree has it (no node of it kept)."""
+        if isinstance(node, Inode):
+            return entry_attributes(
+                node.ino,
+                node.mode,
+                node.nlink,  # as many as its names: what its node would count
+                node.uid,
+                node.gid,
+                node.size,
+                (node.mtime_ns,) * 3,  # as its node would start: every time the mtime
+                rdev=node.rdev,
+                timeout=TIMEOUT,
+            )
         return entry_attributes(
             node.ino,
             node.mode,
@@ -80,6 +102,39 @@ class WritableNames(pyfuse3.Operations):
             timeout=TIMEOUT,
         )
 
+    def listed(
+        self, directory: Node | Inode, listing: Listing | None, start: int
+    ) -> Iterator[tuple[int, pyfuse3.FileNameT, pyfuse3.EntryAttributes]]:
+        """The entries of a listing from position ``start`` on: position, name, attributes.
+
+        ``listing`` is a snapshot (``snapshot``), ``.`` and ``..`` first; None
+        is the tree's own listing of ``directory``, which never changes, read
+        from ``start`` on as the read-only mount reads it.  Entries removed
+        and forgotten since the snapshot are left out.
+        """
+        entries: Iterator[tuple[int, tuple[bytes, InodeNo]]]
+        if listing is not None:
+            entries = ((at, listing[at]) for at in range(start, len(listing)))
+        else:
+            dots = [(b".", directory.ino), (b"..", self.upper.dir_parent(directory))]
+            rest = self.upper.tree.entries(directory.ino, max(start - len(dots), 0))
+            entries = enumerate(itertools.chain(dots[start:], rest), start)
+        for position, (name, child) in entries:
+            found = self.upper.peek(child)
+            if found is not None:
+                yield position, pyfuse3.FileNameT(name), self.attributes(found)
+
+    def snapshot(self, directory: Node | Inode) -> Listing | None:
+        """What a listing of ``directory`` from its start reads: None for the tree's own.
+
+        A directory with a node may change while it is read, so its entries
+        are copied (``.`` and ``..`` first); one without is as the tree has it.
+        """
+        if not isinstance(directory, Node):
+            return None
+        own = [(b".", directory.ino), (b"..", self.upper.dir_parent(directory))]
+        return own + self.upper.listing(directory.ino)
+
     # -- names and attributes ---------------------------------------------------------------
 
     @fuse_errors
@@ -87,15 +142,15 @@ class WritableNames(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         if name == b".":
-            return self._counted(self.attributes(self.upper.directory(parent_inode)))
-        found = self.upper.lookup(parent_inode, name)
+            return self._counted(self.attributes(self.upper.view_directory(parent_inode)))
+        found = self.upper.view_child(parent_inode, name)
         return no_entry(TIMEOUT) if found is None else self._counted(self.attributes(found))
 
     @fuse_errors
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self.attributes(self.upper.node(inode))
+        return self.attributes(self.upper.view(inode))
 
     @fuse_errors
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -105,13 +160,8 @@ class WritableNames(pyfuse3.Operations):
         and what is let go of.
         """
         for inode, count in inode_list:
-            ino = InodeNo(inode)
-            left = self._lookups.get(ino, 0) - count
-            if left > 0:
-                self._lookups[ino] = left
-                continue
-            self._lookups.pop(ino, None)
-            self._forgotten(ino)
+            if self._lookups.take(inode, count) == 0:
+                self._forgotten(InodeNo(inode))
 
     def _forgotten(self, ino: InodeNo) -> None:
         """The kernel knows ``ino`` no more: what it kept, and its node if unlinked, may go.
@@ -124,10 +174,10 @@ class WritableNames(pyfuse3.Operations):
     async def readlink(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileNameT:
-        node = self.upper.node(inode)
-        if not stat.S_ISLNK(node.mode):
+        found = self.upper.view(inode)
+        if not stat.S_ISLNK(found.mode):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        return pyfuse3.FileNameT(node.target)
+        return pyfuse3.FileNameT(found.target)
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -152,7 +202,7 @@ class WritableNames(pyfuse3.Operations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        value = self.upper.node(inode).xattrs.get(name)
+        value = dict(self.upper.view(inode).xattrs).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -161,7 +211,7 @@ class WritableNames(pyfuse3.Operations):
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
-        return [pyfuse3.XAttrNameT(key) for key in self.upper.node(inode).xattrs]
+        return [pyfuse3.XAttrNameT(key) for key in dict(self.upper.view(inode).xattrs)]
 
     @fuse_errors
     async def setattr(

@@ -25,7 +25,9 @@ where not said otherwise:
 - a directory offset is a listing's generation and a position in it:
   readdir at offset 0 takes a snapshot of the directory, later offsets
   continue in it, so entries added or removed meanwhile never make another
-  one skipped or listed twice.  The kernel caches the listing, and drops
+  one skipped or listed twice.  A directory nothing changed (no node kept)
+  is read from the tree's own listing, which never changes: generation 0,
+  no snapshot taken.  The kernel caches the listing, and drops
   it when the directory changes through the mount.  The last ``SNAPSHOTS``
   snapshots are kept; a reader coming back to one dropped since continues
   at the same position in a new one;
@@ -50,15 +52,14 @@ from lazyfs.fs.read_only import read_lower
 from lazyfs.fs.upper import Copy, Node, Upper
 from lazyfs.fs.upper_copy import copy_lower_into
 from lazyfs.fs.writable import WritableOperations
-from lazyfs.tree.merge import InodeNo
+from lazyfs.fs.writable_names import Listing
+from lazyfs.tree.merge import Inode, InodeNo
 
 SNAPSHOTS = 64
 _POSITION_BITS = 32
 _POSITIONS = (1 << _POSITION_BITS) - 1
 _GENERATIONS = (1 << 31) - 1  # offsets are signed 64-bit: keep them positive
 _COPY_BLOCK = 1 << 20
-
-Listing = list[tuple[bytes, InodeNo]]
 
 
 class NoOpenWritableOperations(WritableOperations):
@@ -124,31 +125,33 @@ class NoOpenWritableOperations(WritableOperations):
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
-        directory = InodeNo(fh)
+        directory = self.upper.view_directory(fh)
         generation, position = start_id >> _POSITION_BITS, start_id & _POSITIONS
-        listing = self._snapshots.pop((directory, generation), None)
-        if start_id == 0 or listing is None:
-            generation, listing = next(self._generations) & _GENERATIONS, self._snapshot(fh)
-        self._snapshots[directory, generation] = listing  # the most recently used: last
-        while len(self._snapshots) > SNAPSHOTS:
-            del self._snapshots[next(iter(self._snapshots))]
-        for index in range(position, len(listing)):
-            name, child = listing[index]
-            node = self.upper.find(child)
-            if node is None:
-                continue  # removed and forgotten since the snapshot: no longer listed
-            entry = self.attributes(node)
+        listing: Listing | None = None  # generation 0: the tree's own listing, never dropped
+        if start_id == 0 or generation != 0:
+            listing = self._snapshots.pop((directory.ino, generation), None)
+            if start_id == 0 or listing is None:
+                generation, listing = self._new_snapshot(directory)
+        if listing is not None:
+            self._snapshots[directory.ino, generation] = listing  # the most recently used: last
+            while len(self._snapshots) > SNAPSHOTS:
+                del self._snapshots[next(iter(self._snapshots))]
+        for index, name, entry in self.listed(directory, listing, position):
             next_id = generation << _POSITION_BITS | (index + 1)
-            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), entry, next_id):
+            if not pyfuse3.readdir_reply(token, name, entry, next_id):
                 return
             if index >= 2:  # not . or ..: the kernel counts a lookup of each entry
                 self._counted(entry)
 
-    def _snapshot(self, inode: int) -> Listing:
-        node = self.upper.directory(inode)
-        # The root, and a directory removed meanwhile, have no parent but themselves.
-        parent = node.names[0][0] if node.names else node.ino
-        return [(b".", node.ino), (b"..", parent), *self.upper.listing(inode)]
+    def _new_snapshot(self, directory: Node | Inode) -> tuple[int, Listing | None]:
+        """A new generation and its listing; 0 and None for a directory as the tree has it."""
+        listing = self.snapshot(directory)
+        if listing is None:
+            return 0, None
+        generation = 0
+        while generation == 0:  # 0 is the tree's listing's
+            generation = next(self._generations) & _GENERATIONS
+        return generation, listing
 
     # -- file data ------------------------------------------------------------------------
 
@@ -165,7 +168,9 @@ class NoOpenWritableOperations(WritableOperations):
 
     @fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        node = self.upper.node(fh)
+        node = self.upper.view(fh)
+        if isinstance(node, Inode):  # a lower file nothing changed
+            return await read_lower(self.chunks, node.data, off, size)
         if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
             return await read_lower(self.chunks, node.lower_data, off, size)
         fd, owned = self._upper_fd(node, os.O_RDONLY)
@@ -197,8 +202,8 @@ class NoOpenWritableOperations(WritableOperations):
 
     @fuse_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        node = self.upper.node(fh)
-        if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
+        node = self.upper.view(fh)
+        if isinstance(node, Inode) or node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
             return  # nothing of it written in upper
         fd, owned = self._upper_fd(node, os.O_RDONLY)
         try:
@@ -249,7 +254,7 @@ class NoOpenWritableOperations(WritableOperations):
             or not stat.S_ISREG(node.mode)
             or len(node.names) > 1
             or node.ino in self._pinned
-            or self._lookups.get(node.ino, 0) <= 0  # no forget would ever let go of it
+            or self._lookups.get(node.ino) <= 0  # no forget would ever let go of it
         ):
             return
         self._pinned[node.ino] = self.upper.open_file(node, os.O_RDWR)
