@@ -52,6 +52,10 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 METACOPY_XATTR = "trusted.overlay.metacopy"
 REDIRECT_XATTR = "trusted.overlay.redirect"
 NAME_MAX = 255
+# The tree's inodes read most recently, kept so that the requests a file
+# gets in a row (lookup, getattr, reads) decode it once: a bound, not a
+# copy of the tree (a few hundred bytes each).
+INODES_KEPT = 1024
 
 
 class Copy(Enum):
@@ -133,6 +137,7 @@ class UpperState:
         # Every file of the upper is reached from here (lazyfs.fs.upper_disk).
         self._root = os.open(upper, DIR_FLAGS)
         self._nodes: dict[InodeNo, Node] = {}
+        self._inodes: dict[int, Inode] = {}  # INODES_KEPT of the tree's, read recently
         self._numbers = itertools.count(self.tree.max_ino() + 1)
         self._temps = itertools.count()
 
@@ -179,7 +184,16 @@ class UpperState:
         found = self._nodes.get(InodeNo(ino))
         if found is not None:
             return found
-        return self.tree.inode(ino)
+        inode = self._inodes.get(ino)
+        if inode is None:
+            inode = self.tree.inode(ino)
+            if inode is None:
+                return None
+            if len(self._inodes) >= INODES_KEPT:
+                # Dropped whole, not one by one: cheaper than an LRU, and as bounded.
+                self._inodes.clear()
+            self._inodes[ino] = inode
+        return inode
 
     def view(self, ino: int) -> Node | Inode:
         """``peek``, with ENOENT for a number never given out, or forgotten."""
@@ -198,12 +212,16 @@ class UpperState:
     def view_child(self, parent: int, name: bytes) -> Node | Inode | None:
         """``lookup`` making no node: what ``name`` in ``parent`` is, None if nothing."""
         check_name(name)
-        directory = self.view_directory(parent)
-        if isinstance(directory, Node):
-            assert directory.children is not None
+        directory = self._nodes.get(InodeNo(parent))
+        if directory is not None:
+            if directory.children is None:
+                raise UpperError(errno.ENOTDIR, f"inode {parent} is not a directory")
             child = directory.children.get(name)
         else:
-            child = self.tree.lookup(directory.ino, name)
+            # Found, it is a directory; not found, what it is says ENOENT or ENOTDIR.
+            child = self.tree.lookup(InodeNo(parent), name)
+            if child is None:
+                self.view_directory(parent)
         return None if child is None else self.view(child)
 
     def dir_parent(self, directory: Node | Inode) -> InodeNo:

@@ -28,8 +28,10 @@ class LookupCounts:
 
     def __init__(self, dense_up_to: int) -> None:
         self._size = max(dense_up_to + 1, 1)
-        # Anonymous and zero-filled: untouched pages cost nothing.
-        self._map = mmap.mmap(-1, max(self._size * 4, mmap.PAGESIZE))
+        # Anonymous and zero-filled: untouched pages cost nothing.  Private:
+        # the process's own memory, as smaps counts it (Anonymous).
+        size = max(self._size * 4, mmap.PAGESIZE)
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
         self._dense = memoryview(self._map).cast("I")  # unsigned 32-bit cells
         assert self._dense.itemsize == 4
         self._sparse: dict[int, int] = {}

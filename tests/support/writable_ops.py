@@ -1,12 +1,14 @@
 """The copy-on-write FUSE operations over a small two-layer image, in-process.
 
-``make_ops`` indexes LOWER and TOP, merges them and returns the writable
-operations on the path asked (``tests.support.fuse_paths``); ``ino`` walks a
+``make_ops`` indexes LOWER and TOP (``ops_of_layers`` any layers), merges
+them and returns the writable operations on the path asked
+(``tests.support.fuse_paths``); ``ino`` walks a
 path down from the root as the kernel's lookups would, as CTX.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -42,11 +44,18 @@ TOP = [whiteout("etc/gone"), Entry("etc/top", data=b"top\n")]
 
 def make_ops(tmp_path: Path, path: str) -> WritableOperations:
     """The writable view of LOWER and TOP on ``path`` (``tests.support.fuse_paths``)."""
+    return ops_of_layers(tmp_path, path, [LOWER, TOP])
+
+
+def ops_of_layers(
+    tmp_path: Path, path: str, image: Sequence[Sequence[Entry]]
+) -> WritableOperations:
+    """The writable view of ``image``'s layers (bottom first) on ``path``."""
     layers, tmp = tmp_path / "layers", tmp_path / "tmp"
     layers.mkdir()
     tmp.mkdir()
     indexes, tars = [], {}
-    for i, entries in enumerate([LOWER, TOP]):
+    for i, entries in enumerate(image):
         blob = write_layer(entries, tmp_path / f"{i}.tar")
         digest = digest_bytes(blob.read_bytes())
         index = ensure_index(layers, tmp, digest, blob)
