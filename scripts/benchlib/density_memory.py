@@ -14,12 +14,14 @@ own heap and stacks, which the mapped tree's page-cache pages are not), as
 facts ``{pss,rss,anon}_kib_{before,walked,read}``.  The figure is the
 walk's and the read's time together (``phases`` split them).
 
-The bound a read-only mount promises itself (``bound_kib``) is what its
-bounded caches may hold: ``ATTRIBUTES_KEPT`` attribute entries
-(``lazyfs.fs.read_only``) and ``DEFAULT_CACHE_BYTES`` of chunks
-(``lazyfs.blobs.ranges``).  A writable mount also keeps a node per inode
-the kernel still holds (``lazyfs.fs.upper_state``), which only the kernel's
-forgets bound.
+The bound a mount promises itself (``bound_kib``, the fact ``bound_kib``)
+is what its bounded caches may hold: for a read-only one
+``ATTRIBUTES_KEPT`` attribute entries (``lazyfs.fs.read_only``) and
+``DEFAULT_CACHE_BYTES`` of chunks (``lazyfs.blobs.ranges``).  A writable
+one keeps no attributes but ``INODES_KEPT`` of the tree's inodes
+(``lazyfs.fs.upper_state``) and the kernel's lookup count of every inode
+it was given, 4 bytes each (``lazyfs.fs.writable_lookups``): nodes only
+for what changed, and the walk changes nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ from benchlib.util import now, settle
 from lazyfs.blobs.ranges import DEFAULT_CACHE_BYTES
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs.read_only import ATTRIBUTES_KEPT
+from lazyfs.fs.upper_state import INODES_KEPT
 from lazyfs.provision.provisioner import ProvisionInfo
+from lazyfs.tree.merge import DataRef, Inode, InodeNo
+from providers.digest import Digest
 
 FIELDS = {"pss": "Pss", "rss": "Rss", "anon": "Anonymous"}
 STAGES = ("before", "walked", "read")
@@ -51,9 +56,21 @@ def attribute_entry_bytes() -> int:
     return sys.getsizeof(pyfuse3.EntryAttributes()) + 24
 
 
-def bound_kib() -> int:
-    """The read-only mount's bounded caches at their fullest, in KiB."""
-    return round((ATTRIBUTES_KEPT * attribute_entry_bytes() + DEFAULT_CACHE_BYTES) / 1024)
+def inode_entry_bytes() -> int:
+    """What one kept inode of the tree costs: a file's, its data reference and its dict slot."""
+    data = DataRef(Digest("sha256:" + "0" * 64), 0, 0)
+    inode = Inode(InodeNo(1), 0o100644, 0, 0, 0, 0, 1, data=data)
+    return sum(sys.getsizeof(part) for part in (inode, data, data.digest)) + 24
+
+
+def bound_kib(*, writable: bool = False, inodes: int = 0) -> int:
+    """A mount's bounded caches at their fullest, in KiB; a writable one's over ``inodes``."""
+    if not writable:
+        kept = ATTRIBUTES_KEPT * attribute_entry_bytes()
+    else:
+        counts = -(-4 * (inodes + 1) // 4096) * 4096  # whole pages of 4-byte counts
+        kept = INODES_KEPT * inode_entry_bytes() + counts
+    return round((kept + DEFAULT_CACHE_BYTES) / 1024)
 
 
 def memory_contenders(
@@ -86,7 +103,7 @@ def memory_contenders(
             log(
                 f"density {files:,} files: walk + read ({mode}): "
                 f"{contender.samples[0].seconds:.1f} s; PSS/RSS/anon KiB {shown}; "
-                f"caches' bound {bound_kib():,}"
+                f"caches' bound {facts['bound_kib']:,}"
             )
         else:
             log(f"density {files:,} files: walk + read ({mode}) skipped: {contender.skipped}")
@@ -110,6 +127,7 @@ def _walk_read(lazyfs: Lazyfs, writable: bool, per: Callable[..., int]) -> Calla
         finally:
             lazyfs.destroy(info.container_id)
         facts |= {"entries": entries, "files_read": len(regular), "bytes_read": read_bytes}
+        facts["bound_kib"] = bound_kib(writable=writable, inodes=entries)
         phases = {"walk": walked - began, "read": done - walked}
         return Timing(done - began, phases=phases, facts=facts)
 
