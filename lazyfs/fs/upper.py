@@ -1,9 +1,10 @@
 """The writable state of a copy-on-write mount: the merged tree plus an upper directory.
 
-``Upper`` holds, in memory, every inode the mount has touched (``Node``:
+``Upper`` holds, in memory, every inode the mount has changed (``Node``:
 attributes, names, and for directories the children) over the immutable
-``MergedTree``, and mirrors every change into ``upper`` in overlayfs'
-on-disk format, so the directory could serve as kernel overlayfs' upperdir:
+``MergedTree``, which answers for every other inode, and mirrors every
+change into ``upper`` in overlayfs' on-disk format, so the directory could
+serve as kernel overlayfs' upperdir:
 
 - a name deleted where a lower layer has one is a whiteout, a 0/0 character
   device;
