@@ -8,12 +8,13 @@ served (a learned prefetch trace's recorder, ``lazyfs.blobs.trace_run``).
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from providers.digest import Digest
 
-if TYPE_CHECKING:
-    from lazyfs.cache.client import CacheClient
+
+class _Ranges(Protocol):
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes: ...
 
 
 class ReadWatcher(Protocol):
@@ -26,7 +27,7 @@ class ReadWatcher(Protocol):
 class BlobStream(io.RawIOBase):
     """A blob read from its start through the client, range by range (``CacheClient.open``)."""
 
-    def __init__(self, client: CacheClient, digest: Digest) -> None:
+    def __init__(self, client: _Ranges, digest: Digest) -> None:
         self._client = client
         self._digest = digest
         self._position = 0
