@@ -135,7 +135,7 @@ def decode(data: bytes, key: str | None = None) -> Trace:
     for text in layers:
         try:
             digests.append(parse_digest(text if isinstance(text, str) else ""))
-        except ValueError:
+        except BadImage:
             raise TraceError(f"a trace naming a layer {str(text)[:100]!r}") from None
     out = []
     for item in reads:
