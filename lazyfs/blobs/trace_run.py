@@ -17,8 +17,8 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   continues the last. Once the mount serves (``Recorder.serving``), it stops
   when the workload settles (no new range for ``SETTLE`` seconds), after
   ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
-  trace in the cache (temporary file + rename); also when the process
-  exits first. A mount that never served writes nothing.
+  trace in the cache (temporary file + rename); also when the mount ends
+  first (``Recorder.finish``). A mount that never served writes nothing.
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.
@@ -26,7 +26,6 @@ any chunk, so a wrong trace costs extra fetches, never wrong bytes.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 import time
@@ -91,7 +90,6 @@ def start_trace(client: TraceClient, key: str) -> Recorder | None:
         return None
     recorder = Recorder(client.cache_dir, key)
     client.watcher = recorder
-    atexit.register(recorder.finish)
     return recorder
 
 
