@@ -77,9 +77,15 @@ class TraceClient(Protocol):
     def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int: ...
 
 
-def start_trace(client: TraceClient, key: str) -> Recorder | None:
-    """Replay the trace of ``key`` through ``client``, or start recording it (the Recorder)."""
+def start_trace(client: TraceClient, key: str, published: Path | None = None) -> Recorder | None:
+    """Replay the trace of ``key`` through ``client``, or start recording it (the Recorder).
+
+    The cache directory's trace first, else one fetched from the image's
+    registry into ``published`` (``lazyfs.publish.traces``); recorded when neither.
+    """
     trace = load_trace(client.cache_dir, key)
+    if trace is None and published is not None:
+        trace = load_trace(published, key)
     if trace is not None:
         client.replaying = True
         steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})

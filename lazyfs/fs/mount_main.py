@@ -118,7 +118,7 @@ def _index_layers(
     if client is not None and trace is not None:
         from lazyfs.blobs.trace_run import start_trace  # loaded only to record or replay
 
-        recorder = start_trace(client, trace)
+        recorder = start_trace(client, trace, store.root)  # and traces published beside
     digests = [layer.digest for layer, _ in layers]
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a
