@@ -10,6 +10,10 @@ daemon counts the reads a mount could not serve from the cache files (its
 status' ``reads``): with the trace replayed before and while the program
 starts, fewer of them reach it.
 
+A trace published beside the image (``lazyfs.publish.traces``) is found
+by a machine with an empty cache that trusts published indexes, and
+replayed; one that does not trust them does not even look.
+
 A damaged trace in the cache is ignored with one line in the mount's log;
 the mount serves right bytes, and records a good trace in its place.
 """
@@ -27,8 +31,11 @@ from pathlib import Path
 import pytest
 
 from lazyfs.cache.remote import trace_key
-from lazyfs.index.trace import TRACES_DIR, load_trace, trace_path
+from lazyfs.index.trace import TRACE_ARTIFACT_TYPE, TRACES_DIR, load_trace, trace_path
+from lazyfs.publish.push import repository_push
+from lazyfs.publish.traces import publish_traces
 from providers.manifest import ImageManifest
+from providers.referrers import list_referrers
 from providers.registry import RegistryClient, RegistryOptions
 from tests.support import debian_like, images
 from tests.support.cache_daemons import daemon_status, kill_recorded
@@ -92,9 +99,9 @@ class Run:
     reads: int  # read requests the daemon got: the mount's misses
 
 
-def _run(link: Counted, work: Path) -> Run:
+def _run(link: Counted, work: Path, *flags: str) -> Run:
     """``lazyfs run`` of the image's program, on a lazy mount; the daemon's count after it."""
-    argv = _argv(link, work, "run", "--backend", "fuse", f"docker:{link.host}/{IMAGE}",
+    argv = _argv(link, work, *flags, "run", "--backend", "fuse", f"docker:{link.host}/{IMAGE}",
                  "--", *debian_like.COMMAND)  # fmt: skip
     start = link.down
     run = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -184,3 +191,34 @@ def test_a_damaged_trace_is_ignored_with_one_logged_line_and_the_mount_serves_ri
     # The mount recorded what it read instead, kept when it was unmounted.
     kept = load_trace(work / "cache", key)
     assert kept is not None and kept.reads
+
+
+def test_a_trace_published_beside_the_image_is_replayed_only_when_trusted(
+    python_registry: Registry, link: Counted, tmp_path: Path
+) -> None:
+    """Another machine (its own work dir, store and cache) finds the trace in the registry."""
+    need_fuse()
+    manifest = _manifest(python_registry)
+    first = tmp_path / "first"
+    _fresh(first)
+    recorded = _run(link, first)
+    client = RegistryClient(RegistryOptions(registry=python_registry.url, http=FAST))
+    push = repository_push(client, manifest.reference)
+    artifact = publish_traces(first / "cache", push, manifest)
+    assert artifact is not None
+    listed = list_referrers(push, manifest.digest, TRACE_ARTIFACT_TYPE)
+    assert [entry.digest for entry in listed] == [artifact]
+    # Pushing the same traces again changes nothing.
+    assert publish_traces(first / "cache", push, manifest) == artifact
+    assert len(list_referrers(push, manifest.digest)) == 1
+
+    untrusting, trusting = tmp_path / "untrusting", tmp_path / "trusting"
+    _fresh(untrusting)
+    plain = _run(link, untrusting)
+    _fresh(trusting)
+    replayed = _run(link, trusting, "--trust_published_indexes")
+    print(f"recorded: {recorded}; not trusted: {plain}; trusted: {replayed}")
+    assert plain.line == replayed.line == debian_like.APP_LINE
+    assert replayed.reads < plain.reads, (plain, replayed)
+    assert (trusting / "store" / "docker" / TRACES_DIR).is_dir()
+    assert not (untrusting / "store" / "docker" / TRACES_DIR).exists()  # nothing was asked
