@@ -18,6 +18,8 @@ from lazyfs.index.trace import (
     MAX_RANGE,
     MAX_READS,
     MAX_TRACE_BYTES,
+    TRACE_ARTIFACT_TYPE,
+    TRACE_MEDIA_TYPE,
     Read,
     Trace,
     TraceError,
@@ -27,7 +29,9 @@ from lazyfs.index.trace import (
     store_trace,
     trace_path,
 )
+from lazyfs.publish.traces import KEY_ANNOTATION, trace_blobs
 from providers.digest import Digest
+from providers.errors import BadImage
 
 IMAGE = Digest("sha256:" + "ab" * 32)
 A = Digest("sha256:" + "01" * 32)
@@ -200,3 +204,35 @@ def test_a_replay_asks_for_the_blobs_this_mount_reads_in_trace_order() -> None:
     )
     steps = replay_steps(trace, {A: None, B: 120})
     assert steps == [(A, [(0, 100), (500, 100)]), (B, [(90, 30)]), (A, [(1000, 10)])]
+
+
+def _artifact(layers: list[object], subject: str = IMAGE) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "artifactType": TRACE_ARTIFACT_TYPE,
+            "layers": layers,
+            "subject": {"digest": subject},
+        }
+    ).encode()
+
+
+def _listed(key: str, size: int = 100) -> dict[str, object]:
+    return {"mediaType": TRACE_MEDIA_TYPE, "digest": A, "size": size,
+            "annotations": {KEY_ANNOTATION: key}}  # fmt: skip
+
+
+def test_a_published_trace_manifest_lists_the_traces_of_its_image_only() -> None:
+    found = trace_blobs(_artifact([_listed(KEY), {"mediaType": "other/later"}]), IMAGE)
+    assert list(found) == [KEY] and found[KEY].digest == A
+    other = f"sha256:{'ef' * 32}@{'c' * 32}"
+    for bad in (
+        _artifact([_listed(other)]),  # a trace of another image, listed under this one
+        _artifact([_listed(KEY)], subject="sha256:" + "ef" * 32),
+        _artifact([_listed("../x")]),
+        _artifact([_listed(KEY, MAX_TRACE_BYTES + 1)]),
+        _artifact([{"mediaType": TRACE_MEDIA_TYPE, "digest": A}]),
+        b"not json",
+    ):
+        with pytest.raises(BadImage):
+            trace_blobs(bad, IMAGE)
