@@ -83,9 +83,13 @@ def start_trace(client: TraceClient, key: str, published: Path | None = None) ->
     The cache directory's trace first, else one fetched from the image's
     registry into ``published`` (``lazyfs.publish.traces``); recorded when neither.
     """
-    trace = load_trace(client.cache_dir, key)
-    if trace is None and published is not None:
-        trace = load_trace(published, key)
+    try:
+        trace = load_trace(client.cache_dir, key)
+        if trace is None and published is not None:
+            trace = load_trace(published, key)
+    except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
+        log.warning("no prefetch trace: %s", error)
+        return None
     if trace is not None:
         client.replaying = True
         steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
