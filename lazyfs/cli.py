@@ -303,6 +303,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
                 writable=not args.read_only,
                 volumes=spec.volumes,
                 progress=Progress(),
+                command=command,  # the prefetch trace is of the image and this command
             )
         )
         bundle = app.provisioner.containers / container_id / "bundle"

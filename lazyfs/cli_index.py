@@ -83,7 +83,13 @@ def run_index(
     # Held shared from pull to push: a GC pass meanwhile would take the blobs.
     with in_use(store.root):
         manifest = run_trio(lambda: docker.fetch(image, Progress()))
-        done = publish_indexes(store, repository_push(client, manifest.reference), manifest)
+        push = repository_push(client, manifest.reference)
+        done = publish_indexes(store, push, manifest)
+        # The learned prefetch traces this machine's cache keeps of the image, beside them.
+        from lazyfs.cli_daemon import cache_dir
+        from lazyfs.publish.traces import publish_traces
+
+        traces = publish_traces(cache_dir(args), push, manifest)
     report = {
         "image": manifest.reference,
         "subject": done.subject,
@@ -91,6 +97,7 @@ def run_index(
         "layers": list(done.layers),
         "skipped": list(done.skipped),
         "referrers_tag_updated": done.tag_updated,
+        "traces": traces,
     }
     print(json.dumps(report, indent=1))
     return 0

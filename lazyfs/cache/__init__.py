@@ -14,7 +14,8 @@ chunk's ``landing``), and
 from ``upstream`` (the registries reads name). ``background`` fetches the
 rest of mounted layers while no read waits and judges each whole blob;
 ``blobstate`` keeps those verdicts in the cache directory and reads a
-complete blob back for the store. ``service`` is the daemon as
+complete blob back for the store. ``replay`` fetches a
+learned prefetch trace's ranges in order, yielding to reads. ``service`` is the daemon as
 a process (``lazyfs daemon``), ``spawn`` finds it or starts it for a mount
 that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
 read from the files, misses asked for (``connection``: one socket to the

@@ -64,14 +64,16 @@ class ReadReply(_message.Message):
     def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ...) -> None: ...
 
 class PrefetchRequest(_message.Message):
-    __slots__ = ("ranges", "origin", "blob_size")
+    __slots__ = ("ranges", "origin", "blob_size", "replay")
     RANGES_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     BLOB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FIELD_NUMBER: _ClassVar[int]
     ranges: _containers.RepeatedCompositeFieldContainer[BlobRange]
     origin: Origin
     blob_size: int
-    def __init__(self, ranges: _Optional[_Iterable[_Union[BlobRange, _Mapping]]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ...) -> None: ...
+    replay: bool
+    def __init__(self, ranges: _Optional[_Iterable[_Union[BlobRange, _Mapping]]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., replay: _Optional[bool] = ...) -> None: ...
 
 class EvictRequest(_message.Message):
     __slots__ = ("range", "reason")

@@ -27,12 +27,13 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from lazyfs.cache.blobstate import refusal
+from lazyfs.cache.client_stream import BlobStream, ReadWatcher
 from lazyfs.cache.connection import Connection
 from lazyfs.cache.connection import status as status  # where callers have found it
 from lazyfs.cache.framing import ProtocolError
@@ -139,6 +140,8 @@ class CacheClient:
         self._idle: list[Connection] = []
         self._agreed: set[Digest] = set()  # blobs whose verdict agrees with this image
         self._tails_asked = False
+        self.watcher: ReadWatcher | None = None  # told every range read (a trace's recorder)
+        self.replaying = False  # a trace is prefetched: no eStargz landmark besides
 
     def close(self) -> None:
         with self._lock:
@@ -150,7 +153,7 @@ class CacheClient:
 
     def open(self, digest: Digest) -> BinaryIO:
         self._blob(digest)
-        return io.BufferedReader(_BlobStream(self, digest), 1 << 20)
+        return io.BufferedReader(BlobStream(self, digest), 1 << 20)
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         blob = self._blob(digest)
@@ -160,6 +163,8 @@ class CacheClient:
             length = max(0, min(length, blob.size - offset))
         if length == 0:
             return b""
+        if self.watcher is not None:
+            self.watcher.read(digest, offset, length)
         parts = []
         # The daemon bounds one read: a bigger range is asked in pieces.
         for start in range(offset, offset + length, MAX_READ_LENGTH):
@@ -180,7 +185,7 @@ class CacheClient:
         """
         blob = self._blob(digest)
         try:
-            if prefetch is not None and prefetch[1] > prefetch[0]:
+            if prefetch is not None and prefetch[1] > prefetch[0] and not self.replaying:
                 self.prefetch(digest, prefetch[0], prefetch[1] - prefetch[0])
             if blob.size:
                 self.background(digest)
@@ -200,6 +205,16 @@ class CacheClient:
         answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size))
         if not isinstance(answer, PrefetchOk):
             raise TemporaryFailure(f"the cache daemon answered a prefetch with {answer}")
+        return answer.chunks_queued
+
+    def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int:
+        """Have the daemon fetch blob ranges (offset, length) in this order, yielding to
+        reads (a trace replayed, ``PrefetchRequest.replay``); returns chunks queued."""
+        blob = self._blob(digest)
+        pieces = tuple(BlobRange(digest, o, min(n, MAX_READ_LENGTH)) for o, n in ranges)
+        answer = self._ask(Prefetch(next(self._ids), pieces, blob.origin, blob.size, True))
+        if not isinstance(answer, PrefetchOk):
+            raise TemporaryFailure(f"the cache daemon answered a replay with {answer}")
         return answer.chunks_queued
 
     def background(self, digest: Digest) -> BlobInfo:
@@ -379,21 +394,3 @@ def _failure(request: Request, failure: Failure) -> LazyfsError:
     if failure.kind is FailureKind.TEMPORARY:
         return TemporaryFailure(f"{what}: {failure.reason}")
     return DaemonError(f"{what}: {failure.reason} ({failure.kind.name})", kind=failure.kind)
-
-
-class _BlobStream(io.RawIOBase):
-    """A blob read from its start through the client, range by range (``CacheClient.open``)."""
-
-    def __init__(self, client: CacheClient, digest: Digest) -> None:
-        self._client = client
-        self._digest = digest
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._client.read_range(self._digest, self._position, len(buffer))
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)

@@ -58,6 +58,7 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
+from lazyfs.cache.replay import Replays
 from providers.digest import Digest
 from providers.source import BlobSource
 
@@ -113,7 +114,7 @@ async def serve(
             backgrounds = Backgrounds(
                 fetcher, nursery, enabled=background, settle=background_settle
             )
-            server = Server(cache, fetcher, resolve, backgrounds)
+            server = Server(cache, fetcher, resolve, backgrounds, Replays(fetcher, nursery))
             task_status.started(path)
             await trio.serve_listeners(server.connection, [listener])
     finally:
@@ -130,11 +131,13 @@ class Server:
         fetcher: Fetcher,
         resolve: Resolve,
         backgrounds: Backgrounds | None = None,
+        replays: Replays | None = None,
     ) -> None:
         self.cache = cache
         self.fetcher = fetcher
         self.resolve = resolve
         self.backgrounds = backgrounds
+        self.replays = replays
         self.reads = 0  # read requests received: what a mount could not serve itself
 
     async def connection(self, stream: trio.abc.Stream) -> None:
@@ -201,6 +204,13 @@ class Server:
                 return ReadOk(request.id, tuple(extents))
             if isinstance(request, Prefetch):
                 source = self._source(request.origin, request.ranges, request.blob_size)
+                if request.replay and self.replays is not None:
+                    queued = sum(
+                        self.replays.add(source, r.digest, [(r.offset, r.length)],
+                                         request.blob_size)
+                        for r in request.ranges
+                    )  # fmt: skip
+                    return PrefetchOk(request.id, queued)
                 # One request per range: a landmark's files arrive in one go.
                 whole = MAX_READ_LENGTH // self.cache.layout.chunk_size
                 queued = sum(

@@ -141,6 +141,7 @@ def encode_request(request: Request) -> bytes:
         message.prefetch.origin.CopyFrom(_origin_pb(request.origin))
         if request.blob_size is not None:
             message.prefetch.blob_size = request.blob_size
+        message.prefetch.replay = request.replay
     elif isinstance(request, Evict):
         message.evict.range.CopyFrom(_range_pb(request.range))
         message.evict.reason = request.reason
@@ -187,7 +188,7 @@ def decode_request(payload: bytes) -> Request:
             ranges = tuple(_range(r) for r in prefetch.ranges)
             origin = _origin(prefetch.origin, prefetch.HasField("origin"))
             size = prefetch.blob_size if prefetch.HasField("blob_size") else None
-            return Prefetch(request_id, ranges, origin, size)
+            return Prefetch(request_id, ranges, origin, size, prefetch.replay)
         if body == "status":
             return Status(request_id)
         if body == "evict":

@@ -4,14 +4,17 @@ A provisioner that leaves some layers of an image remote (eStargz layers on
 the fuse backend, read through the cache daemon) hands the backend a blob
 source that also has ``remote``: a ``Remote`` naming, per layer digest, the
 registry host and repository the daemon fetches it from, and how to reach
-or start the daemon (``DaemonSpec``). The mount API passes both on to the
-mount process. A blob source without ``remote`` (or with None) has every
-layer local.
+or start the daemon (``DaemonSpec``), and the key of the learned prefetch
+trace (``trace_key``) the mount records or replays, if any. The mount API
+passes them on to the mount process. A blob source without ``remote`` (or
+with None) has every layer local.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +36,24 @@ class Remote:
 
     daemon: DaemonSpec
     origins: Mapping[Digest, RemoteOrigin] = field(default_factory=dict)
+    # The image and command the mount's reads are traced for (``trace_key``).
+    trace: str | None = None
+
+
+def trace_key(
+    image: Digest, entrypoint: Sequence[str], command: Sequence[str], working_dir: str
+) -> str | None:
+    """The key of the prefetch trace of running ``entrypoint`` + ``command`` in
+    ``working_dir`` of image ``image`` (a manifest digest): ``sha256:<hex>@<32 hex>``.
+
+    None for an image not named by a sha256 digest. What runs is hashed as
+    the container runtime gets it: the entrypoint, then the command given
+    or else the image's Cmd (the caller decides which), and the directory.
+    """
+    if not image.startswith("sha256:"):
+        return None
+    spelled = json.dumps([list(entrypoint), list(command), working_dir or "/"])
+    return f"{image}@{hashlib.sha256(spelled.encode()).hexdigest()[:32]}"
 
 
 @runtime_checkable

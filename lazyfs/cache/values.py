@@ -55,6 +55,8 @@ class Prefetch:
     ranges: tuple[BlobRange, ...]
     origin: Origin
     blob_size: int | None = None
+    # A trace replayed: fetched in this order at low priority (``lazyfs.cache.replay``).
+    replay: bool = False
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,8 @@ def mount(
     if remote is not None and any(layer.digest in origins for layer in layers):
         daemon = remote.daemon
         argv += ["--cache-dir", str(remote.daemon.cache_dir)]
+        if remote.trace is not None:
+            argv += ["--trace", remote.trace]
     for layer in layers:
         argv += ["--layer", layer_arg(layer, origins.get(layer.digest))]
     if limits is not None:

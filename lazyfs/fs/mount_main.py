@@ -70,6 +70,7 @@ from providers.errors import BackendError, LazyfsError
 from providers.manifest import Layer
 
 if TYPE_CHECKING:
+    from lazyfs.blobs.trace_run import Recorder
     from lazyfs.cache.client import CacheClient
     from lazyfs.cache.remote import RemoteOrigin
     from lazyfs.fs.writable import WritableOperations
@@ -95,6 +96,7 @@ class _Indexed:
     whole: bool
     remote: dict[Digest, TarRangeReader]
     index_dirs: dict[Digest, Path]  # where each remote layer's index is
+    recorder: Recorder | None = None  # of the prefetch trace, told when the mount serves
 
 
 def _index_layers(
@@ -102,6 +104,7 @@ def _index_layers(
     layers: Sequence[tuple[Layer, RemoteOrigin | None]],
     limits: LayerLimits | None,
     cache_dir: Path | None = None,
+    trace: str | None = None,
 ) -> _Indexed:
     """Index each layer the store has no index of yet (once per layer digest).
 
@@ -111,6 +114,11 @@ def _index_layers(
     store = Store(store_root)
     blobs = StoreBlobs(store)
     client = _cache_client(cache_dir, layers)
+    recorder = None
+    if client is not None and trace is not None:
+        from lazyfs.blobs.trace_run import start_trace  # loaded only to record or replay
+
+        recorder = start_trace(client, trace, store.root)  # and traces published beside
     digests = [layer.digest for layer, _ in layers]
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a
@@ -131,7 +139,7 @@ def _index_layers(
         indexes[layer.digest] = ensure_index(
             store.layers, store.tmp, layer.digest, blob, entries=whole, limits=limits
         )
-    return _Indexed(store.layers, digests, files, indexes, whole, remote, index_dirs)
+    return _Indexed(store.layers, digests, files, indexes, whole, remote, index_dirs, recorder)
 
 
 def _cache_client(
@@ -320,7 +328,9 @@ def _main(argv: Sequence[str] | None) -> int:
         signal.signal(number, _Stop.handler)
     with os.fdopen(args.ready_fd, "wb", buffering=0) as ready:
         try:
-            indexed = _index_layers(args.store, args.layer, mount_limits(args), args.cache_dir)
+            indexed = _index_layers(
+                args.store, args.layer, mount_limits(args), args.cache_dir, args.trace
+            )
         except (LazyfsError, OSError) as error:
             # The caller raises it as it is: one line for the user, no traceback.
             log.info("refused to mount %s: %s", args.mountpoint, error)
@@ -352,6 +362,8 @@ def _main(argv: Sequence[str] | None) -> int:
             log.info("the caller is gone: unmounting %s", args.mountpoint)
             pyfuse3.close(unmount=True)
             return 1
+        if indexed.recorder is not None:
+            indexed.recorder.serving()
     gc.freeze()  # what the start made lives as long as the mount: no collection walks it
     gc.enable()
     try:
@@ -362,6 +374,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
     # After a stop signal we unmount; after an unmount from outside there is nothing left.
     pyfuse3.close(unmount=_Stop.requested)
+    if indexed.recorder is not None:
+        indexed.recorder.finish()  # the workload ended before it settled: keep what it read
     log.info("unmounted %s", args.mountpoint)
     return 0
 

@@ -134,6 +134,9 @@ def parse_mount_args(argv: Sequence[str]) -> argparse.Namespace:
         " says where its tar stream is read from (the blob, a tar copy, or gzip checkpoints)",
     )
     parser.add_argument("--cache-dir", type=Path, help="the cache daemon's, for remote layers")
+    parser.add_argument(
+        "--trace", help="record the prefetch trace of this key, or replay it (remote layers)"
+    )
     parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
     parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)

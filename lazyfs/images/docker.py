@@ -211,6 +211,12 @@ class DockerProvider:
             return manifest  # not even a referrers request
         # Loaded for lazy pulls only: it loads the index code.
         from lazyfs.publish.fetch import published_layers, with_index_blobs
+        from lazyfs.publish.traces import fetch_traces
+
+        # Learned prefetch traces too: a hint whose fetches are verified as any.
+        await trio.to_thread.run_sync(
+            fetch_traces, self.store, client, manifest, abandon_on_cancel=True
+        )
 
         wanted = [
             layer

@@ -12,7 +12,8 @@ and the indexes kept in the store (``stored``: read back, checked, built
 once per layer, from a local blob or an eStargz layer's TOC), which sits
 above the others so nothing below it imports it; and the index artifact,
 one layer's index as a blob published beside its image in a registry
-(``artifact``: its format, with the span digests that check its blob).
+(``artifact``: its format, with the span digests that check its blob);
+and a learned prefetch trace's format (``trace``).
 
 Imports: lazyfs.store.atomic, providers.
 """

@@ -11,7 +11,7 @@ whole container then.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -33,7 +33,8 @@ class RootfsBuilder:
 
     ``fetch`` makes an image present (its layers in the store, or left in
     the registry for a lazy backend); ``blobs_for`` says what the backend
-    reads an image's layers from.
+    reads an image's layers from, and for what command it is traced
+    (None: not traced; see ``lazyfs.provision.lazy.blobs_for``).
     """
 
     def __init__(
@@ -43,7 +44,7 @@ class RootfsBuilder:
         backend: Backend,
         progress: Progress,
         fetch: Callable[[Image], Awaitable[ImageManifest]],
-        blobs_for: Callable[[ImageManifest], LocalBlobSource],
+        blobs_for: Callable[[ImageManifest, Sequence[str] | None], LocalBlobSource],
     ) -> None:
         self.home = home
         self.name = name
@@ -53,7 +54,7 @@ class RootfsBuilder:
         self.blobs_for = blobs_for
 
     async def __call__(
-        self, image: Image, writable: bool, what: str
+        self, image: Image, writable: bool, what: str, command: Sequence[str] | None = None
     ) -> tuple[ImageManifest, Rootfs, tuple[Digest, ...]]:
         """Fetch ``image``, build ``what`` from it: its manifest, rootfs and layers left remote."""
         manifest = await self.fetch(image)
@@ -61,7 +62,7 @@ class RootfsBuilder:
         rootfs_dir = self.home / "backends" / self.name / "rootfses" / str(uuid.uuid4())
         private_dir(rootfs_dir.parent)
         self.progress.message(f"building {what} with {self.name}")
-        blobs = await trio.to_thread.run_sync(self.blobs_for, manifest)
+        blobs = await trio.to_thread.run_sync(self.blobs_for, manifest, command)
         with lazy_progress(blobs, manifest, self.progress):
             rootfs = await trio.to_thread.run_sync(
                 lambda: self.backend.provision(

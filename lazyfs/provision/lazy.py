@@ -24,10 +24,12 @@ refused by the cache client, which compares the same).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from lazyfs.cache.remote import trace_key
 from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin, open_complete
 from lazyfs.progress import Progress
 from lazyfs.store.blobs import StoreBlobs
@@ -82,17 +84,29 @@ def blobs_for(
     blobs: StoreBlobs,
     manifest: ImageManifest,
     daemon: DaemonSpec | None,
+    command: Sequence[str] | None = None,
 ) -> LocalBlobSource:
     """What ``backend`` reads ``manifest``'s layers from: for fuse, with the remote ones. Blocking.
 
     A layer missing from the store is remote only for a lazy backend with a
     daemon to read it; for any other, the store's source says NotFound.
+    With ``command`` (what the container will run; empty: the image's Cmd)
+    the mount records or replays the prefetch trace of the image and that
+    command (``lazyfs.cache.remote.trace_key``); without, it does neither.
     """
     if backend not in LAZY_BACKENDS or daemon is None:
         return blobs
     adopt_complete(blobs.store, daemon.cache_dir, manifest)
     origins = remote_origins(blobs.store, manifest)
-    return LazyBlobs(blobs, Remote(daemon, origins)) if origins else blobs
+    if not origins:
+        return blobs
+    trace = None
+    if command is not None:
+        config = manifest.config
+        trace = trace_key(
+            manifest.digest, config.entrypoint, command or config.cmd, config.working_dir
+        )
+    return LazyBlobs(blobs, Remote(daemon, origins, trace))
 
 
 def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> list[Digest]:

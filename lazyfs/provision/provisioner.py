@@ -142,11 +142,14 @@ class Provisioner:
         volumes: Sequence[VolumeSpec] = (),
         progress: Progress | None = None,
         publish: Callable[[ProvisionInfo], None] | None = None,
+        command: Sequence[str] = (),
     ) -> ProvisionInfo:
         """Build a rootfs for ``container_id`` from ``image``, and one per image volume.
 
-        Each of ``volumes`` is built by the same backend, writable if its
-        mode is ``rw``, after the rootfs and in order, and recorded with it.
+        ``command``: what runs after the image's entrypoint (empty: its Cmd),
+        whose prefetch trace a lazy rootfs records or replays. Each of
+        ``volumes`` is built by the same backend, writable if its mode is
+        ``rw``, after the rootfs and in order, and recorded with it.
         Refuses (Conflict) a container id that exists, complete or not.
         ``publish``, if given, is called with the result before the
         container is marked complete: tell the caller's caller there, so a
@@ -180,10 +183,10 @@ class Provisioner:
                     chosen,
                     progress,
                     lambda wanted: self._fetch(self._provider(wanted), wanted, progress, lazy=lazy),
-                    lambda manifest: self.blobs_for(name, manifest),
+                    lambda manifest, traced: self.blobs_for(name, manifest, traced),
                 )
                 what = f"the rootfs of {container_id}"
-                manifest, rootfs, remote = await build(image, writable, what)
+                manifest, rootfs, remote = await build(image, writable, what, command)
                 built = []
                 for volume in volumes:
                     what = f"volume {volume.container_path} of {container_id}"
@@ -309,9 +312,10 @@ class Provisioner:
             return await provider.fetch_lazy(image, progress)
         return await provider.fetch(image, progress)
 
-    def blobs_for(self, backend: str, manifest: ImageManifest) -> LocalBlobSource:
+    def blobs_for(self, backend: str, manifest: ImageManifest, command: Sequence[str] | None = None
+                  ) -> LocalBlobSource:  # fmt: skip
         """What ``backend`` reads ``manifest``'s layers from (``lazy.blobs_for``). Blocking."""
-        return blobs_for(backend, self.blobs, manifest, self.daemon)
+        return blobs_for(backend, self.blobs, manifest, self.daemon, command)
 
     def info(self, container_id: str) -> ProvisionInfo:
         """The record of ``container_id``, its images from the store; NotFound if none."""

@@ -14,6 +14,9 @@ link by then, both ways.
 - ``lazyfs fuse lazy (eStargz)``: ``lazyfs run --backend fuse`` of the
   eStargz image: layers indexed from their TOCs and read by range through
   the cache daemon the mount starts.
+- ``lazyfs fuse lazy (eStargz, replayed trace)``: the same, on a machine
+  that finds the trace a first run recorded published beside the image
+  (``benchlib.cold_trace``).
 - ``lazyfs fuse (plain)`` and ``lazyfs overlay (plain)``: ``lazyfs run`` of
   the plain image, whose layers are pulled whole first.
 - ``skopeo copy + umoci unpack``: the image copied into an OCI layout,
@@ -34,6 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchlib.cold_trace import trace_contender
 from benchlib.estargz import push_estargz
 from benchlib.measure import Contender, Context, Result, Timing, _run_until_printed, compare
 from benchlib.pull import registry
@@ -67,6 +71,8 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
             contenders = [
                 Contender("lazyfs fuse lazy (eStargz)", True,
                           _lazyfs_once(ctx, link, lazy, "fuse", sizes[lazy])),
+                trace_contender(ctx, host, link, lazy, sizes[lazy],
+                                "lazyfs fuse lazy (eStargz, replayed trace)"),
                 Contender("lazyfs fuse (plain)", True,
                           _lazyfs_once(ctx, link, plain, "fuse", sizes[plain])),
                 Contender("lazyfs overlay (plain)", True,

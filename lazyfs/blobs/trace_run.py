@@ -1,0 +1,227 @@
+"""A mount's side of learned prefetch: record its image's first run, or replay it.
+
+``start_trace(client, key)``, for a mount given a trace key
+(``lazyfs.cache.remote.trace_key``: image digest and command), looks for
+the key's trace in the cache directory (``lazyfs.index.trace.load_trace``;
+a damaged or hostile one is ignored with one logged line, as if absent).
+
+- Found: its ranges are sent to the daemon in trace order, one blob's run
+  of them per request, from a thread of their own (the daemon may be
+  starting beside the mount), as a replay (``lazyfs.cache.replay``):
+  fetched in parallel with the mount's own reads and yielding to them.
+  Ranges of blobs this mount does not read remotely are left out; a range
+  past its blob's end is cut there. The eStargz landmark prefetch is not
+  asked for besides: the trace says better what this command reads.
+- Not found: a ``Recorder`` watches every range the client reads (cached or
+  not) and keeps those that read something new, in order, merging one that
+  continues the last. Once the mount serves (``Recorder.serving``), it stops
+  when the workload settles (no new range for ``SETTLE`` seconds), after
+  ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
+  trace in the cache (temporary file + rename); also when the mount ends
+  first (``Recorder.finish``). A mount that never served writes nothing.
+
+A trace is only a hint: what its replay fetches is verified when read like
+any chunk, so a wrong trace costs extra fetches, never wrong bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from lazyfs.index.trace import (
+    MAX_RANGE,
+    MAX_READS,
+    Read,
+    Trace,
+    TraceError,
+    load_trace,
+    store_trace,
+)
+from providers.digest import Digest
+from providers.errors import LazyfsError
+
+log = logging.getLogger(__name__)
+
+SETTLE = 2.0
+MAX_RECORDING = 60.0
+_UNIT = 64 << 10  # what "new" is counted in: reads within one such unit are one
+_RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
+
+
+class _Sized(Protocol):
+    @property
+    def size(self) -> int | None: ...
+
+
+class ReadWatcher(Protocol):
+    def read(self, digest: Digest, offset: int, length: int) -> None: ...
+
+
+class TraceClient(Protocol):
+    """What of the cache client a trace uses (``lazyfs.cache.client.CacheClient``)."""
+
+    replaying: bool
+    watcher: ReadWatcher | None
+
+    @property
+    def cache_dir(self) -> Path: ...
+
+    @property
+    def blobs(self) -> Mapping[Digest, _Sized]: ...
+
+    def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int: ...
+
+
+def start_trace(client: TraceClient, key: str, published: Path | None = None) -> Recorder | None:
+    """Replay the trace of ``key`` through ``client``, or start recording it (the Recorder).
+
+    The cache directory's trace first, else one fetched from the image's
+    registry into ``published`` (``lazyfs.publish.traces``); recorded when neither.
+    """
+    try:
+        trace = load_trace(client.cache_dir, key)
+        if trace is None and published is not None:
+            trace = load_trace(published, key)
+    except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
+        log.warning("no prefetch trace: %s", error)
+        return None
+    if trace is not None:
+        client.replaying = True
+        steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
+        log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
+        threading.Thread(
+            target=_send, args=(client, steps), name="lazyfs-trace-replay", daemon=True
+        ).start()
+        return None
+    recorder = Recorder(client.cache_dir, key)
+    client.watcher = recorder
+    return recorder
+
+
+def replay_steps(
+    trace: Trace, sizes: Mapping[Digest, int | None]
+) -> list[tuple[Digest, list[tuple[int, int]]]]:
+    """The trace's ranges as requests: runs of one blob's ranges, in trace order.
+
+    Only blobs in ``sizes``; a range is cut at its blob's end (when known).
+    """
+    steps: list[tuple[Digest, list[tuple[int, int]]]] = []
+    for read in trace.reads:
+        if read.digest not in sizes:
+            continue
+        size = sizes[read.digest]
+        length = read.length if size is None else min(read.length, size - read.offset)
+        if length <= 0:
+            continue
+        if not steps or steps[-1][0] != read.digest or len(steps[-1][1]) >= _RANGES_PER_REQUEST:
+            steps.append((read.digest, []))
+        steps[-1][1].append((read.offset, length))
+    return steps
+
+
+def _send(client: TraceClient, steps: list[tuple[Digest, list[tuple[int, int]]]]) -> None:
+    for digest, ranges in steps:
+        try:
+            client.replay(digest, ranges)
+        except LazyfsError as error:
+            # Only a hint: the reads fetch what they need themselves.
+            log.warning("trace replay stopped: %s", error)
+            return
+
+
+class Recorder:
+    """The ranges a mount reads, in order, until its workload settles (module docstring).
+
+    Thread-safe: ``read`` is called from every reader's thread.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        key: str,
+        *,
+        settle: float = SETTLE,
+        limit: float = MAX_RECORDING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.key = key
+        self.settle = settle
+        self.limit = limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._reads: list[Read] = []
+        self._seen: dict[Digest, set[int]] = {}
+        self._last_new: float | None = None
+        self._serving_since: float | None = None
+        self._stopped = threading.Event()
+
+    def read(self, digest: Digest, offset: int, length: int) -> None:
+        if self._stopped.is_set() or length <= 0:
+            return
+        units = range(offset // _UNIT, (offset + length - 1) // _UNIT + 1)
+        with self._lock:
+            seen = self._seen.setdefault(digest, set())
+            if len(self._reads) >= MAX_READS or all(u in seen for u in units):
+                return
+            seen.update(units)
+            self._last_new = self._clock()
+            last = self._reads[-1] if self._reads else None
+            if (
+                last is not None
+                and last.digest == digest
+                and last.end == offset
+                and last.length + length <= MAX_RANGE
+            ):
+                self._reads[-1] = Read(digest, last.offset, last.length + length)
+            else:
+                for start in range(offset, offset + length, MAX_RANGE):
+                    piece = min(MAX_RANGE, offset + length - start)
+                    self._reads.append(Read(digest, start, piece))
+
+    def serving(self) -> None:
+        """The mount serves now: the settle clock runs from here (a thread watches it)."""
+        with self._lock:
+            if self._serving_since is not None:
+                return
+            self._serving_since = self._clock()
+        threading.Thread(target=self._watch, name="lazyfs-trace-record", daemon=True).start()
+
+    def due(self) -> bool:
+        """Whether recording is over: settled, past its time, or full."""
+        with self._lock:
+            since = self._serving_since
+            if since is None:
+                return False
+            now = self._clock()
+            if len(self._reads) >= MAX_READS or now - since >= self.limit:
+                return True
+            return now - max(self._last_new or since, since) >= self.settle
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(self.settle, 0.5) / 2):
+            if self.due():
+                self.finish()
+
+    def finish(self) -> Path | None:
+        """Stop recording and keep the trace (once; nothing if the mount never served,
+        or read nothing). A failure to write is logged: a trace is only a hint."""
+        with self._lock:
+            if self._stopped.is_set():
+                return None
+            self._stopped.set()
+            reads = tuple(self._reads)
+            if self._serving_since is None or not reads:
+                return None
+        try:
+            path = store_trace(self.cache_dir, Trace(self.key, reads))
+        except (OSError, TraceError, LazyfsError) as error:
+            log.warning("the trace of %s was not kept: %s", self.key, error)
+            return None
+        log.info("kept the trace of %s: %d ranges, in %s", self.key, len(reads), path)
+        return path

@@ -1,0 +1,166 @@
+"""Replaying a learned prefetch trace: its ranges fetched in order, yielding to reads.
+
+A mount that has the trace of its image and command (``lazyfs.index.trace``)
+sends its ranges as ``Prefetch`` requests with ``replay`` set, in trace
+order, one blob's run of ranges per request. ``Replays.add`` answers at
+once and queues the chunks those ranges need; one task works through the
+queue in order, the ranges of every mount one after another as they came.
+
+How it yields to on-demand reads, the daemon's other priority besides
+background fetch (``lazyfs.cache.background``), with the Fetcher's own
+accounting (``Fetcher.demand_waiting``, ``Fetcher.quiet``):
+
+- its requests run under a limiter of their own (``REQUESTS`` at once),
+  never taking a reader's place upstream;
+- a chunk is registered as in flight only when its request goes out, so a
+  reader never waits on a chunk that sits in this queue: it fetches it itself;
+- while any reader waits on a fetch, no new replay request goes out unless
+  none is out: the replay keeps moving (a trace is worth most while the
+  container starts, which is exactly when reads wait) but takes one request's
+  share of the link, not ``REQUESTS``;
+- requests are small (``REQUEST_CHUNKS`` chunks), so a read that comes
+  while some are out shares the link with them only briefly.
+
+Unlike background fetch it does not wait for the link to settle: replayed
+chunks are the ones the starting container is about to read.
+
+Chunks cached or in flight are skipped when their turn comes. The queue is
+bounded (``MAX_QUEUED``): what does not fit is dropped with a logged line, a
+trace being only a hint. Fetch failures are logged by the Fetcher and leave
+the chunks to on-demand reads. Nothing here decides what bytes are served:
+chunks land in the cache as any fetch's and are verified by whoever reads
+them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from lazyfs.cache.flight import Fetcher
+from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.planner import wanted_chunks
+from providers.digest import Digest
+from providers.source import BlobSource
+
+log = logging.getLogger(__name__)
+
+REQUESTS = 4
+REQUEST_CHUNKS = 8  # as the Fetcher cuts a read's requests
+MAX_QUEUED = 1 << 16  # runs waiting: 32 GiB of 64 KiB chunks, past any trace
+
+
+@dataclass(frozen=True)
+class _Run:
+    source: BlobSource
+    digest: Digest
+    chunks: tuple[int, ...]  # adjacent, ascending
+
+
+class Replays:
+    """The daemon's trace replays over ``fetcher``, run in ``nursery``."""
+
+    def __init__(self, fetcher: Fetcher, nursery: trio.Nursery) -> None:
+        self.fetcher = fetcher
+        self._nursery = nursery
+        self._queue: deque[_Run] = deque()
+        self._queued = trio.Event()
+        self._running = False
+        self._limiter = trio.CapacityLimiter(REQUESTS)
+        self._out = 0  # replay requests out now
+        self._landed = trio.Event()  # set whenever one comes back
+        self.chunks_replayed = 0
+
+    def add(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        ranges: Iterable[tuple[int, int]],
+        blob_size: int | None,
+    ) -> int:
+        """Queue the chunks of ``ranges`` (offset, length) in their order; returns how
+        many are neither cached nor in flight now. No await: answered at once."""
+        size = blob_size if blob_size is not None else self.fetcher.cache.blob_size(digest)
+        queued = 0
+        seen: set[int] = set()
+        for offset, length in ranges:
+            chunks = [
+                i
+                for i in wanted_chunks([(offset, length)], self.fetcher.chunk_size, size)
+                if i not in seen and not self._in_hand(digest, i)
+            ]
+            seen.update(chunks)
+            for run in _runs(chunks, REQUEST_CHUNKS):
+                if len(self._queue) >= MAX_QUEUED:
+                    log.warning("trace replay queue full: dropping the rest of %s's", digest)
+                    return queued
+                self._queue.append(_Run(source, digest, run))
+                queued += len(run)
+        if self._queue:
+            self._queued.set()
+            if not self._running:
+                self._running = True
+                self._nursery.start_soon(self._run)
+        return queued
+
+    def _in_hand(self, digest: Digest, index: int) -> bool:
+        key = ChunkKey(digest, index)
+        return self.fetcher.in_flight(key) or self.fetcher.cache.contains(key)
+
+    async def _run(self) -> None:
+        """Work through the queue for ever; requests are tasks of the daemon's nursery."""
+        while True:
+            while not self._queue:
+                self._queued = trio.Event()
+                await self._queued.wait()
+            run = self._queue.popleft()
+            await self._turn()
+            # Checked when it goes out, not when queued: a reader may have fetched it.
+            chunks = [i for i in run.chunks if not self._in_hand(run.digest, i)]
+            if not chunks:
+                continue
+            for part in _runs(chunks, REQUEST_CHUNKS):
+                self._out += 1
+                self._nursery.start_soon(self._fetch, run.source, run.digest, list(part))
+
+    async def _turn(self) -> None:
+        """Return when a replay request may go out (see the module docstring)."""
+        while True:
+            if self._out < REQUESTS and not (self.fetcher.demand_waiting and self._out):
+                return
+            self._landed = trio.Event()
+            async with trio.open_nursery() as race:
+                if self._out < REQUESTS:
+                    race.start_soon(self._then_cancel, self.fetcher.quiet, race.cancel_scope)
+                race.start_soon(self._then_cancel, self._landed.wait, race.cancel_scope)
+
+    @staticmethod
+    async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: trio.CancelScope) -> None:
+        await wait()
+        scope.cancel()
+
+    async def _fetch(self, source: BlobSource, digest: Digest, chunks: list[int]) -> None:
+        """One replay request; never raises (the Fetcher logged a failure)."""
+        try:
+            await self.fetcher.fetch_chunks(source, digest, chunks, self._limiter)
+            self.chunks_replayed += len(chunks)
+        except Exception:  # whatever the source raised: it must not end the daemon
+            pass  # logged by the Fetcher; the chunks are left to the reads that need them
+        finally:
+            self._out -= 1
+            self._landed.set()
+
+
+def _runs(chunks: Iterable[int], limit: int) -> list[tuple[int, ...]]:
+    """``chunks`` cut into runs of adjacent ascending indices, at most ``limit`` long."""
+    runs: list[list[int]] = []
+    for index in chunks:
+        if runs and runs[-1][-1] + 1 == index and len(runs[-1]) < limit:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return [tuple(run) for run in runs]

@@ -1,0 +1,196 @@
+"""Learned prefetch traces beside their image in a registry: pushed, and found for a mount.
+
+``publish_traces`` pushes the traces a cache directory keeps of an image
+(``lazyfs.index.trace``: one per command it was run with) as an OCI artifact
+of its own: ``artifactType`` ``TRACE_ARTIFACT_TYPE`` (versioned, so later
+formats can coexist with this one), a tiny config blob, one blob per trace
+(``TRACE_MEDIA_TYPE``) annotated with its key, and the image manifest as
+``subject``; listed through the Referrers API or the referrers tag, as the
+index artifact is (``lazyfs.publish.push``). Deterministic: pushing the
+same traces again adds nothing.
+
+``fetch_traces`` is the other side, run for a lazy pull with
+``--trust_published_indexes`` only: the newest readable trace artifact of
+the image is fetched by digest and checked, and each trace blob it lists
+is fetched (bounded, checked against its digest), decoded whole against
+the key its annotation names (which must be of this image) and kept under
+``STORE/traces`` unless kept already, where the mount process looks after
+its cache directory. Anything wrong is one warning and no trace.
+
+Why a published trace may be trusted this far: it only says which blob
+ranges to fetch early. The mount replays only ranges of its own layers,
+cut at their ends, and every byte fetched is verified before it is served
+as any other (eStargz chunk digests, a published index's span digests, the
+blob digest and diff_id in the background). A hostile trace can cost extra
+verified fetches, bounded by its size limits; it cannot change a byte read.
+
+Blocking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from lazyfs.index.trace import (
+    MAX_TRACE_BYTES,
+    TRACE_ARTIFACT_TYPE,
+    TRACE_MEDIA_TYPE,
+    TRACES_DIR,
+    TraceError,
+    decode,
+    key_image,
+    load_trace,
+    store_trace,
+)
+from lazyfs.publish.fetch import newest_first
+from lazyfs.publish.push import repository_push
+from lazyfs.store.disk import Store
+from providers.digest import Digest, digest_bytes, hex_part, parse_digest
+from providers.errors import BadImage, DigestMismatch, LazyfsError, NotFound
+from providers.manifest import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, ImageManifest
+from providers.referrers import Referrer, add_referrer, list_referrers
+from providers.registry import RegistryClient
+from providers.registry_push import RegistryPush
+
+log = logging.getLogger(__name__)
+
+TRACE_CONFIG_MEDIA_TYPE = "application/vnd.lazyfs.trace.config.v1+json"
+TRACE_CONFIG = json.dumps({"lazyfs_trace": 1}).encode()
+KEY_ANNOTATION = "dev.lazyfs.trace.key"
+MAX_TRACES = 64  # per image: one per command it runs
+
+
+def published_traces_dir(store: Store) -> Path:
+    """Where traces fetched from registries are kept, for mounts to find by key."""
+    return store.root
+
+
+def local_traces(cache_dir: Path, image: Digest) -> dict[str, bytes]:
+    """The traces ``cache_dir`` keeps of ``image``, by key, each checked whole."""
+    found: dict[str, bytes] = {}
+    folder = cache_dir / TRACES_DIR
+    if not image.startswith("sha256:") or not folder.is_dir():
+        return found
+    for path in sorted(folder.glob(f"{hex_part(image)}@*.json"))[:MAX_TRACES]:
+        key = f"{image}@{path.stem.split('@', 1)[1]}"
+        try:
+            trace = load_trace(cache_dir, key)
+        except TraceError:
+            continue  # not a key: not a file lazyfs wrote
+        if trace is not None:
+            found[key] = path.read_bytes()
+    return found
+
+
+def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) -> Digest | None:
+    """Push the traces ``cache_dir`` keeps of ``image`` beside it; the artifact's digest,
+    None when there is none to push. Registry errors as ``RegistryPush`` raises them."""
+    traces = local_traces(cache_dir, image.digest)
+    if not traces:
+        return None
+    got = push.get_manifest(image.digest, f"{OCI_MANIFEST}, {DOCKER_MANIFEST}")
+    if got is None:
+        raise NotFound(f"{push.image}: manifest {image.digest} is not in {push.repository}")
+    data, media_type = got
+    if digest_bytes(data) != image.digest:
+        raise DigestMismatch(
+            f"{push.image}: manifest", expected=image.digest, actual=digest_bytes(data)
+        )
+    layers = []
+    for key, trace in sorted(traces.items()):
+        blob = push.push_blob(trace, TRACE_MEDIA_TYPE)
+        layers.append({"mediaType": TRACE_MEDIA_TYPE, "digest": blob.digest, "size": blob.size,
+                       "annotations": {KEY_ANNOTATION: key}})  # fmt: skip
+    config = push.push_blob(TRACE_CONFIG, TRACE_CONFIG_MEDIA_TYPE)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": TRACE_ARTIFACT_TYPE,
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": layers,
+        "subject": {
+            "mediaType": media_type or OCI_MANIFEST,
+            "digest": image.digest,
+            "size": len(data),
+        },
+    }
+    manifest = json.dumps(doc, separators=(",", ":")).encode()
+    digest = digest_bytes(manifest)
+    answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
+    entry = Referrer(digest, len(manifest), OCI_MANIFEST, TRACE_ARTIFACT_TYPE, {})
+    add_referrer(push, image.digest, entry, answer)
+    log.info("%s: published %d prefetch traces as %s", push.image, len(traces), digest)
+    return digest
+
+
+def trace_blobs(data: bytes, subject: Digest) -> dict[str, Descriptor]:
+    """The trace blobs a trace artifact manifest lists, by key; BadImage for one that is not."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise BadImage("lazyfs trace manifest is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("artifactType") != TRACE_ARTIFACT_TYPE:
+        raise BadImage(f"not a {TRACE_ARTIFACT_TYPE} manifest")
+    named = doc.get("subject")
+    if not isinstance(named, dict) or named.get("digest") != subject:
+        raise BadImage(f"lazyfs trace manifest is not about {subject}")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise BadImage("lazyfs trace manifest has no layers")
+    found: dict[str, Descriptor] = {}
+    for item in layers[:MAX_TRACES]:
+        if not isinstance(item, dict) or item.get("mediaType") != TRACE_MEDIA_TYPE:
+            continue  # a later format beside this one
+        try:
+            key = str(item["annotations"][KEY_ANNOTATION])
+            if key_image(key) != subject:
+                raise BadImage(f"a trace of another image, {key}")
+            blob = Descriptor(TRACE_MEDIA_TYPE, parse_digest(str(item["digest"])),
+                              int(item["size"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            raise BadImage("lazyfs trace manifest lists a malformed trace blob") from None
+        if not 0 < blob.size <= MAX_TRACE_BYTES:
+            raise BadImage(f"lazyfs trace blob {blob.digest}: size {blob.size} out of range")
+        found[key] = blob
+    return found
+
+
+def fetch_traces(store: Store, client: RegistryClient, manifest: ImageManifest) -> list[str]:
+    """Keep in the store the traces published beside image ``manifest``; the keys kept.
+    Never raises for what the registry says: a warning, and no trace."""
+    image = manifest.digest
+    try:
+        push = repository_push(client, manifest.reference)
+        listed: dict[str, Descriptor] = {}
+        for referrer in newest_first(list_referrers(push, image, TRACE_ARTIFACT_TYPE)):
+            try:
+                got = push.get_manifest(referrer.digest, OCI_MANIFEST)
+                if got is None:
+                    continue
+                actual = digest_bytes(got[0])
+                if actual != referrer.digest:
+                    what = f"{push.image}: trace manifest"
+                    raise DigestMismatch(what, expected=referrer.digest, actual=actual)
+                listed = trace_blobs(got[0], image)
+                break
+            except (BadImage, DigestMismatch) as error:
+                log.warning("%s: published traces %s ignored: %s", push.image, referrer.digest,
+                            error)  # fmt: skip
+        kept = []
+        folder = published_traces_dir(store)
+        for key, blob in listed.items():
+            if load_trace(folder, key) is not None:
+                kept.append(key)
+                continue
+            try:
+                trace = decode(push.get_blob(blob.digest, MAX_TRACE_BYTES), key)
+                store_trace(folder, trace)
+                kept.append(key)
+            except (BadImage, DigestMismatch, OSError) as error:
+                log.warning("%s: published trace %s ignored: %s", push.image, blob.digest, error)
+        return kept
+    except LazyfsError as error:
+        log.warning("%s: cannot look for published traces: %s", manifest.reference, error)
+        return []

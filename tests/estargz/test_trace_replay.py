@@ -1,0 +1,224 @@
+"""Learned prefetch end to end: the first ``lazyfs run`` of an image records what it read,
+the next one, on a fresh cache given that trace, replays it (issue 13).
+
+The image is the eStargz Debian + python3 one (``tests.support.debian_like``,
+converted by ``ctr-remote`` with no landmark prefetch of its own), in a
+loopback registry reached through a byte-counting proxy. Each run has a
+work dir and cache of its own, both empty, and no background fetch; the
+second run's cache is given the first run's ``traces/`` directory only. The
+daemon counts the reads a mount could not serve from the cache files (its
+status' ``reads``): with the trace replayed before and while the program
+starts, fewer of them reach it.
+
+A trace published beside the image (``lazyfs.publish.traces``) is found
+by a machine with an empty cache that trusts published indexes, and
+replayed; one that does not trust them does not even look.
+
+A damaged trace in the cache is ignored with one line in the mount's log;
+the mount serves right bytes, and records a good trace in its place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lazyfs.cache.remote import trace_key
+from lazyfs.index.trace import TRACE_ARTIFACT_TYPE, TRACES_DIR, load_trace, trace_path
+from lazyfs.publish.push import repository_push
+from lazyfs.publish.traces import publish_traces
+from providers.manifest import ImageManifest
+from providers.referrers import list_referrers
+from providers.registry import RegistryClient, RegistryOptions
+from tests.support import debian_like, images
+from tests.support.cache_daemons import daemon_status, kill_recorded
+from tests.support.containerd import Containerd, import_archive, push, to_estargz
+from tests.support.fuse_mounts import need_fuse
+from tests.support.registry_pulls import FAST
+from tests.support.registry_servers import Registry, run_registry
+from tests.support.tcp_counter import Counted, run_counting_proxy
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "debpy:esgz"
+
+
+@pytest.fixture(scope="module")
+def python_registry(
+    containerd: Containerd, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
+    """A loopback registry holding the eStargz Debian + python3 image as ``debpy:esgz``."""
+    lacking = debian_like.missing()
+    if lacking:
+        pytest.skip(f"needs the host's Debian packages {', '.join(lacking)}")
+    work = tmp_path_factory.mktemp("debpy-trace")
+    layout = debian_like.build(work / "image")
+    source, converted = "localhost/lazyfs/debpy-trace:src", "localhost/lazyfs/debpy-trace:esgz"
+    import_archive(containerd, images.to_oci_archive(layout, "latest", work / "src.tar", source))
+    to_estargz(containerd, source, converted)
+    with run_registry(work, work / "storage") as registry:
+        push(containerd, converted, f"{registry.host}/{IMAGE}")
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def link(python_registry: Registry) -> Iterator[Counted]:
+    with run_counting_proxy(int(python_registry.host.rsplit(":", 1)[1])) as counted:
+        yield counted
+
+
+def _manifest(registry: Registry) -> ImageManifest:
+    client = RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
+    return client.resolve(f"{registry.host}/{IMAGE}")
+
+
+def _argv(link: Counted, work: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "lazyfs", "--work_dir", str(work),
+            "--docker_registry", f"http://{link.host}", "--cache_dir", str(work / "cache"),
+            "--no_background_fetch", *args]  # fmt: skip
+
+
+def _fresh(work: Path, traces: Path | None = None) -> None:
+    """An empty work dir and cache; with ``traces``, a copy of them in the cache."""
+    (work / "cache").mkdir(parents=True, mode=0o700)
+    if traces is not None:
+        shutil.copytree(traces, work / "cache" / TRACES_DIR)
+
+
+@dataclass(frozen=True)
+class Run:
+    line: str
+    crossed: int  # bytes from the registry when the line arrived
+    reads: int  # read requests the daemon got: the mount's misses
+
+
+def _run(link: Counted, work: Path, *flags: str) -> Run:
+    """``lazyfs run`` of the image's program, on a lazy mount; the daemon's count after it."""
+    argv = _argv(link, work, *flags, "run", "--backend", "fuse", f"docker:{link.host}/{IMAGE}",
+                 "--", *debian_like.COMMAND)  # fmt: skip
+    start = link.down
+    run = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert run.stdout is not None
+        line = run.stdout.readline()
+        crossed = link.down - start
+        _, errors = run.communicate(timeout=300)
+        assert run.returncode == 0, errors
+        status = daemon_status(work / "cache")
+        assert status is not None, "the cache daemon is gone"
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        kill_recorded(work / "cache")
+    return Run(line.strip(), crossed, status.reads)
+
+
+def test_the_second_run_replays_the_first_runs_trace_and_misses_less(
+    python_registry: Registry, link: Counted, tmp_path: Path
+) -> None:
+    need_fuse()
+    manifest = _manifest(python_registry)
+    config = manifest.config
+    key = trace_key(manifest.digest, config.entrypoint, debian_like.COMMAND, config.working_dir)
+    assert key is not None
+    first_work, second_work = tmp_path / "first", tmp_path / "second"
+    _fresh(first_work)
+    first = _run(link, first_work)
+    assert first.line == debian_like.APP_LINE
+    trace = load_trace(first_work / "cache", key)
+    assert trace is not None and trace.reads, "the first run kept no trace"
+    assert {read.digest for read in trace.reads} <= {layer.digest for layer in manifest.layers}
+
+    _fresh(second_work, first_work / "cache" / TRACES_DIR)
+    second = _run(link, second_work)
+    assert second.line == debian_like.APP_LINE
+    print(f"first run: {first}; second, replaying {len(trace.reads)} ranges: {second}")
+    assert second.reads < first.reads, (first, second)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"\x00garbage\xff" * 100, b'{"lazyfs_trace": 1, "key": "sha256:'],
+    ids=["garbage", "truncated"],
+)
+def test_a_damaged_trace_is_ignored_with_one_logged_line_and_the_mount_serves_right_bytes(
+    python_registry: Registry, link: Counted, tmp_path: Path, damage: bytes
+) -> None:
+    need_fuse()
+    manifest = _manifest(python_registry)
+    config = manifest.config
+    # What ``lazyfs provision`` traces: the image's own entrypoint and Cmd.
+    key = trace_key(manifest.digest, config.entrypoint, config.cmd, config.working_dir)
+    assert key is not None
+    work = tmp_path / "work"
+    _fresh(work)
+    path = trace_path(work / "cache", key)
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(damage)
+    image = f"docker:{link.host}/{IMAGE}"
+    try:
+        done = subprocess.run(_argv(link, work, "provision", "c1", image, "--backend", "fuse"),
+                              capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        rootfs = Path(json.loads(done.stdout)["rootfs"])
+        assert (rootfs / "srv/app/main.py").read_bytes() == debian_like.APP.encode()
+        stdlib = Path(sys.base_prefix) / "lib" / "python3.11" / "json" / "decoder.py"
+        if stdlib.is_file():  # this host's python3.11 is the image's
+            assert (rootfs / "usr/lib/python3.11/json/decoder.py").read_bytes() == (
+                stdlib.read_bytes()
+            )
+        logs = list((work / "provisioner").rglob("mount.log"))
+        assert len(logs) == 1, logs
+        lines = logs[0].read_text().splitlines()
+        ignored = [line for line in lines if "ignored" in line and "trace" in line]
+        assert len(ignored) == 1, lines
+        assert str(path) in ignored[0]
+    finally:
+        gone = subprocess.run(_argv(link, work, "destroy", "c1"), capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        kill_recorded(work / "cache")
+    assert gone.returncode == 0, gone.stderr
+    # The mount recorded what it read instead, kept when it was unmounted.
+    kept = load_trace(work / "cache", key)
+    assert kept is not None and kept.reads
+
+
+def test_a_trace_published_beside_the_image_is_replayed_only_when_trusted(
+    python_registry: Registry, link: Counted, tmp_path: Path
+) -> None:
+    """Another machine (its own work dir, store and cache) finds the trace in the registry."""
+    need_fuse()
+    manifest = _manifest(python_registry)
+    first = tmp_path / "first"
+    _fresh(first)
+    recorded = _run(link, first)
+    client = RegistryClient(RegistryOptions(registry=python_registry.url, http=FAST))
+    push = repository_push(client, manifest.reference)
+    artifact = publish_traces(first / "cache", push, manifest)
+    assert artifact is not None
+    listed = list_referrers(push, manifest.digest, TRACE_ARTIFACT_TYPE)
+    assert [entry.digest for entry in listed] == [artifact]
+    # Pushing the same traces again changes nothing.
+    assert publish_traces(first / "cache", push, manifest) == artifact
+    assert len(list_referrers(push, manifest.digest)) == 1
+
+    untrusting, trusting = tmp_path / "untrusting", tmp_path / "trusting"
+    _fresh(untrusting)
+    plain = _run(link, untrusting)
+    _fresh(trusting)
+    replayed = _run(link, trusting, "--trust_published_indexes")
+    print(f"recorded: {recorded}; not trusted: {plain}; trusted: {replayed}")
+    assert plain.line == replayed.line == debian_like.APP_LINE
+    assert replayed.reads < plain.reads, (plain, replayed)
+    assert (trusting / "store" / "docker" / TRACES_DIR).is_dir()
+    assert not (untrusting / "store" / "docker" / TRACES_DIR).exists()  # nothing was asked

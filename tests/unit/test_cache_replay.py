@@ -1,0 +1,145 @@
+"""A trace replayed by the daemon: in trace order, skipping what is in hand, yielding to reads.
+
+In process, with trio and a blob source over bytes in memory that records
+its calls and holds them at a gate: what went upstream, and in which order
+it was let out, is read from it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+import trio.testing
+
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.daemon import Server
+from lazyfs.cache.flight import Fetcher
+from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.messages import decode_request, encode_request
+from lazyfs.cache.replay import REQUEST_CHUNKS, REQUESTS, Replays
+from lazyfs.cache.values import BlobRange, HandleOrigin, Prefetch, PrefetchOk
+from providers.digest import Digest
+
+SIZE = 64  # bytes a chunk
+BLOB = os.urandom(SIZE * 200)
+DIGEST = Digest("sha256:" + "5a" * 32)
+
+
+class Source:
+    """BLOB by range; records each call; gated, every call waits for ``gate``."""
+
+    def __init__(self, *, gated: bool = False) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+
+    def open(self, digest: Digest) -> BinaryIO:
+        return io.BytesIO(BLOB)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        with self.lock:
+            self.calls.append((offset, length))
+        assert self.gate.wait(timeout=30), "the gate was never opened"
+        return BLOB[offset : offset + length]
+
+
+@asynccontextmanager
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, Replays]]:
+    root = tmp_path / "cache"
+    root.mkdir()
+    limit = 4 * len(BLOB) * os.statvfs(root).f_frsize // SIZE
+    with DiskCache.open(root, limit, chunk_size=SIZE) as cache:
+        async with trio.open_nursery() as nursery:
+            fetcher = Fetcher(cache, nursery, readahead=(0, 0))
+            yield fetcher, Replays(fetcher, nursery)
+            nursery.cancel_scope.cancel()  # the replay task waits for work for ever
+
+
+def in_flight(fetcher: Fetcher, index: int) -> bool:
+    return fetcher.in_flight(ChunkKey(DIGEST, index))
+
+
+def chunk(index: int) -> tuple[int, int]:
+    return index * SIZE, SIZE
+
+
+async def test_replayed_ranges_go_out_in_trace_order_a_few_at_a_time(tmp_path: Path) -> None:
+    source = Source(gated=True)
+    async with daemon(tmp_path) as (fetcher, replays):
+        # Apart, so that each is a request of its own; the trace's order is not the blob's.
+        order = [150, 3, 90, 40, 120, 7, 60]
+        queued = replays.add(source, DIGEST, [chunk(i) for i in order], len(BLOB))
+        assert queued == len(order)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetcher.fetches_in_flight == REQUESTS
+        assert [in_flight(fetcher, i) for i in order] == [True] * REQUESTS + [False] * 3
+        source.gate.set()
+        while replays.chunks_replayed < len(order):
+            await trio.sleep(0)  # a checkpoint, not a delay: the fetches land meanwhile
+        assert sorted(source.calls) == sorted(chunk(i) for i in order)  # each once
+        data = await fetcher.read(source, DIGEST, 150 * SIZE, SIZE, len(BLOB))
+        assert data == BLOB[150 * SIZE : 151 * SIZE]
+        assert len(source.calls) == len(order)  # a hit: the replay brought it
+
+
+async def test_while_a_reader_waits_one_replay_request_is_out_at_most(tmp_path: Path) -> None:
+    source = Source(gated=True)
+    async with daemon(tmp_path) as (fetcher, replays):
+        got: list[bytes] = []
+
+        async def reader() -> None:
+            got.append(await fetcher.read(source, DIGEST, 100 * SIZE, 10, len(BLOB)))
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fetcher.demand_waiting == 1
+            replays.add(source, DIGEST, [chunk(i) for i in (10, 20, 30, 40)], len(BLOB))
+            await trio.testing.wait_all_tasks_blocked()
+            # The reader's request and one replay request: the replay moves, the reader
+            # keeps the link but for that one.
+            assert fetcher.fetches_in_flight == 2
+            assert [in_flight(fetcher, i) for i in (100, 10, 20)] == [True, True, False]
+            source.gate.set()
+        assert got == [BLOB[100 * SIZE : 100 * SIZE + 10]]
+        while replays.chunks_replayed < 4:
+            await trio.sleep(0)  # a checkpoint, not a delay
+        assert sorted(source.calls) == sorted(chunk(i) for i in (100, 10, 20, 30, 40))
+
+
+async def test_chunks_in_hand_are_not_replayed_and_runs_are_bounded(tmp_path: Path) -> None:
+    source = Source()
+    async with daemon(tmp_path) as (fetcher, replays):
+        await fetcher.read(source, DIGEST, 0, 4 * SIZE, len(BLOB))
+        source.calls.clear()
+        # Chunks 0-3 are cached; 4 to 4 + 2 * REQUEST_CHUNKS are not, and come in full runs.
+        end = (4 + 2 * REQUEST_CHUNKS) * SIZE
+        assert replays.add(source, DIGEST, [(0, end), (SIZE, 10)], len(BLOB)) == 2 * REQUEST_CHUNKS
+        while replays.chunks_replayed < 2 * REQUEST_CHUNKS:
+            await trio.sleep(0)  # a checkpoint, not a delay
+        run = REQUEST_CHUNKS * SIZE
+        assert sorted(source.calls) == [(4 * SIZE, run), (4 * SIZE + run, run)]
+        # Past the blob's end: nothing to fetch.
+        assert replays.add(source, DIGEST, [(len(BLOB), 100)], len(BLOB)) == 0
+
+
+async def test_the_daemon_replays_a_prefetch_marked_as_a_replay(tmp_path: Path) -> None:
+    source = Source()
+    request = Prefetch(7, (BlobRange(DIGEST, 5 * SIZE, 2 * SIZE),), HandleOrigin("src"), None, True)
+    assert decode_request(encode_request(request)) == request
+    async with daemon(tmp_path) as (fetcher, replays):
+        server = Server(fetcher.cache, fetcher, lambda origin: source, None, replays)
+        answer = await server.answer(request)
+        assert answer == PrefetchOk(7, 2)
+        while replays.chunks_replayed < 2:
+            await trio.sleep(0)  # a checkpoint, not a delay
+        assert source.calls == [(5 * SIZE, 2 * SIZE)]
