@@ -27,7 +27,9 @@ headers before its data before serving any of it
 (``lazyfs.blobs.entry_check``): EIO for a file they do not describe.
 
 Verified spans are kept, least recently used first out, up to
-``max_bytes``; a span several threads want at once is fetched once.
+``max_bytes``; a span several threads want at once is fetched once.  A
+gzip read inflates the whole checkpoint interval around it, which is kept a
+while for the reads that come back to it (``lazyfs.blobs.inflated``).
 Blocking and thread-safe, as ``TarRangeReader`` says: each gzip read takes
 a zran handle from a small pool per layer, as ``GzipCheckpoints`` does.
 """
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.blobs.entry_check import EntryCheck
+from lazyfs.blobs.inflated import Kept, read_intervals
 from lazyfs.index.artifact import Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
@@ -88,7 +91,11 @@ class PublishedLayers:
         self._busy = threading.Semaphore(HANDLES_PER_LAYER * max(1, len(self._layers)))
         # Layers whose index a span confirmed wrong: why, for each EIO after.
         self._bad: dict[Digest, DigestMismatch] = {}
+        # Each gzip layer's checkpoints (tar offsets), learnt from its first zran handle.
+        self._starts: dict[Digest, list[int]] = {}
+        self._intervals = Kept()
         self.fetches = 0
+        self.inflations = 0  # zran reads: one per interval kept, or per read not kept
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.
@@ -212,6 +219,14 @@ class PublishedLayers:
     # -- gzip ----------------------------------------------------------------
 
     def _inflated(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
+        with self._lock:
+            starts = self._starts.get(digest)  # None until a zran handle of it was opened
+        zran = lambda at, size: self._zran(digest, data, at, size)  # noqa: E731
+        return read_intervals(self._intervals, digest, starts, offset, length, zran)
+
+    def _zran(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
+        with self._lock:
+            self.inflations += 1
         with self._busy:
             with self._lock:
                 pool = self._idle.setdefault(digest, [])
@@ -243,6 +258,7 @@ class PublishedLayers:
         with self._lock:
             handles = [handle for pool in self._idle.values() for handle, _ in pool]
             self._idle.clear()
+        self._intervals.clear()
         for handle in handles:
             handle.close()
 
@@ -287,9 +303,12 @@ def _open(reader: PublishedLayers, digest: Digest, data: PublishedData) -> tuple
     try:
         # From memory, not a file: see lazyfs.index.gzip_checkpoints.Checkpointer.export.
         handle.import_index(fileobj=io.BytesIO(data.checkpoints.read_bytes()))
+        starts = sorted(int(position) for position, _ in handle.seek_points())
     except BaseException:
         handle.close()
         raise
+    with reader._lock:
+        reader._starts.setdefault(digest, starts)
     return handle, blob
 
 

@@ -17,41 +17,36 @@ link by then, both ways.
 - ``lazyfs fuse lazy (eStargz, replayed trace)``: the same, on a machine
   that finds the trace a first run recorded published beside the image
   (``benchlib.cold_trace``).
+- ``lazyfs fuse lazy (gzip, ...)``: ``lazyfs run --backend fuse
+  --trust_published_indexes`` of the plain image, its layers read by range
+  through the index published beside it (``benchlib.cold_index``: pushed by
+  ``lazyfs index push``, or published by a first machine's whole pull);
+  each compared with the eStargz row too.
 - ``lazyfs fuse (plain)`` and ``lazyfs overlay (plain)``: ``lazyfs run`` of
   the plain image, whose layers are pulled whole first.
 - ``skopeo copy + umoci unpack``: the image copied into an OCI layout,
   unpacked, and its program run with runc on the bundle's rootfs.
 
 Every ``lazyfs`` runs as its command-line, as a user runs it, with this
-checkout's code.
+checkout's code (``benchlib.cold_run``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
+from benchlib.cold_index import index_contenders
+from benchlib.cold_run import lazyfs_once
 from benchlib.cold_trace import trace_contender
 from benchlib.estargz import push_estargz
 from benchlib.measure import Contender, Context, Result, Timing, _run_until_printed, compare
 from benchlib.pull import registry
 from benchlib.shaper import Shaper, shaping_proxy
-from benchlib.util import ToolError, drop_caches, now, run, scratch_dir
-from lazyfs.cache.connection import status
-from lazyfs.cache.framing import ProtocolError
-from lazyfs.fs import mount_server_client as server_client
+from benchlib.util import drop_caches, now, run, scratch_dir
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "cold-start"
 DEFAULT_RATE_MBIT = 100.0
 DEFAULT_RTT_MS = 20.0
-_RUN_TIMEOUT = 900.0
 
 
 def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
@@ -70,13 +65,14 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
         with shaping_proxy(port, rate=rate, rtt=rtt_ms / 1000) as link:
             contenders = [
                 Contender("lazyfs fuse lazy (eStargz)", True,
-                          _lazyfs_once(ctx, link, lazy, "fuse", sizes[lazy])),
+                          lazyfs_once(ctx, link, lazy, "fuse", sizes[lazy])),
                 trace_contender(ctx, host, link, lazy, sizes[lazy],
                                 "lazyfs fuse lazy (eStargz, replayed trace)"),
+                *index_contenders(ctx, host, link, plain, sizes[plain]),
                 Contender("lazyfs fuse (plain)", True,
-                          _lazyfs_once(ctx, link, plain, "fuse", sizes[plain])),
+                          lazyfs_once(ctx, link, plain, "fuse", sizes[plain])),
                 Contender("lazyfs overlay (plain)", True,
-                          _lazyfs_once(ctx, link, plain, "overlay", sizes[plain])),
+                          lazyfs_once(ctx, link, plain, "overlay", sizes[plain])),
                 Contender("skopeo copy + umoci unpack", False,
                           _skopeo_umoci_once(ctx, link, plain, sizes[plain])),
             ]  # fmt: skip
@@ -90,107 +86,6 @@ def _image_bytes(reference: str) -> int:
 
     text = run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"])
     return sum(int(layer["size"]) for layer in json.loads(text)["layers"])
-
-
-def _lazyfs_once(
-    ctx: Context, link: Shaper, reference: str, backend: str, image_bytes: int
-) -> Callable[[], Timing]:
-    def once() -> Timing:
-        with scratch_dir(ctx.scratch, f"cold-{backend}-") as work:
-            cache = work / "cache"
-            argv = [sys.executable, "-P", "-m", "lazyfs", "--work_dir", str(work),
-                    "--docker_registry", f"http://{link.host}", "--cache_dir", str(cache),
-                    "run", "--backend", backend, f"docker:{link.host}/{reference}",
-                    "--", *ctx.image.command]  # fmt: skip
-            env = {**os.environ, "PYTHONPATH": str(REPO)}
-            drop_caches()
-            try:
-                return _until_printed(ctx, argv, env, work / "lazyfs.log", link, image_bytes, cache)
-            finally:
-                _stop_daemon(cache)
-                # The fuse run's mount server would idle on, in a store about to go.
-                server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
-
-    return once
-
-
-def _until_printed(
-    ctx: Context,
-    argv: list[str],
-    env: dict[str, str],
-    log: Path,
-    link: Shaper,
-    image_bytes: int,
-    cache: Path | None = None,
-) -> Timing:
-    """Run ``argv``; the seconds and link bytes until it printed the image's line.
-
-    With ``cache``, the facts also say what its cache daemon had done by then
-    (``_daemon_facts``).
-    """
-    before = link.crossed()
-    daemon: dict[str, int] = {}
-    with open(log, "wb") as errors:
-        start = now()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=errors, env=env)  # fmt: skip
-        try:
-            assert proc.stdout is not None
-            printed, crossed = 0.0, 0
-            for line in proc.stdout:
-                if line.decode(errors="replace").strip() == ctx.image.expect:
-                    printed, crossed = now(), link.crossed() - before
-                    daemon = _daemon_facts(cache) if cache is not None else {}
-                    break
-            proc.stdout.read()
-            code = proc.wait(timeout=_RUN_TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-    if not printed or code != 0:
-        tail = log.read_text(errors="replace").strip()[-1500:]
-        raise ToolError(f"{' '.join(argv[3:])} exited {code}, printed={bool(printed)}: {tail}")
-    facts = {"bytes": crossed, "image_bytes": image_bytes, **daemon}
-    return Timing(printed - start, facts=facts)
-
-
-def _daemon_facts(cache: Path) -> dict[str, int]:
-    """What the cache daemon of ``cache`` had done when the line came (asked untimed).
-
-    ``daemon_reads``: misses the mounts asked it for; ``daemon_requests`` and
-    ``daemon_fetched_bytes``: range requests it sent upstream (on-demand,
-    prefetch and background) and the bytes they brought.
-    """
-    try:
-        found = status(cache)
-    except (OSError, ProtocolError):
-        return {}
-    return {
-        "daemon_reads": found.reads,
-        "daemon_requests": found.fetches,
-        "daemon_fetched_bytes": found.fetched_bytes,
-    }
-
-
-def _stop_daemon(cache: Path) -> None:
-    """End the cache daemon a lazy mount started under ``cache``, if any, and wait for it."""
-    try:
-        pid = int((cache / "daemon.pid").read_text())
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return
-    if b"lazyfs" not in args or b"daemon" not in args:
-        return  # the pid is someone else's by now
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _skopeo_umoci_once(

@@ -70,6 +70,7 @@ class Contender:
     once: Callable[[], Timing]
     samples: list[Timing] = field(default_factory=list)
     skipped: str = ""  # why it could not run, if it could not
+    versus: str = ""  # another lazyfs contender to give a ratio against, as against a peer
 
 
 @dataclass
@@ -102,13 +103,16 @@ class Result:
 
 
 def ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float]]:
-    """lazyfs median / peer median for every pair: above 1 means lazyfs is slower."""
+    """lazyfs median / peer median for every pair: above 1 means lazyfs is slower.
+
+    A lazyfs contender's ``versus`` counts as one more peer of it.
+    """
     out = []
     for mine in contenders:
         if not mine.lazyfs or not mine.samples:
             continue
         for peer in contenders:
-            if peer.lazyfs or not peer.samples:
+            if (peer.lazyfs and peer.name != mine.versus) or not peer.samples:
                 continue
             mine_m = median([s.seconds for s in mine.samples])
             peer_m = median([s.seconds for s in peer.samples])

@@ -1,0 +1,175 @@
+"""One timed ``lazyfs run`` of the cold-start measurement, and what it leaves behind.
+
+``lazyfs_once`` makes a contender's ``once``: a new work dir, store and cache
+each run, the page cache dropped, then ``lazyfs run`` through the shaping
+proxy, timed from its start until the image's line is printed, with the
+bytes that crossed the link by then.  Everything a run starts (the cache
+daemon a lazy mount spawns, the store's mount server) is stopped after it,
+outside the timed region.  ``lazyfs_untimed`` runs the same command where a
+row needs work done first (a first machine's start), not timed or counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from benchlib.measure import Context, Timing
+from benchlib.shaper import Shaper
+from benchlib.util import ToolError, drop_caches, now, scratch_dir
+from lazyfs.cache.connection import status
+from lazyfs.cache.framing import ProtocolError
+from lazyfs.fs import mount_server_client as server_client
+
+REPO = Path(__file__).resolve().parents[2]
+_RUN_TIMEOUT = 900.0
+# A run's reference: the image's registry reference, decided per run (a row may
+# push the image to a repository of its own for each run, untimed).
+Reference = Callable[[], str]
+
+
+def lazyfs_argv(
+    ctx: Context, work: Path, host: str, reference: str, backend: str, flags: Sequence[str] = ()
+) -> list[str]:
+    """``lazyfs [FLAGS] run --backend BACKEND docker:HOST/REFERENCE -- COMMAND`` on ``work``."""
+    return [sys.executable, "-P", "-m", "lazyfs", "--work_dir", str(work),
+            "--docker_registry", f"http://{host}", "--cache_dir", str(work / "cache"), *flags,
+            "run", "--backend", backend, f"docker:{host}/{reference}",
+            "--", *ctx.image.command]  # fmt: skip
+
+
+def lazyfs_once(
+    ctx: Context,
+    link: Shaper,
+    reference: str | Reference,
+    backend: str,
+    image_bytes: int,
+    *,
+    flags: Sequence[str] = (),
+) -> Callable[[], Timing]:
+    """A ``once`` timing ``lazyfs [FLAGS] run`` of ``reference`` from nothing, over ``link``.
+
+    ``reference``: the image, or what gives it for each run (called first, untimed).
+    """
+
+    def once() -> Timing:
+        name = reference() if callable(reference) else reference
+        with scratch_dir(ctx.scratch, f"cold-{backend}-") as work:
+            argv = lazyfs_argv(ctx, work, link.host, name, backend, flags)
+            drop_caches()
+            try:
+                return until_printed(ctx, argv, work / "lazyfs.log", link, image_bytes, work)
+            finally:
+                stop_leftovers(work)
+
+    return once
+
+
+def lazyfs_untimed(ctx: Context, host: str, reference: str, flags: Sequence[str]) -> None:
+    """``lazyfs [FLAGS] run --backend fuse`` of ``host/reference`` on a machine of its own."""
+    with scratch_dir(ctx.scratch, "cold-first-") as work:
+        argv = lazyfs_argv(ctx, work, host, reference, "fuse", flags)
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  env=lazyfs_env(), timeout=_RUN_TIMEOUT, check=False)  # fmt: skip
+        finally:
+            stop_leftovers(work)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip()[-1500:]
+        raise ToolError(f"{' '.join(argv[3:])} exited {done.returncode}: {tail}")
+
+
+def lazyfs_env() -> dict[str, str]:
+    # This checkout's code, as the bench imports it.
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def until_printed(
+    ctx: Context,
+    argv: list[str],
+    log: Path,
+    link: Shaper,
+    image_bytes: int,
+    work: Path | None = None,
+) -> Timing:
+    """Run ``argv``; the seconds and link bytes until it printed the image's line.
+
+    With ``work`` (a lazyfs work dir), the facts also say what its cache
+    daemon had done by then (``daemon_facts``).
+    """
+    before = link.crossed()
+    daemon: dict[str, int] = {}
+    with open(log, "wb") as errors:
+        start = now()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=errors, env=lazyfs_env())  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            printed, crossed = 0.0, 0
+            for line in proc.stdout:
+                if line.decode(errors="replace").strip() == ctx.image.expect:
+                    printed, crossed = now(), link.crossed() - before
+                    daemon = daemon_facts(work / "cache") if work is not None else {}
+                    break
+            proc.stdout.read()
+            code = proc.wait(timeout=_RUN_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    if not printed or code != 0:
+        tail = log.read_text(errors="replace").strip()[-1500:]
+        raise ToolError(f"{' '.join(argv[3:])} exited {code}, printed={bool(printed)}: {tail}")
+    facts = {"bytes": crossed, "image_bytes": image_bytes, **daemon}
+    return Timing(printed - start, facts=facts)
+
+
+def daemon_facts(cache: Path) -> dict[str, int]:
+    """What the cache daemon of ``cache`` had done when the line came (asked untimed).
+
+    ``daemon_reads``: misses the mounts asked it for; ``daemon_requests`` and
+    ``daemon_fetched_bytes``: range requests it sent upstream (on-demand,
+    prefetch and background) and the bytes they brought.
+    """
+    try:
+        found = status(cache)
+    except (OSError, ProtocolError):
+        return {}
+    return {
+        "daemon_reads": found.reads,
+        "daemon_requests": found.fetches,
+        "daemon_fetched_bytes": found.fetched_bytes,
+    }
+
+
+def stop_leftovers(work: Path) -> None:
+    """Stop the cache daemon and the mount server a run on ``work`` started, if any."""
+    _stop_daemon(work / "cache")
+    # The fuse run's mount server would idle on, in a store about to go.
+    server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
+
+
+def _stop_daemon(cache: Path) -> None:
+    """End the cache daemon a lazy mount started under ``cache``, if any, and wait for it."""
+    try:
+        pid = int((cache / "daemon.pid").read_text())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if b"lazyfs" not in args or b"daemon" not in args:
+        return  # the pid is someone else's by now
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
