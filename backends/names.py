@@ -18,7 +18,7 @@ from backends.base import Backend
 from providers.errors import BackendError
 
 if TYPE_CHECKING:
-    from providers.tar_stream import LayerLimits
+    from providers.layer_limits import LayerLimits
 
 NAMES = ("copy", "bind", "overlay", "fuse")
 
