@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = {"requests", "urllib3", "providers.registry", "providers.registry_http"}
 NOT_FOR_LOCAL_PROVISION = REGISTRY | {
     "google.protobuf.json_format",
+    "importlib.metadata",  # for --version only (and urllib3's own use)
     "lazyfs.images.appc",
     "providers.appc_store",
     "providers.appc_source",
