@@ -37,9 +37,9 @@ from backends.mounts import mount_points, unmount
 from lazyfs.fs import mount as lazy_mount
 from providers.errors import BackendError
 from providers.fstree import remove_tree
+from providers.layer_limits import LayerLimits
 from providers.manifest import Layer
 from providers.source import LocalBlobSource
-from providers.tar_stream import LayerLimits
 
 
 class FuseBackend:

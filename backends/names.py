@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backends.base import Backend
-from backends.bind import BindBackend
-from backends.copy import CopyBackend
-from backends.fuse import FuseBackend
-from backends.overlay import OverlayBackend, overlay_usable
 from providers.errors import BackendError
-from providers.tar_stream import LayerLimits
+
+if TYPE_CHECKING:
+    from providers.layer_limits import LayerLimits
 
 NAMES = ("copy", "bind", "overlay", "fuse")
 
@@ -40,13 +39,23 @@ def make_backend(
     by recover; ``limits`` bounds how far a layer unpacks (default:
     ``LayerLimits()``).
     """
+    # Each loaded when asked for: a command uses one backend, and the fuse
+    # one loads none of the tar code the others unpack layers with.
     if name == "copy":
+        from backends.copy import CopyBackend
+
         return CopyBackend(limits)
     if name == "bind":
+        from backends.bind import BindBackend
+
         return BindBackend(layers_dir, tmp_dir, limits)
     if name == "overlay":
+        from backends.overlay import OverlayBackend
+
         return OverlayBackend(layers_dir, tmp_dir, limits)
     if name == "fuse":
+        from backends.fuse import FuseBackend
+
         return FuseBackend(store, limits)
     raise BackendError(f"unknown backend {name!r}; known: {', '.join(NAMES)}")
 
@@ -58,4 +67,6 @@ def default_backend_name(store_tmp: Path) -> str:
 
 @functools.cache
 def _overlay_usable(store_tmp: str) -> bool:
+    from backends.overlay import overlay_usable
+
     return overlay_usable(Path(store_tmp))

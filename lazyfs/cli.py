@@ -4,6 +4,12 @@ Global flags come before or after the command and are named as the Mesos
 agent names them; each is accepted with underscores (``--work_dir``) and with
 dashes (``--work-dir``), or from a ``LAZYFS_*`` variable (``cli_flags`` says
 how); ``cli_parser`` holds the commands and their help.
+
+Every command loads what it uses when it runs, not before: this module
+and the parser load no backend, registry client, provider or provisioner,
+so ``provision`` of a local image loads no HTTP library and ``daemon`` (which
+a lazy mount starts and waits for) none of the provisioner.
+``tests/unit/test_cli_imports.py`` holds them to it.
 """
 
 from __future__ import annotations
@@ -12,42 +18,30 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backends.extracted import stale_name
 from backends.names import NAMES as BACKENDS
 from lazyfs import cli_cache, cli_parser
 from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
-from lazyfs.cli_exec import exec_problem
 from lazyfs.cli_flags import image_providers, layer_limits, source, work_dir
-from lazyfs.cli_images import run_images
-from lazyfs.cli_index import index_publisher, run_index
-from lazyfs.cli_ps import ps
 from lazyfs.cli_registry import docker_registry, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import failure_line, run_trio
-from lazyfs.cli_volumes import container_request, volume_mounts
-from lazyfs.fs import mount as lazy_mount
-from lazyfs.images.appc import AppcProvider
-from lazyfs.images.docker import DockerProvider
-from lazyfs.images.spec import image_from_file, parse_image
-from lazyfs.progress import Progress
-from lazyfs.provision import devmount, runtime
-from lazyfs.provision.provisioner import ImageProvider, Provisioner, ProvisionInfo
-from lazyfs.store.disk import Store
-from lazyfs.store.usage_lock import in_use
-from providers.appc_store import AppcStore
 from providers.errors import NotFound, Unauthorized, UsageError
-from providers.image_pb2 import Image
-from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
-from providers.registry import RegistryOptions
+
+if TYPE_CHECKING:
+    from lazyfs.images.docker import DockerProvider
+    from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
+    from lazyfs.store.disk import Store
+    from providers.image_pb2 import Image
+    from providers.manifest import ImageManifest
+    from providers.registry_options import RegistryOptions
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -87,10 +81,15 @@ class App:
 
     @cached_property
     def store(self) -> Store:
+        from lazyfs.store.disk import Store
+
         return Store(self.store_dir, self.limits)
 
     @cached_property
     def provisioner(self) -> Provisioner:
+        from lazyfs.images.docker import DockerProvider
+        from lazyfs.provision.provisioner import ImageProvider, Provisioner
+
         args = self.args
         providers: dict[str, ImageProvider] = {}
         for kind in self.kinds:
@@ -99,6 +98,8 @@ class App:
                 registry = docker_registry(args)
                 after = None
                 if args.publish_indexes and registry.startswith(("http://", "https://")):
+                    from lazyfs.cli_index import index_publisher
+
                     after = index_publisher(self.store, registry, self.registry_options)
                 providers["docker"] = DockerProvider(
                     self.store,
@@ -108,6 +109,9 @@ class App:
                     trust_published=args.trust_published_indexes,
                 )
             else:
+                from lazyfs.images.appc import AppcProvider  # loads Appc discovery's HTTP
+                from providers.appc_store import AppcStore
+
                 appc_dir = args.appc_store_dir or self.work_dir / "store" / "appc"
                 providers["appc"] = AppcProvider(
                     self.store, AppcStore(Path(appc_dir)), args.appc_simple_discovery_uri_prefix
@@ -124,11 +128,15 @@ class App:
     @property
     def docker(self) -> DockerProvider | None:
         """The Docker provider, unless ``--image_providers`` leaves it out."""
+        from lazyfs.images.docker import DockerProvider
+
         found = self.provisioner.providers.get("docker")
         return found if isinstance(found, DockerProvider) else None
 
 
 def _image(args: argparse.Namespace) -> Image:
+    from lazyfs.images.spec import image_from_file, parse_image
+
     if args.image_file is not None:
         if args.image:
             raise UsageError("give an image or --image-file, not both")
@@ -139,6 +147,9 @@ def _image(args: argparse.Namespace) -> Image:
 
 
 def _provision(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_volumes import container_request
+    from lazyfs.progress import Progress
+
     spec = container_request(args, lambda: _image(args))
 
     def publish(info: ProvisionInfo) -> None:
@@ -160,6 +171,10 @@ def _provision(app: App, args: argparse.Namespace) -> int:
 
 
 def _pull(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.progress import Progress
+    from lazyfs.store.usage_lock import in_use
+    from providers.image_pb2 import Image
+
     image = _image(args)
     if image.type != Image.DOCKER:
         raise UsageError("pull takes a Docker image")
@@ -180,65 +195,16 @@ def _pull(app: App, args: argparse.Namespace) -> int:
 
 
 def _mount(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_mount import run_mount
+
     image = _image(args)
-    # Held shared until the mount process serves the layers (GC then sees them).
-    with in_use(app.store.root):
-        mounted = run_trio(
-            lambda: devmount.mount_image(
-                app.provisioner,
-                app.work_dir,
-                image,
-                args.mountpoint,
-                writable=args.writable,
-                debug=args.debug,
-                suid=args.suid,
-                dev=args.dev,
-                progress=Progress(),
-            )
-        )
-    summary = {
-        "mountpoint": str(mounted.mountpoint),
-        "pid": mounted.pid,
-        "writable": mounted.writable,
-        "image": {
-            "reference": mounted.image.reference,
-            "digest": mounted.image.digest,
-            "layers": [layer.digest for layer in mounted.image.layers],
-        },
-    }
-    print(json.dumps(summary, indent=1), flush=True)
-    if not args.foreground:
-        return 0
-    # SIGTERM takes Ctrl-C's path: unmount, then exit 0.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        _follow_log(mounted.record / "mount.log", mounted.mountpoint)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        devmount.unmount_image(app.work_dir, mounted.mountpoint)
-    return 0
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _follow_log(log: Path, mountpoint: Path) -> None:
-    """Copy the mount process's log to stderr until the mount goes away."""
-    with open(log, encoding="utf-8", errors="replace") as lines:
-        while lazy_mount.is_mounted(mountpoint):
-            text = lines.read()
-            if text:
-                sys.stderr.write(text)
-                sys.stderr.flush()
-            else:
-                time.sleep(0.2)
+    return run_mount(args, image, lambda: app.store, lambda: app.provisioner, app.work_dir)
 
 
 def _umount(app: App, args: argparse.Namespace) -> int:
-    devmount.unmount_image(app.work_dir, args.mountpoint)
-    return 0
+    from lazyfs.cli_mount import run_umount
+
+    return run_umount(args, app.work_dir)
 
 
 def _destroy(app: App, args: argparse.Namespace) -> int:
@@ -269,21 +235,35 @@ def _recover(app: App, args: argparse.Namespace) -> int:
 
 
 def _images(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_images import run_images
+
     store = lambda: app.store  # noqa: E731 - made only when used: listing creates nothing
 
     def local(manifest: ImageManifest) -> str:
         return cli_cache.local_share(manifest, app.store.has_blob, cache_dir(app.args))
 
-    return run_images(args, app.store_dir, store, app.work_dir, stale_tree=stale_name, local=local)
+    return run_images(args, app.store_dir, store, app.work_dir, stale_tree=_stale_tree, local=local)
 
 
 def _gc(app: App, args: argparse.Namespace) -> int:
     from lazyfs.cli_gc import run_gc  # the GC code loads for this command only
 
-    return run_gc(args, lambda: app.store, app.work_dir, stale_tree=stale_name)
+    return run_gc(args, lambda: app.store, app.work_dir, stale_tree=_stale_tree)
+
+
+def _stale_tree(name: str) -> bool:
+    """``backends.extracted.stale_name``, loaded by the commands that call it only."""
+    from backends.extracted import stale_name
+
+    return stale_name(name)
 
 
 def _run(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_exec import exec_problem
+    from lazyfs.cli_volumes import container_request, volume_mounts
+    from lazyfs.progress import Progress
+    from lazyfs.provision import runtime
+
     command = list(args.command_args)
     if command and command[0] == "--":
         command = command[1:]
@@ -332,6 +312,18 @@ def _run(app: App, args: argparse.Namespace) -> int:
             run_trio(lambda: app.provisioner.destroy(container_id))
 
 
+def _index(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_index import run_index
+
+    return run_index(args, app.store, app.docker, app.registry_options)
+
+
+def _ps(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_ps import ps
+
+    return ps(app.work_dir, as_json=args.json)
+
+
 COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "provision": _provision,
     "pull": _pull,
@@ -339,13 +331,13 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
     "recover": _recover,
     "images": _images,
     "gc": _gc,
-    "index": lambda app, args: run_index(args, app.store, app.docker, app.registry_options),
-    "ps": lambda app, args: ps(app.work_dir, as_json=args.json),
+    "index": _index,
+    "ps": _ps,
     "run": _run,
     "mount": _mount,
     "umount": _umount,
     "daemon": lambda app, args: run_daemon(
-        args, every=image_gc_chore(args, lambda: app.store, app.work_dir, stale_name)
+        args, every=image_gc_chore(args, lambda: app.store, app.work_dir, _stale_tree)
     ),
     "cache": lambda app, args: cli_cache.run_cache(args, app.store_dir, lambda: app.store),
 }

@@ -24,12 +24,15 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazyfs.cli_daemon import cache_dir, cache_size
 from lazyfs.progress import human_size
-from lazyfs.store.disk import Store
-from providers.digest import Digest
-from providers.manifest import ImageManifest
+
+if TYPE_CHECKING:
+    from lazyfs.store.disk import Store
+    from providers.digest import Digest
+    from providers.manifest import ImageManifest
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lazyfs.cli_run import run_trio
-from lazyfs.images.spec import parse_image
-from lazyfs.progress import Progress
-from lazyfs.store.usage_lock import in_use
 from providers.errors import UsageError
-from providers.image_pb2 import Image
-from providers.transports import parse_transport
 
 if TYPE_CHECKING:
     from lazyfs.images.docker import DockerProvider
@@ -69,8 +64,13 @@ def run_index(
     options: RegistryOptions | None,
 ) -> int:
     """``index push``: exit status 0, or raises a LazyfsError the CLI prints in one line."""
+    from lazyfs.images.spec import parse_image
+    from lazyfs.progress import Progress
     from lazyfs.publish.push import publish_indexes, repository_push
+    from lazyfs.store.usage_lock import in_use
+    from providers.image_pb2 import Image
     from providers.registry import RegistryClient
+    from providers.transports import parse_transport
 
     image = parse_image(args.image)
     if image.type != Image.DOCKER or parse_transport(image.docker.name) is not None:

@@ -10,8 +10,8 @@ follows is the container's command (``parse_command_line`` says how).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,31 @@ BACKEND_HELP = "(default: --image_provisioner_backend, else overlay where it wor
 
 def version() -> str:
     """The installed lazyfs's version, as ``pip`` knows it."""
+    # Loaded here: reading a package's metadata loads email and zipfile parsers,
+    # a fifth of what the parser costs every command.
+    from importlib import metadata
+
     try:
         return metadata.version("lazyfs")
     except metadata.PackageNotFoundError:
         return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """argparse's ``version`` action, but the version is read when asked for, not at every start."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser._print_message(f"lazyfs {version()}\n", sys.stdout)
+        parser.exit()
 
 
 def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = None) -> FlagParser:
@@ -52,9 +73,7 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         ),
         environ=environ,
     )
-    parser.add_argument(
-        "--version", action="version", version=f"lazyfs {version()}", help="print the version"
-    )
+    parser.add_argument("--version", action=_Version, help="print the version")
     flags = global_flags(backends)
     for flag in flags:
         parser.add_flag(flag)

@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 from lazyfs.cli_flags import REGISTRY_LIMITS, source, split_list
 from providers.docker_config import CredentialChain, default_configs, load_docker_config
 from providers.errors import UsageError
-from providers.registry import RegistryOptions, parse_platform
-from providers.registry_http import HttpOptions
+from providers.platforms import parse_platform
+from providers.registry_options import HttpOptions, RegistryOptions
 
 
 def docker_config_text(value: str) -> str:

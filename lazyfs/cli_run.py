@@ -13,8 +13,6 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-import trio
-
 from providers.errors import LazyfsError
 
 T = TypeVar("T")
@@ -35,6 +33,7 @@ def run_trio(work: Callable[[], Awaitable[T]]) -> T:
     Cancelled, the provisioner undoes what it started (its clean-up is
     shielded), so a stopped provision leaves no container.
     """
+    import trio  # loaded by the commands that run async work only
 
     async def watched() -> T:
         result: list[T] = []

@@ -15,20 +15,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazyfs.cli_exec import in_root
-from lazyfs.provision.records import ProvisionInfo
-from lazyfs.provision.volumes import (
-    RW,
-    ContainerSpec,
-    check_volumes,
-    container_from_file,
-    parse_volume,
-    with_volumes,
-)
 from providers.errors import UsageError
-from providers.image_pb2 import Image
+
+if TYPE_CHECKING:
+    # Loaded by the commands that take images only: the parser needs none of it.
+    from lazyfs.provision.records import ProvisionInfo
+    from lazyfs.provision.volumes import ContainerSpec
+    from providers.image_pb2 import Image
 
 VOLUME_HELP = (
     "mount IMAGE's rootfs at CONTAINER_PATH, read-only unless :rw; repeatable "
@@ -62,6 +58,14 @@ def add_volume_args(sub: argparse.ArgumentParser) -> None:
 
 def container_request(args: argparse.Namespace, image: Callable[[], Image]) -> ContainerSpec:
     """The rootfs image and volumes the arguments name; ``image`` reads IMAGE/--image-file."""
+    from lazyfs.provision.volumes import (
+        ContainerSpec,
+        check_volumes,
+        container_from_file,
+        parse_volume,
+        with_volumes,
+    )
+
     volumes = [parse_volume(text) for text in args.volume]
     if args.container_info is None:
         return ContainerSpec(image(), check_volumes(volumes))
@@ -76,6 +80,8 @@ def volume_mounts(info: ProvisionInfo) -> list[dict[str, Any]]:
     A read-only rootfs cannot be given a directory to mount on, so each
     path must be in it already (UsageError otherwise, before runc runs).
     """
+    from lazyfs.provision.volumes import RW
+
     mounts = []
     depth = lambda volume: (volume.container_path.count("/"), volume.container_path)  # noqa: E731
     for volume in sorted(info.volumes, key=depth):

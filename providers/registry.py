@@ -38,7 +38,7 @@ import io
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import requests
@@ -67,7 +67,7 @@ from providers.manifest import (
     parse_image_manifest,
 )
 from providers.oci_layout import INDEX_DEPTH_LIMIT
-from providers.platforms import Platform, index_entries, select_platform
+from providers.platforms import index_entries, select_platform
 from providers.platforms import parse_platform as parse_platform  # re-exported: the CLI's
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_auth import is_loopback as is_loopback  # re-exported: tests use it
@@ -81,7 +81,8 @@ from providers.registry_checks import (
     once_more,
     verify,
 )
-from providers.registry_http import HttpOptions, RegistryHttp, redact
+from providers.registry_http import RegistryHttp, redact
+from providers.registry_options import RegistryOptions as RegistryOptions  # re-exported
 from providers.registry_range import BlobPlace, RangeReader
 from providers.retry import Again, Deadline, is_temporary, retrying
 from providers.schema1 import parse_schema1
@@ -100,17 +101,6 @@ ACCEPT = ", ".join(
         f"{DOCKER_SCHEMA1};q=0.5",
     ]
 )
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """What the flags say; ``registry`` serves docker.io references."""
-
-    registry: str = "https://registry-1.docker.io"
-    mirrors: tuple[str, ...] = ()
-    insecure_registries: frozenset[str] = frozenset()
-    platform: Platform | None = None
-    http: HttpOptions = field(default_factory=HttpOptions)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -54,6 +54,7 @@ from providers.registry_auth import (
     normalize_host,
     parse_challenge,
 )
+from providers.registry_options import HttpOptions as HttpOptions  # re-exported
 from providers.registry_token import fetch_token, token_key
 from providers.retry import (
     TRANSIENT,
@@ -71,43 +72,6 @@ from providers.retry import (
 log = logging.getLogger(__name__)
 
 ERROR_BODY_LIMIT = 1 << 16  # a registry's JSON error says what it has to say in less
-
-
-@dataclass(frozen=True)
-class HttpOptions:
-    """How to talk to registries; the defaults suit a real network.
-
-    ``timeout``: seconds from a request's first try to its answer's headers,
-    retries included, and the longest a body may go silent when the speed
-    floor is off. 30 s: a registry or CDN answers in well under a second, a
-    TLS handshake over a poor mobile link in a few, and one that has said
-    nothing for 30 s is not about to (the old 10 s connect and 60 s read
-    timeouts, tried 5 times, held a pull on a silent server for 305 s).
-
-    ``min_speed`` bytes/s over each ``min_speed_time`` seconds: the speed
-    floor of bodies, as curl's --speed-limit/--speed-time and git's
-    http.lowSpeedLimit/lowSpeedTime; 0 turns it off. 1 KiB/s is far below
-    any working link (a 56k modem does 7 KiB/s) and far above a stuck one;
-    30 s rides out TCP's retransmission backoff after a burst of loss
-    (1 + 2 + 4 + 8 s), where a shorter window would cut a link that recovers.
-    A blob cut for slowness resumes on a fresh connection, which cures a
-    dead flow; a registry that is slow on every connection runs out of
-    ``attempts``.
-
-    ``blob_timeout``: seconds for one whole blob, resumes included; 0 (the
-    default) is none, because a cap that suits a 10 MB layer cuts a 10 GB
-    one on an honest link, and the floor already ends transfers that stop.
-    """
-
-    ca_file: str | None = None
-    credentials: Mapping[str, Credentials] = field(default_factory=dict)
-    attempts: int = 5
-    backoff: float = 0.25
-    max_backoff: float = 4.0
-    timeout: float = 30.0
-    min_speed: int = 1024
-    min_speed_time: float = 30.0
-    blob_timeout: float = 0.0
 
 
 def _registry_message(body: bytes) -> str:

@@ -59,6 +59,10 @@ class DaemonSpec:
 
 def answers(cache_dir: Path) -> bool:
     """Whether a daemon answers a status request at ``cache_dir`` now."""
+    if not os.path.exists(socket_path(cache_dir)):
+        # Nothing to connect to: said without the client, whose protobuf code a
+        # first start would otherwise load before it spawns the daemon.
+        return False
     # Imported here: the client loads the protocol's protobuf code.
     from lazyfs.cache.connection import status
     from lazyfs.cache.framing import ProtocolError

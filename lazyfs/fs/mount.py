@@ -136,7 +136,7 @@ def mount(
     for layer in layers:
         argv += ["--layer", layer_arg(layer, origins.get(layer.digest))]
     if limits is not None:
-        from providers.tar_stream import LayerLimits  # loaded already: ``limits`` is one
+        from providers.layer_limits import LayerLimits  # loaded already: ``limits`` is one
 
         # Only limits other than the defaults: those need the tar parsers
         # loaded in the mount process, which needs them only to build an index.

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlparse
 
 import trio
@@ -29,10 +29,14 @@ from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
 from providers.platforms import host_platform
 from providers.reference import parse_reference
-from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import parse_docker_config
+from providers.registry_options import RegistryOptions
 from providers.source import BlobSource, Puller
 from providers.transports import PathPuller, parse_transport
+
+if TYPE_CHECKING:
+    # Loaded by a registry image only: the registry client loads requests.
+    from providers.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,15 @@ def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
     return dataclasses.replace(manifest, layers=layers)
 
 
+def _registry_client(source: Puller) -> RegistryClient | None:
+    """``source`` if it is a registry client; a local puller loads no registry code."""
+    if isinstance(source, LocalPuller):  # PathPuller is one too
+        return None
+    from providers.registry import RegistryClient
+
+    return source if isinstance(source, RegistryClient) else None
+
+
 @dataclass
 class DockerProvider:
     """Resolves ``Image.docker.name`` with the local puller or a registry.
@@ -104,6 +117,8 @@ class DockerProvider:
             raise BackendError(
                 f"--docker_registry {self.registry}: expected a directory or an http(s) URL"
             )
+        from providers.registry import RegistryClient
+
         options = dataclasses.replace(self.options, registry=self.registry.rstrip("/"))
         if image.docker.config:
             # The image's own credentials win over --docker_config for its hosts.
@@ -182,8 +197,9 @@ class DockerProvider:
             manifest = ImageManifest(
                 reference, manifest.digest, manifest.layers, manifest.config, platform
             )
-            if isinstance(source, RegistryClient):
-                manifest = await self._published(source, manifest, lazy=lazy)
+            client = _registry_client(source)
+            if client is not None:
+                manifest = await self._published(client, manifest, lazy=lazy)
             # A layer that fails does not cancel the others (their threads would be
             # abandoned mid-write): all finish, then the first failure stands for all.
             failures: list[LazyfsError] = []

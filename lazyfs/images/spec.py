@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import os
 
-from google.protobuf import json_format
-
 from providers.appc_manifest import AC_IDENTIFIER_RE
 from providers.errors import BadImage, InvalidReference
 from providers.image_pb2 import Image, Label
@@ -82,6 +80,9 @@ def image_from_file(path: str | os.PathLike[str]) -> Image:
     # is always one object.
     if not text.lstrip().startswith("{"):
         raise BadImage(f"image file {where}: not a JSON object")
+    # Loaded here: an image named on the command line needs no JSON form.
+    from google.protobuf import json_format
+
     image = Image()
     try:
         json_format.Parse(text, image)

@@ -61,10 +61,10 @@ from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageErr
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
+from providers.layer_limits import LayerLimits
 from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
 from providers.source import LocalBlobSource
-from providers.tar_stream import LayerLimits
 
 # The records and checks live in lazyfs.provision.records; callers may take them from here.
 __all__ = [

@@ -28,8 +28,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
-
 from lazyfs.images.spec import check_image, parse_image
 from providers.errors import BadImage, UsageError
 from providers.image_pb2 import Image, Volume
@@ -182,6 +180,9 @@ def container_from_json(data: Any, where: str) -> ContainerSpec:
 def _message(message: Any, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise UsageError(f"{where}: not a JSON object")
+    # Loaded here: only --container-info brings protobuf's JSON form.
+    from google.protobuf import json_format
+
     try:
         json_format.ParseDict(data, message)
     except json_format.ParseError as error:

@@ -22,14 +22,16 @@ from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
 pytestmark = pytest.mark.integration
 
 # Runs ``python -m lazyfs`` after planting an import hook that sends this
-# process SIGINT when trio, which the CLI loads first of its heavy modules,
-# is about to be imported: a Ctrl-C while lazyfs starts up, on cue.
+# process SIGINT when the module named first is about to be imported: a
+# Ctrl-C while lazyfs starts up, on cue.
 CTRL_C_AT_IMPORT = """
 import os, runpy, signal, sys
 
+cue = sys.argv.pop(1)
+
 class CtrlC:
     def find_spec(self, name, path=None, target=None):
-        if name == "trio":
+        if name == cue:
             sys.meta_path.remove(self)
             os.kill(os.getpid(), signal.SIGINT)
         return None
@@ -44,9 +46,21 @@ def containers(work: Path) -> list[str]:
     return sorted(p.name for p in (work / "provisioner" / "containers").iterdir())
 
 
-def test_ctrl_c_while_lazyfs_starts_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("cue", "command"),
+    [
+        # Loaded by the CLI itself, before it parses the command line.
+        ("lazyfs.cli_parser", ["images"]),
+        # Loaded by the command as it runs: trio, the first thing a provision loads.
+        ("trio", ["provision", "c1", "busybox"]),
+    ],
+)
+def test_ctrl_c_while_lazyfs_starts_is_one_line(
+    tmp_path: Path, cue: str, command: list[str]
+) -> None:
+    work = tmp_path / "work"
     result = subprocess.run(
-        [sys.executable, "-c", CTRL_C_AT_IMPORT, "--work_dir", str(tmp_path), "images"],
+        [sys.executable, "-c", CTRL_C_AT_IMPORT, cue, "--work_dir", str(work), *command],
         capture_output=True,
         text=True,
         timeout=60,
@@ -54,6 +68,7 @@ def test_ctrl_c_while_lazyfs_starts_is_one_line(tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert (result.returncode, result.stdout, result.stderr) == (130, "", "lazyfs: interrupted\n")
+    assert not (work / "provisioner").exists()
 
 
 @pytest.mark.parametrize("backend", ["copy", "fuse"])

@@ -2,9 +2,9 @@
 
 Each module of ``backends`` is imported alone in a fresh interpreter and the
 modules it loaded are read back.  No backend loads pyfuse3, ``lazyfs.index``,
-``lazyfs.tree`` or ``lazyfs.blobs``; the fuse backend (and ``backends.names``,
-which names it) loads of lazyfs only the light public mount API; every other
-backend loads nothing of lazyfs at all.
+``lazyfs.tree`` or ``lazyfs.blobs``; the fuse backend loads of lazyfs only the
+light public mount API; every other backend loads nothing of lazyfs at all, nor
+does ``backends.names``, which loads a backend when it is asked for.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ MODULES = sorted(
     f"backends.{path.stem}" for path in (ROOT / "backends").glob("*.py") if path.stem != "__init__"
 )
 # Those that start mounts through the mount API.
-MOUNTING = {"backends.fuse", "backends.names"}
+MOUNTING = {"backends.fuse"}
 # The mount API, its unmount, its wire format, the client of the mount server it starts
 # mount processes through, and the light values and start-up of the cache
 # daemon it reads remote layers through (and where its socket is).

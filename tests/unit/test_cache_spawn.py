@@ -9,17 +9,22 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from lazyfs.cache.layout import socket_path
 from lazyfs.cache.remote import Remote, RemoteOrigin
 from lazyfs.cache.spawn import START_LOCK, DaemonSpec, start_daemon
 from lazyfs.fs import mount as lazy_mount
 from providers.digest import Digest
 from providers.manifest import Layer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spec(tmp_path: Path) -> DaemonSpec:
@@ -87,3 +92,30 @@ def test_a_mount_that_fails_after_starting_the_daemon_lets_go_of_the_start_lock(
         )  # fmt: skip
     assert _lock_freed(spec.cache_dir)
     assert raised.value.errno == errno.EMFILE
+
+
+def test_no_socket_is_no_daemon_said_without_loading_the_client(tmp_path: Path) -> None:
+    """The first start on a machine spawns the daemon before it loads the protocol's code."""
+    code = (
+        "import sys; from pathlib import Path; from lazyfs.cache.spawn import answers\n"
+        "print(answers(Path(sys.argv[1])), 'lazyfs.cache.connection' in sys.modules)\n"
+    )
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+
+    def ask() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(cache_dir)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert ask() == "False False"
+    # A socket file nobody listens on: asked through the client, and still no daemon.
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(socket_path(cache_dir)))
+    dead.close()
+    assert ask() == "False True"

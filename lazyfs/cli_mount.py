@@ -1,0 +1,98 @@
+"""``lazyfs mount`` and ``lazyfs umount``: an image's merged tree at a directory, to look inside.
+
+``mount`` prints the mount as JSON once it is up; with ``--foreground`` it
+then copies the mount process's log to stderr until the mount goes away,
+and unmounts on Ctrl-C or SIGTERM (exit 0).  The mounting itself is
+``lazyfs.provision.devmount``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lazyfs.cli_run import run_trio
+from lazyfs.fs import mount as lazy_mount
+from lazyfs.progress import Progress
+from lazyfs.provision import devmount
+from lazyfs.store.usage_lock import in_use
+
+if TYPE_CHECKING:
+    from lazyfs.provision.provisioner import Provisioner
+    from lazyfs.store.disk import Store
+    from providers.image_pb2 import Image
+
+
+def run_mount(
+    args: argparse.Namespace,
+    image: Image,
+    store: Callable[[], Store],
+    provisioner: Callable[[], Provisioner],
+    work_dir: Path,
+) -> int:
+    """``lazyfs mount IMAGE MOUNTPOINT``: exit status 0, or raises what the CLI words."""
+    # Held shared until the mount process serves the layers (GC then sees them).
+    with in_use(store().root):
+        mounted = run_trio(
+            lambda: devmount.mount_image(
+                provisioner(),
+                work_dir,
+                image,
+                args.mountpoint,
+                writable=args.writable,
+                debug=args.debug,
+                suid=args.suid,
+                dev=args.dev,
+                progress=Progress(),
+            )
+        )
+    summary = {
+        "mountpoint": str(mounted.mountpoint),
+        "pid": mounted.pid,
+        "writable": mounted.writable,
+        "image": {
+            "reference": mounted.image.reference,
+            "digest": mounted.image.digest,
+            "layers": [layer.digest for layer in mounted.image.layers],
+        },
+    }
+    print(json.dumps(summary, indent=1), flush=True)
+    if not args.foreground:
+        return 0
+    # SIGTERM takes Ctrl-C's path: unmount, then exit 0.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _follow_log(mounted.record / "mount.log", mounted.mountpoint)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        devmount.unmount_image(work_dir, mounted.mountpoint)
+    return 0
+
+
+def run_umount(args: argparse.Namespace, work_dir: Path) -> int:
+    """``lazyfs umount MOUNTPOINT``."""
+    devmount.unmount_image(work_dir, args.mountpoint)
+    return 0
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _follow_log(log: Path, mountpoint: Path) -> None:
+    """Copy the mount process's log to stderr until the mount goes away."""
+    with open(log, encoding="utf-8", errors="replace") as lines:
+        while lazy_mount.is_mounted(mountpoint):
+            text = lines.read()
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            else:
+                time.sleep(0.2)
