@@ -18,16 +18,25 @@ and ``open_layers`` puts them together per layer as its format's
 chunks, misses are read in worker threads under a ``CapacityLimiter`` (they
 block, and may decompress), and recently used chunks are kept up to a byte
 budget, so a hot file costs no thread and no decompression the second time.
+
+A reader that can answer without blocking has ``read_resident`` as well
+(``LocalTars``: a ``preadv2(RWF_NOWAIT)``, which the kernel answers from the
+page cache or refuses with EAGAIN, never waiting on the disk).  ``ChunkCache``
+asks it first, in the event loop: a local layer whose pages are cached, as
+they are once any container of the image has run, then costs one system call
+per FUSE read, not a hop to a worker thread and back (some 50-100 us each,
+most of a fresh mount's reads), and its page cache is its only cache.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -53,6 +62,22 @@ class TarRangeReader(Protocol):
         ...
 
 
+@runtime_checkable
+class ResidentReader(Protocol):
+    def read_resident(self, digest: Digest, offset: int, length: int) -> bytes | None:
+        """The ``length`` bytes at ``offset`` if they can be had now without blocking, else None.
+
+        None says nothing about the bytes: ``read_range`` then reads them (or
+        raises).  Never blocks on I/O, so trio's event loop may call it.
+        """
+        ...
+
+
+# Errors of a preadv2(RWF_NOWAIT) that mean "not supported here" (an old
+# kernel, a file system without it): the thread path is then the only one.
+_NO_NOWAIT = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+
+
 class LocalTars:
     """Tar streams in local files, by layer digest; descriptors opened once, on first use."""
 
@@ -60,6 +85,7 @@ class LocalTars:
         self._paths = dict(paths)
         self._fds: dict[Digest, int] = {}
         self._lock = threading.Lock()
+        self._nowait = hasattr(os, "RWF_NOWAIT")
 
     def _fd(self, digest: Digest) -> int:
         fd = self._fds.get(digest)  # a dict read is atomic: no lock once open
@@ -74,15 +100,55 @@ class LocalTars:
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         return pread_all(self._fd(digest), length, offset)
 
+    def read_resident(self, digest: Digest, offset: int, length: int) -> bytes | None:
+        """The range whole if the page cache holds all of it now; else None (``ResidentReader``).
+
+        None too before the layer's first ``read_range``, which opens its
+        file (an open may wait on the disk), and for a range that runs past
+        the end of the stream: a short answer cannot tell the end of the
+        stream from pages not cached, and ``read_range`` can.
+        """
+        fd = self._fds.get(digest)
+        if fd is None or not self._nowait or length <= 0:
+            return None
+        buffer = bytearray(length)
+        try:
+            got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+        except BlockingIOError:  # some page is not cached: the caller reads in a thread
+            return None
+        except OSError as error:
+            if error.errno in _NO_NOWAIT:
+                self._nowait = False
+            return None  # read_range meets the error again, and raises it
+        return bytes(buffer) if got == length else None
+
 
 class ByLayer:
-    """``read_range`` dispatched to one reader per layer digest (KeyError for others)."""
+    """``read_range`` dispatched to one reader per layer digest (KeyError for others).
+
+    ``read_resident`` too, for the readers that have it; None for the others.
+    """
 
     def __init__(self, readers: Mapping[Digest, TarRangeReader]) -> None:
         self._readers = dict(readers)
+        # Decompressing or remote readers have none: they are never read in the event loop.
+        self._resident = {
+            digest: found
+            for digest, reader in readers.items()
+            if (found := _resident_of(reader)) is not None
+        }
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         return self._readers[digest].read_range(digest, offset, length)
+
+    def read_resident(self, digest: Digest, offset: int, length: int) -> bytes | None:
+        resident = self._resident.get(digest)
+        return None if resident is None else resident(digest, offset, length)
+
+
+def _resident_of(reader: object) -> Callable[[Digest, int, int], bytes | None] | None:
+    """``reader.read_resident`` if it is a ``ResidentReader``, else None."""
+    return reader.read_resident if isinstance(reader, ResidentReader) else None
 
 
 def open_layers(
@@ -125,7 +191,9 @@ class ChunkCache:
     """Aligned chunks of layer streams, read through ``source``, kept up to ``max_bytes``.
 
     ``read`` returns exactly the bytes asked for, short only at the end of
-    the stream.  Two tasks missing the same chunk read it once.  A task
+    the stream.  A range ``source`` answers by ``read_resident`` (see the
+    module docstring) is returned as it is, and neither cut into chunks nor
+    kept.  Two tasks missing the same chunk read it once.  A task
     cancelled while its chunk is read in a thread waits for the thread
     (trio does not abandon it), so no read is left running unowned.
     """
@@ -145,11 +213,18 @@ class ChunkCache:
         self._chunks: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], trio.Event] = {}
+        self._resident = _resident_of(source)
         self.misses = 0
+        self.resident = 0  # reads answered by read_resident
 
     async def read(self, digest: Digest, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
+        if self._resident is not None:
+            found = self._resident(digest, offset, length)
+            if found is not None:
+                self.resident += 1
+                return found
         end = offset + length
         first = offset // self.chunk_size
         last = (end - 1) // self.chunk_size

@@ -12,6 +12,15 @@ skips opens since Linux 4.20 and opendirs since 5.1.
 ``LAZYFS_FUSE_NO_OPEN`` chooses: unset or empty, the no-open path wherever
 it works; ``0``, today's path with handles; ``1``, the no-open path or a
 clear error where it cannot work (tests use both to run on each path).
+
+Apart from that path, ``cache_symlinks`` asks the kernel to keep the targets
+``readlink`` answers (``FUSE_CAP_CACHE_SYMLINKS``, Linux 4.20), on both
+paths and both views: no symlink of a mount ever changes its target (a new
+target is a new inode, on a writable mount too), and a container's start
+resolves the same few (``/lib``, ``/bin``, ``python3``) again and again.
+The pyfuse3 that ``scripts/setup`` builds has ``Operations.enable_cache_symlinks``
+for it (patch 0002); a stock one has not and never sees the attribute, so
+its mounts answer every readlink as before.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from providers.errors import UsageError
 
 ENV = "LAZYFS_FUSE_NO_OPEN"
 MARKER = "NO_OPEN_PASSES_INODE"
+CACHE_SYMLINKS = "enable_cache_symlinks"
 # no_opendir came in 5.1 (no_open in 4.20): both are needed.
 KERNEL_MIN = (5, 1)
 
@@ -75,3 +85,19 @@ def no_open(
     if reason is not None and asked == "1":
         raise UsageError(f"{ENV}=1 but the no-open path cannot work here: {reason}")
     return reason is None
+
+
+def pyfuse3_caches_symlinks(module: ModuleType = pyfuse3) -> bool:
+    """Whether ``module`` (pyfuse3) can ask the kernel to cache symlink targets."""
+    return isinstance(getattr(getattr(module, "Operations", None), CACHE_SYMLINKS, None), bool)
+
+
+def cache_symlinks(ops: pyfuse3.Operations, module: ModuleType = pyfuse3) -> bool:
+    """Have the mount of ``ops`` keep symlink targets in the kernel, where pyfuse3 can ask it.
+
+    Whether it was asked for; the kernel grants it from Linux 4.20 on.
+    """
+    if not pyfuse3_caches_symlinks(module):
+        return False
+    setattr(ops, CACHE_SYMLINKS, True)  # read by pyfuse3 when the kernel's init comes
+    return True

@@ -345,6 +345,7 @@ def _main(argv: Sequence[str] | None) -> int:
         try:
             no_open = fuse_caps.no_open()
             ops = _operations(indexed, args.upper, args.work, no_open=no_open)
+            symlinks = "cached" if fuse_caps.cache_symlinks(ops) else "asked each time"
             if args.debug:
                 from lazyfs.fs.debug import log_requests
 
@@ -357,7 +358,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return 1
         path = "no-open" if no_open else f"open ({fuse_caps.why_not() or fuse_caps.ENV}=0)"
         inodes = len(ops.tree.inodes)
-        log.info("serving %s (%d inodes) on the %s path", args.mountpoint, inodes, path)
+        log.info(
+            "serving %s (%d inodes) on the %s path, symlink targets %s",
+            *(args.mountpoint, inodes, path, symlinks),
+        )
         if not _answer(ready, READY):
             log.info("the caller is gone: unmounting %s", args.mountpoint)
             pyfuse3.close(unmount=True)

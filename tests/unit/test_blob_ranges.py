@@ -1,14 +1,17 @@
-"""ChunkCache: exact ranges, one read per missing chunk, a bounded cache."""
+"""ChunkCache: exact ranges, one read per missing chunk, a bounded cache; resident reads."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from lazyfs.blobs.ranges import ChunkCache
+from lazyfs.blobs.ranges import ByLayer, ChunkCache, LocalTars
 from providers.digest import Digest
 
 LAYER = Digest("sha256:" + "1" * 64)
@@ -67,3 +70,74 @@ async def test_the_cache_stays_within_its_budget() -> None:
     assert len(source.calls) == 10
     await cache.read(LAYER, 0, 100)  # long evicted
     assert len(source.calls) == 11
+
+
+class Resident(Slow):
+    """A Slow reader that answers ranges from ``cached`` without blocking, as a page cache would."""
+
+    def __init__(self, cached: range) -> None:
+        super().__init__()
+        self.cached = cached
+        self.resident_calls = 0
+
+    def read_resident(self, digest: Digest, offset: int, length: int) -> bytes | None:
+        self.resident_calls += 1
+        if offset in self.cached and offset + length - 1 in self.cached:
+            return DATA[offset : offset + length]
+        return None
+
+
+async def test_a_resident_range_is_answered_without_the_source_or_the_cache() -> None:
+    source = Resident(range(0, 4096))
+    cache = ChunkCache(ByLayer({LAYER: source}), chunk_size=1024)
+    assert await cache.read(LAYER, 1000, 3000) == DATA[1000:4000]
+    assert source.calls == [] and cache.misses == 0 and cache.resident == 1
+    # Not resident: read in a thread, chunk by chunk, as before.
+    assert await cache.read(LAYER, 4000, 200) == DATA[4000:4200]
+    assert source.calls == [3072, 4096] and cache.resident == 1
+
+
+async def test_readers_without_a_resident_path_are_read_in_threads_only() -> None:
+    source = Slow()
+    cache = ChunkCache(ByLayer({LAYER: source}), chunk_size=1024)
+    assert await cache.read(LAYER, 0, 10) == DATA[:10]
+    assert source.calls == [0] and cache.resident == 0
+
+
+def test_local_tars_answer_resident_ranges_once_open(tmp_path: Path) -> None:
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(DATA)
+    tars = LocalTars({LAYER: tar})
+    # Not yet opened: opening may wait on the disk, so the thread path does it.
+    assert tars.read_resident(LAYER, 0, 10) is None
+    assert tars.read_range(LAYER, 0, 10) == DATA[:10]
+    assert tars.read_resident(LAYER, 100, 5000) == DATA[100:5100]
+    # Past the end: a short answer is left to read_range, which knows the end.
+    assert tars.read_resident(LAYER, 10000, 500) is None
+    assert tars.read_range(LAYER, 10000, 500) == DATA[10000:]
+
+
+@pytest.mark.parametrize(
+    ("error", "asked_again"),
+    [(BlockingIOError(errno.EAGAIN, "not cached"), True), (OSError(errno.EOPNOTSUPP, "no"), False)],
+)
+def test_local_tars_leave_uncached_or_unsupported_ranges_to_read_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, asked_again: bool
+) -> None:
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(DATA)
+    tars = LocalTars({LAYER: tar})
+    tars.read_range(LAYER, 0, 1)
+    asked: list[int] = []
+
+    def refusing(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        asked.append(offset)
+        raise error
+
+    monkeypatch.setattr(os, "preadv", refusing)
+    assert tars.read_resident(LAYER, 0, 10) is None
+    assert tars.read_resident(LAYER, 20, 10) is None
+    # EAGAIN is one range's answer; no support is the file system's, so it is not asked again.
+    assert asked == ([0, 20] if asked_again else [0])
+    monkeypatch.undo()
+    assert tars.read_range(LAYER, 20, 10) == DATA[20:30]

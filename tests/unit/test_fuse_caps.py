@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from types import ModuleType
 
 import pyfuse3
@@ -74,3 +76,32 @@ def test_the_running_pyfuse3_has_the_patch_scripts_setup_applies() -> None:
     info = pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(1), cache_readdir=True, noflush=True)
     assert info.cache_readdir and info.noflush
     assert pyfuse3.Operations.enable_atomic_o_trunc is True  # stock behaviour unless asked
+
+
+def with_operations(*, cache_symlinks: bool) -> ModuleType:
+    """A pyfuse3 whose Operations has ``enable_cache_symlinks`` (patch 0002) or not."""
+    found = module(patched=True)
+    attributes = {fuse_caps.CACHE_SYMLINKS: False} if cache_symlinks else {}
+    found.Operations = type("Operations", (), attributes)  # type: ignore[attr-defined]
+    return found
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_symlink_targets_are_cached_only_where_pyfuse3_can_ask(patched: bool) -> None:
+    found = with_operations(cache_symlinks=patched)
+    ops = found.Operations()
+    assert fuse_caps.pyfuse3_caches_symlinks(found) is patched
+    assert fuse_caps.cache_symlinks(ops, found) is patched
+    # A stock pyfuse3 never reads the attribute; it is not even set there.
+    assert getattr(ops, fuse_caps.CACHE_SYMLINKS, None) is (True if patched else None)
+    assert getattr(found.Operations, fuse_caps.CACHE_SYMLINKS, None) is (False if patched else None)
+
+
+def test_the_pyfuse3_scripts_setup_builds_from_these_patches_can_cache_symlinks() -> None:
+    """Held to this checkout's patches: a .venv set up before patch 0002 is skipped, not failed."""
+    patches = sorted((Path(__file__).parents[2] / "scripts" / "pyfuse3").glob("*.patch"))
+    stamp = hashlib.sha256(b"".join(p.read_bytes() for p in patches)).hexdigest()[:12]
+    if not pyfuse3.__version__.endswith(f"+lazyfs.{stamp}"):
+        pytest.skip(f"pyfuse3 {pyfuse3.__version__} is not built from these patches ({stamp})")
+    assert fuse_caps.pyfuse3_caches_symlinks()
+    assert pyfuse3.Operations.enable_cache_symlinks is False  # stock behaviour unless asked
