@@ -128,7 +128,10 @@ class NoOpenWritableOperations(WritableOperations):
         directory = self.upper.view_directory(fh)
         generation, position = start_id >> _POSITION_BITS, start_id & _POSITIONS
         listing: Listing | None = None  # generation 0: the tree's own listing, never dropped
-        if start_id == 0 or generation != 0:
+        # An offset of generation 0 on a directory with a node (one changed, or
+        # made here, and maybe not in the tree at all) is one a caller made up
+        # or kept from before the change: read on in a new snapshot instead.
+        if start_id == 0 or generation != 0 or isinstance(directory, Node):
             listing = self._snapshots.pop((directory.ino, generation), None)
             if start_id == 0 or listing is None:
                 generation, listing = self._new_snapshot(directory)

@@ -230,3 +230,21 @@ def test_lookup_counts_are_dense_for_the_tree_and_exact_past_it() -> None:
     assert counts.get(7) == (1 << 32) + 1 and counts.sparse() == 1
     assert counts.take(7, 3) == (1 << 32) - 2 and counts.sparse() == 0
     assert counts.get(7) == (1 << 32) - 2
+
+
+async def test_a_made_up_offset_in_a_new_directory_reads_on_in_a_snapshot(
+    kernel: Kernel,
+) -> None:
+    # A directory made in the mount is not in the tree: an offset of the
+    # tree's own listing (generation 0), as seekdir can hand back, must not
+    # send it there (it answered EIO, with a traceback logged each time).
+    ops = kernel.ops
+    new = (await ops.mkdir(pyfuse3.InodeT(ROOT_INO), name("new"), 0o755, CTX)).st_ino
+    for file in ("a", "b"):
+        info, _ = await ops.create(new, name(file), 0o644, os.O_WRONLY, CTX)
+        await ops.release(info.fh)
+    fh = await ops.opendir(new, CTX)
+    kernel.batch = []
+    await ops.readdir(fh, 3, cast(pyfuse3.ReaddirToken, None))  # past ., .. and one entry
+    await ops.releasedir(fh)
+    assert [entry for entry, _, _ in kernel.batch] in ([b"a"], [b"b"])
