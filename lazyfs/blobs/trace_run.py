@@ -91,8 +91,10 @@ def start_trace(client: TraceClient, key: str, published: Path | None = None) ->
         log.warning("no prefetch trace: %s", error)
         return None
     if trace is not None:
-        client.replaying = True
         steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
+        # Only a trace with something of this mount's to fetch stands in for
+        # the landmark prefetch; one naming other layers would just lose it.
+        client.replaying = bool(steps)
         log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
         threading.Thread(
             target=_send, args=(client, steps), name="lazyfs-trace-replay", daemon=True
@@ -160,6 +162,9 @@ class Recorder:
         self._last_new: float | None = None
         self._serving_since: float | None = None
         self._stopped = threading.Event()
+        # Held while the trace is written: a second finish (the mount's end,
+        # while the watcher writes) waits for the file rather than exit under it.
+        self._writing = threading.Lock()
 
     def read(self, digest: Digest, offset: int, length: int) -> None:
         if self._stopped.is_set() or length <= 0:
@@ -201,7 +206,12 @@ class Recorder:
             now = self._clock()
             if len(self._reads) >= MAX_READS or now - since >= self.limit:
                 return True
-            return now - max(self._last_new or since, since) >= self.settle
+            # Settled counts from the workload's last new read: until the
+            # container reads anything (an agent may start it seconds after
+            # the mount serves), only the time limit ends the recording.
+            if self._last_new is None or self._last_new < since:
+                return False
+            return now - self._last_new >= self.settle
 
     def _watch(self) -> None:
         while not self._stopped.wait(min(self.settle, 0.5) / 2):
@@ -211,17 +221,18 @@ class Recorder:
     def finish(self) -> Path | None:
         """Stop recording and keep the trace (once; nothing if the mount never served,
         or read nothing). A failure to write is logged: a trace is only a hint."""
-        with self._lock:
-            if self._stopped.is_set():
+        with self._writing:
+            with self._lock:
+                if self._stopped.is_set():
+                    return None
+                self._stopped.set()
+                reads = tuple(self._reads)
+                if self._serving_since is None or not reads:
+                    return None
+            try:
+                path = store_trace(self.cache_dir, Trace(self.key, reads))
+            except (OSError, TraceError, LazyfsError) as error:
+                log.warning("the trace of %s was not kept: %s", self.key, error)
                 return None
-            self._stopped.set()
-            reads = tuple(self._reads)
-            if self._serving_since is None or not reads:
-                return None
-        try:
-            path = store_trace(self.cache_dir, Trace(self.key, reads))
-        except (OSError, TraceError, LazyfsError) as error:
-            log.warning("the trace of %s was not kept: %s", self.key, error)
-            return None
         log.info("kept the trace of %s: %d ranges, in %s", self.key, len(reads), path)
         return path

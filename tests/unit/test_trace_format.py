@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs.blobs.trace_run import Recorder, replay_steps
+from lazyfs.blobs.trace_run import Recorder, replay_steps, start_trace
 from lazyfs.cache.remote import trace_key
 from lazyfs.index.trace import (
     MAX_RANGE,
@@ -187,6 +187,52 @@ def test_the_recorder_stops_at_its_time_limit_and_writes_nothing_unserved(tmp_pa
     unserved.read(A, 0, 10)
     assert unserved.finish() is None
     assert not (tmp_path / "other").exists()
+
+
+def test_the_settle_clock_waits_for_the_container_to_read(tmp_path: Path) -> None:
+    # An agent may start the container seconds after the mount serves: the
+    # reads of indexing before it must not end the recording by themselves.
+    clock = Clock()
+    recorder = Recorder(tmp_path, KEY, settle=2.0, limit=60.0, clock=clock)
+    recorder.read(A, 0, 100)  # before serving: the mount's own
+    clock.now += 1
+    recorder._serving_since = clock.now  # as serving() sets it, without its thread
+    clock.now += 10
+    assert not recorder.due()
+    recorder.read(A, 1 << 20, 100)  # the container's first read
+    clock.now += 1.9
+    assert not recorder.due()
+    clock.now += 0.2
+    assert recorder.due()
+
+
+class Blob:
+    size: int | None = 1 << 20
+
+
+class Client:
+    """The cache client's face a trace uses, with no daemon behind it."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.replaying = False
+        self.watcher: object = None
+        self.cache_dir = cache_dir
+        self.blobs = {B: Blob()}
+        self.asked: list[tuple[Digest, list[tuple[int, int]]]] = []
+
+    def replay(self, digest: Digest, ranges: list[tuple[int, int]]) -> int:
+        self.asked.append((digest, list(ranges)))
+        return len(ranges)
+
+
+def test_a_trace_of_other_layers_leaves_the_landmark_prefetch_on(tmp_path: Path) -> None:
+    store_trace(tmp_path, Trace(KEY, (Read(A, 0, 100),)))
+    client = Client(tmp_path)
+    assert start_trace(client, KEY) is None  # type: ignore[arg-type]
+    assert not client.replaying and client.watcher is None
+    store_trace(tmp_path, Trace(KEY, (Read(A, 0, 100), Read(B, 0, 100))))
+    assert start_trace(client, KEY) is None  # type: ignore[arg-type]
+    assert client.replaying
 
 
 def test_a_replay_asks_for_the_blobs_this_mount_reads_in_trace_order() -> None:
