@@ -22,6 +22,7 @@ NotFound) for an origin it does not know. A source that takes size hints
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import socket as stdlib_socket
@@ -205,10 +206,12 @@ class Server:
             if isinstance(request, Prefetch):
                 source = self._source(request.origin, request.ranges, request.blob_size)
                 if request.replay and self.replays is not None:
+                    # One add per blob's run of ranges: a trace repeating a
+                    # range is weighed once, not once per copy.
                     queued = sum(
-                        self.replays.add(source, r.digest, [(r.offset, r.length)],
+                        self.replays.add(source, digest, [(r.offset, r.length) for r in run],
                                          request.blob_size)
-                        for r in request.ranges
+                        for digest, run in itertools.groupby(request.ranges, lambda r: r.digest)
                     )  # fmt: skip
                     return PrefetchOk(request.id, queued)
                 # One request per range: a landmark's files arrive in one go.

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 REQUESTS = 4
 REQUEST_CHUNKS = 8  # as the Fetcher cuts a read's requests
 MAX_QUEUED = 1 << 16  # runs waiting: 32 GiB of 64 KiB chunks, past any trace
+# The chunks one replay request may name (1 GiB of 64 KiB chunks): the request
+# is weighed on the daemon's loop, which every mount's reads wait on.
+ADD_CHUNKS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class Replays:
                 if i not in seen and not self._in_hand(digest, i)
             ]
             seen.update(chunks)
+            if len(seen) > ADD_CHUNKS:
+                log.warning("trace replay of %s names too much: the rest is dropped", digest)
+                return queued
             for run in _runs(chunks, REQUEST_CHUNKS):
                 if len(self._queue) >= MAX_QUEUED:
                     log.warning("trace replay queue full: dropping the rest of %s's", digest)

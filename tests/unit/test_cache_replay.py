@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 import trio
 import trio.testing
 
@@ -23,6 +24,7 @@ from lazyfs.cache.daemon import Server
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.messages import decode_request, encode_request
+from lazyfs.cache import replay
 from lazyfs.cache.replay import REQUEST_CHUNKS, REQUESTS, Replays
 from lazyfs.cache.values import BlobRange, HandleOrigin, Prefetch, PrefetchOk
 from providers.digest import Digest
@@ -143,3 +145,21 @@ async def test_the_daemon_replays_a_prefetch_marked_as_a_replay(tmp_path: Path) 
         while replays.chunks_replayed < 2:
             await trio.sleep(0)  # a checkpoint, not a delay
         assert source.calls == [(5 * SIZE, 2 * SIZE)]
+
+
+async def test_a_trace_repeating_a_range_is_weighed_once_and_a_huge_one_is_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A published trace is somebody else's: one request naming the same range
+    # thousands of times, or more chunks than a replay may take, must cost the
+    # daemon's loop (which every mount's reads wait on) a bounded amount.
+    source = Source(gated=True)
+    same = tuple(BlobRange(DIGEST, 5 * SIZE, 2 * SIZE) for _ in range(3000))
+    async with daemon(tmp_path) as (fetcher, replays):
+        server = Server(fetcher.cache, fetcher, lambda origin: source, None, replays)
+        answer = await server.answer(Prefetch(8, same, HandleOrigin("src"), len(BLOB), True))
+        assert answer == PrefetchOk(8, 2)
+        monkeypatch.setattr(replay, "ADD_CHUNKS", 20)
+        apart = [chunk(i) for i in range(20, 200, 2)]
+        assert replays.add(source, DIGEST, apart, len(BLOB)) <= 20
+        source.gate.set()
