@@ -19,12 +19,12 @@ import pytest
 import trio
 import trio.testing
 
+from lazyfs.cache import replay
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import Server
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.messages import decode_request, encode_request
-from lazyfs.cache import replay
 from lazyfs.cache.replay import REQUEST_CHUNKS, REQUESTS, Replays
 from lazyfs.cache.values import BlobRange, HandleOrigin, Prefetch, PrefetchOk
 from providers.digest import Digest
