@@ -90,7 +90,7 @@ class Report:
 
 
 @dataclass(frozen=True)
-class _Image:
+class StoredImage:
     path: Path
     manifest: ImageManifest
     used: float  # mtime: last use
@@ -126,7 +126,7 @@ class _Pass:
         self.uses: InUse = in_use(work_dir, store.root)
         self.report.stale += remove_stale(store, self.trash, stale_tree, self.uses.images)
         self.images = [
-            _Image(path, manifest, _mtime(path))
+            StoredImage(path, manifest, _mtime(path))
             for path, manifest in store.records()
             if manifest is not None
         ]
@@ -139,7 +139,7 @@ class _Pass:
                 kept.update(_digests(image.manifest))
         return kept
 
-    def protects(self, image: _Image, config: GcConfig | None) -> bool:
+    def protects(self, image: StoredImage, config: GcConfig | None) -> bool:
         users = self.uses.image_users(*image.key, _digests(image.manifest))
         return bool(users) or (config is not None and config.excludes(image.manifest.reference))
 
@@ -159,7 +159,7 @@ class _Pass:
         found = [d for d in present if d not in kept and self.named[d] == 0]
         return sorted(found, key=lambda d: (present[d], d))
 
-    def drop_image(self, image: _Image, kept: set[Digest]) -> None:
+    def drop_image(self, image: StoredImage, kept: set[Digest]) -> None:
         """Remove ``image``'s record, then its layers no other record names and nothing keeps."""
         self.report.freed += self.trash.discard(image.path)
         self.report.images.append(image.name)
@@ -256,17 +256,15 @@ def remove(
 
     A name is a reference as the command line gives it, or an image's
     manifest digest (``sha256:`` and at least 12 hex digits).  NotFound for
-    a name no stored image has, Conflict for an image a container or a
-    mount uses: then nothing is removed.
+    a name no stored image has, Conflict for a digest prefix that names
+    more than one image or for an image a container or a mount uses: then
+    nothing is removed.
     """
     with collecting(store.root):
         run = _Pass(store, work_dir, stale_tree, on_move)
-        chosen: dict[Path, _Image] = {}
+        chosen: dict[Path, StoredImage] = {}
         for name in names:
-            found = [image for image in run.images if _matches(image, name)]
-            if not found:
-                raise NotFound(f"no image {name} in the store")
-            for image in found:
+            for image in named(run.images, name):
                 users = run.uses.image_users(*image.key, _digests(image.manifest))
                 if users:
                     raise Conflict(
@@ -283,9 +281,32 @@ def remove(
         return run.finish(None)
 
 
-def _matches(image: _Image, name: str) -> bool:
+def named(images: Sequence[StoredImage], name: str) -> list[StoredImage]:
+    """The stored images ``name`` names; NotFound for none, Conflict for an ambiguous digest prefix.
+
+    A reference names every platform stored under it, by design. A digest
+    prefix names one manifest: two that share it are refused, as Docker
+    refuses an ambiguous image ID, rather than removing both.
+    """
+    found = [image for image in images if _matches(image, name)]
+    if not found:
+        raise NotFound(f"no image {name} in the store")
+    digests = sorted({image.manifest.digest for image in found})
+    if _is_digest_prefix(name) and len(digests) > 1:
+        raise Conflict(
+            f"{name} is ambiguous: it starts {len(digests)} manifest digests "
+            f"({', '.join(digests)}); give more of the digest; nothing was removed"
+        )
+    return found
+
+
+def _is_digest_prefix(name: str) -> bool:
+    return name.startswith("sha256:") and len(name) >= len("sha256:") + 12
+
+
+def _matches(image: StoredImage, name: str) -> bool:
     digest = image.manifest.digest
-    if name.startswith("sha256:") and len(name) >= len("sha256:") + 12:
+    if _is_digest_prefix(name):
         return digest.startswith(name)
     return image.manifest.reference in reference_forms(name)
 

@@ -11,12 +11,14 @@ import pytest
 
 from backends.extracted import stale_name
 from lazyfs.cli_flags import parse_size
+from lazyfs.gc.collect import StoredImage, named
 from lazyfs.gc.config import DEFAULT_INTERVAL_NS, GcConfig, parse_gc_config, reference_forms
 from lazyfs.gc.trash import Trash
 from lazyfs.gc.uses import MountProcess, mounted_layers
 from lazyfs.progress import human_size
 from providers.digest import Digest
-from providers.errors import UsageError
+from providers.errors import Conflict, NotFound, UsageError
+from providers.manifest import ImageManifest
 
 
 def test_the_mesos_example_parses() -> None:
@@ -206,3 +208,29 @@ def test_a_mount_process_whose_layers_do_not_read_whole_has_unknown_layers(
         assert mounted_layers(store) == [MountProcess(process.pid, None, None, ours=True)]
     finally:
         process.communicate()  # closes its stdin: it ends
+
+
+def _stored(reference: str, digest_hex: str, platform: str = "") -> StoredImage:
+    manifest = ImageManifest(reference, Digest("sha256:" + digest_hex), (), platform=platform)
+    return StoredImage(Path("/nonexistent") / digest_hex, manifest, 0.0)
+
+
+def test_rm_names_every_platform_of_a_reference_but_one_manifest_by_digest() -> None:
+    amd64 = _stored("docker.io/library/app:1", "ab" * 32, "linux/amd64")
+    arm64 = _stored("docker.io/library/app:1", "cd" * 32, "linux/arm64")
+    other = _stored("docker.io/library/other:1", "ab" * 6 + "ef" * 26)
+    images = [amd64, arm64, other]
+    assert named(images, "app:1") == [amd64, arm64]
+    assert named(images, "sha256:" + "ab" * 7) == [amd64]
+    with pytest.raises(NotFound, match="no image sha256:ffffffffffff in the store"):
+        named(images, "sha256:ffffffffffff")
+
+
+def test_rm_refuses_a_digest_prefix_two_manifests_share() -> None:
+    # Twelve digits name one image today and two once another image arrives:
+    # removing both would delete an image nobody named.
+    first = _stored("docker.io/library/app:1", "ab" * 6 + "00" * 26)
+    second = _stored("docker.io/library/other:1", "ab" * 6 + "11" * 26)
+    with pytest.raises(Conflict, match="is ambiguous: it starts 2 manifest digests"):
+        named([first, second], "sha256:" + "ab" * 6)
+    assert named([first, second], "sha256:" + "ab" * 6 + "00") == [first]
