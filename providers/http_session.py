@@ -30,6 +30,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from providers.http_proxy import proxy_for
+
 
 class HeadersTimeout(requests.Timeout):
     """The answer's status line and headers did not all arrive by the deadline."""
@@ -131,10 +133,19 @@ class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+_WATCHED_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class _WatchedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        # Connections through a proxy (plain, or a CONNECT tunnel) are watched too.
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 def redact(url: str) -> str:
@@ -144,11 +155,21 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+class _Session(requests.Session):
+    def rebuild_proxies(self, prepared_request: Any, proxies: Any) -> dict[str, str]:
+        # A redirect is proxied as its own URL would be, not as the first one was.
+        proxy = proxy_for(prepared_request.url or "")
+        chosen = {} if proxy is None else {"http": proxy, "https": proxy}
+        rebuilt: dict[str, str] = super().rebuild_proxies(prepared_request, chosen)  # type: ignore[no-untyped-call]
+        return rebuilt
+
+
 def new_session(verify: str | bool = True) -> requests.Session:
-    """A session for ``send``: its connections can be watched; no proxies from the environment."""
-    session = requests.Session()
+    """A session for ``send``: its connections can be watched; proxies are ``send``'s to choose."""
+    session = _Session()
     session.verify = verify
-    # Proxies from the environment would reroute loopback registries.
+    # requests' reading of the environment would also proxy loopback
+    # registries and pick up .netrc: providers.http_proxy reads it instead.
     session.trust_env = False
     adapter = _WatchedAdapter()
     session.mount("http://", adapter)
@@ -163,10 +184,14 @@ def send(
 
     Raises HeadersTimeout when the status line and headers are not all in
     by then (``seconds`` from now, connecting included), and requests'
-    errors otherwise. The body is left unread.
+    errors otherwise. The body is left unread. The request goes through the
+    proxy the environment names for ``url`` (``providers.http_proxy``).
     """
     if seconds <= 0:
         raise HeadersTimeout("deadline passed before the request")
+    proxy = proxy_for(url)
+    if proxy is not None:
+        kwargs["proxies"] = {"http": proxy, "https": proxy}
     watch = Watch(seconds)
     outer = getattr(_local, "watch", None)
     _local.watch = watch

@@ -65,8 +65,8 @@ class Tls:
     key: Path
 
 
-def make_tls(directory: Path, hostname: str = "127.0.0.1") -> Tls:
-    """A CA and a server certificate for ``hostname`` (an IP) signed by it."""
+def make_tls(directory: Path, hostname: str = "127.0.0.1", names: tuple[str, ...] = ()) -> Tls:
+    """A CA and a server certificate for ``hostname`` (an IP) and DNS ``names``, signed by it."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca = directory / "ca.key", directory / "ca.pem"
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
@@ -75,7 +75,8 @@ def make_tls(directory: Path, hostname: str = "127.0.0.1") -> Tls:
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
             "-subj", f"/CN={hostname}")  # fmt: skip
     ext = directory / "ext.cnf"
-    ext.write_text(f"subjectAltName=IP:{hostname},DNS:localhost\n")
+    dns = "".join(f",DNS:{name}" for name in ("localhost", *names))
+    ext.write_text(f"subjectAltName=IP:{hostname}{dns}\n")
     openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
             "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
     return Tls(ca, cert, key)
