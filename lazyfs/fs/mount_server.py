@@ -40,6 +40,7 @@ import importlib
 import json
 import math
 import os
+import select
 import signal
 import socket
 import sys
@@ -76,6 +77,7 @@ PRELOAD = (
 )
 IDLE_TIMEOUT = 3600.0
 REQUEST_TIMEOUT = 10.0
+SPARE_EXIT_TIMEOUT = 5.0
 FDS = mount_server_child.FDS  # the ready pipe, the log, the working directory
 
 
@@ -174,9 +176,26 @@ class _Server:
     spare: tuple[int, socket.socket] | None = None
 
     def drop_spare(self) -> None:
-        if self.spare is not None:
-            self.spare[1].close()
-            self.spare = None
+        """End the spare (it exits when its socket closes) and wait a moment until it has.
+
+        So a server that exits leaves no process behind it. Waited for
+        through a pidfd: the kernel reaps the spare (SIGCHLD is ignored),
+        and its pid may be another process's by then.
+        """
+        if self.spare is None:
+            return
+        pid, sock = self.spare
+        self.spare = None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # gone already
+            pidfd = -1
+        sock.close()
+        if pidfd >= 0:
+            try:
+                select.select([pidfd], [], [], SPARE_EXIT_TIMEOUT)
+            finally:
+                os.close(pidfd)
 
     def forget_socket(self) -> None:
         """Remove the socket file if it still is ours (a successor may have replaced it)."""
