@@ -17,8 +17,10 @@ plain blocking accept loop, one request at a time. Each request:
   removes its socket first (the next caller starts a new server) and exits;
 - ``mount``: checked (a list of strings without ``--ready-fd``, which it
   sets itself; an environment of strings; a umask; three descriptors), then
-  forked: the child becomes the mount process (``mount_server_child``) and
-  the server answers its pid;
+  handed to the spare, a child forked before the request came (or, if
+  there is none, to a child forked now): the child becomes the mount
+  process (``mount_server_child``), the server forks the next spare and
+  answers the mount process's pid;
 - ``stop``: it exits.
 
 It gives up if it is not listening within ``--start-timeout`` seconds (an
@@ -38,6 +40,7 @@ import importlib
 import json
 import math
 import os
+import select
 import signal
 import socket
 import sys
@@ -74,7 +77,8 @@ PRELOAD = (
 )
 IDLE_TIMEOUT = 3600.0
 REQUEST_TIMEOUT = 10.0
-FDS = 3  # the ready pipe, the log, the working directory
+SPARE_EXIT_TIMEOUT = 5.0
+FDS = mount_server_child.FDS  # the ready pipe, the log, the working directory
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(args.start_lock_fd)  # listening: callers may connect, none starts another
     _say(f"serving in {args.dir}")
     try:
+        server.spare = _spare(server)
         _serve(server, args.idle)
     except SystemExit:
         pass
     finally:
         server.forget_socket()
         server.listener.close()
+        server.drop_spare()
     _say("exiting")
     return 0
 
@@ -165,6 +171,31 @@ class _Server:
     directory: int
     inode: int  # of the socket file we bound
     key: str
+    # The child that takes the next mount (``mount_server_child.fork_spare``):
+    # its pid and our end of its socket, whose closing ends it.
+    spare: tuple[int, socket.socket] | None = None
+
+    def drop_spare(self) -> None:
+        """End the spare (it exits when its socket closes) and wait a moment until it has.
+
+        So a server that exits leaves no process behind it. Waited for
+        through a pidfd: the kernel reaps the spare (SIGCHLD is ignored),
+        and its pid may be another process's by then.
+        """
+        if self.spare is None:
+            return
+        pid, sock = self.spare
+        self.spare = None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # gone already
+            pidfd = -1
+        sock.close()
+        if pidfd >= 0:
+            try:
+                select.select([pidfd], [], [], SPARE_EXIT_TIMEOUT)
+            finally:
+                os.close(pidfd)
 
     def forget_socket(self) -> None:
         """Remove the socket file if it still is ours (a successor may have replaced it)."""
@@ -226,15 +257,11 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
             _answer(conn, {"stale": True})
             return False
         request = _check(message, fds)
-        child = mount_server_child.fork_mount(
-            request.args,
-            request.env,
-            request.umask,
-            ready_fd=fds[0],
-            log_fd=fds[1],
-            cwd_fd=fds[2],
-            close=(conn, server.listener),
-        )
+        child = _start_child(server, request, fds, conn)
+        # The next spare before the answer: the caller waits for its mount's
+        # ready line, which the child writes meanwhile, not for this answer;
+        # and whoever is answered finds the server as it will stay.
+        server.spare = _spare(server, conn, fds)
         _answer(conn, {"pid": child})
     except Refused as refused:
         _answer(conn, {"error": str(refused)})
@@ -247,6 +274,46 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
         for fd in fds:
             os.close(fd)  # the child has its own copies
     return True
+
+
+def _start_child(
+    server: _Server, request: MountRequest, fds: list[int], conn: socket.socket
+) -> int:
+    """The mount process of ``request``: the spare, given it, or else forked now."""
+    spare, server.spare = server.spare, None
+    if spare is not None:
+        pid, sock = spare
+        try:
+            with sock:
+                message = {"args": request.args, "env": request.env, "umask": request.umask}
+                mount_server_child.hand_over(sock, encode(message), fds)
+            return pid
+        except OSError as error:  # it died (killed?): the kernel reaps it
+            _say(f"spare {pid} is gone ({error}): forking the mount")
+    return mount_server_child.fork_mount(
+        request.args,
+        request.env,
+        request.umask,
+        ready_fd=fds[0],
+        log_fd=fds[1],
+        cwd_fd=fds[2],
+        close=(conn, server.listener),
+    )
+
+
+def _spare(
+    server: _Server, conn: socket.socket | None = None, fds: Sequence[int] = ()
+) -> tuple[int, socket.socket] | None:
+    """A new spare (``mount_server_child.fork_spare``); None if it cannot be forked.
+
+    ``conn`` and ``fds``: the request being served, which the spare must not keep.
+    """
+    close = (server.listener,) if conn is None else (server.listener, conn)
+    try:
+        return mount_server_child.fork_spare(close=close, close_fds=fds)
+    except OSError as error:  # the next mount is forked on request instead
+        _say(f"cannot fork a spare: {error}")
+        return None
 
 
 def _receive(conn: socket.socket, fds: list[int]) -> dict[str, Any]:

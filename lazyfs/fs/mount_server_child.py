@@ -1,10 +1,12 @@
 """A mount process forked by the mount server: made to look and behave as an exec'd one.
 
-``fork_mount`` forks; the child leaves the server behind (its socket, its
-signal handlers, its logging, its directory, umask and environment) and
-takes the caller's, in a session of its own, then runs
-``lazyfs.fs.mount_main.main`` with the arguments the caller sent and exits
-with its status, never returning into the server's loop.
+``fork_spare`` forks a spare ahead of the request and ``hand_over`` gives
+it the request; ``fork_mount`` forks on request (no spare, or it died).
+The child leaves the server behind (its socket, its signal handlers, its
+logging, its directory, umask and environment) and takes the caller's, in
+a session of its own, then runs ``lazyfs.fs.mount_main.main`` with the
+arguments the caller sent and exits with its status, never returning into
+the server's loop.
 
 Its command line (``/proc/PID/cmdline``, what ``ps`` shows and what
 ``lazyfs.fs.mount.unmount`` checks before it signals a pid) is written over
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -23,8 +26,12 @@ import socket
 import sys
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NoReturn
+
+from lazyfs.fs.mount_server_wire import LENGTH, read_exactly
 
 MOUNT_MODULE = "lazyfs.fs.mount_main"
+FDS = 3  # the ready pipe, the log, the working directory
 
 
 def fork_mount(
@@ -44,16 +51,103 @@ def fork_mount(
     directory, ``umask`` and exactly ``env``, and ``ready_fd`` as
     ``--ready-fd``. The server closes its copies of the descriptors.
     """
+    pid = _fork()
+    if pid:
+        return pid
+    for sock in close:
+        sock.close()
+    _become_mount(args, env, umask, ready_fd=ready_fd, log_fd=log_fd, cwd_fd=cwd_fd)
+
+
+def fork_spare(
+    close: Iterable[socket.socket], close_fds: Iterable[int] = ()
+) -> tuple[int, socket.socket]:
+    """Fork a spare: a child that waits to become the next mount process; its pid and socket.
+
+    Forking a mount process on request costs the request the fork (the
+    server's page tables copied) and the child's first faults on what it
+    shares with the server, some milliseconds of every start. A spare has
+    paid both before the request comes: ``hand_over`` gives it the request
+    and its descriptors, and it becomes the mount process as ``fork_mount``'s
+    child does. It closes the server's sockets in ``close`` and descriptors
+    in ``close_fds`` (another request's, which it must not hold: a ready
+    pipe's write end held here would keep that mount's caller from seeing
+    it fail), and exits when
+    the server closes its end of the spare's socket (the server stops, or
+    dies) or sends anything it cannot take.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    pid = _fork()
+    if pid:
+        theirs.close()
+        return pid, ours
+    status = 0
+    try:
+        ours.close()
+        for sock in close:
+            sock.close()
+        for fd in close_fds:
+            os.close(fd)
+        # The server's handlers are not the spare's: a signal before the
+        # request ends it, as it would a process that has none.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        request = _take_request(theirs)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    else:
+        if request is not None:
+            args, env, umask, fds = request
+            _become_mount(args, env, umask, ready_fd=fds[0], log_fd=fds[1], cwd_fd=fds[2])
+    os._exit(status)
+
+
+def hand_over(spare: socket.socket, message: bytes, fds: Sequence[int]) -> None:
+    """Send a checked mount request (``encode``d args, env, umask) and its three descriptors.
+
+    Raises OSError when the spare is gone: the server then forks the mount instead.
+    """
+    sent = socket.send_fds(spare, [message], list(fds))
+    if sent < len(message):
+        spare.sendall(message[sent:])
+
+
+def _take_request(
+    conn: socket.socket,
+) -> tuple[list[str], dict[str, str], int, list[int]] | None:
+    """The request the server hands over; None when it closed without one."""
+    data, fds, _, _ = socket.recv_fds(conn, 65536, FDS)
+    if not data:
+        return None
+    head = read_exactly(conn, LENGTH.size, data[: LENGTH.size])
+    (length,) = LENGTH.unpack(head)
+    message = json.loads(read_exactly(conn, length, data[LENGTH.size :]))
+    conn.close()
+    # The server checked it (``mount_server._check``) before handing it over.
+    if len(fds) != FDS:
+        raise ValueError(f"{len(fds)} descriptors handed over, not {FDS}")
+    return list(message["args"]), dict(message["env"]), int(message["umask"]), list(fds)
+
+
+def _fork() -> int:
     # Nothing buffered in the server may be written twice, once by the child.
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
+    return os.fork()
+
+
+def _become_mount(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    umask: int,
+    *,
+    ready_fd: int,
+    log_fd: int,
+    cwd_fd: int,
+) -> NoReturn:
+    """In a child of the server: leave it behind, run the mount process, exit with its status."""
     status = 1
     try:
-        for sock in close:
-            sock.close()
         argv = [*args, "--ready-fd", str(ready_fd)]
         _leave_server(env, umask, log_fd=log_fd, cwd_fd=cwd_fd)
         set_title([sys.executable, "-P", "-m", MOUNT_MODULE, *argv])

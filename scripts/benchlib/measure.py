@@ -99,6 +99,9 @@ class Result:
                 for c in self.contenders
             ],
             "ratios": [{"lazyfs": a, "peer": b, "ratio": r} for a, b, r in ratios(self.contenders)],
+            "paired_ratios": [
+                {"lazyfs": a, "peer": b, "ratio": r} for a, b, r in paired_ratios(self.contenders)
+            ],
         }
 
 
@@ -117,6 +120,26 @@ def ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float]]:
             mine_m = median([s.seconds for s in mine.samples])
             peer_m = median([s.seconds for s in peer.samples])
             out.append((mine.name, peer.name, mine_m / peer_m if peer_m else float("inf")))
+    return out
+
+
+def paired_ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float]]:
+    """The median over rounds of lazyfs' sample / the peer's sample of the same round.
+
+    ``compare`` runs every contender once a round, one after the other, so
+    the two samples of a round were taken under nearly the same load: on a
+    shared machine whose load swings from round to round this ratio is
+    steadier than the ratio of medians (``ratios``). Only for pairs with a
+    sample in every round.
+    """
+    out = []
+    for mine, peer_name, _ in ratios(contenders):
+        a = next(c for c in contenders if c.name == mine)
+        b = next(c for c in contenders if c.name == peer_name)
+        if len(a.samples) != len(b.samples) or any(s.seconds <= 0 for s in b.samples):
+            continue
+        rounds = [x.seconds / y.seconds for x, y in zip(a.samples, b.samples, strict=True)]
+        out.append((mine, peer_name, median(rounds)))
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from benchlib.measure import Contender, Result, ratios
+from benchlib.measure import Contender, Result, paired_ratios, ratios
 
 
 def _first_line(args: list[str], containing: str = "") -> str:
@@ -123,6 +123,10 @@ def _ratio(value: float) -> str:
     return f"x{value:.3g}"
 
 
+def _by_round(ratio: float | None) -> str:
+    return "" if ratio is None else f" ({_ratio(ratio)} by round)"
+
+
 def table(results: list[Result]) -> str:
     """One block per measurement and image: median, spread, and lazyfs/peer ratios."""
     lines = []
@@ -137,14 +141,20 @@ def table(results: list[Result]) -> str:
             secs = [s.seconds for s in c.samples]
             row = f"  {c.name:<{width}} {_fmt(median(secs))}  [{_fmt(min(secs)).strip()} .. "
             row += f"{_fmt(max(secs)).strip()}]"
-            vs = [f"{_ratio(r)} {peer}" for mine, peer, r in pairs if mine == c.name]
+            paired = {(m, p): r for m, p, r in paired_ratios(result.contenders)}
+            vs = [
+                f"{_ratio(r)} {peer}" + _by_round(paired.get((mine, peer)))
+                for mine, peer, r in pairs
+                if mine == c.name
+            ]
             if vs:
                 row += "   " + ", ".join(vs)
             if _link(c):
                 row += f"   over the link: {_link(c)}"
             lines.append(row)
     lines.append(
-        "\n(median of the runs, [min .. max]; xR = lazyfs median / peer median, >1 slower)"
+        "\n(median of the runs, [min .. max]; xR = lazyfs median / peer median, >1 slower;"
+        "\n by round: the median of each round's lazyfs / peer, taken one after the other)"
     )
     return "\n".join(lines)
 

@@ -442,3 +442,47 @@ def test_a_caller_in_another_mount_namespace_gets_a_mount_of_its_own(
     assert "runs in another mnt namespace" in (tmp_path / "b.log").read_text()
     assert mount_servers.children(server) == before  # the server forked nothing for it
     assert not lazy_mount.is_mounted(point)  # nor is anything left in ours
+
+
+def test_a_mount_goes_to_the_spare_forked_before_it_and_the_next_spare_waits_already(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    first = mounted(tmp_path / "a")
+    server = mount_servers.server_of(lazy_store.root)
+    assert server is not None
+    (spare,) = mount_servers.children(server) - {first}  # forked before the caller was answered
+    second = mounted(tmp_path / "b", writable=True)
+    assert second == spare
+    assert os.getsid(second) == second  # it left the server's session, as a forked one does
+    (next_spare,) = mount_servers.children(server) - {first, second}
+    assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert "lazyfs.fs.mount_main" in Path(f"/proc/{second}/cmdline").read_text()
+    # A spare holds no descriptor of the requests served before it.
+    held = {
+        os.readlink(f"/proc/{next_spare}/fd/{fd}") for fd in os.listdir(f"/proc/{next_spare}/fd")
+    }
+    assert (
+        not {str(tmp_path / "record-a" / "mount.log"), str(tmp_path / "record-b" / "mount.log")}
+        & held
+    )
+    # The spare is gone once the server is; the mounts stay.
+    server_client.stop_server(server_client.server_dir(lazy_store.root))
+    assert not mount_servers.alive(next_spare)
+    assert mount_servers.alive(first) and mount_servers.alive(second)
+
+
+def test_a_mount_is_forked_when_the_spare_is_gone(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    first = mounted(tmp_path / "a")
+    server = mount_servers.server_of(lazy_store.root)
+    assert server is not None
+    (spare,) = mount_servers.children(server) - {first}
+    os.kill(spare, signal.SIGKILL)
+    assert mount_servers.wait_gone(spare)
+    second = mounted(tmp_path / "b")
+    assert second != spare and mount_servers.parent(second) == server
+    assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    assert "is gone" in (server_client.server_dir(lazy_store.root) / "server.log").read_text()
