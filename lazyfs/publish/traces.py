@@ -44,13 +44,12 @@ from lazyfs.index.trace import (
     load_trace,
     store_trace,
 )
-from lazyfs.publish.fetch import newest_first
-from lazyfs.publish.push import repository_push
+from lazyfs.publish.listing import Listing, list_image
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch, LazyfsError, NotFound
 from providers.manifest import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, ImageManifest
-from providers.referrers import Referrer, add_referrer, list_referrers
+from providers.referrers import Referrer, add_referrer
 from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
 
@@ -157,14 +156,24 @@ def trace_blobs(data: bytes, subject: Digest) -> dict[str, Descriptor]:
     return found
 
 
-def fetch_traces(store: Store, client: RegistryClient, manifest: ImageManifest) -> list[str]:
+def fetch_traces(
+    store: Store, client: RegistryClient, manifest: ImageManifest, listing: Listing | None = None
+) -> list[str]:
     """Keep in the store the traces published beside image ``manifest``; the keys kept.
-    Never raises for what the registry says: a warning, and no trace."""
+
+    ``listing``: the image's referrers as the provision listed them, shared
+    with the index lookup (``lazyfs.publish.listing``); listed here when not
+    given. Never raises for what the registry says: a warning, and no trace.
+    """
     image = manifest.digest
+    if listing is None:
+        listing = list_image(client, manifest)
+        if listing is None:
+            return []
+    push = listing.push
     try:
-        push = repository_push(client, manifest.reference)
         listed: dict[str, Descriptor] = {}
-        for referrer in newest_first(list_referrers(push, image, TRACE_ARTIFACT_TYPE)):
+        for referrer in listing.of_type(TRACE_ARTIFACT_TYPE):
             try:
                 got = push.get_manifest(referrer.digest, OCI_MANIFEST)
                 if got is None:
