@@ -271,3 +271,52 @@ def test_a_run_that_publishes_indexes_pushes_the_trace_it_recorded_once(
             again = _run(own_link, work, "--publish_indexes")
             assert again.line == debian_like.APP_LINE
             assert list_referrers(push, manifest.digest) == listed
+
+
+def _lazyfs(link: Counted, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(_argv(link, work, *args), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_a_provision_that_publishes_indexes_pushes_traces_recorded_before(
+    pristine: Path, tmp_path: Path
+) -> None:
+    """An agent's container still runs when ``provision`` returns: its trace goes next time."""
+    need_fuse()
+    storage = copy_storage(pristine, tmp_path / "storage")
+    with run_registry(tmp_path / "registry", storage) as registry:
+        port = int(registry.host.rsplit(":", 1)[1])
+        with run_counting_proxy(port) as own_link:
+            manifest = _manifest(registry)
+            config = manifest.config
+            key = trace_key(manifest.digest, config.entrypoint, config.cmd, config.working_dir)
+            assert key is not None
+            push = repository_push(
+                RegistryClient(RegistryOptions(registry=registry.url, http=FAST)),
+                manifest.reference,
+            )
+            work = tmp_path / "work"
+            _fresh(work)
+            image = f"docker:{own_link.host}/{IMAGE}"
+            try:
+                done = _lazyfs(own_link, work, "provision", "c1", image, "--backend", "fuse")
+                rootfs = Path(json.loads(done.stdout)["rootfs"])
+                assert (rootfs / "srv/app/main.py").read_bytes() == debian_like.APP.encode()
+                _lazyfs(own_link, work, "destroy", "c1")  # the mount keeps its trace as it ends
+                assert load_trace(work / "cache", key) is not None
+                assert list_referrers(push, manifest.digest) == ()  # not asked to publish
+
+                _lazyfs(own_link, work, "--publish_indexes", "provision", "c2", image,
+                        "--backend", "fuse")  # fmt: skip
+                listed = list_referrers(push, manifest.digest)
+                assert [entry.artifact_type for entry in listed] == [TRACE_ARTIFACT_TYPE]
+                got = push.get_manifest(listed[0].digest, OCI_MANIFEST)
+                assert got is not None and list(trace_blobs(got[0], manifest.digest)) == [key]
+            finally:
+                for container in ("c1", "c2"):
+                    subprocess.run(_argv(own_link, work, "destroy", container),
+                                   capture_output=True, timeout=300, stdin=subprocess.DEVNULL,
+                                   check=False)  # fmt: skip
+                kill_recorded(work / "cache")
