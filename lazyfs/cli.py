@@ -156,7 +156,7 @@ def _provision(app: App, args: argparse.Namespace) -> int:
         # Before the container counts as provisioned: a closed stdout undoes it.
         print(json.dumps(info.to_json(), indent=1), flush=True)
 
-    run_trio(
+    info: ProvisionInfo = run_trio(
         lambda: app.provisioner.provision(
             args.container_id,
             spec.image,
@@ -167,6 +167,10 @@ def _provision(app: App, args: argparse.Namespace) -> int:
             publish=publish,
         )
     )
+    if args.publish_indexes:  # traces earlier starts of the image recorded here
+        from lazyfs.cli_index import publish_run_traces
+
+        publish_run_traces(args, app.docker, info.image)
     return 0
 
 
@@ -310,6 +314,10 @@ def _run(app: App, args: argparse.Namespace) -> int:
             return runtime.run_bundle(bundle, container_id, runtime.state_root(app.work_dir))
         finally:
             run_trio(lambda: app.provisioner.destroy(container_id))
+            if args.publish_indexes:  # its mount kept the trace it recorded as it ended
+                from lazyfs.cli_index import publish_run_traces
+
+                publish_run_traces(args, app.docker, info.image)
 
 
 def _index(app: App, args: argparse.Namespace) -> int:

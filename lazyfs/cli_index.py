@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lazyfs.cli_run import run_trio
-from providers.errors import UsageError
+from providers.errors import LazyfsError, UsageError
 
 if TYPE_CHECKING:
     from lazyfs.images.docker import DockerProvider
@@ -55,6 +55,31 @@ def index_publisher(
         log.info("%s: published the indexes of %d layers", image.reference, len(done.layers))
 
     return publish
+
+
+def publish_run_traces(
+    args: argparse.Namespace, docker: DockerProvider | None, image: ImageManifest
+) -> None:
+    """``--publish_indexes`` after a ``run`` or ``provision`` of ``image``: push the prefetch
+    traces this machine's cache keeps of it that its repository lacks (none: nothing is
+    asked of the registry). A failure is a warning: the start stands. Blocking."""
+    if not args.publish_indexes or docker is None or image.reference.startswith("/"):
+        return  # not asked, or an image from a directory or archive
+    if not docker.registry.startswith(("http://", "https://")):
+        return
+    from lazyfs.cli_daemon import cache_dir
+    from lazyfs.publish.traces import pending_traces, publish_pending
+
+    try:
+        if not pending_traces(cache_dir(args), image):
+            return  # the common case: no registry code loaded
+        from providers.registry import RegistryClient
+
+        options = dataclasses.replace(docker.options, registry=docker.registry.rstrip("/"))
+        done = publish_pending(cache_dir(args), RegistryClient(options), image)
+        log.info("%s: published its prefetch traces as %s", image.reference, done)
+    except (LazyfsError, OSError) as error:
+        log.warning("%s: publishing its prefetch traces failed: %s", image.reference, error)
 
 
 def run_index(

@@ -70,6 +70,8 @@ DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
 # An eStargz layer's TOC digest (``lazyfs.index.estargz.TOC_DIGEST_ANNOTATION``;
 # this package loads no index code): such a layer is read chunk by chunk.
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
+# A layer read through its published index (``lazyfs.index.published``): by whole spans, exactly.
+INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
 _IDLE_CONNECTIONS = 8
 _EVICTED_RETRIES = 3
 
@@ -105,7 +107,7 @@ class RemoteBlob:
 
 def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
     """Layer ``layer`` of the registry repository ``host``/``repository``, as a client reads it."""
-    exact = TOC_DIGEST_ANNOTATION in dict(layer.annotations)
+    exact = bool({TOC_DIGEST_ANNOTATION, INDEX_BLOB_ANNOTATION} & dict(layer.annotations).keys())
     return RemoteBlob(
         RegistryOrigin(host, repository), layer.size, layer.diff_id, layer.media_type, exact
     )

@@ -227,11 +227,18 @@ class DockerProvider:
             return manifest  # not even a referrers request
         # Loaded for lazy pulls only: it loads the index code.
         from lazyfs.publish.fetch import published_layers, with_index_blobs
+        from lazyfs.publish.listing import list_image
         from lazyfs.publish.traces import fetch_traces
 
+        # One referrers listing for both lookups below (lazyfs.publish.listing).
+        listing = await trio.to_thread.run_sync(
+            list_image, client, manifest, abandon_on_cancel=True
+        )
+        if listing is None:
+            return manifest  # warned: pulled whole as without an index
         # Learned prefetch traces too: a hint whose fetches are verified as any.
         await trio.to_thread.run_sync(
-            fetch_traces, self.store, client, manifest, abandon_on_cancel=True
+            fetch_traces, self.store, client, manifest, listing, abandon_on_cancel=True
         )
 
         wanted = [
@@ -242,8 +249,9 @@ class DockerProvider:
         if not wanted:
             return manifest
         found = await trio.to_thread.run_sync(
-            published_layers, self.store, client, manifest, wanted, abandon_on_cancel=True
-        )
+            published_layers, self.store, client, manifest, wanted, listing,
+            abandon_on_cancel=True,
+        )  # fmt: skip
         return with_index_blobs(manifest, found)
 
     async def _after_pull(

@@ -3,11 +3,12 @@
 ``published_layers`` is asked, when a registry image is provisioned for a
 lazy backend, about the layers that are neither in the store nor eStargz:
 
-1. the image's referrers of the lazyfs artifact type are looked up (one
-   request to the Referrers API, a second for the referrers tag on a
-   registry without it); an answer that found an index is kept for the
-   image digest while this process lives, one that found none is not (an
-   index published later is found by the next provision);
+1. the image's referrers are listed once for the provision, unfiltered, and
+   shared with the trace lookup (``lazyfs.publish.listing``: one request to
+   the Referrers API, a second for the referrers tag on a registry without
+   it); nothing of the answer outlives the provision but what it found (the
+   store's image record names the index blobs, so a later provision of the
+   image does not ask again; one that found none asks again);
 2. the newest such artifact manifest that reads (``newest_first``) is
    fetched by digest and checked against it, and lists an index blob per
    layer;
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from collections.abc import Sequence
 
 from lazyfs.index.artifact import ARTIFACT_TYPE, decode
@@ -41,23 +41,17 @@ from lazyfs.index.published import (
     load_published,
     store_published,
 )
-from lazyfs.publish.push import repository_push
+from lazyfs.publish.listing import CREATED, Listing, list_image, newest_first
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, DigestMismatch, LazyfsError
 from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
-from providers.referrers import Referrer, list_referrers
 from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
 
 log = logging.getLogger(__name__)
 
-# The OCI annotation of when an artifact was made, which referrers lists may carry.
-CREATED = "org.opencontainers.image.created"
-
-# What a referrers answer found, per (repository, image digest), for this process.
-_answers: dict[tuple[str, str, Digest], dict[Digest, Descriptor]] = {}
-_answers_lock = threading.Lock()
+__all__ = ["CREATED", "newest_first", "published_layers", "with_index_blobs"]
 
 
 def with_index_blobs(manifest: ImageManifest, blobs: dict[Digest, Digest]) -> ImageManifest:
@@ -74,12 +68,24 @@ def with_index_blobs(manifest: ImageManifest, blobs: dict[Digest, Digest]) -> Im
 
 
 def published_layers(
-    store: Store, client: RegistryClient, image: ImageManifest, wanted: Sequence[Layer]
+    store: Store,
+    client: RegistryClient,
+    image: ImageManifest,
+    wanted: Sequence[Layer],
+    listing: Listing | None = None,
 ) -> dict[Digest, Digest]:
-    """The index blob kept in ``store`` for each layer of ``wanted`` that has one published."""
+    """The index blob kept in ``store`` for each layer of ``wanted`` that has one published.
+
+    ``listing``: the image's referrers as the provision listed them
+    (``lazyfs.publish.listing.list_image``); listed here when not given.
+    """
+    if listing is None:
+        listing = list_image(client, image)
+        if listing is None:
+            return {}
+    push = listing.push
     try:
-        push = repository_push(client, image.reference)
-        listed = _listed(push, image.digest)
+        listed = _listed(listing)
     except LazyfsError as error:
         log.warning("%s: cannot look for published indexes: %s", image.reference, error)
         return {}
@@ -104,15 +110,10 @@ def published_layers(
     return found
 
 
-def _listed(push: RegistryPush, subject: Digest) -> dict[Digest, Descriptor]:
-    """The index blobs the newest readable lazyfs artifact of ``subject`` lists, by layer."""
-    key = (push.base, push.repository, subject)
-    with _answers_lock:
-        known = _answers.get(key)
-    if known is not None:
-        return known
-    listed: dict[Digest, Descriptor] = {}
-    for referrer in newest_first(list_referrers(push, subject, ARTIFACT_TYPE)):
+def _listed(listing: Listing) -> dict[Digest, Descriptor]:
+    """The index blobs the newest readable lazyfs artifact of the listing lists, by layer."""
+    push, subject = listing.push, listing.subject
+    for referrer in listing.of_type(ARTIFACT_TYPE):
         try:
             got = push.get_manifest(referrer.digest, OCI_MANIFEST)
             if got is None:
@@ -122,28 +123,10 @@ def _listed(push: RegistryPush, subject: Digest) -> dict[Digest, Descriptor]:
                 raise DigestMismatch(
                     f"{push.image}: index manifest", expected=referrer.digest, actual=actual
                 )
-            listed = artifact_layers(got[0], subject)
-            break
+            return artifact_layers(got[0], subject)
         except (BadImage, DigestMismatch) as error:
             log.warning("%s: published index %s ignored: %s", push.image, referrer.digest, error)
-    if listed:
-        with _answers_lock:
-            _answers[key] = listed
-    return listed
-
-
-def newest_first(referrers: Sequence[Referrer]) -> list[Referrer]:
-    """``referrers``, the newest first: by their ``CREATED`` annotation, then last listed first.
-
-    Listed later is newer where the referrers tag lists them: a push appends
-    (``providers.referrers.with_referrer``).
-    """
-    order = sorted(
-        range(len(referrers)),
-        key=lambda at: (referrers[at].annotations.get(CREATED, ""), at),
-        reverse=True,
-    )
-    return [referrers[at] for at in order]
+    return {}
 
 
 def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> None:

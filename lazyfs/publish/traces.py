@@ -9,6 +9,14 @@ formats can coexist with this one), a tiny config blob, one blob per trace
 index artifact is (``lazyfs.publish.push``). Deterministic: pushing the
 same traces again adds nothing.
 
+``publish_pending`` is what ``--publish_indexes`` runs after a ``lazyfs
+run`` or ``provision``: the traces the cache keeps of the image that were
+not pushed to its repository yet, if any, are pushed as above. Which were
+pushed is kept beside each trace (``<trace>.pushed``: the sha256 of the
+trace's bytes per repository, written by every successful push, ``lazyfs
+index push`` included), so a start with nothing new asks the registry
+nothing and a trace is pushed once per repository.
+
 ``fetch_traces`` is the other side, run for a lazy pull with
 ``--trust_published_indexes`` only: the newest readable trace artifact of
 the image is fetched by digest and checked, and each trace blob it lists
@@ -43,14 +51,17 @@ from lazyfs.index.trace import (
     key_image,
     load_trace,
     store_trace,
+    trace_path,
 )
-from lazyfs.publish.fetch import newest_first
+from lazyfs.publish.listing import Listing, list_image
 from lazyfs.publish.push import repository_push
+from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch, LazyfsError, NotFound
 from providers.manifest import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, ImageManifest
-from providers.referrers import Referrer, add_referrer, list_referrers
+from providers.reference import parse_reference
+from providers.referrers import Referrer, add_referrer
 from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
 
@@ -60,6 +71,7 @@ TRACE_CONFIG_MEDIA_TYPE = "application/vnd.lazyfs.trace.config.v1+json"
 TRACE_CONFIG = json.dumps({"lazyfs_trace": 1}).encode()
 KEY_ANNOTATION = "dev.lazyfs.trace.key"
 MAX_TRACES = 64  # per image: one per command it runs
+PUSHED_SUFFIX = ".pushed"
 
 
 def published_traces_dir(store: Store) -> Path:
@@ -82,6 +94,57 @@ def local_traces(cache_dir: Path, image: Digest) -> dict[str, bytes]:
         if trace is not None:
             found[key] = path.read_bytes()
     return found
+
+
+def repository_of(reference: str) -> str:
+    """What a pushed mark names: the registry and repository of ``reference``."""
+    ref = parse_reference(reference)
+    return f"{ref.registry}/{ref.repository}"
+
+
+def _marks(cache_dir: Path, key: str) -> dict[str, str]:
+    """What ``<trace>.pushed`` says of ``key``'s trace: repository -> trace digest pushed."""
+    try:
+        marks = json.loads(trace_path(cache_dir, key).with_suffix(PUSHED_SUFFIX).read_bytes())
+    except (OSError, ValueError):
+        return {}  # none, or torn: pushing again is only a repeat
+    if not isinstance(marks, dict):
+        return {}
+    return {str(k): str(v) for k, v in marks.items()}
+
+
+def pending_traces(cache_dir: Path, image: ImageManifest) -> dict[str, bytes]:
+    """The traces ``cache_dir`` keeps of ``image`` not pushed to its repository as they are."""
+    where = repository_of(image.reference)
+    return {
+        key: trace
+        for key, trace in local_traces(cache_dir, image.digest).items()
+        if _marks(cache_dir, key).get(where) != digest_bytes(trace)
+    }
+
+
+def _mark_pushed(cache_dir: Path, reference: str, traces: dict[str, bytes]) -> None:
+    where = repository_of(reference)
+    for key, trace in traces.items():
+        marks = _marks(cache_dir, key)
+        marks[where] = digest_bytes(trace)
+        path = trace_path(cache_dir, key).with_suffix(PUSHED_SUFFIX)
+        try:
+            write_atomic(path, json.dumps(marks, sort_keys=True).encode(), mode=0o600,
+                         durable=False)  # fmt: skip
+        except OSError as error:  # pushed all the same; the next start pushes it again
+            log.warning("cannot note that the trace %s was pushed: %s", key, error)
+
+
+def publish_pending(cache_dir: Path, client: RegistryClient, image: ImageManifest) -> Digest | None:
+    """Push the traces of ``image`` its repository lacks (``pending_traces``); None when none.
+
+    Asks the registry nothing when there is nothing to push. Registry
+    errors as ``RegistryPush`` raises them.
+    """
+    if not pending_traces(cache_dir, image):
+        return None
+    return publish_traces(cache_dir, repository_push(client, image.reference), image)
 
 
 def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) -> Digest | None:
@@ -121,6 +184,7 @@ def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) ->
     answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
     entry = Referrer(digest, len(manifest), OCI_MANIFEST, TRACE_ARTIFACT_TYPE, {})
     add_referrer(push, image.digest, entry, answer)
+    _mark_pushed(cache_dir, image.reference, traces)
     log.info("%s: published %d prefetch traces as %s", push.image, len(traces), digest)
     return digest
 
@@ -157,14 +221,24 @@ def trace_blobs(data: bytes, subject: Digest) -> dict[str, Descriptor]:
     return found
 
 
-def fetch_traces(store: Store, client: RegistryClient, manifest: ImageManifest) -> list[str]:
+def fetch_traces(
+    store: Store, client: RegistryClient, manifest: ImageManifest, listing: Listing | None = None
+) -> list[str]:
     """Keep in the store the traces published beside image ``manifest``; the keys kept.
-    Never raises for what the registry says: a warning, and no trace."""
+
+    ``listing``: the image's referrers as the provision listed them, shared
+    with the index lookup (``lazyfs.publish.listing``); listed here when not
+    given. Never raises for what the registry says: a warning, and no trace.
+    """
     image = manifest.digest
+    if listing is None:
+        listing = list_image(client, manifest)
+        if listing is None:
+            return []
+    push = listing.push
     try:
-        push = repository_push(client, manifest.reference)
         listed: dict[str, Descriptor] = {}
-        for referrer in newest_first(list_referrers(push, image, TRACE_ARTIFACT_TYPE)):
+        for referrer in listing.of_type(TRACE_ARTIFACT_TYPE):
             try:
                 got = push.get_manifest(referrer.digest, OCI_MANIFEST)
                 if got is None:

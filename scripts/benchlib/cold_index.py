@@ -14,16 +14,26 @@ cache, with ``--trust_published_indexes``, through the shaping proxy; see
   no index, pulls it whole and publishes the index on that pull; then the
   timed start is the second machine's, on a fresh cache.  Nothing changed in
   anyone's CI: this is the start issue 13 is about.
-- ``replayed_trace_row``: the same with a trace recorded on the first run
-  and replayed by the second; not there yet (``None``).
+- ``lazyfs fuse lazy (gzip, replayed trace)``: the same, and between the
+  two a recording machine (the same flags) starts the image lazily from that
+  index, records its trace, and pushes it beside the index when its run
+  ends (``--publish_indexes``); the timed start finds both and replays the
+  trace.  Compared with the warm row, as issue 13's target says.
+- ``lazyfs fuse (gzip, warm)``: the same ``lazyfs run`` as the timed
+  starts above, on a machine that has the image whole already: an untimed
+  ``lazyfs run`` without trust pulled it into the store first (through the
+  link, not counted).  The daemon and mount server that run left are
+  stopped, but the page cache is not dropped: everything is cached.
 
-The first machine and the pushes go to the registry directly, not through
+The first machines and the pushes go to the registry directly, not through
 the shaper: they are untimed and their bytes are not counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +41,14 @@ from pathlib import Path
 
 import requests
 
-from benchlib.cold_run import lazyfs_env, lazyfs_once, lazyfs_untimed, stop_leftovers
+from benchlib.cold_run import (
+    lazyfs_argv,
+    lazyfs_env,
+    lazyfs_once,
+    lazyfs_untimed,
+    stop_leftovers,
+    until_printed,
+)
 from benchlib.measure import Contender, Context, Timing
 from benchlib.shaper import Shaper
 from benchlib.util import ToolError, run, scratch_dir
@@ -40,6 +57,9 @@ TRUST = "--trust_published_indexes"
 PUBLISH = "--publish_indexes"
 # The eStargz row each index row is compared with (issue 13: within 1.2x).
 ESTARGZ_ROW = "lazyfs fuse lazy (eStargz)"
+# The warm start the trace row is compared with (issue 13: at most 1.3x).
+WARM_ROW = "lazyfs fuse (gzip, warm)"
+TRACE_ARTIFACT_TYPE = "application/vnd.lazyfs.trace.v1"  # lazyfs.index.trace's
 _MANIFEST_TYPES = ", ".join((
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -59,21 +79,23 @@ class IndexRow:
     name: str
     first: tuple[str, ...] | None
     flags: tuple[str, ...] = (TRUST,)
+    # The global flags of a second untimed machine, after the first: one that
+    # starts the image lazily, records its trace and publishes it. None: none.
+    recorder: tuple[str, ...] | None = None
+    versus: str = ESTARGZ_ROW
 
 
 INDEX_PUSHED = IndexRow("lazyfs fuse lazy (gzip, index pushed)", None)
 SECOND_MACHINE = IndexRow("lazyfs fuse lazy (gzip, second machine)", (TRUST, PUBLISH))
+REPLAYED_TRACE = IndexRow(
+    "lazyfs fuse lazy (gzip, replayed trace)", (TRUST, PUBLISH), recorder=(TRUST, PUBLISH),
+    versus=WARM_ROW,
+)  # fmt: skip
 
 
 def replayed_trace_row() -> IndexRow | None:
-    """The row "the same with a replayed trace" (issue 13), once traces exist.
-
-    Expected shape: ``SECOND_MACHINE`` whose first machine records its trace
-    and publishes it beside the index, and whose timed start replays it,
-    e.g. ``IndexRow("lazyfs fuse lazy (gzip, replayed trace)", (TRUST,
-    PUBLISH, <record flag>), (TRUST, <replay flag>))``.  None: no such row.
-    """
-    return None
+    """The row "the same with a replayed trace" (issue 13)."""
+    return REPLAYED_TRACE
 
 
 def index_rows() -> list[IndexRow]:
@@ -106,8 +128,33 @@ def index_contenders(
                            image_bytes, flags=row.flags)  # fmt: skip
         if failed is not None and row.first is None:
             once = _failing(failed)
-        contenders.append(Contender(row.name, True, _lazy_only(once), versus=ESTARGZ_ROW))
+        contenders.append(Contender(row.name, True, _lazy_only(once), versus=row.versus))
+    if any(row.versus == WARM_ROW for row in rows):
+        contenders.append(Contender(WARM_ROW, True, _warm_once(ctx, link, reference, image_bytes)))
     return contenders
+
+
+def _warm_once(
+    ctx: Context, link: Shaper, reference: str, image_bytes: int
+) -> Callable[[], Timing]:
+    """A ``once`` timing the trace row's ``lazyfs run`` on a machine holding the image whole."""
+
+    def once() -> Timing:
+        with scratch_dir(ctx.scratch, "cold-warm-") as work:
+            try:
+                # Untimed: pulled whole into the store (no trust: no lazy layer).
+                _pull_whole(ctx, work, link.host, reference)
+                stop_leftovers(work)
+                argv = lazyfs_argv(ctx, work, link.host, reference, "fuse", (TRUST,))
+                # The page cache is kept: a warm start with everything cached.
+                timing = until_printed(ctx, argv, work / "lazyfs.log", link, image_bytes, work)
+            finally:
+                stop_leftovers(work)
+        if timing.facts.get("daemon_requests"):
+            raise ToolError(f"not a warm start (the cache daemon fetched): {timing.facts}")
+        return timing
+
+    return once
 
 
 def _failing(error: ToolError) -> Callable[[], Timing]:
@@ -161,6 +208,10 @@ def _reference(ctx: Context, host: str, reference: str, row: IndexRow) -> str | 
         copy = f"{name}-{next(_repositories)}:{tag}"
         copy_image(host, reference, copy)
         lazyfs_untimed(ctx, host, copy, first)
+        if row.recorder is not None:
+            lazyfs_untimed(ctx, host, copy, row.recorder)
+            if not has_referrer(host, copy, TRACE_ARTIFACT_TYPE):
+                raise ToolError(f"the recording start of {copy} published no trace")
         return copy
 
     return fresh
@@ -194,3 +245,36 @@ def copy_image(host: str, source: str, dest: str) -> None:
     )
     if put.status_code != 201:
         raise ToolError(f"putting {dest}: {put.status_code} {put.text[:200]}")
+
+
+def _pull_whole(ctx: Context, work: Path, host: str, reference: str) -> None:
+    """An untimed ``lazyfs run --backend fuse`` on ``work`` that stores ``reference`` whole."""
+    argv = lazyfs_argv(ctx, work, host, reference, "fuse")
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=lazyfs_env(),
+                          timeout=900, check=False)  # fmt: skip
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip()[-1500:]
+        raise ToolError(f"{' '.join(argv[3:])} exited {done.returncode}: {tail}")
+
+
+def has_referrer(host: str, reference: str, artifact_type: str) -> bool:
+    """Whether ``host/reference`` has a referrer of ``artifact_type`` in its referrers tag.
+
+    The bench registry (``docker-registry``) has no Referrers API: lazyfs
+    keeps the tag.
+    """
+    base = f"http://{host}/v2"
+    name, tag = reference.rsplit(":", 1)
+    got = requests.get(f"{base}/{name}/manifests/{tag}", headers={"Accept": _MANIFEST_TYPES},
+                       timeout=30)  # fmt: skip
+    got.raise_for_status()
+    digest = got.headers.get("Docker-Content-Digest", "")
+    if not digest:
+        digest = "sha256:" + hashlib.sha256(got.content).hexdigest()
+    listed = requests.get(f"{base}/{name}/manifests/{digest.replace(':', '-', 1)}",
+                          headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+                          timeout=30)  # fmt: skip
+    if listed.status_code != 200:
+        return False
+    manifests = listed.json().get("manifests", [])
+    return any(item.get("artifactType") == artifact_type for item in manifests)

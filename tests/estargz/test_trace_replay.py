@@ -14,6 +14,10 @@ A trace published beside the image (``lazyfs.publish.traces``) is found
 by a machine with an empty cache that trusts published indexes, and
 replayed; one that does not trust them does not even look.
 
+A ``lazyfs run`` with ``--publish_indexes`` pushes the trace it recorded
+beside the image once its rootfs is gone (the mount keeps the trace as it
+ends), and a later start with nothing new to push adds nothing.
+
 A damaged trace in the cache is ignored with one line in the mount's log;
 the mount serves right bytes, and records a good trace in its place.
 """
@@ -33,8 +37,8 @@ import pytest
 from lazyfs.cache.remote import trace_key
 from lazyfs.index.trace import TRACE_ARTIFACT_TYPE, TRACES_DIR, load_trace, trace_path
 from lazyfs.publish.push import repository_push
-from lazyfs.publish.traces import publish_traces
-from providers.manifest import ImageManifest
+from lazyfs.publish.traces import publish_traces, trace_blobs
+from providers.manifest import OCI_MANIFEST, ImageManifest
 from providers.referrers import list_referrers
 from providers.registry import RegistryClient, RegistryOptions
 from tests.support import debian_like, images
@@ -42,7 +46,7 @@ from tests.support.cache_daemons import daemon_status, kill_recorded
 from tests.support.containerd import Containerd, import_archive, push, to_estargz
 from tests.support.fuse_mounts import need_fuse
 from tests.support.registry_pulls import FAST
-from tests.support.registry_servers import Registry, run_registry
+from tests.support.registry_servers import Registry, copy_storage, run_registry
 from tests.support.tcp_counter import Counted, run_counting_proxy
 
 pytestmark = pytest.mark.integration
@@ -65,7 +69,15 @@ def python_registry(
     to_estargz(containerd, source, converted)
     with run_registry(work, work / "storage") as registry:
         push(containerd, converted, f"{registry.host}/{IMAGE}")
+        # Before any test publishes a trace to it: for tests that need a registry of their own.
+        copy_storage(registry.storage, work / "pristine")
         yield registry
+
+
+@pytest.fixture(scope="module")
+def pristine(python_registry: Registry) -> Path:
+    """A copy of ``python_registry``'s storage holding the image and nothing beside it."""
+    return python_registry.storage.parent / "pristine"
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +234,89 @@ def test_a_trace_published_beside_the_image_is_replayed_only_when_trusted(
     assert replayed.reads < plain.reads, (plain, replayed)
     assert (trusting / "store" / "docker" / TRACES_DIR).is_dir()
     assert not (untrusting / "store" / "docker" / TRACES_DIR).exists()  # nothing was asked
+
+
+def test_a_run_that_publishes_indexes_pushes_the_trace_it_recorded_once(
+    pristine: Path, tmp_path: Path
+) -> None:
+    need_fuse()
+    storage = copy_storage(pristine, tmp_path / "storage")
+    with run_registry(tmp_path / "registry", storage) as registry:
+        port = int(registry.host.rsplit(":", 1)[1])
+        with run_counting_proxy(port) as own_link:
+            manifest = _manifest(registry)
+            config = manifest.config
+            key = trace_key(
+                manifest.digest, config.entrypoint, debian_like.COMMAND, config.working_dir
+            )
+            assert key is not None
+            client = RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
+            push = repository_push(client, manifest.reference)
+            assert list_referrers(push, manifest.digest) == ()
+            work = tmp_path / "work"
+            _fresh(work)
+            first = _run(own_link, work, "--publish_indexes")
+            assert first.line == debian_like.APP_LINE
+            recorded = trace_path(work / "cache", key).read_bytes()
+
+            listed = list_referrers(push, manifest.digest)
+            assert [entry.artifact_type for entry in listed] == [TRACE_ARTIFACT_TYPE], listed
+            got = push.get_manifest(listed[0].digest, OCI_MANIFEST)
+            assert got is not None
+            blobs = trace_blobs(got[0], manifest.digest)
+            assert list(blobs) == [key]
+            assert push.get_blob(blobs[key].digest, len(recorded) + 1) == recorded
+
+            # The same machine again: it replays its trace, records nothing new, pushes nothing.
+            again = _run(own_link, work, "--publish_indexes")
+            assert again.line == debian_like.APP_LINE
+            assert list_referrers(push, manifest.digest) == listed
+
+
+def _lazyfs(link: Counted, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(_argv(link, work, *args), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_a_provision_that_publishes_indexes_pushes_traces_recorded_before(
+    pristine: Path, tmp_path: Path
+) -> None:
+    """An agent's container still runs when ``provision`` returns: its trace goes next time."""
+    need_fuse()
+    storage = copy_storage(pristine, tmp_path / "storage")
+    with run_registry(tmp_path / "registry", storage) as registry:
+        port = int(registry.host.rsplit(":", 1)[1])
+        with run_counting_proxy(port) as own_link:
+            manifest = _manifest(registry)
+            config = manifest.config
+            key = trace_key(manifest.digest, config.entrypoint, config.cmd, config.working_dir)
+            assert key is not None
+            push = repository_push(
+                RegistryClient(RegistryOptions(registry=registry.url, http=FAST)),
+                manifest.reference,
+            )
+            work = tmp_path / "work"
+            _fresh(work)
+            image = f"docker:{own_link.host}/{IMAGE}"
+            try:
+                done = _lazyfs(own_link, work, "provision", "c1", image, "--backend", "fuse")
+                rootfs = Path(json.loads(done.stdout)["rootfs"])
+                assert (rootfs / "srv/app/main.py").read_bytes() == debian_like.APP.encode()
+                _lazyfs(own_link, work, "destroy", "c1")  # the mount keeps its trace as it ends
+                assert load_trace(work / "cache", key) is not None
+                assert list_referrers(push, manifest.digest) == ()  # not asked to publish
+
+                _lazyfs(own_link, work, "--publish_indexes", "provision", "c2", image,
+                        "--backend", "fuse")  # fmt: skip
+                listed = list_referrers(push, manifest.digest)
+                assert [entry.artifact_type for entry in listed] == [TRACE_ARTIFACT_TYPE]
+                got = push.get_manifest(listed[0].digest, OCI_MANIFEST)
+                assert got is not None and list(trace_blobs(got[0], manifest.digest)) == [key]
+            finally:
+                for container in ("c1", "c2"):
+                    subprocess.run(_argv(own_link, work, "destroy", container),
+                                   capture_output=True, timeout=300, stdin=subprocess.DEVNULL,
+                                   check=False)  # fmt: skip
+                kill_recorded(work / "cache")

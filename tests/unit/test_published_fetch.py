@@ -27,6 +27,8 @@ from lazyfs.index.artifact import (
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_manifest
 from lazyfs.index.formats import build_index
 from lazyfs.publish import fetch
+from lazyfs.publish import listing as listing_module
+from lazyfs.publish.traces import fetch_traces
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
@@ -103,19 +105,22 @@ def repository(monkeypatch: pytest.MonkeyPatch) -> Iterator[Repository]:
     def listing(
         push: object, subject: Digest, artifact_type: str | None = None
     ) -> tuple[Referrer, ...]:
-        assert subject == SUBJECT and artifact_type == ARTIFACT_TYPE
+        # Unfiltered: one answer serves the index and the trace lookups.
+        assert subject == SUBJECT and artifact_type is None
         found.listings += 1
         return tuple(found.referrers)
 
-    monkeypatch.setattr(fetch, "_answers", {})
-    monkeypatch.setattr(fetch, "list_referrers", listing)
-    monkeypatch.setattr(fetch, "repository_push", lambda client, reference: found)
+    monkeypatch.setattr(listing_module, "list_referrers", listing)
+    monkeypatch.setattr(listing_module, "repository_push", lambda client, reference: found)
     yield found
 
 
+def _image(built: Built) -> ImageManifest:
+    return ImageManifest("registry.invalid/app:1", SUBJECT, (built.layer,))
+
+
 def _look(store: Store, built: Built) -> dict[Digest, Digest]:
-    image = ImageManifest("registry.invalid/app:1", SUBJECT, (built.layer,))
-    return fetch.published_layers(store, None, image, [built.layer])  # type: ignore[arg-type]
+    return fetch.published_layers(store, None, _image(built), [built.layer])  # type: ignore[arg-type]
 
 
 def test_a_store_that_cannot_keep_an_index_means_a_whole_pull(
@@ -130,15 +135,32 @@ def test_a_store_that_cannot_keep_an_index_means_a_whole_pull(
     assert f"{built.layer.digest} is pulled whole: its published index {blob}" in caplog.text
 
 
-def test_only_an_answer_that_found_an_index_is_kept(
+def test_an_index_published_since_the_last_lookup_is_found_by_the_next(
     repository: Repository, built: Built, tmp_path: Path
 ) -> None:
     store = Store(tmp_path / "store")
     assert _look(store, built) == {}
     blob = repository.publish(built.layer.digest, built.index)
-    assert _look(store, built) == {built.layer.digest: blob}  # published since: found
+    # No answer is kept between lookups: "none" must not hide a later push.
     assert _look(store, built) == {built.layer.digest: blob}
-    assert repository.listings == 2  # the found answer was kept
+    assert repository.listings == 2
+
+
+def test_one_listing_serves_the_trace_and_the_index_lookups(
+    repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    store = Store(tmp_path / "store")
+    blob = repository.publish(built.layer.digest, built.index)
+    # Another tool's referrer, of a type of its own, listed beside ours.
+    other = Referrer(Digest("sha256:" + "e" * 64), 9, OCI_MANIFEST, "application/x-sig", {})
+    repository.referrers.insert(0, other)
+    image = _image(built)
+    listed = listing_module.list_image(None, image)  # type: ignore[arg-type]
+    assert listed is not None
+    assert fetch_traces(store, None, image, listed) == []  # type: ignore[arg-type]
+    found = fetch.published_layers(store, None, image, [built.layer], listed)  # type: ignore[arg-type]
+    assert found == {built.layer.digest: blob}
+    assert repository.listings == 1
 
 
 def test_the_newest_index_is_used(repository: Repository, built: Built, tmp_path: Path) -> None:

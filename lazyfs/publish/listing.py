@@ -1,0 +1,79 @@
+"""One referrers listing of an image, shared by every lookup a provision makes.
+
+A lazy provision that trusts published indexes looks for two artifacts
+beside the image: the layer indexes (``lazyfs.publish.fetch``) and the
+learned prefetch traces (``lazyfs.publish.traces``).  Both are found in the
+same list of the image's referrers, so it is asked for once, unfiltered
+(``list_image``: one request to the Referrers API, a second for the
+referrers tag on a registry without it, such as Debian's
+``docker-registry``), and each lookup picks its own artifact type from it
+(``Listing.of_type``).  Filtering here rather than asking the registry to
+filter is what makes one answer serve both; a registry may ignore the
+filter anyway.
+
+The listing lives as long as the provision that made it: nothing of it is
+kept in this process or on disk.  What it found is kept where it is used
+instead: the store's image record names each layer's index blob, so a
+later provision of that image digest does not look again, and the traces
+are kept under the store.  An answer that found nothing is kept nowhere,
+so an index or a trace pushed later, by another process or machine, is
+found by the next provision: a negative answer cached by image digest
+would hide it for as long as the cache lives.  Blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lazyfs.publish.push import repository_push
+from providers.digest import Digest
+from providers.errors import LazyfsError
+from providers.manifest import ImageManifest
+from providers.referrers import Referrer, list_referrers
+from providers.registry import RegistryClient
+from providers.registry_push import RegistryPush
+
+log = logging.getLogger(__name__)
+
+# The OCI annotation of when an artifact was made, which referrers lists may carry.
+CREATED = "org.opencontainers.image.created"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The referrers of ``subject`` in ``push``'s repository, as one answer listed them."""
+
+    push: RegistryPush
+    subject: Digest
+    referrers: tuple[Referrer, ...]
+
+    def of_type(self, artifact_type: str) -> list[Referrer]:
+        """The referrers of ``artifact_type``, the newest first (``newest_first``)."""
+        return newest_first([r for r in self.referrers if r.artifact_type == artifact_type])
+
+
+def list_image(client: RegistryClient, image: ImageManifest) -> Listing | None:
+    """The referrers of ``image`` at its origin; None (one warning) when they cannot be listed."""
+    try:
+        push = repository_push(client, image.reference)
+        return Listing(push, image.digest, list_referrers(push, image.digest))
+    except LazyfsError as error:
+        log.warning("%s: cannot look for published indexes and traces: %s", image.reference,
+                    error)  # fmt: skip
+        return None
+
+
+def newest_first(referrers: Sequence[Referrer]) -> list[Referrer]:
+    """``referrers``, the newest first: by their ``CREATED`` annotation, then last listed first.
+
+    Listed later is newer where the referrers tag lists them: a push appends
+    (``providers.referrers.with_referrer``).
+    """
+    order = sorted(
+        range(len(referrers)),
+        key=lambda at: (referrers[at].annotations.get(CREATED, ""), at),
+        reverse=True,
+    )
+    return [referrers[at] for at in order]
