@@ -13,9 +13,7 @@ import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
 from lazyfs.fs.mount_main import _remote_layer
-from lazyfs.index.artifact import LayerArtifact, Span, build_artifact
-from lazyfs.index.formats import build_index
-from lazyfs.index.model import CHECKPOINTS_NAME
+from lazyfs.index.artifact import LayerArtifact, Span, first_byte
 from lazyfs.index.published import (
     INDEX_BLOB_ANNOTATION,
     PublishedData,
@@ -29,6 +27,7 @@ from providers.manifest import Layer
 from providers.tar_stream import LayerLimits
 from tests.support.blob_sources import MemoryBlobs
 from tests.support.images import Entry, write_layer
+from tests.support.published_artifacts import artifact_of, blobs_of
 
 SPACING = 1 << 16
 _random = random.Random(5)
@@ -47,12 +46,9 @@ class Built:
         path = tmp / "blob"
         path.write_bytes(self.blob)
         self.digest = digest_bytes(self.blob)
-        scratch = tmp / "scratch"
-        scratch.mkdir()
-        index = build_index(self.digest, path, scratch, spacing=SPACING)
-        points = scratch / CHECKPOINTS_NAME
-        checkpoints = points.read_bytes() if points.exists() else b""
-        self.artifact = build_artifact(index, path, checkpoints)
+        self.artifact, self.windows = artifact_of(path, self.digest, tmp / "scratch",
+                                                  spacing=SPACING)  # fmt: skip
+        self.blobs = blobs_of(self.artifact, self.blob, self.windows)
         self.layers_dir = tmp / "layers"
         store_published(self.layers_dir, BLOB, self.artifact)
         self.layer = Layer(self.digest, "", len(self.blob), None, ((INDEX_BLOB_ANNOTATION, BLOB),))
@@ -76,8 +72,9 @@ class Evicting(MemoryBlobs):
         self.evicted: list[tuple[int, int, str]] = []
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        source = self.bad if len(self.evicted) < self.heals or self.heals < 0 else None
-        data = source if source is not None else self.blobs[digest]
+        wrong = len(self.evicted) < self.heals or self.heals < 0
+        # The layer's bytes only: a windows blob is a shorter, other blob.
+        data = self.bad if wrong and len(self.bad) == len(self.blobs[digest]) else self.blobs[digest]
         return data[offset : offset + length]
 
     def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
@@ -86,7 +83,7 @@ class Evicting(MemoryBlobs):
 
 
 def test_every_byte_of_the_stream_reads_right(built: Built) -> None:
-    reader = PublishedLayers({built.digest: built.data}, MemoryBlobs({built.digest: built.blob}))
+    reader = PublishedLayers({built.digest: built.data}, MemoryBlobs(built.blobs))
     rng = random.Random(3)
     for _ in range(60):
         offset = rng.randrange(len(built.tar))
@@ -112,11 +109,11 @@ def test_a_tampered_span_digest_makes_the_layer_eio_for_this_reader(
     number = len(built.data.spans) // 2
     span = built.data.spans[number]
     reader = PublishedLayers(
-        {built.digest: _tampered_span(built, number)}, MemoryBlobs({built.digest: built.blob})
+        {built.digest: _tampered_span(built, number)}, MemoryBlobs(built.blobs)
     )
     # A stream offset whose bytes come from that span: for a tar layer the same
     # offset; for gzip, the uncompressed offset of the checkpoint at its start.
-    offset = span.offset if not built.artifact.checkpoints else _uncompressed_at(built, span)
+    offset = span.offset if not built.artifact.points else _uncompressed_at(built, span)
     with pytest.raises(OSError) as raised:
         reader.read_range(built.digest, offset, 4096)
     assert raised.value.errno == errno.EIO
@@ -134,24 +131,19 @@ def test_a_tampered_span_digest_makes_the_layer_eio_for_this_reader(
 
 
 def _uncompressed_at(built: Built, span: Span) -> int:
-    from lazyfs.index.artifact import parse_checkpoints
-
-    points = parse_checkpoints(
-        built.artifact.checkpoints, len(built.blob), built.artifact.index.tar_size
-    )
-    return next(p.position for p in points if p.offset == span.offset)
+    return next(p.position for p in built.artifact.points if first_byte(p) == span.offset)
 
 
 def test_wrong_bytes_from_the_source_are_read_again_then_refused_for_good(built: Built) -> None:
     damaged = bytearray(built.blob)
     damaged[len(damaged) // 2] ^= 0xFF
-    once = Evicting({built.digest: built.blob}, bytes(damaged), heals=1)
+    once = Evicting(built.blobs, bytes(damaged), heals=1)
     reader = PublishedLayers({built.digest: built.data}, once)
     whole = reader.read_range(built.digest, 0, len(built.tar))
     assert whole == built.tar  # the second read after the eviction was right
     assert len(once.evicted) == 1
 
-    always = Evicting({built.digest: built.blob}, bytes(damaged), heals=-1)
+    always = Evicting(built.blobs, bytes(damaged), heals=-1)
     reader = PublishedLayers({built.digest: built.data}, always)
     with pytest.raises(OSError) as raised:
         reader.read_range(built.digest, 0, len(built.tar))
@@ -174,7 +166,7 @@ def test_no_wrong_byte_from_any_flipped_blob_byte(built: Built) -> None:
         at = rng.randrange(len(damaged))
         damaged[at] ^= rng.randrange(1, 256)
         reader = PublishedLayers(
-            {built.digest: built.data}, MemoryBlobs({built.digest: bytes(damaged)})
+            {built.digest: built.data}, MemoryBlobs({**built.blobs, built.digest: bytes(damaged)})
         )
         for offset in range(0, len(built.tar), 1 << 17):
             try:
@@ -212,7 +204,7 @@ class Mountable(MemoryBlobs):
 
 def test_a_published_layer_is_held_to_the_layer_limits(built: Built) -> None:
     store = Store(built.layers_dir.parent)
-    blobs = Mountable({built.digest: built.blob})
+    blobs = Mountable(built.blobs)
     small = LayerLimits(max_size=len(built.tar) - 1)
     with pytest.raises(BadImage, match="unpacks to more than"):
         _remote_layer(store, built.layer, blobs, entries=True, limits=small)  # type: ignore[arg-type]
