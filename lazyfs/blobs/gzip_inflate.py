@@ -1,95 +1,130 @@
-"""Inflating a gzip stream from one of its checkpoints, with the checkpoint's window only.
+"""Inflating a gzip stream from one of its checkpoints, with that checkpoint's window only.
 
 A deflate stream can be entered at a block boundary given the 32 KiB of
 output before it (the *window*: what back-references there may reach) and
 the bit the block starts at.  zran (``indexed_gzip``) does this from an
-index that holds every window; a published index (format 2) holds each
-window apart, fetched only when a read starts there, so this inflates with
-Python's zlib from one checkpoint and its window alone.
+index it imports.  A published index (format 2) keeps each window apart,
+fetched only when a read starts there, so each inflate hands zran an index
+of three points: the stream's start (it wants one), the checkpoint with its
+window, and the stream's end (so that zran takes the checkpoint's interval
+as covered; its window is never used: nothing is read from the end on).
 
-zlib cannot be told to start mid-byte (no ``inflatePrime``): a checkpoint
-``bits`` back from its byte offset is entered by shifting the compressed
-bytes so that its first bit becomes the first bit of a byte
-(``Shifted``).  Deflate reads bits from the low end of each byte, so the
-stream from that bit on is the little-endian number of the bytes, shifted
-right.
+zran reads the compressed bytes through a file object (``_Compressed``)
+that gives it what ``read(at, size)`` returns, never past the end of the
+span holding ``at``, so a read fetches only the spans it needs.  zran keeps
+the bit offset's alignment (``inflatePrime``), which stored blocks need: a
+start mid-byte cannot be had with Python's zlib.
 
-Pure: ``inflate_from`` is given a function that reads compressed bytes.
+Blocking; a handle per call, closed before it returns.
 """
 
 from __future__ import annotations
 
-import zlib
+import io
+import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
-from lazyfs.index.artifact import WINDOW, Point, first_byte
+from lazyfs.index.artifact import WINDOW, Point
 
-
-class Shifted:
-    """Compressed bytes from a byte's high ``bits`` bits on, re-cut into whole bytes.
-
-    ``feed`` takes the bytes in order, the first being the byte the stream
-    starts in; it holds one byte back, whose low bits the next piece gives.
-    With ``bits`` 0 the bytes pass unchanged.
-    """
-
-    def __init__(self, bits: int) -> None:
-        self.shift = 8 - bits if bits else 0
-        self._carry = b""
-
-    def feed(self, piece: bytes) -> bytes:
-        if not self.shift:
-            return piece
-        data = self._carry + piece
-        if len(data) < 2:
-            self._carry = data
-            return b""
-        whole = len(data) - 1
-        value = int.from_bytes(data, "little") >> self.shift
-        self._carry = data[-1:]
-        return (value & ((1 << (8 * whole)) - 1)).to_bytes(whole, "little")
+_GZIDX_HEAD = struct.Struct("<5sBBQQIII")
+_GZIDX_POINT = struct.Struct("<QQBB")
+# Compressed bytes zran asks for at a time; a read stops at a span's end anyway.
+READ_BUFFER = 64 << 10
 
 
-@dataclass(frozen=True, slots=True)
-class Inflated:
-    """``data``, and whether the deflate stream ended before more was wanted."""
-
-    data: bytes
-    ended: bool
+def zran_index(first: Point, point: Point, window: bytes | None, size: int, tar_size: int) -> bytes:
+    """indexed_gzip's export of an index of ``first``, ``point`` (with ``window``) and the end."""
+    rows = [(first.offset, first.position, first.bits, 0)]
+    windows = []
+    if point is not first:
+        if window is None or len(window) != WINDOW:
+            raise ValueError("a checkpoint past the stream's start needs its 32 KiB window")
+        rows.append((point.offset, point.position, point.bits, 1))
+        windows.append(window)
+    rows.append((size, tar_size, 0, 1))
+    windows.append(bytes(WINDOW))
+    head = _GZIDX_HEAD.pack(b"GZIDX", 1, 0, size, tar_size, 1 << 20, WINDOW, len(rows))
+    return head + b"".join(_GZIDX_POINT.pack(*row) for row in rows) + b"".join(windows)
 
 
 def inflate_from(
+    first: Point,
     point: Point,
     window: bytes | None,
-    read: Callable[[int], bytes],
-    skip: int,
+    read: Callable[[int, int], bytes],
+    sizes: tuple[int, int],
+    offset: int,
     length: int,
-) -> Inflated:
-    """Up to ``length`` bytes of the stream, ``skip`` bytes past ``point``.
+) -> bytes:
+    """Up to ``length`` bytes of the tar stream at ``offset`` (in ``point``'s interval or after).
 
-    ``window``: the point's window (None only at the stream's start);
-    ``read(at)`` gives compressed bytes at ``at`` (some, b"" at the blob's
-    end).  zlib.error for bytes that do not inflate from there (a window or
-    point that is not the stream's); ValueError for a window of another size.
+    ``sizes``: the blob's and the tar stream's lengths; ``read(at, size)``
+    gives up to ``size`` compressed bytes at ``at`` (short at a span's end,
+    b"" at the blob's).  OSError or ValueError when zran cannot inflate
+    (``read``'s own OSError among them).
     """
-    if window is not None and len(window) != WINDOW:
-        raise ValueError(f"a window of {len(window)} bytes, want {WINDOW}")
-    inflater = (
-        zlib.decompressobj(-15, zdict=window) if window is not None else zlib.decompressobj(-15)
-    )
-    shifted = Shifted(point.bits)
-    need = skip + length
-    parts: list[bytes] = []
-    got = 0
-    at = first_byte(point)
-    while got < need and not inflater.eof:
-        piece = read(at)
-        if not piece:
-            break
-        at += len(piece)
-        out = inflater.decompress(shifted.feed(piece), need - got)
-        parts.append(out)
-        got += len(out)
-    data = b"".join(parts)
-    return Inflated(data[skip:need], inflater.eof)
+    # Loaded with the first gzip read only.  The unbuffered handle: the
+    # buffered one decodes ahead of a read, which needs spans the read does not.
+    from indexed_gzip.indexed_gzip import _IndexedGzipFile  # type: ignore[import-untyped]
+
+    size, tar_size = sizes
+    blob = _Compressed(read, size)
+    handle = _IndexedGzipFile(fileobj=blob, auto_build=False, readbuf_size=READ_BUFFER)
+    try:
+        handle.import_index(fileobj=io.BytesIO(zran_index(first, point, window, size, tar_size)))
+        handle.seek(offset)
+        parts = []
+        left = length
+        while left > 0 and (got := handle.read(left)):
+            parts.append(got)
+            left -= len(got)
+    except (OSError, ValueError) as error:
+        if blob.failure is not None:
+            raise blob.failure from error  # what zran's own error does not say
+        raise
+    finally:
+        handle.close()
+    return b"".join(parts)
+
+
+class _Compressed(io.RawIOBase):
+    """The compressed blob as zran reads it: what ``read`` gives, nothing else."""
+
+    def __init__(self, read: Callable[[int, int], bytes], size: int) -> None:
+        super().__init__()
+        self._read = read
+        self.size = size
+        self.position = 0
+        self.failure: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Some bytes at the position: short reads are no end of file to zran (only b"" is)."""
+        if size is None or size < 0:
+            size = self.size - self.position
+        try:
+            got = self._read(self.position, size)
+        except OSError as error:
+            self.failure = error
+            raise
+        self.position += len(got)
+        return got
+
+    def readinto(self, buffer: Any) -> int:
+        got = self.read(len(buffer))
+        buffer[: len(got)] = got
+        return len(got)

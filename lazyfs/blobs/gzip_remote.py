@@ -62,9 +62,6 @@ from providers.manifest import Layer
 from providers.source import BlobSource
 
 DEFAULT_KEEP_BYTES = 32 << 20
-# Compressed bytes inflated at a time; never past a span's end, so a read fetches
-# only the spans it needs.
-READ_BUFFER = 64 << 10
 log = logging.getLogger(__name__)
 
 
@@ -238,26 +235,30 @@ class PublishedLayers:
         self._prefetch_span(digest, data, first_byte(point))
         window = None if point.window is None else self._window(digest, data, point.window)
 
-        def read(at: int) -> bytes:
-            return self.blob_bytes(digest, at, min(READ_BUFFER, self.span_end(digest, at) - at))
+        def read(at: int, size: int) -> bytes:
+            return self.blob_bytes(digest, at, min(size, self.span_end(digest, at) - at))
 
         try:
-            got = inflate_from(point, window, read, offset - point.position, length)
-        except zlib.error as error:
+            got = inflate_from(
+                data.points[0], point, window, read, (data.size, data.tar_size), offset, length
+            )
+        except (OSError, ValueError) as error:
+            if isinstance(error, OSError) and error.errno == errno.EIO:
+                raise  # a span that could not be had or did not verify: logged, EIO already
             problem = BadImage(
                 f"layer {digest}: its blob does not inflate from the published checkpoint at"
                 f" {point.offset} ({error})"
             )
             self._mark_bad(digest, problem)
             raise OSError(errno.EIO, str(problem)) from error
-        if len(got.data) < length and offset + len(got.data) < data.tar_size:
+        if len(got) < length and offset + len(got) < data.tar_size:
             problem = BadImage(
-                f"layer {digest}: its stream ends at {offset + len(got.data)} inflated from the"
+                f"layer {digest}: its stream ends at {offset + len(got)} inflated from the"
                 f" published checkpoint at {point.offset}, its index says {data.tar_size}"
             )
             self._mark_bad(digest, problem)
             raise OSError(errno.EIO, str(problem))
-        return got.data
+        return got
 
     def _prefetch_span(self, digest: Digest, data: PublishedData, offset: int) -> None:
         """Have a caching source fetch the span at ``offset`` while the window is fetched.

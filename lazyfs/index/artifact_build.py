@@ -110,7 +110,7 @@ def _checkpoints(
     blob: Path, index: LayerIndex, size: int, spacing: int
 ) -> tuple[tuple[Point, ...], bytes]:
     """zran's checkpoints of ``blob`` every ``spacing`` bytes, and their windows blob."""
-    from indexed_gzip import IndexedGzipFile  # type: ignore[import-untyped]
+    from indexed_gzip import IndexedGzipFile
 
     out = io.BytesIO()
     try:

@@ -59,7 +59,7 @@ def artifact_manifest(
         if windows is not None and layer in windows:
             listed.append((WINDOWS_MEDIA_TYPE, windows[layer]))
         for media_type, desc in listed:
-            notes = {LAYER_ANNOTATION: layer}
+            notes: dict[str, str] = {LAYER_ANNOTATION: layer}
             layers.append(_descriptor(Descriptor(media_type, desc.digest, desc.size, None, notes)))
     doc = {
         "schemaVersion": 2,

@@ -7,13 +7,15 @@ import errno
 import gzip
 import hashlib
 import random
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
 from lazyfs.fs.mount_main import _remote_layer
-from lazyfs.index.artifact import LayerArtifact, Span, first_byte
+from lazyfs.index.artifact import MAX_SPAN, LayerArtifact, Span, first_byte
 from lazyfs.index.published import (
     INDEX_BLOB_ANNOTATION,
     PublishedData,
@@ -25,7 +27,7 @@ from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
 from providers.manifest import Layer
 from providers.tar_stream import LayerLimits
-from tests.support.blob_sources import MemoryBlobs
+from tests.support.blob_sources import CountingBlobs, MemoryBlobs
 from tests.support.images import Entry, write_layer
 from tests.support.published_artifacts import artifact_of, blobs_of
 
@@ -74,7 +76,9 @@ class Evicting(MemoryBlobs):
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         wrong = len(self.evicted) < self.heals or self.heals < 0
         # The layer's bytes only: a windows blob is a shorter, other blob.
-        data = self.bad if wrong and len(self.bad) == len(self.blobs[digest]) else self.blobs[digest]
+        data = (
+            self.bad if wrong and len(self.bad) == len(self.blobs[digest]) else self.blobs[digest]
+        )
         return data[offset : offset + length]
 
     def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
@@ -213,3 +217,96 @@ def test_a_published_layer_is_held_to_the_layer_limits(built: Built) -> None:
     index, reader, _ = _remote_layer(store, built.layer, blobs, entries=True, limits=enough)  # type: ignore[arg-type]
     assert index.tar_size == len(built.tar) and blobs.mounted == [built.digest]
     assert reader.read_range(built.digest, 0, 512) == built.tar[:512]
+
+
+@pytest.fixture(scope="module")
+def gz(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return Built(tmp_path_factory.mktemp("gz"), True)
+
+
+def _middle_point(built: Built) -> int:
+    return len(built.artifact.points) // 2
+
+
+def _with_window(built: Built, number: int, **changes: Any) -> PublishedData:
+    points = list(built.data.points or ())
+    window = points[number].window
+    assert window is not None
+    points[number] = dataclasses.replace(
+        points[number], window=dataclasses.replace(window, **changes)
+    )
+    return dataclasses.replace(built.data, points=tuple(points))
+
+
+def test_a_tampered_window_digest_is_eio_for_the_layer(
+    gz: Built, caplog: pytest.LogCaptureFixture
+) -> None:
+    number = _middle_point(gz)
+    at = gz.artifact.points[number].position
+    data = _with_window(gz, number, sha256="0" * 64)
+    reader = PublishedLayers({gz.digest: data}, MemoryBlobs(gz.blobs))
+    assert reader.read_range(gz.digest, 0, 4096) == gz.tar[:4096]  # no window needed
+    with pytest.raises(OSError) as raised:
+        reader.read_range(gz.digest, at + 10, 100)
+    assert raised.value.errno == errno.EIO
+    assert "checkpoint window" in str(raised.value)
+    with pytest.raises(OSError) as raised:
+        reader.read_range(gz.digest, 0, 4096)  # not served any more, though kept
+    assert raised.value.errno == errno.EIO
+    assert caplog.text.count("does not match its published index") == 1
+
+
+def test_a_window_that_is_not_a_zlib_window_is_eio(gz: Built) -> None:
+    """A windows blob whose bytes match their digests but are no 32 KiB window: refused."""
+    number = _middle_point(gz)
+    point = gz.artifact.points[number]
+    assert point.window is not None and gz.artifact.windows is not None
+    for forged in (b"not zlib at all", zlib.compress(bytes(100)), zlib.compress(bytes(40000))):
+        windows = gz.windows + forged
+        blobs = {**gz.blobs, gz.artifact.windows: windows}
+        data = _with_window(
+            gz,
+            number,
+            offset=len(gz.windows),
+            length=len(forged),
+            sha256=hashlib.sha256(forged).hexdigest(),
+        )
+        data = dataclasses.replace(data, windows_size=len(windows))
+        reader = PublishedLayers({gz.digest: data}, MemoryBlobs(blobs))
+        with pytest.raises(OSError) as raised:
+            reader.read_range(gz.digest, point.position, 100)
+        assert raised.value.errno == errno.EIO
+        assert "bytes of zlib" in str(raised.value)
+
+
+def test_a_read_fetches_its_own_window_and_spans_only(gz: Built) -> None:
+    number = _middle_point(gz)
+    point, after = gz.artifact.points[number], gz.artifact.points[number + 1]
+    counting = CountingBlobs(MemoryBlobs(gz.blobs))
+    reader = PublishedLayers({gz.digest: gz.data}, counting)
+    at = point.position + 100
+    assert reader.read_range(gz.digest, at, 200) == gz.tar[at : at + 200]
+    windows = [r for r in counting.reads if r[0] == gz.artifact.windows]
+    assert point.window is not None
+    assert windows == [(gz.artifact.windows, point.window.offset, point.window.length)]
+    layer = [r for r in counting.reads if r[0] == gz.digest]
+    # The compressed bytes of its interval, cut in spans, and no span before or after it.
+    assert min(offset for _, offset, _ in layer) == first_byte(point)
+    assert max(offset + length for _, offset, length in layer) <= first_byte(after) + MAX_SPAN
+
+
+def test_no_wrong_byte_from_any_flipped_windows_byte(gz: Built) -> None:
+    assert gz.artifact.windows is not None
+    rng = random.Random(12)
+    for _ in range(20):
+        damaged = bytearray(gz.windows)
+        damaged[rng.randrange(len(damaged))] ^= rng.randrange(1, 256)
+        blobs = {**gz.blobs, gz.artifact.windows: bytes(damaged)}
+        reader = PublishedLayers({gz.digest: gz.data}, MemoryBlobs(blobs))
+        for offset in range(0, len(gz.tar), 1 << 16):
+            try:
+                got = reader.read_range(gz.digest, offset, 1 << 16)
+            except OSError as error:
+                assert error.errno == errno.EIO
+                continue
+            assert got == gz.tar[offset : offset + (1 << 16)]

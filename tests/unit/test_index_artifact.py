@@ -217,7 +217,9 @@ def test_hostile_points(gz: tuple[Path, LayerArtifact]) -> None:
         "lacks a window": [rows[0], second[:3], *rows[2:]],
         "has a window": [[*rows[0], *second[3:]], *rows[1:]],
         "out of place or of a bad length": [
-            rows[0], [*second[:3], second[3] + 1, *second[4:]], *rows[2:]
+            rows[0],
+            [*second[:3], second[3] + 1, *second[4:]],
+            *rows[2:],
         ],
         "window .* is not": [rows[0], [*second[:5], "nothex"], *rows[2:]],
     }
