@@ -328,28 +328,33 @@ def open_published(
 
 
 def _reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None:
-    """Let the cache daemon's client read the layer's windows blob, from where it reads the layer.
+    """Have the cache daemon's client read the layer, and its windows blob, by exact ranges.
 
-    The client reads only the blobs it was given (the image's layers); the
-    windows blob is in the same repository.  Read by exact ranges: a window
-    is wanted where a read inflates, not the ones after it.
+    Exact: a read here fetches whole spans, each checked, and a window only
+    where a read inflates; what the daemon would read ahead of them is
+    seldom what the next read needs (measured: 6% more of the image crossed
+    before a program's first line).  The client reads only the blobs it was
+    given (the image's layers); the windows blob is in the layer's
+    repository, so it is read from the layer's origin.  A source that is no
+    such client (a test's) is left as it is.
     """
     known = getattr(blobs, "blobs", None)
-    if data.windows is None or not isinstance(known, dict):
-        return
-    origin = known.get(layer)
+    origin = known.get(layer) if isinstance(known, dict) else None
     if origin is None or not dataclasses.is_dataclass(origin) or not hasattr(origin, "exact"):
-        return  # not the daemon's client (a test's source already has every blob)
-    known.setdefault(
-        data.windows,
-        dataclasses.replace(
-            origin,  # type: ignore[type-var]
-            size=data.windows_size,
-            diff_id=None,
-            media_type=WINDOWS_MEDIA_TYPE,
-            exact=True,
-        ),
-    )
+        return
+    assert isinstance(known, dict)
+    known[layer] = dataclasses.replace(origin, exact=True)  # type: ignore[type-var]
+    if data.windows is not None:
+        known.setdefault(
+            data.windows,
+            dataclasses.replace(
+                origin,  # type: ignore[type-var]
+                size=data.windows_size,
+                diff_id=None,
+                media_type=WINDOWS_MEDIA_TYPE,
+                exact=True,
+            ),
+        )
 
 
 def _mismatch(digest: Digest, span: Span, piece: bytes, what: str) -> DigestMismatch | None:

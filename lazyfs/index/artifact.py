@@ -207,7 +207,7 @@ def decode(data: bytes, *, layer: Digest | None = None) -> LayerArtifact:
         if tar_size != size or points or windows is not None:
             raise _bad("a tar layer's index has checkpoints or another length than its blob")
     else:
-        if not points or windows is None:
+        if not points:
             raise _bad("a gzip layer's index has no checkpoints")
         starts = {span.offset for span in spans}
         for point in points:

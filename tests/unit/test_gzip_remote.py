@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lazyfs.blobs.gzip_remote import PublishedLayers
+from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.fs.mount_main import _remote_layer
 from lazyfs.index.artifact import MAX_SPAN, LayerArtifact, Span, first_byte
 from lazyfs.index.published import (
@@ -310,3 +310,17 @@ def test_no_wrong_byte_from_any_flipped_windows_byte(gz: Built) -> None:
                 assert error.errno == errno.EIO
                 continue
             assert got == gz.tar[offset : offset + (1 << 16)]
+
+
+def test_the_daemons_client_reads_the_layer_and_its_windows_by_exact_ranges(
+    gz: Built, tmp_path: Path
+) -> None:
+    from lazyfs.cache.client import CacheClient, remote_blob
+
+    client = CacheClient(tmp_path / "cache", {gz.digest: remote_blob("r.invalid", "app", gz.layer)})
+    found = open_published(gz.layers_dir, gz.layer, client)
+    assert found is not None and gz.artifact.windows is not None
+    layer, windows = client.blobs[gz.digest], client.blobs[gz.artifact.windows]
+    assert layer.exact and windows.exact
+    assert windows.origin == layer.origin and windows.size == len(gz.windows)
+    assert windows.diff_id is None
