@@ -220,44 +220,40 @@ class PublishedLayers:
     # -- gzip ----------------------------------------------------------------
 
     def _inflated(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
-        inflate = lambda at, size: self._inflate(digest, data, at, size)  # noqa: E731
-        return read_intervals(self._intervals, digest, data.positions, offset, length, inflate)
+        inflate = lambda number: self._interval(digest, data, number)  # noqa: E731
+        return read_intervals(self._intervals, digest, data.bounds, offset, length, inflate)
 
-    def _inflate(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset``, inflated from the checkpoint before it.
-
-        Short only at the stream's end.
-        """
+    def _interval(self, digest: Digest, data: PublishedData, number: int) -> bytes:
+        """Interval ``number`` of the tar stream, inflated whole and checked against its digest."""
         assert data.points is not None  # a gzip layer's
         with self._lock:
             self.inflations += 1
-        point = data.points[bisect.bisect_right(data.positions, offset) - 1]
+        point = data.points[number]
         self._prefetch_span(digest, data, first_byte(point))
         window = None if point.window is None else self._window(digest, data, point.window)
 
         def read(at: int, size: int) -> bytes:
             return self.blob_bytes(digest, at, min(size, self.span_end(digest, at) - at))
 
+        length = data.bounds[number + 1] - point.position
         try:
             got = inflate_from(
-                data.points[0], point, window, read, (data.size, data.tar_size), offset, length
-            )
+                data.points[0], point, window, read, (data.size, data.tar_size), point.position,
+                length,
+            )  # fmt: skip
         except (OSError, ValueError) as error:
             if isinstance(error, OSError) and error.errno == errno.EIO:
                 raise  # a span that could not be had or did not verify: logged, EIO already
-            problem = BadImage(
+            problem: LazyfsError = BadImage(
                 f"layer {digest}: its blob does not inflate from the published checkpoint at"
                 f" {point.offset} ({error})"
             )
             self._mark_bad(digest, problem)
             raise OSError(errno.EIO, str(problem)) from error
-        if len(got) < length and offset + len(got) < data.tar_size:
-            problem = BadImage(
-                f"layer {digest}: its stream ends at {offset + len(got)} inflated from the"
-                f" published checkpoint at {point.offset}, its index says {data.tar_size}"
-            )
-            self._mark_bad(digest, problem)
-            raise OSError(errno.EIO, str(problem))
+        where = Span(point.position, length, point.sha256)
+        if (wrong := _mismatch(digest, where, got, "inflated interval")) is not None:
+            self._mark_bad(digest, wrong)
+            raise OSError(errno.EIO, str(wrong)) from wrong
         return got
 
     def _prefetch_span(self, digest: Digest, data: PublishedData, offset: int) -> None:

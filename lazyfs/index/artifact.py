@@ -16,16 +16,19 @@ only what is small:
   or "none"), the tar stream's length, ``spans``: the compressed blob cut
   into consecutive ranges ``[offset, length, sha256 hex]`` covering it
   exactly, cut at every checkpoint's first byte (and at most ``MAX_SPAN`` long), and,
-  for gzip, ``points``: the checkpoints ``[offset, position, bits]`` (where
-  zran may start inflating: compressed offset, ``bits`` back, tar
-  position), each but the first followed by ``window offset, length,
-  sha256 hex`` of its window in the windows blob, which ``windows``
-  (``{"digest", "size"}``) names;
+  for gzip, ``points``: the checkpoints ``[offset, position, bits, sha256
+  hex]`` (where zran may start inflating: compressed offset, ``bits``
+  back, tar position; the sha256 of the tar stream from there to the next
+  checkpoint or the stream's end, its *interval*), each but the first
+  followed by ``window offset, length, sha256 hex`` of its window in the
+  windows blob, which ``windows`` (``{"digest", "size"}``) names;
 - the *windows* (``WINDOWS_MEDIA_TYPE``): each checkpoint's 32 KiB window
   (the inflated bytes before it, what inflating from there needs), zlib
   compressed, one after another.  A mount reads a window by range only when
   a read inflates from its checkpoint, and checks it against its digest in
-  the head before it is inflated (``lazyfs.blobs.gzip_remote``).
+  the head before it is inflated; it inflates a whole interval, and checks
+  it against its digest before serving any of it
+  (``lazyfs.blobs.gzip_remote``).
 
 Format 1 (``application/vnd.lazyfs.index.v1``: one blob, every window raw)
 is not read any more: its artifacts are not looked up, so such an image is
@@ -40,7 +43,9 @@ window digests make windows other than the head's fail, but the windows
 the head names and the entries (names, modes, owners, where each file's
 bytes are) are taken on the artifact's word (a regular file is held to its
 tar headers when its data is first read: ``lazyfs.blobs.entry_check``;
-entries without data are not).  So the artifact is trusted as far as
+entries without data are not).  The tar stream itself is held to the
+interval digests, so a forged checkpoint or window is EIO, not other bytes;
+but a head forged whole can name a stream of its own making.  So the artifact is trusted as far as
 whoever may push to the image's repository, and only when
 ``--trust_published_indexes`` says so; the layer's blob digest and diff_id
 are checked only once the whole blob has arrived.  Building is
@@ -81,6 +86,10 @@ MAX_SIZE = 1 << 50
 WINDOW = 32768
 # A compressed window: zlib of 32 KiB that does not compress is a little longer.
 MAX_WINDOW_BYTES = WINDOW + 1024
+# Tar stream between two checkpoints: inflated whole to be checked.  zran
+# checkpoints at a deflate block's end past its spacing, and a zlib block
+# holds at most 16 Ki symbols of up to 258 bytes: ~4 MiB past the spacing.
+MAX_INTERVAL = 16 << 20
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -98,13 +107,15 @@ class Span:
 class Point:
     """Where inflating may start: compressed ``offset`` (``bits`` back), tar ``position``.
 
-    ``window``: where its compressed window is in the windows blob; None
-    only for the first point, at the start of the deflate stream.
+    ``sha256``: of the tar stream from ``position`` to the next point (or
+    the stream's end); ``window``: where its compressed window is in the
+    windows blob, None only for the first point, at the deflate stream's start.
     """
 
     offset: int
     position: int
     bits: int
+    sha256: str
     window: Span | None
 
 
@@ -155,7 +166,7 @@ def _row(span: Span) -> list[int | str]:
 
 
 def _point_row(point: Point) -> list[int | str]:
-    head: list[int | str] = [point.offset, point.position, point.bits]
+    head: list[int | str] = [point.offset, point.position, point.bits, point.sha256]
     return head if point.window is None else head + _row(point.window)
 
 
@@ -338,22 +349,31 @@ def _points(raw: object, size: int, tar_size: int, windows_size: int) -> tuple[P
     points: list[Point] = []
     offset, position, stored = 0, -1, 0
     for number, item in enumerate(raw):
-        if not _ints(item, 3) or len(item) not in (3, 6):
-            raise _bad(f"checkpoint {number} is not [offset, position, bits, window...]")
-        cmp, uncmp, bits = item[:3]
+        if (
+            not _ints(item, 3)
+            or len(item) not in (4, 7)
+            or not isinstance(item[3], str)
+            or not _HEX.match(item[3])
+        ):
+            raise _bad(f"checkpoint {number} is not [offset, position, bits, sha256, window...]")
+        cmp, uncmp, bits, digest = item[:4]
         if cmp < offset or cmp > size or uncmp <= position or uncmp > tar_size:
             raise _bad(f"checkpoint {number} at {cmp}/{uncmp} is out of order or past the layer")
         if not 0 <= bits <= 7 or (bits and cmp == 0) or (number == 0) != (uncmp == 0):
             raise _bad(f"checkpoint {number} is malformed")
-        window = None if len(item) == 3 else _span(item[3:], f"checkpoint {number}'s window")
+        window = None if len(item) == 4 else _span(item[4:], f"checkpoint {number}'s window")
         if (window is None) != (number == 0):
             raise _bad(f"checkpoint {number} {'lacks' if window is None else 'has'} a window")
         if window is not None:
             if window.offset != stored or not 0 < window.length <= MAX_WINDOW_BYTES:
                 raise _bad(f"checkpoint {number}'s window is out of place or of a bad length")
             stored += window.length
+        if position >= 0 and uncmp - position > MAX_INTERVAL:
+            raise _bad(f"checkpoint {number} is more than {MAX_INTERVAL} bytes past the one before")
         offset, position = cmp, uncmp
-        points.append(Point(cmp, uncmp, bits, window))
+        points.append(Point(cmp, uncmp, bits, digest, window))
+    if points and tar_size - position > MAX_INTERVAL:
+        raise _bad(f"the last checkpoint is more than {MAX_INTERVAL} bytes before the end")
     if stored != windows_size:
         raise _bad(f"windows take {stored} bytes, the windows blob has {windows_size}")
     return tuple(points)

@@ -9,11 +9,13 @@ each, compressed.
 
 zran (``indexed_gzip``) finds the checkpoints; it checks no CRC, which does
 not matter here: the blob is the store's, verified against its digest, and
-zran must agree with the stored index on the stream's length.  A gzip blob
-of several members is not published (an inflater started from a checkpoint
-stops at a member's end): such a layer is pulled whole.
+zran must agree with the stored index on the stream's length.  The digest
+of each interval is taken from Python's inflater (which checks the CRC).
+A gzip blob of several members is not published (this code does not
+expect one): such a layer is pulled whole.
 
-Blocking (reads the blob twice: zran's pass, and one for the span digests).
+Blocking (reads the blob three times: zran's pass, the interval digests'
+and the span digests').
 """
 
 from __future__ import annotations
@@ -67,9 +69,16 @@ def build_artifact(
     points: tuple[Point, ...] = ()
     windows = b""
     if index.compression == "gzip":
-        if not _one_member(blob):
+        found = _checkpoints(blob, index, size, spacing)
+        if found is None:
             return None
-        points, windows = _checkpoints(blob, index, size, spacing)
+        points, windows = found
+        digests = _interval_digests(blob, [p.position for p in points], index.tar_size)
+        if digests is None:
+            return None
+        points = tuple(
+            dataclasses.replace(p, sha256=d) for p, d in zip(points, digests, strict=True)
+        )
     starts = span_bounds(points, size)
     spans = []
     with blob.open("rb") as stream:
@@ -90,26 +99,51 @@ def build_artifact(
     return artifact, windows
 
 
-def _one_member(blob: Path) -> bool:
-    """Whether the gzip blob is one member, with nothing after it."""
+def _interval_digests(blob: Path, positions: list[int], tar_size: int) -> list[str] | None:
+    """The sha256 of the tar stream between each two ``positions`` and from the last to the end.
+
+    None unless the gzip blob is one member, with nothing after it, of
+    ``tar_size`` bytes.
+    """
+    cuts = [*positions[1:], tar_size]
+    digests: list[str] = []
+    hashing = hashlib.sha256()
+    at = 0
     inflater = zlib.decompressobj(31)
+
+    def take(out: bytes) -> None:
+        nonlocal hashing, at
+        while out:
+            piece = out[: cuts[len(digests)] - at] if len(digests) < len(cuts) else out
+            hashing.update(piece)
+            at += len(piece)
+            out = out[len(piece) :]
+            if len(digests) < len(cuts) and at == cuts[len(digests)]:
+                digests.append(hashing.hexdigest())
+                hashing = hashlib.sha256()
+
     with blob.open("rb") as stream:
         while piece := stream.read(_READ):
             if inflater.eof:
-                return False
+                return None
             try:
-                inflater.decompress(piece, 0)
+                take(inflater.decompress(piece, _READ))
                 while inflater.unconsumed_tail:
-                    inflater.decompress(inflater.unconsumed_tail, _READ)
+                    take(inflater.decompress(inflater.unconsumed_tail, _READ))
             except zlib.error:
-                return False
-    return inflater.eof and not inflater.unused_data
+                return None
+    if not inflater.eof or inflater.unused_data or at != tar_size:
+        return None
+    return digests if len(digests) == len(positions) else None
 
 
 def _checkpoints(
     blob: Path, index: LayerIndex, size: int, spacing: int
-) -> tuple[tuple[Point, ...], bytes]:
-    """zran's checkpoints of ``blob`` every ``spacing`` bytes, and their windows blob."""
+) -> tuple[tuple[Point, ...], bytes] | None:
+    """zran's checkpoints of ``blob`` every ``spacing`` bytes, and their windows blob.
+
+    None for a blob of several members (zran starts each with a point of no window).
+    """
     from indexed_gzip import IndexedGzipFile
 
     out = io.BytesIO()
@@ -142,12 +176,14 @@ def _checkpoints(
         at += window if has else 0
         if uncmp >= index.tar_size or (points and uncmp <= points[-1].position):
             continue  # the stream's end: nothing to read from there
-        if (raw is None) != (uncmp == 0):
+        if raw is None and uncmp != 0:
+            return None
+        if raw is not None and uncmp == 0:
             raise BadImage(f"layer {index.digest}: zran's checkpoint {number} is not as expected")
         ref = None
         if raw is not None:
             packed = zlib.compress(raw, 9)
             ref = Span(len(windows), len(packed), hashlib.sha256(packed).hexdigest())
             windows += packed
-        points.append(Point(cmp, uncmp, bits, ref))
+        points.append(Point(cmp, uncmp, bits, "", ref))  # its interval's digest comes next
     return tuple(points), bytes(windows)

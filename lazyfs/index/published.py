@@ -67,9 +67,9 @@ class PublishedData:
         return [span.offset for span in self.spans]
 
     @cached_property
-    def positions(self) -> list[int]:
-        """Where each checkpoint is in the tar stream, for bisection."""
-        return [point.position for point in self.points or ()]
+    def bounds(self) -> list[int]:
+        """Where each checkpoint is in the tar stream, then its end: the intervals' bounds."""
+        return [*(point.position for point in self.points or ()), self.tar_size]
 
 
 def published_layers_dir(layers_dir: Path, layer: Digest, blob: Digest) -> Path:
@@ -99,7 +99,7 @@ def store_published(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> 
         "size": artifact.layer_size,
         "spans": [list(_row(s)) for s in artifact.spans],
         "points": [
-            [p.offset, p.position, p.bits, *(_row(p.window) if p.window else ())]
+            [p.offset, p.position, p.bits, p.sha256, *(_row(p.window) if p.window else ())]
             for p in artifact.points
         ],
         "windows": artifact.windows,
@@ -152,8 +152,8 @@ def load_published(
 
 def _point(row: list[object]) -> Point:
     offset, position, bits = (int(v) for v in row[:3])  # type: ignore[call-overload]
-    window = None if len(row) == 3 else Span(int(row[3]), int(row[4]), str(row[5]))  # type: ignore[call-overload]
-    return Point(offset, position, bits, window)
+    window = None if len(row) == 4 else Span(int(row[4]), int(row[5]), str(row[6]))  # type: ignore[call-overload]
+    return Point(offset, position, bits, str(row[3]), window)
 
 
 def is_published(layers_dir: Path, digest: Digest) -> bool:

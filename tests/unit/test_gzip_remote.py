@@ -15,7 +15,7 @@ import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.fs.mount_main import _remote_layer
-from lazyfs.index.artifact import MAX_SPAN, LayerArtifact, Span, first_byte
+from lazyfs.index.artifact import MAX_SPAN, WINDOW, LayerArtifact, Span, first_byte
 from lazyfs.index.published import (
     INDEX_BLOB_ANNOTATION,
     PublishedData,
@@ -324,3 +324,55 @@ def test_the_daemons_client_reads_the_layer_and_its_windows_by_exact_ranges(
     assert layer.exact and windows.exact
     assert windows.origin == layer.origin and windows.size == len(gz.windows)
     assert windows.diff_id is None
+
+
+@pytest.mark.parametrize("change", ["bits", "offset"])
+def test_a_tampered_checkpoint_is_eio_never_a_wrong_byte(gz: Built, change: str) -> None:
+    """A point moved off its deflate block: zran does not inflate from there, or the
+    stream ends early; either is EIO for the layer."""
+    points = list(gz.artifact.points)
+    refused = 0
+    for number in range(1, len(points)):
+        point = points[number]
+        moved = (
+            dataclasses.replace(point, bits=(point.bits + 3) % 8 or 1, offset=point.offset or 1)
+            if change == "bits"
+            else dataclasses.replace(point, offset=point.offset + 1)
+        )
+        data = dataclasses.replace(gz.data, points=(*points[:number], moved, *points[number + 1 :]))
+        reader = PublishedLayers({gz.digest: data}, MemoryBlobs(gz.blobs))
+        at = point.position
+        try:
+            got = reader.read_range(gz.digest, at, 4096)
+        except OSError as error:
+            assert error.errno == errno.EIO
+            refused += 1
+            continue
+        assert got == gz.tar[at : at + 4096], number
+    assert refused == len(points) - 1
+
+
+def test_a_forged_window_with_its_own_digest_is_eio_never_a_wrong_byte(gz: Built) -> None:
+    """A window the head names by digest but that is not the stream's: the interval's
+    digest catches what it inflates to."""
+    assert gz.artifact.windows is not None
+    forged = zlib.compress(bytes(WINDOW))
+    windows = gz.windows + forged
+    refused = 0
+    for number in range(1, len(gz.artifact.points)):
+        point = gz.artifact.points[number]
+        data = _with_window(
+            gz, number, offset=len(gz.windows), length=len(forged),
+            sha256=hashlib.sha256(forged).hexdigest(),
+        )  # fmt: skip
+        data = dataclasses.replace(data, windows_size=len(windows))
+        blobs = {**gz.blobs, gz.artifact.windows: windows}
+        reader = PublishedLayers({gz.digest: data}, MemoryBlobs(blobs))
+        try:
+            got = reader.read_range(gz.digest, point.position, 1 << 16)
+        except OSError as error:
+            assert error.errno == errno.EIO
+            refused += 1
+            continue
+        assert got == gz.tar[point.position : point.position + (1 << 16)]
+    assert refused > 0

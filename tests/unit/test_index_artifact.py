@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import itertools
 import json
 import random
 import zlib
@@ -202,7 +203,7 @@ def _rows(artifact: LayerArtifact) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for p in artifact.points:
         window = [] if p.window is None else [p.window.offset, p.window.length, p.window.sha256]
-        rows.append([p.offset, p.position, p.bits, *window])
+        rows.append([p.offset, p.position, p.bits, p.sha256, *window])
     return rows
 
 
@@ -213,24 +214,41 @@ def test_hostile_points(gz: tuple[Path, LayerArtifact]) -> None:
     cases: dict[str, list[list[Any]]] = {
         "out of order or past": [rows[0], rows[1], [rows[2][0], *rows[1][1:]], *rows[3:]],
         "is not .offset, position": [rows[0], second[:2], *rows[2:]],
+        "is not .offset, position, bits, sha256": [rows[0], [*second[:3], "x", *second[4:]]],
         "malformed": [rows[0], [second[0], second[1], 8, *second[3:]], *rows[2:]],
-        "lacks a window": [rows[0], second[:3], *rows[2:]],
-        "has a window": [[*rows[0], *second[3:]], *rows[1:]],
+        "lacks a window": [rows[0], second[:4], *rows[2:]],
+        "has a window": [[*rows[0], *second[4:]], *rows[1:]],
         "out of place or of a bad length": [
             rows[0],
-            [*second[:3], second[3] + 1, *second[4:]],
+            [*second[:4], second[4] + 1, *second[5:]],
             *rows[2:],
         ],
-        "window .* is not": [rows[0], [*second[:5], "nothex"], *rows[2:]],
+        "window .* is not": [rows[0], [*second[:6], "nothex"], *rows[2:]],
     }
     past = [*rows[:-1], [artifact.layer_size + 1, *rows[-1][1:]]]
     cases["past the layer"] = past
     for message, value in cases.items():
         with pytest.raises(BadImage, match=message):
             decode(_mutated(artifact, points=value))
-    too_long = [*rows[:-1], [*rows[-1][:4], 1 << 20, rows[-1][5]]]
+    too_long = [*rows[:-1], [*rows[-1][:5], 1 << 20, rows[-1][6]]]
     with pytest.raises(BadImage, match="bad length"):
         decode(_mutated(artifact, points=too_long))
+
+
+def test_intervals_longer_than_the_bound_are_refused(
+    gz: tuple[Path, LayerArtifact], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, artifact = gz
+    data = encode(artifact)
+    gaps = [b.position - a.position for a, b in itertools.pairwise(artifact.points)]
+    monkeypatch.setattr(artifact_module, "MAX_INTERVAL", max(gaps) - 1)
+    with pytest.raises(BadImage, match="bytes past the one before"):
+        decode(data)
+    tail = artifact.index.tar_size - artifact.points[-1].position
+    monkeypatch.setattr(artifact_module, "MAX_INTERVAL", max(*gaps, tail - 1))
+    if tail - 1 >= max(gaps):
+        with pytest.raises(BadImage, match="bytes before the end"):
+            decode(data)
 
 
 def test_an_index_text_that_inflates_past_the_bound_is_refused(
