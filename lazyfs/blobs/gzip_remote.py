@@ -21,8 +21,10 @@ bytes disagree, so the layer's index is bad for this reader; that is
 logged once, naming the layer, the span and both digests, and every read
 of the layer is OSError(EIO) from then on, with nothing fetched or evicted
 again (the cache's chunks are shared with other mounts).  So is a window
-that is not 32 KiB of zlib, and verified bytes that do not inflate from
-the index's checkpoint.  A blob source that fails is an OSError(EIO) for
+that is not 32 KiB of zlib, verified bytes that do not inflate from the
+index's checkpoint, and a checkpoint's interval (the tar stream from it to
+the next, inflated whole) that does not match its sha256 in the index: a
+forged checkpoint or window.  A blob source that fails is an OSError(EIO) for
 that read, logged.  The FUSE handlers answer EIO, never a wrong byte.
 
 Given its entries, it also holds each regular file's entry to the tar
@@ -32,7 +34,8 @@ headers before its data before serving any of it
 Verified spans are kept, least recently used first out, up to
 ``max_bytes``; a span several threads want at once is fetched once.  A
 gzip read inflates the whole checkpoint interval around it, which is kept a
-while for the reads that come back to it (``lazyfs.blobs.inflated``).
+while, once checked, for the reads that come back to it
+(``lazyfs.blobs.inflated``).
 Nothing of a window is kept but what was inflated with it.  Blocking and
 thread-safe, as ``TarRangeReader`` says.
 """
