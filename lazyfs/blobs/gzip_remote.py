@@ -9,18 +9,23 @@ client: each miss fetched once, however many mounts ask).
 The blob is never trusted: it is read only in whole *spans* (the published
 index cuts the blob at every gzip checkpoint), and each span is checked
 against its sha256 before anything of it is used, kept or inflated.  A gzip
-layer is inflated by zran (``indexed_gzip``) from the checkpoint before the
-read, over a file object (``_VerifiedBlob``) that hands it verified span
-bytes only; a tar layer's bytes are the span bytes themselves.  A span that
-does not match is dropped from the blob source's cache (``Evicting``) and
-read once more.  A second mismatch (or a first, from a source that cannot
-drop what it has) is confirmed: the index and the layer's bytes disagree,
-so the layer's index is bad for this reader; that is logged once, naming
-the layer, the span and both digests, and every read of the layer is
-OSError(EIO) from then on, with nothing fetched or evicted again (the
-cache's chunks are shared with other mounts).  A blob source that fails is
-an OSError(EIO) for that read, logged.  The FUSE handlers answer EIO, never
-a wrong byte.
+layer is inflated (``lazyfs.blobs.gzip_inflate``) from the checkpoint
+before the read, from verified span bytes only, with that checkpoint's
+window, read by range from the index's windows blob when a read first
+needs it and checked against its sha256 in the index before it is
+inflated; a tar layer's bytes are the span bytes themselves.  A span or
+window that does not match is dropped from the blob source's cache
+(``evict``) and read once more.  A second mismatch (or a first, from a
+source that cannot drop what it has) is confirmed: the index and the
+bytes disagree, so the layer's index is bad for this reader; that is
+logged once, naming the layer, the span and both digests, and every read
+of the layer is OSError(EIO) from then on, with nothing fetched or evicted
+again (the cache's chunks are shared with other mounts).  So is a window
+that is not 32 KiB of zlib, verified bytes that do not inflate from the
+index's checkpoint, and a checkpoint's interval (the tar stream from it to
+the next, inflated whole) that does not match its sha256 in the index: a
+forged checkpoint or window.  A blob source that fails is an OSError(EIO) for
+that read, logged.  The FUSE handlers answer EIO, never a wrong byte.
 
 Given its entries, it also holds each regular file's entry to the tar
 headers before its data before serving any of it
@@ -29,38 +34,37 @@ headers before its data before serving any of it
 Verified spans are kept, least recently used first out, up to
 ``max_bytes``; a span several threads want at once is fetched once.  A
 gzip read inflates the whole checkpoint interval around it, which is kept a
-while for the reads that come back to it (``lazyfs.blobs.inflated``).
-Blocking and thread-safe, as ``TarRangeReader`` says: each gzip read takes
-a zran handle from a small pool per layer, as ``GzipCheckpoints`` does.
+while, once checked, for the reads that come back to it
+(``lazyfs.blobs.inflated``).
+Nothing of a window is kept but what was inflated with it.  Blocking and
+thread-safe, as ``TarRangeReader`` says.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import errno
 import hashlib
-import io
 import logging
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from lazyfs.blobs.entry_check import EntryCheck
+from lazyfs.blobs.gzip_inflate import inflate_from
 from lazyfs.blobs.inflated import Kept, read_intervals
-from lazyfs.index.artifact import Span
+from lazyfs.index.artifact import WINDOW, WINDOWS_MEDIA_TYPE, Span, first_byte
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
-from providers.errors import DigestMismatch, LazyfsError
+from providers.errors import BadImage, DigestMismatch, LazyfsError
 from providers.manifest import Layer
 from providers.source import BlobSource
 
 DEFAULT_KEEP_BYTES = 32 << 20
-# Compressed bytes zran asks for at a time; a read is served up to a span's end anyway.
-READ_BUFFER = 64 << 10
-HANDLES_PER_LAYER = 2
 log = logging.getLogger(__name__)
 
 
@@ -87,15 +91,11 @@ class PublishedLayers:
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], threading.Event] = {}
-        self._idle: dict[Digest, list[tuple[Any, _BlobFile]]] = {}
-        self._busy = threading.Semaphore(HANDLES_PER_LAYER * max(1, len(self._layers)))
-        # Layers whose index a span confirmed wrong: why, for each EIO after.
-        self._bad: dict[Digest, DigestMismatch] = {}
-        # Each gzip layer's checkpoints (tar offsets), learnt from its first zran handle.
-        self._starts: dict[Digest, list[int]] = {}
+        # Layers whose index a span or window confirmed wrong: why, for each EIO after.
+        self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
         self.fetches = 0
-        self.inflations = 0  # zran reads: one per interval kept, or per read not kept
+        self.inflations = 0  # one per interval kept, or per read not kept
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.
@@ -118,7 +118,7 @@ class PublishedLayers:
     def _stream(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        if data.checkpoints is None:
+        if data.points is None:
             return self.blob_bytes(digest, offset, length)  # a tar layer: the blob is the stream
         return self._inflated(digest, data, offset, length)
 
@@ -170,27 +170,31 @@ class PublishedLayers:
                 del self._pending[key]
             done.set()
 
-    def _fetch(self, digest: Digest, span: Span) -> bytes:
+    def _fetch(
+        self, digest: Digest, span: Span, *, source: Digest | None = None, what: str = "blob span"
+    ) -> bytes:
+        """``span`` of the blob ``source`` (by default the layer ``digest``'s own), checked."""
         self._refuse_if_bad(digest)  # a read that waited on the span that proved it bad
+        blob = digest if source is None else source
         try:
-            piece = self._read(digest, span)
-            if (problem := _mismatch(digest, span, piece)) is None:
+            piece = self._read(blob, span)
+            if (problem := _mismatch(digest, span, piece, what)) is None:
                 return piece
             evict = getattr(self._blobs, "evict", None)
             if evict is not None:
                 # Bytes corrupted on the way are seldom corrupted twice: drop, read again.
                 log.warning("%s; dropping it from the cache and reading it again", problem)
-                evict(digest, span.offset, span.length, str(problem))
-                piece = self._read(digest, span)
-                if (problem := _mismatch(digest, span, piece)) is None:
+                evict(blob, span.offset, span.length, str(problem))
+                piece = self._read(blob, span)
+                if (problem := _mismatch(digest, span, piece, what)) is None:
                     return piece
         except LazyfsError as error:
-            log.error("layer %s: cannot read blob span at %d: %s", digest, span.offset, error)
+            log.error("layer %s: cannot read %s at %d: %s", digest, what, span.offset, error)
             raise OSError(errno.EIO, f"layer {digest}: {error}") from error
         self._mark_bad(digest, problem)
         raise OSError(errno.EIO, f"layer {digest}: {problem}") from problem
 
-    def _mark_bad(self, digest: Digest, problem: DigestMismatch) -> None:
+    def _mark_bad(self, digest: Digest, problem: LazyfsError) -> None:
         """Refuse every read of ``digest`` from now on; say why once."""
         with self._lock:
             first = digest not in self._bad
@@ -219,48 +223,82 @@ class PublishedLayers:
     # -- gzip ----------------------------------------------------------------
 
     def _inflated(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
-        with self._lock:
-            starts = self._starts.get(digest)  # None until a zran handle of it was opened
-        zran = lambda at, size: self._zran(digest, data, at, size)  # noqa: E731
-        return read_intervals(self._intervals, digest, starts, offset, length, zran)
+        inflate = lambda number: self._interval(digest, data, number)  # noqa: E731
+        return read_intervals(self._intervals, digest, data.bounds, offset, length, inflate)
 
-    def _zran(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
+    def _interval(self, digest: Digest, data: PublishedData, number: int) -> bytes:
+        """Interval ``number`` of the tar stream, inflated whole and checked against its digest."""
+        assert data.points is not None  # a gzip layer's
         with self._lock:
             self.inflations += 1
-        with self._busy:
-            with self._lock:
-                pool = self._idle.setdefault(digest, [])
-                taken = pool.pop() if pool else None
-            try:
-                handle, blob = taken if taken is not None else _open(self, digest, data)
-            except (OSError, ValueError) as error:
-                raise OSError(errno.EIO, f"layer {digest}: its checkpoints: {error}") from error
-            blob.failure = None
-            try:
-                handle.seek(offset)
-                parts = []
-                left = length
-                while left > 0 and (got := handle.read(left)):
-                    parts.append(got)
-                    left -= len(got)
-            except (OSError, ValueError) as error:
-                handle.close()  # in any state after a failure: a new one is cheap
-                why = blob.failure or error
-                raise OSError(
-                    errno.EIO, f"layer {digest}: cannot read {length} bytes at {offset}: {why}"
-                ) from error
-            with self._lock:
-                self._idle[digest].append((handle, blob))
-            return b"".join(parts)
+        point = data.points[number]
+        self._prefetch_span(digest, data, first_byte(point))
+        window = None if point.window is None else self._window(digest, data, point.window)
+
+        def read(at: int, size: int) -> bytes:
+            return self.blob_bytes(digest, at, min(size, self.span_end(digest, at) - at))
+
+        length = data.bounds[number + 1] - point.position
+        try:
+            got = inflate_from(
+                data.points[0], point, window, read, (data.size, data.tar_size), point.position,
+                length,
+            )  # fmt: skip
+        except (OSError, ValueError) as error:
+            if isinstance(error, OSError) and error.errno == errno.EIO:
+                raise  # a span that could not be had or did not verify: logged, EIO already
+            problem: LazyfsError = BadImage(
+                f"layer {digest}: its blob does not inflate from the published checkpoint at"
+                f" {point.offset} ({error})"
+            )
+            self._mark_bad(digest, problem)
+            raise OSError(errno.EIO, str(problem)) from error
+        where = Span(point.position, length, point.sha256)
+        if (wrong := _mismatch(digest, where, got, "inflated interval")) is not None:
+            self._mark_bad(digest, wrong)
+            raise OSError(errno.EIO, str(wrong)) from wrong
+        return got
+
+    def _prefetch_span(self, digest: Digest, data: PublishedData, offset: int) -> None:
+        """Have a caching source fetch the span at ``offset`` while the window is fetched.
+
+        Two round trips one after the other otherwise; not needed to serve
+        the read, so a failure is only logged.
+        """
+        prefetch = getattr(self._blobs, "prefetch", None)
+        if prefetch is None or data.windows is None:
+            return
+        number = bisect.bisect_right(data.starts, offset) - 1
+        with self._lock:
+            if (digest, number) in self._kept:
+                return
+        span = data.spans[number]
+        try:
+            prefetch(digest, span.offset, span.length)
+        except LazyfsError as error:
+            log.info("layer %s: span at %d not prefetched: %s", digest, span.offset, error)
+
+    def _window(self, digest: Digest, data: PublishedData, window: Span) -> bytes:
+        """The inflated window at ``window`` of the layer's windows blob, checked first."""
+        assert data.windows is not None  # decode gives a gzip layer's points a windows blob
+        packed = self._fetch(digest, window, source=data.windows, what="checkpoint window")
+        inflater = zlib.decompressobj()
+        try:
+            raw = inflater.decompress(packed, WINDOW + 1)
+        except zlib.error:
+            raw = b""
+        if len(raw) != WINDOW or not inflater.eof or inflater.unused_data:
+            problem = BadImage(
+                f"layer {digest}: the window at {window.offset} of its published index's windows"
+                f" blob is not {WINDOW} bytes of zlib"
+            )
+            self._mark_bad(digest, problem)
+            raise OSError(errno.EIO, str(problem))
+        return raw
 
     def close(self) -> None:
-        """Close the idle zran handles; reads may still open new ones."""
-        with self._lock:
-            handles = [handle for pool in self._idle.values() for handle, _ in pool]
-            self._idle.clear()
+        """Drop the inflated intervals kept; reads may go on."""
         self._intervals.clear()
-        for handle in handles:
-            handle.close()
 
 
 def open_published(
@@ -284,96 +322,48 @@ def open_published(
             raise OSError(errno.EIO, f"layer {layer.digest}: its published index is gone")
         return whole[0].entries
 
+    _reads_windows(blobs, layer.digest, data)
     return index, PublishedLayers({layer.digest: data}, blobs, entries={layer.digest: files}), where
 
 
-def _open(reader: PublishedLayers, digest: Digest, data: PublishedData) -> tuple[Any, _BlobFile]:
-    # Loaded with the first gzip read.  The unbuffered handle: the buffered one
-    # decodes READ_AHEAD bytes past a read, which would need (and fail on) spans
-    # the read itself does not.
-    from indexed_gzip.indexed_gzip import _IndexedGzipFile  # type: ignore[import-untyped]
+def _reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None:
+    """Have the cache daemon's client read the layer, and its windows blob, by exact ranges.
 
-    assert data.checkpoints is not None  # a gzip layer's
-    blob = _BlobFile(reader, digest, data.size)
-    handle = _IndexedGzipFile(
-        fileobj=blob,
-        auto_build=False,  # the imported index is complete; never decode to extend it
-        readbuf_size=READ_BUFFER,
-    )
-    try:
-        # From memory, not a file: see lazyfs.index.gzip_checkpoints.Checkpointer.export.
-        handle.import_index(fileobj=io.BytesIO(data.checkpoints.read_bytes()))
-        starts = sorted(int(position) for position, _ in handle.seek_points())
-    except BaseException:
-        handle.close()
-        raise
-    with reader._lock:
-        reader._starts.setdefault(digest, starts)
-    return handle, blob
+    Exact: a read here fetches whole spans, each checked, and a window only
+    where a read inflates; what the daemon would read ahead of them is
+    seldom what the next read needs (measured: 6% more of the image crossed
+    before a program's first line).  The client reads only the blobs it was
+    given (the image's layers); the windows blob is in the layer's
+    repository, so it is read from the layer's origin.  A source that is no
+    such client (a test's) is left as it is.
+    """
+    known = getattr(blobs, "blobs", None)
+    origin = known.get(layer) if isinstance(known, dict) else None
+    if origin is None or not dataclasses.is_dataclass(origin) or not hasattr(origin, "exact"):
+        return
+    assert isinstance(known, dict)
+    known[layer] = dataclasses.replace(origin, exact=True)  # type: ignore[type-var]
+    if data.windows is not None:
+        known.setdefault(
+            data.windows,
+            dataclasses.replace(
+                origin,  # type: ignore[type-var]
+                size=data.windows_size,
+                diff_id=None,
+                media_type=WINDOWS_MEDIA_TYPE,
+                exact=True,
+            ),
+        )
 
 
-def _mismatch(digest: Digest, span: Span, piece: bytes) -> DigestMismatch | None:
+def _mismatch(digest: Digest, span: Span, piece: bytes, what: str) -> DigestMismatch | None:
     """None when ``piece`` is the span its published index promised, else why not."""
     got = hashlib.sha256(piece).hexdigest()
     if len(piece) == span.length and got == span.sha256:
         return None
     return DigestMismatch(
-        f"layer {digest}: blob span [{span.offset}, {span.offset + span.length}) does not match"
+        f"layer {digest}: {what} [{span.offset}, {span.offset + span.length}) does not match"
         " its published index",
         expected=f"sha256 {span.sha256} ({span.length} bytes)",
         actual=f"sha256 {got} ({len(piece)} bytes)",
     )
-
-
-class _BlobFile(io.RawIOBase):
-    """A remote blob as the file object a zran handle reads: verified span bytes only.
-
-    zran seeks and reads through it; every byte it returns comes from
-    ``PublishedLayers.blob_bytes``, checked.  ``failure`` keeps why a read
-    failed, which zran's own error does not say.
-    """
-
-    def __init__(self, reader: PublishedLayers, digest: Digest, size: int) -> None:
-        super().__init__()
-        self.reader = reader
-        self.digest = digest
-        self.size = size
-        self.position = 0
-        self.failure: OSError | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes, never past the end of the span holding the position.
-
-        Short reads are no end of file to zran (only b"" is): it asks again
-        when it needs more, so the next span is fetched (and can fail) only
-        for a read that needs its bytes.
-        """
-        if size is None or size < 0:
-            size = self.size - self.position
-        size = min(size, self.reader.span_end(self.digest, self.position) - self.position)
-        try:
-            got = self.reader.blob_bytes(self.digest, self.position, size)
-        except OSError as error:
-            self.failure = error
-            raise
-        self.position += len(got)
-        return got
-
-    def readinto(self, buffer: Any) -> int:
-        got = self.read(len(buffer))
-        buffer[: len(got)] = got
-        return len(got)

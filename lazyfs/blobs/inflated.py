@@ -1,14 +1,12 @@
-"""Inflated gzip checkpoint intervals, kept for the reads that come back to them.
+"""Inflated gzip checkpoint intervals: each inflated whole, checked, and kept a while.
 
-A read of a gzip layer through zran inflates from the checkpoint before it
-(up to the checkpoint spacing, 1 MiB, of tar stream) just to reach its
-offset.  A program's reads are seldom in order: the kernel faults in pages
-of a mapped binary or library here and there, each a FUSE read of its own,
-and each inflated again from the same checkpoint.  Inflating the whole
-interval between two checkpoints once, and serving every read inside it
-from memory, costs about one such inflate per interval instead of one per
-read.  The bytes are the same bytes zran gives (from verified spans only);
-this keeps them a while.
+A read of a gzip layer through its published index inflates from the
+checkpoint before it.  The tar stream between two checkpoints (an
+*interval*) is inflated whole, so that it can be held to its digest in the
+index before any of it is served, and kept: a program's reads are seldom
+in order (the kernel faults in pages of a mapped binary here and there,
+each a FUSE read of its own), and every read inside a kept interval costs
+a copy, not another inflate.
 
 ``read_intervals`` serves a read so; ``interval`` is pure; ``Kept`` is a
 thread-safe LRU of intervals by (layer, start), bounded in bytes.
@@ -23,75 +21,46 @@ from collections.abc import Callable, Sequence
 
 from providers.digest import Digest
 
-# Intervals longer than this (a sparse index, or the stream's tail) are not
-# inflated whole: their reads go to zran on their own, as before.
-MAX_INTERVAL = 4 << 20
 DEFAULT_KEEP_BYTES = 16 << 20
 
 
-def interval(starts: Sequence[int], offset: int) -> tuple[int, int]:
-    """The interval ``[start, stop)`` of checkpoint ``starts`` (sorted) holding ``offset``.
+def interval(bounds: Sequence[int], offset: int) -> int:
+    """The number of the interval holding ``offset``: ``bounds`` are the checkpoints, then the end.
 
-    Before the first checkpoint (zran's first is at the stream's start) the
-    interval starts at 0; after the last, it runs ``MAX_INTERVAL`` bytes on,
-    the stream's end being unknown here.
+    -1 past the end.
     """
-    at = bisect.bisect_right(starts, offset) - 1
-    start = starts[at] if at >= 0 else 0
-    stop = starts[at + 1] if at + 1 < len(starts) else start + MAX_INTERVAL
-    return start, stop
+    if offset >= bounds[-1]:
+        return -1
+    return max(0, bisect.bisect_right(bounds, offset) - 1)
 
 
 def read_intervals(
     kept: Kept,
     digest: Digest,
-    starts: Sequence[int] | None,
+    bounds: Sequence[int],
     offset: int,
     length: int,
-    zran: Callable[[int, int], bytes],
+    inflate: Callable[[int], bytes],
 ) -> bytes:
     """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.
 
-    ``starts``: the layer's checkpoints (tar offsets, sorted), None when not
-    known yet; ``zran(at, size)`` inflates up to ``size`` bytes at ``at``
-    (short only at the stream's end).  Each interval a read touches is
-    inflated whole and kept, unless it is longer than ``MAX_INTERVAL``.
+    ``bounds``: the layer's checkpoints (tar offsets, sorted, the first 0)
+    and the stream's length; ``inflate(number)`` gives interval ``number``
+    whole, checked (``bounds[number + 1] - bounds[number]`` bytes).  Short
+    only at the stream's end.
     """
     parts = []
-    at, end = offset, offset + length
+    at, end = offset, min(offset + length, bounds[-1])
     while at < end:
-        start, block = _block(kept, digest, starts, at, end, zran)
-        piece = block[at - start : end - start]
-        if not piece:
-            break  # the end of the stream
-        parts.append(piece)
-        at += len(piece)
+        number = interval(bounds, at)
+        start = bounds[number]
+        block = kept.get(digest, start)
+        if block is None:
+            block = inflate(number)
+            kept.put(digest, start, block)
+        parts.append(block[at - start : end - start])
+        at = bounds[number + 1]
     return b"".join(parts)
-
-
-def _block(
-    kept: Kept,
-    digest: Digest,
-    starts: Sequence[int] | None,
-    at: int,
-    end: int,
-    zran: Callable[[int, int], bytes],
-) -> tuple[int, bytes]:
-    """(start, bytes from start): the inflated interval holding ``at``, else ``[at, end)``."""
-    if not starts:
-        return at, zran(at, end - at)
-    start, stop = interval(starts, at)
-    found = kept.get(digest, start)
-    if found is not None:
-        return start, found
-    if stop - start > MAX_INTERVAL:
-        return at, zran(at, end - at)
-    found = zran(start, stop - start)
-    if start >= starts[-1] and len(found) == stop - start:
-        # The stream's tail runs on past MAX_INTERVAL: no whole interval to keep.
-        return at, zran(at, end - at)
-    kept.put(digest, start, found)
-    return start, found
 
 
 class Kept:

@@ -1,83 +1,102 @@
-"""The index artifact: one layer's index as a blob published beside its image.
+"""The index artifact: one layer's index as two blobs published beside its image.
 
 A registry image whose layers are plain gzip or tar can be read lazily by a
 machine that has never pulled it, if it finds the index some other machine
 built (``lazyfs index push``, or ``--publish_indexes`` after a full pull).
-Each layer's index is one blob, of media type ``INDEX_MEDIA_TYPE``::
+Format 2 cuts each layer's index in two blobs, so that a mount fetches whole
+only what is small:
 
-    {"lazyfs_index": 1, "layer": ..., "layer_size": ..., ...}\\n   header line (JSON)
-    <index_bytes bytes: the store's index text (lazyfs.index.model.dumps)>
-    <checkpoints_bytes bytes: gzip checkpoints (indexed_gzip's export)>
+- the *head* (media type ``INDEX_MEDIA_TYPE``), fetched whole and checked
+  against its digest when the image is provisioned::
 
-The header names the layer digest and size, the layer's format ("gzip" or
-"none"), the tar stream's length, the two section lengths, and ``spans``:
-the compressed blob cut into consecutive ranges ``[offset, length, sha256
-hex]`` covering it exactly, cut at every checkpoint's compressed offset (and
-at most ``MAX_SPAN`` long).  A reader fetches whole spans and checks each
-against its digest before anything inflated from it is served
-(``lazyfs.blobs.gzip_remote``).
+      {"lazyfs_index": 2, "layer": ..., "layer_size": ..., ...}\\n   header line (JSON)
+      <index_bytes bytes: the store's index text (lazyfs.index.model.dumps), zlib>
 
-Pure (no I/O but ``build_artifact``'s read of a local blob).  ``decode``
-distrusts its input: it came from a registry.  Every size and offset is
-checked against the layer and the blob, and anything off is a BadImage
-naming the artifact, in one line; an unknown version is refused, not
-guessed at.  What the checks cannot prove is that the index is the one the
-layer's own bytes give: span digests make wrong compressed bytes fail, but
-checkpoint windows (what zran inflates from) and entries (names, modes,
-owners, where each file's bytes are) are taken on the artifact's word
-(a regular file is held to its tar headers when its data is first read:
-``lazyfs.blobs.entry_check``; entries without data are not).  So
-the artifact is trusted as far as whoever may push to the image's
-repository, even for an image pinned by digest (it is found by the image
-digest, not pinned by it), and only when ``--trust_published_indexes``
-says so; the layer's blob digest and diff_id are checked only once the
-whole blob has arrived.
+  The header names the layer digest and size, the layer's format ("gzip"
+  or "none"), the tar stream's length, ``spans``: the compressed blob cut
+  into consecutive ranges ``[offset, length, sha256 hex]`` covering it
+  exactly, cut at every checkpoint's first byte (and at most ``MAX_SPAN`` long), and,
+  for gzip, ``points``: the checkpoints ``[offset, position, bits, sha256
+  hex]`` (where zran may start inflating: compressed offset, ``bits``
+  back, tar position; the sha256 of the tar stream from there to the next
+  checkpoint or the stream's end, its *interval*), each but the first
+  followed by ``window offset, length, sha256 hex`` of its window in the
+  windows blob, which ``windows`` (``{"digest", "size"}``) names;
+- the *windows* (``WINDOWS_MEDIA_TYPE``): each checkpoint's 32 KiB window
+  (the inflated bytes before it, what inflating from there needs), zlib
+  compressed, one after another.  A mount reads a window by range only when
+  a read inflates from its checkpoint, and checks it against its digest in
+  the head before it is inflated; it inflates a whole interval, and checks
+  it against its digest before serving any of it
+  (``lazyfs.blobs.gzip_remote``).
+
+Format 1 (``application/vnd.lazyfs.index.v1``: one blob, every window raw)
+is not read any more: its artifacts are not looked up, so such an image is
+pulled whole until its index is pushed again.
+
+Pure.  ``decode`` distrusts its input: it came from a registry.  Every size
+and offset is checked against the layer and the blob, and anything off is a
+BadImage naming the artifact, in one line; an unknown version is refused,
+not guessed at.  What the checks cannot prove is that the index is the one
+the layer's own bytes give: span digests make wrong compressed bytes fail,
+window digests make windows other than the head's fail, but the windows
+the head names and the entries (names, modes, owners, where each file's
+bytes are) are taken on the artifact's word (a regular file is held to its
+tar headers when its data is first read: ``lazyfs.blobs.entry_check``;
+entries without data are not).  The tar stream itself is held to the
+interval digests, so a forged checkpoint or window is EIO, not other bytes;
+but a head forged whole can name a stream of its own making.  So the artifact is trusted as far as
+whoever may push to the image's repository, and only when
+``--trust_published_indexes`` says so; the layer's blob digest and diff_id
+are checked only once the whole blob has arrived.  Building is
+``lazyfs.index.artifact_build``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import struct
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from lazyfs.index.model import Kind, LayerIndex, loads
+from lazyfs.index.model import Kind, LayerIndex, dumps, loads
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 # artifactType of the OCI manifest that lists a image's index blobs; the
 # version is in the name so later formats can sit beside this one.
-ARTIFACT_TYPE = "application/vnd.lazyfs.index.v1"
-INDEX_MEDIA_TYPE = "application/vnd.lazyfs.index.layer.v1"
+ARTIFACT_TYPE = "application/vnd.lazyfs.index.v2"
+INDEX_MEDIA_TYPE = "application/vnd.lazyfs.index.layer.v2"
+WINDOWS_MEDIA_TYPE = "application/vnd.lazyfs.index.windows.v2"
 CONFIG_MEDIA_TYPE = "application/vnd.lazyfs.index.config.v1+json"
-# On each index blob's descriptor in the artifact manifest: the layer it indexes.
+# On each blob's descriptor in the artifact manifest: the layer it indexes.
 LAYER_ANNOTATION = "dev.lazyfs.index.layer"
 COMPRESSIONS = ("gzip", "none")
 
-# Bounds on what a registry may hand us.  A layer of 10 GiB has ~10k gzip
-# checkpoints of 32 KiB (~330 MiB); indexes beyond MAX_BLOB are refused and
-# that image is pulled whole instead.
+# Bounds on what a registry may hand us: a head or windows blob beyond
+# MAX_BLOB, or a head whose index text inflates past MAX_INDEX, is refused
+# and that layer pulled whole instead.
 MAX_BLOB = 512 << 20
-MAX_HEADER = 16 << 20
+MAX_INDEX = 512 << 20
+MAX_HEADER = 64 << 20
 MAX_SPAN = 4 << 20
-# The builder's span length where checkpoints are sparse, and for tar layers.
-SPAN = 1 << 20
 MAX_SIZE = 1 << 50
+WINDOW = 32768
+# A compressed window: zlib of 32 KiB that does not compress is a little longer.
+MAX_WINDOW_BYTES = WINDOW + 1024
+# Tar stream between two checkpoints: inflated whole to be checked.  zran
+# checkpoints at a deflate block's end past its spacing, and a zlib block
+# holds at most 16 Ki symbols of up to 258 bytes: ~4 MiB past the spacing.
+MAX_INTERVAL = 16 << 20
 
-_GZIDX = b"GZIDX"
-_GZIDX_HEAD = struct.Struct("<5sBBQQIII")
-_GZIDX_POINT = struct.Struct("<QQBB")
-_WINDOW = 32768
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """``length`` bytes of the compressed blob at ``offset``, whose sha256 is ``sha256`` (hex)."""
+    """``length`` bytes of a blob at ``offset``, whose sha256 is ``sha256`` (hex)."""
 
     offset: int
     length: int
@@ -85,23 +104,37 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Where zran may start inflating: compressed ``offset`` (``bits`` back), tar ``position``."""
+class Point:
+    """Where inflating may start: compressed ``offset`` (``bits`` back), tar ``position``.
+
+    ``sha256``: of the tar stream from ``position`` to the next point (or
+    the stream's end); ``window``: where its compressed window is in the
+    windows blob, None only for the first point, at the deflate stream's start.
+    """
 
     offset: int
     position: int
     bits: int
+    sha256: str
+    window: Span | None
 
 
 @dataclass(frozen=True, slots=True)
 class LayerArtifact:
-    """One layer's published index: its entries, checkpoints and span digests."""
+    """One layer's published index: entries, span digests, checkpoints, the windows blob."""
 
     layer: Digest
     layer_size: int
     index: LayerIndex
-    checkpoints: bytes
     spans: tuple[Span, ...]
+    points: tuple[Point, ...] = ()
+    windows: Digest | None = None
+    windows_size: int = 0
+
+
+def first_byte(point: Point) -> int:
+    """Where the compressed bytes inflating from ``point`` start: a byte back for ``bits``."""
+    return point.offset - 1 if point.bits else point.offset
 
 
 def _bad(what: str) -> BadImage:
@@ -109,26 +142,36 @@ def _bad(what: str) -> BadImage:
 
 
 def encode(artifact: LayerArtifact) -> bytes:
-    """The blob of ``artifact``; ``decode`` gives it back equal."""
-    from lazyfs.index.model import dumps
-
-    text = dumps(artifact.index).encode()
-    header = {
+    """The head blob of ``artifact``; ``decode`` gives it back equal."""
+    text = zlib.compress(dumps(artifact.index).encode(), 9)
+    header: dict[str, Any] = {
         "lazyfs_index": ARTIFACT_VERSION,
         "layer": artifact.layer,
         "layer_size": artifact.layer_size,
         "compression": artifact.index.compression,
         "tar_size": artifact.index.tar_size,
         "index_bytes": len(text),
-        "checkpoints_bytes": len(artifact.checkpoints),
-        "spans": [[s.offset, s.length, s.sha256] for s in artifact.spans],
+        "spans": [_row(s) for s in artifact.spans],
+        "points": [_point_row(p) for p in artifact.points],
+        "windows": None
+        if artifact.windows is None
+        else {"digest": artifact.windows, "size": artifact.windows_size},
     }
     line = json.dumps(header, separators=(",", ":")).encode() + b"\n"
-    return line + text + artifact.checkpoints
+    return line + text
+
+
+def _row(span: Span) -> list[int | str]:
+    return [span.offset, span.length, span.sha256]
+
+
+def _point_row(point: Point) -> list[int | str]:
+    head: list[int | str] = [point.offset, point.position, point.bits, point.sha256]
+    return head if point.window is None else head + _row(point.window)
 
 
 def decode(data: bytes, *, layer: Digest | None = None) -> LayerArtifact:
-    """Parse and check an index blob; BadImage (one line) for anything off.
+    """Parse and check a head blob; BadImage (one line) for anything off.
 
     ``layer``: the digest the caller wants an index of; an artifact naming
     another layer is refused.
@@ -159,35 +202,43 @@ def decode(data: bytes, *, layer: Digest | None = None) -> LayerArtifact:
         raise _bad(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
     tar_size = _size(header, "tar_size")
     index_bytes = _size(header, "index_bytes")
-    checkpoints_bytes = _size(header, "checkpoints_bytes")
     body = end + 1
-    if body + index_bytes + checkpoints_bytes != len(data):
-        raise _bad(
-            f"header promises {index_bytes}+{checkpoints_bytes} bytes, body has {len(data) - body}"
-        )
-    try:
-        index = loads(data[body : body + index_bytes].decode("utf-8", "surrogateescape"))
-    except ValueError as error:
-        raise _bad(f"its layer index: {error}") from None
+    if body + index_bytes != len(data):
+        raise _bad(f"header promises {index_bytes} bytes, body has {len(data) - body}")
+    index = _index(data[body:])
     if index.digest != named or index.compression != compression or index.tar_size != tar_size:
         raise _bad("its layer index disagrees with its header")
+    if index.checkpoints_size != 0:
+        raise _bad("its layer index promises a checkpoint file")
     _check_entries(index)
-    checkpoints = data[body + index_bytes :]
     spans = _spans(header.get("spans"), size)
+    windows, windows_size = _windows_blob(header.get("windows"))
+    points = _points(header.get("points"), size, tar_size, windows_size)
     if compression == "none":
-        if tar_size != size or checkpoints:
+        if tar_size != size or points or windows is not None:
             raise _bad("a tar layer's index has checkpoints or another length than its blob")
-        if index.checkpoints_size != 0:
-            raise _bad("a tar layer's index promises checkpoints")
     else:
-        if index.checkpoints_size != len(checkpoints):
-            raise _bad(f"checkpoints have {len(checkpoints)} bytes, index says otherwise")
-        points = parse_checkpoints(checkpoints, size, tar_size)
+        if not points:
+            raise _bad("a gzip layer's index has no checkpoints")
         starts = {span.offset for span in spans}
         for point in points:
-            if point.offset not in starts and point.offset != size:
+            if first_byte(point) not in starts:
                 raise _bad(f"checkpoint at {point.offset} is not where a span starts")
-    return LayerArtifact(named, size, index, checkpoints, spans)
+    return LayerArtifact(named, size, index, spans, points, windows, windows_size)
+
+
+def _index(text: bytes) -> LayerIndex:
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(text, MAX_INDEX + 1)
+    except zlib.error as error:
+        raise _bad(f"its layer index does not inflate: {error}") from None
+    if len(raw) > MAX_INDEX or not inflater.eof or inflater.unused_data:
+        raise _bad(f"its layer index is not one zlib stream of at most {MAX_INDEX} bytes")
+    try:
+        return loads(raw.decode("utf-8", "surrogateescape"))
+    except ValueError as error:
+        raise _bad(f"its layer index: {error}") from None
 
 
 def _field(header: dict[str, Any], name: str, kind: type) -> Any:
@@ -233,96 +284,96 @@ def _plain_path(path: tuple[str, ...]) -> bool:
     return all(part not in ("", ".", "..") and "\0" not in part for part in path)
 
 
+def _ints(item: object, count: int) -> bool:
+    return (
+        isinstance(item, list)
+        and len(item) >= count
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in item[:count])
+    )
+
+
+def _span(item: list[Any], what: str) -> Span:
+    if (
+        not _ints(item, 2)
+        or len(item) != 3
+        or not isinstance(item[2], str)
+        or not _HEX.match(item[2])
+    ):
+        raise _bad(f"{what} {str(item)[:80]} is not [offset, length, sha256 hex]")
+    return Span(item[0], item[1], item[2])
+
+
 def _spans(raw: object, size: int) -> tuple[Span, ...]:
     if not isinstance(raw, list) or len(raw) > size + 1:
         raise _bad("spans missing or too many")
     spans = []
     position = 0
     for item in raw:
-        if (
-            not isinstance(item, list)
-            or len(item) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in item[:2])
-            or not isinstance(item[2], str)
-            or not _HEX.match(item[2])
-        ):
-            raise _bad(f"span {str(item)[:80]} is not [offset, length, sha256 hex]")
-        offset, length, digest = item
-        if offset != position:
-            raise _bad(f"span at {offset}, the one before ended at {position}")
-        if not 0 < length <= MAX_SPAN:
-            raise _bad(f"span at {offset}: length {length} not in 1..{MAX_SPAN}")
-        position += length
+        span = _span(item, "span")
+        if span.offset != position:
+            raise _bad(f"span at {span.offset}, the one before ended at {position}")
+        if not 0 < span.length <= MAX_SPAN:
+            raise _bad(f"span at {span.offset}: length {span.length} not in 1..{MAX_SPAN}")
+        position += span.length
         if position > size:
-            raise _bad(f"span at {offset} runs past the blob's {size} bytes")
-        spans.append(Span(offset, length, digest))
+            raise _bad(f"span at {span.offset} runs past the blob's {size} bytes")
+        spans.append(span)
     if position != size:
         raise _bad(f"spans cover {position} bytes of the blob's {size}")
     return tuple(spans)
 
 
-def parse_checkpoints(data: bytes, size: int, tar_size: int) -> tuple[Checkpoint, ...]:
-    """The points of indexed_gzip's exported index ``data`` for a ``size``-byte blob.
+def _windows_blob(raw: object) -> tuple[Digest | None, int]:
+    if raw is None:
+        return None, 0
+    if not isinstance(raw, dict):
+        raise _bad("windows is not an object")
+    try:
+        digest = parse_digest(_field(raw, "digest", str))
+    except BadImage as error:
+        raise _bad(f"windows: {error}") from None
+    size = _size(raw, "size")
+    if not 0 < size <= MAX_BLOB:
+        raise _bad(f"windows blob of {size} bytes, not in 1..{MAX_BLOB}")
+    return digest, size
 
-    Checked against the blob and tar lengths, the window size and its own
-    length: zran trusts what it imports.
+
+def _points(raw: object, size: int, tar_size: int, windows_size: int) -> tuple[Point, ...]:
+    """The checkpoints: in order inside the layer, each window tiling the windows blob.
+
+    Inflating trusts where it starts, so every point but the first (the
+    deflate stream's start, which needs no window) must have one.
     """
-    if len(data) < _GZIDX_HEAD.size:
-        raise _bad("checkpoints truncated")
-    magic, version, _flags, csize, usize, _spacing, window, count = _GZIDX_HEAD.unpack_from(data)
-    if magic != _GZIDX or version != 1:
-        raise _bad("checkpoints are not an indexed_gzip index of version 1")
-    if csize != size or usize != tar_size:
-        raise _bad(f"checkpoints index {csize}/{usize} bytes, the layer has {size}/{tar_size}")
-    if window != _WINDOW:
-        raise _bad(f"checkpoint window of {window} bytes, want {_WINDOW}")
-    if count * _GZIDX_POINT.size > len(data):
-        raise _bad(f"{count} checkpoints do not fit in {len(data)} bytes")
-    points = []
-    windows = 0
-    offset, position = 0, 0
-    for number in range(count):
-        cmp, uncmp, bits, has = _GZIDX_POINT.unpack_from(
-            data, _GZIDX_HEAD.size + number * _GZIDX_POINT.size
-        )
-        if cmp < offset or cmp > size or uncmp < position or uncmp > tar_size:
+    if not isinstance(raw, list) or len(raw) > tar_size + 1:
+        raise _bad("points missing or too many")
+    points: list[Point] = []
+    offset, position, stored = 0, -1, 0
+    for number, item in enumerate(raw):
+        if (
+            not _ints(item, 3)
+            or len(item) not in (4, 7)
+            or not isinstance(item[3], str)
+            or not _HEX.match(item[3])
+        ):
+            raise _bad(f"checkpoint {number} is not [offset, position, bits, sha256, window...]")
+        cmp, uncmp, bits, digest = item[:4]
+        if cmp < offset or cmp > size or uncmp <= position or uncmp > tar_size:
             raise _bad(f"checkpoint {number} at {cmp}/{uncmp} is out of order or past the layer")
-        if bits > 7 or has > 1 or (bits and cmp == 0):
+        if not 0 <= bits <= 7 or (bits and cmp == 0) or (number == 0) != (uncmp == 0):
             raise _bad(f"checkpoint {number} is malformed")
+        window = None if len(item) == 4 else _span(item[4:], f"checkpoint {number}'s window")
+        if (window is None) != (number == 0):
+            raise _bad(f"checkpoint {number} {'lacks' if window is None else 'has'} a window")
+        if window is not None:
+            if window.offset != stored or not 0 < window.length <= MAX_WINDOW_BYTES:
+                raise _bad(f"checkpoint {number}'s window is out of place or of a bad length")
+            stored += window.length
+        if position >= 0 and uncmp - position > MAX_INTERVAL:
+            raise _bad(f"checkpoint {number} is more than {MAX_INTERVAL} bytes past the one before")
         offset, position = cmp, uncmp
-        windows += has
-        points.append(Checkpoint(cmp, uncmp, bits))
-    want = _GZIDX_HEAD.size + count * _GZIDX_POINT.size + windows * window
-    if want != len(data):
-        raise _bad(f"checkpoints have {len(data)} bytes, their points need {want}")
+        points.append(Point(cmp, uncmp, bits, digest, window))
+    if points and tar_size - position > MAX_INTERVAL:
+        raise _bad(f"the last checkpoint is more than {MAX_INTERVAL} bytes before the end")
+    if stored != windows_size:
+        raise _bad(f"windows take {stored} bytes, the windows blob has {windows_size}")
     return tuple(points)
-
-
-def span_bounds(points: tuple[Checkpoint, ...], size: int, *, span: int = SPAN) -> list[int]:
-    """Where the spans of a ``size``-byte blob start: at each checkpoint, and every ``span``."""
-    cuts = sorted({0, *(p.offset for p in points if p.offset < size)})
-    starts: list[int] = []
-    for here, after in zip(cuts, [*cuts[1:], size], strict=True):
-        starts.extend(range(here, after, span))
-    return starts if size else []
-
-
-def build_artifact(index: LayerIndex, blob: Path, checkpoints: bytes) -> LayerArtifact:
-    """The artifact of the stored ``index`` of the verified local blob ``blob``.
-
-    Reads the blob once, hashing its spans.  BadImage for an index of a
-    format not published (zstd, eStargz).
-    """
-    if index.compression not in COMPRESSIONS:
-        raise BadImage(f"layer {index.digest}: a {index.compression} index is not published")
-    size = blob.stat().st_size
-    points = parse_checkpoints(checkpoints, size, index.tar_size) if checkpoints else ()
-    starts = span_bounds(points, size)
-    spans = []
-    with blob.open("rb") as stream:
-        for start, after in zip(starts, [*starts[1:], size], strict=True):
-            data = stream.read(after - start)
-            if len(data) != after - start:
-                raise BadImage(f"layer {index.digest}: {blob} shrank while it was read")
-            spans.append(Span(start, after - start, hashlib.sha256(data).hexdigest()))
-    return LayerArtifact(index.digest, size, index, checkpoints, tuple(spans))

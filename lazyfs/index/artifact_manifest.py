@@ -4,7 +4,9 @@ One manifest per image manifest: ``artifactType`` is
 ``lazyfs.index.artifact.ARTIFACT_TYPE``, its config a tiny JSON blob of
 ``CONFIG_MEDIA_TYPE`` (the Debian ``docker-registry`` wants a config blob
 it can find; an OCI 1.1 registry takes it as well), its ``layers`` the
-index blobs, each annotated with the layer digest it indexes, and
+index (head) blobs and the windows blobs, each annotated with the layer
+digest it indexes (the windows are listed so that a registry keeps them,
+and named by their head, which is where a reader finds them), and
 ``subject`` the image manifest.  Built deterministically: the same indexes
 for the same image give the same manifest digest, so publishing twice adds
 nothing.
@@ -25,6 +27,7 @@ from lazyfs.index.artifact import (
     INDEX_MEDIA_TYPE,
     LAYER_ANNOTATION,
     MAX_BLOB,
+    WINDOWS_MEDIA_TYPE,
 )
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
@@ -41,18 +44,23 @@ def _descriptor(desc: Descriptor) -> dict[str, Any]:
 
 
 def artifact_manifest(
-    subject: Descriptor, config: Descriptor, indexes: Mapping[Digest, Descriptor]
+    subject: Descriptor,
+    config: Descriptor,
+    indexes: Mapping[Digest, Descriptor],
+    windows: Mapping[Digest, Descriptor] | None = None,
 ) -> bytes:
-    """The manifest publishing ``indexes`` (layer digest -> index blob) for ``subject``."""
+    """The manifest publishing ``indexes`` (layer digest -> head blob) for ``subject``.
+
+    ``windows``: layer digest -> windows blob, for the gzip layers.
+    """
     layers = []
     for layer, blob in indexes.items():
-        layers.append(
-            _descriptor(
-                Descriptor(
-                    INDEX_MEDIA_TYPE, blob.digest, blob.size, None, {LAYER_ANNOTATION: layer}
-                )
-            )
-        )
+        listed = [(INDEX_MEDIA_TYPE, blob)]
+        if windows is not None and layer in windows:
+            listed.append((WINDOWS_MEDIA_TYPE, windows[layer]))
+        for media_type, desc in listed:
+            notes: dict[str, str] = {LAYER_ANNOTATION: layer}
+            layers.append(_descriptor(Descriptor(media_type, desc.digest, desc.size, None, notes)))
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,

@@ -8,12 +8,13 @@ eStargz indexes are kept by TOC (``lazyfs.index.estargz_store``), each
 (layer digest, index blob digest) pair has a layers dir of its own::
 
     <layers_dir>/<layer hex>/published-indexes/<blob algorithm>-<blob hex>/
-        <layer hex>/index.json, gzip-index, spans
+        <layer hex>/index.json, spans
 
 ``index.json`` is the store's index format (``lazyfs.index.model``),
-``gzip-index`` the checkpoints (none for a tar layer), ``spans`` the span
-digests and the blob's size; the index is written last, so a present one
-implies the others.  ``load_index`` and ``index_source`` of
+``spans`` the span digests, the blob's size and (gzip) the checkpoints
+and the windows blob that holds their windows (fetched by range as reads
+need them, never kept here); the index is written last, so a present one
+implies the spans.  ``load_index`` and ``index_source`` of
 ``lazyfs.index.stored`` read it there unchanged; ``index_source`` tells
 such an index from one built here (see ``PUBLISHED_DIR``), so a merged tree
 kept from a published index is never taken for one built from the blob.
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from lazyfs.index.artifact import LayerArtifact, Span
-from lazyfs.index.model import CHECKPOINTS_NAME, INDEX_NAME, LayerIndex, dumps, loads
+from lazyfs.index.artifact import LayerArtifact, Point, Span
+from lazyfs.index.model import INDEX_NAME, LayerIndex, dumps, loads
 from lazyfs.store.atomic import write_atomic
 from providers.digest import Digest, algorithm, hex_part, parse_digest
 from providers.errors import BadImage
@@ -47,18 +48,28 @@ INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
 class PublishedData:
     """What a layer read through its published index needs besides the index.
 
-    ``checkpoints`` is the gzip checkpoint file (None for a tar layer);
-    ``spans`` the blob's spans and their digests; ``size`` the blob's length.
+    ``points`` are the gzip checkpoints (None for a tar layer), their
+    windows in the blob ``windows`` (``windows_size`` bytes); ``spans`` the
+    blob's spans and their digests; ``size`` the blob's length, ``tar_size``
+    the tar stream's.
     """
 
-    checkpoints: Path | None
+    points: tuple[Point, ...] | None
     spans: tuple[Span, ...]
     size: int
+    tar_size: int = 0
+    windows: Digest | None = None
+    windows_size: int = 0
 
     @cached_property
     def starts(self) -> list[int]:
         """Where each span starts, for bisection."""
         return [span.offset for span in self.spans]
+
+    @cached_property
+    def bounds(self) -> list[int]:
+        """Where each checkpoint is in the tar stream, then its end: the intervals' bounds."""
+        return [*(point.position for point in self.points or ()), self.tar_size]
 
 
 def published_layers_dir(layers_dir: Path, layer: Digest, blob: Digest) -> Path:
@@ -84,9 +95,16 @@ def store_published(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> 
     where = published_layers_dir(layers_dir, artifact.layer, blob)
     home = where / hex_part(artifact.layer)
     home.mkdir(parents=True, exist_ok=True)
-    if artifact.checkpoints:
-        write_atomic(home / CHECKPOINTS_NAME, artifact.checkpoints, mode=0o644)
-    spans = {"size": artifact.layer_size, "spans": [list(_row(s)) for s in artifact.spans]}
+    spans = {
+        "size": artifact.layer_size,
+        "spans": [list(_row(s)) for s in artifact.spans],
+        "points": [
+            [p.offset, p.position, p.bits, p.sha256, *(_row(p.window) if p.window else ())]
+            for p in artifact.points
+        ],
+        "windows": artifact.windows,
+        "windows_size": artifact.windows_size,
+    }
     write_atomic(home / SPANS_NAME, json.dumps(spans).encode(), mode=0o644)
     write_atomic(home / INDEX_NAME, dumps(artifact.index).encode(), mode=0o644)
     return where
@@ -117,14 +135,25 @@ def load_published(
         doc = json.loads((home / SPANS_NAME).read_text(encoding="utf-8"))
         spans = tuple(Span(int(a), int(b), str(c)) for a, b, c in doc["spans"])
         size = int(doc["size"])
-        checkpoints = home / CHECKPOINTS_NAME if index.compression == "gzip" else None
-        if checkpoints is not None and checkpoints.stat().st_size != index.checkpoints_size:
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        points = tuple(_point(row) for row in doc["points"])
+        windows = None if doc["windows"] is None else parse_digest(str(doc["windows"]))
+        windows_size = int(doc["windows_size"])
+    except (OSError, ValueError, KeyError, TypeError, BadImage):
+        return None  # one kept by an older lazyfs, say: fetched again
     if index.digest != layer.digest or index.compression not in ("gzip", "none"):
         return None
-    return index, where, PublishedData(checkpoints, spans, size)
+    if (index.compression == "gzip") != bool(points):
+        return None
+    data = PublishedData(
+        points if points else None, spans, size, index.tar_size, windows, windows_size
+    )
+    return index, where, data
+
+
+def _point(row: list[object]) -> Point:
+    offset, position, bits = (int(v) for v in row[:3])  # type: ignore[call-overload]
+    window = None if len(row) == 4 else Span(int(row[4]), int(row[5]), str(row[6]))  # type: ignore[call-overload]
+    return Point(offset, position, bits, str(row[3]), window)
 
 
 def is_published(layers_dir: Path, digest: Digest) -> bool:

@@ -6,9 +6,10 @@ For an image whose blobs are all in the store (a full pull made them so):
    descriptor (its media type and size), and checked against the digest;
 2. each layer that is plain gzip or tar gets its index from the store, built
    there first if missing (``lazyfs.index.stored.ensure_index``), and its
-   artifact blob (entries, checkpoints, span digests) is pushed unless the
-   repository has it; zstd and eStargz layers are left out (a zstd frame has
-   nowhere to enter; eStargz carries its own TOC);
+   artifact blobs (the head: entries, checkpoints, span and window digests;
+   a gzip layer's windows) are pushed unless the repository has them; zstd
+   and eStargz layers are left out (a zstd frame has nowhere to enter;
+   eStargz carries its own TOC), and so are gzip layers of several members;
 3. the config blob and the artifact manifest are pushed, by digest;
 4. the manifest is listed as a referrer of the image: the registry's
    Referrers API does that itself (it answers ``OCI-Subject``), otherwise
@@ -27,9 +28,10 @@ from lazyfs.index.artifact import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
-    build_artifact,
+    WINDOWS_MEDIA_TYPE,
     encode,
 )
+from lazyfs.index.artifact_build import build_artifact
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_manifest
 from lazyfs.index.formats import GZIP, PLAIN_TAR, format_of
 from lazyfs.index.stored import check_data_present, ensure_index
@@ -58,8 +60,8 @@ class Published:
     tag_updated: bool
 
 
-def layer_artifact_blob(store: Store, layer: Digest) -> bytes | None:
-    """The artifact blob of the stored layer ``layer``; None for a format not published.
+def layer_artifact_blob(store: Store, layer: Digest) -> tuple[bytes, bytes] | None:
+    """The artifact blobs (head, windows) of the stored layer ``layer``; None if not published.
 
     Builds and stores its index first when the store has none.
     """
@@ -72,9 +74,9 @@ def layer_artifact_blob(store: Store, layer: Digest) -> bytes | None:
     index = ensure_index(store.layers, store.tmp, layer, blob, limits=store.limits)
     if index.compression not in PUBLISHED:
         return None  # an eStargz index kept from its TOC
-    data = check_data_present(store.layers, blob, index)
-    checkpoints = data.checkpoints.read_bytes() if data.checkpoints is not None else b""
-    return encode(build_artifact(index, blob, checkpoints))
+    check_data_present(store.layers, blob, index)
+    built = build_artifact(index, blob)
+    return None if built is None else (encode(built[0]), built[1])
 
 
 def publish_indexes(store: Store, push: RegistryPush, image: ImageManifest) -> Published:
@@ -93,6 +95,7 @@ def publish_indexes(store: Store, push: RegistryPush, image: ImageManifest) -> P
         )
     subject = Descriptor(media_type or OCI_MANIFEST, image.digest, len(data))
     indexes: dict[Digest, Descriptor] = {}
+    windows: dict[Digest, Descriptor] = {}
     skipped = []
     for layer in image.layers:
         if layer.digest in indexes:
@@ -101,11 +104,13 @@ def publish_indexes(store: Store, push: RegistryPush, image: ImageManifest) -> P
         if blob is None:
             skipped.append(layer.digest)
             continue
-        indexes[layer.digest] = push.push_blob(blob, INDEX_MEDIA_TYPE)
+        if blob[1]:
+            windows[layer.digest] = push.push_blob(blob[1], WINDOWS_MEDIA_TYPE)
+        indexes[layer.digest] = push.push_blob(blob[0], INDEX_MEDIA_TYPE)
     if not indexes:
         raise BadImage(f"{push.image}: no gzip or tar layer to publish an index of")
     config = push.push_blob(CONFIG_BYTES, CONFIG_MEDIA_TYPE)
-    manifest = artifact_manifest(subject, config, indexes)
+    manifest = artifact_manifest(subject, config, indexes, windows)
     digest = digest_bytes(manifest)
     answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
     entry = Referrer(digest, len(manifest), OCI_MANIFEST, ARTIFACT_TYPE, {})

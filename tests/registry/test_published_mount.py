@@ -5,8 +5,8 @@ index (``lazyfs index push``); a second, with an empty store, work dir and
 cache, provisions it with ``--trust_published_indexes``: every layer stays
 remote, read by range through the cache daemon, and the tree equals the
 first machine's.  Without that flag no referrer is asked for, and even an
-index with forged checkpoint windows (which span digests cannot catch) is
-never used: the image is pulled whole.  Tampered indexes
+index with forged checkpoints or windows (which digests in a forged head
+cannot catch) is never used: the image is pulled whole.  Tampered indexes
 never give a wrong byte: a span digest that does not match is EIO for the
 reads that need it, with a logged reason; an index blob that fails its
 digest, or that names another layer, is refused and that layer is pulled
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +27,12 @@ import pytest
 import requests
 
 from lazyfs.index.artifact import (
-    _GZIDX_HEAD,
-    _GZIDX_POINT,
+    ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    WINDOW,
+    WINDOWS_MEDIA_TYPE,
+    Span,
     decode,
     encode,
 )
@@ -118,7 +122,7 @@ def _republish(registry: Registry, seed: Seed, blobs: dict[Digest, bytes]) -> No
     push.put_manifest(digest, manifest, OCI_MANIFEST)
     listing = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest),
-         "artifactType": "application/vnd.lazyfs.index.v1"}]}  # fmt: skip
+         "artifactType": ARTIFACT_TYPE}]}  # fmt: skip
     tag = referrers_tag(Digest(seed.rich_oci))
     push.put_manifest(tag, json.dumps(listing).encode(), OCI_INDEX)
 
@@ -189,10 +193,9 @@ def test_a_refused_index_means_that_layer_is_pulled_whole(
     how: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
 ) -> None:
     blobs = _index_blobs(registry, published, seed)
-    gzipped = [layer for layer, data in blobs.items() if decode(data).checkpoints]
+    gzipped = [layer for layer, data in blobs.items() if decode(data).points]
     target = gzipped[0]
     if how == "index blob not its digest":
-        # The index blob's last bytes are its last checkpoint's window.
         manifest = requests.get(
             f"{registry.url}/v2/rich/manifests/{published.artifact}",
             headers={"Accept": OCI_MANIFEST},
@@ -227,29 +230,43 @@ def test_without_a_published_index_the_image_is_pulled_whole(
         assert "WARNING" not in stderr
 
 
-def _forged_windows(blob: bytes) -> bytes:
-    """``blob`` with every checkpoint window's bytes changed, and still self-consistent.
+def _forged_checkpoints(push: RegistryPush, blob: bytes) -> bytes:
+    """A head like ``blob`` whose windows are all zeros, pushed, with their digests.
 
-    Span digests cover the compressed layer only: nothing in the artifact
-    can tell these windows (what zran inflates from) from the real ones.
+    Self-consistent: nothing in the artifact can tell these windows (what
+    inflating starts from) from the real ones.  A layer too small for a
+    window gets its one checkpoint moved to the blob's start instead.
     """
     artifact = decode(blob)
-    raw = bytearray(artifact.checkpoints)
-    count = _GZIDX_HEAD.unpack_from(raw)[-1]
-    for at in range(_GZIDX_HEAD.size + count * _GZIDX_POINT.size, len(raw), 5):
-        raw[at] ^= 0x11
-    forged = encode(dataclasses.replace(artifact, checkpoints=bytes(raw)))
-    assert decode(forged, layer=artifact.layer) is not None  # accepted as well-formed
-    return forged
+    if artifact.windows is None:
+        first = dataclasses.replace(artifact.points[0], offset=0, bits=0)
+        return encode(dataclasses.replace(artifact, points=(first, *artifact.points[1:])))
+    forged = zlib.compress(bytes(WINDOW))
+    points = []
+    for number, point in enumerate(artifact.points):
+        window = None
+        if point.window is not None:
+            window = Span(
+                (number - 1) * len(forged), len(forged), hashlib.sha256(forged).hexdigest()
+            )
+        points.append(dataclasses.replace(point, window=window))
+    windows = forged * (len(points) - 1)
+    pushed = push.push_blob(windows, WINDOWS_MEDIA_TYPE)
+    head = encode(dataclasses.replace(
+        artifact, points=tuple(points), windows=pushed.digest, windows_size=len(windows)
+    ))  # fmt: skip
+    assert decode(head, layer=artifact.layer) is not None  # accepted as well-formed
+    return head
 
 
-@pytest.mark.parametrize("index", ["as published", "forged windows"])
+@pytest.mark.parametrize("index", ["as published", "forged checkpoints"])
 def test_without_trust_no_published_index_is_looked_up_or_used(
     index: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
 ) -> None:
-    if index == "forged windows":
+    if index == "forged checkpoints":
         blobs = _index_blobs(registry, published, seed)
-        forged = {layer: _forged_windows(data) if decode(data).checkpoints else data
+        push = _client(registry)
+        forged = {layer: _forged_checkpoints(push, data) if decode(data).points else data
                   for layer, data in blobs.items()}  # fmt: skip
         assert forged != blobs
         _republish(registry, seed, forged)

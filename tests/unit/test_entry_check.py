@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import open_published
-from lazyfs.index.artifact import LayerArtifact, build_artifact
-from lazyfs.index.formats import build_index
-from lazyfs.index.model import CHECKPOINTS_NAME, IndexEntry, Kind
+from lazyfs.index.artifact import LayerArtifact
+from lazyfs.index.model import IndexEntry, Kind
 from lazyfs.index.published import INDEX_BLOB_ANNOTATION, store_published
 from providers.digest import Digest, digest_bytes
 from providers.manifest import Layer
 from tests.support.blob_sources import MemoryBlobs
 from tests.support.images import Entry, write_layer
+from tests.support.published_artifacts import artifact_of, blobs_of
 
 _random = random.Random(7)
 FILES = [
@@ -43,6 +43,7 @@ class Layered:
     blob: bytes
     digest: Digest
     artifact: LayerArtifact
+    blobs: dict[Digest, bytes]
 
     def entry(self, name: str) -> IndexEntry:
         return next(e for e in self.artifact.index.entries if "/".join(e.path) == name)
@@ -51,9 +52,7 @@ class Layered:
         layers = tmp / "layers"
         store_published(layers, BLOB, artifact)
         layer = Layer(self.digest, "", len(self.blob), None, ((INDEX_BLOB_ANNOTATION, BLOB),))
-        found = open_published(
-            layers, layer, MemoryBlobs({self.digest: self.blob}), entries=entries
-        )
+        found = open_published(layers, layer, MemoryBlobs(self.blobs), entries=entries)
         assert found is not None
         return found[1]
 
@@ -73,12 +72,8 @@ def layered(request: pytest.FixtureRequest, tmp_path: Path) -> Layered:
     path = tmp_path / "blob"
     path.write_bytes(blob)
     digest = digest_bytes(blob)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    index = build_index(digest, path, scratch, spacing=1 << 16)
-    points = scratch / CHECKPOINTS_NAME
-    checkpoints = points.read_bytes() if points.exists() else b""
-    return Layered(tar, blob, digest, build_artifact(index, path, checkpoints))
+    artifact, windows = artifact_of(path, digest, tmp_path / "scratch")
+    return Layered(tar, blob, digest, artifact, blobs_of(artifact, blob, windows))
 
 
 def _read(reader: object, digest: Digest, entry: IndexEntry) -> bytes:

@@ -7,15 +7,15 @@ import errno
 import gzip
 import hashlib
 import random
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lazyfs.blobs.gzip_remote import PublishedLayers
+from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.fs.mount_main import _remote_layer
-from lazyfs.index.artifact import LayerArtifact, Span, build_artifact
-from lazyfs.index.formats import build_index
-from lazyfs.index.model import CHECKPOINTS_NAME
+from lazyfs.index.artifact import MAX_SPAN, WINDOW, LayerArtifact, Span, first_byte
 from lazyfs.index.published import (
     INDEX_BLOB_ANNOTATION,
     PublishedData,
@@ -27,8 +27,9 @@ from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
 from providers.manifest import Layer
 from providers.tar_stream import LayerLimits
-from tests.support.blob_sources import MemoryBlobs
+from tests.support.blob_sources import CountingBlobs, MemoryBlobs
 from tests.support.images import Entry, write_layer
+from tests.support.published_artifacts import artifact_of, blobs_of
 
 SPACING = 1 << 16
 _random = random.Random(5)
@@ -47,12 +48,9 @@ class Built:
         path = tmp / "blob"
         path.write_bytes(self.blob)
         self.digest = digest_bytes(self.blob)
-        scratch = tmp / "scratch"
-        scratch.mkdir()
-        index = build_index(self.digest, path, scratch, spacing=SPACING)
-        points = scratch / CHECKPOINTS_NAME
-        checkpoints = points.read_bytes() if points.exists() else b""
-        self.artifact = build_artifact(index, path, checkpoints)
+        self.artifact, self.windows = artifact_of(path, self.digest, tmp / "scratch",
+                                                  spacing=SPACING)  # fmt: skip
+        self.blobs = blobs_of(self.artifact, self.blob, self.windows)
         self.layers_dir = tmp / "layers"
         store_published(self.layers_dir, BLOB, self.artifact)
         self.layer = Layer(self.digest, "", len(self.blob), None, ((INDEX_BLOB_ANNOTATION, BLOB),))
@@ -76,8 +74,11 @@ class Evicting(MemoryBlobs):
         self.evicted: list[tuple[int, int, str]] = []
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        source = self.bad if len(self.evicted) < self.heals or self.heals < 0 else None
-        data = source if source is not None else self.blobs[digest]
+        wrong = len(self.evicted) < self.heals or self.heals < 0
+        # The layer's bytes only: a windows blob is a shorter, other blob.
+        data = (
+            self.bad if wrong and len(self.bad) == len(self.blobs[digest]) else self.blobs[digest]
+        )
         return data[offset : offset + length]
 
     def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
@@ -86,7 +87,7 @@ class Evicting(MemoryBlobs):
 
 
 def test_every_byte_of_the_stream_reads_right(built: Built) -> None:
-    reader = PublishedLayers({built.digest: built.data}, MemoryBlobs({built.digest: built.blob}))
+    reader = PublishedLayers({built.digest: built.data}, MemoryBlobs(built.blobs))
     rng = random.Random(3)
     for _ in range(60):
         offset = rng.randrange(len(built.tar))
@@ -112,11 +113,11 @@ def test_a_tampered_span_digest_makes_the_layer_eio_for_this_reader(
     number = len(built.data.spans) // 2
     span = built.data.spans[number]
     reader = PublishedLayers(
-        {built.digest: _tampered_span(built, number)}, MemoryBlobs({built.digest: built.blob})
+        {built.digest: _tampered_span(built, number)}, MemoryBlobs(built.blobs)
     )
     # A stream offset whose bytes come from that span: for a tar layer the same
     # offset; for gzip, the uncompressed offset of the checkpoint at its start.
-    offset = span.offset if not built.artifact.checkpoints else _uncompressed_at(built, span)
+    offset = span.offset if not built.artifact.points else _uncompressed_at(built, span)
     with pytest.raises(OSError) as raised:
         reader.read_range(built.digest, offset, 4096)
     assert raised.value.errno == errno.EIO
@@ -134,24 +135,19 @@ def test_a_tampered_span_digest_makes_the_layer_eio_for_this_reader(
 
 
 def _uncompressed_at(built: Built, span: Span) -> int:
-    from lazyfs.index.artifact import parse_checkpoints
-
-    points = parse_checkpoints(
-        built.artifact.checkpoints, len(built.blob), built.artifact.index.tar_size
-    )
-    return next(p.position for p in points if p.offset == span.offset)
+    return next(p.position for p in built.artifact.points if first_byte(p) == span.offset)
 
 
 def test_wrong_bytes_from_the_source_are_read_again_then_refused_for_good(built: Built) -> None:
     damaged = bytearray(built.blob)
     damaged[len(damaged) // 2] ^= 0xFF
-    once = Evicting({built.digest: built.blob}, bytes(damaged), heals=1)
+    once = Evicting(built.blobs, bytes(damaged), heals=1)
     reader = PublishedLayers({built.digest: built.data}, once)
     whole = reader.read_range(built.digest, 0, len(built.tar))
     assert whole == built.tar  # the second read after the eviction was right
     assert len(once.evicted) == 1
 
-    always = Evicting({built.digest: built.blob}, bytes(damaged), heals=-1)
+    always = Evicting(built.blobs, bytes(damaged), heals=-1)
     reader = PublishedLayers({built.digest: built.data}, always)
     with pytest.raises(OSError) as raised:
         reader.read_range(built.digest, 0, len(built.tar))
@@ -174,7 +170,7 @@ def test_no_wrong_byte_from_any_flipped_blob_byte(built: Built) -> None:
         at = rng.randrange(len(damaged))
         damaged[at] ^= rng.randrange(1, 256)
         reader = PublishedLayers(
-            {built.digest: built.data}, MemoryBlobs({built.digest: bytes(damaged)})
+            {built.digest: built.data}, MemoryBlobs({**built.blobs, built.digest: bytes(damaged)})
         )
         for offset in range(0, len(built.tar), 1 << 17):
             try:
@@ -212,7 +208,7 @@ class Mountable(MemoryBlobs):
 
 def test_a_published_layer_is_held_to_the_layer_limits(built: Built) -> None:
     store = Store(built.layers_dir.parent)
-    blobs = Mountable({built.digest: built.blob})
+    blobs = Mountable(built.blobs)
     small = LayerLimits(max_size=len(built.tar) - 1)
     with pytest.raises(BadImage, match="unpacks to more than"):
         _remote_layer(store, built.layer, blobs, entries=True, limits=small)  # type: ignore[arg-type]
@@ -221,3 +217,162 @@ def test_a_published_layer_is_held_to_the_layer_limits(built: Built) -> None:
     index, reader, _ = _remote_layer(store, built.layer, blobs, entries=True, limits=enough)  # type: ignore[arg-type]
     assert index.tar_size == len(built.tar) and blobs.mounted == [built.digest]
     assert reader.read_range(built.digest, 0, 512) == built.tar[:512]
+
+
+@pytest.fixture(scope="module")
+def gz(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return Built(tmp_path_factory.mktemp("gz"), True)
+
+
+def _middle_point(built: Built) -> int:
+    return len(built.artifact.points) // 2
+
+
+def _with_window(built: Built, number: int, **changes: Any) -> PublishedData:
+    points = list(built.data.points or ())
+    window = points[number].window
+    assert window is not None
+    points[number] = dataclasses.replace(
+        points[number], window=dataclasses.replace(window, **changes)
+    )
+    return dataclasses.replace(built.data, points=tuple(points))
+
+
+def test_a_tampered_window_digest_is_eio_for_the_layer(
+    gz: Built, caplog: pytest.LogCaptureFixture
+) -> None:
+    number = _middle_point(gz)
+    at = gz.artifact.points[number].position
+    data = _with_window(gz, number, sha256="0" * 64)
+    reader = PublishedLayers({gz.digest: data}, MemoryBlobs(gz.blobs))
+    assert reader.read_range(gz.digest, 0, 4096) == gz.tar[:4096]  # no window needed
+    with pytest.raises(OSError) as raised:
+        reader.read_range(gz.digest, at + 10, 100)
+    assert raised.value.errno == errno.EIO
+    assert "checkpoint window" in str(raised.value)
+    with pytest.raises(OSError) as raised:
+        reader.read_range(gz.digest, 0, 4096)  # not served any more, though kept
+    assert raised.value.errno == errno.EIO
+    assert caplog.text.count("does not match its published index") == 1
+
+
+def test_a_window_that_is_not_a_zlib_window_is_eio(gz: Built) -> None:
+    """A windows blob whose bytes match their digests but are no 32 KiB window: refused."""
+    number = _middle_point(gz)
+    point = gz.artifact.points[number]
+    assert point.window is not None and gz.artifact.windows is not None
+    for forged in (b"not zlib at all", zlib.compress(bytes(100)), zlib.compress(bytes(40000))):
+        windows = gz.windows + forged
+        blobs = {**gz.blobs, gz.artifact.windows: windows}
+        data = _with_window(
+            gz,
+            number,
+            offset=len(gz.windows),
+            length=len(forged),
+            sha256=hashlib.sha256(forged).hexdigest(),
+        )
+        data = dataclasses.replace(data, windows_size=len(windows))
+        reader = PublishedLayers({gz.digest: data}, MemoryBlobs(blobs))
+        with pytest.raises(OSError) as raised:
+            reader.read_range(gz.digest, point.position, 100)
+        assert raised.value.errno == errno.EIO
+        assert "bytes of zlib" in str(raised.value)
+
+
+def test_a_read_fetches_its_own_window_and_spans_only(gz: Built) -> None:
+    number = _middle_point(gz)
+    point, after = gz.artifact.points[number], gz.artifact.points[number + 1]
+    counting = CountingBlobs(MemoryBlobs(gz.blobs))
+    reader = PublishedLayers({gz.digest: gz.data}, counting)
+    at = point.position + 100
+    assert reader.read_range(gz.digest, at, 200) == gz.tar[at : at + 200]
+    windows = [r for r in counting.reads if r[0] == gz.artifact.windows]
+    assert point.window is not None
+    assert windows == [(gz.artifact.windows, point.window.offset, point.window.length)]
+    layer = [r for r in counting.reads if r[0] == gz.digest]
+    # The compressed bytes of its interval, cut in spans, and no span before or after it.
+    assert min(offset for _, offset, _ in layer) == first_byte(point)
+    assert max(offset + length for _, offset, length in layer) <= first_byte(after) + MAX_SPAN
+
+
+def test_no_wrong_byte_from_any_flipped_windows_byte(gz: Built) -> None:
+    assert gz.artifact.windows is not None
+    rng = random.Random(12)
+    for _ in range(20):
+        damaged = bytearray(gz.windows)
+        damaged[rng.randrange(len(damaged))] ^= rng.randrange(1, 256)
+        blobs = {**gz.blobs, gz.artifact.windows: bytes(damaged)}
+        reader = PublishedLayers({gz.digest: gz.data}, MemoryBlobs(blobs))
+        for offset in range(0, len(gz.tar), 1 << 16):
+            try:
+                got = reader.read_range(gz.digest, offset, 1 << 16)
+            except OSError as error:
+                assert error.errno == errno.EIO
+                continue
+            assert got == gz.tar[offset : offset + (1 << 16)]
+
+
+def test_the_daemons_client_reads_the_layer_and_its_windows_by_exact_ranges(
+    gz: Built, tmp_path: Path
+) -> None:
+    from lazyfs.cache.client import CacheClient, remote_blob
+
+    client = CacheClient(tmp_path / "cache", {gz.digest: remote_blob("r.invalid", "app", gz.layer)})
+    found = open_published(gz.layers_dir, gz.layer, client)
+    assert found is not None and gz.artifact.windows is not None
+    layer, windows = client.blobs[gz.digest], client.blobs[gz.artifact.windows]
+    assert layer.exact and windows.exact
+    assert windows.origin == layer.origin and windows.size == len(gz.windows)
+    assert windows.diff_id is None
+
+
+@pytest.mark.parametrize("change", ["bits", "offset"])
+def test_a_tampered_checkpoint_is_eio_never_a_wrong_byte(gz: Built, change: str) -> None:
+    """A point moved off its deflate block: zran does not inflate from there, or the
+    stream ends early; either is EIO for the layer."""
+    points = list(gz.artifact.points)
+    refused = 0
+    for number in range(1, len(points)):
+        point = points[number]
+        moved = (
+            dataclasses.replace(point, bits=(point.bits + 3) % 8 or 1, offset=point.offset or 1)
+            if change == "bits"
+            else dataclasses.replace(point, offset=point.offset + 1)
+        )
+        data = dataclasses.replace(gz.data, points=(*points[:number], moved, *points[number + 1 :]))
+        reader = PublishedLayers({gz.digest: data}, MemoryBlobs(gz.blobs))
+        at = point.position
+        try:
+            got = reader.read_range(gz.digest, at, 4096)
+        except OSError as error:
+            assert error.errno == errno.EIO
+            refused += 1
+            continue
+        assert got == gz.tar[at : at + 4096], number
+    assert refused == len(points) - 1
+
+
+def test_a_forged_window_with_its_own_digest_is_eio_never_a_wrong_byte(gz: Built) -> None:
+    """A window the head names by digest but that is not the stream's: the interval's
+    digest catches what it inflates to."""
+    assert gz.artifact.windows is not None
+    forged = zlib.compress(bytes(WINDOW))
+    windows = gz.windows + forged
+    refused = 0
+    for number in range(1, len(gz.artifact.points)):
+        point = gz.artifact.points[number]
+        data = _with_window(
+            gz, number, offset=len(gz.windows), length=len(forged),
+            sha256=hashlib.sha256(forged).hexdigest(),
+        )  # fmt: skip
+        data = dataclasses.replace(data, windows_size=len(windows))
+        blobs = {**gz.blobs, gz.artifact.windows: windows}
+        reader = PublishedLayers({gz.digest: data}, MemoryBlobs(blobs))
+        try:
+            got = reader.read_range(gz.digest, point.position, 1 << 16)
+        except OSError as error:
+            assert error.errno == errno.EIO
+            refused += 1
+            continue
+        assert got == gz.tar[point.position : point.position + (1 << 16)]
+    assert refused > 0

@@ -6,9 +6,10 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import itertools
 import json
 import random
-import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +17,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lazyfs.index import artifact as artifact_module
 from lazyfs.index.artifact import (
     MAX_SPAN,
+    WINDOW,
     LayerArtifact,
-    build_artifact,
     decode,
     encode,
-    parse_checkpoints,
+    first_byte,
 )
+from lazyfs.index.artifact_build import build_artifact
 from lazyfs.index.formats import build_index
-from lazyfs.index.model import CHECKPOINTS_NAME, Kind
+from lazyfs.index.model import Kind, dumps
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
 from tests.support.images import Entry, write_layer
+from tests.support.published_artifacts import artifact_of
 
 SPACING = 1 << 16
 _random = random.Random(13)
@@ -44,12 +48,9 @@ def _layer(tmp: Path, compress: bool) -> tuple[Path, LayerArtifact]:
     blob = tmp / "blob"
     blob.write_bytes(gzip.compress(tar) if compress else tar)
     digest = digest_bytes(blob.read_bytes())
-    scratch = tmp / "scratch"
-    scratch.mkdir()
-    index = build_index(digest, blob, scratch, spacing=SPACING)
-    points = scratch / CHECKPOINTS_NAME
-    checkpoints = points.read_bytes() if points.exists() else b""
-    return blob, build_artifact(index, blob, checkpoints)
+    artifact, windows = artifact_of(blob, digest, tmp / "scratch", spacing=SPACING)
+    (tmp / "windows").write_bytes(windows)
+    return blob, artifact
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +86,39 @@ def test_spans_cover_the_blob_and_hash_it(gz: tuple[Path, LayerArtifact]) -> Non
         piece = data[span.offset : span.offset + span.length]
         assert hashlib.sha256(piece).hexdigest() == span.sha256
     starts = {span.offset for span in artifact.spans}
-    points = parse_checkpoints(artifact.checkpoints, len(data), artifact.index.tar_size)
-    assert len(points) > 3  # the spacing made several checkpoints
-    assert all(point.offset in starts for point in points if point.offset < len(data))
+    assert len(artifact.points) > 3  # the spacing made several checkpoints
+    assert all(first_byte(point) in starts for point in artifact.points)
+
+
+def test_windows_are_apart_compressed_and_hashed(gz: tuple[Path, LayerArtifact]) -> None:
+    blob, artifact = gz
+    windows = (blob.parent / "windows").read_bytes()
+    assert artifact.windows == digest_bytes(windows) and artifact.windows_size == len(windows)
+    assert artifact.points[0].window is None and artifact.points[0].position == 0
+    refs = [p.window for p in artifact.points[1:]]
+    assert all(ref is not None for ref in refs)
+    at = 0
+    for ref in refs:
+        assert ref is not None and ref.offset == at
+        piece = windows[at : at + ref.length]
+        assert hashlib.sha256(piece).hexdigest() == ref.sha256
+        assert len(zlib.decompress(piece)) == WINDOW
+        at += ref.length
+    assert at == len(windows)
+    # The head holds no window: it is a small part of what format 1 was.
+    assert len(encode(artifact)) < len(refs) * WINDOW // 4
+    assert artifact.index.checkpoints_size == 0
+
+
+def test_a_gzip_layer_of_several_members_is_not_published(tmp_path: Path) -> None:
+    tar = write_layer(FILES, tmp_path / "layer.tar").read_bytes()
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(tar[:20480]) + gzip.compress(tar[20480:]))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    index = build_index(digest_bytes(blob.read_bytes()), blob, scratch)
+    assert index.compression == "gzip"
+    assert build_artifact(index, blob, spacing=SPACING) is None
 
 
 def test_another_layer_is_refused(gz: tuple[Path, LayerArtifact]) -> None:
@@ -106,14 +137,19 @@ def _mutated(artifact: LayerArtifact, **changes: object) -> bytes:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"lazyfs_index": 2}, "unknown version 2"),
+        ({"lazyfs_index": 1}, "unknown version 1"),
         ({"lazyfs_index": None}, "unknown version None"),
         ({"layer": "sha256:xyz"}, "layer:"),
         ({"layer_size": -1}, "layer_size -1 out of range"),
         ({"layer_size": True}, "layer_size missing"),
         ({"compression": "zstd"}, "compression 'zstd'"),
         ({"index_bytes": 10}, "header promises"),
-        ({"checkpoints_bytes": 1 << 40}, "header promises"),
+        ({"index_bytes": 1 << 51}, "out of range"),
+        ({"windows": None}, "windows take"),
+        ({"windows": {"digest": "sha256:x", "size": 1}}, "windows:"),
+        ({"windows": {"digest": "sha256:" + "0" * 64, "size": 1 << 30}}, "not in 1.."),
+        ({"points": "x"}, "points missing"),
+        ({"points": [], "windows": None}, "no checkpoints"),
         ({"tar_size": 5}, "disagrees with its header"),
         ({"spans": "x"}, "spans missing"),
     ],
@@ -163,31 +199,71 @@ def test_entries_past_the_tar_stream(gz: tuple[Path, LayerArtifact]) -> None:
         decode(encode(dataclasses.replace(artifact, index=index)))
 
 
-def _with_checkpoints(artifact: LayerArtifact, data: bytes) -> bytes:
-    index = dataclasses.replace(artifact.index, checkpoints_size=len(data))
-    return encode(dataclasses.replace(artifact, index=index, checkpoints=data))
+def _rows(artifact: LayerArtifact) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for p in artifact.points:
+        window = [] if p.window is None else [p.window.offset, p.window.length, p.window.sha256]
+        rows.append([p.offset, p.position, p.bits, p.sha256, *window])
+    return rows
 
 
-def test_hostile_checkpoints(gz: tuple[Path, LayerArtifact]) -> None:
+def test_hostile_points(gz: tuple[Path, LayerArtifact]) -> None:
     _, artifact = gz
-    data = bytearray(artifact.checkpoints)
-    head = struct.Struct("<5sBBQQIII")
-    point = struct.Struct("<QQBB")
-    cases: dict[str, bytes] = {"truncated": bytes(data[:10])}
-    wrong_magic = bytearray(data)
-    wrong_magic[0:5] = b"NOPE!"
-    cases["not an indexed_gzip"] = bytes(wrong_magic)
-    # The second point's compressed offset past the blob.
-    past = bytearray(data)
-    struct.pack_into("<Q", past, head.size + point.size, artifact.layer_size + 1)
-    cases["out of order or past"] = bytes(past)
-    count = bytearray(data)
-    struct.pack_into("<I", count, 31, 1 << 30)
-    cases["do not fit"] = bytes(count)
-    cases["their points need"] = bytes(data[:-1])
+    rows = _rows(artifact)
+    second = rows[1]
+    cases: dict[str, list[list[Any]]] = {
+        "out of order or past": [rows[0], rows[1], [rows[2][0], *rows[1][1:]], *rows[3:]],
+        "is not .offset, position": [rows[0], second[:2], *rows[2:]],
+        "is not .offset, position, bits, sha256": [rows[0], [*second[:3], "x", *second[4:]]],
+        "malformed": [rows[0], [second[0], second[1], 8, *second[3:]], *rows[2:]],
+        "lacks a window": [rows[0], second[:4], *rows[2:]],
+        "has a window": [[*rows[0], *second[4:]], *rows[1:]],
+        "out of place or of a bad length": [
+            rows[0],
+            [*second[:4], second[4] + 1, *second[5:]],
+            *rows[2:],
+        ],
+        "window .* is not": [rows[0], [*second[:6], "nothex"], *rows[2:]],
+    }
+    past = [*rows[:-1], [artifact.layer_size + 1, *rows[-1][1:]]]
+    cases["past the layer"] = past
     for message, value in cases.items():
         with pytest.raises(BadImage, match=message):
-            decode(_with_checkpoints(artifact, value))
+            decode(_mutated(artifact, points=value))
+    too_long = [*rows[:-1], [*rows[-1][:5], 1 << 20, rows[-1][6]]]
+    with pytest.raises(BadImage, match="bad length"):
+        decode(_mutated(artifact, points=too_long))
+
+
+def test_intervals_longer_than_the_bound_are_refused(
+    gz: tuple[Path, LayerArtifact], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, artifact = gz
+    data = encode(artifact)
+    gaps = [b.position - a.position for a, b in itertools.pairwise(artifact.points)]
+    monkeypatch.setattr(artifact_module, "MAX_INTERVAL", max(gaps) - 1)
+    with pytest.raises(BadImage, match="bytes past the one before"):
+        decode(data)
+    tail = artifact.index.tar_size - artifact.points[-1].position
+    monkeypatch.setattr(artifact_module, "MAX_INTERVAL", max(*gaps, tail - 1))
+    if tail - 1 >= max(gaps):
+        with pytest.raises(BadImage, match="bytes before the end"):
+            decode(data)
+
+
+def test_an_index_text_that_inflates_past_the_bound_is_refused(
+    gz: tuple[Path, LayerArtifact], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, artifact = gz
+    data = encode(artifact)
+    monkeypatch.setattr(artifact_module, "MAX_INDEX", len(dumps(artifact.index).encode()) - 1)
+    with pytest.raises(BadImage, match="one zlib stream of at most"):
+        decode(data)
+    header, _ = _split(data)
+    not_zlib = b"\x00" * 40
+    header["index_bytes"] = len(not_zlib)
+    with pytest.raises(BadImage, match="does not inflate"):
+        decode(_join(header, not_zlib))
 
 
 def test_no_header_line() -> None:

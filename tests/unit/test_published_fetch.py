@@ -21,9 +21,9 @@ from lazyfs.index.artifact import (
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
     Span,
-    build_artifact,
     encode,
 )
+from lazyfs.index.artifact_build import build_artifact
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_manifest
 from lazyfs.index.formats import build_index
 from lazyfs.publish import fetch
@@ -86,7 +86,9 @@ def built(tmp_path: Path) -> Built:
     digest = digest_bytes(tar.read_bytes())
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    artifact = build_artifact(build_index(digest, tar, scratch), tar, b"")
+    built = build_artifact(build_index(digest, tar, scratch), tar)
+    assert built is not None
+    artifact = built[0]
     data = tar.read_bytes()
     cut = [Span(0, 512, _sha(data[:512])), Span(512, len(data) - 512, _sha(data[512:]))]
     other = replace(artifact, spans=tuple(cut))

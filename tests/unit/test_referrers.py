@@ -74,7 +74,7 @@ def test_artifact_manifest_round_trip() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(artifactType="x"), "not a application/vnd.lazyfs.index.v1"),
+        (lambda d: d.update(artifactType="x"), "not a application/vnd.lazyfs.index.v2"),
         (lambda d: d["subject"].update(digest=B), "not about"),
         (lambda d: d["layers"][0].update(size=MAX_BLOB + 1), "out of range"),
         (lambda d: d["layers"][0]["annotations"].update({LAYER_ANNOTATION: "x"}), "malformed"),
