@@ -146,24 +146,25 @@ class EstargzChunks:
                     return found
                 waiting = self._pending.get(key)
                 if waiting is None:
-                    numbers = self._claim(digest, table, number)
+                    claimed = self._claim(digest, table, number)
                     break
             waiting.wait()  # then look again: that fetch may have failed
-        events = {n: self._pending[(digest, n)] for n in numbers}
         try:
-            found = self._fetch(digest, [table.rows[n] for n in numbers])
+            fetched = self._fetch(digest, [table.rows[n] for n, _ in claimed])
             with self._lock:
-                for n, data in zip(numbers, found, strict=False):
+                for (n, _), data in zip(claimed, fetched, strict=False):
                     self._keep((digest, n), data)
-            return found[0]
+            return fetched[0]
         finally:
             with self._lock:
-                for n in numbers:
+                for n, _ in claimed:
                     del self._pending[(digest, n)]
-            for event in events.values():
+            for _, event in claimed:
                 event.set()
 
-    def _claim(self, digest: Digest, table: ChunkTable, number: int) -> list[int]:
+    def _claim(
+        self, digest: Digest, table: ChunkTable, number: int
+    ) -> list[tuple[int, threading.Event]]:
         """Mark chunk ``number`` and the file's next ones (``follow_bytes``) as being fetched.
 
         Only chunks that nobody has or fetches, one after another in the blob.
@@ -180,9 +181,10 @@ class EstargzChunks:
             if (digest, n) in self._kept or (digest, n) in self._pending:
                 break
             numbers.append(n)
-        for n in numbers:
-            self._pending[(digest, n)] = threading.Event()
-        return numbers
+        claimed = [(n, threading.Event()) for n in numbers]
+        for n, event in claimed:
+            self._pending[(digest, n)] = event
+        return claimed
 
     def _fetch(self, digest: Digest, rows: list[ChunkRow]) -> list[bytes]:
         """The verified bytes of ``rows[0]``, then of as many of the rest as verify."""
