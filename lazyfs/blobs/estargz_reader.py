@@ -146,25 +146,24 @@ class EstargzChunks:
                     return found
                 waiting = self._pending.get(key)
                 if waiting is None:
-                    claimed = self._claim(digest, table, number)
+                    numbers = self._claim(digest, table, number)
                     break
             waiting.wait()  # then look again: that fetch may have failed
+        events = {n: self._pending[(digest, n)] for n in numbers}
         try:
-            fetched = self._fetch(digest, [table.rows[n] for n, _ in claimed])
+            found = self._fetch(digest, [table.rows[n] for n in numbers])
             with self._lock:
-                for (n, _), data in zip(claimed, fetched, strict=False):
+                for n, data in zip(numbers, found, strict=False):
                     self._keep((digest, n), data)
-            return fetched[0]
+            return found[0]
         finally:
             with self._lock:
-                for n, _ in claimed:
+                for n in numbers:
                     del self._pending[(digest, n)]
-            for _, event in claimed:
+            for event in events.values():
                 event.set()
 
-    def _claim(
-        self, digest: Digest, table: ChunkTable, number: int
-    ) -> list[tuple[int, threading.Event]]:
+    def _claim(self, digest: Digest, table: ChunkTable, number: int) -> list[int]:
         """Mark chunk ``number`` and the file's next ones (``follow_bytes``) as being fetched.
 
         Only chunks that nobody has or fetches, one after another in the blob.
@@ -181,10 +180,9 @@ class EstargzChunks:
             if (digest, n) in self._kept or (digest, n) in self._pending:
                 break
             numbers.append(n)
-        claimed = [(n, threading.Event()) for n in numbers]
-        for n, event in claimed:
-            self._pending[(digest, n)] = event
-        return claimed
+        for n in numbers:
+            self._pending[(digest, n)] = threading.Event()
+        return numbers
 
     def _fetch(self, digest: Digest, rows: list[ChunkRow]) -> list[bytes]:
         """The verified bytes of ``rows[0]``, then of as many of the rest as verify."""
