@@ -23,13 +23,6 @@ ask for 128 KiB at a time (``lazyfs.blobs.ranges.ChunkCache``), so verified
 chunks are kept here, least recently used first out, up to ``max_bytes``,
 and a chunk that several threads want at once is fetched once.
 
-A miss also takes the file's next chunks, up to ``follow_bytes`` of the
-blob past the one wanted, in the same range read: a program that reads a
-file it needs (a binary, a library) reads on into its next chunk, and over a
-link each chunk fetched alone would be a round trip more.  Each of them is
-verified as any chunk is; one that does not verify is not kept (its read
-fetches it again, and gives EIO then if it still does not verify).
-
 Blocking and thread-safe, as ``TarRangeReader`` says.
 """
 
@@ -50,8 +43,6 @@ from providers.errors import DigestMismatch, LazyfsError
 from providers.source import BlobSource
 
 DEFAULT_KEEP_BYTES = 32 << 20
-# A sixth of a second at 100 Mbit/s: far less than a round trip saved costs on a slow link.
-DEFAULT_FOLLOW_BYTES = 2 << 20
 log = logging.getLogger(__name__)
 
 
@@ -69,9 +60,7 @@ class EstargzChunks:
     (``LayerData.path`` of an eStargz layer), read on the layer's first read.
     ``blobs`` serves the layers' blobs by range (a registry, the cache
     daemon, the store); it is trusted with nothing: every chunk is checked.
-    ``fetches`` counts the range reads made of it; ``follow_bytes`` bounds
-    how much of the blob a miss reads past the chunk it wants (the file's
-    next chunks; 0: none).
+    ``fetches`` counts the chunks read from it.
     """
 
     def __init__(
@@ -80,12 +69,10 @@ class EstargzChunks:
         blobs: BlobSource,
         *,
         max_bytes: int = DEFAULT_KEEP_BYTES,
-        follow_bytes: int = DEFAULT_FOLLOW_BYTES,
     ) -> None:
         self._paths = dict(tables)
         self._blobs = blobs
         self.max_bytes = max_bytes
-        self.follow_bytes = follow_bytes
         self._lock = threading.Lock()
         self._tables: dict[Digest, ChunkTable] = {}
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
@@ -113,7 +100,7 @@ class EstargzChunks:
                 continue  # the row before ``offset`` ends in the gap that holds it
             if row.start > at:
                 parts.append(bytes(row.start - at))  # a gap between files: no file's bytes
-            data = self._chunk(digest, table, number)
+            data = self._chunk(digest, number, row)
             lo, hi = max(at - row.start, 0), min(end - row.start, row.size)
             parts.append(data if (lo, hi) == (0, row.size) else data[lo:hi])
             at = row.start + hi
@@ -135,7 +122,7 @@ class EstargzChunks:
         with self._lock:
             return self._tables.setdefault(digest, table)
 
-    def _chunk(self, digest: Digest, table: ChunkTable, number: int) -> bytes:
+    def _chunk(self, digest: Digest, number: int, row: ChunkRow) -> bytes:
         """The verified bytes of chunk ``number`` of layer ``digest``: kept, or fetched once."""
         key = (digest, number)
         while True:
@@ -146,87 +133,45 @@ class EstargzChunks:
                     return found
                 waiting = self._pending.get(key)
                 if waiting is None:
-                    numbers = self._claim(digest, table, number)
+                    done = self._pending[key] = threading.Event()
                     break
             waiting.wait()  # then look again: that fetch may have failed
-        events = {n: self._pending[(digest, n)] for n in numbers}
         try:
-            found = self._fetch(digest, [table.rows[n] for n in numbers])
+            data = self._fetch(digest, row)
             with self._lock:
-                for n, data in zip(numbers, found, strict=False):
-                    self._keep((digest, n), data)
-            return found[0]
+                self._keep(key, data)
+            return data
         finally:
             with self._lock:
-                for n in numbers:
-                    del self._pending[(digest, n)]
-            for event in events.values():
-                event.set()
+                del self._pending[key]
+            done.set()
 
-    def _claim(self, digest: Digest, table: ChunkTable, number: int) -> list[int]:
-        """Mark chunk ``number`` and the file's next ones (``follow_bytes``) as being fetched.
-
-        Only chunks that nobody has or fetches, one after another in the blob.
-        Called with the lock held.
-        """
-        first = table.rows[number]
-        numbers = [number]
-        for n in range(number + 1, len(table.rows)):
-            row, before = table.rows[n], table.rows[n - 1]
-            if row.name != first.name or row.offset < before.end:
-                break  # another file's, or sharing a gzip member: left to its own read
-            if row.end - first.end > self.follow_bytes:
-                break
-            if (digest, n) in self._kept or (digest, n) in self._pending:
-                break
-            numbers.append(n)
-        for n in numbers:
-            self._pending[(digest, n)] = threading.Event()
-        return numbers
-
-    def _fetch(self, digest: Digest, rows: list[ChunkRow]) -> list[bytes]:
-        """The verified bytes of ``rows[0]``, then of as many of the rest as verify."""
+    def _fetch(self, digest: Digest, row: ChunkRow) -> bytes:
         with self._lock:
             self.fetches += 1
-        row, base = rows[0], rows[0].offset
-        length = rows[-1].end - base
+        length = row.end - row.offset
         try:
             try:
-                raw = self._blobs.read_range(digest, base, length)
-                found = [self._inflate(digest, row, raw[: row.end - base])]
+                raw = self._blobs.read_range(digest, row.offset, length)
+                return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
             except DigestMismatch as error:
                 if not isinstance(self._blobs, Evicting):
                     raise
                 log.warning("%s; dropping it from the cache and reading it again", error)
-                self._blobs.evict(digest, base, length, str(error))
-                length = row.end - base
+                self._blobs.evict(digest, row.offset, length, str(error))
                 with self._lock:
                     self.fetches += 1
-                raw = self._blobs.read_range(digest, base, length)
+                raw = self._blobs.read_range(digest, row.offset, length)
                 try:
-                    return [self._inflate(digest, row, raw)]
+                    return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
                 except DigestMismatch as again:
                     # Not kept either: a later read tries afresh, not this EIO for good.
-                    self._blobs.evict(digest, base, length, str(again))
+                    self._blobs.evict(digest, row.offset, length, str(again))
                     raise
         except LazyfsError as error:
             # DigestMismatch, or the blob source's NotFound or TemporaryFailure:
             # to the FUSE handlers, bytes that cannot be had.
             raise OSError(errno.EIO, str(error)) from error
-        for after in rows[1:]:
-            try:
-                found.append(
-                    self._inflate(digest, after, raw[after.offset - base : after.end - base])
-                )
-            except DigestMismatch as error:
-                # Nobody waits for it yet: its own read fetches it again (and evicts).
-                log.warning("%s; not kept", error)
-                break
-        return found
-
-    @staticmethod
-    def _inflate(digest: Digest, row: ChunkRow, raw: bytes) -> bytes:
-        return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
 
     def _keep(self, key: tuple[Digest, int], data: bytes) -> None:
         """Keep ``data``, then drop the least recently used chunks past ``max_bytes``."""

@@ -321,74 +321,13 @@ def test_every_file_reads_back_whole_and_in_pieces(store: Store, pack: int) -> N
     assert chunks.read_range(index.digest, index.tar_size, 10) == b""
 
 
-def counted(
-    store: Store, blob: Blob, data: bytes | None = None, **kwargs: Any
-) -> tuple[LayerIndex, EstargzChunks, CountingBlobs]:
-    """``reader``, with the range reads of the blob recorded."""
-    index, _ = remote(store, blob)
-    table = check_data_present(home(store, blob), Path(), index).path
-    served = CountingBlobs(MemoryBlobs({index.digest: blob.data if data is None else data}))
-    return index, EstargzChunks({index.digest: table}, served, **kwargs), served
-
-
 def test_a_chunk_is_fetched_once_for_many_small_reads(store: Store) -> None:
     blob = write_estargz(FILES, chunk_size=20_000)
-    index, chunks, _ = counted(store, blob, follow_bytes=0)
+    index, chunks = reader(store, blob)
     big = next(e for e in index.entries if e.path == ("big",))
     for at in range(0, big.size, 4096):
         chunks.read_range(index.digest, big.offset + at, 4096)
     assert chunks.fetches == 4  # 70000 bytes in chunks of 20000
-
-
-def test_a_miss_reads_the_files_next_chunks_in_the_same_range_read(store: Store) -> None:
-    blob = write_estargz(FILES, chunk_size=20_000)
-    index, chunks, served = counted(store, blob)
-    table = load_chunk_table(home(store, blob), index)
-    rows = [r for r in table.rows if r.name == "big"]
-    big = next(e for e in index.entries if e.path == ("big",))
-    assert chunks.read_range(index.digest, big.offset, 4096) == BIG[:4096]
-    assert served.reads == [(index.digest, rows[0].offset, rows[-1].end - rows[0].offset)]
-    assert chunks.read_range(index.digest, big.offset, big.size) == BIG
-    assert chunks.fetches == 1 and len(served.reads) == 1
-    # Another file's chunk is never taken along: "small" is a read of its own.
-    small = next(e for e in index.entries if e.path == ("small",))
-    assert chunks.read_range(index.digest, small.offset, small.size) == b"small\n" * 10
-    assert len(served.reads) == 2
-
-
-def test_a_miss_takes_no_more_of_the_blob_than_follow_bytes(store: Store) -> None:
-    blob = write_estargz(FILES, chunk_size=20_000)
-    index, _ = remote(store, blob)
-    rows = [r for r in load_chunk_table(home(store, blob), index).rows if r.name == "big"]
-    # Room for the second chunk's member, not the third's.
-    _, chunks, served = counted(store, blob, follow_bytes=rows[1].end - rows[0].end)
-    big = next(e for e in index.entries if e.path == ("big",))
-    assert chunks.read_range(index.digest, big.offset + 45_000, 10) == BIG[45_000:45_010]
-    assert served.reads == [(index.digest, rows[2].offset, rows[3].end - rows[2].offset)]
-    assert chunks.read_range(index.digest, big.offset, 4096) == BIG[:4096]
-    assert served.reads[1:] == [(index.digest, rows[0].offset, rows[1].end - rows[0].offset)]
-    assert chunks.read_range(index.digest, big.offset, big.size) == BIG
-    assert len(served.reads) == 2
-
-
-def test_a_following_chunk_that_does_not_verify_is_not_kept(store: Store) -> None:
-    blob = write_estargz(FILES, chunk_size=20_000)
-    index, _ = remote(store, blob)
-    rows = [r for r in load_chunk_table(home(store, blob), index).rows if r.name == "big"]
-    damaged = bytearray(blob.data)
-    damaged[(rows[1].offset + rows[1].end) // 2] ^= 0x55
-    _, chunks, served = counted(store, blob, bytes(damaged))
-    big = next(e for e in index.entries if e.path == ("big",))
-    assert chunks.read_range(index.digest, big.offset, 100) == BIG[:100]
-    assert len(served.reads) == 1
-    # Its own read fetches it again, and finds it wrong again: EIO, never its bytes.
-    with pytest.raises(OSError) as caught:
-        chunks.read_range(index.digest, big.offset + 20_000, 100)
-    assert caught.value.errno == errno.EIO
-    assert served.reads[1][1] == rows[1].offset
-    # Nor were the chunks after it kept from that first read.
-    assert chunks.read_range(index.digest, big.offset + 40_000, 30_000) == BIG[40_000:]
-    assert served.reads[-1][1] == rows[2].offset
 
 
 def test_a_corrupted_chunk_is_eio_and_the_others_read(store: Store) -> None:
