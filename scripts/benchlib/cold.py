@@ -29,13 +29,18 @@ link by then, both ways.
 
 Every ``lazyfs`` runs as its command-line, as a user runs it, with this
 checkout's code (``benchlib.cold_run``).
+
+``LAZYFS_BENCH_COLD_ROWS`` (rows' names, comma-separated) keeps only those
+rows: a quick look at one of them without the minutes of whole pulls.
+Figures to compare against the peer need the ``skopeo`` row in the same run.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-from benchlib.cold_index import index_contenders
+from benchlib.cold_index import index_contenders, index_rows
 from benchlib.cold_run import lazyfs_once
 from benchlib.cold_trace import trace_contender
 from benchlib.estargz import push_estargz
@@ -63,12 +68,15 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
         port = int(host.rsplit(":", 1)[1])
         rate = rate_mbit * 1_000_000
         with shaping_proxy(port, rate=rate, rtt=rtt_ms / 1000) as link:
+            trace_row = "lazyfs fuse lazy (eStargz, replayed trace)"
+            # A row left out is not set up either (its index pushed, its trace published).
             contenders = [
                 Contender("lazyfs fuse lazy (eStargz)", True,
                           lazyfs_once(ctx, link, lazy, "fuse", sizes[lazy])),
-                trace_contender(ctx, host, link, lazy, sizes[lazy],
-                                "lazyfs fuse lazy (eStargz, replayed trace)"),
-                *index_contenders(ctx, host, link, plain, sizes[plain]),
+                *([trace_contender(ctx, host, link, lazy, sizes[lazy], trace_row)]
+                  if _wanted(trace_row) else []),
+                *index_contenders(ctx, host, link, plain, sizes[plain],
+                                  [row for row in index_rows() if _wanted(row.name)]),
                 Contender("lazyfs fuse (plain)", True,
                           lazyfs_once(ctx, link, plain, "fuse", sizes[plain])),
                 Contender("lazyfs overlay (plain)", True,
@@ -76,8 +84,15 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
                 Contender("skopeo copy + umoci unpack", False,
                           _skopeo_umoci_once(ctx, link, plain, sizes[plain])),
             ]  # fmt: skip
+            contenders = [c for c in contenders if _wanted(c.name)]
             label = f"{NAME} {image.name} ({rate_mbit:g} Mbit/s, {rtt_ms:g} ms)"
             return Result(NAME, image.name, compare(contenders, ctx.runs, ctx.log, label))
+
+
+def _wanted(row: str) -> bool:
+    """Whether ``LAZYFS_BENCH_COLD_ROWS`` (unset or empty: every row) names ``row``."""
+    rows = os.environ.get("LAZYFS_BENCH_COLD_ROWS", "")
+    return not rows.strip() or row in {name.strip() for name in rows.split(",")}
 
 
 def _image_bytes(reference: str) -> int:
