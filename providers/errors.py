@@ -3,8 +3,10 @@
     LazyfsError                  every error lazyfs means to raise    image
     ├── NotFound                 an image, tag, blob or container     digest, url
     │                            that is not there
-    ├── Unauthorized             credentials missing or refused,      url, status
-    │                            or a server that cannot be trusted
+    ├── Unauthorized             credentials missing or refused       url, status
+    ├── TlsFailure               a server whose TLS certificate       url, host, certificate
+    │                            cannot be verified, or no TLS
+    │                            handshake with it at all
     ├── DigestMismatch           bytes whose digest or size is not    what, expected, actual
     │                            what was promised
     ├── BadImage                 an image, manifest, reference or
@@ -89,6 +91,30 @@ class Unauthorized(LazyfsError):
         super().__init__(message, image=image)
         self.url = url
         self.status = status
+
+
+class TlsFailure(LazyfsError):
+    """No trusted TLS connection to ``host``: not the credentials' fault, and not temporary.
+
+    ``certificate`` is True when the server's certificate failed verification
+    (an unknown CA, self-signed, expired, another host's name), False when
+    the handshake failed otherwise (the server speaks no TLS, no common cipher).
+    ``url`` is the URL asked when it failed: a redirect's, not the first one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        host: str,
+        certificate: bool,
+        image: str | None = None,
+    ) -> None:
+        super().__init__(message, image=image)
+        self.url = url
+        self.host = host
+        self.certificate = certificate
 
 
 class DigestMismatch(LazyfsError):

@@ -14,6 +14,10 @@ the watch of the thread that sends on it. Bodies are not watched: once the
 headers are in, the watch is disarmed and the caller bounds the body (see
 providers.retry.SpeedFloor).
 
+``tls_failure`` says what a failed TLS handshake means, for every caller
+of ``send``: which host (the one actually asked, a redirect's included)
+and whether its certificate was the reason.
+
 Blocking; one session per thread, as requests wants.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +35,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from providers.errors import TlsFailure
 from providers.http_proxy import proxy_for
 
 
@@ -153,6 +159,52 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _innermost_ssl(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl`` error under requests' and urllib3's wrappers, if there is one."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # requests -> MaxRetryError -> urllib3 SSLError -> ssl's
+        if seen is None or isinstance(seen, ssl.SSLError):
+            break
+        inner = getattr(seen, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in seen.args if isinstance(a, BaseException)), None)
+        seen = inner if inner is not None else seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, ssl.SSLError) else None
+
+
+def tls_failure(
+    exc: requests.exceptions.SSLError, url: str, image: str, *, peer: str = ""
+) -> TlsFailure:
+    """The one-line TlsFailure ``exc`` means, for ``image``; ``url``: what was asked.
+
+    Names the host the handshake failed with: a redirect's target when the
+    request had been redirected (blob storage), not ``url``'s. ``peer``
+    says what that host is (``"token server "``), if not the registry.
+    """
+    asked = exc.request.url if exc.request is not None and exc.request.url else url
+    clean = redact(asked)
+    host = urlsplit(clean).netloc
+    inner = _innermost_ssl(exc)
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        why = (inner.verify_message or inner.reason or "rejected").rstrip(".")
+        return TlsFailure(
+            f"{image}: TLS certificate verification failed for {peer}{host}: {why} ({clean})",
+            url=clean,
+            host=host,
+            certificate=True,
+            image=image,
+        )
+    why = (inner.reason or inner.strerror or str(inner)) if inner is not None else str(exc)
+    why = " ".join(str(why).split())[:200].replace("_", " ").lower()
+    return TlsFailure(
+        f"{image}: TLS handshake with {peer}{host} failed: {why} ({clean})",
+        url=clean,
+        host=host,
+        certificate=False,
+        image=image,
+    )
 
 
 class _Session(requests.Session):

@@ -21,7 +21,9 @@ Where a reference goes:
 - A reference naming its registry (``host:5000/app:1``) goes to that host
   over HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and
   hosts in ``insecure_registries`` try HTTPS once and fall back to plain
-  HTTP when TLS or the connection fails, as Docker does.
+  HTTP when the TLS handshake or the connection fails, as Docker does; not
+  when the host's certificate fails verification (it does speak TLS: that
+  failure is the one to report).
 
 ``open(digest)`` streams a layer of an image this client resolved, resuming
 broken transfers (providers.registry_blob), from the endpoint that resolved
@@ -50,6 +52,7 @@ from providers.errors import (
     LazyfsError,
     NotFound,
     TemporaryFailure,
+    TlsFailure,
 )
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
@@ -143,6 +146,8 @@ class RegistryClient:
             try:
                 self.http.ping(base, image=image, attempts=1)
             except LazyfsError as exc:
+                if isinstance(exc, TlsFailure) and exc.certificate:
+                    raise  # it speaks TLS: plain HTTP would answer 400, hiding why
                 log.info("%s: HTTPS failed (%s); trying plain HTTP", host, exc)
                 base = f"http://{host}"
         with self._lock:

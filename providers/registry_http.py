@@ -6,7 +6,9 @@ the cause and the URL (never credentials):
 
     404                          NotFound
     401, 403 (after auth)        Unauthorized
-    TLS verification failure     Unauthorized (the server could not be trusted)
+    TLS handshake failure        TlsFailure, naming the host that failed it
+                                 (a redirect's too) and whether its
+                                 certificate is why; never retried
     429, 5xx, connection errors  TemporaryFailure, after bounded retries
     no answer within ``timeout`` TemporaryFailure, at once
     other 4xx                    BadImage
@@ -45,7 +47,7 @@ import requests
 
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
 from providers.http_body import body_chunks, read_capped
-from providers.http_session import new_session, send
+from providers.http_session import new_session, send, tls_failure
 from providers.http_session import redact as redact  # re-exported: the registry's callers use it
 from providers.registry_auth import (
     Challenge,
@@ -183,11 +185,8 @@ class RegistryHttp:
                     data=how.data,
                 )
             except requests.exceptions.SSLError as exc:
-                raise Unauthorized(
-                    f"{image}: TLS failure at {redact(url)}: {short_cause(exc)}",
-                    url=redact(url),
-                    image=image,
-                ) from exc
+                # Not the credentials' fault, and no better on another try.
+                raise tls_failure(exc, url, image) from exc
             except requests.Timeout as exc:
                 # Connecting and waiting both got the rest of the deadline: asking
                 # again would only wait past it.

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import requests
 
 from providers.errors import TemporaryFailure, Unauthorized
-from providers.http_session import redact, send
+from providers.http_session import redact, send, tls_failure
 from providers.manifest import METADATA_LIMIT
 from providers.registry_auth import Challenge, Credentials, parse_token_response
 from providers.retry import (
@@ -53,6 +53,7 @@ def fetch_token(
     ``creds`` (basic credentials for the registry at ``url``) go to the
     realm when given. Retried as registry requests are, within the
     request deadline; raises Unauthorized when refused or unusable,
+    TlsFailure when the token server's certificate is not trusted,
     TemporaryFailure when the token server keeps failing.
     """
     realm, service, scope = key
@@ -97,9 +98,7 @@ def _token_once(
             headers=headers,
         )
     except requests.exceptions.SSLError as exc:
-        raise Unauthorized(
-            f"{image}: TLS failure at {where}: {short_cause(exc)}", url=where, image=image
-        ) from exc
+        raise tls_failure(exc, realm, image, peer="token server ") from exc
     except requests.Timeout as exc:
         raise TemporaryFailure(
             f"{image}: no answer from token server {where} within {seconds(deadline.seconds)} s",

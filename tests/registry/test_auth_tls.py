@@ -159,5 +159,5 @@ def test_cli_tls_ca_file_and_loopback_reference(
 def test_cli_tls_untrusted_certificate_is_one_line(tls_registry: Registry, tmp_path: Path) -> None:
     result = lazyfs(tmp_path, "--docker_registry", tls_registry.url, "pull", "rich:oci")
     line = one_line_error(result)
-    assert "docker.io/library/rich:oci: TLS failure" in line
+    assert "docker.io/library/rich:oci: TLS certificate verification failed" in line
     assert tls_registry.url in line

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -74,8 +75,11 @@ def _answer(handler: BaseHTTPRequestHandler, status: int, body: bytes, **headers
 
 
 @contextmanager
-def run_storage(storage: Storage) -> Iterator[str]:
-    """Serve ``storage``; yields its base URL, ``http://localhost:PORT``."""
+def run_storage(storage: Storage, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Serve ``storage``; yields its base URL, ``http://localhost:PORT``.
+
+    ``tls``: (certificate, key) to serve it over HTTPS (``https://localhost:PORT``).
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -102,7 +106,7 @@ def run_storage(storage: Storage) -> Iterator[str]:
             content_range = f"bytes {first}-{last}/{len(data)}"
             _answer(self, 206, data[first : last + 1], Content_Range=content_range)
 
-    with serve(Handler) as url:
+    with serve(Handler, tls=tls) as url:
         yield url.replace("127.0.0.1", "localhost")
 
 

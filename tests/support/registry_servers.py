@@ -261,19 +261,24 @@ def _b64url(data: bytes) -> str:
 
 @dataclass
 class TokenServer:
-    """Grants pull (and push) tokens to ``users``; counts requests."""
+    """Grants pull (and push) tokens to ``users``; counts requests.
+
+    ``grant`` False: its tokens are valid but grant nothing, as a token
+    server answers a user who may not pull the repository asked for.
+    """
 
     key: Path
     cert: Path
     users: dict[str, str]
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    grant: bool = True
 
     def jwt(self, scope: str, subject: str) -> str:
         der = openssl("x509", "-in", self.cert, "-outform", "DER")
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
         access = []
-        for item in scope.split():
+        for item in scope.split() if self.grant else ():
             kind, _, rest = item.partition(":")
             name, _, actions = rest.rpartition(":")
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
@@ -294,12 +299,15 @@ class TokenServer:
 
 
 @contextmanager
-def run_token_server(workdir: Path, users: dict[str, str]) -> Iterator[TokenServer]:
+def run_token_server(
+    workdir: Path, users: dict[str, str], *, tls: Tls | None = None, grant: bool = True
+) -> Iterator[TokenServer]:
+    """A token server for ``users``; over HTTPS with ``tls``'s certificate when given."""
     workdir.mkdir(parents=True, exist_ok=True)
     key, cert = workdir / "token.key", workdir / "token.pem"
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
             "-days", "2", "-subj", "/CN=lazyfs token signer")  # fmt: skip
-    server_state = TokenServer(key, cert, users)
+    server_state = TokenServer(key, cert, users, grant=grant)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -329,7 +337,7 @@ def run_token_server(workdir: Path, users: dict[str, str]) -> Iterator[TokenServ
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
             return user if server_state.users.get(user) == password else None
 
-    with serve(Handler) as url:
+    with serve(Handler, tls=None if tls is None else (tls.cert, tls.key)) as url:
         server_state.url = url + "/token"
         yield server_state
 
