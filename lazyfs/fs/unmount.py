@@ -2,7 +2,9 @@
 
 A mount process is told by its command line (``MOUNT_MODULE`` and its
 mount point), since pids get reused; one that does not exit after the
-unmount gets SIGTERM, then SIGKILL.  Blocking.
+unmount gets SIGTERM, then SIGKILL.  A process whose command line is
+empty cannot be told: it is waited for (and reaped, if it is our child)
+when it is exiting, and never signalled.  Blocking.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Literal
 
 from providers.errors import BackendError
 from providers.mountinfo import is_mounted
@@ -26,12 +29,15 @@ def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT)
     """Unmount ``mountpoint`` and wait for its mount process ``pid`` to end.
 
     Fine when nothing is mounted there and when the process is gone.  A
-    process that does not exit within ``timeout`` after the unmount gets
-    SIGTERM, then SIGKILL.  Raises BackendError if the mount stays.
+    mount process that does not exit within ``timeout`` after the unmount
+    gets SIGTERM, then SIGKILL; a process that cannot be told to be it is
+    never signalled.  Raises BackendError if the mount stays.
     """
     fusermount_unmount(mountpoint)
-    alive = pid is not None and _is_mount_process(pid, mountpoint)
-    if pid is not None and alive and not wait_gone(pid, timeout):
+    seen = "other" if pid is None else _identify(pid, mountpoint)
+    if pid is not None and seen == "exiting":
+        wait_gone(pid, timeout)  # cannot be told whose: reaped if ours, never signalled
+    if pid is not None and seen == "mount" and not wait_gone(pid, timeout):
         signal_pid(pid, signal.SIGTERM)
         if not wait_gone(pid, timeout):
             signal_pid(pid, signal.SIGKILL)
@@ -52,23 +58,30 @@ def fusermount_unmount(mountpoint: Path) -> None:
     raise BackendError(f"fusermount3 -u {mountpoint} failed: {done.stderr.strip()}")
 
 
-def _is_mount_process(pid: int, mountpoint: Path) -> bool:
+def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"]:
     """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused).
 
-    One that is exiting (its memory, command line with it, already gone) is
-    waited for too: a process forked by the mount server gets there within
-    a moment of the unmount, and an exec'd one is reaped only by waiting.
+    "mount": its command line says so.  "exiting": it has no command line
+    because its memory is gone: a zombie, or a process on its way to one.
+    The mount process gets there within a moment of the unmount (and an
+    exec'd one is reaped only by waiting), but so might any other: it is
+    waited for, not signalled.  "other": anything else, a kernel thread and
+    a live process that emptied its command line (``PR_SET_MM``) included.
     """
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             args = cmdline.read().split(b"\0")
-        if args == [b""]:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                flags = int(stat.read().rsplit(b")", 1)[1].split()[6])
-            return not flags & _PF_KTHREAD  # a kernel thread's has none at all
+        if args != [b""]:
+            wanted = MOUNT_MODULE.encode() in args and os.fsencode(str(mountpoint)) in args
+            return "mount" if wanted else "other"
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            flags = int(stat.read().rsplit(b")", 1)[1].split()[6])
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            pages = int(statm.read().split()[0])
     except (OSError, ValueError, IndexError):
-        return False
-    return MOUNT_MODULE.encode() in args and os.fsencode(str(mountpoint)) in args
+        return "other"
+    # A kernel thread has no memory of its own either, and never exits for us.
+    return "exiting" if pages == 0 and not flags & _PF_KTHREAD else "other"
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

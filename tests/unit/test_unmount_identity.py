@@ -1,0 +1,100 @@
+"""``unmount`` signals only a process it can tell is the mount process.
+
+Real processes whose command lines the tests control: one that names the
+mount module and mount point (the mount process: terminated when it does
+not exit), one that empties its command line while alive (not to be
+touched), and a zombie child (reaped, as an exec'd mount process that has
+just exited is).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lazyfs.fs.unmount import MOUNT_MODULE, unmount
+
+# Empties its own /proc/PID/cmdline with PR_SET_MM_MAP (no capability needed
+# when the executable is left as it is): the argument area made zero bytes
+# long. Then says so, and lives until its stdin closes.
+EMPTY_CMDLINE = r"""
+import ctypes, sys
+stat = open("/proc/self/stat", "rb").read().rsplit(b")", 1)[1].split()
+field = lambda n: int(stat[n - 3])  # proc(5) numbering
+names = ("start_code end_code start_data end_data start_brk brk start_stack "
+         "arg_start arg_end env_start env_end").split()
+class MmMap(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in names] + [
+        ("auxv", ctypes.c_void_p), ("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.sbrk.restype = ctypes.c_void_p
+mm = MmMap(field(26), field(27), field(45), field(46), field(47), libc.sbrk(0), field(28),
+           field(48), field(48), field(50), field(51), None, 0, 0xFFFFFFFF)
+PR_SET_MM, PR_SET_MM_MAP = 35, 14
+if libc.prctl(PR_SET_MM, PR_SET_MM_MAP, ctypes.byref(mm), ctypes.sizeof(mm), 0) != 0:
+    sys.exit(f"prctl(PR_SET_MM_MAP) failed: errno {ctypes.get_errno()}")
+print("emptied", flush=True)
+sys.stdin.read()
+"""
+
+
+def cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def test_a_live_process_with_an_empty_command_line_is_not_signalled(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    # Its command line named the mount process's module and mount point until it emptied it.
+    argv = [sys.executable, "-c", EMPTY_CMDLINE, MOUNT_MODULE, str(mountpoint)]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == b"emptied\n", child.wait()
+        assert cmdline(child.pid) == b""
+        unmount(mountpoint, pid=child.pid, timeout=0.05)
+        assert child.poll() is None  # neither waited to death nor killed
+        child.stdin.close()
+        assert child.wait() == 0  # it ended on its own, when told to
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_the_mount_process_is_still_terminated_when_it_stays(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    code = "import sys; print('up', flush=True); sys.stdin.read()"
+    argv = [sys.executable, "-c", code, MOUNT_MODULE, str(mountpoint)]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"up\n"  # exec'd: its command line is its own
+        unmount(mountpoint, pid=child.pid, timeout=0.05)
+        # unmount reaped it: its status is gone with it, so ask that it is gone.
+        assert not Path(f"/proc/{child.pid}").exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_an_exited_child_is_reaped_without_being_told_apart(tmp_path: Path) -> None:
+    pid = os.posix_spawn(sys.executable, [sys.executable, "-c", "pass"], dict(os.environ))
+    try:
+        # Wait for it to exit, leaving it a zombie: no command line, no memory.
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        assert cmdline(pid) == b""
+        unmount(tmp_path, pid=pid, timeout=10)
+        assert not Path(f"/proc/{pid}").exists()
+    finally:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # reaped by unmount, as it should be
+        else:
+            raise AssertionError(f"unmount left the zombie {pid} unreaped")
