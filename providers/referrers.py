@@ -13,9 +13,16 @@ a registry that answered the push with ``OCI-Subject`` keeps the API's list
 itself; any other gets the tag read, our descriptor added if it is not
 there yet, and the tag written back.  The read-modify-write keeps every
 other entry as it was, fields it does not know included, so referrers
-pushed by other tools stay listed; two clients writing the tag at the same
-moment can still lose one entry (the spec leaves that race to clients;
-``docker-registry`` has no conditional PUT to close it).
+pushed by other tools stay listed.
+
+Two clients writing the tag at the same moment can lose one entry: the
+spec leaves that race to clients, and ``docker-registry`` has no
+conditional PUT to close it.  ``add_referrer`` narrows it: it reads the
+tag back after writing, and writes again (up to ``TAG_WRITES`` times) when
+another writer's index replaced ours without our entry.  What is left is a
+writer that read the tag before our write and writes after our read-back:
+its write lands later than a round trip after ours, so it is rarer, not
+impossible (a writer that reads back after ours would be needed to see it).
 
 ``referrer_entries`` and ``with_referrer`` are pure.  Blocking otherwise.
 """
@@ -31,12 +38,15 @@ from typing import Any
 from urllib.parse import quote
 
 from providers.digest import Digest, parse_digest
-from providers.errors import BadImage
+from providers.errors import BadImage, TemporaryFailure
 from providers.manifest import METADATA_LIMIT, OCI_INDEX
 from providers.registry_http import redact
 from providers.registry_push import RegistryPush
 
 SUBJECT_HEADER = "OCI-Subject"
+# Writes of the referrers tag one add_referrer makes before it gives up on
+# writers that keep replacing it.
+TAG_WRITES = 3
 _TAG_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
 
 
@@ -173,17 +183,26 @@ def add_referrer(
     """Make ``entry`` listed as a referrer of ``subject``; ``answer``: the headers of its push.
 
     True when the tag was written, False when the registry keeps the list
-    itself (``OCI-Subject`` answered) or the tag had it already.
+    itself (``OCI-Subject`` answered) or the tag had it already. The tag is
+    read back after each write; TemporaryFailure when other writers replaced
+    it without the entry ``TAG_WRITES`` times over.
     """
     headers = {k.lower(): v for k, v in answer.items()}
     if headers.get(SUBJECT_HEADER.lower()) == subject:
         return False
     tag = referrers_tag(subject)
-    current = push.get_manifest(tag, OCI_INDEX)
-    if current is not None and len(current[0]) > METADATA_LIMIT:
-        raise BadImage(f"{push.image}: referrers tag {tag} is too large to update")
-    updated = with_referrer(current[0] if current else None, entry)
-    if updated is None:
-        return False
-    push.put_manifest(tag, updated, OCI_INDEX)
-    return True
+    for writes in range(TAG_WRITES + 1):
+        # After a write, this read is the read-back: the entry there means done.
+        current = push.get_manifest(tag, OCI_INDEX)
+        if current is not None and len(current[0]) > METADATA_LIMIT:
+            raise BadImage(f"{push.image}: referrers tag {tag} is too large to update")
+        updated = with_referrer(current[0] if current else None, entry)
+        if updated is None:
+            return writes > 0
+        if writes == TAG_WRITES:
+            break
+        push.put_manifest(tag, updated, OCI_INDEX)
+    raise TemporaryFailure(
+        f"{push.image}: referrers tag {tag} was replaced without {entry.digest} "
+        f"after each of {TAG_WRITES} writes: other clients are writing it"
+    )
