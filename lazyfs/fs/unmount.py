@@ -59,7 +59,7 @@ def fusermount_unmount(mountpoint: Path) -> None:
 
 
 def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"]:
-    """Whether ``pid`` still is the mount process of ``mountpoint`` (pids get reused).
+    """What ``pid`` is now to the unmount of ``mountpoint`` (pids get reused).
 
     "mount": its command line says so.  "exiting": it has no command line
     because its memory is gone: a zombie, or a process on its way to one.
