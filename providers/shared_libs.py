@@ -55,7 +55,7 @@ def is_glibc() -> bool:
         version = os.confstr("CS_GNU_LIBC_VERSION")
     except (ValueError, OSError):  # a name this platform's confstr does not know
         return False
-    return bool(version) and version.startswith("glibc ")
+    return version is not None and version.startswith("glibc ")
 
 
 def find_library(name: str) -> str | None:
