@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, start_daemon
-from lazyfs.cache.tails import ask_tails
 from lazyfs.fs import mount_server_client as server_client
 from lazyfs.fs.mount_wire import (
     INDEXED,
@@ -181,6 +180,8 @@ def mount(
             if starting is not None:
                 starting.wait()  # BackendError when it does not come up
             if daemon is not None:  # fetched while the mount process loads, not after
+                from lazyfs.cache.tails import ask_tails  # loaded by lazy mounts only
+
                 ask_tails(daemon.cache_dir, store, layers, origins)
             answer = _read_answer(read_end, timeout)
         except BaseException:
