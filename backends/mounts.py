@@ -7,7 +7,6 @@ so backends ask one module about mounts.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from pathlib import Path
@@ -34,7 +33,23 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    """The C library's mount and umount2.
+
+    The running program's own symbols come first (libc is among them): no
+    ``ldconfig -p`` subprocess, as ``ctypes.util.find_library`` runs. A
+    program linked without them (static, say) gets libc by name.
+    """
+    own = ctypes.CDLL(None, use_errno=True)
+    if hasattr(own, "mount") and hasattr(own, "umount2"):
+        return own
+    from ctypes.util import find_library
+
+    return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
+
+
+_libc = _load_libc()
 _libc.mount.argtypes = (
     ctypes.c_char_p,
     ctypes.c_char_p,

@@ -147,6 +147,7 @@ def _image(args: argparse.Namespace) -> Image:
 
 
 def _provision(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_early import daemon_ahead
     from lazyfs.cli_volumes import container_request
     from lazyfs.progress import Progress
 
@@ -156,17 +157,18 @@ def _provision(app: App, args: argparse.Namespace) -> int:
         # Before the container counts as provisioned: a closed stdout undoes it.
         print(json.dumps(info.to_json(), indent=1), flush=True)
 
-    info: ProvisionInfo = run_trio(
-        lambda: app.provisioner.provision(
-            args.container_id,
-            spec.image,
-            args.backend,
-            writable=args.writable,
-            volumes=spec.volumes,
-            progress=Progress(),
-            publish=publish,
+    with daemon_ahead(args, spec.image, args.backend or app.backend):
+        info: ProvisionInfo = run_trio(
+            lambda: app.provisioner.provision(
+                args.container_id,
+                spec.image,
+                args.backend,
+                writable=args.writable,
+                volumes=spec.volumes,
+                progress=Progress(),
+                publish=publish,
+            )
         )
-    )
     if args.publish_indexes:  # traces earlier starts of the image recorded here
         from lazyfs.cli_index import publish_run_traces
 
@@ -263,6 +265,7 @@ def _stale_tree(name: str) -> bool:
 
 
 def _run(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_early import daemon_ahead
     from lazyfs.cli_exec import exec_problem
     from lazyfs.cli_volumes import container_request, volume_mounts
     from lazyfs.progress import Progress
@@ -278,7 +281,10 @@ def _run(app: App, args: argparse.Namespace) -> int:
     spec = container_request(args, lambda: _image(args))
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
-    with app.provisioner.hold(container_id):
+    with (
+        daemon_ahead(args, spec.image, args.backend or app.backend),
+        app.provisioner.hold(container_id),
+    ):
         info: ProvisionInfo = run_trio(
             lambda: app.provisioner.provision(
                 container_id,

@@ -14,6 +14,10 @@ import sys
 def main() -> int:
     """Load the CLI and run it on ``sys.argv``; the exit status."""
     try:
+        # Before anything loads trio: its import would run ``ldconfig -p`` (see there).
+        from providers.shared_libs import install
+
+        install()
         from lazyfs.cli import main as cli_main
     except KeyboardInterrupt:
         print("lazyfs: interrupted", file=sys.stderr)

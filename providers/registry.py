@@ -42,6 +42,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -143,13 +144,19 @@ class RegistryClient:
             return known
         base = f"https://{host}"
         if is_loopback(host) or host in self.options.insecure_registries:
-            try:
-                self.http.ping(base, image=image, attempts=1)
-            except LazyfsError as exc:
-                if isinstance(exc, TlsFailure) and exc.certificate:
-                    raise  # it speaks TLS: plain HTTP would answer 400, hiding why
-                log.info("%s: HTTPS failed (%s); trying plain HTTP", host, exc)
-                base = f"http://{host}"
+            configured = urlsplit(self.options.registry)
+            if configured.netloc == host and configured.scheme in ("http", "https"):
+                # The registry --docker_registry names, named by its host: spoken
+                # to as that URL says, with no HTTPS attempt (a round trip or two).
+                base = f"{configured.scheme}://{host}"
+            else:
+                try:
+                    self.http.ping(base, image=image, attempts=1)
+                except LazyfsError as exc:
+                    if isinstance(exc, TlsFailure) and exc.certificate:
+                        raise  # it speaks TLS: plain HTTP would answer 400, hiding why
+                    log.info("%s: HTTPS failed (%s); trying plain HTTP", host, exc)
+                    base = f"http://{host}"
         with self._lock:
             self._bases[host] = base
         return base

@@ -60,6 +60,7 @@ from lazyfs.cache.messages import (
     failure_kind,
 )
 from lazyfs.cache.replay import Replays
+from lazyfs.cache.workers import Workers
 from providers.digest import Digest
 from providers.source import BlobSource
 
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 # Requests of one connection being served at once; past it the connection is
 # not read until one finishes, so a flooding mount slows only itself.
 MAX_REQUESTS_PER_CONNECTION = 256
+# Threads for upstream requests: the readers' limit, with room for background and replay.
+UPSTREAM_THREADS = 16
 _RECEIVE = 1 << 16
 
 Resolve = Callable[[Origin], BlobSource]
@@ -109,9 +112,11 @@ async def serve(
         sock.close()
         raise
     listener = trio.SocketListener(sock)
+    # Threads of their own for upstream requests: their connections stay open.
+    upstream = Workers(UPSTREAM_THREADS)
     try:
         async with trio.open_nursery() as nursery:
-            fetcher = Fetcher(cache, nursery)
+            fetcher = Fetcher(cache, nursery, upstream=upstream)
             backgrounds = Backgrounds(
                 fetcher, nursery, enabled=background, settle=background_settle
             )
@@ -119,6 +124,7 @@ async def serve(
             task_status.started(path)
             await trio.serve_listeners(server.connection, [listener])
     finally:
+        upstream.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

@@ -35,6 +35,7 @@ from lazyfs.cache.landing import Flight, InHand, land
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.planner import Fetch, Readahead, advance, plan, wanted_chunks
 from lazyfs.cache.values import Extent
+from lazyfs.cache.workers import Workers
 from providers.digest import Digest
 from providers.errors import TemporaryFailure
 from providers.source import BlobSource
@@ -55,7 +56,8 @@ class Fetcher:
     """Single-flight chunk fetches into ``cache``, run as tasks of ``nursery``.
 
     ``limiter`` bounds the upstream requests running at once (they block in
-    worker threads), ``writes`` the chunk writes of all their answers.
+    worker threads: ``upstream``'s, whose connections stay open, else trio's),
+    ``writes`` the chunk writes of all their answers.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Fetcher:
         writes: trio.CapacityLimiter | None = None,
         max_request_chunks: int = 8,
         readahead: tuple[int, int] = (2, 16),
+        upstream: Workers | None = None,
     ) -> None:
         self.cache = cache
         self.chunk_size = cache.layout.chunk_size
@@ -75,6 +78,7 @@ class Fetcher:
         self.chunk_writes = writes or trio.CapacityLimiter(DEFAULT_CHUNK_WRITES)
         self._max_request_chunks = max_request_chunks
         self._readahead_bounds = readahead
+        self._upstream = upstream
         self._flights: dict[ChunkKey, Flight] = {}
         self._sizes: dict[Digest, int] = {}
         self._readahead: OrderedDict[Digest, Readahead] = OrderedDict()
@@ -346,9 +350,9 @@ class Fetcher:
         offset, length = fetch.span(self.chunk_size)
         error: BaseException | None = None
         try:
-            data = await trio.to_thread.run_sync(
-                source.read_range, digest, offset, length, limiter=limiter
-            )
+            async with limiter:
+                run = trio.to_thread.run_sync if self._upstream is None else self._upstream.run_sync
+                data = await run(source.read_range, digest, offset, length)
             self.fetched_bytes += len(data)
             if len(data) < length:
                 self._sizes[digest] = offset + len(data)

@@ -128,6 +128,28 @@ class Starting:
         finally:
             self.release()
 
+    def hand_over(self) -> None:
+        """Let go of the start lock once the daemon holds its cache (or answers, or is gone).
+
+        For a starter that does not wait for the daemon itself: from then on a
+        caller finds a daemon owning the cache (``start_daemon``) and waits for
+        it, rather than start another. Never raises.
+        """
+        try:
+            pause = 0.01
+            while self.pid is not None and time.monotonic() < self._deadline:
+                if _owned(self.spec.cache_dir):
+                    break
+                if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                    self.pid = None  # exited at start, reaped: a later caller starts another
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        except ChildProcessError:
+            self.pid = None
+        finally:
+            self.release()
+
     def release(self) -> None:
         """Let go of the start lock without waiting. Idempotent."""
         self._lock.close()
@@ -145,8 +167,8 @@ def start_daemon(spec: DaemonSpec) -> Starting | None:
     """Start the daemon of ``spec.cache_dir`` if none answers, without waiting for it.
 
     None when one answers already; else a ``Starting`` to ``wait`` on (or
-    ``release``), so that the caller can start what needs the daemon (a
-    mount process, which waits for the daemon itself) while it comes up.
+    ``release``, or ``hand_over``), so that the caller can start what needs the
+    daemon (a mount process, which waits for the daemon itself) while it comes up.
     Raises BackendError when another start holds the lock past the timeout.
     """
     # Checked before anything in it is trusted: ours, closed to other users.

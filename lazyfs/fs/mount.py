@@ -11,7 +11,9 @@ process to the caller.  This is the one module of lazyfs that backends may
 import, and it stays light: it loads no FUSE, index or tree code.  Layers
 still in a registry (``remote``, see ``lazyfs.cache.remote``) are read by
 the mount process through the cache daemon, which ``mount`` starts first
-when none answers (``lazyfs.cache.spawn``).
+when none answers (``lazyfs.cache.spawn``), and asks for the eStargz
+layers' tables of contents while the mount process loads
+(``lazyfs.cache.tails``).
 
 ``mount`` starts the mount process with the layers' descriptors and the
 store they are in, and waits for its answer on a pipe, one line each:
@@ -167,7 +169,9 @@ def mount(
         # and the EOF that tells a failed mount would never come.
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            pid = _start(argv, store, ready_fd=write_end, log_fd=log_fd)
+            # A mount of remote layers starts no mount server: its imports would
+            # compete for the CPU with the daemon's and this mount's start.
+            pid = _start(argv, store, ready_fd=write_end, log_fd=log_fd, start_server=not origins)
         finally:
             os.close(log_fd)
         os.close(write_end)
@@ -175,6 +179,10 @@ def mount(
         try:
             if starting is not None:
                 starting.wait()  # BackendError when it does not come up
+            if daemon is not None:  # fetched while the mount process loads, not after
+                from lazyfs.cache.tails import ask_tails  # loaded by lazy mounts only
+
+                ask_tails(daemon.cache_dir, store, layers, origins)
             answer = _read_answer(read_end, timeout)
         except BaseException:
             # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.
@@ -197,10 +205,14 @@ def mount(
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
 
 
-def _start(args: list[str], store: Path, *, ready_fd: int, log_fd: int) -> int:
+def _start(
+    args: list[str], store: Path, *, ready_fd: int, log_fd: int, start_server: bool = True
+) -> int:
     """Start the mount process of ``args``: forked by the mount server if one runs, else exec'd.
 
-    ``LAZYFS_MOUNT_SERVER`` (``lazyfs.fs.mount_server_client``) forces either way.
+    ``LAZYFS_MOUNT_SERVER`` (``lazyfs.fs.mount_server_client``) forces either
+    way; else a server is started for the next mounts when none runs, unless
+    not ``start_server``.
     """
     use_server = server_client.wanted()
     if use_server is not False:
@@ -210,7 +222,12 @@ def _start(args: list[str], store: Path, *, ready_fd: int, log_fd: int) -> int:
             # not wait for the server it starts: it is exec'd meanwhile.
             wait = use_server is True
             return server_client.start_mount(
-                directory, args, ready_fd=ready_fd, log_fd=log_fd, wait=wait
+                directory,
+                args,
+                ready_fd=ready_fd,
+                log_fd=log_fd,
+                wait=wait,
+                start=start_server or use_server is True,
             )
         except server_client.Unreachable as why:
             if use_server:

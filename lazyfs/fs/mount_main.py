@@ -34,6 +34,10 @@ import gc
 if __name__ == "__main__":
     # Exec'd: nothing to collect yet, but each pass walks every module loaded (some 10 ms).
     gc.disable()
+    # Before trio is imported below: its import would run ``ldconfig -p``.
+    from providers.shared_libs import install
+
+    install()
 
 import logging
 import os

@@ -53,6 +53,7 @@ from lazyfs.fs import mount_server_child
 from lazyfs.fs.mount_peers import peer_credentials
 from lazyfs.fs.mount_server_client import SOCKET_NAME, START_TIMEOUT, socket_path
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, code_key, encode, read_exactly
+from providers import shared_libs
 
 # What a mount process imports, some of it only on the way (writable mounts,
 # remote and eStargz layers, limits other than the defaults, --debug): all of
@@ -118,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     os.chdir("/")  # pin no caller's directory
     key = code_key()
+    # Before trio is preloaded: its import would run ``ldconfig -p`` (providers.shared_libs).
+    shared_libs.install()
     for name in PRELOAD:
         try:
             importlib.import_module(name)

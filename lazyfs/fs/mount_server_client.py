@@ -90,6 +90,7 @@ def start_mount(
     log_fd: int,
     key: str | None = None,
     wait: bool = True,
+    start: bool = True,
 ) -> int:
     """Have the server of ``directory`` fork a mount process of ``args``; its pid.
 
@@ -98,7 +99,8 @@ def start_mount(
     /dev/null as stdin, this process's working directory, umask and
     environment. The server is started when none answers; with ``wait``
     false the caller does not wait for it to come up (Unreachable: exec this
-    one, the next mounts find the server).
+    one, the next mounts find the server); with ``start`` false none is
+    started (Unreachable when none answers).
 
     Raises Unreachable when no server took the request (none could be
     started, each answered with other code than ``key``, by default
@@ -107,13 +109,15 @@ def start_mount(
     ends when the caller closes the ready pipe's read end (its first answer
     fails), so it must not be retried.
     """
+    if not start and not (directory / SOCKET_NAME).exists():
+        raise Unreachable("no mount server runs, and this mount starts none")  # no code_key()
     key = code_key() if key is None else key
     cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         request: dict[str, Any] = {"op": "mount", "key": key, "args": args}
         request.update(env=dict(os.environ), umask=_umask())
         for _ in range(2):  # a stale server exits on our request; its successor serves
-            with _connected(directory, wait=wait) as conn:
+            with _connected(directory, wait=wait, start=start) as conn:
                 _send(conn, request, [ready_fd, log_fd, cwd])
                 reply = _reply(conn)
             if reply.get("stale"):
@@ -172,8 +176,10 @@ def socket_path(directory_fd: int) -> str:
 
 
 @contextlib.contextmanager
-def _connected(directory: Path, *, wait: bool = True) -> Iterator[socket.socket]:
-    """A connection to the server of ``directory``, starting one if none answers.
+def _connected(
+    directory: Path, *, wait: bool = True, start: bool = True
+) -> Iterator[socket.socket]:
+    """A connection to the server of ``directory``, starting one if none answers (and ``start``).
 
     Not ``wait``ing, a server started here (or starting already) is not
     waited for: Unreachable. It imports all a mount needs, several times an
@@ -186,6 +192,8 @@ def _connected(directory: Path, *, wait: bool = True) -> Iterator[socket.socket]
     except (UsageError, OSError) as error:
         raise Unreachable(str(error)) from None
     conn = _connect(directory)
+    if conn is None and not start:
+        raise Unreachable("no mount server runs, and this mount starts none")
     if conn is None and not wait:
         conn = _start_beside(directory)
     if conn is None:

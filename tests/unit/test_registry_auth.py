@@ -193,3 +193,20 @@ def test_a_loopback_registry_without_tls_is_spoken_to_in_plain_http() -> None:
         assert client._host_base(host, "img") == base  # HTTPS failed: plain HTTP
     # Anything else is HTTPS, asked for nothing up front (no insecure_registries here).
     assert client._host_base("secure.example", "img") == "https://secure.example"
+
+
+def test_the_registry_docker_registry_names_is_spoken_to_as_its_url_says() -> None:
+    """Named by its host in a reference, it gets the flag's scheme with no HTTPS attempt."""
+    client = RegistryClient(RegistryOptions(registry="http://127.0.0.1:9"))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the registry was probed")
+
+    client.http.ping = refuse  # type: ignore[method-assign]
+    assert client._host_base("127.0.0.1:9", "img") == "http://127.0.0.1:9"
+    # Another loopback port is another registry: probed as before (refused here).
+    with pytest.raises(AssertionError, match="probed"):
+        client._host_base("127.0.0.1:10", "img")
+    # A host that is neither loopback nor insecure is HTTPS whatever the flag says.
+    client = RegistryClient(RegistryOptions(registry="http://registry.example"))
+    assert client._host_base("registry.example", "img") == "https://registry.example"

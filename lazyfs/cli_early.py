@@ -1,0 +1,90 @@
+"""Starting the cache daemon while a command resolves its image, not after.
+
+A lazy mount needs the machine's cache daemon, and the daemon takes a few
+tenths of a second to load. The mount API starts it beside the mount
+process (``lazyfs.fs.mount``), but the command knows it will need it much
+earlier: ``run`` and ``provision`` of a registry image on the fuse backend.
+``daemon_ahead`` starts it then, in a thread of the command, so that it loads
+while the command loads its own code and asks the registry for the
+manifest, and is answering by the time the mount asks it for the layers'
+tables of contents.
+
+Only when no daemon socket is there at all: a socket means a daemon runs
+(or a dead one's, which the mount finds and replaces as ever), and asking
+it would cost the command a round trip and the protocol's code for nothing.
+A registry image whose layers all turn out to be local needs no daemon; it
+then runs on as it would after any lazy mount (it is the machine's daemon).
+
+The start lock (``lazyfs.cache.spawn``) is held until the daemon holds its
+cache, so a mount meanwhile waits for this daemon instead of starting
+another; a failed start is logged and left to the mount, which starts the
+daemon itself and says why it could not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+
+from lazyfs.cache.layout import socket_path
+from lazyfs.cache.spawn import DaemonSpec, start_daemon
+from lazyfs.cli_daemon import daemon_spec
+from lazyfs.cli_flags import image_providers
+from lazyfs.cli_registry import docker_registry
+from providers.errors import LazyfsError
+from providers.image_pb2 import Image
+from providers.transports import parse_transport
+
+log = logging.getLogger(__name__)
+
+
+def wants_daemon(args: argparse.Namespace, image: Image, backend: str | None) -> bool:
+    """Whether provisioning ``image`` on ``backend`` will read layers through the daemon.
+
+    A Docker image from a registry, on the fuse backend, with no credentials
+    of its own (such an image is pulled whole): its eStargz layers stay
+    remote. Not known before its manifest is: a guess that errs towards a
+    daemon started for nothing.
+    """
+    if backend != "fuse" or image.type != Image.DOCKER or not image.HasField("docker"):
+        return False
+    if image.docker.config or "docker" not in image_providers(args):
+        return False
+    if parse_transport(image.docker.name) is not None:
+        return False  # a local archive or layout: pulled, no daemon reads it
+    return docker_registry(args).startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def daemon_ahead(args: argparse.Namespace, image: Image, backend: str | None) -> Iterator[None]:
+    """Start the cache daemon in a thread while the block runs, if it will be needed.
+
+    The thread is joined when the block ends: it has long finished by then
+    (it ends once the daemon holds its cache, or failed to).
+    """
+    if not wants_daemon(args, image, backend):
+        yield
+        return
+    spec = daemon_spec(args)
+    if socket_path(spec.cache_dir).exists():
+        yield
+        return
+    thread = threading.Thread(target=_start, args=(spec,), name="lazyfs-daemon-ahead", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(spec.timeout)
+
+
+def _start(spec: DaemonSpec) -> None:
+    try:
+        starting = start_daemon(spec)
+        if starting is not None:
+            starting.hand_over()
+    except (LazyfsError, OSError) as error:
+        # The mount starts it again, and says why it could not.
+        log.info("starting the cache daemon ahead of the mount: %s", error)

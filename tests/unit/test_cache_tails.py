@@ -1,0 +1,36 @@
+"""The eStargz tails a mount will read first are asked of the daemon by the one who mounts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lazyfs.cache.remote import RemoteOrigin
+from lazyfs.cache.tails import TOCS_DIR, ask_tails, tail_layers
+from providers.digest import Digest
+from providers.manifest import Layer
+
+TOC = ("containerd.io/snapshot/stargz/toc.digest", "sha256:" + "0" * 64)
+GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+ORIGIN = RemoteOrigin("registry.example", "some/image")
+
+
+def _layer(n: int, *, toc: bool = True, size: int = 5 << 20) -> Layer:
+    return Layer(Digest("sha256:" + f"{n:02x}" * 32), GZIP, size, annotations=(TOC,) if toc else ())
+
+
+def test_only_remote_estargz_layers_not_indexed_here_before(tmp_path: Path) -> None:
+    estargz, gzip, local, indexed, empty = (
+        _layer(1), _layer(2, toc=False), _layer(3), _layer(4), _layer(5, size=0)
+    )  # fmt: skip
+    origins = {layer.digest: ORIGIN for layer in (estargz, gzip, indexed, empty)}
+    (tmp_path / "layers" / indexed.digest.removeprefix("sha256:") / TOCS_DIR).mkdir(parents=True)
+    layers = [estargz, gzip, local, indexed, empty]
+    assert tail_layers(tmp_path, layers, origins) == [estargz]
+
+
+def test_no_daemon_is_no_error(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    layer = _layer(1)
+    # No daemon listens: a hint, not raised; the mount waits for the daemon itself.
+    assert ask_tails(cache, tmp_path, [layer], {layer.digest: ORIGIN}) == 0
