@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyfs.fs import mount_server_child
+from lazyfs.fs import mount_server_child, mount_wire
 from lazyfs.fs.mount_peers import peer_credentials
 from lazyfs.fs.mount_server_child import MountRequest
 from lazyfs.fs.mount_server_client import SOCKET_NAME, START_TIMEOUT, socket_path
@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module(name)
         except ImportError as error:  # a mount imports it itself, then
             _say(f"cannot preload {name}: {error}")
+    mount_wire.warm_up()
     gc.collect()
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
