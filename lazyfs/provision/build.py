@@ -93,10 +93,23 @@ class RootfsBuilder:
         if beside is None:
             await build()
         else:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(build)
-                nursery.start_soon(beside, manifest, rootfs_dir, remote)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(beside, manifest, rootfs_dir, remote)
+                    await build()
+            except BaseExceptionGroup as group:
+                # As a build alone fails: with its error, not a group (the CLI
+                # says a LazyfsError in one line). The other task, if it did
+                # not fail too, was cancelled.
+                raise _first(group) from None
         return manifest, built[0], remote
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first error in ``error``, a group (of groups) of them or one."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 class RecordAhead:
