@@ -57,6 +57,7 @@ def fork_mount(request: MountRequest, fds: Sequence[int], close: Iterable[socket
         return pid
     for sock in close:
         sock.close()
+    _leave_session()
     _become_mount(request, fds)
 
 
@@ -83,9 +84,9 @@ def fork_spare(close: Iterable[socket.socket]) -> tuple[int, socket.socket]:
         ours.close()
         for sock in close:
             sock.close()
-        # The server's handlers are not the spare's: a signal before the
-        # request ends it, as it would a process that has none.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Before the request, not on its way: its own session, and the
+        # handlers of a process that has none of the server's (a signal ends it).
+        _leave_session()
         request = _take_request(theirs)
     except BaseException:
         traceback.print_exc()
@@ -130,7 +131,7 @@ def _fork() -> int:
 
 
 def _become_mount(request: MountRequest, fds: Sequence[int]) -> NoReturn:
-    """In a child of the server: leave it behind, run the mount process, exit with its status.
+    """In a child of the server, out of its session: run the mount process, exit with its status.
 
     The child gets the log (``fds[1]``) as stdout and stderr, /dev/null as
     stdin, ``fds[2]`` as its working directory, the request's umask and
@@ -160,7 +161,8 @@ def _become_mount(request: MountRequest, fds: Sequence[int]) -> NoReturn:
         os._exit(status)
 
 
-def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: int) -> None:
+def _leave_session() -> None:
+    """What a child leaves of the server whatever the request: a spare does it before one comes."""
     os.setsid()  # detached, as an exec'd one: no signal of the server's session reaches it
     # The handlers an exec'd Python starts with: SIGCHLD by default (the
     # server ignores it, and fusermount3 must be waited for), SIGINT raising
@@ -169,6 +171,13 @@ def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: in
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # The mount process configures logging itself, as an exec'd one would.
+    for handler in list(logging.root.handlers):
+        logging.root.removeHandler(handler)
+
+
+def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: int) -> None:
+    """Take the request's descriptors, directory, umask and environment in place of the server's."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -180,9 +189,6 @@ def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: in
     os.umask(umask)
     os.environ.clear()
     os.environ.update(env)
-    # The mount process configures logging itself, as an exec'd one would.
-    for handler in list(logging.root.handlers):
-        logging.root.removeHandler(handler)
 
 
 def set_title(argv: Sequence[str]) -> None:

@@ -3,7 +3,8 @@
 Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
 
     containers/<cid>/provisioning                      present while half done
-    containers/<cid>/info.json                         written last, atomically
+    containers/<cid>/info.json                         written atomically, complete once
+                                                       provisioning is gone
     containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs, and one per image volume
     locks/<cid>.lock                                   held while one process works on <cid>
 
