@@ -42,7 +42,7 @@ import pyfuse3
 
 from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
-from lazyfs.fs.read_only import ATTRIBUTES_KEPT, NAME_MAX, entry_attributes, no_entry
+from lazyfs.fs.read_only import NAME_MAX, entry_attributes, no_entry
 from lazyfs.fs.upper import Node, Upper
 from lazyfs.fs.writable_lookups import LookupCounts
 from lazyfs.tree.merge import Inode, InodeNo
@@ -65,7 +65,6 @@ class WritableNames(pyfuse3.Operations):
         self.tree = upper.tree  # what the mount process reports at start
         self.chunks = chunks
         self._lookups = LookupCounts(upper.tree.max_ino())
-        self._lower_attributes: dict[InodeNo, pyfuse3.EntryAttributes] = {}
 
     def nodes_held(self) -> int:
         """How many nodes the upper holds in memory (the debug log shows it)."""
@@ -78,20 +77,9 @@ class WritableNames(pyfuse3.Operations):
         return entry
 
     def attributes(self, node: Node | Inode) -> pyfuse3.EntryAttributes:
-        """The entry of ``node``, or of a lower inode as the tree has it (no node of it kept).
-
-        A lower inode's entry never changes (a change makes a node of it),
-        so it is made once and kept, for the latest ``ATTRIBUTES_KEPT``
-        inodes, as the read-only view keeps its entries: a container's
-        start looks up and lists the same lower inodes again and again.
-        """
+        """The entry of ``node``, or of a lower inode as the tree has it (no node of it kept)."""
         if isinstance(node, Inode):
-            found = self._lower_attributes.get(node.ino)
-            if found is not None:
-                return found
-            if len(self._lower_attributes) >= ATTRIBUTES_KEPT:
-                self._lower_attributes.clear()  # dropped whole: as bounded as an LRU, cheaper
-            found = self._lower_attributes[node.ino] = entry_attributes(
+            return entry_attributes(
                 node.ino,
                 node.mode,
                 node.nlink,  # as many as its names: what its node would count
@@ -102,7 +90,6 @@ class WritableNames(pyfuse3.Operations):
                 rdev=node.rdev,
                 timeout=TIMEOUT,
             )
-            return found
         return entry_attributes(
             node.ino,
             node.mode,

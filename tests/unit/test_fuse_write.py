@@ -389,15 +389,3 @@ async def test_debug_lines_stay_short_for_long_arguments(
     assert line.startswith("forget([(2, 1), (3, 1)")
     assert line.endswith(f"... (1000 items)) -> ok [{ops.upper.held()} nodes held]")
     assert len(line) < 300
-
-
-async def test_a_lower_inode_s_kept_entry_gives_way_to_its_changes(ops: WritableOperations) -> None:
-    """Entries of unchanged lower inodes are kept; a change is seen at once all the same."""
-    big = await ino(ops, "big")
-    before = await ops.getattr(big, CTX)
-    assert await ops.getattr(big, CTX) is before  # kept, not made again
-    attr = pyfuse3.EntryAttributes()
-    attr.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o700)
-    await ops.setattr(big, attr, setting("mode"), None, CTX)
-    assert (await ops.getattr(big, CTX)).st_mode & 0o7777 == 0o700
-    assert (await ops.lookup(ROOT_INO, name("big"), CTX)).st_mode & 0o7777 == 0o700
