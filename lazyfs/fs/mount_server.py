@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyfs.fs import mount_server_child
+from lazyfs.fs import mount_server_child, mount_wire
 from lazyfs.fs.mount_peers import peer_credentials
+from lazyfs.fs.mount_server_child import MountRequest
 from lazyfs.fs.mount_server_client import SOCKET_NAME, START_TIMEOUT, socket_path
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, code_key, encode, read_exactly
 from providers import shared_libs
@@ -67,7 +68,6 @@ PRELOAD = (
     "lazyfs.fs.writable",
     "lazyfs.fs.writable_no_open",
     "lazyfs.fs.debug",
-    "lazyfs.fs.writable_no_open",
     "lazyfs.cache.client",
     "lazyfs.cache.messages",
     "lazyfs.index.stored",
@@ -80,13 +80,6 @@ IDLE_TIMEOUT = 3600.0
 REQUEST_TIMEOUT = 10.0
 SPARE_EXIT_TIMEOUT = 5.0
 FDS = mount_server_child.FDS  # the ready pipe, the log, the working directory
-
-
-@dataclass(frozen=True)
-class MountRequest:
-    args: list[str]
-    env: dict[str, str]
-    umask: int
 
 
 class Refused(Exception):
@@ -126,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module(name)
         except ImportError as error:  # a mount imports it itself, then
             _say(f"cannot preload {name}: {error}")
+    mount_wire.warm_up()
     gc.collect()
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
@@ -261,10 +255,14 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
             return False
         request = _check(message, fds)
         child = _start_child(server, request, fds, conn)
+        # The child has its own copies. Ours go before the next spare is
+        # forked, so it never holds them: a ready pipe's write end held
+        # there would keep that mount's caller from seeing it fail.
+        _close_all(fds)
         # The next spare before the answer: the caller waits for its mount's
         # ready line, which the child writes meanwhile, not for this answer;
         # and whoever is answered finds the server as it will stay.
-        server.spare = _spare(server, conn, fds)
+        server.spare = _spare(server, conn)
         _answer(conn, {"pid": child})
     except Refused as refused:
         _answer(conn, {"error": str(refused)})
@@ -274,9 +272,14 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
         _say(f"a request failed: {error}")
         _answer(conn, {"error": f"{type(error).__name__}: {error}"})
     finally:
-        for fd in fds:
-            os.close(fd)  # the child has its own copies
+        _close_all(fds)
     return True
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close ``fds`` and forget them."""
+    while fds:
+        os.close(fds.pop())
 
 
 def _start_child(
@@ -293,27 +296,17 @@ def _start_child(
             return pid
         except OSError as error:  # it died (killed?): the kernel reaps it
             _say(f"spare {pid} is gone ({error}): forking the mount")
-    return mount_server_child.fork_mount(
-        request.args,
-        request.env,
-        request.umask,
-        ready_fd=fds[0],
-        log_fd=fds[1],
-        cwd_fd=fds[2],
-        close=(conn, server.listener),
-    )
+    return mount_server_child.fork_mount(request, fds, close=(conn, server.listener))
 
 
-def _spare(
-    server: _Server, conn: socket.socket | None = None, fds: Sequence[int] = ()
-) -> tuple[int, socket.socket] | None:
+def _spare(server: _Server, conn: socket.socket | None = None) -> tuple[int, socket.socket] | None:
     """A new spare (``mount_server_child.fork_spare``); None if it cannot be forked.
 
-    ``conn`` and ``fds``: the request being served, which the spare must not keep.
+    ``conn``: the request being served, which the spare must not keep.
     """
     close = (server.listener,) if conn is None else (server.listener, conn)
     try:
-        return mount_server_child.fork_spare(close=close, close_fds=fds)
+        return mount_server_child.fork_spare(close=close)
     except OSError as error:  # the next mount is forked on request instead
         _say(f"cannot fork a spare: {error}")
         return None

@@ -26,6 +26,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from lazyfs.fs.mount_server_wire import LENGTH, read_exactly
@@ -34,34 +35,33 @@ MOUNT_MODULE = "lazyfs.fs.mount_main"
 FDS = 3  # the ready pipe, the log, the working directory
 
 
-def fork_mount(
-    args: Sequence[str],
-    env: Mapping[str, str],
-    umask: int,
-    *,
-    ready_fd: int,
-    log_fd: int,
-    cwd_fd: int,
-    close: Iterable[socket.socket],
-) -> int:
-    """Fork a mount process of ``args``; its pid, in the server.
+@dataclass(frozen=True)
+class MountRequest:
+    """A checked mount request (``mount_server._check``): what the child becomes."""
 
-    The child closes the server's sockets in ``close``, gets ``log_fd`` as
-    stdout and stderr, /dev/null as stdin, ``cwd_fd`` as its working
-    directory, ``umask`` and exactly ``env``, and ``ready_fd`` as
-    ``--ready-fd``. The server closes its copies of the descriptors.
+    args: list[str]
+    env: dict[str, str]
+    umask: int
+
+
+def fork_mount(request: MountRequest, fds: Sequence[int], close: Iterable[socket.socket]) -> int:
+    """Fork the mount process of ``request``; its pid, in the server.
+
+    ``fds`` are the request's descriptors (``FDS``): its ready pipe, its
+    log and its working directory. The child closes the server's sockets
+    in ``close`` and becomes the mount process (``_become_mount``). The
+    server closes its copies of the descriptors.
     """
     pid = _fork()
     if pid:
         return pid
     for sock in close:
         sock.close()
-    _become_mount(args, env, umask, ready_fd=ready_fd, log_fd=log_fd, cwd_fd=cwd_fd)
+    _leave_session()
+    _become_mount(request, fds)
 
 
-def fork_spare(
-    close: Iterable[socket.socket], close_fds: Iterable[int] = ()
-) -> tuple[int, socket.socket]:
+def fork_spare(close: Iterable[socket.socket]) -> tuple[int, socket.socket]:
     """Fork a spare: a child that waits to become the next mount process; its pid and socket.
 
     Forking a mount process on request costs the request the fork (the
@@ -69,10 +69,8 @@ def fork_spare(
     shares with the server, some milliseconds of every start. A spare has
     paid both before the request comes: ``hand_over`` gives it the request
     and its descriptors, and it becomes the mount process as ``fork_mount``'s
-    child does. It closes the server's sockets in ``close`` and descriptors
-    in ``close_fds`` (another request's, which it must not hold: a ready
-    pipe's write end held here would keep that mount's caller from seeing
-    it fail), and exits when
+    child does. It closes the server's sockets in ``close`` (the server
+    holds no other request's descriptors when it forks one), and exits when
     the server closes its end of the spare's socket (the server stops, or
     dies) or sends anything it cannot take.
     """
@@ -86,19 +84,16 @@ def fork_spare(
         ours.close()
         for sock in close:
             sock.close()
-        for fd in close_fds:
-            os.close(fd)
-        # The server's handlers are not the spare's: a signal before the
-        # request ends it, as it would a process that has none.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Before the request, not on its way: its own session, and the
+        # handlers of a process that has none of the server's (a signal ends it).
+        _leave_session()
         request = _take_request(theirs)
     except BaseException:
         traceback.print_exc()
         status = 1
     else:
         if request is not None:
-            args, env, umask, fds = request
-            _become_mount(args, env, umask, ready_fd=fds[0], log_fd=fds[1], cwd_fd=fds[2])
+            _become_mount(*request)
     os._exit(status)
 
 
@@ -112,9 +107,7 @@ def hand_over(spare: socket.socket, message: bytes, fds: Sequence[int]) -> None:
         spare.sendall(message[sent:])
 
 
-def _take_request(
-    conn: socket.socket,
-) -> tuple[list[str], dict[str, str], int, list[int]] | None:
+def _take_request(conn: socket.socket) -> tuple[MountRequest, list[int]] | None:
     """The request the server hands over; None when it closed without one."""
     data, fds, _, _ = socket.recv_fds(conn, 65536, FDS)
     if not data:
@@ -126,7 +119,8 @@ def _take_request(
     # The server checked it (``mount_server._check``) before handing it over.
     if len(fds) != FDS:
         raise ValueError(f"{len(fds)} descriptors handed over, not {FDS}")
-    return list(message["args"]), dict(message["env"]), int(message["umask"]), list(fds)
+    request = MountRequest(list(message["args"]), dict(message["env"]), int(message["umask"]))
+    return request, list(fds)
 
 
 def _fork() -> int:
@@ -136,20 +130,18 @@ def _fork() -> int:
     return os.fork()
 
 
-def _become_mount(
-    args: Sequence[str],
-    env: Mapping[str, str],
-    umask: int,
-    *,
-    ready_fd: int,
-    log_fd: int,
-    cwd_fd: int,
-) -> NoReturn:
-    """In a child of the server: leave it behind, run the mount process, exit with its status."""
+def _become_mount(request: MountRequest, fds: Sequence[int]) -> NoReturn:
+    """In a child of the server, out of its session: run the mount process, exit with its status.
+
+    The child gets the log (``fds[1]``) as stdout and stderr, /dev/null as
+    stdin, ``fds[2]`` as its working directory, the request's umask and
+    exactly its environment, and the ready pipe (``fds[0]``) as ``--ready-fd``.
+    """
     status = 1
     try:
-        argv = [*args, "--ready-fd", str(ready_fd)]
-        _leave_server(env, umask, log_fd=log_fd, cwd_fd=cwd_fd)
+        ready_fd, log_fd, cwd_fd = fds
+        argv = [*request.args, "--ready-fd", str(ready_fd)]
+        _leave_server(request.env, request.umask, log_fd=log_fd, cwd_fd=cwd_fd)
         set_title([sys.executable, "-P", "-m", MOUNT_MODULE, *argv])
         sys.argv = [MOUNT_MODULE, *argv]
         from lazyfs.fs import mount_main
@@ -169,7 +161,8 @@ def _become_mount(
         os._exit(status)
 
 
-def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: int) -> None:
+def _leave_session() -> None:
+    """What a child leaves of the server whatever the request: a spare does it before one comes."""
     os.setsid()  # detached, as an exec'd one: no signal of the server's session reaches it
     # The handlers an exec'd Python starts with: SIGCHLD by default (the
     # server ignores it, and fusermount3 must be waited for), SIGINT raising
@@ -178,6 +171,13 @@ def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: in
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # The mount process configures logging itself, as an exec'd one would.
+    for handler in list(logging.root.handlers):
+        logging.root.removeHandler(handler)
+
+
+def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: int) -> None:
+    """Take the request's descriptors, directory, umask and environment in place of the server's."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -189,9 +189,6 @@ def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: in
     os.umask(umask)
     os.environ.clear()
     os.environ.update(env)
-    # The mount process configures logging itself, as an exec'd one would.
-    for handler in list(logging.root.handlers):
-        logging.root.removeHandler(handler)
 
 
 def set_title(argv: Sequence[str]) -> None:

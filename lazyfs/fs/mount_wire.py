@@ -15,6 +15,7 @@ layer's origin alone, so a mount process of local layers starts without it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -121,6 +122,16 @@ def refused_error(text: bytes) -> Exception:
 
 def parse_mount_args(argv: Sequence[str]) -> argparse.Namespace:
     """The mount process's command line (``lazyfs.fs.mount_main``)."""
+    return _mount_parser().parse_args(argv)
+
+
+@functools.cache
+def _mount_parser() -> argparse.ArgumentParser:
+    """Made once a process: the mount server makes it before it forks (``warm_up``).
+
+    Parsing leaves the parser as it was (an ``append`` default is copied
+    into the namespace, not appended to), so every mount may share it.
+    """
     parser = argparse.ArgumentParser(prog="lazyfs.fs.mount_main")
     parser.add_argument("--mountpoint", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True, help="the store root")
@@ -145,7 +156,17 @@ def parse_mount_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("--suid", action="store_true", help="honour setuid and setgid bits")
     parser.add_argument("--dev", action="store_true", help="let device nodes be opened")
-    return parser.parse_args(argv)
+    return parser
+
+
+def warm_up() -> None:
+    """Parse a command line once, for a mount server to fork its children from.
+
+    The parser is made and the patterns argparse compiles while parsing are
+    in ``re``'s cache: each forked mount process finds both ready instead
+    of making them on its way to mounting.
+    """
+    parse_mount_args(["--mountpoint", "/", "--store", "/", "--ready-fd", "0"])
 
 
 def mount_limits(args: argparse.Namespace) -> LayerLimits | None:

@@ -20,12 +20,15 @@ from backends.base import Backend, Rootfs
 from lazyfs.progress import Progress
 from lazyfs.provision.lazy import remote_digests
 from lazyfs.provision.lazy_progress import lazy_progress
-from lazyfs.provision.records import require_layers
+from lazyfs.provision.records import ProvisionInfo, require_layers, write_info
 from providers.digest import Digest
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
 from providers.source import LocalBlobSource
+
+# Runs beside a backend's build: given the manifest, the rootfs directory, the layers left remote.
+Beside = Callable[[ImageManifest, Path, tuple[Digest, ...]], Awaitable[None]]
 
 
 class RootfsBuilder:
@@ -54,19 +57,84 @@ class RootfsBuilder:
         self.blobs_for = blobs_for
 
     async def __call__(
-        self, image: Image, writable: bool, what: str, command: Sequence[str] | None = None
+        self,
+        image: Image,
+        writable: bool,
+        what: str,
+        command: Sequence[str] | None = None,
+        beside: Beside | None = None,
     ) -> tuple[ImageManifest, Rootfs, tuple[Digest, ...]]:
-        """Fetch ``image``, build ``what`` from it: its manifest, rootfs and layers left remote."""
+        """Fetch ``image``, build ``what`` from it: its manifest, rootfs and layers left remote.
+
+        ``beside``, if given, runs while the backend builds, once what the
+        build will return is known but the rootfs itself: its manifest,
+        its rootfs directory and its layers left remote. A failure of
+        either fails the build.
+        """
         manifest = await self.fetch(image)
         require_layers(manifest)
         rootfs_dir = self.home / "backends" / self.name / "rootfses" / str(uuid.uuid4())
         private_dir(rootfs_dir.parent)
         self.progress.message(f"building {what} with {self.name}")
         blobs = await trio.to_thread.run_sync(self.blobs_for, manifest, command)
-        with lazy_progress(blobs, manifest, self.progress):
-            rootfs = await trio.to_thread.run_sync(
-                lambda: self.backend.provision(
-                    manifest.layers, blobs, rootfs_dir, writable=writable
+        remote = remote_digests(blobs)
+        built: list[Rootfs] = []
+
+        async def build() -> None:
+            with lazy_progress(blobs, manifest, self.progress):
+                built.append(
+                    await trio.to_thread.run_sync(
+                        lambda: self.backend.provision(
+                            manifest.layers, blobs, rootfs_dir, writable=writable
+                        )
+                    )
                 )
-            )
-        return manifest, rootfs, remote_digests(blobs)
+
+        if beside is None:
+            await build()
+        else:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(beside, manifest, rootfs_dir, remote)
+                    await build()
+            except BaseExceptionGroup as group:
+                # As a build alone fails: with its error, not a group (the CLI
+                # says a LazyfsError in one line). The other task, if it did
+                # not fail too, was cancelled.
+                raise _first(group) from None
+        return manifest, built[0], remote
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first error in ``error``, a group (of groups) of them or one."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+class RecordAhead:
+    """``beside`` a rootfs's build: its container's ``info.json``, written while the backend builds.
+
+    A mount takes longer than the file's fsyncs, so they cost the
+    provision nothing. The container is still incomplete meanwhile (its
+    ``provisioning`` file stays until the provision is done), so a crash
+    leaves it for ``recover`` to remove, as before. ``written`` is the
+    record as written: the provisioner writes it again if the build came
+    out otherwise, or when the container has volumes to record too.
+    """
+
+    def __init__(self, home: Path, container_id: str, backend: str, writable: bool) -> None:
+        self.home = home
+        self.container_id = container_id
+        self.backend = backend
+        self.writable = writable
+        self.written: ProvisionInfo | None = None
+
+    async def __call__(
+        self, manifest: ImageManifest, rootfs_dir: Path, remote: tuple[Digest, ...]
+    ) -> None:
+        info = ProvisionInfo(
+            self.container_id, rootfs_dir, self.backend, self.writable, manifest, remote
+        )
+        await trio.to_thread.run_sync(write_info, self.home, info)
+        self.written = info

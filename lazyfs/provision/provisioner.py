@@ -3,7 +3,8 @@
 Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
 
     containers/<cid>/provisioning                      present while half done
-    containers/<cid>/info.json                         written last, atomically
+    containers/<cid>/info.json                         written atomically, complete once
+                                                       provisioning is gone
     containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs, and one per image volume
     locks/<cid>.lock                                   held while one process works on <cid>
 
@@ -25,7 +26,6 @@ caller that runs a container holds its lock for the container's life
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,7 +39,7 @@ from backends.names import default_backend_name, make_backend
 from lazyfs.fs.mount import DaemonSpec
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
-from lazyfs.provision.build import RootfsBuilder
+from lazyfs.provision.build import RecordAhead, RootfsBuilder
 from lazyfs.provision.lazy import LAZY_BACKENDS, LazyProvider, blobs_for
 from lazyfs.provision.records import (
     ProvisionInfo,
@@ -50,11 +50,11 @@ from lazyfs.provision.records import (
     load_info,
     one_line,
     require_layers,
+    write_info,
 )
 from lazyfs.provision.revive import revive
 from lazyfs.provision.usage import read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
-from lazyfs.store.atomic import write_atomic
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, in_use_async, locked_async
 from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
@@ -186,7 +186,9 @@ class Provisioner:
                     lambda manifest, traced: self.blobs_for(name, manifest, traced),
                 )
                 what = f"the rootfs of {container_id}"
-                manifest, rootfs, remote = await build(image, writable, what, command)
+                # info.json is made durable while the backend builds, where it can be.
+                ahead = None if volumes else RecordAhead(home, container_id, name, writable)
+                manifest, rootfs, remote = await build(image, writable, what, command, ahead)
                 built = []
                 for volume in volumes:
                     what = f"volume {volume.container_path} of {container_id}"
@@ -204,7 +206,8 @@ class Provisioner:
                 info = ProvisionInfo(
                     container_id, rootfs.path, name, rootfs.writable, manifest, remote, tuple(built)
                 )
-                _write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1))
+                if ahead is None or ahead.written != info:  # volumes, or built otherwise
+                    write_info(home, info)
                 if publish is not None:
                     publish(info)
                 (home / "provisioning").unlink()
@@ -394,7 +397,3 @@ class Provisioner:
     def _complete(home: Path) -> bool:
         """Whether the container at ``home`` finished provisioning."""
         return (home / "info.json").is_file() and not (home / "provisioning").exists()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    write_atomic(path, text.encode(), mode=0o600)

@@ -10,12 +10,14 @@ no backend should be handed; ``one_line`` words an error for a report.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lazyfs.provision.usage import ContainerRecord, ImageRecord
+from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import BadImage, LazyfsError, NotFound, UsageError
@@ -167,3 +169,8 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, LazyfsError):
         return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+def write_info(home: Path, info: ProvisionInfo) -> None:
+    """Write ``info`` as the container's ``info.json`` under ``home``, atomically and durably."""
+    write_atomic(home / "info.json", json.dumps(info.to_json(), indent=1).encode(), mode=0o600)

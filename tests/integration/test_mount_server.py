@@ -444,14 +444,23 @@ def test_a_caller_in_another_mount_namespace_gets_a_mount_of_its_own(
     assert not lazy_mount.is_mounted(point)  # nor is anything left in ours
 
 
-def test_a_mount_goes_to_the_spare_forked_before_it_and_the_next_spare_waits_already(
+def _first_mount_and_spare(
     mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
-) -> None:
+) -> tuple[int, int, int]:
+    """Mount ``tmp_path/a``: its mount process, the store's mount server and the spare beside it."""
     lazy_store, _ = store
     first = mounted(tmp_path / "a")
     server = mount_servers.server_of(lazy_store.root)
     assert server is not None
     (spare,) = mount_servers.children(server) - {first}  # forked before the caller was answered
+    return first, server, spare
+
+
+def test_a_mount_goes_to_the_spare_forked_before_it_and_the_next_spare_waits_already(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    lazy_store, _ = store
+    first, server, spare = _first_mount_and_spare(mounted, store, tmp_path)
     second = mounted(tmp_path / "b", writable=True)
     assert second == spare
     assert os.getsid(second) == second  # it left the server's session, as a forked one does
@@ -476,10 +485,7 @@ def test_a_mount_is_forked_when_the_spare_is_gone(
     mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
 ) -> None:
     lazy_store, _ = store
-    first = mounted(tmp_path / "a")
-    server = mount_servers.server_of(lazy_store.root)
-    assert server is not None
-    (spare,) = mount_servers.children(server) - {first}
+    _, server, spare = _first_mount_and_spare(mounted, store, tmp_path)
     os.kill(spare, signal.SIGKILL)
     assert mount_servers.wait_gone(spare)
     second = mounted(tmp_path / "b")

@@ -77,3 +77,19 @@ def test_a_damaged_refusal_is_a_backend_error() -> None:
 def test_a_layer_descriptor_crosses_the_command_line_whole(diff_id: Digest | None) -> None:
     layer = Layer(DIGEST, OCI_LAYER_GZIP, 1234, diff_id)
     assert parse_layer_arg(layer_arg(layer)) == layer
+
+
+def test_the_shared_mount_parser_starts_every_parse_afresh() -> None:
+    """The mount server parses once before it forks; its children share the parser."""
+    from lazyfs.fs.mount_wire import parse_mount_args, warm_up
+
+    warm_up()
+    layers = [
+        Layer(DIGEST, OCI_LAYER_GZIP, 10, None),
+        Layer(Digest("sha256:" + "cd" * 32), OCI_LAYER_GZIP, 20, None),
+    ]
+    base = ["--mountpoint", "/m", "--store", "/s", "--ready-fd", "7"]
+    first = parse_mount_args([*base, *(f"--layer={layer_arg(la)}" for la in layers), "--suid"])
+    assert [layer for layer, _ in first.layer] == layers and first.suid and first.ready_fd == 7
+    again = parse_mount_args(base)  # nothing of the first parse is left in the parser
+    assert again.layer == [] and not again.suid and again.upper is None

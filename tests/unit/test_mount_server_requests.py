@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from lazyfs.fs import mount_server_client as server_client
-from lazyfs.fs.mount_server import MountRequest, Refused, _check
+from lazyfs.fs.mount_server import Refused, _check
+from lazyfs.fs.mount_server_child import MountRequest
 
 GOOD: dict[str, Any] = {
     "op": "mount",

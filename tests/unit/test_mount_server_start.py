@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from lazyfs.fs import mount_server_client as server_client
@@ -54,3 +55,40 @@ def test_a_server_stuck_before_listening_exits_and_releases_the_start_lock(
         fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: the next mount may start one
     finally:
         os.close(again)
+
+
+SPARE_SCRIPT = """
+import os, sys
+from lazyfs.fs import mount_server_child
+pid, sock = mount_server_child.fork_spare(close=())
+print(pid, flush=True)
+sys.stdin.readline()
+sock.close()  # as the server does when it stops: the spare exits
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+def test_a_spare_leaves_the_server_s_session_before_any_request(tmp_path: Path) -> None:
+    """What does not depend on the request is done before it comes, not on a mount's way."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen(
+        [sys.executable, "-P", "-c", SPARE_SCRIPT],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as forker:
+        assert forker.stdin is not None and forker.stdout is not None
+        try:
+            spare = int(forker.stdout.readline())
+            deadline = time.monotonic() + 30
+            while os.getsid(spare) != spare:  # it runs setsid as soon as it is scheduled
+                assert time.monotonic() < deadline, "the spare stayed in the server's session"
+                time.sleep(0.01)
+            assert os.getsid(forker.pid) == forker.pid != spare
+            forker.stdin.write("\n")
+            forker.stdin.flush()
+            assert forker.stdout.readline().strip() == "0"
+        finally:
+            forker.kill()

@@ -1,0 +1,123 @@
+"""Building a rootfs (``lazyfs.provision.build``): what runs beside the backend, and the record
+the provisioner writes there (``RecordAhead``) before the build is done."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from backends.base import Rootfs
+from lazyfs.progress import Progress
+from lazyfs.provision.build import RecordAhead, RootfsBuilder
+from lazyfs.provision.records import ProvisionInfo
+from providers.digest import Digest
+from providers.errors import BackendError
+from providers.image_pb2 import Image
+from providers.manifest import OCI_LAYER_GZIP, ImageManifest, Layer
+from providers.source import LocalBlobSource
+
+LAYER = Layer(Digest("sha256:" + "ab" * 32), OCI_LAYER_GZIP, 10, None)
+MANIFEST = ImageManifest("busybox:latest", Digest("sha256:" + "cd" * 32), (LAYER,))
+# Bounds a wait that the code under test ends at once when it works.
+PATIENCE = 30.0
+
+
+class Backend:
+    """Builds only once ``go`` is set: whatever sets it ran while the build was under way."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    def provision(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> Rootfs:
+        if not self.go.wait(PATIENCE):
+            raise AssertionError("nothing ran beside the build")
+        rootfs.mkdir()
+        return Rootfs(rootfs, self.name, writable=writable)
+
+    def destroy(self, rootfs: Path) -> None:
+        rootfs.rmdir()
+
+
+def builder(home: Path, backend: Backend) -> RootfsBuilder:
+    async def fetch(image: Image) -> ImageManifest:
+        return MANIFEST
+
+    return RootfsBuilder(
+        home,
+        "fake",
+        backend,
+        Progress(enabled=False),
+        fetch,
+        lambda m, c: object(),  # type: ignore[arg-type,return-value]
+    )
+
+
+async def test_beside_runs_while_the_backend_builds_knowing_what_it_will_return(
+    tmp_path: Path,
+) -> None:
+    backend = Backend()
+    seen: list[tuple[ImageManifest, Path, tuple[Digest, ...]]] = []
+
+    async def beside(manifest: ImageManifest, rootfs_dir: Path, remote: tuple[Digest, ...]) -> None:
+        seen.append((manifest, rootfs_dir, remote))
+        backend.go.set()
+
+    manifest, rootfs, remote = await builder(tmp_path, backend)(
+        Image(), True, "a rootfs", beside=beside
+    )
+    assert seen == [(manifest, rootfs.path, remote)] and rootfs.path.is_dir()
+
+
+async def test_a_failure_beside_fails_the_build(tmp_path: Path) -> None:
+    backend = Backend()
+
+    async def beside(manifest: ImageManifest, rootfs_dir: Path, remote: tuple[Digest, ...]) -> None:
+        backend.go.set()
+        raise OSError(28, "No space left on device")
+
+    # As a build alone fails: with the error itself, which the CLI says in one line.
+    with pytest.raises(OSError, match="No space left"):
+        await builder(tmp_path, backend)(Image(), True, "a rootfs", beside=beside)
+
+
+async def test_a_failed_build_fails_with_its_own_error(tmp_path: Path) -> None:
+    class Refusing(Backend):
+        def provision(
+            self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+        ) -> Rootfs:
+            raise BackendError("the fuse backend needs /dev/fuse")
+
+    ahead = RecordAhead(tmp_path, "c1", "fake", True)
+    with pytest.raises(BackendError, match="needs /dev/fuse"):
+        await builder(tmp_path, Refusing())(Image(), True, "a rootfs", beside=ahead)
+
+
+async def test_record_ahead_writes_the_record_of_the_rootfs_being_built(tmp_path: Path) -> None:
+    ahead = RecordAhead(tmp_path, "c1", "fake", True)
+    rootfs_dir = tmp_path / "backends" / "fake" / "rootfses" / "r"
+    await ahead(MANIFEST, rootfs_dir, ())
+    expected = ProvisionInfo("c1", rootfs_dir, "fake", True, MANIFEST)
+    assert ahead.written == expected
+    assert json.loads((tmp_path / "info.json").read_text()) == expected.to_json()
+    assert (tmp_path / "info.json").stat().st_mode & 0o777 == 0o600
+
+
+async def test_what_is_written_ahead_is_what_the_build_returns(tmp_path: Path) -> None:
+    backend = Backend()
+    backend.go.set()
+    ahead = RecordAhead(tmp_path, "c1", "fake", False)
+    manifest, rootfs, remote = await builder(tmp_path, backend)(
+        Image(), False, "a rootfs", beside=ahead
+    )
+    # The provisioner writes again only what differs (``ahead.written != info``).
+    assert ahead.written == ProvisionInfo(
+        "c1", rootfs.path, "fake", rootfs.writable, manifest, remote
+    )
