@@ -16,16 +16,11 @@ import pytest
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.fs.mount_main import _remote_layer
 from lazyfs.index.artifact import MAX_SPAN, WINDOW, LayerArtifact, Span, first_byte
-from lazyfs.index.published import (
-    INDEX_BLOB_ANNOTATION,
-    PublishedData,
-    load_published,
-    store_published,
-)
+from lazyfs.index.published import PublishedData, load_published, store_published
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
-from providers.manifest import Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from providers.tar_stream import LayerLimits
 from tests.support.blob_sources import CountingBlobs, MemoryBlobs
 from tests.support.images import Entry, write_layer
