@@ -55,7 +55,7 @@ from pathlib import Path
 from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.blobs.gzip_inflate import inflate_from
 from lazyfs.blobs.inflated import Kept, read_intervals
-from lazyfs.blobs.published_ahead import ReadAhead, ask_for, reads_windows
+from lazyfs.blobs.published_ahead import ask_for, interval_needs, reads_windows
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
@@ -94,7 +94,6 @@ class PublishedLayers:
         # Layers whose index a span or window confirmed wrong: why, for each EIO after.
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
-        self._ahead = ReadAhead()
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
@@ -262,11 +261,11 @@ class PublishedLayers:
 
     def _ask_ahead(self, digest: Digest, data: PublishedData, number: int) -> None:
         """Have a caching source fetch what inflating interval ``number`` needs, all at once,
-        and the next intervals' when reads go in order (``lazyfs.blobs.published_ahead``).
+        (``lazyfs.blobs.published_ahead``).
 
         Its span and window one after the other otherwise, each a round trip.
         """
-        needs = self._ahead.needs(digest, data, number)
+        needs = interval_needs(digest, data, number)
         with self._lock:
             needs = [need for need in needs if not self._held(digest, data, need)]
         ask_for(self._blobs, needs)
