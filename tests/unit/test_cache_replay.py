@@ -163,3 +163,28 @@ async def test_a_trace_repeating_a_range_is_weighed_once_and_a_huge_one_is_cut(
         apart = [chunk(i) for i in range(20, 200, 2)]
         assert replays.add(source, DIGEST, apart, len(BLOB)) <= 20
         source.gate.set()
+
+
+async def test_a_trace_filling_its_repositorys_queue_leaves_other_replays_their_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A published trace is as trustworthy as whoever may push to its image's
+    # repository: one naming far too much must not drop, nor hold back behind
+    # it, the replays of another repository's images.
+    monkeypatch.setattr(replay, "MAX_QUEUED", 8)
+    hostile, other = Source(gated=True), Source(gated=True)
+    other.calls, other.lock, other.gate = hostile.calls, hostile.lock, hostile.gate  # one log
+    async with daemon(tmp_path) as (fetcher, replays):
+        many = [chunk(i) for i in range(0, 200, 2)]
+        replays.add(hostile, DIGEST, many, len(BLOB))
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetcher.fetches_in_flight == REQUESTS
+        assert replays.add(hostile, DIGEST, many, len(BLOB)) < len(many)  # full again
+        wanted = chunk(1)
+        assert replays.add(other, DIGEST, [wanted], len(BLOB)) == 1
+        hostile.gate.set()
+        with trio.fail_after(30):  # bounds a failing test only
+            while wanted not in hostile.calls:
+                await trio.sleep(0)  # a checkpoint, not a delay
+        # Its turn came after one more of the hostile queue's (taken before it was added).
+        assert hostile.calls.index(wanted) <= REQUESTS + 1, hostile.calls
