@@ -30,6 +30,10 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 # Appc images carry their rootfs in a tar under "rootfs/".
 APPC_LAYER = "application/vnd.appc.image.aci"
+# lazyfs' own layer annotation: the digest of the index blob published beside
+# the image that the layer is read through.  Set only by lazyfs once it has
+# fetched and kept that index (a registry's manifest never carries it in).
+INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
 
 # Manifests, indexes, configs and token answers are read into memory whole.
 METADATA_LIMIT = 16 << 20

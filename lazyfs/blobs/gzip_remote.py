@@ -43,7 +43,6 @@ thread-safe, as ``TarRangeReader`` says.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import errno
 import hashlib
 import logging
@@ -56,7 +55,8 @@ from pathlib import Path
 from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.blobs.gzip_inflate import inflate_from
 from lazyfs.blobs.inflated import Kept, read_intervals
-from lazyfs.index.artifact import WINDOW, WINDOWS_MEDIA_TYPE, Span, first_byte
+from lazyfs.blobs.published_ahead import ask_for, interval_needs, reads_windows
+from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
@@ -232,7 +232,7 @@ class PublishedLayers:
         with self._lock:
             self.inflations += 1
         point = data.points[number]
-        self._prefetch_span(digest, data, first_byte(point))
+        self._ask_ahead(digest, data, number)
         window = None if point.window is None else self._window(digest, data, point.window)
 
         def read(at: int, size: int) -> bytes:
@@ -259,24 +259,25 @@ class PublishedLayers:
             raise OSError(errno.EIO, str(wrong)) from wrong
         return got
 
-    def _prefetch_span(self, digest: Digest, data: PublishedData, offset: int) -> None:
-        """Have a caching source fetch the span at ``offset`` while the window is fetched.
+    def _ask_ahead(self, digest: Digest, data: PublishedData, number: int) -> None:
+        """Have a caching source fetch what inflating interval ``number`` needs, all at once,
+        (``lazyfs.blobs.published_ahead``).
 
-        Two round trips one after the other otherwise; not needed to serve
-        the read, so a failure is only logged.
+        Its span and window one after the other otherwise, each a round trip.
         """
-        prefetch = getattr(self._blobs, "prefetch", None)
-        if prefetch is None or data.windows is None:
-            return
-        number = bisect.bisect_right(data.starts, offset) - 1
+        needs = interval_needs(digest, data, number)
         with self._lock:
-            if (digest, number) in self._kept:
-                return
-        span = data.spans[number]
-        try:
-            prefetch(digest, span.offset, span.length)
-        except LazyfsError as error:
-            log.info("layer %s: span at %d not prefetched: %s", digest, span.offset, error)
+            needs = [need for need in needs if not self._held(digest, data, need)]
+        ask_for(self._blobs, needs)
+
+    def _held(self, digest: Digest, data: PublishedData, need: tuple[Digest, int, int]) -> bool:
+        """Whether ``need`` is a range of the layer whose spans are all kept verified here."""
+        blob, offset, length = need
+        if blob != digest:
+            return False  # a window: not kept
+        first = bisect.bisect_right(data.starts, offset) - 1
+        last = bisect.bisect_right(data.starts, offset + length - 1) - 1
+        return all((digest, n) in self._kept for n in range(first, last + 1))
 
     def _window(self, digest: Digest, data: PublishedData, window: Span) -> bytes:
         """The inflated window at ``window`` of the layer's windows blob, checked first."""
@@ -322,38 +323,8 @@ def open_published(
             raise OSError(errno.EIO, f"layer {layer.digest}: its published index is gone")
         return whole[0].entries
 
-    _reads_windows(blobs, layer.digest, data)
+    reads_windows(blobs, layer.digest, data)
     return index, PublishedLayers({layer.digest: data}, blobs, entries={layer.digest: files}), where
-
-
-def _reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None:
-    """Have the cache daemon's client read the layer, and its windows blob, by exact ranges.
-
-    Exact: a read here fetches whole spans, each checked, and a window only
-    where a read inflates; what the daemon would read ahead of them is
-    seldom what the next read needs (measured: 6% more of the image crossed
-    before a program's first line).  The client reads only the blobs it was
-    given (the image's layers); the windows blob is in the layer's
-    repository, so it is read from the layer's origin.  A source that is no
-    such client (a test's) is left as it is.
-    """
-    known = getattr(blobs, "blobs", None)
-    origin = known.get(layer) if isinstance(known, dict) else None
-    if origin is None or not dataclasses.is_dataclass(origin) or not hasattr(origin, "exact"):
-        return
-    assert isinstance(known, dict)
-    known[layer] = dataclasses.replace(origin, exact=True)  # type: ignore[type-var]
-    if data.windows is not None:
-        known.setdefault(
-            data.windows,
-            dataclasses.replace(
-                origin,  # type: ignore[type-var]
-                size=data.windows_size,
-                diff_id=None,
-                media_type=WINDOWS_MEDIA_TYPE,
-                exact=True,
-            ),
-        )
 
 
 def _mismatch(digest: Digest, span: Span, piece: bytes, what: str) -> DigestMismatch | None:

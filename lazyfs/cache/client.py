@@ -62,7 +62,7 @@ from lazyfs.cache.messages import (
 from lazyfs.cache.spawn import starting
 from providers.digest import Digest
 from providers.errors import LazyfsError, NotFound, TemporaryFailure
-from providers.manifest import Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
 # An eStargz layer's TOC digest (``lazyfs.index.estargz.TOC_DIGEST_ANNOTATION``;
 # this package loads no index code): such a layer is read chunk by chunk.
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-# A layer read through its published index (``lazyfs.index.published``): by whole spans, exactly.
-INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
 _IDLE_CONNECTIONS = 8
 _EVICTED_RETRIES = 3
 
@@ -265,6 +263,10 @@ class CacheClient:
             except LazyfsError as error:
                 log.warning("layer %s: the cache daemon did not take its TOC's prefetch: %s",
                             other, error)  # fmt: skip
+
+    def add_blob(self, digest: Digest, like: Digest, size: int) -> None:
+        """Read ``digest`` (``size`` bytes, in ``like``'s repository) too, exactly; once."""
+        self.blobs.setdefault(digest, RemoteBlob(self._blob(like).origin, size, exact=True))
 
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)

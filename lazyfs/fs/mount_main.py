@@ -120,8 +120,11 @@ def _index_layers(
     client = _cache_client(cache_dir, layers)
     recorder = None
     if client is not None and trace is not None:
+        from lazyfs.blobs.published_ahead import read_windows_blobs
         from lazyfs.blobs.trace_run import start_trace  # loaded only to record or replay
 
+        # A trace names the windows blobs of published indexes too: known before it is replayed.
+        read_windows_blobs(store.layers, [layer for layer, origin in layers if origin], client)
         recorder = start_trace(client, trace, store.root)  # and traces published beside
     digests = [layer.digest for layer, _ in layers]
     # With the image's merged tree kept, the mount needs only the indexes'

@@ -26,7 +26,7 @@ from lazyfs.store.disk import Store
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
-from providers.manifest import ImageManifest, Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, ImageManifest, Layer
 from providers.platforms import host_platform
 from providers.reference import parse_reference
 from providers.registry_auth import parse_docker_config
@@ -45,9 +45,6 @@ FETCH_LIMIT = trio.CapacityLimiter(4)
 # As lazyfs.index.estargz names it (a test holds them equal): the mark of an
 # eStargz layer, whose table of contents can be read by range.
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
-# As lazyfs.index.published names it (a test holds them equal): the index blob
-# published beside the image that a layer is read through.
-INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
 
 
 def lazy_layer(layer: Layer) -> bool:

@@ -37,11 +37,10 @@ from lazyfs.index.model import INDEX_NAME, LayerIndex, dumps, loads
 from lazyfs.store.atomic import write_atomic
 from providers.digest import Digest, algorithm, hex_part, parse_digest
 from providers.errors import BadImage
-from providers.manifest import Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 
 PUBLISHED_DIR = "published-indexes"
 SPANS_NAME = "spans"
-INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
 
 
 @dataclass(frozen=True)

@@ -35,17 +35,12 @@ from collections.abc import Sequence
 
 from lazyfs.index.artifact import ARTIFACT_TYPE, decode
 from lazyfs.index.artifact_manifest import artifact_layers
-from lazyfs.index.published import (
-    INDEX_BLOB_ANNOTATION,
-    check_artifact_layer,
-    load_published,
-    store_published,
-)
+from lazyfs.index.published import check_artifact_layer, load_published, store_published
 from lazyfs.publish.listing import CREATED, Listing, list_image, newest_first
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, DigestMismatch, LazyfsError
-from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, OCI_MANIFEST, Descriptor, ImageManifest, Layer
 from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
 

@@ -38,6 +38,7 @@ Figures to compare against the peer need the ``skopeo`` row in the same run.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 
 from benchlib.cold_index import index_contenders, index_rows
@@ -92,7 +93,9 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
 def _wanted(row: str) -> bool:
     """Whether ``LAZYFS_BENCH_COLD_ROWS`` (unset or empty: every row) names ``row``."""
     rows = os.environ.get("LAZYFS_BENCH_COLD_ROWS", "")
-    return not rows.strip() or row in {name.strip() for name in rows.split(",")}
+    # Rows' names hold commas inside their parentheses: split only on the others.
+    names = {name.strip() for name in re.split(r",(?![^()]*\))", rows)}
+    return not rows.strip() or row in names
 
 
 def _image_bytes(reference: str) -> int:

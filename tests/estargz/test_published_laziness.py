@@ -13,7 +13,9 @@ reference names, so the cache daemon's range reads cross it too:
   quarter of the image has crossed (no background fetch: what the program
   needs only);
 - a fuse provision keeps every layer remote, and its tree equals what
-  ``umoci unpack`` makes of the image.
+  ``umoci unpack`` makes of the image;
+- the prefetch trace a first run records names the layers' windows blobs
+  too, and a machine given it replays every range of it.
 
 A registry that holds no index: a trusting machine pulls the image whole,
 as a machine that does not trust does, with nothing more asked of the
@@ -23,12 +25,15 @@ registry than the referrers lookup.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from lazyfs.cache.remote import trace_key
+from lazyfs.index.trace import TRACES_DIR, load_trace
 from providers.registry import RegistryClient, RegistryOptions
 from tests.support import debian_like, images
 from tests.support.counting_proxy import CountingProxy
@@ -209,3 +214,31 @@ def test_without_a_published_index_a_trusting_machine_pulls_whole(
     ]), asked[True]  # fmt: skip
     assert [line for line in asked[True] if line not in lookups] == asked[False]
     assert _lookups(asked[False]) == []
+
+
+def test_a_trace_recorded_through_a_published_index_is_replayed_whole(
+    published: Pushed, tmp_path: Path
+) -> None:
+    """Windows blobs and all: a replay leaves out only what its mount does not read."""
+    image = f"{published.registry.host}/debpy:oci"
+    manifest = RegistryClient(RegistryOptions(registry=published.registry.url, http=FAST)).resolve(
+        image
+    )
+    config = manifest.config
+    key = trace_key(manifest.digest, config.entrypoint, config.cmd, config.working_dir)
+    assert key is not None
+    with machine(tmp_path / "first", TRUST) as first:
+        assert first.run("run", "--backend", "fuse", f"docker:{image}").stdout.strip() == (
+            debian_like.APP_LINE
+        )
+        trace = load_trace(first.cache_dir, key)
+    assert trace is not None, "the first run kept no trace"
+    windows = {read.digest for read in trace.reads} - set(published.layers)
+    assert windows, "the trace names no windows blob: nothing inflated from a checkpoint?"
+    with machine(tmp_path / "second", TRUST) as second:
+        second.cache_dir.mkdir(parents=True, mode=0o700)
+        shutil.copytree(first.cache_dir / TRACES_DIR, second.cache_dir / TRACES_DIR)
+        rootfs = second.provision("c", f"docker:{image}")
+        assert (rootfs / "srv/app/main.py").read_bytes() == debian_like.APP.encode()
+        said = [line for line in second.mount_log("c").splitlines() if "replaying" in line]
+        assert said and said[0].endswith(f"replaying the trace of {key}: {len(trace.reads)} ranges")

@@ -28,7 +28,8 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from lazyfs.publish.traces import publish_traces, trace_blobs
 from providers.manifest import OCI_MANIFEST, ImageManifest
 from providers.referrers import list_referrers
 from providers.registry import RegistryClient, RegistryOptions
+from providers.registry_push import RegistryPush
 from tests.support import debian_like, images
 from tests.support.cache_daemons import daemon_status, kill_recorded
 from tests.support.containerd import Containerd, import_archive, push, to_estargz
@@ -236,41 +238,59 @@ def test_a_trace_published_beside_the_image_is_replayed_only_when_trusted(
     assert not (untrusting / "store" / "docker" / TRACES_DIR).exists()  # nothing was asked
 
 
+@dataclass(frozen=True)
+class Own:
+    """A registry of the test's own, holding the image alone, reached through a counter."""
+
+    link: Counted
+    manifest: ImageManifest
+    push: RegistryPush  # to the image's repository
+
+    def key(self, command: Sequence[str]) -> str:
+        """The trace key of the image running ``command``."""
+        config = self.manifest.config
+        key = trace_key(self.manifest.digest, config.entrypoint, command, config.working_dir)
+        assert key is not None
+        return key
+
+
+@contextmanager
+def _own_registry(pristine: Path, tmp_path: Path) -> Iterator[Own]:
+    storage = copy_storage(pristine, tmp_path / "storage")
+    with run_registry(tmp_path / "registry", storage) as registry:
+        port = int(registry.host.rsplit(":", 1)[1])
+        with run_counting_proxy(port) as link:
+            manifest = _manifest(registry)
+            client = RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
+            yield Own(link, manifest, repository_push(client, manifest.reference))
+
+
 def test_a_run_that_publishes_indexes_pushes_the_trace_it_recorded_once(
     pristine: Path, tmp_path: Path
 ) -> None:
     need_fuse()
-    storage = copy_storage(pristine, tmp_path / "storage")
-    with run_registry(tmp_path / "registry", storage) as registry:
-        port = int(registry.host.rsplit(":", 1)[1])
-        with run_counting_proxy(port) as own_link:
-            manifest = _manifest(registry)
-            config = manifest.config
-            key = trace_key(
-                manifest.digest, config.entrypoint, debian_like.COMMAND, config.working_dir
-            )
-            assert key is not None
-            client = RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
-            push = repository_push(client, manifest.reference)
-            assert list_referrers(push, manifest.digest) == ()
-            work = tmp_path / "work"
-            _fresh(work)
-            first = _run(own_link, work, "--publish_indexes")
-            assert first.line == debian_like.APP_LINE
-            recorded = trace_path(work / "cache", key).read_bytes()
+    with _own_registry(pristine, tmp_path) as own:
+        manifest, push = own.manifest, own.push
+        key = own.key(debian_like.COMMAND)
+        assert list_referrers(push, manifest.digest) == ()
+        work = tmp_path / "work"
+        _fresh(work)
+        first = _run(own.link, work, "--publish_indexes")
+        assert first.line == debian_like.APP_LINE
+        recorded = trace_path(work / "cache", key).read_bytes()
 
-            listed = list_referrers(push, manifest.digest)
-            assert [entry.artifact_type for entry in listed] == [TRACE_ARTIFACT_TYPE], listed
-            got = push.get_manifest(listed[0].digest, OCI_MANIFEST)
-            assert got is not None
-            blobs = trace_blobs(got[0], manifest.digest)
-            assert list(blobs) == [key]
-            assert push.get_blob(blobs[key].digest, len(recorded) + 1) == recorded
+        listed = list_referrers(push, manifest.digest)
+        assert [entry.artifact_type for entry in listed] == [TRACE_ARTIFACT_TYPE], listed
+        got = push.get_manifest(listed[0].digest, OCI_MANIFEST)
+        assert got is not None
+        blobs = trace_blobs(got[0], manifest.digest)
+        assert list(blobs) == [key]
+        assert push.get_blob(blobs[key].digest, len(recorded) + 1) == recorded
 
-            # The same machine again: it replays its trace, records nothing new, pushes nothing.
-            again = _run(own_link, work, "--publish_indexes")
-            assert again.line == debian_like.APP_LINE
-            assert list_referrers(push, manifest.digest) == listed
+        # The same machine again: it replays its trace, records nothing new, pushes nothing.
+        again = _run(own.link, work, "--publish_indexes")
+        assert again.line == debian_like.APP_LINE
+        assert list_referrers(push, manifest.digest) == listed
 
 
 def _lazyfs(link: Counted, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -285,38 +305,29 @@ def test_a_provision_that_publishes_indexes_pushes_traces_recorded_before(
 ) -> None:
     """An agent's container still runs when ``provision`` returns: its trace goes next time."""
     need_fuse()
-    storage = copy_storage(pristine, tmp_path / "storage")
-    with run_registry(tmp_path / "registry", storage) as registry:
-        port = int(registry.host.rsplit(":", 1)[1])
-        with run_counting_proxy(port) as own_link:
-            manifest = _manifest(registry)
-            config = manifest.config
-            key = trace_key(manifest.digest, config.entrypoint, config.cmd, config.working_dir)
-            assert key is not None
-            push = repository_push(
-                RegistryClient(RegistryOptions(registry=registry.url, http=FAST)),
-                manifest.reference,
-            )
-            work = tmp_path / "work"
-            _fresh(work)
-            image = f"docker:{own_link.host}/{IMAGE}"
-            try:
-                done = _lazyfs(own_link, work, "provision", "c1", image, "--backend", "fuse")
-                rootfs = Path(json.loads(done.stdout)["rootfs"])
-                assert (rootfs / "srv/app/main.py").read_bytes() == debian_like.APP.encode()
-                _lazyfs(own_link, work, "destroy", "c1")  # the mount keeps its trace as it ends
-                assert load_trace(work / "cache", key) is not None
-                assert list_referrers(push, manifest.digest) == ()  # not asked to publish
+    with _own_registry(pristine, tmp_path) as own:
+        own_link, manifest, push = own.link, own.manifest, own.push
+        key = own.key(manifest.config.cmd)
+        work = tmp_path / "work"
+        _fresh(work)
+        image = f"docker:{own_link.host}/{IMAGE}"
+        try:
+            done = _lazyfs(own_link, work, "provision", "c1", image, "--backend", "fuse")
+            rootfs = Path(json.loads(done.stdout)["rootfs"])
+            assert (rootfs / "srv/app/main.py").read_bytes() == debian_like.APP.encode()
+            _lazyfs(own_link, work, "destroy", "c1")  # the mount keeps its trace as it ends
+            assert load_trace(work / "cache", key) is not None
+            assert list_referrers(push, manifest.digest) == ()  # not asked to publish
 
-                _lazyfs(own_link, work, "--publish_indexes", "provision", "c2", image,
-                        "--backend", "fuse")  # fmt: skip
-                listed = list_referrers(push, manifest.digest)
-                assert [entry.artifact_type for entry in listed] == [TRACE_ARTIFACT_TYPE]
-                got = push.get_manifest(listed[0].digest, OCI_MANIFEST)
-                assert got is not None and list(trace_blobs(got[0], manifest.digest)) == [key]
-            finally:
-                for container in ("c1", "c2"):
-                    subprocess.run(_argv(own_link, work, "destroy", container),
-                                   capture_output=True, timeout=300, stdin=subprocess.DEVNULL,
-                                   check=False)  # fmt: skip
-                kill_recorded(work / "cache")
+            _lazyfs(own_link, work, "--publish_indexes", "provision", "c2", image,
+                    "--backend", "fuse")  # fmt: skip
+            listed = list_referrers(push, manifest.digest)
+            assert [entry.artifact_type for entry in listed] == [TRACE_ARTIFACT_TYPE]
+            got = push.get_manifest(listed[0].digest, OCI_MANIFEST)
+            assert got is not None and list(trace_blobs(got[0], manifest.digest)) == [key]
+        finally:
+            for container in ("c1", "c2"):
+                subprocess.run(_argv(own_link, work, "destroy", container),
+                               capture_output=True, timeout=300, stdin=subprocess.DEVNULL,
+                               check=False)  # fmt: skip
+            kill_recorded(work / "cache")

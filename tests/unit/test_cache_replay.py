@@ -78,12 +78,14 @@ async def test_replayed_ranges_go_out_in_trace_order_a_few_at_a_time(tmp_path: P
     source = Source(gated=True)
     async with daemon(tmp_path) as (fetcher, replays):
         # Apart, so that each is a request of its own; the trace's order is not the blob's.
-        order = [150, 3, 90, 40, 120, 7, 60]
+        order = [150, 3, 90, 40, 120, 7, 60, 180, 25, 100, 70, 130]
+        assert len(order) > REQUESTS
         queued = replays.add(source, DIGEST, [chunk(i) for i in order], len(BLOB))
         assert queued == len(order)
         await trio.testing.wait_all_tasks_blocked()
         assert fetcher.fetches_in_flight == REQUESTS
-        assert [in_flight(fetcher, i) for i in order] == [True] * REQUESTS + [False] * 3
+        left = len(order) - REQUESTS
+        assert [in_flight(fetcher, i) for i in order] == [True] * REQUESTS + [False] * left
         source.gate.set()
         while replays.chunks_replayed < len(order):
             await trio.sleep(0)  # a checkpoint, not a delay: the fetches land meanwhile
@@ -163,3 +165,29 @@ async def test_a_trace_repeating_a_range_is_weighed_once_and_a_huge_one_is_cut(
         apart = [chunk(i) for i in range(20, 200, 2)]
         assert replays.add(source, DIGEST, apart, len(BLOB)) <= 20
         source.gate.set()
+
+
+async def test_a_trace_filling_its_repositorys_queue_leaves_other_replays_their_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A published trace is as trustworthy as whoever may push to its image's
+    # repository: one naming far too much must not drop, nor hold back behind
+    # it, the replays of another repository's images.
+    monkeypatch.setattr(replay, "MAX_QUEUED", 8)
+    monkeypatch.setattr(replay, "REQUESTS", 1)  # one at a time: the order is the turns'
+    hostile, other = Source(gated=True), Source(gated=True)
+    other.calls, other.lock, other.gate = hostile.calls, hostile.lock, hostile.gate  # one log
+    async with daemon(tmp_path) as (fetcher, replays):
+        many = [chunk(i) for i in range(0, 200, 2)]
+        replays.add(hostile, DIGEST, many, len(BLOB))
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetcher.fetches_in_flight == 1
+        assert replays.add(hostile, DIGEST, many, len(BLOB)) < len(many)  # full again
+        wanted = chunk(1)
+        assert replays.add(other, DIGEST, [wanted], len(BLOB)) == 1
+        hostile.gate.set()
+        with trio.fail_after(30):  # bounds a failing test only
+            while wanted not in hostile.calls:
+                await trio.sleep(0)  # a checkpoint, not a delay
+        # Out, then taken before it was added, then the hostile queue's turn, then its own.
+        assert hostile.calls.index(wanted) == 3, hostile.calls

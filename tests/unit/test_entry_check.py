@@ -19,9 +19,9 @@ import pytest
 from lazyfs.blobs.gzip_remote import open_published
 from lazyfs.index.artifact import LayerArtifact
 from lazyfs.index.model import IndexEntry, Kind
-from lazyfs.index.published import INDEX_BLOB_ANNOTATION, store_published
+from lazyfs.index.published import store_published
 from providers.digest import Digest, digest_bytes
-from providers.manifest import Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from tests.support.blob_sources import MemoryBlobs
 from tests.support.images import Entry, write_layer
 from tests.support.published_artifacts import artifact_of, blobs_of

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import gzip
 import hashlib
 import random
 import zlib
@@ -16,47 +15,13 @@ import pytest
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.fs.mount_main import _remote_layer
 from lazyfs.index.artifact import MAX_SPAN, WINDOW, LayerArtifact, Span, first_byte
-from lazyfs.index.published import (
-    INDEX_BLOB_ANNOTATION,
-    PublishedData,
-    load_published,
-    store_published,
-)
+from lazyfs.index.published import PublishedData, load_published
 from lazyfs.store.disk import Store
-from providers.digest import Digest, digest_bytes
+from providers.digest import Digest
 from providers.errors import BadImage
-from providers.manifest import Layer
 from providers.tar_stream import LayerLimits
 from tests.support.blob_sources import CountingBlobs, MemoryBlobs
-from tests.support.images import Entry, write_layer
-from tests.support.published_artifacts import artifact_of, blobs_of
-
-SPACING = 1 << 16
-_random = random.Random(5)
-FILES = [
-    Entry("small", data=b"hello\n"),
-    Entry("noise", data=_random.randbytes(400_000)),
-    Entry("text", data=b"".join(b"line %d of it\n" % i for i in range(40_000))),
-]
-BLOB = Digest("sha256:" + "e" * 64)  # the index blob's digest: only a name here
-
-
-class Built:
-    def __init__(self, tmp: Path, compress: bool) -> None:
-        self.tar = write_layer(FILES, tmp / "layer.tar").read_bytes()
-        self.blob = gzip.compress(self.tar) if compress else self.tar
-        path = tmp / "blob"
-        path.write_bytes(self.blob)
-        self.digest = digest_bytes(self.blob)
-        self.artifact, self.windows = artifact_of(path, self.digest, tmp / "scratch",
-                                                  spacing=SPACING)  # fmt: skip
-        self.blobs = blobs_of(self.artifact, self.blob, self.windows)
-        self.layers_dir = tmp / "layers"
-        store_published(self.layers_dir, BLOB, self.artifact)
-        self.layer = Layer(self.digest, "", len(self.blob), None, ((INDEX_BLOB_ANNOTATION, BLOB),))
-        found = load_published(self.layers_dir, self.layer)
-        assert found is not None
-        self.data: PublishedData = found[2]
+from tests.support.published_artifacts import Built
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["gzip", "tar"])

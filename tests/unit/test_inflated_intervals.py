@@ -10,9 +10,9 @@ import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
 from lazyfs.blobs.inflated import Kept, interval, read_intervals
-from lazyfs.index.published import INDEX_BLOB_ANNOTATION, load_published, store_published
+from lazyfs.index.published import load_published, store_published
 from providers.digest import Digest, digest_bytes
-from providers.manifest import Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from tests.support.blob_sources import MemoryBlobs
 from tests.support.images import Entry, write_layer
 from tests.support.published_artifacts import artifact_of, blobs_of

@@ -11,9 +11,8 @@ import pytest
 
 from lazyfs.cache.client import remote_blob
 from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
-from lazyfs.index.published import INDEX_BLOB_ANNOTATION
 from providers.digest import Digest
-from providers.manifest import Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 
 LAYER = Digest("sha256:" + "1" * 64)
 BLOB = Digest("sha256:" + "2" * 64)
@@ -34,9 +33,3 @@ def test_which_layers_the_daemon_reads_exactly(
 ) -> None:
     layer = Layer(LAYER, "application/vnd.oci.image.layer.v1.tar+gzip", 1000, None, annotations)
     assert remote_blob("registry.invalid", "app", layer).exact is exact
-
-
-def test_the_client_names_index_blobs_as_the_index_does() -> None:
-    from lazyfs.cache import client
-
-    assert client.INDEX_BLOB_ANNOTATION == INDEX_BLOB_ANNOTATION

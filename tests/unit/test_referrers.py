@@ -89,18 +89,10 @@ def test_artifact_manifest_refused(change: object, message: str) -> None:
         artifact_layers(json.dumps(doc).encode(), A)
 
 
-def test_the_provider_names_index_blobs_as_the_index_does() -> None:
-    from lazyfs.images.docker import INDEX_BLOB_ANNOTATION as PROVIDER
-    from lazyfs.index.published import INDEX_BLOB_ANNOTATION
-
-    assert PROVIDER == INDEX_BLOB_ANNOTATION
-
-
 def test_a_registry_manifest_never_names_an_index_blob() -> None:
     from lazyfs.images.docker import without_index_blobs
-    from lazyfs.index.published import INDEX_BLOB_ANNOTATION
     from lazyfs.publish.fetch import with_index_blobs
-    from providers.manifest import ImageManifest, Layer
+    from providers.manifest import INDEX_BLOB_ANNOTATION, ImageManifest, Layer
 
     hostile = Layer(A, "", 1, None, (("a", "1"), (INDEX_BLOB_ANNOTATION, B)))
     plain = Layer(C, "", 1)

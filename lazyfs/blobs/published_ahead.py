@@ -1,0 +1,133 @@
+"""What a reader of layers through their published indexes asks of a caching source ahead.
+
+Inflating interval ``n`` of a gzip layer (``lazyfs.blobs.gzip_remote``)
+needs the compressed bytes from its checkpoint's first byte to the next
+checkpoint's (the published index cuts the blob into spans there; the
+first interval starts at the gzip header) and the checkpoint's window, a
+range of the layer's windows blob.  Each missed one is a round trip to the
+registry; asked one after the other, they add up.  So a source that
+fetches in the background (the cache daemon's client: ``Prefetches``) is
+asked for all of them (``interval_needs``, ``ask_for``) before the reader
+waits on any.  Nothing is asked for past them: reading
+the next intervals ahead when reads go in order was measured (the Debian
+cold start, index format 2) to cost a third more bytes over the link and
+no time, for a program's misses are its own round trips one after the
+other, seldom a file read through.
+
+Only hints: nothing here is served, and what the source fetches is checked
+by the read that uses it.  A windows blob is no layer of the image: the
+cache daemon's client is told of it (``reads_windows``, ``AddsBlobs``) when
+the layer is opened, and before a prefetch trace is replayed, which names
+it as well (``read_windows_blobs``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from lazyfs.index.artifact import first_byte
+from lazyfs.index.published import PublishedData, load_published
+from providers.digest import Digest
+from providers.errors import LazyfsError
+from providers.manifest import Layer
+from providers.source import BlobSource
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Prefetches(Protocol):
+    """A blob source that fetches a range in the background when asked
+    (``lazyfs.cache.client.CacheClient.prefetch``); a read of it meanwhile waits on that."""
+
+    def prefetch(self, digest: Digest, offset: int, length: int) -> int: ...
+
+
+@runtime_checkable
+class AddsBlobs(Protocol):
+    """A blob source that can be told of a blob besides the image's layers
+    (``lazyfs.cache.client.CacheClient.add_blob``)."""
+
+    def add_blob(self, digest: Digest, like: Digest, size: int) -> None: ...
+
+
+def interval_needs(
+    digest: Digest, data: PublishedData, number: int
+) -> list[tuple[Digest, int, int]]:
+    """The ranges (blob, offset, length) inflating interval ``number`` of layer ``digest`` reads.
+
+    Its compressed bytes (from the blob's start for the first interval,
+    which inflates from the gzip header), then its window, if it has one.
+    Nothing for a tar layer or an interval past the last.
+    """
+    points = data.points
+    if points is None or not 0 <= number < len(points):
+        return []
+    point = points[number]
+    start = 0 if number == 0 else first_byte(point)
+    end = data.size if number + 1 == len(points) else first_byte(points[number + 1])
+    needs = [(digest, start, end - start)] if end > start else []
+    if point.window is not None and data.windows is not None:
+        needs.append((data.windows, point.window.offset, point.window.length))
+    return needs
+
+
+def merged(needs: Iterable[tuple[Digest, int, int]]) -> list[tuple[Digest, int, int]]:
+    """``needs`` with the ranges of one blob that meet or overlap made one, in first-asked order.
+
+    The spans of intervals in a row are one range, and so are their
+    windows: one request each.
+    """
+    out: list[tuple[Digest, int, int]] = []
+    for blob, offset, length in needs:
+        for i, (other, start, size) in enumerate(out):
+            if other == blob and offset <= start + size and start <= offset + length:
+                lo = min(start, offset)
+                out[i] = (blob, lo, max(start + size, offset + length) - lo)
+                break
+        else:
+            out.append((blob, offset, length))
+    return out
+
+
+def ask_for(blobs: BlobSource, needs: Iterable[tuple[Digest, int, int]]) -> None:
+    """Have ``blobs`` fetch ``needs`` in the background, if it can; a failure is logged only."""
+    if not isinstance(blobs, Prefetches):
+        return
+    for blob, offset, length in merged(needs):
+        try:
+            blobs.prefetch(blob, offset, length)
+        except LazyfsError as error:
+            # Not needed to serve the read: it asks for what it still lacks itself.
+            log.info("blob %s: [%d, +%d) not prefetched: %s", blob, offset, length, error)
+
+
+def reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None:
+    """Have ``blobs`` read the layer's windows blob, if it needs telling (``AddsBlobs``).
+
+    The windows blob is in the layer's repository, and read by exact
+    ranges as the layer is (``lazyfs.cache.client.remote_blob`` makes a
+    layer read through its published index exact): a read here fetches
+    whole spans, each checked, and a window only where a read inflates;
+    what the daemon would read ahead of them is seldom what the next read
+    needs (measured: 6% more of the image crossed before a program's first
+    line).  Any other source (a test's) reads what it has.
+    """
+    if data.windows is not None and isinstance(blobs, AddsBlobs):
+        blobs.add_blob(data.windows, layer, data.windows_size)
+
+
+def read_windows_blobs(layers_dir: Path, layers: Iterable[Layer], blobs: BlobSource) -> None:
+    """``reads_windows`` for each of ``layers`` read through a published index kept here.
+
+    Before a prefetch trace is replayed (``lazyfs.blobs.trace_run``): it
+    names the windows blobs as well as the layers, and a replay leaves out
+    the ranges of blobs the client does not read.
+    """
+    for layer in layers:
+        found = load_published(layers_dir, layer, entries=False)
+        if found is not None:
+            reads_windows(blobs, layer.digest, found[2])

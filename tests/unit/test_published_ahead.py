@@ -1,0 +1,105 @@
+"""What a reader through a published index asks a caching source for ahead of its reads
+(``lazyfs.blobs.published_ahead``): everything an interval's inflating reads, before the
+first of those reads; and the windows blob known to the cache client before a trace replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lazyfs.blobs.gzip_remote import PublishedLayers
+from lazyfs.blobs.published_ahead import interval_needs, merged, read_windows_blobs
+from lazyfs.blobs.trace_run import replay_steps
+from lazyfs.cache.client import CacheClient, remote_blob
+from lazyfs.index.trace import Read, Trace
+from providers.digest import Digest
+from tests.support.blob_sources import MemoryBlobs
+from tests.support.published_artifacts import Built
+
+A = Digest("sha256:" + "a" * 64)
+B = Digest("sha256:" + "b" * 64)
+
+
+class Prefetching(MemoryBlobs):
+    """A caching source: what it was asked to prefetch, and read, in order."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        super().__init__(blobs)
+        self.events: list[tuple[str, Digest, int, int]] = []
+
+    def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+        self.events.append(("prefetch", digest, offset, length))
+        return 1
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.events.append(("read", digest, offset, length))
+        return super().read_range(digest, offset, length)
+
+
+@pytest.fixture(scope="module")
+def gz(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return Built(tmp_path_factory.mktemp("gz"), True)
+
+
+def test_every_range_an_interval_reads_is_asked_for_before_the_first_read(gz: Built) -> None:
+    assert gz.data.points is not None and len(gz.data.points) > 3
+    for number in range(len(gz.data.points)):
+        source = Prefetching(gz.blobs)
+        reader = PublishedLayers({gz.digest: gz.data}, source)
+        assert (
+            reader.read_range(gz.digest, gz.data.bounds[number], 1)
+            == (gz.tar[gz.data.bounds[number] : gz.data.bounds[number] + 1])
+        )
+        asked = [e[1:] for e in source.events if e[0] == "prefetch"]
+        reads = [e[1:] for e in source.events if e[0] == "read"]
+        first_read = next(i for i, e in enumerate(source.events) if e[0] == "read")
+        assert all(e[0] == "prefetch" for e in source.events[:first_read]), source.events
+        assert asked and reads
+        for blob, offset, length in reads:
+            assert any(
+                b == blob and o <= offset and offset + length <= o + n for b, o, n in asked
+            ), (number, (blob, offset, length), asked)
+        # One range of the layer, and its window (none for the first interval).
+        windows = [a for a in asked if a[0] == gz.data.windows]
+        assert len(asked) - len(windows) == 1 and len(windows) == (number > 0), asked
+
+
+def test_a_tar_layer_or_an_interval_past_the_last_needs_nothing(gz: Built) -> None:
+    assert gz.data.points is not None
+    assert interval_needs(gz.digest, gz.data, len(gz.data.points)) == []
+    assert interval_needs(gz.digest, gz.data, -1) == []
+
+
+def test_ranges_that_meet_are_asked_for_as_one() -> None:
+    needs = [(A, 0, 10), (B, 5, 5), (A, 10, 5), (A, 30, 5), (B, 0, 5), (A, 12, 1)]
+    assert merged(needs) == [(A, 0, 15), (B, 0, 10), (A, 30, 5)]
+
+
+def test_a_trace_replay_reaches_the_windows_blob_once_the_client_knows_it(
+    gz: Built, tmp_path: Path
+) -> None:
+    assert gz.data.windows is not None and gz.data.points is not None
+    client = CacheClient(tmp_path / "cache", {gz.digest: remote_blob("r.invalid", "app", gz.layer)})
+    window = gz.data.points[1].window
+    assert window is not None
+    trace = Trace(
+        f"{A}@{'c' * 32}",
+        (Read(gz.digest, 0, 100), Read(gz.data.windows, window.offset, window.length)),
+    )
+
+    def steps() -> list[tuple[Digest, list[tuple[int, int]]]]:
+        return replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
+
+    assert [digest for digest, _ in steps()] == [gz.digest]  # a blob the client does not read
+    read_windows_blobs(gz.layers_dir, [gz.layer], client)
+    assert steps() == [
+        (gz.digest, [(0, 100)]),
+        (gz.data.windows, [(window.offset, window.length)]),
+    ]
+    windows, layer = client.blobs[gz.data.windows], client.blobs[gz.digest]
+    assert windows.exact and windows.origin == layer.origin
+    assert windows.size == gz.data.windows_size
+    # Told again (the layer opened after the replay started): the same blob, kept.
+    client.add_blob(gz.data.windows, gz.digest, 1)
+    assert client.blobs[gz.data.windows] is windows
