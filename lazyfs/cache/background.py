@@ -78,6 +78,8 @@ from providers.tar_stream import LayerLimits
 log = logging.getLogger(__name__)
 
 _ROUNDS = 3
+# Upstream requests the background fetch has out at once.
+REQUESTS = 1
 _REQUEST_CHUNKS = 8
 
 
@@ -110,7 +112,7 @@ class Backgrounds:
         self._nursery = nursery
         self._jobs: dict[Digest, _Job] = {}
         self._one_blob = trio.Lock()  # blobs one after another, in the order asked
-        self._upstream = trio.CapacityLimiter(1)
+        self._upstream = trio.CapacityLimiter(REQUESTS)
 
     async def start(
         self,

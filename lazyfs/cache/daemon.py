@@ -32,9 +32,10 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from lazyfs.cache.background import REQUESTS as BACKGROUND_REQUESTS
 from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
-from lazyfs.cache.flight import Fetcher
+from lazyfs.cache.flight import DEFAULT_UPSTREAM_REQUESTS, Fetcher
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
 from lazyfs.cache.layout import SOCKET_NAME, socket_path
 from lazyfs.cache.messages import (
@@ -59,6 +60,7 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
+from lazyfs.cache.replay import REQUESTS as REPLAY_REQUESTS
 from lazyfs.cache.replay import Replays
 from lazyfs.cache.workers import Workers
 from providers.digest import Digest
@@ -69,8 +71,10 @@ log = logging.getLogger(__name__)
 # Requests of one connection being served at once; past it the connection is
 # not read until one finishes, so a flooding mount slows only itself.
 MAX_REQUESTS_PER_CONNECTION = 256
-# Threads for upstream requests: the readers' limit, with room for background and replay.
-UPSTREAM_THREADS = 16
+# Threads for upstream requests: one for each request the readers, the trace
+# replays and the background fetch may have out at once, so none of them waits
+# for a thread behind another's request.
+UPSTREAM_THREADS = DEFAULT_UPSTREAM_REQUESTS + REPLAY_REQUESTS + BACKGROUND_REQUESTS
 _RECEIVE = 1 << 16
 
 Resolve = Callable[[Origin], BlobSource]

@@ -31,7 +31,10 @@ import outcome
 import trio
 
 T = TypeVar("T")
-_Job = Callable[[], None]
+# A call and how to tell trio it is done. The thread tells trio only after it
+# is idle again (or has taken a pending call): told first, trio could submit
+# the next call before the thread is back, and it would go to a colder one.
+_Job = tuple[Callable[[], None], Callable[[], None]]
 
 
 class Workers:
@@ -59,12 +62,14 @@ class Workers:
         done = trio.Event()
         result: list[outcome.Outcome[T]] = []
 
-        def job() -> None:
+        def call() -> None:
             result.append(outcome.capture(fn, *args))
+
+        def notify() -> None:
             with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
                 token.run_sync_soon(done.set)
 
-        self._submit(job)
+        self._submit((call, notify))
         await done.wait()
         return result[0].unwrap()
 
@@ -100,12 +105,17 @@ class Workers:
     def _work(self, inbox: queue.SimpleQueue[_Job | None]) -> None:
         job = inbox.get()
         while job is not None:
-            job()
+            call, notify = job
+            call()
             with self._lock:
-                if self._pending:
-                    job = self._pending.pop(0)
-                    continue
-                if self._closed:
-                    return
-                self._idle.append(inbox)
-            job = inbox.get()
+                following = self._pending.pop(0) if self._pending else None
+                closed = self._closed
+                if following is None and not closed:
+                    self._idle.append(inbox)
+            notify()
+            if following is not None:
+                job = following
+            elif closed:
+                return
+            else:
+                job = inbox.get()

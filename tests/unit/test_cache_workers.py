@@ -30,6 +30,19 @@ async def test_results_and_errors_come_back() -> None:
         workers.close()
 
 
+async def test_calls_one_after_another_all_run_on_one_thread() -> None:
+    """A chain of calls, each submitted as soon as the one before returns (a cold
+    start's misses), never starts a second thread: the thread is idle again
+    before trio hears the call is done."""
+    workers = Workers(8, name="chain")
+    try:
+        for _ in range(500):
+            await workers.run_sync(_thread)
+        assert workers.started == 1
+    finally:
+        workers.close()
+
+
 async def test_a_call_goes_to_the_thread_that_finished_last() -> None:
     """Three calls at once take three threads; each later one goes to the last idle,
     whose HTTP session holds an open connection, and no thread is started for it."""
