@@ -10,8 +10,9 @@ whole container then.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import trio
@@ -26,6 +27,8 @@ from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
 from providers.source import LocalBlobSource
+
+log = logging.getLogger(__name__)
 
 # Runs beside a backend's build: given the manifest, the rootfs directory, the layers left remote.
 Beside = Callable[[ImageManifest, Path, tuple[Digest, ...]], Awaitable[None]]
@@ -106,10 +109,28 @@ class RootfsBuilder:
 
 
 def _first(error: BaseException) -> BaseException:
-    """The first error in ``error``, a group (of groups) of them or one."""
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+    """The error to raise for ``error``, a group (of groups) of them or one.
+
+    An interrupt wins, then the first that is not a cancellation (the task
+    beside a failed build is cancelled); the others are logged, not lost.
+    """
+    leaves = list(_leaves(error))
+    chosen = next(
+        (e for e in leaves if isinstance(e, KeyboardInterrupt)),
+        next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0]),
+    )
+    for other in leaves:
+        if other is not chosen and not isinstance(other, trio.Cancelled):
+            log.warning("provision: also failed beside the build: %s", other)
+    return chosen
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for member in error.exceptions:
+            yield from _leaves(member)
+    else:
+        yield error
 
 
 class RecordAhead:

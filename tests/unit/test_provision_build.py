@@ -100,6 +100,29 @@ async def test_a_failed_build_fails_with_its_own_error(tmp_path: Path) -> None:
         await builder(tmp_path, Refusing())(Image(), True, "a rootfs", beside=ahead)
 
 
+async def test_when_both_fail_one_error_is_raised_and_the_other_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Refusing(Backend):
+        def provision(
+            self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+        ) -> Rootfs:
+            if not self.go.wait(PATIENCE):
+                raise AssertionError("nothing ran beside the build")
+            raise BackendError("the fuse backend needs /dev/fuse")
+
+    backend = Refusing()
+
+    async def beside(manifest: ImageManifest, rootfs_dir: Path, remote: tuple[Digest, ...]) -> None:
+        backend.go.set()
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises((OSError, BackendError)) as raised:
+        await builder(tmp_path, backend)(Image(), True, "a rootfs", beside=beside)
+    other = "No space left" if isinstance(raised.value, BackendError) else "needs /dev/fuse"
+    assert other in caplog.text
+
+
 async def test_record_ahead_writes_the_record_of_the_rootfs_being_built(tmp_path: Path) -> None:
     ahead = RecordAhead(tmp_path, "c1", "fake", True)
     rootfs_dir = tmp_path / "backends" / "fake" / "rootfses" / "r"
