@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -23,3 +24,13 @@ def zombie(pid: int | str) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def reaped(pid: int, guard: float = 60.0) -> bool:
+    """Whether ``pid`` was reaped (its /proc entry gone), soon; ``guard`` bounds a hang."""
+    deadline = time.monotonic() + guard
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            return True
+        time.sleep(0.02)
+    return False

@@ -23,22 +23,13 @@ from lazyfs.cache.spawn import START_LOCK, DaemonSpec, start_daemon
 from lazyfs.fs import mount as lazy_mount
 from providers.digest import Digest
 from providers.manifest import Layer
+from tests.support.processes import reaped
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spec(tmp_path: Path) -> DaemonSpec:
     return DaemonSpec(tmp_path / "cache", (sys.executable, "-c", ""), timeout=60.0)
-
-
-def _reaped(pid: int, guard: float = 60.0) -> bool:
-    """Whether ``pid`` was reaped (its /proc entry gone); ``guard`` bounds a hang."""
-    deadline = time.monotonic() + guard
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _lock_freed(cache_dir: Path, guard: float = 60.0) -> bool:
@@ -62,14 +53,14 @@ def _lock_freed(cache_dir: Path, guard: float = 60.0) -> bool:
         os.close(fd)
 
 
-def test_a_daemon_start_released_without_waiting_is_reaped(tmp_path: Path) -> None:
+def test_a_daemon_start_released_without_waiting_isreaped(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     starting = start_daemon(spec)
     assert starting is not None and starting.pid is not None
     pid = starting.pid
     starting.release()
     assert _lock_freed(spec.cache_dir)
-    assert _reaped(pid), f"the daemon {pid} started here is a zombie"
+    assert reaped(pid), f"the daemon {pid} started here is a zombie"
 
 
 def test_a_mount_that_fails_after_starting_the_daemon_lets_go_of_the_start_lock(

@@ -34,3 +34,12 @@ def test_no_daemon_is_no_error(tmp_path: Path) -> None:
     layer = _layer(1)
     # No daemon listens: a hint, not raised; the mount waits for the daemon itself.
     assert ask_tails(cache, tmp_path, [layer], {layer.digest: ORIGIN}) == 0
+
+
+def test_the_tail_asked_ahead_is_the_one_the_index_reads_where_it_keeps_it() -> None:
+    """The cache package loads no index code, so it repeats two of its values."""
+    from lazyfs.cache import tails
+    from lazyfs.index import estargz_footer, estargz_store
+
+    assert tails.TAIL_SIZE == estargz_footer.SUGGESTED_TAIL_SIZE
+    assert tails.TOCS_DIR == estargz_store.TOCS_DIR

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from lazyfs.cache.spawn import DaemonSpec, start_daemon
 from lazyfs.cli import build_parser
 from lazyfs.cli_early import wants_daemon
 from lazyfs.images.spec import parse_image
+from tests.support.processes import reaped
 
 HOST = "127.0.0.1:5000"
 LOCAL = f"http://{HOST}"
@@ -66,15 +66,6 @@ _OWNER = (
 )
 
 
-def _gone(pid: int, guard: float = 60.0) -> bool:
-    deadline = time.monotonic() + guard
-    while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_a_handed_over_start_is_waited_for_not_started_again(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     spec = DaemonSpec(cache, (sys.executable, "-c", _OWNER, str(cache)), timeout=60.0)
@@ -89,7 +80,7 @@ def test_a_handed_over_start_is_waited_for_not_started_again(tmp_path: Path) -> 
         again.release()
     finally:
         os.kill(pid, signal.SIGKILL)
-    assert _gone(pid), "the daemon started here was not reaped"
+    assert reaped(pid), "the daemon started here was not reaped"
 
 
 def test_a_daemon_that_exits_at_start_frees_the_lock_for_the_next_start(tmp_path: Path) -> None:
@@ -100,7 +91,7 @@ def test_a_daemon_that_exits_at_start_frees_the_lock_for_the_next_start(tmp_path
     pid = starting.pid
     starting.hand_over()
     assert starting.pid is None  # reaped there
-    assert _gone(pid)
+    assert reaped(pid)
     # The lock is free: the next caller starts a daemon of its own.
     again = start_daemon(spec)
     assert again is not None and again.pid is not None
