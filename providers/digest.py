@@ -11,13 +11,13 @@ from providers.errors import BadImage, DigestMismatch
 Digest = NewType("Digest", str)
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+_DIGEST_RE = re.compile(r"(sha256|sha512):([0-9a-f]+)")
 CHUNK = 1 << 20
 
 
 def parse_digest(text: str) -> Digest:
     """Return ``text`` as a Digest, or raise BadImage naming what is wrong."""
-    match = _DIGEST_RE.match(text)
+    match = _DIGEST_RE.fullmatch(text)  # "$" would let a trailing newline through
     if match is None or len(match.group(2)) != _HEX_LENGTH[match.group(1)]:
         raise BadImage(f"invalid digest {text!r}")
     return Digest(text)

@@ -146,9 +146,7 @@ class RegistryClient:
         if is_loopback(host) or host in self.options.insecure_registries:
             configured = urlsplit(self.options.registry)
             if configured.netloc == host and configured.scheme in ("http", "https"):
-                # The registry --docker_registry names, named by its host: spoken
-                # to as that URL says, with no HTTPS attempt (a round trip or two).
-                base = f"{configured.scheme}://{host}"
+                base = f"{configured.scheme}://{host}"  # as --docker_registry says: no probe
             else:
                 try:
                     self.http.ping(base, image=image, attempts=1)

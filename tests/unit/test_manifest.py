@@ -91,6 +91,7 @@ def test_parse_image_config(doc: Any, runtime: RuntimeConfig, diff_ids: tuple[st
         (_json({"rootfs": {"diff_ids": [1]}}), "diff_ids is not a list"),
         (_json({"rootfs": {"diff_ids": ["sha256:abc"]}}), "invalid digest"),
         (_json({"rootfs": {"diff_ids": ["md5:" + "1" * 32]}}), "invalid digest"),
+        (_json({"rootfs": {"diff_ids": ["sha256:" + "1" * 64 + "\n"]}}), "invalid digest"),
     ],
 )
 def test_parse_image_config_rejects(data: bytes, message: str | None) -> None:
