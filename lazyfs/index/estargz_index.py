@@ -165,18 +165,20 @@ def _classify(entry: TocEntry, layer: str) -> LayerEntry:
 
 def _rows(entry: TocEntry, start: int) -> list[ChunkRow]:
     """The chunks of the file ``entry`` whose bytes start at ``start`` of the data space."""
+    name = entry.name
+    # Positional: keywords cost a dataclass's __init__ more, once per chunk.
     return [
         ChunkRow(
-            start=start + chunk.chunk_offset,
-            size=chunk.chunk_size,
-            offset=chunk.offset,
-            end=chunk.end,
-            inner_offset=chunk.inner_offset,
-            chunk_offset=chunk.chunk_offset,
-            digest=chunk.chunk_digest,
-            name=entry.name,
+            start + c.chunk_offset,
+            c.chunk_size,
+            c.offset,
+            c.end,
+            c.inner_offset,
+            c.chunk_offset,
+            c.chunk_digest,
+            name,
         )
-        for chunk in entry.chunks
+        for c in entry.chunks
     ]
 
 
