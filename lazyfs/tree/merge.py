@@ -130,6 +130,8 @@ class _Node:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     data: DataRef | None = None
     children: dict[str, _Node] | None = None
+    ino: int = 0  # given by _freeze, which also counts the node's names
+    names: int = 0
 
     @classmethod
     def directory(cls) -> _Node:
@@ -332,20 +334,17 @@ def _set_attributes(node: _Node, entry: IndexEntry) -> None:
 
 
 def _freeze(root: _Node) -> MergedTree:
-    numbers: dict[int, InodeNo] = {}  # id(node) -> ino
-    names: dict[int, int] = {}  # id(node) -> number of names
     order: list[_Node] = []
     listings: list[list[tuple[str, _Node]]] = []  # of each node in order, sorted by name
     pending = [root]
     # Depth first by sorted name: the same image numbers the same way.
     while pending:
         node = pending.pop()
-        key = id(node)
-        names[key] = names.get(key, 0) + 1
-        if key in numbers:
+        node.names += 1
+        if node.ino:
             continue
-        numbers[key] = InodeNo(len(order) + 1)
         order.append(node)
+        node.ino = len(order)
         listing = sorted(node.children.items()) if node.children else []
         listings.append(listing)
         pending.extend(child for _, child in reversed(listing))
@@ -353,20 +352,20 @@ def _freeze(root: _Node) -> MergedTree:
     children: dict[InodeNo, tuple[tuple[bytes, InodeNo], ...]] = {}
     by_name: dict[tuple[InodeNo, bytes], InodeNo] = {}
     parents: dict[InodeNo, InodeNo] = {ROOT_INO: ROOT_INO}
-    for ino_minus_one, node in enumerate(order):
-        ino = InodeNo(ino_minus_one + 1)
+    for node, listing in zip(order, listings, strict=True):
+        ino = InodeNo(node.ino)
         kind = node.kind
         if node.children is not None:
-            encoded = tuple(
-                (_fsencode(name), numbers[id(child)]) for name, child in listings[ino_minus_one]
-            )
+            encoded = tuple((_fsencode(name), InodeNo(child.ino)) for name, child in listing)
             children[ino] = encoded
-            by_name.update(((ino, name), child_ino) for name, child_ino in encoded)
-            subdirs = [numbers[id(c)] for c in node.children.values() if c.kind is Kind.DIR]
-            parents.update((subdir, ino) for subdir in subdirs)
+            for name, child_ino in encoded:
+                by_name[ino, name] = child_ino
+            subdirs = [InodeNo(child.ino) for _, child in listing if child.kind is Kind.DIR]
+            for subdir in subdirs:
+                parents[subdir] = ino
             nlink = 2 + len(subdirs)
         else:
-            nlink = names[id(node)]
+            nlink = node.names
         inodes[ino] = Inode(
             ino,
             # Linux symlinks are always 0777, whatever the archive says.
