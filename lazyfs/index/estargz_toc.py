@@ -52,6 +52,7 @@ MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16  # the kernel's XATTR_SIZE_MAX
 _MAX_MODE = (1 << 32) - 1
 _NS = 1_000_000_000
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")  # what parse_digest accepts, in its commonest form
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))"
 )
@@ -157,6 +158,8 @@ class _Fields:
         text = self.text(key)
         if not text:
             return None
+        if _SHA256.fullmatch(text):  # nearly every one: no need for the general parser
+            return Digest(text)
         try:
             return parse_digest(text)
         except BadImage as error:
