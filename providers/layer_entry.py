@@ -142,36 +142,81 @@ def classify_member(member: tarfile.TarInfo, *, layer: str) -> LayerEntry:
     kind = EntryKind.FILE if member.isreg() else _KINDS.get(member.type)
     if kind is None:
         raise bad_entry(layer, name, f"has the unsupported tar type {member.type!r}")
+    if kind is EntryKind.HARDLINK:
+        return classify_fields(name, rule, kind, linkname=member.linkname, layer=layer)
+    return classify_fields(
+        name,
+        rule,
+        kind,
+        mode=member.mode,
+        uid=member.uid,
+        gid=member.gid,
+        mtime_ns=pax_mtime_ns(member, layer),
+        size=member.size,
+        linkname=member.linkname,
+        device=(member.devmajor, member.devminor),
+        xattrs=pax_xattrs(member, layer) if member.pax_headers else None,
+        layer=layer,
+    )
+
+
+def classify_fields(
+    name: str,
+    rule: Rule,
+    kind: EntryKind,
+    *,
+    mode: int = 0,
+    uid: int = 0,
+    gid: int = 0,
+    mtime_ns: int = 0,
+    size: int = 0,
+    linkname: str = "",
+    device: tuple[int, int] = (0, 0),
+    xattrs: dict[str, bytes] | None = None,
+    layer: str,
+) -> LayerEntry:
+    """The checks of ``classify_member`` past the name and type, on a member's values.
+
+    For readers that have the values without a tar header (an eStargz TOC):
+    ``rule`` is ``rules.rule_for(name)`` (WRITE), ``size`` at most
+    ``MAX_ENTRY_SIZE``, ``mtime_ns`` what the header gives (refused beyond
+    ±2**62 ns, then clamped), ``xattrs`` the header's (values checked for
+    size by the caller, as ``tar_stream.pax_xattrs`` checks them).
+    """
     if not rule.path and kind is not EntryKind.DIR:
         raise bad_entry(layer, name, "is the root but not a directory")
     if kind is EntryKind.HARDLINK:
-        link = rules.hardlink_target(member.linkname, layer=layer, entry=name)
+        link = rules.hardlink_target(linkname, layer=layer, entry=name)
         return LayerEntry(name, rule, kind, link=link)
-    if not (0 <= member.uid <= MAX_ID and 0 <= member.gid <= MAX_ID):
-        raise bad_entry(layer, name, f"has the owner {member.uid}:{member.gid}")
+    if not (0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):
+        raise bad_entry(layer, name, f"has the owner {uid}:{gid}")
+    if abs(mtime_ns) >= 1 << 62:
+        raise bad_entry(layer, name, f"has the absurd mtime {mtime_ns // _NS}")
     target = ""
     if kind is EntryKind.SYMLINK:
-        rules.check_symlink_target(member.linkname, layer=layer, entry=name)
-        target = member.linkname
+        rules.check_symlink_target(linkname, layer=layer, entry=name)
+        target = linkname
     rdev = (0, 0)
-    if kind in (EntryKind.CHAR, EntryKind.BLOCK):
-        rdev = _device(member, kind, layer=layer)
-    xattrs, dropped = check_xattrs(
-        kind, pax_xattrs(member, layer) if member.pax_headers else {}, layer=layer, entry=name
-    )
+    if kind is EntryKind.CHAR or kind is EntryKind.BLOCK:
+        rdev = _device(name, device, kind, layer=layer)
+    kept: tuple[tuple[str, bytes], ...] = ()
+    dropped: tuple[str, ...] = ()
+    if xattrs:
+        kept, dropped = check_xattrs(kind, xattrs, layer=layer, entry=name)
     return LayerEntry(
         name,
         rule,
         kind,
-        mode=0o777 if kind is EntryKind.SYMLINK else member.mode & 0o7777,
-        uid=member.uid,
-        gid=member.gid,
-        mtime_ns=clamp_mtime(pax_mtime_ns(member, layer)),
-        size=member.size if kind is EntryKind.FILE else 0,
-        target=target,
-        rdev=rdev,
-        xattrs=xattrs,
-        dropped=dropped,
+        0o777 if kind is EntryKind.SYMLINK else mode & 0o7777,
+        uid,
+        gid,
+        clamp_mtime(mtime_ns),
+        size if kind is EntryKind.FILE else 0,
+        target,
+        (),
+        rdev,
+        kept,
+        dropped,
     )
 
 
@@ -185,13 +230,13 @@ def clamp_mtime(mtime_ns: int) -> int:
     return mtime_ns
 
 
-def _device(member: tarfile.TarInfo, kind: EntryKind, *, layer: str) -> tuple[int, int]:
-    major, minor = member.devmajor, member.devminor
+def _device(name: str, device: tuple[int, int], kind: EntryKind, *, layer: str) -> tuple[int, int]:
+    major, minor = device
     if not (0 <= major <= MAX_MAJOR and 0 <= minor <= MAX_MINOR):
-        raise bad_entry(layer, member.name, f"has the device {major}:{minor}, which Linux lacks")
+        raise bad_entry(layer, name, f"has the device {major}:{minor}, which Linux lacks")
     if kind is EntryKind.CHAR and major == minor == 0:
         raise bad_entry(
-            layer, member.name, "is a 0/0 character device, which overlayfs takes for a whiteout"
+            layer, name, "is a 0/0 character device, which overlayfs takes for a whiteout"
         )
     return major, minor
 

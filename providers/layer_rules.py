@@ -80,12 +80,16 @@ def _components(name: str, *, layer: str, entry: str, what: str) -> RelPath:
         raise UnsafeLayer(layer, entry, f"has an empty {what}")
     if "\x00" in name:
         raise UnsafeLayer(layer, entry, f"has a NUL byte in its {what}")
-    length = _encoded_length(name)
+    # An ASCII name has as many bytes as characters (str knows whether it is).
+    length = len(name) if name.isascii() else _encoded_length(name)
     if length > MAX_NAME_BYTES:
         raise UnsafeLayer(layer, entry, f"has a {what} longer than {MAX_NAME_BYTES} bytes")
-    if name.startswith("/"):
+    if name[0] == "/":
         raise UnsafeLayer(layer, entry, f"has an absolute {what}")
-    parts = tuple(part for part in name.split("/") if part not in ("", "."))
+    parts = name.split("/")
+    # Most names have no empty or "." component: filter only those that do.
+    if "" in parts or "." in parts:
+        parts = [part for part in parts if part and part != "."]
     if ".." in parts:
         raise UnsafeLayer(layer, entry, f"has '..' in its {what}")
     # A short name cannot hold a long component: skip the per-component cost.
@@ -95,7 +99,7 @@ def _components(name: str, *, layer: str, entry: str, what: str) -> RelPath:
                 raise UnsafeLayer(
                     layer, entry, f"has a {what} component longer than {MAX_COMPONENT_BYTES} bytes"
                 )
-    return parts
+    return tuple(parts)
 
 
 def normalize_name(name: str, *, layer: str) -> RelPath:

@@ -9,10 +9,11 @@
 2. checks the TOC against ``expected``, the digest the layer descriptor's
    ``containerd.io/snapshot/stargz/toc.digest`` annotation promises, before
    parsing it (``lazyfs.index.estargz.read_toc``);
-3. turns every TOC entry into the tar member it stands for and classifies
-   it with ``providers.layer_entry``, as a tar scan does
-   (``lazyfs.index.build``), so names, xattrs, devices, owners and times are
-   accepted, dropped or refused exactly as for the same layer pulled whole;
+3. classifies every TOC entry with ``providers.layer_entry`` as the tar
+   member it stands for, through the checks a tar scan
+   (``lazyfs.index.build``) puts that member to, so names, xattrs,
+   devices, owners and times are accepted, dropped or refused exactly as
+   for the same layer pulled whole;
    eStargz's own entries (the landmarks) are left out, as stargz-snapshotter
    hides them;
 4. lays the regular files' bytes out in the layer's data space and maps it
@@ -27,9 +28,7 @@ Blocking (the BlobSource's reads); the rest is pure.
 
 from __future__ import annotations
 
-import decimal
 import logging
-import tarfile
 from collections import Counter
 
 from lazyfs.index.build import index_entry
@@ -49,12 +48,13 @@ from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, aligned
 from lazyfs.index.formats import ESTARGZ
 from lazyfs.index.model import IndexEntry, LayerIndex
 from providers.digest import Digest
-from providers.errors import BadImage, DigestMismatch
-from providers.layer_entry import EntryKind, classify_member
+from providers.errors import BadImage, DigestMismatch, bad_entry
+from providers.layer_entry import EntryKind, LayerEntry, classify_fields
+from providers.layer_rules import Action, classify
 from providers.manifest import Layer
 from providers.source import BlobSource
 from providers.tar_sparse import FileLayout
-from providers.tar_stream import LayerLimits
+from providers.tar_stream import MAX_ENTRY_SIZE, MAX_XATTR_VALUE_BYTES, LayerLimits
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ log = logging.getLogger(__name__)
 # on data it cannot compress.
 _MEMBER_SLACK = 1 << 20
 
-_TAR_TYPES = {
-    EntryType.REG: tarfile.REGTYPE,
-    EntryType.DIR: tarfile.DIRTYPE,
-    EntryType.SYMLINK: tarfile.SYMTYPE,
-    EntryType.HARDLINK: tarfile.LNKTYPE,
-    EntryType.CHAR: tarfile.CHRTYPE,
-    EntryType.BLOCK: tarfile.BLKTYPE,
-    EntryType.FIFO: tarfile.FIFOTYPE,
+_KINDS = {
+    EntryType.REG: EntryKind.FILE,
+    EntryType.DIR: EntryKind.DIR,
+    EntryType.SYMLINK: EntryKind.SYMLINK,
+    EntryType.HARDLINK: EntryKind.HARDLINK,
+    EntryType.CHAR: EntryKind.CHAR,
+    EntryType.BLOCK: EntryKind.BLOCK,
+    EntryType.FIFO: EntryKind.FIFO,
 }
 
 
@@ -123,39 +123,62 @@ def fetch_toc(
     )
 
 
-def _member(entry: TocEntry) -> tarfile.TarInfo:
-    """The tar member the TOC entry stands for, as tarfile would have read it from the blob."""
+def _classify(entry: TocEntry, layer: str) -> LayerEntry:
+    """What the tar member ``entry`` stands for is, as ``classify_member`` would say of it.
+
+    The member tarfile would read from the blob is not built: its values
+    go to the same checks (``classify_fields``) straight from the TOC.
+    """
     # tarfile drops a directory's trailing slashes when it reads a header.
-    info = tarfile.TarInfo(entry.name.rstrip("/") if entry.type is EntryType.DIR else entry.name)
-    info.type = _TAR_TYPES[entry.type]
-    info.mode = entry.mode
-    info.uid, info.gid = entry.uid, entry.gid
-    info.size = entry.size if entry.type is EntryType.REG else 0
-    info.mtime = entry.mtime_ns // 1_000_000_000
-    info.linkname = entry.link_name
-    info.devmajor, info.devminor = entry.devices
-    pax = {"mtime": str(decimal.Decimal(entry.mtime_ns).scaleb(-9))}
-    for key, value in entry.xattrs:
-        # As tarfile decodes a binary pax value; providers.tar_stream undoes it.
-        pax[f"SCHILY.xattr.{key}"] = value.decode("utf-8", "surrogateescape")
-    info.pax_headers = pax
-    return info
+    name = entry.name.rstrip("/") if entry.type is EntryType.DIR else entry.name
+    # entry.path is normalize_name(entry.name): the slashes make no difference.
+    rule = classify(entry.path, layer=layer, entry=name)
+    if rule.action is not Action.WRITE:
+        return LayerEntry(name, rule)
+    if entry.size > MAX_ENTRY_SIZE:
+        raise bad_entry(layer, name, f"claims {entry.size} bytes")
+    kind = _KINDS[entry.type]
+    if kind is EntryKind.HARDLINK:
+        return classify_fields(name, rule, kind, linkname=entry.link_name, layer=layer)
+    xattrs = None
+    if entry.xattrs:
+        xattrs = {}
+        for key, value in entry.xattrs:
+            if len(value) > MAX_XATTR_VALUE_BYTES:
+                raise bad_entry(layer, name, f"has an xattr of {len(value)} bytes")
+            xattrs[key] = value
+    return classify_fields(
+        name,
+        rule,
+        kind,
+        mode=entry.mode,
+        uid=entry.uid,
+        gid=entry.gid,
+        mtime_ns=entry.mtime_ns,
+        size=entry.size,
+        linkname=entry.link_name,
+        device=entry.devices,
+        xattrs=xattrs,
+        layer=layer,
+    )
 
 
 def _rows(entry: TocEntry, start: int) -> list[ChunkRow]:
     """The chunks of the file ``entry`` whose bytes start at ``start`` of the data space."""
+    name = entry.name
+    # Positional: keywords cost a dataclass's __init__ more, once per chunk.
     return [
         ChunkRow(
-            start=start + chunk.chunk_offset,
-            size=chunk.chunk_size,
-            offset=chunk.offset,
-            end=chunk.end,
-            inner_offset=chunk.inner_offset,
-            chunk_offset=chunk.chunk_offset,
-            digest=chunk.chunk_digest,
-            name=entry.name,
+            start + c.chunk_offset,
+            c.chunk_size,
+            c.offset,
+            c.end,
+            c.inner_offset,
+            c.chunk_offset,
+            c.chunk_digest,
+            name,
         )
-        for chunk in entry.chunks
+        for c in entry.chunks
     ]
 
 
@@ -177,7 +200,7 @@ def index_toc(
     for toc_entry in toc.entries:
         if is_stargz_own(toc_entry.path):
             continue
-        classified = classify_member(_member(toc_entry), layer=name)
+        classified = _classify(toc_entry, name)
         dropped.update(classified.dropped)
         layout = None
         if classified.kind is EntryKind.FILE:

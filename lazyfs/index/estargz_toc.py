@@ -52,6 +52,7 @@ MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16  # the kernel's XATTR_SIZE_MAX
 _MAX_MODE = (1 << 32) - 1
 _NS = 1_000_000_000
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")  # what parse_digest accepts, in its commonest form
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))"
 )
@@ -157,6 +158,8 @@ class _Fields:
         text = self.text(key)
         if not text:
             return None
+        if _SHA256.fullmatch(text):  # nearly every one: no need for the general parser
+            return Digest(text)
         try:
             return parse_digest(text)
         except BadImage as error:
@@ -210,7 +213,12 @@ def _xattrs(fields: _Fields) -> tuple[tuple[str, bytes], ...]:
     return tuple(decoded)
 
 
-def _chunk(fields: _Fields, chunk_offset: int, remaining: int, toc_offset: int) -> Chunk:
+# A chunk until ``_place_chunks`` knows its end and makes it a Chunk: (offset,
+# chunk_offset, chunk_size, chunk_digest, inner_offset).
+_Pending = tuple[int, int, int, Digest, int]
+
+
+def _chunk(fields: _Fields, chunk_offset: int, remaining: int, toc_offset: int) -> _Pending:
     """The chunk at ``chunk_offset`` of a file with ``remaining`` bytes left from there."""
     if "offset" not in fields.raw:
         raise fields.bad(f"has no offset for its bytes from {chunk_offset}")
@@ -220,7 +228,7 @@ def _chunk(fields: _Fields, chunk_offset: int, remaining: int, toc_offset: int) 
         raise fields.bad(f"has no chunkDigest for its bytes from {chunk_offset}")
     # chunkSize 0 (or absent) is the file's last chunk: the rest of it.
     size = fields.integer("chunkSize", remaining) or remaining
-    return Chunk(offset, chunk_offset, size, digest, fields.integer("innerOffset", MAX_FILE_SIZE))
+    return offset, chunk_offset, size, digest, fields.integer("innerOffset", MAX_FILE_SIZE)
 
 
 def _entry(fields: _Fields, kind: EntryType, path: RelPath, mtimes: dict[str, int]) -> TocEntry:
@@ -234,19 +242,16 @@ def _entry(fields: _Fields, kind: EntryType, path: RelPath, mtimes: dict[str, in
     devices = (0, 0)
     if kind in (EntryType.CHAR, EntryType.BLOCK):
         devices = (fields.integer("devMajor", MAX_MAJOR), fields.integer("devMinor", MAX_MINOR))
+    # In this order, so that an entry wrong in several ways is refused for the first.
+    size = fields.integer("size", MAX_FILE_SIZE) if kind is EntryType.REG else 0
+    mode = fields.integer("mode", _MAX_MODE) & 0o7777
+    uid = fields.integer("uid", MAX_ID)
+    gid = fields.integer("gid", MAX_ID)
+    mtime_ns = _mtime_ns(fields, mtimes)
+    xattrs = _xattrs(fields) if fields.raw.get("xattrs") else ()
+    digest = fields.digest("digest") if kind is EntryType.REG else None
     return TocEntry(
-        name=fields.name,
-        path=path,
-        type=kind,
-        size=fields.integer("size", MAX_FILE_SIZE) if kind is EntryType.REG else 0,
-        mode=fields.integer("mode", _MAX_MODE) & 0o7777,
-        uid=fields.integer("uid", MAX_ID),
-        gid=fields.integer("gid", MAX_ID),
-        mtime_ns=_mtime_ns(fields, mtimes),
-        link_name=link,
-        xattrs=_xattrs(fields),
-        devices=devices,
-        digest=fields.digest("digest") if kind is EntryType.REG else None,
+        fields.name, path, kind, size, mode, uid, gid, mtime_ns, link, xattrs, devices, digest
     )
 
 
@@ -278,8 +283,8 @@ class _Reader:
     def __init__(self, layer: str, toc_offset: int) -> None:
         self.layer, self.toc_offset = layer, toc_offset
         self.entries: list[TocEntry] = []
-        self.chunks: dict[int, list[Chunk]] = {}  # by entry index: regular files' chunks
-        self.pending: list[Chunk] = []  # of the last entry, while it is a regular file
+        self.chunks: dict[int, list[_Pending]] = {}  # by entry index: regular files' chunks
+        self.pending: list[_Pending] = []  # of the last entry, while it is a regular file
         self.mtimes: dict[str, int] = {}
 
     def add(self, raw: object) -> None:
@@ -302,7 +307,7 @@ class _Reader:
     def _add_chunk(self, fields: _Fields) -> None:
         if not self.pending or self.entries[-1].name != fields.name:
             raise fields.bad("has a chunk that follows no non-empty file of its name")
-        done = self.pending[-1].chunk_offset + self.pending[-1].chunk_size
+        done = sum(self.pending[-1][1:3])  # chunk_offset + chunk_size
         if fields.integer("chunkOffset", MAX_FILE_SIZE) != done:
             raise fields.bad(f"has a chunk that does not start at {done}")
         remaining = self.entries[-1].size - done
@@ -315,7 +320,7 @@ class _Reader:
         if not self.pending:
             return
         file = self.entries[-1]
-        covered = self.pending[-1].chunk_offset + self.pending[-1].chunk_size
+        covered = sum(self.pending[-1][1:3])
         if covered != file.size:
             raise bad_entry(
                 self.layer, file.name, f"in the TOC has chunks for {covered} of {file.size} bytes"
@@ -345,32 +350,31 @@ def _with_chunks(entry: TocEntry, chunks: tuple[Chunk, ...]) -> TocEntry:
 
 def _place_chunks(
     entries: list[TocEntry],
-    chunks: dict[int, list[Chunk]],
+    chunks: dict[int, list[_Pending]],
     toc_offset: int,
     layer: str,
     limits: TocLimits,
 ) -> None:
     """Give every chunk its ``end`` and its file; refuse overlaps and impossible sizes."""
-    starts = sorted({c.offset for found in chunks.values() for c in found} | {toc_offset})
+    starts = sorted({c[0] for found in chunks.values() for c in found} | {toc_offset})
     following = dict(itertools.pairwise(starts))
     # Per member, the spans of its inflated stream that chunks claim.
     claims: dict[int, list[tuple[int, int, str]]] = {}
     for index, found in chunks.items():
         entry = entries[index]
         placed = []
-        for chunk in found:
-            end = following[chunk.offset]
-            need = chunk.inner_offset + chunk.chunk_size
-            room = end - chunk.offset
+        for offset, at, size, digest, inner in found:
+            end = following[offset]
+            need = inner + size
+            room = end - offset
             if need > limits.max_chunk_bytes or need > room * MAX_DEFLATE_RATIO:
                 raise bad_entry(
                     layer,
                     entry.name,
-                    f"in the TOC needs {need} bytes from {room} at {chunk.offset}",
+                    f"in the TOC needs {need} bytes from {room} at {offset}",
                 )
-            claims.setdefault(chunk.offset, []).append((chunk.inner_offset, need, entry.name))
-            at, size, digest = chunk.chunk_offset, chunk.chunk_size, chunk.chunk_digest
-            placed.append(Chunk(chunk.offset, at, size, digest, chunk.inner_offset, end))
+            claims.setdefault(offset, []).append((inner, need, entry.name))
+            placed.append(Chunk(offset, at, size, digest, inner, end))
         entries[index] = _with_chunks(entry, tuple(placed))
     for offset, spans in claims.items():
         spans.sort()

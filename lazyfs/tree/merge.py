@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NewType
@@ -48,6 +49,14 @@ from providers.layer_entry import (
 from providers.layer_rules import RelPath
 
 InodeNo = NewType("InodeNo", int)
+# os.fsencode, without its checks per call: names here are always str.
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def _fsencode(name: str) -> bytes:
+    return name.encode(_FS_ENCODING, _FS_ERRORS)
+
+
 ROOT_INO = InodeNo(1)  # what FUSE calls the root
 
 _TYPE_BITS = {
@@ -121,6 +130,8 @@ class _Node:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     data: DataRef | None = None
     children: dict[str, _Node] | None = None
+    ino: int = 0  # given by _freeze, which also counts the node's names
+    names: int = 0
 
     @classmethod
     def directory(cls) -> _Node:
@@ -149,6 +160,13 @@ class _Layer:
         self.layer = str(index.digest)
         self.created: set[RelPath] = set()
         self.ancestors: set[RelPath] = set()
+        # Walks that found their directory through existing nodes only, by
+        # path: entries come in archive order, so most share their parent
+        # with the one before.  Such a walk gives the same answer until a
+        # node is replaced or hidden, so those clear it; adding a node
+        # cannot change it.  (A walk past a missing component is not kept:
+        # a node made there later, a symlink say, would change it.)
+        self.walked: dict[RelPath, tuple[dict[str, _Node], RelPath]] = {}
 
     def apply(self) -> None:
         for entry in self.index.entries:
@@ -174,6 +192,7 @@ class _Layer:
             return
         if path not in self.created and path not in self.ancestors:
             del children[name]
+            self.walked.clear()  # paths through ``name`` lead nowhere now
         elif node.children is not None:
             for child in list(node.children):
                 self._hide(node.children, child, (*path, child))
@@ -194,6 +213,8 @@ class _Layer:
         parent, where = found
         name = entry.path[-1]
         old = parent.get(name)
+        if old is not None and (entry.kind is not Kind.DIR or old.kind is not Kind.DIR):
+            self.walked.clear()  # ``old`` is replaced: paths through it lead elsewhere now
         if entry.kind is Kind.DIR:
             if old is None or old.kind is not Kind.DIR:
                 old = parent[name] = _Node.directory()
@@ -237,10 +258,14 @@ class _Layer:
         non-directory; with ``create`` the missing directories it ends in
         are made and a non-directory on the way is an error.
         """
+        known = self.walked.get(path)
+        if known is not None:
+            return known
         stack = [self.root]  # the directories walked through, for ".."
         where: list[str] = []  # their names
         todo = list(reversed(path))
         hops = 0
+        lexical = False  # whether the walk went past a missing component
         while todo:
             part = todo.pop()
             if part == "..":  # only symlink targets bring these
@@ -253,6 +278,7 @@ class _Layer:
             assert children is not None  # only directories go on the stack
             child = children.get(part)
             if child is None:
+                lexical = True
                 ends = rules.past_missing(part, todo).ends
                 if ends and not create:
                     return None
@@ -282,7 +308,10 @@ class _Layer:
             where.append(part)
         children = stack[-1].children
         assert children is not None
-        return children, tuple(where)
+        found = children, tuple(where)
+        if not lexical:
+            self.walked[path] = found
+        return found
 
 
 def _name(entry: IndexEntry) -> str:
@@ -305,52 +334,51 @@ def _set_attributes(node: _Node, entry: IndexEntry) -> None:
 
 
 def _freeze(root: _Node) -> MergedTree:
-    numbers: dict[int, InodeNo] = {}  # id(node) -> ino
-    names: dict[int, int] = {}  # id(node) -> number of names
     order: list[_Node] = []
+    listings: list[list[tuple[str, _Node]]] = []  # of each node in order, sorted by name
     pending = [root]
     # Depth first by sorted name: the same image numbers the same way.
     while pending:
         node = pending.pop()
-        key = id(node)
-        names[key] = names.get(key, 0) + 1
-        if key in numbers:
+        node.names += 1
+        if node.ino:
             continue
-        numbers[key] = InodeNo(len(order) + 1)
         order.append(node)
-        if node.children:
-            pending.extend(node.children[n] for n in sorted(node.children, reverse=True))
+        node.ino = len(order)
+        listing = sorted(node.children.items()) if node.children else []
+        listings.append(listing)
+        pending.extend(child for _, child in reversed(listing))
     inodes: dict[InodeNo, Inode] = {}
     children: dict[InodeNo, tuple[tuple[bytes, InodeNo], ...]] = {}
     by_name: dict[tuple[InodeNo, bytes], InodeNo] = {}
     parents: dict[InodeNo, InodeNo] = {ROOT_INO: ROOT_INO}
-    for node in order:
-        ino = numbers[id(node)]
+    for node, listing in zip(order, listings, strict=True):
+        ino = InodeNo(node.ino)
+        kind = node.kind
         if node.children is not None:
-            listing = tuple(
-                (os.fsencode(name), numbers[id(child)])
-                for name, child in sorted(node.children.items())
-            )
-            children[ino] = listing
-            by_name.update(((ino, name), child_ino) for name, child_ino in listing)
-            subdirs = [numbers[id(c)] for c in node.children.values() if c.kind is Kind.DIR]
-            parents.update((subdir, ino) for subdir in subdirs)
+            encoded = tuple((_fsencode(name), InodeNo(child.ino)) for name, child in listing)
+            children[ino] = encoded
+            for name, child_ino in encoded:
+                by_name[ino, name] = child_ino
+            subdirs = [InodeNo(child.ino) for _, child in listing if child.kind is Kind.DIR]
+            for subdir in subdirs:
+                parents[subdir] = ino
             nlink = 2 + len(subdirs)
         else:
-            nlink = names[id(node)]
+            nlink = node.names
         inodes[ino] = Inode(
-            ino=ino,
+            ino,
             # Linux symlinks are always 0777, whatever the archive says.
-            mode=_TYPE_BITS[node.kind] | (0o777 if node.kind is Kind.SYMLINK else node.mode),
-            uid=node.uid,
-            gid=node.gid,
-            size=_size(node),
-            mtime_ns=node.mtime_ns,
-            nlink=nlink,
-            rdev=os.makedev(*node.rdev) if node.kind in (Kind.CHAR, Kind.BLOCK) else 0,
-            target=os.fsencode(node.target) if node.kind is Kind.SYMLINK else b"",
-            xattrs=tuple((os.fsencode(k), v) for k, v in node.xattrs),
-            data=node.data,
+            _TYPE_BITS[kind] | (0o777 if kind is Kind.SYMLINK else node.mode),
+            node.uid,
+            node.gid,
+            _size(node),
+            node.mtime_ns,
+            nlink,
+            os.makedev(*node.rdev) if kind is Kind.CHAR or kind is Kind.BLOCK else 0,
+            _fsencode(node.target) if kind is Kind.SYMLINK else b"",
+            tuple((_fsencode(k), v) for k, v in node.xattrs) if node.xattrs else (),
+            node.data,
         )
     return MergedTree(inodes, children, parents, by_name)
 
@@ -359,5 +387,5 @@ def _size(node: _Node) -> int:
     if node.data is not None:
         return node.data.size
     if node.kind is Kind.SYMLINK:
-        return len(os.fsencode(node.target))
+        return len(_fsencode(node.target))
     return 0
