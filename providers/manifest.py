@@ -34,6 +34,8 @@ APPC_LAYER = "application/vnd.appc.image.aci"
 # the image that the layer is read through.  Set only by lazyfs once it has
 # fetched and kept that index (a registry's manifest never carries it in).
 INDEX_BLOB_ANNOTATION = "dev.lazyfs.index.blob"
+# An eStargz layer's table of contents digest (stargz-snapshotter's annotation).
+TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 
 # Manifests, indexes, configs and token answers are read into memory whole.
 METADATA_LIMIT = 16 << 20

@@ -62,14 +62,11 @@ from lazyfs.cache.messages import (
 from lazyfs.cache.spawn import starting
 from providers.digest import Digest
 from providers.errors import LazyfsError, NotFound, TemporaryFailure
-from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, TOC_DIGEST_ANNOTATION, Layer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
-# An eStargz layer's TOC digest (``lazyfs.index.estargz.TOC_DIGEST_ANNOTATION``;
-# this package loads no index code): such a layer is read chunk by chunk.
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 _IDLE_CONNECTIONS = 8
 _EVICTED_RETRIES = 3
 

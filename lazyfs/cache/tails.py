@@ -25,7 +25,7 @@ from pathlib import Path
 from lazyfs.cache.remote import RemoteOrigin
 from providers.digest import Digest, hex_part
 from providers.errors import LazyfsError
-from providers.manifest import Layer
+from providers.manifest import TOC_DIGEST_ANNOTATION, Layer
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ def tail_layers(
     store: Path, layers: Sequence[Layer], origins: Mapping[Digest, RemoteOrigin]
 ) -> list[Layer]:
     """The layers of ``layers`` whose tails a mount of them will read first."""
-    from lazyfs.cache.client import TOC_DIGEST_ANNOTATION
-
     return [
         layer
         for layer in layers

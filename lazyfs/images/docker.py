@@ -26,7 +26,7 @@ from lazyfs.store.disk import Store
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
-from providers.manifest import INDEX_BLOB_ANNOTATION, ImageManifest, Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, TOC_DIGEST_ANNOTATION, ImageManifest, Layer
 from providers.platforms import host_platform
 from providers.reference import parse_reference
 from providers.registry_auth import parse_docker_config
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
-# As lazyfs.index.estargz names it (a test holds them equal): the mark of an
-# eStargz layer, whose table of contents can be read by range.
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 
 
 def lazy_layer(layer: Layer) -> bool:

@@ -47,6 +47,7 @@ from lazyfs.index.estargz_toc import Chunk, EntryType, Toc, TocEntry, TocLimits,
 from providers.digest import Digest, algorithm, digest_bytes, parse_digest
 from providers.errors import BadImage, DigestMismatch
 from providers.layer_rules import RelPath
+from providers.manifest import TOC_DIGEST_ANNOTATION
 
 __all__ = [
     "SUGGESTED_TAIL_SIZE",
@@ -66,7 +67,6 @@ __all__ = [
     "toc_member",
 ]
 
-TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 # ctr-remote also writes the length of the uncompressed tar stream.
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 TOC_NAME = "stargz.index.json"

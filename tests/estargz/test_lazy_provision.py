@@ -13,16 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lazyfs.images.docker import TOC_DIGEST_ANNOTATION as PROVIDER_ANNOTATION
-from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
 from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon
 from tests.support.estargz_images import BIG_DATA
 from tests.support.fuse_mounts import need_fuse
 from tests.support.registry_servers import Registry
-
-
-def test_the_provider_names_estargz_layers_as_the_index_does() -> None:
-    assert PROVIDER_ANNOTATION == TOC_DIGEST_ANNOTATION
 
 
 def _lazyfs(work: Path, registry: Registry, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
-from lazyfs.index.estargz import SUGGESTED_TAIL_SIZE, TOC_DIGEST_ANNOTATION
+from lazyfs.index.estargz import SUGGESTED_TAIL_SIZE
 from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerData, LayerIndex
 from lazyfs.index.stored import check_data_present, ensure_remote_index, load_chunk_table
 from lazyfs.tree.merge import merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import DigestMismatch
-from providers.manifest import Layer
+from providers.manifest import TOC_DIGEST_ANNOTATION, Layer
 from providers.oci_layout import DirFiles, resolve_layout
 from providers.registry import RegistryClient, RegistryOptions
 from providers.source import BlobSource

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from lazyfs.index.estargz import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
-    TOC_DIGEST_ANNOTATION,
     EntryType,
     Toc,
     TocLimits,
@@ -36,6 +35,7 @@ from lazyfs.index.estargz import (
 from lazyfs.index.estargz_toc import MAX_FILE_SIZE, parse_toc
 from providers.digest import Digest
 from providers.errors import BadImage, DigestMismatch, UnsafeLayer
+from providers.manifest import TOC_DIGEST_ANNOTATION
 from providers.tar_stream import MAX_ENTRY_SIZE
 from tests.support.estargz_writer import Blob, File, footer, write_estargz
 

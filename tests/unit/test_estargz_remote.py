@@ -18,7 +18,7 @@ import pytest
 from lazyfs.blobs.estargz_reader import EstargzChunks
 from lazyfs.blobs.ranges import ChunkCache, open_layers
 from lazyfs.fs.read_only import ReadOnlyOperations
-from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION, is_stargz_own
+from lazyfs.index.estargz import is_stargz_own
 from lazyfs.index.estargz_chunks import dumps as dump_chunks
 from lazyfs.index.estargz_chunks import loads as load_chunks
 from lazyfs.index.estargz_store import remote_layers_dir
@@ -34,7 +34,7 @@ from lazyfs.index.stored import (
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, DigestMismatch, LazyfsError
-from providers.manifest import OCI_LAYER_GZIP, Layer
+from providers.manifest import OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, Layer
 from tests.support.blob_sources import CountingBlobs, MemoryBlobs
 from tests.support.estargz_writer import Blob, File, write_estargz
 

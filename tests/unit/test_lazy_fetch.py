@@ -16,11 +16,12 @@ from pathlib import Path
 
 import trio
 
-from lazyfs.images.docker import TOC_DIGEST_ANNOTATION, DockerProvider
+from lazyfs.images.docker import DockerProvider
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.image_pb2 import Image
+from providers.manifest import TOC_DIGEST_ANNOTATION
 
 
 def _layout(root: Path) -> tuple[Path, str]:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 
 from lazyfs.cache.client import remote_blob
-from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
 from providers.digest import Digest
-from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
+from providers.manifest import INDEX_BLOB_ANNOTATION, TOC_DIGEST_ANNOTATION, Layer
 
 LAYER = Digest("sha256:" + "1" * 64)
 BLOB = Digest("sha256:" + "2" * 64)

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.index.estargz import TOC_DIGEST_ANNOTATION
 from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerIndex
 from lazyfs.index.stored import ensure_index, ensure_remote_index, index_source
 from lazyfs.tree import kept as tree_cache
 from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
-from providers.manifest import OCI_LAYER_GZIP, Layer
+from providers.manifest import OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, Layer
 from tests.support.blob_sources import MemoryBlobs
 from tests.support.estargz_writer import File, write_estargz
 from tests.support.images import Entry, whiteout, write_layer
