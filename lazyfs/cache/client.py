@@ -27,7 +27,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -240,26 +240,29 @@ class CacheClient:
         return answer.chunks_evicted
 
     def _ask_tails(self, digest: Digest, length: int) -> None:
-        """On the first read of an exact blob's tail, prefetch every other one's too.
-
-        A mount reads its eStargz layers' footers and TOCs (a blob's last
-        bytes) one layer after another, each a round trip upstream; the
-        daemon fetches the others' side by side meanwhile. Once a mount:
-        a failure is logged, not raised (the reads ask again).
-        """
+        """On the first read of an exact blob's tail, prefetch every other one's too: a mount
+        reads its eStargz layers' TOCs (their last bytes) one after another. Once a mount."""
         with self._lock:
             if self._tails_asked:
                 return
             self._tails_asked = True
-        for other, blob in self.blobs.items():
-            if other == digest or not blob.exact or not blob.size:
-                continue
-            start = max(0, blob.size - length)
+        others = [d for d, b in self.blobs.items() if d != digest and b.exact and b.size]
+        self.prefetch_tails(others, length)
+
+    def prefetch_tails(self, digests: Iterable[Digest], length: int) -> int:
+        """Have the daemon fetch the last ``length`` bytes of each of ``digests``; chunks queued.
+        A refusal is logged, not raised, and ends it (the reads ask again)."""
+        queued = 0
+        for digest in digests:
+            size = self._blob(digest).size or 0
+            start = max(0, size - length)
             try:
-                self.prefetch(other, start, blob.size - start)
+                queued += self.prefetch(digest, start, size - start)
             except LazyfsError as error:
-                log.warning("layer %s: the cache daemon did not take its TOC's prefetch: %s",
-                            other, error)  # fmt: skip
+                log.info("layer %s: the cache daemon did not take its TOC's prefetch: %s",
+                         digest, error)  # fmt: skip
+                break
+        return queued
 
     def add_blob(self, digest: Digest, like: Digest, size: int) -> None:
         """Read ``digest`` (``size`` bytes, in ``like``'s repository) too, exactly; once."""

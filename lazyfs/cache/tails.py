@@ -18,16 +18,13 @@ that does not take it is logged, never raised. Blocking.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lazyfs.cache.remote import RemoteOrigin
 from providers.digest import Digest, hex_part
-from providers.errors import LazyfsError
 from providers.manifest import TOC_DIGEST_ANNOTATION, Layer
 
-log = logging.getLogger(__name__)
 
 # ``lazyfs.index.estargz_footer.SUGGESTED_TAIL_SIZE``: what the index reads
 # first (this package loads no index code). A TOC past it is read on after.
@@ -71,16 +68,7 @@ def ask_tails(
     }
     # Not waiting for a daemon that is gone: the mount waits for it as ever.
     client = CacheClient(cache_dir, blobs, wait=0.0)
-    queued = 0
     try:
-        for layer in wanted:
-            start = max(0, layer.size - TAIL_SIZE)
-            try:
-                queued += client.prefetch(layer.digest, start, layer.size - start)
-            except LazyfsError as error:
-                log.info("layer %s: the cache daemon did not take its TOC's prefetch: %s",
-                         layer.digest, error)  # fmt: skip
-                break
+        return client.prefetch_tails([layer.digest for layer in wanted], TAIL_SIZE)
     finally:
         client.close()
-    return queued
