@@ -201,10 +201,12 @@ def _pull(app: App, args: argparse.Namespace) -> int:
 
 
 def _mount(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.cli_early import daemon_ahead
     from lazyfs.cli_mount import run_mount
 
     image = _image(args)
-    return run_mount(args, image, lambda: app.store, lambda: app.provisioner, app.work_dir)
+    with daemon_ahead(args, image, "fuse"):  # `mount` is always the fuse backend's
+        return run_mount(args, image, lambda: app.store, lambda: app.provisioner, app.work_dir)
 
 
 def _umount(app: App, args: argparse.Namespace) -> int:

@@ -80,3 +80,31 @@ def test_a_file_read_from_a_remote_layer_fetches_its_chunks_not_the_layer(
         gone = _lazyfs(work, estargz_registry, "destroy", "c1")
         kill_recorded(work / "cache")
     assert gone.returncode == 0, gone.stderr
+
+
+def test_mount_shows_a_registry_estargz_image_before_it_is_pulled(
+    estargz_registry: Registry, tmp_path: Path
+) -> None:
+    # `lazyfs mount` is the fuse backend's: the daemon it starts while the
+    # image resolves serves the layers, none of which is pulled whole.
+    need_fuse()
+    work = tmp_path / "work"
+    point = tmp_path / "look"
+    point.mkdir()
+    image = f"docker:{estargz_registry.host}/rich:esgz"
+    try:
+        done = _lazyfs(work, estargz_registry, "--no_background_fetch", "mount", image, str(point))
+        assert done.returncode == 0, done.stderr
+        shown = json.loads(done.stdout)
+        assert shown["mountpoint"] == str(point)
+        assert (point / "usr/bin/prog").read_bytes() == b"prog\n" * 1000
+        found = daemon_status(work / "cache")
+        assert found is not None and found.fetches > 0
+        blobs = work / "store/docker/blobs/sha256"
+        assert blobs.parent.is_dir()  # where a pulled layer would be
+        pulled = [d for d in shown["image"]["layers"] if (blobs / d.split(":")[1]).exists()]
+        assert not pulled, "layers pulled whole"
+    finally:
+        gone = _lazyfs(work, estargz_registry, "umount", str(point))
+        kill_recorded(work / "cache")
+    assert gone.returncode == 0, gone.stderr
