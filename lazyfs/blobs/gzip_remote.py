@@ -130,7 +130,7 @@ class PublishedLayers:
         self, digest: Digest, data: PublishedData, check: EntryCheck, offset: int, length: int
     ) -> None:
         """On a miss, have a caching source fetch, in one go, the intervals from the missed
-        one to the end of the files the read is in (``lazyfs.blobs.published_ahead``).
+        one to the end of the file the read is in (``lazyfs.blobs.published_ahead``).
 
         Here, not in the mount: the entries held to the tar headers say where
         each file's data is, and the published data where each interval's
@@ -138,15 +138,19 @@ class PublishedLayers:
         is still checked by the read that uses it.
         """
         first = interval(data.bounds, offset)
-        if first < 0 or self._intervals.get(digest, data.bounds[first]) is not None:
-            return  # inflated already: no miss
+        if first < 0:
+            return  # past the stream's end
+        inflated = lambda n: self._intervals.get(digest, data.bounds[n]) is not None  # noqa: E731
+        touched = interval(data.bounds, min(offset + length, data.bounds[-1]) - 1)
+        missed = next((n for n in range(first, touched + 1) if not inflated(n)), None)
+        if missed is None:
+            return  # no miss
         starts, ends = check.extents()
-        last = intervals_to(data, first, file_reach(starts, ends, offset, length), self.reach_bytes)
-        if last == first:
+        reach = file_reach(starts, ends, offset, length)
+        last = intervals_to(data, missed, reach, self.reach_bytes)
+        if last == missed:
             return  # the interval's own inflation asks for what it needs
-        numbers = [
-            n for n in range(first, last + 1) if self._intervals.get(digest, data.bounds[n]) is None
-        ]
+        numbers = [n for n in range(missed, last + 1) if not inflated(n)]
         with self._lock:
             numbers = [n for n in numbers if (digest, n) not in self._asked]
             self._asked.update((digest, n) for n in numbers)

@@ -15,7 +15,7 @@ goes on to fault in more of that file (a binary's or a library's pages,
 here and there), each miss a round trip of its own where an eStargz chunk
 (a file, up to its chunk size) would have brought it in one.  So on a miss
 the reader asks for the intervals from the missed one up to the one holding
-the last byte of the files the read is in (``file_reach``), as one range of
+the last byte of the file the read is in (``file_reach``), as one range of
 the layer and one of its windows, bounded by ``reach_bytes`` compressed
 (``intervals_to``): a file costs about one round trip, as on eStargz.
 
@@ -86,22 +86,23 @@ def interval_needs(
 
 
 def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: int) -> int:
-    """Where the data of the files a read of ``[offset, offset + length)`` touches ends.
+    """Where the file a read of ``[offset, offset + length)`` is in ends, if past the read.
 
     ``starts`` and ``ends``: each file's data in the tar stream, sorted by
-    start.  The furthest end among the files whose data the read overlaps;
-    ``offset + length`` when none reaches past it (a read of headers, or of
-    files that end inside it).  A hint: a forged index makes it wrong, and
-    nothing but how much is fetched ahead depends on it.
+    start.  The file is the one whose data holds the read's first byte: a
+    read (an aligned chunk of the stream) that holds the ends of small files
+    and the start of a large one is most often for one of the small ones
+    (measured: asking to the large one's end fetched intervals never read),
+    and a read of the large one's next chunk starts inside it.  The read's
+    end when no file holds its first byte or none reaches past it.  A hint:
+    a forged index makes it wrong, and nothing but how much is fetched
+    ahead depends on it.
     """
     end = offset + length
-    reach = end
-    number = max(0, bisect.bisect_right(starts, offset) - 1)
-    while number < len(starts) and starts[number] < end:
-        if ends[number] > offset:
-            reach = max(reach, ends[number])
-        number += 1
-    return reach
+    number = bisect.bisect_right(starts, offset) - 1
+    if number >= 0 and ends[number] > offset:
+        return max(end, ends[number])
+    return end
 
 
 def compressed_span(data: PublishedData, number: int) -> tuple[int, int]:
