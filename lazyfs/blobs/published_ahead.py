@@ -86,22 +86,26 @@ def interval_needs(
 
 
 def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: int) -> int:
-    """Where the file a read of ``[offset, offset + length)`` is in ends, if past the read.
+    """Where the file a read of ``[offset, offset + length)`` is for ends, if past the read.
 
     ``starts`` and ``ends``: each file's data in the tar stream, sorted by
-    start.  The file is the one whose data holds the read's first byte: a
-    read (an aligned chunk of the stream) that holds the ends of small files
-    and the start of a large one is most often for one of the small ones
-    (measured: asking to the large one's end fetched intervals never read),
-    and a read of the large one's next chunk starts inside it.  The read's
-    end when no file holds its first byte or none reaches past it.  A hint:
-    a forged index makes it wrong, and nothing but how much is fetched
-    ahead depends on it.
+    start.  A read is an aligned chunk of the stream, not a file's: it is
+    taken to be for the file holding its first byte, or else for the file
+    that starts in it and holds more than half of it (a large file whose
+    header the chunk starts before).  Not for a file that merely starts in
+    it: a chunk of small files whose last runs on is most often for one of
+    the others (measured: asking to that one's end fetched intervals never
+    read).  The read's end when neither runs past it.  A hint: a forged
+    index makes it wrong, and nothing but how much is fetched ahead
+    depends on it.
     """
     end = offset + length
-    number = bisect.bisect_right(starts, offset) - 1
-    if number >= 0 and ends[number] > offset:
-        return max(end, ends[number])
+    first = bisect.bisect_right(starts, offset) - 1
+    if first >= 0 and ends[first] > end:
+        return ends[first]
+    last = bisect.bisect_left(starts, end) - 1
+    if last > first and ends[last] > end and 2 * (end - starts[last]) > length:
+        return ends[last]
     return end
 
 

@@ -27,20 +27,21 @@ ENDS = [300, 5000, 5600]
     ("offset", "length", "reach"),
     [
         (0, 50, 50),  # headers before any file: nothing past the read
-        (0, 200, 200),  # a header, then the first file's head: not the file it starts in
+        (0, 200, 200),  # a header, then the first file's head: half the read, not more
+        (90, 100, 300),  # a header, then more than half the read of the first file
         (150, 10, 300),  # inside the first file: to its end
-        (250, 1000, 1250),  # the first file's tail and the second's head: the read's end
+        (250, 1000, 1250),  # the first file's tail, the second's head: the read's end
+        (910, 200, 5000),  # the second file starts in the read and holds most of it
         (1200, 100, 5000),  # inside the second file
         (1000, 10, 5000),  # at the second file's first byte
         (4999, 10, 5009),  # its last byte, a header after
         (5000, 512, 5512),  # only the header between the second and third
+        (4900, 700, 5600),  # the second's tail, a header, the third whole
         (6000, 100, 6100),  # past every file
         (5590, 100, 5690),  # the last file ends inside the read
     ],
 )
-def test_a_read_reaches_the_end_of_the_file_it_starts_in(
-    offset: int, length: int, reach: int
-) -> None:
+def test_a_read_reaches_the_end_of_the_file_it_is_for(offset: int, length: int, reach: int) -> None:
     assert file_reach(STARTS, ENDS, offset, length) == reach
 
 
