@@ -140,7 +140,10 @@ class PublishedLayers:
         first = interval(data.bounds, offset)
         if first < 0:
             return  # past the stream's end
-        inflated = lambda n: self._intervals.get(digest, data.bounds[n]) is not None  # noqa: E731
+
+        def inflated(number: int) -> bool:
+            return self._intervals.get(digest, data.bounds[number]) is not None
+
         touched = interval(data.bounds, min(offset + length, data.bounds[-1]) - 1)
         missed = next((n for n in range(first, touched + 1) if not inflated(n)), None)
         if missed is None:
