@@ -63,6 +63,7 @@ class EntryCheck:
         self._lock = threading.Lock()
         self._files: list[IndexEntry] | None = None
         self._starts: list[int] = []
+        self._ends: list[int] = []
         self._overlap: str | None = None
         self._verdicts: dict[int, str | None] = {}  # data offset -> None (right) or why not
 
@@ -80,6 +81,14 @@ class EntryCheck:
             if entry.offset + _stored(entry) > offset:
                 self._check_one(files, number)
             number += 1
+
+    def extents(self) -> tuple[list[int], list[int]]:
+        """Where each file's data starts and ends in the stream, by start; none for an index
+        refused (files sharing data).  Loads the entries, as a check does."""
+        self._load()
+        if self._overlap is not None:
+            return [], []
+        return self._starts, self._ends
 
     def _check_one(self, files: list[IndexEntry], number: int) -> None:
         entry = files[number]
@@ -112,6 +121,7 @@ class EntryCheck:
                 log.error("layer %s: published index refused: %s", self.layer, overlap)
             with self._lock:
                 self._files, self._starts = files, [e.offset for e in files]
+                self._ends = [e.offset + _stored(e) for e in files]
                 self._overlap = overlap
             return files
         return self._files

@@ -54,8 +54,15 @@ from pathlib import Path
 
 from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.blobs.gzip_inflate import inflate_from
-from lazyfs.blobs.inflated import Kept, read_intervals
-from lazyfs.blobs.published_ahead import ask_for, interval_needs, reads_windows
+from lazyfs.blobs.inflated import Kept, interval, read_intervals
+from lazyfs.blobs.published_ahead import (
+    DEFAULT_REACH_BYTES,
+    ask_for,
+    file_reach,
+    interval_needs,
+    intervals_to,
+    reads_windows,
+)
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
@@ -78,6 +85,7 @@ class PublishedLayers:
         *,
         max_bytes: int = DEFAULT_KEEP_BYTES,
         entries: Mapping[Digest, Callable[[], Sequence[IndexEntry]]] | None = None,
+        reach_bytes: int = DEFAULT_REACH_BYTES,
     ) -> None:
         self._layers = dict(layers)
         # Files are held to their tar headers only for layers whose entries are given.
@@ -94,6 +102,10 @@ class PublishedLayers:
         # Layers whose index a span or window confirmed wrong: why, for each EIO after.
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
+        self.reach_bytes = reach_bytes
+        # Intervals whose needs a read asked for with others (``_ask_for_files``); each
+        # mark is taken by that interval's inflation, which then asks for nothing more.
+        self._asked: set[tuple[Digest, int]] = set()
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
@@ -109,8 +121,49 @@ class PublishedLayers:
         if length <= 0:
             return b""
         if (check := self._checks.get(digest)) is not None:
+            if data.points is not None:
+                self._ask_for_files(digest, data, check, offset, length)
             check.check(offset, length)
         return self._stream(digest, data, offset, length)
+
+    def _ask_for_files(
+        self, digest: Digest, data: PublishedData, check: EntryCheck, offset: int, length: int
+    ) -> None:
+        """On a miss, have a caching source fetch, in one go, the intervals from the missed
+        one to the end of the file the read is in (``lazyfs.blobs.published_ahead``).
+
+        Here, not in the mount: the entries held to the tar headers say where
+        each file's data is, and the published data where each interval's
+        compressed bytes and window are.  Only a hint: every span and window
+        is still checked by the read that uses it.
+        """
+        first = interval(data.bounds, offset)
+        if first < 0:
+            return  # past the stream's end
+
+        def inflated(number: int) -> bool:
+            return self._intervals.get(digest, data.bounds[number]) is not None
+
+        touched = interval(data.bounds, min(offset + length, data.bounds[-1]) - 1)
+        missed = next((n for n in range(first, touched + 1) if not inflated(n)), None)
+        if missed is None:
+            return  # no miss
+        starts, ends = check.extents()
+        reach = file_reach(starts, ends, offset, length)
+        last = intervals_to(data, missed, reach, self.reach_bytes)
+        if last == missed:
+            return  # the interval's own inflation asks for what it needs
+        numbers = [n for n in range(missed, last + 1) if not inflated(n)]
+        with self._lock:
+            numbers = [n for n in numbers if (digest, n) not in self._asked]
+            self._asked.update((digest, n) for n in numbers)
+            needs = [
+                need
+                for n in numbers
+                for need in interval_needs(digest, data, n)
+                if not self._held(digest, data, need)
+            ]
+        ask_for(self._blobs, needs)
 
     def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
         return lambda offset, length: self._stream(digest, self._layers[digest], offset, length)
@@ -267,6 +320,9 @@ class PublishedLayers:
         """
         needs = interval_needs(digest, data, number)
         with self._lock:
+            if (digest, number) in self._asked:
+                self._asked.discard((digest, number))
+                return  # asked for with the rest of its file
             needs = [need for need in needs if not self._held(digest, data, need)]
         ask_for(self._blobs, needs)
 

@@ -8,11 +8,16 @@ range of the layer's windows blob.  Each missed one is a round trip to the
 registry; asked one after the other, they add up.  So a source that
 fetches in the background (the cache daemon's client: ``Prefetches``) is
 asked for all of them (``interval_needs``, ``ask_for``) before the reader
-waits on any.  Nothing is asked for past them: reading
-the next intervals ahead when reads go in order was measured (the Debian
-cold start, index format 2) to cost a third more bytes over the link and
-no time, for a program's misses are its own round trips one after the
-other, seldom a file read through.
+waits on any.  Reading the next intervals ahead blindly, when reads go in order, was
+measured (the Debian cold start, index format 2) to cost a third more bytes
+over the link and no time.  But a program that misses in a file most often
+goes on to fault in more of that file (a binary's or a library's pages,
+here and there), each miss a round trip of its own where an eStargz chunk
+(a file, up to its chunk size) would have brought it in one.  So on a miss
+the reader asks for the intervals from the missed one up to the one holding
+the last byte of the file the read is in (``file_reach``), as one range of
+the layer and one of its windows, bounded by ``reach_bytes`` compressed
+(``intervals_to``): a file costs about one round trip, as on eStargz.
 
 Only hints: nothing here is served, and what the source fetches is checked
 by the read that uses it.  A windows blob is no layer of the image: the
@@ -23,11 +28,13 @@ it as well (``read_windows_blobs``).
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from lazyfs.blobs.inflated import interval
 from lazyfs.index.artifact import first_byte
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
@@ -36,6 +43,10 @@ from providers.manifest import Layer
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
+
+# At most this many compressed bytes (spans and windows) asked for at once for one
+# file: about what an eStargz chunk of 4 MiB is compressed (measured: see CHANGELOG).
+DEFAULT_REACH_BYTES = 2 << 20
 
 
 @runtime_checkable
@@ -67,12 +78,65 @@ def interval_needs(
     if points is None or not 0 <= number < len(points):
         return []
     point = points[number]
-    start = 0 if number == 0 else first_byte(point)
-    end = data.size if number + 1 == len(points) else first_byte(points[number + 1])
+    start, end = compressed_span(data, number)
     needs = [(digest, start, end - start)] if end > start else []
     if point.window is not None and data.windows is not None:
         needs.append((data.windows, point.window.offset, point.window.length))
     return needs
+
+
+def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: int) -> int:
+    """Where the file a read of ``[offset, offset + length)`` is for ends, if past the read.
+
+    ``starts`` and ``ends``: each file's data in the tar stream, sorted by
+    start.  A read is an aligned chunk of the stream, not a file's: it is
+    taken to be for the file holding its first byte, or else for the file
+    that starts in it and holds more than half of it (a large file whose
+    header the chunk starts before).  Not for a file that merely starts in
+    it: a chunk of small files whose last runs on is most often for one of
+    the others (measured: asking to that one's end fetched intervals never
+    read).  The read's end when neither runs past it.  A hint: a forged
+    index makes it wrong, and nothing but how much is fetched ahead
+    depends on it.
+    """
+    end = offset + length
+    first = bisect.bisect_right(starts, offset) - 1
+    if first >= 0 and ends[first] > end:
+        return ends[first]
+    last = bisect.bisect_left(starts, end) - 1
+    if last > first and ends[last] > end and 2 * (end - starts[last]) > length:
+        return ends[last]
+    return end
+
+
+def compressed_span(data: PublishedData, number: int) -> tuple[int, int]:
+    """The blob bytes ``[start, end)`` inflating interval ``number`` of a gzip layer reads."""
+    assert data.points is not None  # a gzip layer's
+    points = data.points
+    start = 0 if number == 0 else first_byte(points[number])
+    end = data.size if number + 1 == len(points) else first_byte(points[number + 1])
+    return start, max(start, end)
+
+
+def intervals_to(data: PublishedData, first: int, reach: int, budget: int) -> int:
+    """The last interval to ask for with interval ``first``, for a read reaching ``reach``.
+
+    The interval holding the tar stream's byte ``reach - 1``, or an earlier
+    one where the compressed bytes of the intervals from ``first`` on (their
+    spans and windows) would pass ``budget``; ``first`` at least.
+    """
+    points = data.points
+    if points is None or not 0 <= first < len(points):
+        return first
+    last = max(first, interval(data.bounds, min(reach, data.bounds[-1]) - 1))
+    spent = 0
+    for number in range(first, last + 1):
+        start, end = compressed_span(data, number)
+        window = points[number].window
+        spent += end - start + (window.length if window is not None else 0)
+        if spent > budget and number > first:
+            return number - 1
+    return last
 
 
 def merged(needs: Iterable[tuple[Digest, int, int]]) -> list[tuple[Digest, int, int]]:
