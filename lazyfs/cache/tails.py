@@ -25,7 +25,6 @@ from lazyfs.cache.remote import RemoteOrigin
 from providers.digest import Digest, hex_part
 from providers.manifest import TOC_DIGEST_ANNOTATION, Layer
 
-
 # ``lazyfs.index.estargz_footer.SUGGESTED_TAIL_SIZE``: what the index reads
 # first (this package loads no index code). A TOC past it is read on after.
 TAIL_SIZE = 1 << 20
