@@ -47,6 +47,22 @@ class MemoryBlobs:
         return self._bytes(digest)[offset : offset + length]
 
 
+class Prefetching(MemoryBlobs):
+    """A caching source: what it was asked to prefetch, and read, in order."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        super().__init__(blobs)
+        self.events: list[tuple[str, Digest, int, int]] = []
+
+    def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+        self.events.append(("prefetch", digest, offset, length))
+        return 1
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.events.append(("read", digest, offset, length))
+        return super().read_range(digest, offset, length)
+
+
 class CountingBlobs:
     """``inner``, with every range read recorded as (digest, offset, bytes returned)."""
 

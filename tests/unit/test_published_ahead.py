@@ -14,27 +14,11 @@ from lazyfs.blobs.trace_run import replay_steps
 from lazyfs.cache.client import CacheClient, remote_blob
 from lazyfs.index.trace import Read, Trace
 from providers.digest import Digest
-from tests.support.blob_sources import MemoryBlobs
+from tests.support.blob_sources import Prefetching
 from tests.support.published_artifacts import Built
 
 A = Digest("sha256:" + "a" * 64)
 B = Digest("sha256:" + "b" * 64)
-
-
-class Prefetching(MemoryBlobs):
-    """A caching source: what it was asked to prefetch, and read, in order."""
-
-    def __init__(self, blobs: dict[Digest, bytes]) -> None:
-        super().__init__(blobs)
-        self.events: list[tuple[str, Digest, int, int]] = []
-
-    def prefetch(self, digest: Digest, offset: int, length: int) -> int:
-        self.events.append(("prefetch", digest, offset, length))
-        return 1
-
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        self.events.append(("read", digest, offset, length))
-        return super().read_range(digest, offset, length)
 
 
 @pytest.fixture(scope="module")

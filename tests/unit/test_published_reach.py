@@ -15,7 +15,7 @@ from lazyfs.index.artifact import Point, Span
 from lazyfs.index.model import IndexEntry
 from lazyfs.index.published import PublishedData
 from providers.digest import Digest
-from tests.support.blob_sources import MemoryBlobs
+from tests.support.blob_sources import Prefetching
 from tests.support.published_artifacts import Built
 
 # Files' data [start, end) in a tar stream: 100-300, 1000-5000, 5512-5600.
@@ -121,22 +121,6 @@ def test_asked_intervals_hold_the_reach_or_fit_the_budget(
 def _cost(data: PublishedData, number: int, window: int) -> int:
     start, end = compressed_span(data, number)
     return end - start + (window if number else 0)
-
-
-class Prefetching(MemoryBlobs):
-    """A caching source: what it was asked to prefetch, and read, in order."""
-
-    def __init__(self, blobs: dict[Digest, bytes]) -> None:
-        super().__init__(blobs)
-        self.events: list[tuple[str, Digest, int, int]] = []
-
-    def prefetch(self, digest: Digest, offset: int, length: int) -> int:
-        self.events.append(("prefetch", digest, offset, length))
-        return 1
-
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        self.events.append(("read", digest, offset, length))
-        return super().read_range(digest, offset, length)
 
 
 @pytest.fixture(scope="module")
