@@ -31,6 +31,7 @@ import logging
 import tarfile
 import threading
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from lazyfs.index.build import index_entry
 from lazyfs.index.model import IndexEntry, Kind
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 BLOCK = 512
 # Reads while walking headers: one header block and a little more.
 _HEADER_READ = 4 * BLOCK
+
+
+class _Loaded(NamedTuple):
+    """The layer's file entries by data offset, where each starts and ends, and why the
+    index is refused whole (None when it is not)."""
+
+    files: list[IndexEntry]
+    starts: list[int]
+    ends: list[int]
+    overlap: str | None
 
 
 class EntryCheck:
@@ -61,21 +72,17 @@ class EntryCheck:
         self._read = read
         self._entries = entries
         self._lock = threading.Lock()
-        self._files: list[IndexEntry] | None = None
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-        self._overlap: str | None = None
+        # Published whole, in one assignment: readers look without the lock.
+        self._loaded: _Loaded | None = None
         self._verdicts: dict[int, str | None] = {}  # data offset -> None (right) or why not
 
     def check(self, offset: int, length: int) -> None:
         """OSError(EIO) unless every file whose data ``[offset, offset + length)`` reaches
         matches its headers (reads come in aligned chunks, across files)."""
-        files = self._load()
-        if self._overlap is not None:
-            raise OSError(
-                errno.EIO, f"layer {self.layer}: published index refused: {self._overlap}"
-            )
-        number = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        files, starts, _, overlap = self._load()
+        if overlap is not None:
+            raise OSError(errno.EIO, f"layer {self.layer}: published index refused: {overlap}")
+        number = max(0, bisect.bisect_right(starts, offset) - 1)
         while number < len(files) and files[number].offset < offset + length:
             entry = files[number]
             if entry.offset + _stored(entry) > offset:
@@ -85,10 +92,14 @@ class EntryCheck:
     def extents(self) -> tuple[list[int], list[int]]:
         """Where each file's data starts and ends in the stream, by start; none for an index
         refused (files sharing data).  Loads the entries, as a check does."""
-        self._load()
-        if self._overlap is not None:
+        _, starts, ends, overlap = self._load()
+        if overlap is not None:
             return [], []
-        return self._starts, self._ends
+        return starts, ends
+
+    def refused(self) -> bool:
+        """Whether the index is refused whole (files sharing data); loads the entries."""
+        return self._load().overlap is not None
 
     def _check_one(self, files: list[IndexEntry], number: int) -> None:
         entry = files[number]
@@ -105,8 +116,9 @@ class EntryCheck:
         if why is not None:
             raise OSError(errno.EIO, f"layer {self.layer}: published index refused for {why}")
 
-    def _load(self) -> list[IndexEntry]:
-        if self._files is None:
+    def _load(self) -> _Loaded:
+        loaded = self._loaded
+        if loaded is None:
             files = sorted(
                 (e for e in self._entries() if e.kind is Kind.FILE and _stored(e)),
                 key=lambda e: e.offset,
@@ -119,12 +131,10 @@ class EntryCheck:
             )  # fmt: skip
             if overlap is not None:
                 log.error("layer %s: published index refused: %s", self.layer, overlap)
-            with self._lock:
-                self._files, self._starts = files, [e.offset for e in files]
-                self._ends = [e.offset + _stored(e) for e in files]
-                self._overlap = overlap
-            return files
-        return self._files
+            starts = [e.offset for e in files]
+            ends = [e.offset + _stored(e) for e in files]
+            loaded = self._loaded = _Loaded(files, starts, ends, overlap)
+        return loaded
 
     def _compare(self, entry: IndexEntry, start: int) -> str | None:
         """None when the member whose data is at ``entry.offset`` gives ``entry``, else why not."""
