@@ -103,9 +103,6 @@ class PublishedLayers:
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
-        # Intervals whose needs a read asked for with others (``_ask_for_files``); each
-        # mark is taken by that interval's inflation, which then asks for nothing more.
-        self._asked: set[tuple[Digest, int]] = set()
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
@@ -121,7 +118,7 @@ class PublishedLayers:
         if length <= 0:
             return b""
         if (check := self._checks.get(digest)) is not None:
-            if data.points is not None:
+            if data.points is not None and not check.refused():
                 self._ask_for_files(digest, data, check, offset, length)
             check.check(offset, length)
         return self._stream(digest, data, offset, length)
@@ -155,8 +152,6 @@ class PublishedLayers:
             return  # the interval's own inflation asks for what it needs
         numbers = [n for n in range(missed, last + 1) if not inflated(n)]
         with self._lock:
-            numbers = [n for n in numbers if (digest, n) not in self._asked]
-            self._asked.update((digest, n) for n in numbers)
             needs = [
                 need
                 for n in numbers
@@ -317,12 +312,12 @@ class PublishedLayers:
         (``lazyfs.blobs.published_ahead``).
 
         Its span and window one after the other otherwise, each a round trip.
+        Asked again when ``_ask_for_files`` asked for it with its file: the
+        daemon fetches nothing twice, and an ask that failed or was dropped
+        (the daemon restarted) is made good here.
         """
         needs = interval_needs(digest, data, number)
         with self._lock:
-            if (digest, number) in self._asked:
-                self._asked.discard((digest, number))
-                return  # asked for with the rest of its file
             needs = [need for need in needs if not self._held(digest, data, need)]
         ask_for(self._blobs, needs)
 
