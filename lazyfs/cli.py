@@ -203,8 +203,10 @@ def _pull(app: App, args: argparse.Namespace) -> int:
 def _mount(app: App, args: argparse.Namespace) -> int:
     from lazyfs.cli_early import daemon_ahead
     from lazyfs.cli_mount import run_mount
+    from lazyfs.provision import devmount
 
     image = _image(args)
+    devmount.check_mountpoint(args.mountpoint, suid=args.suid, dev=args.dev)  # before the daemon
     with daemon_ahead(args, image, "fuse"):  # `mount` is always the fuse backend's
         return run_mount(args, image, lambda: app.store, lambda: app.provisioner, app.work_dir)
 

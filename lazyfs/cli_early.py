@@ -3,11 +3,11 @@
 A lazy mount needs the machine's cache daemon, and the daemon takes a few
 tenths of a second to load. The mount API starts it beside the mount
 process (``lazyfs.fs.mount``), but the command knows it will need it much
-earlier: ``run`` and ``provision`` of a registry image on the fuse backend.
-``daemon_ahead`` starts it then, in a thread of the command, so that it loads
-while the command loads its own code and asks the registry for the
-manifest, and is answering by the time the mount asks it for the layers'
-tables of contents.
+earlier: ``run`` and ``provision`` of a registry image on the fuse backend,
+and ``mount`` of one. ``daemon_ahead`` starts it then, in a thread of the
+command, so that it loads while the command loads its own code and asks the
+registry for the manifest, and is answering by the time the mount asks it
+for the layers' tables of contents.
 
 Only when no daemon socket is there at all: a socket means a daemon runs
 (or a dead one's, which the mount finds and replaces as ever), and asking

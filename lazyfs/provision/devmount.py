@@ -56,6 +56,25 @@ def record_dir(work_dir: Path, mountpoint: Path) -> Path:
     return work_dir / "mounts" / key
 
 
+def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
+    """``mountpoint`` made absolute, or the UsageError (Conflict) that refuses it.
+
+    Called again by ``mount_image``; the CLI calls it first, so that a
+    refused mount starts nothing (such as the cache daemon) before saying so.
+    """
+    if (suid or dev) and os.geteuid() != 0:
+        # fusermount3 would mount nosuid,nodev anyway, and say so only in the log.
+        raise UsageError("lazyfs mount --suid and --dev need root")
+    mountpoint = mountpoint.absolute()
+    if not mountpoint.is_dir():
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    if lazy_mount.is_mounted(mountpoint):
+        raise Conflict(f"{mountpoint} is already a mount point")
+    if any(mountpoint.iterdir()):
+        raise UsageError(f"mount point {mountpoint} is not empty")
+    return mountpoint
+
+
 async def mount_image(
     provisioner: Provisioner,
     work_dir: Path,
@@ -79,16 +98,7 @@ async def mount_image(
     run here, in the caller's thread: the CLI calls this once and exits. Nothing is left
     mounted or recorded when it fails.
     """
-    if (suid or dev) and os.geteuid() != 0:
-        # fusermount3 would mount nosuid,nodev anyway, and say so only in the log.
-        raise UsageError("lazyfs mount --suid and --dev need root")
-    mountpoint = mountpoint.absolute()
-    if not mountpoint.is_dir():
-        raise UsageError(f"mount point {mountpoint} is not a directory")
-    if lazy_mount.is_mounted(mountpoint):
-        raise Conflict(f"{mountpoint} is already a mount point")
-    if any(mountpoint.iterdir()):
-        raise UsageError(f"mount point {mountpoint} is not empty")
+    mountpoint = check_mountpoint(mountpoint, suid=suid, dev=dev)
     manifest = await provisioner.fetch(image, progress, lazy=True)
     require_layers(manifest)
     blobs = provisioner.blobs_for("fuse", manifest)

@@ -108,3 +108,37 @@ def test_mount_shows_a_registry_estargz_image_before_it_is_pulled(
         gone = _lazyfs(work, estargz_registry, "umount", str(point))
         kill_recorded(work / "cache")
     assert gone.returncode == 0, gone.stderr
+
+
+def test_mount_starts_the_daemon_while_the_image_resolves(
+    estargz_registry: Registry, tmp_path: Path
+) -> None:
+    # The tag is missing: only a start ahead of the manifest, not the mount
+    # (which never comes), can have started the daemon.
+    point = tmp_path / "look"
+    point.mkdir()
+    work = tmp_path / "work"
+    image = f"docker:{estargz_registry.host}/rich:no-such-tag"
+    try:
+        done = _lazyfs(work, estargz_registry, "mount", image, str(point))
+        assert done.returncode != 0
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert recorded_daemon(work / "cache") is not None
+    finally:
+        kill_recorded(work / "cache")
+
+
+def test_a_refused_mount_point_starts_no_daemon(estargz_registry: Registry, tmp_path: Path) -> None:
+    point = tmp_path / "look"
+    point.mkdir()
+    (point / "something").write_text("here\n")
+    work = tmp_path / "work"
+    image = f"docker:{estargz_registry.host}/rich:esgz"
+    try:
+        done = _lazyfs(work, estargz_registry, "mount", image, str(point))
+        assert done.returncode != 0
+        assert done.stderr.strip().splitlines() == [f"lazyfs: mount point {point} is not empty"]
+        assert recorded_daemon(work / "cache") is None
+        assert not (work / "cache").exists()
+    finally:
+        kill_recorded(work / "cache")
