@@ -352,6 +352,10 @@ def _main(argv: Sequence[str] | None) -> int:
         try:
             no_open = fuse_caps.no_open()
             ops = _operations(indexed, args.upper, args.work, no_open=no_open)
+            if indexed.remote:  # what executables load, read ahead on a first start
+                from lazyfs.fs.predict import attach
+
+                attach(ops, indexed.remote)
             symlinks = "cached" if fuse_caps.cache_symlinks(ops) else "asked each time"
             if args.debug:
                 from lazyfs.fs.debug import log_requests

@@ -78,7 +78,10 @@ async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: i
         if len(got) != length:
             raise OSError(errno.EIO, f"layer {data.digest} ended early at {stored + len(got)}")
         parts.append(got)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    read = parts[0] if len(parts) == 1 else b"".join(parts)
+    if off == 0 and chunks.on_head is not None:
+        chunks.on_head(data, read)  # a first start's prefetch (``lazyfs.fs.predict``)
+    return read
 
 
 def entry_attributes(
