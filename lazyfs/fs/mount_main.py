@@ -355,7 +355,7 @@ def _main(argv: Sequence[str] | None) -> int:
             if indexed.remote:  # what executables load, read ahead on a first start
                 from lazyfs.fs.predict import attach
 
-                attach(ops, indexed.remote)
+                attach(ops, indexed.remote, args.executable)
             symlinks = "cached" if fuse_caps.cache_symlinks(ops) else "asked each time"
             if args.debug:
                 from lazyfs.fs.debug import log_requests

@@ -30,10 +30,11 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
 import queue
 import stat
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from lazyfs.blobs.ranges import TarRangeReader
@@ -133,10 +134,12 @@ class _Mounted(Protocol):
     def chunks(self) -> _Reads: ...
 
 
-def attach(ops: _Mounted, remote: Collection[Digest]) -> Predictor:
-    """Predict for the files of layers ``remote`` that ``ops`` (a mount's operations) reads."""
+def attach(ops: _Mounted, remote: Collection[Digest], executable: Sequence[str] = ()) -> Predictor:
+    """Predict for the files of layers ``remote`` that ``ops`` (a mount's operations) reads;
+    read the first of ``executable`` found, and what it loads, ahead now (``Predictor.start``)."""
     predictor = Predictor(ops.tree, ops.chunks.source, remote)
     ops.chunks.on_head = predictor.head_read
+    predictor.start(executable)
     return predictor
 
 
@@ -161,6 +164,19 @@ class Predictor:
         self._order = itertools.count()
         self._started = False
         self.predicted: list[DataRef] = []  # in the order they were asked, for the log and tests
+
+    def start(self, candidates: Sequence[str]) -> None:
+        """Read ahead the first of ``candidates`` (image paths) that is a file, as if its
+        head had been read: the program a container is about to run, known at mount."""
+        for path in candidates[:MAX_FILES]:
+            found = resolve(self.tree, os.fsencode(path))
+            data = None if found is None else _regular(self.tree, found)
+            if data is not None:
+                if self._claim(data):
+                    self.predicted.append(data)
+                    self._put(_PARSE, functools.partial(self._parse, data, 1))
+                    self._warm(data)
+                return
 
     def head_read(self, data: DataRef, head: bytes) -> None:
         """``head``, the first bytes of the file at ``data``, were just read; quick."""

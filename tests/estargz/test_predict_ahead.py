@@ -1,5 +1,6 @@
 """A first start's prefetch, as the registry sees it: an executable's head read through a lazy
-mount has the daemon fetch its interpreter and needed library before anything reads them.
+mount has the daemon fetch its interpreter and needed library before anything reads them, and
+the program the container will run is read ahead, with what it loads, before it starts.
 
 Real processes: ``lazyfs provision --backend fuse`` (no background fetch, an
 eStargz layer with the no-prefetch landmark, so nothing else asks for those
@@ -24,8 +25,8 @@ from tests.support.elf_files import elf
 from tests.support.estargz_writer import Blob, File, write_estargz
 from tests.support.fault_proxy import Faults, run_proxy
 from tests.support.fuse_mounts import need_fuse
-from tests.support.lazy_images import lazyfs, push_estargz_image
-from tests.support.registry_servers import Registry, run_registry
+from tests.support.lazy_images import TOC_ANNOTATION, diff_id, lazyfs, push_estargz_image
+from tests.support.registry_servers import Registry, push_oci_image, run_registry
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +111,22 @@ def test_reading_an_executables_head_fetches_its_libraries_before_they_are_read(
             # Past where a request for the interpreter's last chunk may reach.
             assert not _asked(faults, layer, other + (96 << 10))
             assert (rootfs / LIB).read_bytes() == FILES[3].data
+
+
+def test_the_program_the_container_runs_is_read_ahead_with_what_it_loads_before_it_starts(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    # Found through the image's PATH, as runc finds it: /usr/local/bin first, which has none.
+    config = {"Cmd": ["app"], "Env": ["PATH=/usr/local/bin:/usr/bin"]}
+    layers = [(BLOB.data, {TOC_ANNOTATION: BLOB.toc_digest})]
+    (layer,) = push_oci_image(registry.url, "predict/cmd", "v1", layers, [diff_id(BLOB)], config)
+    app, lib, ld = (_offset(BLOB, name) for name in ("usr/bin/app", LIB, LD))
+    faults = Faults()
+    with run_proxy(registry.url, faults) as url:
+        host = url.removeprefix("http://")
+        # Provisioned, nothing of the rootfs read: the mount reads the program ahead itself.
+        with _provisioned(tmp_path / "work", host, "predict/cmd:v1"):
+            wait_for(lambda: _asked(faults, layer, app), "the program to be fetched")
+            wait_for(lambda: _asked(faults, layer, lib), "its library to be fetched")
+            wait_for(lambda: _asked(faults, layer, ld), "its interpreter to be fetched")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
+from lazyfs.cache.remote import DEFAULT_PATH, executable_paths
 from lazyfs.fs.predict import MAX_FILES, MAX_LINKS, Predictor, find_library, resolve
 from lazyfs.index.stored import check_data_present, ensure_index
 from lazyfs.tree.lower import LowerTree, as_lower
@@ -198,3 +199,38 @@ def test_a_mount_predicts_a_bounded_number_of_files(tmp_path: Path) -> None:
     with recording.lock:
         recording.changed.wait_for(lambda: len(predictor.predicted) >= MAX_FILES - 1, timeout=60)
     assert len(predictor.predicted) == MAX_FILES - 1  # the app itself is the first file
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "workdir", "want"),
+    [
+        (["python3", "x.py"], ["PATH=/usr/local/bin:/usr/bin"], "/",
+         ("/usr/local/bin/python3", "/usr/bin/python3")),
+        (["sh"], [], "", tuple(f"{d}/sh" for d in DEFAULT_PATH.split(":"))),
+        (["sh"], ["PATH=/a", "PATH=relative:/b/"], "", ("/b/sh",)),
+        (["/bin/app"], ["PATH=/x"], "/srv", ("/bin/app",)),
+        (["./run"], [], "/srv", ("/srv/./run",)),
+        (["bin/run"], [], "", ("//bin/run",)),
+        ([], ["PATH=/x"], "/", ()),
+        ([""], ["PATH=/x"], "/", ()),
+        (["x"], ["PATH=" + ":".join(f"/d{i}" for i in range(100))], "/",
+         tuple(f"/d{i}/x" for i in range(16))),
+    ],
+    ids=["path-order", "default-path", "last-path-wins", "absolute", "relative", "no-workdir",
+         "no-argv", "empty-argv0", "bounded"],
+)  # fmt: skip
+def test_where_the_program_may_be_is_searched_as_runc_does(
+    argv: list[str], env: list[str], workdir: str, want: tuple[str, ...]
+) -> None:
+    assert executable_paths(argv, env, workdir) == want
+
+
+def test_the_program_known_at_mount_is_read_ahead_with_its_libraries(tmp_path: Path) -> None:
+    tree, source, digest = _tree(tmp_path, MEMBERS)
+    recording = _Recording(source)
+    predictor = Predictor(tree, recording, {digest})
+    # The first that is there (/lib is usr/lib, so its .. is /usr); /etc/passwd is not.
+    predictor.start(["/usr/local/bin/app", "/lib/../bin/app", "/etc/passwd"])
+    for path in ("usr/bin/app", "usr/lib/x86_64-linux-gnu/libfoo.so.1.2"):
+        assert recording.wait_for(_data(tree, path)), path
+    assert _data(tree, "etc/passwd") not in predictor.predicted
