@@ -1,8 +1,9 @@
 """Prefetch on a first start: the libraries an executable will load, asked for before they are read.
 
-On a start with no learned trace to replay (``lazyfs.blobs.trace_run``)
-every miss is found only when the program reaches it, one after another: a
-round trip and a transfer each. Many of them can be known earlier. When a
+On a start with no learned trace to replay (``lazyfs.blobs.trace_run``;
+a mount that replays one predicts nothing besides) every miss is found only
+when the program reaches it, one after another: a round trip and a
+transfer each. Many of them can be known earlier. When a
 mount reads a remote file from its start and the bytes begin with the ELF
 magic (``Predictor.head_read``, hooked into the FUSE read path by
 ``attach``), its program headers and dynamic section are parsed
@@ -13,7 +14,10 @@ directories, then the standard ones (``STANDARD_DIRS``). Those files, and
 the rest of the executable, are read through the mount's own layer reader
 in a few worker threads, so their chunks are fetched at once and in
 parallel, verified, and kept for the reads that follow; each library is
-parsed in turn when its head arrives, to ``MAX_DEPTH``.
+parsed in turn when its head arrives, to ``MAX_DEPTH``. The program a
+container is about to run is known before it runs (``start``: where the
+image's PATH may have it, from the provisioner): it is read ahead so at
+mount, as if its head had been read.
 
 Image content is hostile, so everything is bounded: the parse (see there),
 path resolution (``resolve``: symlinks followed inside the tree only, an
@@ -226,7 +230,9 @@ class Predictor:
         with self._lock:
             length = min(data.size, MAX_FILE_BYTES, self._bytes_left)
             self._bytes_left -= length
-        for start in range(0, length, PIECE):
+        # Last piece first: the head is read (parsed) anyway, and the file's later chunks are
+        # then asked for beside it, not after it.
+        for start in reversed(range(0, length, PIECE)):
             piece = min(PIECE, length - start)
             self._put(_WARM, functools.partial(self._read, data, start, piece))
 
