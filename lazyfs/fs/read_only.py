@@ -79,8 +79,9 @@ async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: i
             raise OSError(errno.EIO, f"layer {data.digest} ended early at {stored + len(got)}")
         parts.append(got)
     read = parts[0] if len(parts) == 1 else b"".join(parts)
-    if off == 0 and chunks.on_head is not None:
-        chunks.on_head(data, read)  # a first start's prefetch (``lazyfs.fs.predict``)
+    # A first start's prefetch (``lazyfs.fs.predict``); a reader without one has no attribute.
+    if off == 0 and (told := getattr(chunks, "on_head", None)) is not None:
+        told(data, read)
     return read
 
 
