@@ -19,6 +19,11 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
   trace in the cache (temporary file + rename); also when the mount ends
   first (``Recorder.finish``). A mount that never served writes nothing.
+  Reads of a thread marked ``unrecorded`` (a first start's read-ahead,
+  ``lazyfs.fs.predict``) are not kept: the trace is what the program read,
+  in its order, which such guesses, made in an order of their own, would
+  otherwise stand in for (the program's later reads of the same bytes
+  count as nothing new).
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.
@@ -51,6 +56,12 @@ SETTLE = 2.0
 MAX_RECORDING = 60.0
 _UNIT = 64 << 10  # what "new" is counted in: reads within one such unit are one
 _RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
+_quiet = threading.local()  # ``unrecorded``: set on threads whose reads no trace keeps
+
+
+def unrecorded() -> None:
+    """No trace keeps what the calling thread reads from now on (module docstring)."""
+    _quiet.on = True
 
 
 class _Sized(Protocol):
@@ -167,7 +178,7 @@ class Recorder:
         self._writing = threading.Lock()
 
     def read(self, digest: Digest, offset: int, length: int) -> None:
-        if self._stopped.is_set() or length <= 0:
+        if self._stopped.is_set() or length <= 0 or getattr(_quiet, "on", False):
             return
         units = range(offset // _UNIT, (offset + length - 1) // _UNIT + 1)
         with self._lock:

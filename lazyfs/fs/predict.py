@@ -26,7 +26,10 @@ absolute target from the tree's root, ``..`` stopping at it, at most
 (``MAX_FILES``) and the bytes read ahead (``MAX_FILE_BYTES`` of each,
 ``MAX_BYTES`` in all). Names with a ``/``, ``$ORIGIN`` directories and
 sparse files are left alone. A prediction is only a hint: nothing it reads
-is served unverified, and a failure is logged and left to the reads.
+is served unverified, and a failure is logged and left to the reads. Nor
+is it recorded in the prefetch trace this start may keep
+(``lazyfs.blobs.trace_run.unrecorded``): the program's own reads are, as
+without it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from lazyfs.blobs.ranges import TarRangeReader
+from lazyfs.blobs.trace_run import unrecorded
 from lazyfs.fs.elf_deps import ELF_MAGIC, elf_deps
 from lazyfs.tree.lower import LowerTree
 from lazyfs.tree.merge import ROOT_INO, DataRef, InodeNo
@@ -253,6 +257,8 @@ class Predictor:
             threading.Thread(target=self._work, name=name, daemon=True).start()
 
     def _work(self) -> None:
+        # A trace recorded on this start keeps the program's reads in its order, not these.
+        unrecorded()
         while True:
             _, _, work = self._queue.get()
             try:
