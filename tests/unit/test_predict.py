@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
+from lazyfs.blobs.trace_run import Recorder
 from lazyfs.cache.remote import DEFAULT_PATH, executable_paths
 from lazyfs.fs.predict import MAX_FILES, MAX_LINKS, Predictor, find_library, resolve
 from lazyfs.index.stored import check_data_present, ensure_index
+from lazyfs.index.trace import Read, load_trace
 from lazyfs.tree.lower import LowerTree, as_lower
 from lazyfs.tree.merge import ROOT_INO, DataRef, merge
 from providers.digest import Digest, digest_bytes
@@ -138,8 +140,11 @@ class _Recording:
         self.lock = threading.Lock()
         self.reads: list[tuple[int, int]] = []
         self.changed = threading.Condition(self.lock)
+        self.recorder: Recorder | None = None  # told every range, as the cache client tells it
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        if self.recorder is not None:
+            self.recorder.read(digest, offset, length)
         with self.lock:
             self.reads.append((offset, length))
             self.changed.notify_all()
@@ -234,3 +239,36 @@ def test_the_program_known_at_mount_is_read_ahead_with_its_libraries(tmp_path: P
     for path in ("usr/bin/app", "usr/lib/x86_64-linux-gnu/libfoo.so.1.2"):
         assert recording.wait_for(_data(tree, path)), path
     assert _data(tree, "etc/passwd") not in predictor.predicted
+
+
+def test_a_trace_recorded_beside_the_read_ahead_keeps_the_programs_reads_in_its_order(
+    tmp_path: Path,
+) -> None:
+    # Each file in 64 KiB units of its own: the recorder counts what is new in those.
+    lib, big = b"L" * (256 << 10), b"B" * (256 << 10)
+    members = [
+        dir_("lib"), reg("lib/libfoo.so.1", lib), reg("lib/big", big),
+        reg("app", elf(interp=None, needed=[b"libfoo.so.1"]).data),
+    ]  # fmt: skip
+    tree, source, digest = _tree(tmp_path, members)
+    recording = _Recording(source)
+    key = f"{Digest('sha256:' + 'ab' * 32)}@{'c' * 32}"
+    recorder = recording.recorder = Recorder(tmp_path, key, settle=3600.0, limit=3600.0)
+    predictor = Predictor(tree, recording, {digest})
+    predictor.start(["/app"])  # at mount, before the program reads anything
+    foo, app = _data(tree, "lib/libfoo.so.1"), _data(tree, "app")
+    assert recording.wait_for(foo) and recording.wait_for(app)
+    # The program's own reads, in an order of its own: the library's middle, the app's head, a
+    # file nothing predicted. Read ahead before, in the predictor's order, none of that is kept.
+    program = [
+        (foo.offset + (128 << 10), 4096),
+        (app.offset, 512),
+        (_data(tree, "lib/big").offset, 100),
+    ]
+    for offset, length in program:
+        recording.read_range(digest, offset, length)
+    recorder.serving()
+    assert recorder.finish() is not None
+    trace = load_trace(tmp_path, key)
+    assert trace is not None
+    assert trace.reads == tuple(Read(digest, offset, length) for offset, length in program)
