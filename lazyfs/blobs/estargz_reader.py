@@ -137,21 +137,21 @@ class EstargzChunks:
         while True:
             with self._lock:
                 found = self._kept.get(key)
+                waiting = None if found is not None else self._pending.get(key)
                 heard = found is not None and key in self._unheard and recorded()
-                if found is None:
-                    waiting = self._pending.get(key)
-                    if waiting is None:
-                        done = self._pending[key] = threading.Event()
-                        break
-                else:
+                if found is not None:
                     self._kept.move_to_end(key)
                     if heard:
                         self._unheard.discard(key)
+                elif waiting is None:
+                    done = self._pending[key] = threading.Event()
+                    break
             if found is not None:
                 if heard:  # outside the lock: the watcher takes its own
                     self._heard(digest, row)
                 return found
-            waiting.wait()  # then look again: that fetch may have failed
+            if waiting is not None:
+                waiting.wait()  # then look again: that fetch may have failed
         try:
             data = self._fetch(digest, row)
             with self._lock:
