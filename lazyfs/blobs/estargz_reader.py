@@ -23,6 +23,12 @@ ask for 128 KiB at a time (``lazyfs.blobs.ranges.ChunkCache``), so verified
 chunks are kept here, least recently used first out, up to ``max_bytes``,
 and a chunk that several threads want at once is fetched once.
 
+A chunk fetched by a thread whose reads no prefetch trace records (a first
+start's read-ahead, ``lazyfs.blobs.trace_run.unrecorded``) is served from
+here to the program without its blob source seeing the read: the source's
+watcher is told of its range then, on the program's first read of it, so
+the trace keeps the program's reads, in its order.
+
 Blocking and thread-safe, as ``TarRangeReader`` says.
 """
 
@@ -36,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from lazyfs.blobs.trace_run import Watched, recorded
 from lazyfs.index.estargz import inflate_chunk
 from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, loads
 from providers.digest import Digest
@@ -78,6 +85,8 @@ class EstargzChunks:
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], threading.Event] = {}
+        # Kept chunks an unrecorded thread fetched that no recorded one has read yet.
+        self._unheard: set[tuple[Digest, int]] = set()
         self.fetches = 0
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
@@ -128,23 +137,37 @@ class EstargzChunks:
         while True:
             with self._lock:
                 found = self._kept.get(key)
+                waiting = None if found is not None else self._pending.get(key)
+                heard = found is not None and key in self._unheard and recorded()
                 if found is not None:
                     self._kept.move_to_end(key)
-                    return found
-                waiting = self._pending.get(key)
-                if waiting is None:
+                    if heard:
+                        self._unheard.discard(key)
+                elif waiting is None:
                     done = self._pending[key] = threading.Event()
                     break
-            waiting.wait()  # then look again: that fetch may have failed
+            if found is not None:
+                if heard:  # outside the lock: the watcher takes its own
+                    self._heard(digest, row)
+                return found
+            if waiting is not None:
+                waiting.wait()  # then look again: that fetch may have failed
         try:
             data = self._fetch(digest, row)
             with self._lock:
                 self._keep(key, data)
+                if not recorded():
+                    self._unheard.add(key)
             return data
         finally:
             with self._lock:
                 del self._pending[key]
             done.set()
+
+    def _heard(self, digest: Digest, row: ChunkRow) -> None:
+        """Tell the blob source's watcher of chunk ``row``, read as if now (module docstring)."""
+        if isinstance(self._blobs, Watched) and (watcher := self._blobs.watcher) is not None:
+            watcher.read(digest, row.offset, row.end - row.offset)
 
     def _fetch(self, digest: Digest, row: ChunkRow) -> bytes:
         with self._lock:
@@ -178,5 +201,6 @@ class EstargzChunks:
         self._kept[key] = data
         self._bytes += len(data)
         while self._bytes > self.max_bytes and len(self._kept) > 1:
-            _, dropped = self._kept.popitem(last=False)
+            gone, dropped = self._kept.popitem(last=False)
             self._bytes -= len(dropped)
+            self._unheard.discard(gone)

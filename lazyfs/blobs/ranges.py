@@ -36,7 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -216,6 +216,8 @@ class ChunkCache:
         self._resident = _resident_of(source)
         self.misses = 0
         self.resident = 0  # reads answered by read_resident
+        # Told each file read from its start, with its first bytes (``lazyfs.fs.predict``).
+        self.on_head: Callable[[Any, bytes], None] | None = None
 
     async def read(self, digest: Digest, offset: int, length: int) -> bytes:
         if length <= 0:

@@ -19,6 +19,13 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
   trace in the cache (temporary file + rename); also when the mount ends
   first (``Recorder.finish``). A mount that never served writes nothing.
+  Reads of a thread marked ``unrecorded`` (a first start's read-ahead,
+  ``lazyfs.fs.predict``) are not kept: the trace is what the program read,
+  in its order, which such guesses, made in an order of their own, would
+  otherwise stand in for (the program's later reads of the same bytes
+  count as nothing new). A reader that keeps what such a thread fetched
+  (``lazyfs.blobs.estargz_reader``) tells the watcher of it when a recorded
+  thread first reads it there: the program's read, where it comes.
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.
@@ -31,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from lazyfs.index.trace import (
     MAX_RANGE,
@@ -51,6 +58,25 @@ SETTLE = 2.0
 MAX_RECORDING = 60.0
 _UNIT = 64 << 10  # what "new" is counted in: reads within one such unit are one
 _RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
+_quiet = threading.local()  # ``unrecorded``: set on threads whose reads no trace keeps
+
+
+def unrecorded() -> None:
+    """No trace keeps what the calling thread reads from now on (module docstring)."""
+    _quiet.on = True
+
+
+def recorded() -> bool:
+    """Whether a trace keeps what the calling thread reads (it is not ``unrecorded``)."""
+    return not getattr(_quiet, "on", False)
+
+
+@runtime_checkable
+class Watched(Protocol):
+    """A blob source that tells a watcher what it reads (``CacheClient``): a reader that
+    keeps what it read from it tells that watcher of what it serves from its own store."""
+
+    watcher: ReadWatcher | None
 
 
 class _Sized(Protocol):
@@ -167,7 +193,7 @@ class Recorder:
         self._writing = threading.Lock()
 
     def read(self, digest: Digest, offset: int, length: int) -> None:
-        if self._stopped.is_set() or length <= 0:
+        if self._stopped.is_set() or length <= 0 or not recorded():
             return
         units = range(offset // _UNIT, (offset + length - 1) // _UNIT + 1)
         with self._lock:

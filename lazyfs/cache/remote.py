@@ -38,6 +38,9 @@ class Remote:
     origins: Mapping[Digest, RemoteOrigin] = field(default_factory=dict)
     # The image and command the mount's reads are traced for (``trace_key``).
     trace: str | None = None
+    # Where the command's executable may be, in PATH order (``executable_paths``): the mount
+    # reads the first that is there, and what it loads, ahead (``lazyfs.fs.predict``).
+    executable: tuple[str, ...] = ()
 
 
 def trace_key(
@@ -54,6 +57,25 @@ def trace_key(
         return None
     spelled = json.dumps([list(entrypoint), list(command), working_dir or "/"])
     return f"{image}@{hashlib.sha256(spelled.encode()).hexdigest()[:32]}"
+
+
+# What runc searches when the image's Env has no PATH (as Docker's default).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_MAX_CANDIDATES = 16
+
+
+def executable_paths(argv: Sequence[str], env: Sequence[str], working_dir: str) -> tuple[str, ...]:
+    """Where in the image the program ``argv`` runs may be, in the order it is searched:
+    ``argv[0]`` itself when it names a path (from ``working_dir`` when relative), else each
+    absolute directory of the image's PATH. Only a hint: the mount checks each in its tree."""
+    if not argv or not argv[0]:
+        return ()
+    program = argv[0]
+    if "/" in program:
+        return (program if program.startswith("/") else f"{working_dir or '/'}/{program}",)
+    path = next((e[5:] for e in reversed(env) if e.startswith("PATH=")), DEFAULT_PATH)
+    found = [f"{d.rstrip('/')}/{program}" for d in path.split(":") if d.startswith("/")]
+    return tuple(found[:_MAX_CANDIDATES])
 
 
 @runtime_checkable

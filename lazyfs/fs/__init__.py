@@ -11,6 +11,8 @@ indexes an image's layers in the store and serves one mount (with the
 options of ``mount_options``); ``mount`` is the
 public mount API the backends call, and loads no FUSE, index or tree code
 itself (providers only). The mount process finds blobs through lazyfs.store.
+``predict`` reads ahead, on a first start, what an executable a mount
+serves will load (``elf_deps`` parses its headers).
 
 Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, lazyfs.cache, providers.
 """

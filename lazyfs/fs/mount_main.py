@@ -352,6 +352,11 @@ def _main(argv: Sequence[str] | None) -> int:
         try:
             no_open = fuse_caps.no_open()
             ops = _operations(indexed, args.upper, args.work, no_open=no_open)
+            # What executables load, read ahead on a first start (a replayed trace knows better).
+            if indexed.remote and (args.trace is None or indexed.recorder is not None):
+                from lazyfs.fs.predict import attach
+
+                attach(ops, indexed.remote, args.executable)
             symlinks = "cached" if fuse_caps.cache_symlinks(ops) else "asked each time"
             if args.debug:
                 from lazyfs.fs.debug import log_requests

@@ -148,6 +148,13 @@ def _mount_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trace", help="record the prefetch trace of this key, or replay it (remote layers)"
     )
+    parser.add_argument(
+        "--executable",
+        action="append",
+        default=[],
+        help="where the command's program may be:"
+        " the first there, and what it loads, is read ahead (remote layers; repeatable)",
+    )
     parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
     parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)

@@ -78,7 +78,11 @@ async def read_lower(chunks: ChunkCache, data: DataRef | None, off: int, size: i
         if len(got) != length:
             raise OSError(errno.EIO, f"layer {data.digest} ended early at {stored + len(got)}")
         parts.append(got)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    read = parts[0] if len(parts) == 1 else b"".join(parts)
+    # A first start's prefetch (``lazyfs.fs.predict``); a reader without one has no attribute.
+    if off == 0 and (told := getattr(chunks, "on_head", None)) is not None:
+        told(data, read)
+    return read
 
 
 def entry_attributes(

@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from lazyfs.cache.remote import trace_key
+from lazyfs.cache.remote import executable_paths, trace_key
 from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin, open_complete
 from lazyfs.progress import Progress
 from lazyfs.store.blobs import StoreBlobs
@@ -101,12 +101,15 @@ def blobs_for(
     if not origins:
         return blobs
     trace = None
+    executable: tuple[str, ...] = ()
     if command is not None:
         config = manifest.config
+        argv = (*config.entrypoint, *(command or config.cmd))
         trace = trace_key(
             manifest.digest, config.entrypoint, command or config.cmd, config.working_dir
         )
-    return LazyBlobs(blobs, Remote(daemon, origins, trace))
+        executable = executable_paths(argv, config.env, config.working_dir)
+    return LazyBlobs(blobs, Remote(daemon, origins, trace, executable))
 
 
 def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> list[Digest]:
