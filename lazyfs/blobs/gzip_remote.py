@@ -63,6 +63,7 @@ from lazyfs.blobs.published_ahead import (
     intervals_to,
     reads_windows,
 )
+from lazyfs.blobs.published_heard import Unheard
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
@@ -103,6 +104,7 @@ class PublishedLayers:
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
+        self._unheard = Unheard(blobs)  # what read-ahead fetched, for the trace
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
@@ -121,6 +123,7 @@ class PublishedLayers:
             if data.points is not None and not check.refused():
                 self._ask_for_files(digest, data, check, offset, length)
             check.check(offset, length)
+        self._unheard.read(digest, data, offset, length)
         return self._stream(digest, data, offset, length)
 
     def _ask_for_files(

@@ -24,8 +24,9 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   in its order, which such guesses, made in an order of their own, would
   otherwise stand in for (the program's later reads of the same bytes
   count as nothing new). A reader that keeps what such a thread fetched
-  (``lazyfs.blobs.estargz_reader``) tells the watcher of it when a recorded
-  thread first reads it there: the program's read, where it comes.
+  (``lazyfs.blobs.estargz_reader``, ``lazyfs.blobs.published_heard``) tells
+  the watcher of it when a recorded thread first reads it there: the
+  program's read, where it comes.
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.

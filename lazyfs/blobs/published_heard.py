@@ -1,0 +1,71 @@
+"""The program's reads of a published-index layer, told to the trace when read-ahead came first.
+
+A first start's read-ahead (``lazyfs.fs.predict``) reads on threads whose
+reads no prefetch trace keeps (``lazyfs.blobs.trace_run.unrecorded``): the
+trace is to hold what the program read, in its order.  But the reader of
+published-index layers (``lazyfs.blobs.gzip_remote``) keeps the spans and
+inflated intervals it fetched, so when the program then reads those bytes
+its blob source, whose watcher records the trace, sees nothing, and the
+trace would miss them.  ``Unheard`` remembers the intervals (spans, for a
+tar layer) such threads read, and on the first read of one by a recorded
+thread tells the watcher of the blob ranges it is made of, as a fetch of
+them then would have: the program's read, where it comes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+
+from lazyfs.blobs.inflated import interval
+from lazyfs.blobs.published_ahead import interval_needs
+from lazyfs.blobs.trace_run import Watched, recorded
+from lazyfs.index.published import PublishedData
+from providers.digest import Digest
+from providers.source import BlobSource
+
+
+class Unheard:
+    """What unrecorded threads read that no recorded thread has yet (module docstring)."""
+
+    def __init__(self, blobs: BlobSource) -> None:
+        self._blobs = blobs
+        self._lock = threading.Lock()
+        self._units: set[tuple[Digest, int]] = set()
+
+    def read(self, digest: Digest, data: PublishedData, offset: int, length: int) -> None:
+        """Note a read of layer ``digest``'s tar stream ``[offset, offset + length)``."""
+        if not recorded():
+            units = _units(data, offset, length)
+            with self._lock:
+                self._units.update((digest, n) for n in units)
+            return
+        if not self._units:
+            return  # nothing read ahead: the usual case, and no lock for it
+        with self._lock:
+            heard = [n for n in _units(data, offset, length) if (digest, n) in self._units]
+            self._units.difference_update((digest, n) for n in heard)
+        watcher = self._blobs.watcher if isinstance(self._blobs, Watched) else None
+        if watcher is None:
+            return
+        for number in heard:  # outside the lock: the watcher takes its own
+            for blob, at, size in _needs(digest, data, number):
+                watcher.read(blob, at, size)
+
+
+def _units(data: PublishedData, offset: int, length: int) -> range:
+    """The intervals (a tar layer: spans) that a read of the stream reaches."""
+    end = min(offset + length, data.size if data.points is None else data.bounds[-1])
+    if length <= 0 or offset >= end:
+        return range(0)
+    if data.points is not None:
+        return range(interval(data.bounds, offset), interval(data.bounds, end - 1) + 1)
+    first = bisect.bisect_right(data.starts, offset) - 1
+    return range(max(first, 0), bisect.bisect_right(data.starts, end - 1))
+
+
+def _needs(digest: Digest, data: PublishedData, number: int) -> list[tuple[Digest, int, int]]:
+    if data.points is not None:
+        return interval_needs(digest, data, number)
+    span = data.spans[number]
+    return [(digest, span.offset, span.length)]
