@@ -62,6 +62,7 @@ def trace_key(
 # What runc searches when the image's Env has no PATH (as Docker's default).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_CANDIDATES = 16
+_MAX_PATH = 4096
 
 
 def executable_paths(argv: Sequence[str], env: Sequence[str], working_dir: str) -> tuple[str, ...]:
@@ -72,10 +73,13 @@ def executable_paths(argv: Sequence[str], env: Sequence[str], working_dir: str) 
         return ()
     program = argv[0]
     if "/" in program:
-        return (program if program.startswith("/") else f"{working_dir or '/'}/{program}",)
-    path = next((e[5:] for e in reversed(env) if e.startswith("PATH=")), DEFAULT_PATH)
-    found = [f"{d.rstrip('/')}/{program}" for d in path.split(":") if d.startswith("/")]
-    return tuple(found[:_MAX_CANDIDATES])
+        found = [program if program.startswith("/") else f"{working_dir or '/'}/{program}"]
+    else:
+        path = next((e[5:] for e in reversed(env) if e.startswith("PATH=")), DEFAULT_PATH)
+        found = [f"{d.rstrip('/')}/{program}" for d in path.split(":") if d.startswith("/")]
+    # The image's config is hostile: what goes on the mount's command line is a path.
+    usable = [p for p in found if p.startswith("/") and "\0" not in p and len(p) <= _MAX_PATH]
+    return tuple(usable[:_MAX_CANDIDATES])
 
 
 @runtime_checkable

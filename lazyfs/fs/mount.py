@@ -135,7 +135,7 @@ def mount(
         argv += ["--cache-dir", str(remote.daemon.cache_dir)]
         if remote.trace is not None:
             argv += ["--trace", remote.trace]
-        argv += [arg for path in remote.executable for arg in ("--executable", path)]
+        argv += [f"--executable={path}" for path in remote.executable]  # never an option
     for layer in layers:
         argv += ["--layer", layer_arg(layer, origins.get(layer.digest))]
     if limits is not None:

@@ -34,6 +34,7 @@ without it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 STANDARD_DIRS = (b"/lib/x86_64-linux-gnu", b"/usr/lib/x86_64-linux-gnu", b"/lib", b"/usr/lib")
 MAX_LINKS = 40  # as the kernel's path walk
 MAX_STEPS = 4096  # path components walked for one resolution, links' included
+MAX_TOTAL_STEPS = 50_000  # for all of a mount's resolutions: hostile links repeat per name
 MAX_PATH = 4096
 MAX_NAME = 255
 MAX_DEPTH = 3  # executable -> libraries -> theirs
@@ -69,9 +71,15 @@ WORKERS = 4  # reads ahead at once: the daemon's other upstream requests stay th
 _PARSE, _WARM = 0, 1  # queue priorities: parsing finds more to fetch
 
 
-def resolve(tree: LowerTree, path: bytes) -> InodeNo | None:
+def resolve(
+    tree: LowerTree, path: bytes, spend: Callable[[], bool] = lambda: True
+) -> InodeNo | None:
     """The inode ``path`` names in ``tree`` (from its root), symlinks followed inside the
-    tree; None when a component is missing or no directory, or past the bounds."""
+    tree; None when a component is missing or no directory, or past the bounds.
+
+    ``spend()`` is asked before each step, and False ends the walk: a budget
+    shared by many walks (the default spends nothing).
+    """
     if len(path) > MAX_PATH:
         return None
     todo = list(reversed(path.split(b"/")))
@@ -79,7 +87,7 @@ def resolve(tree: LowerTree, path: bytes) -> InodeNo | None:
     links = steps = 0
     while todo:
         steps += 1
-        if steps > MAX_STEPS:
+        if steps > MAX_STEPS or not spend():
             return None
         name = todo.pop()
         if name in (b"", b"."):
@@ -106,15 +114,21 @@ def resolve(tree: LowerTree, path: bytes) -> InodeNo | None:
     return current
 
 
-def find_library(tree: LowerTree, name: bytes, search: Collection[bytes] = ()) -> InodeNo | None:
+def find_library(
+    tree: LowerTree,
+    name: bytes,
+    search: Collection[bytes] = (),
+    spend: Callable[[], bool] = lambda: True,
+) -> InodeNo | None:
     """The regular file ld.so would load for DT_NEEDED ``name``: in ``search`` (RUNPATH),
-    then ``STANDARD_DIRS``. None for a name that is a path, or found nowhere."""
+    then ``STANDARD_DIRS``. None for a name that is a path, or found nowhere; ``spend``
+    as ``resolve`` has it."""
     if not name or len(name) > MAX_NAME or b"/" in name or name in (b".", b".."):
         return None
     # $ORIGIN and the like need the file's own path, which a read does not give.
     usable = [d for d in search if d.startswith(b"/") and b"$" not in d]
     for directory in (*usable, *STANDARD_DIRS):
-        found = resolve(tree, directory.rstrip(b"/") + b"/" + name)
+        found = resolve(tree, directory.rstrip(b"/") + b"/" + name, spend)
         if found is not None and _regular(tree, found) is not None:
             return found
     return None
@@ -171,27 +185,52 @@ class Predictor:
         )
         self._order = itertools.count()
         self._started = False
+        self.stopped = threading.Event()  # set once nothing more is read ahead
+        self._steps = itertools.count()  # taken from by every resolution: MAX_TOTAL_STEPS
         self.predicted: list[DataRef] = []  # in the order they were asked, for the log and tests
 
     def start(self, candidates: Sequence[str]) -> None:
         """Read ahead the first of ``candidates`` (image paths) that is a file, as if its
         head had been read: the program a container is about to run, known at mount."""
-        for path in candidates[:MAX_FILES]:
-            found = resolve(self.tree, os.fsencode(path))
-            data = None if found is None else _regular(self.tree, found)
-            if data is not None:
-                if self._claim(data):
-                    self.predicted.append(data)
-                    self._put(_PARSE, functools.partial(self._parse, data, 1))
-                    self._warm(data)
-                return
+        try:
+            for path in candidates[:MAX_FILES]:
+                found = resolve(self.tree, os.fsencode(path), self._spend)
+                data = None if found is None else _regular(self.tree, found)
+                if data is not None and found is not None and self._runnable(found):
+                    if self._claim(data):
+                        self.predicted.append(data)
+                        self._put(_PARSE, functools.partial(self._parse, data, 1))
+                        self._warm(data)
+                    return
+        except Exception as error:  # a hint: never the mount's failure
+            log.info("reading the program ahead failed: %s", error)
 
     def head_read(self, data: DataRef, head: bytes) -> None:
         """``head``, the first bytes of the file at ``data``, were just read; quick."""
         if head[:4] != ELF_MAGIC or not self._claim(data):
             return
-        self._warm(data)
-        self._put(_PARSE, functools.partial(self._parse, data, 1))
+        try:
+            self._warm(data)
+            self._put(_PARSE, functools.partial(self._parse, data, 1))
+        except Exception as error:  # e.g. no thread to be had: never the read's failure
+            log.info("reading ahead of an executable failed: %s", error)
+
+    def stop(self) -> None:
+        """Read nothing more ahead: what is queued is dropped, and the workers end."""
+        self.stopped.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        for _ in range(WORKERS):
+            self._queue.put((-1, -1, _nothing))  # wakes a waiting worker to see the stop
+
+    def _spend(self) -> bool:
+        return next(self._steps) < MAX_TOTAL_STEPS
+
+    def _runnable(self, ino: InodeNo) -> bool:
+        """Whether the file may be the program: runc execs only a file with an exec bit."""
+        found = self.tree.inode(ino)
+        return found is not None and bool(found.mode & 0o111)
 
     def _claim(self, data: DataRef) -> bool:
         """Whether ``data`` is a remote file not predicted yet, within the bounds; marks it."""
@@ -209,12 +248,12 @@ class Predictor:
         if deps is None:
             return
         for name in deps.needed:
-            found = find_library(self.tree, name, deps.runpath)
+            found = find_library(self.tree, name, deps.runpath, self._spend)
             if found is not None:
                 self._predict(found, depth)
 
     def _interp(self, path: bytes) -> None:
-        found = resolve(self.tree, path)
+        found = resolve(self.tree, path, self._spend)
         if found is not None:
             self._predict(found, MAX_DEPTH)  # the loader needs nothing loaded for it
 
@@ -259,9 +298,19 @@ class Predictor:
     def _work(self) -> None:
         # A trace recorded on this start keeps the program's reads in its order, not these.
         unrecorded()
-        while True:
+        while not self.stopped.is_set():
             _, _, work = self._queue.get()
+            if self.stopped.is_set():
+                return
             try:
                 work()
-            except Exception as error:  # a hint: the program's own read meets it and says so
-                log.info("reading ahead stopped for one file: %s", error)
+            except Exception as error:
+                # A hint: the program's own read meets the failure and says so. The
+                # next would most likely meet it too (the cache daemon gone: a wait
+                # each), so nothing more is read ahead.
+                log.info("reading ahead stopped: %s", error)
+                self.stop()
+
+
+def _nothing() -> None:
+    pass

@@ -17,6 +17,7 @@ from lazyfs.index.trace import Read, load_trace
 from lazyfs.tree.lower import LowerTree, as_lower
 from lazyfs.tree.merge import ROOT_INO, DataRef, merge
 from providers.digest import Digest, digest_bytes
+from providers.errors import TemporaryFailure
 from tests.support.elf_files import elf
 from tests.support.tar_members import Member, dir_, layer, reg, sym
 
@@ -32,7 +33,7 @@ MEMBERS = [
     reg("usr/lib/x86_64-linux-gnu/libfoo.so.1.2", b"FOO" * 1000),
     dir_("opt"), dir_("opt/app"), dir_("opt/app/lib"),
     reg("opt/app/lib/libc.so.6", b"the app's own libc"),
-    reg("usr/bin/app", APP),
+    reg("usr/bin/app", APP, mode=0o755),
     dir_("etc"), reg("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
     # Hostile: loops, escapes, a directory where a library should be.
     sym("usr/lib/x86_64-linux-gnu/libloop.so", "libloop2.so"),
@@ -220,9 +221,13 @@ def test_a_mount_predicts_a_bounded_number_of_files(tmp_path: Path) -> None:
         ([""], ["PATH=/x"], "/", ()),
         (["x"], ["PATH=" + ":".join(f"/d{i}" for i in range(100))], "/",
          tuple(f"/d{i}/x" for i in range(16))),
+        # Hostile configs: what reaches the mount's command line is an absolute path.
+        (["a/b"], [], "-x", ()),
+        (["/bin/a\0b"], [], "/", ()),
+        (["/" + "a" * 5000], [], "/", ()),
     ],
     ids=["path-order", "default-path", "last-path-wins", "absolute", "relative", "no-workdir",
-         "no-argv", "empty-argv0", "bounded"],
+         "no-argv", "empty-argv0", "bounded", "option-like-workdir", "nul", "too-long"],
 )  # fmt: skip
 def test_where_the_program_may_be_is_searched_as_runc_does(
     argv: list[str], env: list[str], workdir: str, want: tuple[str, ...]
@@ -234,8 +239,9 @@ def test_the_program_known_at_mount_is_read_ahead_with_its_libraries(tmp_path: P
     tree, source, digest = _tree(tmp_path, MEMBERS)
     recording = _Recording(source)
     predictor = Predictor(tree, recording, {digest})
-    # The first that is there (/lib is usr/lib, so its .. is /usr); /etc/passwd is not.
-    predictor.start(["/usr/local/bin/app", "/lib/../bin/app", "/etc/passwd"])
+    # The first that is there and executable, as runc finds it (/lib is usr/lib, so its
+    # .. is /usr): /etc/passwd is there, but no program.
+    predictor.start(["/usr/local/bin/app", "/etc/passwd", "/lib/../bin/app"])
     for path in ("usr/bin/app", "usr/lib/x86_64-linux-gnu/libfoo.so.1.2"):
         assert recording.wait_for(_data(tree, path)), path
     assert _data(tree, "etc/passwd") not in predictor.predicted
@@ -248,7 +254,7 @@ def test_a_trace_recorded_beside_the_read_ahead_keeps_the_programs_reads_in_its_
     lib, big = b"L" * (256 << 10), b"B" * (256 << 10)
     members = [
         dir_("lib"), reg("lib/libfoo.so.1", lib), reg("lib/big", big),
-        reg("app", elf(interp=None, needed=[b"libfoo.so.1"]).data),
+        reg("app", elf(interp=None, needed=[b"libfoo.so.1"]).data, mode=0o755),
     ]  # fmt: skip
     tree, source, digest = _tree(tmp_path, members)
     recording = _Recording(source)
@@ -272,3 +278,40 @@ def test_a_trace_recorded_beside_the_read_ahead_keeps_the_programs_reads_in_its_
     trace = load_trace(tmp_path, key)
     assert trace is not None
     assert trace.reads == tuple(Read(digest, offset, length) for offset, length in program)
+
+
+def test_one_budget_of_steps_bounds_all_of_a_mounts_path_walks(tmp_path: Path) -> None:
+    tree, source, digest = _tree(tmp_path, MEMBERS)
+    steps: list[int] = []
+
+    def spend() -> bool:
+        steps.append(1)
+        return len(steps) <= 4
+
+    # "", usr, bin, app: four steps; a budget of three ends the walk.
+    assert resolve(tree, b"/usr/bin/app", spend) is not None
+    steps.clear()
+    steps.append(1)
+    assert resolve(tree, b"/usr/bin/app", spend) is None
+    # A predictor's walks share one budget: hostile links that spent it leave nothing to find.
+    predictor = Predictor(tree, _Recording(source), {digest})
+    while predictor._spend():
+        pass
+    predictor.start(["/usr/bin/app"])
+    assert predictor.predicted == []
+
+
+class _Failing(_Recording):
+    """A source whose every read fails, as when the cache daemon is gone."""
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        super().read_range(digest, offset, length)
+        raise TemporaryFailure("the cache daemon is gone")
+
+
+def test_a_failed_read_ahead_stops_reading_ahead(tmp_path: Path) -> None:
+    tree, source, digest = _tree(tmp_path, MEMBERS)
+    predictor = Predictor(tree, _Failing(source), {digest})
+    predictor.start(["/usr/bin/app"])
+    # Each read left would meet the same failure, a wait each: none is made.
+    assert predictor.stopped.wait(60)
