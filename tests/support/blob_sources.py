@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backends.apply import LayerFile
+from lazyfs.blobs.trace_run import ReadWatcher
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
 from providers.errors import NotFound
@@ -60,6 +61,22 @@ class Prefetching(MemoryBlobs):
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         self.events.append(("read", digest, offset, length))
+        return super().read_range(digest, offset, length)
+
+
+class Watched(MemoryBlobs):
+    """A blob source that tells its watcher every range read, as the cache client does;
+    ``fetched`` lists them too."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        super().__init__(blobs)
+        self.watcher: ReadWatcher | None = None
+        self.fetched: list[tuple[Digest, int, int]] = []
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.fetched.append((digest, offset, length))
+        if self.watcher is not None:
+            self.watcher.read(digest, offset, length)
         return super().read_range(digest, offset, length)
 
 

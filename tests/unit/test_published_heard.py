@@ -10,30 +10,14 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
-from lazyfs.blobs.trace_run import ReadWatcher, Recorder, unrecorded
+from lazyfs.blobs.trace_run import Recorder, unrecorded
 from lazyfs.index.model import IndexEntry
 from lazyfs.index.trace import load_trace
 from providers.digest import Digest
-from tests.support.blob_sources import MemoryBlobs
+from tests.support.blob_sources import Watched
 from tests.support.published_artifacts import Built
 
 KEY = f"{Digest('sha256:' + 'ab' * 32)}@{'c' * 32}"
-
-
-class _Watched(MemoryBlobs):
-    """A blob source that tells its watcher every range read, as the cache client does;
-    ``fetched`` lists them too."""
-
-    def __init__(self, blobs: dict[Digest, bytes]) -> None:
-        super().__init__(blobs)
-        self.watcher: ReadWatcher | None = None
-        self.fetched: list[tuple[Digest, int, int]] = []
-
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        self.fetched.append((digest, offset, length))
-        if self.watcher is not None:
-            self.watcher.read(digest, offset, length)
-        return super().read_range(digest, offset, length)
 
 
 @pytest.mark.parametrize("compress", [True, False], ids=["gzip", "tar"])
@@ -42,7 +26,7 @@ def test_what_read_ahead_fetched_is_recorded_when_the_program_reads_it(
 ) -> None:
     (tmp_path / "built").mkdir()
     built = Built(tmp_path / "built", compress)
-    blobs = _Watched(built.blobs)
+    blobs = Watched(built.blobs)
     opened = open_published(built.layers_dir, built.layer, blobs)
     assert opened is not None
     index, reader, _ = opened
@@ -70,7 +54,7 @@ def test_what_read_ahead_fetched_is_recorded_when_the_program_reads_it(
     recorder.serving()
     assert recorder.finish() is not None
     # The same reads by the program alone, on a fresh reader: what its trace keeps.
-    alone_blobs = _Watched(built.blobs)
+    alone_blobs = Watched(built.blobs)
     alone = alone_blobs.watcher = Recorder(tmp_path / "alone", KEY)
     fresh = open_published(built.layers_dir, built.layer, alone_blobs)
     assert fresh is not None

@@ -9,33 +9,17 @@ import threading
 from pathlib import Path
 
 from lazyfs.blobs.estargz_reader import EstargzChunks
-from lazyfs.blobs.trace_run import ReadWatcher, Recorder, unrecorded
+from lazyfs.blobs.trace_run import Recorder, unrecorded
 from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import Kind
 from lazyfs.index.stored import check_data_present, ensure_remote_index
 from lazyfs.index.trace import load_trace
 from providers.digest import Digest, digest_bytes
 from providers.manifest import OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, Layer
-from tests.support.blob_sources import MemoryBlobs
+from tests.support.blob_sources import MemoryBlobs, Watched
 from tests.support.estargz_writer import File, write_estargz
 
 KEY = f"{Digest('sha256:' + 'ab' * 32)}@{'c' * 32}"
-
-
-class _Watched(MemoryBlobs):
-    """A blob source that tells its watcher every range read, as the cache client does;
-    ``fetched`` lists them too."""
-
-    def __init__(self, blobs: dict[Digest, bytes]) -> None:
-        super().__init__(blobs)
-        self.watcher: ReadWatcher | None = None
-        self.fetched: list[tuple[int, int]] = []
-
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        self.fetched.append((offset, length))
-        if self.watcher is not None:
-            self.watcher.read(digest, offset, length)
-        return super().read_range(digest, offset, length)
 
 
 def test_chunks_read_ahead_are_recorded_when_and_as_the_program_reads_them(
@@ -55,7 +39,7 @@ def test_chunks_read_ahead_are_recorded_when_and_as_the_program_reads_them(
     assert index is not None
     home = remote_layers_dir(layers, layer)
     assert home is not None
-    blobs = _Watched({layer.digest: blob.data})
+    blobs = Watched({layer.digest: blob.data})
     chunks = EstargzChunks({layer.digest: check_data_present(home, Path(), index).path}, blobs)
     files = {e.path[0]: e for e in index.entries if e.kind is Kind.FILE}
     recorder = blobs.watcher = Recorder(tmp_path / "first", KEY, settle=3600.0, limit=3600.0)
@@ -64,7 +48,7 @@ def test_chunks_read_ahead_are_recorded_when_and_as_the_program_reads_them(
         """Read file ``name`` whole; the blob ranges that fetched."""
         blobs.fetched.clear()
         assert chunks.read_range(layer.digest, files[name].offset, files[name].size)
-        return list(blobs.fetched)
+        return [(offset, length) for _, offset, length in blobs.fetched]
 
     ahead: list[list[tuple[int, int]]] = []
 
