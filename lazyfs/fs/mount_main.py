@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from lazyfs.cache.client import CacheClient
     from lazyfs.cache.remote import RemoteOrigin
     from lazyfs.fs.writable import WritableOperations
+    from lazyfs.index.estargz_toc import Toc
     from providers.tar_stream import LayerLimits
 
 log = logging.getLogger("lazyfs.fs.mount")
@@ -109,8 +110,12 @@ def _index_layers(
     limits: LayerLimits | None,
     cache_dir: Path | None = None,
     trace: str | None = None,
+    executable: Sequence[str] = (),
 ) -> _Indexed:
     """Index each layer the store has no index of yet (once per layer digest).
+
+    ``executable``: where the program may be, asked for from the TOCs
+    before indexing on a start that replays no trace (``predict_toc``).
 
     Raises NotFound for a blob the store does not have, BadImage or
     UnsafeLayer for a layer indexing refuses (one past ``limits`` too).
@@ -126,6 +131,13 @@ def _index_layers(
         # A trace names the windows blobs of published indexes too: known before it is replayed.
         read_windows_blobs(store.layers, [layer for layer, origin in layers if origin], client)
         recorder = start_trace(client, trace, store.root)  # and traces published beside
+    tocs: dict[Digest, Toc] = {}
+    if client is not None and executable and (trace is None or recorder is not None):
+        from lazyfs.fs.predict_toc import ask_program
+
+        tocs = ask_program(
+            store.layers, [la for la, origin in layers if origin], client, executable
+        )
     digests = [layer.digest for layer, _ in layers]
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a
@@ -138,7 +150,7 @@ def _index_layers(
     for layer, origin in layers:
         if origin is not None and client is not None:
             indexes[layer.digest], remote[layer.digest], index_dirs[layer.digest] = _remote_layer(
-                store, layer, client, entries=whole, limits=limits
+                store, layer, client, entries=whole, limits=limits, toc=tocs.get(layer.digest)
             )
             continue
         blob = files[layer.digest] = blobs.local_blob(layer)
@@ -179,6 +191,7 @@ def _remote_layer(
     *,
     entries: bool,
     limits: LayerLimits | None,
+    toc: Toc | None = None,
 ) -> tuple[LayerIndex, TarRangeReader, Path]:
     """The index of a layer still in a registry, the reader of its tar stream, its layers dir.
 
@@ -197,6 +210,7 @@ def _remote_layer(
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and
     read as a local layer. Stored under ``store.layers`` (eStargz: by TOC too).
+    ``toc``: an eStargz layer's TOC, read and checked already.
     """
     # Loaded only with remote layers: it loads the eStargz code.
     from lazyfs.blobs.gzip_remote import open_published  # checks each span it reads
@@ -207,7 +221,7 @@ def _remote_layer(
         blobs.layer_mounted(layer.digest, None)  # the rest of the blob in the background
         return published
     index = ensure_remote_index(
-        store.layers, store.tmp, layer, blobs, entries=entries, limits=limits
+        store.layers, store.tmp, layer, blobs, entries=entries, limits=limits, toc=toc
     )
     if index is not None and (where := remote_layers_dir(store.layers, layer)) is not None:
         # eStargz data is read by chunk table; no local blob is named.
@@ -336,7 +350,8 @@ def _main(argv: Sequence[str] | None) -> int:
     with os.fdopen(args.ready_fd, "wb", buffering=0) as ready:
         try:
             indexed = _index_layers(
-                args.store, args.layer, mount_limits(args), args.cache_dir, args.trace
+                *(args.store, args.layer, mount_limits(args), args.cache_dir, args.trace),
+                args.executable,
             )
         except (LazyfsError, OSError) as error:
             # The caller raises it as it is: one line for the user, no traceback.

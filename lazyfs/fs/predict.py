@@ -71,8 +71,29 @@ WORKERS = 4  # reads ahead at once: the daemon's other upstream requests stay th
 _PARSE, _WARM = 0, 1  # queue priorities: parsing finds more to fetch
 
 
+class _Node(Protocol):
+    @property
+    def ino(self) -> InodeNo: ...
+
+    @property
+    def mode(self) -> int: ...
+
+    @property
+    def target(self) -> bytes: ...
+
+
+class Walkable(Protocol):
+    """What ``resolve`` walks: a mount's lower tree, or the union of its layers' TOCs."""
+
+    def inode(self, ino: int) -> _Node | None: ...
+
+    def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None: ...
+
+    def parent(self, directory: int) -> InodeNo: ...
+
+
 def resolve(
-    tree: LowerTree, path: bytes, spend: Callable[[], bool] = lambda: True
+    tree: Walkable, path: bytes, spend: Callable[[], bool] = lambda: True
 ) -> InodeNo | None:
     """The inode ``path`` names in ``tree`` (from its root), symlinks followed inside the
     tree; None when a component is missing or no directory, or past the bounds.

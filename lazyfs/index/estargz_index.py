@@ -226,7 +226,13 @@ def build_remote_index(
     *,
     tail: int = SUGGESTED_TAIL_SIZE,
     limits: LayerLimits | None = None,
+    toc: Toc | None = None,
 ) -> tuple[LayerIndex, ChunkTable]:
-    """``fetch_toc`` then ``index_toc``: the index of an eStargz layer not on this machine."""
-    toc = fetch_toc(layer, blobs, expected, tail=tail)
+    """``fetch_toc`` then ``index_toc``: the index of an eStargz layer not on this machine.
+
+    ``toc``: its TOC as ``fetch_toc`` gave it earlier (checked against
+    ``expected`` then), read again only when None.
+    """
+    if toc is None:
+        toc = fetch_toc(layer, blobs, expected, tail=tail)
     return index_toc(layer, toc, expected, limits=limits)

@@ -55,6 +55,7 @@ from providers.source import BlobSource
 
 if TYPE_CHECKING:
     from lazyfs.index.estargz_chunks import ChunkTable
+    from lazyfs.index.estargz_toc import Toc
     from providers.tar_stream import LayerLimits
 
 
@@ -152,6 +153,7 @@ def ensure_remote_index(
     entries: bool = True,
     limits: LayerLimits | None = None,
     tail: int = SUGGESTED_TAIL_SIZE,
+    toc: Toc | None = None,
 ) -> LayerIndex | None:
     """The index of the eStargz layer ``layer``, from its footer and TOC, stored if missing.
 
@@ -164,7 +166,8 @@ def ensure_remote_index(
     before them; none when the index is stored), checked against the TOC
     digest, and the index and its chunk table stored as ``ensure_index``
     stores an index, so the next call reads them back.  ``entries=False``
-    as for ``ensure_index``.
+    as for ``ensure_index``.  ``toc``: the TOC, read and checked earlier
+    (``lazyfs.index.estargz_index.fetch_toc``), used in place of reading it.
 
     Stored by layer digest and TOC digest
     (``lazyfs.index.estargz_store.remote_layers_dir``: read it back with
@@ -178,16 +181,12 @@ def ensure_remote_index(
     raises (NotFound, TemporaryFailure).  Nothing is stored then.
     """
     from lazyfs.index.estargz_index import build_remote_index  # loads the tar rules
-    from lazyfs.index.estargz_store import toc_layers_dir
 
-    expected = toc_digest(dict(layer.annotations))
-    if expected is None:
+    place = _toc_place(layers_dir, layer)
+    if place is None:
         return None
+    expected, own = place
     digest = layer.digest
-    whole = load_index(layers_dir, digest, entries=False)
-    if whole is not None and whole.compression != ESTARGZ.name:
-        return None
-    own = toc_layers_dir(layers_dir, digest, expected)
     found = load_index(own, digest, entries=entries)
     if _remote_usable(own, found, expected):
         return found
@@ -197,7 +196,7 @@ def ensure_remote_index(
         found = load_index(own, digest)
         if _remote_usable(own, found, expected):
             return found  # another process built it while we waited
-        index, table = build_remote_index(layer, blobs, expected, tail=tail, limits=limits)
+        index, table = build_remote_index(layer, blobs, expected, tail=tail, limits=limits, toc=toc)
         text = dump_chunks(table).encode()
         index = dataclasses.replace(index, checkpoints_size=len(text))
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
@@ -207,6 +206,32 @@ def ensure_remote_index(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return index
+
+
+def unindexed_toc(layers_dir: Path, layer: Layer) -> Digest | None:
+    """The TOC digest of ``layer`` when ``ensure_remote_index`` would read its TOC: an eStargz
+    layer with no usable index stored yet. None otherwise; cheap (index headers read)."""
+    place = _toc_place(layers_dir, layer)
+    if place is None:
+        return None
+    expected, own = place
+    if _remote_usable(own, load_index(own, layer.digest, entries=False), expected):
+        return None
+    return expected
+
+
+def _toc_place(layers_dir: Path, layer: Layer) -> tuple[Digest, Path] | None:
+    """The TOC digest of ``layer`` and the layers dir of its index from that TOC; None
+    when it has no TOC digest or the store has an index of another format for it."""
+    from lazyfs.index.estargz_store import toc_layers_dir
+
+    expected = toc_digest(dict(layer.annotations))
+    if expected is None:
+        return None
+    whole = load_index(layers_dir, layer.digest, entries=False)
+    if whole is not None and whole.compression != ESTARGZ.name:
+        return None
+    return expected, toc_layers_dir(layers_dir, layer.digest, expected)
 
 
 def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest) -> bool:
