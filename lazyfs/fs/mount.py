@@ -183,7 +183,7 @@ def mount(
             if daemon is not None:  # fetched while the mount process loads, not after
                 from lazyfs.cache.tails import ask_tails  # loaded by lazy mounts only
 
-                ask_tails(daemon.cache_dir, store, layers, origins)
+                ask_tails(daemon.cache_dir, store, layers, origins, _toc_start)
             answer = _read_answer(read_end, timeout)
         except BaseException:
             # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.
@@ -204,6 +204,14 @@ def mount(
         raise refused_error(answer[len(REFUSED) :])
     reason = answer.decode(errors="replace").strip() or _last_line(log_path)
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
+
+
+def _toc_start(tail: bytes, size: int) -> int | None:
+    """Where the TOC member of the eStargz blob of ``size`` bytes ending in ``tail`` starts."""
+    from lazyfs.index.estargz_footer import parse_footer
+
+    footer = parse_footer(tail, size)
+    return None if footer is None else footer.toc_offset
 
 
 def _start(

@@ -32,10 +32,11 @@ from providers.errors import BadImage
 
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
-# Enough for the footer and the TOC of a layer of a few thousand files: a
-# reader that asks for this much of the blob's end usually needs no second
-# request for the TOC.
-SUGGESTED_TAIL_SIZE = 1 << 20
+# The footer, and the whole TOC of a small layer. A bigger TOC is a second
+# read (the footer says where it starts): a generous tail would move more
+# bytes than most TOCs hold (1 MiB for a TOC of 84 KB), on a link that a
+# first start waits on.
+SUGGESTED_TAIL_SIZE = 64 << 10
 
 _GZIP_ID = b"\x1f\x8b\x08"  # magic and CM=deflate
 _FLAGS_EXTRA_ONLY = 0x04  # FEXTRA; any other flag would move the fields below

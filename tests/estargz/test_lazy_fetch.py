@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,36 @@ def test_a_layer_with_the_no_prefetch_landmark_gets_no_prefetch(
         at_mount = ranges_of(faults, layer)
         assert at_mount and all(first > 0 for first, _ in at_mount), at_mount
         assert found.used_bytes < len(NOT_PREFETCHED.data) // 2
+
+
+def many_files_blob() -> Blob:
+    """A layer whose TOC is bigger than a first small tail and far smaller than 1 MiB, after
+    a 2 MiB file: a tail read generously would bring much of what lies before the TOC."""
+    rng = random.Random(1)
+    files = [File("big", rng.randbytes(2 << 20)), File("many", type="dir", mode=0o755)]
+    files += [File(f"many/{rng.randbytes(8).hex()}", rng.randbytes(64)) for _ in range(3000)]
+    return write_estargz(files)
+
+
+def test_the_toc_is_all_a_mount_fetches_of_a_layer_with_a_big_toc(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    blob = many_files_blob()
+    toc_at = blob.toc_offset
+    member = len(blob.data) - toc_at
+    assert 64 << 10 < member < 512 << 10  # needs the footer's say, yet is not most of 1 MiB
+    pushed = push_estargz_image(registry.url, "lazy/bigtoc", "v1", [blob])
+    (layer,) = pushed.layers
+    work = tmp_path / "work"
+    with (
+        proxied(registry) as (host, faults),
+        provisioned(work, host, "lazy/bigtoc:v1", background=False),
+    ):
+        found = settled(work / "cache")
+        # The TOC member and the footer, in whole 64 KiB chunks: nothing of the files.
+        assert all(first >= toc_at - (64 << 10) for first, _ in ranges_of(faults, layer))
+        assert found.fetched_bytes <= member + (64 << 10)
 
 
 def _blob_states(cache_dir: Path) -> dict[str, BlobKind]:

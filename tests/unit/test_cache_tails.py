@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lazyfs.cache import tails
 from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.cache.tails import TOCS_DIR, ask_tails, tail_layers
 from providers.digest import Digest
@@ -38,8 +39,51 @@ def test_no_daemon_is_no_error(tmp_path: Path) -> None:
 
 def test_the_tail_asked_ahead_is_the_one_the_index_reads_where_it_keeps_it() -> None:
     """The cache package loads no index code, so it repeats two of its values."""
-    from lazyfs.cache import tails
     from lazyfs.index import estargz_footer, estargz_store
 
     assert tails.TAIL_SIZE == estargz_footer.SUGGESTED_TAIL_SIZE
     assert tails.TOCS_DIR == estargz_store.TOCS_DIR
+
+
+class _Client:
+    """The two calls ``_ask_members`` makes of a cache client: a tail read, a prefetch."""
+
+    def __init__(self, tails: dict[Digest, bytes]) -> None:
+        self.tails = tails
+        self.asked: list[tuple[Digest, int, int]] = []
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        return self.tails[digest]
+
+    def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+        self.asked.append((digest, offset, length))
+        return 1
+
+
+def test_toc_members_before_the_tails_are_asked_for_bounded() -> None:
+    small, big, huge, lying, odd = (_layer(n, size=100 << 20) for n in range(1, 6))
+    starts = {small: (100 << 20) - 1000, big: (100 << 20) - (300 << 10), huge: 0,
+              lying: -5, odd: None}  # fmt: skip
+    client = _Client({layer.digest: layer.digest.encode() for layer in starts})
+    by_tail = {layer.digest.encode(): start for layer, start in starts.items()}
+
+    queued = tails._ask_members(client, list(starts), lambda tail, size: by_tail[tail])  # type: ignore[arg-type]
+
+    tail_start = (100 << 20) - tails.TAIL_SIZE
+    assert queued == 2
+    assert client.asked == [
+        (big.digest, (100 << 20) - (300 << 10), tail_start - ((100 << 20) - (300 << 10))),
+        # A footer is image content: what it makes us fetch ahead is bounded.
+        (huge.digest, tail_start - tails.MAX_TOC_AHEAD, tails.MAX_TOC_AHEAD),
+    ]
+
+
+def test_a_footer_that_cannot_be_read_ends_the_asks_quietly() -> None:
+    first, second = _layer(1), _layer(2)
+    client = _Client({first.digest: b"x", second.digest: b"y"})
+
+    def refuse(tail: bytes, size: int) -> int | None:
+        raise ValueError("no footer")
+
+    assert tails._ask_members(client, [first, second], refuse) == 0  # type: ignore[arg-type]
+    assert client.asked == []
