@@ -40,7 +40,7 @@ from typing import Protocol
 from lazyfs.fs.predict import MAX_FILE_BYTES, MAX_FILES, resolve
 from lazyfs.index.estargz_index import fetch_toc
 from lazyfs.index.estargz_toc import EntryType, Toc, TocEntry
-from lazyfs.index.stored import unindexed_toc
+from lazyfs.index.stored_remote import unindexed_toc
 from lazyfs.tree.merge import ROOT_INO, InodeNo
 from providers.digest import Digest
 from providers.layer_rules import (

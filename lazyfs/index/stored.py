@@ -10,9 +10,10 @@ what it points into: under an flock, each file written to a scratch
 directory and renamed into place, the index last, so a present index.json
 implies its tar copy or checkpoint file is complete (each is fsynced before
 its rename: ``lazyfs.store.atomic``).  It reads them back on every later
-call.  ``ensure_remote_index`` does the same for an eStargz layer whose blob
-is not here, from its footer and TOC read through a ``BlobSource``, and
-keeps it by layer digest and TOC digest (``lazyfs.index.estargz_store``).
+call.  ``lazyfs.index.stored_remote.ensure_remote_index`` does the same
+for an eStargz layer whose blob is not here, from its footer and TOC read
+through a ``BlobSource``, and keeps it by layer digest and TOC digest
+(``lazyfs.index.estargz_store``).
 ``load_index`` and ``check_data_present`` are what a mount process
 serving stored indexes needs: they read, never build.
 
@@ -34,7 +35,6 @@ blob's format.  Blocking.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -44,18 +44,15 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.index.estargz_footer import SUGGESTED_TAIL_SIZE
 from lazyfs.index.formats import ESTARGZ, LayerFormat, build_index, format_named
-from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, LayerData, LayerIndex, dumps, loads
+from lazyfs.index.model import INDEX_NAME, LayerData, LayerIndex, dumps, loads
 from lazyfs.index.published import is_published
 from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
 from providers.errors import BadImage
 from providers.fslock import exclusive_lock
-from providers.manifest import Layer
-from providers.source import BlobSource
 
 if TYPE_CHECKING:
     from lazyfs.index.estargz_chunks import ChunkTable
-    from lazyfs.index.estargz_toc import Toc
     from providers.tar_stream import LayerLimits
 
 
@@ -137,117 +134,11 @@ def ensure_index(
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
             index = build_index(digest, blob, scratch, limits=limits)
-            _store(home, scratch, index)
+            store_files(home, scratch, index)
         finally:
             # Never one cleanup error in place of the build's own.
             shutil.rmtree(scratch, ignore_errors=True)
     return index
-
-
-def ensure_remote_index(
-    layers_dir: Path,
-    tmp_dir: Path,
-    layer: Layer,
-    blobs: BlobSource,
-    *,
-    entries: bool = True,
-    limits: LayerLimits | None = None,
-    tail: int = SUGGESTED_TAIL_SIZE,
-    toc: Toc | None = None,
-) -> LayerIndex | None:
-    """The index of the eStargz layer ``layer``, from its footer and TOC, stored if missing.
-
-    None when the layer is not to be read lazily: its descriptor gives no
-    TOC digest (it is a gzip layer to pull, eStargz or not: an unverifiable
-    TOC is no TOC), or the store holds an index of another format for it
-    (built from its whole blob, which the store then has: ``ensure_index``).
-    Otherwise the footer and TOC are read through ``blobs`` (one range read
-    of the blob's last ``tail`` bytes, a second only for a TOC that starts
-    before them; none when the index is stored), checked against the TOC
-    digest, and the index and its chunk table stored as ``ensure_index``
-    stores an index, so the next call reads them back.  ``entries=False``
-    as for ``ensure_index``.  ``toc``: the TOC, read and checked earlier
-    (``lazyfs.index.estargz_index.fetch_toc``), used in place of reading it.
-
-    Stored by layer digest and TOC digest
-    (``lazyfs.index.estargz_store.remote_layers_dir``: read it back with
-    ``load_index`` and ``check_data_present`` on that layers dir), so an
-    image that names this layer digest with another TOC, hostile or not,
-    neither changes this index nor is refused for it.
-
-    Raises DigestMismatch for a TOC that is not the one the descriptor
-    names; BadImage or UnsafeLayer for a layer indexing refuses (or a TOC
-    digest annotation that is no digest); and what ``blobs.read_range``
-    raises (NotFound, TemporaryFailure).  Nothing is stored then.
-    """
-    from lazyfs.index.estargz_index import build_remote_index  # loads the tar rules
-
-    place = _toc_place(layers_dir, layer)
-    if place is None:
-        return None
-    expected, own = place
-    digest = layer.digest
-    found = load_index(own, digest, entries=entries)
-    if _remote_usable(own, found, expected):
-        return found
-    home = own / hex_part(digest)
-    home.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(home / "lock"):
-        found = load_index(own, digest)
-        if _remote_usable(own, found, expected):
-            return found  # another process built it while we waited
-        index, table = build_remote_index(layer, blobs, expected, tail=tail, limits=limits, toc=toc)
-        text = dump_chunks(table).encode()
-        index = dataclasses.replace(index, checkpoints_size=len(text))
-        scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
-        try:
-            (scratch / CHUNKS_NAME).write_bytes(text)
-            _store(home, scratch, index)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return index
-
-
-def unindexed_toc(layers_dir: Path, layer: Layer) -> Digest | None:
-    """The TOC digest of ``layer`` when ``ensure_remote_index`` would read its TOC: an eStargz
-    layer with no usable index stored yet. None otherwise; cheap (index headers read)."""
-    place = _toc_place(layers_dir, layer)
-    if place is None:
-        return None
-    expected, own = place
-    if _remote_usable(own, load_index(own, layer.digest, entries=False), expected):
-        return None
-    return expected
-
-
-def _toc_place(layers_dir: Path, layer: Layer) -> tuple[Digest, Path] | None:
-    """The TOC digest of ``layer`` and the layers dir of its index from that TOC; None
-    when it has no TOC digest or the store has an index of another format for it."""
-    from lazyfs.index.estargz_store import toc_layers_dir
-
-    expected = toc_digest(dict(layer.annotations))
-    if expected is None:
-        return None
-    whole = load_index(layers_dir, layer.digest, entries=False)
-    if whole is not None and whole.compression != ESTARGZ.name:
-        return None
-    return expected, toc_layers_dir(layers_dir, layer.digest, expected)
-
-
-def _remote_usable(layers_dir: Path, index: LayerIndex | None, expected: Digest) -> bool:
-    """Whether ``index`` is an eStargz index, whole, built from the TOC ``expected``.
-
-    Anything else in the TOC's own place is damage: it is built again.
-    """
-    if index is None or index.compression != ESTARGZ.name:
-        return False
-    try:
-        data = check_data_present(layers_dir, Path(), index)
-        with data.path.open(encoding="utf-8") as stream:
-            stored, _ = source_of(stream.readline())
-    except (BadImage, OSError, ValueError):
-        return False  # built again, its table first
-    return stored == expected
 
 
 def index_source(layers_dir: Path, digest: Digest) -> str:
@@ -276,7 +167,7 @@ def index_source(layers_dir: Path, digest: Digest) -> str:
     return f"{index.compression} {toc}"
 
 
-def _store(home: Path, scratch: Path, index: LayerIndex) -> None:
+def store_files(home: Path, scratch: Path, index: LayerIndex) -> None:
     """Rename the files of ``index``'s format from ``scratch`` into ``home``, then the index."""
     kind = layer_format(index)
     for name in kind.stored_files:

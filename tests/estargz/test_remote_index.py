@@ -17,7 +17,8 @@ from lazyfs.blobs.ranges import TarRangeReader, open_layers
 from lazyfs.index.estargz import SUGGESTED_TAIL_SIZE
 from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerData, LayerIndex
-from lazyfs.index.stored import check_data_present, ensure_remote_index, load_chunk_table
+from lazyfs.index.stored import check_data_present, load_chunk_table
+from lazyfs.index.stored_remote import ensure_remote_index
 from lazyfs.tree.merge import merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import DigestMismatch

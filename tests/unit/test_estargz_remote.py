@@ -26,11 +26,11 @@ from lazyfs.index.model import IndexEntry, Kind, LayerIndex
 from lazyfs.index.stored import (
     check_data_present,
     ensure_index,
-    ensure_remote_index,
     index_path,
     load_chunk_table,
     load_index,
 )
+from lazyfs.index.stored_remote import ensure_remote_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage, DigestMismatch, LazyfsError
@@ -150,8 +150,8 @@ def test_a_hostile_entry_is_refused_as_in_the_tar(
 
 def test_only_the_tail_is_read_when_it_holds_the_toc(store: Store) -> None:
     blob = write_estargz(FILES, chunk_size=20_000)
-    index, blobs = remote(store, blob)
     size = len(blob.data)
+    index, blobs = remote(store, blob, tail=2 * size)
     assert blobs.reads == [(index.digest, 0, size)]  # the blob is smaller than the tail
     tail = size - blob.toc_offset + 100
     _, blobs = remote(Store(store.layers.parent / "s2", store.tmp), blob, tail=tail)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
-from lazyfs.fs.mount_main import _remote_layer
+from lazyfs.fs.mount_layers import remote_layer
 from lazyfs.index.artifact import MAX_SPAN, WINDOW, LayerArtifact, Span, first_byte
 from lazyfs.index.published import PublishedData, load_published
 from lazyfs.store.disk import Store
@@ -176,10 +176,10 @@ def test_a_published_layer_is_held_to_the_layer_limits(built: Built) -> None:
     blobs = Mountable(built.blobs)
     small = LayerLimits(max_size=len(built.tar) - 1)
     with pytest.raises(BadImage, match="unpacks to more than"):
-        _remote_layer(store, built.layer, blobs, entries=True, limits=small)  # type: ignore[arg-type]
+        remote_layer(store, built.layer, blobs, entries=True, limits=small)  # type: ignore[arg-type]
     assert blobs.mounted == []
     enough = LayerLimits(max_size=len(built.tar))
-    index, reader, _ = _remote_layer(store, built.layer, blobs, entries=True, limits=enough)  # type: ignore[arg-type]
+    index, reader, _ = remote_layer(store, built.layer, blobs, entries=True, limits=enough)  # type: ignore[arg-type]
     assert index.tar_size == len(built.tar) and blobs.mounted == [built.digest]
     assert reader.read_range(built.digest, 0, 512) == built.tar[:512]
 

@@ -63,6 +63,7 @@ NOT_LOADED = (
 START_MODULES = {
     "lazyfs",
     "lazyfs.fs",
+    "lazyfs.fs.mount_layers",
     "lazyfs.fs.mount_main",
     "lazyfs.fs.mount_options",
     "lazyfs.fs.mount_wire",
@@ -76,6 +77,7 @@ START_MODULES = {
     "lazyfs.index",
     "lazyfs.index.model",
     "lazyfs.index.stored",
+    "lazyfs.index.stored_remote",
     "lazyfs.index.formats",
     "lazyfs.index.gzip_checkpoints",
     "lazyfs.index.estargz_footer",  # the stored index's tail size; no eStargz code
@@ -120,7 +122,7 @@ from lazyfs.fs.mount_wire import parse_layer_args
 store, *args = sys.argv[1:]
 layers = [parse_layer_args(arg) for arg in args]
 for _ in range(2):
-    indexed = mount_main._index_layers(Path(store), layers, None)
+    indexed = mount_main.index_layers(Path(store), layers, None)
     mount_main._operations(indexed, None, None, no_open=False)
 print("\\n".join(sys.modules))
 """

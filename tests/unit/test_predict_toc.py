@@ -13,7 +13,7 @@ from lazyfs.fs.predict import MAX_FILE_BYTES
 from lazyfs.fs.predict_toc import ask_program, program_span
 from lazyfs.index.estargz_index import fetch_toc
 from lazyfs.index.estargz_toc import Chunk, EntryType, Toc, TocEntry
-from lazyfs.index.stored import ensure_remote_index, unindexed_toc
+from lazyfs.index.stored_remote import ensure_remote_index, unindexed_toc
 from providers.digest import Digest, digest_bytes
 from providers.manifest import OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, Layer
 from tests.support.blob_sources import Prefetching

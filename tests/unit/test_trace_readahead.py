@@ -12,7 +12,8 @@ from lazyfs.blobs.estargz_reader import EstargzChunks
 from lazyfs.blobs.trace_run import Recorder, unrecorded
 from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import Kind
-from lazyfs.index.stored import check_data_present, ensure_remote_index
+from lazyfs.index.stored import check_data_present
+from lazyfs.index.stored_remote import ensure_remote_index
 from lazyfs.index.trace import load_trace
 from providers.digest import Digest, digest_bytes
 from providers.manifest import OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, Layer

@@ -13,7 +13,8 @@ import pytest
 
 from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerIndex
-from lazyfs.index.stored import ensure_index, ensure_remote_index, index_source
+from lazyfs.index.stored import ensure_index, index_source
+from lazyfs.index.stored_remote import ensure_remote_index
 from lazyfs.tree import kept as tree_cache
 from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
