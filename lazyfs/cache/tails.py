@@ -1,7 +1,7 @@
 """The tables of contents of a mount's eStargz layers, asked of the daemon before the mount asks.
 
 A mount process indexes each eStargz layer from its footer and TOC, the
-blob's last bytes (``lazyfs.index.stored.ensure_remote_index``): the first
+blob's last bytes (``lazyfs.index.stored_remote.ensure_remote_index``): the first
 thing it reads, once it has loaded its code, a few tenths of a second after
 it was started. The one who started it knows the layers already: with
 ``ask_tails`` it has the daemon fetch every such layer's tail while the
@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # ``lazyfs.index.estargz_footer.SUGGESTED_TAIL_SIZE``: what the index reads
 # first (this package loads no index code). A TOC past it is read on after.
 TAIL_SIZE = 64 << 10
-# The most of a TOC member asked for ahead: a bigger one is read by the mount as it goes.
+# The most of a TOC member asked for ahead: a bigger one is left to the mount, which
+# refuses a TOC past 128 MiB (``lazyfs.index.estargz_toc.TocLimits``) unread.
 MAX_TOC_AHEAD = 64 << 20
 # ``lazyfs.index.estargz_store.TOCS_DIR``: where the store keeps remote eStargz indexes.
 TOCS_DIR = "estargz-tocs"
@@ -74,7 +75,7 @@ def ask_tails(
 
     With ``toc_start`` (a blob's tail and size -> where its TOC member
     starts, None if it cannot tell), waits for the tails, then asks for the
-    TOC members that start before them.
+    TOC members that start before them (up to ``MAX_TOC_AHEAD`` each).
     """
     wanted = tail_layers(store, layers, origins)
     if not wanted:
@@ -92,7 +93,8 @@ def ask_tails(
     client = CacheClient(cache_dir, blobs, wait=0.0)
     try:
         queued = client.prefetch_tails([layer.digest for layer in wanted], TAIL_SIZE)
-        if queued and toc_start is not None:
+        # Even with none queued: the mount process may have asked for them first.
+        if toc_start is not None:
             queued += _ask_members(client, wanted, toc_start)
         return queued
     finally:
@@ -109,8 +111,8 @@ def _ask_members(
         try:
             # In flight already: all of them arrive in about one round trip.
             start = toc_start(client.read_range(layer.digest, tail_start, TAIL_SIZE), layer.size)
-            if start is not None and 0 <= start < tail_start:
-                start = max(start, tail_start - MAX_TOC_AHEAD)
+            # A footer is image content: a member past the bound is the mount's to refuse.
+            if start is not None and 0 <= start < tail_start <= start + MAX_TOC_AHEAD:
                 queued += client.prefetch(layer.digest, start, tail_start - start)
         except Exception as error:  # the mount reads what it needs, and says why it cannot
             log.info("layer %s: its TOC was not asked for ahead: %s", layer.digest, error)

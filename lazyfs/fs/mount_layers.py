@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
 from lazyfs.index.model import LayerIndex
 from lazyfs.index.stored import check_data_present, ensure_index, load_chunk_table
-from lazyfs.index.stored_remote import ensure_remote_index
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from lazyfs.tree.mapped import tree_kept
@@ -63,7 +62,8 @@ def index_layers(
     """Index each layer the store has no index of yet (once per layer digest).
 
     ``executable``: where the program may be, asked for from the TOCs
-    before indexing on a start that replays no trace (``predict_toc``).
+    before indexing on a start that replays no trace, when every layer is
+    remote (``lazyfs.fs.predict_toc``); each TOC read so is indexed from.
 
     Raises NotFound for a blob the store does not have, BadImage or
     UnsafeLayer for a layer indexing refuses (one past ``limits`` too).
@@ -79,13 +79,12 @@ def index_layers(
         # A trace names the windows blobs of published indexes too: known before it is replayed.
         read_windows_blobs(store.layers, [layer for layer, origin in layers if origin], client)
         recorder = start_trace(client, trace, store.root)  # and traces published beside
-    tocs: dict[Digest, Toc] = {}
-    if client is not None and executable and (trace is None or recorder is not None):
+    tocs: dict[Layer, Toc] = {}
+    replaying = trace is not None and recorder is None
+    if client is not None and executable and not replaying and all(o for _, o in layers):
         from lazyfs.fs.predict_toc import ask_program
 
-        tocs = ask_program(
-            store.layers, [la for la, origin in layers if origin], client, executable
-        )
+        tocs = ask_program(store.layers, [layer for layer, _ in layers], client, executable)
     digests = [layer.digest for layer, _ in layers]
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a
@@ -98,7 +97,7 @@ def index_layers(
     for layer, origin in layers:
         if origin is not None and client is not None:
             indexes[layer.digest], remote[layer.digest], index_dirs[layer.digest] = remote_layer(
-                store, layer, client, entries=whole, limits=limits, toc=tocs.get(layer.digest)
+                store, layer, client, entries=whole, limits=limits, toc=tocs.pop(layer, None)
             )
             continue
         blob = files[layer.digest] = blobs.local_blob(layer)
@@ -163,6 +162,7 @@ def remote_layer(
     # Loaded only with remote layers: it loads the eStargz code.
     from lazyfs.blobs.gzip_remote import open_published  # checks each span it reads
     from lazyfs.index.estargz_store import remote_layers_dir
+    from lazyfs.index.stored_remote import ensure_remote_index
 
     if (published := open_published(store.layers, layer, blobs, entries=entries)) is not None:
         _held_to(limits, layer, published[0])  # as a local or eStargz index is

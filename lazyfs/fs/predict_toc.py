@@ -13,22 +13,25 @@ compressed bytes at once. The mount then indexes from the TOCs it read,
 without reading them again.
 
 A hint and no more: nothing is served from it unverified (chunk reads
-check each chunk against its digest as ever), a guess the merged tree
-would not make costs one file's bytes (at most ``MAX_FILE_BYTES``), and a
-failure of the guess is logged, never the mount's. Only a failure to read
-or check a TOC is raised, as indexing would raise it.
+check each chunk against its digest as ever), a wrong guess costs one
+file's bytes (at most ``MAX_FILE_BYTES``), and a failure of the guess is
+logged, never the mount's. Only a failure to read or check a TOC is
+raised, as indexing would raise it. It is made only when every layer of
+the mount is such an eStargz layer: a layer whose TOC is not read here
+could hide the program, or hold an earlier one on the PATH.
 
 The union (``TocTree``) looks a path up from the top layer down: the
-highest layer holding it gives it, and a whiteout or opaque directory of a
-layer (``providers.layer_rules.hides``) hides what lies below it. A
-directory no TOC names is taken to be there (eStargz layers need not list
-parents). Layers already indexed are not in the union: their TOCs are
-not read here. Paths resolve as in the tree (``lazyfs.fs.predict.resolve``,
-bounded in links and steps: TOC content is hostile).
+highest layer holding it gives it, and a layer hides what lies below it
+under a whiteout, inside an opaque directory, or under a path it holds as
+anything but a directory. A directory no TOC names is taken to be there
+(eStargz layers need not list parents). TOC content is hostile: paths
+resolve as in the tree (``lazyfs.fs.predict.resolve``), within one budget
+of steps for all candidates (``MAX_STEPS``) and ``MAX_DEPTH`` components.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -43,15 +46,7 @@ from lazyfs.index.estargz_toc import EntryType, Toc, TocEntry
 from lazyfs.index.stored_remote import unindexed_toc
 from lazyfs.tree.merge import ROOT_INO, InodeNo
 from providers.digest import Digest
-from providers.layer_rules import (
-    WHITEOUT_PREFIX,
-    Action,
-    RelPath,
-    Rule,
-    classify,
-    hardlink_target,
-    hides,
-)
+from providers.layer_rules import WHITEOUT_PREFIX, Action, RelPath, classify, hardlink_target
 from providers.manifest import Layer
 from providers.source import BlobSource
 
@@ -73,6 +68,10 @@ class Prefetcher(BlobSource, Protocol):
     def prefetch(self, digest: Digest, offset: int, length: int) -> int: ...
 
 
+MAX_STEPS = 10_000  # path components walked for all candidates together
+MAX_DEPTH = 64  # components of one path: deeper ones are no program's
+
+
 @dataclass(frozen=True, slots=True)
 class _Node:
     ino: InodeNo
@@ -86,7 +85,14 @@ class _Node:
 class _Layer:
     digest: Digest
     entries: dict[RelPath, TocEntry]
-    hiding: tuple[Rule, ...]  # its whiteouts and opaque directories
+    whiteouts: frozenset[RelPath]  # what a whiteout hides, with all below it
+    opaque: frozenset[RelPath]  # directories whose lower contents are hidden
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    path: RelPath
+    hidden: tuple[bool, ...]  # by layer, top first: it hides this path from the layers below
 
 
 class TocTree:
@@ -94,14 +100,14 @@ class TocTree:
 
     def __init__(self, layers: Sequence[tuple[Digest, Toc]]) -> None:
         self._layers = [_layer(digest, toc) for digest, toc in reversed(layers)]  # top first
-        self._paths: list[RelPath] = [(), ()]  # by inode number; 1 is the root
+        root = _Place((), tuple(False for _ in self._layers))
+        self._places: list[_Place] = [root, root]  # by inode number; 1 is the root
         self._numbers: dict[RelPath, InodeNo] = {(): ROOT_INO}
 
     def inode(self, ino: int) -> _Node | None:
-        if not 0 < ino < len(self._paths):
+        if not 0 < ino < len(self._places):
             return None
-        path = self._paths[ino]
-        found = self._find(path)
+        found = self._find(self._places[ino])
         if found is None:
             # Named by no layer, or hidden: a directory eStargz need not list, as a guess.
             return _Node(InodeNo(ino), stat.S_IFDIR | 0o755)
@@ -113,26 +119,36 @@ class TocTree:
         return _Node(InodeNo(ino), kind | entry.mode, target, layer.digest, entry)
 
     def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None:
-        if not 0 < parent < len(self._paths):
+        if not 0 < parent < len(self._places):
             return None
-        path = (*self._paths[parent], os.fsdecode(name))
+        above = self._places[parent]
+        if len(above.path) >= MAX_DEPTH:
+            return None
+        path = (*above.path, os.fsdecode(name))
         number = self._numbers.get(path)
         if number is None:
-            number = self._numbers[path] = InodeNo(len(self._paths))
-            self._paths.append(path)
+            hidden = tuple(
+                was or path in layer.whiteouts or above.path in layer.opaque
+                # A file or link in a layer hides a lower directory's contents.
+                or (above.path in layer.entries
+                    and layer.entries[above.path].type is not EntryType.DIR)
+                for was, layer in zip(above.hidden, self._layers, strict=True)
+            )  # fmt: skip
+            number = self._numbers[path] = InodeNo(len(self._places))
+            self._places.append(_Place(path, hidden))
         return number
 
     def parent(self, directory: int) -> InodeNo:
-        path = self._paths[directory] if 0 < directory < len(self._paths) else ()
+        path = self._places[directory].path if 0 < directory < len(self._places) else ()
         return self._numbers.get(path[:-1], ROOT_INO)
 
-    def _find(self, path: RelPath) -> tuple[_Layer, TocEntry] | None:
-        """The layer giving ``path`` and its entry there; None if none does."""
-        for layer in self._layers:
-            entry = layer.entries.get(path)
+    def _find(self, place: _Place) -> tuple[_Layer, TocEntry] | None:
+        """The layer giving ``place`` and its entry there; None if none does."""
+        for layer, hides_below in zip(self._layers, place.hidden, strict=True):
+            entry = layer.entries.get(place.path)
             if entry is not None:
                 return layer, entry
-            if any(hides(rule, path) for rule in layer.hiding):
+            if hides_below:
                 return None
         return None
 
@@ -145,14 +161,16 @@ class TocTree:
 
 def _layer(digest: Digest, toc: Toc) -> _Layer:
     entries = {entry.path: entry for entry in toc.entries}
-    hiding = []
+    whiteouts, opaque = set(), set()
     for path in entries:
         # The cheap test first: few names are whiteouts, and classifying all is not free.
         if path and path[-1].startswith(WHITEOUT_PREFIX):
             rule = classify(path, layer=str(digest), entry="/".join(path))
-            if rule.action in (Action.WHITEOUT, Action.OPAQUE):
-                hiding.append(rule)
-    return _Layer(digest, entries, tuple(hiding))
+            if rule.action is Action.WHITEOUT:
+                whiteouts.add(rule.path)
+            elif rule.action is Action.OPAQUE:
+                opaque.add(rule.path)
+    return _Layer(digest, entries, frozenset(whiteouts), frozenset(opaque))
 
 
 def program_span(
@@ -161,8 +179,9 @@ def program_span(
     """Where the first of ``candidates`` that is an executable regular file lies: its layer's
     digest, and the offset and length of its compressed bytes (at most ``MAX_FILE_BYTES``)."""
     tree = TocTree(layers)
+    steps = itertools.count()
     for path in candidates[:MAX_FILES]:
-        found = resolve(tree, os.fsencode(path))
+        found = resolve(tree, os.fsencode(path), lambda: next(steps) < MAX_STEPS)
         node = None if found is None else tree.inode(found)
         if node is None or not stat.S_ISREG(node.mode) or node.entry is None:
             continue
@@ -182,22 +201,24 @@ def ask_program(
     layers: Sequence[Layer],
     blobs: Prefetcher,
     executable: Sequence[str],
-) -> dict[Digest, Toc]:
-    """The TOCs of the unindexed eStargz ``layers`` (bottom first), read and checked; the
+) -> dict[Layer, Toc]:
+    """The TOCs of ``layers`` (the mount's, bottom first), read and checked, by layer; the
     program among ``executable`` found in them asked of ``blobs`` meanwhile.
 
-    Raises what ``fetch_toc`` raises for a TOC that cannot be read or is not
-    the one its descriptor names; nothing for the guess.
+    Nothing is read, and {} given, unless every layer is an eStargz layer
+    with no index stored yet. Raises what ``fetch_toc`` raises for a TOC
+    that cannot be read or is not the one its descriptor names; nothing
+    for the guess.
     """
-    tocs: dict[Digest, Toc] = {}
-    for layer in layers:
-        expected = unindexed_toc(layers_dir, layer)
-        if expected is not None:
-            tocs[layer.digest] = fetch_toc(layer, blobs, expected)
-    if not tocs or not executable:
-        return tocs
+    expected = [unindexed_toc(layers_dir, layer) for layer in layers]
+    if not executable or not layers or any(digest is None for digest in expected):
+        return {}
+    tocs: dict[Layer, Toc] = {}
+    for layer, digest in zip(layers, expected, strict=True):
+        if digest is not None:
+            tocs[layer] = fetch_toc(layer, blobs, digest)
     try:
-        span = program_span(list(tocs.items()), executable)
+        span = program_span([(layer.digest, toc) for layer, toc in tocs.items()], executable)
         if span is not None:
             log.debug(
                 "asking for the program early: %d bytes at %d of %s", span[2], span[1], span[0]

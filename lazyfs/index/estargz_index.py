@@ -3,9 +3,9 @@
 ``build_remote_index(layer, blobs, expected)``:
 
 1. reads the blob's last ``tail`` bytes (``SUGGESTED_TAIL_SIZE``: one range
-   read holds the footer and, for most layers, the whole TOC member) and,
+   read holds the footer and, for a small layer, the whole TOC member) and,
    only when the TOC member starts before them, one more read of the bytes
-   between the member's start and the tail;
+   between the member's start and the tail (or uses a TOC read so before);
 2. checks the TOC against ``expected``, the digest the layer descriptor's
    ``containerd.io/snapshot/stargz/toc.digest`` annotation promises, before
    parsing it (``lazyfs.index.estargz.read_toc``);

@@ -1,6 +1,6 @@
 """Where the store keeps the index of an eStargz layer read from a registry: by layer and TOC.
 
-An eStargz index built by range reads (``lazyfs.index.stored.ensure_remote_index``)
+An eStargz index built by range reads (``lazyfs.index.stored_remote.ensure_remote_index``)
 was checked against the TOC digest of the descriptor that named the layer,
 never against the layer digest: until the whole blob has arrived, nothing
 ties the bytes a registry served for a digest to that digest.  So any image

@@ -14,7 +14,7 @@ beside the index for it (``<layers_dir>/<hex>/``):
   middle, so there is nothing to checkpoint;
 - ``ESTARGZ``: the blob need not be here at all.  Its index is built from
   its footer and TOC, read by range (``lazyfs.index.estargz_index``, through
-  ``lazyfs.index.stored.ensure_remote_index``), its offsets are in the
+  ``lazyfs.index.stored_remote.ensure_remote_index``), its offsets are in the
   layer's data space rather than its tar stream, and ``estargz-chunks``
   maps that space onto the blob's chunks
   (``lazyfs.index.estargz_chunks``), read through a ``BlobSource``.
@@ -195,7 +195,7 @@ class _Estargz:
     ) -> LayerIndex:
         raise BadImage(
             f"layer {digest}: an eStargz index is built from its TOC and its descriptor"
-            " (lazyfs.index.stored.ensure_remote_index), not from a local blob"
+            " (lazyfs.index.stored_remote.ensure_remote_index), not from a local blob"
         )
 
     def layer_data(self, home: Path, blob: Path) -> LayerData:

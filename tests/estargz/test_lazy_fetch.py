@@ -24,11 +24,22 @@ import pytest
 
 from lazyfs.cache.client import status
 from lazyfs.cache.messages import BlobKind, StatusOk
-from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon, wait_for
+from lazyfs.cache.remote import RemoteOrigin
+from lazyfs.cache.tails import ask_tails
+from lazyfs.fs import mount
+from providers.digest import Digest
+from providers.manifest import OCI_LAYER_GZIP, Layer
+from tests.support.cache_daemons import (
+    daemon_status,
+    kill_recorded,
+    recorded_daemon,
+    run_daemon,
+    wait_for,
+)
 from tests.support.estargz_writer import Blob, File, write_estargz
 from tests.support.fault_proxy import Faults, run_proxy
 from tests.support.fuse_mounts import need_fuse
-from tests.support.lazy_images import diff_id, lazyfs, push_estargz_image
+from tests.support.lazy_images import TOC_ANNOTATION, diff_id, lazyfs, push_estargz_image
 from tests.support.registry_servers import Registry, run_registry
 
 A = os.urandom(1536 << 10)
@@ -152,10 +163,10 @@ def test_a_layer_with_the_no_prefetch_landmark_gets_no_prefetch(
         assert found.used_bytes < len(NOT_PREFETCHED.data) // 2
 
 
-def many_files_blob() -> Blob:
+def many_files_blob(seed: int = 1) -> Blob:
     """A layer whose TOC is bigger than a first small tail and far smaller than 1 MiB, after
     a 2 MiB file: a tail read generously would bring much of what lies before the TOC."""
-    rng = random.Random(1)
+    rng = random.Random(seed)
     files = [File("big", rng.randbytes(2 << 20)), File("many", type="dir", mode=0o755)]
     files += [File(f"many/{rng.randbytes(8).hex()}", rng.randbytes(64)) for _ in range(3000)]
     return write_estargz(files)
@@ -180,6 +191,28 @@ def test_the_toc_is_all_a_mount_fetches_of_a_layer_with_a_big_toc(
         # The TOC member and the footer, in whole 64 KiB chunks: nothing of the files.
         assert all(first >= toc_at - (64 << 10) for first, _ in ranges_of(faults, layer))
         assert found.fetched_bytes <= member + (64 << 10)
+
+
+def test_the_mounting_command_asks_for_every_layers_toc_before_the_mount_reads_one(
+    registry: Registry, tmp_path: Path
+) -> None:
+    blobs = [many_files_blob(1), many_files_blob(2)]
+    pushed = push_estargz_image(registry.url, "lazy/asktocs", "v1", blobs)
+    layers = [
+        Layer(Digest(digest), OCI_LAYER_GZIP, size, None, ((TOC_ANNOTATION, blob.toc_digest),))
+        for digest, size, blob in zip(pushed.layers, pushed.sizes, blobs, strict=True)
+    ]
+    cache = tmp_path / "cache"
+    with proxied(registry) as (host, faults), run_daemon(tmp_path / "work", cache):
+        origins = {layer.digest: RemoteOrigin(host, "lazy/asktocs") for layer in layers}
+        # What the command that mounts does while its mount process starts: no mount reads.
+        assert ask_tails(cache, tmp_path / "store", layers, origins, mount._toc_start) > 0
+        settled(cache)
+        for layer, blob in zip(layers, blobs, strict=True):
+            asked = ranges_of(faults, layer.digest)
+            # Each TOC member whole, from where its footer says, and nothing before it.
+            assert min(first for first, _ in asked) == blob.toc_offset // (64 << 10) * (64 << 10)
+            assert max(last for _, last in asked) == layer.size - 1
 
 
 def _blob_states(cache_dir: Path) -> dict[str, BlobKind]:

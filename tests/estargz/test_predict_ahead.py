@@ -130,3 +130,48 @@ def test_the_program_the_container_runs_is_read_ahead_with_what_it_loads_before_
             wait_for(lambda: _asked(faults, layer, app), "the program to be fetched")
             wait_for(lambda: _asked(faults, layer, lib), "its library to be fetched")
             wait_for(lambda: _asked(faults, layer, ld), "its interpreter to be fetched")
+
+
+BIG = os.urandom(3 << 20)
+# /bin is the base layer's link to usr/bin; the program is in the layer above, in chunks.
+BASE = write_estargz([
+    File("usr", type="dir", mode=0o755),
+    File("usr/bin", type="dir", mode=0o755),
+    File("bin", type="symlink", link="usr/bin"),
+    File("usr/share", type="dir", mode=0o755),
+    File("usr/share/filler", os.urandom(1 << 20)),
+])  # fmt: skip
+TOP = write_estargz([File("usr/bin/big", BIG, mode=0o755)], chunk_size=256 << 10)
+
+
+def _one_request_covers(faults: Faults, digest: str, first: int, last: int) -> bool:
+    with faults.lock:
+        seen = list(faults.seen)
+    for path, headers in seen:
+        if path.endswith(f"/blobs/{digest}") and "Range" in headers:
+            start, end = headers["Range"].removeprefix("bytes=").split("-")
+            if int(start) <= first and last <= int(end):
+                return True
+    return False
+
+
+def test_the_program_is_asked_for_whole_from_the_tocs_on_a_first_start(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    config = {"Cmd": ["big"], "Env": ["PATH=/bin"]}
+    blobs = (BASE, TOP)
+    layers = [(b.data, {TOC_ANNOTATION: b.toc_digest}) for b in blobs]
+    _, top = push_oci_image(registry.url, "predict/early", "v1", layers,
+                            [diff_id(b) for b in blobs], config)  # fmt: skip
+    # Its chunks run from its first to the TOC (the landmark comes first in the layer); the
+    # blob's last 64 KiB, its footer and TOC, hold its end.
+    start, end = _offset(TOP, "usr/bin/big"), len(TOP.data) - (128 << 10)
+    faults = Faults()
+    with run_proxy(registry.url, faults) as url:
+        host = url.removeprefix("http://")
+        with _provisioned(tmp_path / "work", host, "predict/early:v1") as rootfs:
+            # One prefetch of the whole file, as its TOC places it: not piece by piece.
+            wait_for(lambda: _one_request_covers(faults, top, start, end),
+                     "the program to be asked for in one request")  # fmt: skip
+            assert (rootfs / "usr/bin/big").read_bytes() == BIG

@@ -77,7 +77,6 @@ START_MODULES = {
     "lazyfs.index",
     "lazyfs.index.model",
     "lazyfs.index.stored",
-    "lazyfs.index.stored_remote",
     "lazyfs.index.formats",
     "lazyfs.index.gzip_checkpoints",
     "lazyfs.index.estargz_footer",  # the stored index's tail size; no eStargz code

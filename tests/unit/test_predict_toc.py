@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyfs.fs.predict import MAX_FILE_BYTES
-from lazyfs.fs.predict_toc import ask_program, program_span
+from lazyfs.fs.predict_toc import MAX_DEPTH, ask_program, program_span
 from lazyfs.index.estargz_index import fetch_toc
 from lazyfs.index.estargz_toc import Chunk, EntryType, Toc, TocEntry
 from lazyfs.index.stored_remote import ensure_remote_index, unindexed_toc
 from providers.digest import Digest, digest_bytes
+from providers.errors import DigestMismatch
 from providers.manifest import OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, Layer
 from tests.support.blob_sources import Prefetching
 from tests.support.estargz_writer import Blob, File, write_estargz
@@ -102,6 +104,31 @@ def test_the_bytes_asked_for_are_bounded() -> None:
     assert program_span([(LOWER, huge)], ["/bin/python3"]) == (LOWER, 1000, MAX_FILE_BYTES)
 
 
+def test_a_file_or_link_above_hides_a_lower_directory_s_contents() -> None:
+    lower = toc(reg("usr/bin/python3", 100, 200))
+    middle = toc(other("usr", EntryType.REG))  # usr is a file here
+    top = toc(other("usr"), other("usr/bin"))  # and a new directory here
+    layers = [(LOWER, lower), (UPPER, middle), (TOP, top)]
+    assert program_span(layers, ["/usr/bin/python3"]) is None
+    assert program_span([(LOWER, lower), (TOP, top)], ["/usr/bin/python3"]) == (LOWER, 100, 100)
+
+
+def test_one_budget_of_steps_for_all_candidates() -> None:
+    # Each walk of /l follows links of 800 "d/.." pairs until the walk's own bound ends it.
+    burn = "d/../" * 800
+    layer = toc(link("l", burn + "m"), link("m", burn + "n"), link("n", burn + "l"),
+                reg("bin/real", 5, 9))  # fmt: skip
+    assert program_span([(LOWER, layer)], ["/bin/real"]) == (LOWER, 5, 4)
+    assert program_span([(LOWER, layer)], ["/l", "/bin/real"]) == (LOWER, 5, 4)
+    assert program_span([(LOWER, layer)], ["/l", "/l", "/l", "/bin/real"]) is None
+
+
+def test_paths_deeper_than_any_program_s_are_not_walked() -> None:
+    deep = "/".join(["d"] * MAX_DEPTH)
+    layer = toc(reg(f"{deep}/tool", 5, 9), reg("bin/tool", 20, 30))
+    assert program_span([(LOWER, layer)], [f"/{deep}/tool", "/bin/tool"]) == (LOWER, 20, 10)
+
+
 # Any tree of links, directories and files: an answer is one of its files' spans.
 _NAMES = st.sampled_from(["bin", "usr", "a", "python3", "..", "."])
 _PATHS = st.lists(_NAMES, min_size=1, max_size=4).map("/".join)
@@ -152,19 +179,19 @@ def test_the_program_is_asked_for_and_each_toc_read_once(tmp_path: Path) -> None
 
     tocs = ask_program(layers_dir, [base, app], blobs, ["/sbin/tool", "/bin/tool"])
 
-    assert set(tocs) == {base.digest, app.digest}
-    chunks = next(e for e in tocs[app.digest].entries if e.name == "usr/bin/tool").chunks
+    assert set(tocs) == {base, app}
+    chunks = next(e for e in tocs[app].entries if e.name == "usr/bin/tool").chunks
     asked = ("prefetch", app.digest, chunks[0].offset, chunks[-1].end - chunks[0].offset)
     assert asked in blobs.events
-    assert tocs[app.digest] == fetch_toc(app, blobs, Digest(app_blob.toc_digest))
+    assert tocs[app] == fetch_toc(app, blobs, Digest(app_blob.toc_digest))
 
     # Indexing from the TOCs read reads none of them again.
     blobs.events.clear()
-    for layer in (base, app):
-        found = ensure_remote_index(layers_dir, tmp, layer, blobs, toc=tocs[layer.digest])
-        assert found is not None
+    found = ensure_remote_index(layers_dir, tmp, app, blobs, toc=tocs[app])
+    assert found is not None
     assert blobs.events == []
-    # Indexed now: the next mount reads no TOC ahead, and asks for nothing.
+    # One layer indexed now: a layer whose TOC is not read here could hide the program, or
+    # hold one earlier on the PATH, so no guess is made, and no TOC is read for it.
     assert unindexed_toc(layers_dir, app) is None
     assert ask_program(layers_dir, [base, app], blobs, ["/bin/tool"]) == {}
     assert blobs.events == []
@@ -173,6 +200,21 @@ def test_the_program_is_asked_for_and_each_toc_read_once(tmp_path: Path) -> None
 def test_no_program_asked_for_without_candidates_or_when_none_is_found(tmp_path: Path) -> None:
     app, app_blob = estargz_layer([File("usr/bin/tool", b"x" * 5000, mode=0o644)])
     blobs = Prefetching({app.digest: app_blob.data})
-    assert set(ask_program(tmp_path, [app], blobs, [])) == {app.digest}
-    assert set(ask_program(tmp_path, [app], blobs, ["/usr/bin/tool"])) == {app.digest}
+    assert ask_program(tmp_path, [app], blobs, []) == {}  # nothing to guess: read when indexed
+    assert set(ask_program(tmp_path, [app], blobs, ["/usr/bin/tool"])) == {app}
     assert [e for e in blobs.events if e[0] == "prefetch"] == []
+
+
+def test_a_layer_named_again_with_another_toc_digest_is_refused_as_indexing_refuses_it(
+    tmp_path: Path,
+) -> None:
+    one, one_blob = estargz_layer([File("bin/tool", b"1" * 5000, mode=0o755)])
+    other_blob = write_estargz([File("bin/tool", b"2" * 5000, mode=0o755)], chunk_size=4096)
+    # The same layer digest, another TOC digest: a hostile image may name them so.
+    other = Layer(one.digest, one.media_type, one.size, None,
+                  ((TOC_DIGEST_ANNOTATION, other_blob.toc_digest),))  # fmt: skip
+    blobs = Prefetching({one.digest: one_blob.data})
+    tocs = ask_program(tmp_path, [one], blobs, ["/bin/tool"])
+    assert set(tocs) == {one}
+    with pytest.raises(DigestMismatch):
+        ask_program(tmp_path, [one, other], blobs, ["/bin/tool"])
