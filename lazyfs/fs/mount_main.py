@@ -248,7 +248,7 @@ def _operations(
     sources = tuple(index_source(homes[d], d) for d in indexed.digests)
     tree = mount_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
     # A local layer indexed as eStargz earlier (it was remote then) reads its chunks here.
-    local = open_layers(data, StoreBlobs(Store(layers_dir.parent)))
+    local = open_layers(data, StoreBlobs(Store(layers_dir.parent)), now=True)  # no thread later
     source = ByLayer({d: indexed.remote.get(d, local) for d in indexed.digests})
     if upper is None:
         read_only = NoOpenReadOnlyOperations if no_open else ReadOnlyOperations
