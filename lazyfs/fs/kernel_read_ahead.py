@@ -1,4 +1,4 @@
-"""The kernel's read-ahead on a mount, raised once its FUSE init exchange is over.
+"""The kernel's read-ahead on a mount, raised as the mount answers the kernel's INIT.
 
 A new FUSE mount starts with an empty page cache, so a container's first
 run sends a read for every window of a library or program it touches;
