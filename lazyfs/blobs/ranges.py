@@ -100,6 +100,12 @@ class LocalTars:
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         return pread_all(self._fd(digest), length, offset)
 
+    def open_all(self) -> None:
+        """Open every layer's file now: blocking, for a caller that may wait (a mount, before
+        it serves), so that even a layer's first read may be answered by ``read_resident``."""
+        for digest in self._paths:
+            self._fd(digest)
+
     def read_resident(self, digest: Digest, offset: int, length: int) -> bytes | None:
         """The range whole if the page cache holds all of it now; else None (``ResidentReader``).
 
@@ -145,6 +151,12 @@ class ByLayer:
         resident = self._resident.get(digest)
         return None if resident is None else resident(digest, offset, length)
 
+    def open_all(self) -> None:
+        """``open_all`` of each reader that has it (``LocalTars``); the others open as they read."""
+        for reader in {id(reader): reader for reader in self._readers.values()}.values():
+            if isinstance(reader, LocalTars):
+                reader.open_all()
+
 
 def _resident_of(reader: object) -> Callable[[Digest, int, int], bytes | None] | None:
     """``reader.read_resident`` if it is a ``ResidentReader``, else None."""
@@ -152,15 +164,17 @@ def _resident_of(reader: object) -> Callable[[Digest, int, int], bytes | None] |
 
 
 def open_layers(
-    layers: Mapping[Digest, LayerData], blobs: BlobSource | None = None
+    layers: Mapping[Digest, LayerData], blobs: BlobSource | None = None, *, now: bool = False
 ) -> TarRangeReader:
     """One reader for the layers' streams, each read from where ``layers`` says.
 
     ``blobs`` serves the blobs of eStargz layers (``LayerData.chunks``) by
     range: a registry client, the cache daemon's client, or the store for
     local blobs; ValueError when such a layer is given without it.  Opens
-    nothing yet: descriptors, gzip handles and chunk tables are opened on
-    first read.
+    nothing yet (descriptors, gzip handles and chunk tables are opened on
+    first read), but with ``now`` the files of plain tar layers, whose
+    reads may then all be answered in the event loop (``ByLayer.open_all``;
+    OSError if one cannot be opened).
     """
     chunked = {digest: data.path for digest, data in layers.items() if data.chunks}
     if chunked and blobs is None:
@@ -184,7 +198,10 @@ def open_layers(
 
         remote = EstargzChunks(chunked, blobs)
         readers.update(dict.fromkeys(chunked, remote))
-    return ByLayer(readers)
+    found = ByLayer(readers)
+    if now:
+        found.open_all()
+    return found
 
 
 class ChunkCache:

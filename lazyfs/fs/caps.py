@@ -13,11 +13,15 @@ skips opens since Linux 4.20 and opendirs since 5.1.
 it works; ``0``, today's path with handles; ``1``, the no-open path or a
 clear error where it cannot work (tests use both to run on each path).
 
-Apart from that path, ``cache_symlinks`` asks the kernel to keep the targets
-``readlink`` answers (``FUSE_CAP_CACHE_SYMLINKS``, Linux 4.20), on both
-paths and both views: no symlink of a mount ever changes its target (a new
-target is a new inode, on a writable mount too), and a container's start
-resolves the same few (``/lib``, ``/bin``, ``python3``) again and again.
+Apart from that path, ``read_ahead`` has the mount read ahead a larger
+window than the kernel's default (``lazyfs.fs.kernel_read_ahead``), from
+its first request on where pyfuse3 can answer INIT with it (patch 0004,
+``Operations.max_readahead``), else from soon after.  And
+``cache_symlinks`` asks the kernel to keep the targets ``readlink``
+answers (``FUSE_CAP_CACHE_SYMLINKS``, Linux 4.20), on both paths and both
+views: no symlink of a mount ever changes its target (a new target is a
+new inode, on a writable mount too), and a container's start resolves
+the same few (``/lib``, ``/bin``, ``python3``) again and again.
 The pyfuse3 that ``scripts/setup`` builds has ``Operations.enable_cache_symlinks``
 for it (patch 0002); a stock one has not and never sees the attribute, so
 its mounts answer every readlink as before.
@@ -28,10 +32,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 
 import pyfuse3
 
+from lazyfs.fs import kernel_read_ahead
 from providers.errors import UsageError
 
 ENV = "LAZYFS_FUSE_NO_OPEN"
@@ -101,3 +107,19 @@ def cache_symlinks(ops: pyfuse3.Operations, module: ModuleType = pyfuse3) -> boo
         return False
     setattr(ops, CACHE_SYMLINKS, True)  # read by pyfuse3 when the kernel's init comes
     return True
+
+
+def pyfuse3_answers_read_ahead(module: ModuleType = pyfuse3) -> bool:
+    """Whether ``module`` (pyfuse3) answers INIT with ``Operations.max_readahead`` (patch 0004)."""
+    return hasattr(getattr(module, "Operations", None), kernel_read_ahead.MAX_READAHEAD)
+
+
+def read_ahead(
+    ops: pyfuse3.Operations, mountpoint: Path, kib: int = kernel_read_ahead.READ_AHEAD_KIB
+) -> None:
+    """Have the mount of ``ops`` read ahead ``kib`` KiB (``lazyfs.fs.kernel_read_ahead``).
+
+    From its first request on where pyfuse3 can answer INIT with it, else
+    from soon after.  Call before the mount.
+    """
+    kernel_read_ahead.after_init(ops, mountpoint, kib, answered=pyfuse3_answers_read_ahead())

@@ -98,7 +98,7 @@ def _operations(
     sources = tuple(index_source(homes[d], d) for d in indexed.digests)
     tree = mount_tree(layers_dir, indexed.digests, whole_indexes, sources=sources)
     # A local layer indexed as eStargz earlier (it was remote then) reads its chunks here.
-    local = open_layers(data, StoreBlobs(Store(layers_dir.parent)))
+    local = open_layers(data, StoreBlobs(Store(layers_dir.parent)), now=True)  # no thread later
     source = ByLayer({d: indexed.remote.get(d, local) for d in indexed.digests})
     if upper is None:
         read_only = NoOpenReadOnlyOperations if no_open else ReadOnlyOperations
@@ -206,6 +206,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 from lazyfs.fs.debug import log_requests
 
                 log_requests(ops)
+            fuse_caps.read_ahead(ops, args.mountpoint)  # a larger window, from INIT on
             options = mount_options(writable=args.upper is not None, suid=args.suid, dev=args.dev)
             pyfuse3.init(ops, str(args.mountpoint), options)
         except Exception as error:
@@ -213,10 +214,9 @@ def _main(argv: Sequence[str] | None) -> int:
             _answer(ready, f"{type(error).__name__}: {error}\n".encode())
             return 1
         path = "no-open" if no_open else f"open ({fuse_caps.why_not() or fuse_caps.ENV}=0)"
-        inodes = len(ops.tree.inodes)
         log.info(
             "serving %s (%d inodes) on the %s path, symlink targets %s",
-            *(args.mountpoint, inodes, path, symlinks),
+            *(args.mountpoint, len(ops.tree.inodes), path, symlinks),
         )
         if not _answer(ready, READY):
             log.info("the caller is gone: unmounting %s", args.mountpoint)

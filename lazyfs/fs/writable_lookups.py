@@ -45,6 +45,13 @@ class LookupCounts:
 
     def add(self, ino: int, count: int = 1) -> None:
         """``ino`` was given to the kernel ``count`` more times."""
+        # Once per entry a lookup or readdir answers: the common case first.
+        # A dense count is never kept in the dict as well (a cell moved there holds 0).
+        if 0 <= ino < self._size:
+            cell = self._dense[ino]
+            if cell + count <= _CELL_MAX and (cell or ino not in self._sparse):
+                self._dense[ino] = cell + count
+                return
         self._set(ino, self.get(ino) + count)
 
     def take(self, ino: int, count: int) -> int:

@@ -120,9 +120,27 @@ class WritableNames(pyfuse3.Operations):
             rest = self.upper.tree.entries(directory.ino, max(start - len(dots), 0))
             entries = enumerate(itertools.chain(dots[start:], rest), start)
         for position, (name, child) in entries:
-            found = self.upper.peek(child)
-            if found is not None:
-                yield position, pyfuse3.FileNameT(name), self.attributes(found)
+            entry = self._entry_of(child)
+            if entry is not None:
+                yield position, pyfuse3.FileNameT(name), entry
+
+    def _entry_of(self, ino: int) -> pyfuse3.EntryAttributes | None:
+        """``attributes(upper.peek(ino))``, None where that is None.
+
+        A tree inode without a node is answered from its record alone
+        (``LowerTree.stat``): a readdir answers every entry of a directory,
+        and making each one's ``Inode`` was most of its cost.
+        """
+        node = self.upper.kept(ino)
+        if node is not None:
+            return self.attributes(node)
+        found = self.upper.tree.stat(ino)
+        if found is None:
+            return None
+        mode, nlink, uid, gid, size, mtime_ns, rdev = found
+        return entry_attributes(
+            ino, mode, nlink, uid, gid, size, (mtime_ns,) * 3, rdev=rdev, timeout=TIMEOUT
+        )
 
     def snapshot(self, directory: Node | Inode) -> Listing | None:
         """What a listing of ``directory`` from its start reads: None for the tree's own.

@@ -9,7 +9,9 @@ and belongs to the caller.  ``as_lower`` gives the same interface over a
 could not keep its packed file), with the same answers.
 
 Contracts, for either: inode numbers are 1..``max_ino()``, the root is
-``ROOT_INO``; ``inode`` is None for a number not in the tree; ``entries``,
+``ROOT_INO``; ``inode`` is None for a number not in the tree, and so is
+``stat``, which is ``stat_of(inode(ino))`` without making the ``Inode`` (a
+readdir asks it of every entry); ``entries``,
 ``child_count`` and ``parent`` raise KeyError for an inode that is no
 directory; ``names_of`` gives every (directory, name) of an inode in
 (directory, listing) order, () for the root, KeyError for a number not in
@@ -24,6 +26,8 @@ from typing import Protocol
 from lazyfs.tree.merge import ROOT_INO, Inode, InodeNo, MergedTree
 
 Names = tuple[tuple[InodeNo, bytes], ...]
+# What an entry's attributes are made of: mode, nlink, uid, gid, size, mtime_ns, rdev.
+Stat = tuple[int, int, int, int, int, int, int]
 
 
 class LowerTree(Protocol):
@@ -33,6 +37,8 @@ class LowerTree(Protocol):
     def inodes(self) -> Mapping[InodeNo, Inode]: ...
 
     def inode(self, ino: int) -> Inode | None: ...
+
+    def stat(self, ino: int) -> Stat | None: ...
 
     def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None: ...
 
@@ -68,6 +74,10 @@ class MergedLower:
 
     def inode(self, ino: int) -> Inode | None:
         return self.merged.inodes.get(InodeNo(ino))
+
+    def stat(self, ino: int) -> Stat | None:
+        found = self.merged.inodes.get(InodeNo(ino))
+        return None if found is None else stat_of(found)
 
     def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None:
         return self.merged.lookup(parent, name)
@@ -110,9 +120,14 @@ class MergedLower:
         return self._names
 
 
+def stat_of(inode: Inode) -> Stat:
+    """What ``LowerTree.stat`` answers for ``inode``."""
+    return (inode.mode, inode.nlink, inode.uid, inode.gid, inode.size, inode.mtime_ns, inode.rdev)
+
+
 def as_lower(tree: MergedTree | LowerTree) -> LowerTree:
     """``tree`` as a ``LowerTree``: a ``MergedTree`` wrapped, any other as it is."""
     return MergedLower(tree) if isinstance(tree, MergedTree) else tree
 
 
-__all__ = ["ROOT_INO", "LowerTree", "MergedLower", "Names", "as_lower"]
+__all__ = ["ROOT_INO", "LowerTree", "MergedLower", "Names", "Stat", "as_lower", "stat_of"]

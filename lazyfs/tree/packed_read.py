@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Protocol
 
 from lazyfs.tree import packed as fmt
+from lazyfs.tree.lower import Stat
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo
 from providers.digest import Digest
 from providers.extents import Extent
@@ -161,6 +162,14 @@ class PackedTree:
             xattrs=self._xattr_pairs(xattrs),
             data=self._data_ref(ref) if flags & fmt.HAS_DATA else None,
         )
+
+    def stat(self, ino: int) -> Stat | None:
+        """What ``inode(ino)`` says of its attributes, from its record alone; None as there."""
+        record = self._record(ino)
+        if record is None:
+            return None
+        mode, flags, nlink, uid, gid, mtime_ns, size, _, _, ref, _, _ = record
+        return mode, nlink, uid, gid, size, mtime_ns, ref if flags & fmt.RDEV else 0
 
     def entries(self, directory: int, start: int = 0) -> Iterator[tuple[bytes, InodeNo]]:
         """The names of ``directory`` from position ``start`` on, in listing order.

@@ -11,7 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.blobs.ranges import ByLayer, ChunkCache, LocalTars
+from lazyfs.blobs.ranges import ByLayer, ChunkCache, LocalTars, open_layers
+from lazyfs.index.model import LayerData
 from providers.digest import Digest
 
 LAYER = Digest("sha256:" + "1" * 64)
@@ -115,6 +116,23 @@ def test_local_tars_answer_resident_ranges_once_open(tmp_path: Path) -> None:
     # Past the end: a short answer is left to read_range, which knows the end.
     assert tars.read_resident(LAYER, 10000, 500) is None
     assert tars.read_range(LAYER, 10000, 500) == DATA[10000:]
+
+
+def test_layers_opened_now_answer_their_first_read_resident(tmp_path: Path) -> None:
+    """``open_layers(now=True)``, as a mount does before it serves: no first read needs a thread."""
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(DATA)
+    later = open_layers({LAYER: LayerData(tar)})
+    assert isinstance(later, ByLayer)
+    assert later.read_resident(LAYER, 100, 50) is None  # opened on its first read_range
+    now = open_layers({LAYER: LayerData(tar)}, now=True)
+    assert isinstance(now, ByLayer)
+    assert now.read_resident(LAYER, 100, 50) == DATA[100:150]
+
+
+def test_layers_opened_now_refuse_a_missing_file_at_once(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        open_layers({LAYER: LayerData(tmp_path / "gone.tar")}, now=True)
 
 
 @pytest.mark.parametrize(

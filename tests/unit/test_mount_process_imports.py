@@ -68,6 +68,7 @@ START_MODULES = {
     "lazyfs.fs.mount_options",
     "lazyfs.fs.mount_wire",
     "lazyfs.fs.caps",
+    "lazyfs.fs.kernel_read_ahead",  # the mount's read-ahead is raised as it answers INIT
     "lazyfs.fs.read_only",
     "lazyfs.fs.boundary",
     "lazyfs.fs.upper_state",  # UpperError, which the handler boundary answers

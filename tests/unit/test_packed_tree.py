@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from lazyfs.index.build import scan_tar
 from lazyfs.index.model import IndexEntry, Kind, LayerIndex
 from lazyfs.tree import packed as fmt
+from lazyfs.tree.lower import MergedLower, stat_of
 from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree, merge
 from lazyfs.tree.packed_read import PackedTree, TreeReader
 from lazyfs.tree.packed_write import write_packed
@@ -83,11 +84,15 @@ def assert_same(got: PackedTree, tree: MergedTree) -> None:
     count = len(tree.inodes)
     assert len(got.inodes) == len(got) == count
     assert list(got.inodes) == sorted(tree.inodes)
+    merged = MergedLower(tree)
     for ino, inode in tree.inodes.items():
         assert got.inodes[ino] == inode
         assert got.inode(ino) == inode
+        assert got.stat(ino) == merged.stat(ino) == stat_of(inode)
     for missing in (0, -1, count + 1, count + 1000):
         assert got.inode(missing) is None
+        assert got.stat(missing) is None
+        assert merged.stat(missing) is None
         assert got.inodes.get(InodeNo(missing)) is None
         assert InodeNo(missing) not in got.inodes
         assert got.lookup(InodeNo(missing), b"x") is None
