@@ -59,11 +59,14 @@ from lazyfs.blobs.published_ahead import (
     DEFAULT_REACH_BYTES,
     ask_for,
     file_reach,
+    headers_before,
     interval_needs,
     intervals_to,
+    on_grid,
     reads_windows,
 )
 from lazyfs.blobs.published_heard import Unheard
+from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
@@ -104,6 +107,8 @@ class PublishedLayers:
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
+        self.grid = CHUNK_SIZE  # the pieces the mount's chunk cache reads a stream in
+        self._leads: set[tuple[Digest, int]] = set()  # files whose headers were asked for
         self._unheard = Unheard(blobs)  # what read-ahead fetched, for the trace
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
@@ -134,26 +139,40 @@ class PublishedLayers:
 
         Here, not in the mount: the entries held to the tar headers say where
         each file's data is, and the published data where each interval's
-        compressed bytes and window are.  Only a hint: every span and window
-        is still checked by the read that uses it.
+        compressed bytes and window are.  With them, what else the read and
+        the next reads of that file will inflate: the interval holding the
+        tar headers of the first file the read reaches, which its check
+        parses first (``headers_before``), once per file; and the rest of
+        the ``grid``-aligned piece the file ends in, which the mount's chunk
+        cache reads whole (``lazyfs.blobs.ranges.CHUNK_SIZE``), often a few
+        bytes of the next interval.  Only a hint: every span and window is
+        still checked by the read that uses it.
         """
-        first = interval(data.bounds, offset)
-        if first < 0:
+        bounds = data.bounds
+        end = min(offset + length, bounds[-1])
+        if offset >= end:
             return  # past the stream's end
 
         def inflated(number: int) -> bool:
-            return self._intervals.get(digest, data.bounds[number]) is not None
+            return self._intervals.get(digest, bounds[number]) is not None
 
-        touched = interval(data.bounds, min(offset + length, data.bounds[-1]) - 1)
-        missed = next((n for n in range(first, touched + 1) if not inflated(n)), None)
-        if missed is None:
-            return  # no miss
         starts, ends = check.extents()
-        reach = file_reach(starts, ends, offset, length)
-        last = intervals_to(data, missed, reach, self.reach_bytes)
-        if last == missed:
+        heads = self._heads(digest, starts, ends, offset, end)
+        touched = [*heads, *range(interval(bounds, offset), interval(bounds, end - 1) + 1)]
+        if all(inflated(n) for n in touched):
+            return  # no miss
+        lo, hi = on_grid(offset, end, self.grid)
+        if lo < offset:
+            heads = sorted({*heads, *self._heads(digest, starts, ends, lo, hi)})
+        reach = max(file_reach(starts, ends, offset, length), end)
+        reach = min(on_grid(reach, reach, self.grid)[1], bounds[-1])
+        first = interval(bounds, lo)
+        while inflated(first) and first < interval(bounds, end - 1):
+            first += 1
+        last = intervals_to(data, first, reach, self.reach_bytes)
+        numbers = sorted(n for n in {*heads, *range(first, last + 1)} if not inflated(n))
+        if len(numbers) < 2:
             return  # the interval's own inflation asks for what it needs
-        numbers = [n for n in range(missed, last + 1) if not inflated(n)]
         with self._lock:
             needs = [
                 need
@@ -162,6 +181,26 @@ class PublishedLayers:
                 if not self._held(digest, data, need)
             ]
         ask_for(self._blobs, needs)
+
+    def _heads(
+        self, digest: Digest, starts: list[int], ends: list[int], offset: int, end: int
+    ) -> list[int]:
+        """The intervals holding ``headers_before`` the read, the first time a read reaches
+        that file; none after.
+
+        The check parses a file's headers once: a later read of the file
+        needs none of them.  Asked once, the source has their bytes, whether
+        or not the check has come yet.
+        """
+        found = headers_before(starts, ends, offset, end)
+        if found is None:
+            return []
+        with self._lock:
+            if (digest, found[0]) in self._leads:
+                return []
+            self._leads.add((digest, found[0]))
+        bounds = self._layers[digest].bounds
+        return list(range(interval(bounds, found[0]), interval(bounds, found[1] - 1) + 1))
 
     def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
         return lambda offset, length: self._stream(digest, self._layers[digest], offset, length)

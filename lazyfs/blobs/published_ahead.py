@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # At most this many compressed bytes (spans and windows) asked for at once for one
 # file: about what an eStargz chunk of 4 MiB is compressed (measured: see CHANGELOG).
 DEFAULT_REACH_BYTES = 2 << 20
+TAR_BLOCK = 512
 
 
 @runtime_checkable
@@ -107,6 +108,36 @@ def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: 
     if last > first and ends[last] > end and 2 * (end - starts[last]) > length:
         return ends[last]
     return end
+
+
+def headers_before(
+    starts: Sequence[int], ends: Sequence[int], offset: int, end: int
+) -> tuple[int, int] | None:
+    """The tar headers ``[start, end)`` of the first file a read of ``[offset, end)`` reaches.
+
+    A reader that holds each file to its tar headers before serving it
+    (``lazyfs.blobs.entry_check``) parses, for the first file whose data
+    the read reaches, the members from the end of the previous file's data
+    (rounded up to a tar block) to that file's data: before the read, and
+    often in the interval before the read's (or, for a large file read
+    from its middle, far before), inflated for those few hundred bytes.
+    None when the read reaches no file or those headers are inside it.
+    ``starts`` and ``ends`` as ``file_reach``.
+    """
+    number = bisect.bisect_right(starts, offset) - 1
+    if number < 0 or ends[number] <= offset:
+        number += 1  # the read starts between files: the next one is the first it reaches
+    if number >= len(starts) or starts[number] >= end:
+        return None
+    previous = -(-ends[number - 1] // TAR_BLOCK) * TAR_BLOCK if number else 0
+    if previous >= offset:
+        return None
+    return previous, min(starts[number], offset)
+
+
+def on_grid(offset: int, end: int, grid: int) -> tuple[int, int]:
+    """``[offset, end)`` widened to whole ``grid``-aligned pieces."""
+    return offset - offset % grid, -(-end // grid) * grid
 
 
 def compressed_span(data: PublishedData, number: int) -> tuple[int, int]:
