@@ -11,9 +11,12 @@ index cuts the blob at every gzip checkpoint), and each span is checked
 against its sha256 before anything of it is used, kept or inflated.  A gzip
 layer is inflated (``lazyfs.blobs.gzip_inflate``) from the checkpoint
 before the read, from verified span bytes only, with that checkpoint's
-window, read by range from the index's windows blob when a read first
-needs it and checked against its sha256 in the index before it is
-inflated; a tar layer's bytes are the span bytes themselves.  A span or
+window: the last 32 KiB of the interval before when that one is inflated
+(kept, or inflated first when the two were asked for together: a file of
+many intervals then costs one window, not one each), checked against its
+own digest as every interval is; else read by range from the index's
+windows blob and checked against its sha256 in the index before it is
+inflated.  A tar layer's bytes are the span bytes themselves.  A span or
 window that does not match is dropped from the blob source's cache
 (``evict``) and read once more.  A second mismatch (or a first, from a
 source that cannot drop what it has) is confirmed: the index and the
@@ -109,7 +112,9 @@ class PublishedLayers:
         self.reach_bytes = reach_bytes
         self.grid = CHUNK_SIZE  # the pieces the mount's chunk cache reads a stream in
         self._leads: set[tuple[Digest, int]] = set()  # files whose headers were asked for
-        self._unheard = Unheard(blobs)  # what read-ahead fetched, for the trace
+        self._chained: set[tuple[Digest, int]] = set()  # intervals asked without their window
+        self._inflating: dict[tuple[Digest, int], threading.Event] = {}
+        self._unheard = Unheard(blobs, self._chained)  # what read-ahead fetched, for the trace
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
@@ -173,13 +178,21 @@ class PublishedLayers:
         numbers = sorted(n for n in {*heads, *range(first, last + 1)} if not inflated(n))
         if len(numbers) < 2:
             return  # the interval's own inflation asks for what it needs
+        needs = []
         with self._lock:
-            needs = [
-                need
-                for n in numbers
-                for need in interval_needs(digest, data, n)
-                if not self._held(digest, data, need)
-            ]
+            for n in numbers:
+                # Its window is the tail of the interval before, asked with it (now or
+                # before) or inflated: not asked.
+                chained = self._tail_is_window(data, n) and (
+                    n - 1 in numbers or inflated(n - 1) or (digest, n) in self._chained
+                )
+                if chained:
+                    self._chained.add((digest, n))
+                needs += [
+                    need
+                    for need in interval_needs(digest, data, n, window=not chained)
+                    if not self._held(digest, data, need)
+                ]
         ask_for(self._blobs, needs)
 
     def _heads(
@@ -313,17 +326,74 @@ class PublishedLayers:
     # -- gzip ----------------------------------------------------------------
 
     def _inflated(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
-        inflate = lambda number: self._interval(digest, data, number)  # noqa: E731
+        inflate = lambda number: self._whole(digest, data, number)  # noqa: E731
         return read_intervals(self._intervals, digest, data.bounds, offset, length, inflate)
+
+    def _whole(self, digest: Digest, data: PublishedData, number: int) -> bytes:
+        """Interval ``number``, kept or inflated (by one thread: the others wait for it), kept."""
+        key = (digest, number)
+        while True:
+            found = self._intervals.get(digest, data.bounds[number])
+            if found is not None:
+                return found
+            with self._lock:
+                waiting = self._inflating.get(key)
+                if waiting is None:
+                    done = self._inflating[key] = threading.Event()
+                    break
+            waiting.wait()  # then look again: that inflation may have failed
+        try:
+            got = self._interval(digest, data, number)
+            self._intervals.put(digest, data.bounds[number], got)
+            return got
+        finally:
+            with self._lock:
+                del self._inflating[key]
+            done.set()
+
+    @staticmethod
+    def _tail_is_window(data: PublishedData, number: int) -> bool:
+        """Whether interval ``number``'s window is the last ``WINDOW`` bytes of the one before.
+
+        It is the ``WINDOW`` bytes of the stream before its checkpoint, all
+        in the interval before when that one is as long.
+        """
+        assert data.points is not None  # a gzip layer's
+        return (
+            0 < number < len(data.points)
+            and data.points[number].window is not None
+            and data.bounds[number] - data.bounds[number - 1] >= WINDOW
+        )
+
+    def _before(self, digest: Digest, data: PublishedData, number: int) -> bytes | None:
+        """The interval before ``number``, when its tail can stand for ``number``'s window.
+
+        Kept, or inflated first when ``number`` was asked for without its
+        window (``_ask_for_files``): the interval before came with it.  Its
+        bytes were held to its digest; so are those inflated from its tail.
+        """
+        if not self._tail_is_window(data, number):
+            return None
+        found = self._intervals.get(digest, data.bounds[number - 1])
+        if found is None and (digest, number) in self._chained:
+            start = data.bounds[number - 1]
+            self._unheard.read(digest, data, start, data.bounds[number] - start)
+            found = self._whole(digest, data, number - 1)
+        return found
 
     def _interval(self, digest: Digest, data: PublishedData, number: int) -> bytes:
         """Interval ``number`` of the tar stream, inflated whole and checked against its digest."""
         assert data.points is not None  # a gzip layer's
+        point = data.points[number]
+        before = self._before(digest, data, number)
         with self._lock:
             self.inflations += 1
-        point = data.points[number]
-        self._ask_ahead(digest, data, number)
-        window = None if point.window is None else self._window(digest, data, point.window)
+        self._ask_ahead(digest, data, number, window=before is None)
+        window = None
+        if before is not None:
+            window = before[-WINDOW:]
+        elif point.window is not None:
+            window = self._window(digest, data, point.window)
 
         def read(at: int, size: int) -> bytes:
             return self.blob_bytes(digest, at, min(size, self.span_end(digest, at) - at))
@@ -349,7 +419,9 @@ class PublishedLayers:
             raise OSError(errno.EIO, str(wrong)) from wrong
         return got
 
-    def _ask_ahead(self, digest: Digest, data: PublishedData, number: int) -> None:
+    def _ask_ahead(
+        self, digest: Digest, data: PublishedData, number: int, *, window: bool = True
+    ) -> None:
         """Have a caching source fetch what inflating interval ``number`` needs, all at once,
         (``lazyfs.blobs.published_ahead``).
 
@@ -358,7 +430,7 @@ class PublishedLayers:
         daemon fetches nothing twice, and an ask that failed or was dropped
         (the daemon restarted) is made good here.
         """
-        needs = interval_needs(digest, data, number)
+        needs = interval_needs(digest, data, number, window=window)
         with self._lock:
             needs = [need for need in needs if not self._held(digest, data, need)]
         ask_for(self._blobs, needs)

@@ -67,13 +67,15 @@ class AddsBlobs(Protocol):
 
 
 def interval_needs(
-    digest: Digest, data: PublishedData, number: int
+    digest: Digest, data: PublishedData, number: int, *, window: bool = True
 ) -> list[tuple[Digest, int, int]]:
     """The ranges (blob, offset, length) inflating interval ``number`` of layer ``digest`` reads.
 
     Its compressed bytes (from the blob's start for the first interval,
-    which inflates from the gzip header), then its window, if it has one.
-    Nothing for a tar layer or an interval past the last.
+    which inflates from the gzip header), then its window, if it has one
+    and ``window`` (not when the interval before is inflated first: its
+    tail is the window).  Nothing for a tar layer or an interval past the
+    last.
     """
     points = data.points
     if points is None or not 0 <= number < len(points):
@@ -81,7 +83,7 @@ def interval_needs(
     point = points[number]
     start, end = compressed_span(data, number)
     needs = [(digest, start, end - start)] if end > start else []
-    if point.window is not None and data.windows is not None:
+    if window and point.window is not None and data.windows is not None:
         needs.append((data.windows, point.window.offset, point.window.length))
     return needs
 
