@@ -65,6 +65,7 @@ from lazyfs.blobs.published_ahead import (
     headers_before,
     interval_needs,
     intervals_to,
+    next_piece,
     on_grid,
     reads_windows,
 )
@@ -150,8 +151,11 @@ class PublishedLayers:
         parses first (``headers_before``), once per file; and the rest of
         the ``grid``-aligned piece the file ends in, which the mount's chunk
         cache reads whole (``lazyfs.blobs.ranges.CHUNK_SIZE``), often a few
-        bytes of the next interval.  Only a hint: every span and window is
-        still checked by the read that uses it.
+        bytes of the next interval; and, for a read of one such piece, the
+        next piece too when a file starts in this one and runs on past it
+        (``next_piece``: a read of that file from its start reads both, one
+        after the other).  Only a hint: every span and window is still
+        checked by the read that uses it.
         """
         bounds = data.bounds
         end = min(offset + length, bounds[-1])
@@ -170,6 +174,8 @@ class PublishedLayers:
         if lo < offset:
             heads = sorted({*heads, *self._heads(digest, starts, ends, lo, hi)})
         reach = max(file_reach(starts, ends, offset, length), end)
+        if (lo, hi) == (offset, offset + length):
+            reach = max(reach, next_piece(starts, ends, offset, end, self.grid))
         reach = min(on_grid(reach, reach, self.grid)[1], bounds[-1])
         first = interval(bounds, lo)
         while inflated(first) and first < interval(bounds, end - 1):

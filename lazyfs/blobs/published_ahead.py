@@ -137,6 +137,20 @@ def headers_before(
     return previous, min(starts[number], offset)
 
 
+def next_piece(starts: Sequence[int], ends: Sequence[int], offset: int, end: int, grid: int) -> int:
+    """Where a file that starts in the piece ``[offset, end)`` and runs past it ends, or
+    the end of the next ``grid`` piece if sooner; else ``end``.
+
+    The mount's chunk cache reads a file in ``grid``-aligned pieces, one
+    after the other: a read of such a file from its start is this piece,
+    then the next at once.
+    """
+    last = bisect.bisect_left(starts, end) - 1
+    if last >= 0 and offset <= starts[last] and ends[last] > end:
+        return min(ends[last], end + grid)
+    return end
+
+
 def on_grid(offset: int, end: int, grid: int) -> tuple[int, int]:
     """``[offset, end)`` widened to whole ``grid``-aligned pieces."""
     return offset - offset % grid, -(-end // grid) * grid

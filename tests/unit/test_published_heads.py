@@ -9,7 +9,7 @@ import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.blobs.inflated import interval
-from lazyfs.blobs.published_ahead import headers_before, on_grid
+from lazyfs.blobs.published_ahead import headers_before, next_piece, on_grid
 from lazyfs.index.model import IndexEntry
 from providers.digest import Digest
 from tests.support.blob_sources import Prefetching
@@ -149,3 +149,37 @@ def test_a_files_headers_are_asked_for_once(gz: Built) -> None:
         if e[0] == "prefetch" and e[1] == gz.digest and e[2] <= first_span.offset < e[2] + e[3]
     }
     assert heads == {1}, source.events
+
+
+@pytest.mark.parametrize(
+    ("offset", "end", "grid", "reach"),
+    [
+        (0, 1000, 1000, 1000),  # the second file starts in the piece and ends in it
+        (500, 1200, 700, 1900),  # it starts in the piece and runs past: to the next piece's end
+        (0, 3000, 3000, 5000),  # ... or to its end, if sooner
+        (4096, 5700, 1604, 5700),  # the third file starts in the piece and ends in it
+        (2000, 4000, 2000, 4000),  # no file starts in the piece
+    ],
+)
+def test_a_file_starting_in_a_piece_reaches_into_the_next(
+    offset: int, end: int, grid: int, reach: int
+) -> None:
+    assert next_piece(STARTS, ENDS, offset, end, grid) == reach
+
+
+def test_a_file_starting_at_the_end_of_a_piece_is_asked_with_the_next_piece(gz: Built) -> None:
+    # "text" starts near the end of a piece and runs on far past the next, which
+    # reaches into the interval after text's first: a read of it from its start is
+    # that piece, then the next one at once.
+    grid = 80 << 10
+    reader, source, files = _reader(gz, grid)
+    text, bounds = files["text"], gz.data.bounds
+    piece = text.offset - text.offset % grid
+    assert piece + grid - text.offset < grid // 2  # little of the piece is the file's
+    assert text.offset + text.size > piece + 2 * grid
+    assert interval(bounds, piece + 2 * grid - 1) > interval(bounds, piece + grid - 1)
+    _read(reader, source, gz, piece, grid)
+    asked = len(source.events)
+    _read(reader, source, gz, piece + grid, grid)
+    reads = [e for e, call in zip(source.events, source.calls, strict=True) if call == 2]
+    assert all(source.asked_before(asked, *e[1:]) for e in reads if e[0] == "read"), reads
