@@ -50,26 +50,25 @@ import errno
 import hashlib
 import logging
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.blobs.gzip_inflate import inflate_from
-from lazyfs.blobs.inflated import Kept, interval, read_intervals
+from lazyfs.blobs.inflated import Kept, read_intervals
 from lazyfs.blobs.published_ahead import (
     DEFAULT_REACH_BYTES,
+    Need,
     ask_for,
-    file_reach,
-    headers_before,
     interval_needs,
-    intervals_to,
-    next_piece,
-    on_grid,
     reads_windows,
+    tail_is_window,
+    unpacked_window,
 )
+from lazyfs.blobs.published_asks import Asks
 from lazyfs.blobs.published_heard import Unheard
+from lazyfs.blobs.published_once import Once
 from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
@@ -106,16 +105,15 @@ class PublishedLayers:
         self._lock = threading.Lock()
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
-        self._pending: dict[tuple[Digest, int], threading.Event] = {}
+        self._spans: Once[bytes] = Once()  # each fetched by one thread
         # Layers whose index a span or window confirmed wrong: why, for each EIO after.
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
         self.grid = CHUNK_SIZE  # the pieces the mount's chunk cache reads a stream in
-        self._leads: set[tuple[Digest, int]] = set()  # files whose headers were asked for
-        self._chained: set[tuple[Digest, int]] = set()  # intervals asked without their window
-        self._inflating: dict[tuple[Digest, int], threading.Event] = {}
-        self._unheard = Unheard(blobs, self._chained)  # what read-ahead fetched, for the trace
+        self._asks = Asks(blobs)
+        self._inflating: Once[bytes] = Once()  # each interval inflated by one thread
+        self._unheard = Unheard(blobs, self._asks.chained)  # read-ahead's fetches, for the trace
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
@@ -132,94 +130,14 @@ class PublishedLayers:
             return b""
         if (check := self._checks.get(digest)) is not None:
             if data.points is not None and not check.refused():
-                self._ask_for_files(digest, data, check, offset, length)
+                # What this read and the next of its file will inflate, asked at once.
+                starts, ends = check.extents()
+                self._asks.miss(digest, data, starts, ends, offset, length, grid=self.grid,
+                                budget=self.reach_bytes, kept=self._intervals.get,
+                                unheld=self._unheld)  # fmt: skip
             check.check(offset, length)
         self._unheard.read(digest, data, offset, length)
         return self._stream(digest, data, offset, length)
-
-    def _ask_for_files(
-        self, digest: Digest, data: PublishedData, check: EntryCheck, offset: int, length: int
-    ) -> None:
-        """On a miss, have a caching source fetch, in one go, the intervals from the missed
-        one to the end of the file the read is in (``lazyfs.blobs.published_ahead``).
-
-        Here, not in the mount: the entries held to the tar headers say where
-        each file's data is, and the published data where each interval's
-        compressed bytes and window are.  With them, what else the read and
-        the next reads of that file will inflate: the interval holding the
-        tar headers of the first file the read reaches, which its check
-        parses first (``headers_before``), once per file; and the rest of
-        the ``grid``-aligned piece the file ends in, which the mount's chunk
-        cache reads whole (``lazyfs.blobs.ranges.CHUNK_SIZE``), often a few
-        bytes of the next interval; and, for a read of one such piece, the
-        next piece too when a file starts in this one and runs on past it
-        (``next_piece``: a read of that file from its start reads both, one
-        after the other).  Only a hint: every span and window is still
-        checked by the read that uses it.
-        """
-        bounds = data.bounds
-        end = min(offset + length, bounds[-1])
-        if offset >= end:
-            return  # past the stream's end
-
-        def inflated(number: int) -> bool:
-            return self._intervals.get(digest, bounds[number]) is not None
-
-        starts, ends = check.extents()
-        heads = self._heads(digest, starts, ends, offset, end)
-        touched = [*heads, *range(interval(bounds, offset), interval(bounds, end - 1) + 1)]
-        if all(inflated(n) for n in touched):
-            return  # no miss
-        lo, hi = on_grid(offset, end, self.grid)
-        if lo < offset:
-            heads = sorted({*heads, *self._heads(digest, starts, ends, lo, hi)})
-        reach = max(file_reach(starts, ends, offset, length), end)
-        if (lo, hi) == (offset, offset + length):
-            reach = max(reach, next_piece(starts, ends, offset, end, self.grid))
-        reach = min(on_grid(reach, reach, self.grid)[1], bounds[-1])
-        first = interval(bounds, lo)
-        while inflated(first) and first < interval(bounds, end - 1):
-            first += 1
-        last = intervals_to(data, first, reach, self.reach_bytes)
-        numbers = sorted(n for n in {*heads, *range(first, last + 1)} if not inflated(n))
-        if len(numbers) < 2:
-            return  # the interval's own inflation asks for what it needs
-        needs = []
-        with self._lock:
-            for n in numbers:
-                # Its window is the tail of the interval before, asked with it (now or
-                # before) or inflated: not asked.
-                chained = self._tail_is_window(data, n) and (
-                    n - 1 in numbers or inflated(n - 1) or (digest, n) in self._chained
-                )
-                if chained:
-                    self._chained.add((digest, n))
-                needs += [
-                    need
-                    for need in interval_needs(digest, data, n, window=not chained)
-                    if not self._held(digest, data, need)
-                ]
-        ask_for(self._blobs, needs)
-
-    def _heads(
-        self, digest: Digest, starts: list[int], ends: list[int], offset: int, end: int
-    ) -> list[int]:
-        """The intervals holding ``headers_before`` the read, the first time a read reaches
-        that file; none after.
-
-        The check parses a file's headers once: a later read of the file
-        needs none of them.  Asked once, the source has their bytes, whether
-        or not the check has come yet.
-        """
-        found = headers_before(starts, ends, offset, end)
-        if found is None:
-            return []
-        with self._lock:
-            if (digest, found[0]) in self._leads:
-                return []
-            self._leads.add((digest, found[0]))
-        bounds = self._layers[digest].bounds
-        return list(range(interval(bounds, found[0]), interval(bounds, found[1] - 1) + 1))
 
     def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
         return lambda offset, length: self._stream(digest, self._layers[digest], offset, length)
@@ -257,27 +175,20 @@ class PublishedLayers:
         return b"".join(parts)
 
     def _span(self, digest: Digest, number: int, span: Span) -> bytes:
-        key = (digest, number)
-        while True:
+        def find() -> bytes | None:
             with self._lock:
-                found = self._kept.get(key)
+                found = self._kept.get((digest, number))
                 if found is not None:
-                    self._kept.move_to_end(key)
-                    return found
-                waiting = self._pending.get(key)
-                if waiting is None:
-                    done = self._pending[key] = threading.Event()
-                    break
-            waiting.wait()  # then look again: that fetch may have failed
-        try:
+                    self._kept.move_to_end((digest, number))
+                return found
+
+        def fetch() -> bytes:
             piece = self._fetch(digest, span)
             with self._lock:
-                self._keep(key, piece)
+                self._keep((digest, number), piece)
             return piece
-        finally:
-            with self._lock:
-                del self._pending[key]
-            done.set()
+
+        return self._spans.get((digest, number), find, fetch)
 
     def _fetch(
         self, digest: Digest, span: Span, *, source: Digest | None = None, what: str = "blob span"
@@ -337,51 +248,27 @@ class PublishedLayers:
 
     def _whole(self, digest: Digest, data: PublishedData, number: int) -> bytes:
         """Interval ``number``, kept or inflated (by one thread: the others wait for it), kept."""
-        key = (digest, number)
-        while True:
-            found = self._intervals.get(digest, data.bounds[number])
-            if found is not None:
-                return found
-            with self._lock:
-                waiting = self._inflating.get(key)
-                if waiting is None:
-                    done = self._inflating[key] = threading.Event()
-                    break
-            waiting.wait()  # then look again: that inflation may have failed
-        try:
+        start = data.bounds[number]
+
+        def inflate() -> bytes:
             got = self._interval(digest, data, number)
-            self._intervals.put(digest, data.bounds[number], got)
+            self._intervals.put(digest, start, got)
             return got
-        finally:
-            with self._lock:
-                del self._inflating[key]
-            done.set()
 
-    @staticmethod
-    def _tail_is_window(data: PublishedData, number: int) -> bool:
-        """Whether interval ``number``'s window is the last ``WINDOW`` bytes of the one before.
-
-        It is the ``WINDOW`` bytes of the stream before its checkpoint, all
-        in the interval before when that one is as long.
-        """
-        assert data.points is not None  # a gzip layer's
-        return (
-            0 < number < len(data.points)
-            and data.points[number].window is not None
-            and data.bounds[number] - data.bounds[number - 1] >= WINDOW
-        )
+        return self._inflating.get((digest, number), lambda: self._intervals.get(digest, start),
+                                   inflate)  # fmt: skip
 
     def _before(self, digest: Digest, data: PublishedData, number: int) -> bytes | None:
         """The interval before ``number``, when its tail can stand for ``number``'s window.
 
         Kept, or inflated first when ``number`` was asked for without its
-        window (``_ask_for_files``): the interval before came with it.  Its
+        window (``Asks.miss``): the interval before came with it.  Its
         bytes were held to its digest; so are those inflated from its tail.
         """
-        if not self._tail_is_window(data, number):
+        if not tail_is_window(data, number):
             return None
         found = self._intervals.get(digest, data.bounds[number - 1])
-        if found is None and (digest, number) in self._chained:
+        if found is None and self._asks.is_chained(digest, number):
             start = data.bounds[number - 1]
             self._unheard.read(digest, data, start, data.bounds[number] - start)
             found = self._whole(digest, data, number - 1)
@@ -432,14 +319,19 @@ class PublishedLayers:
         (``lazyfs.blobs.published_ahead``).
 
         Its span and window one after the other otherwise, each a round trip.
-        Asked again when ``_ask_for_files`` asked for it with its file: the
+        Asked again when a miss asked for it with its file (``Asks``): the
         daemon fetches nothing twice, and an ask that failed or was dropped
         (the daemon restarted) is made good here.
         """
-        needs = interval_needs(digest, data, number, window=window)
+        ask_for(
+            self._blobs,
+            self._unheld(digest, data, interval_needs(digest, data, number, window=window)),
+        )
+
+    def _unheld(self, digest: Digest, data: PublishedData, needs: list[Need]) -> list[Need]:
+        """``needs`` but the ranges of the layer whose spans are all kept verified here."""
         with self._lock:
-            needs = [need for need in needs if not self._held(digest, data, need)]
-        ask_for(self._blobs, needs)
+            return [need for need in needs if not self._held(digest, data, need)]
 
     def _held(self, digest: Digest, data: PublishedData, need: tuple[Digest, int, int]) -> bool:
         """Whether ``need`` is a range of the layer whose spans are all kept verified here."""
@@ -454,12 +346,7 @@ class PublishedLayers:
         """The inflated window at ``window`` of the layer's windows blob, checked first."""
         assert data.windows is not None  # decode gives a gzip layer's points a windows blob
         packed = self._fetch(digest, window, source=data.windows, what="checkpoint window")
-        inflater = zlib.decompressobj()
-        try:
-            raw = inflater.decompress(packed, WINDOW + 1)
-        except zlib.error:
-            raw = b""
-        if len(raw) != WINDOW or not inflater.eof or inflater.unused_data:
+        if (raw := unpacked_window(packed)) is None:
             problem = BadImage(
                 f"layer {digest}: the window at {window.offset} of its published index's windows"
                 f" blob is not {WINDOW} bytes of zlib"

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import bisect
 import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from lazyfs.blobs.inflated import interval
-from lazyfs.index.artifact import first_byte
+from lazyfs.index.artifact import WINDOW, first_byte
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
 from providers.errors import LazyfsError
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 # file: about what an eStargz chunk of 4 MiB is compressed (measured: see CHANGELOG).
 DEFAULT_REACH_BYTES = 2 << 20
 TAR_BLOCK = 512
+# A range of a blob: (blob, offset, length).
+Need = tuple[Digest, int, int]
 
 
 @runtime_checkable
@@ -86,6 +89,33 @@ def interval_needs(
     if window and point.window is not None and data.windows is not None:
         needs.append((data.windows, point.window.offset, point.window.length))
     return needs
+
+
+def tail_is_window(data: PublishedData, number: int) -> bool:
+    """Whether interval ``number``'s window is the last ``WINDOW`` bytes of the one before.
+
+    The window is the ``WINDOW`` bytes of the stream before its checkpoint:
+    all in the interval before when that one is as long.
+    """
+    points = data.points
+    return (
+        points is not None
+        and 0 < number < len(points)
+        and points[number].window is not None
+        and data.bounds[number] - data.bounds[number - 1] >= WINDOW
+    )
+
+
+def unpacked_window(packed: bytes) -> bytes | None:
+    """The ``WINDOW`` bytes a window of a windows blob holds (zlib); None when it is not."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(packed, WINDOW + 1)
+    except zlib.error:
+        return None
+    if len(raw) != WINDOW or not inflater.eof or inflater.unused_data:
+        return None
+    return raw
 
 
 def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: int) -> int:
