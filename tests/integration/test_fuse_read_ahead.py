@@ -16,11 +16,8 @@ from pathlib import Path
 import pytest
 
 from lazyfs.fs import kernel_read_ahead
-from lazyfs.fs import mount as lazy_mount
-from lazyfs.store.disk import Store
-from tests.support.blob_sources import store_files
-from tests.support.fuse_mounts import need_fuse, unmount_all
-from tests.support.images import Entry, write_layer
+from tests.support.fuse_mounts import debug_mounted
+from tests.support.images import Entry
 
 pytestmark = pytest.mark.integration
 
@@ -33,31 +30,8 @@ READ = re.compile(rb"lazyfs\.requests: read\(\d+, \d+, (\d+)\) -> (\d+) bytes")
 @pytest.fixture(params=["read-only", "writable"])
 def mounted(request: pytest.FixtureRequest, tmp_path: Path, fuse_path: str) -> Iterator[Path]:
     """The layer mounted with ``--debug``, read-only or copy-on-write."""
-    need_fuse()
-    store = Store(tmp_path / "store")
-    layers = store_files(store, [write_layer(LAYER, tmp_path / "layer.tar")])
-    point = tmp_path / "m"
-    point.mkdir()
-    upper = work = None
-    if request.param == "writable":
-        upper, work = tmp_path / "upper", tmp_path / "work"
-        upper.mkdir()
-        work.mkdir()
-    made: list[tuple[Path, int]] = []
-    try:
-        pid = lazy_mount.mount(
-            layers,
-            point,
-            store=store.root,
-            log_path=tmp_path / "mount.log",
-            upper=upper,
-            work=work,
-            debug=True,
-        )
-        made.append((point, pid))
+    with debug_mounted(tmp_path, LAYER, writable=request.param == "writable") as point:
         yield point
-    finally:
-        unmount_all(made)
 
 
 def test_a_file_read_in_order_arrives_in_reads_past_the_default_window(

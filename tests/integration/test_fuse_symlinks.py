@@ -14,11 +14,8 @@ from pathlib import Path
 import pytest
 
 from lazyfs.fs import caps as fuse_caps
-from lazyfs.fs import mount as lazy_mount
-from lazyfs.store.disk import Store
-from tests.support.blob_sources import store_files
-from tests.support.fuse_mounts import need_fuse, requests, unmount_all
-from tests.support.images import Entry, write_layer
+from tests.support.fuse_mounts import debug_mounted, requests
+from tests.support.images import Entry
 
 pytestmark = pytest.mark.integration
 
@@ -35,31 +32,8 @@ RESOLUTIONS = 5
 @pytest.fixture(params=["read-only", "writable"])
 def mounted(request: pytest.FixtureRequest, tmp_path: Path, fuse_path: str) -> Iterator[Path]:
     """The layer mounted with ``--debug``, read-only or copy-on-write (both cache symlinks)."""
-    need_fuse()
-    store = Store(tmp_path / "store")
-    layers = store_files(store, [write_layer(LAYER, tmp_path / "layer.tar")])
-    point = tmp_path / "m"
-    point.mkdir()
-    upper = work = None
-    if request.param == "writable":
-        upper, work = tmp_path / "upper", tmp_path / "work"
-        upper.mkdir()
-        work.mkdir()
-    made: list[tuple[Path, int]] = []
-    try:
-        pid = lazy_mount.mount(
-            layers,
-            point,
-            store=store.root,
-            log_path=tmp_path / "mount.log",
-            upper=upper,
-            work=work,
-            debug=True,
-        )
-        made.append((point, pid))
+    with debug_mounted(tmp_path, LAYER, writable=request.param == "writable") as point:
         yield point
-    finally:
-        unmount_all(made)
 
 
 def test_each_symlink_is_read_once_where_the_kernel_keeps_targets(

@@ -9,11 +9,17 @@ import shutil
 import signal
 import stat
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from lazyfs.fs import mount as lazy_mount
+
+if TYPE_CHECKING:
+    from tests.support.images import Entry
 
 
 def need_fuse() -> None:
@@ -98,3 +104,38 @@ def requests(log: bytes) -> Counter[str]:
     found = Counter(m.decode() for m in re.findall(rb"lazyfs\.requests: (\w+)\(", log))
     del found["forget"]  # the kernel drops inodes when it likes
     return found
+
+
+@contextmanager
+def debug_mounted(tmp_path: Path, layer: Sequence[Entry], *, writable: bool) -> Iterator[Path]:
+    """One layer of ``tests.support.images.Entry`` items mounted with ``--debug`` (its log is
+    ``tmp_path/mount.log``), read-only or copy-on-write; unmounted after, also on failure."""
+    from lazyfs.store.disk import Store
+    from tests.support.blob_sources import store_files
+    from tests.support.images import write_layer
+
+    need_fuse()
+    store = Store(tmp_path / "store")
+    layers = store_files(store, [write_layer(list(layer), tmp_path / "layer.tar")])
+    point = tmp_path / "m"
+    point.mkdir()
+    upper = work = None
+    if writable:
+        upper, work = tmp_path / "upper", tmp_path / "work"
+        upper.mkdir()
+        work.mkdir()
+    made: list[tuple[Path, int]] = []
+    try:
+        pid = lazy_mount.mount(
+            layers,
+            point,
+            store=store.root,
+            log_path=tmp_path / "mount.log",
+            upper=upper,
+            work=work,
+            debug=True,
+        )
+        made.append((point, pid))
+        yield point
+    finally:
+        unmount_all(made)
