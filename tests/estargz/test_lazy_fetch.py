@@ -15,15 +15,13 @@ import contextlib
 import errno
 import json
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lazyfs.cache.client import status
-from lazyfs.cache.messages import BlobKind, StatusOk
+from lazyfs.cache.messages import BlobKind
 from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.cache.tails import ask_tails
 from lazyfs.fs import mount
@@ -37,8 +35,8 @@ from tests.support.cache_daemons import (
     wait_for,
 )
 from tests.support.estargz_writer import Blob, File, write_estargz
-from tests.support.fault_proxy import Faults, run_proxy
 from tests.support.fuse_mounts import need_fuse
+from tests.support.lazy_fetch import many_files_blob, proxied, ranges_of, settled
 from tests.support.lazy_images import TOC_ANNOTATION, diff_id, lazyfs, push_estargz_image
 from tests.support.registry_servers import Registry, run_registry
 
@@ -66,14 +64,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 
 @contextlib.contextmanager
-def proxied(registry: Registry) -> Iterator[tuple[str, Faults]]:
-    """A recording proxy in front of ``registry``: its host, and its record."""
-    faults = Faults()
-    with run_proxy(registry.url, faults) as url:
-        yield url.removeprefix("http://"), faults
-
-
-@contextlib.contextmanager
 def provisioned(
     work: Path, host: str, image: str, container: str = "c1", *, background: bool
 ) -> Iterator[dict[str, Any]]:
@@ -90,33 +80,9 @@ def provisioned(
         assert gone.returncode == 0, gone.stderr
 
 
-def ranges_of(faults: Faults, digest: str) -> list[tuple[int, int]]:
-    """The (first, last) byte of every Range request the proxy saw for blob ``digest``."""
-    found = []
-    with faults.lock:
-        seen = list(faults.seen)
-    for path, headers in seen:
-        if path.endswith(f"/blobs/{digest}") and "Range" in headers:
-            first, last = headers["Range"].removeprefix("bytes=").split("-")
-            found.append((int(first), int(last)))
-    return found
-
-
 def landmark_offset(blob: Blob) -> int:
     toc = json.loads(blob.toc_json)
     return int(next(e["offset"] for e in toc["entries"] if e["name"] == ".prefetch.landmark"))
-
-
-def settled(cache_dir: Path) -> StatusOk:
-    """The daemon's status once no fetch is in flight."""
-
-    def idle() -> bool:
-        found = daemon_status(cache_dir)
-        return found is not None and found.fetches_in_flight == 0
-
-    wait_for(idle, "the daemon's fetches to land")
-    found = status(cache_dir)
-    return found
 
 
 def test_the_files_before_the_landmark_arrive_at_mount_in_one_range_request(
@@ -161,15 +127,6 @@ def test_a_layer_with_the_no_prefetch_landmark_gets_no_prefetch(
         at_mount = ranges_of(faults, layer)
         assert at_mount and all(first > 0 for first, _ in at_mount), at_mount
         assert found.used_bytes < len(NOT_PREFETCHED.data) // 2
-
-
-def many_files_blob(seed: int = 1) -> Blob:
-    """A layer whose TOC is bigger than a first small tail and far smaller than 1 MiB, after
-    a 2 MiB file: a tail read generously would bring much of what lies before the TOC."""
-    rng = random.Random(seed)
-    files = [File("big", rng.randbytes(2 << 20)), File("many", type="dir", mode=0o755)]
-    files += [File(f"many/{rng.randbytes(8).hex()}", rng.randbytes(64)) for _ in range(3000)]
-    return write_estargz(files)
 
 
 def test_the_toc_is_all_a_mount_fetches_of_a_layer_with_a_big_toc(
