@@ -12,7 +12,10 @@ options of ``mount_options``); ``mount`` is the
 public mount API the backends call, and loads no FUSE, index or tree code
 itself (providers only). The mount process finds blobs through lazyfs.store.
 ``predict`` reads ahead, on a first start, what an executable a mount
-serves will load (``elf_deps`` parses its headers).
+serves will load (``elf_deps`` parses its headers); ``predict_toc`` and
+``predict_libs`` ask for the program and its libraries from eStargz TOCs
+before the mount serves, and ``mount_prepare`` has the mounting command
+index a first lazy mount's layers while its mount process loads.
 
 Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, lazyfs.cache, providers.
 """

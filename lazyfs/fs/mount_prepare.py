@@ -7,9 +7,11 @@ tables of contents (a third of a second for the bench's Debian image).
 Its caller, which exec'd it, waits idle meanwhile, on a machine that has
 a second core. So the caller does the second itself, at the same time
 (``prepare_layers``): it reads the TOCs through the cache daemon, asks for
-the program they name (``lazyfs.fs.predict_toc.ask_program``), stores each
-layer's index (``lazyfs.index.stored_remote.ensure_remote_index``) and keeps
-their merged tree (``lazyfs.tree.mapped.mount_tree``).
+the program they name (``lazyfs.fs.predict_toc.ask_program``) and, in a
+thread that outlives the call, for what the program loads once its
+headers are in (``lazyfs.fs.predict_libs``), stores each layer's index
+(``lazyfs.index.stored_remote.ensure_remote_index``) and keeps their
+merged tree (``lazyfs.tree.mapped.mount_tree``).
 
 The mount process waits for it before it looks at the store: ``--wait-fd``,
 the read end of a pipe whose write end only the caller holds, so its EOF
@@ -21,7 +23,8 @@ not keep) the mount process does as ever.
 
 Only for a mount process that ``mount`` exec'd: one forked by a mount
 server has loaded its code already, and does this as fast itself.
-Loaded by lazy mounts only (``index_meanwhile``): it loads the index code. Blocking.
+Loaded by lazy mounts only (``index_meanwhile``): it loads the index
+code. Blocking.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from lazyfs.cache.client import CacheClient, remote_blob
 from lazyfs.cache.remote import Remote, RemoteOrigin
+from lazyfs.fs.predict_libs import ask_libraries_soon
 from lazyfs.fs.predict_toc import ask_program
 from lazyfs.index.estargz_store import remote_layers_dir
 from lazyfs.index.model import LayerIndex
@@ -115,7 +119,9 @@ def prepare_layers(
         with cyclic_gc_paused():
             tocs = {}
             if executable and not _replays(cache_dir, store_root, trace):
-                tocs = ask_program(store.layers, layers, client, executable)
+                tocs = ask_program(
+                    store.layers, layers, client, executable, found=ask_libraries_soon
+                )
             indexes = {}
             for layer in todo:
                 toc = tocs.pop(layer, None)

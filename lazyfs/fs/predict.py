@@ -136,23 +136,32 @@ def resolve(
 
 
 def find_library(
-    tree: LowerTree,
+    tree: Walkable,
     name: bytes,
     search: Collection[bytes] = (),
     spend: Callable[[], bool] = lambda: True,
+    is_file: Callable[[InodeNo], bool] | None = None,
 ) -> InodeNo | None:
     """The regular file ld.so would load for DT_NEEDED ``name``: in ``search`` (RUNPATH),
     then ``STANDARD_DIRS``. None for a name that is a path, or found nowhere; ``spend``
-    as ``resolve`` has it."""
+    as ``resolve`` has it; ``is_file`` says whether a found inode is a file with bytes
+    (default: a regular file)."""
     if not name or len(name) > MAX_NAME or b"/" in name or name in (b".", b".."):
         return None
+    if is_file is None:
+        is_file = functools.partial(_is_regular, tree)
     # $ORIGIN and the like need the file's own path, which a read does not give.
     usable = [d for d in search if d.startswith(b"/") and b"$" not in d]
     for directory in (*usable, *STANDARD_DIRS):
         found = resolve(tree, directory.rstrip(b"/") + b"/" + name, spend)
-        if found is not None and _regular(tree, found) is not None:
+        if found is not None and is_file(found):
             return found
     return None
+
+
+def _is_regular(tree: Walkable, ino: InodeNo) -> bool:
+    found = tree.inode(ino)
+    return found is not None and stat.S_ISREG(found.mode)
 
 
 def _regular(tree: LowerTree, ino: InodeNo) -> DataRef | None:
@@ -245,6 +254,9 @@ class Predictor:
         for _ in range(WORKERS):
             self._queue.put((-1, -1, _nothing))  # wakes a waiting worker to see the stop
 
+    def _is_file(self, ino: InodeNo) -> bool:
+        return _regular(self.tree, ino) is not None
+
     def _spend(self) -> bool:
         return next(self._steps) < MAX_TOTAL_STEPS
 
@@ -269,7 +281,7 @@ class Predictor:
         if deps is None:
             return
         for name in deps.needed:
-            found = find_library(self.tree, name, deps.runpath, self._spend)
+            found = find_library(self.tree, name, deps.runpath, self._spend, self._is_file)
             if found is not None:
                 self._predict(found, depth)
 

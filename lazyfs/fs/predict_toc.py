@@ -35,7 +35,7 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -73,7 +73,7 @@ MAX_DEPTH = 64  # components of one path: deeper ones are no program's
 
 
 @dataclass(frozen=True, slots=True)
-class _Node:
+class TocNode:
     ino: InodeNo
     mode: int
     target: bytes = b""
@@ -104,19 +104,19 @@ class TocTree:
         self._places: list[_Place] = [root, root]  # by inode number; 1 is the root
         self._numbers: dict[RelPath, InodeNo] = {(): ROOT_INO}
 
-    def inode(self, ino: int) -> _Node | None:
+    def inode(self, ino: int) -> TocNode | None:
         if not 0 < ino < len(self._places):
             return None
         found = self._find(self._places[ino])
         if found is None:
             # Named by no layer, or hidden: a directory eStargz need not list, as a guess.
-            return _Node(InodeNo(ino), stat.S_IFDIR | 0o755)
+            return TocNode(InodeNo(ino), stat.S_IFDIR | 0o755)
         layer, entry = found
         if entry.type is EntryType.HARDLINK:
             entry = self._hardlinked(layer, entry) or entry
         kind = _KINDS.get(entry.type, 0)
         target = os.fsencode(entry.link_name) if entry.type is EntryType.SYMLINK else b""
-        return _Node(InodeNo(ino), kind | entry.mode, target, layer.digest, entry)
+        return TocNode(InodeNo(ino), kind | entry.mode, target, layer.digest, entry)
 
     def lookup(self, parent: InodeNo, name: bytes) -> InodeNo | None:
         if not 0 < parent < len(self._places):
@@ -173,27 +173,36 @@ def _layer(digest: Digest, toc: Toc) -> _Layer:
     return _Layer(digest, entries, frozenset(whiteouts), frozenset(opaque))
 
 
-def program_span(
-    layers: Sequence[tuple[Digest, Toc]], candidates: Sequence[str]
-) -> tuple[Digest, int, int] | None:
-    """Where the first of ``candidates`` that is an executable regular file lies: its layer's
-    digest, and the offset and length of its compressed bytes (at most ``MAX_FILE_BYTES``)."""
-    tree = TocTree(layers)
+def find_program(tree: TocTree, candidates: Sequence[str]) -> TocNode | None:
+    """The first of ``candidates`` that is an executable regular file of ``tree``."""
     steps = itertools.count()
     for path in candidates[:MAX_FILES]:
         found = resolve(tree, os.fsencode(path), lambda: next(steps) < MAX_STEPS)
         node = None if found is None else tree.inode(found)
         if node is None or not stat.S_ISREG(node.mode) or node.entry is None:
             continue
-        if not node.mode & 0o111:
-            continue  # runc execs only a file with an exec bit
-        chunks = node.entry.chunks
-        if not chunks or node.layer is None:
-            return None  # empty: nothing to ask for
-        start = chunks[0].offset
-        end = min(chunks[-1].end, start + MAX_FILE_BYTES)
-        return (node.layer, start, end - start) if end > start else None
+        if node.mode & 0o111:  # runc execs only a file with an exec bit
+            return node
     return None
+
+
+def file_span(node: TocNode) -> tuple[Digest, int, int] | None:
+    """Where the file ``node`` lies in its layer's blob: the layer's digest, and the
+    offset and length of its compressed bytes (at most ``MAX_FILE_BYTES``)."""
+    if node.entry is None or not node.entry.chunks or node.layer is None:
+        return None  # empty: nothing to ask for
+    chunks = node.entry.chunks
+    start = chunks[0].offset
+    end = min(chunks[-1].end, start + MAX_FILE_BYTES)
+    return (node.layer, start, end - start) if end > start else None
+
+
+def program_span(
+    layers: Sequence[tuple[Digest, Toc]], candidates: Sequence[str]
+) -> tuple[Digest, int, int] | None:
+    """``file_span`` of ``find_program`` in the union of ``layers``' TOCs."""
+    node = find_program(TocTree(layers), candidates)
+    return None if node is None else file_span(node)
 
 
 def ask_program(
@@ -201,9 +210,14 @@ def ask_program(
     layers: Sequence[Layer],
     blobs: Prefetcher,
     executable: Sequence[str],
+    *,
+    found: Callable[[TocTree, TocNode, Prefetcher], None] | None = None,
 ) -> dict[Layer, Toc]:
     """The TOCs of ``layers`` (the mount's, bottom first), read and checked, by layer; the
     program among ``executable`` found in them asked of ``blobs`` meanwhile.
+
+    ``found`` is told the union of the TOCs and the program once it is
+    asked for: to ask for what it loads (``lazyfs.fs.predict_libs``).
 
     Nothing is read, and {} given, unless every layer is an eStargz layer
     with no index stored yet. Raises what ``fetch_toc`` raises for a TOC
@@ -218,12 +232,16 @@ def ask_program(
         if digest is not None:
             tocs[layer] = fetch_toc(layer, blobs, digest)
     try:
-        span = program_span([(layer.digest, toc) for layer, toc in tocs.items()], executable)
-        if span is not None:
+        tree = TocTree([(layer.digest, toc) for layer, toc in tocs.items()])
+        program = find_program(tree, executable)
+        span = None if program is None else file_span(program)
+        if program is not None and span is not None:
             log.debug(
                 "asking for the program early: %d bytes at %d of %s", span[2], span[1], span[0]
             )
             blobs.prefetch(*span)
+            if found is not None:
+                found(tree, program, blobs)
     except Exception as error:  # a hint: never the mount's failure
         log.info("asking for the program early failed: %s", error)
     return tocs

@@ -26,6 +26,7 @@ from providers.digest import Digest
 from providers.manifest import OCI_LAYER_GZIP, Layer
 from providers.mountinfo import is_mounted
 from tests.support.cache_daemons import run_daemon, wait_for
+from tests.support.elf_files import elf
 from tests.support.estargz_writer import Blob, File, write_estargz
 from tests.support.fuse_mounts import need_fuse
 from tests.support.lazy_fetch import many_files_blob, proxied, ranges_of, settled
@@ -98,6 +99,48 @@ def test_a_layer_already_indexed_is_not_read_again(registry: Registry, tmp_path:
         prepare_layers(store.root, layers, origins, cache, executable=["/bin/prog"])
         with faults.lock:
             assert len(faults.seen) == seen
+
+
+ELF = elf(b"/lib64/ld-linux-x86-64.so.2", [b"libfoo.so.1"], b"/opt/lib", dynamic_at=700 << 10)
+LOADED = write_estargz(
+    [
+        File("bin", type="dir", mode=0o755),
+        # The dynamic section in the program's third chunk, as a real one has it far in.
+        File("bin/prog", ELF.data + os.urandom(64 << 10), mode=0o755),
+        File("lib64", type="dir", mode=0o755),
+        File("lib64/ld-linux-x86-64.so.2", os.urandom(300 << 10), mode=0o755),
+        File("opt", type="dir", mode=0o755),
+        File("opt/lib", type="dir", mode=0o755),
+        File("opt/lib/libfoo.so.1", os.urandom(300 << 10)),
+        File("opt/lib/libunused.so.1", os.urandom(300 << 10)),
+    ],
+    chunk_size=256 << 10,
+)
+
+
+def test_the_caller_asks_for_what_the_program_loads_once_its_headers_are_in(
+    registry: Registry, tmp_path: Path
+) -> None:
+    layers = pushed_layers(registry, "lazy/prepare-libs", [LOADED])
+    store, cache = new_store(tmp_path / "store"), tmp_path / "cache"
+    with proxied(registry) as (host, faults), run_daemon(tmp_path / "work", cache):
+        origins = {layer.digest: RemoteOrigin(host, "lazy/prepare-libs") for layer in layers}
+        prepare_layers(store.root, layers, origins, cache, executable=["/bin/prog"])
+        wanted = [
+            compressed_offset(LOADED, "lib64/ld-linux-x86-64.so.2"),
+            compressed_offset(LOADED, "opt/lib/libfoo.so.1"),
+        ]
+
+        def asked() -> bool:
+            ranges = ranges_of(faults, layers[0].digest)
+            return all(any(a <= at <= b for a, b in ranges) for at in wanted)
+
+        # Asked from a thread of the caller once the program's chunks are in: no read asks.
+        wait_for(asked, "the interpreter and the library to be asked for")
+        settled(cache)
+        # Past the 64 KiB cache chunk that may hold the needed library's end too.
+        unused = compressed_offset(LOADED, "opt/lib/libunused.so.1") + (128 << 10)
+        assert not any(a <= unused <= b for a, b in ranges_of(faults, layers[0].digest))
 
 
 def waiting_for_caller(pid: int) -> bool:

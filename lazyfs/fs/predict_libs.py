@@ -1,0 +1,101 @@
+"""The program's libraries asked for from the TOCs too, as soon as its headers are in.
+
+A first start's read-ahead (``lazyfs.fs.predict``) learns what the program
+loads from its ELF headers, but only once the mount serves: a tenth of a
+second and more after the program's bytes have arrived, which the
+mounting command asked for from the TOCs (``lazyfs.fs.predict_toc``).
+``ask_libraries`` does the same from the TOCs, in the mounting command,
+while the mount starts: it reads the program's headers through the cache
+daemon (each chunk checked against its digest, as every chunk read is),
+finds its interpreter and its ``DT_NEEDED`` libraries in the union of the
+TOCs as ``ld.so`` finds them (``lazyfs.fs.predict.find_library``), and has
+the daemon fetch their compressed bytes. One level only: what those load
+in turn is left to the mount's read-ahead, which finds these cached.
+
+A hint and no more, bounded as the mount's read-ahead is: the parse
+(``lazyfs.fs.elf_deps``), the path walks (one budget of ``MAX_STEPS``),
+the files (``MAX_FILES``) and the bytes of each (``MAX_FILE_BYTES``). A
+failure is logged, never the mount's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import stat
+import threading
+
+from lazyfs.fs.elf_deps import elf_deps
+from lazyfs.fs.predict import MAX_FILE_BYTES, MAX_FILES, find_library, resolve
+from lazyfs.fs.predict_toc import MAX_STEPS, Prefetcher, TocNode, TocTree, file_span
+from lazyfs.index.estargz import inflate_chunk
+from lazyfs.tree.merge import InodeNo
+from providers.digest import Digest
+
+log = logging.getLogger(__name__)
+
+
+def ask_libraries_soon(tree: TocTree, program: TocNode, blobs: Prefetcher) -> None:
+    """``ask_libraries`` in a daemon thread: it waits for the program's bytes."""
+    threading.Thread(
+        target=_logged, args=(tree, program, blobs), name="lazyfs-ask-libraries", daemon=True
+    ).start()
+
+
+def _logged(tree: TocTree, program: TocNode, blobs: Prefetcher) -> None:
+    try:
+        asked = ask_libraries(tree, program, blobs)
+        log.debug("asked for %d files the program loads", asked)
+    except Exception as error:  # a hint: never the mount's failure
+        log.info("asking for the program's libraries early failed: %s", error)
+
+
+def ask_libraries(tree: TocTree, program: TocNode, blobs: Prefetcher) -> int:
+    """Ask ``blobs`` for the interpreter and libraries the ELF file ``program`` of ``tree``
+    needs; how many files were asked for. Blocking: it reads the program's headers."""
+    steps = itertools.count()
+    asked: set[tuple[Digest, int]] = set()
+
+    def spend() -> bool:
+        return next(steps) < MAX_STEPS
+
+    def ask(found: InodeNo | None) -> None:
+        node = None if found is None else tree.inode(found)
+        if node is None or not stat.S_ISREG(node.mode) or len(asked) >= MAX_FILES:
+            return
+        span = file_span(node)
+        if span is not None and (span[0], span[1]) not in asked:
+            asked.add((span[0], span[1]))
+            blobs.prefetch(*span)
+
+    def interp(path: bytes) -> None:
+        ask(resolve(tree, path, spend))
+
+    deps = elf_deps(lambda offset, length: file_bytes(program, blobs, offset, length), interp)
+    if deps is not None:
+        for name in deps.needed:
+            ask(find_library(tree, name, deps.runpath, spend))
+    return len(asked)
+
+
+def file_bytes(node: TocNode, blobs: Prefetcher, offset: int, length: int) -> bytes:
+    """Bytes ``[offset, offset + length)`` of the file ``node``, from the chunks holding
+    them, each read through ``blobs`` and checked (DigestMismatch if one is not what the
+    TOC says). Past its end, or its first ``MAX_FILE_BYTES``, fewer."""
+    entry = node.entry
+    if entry is None or node.layer is None or offset < 0 or length <= 0:
+        return b""
+    end = min(offset + length, entry.size, MAX_FILE_BYTES)
+    parts = []
+    for chunk in entry.chunks:
+        last = chunk.chunk_offset + chunk.chunk_size
+        if last <= offset or chunk.chunk_offset >= end:
+            continue
+        if chunk.end - chunk.offset > MAX_FILE_BYTES:
+            break  # a member no file of this size needs: hostile
+        data = blobs.read_range(node.layer, chunk.offset, chunk.end - chunk.offset)
+        content = inflate_chunk(chunk, data, layer=str(node.layer), name=entry.name)
+        parts.append(
+            content[max(offset, chunk.chunk_offset) - chunk.chunk_offset : end - chunk.chunk_offset]
+        )
+    return b"".join(parts)
