@@ -13,9 +13,8 @@ public mount API the backends call, and loads no FUSE, index or tree code
 itself (providers only). The mount process finds blobs through lazyfs.store.
 ``predict`` reads ahead, on a first start, what an executable a mount
 serves will load (``elf_deps`` parses its headers); ``predict_toc`` and
-``predict_libs`` ask for the program and its libraries from eStargz TOCs
-before the mount serves, and ``mount_prepare`` has the mounting command
-index a first lazy mount's layers while its mount process loads.
+``predict_libs`` ask for the program and what it loads from eStargz TOCs
+while the mount still indexes them.
 
 Imports: lazyfs.index, lazyfs.tree, lazyfs.blobs, lazyfs.store, lazyfs.cache, providers.
 """

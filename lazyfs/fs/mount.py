@@ -160,7 +160,7 @@ def mount(
     # The daemon comes up while the mount process starts, not before: the mount
     # process waits for it at its first miss, and both take a while to load.
     starting = None
-    read_end = write_end = wait_end = -1
+    read_end = write_end = -1
     try:
         if daemon is not None:
             starting = start_daemon(daemon)
@@ -172,10 +172,7 @@ def mount(
         try:
             # A mount of remote layers starts no mount server: its imports would
             # compete for the CPU with the daemon's and this mount's start.
-            pid, wait_end = _start(
-                argv, store, ready_fd=write_end, log_fd=log_fd, start_server=not origins,
-                caller_indexes=daemon is not None,
-            )  # fmt: skip
+            pid = _start(argv, store, ready_fd=write_end, log_fd=log_fd, start_server=not origins)
         finally:
             os.close(log_fd)
         os.close(write_end)
@@ -187,12 +184,6 @@ def mount(
                 from lazyfs.cache.tails import ask_tails  # loaded by lazy mounts only
 
                 ask_tails(daemon.cache_dir, store, layers, origins, _toc_start)
-            if wait_end >= 0 and remote is not None:
-                from lazyfs.fs.mount_prepare import index_meanwhile  # loads the index code
-
-                index_meanwhile(store, layers, remote, limits)
-                os.close(wait_end)  # the mount process reads the store from here on
-                wait_end = -1
             answer = _read_answer(read_end, timeout)
         except BaseException:
             # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.
@@ -201,9 +192,10 @@ def mount(
     finally:
         if starting is not None:
             starting.release()  # a daemon start ends with it, or the lock stays held
-        for end in (read_end, write_end, wait_end):
-            if end >= 0:
-                os.close(end)
+        if read_end >= 0:
+            os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
     if answer == READY:
         return pid
     # Whatever it did, it must not stay: a half-made mount goes with it.
@@ -223,23 +215,13 @@ def _toc_start(tail: bytes, size: int) -> int | None:
 
 
 def _start(
-    args: list[str],
-    store: Path,
-    *,
-    ready_fd: int,
-    log_fd: int,
-    start_server: bool = True,
-    caller_indexes: bool = False,
-) -> tuple[int, int]:
+    args: list[str], store: Path, *, ready_fd: int, log_fd: int, start_server: bool = True
+) -> int:
     """Start the mount process of ``args``: forked by the mount server if one runs, else exec'd.
 
     ``LAZYFS_MOUNT_SERVER`` (``lazyfs.fs.mount_server_client``) forces either
     way; else a server is started for the next mounts when none runs, unless
     not ``start_server``.
-
-    Returns its pid, and with ``caller_indexes`` for an exec'd one, the
-    write end of its ``--wait-fd`` pipe, to close once the caller has
-    indexed the layers (``lazyfs.fs.mount_prepare``); else -1.
     """
     use_server = server_client.wanted()
     if use_server is not False:
@@ -255,43 +237,27 @@ def _start(
                 log_fd=log_fd,
                 wait=wait,
                 start=start_server or use_server is True,
-            ), -1
+            )
         except server_client.Unreachable as why:
             if use_server:
                 raise BackendError(f"the mount server cannot start this mount: {why}") from None
             os.write(log_fd, f"starting the mount process itself: {why}\n".encode())
-    argv = [sys.executable, "-P", "-m", MOUNT_MODULE, *args, "--ready-fd", str(ready_fd)]
-    # dup2 onto itself clears close-on-exec in this child only (POSIX).
-    inherited = [(os.POSIX_SPAWN_DUP2, ready_fd, ready_fd)]
-    wait_read = wait_write = -1
-    if caller_indexes:
-        wait_read, wait_write = os.pipe()  # not inheritable, as the ready pipe
-        argv += ["--wait-fd", str(wait_read)]
-        inherited.append((os.POSIX_SPAWN_DUP2, wait_read, wait_read))
-    try:
-        # posix_spawn, not subprocess: the caller forgets this child on purpose,
-        # and Popen would warn about that when collected.
-        pid = os.posix_spawn(
-            sys.executable,
-            # -P: the caller's working directory is not on the mount process's import path.
-            argv,
-            os.environ,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                *inherited,
-            ],
-            setsid=True,  # detached: no signal of the caller's terminal reaches it
-        )
-    except BaseException:
-        if wait_write >= 0:
-            os.close(wait_write)
-        raise
-    finally:
-        if wait_read >= 0:
-            os.close(wait_read)
-    return pid, wait_write
+    # posix_spawn, not subprocess: the caller forgets this child on purpose,
+    # and Popen would warn about that when collected.
+    return os.posix_spawn(
+        sys.executable,
+        # -P: the caller's working directory is not on the mount process's import path.
+        [sys.executable, "-P", "-m", MOUNT_MODULE, *args, "--ready-fd", str(ready_fd)],
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 1),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            # dup2 onto itself clears close-on-exec in this child only (POSIX).
+            (os.POSIX_SPAWN_DUP2, ready_fd, ready_fd),
+        ],
+        setsid=True,  # detached: no signal of the caller's terminal reaches it
+    )
 
 
 def mount_recorded(

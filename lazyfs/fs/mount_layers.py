@@ -63,7 +63,8 @@ def index_layers(
 
     ``executable``: where the program may be, asked for from the TOCs
     before indexing on a start that replays no trace, when every layer is
-    remote (``lazyfs.fs.predict_toc``); each TOC read so is indexed from.
+    remote (``lazyfs.fs.predict_toc``), and what it loads once its headers
+    are in (``lazyfs.fs.predict_libs``); each TOC read so is indexed from.
 
     Raises NotFound for a blob the store does not have, BadImage or
     UnsafeLayer for a layer indexing refuses (one past ``limits`` too).
@@ -82,9 +83,14 @@ def index_layers(
     tocs: dict[Layer, Toc] = {}
     replaying = trace is not None and recorder is None
     if client is not None and executable and not replaying and all(o for _, o in layers):
+        from lazyfs.fs.predict_libs import ask_libraries_soon
         from lazyfs.fs.predict_toc import ask_program
 
-        tocs = ask_program(store.layers, [layer for layer, _ in layers], client, executable)
+        # What the program loads is asked for too, by a thread, once its headers are in.
+        tocs = ask_program(
+            store.layers, [layer for layer, _ in layers], client, executable,
+            found=ask_libraries_soon,
+        )  # fmt: skip
     digests = [layer.digest for layer, _ in layers]
     # With the image's merged tree kept, the mount needs only the indexes'
     # headers; without it, it merges the entries, so check them whole (a

@@ -30,7 +30,6 @@ log file.
 from __future__ import annotations
 
 import gc
-import importlib
 
 if __name__ == "__main__":
     # Exec'd: nothing to collect yet, but each pass walks every module loaded (some 10 ms).
@@ -123,32 +122,6 @@ def _index(layers_dir: Path, digest: Digest) -> LayerIndex:
     return index
 
 
-# What a mount of remote eStargz layers loads on its way to serving.
-_REMOTE_MODULES = (
-    "lazyfs.cache.client",
-    "lazyfs.blobs.gzip_remote",
-    "lazyfs.blobs.estargz_reader",
-    "lazyfs.index.estargz_store",
-    "lazyfs.index.stored_remote",
-    "lazyfs.fs.predict",
-    "lazyfs.fs.predict_toc",
-)
-
-
-def _wait_for_caller(fd: int) -> None:
-    """Block until the caller indexing the layers meanwhile closes its end of the pipe ``fd``.
-
-    Its EOF comes when the caller is done, failed or died; what it did not
-    index is indexed here as ever (``lazyfs.fs.mount_prepare``). What
-    reading remote layers needs is loaded first, meanwhile, not after.
-    """
-    for name in _REMOTE_MODULES:
-        importlib.import_module(name)
-    with os.fdopen(fd, "rb", buffering=0) as pipe:
-        while pipe.read(4096):
-            pass
-
-
 def _answer(ready: BinaryIO, line: bytes) -> bool:
     """Tell the caller ``line``; False if it is gone (then nobody waits for this mount)."""
     try:
@@ -204,8 +177,6 @@ def _main(argv: Sequence[str] | None) -> int:
     for number in _STOP_SIGNALS:
         signal.signal(number, _Stop.handler)
     with os.fdopen(args.ready_fd, "wb", buffering=0) as ready:
-        if args.wait_fd is not None:
-            _wait_for_caller(args.wait_fd)
         try:
             indexed = index_layers(
                 *(args.store, args.layer, mount_limits(args), args.cache_dir, args.trace),

@@ -70,6 +70,7 @@ PRELOAD = (
     "lazyfs.fs.debug",
     "lazyfs.fs.predict",
     "lazyfs.fs.predict_toc",
+    "lazyfs.fs.predict_libs",
     "lazyfs.cache.client",
     "lazyfs.cache.messages",
     "lazyfs.index.stored",
@@ -347,9 +348,6 @@ def _check(message: dict[str, Any], fds: list[int]) -> MountRequest:
         raise Refused("arguments that are not a list of strings")
     if any(arg.startswith("--ready-fd") for arg in args):
         raise Refused("--ready-fd is the server's to set")
-    if any(arg.startswith("--wait-fd") for arg in args):
-        # A forked child would wait on whatever the server holds at that number.
-        raise Refused("--wait-fd is for a mount process its caller exec'd")
     if not isinstance(env, dict) or not all(_plain(k) and _plain(v) for k, v in env.items()):
         raise Refused("an environment that is not strings")
     if any(not name or "=" in name for name in env):

@@ -132,8 +132,7 @@ def _mount_parser() -> argparse.ArgumentParser:
     Parsing leaves the parser as it was (an ``append`` default is copied
     into the namespace, not appended to), so every mount may share it.
     """
-    # No abbreviations: the mount server refuses --ready-fd and --wait-fd by their full names.
-    parser = argparse.ArgumentParser(prog="lazyfs.fs.mount_main", allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="lazyfs.fs.mount_main")
     parser.add_argument("--mountpoint", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True, help="the store root")
     parser.add_argument(
@@ -159,12 +158,6 @@ def _mount_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-layer-size", type=int, help="bytes a layer may unpack to")
     parser.add_argument("--max-layer-ratio", type=int, help="times its blob a layer may unpack")
     parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument(
-        "--wait-fd",
-        type=int,
-        help="a pipe's read end: its caller indexes the layers until its EOF"
-        " (``lazyfs.fs.mount_prepare``)",
-    )
     parser.add_argument("--upper", type=Path, help="writable: the upper (new, or a former mount's)")
     parser.add_argument("--work", type=Path, help="writable: temporaries, on upper's filesystem")
     parser.add_argument("--debug", action="store_true")

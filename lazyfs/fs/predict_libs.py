@@ -2,10 +2,10 @@
 
 A first start's read-ahead (``lazyfs.fs.predict``) learns what the program
 loads from its ELF headers, but only once the mount serves: a tenth of a
-second and more after the program's bytes have arrived, which the
-mounting command asked for from the TOCs (``lazyfs.fs.predict_toc``).
-``ask_libraries`` does the same from the TOCs, in the mounting command,
-while the mount starts: it reads the program's headers through the cache
+second and more after the program's bytes have arrived, which the mount
+asked for from the TOCs before indexing them (``lazyfs.fs.predict_toc``).
+``ask_libraries`` does the same from the TOCs, in a thread of the mount
+process while it indexes: it reads the program's headers through the cache
 daemon (each chunk checked against its digest, as every chunk read is),
 finds its interpreter and its ``DT_NEEDED`` libraries in the union of the
 TOCs as ``ld.so`` finds them (``lazyfs.fs.predict.find_library``), and has
@@ -14,7 +14,8 @@ in turn is left to the mount's read-ahead, which finds these cached.
 
 A hint and no more, bounded as the mount's read-ahead is: the parse
 (``lazyfs.fs.elf_deps``), the path walks (one budget of ``MAX_STEPS``),
-the files (``MAX_FILES``) and the bytes of each (``MAX_FILE_BYTES``). A
+the files (``MAX_FILES``), the bytes of each (``MAX_FILE_BYTES``) and of all
+(``MAX_BYTES``); each of the program's chunks is inflated once. A
 failure is logged, never the mount's.
 """
 
@@ -26,7 +27,7 @@ import stat
 import threading
 
 from lazyfs.fs.elf_deps import elf_deps
-from lazyfs.fs.predict import MAX_FILE_BYTES, MAX_FILES, find_library, resolve
+from lazyfs.fs.predict import MAX_BYTES, MAX_FILE_BYTES, MAX_FILES, find_library, resolve
 from lazyfs.fs.predict_toc import MAX_STEPS, Prefetcher, TocNode, TocTree, file_span
 from lazyfs.index.estargz import inflate_chunk
 from lazyfs.tree.merge import InodeNo
@@ -55,33 +56,48 @@ def ask_libraries(tree: TocTree, program: TocNode, blobs: Prefetcher) -> int:
     needs; how many files were asked for. Blocking: it reads the program's headers."""
     steps = itertools.count()
     asked: set[tuple[Digest, int]] = set()
+    left = MAX_BYTES  # for all the files asked for, as the mount's read-ahead has it
+    inflated: dict[int, bytes] = {}  # the program's chunks, each inflated once
 
     def spend() -> bool:
         return next(steps) < MAX_STEPS
 
     def ask(found: InodeNo | None) -> None:
+        nonlocal left
         node = None if found is None else tree.inode(found)
         if node is None or not stat.S_ISREG(node.mode) or len(asked) >= MAX_FILES:
             return
         span = file_span(node)
-        if span is not None and (span[0], span[1]) not in asked:
+        if span is not None and (span[0], span[1]) not in asked and left > 0:
             asked.add((span[0], span[1]))
-            blobs.prefetch(*span)
+            length = min(span[2], left)
+            left -= length
+            blobs.prefetch(span[0], span[1], length)
 
     def interp(path: bytes) -> None:
         ask(resolve(tree, path, spend))
 
-    deps = elf_deps(lambda offset, length: file_bytes(program, blobs, offset, length), interp)
+    def read(offset: int, length: int) -> bytes:
+        return file_bytes(program, blobs, offset, length, inflated)
+
+    deps = elf_deps(read, interp)
     if deps is not None:
         for name in deps.needed:
             ask(find_library(tree, name, deps.runpath, spend))
     return len(asked)
 
 
-def file_bytes(node: TocNode, blobs: Prefetcher, offset: int, length: int) -> bytes:
+def file_bytes(
+    node: TocNode,
+    blobs: Prefetcher,
+    offset: int,
+    length: int,
+    inflated: dict[int, bytes] | None = None,
+) -> bytes:
     """Bytes ``[offset, offset + length)`` of the file ``node``, from the chunks holding
     them, each read through ``blobs`` and checked (DigestMismatch if one is not what the
-    TOC says). Past its end, or its first ``MAX_FILE_BYTES``, fewer."""
+    TOC says). Past its end, or its first ``MAX_FILE_BYTES``, fewer. ``inflated`` keeps
+    the chunks inflated, by offset, for the next call: none is inflated twice."""
     entry = node.entry
     if entry is None or node.layer is None or offset < 0 or length <= 0:
         return b""
@@ -91,10 +107,14 @@ def file_bytes(node: TocNode, blobs: Prefetcher, offset: int, length: int) -> by
         last = chunk.chunk_offset + chunk.chunk_size
         if last <= offset or chunk.chunk_offset >= end:
             continue
-        if chunk.end - chunk.offset > MAX_FILE_BYTES:
+        if max(chunk.end - chunk.offset, chunk.inner_offset + chunk.chunk_size) > MAX_FILE_BYTES:
             break  # a member no file of this size needs: hostile
-        data = blobs.read_range(node.layer, chunk.offset, chunk.end - chunk.offset)
-        content = inflate_chunk(chunk, data, layer=str(node.layer), name=entry.name)
+        content = None if inflated is None else inflated.get(chunk.offset)
+        if content is None:
+            data = blobs.read_range(node.layer, chunk.offset, chunk.end - chunk.offset)
+            content = inflate_chunk(chunk, data, layer=str(node.layer), name=entry.name)
+            if inflated is not None:
+                inflated[chunk.offset] = content
         parts.append(
             content[max(offset, chunk.chunk_offset) - chunk.chunk_offset : end - chunk.chunk_offset]
         )

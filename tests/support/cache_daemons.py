@@ -54,19 +54,28 @@ def daemon_status(cache_dir: Path) -> StatusOk | None:
         return None
 
 
-def daemon_argv(work_dir: Path, cache_dir: Path, size: str = "64MB") -> list[str]:
+def daemon_argv(
+    work_dir: Path, cache_dir: Path, size: str = "64MB", *, background: bool = True
+) -> list[str]:
+    quiet = [] if background else ["--no_background_fetch"]
     return [sys.executable, "-m", "lazyfs", "--work_dir", str(work_dir),
-            "--cache_dir", str(cache_dir), "--cache_size", size, "daemon"]  # fmt: skip
+            "--cache_dir", str(cache_dir), "--cache_size", size, *quiet, "daemon"]  # fmt: skip
 
 
 @contextlib.contextmanager
-def run_daemon(work_dir: Path, cache_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``lazyfs daemon`` running and answering; its log is ``work_dir/daemon-<n>.log``."""
+def run_daemon(
+    work_dir: Path, cache_dir: Path, *, background: bool = True
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``lazyfs daemon`` running and answering; its log is ``work_dir/daemon-<n>.log``.
+    Without ``background``, it fetches only what is read or asked for."""
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path = work_dir / f"daemon-{len(list(work_dir.glob('daemon-*.log')))}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            daemon_argv(work_dir, cache_dir), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            daemon_argv(work_dir, cache_dir, background=background),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
 

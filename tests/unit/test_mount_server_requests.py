@@ -40,8 +40,6 @@ def test_a_well_formed_request_is_taken_as_sent() -> None:
         ({"args": ["--mountpoint", "/m\0/etc"]}, FDS, "not a list of strings"),
         ({"args": ["--ready-fd", "0"]}, FDS, "--ready-fd is the server's"),
         ({"args": ["--ready-fd=0"]}, FDS, "--ready-fd is the server's"),
-        ({"args": ["--wait-fd", "0"]}, FDS, "--wait-fd is for a mount process its caller"),
-        ({"args": ["--wait-fd=3"]}, FDS, "--wait-fd is for a mount process its caller"),
         ({"env": [["PATH", "/bin"]]}, FDS, "not strings"),
         ({"env": {"PATH": 1}}, FDS, "not strings"),
         ({"env": {"A=B": "c"}}, FDS, "without a name"),

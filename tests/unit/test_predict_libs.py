@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from lazyfs.fs import predict_libs
 from lazyfs.fs.predict import resolve
 from lazyfs.fs.predict_libs import ask_libraries, file_bytes
 from lazyfs.fs.predict_toc import TocTree, file_span, find_program
@@ -104,3 +105,28 @@ def test_a_program_that_is_no_elf_file_asks_for_nothing() -> None:
     blobs = Prefetching({LAYER: blob.data})
     assert ask_libraries(tree, program, blobs) == 0
     assert [e for e in blobs.events if e[0] == "prefetch"] == []
+
+
+def test_each_chunk_of_the_program_is_read_and_inflated_once() -> None:
+    blob = layer_of(PROGRAM.data + os.urandom(3000))
+    tree = tree_of(blob)
+    program = find_program(tree, ["/bin/prog"])
+    assert program is not None
+    blobs = Prefetching({LAYER: blob.data})
+    ask_libraries(tree, program, blobs)
+    # One chunk, read by every step of the parse: the header, the phdrs, the names.
+    assert sum(1 for e in blobs.events if e[0] == "read") == 1
+
+
+def test_the_files_asked_for_stay_within_the_read_aheads_byte_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(predict_libs, "MAX_BYTES", 8000)
+    blob = layer_of(PROGRAM.data)
+    tree = tree_of(blob)
+    program = find_program(tree, ["/bin/prog"])
+    assert program is not None
+    blobs = Prefetching({LAYER: blob.data})
+    ask_libraries(tree, program, blobs)
+    asked = [n for kind, _, _, n in blobs.events if kind == "prefetch"]
+    assert sum(asked) == 8000  # three files of about 5000 bytes each, cut at the budget
