@@ -26,6 +26,7 @@ import logging
 import stat
 import threading
 
+from lazyfs.blobs.trace_run import unrecorded
 from lazyfs.fs.elf_deps import elf_deps
 from lazyfs.fs.predict import MAX_BYTES, MAX_FILE_BYTES, MAX_FILES, find_library, resolve
 from lazyfs.fs.predict_toc import MAX_STEPS, Prefetcher, TocNode, TocTree, file_span
@@ -44,6 +45,8 @@ def ask_libraries_soon(tree: TocTree, program: TocNode, blobs: Prefetcher) -> No
 
 
 def _logged(tree: TocTree, program: TocNode, blobs: Prefetcher) -> None:
+    # A trace recorded on this start keeps the program's reads in its order, not these.
+    unrecorded()
     try:
         asked = ask_libraries(tree, program, blobs)
         log.debug("asked for %d files the program loads", asked)

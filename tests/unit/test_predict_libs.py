@@ -5,12 +5,14 @@ them in the union of the TOCs, read from chunks each checked against its digest.
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
+from lazyfs.blobs.trace_run import recorded
 from lazyfs.fs import predict_libs
 from lazyfs.fs.predict import resolve
-from lazyfs.fs.predict_libs import ask_libraries, file_bytes
+from lazyfs.fs.predict_libs import ask_libraries, ask_libraries_soon, file_bytes
 from lazyfs.fs.predict_toc import TocTree, file_span, find_program
 from lazyfs.index.estargz_toc import parse_toc
 from providers.digest import Digest
@@ -130,3 +132,29 @@ def test_the_files_asked_for_stay_within_the_read_aheads_byte_budget(
     ask_libraries(tree, program, blobs)
     asked = [n for kind, _, _, n in blobs.events if kind == "prefetch"]
     assert sum(asked) == 8000  # three files of about 5000 bytes each, cut at the budget
+
+
+class _Asking(Prefetching):
+    """Says, of every read, whether a trace would keep it."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        super().__init__(blobs)
+        self.kept: list[bool] = []
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.kept.append(recorded())
+        return super().read_range(digest, offset, length)
+
+
+def test_the_thread_s_reads_are_kept_by_no_trace() -> None:
+    blob = layer_of(PROGRAM.data)
+    tree = tree_of(blob)
+    program = find_program(tree, ["/bin/prog"])
+    assert program is not None
+    blobs = _Asking({LAYER: blob.data})
+    before = set(threading.enumerate())
+    ask_libraries_soon(tree, program, blobs)
+    for thread in set(threading.enumerate()) - before:
+        thread.join(30)
+    assert blobs.kept == [False]
+    assert len([e for e in blobs.events if e[0] == "prefetch"]) == 3
