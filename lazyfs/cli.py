@@ -147,7 +147,7 @@ def _image(args: argparse.Namespace) -> Image:
 
 
 def _provision(app: App, args: argparse.Namespace) -> int:
-    from lazyfs.cli_early import daemon_ahead
+    from lazyfs.cli_early import started_ahead
     from lazyfs.cli_volumes import container_request
     from lazyfs.progress import Progress
 
@@ -157,7 +157,7 @@ def _provision(app: App, args: argparse.Namespace) -> int:
         # Before the container counts as provisioned: a closed stdout undoes it.
         print(json.dumps(info.to_json(), indent=1), flush=True)
 
-    with daemon_ahead(args, spec.image, args.backend or app.backend):
+    with started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()):
         info: ProvisionInfo = run_trio(
             lambda: app.provisioner.provision(
                 args.container_id,
@@ -201,13 +201,14 @@ def _pull(app: App, args: argparse.Namespace) -> int:
 
 
 def _mount(app: App, args: argparse.Namespace) -> int:
-    from lazyfs.cli_early import daemon_ahead
+    from lazyfs.cli_early import started_ahead
     from lazyfs.cli_mount import run_mount
     from lazyfs.provision import devmount
 
     image = _image(args)
     devmount.check_mountpoint(args.mountpoint, suid=args.suid, dev=args.dev)  # before the daemon
-    with daemon_ahead(args, image, "fuse"):  # `mount` is always the fuse backend's
+    # `mount` is always the fuse backend's.
+    with started_ahead(args, image, "fuse", app.store_dir.absolute()):
         return run_mount(args, image, lambda: app.store, lambda: app.provisioner, app.work_dir)
 
 
@@ -269,7 +270,7 @@ def _stale_tree(name: str) -> bool:
 
 
 def _run(app: App, args: argparse.Namespace) -> int:
-    from lazyfs.cli_early import daemon_ahead
+    from lazyfs.cli_early import started_ahead
     from lazyfs.cli_exec import exec_problem
     from lazyfs.cli_volumes import container_request, volume_mounts
     from lazyfs.progress import Progress
@@ -286,7 +287,7 @@ def _run(app: App, args: argparse.Namespace) -> int:
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with (
-        daemon_ahead(args, spec.image, args.backend or app.backend),
+        started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()),
         app.provisioner.hold(container_id),
     ):
         info: ProvisionInfo = run_trio(

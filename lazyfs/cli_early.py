@@ -1,10 +1,10 @@
-"""Starting the cache daemon while a command resolves its image, not after.
+"""Starting the cache daemon and the mount server while a command resolves its image, not after.
 
 A lazy mount needs the machine's cache daemon, and the daemon takes a few
 tenths of a second to load. The mount API starts it beside the mount
 process (``lazyfs.fs.mount``), but the command knows it will need it much
 earlier: ``run`` and ``provision`` of a registry image on the fuse backend,
-and ``mount`` of one. ``daemon_ahead`` starts it then, in a thread of the
+and ``mount`` of one. ``started_ahead`` starts it then, in a thread of the
 command, so that it loads while the command loads its own code and asks the
 registry for the manifest, and is answering by the time the mount asks it
 for the layers' tables of contents.
@@ -19,6 +19,14 @@ The start lock (``lazyfs.cache.spawn``) is held until the daemon holds its
 cache, so a mount meanwhile waits for this daemon instead of starting
 another; a failed start is logged and left to the mount, which starts the
 daemon itself and says why it could not.
+
+The same thread first starts the store's mount server for any mount on the
+fuse backend (``lazyfs.fs.mount_server_client.start_ahead``), unless one
+runs or ``LAZYFS_MOUNT_SERVER=0``. A mount process exec'd afresh spends a
+quarter of a second importing before it can read a table of contents; the
+server does that import on the other core while the command still resolves
+the image, and the mount, which waits for it, is forked ready. A server
+that cannot start is logged; the mount is then exec'd as before.
 """
 
 from __future__ import annotations
@@ -28,12 +36,14 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 from lazyfs.cache.layout import socket_path
 from lazyfs.cache.spawn import DaemonSpec, start_daemon
 from lazyfs.cli_daemon import daemon_spec
 from lazyfs.cli_flags import image_providers
 from lazyfs.cli_registry import docker_registry
+from lazyfs.fs import mount_server_client as server_client
 from providers.errors import LazyfsError
 from providers.image_pb2 import Image
 from providers.transports import parse_transport
@@ -59,28 +69,44 @@ def wants_daemon(args: argparse.Namespace, image: Image, backend: str | None) ->
 
 
 @contextlib.contextmanager
-def daemon_ahead(args: argparse.Namespace, image: Image, backend: str | None) -> Iterator[None]:
-    """Start the cache daemon in a thread while the block runs, if it will be needed.
+def started_ahead(
+    args: argparse.Namespace, image: Image, backend: str | None, store: Path
+) -> Iterator[None]:
+    """Start what the block's mount will need in a thread: the mount server, the cache daemon.
 
+    ``store`` is the store's root, whose mount server starts mounts of it.
     The thread is joined when the block ends: it has long finished by then
     (it ends once the daemon holds its cache, or failed to).
     """
-    if not wants_daemon(args, image, backend):
+    server = server_client.server_dir(store) if wants_mount_server(backend) else None
+    spec = daemon_spec(args) if wants_daemon(args, image, backend) else None
+    if spec is not None and socket_path(spec.cache_dir).exists():
+        spec = None
+    if server is None and spec is None:
         yield
         return
-    spec = daemon_spec(args)
-    if socket_path(spec.cache_dir).exists():
-        yield
-        return
-    thread = threading.Thread(target=_start, args=(spec,), name="lazyfs-daemon-ahead", daemon=True)
+    thread = threading.Thread(target=_start, args=(server, spec), name="lazyfs-ahead", daemon=True)
     thread.start()
     try:
         yield
     finally:
-        thread.join(spec.timeout)
+        thread.join(spec.timeout if spec is not None else None)
 
 
-def _start(spec: DaemonSpec) -> None:
+def wants_mount_server(backend: str | None) -> bool:
+    """Whether a mount on ``backend`` would be forked by the store's mount server."""
+    return backend == "fuse" and server_client.wanted() is not False
+
+
+def _start(server: Path | None, spec: DaemonSpec | None) -> None:
+    # The server first: it has more to import, and the daemon's start waits.
+    if server is not None:
+        try:
+            server_client.start_ahead(server)
+        except server_client.Unreachable as why:
+            log.info("starting the mount server ahead of the mount: %s", why)
+    if spec is None:
+        return
     try:
         starting = start_daemon(spec)
         if starting is not None:

@@ -1,10 +1,12 @@
-"""Who is at the other end of the mount server's socket, and whether it lives where we do.
+"""Who is at the other end of the mount server's socket, whether it lives where we do, and
+the processes on either end: this one's umask, whether a child lives, reaping it.
 
 Imports: the standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -43,3 +45,34 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
         conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
     )
     return pid, uid, gid
+
+
+def umask() -> int:
+    """This process's umask, read without changing it (other threads may be creating files)."""
+    with (
+        contextlib.suppress(OSError, ValueError, StopIteration),
+        open("/proc/self/status") as status,
+    ):
+        line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

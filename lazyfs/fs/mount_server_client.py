@@ -71,6 +71,13 @@ class Unreachable(Exception):
     """No server took the request: nothing was started, the caller may exec instead."""
 
 
+class _Starting(Unreachable):
+    """Another caller's server is starting (it holds ``start.lock`` until it listens)."""
+
+
+_AHEAD: set[Path] = set()  # servers this process started ahead, for its next mount to wait for
+
+
 def wanted(environ: Mapping[str, str] = os.environ) -> bool | None:
     """Whether mounts start through the server: True forced, False never, None when it can."""
     value = environ.get(ENV, "")
@@ -115,7 +122,7 @@ def start_mount(
     cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         request: dict[str, Any] = {"op": "mount", "key": key, "args": args}
-        request.update(env=dict(os.environ), umask=_umask())
+        request.update(env=dict(os.environ), umask=peers.umask())
         for _ in range(2):  # a stale server exits on our request; its successor serves
             with _connected(directory, wait=wait, start=start) as conn:
                 _send(conn, request, [ready_fd, log_fd, cwd])
@@ -159,7 +166,7 @@ def stop_server(directory: Path, timeout: float = START_TIMEOUT) -> int | None:
             _send(conn, {"op": "stop", "key": ""}, [])
             _reply(conn)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while peers.alive(pid):
         if time.monotonic() > deadline:
             raise BackendError(f"the mount server {pid} did not stop within {timeout:g}s")
         time.sleep(0.02)
@@ -194,8 +201,12 @@ def _connected(
     conn = _connect(directory)
     if conn is None and not start:
         raise Unreachable("no mount server runs, and this mount starts none")
+    if conn is None and not wait and directory in _AHEAD:
+        conn = _started_ahead(directory)
     if conn is None and not wait:
         conn = _start_beside(directory)
+        if conn is None:
+            raise Unreachable("no mount server ran; one is starting for the next mounts")
     if conn is None:
         deadline = time.monotonic() + START_TIMEOUT
         with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.02):
@@ -240,23 +251,54 @@ def _connect(directory: Path) -> socket.socket | None:
 def _start_beside(directory: Path) -> socket.socket | None:
     """Start a server in ``directory`` unless one is starting; a connection if one listens now.
 
-    Raises Unreachable when there is none to use yet. The server started
-    holds ``start.lock`` until it listens (``--start-lock-fd``), so callers
-    meanwhile neither start another nor wait for it.
+    None once this call started one; _Starting if another caller's is. The
+    server started holds ``start.lock`` until it listens (``--start-lock-fd``),
+    so callers meanwhile neither start another nor wait for it.
     """
     lock = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Unreachable("the mount server is starting; not waiting for it") from None
+            raise _Starting("the mount server is starting; not waiting for it") from None
         conn = _connect(directory)  # it may have come up meanwhile
         if conn is not None:
             return conn
         _reap_later(_spawn(directory, lock_fd=lock))
     finally:
         os.close(lock)  # the server's copy holds the lock on
-    raise Unreachable("no mount server ran; one is starting for the next mounts")
+    return None
+
+
+def start_ahead(directory: Path) -> None:
+    """Start the server of ``directory`` now, for a mount this process asks for in a moment.
+
+    The server imports while the caller still resolves its image, on the
+    other core; that mount then waits for it and is forked, not exec'd.
+    Nothing is started when a server listens or is starting. Raises
+    Unreachable when none could be started.
+    """
+    try:
+        private_dir(directory)
+    except (UsageError, OSError) as error:
+        raise Unreachable(str(error)) from None
+    with contextlib.suppress(_Starting):
+        conn = _start_beside(directory)
+        if conn is None:
+            _AHEAD.add(directory)
+        else:
+            conn.close()
+
+
+def _started_ahead(directory: Path) -> socket.socket:
+    """A connection to the server this process started ahead, once it listens."""
+    _AHEAD.discard(directory)  # waited for once
+    deadline = time.monotonic() + START_TIMEOUT
+    with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.005):
+        conn = _connect(directory)
+    if conn is None:
+        raise Unreachable(f"the mount server started ahead exited: {_last_line(directory)}")
+    return conn
 
 
 def _spawn(directory: Path, *, lock_fd: int | None = None) -> int:
@@ -312,7 +354,7 @@ def _start(directory: Path, deadline: float) -> socket.socket:
 
 def _reap_later(pid: int) -> None:
     """Reap the server ``pid`` when it ends, so a server that exits leaves no zombie here."""
-    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+    threading.Thread(target=peers.reap, args=(pid,), daemon=True).start()
 
 
 def _send(conn: socket.socket, message: Mapping[str, Any], fds: list[int]) -> None:
@@ -342,37 +384,6 @@ def _reply(conn: socket.socket) -> dict[str, Any]:
         return reply
     except (OSError, ValueError, EOFError) as error:
         raise BackendError(f"the mount server gave no answer: {error or 'it hung up'}") from None
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (other threads may be creating files)."""
-    with (
-        contextlib.suppress(OSError, ValueError, StopIteration),
-        open("/proc/self/status") as status,
-    ):
-        line = next(line for line in status if line.startswith("Umask:"))
-        return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _alive(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 def _last_line(directory: Path) -> str:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from lazyfs.fs import mount_server_client as server_client
 from lazyfs.fs.mount import is_mounted
 from lazyfs.provision.devmount import record_dir
+from tests.support import mount_servers
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -54,6 +56,21 @@ def test_mount_shows_the_image_read_only_and_umount_takes_it_down(
     assert list(mountpoint.iterdir()) == []
     assert not pid_alive(out["pid"])
     assert list((lazyfs.work_dir / "mounts").iterdir()) == []
+
+
+def test_the_first_mount_is_forked_by_the_mount_server_the_command_started_ahead(
+    lazyfs: Lazyfs, mountpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(server_client.ENV)  # as a user runs it: the server where it can
+    store = lazyfs.work_dir / "store" / "docker"
+    try:
+        out = json.loads(lazyfs("mount", "busybox", str(mountpoint)).stdout)
+        assert mount_servers.parent(out["pid"]) == mount_servers.server_of(store)
+        assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+        lazyfs("umount", str(mountpoint))
+        assert not pid_alive(out["pid"])
+    finally:
+        mount_servers.stop(store)
 
 
 def test_a_writable_mount_takes_writes_and_forgets_them_on_umount(

@@ -331,6 +331,49 @@ def test_unless_required_the_first_mount_is_exec_d_while_a_server_starts_for_the
     assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
 
 
+def test_a_server_started_ahead_is_waited_for_and_forks_the_first_mount(
+    mounted: Mount,
+    store: tuple[Store, list[Layer]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a command does while it resolves its image (``lazyfs.cli_early``)."""
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    monkeypatch.delenv(server_client.ENV)
+    server_client.start_ahead(directory)
+    # Called right away, long before the server has imported what a mount runs.
+    first = mounted(tmp_path / "a")
+    server = mount_servers.server_of(lazy_store.root)
+    assert mount_servers.parent(first) == server
+    assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    # Once only: the same process starting it again starts none, and is not kept waiting.
+    server_client.start_ahead(directory)
+    assert mount_servers.parent(mounted(tmp_path / "b")) == server
+
+
+def test_a_server_started_ahead_that_dies_at_start_leaves_the_mount_to_exec(
+    mounted: Mount,
+    store: tuple[Store, list[Layer]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    monkeypatch.delenv(server_client.ENV)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "pyfuse3.py").write_text("raise SystemExit('no pyfuse3 here')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
+    server_client.start_ahead(directory)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pid = mounted(tmp_path / "a")
+    assert mount_servers.parent(pid) == os.getpid()
+    log = (tmp_path / "record-a" / "mount.log").read_text()
+    assert "the mount server started ahead exited" in log, log
+    assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+
+
 def test_a_mount_while_a_server_starts_neither_waits_nor_starts_another(
     mounted: Mount,
     store: tuple[Store, list[Layer]],
