@@ -12,6 +12,12 @@ file in their union, and has the cache daemon fetch that file's
 compressed bytes at once. The mount then indexes from the TOCs it read,
 without reading them again.
 
+The files the OCI runtime reads in the rootfs before it execs the program
+are asked for with it (``RUNTIME_FILES``): runc looks the container's
+user up in ``/etc/passwd`` and ``/etc/group`` (for its home and groups),
+whatever the user, so a first start would otherwise miss them, one round
+trip each, between the mount serving and the program's first read.
+
 A hint and no more: nothing is served from it unverified (chunk reads
 check each chunk against its digest as ever), a wrong guess costs one
 file's bytes (at most ``MAX_FILE_BYTES``), and a failure of the guess is
@@ -69,6 +75,8 @@ class Prefetcher(BlobSource, Protocol):
 
 
 MAX_STEPS = 10_000  # path components walked for all candidates together
+# Read by the OCI runtime in the rootfs before the program runs (runc's user lookup).
+RUNTIME_FILES = ("/etc/passwd", "/etc/group")
 MAX_DEPTH = 64  # components of one path: deeper ones are no program's
 
 
@@ -186,6 +194,16 @@ def find_program(tree: TocTree, candidates: Sequence[str]) -> TocNode | None:
     return None
 
 
+def find_file(tree: TocTree, path: str) -> TocNode | None:
+    """The regular file ``path`` gives in ``tree``, links followed; None if none."""
+    steps = itertools.count()
+    found = resolve(tree, os.fsencode(path), lambda: next(steps) < MAX_STEPS)
+    node = None if found is None else tree.inode(found)
+    if node is None or not stat.S_ISREG(node.mode) or node.entry is None:
+        return None
+    return node
+
+
 def file_span(node: TocNode) -> tuple[Digest, int, int] | None:
     """Where the file ``node`` lies in its layer's blob: the layer's digest, and the
     offset and length of its compressed bytes (at most ``MAX_FILE_BYTES``)."""
@@ -214,7 +232,8 @@ def ask_program(
     found: Callable[[TocTree, TocNode, Prefetcher], None] | None = None,
 ) -> dict[Layer, Toc]:
     """The TOCs of ``layers`` (the mount's, bottom first), read and checked, by layer; the
-    program among ``executable`` found in them asked of ``blobs`` meanwhile.
+    program among ``executable`` found in them, and ``RUNTIME_FILES``, asked of ``blobs``
+    meanwhile.
 
     ``found`` is told the union of the TOCs and the program once it is
     asked for: to ask for what it loads (``lazyfs.fs.predict_libs``).
@@ -242,6 +261,11 @@ def ask_program(
             blobs.prefetch(*span)
             if found is not None:
                 found(tree, program, blobs)
+        for path in RUNTIME_FILES:
+            node = find_file(tree, path)
+            span = None if node is None else file_span(node)
+            if span is not None:
+                blobs.prefetch(*span)
     except Exception as error:  # a hint: never the mount's failure
         log.info("asking for the program early failed: %s", error)
     return tocs
