@@ -12,11 +12,14 @@ file in their union, and has the cache daemon fetch that file's
 compressed bytes at once. The mount then indexes from the TOCs it read,
 without reading them again.
 
-The files the OCI runtime reads in the rootfs before it execs the program
-are asked for with it (``RUNTIME_FILES``): runc looks the container's
-user up in ``/etc/passwd`` and ``/etc/group`` (for its home and groups),
-whatever the user, so a first start would otherwise miss them, one round
-trip each, between the mount serving and the program's first read.
+Files nearly every start reads are asked for with it (``STARTUP_FILES``),
+each a round trip on its own otherwise, one after another: runc looks the
+container's user up in ``/etc/passwd`` and ``/etc/group`` (for its home
+and groups) whatever the user, ``ld.so`` opens ``/etc/ld.so.cache`` for
+every dynamically linked program, and the C library's ``tzset`` reads
+``/etc/localtime`` (CPython calls it as it starts, as most runtimes and
+daemons do). A file an image lacks, or a program does not read, costs a
+few KiB.
 
 A hint and no more: nothing is served from it unverified (chunk reads
 check each chunk against its digest as ever), a wrong guess costs one
@@ -75,8 +78,8 @@ class Prefetcher(BlobSource, Protocol):
 
 
 MAX_STEPS = 10_000  # path components walked for all candidates together
-# Read by the OCI runtime in the rootfs before the program runs (runc's user lookup).
-RUNTIME_FILES = ("/etc/passwd", "/etc/group")
+# Read as a container starts, by runc, ld.so and tzset (see above), in that order.
+STARTUP_FILES = ("/etc/passwd", "/etc/group", "/etc/ld.so.cache", "/etc/localtime")
 MAX_DEPTH = 64  # components of one path: deeper ones are no program's
 
 
@@ -232,7 +235,7 @@ def ask_program(
     found: Callable[[TocTree, TocNode, Prefetcher], None] | None = None,
 ) -> dict[Layer, Toc]:
     """The TOCs of ``layers`` (the mount's, bottom first), read and checked, by layer; the
-    program among ``executable`` found in them, and ``RUNTIME_FILES``, asked of ``blobs``
+    program among ``executable`` found in them, and ``STARTUP_FILES``, asked of ``blobs``
     meanwhile.
 
     ``found`` is told the union of the TOCs and the program once it is
@@ -261,7 +264,7 @@ def ask_program(
             blobs.prefetch(*span)
             if found is not None:
                 found(tree, program, blobs)
-        for path in RUNTIME_FILES:
+        for path in STARTUP_FILES:
             node = find_file(tree, path)
             span = None if node is None else file_span(node)
             if span is not None:

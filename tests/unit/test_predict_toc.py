@@ -220,13 +220,17 @@ def test_a_layer_named_again_with_another_toc_digest_is_refused_as_indexing_refu
         ask_program(tmp_path, [one, other], blobs, ["/bin/tool"])
 
 
-def test_the_runtime_s_user_files_are_asked_for_with_the_program(tmp_path: Path) -> None:
-    """runc reads /etc/passwd and /etc/group in the rootfs before it execs the program."""
+def test_the_files_every_start_reads_are_asked_for_with_the_program(tmp_path: Path) -> None:
+    """runc's user lookup, ld.so's cache and tzset's zone, found as the tree would give them."""
     base, base_blob = estargz_layer([File("etc/", type="dir", mode=0o755),
                                      File("etc/passwd", b"root:x:0:0::/root:/bin/sh\n" * 300),
                                      File("etc/group", b"old\n" * 2000),
-                                     File("etc/hosts", b"127.0.0.1 localhost\n" * 300)])  # fmt: skip
-    # The upper layer replaces group by a link to its own file, and holds the program.
+                                     File("etc/hosts", b"127.0.0.1 localhost\n" * 300),
+                                     File("etc/localtime", type="symlink",
+                                          link="/usr/share/zoneinfo/Etc/UTC"),
+                                     File("usr/share/zoneinfo/Etc/UTC", b"TZif2" * 900)])  # fmt: skip
+    # The upper layer replaces group by a link to its own file, and holds the program;
+    # the image has no ld.so.cache (a static program's image need not).
     app, app_blob = estargz_layer([File("etc/group", type="symlink", link="../srv/group"),
                                    File("srv/group", b"root:x:0:\n" * 900),
                                    File("bin/tool", b"\x7fELF" * 3000, mode=0o755)])  # fmt: skip
@@ -238,4 +242,9 @@ def test_the_runtime_s_user_files_are_asked_for_with_the_program(tmp_path: Path)
         return ("prefetch", layer.digest, chunks[0].offset, chunks[-1].end - chunks[0].offset)
 
     asked = [event for event in blobs.events if event[0] == "prefetch"]
-    assert asked == [span(app, "bin/tool"), span(base, "etc/passwd"), span(app, "srv/group")]
+    assert asked == [
+        span(app, "bin/tool"),
+        span(base, "etc/passwd"),
+        span(app, "srv/group"),
+        span(base, "usr/share/zoneinfo/Etc/UTC"),
+    ]
