@@ -1,6 +1,6 @@
 """A tiny pyfuse3 file system that tells which trio task served each request.
 
-    python -m tests.support.session_loop_fs MOUNTPOINT REPORT NOTIFY_FD
+    python -m tests.support.session_loop_fs MOUNTPOINT REPORT NOTIFY_FD [MIN_TASKS]
 
 Writes ``m`` to NOTIFY_FD once mounted.  Serves a root with attributes
 the kernel may not keep, so every ``stat`` of it is a getattr, and one
@@ -8,6 +8,7 @@ name in it, ``slow``, whose lookup writes ``w`` to NOTIFY_FD and then
 waits for the next getattr, so a test sees that a request is served
 while another one's handler waits.  On SIGTERM it unmounts and writes to
 REPORT the names of the tasks that served the getattrs, one a line.
+MIN_TASKS (default 1) is ``pyfuse3.main``'s: the idle tasks it keeps.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ class Ops(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOENT)
 
 
-async def _serve(ops: Ops) -> None:
+async def _serve(ops: Ops, min_tasks: int) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pyfuse3.main)
+        nursery.start_soon(pyfuse3.main, min_tasks)
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
                 break
@@ -72,11 +73,12 @@ async def _serve(ops: Ops) -> None:
 
 def main(argv: list[str]) -> int:
     mountpoint, report, notify_fd = argv[0], Path(argv[1]), int(argv[2])
+    min_tasks = int(argv[3]) if len(argv) > 3 else 1
     ops = Ops(notify_fd)
     pyfuse3.init(ops, mountpoint, {"fsname=session-loop-test"})
     os.write(notify_fd, b"m")  # mounted: requests queue up until trio serves them
     try:
-        trio.run(_serve, ops)
+        trio.run(_serve, ops, min_tasks)
     finally:
         pyfuse3.close(unmount=True)
     report.write_text("".join(f"{name}\n" for name in ops.getattr_tasks))
