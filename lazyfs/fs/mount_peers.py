@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -76,3 +77,8 @@ def alive(pid: int) -> bool:
 def reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+
+
+def reap_later(pid: int) -> None:
+    """Reap the child ``pid`` when it ends, in a thread: it leaves no zombie here."""
+    threading.Thread(target=reap, args=(pid,), daemon=True).start()

@@ -26,7 +26,7 @@ it: its children are in sessions of their own and never talk to it again.
 ``LAZYFS_MOUNT_SERVER``: ``0`` never uses the server, ``1`` always does
 (BackendError if it cannot), unset or anything else uses it when it can:
 a mount that finds none starts one and is exec'd meanwhile, not waiting
-for the server's imports.
+for the server's imports, unless its command started the server ahead.
 
 Light: the standard library and providers; the mount API calls it. Blocking.
 """
@@ -40,7 +40,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -60,6 +59,7 @@ LOCK_NAME = "start.lock"
 LOG_NAME = "server.log"
 SERVER_MODULE = "lazyfs.fs.mount_server"
 START_TIMEOUT = 30.0
+AHEAD_WAIT = 3.0  # seconds a mount waits for the server its command started ahead
 REPLY_TIMEOUT = 30.0
 # Bytes of the server's command line its children overwrite with a mount
 # process's (``lazyfs.fs.mount_server``): a mount point and a store path fit.
@@ -75,7 +75,7 @@ class _Starting(Unreachable):
     """Another caller's server is starting (it holds ``start.lock`` until it listens)."""
 
 
-_AHEAD: set[Path] = set()  # servers this process started ahead, for its next mount to wait for
+_AHEAD: dict[Path, int] = {}  # servers this process started ahead (pids), not yet waited for
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool | None:
@@ -107,7 +107,8 @@ def start_mount(
     environment. The server is started when none answers; with ``wait``
     false the caller does not wait for it to come up (Unreachable: exec this
     one, the next mounts find the server); with ``start`` false none is
-    started (Unreachable when none answers).
+    started (Unreachable when none answers). Either way, one this process
+    started ahead (``start_ahead``) is waited for, at most ``AHEAD_WAIT``.
 
     Raises Unreachable when no server took the request (none could be
     started, each answered with other code than ``key``, by default
@@ -116,7 +117,7 @@ def start_mount(
     ends when the caller closes the ready pipe's read end (its first answer
     fails), so it must not be retried.
     """
-    if not start and not (directory / SOCKET_NAME).exists():
+    if not start and directory not in _AHEAD and not (directory / SOCKET_NAME).exists():
         raise Unreachable("no mount server runs, and this mount starts none")  # no code_key()
     key = code_key() if key is None else key
     cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -174,11 +175,8 @@ def stop_server(directory: Path, timeout: float = START_TIMEOUT) -> int | None:
 
 
 def socket_path(directory_fd: int) -> str:
-    """The socket's path through an open descriptor of its directory.
-
-    Short whatever the store's path (a socket's path has 108 bytes at most),
-    and it cannot be redirected by renaming the directory under us.
-    """
+    """The socket's path through an open descriptor of its directory: short whatever the
+    store's path (at most 108 bytes), and not redirected by renaming the directory."""
     return f"/proc/self/fd/{directory_fd}/{SOCKET_NAME}"
 
 
@@ -188,21 +186,21 @@ def _connected(
 ) -> Iterator[socket.socket]:
     """A connection to the server of ``directory``, starting one if none answers (and ``start``).
 
-    Not ``wait``ing, a server started here (or starting already) is not
-    waited for: Unreachable. It imports all a mount needs, several times an
-    exec'd mount's start; that need not delay the first mount, which is
-    exec'd beside it.
+    Not ``wait``ing, a server started here or starting already is not waited
+    for (Unreachable: the mount is exec'd beside it, not delayed by the
+    server's imports), unless this process started it ahead (``start_ahead``).
     """
     try:
         # Checked before anything in it is trusted: ours, closed to other users.
         private_dir(directory)
     except (UsageError, OSError) as error:
         raise Unreachable(str(error)) from None
+    ahead = _AHEAD.pop(directory, None) is not None  # asked for now: never stopped unused
     conn = _connect(directory)
+    if conn is None and ahead:
+        conn = _started_ahead(directory)
     if conn is None and not start:
         raise Unreachable("no mount server runs, and this mount starts none")
-    if conn is None and not wait and directory in _AHEAD:
-        conn = _started_ahead(directory)
     if conn is None and not wait:
         conn = _start_beside(directory)
         if conn is None:
@@ -248,14 +246,17 @@ def _connect(directory: Path) -> socket.socket | None:
     return conn
 
 
-def _start_beside(directory: Path) -> socket.socket | None:
+def _start_beside(directory: Path, *, ahead: bool = False) -> socket.socket | None:
     """Start a server in ``directory`` unless one is starting; a connection if one listens now.
 
-    None once this call started one; _Starting if another caller's is. The
+    None once this call started one (``ahead``: kept in _AHEAD); _Starting if another's is. The
     server started holds ``start.lock`` until it listens (``--start-lock-fd``),
     so callers meanwhile neither start another nor wait for it.
     """
-    lock = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        lock = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise Unreachable(f"{directory / LOCK_NAME}: {error.strerror}") from None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -264,7 +265,9 @@ def _start_beside(directory: Path) -> socket.socket | None:
         conn = _connect(directory)  # it may have come up meanwhile
         if conn is not None:
             return conn
-        _reap_later(_spawn(directory, lock_fd=lock))
+        peers.reap_later(pid := _spawn(directory, lock_fd=lock))
+        if ahead:
+            _AHEAD[directory] = pid
     finally:
         os.close(lock)  # the server's copy holds the lock on
     return None
@@ -273,27 +276,35 @@ def _start_beside(directory: Path) -> socket.socket | None:
 def start_ahead(directory: Path) -> None:
     """Start the server of ``directory`` now, for a mount this process asks for in a moment.
 
-    The server imports while the caller still resolves its image, on the
-    other core; that mount then waits for it and is forked, not exec'd.
-    Nothing is started when a server listens or is starting. Raises
-    Unreachable when none could be started.
+    It imports while the caller resolves its image; that mount waits for it and is
+    forked, not exec'd. None is started when one listens or is starting. Raises
+    Unreachable when none could be started. ``forget_ahead`` stops it unused.
     """
     try:
         private_dir(directory)
     except (UsageError, OSError) as error:
         raise Unreachable(str(error)) from None
     with contextlib.suppress(_Starting):
-        conn = _start_beside(directory)
-        if conn is None:
-            _AHEAD.add(directory)
-        else:
+        conn = _start_beside(directory, ahead=True)
+        if conn is not None:
             conn.close()
 
 
+def forget_ahead(directory: Path) -> None:
+    """Stop the server ``start_ahead`` started, unless a mount of this process waited for it."""
+    pid = _AHEAD.pop(directory, None)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # the reaper thread takes it
+
+
 def _started_ahead(directory: Path) -> socket.socket:
-    """A connection to the server this process started ahead, once it listens."""
-    _AHEAD.discard(directory)  # waited for once
-    deadline = time.monotonic() + START_TIMEOUT
+    """A connection to the server this process started ahead, once it listens.
+
+    Waited for at most ``AHEAD_WAIT``, about what an exec'd mount takes to
+    load: a server that hangs at start is left to its own alarm, not waited on.
+    """
+    deadline = time.monotonic() + AHEAD_WAIT
     with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.005):
         conn = _connect(directory)
     if conn is None:
@@ -348,13 +359,8 @@ def _start(directory: Path, deadline: float) -> socket.socket:
             raise Unreachable(f"the mount server did not listen within {START_TIMEOUT:g}s")
         time.sleep(pause)
         pause = min(pause * 2, 0.2)
-    _reap_later(pid)
+    peers.reap_later(pid)
     return conn
-
-
-def _reap_later(pid: int) -> None:
-    """Reap the server ``pid`` when it ends, so a server that exits leaves no zombie here."""
-    threading.Thread(target=peers.reap, args=(pid,), daemon=True).start()
 
 
 def _send(conn: socket.socket, message: Mapping[str, Any], fds: list[int]) -> None:

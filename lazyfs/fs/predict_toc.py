@@ -35,7 +35,8 @@ under a whiteout, inside an opaque directory, or under a path it holds as
 anything but a directory. A directory no TOC names is taken to be there
 (eStargz layers need not list parents). TOC content is hostile: paths
 resolve as in the tree (``lazyfs.fs.predict.resolve``), within one budget
-of steps for all candidates (``MAX_STEPS``) and ``MAX_DEPTH`` components.
+of steps for all candidates (``MAX_STEPS``), one more for each startup
+file, and ``MAX_DEPTH`` components.
 """
 
 from __future__ import annotations
@@ -262,13 +263,14 @@ def ask_program(
                 "asking for the program early: %d bytes at %d of %s", span[2], span[1], span[0]
             )
             blobs.prefetch(*span)
-            if found is not None:
-                found(tree, program, blobs)
         for path in STARTUP_FILES:
             node = find_file(tree, path)
-            span = None if node is None else file_span(node)
-            if span is not None:
-                blobs.prefetch(*span)
+            file = None if node is None else file_span(node)
+            if file is not None:
+                blobs.prefetch(*file)
+        # Last: ``found`` may hand the tree to a thread, and its lookups are not thread-safe.
+        if program is not None and span is not None and found is not None:
+            found(tree, program, blobs)
     except Exception as error:  # a hint: never the mount's failure
         log.info("asking for the program early failed: %s", error)
     return tocs

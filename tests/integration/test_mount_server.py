@@ -331,16 +331,24 @@ def test_unless_required_the_first_mount_is_exec_d_while_a_server_starts_for_the
     assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
 
 
+@pytest.mark.parametrize("lazy", [False, True], ids=["local", "remote-layers"])
 def test_a_server_started_ahead_is_waited_for_and_forks_the_first_mount(
     mounted: Mount,
     store: tuple[Store, list[Layer]],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    lazy: bool,
 ) -> None:
     """What a command does while it resolves its image (``lazyfs.cli_early``)."""
     lazy_store, _ = store
     directory = server_client.server_dir(lazy_store.root)
     monkeypatch.delenv(server_client.ENV)
+    if lazy:
+        # A mount of remote layers starts no server of its own (``lazyfs.fs.mount._start``).
+        start = lazy_mount._start
+        monkeypatch.setattr(
+            lazy_mount, "_start", lambda *a, **kw: start(*a, **{**kw, "start_server": False})
+        )
     server_client.start_ahead(directory)
     # Called right away, long before the server has imported what a mount runs.
     first = mounted(tmp_path / "a")
@@ -372,6 +380,36 @@ def test_a_server_started_ahead_that_dies_at_start_leaves_the_mount_to_exec(
     log = (tmp_path / "record-a" / "mount.log").read_text()
     assert "the mount server started ahead exited" in log, log
     assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+
+
+def test_a_server_started_ahead_that_hangs_is_waited_for_a_moment_only(
+    mounted: Mount,
+    store: tuple[Store, list[Layer]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    monkeypatch.delenv(server_client.ENV)
+    monkeypatch.setattr(server_client, "AHEAD_WAIT", 0.5)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    # Its import never ends, as one stuck on a dead network path; its alarm ends it in 30 s.
+    (stubs / "pyfuse3.py").write_text("import threading\nthreading.Event().wait()\n")
+    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
+    server_client.start_ahead(directory)
+    server = server_client._AHEAD[directory]
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    try:
+        pid = mounted(tmp_path / "a")
+        # Exec'd while the server still hangs: not kept waiting for its alarm.
+        assert mount_servers.alive(server)
+        assert mount_servers.parent(pid) == os.getpid()
+        assert "stayed locked" in (tmp_path / "record-a" / "mount.log").read_text()
+        assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    finally:
+        os.kill(server, signal.SIGKILL)
+        assert mount_servers.wait_gone(server)
 
 
 def test_a_mount_while_a_server_starts_neither_waits_nor_starts_another(

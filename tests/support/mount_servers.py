@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lazyfs.fs import mount_server_client as server_client
+from providers.fslock import exclusive_lock_until
 
 EXEC, SERVER = "exec", "server"
 PATHS = (EXEC, SERVER)
@@ -32,8 +33,14 @@ def chosen(path: str, store: Path, setenv: Callable[[str, str], None]) -> Iterat
 
 
 def stop(store: Path) -> None:
-    """Stop the mount server of ``store``, if one runs, and check it is gone."""
-    pid = server_client.stop_server(server_client.server_dir(store))
+    """Stop the mount server of ``store``, if one runs or is starting, and check it is gone."""
+    directory = server_client.server_dir(store)
+    if directory.is_dir():
+        # One starting holds start.lock until it listens (or dies): then it can be stopped.
+        deadline = time.monotonic() + server_client.START_TIMEOUT
+        with exclusive_lock_until(directory / server_client.LOCK_NAME, deadline, AssertionError):
+            pass
+    pid = server_client.stop_server(directory)
     assert pid is None or not alive(pid)
     assert server_client.server_pid(server_client.server_dir(store)) is None
 
