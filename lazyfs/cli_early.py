@@ -26,8 +26,8 @@ runs or ``LAZYFS_MOUNT_SERVER=0``. A mount process exec'd afresh spends a
 quarter of a second importing before it can read a table of contents; the
 server does that import on the other core while the command still resolves
 the image, and the mount, which waits for it, is forked ready. A server
-that cannot start is logged; the mount is then exec'd as before. A command
-that ends without mounting (a refused image, say) stops the server again.
+that cannot start is logged; the mount is then exec'd as before. One that
+no mount asks for within a minute (the command failed) exits.
 """
 
 from __future__ import annotations
@@ -92,9 +92,6 @@ def started_ahead(
         yield
     finally:
         thread.join(spec.timeout if spec is not None else None)
-        if server is not None:
-            # Not waited for: the command failed before it mounted. It would idle for an hour.
-            server_client.forget_ahead(server)
 
 
 def wants_mount_server(backend: str | None) -> bool:

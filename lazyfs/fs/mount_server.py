@@ -96,6 +96,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--room", default="", help="room for the children's command lines")
     parser.add_argument("--idle", type=float, default=IDLE_TIMEOUT, help="seconds, then exit")
     parser.add_argument(
+        "--first-idle", type=float, help="seconds to the first request, then exit (default --idle)"
+    )
+    parser.add_argument(
         "--start-timeout", type=int, default=math.ceil(START_TIMEOUT), help="seconds to listen in"
     )
     parser.add_argument(
@@ -135,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say(f"serving in {args.dir}")
     try:
         server.spare = _spare(server)
-        _serve(server, args.idle)
+        _serve(server, args.idle, args.idle if args.first_idle is None else args.first_idle)
     except SystemExit:
         pass
     finally:
@@ -175,6 +178,7 @@ class _Server:
     # The child that takes the next mount (``mount_server_child.fork_spare``):
     # its pid and our end of its socket, whose closing ends it.
     spare: tuple[int, socket.socket] | None = None
+    mounts: int = 0  # mount processes started
 
     def drop_spare(self) -> None:
         """End the spare (it exits when its socket closes) and wait a moment until it has.
@@ -224,13 +228,16 @@ def _listen(directory: int, key: str) -> _Server:
     return _Server(listener, directory, inode, key)
 
 
-def _serve(server: _Server, idle: float) -> None:
+def _serve(server: _Server, idle: float, first: float) -> None:
+    """Requests until one says stop, or none came for ``idle`` seconds (``first`` until the
+    first mount: a connection that asks for none, as ``server_pid``'s, does not count)."""
     while True:
-        server.listener.settimeout(idle)
+        wait = idle if server.mounts else first
+        server.listener.settimeout(wait)
         try:
             conn, _ = server.listener.accept()
         except TimeoutError:
-            _say(f"idle for {idle:g}s")
+            _say(f"idle for {wait:g}s")
             return
         with conn:
             if not _handle(conn, server):
@@ -259,6 +266,7 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
             return False
         request = _check(message, fds)
         child = _start_child(server, request, fds, conn)
+        server.mounts += 1
         # The child has its own copies. Ours go before the next spare is
         # forked, so it never holds them: a ready pipe's write end held
         # there would keep that mount's caller from seeing it fail.

@@ -60,6 +60,7 @@ LOG_NAME = "server.log"
 SERVER_MODULE = "lazyfs.fs.mount_server"
 START_TIMEOUT = 30.0
 AHEAD_WAIT = 3.0  # seconds a mount waits for the server its command started ahead
+AHEAD_IDLE = 60.0  # seconds that server waits for its first request, then exits
 REPLY_TIMEOUT = 30.0
 # Bytes of the server's command line its children overwrite with a mount
 # process's (``lazyfs.fs.mount_server``): a mount point and a store path fit.
@@ -75,7 +76,7 @@ class _Starting(Unreachable):
     """Another caller's server is starting (it holds ``start.lock`` until it listens)."""
 
 
-_AHEAD: dict[Path, int] = {}  # servers this process started ahead (pids), not yet waited for
+_AHEAD: set[Path] = set()  # servers this process started ahead, not yet asked for a mount
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool | None:
@@ -107,8 +108,8 @@ def start_mount(
     environment. The server is started when none answers; with ``wait``
     false the caller does not wait for it to come up (Unreachable: exec this
     one, the next mounts find the server); with ``start`` false none is
-    started (Unreachable when none answers). Either way, one this process
-    started ahead (``start_ahead``) is waited for, at most ``AHEAD_WAIT``.
+    started (Unreachable when none answers). Not waiting, one this process
+    started ahead (``start_ahead``) is waited for all the same, ``AHEAD_WAIT``.
 
     Raises Unreachable when no server took the request (none could be
     started, each answered with other code than ``key``, by default
@@ -195,7 +196,8 @@ def _connected(
         private_dir(directory)
     except (UsageError, OSError) as error:
         raise Unreachable(str(error)) from None
-    ahead = _AHEAD.pop(directory, None) is not None  # asked for now: never stopped unused
+    ahead = directory in _AHEAD and not wait  # waiting, a mount waits its full time anyway
+    _AHEAD.discard(directory)
     conn = _connect(directory)
     if conn is None and ahead:
         conn = _started_ahead(directory)
@@ -207,10 +209,13 @@ def _connected(
             raise Unreachable("no mount server ran; one is starting for the next mounts")
     if conn is None:
         deadline = time.monotonic() + START_TIMEOUT
-        with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.02):
-            conn = _connect(directory)  # another caller may have started it meanwhile
-            if conn is None:
-                conn = _start(directory, deadline)
+        try:
+            with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.02):
+                conn = _connect(directory)  # another caller may have started it meanwhile
+                if conn is None:
+                    conn = _start(directory, deadline)
+        except OSError as error:  # the lock file cannot be had
+            raise Unreachable(f"{directory / LOCK_NAME}: {error.strerror}") from None
     with conn:
         yield conn
 
@@ -265,9 +270,9 @@ def _start_beside(directory: Path, *, ahead: bool = False) -> socket.socket | No
         conn = _connect(directory)  # it may have come up meanwhile
         if conn is not None:
             return conn
-        peers.reap_later(pid := _spawn(directory, lock_fd=lock))
+        peers.reap_later(_spawn(directory, lock_fd=lock, first_idle=AHEAD_IDLE if ahead else None))
         if ahead:
-            _AHEAD[directory] = pid
+            _AHEAD.add(directory)
     finally:
         os.close(lock)  # the server's copy holds the lock on
     return None
@@ -277,8 +282,9 @@ def start_ahead(directory: Path) -> None:
     """Start the server of ``directory`` now, for a mount this process asks for in a moment.
 
     It imports while the caller resolves its image; that mount waits for it and is
-    forked, not exec'd. None is started when one listens or is starting. Raises
-    Unreachable when none could be started. ``forget_ahead`` stops it unused.
+    forked, not exec'd. None is started when one listens or is starting. Unasked
+    for ``AHEAD_IDLE`` seconds (the command failed), it exits. Raises Unreachable
+    when none could be started.
     """
     try:
         private_dir(directory)
@@ -290,29 +296,21 @@ def start_ahead(directory: Path) -> None:
             conn.close()
 
 
-def forget_ahead(directory: Path) -> None:
-    """Stop the server ``start_ahead`` started, unless a mount of this process waited for it."""
-    pid = _AHEAD.pop(directory, None)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)  # the reaper thread takes it
-
-
 def _started_ahead(directory: Path) -> socket.socket:
-    """A connection to the server this process started ahead, once it listens.
-
-    Waited for at most ``AHEAD_WAIT``, about what an exec'd mount takes to
-    load: a server that hangs at start is left to its own alarm, not waited on.
-    """
+    """A connection to the server this process started ahead, once it listens: within
+    ``AHEAD_WAIT`` (one that hangs at start is left to its own alarm), else Unreachable."""
     deadline = time.monotonic() + AHEAD_WAIT
-    with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.005):
-        conn = _connect(directory)
+    try:
+        with exclusive_lock_until(directory / LOCK_NAME, deadline, Unreachable, pause=0.005):
+            conn = _connect(directory)
+    except OSError as error:
+        raise Unreachable(f"{directory / LOCK_NAME}: {error.strerror}") from None
     if conn is None:
         raise Unreachable(f"the mount server started ahead exited: {_last_line(directory)}")
     return conn
 
 
-def _spawn(directory: Path, *, lock_fd: int | None = None) -> int:
+def _spawn(directory: Path, *, lock_fd: int | None = None, first_idle: float | None = None) -> int:
     """Start a server in ``directory``, detached; its pid. It holds ``lock_fd`` till it listens."""
     log_fd = os.open(
         directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
@@ -321,6 +319,8 @@ def _spawn(directory: Path, *, lock_fd: int | None = None) -> int:
         # The room argument: the children write their own command line over it.
         argv = [sys.executable, "-P", "-m", SERVER_MODULE, "--dir", str(directory)]
         argv += ["--room", " " * TITLE_ROOM]
+        if first_idle is not None:
+            argv += ["--first-idle", str(first_idle)]
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),

@@ -263,11 +263,14 @@ def ask_program(
                 "asking for the program early: %d bytes at %d of %s", span[2], span[1], span[0]
             )
             blobs.prefetch(*span)
-        for path in STARTUP_FILES:
-            node = find_file(tree, path)
-            file = None if node is None else file_span(node)
-            if file is not None:
-                blobs.prefetch(*file)
+        try:
+            for path in STARTUP_FILES:
+                node = find_file(tree, path)
+                file = None if node is None else file_span(node)
+                if file is not None:
+                    blobs.prefetch(*file)
+        except Exception as error:  # a hint: the libraries are asked for all the same
+            log.info("asking for the startup files early failed: %s", error)
         # Last: ``found`` may hand the tree to a thread, and its lookups are not thread-safe.
         if program is not None and span is not None and found is not None:
             found(tree, program, blobs)

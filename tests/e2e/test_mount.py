@@ -73,23 +73,6 @@ def test_the_first_mount_is_forked_by_the_mount_server_the_command_started_ahead
         mount_servers.stop(store)
 
 
-def test_a_mount_that_fails_leaves_no_mount_server_it_started_ahead(
-    lazyfs: Lazyfs, mountpoint: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv(server_client.ENV)
-    store = lazyfs.work_dir / "store" / "docker"
-    try:
-        result = lazyfs("mount", "nosuchimage", str(mountpoint), check=False)
-        assert result.returncode != 0
-        one_line_error(result)
-        directory = server_client.server_dir(store)
-        # The server started ahead goes, listening or not, as no mount asked it for one.
-        assert all(mount_servers.wait_gone(pid) for pid in _server_processes(directory))
-        assert server_client.server_pid(directory) is None
-    finally:
-        mount_servers.stop(store)
-
-
 def test_a_mount_server_that_cannot_start_leaves_the_mount_to_be_exec_d(
     lazyfs: Lazyfs, mountpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -104,20 +87,6 @@ def test_a_mount_server_that_cannot_start_leaves_the_mount_to_be_exec_d(
     assert server_client.server_pid(directory) is None
     lazyfs("umount", str(mountpoint))
     assert not pid_alive(pid)
-
-
-def _server_processes(directory: Path) -> list[int]:
-    """Pids of mount server processes of ``directory`` (by their command line)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"lazyfs.fs.mount_server" in argv and os.fsencode(directory) in argv:
-                found.append(int(proc.name))
-    return found
 
 
 def test_a_writable_mount_takes_writes_and_forgets_them_on_umount(

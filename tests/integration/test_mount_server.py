@@ -382,6 +382,40 @@ def test_a_server_started_ahead_that_dies_at_start_leaves_the_mount_to_exec(
     assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
 
 
+def test_a_required_server_is_waited_for_in_full_though_one_started_ahead_died(
+    mounted: Mount,
+    store: tuple[Store, list[Layer]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LAZYFS_MOUNT_SERVER=1: the mount waits and starts a server as ever, never exec'd."""
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "pyfuse3.py").write_text("raise SystemExit('no pyfuse3 here')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
+    server_client.start_ahead(directory)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pid = mounted(tmp_path / "a")  # the fixture has set LAZYFS_MOUNT_SERVER=1
+    assert mount_servers.parent(pid) == mount_servers.server_of(lazy_store.root)
+    assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+
+
+def test_a_server_started_ahead_that_no_mount_asks_for_exits_on_its_own(
+    store: tuple[Store, list[Layer]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command that started it failed before it mounted: it does not idle for an hour."""
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    monkeypatch.delenv(server_client.ENV)
+    monkeypatch.setattr(server_client, "AHEAD_IDLE", 1.0)
+    server_client.start_ahead(directory)
+    server = _listening(directory)
+    assert mount_servers.wait_gone(server, timeout=60.0)
+    assert "idle for 1s" in (directory / server_client.LOG_NAME).read_text()
+
+
 def test_a_server_started_ahead_that_hangs_is_waited_for_a_moment_only(
     mounted: Mount,
     store: tuple[Store, list[Layer]],
@@ -398,7 +432,7 @@ def test_a_server_started_ahead_that_hangs_is_waited_for_a_moment_only(
     (stubs / "pyfuse3.py").write_text("import threading\nthreading.Event().wait()\n")
     monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
     server_client.start_ahead(directory)
-    server = server_client._AHEAD[directory]
+    (server,) = mount_servers.processes(lazy_store.root)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     try:
         pid = mounted(tmp_path / "a")

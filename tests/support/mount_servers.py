@@ -9,6 +9,7 @@ outlive its test. ``chosen`` stops the server afterwards and checks it is gone.
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,3 +99,18 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def processes(store: Path) -> list[int]:
+    """Pids of the mount server processes of ``store``, listening or not (by command line)."""
+    directory = os.fsencode(server_client.server_dir(store))
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # gone meanwhile
+            if b"lazyfs.fs.mount_server" in argv and directory in argv:
+                found.append(int(proc.name))
+    return found
