@@ -11,9 +11,12 @@ index cuts the blob at every gzip checkpoint), and each span is checked
 against its sha256 before anything of it is used, kept or inflated.  A gzip
 layer is inflated (``lazyfs.blobs.gzip_inflate``) from the checkpoint
 before the read, from verified span bytes only, with that checkpoint's
-window, read by range from the index's windows blob when a read first
-needs it and checked against its sha256 in the index before it is
-inflated; a tar layer's bytes are the span bytes themselves.  A span or
+window: the last 32 KiB of the interval before when that one is inflated
+(kept, or inflated first when the two were asked for together: a file of
+many intervals then costs one window, not one each), checked against its
+own digest as every interval is; else read by range from the index's
+windows blob and checked against its sha256 in the index before it is
+inflated.  A tar layer's bytes are the span bytes themselves.  A span or
 window that does not match is dropped from the blob source's cache
 (``evict``) and read once more.  A second mismatch (or a first, from a
 source that cannot drop what it has) is confirmed: the index and the
@@ -47,23 +50,26 @@ import errno
 import hashlib
 import logging
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.blobs.gzip_inflate import inflate_from
-from lazyfs.blobs.inflated import Kept, interval, read_intervals
+from lazyfs.blobs.inflated import Kept, read_intervals
 from lazyfs.blobs.published_ahead import (
     DEFAULT_REACH_BYTES,
+    Need,
     ask_for,
-    file_reach,
     interval_needs,
-    intervals_to,
     reads_windows,
+    tail_is_window,
+    unpacked_window,
 )
+from lazyfs.blobs.published_asks import Asks
 from lazyfs.blobs.published_heard import Unheard
+from lazyfs.blobs.published_once import Once
+from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
@@ -99,12 +105,15 @@ class PublishedLayers:
         self._lock = threading.Lock()
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
-        self._pending: dict[tuple[Digest, int], threading.Event] = {}
+        self._spans: Once[bytes] = Once()  # each fetched by one thread
         # Layers whose index a span or window confirmed wrong: why, for each EIO after.
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
-        self._unheard = Unheard(blobs)  # what read-ahead fetched, for the trace
+        self.grid = CHUNK_SIZE  # the pieces the mount's chunk cache reads a stream in
+        self._asks = Asks(blobs)
+        self._inflating: Once[bytes] = Once()  # each interval inflated by one thread
+        self._unheard = Unheard(blobs, self._asks.chained)  # read-ahead's fetches, for the trace
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
@@ -121,47 +130,14 @@ class PublishedLayers:
             return b""
         if (check := self._checks.get(digest)) is not None:
             if data.points is not None and not check.refused():
-                self._ask_for_files(digest, data, check, offset, length)
+                # What this read and the next of its file will inflate, asked at once.
+                starts, ends = check.extents()
+                self._asks.miss(digest, data, starts, ends, offset, length, grid=self.grid,
+                                budget=self.reach_bytes, kept=self._intervals.get,
+                                unheld=self._unheld)  # fmt: skip
             check.check(offset, length)
         self._unheard.read(digest, data, offset, length)
         return self._stream(digest, data, offset, length)
-
-    def _ask_for_files(
-        self, digest: Digest, data: PublishedData, check: EntryCheck, offset: int, length: int
-    ) -> None:
-        """On a miss, have a caching source fetch, in one go, the intervals from the missed
-        one to the end of the file the read is in (``lazyfs.blobs.published_ahead``).
-
-        Here, not in the mount: the entries held to the tar headers say where
-        each file's data is, and the published data where each interval's
-        compressed bytes and window are.  Only a hint: every span and window
-        is still checked by the read that uses it.
-        """
-        first = interval(data.bounds, offset)
-        if first < 0:
-            return  # past the stream's end
-
-        def inflated(number: int) -> bool:
-            return self._intervals.get(digest, data.bounds[number]) is not None
-
-        touched = interval(data.bounds, min(offset + length, data.bounds[-1]) - 1)
-        missed = next((n for n in range(first, touched + 1) if not inflated(n)), None)
-        if missed is None:
-            return  # no miss
-        starts, ends = check.extents()
-        reach = file_reach(starts, ends, offset, length)
-        last = intervals_to(data, missed, reach, self.reach_bytes)
-        if last == missed:
-            return  # the interval's own inflation asks for what it needs
-        numbers = [n for n in range(missed, last + 1) if not inflated(n)]
-        with self._lock:
-            needs = [
-                need
-                for n in numbers
-                for need in interval_needs(digest, data, n)
-                if not self._held(digest, data, need)
-            ]
-        ask_for(self._blobs, needs)
 
     def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
         return lambda offset, length: self._stream(digest, self._layers[digest], offset, length)
@@ -199,27 +175,20 @@ class PublishedLayers:
         return b"".join(parts)
 
     def _span(self, digest: Digest, number: int, span: Span) -> bytes:
-        key = (digest, number)
-        while True:
+        def find() -> bytes | None:
             with self._lock:
-                found = self._kept.get(key)
+                found = self._kept.get((digest, number))
                 if found is not None:
-                    self._kept.move_to_end(key)
-                    return found
-                waiting = self._pending.get(key)
-                if waiting is None:
-                    done = self._pending[key] = threading.Event()
-                    break
-            waiting.wait()  # then look again: that fetch may have failed
-        try:
+                    self._kept.move_to_end((digest, number))
+                return found
+
+        def fetch() -> bytes:
             piece = self._fetch(digest, span)
             with self._lock:
-                self._keep(key, piece)
+                self._keep((digest, number), piece)
             return piece
-        finally:
-            with self._lock:
-                del self._pending[key]
-            done.set()
+
+        return self._spans.get((digest, number), find, fetch)
 
     def _fetch(
         self, digest: Digest, span: Span, *, source: Digest | None = None, what: str = "blob span"
@@ -274,17 +243,50 @@ class PublishedLayers:
     # -- gzip ----------------------------------------------------------------
 
     def _inflated(self, digest: Digest, data: PublishedData, offset: int, length: int) -> bytes:
-        inflate = lambda number: self._interval(digest, data, number)  # noqa: E731
+        inflate = lambda number: self._whole(digest, data, number)  # noqa: E731
         return read_intervals(self._intervals, digest, data.bounds, offset, length, inflate)
+
+    def _whole(self, digest: Digest, data: PublishedData, number: int) -> bytes:
+        """Interval ``number``, kept or inflated (by one thread: the others wait for it), kept."""
+        start = data.bounds[number]
+
+        def inflate() -> bytes:
+            got = self._interval(digest, data, number)
+            self._intervals.put(digest, start, got)
+            return got
+
+        return self._inflating.get((digest, number), lambda: self._intervals.get(digest, start),
+                                   inflate)  # fmt: skip
+
+    def _before(self, digest: Digest, data: PublishedData, number: int) -> bytes | None:
+        """The interval before ``number``, when its tail can stand for ``number``'s window.
+
+        Kept, or inflated first when ``number`` was asked for without its
+        window (``Asks.miss``): the interval before came with it.  Its
+        bytes were held to its digest; so are those inflated from its tail.
+        """
+        if not tail_is_window(data, number):
+            return None
+        found = self._intervals.get(digest, data.bounds[number - 1])
+        if found is None and self._asks.is_chained(digest, number):
+            start = data.bounds[number - 1]
+            self._unheard.read(digest, data, start, data.bounds[number] - start)
+            found = self._whole(digest, data, number - 1)
+        return found
 
     def _interval(self, digest: Digest, data: PublishedData, number: int) -> bytes:
         """Interval ``number`` of the tar stream, inflated whole and checked against its digest."""
         assert data.points is not None  # a gzip layer's
+        point = data.points[number]
+        before = self._before(digest, data, number)
         with self._lock:
             self.inflations += 1
-        point = data.points[number]
-        self._ask_ahead(digest, data, number)
-        window = None if point.window is None else self._window(digest, data, point.window)
+        self._ask_ahead(digest, data, number, window=before is None)
+        window = None
+        if before is not None:
+            window = before[-WINDOW:]
+        elif point.window is not None:
+            window = self._window(digest, data, point.window)
 
         def read(at: int, size: int) -> bytes:
             return self.blob_bytes(digest, at, min(size, self.span_end(digest, at) - at))
@@ -310,19 +312,26 @@ class PublishedLayers:
             raise OSError(errno.EIO, str(wrong)) from wrong
         return got
 
-    def _ask_ahead(self, digest: Digest, data: PublishedData, number: int) -> None:
+    def _ask_ahead(
+        self, digest: Digest, data: PublishedData, number: int, *, window: bool = True
+    ) -> None:
         """Have a caching source fetch what inflating interval ``number`` needs, all at once,
         (``lazyfs.blobs.published_ahead``).
 
         Its span and window one after the other otherwise, each a round trip.
-        Asked again when ``_ask_for_files`` asked for it with its file: the
+        Asked again when a miss asked for it with its file (``Asks``): the
         daemon fetches nothing twice, and an ask that failed or was dropped
         (the daemon restarted) is made good here.
         """
-        needs = interval_needs(digest, data, number)
+        ask_for(
+            self._blobs,
+            self._unheld(digest, data, interval_needs(digest, data, number, window=window)),
+        )
+
+    def _unheld(self, digest: Digest, data: PublishedData, needs: list[Need]) -> list[Need]:
+        """``needs`` but the ranges of the layer whose spans are all kept verified here."""
         with self._lock:
-            needs = [need for need in needs if not self._held(digest, data, need)]
-        ask_for(self._blobs, needs)
+            return [need for need in needs if not self._held(digest, data, need)]
 
     def _held(self, digest: Digest, data: PublishedData, need: tuple[Digest, int, int]) -> bool:
         """Whether ``need`` is a range of the layer whose spans are all kept verified here."""
@@ -337,12 +346,7 @@ class PublishedLayers:
         """The inflated window at ``window`` of the layer's windows blob, checked first."""
         assert data.windows is not None  # decode gives a gzip layer's points a windows blob
         packed = self._fetch(digest, window, source=data.windows, what="checkpoint window")
-        inflater = zlib.decompressobj()
-        try:
-            raw = inflater.decompress(packed, WINDOW + 1)
-        except zlib.error:
-            raw = b""
-        if len(raw) != WINDOW or not inflater.eof or inflater.unused_data:
+        if (raw := unpacked_window(packed)) is None:
             problem = BadImage(
                 f"layer {digest}: the window at {window.offset} of its published index's windows"
                 f" blob is not {WINDOW} bytes of zlib"

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import bisect
 import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from lazyfs.blobs.inflated import interval
-from lazyfs.index.artifact import first_byte
+from lazyfs.index.artifact import WINDOW, first_byte
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
 from providers.errors import LazyfsError
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 # At most this many compressed bytes (spans and windows) asked for at once for one
 # file: about what an eStargz chunk of 4 MiB is compressed (measured: see CHANGELOG).
 DEFAULT_REACH_BYTES = 2 << 20
+TAR_BLOCK = 512
+# A range of a blob: (blob, offset, length).
+Need = tuple[Digest, int, int]
 
 
 @runtime_checkable
@@ -66,13 +70,15 @@ class AddsBlobs(Protocol):
 
 
 def interval_needs(
-    digest: Digest, data: PublishedData, number: int
+    digest: Digest, data: PublishedData, number: int, *, window: bool = True
 ) -> list[tuple[Digest, int, int]]:
     """The ranges (blob, offset, length) inflating interval ``number`` of layer ``digest`` reads.
 
     Its compressed bytes (from the blob's start for the first interval,
-    which inflates from the gzip header), then its window, if it has one.
-    Nothing for a tar layer or an interval past the last.
+    which inflates from the gzip header), then its window, if it has one
+    and ``window`` (not when the interval before is inflated first: its
+    tail is the window).  Nothing for a tar layer or an interval past the
+    last.
     """
     points = data.points
     if points is None or not 0 <= number < len(points):
@@ -80,9 +86,36 @@ def interval_needs(
     point = points[number]
     start, end = compressed_span(data, number)
     needs = [(digest, start, end - start)] if end > start else []
-    if point.window is not None and data.windows is not None:
+    if window and point.window is not None and data.windows is not None:
         needs.append((data.windows, point.window.offset, point.window.length))
     return needs
+
+
+def tail_is_window(data: PublishedData, number: int) -> bool:
+    """Whether interval ``number``'s window is the last ``WINDOW`` bytes of the one before.
+
+    The window is the ``WINDOW`` bytes of the stream before its checkpoint:
+    all in the interval before when that one is as long.
+    """
+    points = data.points
+    return (
+        points is not None
+        and 0 < number < len(points)
+        and points[number].window is not None
+        and data.bounds[number] - data.bounds[number - 1] >= WINDOW
+    )
+
+
+def unpacked_window(packed: bytes) -> bytes | None:
+    """The ``WINDOW`` bytes a window of a windows blob holds (zlib); None when it is not."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(packed, WINDOW + 1)
+    except zlib.error:
+        return None
+    if len(raw) != WINDOW or not inflater.eof or inflater.unused_data:
+        return None
+    return raw
 
 
 def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: int) -> int:
@@ -107,6 +140,50 @@ def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: 
     if last > first and ends[last] > end and 2 * (end - starts[last]) > length:
         return ends[last]
     return end
+
+
+def headers_before(
+    starts: Sequence[int], ends: Sequence[int], offset: int, end: int
+) -> tuple[int, int] | None:
+    """The tar headers ``[start, end)`` of the first file a read of ``[offset, end)`` reaches.
+
+    A reader that holds each file to its tar headers before serving it
+    (``lazyfs.blobs.entry_check``) parses, for the first file whose data
+    the read reaches, the members from the end of the previous file's data
+    (rounded up to a tar block) to that file's data: before the read, and
+    often in the interval before the read's (or, for a large file read
+    from its middle, far before), inflated for those few hundred bytes.
+    None when the read reaches no file or those headers are inside it.
+    ``starts`` and ``ends`` as ``file_reach``.
+    """
+    number = bisect.bisect_right(starts, offset) - 1
+    if number < 0 or ends[number] <= offset:
+        number += 1  # the read starts between files: the next one is the first it reaches
+    if number >= len(starts) or starts[number] >= end:
+        return None
+    previous = -(-ends[number - 1] // TAR_BLOCK) * TAR_BLOCK if number else 0
+    if previous >= offset:
+        return None
+    return previous, min(starts[number], offset)
+
+
+def next_piece(starts: Sequence[int], ends: Sequence[int], offset: int, end: int, grid: int) -> int:
+    """Where a file that starts in the piece ``[offset, end)`` and runs past it ends, or
+    the end of the next ``grid`` piece if sooner; else ``end``.
+
+    The mount's chunk cache reads a file in ``grid``-aligned pieces, one
+    after the other: a read of such a file from its start is this piece,
+    then the next at once.
+    """
+    last = bisect.bisect_left(starts, end) - 1
+    if last >= 0 and offset <= starts[last] and ends[last] > end:
+        return min(ends[last], end + grid)
+    return end
+
+
+def on_grid(offset: int, end: int, grid: int) -> tuple[int, int]:
+    """``[offset, end)`` widened to whole ``grid``-aligned pieces."""
+    return offset - offset % grid, -(-end // grid) * grid
 
 
 def compressed_span(data: PublishedData, number: int) -> tuple[int, int]:

@@ -28,10 +28,13 @@ from providers.source import BlobSource
 class Unheard:
     """What unrecorded threads read that no recorded thread has yet (module docstring)."""
 
-    def __init__(self, blobs: BlobSource) -> None:
+    def __init__(self, blobs: BlobSource, chained: set[tuple[Digest, int]] | None = None) -> None:
         self._blobs = blobs
         self._lock = threading.Lock()
         self._units: set[tuple[Digest, int]] = set()
+        # Intervals inflated from the tail of the one before, not from their window: that
+        # one's span is what the program's read of them needs (the reader's set, shared).
+        self._chained = chained if chained is not None else set()
 
     def read(self, digest: Digest, data: PublishedData, offset: int, length: int) -> None:
         """Note a read of layer ``digest``'s tar stream ``[offset, offset + length)``."""
@@ -44,6 +47,10 @@ class Unheard:
             return  # nothing read ahead: the usual case, and no lock for it
         with self._lock:
             heard = [n for n in _units(data, offset, length) if (digest, n) in self._units]
+            for n in list(heard):
+                while (digest, n) in self._chained and (digest, n - 1) in self._units:
+                    n -= 1
+                    heard.append(n)
             self._units.difference_update((digest, n) for n in heard)
         watcher = self._blobs.watcher if isinstance(self._blobs, Watched) else None
         if watcher is None:

@@ -12,8 +12,9 @@ lazy backend, about the layers that are neither in the store nor eStargz:
 2. the newest such artifact manifest that reads (``newest_first``) is
    fetched by digest and checked against it, and lists an index blob per
    layer;
-3. each wanted layer's index blob is fetched, checked against its digest,
-   decoded (``lazyfs.index.artifact.decode``, every size and offset checked)
+3. each wanted layer's index blob is fetched (side by side, up to
+   ``_AT_ONCE`` at once), checked against its digest, decoded
+   (``lazyfs.index.artifact.decode``, every size and offset checked)
    and held to the layer: it must name the layer's digest and size; then it
    is kept in the store by layer and blob (``lazyfs.index.published``).
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from lazyfs.index.artifact import ARTIFACT_TYPE, decode
 from lazyfs.index.artifact_manifest import artifact_layers
@@ -45,6 +47,8 @@ from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
 
 log = logging.getLogger(__name__)
+# Index blobs fetched and kept at once, at most.
+_AT_ONCE = 4
 
 __all__ = ["CREATED", "newest_first", "published_layers", "with_index_blobs"]
 
@@ -84,25 +88,46 @@ def published_layers(
     except LazyfsError as error:
         log.warning("%s: cannot look for published indexes: %s", image.reference, error)
         return {}
+    jobs = [(layer, listed[layer.digest]) for layer in wanted if layer.digest in listed]
     found: dict[Digest, Digest] = {}
-    for layer in wanted:
-        blob = listed.get(layer.digest)
-        if blob is None:
-            continue
-        try:
-            _keep(store, push, layer, blob)
-        except (LazyfsError, OSError) as error:
+    for (layer, blob), refused in zip(jobs, _keep_each(store, push, jobs), strict=True):
+        if refused is not None:
             # OSError: the store could not keep it (ENOSPC, EACCES); the pull goes on.
             log.warning(
                 "%s: layer %s is pulled whole: its published index %s is refused: %s",
                 image.reference,
                 layer.digest,
                 blob.digest,
-                error,
+                refused,
             )
             continue
         found[layer.digest] = blob.digest
     return found
+
+
+def _keep_each(
+    store: Store, push: RegistryPush, jobs: Sequence[tuple[Layer, Descriptor]]
+) -> list[LazyfsError | OSError | None]:
+    """``_keep`` each (layer, index blob) of ``jobs``, several at once; what each failed with.
+
+    One after the other, each index blob was a round trip, then its
+    decoding and keeping, while the start waited: the heads are fetched
+    side by side, and one decodes while the others arrive.  The threads
+    live inside this call (``RegistryPush`` is thread-safe).
+    """
+
+    def keep(job: tuple[Layer, Descriptor]) -> LazyfsError | OSError | None:
+        try:
+            _keep(store, push, *job)
+        except (LazyfsError, OSError) as error:
+            return error
+        return None
+
+    if len(jobs) < 2:
+        return [keep(job) for job in jobs]
+    workers = min(len(jobs), _AT_ONCE)
+    with ThreadPoolExecutor(workers, thread_name_prefix="lazyfs-index-fetch") as pool:
+        return list(pool.map(keep, jobs))
 
 
 def _listed(listing: Listing) -> dict[Digest, Descriptor]:

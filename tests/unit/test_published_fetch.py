@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -180,3 +181,47 @@ def test_newest_first_by_creation_time_then_last_listed() -> None:
               made("4", "2026-01-01T00:00:00Z")]  # fmt: skip
     order = [r.digest[-1] for r in fetch.newest_first(listed)]
     assert order == ["2", "4", "3", "1"]
+
+
+class Meeting(Repository):
+    """A repository whose blobs are answered only once ``parties`` fetches wait at once."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        # A deadline, not a pace: a lookup fetching one blob after another never gets
+        # them all waiting together, and the barrier breaks instead of hanging the test.
+        self.meeting = threading.Barrier(parties, timeout=30)
+
+    def get_blob(self, digest: Digest, limit: int) -> bytes:
+        self.meeting.wait()
+        return super().get_blob(digest, limit)
+
+
+def test_the_layers_index_blobs_are_fetched_side_by_side(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    layers, indexes = [], {}
+    for number in range(3):
+        tar = write_layer([Entry(f"f{number}", data=b"y" * (number + 1))], tmp_path / f"{number}")
+        digest = digest_bytes(tar.read_bytes())
+        scratch = tmp_path / f"scratch{number}"
+        scratch.mkdir()
+        built = build_artifact(build_index(digest, tar, scratch), tar)
+        assert built is not None
+        layers.append(Layer(digest, "application/vnd.oci.image.layer.v1.tar", tar.stat().st_size))
+        indexes[digest] = encode(built[0])
+    repository = Meeting(len(layers))
+    descriptors = {}
+    for layer, index in indexes.items():
+        blob = digest_bytes(index)
+        repository.blobs[blob] = index
+        descriptors[layer] = Descriptor(INDEX_MEDIA_TYPE, blob, len(index))
+    config = Descriptor(CONFIG_MEDIA_TYPE, digest_bytes(CONFIG_BYTES), len(CONFIG_BYTES))
+    data = artifact_manifest(Descriptor(OCI_MANIFEST, SUBJECT, 1), config, descriptors)
+    repository.manifests[digest_bytes(data)] = data
+    referrer = Referrer(digest_bytes(data), len(data), OCI_MANIFEST, ARTIFACT_TYPE, {})
+    monkeypatch.setattr(listing_module, "list_referrers", lambda *args: (referrer,))
+    monkeypatch.setattr(listing_module, "repository_push", lambda client, reference: repository)
+    image = ImageManifest("registry.invalid/app:1", SUBJECT, tuple(layers))
+    found = fetch.published_layers(Store(tmp_path / "store"), None, image, layers)  # type: ignore[arg-type]
+    assert found == {layer: descriptor.digest for layer, descriptor in descriptors.items()}

@@ -1,0 +1,150 @@
+"""What a reader through published indexes asks a caching source for on a miss, at once.
+
+A reader of layers through their published indexes
+(``lazyfs.blobs.gzip_remote``) that holds each file to its tar headers
+knows where each file's data is, and the published data where each
+interval's compressed bytes and window are.  On a miss, ``Asks.miss`` has
+the source fetch in one go what this read and the next reads of its file
+will inflate (``lazyfs.blobs.published_ahead``), each of which was a round
+trip of its own after the one before:
+
+- the read's intervals and those up to the end of the file it is for
+  (``file_reach``), bounded by a budget of compressed bytes;
+- the interval holding the tar headers of the first file the read
+  reaches, which the check parses before anything is served
+  (``headers_before``), once per file;
+- the rest of the ``grid``-aligned piece the file ends in: the mount's
+  chunk cache reads whole pieces (``lazyfs.blobs.ranges.CHUNK_SIZE``), and
+  the last piece of a file often runs a few bytes into the next interval;
+- for a read of one such piece, the next piece too when a file starts in
+  this one and runs on past it (``next_piece``): a read of that file from
+  its start reads both, one after the other.
+
+An interval asked with the one before it is asked without its window
+(``chained``): it inflates from that one's tail (``tail_is_window``).  Only
+hints: every span and window is still checked by the read that uses it.
+Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from lazyfs.blobs.inflated import interval
+from lazyfs.blobs.published_ahead import (
+    Need,
+    ask_for,
+    file_reach,
+    headers_before,
+    interval_needs,
+    intervals_to,
+    next_piece,
+    on_grid,
+    tail_is_window,
+)
+from lazyfs.index.published import PublishedData
+from providers.digest import Digest
+from providers.source import BlobSource
+
+
+class Asks:
+    """A reader's asks on misses, and what it must remember of them (module docstring)."""
+
+    def __init__(self, blobs: BlobSource) -> None:
+        self._blobs = blobs
+        self._lock = threading.Lock()
+        self._leads: set[tuple[Digest, int]] = set()  # files whose headers were asked for
+        # Intervals asked without their window; shared with ``published_heard.Unheard``.
+        self.chained: set[tuple[Digest, int]] = set()
+
+    def is_chained(self, digest: Digest, number: int) -> bool:
+        """Whether interval ``number`` was asked for without its window."""
+        with self._lock:
+            return (digest, number) in self.chained
+
+    def miss(
+        self,
+        digest: Digest,
+        data: PublishedData,
+        starts: Sequence[int],
+        ends: Sequence[int],
+        offset: int,
+        length: int,
+        *,
+        grid: int,
+        budget: int,
+        kept: Callable[[Digest, int], bytes | None],
+        unheld: Callable[[Digest, PublishedData, list[Need]], list[Need]],
+    ) -> None:
+        """Ask for what a read of ``[offset, offset + length)`` of the stream of gzip layer
+        ``digest`` will inflate, if it misses; nothing when it does not.
+
+        ``starts``, ``ends``: where each file's data is (``file_reach``);
+        ``kept(digest, start)``: the inflated interval from ``start``, if kept now;
+        ``unheld``: the needs the reader does not hold already.
+        """
+        bounds = data.bounds
+        end = min(offset + length, bounds[-1])
+        if offset >= end:
+            return  # past the stream's end
+
+        def done(number: int) -> bool:
+            return kept(digest, bounds[number]) is not None
+
+        heads = self._heads(digest, data, starts, ends, offset, end)
+        touched = [*heads, *range(interval(bounds, offset), interval(bounds, end - 1) + 1)]
+        if all(done(n) for n in touched):
+            return  # no miss
+        lo, hi = on_grid(offset, end, grid)
+        if lo < offset:
+            heads = sorted({*heads, *self._heads(digest, data, starts, ends, lo, hi)})
+        reach = max(file_reach(starts, ends, offset, length), end)
+        if (lo, hi) == (offset, offset + length):
+            reach = max(reach, next_piece(starts, ends, offset, end, grid))
+        reach = min(on_grid(reach, reach, grid)[1], bounds[-1])
+        first = interval(bounds, lo)
+        while done(first) and first < interval(bounds, end - 1):
+            first += 1
+        last = intervals_to(data, first, reach, budget)
+        numbers = sorted(n for n in {*heads, *range(first, last + 1)} if not done(n))
+        if len(numbers) < 2:
+            return  # the interval's own inflation asks for what it needs
+        needs: list[Need] = []
+        for n in numbers:
+            with self._lock:
+                # Its window is the tail of the interval before, asked with it (now or
+                # before) or inflated: not asked.
+                chained = tail_is_window(data, n) and (
+                    n - 1 in numbers or done(n - 1) or (digest, n) in self.chained
+                )
+                if chained:
+                    self.chained.add((digest, n))
+            needs += interval_needs(digest, data, n, window=not chained)
+        ask_for(self._blobs, unheld(digest, data, needs))
+
+    def _heads(
+        self,
+        digest: Digest,
+        data: PublishedData,
+        starts: Sequence[int],
+        ends: Sequence[int],
+        offset: int,
+        end: int,
+    ) -> list[int]:
+        """The intervals holding ``headers_before`` the read, the first time a read reaches
+        that file; none after.
+
+        The check parses a file's headers once: a later read of the file
+        needs none of them.  Asked once, the source has their bytes, whether
+        or not the check has come yet.
+        """
+        found = headers_before(starts, ends, offset, end)
+        if found is None:
+            return []
+        with self._lock:
+            if (digest, found[0]) in self._leads:
+                return []
+            self._leads.add((digest, found[0]))
+        bounds = data.bounds
+        return list(range(interval(bounds, found[0]), interval(bounds, found[1] - 1) + 1))
