@@ -50,7 +50,6 @@ import errno
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -68,7 +67,7 @@ from lazyfs.blobs.published_ahead import (
 )
 from lazyfs.blobs.published_asks import Asks
 from lazyfs.blobs.published_heard import Unheard
-from lazyfs.blobs.published_once import Once
+from lazyfs.blobs.published_once import Once, Spans
 from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
@@ -101,10 +100,8 @@ class PublishedLayers:
             for digest, loader in (entries or {}).items()
         }
         self._blobs = blobs
-        self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
-        self._bytes = 0
+        self.spans = Spans(max_bytes)  # verified, kept a while
         self._spans: Once[bytes] = Once()  # each fetched by one thread
         # Layers whose index a span or window confirmed wrong: why, for each EIO after.
         self._bad: dict[Digest, LazyfsError] = {}
@@ -116,6 +113,14 @@ class PublishedLayers:
         self._unheard = Unheard(blobs, self._asks.chained)  # read-ahead's fetches, for the trace
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
+
+    @property
+    def max_bytes(self) -> int:
+        return self.spans.max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self.spans.max_bytes = value
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.
@@ -175,20 +180,12 @@ class PublishedLayers:
         return b"".join(parts)
 
     def _span(self, digest: Digest, number: int, span: Span) -> bytes:
-        def find() -> bytes | None:
-            with self._lock:
-                found = self._kept.get((digest, number))
-                if found is not None:
-                    self._kept.move_to_end((digest, number))
-                return found
-
         def fetch() -> bytes:
             piece = self._fetch(digest, span)
-            with self._lock:
-                self._keep((digest, number), piece)
+            self.spans.put((digest, number), piece)
             return piece
 
-        return self._spans.get((digest, number), find, fetch)
+        return self._spans.get((digest, number), lambda: self.spans.get((digest, number)), fetch)
 
     def _fetch(
         self, digest: Digest, span: Span, *, source: Digest | None = None, what: str = "blob span"
@@ -232,13 +229,6 @@ class PublishedLayers:
         with self._lock:
             self.fetches += 1
         return self._blobs.read_range(digest, span.offset, span.length)
-
-    def _keep(self, key: tuple[Digest, int], piece: bytes) -> None:
-        self._kept[key] = piece
-        self._bytes += len(piece)
-        while self._bytes > self.max_bytes and len(self._kept) > 1:
-            _, dropped = self._kept.popitem(last=False)
-            self._bytes -= len(dropped)
 
     # -- gzip ----------------------------------------------------------------
 
@@ -330,8 +320,7 @@ class PublishedLayers:
 
     def _unheld(self, digest: Digest, data: PublishedData, needs: list[Need]) -> list[Need]:
         """``needs`` but the ranges of the layer whose spans are all kept verified here."""
-        with self._lock:
-            return [need for need in needs if not self._held(digest, data, need)]
+        return [need for need in needs if not self._held(digest, data, need)]
 
     def _held(self, digest: Digest, data: PublishedData, need: tuple[Digest, int, int]) -> bool:
         """Whether ``need`` is a range of the layer whose spans are all kept verified here."""
@@ -340,7 +329,7 @@ class PublishedLayers:
             return False  # a window: not kept
         first = bisect.bisect_right(data.starts, offset) - 1
         last = bisect.bisect_right(data.starts, offset + length - 1) - 1
-        return all((digest, n) in self._kept for n in range(first, last + 1))
+        return self.spans.holds((digest, n) for n in range(first, last + 1))
 
     def _window(self, digest: Digest, data: PublishedData, window: Span) -> bytes:
         """The inflated window at ``window`` of the layer's windows blob, checked first."""

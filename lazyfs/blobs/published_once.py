@@ -5,14 +5,19 @@ A reader of layers through their published indexes
 mount's chunk cache, its read-ahead): two that miss the same span, or the
 same interval, would fetch or inflate it twice.  ``Once.get`` has the first
 make it and the others wait for it, then look again (the maker may have
-failed: then the next one tries).  Blocking and thread-safe.
+failed: then the next one tries).  ``Spans`` keeps the verified spans so
+made, least recently used out first, counting their bytes exactly.
+Blocking and thread-safe.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
+
+from providers.digest import Digest
 
 Value = TypeVar("Value")
 
@@ -43,8 +48,50 @@ class Once(Generic[Value]):
                     break
             waiting.wait()  # then look again: that thread may have failed
         try:
-            return make()
+            # A maker may have kept it and let go of the key between our look and our
+            # claim: looked for again now that no one else can be making it.
+            found = find()
+            return found if found is not None else make()
         finally:
             with self._lock:
                 del self._making[key]
             done.set()
+
+
+class Spans:
+    """Verified spans by (layer, number), least recently used out first while past
+    ``max_bytes`` (the last kept stays, whatever its size)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of the spans kept now."""
+        with self._lock:
+            return self._bytes
+
+    def get(self, key: tuple[Digest, int]) -> bytes | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[Digest, int], piece: bytes) -> None:
+        with self._lock:
+            old = self._kept.pop(key, None)  # kept again: its old bytes are not counted twice
+            self._bytes -= len(old) if old is not None else 0
+            self._kept[key] = piece
+            self._bytes += len(piece)
+            while self._bytes > self.max_bytes and len(self._kept) > 1:
+                _, dropped = self._kept.popitem(last=False)
+                self._bytes -= len(dropped)
+
+    def holds(self, keys: Iterable[tuple[Digest, int]]) -> bool:
+        """Whether every one of ``keys`` is kept now."""
+        with self._lock:
+            return all(key in self._kept for key in keys)
