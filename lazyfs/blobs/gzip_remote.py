@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -57,9 +56,11 @@ from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.blobs.gzip_inflate import inflate_from
 from lazyfs.blobs.inflated import Kept, read_intervals
 from lazyfs.blobs.published_ahead import (
+    CHAIN_BYTES,
     DEFAULT_REACH_BYTES,
     Need,
     ask_for,
+    chain_start,
     interval_needs,
     reads_windows,
     tail_is_window,
@@ -67,13 +68,13 @@ from lazyfs.blobs.published_ahead import (
 )
 from lazyfs.blobs.published_asks import Asks
 from lazyfs.blobs.published_heard import Unheard
-from lazyfs.blobs.published_once import Once, Spans
+from lazyfs.blobs.published_once import Once, Spans, mismatch
 from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
-from providers.errors import BadImage, DigestMismatch, LazyfsError
+from providers.errors import BadImage, LazyfsError
 from providers.manifest import Layer
 from providers.source import BlobSource
 
@@ -107,6 +108,7 @@ class PublishedLayers:
         self._bad: dict[Digest, LazyfsError] = {}
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
+        self.chain_bytes = CHAIN_BYTES  # inflated in a row for want of a window, at most
         self.grid = CHUNK_SIZE  # the pieces the mount's chunk cache reads a stream in
         self._asks = Asks(blobs)
         self._inflating: Once[bytes] = Once()  # each interval inflated by one thread
@@ -195,7 +197,7 @@ class PublishedLayers:
         blob = digest if source is None else source
         try:
             piece = self._read(blob, span)
-            if (problem := _mismatch(digest, span, piece, what)) is None:
+            if (problem := mismatch(digest, span, piece, what)) is None:
                 return piece
             evict = getattr(self._blobs, "evict", None)
             if evict is not None:
@@ -203,7 +205,7 @@ class PublishedLayers:
                 log.warning("%s; dropping it from the cache and reading it again", problem)
                 evict(blob, span.offset, span.length, str(problem))
                 piece = self._read(blob, span)
-                if (problem := _mismatch(digest, span, piece, what)) is None:
+                if (problem := mismatch(digest, span, piece, what)) is None:
                     return piece
         except LazyfsError as error:
             log.error("layer %s: cannot read %s at %d: %s", digest, what, span.offset, error)
@@ -236,44 +238,65 @@ class PublishedLayers:
         inflate = lambda number: self._whole(digest, data, number)  # noqa: E731
         return read_intervals(self._intervals, digest, data.bounds, offset, length, inflate)
 
-    def _whole(self, digest: Digest, data: PublishedData, number: int) -> bytes:
-        """Interval ``number``, kept or inflated (by one thread: the others wait for it), kept."""
+    def _whole(
+        self, digest: Digest, data: PublishedData, number: int, tail: bytes | None = None,
+        *, walk: bool = True,
+    ) -> bytes:  # fmt: skip
+        """Interval ``number``, kept or inflated (by one thread: the others wait for it), kept.
+
+        ``tail``: the interval before it, inflated by the caller; else looked
+        for (``_before``, walking back a chain only when ``walk``).
+        """
         start = data.bounds[number]
 
         def inflate() -> bytes:
-            got = self._interval(digest, data, number)
+            before = tail if tail is not None else self._before(digest, data, number, walk=walk)
+            got = self._interval(digest, data, number, before)
             self._intervals.put(digest, start, got)
             return got
 
         return self._inflating.get((digest, number), lambda: self._intervals.get(digest, start),
                                    inflate)  # fmt: skip
 
-    def _before(self, digest: Digest, data: PublishedData, number: int) -> bytes | None:
+    def _before(
+        self, digest: Digest, data: PublishedData, number: int, *, walk: bool = True
+    ) -> bytes | None:
         """The interval before ``number``, when its tail can stand for ``number``'s window.
 
-        Kept, or inflated first when ``number`` was asked for without its
-        window (``Asks.miss``): the interval before came with it.  Its
-        bytes were held to its digest; so are those inflated from its tail.
+        Kept, or, when ``walk`` and ``number`` was asked for without its
+        window (``Asks.miss``: the interval before came with it), inflated
+        first, in order from where ``chain_start`` says, each from the one
+        before's tail: a loop, never a call per interval, bounded in bytes.
+        Their bytes were held to their digests; so are those inflated from a tail.
         """
         if not tail_is_window(data, number):
             return None
-        found = self._intervals.get(digest, data.bounds[number - 1])
-        if found is None and self._asks.is_chained(digest, number):
-            start = data.bounds[number - 1]
-            self._unheard.read(digest, data, start, data.bounds[number] - start)
-            found = self._whole(digest, data, number - 1)
+        bounds = data.bounds
+        found = self._intervals.get(digest, bounds[number - 1])
+        if found is not None or not walk or not self._asks.is_chained(digest, number):
+            return found
+        kept = lambda n: self._intervals.get(digest, bounds[n]) is not None  # noqa: E731
+        chained = lambda n: self._asks.is_chained(digest, n)  # noqa: E731
+        for n in range(chain_start(data, number, kept, chained, self.chain_bytes), number):
+            self._unheard.read(digest, data, bounds[n], bounds[n + 1] - bounds[n])
+            # The chain's first from its kept predecessor or its own window; no walk again.
+            found = self._whole(digest, data, n, found, walk=False)
         return found
 
-    def _interval(self, digest: Digest, data: PublishedData, number: int) -> bytes:
-        """Interval ``number`` of the tar stream, inflated whole and checked against its digest."""
+    def _interval(
+        self, digest: Digest, data: PublishedData, number: int, before: bytes | None
+    ) -> bytes:
+        """Interval ``number`` of the tar stream, inflated whole and checked against its digest.
+
+        ``before``: the interval before it, whose tail is its window (``_before``), or None.
+        """
         assert data.points is not None  # a gzip layer's
         point = data.points[number]
-        before = self._before(digest, data, number)
         with self._lock:
             self.inflations += 1
         self._ask_ahead(digest, data, number, window=before is None)
         window = None
-        if before is not None:
+        if before is not None and tail_is_window(data, number):
             window = before[-WINDOW:]
         elif point.window is not None:
             window = self._window(digest, data, point.window)
@@ -297,7 +320,7 @@ class PublishedLayers:
             self._mark_bad(digest, problem)
             raise OSError(errno.EIO, str(problem)) from error
         where = Span(point.position, length, point.sha256)
-        if (wrong := _mismatch(digest, where, got, "inflated interval")) is not None:
+        if (wrong := mismatch(digest, where, got, "inflated interval")) is not None:
             self._mark_bad(digest, wrong)
             raise OSError(errno.EIO, str(wrong)) from wrong
         return got
@@ -319,17 +342,10 @@ class PublishedLayers:
         )
 
     def _unheld(self, digest: Digest, data: PublishedData, needs: list[Need]) -> list[Need]:
-        """``needs`` but the ranges of the layer whose spans are all kept verified here."""
-        return [need for need in needs if not self._held(digest, data, need)]
-
-    def _held(self, digest: Digest, data: PublishedData, need: tuple[Digest, int, int]) -> bool:
-        """Whether ``need`` is a range of the layer whose spans are all kept verified here."""
-        blob, offset, length = need
-        if blob != digest:
-            return False  # a window: not kept
-        first = bisect.bisect_right(data.starts, offset) - 1
-        last = bisect.bisect_right(data.starts, offset + length - 1) - 1
-        return self.spans.holds((digest, n) for n in range(first, last + 1))
+        """``needs`` but the ranges of the layer whose spans are all kept verified here
+        (a window is not kept)."""
+        held = self.spans.holds
+        return [n for n in needs if n[0] != digest or not held(digest, data.starts, *n[1:])]
 
     def _window(self, digest: Digest, data: PublishedData, window: Span) -> bytes:
         """The inflated window at ``window`` of the layer's windows blob, checked first."""
@@ -372,16 +388,3 @@ def open_published(
 
     reads_windows(blobs, layer.digest, data)
     return index, PublishedLayers({layer.digest: data}, blobs, entries={layer.digest: files}), where
-
-
-def _mismatch(digest: Digest, span: Span, piece: bytes, what: str) -> DigestMismatch | None:
-    """None when ``piece`` is the span its published index promised, else why not."""
-    got = hashlib.sha256(piece).hexdigest()
-    if len(piece) == span.length and got == span.sha256:
-        return None
-    return DigestMismatch(
-        f"layer {digest}: {what} [{span.offset}, {span.offset + span.length}) does not match"
-        " its published index",
-        expected=f"sha256 {span.sha256} ({span.length} bytes)",
-        actual=f"sha256 {got} ({len(piece)} bytes)",
-    )

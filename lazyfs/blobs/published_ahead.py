@@ -31,7 +31,7 @@ from __future__ import annotations
 import bisect
 import logging
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 # file: about what an eStargz chunk of 4 MiB is compressed (measured: see CHANGELOG).
 DEFAULT_REACH_BYTES = 2 << 20
 TAR_BLOCK = 512
+# At most this many bytes of tar stream inflated in a row so that an interval asked for
+# without its window inflates from the tail of the one before (``chain_start``).
+CHAIN_BYTES = 8 << 20
 # A range of a blob: (blob, offset, length).
 Need = tuple[Digest, int, int]
 
@@ -104,6 +107,35 @@ def tail_is_window(data: PublishedData, number: int) -> bool:
         and points[number].window is not None
         and data.bounds[number] - data.bounds[number - 1] >= WINDOW
     )
+
+
+def chain_start(
+    data: PublishedData,
+    number: int,
+    kept: Callable[[int], bool],
+    chained: Callable[[int], bool],
+    budget: int = CHAIN_BYTES,
+) -> int:
+    """The first interval to inflate, in order up to ``number - 1``, for interval ``number``
+    to inflate from the tail of the one before.
+
+    ``number - 1`` at least; back from it while that interval was asked for
+    without its window (``chained``: it inflates from the tail of the one
+    before it in turn) and the one before is not ``kept``, as long as the
+    tar bytes of the intervals so walked stay within ``budget``.  The walk
+    is a loop, bounded: a file of many intervals, or an index of dense
+    checkpoints, whose intervals the reader no longer keeps costs at most
+    ``budget`` inflated, then the first one's own window.
+    """
+    bounds = data.bounds
+    first = number - 1
+    spent = bounds[number] - bounds[first]
+    while first > 0 and chained(first) and not kept(first - 1):
+        spent += bounds[first] - bounds[first - 1]
+        if spent > budget:
+            break
+        first -= 1
+    return first
 
 
 def unpacked_window(packed: bytes) -> bytes | None:

@@ -6,18 +6,23 @@ mount's chunk cache, its read-ahead): two that miss the same span, or the
 same interval, would fetch or inflate it twice.  ``Once.get`` has the first
 make it and the others wait for it, then look again (the maker may have
 failed: then the next one tries).  ``Spans`` keeps the verified spans so
-made, least recently used out first, counting their bytes exactly.
+made, least recently used out first, counting their bytes exactly;
+``mismatch`` says why a span is not what its index promised.
 Blocking and thread-safe.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
+from lazyfs.index.artifact import Span
 from providers.digest import Digest
+from providers.errors import DigestMismatch
 
 Value = TypeVar("Value")
 
@@ -91,7 +96,23 @@ class Spans:
                 _, dropped = self._kept.popitem(last=False)
                 self._bytes -= len(dropped)
 
-    def holds(self, keys: Iterable[tuple[Digest, int]]) -> bool:
-        """Whether every one of ``keys`` is kept now."""
+    def holds(self, layer: Digest, starts: Sequence[int], offset: int, length: int) -> bool:
+        """Whether every span of ``layer`` (which start at ``starts``) that the blob range
+        ``[offset, offset + length)`` reaches is kept now."""
+        first = bisect.bisect_right(starts, offset) - 1
+        last = bisect.bisect_right(starts, offset + length - 1) - 1
         with self._lock:
-            return all(key in self._kept for key in keys)
+            return all((layer, n) in self._kept for n in range(first, last + 1))
+
+
+def mismatch(digest: Digest, span: Span, piece: bytes, what: str) -> DigestMismatch | None:
+    """None when ``piece`` is the span its published index promised, else why not."""
+    got = hashlib.sha256(piece).hexdigest()
+    if len(piece) == span.length and got == span.sha256:
+        return None
+    return DigestMismatch(
+        f"layer {digest}: {what} [{span.offset}, {span.offset + span.length}) does not match"
+        " its published index",
+        expected=f"sha256 {span.sha256} ({span.length} bytes)",
+        actual=f"sha256 {got} ({len(piece)} bytes)",
+    )

@@ -4,13 +4,15 @@
 artifact (``lazyfs.index.artifact_build``) with checkpoints ``spacing``
 apart; ``blobs_of`` gives the blobs a mount reads through it by digest:
 the layer and, for gzip, the windows blob.  ``Built`` is a small layer
-of three files with its index so published and kept, as a mount finds it.
+of three files (or the files given) with its index so published and kept, as
+a mount finds it.
 """
 
 from __future__ import annotations
 
 import gzip
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from lazyfs.index.artifact import LayerArtifact
@@ -53,16 +55,28 @@ BLOB = Digest("sha256:" + "e" * 64)  # the index blob's digest: only a name here
 
 
 class Built:
-    """A layer of ``FILES`` (gzip when ``compress``, else tar), its index published as
+    """A layer of ``FILES`` (gzip when ``compress``, else tar; ``compress`` may be the
+    compressor), its index published as
     ``BLOB`` and kept under ``layers_dir``: the layer, its blobs and its published data."""
 
-    def __init__(self, tmp: Path, compress: bool) -> None:
-        self.tar = write_layer(FILES, tmp / "layer.tar").read_bytes()
-        self.blob = gzip.compress(self.tar) if compress else self.tar
+    def __init__(
+        self,
+        tmp: Path,
+        compress: bool | Callable[[bytes], bytes],
+        files: list[Entry] = FILES,
+        spacing: int = SPACING,
+    ) -> None:
+        self.tar = write_layer(files, tmp / "layer.tar").read_bytes()
+        if callable(compress):  # a gzip stream of the test's making
+            self.blob = compress(self.tar)
+        else:
+            self.blob = gzip.compress(self.tar) if compress else self.tar
         path = tmp / "blob"
         path.write_bytes(self.blob)
         self.digest = digest_bytes(self.blob)
-        self.artifact, self.windows = artifact_of(path, self.digest, tmp / "scratch")
+        self.artifact, self.windows = artifact_of(
+            path, self.digest, tmp / "scratch", spacing=spacing
+        )
         self.blobs = blobs_of(self.artifact, self.blob, self.windows)
         self.layers_dir = tmp / "layers"
         store_published(self.layers_dir, BLOB, self.artifact)

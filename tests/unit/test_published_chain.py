@@ -5,12 +5,17 @@ then costs its first interval's window, not one per interval."""
 
 from __future__ import annotations
 
+import random
+import zlib
+
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.blobs.inflated import interval
+from lazyfs.index.artifact import WINDOW
 from lazyfs.index.model import IndexEntry
 from tests.support.blob_sources import Prefetching
+from tests.support.images import Entry
 from tests.support.published_artifacts import Built
 
 
@@ -78,3 +83,75 @@ def test_an_interval_asked_without_its_window_inflates_the_one_before_first(gz: 
     assert reader.read_range(gz.digest, at, 100) == gz.tar[at : at + 100]
     assert set(_windows(gz, source, "read")) <= asked == set(_windows(gz, source, "prefetch"))
     assert len(asked) == 1
+
+
+def _lines(count: int) -> bytes:
+    return b"".join(b"line %d of a long file\n" % i for i in range(count))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """A 30 MB file at the tests' checkpoint spacing: more intervals than the reader keeps
+    (random bytes: each interval about a spacing long)."""
+    data = random.Random(7).randbytes(30_000_000)
+    return Built(tmp_path_factory.mktemp("big"), True, [Entry("big", data=data)])
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Checkpoints about as dense as an index may have them (a window apart), as a hostile
+    one may."""
+    files = [Entry("big", data=_lines(250_000))]
+    return Built(tmp_path_factory.mktemp("dense"), _flushed, files, spacing=WINDOW + 1)
+
+
+def _flushed(tar: bytes) -> bytes:
+    """``tar`` as gzip, a deflate block ending every ``WINDOW`` + 1 bytes: a checkpoint may
+    be made at each."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    step = WINDOW + 1
+    parts = [packer.compress(tar[at : at + step]) + packer.flush(zlib.Z_FULL_FLUSH)
+             for at in range(0, len(tar), step)]  # fmt: skip
+    return b"".join(parts) + packer.flush()
+
+
+def _read_through(built: Built) -> tuple[PublishedLayers, IndexEntry]:
+    """A reader that has read the file whole, in the chunk cache's pieces: every interval
+    after the first asked for without its window, chained to the one before."""
+    source = Prefetching(built.blobs)
+    opened = open_published(built.layers_dir, built.layer, source)
+    assert opened is not None
+    index, reader, _ = opened
+    entry = next(e for e in index.entries if e.path == ("big",))
+    grid, end = reader.grid, entry.offset + entry.size
+    for at in range(entry.offset - entry.offset % grid, end, grid):
+        assert reader.read_range(built.digest, at, grid) == built.tar[at : at + grid]
+    return reader, entry
+
+
+def test_an_interval_chained_far_back_past_what_is_kept_reads(big: Built) -> None:
+    reader, entry = _read_through(big)
+    bounds = big.data.bounds
+    first, last = interval(bounds, entry.offset), interval(bounds, entry.offset + entry.size - 1)
+    assert last - first > 400
+    # The reader keeps the last 16 MiB inflated; other reads evict the rest in time.
+    reader.close()
+    at = entry.offset + entry.size - 4096
+    before = reader.inflations
+    assert reader.read_range(big.digest, at, 4096) == big.tar[at : at + 4096]
+    # Inflated from the interval before, back along the chain, but no further than the
+    # chain's bytes: then the first one's window.
+    shortest = min(bounds[n + 1] - bounds[n] for n in range(first, last))
+    assert reader.inflations - before <= reader.chain_bytes // shortest + 2
+
+
+def test_dense_checkpoints_chained_back_inflate_a_bounded_few(dense: Built) -> None:
+    reader, entry = _read_through(dense)
+    bounds = dense.data.bounds
+    assert interval(bounds, entry.offset + entry.size - 1) - interval(bounds, entry.offset) > 150
+    reader.close()  # nothing inflated kept
+    reader.chain_bytes = 1 << 20
+    at = entry.offset + entry.size - 100
+    before = reader.inflations
+    assert reader.read_range(dense.digest, at, 100) == dense.tar[at : at + 100]
+    assert reader.inflations - before <= (1 << 20) // WINDOW + 2
