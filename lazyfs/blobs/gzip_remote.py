@@ -12,9 +12,10 @@ against its sha256 before anything of it is used, kept or inflated.  A gzip
 layer is inflated (``lazyfs.blobs.gzip_inflate``) from the checkpoint
 before the read, from verified span bytes only, with that checkpoint's
 window: the last 32 KiB of the interval before when that one is inflated
-(kept, or inflated first when the two were asked for together: a file of
-many intervals then costs one window, not one each), checked against its
-own digest as every interval is; else read by range from the index's
+(kept, or inflated first when the two were asked for together, back along
+such a chain in a loop bounded by ``chain_bytes``: a file of many intervals
+then costs one window, not one each), checked against its own digest as
+every interval is; else read by range from the index's
 windows blob and checked against its sha256 in the index before it is
 inflated.  A tar layer's bytes are the span bytes themselves.  A span or
 window that does not match is dropped from the blob source's cache
@@ -143,7 +144,7 @@ class PublishedLayers:
                                 budget=self.reach_bytes, kept=self._intervals.get,
                                 unheld=self._unheld)  # fmt: skip
             check.check(offset, length)
-        self._unheard.read(digest, data, offset, length)
+        self._unheard.read(digest, data, offset, length, check.extents if check else None)
         return self._stream(digest, data, offset, length)
 
     def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
@@ -298,6 +299,7 @@ class PublishedLayers:
         window = None
         if before is not None and tail_is_window(data, number):
             window = before[-WINDOW:]
+            self._unheard.tail(data, number)  # a replay of the trace may need it
         elif point.window is not None:
             window = self._window(digest, data, point.window)
 

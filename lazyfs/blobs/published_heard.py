@@ -9,13 +9,18 @@ its blob source, whose watcher records the trace, sees nothing, and the
 trace would miss them.  ``Unheard`` remembers the intervals (spans, for a
 tar layer) such threads read, and on the first read of one by a recorded
 thread tells the watcher of the blob ranges it is made of, as a fetch of
-them then would have: the program's read, where it comes.
+them then would have: the program's read, where it comes.  So too the
+window of an interval a recorded thread inflated from the tail of the one
+before (``Unheard.tail``), which no one fetched, and the tar headers
+before a file that the reader parsed on such a thread's read of the file
+(``lazyfs.blobs.entry_check``: once per file) and not on the program's.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Callable, Sequence
 
 from lazyfs.blobs.inflated import interval
 from lazyfs.blobs.published_ahead import interval_needs
@@ -36,17 +41,31 @@ class Unheard:
         # one's span is what the program's read of them needs (the reader's set, shared).
         self._chained = chained if chained is not None else set()
 
-    def read(self, digest: Digest, data: PublishedData, offset: int, length: int) -> None:
-        """Note a read of layer ``digest``'s tar stream ``[offset, offset + length)``."""
+    def read(
+        self,
+        digest: Digest,
+        data: PublishedData,
+        offset: int,
+        length: int,
+        extents: Callable[[], tuple[Sequence[int], Sequence[int]]] | None = None,
+    ) -> None:
+        """Note a read of layer ``digest``'s tar stream ``[offset, offset + length)``.
+
+        ``extents``: where each file's data starts and ends, when the reader
+        holds files to their tar headers (``lazyfs.blobs.entry_check``): the
+        headers before each file the read reaches are read as well, the
+        first time, by whichever thread reads first.
+        """
         if not recorded():
-            units = _units(data, offset, length)
+            units = _reached(data, offset, length, extents)
             with self._lock:
                 self._units.update((digest, n) for n in units)
             return
         if not self._units:
             return  # nothing read ahead: the usual case, and no lock for it
+        reached = _reached(data, offset, length, extents)
         with self._lock:
-            heard = [n for n in _units(data, offset, length) if (digest, n) in self._units]
+            heard = [n for n in reached if (digest, n) in self._units]
             for n in list(heard):
                 while (digest, n) in self._chained and (digest, n - 1) in self._units:
                     n -= 1
@@ -58,6 +77,45 @@ class Unheard:
         for number in heard:  # outside the lock: the watcher takes its own
             for blob, at, size in _needs(digest, data, number):
                 watcher.read(blob, at, size)
+
+    def tail(self, data: PublishedData, number: int) -> None:
+        """Note that interval ``number`` was inflated from the tail of the one before.
+
+        Its window was not read; a start that replays this one's trace may
+        not have the interval before inflated first (the thread that did so
+        here was not recorded, or its reads come in another order), and
+        reads it.  So a recorded thread tells the watcher of the window, as
+        a fetch of it then would have: the trace holds every window a start
+        needed, whoever fetched what it was inflated from.
+        """
+        window = data.points[number].window if data.points is not None else None
+        if window is None or data.windows is None or not recorded():
+            return
+        watcher = self._blobs.watcher if isinstance(self._blobs, Watched) else None
+        if watcher is not None:
+            watcher.read(data.windows, window.offset, window.length)
+
+
+def _reached(
+    data: PublishedData,
+    offset: int,
+    length: int,
+    extents: Callable[[], tuple[Sequence[int], Sequence[int]]] | None,
+) -> list[int]:
+    """The units a read reaches: those of the headers before each file it reaches (from the
+    end of the file before), then its own; each once, in that order."""
+    found: dict[int, None] = {}
+    if extents is not None:
+        starts, ends = extents()
+        end = offset + length
+        for number in range(max(0, bisect.bisect_right(starts, offset) - 1), len(starts)):
+            if starts[number] >= end:
+                break
+            if ends[number] > offset:
+                lead = ends[number - 1] if number else 0
+                found.update(dict.fromkeys(_units(data, lead, starts[number] - lead)))
+    found.update(dict.fromkeys(_units(data, offset, length)))
+    return list(found)
 
 
 def _units(data: PublishedData, offset: int, length: int) -> range:

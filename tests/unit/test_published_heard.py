@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
+from lazyfs.blobs.inflated import interval
 from lazyfs.blobs.trace_run import Recorder, unrecorded
 from lazyfs.index.model import IndexEntry
 from lazyfs.index.trace import load_trace
@@ -71,3 +72,64 @@ def test_what_read_ahead_fetched_is_recorded_when_the_program_reads_it(
         (r.digest, u) for r in want.reads for u in range(r.offset >> 16, (r.end - 1 >> 16) + 1)
     }
     assert wanted <= covered
+
+
+def _units(ranges: list[tuple[Digest, int, int]]) -> set[tuple[Digest, int]]:
+    """The 64 KiB units of their blobs ``ranges`` reach: what a trace counts in."""
+    return {(d, u) for d, at, size in ranges for u in range(at >> 16, (at + size - 1 >> 16) + 1)}
+
+
+@pytest.mark.parametrize(("name", "ahead"), [("text", 2), ("noise", 3)])
+def test_what_the_program_did_without_is_recorded_for_the_replay(
+    tmp_path: Path, name: str, ahead: int
+) -> None:
+    # Read-ahead inflates interval n - 1 of a file (and the check parses the file's tar
+    # headers); the program then reads the file from interval n on, inflating n from
+    # n - 1's tail. A replay, with no read-ahead before the program, inflates n from its
+    # window and parses the headers: the trace must hold both. ("noise" is random bytes:
+    # each interval's window a 64 KiB unit of its own, far from the headers'.)
+    (tmp_path / "built").mkdir()
+    built = Built(tmp_path / "built", True)
+    blobs = Watched(built.blobs)
+    opened = open_published(built.layers_dir, built.layer, blobs)
+    assert opened is not None
+    index, reader, _ = opened
+    text = next(e for e in index.entries if e.path == (name,))
+    bounds = built.data.bounds
+    number = interval(bounds, text.offset) + ahead
+    assert interval(bounds, text.offset + text.size - 1) > number
+    recorder = blobs.watcher = Recorder(tmp_path / "first", KEY, settle=3600.0, limit=3600.0)
+
+    def read_ahead() -> None:  # a thread of its own, as the predictor's
+        unrecorded()
+        reader.read_range(built.digest, bounds[number - 1], bounds[number] - bounds[number - 1])
+
+    thread = threading.Thread(target=read_ahead)
+    thread.start()
+    thread.join()
+    end = text.offset + text.size
+
+    grid = 1 << 14  # the chunk cache's pieces, small: the first read is all in interval n
+    first = -(-bounds[number] // grid) * grid
+    assert first + grid <= bounds[number + 1]
+
+    def program(source: PublishedLayers) -> None:
+        source.grid = grid
+        for at in range(first, end, grid):
+            got = source.read_range(built.digest, at, min(grid, end - at))
+            assert got == built.tar[at : min(at + grid, end)]
+
+    program(reader)
+    recorder.serving()
+    assert recorder.finish() is not None
+    trace = load_trace(tmp_path / "first", KEY)
+    assert trace is not None
+    # The replay: the program alone on a fresh reader; all it fetches, the trace names.
+    again = Watched(built.blobs)
+    fresh = open_published(built.layers_dir, built.layer, again)
+    assert fresh is not None
+    program(fresh[1])
+    assert again.fetched
+    assert _units(again.fetched) <= _units(
+        [(r.digest, r.offset, r.end - r.offset) for r in trace.reads]
+    )
