@@ -13,7 +13,8 @@ lazy backend, about the layers that are neither in the store nor eStargz:
    fetched by digest and checked against it, and lists an index blob per
    layer;
 3. each wanted layer's index blob is fetched (side by side, up to
-   ``_AT_ONCE`` at once), checked against its digest, decoded
+   ``_AT_ONCE`` at once and ``_BYTES_AT_ONCE`` of them: ``rounds``),
+   checked against its digest, decoded
    (``lazyfs.index.artifact.decode``, every size and offset checked)
    and held to the layer: it must name the layer's digest and size; then it
    is kept in the store by layer and blob (``lazyfs.index.published``).
@@ -47,10 +48,13 @@ from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
 
 log = logging.getLogger(__name__)
-# Index blobs fetched and kept at once, at most.
+# Index blobs fetched and kept at once, at most, and their bytes (as their descriptors
+# give them, each up to MAX_BLOB, which a hostile registry names): one larger is
+# fetched alone, as when they were fetched one after the other.
 _AT_ONCE = 4
+_BYTES_AT_ONCE = 64 << 20
 
-__all__ = ["CREATED", "newest_first", "published_layers", "with_index_blobs"]
+__all__ = ["CREATED", "newest_first", "published_layers", "rounds", "with_index_blobs"]
 
 
 def with_index_blobs(manifest: ImageManifest, blobs: dict[Digest, Digest]) -> ImageManifest:
@@ -112,8 +116,10 @@ def _keep_each(
 
     One after the other, each index blob was a round trip, then its
     decoding and keeping, while the start waited: the heads are fetched
-    side by side, and one decodes while the others arrive.  The threads
-    live inside this call (``RegistryPush`` is thread-safe).
+    side by side, and one decodes while the others arrive, in ``rounds``
+    bounded in count and bytes (a hostile registry's four heads of 512 MiB
+    were 2 GiB held at once).  The threads live inside this call
+    (``RegistryPush`` is thread-safe).
     """
 
     def keep(job: tuple[Layer, Descriptor]) -> LazyfsError | OSError | None:
@@ -125,9 +131,30 @@ def _keep_each(
 
     if len(jobs) < 2:
         return [keep(job) for job in jobs]
-    workers = min(len(jobs), _AT_ONCE)
-    with ThreadPoolExecutor(workers, thread_name_prefix="lazyfs-index-fetch") as pool:
-        return list(pool.map(keep, jobs))
+    got: list[LazyfsError | OSError | None] = [None] * len(jobs)
+    sizes = [blob.size for _, blob in jobs]
+    with ThreadPoolExecutor(_AT_ONCE, thread_name_prefix="lazyfs-index-fetch") as pool:
+        # Each round fetched, decoded and kept before the next: the bytes held stay bounded.
+        for numbers in rounds(sizes, _BYTES_AT_ONCE, _AT_ONCE):
+            for number, failed in zip(
+                numbers, pool.map(keep, [jobs[n] for n in numbers]), strict=True
+            ):
+                got[number] = failed
+    return got
+
+
+def rounds(sizes: Sequence[int], budget: int, at_once: int) -> list[list[int]]:
+    """The jobs of ``sizes`` (by position, in order) cut into rounds run one after another:
+    each of at most ``at_once`` jobs whose sizes add up to at most ``budget``, or of one."""
+    out: list[list[int]] = []
+    spent = 0
+    for number, size in enumerate(sizes):
+        if not out or len(out[-1]) >= at_once or spent + size > budget:
+            out.append([])
+            spent = 0
+        out[-1].append(number)
+        spent += size
+    return out
 
 
 def _listed(listing: Listing) -> dict[Digest, Descriptor]:

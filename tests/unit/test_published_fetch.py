@@ -21,6 +21,7 @@ from lazyfs.index.artifact import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    LayerArtifact,
     Span,
     encode,
 )
@@ -197,11 +198,12 @@ class Meeting(Repository):
         return super().get_blob(digest, limit)
 
 
-def test_the_layers_index_blobs_are_fetched_side_by_side(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def _publish(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, repository: Repository, count: int
+) -> tuple[list[Layer], dict[Digest, Descriptor]]:
+    """``count`` tar layers, an index blob of each published in ``repository``."""
     layers, indexes = [], {}
-    for number in range(3):
+    for number in range(count):
         tar = write_layer([Entry(f"f{number}", data=b"y" * (number + 1))], tmp_path / f"{number}")
         digest = digest_bytes(tar.read_bytes())
         scratch = tmp_path / f"scratch{number}"
@@ -210,7 +212,6 @@ def test_the_layers_index_blobs_are_fetched_side_by_side(
         assert built is not None
         layers.append(Layer(digest, "application/vnd.oci.image.layer.v1.tar", tar.stat().st_size))
         indexes[digest] = encode(built[0])
-    repository = Meeting(len(layers))
     descriptors = {}
     for layer, index in indexes.items():
         blob = digest_bytes(index)
@@ -222,6 +223,72 @@ def test_the_layers_index_blobs_are_fetched_side_by_side(
     referrer = Referrer(digest_bytes(data), len(data), OCI_MANIFEST, ARTIFACT_TYPE, {})
     monkeypatch.setattr(listing_module, "list_referrers", lambda *args: (referrer,))
     monkeypatch.setattr(listing_module, "repository_push", lambda client, reference: repository)
+    return layers, descriptors
+
+
+def test_the_layers_index_blobs_are_fetched_side_by_side(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    repository = Meeting(3)
+    layers, descriptors = _publish(monkeypatch, tmp_path, repository, 3)
     image = ImageManifest("registry.invalid/app:1", SUBJECT, tuple(layers))
     found = fetch.published_layers(Store(tmp_path / "store"), None, image, layers)  # type: ignore[arg-type]
     assert found == {layer: descriptor.digest for layer, descriptor in descriptors.items()}
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "at_once", "rounds"),
+    [
+        ([10, 10, 10], 100, 4, [[0, 1, 2]]),
+        ([10, 10, 10, 10, 10], 100, 4, [[0, 1, 2, 3], [4]]),  # at most at_once a round
+        ([60, 30, 20, 90], 100, 4, [[0, 1], [2], [3]]),  # at most the budget a round
+        ([200, 10, 300], 100, 4, [[0], [1], [2]]),  # one past the budget goes alone
+        ([], 100, 4, []),
+    ],
+)
+def test_index_blobs_are_fetched_in_rounds_bounded_in_bytes(
+    sizes: list[int], budget: int, at_once: int, rounds: list[list[int]]
+) -> None:
+    assert fetch.rounds(sizes, budget, at_once) == rounds
+
+
+class Holding(Repository):
+    """A repository that notes the index blobs' bytes fetched and not yet kept, at most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.held = self.most = 0
+
+    def get_blob(self, digest: Digest, limit: int) -> bytes:
+        with self.lock:
+            self.held += limit
+            self.most = max(self.most, self.held)
+        return super().get_blob(digest, limit)
+
+    def kept(self, blob: Digest) -> None:
+        with self.lock:
+            self.held -= len(self.blobs[blob])
+
+
+def test_the_index_blobs_fetched_at_once_are_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A hostile registry names index blobs of up to 512 MiB: fetched four at once, and
+    # held while they decode, that was 2 GiB. Here the bound lets two in at a time.
+    repository = Holding()
+    layers, descriptors = _publish(monkeypatch, tmp_path, repository, 4)
+    sizes = [d.size for d in descriptors.values()]
+    monkeypatch.setattr(fetch, "_BYTES_AT_ONCE", 2 * max(sizes))
+    assert 3 * min(sizes) > 2 * max(sizes)
+    store_published = fetch.store_published
+
+    def keep(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> None:
+        store_published(layers_dir, blob, artifact)
+        repository.kept(blob)
+
+    monkeypatch.setattr(fetch, "store_published", keep)
+    image = ImageManifest("registry.invalid/app:1", SUBJECT, tuple(layers))
+    found = fetch.published_layers(Store(tmp_path / "store"), None, image, layers)  # type: ignore[arg-type]
+    assert found == {layer: descriptor.digest for layer, descriptor in descriptors.items()}
+    assert repository.held == 0 and 0 < repository.most <= 2 * max(sizes)
