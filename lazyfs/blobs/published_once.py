@@ -74,7 +74,7 @@ class Spans:
         self._bytes = 0
 
     @property
-    def bytes(self) -> int:
+    def kept_bytes(self) -> int:
         """The bytes of the spans kept now."""
         with self._lock:
             return self._bytes

@@ -28,6 +28,7 @@ from lazyfs.index.artifact import (
 from lazyfs.index.artifact_build import build_artifact
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_manifest
 from lazyfs.index.formats import build_index
+from lazyfs.index.published import store_published
 from lazyfs.publish import fetch
 from lazyfs.publish import listing as listing_module
 from lazyfs.publish.traces import fetch_traces
@@ -281,7 +282,6 @@ def test_the_index_blobs_fetched_at_once_are_bounded_in_bytes(
     sizes = [d.size for d in descriptors.values()]
     monkeypatch.setattr(fetch, "_BYTES_AT_ONCE", 2 * max(sizes))
     assert 3 * min(sizes) > 2 * max(sizes)
-    store_published = fetch.store_published
 
     def keep(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> None:
         store_published(layers_dir, blob, artifact)

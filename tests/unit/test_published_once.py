@@ -83,8 +83,8 @@ def test_spans_count_their_bytes_exactly() -> None:
     spans = Spans(max_bytes=10)
     spans.put((layer, 0), b"1234")
     spans.put((layer, 0), b"1234")  # the same span kept again (a second fetch of it)
-    assert spans.bytes == 4
+    assert spans.kept_bytes == 4
     spans.put((layer, 1), b"12345")
-    assert spans.bytes == 9 and spans.holds(layer, [0, 4], 2, 5)
+    assert spans.kept_bytes == 9 and spans.holds(layer, [0, 4], 2, 5)
     spans.put((layer, 2), b"123")  # past 10: the least recently used goes
-    assert spans.bytes == 8 and spans.get((layer, 0)) is None
+    assert spans.kept_bytes == 8 and spans.get((layer, 0)) is None
