@@ -5,8 +5,11 @@ then costs its first interval's window, not one per interval."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import random
 import zlib
+from dataclasses import replace
 
 import pytest
 
@@ -155,3 +158,30 @@ def test_dense_checkpoints_chained_back_inflate_a_bounded_few(dense: Built) -> N
     before = reader.inflations
     assert reader.read_range(dense.digest, at, 100) == dense.tar[at : at + 100]
     assert reader.inflations - before <= (1 << 20) // WINDOW + 2
+
+
+def test_a_forged_interval_in_a_chain_is_a_logged_eio(
+    dense: Built, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hostile index whose interval k's digest is wrong: a read of an interval after it,
+    # asked for without its window, inflates back through k, and gets EIO, saying why.
+    opened = open_published(dense.layers_dir, dense.layer, Prefetching(dense.blobs))
+    assert opened is not None and dense.data.points is not None
+    index = opened[0]
+    entry = next(e for e in index.entries if e.path == ("big",))
+    bounds, points = dense.data.bounds, list(dense.data.points)
+    first = interval(bounds, entry.offset)
+    forged = first + 2
+    points[forged] = replace(points[forged], sha256="0" * 64)
+    data = replace(dense.data, points=tuple(points))
+    reader = PublishedLayers(
+        {dense.digest: data},
+        Prefetching(dense.blobs),
+        entries={dense.digest: lambda: index.entries},
+    )
+    assert reader.read_range(dense.digest, entry.offset, 10) == dense.tar[entry.offset :][:10]
+    reader.close()  # nothing inflated kept: a read further on walks back to the first
+    with pytest.raises(OSError) as raised, caplog.at_level(logging.ERROR):
+        reader.read_range(dense.digest, bounds[first + 4], 10)
+    assert raised.value.errno == errno.EIO
+    assert "inflated interval" in caplog.text and "does not match" in caplog.text
