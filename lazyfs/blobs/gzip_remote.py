@@ -141,8 +141,8 @@ class PublishedLayers:
                 # What this read and the next of its file will inflate, asked at once.
                 starts, ends = check.extents()
                 self._asks.miss(digest, data, starts, ends, offset, length, grid=self.grid,
-                                budget=self.reach_bytes, kept=self._intervals.get,
-                                unheld=self._unheld)  # fmt: skip
+                                budget=self.reach_bytes, chain_bytes=self.chain_bytes,
+                                kept=self._intervals.get, unheld=self._unheld)  # fmt: skip
             check.check(offset, length)
         self._unheard.read(digest, data, offset, length, check.extents if check else None)
         return self._stream(digest, data, offset, length)
@@ -295,9 +295,14 @@ class PublishedLayers:
         point = data.points[number]
         with self._lock:
             self.inflations += 1
-        self._ask_ahead(digest, data, number, window=before is None)
+        from_tail = before is not None and tail_is_window(data, number)
+        # Inflated from a tail no ask chained it to (the one before was kept): chained now
+        # when a walk back to it would reach a window asked, else its own window is asked
+        # all the same: a walk that reaches it once both are evicted inflates it from that.
+        own = not from_tail or not self._asks.within(digest, data, number, self.chain_bytes)
+        self._ask_ahead(digest, data, number, window=own)
         window = None
-        if before is not None and tail_is_window(data, number):
+        if before is not None and from_tail:
             window = before[-WINDOW:]
             self._unheard.tail(data, number)  # a replay of the trace may need it
         elif point.window is not None:

@@ -125,7 +125,10 @@ def chain_start(
     tar bytes of the intervals so walked stay within ``budget``.  The walk
     is a loop, bounded: a file of many intervals, or an index of dense
     checkpoints, whose intervals the reader no longer keeps costs at most
-    ``budget`` inflated, then the first one's own window.
+    ``budget`` inflated, then the first one's own window.  An interval is
+    chained only when this walk, with nothing kept, ends at an interval not
+    chained (``lazyfs.blobs.published_asks.Asks.within``): one whose window
+    was asked, so one fetched before, not one no one fetched.
     """
     bounds = data.bounds
     first = number - 1

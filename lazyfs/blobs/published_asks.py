@@ -21,9 +21,15 @@ trip of its own after the one before:
   its start reads both, one after the other.
 
 An interval asked with the one before it is asked without its window
-(``chained``): it inflates from that one's tail (``tail_is_window``).  Only
-hints: every span and window is still checked by the read that uses it.
-Thread-safe.
+(``chained``): it inflates from that one's tail (``tail_is_window``), the
+one before first when that is no longer kept, back along the chain
+(``chain_start``), at most ``chain_bytes`` of it.  So an interval is chained
+only while the walk back from it reaches, within that bound, an interval
+whose window was asked (``within``); else its window is asked with its
+span, and a chain starts again there.  A walk then ends at an interval
+kept or at a window fetched: once everything was fetched, nothing more is,
+and a registry gone since is no EIO for it.  Only hints: every span and
+window is still checked by the read that uses it.  Thread-safe.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ from collections.abc import Callable, Sequence
 
 from lazyfs.blobs.inflated import interval
 from lazyfs.blobs.published_ahead import (
+    CHAIN_BYTES,
     Need,
     ask_for,
+    chain_start,
     file_reach,
     headers_before,
     interval_needs,
@@ -57,6 +65,7 @@ class Asks:
         self._leads: set[tuple[Digest, int]] = set()  # files whose headers were asked for
         # Intervals asked without their window; shared with ``published_heard.Unheard``.
         self.chained: set[tuple[Digest, int]] = set()
+        self._windowed: set[tuple[Digest, int]] = set()  # intervals whose window a miss asked
 
     def is_chained(self, digest: Digest, number: int) -> bool:
         """Whether interval ``number`` was asked for without its window."""
@@ -74,6 +83,7 @@ class Asks:
         *,
         grid: int,
         budget: int,
+        chain_bytes: int = CHAIN_BYTES,
         kept: Callable[[Digest, int], bytes | None],
         unheld: Callable[[Digest, PublishedData, list[Need]], list[Need]],
     ) -> None:
@@ -81,6 +91,7 @@ class Asks:
         ``digest`` will inflate, if it misses; nothing when it does not.
 
         ``starts``, ``ends``: where each file's data is (``file_reach``);
+        ``chain_bytes``: the reader's bound on a walk back along a chain (``chain_start``);
         ``kept(digest, start)``: the inflated interval from ``start``, if kept now;
         ``unheld``: the needs the reader does not hold already.
         """
@@ -115,13 +126,46 @@ class Asks:
             with self._lock:
                 # Its window is the tail of the interval before, asked with it (now or
                 # before) or inflated: not asked.
-                chained = tail_is_window(data, n) and (
-                    n - 1 in numbers or done(n - 1) or (digest, n) in self.chained
+                chained = (digest, n) in self.chained or (
+                    (n - 1 in numbers or done(n - 1)) and self._chains(digest, data, n, chain_bytes)
                 )
-                if chained:
-                    self.chained.add((digest, n))
-            needs += interval_needs(digest, data, n, window=not chained)
+                # Its window asked once by a miss: the inflation asks it again (``_ask_ahead``).
+                window = not chained and (digest, n) not in self._windowed
+                if window:
+                    self._windowed.add((digest, n))
+            needs += interval_needs(digest, data, n, window=window)
         ask_for(self._blobs, unheld(digest, data, needs))
+
+    def within(self, digest: Digest, data: PublishedData, number: int, chain_bytes: int) -> bool:
+        """Make interval ``number`` chained, if it is not, when a walk back from it would
+        reach an interval whose window was asked within ``chain_bytes``; whether it is chained.
+
+        For an interval inflated from the tail of one kept, not asked for
+        (``lazyfs.blobs.gzip_remote``): when False its window is to be asked.
+        """
+        with self._lock:
+            return (digest, number) in self.chained or self._chains(
+                digest, data, number, chain_bytes
+            )
+
+    def _chains(self, digest: Digest, data: PublishedData, number: int, chain_bytes: int) -> bool:
+        """``within`` with the lock held, for an interval not chained yet."""
+        if not tail_is_window(data, number):
+            return False
+
+        def linked(n: int) -> bool:
+            return (digest, n) in self.chained
+
+        def nothing_kept(_n: int) -> bool:
+            return False
+
+        # The walk with nothing kept: it stops at an interval not chained (whose window
+        # was asked, or the stream's first) or, at the bound, at one chained: its window
+        # was never asked.
+        if linked(chain_start(data, number, nothing_kept, linked, chain_bytes)):
+            return False
+        self.chained.add((digest, number))
+        return True
 
     def _heads(
         self,

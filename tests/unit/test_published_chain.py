@@ -17,6 +17,8 @@ from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.blobs.inflated import interval
 from lazyfs.index.artifact import WINDOW
 from lazyfs.index.model import IndexEntry
+from providers.digest import Digest
+from providers.errors import TemporaryFailure
 from tests.support.blob_sources import Prefetching
 from tests.support.images import Entry
 from tests.support.published_artifacts import Built
@@ -185,3 +187,63 @@ def test_a_forged_interval_in_a_chain_is_a_logged_eio(
         reader.read_range(dense.digest, bounds[first + 4], 10)
     assert raised.value.errno == errno.EIO
     assert "inflated interval" in caplog.text and "does not match" in caplog.text
+
+
+class _Cache(Prefetching):
+    """The cache daemon: once ``gone``, the registry is unreachable, and a range it did not
+    fetch before (read or asked ahead) fails as such a read does."""
+
+    def __init__(self, blobs: dict[Digest, bytes]) -> None:
+        super().__init__(blobs)
+        self.gone = False
+        self.had: list[tuple[str, Digest, int, int]] = []
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        if self.gone and not any(
+            blob == digest and at <= offset and offset + length <= at + size
+            for _kind, blob, at, size in self.had
+        ):
+            raise TemporaryFailure(f"registry unreachable: {digest} [{offset}, +{length})")
+        return super().read_range(digest, offset, length)
+
+    def go(self) -> None:
+        self.had = list(self.events)
+        self.gone = True
+
+
+def _read_end_after_registry_gone(built: Built, reader: PublishedLayers, source: _Cache,
+                                  entry: IndexEntry) -> None:  # fmt: skip
+    source.go()
+    reader.close()  # the mount's inflated intervals turned over
+    at = entry.offset + entry.size - 4096
+    assert reader.read_range(built.digest, at, 4096) == built.tar[at : at + 4096]
+
+
+def test_a_file_read_whole_reads_again_with_the_registry_gone(big: Built) -> None:
+    # Read whole, every interval after the first asked for without its window: a walk
+    # back from the file's end stops at the chain bound, at an interval whose window
+    # was asked for then, not at one whose window no one fetched.
+    source = _Cache(big.blobs)
+    opened = open_published(big.layers_dir, big.layer, source)
+    assert opened is not None
+    index, reader, _ = opened
+    entry = next(e for e in index.entries if e.path == ("big",))
+    grid, end = reader.grid, entry.offset + entry.size
+    for at in range(entry.offset - entry.offset % grid, end, grid):
+        assert reader.read_range(big.digest, at, grid) == big.tar[at : at + grid]
+    _read_end_after_registry_gone(big, reader, source, entry)
+
+
+def test_a_file_read_in_order_without_asks_reads_again_with_the_registry_gone(
+    big: Built,
+) -> None:
+    # No asks ahead: each interval inflated from the tail of the one before, kept.
+    source = _Cache(big.blobs)
+    opened = open_published(big.layers_dir, big.layer, source)
+    assert opened is not None
+    index = opened[0]
+    reader = PublishedLayers({big.digest: big.data}, source)
+    entry = next(e for e in index.entries if e.path == ("big",))
+    for at in range(entry.offset, entry.offset + entry.size, 1 << 20):
+        assert reader.read_range(big.digest, at, 1 << 20) == big.tar[at : at + (1 << 20)]
+    _read_end_after_registry_gone(big, reader, source, entry)
