@@ -136,7 +136,12 @@ class PublishedLayers:
         self._refuse_if_bad(digest)
         if length <= 0:
             return b""
-        if (check := self._checks.get(digest)) is not None:
+        check = self._checks.get(digest)
+        extents = check.extents if check is not None else None
+        # Before anything is fetched for it, the check's headers too: a program's read that
+        # gets what this one fetched or kept hears of it, at the latest after its own.
+        self._unheard.read(digest, data, offset, length, extents)
+        if check is not None:
             if data.points is not None and not check.refused():
                 # What this read and the next of its file will inflate, asked at once.
                 starts, ends = check.extents()
@@ -144,8 +149,11 @@ class PublishedLayers:
                                 budget=self.reach_bytes, chain_bytes=self.chain_bytes,
                                 kept=self._intervals.get, unheld=self._unheld)  # fmt: skip
             check.check(offset, length)
-        self._unheard.read(digest, data, offset, length, check.extents if check else None)
-        return self._stream(digest, data, offset, length)
+        got = self._stream(digest, data, offset, length)
+        # Again for a program's read: read-ahead may have read and kept some of what it
+        # used while it waited (an interval after the one it was fetching).
+        self._unheard.heard(digest, data, offset, length, extents)
+        return got
 
     def _reader(self, digest: Digest) -> Callable[[int, int], bytes]:
         return lambda offset, length: self._stream(digest, self._layers[digest], offset, length)

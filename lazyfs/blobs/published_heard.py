@@ -14,6 +14,9 @@ window of an interval a recorded thread inflated from the tail of the one
 before (``Unheard.tail``), which no one fetched, and the tar headers
 before a file that the reader parsed on such a thread's read of the file
 (``lazyfs.blobs.entry_check``: once per file) and not on the program's.
+Every read is noted before anything is fetched for it, and a recorded
+thread's again once served (``heard``): what read-ahead fetched and kept
+while the program's read waited is heard then.
 """
 
 from __future__ import annotations
@@ -77,6 +80,23 @@ class Unheard:
         for number in heard:  # outside the lock: the watcher takes its own
             for blob, at, size in _needs(digest, data, number):
                 watcher.read(blob, at, size)
+
+    def heard(
+        self,
+        digest: Digest,
+        data: PublishedData,
+        offset: int,
+        length: int,
+        extents: Callable[[], tuple[Sequence[int], Sequence[int]]] | None = None,
+    ) -> None:
+        """``read`` once a recorded thread's read is served; nothing for any other.
+
+        What an unrecorded thread read and kept while the program's read
+        waited (on a fetch of another part of it) was noted before it was
+        fetched: heard now, after the program's own fetches.
+        """
+        if recorded():
+            self.read(digest, data, offset, length, extents)
 
     def tail(self, data: PublishedData, number: int) -> None:
         """Note that interval ``number`` was inflated from the tail of the one before.

@@ -11,6 +11,7 @@ import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.blobs.inflated import interval
+from lazyfs.blobs.published_ahead import compressed_span
 from lazyfs.blobs.trace_run import Recorder, unrecorded
 from lazyfs.index.model import IndexEntry
 from lazyfs.index.trace import load_trace
@@ -130,6 +131,53 @@ def test_what_the_program_did_without_is_recorded_for_the_replay(
     assert fresh is not None
     program(fresh[1])
     assert again.fetched
+    assert _units(again.fetched) <= _units(
+        [(r.digest, r.offset, r.end - r.offset) for r in trace.reads]
+    )
+
+
+def test_an_interval_read_ahead_kept_while_the_program_waited_is_recorded(
+    tmp_path: Path,
+) -> None:
+    # The program reads across intervals k and k + 1; while it waits on the fetch of k's
+    # span (a round trip), read-ahead reads k + 1, inflates it and keeps it. The program
+    # then uses k + 1 as kept: the trace must name it, as a replay fetches it.
+    (tmp_path / "built").mkdir()
+    built = Built(tmp_path / "built", True)
+    bounds, k = built.data.bounds, 3
+    span_k = compressed_span(built.data, k)[0]
+    reader: PublishedLayers | None = None
+
+    def read_ahead() -> None:  # a thread of its own, as the predictor's
+        unrecorded()
+        assert reader is not None
+        reader.read_range(built.digest, bounds[k + 1], 4096)
+
+    class RoundTrip(Watched):
+        """Read-ahead runs, whole, while the program's fetch of span k is on its way."""
+
+        waited = False
+
+        def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+            if digest == built.digest and offset == span_k and not self.waited:
+                self.waited = True
+                thread = threading.Thread(target=read_ahead)
+                thread.start()
+                thread.join()
+            return super().read_range(digest, offset, length)
+
+    blobs = RoundTrip(built.blobs)
+    reader = PublishedLayers({built.digest: built.data}, blobs)  # no asks: nothing chained
+    recorder = blobs.watcher = Recorder(tmp_path / "first", KEY, settle=3600.0, limit=3600.0)
+    at = bounds[k + 1] - 4096
+    assert reader.read_range(built.digest, at, 8192) == built.tar[at : at + 8192]
+    assert blobs.waited
+    recorder.serving()
+    assert recorder.finish() is not None
+    trace = load_trace(tmp_path / "first", KEY)
+    assert trace is not None
+    again = Watched(built.blobs)  # the replay's program, alone
+    assert PublishedLayers({built.digest: built.data}, again).read_range(built.digest, at, 8192)
     assert _units(again.fetched) <= _units(
         [(r.digest, r.offset, r.end - r.offset) for r in trace.reads]
     )
