@@ -136,10 +136,9 @@ class PublishedLayers:
         self._refuse_if_bad(digest)
         if length <= 0:
             return b""
-        check = self._checks.get(digest)
-        extents = check.extents if check is not None else None
-        # Before anything is fetched for it, the check's headers too: a program's read that
-        # gets what this one fetched or kept hears of it, at the latest after its own.
+        extents = check.extents if (check := self._checks.get(digest)) is not None else None
+        # Before anything (the check's headers too) is fetched for it; a program's read again
+        # once served: read-ahead may have kept some of it while it waited (published_heard).
         self._unheard.read(digest, data, offset, length, extents)
         if check is not None:
             if data.points is not None and not check.refused():
@@ -150,8 +149,6 @@ class PublishedLayers:
                                 kept=self._intervals.get, unheld=self._unheld)  # fmt: skip
             check.check(offset, length)
         got = self._stream(digest, data, offset, length)
-        # Again for a program's read: read-ahead may have read and kept some of what it
-        # used while it waited (an interval after the one it was fetching).
         self._unheard.heard(digest, data, offset, length, extents)
         return got
 
@@ -304,9 +301,8 @@ class PublishedLayers:
         with self._lock:
             self.inflations += 1
         from_tail = before is not None and tail_is_window(data, number)
-        # Inflated from a tail no ask chained it to (the one before was kept): chained now
-        # when a walk back to it would reach a window asked, else its own window is asked
-        # all the same: a walk that reaches it once both are evicted inflates it from that.
+        # From a tail no ask chained it to: chained now if a walk back from it reaches a
+        # window asked (Asks.within), else its window is asked, for a walk to it later.
         own = not from_tail or not self._asks.within(digest, data, number, self.chain_bytes)
         self._ask_ahead(digest, data, number, window=own)
         window = None
@@ -351,10 +347,8 @@ class PublishedLayers:
         daemon fetches nothing twice, and an ask that failed or was dropped
         (the daemon restarted) is made good here.
         """
-        ask_for(
-            self._blobs,
-            self._unheld(digest, data, interval_needs(digest, data, number, window=window)),
-        )
+        needs = interval_needs(digest, data, number, window=window)
+        ask_for(self._blobs, self._unheld(digest, data, needs))
 
     def _unheld(self, digest: Digest, data: PublishedData, needs: list[Need]) -> list[Need]:
         """``needs`` but the ranges of the layer whose spans are all kept verified here
