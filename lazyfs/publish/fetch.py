@@ -14,7 +14,7 @@ lazy backend, about the layers that are neither in the store nor eStargz:
    layer;
 3. each wanted layer's index blob is fetched (side by side, up to
    ``_AT_ONCE`` at once and ``_BYTES_AT_ONCE`` of them: ``rounds``),
-   checked against its digest, decoded
+   checked against its digest, decoded, one at a time
    (``lazyfs.index.artifact.decode``, every size and offset checked)
    and held to the layer: it must name the layer's digest and size; then it
    is kept in the store by layer and blob (``lazyfs.index.published``).
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 # fetched alone, as when they were fetched one after the other.
 _AT_ONCE = 4
 _BYTES_AT_ONCE = 64 << 20
+_DECODING = threading.Lock()  # index blobs decoded and kept one at a time (``_keep``)
 
 __all__ = ["CREATED", "newest_first", "published_layers", "rounds", "with_index_blobs"]
 
@@ -118,7 +120,8 @@ def _keep_each(
     decoding and keeping, while the start waited: the heads are fetched
     side by side, and one decodes while the others arrive, in ``rounds``
     bounded in count and bytes (a hostile registry's four heads of 512 MiB
-    were 2 GiB held at once).  The threads live inside this call
+    were 2 GiB held at once); they decode one at a time (``_keep``), each
+    inflating to up to ``MAX_INDEX``.  The threads live inside this call
     (``RegistryPush`` is thread-safe).
     """
 
@@ -126,6 +129,9 @@ def _keep_each(
         try:
             _keep(store, push, *job)
         except (LazyfsError, OSError) as error:
+            # Only what it says is kept: its traceback holds the decoding's frames, and with
+            # them an index inflated (up to 512 MiB), until every job is done.
+            error.__traceback__ = error.__context__ = error.__cause__ = None
             return error
         return None
 
@@ -184,6 +190,9 @@ def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> N
     data = push.get_blob(blob.digest, blob.size)
     if len(data) != blob.size:
         raise BadImage(f"index blob {blob.digest}: {len(data)} bytes, want {blob.size}")
-    artifact = decode(data, layer=layer.digest)
-    check_artifact_layer(artifact, layer)
-    store_published(store.layers, blob.digest, artifact)
+    # One decodes at a time, whatever the rounds fetch at once: a head of a few KiB (a
+    # hostile one) inflates to MAX_INDEX (512 MiB) while it decodes, and is held until kept.
+    with _DECODING:
+        artifact = decode(data, layer=layer.digest)
+        check_artifact_layer(artifact, layer)
+        store_published(store.layers, blob.digest, artifact)

@@ -9,20 +9,25 @@ decoding and keeping them in the store is the module's own.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
+from lazyfs.index import artifact as artifact_module
 from lazyfs.index.artifact import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
     LayerArtifact,
     Span,
+    decode,
     encode,
 )
 from lazyfs.index.artifact_build import build_artifact
@@ -34,6 +39,7 @@ from lazyfs.publish import listing as listing_module
 from lazyfs.publish.traces import fetch_traces
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes, hex_part
+from providers.errors import BadImage
 from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
 from providers.referrers import Referrer
 from tests.support.images import Entry, write_layer
@@ -254,22 +260,45 @@ def test_index_blobs_are_fetched_in_rounds_bounded_in_bytes(
 
 
 class Holding(Repository):
-    """A repository that notes the index blobs' bytes fetched and not yet kept, at most."""
+    """A repository that notes the index blobs' bytes fetched and not yet kept, at most,
+    and of those the bytes being decoded (from ``decode`` until kept), at most."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lock = threading.Lock()
-        self.held = self.most = 0
+        self.lock = threading.Condition()
+        self.held = self.most = self.fetched = 0
+        self.decoding = self.most_decoding = 0
+        self.first = True
 
     def get_blob(self, digest: Digest, limit: int) -> bytes:
         with self.lock:
             self.held += limit
             self.most = max(self.most, self.held)
-        return super().get_blob(digest, limit)
+        try:
+            return super().get_blob(digest, limit)
+        finally:
+            with self.lock:
+                self.fetched += 1
+                self.lock.notify_all()
+
+    def decode(self, data: bytes, *, layer: Digest) -> LayerArtifact:
+        with self.lock:
+            self.decoding += len(data)
+            self.most_decoding = max(self.most_decoding, self.decoding)
+            self.lock.notify_all()
+            if self.first:
+                # The first decode waits for its round's other blob to be fetched, then for
+                # it to decode alongside: it does, at once, unless decodes take turns. (A
+                # deadline, not a pace: with turns, the other never comes.)
+                self.first = False
+                self.lock.wait_for(lambda: self.fetched >= 2, timeout=30)
+                self.lock.wait_for(lambda: self.decoding > len(data), timeout=2)
+        return decode(data, layer=layer)
 
     def kept(self, blob: Digest) -> None:
         with self.lock:
             self.held -= len(self.blobs[blob])
+            self.decoding -= len(self.blobs[blob])
 
 
 def test_the_index_blobs_fetched_at_once_are_bounded_in_bytes(
@@ -277,6 +306,7 @@ def test_the_index_blobs_fetched_at_once_are_bounded_in_bytes(
 ) -> None:
     # A hostile registry names index blobs of up to 512 MiB: fetched four at once, and
     # held while they decode, that was 2 GiB. Here the bound lets two in at a time.
+    # Each inflates as it decodes (to up to 512 MiB, a small blob too): one at a time.
     repository = Holding()
     layers, descriptors = _publish(monkeypatch, tmp_path, repository, 4)
     sizes = [d.size for d in descriptors.values()]
@@ -288,7 +318,42 @@ def test_the_index_blobs_fetched_at_once_are_bounded_in_bytes(
         repository.kept(blob)
 
     monkeypatch.setattr(fetch, "store_published", keep)
+    monkeypatch.setattr(fetch, "decode", repository.decode)
     image = ImageManifest("registry.invalid/app:1", SUBJECT, tuple(layers))
     found = fetch.published_layers(Store(tmp_path / "store"), None, image, layers)  # type: ignore[arg-type]
     assert found == {layer: descriptor.digest for layer, descriptor in descriptors.items()}
     assert repository.held == 0 and 0 < repository.most <= 2 * max(sizes)
+    # Fetched side by side, but each decodes alone: an index inflates to up to 512 MiB as
+    # it decodes, however small its blob.
+    assert repository.most > max(sizes)
+    assert repository.decoding == 0 and 0 < repository.most_decoding <= max(sizes)
+
+
+def test_a_refused_index_blob_holds_nothing_it_inflated(tmp_path: Path) -> None:
+    # Hostile heads of a few KiB that inflate to the bound (scaled down here) and are then
+    # no index: what each failed with is kept until every blob is fetched, and held the
+    # decoding's frames, each with its inflated bytes.
+    scale = 8 << 20
+    repository = Repository()
+    jobs = []
+    for number in range(2):
+        layer = Digest("sha256:" + f"{number:x}" * 64)
+        body = zlib.compress(b" " * scale, 9)
+        header = {"lazyfs_index": 2, "layer": layer, "layer_size": 1, "compression": "gzip",
+                  "tar_size": 1, "index_bytes": len(body)}  # fmt: skip
+        data = json.dumps(header).encode() + b"\n" + body
+        repository.blobs[digest_bytes(data)] = data
+        descriptor = Descriptor(INDEX_MEDIA_TYPE, digest_bytes(data), len(data))
+        jobs.append((Layer(layer, "application/vnd.oci.image.layer.v1.tar+gzip", 1), descriptor))
+    store = Store(tmp_path / "store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(artifact_module, "MAX_INDEX", scale)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            got = fetch._keep_each(store, repository, jobs)  # type: ignore[arg-type]
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+    assert all(isinstance(error, BadImage) for error in got)
+    assert held < scale
