@@ -51,7 +51,7 @@ DEFAULT_REACH_BYTES = 2 << 20
 TAR_BLOCK = 512
 # At most this many bytes of tar stream inflated in a row so that an interval asked for
 # without its window inflates from the tail of the one before (``chain_start``).
-CHAIN_BYTES = 8 << 20
+CHAIN_BYTES = 2 << 20
 # A range of a blob: (blob, offset, length).
 Need = tuple[Digest, int, int]
 

@@ -155,11 +155,11 @@ def test_dense_checkpoints_chained_back_inflate_a_bounded_few(dense: Built) -> N
     bounds = dense.data.bounds
     assert interval(bounds, entry.offset + entry.size - 1) - interval(bounds, entry.offset) > 150
     reader.close()  # nothing inflated kept
-    reader.chain_bytes = 1 << 20
     at = entry.offset + entry.size - 100
     before = reader.inflations
     assert reader.read_range(dense.digest, at, 100) == dense.tar[at : at + 100]
-    assert reader.inflations - before <= (1 << 20) // WINDOW + 2
+    # At most 2 MiB of tar stream back: about 64 intervals here, not the file's 150 and more.
+    assert reader.inflations - before <= (2 << 20) // WINDOW + 2
 
 
 def test_a_forged_interval_in_a_chain_is_a_logged_eio(
