@@ -339,15 +339,16 @@ class PublishedLayers:
     def _ask_ahead(
         self, digest: Digest, data: PublishedData, number: int, *, window: bool = True
     ) -> None:
-        """Have a caching source fetch what inflating interval ``number`` needs, all at once,
-        (``lazyfs.blobs.published_ahead``).
+        """Have a caching source fetch what inflating interval ``number`` needs, all at once
+        (``lazyfs.blobs.published_ahead``): else its span and window, each a round trip.
 
-        Its span and window one after the other otherwise, each a round trip.
         Asked again when a miss asked for it with its file (``Asks``): the
         daemon fetches nothing twice, and an ask that failed or was dropped
         (the daemon restarted) is made good here.
         """
         needs = interval_needs(digest, data, number, window=window)
+        if window:
+            self._asks.asked_window(digest, number)
         ask_for(self._blobs, self._unheld(digest, data, needs))
 
     def _unheld(self, digest: Digest, data: PublishedData, needs: list[Need]) -> list[Need]:

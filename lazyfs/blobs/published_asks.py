@@ -65,7 +65,9 @@ class Asks:
         self._leads: set[tuple[Digest, int]] = set()  # files whose headers were asked for
         # Intervals asked without their window; shared with ``published_heard.Unheard``.
         self.chained: set[tuple[Digest, int]] = set()
-        self._windowed: set[tuple[Digest, int]] = set()  # intervals whose window a miss asked
+        # Intervals whose window was asked (here or by their inflation): never chained after,
+        # as a walk back from a later one may end at them (``_chains``).
+        self._windowed: set[tuple[Digest, int]] = set()
 
     def is_chained(self, digest: Digest, number: int) -> bool:
         """Whether interval ``number`` was asked for without its window."""
@@ -148,10 +150,15 @@ class Asks:
                 digest, data, number, chain_bytes
             )
 
+    def asked_window(self, digest: Digest, number: int) -> None:
+        """Note that interval ``number``'s window was asked for, by its inflation."""
+        with self._lock:
+            self._windowed.add((digest, number))
+
     def _chains(self, digest: Digest, data: PublishedData, number: int, chain_bytes: int) -> bool:
         """``within`` with the lock held, for an interval not chained yet."""
-        if not tail_is_window(data, number):
-            return False
+        if not tail_is_window(data, number) or (digest, number) in self._windowed:
+            return False  # chained, a walk through it could end past it at the bound
 
         def linked(n: int) -> bool:
             return (digest, n) in self.chained

@@ -247,3 +247,34 @@ def test_a_file_read_in_order_without_asks_reads_again_with_the_registry_gone(
     for at in range(entry.offset, entry.offset + entry.size, 1 << 20):
         assert reader.read_range(big.digest, at, 1 << 20) == big.tar[at : at + (1 << 20)]
     _read_end_after_registry_gone(big, reader, source, entry)
+
+
+def test_an_interval_whose_window_was_asked_is_never_chained_after(big: Built) -> None:
+    # Interval u is read first (its window asked, those after it chained back to it),
+    # then u - 2 (its window asked, u - 1 chained to it); u is inflated again from u - 1's
+    # tail. Were u chained then, a walk back from a later t would pass u and stop at the
+    # bound at u - 1, whose window no one fetched.
+    source = _Cache(big.blobs)
+    opened = open_published(big.layers_dir, big.layer, source)
+    assert opened is not None
+    index, reader, _ = opened
+    reader.grid, reader.reach_bytes = 512, 8 << 20  # reads of one interval: u - 1 not asked
+    entry = next(e for e in index.entries if e.path == ("big",))
+    bounds = big.data.bounds
+    u = interval(bounds, entry.offset) + 100
+    budget = reader.chain_bytes
+    t = next(t for t in range(u + 1, len(bounds)) if bounds[t] - bounds[u - 2] > budget)
+    assert bounds[t] - bounds[u - 1] <= budget and interval(bounds, entry.offset + entry.size) > t
+
+    def read(number: int) -> None:
+        at = -(-bounds[number] // 512) * 512
+        assert reader.read_range(big.digest, at, 512) == big.tar[at : at + 512]
+
+    read(u)
+    read(u - 2)
+    reader.close()
+    read(u - 1)  # inflates u - 2, then u - 1 from its tail: kept
+    read(u)  # from u - 1's tail
+    source.go()
+    reader.close()
+    read(t)
