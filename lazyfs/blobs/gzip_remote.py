@@ -61,11 +61,11 @@ from lazyfs.blobs.published_ahead import (
     DEFAULT_REACH_BYTES,
     Need,
     ask_for,
-    chain_start,
     interval_needs,
     reads_windows,
     tail_is_window,
     unpacked_window,
+    walk_back,
 )
 from lazyfs.blobs.published_asks import Asks
 from lazyfs.blobs.published_heard import Unheard
@@ -281,12 +281,12 @@ class PublishedLayers:
         found = self._intervals.get(digest, bounds[number - 1])
         if found is not None or not walk or not self._asks.is_chained(digest, number):
             return found
-        kept = lambda n: self._intervals.get(digest, bounds[n]) is not None  # noqa: E731
+        look = lambda n: self._intervals.get(digest, bounds[n])  # noqa: E731
         chained = lambda n: self._asks.is_chained(digest, n)  # noqa: E731
-        for n in range(chain_start(data, number, kept, chained, self.chain_bytes), number):
+        start, found = walk_back(data, number, look, chained, self.chain_bytes)
+        for n in range(start, number):
             self._unheard.read(digest, data, bounds[n], bounds[n + 1] - bounds[n])
-            # The chain's first from its kept predecessor or its own window; no walk again.
-            found = self._whole(digest, data, n, found, walk=False)
+            found = self._whole(digest, data, n, found, walk=False)  # no walk again: walk_back
         return found
 
     def _interval(

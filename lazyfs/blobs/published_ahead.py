@@ -141,6 +141,31 @@ def chain_start(
     return first
 
 
+def walk_back(
+    data: PublishedData,
+    number: int,
+    look: Callable[[int], bytes | None],
+    chained: Callable[[int], bool],
+    budget: int = CHAIN_BYTES,
+) -> tuple[int, bytes | None]:
+    """``chain_start`` with ``look(n)``, interval ``n`` if kept now, and the kept interval
+    it stopped at (the one before the first), as it was found; None when it stopped for
+    another reason.
+
+    Held, not looked up again: another thread may evict it before the chain's first
+    inflates from its tail, and that one's own window may never have been fetched (with
+    the registry gone since, it is an EIO).
+    """
+    held: dict[int, bytes | None] = {}
+
+    def kept(n: int) -> bool:
+        held[n] = look(n)
+        return held[n] is not None
+
+    first = chain_start(data, number, kept, chained, budget)
+    return first, held.get(first - 1)
+
+
 def unpacked_window(packed: bytes) -> bytes | None:
     """The ``WINDOW`` bytes a window of a windows blob holds (zlib); None when it is not."""
     inflater = zlib.decompressobj()

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
-from lazyfs.blobs.inflated import interval
+from lazyfs.blobs.inflated import Kept, interval
 from lazyfs.index.artifact import WINDOW
 from lazyfs.index.model import IndexEntry
 from providers.digest import Digest
@@ -278,3 +278,48 @@ def test_an_interval_whose_window_was_asked_is_never_chained_after(big: Built) -
     source.go()
     reader.close()
     read(t)
+
+
+class _Fleeting(Kept):
+    """The reader's inflated intervals, where another thread's keeping evicts those in
+    ``fleeting`` right after they are looked up once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fleeting: set[int] = set()
+
+    def get(self, digest: Digest, start: int) -> bytes | None:
+        found = super().get(digest, start)
+        if found is not None and start in self.fleeting:
+            self.fleeting.discard(start)
+            self._kept.pop((digest, start))
+            self._bytes -= len(found)
+        return found
+
+
+def test_a_walk_that_stopped_at_an_interval_kept_inflates_from_it_when_evicted_since(
+    big: Built,
+) -> None:
+    # Read whole (every interval chained but where a walk back would pass the bound), the
+    # registry then gone: interval m is read (inflated back along its chain), then m + 3.
+    # The walk back from m + 3 stops at m + 1, as m is kept; m is evicted before m + 1 is
+    # inflated from its tail. m + 1's window was never fetched: it must inflate from the m
+    # the walk found, not ask for its window.
+    source = _Cache(big.blobs)
+    opened = open_published(big.layers_dir, big.layer, source)
+    assert opened is not None
+    index, reader, _ = opened
+    kept = reader._intervals = _Fleeting()  # the LRU, turned over by other threads
+    entry = next(e for e in index.entries if e.path == ("big",))
+    grid, end = reader.grid, entry.offset + entry.size
+    for at in range(entry.offset - entry.offset % grid, end, grid):
+        assert reader.read_range(big.digest, at, grid) == big.tar[at : at + grid]
+    source.go()
+    reader.close()
+    bounds = big.data.bounds
+    m = interval(bounds, entry.offset) + 40
+    assert reader._asks.is_chained(big.digest, m + 1) and reader._asks.is_chained(big.digest, m + 3)
+    assert reader.read_range(big.digest, bounds[m], 100) == big.tar[bounds[m] :][:100]
+    kept.fleeting.add(bounds[m])
+    at = bounds[m + 3] + 100
+    assert reader.read_range(big.digest, at, 100) == big.tar[at : at + 100]
