@@ -112,6 +112,7 @@ class PublishedLayers:
         self.chain_bytes = CHAIN_BYTES  # inflated in a row for want of a window, at most
         self.grid = CHUNK_SIZE  # the pieces the mount's chunk cache reads a stream in
         self._asks = Asks(blobs)
+        self._asks.replayed(self._layers, getattr(blobs, "replaying", None) or [])  # the trace
         self._inflating: Once[bytes] = Once()  # each interval inflated by one thread
         self._unheard = Unheard(blobs, self._asks.chained)  # read-ahead's fetches, for the trace
         self.fetches = 0
@@ -271,9 +272,8 @@ class PublishedLayers:
 
         Kept, or, when ``walk`` and ``number`` was asked for without its
         window (``Asks.miss``: the interval before came with it), inflated
-        first, in order from where ``chain_start`` says, each from the one
-        before's tail: a loop, never a call per interval, bounded in bytes.
-        Their bytes were held to their digests; so are those inflated from a tail.
+        first, from where ``walk_back`` says, each from the one before's tail
+        (a loop, bounded in bytes) and held to its digest as every interval is.
         """
         if not tail_is_window(data, number):
             return None

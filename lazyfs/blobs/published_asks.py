@@ -35,7 +35,7 @@ window is still checked by the read that uses it.  Thread-safe.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from lazyfs.blobs.inflated import interval
 from lazyfs.blobs.published_ahead import (
@@ -51,9 +51,12 @@ from lazyfs.blobs.published_ahead import (
     on_grid,
     tail_is_window,
 )
+from lazyfs.blobs.trace_run import UNIT
 from lazyfs.index.published import PublishedData
 from providers.digest import Digest
 from providers.source import BlobSource
+
+Ranges = Sequence[tuple[int, int]]  # (offset, length) of one blob
 
 
 class Asks:
@@ -149,6 +152,39 @@ class Asks:
             return (digest, number) in self.chained or self._chains(
                 digest, data, number, chain_bytes
             )
+
+    def replayed(
+        self, layers: Mapping[Digest, PublishedData], steps: Sequence[tuple[Digest, Ranges]]
+    ) -> None:
+        """Note as asked each window of ``layers`` that a replayed prefetch trace holds
+        (``steps``: its ranges, by blob; ``lazyfs.blobs.trace_run``).
+
+        The trace holds the window of every interval its first start's
+        program inflated or read from read-ahead (``lazyfs.blobs.published_heard``),
+        which may have inflated it from its window where this start, without
+        that read-ahead, would chain it to the interval before it and walk
+        back to intervals the trace lacks.  Counted as asked, it is never
+        chained: it inflates from its window, or from a kept tail.  Held in
+        the trace's ``UNIT``s, as the trace keeps what a start read: a window
+        whose units another one's read had brought is not a range of its own.
+        """
+        sizes = {data.windows: data.windows_size for data in layers.values() if data.windows}
+        units: dict[Digest, set[int]] = {}
+        for blob, ranges in steps:
+            if blob in sizes:
+                held = units.setdefault(blob, set())
+                for offset, length in ranges:  # within the blob: a trace's ranges are hostile
+                    end = min(offset + length, sizes[blob])
+                    held.update(range(offset // UNIT, (end - 1) // UNIT + 1))
+        for digest, data in layers.items():
+            held = units.get(data.windows, set()) if data.windows else set()
+            for number, point in enumerate(data.points or () if held else ()):
+                if (window := point.window) is None:
+                    continue
+                first, last = window.offset // UNIT, (window.offset + window.length - 1) // UNIT
+                if all(u in held for u in range(first, last + 1)):
+                    with self._lock:
+                        self._windowed.add((digest, number))
 
     def asked_window(self, digest: Digest, number: int) -> None:
         """Note that interval ``number``'s window was asked for, by its inflation."""

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 SETTLE = 2.0
 MAX_RECORDING = 60.0
-_UNIT = 64 << 10  # what "new" is counted in: reads within one such unit are one
+UNIT = 64 << 10  # what "new" is counted in: reads within one such unit are one
 _RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
 _quiet = threading.local()  # ``unrecorded``: set on threads whose reads no trace keeps
 
@@ -92,7 +92,7 @@ class ReadWatcher(Protocol):
 class TraceClient(Protocol):
     """What of the cache client a trace uses (``lazyfs.cache.client.CacheClient``)."""
 
-    replaying: bool
+    replaying: list[tuple[Digest, list[tuple[int, int]]]]  # a trace's ranges prefetched
     watcher: ReadWatcher | None
 
     @property
@@ -120,8 +120,9 @@ def start_trace(client: TraceClient, key: str, published: Path | None = None) ->
     if trace is not None:
         steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
         # Only a trace with something of this mount's to fetch stands in for
-        # the landmark prefetch; one naming other layers would just lose it.
-        client.replaying = bool(steps)
+        # the landmark prefetch (one naming other layers would just lose it); a
+        # published index's reader counts its windows as asked (``Asks.replayed``).
+        client.replaying = steps
         log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
         threading.Thread(
             target=_send, args=(client, steps), name="lazyfs-trace-replay", daemon=True
@@ -196,7 +197,7 @@ class Recorder:
     def read(self, digest: Digest, offset: int, length: int) -> None:
         if self._stopped.is_set() or length <= 0 or not recorded():
             return
-        units = range(offset // _UNIT, (offset + length - 1) // _UNIT + 1)
+        units = range(offset // UNIT, (offset + length - 1) // UNIT + 1)
         with self._lock:
             seen = self._seen.setdefault(digest, set())
             if len(self._reads) >= MAX_READS or all(u in seen for u in units):

@@ -138,7 +138,7 @@ class CacheClient:
         self._agreed: set[Digest] = set()  # blobs whose verdict agrees with this image
         self._tails_asked = False
         self.watcher: ReadWatcher | None = None  # told every range read (a trace's recorder)
-        self.replaying = False  # a trace is prefetched: no eStargz landmark besides
+        self.replaying: list[tuple[Digest, list[tuple[int, int]]]] = []  # a trace's ranges
 
     def close(self) -> None:
         with self._lock:

@@ -66,11 +66,13 @@ class Prefetching(MemoryBlobs):
 
 class Watched(MemoryBlobs):
     """A blob source that tells its watcher every range read, as the cache client does;
-    ``fetched`` lists them too."""
+    ``fetched`` lists them too.  ``replaying``: the ranges of a trace replayed, as the
+    cache client has them."""
 
     def __init__(self, blobs: dict[Digest, bytes]) -> None:
         super().__init__(blobs)
         self.watcher: ReadWatcher | None = None
+        self.replaying: list[tuple[Digest, list[tuple[int, int]]]] = []
         self.fetched: list[tuple[Digest, int, int]] = []
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:

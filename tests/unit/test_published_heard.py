@@ -12,7 +12,7 @@ import pytest
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.blobs.inflated import interval
 from lazyfs.blobs.published_ahead import compressed_span
-from lazyfs.blobs.trace_run import Recorder, unrecorded
+from lazyfs.blobs.trace_run import Recorder, replay_steps, unrecorded
 from lazyfs.index.model import IndexEntry
 from lazyfs.index.trace import load_trace
 from providers.digest import Digest
@@ -178,6 +178,52 @@ def test_an_interval_read_ahead_kept_while_the_program_waited_is_recorded(
     assert trace is not None
     again = Watched(built.blobs)  # the replay's program, alone
     assert PublishedLayers({built.digest: built.data}, again).read_range(built.digest, at, 8192)
+    assert _units(again.fetched) <= _units(
+        [(r.digest, r.offset, r.end - r.offset) for r in trace.reads]
+    )
+
+
+def test_a_replay_without_read_ahead_needs_no_interval_the_trace_lacks(tmp_path: Path) -> None:
+    # Read-ahead reads "text" first: the check parses its tar headers, at the end of
+    # "noise", inflating that interval h from its window. The program then reads the start
+    # of "noise" (asking for its intervals up to h at once: h is not chained, its window was
+    # asked) and of "text" (heard: h's span and window). A replay has no read-ahead: its
+    # read of "noise" chains h to the interval before, and the check of "text" would walk
+    # back from h through intervals the trace lacks. The trace's windows count as asked.
+    (tmp_path / "built").mkdir()
+    built = Built(tmp_path / "built", True)
+    blobs = Watched(built.blobs)
+    opened = open_published(built.layers_dir, built.layer, blobs)
+    assert opened is not None
+    index, reader, _ = opened
+    noise, text = (next(e for e in index.entries if e.path == (n,)) for n in ("noise", "text"))
+    bounds = built.data.bounds
+    assert interval(bounds, noise.offset + noise.size - 1) > interval(bounds, noise.offset) + 2
+    recorder = blobs.watcher = Recorder(tmp_path / "first", KEY, settle=3600.0, limit=3600.0)
+
+    def read_ahead() -> None:  # a thread of its own, as the predictor's
+        unrecorded()
+        reader.read_range(built.digest, text.offset, 4096)
+
+    thread = threading.Thread(target=read_ahead)
+    thread.start()
+    thread.join()
+    reader.close()
+
+    def program(source: PublishedLayers) -> None:
+        for at in (noise.offset, text.offset):
+            assert source.read_range(built.digest, at, 4096) == built.tar[at : at + 4096]
+
+    program(reader)
+    recorder.serving()
+    assert recorder.finish() is not None
+    trace = load_trace(tmp_path / "first", KEY)
+    assert trace is not None
+    again = Watched(built.blobs)  # the replay's program, alone, the trace replayed
+    again.replaying = replay_steps(trace, {d: len(b) for d, b in built.blobs.items()})
+    fresh = open_published(built.layers_dir, built.layer, again)
+    assert fresh is not None
+    program(fresh[1])
     assert _units(again.fetched) <= _units(
         [(r.digest, r.offset, r.end - r.offset) for r in trace.reads]
     )
