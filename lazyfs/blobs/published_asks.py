@@ -71,6 +71,8 @@ class Asks:
         # Intervals whose window was asked (here or by their inflation): never chained after,
         # as a walk back from a later one may end at them (``_chains``).
         self._windowed: set[tuple[Digest, int]] = set()
+        # Intervals whose window a trace replayed holds (``replayed``): never chained either.
+        self._replayed: set[tuple[Digest, int]] = set()
 
     def is_chained(self, digest: Digest, number: int) -> bool:
         """Whether interval ``number`` was asked for without its window."""
@@ -156,15 +158,15 @@ class Asks:
     def replayed(
         self, layers: Mapping[Digest, PublishedData], steps: Sequence[tuple[Digest, Ranges]]
     ) -> None:
-        """Note as asked each window of ``layers`` that a replayed prefetch trace holds
-        (``steps``: its ranges, by blob; ``lazyfs.blobs.trace_run``).
+        """Note each window of ``layers`` that a replayed prefetch trace holds (``steps``:
+        its ranges, by blob; ``lazyfs.blobs.trace_run``): its interval is never chained.
 
         The trace holds the window of every interval its first start's
         program inflated or read from read-ahead (``lazyfs.blobs.published_heard``),
         which may have inflated it from its window where this start, without
         that read-ahead, would chain it to the interval before it and walk
-        back to intervals the trace lacks.  Counted as asked, it is never
-        chained: it inflates from its window, or from a kept tail.  Held in
+        back to intervals the trace lacks.  Not chained, it inflates from its
+        window, or from a kept tail; a miss still asks for it.  Held in
         the trace's ``UNIT``s, as the trace keeps what a start read: a window
         whose units another one's read had brought is not a range of its own.
         """
@@ -184,7 +186,7 @@ class Asks:
                 first, last = window.offset // UNIT, (window.offset + window.length - 1) // UNIT
                 if all(u in held for u in range(first, last + 1)):
                     with self._lock:
-                        self._windowed.add((digest, number))
+                        self._replayed.add((digest, number))
 
     def asked_window(self, digest: Digest, number: int) -> None:
         """Note that interval ``number``'s window was asked for, by its inflation."""
@@ -193,7 +195,8 @@ class Asks:
 
     def _chains(self, digest: Digest, data: PublishedData, number: int, chain_bytes: int) -> bool:
         """``within`` with the lock held, for an interval not chained yet."""
-        if not tail_is_window(data, number) or (digest, number) in self._windowed:
+        key = (digest, number)
+        if not tail_is_window(data, number) or key in self._windowed or key in self._replayed:
             return False  # chained, a walk through it could end past it at the bound
 
         def linked(n: int) -> bool:
