@@ -20,14 +20,14 @@ cache, so a mount meanwhile waits for this daemon instead of starting
 another; a failed start is logged and left to the mount, which starts the
 daemon itself and says why it could not.
 
-The same thread first starts the store's mount server for any mount on the
-fuse backend (``lazyfs.fs.mount_server_client.start_ahead``), unless one
-runs or ``LAZYFS_MOUNT_SERVER=0``. A mount process exec'd afresh spends a
-quarter of a second importing before it can read a table of contents; the
-server does that import on the other core while the command still resolves
-the image, and the mount, which waits for it, is forked ready. A server
-that cannot start is logged; the mount is then exec'd as before. One that
-no mount asks for within a minute (the command failed) exits.
+The same thread first starts the store's mount server for a mount on the
+fuse backend that is not lazy (``lazyfs.fs.mount_server_client.start_ahead``),
+unless one runs or ``LAZYFS_MOUNT_SERVER=0``. A mount process exec'd afresh
+spends a quarter of a second importing; the server does that on the other
+core while the command pulls and indexes the image on one, and the mount,
+which waits for it, is forked ready. A server that cannot start is
+logged; the mount is then exec'd as before. One that no mount asks for
+within a minute (the command failed) exits.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def started_ahead(
     The thread is joined when the block ends: it has long finished by then
     (it ends once the daemon holds its cache, or failed to).
     """
-    server = server_client.server_dir(store) if wants_mount_server(backend) else None
-    spec = daemon_spec(args) if wants_daemon(args, image, backend) else None
+    lazy = wants_daemon(args, image, backend)
+    server = server_client.server_dir(store) if wants_mount_server(backend, lazy) else None
+    spec = daemon_spec(args) if lazy else None
     if spec is not None and socket_path(spec.cache_dir).exists():
         spec = None
     if server is None and spec is None:
@@ -94,9 +95,15 @@ def started_ahead(
         thread.join(spec.timeout if spec is not None else None)
 
 
-def wants_mount_server(backend: str | None) -> bool:
-    """Whether a mount on ``backend`` would be forked by the store's mount server."""
-    return backend == "fuse" and server_client.wanted() is not False
+def wants_mount_server(backend: str | None, lazy: bool) -> bool:
+    """Whether to start the store's mount server ahead of a mount on ``backend``.
+
+    Not for a ``lazy`` one (``wants_daemon``): its mount is exec'd, and
+    starts no server (``lazyfs.fs.mount``). The command, the daemon and the
+    TOCs race there, and a server importing beside them took the command's
+    CPU: its first request came 0.25 s later, and the start was no sooner.
+    """
+    return backend == "fuse" and not lazy and server_client.wanted() is not False
 
 
 def _start(server: Path | None, spec: DaemonSpec | None) -> None:

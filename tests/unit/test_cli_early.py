@@ -17,7 +17,7 @@ import pytest
 from lazyfs import cli_parser
 from lazyfs.cache.spawn import DaemonSpec, start_daemon
 from lazyfs.cli import build_parser
-from lazyfs.cli_early import wants_daemon
+from lazyfs.cli_early import wants_daemon, wants_mount_server
 from lazyfs.images.spec import parse_image
 from tests.support.processes import reaped
 
@@ -48,6 +48,32 @@ def test_wants_the_daemon_for_registry_images_on_the_fuse_backend(
 ) -> None:
     args = _args(*flags, "images")
     assert wants_daemon(args, parse_image(image), backend) is wanted  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("backend", "lazy", "env", "wanted"),
+    [
+        ("fuse", False, None, True),
+        ("fuse", False, "1", True),
+        ("fuse", False, "0", False),
+        # A lazy mount is exec'd beside the daemon's start: no server importing beside them.
+        ("fuse", True, None, False),
+        ("overlay", False, None, False),
+        (None, False, None, False),
+    ],
+)
+def test_the_mount_server_is_started_ahead_of_a_fuse_mount_that_is_not_lazy(
+    backend: str | None,
+    lazy: bool,
+    env: str | None,
+    wanted: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if env is None:
+        monkeypatch.delenv("LAZYFS_MOUNT_SERVER", raising=False)
+    else:
+        monkeypatch.setenv("LAZYFS_MOUNT_SERVER", env)
+    assert wants_mount_server(backend, lazy) is wanted
 
 
 def test_not_for_an_image_with_credentials_of_its_own() -> None:
