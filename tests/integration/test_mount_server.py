@@ -360,6 +360,24 @@ def test_a_server_started_ahead_is_waited_for_and_forks_the_first_mount(
     assert mount_servers.parent(mounted(tmp_path / "b")) == server
 
 
+# A server's pyfuse3, shadowed: one that dies at start, one whose import never ends (as
+# one stuck on a dead network path would; its alarm ends it in 30 s).
+DIES = "raise SystemExit('no pyfuse3 here')\n"
+HANGS = "import threading\nthreading.Event().wait()\n"
+
+
+def _start_ahead_with(
+    directory: Path, pyfuse3: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start_ahead`` a server that imports ``pyfuse3`` as its pyfuse3; mounts import ours."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "pyfuse3.py").write_text(pyfuse3)
+    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
+    server_client.start_ahead(directory)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+
 def test_a_server_started_ahead_that_dies_at_start_leaves_the_mount_to_exec(
     mounted: Mount,
     store: tuple[Store, list[Layer]],
@@ -369,12 +387,7 @@ def test_a_server_started_ahead_that_dies_at_start_leaves_the_mount_to_exec(
     lazy_store, _ = store
     directory = server_client.server_dir(lazy_store.root)
     monkeypatch.delenv(server_client.ENV)
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    (stubs / "pyfuse3.py").write_text("raise SystemExit('no pyfuse3 here')\n")
-    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
-    server_client.start_ahead(directory)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    _start_ahead_with(directory, DIES, tmp_path, monkeypatch)
     pid = mounted(tmp_path / "a")
     assert mount_servers.parent(pid) == os.getpid()
     log = (tmp_path / "record-a" / "mount.log").read_text()
@@ -391,12 +404,7 @@ def test_a_required_server_is_waited_for_in_full_though_one_started_ahead_died(
     """LAZYFS_MOUNT_SERVER=1: the mount waits and starts a server as ever, never exec'd."""
     lazy_store, _ = store
     directory = server_client.server_dir(lazy_store.root)
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    (stubs / "pyfuse3.py").write_text("raise SystemExit('no pyfuse3 here')\n")
-    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
-    server_client.start_ahead(directory)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    _start_ahead_with(directory, DIES, tmp_path, monkeypatch)
     pid = mounted(tmp_path / "a")  # the fixture has set LAZYFS_MOUNT_SERVER=1
     assert mount_servers.parent(pid) == mount_servers.server_of(lazy_store.root)
     assert (tmp_path / "a" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
@@ -426,14 +434,8 @@ def test_a_server_started_ahead_that_hangs_is_waited_for_a_moment_only(
     directory = server_client.server_dir(lazy_store.root)
     monkeypatch.delenv(server_client.ENV)
     monkeypatch.setattr(server_client, "AHEAD_WAIT", 0.5)
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    # Its import never ends, as one stuck on a dead network path; its alarm ends it in 30 s.
-    (stubs / "pyfuse3.py").write_text("import threading\nthreading.Event().wait()\n")
-    monkeypatch.setenv("PYTHONPATH", f"{stubs}{os.pathsep}{REPO}")
-    server_client.start_ahead(directory)
+    _start_ahead_with(directory, HANGS, tmp_path, monkeypatch)
     (server,) = mount_servers.processes(lazy_store.root)
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
     try:
         pid = mounted(tmp_path / "a")
         # Exec'd while the server still hangs: not kept waiting for its alarm.
