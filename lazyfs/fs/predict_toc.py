@@ -189,11 +189,8 @@ def find_program(tree: TocTree, candidates: Sequence[str]) -> TocNode | None:
     """The first of ``candidates`` that is an executable regular file of ``tree``."""
     steps = itertools.count()
     for path in candidates[:MAX_FILES]:
-        found = resolve(tree, os.fsencode(path), lambda: next(steps) < MAX_STEPS)
-        node = None if found is None else tree.inode(found)
-        if node is None or not stat.S_ISREG(node.mode) or node.entry is None:
-            continue
-        if node.mode & 0o111:  # runc execs only a file with an exec bit
+        node = _regular(tree, path, lambda: next(steps) < MAX_STEPS)
+        if node is not None and node.mode & 0o111:  # runc execs only a file with an exec bit
             return node
     return None
 
@@ -201,7 +198,11 @@ def find_program(tree: TocTree, candidates: Sequence[str]) -> TocNode | None:
 def find_file(tree: TocTree, path: str) -> TocNode | None:
     """The regular file ``path`` gives in ``tree``, links followed; None if none."""
     steps = itertools.count()
-    found = resolve(tree, os.fsencode(path), lambda: next(steps) < MAX_STEPS)
+    return _regular(tree, path, lambda: next(steps) < MAX_STEPS)
+
+
+def _regular(tree: TocTree, path: str, spend: Callable[[], bool]) -> TocNode | None:
+    found = resolve(tree, os.fsencode(path), spend)
     node = None if found is None else tree.inode(found)
     if node is None or not stat.S_ISREG(node.mode) or node.entry is None:
         return None

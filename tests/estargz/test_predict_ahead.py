@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.cache_daemons import kill_recorded, wait_for
 from tests.support.elf_files import elf
-from tests.support.estargz_writer import Blob, File, write_estargz
+from tests.support.estargz_writer import File, write_estargz
 from tests.support.fault_proxy import Faults, run_proxy
 from tests.support.fuse_mounts import need_fuse
 from tests.support.lazy_images import TOC_ANNOTATION, diff_id, lazyfs, push_estargz_image
@@ -59,12 +59,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield running
 
 
-def _offset(blob: Blob, name: str) -> int:
-    """Where ``name``'s bytes start in the blob, as its TOC says."""
-    toc = json.loads(blob.toc_json)
-    return int(next(e["offset"] for e in toc["entries"] if e["name"] == name))
-
-
 def _asked(faults: Faults, digest: str, offset: int) -> bool:
     """Whether a Range request for blob ``digest`` covered byte ``offset``."""
     with faults.lock:
@@ -97,7 +91,7 @@ def test_reading_an_executables_head_fetches_its_libraries_before_they_are_read(
 ) -> None:
     need_fuse()
     (layer,) = push_estargz_image(registry.url, "predict/app", "v1", [BLOB]).layers
-    lib, ld, other = (_offset(BLOB, name) for name in (LIB, LD, OTHER))
+    lib, ld, other = (BLOB.offset_of(name) for name in (LIB, LD, OTHER))
     faults = Faults()
     with run_proxy(registry.url, faults) as url:
         host = url.removeprefix("http://")
@@ -121,7 +115,7 @@ def test_the_program_the_container_runs_is_read_ahead_with_what_it_loads_before_
     config = {"Cmd": ["app"], "Env": ["PATH=/usr/local/bin:/usr/bin"]}
     layers = [(BLOB.data, {TOC_ANNOTATION: BLOB.toc_digest})]
     (layer,) = push_oci_image(registry.url, "predict/cmd", "v1", layers, [diff_id(BLOB)], config)
-    app, lib, ld = (_offset(BLOB, name) for name in ("usr/bin/app", LIB, LD))
+    app, lib, ld = (BLOB.offset_of(name) for name in ("usr/bin/app", LIB, LD))
     faults = Faults()
     with run_proxy(registry.url, faults) as url:
         host = url.removeprefix("http://")
@@ -166,7 +160,7 @@ def test_the_program_is_asked_for_whole_from_the_tocs_on_a_first_start(
                             [diff_id(b) for b in blobs], config)  # fmt: skip
     # Its chunks run from its first to the TOC (the landmark comes first in the layer); the
     # blob's last 64 KiB, its footer and TOC, hold its end.
-    start, end = _offset(TOP, "usr/bin/big"), len(TOP.data) - (128 << 10)
+    start, end = TOP.offset_of("usr/bin/big"), len(TOP.data) - (128 << 10)
     faults = Faults()
     with run_proxy(registry.url, faults) as url:
         host = url.removeprefix("http://")

@@ -10,7 +10,6 @@ headers alone.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from providers.digest import Digest
 from providers.manifest import OCI_LAYER_GZIP, Layer
 from tests.support.cache_daemons import run_daemon, wait_for
 from tests.support.elf_files import elf
-from tests.support.estargz_writer import Blob, File, write_estargz
+from tests.support.estargz_writer import File, write_estargz
 from tests.support.lazy_fetch import proxied, ranges_of, settled
 from tests.support.lazy_images import TOC_ANNOTATION, push_estargz_image
 from tests.support.registry_servers import Registry, run_registry
@@ -54,11 +53,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield running
 
 
-def compressed_offset(blob: Blob, name: str) -> int:
-    toc = json.loads(blob.toc_json)
-    return int(next(e["offset"] for e in toc["entries"] if e["name"] == name))
-
-
 def test_the_interpreter_and_libraries_are_asked_for_once_the_programs_headers_are_in(
     registry: Registry, tmp_path: Path
 ) -> None:
@@ -73,8 +67,8 @@ def test_the_interpreter_and_libraries_are_asked_for_once_the_programs_headers_a
         origin = RemoteOrigin(host, "lazy/libs-ahead")
         index_layers(tmp_path / "store", [(layer, origin)], None, cache, None, ["/bin/prog"])
         wanted = [
-            compressed_offset(LOADED, "lib64/ld-linux-x86-64.so.2"),
-            compressed_offset(LOADED, "opt/lib/libfoo.so.1"),
+            LOADED.offset_of("lib64/ld-linux-x86-64.so.2"),
+            LOADED.offset_of("opt/lib/libfoo.so.1"),
         ]
 
         def asked() -> bool:
@@ -85,5 +79,5 @@ def test_the_interpreter_and_libraries_are_asked_for_once_the_programs_headers_a
         wait_for(asked, "the interpreter and the library to be asked for")
         settled(cache)
         # Past the 64 KiB cache chunk that may hold the needed library's end too.
-        unused = compressed_offset(LOADED, "opt/lib/libunused.so.1") + (128 << 10)
+        unused = LOADED.offset_of("opt/lib/libunused.so.1") + (128 << 10)
         assert not any(a <= unused <= b for a, b in ranges_of(faults, layer.digest))

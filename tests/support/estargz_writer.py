@@ -51,6 +51,11 @@ class Blob:
     def toc_digest(self) -> str:
         return "sha256:" + hashlib.sha256(self.toc_json).hexdigest()
 
+    def offset_of(self, name: str) -> int:
+        """Where the entry ``name``'s compressed bytes start in the blob, as its TOC says."""
+        toc = json.loads(self.toc_json)
+        return int(next(e["offset"] for e in toc["entries"] if e["name"] == name))
+
 
 _TAR_TYPES = {
     "reg": tarfile.REGTYPE,
