@@ -30,7 +30,10 @@ TOC digest its descriptor gave, never against the layer digest: any image
 can name any layer digest with its own TOC.  So ``ensure_index``, which has
 the verified blob, keeps a stored eStargz index only when it was built from
 that blob's own TOC and size; any other is built again from the blob, in the
-blob's format.  Blocking.
+blob's format.  A blob that arrives whole after its layer was read remotely
+(background fetch) takes the remote index built from its own TOC, checked so,
+as its own: a copy of two files, where a build would inflate the whole blob,
+and the offsets the mount's kept tree already holds.  Blocking.
 """
 
 from __future__ import annotations
@@ -133,7 +136,9 @@ def ensure_index(
             return found
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
-            index = build_index(digest, blob, scratch, limits=limits)
+            index = _own_remote_index(home, blob, digest, scratch)
+            if index is None:
+                index = build_index(digest, blob, scratch, limits=limits)
             store_files(home, scratch, index)
         finally:
             # Never one cleanup error in place of the build's own.
@@ -231,6 +236,31 @@ def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerInde
     if index.compression == ESTARGZ.name and not _built_from(data.path, blob, index):
         return None  # built again from the verified blob, in its own format
     return index
+
+
+def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> LayerIndex | None:
+    """The remote eStargz index of ``digest`` built from ``blob``'s own TOC, its files copied to ``scratch``.
+
+    None when no TOC the layer was read by is the blob's own. Which one is
+    decided by the verified blob (``_built_from``), never by the TOC digest
+    an image gave. Copied, not moved: mounts reading the layer remotely keep
+    theirs. Cheap next to a build: no byte of the blob is inflated but its TOC.
+    """
+    from lazyfs.index.estargz_store import TOCS_DIR  # loads the TOC parser: eStargz only
+
+    for where in sorted((home / TOCS_DIR).glob("*")):
+        index = load_index(where, digest)
+        if index is None or index.compression != ESTARGZ.name:
+            continue
+        try:
+            data = check_data_present(where, blob, index)
+        except BadImage:
+            continue
+        if _built_from(data.path, blob, index):
+            for name in ESTARGZ.stored_files:
+                shutil.copyfile(data.path.parent / name, scratch / name)
+            return index
+    return None
 
 
 def _built_from(table: Path, blob: Path, index: LayerIndex) -> bool:

@@ -234,22 +234,30 @@ def test_a_layer_indexed_whole_stays_so(store: Store, tmp_path: Path) -> None:
     assert load_index(store.layers, whole.digest) == whole and blobs.reads == []
 
 
-def test_a_blob_that_becomes_local_is_indexed_from_its_tar_and_the_remote_index_stays(
+def test_a_blob_that_becomes_local_takes_the_remote_index_of_its_own_toc(
     store: Store, tmp_path: Path
 ) -> None:
-    # The remote index is kept by TOC, apart from the layer's own: the verified
-    # blob gets its index in its own format (kept merged trees name each
-    # layer's index source, so none is read through the other's offsets),
-    # later mounts read the layer as local, and those that read it remotely
-    # keep their chunk table.
+    # Background fetch brought the blob whole after the layer was read
+    # remotely: the index its own TOC gave is its index now, copied (no
+    # inflate of the blob, the offsets kept trees hold), and the remote one
+    # stays for mounts that read the layer remotely.
     blob = write_estargz(FILES, chunk_size=20_000)
     index, _ = remote(store, blob)
     whole = local(store, blob, tmp_path)
-    assert whole.compression == "gzip"
+    assert whole == index and whole.compression == "estargz"
+    assert load_index(store.layers, index.digest) == index
+    kept = index_path(store.layers, index.digest).parent
+    assert sorted(p.name for p in kept.iterdir() if p.is_file()) == [
+        "estargz-chunks", "index.json", "lock"
+    ]  # fmt: skip
     assert load_index(home(store, blob), index.digest) == index
-    blobs = CountingBlobs(MemoryBlobs({}))
-    assert ensure_remote_index(store.layers, store.tmp, layer_of(blob), blobs) is None
-    assert blobs.reads == []
+    # Read through it from the local blob: the files, every chunk checked.
+    data = {index.digest: check_data_present(store.layers, tmp_path / "blob.gz", index)}
+    source = open_layers(data, MemoryBlobs({index.digest: blob.data}))
+    for entry in (e for e in index.entries if e.kind is Kind.FILE):
+        assert (
+            source.read_range(index.digest, entry.offset, entry.size) == contents(FILES)[entry.path]
+        )
 
 
 def test_an_estargz_index_of_another_blob_is_built_again_from_the_verified_one(

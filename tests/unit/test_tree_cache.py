@@ -20,7 +20,7 @@ from lazyfs.tree.merge import ROOT_INO, MergedTree, merge
 from providers.digest import Digest, digest_bytes
 from providers.manifest import OCI_LAYER_GZIP, TOC_DIGEST_ANNOTATION, Layer
 from tests.support.blob_sources import MemoryBlobs
-from tests.support.estargz_writer import File, write_estargz
+from tests.support.estargz_writer import Blob, File, write_estargz
 from tests.support.images import Entry, whiteout, write_layer
 
 LAYERS = [
@@ -156,28 +156,42 @@ def test_a_tree_made_by_other_code_is_merged_again(
     assert indexes.calls == 2
 
 
-def test_a_tree_of_a_layer_indexed_in_another_format_since_is_merged_again(
-    tmp_path: Path,
-) -> None:
-    # An eStargz index gives data-space offsets, the same layer indexed whole gives
-    # tar offsets: a tree kept with the first must not serve reads through the second.
-    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
-    layers.mkdir()
-    tmp.mkdir()
-    blob = write_estargz(
-        [File("a", b"a" * 3000, modtime=""), File("b", b"bee\n", modtime="")], chunk_size=1000
-    )
-    digest = digest_bytes(blob.data)
-    annotations = ((TOC_DIGEST_ANNOTATION, blob.toc_digest),)
-    layer = Layer(digest, OCI_LAYER_GZIP, len(blob.data), None, annotations)
-    lazy = ensure_remote_index(layers, tmp, layer, MemoryBlobs({digest: blob.data}))
+def _lazily_kept(
+    layers: Path, tmp: Path, digest: Digest, served: Blob
+) -> tuple[LayerIndex, tuple[str, ...]]:
+    """The remote index of layer ``digest`` read from the eStargz bytes ``served``, its tree kept."""
+    annotations = ((TOC_DIGEST_ANNOTATION, served.toc_digest),)
+    layer = Layer(digest, OCI_LAYER_GZIP, len(served.data), None, annotations)
+    lazy = ensure_remote_index(layers, tmp, layer, MemoryBlobs({digest: served.data}))
     assert lazy is not None
     # As a mount process names the source of a remote layer's index: where it is kept.
     home = remote_layers_dir(layers, layer)
     assert home is not None
     sources = (index_source(home, digest),)
     tree_cache.merged_tree(layers, [digest], Indexes([lazy]), sources=sources)
-    # The whole blob indexed in its own format.
+    return lazy, sources
+
+
+def _estargz(files: list[File]) -> Blob:
+    return write_estargz(files, chunk_size=1000)
+
+
+TWO = [File("a", b"a" * 3000, modtime=""), File("b", b"bee\n", modtime="")]
+
+
+def test_a_tree_of_a_layer_indexed_in_another_format_since_is_merged_again(
+    tmp_path: Path,
+) -> None:
+    # An eStargz index gives data-space offsets, the same layer indexed whole gives
+    # tar offsets: a tree kept with the first must not serve reads through the second.
+    # The TOC a registry served for the digest was not the blob's own (any image
+    # can name any layer digest), so the verified blob is indexed in its format.
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    blob = _estargz(TWO)
+    digest = digest_bytes(blob.data)
+    lazy, _ = _lazily_kept(layers, tmp, digest, _estargz([*TWO, File("c", b"c", modtime="")]))
     path = tmp_path / "blob.gz"
     path.write_bytes(blob.data)
     whole = ensure_index(layers, tmp, digest, path)
@@ -188,6 +202,24 @@ def test_a_tree_of_a_layer_indexed_in_another_format_since_is_merged_again(
     assert indexes.calls == 1 and same(tree, merge([whole]))
     again = Indexes([whole])
     assert same(tree_cache.merged_tree(layers, [digest], again), tree) and again.calls == 0
+
+
+def test_a_tree_kept_while_the_layer_was_remote_serves_it_once_local(tmp_path: Path) -> None:
+    # The blob arrived whole and its own TOC gave the remote index: that index,
+    # and so the tree kept with it, stay.
+    layers, tmp = tmp_path / "layers", tmp_path / "tmp"
+    layers.mkdir()
+    tmp.mkdir()
+    blob = _estargz(TWO)
+    digest = digest_bytes(blob.data)
+    lazy, sources = _lazily_kept(layers, tmp, digest, blob)
+    path = tmp_path / "blob.gz"
+    path.write_bytes(blob.data)
+    assert ensure_index(layers, tmp, digest, path) == lazy
+    assert (index_source(layers, digest),) == sources
+    indexes = Indexes([lazy])
+    tree = tree_cache.merged_tree(layers, [digest], indexes, sources=sources)
+    assert indexes.calls == 0 and same(tree, merge([lazy]))
 
 
 def test_an_image_without_layers_is_an_empty_root(tmp_path: Path) -> None:
