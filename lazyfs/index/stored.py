@@ -239,7 +239,7 @@ def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerInde
 
 
 def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> LayerIndex | None:
-    """The remote eStargz index of ``digest`` built from ``blob``'s own TOC, its files copied to ``scratch``.
+    """The eStargz index of ``digest`` from ``blob``'s own TOC, its files copied to ``scratch``.
 
     None when no TOC the layer was read by is the blob's own. Which one is
     decided by the verified blob (``_built_from``), never by the TOC digest

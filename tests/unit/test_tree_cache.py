@@ -159,7 +159,7 @@ def test_a_tree_made_by_other_code_is_merged_again(
 def _lazily_kept(
     layers: Path, tmp: Path, digest: Digest, served: Blob
 ) -> tuple[LayerIndex, tuple[str, ...]]:
-    """The remote index of layer ``digest`` read from the eStargz bytes ``served``, its tree kept."""
+    """The remote index of layer ``digest`` read from the eStargz ``served``, its tree kept."""
     annotations = ((TOC_DIGEST_ANNOTATION, served.toc_digest),)
     layer = Layer(digest, OCI_LAYER_GZIP, len(served.data), None, annotations)
     lazy = ensure_remote_index(layers, tmp, layer, MemoryBlobs({digest: served.data}))
