@@ -51,6 +51,7 @@ class RootfsBuilder:
         progress: Progress,
         fetch: Callable[[Image], Awaitable[ImageManifest]],
         blobs_for: Callable[[ImageManifest, Sequence[str] | None], LocalBlobSource],
+        built: Callable[[ImageManifest, LocalBlobSource], None] | None = None,
     ) -> None:
         self.home = home
         self.name = name
@@ -58,6 +59,7 @@ class RootfsBuilder:
         self.progress = progress
         self.fetch = fetch
         self.blobs_for = blobs_for
+        self.built = built  # once a rootfs is built: what follows it (``start_adopting``)
 
     async def __call__(
         self,
@@ -105,6 +107,8 @@ class RootfsBuilder:
                 # says a LazyfsError in one line). The other task, if it did
                 # not fail too, was cancelled.
                 raise _first(group) from None
+        if self.built is not None:
+            self.built(manifest, blobs)
         return manifest, built[0], remote
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
+from lazyfs.provision.lazy import start_adopting
 from lazyfs.provision.lazy_progress import lazy_progress
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
@@ -134,6 +135,7 @@ async def mount_image(
         with contextlib.suppress(OSError):
             remove_tree(record)
         raise
+    start_adopting(blobs, manifest, provisioner.root, provisioner.limits)
     return DevMount(mountpoint, pid, writable, record, manifest)
 
 

@@ -13,12 +13,18 @@ Other backends, and images with every blob present, get the store's blob
 source as before.
 
 A layer the cache daemon has fetched whole in the background and found
-complete (``lazyfs.cache.blobstate``) is no longer remote: ``blobs_for``
-copies it from the cache files into the store first, verified by digest and
-diff_id as every ingest is, so it is local like any pulled layer. Complete
-says only that the bytes hash to the digest: the diff_id this image says is
-checked here, per image, and a layer that fails it stays remote (its reads
-refused by the cache client, which compares the same).
+complete (``lazyfs.cache.blobstate``) is still remote to the start that
+finds it so (``LazyBlobs.complete`` names it): the mount reads it from the
+cache, every read a hit, and once the mount is up a detached process
+(``lazyfs.provision.adopt``) copies it into the store with
+``adopt_complete``, verified by digest and diff_id as every ingest is, so
+the next start finds it local like any pulled layer. Copying it first
+would hold the start for as long as the blob takes to inflate and hash.
+Complete says only that the bytes hash to the digest: the diff_id this
+image says is checked by the copy, per image, and a layer that fails it
+stays remote (its reads refused by the cache client, which compares the
+same). A layer already in the store is held to this image's diff_id at
+the start, as before (a recorded diff_id: a file read).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from lazyfs.cache.remote import executable_paths, trace_key
 from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin, open_complete
@@ -40,6 +46,9 @@ from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
 from providers.reference import parse_reference
 from providers.source import LocalBlobSource
+
+if TYPE_CHECKING:
+    from providers.layer_limits import LayerLimits
 
 LAZY_BACKENDS = frozenset({"fuse"})
 log = logging.getLogger(__name__)
@@ -55,9 +64,13 @@ class LazyProvider(Protocol):
 class LazyBlobs:
     """``StoreBlobs`` and the layers of one image that are still in its registry."""
 
-    def __init__(self, blobs: StoreBlobs, remote: Remote) -> None:
+    def __init__(
+        self, blobs: StoreBlobs, remote: Remote, complete: tuple[Digest, ...] = ()
+    ) -> None:
         self.blobs = blobs
         self.remote = remote
+        # Remote layers the cache holds whole, to be adopted once the mount is up.
+        self.complete = complete
 
     def open(self, digest: Digest) -> BinaryIO:
         return self.blobs.open(digest)
@@ -96,7 +109,8 @@ def blobs_for(
     """
     if backend not in LAZY_BACKENDS or daemon is None:
         return blobs
-    adopt_complete(blobs.store, daemon.cache_dir, manifest)
+    for layer in manifest.layers:
+        _hold_stored(blobs.store, layer)
     origins = remote_origins(blobs.store, manifest)
     if not origins:
         return blobs
@@ -109,7 +123,27 @@ def blobs_for(
             manifest.digest, config.entrypoint, command or config.cmd, config.working_dir
         )
         executable = executable_paths(argv, config.env, config.working_dir)
-    return LazyBlobs(blobs, Remote(daemon, origins, trace, executable))
+    remote = [layer for layer in manifest.layers if layer.digest in origins]
+    complete = complete_in_cache(daemon.cache_dir, remote)
+    return LazyBlobs(blobs, Remote(daemon, origins, trace, executable), complete)
+
+
+def complete_in_cache(cache_dir: Path, layers: Sequence[Layer]) -> tuple[Digest, ...]:
+    """Those of ``layers`` the cache daemon found whole, as this image says they are. Blocking.
+
+    A verdict read each. One whose size or diff_id is not the image's is
+    left out: its copy would fail the same check (``adopt_complete``).
+    """
+    from lazyfs.cache.blobstate import COMPLETE, read_verdict  # loaded by lazy starts only
+
+    found = []
+    for layer in layers:
+        verdict = read_verdict(cache_dir, layer.digest)
+        if verdict is None or verdict.state != COMPLETE or verdict.size != layer.size:
+            continue
+        if layer.diff_id is None or verdict.diff_id == layer.diff_id:
+            found.append(layer.digest)
+    return tuple(found)
 
 
 def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> list[Digest]:
@@ -122,10 +156,7 @@ def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> li
     """
     adopted = []
     for layer in manifest.layers:
-        if store.has_blob(layer.digest):
-            # Another image may have brought it: this one is held to its own
-            # diff_id all the same (DigestMismatch), as a pull of it would be.
-            store.ingest(layer, partial(_gone, layer))
+        if _hold_stored(store, layer):
             continue
         stream = open_complete(cache_dir, layer.digest)
         if stream is None:
@@ -140,6 +171,16 @@ def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> li
     return adopted
 
 
+def _hold_stored(store: Store, layer: Layer) -> bool:
+    """Whether ``store`` has ``layer``'s blob; DigestMismatch if not with ``layer``'s diff_id."""
+    if not store.has_blob(layer.digest):
+        return False
+    # Another image may have brought it: this one is held to its own
+    # diff_id all the same (DigestMismatch), as a pull of it would be.
+    store.ingest(layer, partial(_gone, layer))
+    return True
+
+
 def _gone(layer: Layer) -> BinaryIO:
     raise NotFound(f"layer {layer.digest} left the store", digest=layer.digest)
 
@@ -149,6 +190,30 @@ def _reopen(cache_dir: Path, layer: Layer) -> BinaryIO:
     if stream is None:
         raise NotFound(f"layer {layer.digest} left the cache", digest=layer.digest)
     return stream
+
+
+def start_adopting(
+    blobs: LocalBlobSource, manifest: ImageManifest, log_dir: Path, limits: LayerLimits | None
+) -> None:
+    """Once the mount of ``blobs`` is up: copy its complete layers into the store, detached.
+
+    Nothing when the cache holds none of its remote layers whole. A process
+    that cannot be started is logged: the layers stay remote, and the next
+    start tries again. See ``lazyfs.provision.adopt``.
+    """
+    if not isinstance(blobs, LazyBlobs) or not blobs.complete:
+        return
+    from lazyfs.provision.adopt import adopt_later
+
+    bounds = None
+    if limits is not None:
+        bounds = (limits.max_size, limits.max_ratio)
+    try:
+        adopt_later(
+            blobs.blobs.store.root, blobs.remote.daemon.cache_dir, manifest, log_dir, bounds
+        )
+    except OSError as error:
+        log.warning("the complete layers of %s stay remote: %s", manifest.reference, error)
 
 
 def remote_digests(blobs: LocalBlobSource) -> tuple[Digest, ...]:

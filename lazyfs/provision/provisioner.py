@@ -40,7 +40,7 @@ from lazyfs.fs.mount import DaemonSpec
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
 from lazyfs.provision.build import RecordAhead, RootfsBuilder
-from lazyfs.provision.lazy import LAZY_BACKENDS, LazyProvider, blobs_for
+from lazyfs.provision.lazy import LAZY_BACKENDS, LazyProvider, blobs_for, start_adopting
 from lazyfs.provision.records import (
     ProvisionInfo,
     RecoverReport,
@@ -184,6 +184,7 @@ class Provisioner:
                     progress,
                     lambda wanted: self._fetch(self._provider(wanted), wanted, progress, lazy=lazy),
                     lambda manifest, traced: self.blobs_for(name, manifest, traced),
+                    lambda manifest, blobs: start_adopting(blobs, manifest, self.root, self.limits),
                 )
                 what = f"the rootfs of {container_id}"
                 # info.json is made durable while the backend builds, where it can be.

@@ -1,4 +1,10 @@
-"""A lazy provision of an image whose layer another image brought is held to its own diff_id."""
+"""Layers the cache holds whole: adopted into the store after the start, not during it.
+
+A lazy start that finds a remote layer complete in the cache mounts it
+remote (``blobs_for``) and names it for adoption; the detached process
+(``lazyfs.provision.adopt``) copies it into the store afterwards, verified.
+A layer another image brought is held to each image's own diff_id.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.provision.lazy import adopt_complete
+from lazyfs.cache.blobstate import COMPLETE, Verdict, write_verdict
+from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
+from lazyfs.cache.spawn import DaemonSpec
+from lazyfs.provision.adopt import adopt_image, adopt_later, adopt_lock
+from lazyfs.provision.lazy import LazyBlobs, adopt_complete, blobs_for, remote_digests
+from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
+from providers.fslock import try_exclusive_lock
 from providers.digest import Digest
 from providers.errors import DigestMismatch
 from providers.manifest import ImageManifest, Layer
+from tests.support.cache_daemons import wait_for
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -48,3 +61,95 @@ def test_a_stored_layer_is_held_to_each_image_s_own_diff_id(tmp_path: Path) -> N
     lying = Layer(honest.digest, GZIP, len(blob), _sha(b"another tar"))
     with pytest.raises(DigestMismatch, match="diff_id"):
         adopt_complete(store, cache_dir, _image(lying))
+
+
+def _cached_whole(cache_dir: Path, layer: Layer, blob: bytes, diff_id: Digest) -> None:
+    """What the daemon leaves once background fetch has the blob whole and verified."""
+    layout = Layout(cache_dir)
+    for index, start in enumerate(range(0, len(blob), CHUNK_SIZE)):
+        path = layout.chunk_path(ChunkKey(layer.digest, index))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob[start : start + CHUNK_SIZE])
+    write_verdict(cache_dir, Verdict(layer.digest, COMPLETE, len(blob), diff_id))
+
+
+def _complete_image(tmp_path: Path) -> tuple[Store, Path, ImageManifest]:
+    blob, diff_id = _layer_bytes()
+    layer = Layer(_sha(blob), GZIP, len(blob), diff_id)
+    cache_dir = tmp_path / "cache"
+    _cached_whole(cache_dir, layer, blob, diff_id)
+    store = Store(tmp_path / "store")
+    manifest = _image(layer)
+    store.put_image(manifest)  # as fetch_lazy records it, the layer left remote
+    return store, cache_dir, manifest
+
+
+def test_a_start_that_finds_a_layer_complete_mounts_it_remote_without_copying_it(
+    tmp_path: Path,
+) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    (layer,) = manifest.layers
+
+    blobs = blobs_for("fuse", StoreBlobs(store), manifest, DaemonSpec(cache_dir, ()), ["true"])
+
+    # Remote in the provisioner's record, read through the cache; not copied first.
+    assert remote_digests(blobs) == (layer.digest,)
+    assert isinstance(blobs, LazyBlobs) and blobs.complete == (layer.digest,)
+    assert not store.has_blob(layer.digest)
+
+
+def test_a_layer_whose_verdict_is_not_this_image_s_is_not_named_for_adoption(
+    tmp_path: Path,
+) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    (layer,) = manifest.layers
+    lying = _image(Layer(layer.digest, GZIP, layer.size, _sha(b"another tar")))
+
+    blobs = blobs_for("fuse", StoreBlobs(store), lying, DaemonSpec(cache_dir, ()))
+
+    assert remote_digests(blobs) == (layer.digest,)
+    assert isinstance(blobs, LazyBlobs) and blobs.complete == ()
+
+
+def test_adopting_copies_the_complete_layers_and_the_next_start_finds_them_local(
+    tmp_path: Path,
+) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    (layer,) = manifest.layers
+    args = (store.root, cache_dir, manifest.reference, manifest.platform)
+
+    # An image whose record names another manifest now (its tag moved) is left alone.
+    assert adopt_image(*args, _sha(b"another manifest")) == []
+    assert not store.has_blob(layer.digest)
+    # So is one another process adopts right now.
+    with try_exclusive_lock(adopt_lock(store.root, manifest.reference, manifest.platform)):
+        assert adopt_image(*args, manifest.digest) == []
+    assert not store.has_blob(layer.digest)
+
+    assert adopt_image(*args, manifest.digest) == [layer.digest]
+    assert store.has_blob(layer.digest)
+    again = blobs_for("fuse", StoreBlobs(store), manifest, DaemonSpec(cache_dir, ()))
+    assert remote_digests(again) == ()
+
+
+def test_an_image_gone_from_the_store_is_not_adopted(tmp_path: Path) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    store.image_record(manifest.reference, manifest.platform).unlink()  # removed by image GC
+
+    adopted = adopt_image(store.root, cache_dir, manifest.reference, "", manifest.digest)
+
+    assert adopted == [] and not store.has_blob(manifest.layers[0].digest)
+
+
+def test_the_detached_process_adopts_the_layers_and_exits(tmp_path: Path) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    (layer,) = manifest.layers
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    pid = adopt_later(store.root, cache_dir, manifest, logs)
+
+    # Reaped by adopt_later's thread once it exits: its /proc entry goes then.
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the adopting process to exit", 60)
+    assert store.has_blob(layer.digest), (logs / "adopt.log").read_text()
+    assert "1 layers adopted" in (logs / "adopt.log").read_text()

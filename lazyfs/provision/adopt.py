@@ -1,0 +1,187 @@
+"""Making local, after a start, the layers the cache daemon holds whole: off the start's path.
+
+A layer background fetch completed in the cache is still remote to the
+start that finds it so: the mount reads it through the cache (every read a
+hit), and copying it into the store first (``Store.ingest``: the blob
+inflated and hashed, seconds for a big layer) would hold the start that long.
+So once the mount is up, ``adopt_later`` starts a detached process, ``python
+-m lazyfs.provision.adopt``, that copies them with
+``lazyfs.provision.lazy.adopt_complete`` (blob digest and diff_id checked,
+as every ingest is) and exits; the next start finds them local.
+
+The process:
+
+- runs in a session of its own, stdin from /dev/null, its output appended
+  to ``adopt.log`` beside the provisioner's records, so nothing of it
+  reaches the user's terminal and no signal of that terminal reaches it;
+- lowers its autogroup's priority (best effort), so the container's start
+  has the CPU first;
+- adopts an image once at a time: a second process for the same image
+  (two provisions at once) finds the image's adopt lock held and exits;
+  two images sharing a layer copy it once (``Store.ingest``'s blob lock);
+- holds the store's usage lock shared while it copies (image GC waits),
+  and adopts only an image whose record is still in the store, with the
+  manifest digest it was started for (GC may have removed it, a pull may
+  have moved its tag);
+- logs a layer it cannot copy (a chunk evicted meanwhile, bytes that do
+  not verify) and leaves it remote (``adopt_complete``), and logs any other
+  failure in one line; exit status 0 when it ran to the end, else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from providers.manifest import ImageManifest
+
+LOG_NAME = "adopt.log"
+log = logging.getLogger("lazyfs.adopt")
+
+
+def adopt_lock(store_root: Path, reference: str, platform: str) -> Path:
+    """The lock held while image ``reference`` is adopted into the store at ``store_root``."""
+    key = hashlib.sha256(f"{reference}\n{platform}".encode()).hexdigest()
+    return store_root / "locks" / f"adopt-{key}.lock"
+
+
+def adopt_later(
+    store_root: Path,
+    cache_dir: Path,
+    manifest: ImageManifest,
+    log_dir: Path,
+    limits: tuple[int, int] | None = None,
+) -> int:
+    """Start the detached process that adopts ``manifest``'s complete layers; its pid.
+
+    ``limits`` (max layer size, max ratio) when not the defaults. Reaped by
+    a thread here if it ends first; otherwise it outlives this process.
+    Raises OSError when it cannot be started.
+    """
+    argv = [sys.executable, "-P", "-m", "lazyfs.provision.adopt",
+            "--store", str(store_root), "--cache-dir", str(cache_dir),
+            "--reference", manifest.reference, "--platform", manifest.platform,
+            "--digest", manifest.digest]  # fmt: skip
+    if limits is not None:
+        argv += ["--max-layer-size", str(limits[0]), "--max-layer-ratio", str(limits[1])]
+    log_fd = os.open(
+        log_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+    )
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,  # Ctrl-C at the terminal of `lazyfs run` does not end it
+        )
+    finally:
+        os.close(log_fd)
+    # A `lazyfs run` lives as long as its container: no zombie meanwhile.
+    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+    return pid
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _yield_cpu() -> None:
+    """Give this process's autogroup the least CPU share it can set; best effort.
+
+    It was made by setsid, so it holds this process alone: the container
+    starting beside it (another session) keeps its share.
+    """
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text("10")
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
+def adopt_image(
+    store_root: Path,
+    cache_dir: Path,
+    reference: str,
+    platform: str,
+    digest: str,
+    limits: tuple[int, int] | None = None,
+) -> list[str]:
+    """Adopt the complete layers of the stored image ``reference`` if it is still ``digest``.
+
+    Returns the layers copied; none when another process adopts the image
+    now, or its record is gone or names another manifest. Blocking.
+    """
+    # Loaded here: the spawning side needs none of the store's code.
+    from lazyfs.provision.lazy import adopt_complete
+    from lazyfs.store.disk import Store
+    from lazyfs.store.usage_lock import in_use
+    from providers.fslock import try_exclusive_lock
+
+    layer_limits = None
+    if limits is not None:
+        from providers.layer_limits import LayerLimits
+
+        layer_limits = LayerLimits(max_size=limits[0], max_ratio=limits[1])
+    store = Store(store_root, layer_limits)
+    record = store.image_record(reference, platform)
+    with try_exclusive_lock(adopt_lock(store_root, reference, platform)) as free:
+        if not free:
+            log.info("%s: adopted by another process now", reference)
+            return []
+        # GC waits meanwhile: it removes no layer of the image while it is copied in.
+        with in_use(store_root):
+            try:
+                manifest = ImageManifest.from_json(json.loads(record.read_bytes()))
+            except FileNotFoundError:
+                log.info("%s: no longer in the store, nothing adopted", reference)
+                return []
+            if manifest.digest != digest:
+                log.info(
+                    "%s: now names %s, not %s: not adopted", reference, manifest.digest, digest
+                )
+                return []
+            adopted = adopt_complete(store, cache_dir, manifest)
+    log.info("%s: %d layers adopted from the cache: %s", reference, len(adopted), adopted)
+    return list(adopted)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lazyfs.provision.adopt")
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--reference", required=True)
+    parser.add_argument("--platform", default="")
+    parser.add_argument("--digest", required=True)
+    parser.add_argument("--max-layer-size", type=int)
+    parser.add_argument("--max-layer-ratio", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s adopt[{os.getpid()}] %(levelname)s %(message)s"
+    )
+    _yield_cpu()
+    limits = None
+    if args.max_layer_size is not None and args.max_layer_ratio is not None:
+        limits = (args.max_layer_size, args.max_layer_ratio)
+    try:
+        adopt_image(args.store, args.cache_dir, args.reference, args.platform, args.digest, limits)
+    except Exception as error:  # one line in the log; nobody's terminal sees it
+        log.error("%s: adopting failed: %s: %s", args.reference, type(error).__name__, error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
