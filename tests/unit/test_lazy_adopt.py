@@ -23,9 +23,9 @@ from lazyfs.provision.adopt import adopt_image, adopt_later, adopt_lock
 from lazyfs.provision.lazy import LazyBlobs, adopt_complete, blobs_for, remote_digests
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
-from providers.fslock import try_exclusive_lock
 from providers.digest import Digest
 from providers.errors import DigestMismatch
+from providers.fslock import try_exclusive_lock
 from providers.manifest import ImageManifest, Layer
 from tests.support.cache_daemons import wait_for
 
