@@ -15,7 +15,7 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.cache.tails import ask_tails
 from lazyfs.fs import mount
 from providers.digest import Digest
+from providers.fslock import try_exclusive_lock
 from providers.manifest import OCI_LAYER_GZIP, Layer
 from tests.support.cache_daemons import (
     daemon_status,
@@ -172,6 +173,24 @@ def test_the_mounting_command_asks_for_every_layers_toc_before_the_mount_reads_o
             assert max(last for _, last in asked) == layer.size - 1
 
 
+def wait_adopted(work: Path, layers: Sequence[str]) -> None:
+    """Wait (bounded) until ``layers`` are in the store and no process is adopting any image."""
+    store = work / "store" / "docker"
+
+    def adopted() -> bool:
+        if not all(
+            (store / "blobs" / "sha256" / d.removeprefix("sha256:")).is_file() for d in layers
+        ):
+            return False
+        for lock in (store / "locks").glob("adopt-*.lock"):
+            with try_exclusive_lock(lock) as free:
+                if not free:
+                    return False
+        return True
+
+    wait_for(adopted, "the complete layers to be copied into the store", timeout=120)
+
+
 def _blob_states(cache_dir: Path) -> dict[str, BlobKind]:
     found = daemon_status(cache_dir)
     return {} if found is None else {b.digest: b.kind for b in found.blobs}
@@ -184,7 +203,6 @@ def test_background_fetch_completes_the_layers_and_the_next_provision_has_them_l
     pushed = push_estargz_image(registry.url, "lazy/bg", "v1", [NOT_PREFETCHED, TOP])
     work = tmp_path / "work"
     cache_dir = work / "cache"
-    store = work / "store" / "docker" / "blobs"
     with proxied(registry) as (host, _faults):
         with provisioned(work, host, "lazy/bg:v1", background=True) as info:
             assert len(info["remote_layers"]) == 2
@@ -209,13 +227,17 @@ def test_background_fetch_completes_the_layers_and_the_next_provision_has_them_l
             # Files read while the background fetch ran are the image's.
             assert (Path(info["rootfs"]) / "data/c").read_bytes() == C
         assert recorded_daemon(cache_dir) is None
-        # The next provision copies them from the cache into the store, verified,
-        # and mounts them as local layers: no daemon is needed, none is started.
+        # The next provision does not wait to copy them: it mounts them remote,
+        # read from the cache, and a process it leaves copies them into the
+        # store afterwards, verified.
         with provisioned(work, host, "lazy/bg:v1", "c2", background=True) as again:
-            assert again["remote_layers"] == []
-            for digest in pushed.layers:
-                assert (store / "sha256" / digest.removeprefix("sha256:")).is_file()
+            assert sorted(again["remote_layers"]) == sorted(pushed.layers)
             assert (Path(again["rootfs"]) / "app/a").read_bytes() == A
+            wait_adopted(work, pushed.layers)
+        # The one after mounts them as local layers: no daemon is needed, none is started.
+        with provisioned(work, host, "lazy/bg:v1", "c3", background=True) as third:
+            assert third["remote_layers"] == []
+            assert (Path(third["rootfs"]) / "app/a").read_bytes() == A
             assert recorded_daemon(cache_dir) is None
 
 
@@ -258,10 +280,11 @@ def test_an_image_lying_about_a_layer_s_diff_id_cannot_deny_the_layer_to_other_i
             assert json.loads(again.stdout)["remote_layers"] == [layer]
         finally:
             assert lazyfs(work, f"http://{host}", "destroy", "c3").returncode == 0
-        # Another image naming the layer with its true diff_id reads it.
+        # Another image naming the layer with its true diff_id reads it, and has it local.
         with provisioned(work, host, "lazy/honest:v1", "c2", background=True) as victim:
             assert (Path(victim["rootfs"]) / "data/c").read_bytes() == C
             assert (Path(victim["rootfs"]) / "app/a").read_bytes() == A
+            wait_adopted(work, [layer])
 
 
 def test_a_chunk_corrupted_in_flight_is_dropped_from_the_cache_and_fetched_again(
