@@ -5,9 +5,10 @@ start that finds it so: the mount reads it through the cache (every read a
 hit), and copying it into the store first (``Store.ingest``: the blob
 inflated and hashed, seconds for a big layer) would hold the start that long.
 So once the mount is up, ``adopt_later`` starts a detached process, ``python
--m lazyfs.provision.adopt``, that copies them with
-``lazyfs.provision.lazy.adopt_complete`` (blob digest and diff_id checked,
-as every ingest is) and exits; the next start finds them local.
+-m lazyfs.provision.adopt``, that copies them with ``adopt_complete``
+(blob digest and diff_id checked, as every ingest is) and exits; the next
+start finds them local. ``hold_stored`` is what the start itself still
+checks: a layer already in the store is held to this image's diff_id.
 
 The process:
 
@@ -39,9 +40,15 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
-from providers.manifest import ImageManifest
+from lazyfs.fs.mount import open_complete
+from lazyfs.store.disk import Store
+from providers.digest import Digest
+from providers.errors import LazyfsError, NotFound
+from providers.manifest import ImageManifest, Layer
 
 LOG_NAME = "adopt.log"
 log = logging.getLogger("lazyfs.adopt")
@@ -124,9 +131,6 @@ def adopt_image(
     Returns the layers copied; none when another process adopts the image
     now, or its record is gone or names another manifest. Blocking.
     """
-    # Loaded here: the spawning side needs none of the store's code.
-    from lazyfs.provision.lazy import adopt_complete
-    from lazyfs.store.disk import Store
     from lazyfs.store.usage_lock import in_use
     from providers.fslock import try_exclusive_lock
 
@@ -156,6 +160,52 @@ def adopt_image(
             adopted = adopt_complete(store, cache_dir, manifest)
     log.info("%s: %d layers adopted from the cache: %s", reference, len(adopted), adopted)
     return list(adopted)
+
+
+def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> list[Digest]:
+    """Copy into ``store`` the layers of ``manifest`` the cache holds whole and verified.
+
+    Returns the layers copied. A copy that fails (a chunk evicted meanwhile,
+    bytes that do not verify) is logged, and the layer stays remote. A layer
+    the store already has is held to this image's diff_id: DigestMismatch
+    when it is not. Blocking.
+    """
+    adopted = []
+    for layer in manifest.layers:
+        if hold_stored(store, layer):
+            continue
+        stream = open_complete(cache_dir, layer.digest)
+        if stream is None:
+            continue
+        stream.close()
+        try:
+            store.ingest(layer, partial(_reopen, cache_dir, layer))
+        except LazyfsError as error:
+            log.warning("layer %s stays remote: copying it from the cache: %s", layer.digest, error)
+            continue
+        adopted.append(layer.digest)
+    return adopted
+
+
+def hold_stored(store: Store, layer: Layer) -> bool:
+    """Whether ``store`` has ``layer``'s blob; DigestMismatch if not with ``layer``'s diff_id."""
+    if not store.has_blob(layer.digest):
+        return False
+    # Another image may have brought it: this one is held to its own
+    # diff_id all the same (DigestMismatch), as a pull of it would be.
+    store.ingest(layer, partial(_gone, layer))
+    return True
+
+
+def _gone(layer: Layer) -> BinaryIO:
+    raise NotFound(f"layer {layer.digest} left the store", digest=layer.digest)
+
+
+def _reopen(cache_dir: Path, layer: Layer) -> BinaryIO:
+    stream = open_complete(cache_dir, layer.digest)
+    if stream is None:
+        raise NotFound(f"layer {layer.digest} left the cache", digest=layer.digest)
+    return stream
 
 
 def main(argv: Sequence[str] | None = None) -> int:

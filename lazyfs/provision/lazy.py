@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from lazyfs.cache.remote import executable_paths, trace_key
-from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin, open_complete
+from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin
 from lazyfs.progress import Progress
+from lazyfs.provision.adopt import adopt_later, hold_stored
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest
-from providers.errors import LazyfsError, NotFound
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest, Layer
 from providers.reference import parse_reference
@@ -110,7 +109,7 @@ def blobs_for(
     if backend not in LAZY_BACKENDS or daemon is None:
         return blobs
     for layer in manifest.layers:
-        _hold_stored(blobs.store, layer)
+        hold_stored(blobs.store, layer)
     origins = remote_origins(blobs.store, manifest)
     if not origins:
         return blobs
@@ -146,52 +145,6 @@ def complete_in_cache(cache_dir: Path, layers: Sequence[Layer]) -> tuple[Digest,
     return tuple(found)
 
 
-def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> list[Digest]:
-    """Copy into ``store`` the layers of ``manifest`` the cache holds whole and verified.
-
-    Returns the layers copied. A copy that fails (a chunk evicted meanwhile,
-    bytes that do not verify) is logged, and the layer stays remote. A layer
-    the store already has is held to this image's diff_id: DigestMismatch
-    when it is not. Blocking.
-    """
-    adopted = []
-    for layer in manifest.layers:
-        if _hold_stored(store, layer):
-            continue
-        stream = open_complete(cache_dir, layer.digest)
-        if stream is None:
-            continue
-        stream.close()
-        try:
-            store.ingest(layer, partial(_reopen, cache_dir, layer))
-        except LazyfsError as error:
-            log.warning("layer %s stays remote: copying it from the cache: %s", layer.digest, error)
-            continue
-        adopted.append(layer.digest)
-    return adopted
-
-
-def _hold_stored(store: Store, layer: Layer) -> bool:
-    """Whether ``store`` has ``layer``'s blob; DigestMismatch if not with ``layer``'s diff_id."""
-    if not store.has_blob(layer.digest):
-        return False
-    # Another image may have brought it: this one is held to its own
-    # diff_id all the same (DigestMismatch), as a pull of it would be.
-    store.ingest(layer, partial(_gone, layer))
-    return True
-
-
-def _gone(layer: Layer) -> BinaryIO:
-    raise NotFound(f"layer {layer.digest} left the store", digest=layer.digest)
-
-
-def _reopen(cache_dir: Path, layer: Layer) -> BinaryIO:
-    stream = open_complete(cache_dir, layer.digest)
-    if stream is None:
-        raise NotFound(f"layer {layer.digest} left the cache", digest=layer.digest)
-    return stream
-
-
 def start_adopting(
     blobs: LocalBlobSource, manifest: ImageManifest, log_dir: Path, limits: LayerLimits | None
 ) -> None:
@@ -203,8 +156,6 @@ def start_adopting(
     """
     if not isinstance(blobs, LazyBlobs) or not blobs.complete:
         return
-    from lazyfs.provision.adopt import adopt_later
-
     bounds = None
     if limits is not None:
         bounds = (limits.max_size, limits.max_ratio)

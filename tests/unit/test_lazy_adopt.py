@@ -19,8 +19,8 @@ import pytest
 from lazyfs.cache.blobstate import COMPLETE, Verdict, write_verdict
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
 from lazyfs.cache.spawn import DaemonSpec
-from lazyfs.provision.adopt import adopt_image, adopt_later, adopt_lock
-from lazyfs.provision.lazy import LazyBlobs, adopt_complete, blobs_for, remote_digests
+from lazyfs.provision.adopt import adopt_complete, adopt_image, adopt_later, adopt_lock
+from lazyfs.provision.lazy import LazyBlobs, blobs_for, remote_digests
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest
