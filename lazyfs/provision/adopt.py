@@ -157,6 +157,7 @@ def adopt_image(
                     "%s: now names %s, not %s: not adopted", reference, manifest.digest, digest
                 )
                 return []
+            log.info("%s: adopting its complete layers from the cache", reference)
             adopted = adopt_complete(store, cache_dir, manifest)
     log.info("%s: %d layers adopted from the cache: %s", reference, len(adopted), adopted)
     return list(adopted)
