@@ -222,7 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s adopt[{os.getpid()}] %(levelname)s %(message)s"
     )
-    _yield_cpu()
     limits = None
     if args.max_layer_size is not None and args.max_layer_ratio is not None:
         limits = (args.max_layer_size, args.max_layer_ratio)
@@ -235,4 +234,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _yield_cpu()  # here, not in main: a caller of main in its own process keeps its share
     sys.exit(main())

@@ -19,7 +19,7 @@ import pytest
 from lazyfs.cache.blobstate import COMPLETE, Verdict, write_verdict
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
 from lazyfs.cache.spawn import DaemonSpec
-from lazyfs.provision.adopt import adopt_complete, adopt_image, adopt_later, adopt_lock
+from lazyfs.provision.adopt import adopt_complete, adopt_image, adopt_later, adopt_lock, main
 from lazyfs.provision.lazy import LazyBlobs, blobs_for, remote_digests
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
@@ -153,3 +153,18 @@ def test_the_detached_process_adopts_the_layers_and_exits(tmp_path: Path) -> Non
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the adopting process to exit", 60)
     assert store.has_blob(layer.digest), (logs / "adopt.log").read_text()
     assert "1 layers adopted" in (logs / "adopt.log").read_text()
+
+
+def test_a_failure_is_one_logged_line_and_exit_status_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    store.image_record(manifest.reference, manifest.platform).write_text("{")  # damaged
+
+    status = main(["--store", str(store.root), "--cache-dir", str(cache_dir),
+                   "--reference", manifest.reference, "--digest", manifest.digest])  # fmt: skip
+
+    assert status == 1
+    (record,) = [r for r in caplog.records if r.name == "lazyfs.adopt"]
+    assert "adopting failed" in record.getMessage() and record.exc_info is None
+    assert not store.has_blob(manifest.layers[0].digest)
