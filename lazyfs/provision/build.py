@@ -51,7 +51,7 @@ class RootfsBuilder:
         progress: Progress,
         fetch: Callable[[Image], Awaitable[ImageManifest]],
         blobs_for: Callable[[ImageManifest, Sequence[str] | None], LocalBlobSource],
-        built: Callable[[ImageManifest, LocalBlobSource], None] | None = None,
+        after_build: Callable[[ImageManifest, LocalBlobSource], None] | None = None,
     ) -> None:
         self.home = home
         self.name = name
@@ -59,7 +59,8 @@ class RootfsBuilder:
         self.progress = progress
         self.fetch = fetch
         self.blobs_for = blobs_for
-        self.built = built  # once a rootfs is built: what follows it (``start_adopting``)
+        # Once a rootfs is built (its mount up): what follows it (``start_adopting``).
+        self.after_build = after_build
 
     async def __call__(
         self,
@@ -107,8 +108,8 @@ class RootfsBuilder:
                 # says a LazyfsError in one line). The other task, if it did
                 # not fail too, was cancelled.
                 raise _first(group) from None
-        if self.built is not None:
-            self.built(manifest, blobs)
+        if self.after_build is not None:
+            await trio.to_thread.run_sync(self.after_build, manifest, blobs)
         return manifest, built[0], remote
 
 
