@@ -12,19 +12,16 @@ the fuse backend hands to the mount.
 Other backends, and images with every blob present, get the store's blob
 source as before.
 
-A layer the cache daemon has fetched whole in the background and found
-complete (``lazyfs.cache.blobstate``) is still remote to the start that
-finds it so (``LazyBlobs.complete`` names it): the mount reads it from the
-cache, every read a hit, and once the mount is up a detached process
-(``lazyfs.provision.adopt``) copies it into the store with
-``adopt_complete``, verified by digest and diff_id as every ingest is, so
-the next start finds it local like any pulled layer. Copying it first
-would hold the start for as long as the blob takes to inflate and hash.
-Complete says only that the bytes hash to the digest: the diff_id this
-image says is checked by the copy, per image, and a layer that fails it
-stays remote (its reads refused by the cache client, which compares the
-same). A layer already in the store is held to this image's diff_id at
-the start, as before (a recorded diff_id: a file read).
+A remote layer is made local off the start's path: once the mount is up,
+``start_adopting`` leaves a detached process (``lazyfs.provision.adopt``)
+that copies each layer into the store as the cache daemon's background
+fetch completes it (``adopt_complete``: digest and diff_id checked, as
+every ingest is), so a later start finds it local like any pulled layer.
+A start that finds a layer complete but not yet copied mounts it remote,
+every read a hit in the cache: copying it first would hold the start for
+as long as the blob takes to inflate and hash. A layer already in the
+store is held to this image's diff_id at the start (a recorded diff_id:
+a file read).
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 from lazyfs.cache.remote import executable_paths, trace_key
 from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin
 from lazyfs.progress import Progress
-from lazyfs.provision.adopt import adopt_later, hold_stored
+from lazyfs.provision.adopt import adopt_later, adopting, hold_stored
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest
@@ -63,13 +60,9 @@ class LazyProvider(Protocol):
 class LazyBlobs:
     """``StoreBlobs`` and the layers of one image that are still in its registry."""
 
-    def __init__(
-        self, blobs: StoreBlobs, remote: Remote, complete: tuple[Digest, ...] = ()
-    ) -> None:
+    def __init__(self, blobs: StoreBlobs, remote: Remote) -> None:
         self.blobs = blobs
         self.remote = remote
-        # Remote layers the cache holds whole, to be adopted once the mount is up.
-        self.complete = complete
 
     def open(self, digest: Digest) -> BinaryIO:
         return self.blobs.open(digest)
@@ -122,49 +115,31 @@ def blobs_for(
             manifest.digest, config.entrypoint, command or config.cmd, config.working_dir
         )
         executable = executable_paths(argv, config.env, config.working_dir)
-    remote = [layer for layer in manifest.layers if layer.digest in origins]
-    complete = complete_in_cache(daemon.cache_dir, remote)
-    return LazyBlobs(blobs, Remote(daemon, origins, trace, executable), complete)
-
-
-def complete_in_cache(cache_dir: Path, layers: Sequence[Layer]) -> tuple[Digest, ...]:
-    """Those of ``layers`` the cache daemon found whole, as this image says they are. Blocking.
-
-    A verdict read each. One whose size or diff_id is not the image's is
-    left out: its copy would fail the same check (``adopt_complete``).
-    """
-    from lazyfs.cache.blobstate import COMPLETE, read_verdict  # loaded by lazy starts only
-
-    found = []
-    for layer in layers:
-        verdict = read_verdict(cache_dir, layer.digest)
-        if verdict is None or verdict.state != COMPLETE or verdict.size != layer.size:
-            continue
-        if layer.diff_id is None or verdict.diff_id == layer.diff_id:
-            found.append(layer.digest)
-    return tuple(found)
+    return LazyBlobs(blobs, Remote(daemon, origins, trace, executable))
 
 
 def start_adopting(
     blobs: LocalBlobSource, manifest: ImageManifest, log_dir: Path, limits: LayerLimits | None
 ) -> None:
-    """Once the mount of ``blobs`` is up: copy its complete layers into the store, detached.
+    """Once the mount of ``blobs`` is up: its remote layers copied into the store as they complete.
 
-    Nothing when the cache holds none of its remote layers whole. A process
-    that cannot be started is logged: the layers stay remote, and the next
-    start tries again. See ``lazyfs.provision.adopt``.
+    Nothing for a mount with no remote layer, or when a process adopts the
+    image already (its lock held). The process is detached and outlives
+    this one; one that cannot be started is logged: the layers stay
+    remote, and the next start tries again. See ``lazyfs.provision.adopt``.
     """
-    if not isinstance(blobs, LazyBlobs) or not blobs.complete:
+    if not isinstance(blobs, LazyBlobs) or not blobs.remote.origins:
+        return
+    store = blobs.blobs.store
+    if adopting(store.root, manifest.reference, manifest.platform):
         return
     bounds = None
     if limits is not None:
         bounds = (limits.max_size, limits.max_ratio)
     try:
-        adopt_later(
-            blobs.blobs.store.root, blobs.remote.daemon.cache_dir, manifest, log_dir, bounds
-        )
+        adopt_later(store.root, blobs.remote.daemon.cache_dir, manifest, log_dir, bounds)
     except OSError as error:
-        log.warning("the complete layers of %s stay remote: %s", manifest.reference, error)
+        log.warning("the remote layers of %s stay remote: %s", manifest.reference, error)
 
 
 def remote_digests(blobs: LocalBlobSource) -> tuple[Digest, ...]:

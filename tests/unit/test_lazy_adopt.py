@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import tarfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from lazyfs.cache.blobstate import COMPLETE, Verdict, write_verdict
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.provision.adopt import adopt_complete, adopt_image, adopt_later, adopt_lock, main
-from lazyfs.provision.lazy import LazyBlobs, blobs_for, remote_digests
+from lazyfs.provision.lazy import LazyBlobs, blobs_for, remote_digests, start_adopting
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest
@@ -94,21 +95,23 @@ def test_a_start_that_finds_a_layer_complete_mounts_it_remote_without_copying_it
 
     # Remote in the provisioner's record, read through the cache; not copied first.
     assert remote_digests(blobs) == (layer.digest,)
-    assert isinstance(blobs, LazyBlobs) and blobs.complete == (layer.digest,)
+    assert isinstance(blobs, LazyBlobs)
     assert not store.has_blob(layer.digest)
 
 
-def test_a_layer_whose_verdict_is_not_this_image_s_is_not_named_for_adoption(
-    tmp_path: Path,
+def test_a_layer_the_cache_found_other_than_the_image_says_is_not_copied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store, cache_dir, manifest = _complete_image(tmp_path)
     (layer,) = manifest.layers
     lying = _image(Layer(layer.digest, GZIP, layer.size, _sha(b"another tar")))
+    store.put_image(lying)
 
-    blobs = blobs_for("fuse", StoreBlobs(store), lying, DaemonSpec(cache_dir, ()))
+    with caplog.at_level(logging.WARNING, logger="lazyfs.adopt"):
+        adopted = adopt_image(store.root, cache_dir, lying.reference, "", lying.digest)
 
-    assert remote_digests(blobs) == (layer.digest,)
-    assert isinstance(blobs, LazyBlobs) and blobs.complete == ()
+    assert adopted == [] and not store.has_blob(layer.digest)
+    assert "the cache found" in caplog.text and "stays remote" in caplog.text
 
 
 def test_adopting_copies_the_complete_layers_and_the_next_start_finds_them_local(
@@ -168,3 +171,17 @@ def test_a_failure_is_one_logged_line_and_exit_status_1(
     (record,) = [r for r in caplog.records if r.name == "lazyfs.adopt"]
     assert "adopting failed" in record.getMessage() and record.exc_info is None
     assert not store.has_blob(manifest.layers[0].digest)
+
+
+def test_a_start_leaves_no_second_process_while_one_adopts_the_image(tmp_path: Path) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    blobs = blobs_for("fuse", StoreBlobs(store), manifest, DaemonSpec(cache_dir, ()))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    with try_exclusive_lock(adopt_lock(store.root, manifest.reference, manifest.platform)):
+        start_adopting(blobs, manifest, logs, None)
+        assert not (logs / "adopt.log").exists()  # nothing was spawned
+
+    start_adopting(blobs, manifest, logs, None)
+    wait_for(lambda: store.has_blob(manifest.layers[0].digest), "the layer to be adopted", 60)
