@@ -17,6 +17,8 @@ link by then, both ways.
 - ``lazyfs fuse lazy (eStargz, replayed trace)``: the same, on a machine
   that finds the trace a first run recorded published beside the image
   (``benchlib.cold_trace``).
+- ``lazyfs fuse (eStargz, warm)``: the start after a lazy one whose layers
+  have all arrived and been copied into the store (``benchlib.cold_warm``).
 - ``lazyfs fuse lazy (gzip, ...)``: ``lazyfs run --backend fuse
   --trust_published_indexes`` of the plain image, its layers read by range
   through the index published beside it (``benchlib.cold_index``: pushed by
@@ -41,9 +43,12 @@ import os
 import re
 from collections.abc import Callable
 
+from benchlib.cold_index import WARM_ROW as GZIP_WARM_ROW
 from benchlib.cold_index import index_contenders, index_rows
 from benchlib.cold_run import lazyfs_once
 from benchlib.cold_trace import trace_contender
+from benchlib.cold_warm import NAME as WARM_ROW
+from benchlib.cold_warm import estargz_warm_once
 from benchlib.estargz import push_estargz
 from benchlib.measure import Contender, Context, Result, Timing, _run_until_printed, compare
 from benchlib.pull import registry
@@ -76,8 +81,11 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
                           lazyfs_once(ctx, link, lazy, "fuse", sizes[lazy])),
                 *([trace_contender(ctx, host, link, lazy, sizes[lazy], trace_row)]
                   if _wanted(trace_row) else []),
+                Contender(WARM_ROW, True, estargz_warm_once(ctx, link, lazy, sizes[lazy]),
+                          versus=GZIP_WARM_ROW),
                 *index_contenders(ctx, host, link, plain, sizes[plain],
-                                  [row for row in index_rows() if _wanted(row.name)]),
+                                  [row for row in index_rows() if _wanted(row.name)],
+                                  warm=_wanted(GZIP_WARM_ROW)),
                 Contender("lazyfs fuse (plain)", True,
                           lazyfs_once(ctx, link, plain, "fuse", sizes[plain])),
                 Contender("lazyfs overlay (plain)", True,

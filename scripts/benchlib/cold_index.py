@@ -108,12 +108,13 @@ def index_rows() -> list[IndexRow]:
 
 def index_contenders(
     ctx: Context, host: str, link: Shaper, reference: str, image_bytes: int,
-    rows: Sequence[IndexRow] | None = None,
+    rows: Sequence[IndexRow] | None = None, warm: bool = False,
 ) -> list[Contender]:  # fmt: skip
     """The rows' contenders for ``reference`` (``NAME:TAG``, gzip layers) in registry ``host``.
 
-    Pushes the index of ``reference`` first (for the rows that use it); if
-    that fails, those rows are skipped with its reason.
+    With the warm row too when a row is compared with it, or ``warm``. Pushes
+    the index of ``reference`` first (for the rows that use it); if that fails,
+    those rows are skipped with its reason.
     """
     rows = index_rows() if rows is None else rows
     failed: ToolError | None = None
@@ -129,7 +130,7 @@ def index_contenders(
         if failed is not None and row.first is None:
             once = _failing(failed)
         contenders.append(Contender(row.name, True, _lazy_only(once), versus=row.versus))
-    if any(row.versus == WARM_ROW for row in rows):
+    if warm or any(row.versus == WARM_ROW for row in rows):
         contenders.append(Contender(WARM_ROW, True, _warm_once(ctx, link, reference, image_bytes)))
     return contenders
 

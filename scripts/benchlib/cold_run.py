@@ -12,6 +12,7 @@ row needs work done first (a first machine's start), not timed or counted.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -74,12 +75,19 @@ def lazyfs_once(
 def lazyfs_untimed(ctx: Context, host: str, reference: str, flags: Sequence[str]) -> None:
     """``lazyfs [FLAGS] run --backend fuse`` of ``host/reference`` on a machine of its own."""
     with scratch_dir(ctx.scratch, "cold-first-") as work:
-        argv = lazyfs_argv(ctx, work, host, reference, "fuse", flags)
         try:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                  env=lazyfs_env(), timeout=_RUN_TIMEOUT, check=False)  # fmt: skip
+            lazyfs_untimed_on(work, lazyfs_argv(ctx, work, host, reference, "fuse", flags))
         finally:
             stop_leftovers(work)
+
+
+def lazyfs_untimed_on(work: Path, argv: list[str]) -> None:
+    """Run ``argv``, a ``lazyfs`` command on ``work``, untimed; ToolError if it fails.
+
+    What it leaves running (a cache daemon, a mount server) is left.
+    """
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                          env=lazyfs_env(), timeout=_RUN_TIMEOUT, check=False)  # fmt: skip
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip()[-1500:]
         raise ToolError(f"{' '.join(argv[3:])} exited {done.returncode}: {tail}")
@@ -151,8 +159,16 @@ def daemon_facts(cache: Path) -> dict[str, int]:
 
 
 def stop_leftovers(work: Path) -> None:
-    """Stop the cache daemon and the mount server a run on ``work`` started, if any."""
+    """Stop the cache daemon and the mount server a run on ``work`` started, if any.
+
+    And wait for the process that copies its layers into the store
+    (``lazyfs.provision.adopt``), which ends once no daemon answers: none
+    of it runs into the next timed start.
+    """
     _stop_daemon(work / "cache")
+    for lock in (work / "store" / "docker" / "locks").glob("adopt-*.lock"):
+        with contextlib.suppress(OSError), open(lock, "rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # free once the adopting process exits
     # The fuse run's mount server would idle on, in a store about to go.
     server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
 
