@@ -17,29 +17,34 @@ The process:
 - runs in a session of its own, stdin from /dev/null, its output appended
   to ``adopt.log`` beside the provisioner's records, so nothing of it
   reaches the user's terminal and no signal of that terminal reaches it;
-- runs at the least CPU share its autogroup can have, set by the parent
-  as soon as it is spawned, so the container's start has the CPU first;
-- adopts an image once at a time: a second process for the same image
-  (two provisions at once) finds the image's adopt lock held and exits,
-  and a start does not spawn one while it is held (``adopting``); two
-  images sharing a layer copy it once (``Store.ingest``'s blob lock);
-- looks once a second (``POLL_SECONDS``) while the daemon says it fetches
-  one of the image's layers in the background, and stops when none is, or
-  no daemon answers (a later start spawns another);
+- runs at the least CPU share its autogroup can have (set by the parent
+  as soon as it is spawned, and by itself; best effort), so the
+  container's start has the CPU first;
+- adopts an image once at a time: the start takes the image's adopt lock
+  and hands it to the process it spawns, so a second start (two
+  provisions at once) finds it held and spawns none; two images sharing a
+  layer copy it once (``Store.ingest``'s blob lock);
+- looks at the cache's verdicts once a second (``POLL_SECONDS``), and asks
+  the daemon every ``STATUS_SECONDS`` whether it still fetches one of the
+  image's layers in the background: it stops once none is, no daemon
+  answers, or no byte more of them arrived for ``PATIENCE_SECONDS`` (a
+  later start spawns another);
 - holds the store's usage lock shared while it looks and copies, never
-  while it waits (image GC waits only for a copy), and adopts only an
-  image whose record is still in the store, with the manifest digest it
-  was started for (GC may have removed it, a pull may have moved its tag);
+  while it waits (image GC waits only for a copy), and adopts the layers
+  of the image's record as it is then (GC may have removed it: then it
+  stops; a pull may have moved its tag: every copy is verified anyway);
 - logs a layer it cannot copy (a chunk evicted meanwhile, bytes that do
-  not verify, a diff_id the cache found other than this image says) and
-  leaves it remote (``adopt_complete``), and logs any other failure in one
-  line; exit status 0 when it ran to the end, else 1.
+  not verify, a size or diff_id the cache found other than this image
+  says) once, and leaves it remote, trying again only once the daemon says
+  the blob is complete again; logs any other failure in one line; exit
+  status 0 when it ran to the end, else 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -49,17 +54,22 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.fs.mount import open_complete
 from lazyfs.fs.mount_peers import reap_later
 from lazyfs.store.disk import Store
 from providers.digest import Digest
-from providers.errors import LazyfsError, NotFound
+from providers.errors import DigestMismatch, LazyfsError, NotFound
 from providers.manifest import ImageManifest, Layer
+
+if TYPE_CHECKING:
+    from lazyfs.cache.values import BlobInfo
 
 LOG_NAME = "adopt.log"
 POLL_SECONDS = 1.0
+STATUS_SECONDS = 10.0
+PATIENCE_SECONDS = 600.0
 # The autogroup nice value of the process: the least CPU share there is.
 NICE = 19
 log = logging.getLogger("lazyfs.adopt")
@@ -71,41 +81,53 @@ def adopt_lock(store_root: Path, reference: str, platform: str) -> Path:
     return store_root / "locks" / f"adopt-{key}.lock"
 
 
-def adopting(store_root: Path, reference: str, platform: str) -> bool:
-    """Whether a process adopts image ``reference`` now (its adopt lock is held)."""
-    from providers.fslock import try_exclusive_lock
-
-    try:
-        with try_exclusive_lock(adopt_lock(store_root, reference, platform)) as free:
-            return not free
-    except OSError:
-        return False  # the spawned process says why, in its log
-
-
 def adopt_later(
     store_root: Path,
     cache_dir: Path,
     manifest: ImageManifest,
     log_dir: Path,
     limits: tuple[int, int] | None = None,
-) -> int:
+) -> int | None:
     """Start the process that adopts ``manifest``'s remote layers as they complete; its pid.
 
-    ``limits`` (max layer size, max ratio) when not the defaults. Reaped by
-    a thread here if it ends first; otherwise it outlives this process.
-    Raises OSError when it cannot be started.
+    None when a process adopts the image already: its adopt lock is held.
+    The lock is taken here and handed to the process (``--lock-fd``), so
+    checking and spawning are one step. ``limits`` (max layer size, max
+    ratio) when not the defaults. Reaped by a thread here if it ends first;
+    otherwise it outlives this process. Raises OSError when it cannot be
+    started.
     """
-    argv = [sys.executable, "-P", "-m", "lazyfs.provision.adopt",
-            "--store", str(store_root), "--cache-dir", str(cache_dir),
-            "--reference", manifest.reference, "--platform", manifest.platform,
-            "--digest", manifest.digest, "--follow"]  # fmt: skip
-    if limits is not None:
-        argv += ["--max-layer-size", str(limits[0]), "--max-layer-ratio", str(limits[1])]
+    lock_fd = os.open(
+        adopt_lock(store_root, manifest.reference, manifest.platform),
+        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
+    )  # fmt: skip
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        argv = [sys.executable, "-P", "-m", "lazyfs.provision.adopt",
+                "--store", str(store_root), "--cache-dir", str(cache_dir),
+                "--reference", manifest.reference, "--platform", manifest.platform,
+                "--follow", "--lock-fd", str(lock_fd)]  # fmt: skip
+        if limits is not None:
+            argv += ["--max-layer-size", str(limits[0]), "--max-layer-ratio", str(limits[1])]
+        pid = _spawn(argv, log_dir, lock_fd)
+    finally:
+        os.close(lock_fd)  # the process holds the lock through its own copy of it
+    # Its own autogroup since setsid: lowered before it has imported much.
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(NICE))
+    reap_later(pid)  # a `lazyfs run` lives as long as its container: no zombie meanwhile
+    return pid
+
+
+def _spawn(argv: list[str], log_dir: Path, lock_fd: int) -> int:
     log_fd = os.open(
         log_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
     )
     try:
-        pid = os.posix_spawn(
+        return os.posix_spawn(
             sys.executable,
             argv,
             dict(os.environ),
@@ -113,16 +135,13 @@ def adopt_later(
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, log_fd, 1),
                 (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                # dup2 onto itself clears close-on-exec in this child only (POSIX).
+                (os.POSIX_SPAWN_DUP2, lock_fd, lock_fd),
             ],
             setsid=True,  # Ctrl-C at the terminal of `lazyfs run` does not end it
         )
     finally:
         os.close(log_fd)
-    # Its own autogroup since setsid: lowered before it has imported much.
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/autogroup").write_text(str(NICE))
-    reap_later(pid)  # a `lazyfs run` lives as long as its container: no zombie meanwhile
-    return pid
 
 
 def _yield_cpu() -> None:
@@ -142,18 +161,21 @@ def adopt_image(
     cache_dir: Path,
     reference: str,
     platform: str,
-    digest: str,
     limits: tuple[int, int] | None = None,
     *,
     follow: bool = False,
+    locked: bool = False,
     poll: float = POLL_SECONDS,
+    status_every: float = STATUS_SECONDS,
+    patience: float = PATIENCE_SECONDS,
 ) -> list[str]:
-    """Adopt the complete layers of the stored image ``reference`` if it is still ``digest``.
+    """Adopt the complete layers of the stored image ``reference``; those copied.
 
-    With ``follow``, also those completed later, looking every ``poll``
-    seconds while the cache daemon fetches one of its layers. Returns the
-    layers copied; none when another process adopts the image now, or its
-    record is gone or names another manifest. Blocking.
+    With ``follow``, also those completed later, while the cache daemon
+    fetches one of them (see the module docstring for ``poll``,
+    ``status_every`` and ``patience``). ``locked``: the image's adopt lock
+    is held already (handed over by ``adopt_later``); else it is taken, and
+    nothing is adopted when another process holds it. Blocking.
     """
     from providers.fslock import try_exclusive_lock
 
@@ -163,80 +185,110 @@ def adopt_image(
 
         layer_limits = LayerLimits(max_size=limits[0], max_ratio=limits[1])
     store = Store(store_root, layer_limits)
-    adopted: list[str] = []
-    with try_exclusive_lock(adopt_lock(store_root, reference, platform)) as free:
-        if not free:
+    with contextlib.ExitStack() as stack:
+        lock = adopt_lock(store_root, reference, platform)
+        if not locked and not stack.enter_context(try_exclusive_lock(lock)):
             log.info("%s: adopted by another process now", reference)
             return []
         log.info("%s: adopting its layers from the cache", reference)
-        while True:
-            # Asked before the copy: a layer that completes meanwhile is copied on the next pass.
-            fetching = _fetching(cache_dir) if follow else set()
-            remote = _adopt_pass(store, cache_dir, reference, platform, digest, adopted)
-            if not remote & fetching:
-                break  # nothing of it on its way: the next start spawns another if need be
-            time.sleep(poll)
+        adopted = _Adoption(store, cache_dir, reference, platform).run(
+            follow, poll, status_every, patience
+        )
     log.info("%s: %d layers adopted from the cache: %s", reference, len(adopted), adopted)
     return adopted
 
 
-def _adopt_pass(
-    store: Store, cache_dir: Path, reference: str, platform: str, digest: str, adopted: list[str]
-) -> set[Digest]:
-    """Copy the image's complete layers (appended to ``adopted``); the layers left remote."""
-    from lazyfs.store.usage_lock import in_use
+class _Adoption:
+    """The passes over one image's remote layers, and what they learnt."""
 
-    # GC waits meanwhile: it removes no layer of the image while it is copied in.
-    with in_use(store.root):
-        try:
-            manifest = ImageManifest.from_json(
-                json.loads(store.image_record(reference, platform).read_bytes())
-            )
-        except FileNotFoundError:
-            log.info("%s: no longer in the store, nothing more adopted", reference)
-            return set()
-        if manifest.digest != digest:
-            log.info("%s: now names %s, not %s: not adopted", reference, manifest.digest, digest)
-            return set()
-        adopted += adopt_complete(store, cache_dir, manifest)
-        return {layer.digest for layer in manifest.layers if not store.has_blob(layer.digest)}
+    def __init__(self, store: Store, cache_dir: Path, reference: str, platform: str) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+        self.reference = reference
+        self.platform = platform
+        self.adopted: list[str] = []
+        self.skipped: set[Digest] = set()  # failed or refused once: until complete again
+
+    def run(self, follow: bool, poll: float, status_every: float, patience: float) -> list[str]:
+        from lazyfs.cache.values import BlobKind  # the protocol's protobuf code: not at a start
+
+        asked = float("-inf")
+        progressed, arrived = time.monotonic(), -1
+        known: dict[Digest, BlobInfo] = {}
+        while True:
+            now = time.monotonic()
+            if follow and now - asked >= status_every:
+                asked = now
+                # Asked before the pass: a blob it says is no longer fetched has
+                # its verdict written already, so this pass copies it.
+                known = _daemon_blobs(self.cache_dir)
+                self.skipped -= {d for d, info in known.items() if info.kind is BlobKind.COMPLETE}
+            remote = self.adopt_pass()
+            waited = [i for d, i in known.items() if d in remote and i.kind is BlobKind.FETCHING]
+            if not follow or not waited:
+                return self.adopted
+            cached = sum(info.cached_bytes for info in waited)
+            if cached > arrived:
+                arrived, progressed = cached, now
+            elif now - progressed > patience:
+                log.warning("%s: no byte more of %d layers for %.0f s: they stay remote",
+                            self.reference, len(waited), patience)  # fmt: skip
+                return self.adopted
+            time.sleep(poll)
+
+    def adopt_pass(self) -> set[Digest]:
+        """Copy the image's complete layers; the layers left remote (none when it is gone)."""
+        from lazyfs.store.usage_lock import in_use
+
+        # GC waits meanwhile: it removes no layer of the image while it is copied in.
+        with in_use(self.store.root):
+            try:
+                record = self.store.image_record(self.reference, self.platform).read_bytes()
+            except FileNotFoundError:
+                log.info("%s: no longer in the store, nothing more adopted", self.reference)
+                return set()
+            manifest = ImageManifest.from_json(json.loads(record))
+            self.adopted += adopt_complete(self.store, self.cache_dir, manifest, self.skipped)
+            return {
+                layer.digest for layer in manifest.layers if not self.store.has_blob(layer.digest)
+            }
 
 
-def _fetching(cache_dir: Path) -> set[Digest]:
-    """The blobs the daemon of ``cache_dir`` fetches in the background now; none without one."""
+def _daemon_blobs(cache_dir: Path) -> dict[Digest, BlobInfo]:
+    """The blobs the daemon of ``cache_dir`` knows, as it says; none when no daemon answers."""
     from lazyfs.cache.connection import status  # loads the protocol's protobuf code
     from lazyfs.cache.framing import ProtocolError
-    from lazyfs.cache.values import BlobKind
 
     try:
         found = status(cache_dir)
     except (OSError, ProtocolError):
-        return set()
-    return {blob.digest for blob in found.blobs if blob.kind is BlobKind.FETCHING}
+        return {}
+    return {blob.digest: blob for blob in found.blobs}
 
 
-def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> list[Digest]:
+def adopt_complete(
+    store: Store, cache_dir: Path, manifest: ImageManifest, skip: set[Digest] | None = None
+) -> list[Digest]:
     """Copy into ``store`` the layers of ``manifest`` the cache holds whole and verified.
 
     Returns the layers copied. A copy that fails (a chunk evicted meanwhile,
-    bytes that do not verify) is logged, and the layer stays remote. A layer
-    the store already has is held to this image's diff_id: DigestMismatch
-    when it is not. Blocking.
+    bytes that do not verify), a layer the cache found other than the image
+    says, and a layer the store has with another diff_id are logged and
+    left remote, and added to ``skip``, whose layers are passed over.
+    Blocking.
     """
     adopted = []
+    skip = set() if skip is None else skip
     for layer in manifest.layers:
-        if hold_stored(store, layer):
+        if layer.digest in skip:
             continue
-        if not _complete_as_said(cache_dir, layer):
-            continue
-        stream = open_complete(cache_dir, layer.digest)
-        if stream is None:
-            continue
-        stream.close()
         try:
+            if hold_stored(store, layer) or not _complete_as_said(cache_dir, layer):
+                continue
             store.ingest(layer, partial(_reopen, cache_dir, layer))
         except LazyfsError as error:
             log.warning("layer %s stays remote: copying it from the cache: %s", layer.digest, error)
+            skip.add(layer.digest)
             continue
         adopted.append(layer.digest)
     return adopted
@@ -245,8 +297,8 @@ def adopt_complete(store: Store, cache_dir: Path, manifest: ImageManifest) -> li
 def _complete_as_said(cache_dir: Path, layer: Layer) -> bool:
     """Whether the daemon found ``layer`` whole with the size and diff_id the image says.
 
-    A verdict read. One it found other is logged and left remote: its
-    copy would fail the same check, after inflating the whole blob.
+    A verdict read. One it found other raises DigestMismatch: its copy
+    would fail the same check, after inflating the whole blob.
     """
     from lazyfs.cache.blobstate import COMPLETE, read_verdict
 
@@ -254,11 +306,11 @@ def _complete_as_said(cache_dir: Path, layer: Layer) -> bool:
     if verdict is None or verdict.state != COMPLETE:
         return False
     if verdict.size != layer.size or layer.diff_id not in (None, verdict.diff_id):
-        log.warning(
-            "layer %s stays remote: the cache found %d bytes and diff_id %s, this image says"
-            " %d and %s", layer.digest, verdict.size, verdict.diff_id, layer.size, layer.diff_id,
-        )  # fmt: skip
-        return False
+        raise DigestMismatch(
+            f"layer {layer.digest}: what the cache found whole (size, diff_id)",
+            expected=f"{layer.size}, {layer.diff_id}",
+            actual=f"{verdict.size}, {verdict.diff_id}",
+        )
     return True
 
 
@@ -289,10 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--reference", required=True)
     parser.add_argument("--platform", default="")
-    parser.add_argument("--digest", required=True)
     parser.add_argument("--max-layer-size", type=int)
     parser.add_argument("--max-layer-ratio", type=int)
     parser.add_argument("--follow", action="store_true")
+    parser.add_argument("--lock-fd", type=int, help="the image's adopt lock, held already")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s adopt[{os.getpid()}] %(levelname)s %(message)s"
@@ -302,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = (args.max_layer_size, args.max_layer_ratio)
     try:
         adopt_image(
-            args.store, args.cache_dir, args.reference, args.platform, args.digest, limits,
-            follow=args.follow,
+            args.store, args.cache_dir, args.reference, args.platform, limits,
+            follow=args.follow, locked=args.lock_fd is not None,
         )  # fmt: skip
     except Exception as error:  # one line in the log; nobody's terminal sees it
         log.error("%s: adopting failed: %s: %s", args.reference, type(error).__name__, error)

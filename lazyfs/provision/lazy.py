@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 from lazyfs.cache.remote import executable_paths, trace_key
 from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin
 from lazyfs.progress import Progress
-from lazyfs.provision.adopt import adopt_later, adopting, hold_stored
+from lazyfs.provision.adopt import adopt_later, hold_stored
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest
@@ -124,15 +124,13 @@ def start_adopting(
     """Once the mount of ``blobs`` is up: its remote layers copied into the store as they complete.
 
     Nothing for a mount with no remote layer, or when a process adopts the
-    image already (its lock held). The process is detached and outlives
+    image already (its lock held: ``adopt_later``). The process is detached and outlives
     this one; one that cannot be started is logged: the layers stay
     remote, and the next start tries again. See ``lazyfs.provision.adopt``.
     """
     if not isinstance(blobs, LazyBlobs) or not blobs.remote.origins:
         return
     store = blobs.blobs.store
-    if adopting(store.root, manifest.reference, manifest.platform):
-        return
     bounds = None
     if limits is not None:
         bounds = (limits.max_size, limits.max_ratio)

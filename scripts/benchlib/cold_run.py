@@ -30,6 +30,7 @@ from lazyfs.fs import mount_server_client as server_client
 
 REPO = Path(__file__).resolve().parents[2]
 _RUN_TIMEOUT = 900.0
+_ADOPT_TIMEOUT = 120.0
 # A run's reference: the image's registry reference, decided per run (a row may
 # push the image to a repository of its own for each run, untimed).
 Reference = Callable[[], str]
@@ -84,7 +85,8 @@ def lazyfs_untimed(ctx: Context, host: str, reference: str, flags: Sequence[str]
 def lazyfs_untimed_on(work: Path, argv: list[str]) -> None:
     """Run ``argv``, a ``lazyfs`` command on ``work``, untimed; ToolError if it fails.
 
-    What it leaves running (a cache daemon, a mount server) is left.
+    What it leaves running (a cache daemon, a mount server, the process
+    adopting its layers) is left.
     """
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                           env=lazyfs_env(), timeout=_RUN_TIMEOUT, check=False)  # fmt: skip
@@ -162,13 +164,21 @@ def stop_leftovers(work: Path) -> None:
     """Stop the cache daemon and the mount server a run on ``work`` started, if any.
 
     And wait for the process that copies its layers into the store
-    (``lazyfs.provision.adopt``), which ends once no daemon answers: none
-    of it runs into the next timed start.
+    (``lazyfs.provision.adopt``), which ends after one more pass once no
+    daemon answers: none of it runs into the next timed start.
     """
     _stop_daemon(work / "cache")
+    deadline = time.monotonic() + _ADOPT_TIMEOUT
     for lock in (work / "store" / "docker" / "locks").glob("adopt-*.lock"):
-        with contextlib.suppress(OSError), open(lock, "rb") as held:
-            fcntl.flock(held, fcntl.LOCK_EX)  # free once the adopting process exits
+        with open(lock, "rb") as held:
+            while True:  # free once the adopting process exits
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ToolError(f"a process adopting into {work} is still at it") from None
+                    time.sleep(0.05)
     # The fuse run's mount server would idle on, in a store about to go.
     server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
 

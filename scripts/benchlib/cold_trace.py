@@ -12,20 +12,17 @@ bytes counted, as every cold-start row: until the program has printed.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from benchlib.cold_run import stop_leftovers
 from benchlib.measure import Contender, Context, Timing
 from benchlib.shaper import Shaper
 from benchlib.util import ToolError, drop_caches, now, scratch_dir
 from lazyfs.cache.connection import status
 from lazyfs.cache.framing import ProtocolError
-from lazyfs.fs import mount_server_client as server_client
 
 REPO = Path(__file__).resolve().parents[2]
 _TIMEOUT = 900.0
@@ -43,7 +40,7 @@ def trace_contender(
             try:
                 return _until_printed(ctx, work, link.host, reference, link, image_bytes)
             finally:
-                _stop(work)
+                stop_leftovers(work)
 
     return Contender(name, True, once)
 
@@ -75,7 +72,7 @@ def _publish_trace(ctx: Context, host: str, reference: str) -> None:
                               manifest) is None:  # fmt: skip
                 raise ToolError(f"the run of {reference} kept no trace to publish")
         finally:
-            _stop(work)
+            stop_leftovers(work)
 
 
 def _until_printed(
@@ -119,22 +116,3 @@ def _daemon_facts(cache: Path) -> dict[str, int]:
         return {}
     return {"daemon_reads": found.reads, "daemon_requests": found.fetches,
             "daemon_fetched_bytes": found.fetched_bytes}  # fmt: skip
-
-
-def _stop(work: Path) -> None:
-    """End the cache daemon and mount server a run left under ``work``."""
-    server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
-    try:
-        pid = int((work / "cache" / "daemon.pid").read_text())
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return
-    if b"lazyfs" not in args or b"daemon" not in args:
-        return  # the pid is someone else's by now
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)

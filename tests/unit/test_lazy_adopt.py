@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import tarfile
+from logging import ERROR
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ import pytest
 from lazyfs.cache.blobstate import COMPLETE, Verdict, write_verdict
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
 from lazyfs.cache.spawn import DaemonSpec
+from lazyfs.cache.values import BlobInfo, BlobKind
+from lazyfs.provision import adopt
 from lazyfs.provision.adopt import adopt_complete, adopt_image, adopt_later, adopt_lock, main
 from lazyfs.provision.lazy import LazyBlobs, blobs_for, remote_digests, start_adopting
 from lazyfs.store.blobs import StoreBlobs
@@ -60,8 +63,11 @@ def test_a_stored_layer_is_held_to_each_image_s_own_diff_id(tmp_path: Path) -> N
     assert adopt_complete(store, cache_dir, _image(honest)) == []
 
     lying = Layer(honest.digest, GZIP, len(blob), _sha(b"another tar"))
-    with pytest.raises(DigestMismatch, match="diff_id"):
-        adopt_complete(store, cache_dir, _image(lying))
+    with pytest.raises(DigestMismatch, match="diff_id"):  # the start refuses it
+        blobs_for("fuse", StoreBlobs(store), _image(lying), DaemonSpec(cache_dir, ()))
+    skipped: set[Digest] = set()  # the adopting process passes over it, and on
+    assert adopt_complete(store, cache_dir, _image(lying), skipped) == []
+    assert skipped == {honest.digest}
 
 
 def _cached_whole(cache_dir: Path, layer: Layer, blob: bytes, diff_id: Digest) -> None:
@@ -108,10 +114,10 @@ def test_a_layer_the_cache_found_other_than_the_image_says_is_not_copied(
     store.put_image(lying)
 
     with caplog.at_level(logging.WARNING, logger="lazyfs.adopt"):
-        adopted = adopt_image(store.root, cache_dir, lying.reference, "", lying.digest)
+        adopted = adopt_image(store.root, cache_dir, lying.reference, "")
 
     assert adopted == [] and not store.has_blob(layer.digest)
-    assert "the cache found" in caplog.text and "stays remote" in caplog.text
+    assert "what the cache found whole" in caplog.text and "stays remote" in caplog.text
 
 
 def test_adopting_copies_the_complete_layers_and_the_next_start_finds_them_local(
@@ -121,15 +127,12 @@ def test_adopting_copies_the_complete_layers_and_the_next_start_finds_them_local
     (layer,) = manifest.layers
     args = (store.root, cache_dir, manifest.reference, manifest.platform)
 
-    # An image whose record names another manifest now (its tag moved) is left alone.
-    assert adopt_image(*args, _sha(b"another manifest")) == []
-    assert not store.has_blob(layer.digest)
-    # So is one another process adopts right now.
+    # An image another process adopts right now is left to it.
     with try_exclusive_lock(adopt_lock(store.root, manifest.reference, manifest.platform)):
-        assert adopt_image(*args, manifest.digest) == []
+        assert adopt_image(*args) == []
     assert not store.has_blob(layer.digest)
 
-    assert adopt_image(*args, manifest.digest) == [layer.digest]
+    assert adopt_image(*args) == [layer.digest]
     assert store.has_blob(layer.digest)
     again = blobs_for("fuse", StoreBlobs(store), manifest, DaemonSpec(cache_dir, ()))
     assert remote_digests(again) == ()
@@ -139,7 +142,7 @@ def test_an_image_gone_from_the_store_is_not_adopted(tmp_path: Path) -> None:
     store, cache_dir, manifest = _complete_image(tmp_path)
     store.image_record(manifest.reference, manifest.platform).unlink()  # removed by image GC
 
-    adopted = adopt_image(store.root, cache_dir, manifest.reference, "", manifest.digest)
+    adopted = adopt_image(store.root, cache_dir, manifest.reference, "")
 
     assert adopted == [] and not store.has_blob(manifest.layers[0].digest)
 
@@ -152,6 +155,7 @@ def test_the_detached_process_adopts_the_layers_and_exits(tmp_path: Path) -> Non
 
     pid = adopt_later(store.root, cache_dir, manifest, logs)
 
+    assert pid is not None
     # Reaped by adopt_later's thread once it exits: its /proc entry goes then.
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), "the adopting process to exit", 60)
     assert store.has_blob(layer.digest), (logs / "adopt.log").read_text()
@@ -165,10 +169,10 @@ def test_a_failure_is_one_logged_line_and_exit_status_1(
     store.image_record(manifest.reference, manifest.platform).write_text("{")  # damaged
 
     status = main(["--store", str(store.root), "--cache-dir", str(cache_dir),
-                   "--reference", manifest.reference, "--digest", manifest.digest])  # fmt: skip
+                   "--reference", manifest.reference])  # fmt: skip
 
     assert status == 1
-    (record,) = [r for r in caplog.records if r.name == "lazyfs.adopt"]
+    (record,) = [r for r in caplog.records if r.name == "lazyfs.adopt" and r.levelno >= ERROR]
     assert "adopting failed" in record.getMessage() and record.exc_info is None
     assert not store.has_blob(manifest.layers[0].digest)
 
@@ -185,3 +189,47 @@ def test_a_start_leaves_no_second_process_while_one_adopts_the_image(tmp_path: P
 
     start_adopting(blobs, manifest, logs, None)
     wait_for(lambda: store.has_blob(manifest.layers[0].digest), "the layer to be adopted", 60)
+
+
+def _status(blob: Layer, kind: BlobKind, cached: int) -> dict[Digest, BlobInfo]:
+    return {blob.digest: BlobInfo(blob.digest, kind, blob.size, cached)}
+
+
+def test_a_following_process_copies_a_layer_once_background_fetch_completes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob, diff_id = _layer_bytes()
+    layer = Layer(_sha(blob), GZIP, len(blob), diff_id)
+    cache_dir, store, manifest = tmp_path / "cache", Store(tmp_path / "store"), _image(layer)
+    store.put_image(manifest)
+    answers: list[int] = []
+
+    def daemon_says(_: Path) -> dict[Digest, BlobInfo]:
+        answers.append(len(answers))
+        if len(answers) < 3:
+            return _status(layer, BlobKind.FETCHING, len(answers))
+        # As the daemon does: the verdict is written before the blob leaves FETCHING.
+        _cached_whole(cache_dir, layer, blob, diff_id)
+        return _status(layer, BlobKind.COMPLETE, len(blob))
+
+    monkeypatch.setattr(adopt, "_daemon_blobs", daemon_says)
+    args = (store.root, cache_dir, manifest.reference, "")
+
+    assert adopt_image(*args, follow=True, poll=0, status_every=0) == [layer.digest]
+    assert store.has_blob(layer.digest) and len(answers) == 3
+
+
+def test_a_following_process_gives_up_when_nothing_more_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blob, diff_id = _layer_bytes()
+    layer = Layer(_sha(blob), GZIP, len(blob), diff_id)
+    store, manifest = Store(tmp_path / "store"), _image(layer)
+    store.put_image(manifest)
+    monkeypatch.setattr(adopt, "_daemon_blobs", lambda _: _status(layer, BlobKind.FETCHING, 7))
+    args = (store.root, tmp_path / "cache", manifest.reference, "")
+
+    with caplog.at_level(logging.WARNING, logger="lazyfs.adopt"):
+        adopted = adopt_image(*args, follow=True, poll=0, status_every=0, patience=0)
+
+    assert adopted == [] and "no byte more of 1 layers" in caplog.text
