@@ -1,8 +1,9 @@
 """Layers the cache holds whole: adopted into the store after the start, not during it.
 
 A lazy start that finds a remote layer complete in the cache mounts it
-remote (``blobs_for``) and names it for adoption; the detached process
-(``lazyfs.provision.adopt``) copies it into the store afterwards, verified.
+remote (``blobs_for``); the detached process it leaves
+(``lazyfs.provision.adopt``) copies each layer into the store as it
+completes, verified.
 A layer another image brought is held to each image's own diff_id.
 """
 
