@@ -40,7 +40,9 @@ class RootfsBuilder:
     ``fetch`` makes an image present (its layers in the store, or left in
     the registry for a lazy backend); ``blobs_for`` says what the backend
     reads an image's layers from, and for what command it is traced
-    (None: not traced; see ``lazyfs.provision.lazy.blobs_for``).
+    (None: not traced; see ``lazyfs.provision.lazy.blobs_for``);
+    ``after_build`` runs, in a thread, once a rootfs is built (its mount up):
+    ``lazyfs.provision.lazy.start_adopting``.
     """
 
     def __init__(
