@@ -25,18 +25,19 @@ The process:
   provisions at once) finds it held and spawns none; two images sharing a
   layer copy it once (``Store.ingest``'s blob lock);
 - looks at the cache's verdicts once a second (``POLL_SECONDS``), and asks
-  the daemon every ``STATUS_SECONDS`` whether it still fetches one of the
-  image's layers in the background: it stops once none is, no daemon
-  answers, or no byte more of them arrived for ``PATIENCE_SECONDS`` (a
-  later start spawns another);
+  the daemon every ``STATUS_SECONDS``, first after that long (it serves the
+  start meanwhile), whether it still fetches one of the image's layers in
+  the background: it stops once none is (asked again before it ends), no
+  daemon answers, the image's record is gone, or no byte more of them
+  arrived for ``PATIENCE_SECONDS`` (a later start spawns another);
 - holds the store's usage lock shared while it looks and copies, never
   while it waits (image GC waits only for a copy), and adopts the layers
   of the image's record as it is then (GC may have removed it: then it
   stops; a pull may have moved its tag: every copy is verified anyway);
 - logs a layer it cannot copy (a chunk evicted meanwhile, bytes that do
   not verify, a size or diff_id the cache found other than this image
-  says) once, and leaves it remote, trying again only once the daemon says
-  the blob is complete again; logs any other failure in one line; exit
+  says) and leaves it remote, trying again only when the daemon says the
+  blob became complete since it last asked; logs any other failure in one line; exit
   status 0 when it ran to the end, else 1.
 """
 
@@ -44,8 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -57,91 +56,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.fs.mount import open_complete
-from lazyfs.fs.mount_peers import reap_later
+from lazyfs.provision.adopt_spawn import NICE, adopt_lock
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError, NotFound
 from providers.manifest import ImageManifest, Layer
 
 if TYPE_CHECKING:
-    from lazyfs.cache.values import BlobInfo
+    from lazyfs.cache.values import BlobInfo, BlobKind
 
-LOG_NAME = "adopt.log"
 POLL_SECONDS = 1.0
 STATUS_SECONDS = 10.0
 PATIENCE_SECONDS = 600.0
-# The autogroup nice value of the process: the least CPU share there is.
-NICE = 19
 log = logging.getLogger("lazyfs.adopt")
-
-
-def adopt_lock(store_root: Path, reference: str, platform: str) -> Path:
-    """The lock held while image ``reference`` is adopted into the store at ``store_root``."""
-    key = hashlib.sha256(f"{reference}\n{platform}".encode()).hexdigest()
-    return store_root / "locks" / f"adopt-{key}.lock"
-
-
-def adopt_later(
-    store_root: Path,
-    cache_dir: Path,
-    manifest: ImageManifest,
-    log_dir: Path,
-    limits: tuple[int, int] | None = None,
-) -> int | None:
-    """Start the process that adopts ``manifest``'s remote layers as they complete; its pid.
-
-    None when a process adopts the image already: its adopt lock is held.
-    The lock is taken here and handed to the process (``--lock-fd``), so
-    checking and spawning are one step. ``limits`` (max layer size, max
-    ratio) when not the defaults. Reaped by a thread here if it ends first;
-    otherwise it outlives this process. Raises OSError when it cannot be
-    started.
-    """
-    lock_fd = os.open(
-        adopt_lock(store_root, manifest.reference, manifest.platform),
-        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
-    )  # fmt: skip
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        argv = [sys.executable, "-P", "-m", "lazyfs.provision.adopt",
-                "--store", str(store_root), "--cache-dir", str(cache_dir),
-                "--reference", manifest.reference, "--platform", manifest.platform,
-                "--follow", "--lock-fd", str(lock_fd)]  # fmt: skip
-        if limits is not None:
-            argv += ["--max-layer-size", str(limits[0]), "--max-layer-ratio", str(limits[1])]
-        pid = _spawn(argv, log_dir, lock_fd)
-    finally:
-        os.close(lock_fd)  # the process holds the lock through its own copy of it
-    # Its own autogroup since setsid: lowered before it has imported much.
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/autogroup").write_text(str(NICE))
-    reap_later(pid)  # a `lazyfs run` lives as long as its container: no zombie meanwhile
-    return pid
-
-
-def _spawn(argv: list[str], log_dir: Path, lock_fd: int) -> int:
-    log_fd = os.open(
-        log_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-    )
-    try:
-        return os.posix_spawn(
-            sys.executable,
-            argv,
-            dict(os.environ),
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                # dup2 onto itself clears close-on-exec in this child only (POSIX).
-                (os.POSIX_SPAWN_DUP2, lock_fd, lock_fd),
-            ],
-            setsid=True,  # Ctrl-C at the terminal of `lazyfs run` does not end it
-        )
-    finally:
-        os.close(log_fd)
 
 
 def _yield_cpu() -> None:
@@ -212,29 +139,54 @@ class _Adoption:
     def run(self, follow: bool, poll: float, status_every: float, patience: float) -> list[str]:
         from lazyfs.cache.values import BlobKind  # the protocol's protobuf code: not at a start
 
-        asked = float("-inf")
-        progressed, arrived = time.monotonic(), -1
-        known: dict[Digest, BlobInfo] = {}
+        # The daemon is first asked after ``status_every``: it serves the start then,
+        # and the start's mount has just asked it for the image's remote layers.
+        asked = time.monotonic()
+        known: dict[Digest, BlobInfo] | None = None  # None: not asked yet
+        seen: dict[Digest, int] = {}  # the cached bytes of each layer waited for
+        progressed = asked
         while True:
             now = time.monotonic()
-            if follow and now - asked >= status_every:
-                asked = now
+            # A daemon gone (stopped, killed) is asked at once: it ends the wait.
+            fresh = follow and (now - asked >= status_every or not _daemon_alive(self.cache_dir))
+            if fresh:
                 # Asked before the pass: a blob it says is no longer fetched has
                 # its verdict written already, so this pass copies it.
-                known = _daemon_blobs(self.cache_dir)
-                self.skipped -= {d for d, info in known.items() if info.kind is BlobKind.COMPLETE}
+                known, asked = self.ask(known, BlobKind.COMPLETE), now
             remote = self.adopt_pass()
-            waited = [i for d, i in known.items() if d in remote and i.kind is BlobKind.FETCHING]
-            if not follow or not waited:
+            if not follow or not remote:
                 return self.adopted
-            cached = sum(info.cached_bytes for info in waited)
-            if cached > arrived:
-                arrived, progressed = cached, now
-            elif now - progressed > patience:
-                log.warning("%s: no byte more of %d layers for %.0f s: they stay remote",
-                            self.reference, len(waited), patience)  # fmt: skip
-                return self.adopted
+            if known is not None:
+                waited = {
+                    d: info.cached_bytes
+                    for d, info in known.items()
+                    if d in remote and info.kind is BlobKind.FETCHING
+                }
+                if not waited:
+                    if fresh:
+                        return self.adopted
+                    asked = float("-inf")  # asked again, and one more pass, before it ends
+                    continue
+                if any(cached > seen.get(d, -1) for d, cached in waited.items()):
+                    progressed = now
+                elif now - progressed > patience:
+                    log.warning("%s: no byte more of %d layers for %.0f s: they stay remote",
+                                self.reference, len(waited), patience)  # fmt: skip
+                    return self.adopted
+                seen.update(waited)
             time.sleep(poll)
+
+    def ask(
+        self, before: dict[Digest, BlobInfo] | None, complete: BlobKind
+    ) -> dict[Digest, BlobInfo]:
+        """The daemon's blobs; a skipped layer it now says became complete is tried again."""
+        known = _daemon_blobs(self.cache_dir)
+        if before is not None:
+            self.skipped -= {
+                d for d, info in known.items()
+                if info.kind is complete and (d not in before or before[d].kind is not complete)
+            }  # fmt: skip
+        return known
 
     def adopt_pass(self) -> set[Digest]:
         """Copy the image's complete layers; the layers left remote (none when it is gone)."""
@@ -252,6 +204,18 @@ class _Adoption:
             return {
                 layer.digest for layer in manifest.layers if not self.store.has_blob(layer.digest)
             }
+
+
+def _daemon_alive(cache_dir: Path) -> bool:
+    """Whether the process ``daemon.pid`` names is a live ``lazyfs daemon``: two small reads."""
+    from lazyfs.cache.service import PID_NAME
+
+    try:
+        pid = int((cache_dir / PID_NAME).read_text())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    return b"daemon" in args
 
 
 def _daemon_blobs(cache_dir: Path) -> dict[Digest, BlobInfo]:
@@ -335,6 +299,13 @@ def _reopen(cache_dir: Path, layer: Layer) -> BinaryIO:
     return stream
 
 
+def _check_handed(fd: int, lock: Path) -> None:
+    """OSError unless ``fd`` is the lock file ``lock`` (the spawn kept it open here)."""
+    held, there = os.fstat(fd), os.stat(lock)
+    if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+        raise OSError(f"--lock-fd {fd} is not {lock}: the image's lock was not handed over")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lazyfs.provision.adopt")
     parser.add_argument("--store", type=Path, required=True)
@@ -353,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_layer_size is not None and args.max_layer_ratio is not None:
         limits = (args.max_layer_size, args.max_layer_ratio)
     try:
+        if args.lock_fd is not None:
+            _check_handed(args.lock_fd, adopt_lock(args.store, args.reference, args.platform))
         adopt_image(
             args.store, args.cache_dir, args.reference, args.platform, limits,
             follow=args.follow, locked=args.lock_fd is not None,

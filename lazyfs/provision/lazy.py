@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 from lazyfs.cache.remote import executable_paths, trace_key
 from lazyfs.fs.mount import DaemonSpec, Remote, RemoteOrigin
 from lazyfs.progress import Progress
-from lazyfs.provision.adopt import adopt_later, hold_stored
+from lazyfs.provision.adopt import hold_stored
+from lazyfs.provision.adopt_spawn import adopt_later
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest

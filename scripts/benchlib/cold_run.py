@@ -164,10 +164,20 @@ def stop_leftovers(work: Path) -> None:
     """Stop the cache daemon and the mount server a run on ``work`` started, if any.
 
     And wait for the process that copies its layers into the store
-    (``lazyfs.provision.adopt``), which ends after one more pass once no
-    daemon answers: none of it runs into the next timed start.
+    (``lazyfs.provision.adopt``), which ends within about a second of its
+    next look at the daemon (every 10 s) once none answers: none of it runs
+    into the next timed start.
     """
     _stop_daemon(work / "cache")
+    try:
+        _wait_adopted(work)
+    finally:
+        # The fuse run's mount server would idle on, in a store about to go.
+        server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
+
+
+def _wait_adopted(work: Path) -> None:
+    """Until no process adopts into ``work``'s store (each holds its image's adopt lock)."""
     deadline = time.monotonic() + _ADOPT_TIMEOUT
     for lock in (work / "store" / "docker" / "locks").glob("adopt-*.lock"):
         with open(lock, "rb") as held:
@@ -179,8 +189,6 @@ def stop_leftovers(work: Path) -> None:
                     if time.monotonic() > deadline:
                         raise ToolError(f"a process adopting into {work} is still at it") from None
                     time.sleep(0.05)
-    # The fuse run's mount server would idle on, in a store about to go.
-    server_client.stop_server(server_client.server_dir(work / "store" / "docker"))
 
 
 def _stop_daemon(cache: Path) -> None:

@@ -9,10 +9,14 @@ A layer another image brought is held to each image's own diff_id.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
 import logging
+import os
+import signal
+import sys
 import tarfile
 from logging import ERROR
 from pathlib import Path
@@ -24,7 +28,8 @@ from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.cache.values import BlobInfo, BlobKind
 from lazyfs.provision import adopt
-from lazyfs.provision.adopt import adopt_complete, adopt_image, adopt_later, adopt_lock, main
+from lazyfs.provision.adopt import adopt_complete, adopt_image, main
+from lazyfs.provision.adopt_spawn import _spawn, adopt_later, adopt_lock
 from lazyfs.provision.lazy import LazyBlobs, blobs_for, remote_digests, start_adopting
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
@@ -227,10 +232,34 @@ def test_a_following_process_gives_up_when_nothing_more_arrives(
     layer = Layer(_sha(blob), GZIP, len(blob), diff_id)
     store, manifest = Store(tmp_path / "store"), _image(layer)
     store.put_image(manifest)
-    monkeypatch.setattr(adopt, "_daemon_blobs", lambda _: _status(layer, BlobKind.FETCHING, 7))
+    asked: list[int] = []
+
+    def daemon_says(_: Path) -> dict[Digest, BlobInfo]:
+        asked.append(1)
+        assert len(asked) < 100, "it never gave up"
+        return _status(layer, BlobKind.FETCHING, 7)
+
+    monkeypatch.setattr(adopt, "_daemon_blobs", daemon_says)
     args = (store.root, tmp_path / "cache", manifest.reference, "")
 
     with caplog.at_level(logging.WARNING, logger="lazyfs.adopt"):
         adopted = adopt_image(*args, follow=True, poll=0, status_every=0, patience=0)
 
     assert adopted == [] and "no byte more of 1 layers" in caplog.text
+
+
+def test_the_spawned_process_holds_the_lock_the_start_took(tmp_path: Path) -> None:
+    lock = tmp_path / "adopt.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # A process that keeps whatever it was handed, until told to end.
+    pid = _spawn([sys.executable, "-c", "import signal; signal.pause()"], tmp_path, fd)
+    os.close(fd)
+    try:
+        with try_exclusive_lock(lock) as free:
+            assert not free  # the child's copy of the descriptor holds it
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    with try_exclusive_lock(lock) as free:
+        assert free

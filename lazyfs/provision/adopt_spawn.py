@@ -1,0 +1,103 @@
+"""Starting the process that adopts an image's remote layers (``lazyfs.provision.adopt``).
+
+Apart from that module so that a start imports only this: the lock, the
+spawn and the CPU share. See ``lazyfs.provision.adopt`` for what the
+process does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from lazyfs.fs.mount_peers import reap_later
+from providers.manifest import ImageManifest
+
+LOG_NAME = "adopt.log"
+# The autogroup nice value of the process: the least CPU share there is.
+NICE = 19
+
+
+def adopt_lock(store_root: Path, reference: str, platform: str) -> Path:
+    """The lock held while image ``reference`` is adopted into the store at ``store_root``."""
+    key = hashlib.sha256(f"{reference}\n{platform}".encode()).hexdigest()
+    return store_root / "locks" / f"adopt-{key}.lock"
+
+
+def adopt_later(
+    store_root: Path,
+    cache_dir: Path,
+    manifest: ImageManifest,
+    log_dir: Path,
+    limits: tuple[int, int] | None = None,
+) -> int | None:
+    """Start the process that adopts ``manifest``'s remote layers as they complete; its pid.
+
+    None when a process adopts the image already: its adopt lock is held.
+    The lock is taken here and handed to the process (``--lock-fd``), so
+    checking and spawning are one step. ``limits`` (max layer size, max
+    ratio) when not the defaults. Reaped by a thread here if it ends first;
+    otherwise it outlives this process. Raises OSError when it cannot be
+    started.
+    """
+    lock_fd = _above_std(os.open(
+        adopt_lock(store_root, manifest.reference, manifest.platform),
+        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
+    ))  # fmt: skip
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        argv = [sys.executable, "-P", "-m", "lazyfs.provision.adopt",
+                "--store", str(store_root), "--cache-dir", str(cache_dir),
+                "--reference", manifest.reference, "--platform", manifest.platform,
+                "--follow", "--lock-fd", str(lock_fd)]  # fmt: skip
+        if limits is not None:
+            argv += ["--max-layer-size", str(limits[0]), "--max-layer-ratio", str(limits[1])]
+        pid = _spawn(argv, log_dir, lock_fd)
+    finally:
+        os.close(lock_fd)  # the process holds the lock through its own copy of it
+    # Its own autogroup since setsid: lowered before it has imported much.
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(str(NICE))
+    reap_later(pid)  # a `lazyfs run` lives as long as its container: no zombie meanwhile
+    return pid
+
+
+def _above_std(fd: int) -> int:
+    """``fd`` moved to 3 or above: a caller started with stdin, stdout or stderr closed
+    may get one of those numbers, which the spawn's file actions replace in the child."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+def _spawn(argv: list[str], log_dir: Path, lock_fd: int) -> int:
+    """Spawn ``argv`` detached, its output to ``adopt.log``, keeping ``lock_fd`` (3 or above)."""
+    log_fd = _above_std(
+        os.open(log_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    )
+    try:
+        return os.posix_spawn(
+            sys.executable,
+            argv,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                # dup2 onto itself clears close-on-exec in this child only (POSIX).
+                (os.POSIX_SPAWN_DUP2, lock_fd, lock_fd),
+            ],
+            setsid=True,  # Ctrl-C at the terminal of `lazyfs run` does not end it
+        )
+    finally:
+        os.close(log_fd)
