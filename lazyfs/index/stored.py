@@ -38,6 +38,7 @@ and the offsets the mount's kept tree already holds.  Blocking.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.index.estargz_footer import SUGGESTED_TAIL_SIZE
 from lazyfs.index.formats import ESTARGZ, LayerFormat, build_index, format_named
-from lazyfs.index.model import INDEX_NAME, LayerData, LayerIndex, dumps, loads
+from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, LayerData, LayerIndex, dumps, loads
 from lazyfs.index.published import is_published
 from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
@@ -57,6 +58,9 @@ from providers.fslock import exclusive_lock
 if TYPE_CHECKING:
     from lazyfs.index.estargz_chunks import ChunkTable
     from providers.tar_stream import LayerLimits
+
+# Beside a local layer's eStargz chunk table: it was checked to be the blob's own TOC's.
+OWN_TOC_STAMP = "estargz-own-toc"
 
 
 # The eStargz TOC and chunk table code (the TOC parser above all) is loaded
@@ -137,9 +141,12 @@ def ensure_index(
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
             index = _own_remote_index(home, blob, digest, scratch)
+            own = index is not None
             if index is None:
                 index = build_index(digest, blob, scratch, limits=limits)
             store_files(home, scratch, index)
+            if own:
+                _stamp(home / CHUNKS_NAME)  # checked by _own_remote_index
         finally:
             # Never one cleanup error in place of the build's own.
             shutil.rmtree(scratch, ignore_errors=True)
@@ -233,9 +240,41 @@ def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerInde
         data = check_data_present(layers_dir, blob, index)
     except BadImage:
         return None  # built again, its files first
-    if index.compression == ESTARGZ.name and not _built_from(data.path, blob, index):
+    if index.compression == ESTARGZ.name and not _checked_own(data.path, blob, index):
         return None  # built again from the verified blob, in its own format
     return index
+
+
+def _checked_own(table: Path, blob: Path, index: LayerIndex) -> bool:
+    """``_built_from``, skipped once it held for this very table (the stamp beside it says so).
+
+    The stamp is the table's first line (TOC digest, blob size, rows),
+    written once the blob's own TOC was found to be that one: a stored blob
+    never changes, so the check would give the same answer at every start,
+    for the price of reading and hashing the TOC again.
+    """
+    try:
+        if (table.parent / OWN_TOC_STAMP).read_text(encoding="utf-8") == _first_line(table):
+            return True
+    except OSError:
+        pass
+    if not _built_from(table, blob, index):
+        return False
+    _stamp(table)
+    return True
+
+
+def _first_line(path: Path) -> str:
+    with path.open(encoding="utf-8") as stream:
+        return stream.readline()
+
+
+def _stamp(table: Path) -> None:
+    """Say beside the chunk table ``table`` that it is its blob's own TOC's; best effort."""
+    with contextlib.suppress(OSError):  # else the check is made again next time
+        write_atomic(
+            table.parent / OWN_TOC_STAMP, _first_line(table).encode(), mode=0o644, durable=False
+        )
 
 
 def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> LayerIndex | None:

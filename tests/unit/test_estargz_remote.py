@@ -248,7 +248,7 @@ def test_a_blob_that_becomes_local_takes_the_remote_index_of_its_own_toc(
     assert load_index(store.layers, index.digest) == index
     kept = index_path(store.layers, index.digest).parent
     assert sorted(p.name for p in kept.iterdir() if p.is_file()) == [
-        "estargz-chunks", "index.json", "lock"
+        "estargz-chunks", "estargz-own-toc", "index.json", "lock"
     ]  # fmt: skip
     assert load_index(home(store, blob), index.digest) == index
     # Read through it from the local blob: the files, every chunk checked.
@@ -258,6 +258,25 @@ def test_a_blob_that_becomes_local_takes_the_remote_index_of_its_own_toc(
         assert (
             source.read_range(index.digest, entry.offset, entry.size) == contents(FILES)[entry.path]
         )
+
+
+def test_a_kept_index_checked_to_be_the_blob_s_own_is_not_checked_at_every_start(
+    store: Store, tmp_path: Path
+) -> None:
+    blob = write_estargz(FILES, chunk_size=20_000)
+    index, _ = remote(store, blob)
+    assert local(store, blob, tmp_path) == index  # checked against the blob, and stamped
+    # The blob's TOC is not read again: not even an empty blob is looked at.
+    gone = tmp_path / "empty.gz"
+    gone.write_bytes(b"")
+    assert ensure_index(
+        store.layers, store.tmp, index.digest, gone, entries=False
+    ) == dataclasses.replace(index, entries=())
+    # A stamp that is not this table's proves nothing: the check is made, and fails here.
+    stamp = index_path(store.layers, index.digest).parent / "estargz-own-toc"
+    stamp.write_text("another table\n")
+    with pytest.raises(BadImage, match="empty"):  # built again from the empty blob
+        ensure_index(store.layers, store.tmp, index.digest, gone)
 
 
 def test_an_estargz_index_of_another_blob_is_built_again_from_the_verified_one(
