@@ -12,7 +12,6 @@ row needs work done first (a first machine's start), not timed or counted.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from benchlib.util import ToolError, drop_caches, now, scratch_dir
 from lazyfs.cache.connection import status
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.fs import mount_server_client as server_client
+from providers.fslock import exclusive_lock_until
 
 REPO = Path(__file__).resolve().parents[2]
 _RUN_TIMEOUT = 900.0
@@ -180,15 +180,8 @@ def _wait_adopted(work: Path) -> None:
     """Until no process adopts into ``work``'s store (each holds its image's adopt lock)."""
     deadline = time.monotonic() + _ADOPT_TIMEOUT
     for lock in (work / "store" / "docker" / "locks").glob("adopt-*.lock"):
-        with open(lock, "rb") as held:
-            while True:  # free once the adopting process exits
-                try:
-                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ToolError(f"a process adopting into {work} is still at it") from None
-                    time.sleep(0.05)
+        with exclusive_lock_until(lock, deadline, ToolError):
+            pass  # free once the adopting process exits
 
 
 def _stop_daemon(cache: Path) -> None:
