@@ -12,9 +12,9 @@ import fcntl
 import hashlib
 import os
 import sys
+import threading
 from pathlib import Path
 
-from lazyfs.fs.mount_peers import reap_later
 from providers.manifest import ImageManifest
 
 LOG_NAME = "adopt.log"
@@ -65,7 +65,8 @@ def adopt_later(
     # Its own autogroup since setsid: lowered before it has imported much.
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/autogroup").write_text(str(NICE))
-    reap_later(pid)  # a `lazyfs run` lives as long as its container: no zombie meanwhile
+    # A `lazyfs run` lives as long as its container: no zombie meanwhile.
+    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
     return pid
 
 
@@ -101,3 +102,8 @@ def _spawn(argv: list[str], log_dir: Path, lock_fd: int) -> int:
         )
     finally:
         os.close(log_fd)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
