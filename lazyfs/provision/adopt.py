@@ -37,8 +37,8 @@ The process:
 - logs a layer it cannot copy (a chunk evicted meanwhile, bytes that do
   not verify, a size or diff_id the cache found other than this image
   says) and leaves it remote, trying again only when the daemon says the
-  blob became complete since it last asked; logs any other failure in one line; exit
-  status 0 when it ran to the end, else 1.
+  blob became complete since it last asked; logs any other failure in one
+  line; exit status 0 when it ran to the end, else 1.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from providers.errors import DigestMismatch, LazyfsError, NotFound
 from providers.manifest import ImageManifest, Layer
 
 if TYPE_CHECKING:
-    from lazyfs.cache.values import BlobInfo, BlobKind
+    from lazyfs.cache.values import BlobInfo
 
 POLL_SECONDS = 1.0
 STATUS_SECONDS = 10.0
@@ -152,7 +152,7 @@ class _Adoption:
             if fresh:
                 # Asked before the pass: a blob it says is no longer fetched has
                 # its verdict written already, so this pass copies it.
-                known, asked = self.ask(known, BlobKind.COMPLETE), now
+                known, asked = self.ask(known), now
             remote = self.adopt_pass()
             if not follow or not remote:
                 return self.adopted
@@ -176,15 +176,16 @@ class _Adoption:
                 seen.update(waited)
             time.sleep(poll)
 
-    def ask(
-        self, before: dict[Digest, BlobInfo] | None, complete: BlobKind
-    ) -> dict[Digest, BlobInfo]:
+    def ask(self, before: dict[Digest, BlobInfo] | None) -> dict[Digest, BlobInfo]:
         """The daemon's blobs; a skipped layer it now says became complete is tried again."""
+        from lazyfs.cache.values import BlobKind
+
         known = _daemon_blobs(self.cache_dir)
         if before is not None:
+            done = BlobKind.COMPLETE
             self.skipped -= {
                 d for d, info in known.items()
-                if info.kind is complete and (d not in before or before[d].kind is not complete)
+                if info.kind is done and (d not in before or before[d].kind is not done)
             }  # fmt: skip
         return known
 
