@@ -256,7 +256,26 @@ def adopt_complete(
             skip.add(layer.digest)
             continue
         adopted.append(layer.digest)
+        _index(store, layer)
     return adopted
+
+
+def _index(store: Store, layer: Layer) -> None:
+    """Make sure the adopted ``layer`` has its index, so the next start only reads it.
+
+    For an eStargz layer that is the index its own TOC gave, copied and
+    stamped (``lazyfs.index.stored.ensure_index``); else one built from the
+    blob. A layer that cannot be indexed is logged: the start says why.
+    """
+    from lazyfs.index.stored import ensure_index
+
+    try:
+        ensure_index(
+            store.layers, store.tmp, layer.digest, store.blob_path(layer.digest),
+            entries=False, limits=store.limits,
+        )  # fmt: skip
+    except (LazyfsError, OSError) as error:
+        log.warning("layer %s is in the store, but not indexed: %s", layer.digest, error)
 
 
 def _complete_as_said(cache_dir: Path, layer: Layer) -> bool:

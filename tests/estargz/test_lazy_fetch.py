@@ -25,6 +25,7 @@ from lazyfs.cache.messages import BlobKind
 from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.cache.tails import ask_tails
 from lazyfs.fs import mount
+from lazyfs.index.stored import OWN_TOC_STAMP
 from providers.digest import Digest
 from providers.fslock import try_exclusive_lock
 from providers.manifest import OCI_LAYER_GZIP, Layer
@@ -230,6 +231,10 @@ def test_background_fetch_completes_the_layers_and_the_next_provision_has_them_l
         # With no other start: the process the provision left copied each layer
         # into the store, verified, as background fetch completed it.
         wait_adopted(work, pushed.layers)
+        # And gave each the index its own TOC gave, stamped so: the next start only reads it.
+        layers = work / "store" / "docker" / "layers"
+        for digest in pushed.layers:
+            assert (layers / digest.removeprefix("sha256:") / OWN_TOC_STAMP).is_file()
         # The next provision mounts them as local layers: no daemon is needed, none is started.
         with provisioned(work, host, "lazy/bg:v1", "c2", background=True) as again:
             assert again["remote_layers"] == []

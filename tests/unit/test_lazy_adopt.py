@@ -27,6 +27,7 @@ from lazyfs.cache.blobstate import COMPLETE, Verdict, write_verdict
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.cache.values import BlobInfo, BlobKind
+from lazyfs.index.stored import load_index
 from lazyfs.provision import adopt
 from lazyfs.provision.adopt import adopt_complete, adopt_image, main
 from lazyfs.provision.adopt_spawn import _spawn, adopt_later, adopt_lock
@@ -140,6 +141,8 @@ def test_adopting_copies_the_complete_layers_and_the_next_start_finds_them_local
 
     assert adopt_image(*args) == [layer.digest]
     assert store.has_blob(layer.digest)
+    # Indexed too: the next start reads the index instead of building it.
+    assert load_index(store.layers, layer.digest) is not None
     again = blobs_for("fuse", StoreBlobs(store), manifest, DaemonSpec(cache_dir, ()))
     assert remote_digests(again) == ()
 
