@@ -64,6 +64,7 @@ from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
+    from lazyfs.store.disk import Store
     from providers.digest import Digest
     from providers.tar_stream import LayerLimits
 
@@ -363,3 +364,18 @@ def open_complete(cache_dir: Path, digest: Digest) -> BinaryIO | None:
     from lazyfs.cache.blobstate import open_complete as from_cache
 
     return from_cache(cache_dir, digest)
+
+
+def index_stored(store: Store, digest: Digest) -> None:
+    """Build and keep the index of the stored layer ``digest`` unless it has one.
+
+    What a mount's first start does (``lazyfs.index.stored.ensure_index``):
+    done ahead, a start only reads it. BadImage or UnsafeLayer as there.
+    Loaded only when called.
+    """
+    from lazyfs.index.stored import ensure_index
+
+    ensure_index(
+        store.layers, store.tmp, digest, store.blob_path(digest),
+        entries=False, limits=store.limits,
+    )  # fmt: skip

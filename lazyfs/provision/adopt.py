@@ -55,7 +55,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from lazyfs.fs.mount import open_complete
+from lazyfs.fs.mount import index_stored, open_complete
 from lazyfs.provision.adopt_spawn import NICE, adopt_lock
 from lazyfs.store.disk import Store
 from providers.digest import Digest
@@ -264,16 +264,11 @@ def _index(store: Store, layer: Layer) -> None:
     """Make sure the adopted ``layer`` has its index, so the next start only reads it.
 
     For an eStargz layer that is the index its own TOC gave, copied and
-    stamped (``lazyfs.index.stored.ensure_index``); else one built from the
-    blob. A layer that cannot be indexed is logged: the start says why.
+    stamped; else one built from the blob. A layer that cannot be indexed
+    is logged: the start says why.
     """
-    from lazyfs.index.stored import ensure_index
-
     try:
-        ensure_index(
-            store.layers, store.tmp, layer.digest, store.blob_path(layer.digest),
-            entries=False, limits=store.limits,
-        )  # fmt: skip
+        index_stored(store, layer.digest)
     except (LazyfsError, OSError) as error:
         log.warning("layer %s is in the store, but not indexed: %s", layer.digest, error)
 
