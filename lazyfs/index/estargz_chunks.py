@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from lazyfs.index.estargz_toc import Chunk
 from providers.digest import Digest
@@ -88,12 +89,14 @@ class ChunkTable:
     digest: Digest
     toc_digest: Digest
     blob_size: int
-    rows: tuple[ChunkRow, ...]
+    rows: Sequence[ChunkRow]
     prefetch: tuple[int, int] | None = None
     _starts: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_starts", [row.start for row in self.rows])
+        rows = self.rows
+        starts = rows.starts() if isinstance(rows, _Stored) else [row.start for row in rows]
+        object.__setattr__(self, "_starts", starts)
 
     @property
     def size(self) -> int:
@@ -144,6 +147,41 @@ def source_of(head: str) -> tuple[Digest, int]:
         raise ValueError(f"malformed chunk table: {error!r}") from error
 
 
+class _Stored(Sequence[ChunkRow]):
+    """The rows of a table read by ``loads``, each made a ``ChunkRow`` only when asked for.
+
+    A start reads a few hundred of a layer's thousands of chunks: making
+    them all first cost more than parsing the text.
+    """
+
+    def __init__(self, raw: list[list[Any]]) -> None:
+        self._raw = raw
+
+    def starts(self) -> list[int]:
+        return [row[0] for row in self._raw]
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, index: int) -> ChunkRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[ChunkRow, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> ChunkRow | tuple[ChunkRow, ...]:
+        if isinstance(index, slice):
+            return tuple(_row(raw) for raw in self._raw[index])
+        return _row(self._raw[index])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def _row(raw: list[Any]) -> ChunkRow:
     start, size, offset, end, inner, chunk_offset, digest, name = raw
     return ChunkRow(
@@ -163,22 +201,38 @@ def loads(text: str) -> ChunkTable:
         header = json.loads(head)
         if header.get("version") != VERSION:
             raise ValueError(f"chunk table format {header.get('version')!r}, want {VERSION}")
-        rows = tuple(_row(raw) for raw in json.loads(rest))
+        raw = json.loads(rest)
+        if not isinstance(raw, list):
+            raise TypeError(f"rows are a {type(raw).__name__}")
+        _check(raw, int(header["blob_size"]))
         prefetch = header["prefetch"]
         table = ChunkTable(
             Digest(str(header["digest"])),
             Digest(str(header["toc_digest"])),
             int(header["blob_size"]),
-            rows,
+            _Stored(raw),
             None if prefetch is None else (int(prefetch[0]), int(prefetch[1])),
         )
     except (KeyError, TypeError, IndexError, AttributeError) as error:
         raise ValueError(f"malformed chunk table: {error!r}") from error
-    if len(rows) != header["rows"]:
-        raise ValueError(f"chunk table has {len(rows)} rows, its header {header['rows']}")
-    at = 0
-    for row in rows:
-        if row.start < at or row.size <= 0 or not 0 <= row.offset < row.end <= table.blob_size:
-            raise ValueError(f"chunk table row {row} is not after {at} and inside the blob")
-        at = row.start + row.size
+    if len(raw) != header["rows"]:
+        raise ValueError(f"chunk table has {len(raw)} rows, its header {header['rows']}")
     return table
+
+
+def _check(raw: list[Any], blob_size: int) -> None:
+    """Refuse rows that overlap, go back, are empty or reach outside the blob.
+
+    TypeError for a row that is not eight fields, its places integers.
+    """
+    at = 0
+    for row in raw:
+        if type(row) is not list or len(row) != 8:
+            raise TypeError(f"chunk table row {row!r} is not eight fields")
+        start, size, offset, end, inner, chunk_offset = row[:6]
+        for value in (start, size, offset, end, inner, chunk_offset):
+            if type(value) is not int:
+                raise TypeError(f"chunk table row {row!r} has a place that is not an integer")
+        if start < at or size <= 0 or not 0 <= offset < end <= blob_size:
+            raise ValueError(f"chunk table row {row!r} is not after {at} and inside the blob")
+        at = start + size

@@ -1,0 +1,55 @@
+"""The chunk table's text form: read back equal, and refused whole when damaged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, dumps, loads
+from providers.digest import Digest
+
+LAYER = Digest("sha256:" + "1" * 64)
+TOC = Digest("sha256:" + "2" * 64)
+CHUNK = Digest("sha256:" + "3" * 64)
+
+
+def _table() -> ChunkTable:
+    rows = (
+        ChunkRow(0, 10, 0, 40, 0, 0, CHUNK, "a"),
+        ChunkRow(10, 5, 40, 70, 0, 10, CHUNK, "a"),
+        ChunkRow(1 << 20, 7, 70, 90, 3, 0, CHUNK, "b"),
+    )
+    return ChunkTable(LAYER, TOC, 100, rows, (0, 40))
+
+
+def test_a_table_reads_back_equal_row_by_row() -> None:
+    table = _table()
+    again = loads(dumps(table))
+    assert again == table
+    assert list(again.rows) == list(table.rows)
+    assert again.rows[-1] == table.rows[2] and again.rows[1:] == table.rows[1:]
+    assert [again.rows[n].name for n in again.covering(12, (1 << 20) + 1)] == ["a", "b"]
+
+
+def _with_row(number: int, row: list[object]) -> str:
+    head, rows = dumps(_table()).splitlines()
+    raw = json.loads(rows)
+    raw[number] = row
+    return f"{head}\n{json.dumps(raw)}\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        ([10, 5, 40, 70, 0, 10, CHUNK], "eight fields"),
+        ([10, 5, "40", 70, 0, 10, CHUNK, "a"], "not an integer"),
+        ([10, 5, 40.0, 70, 0, 10, CHUNK, "a"], "not an integer"),
+        ([9, 5, 40, 70, 0, 10, CHUNK, "a"], "not after"),
+        ([10, 5, 40, 101, 0, 10, CHUNK, "a"], "inside the blob"),
+        ([10, 0, 40, 70, 0, 10, CHUNK, "a"], "not after"),
+    ],
+)
+def test_a_damaged_row_refuses_the_whole_table(row: list[object], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        loads(_with_row(1, row))
