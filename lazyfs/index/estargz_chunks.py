@@ -35,15 +35,18 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 from lazyfs.index.estargz_toc import Chunk
-from providers.digest import Digest
+from providers.digest import Digest, parse_digest
+from providers.errors import BadImage
 
 VERSION = 1
 ALIGN = 1 << 20
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def aligned(offset: int) -> int:
@@ -92,16 +95,19 @@ class ChunkTable:
     rows: Sequence[ChunkRow]
     prefetch: tuple[int, int] | None = None
     _starts: list[int] = field(init=False, repr=False, compare=False)
+    _size: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         rows = self.rows
         starts = rows.starts() if isinstance(rows, _Stored) else [row.start for row in rows]
         object.__setattr__(self, "_starts", starts)
+        # Asked at every read: worked out once.
+        object.__setattr__(self, "_size", rows[-1].start + rows[-1].size if rows else 0)
 
     @property
     def size(self) -> int:
         """The length of the data space: the end of its last row."""
-        return self.rows[-1].start + self.rows[-1].size if self.rows else 0
+        return self._size
 
     def covering(self, offset: int, end: int) -> range:
         """The indexes of the rows that may hold bytes of ``[offset, end)``, in order.
@@ -139,12 +145,27 @@ def source_of(head: str) -> tuple[Digest, int]:
     ``dumps``'s header; ValueError if it is not one.
     """
     try:
-        header = json.loads(head)
-        if header.get("version") != VERSION:
-            raise ValueError(f"chunk table format {header.get('version')!r}, want {VERSION}")
-        return Digest(str(header["toc_digest"])), int(header["blob_size"])
+        header = _header(head)
+        return Digest(str(header["toc_digest"])), header["blob_size"]
     except (KeyError, AttributeError, TypeError) as error:
         raise ValueError(f"malformed chunk table: {error!r}") from error
+
+
+def _header(head: str) -> dict[str, Any]:
+    """``dumps``'s header line, of this version, its counts integers (TypeError if not)."""
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise TypeError(f"the header is a {type(header).__name__}")
+    if header.get("version") != VERSION:
+        raise ValueError(f"chunk table format {header.get('version')!r}, want {VERSION}")
+    prefetch = header["prefetch"]
+    # json reads Infinity and 1e999 too, which no int() takes: integers only.
+    for value in (header["blob_size"], header["rows"], *(prefetch or ())):
+        if type(value) is not int:
+            raise TypeError(f"the header has {value!r} where an integer belongs")
+    if prefetch is not None and len(prefetch) != 2:
+        raise TypeError(f"the header's prefetch span is {prefetch!r}")
+    return header
 
 
 class _Stored(Sequence[ChunkRow]):
@@ -163,6 +184,9 @@ class _Stored(Sequence[ChunkRow]):
     def __len__(self) -> int:
         return len(self._raw)
 
+    def __iter__(self) -> Iterator[ChunkRow]:
+        return map(_row, self._raw)
+
     @overload
     def __getitem__(self, index: int) -> ChunkRow: ...
 
@@ -174,12 +198,29 @@ class _Stored(Sequence[ChunkRow]):
             return tuple(_row(raw) for raw in self._raw[index])
         return _row(self._raw[index])
 
+    # Equal, hashed and shown as the tuple of its rows, which a built table holds.
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence):
-            return NotImplemented
-        return tuple(self) == tuple(other)
+        if isinstance(other, _Stored):
+            return self._raw == other._raw
+        if isinstance(other, tuple):
+            return tuple(self) == other
+        return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+def _digest_form(text: str) -> bool:
+    if _SHA256.fullmatch(text):  # nearly every one: no need for the general parser
+        return True
+    try:
+        parse_digest(text)
+    except BadImage:
+        return False
+    return True
 
 
 def _row(raw: list[Any]) -> ChunkRow:
@@ -198,41 +239,42 @@ def loads(text: str) -> ChunkTable:
     """
     head, _, rest = text.partition("\n")
     try:
-        header = json.loads(head)
-        if header.get("version") != VERSION:
-            raise ValueError(f"chunk table format {header.get('version')!r}, want {VERSION}")
+        header = _header(head)
         raw = json.loads(rest)
         if not isinstance(raw, list):
             raise TypeError(f"rows are a {type(raw).__name__}")
-        _check(raw, int(header["blob_size"]))
+        if len(raw) != header["rows"]:
+            raise ValueError(f"chunk table has {len(raw)} rows, its header {header['rows']}")
+        _check(raw, header["blob_size"])
         prefetch = header["prefetch"]
-        table = ChunkTable(
+        return ChunkTable(
             Digest(str(header["digest"])),
             Digest(str(header["toc_digest"])),
-            int(header["blob_size"]),
+            header["blob_size"],
             _Stored(raw),
-            None if prefetch is None else (int(prefetch[0]), int(prefetch[1])),
+            None if prefetch is None else (prefetch[0], prefetch[1]),
         )
     except (KeyError, TypeError, IndexError, AttributeError) as error:
         raise ValueError(f"malformed chunk table: {error!r}") from error
-    if len(raw) != header["rows"]:
-        raise ValueError(f"chunk table has {len(raw)} rows, its header {header['rows']}")
-    return table
 
 
 def _check(raw: list[Any], blob_size: int) -> None:
     """Refuse rows that overlap, go back, are empty or reach outside the blob.
 
-    TypeError for a row that is not eight fields, its places integers.
+    TypeError for a row that is not eight fields: six integers, a digest
+    (checked against it before a byte is served, so of a form that can be)
+    and a name.
     """
     at = 0
     for row in raw:
         if type(row) is not list or len(row) != 8:
             raise TypeError(f"chunk table row {row!r} is not eight fields")
-        start, size, offset, end, inner, chunk_offset = row[:6]
+        start, size, offset, end, inner, chunk_offset, digest, name = row
         for value in (start, size, offset, end, inner, chunk_offset):
             if type(value) is not int:
                 raise TypeError(f"chunk table row {row!r} has a place that is not an integer")
+        if type(name) is not str or type(digest) is not str or not _digest_form(digest):
+            raise TypeError(f"chunk table row {row!r} has a bad digest or name")
         if start < at or size <= 0 or not 0 <= offset < end <= blob_size:
             raise ValueError(f"chunk table row {row!r} is not after {at} and inside the blob")
         at = start + size

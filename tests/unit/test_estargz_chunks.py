@@ -26,8 +26,8 @@ def _table() -> ChunkTable:
 def test_a_table_reads_back_equal_row_by_row() -> None:
     table = _table()
     again = loads(dumps(table))
-    assert again == table
-    assert list(again.rows) == list(table.rows)
+    assert again == table and hash(again) == hash(table) and repr(again) == repr(table)
+    assert list(again.rows) == list(table.rows) and again.size == table.size == (1 << 20) + 7
     assert again.rows[-1] == table.rows[2] and again.rows[1:] == table.rows[1:]
     assert [again.rows[n].name for n in again.covering(12, (1 << 20) + 1)] == ["a", "b"]
 
@@ -48,8 +48,30 @@ def _with_row(number: int, row: list[object]) -> str:
         ([9, 5, 40, 70, 0, 10, CHUNK, "a"], "not after"),
         ([10, 5, 40, 101, 0, 10, CHUNK, "a"], "inside the blob"),
         ([10, 0, 40, 70, 0, 10, CHUNK, "a"], "not after"),
+        ([10, 5, 40, 70, 0, 10, "x:y", "a"], "bad digest"),
+        ([10, 5, 40, 70, 0, 10, CHUNK, None], "bad digest or name"),
     ],
 )
 def test_a_damaged_row_refuses_the_whole_table(row: list[object], why: str) -> None:
     with pytest.raises(ValueError, match=why):
         loads(_with_row(1, row))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"rows": None},  # no row count: dropped below
+        {"blob_size": float("inf")},  # json reads Infinity, which int() does not take
+        {"prefetch": [float("inf"), 1]},
+        {"prefetch": [0]},
+        {"rows": 2.0},
+    ],
+)
+def test_a_damaged_header_refuses_the_table_with_a_value_error(header: dict[str, object]) -> None:
+    head, rows = dumps(_table()).splitlines()
+    fields = json.loads(head)
+    fields.update(header)
+    if header.get("rows", 0) is None:
+        del fields["rows"]
+    with pytest.raises(ValueError, match="malformed chunk table"):
+        loads(f"{json.dumps(fields)}\n{rows}\n")
