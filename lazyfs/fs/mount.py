@@ -370,8 +370,8 @@ def index_stored(store: Store, digest: Digest) -> None:
     """Build and keep the index of the stored layer ``digest`` unless it has one.
 
     What a mount's first start does (``lazyfs.index.stored.ensure_index``):
-    done ahead, a start only reads it. BadImage or UnsafeLayer as there.
-    Loaded only when called.
+    done ahead, a start only reads it. BadImage or UnsafeLayer as there,
+    OSError when the store cannot be written. Loaded only when called.
     """
     from lazyfs.index.stored import ensure_index
 

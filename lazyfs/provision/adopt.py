@@ -8,7 +8,10 @@ starts a detached process, ``python -m lazyfs.provision.adopt --follow``,
 that copies each remote layer of the image with ``adopt_complete`` (blob
 digest and diff_id checked, as every ingest is) once the daemon's
 background fetch has it whole, and exits when no layer of the image is
-being fetched any more; the next start finds them local. ``hold_stored``
+being fetched any more; the next start finds them local. An eStargz layer
+copied so keeps the index its own TOC gave while it was remote (copied
+and stamped beside the blob, cheap: ``index_stored``), so that start only
+reads it. ``hold_stored``
 is what the start itself still checks: a layer already in the store is
 held to this image's diff_id.
 
@@ -30,8 +33,8 @@ The process:
   the background: it stops once none is (asked again before it ends), no
   daemon answers, the image's record is gone, or no byte more of them
   arrived for ``PATIENCE_SECONDS`` (a later start spawns another);
-- holds the store's usage lock shared while it looks and copies, never
-  while it waits (image GC waits only for a copy), and adopts the layers
+- holds the store's usage lock shared while it looks, copies and indexes,
+  never while it waits (image GC waits only for that), and adopts the layers
   of the image's record as it is then (GC may have removed it: then it
   stops; a pull may have moved its tag: every copy is verified anyway);
 - logs a layer it cannot copy (a chunk evicted meanwhile, bytes that do
@@ -60,7 +63,7 @@ from lazyfs.provision.adopt_spawn import NICE, adopt_lock
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError, NotFound
-from providers.manifest import ImageManifest, Layer
+from providers.manifest import TOC_DIGEST_ANNOTATION, ImageManifest, Layer
 
 if TYPE_CHECKING:
     from lazyfs.cache.values import BlobInfo
@@ -236,7 +239,8 @@ def adopt_complete(
 ) -> list[Digest]:
     """Copy into ``store`` the layers of ``manifest`` the cache holds whole and verified.
 
-    Returns the layers copied. A copy that fails (a chunk evicted meanwhile,
+    Returns the layers copied; an eStargz one is indexed too (``_index``).
+    A copy that fails (a chunk evicted meanwhile,
     bytes that do not verify), a layer the cache found other than the image
     says, and a layer the store has with another diff_id are logged and
     left remote, and added to ``skip``, whose layers are passed over.
@@ -261,16 +265,24 @@ def adopt_complete(
 
 
 def _index(store: Store, layer: Layer) -> None:
-    """Make sure the adopted ``layer`` has its index, so the next start only reads it.
+    """Give the adopted eStargz ``layer`` its index now, so the next start only reads it.
 
-    For an eStargz layer that is the index its own TOC gave, copied and
-    stamped; else one built from the blob. A layer that cannot be indexed
-    is logged: the start says why.
+    The index its own TOC gave while it was remote, copied and stamped: a
+    TOC read and hashed. Only for eStargz: any other layer's index is built
+    from the whole blob, seconds, and the start that needs it waits on the
+    layer's lock meanwhile; at this process's CPU share that would be
+    longer than the start building it itself. A failure is logged in one
+    line: the layer is adopted all the same, and the start says why.
     """
+    if layer.annotation(TOC_DIGEST_ANNOTATION) is None:
+        return
     try:
         index_stored(store, layer.digest)
-    except (LazyfsError, OSError) as error:
-        log.warning("layer %s is in the store, but not indexed: %s", layer.digest, error)
+    except Exception as error:  # the next layers are adopted all the same
+        log.warning(
+            "layer %s is in the store, not indexed: %s: %s",
+            layer.digest, type(error).__name__, error,
+        )  # fmt: skip
 
 
 def _complete_as_said(cache_dir: Path, layer: Layer) -> bool:
