@@ -35,18 +35,15 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 from lazyfs.index.estargz_toc import Chunk
-from providers.digest import Digest, parse_digest
-from providers.errors import BadImage
+from providers.digest import Digest, is_digest
 
 VERSION = 1
 ALIGN = 1 << 20
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def aligned(offset: int) -> int:
@@ -213,16 +210,6 @@ class _Stored(Sequence[ChunkRow]):
         return repr(tuple(self))
 
 
-def _digest_form(text: str) -> bool:
-    if _SHA256.fullmatch(text):  # nearly every one: no need for the general parser
-        return True
-    try:
-        parse_digest(text)
-    except BadImage:
-        return False
-    return True
-
-
 def _row(raw: list[Any]) -> ChunkRow:
     start, size, offset, end, inner, chunk_offset, digest, name = raw
     return ChunkRow(
@@ -273,7 +260,7 @@ def _check(raw: list[Any], blob_size: int) -> None:
         for value in (start, size, offset, end, inner, chunk_offset):
             if type(value) is not int:
                 raise TypeError(f"chunk table row {row!r} has a place that is not an integer")
-        if type(name) is not str or type(digest) is not str or not _digest_form(digest):
+        if type(name) is not str or type(digest) is not str or not is_digest(digest):
             raise TypeError(f"chunk table row {row!r} has a bad digest or name")
         if start < at or size <= 0 or not 0 <= offset < end <= blob_size:
             raise ValueError(f"chunk table row {row!r} is not after {at} and inside the blob")

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lazyfs.index.estargz_footer import MAX_DEFLATE_RATIO
-from providers.digest import Digest, parse_digest
+from providers.digest import Digest, is_digest
 from providers.errors import BadImage, bad_entry
 from providers.layer_entry import MAX_ID, MAX_MAJOR, MAX_MINOR, clamp_mtime
 from providers.layer_rules import RelPath, check_symlink_target, hardlink_target, normalize_name
@@ -52,7 +52,6 @@ MAX_XATTRS = 1024
 MAX_XATTR_VALUE = 1 << 16  # the kernel's XATTR_SIZE_MAX
 _MAX_MODE = (1 << 32) - 1
 _NS = 1_000_000_000
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")  # what parse_digest accepts, in its commonest form
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))"
 )
@@ -158,12 +157,9 @@ class _Fields:
         text = self.text(key)
         if not text:
             return None
-        if _SHA256.fullmatch(text):  # nearly every one: no need for the general parser
-            return Digest(text)
-        try:
-            return parse_digest(text)
-        except BadImage as error:
-            raise self.bad(f"has the {key} {text!r}, not a digest") from error
+        if not is_digest(text):
+            raise self.bad(f"has the {key} {text!r}, not a digest")
+        return Digest(text)
 
 
 def _mtime_ns(fields: _Fields, seen: dict[str, int]) -> int:
