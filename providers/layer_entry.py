@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from providers import layer_rules as rules
 from providers.errors import BadImage, bad_entry
@@ -100,8 +99,7 @@ _KINDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class LayerEntry:
+class LayerEntry(NamedTuple):
     """A member as every reader of the layer must take it.
 
     ``rule`` says what the member does (``layer_rules.Rule``).  The other

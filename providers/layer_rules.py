@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from providers.errors import UnsafeLayer
 
@@ -57,8 +58,7 @@ class Action(enum.Enum):
     IGNORE = "ignore"
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     """What an entry does.
 
     ``path`` is the entry's own path for WRITE and IGNORE, the hidden sibling

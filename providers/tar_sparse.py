@@ -32,8 +32,7 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from providers.errors import bad_entry
 from providers.extents import Extent, data_extents
@@ -48,8 +47,7 @@ _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
 _nti: Callable[[bytes], int] = tarfile.nti  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True, slots=True)
-class FileLayout:
+class FileLayout(NamedTuple):
     """Where a regular entry's bytes are in the uncompressed tar stream.
 
     ``size`` is the file's apparent size, holes included.  ``offset`` is where

@@ -137,6 +137,9 @@ def scan_stream(stream: BinaryIO | LayerReader, *, layer: str) -> tuple[IndexEnt
     return tuple(entries)
 
 
+_KINDS = {kind: Kind(kind.value) for kind in EntryKind}
+
+
 def index_entry(entry: LayerEntry, *, layout: FileLayout | None) -> IndexEntry | None:
     """A classified member as an index entry; None for AUFS bookkeeping.
 
@@ -151,18 +154,19 @@ def index_entry(entry: LayerEntry, *, layout: FileLayout | None) -> IndexEntry |
     if rule.action is Action.OPAQUE:
         return IndexEntry(rule.path, Kind.OPAQUE)
     assert entry.kind is not None  # written entries have one
-    kind = Kind(entry.kind.value)
+    kind = _KINDS[entry.kind]
+    # Positional, in IndexEntry's order: keywords cost more, once per entry.
     return IndexEntry(
-        path=rule.path,
-        kind=kind,
-        mode=entry.mode,
-        uid=entry.uid,
-        gid=entry.gid,
-        size=layout.size if layout else 0,
-        mtime_ns=entry.mtime_ns,
-        target="/".join(entry.link) if kind is Kind.HARDLINK else entry.target,
-        rdev=entry.rdev,
-        xattrs=entry.xattrs,
-        offset=layout.offset if layout else 0,
-        extents=layout.extents if layout else None,
+        rule.path,
+        kind,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        layout.size if layout else 0,
+        entry.mtime_ns,
+        "/".join(entry.link) if kind is Kind.HARDLINK else entry.target,
+        entry.rdev,
+        entry.xattrs,
+        layout.offset if layout else 0,
+        layout.extents if layout else None,
     )

@@ -37,7 +37,7 @@ import bisect
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 from lazyfs.index.estargz_toc import Chunk
 from providers.digest import Digest, is_digest
@@ -51,8 +51,7 @@ def aligned(offset: int) -> int:
     return -(-offset // ALIGN) * ALIGN
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRow:
+class ChunkRow(NamedTuple):
     """``size`` bytes of the data space from ``start``: a chunk of the file ``name``.
 
     They are the file's bytes from ``chunk_offset``, and the bytes
@@ -129,10 +128,8 @@ def dumps(table: ChunkTable) -> str:
         "prefetch": None if table.prefetch is None else list(table.prefetch),
         "rows": len(table.rows),
     }
-    rows = [
-        [r.start, r.size, r.offset, r.end, r.inner_offset, r.chunk_offset, r.digest, r.name]
-        for r in table.rows
-    ]
+    # A row is a tuple of its fields in this order, which json writes as a list.
+    rows = table.rows._raw if isinstance(table.rows, _Stored) else list(table.rows)
     return f"{json.dumps(header)}\n{json.dumps(rows, separators=(',', ':'))}\n"
 
 
@@ -211,11 +208,8 @@ class _Stored(Sequence[ChunkRow]):
 
 
 def _row(raw: list[Any]) -> ChunkRow:
-    start, size, offset, end, inner, chunk_offset, digest, name = raw
-    return ChunkRow(
-        int(start), int(size), int(offset), int(end), int(inner), int(chunk_offset),
-        Digest(str(digest)), str(name),
-    )  # fmt: skip
+    # ``_check`` made sure of the eight fields' types.
+    return ChunkRow._make(raw)
 
 
 def loads(text: str) -> ChunkTable:

@@ -37,7 +37,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from lazyfs.index.estargz_footer import MAX_DEFLATE_RATIO
 from providers.digest import Digest, is_digest
@@ -80,8 +80,7 @@ class TocLimits:
     max_chunk_bytes: int = 64 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(NamedTuple):
     """Bytes ``[chunk_offset, chunk_offset + chunk_size)`` of a file.
 
     They are the bytes ``[inner_offset, inner_offset + chunk_size)`` of the
@@ -97,8 +96,7 @@ class Chunk:
     end: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class TocEntry:
+class TocEntry(NamedTuple):
     """One tar entry of the layer as the TOC gives it.
 
     ``mode`` holds the permission bits (0o7777) only: the kind is ``type``.
@@ -121,6 +119,12 @@ class TocEntry:
     devices: tuple[int, int] = (0, 0)
     digest: Digest | None = None
     chunks: tuple[Chunk, ...] = ()
+
+
+# Chunk and TocEntry are NamedTuples, immutable as the frozen dataclasses
+# elsewhere are, because a mount makes one of each per TOC entry and chunk
+# on its way to serving: a frozen dataclass's __init__ costs six times as
+# much (2.8 against 0.45 us for TocEntry's 13 fields).
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +242,23 @@ def _entry(fields: _Fields, kind: EntryType, path: RelPath, mtimes: dict[str, in
     devices = (0, 0)
     if kind in (EntryType.CHAR, EntryType.BLOCK):
         devices = (fields.integer("devMajor", MAX_MAJOR), fields.integer("devMinor", MAX_MINOR))
-    # In this order, so that an entry wrong in several ways is refused for the first.
-    size = fields.integer("size", MAX_FILE_SIZE) if kind is EntryType.REG else 0
-    mode = fields.integer("mode", _MAX_MODE) & 0o7777
-    uid = fields.integer("uid", MAX_ID)
-    gid = fields.integer("gid", MAX_ID)
+    get = fields.raw.get
+    size = get("size", 0) if kind is EntryType.REG else 0
+    mode, uid, gid = get("mode", 0), get("uid", 0), get("gid", 0)
+    # bool is an int to Python, never to the format: hence type(), not isinstance().
+    if not (
+        type(size) is type(mode) is type(uid) is type(gid) is int
+        and 0 <= size <= MAX_FILE_SIZE
+        and 0 <= mode <= _MAX_MODE
+        and 0 <= uid <= MAX_ID
+        and 0 <= gid <= MAX_ID
+    ):
+        # Refused for the first that is wrong, in this order.
+        if kind is EntryType.REG:
+            fields.integer("size", MAX_FILE_SIZE)
+        for key, high in (("mode", _MAX_MODE), ("uid", MAX_ID), ("gid", MAX_ID)):
+            fields.integer(key, high)
+    mode &= 0o7777
     mtime_ns = _mtime_ns(fields, mtimes)
     xattrs = _xattrs(fields) if fields.raw.get("xattrs") else ()
     digest = fields.digest("digest") if kind is EntryType.REG else None
@@ -326,22 +342,8 @@ class _Reader:
 
 
 def _with_chunks(entry: TocEntry, chunks: tuple[Chunk, ...]) -> TocEntry:
-    """``entry`` with ``chunks``: ``dataclasses.replace``, without its cost per call."""
-    return TocEntry(
-        entry.name,
-        entry.path,
-        entry.type,
-        entry.size,
-        entry.mode,
-        entry.uid,
-        entry.gid,
-        entry.mtime_ns,
-        entry.link_name,
-        entry.xattrs,
-        entry.devices,
-        entry.digest,
-        chunks,
-    )
+    """``entry`` with ``chunks``: ``entry._replace``, without its cost per call."""
+    return TocEntry(*entry[:-1], chunks)
 
 
 def _place_chunks(

@@ -412,7 +412,7 @@ def test_a_damaged_chunk_table_is_eio_never_misread(store: Store) -> None:
     path = index_path(home(store, blob), index.digest).parent / "estargz-chunks"
     table = load_chunks(path.read_text())
     first, second, *rest = table.rows
-    overlapping = dataclasses.replace(second, start=first.start + first.size - 1)
+    overlapping = second._replace(start=first.start + first.size - 1)
     path.write_text(dump_chunks(dataclasses.replace(table, rows=(first, overlapping, *rest))))
     with pytest.raises(OSError) as caught:
         chunks.read_range(Digest(index.digest), 0, 10)
