@@ -294,13 +294,13 @@ def _unsorted(tree: MergedTree) -> MergedTree:
 
 def _gap(tree: MergedTree) -> MergedTree:
     inodes = dict(tree.inodes)
-    inodes[InodeNo(7)] = dataclasses.replace(inodes.pop(InodeNo(4)), ino=InodeNo(7))
+    inodes[InodeNo(7)] = inodes.pop(InodeNo(4))._replace(ino=InodeNo(7))
     return dataclasses.replace(tree, inodes=inodes)
 
 
 def _two_payloads(tree: MergedTree) -> MergedTree:
     inodes = dict(tree.inodes)
-    inodes[InodeNo(3)] = dataclasses.replace(inodes[InodeNo(3)], target=b"x")
+    inodes[InodeNo(3)] = inodes[InodeNo(3)]._replace(target=b"x")
     return dataclasses.replace(tree, inodes=inodes)
 
 
