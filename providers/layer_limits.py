@@ -24,6 +24,10 @@ DEFAULT_MAX_LAYER_RATIO = 100
 # Tiny layers look far more compressed than they are (an empty GNU tar is
 # 10 KiB of zeros in 45 gzip bytes); unpacking 64 MiB harms no one.
 RATIO_FLOOR = 64 << 20
+# Bytes per entry (apparent: a sparse file's holes count) and per xattr value
+# (the kernel's XATTR_SIZE_MAX), whoever reads the layer: a tar or a TOC.
+MAX_ENTRY_SIZE = 1 << 40
+MAX_XATTR_VALUE_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from typing import BinaryIO, NoReturn, cast
 import zstandard
 
 from providers.errors import BadImage, bad_entry
+from providers.layer_limits import MAX_ENTRY_SIZE as MAX_ENTRY_SIZE  # re-exported
+from providers.layer_limits import MAX_XATTR_VALUE_BYTES as MAX_XATTR_VALUE_BYTES  # re-exported
 from providers.layer_limits import RATIO_FLOOR as RATIO_FLOOR  # re-exported
 from providers.layer_limits import LayerLimits as LayerLimits  # re-exported
 from providers.tar_sparse import (
@@ -42,9 +44,8 @@ CHUNK = 1 << 20
 # tarfile reads pax and GNU long-name headers whole into memory.
 MAX_HEADER_BYTES = 1 << 20
 # What any reader of a layer refuses past: entries per layer, and bytes per
-# entry (apparent: a sparse file's holes count).  Owner ids: layer_entry.MAX_ID.
+# entry (providers.layer_limits).  Owner ids: layer_entry.MAX_ID.
 MAX_ENTRIES = 10_000_000
-MAX_ENTRY_SIZE = 1 << 40
 _SPARSE_PREFIX = "GNU.sparse."
 _HEADER_TYPES = frozenset(
     {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
@@ -284,7 +285,6 @@ def file_layout(member: tarfile.TarInfo, *, layer: str) -> FileLayout:
     return layout
 
 
-MAX_XATTR_VALUE_BYTES = 1 << 16  # the kernel's XATTR_SIZE_MAX
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _NS = 1_000_000_000
 

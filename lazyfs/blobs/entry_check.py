@@ -33,8 +33,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from lazyfs.index.build import index_entry
-from lazyfs.index.model import IndexEntry, Kind
+from lazyfs.index.model import IndexEntry, Kind, index_entry
 from providers.errors import LazyfsError
 from providers.layer_entry import EntryKind, classify_member
 from providers.tar_stream import CheckedTarInfo, file_layout

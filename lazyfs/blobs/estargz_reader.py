@@ -64,7 +64,8 @@ class EstargzChunks:
     """The data spaces of eStargz layers, by digest, from their chunk tables' files.
 
     ``tables`` maps each layer digest to its chunk table file
-    (``LayerData.path`` of an eStargz layer), read on the layer's first read.
+    (``LayerData.path`` of an eStargz layer), read on the layer's first read
+    unless ``loaded`` holds the table already (the mount that built it).
     ``blobs`` serves the layers' blobs by range (a registry, the cache
     daemon, the store); it is trusted with nothing: every chunk is checked.
     ``fetches`` counts the chunks read from it.
@@ -76,12 +77,15 @@ class EstargzChunks:
         blobs: BlobSource,
         *,
         max_bytes: int = DEFAULT_KEEP_BYTES,
+        loaded: Mapping[Digest, ChunkTable] | None = None,
     ) -> None:
         self._paths = dict(tables)
         self._blobs = blobs
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._tables: dict[Digest, ChunkTable] = {}
+        self._tables: dict[Digest, ChunkTable] = {
+            digest: table for digest, table in (loaded or {}).items() if digest in self._paths
+        }
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], threading.Event] = {}

@@ -36,15 +36,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
-from lazyfs.index.gzip_checkpoints import GzipCheckpoints
 from lazyfs.index.model import LayerData
 from providers.digest import Digest
 from providers.fileio import pread_all
 from providers.source import BlobSource
+
+if TYPE_CHECKING:
+    from lazyfs.index.estargz_chunks import ChunkTable
 
 CHUNK_SIZE = 1 << 17  # 128 KiB, what the kernel asks for in one read at most
 DEFAULT_CACHE_BYTES = 64 << 20
@@ -164,7 +166,11 @@ def _resident_of(reader: object) -> Callable[[Digest, int, int], bytes | None] |
 
 
 def open_layers(
-    layers: Mapping[Digest, LayerData], blobs: BlobSource | None = None, *, now: bool = False
+    layers: Mapping[Digest, LayerData],
+    blobs: BlobSource | None = None,
+    *,
+    now: bool = False,
+    tables: Mapping[Digest, ChunkTable] | None = None,
 ) -> TarRangeReader:
     """One reader for the layers' streams, each read from where ``layers`` says.
 
@@ -174,29 +180,30 @@ def open_layers(
     nothing yet (descriptors, gzip handles and chunk tables are opened on
     first read), but with ``now`` the files of plain tar layers, whose
     reads may then all be answered in the event loop (``ByLayer.open_all``;
-    OSError if one cannot be opened).
+    OSError if one cannot be opened). ``tables``: eStargz layers' chunk
+    tables in hand, read from their files otherwise.
     """
     chunked = {digest: data.path for digest, data in layers.items() if data.chunks}
     if chunked and blobs is None:
         raise ValueError(f"eStargz layers {', '.join(sorted(chunked))} need a blob source")
     plain = {d: data for d, data in layers.items() if not data.chunks}
     tars = LocalTars({d: data.path for d, data in plain.items() if data.checkpoints is None})
-    gzips = GzipCheckpoints(
-        {
-            digest: (data.path, data.checkpoints)
-            for digest, data in plain.items()
-            if data.checkpoints is not None
-        }
-    )
-    readers: dict[Digest, TarRangeReader] = {
-        d: tars if data.checkpoints is None else gzips for d, data in plain.items()
-    }
+    readers: dict[Digest, TarRangeReader] = dict.fromkeys(plain, tars)
+    if checkpointed := {
+        digest: (data.path, data.checkpoints)
+        for digest, data in plain.items()
+        if data.checkpoints is not None
+    }:
+        # Loaded only for gzip layers: indexed_gzip takes a lazy start's mount 10-20 ms.
+        from lazyfs.index.gzip_checkpoints import GzipCheckpoints
+
+        readers.update(dict.fromkeys(checkpointed, GzipCheckpoints(checkpointed)))
     if chunked:
         assert blobs is not None  # checked above
         # Loaded only for eStargz layers: a mount of plain layers starts without it.
         from lazyfs.blobs.estargz_reader import EstargzChunks
 
-        remote = EstargzChunks(chunked, blobs)
+        remote = EstargzChunks(chunked, blobs, loaded=tables)
         readers.update(dict.fromkeys(chunked, remote))
     found = ByLayer(readers)
     if now:

@@ -168,20 +168,23 @@ def remote_layer(
     # Loaded only with remote layers: it loads the eStargz code.
     from lazyfs.blobs.gzip_remote import open_published  # checks each span it reads
     from lazyfs.index.estargz_store import remote_layers_dir
-    from lazyfs.index.stored_remote import ensure_remote_index
+    from lazyfs.index.stored_remote import ensure_remote_layer
 
     if (published := open_published(store.layers, layer, blobs, entries=entries)) is not None:
         _held_to(limits, layer, published[0])  # as a local or eStargz index is
         blobs.layer_mounted(layer.digest, None)  # the rest of the blob in the background
         return published
-    index = ensure_remote_index(
+    found = ensure_remote_layer(
         store.layers, store.tmp, layer, blobs, entries=entries, limits=limits, toc=toc
     )
-    if index is not None and (where := remote_layers_dir(store.layers, layer)) is not None:
+    if found is not None and (where := remote_layers_dir(store.layers, layer)) is not None:
         # eStargz data is read by chunk table; no local blob is named.
+        index, table = found
         data = check_data_present(where, Path(), index)
-        blobs.layer_mounted(layer.digest, load_chunk_table(where, index).prefetch)
-        return index, open_layers({layer.digest: data}, blobs), where
+        if table is None:
+            table = load_chunk_table(where, index)
+        blobs.layer_mounted(layer.digest, table.prefetch)
+        return index, open_layers({layer.digest: data}, blobs, tables={layer.digest: table}), where
     path = StoreBlobs(store, upstream=blobs).local_blob(layer)
     index = ensure_index(
         store.layers, store.tmp, layer.digest, path, entries=entries, limits=limits

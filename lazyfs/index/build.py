@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lazyfs.index.gzip_checkpoints import Checkpointer
-from lazyfs.index.model import IndexEntry, Kind
+from lazyfs.index.model import IndexEntry, index_entry
 from providers.compression import decompressed, sniff
 from providers.digest import Digest
 from providers.errors import BadImage
-from providers.layer_entry import EntryKind, LayerEntry, classify_member
-from providers.layer_rules import Action
-from providers.tar_sparse import FileLayout
+from providers.layer_entry import EntryKind, classify_member
 from providers.tar_stream import (
     CHUNK,
     MAX_ENTRIES,
@@ -135,38 +133,3 @@ def scan_stream(stream: BinaryIO | LayerReader, *, layer: str) -> tuple[IndexEnt
     for what, number in sorted(dropped.items()):
         log.warning("layer %s: dropped %d %s", layer, number, what)
     return tuple(entries)
-
-
-_KINDS = {kind: Kind(kind.value) for kind in EntryKind}
-
-
-def index_entry(entry: LayerEntry, *, layout: FileLayout | None) -> IndexEntry | None:
-    """A classified member as an index entry; None for AUFS bookkeeping.
-
-    ``layout`` (a regular file's only) says where its bytes are in the tar
-    stream: its data, and for a sparse file the extents between the holes.
-    """
-    rule = entry.rule
-    if rule.action is Action.IGNORE:
-        return None
-    if rule.action is Action.WHITEOUT:
-        return IndexEntry(rule.path, Kind.WHITEOUT)
-    if rule.action is Action.OPAQUE:
-        return IndexEntry(rule.path, Kind.OPAQUE)
-    assert entry.kind is not None  # written entries have one
-    kind = _KINDS[entry.kind]
-    # Positional, in IndexEntry's order: keywords cost more, once per entry.
-    return IndexEntry(
-        rule.path,
-        kind,
-        entry.mode,
-        entry.uid,
-        entry.gid,
-        layout.size if layout else 0,
-        entry.mtime_ns,
-        "/".join(entry.link) if kind is Kind.HARDLINK else entry.target,
-        entry.rdev,
-        entry.xattrs,
-        layout.offset if layout else 0,
-        layout.extents if layout else None,
-    )

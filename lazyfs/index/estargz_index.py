@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from lazyfs.index.build import index_entry
 from lazyfs.index.estargz import (
     SUGGESTED_TAIL_SIZE,
     EntryType,
@@ -46,15 +45,15 @@ from lazyfs.index.estargz import (
 )
 from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, aligned
 from lazyfs.index.formats import ESTARGZ
-from lazyfs.index.model import IndexEntry, LayerIndex
+from lazyfs.index.model import IndexEntry, LayerIndex, index_entry
 from providers.digest import Digest
 from providers.errors import BadImage, DigestMismatch, bad_entry
 from providers.layer_entry import EntryKind, LayerEntry, classify_fields
+from providers.layer_limits import MAX_ENTRY_SIZE, MAX_XATTR_VALUE_BYTES, LayerLimits
 from providers.layer_rules import Action, classify
 from providers.manifest import Layer
 from providers.source import BlobSource
 from providers.tar_sparse import FileLayout
-from providers.tar_stream import MAX_ENTRY_SIZE, MAX_XATTR_VALUE_BYTES, LayerLimits
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,13 @@ from lazyfs.index.estargz_footer import MAX_DEFLATE_RATIO
 from providers.digest import Digest, is_digest
 from providers.errors import BadImage, bad_entry
 from providers.layer_entry import MAX_ID, MAX_MAJOR, MAX_MINOR, clamp_mtime
+from providers.layer_limits import MAX_ENTRY_SIZE, MAX_XATTR_VALUE_BYTES
 from providers.layer_rules import RelPath, check_symlink_target, hardlink_target, normalize_name
 
-# The same bound as providers.tar_stream.MAX_ENTRY_SIZE (a test pins it):
-# that module loads the tar parsers, which a TOC reader has no use for.
-MAX_FILE_SIZE = 1 << 40
+# The bounds a tar reader keeps too.
+MAX_FILE_SIZE = MAX_ENTRY_SIZE
 MAX_XATTRS = 1024
-MAX_XATTR_VALUE = 1 << 16  # the kernel's XATTR_SIZE_MAX
+MAX_XATTR_VALUE = MAX_XATTR_VALUE_BYTES
 _MAX_MODE = (1 << 32) - 1
 _NS = 1_000_000_000
 _RFC3339 = re.compile(

@@ -40,7 +40,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from lazyfs.index.gzip_checkpoints import SPACING
 from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, TAR_NAME, LayerData, LayerIndex
 from providers.digest import Digest
 from providers.errors import BadImage
@@ -259,16 +258,22 @@ def build_index(
     blob: Path,
     scratch: Path,
     *,
-    spacing: int = SPACING,
+    spacing: int | None = None,
     limits: LayerLimits | None = None,
 ) -> LayerIndex:
     """Index the layer blob ``blob``, writing what the index points into to ``scratch``.
 
     ``spacing`` is the distance between gzip checkpoints (tests make it
-    small).  Raises BadImage or UnsafeLayer (naming the layer and entry)
-    for layers the backends refuse, BadImage for one that unpacks past
-    ``limits`` (default: ``LayerLimits()``), as apply does.
+    small; default ``gzip_checkpoints.SPACING``).  Raises BadImage or
+    UnsafeLayer (naming the layer and entry) for layers the backends refuse,
+    BadImage for one that unpacks past ``limits`` (default:
+    ``LayerLimits()``), as apply does.
     """
+    if spacing is None:
+        # Here, not at the top: indexed_gzip is no business of a lazy mount's.
+        from lazyfs.index.gzip_checkpoints import SPACING
+
+        spacing = SPACING
     with blob.open("rb") as stream:
         head = stream.read(8)
     return format_of(head).index(digest, blob, scratch, spacing=spacing, limits=limits)

@@ -24,11 +24,15 @@ import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers.digest import Digest
 from providers.extents import Extent
-from providers.layer_rules import RelPath
+from providers.layer_entry import EntryKind, LayerEntry
+from providers.layer_rules import Action, RelPath
+
+if TYPE_CHECKING:
+    from providers.tar_sparse import FileLayout
 
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
 # 3: a header line before the entries, so the header reads without them.
@@ -201,3 +205,38 @@ def loads(text: str, *, entries: bool = True) -> LayerIndex:
         )
     except (KeyError, TypeError, IndexError, AttributeError) as error:
         raise ValueError(f"malformed layer index: {error!r}") from error
+
+
+_KINDS = {kind: Kind(kind.value) for kind in EntryKind}
+
+
+def index_entry(entry: LayerEntry, *, layout: FileLayout | None) -> IndexEntry | None:
+    """A classified member as an index entry; None for AUFS bookkeeping.
+
+    ``layout`` (a regular file's only) says where its bytes are in the tar
+    stream: its data, and for a sparse file the extents between the holes.
+    """
+    rule = entry.rule
+    if rule.action is Action.IGNORE:
+        return None
+    if rule.action is Action.WHITEOUT:
+        return IndexEntry(rule.path, Kind.WHITEOUT)
+    if rule.action is Action.OPAQUE:
+        return IndexEntry(rule.path, Kind.OPAQUE)
+    assert entry.kind is not None  # written entries have one
+    kind = _KINDS[entry.kind]
+    # Positional, in IndexEntry's order: keywords cost more, once per entry.
+    return IndexEntry(
+        rule.path,
+        kind,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        layout.size if layout else 0,
+        entry.mtime_ns,
+        "/".join(entry.link) if kind is Kind.HARDLINK else entry.target,
+        entry.rdev,
+        entry.xattrs,
+        layout.offset if layout else 0,
+        layout.extents if layout else None,
+    )

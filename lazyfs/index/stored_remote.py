@@ -35,6 +35,7 @@ from providers.manifest import Layer
 from providers.source import BlobSource
 
 if TYPE_CHECKING:
+    from lazyfs.index.estargz_chunks import ChunkTable
     from lazyfs.index.estargz_toc import Toc
     from providers.tar_stream import LayerLimits
 
@@ -75,6 +76,29 @@ def ensure_remote_index(
     digest annotation that is no digest); and what ``blobs.read_range``
     raises (NotFound, TemporaryFailure).  Nothing is stored then.
     """
+    found = ensure_remote_layer(
+        layers_dir, tmp_dir, layer, blobs, entries=entries, limits=limits, tail=tail, toc=toc
+    )
+    return None if found is None else found[0]
+
+
+def ensure_remote_layer(
+    layers_dir: Path,
+    tmp_dir: Path,
+    layer: Layer,
+    blobs: BlobSource,
+    *,
+    entries: bool = True,
+    limits: LayerLimits | None = None,
+    tail: int = SUGGESTED_TAIL_SIZE,
+    toc: Toc | None = None,
+) -> tuple[LayerIndex, ChunkTable | None] | None:
+    """``ensure_remote_index``, and the chunk table when this call built and stored it.
+
+    A mount reads its layer through that table at once: it need not read
+    back the file it has just written. None in its place when the index was
+    stored already (``load_chunk_table`` reads it).
+    """
     from lazyfs.index.estargz_index import build_remote_index  # loads the tar rules
 
     place = _toc_place(layers_dir, layer)
@@ -83,14 +107,14 @@ def ensure_remote_index(
     expected, own = place
     digest = layer.digest
     found = load_index(own, digest, entries=entries)
-    if _remote_usable(own, found, expected):
-        return found
+    if found is not None and _remote_usable(own, found, expected):
+        return found, None
     home = own / hex_part(digest)
     home.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(home / "lock"):
         found = load_index(own, digest)
-        if _remote_usable(own, found, expected):
-            return found  # another process built it while we waited
+        if found is not None and _remote_usable(own, found, expected):
+            return found, None  # another process built it while we waited
         index, table = build_remote_index(layer, blobs, expected, tail=tail, limits=limits, toc=toc)
         text = dump_chunks(table).encode()
         index = dataclasses.replace(index, checkpoints_size=len(text))
@@ -100,7 +124,7 @@ def ensure_remote_index(
             store_files(home, scratch, index)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    return index
+    return index, table
 
 
 def unindexed_toc(layers_dir: Path, layer: Layer) -> Digest | None:
