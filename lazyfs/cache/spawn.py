@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from lazyfs.cache.layout import socket_path
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
+from providers.reaping import reap_later
 
 START_LOCK = "start.lock"
 LOG_NAME = "daemon.log"
@@ -155,7 +155,7 @@ class Starting:
         self._lock.close()
         if self.pid is not None:
             # Reaped when it ends, so a daemon that dies leaves no zombie here.
-            threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
+            reap_later(self.pid)
             self.pid = None
 
 
@@ -241,11 +241,6 @@ def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
         # A short pause: the daemon answers within a second or two of its start,
         # and a mount waits on it (a status request costs a connect, little more).
         pause = min(pause * 2, 0.05)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 def _last_line(path: Path) -> str:

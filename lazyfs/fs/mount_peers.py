@@ -1,5 +1,5 @@
 """Who is at the other end of the mount server's socket, whether it lives where we do, and
-the processes on either end: this one's umask, whether a child lives, reaping it.
+the processes on either end: this one's umask, whether a child lives.
 
 Imports: the standard library only.
 """
@@ -10,7 +10,6 @@ import contextlib
 import os
 import socket
 import struct
-import threading
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -72,13 +71,3 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-def reap_later(pid: int) -> None:
-    """Reap the child ``pid`` when it ends, in a thread: it leaves no zombie here."""
-    threading.Thread(target=reap, args=(pid,), daemon=True).start()

@@ -51,6 +51,7 @@ from lazyfs.fs.mount_server_wire import code_key as code_key  # callers ask it h
 from providers.errors import BackendError, UsageError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
+from providers.reaping import reap_later
 
 ENV = "LAZYFS_MOUNT_SERVER"
 DIR_NAME = "mount-server"
@@ -270,7 +271,7 @@ def _start_beside(directory: Path, *, ahead: bool = False) -> socket.socket | No
         conn = _connect(directory)  # it may have come up meanwhile
         if conn is not None:
             return conn
-        peers.reap_later(_spawn(directory, lock_fd=lock, first_idle=AHEAD_IDLE if ahead else None))
+        reap_later(_spawn(directory, lock_fd=lock, first_idle=AHEAD_IDLE if ahead else None))
         if ahead:
             _AHEAD.add(directory)
     finally:
@@ -359,7 +360,7 @@ def _start(directory: Path, deadline: float) -> socket.socket:
             raise Unreachable(f"the mount server did not listen within {START_TIMEOUT:g}s")
         time.sleep(pause)
         pause = min(pause * 2, 0.2)
-    peers.reap_later(pid)
+    reap_later(pid)
     return conn
 
 
@@ -369,8 +370,7 @@ def _send(conn: socket.socket, message: Mapping[str, Any], fds: list[int]) -> No
     try:
         # The descriptors ride with the first bytes; the rest follows plainly.
         sent = socket.send_fds(conn, [frame], fds)
-        # Not even an empty send once all is out: the server may have
-        # answered and closed already, and that send would fail (EPIPE).
+        # No empty send once all is out: the server may have closed (EPIPE).
         if sent < len(frame):
             conn.sendall(frame[sent:])
     except OSError as error:

@@ -12,10 +12,10 @@ import fcntl
 import hashlib
 import os
 import sys
-import threading
 from pathlib import Path
 
 from providers.manifest import ImageManifest
+from providers.reaping import reap_later
 
 LOG_NAME = "adopt.log"
 # The autogroup nice value of the process: the least CPU share there is.
@@ -66,7 +66,7 @@ def adopt_later(
     with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/autogroup").write_text(str(NICE))
     # A `lazyfs run` lives as long as its container: no zombie meanwhile.
-    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
+    reap_later(pid)
     return pid
 
 
@@ -102,8 +102,3 @@ def _spawn(argv: list[str], log_dir: Path, lock_fd: int) -> int:
         )
     finally:
         os.close(log_fd)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
