@@ -10,9 +10,32 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from typing import NamedTuple
 
 # (offset in the file, length, offset in the entry's stored data): one data extent.
 Extent = tuple[int, int, int]
+
+
+class FileLayout(NamedTuple):
+    """Where a regular entry's bytes are in the uncompressed tar stream.
+
+    ``size`` is the file's apparent size, holes included.  ``offset`` is where
+    its stored data starts.  ``extents`` is None for an ordinary entry (``size``
+    bytes stored from ``offset``); for a sparse one, its data extents in file
+    order, without overlaps or empty ones, possibly none at all (a file that
+    is one hole); every other byte is a hole.
+    """
+
+    size: int
+    offset: int
+    extents: tuple[Extent, ...] | None = None
+
+    @property
+    def stored(self) -> int:
+        """How many bytes of data the entry stores in the tar stream."""
+        if self.extents is None:
+            return self.size
+        return sum(length for _, length, _ in self.extents)
 
 
 def data_extents(extents: tuple[Extent, ...] | None, size: int) -> tuple[Extent, ...]:

@@ -1,8 +1,9 @@
-"""How far a layer may unpack: ``LayerLimits``, the value every reader of a layer is given.
+"""How far a layer may unpack: ``LayerLimits``, the value every reader of a layer is given,
+and the bounds on one entry (``MAX_ENTRY_SIZE``, ``MAX_XATTR_VALUE_BYTES``).
 
-Apart from ``providers.tar_stream`` (which re-exports it), so that whoever
+Apart from ``providers.tar_stream`` (which re-exports them), so that whoever
 only passes limits on (the CLI, the provisioner, the fuse backend, the mount
-API) loads no tar, gzip, lzma or zstd code.
+API) or reads a layer from its eStargz TOC loads no tar, gzip, lzma or zstd code.
 """
 
 from __future__ import annotations

@@ -32,10 +32,11 @@ from __future__ import annotations
 import re
 import tarfile
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 from providers.errors import bad_entry
 from providers.extents import Extent, data_extents
+from providers.extents import FileLayout as FileLayout  # re-exported: the tar readers' type
 
 BLOCK = tarfile.BLOCKSIZE
 # GNU tar writes one extent per run of data; a map this long is no real file's.
@@ -45,28 +46,6 @@ _MAX_DIGITS = 20
 _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
 # tarfile's reader of numeric header fields (octal or base-256); not in typeshed.
 _nti: Callable[[bytes], int] = tarfile.nti  # type: ignore[attr-defined]
-
-
-class FileLayout(NamedTuple):
-    """Where a regular entry's bytes are in the uncompressed tar stream.
-
-    ``size`` is the file's apparent size, holes included.  ``offset`` is where
-    its stored data starts.  ``extents`` is None for an ordinary entry (``size``
-    bytes stored from ``offset``); for a sparse one, its data extents in file
-    order, without overlaps or empty ones, possibly none at all (a file that
-    is one hole); every other byte is a hole.
-    """
-
-    size: int
-    offset: int
-    extents: tuple[Extent, ...] | None = None
-
-    @property
-    def stored(self) -> int:
-        """How many bytes of data the entry stores in the tar stream."""
-        if self.extents is None:
-            return self.size
-        return sum(length for _, length, _ in self.extents)
 
 
 def checked_extents(

@@ -83,9 +83,10 @@ class EstargzChunks:
         self._blobs = blobs
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._tables: dict[Digest, ChunkTable] = {
-            digest: table for digest, table in (loaded or {}).items() if digest in self._paths
-        }
+        self._tables: dict[Digest, ChunkTable] = dict(loaded or {})
+        for digest, table in self._tables.items():
+            if digest not in self._paths or table.digest != digest:
+                raise ValueError(f"layer {digest}: a chunk table given for no layer, or another's")
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], threading.Event] = {}

@@ -177,8 +177,8 @@ def open_layers(
     ``blobs`` serves the blobs of eStargz layers (``LayerData.chunks``) by
     range: a registry client, the cache daemon's client, or the store for
     local blobs; ValueError when such a layer is given without it.  Opens
-    nothing yet (descriptors, gzip handles and chunk tables are opened on
-    first read), but with ``now`` the files of plain tar layers, whose
+    nothing yet (descriptors, gzip handles and chunk tables not in
+    ``tables`` are opened on first read), but with ``now`` the files of plain tar layers, whose
     reads may then all be answered in the event loop (``ByLayer.open_all``;
     OSError if one cannot be opened). ``tables``: eStargz layers' chunk
     tables in hand, read from their files otherwise.

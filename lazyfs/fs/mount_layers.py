@@ -195,6 +195,6 @@ def remote_layer(
 
 def _held_to(limits: LayerLimits | None, layer: Layer, index: LayerIndex) -> None:
     """BadImage if ``layer`` unpacks (``index.tar_size``) past ``limits``."""
-    from providers.tar_stream import LayerLimits
+    from providers.layer_limits import LayerLimits
 
     (limits or LayerLimits()).check(str(layer.digest), index.tar_size, layer.size)

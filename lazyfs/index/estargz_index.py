@@ -48,12 +48,12 @@ from lazyfs.index.formats import ESTARGZ
 from lazyfs.index.model import IndexEntry, LayerIndex, index_entry
 from providers.digest import Digest
 from providers.errors import BadImage, DigestMismatch, bad_entry
+from providers.extents import FileLayout
 from providers.layer_entry import EntryKind, LayerEntry, classify_fields
 from providers.layer_limits import MAX_ENTRY_SIZE, MAX_XATTR_VALUE_BYTES, LayerLimits
 from providers.layer_rules import Action, classify
 from providers.manifest import Layer
 from providers.source import BlobSource
-from providers.tar_sparse import FileLayout
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def _classify(entry: TocEntry, layer: str) -> LayerEntry:
 def _rows(entry: TocEntry, start: int) -> list[ChunkRow]:
     """The chunks of the file ``entry`` whose bytes start at ``start`` of the data space."""
     name = entry.name
-    # Positional: keywords cost a dataclass's __init__ more, once per chunk.
+    # Positional: keywords cost more, once per chunk.
     return [
         ChunkRow(
             start + c.chunk_offset,

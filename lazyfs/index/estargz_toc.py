@@ -258,6 +258,7 @@ def _entry(fields: _Fields, kind: EntryType, path: RelPath, mtimes: dict[str, in
             fields.integer("size", MAX_FILE_SIZE)
         for key, high in (("mode", _MAX_MODE), ("uid", MAX_ID), ("gid", MAX_ID)):
             fields.integer(key, high)
+        raise AssertionError(f"{fields.name!r}: the checks disagree")  # one of them raised
     mode &= 0o7777
     mtime_ns = _mtime_ns(fields, mtimes)
     xattrs = _xattrs(fields) if fields.raw.get("xattrs") else ()
@@ -342,7 +343,7 @@ class _Reader:
 
 
 def _with_chunks(entry: TocEntry, chunks: tuple[Chunk, ...]) -> TocEntry:
-    """``entry`` with ``chunks``: ``entry._replace``, without its cost per call."""
+    """``entry`` with ``chunks`` (its last field): ``entry._replace``, without its cost."""
     return TocEntry(*entry[:-1], chunks)
 
 

@@ -32,7 +32,7 @@ from providers.layer_entry import EntryKind, LayerEntry
 from providers.layer_rules import Action, RelPath
 
 if TYPE_CHECKING:
-    from providers.tar_sparse import FileLayout
+    from providers.extents import FileLayout
 
 # 2: gzip layers are read through checkpoints (gzip-index), no longer a tar copy.
 # 3: a header line before the entries, so the header reads without them.

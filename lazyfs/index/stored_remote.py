@@ -4,7 +4,8 @@
 and TOC, read through a ``BlobSource`` and checked against the TOC digest
 its descriptor gives, and stores it as ``lazyfs.index.stored.ensure_index``
 stores an index (under an flock, its chunk table first, the index last),
-by layer digest and TOC digest (``lazyfs.index.estargz_store``).
+by layer digest and TOC digest (``lazyfs.index.estargz_store``);
+``ensure_remote_layer`` gives the chunk table it built with it.
 ``unindexed_toc`` says, cheaply, whether it would read a TOC. Blocking.
 """
 
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lazyfs.index.estargz_chunks import loads as load_chunks
 from lazyfs.index.estargz_footer import SUGGESTED_TAIL_SIZE
 from lazyfs.index.formats import ESTARGZ
 from lazyfs.index.model import CHUNKS_NAME, LayerIndex
@@ -97,7 +99,9 @@ def ensure_remote_layer(
 
     A mount reads its layer through that table at once: it need not read
     back the file it has just written. None in its place when the index was
-    stored already (``load_chunk_table`` reads it).
+    stored already (``load_chunk_table`` reads it). A table built here is
+    checked as ``load_chunk_table`` checks one, and refused as BadImage, with
+    nothing stored.
     """
     from lazyfs.index.estargz_index import build_remote_index  # loads the tar rules
 
@@ -115,8 +119,14 @@ def ensure_remote_layer(
         found = load_index(own, digest)
         if found is not None and _remote_usable(own, found, expected):
             return found, None  # another process built it while we waited
-        index, table = build_remote_index(layer, blobs, expected, tail=tail, limits=limits, toc=toc)
-        text = dump_chunks(table).encode()
+        index, built = build_remote_index(layer, blobs, expected, tail=tail, limits=limits, toc=toc)
+        text = dump_chunks(built).encode()
+        # As a later mount loads it: the checks of every stored table (rows in
+        # order, inside the blob, of digests) hold for this mount's reads too.
+        try:
+            table = load_chunks(text.decode())
+        except ValueError as error:
+            raise BadImage(f"layer {digest}: its chunk table: {error}") from None
         index = dataclasses.replace(index, checkpoints_size=len(text))
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from lazyfs.blobs.estargz_reader import EstargzChunks
 from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, dumps, loads
 from providers.digest import Digest
+from tests.support.blob_sources import MemoryBlobs
 
 LAYER = Digest("sha256:" + "1" * 64)
 TOC = Digest("sha256:" + "2" * 64)
@@ -75,3 +78,14 @@ def test_a_damaged_header_refuses_the_table_with_a_value_error(header: dict[str,
         del fields["rows"]
     with pytest.raises(ValueError, match="malformed chunk table"):
         loads(f"{json.dumps(fields)}\n{rows}\n")
+
+
+def test_a_table_in_hand_is_taken_only_for_its_own_layer(tmp_path: Path) -> None:
+    mine, other = Digest("sha256:" + "1" * 64), Digest("sha256:" + "2" * 64)
+    table = ChunkTable(other, Digest("sha256:" + "3" * 64), 100, ())
+    with pytest.raises(ValueError, match="another's"):
+        EstargzChunks({mine: tmp_path / "chunks"}, MemoryBlobs({}), loaded={mine: table})
+    with pytest.raises(ValueError, match="no layer"):
+        EstargzChunks({mine: tmp_path / "chunks"}, MemoryBlobs({}), loaded={other: table})
+    kept = EstargzChunks({other: tmp_path / "absent"}, MemoryBlobs({}), loaded={other: table})
+    assert kept.read_range(other, 0, 10) == b""  # the file named is never read

@@ -53,8 +53,28 @@ NOT_FOR_THE_MOUNT_PROCESS = {
     "lazyfs.fs.debug",
 }
 NOT_FOR_STORED_INDEXES = {"tarfile", "providers.tar_stream", "providers.tar_sparse", "zstandard"}
+# Reading through gzip checkpoints (indexed_gzip, which also reads package metadata at import).
+NOT_FOR_PLAIN_TAR = {"indexed_gzip", "lazyfs.index.gzip_checkpoints"}
 NOT_LOADED = (
-    NOT_FOR_LOCAL_LAYERS | NOT_FOR_READ_ONLY | NOT_FOR_STORED_INDEXES | NOT_FOR_THE_MOUNT_PROCESS
+    NOT_FOR_LOCAL_LAYERS
+    | NOT_FOR_READ_ONLY
+    | NOT_FOR_STORED_INDEXES
+    | NOT_FOR_THE_MOUNT_PROCESS
+    | NOT_FOR_PLAIN_TAR
+)
+# What a mount of eStargz layers (remote, read through the daemon) imports on
+# its way, each where it first needs it: no tar parser, no gzip checkpoints.
+LAZY_PATH = (
+    "lazyfs.fs.mount_main",
+    "lazyfs.fs.mount_layers",
+    "lazyfs.fs.predict_toc",
+    "lazyfs.fs.predict_libs",
+    "lazyfs.cache.client",
+    "lazyfs.blobs.gzip_remote",
+    "lazyfs.blobs.estargz_reader",
+    "lazyfs.index.estargz_store",
+    "lazyfs.index.stored_remote",
+    "lazyfs.index.estargz_index",
 )
 
 # Every module of lazyfs and providers such a start loads, each needed by it:
@@ -79,7 +99,6 @@ START_MODULES = {
     "lazyfs.index.model",
     "lazyfs.index.stored",
     "lazyfs.index.formats",
-    "lazyfs.index.gzip_checkpoints",
     "lazyfs.index.estargz_footer",  # the stored index's tail size; no eStargz code
     # Loaded by lazyfs.index.stored for indexes published beside an image; a
     # local layer's start uses neither: a candidate to load only when asked.
@@ -192,3 +211,11 @@ def test_the_check_can_see_a_module_loaded(tmp_path: Path) -> None:
     modules = loaded(code, str(store.root), *(layer_arg(layer) for layer in layers))
     assert "lazyfs.fs.writable" in unwanted(modules)
     assert "lazyfs.fs.writable" in unlisted(modules)
+
+
+def test_a_lazy_mount_loads_no_tar_parser_or_gzip_checkpoints() -> None:
+    code = f"import sys, {', '.join(LAZY_PATH)}; print('\\n'.join(sys.modules))"
+    modules = loaded(code)
+    assert "lazyfs.index.estargz_index" in modules
+    heavy = NOT_FOR_STORED_INDEXES | NOT_FOR_PLAIN_TAR
+    assert sorted(m for m in modules if m.split(".")[0] in heavy or m in heavy) == []
