@@ -219,3 +219,10 @@ def test_a_lazy_mount_loads_no_tar_parser_or_gzip_checkpoints() -> None:
     assert "lazyfs.index.estargz_index" in modules
     heavy = NOT_FOR_STORED_INDEXES | NOT_FOR_PLAIN_TAR
     assert sorted(m for m in modules if m.split(".")[0] in heavy or m in heavy) == []
+
+
+def test_the_mount_process_reads_no_package_metadata() -> None:
+    """pyfuse3 as scripts/setup builds it (patch 0005) takes its version from a file."""
+    modules = loaded("import sys, lazyfs.fs.mount_main; print('\\n'.join(sys.modules))")
+    assert "pyfuse3" in modules
+    assert "importlib.metadata" not in modules
