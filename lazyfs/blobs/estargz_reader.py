@@ -65,7 +65,8 @@ class EstargzChunks:
 
     ``tables`` maps each layer digest to its chunk table file
     (``LayerData.path`` of an eStargz layer), read on the layer's first read
-    unless ``loaded`` holds the table already (the mount that built it).
+    unless ``loaded`` holds the table already (the mount that built it;
+    ValueError for a table of a layer not in ``tables``, or of another layer).
     ``blobs`` serves the layers' blobs by range (a registry, the cache
     daemon, the store); it is trusted with nothing: every chunk is checked.
     ``fetches`` counts the chunks read from it.
@@ -85,8 +86,10 @@ class EstargzChunks:
         self._lock = threading.Lock()
         self._tables: dict[Digest, ChunkTable] = dict(loaded or {})
         for digest, table in self._tables.items():
-            if digest not in self._paths or table.digest != digest:
-                raise ValueError(f"layer {digest}: a chunk table given for no layer, or another's")
+            if digest not in self._paths:
+                raise ValueError(f"a chunk table given for {digest}, which is not read here")
+            if table.digest != digest:
+                raise ValueError(f"layer {digest}: the chunk table given is {table.digest}'s")
         self._kept: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], threading.Event] = {}

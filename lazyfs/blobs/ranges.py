@@ -178,14 +178,17 @@ def open_layers(
     range: a registry client, the cache daemon's client, or the store for
     local blobs; ValueError when such a layer is given without it.  Opens
     nothing yet (descriptors, gzip handles and chunk tables not in
-    ``tables`` are opened on first read), but with ``now`` the files of plain tar layers, whose
-    reads may then all be answered in the event loop (``ByLayer.open_all``;
-    OSError if one cannot be opened). ``tables``: eStargz layers' chunk
-    tables in hand, read from their files otherwise.
+    ``tables`` are opened on first read), but with ``now`` the files of
+    plain tar layers, whose reads may then all be answered in the event loop
+    (``ByLayer.open_all``; OSError if one cannot be opened). ``tables``:
+    eStargz layers' chunk tables in hand, read from their files otherwise
+    (ValueError for one that is not an eStargz layer's of ``layers``).
     """
     chunked = {digest: data.path for digest, data in layers.items() if data.chunks}
     if chunked and blobs is None:
         raise ValueError(f"eStargz layers {', '.join(sorted(chunked))} need a blob source")
+    if strays := sorted(set(tables or ()) - set(chunked)):
+        raise ValueError(f"chunk tables given for {', '.join(strays)}, no eStargz layer here")
     plain = {d: data for d, data in layers.items() if not data.chunks}
     tars = LocalTars({d: data.path for d, data in plain.items() if data.checkpoints is None})
     readers: dict[Digest, TarRangeReader] = dict.fromkeys(plain, tars)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from lazyfs.cache.client import CacheClient
     from lazyfs.cache.remote import RemoteOrigin
     from lazyfs.index.estargz_toc import Toc
-    from providers.tar_stream import LayerLimits
+    from providers.layer_limits import LayerLimits
 
 
 @dataclass(frozen=True)

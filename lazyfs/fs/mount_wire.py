@@ -29,7 +29,7 @@ from providers.manifest import Layer
 
 if TYPE_CHECKING:
     from lazyfs.cache.remote import RemoteOrigin
-    from providers.tar_stream import LayerLimits
+    from providers.layer_limits import LayerLimits
 
 # The mount process's answers on its ready pipe (``lazyfs.fs.mount`` says when each comes).
 INDEXED = b"indexed\n"
@@ -182,6 +182,6 @@ def mount_limits(args: argparse.Namespace) -> LayerLimits | None:
     given = {key: value for key, value in given.items() if value is not None}
     if not given:
         return None
-    from providers.tar_stream import LayerLimits
+    from providers.layer_limits import LayerLimits
 
     return LayerLimits(**given)

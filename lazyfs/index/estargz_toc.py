@@ -258,7 +258,8 @@ def _entry(fields: _Fields, kind: EntryType, path: RelPath, mtimes: dict[str, in
             fields.integer("size", MAX_FILE_SIZE)
         for key, high in (("mode", _MAX_MODE), ("uid", MAX_ID), ("gid", MAX_ID)):
             fields.integer(key, high)
-        raise AssertionError(f"{fields.name!r}: the checks disagree")  # one of them raised
+        # Unreachable: the checks above test what the combined one does.
+        raise AssertionError(f"{fields.name!r}: the integer checks disagree")
     mode &= 0o7777
     mtime_ns = _mtime_ns(fields, mtimes)
     xattrs = _xattrs(fields) if fields.raw.get("xattrs") else ()

@@ -39,7 +39,7 @@ from providers.source import BlobSource
 if TYPE_CHECKING:
     from lazyfs.index.estargz_chunks import ChunkTable
     from lazyfs.index.estargz_toc import Toc
-    from providers.tar_stream import LayerLimits
+    from providers.layer_limits import LayerLimits
 
 
 def ensure_remote_index(
@@ -120,11 +120,12 @@ def ensure_remote_layer(
         if found is not None and _remote_usable(own, found, expected):
             return found, None  # another process built it while we waited
         index, built = build_remote_index(layer, blobs, expected, tail=tail, limits=limits, toc=toc)
-        text = dump_chunks(built).encode()
+        dumped = dump_chunks(built)
+        text = dumped.encode()
         # As a later mount loads it: the checks of every stored table (rows in
         # order, inside the blob, of digests) hold for this mount's reads too.
         try:
-            table = load_chunks(text.decode())
+            table = load_chunks(dumped)
         except ValueError as error:
             raise BadImage(f"layer {digest}: its chunk table: {error}") from None
         index = dataclasses.replace(index, checkpoints_size=len(text))

@@ -83,9 +83,9 @@ def test_a_damaged_header_refuses_the_table_with_a_value_error(header: dict[str,
 def test_a_table_in_hand_is_taken_only_for_its_own_layer(tmp_path: Path) -> None:
     mine, other = Digest("sha256:" + "1" * 64), Digest("sha256:" + "2" * 64)
     table = ChunkTable(other, Digest("sha256:" + "3" * 64), 100, ())
-    with pytest.raises(ValueError, match="another's"):
+    with pytest.raises(ValueError, match=f"the chunk table given is {other}'s"):
         EstargzChunks({mine: tmp_path / "chunks"}, MemoryBlobs({}), loaded={mine: table})
-    with pytest.raises(ValueError, match="no layer"):
+    with pytest.raises(ValueError, match=f"given for {other}, which is not read here"):
         EstargzChunks({mine: tmp_path / "chunks"}, MemoryBlobs({}), loaded={other: table})
     kept = EstargzChunks({other: tmp_path / "absent"}, MemoryBlobs({}), loaded={other: table})
     assert kept.read_range(other, 0, 10) == b""  # the file named is never read

@@ -417,3 +417,25 @@ def test_a_damaged_chunk_table_is_eio_never_misread(store: Store) -> None:
     with pytest.raises(OSError) as caught:
         chunks.read_range(Digest(index.digest), 0, 10)
     assert caught.value.errno == errno.EIO
+
+
+def test_a_built_chunk_table_is_checked_as_a_stored_one_and_nothing_is_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row the stored table's checks refuse (past the blob) is refused at build too."""
+    from lazyfs.index import estargz_index
+    from lazyfs.index.stored_remote import ensure_remote_layer
+
+    blob = write_estargz(FILES)
+    built = estargz_index.build_remote_index
+
+    def past_the_blob(*args: Any, **kwargs: Any) -> Any:
+        index, table = built(*args, **kwargs)
+        last = table.rows[-1]._replace(end=table.blob_size + 1)
+        return index, dataclasses.replace(table, rows=(*table.rows[:-1], last))
+
+    monkeypatch.setattr(estargz_index, "build_remote_index", past_the_blob)
+    layer = layer_of(blob)
+    with pytest.raises(BadImage, match="chunk table"):
+        ensure_remote_layer(store.layers, store.tmp, layer, MemoryBlobs({layer.digest: blob.data}))
+    assert load_index(home(store, blob), layer.digest) is None
