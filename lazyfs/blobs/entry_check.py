@@ -28,7 +28,6 @@ import errno
 import io
 import itertools
 import logging
-import tarfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -36,7 +35,6 @@ from typing import NamedTuple
 from lazyfs.index.model import IndexEntry, Kind, index_entry
 from providers.errors import LazyfsError
 from providers.layer_entry import EntryKind, classify_member
-from providers.tar_stream import CheckedTarInfo, file_layout
 
 log = logging.getLogger(__name__)
 BLOCK = 512
@@ -137,6 +135,8 @@ class EntryCheck:
 
     def _compare(self, entry: IndexEntry, start: int) -> str | None:
         """None when the member whose data is at ``entry.offset`` gives ``entry``, else why not."""
+        import tarfile  # loaded only when a file is checked: see _member_entry
+
         name = "/".join(entry.path)[:200]
         try:
             found = _member_entry(self.layer, self._read, start, entry.offset)
@@ -153,6 +153,12 @@ def _member_entry(
     layer: str, read: Callable[[int, int], bytes], start: int, data: int
 ) -> IndexEntry | None:
     """The entry the scan makes of the member whose data is at ``data``, parsed from ``start``."""
+    # Here, not at the top: a mount of eStargz layers loads this module (through
+    # lazyfs.blobs.gzip_remote) and has no use for the tar parsers.
+    import tarfile
+
+    from providers.tar_stream import CheckedTarInfo, file_layout
+
     stream = _StreamAt(read, start)
     archive = tarfile.open(fileobj=stream, mode="r:", tarinfo=CheckedTarInfo)  # noqa: SIM115
     while (member := archive.next()) is not None:

@@ -52,8 +52,8 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from lazyfs.blobs.entry_check import EntryCheck
 from lazyfs.blobs.gzip_inflate import inflate_from
 from lazyfs.blobs.inflated import Kept, read_intervals
 from lazyfs.blobs.published_ahead import (
@@ -79,9 +79,6 @@ from providers.errors import BadImage, LazyfsError
 from providers.manifest import Layer
 from providers.source import BlobSource
 
-if TYPE_CHECKING:
-    from lazyfs.blobs.entry_check import EntryCheck
-
 DEFAULT_KEEP_BYTES = 32 << 20
 log = logging.getLogger(__name__)
 
@@ -100,16 +97,10 @@ class PublishedLayers:
     ) -> None:
         self._layers = dict(layers)
         # Files are held to their tar headers only for layers whose entries are given.
-        self._checks: dict[Digest, EntryCheck] = {}
-        if entries:
-            # Here, not at the top: the header checks load the tar parsers, which a
-            # mount of eStargz layers (that imports this module) has no use for.
-            from lazyfs.blobs.entry_check import EntryCheck
-
-            self._checks = {
-                digest: EntryCheck(str(digest), self._reader(digest), loader)
-                for digest, loader in entries.items()
-            }
+        self._checks = {
+            digest: EntryCheck(str(digest), self._reader(digest), loader)
+            for digest, loader in (entries or {}).items()
+        }
         self._blobs = blobs
         self._lock = threading.Lock()
         self.spans = Spans(max_bytes)  # verified, kept a while
