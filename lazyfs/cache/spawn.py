@@ -41,6 +41,11 @@ from providers.reaping import reap_later
 START_LOCK = "start.lock"
 LOG_NAME = "daemon.log"
 START_TIMEOUT = 30.0
+# How often a start is looked at (the lock, the cache's owner, an answer): a
+# lazy mount waits on each, so the pause is latency on its start. A look
+# costs a system call or two, a few hundred over a start of some tenths of
+# a second.
+POLL = 0.005
 
 
 @dataclass(frozen=True)
@@ -136,15 +141,13 @@ class Starting:
         it, rather than start another. Never raises.
         """
         try:
-            pause = 0.01
             while self.pid is not None and time.monotonic() < self._deadline:
                 if _owned(self.spec.cache_dir):
                     break
                 if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
                     self.pid = None  # exited at start, reaped: a later caller starts another
                     break
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+                time.sleep(POLL)
         except ChildProcessError:
             self.pid = None
         finally:
@@ -177,7 +180,9 @@ def start_daemon(spec: DaemonSpec) -> Starting | None:
         return None
     deadline = time.monotonic() + spec.timeout
     lock = contextlib.ExitStack()
-    lock.enter_context(exclusive_lock_until(spec.cache_dir / START_LOCK, deadline, BackendError))
+    lock.enter_context(
+        exclusive_lock_until(spec.cache_dir / START_LOCK, deadline, BackendError, pause=POLL)
+    )
     try:
         if answers(spec.cache_dir):
             lock.close()
@@ -226,7 +231,6 @@ def _spawn(spec: DaemonSpec) -> int:
 
 
 def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
-    pause = 0.02
     while not answers(spec.cache_dir):
         if pid is not None and os.waitpid(pid, os.WNOHANG)[0] == pid:
             raise _Exited(
@@ -237,10 +241,7 @@ def _wait_answering(spec: DaemonSpec, pid: int | None, deadline: float) -> None:
                 f"the cache daemon at {spec.cache_dir} did not answer within {spec.timeout:g}s"
                 f" (see {spec.cache_dir / LOG_NAME})"
             )
-        time.sleep(pause)
-        # A short pause: the daemon answers within a second or two of its start,
-        # and a mount waits on it (a status request costs a connect, little more).
-        pause = min(pause * 2, 0.05)
+        time.sleep(POLL)  # a status request costs a connect, little more
 
 
 def _last_line(path: Path) -> str:
