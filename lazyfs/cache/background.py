@@ -69,11 +69,9 @@ from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.values import BlobInfo, BlobKind, Origin
-from providers.diff_id import DiffIdChecker
 from providers.digest import Digest, algorithm
 from providers.errors import BadImage, DigestMismatch, LazyfsError
 from providers.source import BlobSource
-from providers.tar_stream import LayerLimits
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +271,10 @@ class Backgrounds:
         hasher = hashlib.new(algorithm(job.digest))
         # Bounded by the size read, not the one the image says, so that a
         # claim cannot make good bytes look like a bomb.
+        # Loaded by the first check, not at the daemon's start: the decompressors and tar parsers.
+        from providers.diff_id import DiffIdChecker
+        from providers.layer_limits import LayerLimits
+
         checker = DiffIdChecker(None, what, LayerLimits().bound(sum(lengths)))
         size = 0
         unpacks: str | None = None

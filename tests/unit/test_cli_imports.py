@@ -73,6 +73,10 @@ NOT_FOR_THE_DAEMON = {
     "backends.fuse",
     "backends.apply",
     "backends.extracted",
+    # Checks of a layer the daemon has whole load them, not its start.
+    "providers.diff_id",
+    "providers.tar_stream",
+    "isal",
 }
 
 # The command on ``sys.argv[2:]``, as ``python -m lazyfs`` runs it; what it
