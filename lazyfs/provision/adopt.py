@@ -46,6 +46,12 @@ The process:
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Before anything loads trio: its import would run ``ldconfig -p`` (see there).
+    from providers.shared_libs import install
+
+    install()
+
 import argparse
 import contextlib
 import json
