@@ -7,7 +7,8 @@ trio calls it once as it is imported, for ``"pthread"``
 ``ctypes.CDLL`` and looks up ``pthread_setname_np``, to name its worker
 threads; with no answer it tries ``libc.so``, and with no library it names
 no threads). So every lazyfs process that loads trio (the CLI, the cache
-daemon, the mount server and each mount process) paid a subprocess at start.
+daemon, the mount server, each mount process and the process that adopts a
+lazy start's layers) paid a subprocess at start.
 
 glibc's sonames are part of its ABI: ``libc.so.6``, ``libpthread.so.0``
 and the rest have been those since glibc 2.1. ``find_library`` here answers

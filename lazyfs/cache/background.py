@@ -269,12 +269,12 @@ class Backgrounds:
         keys = [ChunkKey(job.digest, index) for index in range(count)]
         lengths = [self.cache.length(key) or 0 for key in keys]
         hasher = hashlib.new(algorithm(job.digest))
-        # Bounded by the size read, not the one the image says, so that a
-        # claim cannot make good bytes look like a bomb.
         # Loaded by the first check, not at the daemon's start: the decompressors and tar parsers.
         from providers.diff_id import DiffIdChecker
         from providers.layer_limits import LayerLimits
 
+        # Bounded by the size read, not the one the image says, so that a
+        # claim cannot make good bytes look like a bomb.
         checker = DiffIdChecker(None, what, LayerLimits().bound(sum(lengths)))
         size = 0
         unpacks: str | None = None

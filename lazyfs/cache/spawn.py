@@ -42,9 +42,9 @@ START_LOCK = "start.lock"
 LOG_NAME = "daemon.log"
 START_TIMEOUT = 30.0
 # How often a start is looked at (the lock, the cache's owner, an answer): a
-# lazy mount waits on each, so the pause is latency on its start. A look
-# costs a system call or two, a few hundred over a start of some tenths of
-# a second.
+# lazy mount waits on each, so the pause is latency on its start. A look is
+# a flock, a stat or a refused connect, or once the daemon listens, one
+# status request: some hundred looks over a start of a few tenths of a second.
 POLL = 0.005
 
 

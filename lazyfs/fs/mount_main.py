@@ -70,13 +70,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lazyfs.fs.mount")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# How long a thread holds the GIL while another waits for it: half a
-# millisecond, not CPython's 5 ms. The main thread indexes and then serves;
-# the threads beside it (the one that asks for the program's libraries once
-# its ELF headers are in, a trace's replay, the workers that read chunks)
-# take the GIL back after each read they wait on, and each such turn cost up
-# to 5 ms: the libraries were asked for 0.18 s after the program's bytes were
-# in, 0.1 s with this, after the container had begun to load them itself.
+# How long a thread holds the GIL while another waits for it, for the mount
+# process's whole life: half a millisecond, not CPython's 5 ms. The main
+# thread indexes and then serves; the threads beside it (the one that asks
+# for the program's libraries once its ELF headers are in, a trace's replay,
+# the workers that read chunks while it serves) take the GIL back after each
+# read they wait on, and each such turn cost up to 5 ms: the libraries were
+# asked for 0.18 s after the program's bytes were in, 0.1 s with this. A
+# switch costs microseconds, and only when a thread waits.
 SWITCH_INTERVAL = 0.0005
 
 

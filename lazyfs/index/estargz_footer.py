@@ -27,8 +27,12 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from providers.errors import BadImage
+
+if TYPE_CHECKING:
+    from isal.isal_zlib import Decompress
 
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
@@ -128,12 +132,10 @@ def inflate_member(data: bytes, *, limit: int, what: str) -> bytes:
     ``limit`` bytes, is corrupt, or does not end within ``data``.  Bytes after
     the member are ignored.
     """
-    from isal import isal_zlib  # loaded by eStargz reads alone (see ``inflate_prefix``)
-
-    inflater = isal_zlib.decompressobj(wbits=31)
+    inflater, isal_error = _isal_inflater()
     try:
         out = inflater.decompress(data, limit + 1)
-    except isal_zlib.error as error:
+    except isal_error as error:
         raise BadImage(f"{what} is not a valid gzip member: {error}") from error
     if len(out) > limit:
         raise BadImage(f"{what} inflates to more than {limit} bytes")
@@ -153,9 +155,17 @@ def inflate_prefix(data: bytes, length: int) -> bytes:
     is read whole to serve any byte of it, as a program starts. Loaded
     here, not with the module, which a mount of local layers loads too.
     """
-    from isal import isal_zlib
-
+    inflater, isal_error = _isal_inflater()
     try:
-        return isal_zlib.decompressobj(wbits=31).decompress(data, length)
-    except isal_zlib.error as error:
+        return inflater.decompress(data, length)
+    except isal_error as error:
         raise zlib.error(str(error)) from None
+
+
+def _isal_inflater() -> tuple[Decompress, type[Exception]]:
+    """A gzip member's inflater from ISA-L, and the class of the errors it raises."""
+    from isal import isal_zlib  # loaded by eStargz reads alone (see ``inflate_prefix``)
+
+    # isal's stubs declare its error class as an instance of Exception.
+    error: type[Exception] = isal_zlib.error  # type: ignore[assignment]
+    return isal_zlib.decompressobj(wbits=31), error
