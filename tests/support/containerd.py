@@ -149,8 +149,32 @@ def export_layout(containerd: Containerd, ref: str, out: Path) -> Path:
         containerd.ctr("images", "export", archive, ref)
         out.mkdir(parents=True)
         with tarfile.open(archive) as tar:
-            tar.extractall(out, filter="data")
+            for member in tar:
+                _extract_plain(tar, member, out)
     return out
+
+
+def _extract_plain(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path) -> None:
+    """Extract ``member`` of an image archive under ``out``: a directory or a regular file.
+
+    Written out here, not by ``extractall(filter="data")``: Debian's Python
+    3.11.2 predates that filter. An archive holds nothing else; any other
+    member, or a name that leaves ``out``, fails the test.
+    """
+    parts = Path(member.name).parts
+    if not parts or Path(member.name).is_absolute() or ".." in parts:
+        raise ValueError(f"image archive member {member.name!r} leaves its directory")
+    path = out.joinpath(*parts)
+    if member.isdir():
+        path.mkdir(parents=True, exist_ok=True)
+    elif member.isfile():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None
+        with source, path.open("xb") as target:
+            shutil.copyfileobj(source, target)
+    else:
+        raise ValueError(f"image archive member {member.name!r} is not a file or directory")
 
 
 def push(containerd: Containerd, ref: str, dest: str) -> None:
