@@ -177,6 +177,26 @@ def _extract_plain(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path) -> 
         raise ValueError(f"image archive member {member.name!r} is not a file or directory")
 
 
+# Tries of one push. Debian's containerd 1.6 has once, in a CI run, cut the
+# stream of a blob that ``ctr`` pushed from its content store ("rpc error:
+# code = Internal desc = unexpected EOF"); some 150 pushes here, 55 of
+# them on a machine loaded three times over, never did. A push is
+# idempotent: what the registry has is not sent again.
+PUSH_TRIES = 3
+
+
 def push(containerd: Containerd, ref: str, dest: str) -> None:
-    """Push image ``ref`` to ``dest`` (``127.0.0.1:PORT/name:tag``) over plain HTTP."""
-    containerd.ctr("images", "push", "--plain-http", dest, ref)
+    """Push image ``ref`` to ``dest`` (``127.0.0.1:PORT/name:tag``) over plain HTTP.
+
+    Only that cut stream is tried again; any other failure, or the same one
+    ``PUSH_TRIES`` times, fails the fixture with every try's error.
+    """
+    errors: list[str] = []
+    while True:
+        try:
+            containerd.ctr("images", "push", "--plain-http", dest, ref)
+            return
+        except RuntimeError as error:
+            errors.append(str(error))
+            if "unexpected EOF" not in str(error) or len(errors) == PUSH_TRIES:
+                raise RuntimeError("\n".join(errors)) from None
