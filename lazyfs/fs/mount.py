@@ -185,6 +185,12 @@ def mount(
                 from lazyfs.cache.tails import ask_tails  # loaded by lazy mounts only
 
                 ask_tails(daemon.cache_dir, store, layers, origins, _toc_start)
+                if remote is not None:
+                    from lazyfs.fs.predict_published import ask_published_program
+
+                    ask_published_program(
+                        daemon.cache_dir, store, layers, origins, remote.executable
+                    )
             answer = _read_answer(read_end, timeout)
         except BaseException:
             # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.

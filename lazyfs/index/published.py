@@ -28,6 +28,7 @@ registry's manifest).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -107,6 +108,40 @@ def store_published(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> 
     write_atomic(home / SPANS_NAME, json.dumps(spans).encode(), mode=0o644)
     write_atomic(home / INDEX_NAME, dumps(artifact.index).encode(), mode=0o644)
     return where
+
+
+def keep_here(layer: Layer, blob: Digest, artifact: LayerArtifact) -> None:
+    """Hold ``artifact`` (of index blob ``blob``, checked, kept in the store) in this process
+    for ``take_kept``: the start that kept it asks for its program from it, then takes it.
+
+    Held until taken or ``forget_kept``: a provision keeps the indexes of one image, and
+    the start of its mount takes or forgets them all.
+    """
+    data = PublishedData(
+        artifact.points or None, artifact.spans, artifact.layer_size, artifact.index.tar_size,
+        artifact.windows, artifact.windows_size,
+    )  # fmt: skip
+    with _HERE_LOCK:
+        _HERE[(layer.digest, blob)] = (artifact.index, data)
+
+
+def take_kept(layer: Layer) -> tuple[LayerIndex, PublishedData] | None:
+    """The index ``layer``'s descriptor names and its data, if this process kept it
+    (``keep_here``), no longer held; else None."""
+    blob = index_blob(layer)
+    with _HERE_LOCK:
+        return None if blob is None else _HERE.pop((layer.digest, blob), None)
+
+
+def forget_kept() -> None:
+    """Let go of every index ``keep_here`` holds."""
+    with _HERE_LOCK:
+        _HERE.clear()
+
+
+# What ``keep_here`` holds, by (layer, index blob); kept by several threads at once.
+_HERE: dict[tuple[Digest, Digest], tuple[LayerIndex, PublishedData]] = {}
+_HERE_LOCK = threading.Lock()
 
 
 def _row(span: Span) -> tuple[int, int, str]:

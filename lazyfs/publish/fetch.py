@@ -39,7 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lazyfs.index.artifact import ARTIFACT_TYPE, decode
 from lazyfs.index.artifact_manifest import artifact_layers
-from lazyfs.index.published import check_artifact_layer, load_published, store_published
+from lazyfs.index.published import (
+    check_artifact_layer,
+    keep_here,
+    load_published,
+    store_published,
+)
 from lazyfs.publish.listing import CREATED, Listing, list_image, newest_first
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
@@ -196,3 +201,4 @@ def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> N
         artifact = decode(data, layer=layer.digest)
         check_artifact_layer(artifact, layer)
         store_published(store.layers, blob.digest, artifact)
+        keep_here(layer, blob.digest, artifact)  # for the start to ask for its program from
