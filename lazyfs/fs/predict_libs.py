@@ -25,6 +25,7 @@ import itertools
 import logging
 import stat
 import threading
+from collections.abc import Callable, Sequence
 
 from lazyfs.blobs.trace_run import unrecorded
 from lazyfs.fs.elf_deps import elf_deps
@@ -35,6 +36,7 @@ from lazyfs.tree.merge import InodeNo
 from providers.digest import Digest
 
 log = logging.getLogger(__name__)
+Need = tuple[Digest, int, int]  # a range of a blob to ask for: (blob, offset, length)
 
 
 def ask_libraries_soon(tree: TocTree, program: TocNode, blobs: Prefetcher) -> None:
@@ -57,10 +59,30 @@ def _logged(tree: TocTree, program: TocNode, blobs: Prefetcher) -> None:
 def ask_libraries(tree: TocTree, program: TocNode, blobs: Prefetcher) -> int:
     """Ask ``blobs`` for the interpreter and libraries the ELF file ``program`` of ``tree``
     needs; how many files were asked for. Blocking: it reads the program's headers."""
+    inflated: dict[int, bytes] = {}  # the program's chunks, each inflated once
+
+    def read(offset: int, length: int) -> bytes:
+        return file_bytes(program, blobs, offset, length, inflated)
+
+    def needs(node: TocNode) -> list[Need]:
+        span = file_span(node)
+        return [] if span is None else [span]
+
+    return ask_loaded(tree, read, needs, blobs)
+
+
+def ask_loaded(
+    tree: TocTree,
+    read: Callable[[int, int], bytes],
+    needs: Callable[[TocNode], Sequence[Need]],
+    blobs: Prefetcher,
+) -> int:
+    """Ask ``blobs`` for what the ELF file that ``read`` reads (checked bytes at an offset)
+    loads, found in ``tree``: ``needs`` of each file, the ranges reading it takes. How many
+    files were asked for; bounded as ``ask_libraries`` says."""
     steps = itertools.count()
     asked: set[tuple[Digest, int]] = set()
     left = MAX_BYTES  # for all the files asked for, as the mount's read-ahead has it
-    inflated: dict[int, bytes] = {}  # the program's chunks, each inflated once
 
     def spend() -> bool:
         return next(steps) < MAX_STEPS
@@ -70,18 +92,18 @@ def ask_libraries(tree: TocTree, program: TocNode, blobs: Prefetcher) -> int:
         node = None if found is None else tree.inode(found)
         if node is None or not stat.S_ISREG(node.mode) or len(asked) >= MAX_FILES:
             return
-        span = file_span(node)
-        if span is not None and (span[0], span[1]) not in asked and left > 0:
-            asked.add((span[0], span[1]))
-            length = min(span[2], left)
-            left -= length
-            blobs.prefetch(span[0], span[1], length)
+        ranges = needs(node)
+        if ranges and (ranges[0][0], ranges[0][1]) not in asked and left > 0:
+            asked.add((ranges[0][0], ranges[0][1]))
+            for blob, offset, length in ranges:
+                if left <= 0:
+                    break
+                length = min(length, left)
+                left -= length
+                blobs.prefetch(blob, offset, length)
 
     def interp(path: bytes) -> None:
         ask(resolve(tree, path, spend))
-
-    def read(offset: int, length: int) -> bytes:
-        return file_bytes(program, blobs, offset, length, inflated)
 
     deps = elf_deps(read, interp)
     if deps is not None:

@@ -11,7 +11,11 @@ process that starts it, which still holds them (``take_kept``). So
 union of the layers' entries, with the files nearly every start reads
 (``STARTUP_FILES``), and has the daemon fetch what inflating each reads:
 the spans of its intervals and their windows. The mount process finds them
-cached or in flight.
+cached or in flight. Then a thread reads the program's ELF headers through
+the daemon as they arrive (each span checked against its digest, as the
+mount checks it) and asks for its interpreter and libraries
+(``lazyfs.fs.predict_libs.ask_loaded``), as an eStargz mount does while it
+indexes: before the mount serves, not after.
 
 Every window of those intervals is asked for, not just the first: the
 mount's reader inflates an interval from the one before's tail only when
@@ -29,15 +33,25 @@ program, or hold an earlier one on the PATH. Blocking.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from lazyfs.blobs.inflated import interval
-from lazyfs.blobs.published_ahead import interval_needs, merged, on_grid, reads_windows
+from lazyfs.blobs.published_ahead import Need, interval_needs, merged, on_grid, reads_windows
 from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.fs.predict import MAX_FILE_BYTES
-from lazyfs.fs.predict_toc import STARTUP_FILES, TocNode, TocTree, find_file, find_program
+from lazyfs.fs.predict_toc import (
+    STARTUP_FILES,
+    Prefetcher,
+    TocNode,
+    TocTree,
+    find_file,
+    find_program,
+)
 from lazyfs.index.estargz_toc import EntryType, Toc, TocEntry
 from lazyfs.index.model import IndexEntry, Kind, LayerIndex
 from lazyfs.index.published import PublishedData, forget_kept, load_published, take_kept
@@ -63,6 +77,32 @@ _TYPES = {
 _Published = tuple[dict[RelPath, IndexEntry], PublishedData]
 
 
+class Client(Prefetcher, Protocol):
+    """The cache daemon's client (``lazyfs.cache.client.CacheClient``), as used here."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a start from published indexes asks for first.
+
+    ``needs``: the ranges (of the layers and of their windows blobs, merged)
+    that inflating the program and ``STARTUP_FILES`` reads; ``data``: each
+    layer's published data; ``tree`` the union of the layers' entries, and
+    ``program`` in it (None when no candidate is one).
+    """
+
+    needs: list[Need]
+    data: dict[Digest, PublishedData]
+    tree: TocTree
+    program: TocNode | None
+    found: dict[Digest, _Published]
+
+    def file_needs(self, node: TocNode) -> list[Need]:
+        return _needs(node, self.found)
+
+
 def ask_published_program(
     cache_dir: Path,
     store: Path,
@@ -74,36 +114,27 @@ def ask_published_program(
 
     ``layers`` are the mount's, bottom first; 0 and nothing asked unless
     each is remote (``origins``) with its published index kept in ``store``.
-    This process holds no index ``keep_here`` held afterwards.
+    What the program loads is asked for by a thread, once its headers are in
+    (``lazyfs.fs.predict_libs.ask_loaded``). This process holds no index
+    ``keep_here`` held afterwards.
     """
     try:
-        return _ask_program(cache_dir, store, layers, origins, executable)
+        if any(layer.digest not in origins for layer in layers):
+            return 0
+        plan = program_plan(store / "layers", layers, executable)
+        if plan is None or not plan.needs:
+            return 0
+        return _ask(cache_dir, layers, origins, plan)
     finally:
         forget_kept()
 
 
-def _ask_program(
-    cache_dir: Path,
-    store: Path,
-    layers: Sequence[Layer],
-    origins: Mapping[Digest, RemoteOrigin],
-    executable: Sequence[str],
-) -> int:
-    if any(layer.digest not in origins for layer in layers):
-        return 0
-    found = program_needs(store / "layers", layers, executable)
-    if found is None or not found[1]:
-        return 0
-    return _ask(cache_dir, layers, origins, *found)
-
-
-def program_needs(
+def program_plan(
     layers_dir: Path, layers: Sequence[Layer], executable: Sequence[str]
-) -> tuple[dict[Digest, PublishedData], list[tuple[Digest, int, int]]] | None:
-    """What inflating the program among ``executable``, and ``STARTUP_FILES``, reads first:
-    each layer's published data, and ranges (blob, offset, length) of the layers and of
-    their windows blobs, merged. None unless every one of ``layers`` (the mount's, bottom
-    first) has its published index kept under ``layers_dir``."""
+) -> Plan | None:
+    """The ``Plan`` of a start of ``layers`` (the mount's, bottom first) running the first of
+    ``executable`` there is. None unless each has its published index kept under ``layers_dir``
+    (or held by this process: ``take_kept``)."""
     if not executable or not layers:
         return None
     found: dict[Digest, _Published] = {}
@@ -116,15 +147,16 @@ def program_needs(
         found[layer.digest] = ({entry.path: entry for entry in index.entries}, published)
         tocs.append((layer.digest, Toc(_as_toc(index.entries), 0)))
     data = {digest: published for digest, (_, published) in found.items()}
+    tree = TocTree(tocs)
     try:
-        tree = TocTree(tocs)
         program = find_program(tree, executable)
         nodes = [program] if program is not None else []
         nodes += [node for path in STARTUP_FILES if (node := find_file(tree, path)) is not None]
-        return data, merged(need for node in nodes for need in _needs(node, found))
+        needs = merged(need for node in nodes for need in _needs(node, found))
     except Exception as error:  # a hint: the mount reads what it needs all the same
         log.info("the program was not asked for from the published indexes: %s", error)
-        return data, []
+        return Plan([], data, tree, None, found)
+    return Plan(needs, data, tree, program, found)
 
 
 def _kept(layers_dir: Path, layer: Layer) -> tuple[LayerIndex, PublishedData] | None:
@@ -152,7 +184,7 @@ def _as_toc(entries: Sequence[IndexEntry]) -> tuple[TocEntry, ...]:
     return tuple(out)
 
 
-def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[tuple[Digest, int, int]]:
+def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[Need]:
     """The ranges (blob, offset, length) inflating the start of the file ``node`` reads."""
     if node.layer is None or node.entry is None:
         return []
@@ -170,15 +202,15 @@ def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[tuple[Dige
     first, last = interval(data.bounds, start), interval(data.bounds, end - 1)
     if first < 0 or last < 0:
         return []
-    return [need for n in range(first, last + 1) for need in interval_needs(node.layer, data, n)]
+    return [
+        need
+        for n in range(first, last + 1)
+        for need in interval_needs(node.layer, data, n, window=n == first)
+    ]
 
 
 def _ask(
-    cache_dir: Path,
-    layers: Sequence[Layer],
-    origins: Mapping[Digest, RemoteOrigin],
-    data: Mapping[Digest, PublishedData],
-    needs: Sequence[tuple[Digest, int, int]],
+    cache_dir: Path, layers: Sequence[Layer], origins: Mapping[Digest, RemoteOrigin], plan: Plan
 ) -> int:
     # Loaded only here: the mount API that calls this stays light otherwise.
     from lazyfs.cache.client import CacheClient, remote_blob
@@ -193,12 +225,52 @@ def _ask(
     client = CacheClient(cache_dir, blobs, wait=0.0)
     queued = 0
     try:
-        for digest, published in data.items():
+        for digest, published in plan.data.items():
             reads_windows(client, digest, published)
-        for blob, offset, length in needs:
+        for blob, offset, length in plan.needs:
             queued += client.prefetch(blob, offset, length)
     except Exception as error:  # a hint: the mount reads what it needs all the same
         log.info("the program was not asked for from the published indexes: %s", error)
-    finally:
         client.close()
+        return queued
+    if plan.program is None:
+        client.close()
+        return queued
+    # The thread reads the program's headers through the client, then closes it.
+    threading.Thread(
+        target=ask_program_libraries, args=(plan, client),
+        name="lazyfs-ask-libraries", daemon=True,
+    ).start()  # fmt: skip
     return queued
+
+
+def ask_program_libraries(plan: Plan, client: Client) -> None:
+    """``ask_loaded`` for the plan's program, its headers read (each span checked) through
+    ``client``, which is closed after. Errors are logged only."""
+    # Loaded only here, off the start's path: the reader of published layers.
+    from lazyfs.blobs.gzip_remote import PublishedLayers
+    from lazyfs.fs.predict_libs import ask_loaded
+
+    reader = None
+    program = plan.program
+    try:
+        if program is None or program.layer is None or program.entry is None:
+            return
+        entry = plan.found[program.layer][0].get(program.entry.path)
+        if entry is None:
+            return
+        layer, start, size = program.layer, entry.offset, min(entry.size, MAX_FILE_BYTES)
+        reader = PublishedLayers(plan.data, client)
+
+        def read(offset: int, length: int) -> bytes:
+            end = min(offset + length, size)
+            return reader.read_range(layer, start + offset, end - offset) if end > offset else b""
+
+        asked = ask_loaded(plan.tree, read, plan.file_needs, client)
+        log.debug("asked for %d files the program loads", asked)
+    except Exception as error:  # a hint: never the start's failure
+        log.info("asking for the program's libraries early failed: %s", error)
+    finally:
+        if reader is not None:
+            reader.close()
+        client.close()

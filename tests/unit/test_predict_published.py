@@ -1,6 +1,6 @@
 """The program and the startup files asked for from published indexes, before the mount serves.
 
-``program_needs`` must ask for everything a mount's reader of the layers
+``program_plan`` must ask for everything a mount's reader of the layers
 (``PublishedLayers``, holding files to their tar headers) reads to serve
 the program and the startup files, and not for a file the union hides.
 A source that has only the asked ranges proves both.
@@ -16,12 +16,14 @@ from typing import BinaryIO
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
-from lazyfs.fs.predict_published import program_needs
+from lazyfs.fs.predict_published import ask_program_libraries, program_plan
 from lazyfs.index.artifact import LayerArtifact
 from lazyfs.index.published import forget_kept, keep_here, load_published, store_published
 from providers.digest import Digest, digest_bytes
 from providers.errors import NotFound
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
+from tests.support.blob_sources import Prefetching
+from tests.support.elf_files import elf
 from tests.support.images import Entry, opaque, whiteout, write_layer
 from tests.support.published_artifacts import artifact_of, blobs_of
 
@@ -59,13 +61,14 @@ BLOBS = [Digest("sha256:" + c * 64) for c in "ab"]  # the index blobs' digests: 
 class _Published:
     """The layers bottom first, each gzip with its index published and kept."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, layers: list[list[Entry]] | None = None) -> None:
         self.layers_dir = tmp / "layers"
         self.layers: list[Layer] = []
         self.tars: dict[Digest, bytes] = {}
         self.artifacts: list[LayerArtifact] = []
         self.blobs: dict[Digest, bytes] = {}
-        for number, (entries, index_blob) in enumerate(zip((LOWER, UPPER), BLOBS, strict=True)):
+        made = [LOWER, UPPER] if layers is None else layers
+        for number, (entries, index_blob) in enumerate(zip(made, BLOBS, strict=False)):
             tar = write_layer(entries, tmp / f"layer{number}.tar").read_bytes()
             blob = gzip.compress(tar)
             (tmp / f"blob{number}").write_bytes(blob)
@@ -80,7 +83,7 @@ class _Published:
             self.layers.append(Layer(digest, "", len(blob), None, annotations))
 
     def store(self) -> None:
-        for artifact, index_blob in zip(self.artifacts, BLOBS, strict=True):
+        for artifact, index_blob in zip(self.artifacts, BLOBS, strict=False):
             store_published(self.layers_dir, index_blob, artifact)
 
     def reader(self, needs: list[tuple[Digest, int, int]]) -> tuple[PublishedLayers, Layer]:
@@ -123,10 +126,10 @@ def _read(reader: PublishedLayers, layer: Layer, index_dir: Path, path: str) -> 
 def test_the_asked_ranges_serve_the_program_and_the_startup_files(tmp_path: Path) -> None:
     image = _Published(tmp_path)
     image.store()
-    found = program_needs(image.layers_dir, image.layers, CANDIDATES)
-    assert found is not None
-    data, needs = found
-    assert set(data) == {layer.digest for layer in image.layers}
+    plan = program_plan(image.layers_dir, image.layers, CANDIDATES)
+    assert plan is not None
+    needs = plan.needs
+    assert set(plan.data) == {layer.digest for layer in image.layers}
     reader, lower = image.reader(needs)
     try:
         assert _read(reader, lower, image.layers_dir, "usr/bin/python3.11") == PROGRAM
@@ -147,11 +150,11 @@ def test_the_asked_ranges_serve_the_program_and_the_startup_files(tmp_path: Path
 def test_nothing_is_asked_unless_every_layer_has_its_index_kept(tmp_path: Path) -> None:
     image = _Published(tmp_path)
     store_published(image.layers_dir, BLOBS[0], image.artifacts[0])  # the lower one only
-    assert program_needs(image.layers_dir, image.layers, CANDIDATES) is None
+    assert program_plan(image.layers_dir, image.layers, CANDIDATES) is None
     image.store()
-    assert program_needs(image.layers_dir, image.layers, []) is None
+    assert program_plan(image.layers_dir, image.layers, []) is None
     plain = Layer(image.layers[1].digest, "", image.layers[1].size)  # names no index
-    assert program_needs(image.layers_dir, [image.layers[0], plain], CANDIDATES) is None
+    assert program_plan(image.layers_dir, [image.layers[0], plain], CANDIDATES) is None
 
 
 def test_indexes_kept_by_this_process_are_used_once_without_reading_them(
@@ -162,16 +165,70 @@ def test_indexes_kept_by_this_process_are_used_once_without_reading_them(
         for layer, index_blob, artifact in zip(image.layers, BLOBS, image.artifacts, strict=True):
             keep_here(layer, index_blob, artifact)
         # Nothing in the store: what this process holds is all there is.
-        found = program_needs(image.layers_dir, image.layers, CANDIDATES)
-        assert found is not None and found[1]
+        plan = program_plan(image.layers_dir, image.layers, CANDIDATES)
+        assert plan is not None and plan.needs
         image.store()
-        reader, _ = image.reader(found[1])
+        reader, _ = image.reader(plan.needs)
         reader.close()
         # Taken: a second look reads the store, as a start that kept nothing does.
         (tmp_path / "moved").mkdir()
-        assert program_needs(tmp_path / "moved", image.layers, CANDIDATES) is None
+        assert program_plan(tmp_path / "moved", image.layers, CANDIDATES) is None
         keep_here(image.layers[0], BLOBS[0], image.artifacts[0])
         forget_kept()
-        assert program_needs(tmp_path / "moved", image.layers[:1], CANDIDATES) is None
+        assert program_plan(tmp_path / "moved", image.layers[:1], CANDIDATES) is None
     finally:
         forget_kept()
+
+
+class _Recording(Prefetching):
+    """A cache client: the blobs, what it was asked to fetch, and whether it was closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fill(name: str) -> Entry:
+    return Entry(name, data=_random.randbytes(300_000))
+
+
+def test_what_the_program_loads_is_asked_for_once_its_headers_are_read(tmp_path: Path) -> None:
+    program = elf(b"/lib64/ld.so", [b"libfoo.so.1", b"libc.so.6", b"libnone.so"], b"/opt/lib")
+    files = [
+        Entry("bin", "dir", mode=0o755),
+        Entry("bin/prog", data=program.data + _random.randbytes(200_000), mode=0o755),
+        fill("filler-1"),
+        Entry("lib64", "dir", mode=0o755),
+        Entry("lib64/ld.so", data=_random.randbytes(50_000), mode=0o755),
+        fill("filler-2"),
+        Entry("opt", "dir", mode=0o755),
+        Entry("opt/lib", "dir", mode=0o755),
+        Entry("opt/lib/libfoo.so.1", data=_random.randbytes(50_000)),
+        fill("filler-3"),
+        Entry("usr", "dir", mode=0o755),
+        Entry("usr/lib", "dir", mode=0o755),
+        Entry("usr/lib/libfoo.so.1", data=_random.randbytes(50_000)),  # behind the run path's
+        fill("filler-4"),
+        Entry("usr/lib/libc.so.6", data=_random.randbytes(50_000)),
+        fill("filler-5"),
+    ]
+    image = _Published(tmp_path, [files])
+    image.store()
+    plan = program_plan(image.layers_dir, image.layers, ["/bin/prog"])
+    assert plan is not None and plan.program is not None
+    client = _Recording(image.blobs)
+
+    ask_program_libraries(plan, client)
+
+    assert client.closed
+    asked = [(d, o, n) for kind, d, o, n in client.events if kind == "prefetch"]
+    reader, layer = image.reader(asked)
+    try:
+        for path in ("lib64/ld.so", "opt/lib/libfoo.so.1", "usr/lib/libc.so.6"):
+            want = next(e.data for e in files if e.path == path)
+            assert _read(reader, layer, image.layers_dir, path) == want
+        with pytest.raises(OSError):  # the run path's libfoo is loaded, not this one
+            _read(reader, layer, image.layers_dir, "usr/lib/libfoo.so.1")
+    finally:
+        reader.close()
