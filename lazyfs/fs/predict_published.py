@@ -17,10 +17,12 @@ mount checks it) and asks for its interpreter and libraries
 (``lazyfs.fs.predict_libs.ask_loaded``), as an eStargz mount does while it
 indexes: before the mount serves, not after.
 
-Every window of those intervals is asked for, not just the first: the
-mount's reader inflates an interval from the one before's tail only when
-it asked for the two together itself, which it has not yet. A window is
-some 14 KiB against a span of some 85 KiB.
+The window asked for is that of the first interval, and of the one where
+the file's first piece begins: the mount's reader asks its first read's
+intervals together, and inflates each from the tail of the one before
+(``lazyfs.blobs.published_asks``). A later read that finds an interval's
+predecessor gone asks for that window itself: some 14 KiB, against the
+85 KiB of a span.
 
 A hint and no more, as ``predict_toc``'s: nothing is served from it
 unverified (the mount checks each span and window), a wrong guess costs at
@@ -100,7 +102,8 @@ class Plan:
     found: dict[Digest, _Published]
 
     def file_needs(self, node: TocNode) -> list[Need]:
-        return _needs(node, self.found)
+        """What reading the file ``node`` inflates, a range per blob where they meet."""
+        return merged(_needs(node, self.found))
 
 
 def ask_published_program(
@@ -193,19 +196,21 @@ def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[Need]:
     if entry is None or entry.kind is not Kind.FILE or entry.size <= 0 or entry.extents:
         return []
     # The mount reads a layer's stream in CHUNK_SIZE pieces (its chunk cache): whole ones.
-    start, end = on_grid(
-        max(0, entry.offset - HEADERS), entry.offset + min(entry.size, MAX_FILE_BYTES), CHUNK_SIZE
-    )
-    end = min(end, data.tar_size)
+    lo, end = on_grid(entry.offset, entry.offset + min(entry.size, MAX_FILE_BYTES), CHUNK_SIZE)
+    start, end = max(0, entry.offset - HEADERS), min(end, data.tar_size)
+    start -= start % CHUNK_SIZE
     if data.points is None:  # a tar layer: the blob is the stream
         return [(node.layer, start, end - start)] if end > start else []
     first, last = interval(data.bounds, start), interval(data.bounds, end - 1)
     if first < 0 or last < 0:
         return []
+    # The reader asks for the window where its reads of the headers and of the data's
+    # first piece begin; each interval after inflates from the tail of the one before.
+    windows = {first, interval(data.bounds, lo)}
     return [
         need
         for n in range(first, last + 1)
-        for need in interval_needs(node.layer, data, n, window=n == first)
+        for need in interval_needs(node.layer, data, n, window=n in windows)
     ]
 
 
