@@ -81,7 +81,8 @@ def ask_loaded(
     loads, found in ``tree``: ``needs`` of each file, the ranges reading it takes. How many
     files were asked for; bounded as ``ask_libraries`` says."""
     steps = itertools.count()
-    asked: set[tuple[Digest, int]] = set()
+    asked: set[tuple[Digest, int]] = set()  # the files, by their first range
+    ranges_asked: set[Need] = set()  # two files' ranges may meet in one interval
     left = MAX_BYTES  # for all the files asked for, as the mount's read-ahead has it
 
     def spend() -> bool:
@@ -98,6 +99,9 @@ def ask_loaded(
             for blob, offset, length in ranges:
                 if left <= 0:
                     break
+                if (blob, offset, length) in ranges_asked:
+                    continue
+                ranges_asked.add((blob, offset, length))
                 length = min(length, left)
                 left -= length
                 blobs.prefetch(blob, offset, length)

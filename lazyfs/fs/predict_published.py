@@ -42,10 +42,17 @@ from pathlib import Path
 from typing import Protocol
 
 from lazyfs.blobs.inflated import interval
-from lazyfs.blobs.published_ahead import Need, interval_needs, merged, on_grid, reads_windows
+from lazyfs.blobs.published_ahead import (
+    Need,
+    interval_needs,
+    intervals_to,
+    merged,
+    on_grid,
+    reads_windows,
+)
 from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.cache.remote import RemoteOrigin
-from lazyfs.fs.predict import MAX_FILE_BYTES
+from lazyfs.fs.predict import MAX_BYTES, MAX_FILE_BYTES
 from lazyfs.fs.predict_toc import (
     STARTUP_FILES,
     Prefetcher,
@@ -66,6 +73,7 @@ log = logging.getLogger(__name__)
 # Bytes of tar stream before a file's data asked for with it: its tar headers, which
 # the mount's reader parses before serving the file (``lazyfs.blobs.entry_check``).
 HEADERS = 8 << 10
+MAX_INTERVALS = 1024  # of one file asked for: 256 MiB of stream at lazyfs's spacing
 _TYPES = {
     Kind.FILE: EntryType.REG,
     Kind.DIR: EntryType.DIR,
@@ -75,7 +83,7 @@ _TYPES = {
     Kind.BLOCK: EntryType.BLOCK,
     Kind.FIFO: EntryType.FIFO,
 }
-# A layer's entries by path, and what reading it needs.
+# A layer's regular files by path, and what reading it needs.
 _Published = tuple[dict[RelPath, IndexEntry], PublishedData]
 
 
@@ -92,7 +100,8 @@ class Plan:
     ``needs``: the ranges (of the layers and of their windows blobs, merged)
     that inflating the program and ``STARTUP_FILES`` reads; ``data``: each
     layer's published data; ``tree`` the union of the layers' entries, and
-    ``program`` in it (None when no candidate is one).
+    ``program`` in it (None when no candidate is one); ``found`` each layer's
+    regular files by path, with its data.
     """
 
     needs: list[Need]
@@ -128,6 +137,9 @@ def ask_published_program(
         if plan is None or not plan.needs:
             return 0
         return _ask(cache_dir, layers, origins, plan)
+    except Exception as error:  # a hint: never the start's failure
+        log.info("the program was not asked for from the published indexes: %s", error)
+        return 0
     finally:
         forget_kept()
 
@@ -141,25 +153,34 @@ def program_plan(
     if not executable or not layers:
         return None
     found: dict[Digest, _Published] = {}
-    tocs: list[tuple[Digest, Toc]] = []
+    entries: list[tuple[Digest, Sequence[IndexEntry]]] = []
     for layer in layers:
         kept = _kept(layers_dir, layer)
         if kept is None:
             return None
         index, published = kept
-        found[layer.digest] = ({entry.path: entry for entry in index.entries}, published)
-        tocs.append((layer.digest, Toc(_as_toc(index.entries), 0)))
+        files = {entry.path: entry for entry in index.entries if entry.kind is Kind.FILE}
+        found[layer.digest] = (files, published)
+        entries.append((layer.digest, index.entries))
     data = {digest: published for digest, (_, published) in found.items()}
-    tree = TocTree(tocs)
     try:
+        # Image content: a name the TOC rules refuse (a bare ".wh.") raises here.
+        tree = TocTree([(digest, Toc(_as_toc(listed), 0)) for digest, listed in entries])
         program = find_program(tree, executable)
         nodes = [program] if program is not None else []
         nodes += [node for path in STARTUP_FILES if (node := find_file(tree, path)) is not None]
-        needs = merged(need for node in nodes for need in _needs(node, found))
     except Exception as error:  # a hint: the mount reads what it needs all the same
         log.info("the program was not asked for from the published indexes: %s", error)
-        return Plan([], data, tree, None, found)
-    return Plan(needs, data, tree, program, found)
+        return None
+    needs: list[Need] = []
+    left = MAX_BYTES  # for all the files, as the mount's read-ahead has it
+    for node in nodes:
+        for need in merged(_needs(node, found)):
+            if need[2] > left:
+                break
+            needs.append(need)
+            left -= need[2]
+    return Plan(merged(needs), data, tree, program, found)
 
 
 def _kept(layers_dir: Path, layer: Layer) -> tuple[LayerIndex, PublishedData] | None:
@@ -191,10 +212,10 @@ def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[Need]:
     """The ranges (blob, offset, length) inflating the start of the file ``node`` reads."""
     if node.layer is None or node.entry is None:
         return []
-    entries, data = found[node.layer]
-    entry = entries.get(node.entry.path)
-    if entry is None or entry.kind is not Kind.FILE or entry.size <= 0 or entry.extents:
-        return []
+    files, data = found[node.layer]
+    entry = files.get(node.entry.path)
+    if entry is None or entry.size <= 0 or entry.extents is not None:
+        return []  # a sparse file's data is not where its size says
     # The mount reads a layer's stream in CHUNK_SIZE pieces (its chunk cache): whole ones.
     lo, end = on_grid(entry.offset, entry.offset + min(entry.size, MAX_FILE_BYTES), CHUNK_SIZE)
     start, end = max(0, entry.offset - HEADERS), min(end, data.tar_size)
@@ -204,6 +225,9 @@ def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[Need]:
     first, last = interval(data.bounds, start), interval(data.bounds, end - 1)
     if first < 0 or last < 0:
         return []
+    # An index's checkpoints are image content: at most MAX_FILE_BYTES of blob, and of
+    # MAX_INTERVALS intervals, for one file.
+    last = min(intervals_to(data, first, end, MAX_FILE_BYTES), first + MAX_INTERVALS - 1)
     # The reader asks for the window where its reads of the headers and of the data's
     # first piece begin; each interval after inflates from the tail of the one before.
     windows = {first, interval(data.bounds, lo)}
@@ -234,18 +258,16 @@ def _ask(
             reads_windows(client, digest, published)
         for blob, offset, length in plan.needs:
             queued += client.prefetch(blob, offset, length)
+        if plan.program is not None:
+            # The thread reads the program's headers through the client, then closes it.
+            threading.Thread(
+                target=ask_program_libraries, args=(plan, client),
+                name="lazyfs-ask-libraries", daemon=True,
+            ).start()  # fmt: skip
+            return queued
     except Exception as error:  # a hint: the mount reads what it needs all the same
         log.info("the program was not asked for from the published indexes: %s", error)
-        client.close()
-        return queued
-    if plan.program is None:
-        client.close()
-        return queued
-    # The thread reads the program's headers through the client, then closes it.
-    threading.Thread(
-        target=ask_program_libraries, args=(plan, client),
-        name="lazyfs-ask-libraries", daemon=True,
-    ).start()  # fmt: skip
+    client.close()
     return queued
 
 
@@ -262,7 +284,7 @@ def ask_program_libraries(plan: Plan, client: Client) -> None:
         if program is None or program.layer is None or program.entry is None:
             return
         entry = plan.found[program.layer][0].get(program.entry.path)
-        if entry is None:
+        if entry is None or entry.extents is not None:
             return
         layer, start, size = program.layer, entry.offset, min(entry.size, MAX_FILE_BYTES)
         reader = PublishedLayers(plan.data, client)

@@ -115,8 +115,15 @@ def keep_here(layer: Layer, blob: Digest, artifact: LayerArtifact) -> None:
     for ``take_kept``: the start that kept it asks for its program from it, then takes it.
 
     Held until taken or ``forget_kept``: a provision keeps the indexes of one image, and
-    the start of its mount takes or forgets them all.
+    the start of its mount takes or forgets them all. At most ``MAX_HELD_ENTRIES``
+    entries in all (an index is image content): past them, the start reads it again.
     """
+    global _held_entries
+    entries = len(artifact.index.entries)
+    with _HERE_LOCK:
+        if _held_entries + entries > MAX_HELD_ENTRIES:
+            return
+        _held_entries += entries
     data = PublishedData(
         artifact.points or None, artifact.spans, artifact.layer_size, artifact.index.tar_size,
         artifact.windows, artifact.windows_size,
@@ -135,13 +142,18 @@ def take_kept(layer: Layer) -> tuple[LayerIndex, PublishedData] | None:
 
 def forget_kept() -> None:
     """Let go of every index ``keep_here`` holds."""
+    global _held_entries
     with _HERE_LOCK:
         _HERE.clear()
+        _held_entries = 0
 
 
-# What ``keep_here`` holds, by (layer, index blob); kept by several threads at once.
+# What ``keep_here`` holds, by (layer, index blob); kept by several threads at once. Its
+# entries are counted as held until ``forget_kept``, taken or not.
+MAX_HELD_ENTRIES = 200_000
 _HERE: dict[tuple[Digest, Digest], tuple[LayerIndex, PublishedData]] = {}
 _HERE_LOCK = threading.Lock()
+_held_entries = 0
 
 
 def _row(span: Span) -> tuple[int, int, str]:

@@ -8,6 +8,7 @@ A source that has only the asked ranges proves both.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import random
 from pathlib import Path
@@ -16,9 +17,22 @@ from typing import BinaryIO
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
-from lazyfs.fs.predict_published import ask_program_libraries, program_plan
+from lazyfs.cache.remote import RemoteOrigin
+from lazyfs.fs.predict_published import (
+    ask_program_libraries,
+    ask_published_program,
+    program_plan,
+)
 from lazyfs.index.artifact import LayerArtifact
-from lazyfs.index.published import forget_kept, keep_here, load_published, store_published
+from lazyfs.index.model import IndexEntry, Kind
+from lazyfs.index.published import (
+    MAX_HELD_ENTRIES,
+    forget_kept,
+    keep_here,
+    load_published,
+    store_published,
+    take_kept,
+)
 from providers.digest import Digest, digest_bytes
 from providers.errors import NotFound
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
@@ -229,3 +243,35 @@ def test_what_the_program_loads_is_asked_for_once_its_headers_are_read(tmp_path:
             _read(reader, layer, image.layers_dir, "usr/lib/libfoo.so.1")
     finally:
         reader.close()
+
+
+def test_an_entry_the_union_refuses_asks_nothing_and_fails_no_start(tmp_path: Path) -> None:
+    """A bare ``.wh.`` names no sibling: the TOC union refuses it. The index has it anyway
+    (image content); the start goes on, asking nothing, and holds no index after."""
+    image = _Published(tmp_path)
+    for layer, index_blob, artifact in zip(image.layers, BLOBS, image.artifacts, strict=True):
+        odd = IndexEntry((".wh.",), Kind.FILE, size=1, offset=512)
+        index = dataclasses.replace(artifact.index, entries=(*artifact.index.entries, odd))
+        keep_here(layer, index_blob, dataclasses.replace(artifact, index=index))
+    origins = {layer.digest: RemoteOrigin("127.0.0.1:9", "odd") for layer in image.layers}
+    store = tmp_path / "store"  # holds nothing: only what this process kept is read
+
+    asked = ask_published_program(tmp_path / "cache", store, image.layers, origins, CANDIDATES)
+
+    assert asked == 0
+    assert [take_kept(layer) for layer in image.layers] == [None, None]
+
+
+def test_what_is_held_for_the_start_is_bounded(tmp_path: Path) -> None:
+    image = _Published(tmp_path)
+    lower, upper = image.artifacts
+    try:
+        times = MAX_HELD_ENTRIES // len(lower.index.entries) + 1  # past the bound alone
+        many = dataclasses.replace(lower.index, entries=lower.index.entries * times)
+        keep_here(image.layers[1], BLOBS[1], upper)
+        keep_here(image.layers[0], BLOBS[0], dataclasses.replace(lower, index=many))
+        # Past the bound: the start reads the store for that one, as if nothing were held.
+        assert take_kept(image.layers[0]) is None
+        assert take_kept(image.layers[1]) is not None
+    finally:
+        forget_kept()
