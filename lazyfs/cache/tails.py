@@ -80,17 +80,7 @@ def ask_tails(
     wanted = tail_layers(store, layers, origins)
     if not wanted:
         return 0
-    # Loaded only here: the mount API that calls this stays light otherwise.
-    from lazyfs.cache.client import CacheClient, remote_blob
-
-    blobs = {
-        layer.digest: remote_blob(
-            origins[layer.digest].host, origins[layer.digest].repository, layer
-        )
-        for layer in wanted
-    }
-    # Not waiting for a daemon that is gone: the mount waits for it as ever.
-    client = CacheClient(cache_dir, blobs, wait=0.0)
+    client = hint_client(cache_dir, wanted, origins)
     try:
         queued = client.prefetch_tails([layer.digest for layer in wanted], TAIL_SIZE)
         # Even with none queued: the mount process may have asked for them first.
@@ -99,6 +89,23 @@ def ask_tails(
         return queued
     finally:
         client.close()
+
+
+def hint_client(
+    cache_dir: Path, layers: Sequence[Layer], origins: Mapping[Digest, RemoteOrigin]
+) -> CacheClient:
+    """A client of the daemon of ``cache_dir`` for ``layers`` (each in ``origins``), to ask
+    ahead of a mount: it waits for no daemon that is gone (the mount waits for it as ever)."""
+    # Loaded only here: the mount API that calls this stays light otherwise.
+    from lazyfs.cache.client import CacheClient, remote_blob
+
+    blobs = {
+        layer.digest: remote_blob(
+            origins[layer.digest].host, origins[layer.digest].repository, layer
+        )
+        for layer in layers
+    }
+    return CacheClient(cache_dir, blobs, wait=0.0)
 
 
 def _ask_members(

@@ -9,9 +9,9 @@ store before the mount process starts, fetched, checked and kept by the
 process that starts it, which still holds them (``take_kept``). So
 ``ask_published_program`` finds the program among ``executable`` in the
 union of the layers' entries, with the files nearly every start reads
-(``STARTUP_FILES``), and has the daemon fetch what inflating each reads:
-the spans of its intervals and their windows. The mount process finds them
-cached or in flight. Then a thread reads the program's ELF headers through
+(``STARTUP_FILES``), and has the daemon fetch what inflating each reads
+(its spans, and the windows below). The mount process finds them cached
+or in flight. Then a thread reads the program's ELF headers through
 the daemon as they arrive (each span checked against its digest, as the
 mount checks it) and asks for its interpreter and libraries
 (``lazyfs.fs.predict_libs.ask_loaded``), as an eStargz mount does while it
@@ -52,6 +52,7 @@ from lazyfs.blobs.published_ahead import (
 )
 from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.cache.remote import RemoteOrigin
+from lazyfs.cache.tails import hint_client
 from lazyfs.fs.predict import MAX_BYTES, MAX_FILE_BYTES
 from lazyfs.fs.predict_toc import (
     STARTUP_FILES,
@@ -105,10 +106,13 @@ class Plan:
     """
 
     needs: list[Need]
-    data: dict[Digest, PublishedData]
     tree: TocTree
     program: TocNode | None
     found: dict[Digest, _Published]
+
+    @property
+    def data(self) -> dict[Digest, PublishedData]:
+        return {digest: published for digest, (_, published) in self.found.items()}
 
     def file_needs(self, node: TocNode) -> list[Need]:
         """What reading the file ``node`` inflates, a range per blob where they meet."""
@@ -162,7 +166,6 @@ def program_plan(
         files = {entry.path: entry for entry in index.entries if entry.kind is Kind.FILE}
         found[layer.digest] = (files, published)
         entries.append((layer.digest, index.entries))
-    data = {digest: published for digest, (_, published) in found.items()}
     try:
         # Image content: a name the TOC rules refuse (a bare ".wh.") raises here.
         tree = TocTree([(digest, Toc(_as_toc(listed), 0)) for digest, listed in entries])
@@ -180,7 +183,7 @@ def program_plan(
                 break
             needs.append(need)
             left -= need[2]
-    return Plan(merged(needs), data, tree, program, found)
+    return Plan(merged(needs), tree, program, found)
 
 
 def _kept(layers_dir: Path, layer: Layer) -> tuple[LayerIndex, PublishedData] | None:
@@ -241,17 +244,7 @@ def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[Need]:
 def _ask(
     cache_dir: Path, layers: Sequence[Layer], origins: Mapping[Digest, RemoteOrigin], plan: Plan
 ) -> int:
-    # Loaded only here: the mount API that calls this stays light otherwise.
-    from lazyfs.cache.client import CacheClient, remote_blob
-
-    blobs = {
-        layer.digest: remote_blob(
-            origins[layer.digest].host, origins[layer.digest].repository, layer
-        )
-        for layer in layers
-    }
-    # Not waiting for a daemon that is gone: the mount waits for it as ever.
-    client = CacheClient(cache_dir, blobs, wait=0.0)
+    client = hint_client(cache_dir, layers, origins)
     queued = 0
     try:
         for digest, published in plan.data.items():
