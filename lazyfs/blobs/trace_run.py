@@ -9,6 +9,9 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   of them per request, from a thread of their own (the daemon may be
   starting beside the mount), as a replay (``lazyfs.cache.replay``):
   fetched in parallel with the mount's own reads and yielding to them.
+  A lazy mount's ranges are sent by the process that starts it, before the
+  mount process has loaded (``lazyfs.fs.mount_ahead``); that mount only
+  notes them (``sent``).
   Ranges of blobs this mount does not read remotely are left out; a range
   past its blob's end is cut there. The eStargz landmark prefetch is not
   asked for besides: the trace says better what this command reads.
@@ -47,6 +50,7 @@ from lazyfs.index.trace import (
     Read,
     Trace,
     TraceError,
+    check_key,
     load_trace,
     store_trace,
 )
@@ -104,33 +108,50 @@ class TraceClient(Protocol):
     def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int: ...
 
 
-def start_trace(client: TraceClient, key: str, published: Path | None = None) -> Recorder | None:
+def start_trace(
+    client: TraceClient, key: str, published: Path | None = None, *, sent: bool = False
+) -> Recorder | None:
     """Replay the trace of ``key`` through ``client``, or start recording it (the Recorder).
 
     The cache directory's trace first, else one fetched from the image's
-    registry into ``published`` (``lazyfs.publish.traces``); recorded when neither.
+    registry into ``published`` (``lazyfs.publish.traces``); recorded when
+    neither. ``sent``: the process that started the mount has sent its ranges
+    already (``lazyfs.fs.mount_ahead``); they are only noted here, not sent again.
     """
     try:
-        trace = load_trace(client.cache_dir, key)
+        check_key(key)
+    except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
+        log.warning("no prefetch trace: %s", error)
+        return None
+    trace = find_trace(client.cache_dir, key, published)
+    if trace is None:
+        recorder = Recorder(client.cache_dir, key)
+        client.watcher = recorder
+        return recorder
+    steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
+    # Only a trace with something of this mount's to fetch stands in for
+    # the landmark prefetch (one naming other layers would just lose it); a
+    # published index's reader counts its windows as asked (``Asks.replayed``).
+    client.replaying = steps
+    log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
+    if not sent:
+        threading.Thread(
+            target=send_steps, args=(client, steps), name="lazyfs-trace-replay", daemon=True
+        ).start()
+    return None
+
+
+def find_trace(cache_dir: Path, key: str, published: Path | None = None) -> Trace | None:
+    """The trace of ``key`` in ``cache_dir``, else in ``published``; None when neither has
+    one, or (one line logged) when ``key`` is not a trace key or the trace is unusable."""
+    try:
+        trace = load_trace(cache_dir, key)
         if trace is None and published is not None:
             trace = load_trace(published, key)
     except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
         log.warning("no prefetch trace: %s", error)
         return None
-    if trace is not None:
-        steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
-        # Only a trace with something of this mount's to fetch stands in for
-        # the landmark prefetch (one naming other layers would just lose it); a
-        # published index's reader counts its windows as asked (``Asks.replayed``).
-        client.replaying = steps
-        log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
-        threading.Thread(
-            target=_send, args=(client, steps), name="lazyfs-trace-replay", daemon=True
-        ).start()
-        return None
-    recorder = Recorder(client.cache_dir, key)
-    client.watcher = recorder
-    return recorder
+    return trace
 
 
 def replay_steps(
@@ -154,14 +175,18 @@ def replay_steps(
     return steps
 
 
-def _send(client: TraceClient, steps: list[tuple[Digest, list[tuple[int, int]]]]) -> None:
+def send_steps(client: TraceClient, steps: Sequence[tuple[Digest, list[tuple[int, int]]]]) -> int:
+    """Ask the daemon to replay ``steps`` (``replay_steps``), in order; chunks queued.
+    The first refusal is logged and ends it: a trace is only a hint."""
+    queued = 0
     for digest, ranges in steps:
         try:
-            client.replay(digest, ranges)
+            queued += client.replay(digest, ranges)
         except LazyfsError as error:
             # Only a hint: the reads fetch what they need themselves.
             log.warning("trace replay stopped: %s", error)
-            return
+            break
+    return queued
 
 
 class Recorder:

@@ -11,9 +11,8 @@ process to the caller.  This is the one module of lazyfs that backends may
 import, and it stays light: it loads no FUSE, index or tree code.  Layers
 still in a registry (``remote``, see ``lazyfs.cache.remote``) are read by
 the mount process through the cache daemon, which ``mount`` starts first
-when none answers (``lazyfs.cache.spawn``), and asks for the eStargz
-layers' tables of contents while the mount process loads
-(``lazyfs.cache.tails``).
+when none answers (``lazyfs.cache.spawn``), and asks for what the mount
+reads first while the mount process loads (``lazyfs.fs.mount_ahead``).
 
 ``mount`` starts the mount process with the layers' descriptors and the
 store they are in, and waits for its answer on a pipe, one line each:
@@ -64,6 +63,7 @@ from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
+    from lazyfs.index.trace import Trace
     from lazyfs.store.disk import Store
     from providers.digest import Digest
     from providers.tar_stream import LayerLimits
@@ -130,12 +130,18 @@ def mount(
     """
     argv = ["--mountpoint", str(mountpoint), "--store", str(store)]
     origins = {} if remote is None else remote.origins
-    daemon = None
+    daemon: DaemonSpec | None = None
+    trace: Trace | None = None  # to be replayed, sent from here
     if remote is not None and any(layer.digest in origins for layer in layers):
         daemon = remote.daemon
         argv += ["--cache-dir", str(remote.daemon.cache_dir)]
         if remote.trace is not None:
+            from lazyfs.fs.mount_ahead import find_trace  # loaded by lazy mounts only
+
             argv += ["--trace", remote.trace]
+            trace = find_trace(daemon.cache_dir, store, remote.trace)
+            if trace is not None:  # sent from here, while the mount process loads
+                argv.append("--trace-sent")
         argv += [f"--executable={path}" for path in remote.executable]  # never an option
     for layer in layers:
         argv += ["--layer", layer_arg(layer, origins.get(layer.digest))]
@@ -181,16 +187,10 @@ def mount(
         try:
             if starting is not None:
                 starting.wait()  # BackendError when it does not come up
-            if daemon is not None:  # fetched while the mount process loads, not after
-                from lazyfs.cache.tails import ask_tails  # loaded by lazy mounts only
+            if remote is not None and daemon is not None:  # while the mount process loads
+                from lazyfs.fs.mount_ahead import ask_ahead  # loaded by lazy mounts only
 
-                ask_tails(daemon.cache_dir, store, layers, origins, _toc_start)
-                if remote is not None:
-                    from lazyfs.fs.predict_published import ask_published_program
-
-                    ask_published_program(
-                        daemon.cache_dir, store, layers, origins, remote.executable
-                    )
+                ask_ahead(daemon.cache_dir, store, layers, origins, remote.executable, trace)
             answer = _read_answer(read_end, timeout)
         except BaseException:
             # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.
@@ -215,14 +215,6 @@ def mount(
         raise refused_error(answer[len(REFUSED) :])
     reason = answer.decode(errors="replace").strip() or _last_line(log_path)
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
-
-
-def _toc_start(tail: bytes, size: int) -> int | None:
-    """Where the TOC member of the eStargz blob of ``size`` bytes ending in ``tail`` starts."""
-    from lazyfs.index.estargz_footer import parse_footer
-
-    footer = parse_footer(tail, size)
-    return None if footer is None else footer.toc_offset
 
 
 def _start(

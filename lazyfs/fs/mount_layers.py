@@ -58,6 +58,8 @@ def index_layers(
     cache_dir: Path | None = None,
     trace: str | None = None,
     executable: Sequence[str] = (),
+    *,
+    trace_sent: bool = False,
 ) -> Indexed:
     """Index each layer the store has no index of yet (once per layer digest).
 
@@ -79,7 +81,8 @@ def index_layers(
 
         # A trace names the windows blobs of published indexes too: known before it is replayed.
         read_windows_blobs(store.layers, [layer for layer, origin in layers if origin], client)
-        recorder = start_trace(client, trace, store.root)  # and traces published beside
+        # And traces published beside; the caller may have sent the replay (``mount_ahead``).
+        recorder = start_trace(client, trace, store.root, sent=trace_sent)
     tocs: dict[Layer, Toc] = {}
     replaying = trace is not None and recorder is None
     if client is not None and executable and not replaying and all(o for _, o in layers):

@@ -193,6 +193,7 @@ def _main(argv: Sequence[str] | None) -> int:
             indexed = index_layers(
                 *(args.store, args.layer, mount_limits(args), args.cache_dir, args.trace),
                 args.executable,
+                trace_sent=args.trace_sent,
             )
         except (LazyfsError, OSError) as error:
             # The caller raises it as it is: one line for the user, no traceback.

@@ -149,6 +149,9 @@ def _mount_parser() -> argparse.ArgumentParser:
         "--trace", help="record the prefetch trace of this key, or replay it (remote layers)"
     )
     parser.add_argument(
+        "--trace-sent", action="store_true", help="the caller has asked the trace's replay"
+    )
+    parser.add_argument(
         "--executable",
         action="append",
         default=[],

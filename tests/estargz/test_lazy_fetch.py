@@ -24,7 +24,7 @@ import pytest
 from lazyfs.cache.messages import BlobKind
 from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.cache.tails import ask_tails
-from lazyfs.fs import mount
+from lazyfs.fs.mount_ahead import toc_start
 from lazyfs.index.stored import OWN_TOC_STAMP
 from providers.digest import Digest
 from providers.fslock import try_exclusive_lock
@@ -165,7 +165,7 @@ def test_the_mounting_command_asks_for_every_layers_toc_before_the_mount_reads_o
     with proxied(registry) as (host, faults), run_daemon(tmp_path / "work", cache):
         origins = {layer.digest: RemoteOrigin(host, "lazy/asktocs") for layer in layers}
         # What the command that mounts does while its mount process starts: no mount reads.
-        assert ask_tails(cache, tmp_path / "store", layers, origins, mount._toc_start) > 0
+        assert ask_tails(cache, tmp_path / "store", layers, origins, toc_start) > 0
         settled(cache)
         for layer, blob in zip(layers, blobs, strict=True):
             asked = ranges_of(faults, layer.digest)

@@ -1,0 +1,183 @@
+"""What the process that starts a lazy mount asks for while the mount process loads.
+
+With a prefetch trace to replay, it sends the trace's ranges, the windows
+blobs of published indexes among them, and guesses nothing else: a guess's
+asks are reads', which the replay would yield to. The mount process, told
+so, notes the trace's ranges and sends none again. Without a trace, the
+program is asked for from the published indexes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+import lazyfs.cache.tails
+import lazyfs.fs.predict_published
+from lazyfs.blobs.trace_run import ReadWatcher, replay_steps, start_trace
+from lazyfs.cache.remote import RemoteOrigin
+from lazyfs.fs.mount_ahead import ask_ahead, send_trace
+from lazyfs.index.published import forget_kept, store_published
+from lazyfs.index.trace import Read, Trace, store_trace
+from providers.digest import Digest, digest_bytes
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
+from tests.support.images import Entry, write_layer
+from tests.support.published_artifacts import artifact_of, blobs_of
+
+_random = random.Random(7)
+ENTRIES = [
+    Entry("usr", "dir", mode=0o755),
+    Entry("usr/bin", "dir", mode=0o755),
+    Entry("filler", data=_random.randbytes(300_000)),
+    Entry("usr/bin/python3", data=_random.randbytes(200_000), mode=0o755),
+]
+INDEX_BLOB = Digest("sha256:" + "c" * 64)  # a name only
+OTHER = Digest("sha256:" + "d" * 64)  # a blob no mount of the image reads
+KEY = "sha256:" + "e" * 64 + "@" + "f" * 32
+
+
+class _Size:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class _Client:
+    """The daemon's client, as the asks use it: what was prefetched and replayed."""
+
+    def __init__(self, cache_dir: Path, data: dict[Digest, bytes], layer: Layer) -> None:
+        self.cache_dir = cache_dir
+        self.data = data
+        self.blobs: dict[Digest, _Size] = {layer.digest: _Size(layer.size)}
+        self.prefetched: list[tuple[Digest, int, int]] = []
+        self.replayed: list[tuple[Digest, list[tuple[int, int]]]] = []
+        self.replaying: list[tuple[Digest, list[tuple[int, int]]]] = []
+        self.watcher: ReadWatcher | None = None
+        self.closed = threading.Event()
+
+    def open(self, digest: Digest) -> BinaryIO:
+        return io.BytesIO(self.data[digest])
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        return self.data[digest][offset : offset + length]
+
+    def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+        self.prefetched.append((digest, offset, length))
+        return 1
+
+    def add_blob(self, digest: Digest, like: Digest, size: int) -> None:
+        self.blobs.setdefault(digest, _Size(size))
+
+    def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int:
+        self.replayed.append((digest, list(ranges)))
+        return len(ranges)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _Image:
+    """One gzip layer with its index published and kept in ``layers_dir``, and its blobs."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.store = tmp / "store"
+        self.layers_dir = self.store / "layers"
+        blob = gzip.compress(write_layer(ENTRIES, tmp / "layer.tar").read_bytes())
+        (tmp / "blob").write_bytes(blob)
+        digest = digest_bytes(blob)
+        artifact, windows = artifact_of(tmp / "blob", digest, tmp / "scratch", spacing=1 << 16)
+        assert artifact.windows is not None
+        self.windows = artifact.windows
+        self.blobs = blobs_of(artifact, blob, windows)
+        self.layer = Layer(digest, "", len(blob), None, ((INDEX_BLOB_ANNOTATION, INDEX_BLOB),))
+        store_published(self.layers_dir, INDEX_BLOB, artifact)
+        # What a first run read: the layer, a window, another image's blob, the layer again.
+        self.trace = Trace(KEY, (
+            Read(digest, 0, 4096),
+            Read(self.windows, 0, 1000),
+            Read(OTHER, 0, 4096),
+            Read(digest, 200_000, 8192),
+        ))  # fmt: skip
+
+    def client(self, tmp: Path) -> _Client:
+        return _Client(tmp / "cache", self.blobs, self.layer)
+
+
+def test_a_trace_is_sent_whole_for_the_layers_and_their_windows_blobs(tmp_path: Path) -> None:
+    image = _Image(tmp_path)
+    client = image.client(tmp_path)
+
+    send_trace(client, image.layers_dir, [image.layer], image.trace)
+
+    assert client.replayed == [
+        (image.layer.digest, [(0, 4096)]),
+        (image.windows, [(0, 1000)]),
+        (image.layer.digest, [(200_000, 8192)]),
+    ]
+
+
+def test_a_mount_told_the_trace_is_sent_notes_it_and_sends_nothing(tmp_path: Path) -> None:
+    image = _Image(tmp_path)
+    store_trace(tmp_path / "cache", image.trace)
+    client = image.client(tmp_path)
+    client.add_blob(image.windows, image.layer.digest, len(image.blobs[image.windows]))
+
+    before = set(threading.enumerate())
+
+    assert start_trace(client, KEY, sent=True) is None
+
+    steps = replay_steps(image.trace, {d: b.size for d, b in client.blobs.items()})
+    assert client.replaying == steps and len(steps) == 3
+    # A thread sending the replay would be running still, or would have sent it.
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "lazyfs-trace-replay"]
+    assert client.replayed == []
+
+
+def test_a_mount_not_told_sends_the_trace_itself(tmp_path: Path) -> None:
+    image = _Image(tmp_path)
+    store_trace(tmp_path / "cache", image.trace)
+    client = image.client(tmp_path)
+
+    assert start_trace(client, KEY) is None
+
+    for thread in threading.enumerate():
+        if thread.name == "lazyfs-trace-replay":
+            thread.join(timeout=60)
+    # Its client was told of no windows blob: the layer's two reads are one request.
+    assert client.replayed == [(image.layer.digest, [(0, 4096), (200_000, 8192)])]
+
+
+@pytest.mark.parametrize("traced", [True, False], ids=["with a trace", "without"])
+def test_with_a_trace_the_program_is_not_guessed_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traced: bool
+) -> None:
+    image = _Image(tmp_path)
+    made: list[_Client] = []
+
+    def hint_client(*_: object) -> _Client:
+        made.append(image.client(tmp_path))
+        return made[-1]
+
+    # The daemon's client: what the asks would send it is what this test looks at.
+    monkeypatch.setattr(lazyfs.cache.tails, "hint_client", hint_client)
+    monkeypatch.setattr(lazyfs.fs.predict_published, "hint_client", hint_client)
+    origins = {image.layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
+    try:
+        ask_ahead(tmp_path / "cache", image.store, [image.layer], origins, ["/usr/bin/python3"],
+                  image.trace if traced else None)  # fmt: skip
+    finally:
+        forget_kept()
+    for client in made:
+        assert client.closed.wait(60), "a client of the asks was left open"
+    prefetched = [asked for client in made for asked in client.prefetched]
+    replayed = [step for client in made for step in client.replayed]
+    if traced:
+        assert len(replayed) == 3 and prefetched == []
+    else:
+        assert replayed == [] and prefetched
