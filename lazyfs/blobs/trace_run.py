@@ -9,9 +9,10 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   of them per request, from a thread of their own (the daemon may be
   starting beside the mount), as a replay (``lazyfs.cache.replay``):
   fetched in parallel with the mount's own reads and yielding to them.
-  A lazy mount's ranges are sent by the process that starts it, before the
-  mount process has loaded (``lazyfs.fs.mount_ahead``); that mount only
-  notes them (``sent``).
+  The process that starts a lazy mount sends the first ``SENT_AHEAD`` of
+  those requests itself, before the mount process has loaded
+  (``lazyfs.fs.mount_ahead``); that mount, told so (``sent``), sends only
+  the rest, if any.
   Ranges of blobs this mount does not read remotely are left out; a range
   past its blob's end is cut there. The eStargz landmark prefetch is not
   asked for besides: the trace says better what this command reads.
@@ -63,6 +64,9 @@ SETTLE = 2.0
 MAX_RECORDING = 60.0
 UNIT = 64 << 10  # what "new" is counted in: reads within one such unit are one
 _RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
+# The requests of a replay the process that starts a mount sends (``lazyfs.fs.mount_ahead``),
+# while the mount process loads; each is a round trip to the daemon. The mount sends the rest.
+SENT_AHEAD = 256
 _quiet = threading.local()  # ``unrecorded``: set on threads whose reads no trace keeps
 
 
@@ -115,8 +119,8 @@ def start_trace(
 
     The cache directory's trace first, else one fetched from the image's
     registry into ``published`` (``lazyfs.publish.traces``); recorded when
-    neither. ``sent``: the process that started the mount has sent its ranges
-    already (``lazyfs.fs.mount_ahead``); they are only noted here, not sent again.
+    neither. ``sent``: the process that started the mount has sent the first
+    ``SENT_AHEAD`` requests (``lazyfs.fs.mount_ahead``); only the rest are sent here.
     """
     try:
         check_key(key)
@@ -134,22 +138,26 @@ def start_trace(
     # published index's reader counts its windows as asked (``Asks.replayed``).
     client.replaying = steps
     log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
-    if not sent:
+    left = steps[SENT_AHEAD:] if sent else steps
+    if left:
         threading.Thread(
-            target=send_steps, args=(client, steps), name="lazyfs-trace-replay", daemon=True
+            target=send_steps, args=(client, left), name="lazyfs-trace-replay", daemon=True
         ).start()
     return None
 
 
-def find_trace(cache_dir: Path, key: str, published: Path | None = None) -> Trace | None:
+def find_trace(
+    cache_dir: Path, key: str, published: Path | None = None, *, level: int = logging.WARNING
+) -> Trace | None:
     """The trace of ``key`` in ``cache_dir``, else in ``published``; None when neither has
-    one, or (one line logged) when ``key`` is not a trace key or the trace is unusable."""
+    one, or (one line logged at ``level``) when ``key`` is not a trace key or the trace
+    is unusable."""
     try:
-        trace = load_trace(cache_dir, key)
+        trace = load_trace(cache_dir, key, level=level)
         if trace is None and published is not None:
-            trace = load_trace(published, key)
+            trace = load_trace(published, key, level=level)
     except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
-        log.warning("no prefetch trace: %s", error)
+        log.log(level, "no prefetch trace: %s", error)
         return None
     return trace
 
@@ -175,16 +183,21 @@ def replay_steps(
     return steps
 
 
-def send_steps(client: TraceClient, steps: Sequence[tuple[Digest, list[tuple[int, int]]]]) -> int:
+def send_steps(
+    client: TraceClient,
+    steps: Sequence[tuple[Digest, list[tuple[int, int]]]],
+    *,
+    level: int = logging.WARNING,
+) -> int:
     """Ask the daemon to replay ``steps`` (``replay_steps``), in order; chunks queued.
-    The first refusal is logged and ends it: a trace is only a hint."""
+    The first refusal is logged (at ``level``) and ends it: a trace is only a hint."""
     queued = 0
     for digest, ranges in steps:
         try:
             queued += client.replay(digest, ranges)
         except LazyfsError as error:
             # Only a hint: the reads fetch what they need themselves.
-            log.warning("trace replay stopped: %s", error)
+            log.log(level, "trace replay stopped: %s", error)
             break
     return queued
 

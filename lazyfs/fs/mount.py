@@ -63,7 +63,6 @@ from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
-    from lazyfs.index.trace import Trace
     from lazyfs.store.disk import Store
     from providers.digest import Digest
     from providers.tar_stream import LayerLimits
@@ -131,16 +130,16 @@ def mount(
     argv = ["--mountpoint", str(mountpoint), "--store", str(store)]
     origins = {} if remote is None else remote.origins
     daemon: DaemonSpec | None = None
-    trace: Trace | None = None  # to be replayed, sent from here
+    trace: str | None = None  # the key of a trace to replay, begun from here
     if remote is not None and any(layer.digest in origins for layer in layers):
         daemon = remote.daemon
         argv += ["--cache-dir", str(remote.daemon.cache_dir)]
         if remote.trace is not None:
-            from lazyfs.fs.mount_ahead import find_trace  # loaded by lazy mounts only
+            from lazyfs.fs.mount_ahead import has_trace  # loaded by lazy mounts only
 
             argv += ["--trace", remote.trace]
-            trace = find_trace(daemon.cache_dir, store, remote.trace)
-            if trace is not None:  # sent from here, while the mount process loads
+            if has_trace(daemon.cache_dir, store, remote.trace):
+                trace = remote.trace  # its replay begun from here (``ask_ahead``)
                 argv.append("--trace-sent")
         argv += [f"--executable={path}" for path in remote.executable]  # never an option
     for layer in layers:

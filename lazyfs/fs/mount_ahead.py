@@ -6,16 +6,22 @@ knows the layers already, and its daemon is up. So it asks, in this order:
 
 - each eStargz layer's table of contents (``lazyfs.cache.tails``), which
   the mount reads first;
-- the prefetch trace of the image and command (``lazyfs.blobs.trace_run``),
-  when the cache or the store holds one: its ranges in trace order, as a
-  replay, yielding to reads. The mount process is told so (``--trace-sent``)
-  and only notes them. A trace says what this command reads, so
-- without one, the program and what it loads, from published indexes
+- when the cache or the store holds a prefetch trace of the image and
+  command (``has_trace``; ``lazyfs.blobs.trace_run``), its first
+  ``SENT_AHEAD`` requests, in trace order, as a replay that yields to
+  reads. The mount process is told so (``--trace-sent``) and sends the
+  rest, if any: this process may end as soon as the mount is up (``lazyfs
+  mount``, ``provision``), and each request is a round trip to the daemon;
+- without a trace to replay (or one with nothing of these layers'), the
+  program and what it loads, from published indexes
   (``lazyfs.fs.predict_published``). With one, that guess would only take
-  the link from the replay: its asks are reads', which a replay yields to.
+  the link from the replay: its asks are reads', which a replay yields to,
+  and the trace says better what the command reads.
 
 All of it is a hint: what is fetched is verified when read, and a failure
-is logged, never the start's. Blocking.
+is logged (at INFO: this process's warnings reach the user's terminal, and
+the mount process logs the same trouble with the trace in its own log),
+never the start's. Blocking.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from providers.manifest import Layer
 
 if TYPE_CHECKING:
     from lazyfs.blobs.trace_run import TraceClient
-    from lazyfs.index.trace import Trace
     from providers.source import BlobSource
 
     class _Client(TraceClient, BlobSource, Protocol):
@@ -41,11 +46,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def find_trace(cache_dir: Path, store: Path, key: str) -> Trace | None:
-    """The trace a mount of ``key`` would replay: the cache's, else one fetched into the store."""
-    from lazyfs.blobs.trace_run import find_trace as find  # loaded by lazy mounts only
+def has_trace(cache_dir: Path, store: Path, key: str) -> bool:
+    """Whether the cache or the store holds a trace of ``key`` (``trace_run.find_trace``'s
+    places), unread: the mount process is started before it is decoded."""
+    from lazyfs.index.trace import TraceError, trace_path  # loaded by lazy mounts only
 
-    return find(cache_dir, key, store)
+    try:
+        return any(trace_path(folder, key).is_file() for folder in (cache_dir, store))
+    except (TraceError, OSError):
+        return False
 
 
 def ask_ahead(
@@ -54,42 +63,49 @@ def ask_ahead(
     layers: Sequence[Layer],
     origins: Mapping[Digest, RemoteOrigin],
     executable: Sequence[str],
-    trace: Trace | None,
+    trace: str | None,
 ) -> None:
     """Ask the daemon of ``cache_dir`` for what a mount of ``layers`` reads first (module
-    docstring); ``trace`` is ``find_trace``'s, and the mount process was told it is sent."""
+    docstring); ``trace``: the key of the trace the mount process was told is sent."""
     from lazyfs.cache.tails import ask_tails, hint_client
 
     ask_tails(cache_dir, store, layers, origins, toc_start)
-    if trace is None:
-        from lazyfs.fs.predict_published import ask_published_program
+    if trace is not None:
+        remote = [layer for layer in layers if layer.digest in origins]
+        client = hint_client(cache_dir, remote, origins)
+        try:
+            if send_trace(client, store, remote, trace):
+                return
+        except Exception as error:  # a hint: the mount reads what it needs all the same
+            log.info("the trace of %s was not sent: %s", trace, error)
+            return
+        finally:
+            client.close()
+    from lazyfs.fs.predict_published import ask_published_program
 
-        ask_published_program(cache_dir, store, layers, origins, executable)
-        return
-    remote = [layer for layer in layers if layer.digest in origins]
-    client = hint_client(cache_dir, remote, origins)
-    try:
-        send_trace(client, store / "layers", remote, trace)
-    except Exception as error:  # a hint: the mount reads what it needs all the same
-        log.info("the trace of %s was not sent: %s", trace.key, error)
-    finally:
-        client.close()
+    ask_published_program(cache_dir, store, layers, origins, executable)
 
 
-def send_trace(client: _Client, layers_dir: Path, layers: Sequence[Layer], trace: Trace) -> int:
-    """Have ``client``'s daemon replay ``trace`` for a mount of ``layers``; chunks queued.
+def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) -> bool:
+    """Have ``client``'s daemon replay the first ``SENT_AHEAD`` requests of the trace of
+    ``key`` for a mount of ``layers`` (in the store at ``store``); whether it has any.
 
-    As the mount would: its ranges of the layers and of the windows blobs of
-    their published indexes kept under ``layers_dir``, and no others.
+    As the mount reads it (``lazyfs.fs.mount_layers``): the cache's trace,
+    else the store's; the ranges of the layers and of the windows blobs of
+    their published indexes kept in the store, and no others.
     """
     from lazyfs.blobs.published_ahead import read_windows_blobs
-    from lazyfs.blobs.trace_run import replay_steps, send_steps
+    from lazyfs.blobs.trace_run import SENT_AHEAD, find_trace, replay_steps, send_steps
 
-    read_windows_blobs(layers_dir, layers, client)
-    steps = replay_steps(trace, {digest: blob.size for digest, blob in client.blobs.items()})
-    queued = send_steps(client, steps)
-    log.info("asked the replay of the trace of %s: %d chunks", trace.key, queued)
-    return queued
+    found = find_trace(client.cache_dir, key, store, level=logging.INFO)
+    if found is None:
+        return False
+    read_windows_blobs(store / "layers", layers, client)
+    steps = replay_steps(found, {digest: blob.size for digest, blob in client.blobs.items()})
+    queued = send_steps(client, steps[:SENT_AHEAD], level=logging.INFO)
+    log.info("asked the replay of the trace of %s: %d requests, %d chunks", key,
+             min(len(steps), SENT_AHEAD), queued)  # fmt: skip
+    return bool(steps)
 
 
 def toc_start(tail: bytes, size: int) -> int | None:

@@ -73,7 +73,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # How long a thread holds the GIL while another waits for it, for the mount
 # process's whole life: half a millisecond, not CPython's 5 ms. The main
 # thread indexes and then serves; the threads beside it (the one that asks
-# for the program's libraries once its ELF headers are in, a trace's replay,
+# for the program's libraries once its ELF headers are in, a long trace's replay,
 # the workers that read chunks while it serves) take the GIL back after each
 # read they wait on, and each such turn cost up to 5 ms: the libraries were
 # asked for 0.18 s after the program's bytes were in, 0.1 s with this. A

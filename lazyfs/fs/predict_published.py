@@ -24,6 +24,10 @@ intervals together, and inflates each from the tail of the one before
 predecessor gone asks for that window itself: some 14 KiB, against the
 85 KiB of a span.
 
+Not asked when the start replays a prefetch trace with something of
+these layers' (``lazyfs.fs.mount_ahead``): the trace says better what the
+command reads, and these asks, a read's, would take the link from it.
+
 A hint and no more, as ``predict_toc``'s: nothing is served from it
 unverified (the mount checks each span and window), a wrong guess costs at
 most ``MAX_FILE_BYTES`` of one file, and a failure is logged, never the

@@ -162,9 +162,9 @@ def trace_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / TRACES_DIR / f"{image}@{command}.json"
 
 
-def load_trace(cache_dir: Path, key: str) -> Trace | None:
+def load_trace(cache_dir: Path, key: str, *, level: int = logging.WARNING) -> Trace | None:
     """The trace of ``key`` kept in the cache; None when there is none, or (one line
-    logged) when it cannot be used: damaged, hostile, too big. Blocking."""
+    logged at ``level``) when it cannot be used: damaged, hostile, too big. Blocking."""
     path = trace_path(cache_dir, key)
     try:
         with path.open("rb") as file:
@@ -172,12 +172,12 @@ def load_trace(cache_dir: Path, key: str) -> Trace | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        log.warning("trace %s ignored: %s", path, error)
+        log.log(level, "trace %s ignored: %s", path, error)
         return None
     try:
         return decode(data, key)
     except TraceError as error:
-        log.warning("trace %s ignored: %s", path, error)
+        log.log(level, "trace %s ignored: %s", path, error)
         return None
 
 

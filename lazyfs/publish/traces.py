@@ -22,8 +22,9 @@ nothing and a trace is pushed once per repository.
 the image is fetched by digest and checked, and each trace blob it lists
 is fetched (bounded, checked against its digest), decoded whole against
 the key its annotation names (which must be of this image) and kept under
-``STORE/traces`` unless kept already, where the mount process looks after
-its cache directory. Anything wrong is one warning and no trace.
+``STORE/traces`` unless kept already, where the start of the mount and the
+mount process look after the cache directory (``lazyfs.fs.mount_ahead``).
+Anything wrong is one warning and no trace.
 
 Why a published trace may be trusted this far: it only says which blob
 ranges to fetch early. The mount replays only ranges of its own layers,

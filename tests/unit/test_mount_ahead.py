@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import random
 import threading
 from collections.abc import Sequence
@@ -21,11 +22,12 @@ import pytest
 
 import lazyfs.cache.tails
 import lazyfs.fs.predict_published
-from lazyfs.blobs.trace_run import ReadWatcher, replay_steps, start_trace
+from lazyfs.blobs.published_ahead import read_windows_blobs
+from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
 from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.fs.mount_ahead import ask_ahead, send_trace
 from lazyfs.index.published import forget_kept, store_published
-from lazyfs.index.trace import Read, Trace, store_trace
+from lazyfs.index.trace import Read, Trace, store_trace, trace_path
 from providers.digest import Digest, digest_bytes
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from tests.support.images import Entry, write_layer
@@ -109,11 +111,18 @@ class _Image:
         return _Client(tmp / "cache", self.blobs, self.layer)
 
 
+def _replay_threads_joined() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "lazyfs-trace-replay":
+            thread.join(timeout=60)
+
+
 def test_a_trace_is_sent_whole_for_the_layers_and_their_windows_blobs(tmp_path: Path) -> None:
     image = _Image(tmp_path)
+    store_trace(image.store, image.trace)  # as fetched from the registry
     client = image.client(tmp_path)
 
-    send_trace(client, image.layers_dir, [image.layer], image.trace)
+    assert send_trace(client, image.store, [image.layer], KEY)
 
     assert client.replayed == [
         (image.layer.digest, [(0, 4096)]),
@@ -122,21 +131,41 @@ def test_a_trace_is_sent_whole_for_the_layers_and_their_windows_blobs(tmp_path: 
     ]
 
 
-def test_a_mount_told_the_trace_is_sent_notes_it_and_sends_nothing(tmp_path: Path) -> None:
+def test_the_mount_notes_what_was_sent_and_sends_nothing_again(tmp_path: Path) -> None:
     image = _Image(tmp_path)
     store_trace(tmp_path / "cache", image.trace)
-    client = image.client(tmp_path)
-    client.add_blob(image.windows, image.layer.digest, len(image.blobs[image.windows]))
-
+    sender, mount = image.client(tmp_path), image.client(tmp_path)
+    assert send_trace(sender, image.store, [image.layer], KEY)
+    # As ``index_layers`` has it before it starts the trace.
+    read_windows_blobs(image.layers_dir, [image.layer], mount)
     before = set(threading.enumerate())
 
-    assert start_trace(client, KEY, sent=True) is None
+    assert start_trace(mount, KEY, image.store, sent=True) is None
 
-    steps = replay_steps(image.trace, {d: b.size for d, b in client.blobs.items()})
-    assert client.replaying == steps and len(steps) == 3
+    assert mount.replaying == sender.replayed and len(mount.replaying) == 3
     # A thread sending the replay would be running still, or would have sent it.
     assert not [t for t in set(threading.enumerate()) - before if t.name == "lazyfs-trace-replay"]
-    assert client.replayed == []
+    assert mount.replayed == []
+
+
+def test_a_long_trace_is_sent_once_its_head_from_the_caller_the_rest_from_the_mount(
+    tmp_path: Path,
+) -> None:
+    image = _Image(tmp_path)
+    layer, windows = image.layer.digest, image.windows
+    # Each read a request of its own: the layer and its windows blob, by turns.
+    reads = [Read(blob, 200 * n, 100) for n in range(SENT_AHEAD) for blob in (layer, windows)]
+    store_trace(tmp_path / "cache", Trace(KEY, tuple(reads)))
+    sender, mount = image.client(tmp_path), image.client(tmp_path)
+    assert send_trace(sender, image.store, [image.layer], KEY)
+    read_windows_blobs(image.layers_dir, [image.layer], mount)
+
+    start_trace(mount, KEY, image.store, sent=True)
+    _replay_threads_joined()
+
+    assert len(sender.replayed) == SENT_AHEAD
+    assert sender.replayed + mount.replayed == mount.replaying
+    assert [(r.digest, [(r.offset, r.length)]) for r in reads] == mount.replaying
 
 
 def test_a_mount_not_told_sends_the_trace_itself(tmp_path: Path) -> None:
@@ -146,16 +175,17 @@ def test_a_mount_not_told_sends_the_trace_itself(tmp_path: Path) -> None:
 
     assert start_trace(client, KEY) is None
 
-    for thread in threading.enumerate():
-        if thread.name == "lazyfs-trace-replay":
-            thread.join(timeout=60)
+    _replay_threads_joined()
     # Its client was told of no windows blob: the layer's two reads are one request.
     assert client.replayed == [(image.layer.digest, [(0, 4096), (200_000, 8192)])]
 
 
-@pytest.mark.parametrize("traced", [True, False], ids=["with a trace", "without"])
-def test_with_a_trace_the_program_is_not_guessed_at(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traced: bool
+@pytest.mark.parametrize(
+    "trace",
+    ["good", "none", "of other layers", "damaged"],
+)
+def test_only_a_trace_with_something_to_send_stands_in_for_the_programs_guess(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, trace: str
 ) -> None:
     image = _Image(tmp_path)
     made: list[_Client] = []
@@ -167,17 +197,28 @@ def test_with_a_trace_the_program_is_not_guessed_at(
     # The daemon's client: what the asks would send it is what this test looks at.
     monkeypatch.setattr(lazyfs.cache.tails, "hint_client", hint_client)
     monkeypatch.setattr(lazyfs.fs.predict_published, "hint_client", hint_client)
+    cache = tmp_path / "cache"
+    if trace == "good":
+        store_trace(cache, image.trace)
+    elif trace == "of other layers":
+        store_trace(cache, Trace(KEY, (Read(OTHER, 0, 4096),)))
+    elif trace == "damaged":
+        store_trace(cache, image.trace)
+        trace_path(cache, KEY).write_bytes(b"{not json")
     origins = {image.layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
+    caplog.set_level(logging.INFO)
     try:
-        ask_ahead(tmp_path / "cache", image.store, [image.layer], origins, ["/usr/bin/python3"],
-                  image.trace if traced else None)  # fmt: skip
+        ask_ahead(cache, image.store, [image.layer], origins, ["/usr/bin/python3"],
+                  None if trace == "none" else KEY)  # fmt: skip
     finally:
         forget_kept()
     for client in made:
         assert client.closed.wait(60), "a client of the asks was left open"
     prefetched = [asked for client in made for asked in client.prefetched]
     replayed = [step for client in made for step in client.replayed]
-    if traced:
+    if trace == "good":
         assert len(replayed) == 3 and prefetched == []
     else:
         assert replayed == [] and prefetched
+    # This process's warnings are the user's terminal's: the mount logs its trouble itself.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
