@@ -15,6 +15,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlparse
@@ -36,6 +37,7 @@ from providers.transports import PathPuller, parse_transport
 
 if TYPE_CHECKING:
     # Loaded by a registry image only: the registry client loads requests.
+    from providers.digest import Digest
     from providers.registry import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -230,23 +232,30 @@ class DockerProvider:
         )
         if listing is None:
             return manifest  # warned: pulled whole as without an index
-        # Learned prefetch traces too: a hint whose fetches are verified as any.
-        await trio.to_thread.run_sync(
-            fetch_traces, self.store, client, manifest, listing, abandon_on_cancel=True
-        )
-
         wanted = [
             layer
             for layer in manifest.layers
             if not lazy_layer(layer) and not self.store.has_blob(layer.digest)
         ]
-        if not wanted:
-            return manifest
-        found = await trio.to_thread.run_sync(
-            published_layers, self.store, client, manifest, wanted, listing,
-            abandon_on_cancel=True,
-        )  # fmt: skip
-        return with_index_blobs(manifest, found)
+        found: dict[Digest, Digest] = {}
+
+        async def look(what: str, lookup: Callable[[], object]) -> None:
+            try:
+                await trio.to_thread.run_sync(lookup, abandon_on_cancel=True)
+            except (LazyfsError, OSError) as error:  # pulled whole, as without them
+                log.warning("%s: no published %s: %s", manifest.reference, what, error)
+
+        def indexes() -> None:
+            found.update(published_layers(self.store, client, manifest, wanted, listing))
+
+        # Learned prefetch traces too (a hint whose fetches are verified as any), fetched
+        # beside the indexes: each is a few round trips, and neither needs the other.
+        async with trio.open_nursery() as nursery:
+            traces = partial(fetch_traces, self.store, client, manifest, listing)
+            nursery.start_soon(look, "traces", traces)
+            if wanted:
+                nursery.start_soon(look, "indexes", indexes)
+        return with_index_blobs(manifest, found) if found else manifest
 
     async def _after_pull(
         self, hook: Callable[[ImageManifest], None], image: ImageManifest
