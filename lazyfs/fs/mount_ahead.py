@@ -4,14 +4,17 @@ A mount process takes half a second to load its code and index its layers
 before it reads anything; the process that starts it (``lazyfs.fs.mount``)
 knows the layers already, and its daemon is up. So it asks, in this order:
 
-- each eStargz layer's table of contents (``lazyfs.cache.tails``), which
-  the mount reads first;
 - when the cache or the store holds a prefetch trace of the image and
   command (``has_trace``; ``lazyfs.blobs.trace_run``), its first
   ``SENT_AHEAD`` requests, in trace order, as a replay that yields to
   reads. The mount process is told so (``--trace-sent``) and sends the
   rest, if any: this process may end as soon as the mount is up (``lazyfs
-  mount``, ``provision``), and each request is a round trip to the daemon;
+  mount``, ``provision``), and each request is a round trip to the daemon.
+  Those first requests are lost if this process cannot send them (a daemon
+  gone meanwhile): the mount does not know, and sends only the rest;
+- each eStargz layer's table of contents (``lazyfs.cache.tails``), which
+  the mount reads first (it waits for the tails to arrive; the trace goes
+  first, so that its head is queued before the mount sends its rest);
 - without a trace to replay (or one with nothing of these layers'), the
   program and what it loads, from published indexes
   (``lazyfs.fs.predict_published``). With one, that guess would only take
@@ -69,21 +72,24 @@ def ask_ahead(
     docstring); ``trace``: the key of the trace the mount process was told is sent."""
     from lazyfs.cache.tails import ask_tails, hint_client
 
-    ask_tails(cache_dir, store, layers, origins, toc_start)
+    sent = False
     if trace is not None:
+        # First: the mount process sends the rest of a long trace once it has loaded, and
+        # the daemon queues a repository's replays in the order they come.
         remote = [layer for layer in layers if layer.digest in origins]
         client = hint_client(cache_dir, remote, origins)
         try:
-            if send_trace(client, store, remote, trace):
-                return
+            sent = send_trace(client, store, remote, trace)
         except Exception as error:  # a hint: the mount reads what it needs all the same
             log.info("the trace of %s was not sent: %s", trace, error)
-            return
+            sent = True  # and the program not guessed at: the mount may replay the rest
         finally:
             client.close()
-    from lazyfs.fs.predict_published import ask_published_program
+    ask_tails(cache_dir, store, layers, origins, toc_start)
+    if not sent:
+        from lazyfs.fs.predict_published import ask_published_program
 
-    ask_published_program(cache_dir, store, layers, origins, executable)
+        ask_published_program(cache_dir, store, layers, origins, executable)
 
 
 def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) -> bool:
@@ -103,8 +109,7 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     read_windows_blobs(store / "layers", layers, client)
     steps = replay_steps(found, {digest: blob.size for digest, blob in client.blobs.items()})
     queued = send_steps(client, steps[:SENT_AHEAD], level=logging.INFO)
-    log.info("asked the replay of the trace of %s: %d requests, %d chunks", key,
-             min(len(steps), SENT_AHEAD), queued)  # fmt: skip
+    log.info("asked the replay of the trace of %s: %d chunks queued", key, queued)
     return bool(steps)
 
 

@@ -240,10 +240,13 @@ class DockerProvider:
         found: dict[Digest, Digest] = {}
 
         async def look(what: str, lookup: Callable[[], object]) -> None:
+            # Each says what the registry got wrong itself; anything else is a bug, and
+            # only a hint's: logged whole, and the provision goes on without what it found.
             try:
                 await trio.to_thread.run_sync(lookup, abandon_on_cancel=True)
-            except (LazyfsError, OSError) as error:  # pulled whole, as without them
-                log.warning("%s: no published %s: %s", manifest.reference, what, error)
+            except Exception:
+                log.warning("%s: looking for published %s failed", manifest.reference, what,
+                            exc_info=True)  # fmt: skip
 
         def indexes() -> None:
             found.update(published_layers(self.store, client, manifest, wanted, listing))

@@ -1,10 +1,11 @@
 """What the process that starts a lazy mount asks for while the mount process loads.
 
-With a prefetch trace to replay, it sends the trace's ranges, the windows
-blobs of published indexes among them, and guesses nothing else: a guess's
-asks are reads', which the replay would yield to. The mount process, told
-so, notes the trace's ranges and sends none again. Without a trace, the
-program is asked for from the published indexes.
+With a prefetch trace to replay, it sends the first ``SENT_AHEAD`` requests
+of the trace's ranges, the windows blobs of published indexes among them,
+and guesses nothing else: a guess's asks are reads', which the replay
+would yield to. The mount process, told so, notes all of them and sends
+only the rest. Without a trace (or one with nothing of the mount's layers),
+the program is asked for from the published indexes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import lazyfs.fs.predict_published
 from lazyfs.blobs.published_ahead import read_windows_blobs
 from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
 from lazyfs.cache.remote import RemoteOrigin
-from lazyfs.fs.mount_ahead import ask_ahead, send_trace
+from lazyfs.fs.mount_ahead import ask_ahead, has_trace, send_trace
 from lazyfs.index.published import forget_kept, store_published
 from lazyfs.index.trace import Read, Trace, store_trace, trace_path
 from providers.digest import Digest, digest_bytes
@@ -111,13 +112,12 @@ class _Image:
         return _Client(tmp / "cache", self.blobs, self.layer)
 
 
-def _replay_threads_joined() -> None:
-    for thread in threading.enumerate():
-        if thread.name == "lazyfs-trace-replay":
-            thread.join(timeout=60)
+def _replays_started(since: set[threading.Thread]) -> list[threading.Thread]:
+    """The replay threads started since ``since`` was taken (others' are not this test's)."""
+    return [t for t in set(threading.enumerate()) - since if t.name == "lazyfs-trace-replay"]
 
 
-def test_a_trace_is_sent_whole_for_the_layers_and_their_windows_blobs(tmp_path: Path) -> None:
+def test_a_short_trace_is_sent_whole_for_the_layers_and_their_windows_blobs(tmp_path: Path) -> None:
     image = _Image(tmp_path)
     store_trace(image.store, image.trace)  # as fetched from the registry
     client = image.client(tmp_path)
@@ -144,7 +144,7 @@ def test_the_mount_notes_what_was_sent_and_sends_nothing_again(tmp_path: Path) -
 
     assert mount.replaying == sender.replayed and len(mount.replaying) == 3
     # A thread sending the replay would be running still, or would have sent it.
-    assert not [t for t in set(threading.enumerate()) - before if t.name == "lazyfs-trace-replay"]
+    assert not _replays_started(before)
     assert mount.replayed == []
 
 
@@ -159,9 +159,11 @@ def test_a_long_trace_is_sent_once_its_head_from_the_caller_the_rest_from_the_mo
     sender, mount = image.client(tmp_path), image.client(tmp_path)
     assert send_trace(sender, image.store, [image.layer], KEY)
     read_windows_blobs(image.layers_dir, [image.layer], mount)
+    before = set(threading.enumerate())
 
     start_trace(mount, KEY, image.store, sent=True)
-    _replay_threads_joined()
+    for thread in _replays_started(before):
+        thread.join(timeout=60)
 
     assert len(sender.replayed) == SENT_AHEAD
     assert sender.replayed + mount.replayed == mount.replaying
@@ -172,10 +174,12 @@ def test_a_mount_not_told_sends_the_trace_itself(tmp_path: Path) -> None:
     image = _Image(tmp_path)
     store_trace(tmp_path / "cache", image.trace)
     client = image.client(tmp_path)
+    before = set(threading.enumerate())
 
     assert start_trace(client, KEY) is None
 
-    _replay_threads_joined()
+    for thread in _replays_started(before):
+        thread.join(timeout=60)
     # Its client was told of no windows blob: the layer's two reads are one request.
     assert client.replayed == [(image.layer.digest, [(0, 4096), (200_000, 8192)])]
 
@@ -222,3 +226,16 @@ def test_only_a_trace_with_something_to_send_stands_in_for_the_programs_guess(
         assert replayed == [] and prefetched
     # This process's warnings are the user's terminal's: the mount logs its trouble itself.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_trace_is_had_where_the_mount_looks_for_it(tmp_path: Path) -> None:
+    """The cache's, or the store's (fetched from the registry); a key of no trace's: none."""
+    image = _Image(tmp_path)
+    cache = tmp_path / "cache"
+    assert not has_trace(cache, image.store, KEY)
+    store_trace(image.store, image.trace)
+    assert has_trace(cache, image.store, KEY)
+    trace_path(image.store, KEY).unlink()
+    store_trace(cache, image.trace)
+    assert has_trace(cache, image.store, KEY)
+    assert not has_trace(cache, image.store, "sha256:" + "e" * 64)  # not a key
