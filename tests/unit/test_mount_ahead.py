@@ -13,7 +13,9 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import os
 import random
+import subprocess
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +24,16 @@ from typing import BinaryIO
 import pytest
 
 import lazyfs.cache.tails
+import lazyfs.fs.mount
+import lazyfs.fs.mount_ahead
 import lazyfs.fs.predict_published
 from lazyfs.blobs.published_ahead import read_windows_blobs
 from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
-from lazyfs.cache.remote import RemoteOrigin
+from lazyfs.cache.remote import Remote, RemoteOrigin
+from lazyfs.cache.spawn import DaemonSpec
+from lazyfs.fs.mount import mount
 from lazyfs.fs.mount_ahead import ask_ahead, has_trace, send_trace
+from lazyfs.fs.mount_wire import INDEXED, READY
 from lazyfs.index.published import forget_kept, store_published
 from lazyfs.index.trace import Read, Trace, store_trace, trace_path
 from providers.digest import Digest, digest_bytes
@@ -239,3 +246,44 @@ def test_a_trace_is_had_where_the_mount_looks_for_it(tmp_path: Path) -> None:
     store_trace(cache, image.trace)
     assert has_trace(cache, image.store, KEY)
     assert not has_trace(cache, image.store, "sha256:" + "e" * 64)  # not a key
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["a trace kept", "none"])
+def test_the_mount_is_told_the_trace_is_sent_exactly_when_it_is_asked_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    """``mount()`` passes ``--trace-sent`` to the mount process when, and only when, it hands
+    the trace's key to ``ask_ahead``: a replay neither sends, or both, otherwise."""
+    image = _Image(tmp_path)
+    cache = tmp_path / "cache"
+    if kept:
+        store_trace(cache, image.trace)
+    started: list[list[str]] = []
+    asked: list[object] = []
+    stand_in = subprocess.Popen(["sleep", "60"])  # the mount process's pid: a harmless one
+
+    def start(args: list[str], store: Path, *, ready_fd: int, log_fd: int,
+              start_server: bool = True) -> int:  # fmt: skip
+        started.append(args)
+        os.write(ready_fd, INDEXED + READY)
+        return stand_in.pid
+
+    # The mount process and the daemon (answering) stand in: the wiring is what is tested.
+    monkeypatch.setattr(lazyfs.fs.mount, "_start", start)
+    monkeypatch.setattr(lazyfs.fs.mount, "start_daemon", lambda spec: None)
+    monkeypatch.setattr(lazyfs.fs.mount_ahead, "ask_ahead", lambda *args: asked.append(args[-1]))
+    remote = Remote(
+        DaemonSpec(cache, ("lazyfs", "daemon")),
+        {image.layer.digest: RemoteOrigin("127.0.0.1:9", "app")},
+        KEY,
+        ("/usr/bin/python3",),
+    )
+    try:
+        pid = mount([image.layer], tmp_path, store=image.store, log_path=tmp_path / "log",
+                    remote=remote)  # fmt: skip
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert pid == stand_in.pid
+    assert ("--trace-sent" in started[0]) is kept
+    assert asked == [KEY if kept else None]
