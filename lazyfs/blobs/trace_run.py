@@ -132,7 +132,7 @@ def start_trace(
         recorder = Recorder(client.cache_dir, key)
         client.watcher = recorder
         return recorder
-    steps = replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
+    steps = client_steps(client, trace)
     # Only a trace with something of this mount's to fetch stands in for
     # the landmark prefetch (one naming other layers would just lose it); a
     # published index's reader counts its windows as asked (``Asks.replayed``).
@@ -160,6 +160,12 @@ def find_trace(
         log.log(level, "no prefetch trace: %s", error)
         return None
     return trace
+
+
+def client_steps(client: TraceClient, trace: Trace) -> list[tuple[Digest, list[tuple[int, int]]]]:
+    """``replay_steps`` of ``trace`` for the blobs ``client`` reads: what the mount process
+    replays, and what the process that starts it sends the head of (``sent``)."""
+    return replay_steps(trace, {digest: blob.size for digest, blob in client.blobs.items()})
 
 
 def replay_steps(

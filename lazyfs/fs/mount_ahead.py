@@ -101,13 +101,13 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     their published indexes kept in the store, and no others.
     """
     from lazyfs.blobs.published_ahead import read_windows_blobs
-    from lazyfs.blobs.trace_run import SENT_AHEAD, find_trace, replay_steps, send_steps
+    from lazyfs.blobs.trace_run import SENT_AHEAD, client_steps, find_trace, send_steps
 
     found = find_trace(client.cache_dir, key, store, level=logging.INFO)
     if found is None:
         return False
     read_windows_blobs(store / "layers", layers, client)
-    steps = replay_steps(found, {digest: blob.size for digest, blob in client.blobs.items()})
+    steps = client_steps(client, found)
     queued = send_steps(client, steps[:SENT_AHEAD], level=logging.INFO)
     log.info("asked the replay of the trace of %s: %d chunks queued", key, queued)
     return bool(steps)
