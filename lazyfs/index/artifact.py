@@ -176,6 +176,12 @@ def decode(data: bytes, *, layer: Digest | None = None) -> LayerArtifact:
     ``layer``: the digest the caller wants an index of; an artifact naming
     another layer is refused.
     """
+    return decode_text(data, layer=layer)[0]
+
+
+def decode_text(data: bytes, *, layer: Digest | None = None) -> tuple[LayerArtifact, bytes]:
+    """``decode``, and the layer index's text as it inflated, which its index was parsed
+    from: the store may keep it as it is (``lazyfs.index.published.store_published``)."""
     if len(data) > MAX_BLOB:
         raise _bad(f"{len(data)} bytes, more than {MAX_BLOB}")
     end = data.find(b"\n", 0, MAX_HEADER)
@@ -205,7 +211,7 @@ def decode(data: bytes, *, layer: Digest | None = None) -> LayerArtifact:
     body = end + 1
     if body + index_bytes != len(data):
         raise _bad(f"header promises {index_bytes} bytes, body has {len(data) - body}")
-    index = _index(data[body:])
+    index, text = _index(data[body:])
     if index.digest != named or index.compression != compression or index.tar_size != tar_size:
         raise _bad("its layer index disagrees with its header")
     if index.checkpoints_size != 0:
@@ -224,10 +230,10 @@ def decode(data: bytes, *, layer: Digest | None = None) -> LayerArtifact:
         for point in points:
             if first_byte(point) not in starts:
                 raise _bad(f"checkpoint at {point.offset} is not where a span starts")
-    return LayerArtifact(named, size, index, spans, points, windows, windows_size)
+    return LayerArtifact(named, size, index, spans, points, windows, windows_size), text
 
 
-def _index(text: bytes) -> LayerIndex:
+def _index(text: bytes) -> tuple[LayerIndex, bytes]:
     inflater = zlib.decompressobj()
     try:
         raw = inflater.decompress(text, MAX_INDEX + 1)
@@ -236,7 +242,7 @@ def _index(text: bytes) -> LayerIndex:
     if len(raw) > MAX_INDEX or not inflater.eof or inflater.unused_data:
         raise _bad(f"its layer index is not one zlib stream of at most {MAX_INDEX} bytes")
     try:
-        return loads(raw.decode("utf-8", "surrogateescape"))
+        return loads(raw.decode("utf-8", "surrogateescape")), raw
     except ValueError as error:
         raise _bad(f"its layer index: {error}") from None
 

@@ -145,21 +145,25 @@ def _entry_to_json(entry: IndexEntry) -> list[Any]:
     ]
 
 
+_KIND_OF = {kind.value: kind for kind in Kind}  # Kind(value) costs an enum lookup each
+
+
 def _entry_from_json(row: list[Any]) -> IndexEntry:
     path, kind, mode, uid, gid, size, mtime_ns, target, rdev, xattrs, offset, extents = row
+    # Positional, in IndexEntry's order: keywords cost more, once per entry.
     return IndexEntry(
-        path=tuple(path.split("/")) if path else (),
-        kind=Kind(kind),
-        mode=int(mode),
-        uid=int(uid),
-        gid=int(gid),
-        size=int(size),
-        mtime_ns=int(mtime_ns),
-        target=str(target),
-        rdev=(int(rdev[0]), int(rdev[1])),
-        xattrs=tuple((str(name), base64.b64decode(value)) for name, value in xattrs),
-        offset=int(offset),
-        extents=None if extents is None else tuple((int(a), int(b), int(c)) for a, b, c in extents),
+        tuple(path.split("/")) if path else (),
+        _KIND_OF[kind] if kind in _KIND_OF else Kind(kind),
+        int(mode),
+        int(uid),
+        int(gid),
+        int(size),
+        int(mtime_ns),
+        str(target),
+        (int(rdev[0]), int(rdev[1])),
+        () if xattrs == [] else tuple((str(n), base64.b64decode(v)) for n, v in xattrs),
+        int(offset),
+        None if extents is None else tuple((int(a), int(b), int(c)) for a, b, c in extents),
     )
 
 
@@ -170,6 +174,12 @@ def dumps(index: LayerIndex) -> str:
     needing only where the bytes are (``load_index(..., entries=False)``)
     reads one short line, not every entry of the layer.
     """
+    entries = [_entry_to_json(entry) for entry in index.entries]
+    return f"{header_line(index)}\n{json.dumps(entries, separators=(',', ':'))}\n"
+
+
+def header_line(index: LayerIndex) -> str:
+    """The first line ``dumps`` writes for ``index``, without its newline."""
     header = {
         "version": FORMAT_VERSION,
         "digest": index.digest,
@@ -178,8 +188,7 @@ def dumps(index: LayerIndex) -> str:
         "checkpoints_size": index.checkpoints_size,
         "entries": len(index.entries),
     }
-    entries = [_entry_to_json(entry) for entry in index.entries]
-    return f"{json.dumps(header)}\n{json.dumps(entries, separators=(',', ':'))}\n"
+    return json.dumps(header)
 
 
 def loads(text: str, *, entries: bool = True) -> LayerIndex:

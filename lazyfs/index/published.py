@@ -34,7 +34,7 @@ from functools import cached_property
 from pathlib import Path
 
 from lazyfs.index.artifact import LayerArtifact, Point, Span
-from lazyfs.index.model import INDEX_NAME, LayerIndex, dumps, loads
+from lazyfs.index.model import INDEX_NAME, LayerIndex, dumps, header_line, loads
 from lazyfs.store.atomic import write_atomic
 from providers.digest import Digest, algorithm, hex_part, parse_digest
 from providers.errors import BadImage
@@ -86,11 +86,15 @@ def index_blob(layer: Layer) -> Digest | None:
     return None if text is None else parse_digest(text)
 
 
-def store_published(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> Path:
+def store_published(
+    layers_dir: Path, blob: Digest, artifact: LayerArtifact, *, text: bytes | None = None
+) -> Path:
     """Keep the verified ``artifact`` (of index blob ``blob``); its layers dir.
 
-    Idempotent: the same blob gives the same files.  Each file is written
-    atomically, the index last.
+    ``text``: the layer index's text that ``artifact.index`` was parsed from
+    (``lazyfs.index.artifact.decode_text``), kept as it is where it can be
+    (``_index_text``), not encoded again.  Idempotent: the same blob gives
+    the same files.  Each file is written atomically, the index last.
     """
     where = published_layers_dir(layers_dir, artifact.layer, blob)
     home = where / hex_part(artifact.layer)
@@ -106,8 +110,34 @@ def store_published(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> 
         "windows_size": artifact.windows_size,
     }
     write_atomic(home / SPANS_NAME, json.dumps(spans).encode(), mode=0o644)
-    write_atomic(home / INDEX_NAME, dumps(artifact.index).encode(), mode=0o644)
+    write_atomic(home / INDEX_NAME, _index_text(artifact.index, text), mode=0o644)
     return where
+
+
+def _index_text(index: LayerIndex, text: bytes | None) -> bytes:
+    """What the store keeps of ``index``: ``text``, the text it was parsed from, when that
+    reads back the same and costs no more to read than ``dumps``'s; else ``dumps``'s.
+
+    The file is read as UTF-8 with universal newlines, and a reader wanting
+    where the bytes are reads its first line only (``loads(entries=False)``).
+    So the text is kept as it is only when it is ASCII, its first line is
+    the header ``dumps`` writes for the index, and it has no other line, no
+    carriage return or tab, and no run of spaces: a publisher's padding,
+    which compresses to next to nothing, is not written out.
+    """
+    head = header_line(index).encode() + b"\n"
+    if (
+        text is not None
+        and text.startswith(head)
+        and text.endswith(b"\n")
+        and text.count(b"\n") == 2
+        and text.isascii()
+        and b"\r" not in text
+        and b"\t" not in text
+        and b"  " not in text
+    ):
+        return text
+    return dumps(index).encode()
 
 
 def keep_here(layer: Layer, blob: Digest, artifact: LayerArtifact) -> None:

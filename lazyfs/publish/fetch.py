@@ -37,7 +37,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from lazyfs.index.artifact import ARTIFACT_TYPE, decode
+from lazyfs.index.artifact import ARTIFACT_TYPE, decode_text
 from lazyfs.index.artifact_manifest import artifact_layers
 from lazyfs.index.published import (
     check_artifact_layer,
@@ -198,7 +198,7 @@ def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> N
     # One decodes at a time, whatever the rounds fetch at once: a head of a few KiB (a
     # hostile one) inflates to MAX_INDEX (512 MiB) while it decodes, and is held until kept.
     with _DECODING:
-        artifact = decode(data, layer=layer.digest)
+        artifact, text = decode_text(data, layer=layer.digest)
         check_artifact_layer(artifact, layer)
-        store_published(store.layers, blob.digest, artifact)
+        store_published(store.layers, blob.digest, artifact, text=text)
         keep_here(layer, blob.digest, artifact)  # for the start to ask for its program from

@@ -27,7 +27,7 @@ from lazyfs.index.artifact import (
     INDEX_MEDIA_TYPE,
     LayerArtifact,
     Span,
-    decode,
+    decode_text,
     encode,
 )
 from lazyfs.index.artifact_build import build_artifact
@@ -261,7 +261,7 @@ def test_index_blobs_are_fetched_in_rounds_bounded_in_bytes(
 
 class Holding(Repository):
     """A repository that notes the index blobs' bytes fetched and not yet kept, at most,
-    and of those the bytes being decoded (from ``decode`` until kept), at most."""
+    and of those the bytes being decoded (from ``decode_text`` until kept), at most."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -281,7 +281,7 @@ class Holding(Repository):
                 self.fetched += 1
                 self.lock.notify_all()
 
-    def decode(self, data: bytes, *, layer: Digest) -> LayerArtifact:
+    def decode_text(self, data: bytes, *, layer: Digest) -> tuple[LayerArtifact, bytes]:
         with self.lock:
             self.decoding += len(data)
             self.most_decoding = max(self.most_decoding, self.decoding)
@@ -293,7 +293,7 @@ class Holding(Repository):
                 self.first = False
                 self.lock.wait_for(lambda: self.fetched >= 2, timeout=30)
                 self.lock.wait_for(lambda: self.decoding > len(data), timeout=2)
-        return decode(data, layer=layer)
+        return decode_text(data, layer=layer)
 
     def kept(self, blob: Digest) -> None:
         with self.lock:
@@ -313,12 +313,12 @@ def test_the_index_blobs_fetched_at_once_are_bounded_in_bytes(
     monkeypatch.setattr(fetch, "_BYTES_AT_ONCE", 2 * max(sizes))
     assert 3 * min(sizes) > 2 * max(sizes)
 
-    def keep(layers_dir: Path, blob: Digest, artifact: LayerArtifact) -> None:
-        store_published(layers_dir, blob, artifact)
+    def keep(layers_dir: Path, blob: Digest, artifact: LayerArtifact, *, text: bytes) -> None:
+        store_published(layers_dir, blob, artifact, text=text)
         repository.kept(blob)
 
     monkeypatch.setattr(fetch, "store_published", keep)
-    monkeypatch.setattr(fetch, "decode", repository.decode)
+    monkeypatch.setattr(fetch, "decode_text", repository.decode_text)
     image = ImageManifest("registry.invalid/app:1", SUBJECT, tuple(layers))
     found = fetch.published_layers(Store(tmp_path / "store"), None, image, layers)  # type: ignore[arg-type]
     assert found == {layer: descriptor.digest for layer, descriptor in descriptors.items()}
