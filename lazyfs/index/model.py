@@ -212,7 +212,8 @@ def loads(text: str, *, entries: bool = True) -> LayerIndex:
             entries=tuple(_entry_from_json(row) for row in rows),
             checkpoints_size=int(header["checkpoints_size"]),
         )
-    except (KeyError, TypeError, IndexError, AttributeError) as error:
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as error:
+        # OverflowError: a number JSON reads as infinite (1e999), made an int.
         raise ValueError(f"malformed layer index: {error!r}") from error
 
 

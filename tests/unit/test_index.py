@@ -337,6 +337,14 @@ def test_the_header_reads_without_the_entries(tmp_path: Path) -> None:
         # A format-3 index: rows without extents, which it got wrong for sparse files.
         '{"version": 3, "digest": "x", "compression": "none", "tar_size": 0,'
         ' "checkpoints_size": 0, "entries": 0}\n[]',
+        # A number JSON reads as infinite, where an int is wanted (a tar size, a mode).
+        f'{{"version": {FORMAT_VERSION}, "digest": "x", "compression": "none",'
+        ' "tar_size": 1e999, "checkpoints_size": 0, "entries": 0}\n[]',
+        f'{{"version": {FORMAT_VERSION}, "digest": "x", "compression": "none", "tar_size": 0,'
+        ' "checkpoints_size": 0, "entries": 1}\n[["a","dir",1e999,0,0,0,0,"",[0,0],[],0,null]]',
+        # A kind JSON cannot use as a key.
+        f'{{"version": {FORMAT_VERSION}, "digest": "x", "compression": "none", "tar_size": 0,'
+        ' "checkpoints_size": 0, "entries": 1}\n[["a",["dir"],0,0,0,0,0,"",[0,0],[],0,null]]',
     ],
 )
 def test_malformed_indexes_are_value_errors(text: str) -> None:
