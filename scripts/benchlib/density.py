@@ -65,8 +65,13 @@ def measure_density_files(ctx: Context) -> list[Result]:
 
 
 def stop_mount_server(ctx: Context) -> None:
-    """Stop the mount server of the bench's store, if a measurement started one."""
-    server_client.stop_server(server_client.server_dir(ctx.lazyfs.store.root))
+    """Stop the mount servers of the bench's stores, if a measurement started one: the
+    store's, and the gzip store's when a measurement made it (the warm walks and reads)."""
+    stores = [ctx.lazyfs]
+    if "lazyfs_gzip" in vars(ctx):  # a cached property: made only where it was needed
+        stores.append(ctx.lazyfs_gzip)
+    for lazyfs in stores:
+        server_client.stop_server(server_client.server_dir(lazyfs.store.root))
 
 
 @contextmanager
