@@ -179,7 +179,8 @@ def load_json(data: bytes, what: str) -> Any:
     """Parse JSON or raise BadImage naming ``what``."""
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: arrays or objects nested past the interpreter's stack.
         raise BadImage(f"{what} is not valid JSON: {exc}") from exc
 
 

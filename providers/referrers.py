@@ -102,7 +102,7 @@ def referrer_entries(data: bytes) -> tuple[Referrer, ...]:
 def _index_doc(data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadImage("referrers list is not JSON") from None
     if (
         not isinstance(doc, dict)

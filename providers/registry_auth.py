@@ -98,7 +98,7 @@ def docker_config_document(
             raise UsageError(f"{what}: cannot read {text}: {exc.strerror}") from exc
     try:
         doc = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UsageError(f"{what}: not valid JSON") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{what}: not a JSON object")
@@ -206,7 +206,7 @@ def parse_token_response(body: bytes) -> tuple[str, float]:
     """
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError("token server answer is not JSON") from None
     if not isinstance(doc, dict):
         raise ValueError("token server answer is not a JSON object")

@@ -82,7 +82,7 @@ def _registry_message(body: bytes) -> str:
         doc = json.loads(body)
         first = doc["errors"][0]
         text = str(first.get("message") or first.get("code") or "")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         return ""
     return " ".join(text.split())[:200]
 

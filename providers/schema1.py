@@ -48,7 +48,7 @@ def schema1_digest(data: bytes) -> Digest:
         protected = json.loads(_b64url(signatures[0]["protected"]))
         length = int(protected["formatLength"])
         tail = _b64url(protected["formatTail"])
-    except (KeyError, TypeError, ValueError, IndexError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, binascii.Error, RecursionError) as exc:
         raise BadImage("schema 1 manifest has an unreadable signature header") from exc
     if not 0 <= length <= len(data):
         raise BadImage("schema 1 manifest signature header has a bad formatLength")

@@ -189,7 +189,7 @@ def decode_text(data: bytes, *, layer: Digest | None = None) -> tuple[LayerArtif
         raise _bad("no header line")
     try:
         header = json.loads(data[:end])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _bad("header is not JSON") from None
     if not isinstance(header, dict):
         raise _bad("header is not a JSON object")

@@ -80,7 +80,7 @@ def artifact_layers(data: bytes, subject: Digest) -> dict[Digest, Descriptor]:
     """
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadImage("lazyfs index manifest is not JSON") from None
     if not isinstance(doc, dict) or doc.get("artifactType") != ARTIFACT_TYPE:
         raise BadImage(f"not a {ARTIFACT_TYPE} manifest")

@@ -153,7 +153,7 @@ def _entry_from_json(row: list[Any]) -> IndexEntry:
     # Positional, in IndexEntry's order: keywords cost more, once per entry.
     return IndexEntry(
         tuple(path.split("/")) if path else (),
-        _KIND_OF[kind] if kind in _KIND_OF else Kind(kind),
+        _KIND_OF[kind],  # KeyError (TypeError, unhashable) for no kind: loads' ValueError
         int(mode),
         int(uid),
         int(gid),
@@ -212,8 +212,16 @@ def loads(text: str, *, entries: bool = True) -> LayerIndex:
             entries=tuple(_entry_from_json(row) for row in rows),
             checkpoints_size=int(header["checkpoints_size"]),
         )
-    except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as error:
-        # OverflowError: a number JSON reads as infinite (1e999), made an int.
+    except (
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ) as error:
+        # OverflowError: a number JSON reads as infinite (1e999), made an int;
+        # RecursionError: arrays nested past the interpreter's stack.
         raise ValueError(f"malformed layer index: {error!r}") from error
 
 

@@ -116,7 +116,7 @@ def decode(data: bytes, key: str | None = None) -> Trace:
         raise TraceError(f"a trace of {len(data)} bytes is past {MAX_TRACE_BYTES}")
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise TraceError(f"a trace that is not JSON: {error}") from None
     if not isinstance(body, dict) or body.get("lazyfs_trace") != TRACE_VERSION:
         raise TraceError(f"not a lazyfs trace of version {TRACE_VERSION}")

@@ -194,7 +194,7 @@ def trace_blobs(data: bytes, subject: Digest) -> dict[str, Descriptor]:
     """The trace blobs a trace artifact manifest lists, by key; BadImage for one that is not."""
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadImage("lazyfs trace manifest is not JSON") from None
     if not isinstance(doc, dict) or doc.get("artifactType") != TRACE_ARTIFACT_TYPE:
         raise BadImage(f"not a {TRACE_ARTIFACT_TYPE} manifest")
