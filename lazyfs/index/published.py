@@ -116,14 +116,17 @@ def store_published(
 
 def _index_text(index: LayerIndex, text: bytes | None) -> bytes:
     """What the store keeps of ``index``: ``text``, the text it was parsed from, when that
-    reads back the same and costs no more to read than ``dumps``'s; else ``dumps``'s.
+    reads back the same and its first line is ``dumps``'s; else ``dumps``'s.
 
     The file is read as UTF-8 with universal newlines, and a reader wanting
     where the bytes are reads its first line only (``loads(entries=False)``).
     So the text is kept as it is only when it is ASCII, its first line is
-    the header ``dumps`` writes for the index, and it has no other line, no
-    carriage return or tab, and no run of spaces: a publisher's padding,
-    which compresses to next to nothing, is not written out.
+    the header ``dumps`` writes for the index (about 200 bytes, whatever
+    the publisher sent), and it has no other line, no carriage return or
+    tab, and no run of spaces, the cheapest padding there is.  The rest may
+    still be larger than ``dumps`` would write it (values ``loads`` reads
+    past, such as an ``rdev`` of three items or ``420.0`` for 420): bounded,
+    as before, by what a published index may inflate to (``MAX_INDEX``).
     """
     head = header_line(index).encode() + b"\n"
     if (

@@ -66,7 +66,7 @@ def measure_density_files(ctx: Context) -> list[Result]:
 
 def stop_mount_server(ctx: Context) -> None:
     """Stop the mount servers of the bench's stores, if a measurement started one: the
-    store's, and the gzip store's when a measurement made it (the warm walks and reads)."""
+    store's, and the gzip store's when a measurement made it (the walks and reads)."""
     stores = [ctx.lazyfs]
     if "lazyfs_gzip" in vars(ctx):  # a cached property: made only where it was needed
         stores.append(ctx.lazyfs_gzip)
