@@ -71,6 +71,13 @@ def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
     return dataclasses.replace(manifest, layers=layers)
 
 
+def _load_lookup_code() -> None:
+    """Import what ``DockerProvider._published`` imports, ahead of it. Blocking."""
+    import lazyfs.publish.fetch
+    import lazyfs.publish.listing
+    import lazyfs.publish.traces  # noqa: F401
+
+
 def _registry_client(source: Puller) -> RegistryClient | None:
     """``source`` if it is a registry client; a local puller loads no registry code."""
     if isinstance(source, LocalPuller):  # PathPuller is one too
@@ -186,10 +193,15 @@ class DockerProvider:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:
                     return stored
-            async with FETCH_LIMIT:
-                manifest = await trio.to_thread.run_sync(
-                    source.resolve, reference, abandon_on_cancel=True
-                )
+            async with trio.open_nursery() as nursery:
+                if lazy and self.trust_published and local is None:
+                    # The lookup's code (about 20 ms of imports) loads while the resolve
+                    # waits on the registry, not after it.
+                    nursery.start_soon(trio.to_thread.run_sync, _load_lookup_code)
+                async with FETCH_LIMIT:
+                    manifest = await trio.to_thread.run_sync(
+                        source.resolve, reference, abandon_on_cancel=True
+                    )
             manifest = ImageManifest(
                 reference, manifest.digest, manifest.layers, manifest.config, platform
             )

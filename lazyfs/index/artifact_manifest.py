@@ -11,8 +11,17 @@ and named by their head, which is where a reader finds them), and
 for the same image give the same manifest digest, so publishing twice adds
 nothing.
 
+The manifest also names its index blobs in an annotation of its own,
+``HEADS_ANNOTATION`` (``heads_note``).  A referrers list copies a
+manifest's annotations: the Referrers API does so by the distribution spec,
+and ``lazyfs.publish.push`` writes the note into the referrers tag's entry
+too.  So a lookup that reads the list fetches the index blobs straight away
+(``listed_heads``), a round trip sooner than through the manifest.  That
+trusts the blobs no less: the manifest's digest came from the same list,
+and each blob is still checked against the digest named for it.
+
 ``artifact_layers`` reads such a manifest back, distrusting it: it came
-from a registry.  Pure.
+from a registry.  ``listed_heads`` reads the note as distrustfully.  Pure.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ from providers.errors import BadImage
 from providers.manifest import OCI_MANIFEST, Descriptor
 
 CONFIG_BYTES = json.dumps({"lazyfs_index": ARTIFACT_VERSION}).encode()
+# The index blobs by layer, on the manifest and in its referrers entry: {layer: [blob, size]}.
+HEADS_ANNOTATION = "dev.lazyfs.index.heads"
+# A longer note is not read (the manifest is fetched instead): about 6,000 layers' worth.
+MAX_HEADS_NOTE = 1 << 20
 
 
 def _descriptor(desc: Descriptor) -> dict[str, Any]:
@@ -68,8 +81,46 @@ def artifact_manifest(
         "config": _descriptor(config),
         "layers": layers,
         "subject": _descriptor(subject),
+        "annotations": {HEADS_ANNOTATION: heads_note(indexes)},
     }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def heads_note(indexes: Mapping[Digest, Descriptor]) -> str:
+    """``HEADS_ANNOTATION``'s value for ``indexes`` (layer digest -> head blob)."""
+    doc = {layer: [blob.digest, blob.size] for layer, blob in sorted(indexes.items())}
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def listed_heads(annotations: Mapping[str, str]) -> dict[Digest, Descriptor] | None:
+    """The index blobs a referrers entry's ``HEADS_ANNOTATION`` names, by layer digest.
+
+    None when the entry has no such note, or one that does not read (not
+    JSON, too long, a malformed digest or size, a size out of range): the
+    caller then reads the manifest, which says the same where the note is
+    whole.
+    """
+    note = annotations.get(HEADS_ANNOTATION)
+    if note is None or len(note) > MAX_HEADS_NOTE:
+        return None
+    try:
+        pairs = json.loads(note, object_pairs_hook=lambda pairs: pairs)  # a layer twice: seen
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(pairs, list) or not pairs or len(dict(pairs)) != len(pairs):
+        return None
+    found: dict[Digest, Descriptor] = {}
+    for layer, blob in pairs:
+        try:
+            named, size = blob
+            head = Descriptor(INDEX_MEDIA_TYPE, parse_digest(str(named)), size)
+            key = parse_digest(layer)
+        except (BadImage, TypeError, ValueError):
+            return None
+        if type(size) is not int or not 0 < size <= MAX_BLOB:
+            return None
+        found[key] = head
+    return found
 
 
 def artifact_layers(data: bytes, subject: Digest) -> dict[Digest, Descriptor]:

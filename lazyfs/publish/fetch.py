@@ -9,9 +9,10 @@ lazy backend, about the layers that are neither in the store nor eStargz:
    it); nothing of the answer outlives the provision but what it found (the
    store's image record names the index blobs, so a later provision of the
    image does not ask again; one that found none asks again);
-2. the newest such artifact manifest that reads (``newest_first``) is
-   fetched by digest and checked against it, and lists an index blob per
-   layer;
+2. the newest such artifact lists an index blob per layer: its entry in
+   the list names them (``listed_heads``), or else its manifest, the
+   newest that reads (``newest_first``), fetched by digest and checked
+   against it;
 3. each wanted layer's index blob is fetched (side by side, up to
    ``_AT_ONCE`` at once and ``_BYTES_AT_ONCE`` of them: ``rounds``),
    checked against its digest, decoded, one at a time
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from lazyfs.index.artifact import ARTIFACT_TYPE, decode_text
-from lazyfs.index.artifact_manifest import artifact_layers
+from lazyfs.index.artifact_manifest import artifact_layers, listed_heads
 from lazyfs.index.published import (
     check_artifact_layer,
     keep_here,
@@ -169,9 +170,16 @@ def rounds(sizes: Sequence[int], budget: int, at_once: int) -> list[list[int]]:
 
 
 def _listed(listing: Listing) -> dict[Digest, Descriptor]:
-    """The index blobs the newest readable lazyfs artifact of the listing lists, by layer."""
+    """The index blobs the newest readable lazyfs artifact of the listing lists, by layer.
+
+    As its entry in the listing names them, when it does: no round trip for
+    its manifest.
+    """
     push, subject = listing.push, listing.subject
     for referrer in listing.of_type(ARTIFACT_TYPE):
+        heads = listed_heads(referrer.annotations)
+        if heads is not None:
+            return heads  # named by the list that names the manifest: trusted no less
         try:
             got = push.get_manifest(referrer.digest, OCI_MANIFEST)
             if got is None:

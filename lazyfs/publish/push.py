@@ -32,7 +32,12 @@ from lazyfs.index.artifact import (
     encode,
 )
 from lazyfs.index.artifact_build import build_artifact
-from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_manifest
+from lazyfs.index.artifact_manifest import (
+    CONFIG_BYTES,
+    HEADS_ANNOTATION,
+    artifact_manifest,
+    heads_note,
+)
 from lazyfs.index.formats import GZIP, PLAIN_TAR, format_of
 from lazyfs.index.stored import check_data_present, ensure_index
 from lazyfs.store.disk import Store
@@ -113,7 +118,9 @@ def publish_indexes(store: Store, push: RegistryPush, image: ImageManifest) -> P
     manifest = artifact_manifest(subject, config, indexes, windows)
     digest = digest_bytes(manifest)
     answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
-    entry = Referrer(digest, len(manifest), OCI_MANIFEST, ARTIFACT_TYPE, {})
+    # The entry carries the manifest's note of its index blobs, as the Referrers API would.
+    notes = {HEADS_ANNOTATION: heads_note(indexes)}
+    entry = Referrer(digest, len(manifest), OCI_MANIFEST, ARTIFACT_TYPE, notes)
     updated = add_referrer(push, image.digest, entry, answer)
     log.info("%s: published indexes of %d layers as %s", push.image, len(indexes), digest)
     return Published(digest, image.digest, tuple(indexes), tuple(skipped), updated)

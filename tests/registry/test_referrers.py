@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from lazyfs.index.artifact import ARTIFACT_TYPE, INDEX_MEDIA_TYPE, decode
-from lazyfs.index.artifact_manifest import artifact_layers
+from lazyfs.index.artifact_manifest import artifact_layers, listed_heads
 from providers.digest import Digest
 from providers.manifest import OCI_INDEX, OCI_MANIFEST
 from providers.referrers import list_referrers, referrers_tag
@@ -125,6 +125,10 @@ def test_published_indexes_name_and_check_their_layers(
     manifest = _manifest(registry, "rich", str(report["artifact"]), OCI_MANIFEST)
     blobs = artifact_layers(manifest, Digest(seed.rich_oci))
     assert set(blobs) == set(layers) == set(report["layers"])  # type: ignore[call-overload]
+    # The referrers tag's entry names them as the manifest does: no round trip for it.
+    listed = list_referrers(_client(registry, "rich"), Digest(seed.rich_oci), ARTIFACT_TYPE)
+    entry = next(r for r in listed if r.digest == report["artifact"])
+    assert listed_heads(entry.annotations) == blobs
     for layer, blob in blobs.items():
         assert blob.media_type == INDEX_MEDIA_TYPE
         data = requests.get(f"{registry.url}/v2/rich/blobs/{blob.digest}", timeout=10).content

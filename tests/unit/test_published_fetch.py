@@ -25,22 +25,36 @@ from lazyfs.index.artifact import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    MAX_BLOB,
     LayerArtifact,
     Span,
     decode_text,
     encode,
 )
 from lazyfs.index.artifact_build import build_artifact
-from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_manifest
+from lazyfs.index.artifact_manifest import (
+    CONFIG_BYTES,
+    HEADS_ANNOTATION,
+    MAX_HEADS_NOTE,
+    artifact_layers,
+    artifact_manifest,
+    listed_heads,
+)
 from lazyfs.index.formats import build_index
-from lazyfs.index.published import store_published
+from lazyfs.index.published import load_published, store_published
 from lazyfs.publish import fetch
 from lazyfs.publish import listing as listing_module
 from lazyfs.publish.traces import fetch_traces
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.errors import BadImage
-from providers.manifest import OCI_MANIFEST, Descriptor, ImageManifest, Layer
+from providers.manifest import (
+    INDEX_BLOB_ANNOTATION,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageManifest,
+    Layer,
+)
 from providers.referrers import Referrer
 from tests.support.images import Entry, write_layer
 
@@ -55,19 +69,26 @@ class Repository:
     blobs: dict[Digest, bytes] = field(default_factory=dict)
     referrers: list[Referrer] = field(default_factory=list)
     listings: int = 0
+    manifest_gets: int = 0
     base = "http://registry.invalid"
     repository = "app"
     image = "registry.invalid/app:1"
 
     def get_manifest(self, reference: str, accept: str) -> tuple[bytes, str] | None:
+        self.manifest_gets += 1
         found = self.manifests.get(reference)
         return None if found is None else (found, OCI_MANIFEST)
 
     def get_blob(self, digest: Digest, limit: int) -> bytes:
         return self.blobs[digest]
 
-    def publish(self, layer: Digest, index: bytes, created: str | None = None) -> Digest:
-        """List an artifact of ``index`` (the index blob of ``layer``) as a referrer; its blob."""
+    def publish(
+        self, layer: Digest, index: bytes, created: str | None = None, *, noted: bool = False
+    ) -> Digest:
+        """List an artifact of ``index`` (the index blob of ``layer``) as a referrer; its blob.
+
+        ``noted``: its entry carries the manifest's annotations, as the Referrers API's do.
+        """
         blob = digest_bytes(index)
         self.blobs[blob] = index
         config = Descriptor(CONFIG_MEDIA_TYPE, digest_bytes(CONFIG_BYTES), len(CONFIG_BYTES))
@@ -78,6 +99,8 @@ class Repository:
         digest = digest_bytes(data)
         self.manifests[digest] = data
         notes = {fetch.CREATED: created} if created else {}
+        if noted:
+            notes.update(json.loads(data)["annotations"])
         self.referrers.append(Referrer(digest, len(data), OCI_MANIFEST, ARTIFACT_TYPE, notes))
         return blob
 
@@ -172,6 +195,70 @@ def test_one_listing_serves_the_trace_and_the_index_lookups(
     found = fetch.published_layers(store, None, image, [built.layer], listed)  # type: ignore[arg-type]
     assert found == {built.layer.digest: blob}
     assert repository.listings == 1
+
+
+def test_an_entry_naming_its_index_blobs_spares_the_manifest_round_trip(
+    repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    blob = repository.publish(built.layer.digest, built.index, noted=True)
+    store = Store(tmp_path / "store")
+    assert _look(store, built) == {built.layer.digest: blob}
+    assert repository.manifest_gets == 0
+    assert load_published(store.layers, _named(built.layer, blob)) is not None
+
+
+def _named(layer: Layer, blob: Digest) -> Layer:
+    return replace(layer, annotations=((INDEX_BLOB_ANNOTATION, blob),))
+
+
+HEX = "b" * 64
+LAYER, HEAD = f"sha256:{HEX}", f"sha256:{HEX}"
+
+
+def _note(*blob: object) -> str:
+    return json.dumps({LAYER: list(blob)})
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        "not json",
+        "{}",
+        "[]",
+        "[" * 100_000,
+        _note(HEAD, True),
+        _note(HEAD, 0),
+        _note(HEAD, 1.0),
+        _note(HEAD, MAX_BLOB + 1),
+        _note(f"md5:{HEX}", 10),
+        _note(HEAD, 10, 1),
+        json.dumps({LAYER: {"a": 1, "b": 2}}),
+        f'{{"{LAYER}": ["{HEAD}", 10], "{LAYER}": ["{HEAD}", 10]}}',
+        _note(HEAD, 10) + " " * MAX_HEADS_NOTE,
+    ],
+    ids=["not-json", "empty", "array", "deep", "bool-size", "zero-size", "float-size",
+         "too-large", "bad-digest", "three-items", "object", "layer-twice", "too-long"],
+)  # fmt: skip
+def test_an_entry_whose_note_does_not_read_means_reading_the_manifest(
+    note: str, repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    assert listed_heads({HEADS_ANNOTATION: note}) is None
+    blob = repository.publish(built.layer.digest, built.index)
+    entry = repository.referrers[-1]
+    repository.referrers[-1] = replace(entry, annotations={HEADS_ANNOTATION: note})
+    assert _look(Store(tmp_path / "store"), built) == {built.layer.digest: blob}
+    assert repository.manifest_gets == 1
+
+
+def test_the_note_names_what_the_manifest_lists() -> None:
+    config = Descriptor(CONFIG_MEDIA_TYPE, digest_bytes(CONFIG_BYTES), len(CONFIG_BYTES))
+    indexes = {
+        Digest(f"sha256:{c * 64}"): Descriptor(INDEX_MEDIA_TYPE, Digest(f"sha256:{d * 64}"), n)
+        for c, d, n in [("1", "2", 300), ("3", "4", MAX_BLOB), ("5", "6", 1)]
+    }
+    data = artifact_manifest(Descriptor(OCI_MANIFEST, SUBJECT, 1), config, indexes)
+    notes = json.loads(data)["annotations"]
+    assert listed_heads(notes) == artifact_layers(data, SUBJECT) == indexes
 
 
 def test_the_newest_index_is_used(repository: Repository, built: Built, tmp_path: Path) -> None:
