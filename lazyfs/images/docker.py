@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -193,15 +194,16 @@ class DockerProvider:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:
                     return stored
-            async with trio.open_nursery() as nursery:
-                if lazy and self.trust_published and local is None:
-                    # The lookup's code (about 20 ms of imports) loads while the resolve
-                    # waits on the registry, not after it.
-                    nursery.start_soon(trio.to_thread.run_sync, _load_lookup_code)
-                async with FETCH_LIMIT:
-                    manifest = await trio.to_thread.run_sync(
-                        source.resolve, reference, abandon_on_cancel=True
-                    )
+            if lazy and self.trust_published and local is None:
+                # The lookup's code (about 20 ms of imports) loads while the resolve waits
+                # on the registry, not after it. A thread of its own, not a nursery's: the
+                # resolve's errors stay as they are, not grouped.
+                threading.Thread(target=_load_lookup_code, name="lazyfs-imports",
+                                 daemon=True).start()  # fmt: skip
+            async with FETCH_LIMIT:
+                manifest = await trio.to_thread.run_sync(
+                    source.resolve, reference, abandon_on_cancel=True
+                )
             manifest = ImageManifest(
                 reference, manifest.digest, manifest.layers, manifest.config, platform
             )

@@ -9,7 +9,8 @@ digest it indexes (the windows are listed so that a registry keeps them,
 and named by their head, which is where a reader finds them), and
 ``subject`` the image manifest.  Built deterministically: the same indexes
 for the same image give the same manifest digest, so publishing twice adds
-nothing.
+nothing (with the same lazyfs: one that writes the manifest otherwise adds
+an artifact, which the newest-first lookup then uses).
 
 The manifest also names its index blobs in an annotation of its own,
 ``HEADS_ANNOTATION`` (``heads_note``).  A referrers list copies a
@@ -17,8 +18,16 @@ manifest's annotations: the Referrers API does so by the distribution spec,
 and ``lazyfs.publish.push`` writes the note into the referrers tag's entry
 too.  So a lookup that reads the list fetches the index blobs straight away
 (``listed_heads``), a round trip sooner than through the manifest.  That
-trusts the blobs no less: the manifest's digest came from the same list,
-and each blob is still checked against the digest named for it.
+trusts the blobs no less, though the manifest's ``subject`` and
+``artifactType`` are then not read: whoever can write the list can push a
+manifest that says the same, and each blob is checked against the digest
+named for it and held to its layer's digest and size
+(``lazyfs.index.published.check_artifact_layer``); an index depends on its
+layer alone, so one listed for another image is still right for this
+layer.  An entry the tag still lists after its manifest was deleted (a
+client that did not update the tag, as the distribution spec asks) is
+used: its blobs, if gone too, are a warning and a whole pull of their
+layers.
 
 ``artifact_layers`` reads such a manifest back, distrusting it: it came
 from a registry.  ``listed_heads`` reads the note as distrustfully.  Pure.
@@ -104,23 +113,33 @@ def listed_heads(annotations: Mapping[str, str]) -> dict[Digest, Descriptor] | N
     if note is None or len(note) > MAX_HEADS_NOTE:
         return None
     try:
-        pairs = json.loads(note, object_pairs_hook=lambda pairs: pairs)  # a layer twice: seen
+        # Each object as its pairs, in a type no JSON array decodes to: a layer named twice
+        # is seen, and only an object at the top is one.
+        pairs = json.loads(note, object_pairs_hook=_Pairs)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(pairs, list) or not pairs or len(dict(pairs)) != len(pairs):
+    if type(pairs) is not _Pairs or not pairs:
         return None
     found: dict[Digest, Descriptor] = {}
     for layer, blob in pairs:
-        try:
-            named, size = blob
-            head = Descriptor(INDEX_MEDIA_TYPE, parse_digest(str(named)), size)
-            key = parse_digest(layer)
-        except (BadImage, TypeError, ValueError):
+        if type(blob) is not list or len(blob) != 2:
             return None
-        if type(size) is not int or not 0 < size <= MAX_BLOB:
+        named, size = blob
+        if type(named) is not str or type(size) is not int or not 0 < size <= MAX_BLOB:
+            return None
+        try:
+            key = parse_digest(layer)
+            head = Descriptor(INDEX_MEDIA_TYPE, parse_digest(named), size)
+        except BadImage:
+            return None
+        if key in found:
             return None
         found[key] = head
     return found
+
+
+class _Pairs(list[tuple[str, object]]):
+    """A JSON object's pairs, in order, as ``listed_heads`` decodes them."""
 
 
 def artifact_layers(data: bytes, subject: Digest) -> dict[Digest, Descriptor]:

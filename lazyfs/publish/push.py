@@ -21,6 +21,7 @@ again changes nothing.  Blocking.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -36,7 +37,6 @@ from lazyfs.index.artifact_manifest import (
     CONFIG_BYTES,
     HEADS_ANNOTATION,
     artifact_manifest,
-    heads_note,
 )
 from lazyfs.index.formats import GZIP, PLAIN_TAR, format_of
 from lazyfs.index.stored import check_data_present, ensure_index
@@ -119,7 +119,7 @@ def publish_indexes(store: Store, push: RegistryPush, image: ImageManifest) -> P
     digest = digest_bytes(manifest)
     answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
     # The entry carries the manifest's note of its index blobs, as the Referrers API would.
-    notes = {HEADS_ANNOTATION: heads_note(indexes)}
+    notes = {HEADS_ANNOTATION: json.loads(manifest)["annotations"][HEADS_ANNOTATION]}
     entry = Referrer(digest, len(manifest), OCI_MANIFEST, ARTIFACT_TYPE, notes)
     updated = add_referrer(push, image.digest, entry, answer)
     log.info("%s: published indexes of %d layers as %s", push.image, len(indexes), digest)

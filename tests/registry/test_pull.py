@@ -65,6 +65,16 @@ async def test_platform_missing_from_index_is_not_found(
         await dp.fetch(docker(f"{plain_registry.host}/multi:latest"), _progress())
 
 
+async def test_a_lazy_trusting_pull_of_a_missing_image_is_not_found_as_such(
+    plain_registry: Registry, tmp_path: Path
+) -> None:
+    # The lookup's code loads beside the resolve: its error is still the resolve's own.
+    dp = provider(tmp_path, plain_registry.url)
+    dp.trust_published = True
+    with pytest.raises(NotFound):
+        await dp.fetch_lazy(docker(f"{plain_registry.host}/no-such-image:1"), _progress())
+
+
 def test_cli_pull_prints_manifest_and_stores_blobs(
     plain_registry: Registry, seed: Seed, tmp_path: Path
 ) -> None:

@@ -235,9 +235,19 @@ def _note(*blob: object) -> str:
         json.dumps({LAYER: {"a": 1, "b": 2}}),
         f'{{"{LAYER}": ["{HEAD}", 10], "{LAYER}": ["{HEAD}", 10]}}',
         _note(HEAD, 10) + " " * MAX_HEADS_NOTE,
+        "[1]",
+        '["abc"]',
+        "[[[1], 2]]",
+        json.dumps([[LAYER, [HEAD, 10]]]),
+        json.dumps({"sha256:short": [HEAD, 10]}),
+        _note(HEX, 10),
+        _note([HEAD], 10),
+        _note(HEAD, "10"),
     ],
     ids=["not-json", "empty", "array", "deep", "bool-size", "zero-size", "float-size",
-         "too-large", "bad-digest", "three-items", "object", "layer-twice", "too-long"],
+         "too-large", "bad-digest", "three-items", "object", "layer-twice", "too-long",
+         "array-of-int", "array-of-str", "nested-arrays", "array-of-pairs", "bad-layer",
+         "bare-hex", "digest-in-array", "size-as-string"],
 )  # fmt: skip
 def test_an_entry_whose_note_does_not_read_means_reading_the_manifest(
     note: str, repository: Repository, built: Built, tmp_path: Path
@@ -247,6 +257,15 @@ def test_an_entry_whose_note_does_not_read_means_reading_the_manifest(
     entry = repository.referrers[-1]
     repository.referrers[-1] = replace(entry, annotations={HEADS_ANNOTATION: note})
     assert _look(Store(tmp_path / "store"), built) == {built.layer.digest: blob}
+    assert repository.manifest_gets == 1
+
+
+def test_a_newer_entry_without_a_note_is_read_through_its_manifest(
+    repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    repository.publish(built.layer.digest, built.index, noted=True)
+    newer = repository.publish(built.layer.digest, built.other_index)  # pushed by an older lazyfs
+    assert _look(Store(tmp_path / "store"), built) == {built.layer.digest: newer}
     assert repository.manifest_gets == 1
 
 
