@@ -2,46 +2,47 @@
 
 ``PublishedLayers`` is a ``TarRangeReader`` over layers whose index was
 published beside their image (``lazyfs.index.published``): it serves bytes
-of a layer's *uncompressed tar stream*, at the offsets its index gives,
-from a blob read by range through a ``BlobSource`` (the cache daemon's
-client: each miss fetched once, however many mounts ask).
+of a layer's *uncompressed tar stream*, at the offsets its index gives, from
+a blob read by range through a ``BlobSource`` (the cache daemon's client:
+each miss fetched once, however many mounts ask).
 
 The blob is never trusted: it is read only in whole *spans* (the published
 index cuts the blob at every gzip checkpoint), and each span is checked
 against its sha256 before anything of it is used, kept or inflated.  A gzip
-layer is inflated (``lazyfs.blobs.gzip_inflate``) from the checkpoint
-before the read, from verified span bytes only, with that checkpoint's
-window: the last 32 KiB of the interval before when that one is inflated
-(kept, or inflated first when the two were asked for together, back along
-such a chain in a loop bounded by ``chain_bytes``: a file of many intervals
-then costs one window, not one each), checked against its own digest as
-every interval is; else read by range from the index's
-windows blob and checked against its sha256 in the index before it is
-inflated.  A tar layer's bytes are the span bytes themselves.  A span or
-window that does not match is dropped from the blob source's cache
-(``evict``) and read once more.  A second mismatch (or a first, from a
-source that cannot drop what it has) is confirmed: the index and the
-bytes disagree, so the layer's index is bad for this reader; that is
-logged once, naming the layer, the span and both digests, and every read
-of the layer is OSError(EIO) from then on, with nothing fetched or evicted
+layer is inflated (``lazyfs.blobs.gzip_inflate``) from the checkpoint before
+the read, from verified span bytes only, with that checkpoint's window: the
+last 32 KiB of the interval before when that one is inflated (kept, or
+inflated first when the two were asked for together, back along such a chain
+in a loop bounded by ``chain_bytes``: a file of many intervals then costs
+one window, not one each), checked against its own digest as every interval
+is; else read by range from the index's windows blob and checked against its
+sha256 in the index before it is inflated.  A tar layer's bytes are the span
+bytes themselves.  A span or window that does not match is dropped from the
+blob source's cache (``evict``) and read once more.  A second mismatch (or a
+first, from a source that cannot drop what it has) is confirmed: the index
+and the bytes disagree, so the layer's index is bad for this reader; that is
+logged once, naming the layer, the span and both digests, and every read of
+the layer is OSError(EIO) from then on, with nothing fetched or evicted
 again (the cache's chunks are shared with other mounts).  So is a window
 that is not 32 KiB of zlib, verified bytes that do not inflate from the
 index's checkpoint, and a checkpoint's interval (the tar stream from it to
 the next, inflated whole) that does not match its sha256 in the index: a
-forged checkpoint or window.  A blob source that fails is an OSError(EIO) for
-that read, logged.  The FUSE handlers answer EIO, never a wrong byte.
+forged checkpoint or window.  A blob source that fails is an OSError(EIO)
+for that read, logged.  The FUSE handlers answer EIO, never a wrong byte.
 
 Given its entries, it also holds each regular file's entry to the tar
 headers before its data before serving any of it
 (``lazyfs.blobs.entry_check``): EIO for a file they do not describe.
 
-Verified spans are kept, least recently used first out, up to
-``max_bytes``; a span several threads want at once is fetched once.  A
-gzip read inflates the whole checkpoint interval around it, which is kept a
+Verified spans are kept, least recently used first out, up to ``max_bytes``
+(``spans``); a span several threads want at once is fetched once.  A gzip
+read inflates the whole checkpoint interval around it, which is kept a
 while, once checked, for the reads that come back to it
-(``lazyfs.blobs.inflated``).
-Nothing of a window is kept but what was inflated with it.  Blocking and
-thread-safe, as ``TarRangeReader`` says.
+(``lazyfs.blobs.inflated``); so the mount's chunk cache passes reads through
+as they are asked (``reads_exact``), and a small file costs the intervals it
+is in, not those of an aligned piece around it.  Nothing of a window is kept
+but what was inflated with it.  Blocking and thread-safe, as
+``TarRangeReader`` says.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ from lazyfs.blobs.published_ahead import (
 from lazyfs.blobs.published_asks import Asks
 from lazyfs.blobs.published_heard import Unheard
 from lazyfs.blobs.published_once import Once, Spans, mismatch
-from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.index.artifact import WINDOW, Span
 from lazyfs.index.model import IndexEntry, LayerIndex
 from lazyfs.index.published import PublishedData, load_published
@@ -110,7 +110,7 @@ class PublishedLayers:
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
         self.chain_bytes = CHAIN_BYTES  # inflated in a row for want of a window, at most
-        self.grid = CHUNK_SIZE  # the pieces the mount's chunk cache reads a stream in
+        self.grid = 1  # the pieces the mount reads a stream in: none, reads come as asked
         self._asks = Asks(blobs)
         self._asks.replayed(self._layers, getattr(blobs, "replaying", None) or [])  # the trace
         self._inflating: Once[bytes] = Once()  # each interval inflated by one thread
@@ -118,13 +118,8 @@ class PublishedLayers:
         self.fetches = 0
         self.inflations = 0  # one per interval kept, or per read not kept
 
-    @property
-    def max_bytes(self) -> int:
-        return self.spans.max_bytes
-
-    @max_bytes.setter
-    def max_bytes(self, value: int) -> None:
-        self.spans.max_bytes = value
+    def reads_exact(self, digest: Digest) -> bool:
+        return True  # reads pass the mount's chunk cache as asked (ranges.ExactReader)
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` of layer ``digest``'s tar stream.

@@ -13,12 +13,13 @@ trip of its own after the one before:
 - the interval holding the tar headers of the first file the read
   reaches, which the check parses before anything is served
   (``headers_before``), once per file;
-- the rest of the ``grid``-aligned piece the file ends in: the mount's
-  chunk cache reads whole pieces (``lazyfs.blobs.ranges.CHUNK_SIZE``), and
-  the last piece of a file often runs a few bytes into the next interval;
-- for a read of one such piece, the next piece too when a file starts in
+- for a reader read in ``grid``-aligned pieces, the rest of the piece the
+  file ends in, which often runs a few bytes into the next interval; and
+  for a read of one such piece, the next piece too when a file starts in
   this one and runs on past it (``next_piece``): a read of that file from
-  its start reads both, one after the other.
+  its start reads both, one after the other.  A mount reads by exact
+  ranges (``lazyfs.blobs.gzip_remote.PublishedLayers.reads_exact``): its
+  grid is 1, and neither applies.
 
 An interval asked with the one before it is asked without its window
 (``chained``): it inflates from that one's tail (``tail_is_window``), the

@@ -19,6 +19,15 @@ chunks, misses are read in worker threads under a ``CapacityLimiter`` (they
 block, and may decompress), and recently used chunks are kept up to a byte
 budget, so a hot file costs no thread and no decompression the second time.
 
+A reader that keeps what it reads itself, and whose misses cost by the
+range asked, has ``reads_exact`` (``ExactReader``: layers read through their
+published indexes, ``lazyfs.blobs.gzip_remote``).  ``ChunkCache`` passes
+reads of such a layer through as they come, one worker thread each, neither
+cut into chunks nor kept: an aligned chunk around a small file often ran
+into the next checkpoint interval, whose compressed span and window were
+then fetched for bytes nobody read (measured on the bench's image: 1 MB
+more over the link, and a slower start).
+
 A reader that can answer without blocking has ``read_resident`` as well
 (``LocalTars``: a ``preadv2(RWF_NOWAIT)``, which the kernel answers from the
 page cache or refuses with EAGAIN, never waiting on the disk).  ``ChunkCache``
@@ -71,6 +80,17 @@ class ResidentReader(Protocol):
 
         None says nothing about the bytes: ``read_range`` then reads them (or
         raises).  Never blocks on I/O, so trio's event loop may call it.
+        """
+        ...
+
+
+@runtime_checkable
+class ExactReader(Protocol):
+    def reads_exact(self, digest: Digest) -> bool:
+        """Whether reads of layer ``digest`` should reach ``read_range`` as they are asked.
+
+        True for a reader that keeps what it reads itself, and whose misses
+        cost by the range asked (the module docstring).
         """
         ...
 
@@ -145,9 +165,17 @@ class ByLayer:
             for digest, reader in readers.items()
             if (found := _resident_of(reader)) is not None
         }
+        self._exact = {
+            digest
+            for digest, reader in readers.items()
+            if isinstance(reader, ExactReader) and reader.reads_exact(digest)
+        }
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         return self._readers[digest].read_range(digest, offset, length)
+
+    def reads_exact(self, digest: Digest) -> bool:
+        return digest in self._exact
 
     def read_resident(self, digest: Digest, offset: int, length: int) -> bytes | None:
         resident = self._resident.get(digest)
@@ -220,7 +248,8 @@ class ChunkCache:
     ``read`` returns exactly the bytes asked for, short only at the end of
     the stream.  A range ``source`` answers by ``read_resident`` (see the
     module docstring) is returned as it is, and neither cut into chunks nor
-    kept.  Two tasks missing the same chunk read it once.  A task
+    kept; so is a range of a layer the source ``reads_exact``, read in a
+    worker thread.  Two tasks missing the same chunk read it once.  A task
     cancelled while its chunk is read in a thread waits for the thread
     (trio does not abandon it), so no read is left running unowned.
     """
@@ -241,6 +270,7 @@ class ChunkCache:
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], trio.Event] = {}
         self._resident = _resident_of(source)
+        self._exact = source.reads_exact if isinstance(source, ExactReader) else None
         self.misses = 0
         self.resident = 0  # reads answered by read_resident
         # Told each file read from its start, with its first bytes (``lazyfs.fs.predict``).
@@ -254,6 +284,11 @@ class ChunkCache:
             if found is not None:
                 self.resident += 1
                 return found
+        if self._exact is not None and self._exact(digest):
+            self.misses += 1
+            return await trio.to_thread.run_sync(
+                self.source.read_range, digest, offset, length, limiter=self._limiter
+            )
         end = offset + length
         first = offset // self.chunk_size
         last = (end - 1) // self.chunk_size

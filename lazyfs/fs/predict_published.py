@@ -18,7 +18,7 @@ mount checks it) and asks for its interpreter and libraries
 indexes: before the mount serves, not after.
 
 The window asked for is that of the first interval, and of the one where
-the file's first piece begins: the mount's reader asks its first read's
+the file's data begins: the mount's reader asks its first read's
 intervals together, and inflates each from the tail of the one before
 (``lazyfs.blobs.published_asks``). A later read that finds an interval's
 predecessor gone asks for that window itself: some 14 KiB, against the
@@ -51,10 +51,8 @@ from lazyfs.blobs.published_ahead import (
     interval_needs,
     intervals_to,
     merged,
-    on_grid,
     reads_windows,
 )
-from lazyfs.blobs.ranges import CHUNK_SIZE
 from lazyfs.cache.remote import RemoteOrigin
 from lazyfs.cache.tails import hint_client
 from lazyfs.fs.predict import MAX_BYTES, MAX_FILE_BYTES
@@ -223,10 +221,9 @@ def _needs(node: TocNode, found: Mapping[Digest, _Published]) -> list[Need]:
     entry = files.get(node.entry.path)
     if entry is None or entry.size <= 0 or entry.extents is not None:
         return []  # a sparse file's data is not where its size says
-    # The mount reads a layer's stream in CHUNK_SIZE pieces (its chunk cache): whole ones.
-    lo, end = on_grid(entry.offset, entry.offset + min(entry.size, MAX_FILE_BYTES), CHUNK_SIZE)
+    # The mount reads the file as asked (PublishedLayers.reads_exact), its headers first.
+    lo, end = entry.offset, entry.offset + min(entry.size, MAX_FILE_BYTES)
     start, end = max(0, entry.offset - HEADERS), min(end, data.tar_size)
-    start -= start % CHUNK_SIZE
     if data.points is None:  # a tar layer: the blob is the stream
         return [(node.layer, start, end - start)] if end > start else []
     first, last = interval(data.bounds, start), interval(data.bounds, end - 1)

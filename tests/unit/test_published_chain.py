@@ -40,18 +40,26 @@ def _windows(gz: Built, source: Prefetching, kind: str) -> list[tuple[int, int]]
     return [(e[2], e[3]) for e in source.events if e[0] == kind and e[1] == gz.data.windows]
 
 
+PIECE = 1 << 17  # what the kernel asks of a FUSE file in one read, at most
+
+
+def _read_file(reader: PublishedLayers, digest: Digest, entry: IndexEntry) -> bytes:
+    """``entry``'s data read as the mount reads it: in the kernel's pieces from its start."""
+    end = entry.offset + entry.size
+    return b"".join(
+        reader.read_range(digest, at, min(PIECE, end - at))
+        for at in range(entry.offset, end, PIECE)
+    )
+
+
 def test_a_file_of_many_intervals_reads_one_window(gz: Built) -> None:
     source = Prefetching(gz.blobs)
     reader, text = _opened(gz, source)
     bounds = gz.data.bounds
     first, last = interval(bounds, text.offset), interval(bounds, text.offset + text.size - 1)
     assert last - first >= 3
-    grid = reader.grid
-    start = text.offset - text.offset % grid
-    got = b"".join(
-        reader.read_range(gz.digest, at, grid) for at in range(start, text.offset + text.size, grid)
-    )
-    assert got[text.offset - start :][: text.size] == gz.tar[text.offset :][: text.size]
+    start = text.offset
+    assert _read_file(reader, gz.digest, text) == gz.tar[text.offset :][: text.size]
     # The first interval read inflates from its window; every later one from the one before.
     assert gz.data.points is not None
     window = gz.data.points[interval(bounds, start)].window
@@ -128,9 +136,7 @@ def _read_through(built: Built) -> tuple[PublishedLayers, IndexEntry]:
     assert opened is not None
     index, reader, _ = opened
     entry = next(e for e in index.entries if e.path == ("big",))
-    grid, end = reader.grid, entry.offset + entry.size
-    for at in range(entry.offset - entry.offset % grid, end, grid):
-        assert reader.read_range(built.digest, at, grid) == built.tar[at : at + grid]
+    assert _read_file(reader, built.digest, entry) == built.tar[entry.offset :][: entry.size]
     return reader, entry
 
 
@@ -228,9 +234,7 @@ def test_a_file_read_whole_reads_again_with_the_registry_gone(big: Built) -> Non
     assert opened is not None
     index, reader, _ = opened
     entry = next(e for e in index.entries if e.path == ("big",))
-    grid, end = reader.grid, entry.offset + entry.size
-    for at in range(entry.offset - entry.offset % grid, end, grid):
-        assert reader.read_range(big.digest, at, grid) == big.tar[at : at + grid]
+    assert _read_file(reader, big.digest, entry) == big.tar[entry.offset :][: entry.size]
     _read_end_after_registry_gone(big, reader, source, entry)
 
 
@@ -311,9 +315,7 @@ def test_a_walk_that_stopped_at_an_interval_kept_inflates_from_it_when_evicted_s
     index, reader, _ = opened
     kept = reader._intervals = _Fleeting()  # the LRU, turned over by other threads
     entry = next(e for e in index.entries if e.path == ("big",))
-    grid, end = reader.grid, entry.offset + entry.size
-    for at in range(entry.offset - entry.offset % grid, end, grid):
-        assert reader.read_range(big.digest, at, grid) == big.tar[at : at + grid]
+    assert _read_file(reader, big.digest, entry) == big.tar[entry.offset :][: entry.size]
     source.go()
     reader.close()
     bounds = big.data.bounds

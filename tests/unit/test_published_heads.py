@@ -134,7 +134,7 @@ def test_the_rest_of_the_piece_a_file_ends_in_is_asked_with_the_file(gz: Built) 
 
 def test_a_files_headers_are_asked_for_once(gz: Built) -> None:
     reader, source, files = _reader(gz, 4096)
-    reader.max_bytes = 1  # no verified span kept but the last: none is held back from asking
+    reader.spans.max_bytes = 1  # no verified span kept but the last: none is held back from asking
     noise, bounds = files["noise"], gz.data.bounds
     head = interval(bounds, noise.offset - 512)
     first_span = gz.data.spans[0]
