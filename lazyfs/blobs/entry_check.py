@@ -75,7 +75,7 @@ class EntryCheck:
 
     def check(self, offset: int, length: int) -> None:
         """OSError(EIO) unless every file whose data ``[offset, offset + length)`` reaches
-        matches its headers (reads come in aligned chunks, across files)."""
+        matches its headers (a read may reach several files: a reader's own chunks)."""
         files, starts, _, overlap = self._load()
         if overlap is not None:
             raise OSError(errno.EIO, f"layer {self.layer}: published index refused: {overlap}")

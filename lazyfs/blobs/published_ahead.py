@@ -182,7 +182,8 @@ def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: 
     """Where the file a read of ``[offset, offset + length)`` is for ends, if past the read.
 
     ``starts`` and ``ends``: each file's data in the tar stream, sorted by
-    start.  A read is an aligned chunk of the stream, not a file's: it is
+    start.  A read may be an aligned chunk of the stream, not a file's (a
+    mount reads by exact ranges, a test or another reader may not): it is
     taken to be for the file holding its first byte, or else for the file
     that starts in it and holds more than half of it (a large file whose
     header the chunk starts before).  Not for a file that merely starts in
@@ -231,8 +232,8 @@ def next_piece(starts: Sequence[int], ends: Sequence[int], offset: int, end: int
     """Where a file that starts in the piece ``[offset, end)`` and runs past it ends, or
     the end of the next ``grid`` piece if sooner; else ``end``.
 
-    The mount's chunk cache reads a file in ``grid``-aligned pieces, one
-    after the other: a read of such a file from its start is this piece,
+    A reader that reads a file in ``grid``-aligned pieces (not a mount's: it
+    reads by exact ranges) reads such a file from its start as this piece,
     then the next at once.
     """
     last = bisect.bisect_left(starts, end) - 1

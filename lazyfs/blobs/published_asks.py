@@ -119,7 +119,7 @@ class Asks:
         if lo < offset:
             heads = sorted({*heads, *self._heads(digest, data, starts, ends, lo, hi)})
         reach = max(file_reach(starts, ends, offset, length), end)
-        if (lo, hi) == (offset, offset + length):
+        if grid > 1 and (lo, hi) == (offset, offset + length):
             reach = max(reach, next_piece(starts, ends, offset, end, grid))
         reach = min(on_grid(reach, reach, grid)[1], bounds[-1])
         first = interval(bounds, lo)

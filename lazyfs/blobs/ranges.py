@@ -266,12 +266,15 @@ class ChunkCache:
         self.max_bytes = max_bytes
         self.chunk_size = chunk_size
         self._limiter = trio.CapacityLimiter(threads)
+        # Exact reads wait on one another's spans inside their threads (``reads_exact``):
+        # slots of their own, so they never hold up the chunks of other layers.
+        self._exact_limiter = trio.CapacityLimiter(threads)
         self._chunks: OrderedDict[tuple[Digest, int], bytes] = OrderedDict()
         self._bytes = 0
         self._pending: dict[tuple[Digest, int], trio.Event] = {}
         self._resident = _resident_of(source)
         self._exact = source.reads_exact if isinstance(source, ExactReader) else None
-        self.misses = 0
+        self.misses = 0  # chunks read through the source, and exact reads (kept there or not)
         self.resident = 0  # reads answered by read_resident
         # Told each file read from its start, with its first bytes (``lazyfs.fs.predict``).
         self.on_head: Callable[[Any, bytes], None] | None = None
@@ -287,7 +290,7 @@ class ChunkCache:
         if self._exact is not None and self._exact(digest):
             self.misses += 1
             return await trio.to_thread.run_sync(
-                self.source.read_range, digest, offset, length, limiter=self._limiter
+                self.source.read_range, digest, offset, length, limiter=self._exact_limiter
             )
         end = offset + length
         first = offset // self.chunk_size

@@ -1,7 +1,8 @@
 """A miss through a published index asks at once for what its file's reads will inflate
 besides the file's own intervals (``lazyfs.blobs.gzip_remote``): the interval holding the
-tar headers its check parses first (``headers_before``), and the rest of the chunk-cache
-piece the file ends in (``on_grid``).  Each was a round trip of its own after the read's."""
+tar headers its check parses first (``headers_before``), and, for a reader read in aligned
+pieces (a mount reads by exact ranges: its grid is 1), the rest of the piece the file ends
+in (``on_grid``).  Each was a round trip of its own after the read's."""
 
 from __future__ import annotations
 

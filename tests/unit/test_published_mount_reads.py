@@ -12,8 +12,11 @@ it inflates itself, so the cache passes its reads through as they come
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
 
 from lazyfs.blobs.gzip_remote import open_published
 from lazyfs.blobs.inflated import interval
@@ -110,3 +113,30 @@ async def test_the_chunk_cache_passes_an_exact_readers_ranges_through(exact: boo
         assert source.reads == [(offset, 300), (offset + 50, 10)]  # each as asked, none kept
     else:
         assert source.reads == [(2 * CHUNK_SIZE, CHUNK_SIZE), (3 * CHUNK_SIZE, CHUNK_SIZE)]
+
+
+class _Stalled(_Recorded):
+    """An exact reader whose reads wait until ``release`` is set, as reads waiting on a span."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.release = threading.Event()
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.release.wait()
+        return super().read_range(digest, offset, length)
+
+
+async def test_exact_reads_waiting_hold_up_no_other_layers_chunks() -> None:
+    stalled, other = Digest("sha256:" + "6" * 64), Digest("sha256:" + "7" * 64)
+    waiting, local = _Stalled(), _Recorded(False)
+    cache = ChunkCache(ByLayer({stalled: waiting, other: local}), threads=2)
+    async with trio.open_nursery() as nursery:
+        try:
+            for n in range(4):  # more than the cache has threads
+                nursery.start_soon(cache.read, stalled, n * 10, 10)
+            await wait_all_tasks_blocked()
+            with trio.fail_after(30):  # a hang, not a timing: it would never finish
+                assert await cache.read(other, 0, 10) == bytes(10)
+        finally:
+            waiting.release.set()  # the stalled threads end: the nursery can close
