@@ -110,7 +110,6 @@ class PublishedLayers:
         self._intervals = Kept()
         self.reach_bytes = reach_bytes
         self.chain_bytes = CHAIN_BYTES  # inflated in a row for want of a window, at most
-        self.grid = 1  # the pieces the mount reads a stream in: none, reads come as asked
         self._asks = Asks(blobs)
         self._asks.replayed(self._layers, getattr(blobs, "replaying", None) or [])  # the trace
         self._inflating: Once[bytes] = Once()  # each interval inflated by one thread
@@ -140,7 +139,7 @@ class PublishedLayers:
             if data.points is not None and not check.refused():
                 # What this read and the next of its file will inflate, asked at once.
                 starts, ends = check.extents()
-                self._asks.miss(digest, data, starts, ends, offset, length, grid=self.grid,
+                self._asks.miss(digest, data, starts, ends, offset, length,
                                 budget=self.reach_bytes, chain_bytes=self.chain_bytes,
                                 kept=self._intervals.get, unheld=self._unheld)  # fmt: skip
             check.check(offset, length)

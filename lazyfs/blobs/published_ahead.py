@@ -182,9 +182,9 @@ def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: 
     """Where the file a read of ``[offset, offset + length)`` is for ends, if past the read.
 
     ``starts`` and ``ends``: each file's data in the tar stream, sorted by
-    start.  A read may be an aligned chunk of the stream, not a file's (a
-    mount reads by exact ranges, a test or another reader may not): it is
-    taken to be for the file holding its first byte, or else for the file
+    start.  A read may reach several files (a mount's reads are exact, but
+    the kernel reads ahead through one): it is taken to be for the file
+    holding its first byte, or else for the file
     that starts in it and holds more than half of it (a large file whose
     header the chunk starts before).  Not for a file that merely starts in
     it: a chunk of small files whose last runs on is most often for one of
@@ -226,25 +226,6 @@ def headers_before(
     if previous >= offset:
         return None
     return previous, min(starts[number], offset)
-
-
-def next_piece(starts: Sequence[int], ends: Sequence[int], offset: int, end: int, grid: int) -> int:
-    """Where a file that starts in the piece ``[offset, end)`` and runs past it ends, or
-    the end of the next ``grid`` piece if sooner; else ``end``.
-
-    A reader that reads a file in ``grid``-aligned pieces (not a mount's: it
-    reads by exact ranges) reads such a file from its start as this piece,
-    then the next at once.
-    """
-    last = bisect.bisect_left(starts, end) - 1
-    if last >= 0 and offset <= starts[last] and ends[last] > end:
-        return min(ends[last], end + grid)
-    return end
-
-
-def on_grid(offset: int, end: int, grid: int) -> tuple[int, int]:
-    """``[offset, end)`` widened to whole ``grid``-aligned pieces."""
-    return offset - offset % grid, -(-end // grid) * grid
 
 
 def compressed_span(data: PublishedData, number: int) -> tuple[int, int]:

@@ -13,13 +13,6 @@ trip of its own after the one before:
 - the interval holding the tar headers of the first file the read
   reaches, which the check parses before anything is served
   (``headers_before``), once per file;
-- for a reader read in ``grid``-aligned pieces, the rest of the piece the
-  file ends in, which often runs a few bytes into the next interval; and
-  for a read of one such piece, the next piece too when a file starts in
-  this one and runs on past it (``next_piece``): a read of that file from
-  its start reads both, one after the other.  A mount reads by exact
-  ranges (``lazyfs.blobs.gzip_remote.PublishedLayers.reads_exact``): its
-  grid is 1, and neither applies.
 
 An interval asked with the one before it is asked without its window
 (``chained``): it inflates from that one's tail (``tail_is_window``), the
@@ -48,8 +41,6 @@ from lazyfs.blobs.published_ahead import (
     headers_before,
     interval_needs,
     intervals_to,
-    next_piece,
-    on_grid,
     tail_is_window,
 )
 from lazyfs.blobs.trace_run import UNIT
@@ -89,7 +80,6 @@ class Asks:
         offset: int,
         length: int,
         *,
-        grid: int,
         budget: int,
         chain_bytes: int = CHAIN_BYTES,
         kept: Callable[[Digest, int], bytes | None],
@@ -115,14 +105,8 @@ class Asks:
         touched = [*heads, *range(interval(bounds, offset), interval(bounds, end - 1) + 1)]
         if all(done(n) for n in touched):
             return  # no miss
-        lo, hi = on_grid(offset, end, grid)
-        if lo < offset:
-            heads = sorted({*heads, *self._heads(digest, data, starts, ends, lo, hi)})
-        reach = max(file_reach(starts, ends, offset, length), end)
-        if grid > 1 and (lo, hi) == (offset, offset + length):
-            reach = max(reach, next_piece(starts, ends, offset, end, grid))
-        reach = min(on_grid(reach, reach, grid)[1], bounds[-1])
-        first = interval(bounds, lo)
+        reach = min(max(file_reach(starts, ends, offset, length), end), bounds[-1])
+        first = interval(bounds, offset)
         while done(first) and first < interval(bounds, end - 1):
             first += 1
         last = intervals_to(data, first, reach, budget)

@@ -262,7 +262,7 @@ def test_an_interval_whose_window_was_asked_is_never_chained_after(big: Built) -
     opened = open_published(big.layers_dir, big.layer, source)
     assert opened is not None
     index, reader, _ = opened
-    reader.grid, reader.reach_bytes = 512, 8 << 20  # reads of one interval: u - 1 not asked
+    reader.reach_bytes = 8 << 20  # reads of one interval: u - 1 not asked
     entry = next(e for e in index.entries if e.path == ("big",))
     bounds = big.data.bounds
     u = interval(bounds, entry.offset) + 100

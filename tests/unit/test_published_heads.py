@@ -1,8 +1,7 @@
 """A miss through a published index asks at once for what its file's reads will inflate
 besides the file's own intervals (``lazyfs.blobs.gzip_remote``): the interval holding the
-tar headers its check parses first (``headers_before``), and, for a reader read in aligned
-pieces (a mount reads by exact ranges: its grid is 1), the rest of the piece the file ends
-in (``on_grid``).  Each was a round trip of its own after the read's."""
+tar headers its check parses first (``headers_before``).  It was a round trip of its own
+after the read's."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers, open_published
 from lazyfs.blobs.inflated import interval
-from lazyfs.blobs.published_ahead import headers_before, next_piece, on_grid
+from lazyfs.blobs.published_ahead import headers_before
 from lazyfs.index.model import IndexEntry
 from providers.digest import Digest
 from tests.support.blob_sources import Prefetching
@@ -45,14 +44,6 @@ def test_no_files_no_headers() -> None:
     assert headers_before([], [], 10, 20) is None
 
 
-@pytest.mark.parametrize(
-    ("offset", "end", "grid", "piece"),
-    [(0, 1, 8, (0, 8)), (8, 16, 8, (8, 16)), (9, 17, 8, (8, 24)), (5, 5, 4, (4, 8))],
-)
-def test_a_range_on_the_grid(offset: int, end: int, grid: int, piece: tuple[int, int]) -> None:
-    assert on_grid(offset, end, grid) == piece
-
-
 @pytest.fixture(scope="module")
 def gz(tmp_path_factory: pytest.TempPathFactory) -> Built:
     return Built(tmp_path_factory.mktemp("gz"), True)
@@ -82,12 +73,11 @@ class Calls(Prefetching):
         )
 
 
-def _reader(gz: Built, grid: int) -> tuple[PublishedLayers, Calls, dict[str, IndexEntry]]:
+def _reader(gz: Built) -> tuple[PublishedLayers, Calls, dict[str, IndexEntry]]:
     source = Calls(gz.blobs)
     opened = open_published(gz.layers_dir, gz.layer, source)
     assert opened is not None
     index, reader, _ = opened
-    reader.grid = grid
     return reader, source, {"/".join(e.path): e for e in index.entries}
 
 
@@ -97,13 +87,12 @@ def _read(reader: PublishedLayers, source: Calls, gz: Built, offset: int, length
 
 
 def test_a_files_headers_before_the_read_are_asked_with_it(gz: Built) -> None:
-    # The mount's chunk cache reads 4 KiB pieces here: the piece holding the end of
-    # "noise" lies in one interval, its headers at the stream's start in another.
-    grid = 4096
-    reader, source, files = _reader(gz, grid)
+    # A read of the last 4 KiB of "noise" lies in one interval, its headers at the
+    # stream's start in another.
+    reader, source, files = _reader(gz)
     noise, bounds = files["noise"], gz.data.bounds
     end = noise.offset + noise.size
-    lo, hi = on_grid(end - 1, end, grid)
+    lo, hi = end - 4096, end
     assert interval(bounds, lo) == interval(bounds, hi - 1)
     assert interval(bounds, noise.offset - 512) < interval(bounds, lo)
     _read(reader, source, gz, lo, hi - lo)
@@ -114,27 +103,8 @@ def test_a_files_headers_before_the_read_are_asked_with_it(gz: Built) -> None:
     assert all(source.asked_before(first, *r) for r in reads), source.events
 
 
-def test_the_rest_of_the_piece_a_file_ends_in_is_asked_with_the_file(gz: Built) -> None:
-    # The first read of "noise" (as a read-ahead makes it, off the grid) asks for
-    # its intervals; the mount's read of its last 128 KiB piece then reads a few
-    # more of the next interval, which was asked for with them.
-    reader, source, files = _reader(gz, 1 << 17)
-    noise, bounds = files["noise"], gz.data.bounds
-    end = noise.offset + noise.size
-    lo, hi = on_grid(end - 1, end, 1 << 17)
-    assert interval(bounds, hi - 1) > interval(bounds, end - 1)
-    middle = bounds[interval(bounds, noise.offset) + 2]
-    _read(reader, source, gz, middle, 10)
-    before = len(source.events)
-    _read(reader, source, gz, lo, hi - lo)
-    reads = [e for e, call in zip(source.events, source.calls, strict=True) if call == 2]
-    reads = [e for e in reads if e[0] == "read"]
-    assert reads
-    assert all(source.asked_before(before, *r[1:]) for r in reads), source.events
-
-
 def test_a_files_headers_are_asked_for_once(gz: Built) -> None:
-    reader, source, files = _reader(gz, 4096)
+    reader, source, files = _reader(gz)
     reader.spans.max_bytes = 1  # no verified span kept but the last: none is held back from asking
     noise, bounds = files["noise"], gz.data.bounds
     head = interval(bounds, noise.offset - 512)
@@ -150,37 +120,3 @@ def test_a_files_headers_are_asked_for_once(gz: Built) -> None:
         if e[0] == "prefetch" and e[1] == gz.digest and e[2] <= first_span.offset < e[2] + e[3]
     }
     assert heads == {1}, source.events
-
-
-@pytest.mark.parametrize(
-    ("offset", "end", "grid", "reach"),
-    [
-        (0, 1000, 1000, 1000),  # the second file starts in the piece and ends in it
-        (500, 1200, 700, 1900),  # it starts in the piece and runs past: to the next piece's end
-        (0, 3000, 3000, 5000),  # ... or to its end, if sooner
-        (4096, 5700, 1604, 5700),  # the third file starts in the piece and ends in it
-        (2000, 4000, 2000, 4000),  # no file starts in the piece
-    ],
-)
-def test_a_file_starting_in_a_piece_reaches_into_the_next(
-    offset: int, end: int, grid: int, reach: int
-) -> None:
-    assert next_piece(STARTS, ENDS, offset, end, grid) == reach
-
-
-def test_a_file_starting_at_the_end_of_a_piece_is_asked_with_the_next_piece(gz: Built) -> None:
-    # "text" starts near the end of a piece and runs on far past the next, which
-    # reaches into the interval after text's first: a read of it from its start is
-    # that piece, then the next one at once.
-    grid = 80 << 10
-    reader, source, files = _reader(gz, grid)
-    text, bounds = files["text"], gz.data.bounds
-    piece = text.offset - text.offset % grid
-    assert piece + grid - text.offset < grid // 2  # little of the piece is the file's
-    assert text.offset + text.size > piece + 2 * grid
-    assert interval(bounds, piece + 2 * grid - 1) > interval(bounds, piece + grid - 1)
-    _read(reader, source, gz, piece, grid)
-    asked = len(source.events)
-    _read(reader, source, gz, piece + grid, grid)
-    reads = [e for e, call in zip(source.events, source.calls, strict=True) if call == 2]
-    assert all(source.asked_before(asked, *e[1:]) for e in reads if e[0] == "read"), reads

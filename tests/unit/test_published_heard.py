@@ -110,12 +110,11 @@ def test_what_the_program_did_without_is_recorded_for_the_replay(
     thread.join()
     end = text.offset + text.size
 
-    grid = 1 << 14  # the chunk cache's pieces, small: the first read is all in interval n
+    grid = 1 << 14  # the program's reads, small: the first is all in interval n
     first = -(-bounds[number] // grid) * grid
     assert first + grid <= bounds[number + 1]
 
     def program(source: PublishedLayers) -> None:
-        source.grid = grid
         for at in range(first, end, grid):
             got = source.read_range(built.digest, at, min(grid, end - at))
             assert got == built.tar[at : min(at + grid, end)]

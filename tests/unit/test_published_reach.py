@@ -140,9 +140,9 @@ def _opened(gz: Built, source: Prefetching, **options: int) -> tuple[PublishedLa
 
 def test_a_miss_asks_for_the_rest_of_its_file_at_once(gz: Built) -> None:
     source = Prefetching(gz.blobs)
-    # Reads at the file's own offsets, not on the chunk cache's grid: nothing of the
-    # file before it is read, so nothing of it is asked for.
-    reader, text = _opened(gz, source, grid=1)
+    # Reads at the file's own offsets, as a mount's: nothing of the file before it is
+    # read, so nothing of it is asked for.
+    reader, text = _opened(gz, source)
     bounds = gz.data.bounds
     first, last = interval(bounds, text.offset), interval(bounds, text.offset + text.size - 1)
     assert last - first >= 3
@@ -203,7 +203,7 @@ def test_an_ask_that_failed_is_made_again_by_each_interval_as_it_inflates(gz: Bu
 
 def test_the_budget_bounds_what_one_miss_asks_for(gz: Built) -> None:
     source = Prefetching(gz.blobs)
-    reader, text = _opened(gz, source, reach_bytes=1, grid=1)  # reads off the grid, as above
+    reader, text = _opened(gz, source, reach_bytes=1)
     reader.read_range(gz.digest, text.offset, 1 << 17)
     asked = [e[2:] for e in source.events if e[0] == "prefetch" and e[1] == gz.digest]
     # Each interval the read inflates asks for its own span, as without entries: no more.
