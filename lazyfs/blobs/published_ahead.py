@@ -182,13 +182,13 @@ def file_reach(starts: Sequence[int], ends: Sequence[int], offset: int, length: 
     """Where the file a read of ``[offset, offset + length)`` is for ends, if past the read.
 
     ``starts`` and ``ends``: each file's data in the tar stream, sorted by
-    start.  A read may reach several files (a mount's reads are exact, but
-    the kernel reads ahead through one): it is taken to be for the file
-    holding its first byte, or else for the file
-    that starts in it and holds more than half of it (a large file whose
-    header the chunk starts before).  Not for a file that merely starts in
-    it: a chunk of small files whose last runs on is most often for one of
-    the others (measured: asking to that one's end fetched intervals never
+    start.  A mount's read is within one file's data; a read of the
+    stream by another reader (a test's, aligned pieces) may reach several
+    files: it is taken to be for the file holding its first byte, or else
+    for the file that starts in it and holds more than half of it (a large
+    file whose header the read starts before).  Not for a file that merely
+    starts in it: a piece of small files whose last runs on is most often
+    for one of the others (measured: asking to that one's end fetched intervals never
     read).  The read's end when neither runs past it.  A hint: a forged
     index makes it wrong, and nothing but how much is fetched ahead
     depends on it.

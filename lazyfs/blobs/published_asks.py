@@ -12,7 +12,7 @@ trip of its own after the one before:
   (``file_reach``), bounded by a budget of compressed bytes;
 - the interval holding the tar headers of the first file the read
   reaches, which the check parses before anything is served
-  (``headers_before``), once per file;
+  (``headers_before``), once per file.
 
 An interval asked with the one before it is asked without its window
 (``chained``): it inflates from that one's tail (``tail_is_window``), the
