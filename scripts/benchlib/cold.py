@@ -24,6 +24,10 @@ link by then, both ways.
   through the index published beside it (``benchlib.cold_index``: pushed by
   ``lazyfs index push``, or published by a first machine's whole pull);
   each compared with the eStargz row too.
+- ``lazyfs fuse (gzip, warm)`` and ``lazyfs fuse (gzip, warm, page cache
+  dropped)``: the plain image's start on a machine holding it whole, the
+  page cache kept or dropped; the replayed-trace row is compared with the
+  first, the second with the first (``benchlib.cold_index``).
 - ``lazyfs fuse (plain)`` and ``lazyfs overlay (plain)``: ``lazyfs run`` of
   the plain image, whose layers are pulled whole first.
 - ``skopeo copy + umoci unpack``: the image copied into an OCI layout,
