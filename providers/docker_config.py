@@ -26,7 +26,6 @@ line of its stderr, never its stdout.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -35,6 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from providers import untrusted_json
 from providers.errors import UsageError
 from providers.registry_auth import Credentials, docker_config_document, normalize_host
 
@@ -187,8 +187,8 @@ def _helper_answer(stdout: bytes, program: str, source: str) -> Credentials | No
     if len(stdout) > HELPER_OUTPUT_LIMIT:
         raise unreadable
     try:
-        doc = json.loads(stdout)
-    except (ValueError, UnicodeDecodeError):
+        doc = untrusted_json.loads(stdout)
+    except ValueError:
         raise unreadable from None
     if not isinstance(doc, dict):
         raise unreadable

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage, TemporaryFailure
 from providers.manifest import METADATA_LIMIT, OCI_INDEX
@@ -101,8 +102,8 @@ def referrer_entries(data: bytes) -> tuple[Referrer, ...]:
 
 def _index_doc(data: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        doc = untrusted_json.loads(data)
+    except ValueError:
         raise BadImage("referrers list is not JSON") from None
     if (
         not isinstance(doc, dict)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import json
 import re
 import threading
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from providers import untrusted_json
 from providers.errors import UsageError
 
 # Docker Hub goes by several names; its credentials are stored under any of them.
@@ -97,8 +97,8 @@ def docker_config_document(
         except OSError as exc:
             raise UsageError(f"{what}: cannot read {text}: {exc.strerror}") from exc
     try:
-        doc = json.loads(stripped)
-    except (ValueError, RecursionError):
+        doc = untrusted_json.loads(stripped)
+    except ValueError:
         raise UsageError(f"{what}: not valid JSON") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{what}: not a JSON object")
@@ -205,8 +205,8 @@ def parse_token_response(body: bytes) -> tuple[str, float]:
     Raises ValueError (without the body, which may hold a token) when unusable.
     """
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = untrusted_json.loads(body)
+    except ValueError:
         raise ValueError("token server answer is not JSON") from None
     if not isinstance(doc, dict):
         raise ValueError("token server answer is not a JSON object")

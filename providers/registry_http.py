@@ -35,7 +35,6 @@ Blocking; safe to call from several threads (one requests.Session per thread).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -45,6 +44,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from providers import untrusted_json
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
 from providers.http_body import body_chunks, read_capped
 from providers.http_session import new_session, send, tls_failure
@@ -79,10 +79,10 @@ ERROR_BODY_LIMIT = 1 << 16  # a registry's JSON error says what it has to say in
 def _registry_message(body: bytes) -> str:
     """The first ``errors[]`` entry of a registry's JSON error body, if any."""
     try:
-        doc = json.loads(body)
+        doc = untrusted_json.loads(body)
         first = doc["errors"][0]
         text = str(first.get("message") or first.get("code") or "")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return ""
     return " ".join(text.split())[:200]
 

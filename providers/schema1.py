@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from providers import untrusted_json
 from providers.digest import Digest, digest_bytes, parse_digest
 from providers.errors import BadImage
 from providers.manifest import RuntimeConfig, load_json, parse_image_config
@@ -45,10 +46,10 @@ def schema1_digest(data: bytes) -> Digest:
     if not signatures:
         return digest_bytes(data)
     try:
-        protected = json.loads(_b64url(signatures[0]["protected"]))
+        protected = untrusted_json.loads(_b64url(signatures[0]["protected"]))
         length = int(protected["formatLength"])
         tail = _b64url(protected["formatTail"])
-    except (KeyError, TypeError, ValueError, IndexError, binascii.Error, RecursionError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, binascii.Error) as exc:
         raise BadImage("schema 1 manifest has an unreadable signature header") from exc
     if not 0 <= length <= len(data):
         raise BadImage("schema 1 manifest signature header has a bad formatLength")

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import gc
 import importlib
-import json
 import math
 import os
 import select
@@ -54,7 +53,7 @@ from lazyfs.fs.mount_peers import peer_credentials
 from lazyfs.fs.mount_server_child import MountRequest
 from lazyfs.fs.mount_server_client import SOCKET_NAME, START_TIMEOUT, socket_path
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, code_key, encode, read_exactly
-from providers import shared_libs
+from providers import shared_libs, untrusted_json
 
 # What a mount process imports, some of it only on the way (writable mounts,
 # remote and eStargz layers, limits other than the defaults, --debug): all of
@@ -336,7 +335,7 @@ def _receive(conn: socket.socket, fds: list[int]) -> dict[str, Any]:
     (length,) = LENGTH.unpack(head)
     if length > MAX_MESSAGE:
         raise Refused(f"a request of {length} bytes")
-    message = json.loads(read_exactly(conn, length, data[LENGTH.size :]))
+    message = untrusted_json.loads(read_exactly(conn, length, data[LENGTH.size :]))
     if not isinstance(message, dict):
         raise Refused("a request that is not an object")
     return message

@@ -18,13 +18,13 @@ else is one line naming the flag and the field.  Pure, but for reading a file.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
 
+from providers import untrusted_json
 from providers.errors import BadImage, UsageError
 from providers.image_pb2 import Image
 from providers.reference import parse_reference
@@ -60,7 +60,7 @@ def parse_gc_config(text: str, where: str = "--image_gc_config") -> GcConfig:
             raise UsageError(f"{where} {path}: {error.strerror or error}") from None
         where = f"{where} {path}"
     try:
-        data = json.loads(body)
+        data = untrusted_json.loads(body)
     except ValueError as error:
         raise UsageError(f"{where}: not JSON: {error}") from None
     if not isinstance(data, dict):

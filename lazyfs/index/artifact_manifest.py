@@ -47,6 +47,7 @@ from lazyfs.index.artifact import (
     MAX_BLOB,
     WINDOWS_MEDIA_TYPE,
 )
+from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
 from providers.manifest import OCI_MANIFEST, Descriptor
@@ -115,8 +116,8 @@ def listed_heads(annotations: Mapping[str, str]) -> dict[Digest, Descriptor] | N
     try:
         # Each object as its pairs, in a type no JSON array decodes to: a layer named twice
         # is seen, and only an object at the top is one.
-        pairs = json.loads(note, object_pairs_hook=_Pairs)
-    except (ValueError, RecursionError):
+        pairs = untrusted_json.loads(note, object_pairs_hook=_Pairs)
+    except ValueError:
         return None
     if type(pairs) is not _Pairs or not pairs:
         return None
@@ -149,8 +150,8 @@ def artifact_layers(data: bytes, subject: Digest) -> dict[Digest, Descriptor]:
     subject, a blob over ``MAX_BLOB``, a layer named twice).
     """
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        doc = untrusted_json.loads(data)
+    except ValueError:
         raise BadImage("lazyfs index manifest is not JSON") from None
     if not isinstance(doc, dict) or doc.get("artifactType") != ARTIFACT_TYPE:
         raise BadImage(f"not a {ARTIFACT_TYPE} manifest")

@@ -33,13 +33,13 @@ import binascii
 import calendar
 import enum
 import itertools
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from lazyfs.index.estargz_footer import MAX_DEFLATE_RATIO
+from providers import untrusted_json
 from providers.digest import Digest, is_digest
 from providers.errors import BadImage, bad_entry
 from providers.layer_entry import MAX_ID, MAX_MAJOR, MAX_MINOR, clamp_mtime
@@ -273,9 +273,8 @@ def _load(data: bytes, layer: str, limits: TocLimits) -> list[Any]:
     if len(data) > limits.max_json_bytes:
         raise BadImage(f"layer {layer}: its TOC is over {limits.max_json_bytes} bytes")
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as error:
-        # ValueError covers bad JSON, bad UTF-8 and integers of too many digits.
+        doc = untrusted_json.loads(data)
+    except ValueError as error:
         raise BadImage(f"layer {layer}: its TOC is not JSON: {error}") from None
     if not isinstance(doc, dict) or doc.get("version") != 1 or type(doc["version"]) is not int:
         raise BadImage(f"layer {layer}: its TOC is not a version 1 eStargz TOC")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lazyfs.store.atomic import write_atomic
+from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
 from providers.private_dir import private_dir
@@ -115,8 +116,8 @@ def decode(data: bytes, key: str | None = None) -> Trace:
     if len(data) > MAX_TRACE_BYTES:
         raise TraceError(f"a trace of {len(data)} bytes is past {MAX_TRACE_BYTES}")
     try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        body = untrusted_json.loads(data)
+    except ValueError as error:
         raise TraceError(f"a trace that is not JSON: {error}") from None
     if not isinstance(body, dict) or body.get("lazyfs_trace") != TRACE_VERSION:
         raise TraceError(f"not a lazyfs trace of version {TRACE_VERSION}")

@@ -58,6 +58,7 @@ from lazyfs.publish.listing import Listing, list_image
 from lazyfs.publish.push import repository_push
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import Store
+from providers import untrusted_json
 from providers.digest import Digest, digest_bytes, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch, LazyfsError, NotFound
 from providers.manifest import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, ImageManifest
@@ -193,8 +194,8 @@ def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) ->
 def trace_blobs(data: bytes, subject: Digest) -> dict[str, Descriptor]:
     """The trace blobs a trace artifact manifest lists, by key; BadImage for one that is not."""
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        doc = untrusted_json.loads(data)
+    except ValueError:
         raise BadImage("lazyfs trace manifest is not JSON") from None
     if not isinstance(doc, dict) or doc.get("artifactType") != TRACE_ARTIFACT_TYPE:
         raise BadImage(f"not a {TRACE_ARTIFACT_TYPE} manifest")

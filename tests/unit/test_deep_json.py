@@ -3,22 +3,28 @@
 Python's json raises RecursionError for arrays or objects nested a few
 thousand deep, which is not a ValueError: a parser that catches only
 ValueError let it out as an unexpected error with a traceback. A few KiB
-make one. Each parser of hostile JSON answers it with its own one-line
-error, as it does for any other JSON it cannot read.
+make one. Each parser of JSON from outside parses it through
+``providers.untrusted_json``, which makes it a ValueError, and answers
+with its own one-line error, as it does for any other JSON it cannot read.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Callable
 
 import pytest
 
-from lazyfs.index import artifact, artifact_manifest, model, trace
+from lazyfs.fs import mount_server
+from lazyfs.fs.mount_server_wire import LENGTH
+from lazyfs.gc.config import parse_gc_config
+from lazyfs.index import artifact, artifact_manifest, estargz_toc, model, trace
 from lazyfs.publish import traces
-from providers import referrers, registry_auth, registry_http, schema1
+from providers import referrers, registry_auth, registry_http, schema1, untrusted_json
 from providers.digest import digest_bytes
+from providers.docker_config import _helper_answer
 from providers.errors import BadImage, UsageError
 from providers.manifest import load_json
 
@@ -49,6 +55,10 @@ PARSERS: dict[str, tuple[Callable[[], object], type[Exception]]] = {
     "layer index entries": (lambda: model.loads(INDEX_HEADER + "\n" + DEEP.decode()), ValueError),
     "trace manifest": (lambda: traces.trace_blobs(DEEP, SUBJECT), BadImage),
     "trace": (lambda: trace.decode(DEEP), trace.TraceError),
+    "eStargz TOC": (lambda: estargz_toc.parse_toc(DEEP, toc_offset=0, layer="l"), BadImage),
+    "credential helper answer": (lambda: _helper_answer(DEEP, "helper", "cfg"), UsageError),
+    "--image_gc_config": (lambda: parse_gc_config(DEEP_OBJECT), UsageError),
+    "the loader itself": (lambda: untrusted_json.loads(DEEP), ValueError),
 }
 
 
@@ -65,3 +75,19 @@ def test_json_nested_too_deep_is_refused_in_one_line(
 
 def test_a_registry_error_body_nested_too_deep_gives_no_message() -> None:
     assert registry_http._registry_message(DEEP) == ""
+
+
+def test_a_heads_note_nested_too_deep_is_no_note() -> None:
+    note = {artifact_manifest.HEADS_ANNOTATION: DEEP.decode()}
+    assert artifact_manifest.listed_heads(note) is None
+
+
+def test_a_mount_server_request_nested_too_deep_is_refused() -> None:
+    # Only its own uid and root reach a mount server; the request is refused all the same,
+    # as a ValueError the server answers (``_handle``), not an error that ends it.
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        message = b"[" * 2000 + b"]" * 2000  # what one read takes whole
+        theirs.sendall(LENGTH.pack(len(message)) + message)
+        with pytest.raises(ValueError):
+            mount_server._receive(ours, [])

@@ -129,6 +129,7 @@ START_MODULES = {
     "providers.manifest",
     "providers.private_dir",
     "providers.source",
+    "providers.untrusted_json",  # the layer index's parser, for one from a registry
 }
 
 # What ``mount_main.main`` does before ``pyfuse3.init``, twice: the first
