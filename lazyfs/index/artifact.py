@@ -58,11 +58,15 @@ import json
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lazyfs.index.model import Kind, LayerIndex, dumps, loads
+from lazyfs.index.model import LayerIndex, dumps, loads
+from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
+
+if TYPE_CHECKING:
+    from providers.layer_limits import LayerLimits
 
 ARTIFACT_VERSION = 2
 # artifactType of the OCI manifest that lists a image's index blobs; the
@@ -83,6 +87,9 @@ MAX_INDEX = 512 << 20
 MAX_HEADER = 64 << 20
 MAX_SPAN = 4 << 20
 MAX_SIZE = 1 << 50
+# Entries of one layer: as many as a tar scan reads (``providers.tar_stream``).
+MAX_ENTRIES = 10_000_000
+TAR_BLOCK = 512  # a tar member's header at least: a stream holds at most size / 512 members
 WINDOW = 32768
 # A compressed window: zlib of 32 KiB that does not compress is a little longer.
 MAX_WINDOW_BYTES = WINDOW + 1024
@@ -170,16 +177,26 @@ def _point_row(point: Point) -> list[int | str]:
     return head if point.window is None else head + _row(point.window)
 
 
-def decode(data: bytes, *, layer: Digest | None = None) -> LayerArtifact:
+def decode(
+    data: bytes, *, layer: Digest | None = None, size: int | None = None,
+    limits: LayerLimits | None = None,
+) -> LayerArtifact:  # fmt: skip
     """Parse and check a head blob; BadImage (one line) for anything off.
 
-    ``layer``: the digest the caller wants an index of; an artifact naming
-    another layer is refused.
+    ``layer``, ``size``: the digest and size of the layer the caller wants
+    an index of; an artifact naming another is refused, before its index is
+    inflated. With ``size``, ``limits`` bound the tar stream it may claim,
+    as they bound a layer's. Its entries are bounded by its tar stream (a
+    member takes a 512-byte header at least), before they are parsed: what
+    a head makes the decoding hold is what the layer could make a scan hold.
     """
-    return decode_text(data, layer=layer)[0]
+    return decode_text(data, layer=layer, size=size, limits=limits)[0]
 
 
-def decode_text(data: bytes, *, layer: Digest | None = None) -> tuple[LayerArtifact, bytes]:
+def decode_text(
+    data: bytes, *, layer: Digest | None = None, size: int | None = None,
+    limits: LayerLimits | None = None,
+) -> tuple[LayerArtifact, bytes]:  # fmt: skip
     """``decode``, and the layer index's text as it inflated, which its index was parsed
     from: the store may keep it as it is (``lazyfs.index.published.store_published``)."""
     if len(data) > MAX_BLOB:
@@ -188,8 +205,8 @@ def decode_text(data: bytes, *, layer: Digest | None = None) -> tuple[LayerArtif
     if end < 0:
         raise _bad("no header line")
     try:
-        header = json.loads(data[:end])
-    except (ValueError, RecursionError):
+        header = untrusted_json.loads(data[:end])
+    except ValueError:
         raise _bad("header is not JSON") from None
     if not isinstance(header, dict):
         raise _bad("header is not a JSON object")
@@ -202,21 +219,33 @@ def decode_text(data: bytes, *, layer: Digest | None = None) -> tuple[LayerArtif
         raise _bad(f"layer: {error}") from None
     if layer is not None and named != layer:
         raise _bad(f"it indexes layer {named}, not {layer}")
-    size = _size(header, "layer_size")
+    named_size = _size(header, "layer_size")
+    if size is not None and named_size != size:
+        raise _bad(f"it indexes {named_size} bytes of layer {named}, the layer has {size}")
+    size = named_size
     compression = _field(header, "compression", str)
     if compression not in COMPRESSIONS:
         raise _bad(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
     tar_size = _size(header, "tar_size")
+    if limits is not None:
+        most, why = limits.bound(size)
+        if tar_size > most:
+            raise _bad(f"it gives the layer {tar_size} bytes of tar stream, past {why}")
     index_bytes = _size(header, "index_bytes")
     body = end + 1
     if body + index_bytes != len(data):
         raise _bad(f"header promises {index_bytes} bytes, body has {len(data) - body}")
-    index, text = _index(data[body:])
+    index, text = _index(data[body:], min(MAX_ENTRIES, tar_size // TAR_BLOCK))
     if index.digest != named or index.compression != compression or index.tar_size != tar_size:
         raise _bad("its layer index disagrees with its header")
     if index.checkpoints_size != 0:
         raise _bad("its layer index promises a checkpoint file")
-    _check_entries(index)
+    # Here, not at the top: a mount process loads this module, and decodes no head.
+    from lazyfs.index.artifact_entries import entry_trouble
+
+    trouble = entry_trouble(index)
+    if trouble is not None:
+        raise _bad(trouble)
     spans = _spans(header.get("spans"), size)
     windows, windows_size = _windows_blob(header.get("windows"))
     points = _points(header.get("points"), size, tar_size, windows_size)
@@ -233,7 +262,7 @@ def decode_text(data: bytes, *, layer: Digest | None = None) -> tuple[LayerArtif
     return LayerArtifact(named, size, index, spans, points, windows, windows_size), text
 
 
-def _index(text: bytes) -> tuple[LayerIndex, bytes]:
+def _index(text: bytes, max_entries: int) -> tuple[LayerIndex, bytes]:
     inflater = zlib.decompressobj()
     try:
         raw = inflater.decompress(text, MAX_INDEX + 1)
@@ -242,7 +271,7 @@ def _index(text: bytes) -> tuple[LayerIndex, bytes]:
     if len(raw) > MAX_INDEX or not inflater.eof or inflater.unused_data:
         raise _bad(f"its layer index is not one zlib stream of at most {MAX_INDEX} bytes")
     try:
-        return loads(raw.decode("utf-8", "surrogateescape")), raw
+        return loads(raw.decode("utf-8", "surrogateescape"), max_entries=max_entries), raw
     except ValueError as error:
         raise _bad(f"its layer index: {error}") from None
 
@@ -259,35 +288,6 @@ def _size(header: dict[str, Any], name: str) -> int:
     if not 0 <= value <= MAX_SIZE:
         raise _bad(f"{name} {value} out of range")
     return value
-
-
-def _check_entries(index: LayerIndex) -> None:
-    """Every entry is one a layer scan could give: plain names, bytes inside the stream.
-
-    A scan (``lazyfs.index.build``) names entries as ``providers.layer_rules``
-    normalizes tar names: no empty, ``.`` or ``..`` component, no NUL; a
-    published index must not bring what a scan never would.
-    """
-    for entry in index.entries:
-        name = "/".join(entry.path)
-        if not _plain_path(entry.path):
-            raise _bad(f"entry {name[:200]!r} is not a plain relative path")
-        if entry.kind is Kind.HARDLINK and not _plain_path(tuple(entry.target.split("/"))):
-            raise _bad(f"hardlink {name[:200]!r} names no plain path")
-        if not 0 <= entry.mode <= 0o7777 or entry.size < 0:
-            raise _bad(f"entry {name[:200]!r} has a bad mode or size")
-        extents = entry.extents or ()
-        stored = sum(e[1] for e in extents) if entry.extents is not None else entry.size
-        if any(e[0] < 0 or e[1] < 0 or e[0] + e[1] > entry.size or e[2] < 0 for e in extents):
-            raise _bad(f"entry {name[:200]!r} has extents outside it")
-        if any(e[2] + e[1] > stored for e in extents):
-            raise _bad(f"entry {name[:200]!r} has extents outside its data")
-        if entry.offset < 0 or entry.offset + stored > index.tar_size:
-            raise _bad(f"entry {name[:200]!r} reaches past the layer's tar stream")
-
-
-def _plain_path(path: tuple[str, ...]) -> bool:
-    return all(part not in ("", ".", "..") and "\0" not in part for part in path)
 
 
 def _ints(item: object, count: int) -> bool:

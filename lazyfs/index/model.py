@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from providers import untrusted_json
 from providers.digest import Digest
 from providers.extents import Extent
 from providers.layer_entry import EntryKind, LayerEntry
@@ -191,18 +192,23 @@ def header_line(index: LayerIndex) -> str:
     return json.dumps(header)
 
 
-def loads(text: str, *, entries: bool = True) -> LayerIndex:
+def loads(text: str, *, entries: bool = True, max_entries: int | None = None) -> LayerIndex:
     """Parse ``dumps`` output; ValueError when it is not a current index.
 
     With ``entries=False`` only the header line is parsed and the index
-    comes back with no entries.
+    comes back with no entries. ``max_entries`` (for an index from
+    elsewhere): refused if it has more, or rows longer than that many
+    entries have, before the rows are parsed (a row of a few bytes took
+    hundreds of bytes of memory parsed).
     """
     head, _, rest = text.partition("\n")
     try:
-        header = json.loads(head)
+        header = untrusted_json.loads(head)
         if header.get("version") != FORMAT_VERSION:
             raise ValueError(f"index format {header.get('version')!r}, want {FORMAT_VERSION}")
-        rows = json.loads(rest) if entries else []
+        if max_entries is not None and entries:
+            _bounded(header["entries"], max_entries, rest)
+        rows = untrusted_json.loads(rest) if entries else []
         if entries and len(rows) != header["entries"]:
             raise ValueError(f"index has {len(rows)} entries, its header {header['entries']}")
         return LayerIndex(
@@ -218,13 +224,23 @@ def loads(text: str, *, entries: bool = True) -> LayerIndex:
         IndexError,
         AttributeError,
         OverflowError,
-        RecursionError,
     ) as error:
-        # OverflowError: a number JSON reads as infinite (1e999), made an int;
-        # RecursionError: arrays nested past the interpreter's stack.
+        # OverflowError: a number JSON reads as infinite (1e999), made an int.
         raise ValueError(f"malformed layer index: {error!r}") from error
 
 
+def _bounded(count: object, most: int, rows: str) -> None:
+    """ValueError unless ``count`` entries are at most ``most``, and ``rows`` no more values
+    than so many entries have: 13 each (one more per xattr, three per sparse extent), and
+    ``_VALUES_EACH`` on average lets long xattr lists and sparse files through."""
+    if type(count) is not int or not 0 <= count <= most:
+        raise ValueError(f"an index of {count!r} entries, past {most}")
+    if rows.count(",") > _VALUES_EACH * count + _VALUES_SLACK:
+        raise ValueError(f"an index whose rows hold more than {count} entries do")
+
+
+_VALUES_EACH = 64
+_VALUES_SLACK = 4096
 _KINDS = {kind: Kind(kind.value) for kind in EntryKind}
 
 

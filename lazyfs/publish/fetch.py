@@ -206,7 +206,9 @@ def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> N
     # One decodes at a time, whatever the rounds fetch at once: a head of a few KiB (a
     # hostile one) inflates to MAX_INDEX (512 MiB) while it decodes, and is held until kept.
     with _DECODING:
-        artifact, text = decode_text(data, layer=layer.digest)
+        # Held to the layer's size and the store's limits before its index inflates.
+        artifact, text = decode_text(data, layer=layer.digest, size=layer.size,
+                                     limits=store.limits)  # fmt: skip
         check_artifact_layer(artifact, layer)
         store_published(store.layers, blob.digest, artifact, text=text)
         keep_here(layer, blob.digest, artifact)  # for the start to ask for its program from

@@ -28,9 +28,10 @@ from lazyfs.index.artifact import (
 )
 from lazyfs.index.artifact_build import build_artifact
 from lazyfs.index.formats import build_index
-from lazyfs.index.model import Kind, dumps
+from lazyfs.index.model import FORMAT_VERSION, Kind, dumps, loads
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
+from providers.layer_limits import LayerLimits
 from tests.support.images import Entry, write_layer
 from tests.support.published_artifacts import artifact_of
 
@@ -150,7 +151,8 @@ def _mutated(artifact: LayerArtifact, **changes: object) -> bytes:
         ({"windows": {"digest": "sha256:" + "0" * 64, "size": 1 << 30}}, "not in 1.."),
         ({"points": "x"}, "points missing"),
         ({"points": [], "windows": None}, "no checkpoints"),
-        ({"tar_size": 5}, "disagrees with its header"),
+        # Too short a stream for the entries the index has (512 bytes each at least).
+        ({"tar_size": 5}, "entries, past 0"),
         ({"spans": "x"}, "spans missing"),
     ],
 )
@@ -160,6 +162,12 @@ def test_bad_header_fields(
     _, artifact = gz
     with pytest.raises(BadImage, match=message):
         decode(_mutated(artifact, **changes))
+
+
+def test_a_header_and_index_that_disagree_are_refused(gz: tuple[Path, LayerArtifact]) -> None:
+    _, artifact = gz
+    with pytest.raises(BadImage, match="disagrees with its header"):
+        decode(_mutated(artifact, tar_size=artifact.index.tar_size + 512))
 
 
 def test_spans_must_tile_the_blob(gz: tuple[Path, LayerArtifact]) -> None:
@@ -293,7 +301,22 @@ def test_any_flipped_byte_decodes_or_is_refused(
         ({"path": ("etc", "", "x")}, "not a plain relative path"),
         ({"path": ("a\0b",)}, "not a plain relative path"),
         ({"kind": Kind.HARDLINK, "target": "../../outside"}, "names no plain path"),
-        ({"mode": 0o170000}, "bad mode or size"),
+        ({"path": ("a" * 256,)}, "not a plain relative path"),
+        ({"path": ("a" * 255,) * 17}, "not a plain relative path"),
+        ({"path": ()}, "is the root but not a directory"),
+        ({"path": (), "kind": Kind.WHITEOUT, "size": 0, "offset": 0}, "is the root but not"),
+        ({"mode": 0o170000}, "has the mode"),
+        ({"uid": 1 << 40}, "has the owner"),
+        ({"gid": -1}, "has the owner"),
+        ({"mtime_ns": 1 << 80}, "an mtime ext4 does not store"),
+        ({"kind": Kind.CHAR, "rdev": (1 << 40, 0)}, "which Linux lacks"),
+        ({"rdev": (8, 0)}, "with a device number"),
+        ({"kind": Kind.FIFO}, "is a fifo with data"),
+        ({"kind": Kind.SYMLINK, "target": "", "size": 0, "offset": 0}, "symlink target"),
+        ({"target": "elsewhere"}, "with a link target"),
+        ({"xattrs": (("user", b"x"),)}, "xattr name"),
+        ({"xattrs": (("user.big", b"x" * ((1 << 16) + 1)),)}, "an xattr value of"),
+        ({"size": 1 << 41}, "has the size"),
         ({"extents": ((0, 10**9, 0),)}, "extents outside it"),
     ],
 )
@@ -307,3 +330,37 @@ def test_entries_a_scan_never_gives(
     index = dataclasses.replace(artifact.index, entries=tuple(entries))
     with pytest.raises(BadImage, match=message):
         decode(encode(dataclasses.replace(artifact, index=index)))
+
+
+def test_a_head_for_a_layer_of_another_size_is_refused(gz: tuple[Path, LayerArtifact]) -> None:
+    _, artifact = gz
+    with pytest.raises(BadImage, match="the layer has 12345"):
+        decode(encode(artifact), size=12345)
+    assert decode(encode(artifact), size=artifact.layer_size) == artifact
+
+
+def test_a_head_claiming_a_stream_past_the_limits_is_refused(
+    gz: tuple[Path, LayerArtifact],
+) -> None:
+    _, artifact = gz
+    size, tar = artifact.layer_size, artifact.index.tar_size
+    tight = LayerLimits(max_size=tar - 1)
+    with pytest.raises(BadImage, match="tar stream, past the most any layer may have"):
+        decode(encode(artifact), size=size, limits=tight)
+    assert decode(encode(artifact), size=size, limits=LayerLimits(max_size=tar)) == artifact
+
+
+def test_rows_beyond_the_entries_bound_are_refused_before_they_are_parsed() -> None:
+    # A head of a few KiB inflated to hundreds of MiB of tiny rows; parsed, each took
+    # hundreds of bytes. The count is checked against the bound first, and the rows'
+    # values against the count.
+    row = '["a","file",0,0,0,0,0,"",[0,0],[],0,null]'
+    header = json.dumps({"version": FORMAT_VERSION, "digest": "sha256:" + "0" * 64,
+                         "compression": "gzip", "tar_size": 1 << 20, "checkpoints_size": 0,
+                         "entries": 1})  # fmt: skip
+    many = header + "\n[" + ",".join([row] * 1000) + "]"
+    with pytest.raises(ValueError, match="rows hold more than 1 entries"):
+        loads(many, max_entries=2048)
+    with pytest.raises(ValueError, match="an index of 1 entries, past 0"):
+        loads(header + "\n[" + row + "]", max_entries=0)
+    assert len(loads(header + "\n[" + row + "]", max_entries=1).entries) == 1

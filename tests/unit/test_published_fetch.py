@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -387,7 +388,9 @@ class Holding(Repository):
                 self.fetched += 1
                 self.lock.notify_all()
 
-    def decode_text(self, data: bytes, *, layer: Digest) -> tuple[LayerArtifact, bytes]:
+    def decode_text(
+        self, data: bytes, *, layer: Digest, **checks: Any
+    ) -> tuple[LayerArtifact, bytes]:
         with self.lock:
             self.decoding += len(data)
             self.most_decoding = max(self.most_decoding, self.decoding)
@@ -399,7 +402,7 @@ class Holding(Repository):
                 self.first = False
                 self.lock.wait_for(lambda: self.fetched >= 2, timeout=30)
                 self.lock.wait_for(lambda: self.decoding > len(data), timeout=2)
-        return decode_text(data, layer=layer)
+        return decode_text(data, layer=layer, **checks)
 
     def kept(self, blob: Digest) -> None:
         with self.lock:
