@@ -34,6 +34,7 @@ from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
 from lazyfs.provision.lazy import start_adopting
 from lazyfs.provision.lazy_progress import lazy_progress
+from lazyfs.provision.mount_path import others_can_move
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
 from providers.errors import Conflict, NotFound, UsageError
@@ -69,6 +70,17 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
     mountpoint = mountpoint.absolute()
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
+    if os.geteuid() == 0:
+        # Root mounts by path, seconds after this check (``lazyfs.provision.mount_path``).
+        try:
+            why = others_can_move(str(mountpoint))
+        except OSError as error:
+            why = f"cannot be checked: {error.strerror or error}"
+        if why is not None:
+            raise UsageError(
+                f"refusing mount point {mountpoint}: {why} (as root, lazyfs mounts only"
+                " where no other user can move the mount point)"
+            )
     if lazy_mount.is_mounted(mountpoint):
         raise Conflict(f"{mountpoint} is already a mount point")
     if any(mountpoint.iterdir()):
