@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 # The OCI annotation of when an artifact was made, which referrers lists may carry.
 CREATED = "org.opencontainers.image.created"
+# Artifacts of one type tried, the newest first, until one reads: each that does not
+# is a round trip, and a list of 1 MiB names thousands, which would hold the start.
+MAX_TRIED = 4
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,10 @@ class Listing:
     referrers: tuple[Referrer, ...]
 
     def of_type(self, artifact_type: str) -> list[Referrer]:
-        """The referrers of ``artifact_type``, the newest first (``newest_first``)."""
-        return newest_first([r for r in self.referrers if r.artifact_type == artifact_type])
+        """The newest ``MAX_TRIED`` referrers of ``artifact_type``, the newest first
+        (``newest_first``): the ones a lookup tries."""
+        found = [r for r in self.referrers if r.artifact_type == artifact_type]
+        return newest_first(found)[:MAX_TRIED]
 
 
 def list_image(client: RegistryClient, image: ImageManifest) -> Listing | None:

@@ -281,6 +281,19 @@ def test_the_note_names_what_the_manifest_lists() -> None:
     assert listed_heads(notes) == artifact_layers(data, SUBJECT) == indexes
 
 
+def test_only_the_newest_few_artifacts_are_tried(
+    repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    # A hostile list names thousands of artifacts whose manifests do not read: each tried
+    # was a round trip while the start waited. The oldest here is good, and not reached.
+    repository.publish(built.layer.digest, built.index)
+    for number in range(50):
+        gone = Digest(f"sha256:{number:064x}")
+        repository.referrers.append(Referrer(gone, 100, OCI_MANIFEST, ARTIFACT_TYPE, {}))
+    assert _look(Store(tmp_path / "store"), built) == {}
+    assert repository.manifest_gets == listing_module.MAX_TRIED
+
+
 def test_the_newest_index_is_used(repository: Repository, built: Built, tmp_path: Path) -> None:
     repository.publish(built.layer.digest, built.index)
     newer = repository.publish(built.layer.digest, built.other_index)
