@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,6 +63,10 @@ class DockerConfig:
         return self.cred_helpers.get(host) or self.creds_store
 
 
+# What Docker's own helpers are called: "desktop", "ecr-login", "osxkeychain", "pass".
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def load_docker_config(text: str, what: str) -> DockerConfig:
     """A config from a path or inline JSON; UsageError naming ``what`` when unusable."""
     auths, doc = docker_config_document(text, what)
@@ -71,6 +76,10 @@ def load_docker_config(text: str, what: str) -> DockerConfig:
     store = doc.get("credsStore") or None
     if store is not None and not isinstance(store, str):
         raise UsageError(f"{what}: credsStore is not a helper name")
+    for name in (*helpers.values(), *([store] if store else [])):
+        if not _HELPER_NAME.fullmatch(name):
+            # Run as docker-credential-NAME: a "/" in it would name a path, not a helper.
+            raise UsageError(f"{what}: {name[:100]!r} is not a credential helper's name")
     by_host = {normalize_host(key): name for key, name in helpers.items()}
     return DockerConfig(what, auths, by_host, store)
 

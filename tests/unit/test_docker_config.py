@@ -42,6 +42,10 @@ def test_helpers_are_keyed_by_normalized_host() -> None:
         ({"credHelpers": ["x"]}, "credHelpers is not a map"),
         ({"credHelpers": {"h": ""}}, "credHelpers is not a map"),
         ({"credsStore": 3}, "credsStore is not a helper name"),
+        # Run as docker-credential-NAME: these would name programs elsewhere.
+        ({"credsStore": "/../../tmp/evil"}, "'/../../tmp/evil' is not a credential helper's"),
+        ({"credHelpers": {"h": "x/../../y"}}, "'x/../../y' is not a credential helper's"),
+        ({"credsStore": "-h"}, "'-h' is not a credential helper's"),
     ],
 )
 def test_bad_helper_entries_name_the_config(doc: dict[str, object], reason: str) -> None:
