@@ -156,13 +156,24 @@ class Asks:
         whose units another one's read had brought is not a range of its own.
         """
         sizes = {data.windows: data.windows_size for data in layers.values() if data.windows}
-        units: dict[Digest, set[int]] = {}
+        spans: dict[Digest, list[tuple[int, int]]] = {}
         for blob, ranges in steps:
-            if blob in sizes:
-                held = units.setdefault(blob, set())
-                for offset, length in ranges:  # within the blob: a trace's ranges are hostile
-                    end = min(offset + length, sizes[blob])
-                    held.update(range(offset // UNIT, (end - 1) // UNIT + 1))
+            if (size := sizes.get(blob)) is not None:
+                # Within the blob, as units (first, last): a trace's ranges are hostile.
+                spans.setdefault(blob, []).extend(
+                    (offset // UNIT, (min(offset + length, size) - 1) // UNIT)
+                    for offset, length in ranges
+                    if 0 <= offset < size and length > 0
+                )
+        units: dict[Digest, set[int]] = {}
+        for blob, pairs in spans.items():
+            # Each unit added once: thousands of ranges over one large blob were
+            # thousands of times its units.
+            held = units[blob] = set()
+            reach = -1
+            for first, last in sorted(pairs):
+                held.update(range(max(first, reach + 1), last + 1))
+                reach = max(reach, last)
         for digest, data in layers.items():
             held = units.get(data.windows, set()) if data.windows else set()
             for number, point in enumerate(data.points or () if held else ()):
