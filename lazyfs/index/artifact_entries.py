@@ -101,11 +101,22 @@ def _data_trouble(entry: IndexEntry, tar_size: int) -> str | None:
 
 
 def _plain_path(path: tuple[str, ...]) -> bool:
-    if sum(len(part.encode("utf-8", "surrogateescape")) + 1 for part in path) > MAX_NAME_BYTES:
+    """No empty, ``.`` or ``..`` component, no NUL, and no longer than a scan allows
+    (``providers.layer_rules``: the name ``MAX_NAME_BYTES``, each component
+    ``MAX_COMPONENT_BYTES``), by tests on the whole name: once per entry of
+    indexes of thousands, on the start's path."""
+    if not path:
+        return True
+    name = "/".join(path)
+    wrapped = f"/{name}/"
+    if "\0" in name or "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         return False
-    return all(
-        part not in ("", ".", "..")
-        and "\0" not in part
-        and len(part.encode("utf-8", "surrogateescape")) <= MAX_COMPONENT_BYTES
-        for part in path
-    )
+    length = len(name) if name.isascii() else _bytes(name)
+    if length > MAX_NAME_BYTES:
+        return False
+    # A short name cannot hold a long component.
+    return length <= MAX_COMPONENT_BYTES or max(map(_bytes, path)) <= MAX_COMPONENT_BYTES
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
