@@ -4,9 +4,13 @@ A scan (``lazyfs.index.build``) makes an entry of a tar member only after
 ``providers.layer_rules`` and ``providers.layer_entry`` have checked it:
 plain names of at most ``MAX_NAME_BYTES`` (components ``MAX_COMPONENT_BYTES``),
 owners up to ``MAX_ID``, mtimes clamped to what ext4 stores, device numbers
-Linux has, sizes up to ``MAX_ENTRY_SIZE``, xattr names and values the kernel
-takes, and only a directory (or an opaque marker) at the root.  The merged
-tree and the FUSE operations rely on those bounds.  A published index comes
+Linux has (no 0/0 character device, overlayfs' whiteout), sizes up to
+``MAX_ENTRY_SIZE``, xattr names and values the kernel takes, and only a
+directory (or an opaque marker) at the root.  The merged tree and the FUSE
+operations rely on those bounds.  Not every rule of a scan is repeated:
+names with ``.wh.`` in them, a ``security.capability`` value the kernel
+would refuse and an xattr named twice pass here (the merged tree drops
+overlayfs' own xattrs whatever their source).  A published index comes
 from a registry (``lazyfs.index.artifact``), so each of its entries is held
 to the same bounds before it is kept: one that a scan never gives is a
 BadImage, and the layer is pulled whole, not mounted with an entry that
@@ -37,7 +41,11 @@ _DEVICES = (Kind.CHAR, Kind.BLOCK)
 def entry_trouble(index: LayerIndex) -> str | None:
     """Why an entry of ``index`` is not one a scan could give (its name, in one line), or None."""
     for entry in index.entries:
-        why = _trouble(entry, index.tar_size)
+        try:
+            why = _trouble(entry, index.tar_size)
+        except UnicodeEncodeError:
+            # A scan's names hold surrogates only for bytes that are not UTF-8 (U+DC80-U+DCFF).
+            why = "has a name with a character no filesystem stores"
         if why is not None:
             return f"entry {'/'.join(entry.path)[:200]!r} {why}"
     return None
@@ -70,6 +78,8 @@ def _trouble(entry: IndexEntry, tar_size: int) -> str | None:
     if kind in _DEVICES:
         if not (0 <= major <= MAX_MAJOR and 0 <= minor <= MAX_MINOR):
             return f"has the device {major}:{minor}, which Linux lacks"
+        if kind is Kind.CHAR and major == minor == 0:
+            return "is a 0/0 character device, which overlayfs takes for a whiteout"
     elif entry.rdev != (0, 0):
         return f"is a {kind.value} with a device number"
     for name, value in entry.xattrs:

@@ -197,9 +197,8 @@ def loads(text: str, *, entries: bool = True, max_entries: int | None = None) ->
 
     With ``entries=False`` only the header line is parsed and the index
     comes back with no entries. ``max_entries`` (for an index from
-    elsewhere): refused if it has more, or rows longer than that many
-    entries have, before the rows are parsed (a row of a few bytes took
-    hundreds of bytes of memory parsed).
+    elsewhere): refused if its header counts more, before the rows are
+    parsed, and if the rows are not that many, after.
     """
     head, _, rest = text.partition("\n")
     try:
@@ -207,7 +206,7 @@ def loads(text: str, *, entries: bool = True, max_entries: int | None = None) ->
         if header.get("version") != FORMAT_VERSION:
             raise ValueError(f"index format {header.get('version')!r}, want {FORMAT_VERSION}")
         if max_entries is not None and entries:
-            _bounded(header["entries"], max_entries, rest)
+            _bounded(header["entries"], max_entries)
         rows = untrusted_json.loads(rest) if entries else []
         if entries and len(rows) != header["entries"]:
             raise ValueError(f"index has {len(rows)} entries, its header {header['entries']}")
@@ -229,18 +228,12 @@ def loads(text: str, *, entries: bool = True, max_entries: int | None = None) ->
         raise ValueError(f"malformed layer index: {error!r}") from error
 
 
-def _bounded(count: object, most: int, rows: str) -> None:
-    """ValueError unless ``count`` entries are at most ``most``, and ``rows`` no more values
-    than so many entries have: 13 each (one more per xattr, three per sparse extent), and
-    ``_VALUES_EACH`` on average lets long xattr lists and sparse files through."""
+def _bounded(count: object, most: int) -> None:
+    """ValueError unless ``count`` entries are at most ``most``."""
     if type(count) is not int or not 0 <= count <= most:
         raise ValueError(f"an index of {count!r} entries, past {most}")
-    if rows.count(",") > _VALUES_EACH * count + _VALUES_SLACK:
-        raise ValueError(f"an index whose rows hold more than {count} entries do")
 
 
-_VALUES_EACH = 64
-_VALUES_SLACK = 4096
 _KINDS = {kind: Kind(kind.value) for kind in EntryKind}
 
 

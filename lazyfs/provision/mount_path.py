@@ -15,6 +15,12 @@ directory holding it is root's and writable by no one else, or is sticky
 (``/tmp``) and the entry itself is root's: only then can no other user
 rename, replace or remove it.  ACLs are not read: a directory that grants
 another user write through an ACL alone is taken for safe.
+
+Owners and modes are only as true as the filesystem that gives them: on a
+FUSE filesystem (a user's, mounted ``allow_other``) its server says what it
+likes, and answers ``mount(2)``'s lookup as it likes, so a path through one
+is refused; and so is one through ``/proc``, whose magic links lead where
+no readlink says.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def others_can_move(path: str) -> str | None:
     todo = list(PurePosixPath(path).parts[1:])
     at = "/"
     hops = 0
+    answered = _answered_by_others()
     while todo:
         name = todo.pop(0)
         if name in ("", "."):
@@ -43,6 +50,9 @@ def others_can_move(path: str) -> str | None:
             continue
         here = os.path.join(at, name)
         holder, entry = os.stat(at), os.lstat(here)
+        kind = answered.get(entry.st_dev)
+        if kind is not None:
+            return f"{here} is on a {kind} filesystem, whose owners and links prove nothing"
         why = _unsafe(holder, entry)
         if why is not None:
             return f"{here} {why}"
@@ -71,3 +81,19 @@ def _unsafe(holder: os.stat_result, entry: os.stat_result) -> str | None:
     if holder.st_mode & stat.S_ISVTX:
         return f"is owned by uid {entry.st_uid}, in a directory others may write"
     return "is in a directory others may write"
+
+
+def _answered_by_others() -> dict[int, str]:
+    """The devices of this mount namespace's FUSE and proc filesystems, with their types."""
+    found = {}
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split()
+            # ID PARENT MAJOR:MINOR ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+            if "-" not in fields[6:]:
+                continue
+            kind = fields[fields.index("-", 6) + 1]
+            if kind.startswith("fuse") or kind == "proc":
+                major, _, minor = fields[2].partition(":")
+                found[os.makedev(int(major), int(minor))] = kind
+    return found

@@ -22,13 +22,13 @@ is one line (BadImage or UsageError) and nothing is provisioned.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lazyfs.images.spec import check_image, parse_image
+from providers import untrusted_json
 from providers.errors import BadImage, UsageError
 from providers.image_pb2 import Image, Volume
 
@@ -144,7 +144,7 @@ def container_from_file(path: str | os.PathLike[str]) -> ContainerSpec:
     where = f"container spec {os.fspath(path)}"
     try:
         with open(path, encoding="utf-8") as file:
-            data = json.load(file)
+            data = untrusted_json.loads(file.read())
     except UnicodeDecodeError as error:
         raise UsageError(f"{where}: not UTF-8 text ({error.reason})") from error
     except ValueError as error:

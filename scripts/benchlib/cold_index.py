@@ -161,7 +161,8 @@ def _warm_once(
                 _pull_whole(ctx, work, link.host, reference)
                 stop_leftovers(work)
                 argv = lazyfs_argv(ctx, work, link.host, reference, "fuse", (TRUST,))
-                # Kept, the page cache: a warm start with everything cached.
+                # The page cache is kept (a warm start with everything cached), or dropped
+                # as before a cold start.
                 if drop:
                     drop_caches()
                 timing = until_printed(ctx, argv, work / "lazyfs.log", link, image_bytes, work)

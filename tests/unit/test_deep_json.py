@@ -14,6 +14,7 @@ import base64
 import json
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from lazyfs.fs import mount_server
 from lazyfs.fs.mount_server_wire import LENGTH
 from lazyfs.gc.config import parse_gc_config
 from lazyfs.index import artifact, artifact_manifest, estargz_toc, model, trace
+from lazyfs.provision.volumes import container_from_file
 from lazyfs.publish import traces
 from providers import referrers, registry_auth, registry_http, schema1, untrusted_json
 from providers.digest import digest_bytes
@@ -91,3 +93,11 @@ def test_a_mount_server_request_nested_too_deep_is_refused() -> None:
         theirs.sendall(LENGTH.pack(len(message)) + message)
         with pytest.raises(ValueError):
             mount_server._receive(ours, [])
+
+
+def test_a_container_spec_file_nested_too_deep_is_refused_in_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "container.json"
+    spec.write_bytes(DEEP)
+    with pytest.raises(UsageError, match="not JSON") as caught:
+        container_from_file(spec)
+    assert "\n" not in str(caught.value)

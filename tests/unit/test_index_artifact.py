@@ -310,6 +310,7 @@ def test_any_flipped_byte_decodes_or_is_refused(
         ({"gid": -1}, "has the owner"),
         ({"mtime_ns": 1 << 80}, "an mtime ext4 does not store"),
         ({"kind": Kind.CHAR, "rdev": (1 << 40, 0)}, "which Linux lacks"),
+        ({"kind": Kind.CHAR, "size": 0, "offset": 0}, "overlayfs takes for a whiteout"),
         ({"rdev": (8, 0)}, "with a device number"),
         ({"kind": Kind.FIFO}, "is a fifo with data"),
         ({"kind": Kind.SYMLINK, "target": "", "size": 0, "offset": 0}, "symlink target"),
@@ -317,6 +318,10 @@ def test_any_flipped_byte_decodes_or_is_refused(
         ({"xattrs": (("user", b"x"),)}, "xattr name"),
         ({"xattrs": (("user.big", b"x" * ((1 << 16) + 1)),)}, "an xattr value of"),
         ({"size": 1 << 41}, "has the size"),
+        # Lone surrogates, which no tar name decodes to: not a traceback.
+        ({"path": ("a\ud800",) * 200}, "a character no filesystem stores"),
+        ({"kind": Kind.SYMLINK, "target": "\ud800", "size": 0, "offset": 0}, "no filesystem"),
+        ({"xattrs": (("user.\ud800", b"x"),)}, "a character no filesystem stores"),
         ({"extents": ((0, 10**9, 0),)}, "extents outside it"),
     ],
 )
@@ -350,17 +355,11 @@ def test_a_head_claiming_a_stream_past_the_limits_is_refused(
     assert decode(encode(artifact), size=size, limits=LayerLimits(max_size=tar)) == artifact
 
 
-def test_rows_beyond_the_entries_bound_are_refused_before_they_are_parsed() -> None:
-    # A head of a few KiB inflated to hundreds of MiB of tiny rows; parsed, each took
-    # hundreds of bytes. The count is checked against the bound first, and the rows'
-    # values against the count.
+def test_an_index_counting_more_entries_than_its_bound_is_refused() -> None:
     row = '["a","file",0,0,0,0,0,"",[0,0],[],0,null]'
     header = json.dumps({"version": FORMAT_VERSION, "digest": "sha256:" + "0" * 64,
                          "compression": "gzip", "tar_size": 1 << 20, "checkpoints_size": 0,
                          "entries": 1})  # fmt: skip
-    many = header + "\n[" + ",".join([row] * 1000) + "]"
-    with pytest.raises(ValueError, match="rows hold more than 1 entries"):
-        loads(many, max_entries=2048)
     with pytest.raises(ValueError, match="an index of 1 entries, past 0"):
         loads(header + "\n[" + row + "]", max_entries=0)
     assert len(loads(header + "\n[" + row + "]", max_entries=1).entries) == 1

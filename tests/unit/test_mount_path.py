@@ -21,6 +21,8 @@ import pytest
 from lazyfs.provision.devmount import check_mountpoint
 from lazyfs.provision.mount_path import others_can_move
 from providers.errors import UsageError
+from tests.support.fuse_mounts import debug_mounted
+from tests.support.images import Entry
 
 NOBODY = 65534
 
@@ -113,3 +115,19 @@ def test_lazyfs_mount_refuses_such_a_path_in_one_line_and_starts_nothing(base: P
         " (as root, lazyfs mounts only where no other user can move the mount point)"
     ]
     assert not work.exists()  # no store, no daemon: refused before anything started
+
+
+def test_a_path_through_a_fuse_filesystem_is_refused(base: Path) -> None:
+    # A user's FUSE server, mounted allow_other, says uid 0 and 0755 of whatever it
+    # serves, and answers mount(2)'s lookup of the last step with any symlink it likes.
+    with debug_mounted(base, [Entry("look", "dir", mode=0o755)], writable=False) as mounted:
+        assert others_can_move(str(mounted / "look")) == (
+            f"{mounted} is on a fuse filesystem, whose owners and links prove nothing"
+        )
+
+
+def test_a_path_through_proc_is_refused(base: Path) -> None:
+    # /proc/PID/cwd leads where the process is, not where its link's text says.
+    assert others_can_move("/proc/self/cwd") == (
+        "/proc is on a proc filesystem, whose owners and links prove nothing"
+    )

@@ -49,6 +49,7 @@ from lazyfs.publish.traces import fetch_traces
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.errors import BadImage
+from providers.layer_limits import LayerLimits
 from providers.manifest import (
     INDEX_BLOB_ANNOTATION,
     OCI_MANIFEST,
@@ -292,6 +293,17 @@ def test_only_the_newest_few_artifacts_are_tried(
         repository.referrers.append(Referrer(gone, 100, OCI_MANIFEST, ARTIFACT_TYPE, {}))
     assert _look(Store(tmp_path / "store"), built) == {}
     assert repository.manifest_gets == listing_module.MAX_TRIED
+
+
+def test_an_index_claiming_more_than_the_stores_limits_is_not_kept(
+    repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    # Held to the limits the layer itself would be, before its index inflates.
+    repository.publish(built.layer.digest, built.index)
+    tight = Store(tmp_path / "tight", LayerLimits(max_size=built.layer.size - 1))
+    assert _look(tight, built) == {}
+    roomy = Store(tmp_path / "roomy", LayerLimits(max_size=built.layer.size))
+    assert _look(roomy, built) == {built.layer.digest: digest_bytes(built.index)}
 
 
 def test_the_newest_index_is_used(repository: Repository, built: Built, tmp_path: Path) -> None:
