@@ -136,7 +136,7 @@ def _keep_each(
             _keep(store, push, *job)
         except (LazyfsError, OSError) as error:
             # Only what it says is kept: its traceback holds the decoding's frames, and with
-            # them an index inflated (up to 512 MiB), until every job is done.
+            # them an index inflated (up to MAX_INDEX), until every job is done.
             error.__traceback__ = error.__context__ = error.__cause__ = None
             return error
         return None
@@ -204,7 +204,7 @@ def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> N
     if len(data) != blob.size:
         raise BadImage(f"index blob {blob.digest}: {len(data)} bytes, want {blob.size}")
     # One decodes at a time, whatever the rounds fetch at once: a head of a few KiB (a
-    # hostile one) inflates to MAX_INDEX (512 MiB) while it decodes, and is held until kept.
+    # hostile one) inflates to MAX_INDEX (128 MiB) while it decodes, and is held until kept.
     with _DECODING:
         # Held to the layer's size and the store's limits before its index inflates.
         artifact, text = decode_text(data, layer=layer.digest, size=layer.size,

@@ -29,6 +29,7 @@ from lazyfs.index.artifact import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    MAX_INDEX,
     WINDOWS_MEDIA_TYPE,
     encode,
 )
@@ -39,6 +40,7 @@ from lazyfs.index.artifact_manifest import (
     artifact_manifest,
 )
 from lazyfs.index.formats import GZIP, PLAIN_TAR, format_of
+from lazyfs.index.model import dumps
 from lazyfs.index.stored import check_data_present, ensure_index
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes
@@ -80,6 +82,8 @@ def layer_artifact_blob(store: Store, layer: Digest) -> tuple[bytes, bytes] | No
     if index.compression not in PUBLISHED:
         return None  # an eStargz index kept from its TOC
     check_data_present(store.layers, blob, index)
+    if len(dumps(index)) > MAX_INDEX:
+        return None  # more than any reader inflates: nobody would use it
     built = build_artifact(index, blob)
     return None if built is None else (encode(built[0]), built[1])
 
