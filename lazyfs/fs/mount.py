@@ -57,8 +57,8 @@ from lazyfs.fs.mount_wire import (
     refused_error,
 )
 from lazyfs.fs.unmount import MOUNT_MODULE, fusermount_unmount, signal_pid, unmount, wait_gone
-from providers.errors import BackendError
-from providers.manifest import Layer
+from providers.errors import BackendError, BadImage
+from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
 
@@ -211,7 +211,13 @@ def mount(
     # Whatever it did, it must not stay: a half-made mount goes with it.
     _abandon(pid, mountpoint, timeout)
     if answer.startswith(REFUSED):
-        raise refused_error(answer[len(REFUSED) :])
+        error = refused_error(answer[len(REFUSED) :])
+        through_index = any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in layers)
+        if isinstance(error, BadImage) and through_index:
+            from lazyfs.index.published import set_aside  # loaded by lazy mounts only
+
+            set_aside(store / "layers", layers)  # the next start reads those layers whole
+        raise error
     reason = answer.decode(errors="replace").strip() or _last_line(log_path)
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
 

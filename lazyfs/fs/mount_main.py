@@ -63,7 +63,7 @@ from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
 from lazyfs.tree.mapped import mount_tree
 from providers.digest import Digest
-from providers.errors import LazyfsError
+from providers.errors import BadImage, LazyfsError
 
 if TYPE_CHECKING:
     from lazyfs.fs.writable import WritableOperations
@@ -222,6 +222,11 @@ def _main(argv: Sequence[str] | None) -> int:
             fuse_caps.read_ahead(ops, args.mountpoint)  # a larger window, from INIT on
             options = mount_options(writable=args.upper is not None, suid=args.suid, dev=args.dev)
             pyfuse3.init(ops, str(args.mountpoint), options)
+        except BadImage as error:
+            # The layers together (a hardlink to no file, say): refused as indexing refuses.
+            log.info("refused to mount %s: %s", args.mountpoint, error)
+            _answer(ready, refusal(error))
+            return 1
         except Exception as error:
             log.exception("cannot mount %s", args.mountpoint)
             _answer(ready, f"{type(error).__name__}: {error}\n".encode())

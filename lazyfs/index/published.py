@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +43,8 @@ from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 
 PUBLISHED_DIR = "published-indexes"
 SPANS_NAME = "spans"
+# Beside a kept index a mount refused (``set_aside``): not read, not fetched again.
+SET_ASIDE_NAME = "set-aside"
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,8 @@ def load_published(
         return None
     where = published_layers_dir(layers_dir, layer.digest, blob)
     home = where / hex_part(layer.digest)
+    if (where / SET_ASIDE_NAME).exists():
+        return None  # a mount refused it: the layer is read whole
     try:
         with (home / INDEX_NAME).open(encoding="utf-8") as stream:
             text = stream.read() if entries else stream.readline()
@@ -227,6 +232,31 @@ def load_published(
         points if points else None, spans, size, index.tar_size, windows, windows_size
     )
     return index, where, data
+
+
+def set_aside(layers_dir: Path, layers: Sequence[Layer]) -> list[Digest]:
+    """Set aside the published indexes ``layers`` name (those ``layers_dir`` holds); their
+    layers.
+
+    For an index a mount refused (``lazyfs.fs.mount``): its entries passed the
+    checks that need no other entry, and failed the tree's (a hardlink to no
+    file, a file where a directory must be). It is neither read again, so that
+    the mount reads the layer whole (``lazyfs.index.stored_remote``), nor
+    fetched again (``lazyfs.publish.fetch``), however often it is listed.
+    """
+    done = []
+    for layer in layers:
+        blob = index_blob(layer)
+        where = None if blob is None else published_layers_dir(layers_dir, layer.digest, blob)
+        if where is not None and where.is_dir():
+            (where / SET_ASIDE_NAME).touch()
+            done.append(layer.digest)
+    return done
+
+
+def is_set_aside(layers_dir: Path, layer: Digest, blob: Digest) -> bool:
+    """Whether the index of ``layer`` published as ``blob`` was set aside (``set_aside``)."""
+    return (published_layers_dir(layers_dir, layer, blob) / SET_ASIDE_NAME).exists()
 
 
 def _point(row: list[object]) -> Point:

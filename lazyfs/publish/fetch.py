@@ -42,6 +42,7 @@ from lazyfs.index.artifact import ARTIFACT_TYPE, decode_text
 from lazyfs.index.artifact_manifest import artifact_layers, listed_heads
 from lazyfs.index.published import (
     check_artifact_layer,
+    is_set_aside,
     keep_here,
     load_published,
     store_published,
@@ -198,6 +199,8 @@ def _listed(listing: Listing) -> dict[Digest, Descriptor]:
 def _keep(store: Store, push: RegistryPush, layer: Layer, blob: Descriptor) -> None:
     """Fetch, check and keep the index blob ``blob`` of ``layer``, unless kept already."""
     named = dataclasses.replace(layer, annotations=((INDEX_BLOB_ANNOTATION, blob.digest),))
+    if is_set_aside(store.layers, layer.digest, blob.digest):
+        raise BadImage(f"index blob {blob.digest}: set aside, a mount refused it")
     if load_published(store.layers, named, entries=False) is not None:
         return
     data = push.get_blob(blob.digest, blob.size)

@@ -37,7 +37,7 @@ from lazyfs.index.artifact import (
     encode,
 )
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_layers, artifact_manifest
-from lazyfs.index.model import Kind
+from lazyfs.index.model import IndexEntry, Kind
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from providers.referrers import referrers_tag
@@ -306,3 +306,25 @@ def test_a_trusted_index_with_a_forged_file_entry_is_eio_for_that_file(
         assert "published index refused" in second.mount_log("lazy")
         expected = {rel: node for rel, node in published.whole_tree.items() if rel != name}
         _read_all(rootfs, expected)  # every other file: right bytes or EIO, never wrong
+
+
+def test_an_index_the_tree_refuses_is_set_aside_and_the_next_start_reads_the_layer_whole(
+    published: Published, registry: Registry, seed: Seed, tmp_path: Path
+) -> None:
+    # Each entry passes the checks that need no other; the tree refuses a hardlink to no
+    # file. Before, every later start of the image failed the same way.
+    blobs = _index_blobs(registry, published, seed)
+    top = next(layer for layer in reversed(published.layers) if layer in blobs)
+    artifact = decode(blobs[top])
+    forged = IndexEntry(("forged-link",), Kind.HARDLINK, target="no/such/file")
+    index = dataclasses.replace(artifact.index, entries=(*artifact.index.entries, forged))
+    blobs[top] = encode(dataclasses.replace(artifact, index=index))
+    _republish(registry, seed, blobs)
+    with machine(tmp_path / "second", TRUST) as second:
+        failed = second.run("provision", "lazy", f"docker:{published.image}", "--backend",
+                            "fuse", check=False)  # fmt: skip
+        assert failed.returncode != 0
+        said = [line for line in failed.stderr.splitlines() if "forged-link" in line]
+        assert len(said) == 1 and "no/such/file" in said[0]
+        rootfs, _, _ = _provision(second, published.image)
+        assert diff_trees(published.whole_tree, tree_digest(rootfs)) == []

@@ -42,7 +42,7 @@ from lazyfs.index.artifact_manifest import (
     listed_heads,
 )
 from lazyfs.index.formats import build_index
-from lazyfs.index.published import load_published, store_published
+from lazyfs.index.published import load_published, set_aside, store_published
 from lazyfs.publish import fetch
 from lazyfs.publish import listing as listing_module
 from lazyfs.publish.traces import fetch_traces
@@ -304,6 +304,18 @@ def test_an_index_claiming_more_than_the_stores_limits_is_not_kept(
     assert _look(tight, built) == {}
     roomy = Store(tmp_path / "roomy", LayerLimits(max_size=built.layer.size))
     assert _look(roomy, built) == {built.layer.digest: digest_bytes(built.index)}
+
+
+def test_an_index_a_mount_set_aside_is_not_kept_again(
+    repository: Repository, built: Built, tmp_path: Path
+) -> None:
+    blob = repository.publish(built.layer.digest, built.index)
+    store = Store(tmp_path / "store")
+    assert _look(store, built) == {built.layer.digest: blob}
+    named = _named(built.layer, blob)
+    assert set_aside(store.layers, [named]) == [built.layer.digest]
+    assert load_published(store.layers, named) is None
+    assert _look(store, built) == {}  # listed still, and refused: the layer is pulled whole
 
 
 def test_the_newest_index_is_used(repository: Repository, built: Built, tmp_path: Path) -> None:
