@@ -34,6 +34,7 @@ is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -212,11 +213,15 @@ def mount(
     _abandon(pid, mountpoint, timeout)
     if answer.startswith(REFUSED):
         error = refused_error(answer[len(REFUSED) :])
-        through_index = any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in layers)
-        if isinstance(error, BadImage) and through_index:
+        # A layer read through a published index that the refusal names: the next start
+        # reads it whole (``set_aside``). Any other refusal is the layer's own.
+        said = str(error)
+        named = [x for x in layers if x.annotation(INDEX_BLOB_ANNOTATION) and x.digest in said]
+        if isinstance(error, BadImage) and named:
             from lazyfs.index.published import set_aside  # loaded by lazy mounts only
 
-            set_aside(store / "layers", layers)  # the next start reads those layers whole
+            with contextlib.suppress(OSError):  # the refusal is what the caller must hear
+                set_aside(store / "layers", named)
         raise error
     reason = answer.decode(errors="replace").strip() or _last_line(log_path)
     raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")

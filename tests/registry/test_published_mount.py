@@ -328,3 +328,5 @@ def test_an_index_the_tree_refuses_is_set_aside_and_the_next_start_reads_the_lay
         assert len(said) == 1 and "no/such/file" in said[0]
         rootfs, _, _ = _provision(second, published.image)
         assert diff_trees(published.whole_tree, tree_digest(rootfs)) == []
+        # Read whole this time, into the store (verified there as any blob) before the mount.
+        assert top in _store_blobs(second.work)
