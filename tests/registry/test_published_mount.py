@@ -20,7 +20,7 @@ import errno
 import hashlib
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -281,22 +281,38 @@ def test_without_trust_no_published_index_is_looked_up_or_used(
         assert "WARNING" not in stderr
 
 
+def _republish_top_forged(
+    registry: Registry,
+    published: Published,
+    seed: Seed,
+    forge: Callable[[tuple[IndexEntry, ...]], tuple[IndexEntry, ...]],
+) -> Digest:
+    """Publish the image's indexes again, the top layer's entries as ``forge`` makes them
+    (each index re-encoded whole: its head's digests still hold); that layer."""
+    blobs = _index_blobs(registry, published, seed)
+    top = next(layer for layer in reversed(published.layers) if layer in blobs)
+    artifact = decode(blobs[top])
+    index = dataclasses.replace(artifact.index, entries=forge(artifact.index.entries))
+    blobs[top] = encode(dataclasses.replace(artifact, index=index))
+    _republish(registry, seed, blobs)
+    return top
+
+
 def test_a_trusted_index_with_a_forged_file_entry_is_eio_for_that_file(
     published: Published, registry: Registry, seed: Seed, tmp_path: Path
 ) -> None:
-    blobs = _index_blobs(registry, published, seed)
-    # The top layer's first file with data: no layer above hides it.
-    top = next(layer for layer in reversed(published.layers) if layer in blobs)
-    artifact = decode(blobs[top])
-    victim = next(e for e in artifact.index.entries if e.kind is Kind.FILE and e.size)
-    told = tuple(
-        dataclasses.replace(e, mode=0o4755, uid=0, gid=0) if e == victim else e
-        for e in artifact.index.entries
-    )
-    index = dataclasses.replace(artifact.index, entries=told)
-    blobs[top] = encode(dataclasses.replace(artifact, index=index))
-    _republish(registry, seed, blobs)
-    name = "/".join(victim.path)
+    found: list[IndexEntry] = []
+
+    def forge(entries: tuple[IndexEntry, ...]) -> tuple[IndexEntry, ...]:
+        # The top layer's first file with data: no layer above hides it.
+        found.append(next(e for e in entries if e.kind is Kind.FILE and e.size))
+        return tuple(
+            dataclasses.replace(e, mode=0o4755, uid=0, gid=0) if e == found[0] else e
+            for e in entries
+        )
+
+    top = _republish_top_forged(registry, published, seed, forge)
+    name = "/".join(found[0].path)
     with machine(tmp_path / "second", TRUST) as second:
         rootfs, info, _ = _provision(second, published.image)
         assert top in info["remote_layers"]  # type: ignore[operator]
@@ -313,13 +329,8 @@ def test_an_index_the_tree_refuses_is_set_aside_and_the_next_start_reads_the_lay
 ) -> None:
     # Each entry passes the checks that need no other; the tree refuses a hardlink to no
     # file. Before, every later start of the image failed the same way.
-    blobs = _index_blobs(registry, published, seed)
-    top = next(layer for layer in reversed(published.layers) if layer in blobs)
-    artifact = decode(blobs[top])
     forged = IndexEntry(("forged-link",), Kind.HARDLINK, target="no/such/file")
-    index = dataclasses.replace(artifact.index, entries=(*artifact.index.entries, forged))
-    blobs[top] = encode(dataclasses.replace(artifact, index=index))
-    _republish(registry, seed, blobs)
+    top = _republish_top_forged(registry, published, seed, lambda entries: (*entries, forged))
     with machine(tmp_path / "second", TRUST) as second:
         failed = second.run("provision", "lazy", f"docker:{published.image}", "--backend",
                             "fuse", check=False)  # fmt: skip
