@@ -6,9 +6,11 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import random
+import tarfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -363,3 +365,27 @@ def test_an_index_counting_more_entries_than_its_bound_is_refused() -> None:
     with pytest.raises(ValueError, match="an index of 1 entries, past 0"):
         loads(header + "\n[" + row + "]", max_entries=0)
     assert len(loads(header + "\n[" + row + "]", max_entries=1).entries) == 1
+
+
+def test_lazyfs_own_index_of_a_layer_of_many_sparse_extents_decodes(tmp_path: Path) -> None:
+    # The bounds on a published index are a scan's: what a scan of a real layer gives
+    # passes them, here a GNU sparse file of 2,000 extents (PAX 0.1), about 3 commas each.
+    extents = 2000
+    real = extents * 8192
+    pax = {"GNU.sparse.major": "0", "GNU.sparse.minor": "1", "GNU.sparse.name": "db",
+           "GNU.sparse.realsize": str(real), "GNU.sparse.size": str(real),
+           "GNU.sparse.numblocks": str(extents),
+           "GNU.sparse.map": ",".join(f"{n * 8192},1" for n in range(extents))}  # fmt: skip
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        member = tarfile.TarInfo("GNUSparseFile.0/db")
+        member.size, member.pax_headers = extents, pax
+        tar.addfile(member, io.BytesIO(b"x" * extents))
+    blob = tmp_path / "blob"
+    blob.write_bytes(data.getvalue())
+    digest = digest_bytes(blob.read_bytes())
+    artifact, _ = artifact_of(blob, digest, tmp_path / "scratch", spacing=SPACING)
+    (entry,) = artifact.index.entries
+    assert entry.extents is not None and len(entry.extents) == extents
+    size = blob.stat().st_size
+    assert decode(encode(artifact), layer=digest, size=size, limits=LayerLimits()) == artifact
