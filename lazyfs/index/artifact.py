@@ -190,9 +190,10 @@ def decode(
     ``layer``, ``size``: the digest and size of the layer the caller wants
     an index of; an artifact naming another is refused, before its index is
     inflated. With ``size``, ``limits`` bound the tar stream it may claim,
-    as they bound a layer's. Its entries are bounded by its tar stream (a
-    member takes a 512-byte header at least), before they are parsed: what
-    a head makes the decoding hold is what the layer could make a scan hold.
+    as they bound a layer's. The count of entries its header gives is
+    bounded by its tar stream (a member takes a 512-byte header at least)
+    before the rows are parsed; what parsing them holds is bounded only by
+    ``MAX_INDEX``.
     """
     return decode_text(data, layer=layer, size=size, limits=limits)[0]
 

@@ -208,10 +208,10 @@ def load_published(
     blob = index_blob(layer)
     if blob is None:
         return None
+    if is_set_aside(layers_dir, layer.digest, blob):
+        return None  # a mount refused it: the layer is read whole
     where = published_layers_dir(layers_dir, layer.digest, blob)
     home = where / hex_part(layer.digest)
-    if (where / SET_ASIDE_NAME).exists():
-        return None  # a mount refused it: the layer is read whole
     try:
         with (home / INDEX_NAME).open(encoding="utf-8") as stream:
             text = stream.read() if entries else stream.readline()
@@ -247,16 +247,19 @@ def set_aside(layers_dir: Path, layers: Sequence[Layer]) -> list[Digest]:
     done = []
     for layer in layers:
         blob = index_blob(layer)
-        where = None if blob is None else published_layers_dir(layers_dir, layer.digest, blob)
-        if where is not None and where.is_dir():
-            (where / SET_ASIDE_NAME).touch()
+        if blob is not None and published_layers_dir(layers_dir, layer.digest, blob).is_dir():
+            _marker(layers_dir, layer.digest, blob).touch()
             done.append(layer.digest)
     return done
 
 
 def is_set_aside(layers_dir: Path, layer: Digest, blob: Digest) -> bool:
     """Whether the index of ``layer`` published as ``blob`` was set aside (``set_aside``)."""
-    return (published_layers_dir(layers_dir, layer, blob) / SET_ASIDE_NAME).exists()
+    return _marker(layers_dir, layer, blob).exists()
+
+
+def _marker(layers_dir: Path, layer: Digest, blob: Digest) -> Path:
+    return published_layers_dir(layers_dir, layer, blob) / SET_ASIDE_NAME
 
 
 def _point(row: list[object]) -> Point:
