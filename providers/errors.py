@@ -12,7 +12,8 @@
     ├── BadImage                 an image, manifest, reference or
     │   │                        layer we cannot use
     │   ├── InvalidReference     a reference that breaks the grammar  reference, reason
-    │   └── UnsafeLayer          a layer entry that would escape      layer, entry, reason
+    │   └── BadEntry             one entry of a layer we refuse       layer, entry, reason
+    │       └── UnsafeLayer      a layer entry that would escape      layer, entry, reason
     │                            the rootfs
     ├── TemporaryFailure         worth retrying: connection reset,    url, status
     │                            429, 5xx, no answer in time
@@ -141,14 +142,25 @@ class InvalidReference(BadImage):
         self.reason = reason
 
 
-class UnsafeLayer(BadImage):
-    """A layer entry that would write or follow a link outside the rootfs."""
+class BadEntry(BadImage):
+    """One entry of a layer that lazyfs refuses.
+
+    ``layer`` names the layer as its reader does: its digest, where it has one.
+    """
+
+    WORD = "bad"
 
     def __init__(self, layer: str, entry: str, reason: str) -> None:
-        super().__init__(f"unsafe layer {layer}: entry {entry!r} {reason}")
+        super().__init__(f"{self.WORD} layer {layer}: entry {entry!r} {reason}")
         self.layer = layer
         self.entry = entry
         self.reason = reason
+
+
+class UnsafeLayer(BadEntry):
+    """A layer entry that would write or follow a link outside the rootfs."""
+
+    WORD = "unsafe"
 
 
 class TemporaryFailure(LazyfsError):
@@ -177,6 +189,6 @@ class UsageError(LazyfsError):
     pass
 
 
-def bad_entry(layer: str, entry: str, reason: str) -> BadImage:
-    """BadImage for one entry of a layer, worded the same wherever a layer is read."""
-    return BadImage(f"bad layer {layer}: entry {entry!r} {reason}")
+def bad_entry(layer: str, entry: str, reason: str) -> BadEntry:
+    """The error for one entry of a layer, worded the same wherever a layer is read."""
+    return BadEntry(layer, entry, reason)

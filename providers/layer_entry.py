@@ -45,7 +45,7 @@ import struct
 from typing import TYPE_CHECKING, NamedTuple
 
 from providers import layer_rules as rules
-from providers.errors import BadImage, bad_entry
+from providers.errors import BadEntry, bad_entry
 from providers.layer_rules import Action, RelPath, Rule
 
 if TYPE_CHECKING:
@@ -311,13 +311,13 @@ def _capability(value: bytes, *, layer: str, entry: str) -> bytes:
 # for every reader of a layer.
 
 
-def no_link_source(layer: str, entry: str, source: str) -> BadImage:
+def no_link_source(layer: str, entry: str, source: str) -> BadEntry:
     return bad_entry(layer, entry, f"is a hardlink to {source!r}, which does not exist")
 
 
-def link_to_directory(layer: str, entry: str, source: str) -> BadImage:
+def link_to_directory(layer: str, entry: str, source: str) -> BadEntry:
     return bad_entry(layer, entry, f"is a hardlink to the directory {source!r}")
 
 
-def link_into_itself(layer: str, entry: str, source: str) -> BadImage:
+def link_into_itself(layer: str, entry: str, source: str) -> BadEntry:
     return bad_entry(layer, entry, f"is a hardlink to {source!r}, inside what it replaces")

@@ -58,7 +58,7 @@ from lazyfs.fs.mount_wire import (
     refused_error,
 )
 from lazyfs.fs.unmount import MOUNT_MODULE, fusermount_unmount, signal_pid, unmount, wait_gone
-from providers.errors import BackendError, BadImage
+from providers.errors import BackendError, BadEntry
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
@@ -213,11 +213,11 @@ def mount(
     _abandon(pid, mountpoint, timeout)
     if answer.startswith(REFUSED):
         error = refused_error(answer[len(REFUSED) :])
-        # A layer read through a published index that the refusal names: the next start
-        # reads it whole (``set_aside``). Any other refusal is the layer's own.
-        said = str(error)
-        named = [x for x in layers if x.annotation(INDEX_BLOB_ANNOTATION) and x.digest in said]
-        if isinstance(error, BadImage) and named:
+        # An entry of a layer read through a published index: the next start reads the
+        # layer whole (``set_aside``). Any other refusal is the layer's own.
+        bad = error.layer if isinstance(error, BadEntry) else None
+        named = [x for x in layers if x.annotation(INDEX_BLOB_ANNOTATION) and x.digest == bad]
+        if named:
             from lazyfs.index.published import set_aside  # loaded by lazy mounts only
 
             with contextlib.suppress(OSError):  # the refusal is what the caller must hear

@@ -38,6 +38,7 @@ from lazyfs.index.artifact import (
 )
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_layers, artifact_manifest
 from lazyfs.index.model import IndexEntry, Kind
+from lazyfs.index.published import SET_ASIDE_NAME
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
 from providers.referrers import referrers_tag
@@ -337,6 +338,10 @@ def test_an_index_the_tree_refuses_is_set_aside_and_the_next_start_reads_the_lay
         assert failed.returncode != 0
         said = [line for line in failed.stderr.splitlines() if "forged-link" in line]
         assert len(said) == 1 and "no/such/file" in said[0]
+        # The refused layer's index alone: the layers below it stay lazy.
+        layers = second.work / "store" / "docker" / "layers"
+        aside = [p.relative_to(layers).parts[0] for p in layers.glob(f"*/*/*/{SET_ASIDE_NAME}")]
+        assert aside == [hex_part(top)]
         rootfs, _, _ = _provision(second, published.image)
         assert diff_trees(published.whole_tree, tree_digest(rootfs)) == []
         # Read whole this time, into the store (verified there as any blob) before the mount.

@@ -22,7 +22,7 @@ from pathlib import Path
 from hypothesis import strategies as st
 
 from backends.apply import apply_layer
-from providers.errors import BadImage, UnsafeLayer
+from providers.errors import BadEntry, BadImage, UnsafeLayer
 
 Path_ = tuple[str, ...]
 Node = tuple[str, ...]  # ("dir",) | ("file", content) | ("link", target)
@@ -81,7 +81,7 @@ def resolve(tree: dict[Path_, Node], path: Path_, *, create: bool) -> Path_ | No
             continue
         if node[0] == "file":
             if create:
-                raise Refused(BadImage)
+                raise Refused(BadEntry)
             return None
         where.append(part)
     return tuple(where)

@@ -15,6 +15,7 @@ from lazyfs.fs.mount import REFUSED, layer_arg, parse_layer_arg, refusal, refuse
 from providers.digest import Digest
 from providers.errors import (
     BackendError,
+    BadEntry,
     BadImage,
     DigestMismatch,
     LazyfsError,
@@ -37,6 +38,7 @@ def round_trip(error: LazyfsError | OSError) -> Exception:
     [
         BadImage(f"bad layer {DIGEST}: unpacks to more than 5 bytes, see --max_layer_size"),
         UnsafeLayer(DIGEST, "../escape", "goes above the root\nor so"),
+        BadEntry(DIGEST, "link", "is a hardlink to 'gone', which does not exist"),
         NotFound(f"blob {DIGEST} is not in the store at /s"),
         DigestMismatch(f"layer {DIGEST} diff_id", expected="sha256:1", actual="sha256:2"),
     ],
