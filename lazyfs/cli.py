@@ -60,10 +60,12 @@ class App:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.work_dir = Path(work_dir(args)).absolute()  # runc and mounts see other cwds
-        self.store_dir = Path(args.docker_store_dir or self.work_dir / "store" / "docker")
+        self.store_dir = Path(
+            args.docker_store_dir or self.work_dir / "store" / "docker"
+        ).absolute()
         self.limits = layer_limits(args)
         self.kinds = image_providers(args)
-        appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc")
+        appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
         # Roots an older lazyfs or a umask left open are closed at every start,
         # whatever the command; one that does not exist is not made here.
         for root in (self.work_dir, self.store_dir, appc_dir):
@@ -112,9 +114,9 @@ class App:
                 from lazyfs.images.appc import AppcProvider  # loads Appc discovery's HTTP
                 from providers.appc_store import AppcStore
 
-                appc_dir = args.appc_store_dir or self.work_dir / "store" / "appc"
+                appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
                 providers["appc"] = AppcProvider(
-                    self.store, AppcStore(Path(appc_dir)), args.appc_simple_discovery_uri_prefix
+                    self.store, AppcStore(appc_dir), args.appc_simple_discovery_uri_prefix
                 )
         return Provisioner(
             self.work_dir,

@@ -11,16 +11,23 @@ when none runs (``lazyfs.cache.spawn``): this same program with the global
 flags of this invocation, passed in its environment as ``LAZYFS_*``
 variables, not on its command line, where other users could read a
 ``--docker_config`` with credentials.
+
+The daemon runs in ``/``, as a service does, so that it holds no directory
+of whoever started it (a mount of theirs would stay busy for the daemon's
+life); ``anchor_paths`` first makes the relative paths among its flags
+absolute from where it was started.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.cli_flags import global_flags, parse_size, source
@@ -32,6 +39,18 @@ if TYPE_CHECKING:
     from lazyfs.store.disk import Store
 
 DEFAULT_CACHE_SIZE = "10GiB"
+# The global flags that may name a file or a directory (or else a URL, or inline JSON).
+PATH_FLAGS = (
+    "work_dir",
+    "cache_dir",
+    "docker_registry",
+    "docker_store_dir",
+    "docker_config",
+    "docker_registry_ca_file",
+    "appc_store_dir",
+    "appc_simple_discovery_uri_prefix",
+    "image_gc_config",
+)
 
 
 def cache_dir(args: argparse.Namespace) -> Path:
@@ -63,12 +82,28 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
     return DaemonSpec(cache_dir(args), (sys.executable, "-P", "-m", "lazyfs", "daemon"), env)
 
 
+def anchor_paths(args: argparse.Namespace) -> None:
+    """Make each relative path among ``args``' ``PATH_FLAGS`` absolute, from the working
+    directory; a URL (``file://`` too), inline JSON or an empty value stays as it is."""
+    for name in PATH_FLAGS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        text = str(value).strip()
+        if text and not text.startswith("{") and not urlparse(text).scheme:
+            setattr(args, name, type(value)(os.path.abspath(text)))
+
+
 def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:
     """``lazyfs daemon``: serve the cache until SIGTERM or SIGINT; 0 then.
 
-    ``every``: a chore and its interval (image GC, with ``--image_gc_config``).
+    ``every``: a chore and its interval (image GC, with ``--image_gc_config``),
+    made before: it may have read files the flags name from the working directory.
     """
     from lazyfs.cache import service
+
+    anchor_paths(args)
+    os.chdir("/")
     from lazyfs.cache.upstream import Origins
 
     root = logging.getLogger()

@@ -182,6 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_mount_args(sys.argv[1:] if argv is None else argv)
+    # It serves for the mount's life: in its caller's directory, it kept that busy.
+    for name in ("mountpoint", "store", "cache_dir", "upper", "work"):
+        if (path := getattr(args, name)) is not None:
+            setattr(args, name, path.absolute())
+    os.chdir("/")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s lazyfs-mount[%(process)d] %(levelname)s %(name)s: %(message)s",

@@ -89,6 +89,27 @@ def test_a_mount_server_that_cannot_start_leaves_the_mount_to_be_exec_d(
     assert not pid_alive(pid)
 
 
+@pytest.mark.parametrize("served", [False, True], ids=["exec'd", "forked"])
+def test_a_mount_process_runs_in_the_root_not_in_its_callers_directory(
+    lazyfs: Lazyfs, mountpoint: Path, monkeypatch: pytest.MonkeyPatch, served: bool
+) -> None:
+    # It serves for the mount's life: in the caller's directory, it kept the filesystem
+    # holding that directory busy. A relative mount point still means the caller's.
+    if served:
+        monkeypatch.delenv(server_client.ENV)
+    store = lazyfs.work_dir / "store" / "docker"
+    try:
+        out = json.loads(lazyfs("mount", "busybox", mountpoint.name, cwd=mountpoint.parent).stdout)
+        if served:
+            assert mount_servers.parent(out["pid"]) == mount_servers.server_of(store)
+        assert os.readlink(f"/proc/{out['pid']}/cwd") == "/"
+        assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+        lazyfs("umount", str(mountpoint))
+        assert not pid_alive(out["pid"])
+    finally:
+        mount_servers.stop(store)
+
+
 def test_a_writable_mount_takes_writes_and_forgets_them_on_umount(
     lazyfs: Lazyfs, mountpoint: Path
 ) -> None:

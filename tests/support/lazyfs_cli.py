@@ -36,7 +36,7 @@ class Lazyfs:
         ]
 
     def __call__(
-        self, *args: str, check: bool = True, timeout: float = 120
+        self, *args: str, check: bool = True, timeout: float = 120, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             self.argv(*args),
@@ -44,6 +44,7 @@ class Lazyfs:
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+            cwd=cwd,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")

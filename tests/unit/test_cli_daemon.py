@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from lazyfs.cli import build_parser
-from lazyfs.cli_daemon import cache_dir, cache_size, daemon_spec
+from lazyfs.cache.spawn import ensure_daemon
+from lazyfs.cli_daemon import anchor_paths, cache_dir, cache_size, daemon_spec
 from lazyfs.fs.mount import RemoteOrigin, layer_arg, parse_layer_args
 from providers.digest import Digest
 from providers.errors import UsageError
 from providers.manifest import ImageManifest, Layer
+from tests.support.cache_daemons import kill_recorded, recorded_daemon
 
 CONFIG = '{"auths": {"r.example": {"username": "u", "password": "secret-pw"}}}'
 
@@ -100,3 +103,35 @@ def test_a_started_daemon_imports_nothing_from_the_callers_directory(tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "usage: lazyfs" in done.stdout
     assert not marker.exists()
+
+
+def test_relative_paths_among_the_flags_are_anchored_and_the_rest_kept(tmp_path: Path) -> None:
+    args = parse("--work_dir", "w", "--docker_registry", "images", "--docker_config", CONFIG,
+                 "--docker_registry_ca_file", " ca.pem", "--image_gc_config", "file://gc.json",
+                 "--appc_simple_discovery_uri_prefix", "")  # fmt: skip
+    anchor_paths(args)
+    here = Path.cwd()
+    assert (args.work_dir, args.docker_registry) == (str(here / "w"), str(here / "images"))
+    assert args.docker_registry_ca_file == str(here / "ca.pem")
+    assert args.docker_config == CONFIG and args.image_gc_config == "file://gc.json"
+    assert args.appc_simple_discovery_uri_prefix == ""
+    url = parse("--docker_registry", "http://127.0.0.1:5000")
+    anchor_paths(url)
+    assert url.docker_registry == "http://127.0.0.1:5000"
+
+
+def test_a_started_daemon_runs_in_the_root_and_reads_relative_flags_from_its_starter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It outlives its starter: in the starter's directory, it kept whatever filesystem
+    # held that directory busy. A relative flag still means what it meant there.
+    (tmp_path / "ca.pem").write_text("")
+    monkeypatch.chdir(tmp_path)
+    spec = daemon_spec(parse("--work_dir", "work", "--docker_registry_ca_file", "ca.pem"))
+    try:
+        ensure_daemon(spec)
+        pid = recorded_daemon(tmp_path / "work" / "cache")
+        assert pid is not None
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    finally:
+        kill_recorded(tmp_path / "work" / "cache")
