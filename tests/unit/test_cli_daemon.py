@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.cli import build_parser
 from lazyfs.cache.spawn import ensure_daemon
+from lazyfs.cli import build_parser
 from lazyfs.cli_daemon import anchor_paths, cache_dir, cache_size, daemon_spec
 from lazyfs.fs.mount import RemoteOrigin, layer_arg, parse_layer_args
 from providers.digest import Digest
