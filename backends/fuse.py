@@ -33,12 +33,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backends.base import Rootfs, scratch_dir
-from backends.mounts import mount_points, unmount
+from backends.mounts import mounts_under, unmount
 from lazyfs.fs import mount as lazy_mount
 from providers.errors import BackendError
 from providers.fstree import remove_tree
 from providers.layer_limits import LayerLimits
 from providers.manifest import Layer
+from providers.mountinfo import real_path
 from providers.source import LocalBlobSource
 
 
@@ -126,9 +127,9 @@ class FuseBackend:
     def destroy(self, rootfs: Path) -> None:
         scratch = scratch_dir(rootfs)
         # A runtime may have mounted inside (proc, dev): those go first.
-        inside = [p for p in mount_points() if rootfs in p.parents]
-        for point in sorted(set(inside), key=lambda p: len(p.parts), reverse=True):
-            unmount(point)
+        for point in mounts_under(rootfs):
+            if point != real_path(rootfs):
+                unmount(point)
         lazy_mount.unmount(rootfs, pid=lazy_mount.recorded_pid(scratch))
         with contextlib.suppress(FileNotFoundError):
             rootfs.rmdir()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from providers.errors import BackendError
-from providers.mountinfo import is_mounted, mount_points
+from providers.mountinfo import is_mounted, mount_points, real_path
 
 __all__ = [
     "bind_mount",
@@ -101,7 +101,7 @@ def unmount(target: Path) -> None:
 
 def mounts_under(root: Path) -> list[Path]:
     """Mount points at or below ``root``, deepest first (the order to unmount)."""
-    root = root.resolve() if root.exists() else root
+    root = real_path(root)
     found = {p for p in mount_points() if p == root or root in p.parents}
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 

@@ -55,7 +55,7 @@ from backends.apply import LayerFile, local_files
 from backends.apply_tree import LinkOutsideLayer
 from backends.base import Rootfs, scratch_dir
 from backends.extracted import extracted_layer, made_dirs
-from backends.mounts import MS_PRIVATE, mount, mount_points, unmount, unmount_all_under
+from backends.mounts import MS_PRIVATE, is_mounted, mount, unmount, unmount_all_under
 from backends.overlay_dirs import (
     LowerDir,
     first_mounted,
@@ -222,5 +222,5 @@ def overlay_usable(tmp_dir: Path) -> bool:
         return False
     finally:
         # Never delete through a mount that would not go away.
-        if merged not in mount_points():
+        if not is_mounted(merged):
             shutil.rmtree(trial, ignore_errors=True)

@@ -26,7 +26,16 @@ def mount_points() -> list[Path]:
 
 def is_mounted(mountpoint: Path) -> bool:
     """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too)."""
-    return Path(os.path.abspath(mountpoint)) in mount_points()
+    return real_path(mountpoint) in mount_points()
+
+
+def real_path(path: Path) -> Path:
+    """``path`` as the mount table names it: absolute, through every symlink on the way.
+
+    A work dir may be reached through one (``/var/run`` is ``/run`` on Debian).
+    What cannot be looked at (a dead FUSE mount, a missing tail) is kept as written.
+    """
+    return Path(os.path.realpath(path))
 
 
 def _unescape(field: str) -> str:

@@ -9,11 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from backends.base import scratch_dir
 from backends.mounts import mounts_under
+from lazyfs.fs.mount import recorded_pid
 from tests.support.fuse_mounts import kill_mount_process
 from tests.support.lazyfs_cli import Lazyfs
+from tests.support.processes import zombie
 
 pytestmark = pytest.mark.integration
+
+
+def pid_alive(pid: int | None) -> bool:
+    return pid is not None and Path(f"/proc/{pid}").exists() and not zombie(pid)
 
 
 def containers(work: Path) -> list[str]:
@@ -121,3 +128,32 @@ def test_kept_containers_with_dead_mounts_are_mounted_again_or_reported_broken(
     lazyfs("recover")
     assert containers(lazyfs.work_dir) == []
     assert mounts_under(lazyfs.work_dir) == []
+
+
+def test_live_mounts_under_a_work_dir_reached_through_a_symlink_are_kept_as_they_are(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    # /proc/self/mountinfo names mount points by their real paths; a work dir given
+    # through a symlink (/var/run is one to /run on Debian) named them otherwise, and
+    # recover --keep took live mounts for gone: it killed a serving mount process.
+    lazyfs.work_dir.mkdir()
+    linked = Lazyfs(tmp_path / "linked-work", lazyfs.image_dir)
+    linked.work_dir.symlink_to(lazyfs.work_dir)
+    wanted = {
+        "bind": ("one", "--backend", "bind"),
+        "fuse": ("busybox", "--backend", "fuse"),
+        "overlay": ("busybox", "--backend", "overlay"),
+    }
+    rootfs = {}
+    for cid, args in wanted.items():
+        rootfs[cid] = Path(json.loads(linked("provision", cid, *args).stdout)["rootfs"])
+    pid = recorded_pid(scratch_dir(rootfs["fuse"]))
+    report = json.loads(linked("recover", "--keep", *wanted).stdout)
+    assert report["kept"] == sorted(wanted) and report["remounted"] == []
+    assert report["broken"] == {} and report["destroyed"] == []
+    assert recorded_pid(scratch_dir(rootfs["fuse"])) == pid and pid_alive(pid)
+    listed = json.loads(linked("ps", "--json").stdout)
+    assert {row["container_id"]: row["mount"] for row in listed} == dict.fromkeys(wanted, "alive")
+    linked("recover")
+    assert containers(lazyfs.work_dir) == []
+    assert mounts_under(lazyfs.work_dir) == [] and not pid_alive(pid)
