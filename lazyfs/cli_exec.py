@@ -32,6 +32,11 @@ def exec_problem(
     """None if ``args[0]`` can be executed in ``rootfs``; else the line and exit status."""
     if not args:
         return None
+    if any("\0" in text for text in (*args, *env, cwd)):
+        # From the image's config: exec(2) takes no such string, and os.lstat raises on one.
+        return "the command, its environment or its working directory holds a NUL byte", (
+            NOT_EXECUTABLE
+        )
     name = args[0]
     if "/" not in name:
         path = _env_value(env, "PATH")

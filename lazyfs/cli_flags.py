@@ -267,17 +267,23 @@ def image_providers(args: argparse.Namespace) -> tuple[str, ...]:
 
 # Sizes are binary (1024-based) everywhere: printed as KiB, MiB, GiB, and
 # taken as KiB or as Mesos writes the same sizes (KB, MB, GB).
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?|B)?", re.I)
+_SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,20}))?\s*(?:([KMGT])(?:i?B)?|B)?", re.I)
 _SHIFTS = {"K": 10, "M": 20, "G": 30, "T": 40}
+MAX_SIZE = (1 << 63) - 1  # what a file offset (and the cache's wire) holds
 
 
 def parse_size(text: str) -> int | None:
-    """Bytes in ``text`` (``4096``, ``512MiB``, ``10GB``, ``1.5k``: 1024-based); None if none."""
+    """Bytes in ``text`` (``4096``, ``512MiB``, ``10GB``, ``1.5k``: 1024-based, a byte's
+    fraction dropped); None if none, or more than ``MAX_SIZE``."""
     found = _SIZE.fullmatch(text.strip())
     if found is None:
         return None
-    number, unit = found.groups()
-    return int(float(number) * (1 << _SHIFTS[unit.upper()] if unit else 1))
+    whole, fraction, unit = found.groups()
+    scale = 1 << _SHIFTS[unit.upper()] if unit else 1
+    size = int(whole) * scale
+    if fraction:
+        size += int(fraction) * scale // 10 ** len(fraction)
+    return size if size <= MAX_SIZE else None
 
 
 def layer_limits(args: argparse.Namespace) -> LayerLimits:
@@ -287,7 +293,7 @@ def layer_limits(args: argparse.Namespace) -> LayerLimits:
     ratio = args.max_layer_ratio.strip()
     if size is None:
         raise UsageError(f"{size_flag} {args.max_layer_size!r}: want bytes, e.g. 300GiB")
-    if not ratio.isdigit() or int(ratio) < 1:
+    if not re.fullmatch(r"[0-9]{1,18}", ratio) or int(ratio) < 1:
         raise UsageError(f"{ratio_flag} {args.max_layer_ratio!r}: want a whole number")
     if size < 1:
         raise UsageError(f"{size_flag} {args.max_layer_size!r}: want more than 0 bytes")

@@ -90,10 +90,10 @@ def docker_config_document(
     text: str, what: str = "--docker_config"
 ) -> tuple[dict[str, Credentials], dict[str, Any]]:
     """``parse_docker_config``'s credentials, and the whole JSON object they came from."""
-    stripped = text.strip()
-    if not stripped.startswith("{"):
+    stripped: str | bytes = text.strip()
+    if not text.strip().startswith("{"):
         try:
-            stripped = Path(stripped).read_text()
+            stripped = Path(text.strip()).read_bytes()  # not UTF-8: JSON's ValueError below
         except OSError as exc:
             raise UsageError(f"{what}: cannot read {text}: {exc.strerror}") from exc
     try:

@@ -45,7 +45,7 @@ from lazyfs.gc.trash import Trash
 from lazyfs.gc.uses import InUse, in_use
 from lazyfs.store.disk import Store
 from lazyfs.store.usage_lock import collecting
-from providers.digest import Digest
+from providers.digest import Digest, is_digest
 from providers.errors import Conflict, NotFound
 from providers.fslock import try_exclusive_lock
 from providers.manifest import ImageManifest
@@ -149,8 +149,11 @@ class _Pass:
             return []  # a user whose layers are unknown may use any of them
         present: dict[Digest, float] = {}
         for algo_dir in self.store.blobs.iterdir():
+            if not algo_dir.is_dir():
+                continue  # not the store's (a note left there): neither a blob nor a reason to stop
             for blob in algo_dir.iterdir():
-                present[Digest(f"{algo_dir.name}:{blob.name}")] = _mtime(blob)
+                if is_digest(digest := f"{algo_dir.name}:{blob.name}"):
+                    present[Digest(digest)] = _mtime(blob)
         for home in self.store.layers.iterdir():
             algo = _ALGORITHMS.get(len(home.name))
             if algo is not None and home.is_dir():

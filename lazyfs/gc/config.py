@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,14 +49,14 @@ class GcConfig:
 
 def parse_gc_config(text: str, where: str = "--image_gc_config") -> GcConfig:
     """The config ``text`` gives: JSON, or the path (or ``file://`` URL) of a JSON file."""
-    body = text.strip()
+    body: str | bytes = text.strip()
     if not body:
         raise UsageError(f"{where} is empty: give JSON or a file holding it")
-    if not body.startswith(("{", "[")):
-        path = body.removeprefix("file://")
+    if not text.strip().startswith(("{", "[")):
+        path = text.strip().removeprefix("file://")
         try:
-            with open(path, encoding="utf-8") as stream:
-                body = stream.read()
+            with open(path, "rb") as stream:
+                body = stream.read()  # bytes: not UTF-8 is JSON's ValueError below
         except OSError as error:
             raise UsageError(f"{where} {path}: {error.strerror or error}") from None
         where = f"{where} {path}"
@@ -88,9 +89,13 @@ def _interval(value: Any, where: str) -> int:
         return DEFAULT_INTERVAL_NS
     # protobuf's JSON form writes an int64 as a string; Mesos' docs as a number.
     nanoseconds = value.get("nanoseconds") if isinstance(value, dict) else None
-    if isinstance(nanoseconds, str) and nanoseconds.isdigit():
+    if isinstance(nanoseconds, str) and re.fullmatch(r"[0-9]{1,19}", nanoseconds):
         nanoseconds = int(nanoseconds)
-    if isinstance(nanoseconds, bool) or not isinstance(nanoseconds, int) or nanoseconds <= 0:
+    if (
+        isinstance(nanoseconds, bool)
+        or not isinstance(nanoseconds, int)
+        or not 0 < nanoseconds < 1 << 63  # protobuf's int64
+    ):
         raise UsageError(
             f"{where}: image_disk_watch_interval {value!r}: "
             'want {"nanoseconds": N} with N more than 0'

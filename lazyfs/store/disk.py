@@ -41,7 +41,7 @@ import trio
 
 from lazyfs.store.atomic import staged_file, write_atomic
 from lazyfs.store.usage_lock import in_use_async
-from providers.digest import CHUNK, Digest, VerifyingReader, hex_part
+from providers.digest import CHUNK, Digest, VerifyingReader, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.fstree import remove_tree
@@ -198,11 +198,10 @@ class Store:
         """
         path = self._image_path(reference, platform)
         try:
-            data = json.loads(path.read_bytes())
-            manifest = ImageManifest.from_json(data)
+            manifest = _record(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as exc:
+        except _DAMAGE as exc:
             raise BadImage(f"store record of {reference} is damaged: {exc}") from exc
         if not all(self.has_blob(layer.digest) for layer in manifest.layers):
             return None
@@ -222,10 +221,10 @@ class Store:
         found: list[tuple[Path, ImageManifest | None]] = []
         for path in sorted(self.images_dir.glob("*.json")):
             try:
-                manifest = ImageManifest.from_json(json.loads(path.read_bytes()))
+                manifest = _record(path.read_bytes())
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, *_DAMAGE):
                 found.append((path, None))
                 continue
             current = path == self._image_path(manifest.reference, manifest.platform)
@@ -276,6 +275,18 @@ class Store:
                 remove_tree(entry)  # an extraction's scratch may be deep
             removed += 1
         return removed
+
+
+# What a damaged image record raises as it is read (a field of the wrong JSON type too).
+_DAMAGE = (ValueError, KeyError, TypeError, AttributeError, BadImage)
+
+
+def _record(data: bytes) -> ImageManifest:
+    """The image a record holds; one of ``_DAMAGE`` for a damaged one."""
+    manifest = ImageManifest.from_json(json.loads(data))
+    for layer in manifest.layers:
+        parse_digest(layer.digest)  # named as a file of the store's blobs
+    return manifest
 
 
 def _copy_verified(

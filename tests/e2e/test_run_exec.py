@@ -120,6 +120,10 @@ def test_paths_resolve_inside_the_rootfs(rootfs: Path, path: str, where: str | N
         (["/bin/plain"], [], "/", NOT_EXECUTABLE),
         (["/bin/loop"], [], "/", NOT_FOUND),
         ([], [], "/", None),
+        # An image's config may hold a NUL (it is JSON); exec(2) takes none, lstat raised.
+        (["tool\0x"], ["PATH=/bin"], "/", NOT_EXECUTABLE),
+        (["/bin/tool"], ["PATH=/bin\0"], "/", NOT_EXECUTABLE),
+        (["tool"], ["PATH=/bin"], "/\0", NOT_EXECUTABLE),
     ],
 )
 def test_exec_problem(

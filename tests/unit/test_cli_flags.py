@@ -94,6 +94,34 @@ def test_a_missing_file_url_is_one_line_naming_the_flag(tmp_path: Path) -> None:
         registry_options(args)
 
 
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_bytes(b'{"auths": {"r.example": {"auth": "\xff"}}}')  # was a traceback
+    args = build_parser().parse_args(["--docker_config", str(config), "images"])
+    with pytest.raises(UsageError, match="^--docker_config: not valid JSON$"):
+        registry_options(args)
+
+
+# -- --max_layer_size, --max_layer_ratio ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max_layer_size", "9" * 400),  # float() made it infinite: OverflowError
+        ("--max_layer_ratio", "\u00b2"),  # isdigit() took it, int() did not
+        ("--max_layer_ratio", "9" * 5000),  # past int()'s 4300 digits
+        ("--max_layer_ratio", "0"),
+    ],
+)
+def test_a_bad_layer_limit_is_one_line_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    assert main(["--work_dir", str(tmp_path), flag, value, "images"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"lazyfs: {flag} ")
+
+
 # -- --appc_simple_discovery_uri_prefix ----------------------------------------
 
 

@@ -65,6 +65,12 @@ def test_a_file_and_a_file_url_are_read(tmp_path: Path) -> None:
         ('{"excluded_images": [3]}', "excluded image 3: want an Image or a name"),
         ('{"image_disk_headroom": 0.1, "headroom": 1}', "unknown field 'headroom'"),
         ("/nonexistent/gc.json", "--image_gc_config /nonexistent/gc.json: No such file"),
+        # int() took these after isdigit() did: ValueError tracebacks.
+        ('{"image_disk_watch_interval": {"nanoseconds": "\u00b2"}}', 'want {"nanoseconds": N}'),
+        ('{"image_disk_watch_interval": {"nanoseconds": "' + "9" * 5000 + '"}}', "want {"),
+        ('{"image_disk_watch_interval": {"nanoseconds": ' + "9" * 30 + "}}", "want {"),
+        # A file that is not UTF-8: a UnicodeDecodeError traceback.
+        ("/bin/sh", "--image_gc_config /bin/sh: not JSON: "),
     ],
 )
 def test_a_bad_config_is_one_line_naming_the_flag(text: str, message: str) -> None:
@@ -119,6 +125,13 @@ def test_stale_tree_names(name: str, stale: bool) -> None:
         ("1TB", 1 << 40),
         ("ten", None),
         ("5 XB", None),
+        ("0.1k", 102),
+        ("\u00b2", None),
+        ("\u0663", None),  # a digit of another script: float() took it
+        ("9" * 400, None),  # float() made it infinite: an OverflowError traceback
+        (str((1 << 63) - 1), (1 << 63) - 1),
+        ("8EiB", None),
+        ("8192PiB", None),
     ],
 )
 def test_sizes_are_binary_whatever_the_spelling(text: str, size: int | None) -> None:
