@@ -98,7 +98,7 @@ def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_flag(tmp_path: Pa
     config = tmp_path / "config.json"
     config.write_bytes(b'{"auths": {"r.example": {"auth": "\xff"}}}')  # was a traceback
     args = build_parser().parse_args(["--docker_config", str(config), "images"])
-    with pytest.raises(UsageError, match="^--docker_config: not valid JSON$"):
+    with pytest.raises(UsageError, match=r"^--docker_config: not valid JSON$"):
         registry_options(args)
 
 
