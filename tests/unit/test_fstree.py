@@ -6,6 +6,9 @@ import errno
 import os
 import subprocess
 import sys
+import tempfile
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,51 @@ def test_an_error_deep_inside_names_where_and_the_rest_stays(tmp_path: Path) -> 
         subprocess.run(["chattr", "-i", stuck], check=True)
     remove_tree(top)
     assert not top.exists()
+
+
+NOBODY = 65534
+
+
+def as_nobody(action: Callable[[], None]) -> None:
+    """Run ``action`` in a child of this process with uid and gid 65534; fail if it raises."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the action failed as nobody (see stderr)"
+
+
+def test_not_as_root_directories_of_ours_we_may_not_change_or_list_go() -> None:
+    # A copy rootfs made by a user keeps the image's modes: 0555 /usr/bin, a 0000
+    # directory. Unlinking needs write and search on the directory: destroy failed
+    # with EACCES and left half a rootfs. pytest's own temporary directories are 0700
+    # root's, out of nobody's reach: this one is in /tmp.
+    with tempfile.TemporaryDirectory(dir="/tmp") as scratch:
+        top = Path(scratch) / "rootfs"
+        (top / "usr" / "bin").mkdir(parents=True)
+        (top / "usr" / "bin" / "sh").write_text("x")
+        (top / "closed" / "inner").mkdir(parents=True)
+        (top / "closed" / "inner" / "f").write_text("y")
+        (top / "closed" / "link").symlink_to("/etc")
+        for path in (Path(scratch), top, *top.rglob("*")):
+            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        for path, mode in (
+            ("usr/bin", 0o555),
+            ("usr", 0o555),
+            ("closed/inner", 0),
+            ("closed", 0o500),
+        ):
+            (top / path).chmod(mode)
+        as_nobody(lambda: remove_tree(top))
+        assert not top.exists()
+        assert os.stat("/etc").st_mode & 0o7777 == 0o755
