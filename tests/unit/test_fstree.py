@@ -144,8 +144,8 @@ def test_not_as_root_directories_of_ours_we_may_not_change_or_list_go() -> None:
         (top / "closed" / "inner").mkdir(parents=True)
         (top / "closed" / "inner" / "f").write_text("y")
         (top / "closed" / "link").symlink_to("/etc")
-        for path in (Path(scratch), top, *top.rglob("*")):
-            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        for made in (Path(scratch), top, *top.rglob("*")):
+            os.chown(made, NOBODY, NOBODY, follow_symlinks=False)
         for path, mode in (
             ("usr/bin", 0o555),
             ("usr", 0o555),
