@@ -62,7 +62,7 @@ import os
 import stat
 import time
 
-from lazyfs.fs.upper_copy import UpperCopy
+from lazyfs.fs.upper_copy import UpperCopy, make_entry
 from lazyfs.fs.upper_disk import AT_FDCWD, exchange_at, remove_dir_at, set_xattr_at
 from lazyfs.fs.upper_state import (
     METACOPY_XATTR,
@@ -156,23 +156,16 @@ class Upper(UpperCopy):
             target=target,
             copy=Copy.DATA,
         )
+        hides = self._lower_has(parent, name)  # a whiteout is at ``name``, swapped out
+        if stat.S_ISDIR(mode):
+            node.children = {}
+            node.opaque = hides
+        elif stat.S_ISLNK(mode):
+            node.size = len(target)
+            node.mode = stat.S_IFLNK | 0o777
         with self.inside(parent) as fd:
-            where = self._free_name(parent, name, fd)
-            kind = stat.S_IFMT(mode)
-            if kind == stat.S_IFDIR:
-                node.children = {}
-                node.opaque = self._lower_has(parent, name)
-                os.mkdir(where, 0o700, dir_fd=fd)
-            elif kind == stat.S_IFREG:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                os.close(os.open(where, flags, 0o600, dir_fd=fd))
-            elif kind == stat.S_IFLNK:
-                os.symlink(target, where, dir_fd=fd)
-                node.size = len(target)
-                node.mode = stat.S_IFLNK | 0o777
-            else:
-                os.mknod(where, mode, rdev, dir_fd=fd)
-            self._set_disk_attributes(node, fd, where)
+            where = os.fsdecode(name)
+            self.place(node, fd, where, lambda at, temp: make_entry(node, at, temp), whiteout=hides)
         self._nodes[node.ino] = node
         self._add(parent, name, node)
         return node

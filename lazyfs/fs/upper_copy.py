@@ -14,7 +14,7 @@ import itertools
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from lazyfs.blobs.ranges import TarRangeReader
 from lazyfs.fs.upper_disk import (
     DIR_FLAGS,
     clear_work,
+    exchange_at,
     is_started,
     mark_started,
     open_dir,
@@ -103,8 +104,7 @@ class UpperCopy(UpperState):
         try:
             for below in reversed(missing):
                 name = os.fsdecode(below.names[0][1])
-                os.mkdir(name, 0o700, dir_fd=fd)
-                self._set_disk_attributes(below, fd, name)
+                self.place(below, fd, name, make_dir)
                 below.copy = Copy.DATA
                 inner = os.open(name, DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
@@ -115,8 +115,13 @@ class UpperCopy(UpperState):
         return fd
 
     def copy_up_meta(self, node: Node) -> None:
-        """Put ``node`` in upper without its bytes (a metacopy for a non-empty lower file)."""
-        if node.copy is not Copy.NONE:
+        """Put ``node`` in upper without its bytes (a metacopy for a non-empty lower file).
+
+        Not a node with no name left (unlinked, still open): nothing could name
+        it in upper; its bytes are read below until a write copies them
+        (``lazyfs.fs.writable_no_open``: into a file with no name either).
+        """
+        if node.copy is not Copy.NONE or node.unlinked:
             return
         if node.children is not None:
             self.copy_up_dir(node)
@@ -131,41 +136,48 @@ class UpperCopy(UpperState):
                             first, name, src_dir_fd=first_fd, dst_dir_fd=fd, follow_symlinks=False
                         )
                     continue
-                kind = stat.S_IFMT(node.mode)
-                if kind == stat.S_IFREG:
-                    self._new_metacopy(node, fd, name)
-                    continue
-                if kind == stat.S_IFLNK:
-                    os.symlink(node.target, name, dir_fd=fd)
-                else:
-                    os.mknod(name, node.mode, node.rdev, dir_fd=fd)
-                self._set_disk_attributes(node, fd, name)
+                # A metacopy: sized (sparse, no block written) and marked, its bytes still below.
+                self.place(node, fd, name, lambda at, temp: make_entry(node, at, temp, meta=True))
         node.copy = Copy.META if stat.S_ISREG(node.mode) and node.size else Copy.DATA
 
-    def _new_metacopy(self, node: Node, fd: int, name: str) -> None:
-        """Regular file ``node`` at ``name`` in ``fd``: sized (sparse), marked, with its attributes.
+    def place(
+        self,
+        node: Node,
+        fd: int,
+        name: str,
+        make: Callable[[int, str], None],
+        *,
+        whiteout: bool = False,
+    ) -> None:
+        """Put ``node`` at ``name`` in directory ``fd`` whole, or leave ``name`` as it was.
 
-        Made whole in ``work``, then renamed to its name: a mount killed
-        meanwhile leaves no unmarked file of zeros there for the next
-        mount to load as the file's bytes.
+        ``make(work_fd, temp)`` makes it in ``work``, where it gets its attributes;
+        then one rename (with ``whiteout``, an exchange with the whiteout at
+        ``name``, removed after) puts it in place. A failure on the way (an xattr
+        the upper's filesystem refuses, ENOSPC, the mount killed) leaves no
+        half-made entry at ``name``: none that the next try finds in its way,
+        and none that the next mount loads without its attributes (a file of
+        zeros without its metacopy mark, a directory that is not opaque).
         """
-        temp = f"meta-{next(self._temps)}"
+        temp = f"new-{next(self._temps)}"
         work_fd = os.open(self.work, DIR_FLAGS)
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            file = os.open(temp, flags, 0o600, dir_fd=work_fd)
             try:
-                os.ftruncate(file, node.size)  # sparse: no block written
-            finally:
-                os.close(file)
-            if node.size:
-                set_xattr_at(work_fd, temp, METACOPY_XATTR, b"")
-            self._set_disk_attributes(node, work_fd, temp)
-            os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=work_fd)
-            raise
+                make(work_fd, temp)
+                self._set_disk_attributes(node, work_fd, temp)
+                if whiteout:
+                    exchange_at(work_fd, temp, fd, name)
+                else:
+                    os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    if stat.S_ISDIR(node.mode):
+                        os.rmdir(temp, dir_fd=work_fd)
+                    else:
+                        os.unlink(temp, dir_fd=work_fd)
+                raise
+            if whiteout:
+                os.unlink(temp, dir_fd=work_fd)  # the whiteout, swapped out to here
         finally:
             os.close(work_fd)
 
@@ -179,6 +191,8 @@ class UpperCopy(UpperState):
             self.copy_up_meta(node)
             if node.copy is Copy.DATA:
                 return
+            if node.unlinked:
+                raise UpperError(errno.ENOENT, f"inode {node.ino} has no name to copy up to")
             data = node.lower_data
             assert data is not None  # META only for non-empty lower files
             # Modes and the rest are set below, as the node has them once the bytes are in.
@@ -241,16 +255,27 @@ class UpperCopy(UpperState):
         if data:
             node.mtime_ns = now
 
+    # A node with no name left (unlinked, still open) changes in memory alone: fstat and
+    # the reads of who has it open see memory, and no name will ever reach its disk copy.
+
     def set_mode(self, node: Node, mode: int) -> None:
         self.copy_up_meta(node)
         node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
-        if not stat.S_ISLNK(node.mode):
+        if not node.unlinked and not stat.S_ISLNK(node.mode):
             with self.at(node) as (fd, name):  # hardlinks share the upper inode
                 os.chmod(name, stat.S_IMODE(mode), dir_fd=fd)
         self.touch(node, data=False)
 
     def set_owner(self, node: Node, uid: int, gid: int) -> None:
         self.copy_up_meta(node)
+        if node.unlinked:
+            node.uid, node.gid = uid, gid
+            if stat.S_ISREG(node.mode):
+                # As chown(2) leaves a file on Linux, root's too.
+                lost = stat.S_ISUID | (stat.S_ISGID if node.mode & stat.S_IXGRP else 0)
+                node.mode &= ~lost
+            self.touch(node, data=False)
+            return
         with self.at(node) as (fd, name):
             os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
             node.uid, node.gid = uid, gid
@@ -264,9 +289,10 @@ class UpperCopy(UpperState):
         self.copy_up_meta(node)
         node.atime_ns = node.atime_ns if atime_ns is None else atime_ns
         node.mtime_ns = node.mtime_ns if mtime_ns is None else mtime_ns
-        with self.at(node) as (fd, name):
-            times = (node.atime_ns, node.mtime_ns)
-            os.utime(name, ns=times, dir_fd=fd, follow_symlinks=False)
+        if not node.unlinked:
+            with self.at(node) as (fd, name):
+                times = (node.atime_ns, node.mtime_ns)
+                os.utime(name, ns=times, dir_fd=fd, follow_symlinks=False)
         node.ctime_ns = time.time_ns()
 
     def set_xattr(self, node: Node, name: bytes, value: bytes | None) -> None:
@@ -277,13 +303,16 @@ class UpperCopy(UpperState):
         if value is None and name not in node.xattrs:
             raise UpperError(errno.ENODATA, f"inode {node.ino} has no xattr {name!r}")
         self.copy_up_meta(node)
-        with self.at(node) as (fd, where):
-            if value is None:
-                remove_xattr_at(fd, where, name)
-                del node.xattrs[name]
-            else:
-                set_xattr_at(fd, where, name, value)
-                node.xattrs[name] = value
+        if not node.unlinked:
+            with self.at(node) as (fd, where):
+                if value is None:
+                    remove_xattr_at(fd, where, name)
+                else:
+                    set_xattr_at(fd, where, name, value)
+        if value is None:
+            del node.xattrs[name]
+        else:
+            node.xattrs[name] = value
         self.touch(node, data=False)
 
 
@@ -320,3 +349,30 @@ def copy_lower_into(reader: TarRangeReader, data: DataRef, fd: int) -> None:
             os.pwrite(fd, chunk, start + done)
             done += len(chunk)
     os.ftruncate(fd, data.size)
+
+
+def make_dir(dir_fd: int, name: str) -> None:
+    """An empty directory, closed to others until its attributes are set."""
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+
+
+def make_entry(node: Node, dir_fd: int, name: str, *, meta: bool = False) -> None:
+    """An entry of ``node``'s kind, without its attributes: for a file with ``meta``,
+    ``node.size`` of holes marked as a metacopy (when not empty)."""
+    kind = stat.S_IFMT(node.mode)
+    if kind == stat.S_IFDIR:
+        make_dir(dir_fd, name)
+    elif kind == stat.S_IFREG:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        file = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        try:
+            if meta:
+                os.ftruncate(file, node.size)
+        finally:
+            os.close(file)
+        if meta and node.size:
+            set_xattr_at(dir_fd, name, METACOPY_XATTR, b"")
+    elif kind == stat.S_IFLNK:
+        os.symlink(node.target, name, dir_fd=dir_fd)
+    else:
+        os.mknod(name, node.mode, node.rdev, dir_fd=dir_fd)

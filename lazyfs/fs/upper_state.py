@@ -96,6 +96,11 @@ class Node:
         return len(self.names)
 
     @property
+    def unlinked(self) -> bool:
+        """No name left (the root has none, and is upper's own): unlinked while still open."""
+        return not self.names and self.ino != ROOT_INO
+
+    @property
     def lower_data(self) -> DataRef | None:
         """Where the bytes are while they are not copied up."""
         return self.lower.data if self.lower is not None and self.copy is not Copy.DATA else None

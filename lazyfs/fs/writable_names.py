@@ -333,7 +333,11 @@ class WritableNames(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self._pin_readers(self.upper.lookup(parent_inode_new, name_new))
+        if not flags:
+            # Only a plain rename takes a name away: an exchange keeps both, and a
+            # RENAME_NOREPLACE onto a name fails. A pin is let go of when the kernel
+            # forgets the inode, which one it keeps the name of may never do.
+            self._pin_readers(self.upper.lookup(parent_inode_new, name_new))
         await self.upper.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     def _pin_readers(self, node: Node | None) -> None:

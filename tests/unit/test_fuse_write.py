@@ -24,8 +24,9 @@ from lazyfs.fs.writable import WritableOperations
 from lazyfs.store.atomic import Staged
 from lazyfs.tree.merge import ROOT_INO, DataRef
 from tests.support import fuse_paths
+from tests.support.images import Entry
 from tests.support.tree import is_whiteout
-from tests.support.writable_ops import BIG, CTX, ino, make_ops, name, setting
+from tests.support.writable_ops import BIG, CTX, ino, make_ops, name, ops_of_layers, setting
 
 
 @pytest.fixture(params=fuse_paths.PATHS)
@@ -63,6 +64,34 @@ async def test_write_copies_up_once_and_the_lower_stays(ops: WritableOperations)
     assert os.getxattr(on_disk, "user.a") == b"1"
     assert METACOPY_XATTR not in os.listxattr(on_disk)
     assert not list(ops.upper.work.iterdir())
+
+
+@pytest.mark.parametrize("data", [b"", b"lower bytes"], ids=["empty", "lower"])
+@pytest.mark.parametrize("path", fuse_paths.PATHS)
+async def test_an_unlinked_open_file_takes_chmod_chown_utimens_setxattr_and_writes(
+    tmp_path: Path, path: str, data: bytes
+) -> None:
+    # Each was ENOENT (the upper looked for a name), as were writes after them to an
+    # empty lower file on the no-open path. Any local filesystem, overlayfs too, takes them.
+    ops = ops_of_layers(tmp_path, path, [[Entry("d", "dir"), Entry("d/f", data=data)]])
+    d, f = await ino(ops, "d"), await ino(ops, "d/f")
+    info = await ops.open(f, os.O_RDWR, CTX)
+    await ops.unlink(d, name("f"), CTX)
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o4750)
+    attr.st_uid, attr.st_gid = 7, 8
+    attr.st_mtime_ns = 10**18
+    got = await ops.setattr(f, attr, setting("mode"), info.fh, CTX)
+    assert got.st_mode == stat.S_IFREG | 0o4750
+    got = await ops.setattr(f, attr, setting("uid", "gid", "mtime"), info.fh, CTX)
+    assert (got.st_uid, got.st_gid, got.st_mtime_ns) == (7, 8, 10**18)
+    assert got.st_mode == stat.S_IFREG | 0o0750  # chown(2) drops setuid
+    await ops.setxattr(f, b"user.k", b"v", CTX)
+    assert await ops.getxattr(f, b"user.k", CTX) == b"v"
+    assert await ops.write(info.fh, 0, b"new") == 3
+    assert await ops.read(info.fh, 0, 100) == b"new" + data[3:]
+    await ops.release(info.fh)
+    assert sorted(os.listdir(upper(ops))) == ["d"] and is_whiteout(upper(ops) / "d" / "f")
 
 
 async def test_chmod_is_a_metadata_copy(ops: WritableOperations) -> None:
@@ -284,6 +313,24 @@ async def test_readdir_lists_dot_and_dotdot_first(
     ]
     assert await listing(made) == [(b".", made), (b"..", d)]
     assert (await listing(ROOT_INO))[:2] == [(b".", ROOT_INO), (b"..", ROOT_INO)]
+
+
+async def test_exchanging_names_keeps_no_descriptor_open(ops: WritableOperations) -> None:
+    # Each exchange pinned an fd on the upper file at the second name, let go of only
+    # when the kernel forgot that inode, which it may never do while the name stays:
+    # a thousand files exchanged ran the mount process out of descriptors (EIO then).
+    made = []
+    for number in range(20):
+        info, entry = await ops.create(ROOT_INO, name(f"f{number}"), 0o644, os.O_WRONLY, CTX)
+        await ops.write(info.fh, 0, b"x")
+        await ops.release(info.fh)
+        made.append(entry.st_ino)
+    before = len(os.listdir("/proc/self/fd"))
+    for number in range(0, 20, 2):
+        a, b = name(f"f{number}"), name(f"f{number + 1}")
+        await ops.rename(ROOT_INO, a, ROOT_INO, b, pyfuse3.RENAME_EXCHANGE, CTX)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert await ino(ops, "f0") == made[1] and await ino(ops, "f1") == made[0]
 
 
 async def test_rename_exchange_swaps_names_in_memory_and_in_upper(ops: WritableOperations) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from lazyfs.index.formats import build_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from tests.support.images import Entry, write_layer
+from tests.support.loopfs import loop_filesystem
 
 
 def upper_of(tmp_path: Path) -> Upper:
@@ -89,3 +92,38 @@ async def test_the_boundary_passes_a_full_upper_on_and_turns_the_rest_into_eio(
         await Handlers().broken()
     assert answer.value.errno == errno.EIO
     assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR"]
+
+
+def test_a_copy_up_that_fails_halfway_leaves_nothing_in_the_way_of_the_next(
+    tmp_path: Path,
+) -> None:
+    # ext4 keeps an xattr value in one block: an image's 8,000-byte one (the index takes
+    # up to 64 KiB) is ENOSPC there. The copy-up made the directory, then failed on its
+    # xattrs: every later write below it was EEXIST, EIO, until the next mount, which
+    # loaded the half-made directory without its xattrs.
+    big = {"user.big": b"x" * 8000}
+    blob = write_layer(
+        [
+            Entry("big", "dir", mode=0o755, xattrs=big),
+            Entry("big/f", data=b"x"),
+            Entry("link", "symlink", target="big", xattrs={"trusted.big": b"y" * 8000}),
+        ],
+        tmp_path / "0.tar",
+    )
+    index = build_index(digest_bytes(blob.read_bytes()), blob, tmp_path)
+    with loop_filesystem(tmp_path / "disk", 64) as disk:
+        upper, work = disk / "upper", disk / "work"
+        upper.mkdir()
+        work.mkdir()
+        view = Upper(merge([index]), upper, work, LocalTars({}))
+        directory, link = view.lookup(ROOT_INO, b"big"), view.lookup(ROOT_INO, b"link")
+        assert directory is not None and link is not None
+        for name in (b"n1", b"n2"):
+            with pytest.raises(OSError) as refused:
+                view.new(directory.ino, name, stat.S_IFREG | 0o644, 0, 0)
+            assert refused.value.errno == errno.ENOSPC
+        for _ in range(2):
+            with pytest.raises(OSError) as refused:
+                view.copy_up_meta(link)
+            assert refused.value.errno == errno.ENOSPC
+        assert os.listdir(upper) == [] and os.listdir(work) == []
