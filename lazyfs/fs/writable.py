@@ -93,6 +93,11 @@ class WritableOperations(WritableNames):
         opened = self._dirs.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if start_id == 0:
+            # From the start again (rewinddir): the directory as it is now, as POSIX
+            # asks and overlayfs does; offsets past 0 stay positions in this snapshot.
+            opened.directory = self.upper.view_directory(opened.directory.ino)
+            opened.listing = self.snapshot(opened.directory)
         for position, name, entry in self.listed(opened.directory, opened.listing, start_id):
             if not pyfuse3.readdir_reply(token, name, entry, position + 1):
                 return

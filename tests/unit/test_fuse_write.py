@@ -315,6 +315,31 @@ async def test_readdir_lists_dot_and_dotdot_first(
     assert (await listing(ROOT_INO))[:2] == [(b".", ROOT_INO), (b"..", ROOT_INO)]
 
 
+async def test_a_listing_from_the_start_again_shows_the_directory_as_it_is_now(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rewinddir: POSIX and overlayfs show changes made since opendir. The handle of
+    # the open path kept its first snapshot: a deleted name stayed, a new one never came.
+    seen: list[bytes] = []
+
+    def reply(token: object, entry_name: bytes, attr: pyfuse3.EntryAttributes, _: int) -> bool:
+        seen.append(entry_name)
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    d = await ino(ops, "d")
+    fh = await ops.opendir(d, CTX)
+    await ops.readdir(fh, 0, cast(pyfuse3.ReaddirToken, None))
+    assert seen == [b".", b"..", b"x"]
+    await ops.unlink(d, name("x"), CTX)
+    info, _ = await ops.create(d, name("new"), 0o644, os.O_WRONLY, CTX)
+    await ops.release(info.fh)
+    seen.clear()
+    await ops.readdir(fh, 0, cast(pyfuse3.ReaddirToken, None))
+    await ops.releasedir(fh)
+    assert seen == [b".", b"..", b"new"]
+
+
 async def test_exchanging_names_keeps_no_descriptor_open(ops: WritableOperations) -> None:
     # Each exchange pinned an fd on the upper file at the second name, let go of only
     # when the kernel forgot that inode, which it may never do while the name stays:
