@@ -312,7 +312,11 @@ def mount_recorded(
         limits=limits,
         remote=remote,
     )
-    (record / "pid").write_text(f"{pid}\n")
+    try:
+        (record / "pid").write_text(f"{pid}\n")
+    except BaseException:
+        unmount(mountpoint, pid=pid)  # unrecorded, it must not stay: the caller drops record
+        raise
     return pid
 
 

@@ -609,3 +609,30 @@ def test_a_mount_is_forked_when_the_spare_is_gone(
     assert second != spare and mount_servers.parent(second) == server
     assert (tmp_path / "b" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
     assert "is gone" in (server_client.server_dir(lazy_store.root) / "server.log").read_text()
+
+
+def test_a_mount_whose_pid_cannot_be_recorded_does_not_stay(
+    store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    # The pid is written once the mount is up. When that failed (ENOSPC on the work
+    # dir, Ctrl-C there), the caller removed the record and the mount stayed, which
+    # `lazyfs umount` then said lazyfs did not have.
+    lazy_store, layers = store
+    point, record = tmp_path / "mnt", tmp_path / "record"
+    point.mkdir()
+    (record / "pid").mkdir(parents=True)  # where the pid file goes: it cannot be written
+    try:
+        with pytest.raises(IsADirectoryError):
+            lazy_mount.mount_recorded(record, layers, point, store=lazy_store.root, writable=False)
+        assert not lazy_mount.is_mounted(point)
+        assert not serving(point), (record / "mount.log").read_text()
+    finally:
+        left: list[int | None] = [*serving(point)] or [None]
+        for pid in left:
+            lazy_mount.unmount(point, pid=pid)  # fine when nothing is mounted
+
+
+def serving(point: Path) -> list[int]:
+    """The mount processes serving ``point``."""
+    pids = map(int, filter(str.isdigit, os.listdir("/proc")))
+    return [pid for pid in pids if runs_mount_main(pid, point)]
