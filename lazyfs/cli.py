@@ -60,9 +60,8 @@ class App:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.work_dir = Path(work_dir(args)).absolute()  # runc and mounts see other cwds
-        self.store_dir = Path(
-            args.docker_store_dir or self.work_dir / "store" / "docker"
-        ).absolute()
+        store_dir = args.docker_store_dir or self.work_dir / "store" / "docker"
+        self.store_dir = Path(store_dir).absolute()
         self.limits = layer_limits(args)
         self.kinds = image_providers(args)
         appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
