@@ -2,8 +2,10 @@
 
 A sparse file (``providers.tar_sparse``) is its data extents, stored back
 to back in the tar stream, and holes that read as zeros.  This is the read
-side, kept apart from the tar parsing so that a FUSE mount process, which
-reads files through their index, never imports tarfile.  Pure: no I/O.
+side, and ``checked_extents``, which judges a sparse map: kept apart from
+the tar parsing so that a FUSE mount process, which reads files through
+their index, and the checks of a published index
+(``lazyfs.index.artifact_entries``) never import tarfile.  Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import bisect
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from providers.errors import bad_entry
+
 # (offset in the file, length, offset in the entry's stored data): one data extent.
 Extent = tuple[int, int, int]
+# GNU tar writes one extent per run of data; a map this long is no real file's.
+MAX_EXTENTS = 1 << 16
 
 
 class FileLayout(NamedTuple):
@@ -36,6 +42,31 @@ class FileLayout(NamedTuple):
         if self.extents is None:
             return self.size
         return sum(length for _, length, _ in self.extents)
+
+
+def checked_extents(
+    pairs: list[tuple[int, int]], size: int, *, layer: str, entry: str
+) -> tuple[Extent, ...]:
+    """The data extents of a sparse map of a file of ``size`` bytes, with their stored offsets.
+
+    Empty extents are dropped; BadImage naming the entry for extents that
+    overlap, run backwards or pass ``size``, or for more than ``MAX_EXTENTS``.
+    """
+    if len(pairs) > MAX_EXTENTS:
+        raise bad_entry(layer, entry, f"has a sparse map of {len(pairs)} extents")
+    extents: list[Extent] = []
+    stored = end = 0
+    for offset, length in pairs:
+        if offset < 0 or length < 0 or offset + length > size:
+            raise bad_entry(layer, entry, f"has a sparse extent {offset}+{length} past its {size}")
+        if length == 0:
+            continue  # GNU tar ends a map with (size, 0); old GNU pads with (0, 0)
+        if offset < end:
+            raise bad_entry(layer, entry, "has sparse extents that overlap or run backwards")
+        extents.append((offset, length, stored))
+        stored += length
+        end = offset + length
+    return tuple(extents)
 
 
 def data_extents(extents: tuple[Extent, ...] | None, size: int) -> tuple[Extent, ...]:

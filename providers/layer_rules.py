@@ -140,7 +140,11 @@ def classify(path: RelPath, *, layer: str, entry: str) -> Rule:
 
 def rule_for(name: str, *, layer: str) -> Rule:
     """``classify(normalize_name(name))``: the one call most readers need."""
-    return classify(normalize_name(name, layer=layer), layer=layer, entry=name)
+    path = normalize_name(name, layer=layer)
+    if WHITEOUT_PREFIX not in name:
+        # classify finds no component starting with it: written, as most are.
+        return Rule(Action.WRITE, path)
+    return classify(path, layer=layer, entry=name)
 
 
 def hardlink_target(linkname: str, *, layer: str, entry: str) -> RelPath:

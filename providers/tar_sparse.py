@@ -21,7 +21,8 @@ than the entry stores makes its readers read the next entry's bytes as this
 file's.  So ``providers.tar_stream.CheckedTarInfo`` parses the maps with
 the bounded parsers here (damage is ``tarfile.ReadError``), and
 ``tar_stream.file_layout`` judges every regular entry, sparse or not, with
-``checked_extents``, before anyone reads its bytes: applying
+``providers.extents.checked_extents`` (there, without tarfile, for the
+checks of a published index too), before anyone reads its bytes: applying
 (``backends.apply``, with ``stored_chunks``), indexing
 (``lazyfs.index.build``) and, through the index, the FUSE reads
 (``providers.extents``).
@@ -34,43 +35,17 @@ import tarfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from providers.errors import bad_entry
-from providers.extents import Extent, data_extents
+from providers.extents import MAX_EXTENTS as MAX_EXTENTS  # re-exported
 from providers.extents import FileLayout as FileLayout  # re-exported: the tar readers' type
+from providers.extents import checked_extents as checked_extents  # re-exported
+from providers.extents import data_extents
 
 BLOCK = tarfile.BLOCKSIZE
-# GNU tar writes one extent per run of data; a map this long is no real file's.
-MAX_EXTENTS = 1 << 16
 # Decimal digits of a number below 2**64.
 _MAX_DIGITS = 20
 _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
 # tarfile's reader of numeric header fields (octal or base-256); not in typeshed.
 _nti: Callable[[bytes], int] = tarfile.nti  # type: ignore[attr-defined]
-
-
-def checked_extents(
-    pairs: list[tuple[int, int]], size: int, *, layer: str, entry: str
-) -> tuple[Extent, ...]:
-    """The data extents of a sparse map of a file of ``size`` bytes, with their stored offsets.
-
-    Empty extents are dropped; BadImage naming the entry for extents that
-    overlap, run backwards or pass ``size``, or for more than ``MAX_EXTENTS``.
-    """
-    if len(pairs) > MAX_EXTENTS:
-        raise bad_entry(layer, entry, f"has a sparse map of {len(pairs)} extents")
-    extents: list[Extent] = []
-    stored = end = 0
-    for offset, length in pairs:
-        if offset < 0 or length < 0 or offset + length > size:
-            raise bad_entry(layer, entry, f"has a sparse extent {offset}+{length} past its {size}")
-        if length == 0:
-            continue  # GNU tar ends a map with (size, 0); old GNU pads with (0, 0)
-        if offset < end:
-            raise bad_entry(layer, entry, "has sparse extents that overlap or run backwards")
-        extents.append((offset, length, stored))
-        stored += length
-        end = offset + length
-    return tuple(extents)
 
 
 def stored_chunks(stream: BinaryIO, layout: FileLayout, chunk: int) -> Iterator[tuple[int, bytes]]:

@@ -236,6 +236,22 @@ def _bounded(count: object, most: int) -> None:
 
 _KINDS = {kind: Kind(kind.value) for kind in EntryKind}
 
+# IndexEntry's fields, in its order: what written_values gives.
+EntryValues = tuple[
+    RelPath,
+    Kind,
+    int,
+    int,
+    int,
+    int,
+    int,
+    str,
+    tuple[int, int],
+    tuple[tuple[str, bytes], ...],
+    int,
+    tuple[Extent, ...] | None,
+]
+
 
 def index_entry(entry: LayerEntry, *, layout: FileLayout | None) -> IndexEntry | None:
     """A classified member as an index entry; None for AUFS bookkeeping.
@@ -250,11 +266,22 @@ def index_entry(entry: LayerEntry, *, layout: FileLayout | None) -> IndexEntry |
         return IndexEntry(rule.path, Kind.WHITEOUT)
     if rule.action is Action.OPAQUE:
         return IndexEntry(rule.path, Kind.OPAQUE)
+    # Positional: keywords cost more, once per entry.
+    return IndexEntry(*written_values(entry, layout=layout))
+
+
+def written_values(entry: LayerEntry, *, layout: FileLayout | None) -> EntryValues:
+    """The fields of ``index_entry`` of a member that writes, in IndexEntry's order.
+
+    Apart so that a check holding an entry to what a scan gives compares
+    them with its fields without making an IndexEntry: a frozen dataclass
+    costs a microsecond to make, and the check runs once per entry of a
+    published index on a lazy start's path (``lazyfs.index.artifact_entries``).
+    """
     assert entry.kind is not None  # written entries have one
     kind = _KINDS[entry.kind]
-    # Positional, in IndexEntry's order: keywords cost more, once per entry.
-    return IndexEntry(
-        rule.path,
+    return (
+        entry.rule.path,
         kind,
         entry.mode,
         entry.uid,
