@@ -156,10 +156,17 @@ class Server:
         slots = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
 
         async def send(response: Response) -> None:
+            try:
+                frame = encode_frame(encode_response(response))
+            except Exception as error:
+                # Never out of this task: it would end the daemon, every mount's.
+                log.error("cache request %d: its answer cannot be sent: %r", response.id, error)
+                failed = Failure(response.id, FailureKind.FAILED, "the answer could not be sent")
+                frame = encode_frame(encode_response(failed))
             async with sending:
                 # The mount may be gone: then nobody wants the answer.
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(encode_frame(encode_response(response)))
+                    await stream.send_all(frame)
 
         async def answer(request: Request) -> None:
             try:

@@ -58,8 +58,11 @@ from providers.errors import (
 MAX_READ_LENGTH = 64 << 20
 MAX_PREFETCH_RANGES = 4096
 # What a status lists of the blobs: enough for any machine's images, bounded
-# so that the answer stays within one frame.
+# so that the answer stays within one frame, each blob's reason too.
 MAX_STATUS_BLOBS = 4096
+MAX_BLOB_REASON = 120
+# A failure's reason: an error's one line, which may quote a registry's words.
+MAX_REASON = 1000
 
 __all__ = [
     "MAX_PREFETCH_RANGES",
@@ -289,7 +292,7 @@ def encode_response(response: Response) -> bytes:
         message.background.state.CopyFrom(_blob_pb(response.state))
     else:
         message.error.kind = response.kind.value
-        message.error.reason = response.reason
+        message.error.reason = wire_text(response.reason, MAX_REASON)
         message.error.SetInParent()
     return message.SerializeToString()
 
@@ -347,8 +350,15 @@ def _blob_pb(info: BlobInfo) -> pb.BlobState:
         kind=info.kind.value,
         size=info.size,
         cached_bytes=info.cached_bytes,
-        reason=info.reason,
+        reason=wire_text(info.reason, MAX_BLOB_REASON),
     )
+
+
+def wire_text(text: str, most: int) -> str:
+    """``text`` as protobuf can send it: at most ``most`` characters, and any lone
+    surrogate written out (a registry's JSON error message may hold ``\\ud800``)."""
+    text = text[:most]
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
 
 
 def _blob(message: pb.BlobState) -> BlobInfo:
