@@ -281,13 +281,13 @@ class CacheClient:
                 raise Quarantined(reason)
             if final:
                 self._agreed.add(digest)
-        data = self.files.read_range(digest, offset, length)
+        data = self.files.read_range(digest, offset, length, blob.size)
         if data is not None:
             return data
         if blob.exact and offset + length == blob.size:
             self._ask_tails(digest, length)
         if self._agree_layout():  # it may have these bytes where we did not look
-            data = self.files.read_range(digest, offset, length)
+            data = self.files.read_range(digest, offset, length, blob.size)
             if data is not None:
                 return data
         for _ in range(_EVICTED_RETRIES):

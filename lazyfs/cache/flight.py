@@ -8,10 +8,9 @@ one range make one upstream request.
 
 The fetch tasks belong to the Fetcher's nursery, not to any reader: a reader
 cancelled while it waits stops waiting and nothing else, the fetch goes on for
-the others and lands in the cache. A fetch that fails wakes every waiter of
-its chunks with the error (each raises the same exception object), and leaves
-nothing behind: the next read of those chunks tries again. Failures are not
-remembered.
+the others and lands in the cache. A fetch that fails wakes every waiter of its
+chunks: those reading through its origin raise its error, the others fetch the
+chunks through theirs. It leaves nothing behind, and failures are not remembered.
 
 Chunks are put in the cache as they are cut from a request's answer, side
 by side, and each chunk's waiters wake as soon as it is in place (its
@@ -150,9 +149,13 @@ class Fetcher:
         """``build`` of the range's extents, called while its chunks are pinned."""
         if blob_size is not None:
             self._sizes[digest] = blob_size
-        # Rounds: a chunk can be missing after its wait only if the blob
-        # turned out to end before it; a second round learns that from the
-        # recorded size. More rounds mean something removed a pinned chunk.
+            # A registry read stops at the size an image claims: a short chunk another image's
+            # smaller claim left would end the blob for all. Fetched again, through this origin.
+            wanted = wanted_chunks([(offset, length)], self.chunk_size, blob_size)
+            self.cache.drop_cut_short(digest, wanted, blob_size, busy=self._flights)
+        # Rounds: a chunk can be missing after its wait if the blob turned out to end before
+        # it (the next round learns it from the recorded size), or another origin's fetch of
+        # it failed; more rounds mean something removed a pinned chunk.
         for _ in range(3):
             indices = wanted_chunks([(offset, length)], self.chunk_size, self._size(digest))
             keys = [ChunkKey(digest, i) for i in indices]
@@ -165,7 +168,7 @@ class Fetcher:
                 if waits:
                     self._demand(+1)
                     try:
-                        await self._wait(waits)
+                        await self._wait(waits, source)
                     finally:
                         self._demand(-1)
                 extents = self._extents(digest, offset, length, indices)
@@ -208,7 +211,7 @@ class Fetcher:
         """
         self._start(source, digest, [], indices, limiter=limiter)
         waits = [f for i in indices if (f := self._flights.get(ChunkKey(digest, i))) is not None]
-        await self._wait(waits)
+        await self._wait(waits, source)
 
     async def quiet(self, settle: float = 0.0) -> None:
         """Return once no reader waits on a fetch, and none has for ``settle`` seconds."""
@@ -298,7 +301,7 @@ class Fetcher:
             last_chunk=last_chunk,
         )
         for fetch in fetches:
-            flights = {ChunkKey(digest, i): Flight() for i in fetch.chunks}
+            flights = {ChunkKey(digest, i): Flight(source) for i in fetch.chunks}
             self._flights.update(flights)
             self.fetches_in_flight += 1
             self.fetches_started += 1
@@ -307,10 +310,11 @@ class Fetcher:
             )
         return sum(fetch.count for fetch in fetches)
 
-    async def _wait(self, waits: list[Flight]) -> None:
+    async def _wait(self, waits: list[Flight], source: BlobSource) -> None:
         for flight in waits:
             await flight.done.wait()
-            if flight.error is not None:
+            # Another origin's failure (one of two repositories): the next round fetches ours.
+            if flight.error is not None and flight.source is source:
                 raise flight.error
 
     def _extents(

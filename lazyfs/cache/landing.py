@@ -18,8 +18,10 @@ from providers.digest import Digest
 
 @dataclass
 class Flight:
-    """One chunk's fetch: ``done`` is set when it lands, with ``error`` if it failed."""
+    """One chunk's fetch from ``source``: ``done`` is set when it lands, with ``error`` if it
+    failed."""
 
+    source: object  # whose origin it goes through: another origin's failure is not a reader's
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 

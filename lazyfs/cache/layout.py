@@ -178,12 +178,16 @@ class ChunkFiles:
         finally:
             os.close(fd)
 
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes | None:
+    def read_range(
+        self, digest: Digest, offset: int, length: int, blob_size: int | None = None
+    ) -> bytes | None:
         """Blob bytes [offset, offset + length) from the cache, or None when a chunk is missing.
 
         Short only at the blob's end, as ``BlobSource.read_range`` is: a short
         chunk ends the blob. A range that starts past the blob's end is a miss
         here unless the blob's last chunk is cached and shows where it ends.
+        With ``blob_size`` (the caller's manifest's), an end before it is a
+        miss: another image's smaller claim for the digest cut that chunk.
         """
         size = self.layout.chunk_size
         parts: list[bytes] = []
@@ -193,13 +197,16 @@ class ChunkFiles:
             hi = min(offset + length - base, size)
             data = self.read_chunk(ChunkKey(digest, index), lo, hi - lo)
             if data is None:
-                if not parts and self._ends_before(digest, index):
-                    return b""
-                return None
+                if parts or not self._ends_before(digest, index):
+                    return None
+                break  # the blob ends before this chunk
             parts.append(data)
             if len(data) < hi - lo:
                 break  # the blob ends inside this chunk
-        return b"".join(parts)
+        found = b"".join(parts)
+        if blob_size is not None and len(found) < min(length, blob_size - offset):
+            return None
+        return found
 
     def _ends_before(self, digest: Digest, index: int) -> bool:
         """Whether a short chunk just before chunk ``index`` shows that the blob ends there."""
