@@ -102,8 +102,7 @@ class FuseBackend:
             limits=self.limits,
             remote=_remote(blobs),
         )
-        # As mount_recorded notes it: destroy and the next remount find the process.
-        (scratch / "pid").write_text(f"{pid}\n")
+        lazy_mount.note_pid(scratch, rootfs, pid)  # as mount_recorded notes it
 
     def _mount(
         self,

@@ -64,10 +64,10 @@ class App:
         self.store_dir = Path(store_dir).absolute()
         self.limits = layer_limits(args)
         self.kinds = image_providers(args)
-        appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
+        self.appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
         # Roots an older lazyfs or a umask left open are closed at every start,
         # whatever the command; one that does not exist is not made here.
-        for root in (self.work_dir, self.store_dir, appc_dir):
+        for root in (self.work_dir, self.store_dir, self.appc_dir):
             if root.is_dir():
                 private_dir(root)
         # Set when the docker provider is made: a refusal then says where credentials were.
@@ -113,9 +113,8 @@ class App:
                 from lazyfs.images.appc import AppcProvider  # loads Appc discovery's HTTP
                 from providers.appc_store import AppcStore
 
-                appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
                 providers["appc"] = AppcProvider(
-                    self.store, AppcStore(appc_dir), args.appc_simple_discovery_uri_prefix
+                    self.store, AppcStore(self.appc_dir), args.appc_simple_discovery_uri_prefix
                 )
         return Provisioner(
             self.work_dir,

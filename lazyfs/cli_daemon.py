@@ -84,14 +84,22 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
 
 def anchor_paths(args: argparse.Namespace) -> None:
     """Make each relative path among ``args``' ``PATH_FLAGS`` absolute, from the working
-    directory; a URL (``file://`` too), inline JSON or an empty value stays as it is."""
+    directory, a ``file://`` one's too; an http(s) URL, inline JSON or an empty value
+    stays as it is."""
     for name in PATH_FLAGS:
         value = getattr(args, name, None)
-        if value is None:
-            continue
-        text = str(value).strip()
-        if text and not text.startswith("{") and not urlparse(text).scheme:
-            setattr(args, name, type(value)(os.path.abspath(text)))
+        if value is not None:
+            setattr(args, name, type(value)(_anchored(str(value))))
+
+
+def _anchored(value: str) -> str:
+    text = value.strip()
+    if not text or text.startswith("{") or urlparse(text).scheme in ("http", "https"):
+        return value
+    scheme, path = ("file://", text[7:]) if text.startswith("file://") else ("", value)
+    if not path or os.path.isabs(path):
+        return value
+    return scheme + os.path.join(os.getcwd(), path)  # a trailing / stays
 
 
 def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:

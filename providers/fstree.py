@@ -122,38 +122,29 @@ def _open_dir(parent_fd: int, name: str, expected: os.stat_result, shown: str) -
     """Open directory ``name`` of ``parent_fd``, refusing a symlink or a swapped entry.
 
     Not as root, a directory of ours that we may not list or change (an
-    image's ``0555 /usr/bin``, applied as the tar says) is first made ``0700``:
-    it is going. Root needs no such bits.
+    image's ``0555 /usr/bin``, applied as the tar says) is made ``0700`` first:
+    it is going. It is opened ``O_PATH`` (whatever its mode), checked to be
+    the one expected, changed, and opened for reading through ``/proc``, never
+    through a name a symlink could replace. Root needs no such bits.
     """
+    root = os.geteuid() == 0
+    flags = _DIR_FLAGS if root else os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=parent_fd)
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except PermissionError:
-        fd = _opened_after_chmod(parent_fd, name)
-    seen = os.fstat(fd)
-    if (seen.st_dev, seen.st_ino) != (expected.st_dev, expected.st_ino):
+        seen = os.fstat(fd)
+        if (seen.st_dev, seen.st_ino) != (expected.st_dev, expected.st_ino):
+            raise OSError(errno.ESTALE, "the tree changed while it was removed", shown)
+        if root:
+            return fd
+        itself = f"/proc/self/fd/{fd}"
+        if seen.st_mode & 0o700 != 0o700 and seen.st_uid == os.geteuid():
+            os.chmod(itself, 0o700)  # unlinking in it needs write and search
+        opened = os.open(itself, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    except BaseException:
         os.close(fd)
-        raise OSError(errno.ESTALE, "the tree changed while it was removed", shown)
-    if seen.st_mode & 0o700 != 0o700 and os.geteuid() != 0:
-        os.fchmod(fd, 0o700)  # unlinking in it needs write and search
-    return fd
-
-
-def _opened_after_chmod(parent_fd: int, name: str) -> int:
-    """Directory ``name`` of ``parent_fd``, unreadable to us, opened once made ``0700``.
-
-    Changed through an ``O_PATH`` descriptor of it, never through a symlink put in its place.
-    """
-    if os.geteuid() == 0:
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
-    path_fd = os.open(
-        name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd
-    )
-    try:
-        itself = f"/proc/self/fd/{path_fd}"
-        os.chmod(itself, 0o700)
-        return os.open(itself, _DIR_FLAGS & ~os.O_NOFOLLOW)
-    finally:
-        os.close(path_fd)
+        raise
+    os.close(fd)
+    return opened
 
 
 def _unlink_files(fd: int) -> list[str]:

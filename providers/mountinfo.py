@@ -30,12 +30,15 @@ def is_mounted(mountpoint: Path) -> bool:
 
 
 def real_path(path: Path) -> Path:
-    """``path`` as the mount table names it: absolute, through every symlink on the way.
+    """``path`` as the mount table names it: absolute, through every symlink on the way to it.
 
     A work dir may be reached through one (``/var/run`` is ``/run`` on Debian).
-    What cannot be looked at (a dead FUSE mount, a missing tail) is kept as written.
+    The last component is kept as it is: a mount point is no symlink, and
+    looking at it would ask a FUSE mount there (a wedged one too) for its
+    attributes. What cannot be looked at (a missing parent) is kept as written.
     """
-    return Path(os.path.realpath(path))
+    absolute = Path(os.path.abspath(path))
+    return Path(os.path.realpath(absolute.parent)) / absolute.name
 
 
 def _unescape(field: str) -> str:

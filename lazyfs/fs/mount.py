@@ -26,10 +26,9 @@ store they are in, and waits for its answer on a pipe, one line each:
   ``mount`` raises that same error, class and message; or
 - anything else: why the mount did not come up (BackendError here).
 
-On any failure, and if the caller is interrupted while it waits, nothing is
-left mounted or running.  ``unmount`` takes the mount down and waits for its
-process to end, killing it if it does not.  Both are blocking; ``unmount``
-is idempotent.
+On any failure, or an interrupt while the caller waits, nothing is left
+mounted or running. ``unmount`` takes the mount down and waits for its process
+to end, killing it if it does not; it is idempotent. Both are blocking.
 """
 
 from __future__ import annotations
@@ -57,7 +56,14 @@ from lazyfs.fs.mount_wire import (
     refusal,
     refused_error,
 )
-from lazyfs.fs.unmount import MOUNT_MODULE, fusermount_unmount, signal_pid, unmount, wait_gone
+from lazyfs.fs.unmount import (
+    MOUNT_MODULE,
+    fusermount_unmount,
+    note_pid,
+    signal_pid,
+    unmount,
+    wait_gone,
+)
 from providers.errors import BackendError, BadEntry
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from providers.mountinfo import is_mounted, mount_points
@@ -79,6 +85,7 @@ __all__ = [
     "mount",
     "mount_points",
     "mount_recorded",
+    "note_pid",
     "open_complete",
     "parse_layer_arg",
     "parse_layer_args",
@@ -215,7 +222,7 @@ def mount(
         error = refused_error(answer[len(REFUSED) :])
         # An entry of a layer read through a published index: the next start reads the
         # layer whole (``set_aside``). Any other refusal is the layer's own.
-        bad = error.layer if isinstance(error, BadEntry) else None
+        bad = getattr(error, "layer", None) if isinstance(error, BadEntry) else None
         named = [x for x in layers if x.annotation(INDEX_BLOB_ANNOTATION) and x.digest == bad]
         if named:
             from lazyfs.index.published import set_aside  # loaded by lazy mounts only
@@ -312,11 +319,7 @@ def mount_recorded(
         limits=limits,
         remote=remote,
     )
-    try:
-        (record / "pid").write_text(f"{pid}\n")
-    except BaseException:
-        unmount(mountpoint, pid=pid)  # unrecorded, it must not stay: the caller drops record
-        raise
+    note_pid(record, mountpoint, pid)
     return pid
 
 

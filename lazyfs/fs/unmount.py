@@ -25,6 +25,18 @@ MOUNT_MODULE = "lazyfs.fs.mount_main"
 _PF_KTHREAD = 0x00200000  # proc(5), /proc/PID/stat field 9
 
 
+def note_pid(record: Path, mountpoint: Path, pid: int) -> None:
+    """Write the mount process ``pid`` of ``mountpoint`` in ``record`` (``pid``), where
+    unmount, destroy and a remount find it; unmount it when that fails (ENOSPC, Ctrl-C):
+    unrecorded, it must not stay. The write's error is the one raised."""
+    try:
+        (record / "pid").write_text(f"{pid}\n")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            unmount(mountpoint, pid=pid)
+        raise
+
+
 def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT) -> None:
     """Unmount ``mountpoint`` and wait for its mount process ``pid`` to end.
 

@@ -23,6 +23,7 @@ import trio
 from lazyfs.blobs.ranges import TarRangeReader
 from lazyfs.fs.upper_disk import (
     DIR_FLAGS,
+    PLACED,
     clear_work,
     exchange_at,
     is_started,
@@ -159,14 +160,14 @@ class UpperCopy(UpperState):
         and none that the next mount loads without its attributes (a file of
         zeros without its metacopy mark, a directory that is not opaque).
         """
-        temp = f"new-{next(self._temps)}"
+        temp = f"{PLACED}{next(self._temps)}"  # a mount that dies leaves it to clear_work
         work_fd = os.open(self.work, DIR_FLAGS)
         try:
+            make(work_fd, temp)
             try:
-                make(work_fd, temp)
                 self._set_disk_attributes(node, work_fd, temp)
                 if whiteout:
-                    exchange_at(work_fd, temp, fd, name)
+                    whiteout = _exchange_or_replace(work_fd, temp, fd, name)
                 else:
                     os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
             except BaseException:
@@ -349,6 +350,21 @@ def copy_lower_into(reader: TarRangeReader, data: DataRef, fd: int) -> None:
             os.pwrite(fd, chunk, start + done)
             done += len(chunk)
     os.ftruncate(fd, data.size)
+
+
+def _exchange_or_replace(work_fd: int, temp: str, fd: int, name: str) -> bool:
+    """Swap ``temp`` of ``work_fd`` with the whiteout ``name`` of ``fd``: True, the
+    whiteout is at ``temp`` now. On a filesystem without RENAME_EXCHANGE (EINVAL),
+    the whiteout goes first and ``temp`` is renamed in: False."""
+    try:
+        exchange_at(work_fd, temp, fd, name)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        os.unlink(name, dir_fd=fd)
+        os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+        return False
+    return True
 
 
 def make_dir(dir_fd: int, name: str) -> None:

@@ -38,6 +38,10 @@ DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # On ``work``, not in it: a directory of temporaries only; trusted: as the upper's own.
 STARTED = "trusted.lazyfs.upper"
 
+# The names in ``work`` of entries made whole there before they are renamed into
+# the upper (``lazyfs.fs.upper_copy.UpperCopy.place``).
+PLACED = "new-"
+
 _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -132,14 +136,17 @@ def exchange_at(a_fd: int, a: str | bytes, b_fd: int, b: str | bytes) -> None:
 
 
 def clear_work(work: Path) -> None:
-    """Remove the files a mount that died left in ``work`` (copy-up temporaries).
+    """Remove what a mount that died left in ``work``: copy-up temporaries, and
+    entries made to be renamed in (``PLACED``), directories too: empty until then.
 
-    Directories stay: a mount makes none there (kernel overlayfs does, if
-    one was mounted over this work, and needs nothing from them either).
+    Other directories stay: kernel overlayfs makes some, if one was mounted
+    over this work, and needs nothing from them either.
     """
     for entry in os.scandir(work):
         if not entry.is_dir(follow_symlinks=False):
             os.unlink(entry.path)
+        elif entry.name.startswith(PLACED):
+            os.rmdir(entry.path)
 
 
 def is_started(work: Path) -> bool:

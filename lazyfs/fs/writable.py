@@ -59,10 +59,12 @@ class _Handle:
 
 @dataclass(slots=True)
 class _Dir:
-    """An open directory: its snapshot, or None for the tree's own listing (``listed``)."""
+    """An open directory: its snapshot, or None for the tree's own listing (``listed``),
+    taken by the first ``readdir`` from the start (``taken``)."""
 
     directory: Node | Inode
-    listing: Listing | None
+    listing: Listing | None = None
+    taken: bool = False
 
 
 class WritableOperations(WritableNames):
@@ -80,10 +82,8 @@ class WritableOperations(WritableNames):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
-        # A snapshot: offsets stay positions in it however the directory changes meanwhile.
-        directory = self.upper.view_directory(inode)
         fh = next(self._numbers)
-        self._dirs[fh] = _Dir(directory, self.snapshot(directory))
+        self._dirs[fh] = _Dir(self.upper.view_directory(inode))
         return pyfuse3.FileHandleT(fh)
 
     @fuse_errors
@@ -93,11 +93,11 @@ class WritableOperations(WritableNames):
         opened = self._dirs.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if start_id == 0:
-            # From the start again (rewinddir): the directory as it is now, as POSIX
-            # asks and overlayfs does; offsets past 0 stay positions in this snapshot.
+        if start_id == 0 or not opened.taken:
+            # A snapshot: offsets stay positions in it however the directory changes. From
+            # the start again (rewinddir), the directory as it is now, as POSIX asks.
             opened.directory = self.upper.view_directory(opened.directory.ino)
-            opened.listing = self.snapshot(opened.directory)
+            opened.listing, opened.taken = self.snapshot(opened.directory), True
         for position, name, entry in self.listed(opened.directory, opened.listing, start_id):
             if not pyfuse3.readdir_reply(token, name, entry, position + 1):
                 return

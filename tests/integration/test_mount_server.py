@@ -636,3 +636,25 @@ def serving(point: Path) -> list[int]:
     """The mount processes serving ``point``."""
     pids = map(int, filter(str.isdigit, os.listdir("/proc")))
     return [pid for pid in pids if runs_mount_main(pid, point)]
+
+
+def test_a_mount_given_relative_paths_serves_them_from_the_root(
+    store: tuple[Store, list[Layer]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mount process serves for the mount's life: it leaves its caller's directory
+    # (which it kept busy) for /, its paths made absolute first, upper and work too.
+    lazy_store, layers = store
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "record").mkdir()
+    monkeypatch.chdir(tmp_path)
+    store_dir = Path(os.path.relpath(lazy_store.root, tmp_path))
+    pid = lazy_mount.mount_recorded(
+        Path("record"), layers, Path("mnt"), store=store_dir, writable=True
+    )
+    try:
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        (tmp_path / "mnt" / "written").write_text("kept in the upper\n")
+        assert (tmp_path / "record" / "upper" / "written").read_text() == "kept in the upper\n"
+        assert (tmp_path / "mnt" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+    finally:
+        unmount_all([(tmp_path / "mnt", pid)])

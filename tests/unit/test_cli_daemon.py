@@ -107,14 +107,16 @@ def test_a_started_daemon_imports_nothing_from_the_callers_directory(tmp_path: P
 
 def test_relative_paths_among_the_flags_are_anchored_and_the_rest_kept(tmp_path: Path) -> None:
     args = parse("--work_dir", "w", "--docker_registry", "images", "--docker_config", CONFIG,
-                 "--docker_registry_ca_file", " ca.pem", "--image_gc_config", "file://gc.json",
-                 "--appc_simple_discovery_uri_prefix", "")  # fmt: skip
+                 "--docker_registry_ca_file", "data:2024/ca.pem", "--image_gc_config",
+                 "file://gc.json", "--appc_simple_discovery_uri_prefix", "aci/",
+                 "--docker_store_dir", "")  # fmt: skip
     anchor_paths(args)
     here = Path.cwd()
     assert (args.work_dir, args.docker_registry) == (str(here / "w"), str(here / "images"))
-    assert args.docker_registry_ca_file == str(here / "ca.pem")
-    assert args.docker_config == CONFIG and args.image_gc_config == "file://gc.json"
-    assert args.appc_simple_discovery_uri_prefix == ""
+    assert args.docker_registry_ca_file == str(here / "data:2024" / "ca.pem")
+    assert args.docker_config == CONFIG and args.image_gc_config == f"file://{here}/gc.json"
+    assert args.appc_simple_discovery_uri_prefix == f"{here}/aci/"
+    assert args.docker_store_dir == ""
     url = parse("--docker_registry", "http://127.0.0.1:5000")
     anchor_paths(url)
     assert url.docker_registry == "http://127.0.0.1:5000"

@@ -14,6 +14,7 @@ import pyfuse3
 import pytest
 
 from lazyfs.blobs.ranges import LocalTars
+from lazyfs.fs import upper_copy
 from lazyfs.fs.boundary import fuse_errors
 from lazyfs.fs.upper import Upper, UpperError
 from lazyfs.index.formats import build_index
@@ -127,3 +128,42 @@ def test_a_copy_up_that_fails_halfway_leaves_nothing_in_the_way_of_the_next(
                 view.copy_up_meta(link)
             assert refused.value.errno == errno.ENOSPC
         assert os.listdir(upper) == [] and os.listdir(work) == []
+
+
+def test_what_a_killed_mount_left_in_work_to_be_placed_is_cleared_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    # Entries are made whole in work and renamed into the upper. A mount killed in
+    # between left `new-N`, directory or file, which the next mount's Nth entry met.
+    blob = write_layer([Entry("etc", "dir"), Entry("etc/passwd", data=b"x")], tmp_path / "0.tar")
+    index = build_index(digest_bytes(blob.read_bytes()), blob, tmp_path)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    (work / "new-0").mkdir(parents=True)
+    (work / "new-1").write_text("")
+    (work / "work").mkdir()  # kernel overlayfs' own, had it been mounted over these
+    view = Upper(merge([index]), upper, work, LocalTars({}))
+    assert os.listdir(work) == ["work"]
+    view.new(ROOT_INO, b"d", stat.S_IFDIR | 0o755, 0, 0)
+    view.new(ROOT_INO, b"f", stat.S_IFREG | 0o644, 0, 0)
+    assert sorted(os.listdir(upper)) == ["d", "f"] and os.listdir(work) == ["work"]
+
+
+def test_without_rename_exchange_a_name_over_a_whiteout_is_made_in_two_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An upper on a filesystem without RENAME_EXCHANGE (renameat2 says EINVAL) still
+    # takes a new file where a lower one was deleted: the whiteout goes first.
+    def no_exchange(*args: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(upper_copy, "exchange_at", no_exchange)
+    view = upper_of(tmp_path)
+    etc = view.lookup(ROOT_INO, b"etc")
+    assert etc is not None
+    view.remove(etc.ino, b"passwd", directory=False)
+    assert stat.S_ISCHR(os.lstat(tmp_path / "upper" / "etc" / "passwd").st_mode)
+    view.new(etc.ino, b"passwd", stat.S_IFREG | 0o600, 0, 0)
+    made = os.lstat(tmp_path / "upper" / "etc" / "passwd")
+    assert stat.S_ISREG(made.st_mode) and stat.S_IMODE(made.st_mode) == 0o600
+    assert os.listdir(tmp_path / "work") == []
