@@ -27,7 +27,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.cli_flags import global_flags, parse_size, source
@@ -84,8 +83,7 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
 
 def anchor_paths(args: argparse.Namespace) -> None:
     """Make each relative path among ``args``' ``PATH_FLAGS`` absolute, from the working
-    directory, a ``file://`` one's too; an http(s) URL, inline JSON or an empty value
-    stays as it is."""
+    directory, a ``file://`` one's too; a URL, inline JSON or an empty value stays as it is."""
     for name in PATH_FLAGS:
         value = getattr(args, name, None)
         if value is not None:
@@ -93,13 +91,17 @@ def anchor_paths(args: argparse.Namespace) -> None:
 
 
 def _anchored(value: str) -> str:
+    """``value`` read from the working directory as its flag reads it (a ``file://``
+    value is the path after it, as ``docker_config_text`` and the GC config take it)."""
     text = value.strip()
-    if not text or text.startswith("{") or urlparse(text).scheme in ("http", "https"):
-        return value
-    scheme, path = ("file://", text[7:]) if text.startswith("file://") else ("", value)
-    if not path or os.path.isabs(path):
-        return value
-    return scheme + os.path.join(os.getcwd(), path)  # a trailing / stays
+    if not text or text.startswith("{"):
+        return value  # inline JSON, or nothing
+    if text.startswith("file://"):
+        path = text[len("file://") :]
+        return value if not path or os.path.isabs(path) else f"file://{os.path.abspath(path)}"
+    if "://" in text or text.startswith("file:"):
+        return value  # a URL: http(s), or one its flag refuses in words of its own
+    return value if os.path.isabs(value) else os.path.join(os.getcwd(), value)
 
 
 def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:

@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -170,19 +170,6 @@ class DiskCache:
             with contextlib.suppress(OSError):  # not empty: other chunks of the blob
                 os.rmdir(path.parent)
         return True
-
-    def drop_cut_short(
-        self, digest: Digest, indices: Iterable[int], blob_size: int, *, busy: Container[ChunkKey]
-    ) -> None:
-        """Drop the chunks ``indices`` of ``digest`` shorter than a blob of ``blob_size`` has
-        them (``drop``), but those ``busy`` (being fetched)."""
-        size = self.layout.chunk_size
-        for index in indices:
-            key = ChunkKey(digest, index)
-            cached = self.length(key)
-            short = cached is not None and cached < min(size, blob_size - index * size)
-            if short and key not in busy:
-                self.drop(key)
 
     def stats(self) -> CacheStats:
         with self._mutex:

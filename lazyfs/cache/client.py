@@ -61,7 +61,7 @@ from lazyfs.cache.messages import (
 )
 from lazyfs.cache.spawn import starting
 from providers.digest import Digest
-from providers.errors import LazyfsError, NotFound, TemporaryFailure
+from providers.errors import DigestMismatch, LazyfsError, NotFound, TemporaryFailure
 from providers.manifest import INDEX_BLOB_ANNOTATION, TOC_DIGEST_ANNOTATION, Layer
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,8 @@ def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
 class CacheClient:
     """A BlobSource over the daemon of ``cache_dir`` for the blobs in ``blobs``.
 
-    ``read_range`` and ``open`` take any digest of ``blobs`` (NotFound for
-    others). Not verified: the caller checks what it serves, as for any
-    BlobSource.
+    ``read_range`` and ``open`` take any digest of ``blobs`` (NotFound for others). Not
+    verified: the caller checks what it serves, as for any BlobSource.
     """
 
     def __init__(
@@ -125,8 +124,7 @@ class CacheClient:
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         self.cache_dir = cache_dir
-        # Until the daemon says otherwise (``_agree_layout``): it chose the
-        # chunk size its files are cut in, and may predate this code's.
+        # Until the daemon says otherwise (``_agree_layout``): it may cut another size.
         self.files = ChunkFiles(Layout(cache_dir, chunk_size))
         self._layout_agreed = False
         self.blobs = dict(blobs)
@@ -168,6 +166,9 @@ class CacheClient:
             piece = min(MAX_READ_LENGTH, offset + length - start)
             data = self._read(digest, blob, start, piece)
             parts.append(data)
+            if len(data) < piece and blob.size is not None:  # another image's claim cut it
+                got = f"{len(data)} bytes"
+                raise DigestMismatch(f"{digest} at {start}", expected=f"{piece} bytes", actual=got)
             if len(data) < piece:
                 break  # the blob ends here
         return b"".join(parts)
@@ -301,13 +302,10 @@ class CacheClient:
         raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they were fetched")
 
     def _agree_layout(self) -> bool:
-        """Read chunk files where the daemon writes them: ask its chunk size on first contact.
-
-        A daemon started by older code keeps running after an upgrade, cutting
-        chunks of another size into another directory; looking in ours, every
-        miss would find its chunks "evicted" as soon as they were fetched.
-        Whether the layout changed.
-        """
+        """Read chunk files where the daemon writes them: ask its chunk size on first contact;
+        whether the layout changed. A daemon started by older code keeps running after an
+        upgrade, cutting chunks of another size into another directory: looking in ours,
+        every miss would find its chunks "evicted" as soon as they were fetched."""
         if self._layout_agreed:
             return False
         answer = self._ask(Status(next(self._ids)))

@@ -12,12 +12,10 @@ the others and lands in the cache. A fetch that fails wakes every waiter of its
 chunks: those reading through its origin raise its error, the others fetch the
 chunks through theirs. It leaves nothing behind, and failures are not remembered.
 
-Chunks are put in the cache as they are cut from a request's answer, side
-by side, and each chunk's waiters wake as soon as it is in place (its
-``Flight``, ``lazyfs.cache.landing``); a reader's chunks are pinned
-from before its wait until its answer is built, so eviction cannot take them
-in between. The bytes a source gives are trusted: verification belongs in the
-source (a verifying wrapper), before anything reaches the cache.
+Chunks go in the cache as they are cut from an answer, side by side, each
+waking its waiters once in place (``lazyfs.cache.landing``); a reader's chunks
+are pinned from before its wait until its answer is built, out of eviction's
+reach. A source's bytes are trusted: verifying is a wrapping source's job.
 """
 
 from __future__ import annotations
@@ -149,15 +147,13 @@ class Fetcher:
         """``build`` of the range's extents, called while its chunks are pinned."""
         if blob_size is not None:
             self._sizes[digest] = blob_size
-            # A registry read stops at the size an image claims: a short chunk another image's
-            # smaller claim left would end the blob for all. Fetched again, through this origin.
-            wanted = wanted_chunks([(offset, length)], self.chunk_size, blob_size)
-            self.cache.drop_cut_short(digest, wanted, blob_size, busy=self._flights)
-        # Rounds: a chunk can be missing after its wait if the blob turned out to end before
-        # it (the next round learns it from the recorded size), or another origin's fetch of
-        # it failed; more rounds mean something removed a pinned chunk.
+        # Rounds: a chunk is missing after its wait if the blob ends before it (the next round
+        # knows), or another origin's fetch failed; more mean a pinned chunk went.
+        theirs: BaseException | None = None  # another origin's failure, if rounds run out
         for _ in range(3):
-            indices = wanted_chunks([(offset, length)], self.chunk_size, self._size(digest))
+            # The request's size, not what another image's short answer recorded meanwhile.
+            size = self._size(digest) if blob_size is None else blob_size
+            indices = wanted_chunks([(offset, length)], self.chunk_size, size)
             keys = [ChunkKey(digest, i) for i in indices]
             # Pins and lookups take the cache's mutex from the trio thread:
             # held by others only for a rename or an eviction, never an fsync.
@@ -168,13 +164,13 @@ class Fetcher:
                 if waits:
                     self._demand(+1)
                     try:
-                        await self._wait(waits, source)
+                        theirs = await self._wait(waits, source) or theirs
                     finally:
                         self._demand(-1)
-                extents = self._extents(digest, offset, length, indices)
+                extents = self._extents(digest, offset, length, indices, size)
                 if extents is not None:
                     return build(extents)
-        raise TemporaryFailure(f"chunks of {digest} vanished from the cache while being read")
+        raise theirs or TemporaryFailure(f"chunks of {digest} vanished from the cache while read")
 
     def prefetch(
         self,
@@ -211,7 +207,7 @@ class Fetcher:
         """
         self._start(source, digest, [], indices, limiter=limiter)
         waits = [f for i in indices if (f := self._flights.get(ChunkKey(digest, i))) is not None]
-        await self._wait(waits, source)
+        await self._wait(waits, source)  # another origin's failure: background goes round again
 
     async def quiet(self, settle: float = 0.0) -> None:
         """Return once no reader waits on a fetch, and none has for ``settle`` seconds."""
@@ -310,24 +306,28 @@ class Fetcher:
             )
         return sum(fetch.count for fetch in fetches)
 
-    async def _wait(self, waits: list[Flight], source: BlobSource) -> None:
+    async def _wait(self, waits: list[Flight], source: BlobSource) -> BaseException | None:
+        """Raise a failed fetch's error if it went through ``source``; another origin's (one
+        of two repositories) is returned: the next round fetches the chunk ours."""
+        theirs = None
         for flight in waits:
             await flight.done.wait()
-            # Another origin's failure (one of two repositories): the next round fetches ours.
             if flight.error is not None and flight.source is source:
                 raise flight.error
+            theirs = flight.error or theirs
+        return theirs
 
     def _extents(
-        self, digest: Digest, offset: int, length: int, indices: list[int]
+        self, digest: Digest, offset: int, length: int, indices: list[int], size: int | None
     ) -> list[Extent] | None:
-        """The answer from the cache's accounting, or None when a chunk needed is missing."""
+        """The answer from the cache's accounting, or None when a chunk needed is missing
+        (one the blob, ``size`` long if known, has)."""
         extents = []
         end = offset + length
         for index in indices:
             base = index * self.chunk_size
             chunk_length = self.cache.length(ChunkKey(digest, index))
             if chunk_length is None:
-                size = self._size(digest)
                 if size is not None and base >= size:
                     break  # the blob ends before this chunk
                 return None

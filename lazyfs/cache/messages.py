@@ -60,7 +60,7 @@ MAX_PREFETCH_RANGES = 4096
 # What a status lists of the blobs: enough for any machine's images, bounded
 # so that the answer stays within one frame, each blob's reason too.
 MAX_STATUS_BLOBS = 4096
-MAX_BLOB_REASON = 120
+MAX_BLOB_REASON = 64  # bytes: 4,096 blobs of sha512 digests fit 1 MiB
 # A failure's reason: an error's one line, which may quote a registry's words.
 MAX_REASON = 1000
 
@@ -355,10 +355,11 @@ def _blob_pb(info: BlobInfo) -> pb.BlobState:
 
 
 def wire_text(text: str, most: int) -> str:
-    """``text`` as protobuf can send it: at most ``most`` characters, and any lone
+    """``text`` as protobuf can send it: at most ``most`` bytes of UTF-8, and any lone
     surrogate written out (a registry's JSON error message may hold ``\\ud800``)."""
-    text = text[:most]
-    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
+    if text.isascii():
+        return text[:most]
+    return text.encode("utf-8", "backslashreplace")[:most].decode("utf-8", "ignore")
 
 
 def _blob(message: pb.BlobState) -> BlobInfo:

@@ -160,25 +160,22 @@ class UpperCopy(UpperState):
         and none that the next mount loads without its attributes (a file of
         zeros without its metacopy mark, a directory that is not opaque).
         """
-        temp = f"{PLACED}{next(self._temps)}"  # a mount that dies leaves it to clear_work
+        # Unique in this mount, and what a mount that died left is gone (clear_work).
+        temp = f"{PLACED}{next(self._temps)}"
+        is_dir = stat.S_ISDIR(node.mode)
         work_fd = os.open(self.work, DIR_FLAGS)
         try:
-            make(work_fd, temp)
             try:
+                make(work_fd, temp)
                 self._set_disk_attributes(node, work_fd, temp)
-                if whiteout:
-                    whiteout = _exchange_or_replace(work_fd, temp, fd, name)
-                else:
+                if whiteout and is_dir:  # a directory replaces no whiteout: they swap
+                    _swap_in_dir(work_fd, temp, fd, name)
+                else:  # one non-directory replaces another, whiteout or none, at once
                     os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    if stat.S_ISDIR(node.mode):
-                        os.rmdir(temp, dir_fd=work_fd)
-                    else:
-                        os.unlink(temp, dir_fd=work_fd)
+                    (os.rmdir if is_dir else os.unlink)(temp, dir_fd=work_fd)
                 raise
-            if whiteout:
-                os.unlink(temp, dir_fd=work_fd)  # the whiteout, swapped out to here
         finally:
             os.close(work_fd)
 
@@ -352,19 +349,25 @@ def copy_lower_into(reader: TarRangeReader, data: DataRef, fd: int) -> None:
     os.ftruncate(fd, data.size)
 
 
-def _exchange_or_replace(work_fd: int, temp: str, fd: int, name: str) -> bool:
-    """Swap ``temp`` of ``work_fd`` with the whiteout ``name`` of ``fd``: True, the
-    whiteout is at ``temp`` now. On a filesystem without RENAME_EXCHANGE (EINVAL),
-    the whiteout goes first and ``temp`` is renamed in: False."""
+def _swap_in_dir(work_fd: int, temp: str, fd: int, name: str) -> None:
+    """Put directory ``temp`` of ``work_fd`` at ``name`` of ``fd``, where a whiteout is:
+    exchanged, then the whiteout removed. Without RENAME_EXCHANGE (EINVAL), the
+    whiteout waits beside it in work, and goes back if the directory does not go in."""
     try:
         exchange_at(work_fd, temp, fd, name)
     except OSError as error:
         if error.errno != errno.EINVAL:
             raise
-        os.unlink(name, dir_fd=fd)
-        os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
-        return False
-    return True
+        aside = f"{temp}-whiteout"
+        os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=work_fd)
+        try:
+            os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+        except BaseException:
+            os.rename(aside, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+            raise
+        temp = aside
+    with contextlib.suppress(OSError):  # the directory is in: the next mount clears work
+        os.unlink(temp, dir_fd=work_fd)  # the whiteout, in work now
 
 
 def make_dir(dir_fd: int, name: str) -> None:

@@ -41,6 +41,7 @@ from providers.errors import Conflict, NotFound, UsageError
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
+from providers.mountinfo import real_path
 from providers.private_dir import private_dir
 
 
@@ -67,7 +68,8 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
     if (suid or dev) and os.geteuid() != 0:
         # fusermount3 would mount nosuid,nodev anyway, and say so only in the log.
         raise UsageError("lazyfs mount --suid and --dev need root")
-    mountpoint = mountpoint.absolute()
+    # Where the kernel mounts, and the mount table and the record name it: symlinks followed.
+    mountpoint = Path(os.path.realpath(mountpoint))
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
     if os.geteuid() == 0:
@@ -153,7 +155,9 @@ async def mount_image(
 
 def unmount_image(work_dir: Path, mountpoint: Path) -> None:
     """Take down the lazyfs mount at ``mountpoint`` and forget it; NotFound if none."""
-    mountpoint = mountpoint.absolute()
+    mountpoint = real_path(mountpoint)  # the mount itself is not looked at: it may be wedged
+    if mountpoint.is_symlink():  # given as a link to where it is mounted (lstat: the link's)
+        mountpoint = Path(os.path.realpath(mountpoint))
     record = record_dir(work_dir, mountpoint)
     if not record.exists():
         # Only what lazyfs mounted, with this work dir: never someone else's mount.

@@ -110,6 +110,20 @@ def test_a_mount_process_runs_in_the_root_not_in_its_callers_directory(
         mount_servers.stop(store)
 
 
+def test_a_mount_point_given_through_a_symlink_is_where_the_kernel_mounts(
+    lazyfs: Lazyfs, mountpoint: Path
+) -> None:
+    # mount(2) follows the link: the mount table names the directory, which the checks
+    # looked for under the link's name (`--foreground` left at once, umount found none).
+    link = mountpoint.parent / "link"
+    link.symlink_to(mountpoint.name)
+    out = json.loads(lazyfs("mount", "busybox", str(link)).stdout)
+    assert out["mountpoint"] == str(mountpoint) and is_mounted(mountpoint)
+    assert (link / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
+    lazyfs("umount", str(link))
+    assert not is_mounted(mountpoint) and not pid_alive(out["pid"])
+
+
 def test_a_writable_mount_takes_writes_and_forgets_them_on_umount(
     lazyfs: Lazyfs, mountpoint: Path
 ) -> None:

@@ -15,9 +15,17 @@ import trio.testing
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import Server
 from lazyfs.cache.flight import Fetcher
-from lazyfs.cache.framing import FrameDecoder, encode_frame
-from lazyfs.cache.messages import decode_response, encode_request, wire_text
+from lazyfs.cache.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from lazyfs.cache.messages import (
+    MAX_STATUS_BLOBS,
+    decode_response,
+    encode_request,
+    encode_response,
+    wire_text,
+)
 from lazyfs.cache.values import (
+    BlobInfo,
+    BlobKind,
     BlobRange,
     Failure,
     FailureKind,
@@ -69,7 +77,17 @@ async def test_an_answer_protobuf_refuses_is_sent_escaped_and_the_daemon_goes_on
             nursery.cancel_scope.cancel()
 
 
-def test_wire_text_cuts_and_writes_out_what_utf8_cannot_hold() -> None:
+def test_wire_text_cuts_bytes_and_writes_out_what_utf8_cannot_hold() -> None:
     assert wire_text("plain", 3) == "pla"
     assert wire_text("é\udcff", 10) == "é\\udcff"
     assert wire_text("x" * 5000, 1000) == "x" * 1000
+    assert wire_text("漢字" * 100, 64).encode() == ("漢字" * 100).encode()[:63]  # whole characters
+    assert len(wire_text("\ud800" * 100, 64).encode()) == 64
+
+
+def test_a_status_of_the_most_blobs_with_the_longest_reasons_fits_one_frame() -> None:
+    # A mount's first miss asks for a status: one too large to send made every miss EIO.
+    digest = Digest("sha512:" + "ab" * 64)
+    worst = BlobInfo(digest, BlobKind.QUARANTINED, 1 << 62, 1 << 62, "\ud800漢" * 1000)
+    status = StatusOk(3, 1, 1, 1, 1, 1, 1, 1, 1, 1, (worst,) * MAX_STATUS_BLOBS, True)
+    assert len(encode_frame(encode_response(status))) < DEFAULT_MAX_FRAME

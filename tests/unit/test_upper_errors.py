@@ -16,7 +16,7 @@ import pytest
 from lazyfs.blobs.ranges import LocalTars
 from lazyfs.fs import upper_copy
 from lazyfs.fs.boundary import fuse_errors
-from lazyfs.fs.upper import Upper, UpperError
+from lazyfs.fs.upper import OPAQUE_XATTR, Upper, UpperError
 from lazyfs.index.formats import build_index
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
@@ -149,21 +149,27 @@ def test_what_a_killed_mount_left_in_work_to_be_placed_is_cleared_and_nothing_el
     assert sorted(os.listdir(upper)) == ["d", "f"] and os.listdir(work) == ["work"]
 
 
-def test_without_rename_exchange_a_name_over_a_whiteout_is_made_in_two_steps(
+def test_without_rename_exchange_a_directory_over_a_whiteout_still_goes_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An upper on a filesystem without RENAME_EXCHANGE (renameat2 says EINVAL) still
-    # takes a new file where a lower one was deleted: the whiteout goes first.
+    # takes a new directory where a lower one was deleted (a file replaces the whiteout
+    # with a rename): the whiteout waits beside it, then goes.
     def no_exchange(*args: object) -> None:
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(upper_copy, "exchange_at", no_exchange)
-    view = upper_of(tmp_path)
-    etc = view.lookup(ROOT_INO, b"etc")
-    assert etc is not None
-    view.remove(etc.ino, b"passwd", directory=False)
-    assert stat.S_ISCHR(os.lstat(tmp_path / "upper" / "etc" / "passwd").st_mode)
-    view.new(etc.ino, b"passwd", stat.S_IFREG | 0o600, 0, 0)
-    made = os.lstat(tmp_path / "upper" / "etc" / "passwd")
-    assert stat.S_ISREG(made.st_mode) and stat.S_IMODE(made.st_mode) == 0o600
-    assert os.listdir(tmp_path / "work") == []
+    blob = write_layer([Entry("d", "dir"), Entry("f", data=b"x")], tmp_path / "0.tar")
+    index = build_index(digest_bytes(blob.read_bytes()), blob, tmp_path)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    view = Upper(merge([index]), upper, work, LocalTars({}))
+    for name, kind in ((b"d", stat.S_IFDIR), (b"f", stat.S_IFREG)):
+        view.remove(ROOT_INO, name, directory=kind == stat.S_IFDIR)
+        assert stat.S_ISCHR(os.lstat(upper / os.fsdecode(name)).st_mode)  # a whiteout
+        view.new(ROOT_INO, name, kind | 0o700, 0, 0)
+        made = os.lstat(upper / os.fsdecode(name))
+        assert stat.S_IFMT(made.st_mode) == kind and stat.S_IMODE(made.st_mode) == 0o700
+    assert os.getxattr(upper / "d", OPAQUE_XATTR) == b"y"
+    assert os.listdir(work) == []
