@@ -59,7 +59,7 @@ def _absolute(path: str, cwd: str) -> str:
 
 
 def _env_value(env: Sequence[str], key: str) -> str:
-    for item in env:
+    for item in reversed(env):  # runc sets each in turn: the last one holds
         name, _, value = item.partition("=")
         if name == key:
             return value

@@ -15,15 +15,20 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from providers.errors import BadImage, LazyfsError
+from providers.layer_entry import MAX_ID
 from providers.manifest import RuntimeConfig
 
+_ID = re.compile(r"[0-9]{1,10}")
+MAX_TABLE = 4 << 20  # bytes of /etc/passwd or /etc/group read: far more than any has
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -55,48 +60,66 @@ def resolve_user(rootfs: Path, user: str) -> tuple[int, int]:
     name, _, group = user.partition(":")
     passwd = _read_table(rootfs, "etc/passwd")
     groups = _read_table(rootfs, "etc/group")
-    uid: int | None = None
+    uid = _id(name)
     gid: int | None = None
-    if name.isdigit():
-        uid = int(name)
+    if uid is not None:
         for row in passwd:
-            if len(row) > 3 and row[2] == name and row[3].isdigit():
-                gid = int(row[3])
+            if len(row) > 3 and row[2] == name and (gid := _id(row[3])) is not None:
                 break
     else:
         for row in passwd:
-            if len(row) > 3 and row[0] == name and row[2].isdigit() and row[3].isdigit():
-                uid, gid = int(row[2]), int(row[3])
-                break
+            if len(row) > 3 and row[0] == name:
+                row_uid, row_gid = _id(row[2]), _id(row[3])
+                if row_uid is not None and row_gid is not None:
+                    uid, gid = row_uid, row_gid
+                    break
         if uid is None:
-            raise BadImage(f"user {name!r} is not in the image's /etc/passwd")
+            raise BadImage(f"user {name[:100]!r} is not in the image's /etc/passwd")
     if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            match = [row for row in groups if len(row) > 2 and row[0] == group and row[2].isdigit()]
-            if not match:
-                raise BadImage(f"group {group!r} is not in the image's /etc/group")
-            gid = int(match[0][2])
+        gid = _id(group)
+        if gid is None:
+            found = [_id(row[2]) for row in groups if len(row) > 2 and row[0] == group]
+            gid = next((number for number in found if number is not None), None)
+            if gid is None:
+                raise BadImage(f"group {group[:100]!r} is not in the image's /etc/group")
     return uid, gid if gid is not None else 0
 
 
+def _id(text: str) -> int | None:
+    """``text`` as a uid or gid: ASCII digits up to 2**32 - 2 (``str.isdigit`` takes ``²``)."""
+    if _ID.fullmatch(text) is None or int(text) > MAX_ID:
+        return None
+    return int(text)
+
+
 def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
-    """Read a colon table from the rootfs without following any symlink out of it."""
-    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY)
+    """Read a colon table from the rootfs without following any symlink out of it.
+
+    Only a regular file is read, and only its first ``MAX_TABLE`` bytes: the
+    image may put a FIFO there (the read would never end) or a device node
+    (opened on the host, as root, outside any container's device rules).
+    """
+    *parents, last = relative.split("/")
+    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in relative.split("/"):
-            nxt = os.open(part, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        for part in parents:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nxt
-        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as table:
-            fd = -1
-            return [line.rstrip("\n").split(":") for line in table if not line.startswith("#")]
+        # O_PATH: nothing is opened but the name, whatever the image made it.
+        nxt = os.open(last, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        with open(f"/proc/self/fd/{fd}", "rb") as table:
+            data = table.read(MAX_TABLE)
     except OSError:
         return []
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
+    lines = data.decode("utf-8", "replace").splitlines()
+    return [line.split(":") for line in lines if not line.startswith("#")]
 
 
 def bundle_config(

@@ -113,6 +113,8 @@ def test_paths_resolve_inside_the_rootfs(rootfs: Path, path: str, where: str | N
     [
         (["tool"], ["PATH=/usr/bin:/bin"], "/", None),
         (["tool"], ["PATH=/usr/bin"], "/", NOT_FOUND),
+        (["tool"], ["PATH=/usr/bin", "PATH=/bin"], "/", None),  # the last holds, as in runc
+        (["tool"], ["PATH=/bin", "PATH=/usr/bin"], "/", NOT_FOUND),
         # A non-executable file in PATH is passed over, as Go's LookPath does.
         (["plain"], ["PATH=/bin"], "/", NOT_FOUND),
         (["./tool"], [], "/bin", None),

@@ -1,0 +1,82 @@
+"""The user a container runs as, from the image's config and its own /etc/passwd and /etc/group."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from lazyfs.provision.runtime import resolve_user
+from providers.errors import BadImage
+
+PASSWD = (
+    "root:x:0:0::/root:/bin/sh\n# a comment\napp:x:1000:1001::/srv:/bin/sh\nodd:x:²:7::/:/bin/sh\n"
+)
+GROUP = "root:x:0:\nstaff:x:50:app\nbad:x:9999999999999:\n"
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text(PASSWD)
+    (tmp_path / "etc" / "group").write_text(GROUP)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("user", "ids"),
+    [
+        ("", (0, 0)),
+        ("app", (1000, 1001)),
+        ("1000", (1000, 1001)),
+        ("1000:50", (1000, 50)),
+        ("app:staff", (1000, 50)),
+        ("4242", (4242, 0)),
+        ("0:0", (0, 0)),
+    ],
+)
+def test_names_and_numbers_as_docker_takes_them(
+    rootfs: Path, user: str, ids: tuple[int, int]
+) -> None:
+    assert resolve_user(rootfs, user) == ids
+
+
+@pytest.mark.parametrize(
+    ("user", "said"),
+    [
+        ("²", "user '²' is not in the image's /etc/passwd"),  # isdigit() took it, int() not
+        ("9" * 5000, "is not in the image's /etc/passwd"),  # past int()'s 4,300 digits
+        ("4294967295", "is not in the image's /etc/passwd"),  # (uid_t)-1 is no user
+        ("odd", "user 'odd' is not in the image's /etc/passwd"),  # its row's uid is no number
+        ("app:bad", "group 'bad' is not in the image's /etc/group"),
+        ("app:²", "group '²' is not in the image's /etc/group"),
+    ],
+)
+def test_what_is_no_id_is_a_one_line_refusal(rootfs: Path, user: str, said: str) -> None:
+    with pytest.raises(BadImage) as refused:
+        resolve_user(rootfs, user)
+    assert said in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_fifo_or_a_symlink_where_the_tables_are_is_not_read(rootfs: Path) -> None:
+    # The image makes /etc/passwd: a FIFO blocked `lazyfs run` for ever before runc, and
+    # a device node was opened on the host, as root. Neither is a table.
+    (rootfs / "etc" / "passwd").unlink()
+    os.mkfifo(rootfs / "etc" / "passwd")
+    (rootfs / "etc" / "group").unlink()
+    (rootfs / "etc" / "group").symlink_to("/etc/group")
+    answers: list[object] = []
+
+    def look() -> None:
+        try:
+            answers.append(resolve_user(rootfs, "app:staff"))
+        except BadImage as error:
+            answers.append(error)
+
+    looking = threading.Thread(target=look, daemon=True)
+    looking.start()
+    looking.join(timeout=60)
+    assert not looking.is_alive(), "resolve_user blocked on the FIFO"
+    assert isinstance(answers[0], BadImage) and "/etc/passwd" in str(answers[0])
