@@ -113,8 +113,9 @@ class App:
                 from lazyfs.images.appc import AppcProvider  # loads Appc discovery's HTTP
                 from providers.appc_store import AppcStore
 
+                appc = AppcStore(self.appc_dir, self.limits)  # an ACI unpacks as a layer may
                 providers["appc"] = AppcProvider(
-                    self.store, AppcStore(self.appc_dir), args.appc_simple_discovery_uri_prefix
+                    self.store, appc, args.appc_simple_discovery_uri_prefix
                 )
         return Provisioner(
             self.work_dir,

@@ -31,6 +31,7 @@ from providers.appc_manifest import AciManifest, image_id, parse_aci_manifest
 from providers.compression import decompressed
 from providers.digest import CHUNK
 from providers.errors import BadImage, UnsafeLayer
+from providers.layer_limits import LayerLimits
 from providers.tar_stream import MAX_ENTRIES, CheckedTarInfo
 
 MANIFEST = "manifest"
@@ -47,16 +48,38 @@ class AciInfo:
     manifest: AciManifest
 
 
-class _Tee:
-    """Reads from ``stream``, hashing and copying every byte to ``out``."""
+class _Counted:
+    """``stream``, counting the bytes read from it."""
 
-    def __init__(self, stream: BinaryIO, out: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
-        self._out = out
-        self.hasher = hashlib.sha512()
+        self.count = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
+        self.count += len(data)
+        return data
+
+
+class _Tee:
+    """Reads from ``stream``, hashing and copying every byte to ``out``, at most what
+    ``limits`` let the compressed bytes read so far (``counted``) unpack to."""
+
+    def __init__(
+        self, stream: BinaryIO, out: BinaryIO, what: str, limits: LayerLimits, counted: _Counted
+    ) -> None:
+        self._stream = stream
+        self._out = out
+        self.hasher = hashlib.sha512()
+        self._what, self._limits, self._counted = what, limits, counted
+        self._written = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._written += len(data)
+        most, why = self._limits.bound(self._counted.count)
+        if self._written > most:
+            raise BadImage(f"ACI {self._what}: unpacks to more than {most} bytes, {why}")
         self.hasher.update(data)
         self._out.write(data)
         return data
@@ -73,14 +96,19 @@ def _rooted(name: str, what: str) -> rules.RelPath | None:
     return path[1:]
 
 
-def read_aci(stream: BinaryIO, out: BinaryIO, what: str) -> AciInfo:
+def read_aci(
+    stream: BinaryIO, out: BinaryIO, what: str, limits: LayerLimits | None = None
+) -> AciInfo:
     """Check the ACI ``stream`` and copy it, uncompressed, to ``out``.
 
     ``what`` (a file or URL) starts error messages.  Raises BadImage for a
-    corrupt archive or a missing or invalid manifest, UnsafeLayer for an entry
-    escaping ``rootfs/``.  ``out`` is not flushed or closed.
+    corrupt archive, a missing or invalid manifest or more bytes than
+    ``limits`` let the compressed ones read so far unpack to (a bomb stops at
+    the bound), UnsafeLayer for an entry escaping ``rootfs/``.  ``out`` is
+    not flushed or closed.
     """
-    tee = _Tee(decompressed(stream), out)
+    counted = _Counted(stream)
+    tee = _Tee(decompressed(counted), out, what, limits or LayerLimits(), counted)  # type: ignore[arg-type]
     manifest_bytes: bytes | None = None
     try:
         # CheckedTarInfo: a damaged header is damage, never the archive's end.
@@ -147,6 +175,13 @@ def write_layer(aci_tar: BinaryIO, out: BinaryIO, whitelist: tuple[str, ...], wh
                     if not target or target not in kept:
                         continue
                     member.linkname = "/".join(target)
+                # A pax path or linkpath would win over the names given here (tarfile
+                # writes it as it is): the long and the non-ASCII ones kept rootfs/.
+                member.pax_headers = {
+                    key: value
+                    for key, value in member.pax_headers.items()
+                    if key not in ("path", "linkpath")
+                }
                 kept.add(rel)
                 data = source.extractfile(member) if member.isreg() else None
                 layer.addfile(member, data)

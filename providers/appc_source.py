@@ -27,6 +27,7 @@ threads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -120,29 +121,33 @@ class AppcDiscoverySource:
     def resolve(self, reference: str) -> ImageManifest:
         ref = parse_appc_ref(reference)
         location = discovery_location(self.prefix, ref.name, dict(ref.labels))
+
+        def wanted(info: AciInfo) -> None:
+            # Before the store keeps it: a stored image answers for its own name later.
+            if ref.image_id and info.image_id != ref.image_id:
+                raise DigestMismatch(
+                    f"appc image {location} id", expected=ref.image_id, actual=info.image_id
+                )
+            if info.manifest.name != ref.name:
+                raise BadImage(
+                    f"appc image {location} is named {info.manifest.name!r}, not {ref.name!r}"
+                )
+
         if urlparse(location).scheme in ("http", "https"):
             # A fetch that broke is tried again whole: the store keeps no partial ACI.
             info = retrying(
-                Retries(ATTEMPTS, Backoff(), Deadline(0)), lambda: self._fetch(location)
+                Retries(ATTEMPTS, Backoff(), Deadline(0)), lambda: self._fetch(location, wanted)
             )
         else:
-            info = self._add(location)
-        if ref.image_id and info.image_id != ref.image_id:
-            raise DigestMismatch(
-                f"appc image {location} id", expected=ref.image_id, actual=info.image_id
-            )
-        if info.manifest.name != ref.name:
-            raise BadImage(
-                f"appc image {location} is named {info.manifest.name!r}, not {ref.name!r}"
-            )
+            info = self._add(location, wanted)
         return aci_image(self.store, reference, info.image_id, info.manifest)
 
-    def _add(self, location: str) -> AciInfo:
+    def _add(self, location: str, wanted: Callable[[AciInfo], None]) -> AciInfo:
         with open_location(location) as stream:
-            return self.store.add(stream, location)
+            return self.store.add(stream, location, wanted)
 
-    def _fetch(self, location: str) -> AciInfo:
+    def _fetch(self, location: str, wanted: Callable[[AciInfo], None]) -> AciInfo:
         try:
-            return self._add(location)
+            return self._add(location, wanted)
         except TemporaryFailure as exc:
             raise Again(str(exc), exc) from exc

@@ -32,7 +32,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import urlparse
@@ -44,6 +44,7 @@ from providers.aci import AciInfo, read_aci
 from providers.appc_manifest import AciManifest, parse_aci_manifest
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
 from providers.http_session import new_session, redact, send
+from providers.layer_limits import LayerLimits
 from providers.private_dir import private_dir
 from providers.retry import checkpoint, short_cause
 
@@ -80,8 +81,9 @@ def matches(manifest: AciManifest, name: str, labels: Mapping[str, str]) -> bool
 
 
 class AppcStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: LayerLimits | None = None) -> None:
         self.root = root
+        self.limits = limits or LayerLimits()  # what an ACI may unpack to, as a layer
         self.images = root / "images"
         self.tmp = root / "tmp"
         for directory in (root, self.images, self.tmp):
@@ -109,14 +111,22 @@ class AppcStore:
                 return home.name
         return None
 
-    def add(self, stream: BinaryIO, what: str) -> AciInfo:
-        """Read, check and keep the ACI ``stream``; returns what it is. Idempotent."""
+    def add(
+        self, stream: BinaryIO, what: str, wanted: Callable[[AciInfo], None] | None = None
+    ) -> AciInfo:
+        """Read, check and keep the ACI ``stream``; returns what it is. Idempotent.
+
+        ``wanted`` may refuse it (raise) before it is kept: a kept image is
+        found by its name and labels (``find``), whoever asked for it.
+        """
         scratch = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{os.getpid()}."))
         try:
             with (scratch / "image.aci").open("wb") as out:
-                info = read_aci(stream, out, what)
+                info = read_aci(stream, out, what, self.limits)
                 out.flush()
                 os.fsync(out.fileno())
+            if wanted is not None:
+                wanted(info)
             (scratch / "manifest").write_bytes(info.manifest_bytes)
             target = self.images / info.image_id
             if not target.is_dir():

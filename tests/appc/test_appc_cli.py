@@ -231,3 +231,48 @@ def test_an_unknown_image_is_not_found(appc_lazyfs: AppcLazyfs) -> None:
 def _tar_available() -> None:
     if shutil.which("tar") is None:
         pytest.skip("GNU tar is needed to extract reference trees")
+
+
+def test_an_aci_refused_for_its_name_is_not_kept_to_answer_for_that_name(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path
+) -> None:
+    # Discovery of example.com/evil served an image named example.com/base. It was
+    # refused, but kept in the store first: a later appc:example.com/base (a dependency
+    # of another image, say) got it from the store without discovery.
+    put_aci(
+        aci_dir, "example.com/evil", aci_bytes(manifest_doc("example.com/base"), {"x": b"evil"})
+    )
+    line = one_line_error(appc_lazyfs("provision", "c1", "appc:example.com/evil", check=False))
+    assert "is named 'example.com/base'" in line
+    assert list((appc_lazyfs.work_dir / "store" / "appc" / "images").iterdir()) == []
+    put_aci(
+        aci_dir, "example.com/base", aci_bytes(manifest_doc("example.com/base"), {"x": b"good"})
+    )
+    base = provision(appc_lazyfs, "c2", "appc:example.com/base")
+    assert (Path(str(base["rootfs"])) / "x").read_bytes() == b"good"
+
+
+def test_long_and_non_ascii_names_land_where_they_are_under_rootfs(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path
+) -> None:
+    # Their names travel in pax headers, which won over the name the layer gave them:
+    # they landed under /rootfs/ in the container.
+    long = "d" * 120
+    files = {long: b"long", "café": b"accent", "sub/" + long: b"deep"}
+    put_aci(aci_dir, "example.com/app", aci_bytes(manifest_doc("example.com/app"), files))
+    rootfs = Path(str(provision(appc_lazyfs, "c1", "appc:example.com/app")["rootfs"]))
+    assert (rootfs / long).read_bytes() == b"long" and (rootfs / "café").read_bytes() == b"accent"
+    assert (rootfs / "sub" / long).read_bytes() == b"deep"
+    assert not (rootfs / "rootfs").exists()
+
+
+def test_an_aci_is_held_to_the_layer_limits(appc_lazyfs: AppcLazyfs, aci_dir: Path) -> None:
+    # An ACI was copied unpacked into the store with no bound at all: a few MB of xz
+    # filled the disk. It now unpacks as far as a layer may, and no further.
+    big = {"zeros": bytes(3 << 20)}
+    put_aci(aci_dir, "example.com/big", aci_bytes(manifest_doc("example.com/big"), big))
+    flags = ("--max_layer_size", "1MiB", "provision", "c1", "appc:example.com/big")
+    line = one_line_error(appc_lazyfs(*flags, check=False))
+    assert "unpacks to more than 1048576 bytes" in line and "--max_layer_size" in line
+    assert list((appc_lazyfs.work_dir / "store" / "appc" / "images").iterdir()) == []
+    provision(appc_lazyfs, "c2", "appc:example.com/big")  # within the default limits
