@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 from providers.aci import AciInfo
 from providers.appc_manifest import AciManifest, check_image_id
-from providers.appc_store import AppcStore, discovery_location, open_location
+from providers.appc_store import AppcStore, discovery_location, open_location, shown
 from providers.digest import Digest
 from providers.errors import BadImage, DigestMismatch, NotFound, TemporaryFailure
 from providers.manifest import ImageManifest, Layer
@@ -126,12 +126,11 @@ class AppcDiscoverySource:
             # Before the store keeps it: a stored image answers for its own name later.
             if ref.image_id and info.image_id != ref.image_id:
                 raise DigestMismatch(
-                    f"appc image {location} id", expected=ref.image_id, actual=info.image_id
+                    f"appc image {shown(location)} id", expected=ref.image_id, actual=info.image_id
                 )
             if info.manifest.name != ref.name:
-                raise BadImage(
-                    f"appc image {location} is named {info.manifest.name!r}, not {ref.name!r}"
-                )
+                named = info.manifest.name
+                raise BadImage(f"appc image {shown(location)} is named {named!r}, not {ref.name!r}")
 
         if urlparse(location).scheme in ("http", "https"):
             # A fetch that broke is tried again whole: the store keeps no partial ACI.
@@ -144,7 +143,7 @@ class AppcDiscoverySource:
 
     def _add(self, location: str, wanted: Callable[[AciInfo], None]) -> AciInfo:
         with open_location(location) as stream:
-            return self.store.add(stream, location, wanted)
+            return self.store.add(stream, shown(location), wanted)
 
     def _fetch(self, location: str, wanted: Callable[[AciInfo], None]) -> AciInfo:
         try:

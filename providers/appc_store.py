@@ -153,6 +153,11 @@ def discovery_location(prefix: str, name: str, labels: Mapping[str, str]) -> str
     return local + file_name
 
 
+def shown(location: str) -> str:
+    """``location`` as messages show it: a URL without credentials or query."""
+    return redact(location) if urlparse(location).scheme in ("http", "https") else location
+
+
 @contextlib.contextmanager
 def open_location(location: str) -> Iterator[BinaryIO]:
     """Open a discovered ACI for reading: NotFound when it is not there.
@@ -167,28 +172,30 @@ def open_location(location: str) -> Iterator[BinaryIO]:
             with open(location, "rb") as file:
                 yield file
         except FileNotFoundError:
-            raise NotFound(f"appc image {location} not found", url=location) from None
+            raise NotFound(f"appc image {shown(location)} not found", url=location) from None
         return
     try:
         response = send(new_session(), "GET", location, seconds=HTTP_TIMEOUT)
     except requests.Timeout:
         raise TemporaryFailure(
-            f"appc image {location}: no answer within {HTTP_TIMEOUT} s", url=redact(location)
+            f"appc image {shown(location)}: no answer within {HTTP_TIMEOUT} s", url=redact(location)
         ) from None
     except requests.RequestException as error:
         raise TemporaryFailure(
-            f"appc image {location}: {short_cause(error)}", url=redact(location)
+            f"appc image {shown(location)}: {short_cause(error)}", url=redact(location)
         ) from None
     with contextlib.closing(response):
         status = response.status_code
         if status == 404:
-            raise NotFound(f"appc image {location} not found (HTTP 404)", url=redact(location))
+            raise NotFound(
+                f"appc image {shown(location)} not found (HTTP 404)", url=redact(location)
+            )
         if status >= 500 or status == 429:
             raise TemporaryFailure(
-                f"appc image {location}: HTTP {status}", url=redact(location), status=status
+                f"appc image {shown(location)}: HTTP {status}", url=redact(location), status=status
             )
         if status != 200:
-            raise BadImage(f"appc image {location}: HTTP {status}")
+            raise BadImage(f"appc image {shown(location)}: HTTP {status}")
         yield cast(BinaryIO, io.BufferedReader(_Body(response, location), CHUNK))
 
 
@@ -213,5 +220,6 @@ class _Body(io.RawIOBase):
         except (urllib3.exceptions.HTTPError, OSError) as error:
             # Not an OSError: the ACI reader takes those for a damaged archive.
             raise TemporaryFailure(
-                f"appc image {self._location}: {short_cause(error)}", url=redact(self._location)
+                f"appc image {shown(self._location)}: {short_cause(error)}",
+                url=redact(self._location),
             ) from error

@@ -26,7 +26,7 @@ from lazyfs.store.disk import Store
 from providers.aci import write_layer
 from providers.appc_manifest import AciManifest, check_image_id
 from providers.appc_source import AppcDiscoverySource, AppcRef, AppcStoreSource
-from providers.appc_store import AppcStore
+from providers.appc_store import AppcStore, shown
 from providers.digest import Digest, HashingWriter
 from providers.errors import BadImage, NotFound
 from providers.image_pb2 import Image
@@ -133,7 +133,7 @@ class AppcProvider:
                 "and no --appc_simple_discovery_uri_prefix is set"
             )
         discovery = AppcDiscoverySource(self.appc_store, self.discovery_prefix)
-        progress.message(f"fetching {discovery.location(reference)}")
+        progress.message(f"fetching {shown(discovery.location(reference))}")
         return self._stored(discovery, reference)
 
     def _stored(self, source: ImageSource, reference: str) -> tuple[str, AciManifest]:

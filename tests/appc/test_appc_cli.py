@@ -276,3 +276,14 @@ def test_an_aci_is_held_to_the_layer_limits(appc_lazyfs: AppcLazyfs, aci_dir: Pa
     assert "unpacks to more than 1048576 bytes" in line and "--max_layer_size" in line
     assert list((appc_lazyfs.work_dir / "store" / "appc" / "images").iterdir()) == []
     provision(appc_lazyfs, "c2", "appc:example.com/big")  # within the default limits
+
+
+def test_a_discovery_prefix_with_credentials_is_shown_without_them(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, http_prefix: str
+) -> None:
+    secret = http_prefix.replace("http://", "http://ann:s3cret@")
+    put_aci(aci_dir, "example.com/evil", aci_bytes(manifest_doc("example.com/base")))
+    for image in ("example.com/gone", "example.com/evil"):  # a 404, a refusal
+        result = appc_lazyfs("provision", "c1", f"appc:{image}", check=False, prefix=secret)
+        line = one_line_error(result)
+        assert "s3cret" not in line and "s3cret" not in result.stdout and http_prefix in line
