@@ -53,11 +53,13 @@ class _Counted:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
-        self.count = 0
+        self.read_bytes = 0
+        self.count = 0  # what the bound is judged on: the size told, or the bytes read
 
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
-        self.count += len(data)
+        self.read_bytes += len(data)
+        self.count = max(self.count, self.read_bytes)
         return data
 
 
@@ -97,17 +99,22 @@ def _rooted(name: str, what: str) -> rules.RelPath | None:
 
 
 def read_aci(
-    stream: BinaryIO, out: BinaryIO, what: str, limits: LayerLimits | None = None
+    stream: BinaryIO,
+    out: BinaryIO,
+    what: str,
+    limits: LayerLimits | None = None,
+    size: int | None = None,
 ) -> AciInfo:
     """Check the ACI ``stream`` and copy it, uncompressed, to ``out``.
 
     ``what`` (a file or URL) starts error messages.  Raises BadImage for a
     corrupt archive, a missing or invalid manifest or more bytes than
-    ``limits`` let the compressed ones read so far unpack to (a bomb stops at
-    the bound), UnsafeLayer for an entry escaping ``rootfs/``.  ``out`` is
-    not flushed or closed.
+    ``limits`` let the ACI's ``size`` compressed bytes unpack to (unknown:
+    those read so far; a bomb stops at the bound), UnsafeLayer for an entry
+    escaping ``rootfs/``.  ``out`` is not flushed or closed.
     """
     counted = _Counted(stream)
+    counted.count = size or 0  # the bound grows past it only as more is read
     tee = _Tee(decompressed(counted), out, what, limits or LayerLimits(), counted)  # type: ignore[arg-type]
     manifest_bytes: bytes | None = None
     try:
@@ -143,6 +150,13 @@ def read_aci(
     return AciInfo(image_id(tee.hasher.hexdigest()), manifest_bytes, manifest)
 
 
+_CARRIED = frozenset({"atime", "ctime", "mtime", "uid", "gid", "uname", "gname", "hdrcharset"})
+
+
+def _carried(key: str) -> bool:
+    return key in _CARRIED or key.startswith(("SCHILY.xattr.", "LIBARCHIVE.xattr."))
+
+
 def _allowed(whitelist: Iterable[str]) -> tuple[frozenset[rules.RelPath], frozenset[rules.RelPath]]:
     """The whitelisted paths, and every directory above one of them."""
     paths = {tuple(p for p in entry.split("/") if p and p != ".") for entry in whitelist}
@@ -175,12 +189,11 @@ def write_layer(aci_tar: BinaryIO, out: BinaryIO, whitelist: tuple[str, ...], wh
                     if not target or target not in kept:
                         continue
                     member.linkname = "/".join(target)
-                # A pax path or linkpath would win over the names given here (tarfile
-                # writes it as it is): the long and the non-ASCII ones kept rootfs/.
+                # Only the pax records of what a layer entry keeps: a path, linkpath or
+                # GNU.sparse.name would win over the names given here (tarfile writes
+                # them as they are), and a sparse map would describe bytes written whole.
                 member.pax_headers = {
-                    key: value
-                    for key, value in member.pax_headers.items()
-                    if key not in ("path", "linkpath")
+                    key: value for key, value in member.pax_headers.items() if _carried(key)
                 }
                 kept.add(rel)
                 data = source.extractfile(member) if member.isreg() else None

@@ -122,7 +122,7 @@ class AppcStore:
         scratch = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{os.getpid()}."))
         try:
             with (scratch / "image.aci").open("wb") as out:
-                info = read_aci(stream, out, what, self.limits)
+                info = read_aci(stream, out, what, self.limits, _size_of(stream))
                 out.flush()
                 os.fsync(out.fileno())
             if wanted is not None:
@@ -151,6 +151,15 @@ def discovery_location(prefix: str, name: str, labels: Mapping[str, str]) -> str
     if not local.endswith("/") and Path(local).is_dir():
         local += "/"
     return local + file_name
+
+
+def _size_of(stream: BinaryIO) -> int | None:
+    """The compressed size of an ACI read from a file. None over HTTP: a server may
+    claim any length, and the bound is judged on the bytes that came."""
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
 
 
 def shown(location: str) -> str:

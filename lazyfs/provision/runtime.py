@@ -13,6 +13,7 @@ container still uses its rootfs, however its ``lazyfs run`` ended.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import re
@@ -64,7 +65,7 @@ def resolve_user(rootfs: Path, user: str) -> tuple[int, int]:
     gid: int | None = None
     if uid is not None:
         for row in passwd:
-            if len(row) > 3 and row[2] == name and (gid := _id(row[3])) is not None:
+            if len(row) > 3 and _id(row[2]) == uid and (gid := _id(row[3])) is not None:
                 break
     else:
         for row in passwd:
@@ -95,9 +96,10 @@ def _id(text: str) -> int | None:
 def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
     """Read a colon table from the rootfs without following any symlink out of it.
 
-    Only a regular file is read, and only its first ``MAX_TABLE`` bytes: the
-    image may put a FIFO there (the read would never end) or a device node
-    (opened on the host, as root, outside any container's device rules).
+    Only a regular file is read: the image may put a FIFO there (the read
+    would never end) or a device node (opened on the host, as root, outside
+    any container's device rules); none, or anything else, is an empty
+    table. One longer than ``MAX_TABLE`` is a BadImage, as is a read that fails.
     """
     *parents, last = relative.split("/")
     fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -110,15 +112,24 @@ def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
         nxt = os.open(last, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         os.close(fd)
         fd = nxt
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as error:
+        os.close(fd)
+        if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return []  # none, or a symlink: no table
+        raise BadImage(f"cannot read the image's /{relative}: {error.strerror}") from None
+    try:
+        if not regular:
             return []
-        with open(f"/proc/self/fd/{fd}", "rb") as table:
-            data = table.read(MAX_TABLE)
-    except OSError:
-        return []
+        with open(f"/proc/self/fd/{fd}", "rb") as table:  # that inode, readable
+            data = table.read(MAX_TABLE + 1)
+    except OSError as error:  # /proc missing too: never an empty table in silence
+        raise BadImage(f"cannot read the image's /{relative}: {error}") from None
     finally:
         os.close(fd)
-    lines = data.decode("utf-8", "replace").splitlines()
+    if len(data) > MAX_TABLE:
+        raise BadImage(f"the image's /{relative} is larger than {MAX_TABLE} bytes")
+    lines = data.decode("utf-8", "replace").split("\n")
     return [line.split(":") for line in lines if not line.startswith("#")]
 
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.support.acis import APP, aci_bytes, manifest_doc, put_aci, rootfs_of
+from tests.support.acis import (
+    APP,
+    aci_bytes,
+    aci_file_name,
+    manifest_doc,
+    put_aci,
+    rootfs_of,
+)
 from tests.support.lazyfs_cli import AppcLazyfs, one_line_error
 from tests.support.tree import diff_trees, tree_digest
 
@@ -287,3 +296,55 @@ def test_a_discovery_prefix_with_credentials_is_shown_without_them(
         result = appc_lazyfs("provision", "c1", f"appc:{image}", check=False, prefix=secret)
         line = one_line_error(result)
         assert "s3cret" not in line and "s3cret" not in result.stdout and http_prefix in line
+
+
+def test_an_aci_that_compresses_well_early_is_judged_on_its_whole_size(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path
+) -> None:
+    # 70 MiB of zeros first, then 2 MiB that do not compress: about 37 times its size,
+    # so within the default 100. Judged on the bytes read so far, it was refused.
+    files = {"zeros": bytes(70 << 20), "noise": os.urandom(2 << 20)}
+    put_aci(aci_dir, "example.com/app", aci_bytes(manifest_doc("example.com/app"), files))
+    rootfs = Path(str(provision(appc_lazyfs, "c1", "appc:example.com/app")["rootfs"]))
+    assert (rootfs / "zeros").stat().st_size == 70 << 20
+    # A bomb of the same zeros alone is more than 100 times its size.
+    put_aci(
+        aci_dir,
+        "example.com/bomb",
+        aci_bytes(manifest_doc("example.com/bomb"), {"zeros": bytes(70 << 20)}),
+    )
+    line = one_line_error(appc_lazyfs("provision", "c2", "appc:example.com/bomb", check=False))
+    assert "unpacks to more than 67108864 bytes" in line and "--max_layer_ratio 100" in line
+
+
+def test_a_sparse_file_of_a_gnu_tar_aci_is_whole_in_the_rootfs(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, tmp_path: Path
+) -> None:
+    # GNU tar's pax sparse records were copied into the layer with the file written
+    # whole: its map then ran past the entry, and GNU.sparse.name kept rootfs/.
+    made = tmp_path / "made"
+    (made / "rootfs").mkdir(parents=True)
+    (made / "manifest").write_text(json.dumps(manifest_doc("example.com/sparse")))
+    with (made / "rootfs" / "sp").open("wb") as sparse:
+        sparse.seek(1 << 20)
+        sparse.write(b"end")
+    aci = aci_dir / aci_file_name("example.com/sparse")
+    aci.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "tar",
+            "--sparse",
+            "--format=posix",
+            "-C",
+            str(made),
+            "-cf",
+            str(aci),
+            "manifest",
+            "rootfs",
+        ],
+        check=True,
+    )
+    rootfs = Path(str(provision(appc_lazyfs, "c1", "appc:example.com/sparse")["rootfs"]))
+    data = (rootfs / "sp").read_bytes()
+    assert len(data) == (1 << 20) + 3 and data.endswith(b"end") and not any(data[:-3])
+    assert not (rootfs / "rootfs").exists()

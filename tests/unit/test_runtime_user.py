@@ -80,3 +80,17 @@ def test_a_fifo_or_a_symlink_where_the_tables_are_is_not_read(rootfs: Path) -> N
     looking.join(timeout=60)
     assert not looking.is_alive(), "resolve_user blocked on the FIFO"
     assert isinstance(answers[0], BadImage) and "/etc/passwd" in str(answers[0])
+
+
+def test_a_table_past_the_bound_is_refused_not_cut(rootfs: Path) -> None:
+    # Cut at 4 MiB, its last row kept half its gid: a wrong id, in silence.
+    padding = "# " + "x" * 100 + "\n"
+    rows = padding * ((4 << 20) // len(padding) + 1) + "alice:x:1000:1001::/:/bin/sh\n"
+    (rootfs / "etc" / "passwd").write_text(rows)
+    with pytest.raises(BadImage, match="larger than 4194304 bytes"):
+        resolve_user(rootfs, "alice")
+
+
+def test_a_numeric_user_finds_its_group_by_number_not_spelling(rootfs: Path) -> None:
+    (rootfs / "etc" / "passwd").write_text("app:x:01000:1001::/:/bin/sh\n")
+    assert resolve_user(rootfs, "1000") == (1000, 1001)
