@@ -12,9 +12,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import Server
-from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from lazyfs.cache.messages import (
     MAX_STATUS_BLOBS,
@@ -39,6 +37,7 @@ from lazyfs.cache.values import (
 )
 from providers.digest import Digest
 from providers.errors import NotFound
+from tests.support.cache_fetchers import fetcher_over
 
 DIGEST = Digest("sha256:" + "5a" * 32)
 
@@ -52,29 +51,25 @@ def refused(origin: Origin) -> object:
 async def test_an_answer_protobuf_refuses_is_sent_escaped_and_the_daemon_goes_on(
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "cache"
-    root.mkdir()
-    with DiskCache.open(root, 1 << 30, chunk_size=1 << 16) as cache:
-        async with trio.open_nursery() as nursery:
-            fetcher = Fetcher(cache, nursery, readahead=(0, 0))
-            server = Server(cache, fetcher, refused)  # type: ignore[arg-type]
-            ours, theirs = trio.testing.memory_stream_pair()
-            nursery.start_soon(server.connection, theirs)
-            decoder = FrameDecoder()
+    async with fetcher_over(tmp_path, 1 << 16) as fetcher, trio.open_nursery() as nursery:
+        server = Server(fetcher.cache, fetcher, refused)  # type: ignore[arg-type]
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(server.connection, theirs)
+        decoder = FrameDecoder()
 
-            async def ask(request: Request) -> Response:
-                await ours.send_all(encode_frame(encode_request(request)))
-                while True:
-                    frames = decoder.feed(await ours.receive_some(1 << 16))
-                    if frames:
-                        return decode_response(frames[0])
+        async def ask(request: Request) -> Response:
+            await ours.send_all(encode_frame(encode_request(request)))
+            while True:
+                frames = decoder.feed(await ours.receive_some(1 << 16))
+                if frames:
+                    return decode_response(frames[0])
 
-            answer = await ask(Read(1, BlobRange(DIGEST, 0, 10), HandleOrigin("src")))
-            assert isinstance(answer, Failure) and answer.kind is FailureKind.NOT_FOUND
-            assert answer.reason.endswith("no such blob \\ud800 here")
-            assert isinstance(await ask(Status(2)), StatusOk)
-            await ours.aclose()
-            nursery.cancel_scope.cancel()
+        answer = await ask(Read(1, BlobRange(DIGEST, 0, 10), HandleOrigin("src")))
+        assert isinstance(answer, Failure) and answer.kind is FailureKind.NOT_FOUND
+        assert answer.reason.endswith("no such blob \\ud800 here")
+        assert isinstance(await ask(Status(2)), StatusOk)
+        await ours.aclose()
+        nursery.cancel_scope.cancel()
 
 
 def test_wire_text_cuts_bytes_and_writes_out_what_utf8_cannot_hold() -> None:

@@ -18,11 +18,10 @@ from typing import BinaryIO
 import trio
 import trio.testing
 
-from lazyfs.cache.chunks import DiskCache
-from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from providers.digest import Digest
 from providers.errors import Unauthorized
+from tests.support.cache_fetchers import fetcher_over
 
 SIZE = 64  # bytes a chunk
 BLOB = os.urandom(SIZE * 20)
@@ -48,31 +47,25 @@ class Registry:
 async def test_a_smaller_claim_of_another_image_does_not_end_the_blob_past_it(
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "cache"
-    root.mkdir()
-    with DiskCache.open(root, 1 << 30, chunk_size=SIZE) as cache:
-        async with trio.open_nursery() as nursery:
-            fetcher = Fetcher(cache, nursery, readahead=(0, 0))
-            cut = Registry(CLAIMED)
-            assert await fetcher.read(cut, DIGEST, 5 * SIZE, SIZE, CLAIMED) == BLOB[5 * SIZE :][:10]
-            assert cache.length(ChunkKey(DIGEST, 5)) == 10  # the claim's end, kept
-            # A mount of an image with the true size reads its chunk files first: past the
-            # short chunk, it took the blob for ended (b"" for chunk 6 without asking).
-            files = cache.files
-            assert files.read_range(DIGEST, 6 * SIZE, 10) == b""  # no size known: as before
-            assert files.read_range(DIGEST, 6 * SIZE, 10, len(BLOB)) is None  # a miss
-            assert files.read_range(DIGEST, 5 * SIZE, SIZE, len(BLOB)) is None
-            # It asks the daemon with its size: the chunks past the cut come its way.
-            whole = Registry(len(BLOB))
-            got = await fetcher.read(whole, DIGEST, 6 * SIZE, 2 * SIZE, len(BLOB))
-            assert got == BLOB[6 * SIZE : 8 * SIZE] and whole.calls == [(6 * SIZE, 2 * SIZE)]
-            # The cut chunk stays what it is (its mount's client says DigestMismatch): good
-            # bytes are never dropped on a claim, which may be the wrong one.
-            assert (
-                await fetcher.read(whole, DIGEST, 5 * SIZE, SIZE, len(BLOB))
-                == BLOB[5 * SIZE :][:10]
-            )
-            nursery.cancel_scope.cancel()
+    async with fetcher_over(tmp_path, SIZE) as fetcher:
+        cache = fetcher.cache
+        cut = Registry(CLAIMED)
+        assert await fetcher.read(cut, DIGEST, 5 * SIZE, SIZE, CLAIMED) == BLOB[5 * SIZE :][:10]
+        assert cache.length(ChunkKey(DIGEST, 5)) == 10  # the claim's end, kept
+        # A mount of an image with the true size reads its chunk files first: past the
+        # short chunk, it took the blob for ended (b"" for chunk 6 without asking).
+        files = cache.files
+        assert files.read_range(DIGEST, 6 * SIZE, 10) == b""  # no size known: as before
+        assert files.read_range(DIGEST, 6 * SIZE, 10, len(BLOB)) is None  # a miss
+        assert files.read_range(DIGEST, 5 * SIZE, SIZE, len(BLOB)) is None
+        # It asks the daemon with its size: the chunks past the cut come its way.
+        whole = Registry(len(BLOB))
+        got = await fetcher.read(whole, DIGEST, 6 * SIZE, 2 * SIZE, len(BLOB))
+        assert got == BLOB[6 * SIZE : 8 * SIZE] and whole.calls == [(6 * SIZE, 2 * SIZE)]
+        # The cut chunk stays what it is (its mount's client says DigestMismatch): good
+        # bytes are never dropped on a claim, which may be the wrong one.
+        cut_chunk = await fetcher.read(whole, DIGEST, 5 * SIZE, SIZE, len(BLOB))
+        assert cut_chunk == BLOB[5 * SIZE :][:10]
 
 
 class Refusing:
@@ -94,32 +87,27 @@ async def test_a_read_waiting_on_another_origins_failed_fetch_fetches_through_it
 ) -> None:
     # One fetch per chunk, whoever waits: a mount whose registry answers 401 failed
     # the reads of another repository's mount of the same layer with its 401.
-    root = tmp_path / "cache"
-    root.mkdir()
-    with DiskCache.open(root, 1 << 30, chunk_size=SIZE) as cache:
-        async with trio.open_nursery() as nursery:
-            fetcher = Fetcher(cache, nursery, readahead=(0, 0))
-            refusing, whole = Refusing(), Registry(len(BLOB))
-            errors: list[BaseException] = []
-            got: list[bytes] = []
+    async with fetcher_over(tmp_path, SIZE) as fetcher:
+        refusing, whole = Refusing(), Registry(len(BLOB))
+        errors: list[BaseException] = []
+        got: list[bytes] = []
 
-            async def read_refused() -> None:
-                try:
-                    await fetcher.read(refusing, DIGEST, 0, SIZE, len(BLOB))
-                except Unauthorized as error:
-                    errors.append(error)
+        async def read_refused() -> None:
+            try:
+                await fetcher.read(refusing, DIGEST, 0, SIZE, len(BLOB))
+            except Unauthorized as error:
+                errors.append(error)
 
-            async def read_whole() -> None:
-                got.append(await fetcher.read(whole, DIGEST, 0, SIZE, len(BLOB)))
+        async def read_whole() -> None:
+            got.append(await fetcher.read(whole, DIGEST, 0, SIZE, len(BLOB)))
 
-            async with trio.open_nursery() as readers:
-                readers.start_soon(read_refused)
-                await trio.testing.wait_all_tasks_blocked()
-                assert fetcher.in_flight(ChunkKey(DIGEST, 0)) and not whole.calls
-                readers.start_soon(read_whole)
-                await trio.testing.wait_all_tasks_blocked()
-                assert not whole.calls  # it waits on the one fetch in flight
-                refusing.gate.set()
-            assert len(errors) == 1 and got == [BLOB[:SIZE]]
-            assert whole.calls == [(0, SIZE)]
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read_refused)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fetcher.in_flight(ChunkKey(DIGEST, 0)) and not whole.calls
+            readers.start_soon(read_whole)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not whole.calls  # it waits on the one fetch in flight
+            refusing.gate.set()
+        assert len(errors) == 1 and got == [BLOB[:SIZE]]
+        assert whole.calls == [(0, SIZE)]
