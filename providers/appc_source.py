@@ -131,6 +131,13 @@ class AppcDiscoverySource:
             if info.manifest.name != ref.name:
                 named = info.manifest.name
                 raise BadImage(f"appc image {shown(location)} is named {named!r}, not {ref.name!r}")
+            have = dict(info.manifest.labels)
+            for key, value in ref.labels:  # those asked for (the location's defaults are not)
+                if have.get(key) != value:
+                    raise BadImage(
+                        f"appc image {shown(location)} has the label {key}={have.get(key)!r},"
+                        f" not {value!r}"
+                    )
 
         if urlparse(location).scheme in ("http", "https"):
             # A fetch that broke is tried again whole: the store keeps no partial ACI.

@@ -348,3 +348,16 @@ def test_a_sparse_file_of_a_gnu_tar_aci_is_whole_in_the_rootfs(
     data = (rootfs / "sp").read_bytes()
     assert len(data) == (1 << 20) + 3 and data.endswith(b"end") and not any(data[:-3])
     assert not (rootfs / "rootfs").exists()
+
+
+def test_an_aci_whose_labels_are_not_those_asked_for_is_refused_and_not_kept(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path
+) -> None:
+    # Served where version 1.0 is looked for, an ACI labelled 2.0 was kept, and then
+    # answered from the store for every later request of version 2.0.
+    wrong = aci_bytes(manifest_doc("example.com/app", version="2.0"), {"v": b"2"})
+    put_aci(aci_dir, "example.com/app", wrong, version="1.0")
+    asked = "appc:example.com/app,version=1.0"
+    line = one_line_error(appc_lazyfs("provision", "c1", asked, check=False))
+    assert "has the label version='2.0', not '1.0'" in line
+    assert list((appc_lazyfs.work_dir / "store" / "appc" / "images").iterdir()) == []
