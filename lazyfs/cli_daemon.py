@@ -98,10 +98,14 @@ def _anchored(value: str) -> str:
         return value  # inline JSON, or nothing
     if text.startswith("file://"):
         path = text[len("file://") :]
-        return value if not path or os.path.isabs(path) else f"file://{os.path.abspath(path)}"
+        return value if not path or os.path.isabs(path) else f"file://{_from_here(path)}"
     if "://" in text or text.startswith("file:"):
         return value  # a URL: http(s), or one its flag refuses in words of its own
-    return value if os.path.isabs(value) else os.path.join(os.getcwd(), value)
+    return value if os.path.isabs(value) else _from_here(value)
+
+
+def _from_here(path: str) -> str:
+    return os.path.join(os.getcwd(), path)  # as the flag would have read it: a trailing / stays
 
 
 def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:

@@ -49,17 +49,21 @@ class AciInfo:
 
 
 class _Counted:
-    """``stream``, counting the bytes read from it."""
+    """``stream``, counting the bytes read from it; ``count``: the bound is judged on
+    them, or on the size told (``told``) while that is more."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, told: int | None) -> None:
         self._stream = stream
-        self.read_bytes = 0
-        self.count = 0  # what the bound is judged on: the size told, or the bytes read
+        self._told = told or 0
+        self._read = 0
+
+    @property
+    def count(self) -> int:
+        return max(self._told, self._read)
 
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
-        self.read_bytes += len(data)
-        self.count = max(self.count, self.read_bytes)
+        self._read += len(data)
         return data
 
 
@@ -113,8 +117,7 @@ def read_aci(
     those read so far; a bomb stops at the bound), UnsafeLayer for an entry
     escaping ``rootfs/``.  ``out`` is not flushed or closed.
     """
-    counted = _Counted(stream)
-    counted.count = size or 0  # the bound grows past it only as more is read
+    counted = _Counted(stream, size)
     tee = _Tee(decompressed(counted), out, what, limits or LayerLimits(), counted)  # type: ignore[arg-type]
     manifest_bytes: bytes | None = None
     try:

@@ -90,14 +90,15 @@ def docker_config_document(
     text: str, what: str = "--docker_config"
 ) -> tuple[dict[str, Credentials], dict[str, Any]]:
     """``parse_docker_config``'s credentials, and the whole JSON object they came from."""
-    stripped: str | bytes = text.strip()
-    if not text.strip().startswith("{"):
+    stripped = text.strip()
+    body: str | bytes = stripped
+    if not stripped.startswith("{"):
         try:
-            stripped = Path(text.strip()).read_bytes()  # not UTF-8: JSON's ValueError below
+            body = Path(stripped).read_bytes()  # not UTF-8: JSON's ValueError below
         except OSError as exc:
             raise UsageError(f"{what}: cannot read {text}: {exc.strerror}") from exc
     try:
-        doc = untrusted_json.loads(stripped)
+        doc = untrusted_json.loads(body)
     except ValueError:
         raise UsageError(f"{what}: not valid JSON") from None
     if not isinstance(doc, dict):

@@ -153,8 +153,8 @@ class UpperCopy(UpperState):
         """Put ``node`` at ``name`` in directory ``fd`` whole, or leave ``name`` as it was.
 
         ``make(work_fd, temp)`` makes it in ``work``, where it gets its attributes;
-        then one rename (with ``whiteout``, an exchange with the whiteout at
-        ``name``, removed after) puts it in place. A failure on the way (an xattr
+        then one rename puts it in place (over the whiteout at ``name``, with
+        ``whiteout``; a directory swaps with it, ``_swap_in_dir``). A failure on the way (an xattr
         the upper's filesystem refuses, ENOSPC, the mount killed) leaves no
         half-made entry at ``name``: none that the next try finds in its way,
         and none that the next mount loads without its attributes (a file of

@@ -49,11 +49,12 @@ class GcConfig:
 
 def parse_gc_config(text: str, where: str = "--image_gc_config") -> GcConfig:
     """The config ``text`` gives: JSON, or the path (or ``file://`` URL) of a JSON file."""
-    body: str | bytes = text.strip()
-    if not body:
+    stripped = text.strip()
+    body: str | bytes = stripped
+    if not stripped:
         raise UsageError(f"{where} is empty: give JSON or a file holding it")
-    if not text.strip().startswith(("{", "[")):
-        path = text.strip().removeprefix("file://")
+    if not stripped.startswith(("{", "[")):
+        path = stripped.removeprefix("file://")
         try:
             with open(path, "rb") as stream:
                 body = stream.read()  # bytes: not UTF-8 is JSON's ValueError below
