@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -47,12 +45,12 @@ from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, start_daemon
 from lazyfs.fs import mount_server_client as server_client
 from lazyfs.fs.mount_wire import (
-    INDEXED,
     READY,
     REFUSED,
     layer_arg,
     parse_layer_arg,
     parse_layer_args,
+    read_answer,
     refusal,
     refused_error,
 )
@@ -135,6 +133,10 @@ def mount(
     when the mount does not come up within ``timeout`` of the layers being
     indexed (the reason from the mount process's answer or log).
     """
+    # Absolute, as they are read from the mount process's command line (by ``unmount``,
+    # GC and ``ps``): it serves from ``/``, and its caller may be anywhere.
+    mountpoint, store = mountpoint.absolute(), store.absolute()
+    upper, work = (None if path is None else path.absolute() for path in (upper, work))
     argv = ["--mountpoint", str(mountpoint), "--store", str(store)]
     origins = {} if remote is None else remote.origins
     daemon: DaemonSpec | None = None
@@ -198,7 +200,7 @@ def mount(
                 from lazyfs.fs.mount_ahead import ask_ahead  # loaded by lazy mounts only
 
                 ask_ahead(daemon.cache_dir, store, layers, origins, remote.executable, trace)
-            answer = _read_answer(read_end, timeout)
+            answer = read_answer(read_end, timeout)
         except BaseException:
             # Interrupted (Ctrl-C while a big layer is indexed): it must not mount later.
             _abandon(pid, mountpoint, timeout)
@@ -329,34 +331,6 @@ def recorded_pid(record: Path) -> int | None:
         return int((record / "pid").read_text())
     except (OSError, ValueError):
         return None
-
-
-def _read_answer(fd: int, timeout: float) -> bytes:
-    """The mount process's last answer on its ready pipe (see the module docstring).
-
-    No deadline while it indexes (a big layer takes what it takes);
-    ``timeout`` from its ``indexed`` on.  Whatever it wrote before closing
-    the pipe, b"" if nothing (it died).
-    """
-    deadline: float | None = None
-    answer = b""
-    while True:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            break
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return answer
-        answer += chunk
-        if answer.startswith(INDEXED):
-            answer = answer[len(INDEXED) :]
-            deadline = time.monotonic() + timeout
-        if answer == READY:
-            return answer
-    return answer if answer else b"timed out waiting for the mount"
 
 
 def _abandon(pid: int, mountpoint: Path, timeout: float) -> None:

@@ -3,6 +3,7 @@
 ``layer_arg`` and ``parse_layer_args``: a layer's descriptor as the mount
 process's ``--layer`` argument (JSON: digest, media type, size, diff_id,
 annotations, and for a layer still in a registry its ``origin``).
+``read_answer``: the mount process's last answer on its ready pipe.
 ``refusal`` and ``refused_error``: an error the mount process raised while
 indexing, as the answer line that carries it back, and the same error again
 on the caller's side. The answers themselves (``INDEXED``, ``READY``) are
@@ -18,6 +19,8 @@ import argparse
 import functools
 import json
 import os
+import select
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,3 +191,31 @@ def mount_limits(args: argparse.Namespace) -> LayerLimits | None:
     from providers.layer_limits import LayerLimits
 
     return LayerLimits(**given)
+
+
+def read_answer(fd: int, timeout: float) -> bytes:
+    """The mount process's last answer on its ready pipe (see the module docstring).
+
+    No deadline while it indexes (a big layer takes what it takes);
+    ``timeout`` from its ``indexed`` on.  Whatever it wrote before closing
+    the pipe, b"" if nothing (it died).
+    """
+    deadline: float | None = None
+    answer = b""
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return answer
+        answer += chunk
+        if answer.startswith(INDEXED):
+            answer = answer[len(INDEXED) :]
+            deadline = time.monotonic() + timeout
+        if answer == READY:
+            return answer
+    return answer if answer else b"timed out waiting for the mount"

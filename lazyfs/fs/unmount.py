@@ -46,7 +46,7 @@ def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT)
     never signalled.  Raises BackendError if the mount stays.
     """
     fusermount_unmount(mountpoint)
-    seen = "other" if pid is None else _identify(pid, mountpoint)
+    seen = "other" if pid is None else _identify(pid, mountpoint.absolute())
     if pid is not None and seen == "exiting":
         wait_gone(pid, timeout)  # cannot be told whose: reaped if ours, never signalled
     if pid is not None and seen == "mount" and not wait_gone(pid, timeout):

@@ -26,6 +26,7 @@ import pytest
 from lazyfs.fs import caps as fuse_caps
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.fs import mount_server_client as server_client
+from lazyfs.gc.uses import mounted_layers
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
@@ -653,6 +654,9 @@ def test_a_mount_given_relative_paths_serves_them_from_the_root(
     )
     try:
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        # Its command line names them as unmount and GC look for them, whoever asks.
+        assert [x.pid for x in mounted_layers(lazy_store.root)] == [pid]
+        assert runs_mount_main(pid, tmp_path / "mnt")
         (tmp_path / "mnt" / "written").write_text("kept in the upper\n")
         assert (tmp_path / "record" / "upper" / "written").read_text() == "kept in the upper\n"
         assert (tmp_path / "mnt" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
