@@ -57,6 +57,15 @@ class AppcRef:
         text = ",".join([self.name, *(f"{k}={v}" for k, v in self.labels)])
         return f"{text}@{self.image_id}" if self.image_id else text
 
+    def reference(self) -> str:
+        """The text form sources are given; BadImage if it would read back as another
+        reference: a label value with "," or "@sha512-" in it (a dependency's may)."""
+        text = str(self)
+        if parse_appc_ref(text) != self:
+            labels = ", ".join(f"{k}={v!r}" for k, v in self.labels)
+            raise BadImage(f"appc image {self.name}: its labels ({labels}) cannot be spelled")
+        return text
+
     def describe(self) -> str:
         """The id when there is one, else the name and labels: for messages."""
         return self.image_id or ",".join([self.name, *(f"{k}={v}" for k, v in self.labels)])

@@ -30,6 +30,7 @@ import contextlib
 import io
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -60,6 +61,10 @@ def host_arch() -> str:
     """The host's architecture as the App Container spec names it."""
     machine = platform.machine()
     return _ARCH.get(machine, machine)
+
+
+# What a label may be to be spelled in a discovery location (semver's "+" included).
+_LOCATION_WORD_RE = re.compile(r"[A-Za-z0-9._+~-]+")
 
 
 def with_defaults(labels: Mapping[str, str]) -> dict[str, str]:
@@ -139,8 +144,19 @@ class AppcStore:
 
 
 def discovery_location(prefix: str, name: str, labels: Mapping[str, str]) -> str:
-    """Where simple discovery finds ``name`` with ``labels``: a URL or a file path."""
+    """Where simple discovery finds ``name`` with ``labels``: a URL or a file path.
+
+    BadImage when a value it spells in is not a plain word: a dependency's labels
+    are the image's to choose, and ``/``, ``?``, ``#``, ``@`` or ``%`` in one would
+    pick another file, path or host than the template's.
+    """
     full = with_defaults(labels)
+    for key in ("version", "os", "arch"):
+        if not _LOCATION_WORD_RE.fullmatch(full[key]):
+            raise BadImage(
+                f"appc image {name}: the label {key}={full[key]!r} cannot be spelled"
+                " in a discovery location"
+            )
     file_name = f"{name}-{full['version']}-{full['os']}-{full['arch']}.aci"
     scheme = urlparse(prefix).scheme
     if scheme in ("http", "https"):

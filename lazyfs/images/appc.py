@@ -121,7 +121,7 @@ class AppcProvider:
     def _resolve(
         self, wanted: AppcRef, *, cached: bool, progress: Progress
     ) -> tuple[str, AciManifest]:
-        reference = str(wanted)
+        reference = wanted.reference()
         if cached:
             try:
                 return self._stored(AppcStoreSource(self.appc_store), reference)

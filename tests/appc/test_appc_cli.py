@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from providers.appc_store import host_arch
 from tests.support.acis import (
     APP,
     aci_bytes,
@@ -361,3 +362,39 @@ def test_an_aci_whose_labels_are_not_those_asked_for_is_refused_and_not_kept(
     line = one_line_error(appc_lazyfs("provision", "c1", asked, check=False))
     assert "has the label version='2.0', not '1.0'" in line
     assert list((appc_lazyfs.work_dir / "store" / "appc" / "images").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "labels", "where", "said"),
+    [
+        # "#" ends the URL's path: it fetched example.com/dep-1.0, outside the template.
+        ("1.0#", {"version": "1.0#"}, "dep-1.0", "cannot be spelled in a discovery location"),
+        # "," read back as a second label the image chose: os=plan9.
+        ("1.0,os=plan9", {"version": "1.0", "os": "plan9"}, "dep-1.0-plan9-{arch}.aci", "(ver"),
+    ],
+)
+def test_a_dependency_label_cannot_choose_where_discovery_looks(
+    appc_lazyfs: AppcLazyfs,
+    aci_dir: Path,
+    http_prefix: str,
+    version: str,
+    labels: dict[str, str],
+    where: str,
+    said: str,
+) -> None:
+    # A dependency's labels are the image's to choose, and discovery spells them into
+    # its URL: unchecked, they named any path on the server, or labels never asked for.
+    doc = manifest_doc("example.com/dep")
+    doc["labels"] = [{"name": k, "value": v} for k, v in labels.items()]
+    (aci_dir / "example.com").mkdir()
+    (aci_dir / "example.com" / where.format(arch=host_arch())).write_bytes(
+        aci_bytes(doc, {"d": b"dep"})
+    )
+    wants = [{"imageName": "example.com/dep", "labels": [{"name": "version", "value": version}]}]
+    top = aci_bytes(manifest_doc("example.com/top", dependencies=wants), {"t": b"top"})
+    put_aci(aci_dir, "example.com/top", top)
+    result = appc_lazyfs("provision", "c1", "appc:example.com/top", check=False, prefix=http_prefix)
+    line = one_line_error(result)
+    assert "appc image example.com/dep" in line and said in line
+    images = appc_lazyfs.work_dir / "store" / "appc" / "images"
+    assert len(list(images.iterdir())) == 1  # the top image only: nothing fetched for dep
