@@ -34,7 +34,6 @@ from typing import Protocol
 import trio
 
 from backends.base import Backend
-from backends.mounts import unmount_all_under
 from backends.names import default_backend_name, make_backend
 from lazyfs.fs.mount import DaemonSpec
 from lazyfs.progress import Progress
@@ -53,13 +52,13 @@ from lazyfs.provision.records import (
     write_info,
 )
 from lazyfs.provision.revive import revive
+from lazyfs.provision.teardown import remove_container, remove_failed
 from lazyfs.provision.usage import read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, in_use_async, locked_async
-from providers.errors import BadImage, Conflict, LazyfsError, NotFound, UsageError
+from providers.errors import BadImage, Conflict, NotFound, UsageError
 from providers.fslock import exclusive_lock, try_exclusive_lock
-from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.layer_limits import LayerLimits
 from providers.manifest import ImageManifest
@@ -213,9 +212,9 @@ class Provisioner:
                     publish(info)
                 (home / "provisioning").unlink()
                 return info
-            except BaseException:
+            except BaseException as error:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._remove, home)
+                    await trio.to_thread.run_sync(remove_failed, home, self.backend, error)
                 raise
 
     async def destroy(self, container_id: str) -> bool:
@@ -361,25 +360,7 @@ class Provisioner:
 
     def _remove(self, home: Path) -> None:
         """Destroy every rootfs under ``home`` with its backend, then ``home``."""
-        backends_dir = home / "backends"
-        if backends_dir.is_dir():
-            for backend_dir in backends_dir.iterdir():
-                rootfses = backend_dir / "rootfses"
-                if not rootfses.is_dir():
-                    continue
-                try:
-                    backend: Backend | None = self.backend(backend_dir.name)
-                except LazyfsError:
-                    backend = None  # a name this version does not know: unmount only
-                for rootfs in rootfses.iterdir():
-                    if backend is None:
-                        unmount_all_under(rootfs)
-                    else:
-                        backend.destroy(rootfs)
-        # Whatever a backend missed (or a runtime left) is unmounted before the
-        # delete, which must never reach through a mount into shared data.
-        unmount_all_under(home)
-        remove_tree(home)
+        remove_container(home, self.backend)
 
     @contextlib.asynccontextmanager
     async def _locked(self, container_id: str) -> AsyncIterator[None]:

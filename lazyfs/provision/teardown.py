@@ -1,0 +1,62 @@
+"""Taking a container's directory down: each rootfs by its backend, then the rest.
+
+``remove_container`` is what ``destroy`` and ``recover`` do. After a failed
+provision, ``remove_failed`` does it without raising over the provision's
+own error: a clean-up that fails too leaves a half-done container for
+``destroy`` or ``recover``, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from backends.base import Backend
+from backends.mounts import unmount_all_under
+from providers.errors import LazyfsError
+from providers.fstree import remove_tree
+
+log = logging.getLogger(__name__)
+
+
+def remove_container(home: Path, backend_for: Callable[[str], Backend]) -> None:
+    """Destroy every rootfs under ``home`` with its backend, then ``home``. Blocking."""
+    backends_dir = home / "backends"
+    if backends_dir.is_dir():
+        for backend_dir in backends_dir.iterdir():
+            rootfses = backend_dir / "rootfses"
+            if not rootfses.is_dir():
+                continue
+            try:
+                backend: Backend | None = backend_for(backend_dir.name)
+            except LazyfsError:
+                backend = None  # a name this version does not know: unmount only
+            for rootfs in rootfses.iterdir():
+                if backend is None:
+                    unmount_all_under(rootfs)
+                else:
+                    backend.destroy(rootfs)
+    # Whatever a backend missed (or a runtime left) is unmounted before the
+    # delete, which must never reach through a mount into shared data.
+    unmount_all_under(home)
+    remove_tree(home)
+
+
+def remove_failed(home: Path, backend_for: Callable[[str], Backend], error: BaseException) -> None:
+    """``remove_container`` after its provision failed with ``error``, which stays the one told.
+
+    The record goes first, so that whatever the removal cannot take is
+    half-done work to ``recover``, never a container that looks provisioned.
+    """
+    try:
+        (home / "info.json").unlink(missing_ok=True)
+        remove_container(home, backend_for)
+    except Exception as other:
+        log.warning(
+            "container %s is left half done (destroy or recover removes it): removing it after"
+            " its provision failed (%s) failed too: %s",
+            home.name,
+            type(error).__name__,
+            other,
+        )
