@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -271,65 +270,9 @@ def _stale_tree(name: str) -> bool:
 
 
 def _run(app: App, args: argparse.Namespace) -> int:
-    from lazyfs.cli_early import started_ahead
-    from lazyfs.cli_exec import exec_problem
-    from lazyfs.cli_volumes import container_request, volume_mounts
-    from lazyfs.progress import Progress
-    from lazyfs.provision import runtime
+    from lazyfs.cli_container import run_container
 
-    command = list(args.command_args)
-    if command and command[0] == "--":
-        command = command[1:]
-    if args.read_only and args.writable:
-        raise UsageError("give --read-only or --writable, not both")
-    if args.tty and not sys.stdin.isatty():
-        raise UsageError("run -t: stdin is not a terminal (run -t needs one, as docker run -t)")
-    spec = container_request(args, lambda: _image(args))
-    container_id = f"run-{uuid.uuid4().hex[:12]}"
-    # Held from provision to destroy: recover elsewhere sees the container busy.
-    with (
-        started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()),
-        app.provisioner.hold(container_id),
-    ):
-        info: ProvisionInfo = run_trio(
-            lambda: app.provisioner.provision(
-                container_id,
-                spec.image,
-                args.backend,
-                writable=not args.read_only,
-                volumes=spec.volumes,
-                progress=Progress(),
-                command=command,  # the prefetch trace is of the image and this command
-            )
-        )
-        bundle = app.provisioner.containers / container_id / "bundle"
-        try:
-            config = runtime.bundle_config(
-                info.rootfs,
-                info.config,
-                command,
-                # The copy backend's rootfs is writable whatever was asked: runc
-                # makes it read-only then.
-                readonly=args.read_only or not info.writable,
-                # Relative: runc puts it under the cgroup of the process that runs it.
-                cgroups_path=f"lazyfs/{container_id}",
-            )
-            config["mounts"].extend(volume_mounts(info))
-            process = config["process"]
-            # As a shell says it, not as runc's failure to start (status 1).
-            problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
-            if problem is not None:
-                print(f"lazyfs: {problem[0]}", file=sys.stderr)
-                return problem[1]
-            process["terminal"] = args.tty
-            runtime.write_bundle(bundle, config)
-            return runtime.run_bundle(bundle, container_id, runtime.state_root(app.work_dir))
-        finally:
-            run_trio(lambda: app.provisioner.destroy(container_id))
-            if args.publish_indexes:  # its mount kept the trace it recorded as it ended
-                from lazyfs.cli_index import publish_run_traces
-
-                publish_run_traces(args, app.docker, info.image)
+    return run_container(app, args, lambda: _image(args))
 
 
 def _index(app: App, args: argparse.Namespace) -> int:
