@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import json
 import os
-import re
 import signal
-import stat
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lazyfs.provision.image_user import resolve_user
 from providers.errors import BadImage, LazyfsError
-from providers.layer_entry import MAX_ID
 from providers.manifest import RuntimeConfig
 
-_ID = re.compile(r"[0-9]{1,10}")
-MAX_TABLE = 4 << 20  # bytes of /etc/passwd or /etc/group read: far more than any has
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -42,96 +37,13 @@ def command_line(config: RuntimeConfig, command: Sequence[str]) -> list[str]:
     return args
 
 
-def environment(config: RuntimeConfig) -> list[str]:
+def environment(config: RuntimeConfig, home: str) -> list[str]:
     env = list(config.env)
     if not any(item.startswith("PATH=") for item in env):
         env.insert(0, DEFAULT_PATH)
     if not any(item.startswith("HOME=") for item in env):
-        env.append("HOME=/root")
+        env.append(f"HOME={home}")
     return env
-
-
-def resolve_user(rootfs: Path, user: str) -> tuple[int, int]:
-    """``user`` as Docker takes it (name, uid, name:group, uid:gid) to numbers.
-
-    Names are looked up in the rootfs' /etc/passwd and /etc/group, never the
-    host's. An unknown name is an error, as in Docker.
-    """
-    if not user:
-        return 0, 0
-    name, _, group = user.partition(":")
-    passwd = _read_table(rootfs, "etc/passwd")
-    groups = _read_table(rootfs, "etc/group")
-    uid = _id(name)
-    gid: int | None = None
-    if uid is not None:
-        for row in passwd:
-            if len(row) > 3 and _id(row[2]) == uid and (gid := _id(row[3])) is not None:
-                break
-    else:
-        for row in passwd:
-            if len(row) > 3 and row[0] == name:
-                row_uid, row_gid = _id(row[2]), _id(row[3])
-                if row_uid is not None and row_gid is not None:
-                    uid, gid = row_uid, row_gid
-                    break
-        if uid is None:
-            raise BadImage(f"user {name[:100]!r} is not in the image's /etc/passwd")
-    if group:
-        gid = _id(group)
-        if gid is None:
-            found = [_id(row[2]) for row in groups if len(row) > 2 and row[0] == group]
-            gid = next((number for number in found if number is not None), None)
-            if gid is None:
-                raise BadImage(f"group {group[:100]!r} is not in the image's /etc/group")
-    return uid, gid if gid is not None else 0
-
-
-def _id(text: str) -> int | None:
-    """``text`` as a uid or gid: ASCII digits up to 2**32 - 2 (``str.isdigit`` takes ``²``)."""
-    if _ID.fullmatch(text) is None or int(text) > MAX_ID:
-        return None
-    return int(text)
-
-
-def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
-    """Read a colon table from the rootfs without following any symlink out of it.
-
-    Only a regular file is read: the image may put a FIFO there (the read
-    would never end) or a device node (opened on the host, as root, outside
-    any container's device rules); none, or anything else, is an empty
-    table. One longer than ``MAX_TABLE`` is a BadImage, as is a read that fails.
-    """
-    *parents, last = relative.split("/")
-    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parents:
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        # O_PATH: nothing is opened but the name, whatever the image made it.
-        nxt = os.open(last, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        os.close(fd)
-        fd = nxt
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError as error:
-        os.close(fd)
-        if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            return []  # none, or a symlink: no table
-        raise BadImage(f"cannot read the image's /{relative}: {error.strerror}") from None
-    try:
-        if not regular:
-            return []
-        with open(f"/proc/self/fd/{fd}", "rb") as table:  # that inode, readable
-            data = table.read(MAX_TABLE + 1)
-    except OSError as error:  # /proc missing too: never an empty table in silence
-        raise BadImage(f"cannot read the image's /{relative}: {error}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_TABLE:
-        raise BadImage(f"the image's /{relative} is larger than {MAX_TABLE} bytes")
-    lines = data.decode("utf-8", "replace").split("\n")
-    return [line.split(":") for line in lines if not line.startswith("#")]
 
 
 def bundle_config(
@@ -144,7 +56,7 @@ def bundle_config(
     hostname: str = "lazyfs",
 ) -> dict[str, Any]:
     """An OCI runtime spec ``config.json`` for running ``command`` in ``rootfs``."""
-    uid, gid = resolve_user(rootfs, config.user)
+    user = resolve_user(rootfs, config.user)
     cwd = config.working_dir or "/"
     if not cwd.startswith("/"):
         cwd = "/" + cwd
@@ -153,9 +65,9 @@ def bundle_config(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": uid, "gid": gid, "additionalGids": []},
+            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.groups)},
             "args": command_line(config, command),
-            "env": environment(config),
+            "env": environment(config, user.home),
             "cwd": cwd,
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],

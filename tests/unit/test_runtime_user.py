@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.provision.runtime import resolve_user
+from lazyfs.provision.image_user import MAX_GROUPS, ImageUser, resolve_user
 from providers.errors import BadImage
 
 PASSWD = (
     "root:x:0:0::/root:/bin/sh\n# a comment\napp:x:1000:1001::/srv:/bin/sh\nodd:x:²:7::/:/bin/sh\n"
 )
-GROUP = "root:x:0:\nstaff:x:50:app\nbad:x:9999999999999:\n"
+GROUP = "root:x:0:\nstaff:x:50:app\nbad:x:9999999999999:\nwheel:x:10:root,app\nodd:x:²:app\n"
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def rootfs(tmp_path: Path) -> Path:
 def test_names_and_numbers_as_docker_takes_them(
     rootfs: Path, user: str, ids: tuple[int, int]
 ) -> None:
-    assert resolve_user(rootfs, user) == ids
+    found = resolve_user(rootfs, user)
+    assert (found.uid, found.gid) == ids
 
 
 @pytest.mark.parametrize(
@@ -93,4 +94,34 @@ def test_a_table_past_the_bound_is_refused_not_cut(rootfs: Path) -> None:
 
 def test_a_numeric_user_finds_its_group_by_number_not_spelling(rootfs: Path) -> None:
     (rootfs / "etc" / "passwd").write_text("app:x:01000:1001::/:/bin/sh\n")
-    assert resolve_user(rootfs, "1000") == (1000, 1001)
+    assert resolve_user(rootfs, "1000") == ImageUser(1000, 1001, (50, 10), "/")
+
+
+@pytest.mark.parametrize(
+    ("user", "groups", "home"),
+    [
+        # As docker run does (runc sets HOME from the row, "/" without one): Docker's
+        # busybox runs as root in groups 0 and 10, with HOME=/root.
+        ("", (10,), "/root"),
+        ("app", (50, 10), "/srv"),
+        ("1000", (50, 10), "/srv"),  # the row found by uid gives the name groups list
+        ("app:staff", (), "/srv"),  # a group given: no supplementary ones
+        ("4242", (), "/"),  # no row: no name to be listed, no home
+    ],
+)
+def test_supplementary_groups_and_home_come_from_the_image(
+    rootfs: Path, user: str, groups: tuple[int, ...], home: str
+) -> None:
+    found = resolve_user(rootfs, user)
+    assert (found.groups, found.home) == (groups, home)
+
+
+def test_a_scratch_image_runs_as_root_in_no_group_at_slash(tmp_path: Path) -> None:
+    assert resolve_user(tmp_path, "") == ImageUser(0, 0, (), "/")
+
+
+def test_more_groups_than_setgroups_takes_is_a_one_line_refusal(rootfs: Path) -> None:
+    rows = "".join(f"g{n}:x:{n + 100}:app\n" for n in range(MAX_GROUPS + 1))
+    (rootfs / "etc" / "group").write_text(rows)
+    with pytest.raises(BadImage, match="user 'app' is in more than 65536 groups"):
+        resolve_user(rootfs, "app")

@@ -1,0 +1,128 @@
+"""Who a container's process runs as: the image's ``User``, its /etc/passwd and /etc/group.
+
+Worked out as Docker does with runc: a name or uid, with an optional group;
+the group, supplementary groups and home directory from the image's own
+tables, never the host's. The tables are the image's to make: only a
+regular file is read, and at most ``MAX_TABLE`` bytes of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from providers.errors import BadImage
+from providers.layer_entry import MAX_ID
+
+_ID = re.compile(r"[0-9]{1,10}")
+MAX_TABLE = 4 << 20  # bytes of /etc/passwd or /etc/group read: far more than any has
+MAX_GROUPS = 65536  # NGROUPS_MAX: setgroups takes no more
+
+
+@dataclass(frozen=True)
+class ImageUser:
+    """Who a container's process runs as, worked out as Docker does (with runc)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()  # supplementary
+    home: str = "/"
+
+
+def resolve_user(rootfs: Path, user: str) -> ImageUser:
+    """``user`` as Docker takes it (name, uid, name:group, uid:gid; empty is root).
+
+    Names are looked up in the rootfs' /etc/passwd and /etc/group, never the
+    host's. An unknown name is an error, as in Docker. The user's passwd row
+    (by name, or by uid when a number) gives the group when none is given,
+    and the home directory (``/`` without one). Without a group given, the
+    supplementary groups are those /etc/group lists the row's name in.
+    """
+    name, _, group = user.partition(":")
+    passwd = _read_table(rootfs, "etc/passwd")
+    rows = [
+        row
+        for row in passwd
+        if len(row) > 3 and _id(row[2]) is not None and _id(row[3]) is not None
+    ]
+    uid = _id(name) if name else 0
+    if uid is not None:
+        row = next((row for row in rows if _id(row[2]) == uid), None)
+    else:
+        row = next((row for row in rows if row[0] == name), None)
+        if row is None:
+            raise BadImage(f"user {name[:100]!r} is not in the image's /etc/passwd")
+        uid = _id(row[2])
+    gid = None if row is None else _id(row[3])
+    home = row[5] if row is not None and len(row) > 5 and row[5] else "/"
+    table = _read_table(rootfs, "etc/group")
+    if group:
+        gid = _id(group)
+        if gid is None:
+            found = [_id(row[2]) for row in table if len(row) > 2 and row[0] == group]
+            gid = next((number for number in found if number is not None), None)
+            if gid is None:
+                raise BadImage(f"group {group[:100]!r} is not in the image's /etc/group")
+        return ImageUser(uid or 0, gid, (), home)
+    login = None if row is None else row[0]
+    groups = tuple(
+        number
+        for entry in table
+        if len(entry) > 3 and login in entry[3].split(",") and (number := _id(entry[2])) is not None
+    )
+    if len(groups) > MAX_GROUPS:
+        raise BadImage(
+            f"user {login!r} is in more than {MAX_GROUPS} groups of the image's /etc/group"
+        )
+    return ImageUser(uid or 0, gid or 0, groups, home)
+
+
+def _id(text: str) -> int | None:
+    """``text`` as a uid or gid: ASCII digits up to 2**32 - 2 (``str.isdigit`` takes ``²``)."""
+    if _ID.fullmatch(text) is None or int(text) > MAX_ID:
+        return None
+    return int(text)
+
+
+def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
+    """Read a colon table from the rootfs without following any symlink out of it.
+
+    Only a regular file is read: the image may put a FIFO there (the read
+    would never end) or a device node (opened on the host, as root, outside
+    any container's device rules); none, or anything else, is an empty
+    table. One longer than ``MAX_TABLE`` is a BadImage, as is a read that fails.
+    """
+    *parents, last = relative.split("/")
+    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parents:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        # O_PATH: nothing is opened but the name, whatever the image made it.
+        nxt = os.open(last, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as error:
+        os.close(fd)
+        if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return []  # none, or a symlink: no table
+        raise BadImage(f"cannot read the image's /{relative}: {error.strerror}") from None
+    try:
+        if not regular:
+            return []
+        with open(f"/proc/self/fd/{fd}", "rb") as table:  # that inode, readable
+            data = table.read(MAX_TABLE + 1)
+    except OSError as error:  # /proc missing too: never an empty table in silence
+        raise BadImage(f"cannot read the image's /{relative}: {error}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TABLE:
+        raise BadImage(f"the image's /{relative} is larger than {MAX_TABLE} bytes")
+    lines = data.decode("utf-8", "replace").split("\n")
+    return [line.split(":") for line in lines if not line.startswith("#")]
