@@ -398,3 +398,34 @@ def test_a_dependency_label_cannot_choose_where_discovery_looks(
     assert "appc image example.com/dep" in line and said in line
     images = appc_lazyfs.work_dir / "store" / "appc" / "images"
     assert len(list(images.iterdir())) == 1  # the top image only: nothing fetched for dep
+
+
+def test_the_progress_line_on_a_terminal_shows_the_prefix_without_credentials(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path, http_prefix: str
+) -> None:
+    # Progress draws only on a terminal: stderr is a pty's here, read to its end.
+    secret = http_prefix.replace("http://", "http://ann:s3cret@")
+    put_aci(aci_dir, "example.com/web", aci_bytes(manifest_doc("example.com/web"), {"a": b"1"}))
+    terminal, child_end = os.openpty()
+    argv = appc_lazyfs.argv("provision", "c1", "appc:example.com/web", prefix=secret)
+    run = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=child_end)
+    os.close(child_end)
+    drawn = b""
+    try:
+        while chunk := _read_terminal(terminal):
+            drawn += chunk
+    finally:
+        os.close(terminal)
+        out, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, drawn
+    assert json.loads(out)["rootfs"]
+    assert f"fetching {http_prefix}example.com/web-latest-".encode() in drawn
+    assert b"s3cret" not in drawn
+
+
+def _read_terminal(fd: int) -> bytes:
+    """What the other end wrote; b"" once it closed (a pty's master reads EIO then)."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""

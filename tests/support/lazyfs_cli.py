@@ -70,10 +70,8 @@ class AppcLazyfs:
     work_dir: Path
     prefix: str
 
-    def __call__(
-        self, *args: str, check: bool = True, prefix: str | None = None, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        argv = [
+    def argv(self, *args: str, prefix: str | None = None) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "lazyfs",
@@ -85,6 +83,11 @@ class AppcLazyfs:
             self.prefix if prefix is None else prefix,
             *args,
         ]
+
+    def __call__(
+        self, *args: str, check: bool = True, prefix: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        argv = self.argv(*args, prefix=prefix)
         result = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
