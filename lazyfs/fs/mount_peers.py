@@ -24,6 +24,8 @@ def elsewhere(pid: int) -> str | None:
     in its cgroup: a caller elsewhere (unshare, a systemd unit with private
     mounts, another container's cgroup) must not have its mounts made there.
     A process we cannot look at (pid 0: outside our pid namespace) is elsewhere.
+    FileNotFoundError when it has ended (a zombie too) since it answered: no
+    server is there, as for a socket no process listens on.
     """
     if pid <= 0:
         return "pid namespace"
@@ -34,6 +36,8 @@ def elsewhere(pid: int) -> str | None:
         with open("/proc/self/cgroup", "rb") as ours, open(f"/proc/{pid}/cgroup", "rb") as its:
             if ours.read() != its.read():
                 return "cgroup"
+    except FileNotFoundError:
+        raise
     except OSError:
         return "place we cannot see"
     return None

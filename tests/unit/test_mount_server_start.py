@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,3 +93,33 @@ def test_a_spare_leaves_the_server_s_session_before_any_request(tmp_path: Path) 
             assert forker.stdout.readline().strip() == "0"
         finally:
             forker.kill()
+
+
+def test_a_socket_whose_listener_ended_since_is_no_server(tmp_path: Path) -> None:
+    # SO_PEERCRED names the process that made the listening socket. One that ended
+    # since (killed, a zombie not yet reaped) while the socket lived on was taken
+    # for a server "in another place we cannot see": every mount of the store failed.
+    directory = tmp_path / "server"
+    directory.mkdir(mode=0o700)
+    told, tell = os.pipe()
+    maker = os.fork()
+    if maker == 0:  # makes the socket, leaves it to a child that keeps it, and ends
+        try:
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(directory / server_client.SOCKET_NAME))
+            listener.listen(8)
+            keeper = os.fork()
+            if keeper == 0:
+                while True:
+                    signal.pause()  # connections queue on the socket, never accepted
+            os.write(tell, f"{keeper}".encode())
+        finally:
+            os._exit(0)
+    os.close(tell)
+    assert os.waitpid(maker, 0)[1] == 0
+    keeper = int(os.read(told, 64))
+    os.close(told)
+    try:
+        assert server_client._connect(directory) is None  # a new server replaces it
+    finally:
+        os.kill(keeper, signal.SIGKILL)
