@@ -2,19 +2,15 @@
 
 ``run_trio`` runs the work under trio and makes SIGTERM and SIGHUP cancel
 it as Ctrl-C does, so the provisioner's clean-up (shielded) runs either
-way; ``stopped_by_signals`` makes them raise between such works, so that
-the clean-up in a ``finally`` runs there too; ``failure_line`` words what
-ended a command (an error, an exception group, an interruption, a signal)
-as the CLI prints it, with its exit status: 1 for errors, 130 for Ctrl-C,
-128+N for signal N.
+way; ``failure_line`` words what ended a command (an error, an exception
+group, an interruption, a signal) as the CLI prints it, with its exit
+status: 1 for errors, 130 for Ctrl-C, 128+N for signal N.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from types import FrameType
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from providers.errors import LazyfsError
@@ -28,29 +24,6 @@ class Stopped(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def _stop(signum: int, _frame: FrameType | None) -> None:
-    raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def stopped_by_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP (unless ignored) raise Stopped for the block, in the main thread.
-
-    As Ctrl-C raises KeyboardInterrupt: the clean-up of a ``finally`` runs,
-    where their default would end the process at once. ``run_trio`` and
-    ``run_bundle`` put their own handlers in place meanwhile, then this one back.
-    """
-    wanted = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
-    previous = {sig: signal.getsignal(sig) for sig in wanted}
-    for sig in wanted:
-        signal.signal(sig, _stop)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def run_trio(work: Callable[[], Awaitable[T]]) -> T:

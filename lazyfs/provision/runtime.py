@@ -12,7 +12,6 @@ container still uses its rootfs, however its ``lazyfs run`` ended.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -157,12 +156,7 @@ def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
 
     stdin, stdout and stderr are the caller's. SIGINT, SIGTERM and SIGHUP
     (unless the caller ignores it, as under nohup) reach runc, which
-    forwards them to the container. runc runs in a process group of its
-    own, as a shell runs a job: the terminal's foreground while it runs, if
-    the caller's group was (runc and its init use the terminal, with or
-    without one of the container's own). A Ctrl-C then reaches runc from
-    the terminal alone: in the caller's group it came from both, and the
-    container got it twice. Should the caller die without a word
+    forwards them to the container. Should the caller die without a word
     (SIGKILL), runc gets SIGTERM (its parent-death signal) and forwards it
     as well: runc keeps supervising, so a container that ignores it runs
     on, and ``still_running`` says so. The runc state is deleted after.
@@ -171,11 +165,8 @@ def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
     """
     state_root.mkdir(parents=True, exist_ok=True)
     argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
-    terminal = _foreground_terminal()
     try:
-        process = subprocess.Popen(
-            argv, preexec_fn=_runc_child(os.getpid(), terminal), process_group=0
-        )
+        process = subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid()))
     except FileNotFoundError:
         raise LazyfsError("runc is not installed (run scripts/setup)") from None
     # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it.
@@ -190,40 +181,16 @@ def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if terminal is not None:
-            with contextlib.suppress(OSError):  # a terminal gone meanwhile
-                _make_foreground(terminal)
         _runc(state_root, "delete", "--force", container_id)
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
 
 
-def _foreground_terminal() -> int | None:
-    """A standard stream of the caller's on a terminal whose foreground is the caller's group."""
-    for fd in (0, 1, 2):
-        with contextlib.suppress(OSError):
-            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
-                return fd
-    return None
+def _term_when_parent_dies(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: SIGTERM to the child when ``parent`` dies, whatever kills it.
 
-
-def _make_foreground(terminal: int) -> None:
-    """Make the calling process's group the foreground of ``terminal``, as a shell does."""
-    # Asked from the background, which SIGTTOU would stop but for this.
-    held = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-    try:
-        os.tcsetpgrp(terminal, os.getpgrp())
-    finally:
-        signal.signal(signal.SIGTTOU, held)
-
-
-def _runc_child(parent: int, terminal: int | None) -> Callable[[], None]:
-    """runc's ``preexec_fn``, in its own process group (``process_group=0``) already.
-
-    It takes ``terminal``'s foreground, if given, before it runs. It gets
-    SIGTERM when ``parent`` dies, whatever kills it. Not SIGKILL: runc is the
-    container's parent but not its end (the container would outlive it,
-    unsupervised); SIGTERM reaches runc's forwarding instead.
+    Not SIGKILL: runc is the container's parent but not its end (the container
+    would outlive it, unsupervised); SIGTERM reaches runc's forwarding instead.
     """
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
 
@@ -231,8 +198,6 @@ def _runc_child(parent: int, terminal: int | None) -> Callable[[], None]:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # died before the signal was armed
             os._exit(128 + signal.SIGTERM)
-        if terminal is not None:
-            _make_foreground(terminal)
 
     return arm
 

@@ -9,12 +9,10 @@ hang-up reaches the container as SIGINT and SIGTERM do.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import subprocess
-import termios
 from pathlib import Path
 
 import pytest
@@ -147,42 +145,3 @@ def test_what_runc_cannot_answer_for(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # Without runc nothing runs under it.
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert not runtime.still_running(tmp_path, "torn")
-
-
-def test_a_ctrl_c_from_the_terminal_reaches_the_container_once(lazyfs: Lazyfs) -> None:
-    # A terminal's Ctrl-C goes to its foreground process group. runc was in lazyfs's,
-    # so it forwarded the signal beside lazyfs's own forwarding: the container got two.
-    # (Two may reach a shell as one: the group is what makes it once, for certain.)
-    work = lazyfs.work_dir
-    terminal, child_end = os.openpty()
-    script = 'trap "echo int" INT; trap "exit 3" TERM; echo up; while :; do sleep 1000 & wait; done'
-    run = subprocess.Popen(
-        lazyfs.argv("run", "--backend", "copy", "busybox", "--", "sh", "-c", script),
-        stdin=child_end,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-        start_new_session=True,  # then the pty becomes its controlling terminal
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-    )
-    os.close(child_end)
-    try:
-        assert run.stdout is not None
-        line = run.stdout.readline()
-        assert line == b"up\n", run.communicate(timeout=60)
-        (cid,) = containers(work)
-        supervisor = parent_of(json.loads(runc(work, "state", cid).stdout)["pid"])
-        # runc's group is the terminal's foreground, as a shell's job is: a Ctrl-C goes
-        # to runc alone, which forwards it once. lazyfs is out of its reach.
-        assert os.tcgetpgrp(terminal) == os.getpgid(supervisor) != os.getpgid(run.pid)
-        os.write(terminal, b"\x03")  # Ctrl-C, as the terminal's line discipline reads it
-        assert run.stdout.readline() == b"int\n"
-        run.send_signal(signal.SIGTERM)  # not the terminal's: lazyfs forwards it
-        # It ends, taking the foreground back from the background (SIGTTOU, ignored).
-        out, err = run.communicate(timeout=60)
-        assert (run.returncode, out, err) == (3, b"", b"")
-        assert containers(work) == []
-    finally:
-        if run.poll() is None:
-            kill_and_reap(run)
-        os.close(terminal)

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.cli_run import Stopped, run_trio, stopped_by_signals
+from lazyfs.cli_run import Stopped, run_trio
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -49,32 +49,3 @@ def test_an_error_inside_comes_out_as_itself() -> None:
 
     with pytest.raises(ValueError, match="the one cause"):
         run_trio(work)
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_between_works_a_signal_raises_and_a_finally_runs(signum: int) -> None:
-    # `lazyfs run` between its provision and runc: the default would end the process
-    # there and then, and the container it had just made would stay.
-    cleaned: list[bool] = []
-    before = signal.getsignal(signum)
-    with pytest.raises(Stopped) as caught, stopped_by_signals():
-        try:
-            os.kill(os.getpid(), signum)
-            signal.pause()  # not reached: the handler raises first, in this thread
-        finally:
-            cleaned.append(True)
-    assert caught.value.signum == signum and cleaned == [True]
-    assert signal.getsignal(signum) == before
-
-
-def test_run_trio_inside_gives_the_handler_back() -> None:
-    async def work() -> str:
-        return "done"
-
-    with stopped_by_signals():
-        handler = signal.getsignal(signal.SIGTERM)
-        assert run_trio(work) == "done"
-        assert signal.getsignal(signal.SIGTERM) == handler
-        with pytest.raises(Stopped):
-            os.kill(os.getpid(), signal.SIGTERM)
-            signal.pause()
