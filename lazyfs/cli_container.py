@@ -2,9 +2,10 @@
 
 As ``docker run --rm``: the container's exit status is the command's. Ctrl-C,
 SIGTERM and SIGHUP cancel the provision and the making of the runtime
-bundle, which run as one piece of async work (``run_trio``), and reach the
-container through runc while it runs (``runtime.run_bundle``); the
-container is destroyed after either.
+bundle, which run as one piece of async work (``run_trio``; a read of the
+rootfs under way finishes first), and reach the container through runc
+while it runs (``runtime.run_bundle``); the container is destroyed after
+either.
 """
 
 from __future__ import annotations

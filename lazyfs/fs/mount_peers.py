@@ -30,14 +30,20 @@ def elsewhere(pid: int) -> str | None:
     if pid <= 0:
         return "pid namespace"
     try:
-        for name in _NAMESPACES:
-            if os.readlink(f"/proc/self/ns/{name}") != os.readlink(f"/proc/{pid}/ns/{name}"):
+        ours = [os.readlink(f"/proc/self/ns/{name}") for name in _NAMESPACES]
+        with open("/proc/self/cgroup", "rb") as file:
+            our_cgroup = file.read()
+    except OSError:
+        return "place we cannot see"
+    try:
+        for name, mine in zip(_NAMESPACES, ours, strict=True):
+            if os.readlink(f"/proc/{pid}/ns/{name}") != mine:
                 return f"{name} namespace"
-        with open("/proc/self/cgroup", "rb") as ours, open(f"/proc/{pid}/cgroup", "rb") as its:
-            if ours.read() != its.read():
+        with open(f"/proc/{pid}/cgroup", "rb") as its:
+            if its.read() != our_cgroup:
                 return "cgroup"
     except FileNotFoundError:
-        raise
+        raise  # its entries are gone: it has ended
     except OSError:
         return "place we cannot see"
     return None

@@ -68,11 +68,14 @@ def resolve_user(rootfs: Path, user: str) -> ImageUser:
             if gid is None:
                 raise BadImage(f"group {group[:100]!r} is not in the image's /etc/group")
         return ImageUser(uid or 0, gid, (), home)
-    login = None if row is None else row[0]
+    login = "" if row is None else row[0]
     groups = tuple(
         number
         for entry in table
-        if len(entry) > 3 and login in entry[3].split(",") and (number := _id(entry[2])) is not None
+        if login
+        and len(entry) > 3
+        and login in entry[3].split(",")
+        and (number := _id(entry[2])) is not None
     )
     if len(groups) > MAX_GROUPS:
         raise BadImage(
@@ -124,5 +127,6 @@ def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
         os.close(fd)
     if len(data) > MAX_TABLE:
         raise BadImage(f"the image's /{relative} is larger than {MAX_TABLE} bytes")
-    lines = data.decode("utf-8", "replace").split("\n")
-    return [line.split(":") for line in lines if not line.startswith("#")]
+    # As runc reads them: each line trimmed (a CRLF file's rows match), blank ones skipped.
+    lines = (line.strip() for line in data.decode("utf-8", "replace").split("\n"))
+    return [line.split(":") for line in lines if line and not line.startswith("#")]

@@ -8,6 +8,7 @@ own error: a clean-up that fails too leaves a half-done container for
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -49,8 +50,9 @@ def remove_failed(home: Path, backend_for: Callable[[str], Backend], error: Base
     The record goes first, so that whatever the removal cannot take is
     half-done work to ``recover``, never a container that looks provisioned.
     """
-    try:
+    with contextlib.suppress(OSError):  # then the removal still tries
         (home / "info.json").unlink(missing_ok=True)
+    try:
         remove_container(home, backend_for)
     except Exception as other:
         log.warning(

@@ -125,3 +125,17 @@ def test_more_groups_than_setgroups_takes_is_a_one_line_refusal(rootfs: Path) ->
     (rootfs / "etc" / "group").write_text(rows)
     with pytest.raises(BadImage, match="user 'app' is in more than 65536 groups"):
         resolve_user(rootfs, "app")
+
+
+def test_a_row_without_a_name_is_in_no_group(rootfs: Path) -> None:
+    # "" is in every member list that is empty or ends in ",": root's group among them.
+    (rootfs / "etc" / "passwd").write_text("::1000:1000::/srv:/bin/sh\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\nwheel:x:10:app,\n")
+    assert resolve_user(rootfs, "1000") == ImageUser(1000, 1000, (), "/srv")
+
+
+def test_rows_are_read_trimmed_as_runc_reads_them(rootfs: Path) -> None:
+    # A CRLF table: "app\r" was never a member, "1001\r" no gid.
+    (rootfs / "etc" / "passwd").write_text("  app:x:1000:1001::/srv:/bin/sh\r\n\r\n")
+    (rootfs / "etc" / "group").write_text("wheel:x:10:root,app\r\n")
+    assert resolve_user(rootfs, "app") == ImageUser(1000, 1001, (10,), "/srv")
