@@ -15,15 +15,31 @@ import logging
 import sys
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.cli_run import run_trio
 from providers.errors import UsageError
 
 if TYPE_CHECKING:
-    from lazyfs.cli import App
-    from lazyfs.provision.provisioner import ProvisionInfo
+    from lazyfs.images.docker import DockerProvider
+    from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
     from providers.image_pb2 import Image
+
+
+class App(Protocol):
+    """What ``run`` takes of the command's ``lazyfs.cli.App``."""
+
+    work_dir: Path
+    store_dir: Path
+    backend: str | None
+
+    @property
+    def provisioner(self) -> Provisioner: ...
+
+    @property
+    def docker(self) -> DockerProvider | None: ...
+
 
 log = logging.getLogger(__name__)
 
