@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.cli_run import run_trio
 from providers.errors import UsageError
+from providers.manifest import RuntimeConfig
 
 if TYPE_CHECKING:
     from lazyfs.images.docker import DockerProvider
@@ -61,6 +64,9 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         raise UsageError("give --read-only or --writable, not both")
     if args.tty and not sys.stdin.isatty():
         raise UsageError("run -t: stdin is not a terminal (run -t needs one, as docker run -t)")
+    for item in args.env:
+        if not item.partition("=")[0]:
+            raise UsageError(f"run -e {item!r}: no variable name (KEY[=VALUE])")
     spec = container_request(args, image)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     bundle = app.provisioner.containers / container_id / "bundle"
@@ -70,7 +76,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
         config = runtime.bundle_config(
             info.rootfs,
-            info.config,
+            with_run_flags(info.config, args.env, args.user, os.environ),
             command,
             # The copy backend's rootfs is writable whatever was asked: runc
             # makes it read-only then.
@@ -124,6 +130,32 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
                 from lazyfs.cli_index import publish_run_traces
 
                 publish_run_traces(args, app.docker, made[0].image)
+
+
+def with_run_flags(
+    config: RuntimeConfig, env: Sequence[str], user: str | None, own: Mapping[str, str]
+) -> RuntimeConfig:
+    """``config`` with run's ``-e`` and ``-u`` on it, as docker run puts them.
+
+    ``KEY=VALUE`` replaces the image's ``KEY`` where it stands, or comes
+    after the image's; ``KEY`` alone takes its value from ``own`` (lazyfs'
+    environment), and is unset where ``own`` has none. ``user`` replaces
+    the image's ``User`` (None: not given).
+    """
+    values = list(config.env)
+    for item in env:
+        key, eq, _ = item.partition("=")
+        if not eq and key in own:
+            item = f"{key}={own[key]}"
+        at = next((i for i, v in enumerate(values) if v.partition("=")[0] == key), None)
+        if "=" not in item:
+            if at is not None:
+                del values[at]
+        elif at is None:
+            values.append(item)
+        else:
+            values[at] = item
+    return replace(config, env=tuple(values), user=config.user if user is None else user)
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

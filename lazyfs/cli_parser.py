@@ -159,6 +159,23 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         action="store_true",
         help="give the command a terminal, as docker run -t (default: lazyfs' stdio)",
     )
+    sub.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="set KEY in the command's environment, over the image's; KEY alone takes"
+        " lazyfs' own value, or unsets it where lazyfs has none, as docker run -e"
+        " (repeatable; default: the image's Env)",
+    )
+    sub.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="run as USER (a name or uid) and GROUP, looked up in the image, as docker"
+        " run -u (default: the image's User, else root)",
+    )
     add_volume_args(sub)
     sub.add_argument(
         "command_args",
@@ -199,7 +216,7 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
 
 # run's own options that take a value: their value is not the image; the
 # last four name the image instead of IMAGE.
-_RUN_VALUED = ("--backend", "-v", "--volume")
+_RUN_VALUED = ("--backend", "-v", "--volume", "-e", "--env", "-u", "--user")
 _RUN_IMAGE = ("--image-file", "--image_file", "--container-info", "--container_info")
 
 

@@ -3,6 +3,7 @@ line, as a shell says it; ``-t`` gives the command a terminal."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -133,3 +134,39 @@ def test_exec_problem(
 ) -> None:
     problem = exec_problem(rootfs, args, env, cwd)
     assert (problem[1] if problem else None) == status
+
+
+def test_env_and_user_flags_reach_the_command_as_docker_run_gives_them(lazyfs: Lazyfs) -> None:
+    probe = 'echo "$A|${LAZYFS_TEST_OWN-unset}|${PATH:+path}|$(id -u):$(id -g)|$HOME"'
+    argv = [
+        "run",
+        "-e",
+        "A=1",
+        "-e",
+        "LAZYFS_TEST_OWN",
+        "-u",
+        "nobody",
+        "busybox",
+        "sh",
+        "-c",
+        probe,
+    ]
+    result = subprocess.run(
+        lazyfs.argv(*argv),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "LAZYFS_TEST_OWN": "from lazyfs"},
+    )
+    assert (result.returncode, result.stdout) == (
+        0,
+        "1|from lazyfs|path|65534:65534|/nonexistent\n",
+    )
+    unset = lazyfs(
+        "run", "-e", "LAZYFS_TEST_OWN", "busybox", "sh", "-c", probe
+    )  # no LAZYFS_TEST_OWN here: unset
+    assert unset.stdout == "|unset|path|0:0|/root\n"
+    refused = lazyfs("run", "-u", "nosuch", "busybox", "true", check=False)
+    assert "user 'nosuch' is not in the image's /etc/passwd" in one_line_error(refused)
+    assert containers(lazyfs.work_dir) == []

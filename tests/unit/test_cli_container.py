@@ -1,4 +1,5 @@
-"""``lazyfs run``'s destroy after a failure: it never hides why the command failed."""
+"""``lazyfs run``: its -e and -u flags, and its destroy after a failure, which never hides
+why the command failed."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any, cast
 
 import pytest
 
-from lazyfs.cli_container import _destroy
+from lazyfs.cli import build_parser
+from lazyfs.cli_container import _destroy, with_run_flags
+from lazyfs.cli_parser import parse_command_line
 from providers.errors import BadImage
+from providers.manifest import RuntimeConfig
 
 
 class Provisioner:
@@ -38,3 +42,42 @@ def test_logged_at_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="lazyfs.cli_container"):
         _destroy(cast(Any, App()), "run-2", KeyboardInterrupt())
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        (["A=9"], ("A=9", "PATH=/bin", "B=2")),  # replaced where it stands
+        (["C=3"], ("A=1", "PATH=/bin", "B=2", "C=3")),  # after the image's
+        (["B"], ("A=1", "PATH=/bin")),  # lazyfs has no B: unset
+        (["OWN"], ("A=1", "PATH=/bin", "B=2", "OWN=mine")),  # lazyfs' own value
+        (["A=x=y", "A"], ("PATH=/bin", "B=2")),  # the last word on A wins
+        (["E="], ("A=1", "PATH=/bin", "B=2", "E=")),  # set, empty
+    ],
+)
+def test_env_flags_go_over_the_images_as_docker_run_puts_them(
+    flags: list[str], env: tuple[str, ...]
+) -> None:
+    image = RuntimeConfig(env=("A=1", "PATH=/bin", "B=2"), user="app")
+    got = with_run_flags(image, flags, None, {"OWN": "mine"})
+    assert (got.env, got.user) == (env, "app")
+
+
+def test_the_user_flag_replaces_the_images_user() -> None:
+    assert with_run_flags(RuntimeConfig(user="app"), [], "0:0", {}).user == "0:0"
+    assert with_run_flags(RuntimeConfig(user="app"), [], "", {}).user == ""  # root
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "user", "command"),
+    [
+        (["run", "-e", "A=1", "busybox", "env"], ["A=1"], None, ["env"]),
+        (["run", "-u", "nobody", "busybox", "id", "-e", "x"], [], "nobody", ["id", "-e", "x"]),
+        (["run", "--env=A", "-e", "B=2", "--user=1:2", "img"], ["A", "B=2"], "1:2", []),
+    ],
+)
+def test_run_sets_its_env_and_user_flags_apart_from_the_command(
+    argv: list[str], env: list[str], user: str | None, command: list[str]
+) -> None:
+    args = parse_command_line(build_parser({}), argv)
+    assert (args.env, args.user, args.command_args) == (env, user, command)
