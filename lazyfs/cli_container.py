@@ -140,22 +140,25 @@ def with_run_flags(
     ``KEY=VALUE`` replaces the image's ``KEY`` where it stands, or comes
     after the image's; ``KEY`` alone takes its value from ``own`` (lazyfs'
     environment), and is unset where ``own`` has none. ``user`` replaces
-    the image's ``User`` (None: not given).
+    the image's ``User`` (None or empty: not given).
     """
     values = list(config.env)
     for item in env:
         key, eq, _ = item.partition("=")
         if not eq and key in own:
             item = f"{key}={own[key]}"
-        at = next((i for i, v in enumerate(values) if v.partition("=")[0] == key), None)
+        same = [i for i, v in enumerate(values) if v.partition("=")[0] == key]
+        for i in reversed(same[1:]):  # an image may give one twice: none of it stays
+            del values[i]
         if "=" not in item:
-            if at is not None:
-                del values[at]
-        elif at is None:
-            values.append(item)
+            if same:
+                del values[same[0]]
+        elif same:
+            values[same[0]] = item
         else:
-            values[at] = item
-    return replace(config, env=tuple(values), user=config.user if user is None else user)
+            values.append(item)
+    # Empty is not given, as docker takes it: the image's User stays.
+    return replace(config, env=tuple(values), user=user or config.user)
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

@@ -238,6 +238,10 @@ def _split_run(argv: list[str]) -> tuple[list[str], list[str] | None]:
         elif word.startswith("-") and word != "-":
             name = word.split("=", 1)[0]
             skip = "=" not in word and name in valued
+            if not word.startswith("--"):  # a cluster (-te): a valued letter takes the rest,
+                # or the next word when it comes last
+                at = next((j for j, c in enumerate(word[1:], 1) if f"-{c}" in valued), None)
+                skip = at == len(word) - 1
             image_file = image_file or (is_run and name in _RUN_IMAGE)
         elif not is_run:
             if word != "run":

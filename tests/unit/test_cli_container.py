@@ -65,7 +65,6 @@ def test_env_flags_go_over_the_images_as_docker_run_puts_them(
 
 def test_the_user_flag_replaces_the_images_user() -> None:
     assert with_run_flags(RuntimeConfig(user="app"), [], "0:0", {}).user == "0:0"
-    assert with_run_flags(RuntimeConfig(user="app"), [], "", {}).user == ""  # root
 
 
 @pytest.mark.parametrize(
@@ -81,3 +80,28 @@ def test_run_sets_its_env_and_user_flags_apart_from_the_command(
 ) -> None:
     args = parse_command_line(build_parser({}), argv)
     assert (args.env, args.user, args.command_args) == (env, user, command)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "tty", "command"),
+    [
+        (["run", "-te", "A=1", "busybox", "env"], ["A=1"], True, ["env"]),  # -t -e A=1
+        (["run", "-teA=1", "busybox", "env"], ["A=1"], True, ["env"]),
+        (["run", "-eA=1", "busybox", "env"], ["A=1"], False, ["env"]),
+    ],
+)
+def test_a_cluster_of_short_flags_takes_its_value_as_argparse_does(
+    argv: list[str], env: list[str], tty: bool, command: list[str]
+) -> None:
+    args = parse_command_line(build_parser({}), argv)
+    assert (args.env, args.tty, args.image, args.command_args) == (env, tty, "busybox", command)
+
+
+def test_an_image_that_gives_a_variable_twice_keeps_none_of_it_under_e() -> None:
+    image = RuntimeConfig(env=("A=img", "B=2", "A=dup"))
+    assert with_run_flags(image, ["A=1"], None, {}).env == ("A=1", "B=2")
+    assert with_run_flags(image, ["A"], None, {}).env == ("B=2",)
+
+
+def test_an_empty_user_flag_is_not_given() -> None:
+    assert with_run_flags(RuntimeConfig(user="nobody"), [], "", {}).user == "nobody"
