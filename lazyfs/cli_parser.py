@@ -160,6 +160,12 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         help="give the command a terminal, as docker run -t (default: lazyfs' stdio)",
     )
     sub.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="accepted as docker run takes it (-it): the command always has lazyfs' stdin",
+    )
+    sub.add_argument(
         "-e",
         "--env",
         action="append",

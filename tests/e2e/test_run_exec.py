@@ -65,6 +65,8 @@ def test_run_t_gives_the_command_a_terminal(lazyfs: Lazyfs) -> None:
     assert "/dev/pts/" in result.stdout
     result = _in_terminal(lazyfs.argv("run", "busybox", "--", *probe))
     assert "not a tty" in result.stdout
+    result = _in_terminal(lazyfs.argv("run", "-it", "busybox", "--", *probe))  # docker's idiom
+    assert result.returncode == 5 and "/dev/pts/" in result.stdout, result.stdout
     assert containers(lazyfs.work_dir) == []
 
 

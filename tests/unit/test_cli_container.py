@@ -105,3 +105,9 @@ def test_an_image_that_gives_a_variable_twice_keeps_none_of_it_under_e() -> None
 
 def test_an_empty_user_flag_is_not_given() -> None:
     assert with_run_flags(RuntimeConfig(user="nobody"), [], "", {}).user == "nobody"
+
+
+def test_docker_runs_it_is_taken() -> None:
+    # stdin is always the command's: -i changes nothing, and -it is what docker users type.
+    args = parse_command_line(build_parser({}), ["run", "-it", "busybox", "sh"])
+    assert (args.tty, args.image, args.command_args) == (True, "busybox", ["sh"])
