@@ -13,20 +13,14 @@ import trio
 import trio.testing
 
 from lazyfs.store.usage_lock import collecting, in_use, lock_path
-from tests.support import images
-from tests.support.backend_variants import docker, make_provisioner
+from tests.support.backend_variants import docker, make_provisioner, one_image_registry
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    layers = [[images.Entry("etc", "dir", mode=0o755), images.Entry("etc/motd", data=b"hi\n")]]
-    layout = images.build_oci_image(tmp_path / "build", layers, "latest")
-    images.to_docker_archive(layout, "latest", directory / "one:latest.tar", "one")
-    return directory
+    return one_image_registry(tmp_path)
 
 
 async def test_a_provision_waits_while_a_gc_pass_holds_the_store(

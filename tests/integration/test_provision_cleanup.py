@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.provision.provisioner import ProvisionInfo
-from tests.support import images
-from tests.support.backend_variants import docker, make_provisioner
+from tests.support.backend_variants import docker, make_provisioner, one_image_registry
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +29,7 @@ def set_immutable(path: Path, on: bool) -> None:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
-    directory = tmp_path / "images"
-    directory.mkdir()
-    layers = [[images.Entry("etc", "dir", mode=0o755), images.Entry("etc/motd", data=b"hi\n")]]
-    layout = images.build_oci_image(tmp_path / "build", layers, "latest")
-    images.to_docker_archive(layout, "latest", directory / "one:latest.tar", "one")
-    return directory
+    return one_image_registry(tmp_path)
 
 
 async def test_a_clean_up_that_fails_too_does_not_hide_why_the_provision_failed(

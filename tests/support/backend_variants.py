@@ -25,7 +25,7 @@ from lazyfs.images.docker import DockerProvider
 from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
 from lazyfs.store.disk import Store
 from providers.image_pb2 import Image
-from tests.support import fuse_paths
+from tests.support import fuse_paths, images
 from tests.support.tree import Node, diff_trees, tree_digest
 
 # The host may label files.  (overlayfs' own xattrs never show in a rootfs:
@@ -104,6 +104,17 @@ def docker(name: str) -> Image:
     image = Image(type=Image.DOCKER)
     image.docker.name = name
     return image
+
+
+def one_image_registry(tmp_path: Path) -> Path:
+    """A ``--docker_registry`` directory under ``tmp_path`` holding ``one:latest``, whose
+    one layer has ``/etc/motd`` (``hi``)."""
+    directory = tmp_path / "images"
+    directory.mkdir()
+    layers = [[images.Entry("etc", "dir", mode=0o755), images.Entry("etc/motd", data=b"hi\n")]]
+    layout = images.build_oci_image(tmp_path / "build", layers, "latest")
+    images.to_docker_archive(layout, "latest", directory / "one:latest.tar", "one")
+    return directory
 
 
 def make_provisioner(work: Path, registry: Path) -> Provisioner:
