@@ -43,32 +43,31 @@ def resolve_user(rootfs: Path, user: str) -> ImageUser:
     supplementary groups are those /etc/group lists the row's name in.
     """
     name, _, group = user.partition(":")
-    passwd = _read_table(rootfs, "etc/passwd")
+    # The rows whose ids are numbers (a hostile row's are not taken for 0), as
+    # (name, uid, gid, home); the first that matches wins.
     rows = [
-        row
-        for row in passwd
-        if len(row) > 3 and _id(row[2]) is not None and _id(row[3]) is not None
+        (row[0], uid, gid, row[5] if len(row) > 5 and row[5] else "/")
+        for row in _read_table(rootfs, "etc/passwd")
+        if len(row) > 3 and (uid := _id(row[2])) is not None and (gid := _id(row[3])) is not None
     ]
-    uid = _id(name) if name else 0
-    if uid is not None:
-        row = next((row for row in rows if _id(row[2]) == uid), None)
+    wanted = _id(name) if name else 0
+    if wanted is not None:
+        found = next((row for row in rows if row[1] == wanted), None)
+        login, uid, gid, home = found or ("", wanted, 0, "/")
     else:
-        row = next((row for row in rows if row[0] == name), None)
-        if row is None:
+        found = next((row for row in rows if row[0] == name), None)
+        if found is None:
             raise BadImage(f"user {name[:100]!r} is not in the image's /etc/passwd")
-        uid = _id(row[2])
-    gid = None if row is None else _id(row[3])
-    home = row[5] if row is not None and len(row) > 5 and row[5] else "/"
+        login, uid, gid, home = found
     table = _read_table(rootfs, "etc/group")
     if group:
-        gid = _id(group)
-        if gid is None:
-            found = [_id(row[2]) for row in table if len(row) > 2 and row[0] == group]
-            gid = next((number for number in found if number is not None), None)
-            if gid is None:
+        group_id = _id(group)
+        if group_id is None:
+            named = (_id(row[2]) for row in table if len(row) > 2 and row[0] == group)
+            group_id = next((number for number in named if number is not None), None)
+            if group_id is None:
                 raise BadImage(f"group {group[:100]!r} is not in the image's /etc/group")
-        return ImageUser(uid or 0, gid, (), home)
-    login = "" if row is None else row[0]
+        return ImageUser(uid, group_id, (), home)
     groups = tuple(
         number
         for entry in table
@@ -81,7 +80,7 @@ def resolve_user(rootfs: Path, user: str) -> ImageUser:
         raise BadImage(
             f"user {login!r} is in more than {MAX_GROUPS} groups of the image's /etc/group"
         )
-    return ImageUser(uid or 0, gid or 0, groups, home)
+    return ImageUser(uid, gid, groups, home)
 
 
 def _id(text: str) -> int | None:
