@@ -263,6 +263,8 @@ def main(argv: list[str]) -> int:
     )
     png_path = report.chart(out, results, title)
     (out / "results.md").write_text(report.markdown(meta, results))
+    if any(s.requests for r in results for c in r.contenders for s in c.samples):
+        (out / "timelines.md").write_text(report.timelines(results))
     print(title)
     print(report.table(results))
     print(f"\nwrote {json_path}, {png_path} and results.md")

@@ -139,7 +139,7 @@ def until_printed(
         tail = log.read_text(errors="replace").strip()[-1500:]
         raise ToolError(f"{' '.join(argv[3:])} exited {code}, printed={bool(printed)}: {tail}")
     facts = {"bytes": crossed, "image_bytes": image_bytes, **daemon}
-    return Timing(printed - start, facts=facts)
+    return Timing(printed - start, facts=facts, requests=tuple(link.heard.requests(start, printed)))
 
 
 def daemon_facts(cache: Path) -> dict[str, int]:

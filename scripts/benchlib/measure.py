@@ -25,6 +25,7 @@ from typing import Any
 from benchlib.images import BenchImage, gzip_reference, image_layers
 from benchlib.lazy import Lazyfs
 from benchlib.lowers import lower_dirs
+from benchlib.timeline import Request
 from benchlib.util import (
     ToolError,
     drop_caches,
@@ -61,6 +62,8 @@ class Timing:
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
     facts: dict[str, int] = field(default_factory=dict)  # what was done: entries, bytes
+    # The requests over the shaped link until then (cold-start), for a timeline.
+    requests: tuple[Request, ...] = ()
 
 
 @dataclass
@@ -71,6 +74,11 @@ class Contender:
     samples: list[Timing] = field(default_factory=list)
     skipped: str = ""  # why it could not run, if it could not
     versus: str = ""  # another lazyfs contender to give a ratio against, as against a peer
+
+    def median_sample(self) -> Timing:
+        """The sample of the median run (the lower middle one of an even count)."""
+        ordered = sorted(self.samples, key=lambda s: s.seconds)
+        return ordered[(len(ordered) - 1) // 2]
 
 
 @dataclass
@@ -95,6 +103,9 @@ class Result:
                         for phase in (c.samples[0].phases if c.samples else {})
                     },
                     "facts": c.samples[0].facts if c.samples else {},
+                    "timeline": [r.to_json() for r in c.median_sample().requests]
+                    if c.samples
+                    else [],
                 }
                 for c in self.contenders
             ],

@@ -11,6 +11,7 @@ from statistics import median
 from typing import Any
 
 from benchlib.measure import Contender, Result, paired_ratios, ratios
+from benchlib.timeline import render
 
 
 def _first_line(args: list[str], containing: str = "") -> str:
@@ -229,3 +230,17 @@ def markdown(meta: dict[str, Any], results: list[Result]) -> str:
                 f"{_fmt(max(secs)).strip()} | {vs} | {_link(c)} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def timelines(results: list[Result]) -> str:
+    """Each contender's median run, request by request over the shaped link (cold-start)."""
+    parts = ["Each row's median run: every request over the shaped link until the line was",
+             "printed. Times in ms from the command's start: sent, first byte back, last",
+             "byte back. Bar: `.` before it, `-` waiting, `=` its response.", ""]  # fmt: skip
+    for result in results:
+        for c in result.contenders:
+            if c.samples and c.median_sample().requests:
+                sample = c.median_sample()
+                title = f"{result.measurement} {result.image}: {c.name}"
+                parts.append(render(title, sample.seconds, list(sample.requests)))
+    return "\n".join(parts)

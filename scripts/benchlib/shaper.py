@@ -10,7 +10,8 @@ TCP handshake).  It counts the bytes that cross it, each way.
 How: for each connection and direction, a reader thread takes bytes as the
 sender writes them and stamps them; a writer thread hands them on once the
 direction's link has serialized them (``rate``) and half the round trip has
-passed.  The queue between them is bounded, so a fast sender is held back by
+passed, and tells ``Shaper.heard`` (``benchlib.timeline``) what it handed
+on.  The queue between them is bounded, so a fast sender is held back by
 TCP's own flow control, as on a real link, and the proxy never holds more
 than ``_QUEUE`` pieces of a connection.  Not modelled: loss, TCP slow start.
 """
@@ -18,12 +19,15 @@ than ``_QUEUE`` pieces of a connection.  Not modelled: loss, TCP slow start.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from benchlib.timeline import Recorder
 
 _PIECE = 16 * 1024  # bytes read at a time: small enough to pace smoothly
 _QUEUE = 64  # pieces in flight per connection and direction (1 MiB)
@@ -56,6 +60,7 @@ class Shaper:
     rtt: float
     down: Link  # upstream -> client
     up: Link  # client -> upstream
+    heard: Recorder = field(default_factory=Recorder)  # every request, for timelines
 
     @property
     def host(self) -> str:
@@ -69,14 +74,18 @@ class Shaper:
 def _read(source: socket.socket, pieces: queue.Queue[tuple[bytes, float]]) -> None:
     try:
         while data := source.recv(_PIECE):
-            pieces.put((data, time.monotonic()))
+            pieces.put((data, time.perf_counter()))
     except OSError:
         pass  # reset or shut down: the end of this direction
-    pieces.put((_END, time.monotonic()))
+    pieces.put((_END, time.perf_counter()))
 
 
 def _write(
-    sink: socket.socket, pieces: queue.Queue[tuple[bytes, float]], link: Link, delay: float
+    sink: socket.socket,
+    pieces: queue.Queue[tuple[bytes, float]],
+    link: Link,
+    delay: float,
+    heard: Callable[[bytes, float, float], None],
 ) -> None:
     broken = False
     while True:
@@ -84,11 +93,12 @@ def _write(
         if data is _END or not data:
             break
         arrive = link.send(len(data), ready) + delay
-        pause = arrive - time.monotonic()
+        pause = arrive - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
         if broken:
             continue  # keep draining, so the reader is never stuck on a full queue
+        heard(data, ready, arrive)
         try:
             sink.sendall(data)
         except OSError:
@@ -125,10 +135,13 @@ def shaping_proxy(upstream_port: int, *, rate: float, rtt: float) -> Iterator[Sh
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with lock:
             sockets.append(upstream)
-        for source, sink, link in ((client, upstream, shaper.up), (upstream, client, shaper.down)):
+        number = shaper.heard.connection()
+        ways = ((client, upstream, shaper.up, shaper.heard.up),
+                (upstream, client, shaper.down, shaper.heard.down))  # fmt: skip
+        for source, sink, link, heard in ways:
             pieces: queue.Queue[tuple[bytes, float]] = queue.Queue(_QUEUE)
             start(_read, source, pieces)
-            start(_write, sink, pieces, link, rtt / 2)
+            start(_write, sink, pieces, link, rtt / 2, functools.partial(heard, number))
 
     def accept() -> None:
         while True:
