@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from lazyfs.index.estargz_toc import Toc
     from providers.layer_limits import LayerLimits
 
+# A layer read through its published index that is this small is fetched whole as it
+# is mounted, as an eStargz one is with its footer: a read of it would fetch a span of it
+# and the cache's chunk around it, most of it anyway, and what a program reads of such a
+# layer (an image's own code, in its top layer) it often reads last, a round trip it
+# would wait on.  The cache's chunk (``lazyfs.cache.layout.CHUNK_SIZE``).
+WHOLE_AT_MOUNT = 64 << 10
+
 
 @dataclass(frozen=True)
 class Indexed:
@@ -161,7 +168,8 @@ def remote_layer(
     request) and for the rest of the blob in the background. A gzip or tar
     layer whose index was published beside its image (kept at provision:
     ``lazyfs.index.published``) is read span by span, each checked against
-    its digest (``lazyfs.blobs.gzip_remote``), the rest fetched in the background. A layer
+    its digest (``lazyfs.blobs.gzip_remote``), the rest fetched in the background (at once
+    when it is small: ``WHOLE_AT_MOUNT``). A layer
     that cannot be read so (no TOC digest, or the store already holds an
     index of another format for it) is fetched whole through the daemon
     into the store (verified by digest and diff_id, as every ingest) and
@@ -175,7 +183,9 @@ def remote_layer(
 
     if (published := open_published(store.layers, layer, blobs, entries=entries)) is not None:
         _held_to(limits, layer, published[0])  # as a local or eStargz index is
-        blobs.layer_mounted(layer.digest, None)  # the rest of the blob in the background
+        # A small one whole now, the rest of the blob in the background.
+        whole = (0, layer.size) if layer.size <= WHOLE_AT_MOUNT else None
+        blobs.layer_mounted(layer.digest, whole)
         return published
     found = ensure_remote_layer(
         store.layers, store.tmp, layer, blobs, entries=entries, limits=limits, toc=toc

@@ -19,6 +19,8 @@ import dataclasses
 import errno
 import hashlib
 import json
+import random
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +38,7 @@ from lazyfs.index.artifact import (
     decode,
     encode,
 )
+from lazyfs.fs.mount_layers import WHOLE_AT_MOUNT
 from lazyfs.index.artifact_manifest import CONFIG_BYTES, artifact_layers, artifact_manifest
 from lazyfs.index.model import IndexEntry, Kind
 from lazyfs.index.published import SET_ASIDE_NAME
@@ -46,9 +49,10 @@ from providers.registry_http import HttpOptions, RegistryHttp
 from providers.registry_push import RegistryPush
 from tests.support.counting_proxy import CountingProxy, run_counting_proxy
 from tests.support.fuse_mounts import need_fuse
+from tests.support.images import Entry, build_oci_image
 from tests.support.lazy_machine import Machine, machine
 from tests.support.registry_seed import Seed
-from tests.support.registry_servers import Registry, copy_storage, run_registry
+from tests.support.registry_servers import Registry, copy_storage, run_registry, skopeo_push
 from tests.support.tree import Node, diff_trees, tree_digest
 
 TRUST = "--trust_published_indexes"
@@ -101,6 +105,40 @@ def test_a_second_machine_mounts_lazily_the_same_tree(published: Published, tmp_
         assert differences == []
         # Every file was read, and no layer blob came into the store: read by range.
         assert not _store_blobs(second.work) & set(published.layers)
+
+
+def test_a_small_layer_is_fetched_whole_as_it_is_mounted(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Before anything reads it, with background fetch off: the program need not wait on it.
+
+    Its own image: no file of the small layer is one a start is predicted to read.
+    """
+    need_fuse()
+    noise = random.Random(13).randbytes(300_000)  # does not compress: a large layer
+    layout = build_oci_image(tmp_path / "image", [
+        [Entry("usr", "dir"), Entry("usr/lib", "dir"), Entry("usr/lib/blob", data=noise)],
+        [Entry("srv", "dir"), Entry("srv/app.py", data=b"print('hello')\n")],
+    ])  # fmt: skip
+    image = f"{registry.host}/small:latest"
+    skopeo_push(layout, "latest", image, "oci")
+    with machine(tmp_path / "first") as first:
+        first.run("index", "push", image)
+    with machine(tmp_path / "second", TRUST) as second:
+        _, info, _ = _provision(second, image)
+        big, small = info["remote_layers"]  # type: ignore[misc]
+        deadline = time.monotonic() + 30
+        while True:
+            shown = json.loads(second.run("cache", "--json").stdout)
+            assert shown["background_fetch"] is False
+            rows = {row["digest"]: row for row in shown["layers"]}
+            if small in rows and rows[small]["complete"] == 1.0:
+                break
+            assert time.monotonic() < deadline, f"not fetched whole: {rows}"
+            time.sleep(0.1)  # polling the daemon until its fetch is in
+        assert rows[small]["size"] <= WHOLE_AT_MOUNT
+        # The large one is read as ever: nothing of it before a read.
+        assert big not in rows or rows[big]["cached_bytes"] == 0, rows
 
 
 def _client(registry: Registry) -> RegistryPush:
