@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
+from lazyfs.cache.layout import CHUNK_SIZE
 from lazyfs.index.model import LayerIndex
 from lazyfs.index.stored import check_data_present, ensure_index, load_chunk_table
 from lazyfs.store.blobs import StoreBlobs
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
 # is mounted, as an eStargz one is with its footer: a read of it would fetch a span of it
 # and the cache's chunk around it, most of it anyway, and what a program reads of such a
 # layer (an image's own code, in its top layer) it often reads last, a round trip it
-# would wait on.  The cache's chunk (``lazyfs.cache.layout.CHUNK_SIZE``).
-WHOLE_AT_MOUNT = 64 << 10
+# would wait on.  The cache's chunk.
+WHOLE_AT_MOUNT = CHUNK_SIZE
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +36,7 @@ import trio
 
 from backends.base import Backend
 from backends.names import default_backend_name, make_backend
-from lazyfs.fs.mount import DaemonSpec
+from lazyfs.fs.mount import DaemonSpec, load_ahead_code
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
 from lazyfs.provision.build import RecordAhead, RootfsBuilder
@@ -312,6 +313,8 @@ class Provisioner:
         self, provider: ImageProvider, image: Image, progress: Progress, *, lazy: bool
     ) -> ImageManifest:
         if lazy and self.daemon is not None and isinstance(provider, LazyProvider):
+            # The lazy mount's own code loads while the registry is asked, not after it.
+            threading.Thread(target=load_ahead_code, name="lazyfs-ahead-code", daemon=True).start()
             return await provider.fetch_lazy(image, progress)
         return await provider.fetch(image, progress)
 
