@@ -267,5 +267,6 @@ def main(argv: list[str]) -> int:
         (out / "timelines.md").write_text(report.timelines(results))
     print(title)
     print(report.table(results))
-    print(f"\nwrote {json_path}, {png_path} and results.md")
+    timelines = " and timelines.md" if (out / "timelines.md").exists() else ""
+    print(f"\nwrote {json_path}, {png_path}, results.md{timelines}")
     return status

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchlib.measure import Context, Timing
 from benchlib.shaper import Shaper
+from benchlib.timeline import Request
 from benchlib.util import ToolError, drop_caches, now, scratch_dir
 from lazyfs.cache.connection import status
 from lazyfs.cache.framing import ProtocolError
@@ -122,9 +123,11 @@ def until_printed(
         try:
             assert proc.stdout is not None
             printed, crossed = 0.0, 0
+            requests: tuple[Request, ...] = ()
             for line in proc.stdout:
                 if line.decode(errors="replace").strip() == ctx.image.expect:
                     printed, crossed = now(), link.crossed() - before
+                    requests = tuple(link.heard.requests(start, printed))
                     daemon = daemon_facts(work / "cache") if work is not None else {}
                     break
             proc.stdout.read()
@@ -139,7 +142,7 @@ def until_printed(
         tail = log.read_text(errors="replace").strip()[-1500:]
         raise ToolError(f"{' '.join(argv[3:])} exited {code}, printed={bool(printed)}: {tail}")
     facts = {"bytes": crossed, "image_bytes": image_bytes, **daemon}
-    return Timing(printed - start, facts=facts, requests=tuple(link.heard.requests(start, printed)))
+    return Timing(printed - start, facts=facts, requests=requests)
 
 
 def daemon_facts(cache: Path) -> dict[str, int]:

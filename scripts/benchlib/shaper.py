@@ -125,7 +125,7 @@ def shaping_proxy(upstream_port: int, *, rate: float, rtt: float) -> Iterator[Sh
         with lock:
             threads.append(thread)
 
-    def connect(client: socket.socket) -> None:
+    def connect(client: socket.socket, number: int) -> None:
         time.sleep(rtt)  # the handshake a real link costs before the first byte
         try:
             upstream = socket.create_connection(("127.0.0.1", upstream_port))
@@ -135,7 +135,6 @@ def shaping_proxy(upstream_port: int, *, rate: float, rtt: float) -> Iterator[Sh
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with lock:
             sockets.append(upstream)
-        number = shaper.heard.connection()
         ways = ((client, upstream, shaper.up, shaper.heard.up),
                 (upstream, client, shaper.down, shaper.heard.down))  # fmt: skip
         for source, sink, link, heard in ways:
@@ -152,7 +151,7 @@ def shaping_proxy(upstream_port: int, *, rate: float, rtt: float) -> Iterator[Sh
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with lock:
                 sockets.append(client)
-            start(connect, client)
+            start(connect, client, shaper.heard.connection(time.perf_counter()))
 
     acceptor = threading.Thread(target=accept, daemon=True)
     acceptor.start()
