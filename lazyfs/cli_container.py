@@ -67,6 +67,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     for item in args.env:
         if not item.partition("=")[0]:
             raise UsageError(f"run -e {item!r}: no variable name (KEY[=VALUE])")
+    check_workdir(args.workdir)
     spec = container_request(args, image)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     bundle = app.provisioner.containers / container_id / "bundle"
@@ -76,7 +77,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
         config = runtime.bundle_config(
             info.rootfs,
-            with_run_flags(info.config, args.env, args.user, os.environ),
+            with_run_flags(info.config, args.env, args.user, os.environ, args.workdir),
             command,
             # The copy backend's rootfs is writable whatever was asked: runc
             # makes it read-only then.
@@ -105,7 +106,9 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             writable=not args.read_only,
             volumes=spec.volumes,
             progress=Progress(),
-            command=command,  # the prefetch trace is of the image and this command
+            # The prefetch trace is of the image and this command, in this directory.
+            command=command,
+            working_dir=args.workdir or "",
         )
         made.append(info)
         return await trio.to_thread.run_sync(write_bundle, info)
@@ -133,14 +136,19 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
 
 def with_run_flags(
-    config: RuntimeConfig, env: Sequence[str], user: str | None, own: Mapping[str, str]
+    config: RuntimeConfig,
+    env: Sequence[str],
+    user: str | None,
+    own: Mapping[str, str],
+    workdir: str | None = None,
 ) -> RuntimeConfig:
-    """``config`` with run's ``-e`` and ``-u`` on it, as docker run puts them.
+    """``config`` with run's ``-e``, ``-u`` and ``-w`` on it, as docker run puts them.
 
     ``KEY=VALUE`` replaces the image's ``KEY`` where it stands, or comes
     after the image's; ``KEY`` alone takes its value from ``own`` (lazyfs'
     environment), and is unset where ``own`` has none. ``user`` replaces
-    the image's ``User`` (None or empty: not given).
+    the image's ``User``, ``workdir`` its ``WorkingDir`` (None or empty:
+    not given).
     """
     values = list(config.env)
     for item in env:
@@ -157,8 +165,18 @@ def with_run_flags(
             values[same[0]] = item
         else:
             values.append(item)
-    # Empty is not given, as docker takes it: the image's User stays.
-    return replace(config, env=tuple(values), user=user or config.user)
+    # Empty is not given, as docker takes it: the image's User (WorkingDir) stays.
+    working_dir = workdir or config.working_dir
+    return replace(config, env=tuple(values), user=user or config.user, working_dir=working_dir)
+
+
+def check_workdir(workdir: str | None) -> None:
+    """UsageError unless run's ``-w`` is an absolute path (or not given: None or empty).
+
+    runc makes it when it is missing, as docker does, and resolves it in the rootfs.
+    """
+    if workdir and (not workdir.startswith("/") or "\0" in workdir):
+        raise UsageError(f"run -w {workdir!r}: the working directory must be an absolute path")
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

@@ -182,6 +182,13 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         help="run as USER (a name or uid) and GROUP, looked up in the image, as docker"
         " run -u (default: the image's User, else root)",
     )
+    sub.add_argument(
+        "-w",
+        "--workdir",
+        metavar="DIR",
+        help="run the command in DIR, an absolute path, made when missing, as docker run -w"
+        " (default: the image's WorkingDir, else /)",
+    )
     add_volume_args(sub)
     sub.add_argument(
         "command_args",
@@ -222,7 +229,7 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
 
 # run's own options that take a value: their value is not the image; the
 # last four name the image instead of IMAGE.
-_RUN_VALUED = ("--backend", "-v", "--volume", "-e", "--env", "-u", "--user")
+_RUN_VALUED = ("--backend", "-v", "--volume", "-e", "--env", "-u", "--user", "-w", "--workdir")
 _RUN_IMAGE = ("--image-file", "--image_file", "--container-info", "--container_info")
 
 

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # Runs beside a backend's build: given the manifest, the rootfs directory, the layers left remote.
 Beside = Callable[[ImageManifest, Path, tuple[Digest, ...]], Awaitable[None]]
+# What a rootfs's prefetch trace is of: the command after the image's entrypoint (None:
+# not traced; empty: the image's Cmd), and the working directory (empty: the image's).
+Traced = tuple[Sequence[str] | None, str]
 
 
 class RootfsBuilder:
@@ -39,8 +42,8 @@ class RootfsBuilder:
 
     ``fetch`` makes an image present (its layers in the store, or left in
     the registry for a lazy backend); ``blobs_for`` says what the backend
-    reads an image's layers from, and for what command it is traced
-    (None: not traced; see ``lazyfs.provision.lazy.blobs_for``);
+    reads an image's layers from, and for what command, in what working
+    directory, it is traced (``Traced``; see ``lazyfs.provision.lazy.blobs_for``);
     ``after_build`` runs, in a thread, once a rootfs is built (its mount up):
     ``lazyfs.provision.lazy.start_adopting``.
     """
@@ -52,7 +55,7 @@ class RootfsBuilder:
         backend: Backend,
         progress: Progress,
         fetch: Callable[[Image], Awaitable[ImageManifest]],
-        blobs_for: Callable[[ImageManifest, Sequence[str] | None], LocalBlobSource],
+        blobs_for: Callable[[ImageManifest, Traced], LocalBlobSource],
         after_build: Callable[[ImageManifest, LocalBlobSource], None] | None = None,
     ) -> None:
         self.home = home
@@ -69,12 +72,13 @@ class RootfsBuilder:
         image: Image,
         writable: bool,
         what: str,
-        command: Sequence[str] | None = None,
+        traced: Traced = (None, ""),
         beside: Beside | None = None,
     ) -> tuple[ImageManifest, Rootfs, tuple[Digest, ...]]:
         """Fetch ``image``, build ``what`` from it: its manifest, rootfs and layers left remote.
 
-        ``beside``, if given, runs while the backend builds, once what the
+        ``traced``: what its prefetch trace is of (``Traced``). ``beside``,
+        if given, runs while the backend builds, once what the
         build will return is known but the rootfs itself: its manifest,
         its rootfs directory and its layers left remote. A failure of
         either fails the build.
@@ -84,7 +88,7 @@ class RootfsBuilder:
         rootfs_dir = self.home / "backends" / self.name / "rootfses" / str(uuid.uuid4())
         private_dir(rootfs_dir.parent)
         self.progress.message(f"building {what} with {self.name}")
-        blobs = await trio.to_thread.run_sync(self.blobs_for, manifest, command)
+        blobs = await trio.to_thread.run_sync(self.blobs_for, manifest, traced)
         remote = remote_digests(blobs)
         built: list[Rootfs] = []
 

@@ -91,6 +91,7 @@ def blobs_for(
     manifest: ImageManifest,
     daemon: DaemonSpec | None,
     command: Sequence[str] | None = None,
+    working_dir: str = "",
 ) -> LocalBlobSource:
     """What ``backend`` reads ``manifest``'s layers from: for fuse, with the remote ones. Blocking.
 
@@ -98,7 +99,8 @@ def blobs_for(
     daemon to read it; for any other, the store's source says NotFound.
     With ``command`` (what the container will run; empty: the image's Cmd)
     the mount records or replays the prefetch trace of the image and that
-    command (``lazyfs.cache.remote.trace_key``); without, it does neither.
+    command, run in ``working_dir`` (empty: the image's WorkingDir), as
+    ``lazyfs.cache.remote.trace_key`` keys it; without, it does neither.
     """
     if backend not in LAZY_BACKENDS or daemon is None:
         return blobs
@@ -112,10 +114,9 @@ def blobs_for(
     if command is not None:
         config = manifest.config
         argv = (*config.entrypoint, *(command or config.cmd))
-        trace = trace_key(
-            manifest.digest, config.entrypoint, command or config.cmd, config.working_dir
-        )
-        executable = executable_paths(argv, config.env, config.working_dir)
+        cwd = working_dir or config.working_dir
+        trace = trace_key(manifest.digest, config.entrypoint, command or config.cmd, cwd)
+        executable = executable_paths(argv, config.env, cwd)
     return LazyBlobs(blobs, Remote(daemon, origins, trace, executable))
 
 

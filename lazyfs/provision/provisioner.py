@@ -143,11 +143,13 @@ class Provisioner:
         progress: Progress | None = None,
         publish: Callable[[ProvisionInfo], None] | None = None,
         command: Sequence[str] = (),
+        working_dir: str = "",
     ) -> ProvisionInfo:
         """Build a rootfs for ``container_id`` from ``image``, and one per image volume.
 
         ``command``: what runs after the image's entrypoint (empty: its Cmd),
-        whose prefetch trace a lazy rootfs records or replays. Each of
+        in ``working_dir`` (empty: the image's), whose prefetch trace a lazy
+        rootfs records or replays. Each of
         ``volumes`` is built by the same backend, writable if its mode is
         ``rw``, after the rootfs and in order, and recorded with it.
         Refuses (Conflict) a container id that exists, complete or not.
@@ -183,13 +185,14 @@ class Provisioner:
                     chosen,
                     progress,
                     lambda wanted: self._fetch(self._provider(wanted), wanted, progress, lazy=lazy),
-                    lambda manifest, traced: self.blobs_for(name, manifest, traced),
+                    lambda manifest, traced: self.blobs_for(name, manifest, *traced),
                     lambda manifest, blobs: start_adopting(blobs, manifest, self.root, self.limits),
                 )
                 what = f"the rootfs of {container_id}"
                 # info.json is made durable while the backend builds, where it can be.
                 ahead = None if volumes else RecordAhead(home, container_id, name, writable)
-                manifest, rootfs, remote = await build(image, writable, what, command, ahead)
+                runs = (command, working_dir)
+                manifest, rootfs, remote = await build(image, writable, what, runs, ahead)
                 built = []
                 for volume in volumes:
                     what = f"volume {volume.container_path} of {container_id}"
@@ -318,10 +321,10 @@ class Provisioner:
             return await provider.fetch_lazy(image, progress)
         return await provider.fetch(image, progress)
 
-    def blobs_for(self, backend: str, manifest: ImageManifest, command: Sequence[str] | None = None
-                  ) -> LocalBlobSource:  # fmt: skip
+    def blobs_for(self, backend: str, manifest: ImageManifest, command: Sequence[str] | None = None,
+                  working_dir: str = "") -> LocalBlobSource:  # fmt: skip
         """What ``backend`` reads ``manifest``'s layers from (``lazy.blobs_for``). Blocking."""
-        return blobs_for(backend, self.blobs, manifest, self.daemon, command)
+        return blobs_for(backend, self.blobs, manifest, self.daemon, command, working_dir)
 
     def info(self, container_id: str) -> ProvisionInfo:
         """The record of ``container_id``, its images from the store; NotFound if none."""

@@ -172,3 +172,14 @@ def test_env_and_user_flags_reach_the_command_as_docker_run_gives_them(lazyfs: L
     refused = lazyfs("run", "-u", "nosuch", "busybox", "true", check=False)
     assert "user 'nosuch' is not in the image's /etc/passwd" in one_line_error(refused)
     assert containers(lazyfs.work_dir) == []
+
+
+def test_the_workdir_flag_is_where_the_command_runs_made_when_missing(lazyfs: Lazyfs) -> None:
+    assert lazyfs("run", "-w", "/etc", "busybox", "pwd").stdout == "/etc\n"
+    assert lazyfs("run", "-w", "/new/dir", "busybox", "pwd").stdout == "/new/dir\n"
+    # A program named from the working directory is found there.
+    assert lazyfs("run", "-w", "/bin", "busybox", "--", "./busybox", "echo", "ok").stdout == "ok\n"
+    refused = lazyfs("run", "-w", "etc", "busybox", "pwd", check=False)
+    assert refused.returncode == 1
+    assert "the working directory must be an absolute path" in one_line_error(refused)
+    assert containers(lazyfs.work_dir) == []

@@ -9,9 +9,9 @@ from typing import Any, cast
 import pytest
 
 from lazyfs.cli import build_parser
-from lazyfs.cli_container import _destroy, with_run_flags
+from lazyfs.cli_container import _destroy, check_workdir, with_run_flags
 from lazyfs.cli_parser import parse_command_line
-from providers.errors import BadImage
+from providers.errors import BadImage, UsageError
 from providers.manifest import RuntimeConfig
 
 
@@ -101,6 +101,44 @@ def test_an_image_that_gives_a_variable_twice_keeps_none_of_it_under_e() -> None
     image = RuntimeConfig(env=("A=img", "B=2", "A=dup"))
     assert with_run_flags(image, ["A=1"], None, {}).env == ("A=1", "B=2")
     assert with_run_flags(image, ["A"], None, {}).env == ("B=2",)
+
+
+def test_the_workdir_flag_replaces_the_images_and_empty_is_not_given() -> None:
+    image = RuntimeConfig(working_dir="/srv")
+    assert with_run_flags(image, [], None, {}, "/tmp").working_dir == "/tmp"
+    assert with_run_flags(image, [], None, {}, "").working_dir == "/srv"
+    assert with_run_flags(image, [], None, {}).working_dir == "/srv"
+
+
+@pytest.mark.parametrize("workdir", ["tmp", "./x", "", None, "/", "/a b/c"])
+def test_the_workdir_must_be_absolute(workdir: str | None) -> None:
+    if workdir and not workdir.startswith("/"):
+        with pytest.raises(UsageError, match="must be an absolute path"):
+            check_workdir(workdir)
+    else:
+        check_workdir(workdir)
+
+
+def test_a_nul_in_the_workdir_is_refused() -> None:
+    with pytest.raises(UsageError):
+        check_workdir("/a\0b")
+
+
+@pytest.mark.parametrize(
+    ("argv", "workdir", "tty", "command"),
+    [
+        (["run", "-w", "/tmp", "busybox", "pwd", "-w"], "/tmp", False, ["pwd", "-w"]),
+        (["run", "--workdir=/srv", "busybox"], "/srv", False, []),
+        (["run", "-tw", "/tmp", "busybox", "pwd"], "/tmp", True, ["pwd"]),  # -t -w /tmp
+    ],
+)
+def test_run_takes_its_workdir_apart_from_the_command(
+    argv: list[str], workdir: str, tty: bool, command: list[str]
+) -> None:
+    args = parse_command_line(build_parser({}), argv)
+    assert (args.workdir, args.tty, args.image, args.command_args) == (
+        workdir, tty, "busybox", command
+    )  # fmt: skip
 
 
 def test_an_empty_user_flag_is_not_given() -> None:

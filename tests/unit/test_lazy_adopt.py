@@ -9,6 +9,7 @@ A layer another image brought is held to each image's own diff_id.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gzip
 import hashlib
@@ -25,6 +26,7 @@ import pytest
 
 from lazyfs.cache.blobstate import COMPLETE, Verdict, write_verdict
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey, Layout
+from lazyfs.cache.remote import Remote, trace_key
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.cache.values import BlobInfo, BlobKind
 from lazyfs.index.stored import load_index
@@ -37,7 +39,7 @@ from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import DigestMismatch
 from providers.fslock import try_exclusive_lock
-from providers.manifest import ImageManifest, Layer
+from providers.manifest import ImageManifest, Layer, RuntimeConfig
 from tests.support.cache_daemons import wait_for
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -110,6 +112,26 @@ def test_a_start_that_finds_a_layer_complete_mounts_it_remote_without_copying_it
     assert remote_digests(blobs) == (layer.digest,)
     assert isinstance(blobs, LazyBlobs)
     assert not store.has_blob(layer.digest)
+
+
+def test_a_working_dir_given_keys_the_trace_and_finds_a_relative_program_from_it(
+    tmp_path: Path,
+) -> None:
+    store, cache_dir, manifest = _complete_image(tmp_path)
+    manifest = dataclasses.replace(
+        manifest, config=RuntimeConfig(cmd=("./app",), working_dir="/srv")
+    )
+    spec = DaemonSpec(cache_dir, ())
+
+    def remote(working_dir: str) -> Remote:
+        blobs = blobs_for("fuse", StoreBlobs(store), manifest, spec, [], working_dir)
+        assert isinstance(blobs, LazyBlobs)
+        return blobs.remote
+
+    image, given = remote(""), remote("/opt")
+    assert image.trace == trace_key(manifest.digest, (), ("./app",), "/srv")
+    assert given.trace == trace_key(manifest.digest, (), ("./app",), "/opt") != image.trace
+    assert (image.executable, given.executable) == (("/srv/./app",), ("/opt/./app",))
 
 
 def test_a_layer_the_cache_found_other_than_the_image_says_is_not_copied(
