@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import posixpath
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +53,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     import trio
 
     from lazyfs.cli_early import started_ahead
-    from lazyfs.cli_exec import exec_problem
+    from lazyfs.cli_exec import exec_problem, in_root
     from lazyfs.cli_volumes import container_request, volume_mounts
     from lazyfs.progress import Progress
     from lazyfs.provision import runtime
@@ -67,7 +68,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     for item in args.env:
         if not item.partition("=")[0]:
             raise UsageError(f"run -e {item!r}: no variable name (KEY[=VALUE])")
-    check_workdir(args.workdir)
+    workdir = clean_workdir(args.workdir)
     spec = container_request(args, image)
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     bundle = app.provisioner.containers / container_id / "bundle"
@@ -77,7 +78,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
         config = runtime.bundle_config(
             info.rootfs,
-            with_run_flags(info.config, args.env, args.user, os.environ, args.workdir),
+            with_run_flags(info.config, args.env, args.user, os.environ, workdir),
             command,
             # The copy backend's rootfs is writable whatever was asked: runc
             # makes it read-only then.
@@ -87,6 +88,12 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         )
         config["mounts"].extend(volume_mounts(info))
         process = config["process"]
+        if not info.writable and in_root(info.rootfs, process["cwd"]) is None:
+            # runc would make it, and fail on the read-only mount in words of its own.
+            raise UsageError(
+                f"the read-only rootfs has no working directory {process['cwd']} to run in"
+                " (run it without --read-only)"
+            )
         # As a shell says it, not as runc's failure to start (status 1).
         problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
         if problem is not None:
@@ -108,7 +115,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             progress=Progress(),
             # The prefetch trace is of the image and this command, in this directory.
             command=command,
-            working_dir=args.workdir or "",
+            working_dir=workdir,
         )
         made.append(info)
         return await trio.to_thread.run_sync(write_bundle, info)
@@ -170,13 +177,17 @@ def with_run_flags(
     return replace(config, env=tuple(values), user=user or config.user, working_dir=working_dir)
 
 
-def check_workdir(workdir: str | None) -> None:
-    """UsageError unless run's ``-w`` is an absolute path (or not given: None or empty).
+def clean_workdir(workdir: str | None) -> str:
+    """Run's ``-w`` tidied as docker tidies it (``/a/../b/`` is ``/b``); "" when not given
+    (None or empty). UsageError unless it is an absolute path.
 
     runc makes it when it is missing, as docker does, and resolves it in the rootfs.
     """
-    if workdir and (not workdir.startswith("/") or "\0" in workdir):
+    if not workdir:
+        return ""
+    if not workdir.startswith("/") or "\0" in workdir:
         raise UsageError(f"run -w {workdir!r}: the working directory must be an absolute path")
+    return "/" + posixpath.normpath(workdir).lstrip("/")
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

@@ -211,8 +211,11 @@ def mount(
     finally:
         # What a provision held for ``ask_published_program``, if it was not asked; nothing
         # is held where that module was never loaded (an eStargz start's).
-        if (published := sys.modules.get("lazyfs.index.published")) is not None:
-            published.forget_kept()
+        if "lazyfs.index.published" in sys.modules:
+            # Imported, not looked up: ``load_ahead_code``'s thread may be importing it.
+            from lazyfs.index.published import forget_kept
+
+            forget_kept()
         if starting is not None:
             starting.release()  # a daemon start ends with it, or the lock stays held
         if read_end >= 0:

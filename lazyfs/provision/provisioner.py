@@ -317,7 +317,9 @@ class Provisioner:
     ) -> ImageManifest:
         if lazy and self.daemon is not None and isinstance(provider, LazyProvider):
             # The lazy mount's own code loads while the registry is asked, not after it.
-            threading.Thread(target=load_ahead_code, name="lazyfs-ahead-code", daemon=True).start()
+            with contextlib.suppress(RuntimeError):  # no thread to be had: it loads then
+                threading.Thread(target=load_ahead_code, name="lazyfs-ahead-code",
+                                 daemon=True).start()  # fmt: skip
             return await provider.fetch_lazy(image, progress)
         return await provider.fetch(image, progress)
 

@@ -179,7 +179,16 @@ def test_the_workdir_flag_is_where_the_command_runs_made_when_missing(lazyfs: La
     assert lazyfs("run", "-w", "/new/dir", "busybox", "pwd").stdout == "/new/dir\n"
     # A program named from the working directory is found there.
     assert lazyfs("run", "-w", "/bin", "busybox", "--", "./busybox", "echo", "ok").stdout == "ok\n"
+    assert lazyfs("run", "-w", "/a/../etc/", "busybox", "pwd").stdout == "/etc\n"
     refused = lazyfs("run", "-w", "etc", "busybox", "pwd", check=False)
     assert refused.returncode == 1
     assert "the working directory must be an absolute path" in one_line_error(refused)
+    # A read-only rootfs cannot be given it: one line before runc runs, as for a volume.
+    assert lazyfs("run", "--read-only", "-w", "/etc", "busybox", "pwd").stdout == "/etc\n"
+    read_only = lazyfs("run", "--read-only", "-w", "/new", "busybox", "pwd", check=False)
+    assert read_only.returncode == 1
+    assert one_line_error(read_only) == (
+        "lazyfs: the read-only rootfs has no working directory /new to run in"
+        " (run it without --read-only)"
+    )
     assert containers(lazyfs.work_dir) == []

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from lazyfs.cli import build_parser
-from lazyfs.cli_container import _destroy, check_workdir, with_run_flags
+from lazyfs.cli_container import _destroy, clean_workdir, with_run_flags
 from lazyfs.cli_parser import parse_command_line
 from providers.errors import BadImage, UsageError
 from providers.manifest import RuntimeConfig
@@ -110,18 +110,28 @@ def test_the_workdir_flag_replaces_the_images_and_empty_is_not_given() -> None:
     assert with_run_flags(image, [], None, {}).working_dir == "/srv"
 
 
-@pytest.mark.parametrize("workdir", ["tmp", "./x", "", None, "/", "/a b/c"])
-def test_the_workdir_must_be_absolute(workdir: str | None) -> None:
-    if workdir and not workdir.startswith("/"):
-        with pytest.raises(UsageError, match="must be an absolute path"):
-            check_workdir(workdir)
-    else:
-        check_workdir(workdir)
+@pytest.mark.parametrize(
+    ("workdir", "cleaned"),
+    [
+        (None, ""),
+        ("", ""),
+        ("/", "/"),
+        ("/srv", "/srv"),
+        ("/srv/", "/srv"),
+        ("//srv/.", "/srv"),
+        ("/a/../b", "/b"),
+        ("/../..", "/"),
+        ("/a b/c", "/a b/c"),
+    ],
+)
+def test_the_workdir_is_tidied_as_docker_tidies_it(workdir: str | None, cleaned: str) -> None:
+    assert clean_workdir(workdir) == cleaned
 
 
-def test_a_nul_in_the_workdir_is_refused() -> None:
-    with pytest.raises(UsageError):
-        check_workdir("/a\0b")
+@pytest.mark.parametrize("workdir", ["tmp", "./x", "~/x", "/a\0b"])
+def test_a_workdir_not_absolute_is_refused(workdir: str) -> None:
+    with pytest.raises(UsageError, match="must be an absolute path"):
+        clean_workdir(workdir)
 
 
 @pytest.mark.parametrize(
