@@ -10,6 +10,7 @@ in the registry, and only the other layers are pulled, in parallel as always.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -77,6 +78,11 @@ def _load_lookup_code() -> None:
     import lazyfs.publish.fetch
     import lazyfs.publish.listing
     import lazyfs.publish.traces  # noqa: F401
+
+
+def _run_each(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _registry_client(source: Puller) -> RegistryClient | None:
@@ -149,13 +155,17 @@ class DockerProvider:
         """
         return await self._fetch(image, progress, lazy=False)
 
-    async def fetch_lazy(self, image: Image, progress: Progress) -> ImageManifest:
+    async def fetch_lazy(
+        self, image: Image, progress: Progress, ahead: Callable[[], None] | None = None
+    ) -> ImageManifest:
         """``fetch``, but the ``lazy_layer`` layers of a registry image stay in the registry.
 
         Those of an image from a directory are pulled as ever: no daemon reads them.
+        ``ahead`` (the lazy mount's imports) runs in a thread of its own while the
+        registry is asked, when it is: not for an image the store holds.
         """
         lazy = urlparse(self.registry).scheme in ("http", "https")
-        return await self._fetch(image, progress, lazy=lazy)
+        return await self._fetch(image, progress, lazy=lazy, ahead=ahead)
 
     def _stored(self, reference: str, platform: str, lazy: bool) -> ImageManifest | None:
         """The stored image, if every blob it needs now is in the store. Blocking."""
@@ -170,7 +180,14 @@ class DockerProvider:
                 return None
         return stored
 
-    async def _fetch(self, image: Image, progress: Progress, *, lazy: bool) -> ImageManifest:
+    async def _fetch(
+        self,
+        image: Image,
+        progress: Progress,
+        *,
+        lazy: bool,
+        ahead: Callable[[], None] | None = None,
+    ) -> ImageManifest:
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
         # oci:DIR, oci-archive:FILE, docker-archive:FILE: read again every time.
@@ -194,12 +211,15 @@ class DockerProvider:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:
                     return stored
-            if lazy and self.trust_published and local is None:
-                # The lookup's code (about 20 ms of imports) loads while the resolve waits
-                # on the registry, not after it. A thread of its own, not a nursery's: the
-                # resolve's errors stay as they are, not grouped.
-                threading.Thread(target=_load_lookup_code, name="lazyfs-imports",
-                                 daemon=True).start()  # fmt: skip
+            loads = [_load_lookup_code] if lazy and self.trust_published else []
+            loads += [ahead] if lazy and ahead is not None else []
+            if loads:
+                # The lookup's code (some 20 ms of imports), and the lazy mount's, load while
+                # the resolve waits on the registry, not after it. A thread of its own, not a
+                # nursery's: the resolve's errors stay as they are, not grouped.
+                with contextlib.suppress(RuntimeError):  # no thread to be had: they load then
+                    threading.Thread(target=_run_each, args=(loads,), name="lazyfs-imports",
+                                     daemon=True).start()  # fmt: skip
             async with FETCH_LIMIT:
                 manifest = await trio.to_thread.run_sync(
                     source.resolve, reference, abandon_on_cancel=True

@@ -27,7 +27,7 @@ a file read).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
@@ -53,8 +53,11 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class LazyProvider(Protocol):
-    async def fetch_lazy(self, image: Image, progress: Progress) -> ImageManifest:
-        """``fetch``, leaving in the registry the layers that can be read by range."""
+    async def fetch_lazy(
+        self, image: Image, progress: Progress, ahead: Callable[[], None] | None = None
+    ) -> ImageManifest:
+        """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
+        runs in a thread of its own when it goes to a registry for them."""
         ...
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -317,10 +316,7 @@ class Provisioner:
     ) -> ImageManifest:
         if lazy and self.daemon is not None and isinstance(provider, LazyProvider):
             # The lazy mount's own code loads while the registry is asked, not after it.
-            with contextlib.suppress(RuntimeError):  # no thread to be had: it loads then
-                threading.Thread(target=load_ahead_code, name="lazyfs-ahead-code",
-                                 daemon=True).start()  # fmt: skip
-            return await provider.fetch_lazy(image, progress)
+            return await provider.fetch_lazy(image, progress, load_ahead_code)
         return await provider.fetch(image, progress)
 
     def blobs_for(self, backend: str, manifest: ImageManifest, command: Sequence[str] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,26 @@ async def test_a_lazy_trusting_pull_of_a_missing_image_is_not_found_as_such(
     dp.trust_published = True
     with pytest.raises(NotFound):
         await dp.fetch_lazy(docker(f"{plain_registry.host}/no-such-image:1"), _progress())
+
+
+async def test_a_lazy_pull_runs_its_ahead_work_only_when_it_asks_the_registry(
+    plain_registry: Registry, tmp_path: Path
+) -> None:
+    dp = provider(tmp_path, plain_registry.url)
+    calls: list[str] = []
+    image = docker(f"{plain_registry.host}/rich:oci")
+
+    def joined() -> list[str]:
+        for thread in threading.enumerate():
+            if thread.name == "lazyfs-imports":
+                thread.join(10)
+        return calls
+
+    await dp.fetch_lazy(image, _progress(), lambda: calls.append("ahead"))
+    assert joined() == ["ahead"]
+    # The store holds it now: a start from it asks no registry, and loads nothing ahead.
+    await dp.fetch_lazy(image, _progress(), lambda: calls.append("again"))
+    assert joined() == ["ahead"]
 
 
 def test_cli_pull_prints_manifest_and_stores_blobs(
