@@ -185,7 +185,9 @@ def clean_workdir(workdir: str | None) -> str:
     """
     if not workdir:
         return ""
-    if not workdir.startswith("/") or "\0" in workdir:
+    if "\0" in workdir:
+        raise UsageError(f"run -w {workdir!r}: a working directory holds no NUL byte")
+    if not workdir.startswith("/"):
         raise UsageError(f"run -w {workdir!r}: the working directory must be an absolute path")
     return "/" + posixpath.normpath(workdir).lstrip("/")
 

@@ -210,12 +210,14 @@ def mount(
             raise
     finally:
         # What a provision held for ``ask_published_program``, if it was not asked; nothing
-        # is held where that module was never loaded (an eStargz start's).
+        # is held where that module was never loaded. Imported, not looked up: the thread
+        # of ``load_ahead_code`` may be importing it; and if that import failed, nothing
+        # is held either.
         if "lazyfs.index.published" in sys.modules:
-            # Imported, not looked up: ``load_ahead_code``'s thread may be importing it.
-            from lazyfs.index.published import forget_kept
+            with contextlib.suppress(ImportError):
+                from lazyfs.index.published import forget_kept
 
-            forget_kept()
+                forget_kept()
         if starting is not None:
             starting.release()  # a daemon start ends with it, or the lock stays held
         if read_end >= 0:

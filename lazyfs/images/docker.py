@@ -81,8 +81,13 @@ def _load_lookup_code() -> None:
 
 
 def _run_each(calls: list[Callable[[], None]]) -> None:
+    """Each of ``calls`` (imports ahead of need), in turn; a failure is logged, and the
+    import where the code is needed says what is wrong."""
     for call in calls:
-        call()
+        try:
+            call()
+        except Exception as error:
+            log.debug("loading code ahead failed: %s", error)
 
 
 def _registry_client(source: Puller) -> RegistryClient | None:
@@ -161,8 +166,9 @@ class DockerProvider:
         """``fetch``, but the ``lazy_layer`` layers of a registry image stay in the registry.
 
         Those of an image from a directory are pulled as ever: no daemon reads them.
-        ``ahead`` (the lazy mount's imports) runs in a thread of its own while the
-        registry is asked, when it is: not for an image the store holds.
+        ``ahead`` (the lazy mount's imports) runs in a thread while the registry is
+        asked (after the lookup's imports there), when it is: not for an image the
+        store holds, or one that is not read by range.
         """
         lazy = urlparse(self.registry).scheme in ("http", "https")
         return await self._fetch(image, progress, lazy=lazy, ahead=ahead)

@@ -57,7 +57,7 @@ class LazyProvider(Protocol):
         self, image: Image, progress: Progress, ahead: Callable[[], None] | None = None
     ) -> ImageManifest:
         """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
-        runs in a thread of its own when it goes to a registry for them."""
+        runs in a thread when it goes to a registry for them."""
         ...
 
 

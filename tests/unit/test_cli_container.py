@@ -128,9 +128,17 @@ def test_the_workdir_is_tidied_as_docker_tidies_it(workdir: str | None, cleaned:
     assert clean_workdir(workdir) == cleaned
 
 
-@pytest.mark.parametrize("workdir", ["tmp", "./x", "~/x", "/a\0b"])
-def test_a_workdir_not_absolute_is_refused(workdir: str) -> None:
-    with pytest.raises(UsageError, match="must be an absolute path"):
+@pytest.mark.parametrize(
+    ("workdir", "why"),
+    [
+        ("tmp", "must be an absolute path"),
+        ("./x", "must be an absolute path"),
+        ("~/x", "must be an absolute path"),
+        ("/a\0b", "holds no NUL byte"),
+    ],
+)
+def test_a_workdir_not_absolute_is_refused(workdir: str, why: str) -> None:
+    with pytest.raises(UsageError, match=why):
         clean_workdir(workdir)
 
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import tarfile
+import threading
 from pathlib import Path
 
 import trio
@@ -88,3 +89,16 @@ def test_a_local_transport_image_is_pulled_whole_even_with_estargz_layers(tmp_pa
     manifest = trio.run(provider.fetch_lazy, image, Progress(enabled=False))
     assert [stored.digest for stored in manifest.layers] == [layer]
     assert store.has_blob(Digest(layer))
+
+
+def test_a_local_transport_image_loads_nothing_ahead(tmp_path: Path) -> None:
+    layout, _ = _layout(tmp_path / "layout")
+    provider = DockerProvider(Store(tmp_path / "store"), "https://registry.invalid")
+    image = Image(type=Image.DOCKER)
+    image.docker.name = f"oci:{layout}:1.0"
+    called: list[str] = []
+    trio.run(provider.fetch_lazy, image, Progress(enabled=False), lambda: called.append("x"))
+    for thread in threading.enumerate():
+        if thread.name == "lazyfs-imports":
+            thread.join(10)
+    assert called == []
