@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lazyfs.blobs.ranges import TarRangeReader, open_layers
-from lazyfs.cache.layout import CHUNK_SIZE
 from lazyfs.index.model import LayerIndex
 from lazyfs.index.stored import check_data_present, ensure_index, load_chunk_table
 from lazyfs.store.blobs import StoreBlobs
@@ -36,8 +35,9 @@ if TYPE_CHECKING:
 # is mounted, as an eStargz one is with its footer: a read of it would fetch a span of it
 # and the cache's chunk around it, most of it anyway, and what a program reads of such a
 # layer (an image's own code, in its top layer) it often reads last, a round trip it
-# would wait on.  The cache's chunk.
-WHOLE_AT_MOUNT = CHUNK_SIZE
+# would wait on.  The cache's chunk (``lazyfs.cache.layout.CHUNK_SIZE``, not imported: a
+# mount of local layers loads no cache code).
+WHOLE_AT_MOUNT = 64 << 10
 
 
 @dataclass(frozen=True)

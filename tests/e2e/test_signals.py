@@ -17,6 +17,7 @@ import pytest
 
 from backends.mounts import mounts_under
 from lazyfs.store.disk import Store
+from providers.platforms import host_platform
 from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,9 @@ def test_a_killed_provision_leaves_a_container_that_says_it_is_incomplete(
     # The store's lock on the image, held here, stops the provision after it
     # recorded its work and before it finished; then it is killed.
     store = Store(lazyfs.work_dir / "store" / "docker")
-    key = hashlib.sha256(b"docker.io/library/busybox:latest").hexdigest()
+    # Named as DockerProvider names it: by reference and platform.
+    named = f"docker.io/library/busybox:latest\n{host_platform()}"
+    key = hashlib.sha256(named.encode()).hexdigest()
     fd = os.open(store.locks / f"image-{key}.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     process = lazyfs.popen("provision", "c1", "busybox")
