@@ -1,19 +1,26 @@
 """Building a rootfs (``lazyfs.provision.build``): what runs beside the backend, and the record
-the provisioner writes there (``RecordAhead``) before the build is done."""
+the provisioner writes there (``RecordAhead``) before the build is done; and what the
+provisioner hands a lazy provider's fetch."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
 from backends.base import Rootfs
+from lazyfs.cache.spawn import DaemonSpec
+from lazyfs.fs.mount import load_ahead_code
 from lazyfs.progress import Progress
 from lazyfs.provision.build import RecordAhead, RootfsBuilder
+from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import ProvisionInfo
+from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import BackendError
 from providers.image_pb2 import Image
@@ -144,3 +151,37 @@ async def test_what_is_written_ahead_is_what_the_build_returns(tmp_path: Path) -
     assert ahead.written == ProvisionInfo(
         "c1", rootfs.path, "fake", rootfs.writable, manifest, remote
     )
+
+
+class LazyFake:
+    """A provider that is lazy (``LazyProvider``): what each fetch was given."""
+
+    def __init__(self) -> None:
+        self.given: list[tuple[str, object]] = []
+
+    async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
+        self.given.append(("fetch", None))
+        return MANIFEST
+
+    async def fetch_lazy(
+        self, image: Image, progress: Progress, ahead: Callable[[], None] | None = None
+    ) -> ImageManifest:
+        self.given.append(("fetch_lazy", ahead))
+        return MANIFEST
+
+
+@pytest.mark.parametrize("daemon", [True, False])
+def test_a_lazy_fetch_hands_the_provider_the_mount_code_to_load_ahead(
+    tmp_path: Path, daemon: bool
+) -> None:
+    provider = LazyFake()
+    spec = DaemonSpec(tmp_path / "cache", ()) if daemon else None
+    provisioner = Provisioner(tmp_path / "work", Store(tmp_path / "store"), {"docker": provider},
+                              "copy", daemon=spec)  # fmt: skip
+    image = Image(type=Image.DOCKER)
+    image.docker.name = "busybox"
+    trio.run(partial(provisioner.fetch, image, lazy=True))
+    trio.run(partial(provisioner.fetch, image, lazy=False))
+    # Without a daemon nothing is read lazily: a plain fetch, and nothing to load.
+    lazy = [("fetch_lazy", load_ahead_code)] if daemon else [("fetch", None)]
+    assert provider.given == [*lazy, ("fetch", None)]
