@@ -263,10 +263,11 @@ def main(argv: list[str]) -> int:
     )
     png_path = report.chart(out, results, title)
     (out / "results.md").write_text(report.markdown(meta, results))
-    if any(s.requests for r in results for c in r.contenders for s in c.samples):
-        (out / "timelines.md").write_text(report.timelines(results))
+    timelines = report.timelines(results)
+    if timelines:
+        (out / "timelines.md").write_text(timelines)
     print(title)
     print(report.table(results))
-    timelines = " and timelines.md" if (out / "timelines.md").exists() else ""
-    print(f"\nwrote {json_path}, {png_path}, results.md{timelines}")
+    also = " and timelines.md" if timelines else ""
+    print(f"\nwrote {json_path}, {png_path}, results.md{also}")
     return status

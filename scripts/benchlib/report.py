@@ -233,14 +233,18 @@ def markdown(meta: dict[str, Any], results: list[Result]) -> str:
 
 
 def timelines(results: list[Result]) -> str:
-    """Each contender's median run, request by request over the shaped link (cold-start)."""
-    parts = ["Each row's median run: every request over the shaped link until the line was",
-             "printed. Times in ms from the command's start: sent, first byte back, last",
-             "byte back. Bar: `.` before it, `-` waiting, `=` its response.", ""]  # fmt: skip
+    """Each contender's median run, request by request over the shaped link (cold-start);
+    "" when no run went through it."""
+    parts = []
     for result in results:
         for c in result.contenders:
-            if c.samples and c.median_sample().requests:
-                sample = c.median_sample()
+            sample = c.median_sample() if c.samples else None
+            if sample is not None and sample.requests:
                 title = f"{result.measurement} {result.image}: {c.name}"
                 parts.append(render(title, sample.seconds, list(sample.requests)))
-    return "\n".join(parts)
+    if not parts:
+        return ""
+    head = ["Each row's median run: every request over the shaped link until the line was",
+            "printed. Times in ms from the command's start: sent, first byte back, last",
+            "byte back. Bar: `.` before it, `-` waiting, `=` its response.", ""]  # fmt: skip
+    return "\n".join([*head, *parts])
