@@ -8,12 +8,14 @@ one range make one upstream request.
 
 The fetch tasks belong to the Fetcher's nursery, not to any reader: a reader
 cancelled while it waits stops waiting and nothing else, the fetch goes on for
-the others and lands in the cache. A fetch that fails wakes every waiter of its
-chunks: those reading through its origin raise its error, the others fetch the
+the others and lands in the cache. A fetch that fails wakes every waiter of the
+chunks it did not bring: those reading through its origin raise its error, the others fetch the
 chunks through theirs. It leaves nothing behind, and failures are not remembered.
 
-Chunks go in the cache as they are cut from an answer, side by side, each
-waking its waiters once in place (``lazyfs.cache.landing``); a reader's chunks
+Chunks go in the cache as they come in, while the rest of the answer is on
+its way (``lazyfs.cache.arrival``), side by side (each write ends in an fsync,
+and the filesystem commits concurrent ones together), each waking its
+waiters once in place (``lazyfs.cache.landing``); a reader's chunks
 are pinned from before its wait until its answer is built, out of eviction's
 reach. A source's bytes are trusted: verifying is a wrapping source's job.
 """
@@ -27,6 +29,7 @@ from typing import TypeVar
 
 import trio
 
+from lazyfs.cache.arrival import arrive
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.landing import Flight, InHand, land
 from lazyfs.cache.layout import ChunkKey
@@ -350,24 +353,20 @@ class Fetcher:
         flights: dict[ChunkKey, Flight],
         limiter: trio.CapacityLimiter,
     ) -> None:
-        """Run one request; never raises (that would cancel every other fetch)."""
+        """Run one request; never raises (that would cancel every other fetch). Each chunk
+        goes in the cache as it comes (``arrival``), and its readers wake then."""
         offset, length = fetch.span(self.chunk_size)
         error: BaseException | None = None
+        failures: list[Exception] = []
+
+        async def put(index: int, piece: bytes) -> None:
+            await self._put(ChunkKey(digest, index), piece, flights, failures)
+
+        run = trio.to_thread.run_sync if self._upstream is None else self._upstream.run_sync
         try:
-            async with limiter:
-                run = trio.to_thread.run_sync if self._upstream is None else self._upstream.run_sync
-                data = await run(source.read_range, digest, offset, length)
-            self.fetched_bytes += len(data)
-            if len(data) < length:
-                self._sizes[digest] = offset + len(data)
-            failures: list[Exception] = []
-            # Side by side: each write ends in an fsync, and the filesystem
-            # commits concurrent ones together. A chunk's readers wake when it is in.
-            async with trio.open_nursery() as puts:
-                for index in fetch.chunks:
-                    start = (index - fetch.first) * self.chunk_size
-                    piece = data[start : start + self.chunk_size]
-                    puts.start_soon(self._put, ChunkKey(digest, index), piece, flights, failures)
+            got = await arrive(run, limiter, source, digest, offset, length, self.chunk_size, put)
+            if got < length:
+                self._sizes[digest] = offset + got
             if failures:
                 raise failures[0]
         except Exception as failure:
@@ -391,6 +390,7 @@ class Fetcher:
         failures: list[Exception],
     ) -> None:
         """Cache one chunk of an answer and wake its readers; a failure goes to ``failures``."""
+        self.fetched_bytes += len(piece)
         try:
             if piece:
                 await trio.to_thread.run_sync(self.cache.put, key, piece, limiter=self.chunk_writes)

@@ -22,7 +22,7 @@ before fetching. A read of a blob never sized is NotFound.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import BinaryIO
 
 from lazyfs.cache.messages import BadRequest, HandleOrigin, Origin, RegistryOrigin
@@ -89,3 +89,8 @@ class RegistryBlobs:
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         self._known(digest)
         return self.client.read_range(digest, offset, length)
+
+    def stream_range(self, digest: Digest, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
+        """The range as it arrives (``providers.source.StreamingBlobSource``)."""
+        self._known(digest)
+        return self.client.stream_range(digest, offset, length)

@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from providers.digest import Digest
 from providers.errors import NotFound, TemporaryFailure
-from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
-
-
-@contextmanager
-def disk_cache(root: Path, chunks: int = 64) -> Iterator[DiskCache]:
-    root.mkdir(parents=True, exist_ok=True)
-    with DiskCache.open(root, chunks * os.statvfs(root).f_frsize, chunk_size=SIZE) as cache:
-        yield cache
-
-
-@asynccontextmanager
-async def fetcher(tmp_path: Path, **options: object) -> AsyncIterator[Fetcher]:
-    """A Fetcher whose nursery is waited for on the way out: every fetch has finished after."""
-    with disk_cache(tmp_path / "cache") as cache:
-        async with trio.open_nursery() as nursery:
-            yield Fetcher(cache, nursery, **options)  # type: ignore[arg-type]
+from tests.support.cache_fakes import (
+    BLOB,
+    DATA,
+    SIZE,
+    FakeSource,
+    StreamingSource,
+    disk_cache,
+    fetcher,
+)
 
 
 async def test_concurrent_readers_of_one_range_cause_one_upstream_read(tmp_path: Path) -> None:
@@ -262,7 +251,11 @@ async def test_chunk_writes_run_at_most_the_write_limit_at_once(tmp_path: Path) 
         f.cache.put = counting_put  # type: ignore[method-assign]
         try:
             with trio.fail_after(60):  # a bound on a hang, not a timing threshold
-                assert f.prefetch(FakeSource(), BLOB, [(0, len(DATA))], max_request_chunks=chunks)
+                source = StreamingSource([(0, len(DATA))])
+                assert f.prefetch(source, BLOB, [(0, len(DATA))], max_request_chunks=chunks)
+                # Every chunk handed on from the upstream thread (arrival.cut): each is a
+                # put task by the time no task can run.
+                assert await trio.to_thread.run_sync(source.sent.wait, 60)
                 while True:
                     await trio.testing.wait_all_tasks_blocked()
                     with lock:
