@@ -33,16 +33,18 @@ def cut(
 ) -> int:
     """Fetch blob bytes ``[offset, offset + length)``; ``deliver(index, bytes)`` each chunk.
 
-    Blocking: run in an upstream thread.
-
-    ``offset`` is a chunk's first byte. Chunks go out in order, each whole
-    but the last one of a blob that ends in the range. Returns how many
-    bytes of the range came: fewer than ``length`` only where the blob ends.
-    Bytes an answer carries outside the range (a whole-blob answer) are
-    dropped. ``stopped()`` true ends the transfer before the next piece.
-    Raises what the source raises, after delivering the chunks that came
-    whole; BadImage for an answer that skips bytes of the range.
+    Blocking: run in an upstream thread. The range is a fetch's span: whole
+    chunks from a chunk's first byte (ValueError else), so every chunk is
+    handed on whole, in order, but the last one of a blob that ends in the
+    range. Returns how many bytes of the range came: fewer than ``length``
+    where the blob ends, or when ``stopped()`` turned true, which ends the
+    transfer before the next piece. Bytes an answer carries outside the
+    range (a whole-blob answer) are dropped. Raises what the source raises,
+    after handing on the chunks that came whole; BadImage for an answer
+    that skips bytes of the range.
     """
+    if offset % chunk_size or length % chunk_size:
+        raise ValueError(f"{offset}+{length} is not a run of whole {chunk_size}-byte chunks")
     end = offset + length
     at = offset  # the next byte of the range wanted
     pending = bytearray()  # the range's bytes from the start of chunk ``at // chunk_size``
@@ -93,8 +95,10 @@ async def arrive(
     returns.
 
     What the upstream raises is raised after the puts of the chunks that
-    came whole before it. Cancelled, the thread stops at its next piece and
-    what it still hands on is dropped.
+    came whole before it. Cancelled (the daemon stopping), a call on the
+    fetcher's own threads is no longer waited for: the thread stops at its
+    next piece and what it still hands on is dropped. On trio's threads
+    (tests) the call is waited for, as ever.
     """
     token = trio.lowlevel.current_trio_token()
     async with trio.open_nursery() as puts:

@@ -42,8 +42,12 @@ def test_a_whole_blob_answer_gives_only_the_range_and_is_closed_after_it() -> No
 
 
 def test_a_source_that_cannot_stream_is_read_whole() -> None:
-    assert delivered(FakeSource(), 16, 40) == [(1, DATA[16:32]), (2, DATA[32:48]),
-                                               (3, DATA[48:56])]  # fmt: skip
+    assert delivered(FakeSource(), 16, 32) == [(1, DATA[16:32]), (2, DATA[32:48])]
+
+
+def test_a_range_of_part_chunks_is_refused() -> None:
+    with pytest.raises(ValueError, match="whole 16-byte chunks"):
+        cut(FakeSource(), BLOB, 16, 40, SIZE, lambda i, b: None)
 
 
 def test_an_answer_that_skips_bytes_of_the_range_is_refused() -> None:
@@ -78,18 +82,17 @@ async def test_a_reader_of_the_first_chunk_is_answered_before_the_answer_ends(
     # One request for chunks 0-3 (the reader's and read-ahead's); the source sends
     # chunk 0, then holds the rest until the reader has its bytes.
     source = StreamingSource([(0, 16), (16, 16), (32, 16), (48, 16)], hold=1)
-    try:
-        async with fetcher(tmp_path, readahead=(0, 0)) as f:
+    async with fetcher(tmp_path, readahead=(0, 0)) as f:
+        try:
             f.prefetch(source, BLOB, [(0, 64)])
             got = None
             with trio.move_on_after(30):  # a bound, not a delay: without it this waits forever
                 got = await f.read(source, BLOB, 0, 16)
             assert got == DATA[0:16]
             assert source.yielded == 1  # the rest of the answer is still on its way
-            source.go.set()
-            assert await f.read(source, BLOB, 16, 48) == DATA[16:64]
-    finally:
-        source.go.set()
+        finally:
+            source.go.set()  # before the fetcher waits for its fetch: a failure fails at once
+        assert await f.read(source, BLOB, 16, 48) == DATA[16:64]
     assert source.calls == [(0, 64)]
 
 
