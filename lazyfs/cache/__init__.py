@@ -9,7 +9,9 @@ mount processes read directly; ``chunks`` the daemon's side of it (atomic
 chunk writes, a size limit with LRU eviction, pins, rebuilt at start).
 ``planner`` decides which range requests a read needs (pure), ``flight`` runs
 them with one fetch per missing chunk however many readers wait (each
-chunk's ``landing``), and
+chunk's ``landing``, as its bytes arrive: ``arrival``), ``pieces`` fetches
+a small range alone where whole chunks would waste the link (a published
+index's windows), and
 ``daemon`` serves it all over a Unix socket in the cache directory, fetching
 from ``upstream`` (the registries reads name). ``background`` fetches the
 rest of mounted layers while no read waits and judges each whole blob;

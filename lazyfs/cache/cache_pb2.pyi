@@ -34,16 +34,18 @@ class BlobRange(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("range", "origin", "blob_size", "exact")
+    __slots__ = ("range", "origin", "blob_size", "exact", "piece")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     BLOB_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
     range: BlobRange
     origin: Origin
     blob_size: int
     exact: bool
-    def __init__(self, range: _Optional[_Union[BlobRange, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
+    piece: bool
+    def __init__(self, range: _Optional[_Union[BlobRange, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., exact: _Optional[bool] = ..., piece: _Optional[bool] = ...) -> None: ...
 
 class Extent(_message.Message):
     __slots__ = ("path", "file_offset", "blob_offset", "length")
@@ -58,22 +60,26 @@ class Extent(_message.Message):
     def __init__(self, path: _Optional[str] = ..., file_offset: _Optional[int] = ..., blob_offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class ReadReply(_message.Message):
-    __slots__ = ("extents",)
+    __slots__ = ("extents", "data")
     EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     extents: _containers.RepeatedCompositeFieldContainer[Extent]
-    def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ...) -> None: ...
+    data: bytes
+    def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PrefetchRequest(_message.Message):
-    __slots__ = ("ranges", "origin", "blob_size", "replay")
+    __slots__ = ("ranges", "origin", "blob_size", "replay", "piece")
     RANGES_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     BLOB_SIZE_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
     ranges: _containers.RepeatedCompositeFieldContainer[BlobRange]
     origin: Origin
     blob_size: int
     replay: bool
-    def __init__(self, ranges: _Optional[_Iterable[_Union[BlobRange, _Mapping]]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., replay: _Optional[bool] = ...) -> None: ...
+    piece: bool
+    def __init__(self, ranges: _Optional[_Iterable[_Union[BlobRange, _Mapping]]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., replay: _Optional[bool] = ..., piece: _Optional[bool] = ...) -> None: ...
 
 class EvictRequest(_message.Message):
     __slots__ = ("range", "reason")

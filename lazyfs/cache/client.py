@@ -4,8 +4,10 @@
 cache files (``lazyfs.cache.layout.ChunkFiles``), with no round trip, and
 asks the daemon only for a range with a chunk missing; the daemon answers
 once the chunks are in the cache, and the client reads them from the files
-too. So every byte a mount serves comes from a cache file; the socket carries
-only requests and where to read.
+too. So every byte a mount serves comes from a cache file, and the socket
+carries only requests and where to read; but for a piece (a published
+index's window, a few KB: ``lazyfs.cache.pieces``), which the daemon
+fetches alone and answers in its reply.
 
 When the daemon is gone (killed, restarting), cached chunks keep being read
 as before. A miss waits for the daemon to come back, trying again with a
@@ -34,7 +36,7 @@ from typing import BinaryIO
 
 from lazyfs.cache.blobstate import refusal
 from lazyfs.cache.client_stream import BlobStream, ReadWatcher
-from lazyfs.cache.connection import Connection
+from lazyfs.cache.connection import Connection, failure_error
 from lazyfs.cache.connection import status as status  # where callers have found it
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
@@ -47,7 +49,6 @@ from lazyfs.cache.messages import (
     Evict,
     EvictOk,
     Failure,
-    FailureKind,
     Origin,
     Prefetch,
     PrefetchOk,
@@ -80,14 +81,6 @@ class Quarantined(LazyfsError):
     ones (``lazyfs.cache.blobstate.refusal``): none of it is served to this mount."""
 
 
-class DaemonError(LazyfsError):
-    """The daemon answered a read with a failure (``kind``, ``reason``) other than NotFound."""
-
-    def __init__(self, message: str, *, kind: FailureKind) -> None:
-        super().__init__(message)
-        self.kind = kind.name
-
-
 @dataclass(frozen=True)
 class RemoteBlob:
     """Where the daemon fetches a blob from, and its size when the manifest says it."""
@@ -98,6 +91,7 @@ class RemoteBlob:
     media_type: str = ""
     # Read by exact ranges (an eStargz layer's chunks): the daemon reads nothing ahead.
     exact: bool = False
+    piece: bool = False  # its ranges read and asked as pieces (``lazyfs.cache.pieces``)
 
 
 def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
@@ -200,7 +194,8 @@ class CacheClient:
             BlobRange(digest, start, min(MAX_READ_LENGTH, offset + length - start))
             for start in range(offset, offset + length, MAX_READ_LENGTH)
         )
-        answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size))
+        answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size,
+                                    piece=blob.piece))  # fmt: skip
         if not isinstance(answer, PrefetchOk):
             raise TemporaryFailure(f"the cache daemon answered a prefetch with {answer}")
         return answer.chunks_queued
@@ -266,8 +261,9 @@ class CacheClient:
         return queued
 
     def add_blob(self, digest: Digest, like: Digest, size: int) -> None:
-        """Read ``digest`` (``size`` bytes, in ``like``'s repository) too, exactly; once."""
-        self.blobs.setdefault(digest, RemoteBlob(self._blob(like).origin, size, exact=True))
+        """Read ``digest`` (``size`` bytes, in ``like``'s repository) too, by pieces; once."""
+        origin = self._blob(like).origin
+        self.blobs.setdefault(digest, RemoteBlob(origin, size, exact=True, piece=True))
 
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)
@@ -293,10 +289,10 @@ class CacheClient:
                 return data
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
-                                    blob.origin, blob.size, blob.exact))  # fmt: skip
+                                    blob.origin, blob.size, blob.exact, blob.piece))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
-            data = self._gather(digest, answer)
+            data = self._gather(digest, answer) if answer.data is None else answer.data
             if data is not None:
                 return data
         raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they were fetched")
@@ -368,7 +364,7 @@ class CacheClient:
             if deadline is not None:
                 log.info("cache daemon at %s answers again", self._socket)
             if isinstance(response, Failure):
-                raise _failure(request, response)
+                raise failure_error(request, response)
             return response
 
     def _take(self) -> Connection:
@@ -383,16 +379,3 @@ class CacheClient:
                 self._idle.append(connection)
                 return
         connection.close()
-
-
-def _failure(request: Request, failure: Failure) -> LazyfsError:
-    what = "the cache daemon"
-    if isinstance(request, Read):
-        blob = request.range
-        what = f"reading {blob.digest} bytes {blob.offset}+{blob.length} through the cache"
-    if failure.kind is FailureKind.NOT_FOUND:
-        digest = request.range.digest if isinstance(request, Read) else None
-        return NotFound(f"{what}: {failure.reason}", digest=digest)
-    if failure.kind is FailureKind.TEMPORARY:
-        return TemporaryFailure(f"{what}: {failure.reason}")
-    return DaemonError(f"{what}: {failure.reason} ({failure.kind.name})", kind=failure.kind)

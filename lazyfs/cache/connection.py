@@ -1,4 +1,5 @@
-"""One blocking connection to the cache daemon's socket, and the status request over one.
+"""One blocking connection to the cache daemon's socket, the status request over one, and
+what a failure it answers means (``failure_error``).
 
 Used by mount processes (``lazyfs.cache.client``) and by whoever asks whether
 a daemon answers (``lazyfs.cache.spawn``, ``lazyfs cache``).
@@ -12,6 +13,9 @@ from pathlib import Path
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
 from lazyfs.cache.layout import socket_path
 from lazyfs.cache.messages import (
+    Failure,
+    FailureKind,
+    Read,
     Request,
     Response,
     Status,
@@ -19,8 +23,17 @@ from lazyfs.cache.messages import (
     decode_response,
     encode_request,
 )
+from providers.errors import LazyfsError, NotFound, TemporaryFailure
 
 _RECEIVE = 1 << 16
+
+
+class DaemonError(LazyfsError):
+    """The daemon answered a read with a failure (``kind``, ``reason``) other than NotFound."""
+
+    def __init__(self, message: str, *, kind: FailureKind) -> None:
+        super().__init__(message)
+        self.kind = kind.name
 
 
 class Connection:
@@ -67,3 +80,17 @@ def status(cache_dir: Path, timeout: float | None = 5.0) -> StatusOk:
     if not isinstance(response, StatusOk):
         raise ProtocolError(f"a status request answered with {response}")
     return response
+
+
+def failure_error(request: Request, failure: Failure) -> LazyfsError:
+    """The error a mount raises for the daemon's ``failure`` to answer ``request``."""
+    what = "the cache daemon"
+    if isinstance(request, Read):
+        blob = request.range
+        what = f"reading {blob.digest} bytes {blob.offset}+{blob.length} through the cache"
+    if failure.kind is FailureKind.NOT_FOUND:
+        digest = request.range.digest if isinstance(request, Read) else None
+        return NotFound(f"{what}: {failure.reason}", digest=digest)
+    if failure.kind is FailureKind.TEMPORARY:
+        return TemporaryFailure(f"{what}: {failure.reason}")
+    return DaemonError(f"{what}: {failure.reason} ({failure.kind.name})", kind=failure.kind)

@@ -37,7 +37,7 @@ from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import DEFAULT_UPSTREAM_REQUESTS, Fetcher
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
-from lazyfs.cache.layout import SOCKET_NAME, socket_path
+from lazyfs.cache.layout import SOCKET_NAME, ChunkKey, socket_path
 from lazyfs.cache.messages import (
     MAX_READ_LENGTH,
     Background,
@@ -60,6 +60,8 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
+from lazyfs.cache.pieces import MAX_PIECE, Pieces
+from lazyfs.cache.planner import wanted_chunks
 from lazyfs.cache.replay import REQUESTS as REPLAY_REQUESTS
 from lazyfs.cache.replay import Replays
 from lazyfs.cache.workers import Workers
@@ -120,11 +122,14 @@ async def serve(
     upstream = Workers(UPSTREAM_THREADS)
     try:
         async with trio.open_nursery() as nursery:
-            fetcher = Fetcher(cache, nursery, upstream=upstream)
+            limiter = trio.CapacityLimiter(DEFAULT_UPSTREAM_REQUESTS)  # the readers' requests
+            fetcher = Fetcher(cache, nursery, limiter=limiter, upstream=upstream)
             backgrounds = Backgrounds(
                 fetcher, nursery, enabled=background, settle=background_settle
             )
-            server = Server(cache, fetcher, resolve, backgrounds, Replays(fetcher, nursery))
+            pieces = Pieces(nursery, limiter, upstream.run_sync)
+            server = Server(cache, fetcher, resolve, backgrounds, Replays(fetcher, nursery),
+                            pieces)  # fmt: skip
             task_status.started(path)
             await trio.serve_listeners(server.connection, [listener])
     finally:
@@ -143,9 +148,11 @@ class Server:
         resolve: Resolve,
         backgrounds: Backgrounds | None = None,
         replays: Replays | None = None,
+        pieces: Pieces | None = None,
     ) -> None:
         self.cache = cache
         self.fetcher = fetcher
+        self.pieces = pieces  # None: pieces are read as chunks
         self.resolve = resolve
         self.backgrounds = backgrounds
         self.replays = replays
@@ -211,6 +218,10 @@ class Server:
                 blob = request.range
                 if request.blob_size is not None and isinstance(source, SizeHints):
                     source.note_size(blob.digest, request.blob_size)
+                if self._as_piece(request.piece, blob, request.blob_size):
+                    assert self.pieces is not None
+                    data = await self.pieces.read(source, blob.digest, blob.offset, blob.length)
+                    return ReadOk(request.id, (), data)
                 extents = await self.fetcher.read_extents(
                     source,
                     blob.digest,
@@ -234,7 +245,10 @@ class Server:
                 # One request per range: a landmark's files arrive in one go.
                 whole = MAX_READ_LENGTH // self.cache.layout.chunk_size
                 queued = sum(
-                    self.fetcher.prefetch(
+                    self.pieces.prefetch(source, r.digest, r.offset, r.length)
+                    if self.pieces is not None
+                    and self._as_piece(request.piece, r, request.blob_size)
+                    else self.fetcher.prefetch(
                         source, r.digest, [(r.offset, r.length)], request.blob_size,
                         max_request_chunks=whole,
                     )
@@ -244,6 +258,8 @@ class Server:
             if isinstance(request, Evict):
                 blob = request.range
                 dropped = self.fetcher.evict(blob.digest, blob.offset, blob.length)
+                if self.pieces is not None:
+                    dropped += self.pieces.evict(blob.digest, blob.offset, blob.length)
                 why = request.reason or "no reason given"
                 log.warning("evicted %d chunks of %s bytes %d+%d: %s", dropped, blob.digest,
                             blob.offset, blob.length, why)  # fmt: skip
@@ -268,8 +284,8 @@ class Server:
                 self.fetcher.fetches_in_flight,
                 stats.chunk_size,
                 self.reads,
-                self.fetcher.fetches_started,
-                self.fetcher.fetched_bytes,
+                self.fetcher.fetches_started + (self.pieces.fetches if self.pieces else 0),
+                self.fetcher.fetched_bytes + (self.pieces.fetched_bytes if self.pieces else 0),
                 tuple(self.backgrounds.infos()) if self.backgrounds is not None else (),
                 self.backgrounds is not None and self.backgrounds.enabled,
             )
@@ -277,6 +293,16 @@ class Server:
             kind = failure_kind(error)
             log.warning("cache request %d failed (%s): %s", request.id, kind.name, error)
             return Failure(request.id, kind, str(error) or type(error).__name__)
+
+    def _as_piece(self, piece: bool, blob: BlobRange, blob_size: int | None) -> bool:
+        """Whether a range asked as a piece is fetched as one: short enough, and its chunks
+        neither all cached nor all coming (a trace's replay brings windows as chunks)."""
+        if not piece or self.pieces is None or not 0 < blob.length <= MAX_PIECE:
+            return False
+        size = self.cache.layout.chunk_size
+        chunks = wanted_chunks([(blob.offset, blob.length)], size, blob_size)
+        return not all(self.fetcher.in_flight(key) or self.cache.contains(key)
+                       for key in (ChunkKey(blob.digest, i) for i in chunks))  # fmt: skip
 
     def _source(
         self, origin: Origin, ranges: tuple[BlobRange, ...], blob_size: int | None

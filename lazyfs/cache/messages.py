@@ -139,12 +139,14 @@ def encode_request(request: Request) -> bytes:
         if request.blob_size is not None:
             message.read.blob_size = request.blob_size
         message.read.exact = request.exact
+        message.read.piece = request.piece
     elif isinstance(request, Prefetch):
         message.prefetch.ranges.extend(_range_pb(r) for r in request.ranges)
         message.prefetch.origin.CopyFrom(_origin_pb(request.origin))
         if request.blob_size is not None:
             message.prefetch.blob_size = request.blob_size
         message.prefetch.replay = request.replay
+        message.prefetch.piece = request.piece
     elif isinstance(request, Evict):
         message.evict.range.CopyFrom(_range_pb(request.range))
         message.evict.reason = request.reason
@@ -181,6 +183,7 @@ def decode_request(payload: bytes) -> Request:
                 _origin(read.origin, read.HasField("origin")),
                 blob_size,
                 read.exact,
+                read.piece,
             )
         if body == "prefetch":
             prefetch = message.prefetch
@@ -191,7 +194,7 @@ def decode_request(payload: bytes) -> Request:
             ranges = tuple(_range(r) for r in prefetch.ranges)
             origin = _origin(prefetch.origin, prefetch.HasField("origin"))
             size = prefetch.blob_size if prefetch.HasField("blob_size") else None
-            return Prefetch(request_id, ranges, origin, size, prefetch.replay)
+            return Prefetch(request_id, ranges, origin, size, prefetch.replay, prefetch.piece)
         if body == "status":
             return Status(request_id)
         if body == "evict":
@@ -266,6 +269,8 @@ def encode_response(response: Response) -> bytes:
             )
             for e in response.extents
         )
+        if response.data is not None:
+            message.read.data = response.data
     elif isinstance(response, PrefetchOk):
         message.prefetch.chunks_queued = response.chunks_queued
         message.prefetch.SetInParent()
@@ -311,6 +316,7 @@ def decode_response(payload: bytes) -> Response:
             tuple(
                 Extent(e.path, e.file_offset, e.blob_offset, e.length) for e in message.read.extents
             ),
+            message.read.data if message.read.HasField("data") else None,
         )
     if body == "prefetch":
         return PrefetchOk(message.id, message.prefetch.chunks_queued)

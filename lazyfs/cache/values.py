@@ -47,6 +47,7 @@ class Read:
     origin: Origin
     blob_size: int | None = None
     exact: bool = False  # no read-ahead: the mount asks for just what it needs
+    piece: bool = False  # just the range, answered in ReadOk.data (``lazyfs.cache.pieces``)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Prefetch:
     blob_size: int | None = None
     # A trace replayed: fetched in this order at low priority (``lazyfs.cache.replay``).
     replay: bool = False
+    piece: bool = False  # each range a piece (``Read.piece``)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class BlobInfo:
 class ReadOk:
     id: int
     extents: tuple[Extent, ...]
+    data: bytes | None = None  # a piece's bytes, when not answered from cached chunks
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from lazyfs.cache.framing import FrameDecoder, encode_frame
 from lazyfs.cache.messages import (
     BadRequest,
     BlobRange,
+    Evict,
+    EvictOk,
     Failure,
     FailureKind,
     HandleOrigin,
@@ -210,3 +212,41 @@ async def test_a_disconnected_mount_leaves_its_fetch_running_for_others(tmp_path
             answer = await client.receive()
             assert isinstance(answer, ReadOk) and answer.id == 2
     assert source.calls == [(0, 16)]
+
+
+def piece(request_id: int, offset: int, length: int) -> Read:
+    return Read(request_id, BlobRange(BLOB, offset, length), FAKE, len(DATA), True, True)
+
+
+async def test_a_piece_is_fetched_alone_and_answered_in_the_reply(tmp_path: Path) -> None:
+    source = FakeSource()
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        assert await client.call(piece(1, 10, 30)) == ReadOk(1, (), DATA[10:40])
+        assert await client.call(piece(2, 20, 5)) == ReadOk(2, (), DATA[20:25])  # kept
+        ahead = Prefetch(3, (BlobRange(BLOB, 100, 20),), FAKE, len(DATA), piece=True)
+        assert await client.call(ahead) == PrefetchOk(3, 1)
+        assert await client.call(piece(4, 100, 20)) == ReadOk(4, (), DATA[100:120])
+        facts = await client.call(Status(5))
+        assert isinstance(facts, StatusOk)
+        assert (facts.fetches, facts.fetched_bytes, facts.chunks) == (2, 50, 0)
+    assert source.calls == [(10, 30), (100, 20)]
+
+
+async def test_a_piece_whose_chunks_are_cached_is_read_from_them(tmp_path: Path) -> None:
+    # As after a trace's replay, which fetches windows as chunks.
+    source = FakeSource()
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        assert isinstance(await client.call(read(1, 0, 48)), ReadOk)
+        answer = await client.call(piece(2, 10, 30))
+        assert isinstance(answer, ReadOk) and answer.data is None
+        assert sum(e.length for e in answer.extents) == 30
+    assert source.calls == [(0, 48)]
+
+
+async def test_an_evicted_piece_is_fetched_again(tmp_path: Path) -> None:
+    source = FakeSource()
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        await client.call(piece(1, 10, 30))
+        assert await client.call(Evict(2, BlobRange(BLOB, 20, 1), "wrong bytes")) == EvictOk(2, 1)
+        assert await client.call(piece(3, 10, 30)) == ReadOk(3, (), DATA[10:40])
+    assert source.calls == [(10, 30), (10, 30)]

@@ -64,8 +64,9 @@ ranges = st.builds(BlobRange, digests, u64, st.integers(min_value=0, max_value=M
 names = st.text(min_size=1, max_size=30)
 origins = st.builds(RegistryOrigin, names, names) | st.builds(HandleOrigin, names)
 requests: st.SearchStrategy[Request] = st.one_of(
-    st.builds(Read, ids, ranges, origins, st.none() | u64),
-    st.builds(Prefetch, ids, st.lists(ranges, max_size=5).map(tuple), origins, st.none() | u64),
+    st.builds(Read, ids, ranges, origins, st.none() | u64, st.booleans(), st.booleans()),
+    st.builds(Prefetch, ids, st.lists(ranges, max_size=5).map(tuple), origins, st.none() | u64,
+              st.booleans(), st.booleans()),
     st.builds(Status, ids),
     st.builds(Evict, ids, ranges, st.text(max_size=40)),
     st.builds(Background, ids, digests, origins, u64.filter(bool), st.none() | digests,
@@ -74,7 +75,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
 blob_infos = st.builds(BlobInfo, digests, st.sampled_from(BlobKind), u64, u64, st.text(max_size=40))
 extents = st.builds(Extent, st.text(max_size=40), u64, u64, u64)
 responses: st.SearchStrategy[Response] = st.one_of(
-    st.builds(ReadOk, ids, st.lists(extents, max_size=5).map(tuple)),
+    st.builds(ReadOk, ids, st.lists(extents, max_size=5).map(tuple), st.none() | st.binary()),
     st.builds(PrefetchOk, ids, u64),
     st.builds(
         StatusOk,

@@ -1,0 +1,171 @@
+"""Pieces: small ranges of a blob fetched as they are, not as the whole chunks around them.
+
+A layer read through its published index inflates each checkpoint interval
+from a window: some 13 KB of zlib at an offset of the index's windows blob,
+which nothing else reads. Through chunks, each cost the 64 KiB chunk around
+it (in the Debian cold-start bench, 1.1 MB over the link for fifteen
+windows, on a link that is the start's bottleneck). A mount asks for such
+a range as a piece (``Read.piece``, ``Prefetch.piece``); ``Pieces`` fetches
+that range alone, one flight however many readers wait, keeps it in memory
+(least recently used out past ``max_bytes``) and answers a read of it, or
+of a range inside it, with its bytes.
+
+Kept in memory only: a piece lost (evicted, the daemon restarted) is a
+round trip for a few KB again, and a trace replayed fetches its windows as
+chunks, which a read of them finds first (the daemon's ``answer``). As for
+chunks, a source's bytes are trusted: the reader checks each window against
+the sha256 its index gives, and has a wrong one evicted (``evict``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from providers.digest import Digest
+from providers.errors import TemporaryFailure
+from providers.source import BlobSource
+
+log = logging.getLogger(__name__)
+
+MAX_PIECE = 256 << 10  # a longer range is fetched as chunks
+DEFAULT_MAX_BYTES = 16 << 20
+Key = tuple[Digest, int, int]  # blob, offset, length asked
+
+
+@dataclass
+class _Flight:
+    """One piece being fetched: ``done`` is set when it came (``data``) or failed (``error``)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: BaseException | None = None
+
+
+class Pieces:
+    """Pieces fetched through ``run`` (a worker thread) under ``limiter``, tasks of ``nursery``."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        limiter: trio.CapacityLimiter,
+        run: Callable[..., Awaitable[bytes]],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self._nursery = nursery
+        self._limiter = limiter
+        self._run = run
+        self.max_bytes = max_bytes
+        self._kept: OrderedDict[Key, bytes] = OrderedDict()  # least recently used first
+        self._blobs: dict[Digest, set[Key]] = {}  # each blob's kept pieces
+        self._flights: dict[Key, _Flight] = {}
+        self.used = 0
+        self.fetches = 0
+        self.fetched_bytes = 0
+
+    async def read(self, source: BlobSource, digest: Digest, offset: int, length: int) -> bytes:
+        """Blob bytes ``[offset, offset + length)``, kept, or fetched as one piece now.
+
+        Short only where the blob ends. Raises what the fetch raised.
+        """
+        while True:
+            found = self._find(digest, offset, length)
+            if found is not None:
+                return found
+            key, flight = self._flight(digest, offset, length)
+            if flight is None:
+                key, flight = self._start(source, (digest, offset, length))
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.data is not None:  # kept, or already pushed out again
+                return _within(key, flight.data, offset, length)
+
+    def prefetch(self, source: BlobSource, digest: Digest, offset: int, length: int) -> int:
+        """Start fetching the range as a piece unless it is kept or coming; 1 when started."""
+        if (
+            self._find(digest, offset, length) is not None
+            or self._flight(digest, offset, length)[1] is not None
+        ):
+            return 0
+        self._start(source, (digest, offset, length))
+        return 1
+
+    def evict(self, digest: Digest, offset: int, length: int) -> int:
+        """Drop the kept pieces of ``digest`` that hold any of the range; how many."""
+        end = offset + length
+        gone = [k for k in self._blobs.get(digest, ()) if k[1] < end and offset < k[1] + k[2]]
+        for key in gone:
+            self._drop(key)
+        return len(gone)
+
+    def _find(self, digest: Digest, offset: int, length: int) -> bytes | None:
+        for key in self._blobs.get(digest, ()):
+            if _holds(key, digest, offset, length):
+                self._kept.move_to_end(key)
+                return _within(key, self._kept[key], offset, length)
+        return None
+
+    def _flight(self, digest: Digest, offset: int, length: int) -> tuple[Key, _Flight | None]:
+        for key, flight in self._flights.items():
+            if _holds(key, digest, offset, length):
+                return key, flight
+        return (digest, offset, length), None
+
+    def _start(self, source: BlobSource, key: Key) -> tuple[Key, _Flight]:
+        flight = self._flights[key] = _Flight()
+        self.fetches += 1
+        self._nursery.start_soon(self._fetch, source, key, flight)
+        return key, flight
+
+    async def _fetch(self, source: BlobSource, key: Key, flight: _Flight) -> None:
+        """Fetch one piece and keep it; never raises but cancellation (the daemon stopping)."""
+        digest, offset, length = key
+        try:
+            async with self._limiter:
+                data = await self._run(source.read_range, digest, offset, length)
+            self.fetched_bytes += len(data)
+            flight.data = data
+            self._keep(key, data)
+        except Exception as failure:
+            log.warning("fetch of %s bytes %d+%d failed: %s", digest, offset, length, failure)
+            flight.error = failure
+        except BaseException:
+            flight.error = TemporaryFailure(
+                f"fetch of {digest} stopped: the cache daemon is stopping"
+            )
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set()
+
+    def _keep(self, key: Key, data: bytes) -> None:
+        if key in self._kept:
+            self._drop(key)
+        self._kept[key] = data
+        self._blobs.setdefault(key[0], set()).add(key)
+        self.used += len(data)
+        while self.used > self.max_bytes and self._kept:
+            self._drop(next(iter(self._kept)))
+
+    def _drop(self, key: Key) -> None:
+        self.used -= len(self._kept.pop(key))
+        keys = self._blobs[key[0]]
+        keys.discard(key)
+        if not keys:
+            del self._blobs[key[0]]
+
+
+def _holds(key: Key, digest: Digest, offset: int, length: int) -> bool:
+    """Whether the piece asked as ``key`` covers the range (to the blob's end, if short)."""
+    return key[0] == digest and key[1] <= offset and offset + length <= key[1] + key[2]
+
+
+def _within(key: Key, data: bytes, offset: int, length: int) -> bytes:
+    start = offset - key[1]
+    return data[start : start + length]
