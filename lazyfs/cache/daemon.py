@@ -60,7 +60,7 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
-from lazyfs.cache.pieces import MAX_PIECE, Pieces
+from lazyfs.cache.pieces import MAX_PIECE, MAX_PIECES_ASKED, Pieces
 from lazyfs.cache.planner import wanted_chunks
 from lazyfs.cache.replay import REQUESTS as REPLAY_REQUESTS
 from lazyfs.cache.replay import Replays
@@ -127,7 +127,7 @@ async def serve(
             backgrounds = Backgrounds(
                 fetcher, nursery, enabled=background, settle=background_settle
             )
-            pieces = Pieces(nursery, limiter, upstream.run_sync)
+            pieces = Pieces(nursery, limiter, upstream.run_sync, demand=fetcher.demand)
             server = Server(cache, fetcher, resolve, backgrounds, Replays(fetcher, nursery),
                             pieces)  # fmt: skip
             task_status.started(path)
@@ -246,7 +246,7 @@ class Server:
                 whole = MAX_READ_LENGTH // self.cache.layout.chunk_size
                 queued = sum(
                     self.pieces.prefetch(source, r.digest, r.offset, r.length)
-                    if self.pieces is not None
+                    if self.pieces is not None and len(request.ranges) <= MAX_PIECES_ASKED
                     and self._as_piece(request.piece, r, request.blob_size)
                     else self.fetcher.prefetch(
                         source, r.digest, [(r.offset, r.length)], request.blob_size,
@@ -261,8 +261,8 @@ class Server:
                 if self.pieces is not None:
                     dropped += self.pieces.evict(blob.digest, blob.offset, blob.length)
                 why = request.reason or "no reason given"
-                log.warning("evicted %d chunks of %s bytes %d+%d: %s", dropped, blob.digest,
-                            blob.offset, blob.length, why)  # fmt: skip
+                log.warning("evicted %d chunks or pieces of %s bytes %d+%d: %s", dropped,
+                            blob.digest, blob.offset, blob.length, why)  # fmt: skip
                 return EvictOk(request.id, dropped)
             if isinstance(request, Background):
                 if self.backgrounds is None:
@@ -296,7 +296,8 @@ class Server:
 
     def _as_piece(self, piece: bool, blob: BlobRange, blob_size: int | None) -> bool:
         """Whether a range asked as a piece is fetched as one: short enough, and its chunks
-        neither all cached nor all coming (a trace's replay brings windows as chunks)."""
+        neither all cached nor all in flight (a trace's replay brings windows as chunks;
+        one still in the replay's queue is not in flight, and is fetched twice)."""
         if not piece or self.pieces is None or not 0 < blob.length <= MAX_PIECE:
             return False
         size = self.cache.layout.chunk_size

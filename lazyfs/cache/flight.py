@@ -165,11 +165,11 @@ class Fetcher:
                 self._start(source, digest, indices, ahead)
                 waits = [f for key in keys if (f := self._flights.get(key)) is not None]
                 if waits:
-                    self._demand(+1)
+                    self.demand(+1)
                     try:
                         theirs = await self._wait(waits, source) or theirs
                     finally:
-                        self._demand(-1)
+                        self.demand(-1)
                 extents = self._extents(digest, offset, length, indices, size)
                 if extents is not None:
                     return build(extents)
@@ -244,7 +244,7 @@ class Fetcher:
         """Count now as a reader's wait: ``quiet(settle)`` waits ``settle`` from here."""
         self.last_demand = trio.current_time()
 
-    def _demand(self, change: int) -> None:
+    def demand(self, change: int) -> None:  # readers waiting on a fetch, a chunk's or a piece's
         self.demand_waiting += change
         self.last_demand = trio.current_time()
         if self.demand_waiting:

@@ -20,7 +20,8 @@ import struct
 from providers.errors import LazyfsError
 
 HEADER = struct.Struct(">I")
-# Messages carry paths and counts, never blob bytes: a few KiB at most.
+# Messages carry paths and counts, and blob bytes only in a piece's answer
+# (``lazyfs.cache.pieces.MAX_PIECE``): a few KiB, at most a quarter of this.
 DEFAULT_MAX_FRAME = 1 << 20
 
 

@@ -11,8 +11,13 @@ that range alone, one flight however many readers wait, keeps it in memory
 of a range inside it, with its bytes.
 
 Kept in memory only: a piece lost (evicted, the daemon restarted) is a
-round trip for a few KB again, and a trace replayed fetches its windows as
-chunks, which a read of them finds first (the daemon's ``answer``). As for
+round trip for a few KB again. A trace replayed fetches its windows as
+chunks, which a read of them finds first when they are cached or in flight
+(the daemon's ``answer``); a read that comes before the replay sent them
+fetches the piece, and the replay the chunk later. A reader waiting on a
+piece counts as one waiting on a fetch (``demand``): background fetch and
+replays hold back. A failure of another origin's fetch (a blob in two
+repositories) is not a reader's: it fetches through its own. As for
 chunks, a source's bytes are trusted: the reader checks each window against
 the sha256 its index gives, and has a wrong one evicted (``evict``).
 """
@@ -32,8 +37,10 @@ from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
 
-MAX_PIECE = 256 << 10  # a longer range is fetched as chunks
+MAX_PIECE = 256 << 10  # a longer range is fetched as chunks; well within a frame (1 MiB)
+MAX_PIECES_ASKED = 64  # a prefetch of more ranges fetches them as chunks: each is a scan here
 DEFAULT_MAX_BYTES = 16 << 20
+ENTRY_COST = 128  # bytes a kept piece is charged besides its own: its key and its places
 Key = tuple[Digest, int, int]  # blob, offset, length asked
 
 
@@ -41,6 +48,7 @@ Key = tuple[Digest, int, int]  # blob, offset, length asked
 class _Flight:
     """One piece being fetched: ``done`` is set when it came (``data``) or failed (``error``)."""
 
+    source: BlobSource  # whose origin it goes through: another origin's failure is not ours
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
     error: BaseException | None = None
@@ -56,14 +64,16 @@ class Pieces:
         run: Callable[..., Awaitable[bytes]],
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        demand: Callable[[int], None] = lambda change: None,
     ) -> None:
         self._nursery = nursery
+        self._demand = demand  # a reader waits (``Fetcher.demand``): background work holds back
         self._limiter = limiter
         self._run = run
         self.max_bytes = max_bytes
         self._kept: OrderedDict[Key, bytes] = OrderedDict()  # least recently used first
         self._blobs: dict[Digest, set[Key]] = {}  # each blob's kept pieces
-        self._flights: dict[Key, _Flight] = {}
+        self._flights: dict[Digest, dict[Key, _Flight]] = {}  # each blob's
         self.used = 0
         self.fetches = 0
         self.fetched_bytes = 0
@@ -71,19 +81,27 @@ class Pieces:
     async def read(self, source: BlobSource, digest: Digest, offset: int, length: int) -> bytes:
         """Blob bytes ``[offset, offset + length)``, kept, or fetched as one piece now.
 
-        Short only where the blob ends. Raises what the fetch raised.
+        Short only where the blob ends. Raises what the fetch raised, when it went
+        through ``source``; after another origin's failure, fetches it through ours.
         """
+        theirs = False  # another origin's flight failed: start our own
         while True:
             found = self._find(digest, offset, length)
             if found is not None:
                 return found
             key, flight = self._flight(digest, offset, length)
-            if flight is None:
+            if flight is None or theirs:
                 key, flight = self._start(source, (digest, offset, length))
-            await flight.done.wait()
+            self._demand(+1)
+            try:
+                await flight.done.wait()
+            finally:
+                self._demand(-1)
             if flight.error is not None:
-                raise flight.error
-            if flight.data is not None:  # kept, or already pushed out again
+                if flight.source is source:
+                    raise flight.error
+                theirs = True
+            elif flight.data is not None:  # kept, or already pushed out again
                 return _within(key, flight.data, offset, length)
 
     def prefetch(self, source: BlobSource, digest: Digest, offset: int, length: int) -> int:
@@ -112,13 +130,13 @@ class Pieces:
         return None
 
     def _flight(self, digest: Digest, offset: int, length: int) -> tuple[Key, _Flight | None]:
-        for key, flight in self._flights.items():
+        for key, flight in self._flights.get(digest, {}).items():
             if _holds(key, digest, offset, length):
                 return key, flight
         return (digest, offset, length), None
 
     def _start(self, source: BlobSource, key: Key) -> tuple[Key, _Flight]:
-        flight = self._flights[key] = _Flight()
+        flight = self._flights.setdefault(key[0], {})[key] = _Flight(source)
         self.fetches += 1
         self._nursery.start_soon(self._fetch, source, key, flight)
         return key, flight
@@ -141,20 +159,26 @@ class Pieces:
             )
             raise
         finally:
-            del self._flights[key]
+            flights = self._flights[digest]
+            if flights.get(key) is flight:
+                del flights[key]
+            if not flights:
+                del self._flights[digest]
             flight.done.set()
 
     def _keep(self, key: Key, data: bytes) -> None:
         if key in self._kept:
             self._drop(key)
+        if not data:
+            return  # past the blob's end: nothing to keep
         self._kept[key] = data
         self._blobs.setdefault(key[0], set()).add(key)
-        self.used += len(data)
+        self.used += ENTRY_COST + len(data)
         while self.used > self.max_bytes and self._kept:
             self._drop(next(iter(self._kept)))
 
     def _drop(self, key: Key) -> None:
-        self.used -= len(self._kept.pop(key))
+        self.used -= ENTRY_COST + len(self._kept.pop(key))
         keys = self._blobs[key[0]]
         keys.discard(key)
         if not keys:

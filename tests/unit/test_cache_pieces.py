@@ -13,11 +13,11 @@ import trio.testing
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.client import CacheClient, RemoteBlob, status
 from lazyfs.cache.daemon import serve
-from lazyfs.cache.pieces import Pieces
+from lazyfs.cache.pieces import ENTRY_COST, MAX_PIECE, Pieces
 from lazyfs.cache.values import HandleOrigin
 from lazyfs.cache.workers import Workers
 from providers.digest import Digest
-from providers.errors import TemporaryFailure
+from providers.errors import NotFound, TemporaryFailure
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
 
 
@@ -80,12 +80,12 @@ async def test_a_range_a_piece_does_not_hold_is_a_piece_of_its_own() -> None:
 
 async def test_the_least_recently_used_go_past_the_budget() -> None:
     source = FakeSource()
-    async with pieces(max_bytes=25) as p:
+    async with pieces(max_bytes=2 * (ENTRY_COST + 10) + 5) as p:
         await p.read(source, BLOB, 0, 10)
         await p.read(source, BLOB, 100, 10)
         await p.read(source, BLOB, 0, 10)  # used again: 100 is the oldest now
         await p.read(source, BLOB, 200, 10)
-        assert p.used == 20
+        assert p.used == 2 * (ENTRY_COST + 10)
         await p.read(source, BLOB, 0, 10)
         await p.read(source, BLOB, 100, 10)
     assert source.calls == [(0, 10), (100, 10), (200, 10), (100, 10)]
@@ -97,7 +97,7 @@ async def test_evict_drops_the_pieces_holding_the_range() -> None:
         await p.read(source, BLOB, 0, 10)
         await p.read(source, BLOB, 50, 10)
         assert p.evict(BLOB, 55, 1) == 1
-        assert p.used == 10
+        assert p.used == ENTRY_COST + 10
         await p.read(source, BLOB, 50, 10)
     assert source.calls == [(0, 10), (50, 10), (50, 10)]
 
@@ -180,3 +180,63 @@ async def test_a_client_reads_a_blob_it_was_told_of_by_pieces(tmp_path: Path) ->
     assert source.calls == [(37, 13), (70, 9), (32, 32)]
     assert source.digests == [windows, windows, BLOB]
     assert (facts.fetches, facts.fetched_bytes) == (3, 13 + 9 + 32)
+
+
+async def test_a_piece_past_the_blob_end_is_not_kept() -> None:
+    source = FakeSource()
+    async with pieces() as p:
+        assert await p.read(source, BLOB, len(DATA) + 10, 10) == b""
+        assert p.used == 0
+
+
+async def test_a_reader_waiting_on_a_piece_counts_as_waiting_on_a_fetch() -> None:
+    source = FakeSource(gated=True)
+    waiting: list[int] = []
+    async with trio.open_nursery() as nursery:
+        p = Pieces(nursery, trio.CapacityLimiter(4), trio.to_thread.run_sync,
+                   demand=lambda change: waiting.append(change))  # fmt: skip
+        nursery.start_soon(p.read, source, BLOB, 0, 8)
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiting == [+1]  # background fetch and replays hold back meanwhile
+        source.gate.set()
+    assert waiting == [+1, -1]
+
+
+class Refusing(FakeSource):
+    """A source of another repository, which does not hold the blob."""
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.calls.append((offset, length))
+        assert self.gate.wait(timeout=30), "the gate was never opened"
+        raise NotFound(f"blob {digest} is not in this repository")
+
+
+async def test_another_origins_failure_is_not_a_readers_own() -> None:
+    theirs, ours = Refusing(gated=True), FakeSource()
+    got: list[bytes] = []
+    failed: list[BaseException] = []
+    async with pieces() as p:
+
+        async def their_reader() -> None:
+            try:
+                await p.read(theirs, BLOB, 0, 16)
+            except NotFound as error:
+                failed.append(error)
+
+        async def our_reader() -> None:
+            got.append(await p.read(ours, BLOB, 4, 8))
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(their_reader)
+            await trio.testing.wait_all_tasks_blocked()
+            readers.start_soon(our_reader)  # joins their flight, which holds its range
+            await trio.testing.wait_all_tasks_blocked()
+            theirs.gate.set()
+    assert len(failed) == 1 and got == [DATA[4:12]]
+    assert theirs.calls == [(0, 16)] and ours.calls == [(4, 8)]
+
+
+def test_a_piece_fits_a_frame() -> None:
+    from lazyfs.cache.framing import DEFAULT_MAX_FRAME
+
+    assert 2 * MAX_PIECE < DEFAULT_MAX_FRAME  # the answer's other fields beside it
