@@ -195,7 +195,7 @@ class CacheClient:
             for start in range(offset, offset + length, MAX_READ_LENGTH)
         )
         answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size,
-                                    piece=blob.piece))  # fmt: skip
+                                    piece=self._piece(digest, blob)))  # fmt: skip
         if not isinstance(answer, PrefetchOk):
             raise TemporaryFailure(f"the cache daemon answered a prefetch with {answer}")
         return answer.chunks_queued
@@ -265,6 +265,11 @@ class CacheClient:
         origin = self._blob(like).origin
         self.blobs.setdefault(digest, RemoteBlob(origin, size, exact=True, piece=True))
 
+    def _piece(self, digest: Digest, blob: RemoteBlob) -> bool:
+        """Whether ranges of ``digest`` are asked as pieces: a windows blob, but not one a
+        trace being replayed names (its chunks come with it, and would come twice)."""
+        return blob.piece and all(named != digest for named, _ in self.replaying)
+
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)
         if blob is None:
@@ -289,7 +294,8 @@ class CacheClient:
                 return data
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
-                                    blob.origin, blob.size, blob.exact, blob.piece))  # fmt: skip
+                                    blob.origin, blob.size, blob.exact,
+                                    self._piece(digest, blob)))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
             data = self._gather(digest, answer) if answer.data is None else answer.data
