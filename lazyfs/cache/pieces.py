@@ -73,7 +73,7 @@ class Pieces:
         self.max_bytes = max_bytes
         self._kept: OrderedDict[Key, bytes] = OrderedDict()  # least recently used first
         self._blobs: dict[Digest, set[Key]] = {}  # each blob's kept pieces
-        self._flights: dict[Digest, dict[Key, _Flight]] = {}  # each blob's
+        self._flights: dict[Digest, list[tuple[Key, _Flight]]] = {}  # each blob's
         self.used = 0
         self.fetches = 0
         self.fetched_bytes = 0
@@ -89,8 +89,9 @@ class Pieces:
             found = self._find(digest, offset, length)
             if found is not None:
                 return found
-            key, flight = self._flight(digest, offset, length)
-            if flight is None or theirs:
+            # After another origin's failure, only a flight through ours.
+            key, flight = self._flight(digest, offset, length, source if theirs else None)
+            if flight is None:
                 key, flight = self._start(source, (digest, offset, length))
             self._demand(+1)
             try:
@@ -129,14 +130,20 @@ class Pieces:
                 return _within(key, self._kept[key], offset, length)
         return None
 
-    def _flight(self, digest: Digest, offset: int, length: int) -> tuple[Key, _Flight | None]:
-        for key, flight in self._flights.get(digest, {}).items():
-            if _holds(key, digest, offset, length):
+    def _flight(
+        self, digest: Digest, offset: int, length: int, through: BlobSource | None = None
+    ) -> tuple[Key, _Flight | None]:
+        """A flight holding the range (``through`` that source only, if given)."""
+        for key, flight in self._flights.get(digest, ()):
+            if _holds(key, digest, offset, length) and (
+                through is None or flight.source is through
+            ):
                 return key, flight
         return (digest, offset, length), None
 
     def _start(self, source: BlobSource, key: Key) -> tuple[Key, _Flight]:
-        flight = self._flights.setdefault(key[0], {})[key] = _Flight(source)
+        flight = _Flight(source)  # beside any of the same range through another origin
+        self._flights.setdefault(key[0], []).append((key, flight))
         self.fetches += 1
         self._nursery.start_soon(self._fetch, source, key, flight)
         return key, flight
@@ -160,8 +167,7 @@ class Pieces:
             raise
         finally:
             flights = self._flights[digest]
-            if flights.get(key) is flight:
-                del flights[key]
+            flights[:] = [entry for entry in flights if entry[1] is not flight]
             if not flights:
                 del self._flights[digest]
             flight.done.set()

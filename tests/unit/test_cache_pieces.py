@@ -222,7 +222,7 @@ class Refusing(FakeSource):
 
 
 async def test_another_origins_failure_is_not_a_readers_own() -> None:
-    theirs, ours = Refusing(gated=True), FakeSource()
+    theirs, ours = Refusing(gated=True), FakeSource(gated=True)
     got: list[bytes] = []
     failed: list[BaseException] = []
     async with pieces() as p:
@@ -239,10 +239,14 @@ async def test_another_origins_failure_is_not_a_readers_own() -> None:
         async with trio.open_nursery() as readers:
             readers.start_soon(their_reader)
             await trio.testing.wait_all_tasks_blocked()
-            readers.start_soon(our_reader)  # joins their flight, which holds its range
+            readers.start_soon(our_reader)  # two of ours join their flight, which holds
+            readers.start_soon(our_reader)  # their range
             await trio.testing.wait_all_tasks_blocked()
-            theirs.gate.set()
-    assert len(failed) == 1 and got == [DATA[4:12]]
+            theirs.gate.set()  # it fails: ours fetch it through ours, once
+            await trio.testing.wait_all_tasks_blocked()
+            ours.gate.set()
+        assert p._flights == {}
+    assert len(failed) == 1 and got == [DATA[4:12], DATA[4:12]]
     assert theirs.calls == [(0, 16)] and ours.calls == [(4, 8)]
 
 
