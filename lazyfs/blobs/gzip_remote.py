@@ -40,9 +40,10 @@ read inflates the whole checkpoint interval around it, which is kept a
 while, once checked, for the reads that come back to it
 (``lazyfs.blobs.inflated``); so the mount's chunk cache passes reads through
 as they are asked (``reads_exact``), and a small file costs the intervals it
-is in, not those of an aligned piece around it.  Nothing of a window is kept
-but what was inflated with it.  Blocking and thread-safe, as
-``TarRangeReader`` says.
+is in, not those of an aligned piece around it.  Windows are kept as fetched
+(``windows``, verified): the daemon keeps them in memory only (``lazyfs.cache.pieces``),
+and a mount inflates from them while it restarts, or the registry is gone.
+Blocking and thread-safe, as ``TarRangeReader`` says.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from providers.manifest import Layer
 from providers.source import BlobSource
 
 DEFAULT_KEEP_BYTES = 32 << 20
+WINDOW_KEEP_BYTES = 8 << 20  # some 600 windows as fetched (zlib of 32 KiB each)
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +106,7 @@ class PublishedLayers:
         self._blobs = blobs
         self._lock = threading.Lock()
         self.spans = Spans(max_bytes)  # verified, kept a while
+        self.windows = Spans(WINDOW_KEEP_BYTES)  # verified, by windows blob and offset
         self._spans: Once[bytes] = Once()  # each fetched by one thread
         # Layers whose index a span or window confirmed wrong: why, for each EIO after.
         self._bad: dict[Digest, LazyfsError] = {}
@@ -354,7 +357,9 @@ class PublishedLayers:
     def _window(self, digest: Digest, data: PublishedData, window: Span) -> bytes:
         """The inflated window at ``window`` of the layer's windows blob, checked first."""
         assert data.windows is not None  # decode gives a gzip layer's points a windows blob
-        packed = self._fetch(digest, window, source=data.windows, what="checkpoint window")
+        packed = self.windows.get((data.windows, window.offset))
+        if packed is None:
+            packed = self._fetch(digest, window, source=data.windows, what="checkpoint window")
         if (raw := unpacked_window(packed)) is None:
             problem = BadImage(
                 f"layer {digest}: the window at {window.offset} of its published index's windows"
@@ -362,6 +367,7 @@ class PublishedLayers:
             )
             self._mark_bad(digest, problem)
             raise OSError(errno.EIO, str(problem))
+        self.windows.put((data.windows, window.offset), packed)
         return raw
 
     def close(self) -> None:

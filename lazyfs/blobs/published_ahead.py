@@ -293,8 +293,10 @@ def reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None
 
     The windows blob is in the layer's repository, and read by exact
     ranges as the layer is (``lazyfs.cache.client.remote_blob`` makes a
-    layer read through its published index exact), each window a piece of
-    its own, not the chunk around it (``lazyfs.cache.pieces``): a read here
+    layer read through its published index exact), its windows as pieces,
+    not the chunks around them (``lazyfs.cache.pieces``; neighbours asked
+    together are one piece, and a mount replaying a trace that names the
+    blob asks by chunks, which the replay brings): a read here
     fetches whole spans, each checked, and a window only where a read inflates;
     what the daemon would read ahead of them is seldom what the next read
     needs (measured: 6% more of the image crossed before a program's first

@@ -224,10 +224,10 @@ class CacheClient:
         return answer.state
 
     def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
-        """Have the daemon drop the cached chunks of blob bytes [offset, offset + length).
+        """Have the daemon drop the chunks and pieces of blob bytes [offset, offset + length).
 
         For bytes found wrong (``reason``): no reader is served them again,
-        the next read fetches them afresh. Returns how many chunks went.
+        the next read fetches them afresh. Returns how many went.
         """
         self._blob(digest)
         answer = self._ask(Evict(next(self._ids), BlobRange(digest, offset, length), reason))
@@ -298,6 +298,9 @@ class CacheClient:
                                     self._piece(digest, blob)))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
+            if answer.data is not None and len(answer.data) > length:
+                raise TemporaryFailure(f"the cache daemon answered {len(answer.data)} bytes"
+                                       f" for a read of {length}")  # fmt: skip
             data = self._gather(digest, answer) if answer.data is None else answer.data
             if data is not None:
                 return data

@@ -281,7 +281,7 @@ class Server:
                 stats.limit_bytes,
                 stats.chunks,
                 stats.pinned_chunks,
-                self.fetcher.fetches_in_flight,
+                self.fetcher.fetches_in_flight + (self.pieces.in_flight if self.pieces else 0),
                 stats.chunk_size,
                 self.reads,
                 self.fetcher.fetches_started + (self.pieces.fetches if self.pieces else 0),
@@ -297,7 +297,7 @@ class Server:
     def _as_piece(self, piece: bool, blob: BlobRange, blob_size: int | None) -> bool:
         """Whether a range asked as a piece is fetched as one: short enough, and its chunks
         neither all cached nor all in flight (a trace's replay brings windows as chunks;
-        one still in the replay's queue is not in flight, and is fetched twice)."""
+        one still in another mount's replay queue is not in flight, and is fetched twice)."""
         if not piece or self.pieces is None or not 0 < blob.length <= MAX_PIECE:
             return False
         size = self.cache.layout.chunk_size

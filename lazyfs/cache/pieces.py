@@ -12,9 +12,12 @@ of a range inside it, with its bytes.
 
 Kept in memory only: a piece lost (evicted, the daemon restarted) is a
 round trip for a few KB again. A trace replayed fetches its windows as
-chunks, which a read of them finds first when they are cached or in flight
-(the daemon's ``answer``); a read that comes before the replay sent them
-fetches the piece, and the replay the chunk later. A reader waiting on a
+chunks, which a read of them finds first when they are all cached or in
+flight (the daemon's ``answer``); the replaying mount asks for them by
+chunks (``lazyfs.cache.client``), but another mount's read that comes
+before the replay sent them fetches the piece, and the replay the chunk.
+A mount keeps the windows it fetched itself (``lazyfs.blobs.gzip_remote``),
+for when the daemon restarts. A reader waiting on a
 piece counts as one waiting on a fetch (``demand``): background fetch and
 replays hold back. A failure of another origin's fetch (a blob in two
 repositories) is not a reader's: it fetches through its own. As for
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_PIECE = 256 << 10  # a longer range is fetched as chunks; well within a frame (1 MiB)
 MAX_PIECES_ASKED = 64  # a prefetch of more ranges fetches them as chunks: each is a scan here
+MAX_KEPT = 4096  # pieces kept, whatever their bytes: a read of a blob scans its own
 DEFAULT_MAX_BYTES = 16 << 20
 ENTRY_COST = 128  # bytes a kept piece is charged besides its own: its key and its places
 Key = tuple[Digest, int, int]  # blob, offset, length asked
@@ -115,6 +119,11 @@ class Pieces:
         self._start(source, (digest, offset, length))
         return 1
 
+    @property
+    def in_flight(self) -> int:
+        """Pieces being fetched now."""
+        return sum(len(flights) for flights in self._flights.values())
+
     def evict(self, digest: Digest, offset: int, length: int) -> int:
         """Drop the kept pieces of ``digest`` that hold any of the range; how many."""
         end = offset + length
@@ -180,7 +189,7 @@ class Pieces:
         self._kept[key] = data
         self._blobs.setdefault(key[0], set()).add(key)
         self.used += ENTRY_COST + len(data)
-        while self.used > self.max_bytes and self._kept:
+        while (self.used > self.max_bytes or len(self._kept) > MAX_KEPT) and self._kept:
             self._drop(next(iter(self._kept)))
 
     def _drop(self, key: Key) -> None:

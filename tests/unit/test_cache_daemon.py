@@ -37,6 +37,7 @@ from lazyfs.cache.messages import (
     decode_response,
     encode_request,
 )
+from lazyfs.cache.pieces import MAX_PIECE, MAX_PIECES_ASKED
 from providers.digest import Digest
 from providers.source import BlobSource
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
@@ -250,3 +251,23 @@ async def test_an_evicted_piece_is_fetched_again(tmp_path: Path) -> None:
         assert await client.call(Evict(2, BlobRange(BLOB, 20, 1), "wrong bytes")) == EvictOk(2, 1)
         assert await client.call(piece(3, 10, 30)) == ReadOk(3, (), DATA[10:40])
     assert source.calls == [(10, 30), (10, 30)]
+
+
+async def test_a_piece_too_long_or_in_too_many_is_fetched_as_chunks(tmp_path: Path) -> None:
+    source = FakeSource()
+    many = tuple(BlobRange(BLOB, 8 * n, 1) for n in range(MAX_PIECES_ASKED + 1))
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        long = Read(1, BlobRange(BLOB, 300, MAX_PIECE + 1), FAKE, len(DATA), True, True)
+        answer = await client.call(long)
+        assert isinstance(answer, ReadOk) and answer.data is None
+        assert sorted(source.calls) == [(288, 128), (416, 96)]  # chunks 18-31, to the blob's end
+        ahead = Prefetch(2, many, FAKE, len(DATA), piece=True)
+        assert await client.call(ahead) == PrefetchOk(2, 18)  # chunks 0-17, not 65 pieces
+
+
+async def test_a_piece_with_some_of_its_chunks_cached_is_a_piece(tmp_path: Path) -> None:
+    source = FakeSource()
+    async with daemon(tmp_path, source) as path, connect(path) as client:
+        assert isinstance(await client.call(read(1, 0, 16)), ReadOk)  # chunk 0 only
+        assert await client.call(piece(2, 10, 30)) == ReadOk(2, (), DATA[10:40])
+    assert source.calls == [(0, 16), (10, 30)]

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from lazyfs.cache import pieces as pieces_module
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.client import CacheClient, RemoteBlob, status
 from lazyfs.cache.daemon import serve
@@ -129,7 +130,8 @@ async def test_a_short_piece_at_the_blob_end_is_short() -> None:
     source = FakeSource()
     async with pieces() as p:
         assert await p.read(source, BLOB, 500, 40) == DATA[500:]
-        assert await p.read(source, BLOB, 505, 10) == DATA[505:]
+        assert await p.read(source, BLOB, 505, 10) == DATA[505:]  # kept
+    assert source.calls == [(500, 40)]
 
 
 async def test_readers_waiting_when_the_daemon_stops_are_told_so() -> None:
@@ -186,10 +188,23 @@ async def test_a_client_reads_a_blob_it_was_told_of_by_pieces(
     if replayed:
         assert source.calls == [(32, 32), (64, 16), (32, 32)]
         assert source.digests == [windows, windows, BLOB]
+        assert facts.fetches == 3
     else:
         assert source.calls == [(37, 13), (70, 9), (32, 32)]
         assert source.digests == [windows, windows, BLOB]
         assert (facts.fetches, facts.fetched_bytes) == (3, 13 + 9 + 32)
+
+
+async def test_no_more_than_max_kept_pieces_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However small: a read of a blob scans the pieces kept of it."""
+    monkeypatch.setattr(pieces_module, "MAX_KEPT", 10)
+    source = FakeSource()
+    async with pieces() as p:
+        for offset in range(11):
+            await p.read(source, BLOB, offset, 1)
+        assert len(p._kept) == 10
+        await p.read(source, BLOB, 0, 1)  # the oldest went
+    assert len(source.calls) == 12
 
 
 async def test_a_piece_past_the_blob_end_is_not_kept() -> None:

@@ -18,7 +18,7 @@ from lazyfs.index.artifact import MAX_SPAN, WINDOW, LayerArtifact, Span, first_b
 from lazyfs.index.published import PublishedData, load_published
 from lazyfs.store.disk import Store
 from providers.digest import Digest
-from providers.errors import BadImage
+from providers.errors import BadImage, TemporaryFailure
 from providers.tar_stream import LayerLimits
 from tests.support.blob_sources import CountingBlobs, MemoryBlobs
 from tests.support.published_artifacts import Built
@@ -258,6 +258,35 @@ def test_a_read_fetches_its_own_window_and_spans_only(gz: Built) -> None:
     # The compressed bytes of its interval, cut in spans, and no span before or after it.
     assert min(offset for _, offset, _ in layer) == first_byte(point)
     assert max(offset + length for _, offset, length in layer) <= first_byte(after) + MAX_SPAN
+
+
+class Gone(MemoryBlobs):
+    """A source that stops answering for the windows blob (the daemon restarting, the
+    registry gone): only what a reader kept can serve it after."""
+
+    def __init__(self, blobs: dict[Digest, bytes], windows: Digest) -> None:
+        super().__init__(blobs)
+        self.windows = windows
+        self.gone = False
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        if self.gone and digest == self.windows:
+            raise TemporaryFailure("the cache daemon at /cache did not answer within 60s")
+        return super().read_range(digest, offset, length)
+
+
+def test_a_window_fetched_once_serves_later_inflations_when_its_source_is_gone(
+    gz: Built,
+) -> None:
+    point = gz.artifact.points[_middle_point(gz)]
+    assert gz.artifact.windows is not None
+    source = Gone(gz.blobs, gz.artifact.windows)
+    reader = PublishedLayers({gz.digest: gz.data}, source)
+    at = point.position + 100
+    assert reader.read_range(gz.digest, at, 200) == gz.tar[at : at + 200]
+    reader.close()  # the inflated intervals dropped: the next read inflates again
+    source.gone = True
+    assert reader.read_range(gz.digest, at, 200) == gz.tar[at : at + 200]
 
 
 def test_no_wrong_byte_from_any_flipped_windows_byte(gz: Built) -> None:
