@@ -357,8 +357,8 @@ class PublishedLayers:
     def _window(self, digest: Digest, data: PublishedData, window: Span) -> bytes:
         """The inflated window at ``window`` of the layer's windows blob, checked first."""
         assert data.windows is not None  # decode gives a gzip layer's points a windows blob
-        packed = self.windows.get((data.windows, window.offset))
-        if packed is None:
+        packed = self.windows.get((data.windows, window.offset))  # checked for this point too
+        if packed is None or mismatch(digest, window, packed, "checkpoint window") is not None:
             packed = self._fetch(digest, window, source=data.windows, what="checkpoint window")
         if (raw := unpacked_window(packed)) is None:
             problem = BadImage(
