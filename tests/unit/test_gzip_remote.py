@@ -289,6 +289,25 @@ def test_a_window_fetched_once_serves_later_inflations_when_its_source_is_gone(
     assert reader.read_range(gz.digest, at, 200) == gz.tar[at : at + 200]
 
 
+def test_a_kept_window_is_held_to_the_digest_of_each_checkpoint_that_names_it(
+    gz: Built,
+) -> None:
+    """A forged index naming one window's bytes for two checkpoints, the second with another
+    digest: the bytes kept for the first are not the second's."""
+    number = _middle_point(gz)
+    first, second = gz.artifact.points[number], gz.artifact.points[number + 2]
+    assert first.window is not None
+    data = _with_window(gz, number + 2, offset=first.window.offset,
+                        length=first.window.length, sha256="0" * 64)  # fmt: skip
+    reader = PublishedLayers({gz.digest: data}, MemoryBlobs(gz.blobs))
+    at = first.position + 100
+    assert reader.read_range(gz.digest, at, 200) == gz.tar[at : at + 200]
+    with pytest.raises(OSError) as raised:
+        reader.read_range(gz.digest, second.position + 100, 200)
+    assert raised.value.errno == errno.EIO
+    assert "checkpoint window" in str(raised.value)
+
+
 def test_no_wrong_byte_from_any_flipped_windows_byte(gz: Built) -> None:
     assert gz.artifact.windows is not None
     rng = random.Random(12)
