@@ -360,14 +360,14 @@ class PublishedLayers:
         packed = self.windows.get((data.windows, window.offset))  # checked for this point too
         if packed is None or mismatch(digest, window, packed, "checkpoint window") is not None:
             packed = self._fetch(digest, window, source=data.windows, what="checkpoint window")
-        if (raw := unpacked_window(packed)) is None:
+            self.windows.put((data.windows, window.offset), packed)  # verified; if no window,
+        if (raw := unpacked_window(packed)) is None:  # the layer is refused below for good
             problem = BadImage(
                 f"layer {digest}: the window at {window.offset} of its published index's windows"
                 f" blob is not {WINDOW} bytes of zlib"
             )
             self._mark_bad(digest, problem)
             raise OSError(errno.EIO, str(problem))
-        self.windows.put((data.windows, window.offset), packed)
         return raw
 
     def close(self) -> None:

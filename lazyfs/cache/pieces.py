@@ -30,10 +30,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
+from lazyfs.cache.landing import Flight
 from providers.digest import Digest
 from providers.errors import TemporaryFailure
 from providers.source import BlobSource
@@ -49,13 +50,10 @@ Key = tuple[Digest, int, int]  # blob, offset, length asked
 
 
 @dataclass
-class _Flight:
-    """One piece being fetched: ``done`` is set when it came (``data``) or failed (``error``)."""
+class _Flight(Flight):
+    """One piece being fetched, as a chunk's flight, and what came (``data``)."""
 
-    source: BlobSource  # whose origin it goes through: another origin's failure is not ours
-    done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
-    error: BaseException | None = None
 
 
 class Pieces:

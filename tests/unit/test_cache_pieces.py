@@ -227,17 +227,10 @@ async def test_a_reader_waiting_on_a_piece_counts_as_waiting_on_a_fetch() -> Non
     assert waiting == [+1, -1]
 
 
-class Refusing(FakeSource):
-    """A source of another repository, which does not hold the blob."""
-
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        self.calls.append((offset, length))
-        assert self.gate.wait(timeout=30), "the gate was never opened"
-        raise NotFound(f"blob {digest} is not in this repository")
-
-
 async def test_another_origins_failure_is_not_a_readers_own() -> None:
-    theirs, ours = Refusing(gated=True), FakeSource(gated=True)
+    # Another repository's, which does not hold the blob.
+    theirs = FakeSource(gated=True, failures=[NotFound(f"blob {BLOB} is not in this repository")])
+    ours = FakeSource(gated=True)
     got: list[bytes] = []
     failed: list[BaseException] = []
     async with pieces() as p:
