@@ -72,7 +72,8 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(Background, ids, digests, origins, u64.filter(bool), st.none() | digests,
               st.text(max_size=40)),
 )  # fmt: skip
-blob_infos = st.builds(BlobInfo, digests, st.sampled_from(BlobKind), u64, u64, st.text(max_size=40))
+# A reason of at most 16 characters is at most 64 bytes: what the wire keeps (MAX_BLOB_REASON).
+blob_infos = st.builds(BlobInfo, digests, st.sampled_from(BlobKind), u64, u64, st.text(max_size=16))
 extents = st.builds(Extent, st.text(max_size=40), u64, u64, u64)
 responses: st.SearchStrategy[Response] = st.one_of(
     st.builds(ReadOk, ids, st.lists(extents, max_size=5).map(tuple), st.none() | st.binary()),

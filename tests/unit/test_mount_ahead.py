@@ -56,6 +56,7 @@ KEY = "sha256:" + "e" * 64 + "@" + "f" * 32
 class _Size:
     def __init__(self, size: int) -> None:
         self.size = size
+        self.piece = False
 
 
 class _Client:
