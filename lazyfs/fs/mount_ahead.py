@@ -92,6 +92,29 @@ def ask_ahead(
         ask_published_program(cache_dir, store, layers, origins, executable)
 
 
+def replay_early(
+    cache_dir: Path,
+    store: Path,
+    layers: Sequence[Layer],
+    origins: Mapping[Digest, RemoteOrigin],
+    key: str,
+) -> None:
+    """``send_trace`` for the layers of ``layers`` in ``origins``, before the mount is
+    started (``lazyfs.provision.lazy.replay_ahead``); a failure logged at INFO."""
+    from lazyfs.cache.tails import hint_client
+
+    if not has_trace(cache_dir, store, key):
+        return
+    remote = [layer for layer in layers if layer.digest in origins]
+    client = hint_client(cache_dir, remote, origins)
+    try:
+        send_trace(client, store, remote, key)
+    except Exception as error:  # a hint: the mount sends it again
+        log.info("the trace of %s was not sent early: %s", key, error)
+    finally:
+        client.close()
+
+
 def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) -> bool:
     """Have ``client``'s daemon replay the first ``SENT_AHEAD`` requests of the trace of
     ``key`` for a mount of ``layers`` (in the store at ``store``); whether it has any.

@@ -161,17 +161,24 @@ class DockerProvider:
         return await self._fetch(image, progress, lazy=False)
 
     async def fetch_lazy(
-        self, image: Image, progress: Progress, ahead: Callable[[], None] | None = None
+        self,
+        image: Image,
+        progress: Progress,
+        ahead: Callable[[], None] | None = None,
+        traced: Callable[[ImageManifest], None] | None = None,
     ) -> ImageManifest:
         """``fetch``, but the ``lazy_layer`` layers of a registry image stay in the registry.
 
         Those of an image from a directory are pulled as ever: no daemon reads them.
         ``ahead`` (the lazy mount's imports) runs in a thread while the registry is
         asked (after the lookup's imports there), when it is: not for an image the
-        store holds, or one that is not read by range.
+        store holds, or one that is not read by range. ``traced`` runs in a thread,
+        given the image, once the traces published beside it are kept, while its
+        indexes are still decoded (``lazyfs.provision.lazy.replay_ahead``); its
+        failure is logged, as a lookup's.
         """
         lazy = urlparse(self.registry).scheme in ("http", "https")
-        return await self._fetch(image, progress, lazy=lazy, ahead=ahead)
+        return await self._fetch(image, progress, lazy=lazy, ahead=ahead, traced=traced)
 
     def _stored(self, reference: str, platform: str, lazy: bool) -> ImageManifest | None:
         """The stored image, if every blob it needs now is in the store. Blocking."""
@@ -193,6 +200,7 @@ class DockerProvider:
         *,
         lazy: bool,
         ahead: Callable[[], None] | None = None,
+        traced: Callable[[ImageManifest], None] | None = None,
     ) -> ImageManifest:
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
@@ -235,7 +243,7 @@ class DockerProvider:
             )
             client = _registry_client(source)
             if client is not None:
-                manifest = await self._published(client, manifest, lazy=lazy)
+                manifest = await self._published(client, manifest, lazy=lazy, traced=traced)
             # A layer that fails does not cancel the others (their threads would be
             # abandoned mid-write): all finish, then the first failure stands for all.
             failures: list[LazyfsError] = []
@@ -255,7 +263,12 @@ class DockerProvider:
         return manifest
 
     async def _published(
-        self, client: RegistryClient, manifest: ImageManifest, *, lazy: bool
+        self,
+        client: RegistryClient,
+        manifest: ImageManifest,
+        *,
+        lazy: bool,
+        traced: Callable[[ImageManifest], None] | None = None,
     ) -> ImageManifest:
         """``manifest``, its layers with a published index (found for a lazy pull) so marked."""
         manifest = without_index_blobs(manifest)  # a registry's manifest never says it
@@ -291,11 +304,15 @@ class DockerProvider:
         def indexes() -> None:
             found.update(published_layers(self.store, client, manifest, wanted, listing))
 
+        async def traces() -> None:
+            await look("traces", partial(fetch_traces, self.store, client, manifest, listing))
+            if traced is not None:  # its replay may begin while the indexes decode
+                await look("traces (their replay)", partial(traced, manifest))
+
         # Learned prefetch traces too (a hint whose fetches are verified as any), fetched
         # beside the indexes: each is a few round trips, and neither needs the other.
         async with trio.open_nursery() as nursery:
-            traces = partial(fetch_traces, self.store, client, manifest, listing)
-            nursery.start_soon(look, "traces", traces)
+            nursery.start_soon(traces)
             if wanted:
                 nursery.start_soon(look, "indexes", indexes)
         return with_index_blobs(manifest, found) if found else manifest

@@ -41,9 +41,9 @@ class RootfsBuilder:
     """Builds rootfses under ``home`` with the backend called ``name``.
 
     ``fetch`` makes an image present (its layers in the store, or left in
-    the registry for a lazy backend); ``blobs_for`` says what the backend
-    reads an image's layers from, and for what command, in what working
-    directory, it is traced (``Traced``; see ``lazyfs.provision.lazy.blobs_for``);
+    the registry for a lazy backend), told what it is traced for;
+    ``blobs_for`` says what the backend reads an image's layers from, and
+    for what command, in what working directory, it is traced (``Traced``; see ``lazyfs.provision.lazy.blobs_for``);
     ``after_build`` runs, in a thread, once a rootfs is built (its mount up):
     ``lazyfs.provision.lazy.start_adopting``.
     """
@@ -54,7 +54,7 @@ class RootfsBuilder:
         name: str,
         backend: Backend,
         progress: Progress,
-        fetch: Callable[[Image], Awaitable[ImageManifest]],
+        fetch: Callable[[Image, Traced], Awaitable[ImageManifest]],
         blobs_for: Callable[[ImageManifest, Traced], LocalBlobSource],
         after_build: Callable[[ImageManifest, LocalBlobSource], None] | None = None,
     ) -> None:
@@ -83,7 +83,7 @@ class RootfsBuilder:
         its rootfs directory and its layers left remote. A failure of
         either fails the build.
         """
-        manifest = await self.fetch(image)
+        manifest = await self.fetch(image, traced)
         require_layers(manifest)
         rootfs_dir = self.home / "backends" / self.name / "rootfses" / str(uuid.uuid4())
         private_dir(rootfs_dir.parent)

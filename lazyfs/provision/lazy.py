@@ -54,10 +54,15 @@ log = logging.getLogger(__name__)
 @runtime_checkable
 class LazyProvider(Protocol):
     async def fetch_lazy(
-        self, image: Image, progress: Progress, ahead: Callable[[], None] | None = None
+        self,
+        image: Image,
+        progress: Progress,
+        ahead: Callable[[], None] | None = None,
+        traced: Callable[[ImageManifest], None] | None = None,
     ) -> ImageManifest:
         """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
-        runs in a thread when it goes to a registry for them."""
+        runs in a thread when it goes to a registry for them, ``traced`` once the traces
+        published beside the image are kept (``replay_ahead``)."""
         ...
 
 
@@ -118,9 +123,42 @@ def blobs_for(
         config = manifest.config
         argv = (*config.entrypoint, *(command or config.cmd))
         cwd = working_dir or config.working_dir
-        trace = trace_key(manifest.digest, config.entrypoint, command or config.cmd, cwd)
+        trace = _trace_key(manifest, command, working_dir)
         executable = executable_paths(argv, config.env, cwd)
     return LazyBlobs(blobs, Remote(daemon, origins, trace, executable))
+
+
+def _trace_key(manifest: ImageManifest, command: Sequence[str], working_dir: str) -> str | None:
+    config = manifest.config
+    cwd = working_dir or config.working_dir
+    return trace_key(manifest.digest, config.entrypoint, command or config.cmd, cwd)
+
+
+def replay_ahead(
+    store: Store,
+    daemon: DaemonSpec,
+    command: Sequence[str],
+    working_dir: str,
+    manifest: ImageManifest,
+) -> None:
+    """Have ``daemon`` begin the replay of the prefetch trace of ``manifest`` run as
+    ``command`` in ``working_dir`` (as ``blobs_for`` keys it), if the cache or the store
+    keeps one. Blocking; a hint: a failure is logged, never raised.
+
+    Called once the provision has kept the traces published beside the image
+    (``DockerProvider.fetch_lazy``), while it decodes the layers' published
+    indexes: some 100 ms before the mount would send it. Only the layers'
+    ranges: the windows blobs of their indexes are not known yet. The
+    start of the mount sends the trace again with them
+    (``lazyfs.fs.mount_ahead``), and the daemon fetches nothing twice.
+    """
+    key = _trace_key(manifest, command, working_dir)
+    origins = remote_origins(store, manifest)
+    if key is None or not origins:
+        return
+    from lazyfs.fs.mount_ahead import replay_early  # loaded by lazy mounts only
+
+    replay_early(daemon.cache_dir, store.root, manifest.layers, origins, key)
 
 
 def start_adopting(

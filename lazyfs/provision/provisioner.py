@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -38,8 +39,14 @@ from backends.names import default_backend_name, make_backend
 from lazyfs.fs.mount import DaemonSpec, load_ahead_code
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
-from lazyfs.provision.build import RecordAhead, RootfsBuilder
-from lazyfs.provision.lazy import LAZY_BACKENDS, LazyProvider, blobs_for, start_adopting
+from lazyfs.provision.build import RecordAhead, RootfsBuilder, Traced
+from lazyfs.provision.lazy import (
+    LAZY_BACKENDS,
+    LazyProvider,
+    blobs_for,
+    replay_ahead,
+    start_adopting,
+)
 from lazyfs.provision.records import (
     ProvisionInfo,
     RecoverReport,
@@ -183,7 +190,9 @@ class Provisioner:
                     name,
                     chosen,
                     progress,
-                    lambda wanted: self._fetch(self._provider(wanted), wanted, progress, lazy=lazy),
+                    lambda wanted, traced: self._fetch(
+                        self._provider(wanted), wanted, progress, lazy=lazy, traced=traced
+                    ),
                     lambda manifest, traced: self.blobs_for(name, manifest, *traced),
                     lambda manifest, blobs: start_adopting(blobs, manifest, self.root, self.limits),
                 )
@@ -311,12 +320,15 @@ class Provisioner:
         """
         return await self._fetch(self._provider(image), image, progress or Progress(), lazy=lazy)
 
-    async def _fetch(
-        self, provider: ImageProvider, image: Image, progress: Progress, *, lazy: bool
-    ) -> ImageManifest:
+    async def _fetch(self, provider: ImageProvider, image: Image, progress: Progress, *,
+                     lazy: bool, traced: Traced = (None, "")) -> ImageManifest:  # fmt: skip
         if lazy and self.daemon is not None and isinstance(provider, LazyProvider):
+            command, working_dir = traced
+            replay = None  # a trace's replay begun as soon as the trace is kept
+            if command is not None:
+                replay = partial(replay_ahead, self.blobs.store, self.daemon, command, working_dir)
             # The lazy mount's own code loads while the registry is asked, not after it.
-            return await provider.fetch_lazy(image, progress, load_ahead_code)
+            return await provider.fetch_lazy(image, progress, load_ahead_code, replay)
         return await provider.fetch(image, progress)
 
     def blobs_for(self, backend: str, manifest: ImageManifest, command: Sequence[str] | None = None,

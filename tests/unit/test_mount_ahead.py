@@ -32,7 +32,7 @@ from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
 from lazyfs.cache.remote import Remote, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.fs.mount import mount
-from lazyfs.fs.mount_ahead import ask_ahead, has_trace, send_trace
+from lazyfs.fs.mount_ahead import ask_ahead, has_trace, replay_early, send_trace
 from lazyfs.fs.mount_wire import INDEXED, READY
 from lazyfs.index.published import forget_kept, store_published
 from lazyfs.index.trace import Read, Trace, store_trace, trace_path
@@ -288,3 +288,36 @@ def test_the_mount_is_told_the_trace_is_sent_exactly_when_it_is_asked_ahead(
     assert pid == stand_in.pid
     assert ("--trace-sent" in started[0]) is kept
     assert asked == [KEY if kept else None]
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["a trace kept", "none"])
+def test_a_provision_sends_a_kept_trace_before_the_mount_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: bool
+) -> None:
+    """``replay_early``: once the provision has the trace, before the layers' indexes are
+    decoded, the trace's ranges of the remote layers go to the daemon; with none, nothing."""
+    image = _Image(tmp_path)
+    if kept:
+        store_trace(image.store, image.trace)  # as fetched from the registry
+    client = image.client(tmp_path)
+    given: list[list[Layer]] = []
+
+    def hint_client(cache_dir: Path, layers: list[Layer], origins: object) -> _Client:
+        given.append(layers)
+        return client
+
+    monkeypatch.setattr(lazyfs.cache.tails, "hint_client", hint_client)
+    other = Layer(OTHER, "", 4096, None)  # in the store: not remote
+    origins = {image.layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
+
+    replay_early(tmp_path / "cache", image.store, [other, image.layer], origins, KEY)
+
+    if kept:
+        assert given == [[image.layer]] and client.closed.is_set()
+        assert client.replayed == [
+            (image.layer.digest, [(0, 4096)]),
+            (image.windows, [(0, 1000)]),
+            (image.layer.digest, [(200_000, 8192)]),
+        ]
+    else:
+        assert given == [] and client.replayed == []

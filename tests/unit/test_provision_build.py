@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import trio
 
+import lazyfs.fs.mount_ahead
 from backends.base import Rootfs
+from lazyfs.cache.remote import trace_key
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.fs.mount import load_ahead_code
 from lazyfs.progress import Progress
-from lazyfs.provision.build import RecordAhead, RootfsBuilder
+from lazyfs.provision.build import RecordAhead, RootfsBuilder, Traced
+from lazyfs.provision.lazy import LazyBlobs
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import ProvisionInfo
 from lazyfs.store.disk import Store
@@ -54,7 +57,7 @@ class Backend:
 
 
 def builder(home: Path, backend: Backend) -> RootfsBuilder:
-    async def fetch(image: Image) -> ImageManifest:
+    async def fetch(image: Image, traced: Traced) -> ImageManifest:
         return MANIFEST
 
     return RootfsBuilder(
@@ -158,15 +161,21 @@ class LazyFake:
 
     def __init__(self) -> None:
         self.given: list[tuple[str, object]] = []
+        self.traced: list[Callable[[ImageManifest], None] | None] = []
 
     async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
         self.given.append(("fetch", None))
         return MANIFEST
 
     async def fetch_lazy(
-        self, image: Image, progress: Progress, ahead: Callable[[], None] | None = None
+        self,
+        image: Image,
+        progress: Progress,
+        ahead: Callable[[], None] | None = None,
+        traced: Callable[[ImageManifest], None] | None = None,
     ) -> ImageManifest:
         self.given.append(("fetch_lazy", ahead))
+        self.traced.append(traced)
         return MANIFEST
 
 
@@ -185,3 +194,39 @@ def test_a_lazy_fetch_hands_the_provider_the_mount_code_to_load_ahead(
     # Without a daemon nothing is read lazily: a plain fetch, and nothing to load.
     lazy = [("fetch_lazy", load_ahead_code)] if daemon else [("fetch", None)]
     assert provider.given == [*lazy, ("fetch", None)]
+
+
+def test_a_traced_lazy_fetch_begins_the_replay_once_the_provider_has_the_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider is handed what begins the replay of the trace a mount of the image
+    running the command would replay (``replay_ahead``): by the same key, of its remote
+    layers. A fetch traced for nothing is handed nothing."""
+    provider = LazyFake()
+    spec = DaemonSpec(tmp_path / "cache", ())
+    provisioner = Provisioner(tmp_path / "work", Store(tmp_path / "store"), {"docker": provider},
+                              "fuse", daemon=spec)  # fmt: skip
+    image = Image(type=Image.DOCKER)
+    image.docker.name = "busybox"
+    sent: list[tuple[object, ...]] = []
+    monkeypatch.setattr(lazyfs.fs.mount_ahead, "replay_early", lambda *args: sent.append(args))
+    progress = Progress(enabled=False)
+    for traced in [(["app", "-v"], "/srv"), (None, "")]:
+        fetch = partial(provisioner._fetch, provider, image, progress, lazy=True, traced=traced)
+        trio.run(fetch)
+    hook, untraced = provider.traced
+    assert untraced is None and hook is not None
+    hook(MANIFEST)
+    key = trace_key(MANIFEST.digest, (), ["app", "-v"], "/srv")
+    assert key is not None and blobs_key(provisioner, ["app", "-v"], "/srv") == key
+    [(cache_dir, store, layers, origins, sent_key)] = sent
+    assert (cache_dir, sent_key, layers) == (spec.cache_dir, key, MANIFEST.layers)
+    assert store == provisioner.blobs.store.root  # where fetched traces are kept
+    assert set(origins) == {LAYER.digest}  # type: ignore[call-overload]  # not in the store
+
+
+def blobs_key(provisioner: Provisioner, command: list[str], working_dir: str) -> str | None:
+    """The trace key the mount of MANIFEST running ``command`` is given (``blobs_for``)."""
+    blobs = provisioner.blobs_for("fuse", MANIFEST, command, working_dir)
+    assert isinstance(blobs, LazyBlobs)
+    return blobs.remote.trace
