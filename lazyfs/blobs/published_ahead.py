@@ -295,7 +295,8 @@ def reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None
     ranges as the layer is (``lazyfs.cache.client.remote_blob`` makes a
     layer read through its published index exact), its windows as pieces,
     not the chunks around them (``lazyfs.cache.pieces``; neighbours asked
-    together are one piece, and a trace replayed asks its windows so too): a read here
+    together are one piece, and a mount replaying a trace that names the
+    blob asks by chunks, which the replay brings): a read here
     fetches whole spans, each checked, and a window only where a read inflates;
     what the daemon would read ahead of them is seldom what the next read
     needs (measured: 6% more of the image crossed before a program's first

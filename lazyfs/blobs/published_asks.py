@@ -28,7 +28,6 @@ window is still checked by the read that uses it.  Thread-safe.
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -44,6 +43,7 @@ from lazyfs.blobs.published_ahead import (
     intervals_to,
     tail_is_window,
 )
+from lazyfs.blobs.trace_run import UNIT
 from lazyfs.index.published import PublishedData
 from providers.digest import Digest
 from providers.source import BlobSource
@@ -151,39 +151,36 @@ class Asks:
         which may have inflated it from its window where this start, without
         that read-ahead, would chain it to the interval before it and walk
         back to intervals the trace lacks.  Not chained, it inflates from its
-        window, or from a kept tail; a miss still asks for it.  A window is
-        held when its bytes lie within the trace's ranges, which the replay
-        asks as they are (``CacheClient.replay``): a trace keeps each window
-        read as a range of its own (older ones, only the first of a ``UNIT``).
+        window, or from a kept tail; a miss still asks for it.  Held in
+        the trace's ``UNIT``s, as the trace keeps what a start read: a window
+        whose units another one's read had brought is not a range of its own.
         """
         sizes = {data.windows: data.windows_size for data in layers.values() if data.windows}
-        pairs: dict[Digest, list[tuple[int, int]]] = {}
+        spans: dict[Digest, list[tuple[int, int]]] = {}
         for blob, ranges in steps:
             if (size := sizes.get(blob)) is not None:
-                # Within the blob, as (start, end): a trace's ranges are hostile.
-                pairs.setdefault(blob, []).extend(
-                    (offset, min(offset + length, size))
+                # Within the blob, as units (first, last): a trace's ranges are hostile.
+                spans.setdefault(blob, []).extend(
+                    (offset // UNIT, (min(offset + length, size) - 1) // UNIT)
                     for offset, length in ranges
                     if 0 <= offset < size and length > 0
                 )
-        held: dict[Digest, tuple[list[int], list[int]]] = {}
-        for blob, spans in pairs.items():
-            starts, ends = held[blob] = [], []
-            for first, end in sorted(spans):  # each run of ranges that meet, as one
-                if ends and first <= ends[-1]:
-                    ends[-1] = max(ends[-1], end)
-                else:
-                    starts.append(first)
-                    ends.append(end)
+        units: dict[Digest, set[int]] = {}
+        for blob, pairs in spans.items():
+            # Each unit added once: thousands of ranges over one large blob were
+            # thousands of times its units.
+            held = units[blob] = set()
+            reach = -1
+            for first, last in sorted(pairs):
+                held.update(range(max(first, reach + 1), last + 1))
+                reach = max(reach, last)
         for digest, data in layers.items():
-            if data.windows is None or data.windows not in held:
-                continue
-            starts, ends = held[data.windows]
-            for number, point in enumerate(data.points or ()):
+            held = units.get(data.windows, set()) if data.windows else set()
+            for number, point in enumerate(data.points or () if held else ()):
                 if (window := point.window) is None:
                     continue
-                at = bisect.bisect_right(starts, window.offset) - 1
-                if at >= 0 and window.offset + window.length <= ends[at]:
+                first, last = window.offset // UNIT, (window.offset + window.length - 1) // UNIT
+                if all(u in held for u in range(first, last + 1)):
                     with self._lock:
                         self._replayed.add((digest, number))
 

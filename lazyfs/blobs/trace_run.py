@@ -18,12 +18,9 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   asked for besides: the trace says better what this command reads.
 - Not found: a ``Recorder`` watches every range the client reads (cached or
   not) and keeps those that read something new, in order, merging one that
-  continues the last. A windows blob's range (``RemoteBlob.piece``: a
-  checkpoint window, replayed as a piece, ``CacheClient.replay``) is new
-  unless read before, whatever its neighbours: several share a ``UNIT``.
-  Once the mount serves (``Recorder.serving``), it stops when the workload
-  settles (no new range for ``SETTLE`` seconds), after ``MAX_RECORDING``
-  seconds, or at ``MAX_READS`` ranges, and keeps the
+  continues the last. Once the mount serves (``Recorder.serving``), it stops
+  when the workload settles (no new range for ``SETTLE`` seconds), after
+  ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
   trace in the cache (temporary file + rename); also when the mount ends
   first (``Recorder.finish``). A mount that never served writes nothing.
   Reads of a thread marked ``unrecorded`` (a first start's read-ahead,
@@ -91,12 +88,9 @@ class Watched(Protocol):
     watcher: ReadWatcher | None
 
 
-class _Blob(Protocol):
+class _Sized(Protocol):
     @property
     def size(self) -> int | None: ...
-
-    @property
-    def piece(self) -> bool: ...
 
 
 class ReadWatcher(Protocol):
@@ -113,7 +107,7 @@ class TraceClient(Protocol):
     def cache_dir(self) -> Path: ...
 
     @property
-    def blobs(self) -> Mapping[Digest, _Blob]: ...
+    def blobs(self) -> Mapping[Digest, _Sized]: ...
 
     def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int: ...
 
@@ -135,8 +129,7 @@ def start_trace(
         return None
     trace = find_trace(client.cache_dir, key, published)
     if trace is None:
-        blobs = client.blobs  # windows blobs are added to it as layers are indexed
-        recorder = Recorder(client.cache_dir, key, exact=lambda d: d in blobs and blobs[d].piece)
+        recorder = Recorder(client.cache_dir, key)
         client.watcher = recorder
         return recorder
     steps = client_steps(client, trace)
@@ -229,7 +222,6 @@ class Recorder:
         settle: float = SETTLE,
         limit: float = MAX_RECORDING,
         clock: Callable[[], float] = time.monotonic,
-        exact: Callable[[Digest], bool] = lambda digest: False,
     ) -> None:
         self.cache_dir = cache_dir
         self.key = key
@@ -239,8 +231,6 @@ class Recorder:
         self._lock = threading.Lock()
         self._reads: list[Read] = []
         self._seen: dict[Digest, set[int]] = {}
-        self._exact = exact  # blobs whose every range is its own (the module docstring)
-        self._ranges: set[tuple[Digest, int, int]] = set()  # theirs read
         self._last_new: float | None = None
         self._serving_since: float | None = None
         self._stopped = threading.Event()
@@ -252,23 +242,15 @@ class Recorder:
         if self._stopped.is_set() or length <= 0 or not recorded():
             return
         units = range(offset // UNIT, (offset + length - 1) // UNIT + 1)
-        exact = self._exact(digest)
         with self._lock:
             seen = self._seen.setdefault(digest, set())
-            if len(self._reads) >= MAX_READS:
-                return
-            if exact:
-                if (digest, offset, length) in self._ranges:
-                    return
-                self._ranges.add((digest, offset, length))
-            elif all(u in seen for u in units):
+            if len(self._reads) >= MAX_READS or all(u in seen for u in units):
                 return
             seen.update(units)
             self._last_new = self._clock()
             last = self._reads[-1] if self._reads else None
             if (
-                not exact  # each one a piece of its own, as its reads ask it
-                and last is not None
+                last is not None
                 and last.digest == digest
                 and last.end == offset
                 and last.length + length <= MAX_RANGE

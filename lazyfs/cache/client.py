@@ -41,8 +41,6 @@ from lazyfs.cache.connection import status as status  # where callers have found
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
 from lazyfs.cache.messages import (
-    MAX_PIECE,
-    MAX_PIECES_ASKED,
     MAX_READ_LENGTH,
     Background,
     BackgroundOk,
@@ -192,33 +190,25 @@ class CacheClient:
         Not waited for: a read of those bytes meanwhile waits on that fetch.
         """
         blob = self._blob(digest)
-        ranges = [(start, min(MAX_READ_LENGTH, offset + length - start))
-                  for start in range(offset, offset + length, MAX_READ_LENGTH)]  # fmt: skip
-        return self._prefetch(digest, blob, ranges, piece=blob.piece)
-
-    def _prefetch(self, digest: Digest, blob: RemoteBlob, ranges: Sequence[tuple[int, int]],
-                  *, replay: bool = False, piece: bool = False) -> int:  # fmt: skip
-        asked = tuple(BlobRange(digest, offset, length) for offset, length in ranges)
-        answer = self._ask(Prefetch(next(self._ids), asked, blob.origin, blob.size, replay, piece))
+        ranges = tuple(
+            BlobRange(digest, start, min(MAX_READ_LENGTH, offset + length - start))
+            for start in range(offset, offset + length, MAX_READ_LENGTH)
+        )
+        answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size,
+                                    piece=self._piece(digest, blob)))  # fmt: skip
         if not isinstance(answer, PrefetchOk):
-            what = "a replay" if replay else "a prefetch"
-            raise TemporaryFailure(f"the cache daemon answered {what} with {answer}")
+            raise TemporaryFailure(f"the cache daemon answered a prefetch with {answer}")
         return answer.chunks_queued
 
     def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int:
         """Have the daemon fetch blob ranges (offset, length) in this order, yielding to
-        reads (a trace replayed, ``PrefetchRequest.replay``); returns chunks queued.
-
-        A windows blob's ranges are asked as the mount reads them, as pieces, at
-        once: a few KB each, the first bytes an inflation needs."""
+        reads (a trace replayed, ``PrefetchRequest.replay``); returns chunks queued."""
         blob = self._blob(digest)
-        if blob.piece:
-            parts = [(start, min(MAX_PIECE, o + n - start)) for o, n in ranges
-                     for start in range(o, o + n, MAX_PIECE)]  # fmt: skip
-            return sum(self._prefetch(digest, blob, parts[at : at + MAX_PIECES_ASKED], piece=True)
-                       for at in range(0, len(parts), MAX_PIECES_ASKED))  # fmt: skip
-        return self._prefetch(digest, blob, [(o, min(n, MAX_READ_LENGTH)) for o, n in ranges],
-                              replay=True)  # fmt: skip
+        pieces = tuple(BlobRange(digest, o, min(n, MAX_READ_LENGTH)) for o, n in ranges)
+        answer = self._ask(Prefetch(next(self._ids), pieces, blob.origin, blob.size, True))
+        if not isinstance(answer, PrefetchOk):
+            raise TemporaryFailure(f"the cache daemon answered a replay with {answer}")
+        return answer.chunks_queued
 
     def background(self, digest: Digest) -> BlobInfo:
         """Have the daemon fetch the whole blob at low priority, then check it; its state now."""
@@ -275,6 +265,11 @@ class CacheClient:
         origin = self._blob(like).origin
         self.blobs.setdefault(digest, RemoteBlob(origin, size, exact=True, piece=True))
 
+    def _piece(self, digest: Digest, blob: RemoteBlob) -> bool:
+        """Whether ranges of ``digest`` are asked as pieces: a windows blob, but not one a
+        trace being replayed names (its chunks come with it, and would come twice)."""
+        return blob.piece and all(named != digest for named, _ in self.replaying)
+
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)
         if blob is None:
@@ -300,7 +295,7 @@ class CacheClient:
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
                                     blob.origin, blob.size, blob.exact,
-                                    blob.piece))  # fmt: skip
+                                    self._piece(digest, blob)))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
             if answer.data is not None and len(answer.data) > length:

@@ -39,8 +39,6 @@ from lazyfs.cache.flight import DEFAULT_UPSTREAM_REQUESTS, Fetcher
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
 from lazyfs.cache.layout import SOCKET_NAME, ChunkKey, socket_path
 from lazyfs.cache.messages import (
-    MAX_PIECE,
-    MAX_PIECES_ASKED,
     MAX_READ_LENGTH,
     Background,
     BackgroundOk,
@@ -62,7 +60,7 @@ from lazyfs.cache.messages import (
     encode_response,
     failure_kind,
 )
-from lazyfs.cache.pieces import Pieces
+from lazyfs.cache.pieces import MAX_PIECE, MAX_PIECES_ASKED, Pieces
 from lazyfs.cache.planner import wanted_chunks
 from lazyfs.cache.replay import REQUESTS as REPLAY_REQUESTS
 from lazyfs.cache.replay import Replays
@@ -298,8 +296,8 @@ class Server:
 
     def _as_piece(self, piece: bool, blob: BlobRange, blob_size: int | None) -> bool:
         """Whether a range asked as a piece is fetched as one: short enough, and its chunks
-        neither all cached nor all in flight (a replay of a mount that predates replayed
-        pieces brings windows as chunks; one still in its queue is fetched twice)."""
+        neither all cached nor all in flight (a trace's replay brings windows as chunks;
+        one still in another mount's replay queue is not in flight, and is fetched twice)."""
         if not piece or self.pieces is None or not 0 < blob.length <= MAX_PIECE:
             return False
         size = self.cache.layout.chunk_size

@@ -57,11 +57,6 @@ from providers.errors import (
 # bounded so that a single request cannot hold the daemon on gigabytes.
 MAX_READ_LENGTH = 64 << 20
 MAX_PREFETCH_RANGES = 4096
-# Pieces (``lazyfs.cache.pieces``): a longer range, or one of a prefetch of more
-# ranges, is fetched as chunks. A piece is answered inline, well within a frame
-# (1 MiB); and each range of a prefetch is a scan of the blob's pieces.
-MAX_PIECE = 256 << 10
-MAX_PIECES_ASKED = 64
 # What a status lists of the blobs: enough for any machine's images, bounded
 # so that the answer stays within one frame, each blob's reason too.
 MAX_STATUS_BLOBS = 4096
@@ -70,8 +65,6 @@ MAX_BLOB_REASON = 64  # bytes: 4,096 blobs of sha512 digests fit 1 MiB
 MAX_REASON = 1000
 
 __all__ = [
-    "MAX_PIECE",
-    "MAX_PIECES_ASKED",
     "MAX_PREFETCH_RANGES",
     "MAX_READ_LENGTH",
     "Background",

@@ -11,10 +11,11 @@ that range alone, one flight however many readers wait, keeps it in memory
 of a range inside it, with its bytes.
 
 Kept in memory only: a piece lost (evicted, the daemon restarted) is a
-round trip for a few KB again. A trace replayed asks its windows as pieces
-too (``CacheClient.replay``); a range whose chunks are all cached or in
-flight (a background fetch's) is read from them instead (the daemon's
-``answer``).
+round trip for a few KB again. A trace replayed fetches its windows as
+chunks, which a read of them finds first when they are all cached or in
+flight (the daemon's ``answer``); the replaying mount asks for them by
+chunks (``lazyfs.cache.client``), but another mount's read that comes
+before the replay sent them fetches the piece, and the replay the chunk.
 A mount keeps the windows it fetched itself (``lazyfs.blobs.gzip_remote``),
 for when the daemon restarts. A reader waiting on a
 piece counts as one waiting on a fetch (``demand``): background fetch and
@@ -40,6 +41,8 @@ from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
 
+MAX_PIECE = 256 << 10  # a longer range is fetched as chunks; well within a frame (1 MiB)
+MAX_PIECES_ASKED = 64  # a prefetch of more ranges fetches them as chunks: each is a scan here
 MAX_KEPT = 4096  # pieces kept, whatever their bytes: a read of a blob scans its own
 DEFAULT_MAX_BYTES = 16 << 20
 ENTRY_COST = 128  # bytes a kept piece is charged besides its own: its key and its places

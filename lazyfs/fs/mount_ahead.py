@@ -21,6 +21,11 @@ knows the layers already, and its daemon is up. So it asks, in this order:
   the link from the replay: its asks are reads', which a replay yields to,
   and the trace says better what the command reads.
 
+A provision that fetched the trace from the image's registry has sent its
+head already, before this (``replay_early``, for the layers alone: their
+indexes' windows blobs are not kept yet); the daemon skips what it has in
+hand when it comes again.
+
 All of it is a hint: what is fetched is verified when read, and a failure
 is logged (at INFO: this process's warnings reach the user's terminal, and
 the mount process logs the same trouble with the trace in its own log),
@@ -103,9 +108,9 @@ def replay_early(
     started (``lazyfs.provision.lazy.replay_ahead``); a failure logged at INFO."""
     from lazyfs.cache.tails import hint_client
 
-    if not has_trace(cache_dir, store, key):
-        return
     remote = [layer for layer in layers if layer.digest in origins]
+    if not remote or not has_trace(cache_dir, store, key):
+        return
     client = hint_client(cache_dir, remote, origins)
     try:
         send_trace(client, store, remote, key)

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,13 @@ from lazyfs.store.disk import Store
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
-from providers.manifest import INDEX_BLOB_ANNOTATION, TOC_DIGEST_ANNOTATION, ImageManifest, Layer
+from providers.manifest import (
+    INDEX_BLOB_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+    Descriptor,
+    ImageManifest,
+    Layer,
+)
 from providers.platforms import host_platform
 from providers.reference import parse_reference
 from providers.registry_auth import parse_docker_config
@@ -165,17 +171,19 @@ class DockerProvider:
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest], None] | None = None,
+        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
     ) -> ImageManifest:
         """``fetch``, but the ``lazy_layer`` layers of a registry image stay in the registry.
 
         Those of an image from a directory are pulled as ever: no daemon reads them.
         ``ahead`` (the lazy mount's imports) runs in a thread while the registry is
         asked (after the lookup's imports there), when it is: not for an image the
-        store holds, or one that is not read by range. ``traced`` runs in a thread,
-        given the image, once the traces published beside it are kept, while its
-        indexes are still decoded (``lazyfs.provision.lazy.replay_ahead``); its
-        failure is logged, as a lookup's.
+        store holds, or one that is not read by range. ``traced`` runs in a thread of
+        its own, not waited for, once the traces published beside the image are kept
+        and its published indexes listed, while they are still fetched and decoded:
+        given the image and its layers read by range (eStargz, or with an index
+        listed), it may begin a trace's replay (``lazyfs.provision.lazy.replay_ahead``).
+        It must not raise.
         """
         lazy = urlparse(self.registry).scheme in ("http", "https")
         return await self._fetch(image, progress, lazy=lazy, ahead=ahead, traced=traced)
@@ -200,7 +208,7 @@ class DockerProvider:
         *,
         lazy: bool,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest], None] | None = None,
+        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
     ) -> ImageManifest:
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
@@ -268,14 +276,14 @@ class DockerProvider:
         manifest: ImageManifest,
         *,
         lazy: bool,
-        traced: Callable[[ImageManifest], None] | None = None,
+        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
     ) -> ImageManifest:
         """``manifest``, its layers with a published index (found for a lazy pull) so marked."""
         manifest = without_index_blobs(manifest)  # a registry's manifest never says it
         if not (lazy and self.trust_published):
             return manifest  # not even a referrers request
         # Loaded for lazy pulls only: it loads the index code.
-        from lazyfs.publish.fetch import published_layers, with_index_blobs
+        from lazyfs.publish.fetch import listed_indexes, published_layers, with_index_blobs
         from lazyfs.publish.listing import list_image
         from lazyfs.publish.traces import fetch_traces
 
@@ -291,6 +299,10 @@ class DockerProvider:
             if not lazy_layer(layer) and not self.store.has_blob(layer.digest)
         ]
         found: dict[Digest, Digest] = {}
+        listed: dict[Digest, Descriptor] = {}  # the index blob listed for each layer
+        heard = trio.Event()  # ``listed`` is as full as it gets
+        if not wanted:
+            heard.set()
 
         async def look(what: str, lookup: Callable[[], object]) -> None:
             # Each says what the registry got wrong itself; anything else is a bug, and
@@ -301,20 +313,37 @@ class DockerProvider:
                 log.warning("%s: looking for published %s failed", manifest.reference, what,
                             exc_info=True)  # fmt: skip
 
-        def indexes() -> None:
-            found.update(published_layers(self.store, client, manifest, wanted, listing))
+        def keep() -> None:
+            found.update(published_layers(self.store, client, manifest, wanted, listing, listed))
+
+        async def indexes() -> None:
+            try:
+                await look("indexes", lambda: listed.update(listed_indexes(listing, manifest)))
+            finally:
+                heard.set()
+            if any(layer.digest in listed for layer in wanted):
+                await look("indexes", keep)
 
         async def traces() -> None:
             await look("traces", partial(fetch_traces, self.store, client, manifest, listing))
-            if traced is not None:  # its replay may begin while the indexes decode
-                await look("traces (their replay)", partial(traced, manifest))
+            if traced is None:
+                return
+            await heard.wait()
+            # Read by range: eStargz, or with an index listed (one refused after all is
+            # pulled whole, and what a replay fetched of it lost). Not waited for.
+            remote = [layer for layer in manifest.layers
+                      if lazy_layer(layer) or layer.digest in listed]  # fmt: skip
+            if remote:
+                with contextlib.suppress(RuntimeError):  # no thread to be had: the mount sends it
+                    threading.Thread(target=traced, args=(manifest, remote),
+                                     name="lazyfs-replay-ahead", daemon=True).start()  # fmt: skip
 
         # Learned prefetch traces too (a hint whose fetches are verified as any), fetched
         # beside the indexes: each is a few round trips, and neither needs the other.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(traces)
             if wanted:
-                nursery.start_soon(look, "indexes", indexes)
+                nursery.start_soon(indexes)
         return with_index_blobs(manifest, found) if found else manifest
 
     async def _after_pull(

@@ -43,8 +43,9 @@ class RootfsBuilder:
     ``fetch`` makes an image present (its layers in the store, or left in
     the registry for a lazy backend), told what it is traced for;
     ``blobs_for`` says what the backend reads an image's layers from, and
-    for what command, in what working directory, it is traced (``Traced``; see ``lazyfs.provision.lazy.blobs_for``);
-    ``after_build`` runs, in a thread, once a rootfs is built (its mount up):
+    for what command, in what working directory, it is traced (``Traced``;
+    see ``lazyfs.provision.lazy.blobs_for``); ``after_build`` runs, in a
+    thread, once a rootfs is built (its mount up):
     ``lazyfs.provision.lazy.start_adopting``.
     """
 

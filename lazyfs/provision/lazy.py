@@ -58,11 +58,11 @@ class LazyProvider(Protocol):
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest], None] | None = None,
+        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
     ) -> ImageManifest:
         """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
         runs in a thread when it goes to a registry for them, ``traced`` once the traces
-        published beside the image are kept (``replay_ahead``)."""
+        published beside the image are kept, given the layers read by range (``replay_ahead``)."""
         ...
 
 
@@ -140,25 +140,33 @@ def replay_ahead(
     command: Sequence[str],
     working_dir: str,
     manifest: ImageManifest,
+    layers: Sequence[Layer],
 ) -> None:
     """Have ``daemon`` begin the replay of the prefetch trace of ``manifest`` run as
-    ``command`` in ``working_dir`` (as ``blobs_for`` keys it), if the cache or the store
-    keeps one. Blocking; a hint: a failure is logged, never raised.
+    ``command`` in ``working_dir`` (keyed as ``blobs_for`` keys it), for ``layers`` that are
+    not in the store, if the cache or the store keeps one. Blocking; a hint: anything
+    that fails is logged at INFO (this process's warnings reach the user's terminal).
 
-    Called once the provision has kept the traces published beside the image
-    (``DockerProvider.fetch_lazy``), while it decodes the layers' published
-    indexes: some 100 ms before the mount would send it. Only the layers'
-    ranges: the windows blobs of their indexes are not known yet. The
-    start of the mount sends the trace again with them
-    (``lazyfs.fs.mount_ahead``), and the daemon fetches nothing twice.
+    Called by ``DockerProvider.fetch_lazy`` once it has kept the traces
+    published beside the image and listed its published indexes
+    (``layers``: those read by range), while it fetches and decodes them:
+    some 100 ms before the mount would send the trace. The daemon is up by
+    then when the command started it ahead (``lazyfs.cli_early``); when it
+    is not, nothing is sent. Only the layers' ranges: the windows blobs of
+    their indexes are not kept yet. The start of the mount sends the trace
+    again with them (``lazyfs.fs.mount_ahead``), and the daemon's replay
+    queue skips the chunks it has in hand or in flight by then.
     """
-    key = _trace_key(manifest, command, working_dir)
-    origins = remote_origins(store, manifest)
-    if key is None or not origins:
-        return
-    from lazyfs.fs.mount_ahead import replay_early  # loaded by lazy mounts only
+    try:
+        key = _trace_key(manifest, command, working_dir)
+        origins = remote_origins(store, manifest)
+        if key is None:
+            return
+        from lazyfs.fs.mount_ahead import replay_early  # loaded by lazy mounts only
 
-    replay_early(daemon.cache_dir, store.root, manifest.layers, origins, key)
+        replay_early(daemon.cache_dir, store.root, layers, origins, key)
+    except Exception as error:  # a hint: the mount sends the trace all the same
+        log.info("the trace of %s was not sent early: %s", manifest.reference, error)
 
 
 def start_adopting(

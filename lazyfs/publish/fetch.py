@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from lazyfs.index.artifact import ARTIFACT_TYPE, decode_text
@@ -63,7 +63,14 @@ _AT_ONCE = 4
 _BYTES_AT_ONCE = 64 << 20
 _DECODING = threading.Lock()  # index blobs decoded and kept one at a time (``_keep``)
 
-__all__ = ["CREATED", "newest_first", "published_layers", "rounds", "with_index_blobs"]
+__all__ = [
+    "CREATED",
+    "listed_indexes",
+    "newest_first",
+    "published_layers",
+    "rounds",
+    "with_index_blobs",
+]
 
 
 def with_index_blobs(manifest: ImageManifest, blobs: dict[Digest, Digest]) -> ImageManifest:
@@ -85,22 +92,21 @@ def published_layers(
     image: ImageManifest,
     wanted: Sequence[Layer],
     listing: Listing | None = None,
+    listed: Mapping[Digest, Descriptor] | None = None,
 ) -> dict[Digest, Digest]:
     """The index blob kept in ``store`` for each layer of ``wanted`` that has one published.
 
     ``listing``: the image's referrers as the provision listed them
     (``lazyfs.publish.listing.list_image``); listed here when not given.
+    ``listed``: what ``listed_indexes`` found in it, when asked already.
     """
     if listing is None:
         listing = list_image(client, image)
         if listing is None:
             return {}
     push = listing.push
-    try:
-        listed = _listed(listing)
-    except LazyfsError as error:
-        log.warning("%s: cannot look for published indexes: %s", image.reference, error)
-        return {}
+    if listed is None:
+        listed = listed_indexes(listing, image)
     jobs = [(layer, listed[layer.digest]) for layer in wanted if layer.digest in listed]
     found: dict[Digest, Digest] = {}
     for (layer, blob), refused in zip(jobs, _keep_each(store, push, jobs), strict=True):
@@ -168,6 +174,17 @@ def rounds(sizes: Sequence[int], budget: int, at_once: int) -> list[list[int]]:
         out[-1].append(number)
         spent += size
     return out
+
+
+def listed_indexes(listing: Listing, image: ImageManifest) -> dict[Digest, Descriptor]:
+    """The index blob published for each layer of ``image``, by layer, as ``listing`` (its
+    referrers) leads to them (step 2 of the module docstring); none, with a warning, when
+    the registry fails."""
+    try:
+        return _listed(listing)
+    except LazyfsError as error:
+        log.warning("%s: cannot look for published indexes: %s", image.reference, error)
+        return {}
 
 
 def _listed(listing: Listing) -> dict[Digest, Descriptor]:

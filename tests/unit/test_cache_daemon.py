@@ -17,8 +17,6 @@ from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import serve, socket_path
 from lazyfs.cache.framing import FrameDecoder, encode_frame
 from lazyfs.cache.messages import (
-    MAX_PIECE,
-    MAX_PIECES_ASKED,
     BadRequest,
     BlobRange,
     Evict,
@@ -39,6 +37,7 @@ from lazyfs.cache.messages import (
     decode_response,
     encode_request,
 )
+from lazyfs.cache.pieces import MAX_PIECE, MAX_PIECES_ASKED
 from providers.digest import Digest
 from providers.source import BlobSource
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource

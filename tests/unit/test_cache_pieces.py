@@ -11,13 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.cache import client as client_module
 from lazyfs.cache import pieces as pieces_module
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.client import CacheClient, RemoteBlob, status
 from lazyfs.cache.daemon import serve
-from lazyfs.cache.messages import MAX_PIECE, MAX_PIECES_ASKED
-from lazyfs.cache.pieces import ENTRY_COST, Pieces
+from lazyfs.cache.pieces import ENTRY_COST, MAX_PIECE, Pieces
 from lazyfs.cache.values import HandleOrigin
 from lazyfs.cache.workers import Workers
 from providers.digest import Digest
@@ -159,59 +157,42 @@ async def test_readers_waiting_when_the_daemon_stops_are_told_so() -> None:
     assert len(errors) == 1 and "stopping" in str(errors[0])
 
 
-@asynccontextmanager
-async def windows_client(tmp_path: Path, source: FakeSource) -> AsyncIterator[CacheClient]:
-    """A client of a daemon serving ``source``, reading BLOB and the windows blob WINDOWS."""
+@pytest.mark.parametrize("replayed", [False, True])
+async def test_a_client_reads_a_blob_it_was_told_of_by_pieces(
+    tmp_path: Path, replayed: bool
+) -> None:
+    """A windows blob (``add_blob``), through a daemon over its socket: each range is
+    fetched alone and comes back in the answer; a range of a layer is fetched as chunks."""
+    source = TwoBlobs()
+    origin = HandleOrigin("blobs")
+    windows = Digest("sha256:" + "ef" * 32)
     root = tmp_path / "cache"
     root.mkdir()
     with DiskCache.open(root, 256 * os.statvfs(root).f_frsize, chunk_size=SIZE) as cache:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, cache, lambda asked: source)
-            client = CacheClient(
-                root, {BLOB: RemoteBlob(HandleOrigin("blobs"), len(DATA), exact=True)}
-            )
-            client.add_blob(WINDOWS, BLOB, len(DATA))
+            client = CacheClient(root, {BLOB: RemoteBlob(origin, len(DATA), exact=True)})
+            client.add_blob(windows, BLOB, len(DATA))
             try:
-                yield client
+                if replayed:  # a trace naming the windows blob: its windows come as chunks
+                    client.replaying = [(BLOB, [(0, 16)]), (windows, [(32, 16)])]
+                got = await trio.to_thread.run_sync(client.read_range, windows, 37, 13)
+                assert await trio.to_thread.run_sync(client.prefetch, windows, 70, 9) == 1
+                ahead = await trio.to_thread.run_sync(client.read_range, windows, 72, 5)
+                layer = await trio.to_thread.run_sync(client.read_range, BLOB, 37, 13)
+                facts = await trio.to_thread.run_sync(status, root)
             finally:
                 client.close()
                 nursery.cancel_scope.cancel()
-
-
-WINDOWS = Digest("sha256:" + "ef" * 32)
-
-
-async def test_a_client_reads_a_blob_it_was_told_of_by_pieces(tmp_path: Path) -> None:
-    """A windows blob (``add_blob``), through a daemon over its socket: each range is
-    fetched alone and comes back in the answer; a range of a layer is fetched as chunks."""
-    source = TwoBlobs()
-    async with windows_client(tmp_path, source) as client:
-        got = await trio.to_thread.run_sync(client.read_range, WINDOWS, 37, 13)
-        assert await trio.to_thread.run_sync(client.prefetch, WINDOWS, 70, 9) == 1
-        ahead = await trio.to_thread.run_sync(client.read_range, WINDOWS, 72, 5)
-        layer = await trio.to_thread.run_sync(client.read_range, BLOB, 37, 13)
-        facts = await trio.to_thread.run_sync(status, client.cache_dir)
     assert (got, ahead, layer) == (DATA[37:50], DATA[72:77], DATA[37:50])
-    assert source.calls == [(37, 13), (70, 9), (32, 32)]
-    assert source.digests == [WINDOWS, WINDOWS, BLOB]
-    assert (facts.fetches, facts.fetched_bytes) == (3, 13 + 9 + 32)
-
-
-async def test_a_replay_asks_a_windows_blob_by_pieces(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A trace's ranges of a windows blob are fetched as they are, however many, and
-    serve the reads that follow (a layer's are replayed as chunks: ``test_cache_replay``)."""
-    monkeypatch.setattr(client_module, "MAX_PIECE", 8)  # a longer range goes in parts
-    source = TwoBlobs()
-    many = [(6 * n, 5) for n in range(MAX_PIECES_ASKED + 6)]  # more than one prefetch takes
-    async with windows_client(tmp_path, source) as client:
-        await trio.to_thread.run_sync(client.replay, WINDOWS, [*many, (480, 12)])
-        # Reads of ranges the replay asked wait on their pieces, each fetched once.
-        got = [await trio.to_thread.run_sync(client.read_range, WINDOWS, offset, length)
-               for offset, length in [(481, 6), (6, 5), (490, 2)]]  # fmt: skip
-    assert got == [DATA[481:487], DATA[6:11], DATA[490:492]]
-    assert sorted(source.calls) == sorted([*many, (480, 8), (488, 4)])
+    if replayed:
+        assert source.calls == [(32, 32), (64, 16), (32, 32)]
+        assert source.digests == [windows, windows, BLOB]
+        assert facts.fetches == 3
+    else:
+        assert source.calls == [(37, 13), (70, 9), (32, 32)]
+        assert source.digests == [windows, windows, BLOB]
+        assert (facts.fetches, facts.fetched_bytes) == (3, 13 + 9 + 32)
 
 
 async def test_no_more_than_max_kept_pieces_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -161,7 +161,7 @@ class LazyFake:
 
     def __init__(self) -> None:
         self.given: list[tuple[str, object]] = []
-        self.traced: list[Callable[[ImageManifest], None] | None] = []
+        self.traced: list[Callable[[ImageManifest, Sequence[Layer]], None] | None] = []
 
     async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
         self.given.append(("fetch", None))
@@ -172,7 +172,7 @@ class LazyFake:
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest], None] | None = None,
+        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
     ) -> ImageManifest:
         self.given.append(("fetch_lazy", ahead))
         self.traced.append(traced)
@@ -216,7 +216,7 @@ def test_a_traced_lazy_fetch_begins_the_replay_once_the_provider_has_the_trace(
         trio.run(fetch)
     hook, untraced = provider.traced
     assert untraced is None and hook is not None
-    hook(MANIFEST)
+    hook(MANIFEST, MANIFEST.layers)
     key = trace_key(MANIFEST.digest, (), ["app", "-v"], "/srv")
     assert key is not None and blobs_key(provisioner, ["app", "-v"], "/srv") == key
     [(cache_dir, store, layers, origins, sent_key)] = sent

@@ -1,14 +1,18 @@
 """Which checkpoint windows a replayed trace holds (``Asks.replayed``), and at what cost.
 
-A window is held when its bytes lie within the trace's ranges of the
-windows blob, which the replay asks as they are. A trace's ranges are
-hostile (a published trace, or a damaged one): a range outside the blob
-holds nothing, and thousands of them over the blob cost a sort, not a walk
-per range.
+A trace's ranges are hostile (a published trace, or a damaged one): the
+windows blob's units they cover are counted once each, however many ranges
+name them, and a range outside the blob holds nothing.
 """
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Iterator
+
+import pytest
+
+from lazyfs.blobs import published_asks
 from lazyfs.blobs.published_asks import Asks
 from lazyfs.blobs.trace_run import UNIT
 from lazyfs.index.artifact import Point, Span
@@ -39,16 +43,29 @@ def _replayed(steps: list[tuple[Digest, list[tuple[int, int]]]]) -> set[int]:
 
 
 def test_the_windows_a_trace_holds_are_noted_and_no_others() -> None:
-    held = [(8 * UNIT, 100), (3 * 8 * UNIT - 10, 60), (3 * 8 * UNIT + 50, 50)]  # 1 and 3
-    partly = [(5 * 8 * UNIT + 50, 10), (6 * 8 * UNIT, 99)]  # in 5's unit, short of 6's end
+    held = [(8 * UNIT, UNIT), (3 * 8 * UNIT + 50, 10)]  # the windows of points 1 and 3
     outside = [(UNITS * UNIT, UNIT), (UNITS * UNIT + 7, 1), (-UNIT, 2 * UNIT), (16 * UNIT, 0)]
     other = Digest("sha256:" + "3" * 64)
-    steps = [(WINDOWS, held + partly + outside), (other, [(2 * 8 * UNIT, UNIT)])]
-    assert _replayed(steps) == {1, 3}
+    assert _replayed([(WINDOWS, held + outside), (other, [(16 * UNIT, UNIT)])]) == {1, 3}
     assert _replayed([(WINDOWS, [(0, UNITS * UNIT)])]) == set(range(1, UNITS // 8))
 
 
-def test_ranges_that_meet_hold_what_they_cover_together() -> None:
-    # Thousands of them, each 150 bytes every 100: no window lies within one range alone.
-    steps = [(WINDOWS, [(n * 100, 150) for n in range(UNITS * UNIT // 100 + 1)])]
+@pytest.fixture
+def units_walked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    walked: list[int] = []
+
+    def counting(*args: int) -> range:
+        found = builtins.range(*args)
+        walked.append(len(found))
+        return found
+
+    monkeypatch.setattr(published_asks, "range", counting, raising=False)
+    yield walked
+
+
+def test_many_ranges_over_the_blob_walk_its_units_once(units_walked: list[int]) -> None:
+    # Thousands of ranges over a large windows blob were thousands of times its units.
+    steps = [(WINDOWS, [(0, UNITS * UNIT)] * 5000)]
     assert _replayed(steps) == set(range(1, UNITS // 8))
+    # The windows blob's units were walked (the count counts), and each only once.
+    assert UNITS <= sum(units_walked) <= 2 * UNITS

@@ -208,31 +208,6 @@ def test_the_settle_clock_waits_for_the_container_to_read(tmp_path: Path) -> Non
 
 class Blob:
     size: int | None = 1 << 20
-    piece = False
-
-
-class Windows(Blob):
-    piece = True
-
-
-def test_each_window_read_is_recorded_as_its_own_range(tmp_path: Path) -> None:
-    # A windows blob's ranges are replayed as pieces, as they are: a window read
-    # beside another (in one 64 KiB unit, or continuing it) is new all the same.
-    client = Client(tmp_path)
-    client.blobs[A] = Windows()
-    recorder = start_trace(client, KEY)  # type: ignore[arg-type]
-    assert isinstance(recorder, Recorder) and client.watcher is recorder
-    for offset, length in [(0, 13000), (13000, 12000), (40000, 9000), (13000, 12000)]:
-        recorder.read(A, offset, length)
-    recorder.read(B, 0, 65536)
-    recorder.read(B, 65536, 50)  # a layer's: continues the last, one range
-    recorder.read(B, 1000, 50)  # and within what was read (in units), not new
-    recorder._serving_since = 0.0  # as serving() sets it, without its thread
-    recorder.finish()
-    trace = load_trace(tmp_path, KEY)
-    assert trace is not None
-    windows = [Read(A, 0, 13000), Read(A, 13000, 12000), Read(A, 40000, 9000)]
-    assert trace.reads == (*windows, Read(B, 0, 65586))
 
 
 class Client:
