@@ -37,11 +37,12 @@ def cut(
     chunks from a chunk's first byte (ValueError else), so every chunk is
     handed on whole, in order, but the last one of a blob that ends in the
     range. Returns how many bytes of the range came: fewer than ``length``
-    where the blob ends, or when ``stopped()`` turned true, which ends the
-    transfer before the next piece. Bytes an answer carries outside the
-    range (a whole-blob answer) are dropped. Raises what the source raises,
-    after handing on the chunks that came whole; BadImage for an answer
-    that skips bytes of the range.
+    only where the blob ends. ``stopped()`` turning true ends the transfer
+    before the next piece and raises ``Stopped``: a short count would read
+    as the blob's end. Bytes an answer carries outside the range (a
+    whole-blob answer) are dropped. Raises what the source raises, after
+    handing on the chunks that came whole; BadImage for an answer that
+    skips bytes of the range.
     """
     if offset % chunk_size or length % chunk_size:
         raise ValueError(f"{offset}+{length} is not a run of whole {chunk_size}-byte chunks")
@@ -52,7 +53,7 @@ def cut(
     try:
         for start, data in pieces:
             if stopped():
-                break
+                raise Stopped(f"the fetch of {digest} {offset}+{length} was stopped at {at}")
             if start + len(data) <= at:
                 continue  # before the range, or of a whole-blob answer: not wanted
             if start > at:
@@ -70,9 +71,15 @@ def cut(
         close = getattr(pieces, "close", None)
         if close is not None:
             close()  # ends the transfer of what is left
-    if pending and not stopped():
+    if stopped():
+        raise Stopped(f"the fetch of {digest} {offset}+{length} was stopped at {at}")
+    if pending:
         deliver((at - len(pending)) // chunk_size, bytes(pending))
     return at - offset
+
+
+class Stopped(Exception):
+    """A ``cut`` whose caller stopped waiting for it (``arrive``, cancelled)."""
 
 
 async def arrive(

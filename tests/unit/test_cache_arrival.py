@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.cache.arrival import cut
+from lazyfs.cache.arrival import Stopped, cut
 from lazyfs.cache.layout import ChunkKey
 from providers.errors import BadImage, TemporaryFailure
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource, StreamingSource, fetcher
@@ -68,12 +68,22 @@ def test_a_broken_answer_hands_on_the_chunks_that_came_whole_then_raises() -> No
     assert out == [(0, DATA[0:16])]  # not the 10 bytes of chunk 1
 
 
-def test_stopped_ends_the_transfer_before_the_next_piece() -> None:
+def test_stopped_ends_the_transfer_before_the_next_piece_and_says_so() -> None:
+    # Not a short count: that would read as the blob's end.
     source = StreamingSource([(0, 16), (16, 16), (32, 16)])
     out: list[tuple[int, bytes]] = []
-    cut(source, BLOB, 0, 48, SIZE, lambda i, b: out.append((i, b)), lambda: len(out) >= 1)
+    with pytest.raises(Stopped):
+        cut(source, BLOB, 0, 48, SIZE, lambda i, b: out.append((i, b)), lambda: len(out) >= 1)
     assert out == [(0, DATA[0:16])]
     assert source.yielded == 2 and source.closed
+
+
+def test_stopped_at_the_end_hands_on_no_part_chunk() -> None:
+    source = StreamingSource([(0, 16), (16, 5)])  # the blob ends 5 bytes into chunk 1
+    out: list[tuple[int, bytes]] = []
+    with pytest.raises(Stopped):  # once the answer is all in
+        cut(source, BLOB, 0, 32, SIZE, lambda i, b: out.append((i, b)), source.sent.is_set)
+    assert out == [(0, DATA[0:16])]
 
 
 async def test_a_reader_of_the_first_chunk_is_answered_before_the_answer_ends(
