@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -51,10 +52,15 @@ def trace_key(
 
     None for an image not named by a sha256 digest. What runs is hashed as
     the container runtime gets it: the entrypoint, then the command given
-    or else the image's Cmd (the caller decides which), and the directory.
+    or else the image's Cmd (the caller decides which), and the directory,
+    an absolute one tidied as ``run -w`` tidies it (``/app/`` is ``/app``):
+    the image's ``WorkingDir`` and a ``-w`` naming the same directory are
+    one trace.
     """
     if not image.startswith("sha256:"):
         return None
+    if working_dir.startswith("/"):
+        working_dir = "/" + posixpath.normpath(working_dir).lstrip("/")
     spelled = json.dumps([list(entrypoint), list(command), working_dir or "/"])
     return f"{image}@{hashlib.sha256(spelled.encode()).hexdigest()[:32]}"
 

@@ -138,6 +138,11 @@ def test_the_key_names_the_image_and_what_runs_where() -> None:
     }
     assert key not in others and len(others) == 4
     assert trace_key(IMAGE, [], ["x"], "") == trace_key(IMAGE, [], ["x"], "/")
+    # An image's WorkingDir as written, and a ``-w`` of the same directory (tidied): one key.
+    tidy = trace_key(IMAGE, [], ["x"], "/srv/app")
+    assert tidy == trace_key(IMAGE, [], ["x"], "/srv/app/")
+    assert tidy == trace_key(IMAGE, [], ["x"], "//srv/./lib/../app")
+    assert trace_key(IMAGE, [], ["x"], "/srv/../") == trace_key(IMAGE, [], ["x"], "/")
     assert trace_key(Digest("sha512:" + "ab" * 64), [], ["x"], "/") is None
 
 
