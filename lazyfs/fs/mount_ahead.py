@@ -105,11 +105,14 @@ def replay_early(
     key: str,
 ) -> None:
     """``send_trace`` for the layers of ``layers`` in ``origins``, before the mount is
-    started (``lazyfs.provision.lazy.replay_ahead``); a failure logged at INFO."""
+    started (``lazyfs.provision.lazy.replay_ahead``); a failure logged at INFO. Nothing
+    unless the daemon answers: one that is not up yet, or gone and its socket left (the
+    mount starts another), is not waited for, nor warned of."""
+    from lazyfs.cache.spawn import answers
     from lazyfs.cache.tails import hint_client
 
     remote = [layer for layer in layers if layer.digest in origins]
-    if not remote or not has_trace(cache_dir, store, key):
+    if not remote or not has_trace(cache_dir, store, key) or not answers(cache_dir):
         return
     client = hint_client(cache_dir, remote, origins)
     try:

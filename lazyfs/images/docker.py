@@ -278,12 +278,12 @@ class DockerProvider:
         lazy: bool,
         traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
     ) -> ImageManifest:
-        """``manifest``, its layers with a published index (found for a lazy pull) so marked."""
+        """``manifest``, its layers with a published index so marked; ``traced``: ``fetch_lazy``."""
         manifest = without_index_blobs(manifest)  # a registry's manifest never says it
         if not (lazy and self.trust_published):
             return manifest  # not even a referrers request
         # Loaded for lazy pulls only: it loads the index code.
-        from lazyfs.publish.fetch import listed_indexes, published_layers, with_index_blobs
+        from lazyfs.publish import fetch as index_lookup
         from lazyfs.publish.listing import list_image
         from lazyfs.publish.traces import fetch_traces
 
@@ -300,6 +300,7 @@ class DockerProvider:
         ]
         found: dict[Digest, Digest] = {}
         listed: dict[Digest, Descriptor] = {}  # the index blob listed for each layer
+        aside: set[Digest] = set()  # layers whose listed one a mount here refused
         heard = trio.Event()  # ``listed`` is as full as it gets
         if not wanted:
             heard.set()
@@ -314,11 +315,16 @@ class DockerProvider:
                             exc_info=True)  # fmt: skip
 
         def keep() -> None:
-            found.update(published_layers(self.store, client, manifest, wanted, listing, listed))
+            found.update(index_lookup.published_layers(self.store, client, manifest, wanted,
+                                                       listing, listed))  # fmt: skip
+
+        def listed_here() -> None:
+            listed.update(index_lookup.listed_indexes(listing, manifest))
+            aside.update(index_lookup.set_aside(self.store, listed))
 
         async def indexes() -> None:
             try:
-                await look("indexes", lambda: listed.update(listed_indexes(listing, manifest)))
+                await look("indexes", listed_here)
             finally:
                 heard.set()
             if any(layer.digest in listed for layer in wanted):
@@ -329,22 +335,22 @@ class DockerProvider:
             if traced is None:
                 return
             await heard.wait()
-            # Read by range: eStargz, or with an index listed (one refused after all is
-            # pulled whole, and what a replay fetched of it lost). Not waited for.
-            remote = [layer for layer in manifest.layers
-                      if lazy_layer(layer) or layer.digest in listed]  # fmt: skip
+            # Read by range: eStargz, or with an index listed and not set aside (one refused
+            # after all is pulled whole, and what a replay fetched of it lost). Not waited for.
+            remote = [layer for layer in manifest.layers if lazy_layer(layer)
+                      or (layer.digest in listed and layer.digest not in aside)]  # fmt: skip
             if remote:
                 with contextlib.suppress(RuntimeError):  # no thread to be had: the mount sends it
                     threading.Thread(target=traced, args=(manifest, remote),
                                      name="lazyfs-replay-ahead", daemon=True).start()  # fmt: skip
 
         # Learned prefetch traces too (a hint whose fetches are verified as any), fetched
-        # beside the indexes: each is a few round trips, and neither needs the other.
+        # beside the indexes: each is a few round trips; only ``traced`` waits on the listing.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(traces)
             if wanted:
                 nursery.start_soon(indexes)
-        return with_index_blobs(manifest, found) if found else manifest
+        return index_lookup.with_index_blobs(manifest, found) if found else manifest
 
     async def _after_pull(
         self, hook: Callable[[ImageManifest], None], image: ImageManifest

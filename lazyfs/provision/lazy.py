@@ -62,7 +62,8 @@ class LazyProvider(Protocol):
     ) -> ImageManifest:
         """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
         runs in a thread when it goes to a registry for them, ``traced`` once the traces
-        published beside the image are kept, given the layers read by range (``replay_ahead``)."""
+        published beside the image are kept and its indexes listed, given the layers read
+        by range (``replay_ahead``)."""
         ...
 
 
@@ -159,9 +160,9 @@ def replay_ahead(
     """
     try:
         key = _trace_key(manifest, command, working_dir)
-        origins = remote_origins(store, manifest)
         if key is None:
             return
+        origins = remote_origins(store, manifest)
         from lazyfs.fs.mount_ahead import replay_early  # loaded by lazy mounts only
 
         replay_early(daemon.cache_dir, store.root, layers, origins, key)

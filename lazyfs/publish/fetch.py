@@ -69,6 +69,7 @@ __all__ = [
     "newest_first",
     "published_layers",
     "rounds",
+    "set_aside",
     "with_index_blobs",
 ]
 
@@ -185,6 +186,14 @@ def listed_indexes(listing: Listing, image: ImageManifest) -> dict[Digest, Descr
     except LazyfsError as error:
         log.warning("%s: cannot look for published indexes: %s", image.reference, error)
         return {}
+
+
+def set_aside(store: Store, listed: Mapping[Digest, Descriptor]) -> set[Digest]:
+    """The layers of ``listed`` whose listed index blob a mount here set aside: refused
+    when kept (``_keep``), that layer pulled whole."""
+    return {
+        layer for layer, blob in listed.items() if is_set_aside(store.layers, layer, blob.digest)
+    }
 
 
 def _listed(listing: Listing) -> dict[Digest, Descriptor]:

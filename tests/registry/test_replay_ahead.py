@@ -3,8 +3,9 @@
 The image's index is pushed (``lazyfs index push``) and a trace published
 beside it; a second store's ``fetch_lazy`` trusting published indexes calls
 ``traced`` once, in a thread of its own, when that trace is in the store
-already, with the layers read by range (those with an index listed). A pull
-that does not trust published indexes looks for none and calls nothing.
+already and before the indexes are kept, with the layers read by range
+(those with an index listed). A pull that does not trust published indexes
+looks for none and calls nothing.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lazyfs.index.trace import Read, Trace, load_trace, store_trace
 from lazyfs.progress import Progress
+from lazyfs.publish import fetch
+from lazyfs.publish.fetch import published_layers
 from lazyfs.publish.push import repository_push
 from lazyfs.publish.traces import publish_traces
+from providers.digest import Digest
 from providers.manifest import ImageManifest, Layer
 from providers.registry import RegistryClient, RegistryOptions
 from tests.support.registry_pulls import FAST, docker, lazyfs, provider
@@ -40,7 +45,7 @@ def _joined() -> None:
 
 @pytest.mark.parametrize("trusting", [True, False])
 async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
-    registry: Registry, tmp_path: Path, trusting: bool
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusting: bool
 ) -> None:
     image = f"{registry.host}/rich:oci"
     pushed = lazyfs(tmp_path / "first", "--docker_registry", registry.url, "index", "push", image)
@@ -55,17 +60,30 @@ async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
     second = provider(tmp_path / "second", registry.url)
     second.trust_published = trusting
     calls: list[tuple[ImageManifest, list[Layer], bool]] = []
+    began = threading.Event()
+    order: list[str] = []
 
     def traced(manifest: ImageManifest, layers: Sequence[Layer]) -> None:
         kept = load_trace(second.store.root, key) is not None
         calls.append((manifest, list(layers), kept))
+        order.append("traced")
+        began.set()
 
+    def keeping(*args: Any) -> dict[Digest, Digest]:
+        # The indexes are kept only once the replay has begun: it does not wait for them.
+        began.wait(30)  # a bound, not a delay: set at once when it works
+        order.append("kept")
+        return published_layers(*args)
+
+    monkeypatch.setattr(fetch, "published_layers", keeping)
     got = await second.fetch_lazy(docker(image), Progress(), None, traced)
     _joined()
     if not trusting:
-        assert calls == []
+        assert calls == [] and order == []
         return
     [(manifest, layers, kept)] = calls
+    assert order == ["traced", "kept"]
     assert kept and manifest.digest == whole.digest == got.digest
+    assert all(layer.annotations for layer in got.layers)  # each read through its index
     # Every gzip layer of the image has an index listed: all of them are read by range.
     assert [layer.digest for layer in layers] == [layer.digest for layer in whole.layers]

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import random
+import socket
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -24,12 +25,14 @@ from typing import BinaryIO
 
 import pytest
 
+import lazyfs.cache.spawn
 import lazyfs.cache.tails
 import lazyfs.fs.mount
 import lazyfs.fs.mount_ahead
 import lazyfs.fs.predict_published
 from lazyfs.blobs.published_ahead import read_windows_blobs
 from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
+from lazyfs.cache.layout import socket_path
 from lazyfs.cache.remote import Remote, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.fs.mount import mount
@@ -307,9 +310,10 @@ def test_a_provision_sends_a_kept_trace_before_the_mount_starts(
         return client
 
     monkeypatch.setattr(lazyfs.cache.tails, "hint_client", hint_client)
-    # As the provision has it then: its index not named yet (nor kept, in a fresh store).
+    monkeypatch.setattr(lazyfs.cache.spawn, "answers", lambda cache_dir: True)
+    # As the provision has it then: its index not named yet (so not found in the store).
     layer = dataclasses.replace(image.layer, annotations=())
-    other = Layer(OTHER, "", 4096, None)  # in the store: not remote
+    other = Layer(OTHER, "", 4096, None)  # of the image, not remote (no origin)
     origins = {layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
 
     replay_early(tmp_path / "cache", image.store, [other, layer], origins, KEY)
@@ -319,3 +323,23 @@ def test_a_provision_sends_a_kept_trace_before_the_mount_starts(
         assert client.replayed == [(layer.digest, [(0, 4096), (200_000, 8192)])]
     else:
         assert given == [] and client.replayed == []
+
+
+def test_an_early_replay_with_no_daemon_answering_sends_nothing_and_warns_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A daemon gone with its socket left (the mount starts another): the provision's
+    warnings reach the user's terminal, and this one is only a hint."""
+    image = _Image(tmp_path)
+    store_trace(image.store, image.trace)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with socket.socket(socket.AF_UNIX) as gone:  # bound, then closed: connections refused
+        gone.bind(str(socket_path(cache)))
+    layer = dataclasses.replace(image.layer, annotations=())
+    origins = {layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
+    caplog.set_level(logging.DEBUG)
+
+    replay_early(cache, image.store, [layer], origins, KEY)
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
