@@ -115,6 +115,7 @@ class CacheClient:
         blobs: Mapping[Digest, RemoteBlob],
         *,
         wait: float = DEFAULT_WAIT,
+        hint: bool = False,
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         self.cache_dir = cache_dir
@@ -123,6 +124,7 @@ class CacheClient:
         self._layout_agreed = False
         self.blobs = dict(blobs)
         self.wait = wait
+        self.hint = hint  # its asks are hints: a daemon not answering is no warning
         self._socket = socket_path(cache_dir)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -357,7 +359,8 @@ class CacheClient:
                 if deadline is None:
                     deadline = now + self.wait
                     # Expected while the daemon starts beside this mount: no warning then.
-                    level = logging.INFO if starting(self.cache_dir) else logging.WARNING
+                    quiet = self.hint or starting(self.cache_dir)
+                    level = logging.INFO if quiet else logging.WARNING
                     log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to %gs "
                             "for it", self._socket, error, self.wait)  # fmt: skip
                 if now >= deadline:

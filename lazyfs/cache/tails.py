@@ -95,7 +95,8 @@ def hint_client(
     cache_dir: Path, layers: Sequence[Layer], origins: Mapping[Digest, RemoteOrigin]
 ) -> CacheClient:
     """A client of the daemon of ``cache_dir`` for ``layers`` (each in ``origins``), to ask
-    ahead of a mount: it waits for no daemon that is gone (the mount waits for it as ever)."""
+    ahead of a mount: it waits for no daemon that is gone (the mount waits for it as ever),
+    and says so at INFO only (this process's warnings reach the user's terminal)."""
     # Loaded only here: the mount API that calls this stays light otherwise.
     from lazyfs.cache.client import CacheClient, remote_blob
 
@@ -105,7 +106,7 @@ def hint_client(
         )
         for layer in layers
     }
-    return CacheClient(cache_dir, blobs, wait=0.0)
+    return CacheClient(cache_dir, blobs, wait=0.0, hint=True)
 
 
 def _ask_members(

@@ -32,6 +32,7 @@ when the cache daemon has it whole.  Blocking.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -190,10 +191,14 @@ def listed_indexes(listing: Listing, image: ImageManifest) -> dict[Digest, Descr
 
 def set_aside(store: Store, listed: Mapping[Digest, Descriptor]) -> set[Digest]:
     """The layers of ``listed`` whose listed index blob a mount here set aside: refused
-    when kept (``_keep``), that layer pulled whole."""
-    return {
-        layer for layer, blob in listed.items() if is_set_aside(store.layers, layer, blob.digest)
-    }
+    when kept (``_keep``), that layer pulled whole. One that cannot be told (EACCES) is
+    not: ``_keep`` says so, if it cannot either."""
+    aside = set()
+    for layer, blob in listed.items():
+        with contextlib.suppress(OSError):
+            if is_set_aside(store.layers, layer, blob.digest):
+                aside.add(layer)
+    return aside
 
 
 def _listed(listing: Listing) -> dict[Digest, Descriptor]:

@@ -21,7 +21,7 @@ import subprocess
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -32,6 +32,7 @@ import lazyfs.fs.mount_ahead
 import lazyfs.fs.predict_published
 from lazyfs.blobs.published_ahead import read_windows_blobs
 from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
+from lazyfs.cache.client import CacheUnavailable
 from lazyfs.cache.layout import socket_path
 from lazyfs.cache.remote import Remote, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec
@@ -325,21 +326,55 @@ def test_a_provision_sends_a_kept_trace_before_the_mount_starts(
         assert given == [] and client.replayed == []
 
 
+def _gone(cache: Path) -> None:
+    """A daemon's socket left behind, no daemon: connections are refused."""
+    cache.mkdir()
+    with socket.socket(socket.AF_UNIX) as gone:  # bound, then closed
+        gone.bind(str(socket_path(cache)))
+
+
 def test_an_early_replay_with_no_daemon_answering_sends_nothing_and_warns_of_nothing(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A daemon gone with its socket left (the mount starts another): the provision's
     warnings reach the user's terminal, and this one is only a hint."""
     image = _Image(tmp_path)
     store_trace(image.store, image.trace)
     cache = tmp_path / "cache"
-    cache.mkdir()
-    with socket.socket(socket.AF_UNIX) as gone:  # bound, then closed: connections refused
-        gone.bind(str(socket_path(cache)))
+    _gone(cache)
+    clients: list[object] = []
+    real = lazyfs.cache.tails.hint_client
+
+    def hint_client(*args: Any) -> object:
+        clients.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(lazyfs.cache.tails, "hint_client", hint_client)
     layer = dataclasses.replace(image.layer, annotations=())
     origins = {layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
     caplog.set_level(logging.DEBUG)
 
     replay_early(cache, image.store, [layer], origins, KEY)
 
+    assert clients == []  # nothing asked of it
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_hint_client_says_a_daemon_is_gone_at_info_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Should the daemon go between the check and the asks: what a hint asks fails, and
+    the terminal hears nothing of it."""
+    image = _Image(tmp_path)
+    cache = tmp_path / "cache"
+    _gone(cache)
+    origins = {image.layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
+    client = lazyfs.cache.tails.hint_client(cache, [image.layer], origins)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(CacheUnavailable):
+            client.replay(image.layer.digest, [(0, 4096)])
+    finally:
+        client.close()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "unreachable" in r.getMessage()]
+    assert said and all(level == logging.INFO for level, _ in said)
