@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import posixpath
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from lazyfs.cache.remote import tidy_dir
 from lazyfs.cli_run import run_trio
 from providers.errors import UsageError
 from providers.manifest import RuntimeConfig
@@ -189,7 +189,7 @@ def clean_workdir(workdir: str | None) -> str:
         raise UsageError(f"run -w {workdir!r}: a working directory holds no NUL byte")
     if not workdir.startswith("/"):
         raise UsageError(f"run -w {workdir!r}: the working directory must be an absolute path")
-    return "/" + posixpath.normpath(workdir).lstrip("/")
+    return tidy_dir(workdir)
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

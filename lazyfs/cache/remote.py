@@ -60,9 +60,15 @@ def trace_key(
     if not image.startswith("sha256:"):
         return None
     if working_dir.startswith("/"):
-        working_dir = "/" + posixpath.normpath(working_dir).lstrip("/")
+        working_dir = tidy_dir(working_dir)
     spelled = json.dumps([list(entrypoint), list(command), working_dir or "/"])
     return f"{image}@{hashlib.sha256(spelled.encode()).hexdigest()[:32]}"
+
+
+def tidy_dir(path: str) -> str:
+    """Absolute ``path`` as docker tidies a working directory: ``/a/../b/`` is ``/b``
+    (and ``//b`` too, which ``posixpath.normpath`` keeps)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
 
 
 # What runc searches when the image's Env has no PATH (as Docker's default).
