@@ -15,24 +15,27 @@ import dataclasses
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlparse
 
 import trio
 
+from lazyfs.images.docker_published import (
+    Traced,
+    lazy_layer,
+    load_lookup_code,
+    published,
+    without_index_blobs,
+)
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
 from providers.image_pb2 import Image
 from providers.manifest import (
-    INDEX_BLOB_ANNOTATION,
-    TOC_DIGEST_ANNOTATION,
-    Descriptor,
     ImageManifest,
     Layer,
 )
@@ -45,45 +48,12 @@ from providers.transports import PathPuller, parse_transport
 
 if TYPE_CHECKING:
     # Loaded by a registry image only: the registry client loads requests.
-    from providers.digest import Digest
     from providers.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
 # Blob copies and downloads in flight at once, across all images.
 FETCH_LIMIT = trio.CapacityLimiter(4)
-
-
-def lazy_layer(layer: Layer) -> bool:
-    """Whether ``layer`` may stay in its registry, read by range.
-
-    An eStargz layer, or one whose published index was found and kept
-    (``lazyfs.publish.fetch``).
-    """
-    return (
-        layer.annotation(TOC_DIGEST_ANNOTATION) is not None
-        or layer.annotation(INDEX_BLOB_ANNOTATION) is not None
-    )
-
-
-def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
-    """``manifest`` with no layer naming an index blob: only ``lazyfs.publish.fetch`` names one."""
-    if not any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in manifest.layers):
-        return manifest
-    layers = tuple(
-        dataclasses.replace(
-            layer, annotations=tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
-        )
-        for layer in manifest.layers
-    )
-    return dataclasses.replace(manifest, layers=layers)
-
-
-def _load_lookup_code() -> None:
-    """Import what ``DockerProvider._published`` imports, ahead of it. Blocking."""
-    import lazyfs.publish.fetch
-    import lazyfs.publish.listing
-    import lazyfs.publish.traces  # noqa: F401
 
 
 def _run_each(calls: list[Callable[[], None]]) -> None:
@@ -171,7 +141,7 @@ class DockerProvider:
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
+        traced: Traced | None = None,
     ) -> ImageManifest:
         """``fetch``, but the ``lazy_layer`` layers of a registry image stay in the registry.
 
@@ -208,7 +178,7 @@ class DockerProvider:
         *,
         lazy: bool,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
+        traced: Traced | None = None,
     ) -> ImageManifest:
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")
@@ -233,7 +203,7 @@ class DockerProvider:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:
                     return stored
-            loads = [_load_lookup_code] if lazy and self.trust_published else []
+            loads = [load_lookup_code] if lazy and self.trust_published else []
             loads += [ahead] if lazy and ahead is not None else []
             if loads:
                 # The lookup's code (some 20 ms of imports), and the lazy mount's, load while
@@ -251,7 +221,9 @@ class DockerProvider:
             )
             client = _registry_client(source)
             if client is not None:
-                manifest = await self._published(client, manifest, lazy=lazy, traced=traced)
+                manifest = without_index_blobs(manifest)  # a registry's manifest never says it
+                if lazy and self.trust_published:
+                    manifest = await published(self.store, client, manifest, traced=traced)
             # A layer that fails does not cancel the others (their threads would be
             # abandoned mid-write): all finish, then the first failure stands for all.
             failures: list[LazyfsError] = []
@@ -269,88 +241,6 @@ class DockerProvider:
         if self.after_pull is not None and local is None and whole:
             await self._after_pull(self.after_pull, manifest)
         return manifest
-
-    async def _published(
-        self,
-        client: RegistryClient,
-        manifest: ImageManifest,
-        *,
-        lazy: bool,
-        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
-    ) -> ImageManifest:
-        """``manifest``, its layers with a published index so marked; ``traced``: ``fetch_lazy``."""
-        manifest = without_index_blobs(manifest)  # a registry's manifest never says it
-        if not (lazy and self.trust_published):
-            return manifest  # not even a referrers request
-        # Loaded for lazy pulls only: it loads the index code.
-        from lazyfs.publish import fetch as index_lookup
-        from lazyfs.publish.listing import list_image
-        from lazyfs.publish.traces import fetch_traces
-
-        # One referrers listing for both lookups below (lazyfs.publish.listing).
-        listing = await trio.to_thread.run_sync(
-            list_image, client, manifest, abandon_on_cancel=True
-        )
-        if listing is None:
-            return manifest  # warned: pulled whole as without an index
-        wanted = [
-            layer
-            for layer in manifest.layers
-            if not lazy_layer(layer) and not self.store.has_blob(layer.digest)
-        ]
-        found: dict[Digest, Digest] = {}
-        listed: dict[Digest, Descriptor] = {}  # the index blob listed for each layer
-        aside: set[Digest] = set()  # layers whose listed one a mount here refused
-        heard = trio.Event()  # ``listed`` is as full as it gets
-        if not wanted:
-            heard.set()
-
-        async def look(what: str, lookup: Callable[[], object]) -> None:
-            # Each says what the registry got wrong itself; anything else is a bug, and
-            # only a hint's: logged whole, and the provision goes on without what it found.
-            try:
-                await trio.to_thread.run_sync(lookup, abandon_on_cancel=True)
-            except Exception:
-                log.warning("%s: looking for published %s failed", manifest.reference, what,
-                            exc_info=True)  # fmt: skip
-
-        def keep() -> None:
-            found.update(index_lookup.published_layers(self.store, client, manifest, wanted,
-                                                       listing, listed))  # fmt: skip
-
-        def listed_here() -> None:
-            listed.update(index_lookup.listed_indexes(listing, manifest))
-            aside.update(index_lookup.set_aside(self.store, listed))
-
-        async def indexes() -> None:
-            try:
-                await look("indexes", listed_here)
-            finally:
-                heard.set()
-            if any(layer.digest in listed for layer in wanted):
-                await look("indexes", keep)
-
-        async def traces() -> None:
-            await look("traces", partial(fetch_traces, self.store, client, manifest, listing))
-            if traced is None:
-                return
-            await heard.wait()
-            # Read by range: eStargz, or with an index listed and not set aside (one refused
-            # after all is pulled whole, and what a replay fetched of it lost). Not waited for.
-            remote = [layer for layer in manifest.layers if lazy_layer(layer)
-                      or (layer.digest in listed and layer.digest not in aside)]  # fmt: skip
-            if remote:
-                with contextlib.suppress(RuntimeError):  # no thread to be had: the mount sends it
-                    threading.Thread(target=traced, args=(manifest, remote),
-                                     name="lazyfs-replay-ahead", daemon=True).start()  # fmt: skip
-
-        # Learned prefetch traces too (a hint whose fetches are verified as any), fetched
-        # beside the indexes: each is a few round trips; only ``traced`` waits on the listing.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(traces)
-            if wanted:
-                nursery.start_soon(indexes)
-        return index_lookup.with_index_blobs(manifest, found) if found else manifest
 
     async def _after_pull(
         self, hook: Callable[[ImageManifest], None], image: ImageManifest

@@ -90,7 +90,7 @@ def test_artifact_manifest_refused(change: object, message: str) -> None:
 
 
 def test_a_registry_manifest_never_names_an_index_blob() -> None:
-    from lazyfs.images.docker import without_index_blobs
+    from lazyfs.images.docker_published import without_index_blobs
     from lazyfs.publish.fetch import with_index_blobs
     from providers.manifest import INDEX_BLOB_ANNOTATION, ImageManifest, Layer
 

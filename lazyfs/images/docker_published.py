@@ -1,0 +1,155 @@
+"""What a lazy pull finds published beside a registry image: layer indexes and traces.
+
+``lazy_layer`` says which layers a lazy pull leaves in the registry, read
+by range through the cache daemon: eStargz layers, and layers whose index
+was published beside the image and kept (``lazyfs.publish.fetch``: the
+store's image record names the index blob in an annotation no registry
+manifest carries, ``without_index_blobs``).  ``published`` looks for those
+indexes, and for the learned prefetch traces, in one referrers listing
+(``lazyfs.publish.listing``), and may begin a trace's replay before the
+indexes are decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+import trio
+
+from lazyfs.store.disk import Store
+from providers.manifest import (
+    INDEX_BLOB_ANNOTATION,
+    TOC_DIGEST_ANNOTATION,
+    Descriptor,
+    ImageManifest,
+    Layer,
+)
+
+if TYPE_CHECKING:
+    # Loaded by a registry image only: the registry client loads requests.
+    from providers.digest import Digest
+    from providers.registry import RegistryClient
+
+log = logging.getLogger(__name__)
+
+Traced = Callable[[ImageManifest, Sequence[Layer]], None]
+
+
+def lazy_layer(layer: Layer) -> bool:
+    """Whether ``layer`` may stay in its registry, read by range.
+
+    An eStargz layer, or one whose published index was found and kept
+    (``lazyfs.publish.fetch``).
+    """
+    return (
+        layer.annotation(TOC_DIGEST_ANNOTATION) is not None
+        or layer.annotation(INDEX_BLOB_ANNOTATION) is not None
+    )
+
+
+def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
+    """``manifest`` with no layer naming an index blob: only ``lazyfs.publish.fetch`` names one."""
+    if not any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in manifest.layers):
+        return manifest
+    layers = tuple(
+        dataclasses.replace(
+            layer, annotations=tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
+        )
+        for layer in manifest.layers
+    )
+    return dataclasses.replace(manifest, layers=layers)
+
+
+def load_lookup_code() -> None:
+    """Import what ``published`` imports, ahead of it. Blocking."""
+    import lazyfs.publish.fetch
+    import lazyfs.publish.listing
+    import lazyfs.publish.traces  # noqa: F401
+
+
+async def published(
+    store: Store,
+    client: RegistryClient,
+    manifest: ImageManifest,
+    *,
+    traced: Traced | None = None,
+) -> ImageManifest:
+    """``manifest``, its layers with a published index so marked.
+
+    ``traced`` (``DockerProvider.fetch_lazy``'s) runs in a thread of its
+    own, not waited for, once the traces are kept and the indexes listed.
+    """
+    manifest = without_index_blobs(manifest)  # a registry's manifest never says it
+    # Loaded for lazy pulls only: it loads the index code.
+    from lazyfs.publish import fetch as index_lookup
+    from lazyfs.publish.listing import list_image
+    from lazyfs.publish.traces import fetch_traces
+
+    # One referrers listing for both lookups below (lazyfs.publish.listing).
+    listing = await trio.to_thread.run_sync(list_image, client, manifest, abandon_on_cancel=True)
+    if listing is None:
+        return manifest  # warned: pulled whole as without an index
+    wanted = [
+        layer
+        for layer in manifest.layers
+        if not lazy_layer(layer) and not store.has_blob(layer.digest)
+    ]
+    found: dict[Digest, Digest] = {}
+    listed: dict[Digest, Descriptor] = {}  # the index blob listed for each layer
+    aside: set[Digest] = set()  # layers whose listed one a mount here refused
+    heard = trio.Event()  # ``listed`` is as full as it gets
+    if not wanted:
+        heard.set()
+
+    async def look(what: str, lookup: Callable[[], object]) -> None:
+        # Each says what the registry got wrong itself; anything else is a bug, and
+        # only a hint's: logged whole, and the provision goes on without what it found.
+        try:
+            await trio.to_thread.run_sync(lookup, abandon_on_cancel=True)
+        except Exception:
+            log.warning("%s: looking for published %s failed", manifest.reference, what,
+                        exc_info=True)  # fmt: skip
+
+    def keep() -> None:
+        found.update(index_lookup.published_layers(store, client, manifest, wanted, listing,
+                                                   listed))  # fmt: skip
+
+    def listed_here() -> None:
+        listed.update(index_lookup.listed_indexes(listing, manifest))
+        aside.update(index_lookup.set_aside(store, listed))
+
+    async def indexes() -> None:
+        try:
+            await look("indexes", listed_here)
+        finally:
+            heard.set()
+        if any(layer.digest in listed for layer in wanted):
+            await look("indexes", keep)
+
+    async def traces() -> None:
+        await look("traces", partial(fetch_traces, store, client, manifest, listing))
+        if traced is None:
+            return
+        await heard.wait()
+        # Read by range: eStargz, or with an index listed and not set aside (one refused
+        # after all is pulled whole, and what a replay fetched of it lost). Not waited for.
+        remote = [layer for layer in manifest.layers if lazy_layer(layer)
+                  or (layer.digest in listed and layer.digest not in aside)]  # fmt: skip
+        if remote:
+            with contextlib.suppress(RuntimeError):  # no thread to be had: the mount sends it
+                threading.Thread(target=traced, args=(manifest, remote),
+                                 name="lazyfs-replay-ahead", daemon=True).start()  # fmt: skip
+
+    # Learned prefetch traces too (a hint whose fetches are verified as any), fetched
+    # beside the indexes: each is a few round trips; only ``traced`` waits on the listing.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traces)
+        if wanted:
+            nursery.start_soon(indexes)
+    return index_lookup.with_index_blobs(manifest, found) if found else manifest
