@@ -29,7 +29,6 @@ impossible (a writer that reads back after ours would be needed to see it).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -160,9 +159,12 @@ def list_referrers(
         headers={"Accept": OCI_INDEX},
         ok=(200, 404),
     )
-    with contextlib.closing(response):
-        data = None if response.status_code == 404 else push.http.read_capped(response, 1 << 20)
-        if response.status_code == 200 and data is None:
+    if response.status_code == 404:
+        push.http.discard(response)
+        data = None
+    else:
+        data = push.http.read_capped(response, 1 << 20)  # closes it
+        if data is None:
             raise BadImage(f"{push.image}: referrers at {redact(url)} are over 1 MiB")
     if data is None:
         tagged = push.get_manifest(referrers_tag(subject), OCI_INDEX)

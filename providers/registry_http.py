@@ -247,6 +247,19 @@ class RegistryHttp:
         """The decoded body of ``response`` under the floor (providers.http_body.read_capped)."""
         return read_capped(response, limit, self.body(response, self.speed_floor(), decode=True))
 
+    def discard(self, response: requests.Response) -> None:
+        """Read and drop the body of an answer that says all in its status (a 404), and close it.
+
+        Read to its end, the body leaves its connection to the pool for the
+        next request; closed unread, the connection is closed with it, and
+        the next request pays a round trip for a new one. A body over
+        ``ERROR_BODY_LIMIT`` or that fails is left: the connection closes.
+        """
+        try:
+            self.read_capped(response, ERROR_BODY_LIMIT)
+        except Exception:
+            response.close()  # the answer stands; only its connection is lost
+
     def error(self, response: requests.Response, url: str, image: str) -> LazyfsError:
         """The error an unwanted answer means; reads (a bounded part of) its body and closes it."""
         status = response.status_code

@@ -61,7 +61,7 @@ class RegistryPush:
             method="HEAD",
             ok=(200, 404),
         )
-        response.close()
+        self.http.discard(response)  # a HEAD's: no body, but its connection is kept
         return response.status_code == 200
 
     def push_blob(self, data: bytes, media_type: str) -> Descriptor:
@@ -114,10 +114,10 @@ class RegistryPush:
         response = self.http.get(
             url, image=self.image, scope=self.read_scope, headers={"Accept": accept}, ok=(200, 404)
         )
-        with contextlib.closing(response):
-            if response.status_code == 404:
-                return None
-            data = self.http.read_capped(response, METADATA_LIMIT)
+        if response.status_code == 404:
+            self.http.discard(response)
+            return None
+        data = self.http.read_capped(response, METADATA_LIMIT)  # closes it
         if data is None:
             raise BadImage(f"{self.image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()

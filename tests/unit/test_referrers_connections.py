@@ -1,0 +1,110 @@
+"""A referrers lookup on a registry without the Referrers API keeps its connection.
+
+Debian's ``docker-registry`` answers the Referrers API with 404 and a JSON
+error body, and an image with no referrers tag with another.  Each answer
+closed unread closed its connection too, so the next request paid a round
+trip for a new one: a lazy start on such a registry paid it twice before
+its first byte.  A fake registry on loopback says which connection each
+request came on.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from providers.digest import Digest
+from providers.manifest import OCI_INDEX, OCI_MANIFEST
+from providers.referrers import list_referrers, referrers_tag
+from providers.registry_http import HttpOptions, RegistryHttp
+from providers.registry_push import RegistryPush
+from tests.support.httpserver import serve
+
+SUBJECT = Digest("sha256:" + "a" * 64)
+REFERRER = Digest("sha256:" + "b" * 64)
+NOT_FOUND = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+
+
+@dataclass
+class Seen:
+    """Each request's path and the client port it came from, in order."""
+
+    requests: list[tuple[str, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    tag: bytes | None = None  # the referrers tag's index; None: 404
+
+    def ports(self) -> set[int]:
+        with self.lock:
+            return {port for _, port in self.requests}
+
+
+def _handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # connections kept, as a registry keeps them
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _answer(self, status: int, body: bytes, media_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", media_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            with seen.lock:
+                seen.requests.append((self.path, self.client_address[1]))
+            if self.path == f"/v2/app/manifests/{referrers_tag(SUBJECT)}" and seen.tag:
+                self._answer(200, seen.tag, OCI_INDEX)
+            else:
+                self._answer(404, NOT_FOUND.encode(), "application/json")
+
+        do_HEAD = do_GET
+
+    return Handler
+
+
+@pytest.fixture
+def registry() -> Iterator[tuple[Seen, RegistryPush]]:
+    seen = Seen()
+    with serve(_handler(seen)) as url:
+        yield seen, RegistryPush(RegistryHttp(HttpOptions()), url, "app", "app:1")
+
+
+def test_no_referrers_api_and_no_tag_take_one_connection(
+    registry: tuple[Seen, RegistryPush],
+) -> None:
+    seen, push = registry
+    assert list_referrers(push, SUBJECT) == ()
+    assert push.get_manifest("1", OCI_MANIFEST) is None  # the next request after the lookup
+    assert not push.has_blob(REFERRER)
+    assert push.get_manifest("2", OCI_MANIFEST) is None
+    assert [path for path, _ in seen.requests] == [
+        f"/v2/app/referrers/{SUBJECT}",
+        f"/v2/app/manifests/{referrers_tag(SUBJECT)}",
+        "/v2/app/manifests/1",
+        f"/v2/app/blobs/{REFERRER}",
+        "/v2/app/manifests/2",
+    ]
+    assert len(seen.ports()) == 1
+
+
+def test_a_listing_through_the_tag_keeps_its_connection(
+    registry: tuple[Seen, RegistryPush],
+) -> None:
+    seen, push = registry
+    entry = {"mediaType": OCI_MANIFEST, "digest": REFERRER, "size": 10, "artifactType": "x/y"}
+    seen.tag = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
+    ).encode()
+    assert [r.digest for r in list_referrers(push, SUBJECT)] == [REFERRER]
+    assert push.get_manifest("1", OCI_MANIFEST) is None
+    assert len(seen.requests) == 3
+    assert len(seen.ports()) == 1
