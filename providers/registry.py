@@ -39,7 +39,7 @@ import contextlib
 import io
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -57,11 +57,9 @@ from providers.errors import (
 )
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
-    DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     METADATA_LIMIT,
     OCI_INDEX,
-    OCI_MANIFEST,
     Descriptor,
     ImageManifest,
     Layer,
@@ -77,6 +75,7 @@ from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_auth import is_loopback as is_loopback  # re-exported: tests use it
 from providers.registry_blob import BlobStream
 from providers.registry_checks import (
+    ACCEPT,
     DOCKER_SCHEMA1,
     DOCKER_SCHEMA1_SIGNED,
     again_on_mismatch,
@@ -93,18 +92,6 @@ from providers.schema1 import parse_schema1
 from providers.source import clamp_range
 
 log = logging.getLogger(__name__)
-
-# Schema 1 last and weighted down: only a registry with nothing newer sends it.
-ACCEPT = ", ".join(
-    [
-        OCI_INDEX,
-        DOCKER_MANIFEST_LIST,
-        OCI_MANIFEST,
-        DOCKER_MANIFEST,
-        f"{DOCKER_SCHEMA1_SIGNED};q=0.5",
-        f"{DOCKER_SCHEMA1};q=0.5",
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -161,12 +148,16 @@ class RegistryClient:
 
     # -- ImageSource --------------------------------------------------------
 
-    def resolve(self, reference: str) -> ImageManifest:
+    def resolve(
+        self, reference: str, seen: Callable[[Digest], None] | None = None
+    ) -> ImageManifest:
+        """``ImageSource.resolve``; ``seen(digest)`` is called, when given, once the image
+        manifest's digest is known, before its config is asked for (it must not raise)."""
         ref = parse_reference(reference)
         endpoints = self._endpoints(ref, reference)
         for i, base in enumerate(endpoints):
             try:
-                return self._resolve_at(tuple(endpoints[i:]), ref, reference)
+                return self._resolve_at(tuple(endpoints[i:]), ref, reference, seen)
             except LazyfsError as exc:
                 # Any failure at a mirror passes the request on; the upstream's is final.
                 if i == len(endpoints) - 1:
@@ -174,7 +165,13 @@ class RegistryClient:
                 log.warning("mirror %s failed for %s: %s", redact(base), reference, exc)
         raise AssertionError("unreachable: there is always an upstream endpoint")
 
-    def _resolve_at(self, bases: tuple[str, ...], ref: Reference, image: str) -> ImageManifest:
+    def _resolve_at(
+        self,
+        bases: tuple[str, ...],
+        ref: Reference,
+        image: str,
+        seen: Callable[[Digest], None] | None,
+    ) -> ImageManifest:
         base = bases[0]
         scope = f"repository:{ref.repository}:pull"
         data, media_type = self._manifest(
@@ -204,6 +201,8 @@ class RegistryClient:
             )
             digest = entry.digest
         manifest = named(image, parse_image_manifest, data, media_type)
+        if seen is not None:
+            seen(digest)
         config = self._config(base, ref.repository, manifest.config, image, scope)
         runtime, diff_ids = named(image, parse_image_config, config)
         if len(diff_ids) != len(manifest.layers):

@@ -15,12 +15,30 @@ from typing import Any, TypeVar
 
 from providers.digest import Digest, VerifyingReader, digest_bytes
 from providers.errors import BadImage, DigestMismatch
-from providers.manifest import Descriptor
+from providers.manifest import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+)
 from providers.retry import Again, Backoff, Deadline, Retries
 from providers.schema1 import schema1_digest
 
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+# What a manifest request accepts. Schema 1 last and weighted down: only a registry with
+# nothing newer sends it.
+ACCEPT = ", ".join(
+    [
+        OCI_INDEX,
+        DOCKER_MANIFEST_LIST,
+        OCI_MANIFEST,
+        DOCKER_MANIFEST,
+        f"{DOCKER_SCHEMA1_SIGNED};q=0.5",
+        f"{DOCKER_SCHEMA1};q=0.5",
+    ]
+)
 T = TypeVar("T")
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

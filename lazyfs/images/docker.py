@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlparse
@@ -24,6 +25,7 @@ from urllib.parse import urlparse
 import trio
 
 from lazyfs.images.docker_published import (
+    Listings,
     Traced,
     lazy_layer,
     load_lookup_code,
@@ -212,18 +214,24 @@ class DockerProvider:
                 with contextlib.suppress(RuntimeError):  # no thread to be had: they load then
                     threading.Thread(target=_run_each, args=(loads,), name="lazyfs-imports",
                                      daemon=True).start()  # fmt: skip
+            client = _registry_client(source)
+            resolve = partial(source.resolve, reference)
+            listings = None
+            if client is not None and lazy and self.trust_published:
+                # The referrers listing goes out beside the config's request, not after it.
+                listings = Listings(client, reference)
+                resolve = partial(client.resolve, reference, seen=listings.seen)
             async with FETCH_LIMIT:
-                manifest = await trio.to_thread.run_sync(
-                    source.resolve, reference, abandon_on_cancel=True
-                )
+                manifest = await trio.to_thread.run_sync(resolve, abandon_on_cancel=True)
             manifest = ImageManifest(
                 reference, manifest.digest, manifest.layers, manifest.config, platform
             )
-            client = _registry_client(source)
             if client is not None:
                 manifest = without_index_blobs(manifest)  # a registry's manifest never says it
-                if lazy and self.trust_published:
-                    manifest = await published(self.store, client, manifest, traced=traced)
+                if listings is not None:
+                    manifest = await published(
+                        self.store, client, manifest, traced=traced, listings=listings
+                    )
             # A layer that fails does not cancel the others (their threads would be
             # abandoned mid-write): all finish, then the first failure stands for all.
             failures: list[LazyfsError] = []

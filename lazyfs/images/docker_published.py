@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from providers.manifest import (
 
 if TYPE_CHECKING:
     # Loaded by a registry image only: the registry client loads requests.
+    from lazyfs.publish.listing import Listing
     from providers.digest import Digest
     from providers.registry import RegistryClient
 
@@ -66,6 +68,58 @@ def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
     return dataclasses.replace(manifest, layers=layers)
 
 
+class Listings:
+    """The referrers listing of one image, begun as soon as its manifest's digest is known.
+
+    The registry client's ``resolve`` calls ``seen`` once it has the image
+    manifest, before it asks for the config: the listing goes out then, in
+    a thread of its own, a round trip before the config is in.  ``get``
+    gives the resolved image's listing: the one begun for its digest, or
+    one asked for now (nothing began, or a mirror that resolved the image
+    named another digest than the one resolved at last).
+    """
+
+    def __init__(self, client: RegistryClient, reference: str) -> None:
+        self._client = client
+        self._reference = reference
+        self._lock = threading.Lock()
+        self._begun: dict[Digest, Future[Listing | None]] = {}
+
+    def seen(self, digest: Digest) -> None:
+        """Begin listing the referrers of ``digest``, once; never raises (``resolve``'s hook)."""
+        from lazyfs.publish.listing import list_image
+
+        with self._lock:
+            if digest in self._begun:
+                return
+            future = self._begun[digest] = Future()
+
+        def list_now() -> None:
+            try:
+                future.set_result(list_image(self._client, self._reference, digest))
+            except BaseException as error:
+                future.set_exception(error)
+
+        try:
+            threading.Thread(target=list_now, name="lazyfs-referrers", daemon=True).start()
+        except RuntimeError:  # no thread to be had: ``get`` lists
+            with self._lock:
+                del self._begun[digest]
+
+    async def get(self, manifest: ImageManifest) -> Listing | None:
+        """The listing of ``manifest``'s referrers (``lazyfs.publish.listing.list_image``)."""
+        from lazyfs.publish.listing import list_image
+
+        with self._lock:
+            future = self._begun.get(manifest.digest)
+        if future is None:
+            return await trio.to_thread.run_sync(
+                list_image, self._client, manifest.reference, manifest.digest,
+                abandon_on_cancel=True,
+            )  # fmt: skip
+        return await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+
+
 def load_lookup_code() -> None:
     """Import what ``published`` imports, ahead of it. Blocking."""
     import lazyfs.publish.fetch
@@ -79,20 +133,22 @@ async def published(
     manifest: ImageManifest,
     *,
     traced: Traced | None = None,
+    listings: Listings | None = None,
 ) -> ImageManifest:
     """``manifest``, its layers with a published index so marked.
 
     ``traced`` (``DockerProvider.fetch_lazy``'s) runs in a thread of its
     own, not waited for, once the traces are kept and the indexes listed.
+    ``listings``: where the referrers listing began while the image was
+    resolved, if it did.
     """
     manifest = without_index_blobs(manifest)  # a registry's manifest never says it
     # Loaded for lazy pulls only: it loads the index code.
     from lazyfs.publish import fetch as index_lookup
-    from lazyfs.publish.listing import list_image
     from lazyfs.publish.traces import fetch_traces
 
     # One referrers listing for both lookups below (lazyfs.publish.listing).
-    listing = await trio.to_thread.run_sync(list_image, client, manifest, abandon_on_cancel=True)
+    listing = await (listings or Listings(client, manifest.reference)).get(manifest)
     if listing is None:
         return manifest  # warned: pulled whole as without an index
     wanted = [

@@ -103,7 +103,7 @@ def published_layers(
     ``listed``: what ``listed_indexes`` found in it, when asked already.
     """
     if listing is None:
-        listing = list_image(client, image)
+        listing = list_image(client, image.reference, image.digest)
         if listing is None:
             return {}
     push = listing.push

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from lazyfs.publish.push import repository_push
 from providers.digest import Digest
 from providers.errors import LazyfsError
-from providers.manifest import ImageManifest
 from providers.referrers import Referrer, list_referrers
 from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
@@ -59,14 +58,14 @@ class Listing:
         return newest_first(found)[:MAX_TRIED]
 
 
-def list_image(client: RegistryClient, image: ImageManifest) -> Listing | None:
-    """The referrers of ``image`` at its origin; None (one warning) when they cannot be listed."""
+def list_image(client: RegistryClient, reference: str, digest: Digest) -> Listing | None:
+    """The referrers of image ``reference``, manifest ``digest``, at its origin; None (one
+    warning) when they cannot be listed."""
     try:
-        push = repository_push(client, image.reference)
-        return Listing(push, image.digest, list_referrers(push, image.digest))
+        push = repository_push(client, reference)
+        return Listing(push, digest, list_referrers(push, digest))
     except LazyfsError as error:
-        log.warning("%s: cannot look for published indexes and traces: %s", image.reference,
-                    error)  # fmt: skip
+        log.warning("%s: cannot look for published indexes and traces: %s", reference, error)
         return None
 
 

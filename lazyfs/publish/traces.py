@@ -234,7 +234,7 @@ def fetch_traces(
     """
     image = manifest.digest
     if listing is None:
-        listing = list_image(client, manifest)
+        listing = list_image(client, manifest.reference, manifest.digest)
         if listing is None:
             return []
     push = listing.push

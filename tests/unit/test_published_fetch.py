@@ -191,7 +191,7 @@ def test_one_listing_serves_the_trace_and_the_index_lookups(
     other = Referrer(Digest("sha256:" + "e" * 64), 9, OCI_MANIFEST, "application/x-sig", {})
     repository.referrers.insert(0, other)
     image = _image(built)
-    listed = listing_module.list_image(None, image)  # type: ignore[arg-type]
+    listed = listing_module.list_image(None, image.reference, image.digest)  # type: ignore[arg-type]
     assert listed is not None
     assert fetch_traces(store, None, image, listed) == []  # type: ignore[arg-type]
     found = fetch.published_layers(store, None, image, [built.layer], listed)  # type: ignore[arg-type]
