@@ -18,7 +18,8 @@ providers.retry.SpeedFloor).
 of ``send``: which host (the one actually asked, a redirect's included)
 and whether its certificate was the reason.
 
-Blocking; one session per thread, as requests wants.
+Blocking; one session per thread, as requests wants, over pools of
+connections the threads of one client may share (``connection_pools``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from providers.errors import TlsFailure
 from providers.http_proxy import proxy_for
+
+# Idle connections kept per host by ``connection_pools``: a client's threads at once
+# (the cache daemon's readers, replays and background fetch) each leave one.
+POOL_SIZE = 32
 
 
 class HeadersTimeout(requests.Timeout):
@@ -216,14 +221,30 @@ class _Session(requests.Session):
         return rebuilt
 
 
-def new_session(verify: str | bool = True) -> requests.Session:
-    """A session for ``send``: its connections can be watched; proxies are ``send``'s to choose."""
+def connection_pools() -> HTTPAdapter:
+    """Pools of connections for ``new_session``, which the sessions of many threads may share.
+
+    urllib3's pools are thread-safe, and what requests keeps per session
+    (cookies, settings) stays in each thread's own session. Shared, a
+    connection one thread left open serves the next request of any other,
+    where each thread's own pools opened a connection of their own, a round
+    trip (three, with TLS) for each thread a request ran on. Up to
+    ``POOL_SIZE`` idle connections are kept per host.
+    """
+    return _WatchedAdapter(pool_maxsize=POOL_SIZE)
+
+
+def new_session(verify: str | bool = True, pools: HTTPAdapter | None = None) -> requests.Session:
+    """A session for ``send``: its connections can be watched; proxies are ``send``'s to choose.
+
+    ``pools``: from ``connection_pools``, to share them; else the session's own.
+    """
     session = _Session()
     session.verify = verify
     # requests' reading of the environment would also proxy loopback
     # registries and pick up .netrc: providers.http_proxy reads it instead.
     session.trust_env = False
-    adapter = _WatchedAdapter()
+    adapter = pools or connection_pools()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

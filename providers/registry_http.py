@@ -47,7 +47,7 @@ import requests
 from providers import untrusted_json
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
 from providers.http_body import body_chunks, read_capped
-from providers.http_session import new_session, send, tls_failure
+from providers.http_session import connection_pools, new_session, send, tls_failure
 from providers.http_session import redact as redact  # re-exported: the registry's callers use it
 from providers.registry_auth import (
     Challenge,
@@ -105,7 +105,8 @@ class RegistryHttp:
     def __init__(self, options: HttpOptions) -> None:
         self.options = options
         self.tokens = TokenCache()
-        self._local = threading.local()
+        self._local = threading.local()  # each thread's session, over the shared pools
+        self._pools = connection_pools()
         self._lock = threading.Lock()
         # The last challenge each registry host answered with, to authenticate
         # the next request up front instead of taking a 401 every time.
@@ -114,7 +115,7 @@ class RegistryHttp:
     def session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = new_session(self.options.ca_file or True)
+            session = new_session(self.options.ca_file or True, self._pools)
             self._local.session = session
         return session
 

@@ -1,11 +1,16 @@
-"""A referrers lookup on a registry without the Referrers API keeps its connection.
+"""A registry client's requests keep to the connections they have.
 
-Debian's ``docker-registry`` answers the Referrers API with 404 and a JSON
-error body, and an image with no referrers tag with another.  Each answer
-closed unread closed its connection too, so the next request paid a round
-trip for a new one: a lazy start on such a registry paid it twice before
-its first byte.  A fake registry on loopback says which connection each
-request came on.
+A new connection costs a round trip (three, with TLS) before its request
+goes out, and a lazy start pays each on its way to its first byte. Two
+ways one was lost, each shown against a fake registry on loopback that
+says which connection each request came on:
+
+- An answer of 404 closed unread (Debian's ``docker-registry`` answers the
+  Referrers API so, with a JSON error body, and an image with no referrers
+  tag too) closed its connection with it.
+- Each thread had a pool of connections of its own: a request on another
+  thread than the one before (a provision hops between trio's worker
+  threads) opened a new one beside the idle one.
 """
 
 from __future__ import annotations
@@ -106,5 +111,21 @@ def test_a_listing_through_the_tag_keeps_its_connection(
     ).encode()
     assert [r.digest for r in list_referrers(push, SUBJECT)] == [REFERRER]
     assert push.get_manifest("1", OCI_MANIFEST) is None
+    assert len(seen.requests) == 3
+    assert len(seen.ports()) == 1
+
+
+def test_a_connection_one_thread_left_serves_the_next(
+    registry: tuple[Seen, RegistryPush],
+) -> None:
+    seen, push = registry
+
+    def ask(name: str) -> None:
+        assert push.get_manifest(name, OCI_MANIFEST) is None
+
+    for name in ("1", "2", "3"):
+        thread = threading.Thread(target=ask, args=(name,))
+        thread.start()
+        thread.join()
     assert len(seen.requests) == 3
     assert len(seen.ports()) == 1
