@@ -79,6 +79,17 @@ def answers(cache_dir: Path) -> bool:
     return True
 
 
+def answers_soon(cache_dir: Path, seconds: float) -> bool:
+    """Whether a daemon answers at ``cache_dir`` now, or, while one is on its way
+    (``starting``), within ``seconds``. Blocking: polls every ``POLL``."""
+    deadline = time.monotonic() + seconds
+    while not answers(cache_dir):
+        if time.monotonic() > deadline or not starting(cache_dir):
+            return False
+        time.sleep(POLL)
+    return True
+
+
 def starting(cache_dir: Path) -> bool:
     """Whether the daemon of ``cache_dir`` is known to be on its way: never listened yet, or
     a start of it holds the start lock (a mount starts beside the daemon and may ask first).

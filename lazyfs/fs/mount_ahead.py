@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How long an early replay waits for a daemon on its way: it loads in a few tenths of a
+# second, and by then the mount has started and sends the trace itself.
+DAEMON_WAIT = 2.0
+
 
 def has_trace(cache_dir: Path, store: Path, key: str) -> bool:
     """Whether the cache or the store holds a trace of ``key`` (``trace_run.find_trace``'s
@@ -106,13 +110,16 @@ def replay_early(
 ) -> None:
     """``send_trace`` for the layers of ``layers`` in ``origins``, before the mount is
     started (``lazyfs.provision.lazy.replay_ahead``); a failure logged at INFO. Nothing
-    unless the daemon answers: one that is not up yet, or gone and its socket left (the
-    mount starts another), is not waited for, nor warned of."""
-    from lazyfs.cache.spawn import answers
+    unless the daemon answers: one still loading (``lazyfs.cli_early`` started it as the
+    command began) is waited for, up to ``DAEMON_WAIT``; one gone with its socket left,
+    which no one is starting (the mount starts another), is not, nor warned of."""
+    from lazyfs.cache.spawn import answers_soon
     from lazyfs.cache.tails import hint_client
 
     remote = [layer for layer in layers if layer.digest in origins]
-    if not remote or not has_trace(cache_dir, store, key) or not answers(cache_dir):
+    if not remote or not has_trace(cache_dir, store, key):
+        return
+    if not answers_soon(cache_dir, DAEMON_WAIT):
         return
     client = hint_client(cache_dir, remote, origins)
     try:

@@ -151,10 +151,11 @@ def replay_ahead(
     Called by ``DockerProvider.fetch_lazy`` once it has kept the traces
     published beside the image and listed its published indexes
     (``layers``: those read by range), while it fetches and decodes them:
-    some 100 ms before the mount would send the trace. The daemon is up by
-    then when the command started it ahead (``lazyfs.cli_early``); when it
-    is not, nothing is sent. Only the layers' ranges: the windows blobs of
-    their indexes are not kept yet. The start of the mount sends the trace
+    some 100 ms before the mount would send the trace. A daemon the command
+    started ahead (``lazyfs.cli_early``) and still loading is waited for
+    (``mount_ahead.replay_early``); with none on its way, nothing is sent.
+    Only the layers' ranges: the windows blobs of their indexes are not
+    kept yet. The start of the mount sends the trace
     again with them (``lazyfs.fs.mount_ahead``), and the daemon's replay
     queue skips the chunks it has in hand or in flight by then.
     """

@@ -378,3 +378,33 @@ def test_a_hint_client_says_a_daemon_is_gone_at_info_only(
         client.close()
     said = [(r.levelno, r.getMessage()) for r in caplog.records if "unreachable" in r.getMessage()]
     assert said and all(level == logging.INFO for level, _ in said)
+
+
+@pytest.mark.parametrize("on_its_way", [True, False], ids=["starting", "not started"])
+def test_an_early_replay_waits_for_a_daemon_on_its_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_its_way: bool
+) -> None:
+    """A daemon ``lazyfs.cli_early`` started is still loading when the provision has the
+    trace: the replay goes to it once it answers. One that no one starts is not waited for."""
+    image = _Image(tmp_path)
+    store_trace(image.store, image.trace)
+    client = image.client(tmp_path)
+    asked: list[Path] = []
+
+    def answers(cache_dir: Path) -> bool:
+        asked.append(cache_dir)
+        return on_its_way and len(asked) == 3  # up at the third status request
+
+    monkeypatch.setattr(lazyfs.cache.tails, "hint_client", lambda *args: client)
+    monkeypatch.setattr(lazyfs.cache.spawn, "answers", answers)
+    monkeypatch.setattr(lazyfs.cache.spawn, "starting", lambda cache_dir: on_its_way)
+    layer = dataclasses.replace(image.layer, annotations=())
+    origins = {layer.digest: RemoteOrigin("127.0.0.1:9", "app")}
+
+    replay_early(tmp_path / "cache", image.store, [layer], origins, KEY)
+
+    if on_its_way:
+        assert len(asked) == 3
+        assert client.replayed == [(layer.digest, [(0, 4096), (200_000, 8192)])]
+    else:
+        assert len(asked) == 1 and client.replayed == []
