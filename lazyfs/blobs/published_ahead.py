@@ -22,8 +22,7 @@ the layer and one of its windows, bounded by ``reach_bytes`` compressed
 Only hints: nothing here is served, and what the source fetches is checked
 by the read that uses it.  A windows blob is no layer of the image: the
 cache daemon's client is told of it (``reads_windows``, ``AddsBlobs``) when
-the layer is opened, and before a prefetch trace is replayed, which names
-it as well (``read_windows_blobs``).
+the layer is opened.
 """
 
 from __future__ import annotations
@@ -32,15 +31,13 @@ import bisect
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from lazyfs.blobs.inflated import interval
 from lazyfs.index.artifact import WINDOW, first_byte
-from lazyfs.index.published import PublishedData, load_published
+from lazyfs.index.published import PublishedData
 from providers.digest import Digest
 from providers.errors import LazyfsError
-from providers.manifest import Layer
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
@@ -49,6 +46,9 @@ log = logging.getLogger(__name__)
 # file: about what an eStargz chunk of 4 MiB is compressed (measured: see CHANGELOG).
 DEFAULT_REACH_BYTES = 2 << 20
 TAR_BLOCK = 512
+# The longest range the cache daemon fetches as a piece, as asked, not as the chunks
+# around it (``lazyfs.cache.pieces.MAX_PIECE``).
+PIECE_BYTES = 256 << 10
 # At most this many bytes of tar stream inflated in a row so that an interval asked for
 # without its window inflates from the tail of the one before (``chain_start``).
 CHAIN_BYTES = 2 << 20
@@ -258,29 +258,39 @@ def intervals_to(data: PublishedData, first: int, reach: int, budget: int) -> in
     return last
 
 
-def merged(needs: Iterable[tuple[Digest, int, int]]) -> list[tuple[Digest, int, int]]:
+def merged(
+    needs: Iterable[tuple[Digest, int, int]], most: int | None = None
+) -> list[tuple[Digest, int, int]]:
     """``needs`` with the ranges of one blob that meet or overlap made one, in first-asked order.
 
     The spans of intervals in a row are one range, and so are their
-    windows: one request each.
+    windows: one request each.  ``most``: no range made longer than that.
     """
     out: list[tuple[Digest, int, int]] = []
     for blob, offset, length in needs:
         for i, (other, start, size) in enumerate(out):
             if other == blob and offset <= start + size and start <= offset + length:
                 lo = min(start, offset)
-                out[i] = (blob, lo, max(start + size, offset + length) - lo)
+                hi = max(start + size, offset + length)
+                if most is not None and hi - lo > most:
+                    continue
+                out[i] = (blob, lo, hi - lo)
                 break
         else:
             out.append((blob, offset, length))
     return out
 
 
-def ask_for(blobs: BlobSource, needs: Iterable[tuple[Digest, int, int]]) -> None:
-    """Have ``blobs`` fetch ``needs`` in the background, if it can; a failure is logged only."""
+def ask_for(
+    blobs: BlobSource, needs: Iterable[tuple[Digest, int, int]], most: int | None = None
+) -> None:
+    """Have ``blobs`` fetch ``needs`` in the background, if it can; a failure is logged only.
+
+    ``most``: as ``merged`` says (``PIECE_BYTES``, for windows to be fetched as pieces).
+    """
     if not isinstance(blobs, Prefetches):
         return
-    for blob, offset, length in merged(needs):
+    for blob, offset, length in merged(needs, most):
         try:
             blobs.prefetch(blob, offset, length)
         except LazyfsError as error:
@@ -295,8 +305,7 @@ def reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None
     ranges as the layer is (``lazyfs.cache.client.remote_blob`` makes a
     layer read through its published index exact), its windows as pieces,
     not the chunks around them (``lazyfs.cache.pieces``; neighbours asked
-    together are one piece, and a mount replaying a trace that names the
-    blob asks by chunks, which the replay brings): a read here
+    together are one piece, a replayed trace's too): a read here
     fetches whole spans, each checked, and a window only where a read inflates;
     what the daemon would read ahead of them is seldom what the next read
     needs (measured: 6% more of the image crossed before a program's first
@@ -304,16 +313,3 @@ def reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None
     """
     if data.windows is not None and isinstance(blobs, AddsBlobs):
         blobs.add_blob(data.windows, layer, data.windows_size)
-
-
-def read_windows_blobs(layers_dir: Path, layers: Iterable[Layer], blobs: BlobSource) -> None:
-    """``reads_windows`` for each of ``layers`` read through a published index kept here.
-
-    Before a prefetch trace is replayed (``lazyfs.blobs.trace_run``): it
-    names the windows blobs as well as the layers, and a replay leaves out
-    the ranges of blobs the client does not read.
-    """
-    for layer in layers:
-        found = load_published(layers_dir, layer, entries=False)
-        if found is not None:
-            reads_windows(blobs, layer.digest, found[2])

@@ -22,21 +22,27 @@ only while the walk back from it reaches, within that bound, an interval
 whose window was asked (``within``); else its window is asked with its
 span, and a chain starts again there.  A walk then ends at an interval
 kept or at a window fetched: once everything was fetched, nothing more is,
-and a registry gone since is no EIO for it.  Only hints: every span and
-window is still checked by the read that uses it.  Thread-safe.
+and a registry gone since is no EIO for it.  A replayed prefetch trace
+chains the intervals it reads in a row the same way, and has the windows
+of the others asked for as the mount opens (``Asks.replayed``).  Only
+hints: every span and window is still checked by the read that uses it.
+Thread-safe.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from lazyfs.blobs.inflated import interval
 from lazyfs.blobs.published_ahead import (
     CHAIN_BYTES,
+    PIECE_BYTES,
     Need,
     ask_for,
     chain_start,
+    compressed_span,
     file_reach,
     headers_before,
     interval_needs,
@@ -49,6 +55,10 @@ from providers.digest import Digest
 from providers.source import BlobSource
 
 Ranges = Sequence[tuple[int, int]]  # (offset, length) of one blob
+# Windows a replayed trace has asked for at once, at most: some 13 KB each.
+REPLAYED_WINDOWS = 256
+# What ``replay_order`` walks at most, in times the units and intervals of the layers.
+REPLAY_WALK = 4
 
 
 class Asks:
@@ -141,48 +151,48 @@ class Asks:
             )
 
     def replayed(
-        self, layers: Mapping[Digest, PublishedData], steps: Sequence[tuple[Digest, Ranges]]
+        self,
+        layers: Mapping[Digest, PublishedData],
+        steps: Sequence[tuple[Digest, Ranges]],
+        chain_bytes: int = CHAIN_BYTES,
     ) -> None:
-        """Note each window of ``layers`` that a replayed prefetch trace holds (``steps``:
-        its ranges, by blob; ``lazyfs.blobs.trace_run``): its interval is never chained.
+        """Chain, or ask the window of, each interval of ``layers`` a replayed prefetch trace
+        reads (``steps``: its ranges, by blob, in order; ``lazyfs.blobs.trace_run``).
 
-        The trace holds the window of every interval its first start's
-        program inflated or read from read-ahead (``lazyfs.blobs.published_heard``),
-        which may have inflated it from its window where this start, without
-        that read-ahead, would chain it to the interval before it and walk
-        back to intervals the trace lacks.  Not chained, it inflates from its
-        window, or from a kept tail; a miss still asks for it.  Held in
-        the trace's ``UNIT``s, as the trace keeps what a start read: a window
-        whose units another one's read had brought is not a range of its own.
+        The replay brings the spans; the windows are asked for here, now, as
+        exact ranges (the daemon fetches them as pieces), and only those the
+        intervals need.  In the order the trace first reaches them: an
+        interval whose whole span the trace holds, reached after the one
+        before it, is chained (``_chains``: it inflates from that one's
+        tail, as when the trace was recorded, where its program read the one
+        before first); any other has its window asked for, and is never
+        chained.  At most ``REPLAYED_WINDOWS`` windows: past them the reads
+        ask for what they need, as without a trace.  A trace's ranges are
+        hostile: cut to the blob, and walked within a bound in units
+        (``replay_order``).  The trace's own ranges of windows blobs are not
+        replayed (``trace_run.client_steps``): chunk by chunk, they brought
+        seven times the windows' bytes.
         """
-        sizes = {data.windows: data.windows_size for data in layers.values() if data.windows}
-        spans: dict[Digest, list[tuple[int, int]]] = {}
-        for blob, ranges in steps:
-            if (size := sizes.get(blob)) is not None:
-                # Within the blob, as units (first, last): a trace's ranges are hostile.
-                spans.setdefault(blob, []).extend(
-                    (offset // UNIT, (min(offset + length, size) - 1) // UNIT)
-                    for offset, length in ranges
-                    if 0 <= offset < size and length > 0
-                )
-        units: dict[Digest, set[int]] = {}
-        for blob, pairs in spans.items():
-            # Each unit added once: thousands of ranges over one large blob were
-            # thousands of times its units.
-            held = units[blob] = set()
-            reach = -1
-            for first, last in sorted(pairs):
-                held.update(range(max(first, reach + 1), last + 1))
-                reach = max(reach, last)
-        for digest, data in layers.items():
-            held = units.get(data.windows, set()) if data.windows else set()
-            for number, point in enumerate(data.points or () if held else ()):
-                if (window := point.window) is None:
+        order, held = replay_order(layers, steps)
+        done: set[tuple[Digest, int]] = set()
+        needs: list[Need] = []
+        for digest, number in order:
+            data = layers[digest]
+            assert data.points is not None  # replay_order: a gzip layer's intervals only
+            done.add((digest, number))
+            window = data.points[number].window
+            with self._lock:
+                if (
+                    (digest, number - 1) in done
+                    and all(unit in held[digest] for unit in _units(data, number - 1))
+                    and self._chains(digest, data, number, chain_bytes)
+                ):
+                    continue  # chained: inflated from the tail of the one before
+                if window is None or data.windows is None or len(needs) >= REPLAYED_WINDOWS:
                     continue
-                first, last = window.offset // UNIT, (window.offset + window.length - 1) // UNIT
-                if all(u in held for u in range(first, last + 1)):
-                    with self._lock:
-                        self._replayed.add((digest, number))
+                self._replayed.add((digest, number))
+            needs.append((data.windows, window.offset, window.length))
+        ask_for(self._blobs, needs, most=PIECE_BYTES)
 
     def asked_window(self, digest: Digest, number: int) -> None:
         """Note that interval ``number``'s window was asked for, by its inflation."""
@@ -234,3 +244,51 @@ class Asks:
             self._leads.add((digest, found[0]))
         bounds = data.bounds
         return list(range(interval(bounds, found[0]), interval(bounds, found[1] - 1) + 1))
+
+
+def replay_order(
+    layers: Mapping[Digest, PublishedData], steps: Sequence[tuple[Digest, Ranges]]
+) -> tuple[list[tuple[Digest, int]], dict[Digest, set[int]]]:
+    """The intervals of the gzip ``layers`` that ``steps`` reach, in the order first reached,
+    and the ``UNIT``s of each layer's blob they hold.
+
+    Walks at most ``REPLAY_WALK`` times the layers' units and intervals,
+    however many ranges name them; the ranges past that are left out.
+    """
+    order: list[tuple[Digest, int]] = []
+    held: dict[Digest, set[int]] = {digest: set() for digest in layers}
+    reached: set[tuple[Digest, int]] = set()
+    firsts = {
+        digest: [compressed_span(data, n)[0] for n in range(len(data.points))]
+        for digest, data in layers.items()
+        if data.points
+    }
+    budget = REPLAY_WALK * sum(data.size // UNIT + len(data.points or ()) + 1
+                               for data in layers.values())  # fmt: skip
+    for blob, ranges in steps:
+        if (starts := firsts.get(blob)) is None:
+            continue
+        size = layers[blob].size
+        for offset, length in ranges:
+            end = min(offset + length, size)
+            if not 0 <= offset < end:
+                continue
+            first, last = (
+                bisect.bisect_right(starts, offset) - 1,
+                bisect.bisect_right(starts, end - 1),
+            )
+            budget -= (end - 1) // UNIT - offset // UNIT + 1 + last - first
+            if budget < 0:
+                return order, held
+            held[blob].update(range(offset // UNIT, (end - 1) // UNIT + 1))
+            for number in range(max(first, 0), last):
+                if (blob, number) not in reached:
+                    reached.add((blob, number))
+                    order.append((blob, number))
+    return order, held
+
+
+def _units(data: PublishedData, number: int) -> range:
+    """The ``UNIT``s of the blob that interval ``number``'s span is in."""
+    start, end = compressed_span(data, number)
+    return range(start // UNIT, max(start, end - 1) // UNIT + 1)

@@ -164,8 +164,15 @@ def find_trace(
 
 def client_steps(client: TraceClient, trace: Trace) -> list[tuple[Digest, list[tuple[int, int]]]]:
     """``replay_steps`` of ``trace`` for the blobs ``client`` reads: what the mount process
-    replays, and what the process that starts it sends the head of (``sent``)."""
-    return replay_steps(trace, {digest: blob.size for digest, blob in client.blobs.items()})
+    replays, and what the process that starts it sends the head of (``sent``).
+
+    Not those it reads as pieces, the windows blobs of published indexes:
+    the trace's ranges of them are replayed as the chunks around them,
+    some seven times the windows' bytes, where the mount asks for just the
+    windows its intervals need (``lazyfs.blobs.published_asks.Asks.replayed``).
+    """
+    sizes = {d: blob.size for d, blob in client.blobs.items() if not getattr(blob, "piece", False)}
+    return replay_steps(trace, sizes)
 
 
 def replay_steps(

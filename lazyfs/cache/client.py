@@ -268,9 +268,9 @@ class CacheClient:
         self.blobs.setdefault(digest, RemoteBlob(origin, size, exact=True, piece=True))
 
     def _piece(self, digest: Digest, blob: RemoteBlob) -> bool:
-        """Whether ranges of ``digest`` are asked as pieces: a windows blob, but not one a
-        trace being replayed names (its chunks come with it, and would come twice)."""
-        return blob.piece and all(named != digest for named, _ in self.replaying)
+        """Whether ranges of ``digest`` are asked as pieces: a windows blob's (a trace
+        replayed leaves them out, ``lazyfs.blobs.trace_run.client_steps``)."""
+        return blob.piece
 
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)

@@ -22,9 +22,8 @@ knows the layers already, and its daemon is up. So it asks, in this order:
   and the trace says better what the command reads.
 
 A provision that fetched the trace from the image's registry has sent its
-head already, before this (``replay_early``, for the layers alone: their
-indexes' windows blobs are not kept yet); the daemon skips what it has in
-hand when it comes again.
+head already, before this (``replay_early``); the daemon skips what it has
+in hand when it comes again.
 
 All of it is a hint: what is fetched is verified when read, and a failure
 is logged (at INFO: this process's warnings reach the user's terminal, and
@@ -135,16 +134,14 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     ``key`` for a mount of ``layers`` (in the store at ``store``); whether it has any.
 
     As the mount reads it (``lazyfs.fs.mount_layers``): the cache's trace,
-    else the store's; the ranges of the layers and of the windows blobs of
-    their published indexes kept in the store, and no others.
+    else the store's; the ranges of the layers, and no others (the mount
+    asks for the windows of their published indexes that it needs itself).
     """
-    from lazyfs.blobs.published_ahead import read_windows_blobs
     from lazyfs.blobs.trace_run import SENT_AHEAD, client_steps, find_trace, send_steps
 
     found = find_trace(client.cache_dir, key, store, level=logging.INFO)
     if found is None:
         return False
-    read_windows_blobs(store / "layers", layers, client)
     steps = client_steps(client, found)
     queued = send_steps(client, steps[:SENT_AHEAD], level=logging.INFO)
     log.info("asked the replay of the trace of %s: %d chunks queued", key, queued)

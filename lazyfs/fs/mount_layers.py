@@ -84,12 +84,9 @@ def index_layers(
     client = _cache_client(cache_dir, layers)
     recorder = None
     if client is not None and trace is not None:
-        from lazyfs.blobs.published_ahead import read_windows_blobs
         from lazyfs.blobs.trace_run import start_trace  # loaded only to record or replay
 
-        # A trace names the windows blobs of published indexes too: known before it is replayed.
-        read_windows_blobs(store.layers, [layer for layer, origin in layers if origin], client)
-        # And traces published beside; the caller may have sent the replay (``mount_ahead``).
+        # Traces published beside too; the caller may have sent the replay (``mount_ahead``).
         recorder = start_trace(client, trace, store.root, sent=trace_sent)
     tocs: dict[Layer, Toc] = {}
     replaying = trace is not None and recorder is None

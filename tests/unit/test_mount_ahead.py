@@ -30,7 +30,6 @@ import lazyfs.cache.tails
 import lazyfs.fs.mount
 import lazyfs.fs.mount_ahead
 import lazyfs.fs.predict_published
-from lazyfs.blobs.published_ahead import read_windows_blobs
 from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
 from lazyfs.cache.client import CacheUnavailable
 from lazyfs.cache.layout import socket_path
@@ -59,8 +58,9 @@ KEY = "sha256:" + "e" * 64 + "@" + "f" * 32
 
 
 class _Size:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, piece: bool = False) -> None:
         self.size = size
+        self.piece = piece  # read as pieces: a windows blob's ranges
 
 
 class _Client:
@@ -87,7 +87,7 @@ class _Client:
         return 1
 
     def add_blob(self, digest: Digest, like: Digest, size: int) -> None:
-        self.blobs.setdefault(digest, _Size(size))
+        self.blobs.setdefault(digest, _Size(size, piece=True))  # as the daemon's client has it
 
     def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int:
         self.replayed.append((digest, list(ranges)))
@@ -129,18 +129,16 @@ def _replays_started(since: set[threading.Thread]) -> list[threading.Thread]:
     return [t for t in set(threading.enumerate()) - since if t.name == "lazyfs-trace-replay"]
 
 
-def test_a_short_trace_is_sent_whole_for_the_layers_and_their_windows_blobs(tmp_path: Path) -> None:
+def test_a_short_trace_is_sent_whole_for_the_layers_not_their_windows(tmp_path: Path) -> None:
     image = _Image(tmp_path)
     store_trace(image.store, image.trace)  # as fetched from the registry
     client = image.client(tmp_path)
+    # Told of the windows blob (the layer opened): its ranges are the mount's to ask for.
+    client.add_blob(image.windows, image.layer.digest, 1 << 20)
 
     assert send_trace(client, image.store, [image.layer], KEY)
 
-    assert client.replayed == [
-        (image.layer.digest, [(0, 4096)]),
-        (image.windows, [(0, 1000)]),
-        (image.layer.digest, [(200_000, 8192)]),
-    ]
+    assert client.replayed == [(image.layer.digest, [(0, 4096), (200_000, 8192)])]
 
 
 def test_the_mount_notes_what_was_sent_and_sends_nothing_again(tmp_path: Path) -> None:
@@ -148,13 +146,11 @@ def test_the_mount_notes_what_was_sent_and_sends_nothing_again(tmp_path: Path) -
     store_trace(tmp_path / "cache", image.trace)
     sender, mount = image.client(tmp_path), image.client(tmp_path)
     assert send_trace(sender, image.store, [image.layer], KEY)
-    # As ``index_layers`` has it before it starts the trace.
-    read_windows_blobs(image.layers_dir, [image.layer], mount)
     before = set(threading.enumerate())
 
     assert start_trace(mount, KEY, image.store, sent=True) is None
 
-    assert mount.replaying == sender.replayed and len(mount.replaying) == 3
+    assert mount.replaying == sender.replayed and len(mount.replaying) == 1
     # A thread sending the replay would be running still, or would have sent it.
     assert not _replays_started(before)
     assert mount.replayed == []
@@ -164,13 +160,14 @@ def test_a_long_trace_is_sent_once_its_head_from_the_caller_the_rest_from_the_mo
     tmp_path: Path,
 ) -> None:
     image = _Image(tmp_path)
-    layer, windows = image.layer.digest, image.windows
-    # Each read a request of its own: the layer and its windows blob, by turns.
-    reads = [Read(blob, 200 * n, 100) for n in range(SENT_AHEAD) for blob in (layer, windows)]
+    layer = image.layer.digest
+    # Each read a request of its own: the layer and another of the image's, by turns.
+    reads = [Read(blob, 200 * n, 100) for n in range(SENT_AHEAD) for blob in (layer, OTHER)]
     store_trace(tmp_path / "cache", Trace(KEY, tuple(reads)))
     sender, mount = image.client(tmp_path), image.client(tmp_path)
+    for client in (sender, mount):
+        client.blobs[OTHER] = _Size(1 << 20)
     assert send_trace(sender, image.store, [image.layer], KEY)
-    read_windows_blobs(image.layers_dir, [image.layer], mount)
     before = set(threading.enumerate())
 
     start_trace(mount, KEY, image.store, sent=True)
@@ -233,7 +230,7 @@ def test_only_a_trace_with_something_to_send_stands_in_for_the_programs_guess(
     prefetched = [asked for client in made for asked in client.prefetched]
     replayed = [step for client in made for step in client.replayed]
     if trace == "good":
-        assert len(replayed) == 3 and prefetched == []
+        assert len(replayed) == 1 and prefetched == []
     else:
         assert replayed == [] and prefetched
     # This process's warnings are the user's terminal's: the mount logs its trouble itself.

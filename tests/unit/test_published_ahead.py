@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
-from lazyfs.blobs.published_ahead import interval_needs, merged, read_windows_blobs
-from lazyfs.blobs.trace_run import replay_steps
+from lazyfs.blobs.published_ahead import interval_needs, merged, reads_windows
+from lazyfs.blobs.trace_run import client_steps
 from lazyfs.cache.client import CacheClient, remote_blob
 from lazyfs.index.trace import Read, Trace
 from providers.digest import Digest
@@ -60,9 +60,9 @@ def test_ranges_that_meet_are_asked_for_as_one() -> None:
     assert merged(needs) == [(A, 0, 15), (B, 0, 10), (A, 30, 5)]
 
 
-def test_a_trace_replay_reaches_the_windows_blob_once_the_client_knows_it(
-    gz: Built, tmp_path: Path
-) -> None:
+def test_a_trace_replay_leaves_the_windows_blob_to_the_mount(gz: Built, tmp_path: Path) -> None:
+    """The trace names the windows it read; the mount asks for those its intervals need, as
+    pieces (``Asks.replayed``), not the chunks around them the replay would bring."""
     assert gz.data.windows is not None and gz.data.points is not None
     client = CacheClient(tmp_path / "cache", {gz.digest: remote_blob("r.invalid", "app", gz.layer)})
     window = gz.data.points[1].window
@@ -71,19 +71,12 @@ def test_a_trace_replay_reaches_the_windows_blob_once_the_client_knows_it(
         f"{A}@{'c' * 32}",
         (Read(gz.digest, 0, 100), Read(gz.data.windows, window.offset, window.length)),
     )
-
-    def steps() -> list[tuple[Digest, list[tuple[int, int]]]]:
-        return replay_steps(trace, {d: blob.size for d, blob in client.blobs.items()})
-
-    assert [digest for digest, _ in steps()] == [gz.digest]  # a blob the client does not read
-    read_windows_blobs(gz.layers_dir, [gz.layer], client)
-    assert steps() == [
-        (gz.digest, [(0, 100)]),
-        (gz.data.windows, [(window.offset, window.length)]),
-    ]
+    assert client_steps(client, trace) == [(gz.digest, [(0, 100)])]
+    reads_windows(client, gz.digest, gz.data)  # the layer opened: its windows blob known
+    assert client_steps(client, trace) == [(gz.digest, [(0, 100)])]
     windows, layer = client.blobs[gz.data.windows], client.blobs[gz.digest]
-    assert windows.exact and windows.origin == layer.origin
+    assert windows.exact and windows.piece and windows.origin == layer.origin
     assert windows.size == gz.data.windows_size
-    # Told again (the layer opened after the replay started): the same blob, kept.
+    # Told again (another layer of the same index opened): the same blob, kept.
     client.add_blob(gz.data.windows, gz.digest, 1)
     assert client.blobs[gz.data.windows] is windows
