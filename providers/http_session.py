@@ -80,6 +80,12 @@ class Watch:
             elif self._armed:
                 self._sockets.append(sock)
 
+    def drop(self, sock: socket.socket) -> None:
+        """Watch ``sock`` no more: its connection went back to the pools mid-request (the
+        answer was a redirect), where another thread's request may take it."""
+        with self._lock:
+            self._sockets = [watched for watched in self._sockets if watched is not sock]
+
     def disarm(self) -> bool:
         """Stop watching; True if the deadline had passed first."""
         with self._lock:
@@ -136,12 +142,30 @@ class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
         super().request(*args, **kwargs)
 
 
+def _unwatch(conn: Any) -> None:
+    """Release ``conn``'s socket from the watch of the thread putting it back in the pools:
+    shared (``connection_pools``), another thread's request may take it from there, and
+    this thread's deadline must not shut it down under that one."""
+    watch: Watch | None = getattr(_local, "watch", None)
+    sock = getattr(conn, "sock", None)
+    if watch is not None and sock is not None:
+        watch.drop(sock)
+
+
 class _HTTPPool(HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _unwatch(conn)
+        super()._put_conn(conn)
 
 
 class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _unwatch(conn)
+        super()._put_conn(conn)
 
 
 _WATCHED_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}

@@ -305,7 +305,7 @@ class PublishedLayers:
         window = None
         if before is not None and from_tail:
             window = before[-WINDOW:]
-            self._unheard.tail(data, number)  # a replay of the trace may need it
+            self._unheard.tail(data, number)  # for an earlier lazyfs's replay of the trace
         elif point.window is not None:
             window = self._window(digest, data, point.window)
 

@@ -284,7 +284,8 @@ def merged(
 def ask_for(
     blobs: BlobSource, needs: Iterable[tuple[Digest, int, int]], most: int | None = None
 ) -> None:
-    """Have ``blobs`` fetch ``needs`` in the background, if it can; a failure is logged only.
+    """Have ``blobs`` fetch ``needs`` in the background, if it can; a failure is logged only,
+    and ends the asks: each waits on the daemon, and one that is gone answers none of them.
 
     ``most``: as ``merged`` says (``PIECE_BYTES``, for windows to be fetched as pieces).
     """
@@ -296,6 +297,7 @@ def ask_for(
         except LazyfsError as error:
             # Not needed to serve the read: it asks for what it still lacks itself.
             log.info("blob %s: [%d, +%d) not prefetched: %s", blob, offset, length, error)
+            return
 
 
 def reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None:

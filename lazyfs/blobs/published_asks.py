@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from lazyfs.blobs.inflated import interval
 from lazyfs.blobs.published_ahead import (
@@ -47,11 +48,13 @@ from lazyfs.blobs.published_ahead import (
     headers_before,
     interval_needs,
     intervals_to,
+    reads_windows,
     tail_is_window,
 )
 from lazyfs.blobs.trace_run import UNIT
-from lazyfs.index.published import PublishedData
+from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
+from providers.manifest import Layer
 from providers.source import BlobSource
 
 Ranges = Sequence[tuple[int, int]]  # (offset, length) of one blob
@@ -73,7 +76,8 @@ class Asks:
         # Intervals whose window was asked (here or by their inflation): never chained after,
         # as a walk back from a later one may end at them (``_chains``).
         self._windowed: set[tuple[Digest, int]] = set()
-        # Intervals whose window a trace replayed holds (``replayed``): never chained either.
+        # Intervals whose window a replayed trace asked for (``replayed``): never chained
+        # either, nor their window asked again by a miss.
         self._replayed: set[tuple[Digest, int]] = set()
 
     def is_chained(self, digest: Digest, number: int) -> bool:
@@ -131,8 +135,10 @@ class Asks:
                 chained = (digest, n) in self.chained or (
                     (n - 1 in numbers or done(n - 1)) and self._chains(digest, data, n, chain_bytes)
                 )
-                # Its window asked once by a miss: the inflation asks it again (``_ask_ahead``).
-                window = not chained and (digest, n) not in self._windowed
+                # Its window asked once, by a miss or a replay: the inflation asks it again
+                # (``_ask_ahead``).
+                key = (digest, n)
+                window = not chained and key not in self._windowed and key not in self._replayed
                 if window:
                     self._windowed.add((digest, n))
             needs += interval_needs(digest, data, n, window=window)
@@ -160,15 +166,18 @@ class Asks:
         reads (``steps``: its ranges, by blob, in order; ``lazyfs.blobs.trace_run``).
 
         The replay brings the spans; the windows are asked for here, now, as
-        exact ranges (the daemon fetches them as pieces), and only those the
-        intervals need.  In the order the trace first reaches them: an
-        interval whose whole span the trace holds, reached after the one
-        before it, is chained (``_chains``: it inflates from that one's
-        tail, as when the trace was recorded, where its program read the one
-        before first); any other has its window asked for, and is never
-        chained.  At most ``REPLAYED_WINDOWS`` windows: past them the reads
-        ask for what they need, as without a trace.  A trace's ranges are
-        hostile: cut to the blob, and walked within a bound in units
+        exact ranges (the daemon fetches them as pieces, and keeps them in
+        memory only, as any piece), and only those the intervals need.  In
+        the order the trace first reaches them: an interval reached after the
+        one before it, when the trace holds that one's whole span, is chained
+        (``_chains``: it inflates from that one's tail, as when the trace was
+        recorded, where its program read the one before first); any other
+        has its window asked for, and is never chained.  Whole, in the
+        trace's ``UNIT``s: the daemon fetches a trace's ranges as whole
+        chunks, which are as long.  At most ``REPLAYED_WINDOWS`` windows a
+        layer: past them nothing is chained or asked, and the reads ask for
+        what they need, as without a trace.  A trace's ranges are hostile:
+        cut to the blob, and walked within a bound in units
         (``replay_order``).  The trace's own ranges of windows blobs are not
         replayed (``trace_run.client_steps``): chunk by chunk, they brought
         seven times the windows' bytes.
@@ -188,7 +197,9 @@ class Asks:
                     and self._chains(digest, data, number, chain_bytes)
                 ):
                     continue  # chained: inflated from the tail of the one before
-                if window is None or data.windows is None or len(needs) >= REPLAYED_WINDOWS:
+                if len(needs) >= REPLAYED_WINDOWS:
+                    break  # no chain may end at an interval whose window was not asked
+                if window is None or data.windows is None:
                     continue
                 self._replayed.add((digest, number))
             needs.append((data.windows, window.offset, window.length))
@@ -244,6 +255,23 @@ class Asks:
             self._leads.add((digest, found[0]))
         bounds = data.bounds
         return list(range(interval(bounds, found[0]), interval(bounds, found[1] - 1) + 1))
+
+
+def ask_replayed_windows(
+    blobs: BlobSource,
+    layers_dir: Path,
+    layers: Sequence[Layer],
+    steps: Sequence[tuple[Digest, Ranges]],
+) -> None:
+    """``Asks.replayed``'s asks for each of ``layers`` read through a published gzip index
+    kept under ``layers_dir``: the windows a replay of ``steps`` needs, asked for ahead of
+    the mount (``lazyfs.fs.mount_ahead``), which asks for them again as it opens the
+    layer, some tenths of a second later; the daemon fetches each once. Blocking."""
+    for layer in layers:
+        found = load_published(layers_dir, layer, entries=False)
+        if found is not None and found[2].points is not None:
+            reads_windows(blobs, layer.digest, found[2])  # its windows blob, read by pieces
+            Asks(blobs).replayed({layer.digest: found[2]}, steps)
 
 
 def replay_order(

@@ -106,7 +106,10 @@ class Unheard:
         here was not recorded, or its reads come in another order), and
         reads it.  So a recorded thread tells the watcher of the window, as
         a fetch of it then would have: the trace holds every window a start
-        needed, whoever fetched what it was inflated from.
+        needed, whoever fetched what it was inflated from.  For replays by an
+        earlier lazyfs (a trace published beside the image is read by other
+        machines), which fetch the windows a trace names; this one leaves them
+        out and asks for the windows its intervals need (``Asks.replayed``).
         """
         window = data.points[number].window if data.points is not None else None
         if window is None or data.windows is None or not recorded():

@@ -135,7 +135,7 @@ def start_trace(
     steps = client_steps(client, trace)
     # Only a trace with something of this mount's to fetch stands in for
     # the landmark prefetch (one naming other layers would just lose it); a
-    # published index's reader counts its windows as asked (``Asks.replayed``).
+    # published index's reader asks for the windows it needs (``Asks.replayed``).
     client.replaying = steps
     log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
     left = steps[SENT_AHEAD:] if sent else steps

@@ -296,8 +296,8 @@ class Server:
 
     def _as_piece(self, piece: bool, blob: BlobRange, blob_size: int | None) -> bool:
         """Whether a range asked as a piece is fetched as one: short enough, and its chunks
-        neither all cached nor all in flight (a trace's replay brings windows as chunks;
-        one still in another mount's replay queue is not in flight, and is fetched twice)."""
+        neither all cached nor all in flight (an earlier lazyfs's trace replay brought windows
+        as chunks; one still in a replay queue is not in flight, and is fetched twice)."""
         if not piece or self.pieces is None or not 0 < blob.length <= MAX_PIECE:
             return False
         size = self.cache.layout.chunk_size

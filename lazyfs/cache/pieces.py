@@ -11,12 +11,13 @@ that range alone, one flight however many readers wait, keeps it in memory
 of a range inside it, with its bytes.
 
 Kept in memory only: a piece lost (evicted, the daemon restarted) is a
-round trip for a few KB again. A trace replayed fetches its windows as
-chunks, which a read of them finds first when they are all cached or in
-flight (the daemon's ``answer``); the replaying mount asks for them by
-chunks (``lazyfs.cache.client``), but another mount's read that comes
-before the replay sent them fetches the piece, and the replay the chunk.
-A mount keeps the windows it fetched itself (``lazyfs.blobs.gzip_remote``),
+round trip for a few KB again, and, with the registry gone since, an EIO
+for the read that needed it. A mount replaying a trace asks for the
+windows it needs as pieces too, as it opens its layers
+(``lazyfs.blobs.published_asks.Asks.replayed``). A read of a range whose
+chunks are all cached or in flight (another blob's chunks, asked by
+an earlier lazyfs's replay) is served from them (the daemon's ``answer``).
+A mount keeps the windows it read itself (``lazyfs.blobs.gzip_remote``),
 for when the daemon restarts. A reader waiting on a
 piece counts as one waiting on a fetch (``demand``): background fetch and
 replays hold back. A failure of another origin's fetch (a blob in two

@@ -109,9 +109,10 @@ def replay_early(
 ) -> None:
     """``send_trace`` for the layers of ``layers`` in ``origins``, before the mount is
     started (``lazyfs.provision.lazy.replay_ahead``); a failure logged at INFO. Nothing
-    unless the daemon answers: one still loading (``lazyfs.cli_early`` started it as the
-    command began) is waited for, up to ``DAEMON_WAIT``; one gone with its socket left,
-    which no one is starting (the mount starts another), is not, nor warned of."""
+    unless the daemon answers: one that never listened yet (``lazyfs.cli_early`` started
+    it as the command began, and it loads) or that a start holds the start lock of is
+    waited for, up to ``DAEMON_WAIT``; one gone with its socket left, which no one is
+    starting (the mount starts another), is not, nor warned of."""
     from lazyfs.cache.spawn import answers_soon
     from lazyfs.cache.tails import hint_client
 
@@ -134,9 +135,12 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     ``key`` for a mount of ``layers`` (in the store at ``store``); whether it has any.
 
     As the mount reads it (``lazyfs.fs.mount_layers``): the cache's trace,
-    else the store's; the ranges of the layers, and no others (the mount
-    asks for the windows of their published indexes that it needs itself).
+    else the store's; the ranges of the layers, and no others. Then the
+    windows of their published indexes kept in the store that the replay
+    needs, as the mount asks for them once it has opened the layers
+    (``lazyfs.blobs.published_asks.ask_replayed_windows``).
     """
+    from lazyfs.blobs.published_asks import ask_replayed_windows
     from lazyfs.blobs.trace_run import SENT_AHEAD, client_steps, find_trace, send_steps
 
     found = find_trace(client.cache_dir, key, store, level=logging.INFO)
@@ -145,6 +149,7 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     steps = client_steps(client, found)
     queued = send_steps(client, steps[:SENT_AHEAD], level=logging.INFO)
     log.info("asked the replay of the trace of %s: %d chunks queued", key, queued)
+    ask_replayed_windows(client, store / "layers", layers, steps)
     return bool(steps)
 
 

@@ -153,11 +153,11 @@ def replay_ahead(
     (``layers``: those read by range), while it fetches and decodes them:
     some 100 ms before the mount would send the trace. A daemon the command
     started ahead (``lazyfs.cli_early``) and still loading is waited for
-    (``mount_ahead.replay_early``); with none on its way, nothing is sent.
-    Only the layers' ranges: the windows blobs of their indexes are not
-    kept yet. The start of the mount sends the trace
-    again with them (``lazyfs.fs.mount_ahead``), and the daemon's replay
-    queue skips the chunks it has in hand or in flight by then.
+    (``mount_ahead.replay_early``, for at most a few seconds). The start
+    of the mount sends the trace again (``lazyfs.fs.mount_ahead``), with
+    the windows of the layers' published indexes it needs, kept by then,
+    and the daemon's replay queue skips the chunks it has in hand or in
+    flight.
     """
     try:
         key = _trace_key(manifest, command, working_dir)

@@ -234,7 +234,7 @@ async def test_a_piece_is_fetched_alone_and_answered_in_the_reply(tmp_path: Path
 
 
 async def test_a_piece_whose_chunks_are_cached_is_read_from_them(tmp_path: Path) -> None:
-    # As after a trace's replay, which fetches windows as chunks.
+    # As after an earlier lazyfs's trace replay, which fetched windows as chunks.
     source = FakeSource()
     async with daemon(tmp_path, source) as path, connect(path) as client:
         assert isinstance(await client.call(read(1, 0, 48)), ReadOk)

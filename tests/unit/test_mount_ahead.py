@@ -10,6 +10,7 @@ the program is asked for from the published indexes.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gzip
 import io
@@ -30,6 +31,7 @@ import lazyfs.cache.tails
 import lazyfs.fs.mount
 import lazyfs.fs.mount_ahead
 import lazyfs.fs.predict_published
+from lazyfs.blobs.published_ahead import compressed_span
 from lazyfs.blobs.trace_run import SENT_AHEAD, ReadWatcher, start_trace
 from lazyfs.cache.client import CacheUnavailable
 from lazyfs.cache.layout import socket_path
@@ -38,7 +40,7 @@ from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.fs.mount import mount
 from lazyfs.fs.mount_ahead import ask_ahead, has_trace, replay_early, send_trace
 from lazyfs.fs.mount_wire import INDEXED, READY
-from lazyfs.index.published import forget_kept, store_published
+from lazyfs.index.published import forget_kept, load_published, store_published
 from lazyfs.index.trace import Read, Trace, store_trace, trace_path
 from providers.digest import Digest, digest_bytes
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
@@ -230,7 +232,8 @@ def test_only_a_trace_with_something_to_send_stands_in_for_the_programs_guess(
     prefetched = [asked for client in made for asked in client.prefetched]
     replayed = [step for client in made for step in client.replayed]
     if trace == "good":
-        assert len(replayed) == 1 and prefetched == []
+        # No guess at the program: only the windows the replay needs.
+        assert len(replayed) == 1 and {blob for blob, *_ in prefetched} == {image.windows}
     else:
         assert replayed == [] and prefetched
     # This process's warnings are the user's terminal's: the mount logs its trouble itself.
@@ -405,3 +408,29 @@ def test_an_early_replay_waits_for_a_daemon_on_its_way(
         assert client.replayed == [(layer.digest, [(0, 4096), (200_000, 8192)])]
     else:
         assert len(asked) == 1 and client.replayed == []
+
+
+def test_the_windows_a_replay_needs_are_asked_for_ahead_of_the_mount(tmp_path: Path) -> None:
+    """Once the layer's published index is kept: the window of each interval the trace
+    reaches that cannot inflate from the one before, as one exact range each."""
+    image = _Image(tmp_path)
+    store_trace(image.store, image.trace)
+    client = image.client(tmp_path)
+    found = load_published(image.layers_dir, image.layer, entries=False)
+    assert found is not None
+    data = found[2]
+    assert data.points is not None and len(data.points) > 3
+    # The trace's second read of the layer is in an interval past the first's.
+    starts = [compressed_span(data, n)[0] for n in range(len(data.points))]
+    number = bisect.bisect_right(starts, 200_000) - 1
+    window = data.points[number].window
+    assert number > 1 and window is not None
+
+    assert send_trace(client, image.store, [image.layer], KEY)
+
+    assert client.prefetched == [(image.windows, window.offset, window.length)]
+    assert client.blobs[image.windows].piece
+    # Without the index kept (a provision's early replay): no window asked.
+    bare = image.client(tmp_path)
+    assert send_trace(bare, image.store, [dataclasses.replace(image.layer, annotations=())], KEY)
+    assert bare.prefetched == []

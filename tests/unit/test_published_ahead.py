@@ -1,6 +1,6 @@
 """What a reader through a published index asks a caching source for ahead of its reads
 (``lazyfs.blobs.published_ahead``): everything an interval's inflating reads, before the
-first of those reads; and the windows blob known to the cache client before a trace replay."""
+first of those reads; and a trace replay that leaves the windows blob to the mount."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
-from lazyfs.blobs.published_ahead import interval_needs, merged, reads_windows
+from lazyfs.blobs.published_ahead import ask_for, interval_needs, merged, reads_windows
 from lazyfs.blobs.trace_run import client_steps
 from lazyfs.cache.client import CacheClient, remote_blob
 from lazyfs.index.trace import Read, Trace
 from providers.digest import Digest
+from providers.errors import TemporaryFailure
 from tests.support.blob_sources import Prefetching
 from tests.support.published_artifacts import Built
 
@@ -80,3 +81,16 @@ def test_a_trace_replay_leaves_the_windows_blob_to_the_mount(gz: Built, tmp_path
     # Told again (another layer of the same index opened): the same blob, kept.
     client.add_blob(gz.data.windows, gz.digest, 1)
     assert client.blobs[gz.data.windows] is windows
+
+
+def test_asks_end_at_the_first_the_source_refuses() -> None:
+    """A daemon gone answers none of them, each after a wait of its own: one is enough."""
+    asked: list[tuple[Digest, int, int]] = []
+
+    class Gone:
+        def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+            asked.append((digest, offset, length))
+            raise TemporaryFailure("the cache daemon is unreachable")
+
+    ask_for(Gone(), [(A, 0, 10), (A, 100, 10), (B, 0, 10)])  # type: ignore[arg-type]
+    assert asked == [(A, 0, 10)]

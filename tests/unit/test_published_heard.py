@@ -188,7 +188,8 @@ def test_a_replay_without_read_ahead_needs_no_interval_the_trace_lacks(tmp_path:
     # of "noise" (asking for its intervals up to h at once: h is not chained, its window was
     # asked) and of "text" (heard: h's span and window). A replay has no read-ahead: its
     # read of "noise" chains h to the interval before, and the check of "text" would walk
-    # back from h through intervals the trace lacks. The trace's windows count as asked.
+    # back from h through intervals the trace lacks. The replay asks for h's window
+    # (``Asks.replayed``: the trace reaches h before the interval before it).
     (tmp_path / "built").mkdir()
     built = Built(tmp_path / "built", True)
     blobs = Watched(built.blobs)

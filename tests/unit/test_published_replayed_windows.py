@@ -130,10 +130,13 @@ def test_ranges_outside_the_layer_or_of_other_blobs_reach_nothing() -> None:
 
 def test_at_most_so_many_windows_are_asked() -> None:
     count = REPLAYED_WINDOWS + 10
-    # Every other interval: none chains, each needs its window.
+    # Every other interval: none chains, each needs its window. Then two in a row.
     steps = [(LAYER, [(n * UNIT, UNIT) for n in range(1, 2 * count, 2)])]
-    _, asked = _replayed(steps, _data(count=2 * count))
+    steps.append((LAYER, [(2 * count * UNIT, 2 * UNIT)]))
+    asks, asked = _replayed(steps, _data(count=2 * count + 2))
     assert asked == list(range(1, 2 * REPLAYED_WINDOWS, 2))
+    # Nothing chained past them: a chain would end at a window no one asked for.
+    assert _chained(asks) == []
 
 
 @pytest.fixture
@@ -156,3 +159,17 @@ def test_many_ranges_over_the_layer_are_walked_within_a_bound(walked: list[int])
     assert asked == [bound] and _chained(asks) == [n for n in range(1, COUNT) if n != bound]
     # The units and intervals were walked (the count counts), and within the bound.
     assert COUNT <= sum(walked) <= 2 * REPLAY_WALK * (2 * COUNT + 1) + 4 * COUNT
+
+
+def test_a_miss_asks_no_window_the_replay_asked_for() -> None:
+    source = _Source()
+    asks = Asks(source)  # type: ignore[arg-type]
+    data = _data()
+    asks.replayed({LAYER: data}, [(LAYER, [(3 * UNIT, UNIT)])])
+    assert source.asked == [(WINDOWS, 3 * WINDOW_BYTES, WINDOW_BYTES)]
+    # A read of a file over intervals 3 and 4, before either is inflated.
+    starts, ends = [3 * TAR], [5 * TAR]
+    asks.miss(LAYER, data, starts, ends, 3 * TAR, 2 * TAR, budget=1 << 30,
+              kept=lambda *_: None, unheld=lambda digest, data, needs: needs)  # fmt: skip
+    asked = source.asked[1:]
+    assert asked and all(blob == LAYER for blob, _, _ in asked)  # spans only: no window again

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from providers.digest import Digest
+from providers.http_session import HeadersTimeout, connection_pools, new_session, send
 from providers.manifest import OCI_INDEX, OCI_MANIFEST
 from providers.referrers import list_referrers, referrers_tag
 from providers.registry_http import HttpOptions, RegistryHttp
@@ -120,12 +121,84 @@ def test_a_connection_one_thread_left_serves_the_next(
 ) -> None:
     seen, push = registry
 
+    got: list[object] = []
+
     def ask(name: str) -> None:
-        assert push.get_manifest(name, OCI_MANIFEST) is None
+        try:
+            got.append(push.get_manifest(name, OCI_MANIFEST))
+        except BaseException as error:
+            got.append(error)
 
     for name in ("1", "2", "3"):
         thread = threading.Thread(target=ask, args=(name,))
         thread.start()
         thread.join()
+    assert got == [None, None, None]
     assert len(seen.requests) == 3
     assert len(seen.ports()) == 1
+
+
+def test_a_deadline_never_cuts_a_connection_another_thread_took_from_the_pools() -> None:
+    """A's request is redirected, and its first connection goes back to the shared pools;
+    B's request takes it. A's deadline passes at the redirect's target, and its watchdog
+    shuts down the sockets it sends on: not B's, whose body then arrives whole."""
+    at_target, release = threading.Event(), threading.Event()
+    body = b"x" * 100_000
+    ports: list[tuple[str, int]] = []
+
+    class First(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            ports.append((self.path, self.client_address[1]))
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", f"{second}/slow")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            release.wait(60)  # a bound, not a delay: set once A's deadline has passed
+            self.wfile.write(body)
+
+    class Second(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            at_target.set()
+            release.wait(60)  # never answers before A's deadline
+
+    pools = connection_pools()
+    failed: list[BaseException] = []
+
+    def first_thread() -> None:
+        try:
+            send(new_session(True, pools), "GET", f"{first}/redirect", seconds=2.0)
+        except BaseException as error:
+            failed.append(error)
+
+    with serve(Second) as second, serve(First) as first:
+        a = threading.Thread(target=first_thread)
+        a.start()
+        try:
+            assert at_target.wait(60)
+            response = send(new_session(True, pools), "GET", f"{first}/body", seconds=60)
+            a.join(60)
+            assert [type(error) for error in failed] == [HeadersTimeout]  # A's watchdog fired
+            release.set()
+            got = response.raw.read()
+        finally:
+            release.set()
+            a.join(60)
+    assert [path for path, _ in ports] == ["/redirect", "/body"]
+    assert ports[0][1] == ports[1][1]  # B's request went on A's first connection
+    assert got == body
