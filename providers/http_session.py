@@ -172,13 +172,18 @@ _WATCHED_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 class _WatchedAdapter(HTTPAdapter):
+    # requests makes a proxy's manager on first use, unlocked: shared by threads
+    # (``connection_pools``), two could each make one, and one's pools be lost.
+    _proxies = threading.Lock()
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         # Connections through a proxy (plain, or a CONNECT tunnel) are watched too.
-        manager = super().proxy_manager_for(proxy, **kwargs)
+        with self._proxies:
+            manager = super().proxy_manager_for(proxy, **kwargs)
         manager.pool_classes_by_scheme = _WATCHED_POOLS
         return manager
 

@@ -37,7 +37,7 @@ from lazyfs.blobs.inflated import interval
 from lazyfs.index.artifact import WINDOW, first_byte
 from lazyfs.index.published import PublishedData
 from providers.digest import Digest
-from providers.errors import LazyfsError
+from providers.errors import LazyfsError, TemporaryFailure
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
@@ -283,21 +283,27 @@ def merged(
 
 def ask_for(
     blobs: BlobSource, needs: Iterable[tuple[Digest, int, int]], most: int | None = None
-) -> None:
-    """Have ``blobs`` fetch ``needs`` in the background, if it can; a failure is logged only,
-    and ends the asks: each waits on the daemon, and one that is gone answers none of them.
+) -> bool:
+    """Have ``blobs`` fetch ``needs`` in the background, if it can; False when an ask failed.
 
+    A failure is logged only. A temporary one (the daemon gone, or the
+    registry failing) ends the asks: each would wait on it, for nothing.
     ``most``: as ``merged`` says (``PIECE_BYTES``, for windows to be fetched as pieces).
+    A source that does not fetch ahead (a test's) reads what it needs when asked.
     """
     if not isinstance(blobs, Prefetches):
-        return
+        return True
+    taken = True
     for blob, offset, length in merged(needs, most):
         try:
             blobs.prefetch(blob, offset, length)
         except LazyfsError as error:
             # Not needed to serve the read: it asks for what it still lacks itself.
             log.info("blob %s: [%d, +%d) not prefetched: %s", blob, offset, length, error)
-            return
+            taken = False
+            if isinstance(error, TemporaryFailure):
+                break
+    return taken
 
 
 def reads_windows(blobs: BlobSource, layer: Digest, data: PublishedData) -> None:

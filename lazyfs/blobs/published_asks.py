@@ -174,9 +174,11 @@ class Asks:
         recorded, where its program read the one before first); any other
         has its window asked for, and is never chained.  Whole, in the
         trace's ``UNIT``s: the daemon fetches a trace's ranges as whole
-        chunks, which are as long.  At most ``REPLAYED_WINDOWS`` windows a
-        layer: past them nothing is chained or asked, and the reads ask for
-        what they need, as without a trace.  A trace's ranges are hostile:
+        chunks, which are as long.  At most ``REPLAYED_WINDOWS`` windows (for
+        the ``layers`` together; a mount's reader holds one): from the first
+        interval past them that needs one, nothing is chained or asked, and
+        the reads ask for what they need, as without a trace; so too when
+        the source did not take every ask.  A trace's ranges are hostile:
         cut to the blob, and walked within a bound in units
         (``replay_order``).  The trace's own ranges of windows blobs are not
         replayed (``trace_run.client_steps``): chunk by chunk, they brought
@@ -185,6 +187,7 @@ class Asks:
         order, held = replay_order(layers, steps)
         done: set[tuple[Digest, int]] = set()
         needs: list[Need] = []
+        asked: list[tuple[Digest, int]] = []
         for digest, number in order:
             data = layers[digest]
             assert data.points is not None  # replay_order: a gzip layer's intervals only
@@ -202,8 +205,11 @@ class Asks:
                 if window is None or data.windows is None:
                     continue
                 self._replayed.add((digest, number))
+            asked.append((digest, number))
             needs.append((data.windows, window.offset, window.length))
-        ask_for(self._blobs, needs, most=PIECE_BYTES)
+        if not ask_for(self._blobs, needs, most=PIECE_BYTES):
+            with self._lock:  # not all asked: a miss asks for them, as without a trace
+                self._replayed.difference_update(asked)
 
     def asked_window(self, digest: Digest, number: int) -> None:
         """Note that interval ``number``'s window was asked for, by its inflation."""

@@ -14,7 +14,7 @@ from lazyfs.blobs.trace_run import client_steps
 from lazyfs.cache.client import CacheClient, remote_blob
 from lazyfs.index.trace import Read, Trace
 from providers.digest import Digest
-from providers.errors import TemporaryFailure
+from providers.errors import NotFound, TemporaryFailure
 from tests.support.blob_sources import Prefetching
 from tests.support.published_artifacts import Built
 
@@ -92,5 +92,20 @@ def test_asks_end_at_the_first_the_source_refuses() -> None:
             asked.append((digest, offset, length))
             raise TemporaryFailure("the cache daemon is unreachable")
 
-    ask_for(Gone(), [(A, 0, 10), (A, 100, 10), (B, 0, 10)])  # type: ignore[arg-type]
+    assert not ask_for(Gone(), [(A, 0, 10), (A, 100, 10), (B, 0, 10)])  # type: ignore[arg-type]
     assert asked == [(A, 0, 10)]
+
+
+def test_asks_go_on_past_one_blob_the_source_does_not_know() -> None:
+    asked: list[tuple[Digest, int, int]] = []
+
+    class Partial:
+        def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+            asked.append((digest, offset, length))
+            if digest == B:
+                raise NotFound(f"blob {B} is not one this mount reads remotely", digest=B)
+            return 1
+
+    assert not ask_for(Partial(), [(B, 0, 10), (A, 0, 10)])  # type: ignore[arg-type]
+    assert asked == [(B, 0, 10), (A, 0, 10)]
+    assert ask_for(Partial(), [(A, 50, 10)])  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from lazyfs.blobs.trace_run import UNIT
 from lazyfs.index.artifact import WINDOW, Point, Span
 from lazyfs.index.published import PublishedData
 from providers.digest import Digest
+from providers.errors import TemporaryFailure
 
 LAYER = Digest("sha256:" + "1" * 64)
 WINDOWS = Digest("sha256:" + "2" * 64)
@@ -173,3 +174,33 @@ def test_a_miss_asks_no_window_the_replay_asked_for() -> None:
               kept=lambda *_: None, unheld=lambda digest, data, needs: needs)  # fmt: skip
     asked = source.asked[1:]
     assert asked and all(blob == LAYER for blob, _, _ in asked)  # spans only: no window again
+
+
+def test_windows_the_source_did_not_take_are_left_to_the_reads() -> None:
+    """The daemon restarting as the layer opens: a miss asks for the windows then."""
+
+    class Restarting(_Source):
+        down = True  # for the first ask only
+
+        def prefetch(self, digest: Digest, offset: int, length: int) -> int:
+            super().prefetch(digest, offset, length)
+            if self.down:
+                self.down = False
+                raise TemporaryFailure("the cache daemon is unreachable")
+            return 1
+
+    source = Restarting()
+    asks = Asks(source)  # type: ignore[arg-type]
+    data = _data()
+    asks.replayed({LAYER: data}, [(LAYER, [(3 * UNIT, 2 * UNIT)])])
+    assert source.asked == [(WINDOWS, 3 * WINDOW_BYTES, WINDOW_BYTES)]
+    assert _chained(asks) == [4]  # chained still: a miss or the inflation asks for 3's window
+    source.asked.clear()
+    # A read of a file over intervals 3 and 4, its headers in interval 2 (a file before).
+    starts, ends = [TAR, 3 * TAR], [2 * TAR + 100, 5 * TAR]
+    asks.miss(LAYER, data, starts, ends, 3 * TAR, 2 * TAR, budget=1 << 30,
+              kept=lambda *_: None, unheld=lambda digest, data, needs: needs)  # fmt: skip
+    # As without a trace: 3 chained to 2, asked with it, and 2's window asked. Left as
+    # replayed, 3 was neither chained nor had its window asked: a round trip of its own.
+    assert asks.is_chained(LAYER, 3)
+    assert (WINDOWS, 2 * WINDOW_BYTES, WINDOW_BYTES) in source.asked

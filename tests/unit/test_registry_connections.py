@@ -199,6 +199,7 @@ def test_a_deadline_never_cuts_a_connection_another_thread_took_from_the_pools()
         finally:
             release.set()
             a.join(60)
+            pools.close()
     assert [path for path, _ in ports] == ["/redirect", "/body"]
     assert ports[0][1] == ports[1][1]  # B's request went on A's first connection
     assert got == body
