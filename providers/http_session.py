@@ -104,11 +104,15 @@ class Watch:
             self._sockets = []
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _shutdown(sock: Any) -> None:
     # socket.socket's own shutdown, also for an SSLSocket: its override drops
-    # the TLS state, which the thread reading it may be using right now.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    # the TLS state, which the thread reading it may be using right now. Through
+    # an HTTPS proxy, a connection's socket is urllib3's SSLTransport: the socket
+    # it runs on is cut (a TypeError here would end the timer's thread instead).
+    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)
+    if isinstance(raw, socket.socket):
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(raw, socket.SHUT_RDWR)
 
 
 _local = threading.local()
