@@ -5,8 +5,12 @@ sends its status line and headers a byte every few seconds restarts it on
 every byte and holds a request forever. ``send`` closes that gap with a
 watchdog per request: when the answer's status line and headers have not
 all arrived by the deadline, it shuts down the request's socket, whatever
-the request is doing (connecting, the TLS handshake, sending, waiting for
-or reading the headers), and the request ends with ``HeadersTimeout``.
+the request is doing (sending, waiting for or reading the headers), and
+the request ends with ``HeadersTimeout``. A TLS handshake runs on a socket
+the watchdog does not reach (made from the raw one's descriptor), as does
+a connection still being made through an HTTPS proxy: the socket's own
+timeout, the same seconds, bounds those (CPython's TLS calls count it for
+the whole call).
 
 The watchdog finds the request's sockets through the connection classes of
 ``new_session``'s pools: each registers the socket it opens or reuses with
@@ -107,8 +111,8 @@ class Watch:
 def _shutdown(sock: Any) -> None:
     # socket.socket's own shutdown, also for an SSLSocket: its override drops
     # the TLS state, which the thread reading it may be using right now. Through
-    # an HTTPS proxy, a connection's socket is urllib3's SSLTransport: the socket
-    # it runs on is cut (a TypeError here would end the timer's thread instead).
+    # an HTTPS proxy, a connection's socket is urllib3's SSLTransport once it is
+    # up: the socket it runs on is cut (a TypeError here ended the timer's thread).
     raw = sock if isinstance(sock, socket.socket) else getattr(sock, "socket", None)
     if isinstance(raw, socket.socket):
         with contextlib.suppress(OSError):
@@ -186,9 +190,9 @@ class _WatchedAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         # Connections through a proxy (plain, or a CONNECT tunnel) are watched too.
-        with self._proxies:
+        with self._proxies:  # watched before another thread can make a pool of it
             manager = super().proxy_manager_for(proxy, **kwargs)
-        manager.pool_classes_by_scheme = _WATCHED_POOLS
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
         return manager
 
 

@@ -286,8 +286,8 @@ def ask_for(
 ) -> bool:
     """Have ``blobs`` fetch ``needs`` in the background, if it can; False when an ask failed.
 
-    A failure is logged only. A temporary one (the daemon gone, or the
-    registry failing) ends the asks: each would wait on it, for nothing.
+    A failure is logged only. A temporary one (the daemon gone, or saying it
+    cannot take them now) ends the asks: each would wait on it, for nothing.
     ``most``: as ``merged`` says (``PIECE_BYTES``, for windows to be fetched as pieces).
     A source that does not fetch ahead (a test's) reads what it needs when asked.
     """

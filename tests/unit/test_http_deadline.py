@@ -1,10 +1,11 @@
 """A request's header deadline, where TLS runs: a handshake dripped out, and a tunnel.
 
 A handshake: each byte the server sends would renew a per-read timeout,
-yet the handshake ends by the deadline (``send``'s timeout is the time
-left, and CPython's TLS calls count it for the whole call). The server
-answers the client's hello with the header of a long TLS record, then one
-byte of it every 0.2 s for 40 s, and says when the client cut it off.
+yet the handshake ends by the deadline, the watchdog's or its own
+(``send`` gives the socket the same seconds, and CPython's TLS calls count
+a timeout for the whole call). The server answers the client's hello with
+the header of a long TLS record, then one byte of it every 0.2 s for 40 s,
+and says when the client cut it off.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import threading
 import time
 
 import pytest
+import requests
 from urllib3.util.ssltransport import SSLTransport
 
-from providers.http_session import HeadersTimeout, Watch, new_session, send
+from providers.http_session import Watch, new_session, send
 
 RECORD = b"\x16\x03\x03\x40\x00"  # a handshake record of 16 KiB: the client waits for all of it
 DRIPS = 200
@@ -50,7 +52,8 @@ def test_a_handshake_dripped_out_is_cut_at_the_deadline() -> None:
     thread = threading.Thread(target=server)
     thread.start()
     try:
-        with pytest.raises(HeadersTimeout):
+        # Which of the two deadlines ends it first is the machine's to say.
+        with pytest.raises(requests.RequestException):
             send(new_session(False), "GET", f"https://127.0.0.1:{port}/v2/", seconds=1.0)
         thread.join(DRIPS * DRIP + 30)
     finally:
@@ -59,7 +62,7 @@ def test_a_handshake_dripped_out_is_cut_at_the_deadline() -> None:
             listener.close()
         thread.join(60)
     # Cut long before the record was all sent: by the deadline, not by the server's pace.
-    assert sent and sent[0] < DRIPS
+    assert sent and sent[0] < DRIPS // 4
 
 
 def test_a_watch_cuts_a_connection_tunnelled_through_an_https_proxy() -> None:
