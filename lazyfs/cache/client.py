@@ -91,7 +91,9 @@ class RemoteBlob:
     media_type: str = ""
     # Read by exact ranges (an eStargz layer's chunks): the daemon reads nothing ahead.
     exact: bool = False
-    piece: bool = False  # its ranges read and asked as pieces (``lazyfs.cache.pieces``)
+    # Its ranges read and asked as pieces (``lazyfs.cache.pieces``): a windows blob's, which a
+    # trace replayed leaves out (``lazyfs.blobs.trace_run.client_steps``).
+    piece: bool = False
 
 
 def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
@@ -197,7 +199,7 @@ class CacheClient:
             for start in range(offset, offset + length, MAX_READ_LENGTH)
         )
         answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size,
-                                    piece=self._piece(digest, blob)))  # fmt: skip
+                                    piece=blob.piece))  # fmt: skip
         if not isinstance(answer, PrefetchOk):
             raise TemporaryFailure(f"the cache daemon answered a prefetch with {answer}")
         return answer.chunks_queued
@@ -267,11 +269,6 @@ class CacheClient:
         origin = self._blob(like).origin
         self.blobs.setdefault(digest, RemoteBlob(origin, size, exact=True, piece=True))
 
-    def _piece(self, digest: Digest, blob: RemoteBlob) -> bool:
-        """Whether ranges of ``digest`` are asked as pieces: a windows blob's (a trace
-        replayed leaves them out, ``lazyfs.blobs.trace_run.client_steps``)."""
-        return blob.piece
-
     def _blob(self, digest: Digest) -> RemoteBlob:
         blob = self.blobs.get(digest)
         if blob is None:
@@ -297,7 +294,7 @@ class CacheClient:
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
                                     blob.origin, blob.size, blob.exact,
-                                    self._piece(digest, blob)))  # fmt: skip
+                                    blob.piece))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
             if answer.data is not None and len(answer.data) > length:

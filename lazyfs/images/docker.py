@@ -230,7 +230,7 @@ class DockerProvider:
                 manifest = without_index_blobs(manifest)  # a registry's manifest never says it
                 if listings is not None:
                     manifest = await published(
-                        self.store, client, manifest, traced=traced, listings=listings
+                        self.store, client, manifest, listings, traced=traced
                     )
             # A layer that fails does not cancel the others (their threads would be
             # abandoned mid-write): all finish, then the first failure stands for all.

@@ -131,24 +131,24 @@ async def published(
     store: Store,
     client: RegistryClient,
     manifest: ImageManifest,
+    listings: Listings,
     *,
     traced: Traced | None = None,
-    listings: Listings | None = None,
 ) -> ImageManifest:
-    """``manifest``, its layers with a published index so marked.
+    """``manifest`` (naming no index blob: ``without_index_blobs``), its layers with a
+    published index so marked.
 
-    ``traced`` (``DockerProvider.fetch_lazy``'s) runs in a thread of its
-    own, not waited for, once the traces are kept and the indexes listed.
     ``listings``: where the referrers listing began while the image was
-    resolved, if it did.
+    resolved, if it did. ``traced`` (``DockerProvider.fetch_lazy``'s) runs in
+    a thread of its own, not waited for, once the traces are kept and the
+    indexes listed.
     """
-    manifest = without_index_blobs(manifest)  # a registry's manifest never says it
     # Loaded for lazy pulls only: it loads the index code.
     from lazyfs.publish import fetch as index_lookup
     from lazyfs.publish.traces import fetch_traces
 
     # One referrers listing for both lookups below (lazyfs.publish.listing).
-    listing = await (listings or Listings(client, manifest.reference)).get(manifest)
+    listing = await listings.get(manifest)
     if listing is None:
         return manifest  # warned: pulled whole as without an index
     wanted = [

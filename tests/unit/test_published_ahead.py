@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 from lazyfs.blobs.gzip_remote import PublishedLayers
-from lazyfs.blobs.published_ahead import ask_for, interval_needs, merged, reads_windows
+from lazyfs.blobs.published_ahead import (
+    PIECE_BYTES,
+    ask_for,
+    interval_needs,
+    merged,
+    reads_windows,
+)
 from lazyfs.blobs.trace_run import client_steps
 from lazyfs.cache.client import CacheClient, remote_blob
+from lazyfs.cache.pieces import MAX_PIECE
 from lazyfs.index.trace import Read, Trace
 from providers.digest import Digest
 from providers.errors import NotFound, TemporaryFailure
@@ -109,3 +116,8 @@ def test_asks_go_on_past_one_blob_the_source_does_not_know() -> None:
     assert not ask_for(Partial(), [(B, 0, 10), (A, 0, 10)])  # type: ignore[arg-type]
     assert asked == [(B, 0, 10), (A, 0, 10)]
     assert ask_for(Partial(), [(A, 50, 10)])  # type: ignore[arg-type]
+
+
+def test_the_piece_bound_is_the_daemon_s() -> None:
+    # A tripwire: lazyfs.blobs may not import the daemon's package, so the bound is twice.
+    assert PIECE_BYTES == MAX_PIECE
