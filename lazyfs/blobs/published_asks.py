@@ -51,17 +51,18 @@ from lazyfs.blobs.published_ahead import (
     reads_windows,
     tail_is_window,
 )
-from lazyfs.blobs.trace_run import UNIT
 from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
 from providers.manifest import Layer
 from providers.source import BlobSource
+from providers.spans import covers, union
 
 Ranges = Sequence[tuple[int, int]]  # (offset, length) of one blob
 # Windows a replayed trace has asked for at once, at most: some 13 KB each.
 REPLAYED_WINDOWS = 256
 # What ``replay_order`` walks at most, in times the units and intervals of the layers.
 REPLAY_WALK = 4
+UNIT = 64 << 10  # what a walk's cost counts bytes in: a trace range costs the units it reaches
 
 
 class Asks:
@@ -172,9 +173,10 @@ class Asks:
         one before it, when the trace holds that one's whole span, is chained
         (``_chains``: it inflates from that one's tail, as when the trace was
         recorded, where its program read the one before first); any other
-        has its window asked for, and is never chained.  Whole, in the
-        trace's ``UNIT``s: the daemon fetches a trace's ranges as whole
-        chunks, which are as long.  At most ``REPLAYED_WINDOWS`` windows (for
+        has its window asked for, and is never chained.  Whole, byte for
+        byte: the daemon fetches a trace's ranges as they are, the parts
+        of chunks they cover in part as pieces (``lazyfs.cache.partial``).
+        At most ``REPLAYED_WINDOWS`` windows (for
         the ``layers`` together; a mount's reader holds one): from the first
         interval past them that needs one, nothing is chained or asked, and
         the reads ask for what they need, as without a trace; so too when
@@ -196,7 +198,7 @@ class Asks:
             with self._lock:
                 if (
                     (digest, number - 1) in done
-                    and all(unit in held[digest] for unit in _units(data, number - 1))
+                    and covers(held[digest], *compressed_span(data, number - 1))
                     and self._chains(digest, data, number, chain_bytes)
                 ):
                     continue  # chained: inflated from the tail of the one before
@@ -282,15 +284,15 @@ def ask_replayed_windows(
 
 def replay_order(
     layers: Mapping[Digest, PublishedData], steps: Sequence[tuple[Digest, Ranges]]
-) -> tuple[list[tuple[Digest, int]], dict[Digest, set[int]]]:
+) -> tuple[list[tuple[Digest, int]], dict[Digest, list[tuple[int, int]]]]:
     """The intervals of the gzip ``layers`` that ``steps`` reach, in the order first reached,
-    and the ``UNIT``s of each layer's blob they hold.
+    and the bytes of each layer's blob they hold: (start, end), ascending and disjoint.
 
     Walks at most ``REPLAY_WALK`` times the layers' units and intervals,
     however many ranges name them; the ranges past that are left out.
     """
     order: list[tuple[Digest, int]] = []
-    held: dict[Digest, set[int]] = {digest: set() for digest in layers}
+    held: dict[Digest, list[tuple[int, int]]] = {digest: [] for digest in layers}
     reached: set[tuple[Digest, int]] = set()
     firsts = {
         digest: [compressed_span(data, n)[0] for n in range(len(data.points))]
@@ -313,16 +315,10 @@ def replay_order(
             )
             budget -= (end - 1) // UNIT - offset // UNIT + 1 + last - first
             if budget < 0:
-                return order, held
-            held[blob].update(range(offset // UNIT, (end - 1) // UNIT + 1))
+                return order, {digest: union(spans) for digest, spans in held.items()}
+            held[blob].append((offset, end))
             for number in range(max(first, 0), last):
                 if (blob, number) not in reached:
                     reached.add((blob, number))
                     order.append((blob, number))
-    return order, held
-
-
-def _units(data: PublishedData, number: int) -> range:
-    """The ``UNIT``s of the blob that interval ``number``'s span is in."""
-    start, end = compressed_span(data, number)
-    return range(start // UNIT, max(start, end - 1) // UNIT + 1)
+    return order, {digest: union(spans) for digest, spans in held.items()}

@@ -17,8 +17,9 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   past its blob's end is cut there. The eStargz landmark prefetch is not
   asked for besides: the trace says better what this command reads.
 - Not found: a ``Recorder`` watches every range the client reads (cached or
-  not) and keeps those that read something new, in order, merging one that
-  continues the last. Once the mount serves (``Recorder.serving``), it stops
+  not) and keeps those that read something new, a byte not read before (the
+  replay fetches just those bytes: ``lazyfs.cache.partial``), in order,
+  merging one that continues the last. Once the mount serves (``Recorder.serving``), it stops
   when the workload settles (no new range for ``SETTLE`` seconds), after
   ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
   trace in the cache (temporary file + rename); also when the mount ends
@@ -57,12 +58,12 @@ from lazyfs.index.trace import (
 )
 from providers.digest import Digest
 from providers.errors import LazyfsError
+from providers.spans import SpanSet
 
 log = logging.getLogger(__name__)
 
 SETTLE = 2.0
 MAX_RECORDING = 60.0
-UNIT = 64 << 10  # what "new" is counted in: reads within one such unit are one
 _RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
 # The requests of a replay the process that starts a mount sends (``lazyfs.fs.mount_ahead``),
 # while the mount process loads; each is a round trip to the daemon. The mount sends the rest.
@@ -237,7 +238,7 @@ class Recorder:
         self._clock = clock
         self._lock = threading.Lock()
         self._reads: list[Read] = []
-        self._seen: dict[Digest, set[int]] = {}
+        self._seen: dict[Digest, SpanSet] = {}  # the bytes read, exactly
         self._last_new: float | None = None
         self._serving_since: float | None = None
         self._stopped = threading.Event()
@@ -248,12 +249,10 @@ class Recorder:
     def read(self, digest: Digest, offset: int, length: int) -> None:
         if self._stopped.is_set() or length <= 0 or not recorded():
             return
-        units = range(offset // UNIT, (offset + length - 1) // UNIT + 1)
         with self._lock:
-            seen = self._seen.setdefault(digest, set())
-            if len(self._reads) >= MAX_READS or all(u in seen for u in units):
+            seen = self._seen.setdefault(digest, SpanSet())
+            if len(self._reads) >= MAX_READS or not seen.add(offset, offset + length):
                 return
-            seen.update(units)
             self._last_new = self._clock()
             last = self._reads[-1] if self._reads else None
             if (

@@ -152,7 +152,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("used_bytes", "limit_bytes", "chunks", "pinned_chunks", "fetches_in_flight", "chunk_size", "reads", "fetches", "fetched_bytes", "blobs", "background_fetch")
+    __slots__ = ("used_bytes", "limit_bytes", "chunks", "pinned_chunks", "fetches_in_flight", "chunk_size", "reads", "fetches", "fetched_bytes", "blobs", "background_fetch", "waits")
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class StatusReply(_message.Message):
     FETCHED_BYTES_FIELD_NUMBER: _ClassVar[int]
     BLOBS_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FETCH_FIELD_NUMBER: _ClassVar[int]
+    WAITS_FIELD_NUMBER: _ClassVar[int]
     used_bytes: int
     limit_bytes: int
     chunks: int
@@ -175,7 +176,8 @@ class StatusReply(_message.Message):
     fetched_bytes: int
     blobs: _containers.RepeatedCompositeFieldContainer[BlobState]
     background_fetch: bool
-    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., pinned_chunks: _Optional[int] = ..., fetches_in_flight: _Optional[int] = ..., chunk_size: _Optional[int] = ..., reads: _Optional[int] = ..., fetches: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., blobs: _Optional[_Iterable[_Union[BlobState, _Mapping]]] = ..., background_fetch: _Optional[bool] = ...) -> None: ...
+    waits: int
+    def __init__(self, used_bytes: _Optional[int] = ..., limit_bytes: _Optional[int] = ..., chunks: _Optional[int] = ..., pinned_chunks: _Optional[int] = ..., fetches_in_flight: _Optional[int] = ..., chunk_size: _Optional[int] = ..., reads: _Optional[int] = ..., fetches: _Optional[int] = ..., fetched_bytes: _Optional[int] = ..., blobs: _Optional[_Iterable[_Union[BlobState, _Mapping]]] = ..., background_fetch: _Optional[bool] = ..., waits: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("kind", "reason")

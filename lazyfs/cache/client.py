@@ -6,8 +6,9 @@ asks the daemon only for a range with a chunk missing; the daemon answers
 once the chunks are in the cache, and the client reads them from the files
 too. So every byte a mount serves comes from a cache file, and the socket
 carries only requests and where to read; but for a piece (a published
-index's window, a few KB: ``lazyfs.cache.pieces``), which the daemon
-fetches alone and answers in its reply.
+index's window, a few KB: ``lazyfs.cache.pieces``; or, replaying a trace,
+the part of a chunk the trace covers only in part: ``lazyfs.cache.partial``),
+which the daemon fetches alone and answers in its reply.
 
 When the daemon is gone (killed, restarting), cached chunks keep being read
 as before. A miss waits for the daemon to come back, trying again with a
@@ -30,11 +31,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from lazyfs.cache.blobstate import refusal
+from lazyfs.cache.client_blob import RemoteBlob as RemoteBlob  # where callers have found it
+from lazyfs.cache.client_blob import remote_blob as remote_blob
 from lazyfs.cache.client_stream import BlobStream, ReadWatcher
 from lazyfs.cache.connection import Connection, failure_error
 from lazyfs.cache.connection import status as status  # where callers have found it
@@ -49,27 +51,26 @@ from lazyfs.cache.messages import (
     Evict,
     EvictOk,
     Failure,
-    Origin,
     Prefetch,
     PrefetchOk,
     Read,
     ReadOk,
-    RegistryOrigin,
     Request,
     Response,
     Status,
     StatusOk,
 )
+from lazyfs.cache.partial import PartialChunks
 from lazyfs.cache.spawn import starting
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError, NotFound, TemporaryFailure
-from providers.manifest import INDEX_BLOB_ANNOTATION, TOC_DIGEST_ANNOTATION, Layer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
 _IDLE_CONNECTIONS = 8
 _EVICTED_RETRIES = 3
+_REPLAY_RANGES = 1024  # a replay request's ranges, well within the daemon's bound
 
 
 class CacheUnavailable(TemporaryFailure):
@@ -79,29 +80,6 @@ class CacheUnavailable(TemporaryFailure):
 class Quarantined(LazyfsError):
     """The blob's bytes contradict what this mount's image says, or its origin served wrong
     ones (``lazyfs.cache.blobstate.refusal``): none of it is served to this mount."""
-
-
-@dataclass(frozen=True)
-class RemoteBlob:
-    """Where the daemon fetches a blob from, and its size when the manifest says it."""
-
-    origin: Origin
-    size: int | None = None
-    diff_id: Digest | None = None
-    media_type: str = ""
-    # Read by exact ranges (an eStargz layer's chunks): the daemon reads nothing ahead.
-    exact: bool = False
-    # Its ranges read and asked as pieces (``lazyfs.cache.pieces``): a windows blob's, which a
-    # trace replayed leaves out (``lazyfs.blobs.trace_run.client_steps``).
-    piece: bool = False
-
-
-def remote_blob(host: str, repository: str, layer: Layer) -> RemoteBlob:
-    """Layer ``layer`` of the registry repository ``host``/``repository``, as a client reads it."""
-    exact = bool({TOC_DIGEST_ANNOTATION, INDEX_BLOB_ANNOTATION} & dict(layer.annotations).keys())
-    return RemoteBlob(
-        RegistryOrigin(host, repository), layer.size, layer.diff_id, layer.media_type, exact
-    )
 
 
 class CacheClient:
@@ -135,6 +113,7 @@ class CacheClient:
         self._tails_asked = False
         self.watcher: ReadWatcher | None = None  # told every range read (a trace's recorder)
         self.replaying: list[tuple[Digest, list[tuple[int, int]]]] = []  # a trace's ranges
+        self._partial: tuple[object, PartialChunks] | None = None  # of ``replaying``
 
     def close(self) -> None:
         with self._lock:
@@ -189,30 +168,40 @@ class CacheClient:
             log.warning("layer %s: the cache daemon did not take its prefetch: %s", digest, error)
 
     def prefetch(self, digest: Digest, offset: int, length: int) -> int:
-        """Have the daemon fetch blob bytes [offset, offset + length) now; returns chunks queued.
+        """Have the daemon fetch blob bytes [offset, offset + length) now; returns chunks queued
+        (and pieces: the parts of a replayed trace's partial chunks, ``lazyfs.cache.partial``).
 
         Not waited for: a read of those bytes meanwhile waits on that fetch.
         """
-        blob = self._blob(digest)
-        ranges = tuple(
-            BlobRange(digest, start, min(MAX_READ_LENGTH, offset + length - start))
-            for start in range(offset, offset + length, MAX_READ_LENGTH)
-        )
-        answer = self._ask(Prefetch(next(self._ids), ranges, blob.origin, blob.size,
-                                    piece=blob.piece))  # fmt: skip
-        if not isinstance(answer, PrefetchOk):
-            raise TemporaryFailure(f"the cache daemon answered a prefetch with {answer}")
-        return answer.chunks_queued
+        groups = [(False, [(offset, length)])]
+        if self.replaying:
+            groups = self._partials().asks(digest, offset, length)
+        return self._prefetch(digest, groups, replay=False)
 
     def replay(self, digest: Digest, ranges: Sequence[tuple[int, int]]) -> int:
         """Have the daemon fetch blob ranges (offset, length) in this order, yielding to
-        reads (a trace replayed, ``PrefetchRequest.replay``); returns chunks queued."""
-        blob = self._blob(digest)
-        pieces = tuple(BlobRange(digest, o, min(n, MAX_READ_LENGTH)) for o, n in ranges)
-        answer = self._ask(Prefetch(next(self._ids), pieces, blob.origin, blob.size, True))
-        if not isinstance(answer, PrefetchOk):
-            raise TemporaryFailure(f"the cache daemon answered a replay with {answer}")
-        return answer.chunks_queued
+        reads (a trace replayed, ``PrefetchRequest.replay``): the parts of chunks the
+        trace (``replaying``) covers in part as pieces (``lazyfs.cache.partial``), the
+        rest as chunks. Returns the chunks and pieces queued."""
+        return self._prefetch(digest, self._partials().requests(digest, ranges), replay=True)
+
+    def _prefetch(
+        self, digest: Digest, groups: list[tuple[bool, list[tuple[int, int]]]], *, replay: bool
+    ) -> int:
+        """One request of each group of ranges (as pieces or not), in order; what they queued."""
+        blob, queued = self._blob(digest), 0
+        for piece, cut in groups:
+            asked = [BlobRange(digest, start, min(MAX_READ_LENGTH, o + n - start))
+                     for o, n in cut for start in range(o, o + n, MAX_READ_LENGTH)]  # fmt: skip
+            for at in range(0, len(asked), _REPLAY_RANGES):
+                part = tuple(asked[at : at + _REPLAY_RANGES])
+                answer = self._ask(Prefetch(next(self._ids), part, blob.origin, blob.size, replay,
+                                            blob.piece or piece))  # fmt: skip
+                if not isinstance(answer, PrefetchOk):
+                    what = "a replay" if replay else "a prefetch"
+                    raise TemporaryFailure(f"the cache daemon answered {what} with {answer}")
+                queued += answer.chunks_queued
+        return queued
 
     def background(self, digest: Digest) -> BlobInfo:
         """Have the daemon fetch the whole blob at low priority, then check it; its state now."""
@@ -275,7 +264,22 @@ class CacheClient:
             raise NotFound(f"blob {digest} is not one this mount reads remotely", digest=digest)
         return blob
 
-    def _read(self, digest: Digest, blob: RemoteBlob, offset: int, length: int) -> bytes:
+    def _partials(self) -> PartialChunks:
+        """The partial chunks of the trace replayed (``replaying``, as it is now), in the
+        daemon's chunks (asked on first contact)."""
+        self._agree_layout()
+        made, steps = self._partial, self.replaying
+        if made is None or made[0] is not steps:
+            sizes = {digest: blob.size for digest, blob in self.blobs.items()}
+            made = self._partial = (
+                steps,
+                PartialChunks(steps, self.files.layout.chunk_size, sizes),
+            )
+        return made[1]
+
+    def _read(
+        self, digest: Digest, blob: RemoteBlob, offset: int, length: int, piece: bool = False
+    ) -> bytes:
         if digest not in self._agreed:
             reason, final = refusal(self.cache_dir, digest, blob.origin, blob.size, blob.diff_id)
             if reason is not None:
@@ -291,10 +295,15 @@ class CacheClient:
             data = self.files.read_range(digest, offset, length, blob.size)
             if data is not None:
                 return data
+        if self.replaying and not piece:  # a trace's partial chunks are read as their parts
+            cut = self._partials().split(digest, offset, length)
+            if len(cut) > 1:
+                return b"".join(self._read(digest, blob, *part) for part in cut)
+            piece = cut[0][2]
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
                                     blob.origin, blob.size, blob.exact,
-                                    blob.piece))  # fmt: skip
+                                    blob.piece or piece))  # fmt: skip
             if not isinstance(answer, ReadOk):
                 raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
             if answer.data is not None and len(answer.data) > length:

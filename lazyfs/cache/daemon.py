@@ -128,8 +128,8 @@ async def serve(
                 fetcher, nursery, enabled=background, settle=background_settle
             )
             pieces = Pieces(nursery, limiter, upstream.run_sync, demand=fetcher.demand)
-            server = Server(cache, fetcher, resolve, backgrounds, Replays(fetcher, nursery),
-                            pieces)  # fmt: skip
+            replays = Replays(fetcher, nursery, pieces)
+            server = Server(cache, fetcher, resolve, backgrounds, replays, pieces)
             task_status.started(path)
             await trio.serve_listeners(server.connection, [listener])
     finally:
@@ -238,7 +238,7 @@ class Server:
                     # range is weighed once, not once per copy.
                     queued = sum(
                         self.replays.add(source, digest, [(r.offset, r.length) for r in run],
-                                         request.blob_size)
+                                         request.blob_size, piece=request.piece)
                         for digest, run in itertools.groupby(request.ranges, lambda r: r.digest)
                     )  # fmt: skip
                     return PrefetchOk(request.id, queued)
@@ -288,6 +288,7 @@ class Server:
                 self.fetcher.fetched_bytes + (self.pieces.fetched_bytes if self.pieces else 0),
                 tuple(self.backgrounds.infos()) if self.backgrounds is not None else (),
                 self.backgrounds is not None and self.backgrounds.enabled,
+                self.fetcher.waits,
             )
         except Exception as error:
             kind = failure_kind(error)

@@ -85,12 +85,11 @@ class Fetcher:
         self.fetches_in_flight = 0
         self.fetches_started = 0
         self.fetched_bytes = 0
-        # Readers waiting on a flight now: background fetches pause while any do.
-        self.demand_waiting = 0
+        self.waits = 0  # times a reader waited on a fetch: the misses
+        self.demand_waiting = 0  # readers waiting on a flight now: background work pauses
         self._quiet = trio.Event()
         self._quiet.set()
-        # When a reader last had to wait on a fetch (trio's clock; None: never).
-        self.last_demand: float | None = None
+        self.last_demand: float | None = None  # when a reader last waited (trio's clock)
 
     async def read_extents(
         self,
@@ -245,6 +244,7 @@ class Fetcher:
         self.last_demand = trio.current_time()
 
     def demand(self, change: int) -> None:  # readers waiting on a fetch, a chunk's or a piece's
+        self.waits += change > 0
         self.demand_waiting += change
         self.last_demand = trio.current_time()
         if self.demand_waiting:

@@ -288,6 +288,7 @@ def encode_response(response: Response) -> bytes:
                 fetched_bytes=response.fetched_bytes,
                 blobs=[_blob_pb(b) for b in response.blobs[:MAX_STATUS_BLOBS]],
                 background_fetch=response.background_fetch,
+                waits=response.waits,
             )
         )
     elif isinstance(response, EvictOk):
@@ -335,6 +336,7 @@ def decode_response(payload: bytes) -> Response:
             s.fetched_bytes,
             tuple(_blob(b) for b in s.blobs),
             s.background_fetch,
+            s.waits,
         )
     if body == "evict":
         return EvictOk(message.id, message.evict.chunks_evicted)

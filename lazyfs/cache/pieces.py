@@ -14,7 +14,10 @@ Kept in memory only: a piece lost (evicted, the daemon restarted) is a
 round trip for a few KB again, and, with the registry gone since, an EIO
 for the read that needed it. A mount replaying a trace asks for the
 windows it needs as pieces too, as it opens its layers
-(``lazyfs.blobs.published_asks.Asks.replayed``). A read of a range whose
+(``lazyfs.blobs.published_asks.Asks.replayed``), and for the parts of
+the chunks the trace covers only in part (``lazyfs.cache.partial``; the
+replay fetches them in its turn, ``bring``), and reads those parts as
+pieces. A read of a range whose
 chunks are all cached or in flight (another blob's chunks, asked by
 an earlier lazyfs's replay) is served from them (the daemon's ``answer``).
 A mount keeps the windows it read itself (``lazyfs.blobs.gzip_remote``),
@@ -110,13 +113,35 @@ class Pieces:
 
     def prefetch(self, source: BlobSource, digest: Digest, offset: int, length: int) -> int:
         """Start fetching the range as a piece unless it is kept or coming; 1 when started."""
-        if (
-            self._find(digest, offset, length) is not None
-            or self._flight(digest, offset, length)[1] is not None
-        ):
+        if self.holds(digest, offset, length):
             return 0
         self._start(source, (digest, offset, length))
         return 1
+
+    def holds(self, digest: Digest, offset: int, length: int) -> bool:
+        """Whether the range is kept, or coming in a flight."""
+        return (
+            self._find(digest, offset, length) is not None
+            or self._flight(digest, offset, length)[1] is not None
+        )
+
+    async def bring(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        offset: int,
+        length: int,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        """Fetch the range as a piece, under ``limiter`` (a trace replay's own), unless it is
+        kept or coming, and wait until it is in or failed (logged: left to the reads).
+        Not a reader: it counts as no demand."""
+        if self._find(digest, offset, length) is not None:
+            return
+        _key, flight = self._flight(digest, offset, length)
+        if flight is None:
+            _key, flight = self._start(source, (digest, offset, length), limiter)
+        await flight.done.wait()
 
     @property
     def in_flight(self) -> int:
@@ -149,18 +174,22 @@ class Pieces:
                 return key, flight
         return (digest, offset, length), None
 
-    def _start(self, source: BlobSource, key: Key) -> tuple[Key, _Flight]:
+    def _start(
+        self, source: BlobSource, key: Key, limiter: trio.CapacityLimiter | None = None
+    ) -> tuple[Key, _Flight]:
         flight = _Flight(source)  # beside any of the same range through another origin
         self._flights.setdefault(key[0], []).append((key, flight))
         self.fetches += 1
-        self._nursery.start_soon(self._fetch, source, key, flight)
+        self._nursery.start_soon(self._fetch, source, key, flight, limiter or self._limiter)
         return key, flight
 
-    async def _fetch(self, source: BlobSource, key: Key, flight: _Flight) -> None:
+    async def _fetch(
+        self, source: BlobSource, key: Key, flight: _Flight, limiter: trio.CapacityLimiter
+    ) -> None:
         """Fetch one piece and keep it; never raises but cancellation (the daemon stopping)."""
         digest, offset, length = key
         try:
-            async with self._limiter:
+            async with limiter:
                 data = await self._run(source.read_range, digest, offset, length)
             self.fetched_bytes += len(data)
             flight.data = data

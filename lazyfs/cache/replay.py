@@ -3,7 +3,10 @@
 A mount that has the trace of its image and command (``lazyfs.index.trace``)
 sends its ranges as ``Prefetch`` requests with ``replay`` set, in trace
 order, one blob's run of ranges per request. ``Replays.add`` answers at
-once and queues the chunks those ranges need, in a queue of their source's
+once and queues the chunks those ranges need, or, for a request marked
+``piece`` (the parts of the chunks the trace covers only in part:
+``lazyfs.cache.partial``), each range as a piece (``lazyfs.cache.pieces``),
+in a queue of their source's
 (the registry repository they come from); one task works through the
 queues, a run from each in turn, each queue in the order its runs came.
 A trace is as trustworthy as whoever may push to its image's repository:
@@ -28,7 +31,9 @@ accounting (``Fetcher.demand_waiting``, ``Fetcher.quiet``):
 Unlike background fetch it does not wait for the link to settle: replayed
 chunks are the ones the starting container is about to read.
 
-Chunks cached or in flight are skipped when their turn comes. Each queue
+Chunks cached or in flight are skipped when their turn comes, and so is
+a piece kept or coming, or whose chunks are. A piece takes its turn as a
+chunk run does, and counts as one of the ``REQUESTS`` out. Each queue
 is bounded (``MAX_QUEUED``): what does not fit is dropped with a logged
 line, a trace being only a hint. Fetch failures are logged by the Fetcher and leave
 the chunks to on-demand reads. Nothing here decides what bytes are served:
@@ -47,6 +52,7 @@ import trio
 
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.pieces import MAX_PIECE, Pieces
 from lazyfs.cache.planner import wanted_chunks
 from providers.digest import Digest
 from providers.source import BlobSource
@@ -70,13 +76,16 @@ class _Run:
     source: BlobSource
     digest: Digest
     chunks: tuple[int, ...]  # adjacent, ascending
+    piece: tuple[int, int] | None = None  # (offset, length) fetched as it is, inside ``chunks``
 
 
 class Replays:
-    """The daemon's trace replays over ``fetcher``, run in ``nursery``."""
+    """The daemon's trace replays over ``fetcher`` (``pieces``: ranges asked as pieces), run
+    in ``nursery``."""
 
-    def __init__(self, fetcher: Fetcher, nursery: trio.Nursery) -> None:
+    def __init__(self, fetcher: Fetcher, nursery: trio.Nursery, pieces: Pieces | None = None):
         self.fetcher = fetcher
+        self.pieces = pieces
         self._nursery = nursery
         # A queue per source (by identity: the daemon resolves one per origin),
         # in the order they are served in turn; none is kept empty.
@@ -87,6 +96,7 @@ class Replays:
         self._out = 0  # replay requests out now
         self._landed = trio.Event()  # set whenever one comes back
         self.chunks_replayed = 0
+        self.pieces_replayed = 0
 
     def add(
         self,
@@ -94,10 +104,16 @@ class Replays:
         digest: Digest,
         ranges: Iterable[tuple[int, int]],
         blob_size: int | None,
+        *,
+        piece: bool = False,
     ) -> int:
-        """Queue the chunks of ``ranges`` (offset, length) in their order; returns how
-        many are neither cached nor in flight now. No await: answered at once."""
-        queued = self._queue(source, digest, ranges, blob_size)
+        """Queue the chunks of ``ranges`` (offset, length) in their order, or with ``piece``
+        each range as one piece (``lazyfs.cache.pieces``); returns how many chunks or
+        pieces are neither cached nor coming now. No await: answered at once."""
+        if piece and self.pieces is not None:
+            queued = self._queue_pieces(source, digest, ranges, blob_size)
+        else:
+            queued = self._queue(source, digest, ranges, blob_size)
         # Also when the rest was dropped: what was queued goes out.
         if self._queues:
             self._queued.set()
@@ -135,6 +151,42 @@ class Replays:
                 queued += len(run)
         return queued
 
+    def _queue_pieces(
+        self,
+        source: BlobSource,
+        digest: Digest,
+        ranges: Iterable[tuple[int, int]],
+        blob_size: int | None,
+    ) -> int:
+        size = blob_size if blob_size is not None else self.fetcher.cache.blob_size(digest)
+        queued = 0
+        for offset, length in ranges:
+            if size is not None:
+                length = min(length, size - offset)
+            if length <= 0:
+                continue
+            if length > MAX_PIECE:  # a piece is short: this is chunks' work
+                queued += self._queue(source, digest, [(offset, length)], size)
+                continue
+            chunks = tuple(wanted_chunks([(offset, length)], self.fetcher.chunk_size, size))
+            run = _Run(source, digest, chunks, (offset, length))
+            if self._held(run):
+                continue
+            queue = self._queues.setdefault(id(source), deque())
+            if len(queue) >= MAX_QUEUED:
+                log.warning("trace replay queue full: dropping the rest of %s's", digest)
+                return queued
+            queue.append(run)
+            queued += 1
+        return queued
+
+    def _held(self, run: _Run) -> bool:
+        """Whether a piece run's bytes are kept or coming, as a piece or as chunks."""
+        assert run.piece is not None and self.pieces is not None
+        return self.pieces.holds(run.digest, *run.piece) or all(
+            self._in_hand(run.digest, i) for i in run.chunks
+        )
+
     def _in_hand(self, digest: Digest, index: int) -> bool:
         key = ChunkKey(digest, index)
         return self.fetcher.in_flight(key) or self.fetcher.cache.contains(key)
@@ -148,6 +200,11 @@ class Replays:
             run = self._next()
             await self._turn()
             # Checked when it goes out, not when queued: a reader may have fetched it.
+            if run.piece is not None:
+                if not self._held(run):
+                    self._out += 1
+                    self._nursery.start_soon(self._bring, run)
+                continue
             chunks = [i for i in run.chunks if not self._in_hand(run.digest, i)]
             if not chunks:
                 continue
@@ -188,6 +245,16 @@ class Replays:
             self.chunks_replayed += len(chunks)
         except Exception:  # whatever the source raised: it must not end the daemon
             pass  # logged by the Fetcher; the chunks are left to the reads that need them
+        finally:
+            self._out -= 1
+            self._landed.set()
+
+    async def _bring(self, run: _Run) -> None:
+        """One replayed piece; never raises (Pieces logged a failure)."""
+        assert run.piece is not None and self.pieces is not None
+        try:
+            await self.pieces.bring(run.source, run.digest, *run.piece, self._limiter)
+            self.pieces_replayed += 1
         finally:
             self._out -= 1
             self._landed.set()

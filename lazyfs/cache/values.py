@@ -152,6 +152,7 @@ class StatusOk:
     fetched_bytes: int = 0
     blobs: tuple[BlobInfo, ...] = ()
     background_fetch: bool = False
+    waits: int = 0  # of the reads, those that waited on a fetch (a chunk's or a piece's)
 
 
 class FailureKind(enum.Enum):

@@ -147,9 +147,13 @@ async def test_answers_come_when_ready_named_by_id(tmp_path: Path) -> None:
         status = await client.call(Status(2))
         assert isinstance(status, StatusOk) and status.id == 2
         assert status.fetches_in_flight == 1 and status.chunk_size == SIZE
+        assert (status.reads, status.waits) == (1, 1)  # a read that waits: a miss
         source.gate.set()
         answer = await client.receive()
         assert isinstance(answer, ReadOk) and answer.id == 1
+        await client.call(read(3, 0, 16))  # cached now: no wait
+        status = await client.call(Status(4))
+        assert isinstance(status, StatusOk) and (status.reads, status.waits) == (2, 1)
 
 
 async def test_failures_are_answers_and_the_connection_goes_on(tmp_path: Path) -> None:

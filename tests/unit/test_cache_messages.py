@@ -92,6 +92,7 @@ responses: st.SearchStrategy[Response] = st.one_of(
         u64,
         st.lists(blob_infos, max_size=4).map(tuple),
         st.booleans(),
+        u64,
     ),
     st.builds(EvictOk, ids, u64),
     st.builds(BackgroundOk, ids, blob_infos),

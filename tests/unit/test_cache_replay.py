@@ -25,6 +25,7 @@ from lazyfs.cache.daemon import Server
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.messages import decode_request, encode_request
+from lazyfs.cache.pieces import Pieces
 from lazyfs.cache.replay import REQUEST_CHUNKS, REQUESTS, Replays
 from lazyfs.cache.values import BlobRange, HandleOrigin, Prefetch, PrefetchOk
 from providers.digest import Digest
@@ -62,7 +63,9 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, Replays]]:
     with DiskCache.open(root, limit, chunk_size=SIZE) as cache:
         async with trio.open_nursery() as nursery:
             fetcher = Fetcher(cache, nursery, readahead=(0, 0))
-            yield fetcher, Replays(fetcher, nursery)
+            # A readers' limiter for the pieces, as the daemon's: replayed ones take the replay's.
+            pieces = Pieces(nursery, trio.CapacityLimiter(1), trio.to_thread.run_sync)
+            yield fetcher, Replays(fetcher, nursery, pieces)
             nursery.cancel_scope.cancel()  # the replay task waits for work for ever
 
 
@@ -191,3 +194,32 @@ async def test_a_trace_filling_its_repositorys_queue_leaves_other_replays_their_
                 await trio.sleep(0)  # a checkpoint, not a delay
         # Out, then taken before it was added, then the hostile queue's turn, then its own.
         assert hostile.calls.index(wanted) == 3, hostile.calls
+
+
+async def test_pieces_are_replayed_in_their_turn_as_requests_of_the_replay(
+    tmp_path: Path,
+) -> None:
+    # The parts of a trace's partial chunks (``lazyfs.cache.partial``): fetched as they
+    # are, in the queue's order with the chunks, each one of the replay's requests.
+    source = Source()
+    async with daemon(tmp_path) as (fetcher, replays):
+        assert replays.pieces is not None
+        await fetcher.read(source, DIGEST, 50 * SIZE, 1, len(BLOB))  # chunk 50 in hand
+        source.calls.clear()
+        source.gate.clear()
+        parts = [(i * SIZE + 5, 20) for i in range(10, 10 + REQUESTS + 2)]
+        assert replays.add(source, DIGEST, parts, len(BLOB), piece=True) == len(parts)
+        assert replays.add(source, DIGEST, [chunk(3)], len(BLOB)) == 1
+        assert replays.add(source, DIGEST, [(50 * SIZE + 5, 20)], len(BLOB), piece=True) == 0
+        await trio.testing.wait_all_tasks_blocked()
+        # As many out as the replay's requests, never the reads' limiter's one.
+        assert replays.pieces.in_flight == REQUESTS and fetcher.fetches_in_flight == 0
+        held = [replays.pieces.holds(DIGEST, *part) for part in parts]  # coming: in order
+        assert held == [True] * REQUESTS + [False] * 2
+        source.gate.set()
+        with trio.fail_after(30):  # bounds a failing test only
+            while replays.chunks_replayed < 1:
+                await trio.sleep(0)  # a checkpoint, not a delay
+        assert replays.pieces_replayed == len(parts)
+        assert sorted(source.calls) == sorted([*parts, chunk(3)])  # each once, exactly
+        assert all(replays.pieces.holds(DIGEST, *part) for part in parts)

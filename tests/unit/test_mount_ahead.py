@@ -141,6 +141,9 @@ def test_a_short_trace_is_sent_whole_for_the_layers_not_their_windows(tmp_path: 
     assert send_trace(client, image.store, [image.layer], KEY)
 
     assert client.replayed == [(image.layer.digest, [(0, 4096), (200_000, 8192)])]
+    # The client knows the whole trace as it sends its head: its partial chunks are
+    # asked as the parts the trace needs (``lazyfs.cache.partial``), as the mount's are.
+    assert client.replaying == client.replayed
 
 
 def test_the_mount_notes_what_was_sent_and_sends_nothing_again(tmp_path: Path) -> None:

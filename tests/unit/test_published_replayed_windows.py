@@ -17,8 +17,7 @@ import pytest
 
 from lazyfs.blobs import published_asks
 from lazyfs.blobs.published_ahead import CHAIN_BYTES, PIECE_BYTES
-from lazyfs.blobs.published_asks import REPLAY_WALK, REPLAYED_WINDOWS, Asks
-from lazyfs.blobs.trace_run import UNIT
+from lazyfs.blobs.published_asks import REPLAY_WALK, REPLAYED_WINDOWS, UNIT, Asks
 from lazyfs.index.artifact import WINDOW, Point, Span
 from lazyfs.index.published import PublishedData
 from providers.digest import Digest
@@ -97,12 +96,20 @@ def test_the_order_is_the_trace_s_not_the_blob_s() -> None:
 
 @pytest.mark.parametrize("units", [1, 2])
 def test_an_interval_after_one_held_in_part_has_its_window(units: int) -> None:
-    # The last byte of interval 7, then interval 8 whole. The replay brings whole units:
-    # of two-unit intervals, only half of 7, so 8 cannot chain to it.
+    # The last byte of interval 7, then interval 8 whole. The replay brings those bytes
+    # alone (the rest of 7's last unit is not fetched: ``lazyfs.cache.partial``), so 8
+    # cannot chain to 7, even where 7 is one unit long.
     steps = [(LAYER, [(8 * units * UNIT - 1, units * UNIT + 1)])]
     asks, asked = _replayed(steps, _data(units=units))
-    assert asked == ([7] if units == 1 else [7, 8])
-    assert _chained(asks) == ([8] if units == 1 else [])
+    assert asked == [7, 8]
+    assert _chained(asks) == []
+
+
+def test_an_interval_held_by_ranges_that_meet_chains() -> None:
+    # Interval 7 in two ranges that meet mid-unit, then 8: 7 is held whole, so 8 chains.
+    steps = [(LAYER, [(7 * UNIT, UNIT // 3)]), (LAYER, [(7 * UNIT + UNIT // 3, UNIT)])]
+    asks, asked = _replayed(steps)
+    assert asked == [7] and _chained(asks) == [8]
 
 
 def test_the_first_interval_needs_no_window_and_the_next_chains_to_it() -> None:

@@ -163,7 +163,9 @@ def test_the_recorder_keeps_new_ranges_in_order_until_the_workload_settles(
     recorder.read(A, 0, 65536)
     recorder.read(A, 65536, 4096)  # continues the last: one range
     recorder.read(B, 1 << 20, 50)  # read before: not new
-    recorder.read(A, 70000, 50)  # within what was read (in 64 KiB units): not new
+    recorder.read(A, 69000, 600)  # within what was read: not new
+    recorder.read(A, 69600, 50)  # in the same 64 KiB, but new bytes: new (a replay fetches
+    # the bytes a trace names, not the chunks around them: ``lazyfs.cache.partial``)
     clock.now += 10
     assert not recorder.due()  # not serving yet: the container has not started
     recorder.serving()
@@ -177,7 +179,12 @@ def test_the_recorder_keeps_new_ranges_in_order_until_the_workload_settles(
     recorder.read(B, 0, 10)  # after it: not recorded
     trace = load_trace(tmp_path, KEY)
     assert trace is not None
-    assert trace.reads == (Read(B, 1 << 20, 100), Read(A, 0, 69632), Read(A, 1 << 22, 10))
+    assert trace.reads == (
+        Read(B, 1 << 20, 100),
+        Read(A, 0, 69632),
+        Read(A, 69600, 50),
+        Read(A, 1 << 22, 10),
+    )
 
 
 def test_the_recorder_stops_at_its_time_limit_and_writes_nothing_unserved(tmp_path: Path) -> None:

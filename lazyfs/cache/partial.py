@@ -1,0 +1,182 @@
+"""A replayed trace's partial chunks: those it needs only part of, fetched and read as the parts.
+
+The daemon caches a blob in whole chunks (``CHUNK_SIZE``), and a trace's
+ranges start and end anywhere: replayed as chunks, each run of them brings
+up to a chunk of bytes nobody reads at either end (in the Debian cold
+start, 0.8 MB besides the trace's 6.0 MB, on a link that is the start's
+bottleneck).  So a chunk the trace's ranges cover only in part is asked
+for as those parts, each one piece (``lazyfs.cache.pieces``: fetched as it
+is, kept in the daemon's memory), and a chunk they cover whole as a chunk.
+The client reads a range inside one of those parts as a piece too: as a
+chunk, the read would fetch the whole chunk again.
+
+Which chunks are partial is decided on the union of all the trace's ranges
+of a blob, not range by range: two ranges that meet inside a chunk cover it
+together.  Only the partial chunks the trace reaches first, while their
+parts come to ``MAX_BYTES``: the daemon keeps pieces in memory, least
+recently used out past a budget, and a part pushed out before its read
+would be fetched again by that read, a round trip on the program's path.
+A read or a range outside the parts is a chunk's, as without a trace.
+Only a hint, like the trace: a piece that was dropped or never asked is
+fetched by the read that needs it, and every byte is verified by its
+reader as any chunk's.
+
+Pure.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+
+from lazyfs.cache.pieces import DEFAULT_MAX_BYTES
+from providers.digest import Digest
+from providers.spans import union
+
+Ranges = Sequence[tuple[int, int]]  # (offset, length)
+# The parts asked as pieces, at most: half what the daemon keeps of pieces by default.
+MAX_BYTES = DEFAULT_MAX_BYTES // 2
+_PAST = 1 << 64  # past any offset: a key that sorts after every part starting at an offset
+
+
+class PartialChunks:
+    """The parts of the chunks that ``steps`` (a trace's ranges by blob, ``trace_run``) cover
+    in part, for chunks of ``chunk_size`` bytes of the blobs whose sizes ``sizes`` gives:
+    those the trace reaches first, while their parts come to ``max_bytes`` at most."""
+
+    def __init__(
+        self,
+        steps: Sequence[tuple[Digest, Ranges]],
+        chunk_size: int,
+        sizes: Mapping[Digest, int | None],
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
+        self.chunk_size = chunk_size
+        wanted: dict[Digest, list[tuple[int, int]]] = {}
+        for digest, ranges in steps:
+            size = sizes.get(digest)
+            for offset, length in ranges:
+                end = offset + length if size is None else min(offset + length, size)
+                if 0 <= offset < end:
+                    wanted.setdefault(digest, []).append((offset, end))
+        # Per blob, per partial chunk: the parts covered, (start, end) in the blob, ascending.
+        self._parts: dict[Digest, dict[int, list[tuple[int, int]]]] = {}
+        for digest, spans in wanted.items():
+            chunks = self._partial(union(spans), sizes.get(digest))
+            if chunks:
+                self._parts[digest] = chunks
+        self._within(steps, max_bytes)
+
+    def _within(self, steps: Sequence[tuple[Digest, Ranges]], max_bytes: int) -> None:
+        """Keep the partial chunks the trace reaches first, while their parts fit
+        ``max_bytes``; the others are chunks' work: pieces past the daemon's memory for
+        them would be pushed out before they are read."""
+        left = max_bytes
+        seen: set[tuple[Digest, int]] = set()
+        for digest, ranges in steps:
+            parts = self._parts.get(digest)
+            if not parts:
+                continue
+            indices = sorted(parts)
+            for offset, length in ranges:
+                first = bisect.bisect_left(indices, offset // self.chunk_size)
+                last = bisect.bisect_right(indices, (offset + length - 1) // self.chunk_size)
+                for index in indices[first:last]:
+                    if (digest, index) in seen:
+                        continue
+                    seen.add((digest, index))
+                    left -= sum(end - start for start, end in parts[index])
+                    if left < 0:
+                        del parts[index]
+        for digest in [d for d, parts in self._parts.items() if not parts]:
+            del self._parts[digest]
+
+    def _partial(
+        self, spans: list[tuple[int, int]], size: int | None
+    ) -> dict[int, list[tuple[int, int]]]:
+        """The partial chunks of ``spans`` (disjoint, ascending): only where one begins or
+        ends can a chunk be covered in part."""
+        step = self.chunk_size
+        covered: dict[int, list[tuple[int, int]]] = {}
+        for start, end in spans:
+            for index in sorted({start // step, (end - 1) // step}):
+                low, high = index * step, (index + 1) * step
+                covered.setdefault(index, []).append((max(start, low), min(end, high)))
+        partial = {}
+        for index, parts in covered.items():
+            low, high = index * step, (index + 1) * step
+            if size is not None:
+                high = min(high, size)
+            if parts != [(low, high)]:
+                partial[index] = parts
+        return partial
+
+    def requests(self, digest: Digest, ranges: Ranges) -> list[tuple[bool, list[tuple[int, int]]]]:
+        """``ranges`` of ``digest`` as replay requests, in their order: (as pieces, ranges).
+
+        What lies in chunks covered whole is asked as chunks; each part of a
+        partial chunk that a range reaches, as one piece, once.
+        """
+        parts = self._parts.get(digest, {})
+        indices = sorted(parts)
+        step = self.chunk_size
+        out: list[tuple[bool, list[tuple[int, int]]]] = []
+        sent: set[tuple[int, int]] = set()
+
+        def add(piece: bool, start: int, end: int) -> None:
+            if out and out[-1][0] == piece:
+                last = out[-1][1]
+                if not piece and last[-1][0] + last[-1][1] == start:
+                    last[-1] = (last[-1][0], end - last[-1][0])
+                else:
+                    last.append((start, end - start))
+            else:
+                out.append((piece, [(start, end - start)]))
+
+        for offset, length in ranges:
+            if length <= 0 or offset < 0:
+                continue
+            at, end = offset, offset + length
+            first = bisect.bisect_left(indices, offset // step)
+            for index in indices[first : bisect.bisect_right(indices, (end - 1) // step)]:
+                if at < index * step:
+                    add(False, at, index * step)
+                low, high = max(offset, index * step), min(end, (index + 1) * step)
+                for part in parts[index]:
+                    if part[0] < high and low < part[1] and part not in sent:
+                        sent.add(part)
+                        add(True, *part)
+                at = high
+            if at < end:
+                add(False, at, end)
+        return out
+
+    def split(self, digest: Digest, offset: int, length: int) -> list[tuple[int, int, bool]]:
+        """A read of ``digest`` cut where it enters or leaves a partial chunk: (offset, length,
+        as a piece) in order. A cut inside one part of a partial chunk is a piece; any other
+        is read as chunks."""
+        parts = self._parts.get(digest)
+        end = offset + length
+        if not parts or length <= 0:
+            return [(offset, length, False)]
+        step = self.chunk_size
+        out: list[tuple[int, int, bool]] = []
+        for index in range(offset // step, (end - 1) // step + 1):
+            low, high = max(offset, index * step), min(end, (index + 1) * step)
+            chunk_parts = parts.get(index, [])
+            at = bisect.bisect_right(chunk_parts, (low, _PAST)) - 1
+            piece = at >= 0 and chunk_parts[at][0] <= low and high <= chunk_parts[at][1]
+            if out and not piece and not out[-1][2]:
+                out[-1] = (out[-1][0], high - out[-1][0], False)
+            else:
+                out.append((low, high - low, piece))
+        return out
+
+    def asks(
+        self, digest: Digest, offset: int, length: int
+    ) -> list[tuple[bool, list[tuple[int, int]]]]:
+        """A prefetch of ``digest`` bytes [offset, offset + length) as ``requests`` gives a
+        replay's: ``split``'s cuts, the pieces' together and the chunks' together."""
+        cuts = self.split(digest, offset, length)
+        groups = [(piece, [(o, n) for o, n, p in cuts if p == piece]) for piece in (False, True)]
+        return [(piece, ranges) for piece, ranges in groups if ranges]
