@@ -11,7 +11,8 @@ chunk writes, a size limit with LRU eviction, pins, rebuilt at start).
 them with one fetch per missing chunk however many readers wait (each
 chunk's ``landing``, as its bytes arrive: ``arrival``), ``pieces`` fetches
 a small range alone where whole chunks would waste the link (a published
-index's windows), and
+index's windows, the parts of chunks a replayed trace needs only in part:
+``partial``), and
 ``daemon`` serves it all over a Unix socket in the cache directory, fetching
 from ``upstream`` (the registries reads name). ``background`` fetches the
 rest of mounted layers while no read waits and judges each whole blob;
@@ -21,8 +22,8 @@ learned prefetch trace's ranges in order, yielding to reads. ``service`` is the 
 a process (``lazyfs daemon``), ``spawn`` finds it or starts it for a mount
 that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
 read from the files, misses asked for (``connection``: one socket to the
-daemon). ``remote`` holds the light values a mount is given for its layers
-still in a registry.
+daemon; ``client_blob``: where each blob comes from). ``remote`` holds the
+light values a mount is given for its layers still in a registry.
 
 Imports: providers.
 """

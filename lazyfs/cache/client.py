@@ -25,6 +25,7 @@ opens another, so concurrent misses do not queue behind each other.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import logging
@@ -268,13 +269,10 @@ class CacheClient:
         """The partial chunks of the trace replayed (``replaying``, as it is now), in the
         daemon's chunks (asked on first contact)."""
         self._agree_layout()
-        made, steps = self._partial, self.replaying
-        if made is None or made[0] is not steps:
+        made, steps, size = self._partial, self.replaying, self.files.layout.chunk_size
+        if made is None or made[0] is not steps or made[1].chunk_size != size:
             sizes = {digest: blob.size for digest, blob in self.blobs.items()}
-            made = self._partial = (
-                steps,
-                PartialChunks(steps, self.files.layout.chunk_size, sizes),
-            )
+            made = self._partial = (steps, PartialChunks(steps, size, sizes))
         return made[1]
 
     def _read(
@@ -297,7 +295,9 @@ class CacheClient:
                 return data
         if self.replaying and not piece:  # a trace's partial chunks are read as their parts
             cut = self._partials().split(digest, offset, length)
-            if len(cut) > 1:
+            if len(cut) > 1:  # its pieces asked at once, not each after the one before
+                with contextlib.suppress(LazyfsError):  # a hint: each read asks again
+                    self._prefetch(digest, [(True, [(o, n) for o, n, p in cut if p])], replay=False)
                 return b"".join(self._read(digest, blob, *part) for part in cut)
             piece = cut[0][2]
         for _ in range(_EVICTED_RETRIES):

@@ -29,20 +29,24 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 
-from lazyfs.cache.pieces import DEFAULT_MAX_BYTES
+from lazyfs.cache.pieces import DEFAULT_MAX_BYTES, ENTRY_COST, MAX_KEPT, MAX_PIECE
 from providers.digest import Digest
 from providers.spans import union
 
 Ranges = Sequence[tuple[int, int]]  # (offset, length)
-# The parts asked as pieces, at most: half what the daemon keeps of pieces by default.
+# The parts asked as pieces, at most: half what the daemon keeps of pieces by default
+# (shared by its mounts), counted as it counts them, and a quarter of their number.
 MAX_BYTES = DEFAULT_MAX_BYTES // 2
+MAX_PARTS = MAX_KEPT // 4
+CHUNK_PARTS = 2  # parts of one chunk, at most: past that, the chunk is fetched whole
 _PAST = 1 << 64  # past any offset: a key that sorts after every part starting at an offset
 
 
 class PartialChunks:
     """The parts of the chunks that ``steps`` (a trace's ranges by blob, ``trace_run``) cover
     in part, for chunks of ``chunk_size`` bytes of the blobs whose sizes ``sizes`` gives:
-    those the trace reaches first, while their parts come to ``max_bytes`` at most."""
+    those the trace reaches first, while their parts fit ``max_bytes`` (as the daemon
+    counts a piece) and ``max_parts``."""
 
     def __init__(
         self,
@@ -50,6 +54,7 @@ class PartialChunks:
         chunk_size: int,
         sizes: Mapping[Digest, int | None],
         max_bytes: int = MAX_BYTES,
+        max_parts: int = MAX_PARTS,
     ) -> None:
         self.chunk_size = chunk_size
         wanted: dict[Digest, list[tuple[int, int]]] = {}
@@ -65,28 +70,32 @@ class PartialChunks:
             chunks = self._partial(union(spans), sizes.get(digest))
             if chunks:
                 self._parts[digest] = chunks
-        self._within(steps, max_bytes)
+        self._within(steps, max_bytes, max_parts)
+        self._indices = {digest: sorted(parts) for digest, parts in self._parts.items()}
 
-    def _within(self, steps: Sequence[tuple[Digest, Ranges]], max_bytes: int) -> None:
-        """Keep the partial chunks the trace reaches first, while their parts fit
-        ``max_bytes``; the others are chunks' work: pieces past the daemon's memory for
-        them would be pushed out before they are read."""
-        left = max_bytes
+    def _within(
+        self, steps: Sequence[tuple[Digest, Ranges]], max_bytes: int, max_parts: int
+    ) -> None:
+        """Keep the partial chunks the trace reaches first, while their parts fit the bounds;
+        the others are chunks' work: pieces past the daemon's memory for them would be
+        pushed out before they are read."""
+        indices = {digest: sorted(parts) for digest, parts in self._parts.items()}
         seen: set[tuple[Digest, int]] = set()
         for digest, ranges in steps:
             parts = self._parts.get(digest)
             if not parts:
                 continue
-            indices = sorted(parts)
+            found = indices[digest]
             for offset, length in ranges:
-                first = bisect.bisect_left(indices, offset // self.chunk_size)
-                last = bisect.bisect_right(indices, (offset + length - 1) // self.chunk_size)
-                for index in indices[first:last]:
+                first = bisect.bisect_left(found, offset // self.chunk_size)
+                last = bisect.bisect_right(found, (offset + length - 1) // self.chunk_size)
+                for index in found[first:last]:
                     if (digest, index) in seen:
                         continue
                     seen.add((digest, index))
-                    left -= sum(end - start for start, end in parts[index])
-                    if left < 0:
+                    max_parts -= len(parts[index])
+                    max_bytes -= sum(end - start + ENTRY_COST for start, end in parts[index])
+                    if max_bytes < 0 or max_parts < 0:
                         del parts[index]
         for digest in [d for d, parts in self._parts.items() if not parts]:
             del self._parts[digest]
@@ -95,7 +104,8 @@ class PartialChunks:
         self, spans: list[tuple[int, int]], size: int | None
     ) -> dict[int, list[tuple[int, int]]]:
         """The partial chunks of ``spans`` (disjoint, ascending): only where one begins or
-        ends can a chunk be covered in part."""
+        ends can a chunk be covered in part. One covered in more than ``CHUNK_PARTS`` parts
+        is fetched whole: so many pieces would cost more than the chunk."""
         step = self.chunk_size
         covered: dict[int, list[tuple[int, int]]] = {}
         for start, end in spans:
@@ -107,7 +117,7 @@ class PartialChunks:
             low, high = index * step, (index + 1) * step
             if size is not None:
                 high = min(high, size)
-            if parts != [(low, high)]:
+            if parts != [(low, high)] and len(parts) <= CHUNK_PARTS:
                 partial[index] = parts
         return partial
 
@@ -115,10 +125,10 @@ class PartialChunks:
         """``ranges`` of ``digest`` as replay requests, in their order: (as pieces, ranges).
 
         What lies in chunks covered whole is asked as chunks; each part of a
-        partial chunk that a range reaches, as one piece, once.
+        partial chunk that a range reaches, as one piece, once, and parts
+        that meet across a chunk's edge as one piece.
         """
-        parts = self._parts.get(digest, {})
-        indices = sorted(parts)
+        parts, indices = self._parts.get(digest, {}), self._indices.get(digest, [])
         step = self.chunk_size
         out: list[tuple[bool, list[tuple[int, int]]]] = []
         sent: set[tuple[int, int]] = set()
@@ -126,8 +136,9 @@ class PartialChunks:
         def add(piece: bool, start: int, end: int) -> None:
             if out and out[-1][0] == piece:
                 last = out[-1][1]
-                if not piece and last[-1][0] + last[-1][1] == start:
-                    last[-1] = (last[-1][0], end - last[-1][0])
+                at, length = last[-1]
+                if at + length == start and (not piece or end - at <= MAX_PIECE):
+                    last[-1] = (at, end - at)
                 else:
                     last.append((start, end - start))
             else:

@@ -132,16 +132,17 @@ class Pieces:
         offset: int,
         length: int,
         limiter: trio.CapacityLimiter,
-    ) -> None:
+    ) -> bool:
         """Fetch the range as a piece, under ``limiter`` (a trace replay's own), unless it is
-        kept or coming, and wait until it is in or failed (logged: left to the reads).
-        Not a reader: it counts as no demand."""
+        kept or coming, and wait until it is in or failed (logged: left to the reads);
+        whether it came. Not a reader: it counts as no demand."""
         if self._find(digest, offset, length) is not None:
-            return
+            return True
         _key, flight = self._flight(digest, offset, length)
         if flight is None:
             _key, flight = self._start(source, (digest, offset, length), limiter)
         await flight.done.wait()
+        return flight.error is None
 
     @property
     def in_flight(self) -> int:
@@ -157,7 +158,8 @@ class Pieces:
         return len(gone)
 
     def _find(self, digest: Digest, offset: int, length: int) -> bytes | None:
-        for key in self._blobs.get(digest, ()):
+        exact = (digest, offset, length)  # as asked: no scan (a replay asks its own)
+        for key in (exact,) if exact in self._kept else self._blobs.get(digest, ()):
             if _holds(key, digest, offset, length):
                 self._kept.move_to_end(key)
                 return _within(key, self._kept[key], offset, length)

@@ -160,13 +160,14 @@ class Replays:
     ) -> int:
         size = blob_size if blob_size is not None else self.fetcher.cache.blob_size(digest)
         queued = 0
+        long: list[tuple[int, int]] = []  # a piece is short: these are chunks' work
         for offset, length in ranges:
             if size is not None:
                 length = min(length, size - offset)
             if length <= 0:
                 continue
-            if length > MAX_PIECE:  # a piece is short: this is chunks' work
-                queued += self._queue(source, digest, [(offset, length)], size)
+            if length > MAX_PIECE:
+                long.append((offset, length))
                 continue
             chunks = tuple(wanted_chunks([(offset, length)], self.fetcher.chunk_size, size))
             run = _Run(source, digest, chunks, (offset, length))
@@ -178,7 +179,7 @@ class Replays:
                 return queued
             queue.append(run)
             queued += 1
-        return queued
+        return queued + (self._queue(source, digest, long, size) if long else 0)
 
     def _held(self, run: _Run) -> bool:
         """Whether a piece run's bytes are kept or coming, as a piece or as chunks."""
@@ -253,8 +254,8 @@ class Replays:
         """One replayed piece; never raises (Pieces logged a failure)."""
         assert run.piece is not None and self.pieces is not None
         try:
-            await self.pieces.bring(run.source, run.digest, *run.piece, self._limiter)
-            self.pieces_replayed += 1
+            if await self.pieces.bring(run.source, run.digest, *run.piece, self._limiter):
+                self.pieces_replayed += 1
         finally:
             self._out -= 1
             self._landed.set()

@@ -149,7 +149,7 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     steps = client_steps(client, found)
     client.replaying = steps  # its partial chunks are asked as pieces, as the mount asks them
     queued = send_steps(client, steps[:SENT_AHEAD], level=logging.INFO)
-    log.info("asked the replay of the trace of %s: %d chunks queued", key, queued)
+    log.info("asked the replay of the trace of %s: %d chunks or pieces queued", key, queued)
     ask_replayed_windows(client, store / "layers", layers, steps)
     return bool(steps)
 

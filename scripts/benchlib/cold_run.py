@@ -148,7 +148,9 @@ def until_printed(
 def daemon_facts(cache: Path) -> dict[str, int]:
     """What the cache daemon of ``cache`` had done when the line came (asked untimed).
 
-    ``daemon_reads``: misses the mounts asked it for; ``daemon_requests`` and
+    ``daemon_reads``: reads the mounts asked it for (misses, and a replayed trace's
+    partial chunks, read from its memory); ``daemon_waits``: those that waited on a
+    fetch, the misses; ``daemon_requests`` and
     ``daemon_fetched_bytes``: range requests it sent upstream (on-demand,
     prefetch and background) and the bytes they brought.
     """
@@ -158,6 +160,7 @@ def daemon_facts(cache: Path) -> dict[str, int]:
         return {}
     return {
         "daemon_reads": found.reads,
+        "daemon_waits": found.waits,
         "daemon_requests": found.fetches,
         "daemon_fetched_bytes": found.fetched_bytes,
     }

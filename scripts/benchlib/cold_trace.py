@@ -114,5 +114,6 @@ def _daemon_facts(cache: Path) -> dict[str, int]:
         found = status(cache)
     except (OSError, ProtocolError):
         return {}
-    return {"daemon_reads": found.reads, "daemon_requests": found.fetches,
+    return {"daemon_reads": found.reads, "daemon_waits": found.waits,
+            "daemon_requests": found.fetches,
             "daemon_fetched_bytes": found.fetched_bytes}  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lazyfs.cache.partial import PartialChunks
+from lazyfs.cache.pieces import ENTRY_COST
 from providers.digest import Digest
 from providers.spans import SpanSet, covers, union
 
@@ -37,8 +38,9 @@ def test_ranges_that_meet_inside_a_chunk_cover_it_whole() -> None:
 def test_a_part_two_ranges_reach_is_asked_once_and_whole() -> None:
     # Chunk 2 holds 200..230 and 260..290 of the trace: two parts, each a piece.
     p = partial([(BLOB, [(150, 80), (260, 140)])])
+    # 150..200 and 200..230 meet across chunk 2's edge: one piece.
     assert p.requests(BLOB, [(150, 80), (260, 140)]) == [
-        (True, [(150, 50), (200, 30), (260, 40)]),
+        (True, [(150, 80), (260, 40)]),
         (False, [(300, 100)]),
     ]
     # A range reaching a part again asks nothing more of it.
@@ -74,13 +76,30 @@ def test_hostile_ranges_cost_their_ends_not_their_lengths() -> None:
 
 
 def test_past_the_budget_partial_chunks_are_chunks_work() -> None:
-    # In the trace's order: chunk 5's part (20 bytes), 1's (30), OTHER's 0 (10), 8's (40).
+    # In the trace's order: chunk 5's part (20 bytes), 1's (30), OTHER's 0 (10), 8's (40),
+    # each costing the daemon ENTRY_COST besides.
     steps = [(BLOB, [(500, 20), (100, 30)]), (OTHER, [(0, 10)]), (BLOB, [(800, 40)])]
-    p = PartialChunks(steps, C, {BLOB: 1000, OTHER: 1000}, max_bytes=55)
+    p = PartialChunks(steps, C, {BLOB: 1000, OTHER: 1000}, max_bytes=55 + 2 * ENTRY_COST)
     assert p.requests(BLOB, [(500, 20), (100, 30)]) == [(True, [(500, 20), (100, 30)])]
     assert p.requests(OTHER, [(0, 10)]) == [(False, [(0, 10)])]  # 60 bytes: past the budget
     assert p.requests(BLOB, [(800, 40)]) == [(False, [(800, 40)])]
     assert p.split(BLOB, 810, 10) == [(810, 10, False)]
+
+
+def test_past_so_many_parts_partial_chunks_are_chunks_work() -> None:
+    steps = [(BLOB, [(i * C + 10, 20) for i in range(5)])]
+    p = PartialChunks(steps, C, {BLOB: 1000}, max_parts=3)
+    assert p.requests(BLOB, steps[0][1]) == [
+        (True, [(10, 20), (110, 20), (210, 20)]),
+        (False, [(310, 20), (410, 20)]),
+    ]
+
+
+def test_a_chunk_in_many_parts_is_fetched_whole() -> None:
+    # Three ranges in chunk 0 (a hostile trace may name thousands): the chunk, not pieces.
+    p = partial([(BLOB, [(0, 5), (10, 5), (20, 5), (150, 10), (170, 5)])])
+    assert p.requests(BLOB, [(0, 5), (10, 5), (20, 5)]) == [(False, [(0, 5), (10, 5), (20, 5)])]
+    assert p.requests(BLOB, [(150, 10), (170, 5)]) == [(True, [(150, 10), (170, 5)])]
 
 
 def test_no_trace_asks_everything_as_chunks() -> None:

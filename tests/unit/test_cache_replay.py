@@ -216,10 +216,12 @@ async def test_pieces_are_replayed_in_their_turn_as_requests_of_the_replay(
         assert replays.pieces.in_flight == REQUESTS and fetcher.fetches_in_flight == 0
         held = [replays.pieces.holds(DIGEST, *part) for part in parts]  # coming: in order
         assert held == [True] * REQUESTS + [False] * 2
-        source.gate.set()
         with trio.fail_after(30):  # bounds a failing test only
-            while replays.chunks_replayed < 1:
+            # Upstream at once, under the replay's limiter (the readers' one takes one).
+            while len(source.calls) < REQUESTS:
+                await trio.sleep(0)  # a checkpoint, not a delay: the threads call meanwhile
+            source.gate.set()
+            while replays.chunks_replayed < 1 or replays.pieces_replayed < len(parts):
                 await trio.sleep(0)  # a checkpoint, not a delay
-        assert replays.pieces_replayed == len(parts)
         assert sorted(source.calls) == sorted([*parts, chunk(3)])  # each once, exactly
         assert all(replays.pieces.holds(DIGEST, *part) for part in parts)
