@@ -25,12 +25,8 @@ opens another, so concurrent misses do not queue behind each other.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import itertools
 import logging
-import threading
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -38,11 +34,11 @@ from typing import BinaryIO
 from lazyfs.cache.blobstate import refusal
 from lazyfs.cache.client_blob import RemoteBlob as RemoteBlob  # where callers have found it
 from lazyfs.cache.client_blob import remote_blob as remote_blob
+from lazyfs.cache.client_link import CacheUnavailable as CacheUnavailable  # where callers find it
+from lazyfs.cache.client_link import DaemonLink
 from lazyfs.cache.client_stream import BlobStream, ReadWatcher
-from lazyfs.cache.connection import Connection, failure_error
 from lazyfs.cache.connection import status as status  # where callers have found it
-from lazyfs.cache.framing import ProtocolError
-from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout, socket_path
+from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
 from lazyfs.cache.messages import (
     MAX_READ_LENGTH,
     Background,
@@ -51,31 +47,22 @@ from lazyfs.cache.messages import (
     BlobRange,
     Evict,
     EvictOk,
-    Failure,
     Prefetch,
     PrefetchOk,
     Read,
     ReadOk,
-    Request,
-    Response,
     Status,
     StatusOk,
 )
-from lazyfs.cache.partial import PartialChunks
-from lazyfs.cache.spawn import starting
+from lazyfs.cache.partial import Cut, PartialChunks
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError, NotFound, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
-_IDLE_CONNECTIONS = 8
 _EVICTED_RETRIES = 3
 _REPLAY_RANGES = 1024  # a replay request's ranges, well within the daemon's bound
-
-
-class CacheUnavailable(TemporaryFailure):
-    """The cache daemon could not be reached within the wait: a miss cannot be served."""
 
 
 class Quarantined(LazyfsError):
@@ -83,7 +70,7 @@ class Quarantined(LazyfsError):
     ones (``lazyfs.cache.blobstate.refusal``): none of it is served to this mount."""
 
 
-class CacheClient:
+class CacheClient(DaemonLink):
     """A BlobSource over the daemon of ``cache_dir`` for the blobs in ``blobs``.
 
     ``read_range`` and ``open`` take any digest of ``blobs`` (NotFound for others). Not
@@ -99,28 +86,15 @@ class CacheClient:
         hint: bool = False,
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
-        self.cache_dir = cache_dir
+        super().__init__(cache_dir, wait=wait, hint=hint)
         # Until the daemon says otherwise (``_agree_layout``): it may cut another size.
         self.files = ChunkFiles(Layout(cache_dir, chunk_size))
-        self._layout_agreed = False
         self.blobs = dict(blobs)
-        self.wait = wait
-        self.hint = hint  # its asks are hints: a daemon not answering is no warning
-        self._socket = socket_path(cache_dir)
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._idle: list[Connection] = []
         self._agreed: set[Digest] = set()  # blobs whose verdict agrees with this image
         self._tails_asked = False
         self.watcher: ReadWatcher | None = None  # told every range read (a trace's recorder)
         self.replaying: list[tuple[Digest, list[tuple[int, int]]]] = []  # a trace's ranges
         self._partial: tuple[object, PartialChunks] | None = None  # of ``replaying``
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
 
     # BlobSource
 
@@ -295,11 +269,8 @@ class CacheClient:
                 return data
         if self.replaying and not piece:  # a trace's partial chunks are read as their parts
             cut = self._partials().split(digest, offset, length)
-            if len(cut) > 1:  # its pieces asked at once, not each after the one before
-                with contextlib.suppress(LazyfsError):  # a hint: each read asks again
-                    self._prefetch(digest, [(True, [(o, n) for o, n, p in cut if p])], replay=False)
-                return b"".join(self._read(digest, blob, *part) for part in cut)
-            piece = cut[0][2]
+            if len(cut) > 1 or cut[0][2] is not None:
+                return self._read_cut(digest, blob, cut)
         for _ in range(_EVICTED_RETRIES):
             answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
                                     blob.origin, blob.size, blob.exact,
@@ -313,6 +284,30 @@ class CacheClient:
             if data is not None:
                 return data
         raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they were fetched")
+
+    def _read_cut(self, digest: Digest, blob: RemoteBlob, cut: list[Cut]) -> bytes:
+        """A read cut at a replayed trace's partial chunks (``PartialChunks.split``): a part
+        read as the whole piece the replay asks (one fetch of it, whoever comes first), the
+        rest as chunks. What more than one cut needs of the daemon is asked at once first."""
+        pieces = sorted({(p[0], p[1] - p[0]) for _, _, p in cut if p is not None})
+        chunks = [(o, n) for o, n, p in cut if p is None]
+        missing = [r for r in chunks if self.files.read_range(digest, *r, blob.size) is None]
+        if len(pieces) + len(missing) > 1:
+            try:
+                self._prefetch(digest, [(True, pieces), (False, missing)], replay=False)
+            except CacheUnavailable:
+                raise  # gone past its wait: the reads would wait as long again
+            except LazyfsError:
+                pass  # a hint: each read asks again
+        out = []
+        for offset, length, piece in cut:
+            if piece is None:
+                out.append(self._read(digest, blob, offset, length))
+            else:
+                start, end = piece
+                whole = self._read(digest, blob, start, end - start, True)
+                out.append(whole[offset - start : offset - start + length])
+        return b"".join(out)
 
     def _agree_layout(self) -> bool:
         """Read chunk files where the daemon writes them: ask its chunk size on first contact;
@@ -344,56 +339,3 @@ class CacheClient:
                 return None
             parts.append(data)
         return b"".join(parts)
-
-    # The socket
-
-    def _ask(self, request: Request) -> Response:
-        """The daemon's answer to ``request``, waiting for the daemon when it is gone."""
-        deadline: float | None = None
-        pause = 0.05
-        while True:
-            connection = None
-            try:
-                connection = self._take()
-                response = connection.call(request)
-            except (OSError, ProtocolError) as error:
-                if connection is not None:
-                    connection.close()
-                # The one that answers next may be another daemon, of other chunks.
-                self._layout_agreed = False
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.wait
-                    # Expected while the daemon starts beside this mount: no warning then.
-                    quiet = self.hint or starting(self.cache_dir)
-                    level = logging.INFO if quiet else logging.WARNING
-                    log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to %gs "
-                            "for it", self._socket, error, self.wait)  # fmt: skip
-                if now >= deadline:
-                    raise CacheUnavailable(
-                        f"the cache daemon at {self._socket} did not answer within "
-                        f"{self.wait:g}s: {error}"
-                    ) from None
-                time.sleep(min(pause, deadline - now))
-                # Short: a mount starts beside the daemon and may ask before it listens.
-                pause = min(pause * 2, 0.2)
-                continue
-            self._give(connection)
-            if deadline is not None:
-                log.info("cache daemon at %s answers again", self._socket)
-            if isinstance(response, Failure):
-                raise failure_error(request, response)
-            return response
-
-    def _take(self) -> Connection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return Connection(self._socket)
-
-    def _give(self, connection: Connection) -> None:
-        with self._lock:
-            if len(self._idle) < _IDLE_CONNECTIONS:
-                self._idle.append(connection)
-                return
-        connection.close()

@@ -5,21 +5,25 @@ ranges start and end anywhere: replayed as chunks, each run of them brings
 up to a chunk of bytes nobody reads at either end (in the Debian cold
 start, 0.8 MB besides the trace's 6.0 MB, on a link that is the start's
 bottleneck).  So a chunk the trace's ranges cover only in part is asked
-for as those parts, each one piece (``lazyfs.cache.pieces``: fetched as it
-is, kept in the daemon's memory), and a chunk they cover whole as a chunk.
-The client reads a range inside one of those parts as a piece too: as a
-chunk, the read would fetch the whole chunk again.
+for as those parts, each as a piece (``lazyfs.cache.pieces``: fetched as
+it is, kept in the daemon's memory; two parts that meet across a chunk's
+edge are one piece), and a chunk they cover whole as a chunk.  The client
+reads a range inside a part by asking for that part's whole piece, which
+the daemon fetches once whoever asks first (the replay or a read that
+overtook it), and cuts it: as a chunk, the read would fetch the whole
+chunk again.
 
 Which chunks are partial is decided on the union of all the trace's ranges
 of a blob, not range by range: two ranges that meet inside a chunk cover it
-together.  Only the partial chunks the trace reaches first, while their
-parts come to ``MAX_BYTES``: the daemon keeps pieces in memory, least
-recently used out past a budget, and a part pushed out before its read
-would be fetched again by that read, a round trip on the program's path.
-A read or a range outside the parts is a chunk's, as without a trace.
-Only a hint, like the trace: a piece that was dropped or never asked is
-fetched by the read that needs it, and every byte is verified by its
-reader as any chunk's.
+together.  A chunk in more than ``CHUNK_PARTS`` parts is fetched whole, and
+only the partial chunks the trace reaches first count, while their parts
+fit ``MAX_BYTES`` and ``MAX_PARTS``: the daemon keeps pieces in memory,
+least recently used out past a budget its mounts share, and a part pushed
+out before its read would be fetched again by that read, a round trip on
+the program's path.  A read or a range outside the parts is a chunk's, as
+without a trace.  Only a hint, like the trace: a piece that was dropped or
+never asked is fetched by the read that needs it, and every byte is
+verified by its reader as any chunk's.
 
 Pure.
 """
@@ -34,6 +38,8 @@ from providers.digest import Digest
 from providers.spans import union
 
 Ranges = Sequence[tuple[int, int]]  # (offset, length)
+Span = tuple[int, int]  # (start, end)
+Cut = tuple[int, int, Span | None]  # (offset, length, its piece; None: read as chunks)
 # The parts asked as pieces, at most: half what the daemon keeps of pieces by default
 # (shared by its mounts), counted as it counts them, and a quarter of their number.
 MAX_BYTES = DEFAULT_MAX_BYTES // 2
@@ -72,6 +78,18 @@ class PartialChunks:
                 self._parts[digest] = chunks
         self._within(steps, max_bytes, max_parts)
         self._indices = {digest: sorted(parts) for digest, parts in self._parts.items()}
+        # Each part's piece: the part, or it and the part it meets across a chunk's edge
+        # (two at most: a third would make the chunk between them whole).
+        self._piece: dict[tuple[Digest, Span], Span] = {}
+        for digest, indices in self._indices.items():
+            ordered = [part for index in indices for part in self._parts[digest][index]]
+            for part, after in zip(ordered, [*ordered[1:], None], strict=True):
+                if (digest, part) in self._piece:
+                    continue  # taken by the one before
+                piece = part
+                if after is not None and part[1] == after[0] and after[1] - part[0] <= MAX_PIECE:
+                    piece = self._piece[(digest, after)] = (part[0], after[1])
+                self._piece[(digest, part)] = piece
 
     def _within(
         self, steps: Sequence[tuple[Digest, Ranges]], max_bytes: int, max_parts: int
@@ -125,8 +143,7 @@ class PartialChunks:
         """``ranges`` of ``digest`` as replay requests, in their order: (as pieces, ranges).
 
         What lies in chunks covered whole is asked as chunks; each part of a
-        partial chunk that a range reaches, as one piece, once, and parts
-        that meet across a chunk's edge as one piece.
+        partial chunk that a range reaches, as its piece (``piece``), once.
         """
         parts, indices = self._parts.get(digest, {}), self._indices.get(digest, [])
         step = self.chunk_size
@@ -137,7 +154,7 @@ class PartialChunks:
             if out and out[-1][0] == piece:
                 last = out[-1][1]
                 at, length = last[-1]
-                if at + length == start and (not piece or end - at <= MAX_PIECE):
+                if at + length == start and not piece:
                     last[-1] = (at, end - at)
                 else:
                     last.append((start, end - start))
@@ -154,31 +171,34 @@ class PartialChunks:
                     add(False, at, index * step)
                 low, high = max(offset, index * step), min(end, (index + 1) * step)
                 for part in parts[index]:
-                    if part[0] < high and low < part[1] and part not in sent:
-                        sent.add(part)
-                        add(True, *part)
+                    piece = self._piece[(digest, part)]
+                    if part[0] < high and low < part[1] and piece not in sent:
+                        sent.add(piece)
+                        add(True, *piece)
                 at = high
             if at < end:
                 add(False, at, end)
         return out
 
-    def split(self, digest: Digest, offset: int, length: int) -> list[tuple[int, int, bool]]:
-        """A read of ``digest`` cut where it enters or leaves a partial chunk: (offset, length,
-        as a piece) in order. A cut inside one part of a partial chunk is a piece; any other
-        is read as chunks."""
+    def split(self, digest: Digest, offset: int, length: int) -> list[Cut]:
+        """A read of ``digest`` cut where it enters or leaves a partial chunk's parts, in
+        order: (offset, length, the piece holding it, or None for a cut read as chunks).
+        A cut inside one part of a partial chunk is its piece's; any other, chunks'."""
         parts = self._parts.get(digest)
         end = offset + length
         if not parts or length <= 0:
-            return [(offset, length, False)]
+            return [(offset, length, None)]
         step = self.chunk_size
-        out: list[tuple[int, int, bool]] = []
+        out: list[Cut] = []
         for index in range(offset // step, (end - 1) // step + 1):
             low, high = max(offset, index * step), min(end, (index + 1) * step)
             chunk_parts = parts.get(index, [])
             at = bisect.bisect_right(chunk_parts, (low, _PAST)) - 1
-            piece = at >= 0 and chunk_parts[at][0] <= low and high <= chunk_parts[at][1]
-            if out and not piece and not out[-1][2]:
-                out[-1] = (out[-1][0], high - out[-1][0], False)
+            piece = None
+            if at >= 0 and chunk_parts[at][0] <= low and high <= chunk_parts[at][1]:
+                piece = self._piece[(digest, chunk_parts[at])]
+            if out and out[-1][2] == piece and out[-1][0] + out[-1][1] == low:
+                out[-1] = (out[-1][0], high - out[-1][0], piece)
             else:
                 out.append((low, high - low, piece))
         return out
@@ -189,5 +209,6 @@ class PartialChunks:
         """A prefetch of ``digest`` bytes [offset, offset + length) as ``requests`` gives a
         replay's: ``split``'s cuts, the pieces' together and the chunks' together."""
         cuts = self.split(digest, offset, length)
-        groups = [(piece, [(o, n) for o, n, p in cuts if p == piece]) for piece in (False, True)]
+        pieces = sorted({(p[0], p[1] - p[0]) for _, _, p in cuts if p is not None})
+        groups = [(False, [(o, n) for o, n, p in cuts if p is None]), (True, pieces)]
         return [(piece, ranges) for piece, ranges in groups if ranges]

@@ -18,7 +18,7 @@ from lazyfs.cache.spawn import START_LOCK
 from lazyfs.cache.values import HandleOrigin
 from tests.support.cache_fakes import BLOB, DATA
 
-CLIENT_LOG = "lazyfs.cache.client"
+CLIENT_LOG = "lazyfs.cache.client_link"  # the socket side of the client
 
 
 def _unreachable_level(cache_dir: Path, caplog: pytest.LogCaptureFixture) -> int:

@@ -32,19 +32,23 @@ def test_ranges_that_meet_inside_a_chunk_cover_it_whole() -> None:
     p = partial(steps)
     assert p.requests(BLOB, [(100, 150)]) == [(False, [(100, 150)])]
     assert p.requests(BLOB, [(250, 50)]) == [(False, [(250, 50)])]
-    assert p.split(BLOB, 240, 20) == [(240, 20, False)]
+    assert p.split(BLOB, 240, 20) == [(240, 20, None)]
 
 
 def test_a_part_two_ranges_reach_is_asked_once_and_whole() -> None:
-    # Chunk 2 holds 200..230 and 260..290 of the trace: two parts, each a piece.
+    # Chunk 2 holds 200..230 and 260..300 of the trace: two parts, each of a piece.
     p = partial([(BLOB, [(150, 80), (260, 140)])])
     # 150..200 and 200..230 meet across chunk 2's edge: one piece.
     assert p.requests(BLOB, [(150, 80), (260, 140)]) == [
         (True, [(150, 80), (260, 40)]),
         (False, [(300, 100)]),
     ]
-    # A range reaching a part again asks nothing more of it.
-    assert p.requests(BLOB, [(210, 10), (270, 5), (210, 10)]) == [(True, [(200, 30), (260, 40)])]
+    # A range reaching a part asks for its piece (150..230 for 200..230), once.
+    assert p.requests(BLOB, [(210, 10), (270, 5), (210, 10)]) == [(True, [(150, 80), (260, 40)])]
+    # A read inside a part is its piece's; one across the pieces' gap, the chunk's.
+    assert p.split(BLOB, 190, 20) == [(190, 20, (150, 230))]
+    assert p.split(BLOB, 270, 10) == [(270, 10, (260, 300))]
+    assert p.split(BLOB, 220, 50) == [(220, 50, None)]
 
 
 def test_the_blob_s_short_last_chunk_covered_to_its_end_is_a_chunk() -> None:
@@ -56,12 +60,12 @@ def test_the_blob_s_short_last_chunk_covered_to_its_end_is_a_chunk() -> None:
 
 def test_a_read_inside_a_part_is_a_piece_and_any_other_is_read_as_chunks() -> None:
     p = partial([(BLOB, [(50, 300)])])
-    assert p.split(BLOB, 60, 30) == [(60, 30, True)]
-    assert p.split(BLOB, 40, 20) == [(40, 20, False)]  # before the part: the chunk's
+    assert p.split(BLOB, 60, 30) == [(60, 30, (50, 100))]
+    assert p.split(BLOB, 40, 20) == [(40, 20, None)]  # before the part: the chunk's
     # Across the part's end into chunks covered whole, and on into chunk 3's part.
-    assert p.split(BLOB, 80, 250) == [(80, 20, True), (100, 200, False), (300, 30, True)]
-    assert p.split(BLOB, 340, 20) == [(340, 20, False)]  # past 3's part
-    assert p.split(OTHER, 60, 30) == [(60, 30, False)]  # not in the trace
+    assert p.split(BLOB, 80, 250) == [(80, 20, (50, 100)), (100, 200, None), (300, 30, (300, 350))]
+    assert p.split(BLOB, 340, 20) == [(340, 20, None)]  # past 3's part
+    assert p.split(OTHER, 60, 30) == [(60, 30, None)]  # not in the trace
 
 
 def test_hostile_ranges_cost_their_ends_not_their_lengths() -> None:
@@ -83,7 +87,7 @@ def test_past_the_budget_partial_chunks_are_chunks_work() -> None:
     assert p.requests(BLOB, [(500, 20), (100, 30)]) == [(True, [(500, 20), (100, 30)])]
     assert p.requests(OTHER, [(0, 10)]) == [(False, [(0, 10)])]  # 60 bytes: past the budget
     assert p.requests(BLOB, [(800, 40)]) == [(False, [(800, 40)])]
-    assert p.split(BLOB, 810, 10) == [(810, 10, False)]
+    assert p.split(BLOB, 810, 10) == [(810, 10, None)]
 
 
 def test_past_so_many_parts_partial_chunks_are_chunks_work() -> None:
@@ -105,7 +109,7 @@ def test_a_chunk_in_many_parts_is_fetched_whole() -> None:
 def test_no_trace_asks_everything_as_chunks() -> None:
     p = partial([])
     assert p.requests(BLOB, [(50, 10), (60, 40)]) == [(False, [(50, 50)])]
-    assert p.split(BLOB, 50, 10) == [(50, 10, False)]
+    assert p.split(BLOB, 50, 10) == [(50, 10, None)]
 
 
 def test_spans_union_covers_and_a_set_says_what_is_new() -> None:

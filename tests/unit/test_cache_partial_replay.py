@@ -84,3 +84,31 @@ async def test_bytes_of_a_partial_chunk_the_trace_did_not_name_are_read_as_its_c
         assert await off(reader.read_range, BLOB, 0, 8) == DATA[0:8]  # across the part's start
         assert await off(reader.read_range, BLOB, 5, 11) == DATA[5:16]  # in the chunk now
     assert source.calls == [(0, 16)]
+
+
+async def test_a_read_before_the_replay_fetches_the_piece_the_replay_asks_once(
+    tmp_path: Path,
+) -> None:
+    # The program overtakes the replay: its read of a part asks the part's whole piece,
+    # which the replay then finds kept, not another range over the same bytes.
+    source = FakeSource()
+    async with client(tmp_path, source) as reader:
+        reader.replaying = [(BLOB, [(5, 30)])]
+        assert await off(reader.read_range, BLOB, 8, 4) == DATA[8:12]
+        assert await off(reader.replay, BLOB, [(5, 30)]) == 2  # chunk 1 and 32..35
+        got = await off(reader.read_range, BLOB, 5, 30)
+    assert got == DATA[5:35]
+    assert sorted(source.calls) == [(5, 11), (16, 16), (32, 3)]
+
+
+async def test_a_read_across_parts_and_chunks_asks_them_all_at_once(tmp_path: Path) -> None:
+    source = FakeSource(gated=True)
+    async with client(tmp_path, source) as reader:
+        reader.replaying = [(BLOB, [(5, 30)])]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(off, reader.read_range, BLOB, 5, 30)
+            with trio.fail_after(10):  # bounds a failing test only
+                while len(source.calls) < 3:  # not one after the other: all three out
+                    await trio.sleep(0)  # a checkpoint, not a delay: the daemon asks meanwhile
+            source.gate.set()
+    assert sorted(source.calls) == [(5, 11), (16, 16), (32, 3)]

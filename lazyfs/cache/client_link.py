@@ -1,0 +1,98 @@
+"""The socket side of a mount's cache client: a pool of connections to the daemon, and the
+wait for it when it is gone (``lazyfs.cache.client`` has the rest)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from pathlib import Path
+
+from lazyfs.cache.connection import Connection, failure_error
+from lazyfs.cache.framing import ProtocolError
+from lazyfs.cache.layout import socket_path
+from lazyfs.cache.messages import Failure, Request, Response
+from lazyfs.cache.spawn import starting
+from providers.errors import TemporaryFailure
+
+log = logging.getLogger(__name__)
+
+_IDLE_CONNECTIONS = 8
+
+
+class CacheUnavailable(TemporaryFailure):
+    """The cache daemon could not be reached within the wait: a miss cannot be served."""
+
+
+class DaemonLink:
+    """Requests to the daemon of ``cache_dir``, each on a connection of its own while it is
+    out (a small pool of idle ones), waiting up to ``wait`` seconds for a daemon that is
+    gone. ``hint``: its asks are hints, and a daemon not answering is no warning."""
+
+    def __init__(self, cache_dir: Path, *, wait: float, hint: bool) -> None:
+        self.cache_dir = cache_dir
+        self.wait = wait
+        self.hint = hint
+        self._socket = socket_path(cache_dir)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._idle: list[Connection] = []
+        self._layout_agreed = False  # whether the daemon answering has said its chunk size
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _ask(self, request: Request) -> Response:
+        """The daemon's answer to ``request``, waiting for the daemon when it is gone."""
+        deadline: float | None = None
+        pause = 0.05
+        while True:
+            connection = None
+            try:
+                connection = self._take()
+                response = connection.call(request)
+            except (OSError, ProtocolError) as error:
+                if connection is not None:
+                    connection.close()
+                # The one that answers next may be another daemon, of other chunks.
+                self._layout_agreed = False
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.wait
+                    # Expected while the daemon starts beside this mount: no warning then.
+                    quiet = self.hint or starting(self.cache_dir)
+                    level = logging.INFO if quiet else logging.WARNING
+                    log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to %gs "
+                            "for it", self._socket, error, self.wait)  # fmt: skip
+                if now >= deadline:
+                    raise CacheUnavailable(
+                        f"the cache daemon at {self._socket} did not answer within "
+                        f"{self.wait:g}s: {error}"
+                    ) from None
+                time.sleep(min(pause, deadline - now))
+                # Short: a mount starts beside the daemon and may ask before it listens.
+                pause = min(pause * 2, 0.2)
+                continue
+            self._give(connection)
+            if deadline is not None:
+                log.info("cache daemon at %s answers again", self._socket)
+            if isinstance(response, Failure):
+                raise failure_error(request, response)
+            return response
+
+    def _take(self) -> Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return Connection(self._socket)
+
+    def _give(self, connection: Connection) -> None:
+        with self._lock:
+            if len(self._idle) < _IDLE_CONNECTIONS:
+                self._idle.append(connection)
+                return
+        connection.close()
