@@ -20,7 +20,8 @@ asked for again.
 Blocking and thread-safe: a mount's reads run in worker threads
 (``trio.to_thread``, see ``lazyfs.blobs.ranges``). Each connection carries
 one request at a time; a thread takes an idle one from a small pool or
-opens another, so concurrent misses do not queue behind each other.
+opens another, so concurrent misses do not queue behind each other
+(``lazyfs.cache.client_link``, the client's socket side).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from lazyfs.cache.messages import (
     Status,
     StatusOk,
 )
-from lazyfs.cache.partial import Cut, PartialChunks
+from lazyfs.cache.partial import Cut, PartialChunks, Span
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError, NotFound, TemporaryFailure
 
@@ -95,6 +96,7 @@ class CacheClient(DaemonLink):
         self.watcher: ReadWatcher | None = None  # told every range read (a trace's recorder)
         self.replaying: list[tuple[Digest, list[tuple[int, int]]]] = []  # a trace's ranges
         self._partial: tuple[object, PartialChunks] | None = None  # of ``replaying``
+        self._pieces_read: set[tuple[Digest, Span]] = set()  # read whole once: kept by then
 
     # BlobSource
 
@@ -287,26 +289,32 @@ class CacheClient(DaemonLink):
 
     def _read_cut(self, digest: Digest, blob: RemoteBlob, cut: list[Cut]) -> bytes:
         """A read cut at a replayed trace's partial chunks (``PartialChunks.split``): a part
-        read as the whole piece the replay asks (one fetch of it, whoever comes first), the
-        rest as chunks. What more than one cut needs of the daemon is asked at once first."""
-        pieces = sorted({(p[0], p[1] - p[0]) for _, _, p in cut if p is not None})
-        chunks = [(o, n) for o, n, p in cut if p is None]
-        missing = [r for r in chunks if self.files.read_range(digest, *r, blob.size) is None]
-        if len(pieces) + len(missing) > 1:
-            try:
-                self._prefetch(digest, [(True, pieces), (False, missing)], replay=False)
+        read the first time as the whole piece the replay asks (one fetch of it, whoever
+        comes first), then as itself (the daemon cuts it from the piece it keeps), the rest
+        as chunks. What more than one cut lacks is asked at once first."""
+        with self._lock:
+            new = {p for _, _, p in cut if p is not None and (digest, p) not in self._pieces_read}
+        size = blob.size
+        missing = [(o, n) for o, n, p in cut
+                   if p is None and self.files.read_range(digest, o, n, size) is None]  # fmt: skip
+        if len(new) + len(missing) > 1:
+            try:  # chunks first: a piece inside a chunk coming is cut from it, not fetched
+                pieces = sorted((start, end - start) for start, end in new)
+                self._prefetch(digest, [(False, missing), (True, pieces)], replay=False)
             except CacheUnavailable:
                 raise  # gone past its wait: the reads would wait as long again
             except LazyfsError:
                 pass  # a hint: each read asks again
         out = []
         for offset, length, piece in cut:
-            if piece is None:
-                out.append(self._read(digest, blob, offset, length))
-            else:
-                start, end = piece
-                whole = self._read(digest, blob, start, end - start, True)
-                out.append(whole[offset - start : offset - start + length])
+            if piece is None or piece not in new:
+                out.append(self._read(digest, blob, offset, length, piece is not None))
+                continue
+            start, end = piece
+            whole = self._read(digest, blob, start, end - start, True)
+            with self._lock:
+                self._pieces_read.add((digest, piece))
+            out.append(whole[offset - start : offset - start + length])
         return b"".join(out)
 
     def _agree_layout(self) -> bool:

@@ -106,6 +106,15 @@ def test_a_chunk_in_many_parts_is_fetched_whole() -> None:
     assert p.requests(BLOB, [(150, 10), (170, 5)]) == [(True, [(150, 10), (170, 5)])]
 
 
+def test_parts_that_meet_are_one_piece_only_up_to_a_piece_s_bound() -> None:
+    big = 200 << 10  # chunks of 200 KiB: two parts meeting may pass MAX_PIECE (256 KiB)
+    near, far = (big - 100_000, big + 100_000), (big - 150_000, big + 150_000)
+    for (start, end), merged in ((near, True), (far, False)):
+        p = PartialChunks([(BLOB, [(start, end - start)])], big, {BLOB: 4 * big})
+        pieces = [(start, end - start)] if merged else [(start, big - start), (big, end - big)]
+        assert p.requests(BLOB, [(start, end - start)]) == [(True, pieces)]
+
+
 def test_no_trace_asks_everything_as_chunks() -> None:
     p = partial([])
     assert p.requests(BLOB, [(50, 10), (60, 40)]) == [(False, [(50, 50)])]

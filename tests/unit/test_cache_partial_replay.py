@@ -105,10 +105,20 @@ async def test_a_read_across_parts_and_chunks_asks_them_all_at_once(tmp_path: Pa
     source = FakeSource(gated=True)
     async with client(tmp_path, source) as reader:
         reader.replaying = [(BLOB, [(5, 30)])]
+        got: list[bytes] = []
+
+        async def read() -> None:
+            got.append(await off(reader.read_range, BLOB, 5, 30))
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(off, reader.read_range, BLOB, 5, 30)
-            with trio.fail_after(10):  # bounds a failing test only
-                while len(source.calls) < 3:  # not one after the other: all three out
-                    await trio.sleep(0)  # a checkpoint, not a delay: the daemon asks meanwhile
-            source.gate.set()
+            nursery.start_soon(read)
+            try:
+                with trio.fail_after(10):  # bounds a failing test only
+                    while len(source.calls) < 3:  # not one after the other: all three out
+                        await trio.sleep(0)  # a checkpoint, not a delay: the daemon asks
+            finally:
+                source.gate.set()
+        # Read again: the parts are cut from the pieces the daemon keeps, nothing fetched.
+        again = await off(reader.read_range, BLOB, 6, 28)
+    assert got == [DATA[5:35]] and again == DATA[6:34]
     assert sorted(source.calls) == [(5, 11), (16, 16), (32, 3)]
