@@ -23,10 +23,15 @@ def union(spans: Iterable[Span]) -> list[Span]:
     return out
 
 
+def holding(spans: list[Span], start: int, end: int) -> Span | None:
+    """The span of ``spans`` (ascending, disjoint) that holds all of [start, end), if one does."""
+    at = bisect.bisect_right(spans, (start, _PAST)) - 1  # the last that begins by ``start``
+    return spans[at] if at >= 0 and spans[at][0] <= start and end <= spans[at][1] else None
+
+
 def covers(spans: list[Span], start: int, end: int) -> bool:
     """Whether ``spans`` (as ``union`` gives them) hold every byte of [start, end)."""
-    at = bisect.bisect_right(spans, (start, _PAST)) - 1  # the last that begins by ``start``
-    return start >= end or (at >= 0 and spans[at][0] <= start and end <= spans[at][1])
+    return start >= end or holding(spans, start, end) is not None
 
 
 class SpanSet:

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 60.0  # how long a miss waits for a daemon that is gone
 _EVICTED_RETRIES = 3
-_REPLAY_RANGES = 1024  # a replay request's ranges, well within the daemon's bound
+_RANGES_PER_REQUEST = 1024  # a prefetch's ranges, well within the daemon's bound
 
 
 class Quarantined(LazyfsError):
@@ -170,8 +170,8 @@ class CacheClient(DaemonLink):
         for piece, cut in groups:
             asked = [BlobRange(digest, start, min(MAX_READ_LENGTH, o + n - start))
                      for o, n in cut for start in range(o, o + n, MAX_READ_LENGTH)]  # fmt: skip
-            for at in range(0, len(asked), _REPLAY_RANGES):
-                part = tuple(asked[at : at + _REPLAY_RANGES])
+            for at in range(0, len(asked), _RANGES_PER_REQUEST):
+                part = tuple(asked[at : at + _RANGES_PER_REQUEST])
                 answer = self._ask(Prefetch(next(self._ids), part, blob.origin, blob.size, replay,
                                             blob.piece or piece))  # fmt: skip
                 if not isinstance(answer, PrefetchOk):

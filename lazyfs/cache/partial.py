@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 
 from lazyfs.cache.pieces import DEFAULT_MAX_BYTES, ENTRY_COST, MAX_KEPT, MAX_PIECE
 from providers.digest import Digest
-from providers.spans import union
+from providers.spans import holding, union
 
 Ranges = Sequence[tuple[int, int]]  # (offset, length)
 Span = tuple[int, int]  # (start, end)
@@ -45,7 +45,6 @@ Cut = tuple[int, int, Span | None]  # (offset, length, its piece; None: read as 
 MAX_BYTES = DEFAULT_MAX_BYTES // 2
 MAX_PARTS = MAX_KEPT // 4
 CHUNK_PARTS = 2  # parts of one chunk, at most: past that, the chunk is fetched whole
-_PAST = 1 << 64  # past any offset: a key that sorts after every part starting at an offset
 
 
 class PartialChunks:
@@ -192,11 +191,8 @@ class PartialChunks:
         out: list[Cut] = []
         for index in range(offset // step, (end - 1) // step + 1):
             low, high = max(offset, index * step), min(end, (index + 1) * step)
-            chunk_parts = parts.get(index, [])
-            at = bisect.bisect_right(chunk_parts, (low, _PAST)) - 1
-            piece = None
-            if at >= 0 and chunk_parts[at][0] <= low and high <= chunk_parts[at][1]:
-                piece = self._piece[(digest, chunk_parts[at])]
+            part = holding(parts.get(index, []), low, high)
+            piece = None if part is None else self._piece[(digest, part)]
             if out and out[-1][2] == piece and out[-1][0] + out[-1][1] == low:
                 out[-1] = (out[-1][0], high - out[-1][0], piece)
             else:

@@ -143,13 +143,19 @@ class Replays:
                 log.warning("trace replay of %s names too much: the rest is dropped", digest)
                 return queued
             for run in _runs(chunks, REQUEST_CHUNKS):
-                queue = self._queues.setdefault(id(source), deque())
-                if len(queue) >= MAX_QUEUED:
-                    log.warning("trace replay queue full: dropping the rest of %s's", digest)
+                if not self._enqueue(_Run(source, digest, run)):
                     return queued
-                queue.append(_Run(source, digest, run))
                 queued += len(run)
         return queued
+
+    def _enqueue(self, run: _Run) -> bool:
+        """Put ``run`` at the end of its source's queue; False (logged) when that is full."""
+        queue = self._queues.setdefault(id(run.source), deque())
+        if len(queue) >= MAX_QUEUED:
+            log.warning("trace replay queue full: dropping the rest of %s's", run.digest)
+            return False
+        queue.append(run)
+        return True
 
     def _queue_pieces(
         self,
@@ -173,11 +179,8 @@ class Replays:
             run = _Run(source, digest, chunks, (offset, length))
             if self._held(run):
                 continue
-            queue = self._queues.setdefault(id(source), deque())
-            if len(queue) >= MAX_QUEUED:
-                log.warning("trace replay queue full: dropping the rest of %s's", digest)
+            if not self._enqueue(run):
                 return queued
-            queue.append(run)
             queued += 1
         return queued + (self._queue(source, digest, long, size) if long else 0)
 
