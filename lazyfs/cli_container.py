@@ -5,7 +5,9 @@ SIGTERM and SIGHUP cancel the provision and the making of the runtime
 bundle, which run as one piece of async work (``run_trio``; a read of the
 rootfs under way finishes first), and reach the container through runc
 while it runs (``runtime.run_bundle``); the container is destroyed after
-either.
+either. A prefetch trace its mount kept cut short (the mount ended before
+the workload settled) is dropped when the run was stopped so: it holds only
+the start of the workload, and the next run records the whole.
 """
 
 from __future__ import annotations
@@ -126,16 +128,22 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         app.provisioner.hold(container_id),
     ):
         failure: BaseException | None = None
+        signalled: list[int] = []
         try:
             status = run_trio(provision_and_bundle)
             if status is not None:
                 return status
-            return runtime.run_bundle(bundle, container_id, runtime.state_root(app.work_dir))
+            root = runtime.state_root(app.work_dir)
+            return runtime.run_bundle(bundle, container_id, root, told=signalled.append)
         except BaseException as error:
             failure = error
             raise
         finally:
             _destroy(app, container_id, failure)
+            if made and (failure is not None or signalled):  # not the workload's whole trace
+                from lazyfs.cli_index import drop_stopped_trace
+
+                drop_stopped_trace(args, made[0].image, command, workdir)
             if made and args.publish_indexes:  # the trace its mount kept as it ended
                 from lazyfs.cli_index import publish_run_traces
 

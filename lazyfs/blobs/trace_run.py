@@ -23,7 +23,10 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   when the workload settles (no new range for ``SETTLE`` seconds), after
   ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
   trace in the cache (temporary file + rename); also when the mount ends
-  first (``Recorder.finish``). A mount that never served writes nothing.
+  first (``Recorder.finish``), marked ``cut`` then: whole for a job that
+  ended, partial for one stopped early, which ``lazyfs run`` drops
+  (``lazyfs.index.trace.drop_cut_trace``). A mount that never served writes
+  nothing.
   Reads of a thread marked ``unrecorded`` (a first start's read-ahead,
   ``lazyfs.fs.predict``) are not kept: the trace is what the program read,
   in its order, which such guesses, made in an order of their own, would
@@ -296,9 +299,13 @@ class Recorder:
             if self.due():
                 self.finish()
 
-    def finish(self) -> Path | None:
+    def finish(self, *, mount_ended: bool = False) -> Path | None:
         """Stop recording and keep the trace (once; nothing if the mount never served,
-        or read nothing). A failure to write is logged: a trace is only a hint."""
+        or read nothing). A failure to write is logged: a trace is only a hint.
+
+        ``mount_ended``: the mount is going; unless recording was over anyway
+        (``due``), the trace is kept ``cut`` (``lazyfs.index.trace``)."""
+        cut = mount_ended and not self.due()
         with self._writing:
             with self._lock:
                 if self._stopped.is_set():
@@ -308,9 +315,10 @@ class Recorder:
                 if self._serving_since is None or not reads:
                     return None
             try:
-                path = store_trace(self.cache_dir, Trace(self.key, reads))
+                path = store_trace(self.cache_dir, Trace(self.key, reads, cut))
             except (OSError, TraceError, LazyfsError) as error:
                 log.warning("the trace of %s was not kept: %s", self.key, error)
                 return None
-        log.info("kept the trace of %s: %d ranges, in %s", self.key, len(reads), path)
+        how = "cut: the mount ended first" if cut else "whole"
+        log.info("kept the trace of %s (%s): %d ranges, in %s", self.key, how, len(reads), path)
         return path

@@ -22,7 +22,14 @@ The encoding is JSON, versioned by its media type and ``TRACE_VERSION``::
 
     {"lazyfs_trace": 1, "key": KEY,
      "layers": [DIGEST, ...],
-     "reads": [[LAYER_INDEX, OFFSET, LENGTH], ...]}   in the order first read
+     "reads": [[LAYER_INDEX, OFFSET, LENGTH], ...],   in the order first read
+     "cut": true}                                      only when it was (below)
+
+A trace is ``cut`` when its mount ended before the workload settled: whole
+for a job that ran to its end, but a run stopped early (``lazyfs run``
+interrupted) leaves only its first reads, which ``drop_cut_trace`` removes
+so that the next run records the whole. A reader that knows nothing of the
+field reads a cut trace as any other.
 
 Stored as ``CACHE_DIR/traces/<sha256 hex>@<command hash>.json``, written to a
 temporary file in that directory, then renamed.
@@ -79,6 +86,7 @@ class Trace:
 
     key: str
     reads: tuple[Read, ...]
+    cut: bool = False  # recorded until its mount ended, not until the workload settled
 
 
 def check_key(key: str) -> str:
@@ -105,6 +113,8 @@ def encode(trace: Trace) -> bytes:
         raise TraceError(f"a trace of {len(reads)} reads of {len(layers)} layers is too big")
     body = {"lazyfs_trace": TRACE_VERSION, "key": trace.key, "layers": list(layers),
             "reads": reads}  # fmt: skip
+    if trace.cut:
+        body["cut"] = True
     data = json.dumps(body, separators=(",", ":")).encode()
     if len(data) > MAX_TRACE_BYTES:
         raise TraceError(f"a trace of {len(data)} bytes is past {MAX_TRACE_BYTES}")
@@ -149,7 +159,10 @@ def decode(data: bytes, key: str | None = None) -> Trace:
             raise TraceError(f"a trace with a read {str(item)[:100]!r}")
         _check_range(item[1], item[2])
         out.append(Read(digests[item[0]], item[1], item[2]))
-    return Trace(found, tuple(out))
+    cut = body.get("cut", False)
+    if type(cut) is not bool:
+        raise TraceError(f"a trace whose cut is {str(cut)[:100]!r}")
+    return Trace(found, tuple(out), cut)
 
 
 def _check_range(offset: int, length: int) -> None:
@@ -189,3 +202,22 @@ def store_trace(cache_dir: Path, trace: Trace) -> Path:
     # Not fsynced: a torn trace after a crash is refused when read, and only a hint.
     write_atomic(path, encode(trace), mode=0o600, durable=False)
     return path
+
+
+def drop_cut_trace(cache_dir: Path, key: str) -> bool:
+    """Remove the trace of ``key`` kept in the cache if it is cut (or unreadable): a run
+    stopped before its workload settled recorded only its start. Whether one was removed.
+    A trace that settled stays. Blocking."""
+    path = trace_path(cache_dir, key)
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_TRACE_BYTES + 1)
+    except FileNotFoundError:
+        return False
+    try:
+        if not decode(data, key).cut:
+            return False
+    except TraceError:
+        pass  # nobody could replay it
+    path.unlink(missing_ok=True)
+    return True

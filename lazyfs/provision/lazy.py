@@ -124,12 +124,14 @@ def blobs_for(
         config = manifest.config
         argv = (*config.entrypoint, *(command or config.cmd))
         cwd = working_dir or config.working_dir
-        trace = _trace_key(manifest, command, working_dir)
+        trace = run_trace_key(manifest, command, working_dir)
         executable = executable_paths(argv, config.env, cwd)
     return LazyBlobs(blobs, Remote(daemon, origins, trace, executable))
 
 
-def _trace_key(manifest: ImageManifest, command: Sequence[str], working_dir: str) -> str | None:
+def run_trace_key(manifest: ImageManifest, command: Sequence[str], working_dir: str) -> str | None:
+    """The prefetch trace key of ``manifest`` run as ``command`` (empty: the image's) in
+    ``working_dir`` (empty: the image's)."""
     config = manifest.config
     cwd = working_dir or config.working_dir
     return trace_key(manifest.digest, config.entrypoint, command or config.cmd, cwd)
@@ -160,7 +162,7 @@ def replay_ahead(
     flight.
     """
     try:
-        key = _trace_key(manifest, command, working_dir)
+        key = run_trace_key(manifest, command, working_dir)
         if key is None:
             return
         origins = remote_origins(store, manifest)

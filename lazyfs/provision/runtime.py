@@ -151,7 +151,13 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
+def run_bundle(
+    bundle: Path,
+    container_id: str,
+    state_root: Path,
+    *,
+    told: Callable[[int], None] | None = None,
+) -> int:
     """Run the bundle in the foreground with runc; returns the container's exit code.
 
     stdin, stdout and stderr are the caller's. SIGINT, SIGTERM and SIGHUP
@@ -161,7 +167,8 @@ def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
     as well: runc keeps supervising, so a container that ignores it runs
     on, and ``still_running`` says so. The runc state is deleted after.
     Call from the main thread: the parent-death signal follows the thread
-    that started runc.
+    that started runc. ``told`` is called with each signal passed on, in its
+    handler: the container did not end by itself.
     """
     state_root.mkdir(parents=True, exist_ok=True)
     argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
@@ -174,8 +181,14 @@ def run_bundle(bundle: Path, container_id: str, state_root: Path) -> int:
         s for s in _FORWARDED if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN
     ]
     previous = {sig: signal.getsignal(sig) for sig in forwarded}
+
+    def forward(signum: int, _frame: object) -> None:
+        process.send_signal(signum)
+        if told is not None:
+            told(signum)
+
     for sig in previous:
-        signal.signal(sig, lambda signum, _frame: process.send_signal(signum))
+        signal.signal(sig, forward)
     try:
         code = process.wait()
     finally:

@@ -10,7 +10,10 @@ test that mounts destroys in a ``finally`` (``provisioned``).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +148,68 @@ def test_runc_runs_in_an_overlay_rootfs(
         trio.run(prov.destroy, "c1")
     assert mounts_under(tmp_path) == []
     assert not scratch_dir(info.rootfs).exists()
+
+
+def test_a_signal_run_passes_on_to_the_container_is_told(
+    busybox_dir: Path, tmp_path: Path
+) -> None:
+    # ``lazyfs run`` learns so that its container was stopped, not ended by itself.
+    prov = make_provisioner(tmp_path / "work", busybox_dir)
+    info = trio.run(lambda: prov.provision("c1", docker("busybox"), "overlay", writable=True))
+    told: list[int] = []
+    sent: list[bool] = []
+
+    def stop_when_ready() -> None:
+        deadline = time.monotonic() + 60
+        while not (info.rootfs / "ready").exists():  # polls for a file, no timing assumed
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_when_ready)
+    try:
+        config = runtime.bundle_config(
+            info.rootfs,
+            info.config,
+            # Ends by itself after a minute, should the signal never come.
+            ["/bin/sh", "-c", "trap 'exit 3' TERM; touch /ready; i=0; "
+             "while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; exit 9"],
+            readonly=False,
+            cgroups_path=f"lazyfs-test/{info.container_id}",
+        )
+        runtime.write_bundle(tmp_path / "bundle", config)
+        stopper.start()
+        code = runtime.run_bundle(
+            tmp_path / "bundle", f"lazyfs-test-{os.getpid()}", tmp_path / "runc", told=told.append
+        )
+    finally:
+        stopper.join()
+        trio.run(prov.destroy, "c1")
+    assert sent, "the container never started"
+    assert (code, told) == (3, [signal.SIGTERM])
+    assert _run_in_told(busybox_dir, tmp_path / "again") == []
+
+
+def _run_in_told(busybox_dir: Path, work: Path) -> list[int]:
+    """What a container that ends by itself tells: nothing."""
+    prov = make_provisioner(work / "work", busybox_dir)
+    info = trio.run(lambda: prov.provision("c2", docker("busybox"), "overlay", writable=True))
+    told: list[int] = []
+    try:
+        config = runtime.bundle_config(
+            info.rootfs, info.config, ["/bin/true"], readonly=False,
+            cgroups_path=f"lazyfs-test/{info.container_id}",
+        )  # fmt: skip
+        runtime.write_bundle(work / "bundle", config)
+        code = runtime.run_bundle(
+            work / "bundle", f"lazyfs-test-{os.getpid()}", work / "runc", told=told.append
+        )
+    finally:
+        trio.run(prov.destroy, "c2")
+    assert code == 0
+    return told
 
 
 async def test_destroy_removes_mount_upper_and_work(
