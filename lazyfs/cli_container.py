@@ -5,9 +5,8 @@ SIGTERM and SIGHUP cancel the provision and the making of the runtime
 bundle, which run as one piece of async work (``run_trio``; a read of the
 rootfs under way finishes first), and reach the container through runc
 while it runs (``runtime.run_bundle``); the container is destroyed after
-either. A prefetch trace its mount kept cut short (the mount ended before
-the workload settled) is dropped when the run was stopped so: it holds only
-the start of the workload, and the next run records the whole.
+either. The prefetch trace the run's mount recorded is dropped when the run
+was stopped before the workload settled (``lazyfs.cli_run_trace``).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -54,6 +54,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     """Run ``args.command_args`` (or the image's command) in a container of ``image()``."""
     import trio
 
+    from lazyfs import cli_run_trace as run_trace
     from lazyfs.cli_early import started_ahead
     from lazyfs.cli_exec import exec_problem, in_root
     from lazyfs.cli_volumes import container_request, volume_mounts
@@ -75,6 +76,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     bundle = app.provisioner.containers / container_id / "bundle"
     made: list[ProvisionInfo] = []
+    traced: list[run_trace.RunTrace] = []
 
     def write_bundle(info: ProvisionInfo) -> int | None:
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
@@ -120,6 +122,8 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             working_dir=workdir,
         )
         made.append(info)
+        # Before its mount can have kept a trace cut (only as it ends).
+        traced.append(run_trace.noted(args, info.image, command, workdir))
         return await trio.to_thread.run_sync(write_bundle, info)
 
     # Held from provision to destroy: recover elsewhere sees the container busy.
@@ -128,22 +132,27 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         app.provisioner.hold(container_id),
     ):
         failure: BaseException | None = None
-        signalled: list[int] = []
+        status: int | None = None
+        signalled_at: list[int] = []  # time.time_ns() of each signal passed on to the container
         try:
             status = run_trio(provision_and_bundle)
             if status is not None:
                 return status
             root = runtime.state_root(app.work_dir)
-            return runtime.run_bundle(bundle, container_id, root, told=signalled.append)
+            status = runtime.run_bundle(
+                bundle, container_id, root, told=lambda _: signalled_at.append(time.time_ns())
+            )
+            return status
         except BaseException as error:
             failure = error
             raise
         finally:
-            _destroy(app, container_id, failure)
-            if made and (failure is not None or signalled):  # not the workload's whole trace
-                from lazyfs.cli_index import drop_stopped_trace
-
-                drop_stopped_trace(args, made[0].image, command, workdir)
+            try:
+                _destroy(app, container_id, failure)
+            finally:
+                first = signalled_at[0] if signalled_at else None
+                if traced and run_trace.stopped(status, failure is not None, first):
+                    run_trace.drop_if_stopped(traced[0], first)  # the start of a trace only
             if made and args.publish_indexes:  # the trace its mount kept as it ended
                 from lazyfs.cli_index import publish_run_traces
 

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lazyfs.cli_run import run_trio
@@ -80,26 +80,6 @@ def publish_run_traces(
         log.info("%s: published its prefetch traces as %s", image.reference, done)
     except (LazyfsError, OSError) as error:
         log.warning("%s: publishing its prefetch traces failed: %s", image.reference, error)
-
-
-def drop_stopped_trace(
-    args: argparse.Namespace, image: ImageManifest, command: Sequence[str], working_dir: str
-) -> None:
-    """After a ``run`` of ``image`` stopped before its container ended by itself (a signal
-    passed on to it, an error): remove the prefetch trace its mount kept if it is cut, so
-    the next run records the whole. Blocking; a failure is logged."""
-    from lazyfs.cli_daemon import cache_dir
-    from lazyfs.index.trace import drop_cut_trace
-    from lazyfs.provision.lazy import run_trace_key
-
-    key = run_trace_key(image, command, working_dir)
-    if key is None:
-        return
-    try:
-        if drop_cut_trace(cache_dir(args), key):
-            log.info("%s: the run was stopped: its prefetch trace is not kept", image.reference)
-    except (LazyfsError, OSError) as error:
-        log.warning("%s: cannot drop the trace of a stopped run: %s", image.reference, error)
 
 
 def run_index(

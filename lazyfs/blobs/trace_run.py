@@ -25,8 +25,7 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   trace in the cache (temporary file + rename); also when the mount ends
   first (``Recorder.finish``), marked ``cut`` then: whole for a job that
   ended, partial for one stopped early, which ``lazyfs run`` drops
-  (``lazyfs.index.trace.drop_cut_trace``). A mount that never served writes
-  nothing.
+  (``lazyfs.cli_run_trace``). A mount that never served writes nothing.
   Reads of a thread marked ``unrecorded`` (a first start's read-ahead,
   ``lazyfs.fs.predict``) are not kept: the trace is what the program read,
   in its order, which such guesses, made in an order of their own, would

@@ -26,10 +26,10 @@ The encoding is JSON, versioned by its media type and ``TRACE_VERSION``::
      "cut": true}                                      only when it was (below)
 
 A trace is ``cut`` when its mount ended before the workload settled: whole
-for a job that ran to its end, but a run stopped early (``lazyfs run``
-interrupted) leaves only its first reads, which ``drop_cut_trace`` removes
-so that the next run records the whole. A reader that knows nothing of the
-field reads a cut trace as any other.
+for a job that ran to its end, but a run stopped early leaves only its
+first reads, which ``lazyfs run`` removes (``lazyfs.cli_run_trace``) so that
+the next run records the whole. A reader that knows nothing of the field
+reads a cut trace as any other.
 
 Stored as ``CACHE_DIR/traces/<sha256 hex>@<command hash>.json``, written to a
 temporary file in that directory, then renamed.
@@ -202,22 +202,3 @@ def store_trace(cache_dir: Path, trace: Trace) -> Path:
     # Not fsynced: a torn trace after a crash is refused when read, and only a hint.
     write_atomic(path, encode(trace), mode=0o600, durable=False)
     return path
-
-
-def drop_cut_trace(cache_dir: Path, key: str) -> bool:
-    """Remove the trace of ``key`` kept in the cache if it is cut (or unreadable): a run
-    stopped before its workload settled recorded only its start. Whether one was removed.
-    A trace that settled stays. Blocking."""
-    path = trace_path(cache_dir, key)
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_TRACE_BYTES + 1)
-    except FileNotFoundError:
-        return False
-    try:
-        if not decode(data, key).cut:
-            return False
-    except TraceError:
-        pass  # nobody could replay it
-    path.unlink(missing_ok=True)
-    return True

@@ -167,8 +167,8 @@ def run_bundle(
     as well: runc keeps supervising, so a container that ignores it runs
     on, and ``still_running`` says so. The runc state is deleted after.
     Call from the main thread: the parent-death signal follows the thread
-    that started runc. ``told`` is called with each signal passed on, in its
-    handler: the container did not end by itself.
+    that started runc. ``told`` is called with each signal passed on while
+    runc ran, in the handler: the container did not end by itself.
     """
     state_root.mkdir(parents=True, exist_ok=True)
     argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
@@ -183,8 +183,8 @@ def run_bundle(
     previous = {sig: signal.getsignal(sig) for sig in forwarded}
 
     def forward(signum: int, _frame: object) -> None:
-        process.send_signal(signum)
-        if told is not None:
+        process.send_signal(signum)  # nothing if runc has ended (then it reaped it)
+        if told is not None and process.returncode is None:
             told(signum)
 
     for sig in previous:

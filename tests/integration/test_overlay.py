@@ -150,9 +150,7 @@ def test_runc_runs_in_an_overlay_rootfs(
     assert not scratch_dir(info.rootfs).exists()
 
 
-def test_a_signal_run_passes_on_to_the_container_is_told(
-    busybox_dir: Path, tmp_path: Path
-) -> None:
+def test_a_signal_run_passes_on_to_the_container_is_told(busybox_dir: Path, tmp_path: Path) -> None:
     # ``lazyfs run`` learns so that its container was stopped, not ended by itself.
     prov = make_provisioner(tmp_path / "work", busybox_dir)
     info = trio.run(lambda: prov.provision("c1", docker("busybox"), "overlay", writable=True))
@@ -174,8 +172,12 @@ def test_a_signal_run_passes_on_to_the_container_is_told(
             info.rootfs,
             info.config,
             # Ends by itself after a minute, should the signal never come.
-            ["/bin/sh", "-c", "trap 'exit 3' TERM; touch /ready; i=0; "
-             "while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; exit 9"],
+            [
+                "/bin/sh",
+                "-c",
+                "trap 'exit 3' TERM; touch /ready; i=0; "
+                "while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; exit 9",
+            ],
             readonly=False,
             cgroups_path=f"lazyfs-test/{info.container_id}",
         )

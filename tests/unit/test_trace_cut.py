@@ -1,26 +1,28 @@
 """A trace kept because its mount ended before the workload settled is marked cut, and a
-``lazyfs run`` stopped by a signal or an error drops such a trace (``lazyfs.index.trace``,
-``lazyfs.blobs.trace_run``, ``lazyfs.cli_index.drop_stopped_trace``): it holds only the
-start of the workload, and, kept, it would be replayed (and published) instead of the
-whole one the next run records."""
+``lazyfs run`` stopped early drops the trace its mount kept cut or after the stop
+(``lazyfs.index.trace``, ``lazyfs.blobs.trace_run``, ``lazyfs.cli_run_trace``): it holds
+only the start of the workload, and, kept, it would be replayed (and published) instead
+of the whole one the next run records."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from lazyfs.blobs.trace_run import Recorder
 from lazyfs.cache.remote import trace_key
-from lazyfs.cli_index import drop_stopped_trace
+from lazyfs.cli_run_trace import RunTrace, drop_if_stopped, noted, stopped
 from lazyfs.index.trace import (
     Read,
     Trace,
     TraceError,
     decode,
-    drop_cut_trace,
     encode,
     load_trace,
     store_trace,
@@ -86,31 +88,75 @@ def test_a_cut_that_is_not_a_boolean_refuses_the_trace(value: object) -> None:
         decode(json.dumps(body).encode(), KEY)
 
 
-def test_dropping_a_cut_trace_leaves_a_whole_one(tmp_path: Path) -> None:
-    assert not drop_cut_trace(tmp_path, KEY)  # none kept
-    store_trace(tmp_path, Trace(KEY, (Read(A, 0, 10),)))
-    assert not drop_cut_trace(tmp_path, KEY)
+def _keep(cache: Path, *, cut: bool, key: str = KEY) -> Path:
+    return store_trace(cache, Trace(key, (Read(A, 0, 10),), cut=cut))
+
+
+def test_a_stopped_run_drops_the_cut_trace_its_mount_kept(tmp_path: Path) -> None:
+    path = trace_path(tmp_path, KEY)
+    ours = RunTrace(path, existed=False)
+    assert not drop_if_stopped(ours, None)  # none kept
+    _keep(tmp_path, cut=False)
+    assert not drop_if_stopped(ours, None)  # settled: whole
     assert load_trace(tmp_path, KEY) is not None
-    store_trace(tmp_path, Trace(KEY, (Read(A, 0, 10),), cut=True))
-    assert drop_cut_trace(tmp_path, KEY)
-    assert not trace_path(tmp_path, KEY).exists()
-    trace_path(tmp_path, KEY).write_bytes(b"{torn")  # nobody could replay it
-    assert drop_cut_trace(tmp_path, KEY)
-    assert not trace_path(tmp_path, KEY).exists()
+    _keep(tmp_path, cut=True)
+    assert drop_if_stopped(ours, None)
+    assert not path.exists()
+    path.write_bytes(b"{torn")  # not one this lazyfs wrote cut: left as it is
+    assert not drop_if_stopped(ours, None)
+    assert path.exists()
 
 
-def test_a_stopped_run_drops_the_cut_trace_of_its_image_and_command(tmp_path: Path) -> None:
+def test_a_trace_the_run_found_is_not_its_own_to_drop(tmp_path: Path) -> None:
+    # A short job's earlier trace, whole but cut, replayed by this run's mount.
+    path = _keep(tmp_path, cut=True)
+    assert not drop_if_stopped(RunTrace(path, existed=True), time.time_ns())
+    assert not drop_if_stopped(RunTrace(None, existed=True), None)  # a run keyed for none
+    assert load_trace(tmp_path, KEY) is not None
+
+
+def test_a_trace_settled_after_the_first_signal_is_dropped_one_before_it_kept(
+    tmp_path: Path,
+) -> None:
+    # A quiet shutdown may outlast the settle time: what the mount kept then is the start.
+    path = _keep(tmp_path, cut=False)
+    written = os.stat(path).st_mtime_ns
+    ours = RunTrace(path, existed=False)
+    assert not drop_if_stopped(ours, written + 10**9)  # settled a second before the stop
+    assert path.exists()
+    assert drop_if_stopped(ours, written)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("status", "failed", "signalled", "want"),
+    [
+        (0, False, None, False),
+        (1, False, None, False),
+        (127, False, None, False),  # its command was not found: it ended by itself
+        (128 + signal.SIGSEGV, False, None, False),  # a crash ends the workload where it is
+        (0, False, 1, True),  # a signal passed on, whatever the container made of it
+        (128 + signal.SIGINT, False, None, True),  # `run -t`: Ctrl-C through its terminal
+        (128 + signal.SIGKILL, False, None, True),  # out of memory, or an agent
+        (128 + signal.SIGTERM, False, None, True),
+        (None, True, None, True),  # an error, an interrupt before runc ran
+    ],
+)
+def test_which_runs_did_not_end_by_themselves(
+    status: int | None, failed: bool, signalled: int | None, want: bool
+) -> None:
+    assert stopped(status, failed, signalled) is want
+
+
+def test_the_trace_noted_is_that_of_the_image_and_command_run(tmp_path: Path) -> None:
     config = RuntimeConfig(entrypoint=("/bin/sh", "-c"), cmd=("exit 0",), working_dir="/srv")
     image = ImageManifest("registry.example:5000/app:1", IMAGE, (), config=config)
     args = argparse.Namespace(cache_dir=str(tmp_path / "cache"), work_dir=str(tmp_path))
-    command = ["sleep 60"]
-    key = trace_key(IMAGE, config.entrypoint, command, "/tmp")
-    other = trace_key(IMAGE, config.entrypoint, config.cmd, "/srv")  # the image's own command
-    assert key is not None and other is not None
-    for kept in (key, other):
-        store_trace(tmp_path / "cache", Trace(kept, (Read(A, 0, 10),), cut=True))
-    drop_stopped_trace(args, image, command, "/tmp")
-    assert load_trace(tmp_path / "cache", key) is None
-    assert load_trace(tmp_path / "cache", other) is not None  # another command's stays
-    drop_stopped_trace(args, image, [], "")  # the image's command, in its directory
-    assert load_trace(tmp_path / "cache", other) is None
+    key = trace_key(IMAGE, config.entrypoint, ["sleep 60"], "/tmp")
+    own = trace_key(IMAGE, config.entrypoint, config.cmd, "/srv")  # the image's own command
+    assert key is not None and own is not None
+    assert noted(args, image, ["sleep 60"], "/tmp") == RunTrace(
+        trace_path(tmp_path / "cache", key), existed=False
+    )
+    _keep(tmp_path / "cache", cut=True, key=own)
+    assert noted(args, image, [], "") == RunTrace(trace_path(tmp_path / "cache", own), existed=True)
