@@ -22,12 +22,15 @@ ends), and a later start with nothing new to push adds nothing.
 
 A damaged trace in the cache is ignored with one line in the mount's log;
 the mount serves right bytes, and records a good trace in its place.
+
+A first run stopped by Ctrl-C before its workload settled keeps no trace.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -333,3 +336,41 @@ def test_a_provision_that_publishes_indexes_pushes_traces_recorded_before(
                                capture_output=True, timeout=300, stdin=subprocess.DEVNULL,
                                check=False)  # fmt: skip
             kill_recorded(work / "cache")
+
+
+def test_a_first_run_stopped_by_ctrl_c_keeps_no_trace(
+    python_registry: Registry, link: Counted, tmp_path: Path
+) -> None:
+    """Its mount kept the reads of the workload's start; replayed, they would stand for
+    the whole (``lazyfs.cli_run_trace``). The workload reads new files until it is
+    stopped, so it has not settled when Ctrl-C comes."""
+    need_fuse()
+    manifest = _manifest(python_registry)
+    config = manifest.config
+    code = ("import pathlib, time\n"
+            "print('reading', flush=True)\n"
+            "for path in sorted(pathlib.Path('/usr/lib/python3.11').rglob('*.py')):\n"
+            "    path.read_bytes()\n"
+            "time.sleep(120)\n")  # fmt: skip
+    command = ("python3", "-c", code)
+    key = trace_key(manifest.digest, config.entrypoint, command, config.working_dir)
+    assert key is not None
+    work = tmp_path / "work"
+    _fresh(work)
+    argv = _argv(link, work, "run", "--backend", "fuse", f"docker:{link.host}/{IMAGE}",
+                 "--", *command)  # fmt: skip
+    run = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline() == "reading\n", run.communicate(timeout=300)
+        run.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C reaches `lazyfs run`
+        _, errors = run.communicate(timeout=300)
+        assert run.returncode == 130, errors  # the container's status, ended by the signal
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        kill_recorded(work / "cache")
+    assert not trace_path(work / "cache", key).exists()
+    assert list((work / "provisioner" / "containers").iterdir()) == []
