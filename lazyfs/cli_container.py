@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -76,7 +75,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     container_id = f"run-{uuid.uuid4().hex[:12]}"
     bundle = app.provisioner.containers / container_id / "bundle"
     made: list[ProvisionInfo] = []
-    traced: list[run_trace.RunTrace] = []
+    traced: list[run_trace.RunTrace | None] = []  # what its mount records, if it does
 
     def write_bundle(info: ProvisionInfo) -> int | None:
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
@@ -123,7 +122,8 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         )
         made.append(info)
         # Before its mount can have kept a trace cut (only as it ends).
-        traced.append(run_trace.noted(args, info.image, command, workdir))
+        lazy = bool(info.remote_layers)
+        traced.append(run_trace.noted(args, info.image, command, workdir, lazy=lazy))
         return await trio.to_thread.run_sync(write_bundle, info)
 
     # Held from provision to destroy: recover elsewhere sees the container busy.
@@ -133,15 +133,19 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     ):
         failure: BaseException | None = None
         status: int | None = None
-        signalled_at: list[int] = []  # time.time_ns() of each signal passed on to the container
+        # For each signal passed on to the container: which trace file was there then.
+        signalled: list[run_trace.FileId] = []
+
+        def told(_: int) -> None:
+            trace = traced[0] if traced else None
+            signalled.append(None if trace is None else run_trace.file_id(trace.path))
+
         try:
             status = run_trio(provision_and_bundle)
             if status is not None:
                 return status
             root = runtime.state_root(app.work_dir)
-            status = runtime.run_bundle(
-                bundle, container_id, root, told=lambda _: signalled_at.append(time.time_ns())
-            )
+            status = runtime.run_bundle(bundle, container_id, root, told=told)
             return status
         except BaseException as error:
             failure = error
@@ -150,9 +154,9 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             try:
                 _destroy(app, container_id, failure)
             finally:
-                first = signalled_at[0] if signalled_at else None
-                if traced and run_trace.stopped(status, failure is not None, first):
-                    run_trace.drop_if_stopped(traced[0], first)  # the start of a trace only
+                trace = traced[0] if traced else None
+                if trace and run_trace.stopped(status, failure is not None, bool(signalled)):
+                    run_trace.drop_if_stopped(trace, signalled[0] if signalled else False)
             if made and args.publish_indexes:  # the trace its mount kept as it ended
                 from lazyfs.cli_index import publish_run_traces
 

@@ -8,15 +8,21 @@ workload; kept, that start would be replayed by every later run instead of
 the whole one, and pushed beside the image with ``--publish_indexes``. So
 after such a run, once its rootfs is destroyed (its mount has kept the
 trace by then), ``drop_if_stopped`` removes the trace its mount wrote: one
-kept cut, or kept after the first signal passed on to the container (its
-shutdown may have been quiet long enough to settle).
+kept cut, or kept after the first signal ``run`` passed on to the container
+(its shutdown may have been quiet long enough to settle).
 
-Only a trace this run wrote: ``noted`` looks whether the cache kept one
-before, as the provision returns (a mount that finds one replays it and
-records nothing; one that records keeps its trace two seconds after the
-workload's last new read at the earliest, and then it settled). A run
-that ends by itself keeps its trace, cut or not: a short job's whole
-trace is cut. Blocking; a trace is only a hint, so a failure is logged.
+Only a trace this run's mount wrote. ``noted``, as the provision returns,
+says whether the mount records (a lazy rootfs whose cache holds no usable
+trace: the mount's own test, ``lazyfs.index.trace.load_trace``) and which
+file the trace path held then; each write of a trace is a new file
+(written aside, then renamed), so a file other than that one afterwards
+is this run's, and other than the one at the first signal, written after
+it. A run that ends by itself keeps its trace, cut or not: a short job's
+whole trace is cut.
+
+Not covered: a run whose destroy fails, or that is killed itself, leaves a
+mount that keeps its cut trace when it ends later (``recover``). Blocking;
+a trace is only a hint, so a failure is logged.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lazyfs.index.trace import MAX_TRACE_BYTES, TraceError, decode, trace_path
+from lazyfs.index.trace import MAX_TRACE_BYTES, TraceError, decode, load_trace, trace_path
 from providers.manifest import ImageManifest
 
 log = logging.getLogger(__name__)
@@ -38,53 +44,70 @@ log = logging.getLogger(__name__)
 # three; the terminal of ``run -t`` sends INT and QUIT itself; KILL is the
 # kernel's (out of memory) or an agent's.
 STOPPING = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL, signal.SIGTERM})
-# File times come from the kernel's coarse clock, a tick behind time.time_ns().
-_CLOCK_SLACK_NS = 50_000_000
+
+# Which file a path names: (device, inode), None for none.
+FileId = tuple[int, int] | None
 
 
 @dataclass(frozen=True)
 class RunTrace:
-    """Where the cache keeps the trace of a run's image and command, and whether it
-    kept one before the run's mount could write it."""
+    """Where the cache keeps the trace a run's mount records, and which file was there
+    as the provision returned."""
 
-    path: Path | None  # None: a command no trace is keyed for
-    existed: bool
+    path: Path
+    before: FileId
 
 
-def noted(args: argparse.Namespace, image: ImageManifest, command: Sequence[str],
-          working_dir: str) -> RunTrace:  # fmt: skip
-    """The trace of ``image`` run as ``command`` in ``working_dir``, as the provision returns."""
+def noted(
+    args: argparse.Namespace,
+    image: ImageManifest,
+    command: Sequence[str],
+    working_dir: str,
+    *,
+    lazy: bool,
+) -> RunTrace | None:
+    """The trace the mount of ``image`` run as ``command`` in ``working_dir`` records, as the
+    provision returns; None when it records none (not ``lazy``, or it replays one)."""
     from lazyfs.cli_daemon import cache_dir
     from lazyfs.provision.lazy import run_trace_key
 
     key = run_trace_key(image, command, working_dir)
-    if key is None:
-        return RunTrace(None, existed=True)
+    if not lazy or key is None or load_trace(cache_dir(args), key, level=logging.DEBUG):
+        return None
     path = trace_path(cache_dir(args), key)
-    return RunTrace(path, existed=os.path.lexists(path))
+    return RunTrace(path, file_id(path))
 
 
-def stopped(status: int | None, failed: bool, signalled_at: int | None) -> bool:
+def file_id(path: Path) -> FileId:
+    """Which file ``path`` names now; None when none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def stopped(status: int | None, failed: bool, signalled: bool) -> bool:
     """Whether a run did not end by itself: it failed, passed a signal on, or its container
     ended by a signal that stops (runc's status 128+N)."""
     killed = status is not None and status > 128 and status - 128 in STOPPING
-    return failed or signalled_at is not None or killed
+    return failed or signalled or killed
 
 
-def drop_if_stopped(trace: RunTrace, signalled_at: int | None) -> bool:
-    """Remove the trace the run's mount kept, if it kept one cut, or after ``signalled_at``
-    (``time.time_ns()`` of the first signal passed on); whether one was removed. Call for a
-    run that was ``stopped``, once its rootfs is destroyed."""
+def drop_if_stopped(trace: RunTrace, at_signal: FileId | bool) -> bool:
+    """Remove the trace the run's mount kept, if it kept one cut or after the first signal
+    passed on (``at_signal``: which file was there then; False: no signal); whether one
+    was removed. Call for a run that was ``stopped``, once its rootfs is destroyed."""
     path = trace.path
-    if path is None or trace.existed:
-        return False  # the run's mount replayed it, or keys none
     try:
         with path.open("rb") as file:
-            written = os.fstat(file.fileno()).st_mtime_ns
+            found = os.fstat(file.fileno())
             data = file.read(MAX_TRACE_BYTES + 1)
-        after = signalled_at is not None and written >= signalled_at - _CLOCK_SLACK_NS
-        if not after and not _cut(data):
-            return False
+        now = (found.st_dev, found.st_ino)
+        if now == trace.before:
+            return False  # not written since the provision: not this run's
+        if (at_signal is False or now == at_signal) and not _cut(data):
+            return False  # settled before any signal
         path.unlink(missing_ok=True)
     except FileNotFoundError:
         return False

@@ -373,4 +373,5 @@ def test_a_first_run_stopped_by_ctrl_c_keeps_no_trace(
             run.wait()
         kill_recorded(work / "cache")
     assert not trace_path(work / "cache", key).exists()
+    assert list((work / "cache" / TRACES_DIR).glob("*.json")) == []  # none under another key
     assert list((work / "provisioner" / "containers").iterdir()) == []

@@ -187,7 +187,8 @@ def test_a_signal_run_passes_on_to_the_container_is_told(busybox_dir: Path, tmp_
             tmp_path / "bundle", f"lazyfs-test-{os.getpid()}", tmp_path / "runc", told=told.append
         )
     finally:
-        stopper.join()
+        if stopper.ident is not None:
+            stopper.join()
         trio.run(prov.destroy, "c1")
     assert sent, "the container never started"
     assert (code, told) == (3, [signal.SIGTERM])

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from lazyfs.blobs.trace_run import Recorder
 from lazyfs.cache.remote import trace_key
-from lazyfs.cli_run_trace import RunTrace, drop_if_stopped, noted, stopped
+from lazyfs.cli_run_trace import RunTrace, drop_if_stopped, file_id, noted, stopped
 from lazyfs.index.trace import (
     Read,
     Trace,
@@ -94,69 +92,80 @@ def _keep(cache: Path, *, cut: bool, key: str = KEY) -> Path:
 
 def test_a_stopped_run_drops_the_cut_trace_its_mount_kept(tmp_path: Path) -> None:
     path = trace_path(tmp_path, KEY)
-    ours = RunTrace(path, existed=False)
-    assert not drop_if_stopped(ours, None)  # none kept
+    ours = RunTrace(path, before=None)
+    assert not drop_if_stopped(ours, False)  # none kept
     _keep(tmp_path, cut=False)
-    assert not drop_if_stopped(ours, None)  # settled: whole
+    assert not drop_if_stopped(ours, False)  # settled: whole
     assert load_trace(tmp_path, KEY) is not None
     _keep(tmp_path, cut=True)
-    assert drop_if_stopped(ours, None)
+    assert drop_if_stopped(ours, False)
     assert not path.exists()
     path.write_bytes(b"{torn")  # not one this lazyfs wrote cut: left as it is
-    assert not drop_if_stopped(ours, None)
+    assert not drop_if_stopped(ours, False)
     assert path.exists()
 
 
-def test_a_trace_the_run_found_is_not_its_own_to_drop(tmp_path: Path) -> None:
-    # A short job's earlier trace, whole but cut, replayed by this run's mount.
+def test_a_trace_the_run_did_not_write_is_not_its_own_to_drop(tmp_path: Path) -> None:
+    # A short job's earlier trace, whole but cut, there as the provision returned.
     path = _keep(tmp_path, cut=True)
-    assert not drop_if_stopped(RunTrace(path, existed=True), time.time_ns())
-    assert not drop_if_stopped(RunTrace(None, existed=True), None)  # a run keyed for none
+    there = RunTrace(path, before=file_id(path))
+    assert not drop_if_stopped(there, None)
+    assert not drop_if_stopped(there, file_id(path))
     assert load_trace(tmp_path, KEY) is not None
+    # Written again since (a damaged one was there, which the mount records over): its.
+    _keep(tmp_path, cut=True)
+    assert drop_if_stopped(there, False)
 
 
-def test_a_trace_settled_after_the_first_signal_is_dropped_one_before_it_kept(
+def test_a_trace_written_after_the_first_signal_is_dropped_one_before_it_kept(
     tmp_path: Path,
 ) -> None:
     # A quiet shutdown may outlast the settle time: what the mount kept then is the start.
+    ours = RunTrace(trace_path(tmp_path, KEY), before=None)
     path = _keep(tmp_path, cut=False)
-    written = os.stat(path).st_mtime_ns
-    ours = RunTrace(path, existed=False)
-    assert not drop_if_stopped(ours, written + 10**9)  # settled a second before the stop
+    assert not drop_if_stopped(ours, file_id(path))  # settled before the signal
     assert path.exists()
-    assert drop_if_stopped(ours, written)
+    at_signal = file_id(path)
+    _keep(tmp_path, cut=False)  # settled again after it
+    assert drop_if_stopped(ours, at_signal)
     assert not path.exists()
+    _keep(tmp_path, cut=False)  # no trace at the signal, one after it
+    assert drop_if_stopped(ours, None)
 
 
 @pytest.mark.parametrize(
     ("status", "failed", "signalled", "want"),
     [
-        (0, False, None, False),
-        (1, False, None, False),
-        (127, False, None, False),  # its command was not found: it ended by itself
-        (128 + signal.SIGSEGV, False, None, False),  # a crash ends the workload where it is
-        (0, False, 1, True),  # a signal passed on, whatever the container made of it
-        (128 + signal.SIGINT, False, None, True),  # `run -t`: Ctrl-C through its terminal
-        (128 + signal.SIGKILL, False, None, True),  # out of memory, or an agent
-        (128 + signal.SIGTERM, False, None, True),
-        (None, True, None, True),  # an error, an interrupt before runc ran
+        (0, False, False, False),
+        (1, False, False, False),
+        (127, False, False, False),  # its command was not found: it ended by itself
+        (128 + signal.SIGSEGV, False, False, False),  # a crash ends the workload where it is
+        (0, False, True, True),  # a signal passed on, whatever the container made of it
+        (128 + signal.SIGINT, False, False, True),  # `run -t`: Ctrl-C through its terminal
+        (128 + signal.SIGKILL, False, False, True),  # out of memory, or an agent
+        (128 + signal.SIGTERM, False, False, True),
+        (None, True, False, True),  # an error, an interrupt before runc ran
     ],
 )
 def test_which_runs_did_not_end_by_themselves(
-    status: int | None, failed: bool, signalled: int | None, want: bool
+    status: int | None, failed: bool, signalled: bool, want: bool
 ) -> None:
     assert stopped(status, failed, signalled) is want
 
 
-def test_the_trace_noted_is_that_of_the_image_and_command_run(tmp_path: Path) -> None:
+def test_a_trace_is_noted_only_where_the_runs_mount_records_one(tmp_path: Path) -> None:
     config = RuntimeConfig(entrypoint=("/bin/sh", "-c"), cmd=("exit 0",), working_dir="/srv")
     image = ImageManifest("registry.example:5000/app:1", IMAGE, (), config=config)
     args = argparse.Namespace(cache_dir=str(tmp_path / "cache"), work_dir=str(tmp_path))
     key = trace_key(IMAGE, config.entrypoint, ["sleep 60"], "/tmp")
     own = trace_key(IMAGE, config.entrypoint, config.cmd, "/srv")  # the image's own command
     assert key is not None and own is not None
-    assert noted(args, image, ["sleep 60"], "/tmp") == RunTrace(
-        trace_path(tmp_path / "cache", key), existed=False
+    assert noted(args, image, ["sleep 60"], "/tmp", lazy=True) == RunTrace(
+        trace_path(tmp_path / "cache", key), before=None
     )
+    assert noted(args, image, ["sleep 60"], "/tmp", lazy=False) is None  # nothing records
     _keep(tmp_path / "cache", cut=True, key=own)
-    assert noted(args, image, [], "") == RunTrace(trace_path(tmp_path / "cache", own), existed=True)
+    assert noted(args, image, [], "", lazy=True) is None  # its mount replays that one
+    damaged = trace_path(tmp_path / "cache", own)
+    damaged.write_bytes(b"{torn")  # ignored by the mount, which records in its place
+    assert noted(args, image, [], "", lazy=True) == RunTrace(damaged, file_id(damaged))
