@@ -134,11 +134,13 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         failure: BaseException | None = None
         status: int | None = None
         # For each signal passed on to the container: which trace file was there then.
-        signalled: list[run_trace.FileId] = []
+        signalled: list[list[run_trace.FileId]] = []
 
         def told(_: int) -> None:
             trace = traced[0] if traced else None
-            signalled.append(None if trace is None else run_trace.file_id(trace.path))
+            seen: list[run_trace.FileId] = []
+            signalled.append(seen)  # first, before a handler nested in this one adds its own
+            seen.append(None if trace is None else run_trace.file_id(trace.path))
 
         try:
             status = run_trio(provision_and_bundle)
@@ -156,7 +158,8 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             finally:
                 trace = traced[0] if traced else None
                 if trace and run_trace.stopped(status, failure is not None, bool(signalled)):
-                    run_trace.drop_if_stopped(trace, signalled[0] if signalled else False)
+                    at_signal = signalled[0][0] if signalled and signalled[0] else None
+                    run_trace.drop_if_stopped(trace, signalled=bool(signalled), at_signal=at_signal)
             if made and args.publish_indexes:  # the trace its mount kept as it ended
                 from lazyfs.cli_index import publish_run_traces
 

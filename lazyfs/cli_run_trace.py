@@ -12,17 +12,19 @@ kept cut, or kept after the first signal ``run`` passed on to the container
 (its shutdown may have been quiet long enough to settle).
 
 Only a trace this run's mount wrote. ``noted``, as the provision returns,
-says whether the mount records (a lazy rootfs whose cache holds no usable
-trace: the mount's own test, ``lazyfs.index.trace.load_trace``) and which
-file the trace path held then; each write of a trace is a new file
-(written aside, then renamed), so a file other than that one afterwards
-is this run's, and other than the one at the first signal, written after
-it. A run that ends by itself keeps its trace, cut or not: a short job's
-whole trace is cut.
+says whether the mount may record (a lazy rootfs whose cache holds no
+usable trace: the mount's first test, ``lazyfs.blobs.trace_run.find_trace``;
+one that replays a trace published beside the image, kept in the store,
+writes nothing in the cache, which is no harm) and which file the trace
+path held then. Each write of a trace is a new file (written aside, then
+renamed), so a file other than that one afterwards is this run's (unless a
+run of the same image and command beside it wrote it), and one other than
+the file at the first signal was written after it. A run that ends by
+itself keeps its trace, cut or not: a short job's whole trace is cut.
 
-Not covered: a run whose destroy fails, or that is killed itself, leaves a
-mount that keeps its cut trace when it ends later (``recover``). Blocking;
-a trace is only a hint, so a failure is logged.
+Not covered: a mount that outlives its run (a destroy that failed to
+unmount it; a run killed itself) keeps its cut trace when it ends later
+(``recover``). Blocking; a trace is only a hint, so a failure is logged.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def noted(
     *,
     lazy: bool,
 ) -> RunTrace | None:
-    """The trace the mount of ``image`` run as ``command`` in ``working_dir`` records, as the
-    provision returns; None when it records none (not ``lazy``, or it replays one)."""
+    """The trace the mount of ``image`` run as ``command`` in ``working_dir`` may record, as
+    the provision returns; None when it records none (not ``lazy``, or it replays the one
+    its cache holds)."""
     from lazyfs.cli_daemon import cache_dir
     from lazyfs.provision.lazy import run_trace_key
 
@@ -94,10 +97,10 @@ def stopped(status: int | None, failed: bool, signalled: bool) -> bool:
     return failed or signalled or killed
 
 
-def drop_if_stopped(trace: RunTrace, at_signal: FileId | bool) -> bool:
-    """Remove the trace the run's mount kept, if it kept one cut or after the first signal
-    passed on (``at_signal``: which file was there then; False: no signal); whether one
-    was removed. Call for a run that was ``stopped``, once its rootfs is destroyed."""
+def drop_if_stopped(trace: RunTrace, *, signalled: bool, at_signal: FileId = None) -> bool:
+    """Remove the trace the run's mount kept, if it kept one cut or, when it ``signalled``,
+    after the first signal passed on (``at_signal``: which file was there then); whether
+    one was removed. Call for a run that was ``stopped``, once its rootfs is destroyed."""
     path = trace.path
     try:
         with path.open("rb") as file:
@@ -106,7 +109,7 @@ def drop_if_stopped(trace: RunTrace, at_signal: FileId | bool) -> bool:
         now = (found.st_dev, found.st_ino)
         if now == trace.before:
             return False  # not written since the provision: not this run's
-        if (at_signal is False or now == at_signal) and not _cut(data):
+        if (not signalled or now == at_signal) and not _cut(data):
             return False  # settled before any signal
         path.unlink(missing_ok=True)
     except FileNotFoundError:

@@ -93,15 +93,15 @@ def _keep(cache: Path, *, cut: bool, key: str = KEY) -> Path:
 def test_a_stopped_run_drops_the_cut_trace_its_mount_kept(tmp_path: Path) -> None:
     path = trace_path(tmp_path, KEY)
     ours = RunTrace(path, before=None)
-    assert not drop_if_stopped(ours, False)  # none kept
+    assert not drop_if_stopped(ours, signalled=False)  # none kept
     _keep(tmp_path, cut=False)
-    assert not drop_if_stopped(ours, False)  # settled: whole
+    assert not drop_if_stopped(ours, signalled=False)  # settled: whole
     assert load_trace(tmp_path, KEY) is not None
     _keep(tmp_path, cut=True)
-    assert drop_if_stopped(ours, False)
+    assert drop_if_stopped(ours, signalled=False)
     assert not path.exists()
     path.write_bytes(b"{torn")  # not one this lazyfs wrote cut: left as it is
-    assert not drop_if_stopped(ours, False)
+    assert not drop_if_stopped(ours, signalled=False)
     assert path.exists()
 
 
@@ -109,12 +109,12 @@ def test_a_trace_the_run_did_not_write_is_not_its_own_to_drop(tmp_path: Path) ->
     # A short job's earlier trace, whole but cut, there as the provision returned.
     path = _keep(tmp_path, cut=True)
     there = RunTrace(path, before=file_id(path))
-    assert not drop_if_stopped(there, None)
-    assert not drop_if_stopped(there, file_id(path))
+    assert not drop_if_stopped(there, signalled=True, at_signal=None)
+    assert not drop_if_stopped(there, signalled=True, at_signal=file_id(path))
     assert load_trace(tmp_path, KEY) is not None
-    # Written again since (a damaged one was there, which the mount records over): its.
+    # Written again since (as a mount that found a damaged one there records over it): its.
     _keep(tmp_path, cut=True)
-    assert drop_if_stopped(there, False)
+    assert drop_if_stopped(there, signalled=False)
 
 
 def test_a_trace_written_after_the_first_signal_is_dropped_one_before_it_kept(
@@ -123,14 +123,16 @@ def test_a_trace_written_after_the_first_signal_is_dropped_one_before_it_kept(
     # A quiet shutdown may outlast the settle time: what the mount kept then is the start.
     ours = RunTrace(trace_path(tmp_path, KEY), before=None)
     path = _keep(tmp_path, cut=False)
-    assert not drop_if_stopped(ours, file_id(path))  # settled before the signal
+    assert not drop_if_stopped(
+        ours, signalled=True, at_signal=file_id(path)
+    )  # settled before the signal
     assert path.exists()
     at_signal = file_id(path)
     _keep(tmp_path, cut=False)  # settled again after it
-    assert drop_if_stopped(ours, at_signal)
+    assert drop_if_stopped(ours, signalled=True, at_signal=at_signal)
     assert not path.exists()
     _keep(tmp_path, cut=False)  # no trace at the signal, one after it
-    assert drop_if_stopped(ours, None)
+    assert drop_if_stopped(ours, signalled=True, at_signal=None)
 
 
 @pytest.mark.parametrize(
