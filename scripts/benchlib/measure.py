@@ -80,6 +80,10 @@ class Contender:
         ordered = sorted(self.samples, key=lambda s: s.seconds)
         return ordered[(len(ordered) - 1) // 2]
 
+    def slowest_sample(self) -> Timing:
+        """The sample of the slowest run."""
+        return max(self.samples, key=lambda s: s.seconds)
+
 
 @dataclass
 class Result:
@@ -106,6 +110,8 @@ class Result:
                     "timeline": [r.to_json() for r in c.median_sample().requests]
                     if c.samples
                     else [],
+                    # Every run's, in run order: where a slow one lost its time.
+                    "timelines": [[r.to_json() for r in s.requests] for s in c.samples],
                 }
                 for c in self.contenders
             ],

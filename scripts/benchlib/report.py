@@ -233,18 +233,25 @@ def markdown(meta: dict[str, Any], results: list[Result]) -> str:
 
 
 def timelines(results: list[Result]) -> str:
-    """Each contender's median run, request by request over the shaped link (cold-start);
-    "" when no run went through it."""
+    """Each contender's median run, and its slowest when that is another, request by request
+    over the shaped link (cold-start); "" when no run went through it."""
     parts = []
     for result in results:
         for c in result.contenders:
-            sample = c.median_sample() if c.samples else None
-            if sample is not None and sample.requests:
-                title = f"{result.measurement} {result.image}: {c.name}"
-                parts.append(render(title, sample.seconds, list(sample.requests)))
+            if not c.samples:
+                continue
+            median_run, slowest = c.median_sample(), c.slowest_sample()
+            shown = [("", median_run)]
+            if slowest is not median_run:
+                shown.append((" (its slowest run)", slowest))
+            for note, sample in shown:
+                if sample.requests:
+                    title = f"{result.measurement} {result.image}: {c.name}{note}"
+                    parts.append(render(title, sample.seconds, list(sample.requests)))
     if not parts:
         return ""
-    head = ["Each row's median run: every request over the shaped link until the line was",
-            "printed. Times in ms from the command's start: sent, first byte back, last",
-            "byte back. Bar: `.` before it, `-` waiting, `=` its response.", ""]  # fmt: skip
+    head = ["Each row's median run, and its slowest: every request over the shaped link",
+            "until the line was printed. Times in ms from the command's start: sent, first",
+            "byte back, last byte back. Bar: `.` before it, `-` waiting, `=` its response.",
+            "Every run's is in results.json (`timelines`).", ""]  # fmt: skip
     return "\n".join([*head, *parts])

@@ -123,3 +123,36 @@ def test_render_draws_one_line_a_request_with_its_bar(benchlib: Any) -> None:
     assert second.split()[:4] == ["500", "-", "-", "2"]
     assert "  " + "." * 25 + "-" * 25 + "  " in second  # still waiting when printed
     assert second.endswith("sha256:abababababab 0-9")
+
+
+def test_the_timelines_show_the_median_run_and_the_slowest_and_keep_every_run(
+    benchlib: Any,
+) -> None:
+    import benchlib.measure
+    import benchlib.report
+
+    def run(seconds: float, path: str) -> Any:
+        row = benchlib.timeline.Request(1, f"GET {path}", "", 0.0, 0.01, 0.02, "200", 10)
+        return benchlib.measure.Timing(seconds, requests=(row,))
+
+    def never() -> Any:
+        raise AssertionError("not run here")
+
+    contender = benchlib.measure.Contender("row", True, never)
+    contender.samples = [run(1.5, "/a"), run(2.4, "/slow"), run(1.4, "/b")]
+    result = benchlib.measure.Result("cold-start", "debian", [contender])
+    text = benchlib.report.timelines([result])
+    titles = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [t.split(": printed")[0] for t in titles] == [
+        "## cold-start debian: row",
+        "## cold-start debian: row (its slowest run)",
+    ]
+    assert "printed at 1500 ms" in titles[0] and "printed at 2400 ms" in titles[1]
+    kept = result.to_json()["contenders"][0]["timelines"]
+    assert [runs[0]["what"] for runs in kept] == ["GET /a", "GET /slow", "GET /b"]
+    # One run only: its median is its slowest, shown once.
+    contender.samples = contender.samples[:1]
+    assert (
+        len([x for x in benchlib.report.timelines([result]).splitlines() if x.startswith("## ")])
+        == 1
+    )
