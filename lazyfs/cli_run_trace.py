@@ -75,9 +75,10 @@ def noted(
     from lazyfs.provision.lazy import run_trace_key
 
     key = run_trace_key(image, command, working_dir)
-    if not lazy or key is None or load_trace(cache_dir(args), key, level=logging.DEBUG):
+    cache = cache_dir(args)
+    if not lazy or key is None or load_trace(cache, key, level=logging.DEBUG):
         return None
-    path = trace_path(cache_dir(args), key)
+    path = trace_path(cache, key)
     return RunTrace(path, file_id(path))
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,14 @@ def busybox_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _run_in(info: ProvisionInfo, work: Path, script: str, *, readonly: bool) -> int:
+def _run_in(
+    info: ProvisionInfo,
+    work: Path,
+    script: str,
+    *,
+    readonly: bool,
+    told: Callable[[int], None] | None = None,
+) -> int:
     config = runtime.bundle_config(
         info.rootfs,
         info.config,
@@ -120,7 +128,7 @@ def _run_in(info: ProvisionInfo, work: Path, script: str, *, readonly: bool) -> 
     )
     bundle = work / "bundle"
     runtime.write_bundle(bundle, config)
-    return runtime.run_bundle(bundle, f"lazyfs-test-{os.getpid()}", work / "runc")
+    return runtime.run_bundle(bundle, f"lazyfs-test-{os.getpid()}", work / "runc", told=told)
 
 
 @pytest.mark.parametrize("variant", [RO, RW], ids=lambda v: v.id)
@@ -167,52 +175,23 @@ def test_a_signal_run_passes_on_to_the_container_is_told(busybox_dir: Path, tmp_
         os.kill(os.getpid(), signal.SIGTERM)
 
     stopper = threading.Thread(target=stop_when_ready)
+    stopper.start()
+    again: list[int] = []
     try:
-        config = runtime.bundle_config(
-            info.rootfs,
-            info.config,
-            # Ends by itself after a minute, should the signal never come.
-            [
-                "/bin/sh",
-                "-c",
-                "trap 'exit 3' TERM; touch /ready; i=0; "
-                "while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; exit 9",
-            ],
-            readonly=False,
-            cgroups_path=f"lazyfs-test/{info.container_id}",
-        )
-        runtime.write_bundle(tmp_path / "bundle", config)
-        stopper.start()
-        code = runtime.run_bundle(
-            tmp_path / "bundle", f"lazyfs-test-{os.getpid()}", tmp_path / "runc", told=told.append
-        )
+        # Ends by itself after a minute, should the signal never come.
+        script = ("trap 'exit 3' TERM; touch /ready; i=0; "
+                  "while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done; exit 9")  # fmt: skip
+        code = _run_in(info, tmp_path, script, readonly=False, told=told.append)
+        stopper.join()
+        # A container that ends by itself tells nothing.
+        (tmp_path / "again").mkdir()
+        assert _run_in(info, tmp_path / "again", "true", readonly=False, told=again.append) == 0
     finally:
-        if stopper.ident is not None:
-            stopper.join()
+        stopper.join()
         trio.run(prov.destroy, "c1")
     assert sent, "the container never started"
     assert (code, told) == (3, [signal.SIGTERM])
-    assert _run_in_told(busybox_dir, tmp_path / "again") == []
-
-
-def _run_in_told(busybox_dir: Path, work: Path) -> list[int]:
-    """What a container that ends by itself tells: nothing."""
-    prov = make_provisioner(work / "work", busybox_dir)
-    info = trio.run(lambda: prov.provision("c2", docker("busybox"), "overlay", writable=True))
-    told: list[int] = []
-    try:
-        config = runtime.bundle_config(
-            info.rootfs, info.config, ["/bin/true"], readonly=False,
-            cgroups_path=f"lazyfs-test/{info.container_id}",
-        )  # fmt: skip
-        runtime.write_bundle(work / "bundle", config)
-        code = runtime.run_bundle(
-            work / "bundle", f"lazyfs-test-{os.getpid()}", work / "runc", told=told.append
-        )
-    finally:
-        trio.run(prov.destroy, "c2")
-    assert code == 0
-    return told
+    assert again == []
 
 
 async def test_destroy_removes_mount_upper_and_work(
