@@ -5,8 +5,8 @@ SIGTERM and SIGHUP cancel the provision and the making of the runtime
 bundle, which run as one piece of async work (``run_trio``; a read of the
 rootfs under way finishes first), and reach the container through runc
 while it runs (``runtime.run_bundle``); the container is destroyed after
-either. The prefetch trace the run's mount recorded is dropped when the run
-was stopped before the workload settled (``lazyfs.cli_run_trace``).
+either. The prefetch trace the run's mount kept after a signal it passed on is
+marked cut: it may be of the start of the workload only (``lazyfs.cli_run_trace``).
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             working_dir=workdir,
         )
         made.append(info)
-        # Before its mount can have kept a trace cut (only as it ends).
         lazy = bool(info.remote_layers)
-        traced.append(run_trace.noted(args, info.image, command, workdir, lazy=lazy))
+        store_dir = app.store_dir.absolute()
+        traced.append(run_trace.noted(args, store_dir, info.image, command, workdir, lazy=lazy))
         return await trio.to_thread.run_sync(write_bundle, info)
 
     # Held from provision to destroy: recover elsewhere sees the container busy.
@@ -132,7 +132,6 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         app.provisioner.hold(container_id),
     ):
         failure: BaseException | None = None
-        status: int | None = None
         # For each signal passed on to the container: which trace file was there then.
         signalled: list[list[run_trace.FileId]] = []
 
@@ -157,9 +156,8 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
                 _destroy(app, container_id, failure)
             finally:
                 trace = traced[0] if traced else None
-                if trace and run_trace.stopped(status, failure is not None, bool(signalled)):
-                    at_signal = signalled[0][0] if signalled and signalled[0] else None
-                    run_trace.drop_if_stopped(trace, signalled=bool(signalled), at_signal=at_signal)
+                if trace and signalled and signalled[0]:
+                    run_trace.cut_if_written(trace, signalled[0][0])
             if made and args.publish_indexes:  # the trace its mount kept as it ended
                 from lazyfs.cli_index import publish_run_traces
 

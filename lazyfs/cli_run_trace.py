@@ -1,30 +1,25 @@
-"""What ``lazyfs run`` does with the prefetch trace its mount recorded when the run was stopped.
+"""What ``lazyfs run`` does with the prefetch trace its mount recorded when it passed a signal on.
 
 The first lazy mount of an image for a command records the ranges it reads
-until the workload settles, or until the mount ends, and then keeps them
-marked ``cut`` (``lazyfs.blobs.trace_run``). A run stopped early (Ctrl-C, a
-signal, an error, its container killed) recorded only the start of the
-workload; kept, that start would be replayed by every later run instead of
-the whole one, and pushed beside the image with ``--publish_indexes``. So
-after such a run, once its rootfs is destroyed (its mount has kept the
-trace by then), ``drop_if_stopped`` removes the trace its mount wrote: one
-kept cut, or kept after the first signal ``run`` passed on to the container
-(its shutdown may have been quiet long enough to settle).
+until the workload settles (kept whole), or until the mount ends first
+(kept ``cut``: all of a short job, the start of a run stopped early). A cut
+trace is provisional: the next mount replays it, records again, and keeps
+its own when it goes further (``lazyfs.blobs.trace_run``). So a run stopped
+early costs the next one nothing but a shorter replay.
 
-Only a trace this run's mount wrote. ``noted``, as the provision returns,
-says whether the mount may record (a lazy rootfs whose cache holds no
-usable trace: the mount's first test, ``lazyfs.blobs.trace_run.find_trace``;
-one that replays a trace published beside the image, kept in the store,
-writes nothing in the cache, which is no harm) and which file the trace
-path held then. Each write of a trace is a new file (written aside, then
-renamed), so a file other than that one afterwards is this run's (unless a
-run of the same image and command beside it wrote it), and one other than
-the file at the first signal was written after it. A run that ends by
-itself keeps its trace, cut or not: a short job's whole trace is cut.
+One stopped run's trace is not cut: a container that a signal ``run`` passed
+on stops, and whose shutdown reads nothing new for the settle time, keeps a
+trace marked whole of the start of its workload, which would be replayed
+(and pushed beside the image with ``--publish_indexes``) for ever. So
+``run`` notes, as the provision returns, whether its mount may record
+(``noted``: a lazy rootfs whose places hold no trace or a cut one, as the
+mount's ``find_trace`` and ``records`` see them), and which file the trace
+path holds at the first signal it passes on (``file_id``); once the rootfs
+is destroyed (its mount has kept the trace by then), ``cut_if_written``
+marks a trace written since cut. Each write of a trace is a new file
+(written aside, then renamed), so another file is a later write; no clock.
 
-Not covered: a mount that outlives its run (a destroy that failed to
-unmount it; a run killed itself) keeps its cut trace when it ends later
-(``recover``). Blocking; a trace is only a hint, so a failure is logged.
+Blocking; a trace is only a hint, so a failure is logged.
 """
 
 from __future__ import annotations
@@ -32,20 +27,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lazyfs.index.trace import MAX_TRACE_BYTES, TraceError, decode, load_trace, trace_path
+from lazyfs.index.trace import MAX_TRACE_BYTES, TraceError, decode, store_trace, trace_path
 from providers.manifest import ImageManifest
 
 log = logging.getLogger(__name__)
-
-# The signals that stop a container from outside: ``run`` passes on the first
-# three; the terminal of ``run -t`` sends INT and QUIT itself; KILL is the
-# kernel's (out of memory) or an agent's.
-STOPPING = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL, signal.SIGTERM})
 
 # Which file a path names: (device, inode), None for none.
 FileId = tuple[int, int] | None
@@ -53,33 +42,39 @@ FileId = tuple[int, int] | None
 
 @dataclass(frozen=True)
 class RunTrace:
-    """Where the cache keeps the trace a run's mount records, and which file was there
-    as the provision returned."""
+    """The trace a run's mount may record: of ``key``, in the cache at ``cache_dir``."""
 
-    path: Path
-    before: FileId
+    cache_dir: Path
+    key: str
+
+    @property
+    def path(self) -> Path:
+        return trace_path(self.cache_dir, self.key)
 
 
 def noted(
     args: argparse.Namespace,
+    store_dir: Path,
     image: ImageManifest,
     command: Sequence[str],
     working_dir: str,
     *,
     lazy: bool,
 ) -> RunTrace | None:
-    """The trace the mount of ``image`` run as ``command`` in ``working_dir`` may record, as
-    the provision returns; None when it records none (not ``lazy``, or it replays the one
-    its cache holds)."""
+    """The trace the mount of ``image`` run as ``command`` in
+    ``working_dir`` (store ``store_dir``) may record, as the provision returns; None when it
+    records none (not ``lazy``, or it replays a whole one)."""
+    from lazyfs.blobs.trace_run import find_trace, records
     from lazyfs.cli_daemon import cache_dir
     from lazyfs.provision.lazy import run_trace_key
 
     key = run_trace_key(image, command, working_dir)
     cache = cache_dir(args)
-    if not lazy or key is None or load_trace(cache, key, level=logging.DEBUG):
+    if not lazy or key is None:
         return None
-    path = trace_path(cache, key)
-    return RunTrace(path, file_id(path))
+    if not records(find_trace(cache, key, store_dir, level=logging.DEBUG)):
+        return None
+    return RunTrace(cache, key)
 
 
 def file_id(path: Path) -> FileId:
@@ -91,40 +86,29 @@ def file_id(path: Path) -> FileId:
     return found.st_dev, found.st_ino
 
 
-def stopped(status: int | None, failed: bool, signalled: bool) -> bool:
-    """Whether a run did not end by itself: it failed, passed a signal on, or its container
-    ended by a signal that stops (runc's status 128+N)."""
-    killed = status is not None and status > 128 and status - 128 in STOPPING
-    return failed or signalled or killed
-
-
-def drop_if_stopped(trace: RunTrace, *, signalled: bool, at_signal: FileId = None) -> bool:
-    """Remove the trace the run's mount kept, if it kept one cut or, when it ``signalled``,
-    after the first signal passed on (``at_signal``: which file was there then); whether
-    one was removed. Call for a run that was ``stopped``, once its rootfs is destroyed."""
+def cut_if_written(trace: RunTrace, at_signal: FileId) -> bool:
+    """Mark ``trace`` cut if it is whole and another file than ``at_signal`` (which its
+    path held at the first signal the run passed on); whether it did. Call once the run's
+    rootfs is destroyed."""
     path = trace.path
     try:
         with path.open("rb") as file:
             found = os.fstat(file.fileno())
             data = file.read(MAX_TRACE_BYTES + 1)
-        now = (found.st_dev, found.st_ino)
-        if now == trace.before:
-            return False  # not written since the provision: not this run's
-        if (not signalled or now == at_signal) and not _cut(data):
-            return False  # settled before any signal
-        path.unlink(missing_ok=True)
+        if (found.st_dev, found.st_ino) == at_signal:
+            return False  # settled before the signal: the whole workload's
+        kept = decode(data, trace.key)
+        if kept.cut:
+            return False
+        store_trace(trace.cache_dir, replace(kept, cut=True))
     except FileNotFoundError:
         return False
+    except TraceError as error:
+        log.info("the prefetch trace %s is left as it is: %s", path, error)
+        return False
     except OSError as error:
-        log.warning("cannot drop the prefetch trace %s of a stopped run: %s", path, error)
+        log.warning("cannot mark cut the prefetch trace %s of a stopped run: %s", path, error)
         return False
     log.info("the run was stopped before its workload settled: its prefetch trace %s is "
-             "not kept", path)  # fmt: skip
+             "kept cut, for the next run to complete", path)  # fmt: skip
     return True
-
-
-def _cut(data: bytes) -> bool:
-    try:
-        return decode(data).cut
-    except TraceError:
-        return False  # not one a mount of this lazyfs wrote cut: left as it is

@@ -24,8 +24,8 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   ``MAX_RECORDING`` seconds, or at ``MAX_READS`` ranges, and keeps the
   trace in the cache (temporary file + rename); also when the mount ends
   first (``Recorder.finish``), marked ``cut`` then: whole for a job that
-  ended, partial for one stopped early, which ``lazyfs run`` drops
-  (``lazyfs.cli_run_trace``). A mount that never served writes nothing.
+  ended, only the start of one stopped early. A mount that never served
+  writes nothing.
   Reads of a thread marked ``unrecorded`` (a first start's read-ahead,
   ``lazyfs.fs.predict``) are not kept: the trace is what the program read,
   in its order, which such guesses, made in an order of their own, would
@@ -34,6 +34,12 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   (``lazyfs.blobs.estargz_reader``, ``lazyfs.blobs.published_heard``) tells
   the watcher of it when a recorded thread first reads it there: the
   program's read, where it comes.
+- Found cut: replayed as above, and recorded again as if not found; what
+  this mount recorded replaces it when it is whole, or cut again but
+  ``FURTHER`` times the bytes at least (its workload went further: the
+  cut one was of a run stopped early). A short job's trace, cut every time,
+  stays as it is; a stopped run's is made whole by the next run that goes
+  on to the end.
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.
@@ -66,6 +72,9 @@ log = logging.getLogger(__name__)
 
 SETTLE = 2.0
 MAX_RECORDING = 60.0
+# How many times a cut trace's bytes a mount that replayed it must have read to replace it
+# with a trace cut again: a short job reads about the same each run, a run stopped early less.
+FURTHER = 1.25
 _RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
 # The requests of a replay the process that starts a mount sends (``lazyfs.fs.mount_ahead``),
 # while the mount process loads; each is a round trip to the daemon. The mount sends the rest.
@@ -122,7 +131,8 @@ def start_trace(
 
     The cache directory's trace first, else one fetched from the image's
     registry into ``published`` (``lazyfs.publish.traces``); recorded when
-    neither. ``sent``: the process that started the mount has sent the first
+    neither, or when the one found is cut (``Recorder.replacing``). ``sent``:
+    the process that started the mount has sent the first
     ``SENT_AHEAD`` requests (``lazyfs.fs.mount_ahead``); only the rest are sent here.
     """
     try:
@@ -131,22 +141,30 @@ def start_trace(
         log.warning("no prefetch trace: %s", error)
         return None
     trace = find_trace(client.cache_dir, key, published)
-    if trace is None:
-        recorder = Recorder(client.cache_dir, key)
+    recorder = None
+    if records(trace):
+        recorder = Recorder(client.cache_dir, key, replacing=trace)
         client.watcher = recorder
+    if trace is None:
         return recorder
     steps = client_steps(client, trace)
     # Only a trace with something of this mount's to fetch stands in for
     # the landmark prefetch (one naming other layers would just lose it); a
     # published index's reader asks for the windows it needs (``Asks.replayed``).
     client.replaying = steps
-    log.info("replaying the trace of %s: %d ranges", key, sum(len(r) for _, r in steps))
+    how = "cut trace, recording it again" if trace.cut else "trace"
+    log.info("replaying the %s of %s: %d ranges", how, key, sum(len(r) for _, r in steps))
     left = steps[SENT_AHEAD:] if sent else steps
     if left:
         threading.Thread(
             target=send_steps, args=(client, left), name="lazyfs-trace-replay", daemon=True
         ).start()
-    return None
+    return recorder
+
+
+def records(found: Trace | None) -> bool:
+    """Whether a mount that found ``found`` (``find_trace``) records the run: none, or cut."""
+    return found is None or found.cut
 
 
 def find_trace(
@@ -232,9 +250,11 @@ class Recorder:
         settle: float = SETTLE,
         limit: float = MAX_RECORDING,
         clock: Callable[[], float] = time.monotonic,
+        replacing: Trace | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.key = key
+        self.replacing = replacing  # the cut trace replayed, kept unless this one goes further
         self.settle = settle
         self.limit = limit
         self._clock = clock
@@ -303,7 +323,9 @@ class Recorder:
         or read nothing). A failure to write is logged: a trace is only a hint.
 
         ``mount_ended``: the mount is going; unless recording was over anyway
-        (``due``), the trace is kept ``cut`` (``lazyfs.index.trace``)."""
+        (``due``), the trace is kept ``cut`` (``lazyfs.index.trace``), and not
+        at all when it replaces a cut one (``replacing``) it does not go
+        ``FURTHER`` than."""
         cut = mount_ended and not self.due()
         with self._writing:
             with self._lock:
@@ -313,6 +335,11 @@ class Recorder:
                 reads = tuple(self._reads)
                 if self._serving_since is None or not reads:
                     return None
+            old = self.replacing
+            if cut and old is not None and _bytes(reads) < _bytes(old.reads) * FURTHER:
+                log.info("the cut trace of %s stays: this run read %d bytes, it %d", self.key,
+                         _bytes(reads), _bytes(old.reads))  # fmt: skip
+                return None
             try:
                 path = store_trace(self.cache_dir, Trace(self.key, reads, cut))
             except (OSError, TraceError, LazyfsError) as error:
@@ -321,3 +348,7 @@ class Recorder:
         how = "cut: the mount ended first" if cut else "whole"
         log.info("kept the trace of %s (%s): %d ranges, in %s", self.key, how, len(reads), path)
         return path
+
+
+def _bytes(reads: Sequence[Read]) -> int:
+    return sum(read.length for read in reads)

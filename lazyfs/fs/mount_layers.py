@@ -57,6 +57,7 @@ class Indexed:
     remote: dict[Digest, TarRangeReader]
     index_dirs: dict[Digest, Path]  # where each remote layer's index is
     recorder: Recorder | None = None  # of the prefetch trace, told when the mount serves
+    replaying: bool = False  # a prefetch trace (which knows better than ``predict`` does)
 
 
 def index_layers(
@@ -83,13 +84,14 @@ def index_layers(
     blobs = StoreBlobs(store)
     client = _cache_client(cache_dir, layers)
     recorder = None
+    replaying = False
     if client is not None and trace is not None:
         from lazyfs.blobs.trace_run import start_trace  # loaded only to record or replay
 
         # Traces published beside too; the caller may have sent the replay (``mount_ahead``).
         recorder = start_trace(client, trace, store.root, sent=trace_sent)
+        replaying = recorder is None or recorder.replacing is not None
     tocs: dict[Layer, Toc] = {}
-    replaying = trace is not None and recorder is None
     if client is not None and executable and not replaying and all(o for _, o in layers):
         from lazyfs.fs.predict_libs import ask_libraries_soon
         from lazyfs.fs.predict_toc import ask_program
@@ -119,7 +121,9 @@ def index_layers(
         indexes[layer.digest] = ensure_index(
             store.layers, store.tmp, layer.digest, blob, entries=whole, limits=limits
         )
-    return Indexed(store.layers, digests, files, indexes, whole, remote, index_dirs, recorder)
+    return Indexed(
+        store.layers, digests, files, indexes, whole, remote, index_dirs, recorder, replaying
+    )
 
 
 def _cache_client(

@@ -215,7 +215,7 @@ def _main(argv: Sequence[str] | None) -> int:
             no_open = fuse_caps.no_open()
             ops = _operations(indexed, args.upper, args.work, no_open=no_open)
             # What executables load, read ahead on a first start (a replayed trace knows better).
-            if indexed.remote and (args.trace is None or indexed.recorder is not None):
+            if indexed.remote and not indexed.replaying:
                 from lazyfs.fs.predict import attach
 
                 attach(ops, indexed.remote, args.executable)

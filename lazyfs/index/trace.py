@@ -27,8 +27,9 @@ The encoding is JSON, versioned by its media type and ``TRACE_VERSION``::
 
 A trace is ``cut`` when its mount ended before the workload settled: whole
 for a job that ran to its end, but a run stopped early leaves only its
-first reads, which ``lazyfs run`` removes (``lazyfs.cli_run_trace``) so that
-the next run records the whole. A reader that knows nothing of the field
+first reads. So a cut trace is provisional: the next mount replays it and
+records again, and keeps its own instead when it goes further
+(``lazyfs.blobs.trace_run``). A reader that knows nothing of the field
 reads a cut trace as any other.
 
 Stored as ``CACHE_DIR/traces/<sha256 hex>@<command hash>.json``, written to a

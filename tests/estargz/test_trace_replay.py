@@ -23,7 +23,8 @@ ends), and a later start with nothing new to push adds nothing.
 A damaged trace in the cache is ignored with one line in the mount's log;
 the mount serves right bytes, and records a good trace in its place.
 
-A first run stopped by Ctrl-C before its workload settled keeps no trace.
+A first run stopped by Ctrl-C before its workload settled keeps its trace cut, and the
+next run, which replays it, keeps its own instead when it goes further.
 """
 
 from __future__ import annotations
@@ -338,40 +339,59 @@ def test_a_provision_that_publishes_indexes_pushes_traces_recorded_before(
             kill_recorded(work / "cache")
 
 
-def test_a_first_run_stopped_by_ctrl_c_keeps_no_trace(
+def test_a_first_run_stopped_by_ctrl_c_keeps_a_cut_trace_the_next_run_completes(
     python_registry: Registry, link: Counted, tmp_path: Path
 ) -> None:
-    """Its mount kept the reads of the workload's start; replayed, they would stand for
-    the whole (``lazyfs.cli_run_trace``). The workload reads new files until it is
-    stopped, so it has not settled when Ctrl-C comes."""
+    """Its mount kept the reads of the workload's start, cut (``lazyfs.cli_run_trace``): the
+    next run replays them, records again, and keeps its own, which goes further. The
+    workload reads new files until it is stopped, so it has not settled when Ctrl-C comes;
+    run with ``ALL`` (not part of the trace's key), it reads all of ``/usr`` and ends."""
     need_fuse()
     manifest = _manifest(python_registry)
     config = manifest.config
-    code = ("import pathlib, time\n"
+    code = ("import os, pathlib, time\n"
             "print('reading', flush=True)\n"
-            "for path in sorted(pathlib.Path('/usr/lib/python3.11').rglob('*.py')):\n"
-            "    path.read_bytes()\n"
-            "time.sleep(120)\n")  # fmt: skip
+            "every = os.environ.get('ALL')\n"
+            "top = pathlib.Path('/usr' if every else '/usr/lib/python3.11')\n"
+            "for path in sorted(top.rglob('*')):\n"
+            "    if path.is_file() and not path.is_symlink():\n"
+            "        path.read_bytes()\n"
+            "if not every:\n"
+            "    time.sleep(120)\n")  # fmt: skip
     command = ("python3", "-c", code)
     key = trace_key(manifest.digest, config.entrypoint, command, config.working_dir)
     assert key is not None
     work = tmp_path / "work"
     _fresh(work)
-    argv = _argv(link, work, "run", "--backend", "fuse", f"docker:{link.host}/{IMAGE}",
-                 "--", *command)  # fmt: skip
-    run = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def run(*flags: str) -> subprocess.Popen[str]:
+        argv = _argv(link, work, "run", *flags, "--backend", "fuse",
+                     f"docker:{link.host}/{IMAGE}", "--", *command)  # fmt: skip
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    first, second = run(), None
     try:
-        assert run.stdout is not None
-        assert run.stdout.readline() == "reading\n", run.communicate(timeout=300)
-        run.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C reaches `lazyfs run`
-        _, errors = run.communicate(timeout=300)
-        assert run.returncode == 130, errors  # the container's status, ended by the signal
+        assert first.stdout is not None
+        assert first.stdout.readline() == "reading\n", first.communicate(timeout=300)
+        first.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C reaches `lazyfs run`
+        _, errors = first.communicate(timeout=300)
+        assert first.returncode == 130, errors  # the container's status, ended by the signal
+        stopped = load_trace(work / "cache", key)
+        assert stopped is not None and stopped.cut, stopped
+
+        second = run("-e", "ALL=1")
+        out, errors = second.communicate(timeout=600)
+        assert second.returncode == 0 and out == "reading\n", errors
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
         kill_recorded(work / "cache")
-    assert not trace_path(work / "cache", key).exists()
-    assert list((work / "cache" / TRACES_DIR).glob("*.json")) == []  # none under another key
+    completed = load_trace(work / "cache", key)
+    assert completed is not None and completed.cut  # a job that ended: all of it
+    read = sum(r.length for r in completed.reads)
+    print(f"stopped: {len(stopped.reads)} ranges; completed: {len(completed.reads)}, {read} bytes")
+    assert read > sum(r.length for r in stopped.reads) * 1.25, (stopped, completed)
     assert list((work / "provisioner" / "containers").iterdir()) == []

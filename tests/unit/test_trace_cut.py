@@ -1,21 +1,21 @@
-"""A trace kept because its mount ended before the workload settled is marked cut, and a
-``lazyfs run`` stopped early drops the trace its mount kept cut or after the stop
-(``lazyfs.index.trace``, ``lazyfs.blobs.trace_run``, ``lazyfs.cli_run_trace``): it holds
-only the start of the workload, and, kept, it would be replayed (and published) instead
-of the whole one the next run records."""
+"""A trace kept because its mount ended before the workload settled is marked cut, and the
+next mount, which replays it, records again and replaces it when it goes further; a
+``lazyfs run`` that passed a signal on marks cut a trace its mount kept after it
+(``lazyfs.index.trace``, ``lazyfs.blobs.trace_run``, ``lazyfs.cli_run_trace``): it may hold
+only the start of the workload, and, kept whole, it would be replayed (and published)
+for ever instead of the whole one."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 from pathlib import Path
 
 import pytest
 
 from lazyfs.blobs.trace_run import Recorder
 from lazyfs.cache.remote import trace_key
-from lazyfs.cli_run_trace import RunTrace, drop_if_stopped, file_id, noted, stopped
+from lazyfs.cli_run_trace import RunTrace, cut_if_written, file_id, noted
 from lazyfs.index.trace import (
     Read,
     Trace,
@@ -86,88 +86,78 @@ def test_a_cut_that_is_not_a_boolean_refuses_the_trace(value: object) -> None:
         decode(json.dumps(body).encode(), KEY)
 
 
-def _keep(cache: Path, *, cut: bool, key: str = KEY) -> Path:
-    return store_trace(cache, Trace(key, (Read(A, 0, 10),), cut=cut))
+def _keep(cache: Path, *, cut: bool, key: str = KEY, length: int = 10) -> Path:
+    return store_trace(cache, Trace(key, (Read(A, 0, length),), cut=cut))
 
 
-def test_a_stopped_run_drops_the_cut_trace_its_mount_kept(tmp_path: Path) -> None:
-    path = trace_path(tmp_path, KEY)
-    ours = RunTrace(path, before=None)
-    assert not drop_if_stopped(ours, signalled=False)  # none kept
-    _keep(tmp_path, cut=False)
-    assert not drop_if_stopped(ours, signalled=False)  # settled: whole
-    assert load_trace(tmp_path, KEY) is not None
-    _keep(tmp_path, cut=True)
-    assert drop_if_stopped(ours, signalled=False)
-    assert not path.exists()
-    path.write_bytes(b"{torn")  # not one this lazyfs wrote cut: left as it is
-    assert not drop_if_stopped(ours, signalled=False)
-    assert path.exists()
+def _replaying(cache: Path, clock: Clock, old: Trace, length: int) -> Recorder:
+    """The recorder of a mount that replays the cut trace ``old``, having read ``length``."""
+    recorder = Recorder(cache, KEY, settle=2.0, limit=60.0, clock=clock, replacing=old)
+    recorder._serving_since = clock.now
+    recorder.read(A, 0, length)
+    return recorder
 
 
-def test_a_trace_the_run_did_not_write_is_not_its_own_to_drop(tmp_path: Path) -> None:
-    # A short job's earlier trace, whole but cut, there as the provision returned.
-    path = _keep(tmp_path, cut=True)
-    there = RunTrace(path, before=file_id(path))
-    assert not drop_if_stopped(there, signalled=True, at_signal=None)
-    assert not drop_if_stopped(there, signalled=True, at_signal=file_id(path))
-    assert load_trace(tmp_path, KEY) is not None
-    # Written again since (as a mount that found a damaged one there records over it): its.
-    _keep(tmp_path, cut=True)
-    assert drop_if_stopped(there, signalled=False)
+def test_a_cut_trace_is_replaced_by_a_run_that_goes_further_or_settles(tmp_path: Path) -> None:
+    clock = Clock()
+    _keep(tmp_path, cut=True, length=4000)  # a run stopped early, or a short job
+    old = load_trace(tmp_path, KEY)
+    assert old is not None
+    # A short job again: about what it read before; the trace stays as it was.
+    before = file_id(trace_path(tmp_path, KEY))
+    assert _replaying(tmp_path, clock, old, 4999).finish(mount_ended=True) is None
+    assert file_id(trace_path(tmp_path, KEY)) == before
+    # A run that went on past where the first one was stopped: its trace replaces it.
+    assert _replaying(tmp_path, clock, old, 5000).finish(mount_ended=True) is not None
+    further = load_trace(tmp_path, KEY)
+    assert further is not None and further.cut and further.reads == (Read(A, 0, 5000),)
+    # One that settles replaces it whatever it read: its workload's whole start.
+    settled = _replaying(tmp_path, clock, further, 100)
+    clock.now += 2.5
+    settled.finish(mount_ended=True)
+    whole = load_trace(tmp_path, KEY)
+    assert whole is not None and not whole.cut and whole.reads == (Read(A, 0, 100),)
 
 
-def test_a_trace_written_after_the_first_signal_is_dropped_one_before_it_kept(
+def test_a_trace_kept_after_the_first_signal_is_marked_cut_one_kept_before_it_stays(
     tmp_path: Path,
 ) -> None:
     # A quiet shutdown may outlast the settle time: what the mount kept then is the start.
-    ours = RunTrace(trace_path(tmp_path, KEY), before=None)
+    ours = RunTrace(tmp_path, KEY)
+    assert not cut_if_written(ours, None)  # none kept
     path = _keep(tmp_path, cut=False)
-    assert not drop_if_stopped(
-        ours, signalled=True, at_signal=file_id(path)
-    )  # settled before the signal
-    assert path.exists()
     at_signal = file_id(path)
+    assert not cut_if_written(ours, at_signal)  # settled before the signal
+    kept = load_trace(tmp_path, KEY)
+    assert kept is not None and not kept.cut
     _keep(tmp_path, cut=False)  # settled again after it
-    assert drop_if_stopped(ours, signalled=True, at_signal=at_signal)
-    assert not path.exists()
-    _keep(tmp_path, cut=False)  # no trace at the signal, one after it
-    assert drop_if_stopped(ours, signalled=True, at_signal=None)
-
-
-@pytest.mark.parametrize(
-    ("status", "failed", "signalled", "want"),
-    [
-        (0, False, False, False),
-        (1, False, False, False),
-        (127, False, False, False),  # its command was not found: it ended by itself
-        (128 + signal.SIGSEGV, False, False, False),  # a crash ends the workload where it is
-        (0, False, True, True),  # a signal passed on, whatever the container made of it
-        (128 + signal.SIGINT, False, False, True),  # `run -t`: Ctrl-C through its terminal
-        (128 + signal.SIGKILL, False, False, True),  # out of memory, or an agent
-        (128 + signal.SIGTERM, False, False, True),
-        (None, True, False, True),  # an error, an interrupt before runc ran
-    ],
-)
-def test_which_runs_did_not_end_by_themselves(
-    status: int | None, failed: bool, signalled: bool, want: bool
-) -> None:
-    assert stopped(status, failed, signalled) is want
+    assert cut_if_written(ours, at_signal)
+    assert load_trace(tmp_path, KEY) == Trace(KEY, kept.reads, cut=True)
+    assert not cut_if_written(ours, at_signal)  # cut already
+    path.write_bytes(b"{torn")  # not one this lazyfs wrote: left as it is
+    assert not cut_if_written(ours, None)
+    assert path.read_bytes() == b"{torn"
 
 
 def test_a_trace_is_noted_only_where_the_runs_mount_records_one(tmp_path: Path) -> None:
     config = RuntimeConfig(entrypoint=("/bin/sh", "-c"), cmd=("exit 0",), working_dir="/srv")
     image = ImageManifest("registry.example:5000/app:1", IMAGE, (), config=config)
-    args = argparse.Namespace(cache_dir=str(tmp_path / "cache"), work_dir=str(tmp_path))
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    args = argparse.Namespace(cache_dir=str(cache), work_dir=str(tmp_path))
     key = trace_key(IMAGE, config.entrypoint, ["sleep 60"], "/tmp")
     own = trace_key(IMAGE, config.entrypoint, config.cmd, "/srv")  # the image's own command
     assert key is not None and own is not None
-    assert noted(args, image, ["sleep 60"], "/tmp", lazy=True) == RunTrace(
-        trace_path(tmp_path / "cache", key), before=None
-    )
-    assert noted(args, image, ["sleep 60"], "/tmp", lazy=False) is None  # nothing records
-    _keep(tmp_path / "cache", cut=True, key=own)
-    assert noted(args, image, [], "", lazy=True) is None  # its mount replays that one
-    damaged = trace_path(tmp_path / "cache", own)
-    damaged.write_bytes(b"{torn")  # ignored by the mount, which records in its place
-    assert noted(args, image, [], "", lazy=True) == RunTrace(damaged, file_id(damaged))
+    assert noted(args, store, image, ["sleep 60"], "/tmp", lazy=True) == RunTrace(cache, key)
+    assert noted(args, store, image, ["sleep 60"], "/tmp", lazy=False) is None  # none records
+    _keep(store, cut=False, key=own)  # published beside the image: replayed
+    assert noted(args, store, image, [], "", lazy=True) is None
+    _keep(store, cut=True, key=own)  # replayed and recorded again
+    assert noted(args, store, image, [], "", lazy=True) == RunTrace(cache, own)
+    _keep(cache, cut=False, key=own)  # the cache's first
+    assert noted(args, store, image, [], "", lazy=True) is None
+    _keep(cache, cut=True, key=own)
+    assert noted(args, store, image, [], "", lazy=True) == RunTrace(cache, own)
+    trace_path(cache, own).write_bytes(b"{torn")  # ignored: the store's is replayed
+    assert noted(args, store, image, [], "", lazy=True) == RunTrace(cache, own)
+    _keep(store, cut=False, key=own)
+    assert noted(args, store, image, [], "", lazy=True) is None

@@ -226,7 +226,7 @@ class Client:
     """The cache client's face a trace uses, with no daemon behind it."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self.replaying = False
+        self.replaying: object = False
         self.watcher: object = None
         self.cache_dir = cache_dir
         self.blobs = {B: Blob()}
@@ -245,6 +245,21 @@ def test_a_trace_of_other_layers_leaves_the_landmark_prefetch_on(tmp_path: Path)
     store_trace(tmp_path, Trace(KEY, (Read(A, 0, 100), Read(B, 0, 100))))
     assert start_trace(client, KEY) is None  # type: ignore[arg-type]
     assert client.replaying
+
+
+def test_a_cut_trace_is_replayed_and_recorded_again_a_whole_one_replayed_only(
+    tmp_path: Path,
+) -> None:
+    cut = Trace(KEY, (Read(B, 0, 100),), cut=True)
+    store_trace(tmp_path, cut)
+    client = Client(tmp_path)
+    recorder = start_trace(client, KEY, sent=True)  # type: ignore[arg-type]
+    assert isinstance(recorder, Recorder) and recorder.replacing == cut
+    assert client.watcher is recorder and client.replaying == [(B, [(0, 100)])]
+    store_trace(tmp_path, Trace(KEY, cut.reads))
+    client = Client(tmp_path)
+    assert start_trace(client, KEY, sent=True) is None  # type: ignore[arg-type]
+    assert client.watcher is None and client.replaying == [(B, [(0, 100)])]
 
 
 def test_a_replay_asks_for_the_blobs_this_mount_reads_in_trace_order() -> None:
