@@ -122,8 +122,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         )
         made.append(info)
         lazy = bool(info.remote_layers)
-        store_dir = app.store_dir.absolute()
-        traced.append(run_trace.noted(args, store_dir, info.image, command, workdir, lazy=lazy))
+        traced.append(run_trace.noted(args, info.image, command, workdir, lazy=lazy))
         return await trio.to_thread.run_sync(write_bundle, info)
 
     # Held from provision to destroy: recover elsewhere sees the container busy.

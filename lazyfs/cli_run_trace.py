@@ -11,13 +11,18 @@ One stopped run's trace is not cut: a container that a signal ``run`` passed
 on stops, and whose shutdown reads nothing new for the settle time, keeps a
 trace marked whole of the start of its workload, which would be replayed
 (and pushed beside the image with ``--publish_indexes``) for ever. So
-``run`` notes, as the provision returns, whether its mount may record
-(``noted``: a lazy rootfs whose places hold no trace or a cut one, as the
-mount's ``find_trace`` and ``records`` see them), and which file the trace
-path holds at the first signal it passes on (``file_id``); once the rootfs
-is destroyed (its mount has kept the trace by then), ``cut_if_written``
-marks a trace written since cut. Each write of a trace is a new file
-(written aside, then renamed), so another file is a later write; no clock.
+``run`` notes which file the trace path holds at the first signal it passes
+on (``noted``, ``file_id``), and once the rootfs is destroyed (its mount
+has kept the trace by then) ``cut_if_written`` marks cut a whole trace
+written since. Each write of a trace is a new file (written aside, then
+renamed), so another file is a later write; no clock. A mount that
+replays a whole trace writes none.
+
+Not covered: a mount that outlives its run (a destroy that failed to
+unmount it; a run killed itself) writes its trace when it ends later
+(``recover``), after this; and an agent's container, started through
+``provision``, stopped early and destroyed 2 s or more after its last read
+keeps a whole trace of its start (destroyed sooner, it keeps it cut).
 
 Blocking; a trace is only a hint, so a failure is logged.
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lazyfs.index.trace import MAX_TRACE_BYTES, TraceError, decode, store_trace, trace_path
+from providers.errors import LazyfsError
 from providers.manifest import ImageManifest
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,7 @@ FileId = tuple[int, int] | None
 
 @dataclass(frozen=True)
 class RunTrace:
-    """The trace a run's mount may record: of ``key``, in the cache at ``cache_dir``."""
+    """The trace a run's mount records or replays: of ``key``, in the cache at ``cache_dir``."""
 
     cache_dir: Path
     key: str
@@ -54,27 +60,21 @@ class RunTrace:
 
 def noted(
     args: argparse.Namespace,
-    store_dir: Path,
     image: ImageManifest,
     command: Sequence[str],
     working_dir: str,
     *,
     lazy: bool,
 ) -> RunTrace | None:
-    """The trace the mount of ``image`` run as ``command`` in
-    ``working_dir`` (store ``store_dir``) may record, as the provision returns; None when it
-    records none (not ``lazy``, or it replays a whole one)."""
-    from lazyfs.blobs.trace_run import find_trace, records
+    """The trace the mount of ``image`` run as ``command`` in ``working_dir`` records or
+    replays; None when it has none (not ``lazy``)."""
     from lazyfs.cli_daemon import cache_dir
     from lazyfs.provision.lazy import run_trace_key
 
     key = run_trace_key(image, command, working_dir)
-    cache = cache_dir(args)
     if not lazy or key is None:
         return None
-    if not records(find_trace(cache, key, store_dir, level=logging.DEBUG)):
-        return None
-    return RunTrace(cache, key)
+    return RunTrace(cache_dir(args), key)
 
 
 def file_id(path: Path) -> FileId:
@@ -106,7 +106,7 @@ def cut_if_written(trace: RunTrace, at_signal: FileId) -> bool:
     except TraceError as error:
         log.info("the prefetch trace %s is left as it is: %s", path, error)
         return False
-    except OSError as error:
+    except (OSError, LazyfsError) as error:
         log.warning("cannot mark cut the prefetch trace %s of a stopped run: %s", path, error)
         return False
     log.info("the run was stopped before its workload settled: its prefetch trace %s is "

@@ -35,11 +35,15 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   the watcher of it when a recorded thread first reads it there: the
   program's read, where it comes.
 - Found cut: replayed as above, and recorded again as if not found; what
-  this mount recorded replaces it when it is whole, or cut again but
-  ``FURTHER`` times the bytes at least (its workload went further: the
-  cut one was of a run stopped early). A short job's trace, cut every time,
-  stays as it is; a stopped run's is made whole by the next run that goes
-  on to the end.
+  this mount recorded replaces it when it is whole and read as many
+  bytes, or cut again but ``FURTHER`` times the bytes at least
+  (``lazyfs.index.trace.replaces``: its workload went further, the cut one
+  was of a run stopped early), counted on the blobs this mount replays
+  (``Replacing``). A short job's trace, cut every time, stays as it is; a
+  stopped run's is replaced by the next run that goes on to the end,
+  unless it had read more than four fifths of what that run reads.
+  A whole trace published beside the image is taken before a cut one in
+  the cache (``find_trace``).
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.
@@ -51,6 +55,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -62,6 +67,7 @@ from lazyfs.index.trace import (
     TraceError,
     check_key,
     load_trace,
+    replaces,
     store_trace,
 )
 from providers.digest import Digest
@@ -72,9 +78,6 @@ log = logging.getLogger(__name__)
 
 SETTLE = 2.0
 MAX_RECORDING = 60.0
-# How many times a cut trace's bytes a mount that replayed it must have read to replace it
-# with a trace cut again: a short job reads about the same each run, a run stopped early less.
-FURTHER = 1.25
 _RANGES_PER_REQUEST = 4096  # the daemon's bound on a prefetch's ranges
 # The requests of a replay the process that starts a mount sends (``lazyfs.fs.mount_ahead``),
 # while the mount process loads; each is a round trip to the daemon. The mount sends the rest.
@@ -127,13 +130,13 @@ class TraceClient(Protocol):
 def start_trace(
     client: TraceClient, key: str, published: Path | None = None, *, sent: bool = False
 ) -> Recorder | None:
-    """Replay the trace of ``key`` through ``client``, or start recording it (the Recorder).
+    """Replay the trace of ``key`` through ``client``, record it, or both; the Recorder when
+    it records.
 
-    The cache directory's trace first, else one fetched from the image's
-    registry into ``published`` (``lazyfs.publish.traces``); recorded when
-    neither, or when the one found is cut (``Recorder.replacing``). ``sent``:
-    the process that started the mount has sent the first
-    ``SENT_AHEAD`` requests (``lazyfs.fs.mount_ahead``); only the rest are sent here.
+    The trace ``find_trace`` finds; recorded when there is none, or when it
+    is cut (``Recorder.replacing``). ``sent``: the process that started the
+    mount has sent the first ``SENT_AHEAD`` requests
+    (``lazyfs.fs.mount_ahead``); only the rest are sent here.
     """
     try:
         check_key(key)
@@ -141,19 +144,21 @@ def start_trace(
         log.warning("no prefetch trace: %s", error)
         return None
     trace = find_trace(client.cache_dir, key, published)
+    sizes = _replayed(client)
+    steps = [] if trace is None else replay_steps(trace, sizes)
     recorder = None
-    if records(trace):
-        recorder = Recorder(client.cache_dir, key, replacing=trace)
+    if trace is None or trace.cut:
+        replacing = None if trace is None else Replacing.of(trace, steps, sizes)
+        recorder = Recorder(client.cache_dir, key, replacing=replacing)
         client.watcher = recorder
     if trace is None:
         return recorder
-    steps = client_steps(client, trace)
     # Only a trace with something of this mount's to fetch stands in for
     # the landmark prefetch (one naming other layers would just lose it); a
     # published index's reader asks for the windows it needs (``Asks.replayed``).
     client.replaying = steps
-    how = "cut trace, recording it again" if trace.cut else "trace"
-    log.info("replaying the %s of %s: %d ranges", how, key, sum(len(r) for _, r in steps))
+    how = " (cut: recorded again)" if trace.cut else ""
+    log.info("replaying the trace of %s%s: %d ranges", key, how, sum(len(r) for _, r in steps))
     left = steps[SENT_AHEAD:] if sent else steps
     if left:
         threading.Thread(
@@ -162,21 +167,41 @@ def start_trace(
     return recorder
 
 
-def records(found: Trace | None) -> bool:
-    """Whether a mount that found ``found`` (``find_trace``) records the run: none, or cut."""
-    return found is None or found.cut
+@dataclass(frozen=True)
+class Replacing:
+    """A cut trace a mount replays and records again, as the mount can read it: its
+    ranges of the blobs the mount replays (``blobs``), each cut at its blob's end (a
+    trace recorded where other layers were remote, or a hostile one, counts no more)."""
+
+    trace: Trace
+    blobs: frozenset[Digest]
+
+    @classmethod
+    def of(
+        cls, trace: Trace, steps: Sequence[tuple[Digest, list[tuple[int, int]]]], sizes: Sizes
+    ) -> Replacing:
+        reads = tuple(Read(d, offset, n) for d, ranges in steps for offset, n in ranges)
+        return cls(Trace(trace.key, reads, trace.cut), frozenset(sizes))
+
+    def stays(self, new: Trace) -> bool:
+        """Whether the cut trace stays rather than ``new`` (``lazyfs.index.trace.replaces``),
+        both counted on ``blobs``."""
+        counted = tuple(read for read in new.reads if read.digest in self.blobs)
+        return not replaces(Trace(new.key, counted, new.cut), self.trace)
 
 
 def find_trace(
     cache_dir: Path, key: str, published: Path | None = None, *, level: int = logging.WARNING
 ) -> Trace | None:
-    """The trace of ``key`` in ``cache_dir``, else in ``published``; None when neither has
-    one, or (one line logged at ``level``) when ``key`` is not a trace key or the trace
-    is unusable."""
+    """The trace of ``key`` in ``cache_dir``, else in ``published`` (a whole one there
+    before a cut one here); None when neither has one, or (one line logged at ``level``)
+    when ``key`` is not a trace key or the trace is unusable."""
     try:
         trace = load_trace(cache_dir, key, level=level)
-        if trace is None and published is not None:
-            trace = load_trace(published, key, level=level)
+        if (trace is None or trace.cut) and published is not None:
+            found = load_trace(published, key, level=level)
+            if found is not None and (trace is None or not found.cut):
+                trace = found
     except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
         log.log(level, "no prefetch trace: %s", error)
         return None
@@ -192,8 +217,15 @@ def client_steps(client: TraceClient, trace: Trace) -> list[tuple[Digest, list[t
     some seven times the windows' bytes, where the mount asks for just the
     windows its intervals need (``lazyfs.blobs.published_asks.Asks.replayed``).
     """
-    sizes = {d: blob.size for d, blob in client.blobs.items() if not getattr(blob, "piece", False)}
-    return replay_steps(trace, sizes)
+    return replay_steps(trace, _replayed(client))
+
+
+# The sizes of the blobs a mount replays: by digest, None when not known.
+Sizes = Mapping[Digest, int | None]
+
+
+def _replayed(client: TraceClient) -> Sizes:
+    return {d: blob.size for d, blob in client.blobs.items() if not getattr(blob, "piece", False)}
 
 
 def replay_steps(
@@ -250,11 +282,11 @@ class Recorder:
         settle: float = SETTLE,
         limit: float = MAX_RECORDING,
         clock: Callable[[], float] = time.monotonic,
-        replacing: Trace | None = None,
+        replacing: Replacing | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.key = key
-        self.replacing = replacing  # the cut trace replayed, kept unless this one goes further
+        self.replacing = replacing  # the cut trace replayed: kept unless this one replaces it
         self.settle = settle
         self.limit = limit
         self._clock = clock
@@ -324,8 +356,8 @@ class Recorder:
 
         ``mount_ended``: the mount is going; unless recording was over anyway
         (``due``), the trace is kept ``cut`` (``lazyfs.index.trace``), and not
-        at all when it replaces a cut one (``replacing``) it does not go
-        ``FURTHER`` than."""
+        at all when the cut one it would replace (``replacing``) stays
+        (``lazyfs.index.trace.replaces``)."""
         cut = mount_ended and not self.due()
         with self._writing:
             with self._lock:
@@ -335,20 +367,15 @@ class Recorder:
                 reads = tuple(self._reads)
                 if self._serving_since is None or not reads:
                     return None
-            old = self.replacing
-            if cut and old is not None and _bytes(reads) < _bytes(old.reads) * FURTHER:
-                log.info("the cut trace of %s stays: this run read %d bytes, it %d", self.key,
-                         _bytes(reads), _bytes(old.reads))  # fmt: skip
+            trace = Trace(self.key, reads, cut)
+            if self.replacing is not None and self.replacing.stays(trace):
+                log.info("the cut trace of %s stays: this run read no further", self.key)
                 return None
             try:
-                path = store_trace(self.cache_dir, Trace(self.key, reads, cut))
+                path = store_trace(self.cache_dir, trace)
             except (OSError, TraceError, LazyfsError) as error:
                 log.warning("the trace of %s was not kept: %s", self.key, error)
                 return None
         how = "cut: the mount ended first" if cut else "whole"
         log.info("kept the trace of %s (%s): %d ranges, in %s", self.key, how, len(reads), path)
         return path
-
-
-def _bytes(reads: Sequence[Read]) -> int:
-    return sum(read.length for read in reads)

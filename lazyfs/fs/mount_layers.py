@@ -57,7 +57,7 @@ class Indexed:
     remote: dict[Digest, TarRangeReader]
     index_dirs: dict[Digest, Path]  # where each remote layer's index is
     recorder: Recorder | None = None  # of the prefetch trace, told when the mount serves
-    replaying: bool = False  # a prefetch trace (which knows better than ``predict`` does)
+    replaying: bool = False  # a prefetch trace, which knows better than ``predict``
 
 
 def index_layers(
@@ -90,7 +90,7 @@ def index_layers(
 
         # Traces published beside too; the caller may have sent the replay (``mount_ahead``).
         recorder = start_trace(client, trace, store.root, sent=trace_sent)
-        replaying = recorder is None or recorder.replacing is not None
+        replaying = bool(client.replaying)
     tocs: dict[Layer, Toc] = {}
     if client is not None and executable and not replaying and all(o for _, o in layers):
         from lazyfs.fs.predict_libs import ask_libraries_soon

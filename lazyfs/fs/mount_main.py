@@ -258,7 +258,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # After a stop signal we unmount; after an unmount from outside there is nothing left.
     pyfuse3.close(unmount=_Stop.requested)
     if indexed.recorder is not None:
-        indexed.recorder.finish(mount_ended=True)  # before it settled: kept, marked cut
+        indexed.recorder.finish(mount_ended=True)  # before it settled: marked cut, if kept
     log.info("unmounted %s", args.mountpoint)
     return 0
 

@@ -29,7 +29,7 @@ A trace is ``cut`` when its mount ended before the workload settled: whole
 for a job that ran to its end, but a run stopped early leaves only its
 first reads. So a cut trace is provisional: the next mount replays it and
 records again, and keeps its own instead when it goes further
-(``lazyfs.blobs.trace_run``). A reader that knows nothing of the field
+(``replaces``; ``lazyfs.blobs.trace_run``). A reader that knows nothing of the field
 reads a cut trace as any other.
 
 Stored as ``CACHE_DIR/traces/<sha256 hex>@<command hash>.json``, written to a
@@ -61,6 +61,9 @@ MAX_READS = 65536
 MAX_LAYERS = 256
 MAX_RANGE = 64 << 20
 TRACES_DIR = "traces"
+# How many times a cut trace's bytes another cut trace of its key must read to replace it:
+# a short job reads about the same each run, a run stopped early less.
+FURTHER = 1.25
 _KEY = re.compile(r"^sha256:([0-9a-f]{64})@([0-9a-f]{32})$")
 
 
@@ -88,6 +91,20 @@ class Trace:
     key: str
     reads: tuple[Read, ...]
     cut: bool = False  # recorded until its mount ended, not until the workload settled
+
+
+def replaces(new: Trace, old: Trace) -> bool:
+    """Whether ``new`` is kept instead of ``old``, of one key: ``old`` is cut, and ``new``
+    is whole and read as many bytes, or is cut too and read ``FURTHER`` times the bytes (its
+    workload went further). A run stopped earlier than ``old``'s, whose shutdown settled
+    the recording, does not replace it."""
+    if not old.cut:
+        return False
+    return _bytes(new) >= _bytes(old) * (FURTHER if new.cut else 1)
+
+
+def _bytes(trace: Trace) -> int:
+    return sum(read.length for read in trace.reads)
 
 
 def check_key(key: str) -> str:

@@ -1,9 +1,9 @@
 """A trace kept because its mount ended before the workload settled is marked cut, and the
-next mount, which replays it, records again and replaces it when it goes further; a
-``lazyfs run`` that passed a signal on marks cut a trace its mount kept after it
-(``lazyfs.index.trace``, ``lazyfs.blobs.trace_run``, ``lazyfs.cli_run_trace``): it may hold
-only the start of the workload, and, kept whole, it would be replayed (and published)
-for ever instead of the whole one."""
+next mount, which replays it, records again and replaces it when it goes further (counted
+as that mount reads it); a ``lazyfs run`` that passed a signal on marks cut a trace its
+mount kept after it (``lazyfs.index.trace``, ``lazyfs.blobs.trace_run``,
+``lazyfs.cli_run_trace``): it may hold only the start of the workload, and, kept whole,
+it would be replayed (and published) for ever instead of the whole one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.blobs.trace_run import Recorder
+from lazyfs.blobs.trace_run import Recorder, Replacing, find_trace, replay_steps
 from lazyfs.cache.remote import trace_key
 from lazyfs.cli_run_trace import RunTrace, cut_if_written, file_id, noted
 from lazyfs.index.trace import (
@@ -42,10 +42,12 @@ class Clock:
         return self.now
 
 
-def _recording(cache: Path, clock: Clock) -> Recorder:
-    recorder = Recorder(cache, KEY, settle=2.0, limit=60.0, clock=clock)
+def _recording(
+    cache: Path, clock: Clock, length: int = 4096, replacing: Replacing | None = None
+) -> Recorder:
+    recorder = Recorder(cache, KEY, settle=2.0, limit=60.0, clock=clock, replacing=replacing)
     recorder._serving_since = clock.now  # as serving() sets it, without its thread
-    recorder.read(A, 0, 4096)
+    recorder.read(A, 0, length)
     return recorder
 
 
@@ -90,33 +92,55 @@ def _keep(cache: Path, *, cut: bool, key: str = KEY, length: int = 10) -> Path:
     return store_trace(cache, Trace(key, (Read(A, 0, length),), cut=cut))
 
 
-def _replaying(cache: Path, clock: Clock, old: Trace, length: int) -> Recorder:
-    """The recorder of a mount that replays the cut trace ``old``, having read ``length``."""
-    recorder = Recorder(cache, KEY, settle=2.0, limit=60.0, clock=clock, replacing=old)
-    recorder._serving_since = clock.now
-    recorder.read(A, 0, length)
-    return recorder
+def _replacing(trace: Trace, sizes: dict[Digest, int | None]) -> Replacing:
+    return Replacing.of(trace, replay_steps(trace, sizes), sizes)
 
 
-def test_a_cut_trace_is_replaced_by_a_run_that_goes_further_or_settles(tmp_path: Path) -> None:
+def test_a_cut_trace_is_replaced_by_a_run_that_goes_further(tmp_path: Path) -> None:
     clock = Clock()
     _keep(tmp_path, cut=True, length=4000)  # a run stopped early, or a short job
     old = load_trace(tmp_path, KEY)
     assert old is not None
+    replacing = _replacing(old, {A: None})
     # A short job again: about what it read before; the trace stays as it was.
     before = file_id(trace_path(tmp_path, KEY))
-    assert _replaying(tmp_path, clock, old, 4999).finish(mount_ended=True) is None
+    assert _recording(tmp_path, clock, 4999, replacing).finish(mount_ended=True) is None
     assert file_id(trace_path(tmp_path, KEY)) == before
     # A run that went on past where the first one was stopped: its trace replaces it.
-    assert _replaying(tmp_path, clock, old, 5000).finish(mount_ended=True) is not None
+    assert _recording(tmp_path, clock, 5000, replacing).finish(mount_ended=True) is not None
     further = load_trace(tmp_path, KEY)
     assert further is not None and further.cut and further.reads == (Read(A, 0, 5000),)
-    # One that settles replaces it whatever it read: its workload's whole start.
-    settled = _replaying(tmp_path, clock, further, 100)
-    clock.now += 2.5
-    settled.finish(mount_ended=True)
-    whole = load_trace(tmp_path, KEY)
-    assert whole is not None and not whole.cut and whole.reads == (Read(A, 0, 100),)
+
+
+def test_a_settled_recording_replaces_a_cut_trace_only_with_as_many_bytes(
+    tmp_path: Path,
+) -> None:
+    """A run stopped earlier than the cut trace's, whose shutdown settled the recording,
+    holds less of the workload than the trace it would replace."""
+    clock = Clock()
+    _keep(tmp_path, cut=True, length=4000)
+    old = load_trace(tmp_path, KEY)
+    assert old is not None
+    for length, kept in [(3999, old.reads), (4000, (Read(A, 0, 4000),))]:
+        settled = _recording(tmp_path, clock, length, _replacing(old, {A: None}))
+        clock.now += 2.5
+        settled.finish(mount_ended=True)
+        found = load_trace(tmp_path, KEY)
+        assert found is not None and found.reads == kept
+    assert found is not None and not found.cut
+
+
+def test_a_cut_trace_is_counted_as_this_mount_reads_it(tmp_path: Path) -> None:
+    """Ranges of blobs the mount does not read remotely, and lengths past a blob's end (a
+    trace recorded where more layers were remote, or a hostile one), count for nothing:
+    else no run here could read a quarter more."""
+    clock = Clock()
+    other = Digest("sha256:" + "02" * 32)
+    old = Trace(KEY, (Read(A, 0, 4000), Read(other, 0, 1 << 20), Read(A, 8192, 1 << 20)), True)
+    replacing = _replacing(old, {A: 10000})  # A holds 10,000 bytes: 4,000 + 1,808 of it
+    assert replacing.trace.reads == (Read(A, 0, 4000), Read(A, 8192, 1808))
+    assert _recording(tmp_path, clock, 7259, replacing).finish(mount_ended=True) is None
+    assert _recording(tmp_path, clock, 7260, replacing).finish(mount_ended=True) is not None
 
 
 def test_a_trace_kept_after_the_first_signal_is_marked_cut_one_kept_before_it_stays(
@@ -139,25 +163,30 @@ def test_a_trace_kept_after_the_first_signal_is_marked_cut_one_kept_before_it_st
     assert path.read_bytes() == b"{torn"
 
 
-def test_a_trace_is_noted_only_where_the_runs_mount_records_one(tmp_path: Path) -> None:
+def test_a_trace_is_noted_for_lazy_rootfses_only(tmp_path: Path) -> None:
     config = RuntimeConfig(entrypoint=("/bin/sh", "-c"), cmd=("exit 0",), working_dir="/srv")
     image = ImageManifest("registry.example:5000/app:1", IMAGE, (), config=config)
-    cache, store = tmp_path / "cache", tmp_path / "store"
+    cache = tmp_path / "cache"
     args = argparse.Namespace(cache_dir=str(cache), work_dir=str(tmp_path))
     key = trace_key(IMAGE, config.entrypoint, ["sleep 60"], "/tmp")
     own = trace_key(IMAGE, config.entrypoint, config.cmd, "/srv")  # the image's own command
     assert key is not None and own is not None
-    assert noted(args, store, image, ["sleep 60"], "/tmp", lazy=True) == RunTrace(cache, key)
-    assert noted(args, store, image, ["sleep 60"], "/tmp", lazy=False) is None  # none records
-    _keep(store, cut=False, key=own)  # published beside the image: replayed
-    assert noted(args, store, image, [], "", lazy=True) is None
-    _keep(store, cut=True, key=own)  # replayed and recorded again
-    assert noted(args, store, image, [], "", lazy=True) == RunTrace(cache, own)
-    _keep(cache, cut=False, key=own)  # the cache's first
-    assert noted(args, store, image, [], "", lazy=True) is None
-    _keep(cache, cut=True, key=own)
-    assert noted(args, store, image, [], "", lazy=True) == RunTrace(cache, own)
-    trace_path(cache, own).write_bytes(b"{torn")  # ignored: the store's is replayed
-    assert noted(args, store, image, [], "", lazy=True) == RunTrace(cache, own)
-    _keep(store, cut=False, key=own)
-    assert noted(args, store, image, [], "", lazy=True) is None
+    assert noted(args, image, ["sleep 60"], "/tmp", lazy=True) == RunTrace(cache, key)
+    assert noted(args, image, [], "", lazy=True) == RunTrace(cache, own)
+    assert noted(args, image, ["sleep 60"], "/tmp", lazy=False) is None  # no mount records
+
+
+def test_a_whole_trace_published_beside_the_image_comes_before_a_cut_one_in_the_cache(
+    tmp_path: Path,
+) -> None:
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    _keep(cache, cut=True, length=10)
+    _keep(store, cut=True, length=20)
+    found = find_trace(cache, KEY, store)
+    assert found is not None and found.reads == (Read(A, 0, 10),)  # both cut: the cache's
+    _keep(store, cut=False, length=20)
+    found = find_trace(cache, KEY, store)
+    assert found is not None and found.reads == (Read(A, 0, 20),) and not found.cut
+    _keep(cache, cut=False, length=10)
+    found = find_trace(cache, KEY, store)
+    assert found is not None and found.reads == (Read(A, 0, 10),)  # both whole: the cache's
