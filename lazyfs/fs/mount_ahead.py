@@ -108,7 +108,7 @@ def replay_early(
     key: str,
 ) -> None:
     """``send_trace`` for the layers of ``layers`` in ``origins``, before the mount is
-    started (``lazyfs.provision.lazy.replay_ahead``); a failure logged at INFO. Nothing
+    started (``lazyfs.provision.lazy.ReplayAhead``); a failure logged at INFO. Nothing
     unless the daemon answers: one that never listened yet (``lazyfs.cli_early`` started
     it as the command began, and it loads) or that a start holds the start lock of is
     waited for, up to ``DAEMON_WAIT``; one gone with its socket left, which no one is

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -40,7 +40,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Traced = Callable[[ImageManifest, Sequence[Layer]], None]
+
+class Traced(Protocol):
+    """What a lazy fetch is told of the prefetch trace the image's mount will replay
+    (``lazyfs.provision.lazy.ReplayAhead``)."""
+
+    def key(self, manifest: ImageManifest) -> str | None:
+        """The trace key of ``manifest`` run as the provision will run it; None for none."""
+        ...
+
+    def __call__(self, manifest: ImageManifest, layers: Sequence[Layer]) -> None:
+        """Begin the replay of the trace for ``layers``, those read by range. Never raises."""
+        ...
 
 
 def lazy_layer(layer: Layer) -> bool:
@@ -139,13 +150,14 @@ async def published(
     published index so marked.
 
     ``listings``: where the referrers listing began while the image was
-    resolved, if it did. ``traced`` (``DockerProvider.fetch_lazy``'s) runs in
-    a thread of its own, not waited for, once the traces are kept and the
+    resolved, if it did. The trace of ``traced``'s key is looked for (none
+    without ``traced``), and ``traced`` (``DockerProvider.fetch_lazy``'s)
+    runs in a thread of its own, not waited for, once it is kept and the
     indexes listed.
     """
     # Loaded for lazy pulls only: it loads the index code.
     from lazyfs.publish import fetch as index_lookup
-    from lazyfs.publish.traces import fetch_traces
+    from lazyfs.publish.traces import fetch_trace
 
     # One referrers listing for both lookups below (lazyfs.publish.listing).
     listing = await listings.get(manifest)
@@ -189,9 +201,10 @@ async def published(
             await look("indexes", keep)
 
     async def traces() -> None:
-        await look("traces", partial(fetch_traces, store, client, manifest, listing))
-        if traced is None:
-            return
+        key = None if traced is None else traced.key(manifest)
+        if traced is None or key is None:
+            return  # a mount that runs no command replays no trace
+        await look("traces", partial(fetch_trace, store, client, manifest, key, listing))
         await heard.wait()
         # Read by range: eStargz, or with an index listed and not set aside (one refused
         # after all is pulled whole, and what a replay fetched of it lost). Not waited for.

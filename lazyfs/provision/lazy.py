@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
@@ -45,6 +46,7 @@ from providers.reference import parse_reference
 from providers.source import LocalBlobSource
 
 if TYPE_CHECKING:
+    from lazyfs.images.docker_published import Traced
     from providers.layer_limits import LayerLimits
 
 LAZY_BACKENDS = frozenset({"fuse"})
@@ -58,12 +60,12 @@ class LazyProvider(Protocol):
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
+        traced: Traced | None = None,
     ) -> ImageManifest:
         """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
-        runs in a thread when it goes to a registry for them, ``traced`` once the traces
-        published beside the image are kept and its indexes listed, given the layers read
-        by range (``replay_ahead``)."""
+        runs in a thread when it goes to a registry for them, ``traced`` once the trace
+        of its key published beside the image is kept and its indexes listed, given the
+        layers read by range (``ReplayAhead``)."""
         ...
 
 
@@ -137,40 +139,47 @@ def run_trace_key(manifest: ImageManifest, command: Sequence[str], working_dir: 
     return trace_key(manifest.digest, config.entrypoint, command or config.cmd, cwd)
 
 
-def replay_ahead(
-    store: Store,
-    daemon: DaemonSpec,
-    command: Sequence[str],
-    working_dir: str,
-    manifest: ImageManifest,
-    layers: Sequence[Layer],
-) -> None:
-    """Have ``daemon`` begin the replay of the prefetch trace of ``manifest`` run as
-    ``command`` in ``working_dir`` (keyed as ``blobs_for`` keys it), for ``layers`` that are
-    not in the store, if the cache or the store keeps one. Blocking; a hint: anything
-    that fails is logged at INFO (this process's warnings reach the user's terminal).
+@dataclass(frozen=True)
+class ReplayAhead:
+    """What a lazy fetch is told of the prefetch trace of an image run as ``command`` in
+    ``working_dir`` (``lazyfs.images.docker_published.Traced``): its key, as ``blobs_for``
+    keys it, and, called once the fetch has kept the trace published beside the image
+    and listed its published indexes, the start of its replay."""
 
-    Called by ``DockerProvider.fetch_lazy`` once it has kept the traces
-    published beside the image and listed its published indexes
-    (``layers``: those read by range), while it fetches and decodes them:
-    some 100 ms before the mount would send the trace. A daemon the command
-    started ahead (``lazyfs.cli_early``) and still loading is waited for
-    (``mount_ahead.replay_early``, for at most a few seconds). The start
-    of the mount sends the trace again (``lazyfs.fs.mount_ahead``), with
-    the windows of the layers' published indexes it needs, kept by then,
-    and the daemon's replay queue skips the chunks it has in hand or in
-    flight.
-    """
-    try:
-        key = run_trace_key(manifest, command, working_dir)
-        if key is None:
-            return
-        origins = remote_origins(store, manifest)
-        from lazyfs.fs.mount_ahead import replay_early  # loaded by lazy mounts only
+    store: Store
+    daemon: DaemonSpec
+    command: Sequence[str]
+    working_dir: str
 
-        replay_early(daemon.cache_dir, store.root, layers, origins, key)
-    except Exception as error:  # a hint: the mount sends the trace all the same
-        log.info("the trace of %s was not sent early: %s", manifest.reference, error)
+    def key(self, manifest: ImageManifest) -> str | None:
+        return run_trace_key(manifest, self.command, self.working_dir)
+
+    def __call__(self, manifest: ImageManifest, layers: Sequence[Layer]) -> None:
+        """Have the daemon begin the replay of the trace of ``manifest``'s key for
+        ``layers`` that are not in the store, if the cache or the store keeps one.
+        Blocking; a hint: anything that fails is logged at INFO (this process's warnings
+        reach the user's terminal).
+
+        Called by ``DockerProvider.fetch_lazy`` (``layers``: those read by
+        range) while it fetches and decodes the published indexes: some 100 ms
+        before the mount would send the trace. A daemon the command started
+        ahead (``lazyfs.cli_early``) and still loading is waited for
+        (``mount_ahead.replay_early``, for at most a few seconds). The start
+        of the mount sends the trace again (``lazyfs.fs.mount_ahead``), with
+        the windows of the layers' published indexes it needs, kept by then,
+        and the daemon's replay queue skips the chunks it has in hand or in
+        flight.
+        """
+        try:
+            key = self.key(manifest)
+            if key is None:
+                return
+            origins = remote_origins(self.store, manifest)
+            from lazyfs.fs.mount_ahead import replay_early  # loaded by lazy mounts only
+
+            replay_early(self.daemon.cache_dir, self.store.root, layers, origins, key)
+        except Exception as error:  # a hint: the mount sends the trace all the same
+            log.info("the trace of %s was not sent early: %s", manifest.reference, error)
 
 
 def start_adopting(

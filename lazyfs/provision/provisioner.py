@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -43,8 +42,8 @@ from lazyfs.provision.build import RecordAhead, RootfsBuilder, Traced
 from lazyfs.provision.lazy import (
     LAZY_BACKENDS,
     LazyProvider,
+    ReplayAhead,
     blobs_for,
-    replay_ahead,
     start_adopting,
 )
 from lazyfs.provision.records import (
@@ -326,7 +325,7 @@ class Provisioner:
             command, working_dir = traced
             replay = None  # a trace's replay begun as soon as the trace is kept
             if command is not None:
-                replay = partial(replay_ahead, self.blobs.store, self.daemon, command, working_dir)
+                replay = ReplayAhead(self.blobs.store, self.daemon, command, working_dir)
             # The lazy mount's own code loads while the registry is asked, not after it.
             return await provider.fetch_lazy(image, progress, load_ahead_code, replay)
         return await provider.fetch(image, progress)

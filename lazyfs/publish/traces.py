@@ -17,12 +17,13 @@ trace's bytes per repository, written by every successful push, ``lazyfs
 index push`` included), so a start with nothing new asks the registry
 nothing and a trace is pushed once per repository.
 
-``fetch_traces`` is the other side, run for a lazy pull with
-``--trust_published_indexes`` only: the newest readable trace artifact of
-the image is fetched by digest and checked, and each trace blob it lists
-is fetched (bounded, checked against its digest), decoded whole against
-the key its annotation names (which must be of this image) and kept under
-``STORE/traces`` unless kept already, where the start of the mount and the
+``fetch_trace`` is the other side, run for a lazy pull with
+``--trust_published_indexes`` only, for the trace key the provision's
+command has: the newest readable trace artifact of the image that lists
+it is fetched by digest and checked, and so is its trace blob (bounded,
+checked against its digest, decoded whole against the key its annotation
+names, which must be of this image), kept under ``STORE/traces`` unless
+a trace kept there already is whole, where the start of the mount and the
 mount process look after the cache directory (``lazyfs.fs.mount_ahead``).
 Anything wrong is one warning and no trace.
 
@@ -51,6 +52,7 @@ from lazyfs.index.trace import (
     decode,
     key_image,
     load_trace,
+    replaces,
     store_trace,
     trace_path,
 )
@@ -223,50 +225,75 @@ def trace_blobs(data: bytes, subject: Digest) -> dict[str, Descriptor]:
     return found
 
 
-def fetch_traces(
-    store: Store, client: RegistryClient, manifest: ImageManifest, listing: Listing | None = None
-) -> list[str]:
-    """Keep in the store the traces published beside image ``manifest``; the keys kept.
+def fetch_trace(
+    store: Store,
+    client: RegistryClient,
+    manifest: ImageManifest,
+    key: str,
+    listing: Listing | None = None,
+) -> bool:
+    """Keep in the store the trace of ``key`` published beside image ``manifest``; whether
+    the store has one of ``key`` now.
 
+    From the newest trace artifact that lists ``key``: each machine that
+    publishes pushes the traces its own cache keeps, so the newest artifact
+    may lack a command another machine ran. Nothing is asked for when the
+    store keeps a whole trace of ``key``; one kept cut is replaced by the
+    published one when a mount's recording would replace it
+    (``lazyfs.index.trace.replaces``: another machine ran the workload
+    further), and is not fetched again when the newest is the one kept.
     ``listing``: the image's referrers as the provision listed them, shared
     with the index lookup (``lazyfs.publish.listing``); listed here when not
-    given. Never raises for what the registry says: a warning, and no trace.
+    given. Never raises for what the registry says: a
+    warning, and no trace.
     """
-    image = manifest.digest
+    folder = published_traces_dir(store)
+    kept = load_trace(folder, key)
+    if kept is not None and not kept.cut:
+        return True
+    held = None if kept is None else _digest_of(trace_path(folder, key))
     if listing is None:
         listing = list_image(client, manifest.reference, manifest.digest)
         if listing is None:
-            return []
+            return kept is not None
     push = listing.push
     try:
-        listed: dict[str, Descriptor] = {}
         for referrer in listing.of_type(TRACE_ARTIFACT_TYPE):
             try:
-                got = push.get_manifest(referrer.digest, OCI_MANIFEST)
-                if got is None:
-                    continue
-                actual = digest_bytes(got[0])
-                if actual != referrer.digest:
-                    what = f"{push.image}: trace manifest"
-                    raise DigestMismatch(what, expected=referrer.digest, actual=actual)
-                listed = trace_blobs(got[0], image)
-                break
-            except (BadImage, DigestMismatch) as error:
+                blob = _listed(push, referrer.digest, manifest.digest, key)
+                if blob is None:
+                    continue  # another machine's commands
+                if blob.digest == held:
+                    return True  # the one kept
+                found = decode(push.get_blob(blob.digest, MAX_TRACE_BYTES), key)
+            except (BadImage, DigestMismatch, NotFound) as error:
                 log.warning("%s: published traces %s ignored: %s", push.image, referrer.digest,
                             error)  # fmt: skip
-        kept = []
-        folder = published_traces_dir(store)
-        for key, blob in listed.items():
-            if load_trace(folder, key) is not None:
-                kept.append(key)
                 continue
-            try:
-                trace = decode(push.get_blob(blob.digest, MAX_TRACE_BYTES), key)
-                store_trace(folder, trace)
-                kept.append(key)
-            except (BadImage, DigestMismatch, OSError) as error:
-                log.warning("%s: published trace %s ignored: %s", push.image, blob.digest, error)
-        return kept
+            if kept is None or replaces(found, kept):
+                store_trace(folder, found)
+            return True
     except LazyfsError as error:
         log.warning("%s: cannot look for published traces: %s", manifest.reference, error)
-        return []
+    except OSError as error:
+        log.warning("%s: published trace of %s not kept: %s", manifest.reference, key, error)
+    return kept is not None
+
+
+def _listed(push: RegistryPush, artifact: Digest, image: Digest, key: str) -> Descriptor | None:
+    """The trace blob of ``key`` the trace artifact ``artifact`` of ``image`` lists; None
+    when it lists none of ``key``."""
+    got = push.get_manifest(artifact, OCI_MANIFEST)
+    if got is None:
+        return None
+    actual = digest_bytes(got[0])
+    if actual != artifact:
+        raise DigestMismatch(f"{push.image}: trace manifest", expected=artifact, actual=actual)
+    return trace_blobs(got[0], image).get(key)
+
+
+def _digest_of(path: Path) -> Digest | None:
+    try:
+        return digest_bytes(path.read_bytes())
+    except OSError:
+        return None

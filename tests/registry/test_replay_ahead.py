@@ -63,11 +63,15 @@ async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
     began = threading.Event()
     order: list[str] = []
 
-    def traced(manifest: ImageManifest, layers: Sequence[Layer]) -> None:
-        kept = load_trace(second.store.root, key) is not None
-        calls.append((manifest, list(layers), kept))
-        order.append("traced")
-        began.set()
+    class Traced:
+        def key(self, manifest: ImageManifest) -> str:
+            return f"{manifest.digest}@{'a' * 32}"
+
+        def __call__(self, manifest: ImageManifest, layers: Sequence[Layer]) -> None:
+            kept = load_trace(second.store.root, key) is not None
+            calls.append((manifest, list(layers), kept))
+            order.append("traced")
+            began.set()
 
     def keeping(*args: Any) -> dict[Digest, Digest]:
         # The indexes are kept only once the replay has begun: it does not wait for them.
@@ -76,7 +80,7 @@ async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
         return published_layers(*args)
 
     monkeypatch.setattr(fetch, "published_layers", keeping)
-    got = await second.fetch_lazy(docker(image), Progress(), None, traced)
+    got = await second.fetch_lazy(docker(image), Progress(), None, Traced())
     _joined()
     if not trusting:
         assert calls == [] and order == []

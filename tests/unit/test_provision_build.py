@@ -18,6 +18,7 @@ from backends.base import Rootfs
 from lazyfs.cache.remote import trace_key
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.fs.mount import load_ahead_code
+from lazyfs.images.docker_published import Traced as TraceHook
 from lazyfs.progress import Progress
 from lazyfs.provision.build import RecordAhead, RootfsBuilder, Traced
 from lazyfs.provision.lazy import LazyBlobs
@@ -161,7 +162,7 @@ class LazyFake:
 
     def __init__(self) -> None:
         self.given: list[tuple[str, object]] = []
-        self.traced: list[Callable[[ImageManifest, Sequence[Layer]], None] | None] = []
+        self.traced: list[TraceHook | None] = []
 
     async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
         self.given.append(("fetch", None))
@@ -172,7 +173,7 @@ class LazyFake:
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Callable[[ImageManifest, Sequence[Layer]], None] | None = None,
+        traced: TraceHook | None = None,
     ) -> ImageManifest:
         self.given.append(("fetch_lazy", ahead))
         self.traced.append(traced)
@@ -219,6 +220,7 @@ def test_a_traced_lazy_fetch_begins_the_replay_once_the_provider_has_the_trace(
     hook(MANIFEST, MANIFEST.layers)
     key = trace_key(MANIFEST.digest, (), ["app", "-v"], "/srv")
     assert key is not None and blobs_key(provisioner, ["app", "-v"], "/srv") == key
+    assert hook.key(MANIFEST) == key  # the trace the provider looks for beside the image
     [(cache_dir, store, layers, origins, sent_key)] = sent
     assert (cache_dir, sent_key, layers) == (spec.cache_dir, key, MANIFEST.layers)
     assert store == provisioner.blobs.store.root  # where fetched traces are kept

@@ -45,7 +45,7 @@ from lazyfs.index.formats import build_index
 from lazyfs.index.published import load_published, set_aside, store_published
 from lazyfs.publish import fetch
 from lazyfs.publish import listing as listing_module
-from lazyfs.publish.traces import fetch_traces
+from lazyfs.publish.traces import fetch_trace
 from lazyfs.store.disk import Store
 from providers.digest import Digest, digest_bytes, hex_part
 from providers.errors import BadImage
@@ -193,7 +193,8 @@ def test_one_listing_serves_the_trace_and_the_index_lookups(
     image = _image(built)
     listed = listing_module.list_image(None, image.reference, image.digest)  # type: ignore[arg-type]
     assert listed is not None
-    assert fetch_traces(store, None, image, listed) == []  # type: ignore[arg-type]
+    key = f"{image.digest}@{'c' * 32}"
+    assert not fetch_trace(store, None, image, key, listed)  # type: ignore[arg-type]
     found = fetch.published_layers(store, None, image, [built.layer], listed)  # type: ignore[arg-type]
     assert found == {built.layer.digest: blob}
     assert repository.listings == 1
