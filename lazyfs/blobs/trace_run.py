@@ -2,8 +2,9 @@
 
 ``start_trace(client, key)``, for a mount given a trace key
 (``lazyfs.cache.remote.trace_key``: image digest and command), looks for
-the key's trace in the cache directory (``lazyfs.index.trace.load_trace``;
-a damaged or hostile one is ignored with one logged line, as if absent).
+the key's trace in the cache directory, and among those fetched from the
+image's registry (``lazyfs.index.trace.find_trace``; a damaged or hostile
+one is ignored with one logged line, as if absent).
 
 - Found: its ranges are sent to the daemon in trace order, one blob's run
   of them per request, from a thread of their own (the daemon may be
@@ -35,15 +36,13 @@ a damaged or hostile one is ignored with one logged line, as if absent).
   the watcher of it when a recorded thread first reads it there: the
   program's read, where it comes.
 - Found cut: replayed as above, and recorded again as if not found; what
-  this mount recorded replaces it when it is whole and read as many
-  bytes, or cut again but ``FURTHER`` times the bytes at least
-  (``lazyfs.index.trace.replaces``: its workload went further, the cut one
-  was of a run stopped early), counted on the blobs this mount replays
-  (``Replacing``). A short job's trace, cut every time, stays as it is; a
-  stopped run's is replaced by the next run that goes on to the end,
-  unless it had read more than four fifths of what that run reads.
-  A whole trace published beside the image is taken before a cut one in
-  the cache (``find_trace``).
+  this mount recorded replaces it, whole or cut, when it read ``FURTHER``
+  times the bytes at least (``lazyfs.index.trace.replaces``: its workload
+  went further, the cut one was of a run stopped early), counted on the
+  blobs this mount replays (``Replacing``). A short job's trace, cut every
+  time, stays as it is; a stopped run's is replaced by the next run that
+  goes on to the end, unless it had read more than four fifths of what
+  that run reads.
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.
@@ -66,7 +65,7 @@ from lazyfs.index.trace import (
     Trace,
     TraceError,
     check_key,
-    load_trace,
+    find_trace,
     replaces,
     store_trace,
 )
@@ -188,24 +187,6 @@ class Replacing:
         both counted on ``blobs``."""
         counted = tuple(read for read in new.reads if read.digest in self.blobs)
         return not replaces(Trace(new.key, counted, new.cut), self.trace)
-
-
-def find_trace(
-    cache_dir: Path, key: str, published: Path | None = None, *, level: int = logging.WARNING
-) -> Trace | None:
-    """The trace of ``key`` in ``cache_dir``, else in ``published`` (a whole one there
-    before a cut one here); None when neither has one, or (one line logged at ``level``)
-    when ``key`` is not a trace key or the trace is unusable."""
-    try:
-        trace = load_trace(cache_dir, key, level=level)
-        if (trace is None or trace.cut) and published is not None:
-            found = load_trace(published, key, level=level)
-            if found is not None and (trace is None or not found.cut):
-                trace = found
-    except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
-        log.log(level, "no prefetch trace: %s", error)
-        return None
-    return trace
 
 
 def client_steps(client: TraceClient, trace: Trace) -> list[tuple[Digest, list[tuple[int, int]]]]:

@@ -58,8 +58,9 @@ DAEMON_WAIT = 2.0
 
 
 def has_trace(cache_dir: Path, store: Path, key: str) -> bool:
-    """Whether the cache or the store holds a trace of ``key`` (``trace_run.find_trace``'s
-    places), unread: the mount process is started before it is decoded."""
+    """Whether the cache or the store holds a trace of ``key`` (the places of
+    ``lazyfs.index.trace.find_trace``), unread: the mount process is started before it is
+    decoded."""
     from lazyfs.index.trace import TraceError, trace_path  # loaded by lazy mounts only
 
     try:
@@ -134,14 +135,16 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     """Have ``client``'s daemon replay the first ``SENT_AHEAD`` requests of the trace of
     ``key`` for a mount of ``layers`` (in the store at ``store``); whether it has any.
 
-    As the mount reads it (``lazyfs.fs.mount_layers``): the cache's trace,
-    else the store's; the ranges of the layers, and no others. Then the
+    As the mount reads it (``lazyfs.fs.mount_layers``): the trace
+    ``find_trace`` finds in the cache and the store; the ranges of the
+    layers, and no others. Then the
     windows of their published indexes kept in the store that the replay
     needs, as the mount asks for them once it has opened the layers
     (``lazyfs.blobs.published_asks.ask_replayed_windows``).
     """
     from lazyfs.blobs.published_asks import ask_replayed_windows
-    from lazyfs.blobs.trace_run import SENT_AHEAD, client_steps, find_trace, send_steps
+    from lazyfs.blobs.trace_run import SENT_AHEAD, client_steps, send_steps
+    from lazyfs.index.trace import find_trace
 
     found = find_trace(client.cache_dir, key, store, level=logging.INFO)
     if found is None:

@@ -26,7 +26,7 @@ import trio
 
 from lazyfs.images.docker_published import (
     Listings,
-    Traced,
+    TraceHook,
     lazy_layer,
     load_lookup_code,
     published,
@@ -143,7 +143,7 @@ class DockerProvider:
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Traced | None = None,
+        traced: TraceHook | None = None,
     ) -> ImageManifest:
         """``fetch``, but the ``lazy_layer`` layers of a registry image stay in the registry.
 
@@ -180,7 +180,7 @@ class DockerProvider:
         *,
         lazy: bool,
         ahead: Callable[[], None] | None = None,
-        traced: Traced | None = None,
+        traced: TraceHook | None = None,
     ) -> ImageManifest:
         if image.type != Image.DOCKER or not image.HasField("docker"):
             raise BadImage("not a Docker image")

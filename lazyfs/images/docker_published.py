@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -41,9 +42,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Traced(Protocol):
+class TraceHook(Protocol):
     """What a lazy fetch is told of the prefetch trace the image's mount will replay
     (``lazyfs.provision.lazy.ReplayAhead``)."""
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the mount's cache daemon keeps the traces it records."""
+        ...
 
     def key(self, manifest: ImageManifest) -> str | None:
         """The trace key of ``manifest`` run as the provision will run it; None for none."""
@@ -144,7 +150,7 @@ async def published(
     manifest: ImageManifest,
     listings: Listings,
     *,
-    traced: Traced | None = None,
+    traced: TraceHook | None = None,
 ) -> ImageManifest:
     """``manifest`` (naming no index blob: ``without_index_blobs``), its layers with a
     published index so marked.
@@ -204,7 +210,8 @@ async def published(
         key = None if traced is None else traced.key(manifest)
         if traced is None or key is None:
             return  # a mount that runs no command replays no trace
-        await look("traces", partial(fetch_trace, store, client, manifest, key, listing))
+        fetch = partial(fetch_trace, store, client, manifest, key, listing, traced.cache_dir)
+        await look("traces", fetch)
         await heard.wait()
         # Read by range: eStargz, or with an index listed and not set aside (one refused
         # after all is pulled whole, and what a replay fetched of it lost). Not waited for.

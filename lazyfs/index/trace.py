@@ -1,5 +1,5 @@
 """A learned prefetch trace: which blob ranges an image's first run read, in order. No I/O
-but ``load_trace`` and ``store_trace``.
+but ``load_trace``, ``find_trace`` and ``store_trace``.
 
 A mount of an image started to run one command records the ranges of its
 remote layers it reads until the workload settles (``lazyfs.blobs.trace_run``);
@@ -94,13 +94,12 @@ class Trace:
 
 
 def replaces(new: Trace, old: Trace) -> bool:
-    """Whether ``new`` is kept instead of ``old``, of one key: ``old`` is cut, and ``new``
-    is whole and read as many bytes, or is cut too and read ``FURTHER`` times the bytes (its
-    workload went further). A run stopped earlier than ``old``'s, whose shutdown settled
-    the recording, does not replace it."""
-    if not old.cut:
-        return False
-    return _bytes(new) >= _bytes(old) * (FURTHER if new.cut else 1)
+    """Whether ``new`` is kept instead of ``old``, of one key: ``old`` is cut and ``new``
+    read ``FURTHER`` times its bytes (its workload went further), whole or cut. Whole
+    alone is not enough: a run stopped early whose shutdown was quiet settles its
+    recording with the start of the workload in it; and each replacement is a quarter
+    longer, so none goes back and forth between runs that read about the same."""
+    return old.cut and _bytes(new) >= _bytes(old) * FURTHER
 
 
 def _bytes(trace: Trace) -> int:
@@ -211,6 +210,25 @@ def load_trace(cache_dir: Path, key: str, *, level: int = logging.WARNING) -> Tr
     except TraceError as error:
         log.log(level, "trace %s ignored: %s", path, error)
         return None
+
+
+def find_trace(
+    cache_dir: Path, key: str, published: Path | None = None, *, level: int = logging.WARNING
+) -> Trace | None:
+    """The trace of ``key`` a mount replays: the one in ``cache_dir``, unless ``published``
+    (where traces fetched from the image's registry are kept) has one that ``replaces`` it;
+    None when neither has one, or (one line logged at ``level``) when ``key`` is not a trace
+    key or a trace is unusable. Blocking."""
+    try:
+        trace = load_trace(cache_dir, key, level=level)
+        if (trace is None or trace.cut) and published is not None:
+            found = load_trace(published, key, level=level)
+            if found is not None and (trace is None or replaces(found, trace)):
+                trace = found
+    except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
+        log.log(level, "no prefetch trace: %s", error)
+        return None
+    return trace
 
 
 def store_trace(cache_dir: Path, trace: Trace) -> Path:

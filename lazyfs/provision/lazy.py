@@ -46,7 +46,7 @@ from providers.reference import parse_reference
 from providers.source import LocalBlobSource
 
 if TYPE_CHECKING:
-    from lazyfs.images.docker_published import Traced
+    from lazyfs.images.docker_published import TraceHook
     from providers.layer_limits import LayerLimits
 
 LAZY_BACKENDS = frozenset({"fuse"})
@@ -60,7 +60,7 @@ class LazyProvider(Protocol):
         image: Image,
         progress: Progress,
         ahead: Callable[[], None] | None = None,
-        traced: Traced | None = None,
+        traced: TraceHook | None = None,
     ) -> ImageManifest:
         """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
         runs in a thread when it goes to a registry for them, ``traced`` once the trace
@@ -142,7 +142,7 @@ def run_trace_key(manifest: ImageManifest, command: Sequence[str], working_dir: 
 @dataclass(frozen=True)
 class ReplayAhead:
     """What a lazy fetch is told of the prefetch trace of an image run as ``command`` in
-    ``working_dir`` (``lazyfs.images.docker_published.Traced``): its key, as ``blobs_for``
+    ``working_dir`` (``lazyfs.images.docker_published.TraceHook``): its key, as ``blobs_for``
     keys it, and, called once the fetch has kept the trace published beside the image
     and listed its published indexes, the start of its replay."""
 
@@ -151,7 +151,12 @@ class ReplayAhead:
     command: Sequence[str]
     working_dir: str
 
+    @property
+    def cache_dir(self) -> Path:
+        return self.daemon.cache_dir
+
     def key(self, manifest: ImageManifest) -> str | None:
+        """The trace key of ``manifest`` run as ``command`` in ``working_dir``."""
         return run_trace_key(manifest, self.command, self.working_dir)
 
     def __call__(self, manifest: ImageManifest, layers: Sequence[Layer]) -> None:

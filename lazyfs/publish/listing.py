@@ -51,11 +51,11 @@ class Listing:
     subject: Digest
     referrers: tuple[Referrer, ...]
 
-    def of_type(self, artifact_type: str) -> list[Referrer]:
-        """The newest ``MAX_TRIED`` referrers of ``artifact_type``, the newest first
-        (``newest_first``): the ones a lookup tries."""
+    def of_type(self, artifact_type: str, limit: int | None = MAX_TRIED) -> list[Referrer]:
+        """The newest ``limit`` referrers of ``artifact_type`` (all for None), the newest
+        first (``newest_first``): the ones a lookup tries."""
         found = [r for r in self.referrers if r.artifact_type == artifact_type]
-        return newest_first(found)[:MAX_TRIED]
+        return newest_first(found)[:limit]
 
 
 def list_image(client: RegistryClient, reference: str, digest: Digest) -> Listing | None:

@@ -4,10 +4,12 @@
 (``lazyfs.index.trace``: one per command it was run with) as an OCI artifact
 of its own: ``artifactType`` ``TRACE_ARTIFACT_TYPE`` (versioned, so later
 formats can coexist with this one), a tiny config blob, one blob per trace
-(``TRACE_MEDIA_TYPE``) annotated with its key, and the image manifest as
-``subject``; listed through the Referrers API or the referrers tag, as the
-index artifact is (``lazyfs.publish.push``). Deterministic: pushing the
-same traces again adds nothing.
+(``TRACE_MEDIA_TYPE``) annotated with its key, the command hashes of its
+keys in an annotation of the manifest (``COMMANDS_ANNOTATION``), and the
+image manifest as ``subject``; listed through the Referrers API or the
+referrers tag, as the index artifact is (``lazyfs.publish.push``), the
+entry carrying that annotation. Deterministic: pushing the same traces
+again adds nothing.
 
 ``publish_pending`` is what ``--publish_indexes`` runs after a ``lazyfs
 run`` or ``provision``: the traces the cache keeps of the image that were
@@ -19,13 +21,15 @@ nothing and a trace is pushed once per repository.
 
 ``fetch_trace`` is the other side, run for a lazy pull with
 ``--trust_published_indexes`` only, for the trace key the provision's
-command has: the newest readable trace artifact of the image that lists
-it is fetched by digest and checked, and so is its trace blob (bounded,
-checked against its digest, decoded whole against the key its annotation
-names, which must be of this image), kept under ``STORE/traces`` unless
-a trace kept there already is whole, where the start of the mount and the
-mount process look after the cache directory (``lazyfs.fs.mount_ahead``).
-Anything wrong is one warning and no trace.
+command has, unless the mount has a whole trace of it already: the
+newest readable trace artifact of the image that lists it is fetched by
+digest and checked, and so is its trace blob (bounded, checked against
+its digest, decoded whole against the key its annotation names, which
+must be of this image), kept under ``STORE/traces`` when the mount has
+none or it replaces the mount's (``lazyfs.index.trace.replaces``), where
+the start of the mount and the mount process look beside the cache
+directory (``lazyfs.index.trace.find_trace``). An artifact that cannot be
+used is one warning, and the next older one is tried.
 
 Why a published trace may be trusted this far: it only says which blob
 ranges to fetch early. The mount replays only ranges of its own layers,
@@ -50,13 +54,14 @@ from lazyfs.index.trace import (
     TRACES_DIR,
     TraceError,
     decode,
+    find_trace,
     key_image,
     load_trace,
     replaces,
     store_trace,
     trace_path,
 )
-from lazyfs.publish.listing import Listing, list_image
+from lazyfs.publish.listing import MAX_TRIED, Listing, list_image
 from lazyfs.publish.push import repository_push
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import Store
@@ -74,8 +79,14 @@ log = logging.getLogger(__name__)
 TRACE_CONFIG_MEDIA_TYPE = "application/vnd.lazyfs.trace.config.v1+json"
 TRACE_CONFIG = json.dumps({"lazyfs_trace": 1}).encode()
 KEY_ANNOTATION = "dev.lazyfs.trace.key"
+# Of a trace artifact manifest and its referrers entry: the command hashes of its keys.
+COMMANDS_ANNOTATION = "dev.lazyfs.trace.commands"
+# Trace artifacts of an image looked through for a key, and of those (written before
+# ``COMMANDS_ANNOTATION``, or listing the key) the ones fetched: each is a round trip.
+MAX_ARTIFACTS = 64
 MAX_TRACES = 64  # per image: one per command it runs
 PUSHED_SUFFIX = ".pushed"
+SEEN_SUFFIX = ".seen"  # beside a trace fetched into the store: the blob last weighed
 
 
 def published_traces_dir(store: Store) -> Path:
@@ -171,6 +182,9 @@ def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) ->
         layers.append({"mediaType": TRACE_MEDIA_TYPE, "digest": blob.digest, "size": blob.size,
                        "annotations": {KEY_ANNOTATION: key}})  # fmt: skip
     config = push.push_blob(TRACE_CONFIG, TRACE_CONFIG_MEDIA_TYPE)
+    # Which commands it has traces of, where the referrers list shows it (the Referrers
+    # API copies a manifest's annotations; the tag's entry is written with them).
+    notes = {COMMANDS_ANNOTATION: ",".join(sorted(_command(key) for key in traces))}
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -182,11 +196,12 @@ def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) ->
             "digest": image.digest,
             "size": len(data),
         },
+        "annotations": notes,
     }
     manifest = json.dumps(doc, separators=(",", ":")).encode()
     digest = digest_bytes(manifest)
     answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
-    entry = Referrer(digest, len(manifest), OCI_MANIFEST, TRACE_ARTIFACT_TYPE, {})
+    entry = Referrer(digest, len(manifest), OCI_MANIFEST, TRACE_ARTIFACT_TYPE, notes)
     add_referrer(push, image.digest, entry, answer)
     _mark_pushed(cache_dir, image.reference, traces)
     log.info("%s: published %d prefetch traces as %s", push.image, len(traces), digest)
@@ -231,40 +246,55 @@ def fetch_trace(
     manifest: ImageManifest,
     key: str,
     listing: Listing | None = None,
+    cache_dir: Path | None = None,
 ) -> bool:
-    """Keep in the store the trace of ``key`` published beside image ``manifest``; whether
-    the store has one of ``key`` now.
+    """Keep in the store the trace of ``key`` published beside image ``manifest``, if a
+    mount would replay it; whether a mount of it has a trace of ``key`` to replay now.
 
-    From the newest trace artifact that lists ``key``: each machine that
-    publishes pushes the traces its own cache keeps, so the newest artifact
-    may lack a command another machine ran. Nothing is asked for when the
-    store keeps a whole trace of ``key``; one kept cut is replaced by the
-    published one when a mount's recording would replace it
-    (``lazyfs.index.trace.replaces``: another machine ran the workload
-    further), and is not fetched again when the newest is the one kept.
+    What such a mount replays (``lazyfs.index.trace.find_trace``: from
+    ``cache_dir``, where its cache daemon keeps what it records, and the
+    store) is enough when it is whole: nothing is asked. Else the newest
+    trace artifact that lists ``key`` is read: each machine that publishes
+    pushes the traces its own cache keeps, so the newest artifact may lack
+    a command another machine ran. Its trace is kept when there is none, or
+    when it ``replaces`` the one there (another machine ran the workload
+    further); its blob digest is noted beside (``SEEN_SUFFIX``), so the same
+    blob is not fetched again. Artifacts whose entry names the commands
+    they hold (``COMMANDS_ANNOTATION``) and not this one are passed over
+    without a request; of the others, the newest ``MAX_TRIED`` are read.
     ``listing``: the image's referrers as the provision listed them, shared
-    with the index lookup (``lazyfs.publish.listing``); listed here when not
-    given. Never raises for what the registry says: a
-    warning, and no trace.
+    with the index lookup (``lazyfs.publish.listing``); listed here when
+    not given. Never raises for what the registry says: a warning, and the
+    next artifact, or no trace.
     """
     folder = published_traces_dir(store)
-    kept = load_trace(folder, key)
+    # The mount says it when one is damaged (this process's warnings reach the terminal).
+    quiet = logging.INFO
+    if cache_dir is not None:
+        kept = find_trace(cache_dir, key, folder, level=quiet)
+    else:
+        kept = load_trace(folder, key, level=quiet)
     if kept is not None and not kept.cut:
         return True
-    held = None if kept is None else _digest_of(trace_path(folder, key))
     if listing is None:
         listing = list_image(client, manifest.reference, manifest.digest)
         if listing is None:
             return kept is not None
-    push = listing.push
+    push, tries = listing.push, MAX_TRIED
     try:
-        for referrer in listing.of_type(TRACE_ARTIFACT_TYPE):
+        for referrer in listing.of_type(TRACE_ARTIFACT_TYPE, MAX_ARTIFACTS):
+            named = referrer.annotations.get(COMMANDS_ANNOTATION)
+            if named is not None and _command(key) not in named.split(","):
+                continue
+            if tries == 0:
+                break
+            tries -= 1
             try:
                 blob = _listed(push, referrer.digest, manifest.digest, key)
                 if blob is None:
                     continue  # another machine's commands
-                if blob.digest == held:
-                    return True  # the one kept
+                if kept is not None and blob.digest == _seen(folder, key):
+                    return True  # weighed already
                 found = decode(push.get_blob(blob.digest, MAX_TRACE_BYTES), key)
             except (BadImage, DigestMismatch, NotFound) as error:
                 log.warning("%s: published traces %s ignored: %s", push.image, referrer.digest,
@@ -272,12 +302,18 @@ def fetch_trace(
                 continue
             if kept is None or replaces(found, kept):
                 store_trace(folder, found)
+            _note_seen(folder, key, blob.digest)
             return True
     except LazyfsError as error:
         log.warning("%s: cannot look for published traces: %s", manifest.reference, error)
     except OSError as error:
         log.warning("%s: published trace of %s not kept: %s", manifest.reference, key, error)
     return kept is not None
+
+
+def _command(key: str) -> str:
+    """The command hash of trace key ``key``."""
+    return key.rsplit("@", 1)[1]
 
 
 def _listed(push: RegistryPush, artifact: Digest, image: Digest, key: str) -> Descriptor | None:
@@ -292,8 +328,14 @@ def _listed(push: RegistryPush, artifact: Digest, image: Digest, key: str) -> De
     return trace_blobs(got[0], image).get(key)
 
 
-def _digest_of(path: Path) -> Digest | None:
+def _seen(folder: Path, key: str) -> str | None:
+    """The published trace blob of ``key`` last weighed here (``_note_seen``)."""
     try:
-        return digest_bytes(path.read_bytes())
+        return trace_path(folder, key).with_suffix(SEEN_SUFFIX).read_text()
     except OSError:
         return None
+
+
+def _note_seen(folder: Path, key: str, blob: Digest) -> None:
+    path = trace_path(folder, key).with_suffix(SEEN_SUFFIX)
+    write_atomic(path, blob.encode(), mode=0o600, durable=False)

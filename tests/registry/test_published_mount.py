@@ -52,7 +52,13 @@ from tests.support.fuse_mounts import need_fuse
 from tests.support.images import Entry, build_oci_image
 from tests.support.lazy_machine import Machine, machine
 from tests.support.registry_seed import Seed
-from tests.support.registry_servers import Registry, copy_storage, run_registry, skopeo_push
+from tests.support.registry_servers import (
+    Registry,
+    copy_storage,
+    run_registry,
+    skopeo_push,
+    tamper_stored_blob,
+)
 from tests.support.tree import Node, diff_trees, tree_digest
 
 TRUST = "--trust_published_indexes"
@@ -219,17 +225,6 @@ def test_a_tampered_span_digest_is_eio_never_a_wrong_byte(
         assert "does not match its published index" in second.mount_log("lazy")
 
 
-def _tamper_stored_blob(registry: Registry, digest: Digest) -> None:
-    """Change the last byte of a blob in the registry's storage: it no longer has its digest."""
-    data = (
-        registry.storage / "docker/registry/v2/blobs/sha256" / hex_part(digest)[:2]
-        / hex_part(digest) / "data"
-    )  # fmt: skip
-    raw = bytearray(data.read_bytes())
-    raw[-1] ^= 0xFF
-    data.write_bytes(bytes(raw))
-
-
 @pytest.mark.parametrize("how", ["index blob not its digest", "another layer's index"])
 def test_a_refused_index_means_that_layer_is_pulled_whole(
     how: str, published: Published, registry: Registry, seed: Seed, tmp_path: Path
@@ -244,7 +239,7 @@ def test_a_refused_index_means_that_layer_is_pulled_whole(
             timeout=10,
         ).content
         listed = artifact_layers(manifest, Digest(seed.rich_oci))
-        _tamper_stored_blob(registry, listed[target].digest)
+        tamper_stored_blob(registry, listed[target].digest)
         reason = "its published index"
     else:
         other = next(layer for layer in blobs if layer != target)

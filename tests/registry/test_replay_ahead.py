@@ -37,6 +37,21 @@ def registry(seed: Seed, tmp_path: Path) -> Iterator[Registry]:
         yield running
 
 
+async def _published(registry: Registry, tmp_path: Path) -> tuple[str, ImageManifest, str]:
+    """An image with its indexes pushed and a trace published beside it: its name, its
+    manifest and the trace's key."""
+    image = f"{registry.host}/rich:oci"
+    pushed = lazyfs(tmp_path / "first", "--docker_registry", registry.url, "index", "push", image)
+    assert pushed.returncode == 0, pushed.stderr
+    whole = await provider(tmp_path / "first", registry.url).fetch(docker(image), Progress())
+    key = f"{whole.digest}@{'a' * 32}"
+    cache = tmp_path / "cache"
+    store_trace(cache, Trace(key, (Read(whole.layers[0].digest, 0, 4096),)))
+    client = RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
+    assert publish_traces(cache, repository_push(client, whole.reference), whole) is not None
+    return image, whole, key
+
+
 def _joined() -> None:
     for thread in threading.enumerate():
         if thread.name == "lazyfs-replay-ahead":
@@ -47,15 +62,7 @@ def _joined() -> None:
 async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
     registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusting: bool
 ) -> None:
-    image = f"{registry.host}/rich:oci"
-    pushed = lazyfs(tmp_path / "first", "--docker_registry", registry.url, "index", "push", image)
-    assert pushed.returncode == 0, pushed.stderr
-    whole = await provider(tmp_path / "first", registry.url).fetch(docker(image), Progress())
-    key = f"{whole.digest}@{'a' * 32}"
-    cache = tmp_path / "cache"
-    store_trace(cache, Trace(key, (Read(whole.layers[0].digest, 0, 4096),)))
-    client = RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
-    assert publish_traces(cache, repository_push(client, whole.reference), whole) is not None
+    image, whole, key = await _published(registry, tmp_path)
 
     second = provider(tmp_path / "second", registry.url)
     second.trust_published = trusting
@@ -64,6 +71,8 @@ async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
     order: list[str] = []
 
     class Traced:
+        cache_dir = tmp_path / "second-cache"  # the mount's daemon keeps no trace there
+
         def key(self, manifest: ImageManifest) -> str:
             return f"{manifest.digest}@{'a' * 32}"
 
@@ -92,3 +101,16 @@ async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
     assert all(INDEX_BLOB_ANNOTATION in dict(layer.annotations) for layer in got.layers)
     # Every gzip layer of the image has an index listed: all of them are read by range.
     assert [layer.digest for layer in layers] == [layer.digest for layer in whole.layers]
+
+
+async def test_a_lazy_pull_that_runs_no_command_fetches_no_trace(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """``lazyfs mount`` and image volumes: no trace is replayed, so none is fetched."""
+    image, _, key = await _published(registry, tmp_path)
+
+    second = provider(tmp_path / "second", registry.url)
+    second.trust_published = True
+    got = await second.fetch_lazy(docker(image), Progress(), None, None)
+    assert all(INDEX_BLOB_ANNOTATION in dict(layer.annotations) for layer in got.layers)
+    assert load_trace(second.store.root, key) is None

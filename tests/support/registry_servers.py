@@ -345,3 +345,14 @@ def run_token_server(
 def copy_storage(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest)
     return dest
+
+
+def tamper_stored_blob(registry: Registry, digest: str) -> None:
+    """Change the last byte of a blob in the registry's storage: it no longer has its digest."""
+    hex_digest = digest.split(":", 1)[1]
+    data = (
+        registry.storage / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+    )
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))

@@ -18,7 +18,7 @@ from backends.base import Rootfs
 from lazyfs.cache.remote import trace_key
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.fs.mount import load_ahead_code
-from lazyfs.images.docker_published import Traced as TraceHook
+from lazyfs.images.docker_published import TraceHook
 from lazyfs.progress import Progress
 from lazyfs.provision.build import RecordAhead, RootfsBuilder, Traced
 from lazyfs.provision.lazy import LazyBlobs
@@ -201,7 +201,7 @@ def test_a_traced_lazy_fetch_begins_the_replay_once_the_provider_has_the_trace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The provider is handed what begins the replay of the trace a mount of the image
-    running the command would replay (``replay_ahead``): by the same key, of its remote
+    running the command would replay (``ReplayAhead``): by the same key, of its remote
     layers. A fetch traced for nothing is handed nothing."""
     provider = LazyFake()
     spec = DaemonSpec(tmp_path / "cache", ())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.blobs.trace_run import Recorder, Replacing, find_trace, replay_steps
+from lazyfs.blobs.trace_run import Recorder, Replacing, replay_steps
 from lazyfs.cache.remote import trace_key
 from lazyfs.cli_run_trace import RunTrace, cut_if_written, file_id, noted
 from lazyfs.index.trace import (
@@ -22,6 +22,7 @@ from lazyfs.index.trace import (
     TraceError,
     decode,
     encode,
+    find_trace,
     load_trace,
     store_trace,
     trace_path,
@@ -112,16 +113,16 @@ def test_a_cut_trace_is_replaced_by_a_run_that_goes_further(tmp_path: Path) -> N
     assert further is not None and further.cut and further.reads == (Read(A, 0, 5000),)
 
 
-def test_a_settled_recording_replaces_a_cut_trace_only_with_as_many_bytes(
+def test_a_settled_recording_too_must_go_further_to_replace_a_cut_trace(
     tmp_path: Path,
 ) -> None:
-    """A run stopped earlier than the cut trace's, whose shutdown settled the recording,
-    holds less of the workload than the trace it would replace."""
+    """A run stopped early whose shutdown was quiet settles its recording with the start of
+    the workload only; and runs that read about the same must not take turns."""
     clock = Clock()
     _keep(tmp_path, cut=True, length=4000)
     old = load_trace(tmp_path, KEY)
     assert old is not None
-    for length, kept in [(3999, old.reads), (4000, (Read(A, 0, 4000),))]:
+    for length, kept in [(4999, old.reads), (5000, (Read(A, 0, 5000),))]:
         settled = _recording(tmp_path, clock, length, _replacing(old, {A: None}))
         clock.now += 2.5
         settled.finish(mount_ended=True)
@@ -131,15 +132,18 @@ def test_a_settled_recording_replaces_a_cut_trace_only_with_as_many_bytes(
 
 
 def test_a_cut_trace_is_counted_as_this_mount_reads_it(tmp_path: Path) -> None:
-    """Ranges of blobs the mount does not read remotely, and lengths past a blob's end (a
-    trace recorded where more layers were remote, or a hostile one), count for nothing:
-    else no run here could read a quarter more."""
+    """Ranges of blobs the mount does not replay (another layer, local here, or a published
+    index's windows, read as pieces), and lengths past a blob's end (a trace recorded where
+    more layers were remote, or a hostile one), count for nothing: else no run here could
+    read a quarter more, or one could by reading windows."""
     clock = Clock()
     other = Digest("sha256:" + "02" * 32)
     old = Trace(KEY, (Read(A, 0, 4000), Read(other, 0, 1 << 20), Read(A, 8192, 1 << 20)), True)
     replacing = _replacing(old, {A: 10000})  # A holds 10,000 bytes: 4,000 + 1,808 of it
     assert replacing.trace.reads == (Read(A, 0, 4000), Read(A, 8192, 1808))
-    assert _recording(tmp_path, clock, 7259, replacing).finish(mount_ended=True) is None
+    short = _recording(tmp_path, clock, 7259, replacing)
+    short.read(other, 0, 1 << 20)  # not counted
+    assert short.finish(mount_ended=True) is None
     assert _recording(tmp_path, clock, 7260, replacing).finish(mount_ended=True) is not None
 
 
@@ -176,17 +180,26 @@ def test_a_trace_is_noted_for_lazy_rootfses_only(tmp_path: Path) -> None:
     assert noted(args, image, ["sleep 60"], "/tmp", lazy=False) is None  # no mount records
 
 
-def test_a_whole_trace_published_beside_the_image_comes_before_a_cut_one_in_the_cache(
+def test_a_trace_fetched_from_the_registry_is_replayed_when_it_replaces_the_cache_s(
     tmp_path: Path,
 ) -> None:
+    """As a recording would replace it: a cut one in the cache by one a quarter longer,
+    whole or cut (a truncated trace published by earlier lazyfs reads as whole)."""
     cache, store = tmp_path / "cache", tmp_path / "store"
-    _keep(cache, cut=True, length=10)
-    _keep(store, cut=True, length=20)
+    here = Read(A, 0, 20)
+
+    def published(length: int, *, cut: bool) -> Read:
+        read = Read(A, 1000, length)  # told apart from the cache's by its offset
+        store_trace(store, Trace(KEY, (read,), cut=cut))
+        return read
+
+    whole = published(20, cut=False)
+    assert find_trace(cache, KEY, store) == Trace(KEY, (whole,))  # none in the cache
+    store_trace(cache, Trace(KEY, (here,), cut=True))
+    for length, cut, replayed in [(24, False, here), (24, True, here), (25, True, None)]:
+        further = published(length, cut=cut)
+        found = find_trace(cache, KEY, store)
+        assert found is not None and found.reads == ((replayed or further),), (length, cut)
+    store_trace(cache, Trace(KEY, (here,)))
     found = find_trace(cache, KEY, store)
-    assert found is not None and found.reads == (Read(A, 0, 10),)  # both cut: the cache's
-    _keep(store, cut=False, length=20)
-    found = find_trace(cache, KEY, store)
-    assert found is not None and found.reads == (Read(A, 0, 20),) and not found.cut
-    _keep(cache, cut=False, length=10)
-    found = find_trace(cache, KEY, store)
-    assert found is not None and found.reads == (Read(A, 0, 10),)  # both whole: the cache's
+    assert found is not None and found.reads == (here,)  # a whole one: the cache's

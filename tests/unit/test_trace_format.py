@@ -226,7 +226,7 @@ class Client:
     """The cache client's face a trace uses, with no daemon behind it."""
 
     def __init__(self, cache_dir: Path) -> None:
-        self.replaying: object = False
+        self.replaying: object = []
         self.watcher: object = None
         self.cache_dir = cache_dir
         self.blobs = {B: Blob()}
