@@ -62,6 +62,7 @@ from lazyfs.index.trace import (
     MAX_RANGE,
     MAX_READS,
     Read,
+    Sizes,
     Trace,
     TraceError,
     check_key,
@@ -142,12 +143,12 @@ def start_trace(
     except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
         log.warning("no prefetch trace: %s", error)
         return None
-    trace = find_trace(client.cache_dir, key, published)
-    sizes = _replayed(client)
+    sizes = replayed_sizes(client)
+    trace = find_trace(client.cache_dir, key, published, sizes)
     steps = [] if trace is None else replay_steps(trace, sizes)
     recorder = None
     if trace is None or trace.cut:
-        replacing = None if trace is None else Replacing.of(trace, steps, sizes)
+        replacing = None if trace is None else Replacing(trace, sizes)
         recorder = Recorder(client.cache_dir, key, replacing=replacing)
         client.watcher = recorder
     if trace is None:
@@ -168,25 +169,15 @@ def start_trace(
 
 @dataclass(frozen=True)
 class Replacing:
-    """A cut trace a mount replays and records again, as the mount can read it: its
-    ranges of the blobs the mount replays (``blobs``), each cut at its blob's end (a
-    trace recorded where other layers were remote, or a hostile one, counts no more)."""
+    """A cut trace a mount replays and records again, and the blobs it reads remotely
+    (``sizes``), on which ``lazyfs.index.trace.replaces`` counts them both."""
 
     trace: Trace
-    blobs: frozenset[Digest]
-
-    @classmethod
-    def of(
-        cls, trace: Trace, steps: Sequence[tuple[Digest, list[tuple[int, int]]]], sizes: Sizes
-    ) -> Replacing:
-        reads = tuple(Read(d, offset, n) for d, ranges in steps for offset, n in ranges)
-        return cls(Trace(trace.key, reads, trace.cut), frozenset(sizes))
+    sizes: Sizes
 
     def stays(self, new: Trace) -> bool:
-        """Whether the cut trace stays rather than ``new`` (``lazyfs.index.trace.replaces``),
-        both counted on ``blobs``."""
-        counted = tuple(read for read in new.reads if read.digest in self.blobs)
-        return not replaces(Trace(new.key, counted, new.cut), self.trace)
+        """Whether the cut trace stays rather than ``new``."""
+        return not replaces(new, self.trace, self.sizes)
 
 
 def client_steps(client: TraceClient, trace: Trace) -> list[tuple[Digest, list[tuple[int, int]]]]:
@@ -198,14 +189,12 @@ def client_steps(client: TraceClient, trace: Trace) -> list[tuple[Digest, list[t
     some seven times the windows' bytes, where the mount asks for just the
     windows its intervals need (``lazyfs.blobs.published_asks.Asks.replayed``).
     """
-    return replay_steps(trace, _replayed(client))
+    return replay_steps(trace, replayed_sizes(client))
 
 
-# The sizes of the blobs a mount replays: by digest, None when not known.
-Sizes = Mapping[Digest, int | None]
-
-
-def _replayed(client: TraceClient) -> Sizes:
+def replayed_sizes(client: TraceClient) -> Sizes:
+    """The blobs ``client`` reads remotely, as a trace's replay and ``replaces`` count them:
+    not the windows blobs, read as pieces (``client_steps``)."""
     return {d: blob.size for d, blob in client.blobs.items() if not getattr(blob, "piece", False)}
 
 

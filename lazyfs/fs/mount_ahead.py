@@ -143,10 +143,11 @@ def send_trace(client: _Client, store: Path, layers: Sequence[Layer], key: str) 
     (``lazyfs.blobs.published_asks.ask_replayed_windows``).
     """
     from lazyfs.blobs.published_asks import ask_replayed_windows
-    from lazyfs.blobs.trace_run import SENT_AHEAD, client_steps, send_steps
+    from lazyfs.blobs.trace_run import SENT_AHEAD, client_steps, replayed_sizes, send_steps
     from lazyfs.index.trace import find_trace
 
-    found = find_trace(client.cache_dir, key, store, level=logging.INFO)
+    sizes = replayed_sizes(client)
+    found = find_trace(client.cache_dir, key, store, sizes, level=logging.INFO)
     if found is None:
         return False
     steps = client_steps(client, found)

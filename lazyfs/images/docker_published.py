@@ -206,12 +206,15 @@ async def published(
         if any(layer.digest in listed for layer in wanted):
             await look("indexes", keep)
 
+    def fetch(hook: TraceHook) -> None:
+        key = hook.key(manifest)
+        if key is not None:
+            fetch_trace(store, client, manifest, key, hook.cache_dir, listing)
+
     async def traces() -> None:
-        key = None if traced is None else traced.key(manifest)
-        if traced is None or key is None:
+        if traced is None:
             return  # a mount that runs no command replays no trace
-        fetch = partial(fetch_trace, store, client, manifest, key, listing, traced.cache_dir)
-        await look("traces", fetch)
+        await look("traces", partial(fetch, traced))
         await heard.wait()
         # Read by range: eStargz, or with an index listed and not set aside (one refused
         # after all is pulled whole, and what a replay fetched of it lost). Not waited for.

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
 from providers.private_dir import private_dir
+from providers.spans import SpanSet
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ MAX_READS = 65536
 MAX_LAYERS = 256
 MAX_RANGE = 64 << 20
 TRACES_DIR = "traces"
+# The blobs a mount reads remotely, by digest: their sizes, None when not known.
+Sizes = Mapping[Digest, int | None]
 # How many times a cut trace's bytes another cut trace of its key must read to replace it:
 # a short job reads about the same each run, a run stopped early less.
 FURTHER = 1.25
@@ -93,17 +97,33 @@ class Trace:
     cut: bool = False  # recorded until its mount ended, not until the workload settled
 
 
-def replaces(new: Trace, old: Trace) -> bool:
+def replaces(new: Trace, old: Trace, sizes: Sizes | None = None) -> bool:
     """Whether ``new`` is kept instead of ``old``, of one key: ``old`` is cut and ``new``
     read ``FURTHER`` times its bytes (its workload went further), whole or cut. Whole
     alone is not enough: a run stopped early whose shutdown was quiet settles its
     recording with the start of the workload in it; and each replacement is a quarter
-    longer, so none goes back and forth between runs that read about the same."""
-    return old.cut and _bytes(new) >= _bytes(old) * FURTHER
+    longer, so none goes back and forth between runs that read about the same.
+
+    With ``sizes`` (the blobs a mount reads remotely), each counts only the
+    bytes of those blobs, once each, up to each blob's end: ranges of layers
+    local here, of windows blobs, repeated or past the end (a trace recorded
+    where other layers were remote, or a hostile one) count for nothing."""
+    return old.cut and counted(new, sizes) >= counted(old, sizes) * FURTHER
 
 
-def _bytes(trace: Trace) -> int:
-    return sum(read.length for read in trace.reads)
+def counted(trace: Trace, sizes: Sizes | None = None) -> int:
+    """The bytes ``trace`` reads: all, or as ``replaces`` counts them with ``sizes``."""
+    if sizes is None:
+        return sum(read.length for read in trace.reads)
+    seen: dict[Digest, SpanSet] = {}
+    for read in trace.reads:
+        if read.digest not in sizes:
+            continue
+        size = sizes[read.digest]
+        end = read.end if size is None else min(read.end, size)
+        if read.offset < end:
+            seen.setdefault(read.digest, SpanSet()).add(read.offset, end)
+    return sum(end - start for spans in seen.values() for start, end in spans.spans)
 
 
 def check_key(key: str) -> str:
@@ -213,17 +233,23 @@ def load_trace(cache_dir: Path, key: str, *, level: int = logging.WARNING) -> Tr
 
 
 def find_trace(
-    cache_dir: Path, key: str, published: Path | None = None, *, level: int = logging.WARNING
+    cache_dir: Path,
+    key: str,
+    published: Path | None = None,
+    sizes: Sizes | None = None,
+    *,
+    level: int = logging.WARNING,
 ) -> Trace | None:
     """The trace of ``key`` a mount replays: the one in ``cache_dir``, unless ``published``
-    (where traces fetched from the image's registry are kept) has one that ``replaces`` it;
-    None when neither has one, or (one line logged at ``level``) when ``key`` is not a trace
-    key or a trace is unusable. Blocking."""
+    (where traces fetched from the image's registry are kept) has one that ``replaces`` it,
+    counted on ``sizes``, the blobs the mount reads remotely; None when neither has one,
+    or (one line logged at ``level``) when ``key`` is not a trace key or a trace is
+    unusable. Blocking."""
     try:
         trace = load_trace(cache_dir, key, level=level)
         if (trace is None or trace.cut) and published is not None:
             found = load_trace(published, key, level=level)
-            if found is not None and (trace is None or replaces(found, trace)):
+            if found is not None and (trace is None or replaces(found, trace, sizes)):
                 trace = found
     except TraceError as error:  # a key not of ``trace_key``'s making: nothing to trace by
         log.log(level, "no prefetch trace: %s", error)

@@ -153,6 +153,7 @@ class ReplayAhead:
 
     @property
     def cache_dir(self) -> Path:
+        """Where the daemon keeps the traces the mount records."""
         return self.daemon.cache_dir
 
     def key(self, manifest: ImageManifest) -> str | None:
@@ -182,7 +183,7 @@ class ReplayAhead:
             origins = remote_origins(self.store, manifest)
             from lazyfs.fs.mount_ahead import replay_early  # loaded by lazy mounts only
 
-            replay_early(self.daemon.cache_dir, self.store.root, layers, origins, key)
+            replay_early(self.cache_dir, self.store.root, layers, origins, key)
         except Exception as error:  # a hint: the mount sends the trace all the same
             log.info("the trace of %s was not sent early: %s", manifest.reference, error)
 

@@ -53,7 +53,7 @@ class Listing:
 
     def of_type(self, artifact_type: str, limit: int | None = MAX_TRIED) -> list[Referrer]:
         """The newest ``limit`` referrers of ``artifact_type`` (all for None), the newest
-        first (``newest_first``): the ones a lookup tries."""
+        first (``newest_first``)."""
         found = [r for r in self.referrers if r.artifact_type == artifact_type]
         return newest_first(found)[:limit]
 

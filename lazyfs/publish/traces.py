@@ -53,7 +53,9 @@ from lazyfs.index.trace import (
     TRACE_MEDIA_TYPE,
     TRACES_DIR,
     TraceError,
+    check_key,
     decode,
+    encode,
     find_trace,
     key_image,
     load_trace,
@@ -69,6 +71,7 @@ from providers import untrusted_json
 from providers.digest import Digest, digest_bytes, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch, LazyfsError, NotFound
 from providers.manifest import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, ImageManifest
+from providers.private_dir import private_dir
 from providers.reference import parse_reference
 from providers.referrers import Referrer, add_referrer
 from providers.registry import RegistryClient
@@ -79,14 +82,14 @@ log = logging.getLogger(__name__)
 TRACE_CONFIG_MEDIA_TYPE = "application/vnd.lazyfs.trace.config.v1+json"
 TRACE_CONFIG = json.dumps({"lazyfs_trace": 1}).encode()
 KEY_ANNOTATION = "dev.lazyfs.trace.key"
-# Of a trace artifact manifest and its referrers entry: the command hashes of its keys.
+# Of a trace artifact manifest and its referrers entry: its keys' commands (``_command_tag``).
 COMMANDS_ANNOTATION = "dev.lazyfs.trace.commands"
-# Trace artifacts of an image looked through for a key, and of those (written before
-# ``COMMANDS_ANNOTATION``, or listing the key) the ones fetched: each is a round trip.
+# Trace artifacts of an image looked through for a key, at no cost when their entry names
+# their commands; of those that may hold it, ``MAX_TRIED`` are read (a round trip each).
 MAX_ARTIFACTS = 64
 MAX_TRACES = 64  # per image: one per command it runs
 PUSHED_SUFFIX = ".pushed"
-SEEN_SUFFIX = ".seen"  # beside a trace fetched into the store: the blob last weighed
+SEEN_SUFFIX = ".seen"  # in the store, by key: a published blob weighed, and against what
 
 
 def published_traces_dir(store: Store) -> Path:
@@ -184,7 +187,7 @@ def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) ->
     config = push.push_blob(TRACE_CONFIG, TRACE_CONFIG_MEDIA_TYPE)
     # Which commands it has traces of, where the referrers list shows it (the Referrers
     # API copies a manifest's annotations; the tag's entry is written with them).
-    notes = {COMMANDS_ANNOTATION: ",".join(sorted(_command(key) for key in traces))}
+    notes = {COMMANDS_ANNOTATION: ",".join(sorted(_command_tag(key) for key in traces))}
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -245,37 +248,44 @@ def fetch_trace(
     client: RegistryClient,
     manifest: ImageManifest,
     key: str,
+    cache_dir: Path,
     listing: Listing | None = None,
-    cache_dir: Path | None = None,
 ) -> bool:
     """Keep in the store the trace of ``key`` published beside image ``manifest``, if a
     mount would replay it; whether a mount of it has a trace of ``key`` to replay now.
 
-    What such a mount replays (``lazyfs.index.trace.find_trace``: from
+    The trace such a mount replays (``lazyfs.index.trace.find_trace``: from
     ``cache_dir``, where its cache daemon keeps what it records, and the
-    store) is enough when it is whole: nothing is asked. Else the newest
-    trace artifact that lists ``key`` is read: each machine that publishes
-    pushes the traces its own cache keeps, so the newest artifact may lack
-    a command another machine ran. Its trace is kept when there is none, or
-    when it ``replaces`` the one there (another machine ran the workload
-    further); its blob digest is noted beside (``SEEN_SUFFIX``), so the same
-    blob is not fetched again. Artifacts whose entry names the commands
-    they hold (``COMMANDS_ANNOTATION``) and not this one are passed over
-    without a request; of the others, the newest ``MAX_TRIED`` are read.
-    ``listing``: the image's referrers as the provision listed them, shared
-    with the index lookup (``lazyfs.publish.listing``); listed here when
-    not given. Never raises for what the registry says: a warning, and the
-    next artifact, or no trace.
+    store, counted on the layers not in the store) is enough when it is
+    whole: nothing is asked. Else the newest trace artifact that lists
+    ``key`` is read: each machine that publishes pushes the traces its own
+    cache keeps, so the newest artifact may lack a command another machine
+    ran. Its trace is kept when the mount has none, or when it ``replaces``
+    the mount's (another machine ran the workload further). Not fetched: the
+    cache's own trace (this machine pushed it), and a blob weighed already
+    against the same trace (noted beside, ``SEEN_SUFFIX``). Artifacts whose
+    entry names the commands they hold (``COMMANDS_ANNOTATION``) and not
+    this one are passed over without a request; of the others, the first
+    ``MAX_TRIED`` are read. ``listing``: the image's referrers as the
+    provision listed them, shared with the index lookup
+    (``lazyfs.publish.listing``); listed here when not given. Never raises
+    for what the registry says: a warning, and the next artifact, or no
+    trace.
     """
+    try:
+        check_key(key)
+    except TraceError as error:
+        log.info("no prefetch trace: %s", error)
+        return False
     folder = published_traces_dir(store)
+    sizes = {layer.digest: layer.size for layer in manifest.layers
+             if not store.has_blob(layer.digest)}  # fmt: skip
     # The mount says it when one is damaged (this process's warnings reach the terminal).
-    quiet = logging.INFO
-    if cache_dir is not None:
-        kept = find_trace(cache_dir, key, folder, level=quiet)
-    else:
-        kept = load_trace(folder, key, level=quiet)
+    kept = find_trace(cache_dir, key, folder, sizes, level=logging.INFO)
     if kept is not None and not kept.cut:
         return True
+    own = _digest_of(trace_path(cache_dir, key))
+    weighed = None if kept is None else digest_bytes(encode(kept))
     if listing is None:
         listing = list_image(client, manifest.reference, manifest.digest)
         if listing is None:
@@ -283,8 +293,7 @@ def fetch_trace(
     push, tries = listing.push, MAX_TRIED
     try:
         for referrer in listing.of_type(TRACE_ARTIFACT_TYPE, MAX_ARTIFACTS):
-            named = referrer.annotations.get(COMMANDS_ANNOTATION)
-            if named is not None and _command(key) not in named.split(","):
+            if not _may_list(referrer.annotations.get(COMMANDS_ANNOTATION), key):
                 continue
             if tries == 0:
                 break
@@ -293,16 +302,17 @@ def fetch_trace(
                 blob = _listed(push, referrer.digest, manifest.digest, key)
                 if blob is None:
                     continue  # another machine's commands
-                if kept is not None and blob.digest == _seen(folder, key):
-                    return True  # weighed already
+                if blob.digest == own or f"{blob.digest} {weighed}" == _seen(folder, key):
+                    return True  # this machine's, or weighed against this trace already
                 found = decode(push.get_blob(blob.digest, MAX_TRACE_BYTES), key)
             except (BadImage, DigestMismatch, NotFound) as error:
                 log.warning("%s: published traces %s ignored: %s", push.image, referrer.digest,
                             error)  # fmt: skip
                 continue
-            if kept is None or replaces(found, kept):
+            if kept is None or replaces(found, kept, sizes):
                 store_trace(folder, found)
-            _note_seen(folder, key, blob.digest)
+                weighed = digest_bytes(encode(found))  # the mount's trace now
+            _note_seen(folder, key, f"{blob.digest} {weighed}")
             return True
     except LazyfsError as error:
         log.warning("%s: cannot look for published traces: %s", manifest.reference, error)
@@ -311,9 +321,18 @@ def fetch_trace(
     return kept is not None
 
 
-def _command(key: str) -> str:
-    """The command hash of trace key ``key``."""
-    return key.rsplit("@", 1)[1]
+def _command_tag(key: str) -> str:
+    """What ``COMMANDS_ANNOTATION`` says of trace key ``key``: its command hash's first 8
+    hex digits (another command that shares them costs a manifest read, nothing more)."""
+    return key.rsplit("@", 1)[1][:8]
+
+
+def _may_list(named: str | None, key: str) -> bool:
+    """Whether an artifact whose entry says ``named`` (``COMMANDS_ANNOTATION``) may hold a
+    trace of ``key``: it names its command, or names none (earlier lazyfs; or too long)."""
+    if named is None or len(named) > MAX_TRACES * 9:
+        return True
+    return _command_tag(key) in named.split(",")
 
 
 def _listed(push: RegistryPush, artifact: Digest, image: Digest, key: str) -> Descriptor | None:
@@ -328,14 +347,26 @@ def _listed(push: RegistryPush, artifact: Digest, image: Digest, key: str) -> De
     return trace_blobs(got[0], image).get(key)
 
 
-def _seen(folder: Path, key: str) -> str | None:
-    """The published trace blob of ``key`` last weighed here (``_note_seen``)."""
+def _digest_of(path: Path) -> Digest | None:
     try:
-        return trace_path(folder, key).with_suffix(SEEN_SUFFIX).read_text()
+        return digest_bytes(path.read_bytes())
     except OSError:
         return None
 
 
-def _note_seen(folder: Path, key: str, blob: Digest) -> None:
+def _seen(folder: Path, key: str) -> str | None:
+    """What ``_note_seen`` noted of ``key``: a published blob and the digest of the trace
+    the mount had after it was weighed (itself, or the one it did not replace)."""
+    try:
+        return trace_path(folder, key).with_suffix(SEEN_SUFFIX).read_bytes().decode("ascii")
+    except (OSError, ValueError):
+        return None
+
+
+def _note_seen(folder: Path, key: str, seen: str) -> None:
     path = trace_path(folder, key).with_suffix(SEEN_SUFFIX)
-    write_atomic(path, blob.encode(), mode=0o600, durable=False)
+    try:
+        private_dir(path.parent)
+        write_atomic(path, seen.encode(), mode=0o600, durable=False)
+    except (OSError, LazyfsError) as error:  # weighed again next time
+        log.info("cannot note the published trace weighed for %s: %s", key, error)

@@ -3,15 +3,17 @@
 Each machine that publishes pushes the traces its own cache keeps, as an
 artifact of its own (``lazyfs.publish.traces``): the newest artifact may
 lack the command another machine ran. ``fetch_trace`` takes a key's trace
-from the newest artifact that lists it, replaces a cut one the store keeps
-when the published one goes further, and asks nothing for a whole one kept.
-Against Debian's ``docker-registry``, which has no Referrers API: the
-artifacts are listed through the referrers tag.
+from the newest artifact that lists it, keeps it when it replaces the cut
+one the mount has (in its cache or the store), and asks nothing when the
+mount has a whole one. Against Debian's ``docker-registry`` (no Referrers
+API: the artifacts are listed through the referrers tag), through a proxy
+that counts the requests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from providers.digest import Digest, digest_bytes
 from providers.manifest import ImageManifest
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_push import RegistryPush
+from tests.support.counting_proxy import CountingProxy, run_counting_proxy
 from tests.support.registry_pulls import FAST
 from tests.support.registry_seed import Seed
 from tests.support.registry_servers import (
@@ -35,141 +38,160 @@ from tests.support.registry_servers import (
 )
 
 
+@dataclass(frozen=True)
+class Repo:
+    """The seed's ``rich:oci`` image in a registry of the test's own, through a counter."""
+
+    registry: Registry
+    proxy: CountingProxy
+    client: RegistryClient  # through the proxy, which answers GET and HEAD only
+    manifest: ImageManifest
+    push: RegistryPush  # to the registry itself
+
+    @property
+    def layer(self) -> Digest:
+        """The image's biggest layer, of 1,989 bytes."""
+        layer = max(self.manifest.layers, key=lambda layer: layer.size)
+        assert layer.size == 1989, layer
+        return layer.digest
+
+    def key(self, command: str) -> str:
+        return f"{self.manifest.digest}@{command * 32}"
+
+    def publish(self, machine: Path, *traces: Trace) -> None:
+        """A machine whose cache keeps ``traces`` publishes them."""
+        for trace in traces:
+            store_trace(machine / "cache", trace)
+        assert publish_traces(machine / "cache", self.push, self.manifest) is not None
+
+    def fetch(self, machine: Path, key: str) -> bool:
+        store = Store(machine / "store")
+        return fetch_trace(store, self.client, self.manifest, key, machine / "cache")
+
+    def gets(self, what: str, since: int) -> int:
+        """GET requests since ``since`` for ``what``: "manifests" or "blobs"."""
+        return len(self.proxy.select(lambda e: e.method == "GET" and f"/{what}/" in e.path, since))
+
+
 @pytest.fixture
-def registry(seed: Seed, tmp_path: Path) -> Iterator[Registry]:
-    with run_registry(tmp_path, copy_storage(seed.storage, tmp_path / "storage")) as running:
-        yield running
+def repo(seed: Seed, tmp_path: Path) -> Iterator[Repo]:
+    proxy = CountingProxy()
+    storage = copy_storage(seed.storage, tmp_path / "storage")
+    with (
+        run_registry(tmp_path, storage) as registry,
+        run_counting_proxy(registry.url, proxy) as host,
+    ):
+        client = RegistryClient(RegistryOptions(registry=f"http://{host}", http=FAST))
+        manifest = client.resolve(f"{host}/rich:oci")
+        direct = RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
+        push = repository_push(direct, f"{registry.host}/rich:oci")
+        yield Repo(registry, proxy, client, manifest, push)
 
 
-_IMAGE = Digest("sha256:" + "ab" * 32)
-
-
-def _client(registry: Registry) -> RegistryClient:
-    return RegistryClient(RegistryOptions(registry=registry.url, http=FAST))
-
-
-def _publish(push: RegistryPush, manifest: ImageManifest, cache: Path, *traces: Trace) -> None:
-    """A machine whose cache keeps ``traces`` publishes them."""
-    for trace in traces:
-        store_trace(cache, trace)
-    assert publish_traces(cache, push, manifest) is not None
+def _stored(machine: Path, key: str) -> Trace | None:
+    return load_trace(machine / "store", key)
 
 
 def test_each_command_s_trace_is_found_in_the_newest_artifact_listing_it(
-    registry: Registry, tmp_path: Path
+    repo: Repo, tmp_path: Path
 ) -> None:
-    client = _client(registry)
-    manifest = client.resolve(f"{registry.host}/rich:oci")
-    push = repository_push(client, manifest.reference)
-    layer = manifest.layers[0].digest
-    ran, other = f"{manifest.digest}@{'a' * 32}", f"{manifest.digest}@{'b' * 32}"
-    first = Trace(ran, (Read(layer, 0, 4096),))
+    ran, other = repo.key("a"), repo.key("b")
+    first = Trace(ran, (Read(repo.layer, 0, 4096),))
     # One machine ran `ran`, then another ran `other` and published after it.
-    _publish(push, manifest, tmp_path / "one", first)
-    _publish(push, manifest, tmp_path / "two", Trace(other, (Read(layer, 0, 100),)))
-    store = Store(tmp_path / "store")
-    assert fetch_trace(store, client, manifest, ran)
-    assert load_trace(store.root, ran) == first
-    assert load_trace(store.root, other) is None  # only the command this start runs
-
-    # A third machine ran `ran` further than the first, which was stopped: its trace,
-    # published last, replaces the cut one kept here; a whole one kept is not asked for.
-    store_trace(store.root, Trace(ran, first.reads, cut=True))
-    further = Trace(ran, (Read(layer, 0, 8192),), cut=True)
-    _publish(push, manifest, tmp_path / "three", further)
-    assert fetch_trace(store, client, manifest, ran)
-    assert load_trace(store.root, ran) == further
-    whole = Trace(ran, (Read(layer, 0, 100),))
-    store_trace(store.root, whole)
-    assert fetch_trace(store, None, manifest, ran)  # type: ignore[arg-type]  # asks nothing
-    assert load_trace(store.root, ran) == whole
+    repo.publish(tmp_path / "one", first)
+    repo.publish(tmp_path / "two", Trace(other, (Read(repo.layer, 0, 100),)))
+    here = tmp_path / "here"
+    assert repo.fetch(here, ran)
+    assert _stored(here, ran) == first
+    assert _stored(here, other) is None  # only the command this start runs
+    # A whole one the mount has: nothing is asked.
+    since = repo.proxy.mark()
+    assert repo.fetch(here, ran)
+    assert repo.proxy.select(since=since) == []
 
 
-def test_a_whole_trace_the_mount_s_cache_keeps_is_not_asked_for(tmp_path: Path) -> None:
-    """The mount replays the trace its own daemon recorded: no registry is asked."""
-    manifest = ImageManifest("registry.example:5000/app:1", _IMAGE, ())
-    key = f"{_IMAGE}@{'a' * 32}"
-    cache = tmp_path / "cache"
-    store_trace(cache, Trace(key, (Read(_IMAGE, 0, 100),)))
-    store = Store(tmp_path / "store")
-    assert fetch_trace(store, None, manifest, key, None, cache)  # type: ignore[arg-type]
-    assert load_trace(store.root, key) is None
-
-
-def test_a_published_trace_that_goes_no_further_leaves_the_cut_one_kept(
-    registry: Registry, tmp_path: Path
+@pytest.mark.parametrize("where", ["cache", "store"])
+def test_a_published_trace_replaces_the_mount_s_cut_one_only_when_it_goes_further(
+    repo: Repo, tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = _client(registry)
-    manifest = client.resolve(f"{registry.host}/rich:oci")
-    push = repository_push(client, manifest.reference)
-    layer = manifest.layers[0].digest
-    key = f"{manifest.digest}@{'a' * 32}"
-    kept = Trace(key, (Read(layer, 0, 4096),), cut=True)
-    store = Store(tmp_path / "store")
-    store_trace(store.root, kept)
-    _publish(push, manifest, tmp_path / "one", Trace(key, (Read(layer, 0, 4097),), cut=True))
-    assert fetch_trace(store, client, manifest, key)
-    assert load_trace(store.root, key) == kept
-    missing = f"{manifest.digest}@{'c' * 32}"
-    assert not fetch_trace(store, client, manifest, missing)  # no machine ran that one
-    assert load_trace(store.root, missing) is None
+    """Weighed once, a blob is not fetched again against the same trace."""
+    key = repo.key("a")
+    here = tmp_path / "here"
+    mine = Trace(key, (Read(repo.layer, 0, 1000),), cut=True)  # of a layer of 1,989 bytes
+    store_trace(here / where, mine)
+    repo.publish(tmp_path / "one", Trace(key, (Read(repo.layer, 0, 1249),), cut=True))
+    assert repo.fetch(here, key)
+    assert _stored(here, key) == (mine if where == "store" else None)
+    since = repo.proxy.mark()
+    assert repo.fetch(here, key)
+    assert repo.gets("blobs", since) == 0
+    further = Trace(key, (Read(repo.layer, 0, 1250),), cut=True)
+    repo.publish(tmp_path / "two", further)
+    assert repo.fetch(here, key)
+    assert _stored(here, key) == further
+    since = repo.proxy.mark()
+    assert repo.fetch(here, key)
+    assert repo.gets("blobs", since) == 0
+    assert "WARNING" not in caplog.text
+
+
+def test_ranges_the_mount_does_not_read_remotely_count_for_nothing(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """A published trace of other digests (layers remote elsewhere, windows, a hostile one)
+    does not stand in for the mount's own cut trace."""
+    key = repo.key("a")
+    here = tmp_path / "here"
+    mine = Trace(key, (Read(repo.layer, 0, 1000),), cut=True)
+    store_trace(here / "cache", mine)
+    elsewhere = Digest("sha256:" + "0e" * 32)
+    repo.publish(tmp_path / "one", Trace(key, (Read(elsewhere, 0, 1 << 20),), cut=True))
+    assert repo.fetch(here, key)
+    assert _stored(here, key) is None
+
+
+def test_the_machine_s_own_published_trace_is_not_fetched_back(repo: Repo, tmp_path: Path) -> None:
+    key = repo.key("a")
+    here = tmp_path / "here"
+    repo.publish(here, Trace(key, (Read(repo.layer, 0, 4000),), cut=True))  # a short job's
+    since = repo.proxy.mark()
+    assert repo.fetch(here, key)
+    assert repo.gets("blobs", since) == 0
+    assert _stored(here, key) is None
+
+
+def test_a_command_no_machine_ran_has_no_trace(repo: Repo, tmp_path: Path) -> None:
+    repo.publish(tmp_path / "one", Trace(repo.key("a"), (Read(repo.layer, 0, 100),)))
+    assert not repo.fetch(tmp_path / "here", repo.key("c"))
 
 
 def test_an_unreadable_artifact_is_passed_over_for_an_older_one(
-    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    repo: Repo, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = _client(registry)
-    manifest = client.resolve(f"{registry.host}/rich:oci")
-    push = repository_push(client, manifest.reference)
-    layer = manifest.layers[0].digest
-    key = f"{manifest.digest}@{'a' * 32}"
-    older, newer = Trace(key, (Read(layer, 0, 100),)), Trace(key, (Read(layer, 0, 200),))
-    _publish(push, manifest, tmp_path / "one", older)
-    _publish(push, manifest, tmp_path / "two", newer)
-    tamper_stored_blob(registry, digest_bytes(encode(newer)))
-    store = Store(tmp_path / "store")
-    assert fetch_trace(store, client, manifest, key)
-    assert load_trace(store.root, key) == older
+    key = repo.key("a")
+    older = Trace(key, (Read(repo.layer, 0, 100),))
+    newer = Trace(key, (Read(repo.layer, 0, 200),))
+    repo.publish(tmp_path / "one", older)
+    repo.publish(tmp_path / "two", newer)
+    tamper_stored_blob(repo.registry, digest_bytes(encode(newer)))
+    here = tmp_path / "here"
+    assert repo.fetch(here, key)
+    assert _stored(here, key) == older
     assert "ignored" in caplog.text  # the newer one, with one warning
 
 
-def test_a_published_trace_weighed_once_is_not_fetched_again(
-    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    client = _client(registry)
-    manifest = client.resolve(f"{registry.host}/rich:oci")
-    push = repository_push(client, manifest.reference)
-    layer = manifest.layers[0].digest
-    key = f"{manifest.digest}@{'a' * 32}"
-    published = Trace(key, (Read(layer, 0, 4097),), cut=True)  # no further than the one kept
-    _publish(push, manifest, tmp_path / "one", published)
-    store = Store(tmp_path / "store")
-    kept = Trace(key, (Read(layer, 0, 4096),), cut=True)
-    store_trace(store.root, kept)
-    assert fetch_trace(store, client, manifest, key)
-    assert load_trace(store.root, key) == kept
-    # Fetched again, it would no longer match its digest: a warning.
-    tamper_stored_blob(registry, digest_bytes(encode(published)))
-    caplog.clear()
-    assert fetch_trace(store, client, manifest, key)
-    assert "ignored" not in caplog.text
-    assert load_trace(store.root, key) == kept
-
-
 def test_artifacts_naming_other_commands_are_passed_over_without_a_request(
-    registry: Registry, tmp_path: Path
+    repo: Repo, tmp_path: Path
 ) -> None:
-    """More of them than a lookup reads (``MAX_TRIED``): the entry names the commands."""
-    client = _client(registry)
-    manifest = client.resolve(f"{registry.host}/rich:oci")
-    push = repository_push(client, manifest.reference)
-    layer = manifest.layers[0].digest
-    key = f"{manifest.digest}@{'a' * 32}"
-    wanted = Trace(key, (Read(layer, 0, 100),))
-    _publish(push, manifest, tmp_path / "first", wanted)
+    """More of them than a lookup reads (``MAX_TRIED``): each entry names its commands."""
+    wanted = Trace(repo.key("a"), (Read(repo.layer, 0, 100),))
+    repo.publish(tmp_path / "first", wanted)
     for n in range(MAX_TRIED + 1):
-        other = Trace(f"{manifest.digest}@{n:032x}", (Read(layer, 0, 100),))
-        _publish(push, manifest, tmp_path / f"other-{n}", other)
-    store = Store(tmp_path / "store")
-    assert fetch_trace(store, client, manifest, key)
-    assert load_trace(store.root, key) == wanted
+        other = Trace(f"{repo.manifest.digest}@{n:032x}", (Read(repo.layer, 0, 100),))
+        repo.publish(tmp_path / f"other-{n}", other)
+    here = tmp_path / "here"
+    since = repo.proxy.mark()
+    assert repo.fetch(here, wanted.key)
+    assert _stored(here, wanted.key) == wanted
+    # The referrers tag, and the one artifact that names the command.
+    assert repo.gets("manifests", since) == 2

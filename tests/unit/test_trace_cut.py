@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.blobs.trace_run import Recorder, Replacing, replay_steps
+from lazyfs.blobs.trace_run import Recorder, Replacing
 from lazyfs.cache.remote import trace_key
 from lazyfs.cli_run_trace import RunTrace, cut_if_written, file_id, noted
 from lazyfs.index.trace import (
     Read,
     Trace,
     TraceError,
+    counted,
     decode,
     encode,
     find_trace,
@@ -93,16 +94,12 @@ def _keep(cache: Path, *, cut: bool, key: str = KEY, length: int = 10) -> Path:
     return store_trace(cache, Trace(key, (Read(A, 0, length),), cut=cut))
 
 
-def _replacing(trace: Trace, sizes: dict[Digest, int | None]) -> Replacing:
-    return Replacing.of(trace, replay_steps(trace, sizes), sizes)
-
-
 def test_a_cut_trace_is_replaced_by_a_run_that_goes_further(tmp_path: Path) -> None:
     clock = Clock()
     _keep(tmp_path, cut=True, length=4000)  # a run stopped early, or a short job
     old = load_trace(tmp_path, KEY)
     assert old is not None
-    replacing = _replacing(old, {A: None})
+    replacing = Replacing(old, {A: None})
     # A short job again: about what it read before; the trace stays as it was.
     before = file_id(trace_path(tmp_path, KEY))
     assert _recording(tmp_path, clock, 4999, replacing).finish(mount_ended=True) is None
@@ -123,7 +120,7 @@ def test_a_settled_recording_too_must_go_further_to_replace_a_cut_trace(
     old = load_trace(tmp_path, KEY)
     assert old is not None
     for length, kept in [(4999, old.reads), (5000, (Read(A, 0, 5000),))]:
-        settled = _recording(tmp_path, clock, length, _replacing(old, {A: None}))
+        settled = _recording(tmp_path, clock, length, Replacing(old, {A: None}))
         clock.now += 2.5
         settled.finish(mount_ended=True)
         found = load_trace(tmp_path, KEY)
@@ -133,14 +130,15 @@ def test_a_settled_recording_too_must_go_further_to_replace_a_cut_trace(
 
 def test_a_cut_trace_is_counted_as_this_mount_reads_it(tmp_path: Path) -> None:
     """Ranges of blobs the mount does not replay (another layer, local here, or a published
-    index's windows, read as pieces), and lengths past a blob's end (a trace recorded where
-    more layers were remote, or a hostile one), count for nothing: else no run here could
-    read a quarter more, or one could by reading windows."""
+    index's windows, read as pieces), lengths past a blob's end and bytes read twice (a
+    trace recorded where more layers were remote, or a hostile one) count for nothing:
+    else no run here could read a quarter more, or one could by reading windows."""
     clock = Clock()
     other = Digest("sha256:" + "02" * 32)
-    old = Trace(KEY, (Read(A, 0, 4000), Read(other, 0, 1 << 20), Read(A, 8192, 1 << 20)), True)
-    replacing = _replacing(old, {A: 10000})  # A holds 10,000 bytes: 4,000 + 1,808 of it
-    assert replacing.trace.reads == (Read(A, 0, 4000), Read(A, 8192, 1808))
+    reads = (Read(A, 0, 4000), Read(other, 0, 1 << 20), Read(A, 8192, 1 << 20), Read(A, 0, 10))
+    old = Trace(KEY, reads, True)
+    replacing = Replacing(old, {A: 10000})  # A holds 10,000 bytes: 4,000 + 1,808 of it, once
+    assert counted(old, replacing.sizes) == 5808
     short = _recording(tmp_path, clock, 7259, replacing)
     short.read(other, 0, 1 << 20)  # not counted
     assert short.finish(mount_ended=True) is None
@@ -203,3 +201,14 @@ def test_a_trace_fetched_from_the_registry_is_replayed_when_it_replaces_the_cach
     store_trace(cache, Trace(KEY, (here,)))
     found = find_trace(cache, KEY, store)
     assert found is not None and found.reads == (here,)  # a whole one: the cache's
+
+
+def test_a_fetched_trace_is_weighed_on_the_blobs_the_mount_reads_remotely(
+    tmp_path: Path,
+) -> None:
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    other = Digest("sha256:" + "02" * 32)
+    store_trace(cache, Trace(KEY, (Read(A, 0, 20),), cut=True))
+    store_trace(store, Trace(KEY, (Read(other, 0, 1 << 20), Read(A, 0, 20), Read(A, 0, 20))))
+    assert find_trace(cache, KEY, store) == load_trace(store, KEY)  # counted whole
+    assert find_trace(cache, KEY, store, {A: None}) == load_trace(cache, KEY)

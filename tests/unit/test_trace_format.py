@@ -255,7 +255,7 @@ def test_a_cut_trace_is_replayed_and_recorded_again_a_whole_one_replayed_only(
     client = Client(tmp_path)
     recorder = start_trace(client, KEY, sent=True)  # type: ignore[arg-type]
     assert isinstance(recorder, Recorder) and recorder.replacing is not None
-    assert recorder.replacing.trace == cut and recorder.replacing.blobs == {B}
+    assert recorder.replacing.trace == cut and set(recorder.replacing.sizes) == {B}
     assert client.watcher is recorder and client.replaying == [(B, [(0, 100)])]
     store_trace(tmp_path, Trace(KEY, cut.reads))
     client = Client(tmp_path)
