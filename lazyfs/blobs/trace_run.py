@@ -66,6 +66,7 @@ from lazyfs.index.trace import (
     Trace,
     TraceError,
     check_key,
+    final,
     find_trace,
     replaces,
     store_trace,
@@ -134,9 +135,10 @@ def start_trace(
     it records.
 
     The trace ``find_trace`` finds; recorded when there is none, or when it
-    is cut (``Recorder.replacing``). ``sent``: the process that started the
-    mount has sent the first ``SENT_AHEAD`` requests
-    (``lazyfs.fs.mount_ahead``); only the rest are sent here.
+    is not ``final``: cut, or with nothing of this mount's
+    (``Recorder.replacing``). ``sent``: the process that started the mount
+    has sent the first ``SENT_AHEAD`` requests (``lazyfs.fs.mount_ahead``);
+    only the rest are sent here.
     """
     try:
         check_key(key)
@@ -147,7 +149,7 @@ def start_trace(
     trace = find_trace(client.cache_dir, key, published, sizes)
     steps = [] if trace is None else replay_steps(trace, sizes)
     recorder = None
-    if trace is None or trace.cut:
+    if trace is None or not final(trace, sizes):
         replacing = None if trace is None else Replacing(trace, sizes)
         recorder = Recorder(client.cache_dir, key, replacing=replacing)
         client.watcher = recorder
@@ -157,7 +159,7 @@ def start_trace(
     # the landmark prefetch (one naming other layers would just lose it); a
     # published index's reader asks for the windows it needs (``Asks.replayed``).
     client.replaying = steps
-    how = " (cut: recorded again)" if trace.cut else ""
+    how = "" if recorder is None else " (recorded again)"
     log.info("replaying the trace of %s%s: %d ranges", key, how, sum(len(r) for _, r in steps))
     left = steps[SENT_AHEAD:] if sent else steps
     if left:

@@ -206,21 +206,25 @@ async def published(
         if any(layer.digest in listed for layer in wanted):
             await look("indexes", keep)
 
-    def fetch(hook: TraceHook) -> None:
+    def fetch(hook: TraceHook, remote: list[Layer]) -> None:
         key = hook.key(manifest)
         if key is not None:
-            fetch_trace(store, client, manifest, key, hook.cache_dir, listing)
+            # Counted as the mount counts it: on the layers it reads remotely.
+            sizes = {layer.digest: layer.size for layer in remote
+                     if not store.has_blob(layer.digest)}  # fmt: skip
+            fetch_trace(store, client, manifest, key, hook.cache_dir, sizes, listing)
 
     async def traces() -> None:
         if traced is None:
             return  # a mount that runs no command replays no trace
-        await look("traces", partial(fetch, traced))
-        await heard.wait()
+        await heard.wait()  # at once, as a rule: the listing holds what it needs
         # Read by range: eStargz, or with an index listed and not set aside (one refused
-        # after all is pulled whole, and what a replay fetched of it lost). Not waited for.
+        # after all is pulled whole, and what a replay fetched of it lost).
         remote = [layer for layer in manifest.layers if lazy_layer(layer)
                   or (layer.digest in listed and layer.digest not in aside)]  # fmt: skip
         if remote:
+            await look("traces", partial(fetch, traced, remote))
+            # Not waited for.
             with contextlib.suppress(RuntimeError):  # no thread to be had: the mount sends it
                 threading.Thread(target=traced, args=(manifest, remote),
                                  name="lazyfs-replay-ahead", daemon=True).start()  # fmt: skip

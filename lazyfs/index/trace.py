@@ -50,7 +50,7 @@ from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
 from providers.private_dir import private_dir
-from providers.spans import SpanSet
+from providers.spans import union
 
 log = logging.getLogger(__name__)
 
@@ -98,32 +98,40 @@ class Trace:
 
 
 def replaces(new: Trace, old: Trace, sizes: Sizes | None = None) -> bool:
-    """Whether ``new`` is kept instead of ``old``, of one key: ``old`` is cut and ``new``
-    read ``FURTHER`` times its bytes (its workload went further), whole or cut. Whole
-    alone is not enough: a run stopped early whose shutdown was quiet settles its
-    recording with the start of the workload in it; and each replacement is a quarter
-    longer, so none goes back and forth between runs that read about the same.
+    """Whether ``new`` is kept instead of ``old``, of one key: ``old`` is not ``final``, and
+    ``new`` read something and ``FURTHER`` times ``old``'s bytes (its workload went
+    further), whole or cut. Whole alone is not enough: a run stopped early whose shutdown
+    was quiet settles its recording with the start of the workload in it; and each
+    replacement is a quarter longer, so none goes back and forth between runs that read
+    about the same.
 
     With ``sizes`` (the blobs a mount reads remotely), each counts only the
     bytes of those blobs, once each, up to each blob's end: ranges of layers
     local here, of windows blobs, repeated or past the end (a trace recorded
     where other layers were remote, or a hostile one) count for nothing."""
-    return old.cut and counted(new, sizes) >= counted(old, sizes) * FURTHER
+    if final(old, sizes):
+        return False
+    read = counted(new, sizes)
+    return read > 0 and read >= counted(old, sizes) * FURTHER
+
+
+def final(trace: Trace, sizes: Sizes | None = None) -> bool:
+    """Whether no recording replaces ``trace``: it is whole, and has bytes of ``sizes``'s
+    blobs (one recorded where this mount's remote layers were local has none)."""
+    return not trace.cut and counted(trace, sizes) > 0
 
 
 def counted(trace: Trace, sizes: Sizes | None = None) -> int:
     """The bytes ``trace`` reads: all, or as ``replaces`` counts them with ``sizes``."""
     if sizes is None:
         return sum(read.length for read in trace.reads)
-    seen: dict[Digest, SpanSet] = {}
+    spans: dict[Digest, list[tuple[int, int]]] = {}
     for read in trace.reads:
-        if read.digest not in sizes:
-            continue
-        size = sizes[read.digest]
-        end = read.end if size is None else min(read.end, size)
-        if read.offset < end:
-            seen.setdefault(read.digest, SpanSet()).add(read.offset, end)
-    return sum(end - start for spans in seen.values() for start, end in spans.spans)
+        if read.digest in sizes:
+            size = sizes[read.digest]
+            end = read.end if size is None else min(read.end, size)
+            spans.setdefault(read.digest, []).append((read.offset, end))
+    return sum(end - start for each in spans.values() for start, end in union(each))
 
 
 def check_key(key: str) -> str:
@@ -242,12 +250,13 @@ def find_trace(
 ) -> Trace | None:
     """The trace of ``key`` a mount replays: the one in ``cache_dir``, unless ``published``
     (where traces fetched from the image's registry are kept) has one that ``replaces`` it,
-    counted on ``sizes``, the blobs the mount reads remotely; None when neither has one,
+    counted on ``sizes``, the blobs the mount reads remotely (a mount records one that is
+    not ``final`` again); None when neither has one,
     or (one line logged at ``level``) when ``key`` is not a trace key or a trace is
     unusable. Blocking."""
     try:
         trace = load_trace(cache_dir, key, level=level)
-        if (trace is None or trace.cut) and published is not None:
+        if (trace is None or not final(trace, sizes)) and published is not None:
             found = load_trace(published, key, level=level)
             if found is not None and (trace is None or replaces(found, trace, sizes)):
                 trace = found

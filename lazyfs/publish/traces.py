@@ -52,10 +52,12 @@ from lazyfs.index.trace import (
     TRACE_ARTIFACT_TYPE,
     TRACE_MEDIA_TYPE,
     TRACES_DIR,
+    Sizes,
     TraceError,
     check_key,
     decode,
     encode,
+    final,
     find_trace,
     key_image,
     load_trace,
@@ -249,6 +251,7 @@ def fetch_trace(
     manifest: ImageManifest,
     key: str,
     cache_dir: Path,
+    sizes: Sizes,
     listing: Listing | None = None,
 ) -> bool:
     """Keep in the store the trace of ``key`` published beside image ``manifest``, if a
@@ -256,8 +259,8 @@ def fetch_trace(
 
     The trace such a mount replays (``lazyfs.index.trace.find_trace``: from
     ``cache_dir``, where its cache daemon keeps what it records, and the
-    store, counted on the layers not in the store) is enough when it is
-    whole: nothing is asked. Else the newest trace artifact that lists
+    store, counted on ``sizes``, the layers it reads remotely) is enough
+    when it is ``final``: nothing is asked. Else the newest trace artifact that lists
     ``key`` is read: each machine that publishes pushes the traces its own
     cache keeps, so the newest artifact may lack a command another machine
     ran. Its trace is kept when the mount has none, or when it ``replaces``
@@ -278,11 +281,9 @@ def fetch_trace(
         log.info("no prefetch trace: %s", error)
         return False
     folder = published_traces_dir(store)
-    sizes = {layer.digest: layer.size for layer in manifest.layers
-             if not store.has_blob(layer.digest)}  # fmt: skip
     # The mount says it when one is damaged (this process's warnings reach the terminal).
     kept = find_trace(cache_dir, key, folder, sizes, level=logging.INFO)
-    if kept is not None and not kept.cut:
+    if kept is not None and final(kept, sizes):
         return True
     own = _digest_of(trace_path(cache_dir, key))
     weighed = None if kept is None else digest_bytes(encode(kept))
@@ -302,8 +303,10 @@ def fetch_trace(
                 blob = _listed(push, referrer.digest, manifest.digest, key)
                 if blob is None:
                     continue  # another machine's commands
-                if blob.digest == own or f"{blob.digest} {weighed}" == _seen(folder, key):
-                    return True  # this machine's, or weighed against this trace already
+                if blob.digest == own:
+                    continue  # this machine's: an older one may be another's
+                if f"{blob.digest} {weighed}" == _seen(folder, key):
+                    return True  # weighed against this trace already
                 found = decode(push.get_blob(blob.digest, MAX_TRACE_BYTES), key)
             except (BadImage, DigestMismatch, NotFound) as error:
                 log.warning("%s: published traces %s ignored: %s", push.image, referrer.digest,

@@ -65,8 +65,10 @@ class Repo:
         assert publish_traces(machine / "cache", self.push, self.manifest) is not None
 
     def fetch(self, machine: Path, key: str) -> bool:
+        """``fetch_trace`` for a machine whose mount reads every layer remotely."""
         store = Store(machine / "store")
-        return fetch_trace(store, self.client, self.manifest, key, machine / "cache")
+        sizes = {layer.digest: layer.size for layer in self.manifest.layers}
+        return fetch_trace(store, self.client, self.manifest, key, machine / "cache", sizes)
 
     def gets(self, what: str, since: int) -> int:
         """GET requests since ``since`` for ``what``: "manifests" or "blobs"."""
@@ -151,13 +153,22 @@ def test_ranges_the_mount_does_not_read_remotely_count_for_nothing(
 
 
 def test_the_machine_s_own_published_trace_is_not_fetched_back(repo: Repo, tmp_path: Path) -> None:
+    """Nor does it hide an older artifact of another machine's, which went further."""
     key = repo.key("a")
     here = tmp_path / "here"
-    repo.publish(here, Trace(key, (Read(repo.layer, 0, 4000),), cut=True))  # a short job's
+    repo.publish(here, Trace(key, (Read(repo.layer, 0, 1000),), cut=True))  # a short job's
     since = repo.proxy.mark()
     assert repo.fetch(here, key)
     assert repo.gets("blobs", since) == 0
     assert _stored(here, key) is None
+    further = Trace(key, (Read(repo.layer, 0, 1250),), cut=True)
+    repo.publish(tmp_path / "one", further)
+    # Pushed again after it, with the trace of another command it ran since.
+    repo.publish(here, Trace(repo.key("b"), (Read(repo.layer, 0, 10),)))
+    since = repo.proxy.mark()
+    assert repo.fetch(here, key)
+    assert repo.gets("blobs", since) == 1  # the other machine's
+    assert _stored(here, key) == further
 
 
 def test_a_command_no_machine_ran_has_no_trace(repo: Repo, tmp_path: Path) -> None:

@@ -194,7 +194,8 @@ def test_one_listing_serves_the_trace_and_the_index_lookups(
     listed = listing_module.list_image(None, image.reference, image.digest)  # type: ignore[arg-type]
     assert listed is not None
     key = f"{image.digest}@{'c' * 32}"
-    assert not fetch_trace(store, None, image, key, tmp_path / "cache", listed)  # type: ignore[arg-type]
+    sizes = {built.layer.digest: built.layer.size}
+    assert not fetch_trace(store, None, image, key, tmp_path / "cache", sizes, listed)  # type: ignore[arg-type]
     found = fetch.published_layers(store, None, image, [built.layer], listed)  # type: ignore[arg-type]
     assert found == {built.layer.digest: blob}
     assert repository.listings == 1

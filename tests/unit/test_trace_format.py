@@ -29,7 +29,7 @@ from lazyfs.index.trace import (
     store_trace,
     trace_path,
 )
-from lazyfs.publish.traces import KEY_ANNOTATION, trace_blobs
+from lazyfs.publish.traces import KEY_ANNOTATION, _may_list, trace_blobs
 from providers.digest import Digest
 from providers.errors import BadImage
 
@@ -237,14 +237,19 @@ class Client:
         return len(ranges)
 
 
-def test_a_trace_of_other_layers_leaves_the_landmark_prefetch_on(tmp_path: Path) -> None:
+def test_a_trace_of_other_layers_is_recorded_again_and_leaves_the_landmark_prefetch_on(
+    tmp_path: Path,
+) -> None:
+    """One recorded where this mount's remote layers were local: as good as none here."""
     store_trace(tmp_path, Trace(KEY, (Read(A, 0, 100),)))
     client = Client(tmp_path)
-    assert start_trace(client, KEY) is None  # type: ignore[arg-type]
-    assert not client.replaying and client.watcher is None
+    recorder = start_trace(client, KEY)  # type: ignore[arg-type]
+    assert isinstance(recorder, Recorder) and client.watcher is recorder
+    assert not client.replaying
     store_trace(tmp_path, Trace(KEY, (Read(A, 0, 100), Read(B, 0, 100))))
+    client = Client(tmp_path)
     assert start_trace(client, KEY) is None  # type: ignore[arg-type]
-    assert client.replaying
+    assert client.replaying and client.watcher is None
 
 
 def test_a_cut_trace_is_replayed_and_recorded_again_a_whole_one_replayed_only(
@@ -310,3 +315,15 @@ def test_a_published_trace_manifest_lists_the_traces_of_its_image_only() -> None
     ):
         with pytest.raises(BadImage):
             trace_blobs(bad, IMAGE)
+
+
+def test_an_artifact_may_list_a_command_its_entry_names_or_when_it_names_none() -> None:
+    """``dev.lazyfs.trace.commands``: 8 hex digits of each command hash; a value longer
+    than a push of lazyfs writes (64 commands') says nothing, as none does."""
+    key = f"{IMAGE}@{'c' * 32}"
+    assert _may_list(None, key)  # earlier lazyfs
+    assert _may_list("aaaaaaaa,cccccccc", key)
+    assert not _may_list("aaaaaaaa,bbbbbbbb", key)
+    assert not _may_list("cccccccc0", key)  # names, not prefixes
+    assert not _may_list(",".join(["aaaaaaaa"] * 64), key)
+    assert _may_list(",".join(["aaaaaaaa"] * 65), key)
