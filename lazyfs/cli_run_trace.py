@@ -16,11 +16,12 @@ on (``noted``, ``file_id``), and once the rootfs is destroyed (its mount
 has kept the trace by then) ``cut_if_written`` marks cut a whole trace
 written since. Each write of a trace is a new file (written aside, then
 renamed), so another file is a later write; no clock. A mount that
-replays a whole trace writes none.
+replays a ``final`` trace (whole, with bytes of its remote layers) writes
+none.
 
 Not covered: a mount that outlives its run (a destroy that failed to
-unmount it; a run killed itself) writes its trace when it ends later
-(``recover``), after this; and an agent's container, started through
+unmount it; a run killed itself) writes its trace when it settles or
+ends later (``recover``), after this; and an agent's container, started through
 ``provision``, stopped early and destroyed 2 s or more after its last read
 keeps a whole trace of its start (destroyed sooner, it keeps it cut).
 

@@ -35,14 +35,15 @@ one is ignored with one logged line, as if absent).
   (``lazyfs.blobs.estargz_reader``, ``lazyfs.blobs.published_heard``) tells
   the watcher of it when a recorded thread first reads it there: the
   program's read, where it comes.
-- Found cut: replayed as above, and recorded again as if not found; what
-  this mount recorded replaces it, whole or cut, when it read ``FURTHER``
-  times the bytes at least (``lazyfs.index.trace.replaces``: its workload
-  went further, the cut one was of a run stopped early), counted on the
-  blobs this mount replays (``Replacing``). A short job's trace, cut every
-  time, stays as it is; a stopped run's is replaced by the next run that
-  goes on to the end, unless it had read more than four fifths of what
-  that run reads.
+- Found, not ``final`` (cut, or with nothing of this mount's blobs):
+  replayed as above, and recorded again as if not found; what this mount
+  recorded replaces it, whole or cut, when it read ``FURTHER`` times the
+  bytes at least (``lazyfs.index.trace.replaces``: its workload went
+  further, the cut one was of a run stopped early), counted on the blobs
+  this mount replays (``Replacing``), and keeps its reads of other
+  layers. A short job's trace, cut every time, stays as it is; a stopped
+  run's is replaced by the next run that goes on to the end, unless it
+  had read more than four fifths of what that run reads.
 
 A trace is only a hint: what its replay fetches is verified when read like
 any chunk, so a wrong trace costs extra fetches, never wrong bytes.
@@ -171,15 +172,24 @@ def start_trace(
 
 @dataclass(frozen=True)
 class Replacing:
-    """A cut trace a mount replays and records again, and the blobs it reads remotely
-    (``sizes``), on which ``lazyfs.index.trace.replaces`` counts them both."""
+    """A trace that is not ``final`` which a mount replays and records again, and the blobs
+    the mount reads remotely (``sizes``), on which ``lazyfs.index.trace.replaces`` counts
+    both."""
 
     trace: Trace
     sizes: Sizes
 
     def stays(self, new: Trace) -> bool:
-        """Whether the cut trace stays rather than ``new``."""
+        """Whether the trace stays rather than ``new``."""
         return not replaces(new, self.trace, self.sizes)
+
+    def keeping_others(self, new: Trace) -> Trace:
+        """``new``, then the trace's reads of the layers this mount reads locally (adopted
+        into the store since, or local here only), which it could not record: kept for the
+        machines that read them remotely, up to ``MAX_READS`` in all."""
+        room = MAX_READS - len(new.reads)
+        others = [read for read in self.trace.reads if read.digest not in self.sizes][:room]
+        return Trace(new.key, new.reads + tuple(others), new.cut)
 
 
 def client_steps(client: TraceClient, trace: Trace) -> list[tuple[Digest, list[tuple[int, int]]]]:
@@ -258,7 +268,7 @@ class Recorder:
     ) -> None:
         self.cache_dir = cache_dir
         self.key = key
-        self.replacing = replacing  # the cut trace replayed: kept unless this one replaces it
+        self.replacing = replacing  # the trace replayed: kept unless this one replaces it
         self.settle = settle
         self.limit = limit
         self._clock = clock
@@ -327,9 +337,10 @@ class Recorder:
         or read nothing). A failure to write is logged: a trace is only a hint.
 
         ``mount_ended``: the mount is going; unless recording was over anyway
-        (``due``), the trace is kept ``cut`` (``lazyfs.index.trace``), and not
-        at all when the cut one it would replace (``replacing``) stays
-        (``lazyfs.index.trace.replaces``)."""
+        (``due``), the trace is kept ``cut`` (``lazyfs.index.trace``).
+        Settled or cut, it is not kept when the trace it would replace
+        (``replacing``) stays (``lazyfs.index.trace.replaces``); kept, it
+        keeps that one's reads of other layers (``Replacing.keeping_others``)."""
         cut = mount_ended and not self.due()
         with self._writing:
             with self._lock:
@@ -340,9 +351,11 @@ class Recorder:
                 if self._serving_since is None or not reads:
                     return None
             trace = Trace(self.key, reads, cut)
-            if self.replacing is not None and self.replacing.stays(trace):
-                log.info("the cut trace of %s stays: this run read no further", self.key)
-                return None
+            if self.replacing is not None:
+                if self.replacing.stays(trace):
+                    log.info("the trace of %s stays: this run read no further", self.key)
+                    return None
+                trace = self.replacing.keeping_others(trace)
             try:
                 path = store_trace(self.cache_dir, trace)
             except (OSError, TraceError, LazyfsError) as error:

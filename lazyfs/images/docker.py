@@ -151,8 +151,8 @@ class DockerProvider:
         ``ahead`` (the lazy mount's imports) runs in a thread while the registry is
         asked (after the lookup's imports there), when it is: not for an image the
         store holds, or one that is not read by range. ``traced`` runs in a thread of
-        its own, not waited for, once the trace of its key published beside the image
-        is kept and its published indexes listed, while they are still fetched and decoded:
+        its own, not waited for, once the trace of its key was looked for beside the
+        image and its published indexes listed, while they are still fetched and decoded:
         given the image and its layers read by range (eStargz, or with an index
         listed), it may begin a trace's replay (``lazyfs.provision.lazy.ReplayAhead``).
         It must not raise.

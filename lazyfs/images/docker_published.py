@@ -5,9 +5,9 @@ by range through the cache daemon: eStargz layers, and layers whose index
 was published beside the image and kept (``lazyfs.publish.fetch``: the
 store's image record names the index blob in an annotation no registry
 manifest carries, ``without_index_blobs``).  ``published`` looks for those
-indexes, and for the learned prefetch traces, in one referrers listing
-(``lazyfs.publish.listing``), and may begin a trace's replay before the
-indexes are decoded.
+indexes, and for the prefetch trace of the command the mount will run, in
+one referrers listing (``lazyfs.publish.listing``), and may begin that
+trace's replay before the indexes are decoded.
 """
 
 from __future__ import annotations
@@ -156,10 +156,10 @@ async def published(
     published index so marked.
 
     ``listings``: where the referrers listing began while the image was
-    resolved, if it did. The trace of ``traced``'s key is looked for (none
-    without ``traced``), and ``traced`` (``DockerProvider.fetch_lazy``'s)
-    runs in a thread of its own, not waited for, once it is kept and the
-    indexes listed.
+    resolved, if it did. Once the indexes are listed, when a layer is read
+    by range, the trace of ``traced``'s key is looked for (none without
+    ``traced``), and then ``traced`` (``DockerProvider.fetch_lazy``'s) runs
+    in a thread of its own, not waited for, whether a trace was found or not.
     """
     # Loaded for lazy pulls only: it loads the index code.
     from lazyfs.publish import fetch as index_lookup
@@ -208,10 +208,10 @@ async def published(
 
     def fetch(hook: TraceHook, remote: list[Layer]) -> None:
         key = hook.key(manifest)
-        if key is not None:
-            # Counted as the mount counts it: on the layers it reads remotely.
-            sizes = {layer.digest: layer.size for layer in remote
-                     if not store.has_blob(layer.digest)}  # fmt: skip
+        # Counted as the mount counts it: on the layers it reads remotely (none: no trace).
+        sizes = {layer.digest: layer.size for layer in remote
+                 if not store.has_blob(layer.digest)}  # fmt: skip
+        if key is not None and sizes:
             fetch_trace(store, client, manifest, key, hook.cache_dir, sizes, listing)
 
     async def traces() -> None:
@@ -229,8 +229,8 @@ async def published(
                 threading.Thread(target=traced, args=(manifest, remote),
                                  name="lazyfs-replay-ahead", daemon=True).start()  # fmt: skip
 
-    # Learned prefetch traces too (a hint whose fetches are verified as any), fetched
-    # beside the indexes: each is a few round trips; only ``traced`` waits on the listing.
+    # The learned prefetch trace too (a hint whose fetches are verified as any), fetched
+    # beside the indexes' blobs, once they are listed (as a rule, with no request).
     async with trio.open_nursery() as nursery:
         nursery.start_soon(traces)
         if wanted:

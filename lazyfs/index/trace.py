@@ -25,15 +25,19 @@ The encoding is JSON, versioned by its media type and ``TRACE_VERSION``::
      "reads": [[LAYER_INDEX, OFFSET, LENGTH], ...],   in the order first read
      "cut": true}                                      only when it was (below)
 
-A trace is ``cut`` when its mount ended before the workload settled: whole
+A trace is ``cut`` when its mount ended before the workload settled (whole
 for a job that ran to its end, but a run stopped early leaves only its
-first reads. So a cut trace is provisional: the next mount replays it and
-records again, and keeps its own instead when it goes further
-(``replaces``; ``lazyfs.blobs.trace_run``). A reader that knows nothing of the field
-reads a cut trace as any other.
+first reads), or when ``lazyfs run`` marked it so, having passed a signal
+on (``lazyfs.cli_run_trace``). So a cut trace is provisional, as is one
+with nothing of a mount's remote layers (not ``final``): the next mount
+replays it and records again, and keeps its own instead when it goes
+further (``replaces``; ``lazyfs.blobs.trace_run``). A reader that knows
+nothing of the field reads a cut trace as any other.
 
 Stored as ``CACHE_DIR/traces/<sha256 hex>@<command hash>.json``, written to a
-temporary file in that directory, then renamed.
+temporary file in that directory, then renamed; those fetched from registries
+the same way under ``STORE/traces/``, beside the ``.seen`` notes of
+``lazyfs.publish.traces``.
 """
 
 from __future__ import annotations
@@ -65,8 +69,8 @@ MAX_RANGE = 64 << 20
 TRACES_DIR = "traces"
 # The blobs a mount reads remotely, by digest: their sizes, None when not known.
 Sizes = Mapping[Digest, int | None]
-# How many times a cut trace's bytes another cut trace of its key must read to replace it:
-# a short job reads about the same each run, a run stopped early less.
+# How many times the bytes of a trace that is not ``final`` another of its key (whole or
+# cut) must read to replace it: a short job reads about the same each run, a stopped one less.
 FURTHER = 1.25
 _KEY = re.compile(r"^sha256:([0-9a-f]{64})@([0-9a-f]{32})$")
 

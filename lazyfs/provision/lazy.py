@@ -64,8 +64,8 @@ class LazyProvider(Protocol):
     ) -> ImageManifest:
         """``fetch``, leaving in the registry the layers that can be read by range; ``ahead``
         runs in a thread when it goes to a registry for them, ``traced`` once the trace
-        of its key published beside the image is kept and its indexes listed, given the
-        layers read by range (``ReplayAhead``)."""
+        of its key was looked for beside the image and its indexes listed, given the
+        layers read by range, if any (``ReplayAhead``)."""
         ...
 
 
@@ -143,7 +143,7 @@ def run_trace_key(manifest: ImageManifest, command: Sequence[str], working_dir: 
 class ReplayAhead:
     """What a lazy fetch is told of the prefetch trace of an image run as ``command`` in
     ``working_dir`` (``lazyfs.images.docker_published.TraceHook``): its key, as ``blobs_for``
-    keys it, and, called once the fetch has kept the trace published beside the image
+    keys it, and, called once the fetch has looked for the trace beside the image
     and listed its published indexes, the start of its replay."""
 
     store: Store

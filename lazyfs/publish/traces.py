@@ -21,7 +21,8 @@ nothing and a trace is pushed once per repository.
 
 ``fetch_trace`` is the other side, run for a lazy pull with
 ``--trust_published_indexes`` only, for the trace key the provision's
-command has, unless the mount has a whole trace of it already: the
+command has, unless the mount has a ``final`` one already (whole, with
+bytes of the layers it reads remotely): the
 newest readable trace artifact of the image that lists it is fetched by
 digest and checked, and so is its trace blob (bounded, checked against
 its digest, decoded whole against the key its annotation names, which
@@ -29,7 +30,9 @@ must be of this image), kept under ``STORE/traces`` when the mount has
 none or it replaces the mount's (``lazyfs.index.trace.replaces``), where
 the start of the mount and the mount process look beside the cache
 directory (``lazyfs.index.trace.find_trace``). An artifact that cannot be
-used is one warning, and the next older one is tried.
+used (not one, not its digest, gone) is one warning, and the next older
+one is tried, up to ``MAX_TRIED`` read in all; another registry error
+ends the lookup with one warning.
 
 Why a published trace may be trusted this far: it only says which blob
 ranges to fetch early. The mount replays only ranges of its own layers,

@@ -70,7 +70,7 @@ async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
     began = threading.Event()
     order: list[str] = []
 
-    class Traced:
+    class Hook:
         cache_dir = tmp_path / "second-cache"  # the mount's daemon keeps no trace there
 
         def key(self, manifest: ImageManifest) -> str:
@@ -89,7 +89,7 @@ async def test_a_lazy_pull_begins_the_replay_once_the_trace_is_kept(
         return published_layers(*args)
 
     monkeypatch.setattr(fetch, "published_layers", keeping)
-    got = await second.fetch_lazy(docker(image), Progress(), None, Traced())
+    got = await second.fetch_lazy(docker(image), Progress(), None, Hook())
     _joined()
     if not trusting:
         assert calls == [] and order == []

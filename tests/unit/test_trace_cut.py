@@ -212,3 +212,16 @@ def test_a_fetched_trace_is_weighed_on_the_blobs_the_mount_reads_remotely(
     store_trace(store, Trace(KEY, (Read(other, 0, 1 << 20), Read(A, 0, 20), Read(A, 0, 20))))
     assert find_trace(cache, KEY, store) == load_trace(store, KEY)  # counted whole
     assert find_trace(cache, KEY, store, {A: None}) == load_trace(cache, KEY)
+
+
+def test_a_replacing_trace_keeps_the_reads_of_layers_this_mount_reads_locally(
+    tmp_path: Path,
+) -> None:
+    """Adopted into the store since the trace was recorded, or local here only: the mount
+    could not record them, and machines that read them remotely replay them still."""
+    clock = Clock()
+    local = Digest("sha256:" + "02" * 32)
+    old = Trace(KEY, (Read(local, 0, 500), Read(A, 0, 4000), Read(local, 9000, 10)), cut=True)
+    assert _recording(tmp_path, clock, 5000, Replacing(old, {A: None})).finish(mount_ended=True)
+    kept = load_trace(tmp_path, KEY)
+    assert kept == Trace(KEY, (Read(A, 0, 5000), Read(local, 0, 500), Read(local, 9000, 10)), True)
