@@ -5,6 +5,7 @@ take; and no silent skips under CI."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,15 @@ import pytest
 from tests.support import fuse_paths, images, mount_servers
 from tests.support.ci_skips import pytest_runtest_makereport  # noqa: F401  (a hook: pytest finds it here)
 from tests.support.rich_image import RICH_TAG, need_tools
+
+# The Ctrl-C tests signal lazyfs as a terminal would, which finds SIGINT and
+# SIGQUIT at their defaults. A runner started in the background by a shell
+# without job control (`cmd &` in a script) has both ignored, and every child
+# would inherit that: lazyfs would run on through the test's Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # exec'd children: default
+if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 # Mount processes are exec'd unless a test asks for the mount server
 # (tests.support.mount_servers): a server per test's store would outlive its test.
