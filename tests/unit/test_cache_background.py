@@ -34,7 +34,7 @@ from lazyfs.cache.blobstate import (
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
-from lazyfs.cache.values import BlobKind, RegistryOrigin
+from lazyfs.cache.values import BlobInfo, BlobKind, RegistryOrigin
 from providers.digest import Digest
 
 SIZE = 64  # bytes a chunk: a small blob has many
@@ -95,9 +95,17 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, Backgrounds]]:
             yield fetcher, Backgrounds(fetcher, nursery)
 
 
-async def _until(backgrounds: Backgrounds, kind: BlobKind) -> None:
-    while backgrounds.info(DIGEST).kind is not kind:
-        await trio.sleep(0)  # a checkpoint, not a delay: the task runs meanwhile
+async def _judged(backgrounds: Backgrounds, digest: Digest = DIGEST) -> BlobInfo:
+    """The blob's state once its background fetch is no longer FETCHING."""
+    while (info := backgrounds.info(digest)).kind is BlobKind.FETCHING:
+        # A poll, not a delay: the job runs in threads, which a loop of bare
+        # checkpoints starves of the interpreter (about 10 s a test).
+        await trio.sleep(0.001)
+    return info
+
+
+async def _until(backgrounds: Backgrounds, kind: BlobKind, digest: Digest = DIGEST) -> None:
+    assert (await _judged(backgrounds, digest)).kind is kind
 
 
 async def test_background_fetch_waits_while_a_reader_waits_then_completes(tmp_path: Path) -> None:
@@ -200,8 +208,7 @@ async def test_bytes_that_hash_to_the_digest_but_do_not_unpack_are_refused_to_ev
     root = tmp_path / "cache"
     async with daemon(tmp_path) as (fetcher, backgrounds):
         await backgrounds.start(Source(blob=junk), digest, len(junk), DIFF_ID, HOSTILE)
-        while backgrounds.info(digest).kind is not BlobKind.QUARANTINED:
-            await trio.sleep(0)
+        await _until(backgrounds, BlobKind.QUARANTINED, digest)
         assert fetcher.cache.blob_usage().get(digest, 0) == 0
     for origin in (HONEST, HOSTILE):
         reason, final = refusal(root, digest, origin, len(junk), None)
@@ -311,8 +318,7 @@ async def test_chunks_another_origin_filled_wrong_are_not_held_against_the_jobs_
         assert got == bytes(bad[:10])
         honest = Source()
         await backgrounds.start(honest, DIGEST, len(BLOB), DIFF_ID, HONEST)
-        while (info := backgrounds.info(DIGEST)).kind is BlobKind.FETCHING:
-            await trio.sleep(0)  # a checkpoint, not a delay: the task runs meanwhile
+        info = await _judged(backgrounds)
         assert info.kind is BlobKind.COMPLETE, info.reason
         # The honest origin was asked for every chunk, the hostile one's included.
         assert sum(min(n, len(BLOB) - o) for o, n in honest.calls) >= len(BLOB)

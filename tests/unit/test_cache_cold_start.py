@@ -7,6 +7,7 @@ In process, with trio (its mock clock where time matters) and the cache's fake b
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,14 +40,19 @@ async def fetcher(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, trio.Nursery]]
 async def judged(backgrounds: Backgrounds, clock: trio.testing.MockClock) -> None:
     """Wait until BLOB's background fetch is judged; fail, not hang, if it never is.
 
-    Its fetches run in threads, so this spins on checkpoints. A frozen mock
-    clock would never reach a deadline: it runs at real speed from here (the
-    settle wait is over, later time changes nothing) so a stuck fetch fails.
+    Its fetches run in threads, so this polls, and the bound on a stuck
+    fetch is in real time. The settle wait under test is over, and later
+    time changes nothing but how soon the rest comes (each background
+    request still waits ``settle`` first): from here the mock clock runs a
+    thousand times faster than real time, and each poll waits a millisecond
+    of it, in which the threads have the interpreter (spinning on
+    checkpoints instead starved them, about 30 s a test).
     """
-    clock.rate = 1.0
-    with trio.fail_after(60):
-        while backgrounds.info(BLOB).kind is BlobKind.FETCHING:
-            await trio.sleep(0)  # a checkpoint, not a delay
+    clock.rate = 1000.0
+    stuck = time.monotonic() + 60
+    while backgrounds.info(BLOB).kind is BlobKind.FETCHING:
+        assert time.monotonic() < stuck, "the background fetch was never judged"
+        await trio.sleep(1.0)  # a poll: 1 ms of real time
 
 
 async def test_exact_reads_fetch_only_what_they_ask_for(tmp_path: Path) -> None:
