@@ -9,13 +9,14 @@ Blocking.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import requests
 import urllib3
 
 from providers.errors import BadImage
-from providers.http_session import redact
+from providers.http_session import body_socket, redact
 from providers.retry import SpeedFloor, TooSlow, checkpoint, seconds
 
 BODY_CHUNK = 1 << 16
@@ -33,11 +34,12 @@ def body_chunks(
     of the bytes as sent). Checks for cancellation between chunks.
     """
     floor.restart()
-    connection = response.raw.connection
-    if connection is not None and connection.sock is not None:
+    sock = body_socket(response)
+    if sock is not None:
         # The request's timeout was for waiting for the answer; the body's
         # silences are bounded by the floor's window instead.
-        connection.sock.settimeout(idle)
+        with contextlib.suppress(OSError):  # closed already: the read says so
+            sock.settimeout(idle)
     while True:
         checkpoint()
         try:

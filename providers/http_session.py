@@ -129,6 +129,8 @@ def _watch(sock: socket.socket | None) -> None:
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    sent_on: socket.socket | None = None  # see ``body_socket``
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _watch(sock)  # before the TLS handshake, which a silent server can stall too
@@ -137,9 +139,12 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watch(self.sock)  # a kept-alive connection opens no new socket
         super().request(*args, **kwargs)
+        self.sent_on = self.sock
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    sent_on: socket.socket | None = None  # see ``body_socket``
+
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         _watch(sock)
@@ -148,6 +153,15 @@ class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         _watch(self.sock)
         super().request(*args, **kwargs)
+        self.sent_on = self.sock
+
+
+def body_socket(response: requests.Response) -> socket.socket | None:
+    """The socket ``response``'s body arrives on, from a pool of ``connection_pools``. Not always
+    its connection's ``sock``: http.client lets go of that once the answer's headers say
+    the connection ends with it (HTTP/1.0, ``Connection: close``), and reads on."""
+    connection = response.raw.connection
+    return getattr(connection, "sent_on", None) or getattr(connection, "sock", None)
 
 
 def _unwatch(conn: Any) -> None:

@@ -295,3 +295,25 @@ def test_cli_trickling_registry(plain_registry: Registry, big_layer: str, tmp_pa
     line = one_line_error(result)
     assert line.startswith(f"lazyfs: docker.io/library/rich:oci: blob download from {url}/v2/")
     assert line.endswith(": registry sent less than 2048 bytes/s for 1 s")
+
+
+def test_cli_a_body_that_stalls_on_a_closing_connection_is_cut_by_the_speed_floor(
+    plain_registry: Registry, big_layer: str, tmp_path: Path
+) -> None:
+    """The fault proxy answers in HTTP/1.0, so http.client lets go of the connection's socket
+    once the headers are in: the floor's window still bounds the body's silence, not the
+    request timeout (an hour here: a pull waiting that long fails at the bound instead)."""
+    faults = Faults(target=big_layer, stalls=1)
+    with run_proxy(plain_registry.url, faults) as url:
+        result = lazyfs(
+            tmp_path,
+            "--docker_registry", url,
+            "--docker-registry-timeout", "3600",
+            "--docker_registry_min_speed", "1024",
+            "--docker-registry-min-speed-time", "1",
+            "pull", "rich:oci",
+            timeout=GUARD,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    asked = ranges(faults)
+    assert len(asked) == 2 and asked[0] == "" and asked[1].startswith("bytes=")  # resumed
