@@ -113,10 +113,11 @@ def replaces(new: Trace, old: Trace, sizes: Sizes | None = None) -> bool:
     bytes of those blobs, once each, up to each blob's end: ranges of layers
     local here, of windows blobs, repeated or past the end (a trace recorded
     where other layers were remote, or a hostile one) count for nothing."""
-    if final(old, sizes):
+    before = counted(old, sizes)
+    if not old.cut and before > 0:  # ``final``, counted once
         return False
     read = counted(new, sizes)
-    return read > 0 and read >= counted(old, sizes) * FURTHER
+    return read > 0 and read >= before * FURTHER
 
 
 def final(trace: Trace, sizes: Sizes | None = None) -> bool:

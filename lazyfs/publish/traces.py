@@ -94,7 +94,9 @@ COMMANDS_ANNOTATION = "dev.lazyfs.trace.commands"
 MAX_ARTIFACTS = 64
 MAX_TRACES = 64  # per image: one per command it runs
 PUSHED_SUFFIX = ".pushed"
-SEEN_SUFFIX = ".seen"  # in the store, by key: a published blob weighed, and against what
+# In the store, by key: the published blobs weighed, each with what against (``_weighing``).
+SEEN_SUFFIX = ".seen"
+SEEN_KEPT = 8  # lines: machines whose artifacts take turns as the newest are each fetched once
 
 
 def published_traces_dir(store: Store) -> Path:
@@ -290,6 +292,7 @@ def fetch_trace(
         return True
     own = _digest_of(trace_path(cache_dir, key))
     weighed = None if kept is None else digest_bytes(encode(kept))
+    remote = digest_bytes(" ".join(sorted(sizes)).encode())  # what ``replaces`` counts on
     if listing is None:
         listing = list_image(client, manifest.reference, manifest.digest)
         if listing is None:
@@ -308,8 +311,8 @@ def fetch_trace(
                     continue  # another machine's commands
                 if blob.digest == own:
                     continue  # this machine's: an older one may be another's
-                if f"{blob.digest} {weighed}" == _seen(folder, key):
-                    return True  # weighed against this trace already
+                if _weighing(blob.digest, weighed, remote) in _seen(folder, key):
+                    return True  # weighed against this trace, on these layers, already
                 found = decode(push.get_blob(blob.digest, MAX_TRACE_BYTES), key)
             except (BadImage, DigestMismatch, NotFound) as error:
                 log.warning("%s: published traces %s ignored: %s", push.image, referrer.digest,
@@ -318,7 +321,7 @@ def fetch_trace(
             if kept is None or replaces(found, kept, sizes):
                 store_trace(folder, found)
                 weighed = digest_bytes(encode(found))  # the mount's trace now
-            _note_seen(folder, key, f"{blob.digest} {weighed}")
+            _note_seen(folder, key, _weighing(blob.digest, weighed, remote))
             return True
     except LazyfsError as error:
         log.warning("%s: cannot look for published traces: %s", manifest.reference, error)
@@ -360,19 +363,28 @@ def _digest_of(path: Path) -> Digest | None:
         return None
 
 
-def _seen(folder: Path, key: str) -> str | None:
-    """What ``_note_seen`` noted of ``key``: a published blob and the digest of the trace
-    the mount had after it was weighed (itself, or the one it did not replace)."""
+def _weighing(blob: Digest, weighed: Digest | None, remote: Digest) -> str:
+    """A line of ``SEEN_SUFFIX``: published trace ``blob``, the digest of the trace the mount
+    had after it was weighed (``blob``'s own, or the one it did not replace), and of the
+    layers it was counted on."""
+    return f"{blob} {weighed} {remote}"
+
+
+def _seen(folder: Path, key: str) -> list[str]:
+    """The last ``SEEN_KEPT`` weighings ``_note_seen`` noted of ``key``, oldest first."""
     try:
-        return trace_path(folder, key).with_suffix(SEEN_SUFFIX).read_bytes().decode("ascii")
+        text = trace_path(folder, key).with_suffix(SEEN_SUFFIX).read_bytes().decode("ascii")
     except (OSError, ValueError):
-        return None
+        return []
+    return text.splitlines()[-SEEN_KEPT:]
 
 
-def _note_seen(folder: Path, key: str, seen: str) -> None:
+def _note_seen(folder: Path, key: str, weighing: str) -> None:
     path = trace_path(folder, key).with_suffix(SEEN_SUFFIX)
+    lines = [line for line in _seen(folder, key) if line != weighing] + [weighing]
     try:
         private_dir(path.parent)
-        write_atomic(path, seen.encode(), mode=0o600, durable=False)
+        text = "".join(f"{line}\n" for line in lines[-SEEN_KEPT:])
+        write_atomic(path, text.encode(), mode=0o600, durable=False)
     except (OSError, LazyfsError) as error:  # weighed again next time
         log.info("cannot note the published trace weighed for %s: %s", key, error)

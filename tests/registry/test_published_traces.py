@@ -12,7 +12,7 @@ that counts the requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +64,15 @@ class Repo:
             store_trace(machine / "cache", trace)
         assert publish_traces(machine / "cache", self.push, self.manifest) is not None
 
-    def fetch(self, machine: Path, key: str) -> bool:
-        """``fetch_trace`` for a machine whose mount reads every layer remotely."""
+    def fetch(self, machine: Path, key: str, remote: Collection[Digest] | None = None) -> bool:
+        """``fetch_trace`` for a machine whose mount reads the layers ``remote`` remotely,
+        every layer by default."""
         store = Store(machine / "store")
-        sizes = {layer.digest: layer.size for layer in self.manifest.layers}
+        sizes = {
+            layer.digest: layer.size
+            for layer in self.manifest.layers
+            if remote is None or layer.digest in remote
+        }
         return fetch_trace(store, self.client, self.manifest, key, machine / "cache", sizes)
 
     def gets(self, what: str, since: int) -> int:
@@ -206,3 +211,46 @@ def test_artifacts_naming_other_commands_are_passed_over_without_a_request(
     assert _stored(here, wanted.key) == wanted
     # The referrers tag, and the one artifact that names the command.
     assert repo.gets("manifests", since) == 2
+
+
+def test_artifacts_that_take_turns_as_the_newest_are_each_fetched_once(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """Two machines re-publish their traces, each a blob the mount weighed and declined."""
+    key = repo.key("a")
+    here = tmp_path / "here"
+    store_trace(here / "cache", Trace(key, (Read(repo.layer, 0, 1000),), cut=True))
+    one = Trace(key, (Read(repo.layer, 0, 1100),), cut=True)  # not a quarter further
+    two = Trace(key, (Read(repo.layer, 100, 1100),), cut=True)
+    repo.publish(tmp_path / "one", one)
+    assert repo.fetch(here, key)
+    repo.publish(tmp_path / "two", two)
+    assert repo.fetch(here, key)
+    # Each pushes again with another command's trace: its artifact is the newest in turn.
+    since = repo.proxy.mark()
+    for n, machine in enumerate(["one", "two"]):
+        other = Trace(f"{repo.manifest.digest}@{n:032x}", (Read(repo.layer, 0, 10),))
+        repo.publish(tmp_path / machine, other)
+        assert repo.fetch(here, key)
+    assert repo.gets("blobs", since) == 0
+    assert _stored(here, key) is None
+
+
+def test_a_declined_trace_is_weighed_again_when_other_layers_are_read_remotely(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """As when a layer read remotely before is local now, or the other way round."""
+    key = repo.key("a")
+    here = tmp_path / "here"
+    store_trace(here / "cache", Trace(key, (Read(repo.layer, 0, 1000),), cut=True))
+    other = max((lay for lay in repo.manifest.layers if lay.digest != repo.layer),
+                key=lambda lay: lay.size)  # fmt: skip
+    assert other.size >= 250, other
+    published = Trace(key, (Read(repo.layer, 0, 1000), Read(other.digest, 0, 250)), cut=True)
+    repo.publish(tmp_path / "one", published)
+    # Counted on the biggest layer alone, it reads no further than the mount's.
+    assert repo.fetch(here, key, remote={repo.layer})
+    assert _stored(here, key) is None
+    # On both, it reads a quarter further.
+    assert repo.fetch(here, key)
+    assert _stored(here, key) == published
