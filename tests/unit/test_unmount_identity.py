@@ -3,8 +3,10 @@
 Real processes whose command lines the tests control: one that names the
 mount module and mount point (the mount process: terminated when it does
 not exit), one that empties its command line while alive (not to be
-touched), and a zombie child (reaped, as an exec'd mount process that has
-just exited is).
+touched), a zombie child (reaped, as an exec'd mount process that has
+just exited is), and a zombie that is not ours (the mount process after its
+mounting command exited, when what adopts it is slow to reap it, or never
+does).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lazyfs.fs.unmount import MOUNT_MODULE, unmount
+from lazyfs.fs.unmount import MOUNT_MODULE, unmount, wait_gone
 
 # Empties its own /proc/PID/cmdline with PR_SET_MM_MAP (no capability needed
 # when the executable is left as it is): the argument area made zero bytes
@@ -98,3 +100,34 @@ def test_an_exited_child_is_reaped_without_being_told_apart(tmp_path: Path) -> N
             pass  # reaped by unmount, as it should be
         else:
             raise AssertionError(f"unmount left the zombie {pid} unreaped")
+
+
+# Starts the mount process (its command line says so), which exits at once,
+# says its pid, and lives on without reaping it until its stdin closes.
+NEVER_REAPS = r"""
+import os, subprocess, sys
+mount = subprocess.Popen([sys.executable, "-c", "pass", *sys.argv[1:]])
+os.waitid(os.P_PID, mount.pid, os.WEXITED | os.WNOWAIT)  # a zombie now, and stays one
+print(mount.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_mount_process_that_exited_is_gone_though_nobody_reaps_it(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    argv = [sys.executable, "-c", NEVER_REAPS, MOUNT_MODULE, str(mountpoint)]
+    parent = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None and parent.stdin is not None
+        pid = int(parent.stdout.readline())
+        # Ended at once: a bound on a hang, not a timing (it stays a zombie past any).
+        assert wait_gone(pid, 30)
+        unmount(mountpoint, pid=pid, timeout=30)
+        assert Path(f"/proc/{pid}").exists()  # a zombie still, its parent's to reap
+        parent.stdin.close()
+        assert parent.wait() == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
