@@ -129,7 +129,7 @@ def _watch(sock: socket.socket | None) -> None:
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    sent_on: socket.socket | None = None  # see ``body_socket``
+    sent_on: Any = None  # a socket, or urllib3's SSLTransport in a proxy's tunnel: ``body_socket``
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
@@ -143,7 +143,7 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    sent_on: socket.socket | None = None  # see ``body_socket``
+    sent_on: Any = None  # a socket, or urllib3's SSLTransport in a proxy's tunnel: ``body_socket``
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
@@ -156,7 +156,7 @@ class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
         self.sent_on = self.sock
 
 
-def body_socket(response: requests.Response) -> socket.socket | None:
+def body_socket(response: requests.Response) -> Any:
     """The socket ``response``'s body arrives on, from a pool of ``connection_pools``. Not always
     its connection's ``sock``: http.client lets go of that once the answer's headers say
     the connection ends with it (HTTP/1.0, ``Connection: close``), and reads on."""

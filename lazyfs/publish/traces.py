@@ -271,7 +271,9 @@ def fetch_trace(
     ran. Its trace is kept when the mount has none, or when it ``replaces``
     the mount's (another machine ran the workload further). Not fetched: the
     cache's own trace (this machine pushed it), and a blob weighed already
-    against the same trace (noted beside, ``SEEN_SUFFIX``). Artifacts whose
+    against the same trace on the same remote layers (noted beside,
+    ``SEEN_SUFFIX``; two pulls at once may each drop the other's note: a
+    fetch more, later). Artifacts whose
     entry names the commands they hold (``COMMANDS_ANNOTATION``) and not
     this one are passed over without a request; of the others, the first
     ``MAX_TRIED`` are read. ``listing``: the image's referrers as the

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from lazyfs.fs import mount as lazy_mount
+from tests.support.processes import zombie
 
 if TYPE_CHECKING:
     from tests.support.images import Entry
@@ -30,12 +31,9 @@ def need_fuse() -> None:
 
 
 def alive(pid: int) -> bool:
-    """Whether process ``pid`` still exists; a process that vanished meanwhile is not alive."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether process ``pid`` still runs: gone, or a zombie (ended, its parent has yet to
+    reap it, as unmount counts it: ``lazyfs.fs.unmount.wait_gone``), it does not."""
+    return not zombie(pid)
 
 
 def kill_mount_process(rootfs: Path) -> None:

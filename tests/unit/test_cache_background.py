@@ -97,10 +97,11 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, Backgrounds]]:
 
 async def _judged(backgrounds: Backgrounds, digest: Digest = DIGEST) -> BlobInfo:
     """The blob's state once its background fetch is no longer FETCHING."""
-    while (info := backgrounds.info(digest)).kind is BlobKind.FETCHING:
-        # A poll, not a delay: the job runs in threads, which a loop of bare
-        # checkpoints starves of the interpreter (about 10 s a test).
-        await trio.sleep(0.001)
+    with trio.fail_after(60):  # a bound on a hang, not a timing
+        while (info := backgrounds.info(digest)).kind is BlobKind.FETCHING:
+            # A poll, not a delay: the job runs in threads, which a loop of bare
+            # checkpoints starves of the interpreter (about 10 s a test).
+            await trio.sleep(0.001)
     return info
 
 

@@ -42,11 +42,10 @@ async def judged(backgrounds: Backgrounds, clock: trio.testing.MockClock) -> Non
 
     Its fetches run in threads, so this polls, and the bound on a stuck
     fetch is in real time. The settle wait under test is over, and later
-    time changes nothing but how soon the rest comes (each background
-    request still waits ``settle`` first): from here the mock clock runs a
-    thousand times faster than real time, and each poll waits a millisecond
-    of it, in which the threads have the interpreter (spinning on
-    checkpoints instead starved them, about 30 s a test).
+    time changes nothing but how soon the rest comes: from here the mock
+    clock runs a thousand times faster than real time, and each poll waits
+    a millisecond of it, in which the threads have the interpreter
+    (spinning on checkpoints instead starved them, about 30 s a test).
     """
     clock.rate = 1000.0
     stuck = time.monotonic() + 60

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from lazyfs.fs.unmount import MOUNT_MODULE, unmount, wait_gone
@@ -127,6 +128,48 @@ def test_a_mount_process_that_exited_is_gone_though_nobody_reaps_it(tmp_path: Pa
         assert Path(f"/proc/{pid}").exists()  # a zombie still, its parent's to reap
         parent.stdin.close()
         assert parent.wait() == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+# Its main thread ends (the leader shows as a zombie) while another runs on until stdin closes.
+THREAD_LIVES_ON = r"""
+import ctypes, sys, threading
+threading.Thread(target=sys.stdin.read).start()
+print("up", flush=True)
+ctypes.CDLL(None).syscall(60, 0)  # SYS_exit on x86-64: this thread alone
+"""
+
+# Starts THREAD_LIVES_ON, says its pid, and closes its stdin once the test closes ours.
+HOLDS = r"""
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+assert child.stdout.readline() == b"up\n"
+print(child.pid, flush=True)
+sys.stdin.read()
+child.stdin.close()
+sys.exit(child.wait())
+"""
+
+
+def test_a_process_whose_first_thread_ended_is_not_gone_while_another_runs() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", HOLDS, THREAD_LIVES_ON],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert parent.stdout is not None and parent.stdin is not None
+        pid = int(parent.stdout.readline())
+        status = Path(f"/proc/{pid}/status")
+        deadline = time.monotonic() + 30  # a bound on a hang
+        while "State:\tZ" not in status.read_text():
+            assert time.monotonic() < deadline, status.read_text()
+            time.sleep(0.01)
+        assert "Threads:\t2" in status.read_text()
+        assert not wait_gone(pid, 0.2)  # still running code, holding its files
+        parent.stdin.close()
+        assert parent.wait(timeout=30) == 0
     finally:
         if parent.poll() is None:
             parent.kill()
