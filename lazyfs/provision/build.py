@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 Beside = Callable[[ImageManifest, Path, tuple[Digest, ...]], Awaitable[None]]
 # What a rootfs's prefetch trace is of: the command after the image's entrypoint (None:
 # not traced; empty: the image's Cmd), and the working directory (empty: the image's).
-Traced = tuple[Sequence[str] | None, str]
+Workload = tuple[Sequence[str] | None, str]
 
 
 class RootfsBuilder:
@@ -43,7 +43,7 @@ class RootfsBuilder:
     ``fetch`` makes an image present (its layers in the store, or left in
     the registry for a lazy backend), told what it is traced for;
     ``blobs_for`` says what the backend reads an image's layers from, and
-    for what command, in what working directory, it is traced (``Traced``;
+    for what command, in what working directory, it is traced (``Workload``;
     see ``lazyfs.provision.lazy.blobs_for``); ``after_build`` runs, in a
     thread, once a rootfs is built (its mount up):
     ``lazyfs.provision.lazy.start_adopting``.
@@ -55,8 +55,8 @@ class RootfsBuilder:
         name: str,
         backend: Backend,
         progress: Progress,
-        fetch: Callable[[Image, Traced], Awaitable[ImageManifest]],
-        blobs_for: Callable[[ImageManifest, Traced], LocalBlobSource],
+        fetch: Callable[[Image, Workload], Awaitable[ImageManifest]],
+        blobs_for: Callable[[ImageManifest, Workload], LocalBlobSource],
         after_build: Callable[[ImageManifest, LocalBlobSource], None] | None = None,
     ) -> None:
         self.home = home
@@ -73,23 +73,23 @@ class RootfsBuilder:
         image: Image,
         writable: bool,
         what: str,
-        traced: Traced = (None, ""),
+        workload: Workload = (None, ""),
         beside: Beside | None = None,
     ) -> tuple[ImageManifest, Rootfs, tuple[Digest, ...]]:
         """Fetch ``image``, build ``what`` from it: its manifest, rootfs and layers left remote.
 
-        ``traced``: what its prefetch trace is of (``Traced``). ``beside``,
+        ``workload``: what its prefetch trace is of (``Workload``). ``beside``,
         if given, runs while the backend builds, once what the
         build will return is known but the rootfs itself: its manifest,
         its rootfs directory and its layers left remote. A failure of
         either fails the build.
         """
-        manifest = await self.fetch(image, traced)
+        manifest = await self.fetch(image, workload)
         require_layers(manifest)
         rootfs_dir = self.home / "backends" / self.name / "rootfses" / str(uuid.uuid4())
         private_dir(rootfs_dir.parent)
         self.progress.message(f"building {what} with {self.name}")
-        blobs = await trio.to_thread.run_sync(self.blobs_for, manifest, traced)
+        blobs = await trio.to_thread.run_sync(self.blobs_for, manifest, workload)
         remote = remote_digests(blobs)
         built: list[Rootfs] = []
 

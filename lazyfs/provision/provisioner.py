@@ -38,7 +38,7 @@ from backends.names import default_backend_name, make_backend
 from lazyfs.fs.mount import DaemonSpec, load_ahead_code
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
-from lazyfs.provision.build import RecordAhead, RootfsBuilder, Traced
+from lazyfs.provision.build import RecordAhead, RootfsBuilder, Workload
 from lazyfs.provision.lazy import (
     LAZY_BACKENDS,
     LazyProvider,
@@ -189,10 +189,10 @@ class Provisioner:
                     name,
                     chosen,
                     progress,
-                    lambda wanted, traced: self._fetch(
-                        self._provider(wanted), wanted, progress, lazy=lazy, traced=traced
+                    lambda wanted, workload: self._fetch(
+                        self._provider(wanted), wanted, progress, lazy=lazy, workload=workload
                     ),
-                    lambda manifest, traced: self.blobs_for(name, manifest, *traced),
+                    lambda manifest, workload: self.blobs_for(name, manifest, *workload),
                     lambda manifest, blobs: start_adopting(blobs, manifest, self.root, self.limits),
                 )
                 what = f"the rootfs of {container_id}"
@@ -320,9 +320,9 @@ class Provisioner:
         return await self._fetch(self._provider(image), image, progress or Progress(), lazy=lazy)
 
     async def _fetch(self, provider: ImageProvider, image: Image, progress: Progress, *,
-                     lazy: bool, traced: Traced = (None, "")) -> ImageManifest:  # fmt: skip
+                     lazy: bool, workload: Workload = (None, "")) -> ImageManifest:  # fmt: skip
         if lazy and self.daemon is not None and isinstance(provider, LazyProvider):
-            command, working_dir = traced
+            command, working_dir = workload
             replay = None  # a trace's replay begun as soon as the trace is kept
             if command is not None:
                 replay = ReplayAhead(self.blobs.store, self.daemon, command, working_dir)

@@ -20,7 +20,7 @@ from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.fs.mount import load_ahead_code
 from lazyfs.images.docker_published import TraceHook
 from lazyfs.progress import Progress
-from lazyfs.provision.build import RecordAhead, RootfsBuilder, Traced
+from lazyfs.provision.build import RecordAhead, RootfsBuilder, Workload
 from lazyfs.provision.lazy import LazyBlobs
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import ProvisionInfo
@@ -58,7 +58,7 @@ class Backend:
 
 
 def builder(home: Path, backend: Backend) -> RootfsBuilder:
-    async def fetch(image: Image, traced: Traced) -> ImageManifest:
+    async def fetch(image: Image, workload: Workload) -> ImageManifest:
         return MANIFEST
 
     return RootfsBuilder(
@@ -212,8 +212,8 @@ def test_a_traced_lazy_fetch_begins_the_replay_once_the_provider_has_the_trace(
     sent: list[tuple[object, ...]] = []
     monkeypatch.setattr(lazyfs.fs.mount_ahead, "replay_early", lambda *args: sent.append(args))
     progress = Progress(enabled=False)
-    for traced in [(["app", "-v"], "/srv"), (None, "")]:
-        fetch = partial(provisioner._fetch, provider, image, progress, lazy=True, traced=traced)
+    for workload in [(["app", "-v"], "/srv"), (None, "")]:
+        fetch = partial(provisioner._fetch, provider, image, progress, lazy=True, workload=workload)
         trio.run(fetch)
     hook, untraced = provider.traced
     assert untraced is None and hook is not None
