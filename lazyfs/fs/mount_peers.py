@@ -1,5 +1,5 @@
 """Who is at the other end of the mount server's socket, whether it lives where we do, and
-the processes on either end: this one's umask, whether a child lives.
+the processes on either end: this one's umask, whether another runs or has exited.
 
 Imports: the standard library only.
 """
@@ -71,13 +71,35 @@ def umask() -> int:
 
 
 def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: reaped here if it is our child and ended (``exited``
+    if it is not)."""
     try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
+        return os.waitpid(pid, os.WNOHANG)[0] != pid
     except ChildProcessError:
-        pass
+        return not exited(pid)
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid``, not our child, has exited: gone, or a zombie of one thread.
+
+    A mount process, or a mount server, is started by a command it outlives:
+    whoever adopts it reaps it, pid 1 or a subreaper, soon or never (an
+    agent running as pid 1 in a container need not reap what it did not
+    start). A zombie has run its last code and closed its files (each of its
+    threads has exited), and its pid is not reused until it is reaped.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            fields = dict(
+                line.split(b":", 1) for line in status.read().splitlines() if b":" in line
+            )
+    except FileNotFoundError:
+        return True  # reaped since
+    except OSError:
         return False
-    return True
+    state, threads = fields.get(b"State", b"").split(), fields.get(b"Threads", b"").strip()
+    return state[:1] in ([b"Z"], [b"X"]) and threads == b"1"

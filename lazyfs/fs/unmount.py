@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from lazyfs.fs.mount_peers import exited
 from providers.errors import BackendError
 from providers.mountinfo import is_mounted
 
@@ -98,7 +99,7 @@ def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"
 
 def wait_gone(pid: int, timeout: float) -> bool:
     """Whether process ``pid`` ended within ``timeout`` seconds: reaped here if it is our
-    child, else gone or a zombie (``_exited``)."""
+    child, else gone or a zombie (``lazyfs.fs.mount_peers.exited``)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -106,37 +107,11 @@ def wait_gone(pid: int, timeout: float) -> bool:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return True
         except ChildProcessError:
-            if _exited(pid):
+            if exited(pid):
                 return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
-
-
-def _exited(pid: int) -> bool:
-    """Whether ``pid``, not our child, has exited: gone, or a zombie of one thread.
-
-    A mount process is exec'd by the command that mounts, and outlives it:
-    whoever adopts it reaps it, pid 1 or a subreaper, soon or never (an
-    agent running as pid 1 in a container need not reap what it did not
-    start). A zombie has run its last code and closed its files (each of its
-    threads has exited), and its pid is not reused until it is reaped.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            fields = dict(
-                line.split(b":", 1) for line in status.read().splitlines() if b":" in line
-            )
-    except FileNotFoundError:
-        return True  # reaped since
-    except OSError:
-        return False
-    state, threads = fields.get(b"State", b"").split(), fields.get(b"Threads", b"").strip()
-    return state[:1] in ([b"Z"], [b"X"]) and threads == b"1"
 
 
 def signal_pid(pid: int, number: int) -> None:

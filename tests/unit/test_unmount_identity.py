@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from lazyfs.fs import mount_peers
 from lazyfs.fs.unmount import MOUNT_MODULE, unmount, wait_gone
 
 # Empties its own /proc/PID/cmdline with PR_SET_MM_MAP (no capability needed
@@ -124,6 +125,7 @@ def test_a_mount_process_that_exited_is_gone_though_nobody_reaps_it(tmp_path: Pa
         pid = int(parent.stdout.readline())
         # Ended at once: a bound on a hang, not a timing (it stays a zombie past any).
         assert wait_gone(pid, 30)
+        assert not mount_peers.alive(pid)  # as a mount server's stop counts it
         unmount(mountpoint, pid=pid, timeout=30)
         assert Path(f"/proc/{pid}").exists()  # a zombie still, its parent's to reap
         parent.stdin.close()
@@ -168,6 +170,7 @@ def test_a_process_whose_first_thread_ended_is_not_gone_while_another_runs() -> 
             time.sleep(0.01)
         assert "Threads:\t2" in status.read_text()
         assert not wait_gone(pid, 0.2)  # still running code, holding its files
+        assert mount_peers.alive(pid)
         parent.stdin.close()
         assert parent.wait(timeout=30) == 0
     finally:
