@@ -82,12 +82,13 @@ async def test_background_fetch_waits_until_no_miss_came_for_its_settle_time(
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(4.0)
         await trio.testing.wait_all_tasks_blocked()
-        assert source.calls == [(0, 16)]  # the reader's miss, nothing more yet
+        # The reader's miss, nothing more yet (a fetch starts in trio, before its thread asks).
+        assert f.fetches_started == 1 and source.calls == [(0, 16)]
         # Another miss restarts the wait.
         await f.read(source, BLOB, 100, 1, len(DATA))
         mock_clock.jump(4.0)
         await trio.testing.wait_all_tasks_blocked()
-        assert len(source.calls) == 2
+        assert f.fetches_started == 2 and len(source.calls) == 2
         mock_clock.jump(1.5)
         # Settled: the rest of the blob comes, and it is judged.
         await judged(backgrounds, mock_clock)
@@ -104,7 +105,8 @@ async def test_a_background_request_itself_holds_the_link_for_the_reads_that_fol
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(4.5)
         await trio.testing.wait_all_tasks_blocked()
-        assert source.calls == []
+        # None started (a fetch starts in trio, before its thread asks the source).
+        assert f.fetches_started == 0 and source.calls == []
         mock_clock.jump(1.0)
         await judged(backgrounds, mock_clock)
         assert source.calls
