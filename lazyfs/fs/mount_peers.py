@@ -73,6 +73,8 @@ def umask() -> int:
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs: reaped here if it is our child and ended (``exited``
     if it is not)."""
+    if pid <= 0:
+        raise ValueError(f"not a process: {pid}")
     try:
         return os.waitpid(pid, os.WNOHANG)[0] != pid
     except ChildProcessError:
@@ -88,18 +90,27 @@ def exited(pid: int) -> bool:
     start). A zombie has run its last code and closed its files (each of its
     threads has exited), and its pid is not reused until it is reaped.
     """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if pid <= 0:
+        raise ValueError(f"not a process: {pid}")
+    if _gone(pid):
         return True
     try:
         with open(f"/proc/{pid}/status", "rb") as status:
             fields = dict(
                 line.split(b":", 1) for line in status.read().splitlines() if b":" in line
             )
-    except FileNotFoundError:
-        return True  # reaped since
     except OSError:
-        return False
+        # Reaped since, or hidden from this /proc (hidepid, another pid namespace's).
+        return _gone(pid)
     state, threads = fields.get(b"State", b"").split(), fields.get(b"Threads", b"").strip()
     return state[:1] in ([b"Z"], [b"X"]) and threads == b"1"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's: it is there
+    return False

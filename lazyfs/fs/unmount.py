@@ -100,6 +100,8 @@ def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"
 def wait_gone(pid: int, timeout: float) -> bool:
     """Whether process ``pid`` ended within ``timeout`` seconds: reaped here if it is our
     child, else gone or a zombie (``lazyfs.fs.mount_peers.exited``)."""
+    if pid <= 0:
+        raise ValueError(f"not a process: {pid}")
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -32,7 +32,7 @@ def need_fuse() -> None:
 
 def alive(pid: int) -> bool:
     """Whether process ``pid`` still runs: gone, or a zombie (ended, its parent has yet to
-    reap it, as unmount counts it: ``lazyfs.fs.unmount.wait_gone``), it does not."""
+    reap it, which unmount does not wait for), it does not."""
     return not zombie(pid)
 
 

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from lazyfs.fs import mount_peers
 from lazyfs.fs.unmount import MOUNT_MODULE, unmount, wait_gone
 
@@ -141,7 +143,7 @@ THREAD_LIVES_ON = r"""
 import ctypes, sys, threading
 threading.Thread(target=sys.stdin.read).start()
 print("up", flush=True)
-ctypes.CDLL(None).syscall(60, 0)  # SYS_exit on x86-64: this thread alone
+ctypes.CDLL(None).pthread_exit(None)  # this thread alone
 """
 
 # Starts THREAD_LIVES_ON, says its pid, and closes its stdin once the test closes ours.
@@ -177,3 +179,25 @@ def test_a_process_whose_first_thread_ended_is_not_gone_while_another_runs() -> 
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_another_user_s_process_is_not_taken_for_an_ended_one() -> None:
+    """Not root, the signal check meets EPERM: the process is there, and it runs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to become another user")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's result comes through the pipe)
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            answer = f"{mount_peers.exited(1)} {mount_peers.alive(1)}"
+        except BaseException as error:
+            answer = repr(error)
+        os.write(write, answer.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(child, 0)
+    assert answer == "False True"
