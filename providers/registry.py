@@ -17,8 +17,7 @@ Where a reference goes:
 - A reference on docker.io (``busybox``, ``library/busybox``) goes to each
   of ``mirrors`` in order, then to ``registry`` (the ``--docker_registry``
   URL), as Mesos and Docker do. A mirror that fails (not found, refused,
-  down) passes the request on, at its first failure for the image's
-  manifest (no retries); only the last endpoint's error is raised.
+  down) passes the request on; only the last endpoint's error is raised.
 - A reference naming its registry (``host:5000/app:1``) goes to that host
   over HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and
   hosts in ``insecure_registries`` try HTTPS once and fall back to plain
@@ -175,11 +174,8 @@ class RegistryClient:
     ) -> ImageManifest:
         base = bases[0]
         scope = f"repository:{ref.repository}:pull"
-        # A mirror (an endpoint comes after it) is asked once: one that is down is passed over
-        # at once, as containerd and Docker do, not after the retries' backoff.
-        tries = 1 if len(bases) > 1 else None
         data, media_type = self._manifest(
-            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest, attempts=tries
+            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
         )
         digest = manifest_digest(data, media_type, image)
         depth = 0
@@ -268,7 +264,6 @@ class RegistryClient:
         image: str,
         scope: str,
         want: Descriptor | Digest | None = None,
-        attempts: int | None = None,
     ) -> tuple[bytes, str]:
         """The manifest's bytes and media type, checked against the registry's
         ``Docker-Content-Digest`` and ``want`` (an index entry, or the digest
@@ -278,9 +273,7 @@ class RegistryClient:
         return retrying(
             once_more(),
             lambda: again_on_mismatch(
-                lambda: self._manifest_once(
-                    base, repository, tag_or_digest, image, scope, want, attempts
-                )
+                lambda: self._manifest_once(base, repository, tag_or_digest, image, scope, want)
             ),
         )
 
@@ -292,21 +285,18 @@ class RegistryClient:
         image: str,
         scope: str,
         want: Descriptor | Digest | None,
-        attempts: int | None,
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
 
         def attempt() -> tuple[requests.Response, bytes]:
-            response = self.http.get(
-                url, image=image, scope=scope, headers={"Accept": ACCEPT}, attempts=attempts
-            )
+            response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
             try:
                 return response, self._read_limited(response, image, url)
             except TemporaryFailure as exc:
                 # The body broke after the headers: ask again, as for a failed request.
                 raise Again(str(exc), exc) from exc
 
-        response, data = retrying(self.http.retries(Deadline(0), attempts), attempt)
+        response, data = retrying(self.http.retries(Deadline(0)), attempt)
         media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
         sent = response.headers.get("Docker-Content-Digest", "")
         if sent.startswith("sha256:"):
