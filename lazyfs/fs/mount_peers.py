@@ -88,7 +88,9 @@ def exited(pid: int) -> bool:
     whoever adopts it reaps it, pid 1 or a subreaper, soon or never (an
     agent running as pid 1 in a container need not reap what it did not
     start). A zombie has run its last code and closed its files (each of its
-    threads has exited), and its pid is not reused until it is reaped.
+    threads has exited), and its pid is not reused until it is reaped. One
+    that signals cannot reach yet /proc does not show (hidepid, another pid
+    namespace's /proc) counts as running.
     """
     if pid <= 0:
         raise ValueError(f"not a process: {pid}")

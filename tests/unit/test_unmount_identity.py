@@ -12,6 +12,8 @@ does).
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -189,15 +191,26 @@ def test_another_user_s_process_is_not_taken_for_an_ended_one() -> None:
     child = os.fork()
     if child == 0:  # pragma: no cover (the child's result comes through the pipe)
         try:
+            os.close(read)
+            os.setgroups([])
             os.setresgid(65534, 65534, 65534)
             os.setresuid(65534, 65534, 65534)
             answer = f"{mount_peers.exited(1)} {mount_peers.alive(1)}"
-        except BaseException as error:
+        except BaseException as error:  # told to the parent, whatever it is
             answer = repr(error)
-        os.write(write, answer.encode())
-        os._exit(0)
+        finally:
+            try:
+                os.write(write, answer.encode())
+            finally:
+                os._exit(0)  # never back into pytest
     os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        answer = pipe.read().decode()
-    os.waitpid(child, 0)
+    ready: list[int] = []
+    try:
+        ready, _, _ = select.select([read], [], [], 30)  # a bound on a hang
+        answer = os.read(read, 4096).decode() if ready else "no answer"
+    finally:
+        os.close(read)
+        if not ready:
+            os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
     assert answer == "False True"
