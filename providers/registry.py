@@ -17,9 +17,7 @@ Where a reference goes:
 - A reference on docker.io (``busybox``, ``library/busybox``) goes to each
   of ``mirrors`` in order, then to ``registry`` (the ``--docker_registry``
   URL), as Mesos and Docker do. A mirror that fails (not found, refused,
-  down) passes the request on, one that no connection can be made to at
-  once (no retries, as containerd and Docker); only the last endpoint's
-  error is raised.
+  down) passes the request on; only the last endpoint's error is raised.
 - A reference naming its registry (``host:5000/app:1``) goes to that host
   over HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and
   hosts in ``insecure_registries`` try HTTPS once and fall back to plain
@@ -176,9 +174,8 @@ class RegistryClient:
     ) -> ImageManifest:
         base = bases[0]
         scope = f"repository:{ref.repository}:pull"
-        # A mirror (an endpoint comes after it) that cannot be connected to is passed over.
         data, media_type = self._manifest(
-            base, ref.repository, ref.tag_or_digest, image, scope, ref.digest, len(bases) > 1
+            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
         )
         digest = manifest_digest(data, media_type, image)
         depth = 0
@@ -267,19 +264,16 @@ class RegistryClient:
         image: str,
         scope: str,
         want: Descriptor | Digest | None = None,
-        passing: bool = False,
     ) -> tuple[bytes, str]:
         """The manifest's bytes and media type, checked against the registry's
         ``Docker-Content-Digest`` and ``want`` (an index entry, or the digest
         the image was named by). A body that does not verify is asked for
         once more, as Store.ingest does for blobs: corruption on the way is
-        seldom repeated. ``passing``: as ``RegistryHttp.get`` has it."""
+        seldom repeated."""
         return retrying(
             once_more(),
             lambda: again_on_mismatch(
-                lambda: self._manifest_once(
-                    base, repository, tag_or_digest, image, scope, want, passing
-                )
+                lambda: self._manifest_once(base, repository, tag_or_digest, image, scope, want)
             ),
         )
 
@@ -291,14 +285,11 @@ class RegistryClient:
         image: str,
         scope: str,
         want: Descriptor | Digest | None,
-        passing: bool,
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
 
         def attempt() -> tuple[requests.Response, bytes]:
-            response = self.http.get(
-                url, image=image, scope=scope, headers={"Accept": ACCEPT}, passing=passing
-            )
+            response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
             try:
                 return response, self._read_limited(response, image, url)
             except TemporaryFailure as exc:

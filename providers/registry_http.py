@@ -43,7 +43,6 @@ from functools import partial
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from providers import untrusted_json
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
@@ -98,7 +97,6 @@ class _How:
     auth: bool
     follow: bool
     data: bytes | None = None
-    passing: bool = False  # a host no connection can be made to is not asked again
 
 
 class RegistryHttp:
@@ -148,7 +146,6 @@ class RegistryHttp:
         auth: bool = True,
         follow: bool = True,
         data: bytes | None = None,
-        passing: bool = False,
     ) -> requests.Response:
         """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
 
@@ -160,14 +157,10 @@ class RegistryHttp:
         blob storage a registry redirected to, which must never see the
         registry's credentials. ``follow=False`` returns redirects (put
         their statuses in ``ok``) instead of following them. ``data``: the
-        request's body (a push), sent again on each try. ``passing``: another
-        endpoint comes after this one (a mirror), so a host that no connection
-        can be made to (refused, no route, a name that does not resolve) is
-        given up at once, not tried again. Any other failure (a status, a
-        reset) is tried again as at any endpoint.
+        request's body (a push), sent again on each try.
         """
         retries = self.retries(Deadline(self.options.timeout), attempts)
-        how = _How(headers, ok, method, auth, follow, data, passing)
+        how = _How(headers, ok, method, auth, follow, data)
         return retrying(retries, lambda: self._get_once(url, image, scope, how, retries.deadline))
 
     def _get_once(
@@ -209,8 +202,6 @@ class RegistryHttp:
                     url=redact(url),
                     image=image,
                 )
-                if how.passing and _unreached(exc):
-                    raise failed from exc
                 raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
             status = response.status_code
             if status in how.ok:
@@ -338,9 +329,3 @@ class RegistryHttp:
         if challenge.params.get("scope") and scope is None:
             self.tokens.forget(token_key(challenge, None))
         return True
-
-
-def _unreached(exc: BaseException) -> bool:
-    """Whether ``exc`` (requests') says no connection to the host could be made at all."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)

@@ -13,8 +13,7 @@ byte not yet yielded, counted by one providers.retry.Retries under
 Where it asks: ``BlobPlace.urls`` in order, as pulls try mirrors: the
 endpoint that resolved the image first, then those after it. An endpoint
 that fails (not found, refused, down, a wrong answer) passes the read on,
-from where it stopped, one that no connection can be made to at once (no
-retries); only the last endpoint's error is raised.
+from where it stopped; only the last endpoint's error is raised.
 
 Redirects: a registry backed by object storage answers 307 (or 302) with a
 signed URL on another host. That URL is asked without the registry's
@@ -116,7 +115,7 @@ class RangeReader:
         cursor = _Cursor(offset, offset + length)
         for i, url in enumerate(place.urls):
             try:
-                yield from self._stream_at(url, place, cursor, i < len(place.urls) - 1)
+                yield from self._stream_at(url, place, cursor)
                 return
             except LazyfsError as exc:
                 if i == len(place.urls) - 1:
@@ -124,7 +123,7 @@ class RangeReader:
                 log.warning("mirror %s failed for %s: %s", redact(url), place.image, exc)
 
     def _stream_at(
-        self, url: str, place: BlobPlace, cursor: _Cursor, passing: bool
+        self, url: str, place: BlobPlace, cursor: _Cursor
     ) -> Generator[tuple[int, bytes], None, None]:
         options = self.http.options
         retries = self.http.retries(Deadline(options.blob_timeout))
@@ -132,7 +131,7 @@ class RangeReader:
         # Bytes a resume must bring before earlier failures stop counting.
         progress = max(1, int(options.min_speed * options.min_speed_time))
         while True:
-            response, where, pos = self._open(url, place, cursor, passing)
+            response, where, pos = self._open(url, place, cursor)
             # A 206 carries the rest of the range; a 200 the blob to its end.
             stop = place.size if response.status_code == 200 else cursor.end
             gained = 0
@@ -193,10 +192,10 @@ class RangeReader:
     # -- asking ----------------------------------------------------------------
 
     def _open(
-        self, url: str, place: BlobPlace, cursor: _Cursor, passing: bool
+        self, url: str, place: BlobPlace, cursor: _Cursor
     ) -> tuple[requests.Response, str, int]:
         """An answer for the rest of the range: (response, the URL that gave it, where its
-        body starts in the blob). ``passing``: as ``RegistryHttp.get`` has it."""
+        body starts in the blob)."""
         first, last = cursor.need, cursor.end - 1
         headers = {"Range": f"bytes={first}-{last}"}
         stored = self.redirects.get(url)
@@ -222,7 +221,6 @@ class RangeReader:
             headers=headers,
             ok=(200, 206, *REDIRECTS),
             follow=False,
-            passing=passing,
         )
         if response.status_code not in REDIRECTS:
             return response, url, self._start(response, url, place, first, last)

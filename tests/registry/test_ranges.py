@@ -9,7 +9,6 @@ proxy mode, here) is read as a stream, never held whole.
 
 from __future__ import annotations
 
-import logging
 import time
 import tracemalloc
 from collections.abc import Iterable
@@ -190,43 +189,6 @@ def test_a_range_read_passes_from_a_failing_mirror_to_the_registry(
     got = reader.read_range(Digest(big_layer), 10, 100)
     assert got == blob(plain_registry, "library/rich", big_layer)[10:110]
     assert ranges(faults) == ["bytes=10-109"]
-
-
-def _retried_at(caplog: pytest.LogCaptureFixture, base: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()
-            and base in r.getMessage()]  # fmt: skip
-
-
-def test_a_mirror_no_connection_can_be_made_to_is_passed_over_at_once(
-    plain_registry: Registry, big_layer: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Refused: the next endpoint is asked with no retry at the mirror, for the image's
-    manifest and for a range of a blob a cache daemon reads (every endpoint, mirrors first)."""
-    dead = f"http://127.0.0.1:{free_port()}"
-    with caplog.at_level(logging.INFO, "providers.retry"):
-        manifest = client(plain_registry.url, mirrors=(dead,)).resolve("rich:oci")
-        size = next(layer.size for layer in manifest.layers if layer.digest == big_layer)
-        reader = client(plain_registry.url, mirrors=(dead,))
-        reader.add_blob("rich", Digest(big_layer), size)
-        got = reader.read_range(Digest(big_layer), 10, 100)
-    assert got == blob(plain_registry, "library/rich", big_layer)[10:110]
-    assert _retried_at(caplog, dead) == []
-    # Asked all the same, once for each, and passed over.
-    passed = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"mirror {dead}")]
-    assert len(passed) == 2 and all("Connection refused" in message for message in passed)
-
-
-def test_a_mirror_that_fails_once_is_asked_again_when_the_registry_is_nowhere(
-    plain_registry: Registry, proxy: str, faults: Faults, big_layer: str
-) -> None:
-    """Its answers are the pull's only hope: a status or a reset is retried at a mirror too."""
-    reader = client(f"http://127.0.0.1:{free_port()}", mirrors=(proxy,))
-    faults.target, faults.statuses = "/manifests/", [503]
-    manifest = reader.resolve("rich:oci")
-    faults.target, faults.statuses, faults.cuts = big_layer, [503], 1
-    size = next(layer.size for layer in manifest.layers if layer.digest == big_layer)
-    got = reader.read_range(Digest(big_layer), 0, size)
-    assert got == blob(plain_registry, "library/rich", big_layer)
 
 
 # --- through a pull-through cache -------------------------------------------------------
