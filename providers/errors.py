@@ -16,9 +16,7 @@
     │       └── UnsafeLayer      a layer entry that would escape      layer, entry, reason
     │                            the rootfs
     ├── TemporaryFailure         worth retrying: connection reset,    url, status
-    │   │                        429, 5xx, no answer in time
-    │   └── Unreached            a mirror that is not there: asked    url
-    │                            again only after the registry
+    │                            429, 5xx, no answer in time
     ├── Conflict                 a container id already provisioned
     ├── BackendError             a backend cannot do what was asked
     └── UsageError               an argument the caller got wrong (container id, flag)
@@ -182,7 +180,7 @@ class TemporaryFailure(LazyfsError):
 class Unreached(TemporaryFailure):
     """No connection to a mirror's host could be made (refused, no route, a name that does
     not resolve), and it was not tried again: the next endpoint is asked at once, and this
-    one again, with retries, only if the last endpoint (the registry) fails too."""
+    one again, with retries, only if that fails too."""
 
 
 class Conflict(LazyfsError):

@@ -16,12 +16,12 @@ Where a reference goes:
 
 - A reference on docker.io (``busybox``, ``library/busybox``) goes to each
   of ``mirrors`` in order, then to ``registry`` (the ``--docker_registry``
-  URL), as Mesos and Docker do. A mirror that fails (not found, an error
-  status, down) passes the request on, after whatever retries that failure
-  gets, or at once when it is not there (refused, no route, a name that
-  does not resolve: no retries, as containerd and Docker). Should the last
-  endpoint fail too, the mirrors passed over at once are asked again, with
-  retries; then only the last endpoint's error is raised.
+  URL), as Mesos and Docker do. A mirror that fails (not found, refused,
+  down) passes the request on: after its retries, or at once when it is
+  not there (refused, no route, a name that does not resolve: no retries,
+  as containerd and Docker). Should the last endpoint fail too, the
+  mirrors passed over at once are asked again, with retries; then only
+  the last endpoint's error is raised.
 - A reference naming its registry (``host:5000/app:1``) goes to that host
   over HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and
   hosts in ``insecure_registries`` try HTTPS once and fall back to plain
@@ -172,12 +172,9 @@ class RegistryClient:
             return self._resolve_at((endpoints[-1],), ref, reference, seen)
         except LazyfsError:
             for i in unreached:  # down for a moment, maybe: with retries this time
-                try:
+                with contextlib.suppress(LazyfsError):
                     bases = tuple(endpoints[i:])
                     return self._resolve_at(bases, ref, reference, seen, passing=False)
-                except LazyfsError as again:
-                    log.warning("mirror %s failed again for %s: %s", redact(bases[0]),
-                                reference, again)  # fmt: skip
             raise  # the upstream's failure is the one told
 
     def _resolve_at(

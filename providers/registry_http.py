@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -173,9 +172,8 @@ class RegistryHttp:
         endpoint comes after this one (a mirror), so a host that no connection
         can be made to (refused, no route, a name that does not resolve) is
         not tried again: Unreached is raised at once, for the caller to ask
-        the next endpoint (and this one again, with retries, only if the
-        last endpoint fails too). Any other failure is handled as at any
-        endpoint.
+        the next endpoint (and this one again, as ever, if that fails too).
+        Any other failure is handled as at any endpoint.
         """
         retries = self.retries(Deadline(self.options.timeout), attempts)
         how = _How(headers, ok, method, auth, follow, data, passing)
@@ -351,8 +349,6 @@ class RegistryHttp:
 # Why a connection to a host could not be made that says the host is not there, rather
 # than this machine short of something (EMFILE, EADDRNOTAVAIL).
 _UNREACHED = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
-# A name that has no address, not a resolver that failed for now (EAI_AGAIN).
-_NO_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
 
 
 def _unreached(exc: BaseException) -> bool:
@@ -360,9 +356,7 @@ def _unreached(exc: BaseException) -> bool:
     route to it, or its name not resolved (urllib3 raises the connect's OSError as the
     cause of its NewConnectionError)."""
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    if not isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return False
-    cause = reason.__cause__
     if isinstance(reason, urllib3.exceptions.NameResolutionError):
-        return isinstance(cause, socket.gaierror) and cause.errno in _NO_NAME
+        return True
+    cause = reason.__cause__ if isinstance(reason, urllib3.exceptions.NewConnectionError) else None
     return isinstance(cause, OSError) and cause.errno in _UNREACHED

@@ -133,11 +133,9 @@ class RangeReader:
         else:
             return
         for url in unreached:  # down for a moment, maybe: with retries this time
-            try:
+            with contextlib.suppress(LazyfsError):
                 yield from self._stream_at(url, place, cursor, passing=False)
                 return
-            except LazyfsError as exc:
-                log.warning("mirror %s failed again for %s: %s", redact(url), place.image, exc)
         raise failure
 
     def _stream_at(

@@ -207,15 +207,6 @@ def _passed_over(caplog: pytest.LogCaptureFixture, base: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"mirror {base}")]
 
 
-@contextmanager
-def _refusing() -> Iterator[str]:
-    """A base URL whose port refuses every connection, kept so for the test (bound, never
-    listening: no other socket can take the port meanwhile)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 def _daemon_reader(registry: str, mirror: str, digest: str, size: int) -> RegistryClient:
     """A client reading ``digest`` as a cache daemon does: every endpoint, mirrors first."""
     reader = client(registry, mirrors=(mirror,))
@@ -232,7 +223,8 @@ def test_a_mirror_that_is_not_there_is_passed_over_at_once(
 ) -> None:
     """Refused: the next endpoint is asked with no retry at the mirror, for the image's
     manifest and for a range of a blob as a cache daemon reads it."""
-    with _refusing() as dead, caplog.at_level(logging.INFO, "providers.retry"):
+    dead = f"http://127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.INFO, "providers.retry"):
         manifest = client(plain_registry.url, mirrors=(dead,)).resolve("rich:oci")
         reader = _daemon_reader(plain_registry.url, dead, big_layer, _size(manifest, big_layer))
         got = reader.read_range(Digest(big_layer), 10, 100)
@@ -246,12 +238,9 @@ def test_a_mirror_passed_over_is_asked_again_with_retries_when_the_registry_fail
     plain_registry: Registry, big_layer: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Both down: the error told is the registry's, after the mirror's retries."""
+    dead, nowhere = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
     size = _size(client(plain_registry.url).resolve("rich:oci"), big_layer)
-    with (
-        _refusing() as dead,
-        _refusing() as nowhere,
-        caplog.at_level(logging.INFO, "providers.retry"),
-    ):
+    with caplog.at_level(logging.INFO, "providers.retry"):
         with pytest.raises(TemporaryFailure, match=f"cannot reach {nowhere}/v2/"):
             client(nowhere, mirrors=(dead,)).resolve("rich:oci")
         with pytest.raises(TemporaryFailure, match=f"cannot reach {nowhere}/v2/"):
@@ -324,12 +313,11 @@ def test_a_mirror_that_fails_once_is_asked_again_when_the_registry_is_nowhere(
 ) -> None:
     """Its answers are the pull's only hope: an error status, or a body that breaks, is
     retried at a mirror too."""
-    with _refusing() as nowhere:
-        reader = client(nowhere, mirrors=(proxy,))
-        faults.target, faults.statuses = "/manifests/", [503]
-        manifest = reader.resolve("rich:oci")
-        faults.target, faults.statuses, faults.cuts = big_layer, [503], 1
-        got = reader.read_range(Digest(big_layer), 0, _size(manifest, big_layer))
+    reader = client(f"http://127.0.0.1:{free_port()}", mirrors=(proxy,))
+    faults.target, faults.statuses = "/manifests/", [503]
+    manifest = reader.resolve("rich:oci")
+    faults.target, faults.statuses, faults.cuts = big_layer, [503], 1
+    got = reader.read_range(Digest(big_layer), 0, _size(manifest, big_layer))
     assert got == blob(plain_registry, "library/rich", big_layer)
 
 
