@@ -177,12 +177,6 @@ class TemporaryFailure(LazyfsError):
         self.status = status
 
 
-class Unreached(TemporaryFailure):
-    """No connection to a mirror's host could be made (refused, no route, a name that does
-    not resolve), and it was not tried again: the next endpoint is asked at once, and this
-    one again, with retries, only if that fails too."""
-
-
 class Conflict(LazyfsError):
     pass
 

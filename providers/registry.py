@@ -17,11 +17,7 @@ Where a reference goes:
 - A reference on docker.io (``busybox``, ``library/busybox``) goes to each
   of ``mirrors`` in order, then to ``registry`` (the ``--docker_registry``
   URL), as Mesos and Docker do. A mirror that fails (not found, refused,
-  down) passes the request on: after its retries, or at once when it is
-  not there (refused, no route, a name that does not resolve: no retries,
-  as containerd and Docker). Should the last endpoint fail too, the
-  mirrors passed over at once are asked again, with retries; then only
-  the last endpoint's error is raised.
+  down) passes the request on; only the last endpoint's error is raised.
 - A reference naming its registry (``host:5000/app:1``) goes to that host
   over HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and
   hosts in ``insecure_registries`` try HTTPS once and fall back to plain
@@ -58,7 +54,6 @@ from providers.errors import (
     NotFound,
     TemporaryFailure,
     TlsFailure,
-    Unreached,
 )
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
@@ -160,22 +155,15 @@ class RegistryClient:
         manifest's digest is known, before its config is asked for (it must not raise)."""
         ref = parse_reference(reference)
         endpoints = self._endpoints(ref, reference)
-        unreached: list[int] = []  # mirrors passed over at once, asked again last
-        for i, base in enumerate(endpoints[:-1]):
+        for i, base in enumerate(endpoints):
             try:
                 return self._resolve_at(tuple(endpoints[i:]), ref, reference, seen)
-            except LazyfsError as exc:  # any failure at a mirror passes the request on
+            except LazyfsError as exc:
+                # Any failure at a mirror passes the request on; the upstream's is final.
+                if i == len(endpoints) - 1:
+                    raise
                 log.warning("mirror %s failed for %s: %s", redact(base), reference, exc)
-                if isinstance(exc, Unreached):
-                    unreached.append(i)
-        try:
-            return self._resolve_at((endpoints[-1],), ref, reference, seen)
-        except LazyfsError:
-            for i in unreached:  # down for a moment, maybe: with retries this time
-                with contextlib.suppress(LazyfsError):
-                    bases = tuple(endpoints[i:])
-                    return self._resolve_at(bases, ref, reference, seen, passing=False)
-            raise  # the upstream's failure is the one told
+        raise AssertionError("unreachable: there is always an upstream endpoint")
 
     def _resolve_at(
         self,
@@ -183,14 +171,11 @@ class RegistryClient:
         ref: Reference,
         image: str,
         seen: Callable[[Digest], None] | None,
-        passing: bool = True,
     ) -> ImageManifest:
         base = bases[0]
         scope = f"repository:{ref.repository}:pull"
-        # A mirror (an endpoint comes after it) that is not there is passed over (Unreached).
-        passing = passing and len(bases) > 1
         data, media_type = self._manifest(
-            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest, passing=passing
+            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
         )
         digest = manifest_digest(data, media_type, image)
         depth = 0
@@ -279,19 +264,16 @@ class RegistryClient:
         image: str,
         scope: str,
         want: Descriptor | Digest | None = None,
-        passing: bool = False,
     ) -> tuple[bytes, str]:
         """The manifest's bytes and media type, checked against the registry's
         ``Docker-Content-Digest`` and ``want`` (an index entry, or the digest
         the image was named by). A body that does not verify is asked for
         once more, as Store.ingest does for blobs: corruption on the way is
-        seldom repeated. ``passing``: as ``RegistryHttp.get`` has it."""
+        seldom repeated."""
         return retrying(
             once_more(),
             lambda: again_on_mismatch(
-                lambda: self._manifest_once(
-                    base, repository, tag_or_digest, image, scope, want, passing
-                )
+                lambda: self._manifest_once(base, repository, tag_or_digest, image, scope, want)
             ),
         )
 
@@ -303,14 +285,11 @@ class RegistryClient:
         image: str,
         scope: str,
         want: Descriptor | Digest | None,
-        passing: bool,
     ) -> tuple[bytes, str]:
         url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
 
         def attempt() -> tuple[requests.Response, bytes]:
-            response = self.http.get(
-                url, image=image, scope=scope, headers={"Accept": ACCEPT}, passing=passing
-            )
+            response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
             try:
                 return response, self._read_limited(response, image, url)
             except TemporaryFailure as exc:

@@ -35,7 +35,6 @@ Blocking; safe to call from several threads (one requests.Session per thread).
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 from collections.abc import Iterator, Mapping
@@ -44,17 +43,9 @@ from functools import partial
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from providers import untrusted_json
-from providers.errors import (
-    BadImage,
-    LazyfsError,
-    NotFound,
-    TemporaryFailure,
-    Unauthorized,
-    Unreached,
-)
+from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
 from providers.http_body import body_chunks, read_capped
 from providers.http_session import connection_pools, new_session, send, tls_failure
 from providers.http_session import redact as redact  # re-exported: the registry's callers use it
@@ -106,7 +97,6 @@ class _How:
     auth: bool
     follow: bool
     data: bytes | None = None
-    passing: bool = False  # a host no connection can be made to is not asked again
 
 
 class RegistryHttp:
@@ -156,7 +146,6 @@ class RegistryHttp:
         auth: bool = True,
         follow: bool = True,
         data: bytes | None = None,
-        passing: bool = False,
     ) -> requests.Response:
         """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
 
@@ -168,15 +157,10 @@ class RegistryHttp:
         blob storage a registry redirected to, which must never see the
         registry's credentials. ``follow=False`` returns redirects (put
         their statuses in ``ok``) instead of following them. ``data``: the
-        request's body (a push), sent again on each try. ``passing``: another
-        endpoint comes after this one (a mirror), so a host that no connection
-        can be made to (refused, no route, a name that does not resolve) is
-        not tried again: Unreached is raised at once, for the caller to ask
-        the next endpoint (and this one again, as ever, if that fails too).
-        Any other failure is handled as at any endpoint.
+        request's body (a push), sent again on each try.
         """
         retries = self.retries(Deadline(self.options.timeout), attempts)
-        how = _How(headers, ok, method, auth, follow, data, passing)
+        how = _How(headers, ok, method, auth, follow, data)
         return retrying(retries, lambda: self._get_once(url, image, scope, how, retries.deadline))
 
     def _get_once(
@@ -213,10 +197,11 @@ class RegistryHttp:
                     image=image,
                 ) from exc
             except TRANSIENT as exc:
-                message = f"{image}: cannot reach {redact(url)}: {short_cause(exc)}"
-                if how.passing and _unreached(exc):
-                    raise Unreached(message, url=redact(url), image=image) from exc
-                failed = TemporaryFailure(message, url=redact(url), image=image)
+                failed = TemporaryFailure(
+                    f"{image}: cannot reach {redact(url)}: {short_cause(exc)}",
+                    url=redact(url),
+                    image=image,
+                )
                 raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
             status = response.status_code
             if status in how.ok:
@@ -344,19 +329,3 @@ class RegistryHttp:
         if challenge.params.get("scope") and scope is None:
             self.tokens.forget(token_key(challenge, None))
         return True
-
-
-# Why a connection to a host could not be made that says the host is not there, rather
-# than this machine short of something (EMFILE, EADDRNOTAVAIL).
-_UNREACHED = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
-
-
-def _unreached(exc: BaseException) -> bool:
-    """Whether ``exc`` (requests') says the host is not there: a connection refused, no
-    route to it, or its name not resolved (urllib3 raises the connect's OSError as the
-    cause of its NewConnectionError)."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    if isinstance(reason, urllib3.exceptions.NameResolutionError):
-        return True
-    cause = reason.__cause__ if isinstance(reason, urllib3.exceptions.NewConnectionError) else None
-    return isinstance(cause, OSError) and cause.errno in _UNREACHED
