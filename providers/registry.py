@@ -4,7 +4,8 @@
 accepting Docker v2 schema 2, OCI manifests, Docker manifest lists and OCI
 indexes. From an index it picks the host's platform (or ``platform``),
 skipping attestation entries, and follows it by digest. It fetches the image
-config and returns the layers with their diff_ids. Checked on the way: a
+config and returns the layers with their diff_ids. Checked on the way
+(providers.registry_documents fetches and checks the documents): a
 manifest pulled by digest hashes to that digest, a manifest named by an
 index hashes to the index's digest and size, the ``Docker-Content-Digest``
 header (when the registry sends one) matches the bytes, and the config
@@ -35,7 +36,6 @@ redirect to blob storage and reusing it. Blocking; thread-safe.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import threading
@@ -44,21 +44,17 @@ from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-import requests
-
+from providers import registry_documents
 from providers.digest import Digest
 from providers.errors import (
     BadImage,
-    DigestMismatch,
     LazyfsError,
     NotFound,
-    TemporaryFailure,
     TlsFailure,
 )
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST_LIST,
-    METADATA_LIMIT,
     OCI_INDEX,
     Descriptor,
     ImageManifest,
@@ -75,19 +71,14 @@ from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_auth import is_loopback as is_loopback  # re-exported: tests use it
 from providers.registry_blob import BlobStream
 from providers.registry_checks import (
-    ACCEPT,
     DOCKER_SCHEMA1,
     DOCKER_SCHEMA1_SIGNED,
-    again_on_mismatch,
     manifest_digest,
     named,
-    once_more,
-    verify,
 )
 from providers.registry_http import RegistryHttp, redact
 from providers.registry_options import RegistryOptions as RegistryOptions  # re-exported
 from providers.registry_range import BlobPlace, RangeReader
-from providers.retry import Again, Deadline, is_temporary, retrying
 from providers.schema1 import parse_schema1
 from providers.source import clamp_range
 
@@ -103,6 +94,10 @@ class _BlobHome:
 
     def url(self, base: str, digest: Digest) -> str:
         return f"{base}/v2/{self.repository}/blobs/{digest}"
+
+
+def _manifest_url(base: str, repository: str, tag_or_digest: str) -> str:
+    return f"{base}/v2/{repository}/manifests/{tag_or_digest}"
 
 
 class RegistryClient:
@@ -174,8 +169,9 @@ class RegistryClient:
     ) -> ImageManifest:
         base = bases[0]
         scope = f"repository:{ref.repository}:pull"
-        data, media_type = self._manifest(
-            base, ref.repository, ref.tag_or_digest, image, scope, want=ref.digest
+        url = _manifest_url(base, ref.repository, ref.tag_or_digest)
+        data, media_type = registry_documents.fetch_manifest(
+            self.http, url, image, scope, want=ref.digest
         )
         digest = manifest_digest(data, media_type, image)
         depth = 0
@@ -196,14 +192,17 @@ class RegistryClient:
             if depth > INDEX_DEPTH_LIMIT:
                 raise BadImage(f"{image}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
             entry = named(image, self._pick, doc, image)
-            data, media_type = self._manifest(
-                base, ref.repository, entry.digest, image, scope, want=entry
+            url = _manifest_url(base, ref.repository, entry.digest)
+            data, media_type = registry_documents.fetch_manifest(
+                self.http, url, image, scope, want=entry
             )
             digest = entry.digest
         manifest = named(image, parse_image_manifest, data, media_type)
         if seen is not None:
             seen(digest)
-        config = self._config(base, ref.repository, manifest.config, image, scope)
+        config = registry_documents.fetch_config(
+            self.http, base, ref.repository, manifest.config, image, scope
+        )
         runtime, diff_ids = named(image, parse_image_config, config)
         if len(diff_ids) != len(manifest.layers):
             raise BadImage(
@@ -255,96 +254,6 @@ class RegistryClient:
     def _pick(self, doc: object, image: str) -> Descriptor:
         entries = index_entries(doc, "image index")
         return select_platform(entries, image, self.options.platform)
-
-    def _manifest(
-        self,
-        base: str,
-        repository: str,
-        tag_or_digest: str,
-        image: str,
-        scope: str,
-        want: Descriptor | Digest | None = None,
-    ) -> tuple[bytes, str]:
-        """The manifest's bytes and media type, checked against the registry's
-        ``Docker-Content-Digest`` and ``want`` (an index entry, or the digest
-        the image was named by). A body that does not verify is asked for
-        once more, as Store.ingest does for blobs: corruption on the way is
-        seldom repeated."""
-        return retrying(
-            once_more(),
-            lambda: again_on_mismatch(
-                lambda: self._manifest_once(base, repository, tag_or_digest, image, scope, want)
-            ),
-        )
-
-    def _manifest_once(
-        self,
-        base: str,
-        repository: str,
-        tag_or_digest: str,
-        image: str,
-        scope: str,
-        want: Descriptor | Digest | None,
-    ) -> tuple[bytes, str]:
-        url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
-
-        def attempt() -> tuple[requests.Response, bytes]:
-            response = self.http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
-            try:
-                return response, self._read_limited(response, image, url)
-            except TemporaryFailure as exc:
-                # The body broke after the headers: ask again, as for a failed request.
-                raise Again(str(exc), exc) from exc
-
-        response, data = retrying(self.http.retries(Deadline(0)), attempt)
-        media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
-        sent = response.headers.get("Docker-Content-Digest", "")
-        if sent.startswith("sha256:"):
-            actual = manifest_digest(data, media_type, image)
-            if sent != actual:
-                raise DigestMismatch(
-                    f"{image}: manifest at {redact(url)}", expected=sent, actual=actual, image=image
-                )
-        if isinstance(want, Descriptor):
-            verify(data, want, image, f"manifest {want.digest}")
-        elif want is not None:
-            actual = manifest_digest(data, media_type, image)
-            if actual != want:
-                raise DigestMismatch(
-                    f"{image}: manifest", expected=want, actual=actual, image=image
-                )
-        return data, media_type
-
-    def _config(
-        self, base: str, repository: str, desc: Descriptor, image: str, scope: str
-    ) -> bytes:
-        if desc.size > METADATA_LIMIT:
-            raise BadImage(f"{image}: config {desc.digest} is larger than {METADATA_LIMIT} bytes")
-        url = f"{base}/v2/{repository}/blobs/{desc.digest}"
-
-        def attempt() -> bytes:
-            # Read as a blob: its size is known, so a broken transfer resumes.
-            stream = BlobStream(self.http, url, image=image, scope=scope, size=desc.size)
-            with contextlib.closing(stream):
-                data = stream.readall()
-            verify(data, desc, image, f"config {desc.digest}")
-            return data
-
-        # As for manifests and layers: a corrupted body is asked for once more.
-        return retrying(once_more(), lambda: again_on_mismatch(attempt))
-
-    def _read_limited(self, response: requests.Response, image: str, url: str) -> bytes:
-        try:
-            data = self.http.read_capped(response, METADATA_LIMIT)
-        except Exception as exc:
-            if not is_temporary(exc):
-                raise
-            raise TemporaryFailure(
-                f"{image}: reading {redact(url)} failed: {exc}", url=redact(url), image=image
-            ) from exc
-        if data is None:
-            raise BadImage(f"{image}: {redact(url)} is larger than {METADATA_LIMIT} bytes")
-        return data
 
     # -- BlobSource ---------------------------------------------------------
 

@@ -23,10 +23,9 @@ from lazyfs.images.docker_published import Listings
 from lazyfs.progress import Progress
 from lazyfs.publish import listing as listing_module
 from lazyfs.publish.listing import Listing
-from providers import referrers
+from providers import referrers, registry_documents
 from providers.digest import Digest
 from providers.manifest import INDEX_BLOB_ANNOTATION, ImageManifest
-from providers.registry import RegistryClient
 from tests.support.registry_pulls import docker, lazyfs, provider
 from tests.support.registry_seed import Seed
 from tests.support.registry_servers import Registry, copy_storage, run_registry
@@ -49,20 +48,20 @@ async def test_the_listing_goes_out_before_the_config_is_in(
     assert pushed.returncode == 0, pushed.stderr
     order: list[str] = []
     listed = threading.Event()
-    real_list, real_config = referrers.list_referrers, RegistryClient._config
+    real_list, real_config = referrers.list_referrers, registry_documents.fetch_config
 
     def list_referrers(*args: Any) -> Any:
         order.append("listing")
         listed.set()
         return real_list(*args)
 
-    def config(self: RegistryClient, *args: Any) -> bytes:
+    def config(*args: Any) -> bytes:
         listed.wait(30)  # a bound, not a delay: set at once when it works
         order.append("config")
-        return real_config(self, *args)
+        return real_config(*args)
 
     monkeypatch.setattr(listing_module, "list_referrers", list_referrers)
-    monkeypatch.setattr(RegistryClient, "_config", config)
+    monkeypatch.setattr(registry_documents, "fetch_config", config)
     second = provider(tmp_path / "second", registry.url)
     second.trust_published = True
     got = await second.fetch_lazy(docker(image), Progress())
