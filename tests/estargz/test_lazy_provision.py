@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon
+from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon, wait_for
 from tests.support.estargz_images import BIG_DATA
 from tests.support.fuse_mounts import need_fuse
 from tests.support.registry_servers import Registry
@@ -123,7 +123,9 @@ def test_mount_starts_the_daemon_while_the_image_resolves(
         done = _lazyfs(work, estargz_registry, "mount", image, str(point))
         assert done.returncode != 0
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-        assert recorded_daemon(work / "cache") is not None
+        # The command waits until the daemon holds its cache lock; its pid is written after
+        # it has taken stock of the cache (lazyfs.cache.service.run).
+        wait_for(lambda: recorded_daemon(work / "cache") is not None, "the daemon's record")
     finally:
         kill_recorded(work / "cache")
 
