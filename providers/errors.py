@@ -16,7 +16,9 @@
     │       └── UnsafeLayer      a layer entry that would escape      layer, entry, reason
     │                            the rootfs
     ├── TemporaryFailure         worth retrying: connection reset,    url, status
-    │                            429, 5xx, no answer in time
+    │   │                        429, 5xx, no answer in time
+    │   └── Unreached            a mirror that is not there: asked    url
+    │                            again only after the registry
     ├── Conflict                 a container id already provisioned
     ├── BackendError             a backend cannot do what was asked
     └── UsageError               an argument the caller got wrong (container id, flag)
@@ -175,6 +177,12 @@ class TemporaryFailure(LazyfsError):
         super().__init__(message, image=image)
         self.url = url
         self.status = status
+
+
+class Unreached(TemporaryFailure):
+    """No connection to a mirror's host could be made (refused, no route, a name that does
+    not resolve), and it was not tried again: the next endpoint is asked at once, and this
+    one again, with retries, only if the last endpoint (the registry) fails too."""
 
 
 class Conflict(LazyfsError):

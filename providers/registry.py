@@ -17,8 +17,12 @@ Where a reference goes:
 
 - A reference on docker.io (``busybox``, ``library/busybox``) goes to each
   of ``mirrors`` in order, then to ``registry`` (the ``--docker_registry``
-  URL), as Mesos and Docker do. A mirror that fails (not found, refused,
-  down) passes the request on; only the last endpoint's error is raised.
+  URL), as Mesos and Docker do. A mirror that fails (not found, an error
+  status, down) passes the request on, after whatever retries that failure
+  gets, or at once when it is not there (refused, no route, a name that
+  does not resolve: no retries, as containerd and Docker). Should the last
+  endpoint fail too, the mirrors passed over at once are asked again, with
+  retries; then only the last endpoint's error is raised.
 - A reference naming its registry (``host:5000/app:1``) goes to that host
   over HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and
   hosts in ``insecure_registries`` try HTTPS once and fall back to plain
@@ -51,6 +55,7 @@ from providers.errors import (
     LazyfsError,
     NotFound,
     TlsFailure,
+    Unreached,
 )
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
@@ -150,15 +155,25 @@ class RegistryClient:
         manifest's digest is known, before its config is asked for (it must not raise)."""
         ref = parse_reference(reference)
         endpoints = self._endpoints(ref, reference)
-        for i, base in enumerate(endpoints):
+        unreached: list[int] = []  # mirrors passed over at once, asked again last
+        for i, base in enumerate(endpoints[:-1]):
             try:
                 return self._resolve_at(tuple(endpoints[i:]), ref, reference, seen)
-            except LazyfsError as exc:
-                # Any failure at a mirror passes the request on; the upstream's is final.
-                if i == len(endpoints) - 1:
-                    raise
+            except LazyfsError as exc:  # any failure at a mirror passes the request on
                 log.warning("mirror %s failed for %s: %s", redact(base), reference, exc)
-        raise AssertionError("unreachable: there is always an upstream endpoint")
+                if isinstance(exc, Unreached):
+                    unreached.append(i)
+        try:
+            return self._resolve_at((endpoints[-1],), ref, reference, seen)
+        except LazyfsError:
+            for i in unreached:  # down for a moment, maybe: with retries this time
+                try:
+                    bases = tuple(endpoints[i:])
+                    return self._resolve_at(bases, ref, reference, seen, passing=False)
+                except LazyfsError as again:
+                    log.warning("mirror %s failed again for %s: %s", redact(bases[0]),
+                                reference, again)  # fmt: skip
+            raise  # the upstream's failure is the one told
 
     def _resolve_at(
         self,
@@ -166,12 +181,15 @@ class RegistryClient:
         ref: Reference,
         image: str,
         seen: Callable[[Digest], None] | None,
+        passing: bool = True,
     ) -> ImageManifest:
         base = bases[0]
         scope = f"repository:{ref.repository}:pull"
+        # A mirror (an endpoint comes after it) that is not there is passed over (Unreached).
+        passing = passing and len(bases) > 1
         url = _manifest_url(base, ref.repository, ref.tag_or_digest)
         data, media_type = registry_documents.fetch_manifest(
-            self.http, url, image, scope, want=ref.digest
+            self.http, url, image, scope, want=ref.digest, passing=passing
         )
         digest = manifest_digest(data, media_type, image)
         depth = 0

@@ -31,21 +31,28 @@ def fetch_manifest(
     image: str,
     scope: str,
     want: Descriptor | Digest | None = None,
+    passing: bool = False,
 ) -> tuple[bytes, str]:
     """The bytes and media type of the manifest at ``url``, checked against the
     registry's ``Docker-Content-Digest`` and ``want`` (an index entry, or the
-    digest the image was named by)."""
+    digest the image was named by). ``passing``: as ``RegistryHttp.get`` has it."""
     return retrying(
         once_more(),
-        lambda: again_on_mismatch(lambda: _manifest_once(http, url, image, scope, want)),
+        lambda: again_on_mismatch(lambda: _manifest_once(http, url, image, scope, want, passing)),
     )
 
 
 def _manifest_once(
-    http: RegistryHttp, url: str, image: str, scope: str, want: Descriptor | Digest | None
+    http: RegistryHttp,
+    url: str,
+    image: str,
+    scope: str,
+    want: Descriptor | Digest | None,
+    passing: bool,
 ) -> tuple[bytes, str]:
     def attempt() -> tuple[requests.Response, bytes]:
-        response = http.get(url, image=image, scope=scope, headers={"Accept": ACCEPT})
+        headers = {"Accept": ACCEPT}
+        response = http.get(url, image=image, scope=scope, headers=headers, passing=passing)
         try:
             return response, _read_limited(http, response, image, url)
         except TemporaryFailure as exc:

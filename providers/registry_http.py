@@ -35,7 +35,9 @@ Blocking; safe to call from several threads (one requests.Session per thread).
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -43,9 +45,17 @@ from functools import partial
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from providers import untrusted_json
-from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure, Unauthorized
+from providers.errors import (
+    BadImage,
+    LazyfsError,
+    NotFound,
+    TemporaryFailure,
+    Unauthorized,
+    Unreached,
+)
 from providers.http_body import body_chunks, read_capped
 from providers.http_session import connection_pools, new_session, send, tls_failure
 from providers.http_session import redact as redact  # re-exported: the registry's callers use it
@@ -97,6 +107,7 @@ class _How:
     auth: bool
     follow: bool
     data: bytes | None = None
+    passing: bool = False  # a host no connection can be made to is not asked again
 
 
 class RegistryHttp:
@@ -146,6 +157,7 @@ class RegistryHttp:
         auth: bool = True,
         follow: bool = True,
         data: bytes | None = None,
+        passing: bool = False,
     ) -> requests.Response:
         """GET (or ``method``) ``url``; returns a response whose status is in ``ok``, else raises.
 
@@ -157,10 +169,16 @@ class RegistryHttp:
         blob storage a registry redirected to, which must never see the
         registry's credentials. ``follow=False`` returns redirects (put
         their statuses in ``ok``) instead of following them. ``data``: the
-        request's body (a push), sent again on each try.
+        request's body (a push), sent again on each try. ``passing``: another
+        endpoint comes after this one (a mirror), so a host that no connection
+        can be made to (refused, no route, a name that does not resolve) is
+        not tried again: Unreached is raised at once, for the caller to ask
+        the next endpoint (and this one again, with retries, only if the
+        last endpoint fails too). Any other failure is handled as at any
+        endpoint.
         """
         retries = self.retries(Deadline(self.options.timeout), attempts)
-        how = _How(headers, ok, method, auth, follow, data)
+        how = _How(headers, ok, method, auth, follow, data, passing)
         return retrying(retries, lambda: self._get_once(url, image, scope, how, retries.deadline))
 
     def _get_once(
@@ -197,11 +215,10 @@ class RegistryHttp:
                     image=image,
                 ) from exc
             except TRANSIENT as exc:
-                failed = TemporaryFailure(
-                    f"{image}: cannot reach {redact(url)}: {short_cause(exc)}",
-                    url=redact(url),
-                    image=image,
-                )
+                message = f"{image}: cannot reach {redact(url)}: {short_cause(exc)}"
+                if how.passing and _unreached(exc):
+                    raise Unreached(message, url=redact(url), image=image) from exc
+                failed = TemporaryFailure(message, url=redact(url), image=image)
                 raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
             status = response.status_code
             if status in how.ok:
@@ -329,3 +346,23 @@ class RegistryHttp:
         if challenge.params.get("scope") and scope is None:
             self.tokens.forget(token_key(challenge, None))
         return True
+
+
+# Why a connection to a host could not be made that says the host is not there, rather
+# than this machine short of something (EMFILE, EADDRNOTAVAIL).
+_UNREACHED = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+# A name that has no address, not a resolver that failed for now (EAI_AGAIN).
+_NO_NAME = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
+
+
+def _unreached(exc: BaseException) -> bool:
+    """Whether ``exc`` (requests') says the host is not there: a connection refused, no
+    route to it, or its name not resolved (urllib3 raises the connect's OSError as the
+    cause of its NewConnectionError)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if not isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return False
+    cause = reason.__cause__
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return isinstance(cause, socket.gaierror) and cause.errno in _NO_NAME
+    return isinstance(cause, OSError) and cause.errno in _UNREACHED

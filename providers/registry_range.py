@@ -13,7 +13,10 @@ byte not yet yielded, counted by one providers.retry.Retries under
 Where it asks: ``BlobPlace.urls`` in order, as pulls try mirrors: the
 endpoint that resolved the image first, then those after it. An endpoint
 that fails (not found, refused, down, a wrong answer) passes the read on,
-from where it stopped; only the last endpoint's error is raised.
+from where it stopped: after its retries, or at once when it is not there
+(refused, no route, a name that does not resolve). Should the last fail
+too, those passed over at once are asked again, with retries; then only
+the last endpoint's error is raised.
 
 Redirects: a registry backed by object storage answers 307 (or 302) with a
 signed URL on another host. That URL is asked without the registry's
@@ -44,7 +47,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from providers.errors import BadImage, LazyfsError, TemporaryFailure
+from providers.errors import BadImage, LazyfsError, TemporaryFailure, Unreached
 from providers.registry_checks import range_answer
 from providers.registry_http import RegistryHttp, redact
 from providers.registry_redirects import RedirectCache
@@ -113,17 +116,32 @@ class RangeReader:
         if length <= 0:
             return
         cursor = _Cursor(offset, offset + length)
-        for i, url in enumerate(place.urls):
+        *mirrors, last = place.urls
+        unreached: list[str] = []  # mirrors passed over at once, asked again last
+        for url in mirrors:
             try:
-                yield from self._stream_at(url, place, cursor)
+                yield from self._stream_at(url, place, cursor, passing=True)
                 return
             except LazyfsError as exc:
-                if i == len(place.urls) - 1:
-                    raise
                 log.warning("mirror %s failed for %s: %s", redact(url), place.image, exc)
+                if isinstance(exc, Unreached):
+                    unreached.append(url)
+        try:
+            yield from self._stream_at(last, place, cursor, passing=False)
+        except LazyfsError as exc:
+            failure = exc
+        else:
+            return
+        for url in unreached:  # down for a moment, maybe: with retries this time
+            try:
+                yield from self._stream_at(url, place, cursor, passing=False)
+                return
+            except LazyfsError as exc:
+                log.warning("mirror %s failed again for %s: %s", redact(url), place.image, exc)
+        raise failure
 
     def _stream_at(
-        self, url: str, place: BlobPlace, cursor: _Cursor
+        self, url: str, place: BlobPlace, cursor: _Cursor, *, passing: bool
     ) -> Generator[tuple[int, bytes], None, None]:
         options = self.http.options
         retries = self.http.retries(Deadline(options.blob_timeout))
@@ -131,7 +149,8 @@ class RangeReader:
         # Bytes a resume must bring before earlier failures stop counting.
         progress = max(1, int(options.min_speed * options.min_speed_time))
         while True:
-            response, where, pos = self._open(url, place, cursor)
+            response, where, pos = self._open(url, place, cursor, passing)
+            passing = False  # it answered: a break later is retried there
             # A 206 carries the rest of the range; a 200 the blob to its end.
             stop = place.size if response.status_code == 200 else cursor.end
             gained = 0
@@ -192,10 +211,10 @@ class RangeReader:
     # -- asking ----------------------------------------------------------------
 
     def _open(
-        self, url: str, place: BlobPlace, cursor: _Cursor
+        self, url: str, place: BlobPlace, cursor: _Cursor, passing: bool
     ) -> tuple[requests.Response, str, int]:
         """An answer for the rest of the range: (response, the URL that gave it, where its
-        body starts in the blob)."""
+        body starts in the blob). ``passing``: as ``RegistryHttp.get`` has it."""
         first, last = cursor.need, cursor.end - 1
         headers = {"Range": f"bytes={first}-{last}"}
         stored = self.redirects.get(url)
@@ -221,6 +240,7 @@ class RangeReader:
             headers=headers,
             ok=(200, 206, *REDIRECTS),
             follow=False,
+            passing=passing,
         )
         if response.status_code not in REDIRECTS:
             return response, url, self._start(response, url, place, first, last)

@@ -9,9 +9,14 @@ proxy mode, here) is read as a stream, never held whole.
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
 import time
 import tracemalloc
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,11 +24,13 @@ import requests
 
 from providers.digest import Digest
 from providers.errors import BadImage, TemporaryFailure
+from providers.manifest import ImageManifest
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions
 from tests.support.blob_storage import Front, run_front
-from tests.support.fault_proxy import Faults
+from tests.support.fault_proxy import FORWARDED, Faults
+from tests.support.httpserver import relay, serve
 from tests.support.registry_pulls import FAST, ranges
 from tests.support.registry_seed import PASSWORD, USER, TokenSetup
 from tests.support.registry_servers import Registry, Tls, free_port
@@ -189,6 +196,141 @@ def test_a_range_read_passes_from_a_failing_mirror_to_the_registry(
     got = reader.read_range(Digest(big_layer), 10, 100)
     assert got == blob(plain_registry, "library/rich", big_layer)[10:110]
     assert ranges(faults) == ["bytes=10-109"]
+
+
+def _retried_at(caplog: pytest.LogCaptureFixture, base: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()
+            and base in r.getMessage()]  # fmt: skip
+
+
+def _passed_over(caplog: pytest.LogCaptureFixture, base: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"mirror {base}")]
+
+
+@contextmanager
+def _refusing() -> Iterator[str]:
+    """A base URL whose port refuses every connection, kept so for the test (bound, never
+    listening: no other socket can take the port meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _daemon_reader(registry: str, mirror: str, digest: str, size: int) -> RegistryClient:
+    """A client reading ``digest`` as a cache daemon does: every endpoint, mirrors first."""
+    reader = client(registry, mirrors=(mirror,))
+    reader.add_blob("rich", Digest(digest), size)
+    return reader
+
+
+def _size(manifest: ImageManifest, digest: str) -> int:
+    return next(layer.size for layer in manifest.layers if layer.digest == digest)
+
+
+def test_a_mirror_that_is_not_there_is_passed_over_at_once(
+    plain_registry: Registry, big_layer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused: the next endpoint is asked with no retry at the mirror, for the image's
+    manifest and for a range of a blob as a cache daemon reads it."""
+    with _refusing() as dead, caplog.at_level(logging.INFO, "providers.retry"):
+        manifest = client(plain_registry.url, mirrors=(dead,)).resolve("rich:oci")
+        reader = _daemon_reader(plain_registry.url, dead, big_layer, _size(manifest, big_layer))
+        got = reader.read_range(Digest(big_layer), 10, 100)
+    assert got == blob(plain_registry, "library/rich", big_layer)[10:110]
+    assert _retried_at(caplog, dead) == []
+    passed = _passed_over(caplog, dead)
+    assert len(passed) == 2 and all("Connection refused" in message for message in passed)
+
+
+def test_a_mirror_passed_over_is_asked_again_with_retries_when_the_registry_fails_too(
+    plain_registry: Registry, big_layer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both down: the error told is the registry's, after the mirror's retries."""
+    size = _size(client(plain_registry.url).resolve("rich:oci"), big_layer)
+    with (
+        _refusing() as dead,
+        _refusing() as nowhere,
+        caplog.at_level(logging.INFO, "providers.retry"),
+    ):
+        with pytest.raises(TemporaryFailure, match=f"cannot reach {nowhere}/v2/"):
+            client(nowhere, mirrors=(dead,)).resolve("rich:oci")
+        with pytest.raises(TemporaryFailure, match=f"cannot reach {nowhere}/v2/"):
+            _daemon_reader(nowhere, dead, big_layer, size).read_range(Digest(big_layer), 0, 10)
+    retried = _retried_at(caplog, dead)
+    assert any("/manifests/" in line for line in retried)
+    assert any("/blobs/" in line for line in retried)
+
+
+@contextmanager
+def _mirror_started_by_the_registry(upstream: str) -> Iterator[tuple[str, str]]:
+    """A mirror relaying to ``upstream``, not there (its port refuses connections) until a
+    registry that answers 404 to everything is first asked; yields both URLs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: a connection is refused
+    port = sock.getsockname()[1]
+
+    class Relay(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            relay(self, requests.get(upstream + self.path, headers=headers, timeout=30), FORWARDED)
+
+    mirror = ThreadingHTTPServer(("127.0.0.1", port), Relay, bind_and_activate=False)
+    mirror.socket.close()
+    mirror.socket = sock
+    started = threading.Event()
+    lock = threading.Lock()
+
+    class Nothing(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            with lock:
+                if not started.is_set():
+                    mirror.server_activate()
+                    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+                    started.set()
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    try:
+        with serve(Nothing) as registry:
+            yield f"http://127.0.0.1:{port}", registry
+    finally:
+        if started.is_set():
+            mirror.shutdown()
+        mirror.server_close()
+
+
+def test_a_mirror_back_by_the_time_the_registry_fails_serves_the_pull(
+    plain_registry: Registry, big_layer: str
+) -> None:
+    """Down for a moment (a restart): asked again once the registry has failed too."""
+    with _mirror_started_by_the_registry(plain_registry.url) as (mirror, registry):
+        manifest = client(registry, mirrors=(mirror,)).resolve("rich:oci")
+    assert manifest.digest == client(plain_registry.url).resolve("rich:oci").digest
+    size = _size(manifest, big_layer)
+    with _mirror_started_by_the_registry(plain_registry.url) as (mirror, registry):
+        got = _daemon_reader(registry, mirror, big_layer, size).read_range(Digest(big_layer), 5, 50)
+    assert got == blob(plain_registry, "library/rich", big_layer)[5:55]
+
+
+def test_a_mirror_that_fails_once_is_asked_again_when_the_registry_is_nowhere(
+    plain_registry: Registry, proxy: str, faults: Faults, big_layer: str
+) -> None:
+    """Its answers are the pull's only hope: an error status, or a body that breaks, is
+    retried at a mirror too."""
+    with _refusing() as nowhere:
+        reader = client(nowhere, mirrors=(proxy,))
+        faults.target, faults.statuses = "/manifests/", [503]
+        manifest = reader.resolve("rich:oci")
+        faults.target, faults.statuses, faults.cuts = big_layer, [503], 1
+        got = reader.read_range(Digest(big_layer), 0, _size(manifest, big_layer))
+    assert got == blob(plain_registry, "library/rich", big_layer)
 
 
 # --- through a pull-through cache -------------------------------------------------------
