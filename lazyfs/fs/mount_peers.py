@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 import struct
+import time
 
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -79,6 +80,16 @@ def alive(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG)[0] != pid
     except ChildProcessError:
         return not exited(pid)
+
+
+def wait_ended(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ended (``alive`` says not) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def exited(pid: int) -> bool:

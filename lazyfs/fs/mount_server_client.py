@@ -168,11 +168,8 @@ def stop_server(directory: Path, timeout: float = START_TIMEOUT) -> int | None:
         with contextlib.suppress(Unreachable, BackendError):
             _send(conn, {"op": "stop", "key": ""}, [])
             _reply(conn)
-    deadline = time.monotonic() + timeout
-    while peers.alive(pid):
-        if time.monotonic() > deadline:
-            raise BackendError(f"the mount server {pid} did not stop within {timeout:g}s")
-        time.sleep(0.02)
+    if not peers.wait_ended(pid, timeout):
+        raise BackendError(f"the mount server {pid} did not stop within {timeout:g}s")
     return pid
 
 

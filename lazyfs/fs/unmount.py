@@ -13,11 +13,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Literal
 
-from lazyfs.fs.mount_peers import exited
+from lazyfs.fs.mount_peers import wait_ended
 from providers.errors import BackendError
 from providers.mountinfo import is_mounted
 
@@ -100,20 +99,7 @@ def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"
 def wait_gone(pid: int, timeout: float) -> bool:
     """Whether process ``pid`` ended within ``timeout`` seconds: reaped here if it is our
     child, else gone or a zombie (``lazyfs.fs.mount_peers.exited``)."""
-    if pid <= 0:
-        raise ValueError(f"not a process: {pid}")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            # Reap it if it is our child; a zombie would look alive forever.
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            if exited(pid):
-                return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
+    return wait_ended(pid, timeout)
 
 
 def signal_pid(pid: int, number: int) -> None:
