@@ -17,8 +17,10 @@
     │                            the rootfs
     ├── TemporaryFailure         worth retrying: connection reset,    url, status
     │   │                        429, 5xx, no answer in time
-    │   └── Unreached            a mirror that is not there: asked    url
-    │                            again only after the registry
+    │   └── Unreached            a mirror that is not there: passed   url
+    │                            over, asked again only if the
+    │                            registry fails too (never raised
+    │                            out of RegistryClient)
     ├── Conflict                 a container id already provisioned
     ├── BackendError             a backend cannot do what was asked
     └── UsageError               an argument the caller got wrong (container id, flag)

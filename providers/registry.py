@@ -165,7 +165,10 @@ class RegistryClient:
                     unreached.append(i)
         try:
             return self._resolve_at((endpoints[-1],), ref, reference, seen)
-        except LazyfsError:
+        except LazyfsError as exc:
+            if unreached:
+                log.warning("%s failed for %s: %s; asking the mirrors passed over again",
+                            redact(endpoints[-1]), reference, exc)  # fmt: skip
             for i in unreached:  # down for a moment, maybe: with retries this time
                 try:
                     bases = tuple(endpoints[i:])

@@ -132,6 +132,9 @@ class RangeReader:
             failure = exc
         else:
             return
+        if unreached:
+            log.warning("%s failed for %s: %s; asking the mirrors passed over again",
+                        redact(last), place.image, failure)  # fmt: skip
         for url in unreached:  # down for a moment, maybe: with retries this time
             try:
                 yield from self._stream_at(url, place, cursor, passing=False)

@@ -276,7 +276,10 @@ def short_cause(exc: BaseException) -> str:
     # before the useful part, which is the OS error when there is one.
     text = text.split(">: ", 1)[-1]
     if "[Errno" in text:
-        text = text[text.index("[Errno") :].split("] ", 1)[-1]
+        at = text.index("[Errno")
+        # "Failed to resolve 'host' ([Errno -2] ...)": the parenthesis goes with its opening.
+        closing = text[at - 1 : at] == "(" and text.endswith(")")
+        text = text[at : len(text) - closing].split("] ", 1)[-1]
     return " ".join(text.split())[:200] or type(reason).__name__
 
 

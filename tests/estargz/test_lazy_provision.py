@@ -8,7 +8,10 @@ and the rootfs serves the image's files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,11 +126,25 @@ def test_mount_starts_the_daemon_while_the_image_resolves(
         done = _lazyfs(work, estargz_registry, "mount", image, str(point))
         assert done.returncode != 0
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-        # The command waits until the daemon holds its cache lock; its pid is written after
-        # it has taken stock of the cache (lazyfs.cache.service.run).
-        wait_for(lambda: recorded_daemon(work / "cache") is not None, "the daemon's record")
+        # The command returned once the daemon held its cache (Starting.hand_over) ...
+        assert _cache_owned(work / "cache")
     finally:
+        # ... whose pid it writes once it has taken stock of it (lazyfs.cache.service.run).
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: recorded_daemon(work / "cache") is not None, "its record", 10.0)
         kill_recorded(work / "cache")
+
+
+def _cache_owned(cache_dir: Path) -> bool:
+    """Whether a process holds the cache's lock, as lazyfs.cache.chunks.DiskCache takes it."""
+    fd = os.open(cache_dir / "lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def test_a_refused_mount_point_starts_no_daemon(estargz_registry: Registry, tmp_path: Path) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 
 import pytest
+import requests
 import trio
+import urllib3
 
-from providers.retry import Backoff, Deadline, Retries, SpeedFloor, TooSlow, pause
+from providers.retry import Backoff, Deadline, Retries, SpeedFloor, TooSlow, pause, short_cause
 
 
 class Clock:
@@ -110,3 +114,18 @@ async def test_a_pause_in_a_worker_thread_ends_when_its_task_is_cancelled() -> N
 
 def test_a_pause_outside_trio_just_sleeps() -> None:
     pause(0.01)
+
+
+def test_a_short_cause_is_the_os_error_alone() -> None:
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+    reason = urllib3.exceptions.NewConnectionError(
+        None,  # type: ignore[arg-type]
+        f"<urllib3.connection.HTTPConnection object at 0x7f>: Failed to establish a new "
+        f"connection: {refused}",
+    )
+    error = requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/v2/", reason))  # type: ignore[arg-type]
+    assert short_cause(error) == "Connection refused"
+    # A name that did not resolve: its parenthesis goes with the OS error cut from it.
+    unresolved = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    named = urllib3.exceptions.NameResolutionError("mirror.invalid", None, unresolved)  # type: ignore[arg-type]
+    assert short_cause(named) == "Name or service not known"
