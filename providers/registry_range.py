@@ -16,7 +16,14 @@ that fails (not found, refused, down, a wrong answer) passes the read on,
 from where it stopped: after its retries, or at once when it is not there
 (refused, no route, a name that does not resolve). Should the last fail
 too, those passed over at once are asked again, with retries; then only
-the last endpoint's error is raised.
+the last endpoint's error is raised. A mirror that failed a blob is held
+(``MirrorHolds``): later reads of that blob do not ask it first for
+``HOLD_FIRST`` seconds, twice as long each time it fails again, up to
+``HOLD_MAX``, until it answers. Held, it is asked only as those passed over
+are, if the last endpoint fails: a lazy mount's reads do not each wait out
+a mirror that takes connections and never answers (the request's
+deadline, 30 s by default), and a machine whose only way out is the mirror
+is still served.
 
 Redirects: a registry backed by object storage answers 307 (or 302) with a
 signed URL on another host. That URL is asked without the registry's
@@ -41,7 +48,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Generator
+import threading
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -56,6 +65,9 @@ from providers.retry import Deadline, Retries, is_temporary, seconds, short_caus
 log = logging.getLogger(__name__)
 
 REDIRECTS = (301, 302, 303, 307, 308)
+# How long a mirror that failed a blob is not asked first for it; doubled at each failure.
+HOLD_FIRST = 30.0
+HOLD_MAX = 600.0
 # What storage says of a signed URL that no longer works.
 REFUSED = (401, 403, 404, 410)
 
@@ -88,12 +100,44 @@ class _Cursor:
         return self.need >= self.end
 
 
+class MirrorHolds:
+    """Mirror URLs of blobs that failed lately, and until when each is not asked first.
+
+    Thread-safe. ``clock``: monotonic seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[float, float]] = {}  # url -> (held until, for how long)
+
+    def held(self, url: str) -> bool:
+        with self._lock:
+            entry = self._held.get(url)
+        return entry is not None and self._clock() < entry[0]
+
+    def failed(self, url: str) -> float:
+        """Hold ``url``: for HOLD_FIRST seconds, or twice its last hold; returns how long."""
+        with self._lock:
+            last = self._held.get(url)
+            length = HOLD_FIRST if last is None else min(2 * last[1], HOLD_MAX)
+            self._held[url] = (self._clock() + length, length)
+        return length
+
+    def answered(self, url: str) -> None:
+        """``url`` answered: asked first again, its next hold the shortest."""
+        if url in self._held:
+            with self._lock:
+                self._held.pop(url, None)
+
+
 class RangeReader:
     """Reads ranges of registry blobs; see the module's docstring."""
 
     def __init__(self, http: RegistryHttp, redirects: RedirectCache | None = None) -> None:
         self.http = http
         self.redirects = redirects if redirects is not None else RedirectCache()
+        self.holds = MirrorHolds()
 
     def read(self, place: BlobPlace, offset: int, length: int) -> bytes:
         """The ``length`` bytes from ``offset`` (in the blob: the caller clamped them)."""
@@ -117,13 +161,18 @@ class RangeReader:
             return
         cursor = _Cursor(offset, offset + length)
         *mirrors, last = place.urls
-        unreached: list[str] = []  # mirrors passed over at once, asked again last
+        unreached: list[str] = []  # mirrors passed over (held, not there), asked again last
         for url in mirrors:
+            if self.holds.held(url):
+                unreached.append(url)
+                continue
             try:
                 yield from self._stream_at(url, place, cursor, passing=True)
                 return
             except LazyfsError as exc:
-                log.warning("mirror %s failed for %s: %s", redact(url), place.image, exc)
+                held = self.holds.failed(url)
+                log.warning("mirror %s failed for %s: %s; not asked first for %s s",
+                            redact(url), place.image, exc, seconds(held))  # fmt: skip
                 if isinstance(exc, Unreached):
                     unreached.append(url)
         try:
@@ -140,6 +189,7 @@ class RangeReader:
                 yield from self._stream_at(url, place, cursor, passing=False)
                 return
             except LazyfsError as exc:
+                self.holds.failed(url)
                 log.warning("mirror %s failed again for %s: %s", redact(url), place.image, exc)
         raise failure
 
@@ -154,6 +204,7 @@ class RangeReader:
         while True:
             response, where, pos = self._open(url, place, cursor, passing)
             passing = False  # it answered: a break later is retried there
+            self.holds.answered(url)
             # A 206 carries the rest of the range; a 200 the blob to its end.
             stop = place.size if response.status_code == 200 else cursor.end
             gained = 0

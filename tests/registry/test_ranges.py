@@ -333,6 +333,39 @@ def test_a_mirror_that_fails_once_is_asked_again_when_the_registry_is_nowhere(
     assert got == blob(plain_registry, "library/rich", big_layer)
 
 
+def test_a_mirror_that_failed_a_blob_is_not_asked_first_for_it_again(
+    plain_registry: Registry, proxy: str, faults: Faults, big_layer: str
+) -> None:
+    """It takes the connection and never answers: the first read waits out the deadline,
+    the reads after it go to the registry at once, as a lazy mount's many reads would."""
+    patient = HttpOptions(timeout=1, backoff=0.01, max_backoff=0.05)
+    reader = client(plain_registry.url, patient, mirrors=(proxy,))
+    reader.resolve("rich:oci")  # through the mirror
+    whole = blob(plain_registry, "library/rich", big_layer)
+    faults.silent = 1000
+    assert reader.read_range(Digest(big_layer), 10, 100) == whole[10:110]
+    assert ranges(faults) == ["bytes=10-109"]
+    assert reader.read_range(Digest(big_layer), 200, 100) == whole[200:300]
+    assert reader.read_range(Digest(big_layer), 0, 10) == whole[:10]
+    assert ranges(faults) == ["bytes=10-109"]
+
+
+def test_a_held_mirror_is_asked_again_when_the_registry_fails_too(
+    plain_registry: Registry, proxy: str, faults: Faults, big_layer: str
+) -> None:
+    """A mirror-only machine: the mirror lost the blob for a moment (404), and is held;
+    the registry cannot be reached, so the next read asks the held mirror after all."""
+    with _refusing() as nowhere:
+        reader = client(nowhere, mirrors=(proxy,))
+        reader.resolve("rich:oci")  # through the mirror
+        faults.statuses = [404]
+        with pytest.raises(TemporaryFailure, match=f"cannot reach {nowhere}/v2/"):
+            reader.read_range(Digest(big_layer), 10, 100)
+        got = reader.read_range(Digest(big_layer), 10, 100)
+    assert got == blob(plain_registry, "library/rich", big_layer)[10:110]
+    assert ranges(faults) == ["bytes=10-109", "bytes=10-109"]
+
+
 # --- through a pull-through cache -------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from providers.digest import Digest
 from providers.errors import BadImage
 from providers.registry_checks import parse_content_range, range_answer
+from providers.registry_range import HOLD_FIRST, HOLD_MAX, MirrorHolds
 from providers.registry_redirects import (
     DEFAULT_LIFETIME,
     EXPIRY_MARGIN,
@@ -174,3 +175,23 @@ def test_stream_range_of_a_source_without_streaming() -> None:
     assert list(stream_range(fake, digest, 10, 5)) == []
     with pytest.raises(ValueError):
         stream_range(fake, digest, -1, 5)
+
+
+def test_mirror_holds_double_while_a_mirror_fails_and_end_when_it_answers() -> None:
+    now = [0.0]
+    holds = MirrorHolds(clock=lambda: now[0])
+    url = "http://mirror.test/v2/app/blobs/sha256:" + "a" * 64
+    assert not holds.held(url)
+    assert holds.failed(url) == HOLD_FIRST
+    assert holds.held(url) and not holds.held(url.replace("a" * 64, "b" * 64))
+    now[0] = HOLD_FIRST
+    assert not holds.held(url)  # asked first again: it fails again, held twice as long
+    assert holds.failed(url) == 2 * HOLD_FIRST
+    now[0] += 2 * HOLD_FIRST - 1
+    assert holds.held(url)
+    for _ in range(10):
+        last = holds.failed(url)
+    assert last == HOLD_MAX
+    holds.answered(url)
+    assert not holds.held(url)
+    assert holds.failed(url) == HOLD_FIRST
