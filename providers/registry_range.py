@@ -18,12 +18,13 @@ from where it stopped: after its retries, or at once when it is not there
 too, those passed over at once are asked again, with retries; then only
 the last endpoint's error is raised. A mirror that failed a blob is held
 (``MirrorHolds``): later reads of that blob do not ask it first for
-``HOLD_FIRST`` seconds, twice as long each time it fails again, up to
-``HOLD_MAX``, until it answers. Held, it is asked only as those passed over
-are, if the last endpoint fails: a lazy mount's reads do not each wait out
-a mirror that takes connections and never answers (the request's
-deadline, 30 s by default), and a machine whose only way out is the mirror
-is still served.
+``HOLD_FIRST`` seconds, twice as long if it fails again once asked again,
+up to ``HOLD_MAX``, until it serves a whole range; reads that fail at once
+count as one failure. Held, it is asked only as those passed over are, if
+the last endpoint fails: a lazy mount's reads do not each wait out a
+mirror that takes connections and never answers (the request's deadline,
+30 s by default), and a machine whose only way out is the mirror is still
+served.
 
 Redirects: a registry backed by object storage answers 307 (or 302) with a
 signed URL on another host. That URL is asked without the registry's
@@ -111,24 +112,35 @@ class MirrorHolds:
         self._lock = threading.Lock()
         self._held: dict[str, tuple[float, float]] = {}  # url -> (held until, for how long)
 
+    def __contains__(self, url: object) -> bool:
+        """Whether ``url`` failed since it last served a range: held, or its hold remembered."""
+        return url in self._held
+
     def held(self, url: str) -> bool:
         with self._lock:
             entry = self._held.get(url)
         return entry is not None and self._clock() < entry[0]
 
     def failed(self, url: str) -> float:
-        """Hold ``url``: for HOLD_FIRST seconds, or twice its last hold; returns how long."""
+        """Hold ``url`` unless it is held: for HOLD_FIRST seconds, or twice its last hold if
+        that ended less than HOLD_MAX ago; returns how long it is held from now. Reads
+        that fail at the same time (a layer read in parallel) count as one failure."""
         with self._lock:
+            now = self._clock()
             last = self._held.get(url)
-            length = HOLD_FIRST if last is None else min(2 * last[1], HOLD_MAX)
-            self._held[url] = (self._clock() + length, length)
+            if last is not None and now < last[0]:
+                return last[0] - now
+            if last is None or now >= last[0] + HOLD_MAX:
+                length = HOLD_FIRST
+            else:
+                length = min(2 * last[1], HOLD_MAX)
+            self._held[url] = (now + length, length)
         return length
 
-    def answered(self, url: str) -> None:
-        """``url`` answered: asked first again, its next hold the shortest."""
-        if url in self._held:
-            with self._lock:
-                self._held.pop(url, None)
+    def served(self, url: str) -> None:
+        """``url`` served a whole range: asked first again, its next hold the shortest."""
+        with self._lock:
+            self._held.pop(url, None)
 
 
 class RangeReader:
@@ -172,7 +184,7 @@ class RangeReader:
             except LazyfsError as exc:
                 held = self.holds.failed(url)
                 log.warning("mirror %s failed for %s: %s; not asked first for %s s",
-                            redact(url), place.image, exc, seconds(held))  # fmt: skip
+                            redact(url), place.image, exc, seconds(round(held)))  # fmt: skip
                 if isinstance(exc, Unreached):
                     unreached.append(url)
         try:
@@ -204,7 +216,6 @@ class RangeReader:
         while True:
             response, where, pos = self._open(url, place, cursor, passing)
             passing = False  # it answered: a break later is retried there
-            self.holds.answered(url)
             # A 206 carries the rest of the range; a 200 the blob to its end.
             stop = place.size if response.status_code == 200 else cursor.end
             gained = 0
@@ -216,6 +227,8 @@ class RangeReader:
                     if skip < len(piece):
                         cursor.yielded = pos
                         gained += len(piece) - skip
+                        if cursor.done and url in self.holds:
+                            self.holds.served(url)  # before the yield: a reader stops there
                         yield at + skip, piece[skip:]
                     if gained >= progress:
                         retries.progressed()

@@ -28,6 +28,7 @@ from providers.manifest import ImageManifest
 from providers.registry import RegistryClient, RegistryOptions
 from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions
+from providers.registry_range import HOLD_FIRST, MirrorHolds
 from tests.support.blob_storage import Front, run_front
 from tests.support.fault_proxy import FORWARDED, Faults
 from tests.support.httpserver import relay, serve
@@ -350,8 +351,33 @@ def test_a_mirror_that_failed_a_blob_is_not_asked_first_for_it_again(
     assert ranges(faults) == ["bytes=10-109"]
 
 
-def test_a_held_mirror_is_asked_again_when_the_registry_fails_too(
+def test_a_mirror_that_answers_but_serves_no_range_is_held_longer_each_time(
     plain_registry: Registry, proxy: str, faults: Faults, big_layer: str
+) -> None:
+    """Headers, then half the body and nothing: answering is not serving, and only a range
+    served whole lets a mirror off its hold, so the hold doubles as it stalls again."""
+    stalling = HttpOptions(
+        attempts=1, backoff=0.01, max_backoff=0.05, min_speed=1024, min_speed_time=0.5
+    )
+    reader = client(plain_registry.url, stalling, mirrors=(proxy,))
+    reader.resolve("rich:oci")  # through the mirror
+    now = [0.0]
+    reader.ranges.holds = MirrorHolds(clock=lambda: now[0])
+    whole = blob(plain_registry, "library/rich", big_layer)
+    faults.stalls = 1000
+    for at in (HOLD_FIRST, 2.5 * HOLD_FIRST):  # the first hold has ended; the second has not
+        assert reader.read_range(Digest(big_layer), 1000, 100) == whole[1000:1100]
+        now[0] = at
+    assert reader.read_range(Digest(big_layer), 1000, 100) == whole[1000:1100]
+    assert ranges(faults) == ["bytes=1000-1099"] * 2
+
+
+def test_a_held_mirror_is_asked_again_when_the_registry_fails_too(
+    plain_registry: Registry,
+    proxy: str,
+    faults: Faults,
+    big_layer: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A mirror-only machine: the mirror lost the blob for a moment (404), and is held;
     the registry cannot be reached, so the next read asks the held mirror after all."""
@@ -361,9 +387,13 @@ def test_a_held_mirror_is_asked_again_when_the_registry_fails_too(
         faults.statuses = [404]
         with pytest.raises(TemporaryFailure, match=f"cannot reach {nowhere}/v2/"):
             reader.read_range(Digest(big_layer), 10, 100)
+        caplog.clear()
         got = reader.read_range(Digest(big_layer), 10, 100)
     assert got == blob(plain_registry, "library/rich", big_layer)[10:110]
     assert ranges(faults) == ["bytes=10-109", "bytes=10-109"]
+    # Held: the registry was asked first this time.
+    told = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{nowhere}/v2/") and m.endswith("passed over again") for m in told)
 
 
 # --- through a pull-through cache -------------------------------------------------------

@@ -177,21 +177,26 @@ def test_stream_range_of_a_source_without_streaming() -> None:
         stream_range(fake, digest, -1, 5)
 
 
-def test_mirror_holds_double_while_a_mirror_fails_and_end_when_it_answers() -> None:
+def test_mirror_holds_double_while_a_mirror_fails_and_end_when_it_serves() -> None:
     now = [0.0]
     holds = MirrorHolds(clock=lambda: now[0])
     url = "http://mirror.test/v2/app/blobs/sha256:" + "a" * 64
-    assert not holds.held(url)
+    assert not holds.held(url) and url not in holds
     assert holds.failed(url) == HOLD_FIRST
     assert holds.held(url) and not holds.held(url.replace("a" * 64, "b" * 64))
+    now[0] = 10.0
+    assert holds.failed(url) == HOLD_FIRST - 10  # failed at once with the first: one failure
     now[0] = HOLD_FIRST
     assert not holds.held(url)  # asked first again: it fails again, held twice as long
     assert holds.failed(url) == 2 * HOLD_FIRST
     now[0] += 2 * HOLD_FIRST - 1
     assert holds.held(url)
     for _ in range(10):
+        now[0] += HOLD_MAX
         last = holds.failed(url)
     assert last == HOLD_MAX
-    holds.answered(url)
-    assert not holds.held(url)
+    now[0] += 2 * HOLD_MAX  # its last hold ended long ago: as if it had never failed
+    assert holds.failed(url) == HOLD_FIRST
+    holds.served(url)
+    assert not holds.held(url) and url not in holds
     assert holds.failed(url) == HOLD_FIRST
