@@ -66,7 +66,7 @@ from providers.retry import Deadline, Retries, is_temporary, seconds, short_caus
 log = logging.getLogger(__name__)
 
 REDIRECTS = (301, 302, 303, 307, 308)
-# How long a mirror that failed a blob is not asked first for it; doubled at each failure.
+# How long a mirror that failed a blob is not asked first for it (MirrorHolds.failed).
 HOLD_FIRST = 30.0
 HOLD_MAX = 600.0
 # What storage says of a signed URL that no longer works.
