@@ -101,10 +101,6 @@ class _BlobHome:
         return f"{base}/v2/{self.repository}/blobs/{digest}"
 
 
-def _manifest_url(base: str, repository: str, tag_or_digest: str) -> str:
-    return f"{base}/v2/{repository}/manifests/{tag_or_digest}"
-
-
 class RegistryClient:
     """ImageSource and BlobSource over Docker registries."""
 
@@ -190,10 +186,10 @@ class RegistryClient:
         scope = f"repository:{ref.repository}:pull"
         # A mirror (an endpoint comes after it) that is not there is passed over (Unreached).
         passing = passing and len(bases) > 1
-        url = _manifest_url(base, ref.repository, ref.tag_or_digest)
         data, media_type = registry_documents.fetch_manifest(
-            self.http, url, image, scope, want=ref.digest, passing=passing
-        )
+            self.http, base, ref.repository, ref.tag_or_digest, image, scope,
+            want=ref.digest, passing=passing,
+        )  # fmt: skip
         digest = manifest_digest(data, media_type, image)
         depth = 0
         while True:
@@ -213,9 +209,8 @@ class RegistryClient:
             if depth > INDEX_DEPTH_LIMIT:
                 raise BadImage(f"{image}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
             entry = named(image, self._pick, doc, image)
-            url = _manifest_url(base, ref.repository, entry.digest)
             data, media_type = registry_documents.fetch_manifest(
-                self.http, url, image, scope, want=entry
+                self.http, base, ref.repository, entry.digest, image, scope, want=entry
             )
             digest = entry.digest
         manifest = named(image, parse_image_manifest, data, media_type)

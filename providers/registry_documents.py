@@ -27,15 +27,18 @@ from providers.retry import Again, Deadline, is_temporary, retrying
 
 def fetch_manifest(
     http: RegistryHttp,
-    url: str,
+    base: str,
+    repository: str,
+    tag_or_digest: str,
     image: str,
     scope: str,
     want: Descriptor | Digest | None = None,
     passing: bool = False,
 ) -> tuple[bytes, str]:
-    """The bytes and media type of the manifest at ``url``, checked against the
-    registry's ``Docker-Content-Digest`` and ``want`` (an index entry, or the
-    digest the image was named by). ``passing``: as ``RegistryHttp.get`` has it."""
+    """The bytes and media type of manifest ``tag_or_digest`` of ``base``'s ``repository``,
+    checked against the registry's ``Docker-Content-Digest`` and ``want`` (an index entry,
+    or the digest the image was named by). ``passing``: as ``RegistryHttp.get`` has it."""
+    url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
     return retrying(
         once_more(),
         lambda: again_on_mismatch(lambda: _manifest_once(http, url, image, scope, want, passing)),

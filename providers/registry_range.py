@@ -173,10 +173,10 @@ class RangeReader:
             return
         cursor = _Cursor(offset, offset + length)
         *mirrors, last = place.urls
-        unreached: list[str] = []  # mirrors passed over (held, not there), asked again last
+        passed: list[str] = []  # mirrors passed over (held, not there), asked again last
         for url in mirrors:
             if self.holds.held(url):
-                unreached.append(url)
+                passed.append(url)
                 continue
             try:
                 yield from self._stream_at(url, place, cursor, passing=True)
@@ -186,17 +186,17 @@ class RangeReader:
                 log.warning("mirror %s failed for %s: %s; not asked first for %s s",
                             redact(url), place.image, exc, seconds(round(held)))  # fmt: skip
                 if isinstance(exc, Unreached):
-                    unreached.append(url)
+                    passed.append(url)
         try:
             yield from self._stream_at(last, place, cursor, passing=False)
         except LazyfsError as exc:
             failure = exc
         else:
             return
-        if unreached:
+        if passed:
             log.warning("%s failed for %s: %s; asking the mirrors passed over again",
                         redact(last), place.image, failure)  # fmt: skip
-        for url in unreached:  # down for a moment, maybe: with retries this time
+        for url in passed:  # down for a moment, maybe: with retries this time
             try:
                 yield from self._stream_at(url, place, cursor, passing=False)
                 return

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from lazyfs.cache.remote import Remote, RemoteAware, RemoteOrigin
 from lazyfs.cache.spawn import DaemonSpec, start_daemon
 from lazyfs.fs import mount_server_client as server_client
+from lazyfs.fs.mount_peers import wait_ended
 from lazyfs.fs.mount_wire import (
     READY,
     REFUSED,
@@ -61,7 +62,6 @@ from lazyfs.fs.unmount import (
     note_pid,
     signal_pid,
     unmount,
-    wait_gone,
 )
 from providers.errors import BackendError, BadEntry
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
@@ -356,7 +356,7 @@ def recorded_pid(record: Path) -> int | None:
 def _abandon(pid: int, mountpoint: Path, timeout: float) -> None:
     """Kill a mount process that is not to serve, and take down whatever it mounted."""
     signal_pid(pid, signal.SIGKILL)
-    wait_gone(pid, timeout)
+    wait_ended(pid, timeout)
     fusermount_unmount(mountpoint)
 
 

@@ -48,12 +48,12 @@ def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT)
     fusermount_unmount(mountpoint)
     seen = "other" if pid is None else _identify(pid, mountpoint.absolute())
     if pid is not None and seen == "exiting":
-        wait_gone(pid, timeout)  # cannot be told whose: reaped if ours, never signalled
-    if pid is not None and seen == "mount" and not wait_gone(pid, timeout):
+        wait_ended(pid, timeout)  # cannot be told whose: reaped if ours, never signalled
+    if pid is not None and seen == "mount" and not wait_ended(pid, timeout):
         signal_pid(pid, signal.SIGTERM)
-        if not wait_gone(pid, timeout):
+        if not wait_ended(pid, timeout):
             signal_pid(pid, signal.SIGKILL)
-            wait_gone(pid, timeout)
+            wait_ended(pid, timeout)
     if is_mounted(mountpoint):
         raise BackendError(f"{mountpoint} is still mounted after unmount")
 
@@ -94,12 +94,6 @@ def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"
         return "other"
     # A kernel thread has no memory of its own either, and never exits for us.
     return "exiting" if pages == 0 and not flags & _PF_KTHREAD else "other"
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` ended within ``timeout`` seconds: reaped here if it is our
-    child, else gone or a zombie (``lazyfs.fs.mount_peers.exited``)."""
-    return wait_ended(pid, timeout)
 
 
 def signal_pid(pid: int, number: int) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.fs import mount_peers
-from lazyfs.fs.unmount import MOUNT_MODULE, unmount, wait_gone
+from lazyfs.fs.unmount import MOUNT_MODULE, unmount
 
 # Empties its own /proc/PID/cmdline with PR_SET_MM_MAP (no capability needed
 # when the executable is left as it is): the argument area made zero bytes
@@ -128,7 +128,7 @@ def test_a_mount_process_that_exited_is_gone_though_nobody_reaps_it(tmp_path: Pa
         assert parent.stdout is not None and parent.stdin is not None
         pid = int(parent.stdout.readline())
         # Ended at once: a bound on a hang, not a timing (it stays a zombie past any).
-        assert wait_gone(pid, 30)
+        assert mount_peers.wait_ended(pid, 30)
         assert not mount_peers.alive(pid)  # as a mount server's stop counts it
         unmount(mountpoint, pid=pid, timeout=30)
         assert Path(f"/proc/{pid}").exists()  # a zombie still, its parent's to reap
@@ -173,7 +173,7 @@ def test_a_process_whose_first_thread_ended_is_not_gone_while_another_runs() -> 
             assert time.monotonic() < deadline, status.read_text()
             time.sleep(0.01)
         assert "Threads:\t2" in status.read_text()
-        assert not wait_gone(pid, 0.2)  # still running code, holding its files
+        assert not mount_peers.wait_ended(pid, 0.2)  # still running code, holding its files
         assert mount_peers.alive(pid)
         parent.stdin.close()
         assert parent.wait(timeout=30) == 0
