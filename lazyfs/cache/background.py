@@ -38,8 +38,11 @@ replacing the cached chunks. Only when those bytes fail too are they wrong
 bytes from that origin, recorded against it and the size alone, and the
 chunks dropped, so a mount reading the blob from another origin fetches
 from its own. A chunk evicted before the check makes the task fetch again (a few
-rounds at most: a cache smaller than the blob cannot hold it whole, and
-then the blob stays partial).
+rounds at most: other blobs' pinned chunks may leave too little room, and
+then the blob stays partial). A blob larger than the whole cache is not
+fetched in the background at all: it stays partial, read on demand, rather
+than evict every other image's chunks round after round for a verdict it
+can never get.
 
 A fetch that fails leaves the blob partial with the reason logged; the next
 mount of it asks again. Nothing here is remembered across restarts but the
@@ -138,6 +141,13 @@ class Backgrounds:
         if not self.enabled:
             return await trio.to_thread.run_sync(self.info, digest)
         job = self._jobs[digest] = _Job(digest, size, diff_id, origin)
+        if not self.cache.holds_whole(size):
+            # Fetched whole, it would only evict itself and every other image's
+            # chunks, round after round, and never be judged: reads stay lazy.
+            job.kind = BlobKind.PARTIAL
+            job.reason = f"larger than the cache ({size} bytes; the limit is {self.cache.limit_bytes})"
+            log.warning("no background fetch of %s: %s", digest, job.reason)
+            return self.info(digest)
         self._nursery.start_soon(self._run, source, job)
         return self.info(digest)
 

@@ -138,6 +138,12 @@ class DiskCache:
         with self._mutex:
             return self._ends.get(digest)
 
+    def holds_whole(self, size: int) -> bool:
+        """Whether a blob of ``size`` bytes fits under the limit, its chunks charged as
+        ``du`` counts them, with nothing else cached."""
+        whole, rest = divmod(size, self.layout.chunk_size)
+        return whole * self._charge(self.layout.chunk_size) + self._charge(rest) <= self.limit_bytes
+
     def touch(self, key: ChunkKey) -> None:
         """Count a use of ``key`` (served by this process) for eviction. No-op when absent."""
         with self._mutex:

@@ -85,10 +85,13 @@ class Source:
 
 
 @asynccontextmanager
-async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Fetcher, Backgrounds]]:
+async def daemon(
+    tmp_path: Path, limit_chunks: int = 4 * CHUNKS
+) -> AsyncIterator[tuple[Fetcher, Backgrounds]]:
+    """A cache whose limit holds ``limit_chunks`` chunks (each charged a whole block)."""
     root = tmp_path / "cache"
     root.mkdir(parents=True, exist_ok=True)
-    limit = 4 * CHUNKS * os.statvfs(root).f_frsize
+    limit = limit_chunks * os.statvfs(root).f_frsize
     with DiskCache.open(root, limit, chunk_size=SIZE) as cache:
         async with trio.open_nursery() as nursery:
             fetcher = Fetcher(cache, nursery, readahead=(0, 0))
@@ -329,3 +332,30 @@ async def test_chunks_another_origin_filled_wrong_are_not_held_against_the_jobs_
     assert verdict is not None and verdict.state == COMPLETE and verdict.diff_id == DIFF_ID
     stream = open_complete(root, DIGEST, chunk_size=SIZE)
     assert stream is not None and stream.read() == BLOB
+
+
+async def test_a_blob_larger_than_the_cache_is_left_to_reads_and_evicts_nothing(
+    tmp_path: Path,
+) -> None:
+    # Fetched whole it would evict itself and every other blob, round after
+    # round, and never be judged.
+    other_blob = os.urandom(3 * SIZE)
+    other = Digest("sha256:" + hashlib.sha256(other_blob).hexdigest())
+    source = Source()
+    async with daemon(tmp_path, limit_chunks=CHUNKS - 1) as (fetcher, backgrounds):
+        await fetcher.read(Source(blob=other_blob), other, 0, 10, len(other_blob))
+        info = await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        assert info.kind is BlobKind.PARTIAL, info
+        assert "larger than the cache" in info.reason
+        await trio.testing.wait_all_tasks_blocked()
+        assert source.calls == []
+        assert fetcher.cache.contains(ChunkKey(other, 0))
+        # Its reads are still served, on demand.
+        assert await fetcher.read(source, DIGEST, SIZE, 10, len(BLOB)) == BLOB[SIZE : SIZE + 10]
+
+
+async def test_a_blob_that_just_fits_the_cache_is_fetched_and_judged(tmp_path: Path) -> None:
+    source = Source()
+    async with daemon(tmp_path, limit_chunks=CHUNKS) as (_fetcher, backgrounds):
+        await backgrounds.start(source, DIGEST, len(BLOB), DIFF_ID)
+        await _until(backgrounds, BlobKind.COMPLETE)
