@@ -145,7 +145,9 @@ class Backgrounds:
             # Fetched whole, it would only evict itself and every other image's
             # chunks, round after round, and never be judged: reads stay lazy.
             job.kind = BlobKind.PARTIAL
-            job.reason = f"larger than the cache ({size} bytes; the limit is {self.cache.limit_bytes})"
+            job.reason = (
+                f"larger than the cache ({size} bytes; the limit is {self.cache.limit_bytes})"
+            )
             log.warning("no background fetch of %s: %s", digest, job.reason)
             return self.info(digest)
         self._nursery.start_soon(self._run, source, job)
