@@ -298,6 +298,9 @@ class UpperCopy(UpperState):
         if name.startswith(b"trusted.overlay."):
             # Ours: the upper format's markers.
             raise UpperError(errno.EPERM, f"{name!r} is reserved for the upper directory's format")
+        if name.startswith(b"system."):
+            # Anyone's on FUSE, ACLs unenforced; an ACL's mask would become the upper's group bits.
+            raise UpperError(errno.EOPNOTSUPP, f"{name!r}: no system.* xattrs (POSIX ACLs) here")
         if value is None and name not in node.xattrs:
             raise UpperError(errno.ENODATA, f"inode {node.ino} has no xattr {name!r}")
         self.copy_up_meta(node)

@@ -123,6 +123,12 @@ class WritableOperations(WritableNames):
         node = self.upper.node(inode)
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
             await self.upper.truncate(node, 0)  # copies no data
+            if ctx.uid != 0:
+                # With atomic O_TRUNC (this path) the kernel leaves to us what
+                # truncate(2) does to set-id bits for a caller without CAP_FSETID.
+                lost = stat.S_ISUID | (stat.S_ISGID if node.mode & stat.S_IXGRP else 0)
+                if node.mode & lost:
+                    self.upper.set_mode(node, node.mode & ~lost)
         elif writing:
             await self.upper.copy_up_data(node)
         handle = await self._handle(node, writing=writing)

@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
 import pyfuse3
@@ -205,6 +206,48 @@ async def test_xattrs_and_times(ops: WritableOperations) -> None:
     fields = setting("atime", "mtime")
     assert (await ops.setattr(passwd, attr, fields, None, CTX)).st_mtime_ns == 10**18
     assert os.stat(upper(ops) / "etc" / "passwd").st_mtime_ns == 10**18
+
+
+@pytest.mark.parametrize("xattr", [b"system.posix_acl_access", b"system.anything"])
+async def test_system_xattrs_are_refused_before_any_copy_up(
+    ops: WritableOperations, xattr: bytes
+) -> None:
+    # Any user may send them (the kernel checks no right to system.* on FUSE),
+    # and it does not enforce POSIX ACLs here: one written to the host's upper
+    # file would set its group bits to the ACL's mask.
+    acl = bytes.fromhex("02000000" "0100060000000000" "0400040000000000" "1000060000000000"
+                        "2000000000000000")  # fmt: skip
+    passwd = await ino(ops, "etc/passwd")
+    other = cast(pyfuse3.RequestContext, SimpleNamespace(uid=65534, gid=65534, umask=0o022, pid=2))
+    with pytest.raises(pyfuse3.FUSEError) as refused:
+        await ops.setxattr(passwd, pyfuse3.XAttrNameT(xattr), acl, other)
+    assert refused.value.errno == errno.EOPNOTSUPP
+    assert not (upper(ops) / "etc").exists()
+    assert await ops.listxattr(passwd, CTX) == [b"user.a"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "left"), [(0o6777, 0o0777), (0o6767, 0o2767)], ids=["group-exec", "mandatory-lock"]
+)
+async def test_open_with_o_trunc_by_another_user_drops_set_id_bits(
+    tmp_path: Path, mode: int, left: int
+) -> None:
+    # On the handles path the kernel asks for atomic O_TRUNC and then leaves
+    # dropping the set-id bits to the filesystem, as truncate(2) drops them.
+    ops = ops_of_layers(tmp_path, fuse_paths.OPEN, [[Entry("suid", data=b"binary", mode=mode)]])
+    suid = await ino(ops, "suid")
+    other = cast(pyfuse3.RequestContext, SimpleNamespace(uid=65534, gid=65534, umask=0o022, pid=2))
+    info = await ops.open(suid, os.O_WRONLY | os.O_TRUNC, other)
+    await ops.release(info.fh)
+    assert stat.S_IMODE((await ops.getattr(suid, CTX)).st_mode) == left
+    assert stat.S_IMODE(os.stat(upper(ops) / "suid").st_mode) == left
+    # Root's own truncate keeps them, as CAP_FSETID does.
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mode = stat.S_IFREG | mode
+    await ops.setattr(suid, attr, setting("mode"), None, CTX)
+    info = await ops.open(suid, os.O_WRONLY | os.O_TRUNC, CTX)
+    await ops.release(info.fh)
+    assert stat.S_IMODE((await ops.getattr(suid, CTX)).st_mode) == mode
 
 
 async def test_truncating_to_zero_copies_no_data(ops: WritableOperations) -> None:
