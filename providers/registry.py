@@ -78,6 +78,7 @@ from providers.registry_blob import BlobStream
 from providers.registry_checks import (
     DOCKER_SCHEMA1,
     DOCKER_SCHEMA1_SIGNED,
+    digested,
     manifest_digest,
     named,
 )
@@ -200,7 +201,9 @@ class RegistryClient:
             ):
                 if depth:
                     raise BadImage(f"{image}: an image index lists a schema 1 manifest")
-                return self._schema1(bases, ref.repository, data, digest, image, scope)
+                # Read from what the digest covers, never from the signatures around it.
+                covered = digested(data, media_type, image)
+                return self._schema1(bases, ref.repository, covered, digest, image, scope)
             if kind not in (OCI_INDEX, DOCKER_MANIFEST_LIST) and not (
                 isinstance(doc, dict) and "manifests" in doc
             ):

@@ -23,7 +23,7 @@ from providers.manifest import (
     Descriptor,
 )
 from providers.retry import Again, Backoff, Deadline, Retries
-from providers.schema1 import schema1_digest
+from providers.schema1 import schema1_payload
 
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
@@ -58,9 +58,15 @@ def again_on_mismatch(attempt: Callable[[], T]) -> T:
 
 def manifest_digest(data: bytes, media_type: str, image: str) -> Digest:
     """The digest that names a manifest; a signed schema 1's leaves out its signatures."""
+    return digest_bytes(digested(data, media_type, image))
+
+
+def digested(data: bytes, media_type: str, image: str) -> bytes:
+    """The part of manifest ``data`` its digest covers (``schema1_payload``): all of it
+    but for a signed schema 1."""
     if media_type == DOCKER_SCHEMA1_SIGNED:
-        return named(image, schema1_digest, data)
-    return digest_bytes(data)
+        return named(image, schema1_payload, data)
+    return data
 
 
 def named(image: str, parse: Callable[..., T], *args: Any) -> T:

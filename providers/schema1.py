@@ -41,10 +41,19 @@ def _b64url(text: str) -> bytes:
 
 def schema1_digest(data: bytes) -> Digest:
     """The digest a registry gives a schema 1 manifest: of its unsigned payload."""
+    return digest_bytes(schema1_payload(data))
+
+
+def schema1_payload(data: bytes) -> bytes:
+    """What a signed schema 1 manifest's digest is of (``data`` when unsigned): the
+    only bytes of it to read layers and config from. The signature header says
+    where the payload ends and how it goes on, and the registry writes that
+    header: read from the whole document, a manifest could list layers its
+    digest never covered."""
     doc = load_json(data, "schema 1 manifest")
     signatures = doc.get("signatures") if isinstance(doc, dict) else None
     if not signatures:
-        return digest_bytes(data)
+        return data
     try:
         protected = untrusted_json.loads(_b64url(signatures[0]["protected"]))
         length = int(protected["formatLength"])
@@ -53,7 +62,7 @@ def schema1_digest(data: bytes) -> Digest:
         raise BadImage("schema 1 manifest has an unreadable signature header") from exc
     if not 0 <= length <= len(data):
         raise BadImage("schema 1 manifest signature header has a bad formatLength")
-    return digest_bytes(data[:length] + tail)
+    return data[:length] + tail
 
 
 def parse_schema1(data: bytes) -> Schema1:
