@@ -176,26 +176,26 @@ class _Token:
 
 
 class TokenCache:
-    """Bearer tokens by (realm, service, scope); thread-safe."""
+    """Bearer tokens by (registry host, realm, service, scope); thread-safe."""
 
     def __init__(self, clock: Any = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._tokens: dict[tuple[str, str, str, str], _Token] = {}
 
-    def get(self, key: tuple[str, str, str]) -> str | None:
+    def get(self, key: tuple[str, str, str, str]) -> str | None:
         with self._lock:
             token = self._tokens.get(key)
             if token is None or token.expires <= self._clock():
                 return None
             return token.value
 
-    def put(self, key: tuple[str, str, str], value: str, lifetime: float) -> None:
+    def put(self, key: tuple[str, str, str, str], value: str, lifetime: float) -> None:
         with self._lock:
             expires = self._clock() + max(0.0, lifetime - EXPIRY_MARGIN)
             self._tokens[key] = _Token(value, expires)
 
-    def forget(self, key: tuple[str, str, str]) -> None:
+    def forget(self, key: tuple[str, str, str, str]) -> None:
         with self._lock:
             self._tokens.pop(key, None)
 

@@ -127,10 +127,11 @@ def test_normalize_host(key: str, host: str) -> None:
 def test_token_cache_expires_with_a_margin() -> None:
     now = [100.0]
     cache = TokenCache(clock=lambda: now[0])
-    key = ("realm", "svc", "repository:a:pull")
+    key = ("registry.example", "realm", "svc", "repository:a:pull")
     cache.put(key, "t1", 60)
     assert cache.get(key) == "t1"
-    assert cache.get(("realm", "svc", "repository:b:pull")) is None
+    assert cache.get(("registry.example", "realm", "svc", "repository:b:pull")) is None
+    assert cache.get(("mirror.example", "realm", "svc", "repository:a:pull")) is None
     now[0] += 56
     assert cache.get(key) is None
     cache.put(key, "t2", 60)

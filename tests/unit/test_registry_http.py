@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from providers.errors import BadImage, NotFound, TemporaryFailure, Unauthorized
 from providers.manifest import METADATA_LIMIT
+from providers.registry_auth import Credentials
 from providers.registry_http import HttpOptions, RegistryHttp
 from tests.support.httpserver import serve
 
@@ -181,3 +183,55 @@ def test_a_body_that_does_not_decode_is_a_bad_image() -> None:
         response = http.get(f"{base}/v2/x/manifests/1", image="x", scope=None)
         with pytest.raises(BadImage, match="does not decode as its Content-Encoding says"):
             http.read_capped(response, METADATA_LIMIT)
+
+
+def test_a_token_fetched_for_one_registry_never_goes_to_another_naming_its_realm() -> None:
+    # A mirror answers 401 with the origin's challenge (its realm and service).
+    # The token the origin's credentials got must not be what the mirror is sent.
+    seen: dict[str, list[str]] = {"origin": [], "mirror": []}
+
+    def registry(name: str, realm: list[str], wanted: str) -> type[BaseHTTPRequestHandler]:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                sent = self.headers.get("Authorization", "")
+                seen[name].append(sent)
+                ok = sent.startswith(wanted)
+                self.send_response(200 if ok else 401)
+                if not ok:
+                    self.send_header("WWW-Authenticate", f'Bearer realm="{realm[0]}",service="hub"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        return Handler
+
+    class TokenServer(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            # The secret token only for the origin's credentials.
+            basic = self.headers.get("Authorization", "").startswith("Basic ")
+            body = json.dumps({"token": "SECRET" if basic else "ANONYMOUS"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    realm: list[str] = []
+    with (
+        serve(TokenServer) as tokens,
+        serve(registry("origin", realm, "Bearer SECRET")) as origin,
+        serve(registry("mirror", realm, "Bearer ")) as mirror,
+    ):
+        realm.append(f"{tokens}/token")
+        host = origin.removeprefix("http://")
+        http = RegistryHttp(HttpOptions(attempts=1, credentials={host: Credentials("me", "pw")}))
+        scope = "repository:private/app:pull"
+        for base in (origin, mirror, origin, mirror):
+            http.get(f"{base}/v2/private/app/manifests/1", image="i", scope=scope).close()
+    assert "Bearer SECRET" in seen["origin"]
+    assert seen["mirror"] and "Bearer SECRET" not in seen["mirror"]
+    assert "Bearer ANONYMOUS" in seen["mirror"]
