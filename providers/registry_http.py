@@ -220,6 +220,16 @@ class RegistryHttp:
                     raise Unreached(message, url=redact(url), image=image) from exc
                 failed = TemporaryFailure(message, url=redact(url), image=image)
                 raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
+            except (requests.RequestException, ValueError) as exc:
+                # The answer led nowhere a request can go (a redirect to another
+                # scheme, a loop of them, a Location that is no URL, which the
+                # URL parsers raise ValueError for): the host's failure, not ours,
+                # and no better on another try.
+                raise TemporaryFailure(
+                    f"{image}: {redact(url)} answered with nowhere to go: {short_cause(exc)}",
+                    url=redact(url),
+                    image=image,
+                ) from exc
             status = response.status_code
             if status in how.ok:
                 return response

@@ -235,3 +235,26 @@ def test_a_token_fetched_for_one_registry_never_goes_to_another_naming_its_realm
     assert "Bearer SECRET" in seen["origin"]
     assert seen["mirror"] and "Bearer SECRET" not in seen["mirror"]
     assert "Bearer ANONYMOUS" in seen["mirror"]
+
+
+@pytest.mark.parametrize(
+    "location", ["ftp://mirror.example/blob", "/v2/loop", "http://[bad"], ids=["ftp", "loop", "bad"]
+)
+def test_a_redirect_that_leads_nowhere_is_a_one_line_failure_of_that_host(location: str) -> None:
+    # A mirror's such answer must be an error the client passes over to the
+    # next endpoint, not an exception of the HTTP library's that ends the pull.
+    class Redirecting(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with serve(Redirecting) as base:
+        http = RegistryHttp(HttpOptions(attempts=1))
+        with pytest.raises(TemporaryFailure, match="answered with nowhere to go") as failed:
+            http.get(f"{base}/v2/x/manifests/1", image="img", scope=None)
+    assert "\n" not in str(failed.value)
