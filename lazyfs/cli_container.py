@@ -55,7 +55,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
     from lazyfs import cli_run_trace as run_trace
     from lazyfs.cli_early import started_ahead
-    from lazyfs.cli_exec import exec_problem, in_root
+    from lazyfs.cli_exec import exec_problem
     from lazyfs.cli_volumes import container_request, volume_mounts
     from lazyfs.progress import Progress
     from lazyfs.provision import runtime
@@ -91,12 +91,8 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         )
         config["mounts"].extend(volume_mounts(info))
         process = config["process"]
-        if not info.writable and in_root(info.rootfs, process["cwd"]) is None:
-            # runc would make it, and fail on the read-only mount in words of its own.
-            raise UsageError(
-                f"the read-only rootfs has no working directory {process['cwd']} to run in"
-                " (run it without --read-only)"
-            )
+        if not info.writable:
+            require_workdir(info.rootfs, process["cwd"])
         # As a shell says it, not as runc's failure to start (status 1).
         problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
         if problem is not None:
@@ -211,6 +207,21 @@ def clean_workdir(workdir: str | None) -> str:
     if not workdir.startswith("/"):
         raise UsageError(f"run -w {workdir!r}: the working directory must be an absolute path")
     return tidy_dir(workdir)
+
+
+def require_workdir(rootfs: Path, cwd: str) -> None:
+    """UsageError unless the read-only ``rootfs`` has the working directory ``cwd``.
+
+    runc would make it, and fail on the read-only mount in words of its own.
+    """
+    from lazyfs.cli_exec import in_root, shown
+
+    if in_root(rootfs, cwd) is None:
+        # shown: the image's WorkingDir may hold escape sequences for the terminal.
+        raise UsageError(
+            f"the read-only rootfs has no working directory {shown(cwd)} to run in"
+            " (run it without --read-only)"
+        )
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

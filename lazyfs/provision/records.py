@@ -23,7 +23,8 @@ from providers.digest import Digest
 from providers.errors import BadImage, LazyfsError, NotFound, UsageError
 from providers.manifest import ImageManifest, RuntimeConfig
 
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Taken with fullmatch: `$` matches before a final newline, so "abc\n" passed.
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def require_layers(manifest: ImageManifest) -> None:
 
 
 def check_container_id(container_id: str) -> None:
-    if not _CONTAINER_ID.match(container_id) or ".." in container_id:
+    if not _CONTAINER_ID.fullmatch(container_id) or ".." in container_id:
         raise UsageError(
             f"invalid container id {container_id!r}: use letters, digits, '_', '.', '-' "
             "(at most 128, not starting with a punctuation mark)"
