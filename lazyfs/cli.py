@@ -31,7 +31,7 @@ from lazyfs.cli_flags import image_providers, layer_limits, source, work_dir
 from lazyfs.cli_registry import docker_registry, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import failure_line, run_trio
-from providers.errors import NotFound, Unauthorized, UsageError
+from providers.errors import Conflict, NotFound, Unauthorized, UsageError
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
@@ -219,6 +219,17 @@ def _umount(app: App, args: argparse.Namespace) -> int:
 
 
 def _destroy(app: App, args: argparse.Namespace) -> int:
+    from lazyfs.provision import runtime
+    from lazyfs.provision.records import check_container_id
+
+    check_container_id(args.container_id)  # before it names a path
+    # Its `lazyfs run` may be gone (killed) while runc runs it on: as `recover` keeps
+    # such a container, a rootfs never goes from under a live one.
+    if runtime.still_running(runtime.state_root(app.work_dir), args.container_id):
+        raise Conflict(
+            f"container {args.container_id} is still running (runc); stop it first"
+            " (runc --root WORK_DIR/runc kill ID KILL); nothing was destroyed"
+        )
     if not run_trio(lambda: app.provisioner.destroy(args.container_id)):
         raise NotFound(f"container {args.container_id} is not provisioned")
     return 0

@@ -95,6 +95,12 @@ def test_a_container_whose_run_was_killed_is_busy_until_it_stops(
 
     report = json.loads(lazyfs("recover").stdout)
     assert (report["busy"], report["destroyed"], report["kept"]) == ([cid], [], [])
+    refused = lazyfs("destroy", cid, check=False)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        f"lazyfs: container {cid} is still running (runc); stop it first"
+        " (runc --root WORK_DIR/runc kill ID KILL); nothing was destroyed"
+    ]
     assert containers(work) == [cid]
     assert (rootfs / "etc" / "motd").read_text() == "hello from a lazyfs rootfs\n"
     assert runc_status(work, cid) == "running"
