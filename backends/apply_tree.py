@@ -332,21 +332,36 @@ class Tree(DirWalker):
                 self._hide(found[0], child, (*found[1], child))
 
     def _hide(self, parent_fd: int, name: str, path: RelPath) -> None:
-        """Remove what lower layers made at ``path``, keeping what this layer made."""
+        """Remove what lower layers made at ``path``, keeping what this layer made.
+
+        Without recursion: this layer's own directories may go deeper than
+        Python's stack. A descriptor is held for each level gone down.
+        """
+        opened: list[int] = []
+        # None: the directory opened last is done (its children come off first).
+        todo: list[tuple[int, str, RelPath] | None] = [(parent_fd, name, path)]
         try:
-            mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
-        except FileNotFoundError:
-            return
-        if path not in self._created and path not in self._ancestors:
-            self.remember(parent_fd, path[:-1])  # before the removal changes its time
-            self._remove(parent_fd, name)
-        elif stat.S_ISDIR(mode):
-            # Ours, or holding something of ours: its lower children go.
-            fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
-            try:
-                for child in os.listdir(fd):
-                    self._hide(fd, child, (*path, child))
-            finally:
+            while todo:
+                item = todo.pop()
+                if item is None:
+                    os.close(opened.pop())
+                    continue
+                parent, name, path = item
+                try:
+                    mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+                except FileNotFoundError:
+                    continue
+                if path not in self._created and path not in self._ancestors:
+                    self.remember(parent, path[:-1])  # before the removal changes its time
+                    self._remove(parent, name)
+                elif stat.S_ISDIR(mode):
+                    # Ours, or holding something of ours: its lower children go.
+                    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+                    opened.append(fd)
+                    todo.append(None)
+                    todo.extend((fd, child, (*path, child)) for child in os.listdir(fd))
+        finally:
+            for fd in opened:
                 os.close(fd)
 
     def finish(self) -> None:

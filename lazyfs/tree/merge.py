@@ -186,16 +186,22 @@ class _Layer:
                 self._write(entry)
 
     def _hide(self, children: dict[str, _Node], name: str, path: RelPath) -> None:
-        """Remove what lower layers made at ``path``, keeping what this layer made."""
-        node = children.get(name)
-        if node is None:
-            return
-        if path not in self.created and path not in self.ancestors:
-            del children[name]
-            self.walked.clear()  # paths through ``name`` lead nowhere now
-        elif node.children is not None:
-            for child in list(node.children):
-                self._hide(node.children, child, (*path, child))
+        """Remove what lower layers made at ``path``, keeping what this layer made.
+
+        Without recursion: this layer's own directories may go deeper than
+        Python's stack.
+        """
+        todo = [(children, name, path)]
+        while todo:
+            children, name, path = todo.pop()
+            node = children.get(name)
+            if node is None:
+                continue
+            if path not in self.created and path not in self.ancestors:
+                del children[name]
+                self.walked.clear()  # paths through ``name`` lead nowhere now
+            elif node.children is not None:
+                todo.extend((node.children, child, (*path, child)) for child in node.children)
 
     def _mark_created(self, path: RelPath) -> None:
         self.created.add(path)
