@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from lazyfs.blobs.trace_run import Watched, recorded
-from lazyfs.index.estargz import inflate_chunk
+from lazyfs.index.estargz import inflate_chunk, read_length
 from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, loads
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError
@@ -175,12 +175,12 @@ class EstargzChunks:
     def _heard(self, digest: Digest, row: ChunkRow) -> None:
         """Tell the blob source's watcher of chunk ``row``, read as if now (module docstring)."""
         if isinstance(self._blobs, Watched) and (watcher := self._blobs.watcher) is not None:
-            watcher.read(digest, row.offset, row.end - row.offset)
+            watcher.read(digest, row.offset, read_length(row.chunk()))
 
     def _fetch(self, digest: Digest, row: ChunkRow) -> bytes:
         with self._lock:
             self.fetches += 1
-        length = row.end - row.offset
+        length = read_length(row.chunk())
         try:
             try:
                 raw = self._blobs.read_range(digest, row.offset, length)

@@ -31,7 +31,7 @@ from lazyfs.blobs.trace_run import unrecorded
 from lazyfs.fs.elf_deps import elf_deps
 from lazyfs.fs.predict import MAX_BYTES, MAX_FILE_BYTES, MAX_FILES, find_library, resolve
 from lazyfs.fs.predict_toc import MAX_STEPS, Prefetcher, TocNode, TocTree, file_span
-from lazyfs.index.estargz import inflate_chunk
+from lazyfs.index.estargz import inflate_chunk, read_length
 from lazyfs.tree.merge import InodeNo
 from providers.digest import Digest
 
@@ -136,11 +136,11 @@ def file_bytes(
         last = chunk.chunk_offset + chunk.chunk_size
         if last <= offset or chunk.chunk_offset >= end:
             continue
-        if max(chunk.end - chunk.offset, chunk.inner_offset + chunk.chunk_size) > MAX_FILE_BYTES:
+        if max(read_length(chunk), chunk.inner_offset + chunk.chunk_size) > MAX_FILE_BYTES:
             break  # a member no file of this size needs: hostile
         content = None if inflated is None else inflated.get(chunk.offset)
         if content is None:
-            data = blobs.read_range(node.layer, chunk.offset, chunk.end - chunk.offset)
+            data = blobs.read_range(node.layer, chunk.offset, read_length(chunk))
             content = inflate_chunk(chunk, data, layer=str(node.layer), name=entry.name)
             if inflated is not None:
                 inflated[chunk.offset] = content

@@ -174,11 +174,25 @@ def prefetch_span(toc: Toc) -> tuple[int, int] | None:
     return span
 
 
+# What a chunk's gzip member may take beyond the bytes it inflates to: its header (10
+# bytes, and any fields it carries) and deflate's 5 bytes for each stored block of up
+# to 64 KiB. What follows the member up to the next chunk (other entries' headers, or
+# padding a hostile TOC put there: its room is not bounded) is never needed.
+_MEMBER_SLACK = 64 << 10
+
+
+def read_length(chunk: Chunk) -> int:
+    """How much of the blob from ``chunk.offset`` reading ``chunk`` takes: up to its
+    ``end``, but no more than its gzip member can need to inflate to its bytes."""
+    need = chunk.inner_offset + chunk.chunk_size
+    return min(chunk.end - chunk.offset, need + need // 8192 + _MEMBER_SLACK)
+
+
 def inflate_chunk(chunk: Chunk, data: bytes, *, layer: str, name: str) -> bytes:
     """The ``chunk_size`` bytes of ``chunk``, inflated and checked against its digest.
 
-    ``data`` is the blob from ``chunk.offset`` on, at least up to the end of
-    the chunk's gzip member (``[chunk.offset, chunk.end)`` always is).
+    ``data`` is the blob from ``chunk.offset`` on, at least its first
+    ``read_length(chunk)`` bytes.
     ``name`` is the file's name, for the error.  Raises DigestMismatch when the
     bytes do not inflate, inflate to too little, or have another digest:
     nothing unverified comes back.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +92,40 @@ def test_a_table_in_hand_is_taken_only_for_its_own_layer(tmp_path: Path) -> None
         EstargzChunks({mine: tmp_path / "chunks"}, MemoryBlobs({}), loaded={other: table})
     kept = EstargzChunks({other: tmp_path / "absent"}, MemoryBlobs({}), loaded={other: table})
     assert kept.read_range(other, 0, 10) == b""  # the file named is never read
+
+
+class FarBlob:
+    """A blob of 8 GiB: one gzip member of ``data`` at offset 0, then padding that a
+    hostile TOC places before its next chunk. Records the lengths asked."""
+
+    SIZE = 8 << 30
+
+    def __init__(self, member: bytes) -> None:
+        self.member = member
+        self.asked: list[int] = []
+
+    def open(self, digest: Digest) -> Any:
+        raise AssertionError("read by range only")
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.asked.append(length)
+        assert length < 64 << 20, f"asked for {length} bytes at once"
+        head = self.member[offset : offset + length]
+        return head + bytes(min(length, self.SIZE - offset) - len(head))
+
+
+def test_a_chunk_whose_member_is_followed_by_gigabytes_is_read_by_its_own_bytes(
+    tmp_path: Path,
+) -> None:
+    # The TOC puts the next chunk (or itself) 8 GiB on: reading a 5-byte file
+    # must not ask for the room in between, let alone hold it in memory.
+    data = b"hello"
+    member = gzip.compress(data)
+    digest = Digest("sha256:" + hashlib.sha256(data).hexdigest())
+    layer = Digest("sha256:" + "f" * 64)
+    row = ChunkRow(0, len(data), 0, FarBlob.SIZE, 0, 0, digest, "f")
+    table = ChunkTable(layer, Digest("sha256:" + "e" * 64), FarBlob.SIZE, [row])
+    blob = FarBlob(member)
+    reader = EstargzChunks({layer: tmp_path / "t"}, blob, loaded={layer: table})
+    assert reader.read_range(layer, 0, 5) == data
+    assert blob.asked and max(blob.asked) <= 128 << 10
