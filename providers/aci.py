@@ -15,16 +15,19 @@ outside ``rootfs/`` are refused with ``UnsafeLayer``.
 into a new tar with the ``rootfs/`` prefix removed and, when given, only the
 paths a pathWhitelist lets through (and the directories above them).  The
 result is an ordinary layer tar every backend applies with its usual safety
-rules, so an ACI needs nothing special downstream.  Both are blocking.
+rules, so an ACI needs nothing special downstream.  A GNU sparse file stays
+sparse (written as PAX 1.0, its holes not written), as every layer reader
+reads holes: the layer holds no more data than the ACI.  Both are blocking.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 from providers import layer_rules as rules
 from providers.appc_manifest import AciManifest, image_id, parse_aci_manifest
@@ -32,7 +35,8 @@ from providers.compression import decompressed
 from providers.digest import CHUNK
 from providers.errors import BadImage, UnsafeLayer
 from providers.layer_limits import LayerLimits
-from providers.tar_stream import MAX_ENTRIES, CheckedTarInfo
+from providers.tar_sparse import BLOCK, FileLayout
+from providers.tar_stream import MAX_ENTRIES, CheckedTarInfo, file_layout
 
 MANIFEST = "manifest"
 ROOTFS = "rootfs"
@@ -136,6 +140,10 @@ def read_aci(
                 continue
             if not path or path[0] != ROOTFS:
                 continue
+            if member.isreg():
+                # As a layer's entries are judged: a size past MAX_ENTRY_SIZE (a sparse
+                # file's holes count) or a damaged sparse map is refused here, once.
+                file_layout(member, layer=what)
             if member.islnk():
                 target = rules.normalize_name(member.linkname, layer=what)
                 if not target or target[0] != ROOTFS or len(target) < 2:
@@ -194,12 +202,69 @@ def write_layer(aci_tar: BinaryIO, out: BinaryIO, whitelist: tuple[str, ...], wh
                     member.linkname = "/".join(target)
                 # Only the pax records of what a layer entry keeps: a path, linkpath or
                 # GNU.sparse.name would win over the names given here (tarfile writes
-                # them as they are), and a sparse map would describe bytes written whole.
+                # them as they are), and a sparse file's map is written anew (_data).
                 member.pax_headers = {
                     key: value for key, value in member.pax_headers.items() if _carried(key)
                 }
                 kept.add(rel)
-                data = source.extractfile(member) if member.isreg() else None
+                data = _data(source, member, what) if member.isreg() else None
                 layer.addfile(member, data)
     except (tarfile.TarError, EOFError) as error:
         raise BadImage(f"ACI {what}: corrupt or truncated archive: {error}") from error
+
+
+def _data(source: tarfile.TarFile, member: tarfile.TarInfo, what: str) -> IO[bytes]:
+    """The data ``member`` gets in the layer; a sparse one becomes a PAX 1.0 sparse entry.
+
+    Written whole, a sparse file's holes would be zeros in the layer: a 10 KiB
+    ACI claiming a 1 TiB file would make 1 TiB of layer.  Its map and the
+    bytes it stores instead, no more than the ACI has (``member`` is changed).
+    """
+    layout = file_layout(member, layer=what)  # read_aci judged it; the checks are cheap
+    # Only its stored bytes, read from the archive as they are.
+    stored = copy.copy(member)
+    stored.size, stored.sparse = layout.stored, None
+    raw = source.extractfile(stored)
+    assert raw is not None  # a regular file always has data
+    # An old GNU sparse entry's type S would have its map read from our pax header.
+    member.type = tarfile.REGTYPE
+    if layout.extents is None:
+        return raw
+    sparse_map = _map_10(layout)
+    member.pax_headers = {
+        **member.pax_headers,
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.realsize": str(layout.size),
+    }
+    member.size, member.sparse = len(sparse_map) + layout.stored, None
+    return cast(IO[bytes], _Joined(sparse_map, raw))
+
+
+def _map_10(layout: FileLayout) -> bytes:
+    """The PAX 1.0 map of ``layout``'s extents: decimal lines, padded to a block.
+
+    In the data, not a pax record: a map of many extents passes what a pax
+    header may hold (``tar_stream.MAX_HEADER_BYTES``).
+    """
+    pairs = [(start, length) for start, length, _ in layout.extents or ()]
+    if not pairs or sum(pairs[-1]) < layout.size:
+        pairs.append((layout.size, 0))  # as GNU tar ends it: else its extraction is short
+    lines = [str(len(pairs))] + [f"{start}\n{length}" for start, length in pairs]
+    text = ("\n".join(lines) + "\n").encode()
+    return text + bytes(-len(text) % BLOCK)
+
+
+class _Joined:
+    """``head``, then what ``rest`` reads; reads are full (tarfile's copy takes a short
+    read for the end of the data)."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head, self._rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        taken = self._head if n < 0 else self._head[:n]
+        self._head = self._head[len(taken) :]
+        if n < 0:
+            return taken + self._rest.read()
+        return taken + self._rest.read(n - len(taken)) if len(taken) < n else taken

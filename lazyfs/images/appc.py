@@ -36,6 +36,10 @@ from providers.source import ImageSource
 FETCH_LIMIT = trio.CapacityLimiter(2)
 # Dependency graphs come from the images themselves: bound them.
 MAX_IMAGES = 128
+# Dependencies one manifest may name.  Real images name a few (a base and a
+# handful of libraries); one naming more than a whole graph may hold is no
+# real image's, and each costs a lookup in the store.
+MAX_DEPENDENCIES = MAX_IMAGES
 # None: no whitelist on the way down, everything shows.
 Whitelist = frozenset[str] | None
 
@@ -79,12 +83,14 @@ class AppcProvider:
     ) -> ImageManifest:
         order: list[tuple[str, Whitelist]] = []
         seen: set[str] = set()
+        # Each stored manifest parsed once in this fetch, however many lookups.
+        appc_store = self.appc_store.for_one_fetch()
         # One fetch per image however often the graph names it, even uncached.
         resolved: dict[AppcRef, tuple[str, AciManifest]] = {}
 
         def resolve(want: AppcRef) -> tuple[str, AciManifest]:
             if want not in resolved:
-                resolved[want] = self._resolve(want, cached=cached, progress=progress)
+                resolved[want] = self._resolve(appc_store, want, cached=cached, progress=progress)
             return resolved[want]
 
         top_id, top = resolve(wanted)
@@ -97,6 +103,10 @@ class AppcProvider:
                 own = frozenset(manifest.path_whitelist)
                 allowed = own if allowed is None else allowed & own
             order.append((image_id, allowed))
+            if len(manifest.dependencies) > MAX_DEPENDENCIES:
+                raise BadImage(
+                    f"appc image {manifest.name}: more than {MAX_DEPENDENCIES} dependencies"
+                )
             for dep in manifest.dependencies:
                 dep_wanted = AppcRef(dep.name, tuple(dep.labels), dep.image_id)
                 try:
@@ -119,12 +129,12 @@ class AppcProvider:
         )
 
     def _resolve(
-        self, wanted: AppcRef, *, cached: bool, progress: Progress
+        self, appc_store: AppcStore, wanted: AppcRef, *, cached: bool, progress: Progress
     ) -> tuple[str, AciManifest]:
         reference = wanted.reference()
         if cached:
             try:
-                return self._stored(AppcStoreSource(self.appc_store), reference)
+                return self._stored(appc_store, AppcStoreSource(appc_store), reference)
             except NotFound:
                 pass
         if not self.discovery_prefix:
@@ -132,15 +142,17 @@ class AppcProvider:
                 f"appc image {wanted.describe()} is not in the store "
                 "and no --appc_simple_discovery_uri_prefix is set"
             )
-        discovery = AppcDiscoverySource(self.appc_store, self.discovery_prefix)
+        discovery = AppcDiscoverySource(appc_store, self.discovery_prefix)
         progress.message(f"fetching {shown(discovery.location(reference))}")
-        return self._stored(discovery, reference)
+        return self._stored(appc_store, discovery, reference)
 
-    def _stored(self, source: ImageSource, reference: str) -> tuple[str, AciManifest]:
-        """Resolve ``reference`` with ``source``; the id and manifest it left in the Appc store."""
+    def _stored(
+        self, appc_store: AppcStore, source: ImageSource, reference: str
+    ) -> tuple[str, AciManifest]:
+        """Resolve ``reference`` with ``source``; the id and manifest it left in ``appc_store``."""
         image = source.resolve(reference)
         image_id = "sha512-" + image.digest.removeprefix("sha512:")
-        manifest = self.appc_store.manifest(image_id)
+        manifest = appc_store.manifest(image_id)
         if manifest is None:
             raise NotFound(f"appc image {reference}: {image_id} is not in the store")
         return image_id, manifest
