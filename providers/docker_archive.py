@@ -35,7 +35,7 @@ from providers.manifest import (
     load_json,
     parse_image_config,
 )
-from providers.oci_layout import BlobLocation, TarFiles, open_location, read_file
+from providers.oci_layout import LAYER_LIMIT, BlobLocation, TarFiles, open_location, read_file
 
 DEFAULT_DOMAIN = "docker.io"
 _HEX_NAME = re.compile(r"^(?:.*/)?(?:sha256[:/])?([0-9a-f]{64})(?:\.tar|\.json)?$")
@@ -148,6 +148,8 @@ def resolve_manifest_json(
         raise BadImage(f"{files.label}: manifest.json entry has no Config name")
     if not isinstance(layer_names, list) or not all(isinstance(n, str) for n in layer_names):
         raise BadImage(f"{files.label}: manifest.json entry Layers is not a string list")
+    if len(layer_names) > LAYER_LIMIT:
+        raise BadImage(f"{files.label}: {len(layer_names)} layers, over {LAYER_LIMIT}")
     config_bytes = read_file(files, config_name, "image config")
     config_digest = digest_bytes(config_bytes)
     named = _named_digest(config_name)
@@ -197,11 +199,15 @@ def resolve_legacy(
         raise BadImage(f"{files.label}: repositories names no image")
     top = _pick(candidates, files.label, full_ref, tag, strict)
     chain: list[str] = []
+    seen: set[str] = set()  # a list scan per layer made a long chain quadratic
     top_json = b""
     current: str | None = top
     while current is not None:
-        if current in chain:
+        if current in seen:
             raise BadImage(f"{files.label}: image {current} is its own ancestor")
+        if len(chain) == LAYER_LIMIT:
+            # Refused before the next JSON is read: the chain is walked one file at a time.
+            raise BadImage(f"{files.label}: image {top} has more than {LAYER_LIMIT} layers")
         data = read_file(files, f"{current}/json", "image json")
         meta = load_json(data, f"{files.label}: {current}/json")
         if not isinstance(meta, dict):
@@ -209,6 +215,7 @@ def resolve_legacy(
         if not chain:
             top_json = data
         chain.append(current)
+        seen.add(current)
         parent = meta.get("parent")
         current = _image_id(parent, f"{files.label}: {current}/json parent") if parent else None
     runtime, _ = parse_image_config(top_json)

@@ -25,6 +25,7 @@ extracted: their members are indexed once and blobs are byte ranges of them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -218,7 +219,9 @@ class LocalPuller:
         """Up to ``length`` bytes of the blob from ``offset``; short only at its end."""
         where = self._where(digest)
         length = clamp_range(offset, length, where.size)
-        with open_location(BlobLocation(where.path, where.offset + offset, length)) as stream:
+        # replace: keeps ``layout_root``, so the range too is opened without following links.
+        part = dataclasses.replace(where, offset=where.offset + offset, size=length)
+        with open_location(part) as stream:
             return stream.read()
 
     def _where(self, digest: Digest) -> BlobLocation:

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Protocol
 from providers.compression import sniff
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
 from providers.errors import BadImage, DigestMismatch, NotFound
+from providers.layout_dir import open_beneath
 from providers.manifest import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -46,6 +47,12 @@ from providers.platforms import host_arch as host_arch  # re-exported: older cal
 
 # A docker save of a large image has a few thousand members; a million is abuse.
 MEMBER_LIMIT = 1_000_000
+# Layers per image, in every local form.  Docker chains at most 125 (moby's
+# maxLayerDepth, for the 127 some graph drivers stack); 1000 is far past any
+# image Docker can build or run, and still bounds the per-layer work (a legacy
+# chain reads a JSON file per layer, and its layer.tar members may all be
+# hardlinks to one, 1.5 KiB of tar each).
+LAYER_LIMIT = 1000
 # Indexes may nest (an index entry pointing at another index); real ones nest once.
 INDEX_DEPTH_LIMIT = 4
 _LINK_HOPS = 16
@@ -56,11 +63,17 @@ CONTAINERD_NAME = "io.containerd.image.name"
 
 @dataclass(frozen=True)
 class BlobLocation:
-    """Where a blob's bytes are: ``size`` bytes of ``path`` from ``offset``."""
+    """Where a blob's bytes are: ``size`` bytes of ``path`` from ``offset``.
+
+    ``layout_root``: ``path`` is a file of that layout directory, opened
+    below it without following symlinks (providers.layout_dir), as when it
+    was located: a symlink put there since is refused, not followed.
+    """
 
     path: Path
     offset: int
     size: int
+    layout_root: Path | None = None
 
 
 class RangeReader(io.RawIOBase):
@@ -83,10 +96,7 @@ class RangeReader(io.RawIOBase):
         if self.closed:
             raise ValueError("read from a closed RangeReader")
         if self._fd is None:
-            try:
-                self._fd = os.open(self._where.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError as exc:
-                raise NotFound(f"blob file {self._where.path} is gone") from exc
+            self._fd = self._open()
         view = memoryview(buffer).cast("B")
         want = min(len(view), self._where.size - self._pos)
         if want <= 0:
@@ -96,6 +106,18 @@ class RangeReader(io.RawIOBase):
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+    def _open(self) -> int:
+        path, root = self._where.path, self._where.layout_root
+        if root is not None:
+            fd = open_beneath(root, path.relative_to(root).as_posix())
+            if fd is None:
+                raise NotFound(f"blob file {path} is gone")
+            return fd
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob file {path} is gone") from exc
 
     def close(self) -> None:
         if self._fd is not None:
@@ -114,7 +136,11 @@ class Files(Protocol):
     label: str
 
     def location(self, name: str) -> BlobLocation | None:
-        """Where ``name``'s bytes are, following symlinks and hardlinks; None if absent."""
+        """Where ``name``'s bytes are; None if absent.
+
+        A tar's symlinks and hardlinks are followed inside the tar; a
+        directory's symlinks are BadImage.
+        """
         ...
 
 
@@ -154,12 +180,18 @@ class TarFiles:
         # Layer digests hashed in place, by (offset, size): the docker save
         # forms give none, and hashing a layer twice per puller is waste.
         self.digests: dict[tuple[int, int], Digest] = {}
+        # Here, not at the top: the registry client (and so the cache daemon)
+        # imports this module for INDEX_DEPTH_LIMIT and loads no tar code.
+        from providers.tar_stream import CheckedTarInfo
+
         try:
             with open(path, "rb") as raw:
                 if sniff(raw.read(8)) in ("gzip", "zstd"):
                     raise BadImage(f"{path}: compressed image archives are not supported")
                 raw.seek(0)
-                with tarfile.open(fileobj=raw, mode="r:") as tar:
+                # CheckedTarInfo, as for layers: it bounds pax and GNU long-name
+                # headers, which plain tarfile reads whole into memory.
+                with tarfile.open(fileobj=raw, mode="r:", tarinfo=CheckedTarInfo) as tar:
                     for count, member in enumerate(tar):
                         if count >= MEMBER_LIMIT:
                             raise BadImage(f"{path}: more than {MEMBER_LIMIT} members")
@@ -196,23 +228,26 @@ class TarFiles:
 
 
 class DirFiles:
-    """Files below a directory; names are built by us from checked digests."""
+    """Regular files below a directory; a symlink below it is BadImage, never followed.
+
+    The layout is the image author's: a symlink in it could name any file on
+    the host (see providers.layout_dir).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.label = str(root)
 
     def location(self, name: str) -> BlobLocation | None:
-        path = self.root / _clean(name)
+        name = _clean(name)
+        fd = open_beneath(self.root, name)
+        if fd is None:
+            return None
         try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise BadImage(f"{path}: cannot read: {exc}") from exc
-        if not path.is_file():
-            return None
-        return BlobLocation(path, 0, st.st_size)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        return BlobLocation(self.root / name, 0, size, layout_root=self.root)
 
 
 def blob_name(digest: Digest) -> str:
@@ -326,6 +361,8 @@ def resolve_layout(
     if entry.media_type not in ("", OCI_MANIFEST, DOCKER_MANIFEST):
         raise BadImage(f"{files.label}: {entry.digest} has unsupported type {entry.media_type!r}")
     manifest = parse_image_manifest(read_blob(files, entry, "image manifest"), entry.media_type)
+    if len(manifest.layers) > LAYER_LIMIT:
+        raise BadImage(f"{files.label}: {len(manifest.layers)} layers, over {LAYER_LIMIT}")
     runtime, diff_ids = parse_image_config(read_blob(files, manifest.config, "image config"))
     if len(diff_ids) != len(manifest.layers):
         raise BadImage(

@@ -394,3 +394,20 @@ def test_oci_index_wins_over_manifest_json(tmp_path: Path) -> None:
     members["manifest.json"] = b"[]"
     _tar(tmp_path / "x:1.tar", members)
     assert LocalPuller(tmp_path).resolve("x:1").config.cmd == ("from-index",)
+
+
+def test_a_layout_blob_made_a_symlink_after_resolve_is_not_read_by_range(tmp_path: Path) -> None:
+    # A lazy read asks ranges of the blob, never checked whole: the range too must
+    # be opened inside the layout, not through a link put there since.
+    images = tmp_path / "images"
+    layout = Layout(images / "x:1")
+    layout.write([layout.image([b"a" * 5000])])
+    puller = LocalPuller(images)
+    (layer,) = puller.resolve("x:1").layers
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not the layout's")
+    blob = images / "x:1" / "blobs" / "sha256" / layer.digest.split(":")[1]
+    blob.unlink()
+    blob.symlink_to(outside)
+    with pytest.raises(BadImage, match="is a symlink"):
+        puller.read_range(layer.digest, 0, 8)
