@@ -10,8 +10,8 @@ map, keyed by registry host (``registry.example.com:5000``) or URL
 
 ``parse_challenge`` reads a ``WWW-Authenticate`` header (``Bearer
 realm="...",service="...",scope="..."`` or ``Basic realm="..."``).
-``TokenCache`` keeps bearer tokens per (realm, service, scope) until they
-expire; it is safe to share between threads.
+``TokenCache`` keeps bearer tokens per (registry host, realm, service,
+scope) until they expire; it is safe to share between threads.
 
 Secrets never reach ``repr``, logs or error messages: ``Credentials`` hides
 its password, and errors here name the config, never its content.

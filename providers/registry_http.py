@@ -220,14 +220,16 @@ class RegistryHttp:
                     raise Unreached(message, url=redact(url), image=image) from exc
                 failed = TemporaryFailure(message, url=redact(url), image=image)
                 raise Again(f"{redact(url)}: {short_cause(exc)}", failed) from exc
-            except (requests.RequestException, ValueError) as exc:
+            except requests.exceptions.InvalidHeader:
+                raise  # ours to send (a ValueError too): not where the answer led
+            except (*_NOWHERE, ValueError) as exc:
                 # The answer led nowhere a request can go (a redirect to another
-                # scheme, a loop of them, a Location that is no URL, which the
-                # URL parsers raise ValueError for): the host's failure, not ours,
-                # and no better on another try.
-                raise TemporaryFailure(
+                # scheme, a loop of them, a Location that is no URL, which the URL
+                # parsers raise ValueError for). Not retried; BadImage, as for any
+                # answer the registry gives that cannot be used: a mirror answering
+                # so is passed over.
+                raise BadImage(
                     f"{image}: {redact(url)} answered with nowhere to go: {short_cause(exc)}",
-                    url=redact(url),
                     image=image,
                 ) from exc
             status = response.status_code
@@ -360,6 +362,13 @@ class RegistryHttp:
         return True
 
 
+# Where a redirect may lead that no request can follow.
+_NOWHERE = (
+    requests.exceptions.TooManyRedirects,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+)
 # Why a connection to a host could not be made that says the host is not there, rather
 # than this machine short of something (EMFILE, EADDRNOTAVAIL).
 _UNREACHED = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})

@@ -255,6 +255,6 @@ def test_a_redirect_that_leads_nowhere_is_a_one_line_failure_of_that_host(locati
 
     with serve(Redirecting) as base:
         http = RegistryHttp(HttpOptions(attempts=1))
-        with pytest.raises(TemporaryFailure, match="answered with nowhere to go") as failed:
+        with pytest.raises(BadImage, match="answered with nowhere to go") as failed:
             http.get(f"{base}/v2/x/manifests/1", image="img", scope=None)
     assert "\n" not in str(failed.value)
