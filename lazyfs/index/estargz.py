@@ -175,9 +175,11 @@ def prefetch_span(toc: Toc) -> tuple[int, int] | None:
 
 
 # What a chunk's gzip member may take beyond the bytes it inflates to: its header (10
-# bytes, and any fields it carries) and deflate's 5 bytes for each stored block of up
-# to 64 KiB. What follows the member up to the next chunk (other entries' headers, or
-# padding a hostile TOC put there: its room is not bounded) is never needed.
+# bytes, and any fields it carries), and what deflate adds to bytes it cannot shrink:
+# 5 bytes a block, which zlib ends every 16 KiB by default and every 128 bytes at its
+# least memory (4%), and 5 bytes a flush. A sixteenth and 64 KiB cover that. What
+# follows the member up to the next chunk (other entries' headers, or padding a
+# hostile TOC put there: its room is not bounded) is never needed.
 _MEMBER_SLACK = 64 << 10
 
 
@@ -185,7 +187,7 @@ def read_length(chunk: Chunk) -> int:
     """How much of the blob from ``chunk.offset`` reading ``chunk`` takes: up to its
     ``end``, but no more than its gzip member can need to inflate to its bytes."""
     need = chunk.inner_offset + chunk.chunk_size
-    return min(chunk.end - chunk.offset, need + need // 8192 + _MEMBER_SLACK)
+    return min(chunk.end - chunk.offset, need + need // 16 + _MEMBER_SLACK)
 
 
 def inflate_chunk(chunk: Chunk, data: bytes, *, layer: str, name: str) -> bytes:
