@@ -334,35 +334,37 @@ class Tree(DirWalker):
     def _hide(self, parent_fd: int, name: str, path: RelPath) -> None:
         """Remove what lower layers made at ``path``, keeping what this layer made.
 
-        Without recursion: this layer's own directories may go deeper than
-        Python's stack. A descriptor is held for each level gone down.
+        With no recursion and one descriptor: this layer's own directories may go deeper
+        than the stack and the open-file limit. Up by ``..``: nothing else moves them.
         """
-        opened: list[int] = []
-        # None: the directory opened last is done (its children come off first).
-        todo: list[tuple[int, str, RelPath] | None] = [(parent_fd, name, path)]
+        here = os.dup(parent_fd)
+        levels: list[tuple[list[str], RelPath]] = [([name], path[:-1])]
         try:
-            while todo:
-                item = todo.pop()
-                if item is None:
-                    os.close(opened.pop())
+            while levels:
+                names, where = levels[-1]  # the names left to look at there, and its path
+                if not names:
+                    levels.pop()
+                    if levels:
+                        up = os.open("..", DIR_FLAGS, dir_fd=here)
+                        os.close(here)
+                        here = up
                     continue
-                parent, name, path = item
+                child = names.pop()
+                at = (*where, child)
                 try:
-                    mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+                    mode = os.stat(child, dir_fd=here, follow_symlinks=False).st_mode
                 except FileNotFoundError:
                     continue
-                if path not in self._created and path not in self._ancestors:
-                    self.remember(parent, path[:-1])  # before the removal changes its time
-                    self._remove(parent, name)
-                elif stat.S_ISDIR(mode):
-                    # Ours, or holding something of ours: its lower children go.
-                    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-                    opened.append(fd)
-                    todo.append(None)
-                    todo.extend((fd, child, (*path, child)) for child in os.listdir(fd))
+                if at not in self._created and at not in self._ancestors:
+                    self.remember(here, where)  # before the removal changes its time
+                    self._remove(here, child)
+                elif stat.S_ISDIR(mode):  # ours, or holding ours: its lower children go
+                    down = os.open(child, DIR_FLAGS, dir_fd=here)
+                    os.close(here)
+                    here = down
+                    levels.append((os.listdir(here), at))
         finally:
-            for fd in opened:
-                os.close(fd)
+            os.close(here)
 
     def finish(self) -> None:
         """Set the deferred directory modes and mtimes; log what was skipped."""
