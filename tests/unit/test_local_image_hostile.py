@@ -79,7 +79,7 @@ def _refused(root: Path) -> str:
     assert SECRET_SIZE not in message
     assert SECRET_DIGEST.split(":")[1] not in message
     # The phrase, not the word: the test's own tmp_path has "symlink" in it.
-    assert "is a symlink; a layout's files must be in it" in message
+    assert "is a symlink that leads out of the layout; its files must be in it" in message
     return message
 
 
@@ -98,6 +98,31 @@ def test_a_plain_layout_resolves_and_its_layer_reads(tmp_path: Path) -> None:
     assert [x.digest for x in image.layers] == [desc["digest"]]
     with open_location(blobs[desc["digest"]]) as stream:
         assert stream.read() == layer
+
+
+def test_symlinks_that_stay_in_the_layout_are_followed(tmp_path: Path) -> None:
+    # As debuerreotype writes a layout: blobs linked to files beside them.
+    layer = gzip.compress(b"layer bytes")
+    root = tmp_path / "l"
+    desc = _layout(root, layer)
+    blob = root / "blobs" / "sha256" / desc["digest"].split(":")[1]
+    blob.rename(root / "rootfs.tar.gz")
+    blob.symlink_to("../../rootfs.tar.gz")
+    (root / "blobs" / "sha512").symlink_to("sha256")  # a directory link, also inside
+    image, blobs = _resolve(root)
+    assert [x.digest for x in image.layers] == [desc["digest"]]
+    with open_location(blobs[desc["digest"]]) as stream:
+        assert stream.read() == layer
+
+
+def test_a_relative_symlink_that_climbs_out_is_refused(tmp_path: Path, secret: Path) -> None:
+    root = tmp_path / "l"
+    _layout(root, gzip.compress(b"x"))
+    fake = "0" * 64
+    # From blobs/sha256: up three is tmp_path, where the secret's directory is.
+    (root / "blobs" / "sha256" / fake).symlink_to("../../../outside/shadow")
+    _index(root, {"mediaType": OCI_MANIFEST, "digest": f"sha256:{fake}", "size": 1})
+    assert f"blobs/sha256/{fake} is a symlink" in _refused(root)
 
 
 def test_a_blob_symlinked_out_is_refused_and_tells_nothing_of_its_target(
