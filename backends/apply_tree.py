@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import TypeVar
 
 from backends.apply_walk import DIR_FLAGS, DirWalker
 from providers.errors import BackendError
+from providers.fstree import remove_at
 from providers.layer_entry import link_into_itself, link_to_directory, no_link_source
 from providers.layer_rules import RelPath
 
@@ -183,10 +183,7 @@ class Tree(DirWalker):
 
     def _remove(self, parent_fd: int, name: str) -> None:
         self.invalidate()
-        if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
-            shutil.rmtree(name, dir_fd=parent_fd)
-        else:
-            os.unlink(name, dir_fd=parent_fd)
+        remove_at(parent_fd, name, name)  # a lower layer's tree may be deeper than the stack
 
     def make_dir(self, path: RelPath, parent_fd: int, resolved: RelPath) -> tuple[int, bool]:
         """The directory at ``path`` (made, or kept if one is there) and whether it was there."""
@@ -345,9 +342,8 @@ class Tree(DirWalker):
                 if not names:
                     levels.pop()
                     if levels:
-                        up = os.open("..", DIR_FLAGS, dir_fd=here)
-                        os.close(here)
-                        here = up
+                        here, old = os.open("..", DIR_FLAGS, dir_fd=here), here
+                        os.close(old)
                     continue
                 child = names.pop()
                 at = (*where, child)
@@ -359,9 +355,8 @@ class Tree(DirWalker):
                     self.remember(here, where)  # before the removal changes its time
                     self._remove(here, child)
                 elif stat.S_ISDIR(mode):  # ours, or holding ours: its lower children go
-                    down = os.open(child, DIR_FLAGS, dir_fd=here)
-                    os.close(here)
-                    here = down
+                    here, old = os.open(child, DIR_FLAGS, dir_fd=here), here
+                    os.close(old)
                     levels.append((os.listdir(here), at))
         finally:
             os.close(here)

@@ -52,16 +52,24 @@ def remove_tree(path: Path) -> None:
         return
     try:
         try:
-            top = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
+            os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(top.st_mode):
-            _empty(parent_fd, path.name, top, str(path))
-            os.rmdir(path.name, dir_fd=parent_fd)
-        else:
-            os.unlink(path.name, dir_fd=parent_fd)
+        remove_at(parent_fd, path.name, str(path))
     finally:
         os.close(parent_fd)
+
+
+def remove_at(parent_fd: int, name: str, shown: str) -> None:
+    """``remove_tree`` of ``name`` in the directory open as ``parent_fd`` (``shown`` in
+    errors); FileNotFoundError when it is not there. Without recursion, and with one
+    descriptor however deep."""
+    top = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    if stat.S_ISDIR(top.st_mode):
+        _empty(parent_fd, name, top, shown)
+        os.rmdir(name, dir_fd=parent_fd)
+    else:
+        os.unlink(name, dir_fd=parent_fd)
 
 
 def _empty(parent_fd: int, name: str, top: os.stat_result, shown: str) -> None:

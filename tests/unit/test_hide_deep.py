@@ -68,6 +68,17 @@ def test_the_copy_backends_tree(tmp_path: Path) -> None:
         remove_tree(root)  # pytest's own clean-up of old runs recurses
 
 
+@pytest.mark.usefixtures("few_descriptors")
+def test_a_whiteout_over_a_lower_layers_deep_tree_removes_it(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    try:
+        apply_all(root, layer(reg(f"d/{DEEP}/f", b"1"), reg("e")), layer(reg(".wh.d")))
+        assert os.listdir(root) == ["e"]
+    finally:
+        remove_tree(root)
+
+
 async def test_the_merged_tree_a_fuse_mount_serves(tmp_path: Path) -> None:
     lower = [Entry("d", "dir"), Entry("d/x", "dir"), Entry("d/x/old", data=b"1")]
     upper = [Entry(f"d/{DEEP}/f", data=b"2"), opaque("d")]
