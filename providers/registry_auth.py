@@ -214,6 +214,9 @@ def parse_token_response(body: bytes) -> tuple[str, float]:
     token = doc.get("token") or doc.get("access_token")
     if not isinstance(token, str) or not token:
         raise ValueError("token server answer has no token")
+    if not token.isprintable() or token != token.strip():
+        # Sent as a header it would fail in the HTTP library, whose error shows it.
+        raise ValueError("token server answer's token cannot be a header value")
     lifetime = doc.get("expires_in")
     if not isinstance(lifetime, int | float) or lifetime <= 0:
         lifetime = DEFAULT_TOKEN_LIFETIME

@@ -146,6 +146,11 @@ def test_token_response() -> None:
         with pytest.raises(ValueError) as info:
             parse_token_response(bad)
         assert "expires_in" not in str(info.value)
+    # As a header it would fail in the HTTP library, whose error would show the token.
+    for bad in (b'{"token": "sec\\nret"}', b'{"token": " secret"}', b'{"token": "sec\\u0000ret"}'):
+        with pytest.raises(ValueError, match="cannot be a header value") as info:
+            parse_token_response(bad)
+        assert "sec" not in str(info.value)
 
 
 @pytest.mark.parametrize(
