@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import subprocess
 import tarfile
 from collections.abc import Callable
 from itertools import combinations
@@ -113,6 +114,41 @@ def test_a_sparse_file_keeps_its_bytes_and_holes(tmp_path: Path) -> None:
     for start, chunk in extents:
         expected[start : start + len(chunk)] = chunk
     assert (tmp_path / "big").read_bytes() == expected
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        ["--format=gnu"],
+        ["--format=posix", "--sparse-version=0.0"],
+        ["--format=posix", "--sparse-version=0.1"],
+        ["--format=posix", "--sparse-version=1.0"],
+    ],
+    ids=["old-gnu", "pax-0.0", "pax-0.1", "pax-1.0"],
+)
+@pytest.mark.parametrize("ends_in_a_hole", [True, False], ids=["hole-at-end", "data-at-end"])
+def test_a_sparse_file_gnu_tar_wrote_keeps_its_bytes(
+    tmp_path: Path, form: list[str], ends_in_a_hole: bool
+) -> None:
+    source = tmp_path / "source"
+    (source / "rootfs").mkdir(parents=True)
+    (source / "manifest").write_text(json.dumps(manifest_doc("example.com/sparse")))
+    big = source / "rootfs" / "big"
+    with open(big, "wb") as out:
+        out.seek(MiB)
+        out.write(b"middle" * 100)
+        if ends_in_a_hole:
+            out.truncate(4 * MiB)
+        else:
+            out.seek(3 * MiB)
+            out.write(b"end")
+    aci = tmp_path / "sparse.aci"
+    argv = ["tar", *form, "--sparse", "-C", str(source), "-cf", str(aci), "manifest", "rootfs"]
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+    layer = layer_of(aci.read_bytes())
+    (tmp_path / "root").mkdir()
+    apply_layer(tmp_path / "root", io.BytesIO(layer), layer="layer0")
+    assert (tmp_path / "root" / "big").read_bytes() == big.read_bytes()
 
 
 def test_an_entry_claiming_more_than_any_layer_entry_may_is_refused() -> None:
