@@ -28,6 +28,7 @@ from providers.digest import Digest, digest_bytes, digest_stream
 from providers.errors import BadImage, DigestMismatch, NotFound
 from providers.manifest import (
     DOCKER_LAYER_GZIP,
+    LAYER_LIMIT,
     OCI_LAYER_TAR,
     OCI_LAYER_ZSTD,
     ImageManifest,
@@ -35,7 +36,7 @@ from providers.manifest import (
     load_json,
     parse_image_config,
 )
-from providers.oci_layout import LAYER_LIMIT, BlobLocation, TarFiles, open_location, read_file
+from providers.oci_layout import BlobLocation, TarFiles, open_location, read_file
 
 DEFAULT_DOMAIN = "docker.io"
 _HEX_NAME = re.compile(r"^(?:.*/)?(?:sha256[:/])?([0-9a-f]{64})(?:\.tar|\.json)?$")

@@ -264,6 +264,14 @@ class ParsedManifest:
     layers: tuple[Descriptor, ...]
 
 
+# Layers per image, from a registry or a local form.  Docker chains at most 125
+# (moby's maxLayerDepth, for the 127 some graph drivers stack); 1000 is far past
+# any image Docker can build or run, and still bounds the per-layer work (a legacy
+# docker save chain reads a JSON file per layer, and its layer.tar members may all
+# be hardlinks to one, 1.5 KiB of tar each; a registry's manifest is a request each).
+LAYER_LIMIT = 1000
+
+
 def parse_image_manifest(data: bytes, media_type: str = "") -> ParsedManifest:
     """Parse an image manifest (not an index); ``media_type`` is a fallback."""
     doc = load_json(data, "image manifest")
@@ -280,6 +288,8 @@ def parse_image_manifest(data: bytes, media_type: str = "") -> ParsedManifest:
     layers_doc = doc.get("layers")
     if not isinstance(layers_doc, list):
         raise BadImage("image manifest has no layers list")
+    if len(layers_doc) > LAYER_LIMIT:
+        raise BadImage(f"image manifest lists {len(layers_doc)} layers, over {LAYER_LIMIT}")
     layers = tuple(parse_descriptor(item, f"layer {i}") for i, item in enumerate(layers_doc))
     for layer in layers:
         if layer.media_type not in LAYER_TYPES:

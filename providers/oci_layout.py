@@ -47,12 +47,6 @@ from providers.platforms import host_arch as host_arch  # re-exported: older cal
 
 # A docker save of a large image has a few thousand members; a million is abuse.
 MEMBER_LIMIT = 1_000_000
-# Layers per image, in every local form.  Docker chains at most 125 (moby's
-# maxLayerDepth, for the 127 some graph drivers stack); 1000 is far past any
-# image Docker can build or run, and still bounds the per-layer work (a legacy
-# chain reads a JSON file per layer, and its layer.tar members may all be
-# hardlinks to one, 1.5 KiB of tar each).
-LAYER_LIMIT = 1000
 # Indexes may nest (an index entry pointing at another index); real ones nest once.
 INDEX_DEPTH_LIMIT = 4
 _LINK_HOPS = 16
@@ -361,8 +355,6 @@ def resolve_layout(
     if entry.media_type not in ("", OCI_MANIFEST, DOCKER_MANIFEST):
         raise BadImage(f"{files.label}: {entry.digest} has unsupported type {entry.media_type!r}")
     manifest = parse_image_manifest(read_blob(files, entry, "image manifest"), entry.media_type)
-    if len(manifest.layers) > LAYER_LIMIT:
-        raise BadImage(f"{files.label}: {len(manifest.layers)} layers, over {LAYER_LIMIT}")
     runtime, diff_ids = parse_image_config(read_blob(files, manifest.config, "image config"))
     if len(diff_ids) != len(manifest.layers):
         raise BadImage(

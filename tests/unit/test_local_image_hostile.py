@@ -19,8 +19,8 @@ from providers import oci_layout
 from providers.digest import digest_bytes
 from providers.docker_archive import resolve_legacy
 from providers.errors import BadImage, NotFound
-from providers.manifest import OCI_LAYER_GZIP, OCI_MANIFEST
-from providers.oci_layout import LAYER_LIMIT, DirFiles, TarFiles, open_location, resolve_layout
+from providers.manifest import LAYER_LIMIT, OCI_LAYER_GZIP, OCI_MANIFEST
+from providers.oci_layout import DirFiles, TarFiles, open_location, resolve_layout
 
 REF = "docker.io/library/x:1"
 # Stands for /etc/shadow: a file the layout's author cannot read. Its size is
