@@ -132,8 +132,8 @@ class Files(Protocol):
     def location(self, name: str) -> BlobLocation | None:
         """Where ``name``'s bytes are; None if absent.
 
-        A tar's symlinks and hardlinks are followed inside the tar; a
-        directory's symlinks are BadImage.
+        A tar's symlinks and hardlinks are followed inside the tar, a
+        directory's inside the directory; one that leads out is BadImage.
         """
         ...
 
@@ -222,7 +222,7 @@ class TarFiles:
 
 
 class DirFiles:
-    """Regular files below a directory; a symlink below it is BadImage, never followed.
+    """Regular files below a directory; a symlink below it is followed only inside it.
 
     The layout is the image author's: a symlink in it could name any file on
     the host (see providers.layout_dir).

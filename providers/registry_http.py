@@ -326,14 +326,12 @@ class RegistryHttp:
             creds = self.credentials(url)
             return creds.basic_header() if creds is not None else None
         if challenge.scheme == "bearer":
-            key = token_key(challenge, scope)
-            # Kept for this host alone: a challenge may name another registry's
-            # realm, and that registry's token must not be handed to this one.
-            token = self.tokens.get((host, *key))
+            key = token_key(host, challenge, scope)
+            token = self.tokens.get(key)
             if token is None:
                 creds = self.credentials(url)
                 token, lifetime = fetch_token(self, key, creds, url=url, image=image)
-                self.tokens.put((host, *key), token, lifetime)
+                self.tokens.put(key, token, lifetime)
             return f"Bearer {token}"
         return None
 
@@ -356,9 +354,9 @@ class RegistryHttp:
             # Credentials already sent and refused: another try changes nothing.
             return sent is None and self.credentials(url) is not None
         # A cached token the registry refused (expired early, revoked): drop it.
-        self.tokens.forget((host, *token_key(challenge, scope)))
+        self.tokens.forget(token_key(host, challenge, scope))
         if challenge.params.get("scope") and scope is None:
-            self.tokens.forget((host, *token_key(challenge, None)))
+            self.tokens.forget(token_key(host, challenge, None))
         return True
 
 

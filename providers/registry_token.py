@@ -46,9 +46,14 @@ class TokenHttp(Protocol):
 
 
 def fetch_token(
-    http: TokenHttp, key: tuple[str, str, str], creds: Credentials | None, *, url: str, image: str
+    http: TokenHttp,
+    key: tuple[str, str, str, str],
+    creds: Credentials | None,
+    *,
+    url: str,
+    image: str,
 ) -> tuple[str, float]:
-    """A bearer token for ``key`` (realm, service, scope) and its lifetime in seconds.
+    """A bearer token for ``key`` (``token_key``) and its lifetime in seconds.
 
     ``creds`` (basic credentials for the registry at ``url``) go to the
     realm when given. Retried as registry requests are, within the
@@ -56,7 +61,7 @@ def fetch_token(
     TlsFailure when the token server's certificate is not trusted,
     TemporaryFailure when the token server keeps failing.
     """
-    realm, service, scope = key
+    _host, realm, service, scope = key
     if not realm.startswith(("http://", "https://")):
         raise Unauthorized(f"{image}: registry {redact(url)} gave an unusable token realm")
     params = {k: v for k, v in (("service", service), ("scope", scope)) if v}
@@ -160,6 +165,10 @@ def _token_once(
         raise Again(f"{where}: {short_cause(exc)}", failed) from exc
 
 
-def token_key(challenge: Challenge, scope: str | None) -> tuple[str, str, str]:
+def token_key(host: str, challenge: Challenge, scope: str | None) -> tuple[str, str, str, str]:
+    """What a token is kept by: the registry ``host`` it is for (a challenge may name
+    another registry's realm, whose token must not go to this one), the realm, the
+    service and the scope."""
     params = challenge.params
-    return (params.get("realm", ""), params.get("service", ""), scope or params.get("scope", ""))
+    realm, service = params.get("realm", ""), params.get("service", "")
+    return (host, realm, service, scope or params.get("scope", ""))
