@@ -4,9 +4,13 @@ As ``docker run --rm``: the container's exit status is the command's. Ctrl-C,
 SIGTERM and SIGHUP cancel the provision and the making of the runtime
 bundle, which run as one piece of async work (``run_trio``; a read of the
 rootfs under way finishes first), and reach the container through runc
-while it runs (``runtime.run_bundle``); the container is destroyed after
-either. The prefetch trace the run's mount kept after a signal it passed on is
-marked cut: it may be of the start of the workload only (``lazyfs.cli_run_trace``).
+while it runs, or is being started (``runtime.run_bundle``); the container
+is destroyed after either. SIGTERM and SIGHUP between these stop the
+command as Ctrl-C does, and once the container has ended they let its
+destroy finish (``cli_run.signals_stop``, ``signals_ignored``): an agent
+that stops a run does not choose the moment. The prefetch trace the run's
+mount kept after a signal it passed on is marked cut: it may be of the
+start of the workload only (``lazyfs.cli_run_trace``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.cache.remote import tidy_dir
-from lazyfs.cli_run import run_trio
+from lazyfs.cli_run import run_trio, signals_ignored, signals_stop
 from providers.errors import UsageError
 from providers.manifest import RuntimeConfig
 
@@ -123,6 +127,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with (
+        signals_stop(),
         started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()),
         app.provisioner.hold(container_id),
     ):
@@ -226,9 +231,11 @@ def require_workdir(rootfs: Path, cwd: str) -> None:
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:
     """Destroy ``container_id`` (nothing made is no error). After ``failure``, which stays
-    the error told, a destroy that fails too is logged: the container stays for recover."""
+    the error told, a destroy that fails too is logged: the container stays for recover.
+    SIGTERM and SIGHUP meanwhile are let go (Ctrl-C still ends it)."""
     try:
-        run_trio(lambda: app.provisioner.destroy(container_id))
+        with signals_ignored():
+            run_trio(lambda: app.provisioner.destroy(container_id), watch=False)
     except Exception as error:
         if failure is None:
             raise

@@ -166,35 +166,51 @@ def run_bundle(
     (SIGKILL), runc gets SIGTERM (its parent-death signal) and forwards it
     as well: runc keeps supervising, so a container that ignores it runs
     on, and ``still_running`` says so. The runc state is deleted after.
-    Call from the main thread: the parent-death signal follows the thread
-    that started runc. ``told`` is called with each signal passed on while
-    runc ran, in the handler: the container did not end by itself.
+    A signal that comes while runc is being started reaches it once it
+    runs; one that comes after runc ended, while its state is deleted, is
+    let go: the container has ended already. Call from the main thread:
+    the parent-death signal follows the thread that started runc.
+    ``told`` is called with each signal passed on while runc ran, in the
+    handler: the container did not end by itself.
     """
     state_root.mkdir(parents=True, exist_ok=True)
     argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
-    try:
-        process = subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid()))
-    except FileNotFoundError:
-        raise LazyfsError("runc is not installed (run scripts/setup)") from None
     # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it.
     forwarded = [
         s for s in _FORWARDED if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN
     ]
     previous = {sig: signal.getsignal(sig) for sig in forwarded}
+    started: list[subprocess.Popen[bytes]] = []
+    early: list[int] = []  # come while runc was being started
 
     def forward(signum: int, _frame: object) -> None:
+        if not started:
+            early.append(signum)
+            return
+        process = started[0]
         process.send_signal(signum)  # nothing if runc has ended (then it reaped it)
         if told is not None and process.returncode is None:
             told(signum)
 
+    # From before runc starts until its state is gone: a signal meanwhile reaches
+    # runc, or nothing once it has ended, but never ends this process half-way.
     for sig in previous:
         signal.signal(sig, forward)
     try:
-        code = process.wait()
+        try:
+            started.append(subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid())))
+        except FileNotFoundError:
+            raise LazyfsError("runc is not installed (run scripts/setup)") from None
+        for signum in early:
+            forward(signum, None)
+        code = started[0].wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        _runc(state_root, "delete", "--force", container_id)
+        try:
+            if started:
+                _runc(state_root, "delete", "--force", container_id)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
 

@@ -1,0 +1,115 @@
+"""SIGTERM at any point of ``lazyfs run`` leaves no container behind.
+
+An agent stops a container by sending its ``lazyfs run`` SIGTERM, and does
+not choose the moment. Provisioning, runc's run and the destroy each had
+their handling; these tests send the signal on cue in the gaps between
+them: after the provision, while runc is being started, after runc ended,
+and during the destroy.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.lazyfs_cli import REPO, Lazyfs
+
+pytestmark = pytest.mark.integration
+
+# Runs ``python -m lazyfs`` after planting an audit hook that sends this
+# process SIGTERM the first time an event named by the cue happens (once
+# runc's state is being deleted, if the cue says "after"): a signal at that
+# point of the run, on cue rather than by timing.
+TERM_ON_CUE = """
+import os, runpy, signal, sys
+
+event, needle, after = sys.argv.pop(1), sys.argv.pop(1), sys.argv.pop(1) == "after"
+armed, sent = [not after], []
+
+def hook(name, args):
+    if name == "subprocess.Popen" and "'delete', '--force'" in repr(args):
+        armed.append(True)
+    if sent or not armed[-1] or name != event or needle not in repr(args):
+        return
+    sent.append(name)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+sys.addaudithook(hook)
+sys.argv = ["lazyfs", *sys.argv[1:]]
+runpy.run_module("lazyfs", run_name="__main__", alter_sys=True)
+"""
+
+
+def containers(work: Path) -> list[str]:
+    return sorted(p.name for p in (work / "provisioner" / "containers").iterdir())
+
+
+def runc_containers(work: Path) -> str:
+    listed = subprocess.run(
+        ["runc", "--root", str(work / "runc"), "list", "-q"],
+        capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    return listed.stdout
+
+
+def run_with_term(
+    lazyfs: Lazyfs, event: str, needle: str, after: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``lazyfs run`` of busybox on a copy rootfs, sent SIGTERM at the cue (``after``: once
+    runc's state is being deleted)."""
+    argv = lazyfs.argv("run", "--backend", "copy", "busybox", "--", "sh", "-c", "echo ran")
+    return subprocess.run(
+        [sys.executable, "-c", TERM_ON_CUE, event, needle, "after" if after else "", *argv[3:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "needle"),
+    [
+        # Provisioned and the bundle written; runc's state directory is made next.
+        ("os.mkdir", "/runc'"),
+        # runc is being started: the signal goes to it once it runs.
+        ("subprocess.Popen", "'run', '--bundle'"),
+    ],
+)
+def test_a_term_before_the_container_runs_stops_run_and_destroys(
+    lazyfs: Lazyfs, event: str, needle: str
+) -> None:
+    result = run_with_term(lazyfs, event, needle)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "ran" not in result.stdout
+    assert containers(lazyfs.work_dir) == []
+    assert runc_containers(lazyfs.work_dir) == ""
+
+
+@pytest.mark.parametrize(
+    ("event", "needle"),
+    [
+        # runc has ended; its state is deleted next.
+        ("subprocess.Popen", "'delete', '--force'"),
+        # The destroy takes the store's lock.
+        ("open", "gc.lock"),
+        # The destroy is removing the rootfs (busybox's first file).
+        ("os.remove", "'linuxrc'"),
+    ],
+)
+def test_a_term_after_the_container_ended_lets_the_destroy_finish(
+    lazyfs: Lazyfs, event: str, needle: str
+) -> None:
+    result = run_with_term(lazyfs, event, needle, after=True)
+    assert result.stdout == "ran\n"
+    assert "Traceback" not in result.stderr
+    assert containers(lazyfs.work_dir) == []
+    assert runc_containers(lazyfs.work_dir) == ""
+    # The container had ended by itself: its status is the command's, as docker run's.
+    assert result.returncode == 0, result.stderr
