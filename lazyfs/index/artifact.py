@@ -81,14 +81,20 @@ COMPRESSIONS = ("gzip", "none")
 
 # Bounds on what a registry may hand us: a head or windows blob beyond
 # MAX_BLOB, or a head whose index text inflates past MAX_INDEX, is refused
-# and that layer pulled whole instead.  Parsing an index's text takes up to
-# 21 times its size at its peak (rows of ``[]``; the bench image's real
-# rows, ~110 bytes each, 12 times): 128 MiB holds the index of a layer of
-# about 1.2 million files, and a hostile head costs at most about 2.7 GB
-# to refuse (at 512 MiB: about 11 GB).
+# and that layer pulled whole instead.  Parsing an index's text takes about
+# 12 times its size at its peak (the bench image's real rows, ~110 bytes
+# each): 128 MiB holds the index of a layer of about 1.2 million files.
+# Text denser in arrays than any real index (``ROW_BYTES_PER_CONTAINER``,
+# ``HEADER_BYTES_PER_CONTAINER``) is refused before it is parsed: rows of
+# ``[]``, or arrays nested hundreds deep, took 21 to 44 times their size,
+# and a hostile head could cost some 9 GB to refuse.
 MAX_BLOB = 512 << 20
 MAX_INDEX = 128 << 20
 MAX_HEADER = 64 << 20
+# Least bytes of text per array or object: a header's span or checkpoint is
+# some 70 bytes or more; an index row (``lazyfs.index.model``) of three or
+# four arrays is 40 or more, and an xattr's or an extent's own array 8.
+HEADER_BYTES_PER_CONTAINER = 16
 MAX_SPAN = 4 << 20
 MAX_SIZE = 1 << 50
 # Entries of one layer: as many as a tar scan reads (``providers.tar_stream``).
@@ -192,8 +198,8 @@ def decode(
     inflated. With ``size``, ``limits`` bound the tar stream it may claim,
     as they bound a layer's. The count of entries its header gives is
     bounded by its tar stream (a member takes a 512-byte header at least)
-    before the rows are parsed; what parsing them holds is bounded only by
-    ``MAX_INDEX``.
+    before the rows are parsed; what parsing them holds is bounded by
+    ``MAX_INDEX`` and ``ROW_BYTES_PER_CONTAINER``.
     """
     return decode_text(data, layer=layer, size=size, limits=limits)[0]
 
@@ -210,9 +216,9 @@ def decode_text(
     if end < 0:
         raise _bad("no header line")
     try:
-        header = untrusted_json.loads(data[:end])
-    except ValueError:
-        raise _bad("header is not JSON") from None
+        header = untrusted_json.loads(data[:end], per_container=HEADER_BYTES_PER_CONTAINER)
+    except ValueError as error:
+        raise _bad(f"header is not JSON of a lazyfs index: {error}") from None
     if not isinstance(header, dict):
         raise _bad("header is not a JSON object")
     version = header.get("lazyfs_index")

@@ -44,6 +44,9 @@ INDEX_NAME = "index.json"
 TAR_NAME = "tar"
 CHECKPOINTS_NAME = "gzip-index"
 CHUNKS_NAME = "estargz-chunks"
+# Least bytes of text per array of rows from elsewhere (``loads(max_entries=)``): a row
+# is some 40 bytes or more holding three or four arrays; an xattr's or extent's is 8.
+ROW_BYTES_PER_CONTAINER = 6
 
 
 class Kind(enum.Enum):
@@ -197,8 +200,9 @@ def loads(text: str, *, entries: bool = True, max_entries: int | None = None) ->
 
     With ``entries=False`` only the header line is parsed and the index
     comes back with no entries. ``max_entries`` (for an index from
-    elsewhere): refused if its header counts more, before the rows are
-    parsed, and if the rows are not that many, after.
+    elsewhere): refused if its header counts more, or its rows are denser
+    in arrays than real ones (``ROW_BYTES_PER_CONTAINER``), before the rows
+    are parsed, and if the rows are not that many, after.
     """
     head, _, rest = text.partition("\n")
     try:
@@ -207,7 +211,12 @@ def loads(text: str, *, entries: bool = True, max_entries: int | None = None) ->
             raise ValueError(f"index format {header.get('version')!r}, want {FORMAT_VERSION}")
         if max_entries is not None and entries:
             _bounded(header["entries"], max_entries)
-        rows = untrusted_json.loads(rest) if entries else []
+        if not entries:
+            rows = []
+        elif max_entries is None:  # the store's own
+            rows = untrusted_json.loads(rest)
+        else:  # from elsewhere: not denser in arrays than real rows
+            rows = untrusted_json.loads(rest, per_container=ROW_BYTES_PER_CONTAINER)
         if entries and len(rows) != header["entries"]:
             raise ValueError(f"index has {len(rows)} entries, its header {header['entries']}")
         return LayerIndex(
