@@ -53,7 +53,8 @@ class App:
 
     Checking the flags touches nothing; the store and the provisioner are
     made (with their directories) only by the commands that use them, so
-    that ``images`` creates nothing on disk.
+    that ``images`` creates nothing on disk (but, as root, a root directory
+    to be made in a directory others may write: ``lazyfs.cli_roots``).
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -64,6 +65,11 @@ class App:
         self.limits = layer_limits(args)
         self.kinds = image_providers(args)
         self.appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
+        from lazyfs.cli_roots import check_roots
+
+        roots = {"work_dir": self.work_dir, "docker_store_dir": self.store_dir,
+                 "appc_store_dir": self.appc_dir, "cache_dir": cache_dir(args)}  # fmt: skip
+        check_roots(args, roots)
         # Roots an older lazyfs or a umask left open are closed at every start,
         # whatever the command; one that does not exist is not made here.
         for root in (self.work_dir, self.store_dir, self.appc_dir):

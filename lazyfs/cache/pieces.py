@@ -19,21 +19,32 @@ the chunks the trace covers only in part (``lazyfs.cache.partial``; the
 replay fetches them in its turn, ``bring``), and reads those parts as
 pieces. A read of a range whose
 chunks are all cached or in flight (another blob's chunks, asked by
-an earlier lazyfs's replay) is served from them (the daemon's ``answer``).
+an earlier lazyfs's replay) is served from them (the daemon's ``answer``;
+chunks are every origin's, ``lazyfs.cache.flight``).
 A mount keeps the windows it read itself (``lazyfs.blobs.gzip_remote``),
 for when the daemon restarts. A reader waiting on a
 piece counts as one waiting on a fetch (``demand``): background fetch and
-replays hold back. A failure of another origin's fetch (a blob in two
-repositories) is not a reader's: it fetches through its own. As for
-chunks, a source's bytes are trusted: the reader checks each window against
-the sha256 its index gives, and has a wrong one evicted (``evict``).
+replays hold back.
+
+A piece is its origin's: kept and fetched by the source it came through
+(the daemon resolves one source per origin, registry and repository), and
+given only to reads through that source, never to another origin's, nor
+is another origin's flight joined. A repository may name any digest and
+answer bytes of its own for it: the blob of another image, in another
+repository, is then fetched twice (a few KB), not answered from what that
+repository served, nor failed by its failure. A source's bytes are trusted
+by the reads through it: the reader checks each window against the sha256
+its index gives, and has a wrong one evicted (``evict``: every origin's
+pieces of the range, an Evict names none), then reads it through its own
+source again. A look without a source (``holds``, a trace replay's) finds
+any origin's.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -51,6 +62,9 @@ MAX_KEPT = 4096  # pieces kept, whatever their bytes: a read of a blob scans its
 DEFAULT_MAX_BYTES = 16 << 20
 ENTRY_COST = 128  # bytes a kept piece is charged besides its own: its key and its places
 Key = tuple[Digest, int, int]  # blob, offset, length asked
+# A kept piece's place: its source's ``id`` (held alive by the entry, so never
+# another's while it is kept), and its key.
+Place = tuple[int, Key]
 
 
 @dataclass
@@ -77,52 +91,48 @@ class Pieces:
         self._limiter = limiter
         self._run = run
         self.max_bytes = max_bytes
-        self._kept: OrderedDict[Key, bytes] = OrderedDict()  # least recently used first
-        self._blobs: dict[Digest, set[Key]] = {}  # each blob's kept pieces
-        self._flights: dict[Digest, list[tuple[Key, _Flight]]] = {}  # each blob's
+        # The kept pieces, least recently used first, each with the source it came through.
+        self._kept: OrderedDict[Place, tuple[BlobSource, bytes]] = OrderedDict()
+        self._blobs: dict[Digest, set[Place]] = {}  # each blob's kept pieces, every origin's
+        self._flights: dict[Digest, list[tuple[Key, _Flight]]] = {}  # each blob's, any origin's
         self.used = 0
         self.fetches = 0
         self.fetched_bytes = 0
 
     async def read(self, source: BlobSource, digest: Digest, offset: int, length: int) -> bytes:
-        """Blob bytes ``[offset, offset + length)``, kept, or fetched as one piece now.
+        """Blob bytes ``[offset, offset + length)`` through ``source``: kept from it, or
+        fetched through it as one piece now (with its flight holding the range, if one is out).
 
-        Short only where the blob ends. Raises what the fetch raised, when it went
-        through ``source``; after another origin's failure, fetches it through ours.
+        Short only where the blob ends. Raises what the fetch raised.
         """
-        theirs = False  # another origin's flight failed: start our own
-        while True:
-            found = self._find(digest, offset, length)
-            if found is not None:
-                return found
-            # After another origin's failure, only a flight through ours.
-            key, flight = self._flight(digest, offset, length, source if theirs else None)
-            if flight is None:
-                key, flight = self._start(source, (digest, offset, length))
-            self._demand(+1)
-            try:
-                await flight.done.wait()
-            finally:
-                self._demand(-1)
-            if flight.error is not None:
-                if flight.source is source:
-                    raise flight.error
-                theirs = True
-            elif flight.data is not None:  # kept, or already pushed out again
-                return _within(key, flight.data, offset, length)
+        found = self._find(digest, offset, length, source)
+        if found is not None:
+            return found
+        key, flight = self._flight(digest, offset, length, source)
+        if flight is None:
+            key, flight = self._start(source, (digest, offset, length))
+        self._demand(+1)
+        try:
+            await flight.done.wait()
+        finally:
+            self._demand(-1)
+        if flight.data is None:  # failed (the data is the flight's, kept or pushed out again)
+            raise flight.error or TemporaryFailure(f"fetch of {digest} brought nothing")
+        return _within(key, flight.data, offset, length)
 
     def prefetch(self, source: BlobSource, digest: Digest, offset: int, length: int) -> int:
-        """Start fetching the range as a piece unless it is kept or coming; 1 when started."""
-        if self.holds(digest, offset, length):
+        """Start fetching the range as a piece through ``source`` unless it is kept or
+        coming from it; 1 when started."""
+        if self.holds(digest, offset, length, source):
             return 0
         self._start(source, (digest, offset, length))
         return 1
 
-    def holds(self, digest: Digest, offset: int, length: int) -> bool:
-        """Whether the range is kept, or coming in a flight."""
+    def holds(self, digest: Digest, offset: int, length: int, source: BlobSource) -> bool:
+        """Whether the range is kept, or coming in a flight, through ``source``."""
         return (
-            self._find(digest, offset, length) is not None
-            or self._flight(digest, offset, length)[1] is not None
+            self._find(digest, offset, length, source) is not None
+            or self._flight(digest, offset, length, source)[1] is not None
         )
 
     async def bring(
@@ -133,12 +143,12 @@ class Pieces:
         length: int,
         limiter: trio.CapacityLimiter,
     ) -> bool:
-        """Fetch the range as a piece, under ``limiter`` (a trace replay's own), unless it is
-        kept or coming, and wait until it is in or failed (logged: left to the reads);
-        whether it came. Not a reader: it counts as no demand."""
-        if self._find(digest, offset, length) is not None:
+        """Fetch the range as a piece through ``source``, under ``limiter`` (a trace replay's
+        own), unless it is kept or coming from it, and wait until it is in or failed (logged:
+        left to the reads); whether it came. Not a reader: it counts as no demand."""
+        if self._find(digest, offset, length, source) is not None:
             return True
-        _key, flight = self._flight(digest, offset, length)
+        _key, flight = self._flight(digest, offset, length, source)
         if flight is None:
             _key, flight = self._start(source, (digest, offset, length), limiter)
         await flight.done.wait()
@@ -150,29 +160,36 @@ class Pieces:
         return sum(len(flights) for flights in self._flights.values())
 
     def evict(self, digest: Digest, offset: int, length: int) -> int:
-        """Drop the kept pieces of ``digest`` that hold any of the range; how many."""
+        """Drop the kept pieces of ``digest`` that hold any of the range, every origin's;
+        how many."""
         end = offset + length
-        gone = [k for k in self._blobs.get(digest, ()) if k[1] < end and offset < k[1] + k[2]]
-        for key in gone:
-            self._drop(key)
+        gone = [
+            place
+            for place in self._blobs.get(digest, ())
+            if place[1][1] < end and offset < place[1][1] + place[1][2]
+        ]
+        for place in gone:
+            self._drop(place)
         return len(gone)
 
-    def _find(self, digest: Digest, offset: int, length: int) -> bytes | None:
-        exact = (digest, offset, length)  # as asked: no scan (a replay asks its own)
-        for key in (exact,) if exact in self._kept else self._blobs.get(digest, ()):
-            if _holds(key, digest, offset, length):
-                self._kept.move_to_end(key)
-                return _within(key, self._kept[key], offset, length)
+    def _find(self, digest: Digest, offset: int, length: int, source: BlobSource) -> bytes | None:
+        """The range from a piece kept through ``source``."""
+        places: Iterable[Place] = self._blobs.get(digest, ())
+        exact = (id(source), (digest, offset, length))  # as asked: no scan (a replay's)
+        if exact in self._kept:
+            places = (exact,)
+        for place in places:
+            if place[0] == id(source) and _holds(place[1], digest, offset, length):
+                self._kept.move_to_end(place)
+                return _within(place[1], self._kept[place][1], offset, length)
         return None
 
     def _flight(
-        self, digest: Digest, offset: int, length: int, through: BlobSource | None = None
+        self, digest: Digest, offset: int, length: int, source: BlobSource
     ) -> tuple[Key, _Flight | None]:
-        """A flight holding the range (``through`` that source only, if given)."""
+        """A flight holding the range through ``source``."""
         for key, flight in self._flights.get(digest, ()):
-            if _holds(key, digest, offset, length) and (
-                through is None or flight.source is through
-            ):
+            if flight.source is source and _holds(key, digest, offset, length):
                 return key, flight
         return (digest, offset, length), None
 
@@ -195,7 +212,7 @@ class Pieces:
                 data = await self._run(source.read_range, digest, offset, length)
             self.fetched_bytes += len(data)
             flight.data = data
-            self._keep(key, data)
+            self._keep(source, key, data)
         except Exception as failure:
             log.warning("fetch of %s bytes %d+%d failed: %s", digest, offset, length, failure)
             flight.error = failure
@@ -211,23 +228,25 @@ class Pieces:
                 del self._flights[digest]
             flight.done.set()
 
-    def _keep(self, key: Key, data: bytes) -> None:
-        if key in self._kept:
-            self._drop(key)
+    def _keep(self, source: BlobSource, key: Key, data: bytes) -> None:
+        place = (id(source), key)
+        if place in self._kept:
+            self._drop(place)
         if not data:
             return  # past the blob's end: nothing to keep
-        self._kept[key] = data
-        self._blobs.setdefault(key[0], set()).add(key)
+        self._kept[place] = (source, data)
+        self._blobs.setdefault(key[0], set()).add(place)
         self.used += ENTRY_COST + len(data)
         while (self.used > self.max_bytes or len(self._kept) > MAX_KEPT) and self._kept:
             self._drop(next(iter(self._kept)))
 
-    def _drop(self, key: Key) -> None:
-        self.used -= ENTRY_COST + len(self._kept.pop(key))
-        keys = self._blobs[key[0]]
-        keys.discard(key)
-        if not keys:
-            del self._blobs[key[0]]
+    def _drop(self, place: Place) -> None:
+        self.used -= ENTRY_COST + len(self._kept.pop(place)[1])
+        digest = place[1][0]
+        places = self._blobs[digest]
+        places.discard(place)
+        if not places:
+            del self._blobs[digest]
 
 
 def _holds(key: Key, digest: Digest, offset: int, length: int) -> bool:

@@ -187,7 +187,7 @@ class Replays:
     def _held(self, run: _Run) -> bool:
         """Whether a piece run's bytes are kept or coming, as a piece or as chunks."""
         assert run.piece is not None and self.pieces is not None
-        return self.pieces.holds(run.digest, *run.piece) or all(
+        return self.pieces.holds(run.digest, *run.piece, run.source) or all(
             self._in_hand(run.digest, i) for i in run.chunks
         )
 

@@ -10,7 +10,9 @@
 - The image of every ``lazyfs mount`` record that names one, and every
   layer a live FUSE mount process of this store serves, from its command
   line (``--store ROOT --layer JSON``): a container's rootfs mount, and a
-  person's ``lazyfs mount`` whatever its record says.
+  person's ``lazyfs mount`` whatever its record says. Only a process of
+  ours or of the store's owner counts, as a real mount process is: any
+  user may write such a command line, to keep what it names.
 - The images ``excluded_images`` names (``lazyfs.gc.config``).
 
 What some user uses may not be known: a ``lazyfs mount`` record without a
@@ -113,11 +115,13 @@ def in_use(work_dir: Path, store_root: Path) -> InUse:
             layers.setdefault(digest, []).append(who)
     mounts: list[tuple[int, tuple[Digest, ...]]] = []
     for process in mounted_layers(store_root):
-        if process.pid in recorded:
+        # Another user's process only looks like one: a user may name any layer on a
+        # command line of theirs, to keep it from GC.
+        if process.pid in recorded or not process.ours:
             continue
         if process.layers is not None:
             mounts.append((process.pid, process.layers))
-        elif process.ours and process.mountpoint not in mountpoints:
+        elif process.mountpoint not in mountpoints:
             # Its image is not one a record names: it could be any.
             unknown.append(f"mount process {process.pid}")
     for pid, digests in mounts:

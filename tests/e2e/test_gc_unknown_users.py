@@ -79,3 +79,33 @@ def test_a_mount_process_whose_command_line_is_cut_keeps_every_image(
         process.communicate()  # closes its stdin: it ends
     assert f"removed image {BUSYBOX}" in lazyfs("images", "prune").stdout
     assert lazyfs.stored() == []
+
+
+def test_another_users_process_naming_layers_keeps_nothing(
+    lazyfs: Lazyfs, store: Path, tmp_path: Path
+) -> None:
+    # Any user may write a mount process's command line, with layers read from a real one's.
+    digests = [layer["digest"] for layer in json.loads(lazyfs("pull", "busybox").stdout)["layers"]]
+    head = [sys.executable, "-P", "-m", MOUNT_MODULE]
+    head += ["--mountpoint", str(tmp_path / "mnt"), "--store", str(store.absolute())]
+    for digest in digests:
+        head += ["--layer", json.dumps({"digest": digest})]
+    title = [*head, "--ready-fd", "3"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", CUT, " " * (len("\0".join(title)) + 16)],
+        env={**os.environ, "TITLE": json.dumps(title)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # its title is written
+        shown = Path(f"/proc/{process.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert shown == [os.fsencode(word) for word in title]
+        assert f"removed image {BUSYBOX}" in lazyfs("images", "rm", "busybox").stdout
+        assert lazyfs.stored() == []
+    finally:
+        process.communicate()

@@ -242,10 +242,10 @@ async def test_another_origins_failure_is_not_a_readers_own() -> None:
         async with trio.open_nursery() as readers:
             readers.start_soon(their_reader)
             await trio.testing.wait_all_tasks_blocked()
-            readers.start_soon(our_reader)  # two of ours join their flight, which holds
-            readers.start_soon(our_reader)  # their range
+            readers.start_soon(our_reader)  # ours never join their flight, though it
+            readers.start_soon(our_reader)  # holds their range: one of ours
             await trio.testing.wait_all_tasks_blocked()
-            theirs.gate.set()  # it fails: ours fetch it through ours, once
+            theirs.gate.set()  # it fails: not ours
             await trio.testing.wait_all_tasks_blocked()
             ours.gate.set()
         assert p._flights == {}

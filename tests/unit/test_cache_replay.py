@@ -214,7 +214,7 @@ async def test_pieces_are_replayed_in_their_turn_as_requests_of_the_replay(
         await trio.testing.wait_all_tasks_blocked()
         # As many out as the replay's requests, never the reads' limiter's one.
         assert replays.pieces.in_flight == REQUESTS and fetcher.fetches_in_flight == 0
-        held = [replays.pieces.holds(DIGEST, *part) for part in parts]  # coming: in order
+        held = [replays.pieces.holds(DIGEST, *part, source) for part in parts]  # coming: in order
         assert held == [True] * REQUESTS + [False] * 2
         with trio.fail_after(30):  # bounds a failing test only
             # Upstream at once, under the replay's limiter (the readers' one takes one).
@@ -224,4 +224,4 @@ async def test_pieces_are_replayed_in_their_turn_as_requests_of_the_replay(
             while replays.chunks_replayed < 1 or replays.pieces_replayed < len(parts):
                 await trio.sleep(0)  # a checkpoint, not a delay
         assert sorted(source.calls) == sorted([*parts, chunk(3)])  # each once, exactly
-        assert all(replays.pieces.holds(DIGEST, *part) for part in parts)
+        assert all(replays.pieces.holds(DIGEST, *part, source) for part in parts)

@@ -1,0 +1,70 @@
+"""As root, the work dir, the stores and the cache dir must be paths no other user can change.
+
+lazyfs checks a root directory once (``providers.private_dir``: root's,
+``0700``) and then trusts what is below it by path: a blob named by its
+digest is not hashed again, a layer tree is served as extracted. A user who
+can rename an entry on the way to that directory could point it at a
+directory of root's (which lazyfs would then close and fill) or, once it
+was checked, swap it for a directory of their own holding blobs and layers
+of their making, which root would run as a container's rootfs. Mesos puts
+its store under ``/tmp``, and a path there is only as safe as each step.
+
+So, run by root, each root directory given or defaulted must pass
+``lazyfs.provision.mount_path.others_can_move``, the rule ``lazyfs
+mount`` holds its mount point to: every step root's alone, or root's in a
+sticky directory. The part of the path that does not exist yet is made by
+root later; but where its first missing directory would go in a directory
+others may write (``/tmp``), another user could make it first, so it is
+made now and checked as made. Other users' lazyfs has nothing of root's to
+lose and is not held to this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from lazyfs.cli_flags import source
+from providers.errors import UsageError
+from providers.private_dir import PRIVATE
+
+
+def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
+    """UsageError, naming the flag, for a root directory another user could change (run by
+    root only). ``roots``: each flag's directory, absolute."""
+    if os.geteuid() != 0:
+        return
+    from lazyfs.provision.mount_path import others_can_move
+
+    for flag, path in roots.items():
+        try:
+            why = others_can_move(str(_claimed(path)))
+        except OSError as error:
+            why = f"cannot be looked at: {error.strerror or error}"
+        if why is not None:
+            raise UsageError(
+                f"{source(args, flag)} {path}: {why}, so another user could change what it"
+                " names; as root, use a directory only root can change (such as one under"
+                " /var/lib)"
+            )
+
+
+def _claimed(path: Path) -> Path:
+    """``path`` if it exists; else its first missing directory, made now (``PRIVATE``) if
+    another user could make it first, or its deepest existing parent."""
+    missing = None
+    at = path
+    while not os.path.lexists(at):
+        missing, at = at, at.parent
+    if missing is None:
+        return path
+    holder = os.stat(at)
+    if holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Never follows a link; one made there meanwhile, by whomever, is checked as it is.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(missing, PRIVATE)
+        return missing
+    return at

@@ -1,0 +1,93 @@
+"""As root, a work dir, store or cache dir another user could change is refused.
+
+lazyfs trusts what is below its root directories by path: a blob named by
+its digest is not hashed again. A user who could rename an entry on the way
+to one (a directory of theirs in ``/tmp``, as Mesos' ``/tmp/mesos/store``
+would be) could point it at a directory of root's, which lazyfs closed to
+``0700`` and filled, or swap it for one holding blobs of their own making
+once it was checked.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
+
+pytestmark = pytest.mark.integration
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Path:
+    """A directory anyone may write, sticky, as ``/tmp``."""
+    public = tmp_path / "public"
+    public.mkdir()
+    os.chmod(public, 0o1777)
+    return public
+
+
+def victim(tmp_path: Path) -> Path:
+    """A directory of root's, 0755, that lazyfs must not touch."""
+    path = tmp_path / "victim"
+    path.mkdir()
+    os.chmod(path, 0o755)
+    return path
+
+
+def test_a_store_through_another_users_directory_is_refused(
+    lazyfs: Lazyfs, tmp_path: Path, shared: Path
+) -> None:
+    target = victim(tmp_path)
+    theirs = shared / "mesos"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    (theirs / "store").symlink_to(target)
+    os.lchown(theirs / "store", NOBODY, NOBODY)
+
+    result = lazyfs("images", "--docker_store_dir", str(theirs / "store"), check=False)
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert line.startswith(f"lazyfs: --docker_store_dir {theirs / 'store'}: ")
+    assert "another user could change what it names" in line
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
+    assert list(target.iterdir()) == []
+
+
+def test_another_users_link_in_a_sticky_directory_is_refused(
+    lazyfs: Lazyfs, tmp_path: Path, shared: Path
+) -> None:
+    # A link of theirs to a directory of root's: the directory passes as root's own.
+    target = victim(tmp_path)
+    (shared / "work").symlink_to(target)
+    os.lchown(shared / "work", NOBODY, NOBODY)
+    work = Lazyfs(shared / "work", lazyfs.image_dir)
+    result = work("images", check=False)
+    assert result.returncode == 1
+    assert "--work_dir" in one_line_error(result)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
+    assert list(target.iterdir()) == []
+
+
+def test_a_work_dir_to_be_made_in_a_sticky_directory_is_made_at_once(
+    lazyfs: Lazyfs, shared: Path
+) -> None:
+    work = Lazyfs(shared / "work" / "lazyfs", lazyfs.image_dir)
+    assert work("images").stdout.splitlines()[0].split()[0] == "REFERENCE"
+    made = os.lstat(shared / "work")
+    assert (made.st_uid, stat.S_ISDIR(made.st_mode)) == (0, True)
+    assert stat.S_IMODE(made.st_mode) == 0o700
+
+
+def test_roots_of_roots_own_are_used_links_and_all(lazyfs: Lazyfs, tmp_path: Path) -> None:
+    # A guard: a link root made, in directories only root can change, is followed.
+    real = tmp_path / "real-store"
+    real.mkdir()
+    (tmp_path / "store-link").symlink_to(real)
+    lazyfs("pull", "busybox", "--docker_store_dir", str(tmp_path / "store-link"))
+    assert (real / "blobs").is_dir()
