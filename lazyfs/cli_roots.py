@@ -10,7 +10,7 @@ of their making, which root would run as a container's rootfs. Mesos puts
 its store under ``/tmp``, and a path there is only as safe as each step.
 
 So, run by root, each root directory given or defaulted must pass
-``lazyfs.provision.mount_path.others_can_move``, the rule ``lazyfs
+``providers.mount_path.others_can_move``, the rule ``lazyfs
 mount`` holds its mount point to: every step root's alone, or root's in a
 sticky directory. The part of the path that does not exist yet is made by
 root later; but where its first missing directory would go in a directory
@@ -37,7 +37,7 @@ def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     root only). ``roots``: each flag's directory, absolute."""
     if os.geteuid() != 0:
         return
-    from lazyfs.provision.mount_path import others_can_move
+    from providers.mount_path import others_can_move
 
     for flag, path in roots.items():
         try:

@@ -34,13 +34,14 @@ from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
 from lazyfs.provision.lazy import start_adopting
 from lazyfs.provision.lazy_progress import lazy_progress
-from lazyfs.provision.mount_path import others_can_move
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
+from lazyfs.store.disk import locked_async
 from providers.errors import Conflict, NotFound, UsageError
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
+from providers.mount_path import others_can_move
 from providers.mountinfo import real_path
 from providers.private_dir import private_dir
 
@@ -72,8 +73,10 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
     mountpoint = Path(os.path.realpath(mountpoint))
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
+    if lazy_mount.is_mounted(mountpoint):
+        raise Conflict(f"{mountpoint} is already a mount point")
     if os.geteuid() == 0:
-        # Root mounts by path, seconds after this check (``lazyfs.provision.mount_path``).
+        # Root mounts by path, seconds after this check (``providers.mount_path``).
         try:
             why = others_can_move(str(mountpoint))
         except OSError as error:
@@ -83,8 +86,6 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
                 f"refusing mount point {mountpoint}: {why} (as root, lazyfs mounts only"
                 " where no other user can move the mount point)"
             )
-    if lazy_mount.is_mounted(mountpoint):
-        raise Conflict(f"{mountpoint} is already a mount point")
     if any(mountpoint.iterdir()):
         raise UsageError(f"mount point {mountpoint} is not empty")
     return mountpoint
@@ -114,6 +115,29 @@ async def mount_image(
     mounted or recorded when it fails.
     """
     mountpoint = check_mountpoint(mountpoint, suid=suid, dev=dev)
+    # Two mounts at one mount point at once would both pass the check: the second waits
+    # here (':' is in no container id), then finds the first mounted.
+    lock = provisioner.locks / f"mount:{record_dir(work_dir, mountpoint).name}.lock"
+    async with locked_async(lock):
+        check_mountpoint(mountpoint, suid=suid, dev=dev)
+        return await _mount_image(
+            provisioner, work_dir, image, mountpoint,
+            writable=writable, debug=debug, suid=suid, dev=dev, progress=progress,
+        )  # fmt: skip
+
+
+async def _mount_image(
+    provisioner: Provisioner,
+    work_dir: Path,
+    image: Image,
+    mountpoint: Path,
+    *,
+    writable: bool,
+    debug: bool,
+    suid: bool,
+    dev: bool,
+    progress: Progress | None,
+) -> DevMount:
     manifest = await provisioner.fetch(image, progress, lazy=True)
     require_layers(manifest)
     blobs = provisioner.blobs_for("fuse", manifest)

@@ -7,6 +7,7 @@ Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
                                                        provisioning is gone
     containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs, and one per image volume
     locks/<cid>.lock                                   held while one process works on <cid>
+    locks/mount:<key>.lock                             held while ``lazyfs mount`` mounts
 
 The work dir and everything lazyfs makes in it are closed to other users
 (``0700``, see ``providers.private_dir``): a rootfs holds its image's setuid

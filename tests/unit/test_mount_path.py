@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from lazyfs.provision.devmount import check_mountpoint
-from lazyfs.provision.mount_path import others_can_move
 from providers.errors import UsageError
+from providers.mount_path import others_can_move
 from tests.support.fuse_mounts import debug_mounted
 from tests.support.images import Entry
 

@@ -1,0 +1,95 @@
+"""Two ``lazyfs mount``s at one mount point at once: one mounts, the other is refused.
+
+Each checks that the mount point is not a mount, then fetches the image
+for seconds, then mounts. Both passed the check, both mounted (stacked),
+and both served one upper directory. The second now waits for the first,
+then finds it mounted. The test holds the first as it writes its record,
+on cue (an audit hook on the file's open), while the second starts.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lazyfs.fs.mount import is_mounted
+from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
+
+pytestmark = pytest.mark.integration
+
+# Runs ``python -m lazyfs`` with an audit hook: at the first ``open`` whose path holds
+# the cue, it writes a byte to fd TOLD and, if WAIT is set, reads one from fd WAIT.
+ON_CUE = """
+import os, runpy, sys
+
+cue, told, wait = sys.argv.pop(1), int(sys.argv.pop(1)), int(sys.argv.pop(1))
+seen = []
+
+def hook(name, args):
+    if seen or name != "open" or not isinstance(args[0], str) or cue not in args[0]:
+        return
+    seen.append(1)
+    os.write(told, b"x")
+    if wait >= 0:
+        os.read(wait, 1)
+
+sys.addaudithook(hook)
+sys.argv = ["lazyfs", *sys.argv[1:]]
+runpy.run_module("lazyfs", run_name="__main__", alter_sys=True)
+"""
+
+
+def start(lazyfs: Lazyfs, cue: str, told: int, wait: int, *args: str) -> subprocess.Popen[str]:
+    argv = lazyfs.argv(*args)
+    return subprocess.Popen(
+        [sys.executable, "-c", ON_CUE, cue, str(told), str(wait), *argv[3:]],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=[fd for fd in (told, wait) if fd >= 0],
+    )
+
+
+def test_a_second_mount_at_the_same_place_waits_and_is_refused(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    point = tmp_path / "mnt"
+    point.mkdir()
+    first_told, first_reached = os.pipe()
+    first_go, first_wait = os.pipe()
+    second_told, second_reached = os.pipe()
+    lazyfs("pull", "busybox")  # no fetch to wait for: the store's lock is not held
+    mount = ("mount", "busybox", str(point), "--writable")
+    first = start(lazyfs, "/image.json", first_reached, first_go, *mount)
+    second = None
+    try:
+        assert os.read(first_told, 1) == b"x"  # past its checks, writing its record
+        # The second, up to where it would wait for the first: or to its end, if it does not.
+        second = start(lazyfs, "mount:", second_reached, -1, *mount)
+        assert second.stdout is not None
+        ready, _, _ = select.select([second_told, second.stdout.fileno()], [], [], 120)
+        os.write(first_wait, b"x")
+        _, first_err = first.communicate(timeout=120)
+        assert first.returncode == 0, first_err
+        second_out, second_err = second.communicate(timeout=120)
+        result = subprocess.CompletedProcess(second.args, second.returncode, second_out, second_err)
+        assert second.returncode == 1, (ready, second_err)
+        assert one_line_error(result) == f"lazyfs: {point} is already a mount point"
+        assert is_mounted(point)
+        lazyfs("umount", str(point))
+        assert not is_mounted(point)  # one mount, gone with one umount
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+        for fd in (first_told, first_reached, first_go, first_wait, second_told, second_reached):
+            os.close(fd)
+        # What a failing run left mounted (stacked, perhaps) goes with the lazyfs fixture.
