@@ -8,12 +8,27 @@ referrers tag schema: an OCI index kept by clients at the tag
 
 Listing (``list_referrers``) tries the API and falls back to the tag; a
 tag that holds no valid index means no referrers, as the distribution spec
-says.  Adding (``add_referrer``) after pushing a manifest with a subject:
+says.  The API may answer in pages: each names the next in a ``Link``
+header (RFC 5988, ``rel="next"``, ``next_link``), followed on the same
+registry (scheme, host and port) only, up to ``MAX_PAGES`` pages of
+``PAGE_LIMIT`` bytes and ``TOTAL_LIMIT`` in all; a list longer than that is
+BadImage, as one answer over ``PAGE_LIMIT`` always was: a list cut short
+would say "none of that type" when the type is on a page not read.  A
+caller that asks unfiltered and names the types it ``wanted`` gets, when
+the list does not come in one answer (paged, or over ``PAGE_LIMIT``), the
+lists of those types instead, asked with ``?artifactType=`` one by one,
+rather than every page of another tool's thousands of signatures.
+
+Adding (``add_referrer``) after pushing a manifest with a subject:
 a registry that answered the push with ``OCI-Subject`` keeps the API's list
 itself; any other gets the tag read, our descriptor added if it is not
 there yet, and the tag written back.  The read-modify-write keeps every
 other entry as it was, fields it does not know included, so referrers
-pushed by other tools stay listed.
+pushed by other tools stay listed.  A tag that holds anything but an OCI
+image index this module can read (another manifest, an index with an entry
+that is no descriptor) is BadImage and left as it is: the spec has the
+client report a failure and skip the update, and writing over it would
+drop what another tool put there.
 
 Two clients writing the tag at the same moment can lose one entry: the
 spec leaves that race to clients, and ``docker-registry`` has no
@@ -24,30 +39,50 @@ writer that read the tag before our write and writes after our read-back:
 its write lands later than a round trip after ours, so it is rarer, not
 impossible (a writer that reads back after ours would be needed to see it).
 
-``referrer_entries`` and ``with_referrer`` are pure.  Blocking otherwise.
+``referrer_entries``, ``with_referrer`` and ``next_link`` are pure.
+Blocking otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage, TemporaryFailure
-from providers.manifest import METADATA_LIMIT, OCI_INDEX
+from providers.manifest import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    METADATA_LIMIT,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
 from providers.registry_http import redact
 from providers.registry_push import RegistryPush
 
 SUBJECT_HEADER = "OCI-Subject"
+FILTERS_HEADER = "OCI-Filters-Applied"
 # Writes of the referrers tag one add_referrer makes before it gives up on
 # writers that keep replacing it.
 TAG_WRITES = 3
+# One answer of the Referrers API, the pages one listing follows, their bytes in all.
+PAGE_LIMIT = 1 << 20
+MAX_PAGES = 16
+TOTAL_LIMIT = 4 << 20
+# What the tag is read with: whatever is there comes back, so a manifest another tool
+# put at the tag is seen (and refused) rather than answered 404 and written over.
+TAG_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
 _TAG_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_VALUE = r'"(?:[^"\\]|\\.)*"|[^;,\s]*'
+_LINK = re.compile(rf"<([^>]*)>((?:\s*;\s*{_TOKEN}\s*(?:=\s*(?:{_VALUE}))?)*)")
+_PARAM = re.compile(rf";\s*({_TOKEN})\s*(?:=\s*({_VALUE}))?")
+_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -101,16 +136,19 @@ def referrer_entries(data: bytes) -> tuple[Referrer, ...]:
 
 def _index_doc(data: bytes) -> dict[str, Any]:
     try:
-        doc = untrusted_json.loads(data)
-    except ValueError:
-        raise BadImage("referrers list is not JSON") from None
+        # A descriptor is some 150 bytes: a list up to TOTAL_LIMIT (or a tag of 16 MiB)
+        # of nested arrays would take 30 to 45 times its size to parse.
+        doc = untrusted_json.loads(data, per_container=16)
+    except ValueError as error:
+        raise BadImage(f"referrers list is not JSON of an index: {error}") from None
     if (
         not isinstance(doc, dict)
         or doc.get("schemaVersion") != 2
         or not isinstance(doc.get("manifests"), list)
-        or not all(isinstance(item, dict) for item in doc["manifests"])
     ):
         raise BadImage("referrers list is not an OCI image index")
+    if not all(isinstance(item, dict) for item in doc["manifests"]):
+        raise BadImage("referrers list has an entry that is not a descriptor")
     return doc
 
 
@@ -118,16 +156,13 @@ def with_referrer(current: bytes | None, entry: Referrer) -> bytes | None:
     """The referrers index ``current`` (None: none yet) with ``entry`` in it.
 
     None when it is there already (nothing to write).  Other entries are
-    kept as the JSON values they were (fields unknown here too), in order; an invalid
-    ``current`` is replaced (it lists nothing a client can read).
+    kept as the JSON values they were (fields unknown here too), in order.
+    BadImage when ``current`` is no index this module reads: replacing it
+    would drop what it lists.
     """
-    doc: dict[str, Any]
-    try:
-        doc = _index_doc(current) if current is not None else {}
-    except BadImage:
-        doc = {}
-    if not doc:
-        doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    if current is not None:
+        doc = _index_doc(current)
     if any(item.get("digest") == entry.digest for item in doc["manifests"]):
         return None
     item: dict[str, Any] = {
@@ -142,41 +177,143 @@ def with_referrer(current: bytes | None, entry: Referrer) -> bytes | None:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def next_link(header: str) -> str | None:
+    """The target of the first ``rel="next"`` link in the ``Link`` header ``header``, as
+    written there (relative or absolute); None when there is none.
+
+    RFC 8288 (5988's successor): comma-separated ``<target>; param=value``
+    links, ``rel`` quoted or not, several space-separated relation types in
+    it, compared without case.
+    """
+    for link in _LINK.finditer(header):
+        for name, value in _PARAM.findall(link.group(2)):
+            if name.lower() != "rel":
+                continue
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            if "next" in value.lower().split():
+                return link.group(1).strip()
+            break  # the first rel of a link is its rel (RFC 8288 3.3)
+    return None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What the Referrers API listed: ``more`` says why the list was not read to its end."""
+
+    referrers: tuple[Referrer, ...]
+    filtered: bool  # the registry says it applied the artifactType filter
+    more: str = ""
+
+
+def _same_registry(push: RegistryPush, page_url: str, target: str) -> str:
+    """``target`` (a next link on ``page_url``) as an absolute URL; BadImage when it leaves
+    ``push``'s registry: its pages are asked with its credentials."""
+    url = urljoin(page_url, target)
+
+    def origin(address: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(address)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or _PORTS.get(scheme)
+
+    try:
+        same = origin(url) == origin(push.base)
+    except ValueError:  # a port that is no number
+        same = False
+    if not same:
+        raise BadImage(f"{push.image}: the next page of referrers is elsewhere: {redact(url)}")
+    return url
+
+
+def _ask(push: RegistryPush, url: str, pages: int) -> _Answer | None:
+    """The Referrers API's list at ``url``, its next pages followed (up to ``pages`` in
+    all); None when the API is not there (404)."""
+    found: list[Referrer] = []
+    total, filtered = 0, False
+    for page in range(pages):
+        response = push.http.get(
+            url,
+            image=push.image,
+            scope=push.read_scope,
+            headers={"Accept": OCI_INDEX},
+            ok=(200, 404) if page == 0 else (200,),  # a page gone since: NotFound
+        )
+        if response.status_code == 404:
+            push.http.discard(response)
+            return None
+        if page == 0:
+            applied = response.headers.get(FILTERS_HEADER, "").lower().split(",")
+            filtered = "artifacttype" in (name.strip() for name in applied)
+        link = next_link(response.headers.get("Link", ""))
+        data = push.http.read_capped(response, PAGE_LIMIT)  # closes it
+        if data is None or total + len(data) > TOTAL_LIMIT:
+            over = PAGE_LIMIT if data is None else TOTAL_LIMIT
+            why = f"referrers at {redact(url)} are over {over >> 20} MiB"
+            return _Answer(tuple(found), filtered, why)
+        total += len(data)
+        found.extend(referrer_entries(data))
+        if link is None:
+            return _Answer(tuple(found), filtered)
+        if page + 1 == pages:
+            break
+        url = _same_registry(push, response.url or url, link)
+    return _Answer(tuple(found), filtered, f"referrers at {redact(url)} take over {pages} pages")
+
+
+def _tag_index(got: tuple[bytes, str] | None) -> bytes | None:
+    """The OCI image index of what a referrers tag holds (``got``: its bytes and media type,
+    None when there is no tag); BadImage (saying what is there) for another manifest."""
+    if got is None:
+        return None
+    data, media_type = got
+    if not media_type:  # a registry that does not say: the document does
+        try:
+            media_type = str(untrusted_json.loads(data).get("mediaType", ""))
+        except (ValueError, AttributeError):
+            media_type = ""
+    if media_type != OCI_INDEX:
+        kind = media_type or "a manifest of no media type"
+        raise BadImage(f"it holds {kind}, not an OCI image index")
+    return data
+
+
 def list_referrers(
-    push: RegistryPush, subject: Digest, artifact_type: str | None = None
+    push: RegistryPush,
+    subject: Digest,
+    artifact_type: str | None = None,
+    wanted: Sequence[str] = (),
 ) -> tuple[Referrer, ...]:
     """The referrers of ``subject`` in ``push``'s repository (of ``artifact_type`` only, if given).
 
-    One request to the Referrers API, a second for the tag when it answers 404.
+    One request to the Referrers API (one a page), a second for the tag
+    when it answers 404.  ``wanted``, with no ``artifact_type``: the types
+    the caller looks for; an unfiltered list that does not come in one
+    answer is given as the lists of those types instead.  BadImage for a
+    list longer than ``MAX_PAGES`` or ``TOTAL_LIMIT``, or paged elsewhere.
     """
     url = f"{push.base}/v2/{push.repository}/referrers/{subject}"
     if artifact_type:
         url += f"?artifactType={quote(artifact_type, safe='')}"
-    response = push.http.get(
-        url,
-        image=push.image,
-        scope=push.read_scope,
-        headers={"Accept": OCI_INDEX},
-        ok=(200, 404),
-    )
-    if response.status_code == 404:
-        push.http.discard(response)
-        data = None
-    else:
-        data = push.http.read_capped(response, 1 << 20)  # closes it
-        if data is None:
-            raise BadImage(f"{push.image}: referrers at {redact(url)} are over 1 MiB")
-    if data is None:
-        tagged = push.get_manifest(referrers_tag(subject), OCI_INDEX)
-        if tagged is None:
-            return ()
+    probing = bool(wanted) and not artifact_type
+    answer = _ask(push, url, 1 if probing else MAX_PAGES)
+    if answer is None:
+        got = push.get_manifest(referrers_tag(subject), TAG_ACCEPT)
         try:
-            found = referrer_entries(tagged[0])
+            tagged = _tag_index(got)
+            found = referrer_entries(tagged) if tagged is not None else ()
         except BadImage:
             return ()  # the spec: a tag that is no valid index lists nothing
+    elif answer.more and probing:
+        return tuple(
+            r for kind in dict.fromkeys(wanted) for r in list_referrers(push, subject, kind)
+        )
+    elif answer.more:
+        raise BadImage(f"{push.image}: {answer.more}")
+    elif answer.filtered:
+        return answer.referrers  # OCI-Filters-Applied: the registry filtered them
     else:
-        found = referrer_entries(data)
-    # The registry may ignore the filter (it says so with OCI-Filters-Applied): filter here.
+        found = answer.referrers
+    # A registry may ignore the filter (it then does not say OCI-Filters-Applied): filter here.
     return tuple(r for r in found if not artifact_type or r.artifact_type == artifact_type)
 
 
@@ -188,7 +325,8 @@ def add_referrer(
     True when the tag was written, False when the registry keeps the list
     itself (``OCI-Subject`` answered) or the tag had it already. The tag is
     read back after each write; TemporaryFailure when other writers replaced
-    it without the entry ``TAG_WRITES`` times over.
+    it without the entry ``TAG_WRITES`` times over.  BadImage, the tag left
+    as it is, when it holds anything but an OCI image index this reads.
     """
     headers = {k.lower(): v for k, v in answer.items()}
     if headers.get(SUBJECT_HEADER.lower()) == subject:
@@ -196,10 +334,14 @@ def add_referrer(
     tag = referrers_tag(subject)
     for writes in range(TAG_WRITES + 1):
         # After a write, this read is the read-back: the entry there means done.
-        current = push.get_manifest(tag, OCI_INDEX)
-        if current is not None and len(current[0]) > METADATA_LIMIT:
+        got = push.get_manifest(tag, TAG_ACCEPT)
+        if got is not None and len(got[0]) > METADATA_LIMIT:
             raise BadImage(f"{push.image}: referrers tag {tag} is too large to update")
-        updated = with_referrer(current[0] if current else None, entry)
+        try:
+            updated = with_referrer(_tag_index(got), entry)
+        except BadImage as error:
+            # Not written over: what it lists (another tool's) would be lost.
+            raise BadImage(f"{push.image}: referrers tag {tag} left as it is: {error}") from None
         if updated is None:
             return writes > 0
         if writes == TAG_WRITES:

@@ -9,7 +9,12 @@ referrers tag on a registry without it, such as Debian's
 ``docker-registry``), and each lookup picks its own artifact type from it
 (``Listing.of_type``).  Filtering here rather than asking the registry to
 filter is what makes one answer serve both; a registry may ignore the
-filter anyway.
+filter anyway.  But when that answer is not the whole list (it names a
+next page, or is over the size one answer may have: an image with
+thousands of signatures), the two types lazyfs reads (``WANTED``) are
+asked for one by one, filtered (``providers.referrers.list_referrers``):
+two answers of a few entries instead of every page of the others, and no
+artifact of ours left unseen on a page not read.
 
 The listing lives as long as the provision that made it: nothing of it is
 kept in this process or on disk.  What it found is kept where it is used
@@ -27,6 +32,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lazyfs.index.artifact import ARTIFACT_TYPE
+from lazyfs.index.trace import TRACE_ARTIFACT_TYPE
 from lazyfs.publish.push import repository_push
 from providers.digest import Digest
 from providers.errors import LazyfsError
@@ -41,6 +48,8 @@ CREATED = "org.opencontainers.image.created"
 # Artifacts of one type tried, the newest first, until one reads: each that does not
 # is a round trip, and a list of 1 MiB names thousands, which would hold the start.
 MAX_TRIED = 4
+# The artifact types a listing is for: the layer indexes and the prefetch traces.
+WANTED = (ARTIFACT_TYPE, TRACE_ARTIFACT_TYPE)
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ def list_image(client: RegistryClient, reference: str, digest: Digest) -> Listin
     warning) when they cannot be listed."""
     try:
         push = repository_push(client, reference)
-        return Listing(push, digest, list_referrers(push, digest))
+        return Listing(push, digest, list_referrers(push, digest, None, WANTED))
     except LazyfsError as error:
         log.warning("%s: cannot look for published indexes and traces: %s", reference, error)
         return None

@@ -18,7 +18,7 @@ import textwrap
 import pytest
 
 from lazyfs.index import artifact, model, trace
-from providers import untrusted_json
+from providers import referrers, untrusted_json
 from providers.errors import BadImage
 from tests.support.lazyfs_cli import REPO
 
@@ -58,13 +58,16 @@ def test_real_rows_and_the_stores_own_index_are_read() -> None:
         model.loads(header(ROWS) + "\n[" + ",".join(["[]"] * ROWS) + "]")
 
 
-def test_a_dense_head_header_or_trace_is_refused_unparsed() -> None:
+def test_a_dense_head_header_trace_or_referrers_list_is_refused_unparsed() -> None:
     dense = b'{"lazyfs_index":2,"x":[' + b",".join([b"[]"] * 10_000) + b"]}\n"
     with pytest.raises(BadImage, match="more than one in 16"):
         artifact.decode(dense)
     reads = b'{"lazyfs_trace":1,"reads":[' + b",".join([b"[]"] * 10_000) + b"]}"
     with pytest.raises(trace.TraceError, match="more than one in 6"):
         trace.decode(reads)
+    listed = b'{"schemaVersion":2,"manifests":[],"x":[' + b",".join([b"[[]]"] * 10_000) + b"]}"
+    with pytest.raises(BadImage, match="more than one in 16"):
+        referrers.referrer_entries(listed)
     with pytest.raises(ValueError, match="20002 arrays and objects in 50004 bytes"):
         untrusted_json.loads(b"[" + b"[[]]," * 10_000 + b"[]]", per_container=16)
 

@@ -139,7 +139,7 @@ def repository(monkeypatch: pytest.MonkeyPatch) -> Iterator[Repository]:
     found = Repository()
 
     def listing(
-        push: object, subject: Digest, artifact_type: str | None = None
+        push: object, subject: Digest, artifact_type: str | None = None, wanted: object = ()
     ) -> tuple[Referrer, ...]:
         # Unfiltered: one answer serves the index and the trace lookups.
         assert subject == SUBJECT and artifact_type is None

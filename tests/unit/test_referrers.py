@@ -37,15 +37,34 @@ def test_adding_keeps_other_entries_as_they_were() -> None:
     assert [r.digest for r in referrer_entries(updated)] == [B, A]
 
 
-def test_adding_to_nothing_or_to_garbage() -> None:
+def test_adding_to_nothing() -> None:
     ours = Referrer(A, 10, OCI_MANIFEST, ARTIFACT_TYPE, {"n": "1"})
-    for current in (None, b"not json", b'{"schemaVersion": 2}'):
-        updated = with_referrer(current, ours)
-        assert updated is not None
-        entries = referrer_entries(updated)
-        assert [(r.digest, r.artifact_type, dict(r.annotations)) for r in entries] == [
-            (A, ARTIFACT_TYPE, {"n": "1"})
-        ]
+    updated = with_referrer(None, ours)
+    assert updated is not None
+    entries = referrer_entries(updated)
+    assert [(r.digest, r.artifact_type, dict(r.annotations)) for r in entries] == [
+        (A, ARTIFACT_TYPE, {"n": "1"})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("current", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"schemaVersion": 2}', "not an OCI image index"),
+        # Another tool's manifest, put at the tag by mistake.
+        (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(),
+         "not an OCI image index"),
+        # One entry that is no descriptor: the valid one beside it must not be lost.
+        (json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                     "manifests": [{"digest": B, "size": 3}, None]}).encode(),
+         "an entry that is not a descriptor"),
+    ],
+)  # fmt: skip
+def test_adding_to_what_is_no_index_is_refused(current: bytes, message: str) -> None:
+    # Replacing it would drop what it lists; the spec: report a failure, skip the update.
+    with pytest.raises(BadImage, match=message):
+        with_referrer(current, Referrer(A, 10, OCI_MANIFEST, ARTIFACT_TYPE, {}))
 
 
 def test_bad_entries_are_skipped_a_bad_list_refused() -> None:
