@@ -49,8 +49,15 @@ from lazyfs.tree.merge import Inode, InodeNo
 
 TIMEOUT = 1.0
 
-# A directory's entries as a reader of it sees them: (name, inode), ``.`` and ``..`` first.
+# A directory's entries but ``.`` and ``..``, as (name, inode), in the tree's order:
+# by name as ``os.fsdecode`` has it (``lazyfs.tree.packed``), so a reader can go on
+# after the last name it was given in any listing of the directory (``listing_order``).
 Listing = list[tuple[bytes, InodeNo]]
+
+
+def listing_order(entry: tuple[bytes, InodeNo]) -> str:
+    """The key a ``Listing`` is sorted by (the tree's listings are, too)."""
+    return os.fsdecode(entry[0])
 
 
 class WritableNames(pyfuse3.Operations):
@@ -107,22 +114,41 @@ class WritableNames(pyfuse3.Operations):
     ) -> Iterator[tuple[int, pyfuse3.FileNameT, pyfuse3.EntryAttributes]]:
         """The entries of a listing from position ``start`` on: position, name, attributes.
 
-        ``listing`` is a snapshot (``snapshot``), ``.`` and ``..`` first; None
-        is the tree's own listing of ``directory``, which never changes, read
-        from ``start`` on as the read-only mount reads it.  Entries removed
-        and forgotten since the snapshot are left out.
+        Positions 0 and 1 are ``.`` and ``..`` as they are now, then
+        ``listing``'s entries (a snapshot, ``snapshot``), or with None the
+        tree's own listing of ``directory``, which never changes, read from
+        ``start`` on as the read-only mount reads it.  A snapshot's name is
+        answered as it is now: left out once gone (or its inode forgotten),
+        the inode it names now if another.  A readdirplus entry makes the
+        kernel keep a dentry of its name for ``TIMEOUT``: one for a name gone
+        would let a stat find it and an open write into what it named.
         """
-        entries: Iterator[tuple[int, tuple[bytes, InodeNo]]]
-        if listing is not None:
-            entries = ((at, listing[at]) for at in range(start, len(listing)))
+        dots = [(b".", directory.ino), (b"..", self.upper.dir_parent(directory))]
+        rest = max(start - len(dots), 0)
+        entries: Iterator[tuple[bytes, InodeNo | None]]
+        if listing is None:
+            entries = self.upper.tree.entries(directory.ino, rest)
         else:
-            dots = [(b".", directory.ino), (b"..", self.upper.dir_parent(directory))]
-            rest = self.upper.tree.entries(directory.ino, max(start - len(dots), 0))
-            entries = enumerate(itertools.chain(dots[start:], rest), start)
-        for position, (name, child) in entries:
-            entry = self._entry_of(child)
+            entries = self._now_in(
+                directory.ino, (listing[at][0] for at in range(rest, len(listing)))
+            )
+        for position, (name, child) in enumerate(itertools.chain(dots[start:], entries), start):
+            entry = None if child is None else self._entry_of(child)
             if entry is not None:
                 yield position, pyfuse3.FileNameT(name), entry
+
+    def _now_in(
+        self, ino: InodeNo, names: Iterator[bytes]
+    ) -> Iterator[tuple[bytes, InodeNo | None]]:
+        """Each of ``names`` and the inode it names in directory ``ino`` now (None: gone)."""
+        node = self.upper.kept(ino)
+        children = (node.children or {}) if node is not None else None
+        for name in names:
+            # No node: the directory is as the tree has it again (``Upper.forget``).
+            yield (
+                name,
+                self.upper.tree.lookup(ino, name) if children is None else children.get(name),
+            )
 
     def _entry_of(self, ino: int) -> pyfuse3.EntryAttributes | None:
         """``attributes(upper.peek(ino))``, None where that is None.
@@ -146,12 +172,13 @@ class WritableNames(pyfuse3.Operations):
         """What a listing of ``directory`` from its start reads: None for the tree's own.
 
         A directory with a node may change while it is read, so its entries
-        are copied (``.`` and ``..`` first); one without is as the tree has it.
+        are copied; one without is as the tree has it.
         """
         if not isinstance(directory, Node):
             return None
-        own = [(b".", directory.ino), (b"..", self.upper.dir_parent(directory))]
-        return own + self.upper.listing(directory.ino)
+        listing = self.upper.listing(directory.ino)
+        listing.sort(key=listing_order)  # sorted as bytes: the same unless a name is not UTF-8
+        return listing
 
     # -- names and attributes ---------------------------------------------------------------
 

@@ -25,18 +25,25 @@ where not said otherwise:
 - a directory offset is a listing's generation and a position in it:
   readdir at offset 0 takes a snapshot of the directory, later offsets
   continue in it, so entries added or removed meanwhile never make another
-  one skipped or listed twice.  A directory nothing changed (no node kept)
-  is read from the tree's own listing, which never changes: generation 0,
-  no snapshot taken.  The kernel caches the listing, and drops
-  it when the directory changes through the mount.  The last ``SNAPSHOTS``
-  snapshots are kept; a reader coming back to one dropped since continues
-  at the same position in a new one;
+  one skipped or listed twice; a name gone since is left out
+  (``WritableNames.listed``).  Readers starting while the directory is as
+  its newest snapshot has it share that snapshot.  A directory nothing
+  changed (no node kept) is read from the tree's own listing, which never
+  changes: generation 0, no snapshot taken.  The kernel caches the
+  listing, and drops it when the directory changes through the mount.  A
+  reader whose listing is gone (a directory of generation 0 changed since,
+  or its snapshot dropped: the last ``SNAPSHOTS`` are kept) goes on after
+  the last name it was given, in the listing a reader starting now would
+  read: every listing is in one order (``listing_order``).  The tree's
+  listing says which name that was; for a snapshot it is remembered
+  (``RESUMES`` of them), else the reader goes on at the same position;
 - a created file's handle is its inode too (create still opens, so the
   kernel sends a release for it, which has nothing to do).
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import os
@@ -52,10 +59,11 @@ from lazyfs.fs.read_only import read_lower
 from lazyfs.fs.upper import Copy, Node, Upper
 from lazyfs.fs.upper_copy import copy_lower_into
 from lazyfs.fs.writable import WritableOperations
-from lazyfs.fs.writable_names import Listing
+from lazyfs.fs.writable_names import Listing, listing_order
 from lazyfs.tree.merge import Inode, InodeNo
 
 SNAPSHOTS = 64
+RESUMES = 16 * SNAPSHOTS
 _POSITION_BITS = 32
 _POSITIONS = (1 << _POSITION_BITS) - 1
 _GENERATIONS = (1 << 31) - 1  # offsets are signed 64-bit: keep them positive
@@ -72,6 +80,9 @@ class NoOpenWritableOperations(WritableOperations):
         super().__init__(upper, chunks)
         self._pinned: dict[InodeNo, int] = {}
         self._snapshots: dict[tuple[InodeNo, int], Listing] = {}
+        self._newest: dict[InodeNo, int] = {}  # each directory's newest snapshot's generation
+        # The name a reader of (directory, generation) was last given, by the position after it.
+        self._last_names: dict[tuple[InodeNo, int, int], bytes] = {}
         self._generations = itertools.count(1)
 
     # -- what the kernel does itself here -----------------------------------------------
@@ -128,33 +139,88 @@ class NoOpenWritableOperations(WritableOperations):
         directory = self.upper.view_directory(fh)
         generation, position = start_id >> _POSITION_BITS, start_id & _POSITIONS
         listing: Listing | None = None  # generation 0: the tree's own listing, never dropped
-        # An offset of generation 0 on a directory with a node (one changed, or
-        # made here, and maybe not in the tree at all) is one a caller made up
-        # or kept from before the change: read on in a new snapshot instead.
-        if start_id == 0 or generation != 0 or isinstance(directory, Node):
-            listing = self._snapshots.pop((directory.ino, generation), None)
-            if start_id == 0 or listing is None:
-                generation, listing = self._new_snapshot(directory)
+        if start_id == 0:
+            generation, listing = self._listing_now(directory)
+        elif generation != 0 or isinstance(directory, Node):
+            # A snapshot's offset, or the tree listing's of a directory changed since.
+            listing = self._snapshots.get((directory.ino, generation))
+            if listing is None:
+                generation, listing, position = self._resumed(directory, generation, position)
         if listing is not None:
-            self._snapshots[directory.ino, generation] = listing  # the most recently used: last
-            while len(self._snapshots) > SNAPSHOTS:
-                del self._snapshots[next(iter(self._snapshots))]
+            self._keep_snapshot(directory.ino, generation, listing)
+        last: tuple[int, bytes] | None = None
         for index, name, entry in self.listed(directory, listing, position):
             next_id = generation << _POSITION_BITS | (index + 1)
             if not pyfuse3.readdir_reply(token, name, entry, next_id):
-                return
+                break
             if index >= 2:  # not . or ..: the kernel counts a lookup of each entry
                 self._counted(entry)
+                last = index + 1, name
+        if last is not None and generation != 0:
+            self._remember(directory.ino, generation, *last)
 
-    def _new_snapshot(self, directory: Node | Inode) -> tuple[int, Listing | None]:
-        """A new generation and its listing; 0 and None for a directory as the tree has it."""
-        listing = self.snapshot(directory)
-        if listing is None:
+    def _listing_now(self, directory: Node | Inode) -> tuple[int, Listing | None]:
+        """The generation and listing a reader starting now reads: 0, None for the tree's own.
+
+        The directory's newest snapshot if nothing changed since, else a new one.
+        """
+        if not isinstance(directory, Node):
             return 0, None
-        generation = 0
-        while generation == 0:  # 0 is the tree's listing's
-            generation = next(self._generations) & _GENERATIONS
-        return generation, listing
+        generation = self._newest.get(directory.ino, 0)
+        listing = self._snapshots.get((directory.ino, generation))
+        if listing is not None and _same(listing, directory.children or {}):
+            return generation, listing
+        while generation == 0 or (directory.ino, generation) in self._snapshots:
+            generation = next(self._generations) & _GENERATIONS  # 0 is the tree's listing's
+        self._newest[directory.ino] = generation
+        return generation, self.snapshot(directory)
+
+    def _resumed(
+        self, directory: Node | Inode, generation: int, position: int
+    ) -> tuple[int, Listing | None, int]:
+        """Where a reader at ``position`` of a listing gone goes on: generation, listing, position.
+
+        After the last name it was given, in the listing a reader starting now
+        reads; at the same position if that name is not known.
+        """
+        last = self._name_before(directory.ino, generation, position)
+        generation, listing = self._listing_now(directory)
+        if last is not None:
+            names = listing if listing is not None else list(self.upper.tree.entries(directory.ino))
+            position = 2 + bisect.bisect_right(names, os.fsdecode(last), key=listing_order)
+        return generation, listing, position
+
+    def _name_before(self, ino: InodeNo, generation: int, position: int) -> bytes | None:
+        """The name a reader at ``position`` of ``generation`` was given last, if known.
+
+        None at positions up to 2 (``.`` and ``..``), which are the same in any listing.
+        """
+        if position <= 2:
+            return None
+        if generation != 0:
+            return self._last_names.get((ino, generation, position))
+        try:  # the tree's listing never changes: position p comes after its entry p - 3
+            found = next(self.upper.tree.entries(ino, position - 3), None)
+        except KeyError:  # an offset made up: the tree has no such directory
+            return None
+        return None if found is None else found[0]
+
+    def _keep_snapshot(self, ino: InodeNo, generation: int, listing: Listing) -> None:
+        """``listing`` kept as the snapshot used last; the oldest dropped past ``SNAPSHOTS``."""
+        self._snapshots.pop((ino, generation), None)
+        self._snapshots[ino, generation] = listing
+        while len(self._snapshots) > SNAPSHOTS:
+            dropped = next(iter(self._snapshots))
+            del self._snapshots[dropped]
+            if self._newest.get(dropped[0]) == dropped[1]:
+                del self._newest[dropped[0]]
+
+    def _remember(self, ino: InodeNo, generation: int, position: int, name: bytes) -> None:
+        """That a reader at ``position`` of ``generation`` was given ``name`` last."""
+        self._last_names.pop((ino, generation, position), None)
+        self._last_names[ino, generation, position] = name
+        while len(self._last_names) > RESUMES:
+            del self._last_names[next(iter(self._last_names))]
 
     # -- file data ------------------------------------------------------------------------
 
@@ -261,6 +327,11 @@ class NoOpenWritableOperations(WritableOperations):
         ):
             return
         self._pinned[node.ino] = self.upper.open_file(node, os.O_RDWR)
+
+
+def _same(listing: Listing, children: dict[bytes, InodeNo]) -> bool:
+    """Whether ``listing`` has exactly the entries of ``children``."""
+    return len(listing) == len(children) and all(children.get(n) == i for n, i in listing)
 
 
 def _anonymous_file(directory: os.PathLike[str]) -> int:
