@@ -9,12 +9,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from pathlib import Path
 
 from providers.errors import BackendError
 from providers.mountinfo import is_mounted, mount_points, real_path
 
 __all__ = [
+    "NOT_ANSWERING",
     "bind_mount",
     "is_mounted",
     "mount",
@@ -32,6 +34,9 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
+# How long a mount may take to answer statfs before it is taken for stopped or stuck.
+ANSWER_DEADLINE = 5.0
+NOT_ANSWERING = "is not answering (its process is stopped or stuck)"
 
 
 def _load_libc() -> ctypes.CDLL:
@@ -123,11 +128,28 @@ def mount_problem(target: Path) -> str | None:
     with statfs, which the kernel always sends to the FUSE process: a stat
     may be answered from attributes the kernel still caches for the root
     (for years, on a read-only lazyfs mount).
+
+    A mount whose process is stopped or stuck answers never: it is asked in
+    a thread, given up on after ``ANSWER_DEADLINE`` seconds and left to end
+    with the process (the kernel lets a fatal signal end the wait).
     """
     if not is_mounted(target):
         return "is not mounted"
-    try:
-        os.statvfs(target)
-    except OSError as error:
-        return f"is a dead mount ({error.strerror})"
+    answer: list[OSError | None] = []
+
+    def ask() -> None:
+        try:
+            os.statvfs(target)
+        except OSError as error:
+            answer.append(error)
+        else:
+            answer.append(None)
+
+    asking = threading.Thread(target=ask, name="lazyfs-statfs", daemon=True)
+    asking.start()
+    asking.join(ANSWER_DEADLINE)
+    if not answer:
+        return NOT_ANSWERING
+    if answer[0] is not None:
+        return f"is a dead mount ({answer[0].strerror})"
     return None

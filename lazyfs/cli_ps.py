@@ -7,6 +7,7 @@ whether its rootfs and volumes work:
 
     alive        every mount is there and answers
     dead         one is still in the mount table but its process is gone
+    not answering  one's process is stopped or stuck (it did not answer within seconds)
     not mounted  one is gone (a reboot, an unmount): ``recover --keep`` mounts it again
     directory    the copy backend's plain directory (no mount), present
     missing      the copy backend's directory is gone
@@ -26,7 +27,7 @@ from lazyfs.provision.revive import mount_state
 from lazyfs.provision.usage import ContainerRecord, Listed, VolumeRecord, containers
 
 # Worst last: a container shows the worst of its rootfs's and volumes' states.
-_ORDER = ("alive", "directory", "not mounted", "missing", "dead")
+_ORDER = ("alive", "directory", "not mounted", "missing", "not answering", "dead")
 _HEADER = ("ID", "BACKEND", "IMAGE", "ROOTFS", "VOLUMES", "WRITABLE", "MOUNT")
 
 

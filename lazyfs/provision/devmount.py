@@ -180,9 +180,14 @@ async def _mount_image(
 def unmount_image(work_dir: Path, mountpoint: Path) -> None:
     """Take down the lazyfs mount at ``mountpoint`` and forget it; NotFound if none."""
     mountpoint = real_path(mountpoint)  # the mount itself is not looked at: it may be wedged
-    if mountpoint.is_symlink():  # given as a link to where it is mounted (lstat: the link's)
-        mountpoint = Path(os.path.realpath(mountpoint))
     record = record_dir(work_dir, mountpoint)
+    if not record.exists():
+        # Perhaps given as a link to where it is mounted. Only now looked at: an lstat of
+        # the mount point itself asks a dead mount (ENOTCONN) or a stopped one (for ever).
+        with contextlib.suppress(OSError):
+            if mountpoint.is_symlink():
+                mountpoint = Path(os.path.realpath(mountpoint))
+                record = record_dir(work_dir, mountpoint)
     if not record.exists():
         # Only what lazyfs mounted, with this work dir: never someone else's mount.
         raise NotFound(f"lazyfs has no mount at {mountpoint} (with this --work_dir)")

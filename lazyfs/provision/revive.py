@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import Backend, Remountable
-from backends.mounts import mount_problem
+from backends.mounts import NOT_ANSWERING, mount_problem
 from lazyfs.provision.records import ProvisionInfo
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import ImageManifest
@@ -32,14 +32,16 @@ def mount_state(backend: str, rootfs: Path) -> str:
     """``rootfs`` made by ``backend`` in a word, as ``lazyfs ps`` shows it.
 
     ``alive``, ``dead`` (in the mount table, its process gone), ``not
-    mounted``; for the copy backend, which mounts nothing, ``directory`` or
-    ``missing``.
+    answering`` (its process stopped or stuck), ``not mounted``; for the
+    copy backend, which mounts nothing, ``directory`` or ``missing``.
     """
     problem = rootfs_problem(backend, rootfs)
     if problem is None:
         return "directory" if backend == "copy" else "alive"
     if backend == "copy":
         return "missing"
+    if problem == NOT_ANSWERING:
+        return "not answering"
     return "dead" if problem.startswith("is a dead mount") else "not mounted"
 
 
@@ -62,7 +64,8 @@ def revive(
         problem = rootfs_problem(info.backend, rootfs)
         if problem is None:
             continue
-        if not isinstance(backend, Remountable):
+        # Its process lives: mounted again, two would serve one upper if it went on.
+        if problem == NOT_ANSWERING or not isinstance(backend, Remountable):
             raise BackendError(f"{what} {rootfs} {problem}")
         try:
             backend.remount(image.layers, blobs_for(image), rootfs, writable=writable)

@@ -189,3 +189,22 @@ def test_mount_refuses_a_busy_or_missing_place(lazyfs: Lazyfs, mountpoint: Path)
     assert "not a directory" in error
     error = one_line_error(lazyfs("umount", str(mountpoint), check=False))
     assert "no mount" in error
+
+
+@pytest.mark.parametrize("fate", [signal.SIGKILL, signal.SIGSTOP], ids=["dead", "stopped"])
+def test_umount_takes_down_a_mount_whose_process_died_or_stopped(
+    lazyfs: Lazyfs, mountpoint: Path, fate: signal.Signals
+) -> None:
+    lazyfs("mount", "busybox", str(mountpoint))
+    record = record_dir(lazyfs.work_dir, mountpoint)
+    pid = int((record / "pid").read_text())
+    os.kill(pid, fate)
+    try:
+        # Looking at the mount point now asks a dead mount (ENOTCONN) or a stopped one.
+        result = lazyfs("umount", str(mountpoint), check=False, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mountpoint)
+        assert not record.exists()
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,19 @@ def test_ps_creates_nothing(tmp_path: Path, argv: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert not work.exists()
     assert list(cwd.iterdir()) == []
+
+
+def test_ps_and_recover_answer_with_a_mount_whose_process_is_stopped(lazyfs: Lazyfs) -> None:
+    info = json.loads(lazyfs("provision", "f1", "busybox", "--backend", "fuse").stdout)
+    rootfs = Path(info["rootfs"])
+    pid = int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Each would wait for ever on the mount's answer (bounds a failing test only).
+        shown = json.loads(lazyfs("ps", "--json", timeout=60).stdout)
+        assert [(c["container_id"], c["mount"]) for c in shown] == [("f1", "not answering")]
+        kept = lazyfs("recover", "--keep", "f1", check=False, timeout=60)
+        assert list(json.loads(kept.stdout)["broken"]) == ["f1"], kept.stderr
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    lazyfs("destroy", "f1")
