@@ -28,7 +28,7 @@ from backends.names import NAMES as BACKENDS
 from lazyfs import cli_cache, cli_parser
 from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
 from lazyfs.cli_flags import image_providers, layer_limits, source, work_dir
-from lazyfs.cli_registry import docker_registry, unauthorized_hint
+from lazyfs.cli_registry import docker_registry, parsed_url, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import failure_line, run_trio
 from providers.errors import Conflict, NotFound, Unauthorized, UsageError
@@ -118,10 +118,10 @@ class App:
                 from lazyfs.images.appc import AppcProvider  # loads Appc discovery's HTTP
                 from providers.appc_store import AppcStore
 
+                prefix = args.appc_simple_discovery_uri_prefix
+                parsed_url(prefix, source(args, "appc_simple_discovery_uri_prefix"))
                 appc = AppcStore(self.appc_dir, self.limits)  # an ACI unpacks as a layer may
-                providers["appc"] = AppcProvider(
-                    self.store, appc, args.appc_simple_discovery_uri_prefix
-                )
+                providers["appc"] = AppcProvider(self.store, appc, prefix)
         return Provisioner(
             self.work_dir,
             self.store,

@@ -170,7 +170,7 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
             str(DEFAULT_MAX_LAYER_RATIO),
             "the most times its compressed size a layer may unpack to (64 MiB always may)",
         ),
-        Flag("cache_dir", None, "the cache daemon's directory; default: WORK_DIR/cache"),
+        Flag("cache_dir", None, "the cache daemon's directory", shown="WORK_DIR/cache"),
         Flag("cache_size", "10GiB", "the most the cache keeps: bytes, or a number with KiB..TiB"),
         Flag("no_background_fetch", False, "fetch only what mounts read", _truth, switch=True),
         Flag(

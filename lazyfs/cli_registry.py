@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from lazyfs.cli_flags import REGISTRY_LIMITS, source, split_list
 from providers.docker_config import CredentialChain, default_configs, load_docker_config
@@ -29,12 +29,23 @@ def docker_config_text(value: str) -> str:
 def _registry_urls(args: argparse.Namespace) -> tuple[str, ...]:
     """``--docker_registry_mirrors``, each checked to be an http(s) URL with a host."""
     mirrors = split_list(args.docker_registry_mirrors)
+    where = source(args, "docker_registry_mirrors")
     for mirror in mirrors:
-        parsed = urlparse(mirror)
+        parsed = parsed_url(mirror, where)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            where = source(args, "docker_registry_mirrors")
             raise UsageError(f"{where} {mirror!r}: not an http:// or https:// URL with a host")
     return mirrors
+
+
+def parsed_url(value: str, where: str) -> ParseResult:
+    """``urlparse(value)``, its port checked too; UsageError naming ``where`` for what is no
+    URL (``http://[::1``, a port past 65535), which the parser raises ValueError for."""
+    try:
+        parsed = urlparse(value)
+        parsed.port  # noqa: B018 -- read to be checked: it raises for a bad one
+    except ValueError as error:
+        raise UsageError(f"{where} {value!r}: not a URL ({error})") from None
+    return parsed
 
 
 def _ca_file(args: argparse.Namespace) -> str | None:
@@ -80,7 +91,7 @@ def docker_registry(args: argparse.Namespace) -> str:
             f"{where} {value}: a skopeo transport names one image, not a registry; "
             f"give it where the image goes (lazyfs run {value}), or a directory here"
         )
-    parsed = urlparse(value)
+    parsed = parsed_url(value, where)
     if parsed.scheme not in ("", "file", "http", "https"):
         raise UsageError(f"{where} {value}: expected a directory or an http(s) URL")
     if parsed.scheme in ("http", "https") and not parsed.hostname:

@@ -175,6 +175,14 @@ def test_an_empty_directory_flag_is_an_error(
         ),
         (["--docker_registry_ca_file", "/"], "--docker_registry_ca_file /: "),
         (["--docker_registry", "https://"], "--docker_registry https://: a registry URL needs a"),
+        # What the URL parser raises ValueError for: a traceback before.
+        (["--docker_registry", "http://[::1"], "--docker_registry 'http://[::1': not a URL"),
+        (["--docker_registry", "http://h:99999"], "--docker_registry 'http://h:99999': not a URL"),
+        (["--docker_registry_mirrors", "http://[m"], "_mirrors 'http://[m': not a URL"),
+        (
+            ["--image_providers", "appc", "--appc_simple_discovery_uri_prefix", "http://[a/"],
+            "--appc_simple_discovery_uri_prefix 'http://[a/': not a URL",
+        ),
     ],
 )
 def test_a_bad_registry_flag_is_one_line_naming_it(
