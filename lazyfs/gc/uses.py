@@ -2,7 +2,8 @@
 
 - Every provisioned container's images, its rootfs's and its image
   volumes', by reference and by layer, read from the containers' records
-  under the work dir.  A container whose
+  under the work dir, and under every other work dir that uses the store
+  (``lazyfs.store.users``).  A container whose
   provision died before its record was written builds on nothing any
   more (``recover`` removes it), so it keeps nothing; one whose provision
   is under way cannot be seen here, which is why GC and provisions take
@@ -34,7 +35,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazyfs.provision.usage import containers, mounted_images
+from lazyfs.provision.usage import ImageRecord, containers, mounted_images
+from lazyfs.store.users import work_dirs
 from providers.digest import Digest
 from providers.errors import Conflict
 
@@ -71,63 +73,74 @@ class MountProcess:
 
 
 def in_use(work_dir: Path, store_root: Path) -> InUse:
-    """What the containers under ``work_dir`` and the live mounts of ``store_root`` use."""
-    images: dict[tuple[str, str], list[str]] = {}
-    layers: dict[Digest, list[str]] = {}
-    for listed in containers(work_dir):
-        record = listed.record
-        if record is None:
-            if listed.problem.startswith("unreadable"):
-                raise Conflict(
-                    f"container {listed.container_id}: {listed.problem}: what it uses is "
-                    "unknown, so image GC removes nothing; destroy or recover it"
-                )
-            continue  # died half done: builds on nothing (a live one holds the usage lock)
-        uses = [(f"container {record.container_id}", record.image)]
-        uses += [
-            (f"container {record.container_id} (volume {volume.container_path})", volume.image)
-            for volume in record.volumes
-        ]
-        for who, image in uses:
-            images.setdefault((image.reference, image.platform), []).append(who)
-            for digest in image.layers:
-                layers.setdefault(digest, []).append(who)
-    recorded: set[int] = set()  # mount processes a record names already
-    mountpoints = {listed.record.rootfs for listed in containers(work_dir) if listed.record}
-    mountpoints |= {
-        volume.rootfs
-        for listed in containers(work_dir)
-        if listed.record
-        for volume in listed.record.volumes
-    }
-    found, unrecorded = mounted_images(work_dir)
-    unknown = [f"the lazyfs mount record {name.partition(':')[2]}" for name in unrecorded]
-    for mount_dir, image in found:
-        mountpoint = _read(mount_dir / "mountpoint")
-        if mountpoint:
-            mountpoints.add(Path(mountpoint))
-        who = f"the lazyfs mount at {mountpoint or mount_dir}"
-        recorded_pid = _read(mount_dir / "pid")
-        if recorded_pid.isdigit():
-            recorded.add(int(recorded_pid))
-        images.setdefault((image.reference, image.platform), []).append(who)
-        for digest in image.layers:
-            layers.setdefault(digest, []).append(who)
+    """What the containers and mounts under ``work_dir``, and under every other work dir
+    using the store (``lazyfs.store.users``), and the live mounts of ``store_root`` use."""
+    own = work_dir.absolute()
+    found = _Records()
+    for work in [own, *(other for other in work_dirs(store_root) if other != own)]:
+        found.read(work, "" if work == own else f" (work dir {work})")
+    images, layers, unknown = found.images, found.layers, found.unknown
     mounts: list[tuple[int, tuple[Digest, ...]]] = []
     for process in mounted_layers(store_root):
         # Another user's process only looks like one: a user may name any layer on a
         # command line of theirs, to keep it from GC.
-        if process.pid in recorded or not process.ours:
+        if process.pid in found.recorded or not process.ours:
             continue
         if process.layers is not None:
             mounts.append((process.pid, process.layers))
-        elif process.mountpoint not in mountpoints:
+        elif process.mountpoint not in found.mountpoints:
             # Its image is not one a record names: it could be any.
             unknown.append(f"mount process {process.pid}")
     for pid, digests in mounts:
         for digest in digests:
             layers.setdefault(digest, []).append(f"mount process {pid}")
     return InUse(images, layers, tuple(mounts), tuple(unknown))
+
+
+@dataclass
+class _Records:
+    """What the records of work dirs say is used, and by whom; read by ``read``."""
+
+    images: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    layers: dict[Digest, list[str]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+    mountpoints: set[Path] = field(default_factory=set)  # rootfses and mounts recorded
+    recorded: set[int] = field(default_factory=set)  # mount processes a record names
+
+    def read(self, work_dir: Path, where: str) -> None:
+        """The containers' and ``lazyfs mount``'s records under ``work_dir``; ``where``
+        follows each user's name."""
+        listed_all = containers(work_dir)
+        for listed in listed_all:
+            record = listed.record
+            if record is None:
+                if listed.problem.startswith("unreadable"):
+                    raise Conflict(
+                        f"container {listed.container_id}{where}: {listed.problem}: what it"
+                        " uses is unknown, so image GC removes nothing; destroy or recover it"
+                    )
+                continue  # died half done: builds on nothing (a live one holds the usage lock)
+            self.mountpoints.add(record.rootfs)
+            self.mountpoints.update(volume.rootfs for volume in record.volumes)
+            who = f"container {record.container_id}{where}"
+            self._use(who, record.image)
+            for volume in record.volumes:
+                self._use(f"{who} (volume {volume.container_path})", volume.image)
+        found, unrecorded = mounted_images(work_dir)
+        self.unknown += [f"the lazyfs mount record {n.partition(':')[2]}" for n in unrecorded]
+        for mount_dir, image in found:
+            mountpoint = _read(mount_dir / "mountpoint")
+            if mountpoint:
+                self.mountpoints.add(Path(mountpoint))
+            recorded_pid = _read(mount_dir / "pid")
+            if recorded_pid.isdigit():
+                self.recorded.add(int(recorded_pid))
+            self._use(f"the lazyfs mount at {mountpoint or mount_dir}", image)
+
+    def _use(self, who: str, image: ImageRecord) -> None:
+        self.images.setdefault((image.reference, image.platform), []).append(who)
+        for digest in image.layers:
+            self.layers.setdefault(digest, []).append(who)
 
 
 def _read(path: Path) -> str:

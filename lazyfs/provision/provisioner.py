@@ -64,6 +64,7 @@ from lazyfs.provision.usage import read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, in_use_async, locked_async
+from lazyfs.store.users import register as register_user
 from providers.errors import BadImage, Conflict, NotFound, UsageError
 from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.image_pb2 import Image
@@ -124,6 +125,7 @@ class Provisioner:
         self._held: set[str] = set()  # container ids whose lock ``hold`` keeps
         for directory in (work_dir.absolute(), self.root, self.containers, self.locks):
             private_dir(directory)
+        register_user(store.root, work_dir.absolute())  # GC from another work dir sees ours
 
     @property
     def default_backend(self) -> str:
