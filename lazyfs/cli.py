@@ -15,6 +15,7 @@ a lazy mount starts and waits for) none of the provisioner.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -74,7 +75,12 @@ class App:
         # whatever the command; one that does not exist is not made here.
         for root in (self.work_dir, self.store_dir, self.appc_dir):
             if root.is_dir():
-                private_dir(root)
+                try:
+                    private_dir(root)
+                except OSError as error:
+                    # One on a read-only filesystem can be read (ps, images), not closed.
+                    if error.errno != errno.EROFS:
+                        raise
         # Set when the docker provider is made: a refusal then says where credentials were.
         self.registry_options: RegistryOptions | None = None
         # None: the provisioner chooses (a trial mount) only when it needs a backend.

@@ -71,6 +71,9 @@ def _make(path: Path, mode: int, *, exist_ok: bool) -> None:
                 " its owner could open it to everyone; use a directory of your own"
             )
         if stat.S_IMODE(st.st_mode) != mode:
-            os.fchmod(fd, mode)
+            try:
+                os.fchmod(fd, mode)
+            except OSError as error:  # its own names no file (a read-only filesystem)
+                raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         os.close(fd)

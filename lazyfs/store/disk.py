@@ -126,23 +126,38 @@ class Store:
                 return path
             path.parent.mkdir(parents=True, exist_ok=True)
             log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
-            with staged_file(self.tmp, mode=0o444, prefix=f"{os.getpid()}.") as staged:
-                out = staged.file
-                bound = self.limits.bound(layer.size)
-                try:
-                    inflated = _copy_verified(layer, opener(), out, progress, bound)
-                except DigestMismatch as exc:
-                    log.warning("%s; fetching it again from its start", exc)
-                    if progress is not None:
-                        progress(-out.tell())
-                    out.seek(0)
-                    out.truncate()
-                    inflated = _copy_verified(layer, opener(), out, progress, bound)
-                # After the blob digest: its content, checked beside it, in the same pass.
-                inflated.verify()
-                self._record_diff_id(layer.digest, inflated.actual())
-                staged.commit(path)
+            try:
+                self._stage(layer, opener, progress, path)
+            except OSError as error:
+                if error.filename is not None:
+                    raise
+                # A write's error names no file: "No space left on device" alone.
+                raise OSError(
+                    error.errno,
+                    f"{error.strerror} while storing blob {layer.digest}",
+                    str(self.tmp),
+                ) from None
         return path
+
+    def _stage(
+        self, layer: Layer, opener: Callable[[], BinaryIO], progress: Progress | None, path: Path
+    ) -> None:
+        with staged_file(self.tmp, mode=0o444, prefix=f"{os.getpid()}.") as staged:
+            out = staged.file
+            bound = self.limits.bound(layer.size)
+            try:
+                inflated = _copy_verified(layer, opener(), out, progress, bound)
+            except DigestMismatch as exc:
+                log.warning("%s; fetching it again from its start", exc)
+                if progress is not None:
+                    progress(-out.tell())
+                out.seek(0)
+                out.truncate()
+                inflated = _copy_verified(layer, opener(), out, progress, bound)
+            # After the blob digest: its content, checked beside it, in the same pass.
+            inflated.verify()
+            self._record_diff_id(layer.digest, inflated.actual())
+            staged.commit(path)
 
     def _diff_id_record(self, digest: Digest) -> Path:
         return self.layers / hex_part(digest) / "diff_id"
