@@ -148,7 +148,7 @@ class Store:
             try:
                 inflated = _copy_verified(layer, opener(), out, progress, bound)
             except DigestMismatch as exc:
-                log.warning("%s; fetching it again from its start", exc)
+                log.info("%s; fetching it again from its start", exc)
                 if progress is not None:
                     progress(-out.tell())
                 out.seek(0)

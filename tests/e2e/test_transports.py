@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,3 +145,22 @@ def test_a_transport_given_to_docker_registry_names_the_flag(
     error = one_line_error(result)
     assert "--docker_registry" in error
     assert expected in error
+
+
+def test_a_corrupt_layer_in_a_local_archive_is_one_line(lazyfs: Lazyfs, tmp_path: Path) -> None:
+    # Read again from its start, a local file gives the same bytes: no warning line before.
+    images = tmp_path / "corrupt-images"
+    images.mkdir()
+    archive = images / "busybox:latest.tar"
+    shutil.copyfile(lazyfs.image_dir / "busybox:latest.tar", archive)
+    with tarfile.open(archive) as tar:
+        layer = max(tar.getmembers(), key=lambda member: member.size)
+    with open(archive, "r+b") as raw:
+        raw.seek(layer.offset_data + layer.size // 2)
+        byte = raw.read(1)
+        raw.seek(-1, os.SEEK_CUR)
+        raw.write(bytes([byte[0] ^ 0xFF]))
+    corrupt = Lazyfs(lazyfs.work_dir, images)
+    line = one_line_error(corrupt("pull", "busybox", check=False))
+    assert ": blob sha256:" in line and ", got sha256:" in line
+    assert corrupt("images").stdout.splitlines()[1:] == []
