@@ -119,7 +119,7 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
         registry=docker_registry(args),
         mirrors=_registry_urls(args),
         insecure_registries=frozenset(split_list(args.docker_insecure_registries)),
-        platform=parse_platform(args.platform) if args.platform else None,
+        platform=parse_platform(args.platform, source(args, "platform")) if args.platform else None,
         http=HttpOptions(ca_file=_ca_file(args), credentials=credentials, **limits),
     )
 

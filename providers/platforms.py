@@ -56,11 +56,11 @@ def host_platform() -> Platform:
     return Platform("linux", host_arch())
 
 
-def parse_platform(text: str) -> Platform:
-    """``os/arch[/variant]`` as ``--platform`` takes it."""
+def parse_platform(text: str, where: str = "--platform") -> Platform:
+    """``os/arch[/variant]`` as ``--platform`` takes it; ``where``: what gave it, for errors."""
     parts = text.strip().split("/")
     if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"--platform {text!r}: expected os/arch or os/arch/variant")
+        raise UsageError(f"{where} {text!r}: expected os/arch or os/arch/variant")
     return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 

@@ -216,3 +216,17 @@ def test_run_takes_a_command_without_the_double_dash(lazyfs: Lazyfs) -> None:
     # As docker run: everything after the image is the command's, options too.
     result = lazyfs("run", "busybox", "sh", "-c", 'echo "$0" "$1"', "--read-only", "--")
     assert result.stdout == "--read-only --\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "expected"),
+    [
+        (["--platform", "windows"], {}, "lazyfs: --platform 'windows': expected os/arch"),
+        ([], {"LAZYFS_PLATFORM": "windows"}, "lazyfs: LAZYFS_PLATFORM 'windows': expected os/"),
+    ],
+)
+def test_a_bad_platform_names_where_it_came_from(
+    tmp_path: Path, flags: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = bare("--work_dir", str(tmp_path / "work"), *flags, "pull", "busybox", **env)
+    assert one_line_error(result).startswith(expected)
