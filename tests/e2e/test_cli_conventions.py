@@ -228,5 +228,7 @@ def test_run_takes_a_command_without_the_double_dash(lazyfs: Lazyfs) -> None:
 def test_a_bad_platform_names_where_it_came_from(
     tmp_path: Path, flags: list[str], env: dict[str, str], expected: str
 ) -> None:
-    result = bare("--work_dir", str(tmp_path / "work"), *flags, "pull", "busybox", **env)
+    result = bare(
+        "--work_dir", str(tmp_path / "work"), *flags, "pull", "busybox", cwd=tmp_path, **env
+    )
     assert one_line_error(result).startswith(expected)
