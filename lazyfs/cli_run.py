@@ -2,9 +2,9 @@
 
 ``run_trio`` runs the work under trio and makes SIGTERM and SIGHUP cancel
 it as Ctrl-C does, so the provisioner's clean-up (shielded) runs either
-way. Between pieces of such work, ``signals_stop`` makes them raise
-``Stopped`` as Ctrl-C raises KeyboardInterrupt, and ``signals_ignored``
-lets them go while a clean-up must finish. ``failure_line`` words what
+way. Between pieces of such work, ``stop_once`` makes the first raise
+``Stopped`` as Ctrl-C raises KeyboardInterrupt, and notes the rest while a
+clean-up must finish. ``failure_line`` words what
 ended a command (an error, an exception group, an interruption, a signal)
 as the CLI prints it, with its exit status: 1 for errors, 130 for Ctrl-C,
 128+N for signal N.
@@ -67,30 +67,39 @@ def run_trio(work: Callable[[], Awaitable[T]], *, watch: bool = True) -> T:
         raise
 
 
+class StopOnce:
+    """SIGTERM and SIGHUP for a command that must clean up after them (``lazyfs run``).
+
+    The first raises Stopped in the main thread, as SIGINT raises
+    KeyboardInterrupt, so the caller's clean-up runs; from then on, or once
+    ``note`` is called, each is only noted (in ``noted``): a clean-up under
+    way must finish, and a raise at its first line would skip it. Without
+    such a handler a signal ends the process where it stands.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = True
+        self.noted: list[int] = []
+
+    def note(self) -> None:
+        """Note signals from now on, raise none."""
+        self.stopping = False
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stopping:
+            self.stopping = False
+            raise Stopped(signum)
+        self.noted.append(signum)
+
+
 @contextlib.contextmanager
-def signals_stop() -> Iterator[None]:
-    """In the block, SIGTERM and SIGHUP (unless ignored) raise Stopped in the main thread,
-    as SIGINT raises KeyboardInterrupt, so that the caller's clean-up runs; without it,
-    they end the process where it stands. Call from the main thread."""
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        raise Stopped(signum)
-
-    with _handled(stop):
-        yield
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """In the block, SIGTERM and SIGHUP do nothing: a clean-up that must finish once what
-    they would stop has ended (run them with ``run_trio(watch=False)``). Not SIG_IGN,
-    which the block's children would keep across exec. Call from the main thread."""
-
-    def ignore(_signum: int, _frame: FrameType | None) -> None:
-        pass
-
-    with _handled(ignore):
-        yield
+def stop_once() -> Iterator[StopOnce]:
+    """A ``StopOnce`` handling SIGTERM and SIGHUP (unless ignored) in the block. Run
+    async work meanwhile with ``run_trio(watch=False)`` once it notes, not raises. Call
+    from the main thread."""
+    handler = StopOnce()
+    with _handled(handler):
+        yield handler
 
 
 @contextlib.contextmanager

@@ -157,6 +157,7 @@ def run_bundle(
     state_root: Path,
     *,
     told: Callable[[int], None] | None = None,
+    early: list[int] | None = None,
 ) -> int:
     """Run the bundle in the foreground with runc; returns the container's exit code.
 
@@ -167,8 +168,9 @@ def run_bundle(
     as well: runc keeps supervising, so a container that ignores it runs
     on, and ``still_running`` says so. The runc state is deleted after.
     A signal that comes while runc is being started reaches it once it
-    runs; one that comes after runc ended, while its state is deleted, is
-    let go: the container has ended already. Call from the main thread:
+    runs, as do those in ``early`` (noted by the caller's handler before);
+    one that comes after runc ended, while its state is deleted, is let go:
+    the container has ended already. Call from the main thread:
     the parent-death signal follows the thread that started runc.
     ``told`` is called with each signal passed on while runc ran, in the
     handler: the container did not end by itself.
@@ -181,7 +183,7 @@ def run_bundle(
     ]
     previous = {sig: signal.getsignal(sig) for sig in forwarded}
     started: list[subprocess.Popen[bytes]] = []
-    early: list[int] = []  # come while runc was being started
+    early = [] if early is None else early  # come before runc started
 
     def forward(signum: int, _frame: object) -> None:
         if not started:

@@ -93,7 +93,10 @@ def staged_file(
         yield staged
     finally:
         if not staged.committed:
-            staged.file.close()
+            # Closing flushes what is buffered, which fails as the write did (a full
+            # disk): the file goes all the same, and the error that ended the block stays.
+            with contextlib.suppress(OSError):
+                staged.file.close()
             with contextlib.suppress(FileNotFoundError):
                 staged.path.unlink()
 
