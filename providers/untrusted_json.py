@@ -9,13 +9,15 @@ parser that caught ValueError alone let that out as an unexpected error
 with a traceback.  Through ``loads`` each parser catches ValueError and
 answers with its own one-line error, as for any other JSON it cannot read.
 
-Each array or object parsed costs some 60 bytes of memory however short its
-text: ``[]`` is two bytes, so text of nothing but arrays takes 30 to 45
-times its size to parse, where real documents take about 12.  A caller
-parsing a document that may be large (a published index's rows, tens of
-MiB) bounds that with ``per_container``: text holding more than one ``[``
-or ``{`` in that many bytes is refused before it is parsed.  Brackets
-inside strings are counted too, which errs towards refusing.
+Each array parsed costs some 60 bytes of memory however short its text, and
+each object with a key some 180: ``[]`` is two bytes, ``{"":0}`` six, so
+text of nothing but them takes 30 to 45 times its size to parse, where
+real documents take about 12.  A caller parsing a document that may be
+large (a published index's rows, tens of MiB) bounds that with
+``per_container``: text holding more than one array (``[``) in that many
+bytes, an object (``{``) counting as three, is refused before it is
+parsed.  Brackets inside strings are counted too, which errs towards
+refusing.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ def loads(data: str | bytes, *, per_container: int | None = None, **options: Any
 
 
 def _dense(data: str | bytes, per_container: int) -> None:
-    """ValueError when ``data`` holds more than one ``[`` or ``{`` in ``per_container``
-    bytes (characters), plus a few: a document whose parse would cost more than its size
-    tells of. Linear, and fast: two counts."""
+    """ValueError when ``data`` holds more than one ``[`` (a ``{`` counts three) in
+    ``per_container`` bytes (characters), plus a few: a document whose parse would cost
+    more than its size tells of. Linear, and fast: two counts."""
     if isinstance(data, str):
-        containers = data.count("[") + data.count("{")
+        containers = data.count("[") + 3 * data.count("{")
     else:
-        containers = data.count(b"[") + data.count(b"{")
+        containers = data.count(b"[") + 3 * data.count(b"{")
     if containers > len(data) // per_container + 16:
         raise ValueError(
             f"{containers} arrays and objects in {len(data)} bytes:"

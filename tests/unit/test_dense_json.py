@@ -42,8 +42,9 @@ def header(entries: int) -> str:
         "[" + ",".join(["[]"] * ROWS) + "]",
         "[" + "[" * ROWS + "]" * ROWS + "]",
         "[" + ",".join(["[[[[]]]]"] * ROWS) + "]",
+        "[" + ",".join(['{"":0}'] * ROWS) + "]",
     ],
-    ids=["empty", "nested", "nested rows"],
+    ids=["empty", "nested", "nested rows", "objects"],
 )
 def test_rows_from_elsewhere_denser_than_real_ones_are_refused_unparsed(rows: str) -> None:
     with pytest.raises(ValueError, match="more than one in 6"):
