@@ -117,17 +117,21 @@ class WritableNames(pyfuse3.Operations):
         Positions 0 and 1 are ``.`` and ``..`` as they are now, then
         ``listing``'s entries (a snapshot, ``snapshot``), or with None the
         tree's own listing of ``directory``, which never changes, read from
-        ``start`` on as the read-only mount reads it.  A snapshot's name is
-        answered as it is now: left out once gone (or its inode forgotten),
-        the inode it names now if another.  A readdirplus entry makes the
+        ``start`` on as the read-only mount reads it.  A name is answered as
+        it is now, once the directory changed (a snapshot's, or the tree's
+        of a directory changed since its listing began): left out once gone
+        (or its inode forgotten), the inode it names now if another.  A readdirplus entry makes the
         kernel keep a dentry of its name for ``TIMEOUT``: one for a name gone
         would let a stat find it and an open write into what it named.
         """
         dots = [(b".", directory.ino), (b"..", self.upper.dir_parent(directory))]
         rest = max(start - len(dots), 0)
         entries: Iterator[tuple[bytes, InodeNo | None]]
-        if listing is None:
+        if listing is None and self.upper.kept(directory.ino) is None:
             entries = self.upper.tree.entries(directory.ino, rest)
+        elif listing is None:  # changed since its listing began: its names as they are now
+            names = (n for n, _ in self.upper.tree.entries(directory.ino, rest))
+            entries = self._now_in(directory.ino, names)
         else:
             entries = self._now_in(
                 directory.ino, (listing[at][0] for at in range(rest, len(listing)))
