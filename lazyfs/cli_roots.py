@@ -13,10 +13,12 @@ So, run by root, each root directory given or defaulted must pass
 ``providers.mount_path.others_can_move``, the rule ``lazyfs
 mount`` holds its mount point to: every step root's alone, or root's in a
 sticky directory. The part of the path that does not exist yet is made by
-root later; but where its first missing directory would go in a directory
-others may write (``/tmp``), another user could make it first, so it is
-made now and checked as made. Other users' lazyfs has nothing of root's to
-lose and is not held to this.
+root later; but where its first missing directory would go in a sticky
+directory (``/tmp``), another user could make it first, so it is made now
+and checked as made, and in another directory others may write it is
+refused. Other users' lazyfs has nothing of root's to lose and is not held
+to this. Root in a user namespace, where ``/`` is not its own, is refused
+every root directory.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from lazyfs.cli_flags import source
@@ -41,7 +44,7 @@ def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
 
     for flag, path in roots.items():
         try:
-            why = others_can_move(str(_claimed(path)))
+            why = _unsafe(path, others_can_move)
         except OSError as error:
             why = f"cannot be looked at: {error.strerror or error}"
         if why is not None:
@@ -52,19 +55,24 @@ def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
             )
 
 
-def _claimed(path: Path) -> Path:
-    """``path`` if it exists; else its first missing directory, made now (``PRIVATE``) if
-    another user could make it first, or its deepest existing parent."""
+def _unsafe(path: Path, others_can_move: Callable[[str], str | None]) -> str | None:
+    """Why another user could change what ``path`` names, or None. Its part that does not
+    exist yet is checked where it would be made: in a sticky directory (``/tmp``), after
+    making its first directory now (``PRIVATE``); in another that others may write, not
+    at all (they could rename what root makes there)."""
     missing = None
     at = path
     while not os.path.lexists(at):
         missing, at = at, at.parent
-    if missing is None:
-        return path
+    why = others_can_move(str(at))
+    if why is not None or missing is None:
+        return why
     holder = os.stat(at)
-    if holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        # Never follows a link; one made there meanwhile, by whomever, is checked as it is.
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(missing, PRIVATE)
-        return missing
-    return at
+    if not holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return None
+    if not holder.st_mode & stat.S_ISVTX:
+        return f"would be made in {at}, a directory others may write"
+    # Never follows a link; one made there meanwhile, by whomever, is checked as it is.
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(missing, PRIVATE)
+    return others_can_move(str(missing))

@@ -36,8 +36,8 @@ repository served, nor failed by its failure. A source's bytes are trusted
 by the reads through it: the reader checks each window against the sha256
 its index gives, and has a wrong one evicted (``evict``: every origin's
 pieces of the range, an Evict names none), then reads it through its own
-source again. A look without a source (``holds``, a trace replay's) finds
-any origin's.
+source again. A trace replay's look (``holds``) is through its source too.
+Chunks, unlike pieces, are shared by every origin (``lazyfs.cache.flight``).
 """
 
 from __future__ import annotations

@@ -10,22 +10,31 @@ scratch directory). Each provisioner therefore names its work dir in the
 store (``users/<key>``, the key a hash of the path) as it starts, and GC
 reads every work dir named there that still exists.
 
-Written once per work dir, atomically; the store is root's and closed
-(``providers.private_dir``), so what is there was written by lazyfs.
-Blocking.
+Written once per work dir, atomically; the store is closed
+(``providers.private_dir``), so an entry was written by lazyfs. The work
+dir it names is another matter: it may be gone (its entry is dropped), or
+made again since by someone else (a work dir in ``/tmp`` after a reboot),
+who could lay out records there to keep every image or to fail every GC
+pass. So a work dir is read only while it is the store owner's, writable by
+no one else, and (as root) on a path no other user can change
+(``providers.mount_path``); else it is passed over. Blocking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from lazyfs.store.atomic import write_atomic
+from providers.errors import Conflict
+from providers.mount_path import others_can_move
 from providers.private_dir import private_dir
 
 USERS = "users"
-_MAX_USERS = 4096  # read at most: a GC pass reads each one's records
+_MAX_USERS = 4096  # a GC pass reads each one's records
 
 
 def register(store_root: Path, work_dir: Path) -> None:
@@ -39,9 +48,12 @@ def register(store_root: Path, work_dir: Path) -> None:
 
 
 def work_dirs(store_root: Path) -> list[Path]:
-    """The work dirs named among the store's users that are still there, sorted."""
+    """The work dirs named among the store's users that are still there and trusted
+    (module docstring), sorted. Entries of work dirs gone are dropped. Conflict past
+    ``_MAX_USERS``: which of them to pass over cannot be chosen."""
     try:
-        entries = sorted((store_root / USERS).iterdir())[:_MAX_USERS]
+        entries = sorted((store_root / USERS).iterdir())
+        owner = os.stat(store_root).st_uid
     except FileNotFoundError:
         return []
     found = set()
@@ -50,6 +62,30 @@ def work_dirs(store_root: Path) -> list[Path]:
             path = Path(os.fsdecode(entry.read_bytes().rstrip(b"\n")))
         except OSError:
             continue
-        if path.is_absolute() and path.is_dir():
+        if not path.is_absolute():
+            continue
+        if not os.path.lexists(path):
+            with contextlib.suppress(OSError):
+                entry.unlink()  # gone: its containers with it; made again, it registers
+            continue
+        if _trusted(path, owner):
             found.add(path)
+    if len(found) > _MAX_USERS:
+        raise Conflict(
+            f"{len(found)} work dirs use the store {store_root}, more than {_MAX_USERS}:"
+            " image GC removes nothing"
+        )
     return sorted(found)
+
+
+def _trusted(path: Path, owner: int) -> bool:
+    """Whether the work dir ``path`` is the store owner's alone, on a path none other moves."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != owner:
+            return False
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        return os.geteuid() != 0 or others_can_move(str(path)) is None
+    except OSError:
+        return False

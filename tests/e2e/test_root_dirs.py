@@ -91,3 +91,15 @@ def test_roots_of_roots_own_are_used_links_and_all(lazyfs: Lazyfs, tmp_path: Pat
     (tmp_path / "store-link").symlink_to(real)
     lazyfs("pull", "busybox", "--docker_store_dir", str(tmp_path / "store-link"))
     assert (real / "blobs").is_dir()
+
+
+def test_a_work_dir_to_be_made_where_a_group_may_write_is_refused_unmade(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    group = tmp_path / "group-writable"
+    group.mkdir()
+    os.chmod(group, 0o775)  # not sticky: the group may rename what root makes there
+    work = Lazyfs(group / "work", lazyfs.image_dir)
+    line = one_line_error(work("images", check=False))
+    assert f"would be made in {group}, a directory others may write" in line
+    assert list(group.iterdir()) == []
