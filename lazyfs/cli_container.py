@@ -96,8 +96,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         )
         config["mounts"].extend(volume_mounts(info))
         process = config["process"]
-        if not info.writable:
-            require_workdir(info.rootfs, process["cwd"])
+        require_workdir(info.rootfs, process["cwd"], made=info.writable)
         # As a shell says it, not as runc's failure to start (status 1).
         problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
         if problem is not None:
@@ -217,19 +216,24 @@ def clean_workdir(workdir: str | None) -> str:
     return tidy_dir(workdir)
 
 
-def require_workdir(rootfs: Path, cwd: str) -> None:
-    """UsageError unless the read-only ``rootfs`` has the working directory ``cwd``.
+def require_workdir(rootfs: Path, cwd: str, *, made: bool) -> None:
+    """UsageError unless ``rootfs`` has the working directory ``cwd`` as a directory, or
+    ``made`` (a writable rootfs) it lacks it, which runc then makes.
 
-    runc would make it, and fail on the read-only mount in words of its own.
+    runc would fail in words of its own: to make it on a read-only mount,
+    or to make or enter one that is not a directory.
     """
     from lazyfs.cli_exec import in_root, shown
 
-    if in_root(rootfs, cwd) is None:
-        # shown: the image's WorkingDir may hold escape sequences for the terminal.
+    # shown: the image's WorkingDir may hold escape sequences for the terminal.
+    found = in_root(rootfs, cwd)
+    if found is None and not made:
         raise UsageError(
             f"the read-only rootfs has no working directory {shown(cwd)} to run in"
             " (run it without --read-only)"
         )
+    if found is not None and not found.is_dir():
+        raise UsageError(f"the working directory {shown(cwd)} is not a directory in the rootfs")
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

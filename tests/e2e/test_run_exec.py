@@ -191,4 +191,11 @@ def test_the_workdir_flag_is_where_the_command_runs_made_when_missing(lazyfs: La
         "lazyfs: the read-only rootfs has no working directory /new to run in"
         " (run it without --read-only)"
     )
+    # A file is no directory to run in, writable or not: runc said so in a log line.
+    for flags in ([], ["--read-only"]):
+        on_a_file = lazyfs("run", *flags, "-w", "/etc/motd", "busybox", "pwd", check=False)
+        assert on_a_file.returncode == 1
+        assert one_line_error(on_a_file) == (
+            "lazyfs: the working directory /etc/motd is not a directory in the rootfs"
+        )
     assert containers(lazyfs.work_dir) == []
