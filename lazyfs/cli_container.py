@@ -5,11 +5,11 @@ SIGTERM and SIGHUP cancel the provision and the making of the runtime
 bundle, which run as one piece of async work (``run_trio``; a read of the
 rootfs under way finishes first), and reach the container through runc
 while it runs, or is being started (``runtime.run_bundle``); the container
-is destroyed after either. SIGTERM and SIGHUP between the provision and
-runc stop the command as Ctrl-C does, and once runc is to start they are
-noted and reach it, or once it has ended are let go, so that the destroy
-finishes (``cli_run.stop_once``): an agent that stops a run does not
-choose the moment. The prefetch trace the run's
+is destroyed after either. SIGTERM and SIGHUP between those are noted
+(``cli_run.noting_signals``): one noted before runc starts stops the
+command as Ctrl-C does, one while runc is being started reaches it once
+it runs, and one after runc ended is let go, so that the destroy
+finishes: an agent that stops a run does not choose the moment. The prefetch trace the run's
 mount kept after a signal it passed on is marked cut: it may be of the
 start of the workload only (``lazyfs.cli_run_trace``).
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.cache.remote import tidy_dir
-from lazyfs.cli_run import run_trio, stop_once
+from lazyfs.cli_run import noting_signals, run_trio
 from providers.errors import UsageError
 from providers.manifest import RuntimeConfig
 
@@ -127,7 +127,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
     # Held from provision to destroy: recover elsewhere sees the container busy.
     with (
-        stop_once() as signals,
+        noting_signals() as signals,
         started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()),
         app.provisioner.hold(container_id),
     ):
@@ -143,17 +143,19 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
         try:
             status = run_trio(provision_and_bundle)
+            signals.stop_if_noted()  # noted as trio started or closed, out of its own handling
             if status is not None:
                 return status
-            signals.note()  # from here on: runc's, once it runs
             root = runtime.state_root(app.work_dir)
-            status = runtime.run_bundle(bundle, container_id, root, told=told, early=signals.noted)
+            status = runtime.run_bundle(
+                bundle, container_id, root, told=told,
+                early=signals.noted, before=signals.stop_if_noted,
+            )  # fmt: skip
             return status
         except BaseException as error:
             failure = error
             raise
         finally:
-            signals.note()  # a raise would skip the destroy
             try:
                 _destroy(app, container_id, failure)
             finally:
@@ -239,8 +241,8 @@ def require_workdir(rootfs: Path, cwd: str, *, made: bool) -> None:
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:
     """Destroy ``container_id`` (nothing made is no error). After ``failure``, which stays
     the error told, a destroy that fails too is logged: the container stays for recover.
-    SIGTERM and SIGHUP meanwhile are noted by ``stop_once`` and let go (Ctrl-C still ends
-    it)."""
+    SIGTERM and SIGHUP meanwhile are noted by ``noting_signals`` and let go (Ctrl-C still
+    ends it)."""
     try:
         run_trio(lambda: app.provisioner.destroy(container_id), watch=False)
     except Exception as error:

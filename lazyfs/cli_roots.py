@@ -68,6 +68,8 @@ def _unsafe(path: Path, others_can_move: Callable[[str], str | None]) -> str | N
     if why is not None or missing is None:
         return why
     holder = os.stat(at)
+    if holder.st_uid != 0:
+        return f"would be made in {at}, a directory of uid {holder.st_uid}"
     if not holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return None
     if not holder.st_mode & stat.S_ISVTX:

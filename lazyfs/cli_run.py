@@ -2,9 +2,9 @@
 
 ``run_trio`` runs the work under trio and makes SIGTERM and SIGHUP cancel
 it as Ctrl-C does, so the provisioner's clean-up (shielded) runs either
-way. Between pieces of such work, ``stop_once`` makes the first raise
-``Stopped`` as Ctrl-C raises KeyboardInterrupt, and notes the rest while a
-clean-up must finish. ``failure_line`` words what
+way. Between pieces of such work, ``noting_signals`` notes them for the
+command to stop where it is safe, or to let go while a clean-up must
+finish. ``failure_line`` words what
 ended a command (an error, an exception group, an interruption, a signal)
 as the CLI prints it, with its exit status: 1 for errors, 130 for Ctrl-C,
 128+N for signal N.
@@ -67,37 +67,36 @@ def run_trio(work: Callable[[], Awaitable[T]], *, watch: bool = True) -> T:
         raise
 
 
-class StopOnce:
-    """SIGTERM and SIGHUP for a command that must clean up after them (``lazyfs run``).
+class NotedSignals:
+    """SIGTERM and SIGHUP noted, for a command that must clean up after them (``lazyfs run``).
 
-    The first raises Stopped in the main thread, as SIGINT raises
-    KeyboardInterrupt, so the caller's clean-up runs; from then on, or once
-    ``note`` is called, each is only noted (in ``noted``): a clean-up under
-    way must finish, and a raise at its first line would skip it. Without
-    such a handler a signal ends the process where it stands.
+    The handler only notes: the command asks ``stop_if_noted`` where
+    stopping is safe (it raises Stopped for the first noted), and once it
+    no longer asks, the rest are let go, so that a clean-up under way
+    finishes. A handler that raised could do so anywhere: inside trio's
+    own start or close, or at the first line of a ``finally`` that would
+    have cleaned up. Without a handler a signal ends the process where it
+    stands.
     """
 
     def __init__(self) -> None:
-        self.stopping = True
         self.noted: list[int] = []
 
-    def note(self) -> None:
-        """Note signals from now on, raise none."""
-        self.stopping = False
+    def stop_if_noted(self) -> None:
+        """Stopped for the first signal noted, if one was."""
+        if self.noted:
+            raise Stopped(self.noted[0])
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
-        if self.stopping:
-            self.stopping = False
-            raise Stopped(signum)
         self.noted.append(signum)
 
 
 @contextlib.contextmanager
-def stop_once() -> Iterator[StopOnce]:
-    """A ``StopOnce`` handling SIGTERM and SIGHUP (unless ignored) in the block. Run
-    async work meanwhile with ``run_trio(watch=False)`` once it notes, not raises. Call
-    from the main thread."""
-    handler = StopOnce()
+def noting_signals() -> Iterator[NotedSignals]:
+    """SIGTERM and SIGHUP (unless ignored) noted by a ``NotedSignals`` in the block. Async
+    work meanwhile runs with ``run_trio``'s own handling, which stops it at once, or with
+    ``watch=False`` where it must finish. Call from the main thread."""
+    handler = NotedSignals()
     with _handled(handler):
         yield handler
 

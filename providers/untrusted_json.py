@@ -48,6 +48,6 @@ def _dense(data: str | bytes, per_container: int) -> None:
         containers = data.count(b"[") + 3 * data.count(b"{")
     if containers > len(data) // per_container + 16:
         raise ValueError(
-            f"{containers} arrays and objects in {len(data)} bytes:"
+            f"{containers} arrays (an object counting three) in {len(data)} bytes:"
             f" more than one in {per_container}"
         )

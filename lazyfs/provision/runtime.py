@@ -158,6 +158,7 @@ def run_bundle(
     *,
     told: Callable[[int], None] | None = None,
     early: list[int] | None = None,
+    before: Callable[[], None] | None = None,
 ) -> int:
     """Run the bundle in the foreground with runc; returns the container's exit code.
 
@@ -167,10 +168,14 @@ def run_bundle(
     (SIGKILL), runc gets SIGTERM (its parent-death signal) and forwards it
     as well: runc keeps supervising, so a container that ignores it runs
     on, and ``still_running`` says so. The runc state is deleted after.
-    A signal that comes while runc is being started reaches it once it
-    runs, as do those in ``early`` (noted by the caller's handler before);
-    one that comes after runc ended, while its state is deleted, is let go:
-    the container has ended already. Call from the main thread:
+    ``early`` is where the caller's handler notes signals, and ``before``
+    is called once this forwarding is in place and before runc starts: it
+    may raise to start nothing (for the caller's signals so far). With it,
+    a signal that comes while runc is being started, which has then done
+    nothing yet, kills runc and ``before`` is called again; without it,
+    such a signal reaches runc once it runs. One that comes after runc
+    ended, while its state is deleted, is let go: the container has ended
+    already. Call from the main thread:
     the parent-death signal follows the thread that started runc.
     ``told`` is called with each signal passed on while runc ran, in the
     handler: the container did not end by itself.
@@ -199,10 +204,16 @@ def run_bundle(
     for sig in previous:
         signal.signal(sig, forward)
     try:
+        if before is not None:
+            before()
         try:
             started.append(subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid())))
         except FileNotFoundError:
             raise LazyfsError("runc is not installed (run scripts/setup)") from None
+        if early and before is not None:
+            started[0].kill()  # it was being started: no container yet
+            started[0].wait()
+            before()
         for signum in early:
             forward(signum, None)
         code = started[0].wait()

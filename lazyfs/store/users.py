@@ -38,13 +38,15 @@ _MAX_USERS = 4096  # a GC pass reads each one's records
 
 
 def register(store_root: Path, work_dir: Path) -> None:
-    """Name ``work_dir`` (absolute) among the users of the store at ``store_root``."""
+    """Name ``work_dir`` (absolute) among the users of the store at ``store_root``.
+
+    Written each time, not only when missing: a GC pass that found the work
+    dir gone may be dropping its entry just as it is made again.
+    """
     folder = store_root / USERS
     entry = folder / hashlib.sha256(os.fsencode(work_dir)).hexdigest()[:32]
-    if entry.exists():
-        return
     private_dir(folder)
-    write_atomic(entry, os.fsencode(work_dir) + b"\n", mode=0o600)
+    write_atomic(entry, os.fsencode(work_dir) + b"\n", mode=0o600, durable=False)
 
 
 def work_dirs(store_root: Path) -> list[Path]:

@@ -103,3 +103,15 @@ def test_a_work_dir_to_be_made_where_a_group_may_write_is_refused_unmade(
     line = one_line_error(work("images", check=False))
     assert f"would be made in {group}, a directory others may write" in line
     assert list(group.iterdir()) == []
+
+
+def test_a_work_dir_to_be_made_in_another_users_directory_is_refused_unmade(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)  # 0755: writable by them alone, who may rename in it
+    work = Lazyfs(theirs / "work", lazyfs.image_dir)
+    line = one_line_error(work("images", check=False))
+    assert f"would be made in {theirs}, a directory of uid {NOBODY}" in line
+    assert list(theirs.iterdir()) == []

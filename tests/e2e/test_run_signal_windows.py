@@ -77,7 +77,7 @@ def run_with_term(
     [
         # Provisioned and the bundle written; runc's state directory is made next.
         ("os.mkdir", "/runc'"),
-        # runc is being started: the signal goes to it once it runs.
+        # runc is being started: it is killed before it has made anything.
         ("subprocess.Popen", "'run', '--bundle'"),
     ],
 )
