@@ -23,7 +23,7 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.cache.remote import tidy_dir
@@ -229,6 +229,12 @@ def require_workdir(rootfs: Path, cwd: str, *, made: bool) -> None:
 
     # shown: the image's WorkingDir may hold escape sequences for the terminal.
     found = in_root(rootfs, cwd)
+    if found is None:  # under a file (/etc/motd/x), runc could make it no more than enter it
+        above = PurePosixPath(cwd).parent
+        while above != above.parent and in_root(rootfs, str(above)) is None:
+            above = above.parent
+        if not (in_root(rootfs, str(above)) or rootfs).is_dir():
+            raise UsageError(f"the working directory {shown(cwd)} is under a file in the rootfs")
     if found is None and not made:
         raise UsageError(
             f"the read-only rootfs has no working directory {shown(cwd)} to run in"

@@ -198,4 +198,8 @@ def test_the_workdir_flag_is_where_the_command_runs_made_when_missing(lazyfs: La
         assert one_line_error(on_a_file) == (
             "lazyfs: the working directory /etc/motd is not a directory in the rootfs"
         )
+        under = lazyfs("run", *flags, "-w", "/etc/motd/x", "busybox", "pwd", check=False)
+        assert one_line_error(under) == (
+            "lazyfs: the working directory /etc/motd/x is under a file in the rootfs"
+        )
     assert containers(lazyfs.work_dir) == []
