@@ -142,6 +142,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             seen.append(None if trace is None else run_trace.file_id(trace.path))
 
         try:
+            signals.stop_if_noted()  # noted as the lock and the helpers were taken
             status = run_trio(provision_and_bundle)
             signals.stop_if_noted()  # noted as trio started or closed, out of its own handling
             if status is not None:

@@ -113,3 +113,11 @@ def test_a_term_after_the_container_ended_lets_the_destroy_finish(
     assert runc_containers(lazyfs.work_dir) == ""
     # The container had ended by itself: its status is the command's, as docker run's.
     assert result.returncode == 0, result.stderr
+
+
+def test_a_term_as_run_takes_its_lock_stops_it_before_the_provision(lazyfs: Lazyfs) -> None:
+    result = run_with_term(lazyfs, "open", "/locks/run-")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr
+    assert containers(lazyfs.work_dir) == []
+    assert lazyfs.stored() == []  # nothing was pulled: it stopped first
