@@ -27,11 +27,11 @@ import argparse
 import contextlib
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 from lazyfs.cli_flags import source
 from providers.errors import UsageError
+from providers.mount_path import others_can_move
 from providers.private_dir import PRIVATE
 
 
@@ -40,11 +40,9 @@ def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     root only). ``roots``: each flag's directory, absolute."""
     if os.geteuid() != 0:
         return
-    from providers.mount_path import others_can_move
-
     for flag, path in roots.items():
         try:
-            why = _unsafe(path, others_can_move)
+            why = _unsafe(path)
         except OSError as error:
             why = f"cannot be looked at: {error.strerror or error}"
         if why is not None:
@@ -55,7 +53,7 @@ def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
             )
 
 
-def _unsafe(path: Path, others_can_move: Callable[[str], str | None]) -> str | None:
+def _unsafe(path: Path) -> str | None:
     """Why another user could change what ``path`` names, or None. Its part that does not
     exist yet is checked where it would be made: in a sticky directory (``/tmp``), after
     making its first directory now (``PRIVATE``); in another that others may write, not

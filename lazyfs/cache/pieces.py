@@ -37,7 +37,6 @@ by the reads through it: the reader checks each window against the sha256
 its index gives, and has a wrong one evicted (``evict``: every origin's
 pieces of the range, an Evict names none), then reads it through its own
 source again. A trace replay's look (``holds``) is through its source too.
-Chunks, unlike pieces, are shared by every origin (``lazyfs.cache.flight``).
 """
 
 from __future__ import annotations
