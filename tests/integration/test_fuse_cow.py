@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -39,16 +39,6 @@ BIG = b"0123456789abcdef" * (1 << 16)  # 1 MiB
 
 class Mount(Protocol):
     def __call__(self, layers: Sequence[Sequence[Entry]], *, debug: bool = False) -> Cow: ...
-
-
-@pytest.fixture
-def mounts(tmp_path: Path, fuse_path: str, mount_start: str) -> Iterator[CowMounts]:
-    """Writable mounts (and kernel overlayfs ones), all taken down afterwards."""
-    made = CowMounts(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ whatever the test did.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from tests.support.cow_mounts import CowMounts
 from tests.support.images import Entry
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def mounts(tmp_path: Path, fuse_path: str, mount_start: str) -> Iterator[CowMounts]:
-    made = CowMounts(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def test_rm_rf_of_a_lower_directory_removes_every_name(mounts: CowMounts) -> None:

@@ -75,23 +75,34 @@ async def make_files(ops: WritableOperations, count: int) -> pyfuse3.InodeT:
     return many
 
 
-async def test_names_removed_while_listing_never_make_others_skipped(
-    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What ``rm -r`` does: list a few, remove them, list on from the offset it was given."""
-    many = await make_files(ops, 20)
-    listing = Listing(monkeypatch, room=3)
-    fh = await ops.opendir(many, CTX)
-    seen, offset = [], 0
-    for _ in range(20):  # bounded: a broken readdir may never reach the end
+async def remove_while_listing(
+    ops: WritableOperations, listing: Listing, parent: pyfuse3.InodeT, calls: int
+) -> list[bytes]:
+    """What ``rm -r`` does: list a few, remove them, list on from the offset it was given.
+
+    At most ``calls`` readdirs (a broken readdir may never reach the end); what they listed.
+    """
+    fh = await ops.opendir(parent, CTX)
+    seen: list[bytes] = []
+    offset = 0
+    for _ in range(calls):
         if not (batch := await listing.next_batch(ops, fh, offset)):
             break
         offset = listing.batch[-1][1]
         seen += batch
         for entry in batch:
             if entry not in (b".", b".."):
-                await ops.unlink(many, pyfuse3.FileNameT(entry), CTX)
+                await ops.unlink(parent, pyfuse3.FileNameT(entry), CTX)
     await ops.releasedir(fh)
+    return seen
+
+
+async def test_names_removed_while_listing_never_make_others_skipped(
+    ops: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``rm -r`` does: list a few, remove them, list on from the offset it was given."""
+    many = await make_files(ops, 20)
+    seen = await remove_while_listing(ops, Listing(monkeypatch, room=3), many, calls=20)
     assert seen == [b".", b"..", *(b"f%02d" % i for i in range(20))]
     assert ops.upper.listing(many) == []
 
@@ -284,18 +295,7 @@ async def test_removing_a_lower_directory_while_listing_it_skips_no_name(
     image = [[Entry("big", "dir"), *(Entry(f"big/{n}", data=b"") for n in ODD_NAMES)]]
     ops = ops_of_layers(tmp_path, path, image)
     big = await ino(ops, "big")
-    listing = Listing(monkeypatch, room=3)
-    fh = await ops.opendir(big, CTX)
-    seen, offset = [], 0
-    for _ in range(30):  # bounded: a broken readdir may never reach the end
-        if not (batch := await listing.next_batch(ops, fh, offset)):
-            break
-        offset = listing.batch[-1][1]
-        seen += batch
-        for entry in batch:
-            if entry not in (b".", b".."):
-                await ops.unlink(big, pyfuse3.FileNameT(entry), CTX)
-    await ops.releasedir(fh)
+    seen = await remove_while_listing(ops, Listing(monkeypatch, room=3), big, calls=30)
     assert seen == [b".", b"..", *(os.fsencode(n) for n in ODD_NAMES)]
     assert ops.upper.listing(big) == []
 
