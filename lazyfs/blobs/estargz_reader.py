@@ -15,8 +15,11 @@ never wrong bytes, and nothing unverified is kept.
 
 Nor is it kept below: a blob source that caches what it read for others
 (the cache daemon's client, ``Evicting``) is told to drop the bytes that
-did not verify, and they are read once more, since bytes corrupted on the
-way are seldom corrupted twice.  A second failure is the EIO.
+did not verify, and they are read once more (``read_again``: through this
+mount's registry and repository alone, as the cache's chunks and fetches
+are every origin's, and a hostile repository may answer its own bytes for
+an honest layer's digest), since bytes corrupted on the way are seldom
+corrupted twice.  A second failure is the EIO.
 
 Chunks are up to 4 MiB (ctr-remote's default) while the FUSE reads above
 ask for 128 KiB at a time (``lazyfs.blobs.ranges.ChunkCache``), so verified
@@ -55,9 +58,12 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class Evicting(Protocol):
-    """A blob source that keeps what it reads: told to drop bytes found wrong."""
+    """A blob source that keeps what it reads, every origin's: told to drop bytes found
+    wrong, then asked for them through the reader's origin alone (``read_again``)."""
 
     def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int: ...
+
+    def read_again(self, digest: Digest, offset: int, length: int) -> bytes: ...
 
 
 class EstargzChunks:
@@ -192,7 +198,7 @@ class EstargzChunks:
                 self._blobs.evict(digest, row.offset, length, str(error))
                 with self._lock:
                     self.fetches += 1
-                raw = self._blobs.read_range(digest, row.offset, length)
+                raw = self._blobs.read_again(digest, row.offset, length)
                 try:
                     return inflate_chunk(row.chunk(), raw, layer=str(digest), name=row.name)
                 except DigestMismatch as again:

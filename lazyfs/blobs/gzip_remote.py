@@ -18,7 +18,8 @@ one window, not one each), checked against its own digest as every interval
 is; else read by range from the index's windows blob and checked against its
 sha256 in the index before it is inflated.  A tar layer's bytes are the span
 bytes themselves.  A span or window that does not match is dropped from the
-blob source's cache (``evict``) and read once more.  A second mismatch (or a
+blob source's cache (``evict``) and read once more, through this mount's
+origin alone (``read_again``: the cache is every origin's).  A second mismatch (or a
 first, from a source that cannot drop what it has) is confirmed: the index
 and the bytes disagree, so the layer's index is bad for this reader; that is
 logged once, naming the layer, the span and both digests, and every read of
@@ -56,6 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lazyfs.blobs.entry_check import EntryCheck
+from lazyfs.blobs.estargz_reader import Evicting
 from lazyfs.blobs.gzip_inflate import inflate_from
 from lazyfs.blobs.inflated import Kept, read_intervals
 from lazyfs.blobs.published_ahead import (
@@ -203,12 +205,11 @@ class PublishedLayers:
             piece = self._read(blob, span)
             if (problem := mismatch(digest, span, piece, what)) is None:
                 return piece
-            evict = getattr(self._blobs, "evict", None)
-            if evict is not None:
+            if isinstance(self._blobs, Evicting):
                 # Bytes corrupted on the way are seldom corrupted twice: drop, read again.
                 log.warning("%s; dropping it from the cache and reading it again", problem)
-                evict(blob, span.offset, span.length, str(problem))
-                piece = self._read(blob, span)
+                self._blobs.evict(blob, span.offset, span.length, str(problem))
+                piece = self._read(blob, span, again=True)
                 if (problem := mismatch(digest, span, piece, what)) is None:
                     return piece
         except LazyfsError as error:
@@ -231,9 +232,11 @@ class PublishedLayers:
         if problem is not None:
             raise OSError(errno.EIO, f"layer {digest}: {problem}")
 
-    def _read(self, digest: Digest, span: Span) -> bytes:
+    def _read(self, digest: Digest, span: Span, *, again: bool = False) -> bytes:
         with self._lock:
             self.fetches += 1
+        if again and isinstance(self._blobs, Evicting):
+            return self._blobs.read_again(digest, span.offset, span.length)
         return self._blobs.read_range(digest, span.offset, span.length)
 
     # -- gzip ----------------------------------------------------------------

@@ -34,18 +34,20 @@ class BlobRange(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("range", "origin", "blob_size", "exact", "piece")
+    __slots__ = ("range", "origin", "blob_size", "exact", "piece", "own")
     RANGE_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     BLOB_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     PIECE_FIELD_NUMBER: _ClassVar[int]
+    OWN_FIELD_NUMBER: _ClassVar[int]
     range: BlobRange
     origin: Origin
     blob_size: int
     exact: bool
     piece: bool
-    def __init__(self, range: _Optional[_Union[BlobRange, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., exact: _Optional[bool] = ..., piece: _Optional[bool] = ...) -> None: ...
+    own: bool
+    def __init__(self, range: _Optional[_Union[BlobRange, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., blob_size: _Optional[int] = ..., exact: _Optional[bool] = ..., piece: _Optional[bool] = ..., own: _Optional[bool] = ...) -> None: ...
 
 class Extent(_message.Message):
     __slots__ = ("path", "file_offset", "blob_offset", "length")

@@ -56,6 +56,7 @@ from lazyfs.cache.messages import (
     StatusOk,
 )
 from lazyfs.cache.partial import Cut, PartialChunks, Span
+from lazyfs.cache.pieces import MAX_PIECE
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError, NotFound, TemporaryFailure
 
@@ -204,6 +205,32 @@ class CacheClient(DaemonLink):
         if not isinstance(answer, EvictOk):
             raise TemporaryFailure(f"the cache daemon answered an eviction with {answer}")
         return answer.chunks_evicted
+
+    def read_again(self, digest: Digest, offset: int, length: int) -> bytes:
+        """Blob bytes found wrong and ``evict``-ed, read once more through this mount's origin
+        alone: not from the cache files, nor from another origin's fetch of them (any
+        repository may name any digest and answer bytes of its own), in pieces the daemon
+        answers in its replies (``Read.own``). Short only where the blob ends."""
+        blob = self._blob(digest)
+        end = offset + length if blob.size is None else min(offset + length, blob.size)
+        parts = []
+        for start in range(offset, end, MAX_PIECE):
+            piece = min(MAX_PIECE, end - start)
+            answer = self._ask(Read(next(self._ids), BlobRange(digest, start, piece), blob.origin,
+                                    blob.size, True, True, own=True))  # fmt: skip
+            if not isinstance(answer, ReadOk):
+                raise TemporaryFailure(f"the cache daemon answered a read again with {answer}")
+            if answer.data is not None and len(answer.data) > piece:
+                raise TemporaryFailure(f"the cache daemon answered {len(answer.data)} bytes"
+                                       f" for a read of {piece}")  # fmt: skip
+            # Extents from a daemon that predates ``own``: it read it as any piece.
+            data = self._gather(digest, answer) if answer.data is None else answer.data
+            if data is None:
+                raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they came")
+            parts.append(data)
+            if len(data) < piece:
+                break  # the blob ends here
+        return b"".join(parts)
 
     def _ask_tails(self, digest: Digest, length: int) -> None:
         """On the first read of an exact blob's tail, prefetch every other one's too: a mount

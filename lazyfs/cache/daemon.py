@@ -218,7 +218,7 @@ class Server:
                 blob = request.range
                 if request.blob_size is not None and isinstance(source, SizeHints):
                     source.note_size(blob.digest, request.blob_size)
-                if self._as_piece(request.piece, blob, request.blob_size):
+                if self._as_piece(request.piece, blob, request.blob_size, own=request.own):
                     assert self.pieces is not None
                     data = await self.pieces.read(source, blob.digest, blob.offset, blob.length)
                     return ReadOk(request.id, (), data)
@@ -295,12 +295,17 @@ class Server:
             log.warning("cache request %d failed (%s): %s", request.id, kind.name, error)
             return Failure(request.id, kind, str(error) or type(error).__name__)
 
-    def _as_piece(self, piece: bool, blob: BlobRange, blob_size: int | None) -> bool:
+    def _as_piece(
+        self, piece: bool, blob: BlobRange, blob_size: int | None, *, own: bool = False
+    ) -> bool:
         """Whether a range asked as a piece is fetched as one: short enough, and its chunks
         neither all cached nor all in flight (an earlier lazyfs's trace replay brought windows
-        as chunks; one still in a replay queue is not in flight, and is fetched twice)."""
-        if not piece or self.pieces is None or not 0 < blob.length <= MAX_PIECE:
+        as chunks; one still in a replay queue is not in flight, and is fetched twice).
+        Bytes found wrong (``own``) are, whatever the chunks: those may be another origin's."""
+        if not (piece or own) or self.pieces is None or not 0 < blob.length <= MAX_PIECE:
             return False
+        if own:
+            return True
         size = self.cache.layout.chunk_size
         chunks = wanted_chunks([(blob.offset, blob.length)], size, blob_size)
         return not all(self.fetcher.in_flight(key) or self.cache.contains(key)

@@ -18,6 +18,8 @@ and the filesystem commits concurrent ones together), each waking its
 waiters once in place (``lazyfs.cache.landing``); a reader's chunks
 are pinned from before its wait until its answer is built, out of eviction's
 reach. A source's bytes are trusted: verifying is a wrapping source's job.
+Chunks are every origin's: bytes a mount finds wrong are evicted, and read
+again as pieces of its own origin (``Read.own``, ``lazyfs.cache.pieces``).
 """
 
 from __future__ import annotations

@@ -140,6 +140,7 @@ def encode_request(request: Request) -> bytes:
             message.read.blob_size = request.blob_size
         message.read.exact = request.exact
         message.read.piece = request.piece
+        message.read.own = request.own
     elif isinstance(request, Prefetch):
         message.prefetch.ranges.extend(_range_pb(r) for r in request.ranges)
         message.prefetch.origin.CopyFrom(_origin_pb(request.origin))
@@ -184,6 +185,7 @@ def decode_request(payload: bytes) -> Request:
                 blob_size,
                 read.exact,
                 read.piece,
+                read.own,
             )
         if body == "prefetch":
             prefetch = message.prefetch

@@ -37,6 +37,9 @@ by the reads through it: the reader checks each window against the sha256
 its index gives, and has a wrong one evicted (``evict``: every origin's
 pieces of the range, an Evict names none), then reads it through its own
 source again. A trace replay's look (``holds``) is through its source too.
+So are bytes a mount found wrong in the chunks, which are every origin's:
+read again, they are a piece of its origin's (``Read.own``), whatever the
+chunks hold or another origin has in flight.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ class Read:
     blob_size: int | None = None
     exact: bool = False  # no read-ahead: the mount asks for just what it needs
     piece: bool = False  # just the range, answered in ReadOk.data (``lazyfs.cache.pieces``)
+    own: bool = False  # found wrong: through this origin alone, as a piece (``Read.own``)
 
 
 @dataclass(frozen=True)

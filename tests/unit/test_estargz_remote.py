@@ -375,6 +375,51 @@ def test_a_corrupted_chunk_is_eio_and_the_others_read(store: Store) -> None:
         assert "chunk 20000+20000 of 'big'" in str(caught.value)
 
 
+class Poisoned(MemoryBlobs):
+    """A cache every origin's fetches land in: ``bad`` bytes, however often evicted (another
+    repository's fetches land them again); read again through the mount's own origin, the
+    blob's bytes, or ``bad`` too when ``own_bad``."""
+
+    def __init__(self, blobs: dict[Digest, bytes], bad: bytes, own_bad: bool) -> None:
+        super().__init__(blobs)
+        self.bad, self.own_bad = bad, own_bad
+        self.evicted: list[tuple[int, int]] = []
+        self.again: list[tuple[int, int]] = []
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        return self.bad[offset : offset + length]
+
+    def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
+        self.evicted.append((offset, length))
+        return 1
+
+    def read_again(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.again.append((offset, length))
+        return (self.bad if self.own_bad else self.blobs[digest])[offset : offset + length]
+
+
+@pytest.mark.parametrize("own_bad", [False, True], ids=["theirs", "ours too"])
+def test_a_wrong_chunk_is_read_again_through_our_origin(store: Store, own_bad: bool) -> None:
+    blob = write_estargz(FILES, chunk_size=20_000)
+    index, _ = remote(store, blob)
+    table = load_chunk_table(home(store, blob), index)
+    second = next(r for r in table.rows if r.name == "big" and r.chunk_offset == 20_000)
+    damaged = bytearray(blob.data)
+    damaged[(second.offset + second.end) // 2] ^= 0x55
+    poisoned = Poisoned({index.digest: blob.data}, bytes(damaged), own_bad)
+    table_path = check_data_present(home(store, blob), Path(), index).path
+    chunks = EstargzChunks({index.digest: table_path}, poisoned)
+    big = next(e for e in index.entries if e.path == ("big",))
+    if own_bad:
+        with pytest.raises(OSError) as caught:
+            chunks.read_range(index.digest, big.offset, 70_000)
+        assert caught.value.errno == errno.EIO
+    else:
+        assert chunks.read_range(index.digest, big.offset, 70_000) == BIG
+    assert poisoned.again == [(second.offset, second.end - second.offset)]
+    assert len(poisoned.evicted) == 1 + own_bad
+
+
 async def test_the_fuse_read_of_a_corrupted_chunk_answers_eio(store: Store) -> None:
     blob = write_estargz(FILES, chunk_size=20_000)
     index, _ = remote(store, blob)

@@ -30,25 +30,37 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 class Evicting(MemoryBlobs):
-    """A cache-like source: wrong bytes in ``bad`` until evicted ``heals`` times."""
+    """A cache-like source, every origin's: wrong bytes in ``bad`` until evicted ``heals``
+    times (-1: never, as another origin's fetches land them again); read again through the
+    reader's own origin (``read_again``), the right bytes unless ``own_bad``."""
 
-    def __init__(self, blobs: dict[Digest, bytes], bad: bytes, heals: int) -> None:
+    def __init__(
+        self, blobs: dict[Digest, bytes], bad: bytes, heals: int, *, own_bad: bool = False
+    ) -> None:
         super().__init__(blobs)
         self.bad = bad
         self.heals = heals
+        self.own_bad = own_bad
         self.evicted: list[tuple[int, int, str]] = []
+        self.again: list[tuple[int, int]] = []
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         wrong = len(self.evicted) < self.heals or self.heals < 0
-        # The layer's bytes only: a windows blob is a shorter, other blob.
-        data = (
-            self.bad if wrong and len(self.bad) == len(self.blobs[digest]) else self.blobs[digest]
-        )
-        return data[offset : offset + length]
+        return self._as(digest, wrong)[offset : offset + length]
+
+    def read_again(self, digest: Digest, offset: int, length: int) -> bytes:
+        self.again.append((offset, length))
+        return self._as(digest, self.own_bad)[offset : offset + length]
 
     def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
         self.evicted.append((offset, length, reason))
         return 1
+
+    def _as(self, digest: Digest, wrong: bool) -> bytes:
+        # The layer's bytes only: a windows blob is a shorter, other blob.
+        return (
+            self.bad if wrong and len(self.bad) == len(self.blobs[digest]) else self.blobs[digest]
+        )
 
 
 def test_every_byte_of_the_stream_reads_right(built: Built) -> None:
@@ -112,7 +124,7 @@ def test_wrong_bytes_from_the_source_are_read_again_then_refused_for_good(built:
     assert whole == built.tar  # the second read after the eviction was right
     assert len(once.evicted) == 1
 
-    always = Evicting(built.blobs, bytes(damaged), heals=-1)
+    always = Evicting(built.blobs, bytes(damaged), heals=-1, own_bad=True)
     reader = PublishedLayers({built.digest: built.data}, always)
     with pytest.raises(OSError) as raised:
         reader.read_range(built.digest, 0, len(built.tar))
@@ -125,6 +137,20 @@ def test_wrong_bytes_from_the_source_are_read_again_then_refused_for_good(built:
             reader.read_range(built.digest, 0, len(built.tar))
         assert raised.value.errno == errno.EIO
     assert len(always.evicted) == 1 and reader.fetches == fetched
+
+
+def test_bytes_another_origin_keeps_landing_are_read_again_through_ours(built: Built) -> None:
+    # A hostile repository names this layer's digest and answers bytes of its own: the
+    # cache's chunks are every origin's, and its fetches land them again after each evict.
+    damaged = bytearray(built.blob)
+    damaged[len(damaged) // 2] ^= 0xFF
+    poisoned = Evicting(built.blobs, bytes(damaged), heals=-1)
+    reader = PublishedLayers({built.digest: built.data}, poisoned)
+    for _ in range(2):
+        assert reader.read_range(built.digest, 0, len(built.tar)) == built.tar
+    bad = next(s for s in built.data.spans if s.offset <= len(damaged) // 2 < s.offset + s.length)
+    assert poisoned.again == [(bad.offset, bad.length)]  # then kept, verified
+    assert [e[:2] for e in poisoned.evicted] == [(bad.offset, bad.length)]
 
 
 def test_no_wrong_byte_from_any_flipped_blob_byte(built: Built) -> None:
