@@ -6,30 +6,28 @@ of a layer's *uncompressed tar stream*, at the offsets its index gives, from
 a blob read by range through a ``BlobSource`` (the cache daemon's client:
 each miss fetched once, however many mounts ask).
 
-The blob is never trusted: it is read only in whole *spans* (the published
-index cuts the blob at every gzip checkpoint), and each span is checked
-against its sha256 before anything of it is used, kept or inflated.  A gzip
-layer is inflated (``lazyfs.blobs.gzip_inflate``) from the checkpoint before
-the read, from verified span bytes only, with that checkpoint's window: the
-last 32 KiB of the interval before when that one is inflated (kept, or
-inflated first when the two were asked for together, back along such a chain
-in a loop bounded by ``chain_bytes``: a file of many intervals then costs
-one window, not one each), checked against its own digest as every interval
-is; else read by range from the index's windows blob and checked against its
-sha256 in the index before it is inflated.  A tar layer's bytes are the span
-bytes themselves.  A span or window that does not match is dropped from the
-blob source's cache (``evict``) and read once more, through this mount's
-origin alone (``read_again``: the cache is every origin's).  A second mismatch (or a
-first, from a source that cannot drop what it has) is confirmed: the index
-and the bytes disagree, so the layer's index is bad for this reader; that is
-logged once, naming the layer, the span and both digests, and every read of
-the layer is OSError(EIO) from then on, with nothing fetched or evicted
-again (the cache's chunks are shared with other mounts).  So is a window
-that is not 32 KiB of zlib, verified bytes that do not inflate from the
-index's checkpoint, and a checkpoint's interval (the tar stream from it to
-the next, inflated whole) that does not match its sha256 in the index: a
-forged checkpoint or window.  A blob source that fails is an OSError(EIO)
-for that read, logged.  The FUSE handlers answer EIO, never a wrong byte.
+The blob is never trusted: it is read only in whole *spans* (the published index
+cuts the blob at every gzip checkpoint), and each span is checked against its sha256
+before anything of it is used, kept or inflated. A gzip layer is inflated
+(``lazyfs.blobs.gzip_inflate``) from the checkpoint before the read, from verified
+span bytes only, with that checkpoint's window: the last 32 KiB of the interval
+before when that one is inflated (kept, or inflated first when the two were asked
+for together, back along such a chain in a loop bounded by ``chain_bytes``: a file
+of many intervals then costs one window, not one each), checked against its own
+digest as every interval is; else read by range from the index's windows blob and
+checked against its sha256 in the index before it is inflated. A tar layer's bytes
+are the span bytes themselves. A span or window that does not match is dropped from
+the blob source's cache (``evict``) and read once more through this mount's origin
+alone (``read_again``). A second mismatch (or a first, from a source that cannot
+drop what it has) is confirmed: the index and the bytes disagree, so the layer's
+index is bad for this reader; that is logged once, naming the layer, the span and
+both digests, and every read of the layer is OSError(EIO) from then on, with nothing
+fetched or evicted again (the cache's chunks are shared with other mounts). So is a
+window that is not 32 KiB of zlib, verified bytes that do not inflate from the
+index's checkpoint, and a checkpoint's interval (the tar stream from it to the next,
+inflated whole) that does not match its sha256 in the index: a forged checkpoint or
+window. A blob source that fails is an OSError(EIO) for that read, logged. The FUSE
+handlers answer EIO, never a wrong byte.
 
 Given its entries, it also holds each regular file's entry to the tar
 headers before its data before serving any of it
@@ -209,7 +207,7 @@ class PublishedLayers:
                 # Bytes corrupted on the way are seldom corrupted twice: drop, read again.
                 log.warning("%s; dropping it from the cache and reading it again", problem)
                 self._blobs.evict(blob, span.offset, span.length, str(problem))
-                piece = self._read(blob, span, again=True)
+                piece = self._read(blob, span, self._blobs.read_again)
                 if (problem := mismatch(digest, span, piece, what)) is None:
                     return piece
         except LazyfsError as error:
@@ -232,12 +230,10 @@ class PublishedLayers:
         if problem is not None:
             raise OSError(errno.EIO, f"layer {digest}: {problem}")
 
-    def _read(self, digest: Digest, span: Span, *, again: bool = False) -> bytes:
+    def _read(self, digest: Digest, span: Span, read: Callable[..., bytes] | None = None) -> bytes:
         with self._lock:
             self.fetches += 1
-        if again and isinstance(self._blobs, Evicting):
-            return self._blobs.read_again(digest, span.offset, span.length)
-        return self._blobs.read_range(digest, span.offset, span.length)
+        return (read or self._blobs.read_range)(digest, span.offset, span.length)
 
     # -- gzip ----------------------------------------------------------------
 

@@ -8,18 +8,16 @@ one range make one upstream request.
 
 The fetch tasks belong to the Fetcher's nursery, not to any reader: a reader
 cancelled while it waits stops waiting and nothing else, the fetch goes on for
-the others and lands in the cache. A fetch that fails wakes every waiter of the
-chunks it did not bring: those reading through its origin raise its error, the others fetch the
-chunks through theirs. It leaves nothing behind, and failures are not remembered.
+the others and lands in the cache. A fetch that fails wakes every waiter of the chunks it
+did not bring: those reading through its origin raise its error, the others fetch them
+through theirs. It leaves nothing behind, and failures are not remembered.
 
-Chunks go in the cache as they come in, while the rest of the answer is on
-its way (``lazyfs.cache.arrival``), side by side (each write ends in an fsync,
-and the filesystem commits concurrent ones together), each waking its
-waiters once in place (``lazyfs.cache.landing``); a reader's chunks
-are pinned from before its wait until its answer is built, out of eviction's
-reach. A source's bytes are trusted: verifying is a wrapping source's job.
-Chunks are every origin's: bytes a mount finds wrong are evicted, and read
-again as pieces of its own origin (``Read.own``, ``lazyfs.cache.pieces``).
+Chunks go in the cache as they come in, while the rest of the answer is on its way
+(``lazyfs.cache.arrival``), side by side (each write ends in an fsync, and the
+filesystem commits concurrent ones together), each waking its waiters once in place
+(``lazyfs.cache.landing``); a reader's chunks are pinned from before its wait until
+its answer is built. A source's bytes are trusted: the mount checks them, and reads
+what it finds wrong again through its origin alone (``Read.own``).
 """
 
 from __future__ import annotations

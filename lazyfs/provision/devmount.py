@@ -38,6 +38,7 @@ from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
 from lazyfs.store.disk import locked_async
 from providers.errors import Conflict, NotFound, UsageError
+from providers.fslock import remove_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
@@ -119,11 +120,14 @@ async def mount_image(
     # here (':' is in no container id), then finds the first mounted.
     lock = provisioner.locks / f"mount:{record_dir(work_dir, mountpoint).name}.lock"
     async with locked_async(lock):
-        check_mountpoint(mountpoint, suid=suid, dev=dev)
-        return await _mount_image(
-            provisioner, work_dir, image, mountpoint,
-            writable=writable, debug=debug, suid=suid, dev=dev, progress=progress,
-        )  # fmt: skip
+        try:
+            check_mountpoint(mountpoint, suid=suid, dev=dev)
+            return await _mount_image(
+                provisioner, work_dir, image, mountpoint,
+                writable=writable, debug=debug, suid=suid, dev=dev, progress=progress,
+            )  # fmt: skip
+        finally:
+            remove_lock(lock)  # mounted or not, the next waiter finds out for itself
 
 
 async def _mount_image(

@@ -7,6 +7,7 @@ Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
                                                        provisioning is gone
     containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs, and one per image volume
     locks/<cid>.lock                                   held while one process works on <cid>
+                                                       (``lazyfs.provision.container_locks``)
     locks/mount:<key>.lock                             held while ``lazyfs mount`` mounts
 
 The work dir and everything lazyfs makes in it are closed to other users
@@ -40,6 +41,7 @@ from lazyfs.fs.mount import DaemonSpec, load_ahead_code
 from lazyfs.progress import Progress
 from lazyfs.provision import runtime
 from lazyfs.provision.build import RecordAhead, RootfsBuilder, Workload
+from lazyfs.provision.container_locks import ContainerLocks
 from lazyfs.provision.lazy import (
     LAZY_BACKENDS,
     LazyProvider,
@@ -63,10 +65,9 @@ from lazyfs.provision.teardown import remove_container, remove_failed
 from lazyfs.provision.usage import read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
 from lazyfs.store.blobs import StoreBlobs
-from lazyfs.store.disk import Store, in_use_async, locked_async
+from lazyfs.store.disk import Store, in_use_async
 from lazyfs.store.users import register as register_user
 from providers.errors import BadImage, Conflict, NotFound, UsageError
-from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.image_pb2 import Image
 from providers.layer_limits import LayerLimits
 from providers.manifest import ImageManifest
@@ -115,6 +116,7 @@ class Provisioner:
         self.root = work_dir.absolute() / "provisioner"
         self.containers = self.root / "containers"
         self.locks = self.root / "locks"
+        self._locks = ContainerLocks(self.locks, self.containers)
         self.store = store
         # What backends read layers from: the provider's fetch made them all present.
         self.blobs = StoreBlobs(store)
@@ -254,7 +256,7 @@ class Provisioner:
         check_container_id(container_id)
         if container_id in self._held:
             raise UsageError(f"container {container_id} is already held")
-        with exclusive_lock(self.locks / f"{container_id}.lock"):
+        with self._locks.held(container_id):
             self._held.add(container_id)
             try:
                 yield
@@ -282,7 +284,7 @@ class Provisioner:
         runc = runtime.state_root(self.root.parent)  # where `lazyfs run` runs them
         for home in sorted(self.containers.iterdir()):
             cid = home.name
-            with self._try_lock(cid) as locked:
+            with self._locks.tried(cid) as locked:
                 # Its lock is free once `lazyfs run` dies, yet runc may run it on.
                 if not locked or await trio.to_thread.run_sync(runtime.still_running, runc, cid):
                     busy.append(cid)
@@ -303,6 +305,7 @@ class Provisioner:
                     failed.append((cid, one_line(error)))
                     continue
                 destroyed.append(cid)
+        await trio.to_thread.run_sync(self._locks.sweep)
         await trio.to_thread.run_sync(self.store.clean_tmp)
         return RecoverReport(
             tuple(kept),
@@ -387,11 +390,8 @@ class Provisioner:
             if container_id in self._held:
                 yield
                 return
-            async with locked_async(self.locks / f"{container_id}.lock"):
+            async with self._locks.taken(container_id):
                 yield
-
-    def _try_lock(self, container_id: str) -> contextlib.AbstractContextManager[bool]:
-        return try_exclusive_lock(self.locks / f"{container_id}.lock")
 
     @staticmethod
     def _complete(home: Path) -> bool:

@@ -46,6 +46,8 @@ def test_mount_shows_the_image_read_only_and_umount_takes_it_down(
 ) -> None:
     out = json.loads(lazyfs("mount", "busybox", str(mountpoint)).stdout)
     assert out["mountpoint"] == str(mountpoint) and not out["writable"]
+    # The mount point's lock file goes with the command: not one per mount for good.
+    assert list((lazyfs.work_dir / "provisioner/locks").iterdir()) == []
     assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
     assert os.readlink(mountpoint / "bin/sh") == "/bin/busybox"
     with pytest.raises(OSError) as caught:

@@ -63,12 +63,19 @@ def test_second_provision_of_a_container_is_refused(lazyfs: Lazyfs) -> None:
     assert Path(first["rootfs"], "etc/motd").is_file()  # the first one is untouched
 
 
+def locks(work: Path) -> list[str]:
+    return sorted(p.name for p in (work / "provisioner/locks").iterdir())
+
+
 def test_destroy_removes_everything(lazyfs: Lazyfs) -> None:
     lazyfs("provision", "c1", "busybox")
+    assert locks(lazyfs.work_dir) == ["c1.lock"]
     lazyfs("destroy", "c1")
     assert containers(lazyfs.work_dir) == []
+    assert locks(lazyfs.work_dir) == []  # its lock file too: not one per container for good
     error = one_line_error(lazyfs("destroy", "c1", check=False))
     assert "c1" in error
+    assert locks(lazyfs.work_dir) == []
 
 
 def test_bind_refuses_a_multi_layer_image_and_leaves_nothing(lazyfs: Lazyfs) -> None:
@@ -106,6 +113,10 @@ def test_recover_keeps_the_named_and_destroys_the_rest(lazyfs: Lazyfs) -> None:
         "broken": {},
     }
     assert containers(lazyfs.work_dir) == ["keep-me"]
+    # A lock file no one holds goes (an older lazyfs left one per container).
+    (lazyfs.work_dir / "provisioner/locks/gone-long-ago.lock").touch()
+    lazyfs("recover", "--keep", "keep-me")
+    assert locks(lazyfs.work_dir) == []
 
 
 def test_recover_after_a_killed_provision_leaves_a_clean_work_dir(lazyfs: Lazyfs) -> None:
@@ -156,6 +167,7 @@ def test_run_passes_output_and_exit_code_through(lazyfs: Lazyfs) -> None:
     ]
     assert containers(lazyfs.work_dir) == []
     assert mounts_under(lazyfs.work_dir) == []
+    assert locks(lazyfs.work_dir) == []
 
 
 def test_run_uses_the_image_cmd_without_a_command(lazyfs: Lazyfs) -> None:

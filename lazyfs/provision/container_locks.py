@@ -1,0 +1,70 @@
+"""Containers' lock files: one process at a time works on a container.
+
+``locks/<cid>.lock`` is held while a process provisions or destroys the
+container, and for its whole life by the process that runs it
+(``Provisioner.hold``). Its holder removes it once the container is gone,
+and ``sweep`` removes the ones no one holds: one per container ever made
+would stay otherwise, thousands a day on an agent. Removing a lock file
+its holder is done with is safe (``providers.fslock``): a process that
+opened it before and locks it after opens the path again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+from lazyfs.store.disk import locked_async
+from providers.fslock import exclusive_lock, remove_lock, try_exclusive_lock
+
+
+class ContainerLocks:
+    """The lock files in ``locks`` of the containers in ``containers``."""
+
+    def __init__(self, locks: Path, containers: Path) -> None:
+        self.locks = locks
+        self.containers = containers
+
+    def path(self, container_id: str) -> Path:
+        return self.locks / f"{container_id}.lock"
+
+    @contextlib.contextmanager
+    def held(self, container_id: str) -> Iterator[None]:
+        """The container's lock for the block, waited for. Blocking."""
+        with exclusive_lock(self.path(container_id)):
+            try:
+                yield
+            finally:
+                self._forget(container_id)
+
+    @contextlib.asynccontextmanager
+    async def taken(self, container_id: str) -> AsyncIterator[None]:
+        """``held`` for trio code: the wait ends at once when cancelled."""
+        async with locked_async(self.path(container_id)):
+            try:
+                yield
+            finally:
+                self._forget(container_id)
+
+    @contextlib.contextmanager
+    def tried(self, container_id: str) -> Iterator[bool]:
+        """The container's lock if it is free: yields whether it was (and is held)."""
+        with try_exclusive_lock(self.path(container_id)) as free:
+            try:
+                yield free
+            finally:
+                if free:
+                    self._forget(container_id)
+
+    def sweep(self) -> None:
+        """Remove the lock files no one holds (an older lazyfs kept one per container)."""
+        for path in self.locks.glob("*.lock"):
+            with try_exclusive_lock(path) as free:
+                if free:
+                    remove_lock(path)
+
+    def _forget(self, container_id: str) -> None:
+        """Remove the container's lock file, held, once the container is gone."""
+        if not (self.containers / container_id).exists():
+            remove_lock(self.path(container_id))
