@@ -190,13 +190,17 @@ def run_bundle(
     started: list[subprocess.Popen[bytes]] = []
     early = [] if early is None else early  # come before runc started
 
+    pidfd: list[int] = []  # runc's: a signal never reaches another process given its pid
+
     def forward(signum: int, _frame: object) -> None:
         if not started:
             early.append(signum)
             return
-        process = started[0]
-        process.send_signal(signum)  # nothing if runc has ended (then it reaped it)
-        if told is not None and process.returncode is None:
+        try:
+            signal.pidfd_send_signal(pidfd[0], signum)
+        except ProcessLookupError:
+            return  # runc has ended: waited for, or reaped as this handler came
+        if told is not None:
             told(signum)
 
     # From before runc starts until its state is gone: a signal meanwhile reaches
@@ -207,9 +211,11 @@ def run_bundle(
         if before is not None:
             before()
         try:
-            started.append(subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid())))
+            process = subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid()))
         except FileNotFoundError:
             raise LazyfsError("runc is not installed (run scripts/setup)") from None
+        pidfd.append(os.pidfd_open(process.pid))  # not waited for yet: the pid is runc's
+        started.append(process)
         if early and before is not None:
             started[0].kill()  # it was being started: no container yet
             started[0].wait()
@@ -224,6 +230,8 @@ def run_bundle(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            for fd in pidfd:
+                os.close(fd)
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
 

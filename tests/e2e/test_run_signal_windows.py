@@ -44,6 +44,41 @@ runpy.run_module("lazyfs", run_name="__main__", alter_sys=True)
 """
 
 
+# Runs ``python -m lazyfs`` with ``os.waitpid`` sending this process SIGTERM just as it
+# has reaped runc, before ``Popen`` knows: the handler runs then, with runc's pid free to
+# be another process's. ``os.kill`` notes every signal sent to that pid afterwards.
+TERM_AS_RUNC_IS_REAPED = """
+import os, runpy, signal, sys
+
+real_waitpid, real_kill = os.waitpid, os.kill
+runc, reaped, late = [], [], []
+
+def hook(name, args):
+    if name == "subprocess.Popen" and "'run', '--bundle'" in repr(args):
+        runc.append(True)
+
+def waitpid(pid, options):
+    got = real_waitpid(pid, options)
+    if runc and not reaped and pid > 0 and got[0] == pid:
+        reaped.append(pid)
+        real_kill(os.getpid(), signal.SIGTERM)
+    return got
+
+def kill(pid, sig):
+    if pid in reaped:
+        late.append(sig)
+    return real_kill(pid, sig)
+
+sys.addaudithook(hook)
+os.waitpid, os.kill = waitpid, kill
+sys.argv = ["lazyfs", *sys.argv[1:]]
+try:
+    runpy.run_module("lazyfs", run_name="__main__", alter_sys=True)
+finally:
+    print(f"reaped {len(reaped)}, signals to its pid after: {late}", file=sys.stderr)
+"""
+
+
 def containers(work: Path) -> list[str]:
     return sorted(p.name for p in (work / "provisioner" / "containers").iterdir())
 
@@ -121,3 +156,17 @@ def test_a_term_as_run_takes_its_lock_stops_it_before_the_provision(lazyfs: Lazy
     assert "Traceback" not in result.stderr
     assert containers(lazyfs.work_dir) == []
     assert lazyfs.stored() == []  # nothing was pulled: it stopped first
+
+
+def test_a_term_as_runc_is_reaped_is_sent_to_no_process(lazyfs: Lazyfs) -> None:
+    argv = lazyfs.argv("run", "--backend", "copy", "busybox", "--", "sh", "-c", "echo ran")
+    result = subprocess.run(
+        [sys.executable, "-c", TERM_AS_RUNC_IS_REAPED, *argv[3:]],
+        capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    # runc's pid may be another process's by then: nothing is sent to it.
+    assert "reaped 1, signals to its pid after: []" in result.stderr, result.stderr
+    assert result.stdout == "ran\n"
+    assert result.returncode == 0, result.stderr  # the container had ended by itself
+    assert containers(lazyfs.work_dir) == []
+    assert runc_containers(lazyfs.work_dir) == ""
