@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,54 @@ def test_ps_and_recover_answer_with_a_mount_whose_process_is_stopped(lazyfs: Laz
     finally:
         os.kill(pid, signal.SIGCONT)
     lazyfs("destroy", "f1")
+
+
+# statfs(2), as /proc/PID/task/TID/syscall names it.
+STATFS = {"x86_64": 137, "aarch64": 43}[platform.machine()]
+
+
+def asking_statfs(pid: int) -> int:
+    """How many threads of process ``pid`` are in statfs(2) now."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            call = (task / "syscall").read_text().split()[0]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        count += call == str(STATFS)
+    return count
+
+
+def test_ps_asks_mounts_that_do_not_answer_side_by_side(lazyfs: Lazyfs) -> None:
+    pids = []
+    for cid in ("f1", "f2"):
+        info = json.loads(lazyfs("provision", cid, "busybox", "--backend", "fuse").stdout)
+        rootfs = Path(info["rootfs"])
+        pids.append(int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text()))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    stopped = True
+    try:
+        ps = lazyfs.popen("ps", "--json")
+        try:
+            # Both stopped mounts are asked at once; one by one, the second is asked only
+            # once the first has had its seconds, and shown "not answering".
+            deadline = time.monotonic() + 30  # bounds a failing test only
+            while asking_statfs(ps.pid) < 2:
+                assert ps.poll() is None and time.monotonic() < deadline, "never asked"
+                time.sleep(0.01)
+            for pid in pids:  # both answer now, within their seconds
+                os.kill(pid, signal.SIGCONT)
+            stopped = False
+            out, _ = ps.communicate(timeout=60)
+        finally:
+            ps.kill()
+            ps.wait()
+        states = [(c["container_id"], c["mount"]) for c in json.loads(out)]
+        assert states == [("f1", "alive"), ("f2", "alive")]
+    finally:
+        if stopped:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+    lazyfs("destroy", "f1")
+    lazyfs("destroy", "f2")
