@@ -61,23 +61,25 @@ def publish_run_traces(
     args: argparse.Namespace, docker: DockerProvider | None, image: ImageManifest
 ) -> None:
     """``--publish_indexes`` after a ``run`` or ``provision`` of ``image``: push the prefetch
-    traces this machine's cache keeps of it that its repository lacks (none: nothing is
-    asked of the registry). A failure is a warning: the start stands. Blocking."""
+    traces this machine's cache keeps of it that its repository lacks, or no longer lists
+    (none, each seen listed since it was pushed: nothing is asked of the registry). A
+    failure is a warning: the start stands. Blocking."""
     if not args.publish_indexes or docker is None or image.reference.startswith("/"):
         return  # not asked, or an image from a directory or archive
     if not docker.registry.startswith(("http://", "https://")):
         return
     from lazyfs.cli_daemon import cache_dir
-    from lazyfs.publish.traces import pending_traces, publish_pending
+    from lazyfs.publish.traces import publish_due, publish_pending
 
     try:
-        if not pending_traces(cache_dir(args), image):
-            return  # the common case: no registry code loaded
+        if not publish_due(cache_dir(args), image):
+            return  # the common case: no registry client made
         from providers.registry import RegistryClient
 
         options = dataclasses.replace(docker.options, registry=docker.registry.rstrip("/"))
         done = publish_pending(cache_dir(args), RegistryClient(options), image)
-        log.info("%s: published its prefetch traces as %s", image.reference, done)
+        if done is not None:  # None: each was listed
+            log.info("%s: published its prefetch traces as %s", image.reference, done)
     except (LazyfsError, OSError) as error:
         log.warning("%s: publishing its prefetch traces failed: %s", image.reference, error)
 

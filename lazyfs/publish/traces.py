@@ -14,10 +14,11 @@ again adds nothing.
 ``publish_pending`` is what ``--publish_indexes`` runs after a ``lazyfs
 run`` or ``provision``: the traces the cache keeps of the image that were
 not pushed to its repository yet, if any, are pushed as above. Which were
-pushed is kept beside each trace (``<trace>.pushed``: the sha256 of the
-trace's bytes per repository, written by every successful push, ``lazyfs
-index push`` included), so a start with nothing new asks the registry
-nothing and a trace is pushed once per repository.
+pushed, in which artifact, is noted beside each trace by every successful
+push, ``lazyfs index push`` included (``lazyfs.publish.pushed``). The next
+start after a push lists the image's referrers once: an artifact they do not
+list (another client wrote the referrers tag without it) is pushed again.
+After that, a start with nothing new asks the registry nothing.
 
 ``fetch_trace`` is the other side, run for a lazy pull with
 ``--trust_published_indexes`` only, for the trace key the provision's
@@ -70,6 +71,7 @@ from lazyfs.index.trace import (
 )
 from lazyfs.publish.listing import MAX_TRIED, Listing, list_image
 from lazyfs.publish.push import repository_push
+from lazyfs.publish.pushed import note_listed, note_pushed, pushed_notes, unpushed
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import Store
 from providers import untrusted_json
@@ -77,7 +79,6 @@ from providers.digest import Digest, digest_bytes, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch, LazyfsError, NotFound
 from providers.manifest import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, ImageManifest
 from providers.private_dir import private_dir
-from providers.reference import parse_reference
 from providers.referrers import Referrer, add_referrer
 from providers.registry import RegistryClient
 from providers.registry_push import RegistryPush
@@ -93,7 +94,6 @@ COMMANDS_ANNOTATION = "dev.lazyfs.trace.commands"
 # their commands; of those that may hold it, ``MAX_TRIED`` are read (a round trip each).
 MAX_ARTIFACTS = 64
 MAX_TRACES = 64  # per image: one per command it runs
-PUSHED_SUFFIX = ".pushed"
 # In the store, by key: the published blobs weighed, each with what against (``_weighing``).
 SEEN_SUFFIX = ".seen"
 SEEN_KEPT = 8  # lines: machines whose artifacts take turns as the newest are each fetched once
@@ -121,55 +121,51 @@ def local_traces(cache_dir: Path, image: Digest) -> dict[str, bytes]:
     return found
 
 
-def repository_of(reference: str) -> str:
-    """What a pushed mark names: the registry and repository of ``reference``."""
-    ref = parse_reference(reference)
-    return f"{ref.registry}/{ref.repository}"
-
-
-def _marks(cache_dir: Path, key: str) -> dict[str, str]:
-    """What ``<trace>.pushed`` says of ``key``'s trace: repository -> trace digest pushed."""
-    try:
-        marks = json.loads(trace_path(cache_dir, key).with_suffix(PUSHED_SUFFIX).read_bytes())
-    except (OSError, ValueError):
-        return {}  # none, or torn: pushing again is only a repeat
-    if not isinstance(marks, dict):
-        return {}
-    return {str(k): str(v) for k, v in marks.items()}
-
-
 def pending_traces(cache_dir: Path, image: ImageManifest) -> dict[str, bytes]:
     """The traces ``cache_dir`` keeps of ``image`` not pushed to its repository as they are."""
-    where = repository_of(image.reference)
-    return {
-        key: trace
-        for key, trace in local_traces(cache_dir, image.digest).items()
-        if _marks(cache_dir, key).get(where) != digest_bytes(trace)
-    }
+    return unpushed(cache_dir, image.reference, local_traces(cache_dir, image.digest))
 
 
-def _mark_pushed(cache_dir: Path, reference: str, traces: dict[str, bytes]) -> None:
-    where = repository_of(reference)
-    for key, trace in traces.items():
-        marks = _marks(cache_dir, key)
-        marks[where] = digest_bytes(trace)
-        path = trace_path(cache_dir, key).with_suffix(PUSHED_SUFFIX)
-        try:
-            write_atomic(path, json.dumps(marks, sort_keys=True).encode(), mode=0o600,
-                         durable=False)  # fmt: skip
-        except OSError as error:  # pushed all the same; the next start pushes it again
-            log.warning("cannot note that the trace %s was pushed: %s", key, error)
+def publish_due(cache_dir: Path, image: ImageManifest) -> bool:
+    """Whether ``publish_pending`` has anything to do for ``image``: a trace to push, or an
+    artifact pushed not seen listed since. Asks no registry."""
+    kept = local_traces(cache_dir, image.digest)
+    if unpushed(cache_dir, image.reference, kept):
+        return True
+    return not all(note.listed for note in pushed_notes(cache_dir, image.reference, kept).values())
 
 
 def publish_pending(cache_dir: Path, client: RegistryClient, image: ImageManifest) -> Digest | None:
-    """Push the traces of ``image`` its repository lacks (``pending_traces``); None when none.
+    """Push the traces of ``image`` its repository lacks; the artifact's digest, None when
+    none was pushed.
 
-    Asks the registry nothing when there is nothing to push. Registry
-    errors as ``RegistryPush`` raises them.
+    Lacks: not noted as pushed there (``lazyfs.publish.pushed``), or pushed
+    in an artifact its referrers do not list (another client wrote the
+    referrers tag without it): then all are pushed again. An artifact not
+    seen listed since its push is looked up with one listing; when each
+    has been, nothing is asked. Registry errors as ``RegistryPush`` raises
+    them; ``list_image``'s are its warning, and nothing is pushed.
     """
-    if not pending_traces(cache_dir, image):
+    kept = local_traces(cache_dir, image.digest)
+    if not kept:
         return None
-    return publish_traces(cache_dir, repository_push(client, image.reference), image)
+    if unpushed(cache_dir, image.reference, kept):
+        return publish_traces(cache_dir, repository_push(client, image.reference), image)
+    notes = pushed_notes(cache_dir, image.reference, kept).values()
+    if all(note.listed for note in notes):
+        return None  # each seen listed since it was pushed: the common case
+    listing = list_image(client, image.reference, image.digest)
+    if listing is None:
+        return None
+    listed = {referrer.digest for referrer in listing.referrers}
+    gone = sorted({note.artifact for note in notes} - listed)
+    if gone:
+        log.warning("%s: prefetch traces pushed as %s are no longer among its referrers "
+                    "(another client wrote the list without them): pushing them again",
+                    image.reference, ", ".join(gone))  # fmt: skip
+        return publish_traces(cache_dir, repository_push(client, image.reference), image)
+    note_listed(cache_dir, image.reference, kept)
+    return None
 
 
 def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) -> Digest | None:
@@ -213,7 +209,7 @@ def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) ->
     answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
     entry = Referrer(digest, len(manifest), OCI_MANIFEST, TRACE_ARTIFACT_TYPE, notes)
     add_referrer(push, image.digest, entry, answer)
-    _mark_pushed(cache_dir, image.reference, traces)
+    note_pushed(cache_dir, image.reference, traces, digest)
     log.info("%s: published %d prefetch traces as %s", push.image, len(traces), digest)
     return digest
 

@@ -1,26 +1,31 @@
 """Which kept traces ``--publish_indexes`` still has to push (``lazyfs.publish.traces``).
 
 A trace is pending for a repository until a push there notes the digest of
-its bytes beside it (``<trace>.pushed``); a start with nothing pending asks
-the registry nothing (the client here is None: any use of it would fail).
+its bytes, and the artifact it went in, beside it (``<trace>.pushed``,
+``lazyfs.publish.pushed``). A start with nothing pending, each artifact
+seen listed since its push, asks the registry nothing (the client here is
+None: any use of it would fail); one whose artifact was not seen listed yet
+has something to do (a listing, ``tests/registry/test_published_relisted.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lazyfs.index.trace import Read, Trace, store_trace, trace_path
-from lazyfs.publish import traces
-from lazyfs.publish.traces import pending_traces, publish_pending
-from providers.digest import Digest
+from lazyfs.publish import pushed
+from lazyfs.publish.traces import pending_traces, publish_due, publish_pending
+from providers.digest import Digest, digest_bytes
 from providers.manifest import ImageManifest
 
 IMAGE = Digest("sha256:" + "a" * 64)
 LAYER = Digest("sha256:" + "b" * 64)
 KEY = f"{IMAGE}@{'c' * 32}"
 OTHER_KEY = f"{IMAGE}@{'d' * 32}"
+ARTIFACT = Digest("sha256:" + "e" * 64)
 
 
 def _image(reference: str = "registry.example:5000/app:1") -> ImageManifest:
@@ -39,10 +44,14 @@ def test_nothing_kept_nothing_pending_and_the_registry_is_not_asked(tmp_path: Pa
 def test_a_trace_is_pending_until_noted_as_pushed_to_that_repository(tmp_path: Path) -> None:
     data = _keep(tmp_path, KEY)
     assert pending_traces(tmp_path, _image()) == {KEY: data}
-    traces._mark_pushed(tmp_path, "registry.example:5000/app:1", {KEY: data})
+    pushed.note_pushed(tmp_path, "registry.example:5000/app:1", {KEY: data}, ARTIFACT)
     assert pending_traces(tmp_path, _image()) == {}
     # Another tag of the same repository: pushed already.
     assert pending_traces(tmp_path, _image("registry.example:5000/app:2")) == {}
+    # Pushed, but not seen listed since: the next start looks.
+    assert publish_due(tmp_path, _image())
+    pushed.note_listed(tmp_path, "registry.example:5000/app:2", [KEY])
+    assert not publish_due(tmp_path, _image())
     assert publish_pending(tmp_path, None, _image()) is None  # type: ignore[arg-type]
     # Another repository has not got it.
     assert pending_traces(tmp_path, _image("registry.example:5000/mirror/app:1")) == {KEY: data}
@@ -51,16 +60,36 @@ def test_a_trace_is_pending_until_noted_as_pushed_to_that_repository(tmp_path: P
     assert pending_traces(tmp_path, _image()) == {OTHER_KEY: other}
 
 
-@pytest.mark.parametrize("mark", [b"", b"[1]", b"{torn", b'{"registry.example:5000/app": 7}'])
-def test_a_damaged_mark_means_pushing_again(tmp_path: Path, mark: bytes) -> None:
+def _earlier(data: bytes) -> bytes:
+    """An earlier lazyfs's mark of ``data`` pushed: the trace's digest alone, no artifact."""
+    return f'{{"registry.example:5000/app": "{digest_bytes(data)}"}}'.encode()
+
+
+@pytest.mark.parametrize(
+    "mark",
+    [
+        b"",
+        b"[1]",
+        b"{torn",
+        b'{"registry.example:5000/app": 7}',
+        b'{"registry.example:5000/app": {"trace": "x", "artifact": "y", "listed": true}}',
+        _earlier,
+    ],
+)
+def test_a_damaged_mark_means_pushing_again(
+    tmp_path: Path, mark: bytes | Callable[[bytes], bytes]
+) -> None:
     data = _keep(tmp_path, KEY)
-    trace_path(tmp_path, KEY).with_suffix(traces.PUSHED_SUFFIX).write_bytes(mark)
+    text = mark(data) if callable(mark) else mark
+    trace_path(tmp_path, KEY).with_suffix(pushed.PUSHED_SUFFIX).write_bytes(text)
     assert pending_traces(tmp_path, _image()) == {KEY: data}
+    assert publish_due(tmp_path, _image())
 
 
 def test_a_trace_recorded_again_is_pending_again(tmp_path: Path) -> None:
     data = _keep(tmp_path, KEY)
-    traces._mark_pushed(tmp_path, "registry.example:5000/app:1", {KEY: data})
+    pushed.note_pushed(tmp_path, "registry.example:5000/app:1", {KEY: data}, ARTIFACT)
+    pushed.note_listed(tmp_path, "registry.example:5000/app:1", [KEY])
     changed = _keep(tmp_path, KEY, 8192)
     assert changed != data
     assert pending_traces(tmp_path, _image()) == {KEY: changed}
