@@ -87,18 +87,42 @@ def _image_json(image: ImageManifest) -> dict[str, Any]:
         "platform": image.platform,
         "digest": image.digest,
         "layers": [layer.digest for layer in image.layers],
+        "manifest": image.to_json(),
     }
 
 
+def _recorded(image: ImageRecord) -> ImageManifest | None:
+    """The manifest ``image``'s record holds, if it reads as the image it names."""
+    if image.manifest is None:
+        return None
+    try:
+        found = ImageManifest.from_json(image.manifest)
+    except (KeyError, TypeError, ValueError, LazyfsError):
+        return None  # damaged: the store's, if it is still that image
+    same = found.digest == image.digest and tuple(layer.digest for layer in found.layers) == image.layers
+    return found if same else None
+
+
 def load_info(store: Store, record: ContainerRecord) -> ProvisionInfo:
-    """``record`` with its images' manifests from ``store``; NotFound if one is gone."""
+    """``record`` with the manifests of the images it was provisioned from: as recorded, or
+    from ``store`` for a record of an earlier lazyfs; NotFound if one is gone.
+
+    Never the image its reference names now, if that is another: its tag may have
+    moved since (a pull), and a rootfs or volume mounted again from it would show
+    another image, under the container's own writes.
+    """
     cid = record.container_id
 
     def manifest(image: ImageRecord, what: str) -> ImageManifest:
+        own = _recorded(image)
+        if own is not None:
+            return own
         found = store.get_image(image.reference, image.platform)
+        named = f"image {image.reference} of container {cid}{what}"
         if found is None:
-            gone = f"image {image.reference} of container {cid}{what}"
-            raise NotFound(f"{gone} is gone from the store")
+            raise NotFound(f"{named} is gone from the store")
+        if image.digest and found.digest != image.digest:
+            raise NotFound(f"{named} is gone from the store: {found.digest} has its name now")
         return found
 
     volumes = tuple(

@@ -20,7 +20,7 @@ as their record (``<work_dir>/mounts/<key>/image.json``) is there:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,25 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """An image as a container's record names it: enough to find it in the store."""
+    """An image as a container's record names it: enough to find it in the store, and the
+    manifest it was provisioned from, as ``ImageManifest.to_json`` wrote it (None in a
+    record of an earlier lazyfs): the store keeps a reference's newest only."""
 
     reference: str
     platform: str
     digest: str
     layers: tuple[Digest, ...]
+    manifest: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageRecord:
+        manifest = data.get("manifest")
         return cls(
             str(data["reference"]),
             str(data.get("platform", "")),
             str(data.get("digest", "")),
             tuple(Digest(str(d)) for d in data.get("layers", ())),
+            manifest if isinstance(manifest, dict) else None,
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from backends.base import scratch_dir
 from backends.mounts import mounts_under
 from lazyfs.fs.mount import recorded_pid
+from tests.support import images
 from tests.support.fuse_mounts import kill_mount_process
 from tests.support.lazyfs_cli import Lazyfs
 from tests.support.processes import zombie
@@ -157,3 +159,45 @@ def test_live_mounts_under_a_work_dir_reached_through_a_symlink_are_kept_as_they
     linked("recover")
     assert containers(lazyfs.work_dir) == []
     assert mounts_under(lazyfs.work_dir) == [] and not pid_alive(pid)
+
+
+def test_a_kept_container_is_mounted_again_from_its_own_image_after_its_tag_moved(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    def build(version: str) -> Path:
+        layer = [images.Entry("version", data=f"version {version}\n".encode())]
+        return images.build_oci_image(tmp_path / f"v{version}", [layer], "v1")
+
+    place = tmp_path / "app"
+    shutil.move(build("1"), place)
+    image = f"oci:{place}:v1"
+    info = json.loads(
+        lazyfs("provision", "t1", image, "--backend", "fuse", "--writable", "-v", f"/m:{image}:rw")
+        .stdout
+    )  # fmt: skip
+    rootfs, volume = Path(info["rootfs"]), Path(info["volumes"][0]["rootfs"])
+    (rootfs / "mine").write_text("the container's own\n")
+    # A record of an earlier lazyfs holds no manifest: the store's has to be the same image.
+    old = Path(json.loads(lazyfs("provision", "t2", image, "--backend", "fuse").stdout)["rootfs"])
+    record = lazyfs.work_dir / "provisioner/containers/t2/info.json"
+    written = json.loads(record.read_text())
+    del written["image"]["manifest"]
+    record.write_text(json.dumps(written))
+    # The tag moves on, and the store follows it.
+    shutil.rmtree(place)
+    shutil.move(build("2"), place)
+    lazyfs("pull", image)
+    kill_mount_process(rootfs)
+    kill_mount_process(volume)
+    kill_mount_process(old)
+
+    report = json.loads(lazyfs("recover", "--keep", "t1", "t2", check=False).stdout)
+    assert report["remounted"] == ["t1"], report
+    assert "gone from the store" in report["broken"]["t2"]  # not mounted from another image
+    # The image the container was made from, under the writes it made.
+    assert (rootfs / "version").read_text() == "version 1\n"
+    assert (volume / "version").read_text() == "version 1\n"
+    assert (rootfs / "mine").read_text() == "the container's own\n"
+    lazyfs("destroy", "t1")
+    lazyfs("destroy", "t2")
+    assert mounts_under(lazyfs.work_dir) == []
