@@ -99,7 +99,10 @@ def _recorded(image: ImageRecord) -> ImageManifest | None:
         found = ImageManifest.from_json(image.manifest)
     except (KeyError, TypeError, ValueError, LazyfsError):
         return None  # damaged: the store's, if it is still that image
-    same = found.digest == image.digest and tuple(layer.digest for layer in found.layers) == image.layers
+    same = (
+        found.digest == image.digest
+        and tuple(layer.digest for layer in found.layers) == image.layers
+    )
     return found if same else None
 
 
