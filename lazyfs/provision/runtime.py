@@ -12,6 +12,7 @@ container still uses its rootfs, however its ``lazyfs run`` ended.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -190,17 +191,13 @@ def run_bundle(
     started: list[subprocess.Popen[bytes]] = []
     early = [] if early is None else early  # come before runc started
 
-    pidfd: list[int] = []  # runc's: a signal never reaches another process given its pid
+    pidfd: list[int] = []  # runc's, where the kernel gives one: see ``_pass_on``
 
     def forward(signum: int, _frame: object) -> None:
         if not started:
             early.append(signum)
             return
-        try:
-            signal.pidfd_send_signal(pidfd[0], signum)
-        except ProcessLookupError:
-            return  # runc has ended: waited for, or reaped as this handler came
-        if told is not None:
+        if _pass_on(started[0], pidfd, signum) and told is not None:
             told(signum)
 
     # From before runc starts until its state is gone: a signal meanwhile reaches
@@ -214,8 +211,9 @@ def run_bundle(
             process = subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid()))
         except FileNotFoundError:
             raise LazyfsError("runc is not installed (run scripts/setup)") from None
-        pidfd.append(os.pidfd_open(process.pid))  # not waited for yet: the pid is runc's
         started.append(process)
+        with contextlib.suppress(OSError):  # none (an old kernel, seccomp): by pid, as Popen does
+            pidfd.append(os.pidfd_open(process.pid))  # not waited for yet: the pid is runc's
         if early and before is not None:
             started[0].kill()  # it was being started: no container yet
             started[0].wait()
@@ -234,6 +232,25 @@ def run_bundle(
                 os.close(fd)
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
+
+
+def _pass_on(runc: subprocess.Popen[bytes], pidfd: list[int], signum: int) -> bool:
+    """Send ``signum`` to ``runc``; whether it was still running (an exited runc not reaped
+    yet is not: the container ended by itself).
+
+    Through its pidfd: a signal that comes just as ``wait`` reaps runc, before ``Popen``
+    knows, would go by pid to whatever process has that pid by then. Without one, by pid.
+    """
+    if not pidfd:
+        runc.send_signal(signum)  # polls first: nothing to an ended runc it could reap
+        return runc.returncode is None
+    try:
+        if os.waitid(os.P_PIDFD, pidfd[0], os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return False
+        signal.pidfd_send_signal(pidfd[0], signum)
+    except (ChildProcessError, ProcessLookupError):
+        return False  # reaped meanwhile
+    return True
 
 
 def _term_when_parent_dies(parent: int) -> Callable[[], None]:

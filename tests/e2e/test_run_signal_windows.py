@@ -170,3 +170,27 @@ def test_a_term_as_runc_is_reaped_is_sent_to_no_process(lazyfs: Lazyfs) -> None:
     assert result.returncode == 0, result.stderr  # the container had ended by itself
     assert containers(lazyfs.work_dir) == []
     assert runc_containers(lazyfs.work_dir) == ""
+
+
+# ``python -m lazyfs`` on a kernel without pidfd_open(2) (before 5.3, or a seccomp filter).
+WITHOUT_PIDFD = """
+import errno, os, runpy, sys
+
+def pidfd_open(pid, flags=0):
+    raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+os.pidfd_open = pidfd_open
+sys.argv = ["lazyfs", *sys.argv[1:]]
+runpy.run_module("lazyfs", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_run_works_without_pidfds(lazyfs: Lazyfs) -> None:
+    argv = lazyfs.argv("run", "--backend", "copy", "busybox", "--", "sh", "-c", "echo ran")
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PIDFD, *argv[3:]],
+        capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+    assert containers(lazyfs.work_dir) == []
+    assert runc_containers(lazyfs.work_dir) == ""

@@ -1,0 +1,53 @@
+"""``lazyfs run`` passes a signal on to runc only while runc runs (``runtime._pass_on``).
+
+Through runc's pidfd, an ended runc, reaped or not yet, gets nothing and the signal
+does not count as passed on (the container ended by itself); without a pidfd (an old
+kernel), by pid, as ``Popen.send_signal`` sends it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from lazyfs.provision.runtime import _pass_on
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("by_pidfd", [True, False], ids=["pidfd", "pid"])
+def test_a_running_runc_is_sent_the_signal(child: subprocess.Popen[bytes], by_pidfd: bool) -> None:
+    pidfd = [os.pidfd_open(child.pid)] if by_pidfd else []
+    try:
+        assert _pass_on(child, pidfd, signal.SIGTERM)
+        assert child.wait() == -signal.SIGTERM
+    finally:
+        for fd in pidfd:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("by_pidfd", [True, False], ids=["pidfd", "pid"])
+def test_an_ended_runc_not_reaped_yet_is_sent_nothing(by_pidfd: bool) -> None:
+    process = subprocess.Popen(["true"])
+    pidfd = [os.pidfd_open(process.pid)] if by_pidfd else []
+    try:
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # ended: a zombie now
+        assert not _pass_on(process, pidfd, signal.SIGTERM)
+        assert process.wait() == 0
+        assert not _pass_on(process, pidfd, signal.SIGTERM)  # reaped
+    finally:
+        for fd in pidfd:
+            os.close(fd)
+        process.wait()
