@@ -62,7 +62,7 @@ def publish_run_traces(
 ) -> None:
     """``--publish_indexes`` after a ``run`` or ``provision`` of ``image``: push the prefetch
     traces this machine's cache keeps of it that its repository lacks, or no longer lists
-    (none, each seen listed since it was pushed: nothing is asked of the registry). A
+    (none, each looked for since it was pushed: nothing is asked of the registry). A
     failure is a warning: the start stands. Blocking."""
     if not args.publish_indexes or docker is None or image.reference.startswith("/"):
         return  # not asked, or an image from a directory or archive
@@ -78,7 +78,7 @@ def publish_run_traces(
 
         options = dataclasses.replace(docker.options, registry=docker.registry.rstrip("/"))
         done = publish_pending(cache_dir(args), RegistryClient(options), image)
-        if done is not None:  # None: each was listed
+        if done is not None:  # None: nothing needed pushing
             log.info("%s: published its prefetch traces as %s", image.reference, done)
     except (LazyfsError, OSError) as error:
         log.warning("%s: publishing its prefetch traces failed: %s", image.reference, error)

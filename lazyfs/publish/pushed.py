@@ -3,21 +3,24 @@
 Beside each trace a cache keeps, ``<trace>.pushed`` says, per repository
 (``repository_of``: registry and repository, not tag), which bytes of it
 were pushed there (the sha256 of the trace), in which trace artifact, and
-whether a referrers listing made since has listed the artifact::
+whether the image's referrers were looked at for it since::
 
     {"registry:5000/app": {"trace": "sha256:...", "artifact": "sha256:...",
-                           "listed": true}}
+                           "checked": true}}
 
 A push is not the end of it. On a registry without the Referrers API the
 artifact is listed in the referrers tag, which two clients writing at once
 can leave without one's entry (``providers.referrers.add_referrer`` narrows
 that race; no client can close it), and another tool may write the tag
 without it later. A note that trusted the push would keep the trace from
-being pushed again, and it would stay unlisted for good. So the note is
-held to a listing (``lazyfs.publish.traces.publish_pending``): an artifact
-not seen listed since its push is looked up once, by the next start, and
-pushed again if it is not listed (else ``note_listed``). A loss after that
-is left to the next push of a new trace, or to ``lazyfs index push``.
+being pushed again, and it would stay unlisted for good. So the next start
+after a push lists the image's referrers once
+(``lazyfs.publish.traces.publish_pending``) and pushes again what they do
+not list; then the note is checked (``note_checked``), whatever the listing
+showed, and a push again is checked at once (it read the tag back): one
+look per push, never one per start, even from a registry whose lists lag
+or fail. A loss after that is left to the next push of a new trace, or to
+``lazyfs index push``.
 
 A note that does not read (torn, an earlier lazyfs's, which named no
 artifact) means pushing again: the artifact of the same traces is the same
@@ -52,10 +55,10 @@ class Pushed:
 
     trace: Digest
     artifact: Digest
-    listed: bool  # seen listed among the image's referrers since the push
+    checked: bool  # the image's referrers looked at for it since the push
 
     def to_json(self) -> dict[str, object]:
-        return {"trace": self.trace, "artifact": self.artifact, "listed": self.listed}
+        return {"trace": self.trace, "artifact": self.artifact, "checked": self.checked}
 
 
 def repository_of(reference: str) -> str:
@@ -79,13 +82,13 @@ def _read(cache_dir: Path, key: str) -> dict[str, object]:
 def pushed_to(cache_dir: Path, key: str, reference: str) -> Pushed | None:
     """The note of ``key``'s trace for ``reference``'s repository; None for none that reads."""
     mark = _read(cache_dir, key).get(repository_of(reference))
-    if not isinstance(mark, dict) or not isinstance(mark.get("listed"), bool):
+    if not isinstance(mark, dict) or not isinstance(mark.get("checked"), bool):
         return None
     try:
         trace, artifact = parse_digest(str(mark["trace"])), parse_digest(str(mark["artifact"]))
     except (BadImage, KeyError):
         return None
-    return Pushed(trace, artifact, mark["listed"])
+    return Pushed(trace, artifact, mark["checked"])
 
 
 def _note(cache_dir: Path, key: str, reference: str, pushed: Pushed) -> None:
@@ -99,20 +102,25 @@ def _note(cache_dir: Path, key: str, reference: str, pushed: Pushed) -> None:
 
 
 def note_pushed(
-    cache_dir: Path, reference: str, traces: Mapping[str, bytes], artifact: Digest
+    cache_dir: Path,
+    reference: str,
+    traces: Mapping[str, bytes],
+    artifact: Digest,
+    *,
+    checked: bool = False,
 ) -> None:
-    """Note ``traces`` (by key) pushed to ``reference``'s repository in ``artifact``, not
-    yet seen listed."""
+    """Note ``traces`` (by key) pushed to ``reference``'s repository in ``artifact``;
+    ``checked``: its listing looked at already."""
     for key, trace in traces.items():
-        _note(cache_dir, key, reference, Pushed(digest_bytes(trace), artifact, False))
+        _note(cache_dir, key, reference, Pushed(digest_bytes(trace), artifact, checked))
 
 
-def note_listed(cache_dir: Path, reference: str, keys: Iterable[str]) -> None:
-    """Note the artifacts of ``keys``' traces seen listed in ``reference``'s repository."""
-    for key in keys:
-        pushed = pushed_to(cache_dir, key, reference)
-        if pushed is not None and not pushed.listed:
-            _note(cache_dir, key, reference, dataclasses.replace(pushed, listed=True))
+def note_checked(cache_dir: Path, reference: str, seen: Mapping[str, Pushed]) -> None:
+    """Note checked the notes ``seen`` (by key) looked at in ``reference``'s repository,
+    each if it is still the note there: another start may have pushed since."""
+    for key, note in seen.items():
+        if pushed_to(cache_dir, key, reference) == note and not note.checked:
+            _note(cache_dir, key, reference, dataclasses.replace(note, checked=True))
 
 
 def unpushed(cache_dir: Path, reference: str, kept: Mapping[str, bytes]) -> dict[str, bytes]:

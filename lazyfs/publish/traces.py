@@ -71,7 +71,7 @@ from lazyfs.index.trace import (
 )
 from lazyfs.publish.listing import MAX_TRIED, Listing, list_image
 from lazyfs.publish.push import repository_push
-from lazyfs.publish.pushed import note_listed, note_pushed, pushed_notes, unpushed
+from lazyfs.publish.pushed import note_checked, note_pushed, pushed_notes, unpushed
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import Store
 from providers import untrusted_json
@@ -128,11 +128,12 @@ def pending_traces(cache_dir: Path, image: ImageManifest) -> dict[str, bytes]:
 
 def publish_due(cache_dir: Path, image: ImageManifest) -> bool:
     """Whether ``publish_pending`` has anything to do for ``image``: a trace to push, or an
-    artifact pushed not seen listed since. Asks no registry."""
+    artifact pushed whose listing was not looked at since. Asks no registry."""
     kept = local_traces(cache_dir, image.digest)
     if unpushed(cache_dir, image.reference, kept):
         return True
-    return not all(note.listed for note in pushed_notes(cache_dir, image.reference, kept).values())
+    notes = pushed_notes(cache_dir, image.reference, kept).values()
+    return not all(note.checked for note in notes)
 
 
 def publish_pending(cache_dir: Path, client: RegistryClient, image: ImageManifest) -> Digest | None:
@@ -141,36 +142,40 @@ def publish_pending(cache_dir: Path, client: RegistryClient, image: ImageManifes
 
     Lacks: not noted as pushed there (``lazyfs.publish.pushed``), or pushed
     in an artifact its referrers do not list (another client wrote the
-    referrers tag without it): then all are pushed again. An artifact not
-    seen listed since its push is looked up with one listing; when each
-    has been, nothing is asked. Registry errors as ``RegistryPush`` raises
-    them; ``list_image``'s are its warning, and nothing is pushed.
+    referrers tag without it): then all are pushed again. The listing is
+    looked at once after each push, whatever it shows; when it was, nothing
+    is asked. Registry errors as ``RegistryPush`` raises them;
+    ``list_image``'s are its warning, and nothing is pushed.
     """
     kept = local_traces(cache_dir, image.digest)
     if not kept:
         return None
     if unpushed(cache_dir, image.reference, kept):
         return publish_traces(cache_dir, repository_push(client, image.reference), image)
-    notes = pushed_notes(cache_dir, image.reference, kept).values()
-    if all(note.listed for note in notes):
-        return None  # each seen listed since it was pushed: the common case
+    notes = pushed_notes(cache_dir, image.reference, kept)
+    if all(note.checked for note in notes.values()):
+        return None  # the common case
     listing = list_image(client, image.reference, image.digest)
-    if listing is None:
-        return None
-    listed = {referrer.digest for referrer in listing.referrers}
-    gone = sorted({note.artifact for note in notes} - listed)
-    if gone:
-        log.warning("%s: prefetch traces pushed as %s are no longer among its referrers "
-                    "(another client wrote the list without them): pushing them again",
-                    image.reference, ", ".join(gone))  # fmt: skip
-        return publish_traces(cache_dir, repository_push(client, image.reference), image)
-    note_listed(cache_dir, image.reference, kept)
+    if listing is not None:
+        listed = {referrer.digest for referrer in listing.referrers}
+        gone = sorted({note.artifact for note in notes.values()} - listed)
+        if gone:
+            log.warning("%s: prefetch traces pushed as %s are no longer among its referrers "
+                        "(another client wrote the list without them): pushing them again",
+                        image.reference, ", ".join(gone))  # fmt: skip
+            push = repository_push(client, image.reference)
+            return publish_traces(cache_dir, push, image, checked=True)
+    # Once per push, listed or not: a registry that cannot list them is not asked each start.
+    note_checked(cache_dir, image.reference, notes)
     return None
 
 
-def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) -> Digest | None:
+def publish_traces(
+    cache_dir: Path, push: RegistryPush, image: ImageManifest, *, checked: bool = False
+) -> Digest | None:
     """Push the traces ``cache_dir`` keeps of ``image`` beside it; the artifact's digest,
-    None when there is none to push. Registry errors as ``RegistryPush`` raises them."""
+    None when there is none to push. Registry errors as ``RegistryPush`` raises them.
+    ``checked``: a push again after a listing that lacked it, not to be looked for again."""
     traces = local_traces(cache_dir, image.digest)
     if not traces:
         return None
@@ -209,7 +214,7 @@ def publish_traces(cache_dir: Path, push: RegistryPush, image: ImageManifest) ->
     answer = push.put_manifest(digest, manifest, OCI_MANIFEST)
     entry = Referrer(digest, len(manifest), OCI_MANIFEST, TRACE_ARTIFACT_TYPE, notes)
     add_referrer(push, image.digest, entry, answer)
-    note_pushed(cache_dir, image.reference, traces, digest)
+    note_pushed(cache_dir, image.reference, traces, digest, checked=checked)
     log.info("%s: published %d prefetch traces as %s", push.image, len(traces), digest)
     return digest
 

@@ -127,10 +127,16 @@ def test_a_trace_artifact_the_tag_lost_is_pushed_again_then_looked_up_once(repo:
     assert repo.listed() == {artifact, other}  # the other tool's entry kept
     assert ("PUT", f"/v2/rich/manifests/{referrers_tag(repo.manifest.digest)}") in sent
 
-    # Pushed: the next start sees it listed, with one listing and nothing else ...
+    # Pushed again, and read back: the next start asks nothing.
+    assert not publish_due(repo.cache, repo.manifest)
+    assert repo.publish() == (None, [])
+
+
+def test_a_push_is_looked_for_once_then_trusted(repo: Repo) -> None:
+    artifact, _ = repo.publish()
+    assert artifact is not None
     assert publish_due(repo.cache, repo.manifest)
-    done, sent = repo.publish()
+    done, sent = repo.publish()  # listed: one listing and nothing else
     assert (done, _lookup(sent)) == (None, LOOKUP)
-    # ... and after that asks nothing.
     assert not publish_due(repo.cache, repo.manifest)
     assert repo.publish() == (None, [])

@@ -3,8 +3,8 @@
 A trace is pending for a repository until a push there notes the digest of
 its bytes, and the artifact it went in, beside it (``<trace>.pushed``,
 ``lazyfs.publish.pushed``). A start with nothing pending, each artifact
-seen listed since its push, asks the registry nothing (the client here is
-None: any use of it would fail); one whose artifact was not seen listed yet
+looked for since its push, asks the registry nothing (the client here is
+None: any use of it would fail); one whose artifact was not looked for yet
 has something to do (a listing, ``tests/registry/test_published_relisted.py``).
 """
 
@@ -48,9 +48,10 @@ def test_a_trace_is_pending_until_noted_as_pushed_to_that_repository(tmp_path: P
     assert pending_traces(tmp_path, _image()) == {}
     # Another tag of the same repository: pushed already.
     assert pending_traces(tmp_path, _image("registry.example:5000/app:2")) == {}
-    # Pushed, but not seen listed since: the next start looks.
+    # Pushed, but not looked for since: the next start looks.
     assert publish_due(tmp_path, _image())
-    pushed.note_listed(tmp_path, "registry.example:5000/app:2", [KEY])
+    notes = pushed.pushed_notes(tmp_path, "registry.example:5000/app:2", [KEY])
+    pushed.note_checked(tmp_path, "registry.example:5000/app:2", notes)
     assert not publish_due(tmp_path, _image())
     assert publish_pending(tmp_path, None, _image()) is None  # type: ignore[arg-type]
     # Another repository has not got it.
@@ -72,7 +73,7 @@ def _earlier(data: bytes) -> bytes:
         b"[1]",
         b"{torn",
         b'{"registry.example:5000/app": 7}',
-        b'{"registry.example:5000/app": {"trace": "x", "artifact": "y", "listed": true}}',
+        b'{"registry.example:5000/app": {"trace": "x", "artifact": "y", "checked": true}}',
         _earlier,
     ],
 )
@@ -89,7 +90,21 @@ def test_a_damaged_mark_means_pushing_again(
 def test_a_trace_recorded_again_is_pending_again(tmp_path: Path) -> None:
     data = _keep(tmp_path, KEY)
     pushed.note_pushed(tmp_path, "registry.example:5000/app:1", {KEY: data}, ARTIFACT)
-    pushed.note_listed(tmp_path, "registry.example:5000/app:1", [KEY])
+    notes = pushed.pushed_notes(tmp_path, "registry.example:5000/app:1", [KEY])
+    pushed.note_checked(tmp_path, "registry.example:5000/app:1", notes)
     changed = _keep(tmp_path, KEY, 8192)
     assert changed != data
     assert pending_traces(tmp_path, _image()) == {KEY: changed}
+
+
+def test_a_note_pushed_again_meanwhile_is_not_taken_as_checked(tmp_path: Path) -> None:
+    where = "registry.example:5000/app:1"
+    data = _keep(tmp_path, KEY)
+    pushed.note_pushed(tmp_path, where, {KEY: data}, ARTIFACT)
+    seen = pushed.pushed_notes(tmp_path, where, [KEY])  # one start lists the referrers ...
+    other = Digest("sha256:" + "f" * 64)
+    pushed.note_pushed(tmp_path, where, {KEY: data}, other)  # ... as another pushes again
+    pushed.note_checked(tmp_path, where, seen)
+    # The other artifact was never looked for: the next start does.
+    assert pushed.pushed_notes(tmp_path, where, [KEY])[KEY].artifact == other
+    assert publish_due(tmp_path, _image())
