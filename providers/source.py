@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from providers.digest import Digest
 from providers.manifest import ImageManifest, Layer
@@ -76,6 +76,17 @@ class StreamingBlobSource(BlobSource, Protocol):
         Closing the iterator early (``close()``) ends the transfer.
         """
         ...
+
+
+@runtime_checkable
+class Evicting(Protocol):
+    """A blob source that keeps what it reads for others, every origin's (the cache daemon's
+    client): told to drop bytes found wrong, then asked for them through the reader's own
+    origin alone, not from what it keeps nor another origin's fetch of them."""
+
+    def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int: ...
+
+    def read_again(self, digest: Digest, offset: int, length: int) -> bytes: ...
 
 
 class LocalBlobSource(BlobSource, Protocol):

@@ -43,27 +43,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 from lazyfs.blobs.trace_run import Watched, recorded
 from lazyfs.index.estargz import inflate_chunk, read_length
 from lazyfs.index.estargz_chunks import ChunkRow, ChunkTable, loads
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError
-from providers.source import BlobSource
+from providers.source import BlobSource, Evicting
 
 DEFAULT_KEEP_BYTES = 32 << 20
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class Evicting(Protocol):
-    """A blob source that keeps what it reads, every origin's: told to drop bytes found
-    wrong, then asked for them through the reader's origin alone (``read_again``)."""
-
-    def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int: ...
-
-    def read_again(self, digest: Digest, offset: int, length: int) -> bytes: ...
 
 
 class EstargzChunks:

@@ -55,7 +55,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lazyfs.blobs.entry_check import EntryCheck
-from lazyfs.blobs.estargz_reader import Evicting
 from lazyfs.blobs.gzip_inflate import inflate_from
 from lazyfs.blobs.inflated import Kept, read_intervals
 from lazyfs.blobs.published_ahead import (
@@ -78,7 +77,7 @@ from lazyfs.index.published import PublishedData, load_published
 from providers.digest import Digest
 from providers.errors import BadImage, LazyfsError
 from providers.manifest import Layer
-from providers.source import BlobSource
+from providers.source import BlobSource, Evicting
 
 DEFAULT_KEEP_BYTES = 32 << 20
 WINDOW_KEEP_BYTES = 8 << 20  # some 600 windows as fetched (zlib of 32 KiB each)

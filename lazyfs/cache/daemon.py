@@ -222,6 +222,8 @@ class Server:
                     assert self.pieces is not None
                     data = await self.pieces.read(source, blob.digest, blob.offset, blob.length)
                     return ReadOk(request.id, (), data)
+                if request.own:  # never from the chunks: they are every origin's
+                    raise BadRequest(f"a read again of {blob.length} bytes: 1 to {MAX_PIECE}")
                 extents = await self.fetcher.read_extents(
                     source,
                     blob.digest,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 from lazyfs.index.estargz import (
     SUGGESTED_TAIL_SIZE,
@@ -53,9 +54,11 @@ from providers.layer_entry import EntryKind, LayerEntry, classify_fields
 from providers.layer_limits import MAX_ENTRY_SIZE, MAX_XATTR_VALUE_BYTES, LayerLimits
 from providers.layer_rules import Action, classify
 from providers.manifest import Layer
-from providers.source import BlobSource
+from providers.source import BlobSource, Evicting
 
 log = logging.getLogger(__name__)
+
+Reader = Callable[[Digest, int, int], bytes]  # a blob's bytes by range
 
 # Room around a TOC's JSON in its member: tar blocks, and deflate's overhead
 # on data it cannot compress.
@@ -72,9 +75,9 @@ _KINDS = {
 }
 
 
-def _read(blobs: BlobSource, layer: Layer, offset: int, length: int) -> bytes:
+def _read(read: Reader, layer: Layer, offset: int, length: int) -> bytes:
     """Exactly ``length`` bytes of the blob at ``offset``; DigestMismatch if it has fewer."""
-    data = blobs.read_range(layer.digest, offset, length)
+    data = read(layer.digest, offset, length)
     if len(data) != length:
         raise DigestMismatch(
             f"size of layer {layer.digest}",
@@ -98,12 +101,43 @@ def fetch_toc(
     the TOC member starts before them.  Raises BadImage when the blob ends
     in no (e)stargz footer or its TOC is refused, DigestMismatch when the
     TOC is not the one ``expected`` names or the blob is shorter than its
-    descriptor says, and what ``blobs.read_range`` raises.
+    descriptor says, and what ``blobs.read_range`` raises.  From a source
+    that keeps what it reads for every origin (``Evicting``: the cache
+    daemon's client), such bytes may be another repository's, which named
+    this layer's digest: they are dropped and read once more through this
+    mount's origin alone before it is refused.
     """
     limits = limits or TocLimits()
+    read: list[tuple[int, int]] = []
+    try:
+        return _fetch_toc(layer, blobs.read_range, expected, tail, limits, read)
+    except (BadImage, DigestMismatch) as error:
+        if not isinstance(blobs, Evicting):
+            raise
+        log.warning("layer %s: %s; dropping its TOC from the cache and reading it again",
+                    layer.digest, error)  # fmt: skip
+        for offset, length in read:
+            blobs.evict(layer.digest, offset, length, str(error))
+        return _fetch_toc(layer, blobs.read_again, expected, tail, limits, [])
+
+
+def _fetch_toc(
+    layer: Layer,
+    read_range: Reader,
+    expected: Digest,
+    tail: int,
+    limits: TocLimits,
+    read: list[tuple[int, int]],
+) -> Toc:
+    """``fetch_toc`` through ``read_range``, noting in ``read`` each range it read."""
+
+    def reader(digest: Digest, offset: int, length: int) -> bytes:
+        read.append((offset, length))
+        return read_range(digest, offset, length)
+
     size, name = layer.size, str(layer.digest)
     start = max(0, size - max(tail, 1))
-    end_bytes = _read(blobs, layer, start, size - start)
+    end_bytes = _read(reader, layer, start, size - start)
     footer = parse_footer(end_bytes, size)
     if footer is None:
         raise BadImage(
@@ -115,7 +149,7 @@ def fetch_toc(
         missing = start - footer.toc_offset
         if missing + len(end_bytes) > limits.max_json_bytes + _MEMBER_SLACK:
             raise BadImage(f"layer {name}: its TOC member is over {limits.max_json_bytes} bytes")
-        head = _read(blobs, layer, footer.toc_offset, missing)
+        head = _read(reader, layer, footer.toc_offset, missing)
         member = head + end_bytes[: len(end_bytes) - footer.size]
     return read_toc(
         member, toc_offset=footer.toc_offset, expected=expected, layer=name, limits=limits

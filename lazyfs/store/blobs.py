@@ -4,11 +4,15 @@
 Every blob it serves was verified when it entered the store (``Store.ingest``),
 so reading it needs no check. A blob that is not in the store is fetched from
 ``upstream`` when there is one (verified on the way in, as every ingest is),
-else it is NotFound.
+else it is NotFound. An upstream that keeps what it reads for every origin
+(``Evicting``: the cache daemon's client) may have another repository's bytes
+for the digest: fetched again after a mismatch, the blob is dropped from it
+and read through the reader's own origin alone (``read_again``).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +22,7 @@ from providers.digest import Digest
 from providers.errors import NotFound
 from providers.fileio import pread_all
 from providers.manifest import Layer
-from providers.source import BlobSource
+from providers.source import BlobSource, Evicting
 
 
 class StoreBlobs:
@@ -48,4 +52,31 @@ class StoreBlobs:
         upstream = self.upstream
         if upstream is None:
             raise NotFound(f"blob {layer.digest} is not in the store at {self.store.root}")
-        return self.store.ingest(layer, lambda: upstream.open(layer.digest))
+        again = [False]  # the next open follows a mismatch
+
+        def opener() -> BinaryIO:
+            if again[0] and isinstance(upstream, Evicting):
+                upstream.evict(layer.digest, 0, layer.size, "the blob did not match its digest")
+                return io.BufferedReader(_ReadAgain(upstream, layer.digest), 1 << 20)
+            again[0] = True
+            return upstream.open(layer.digest)
+
+        return self.store.ingest(layer, opener)
+
+
+class _ReadAgain(io.RawIOBase):
+    """Blob ``digest`` from its start through ``source.read_again``."""
+
+    def __init__(self, source: Evicting, digest: Digest) -> None:
+        self._source = source
+        self._digest = digest
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._source.read_again(self._digest, self._position, len(buffer))
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)

@@ -8,21 +8,27 @@ for the same chunks by then."""
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.client import CacheClient, RemoteBlob
-from lazyfs.cache.daemon import serve
-from lazyfs.cache.values import HandleOrigin, Origin
-from providers.digest import Digest
+from lazyfs.cache.daemon import Server, serve
+from lazyfs.cache.pieces import MAX_PIECE, Pieces
+from lazyfs.cache.values import BlobRange, Failure, FailureKind, HandleOrigin, Origin, Read
+from lazyfs.index.estargz_index import fetch_toc
+from providers.digest import Digest, digest_bytes
+from providers.manifest import OCI_LAYER_GZIP, Layer
 from providers.source import BlobSource
-from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
+from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource, fetcher
+from tests.support.estargz_writer import File, write_estargz
 
 HOSTILE, HONEST = HandleOrigin("hostile"), HandleOrigin("honest")
 
@@ -49,8 +55,8 @@ async def daemon(root: Path, sources: dict[Origin, BlobSource]) -> AsyncIterator
             nursery.cancel_scope.cancel()
 
 
-def client(root: Path, origin: Origin) -> CacheClient:
-    return CacheClient(root, {BLOB: RemoteBlob(origin, len(DATA))}, chunk_size=SIZE)
+def client(root: Path, origin: Origin, blob: Digest = BLOB, size: int = len(DATA)) -> CacheClient:
+    return CacheClient(root, {blob: RemoteBlob(origin, size)}, chunk_size=SIZE)
 
 
 async def test_a_read_again_is_through_our_origin_while_theirs_is_out(tmp_path: Path) -> None:
@@ -90,3 +96,52 @@ async def test_a_read_again_is_cut_at_the_blobs_end(tmp_path: Path) -> None:
         got = await trio.to_thread.run_sync(ours.read_again, BLOB, 500, 40)
         assert got == DATA[500:]
         assert honest.calls == [(500, 12)]
+
+
+class Bytes:
+    """A repository answering ``data`` for any digest."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def open(self, digest: Digest) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
+async def test_a_toc_another_origin_landed_in_the_cache_is_read_again_through_ours(
+    tmp_path: Path,
+) -> None:
+    blob = write_estargz([File("app/a", b"a" * 5000), File("app/b", b"b" * 300)])
+    digest, size = digest_bytes(blob.data), len(blob.data)
+    root = tmp_path / "cache"
+    sources: dict[Origin, BlobSource] = {
+        HOSTILE: Bytes(bytes(size)),  # its own bytes for the honest layer's digest
+        HONEST: Bytes(blob.data),
+    }
+    async with daemon(root, sources):
+        theirs, ours = client(root, HOSTILE, digest, size), client(root, HONEST, digest, size)
+        await trio.to_thread.run_sync(theirs.read_range, digest, 0, size)
+        layer = Layer(digest, OCI_LAYER_GZIP, size, digest)
+        toc = await trio.to_thread.run_sync(fetch_toc, layer, ours, Digest(blob.toc_digest))
+        assert [entry.name for entry in toc.entries if entry.name.startswith("app/")] == [
+            "app/a",
+            "app/b",
+        ]
+
+
+async def test_a_read_again_too_long_for_a_piece_is_refused_not_read_from_the_chunks(
+    tmp_path: Path,
+) -> None:
+    honest = FakeSource()
+    async with fetcher(tmp_path) as f, trio.open_nursery() as nursery:
+        pieces = Pieces(nursery, trio.CapacityLimiter(4), trio.to_thread.run_sync)
+        sources: dict[Origin, BlobSource] = {HONEST: honest}
+        server = Server(f.cache, f, sources.__getitem__, None, None, pieces)
+        asked = BlobRange(BLOB, 0, MAX_PIECE + 1)
+        answer = await server.answer(Read(1, asked, HONEST, None, True, True, own=True))
+        assert isinstance(answer, Failure) and answer.kind is FailureKind.BAD_REQUEST
+        assert honest.calls == []
+        nursery.cancel_scope.cancel()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store
-from providers.digest import digest_bytes
+from providers.digest import Digest, digest_bytes
 from providers.errors import DigestMismatch, NotFound
 from providers.manifest import OCI_LAYER_TAR, Layer
 from tests.support.blob_sources import MemoryBlobs
@@ -84,3 +85,34 @@ def test_a_range_read_is_whole_when_the_system_reads_it_in_pieces(
     blobs = StoreBlobs(store)
     assert blobs.read_range(layer.digest, 10, 1000) == blob[10:1010]
     assert blobs.read_range(layer.digest, len(blob) - 50, 1000) == blob[-50:]
+
+
+class Poisoned(MemoryBlobs):
+    """A cache every origin's fetches land in, holding ``bad`` bytes for the blob whatever
+    is evicted; read again through the reader's own origin, the blob's bytes."""
+
+    def __init__(self, blobs: dict[Digest, bytes], bad: bytes) -> None:
+        super().__init__(blobs)
+        self.bad = bad
+        self.evicted: list[tuple[int, int]] = []
+
+    def open(self, digest: Digest) -> BinaryIO:
+        return io.BytesIO(self.bad)
+
+    def evict(self, digest: Digest, offset: int, length: int, reason: str) -> int:
+        self.evicted.append((offset, length))
+        return 1
+
+    def read_again(self, digest: Digest, offset: int, length: int) -> bytes:
+        return self.blobs[digest][offset : offset + length]
+
+
+def test_a_blob_another_origin_left_in_the_cache_is_fetched_again_through_ours(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "store")
+    layer, blob = layer_blob(tmp_path)
+    upstream = Poisoned({layer.digest: blob}, blob[:-1] + b"!")
+    path = StoreBlobs(store, upstream).local_blob(layer)
+    assert path.read_bytes() == blob
+    assert upstream.evicted == [(0, layer.size)]
