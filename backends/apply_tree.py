@@ -53,7 +53,10 @@ class MadeDirs:
     whatever became of it later in the layer, and every missing path a walk
     went through lexically there (``layer_rules.past_missing``): where a
     lower layer has a non-directory there, the layer went through (or into)
-    it, which a union cannot show.
+    it, which a union cannot show.  ``root_header``: whether the layer has a
+    ``./`` entry; without one its root is the extractor's own, and the
+    union's root is that of the nearest lower layer with one.  None where it
+    is not known (a layer an older lazyfs extracted).
     """
 
     implicit: frozenset[RelPath] = frozenset()
@@ -61,6 +64,7 @@ class MadeDirs:
     kept: frozenset[RelPath] = frozenset()
     whiteout_dirs: frozenset[RelPath] = frozenset()
     walked: frozenset[RelPath] = frozenset()
+    root_header: bool | None = None
 
 
 class Tree(DirWalker):
@@ -159,6 +163,7 @@ class Tree(DirWalker):
             frozenset(self._kept & implicit),
             frozenset(path[:-1] for path in self._whiteouts if len(path) > 1),
             frozenset(self._walked),
+            () in self._dirs,
         )
 
     def create(self, parent_fd: int, path: RelPath, make: Callable[[], T]) -> T:

@@ -10,8 +10,8 @@ left alone and not used):
 - ``overlay``: the layer in overlayfs' lower-layer form (whiteouts as 0/0
   character devices, opaque directories marked), as the overlay backend
   stacks it.  Next to it, ``overlay-v2.dirs.json`` lists the directories the
-  layer made without a header (``backends.apply_tree.MadeDirs``), read back
-  with ``made_dirs``.
+  layer made without a header and says whether it had one for its root
+  (``backends.apply_tree.MadeDirs``), read back with ``made_dirs``.
 
 An image may hold one layer twice, and overlayfs takes no directory twice in
 one mount: ``replica`` n > 0 asks for another copy of the same tree,
@@ -108,7 +108,11 @@ def extracted_layer(
                 sidecar = scratch / (target.name + _DIRS_SUFFIX)
                 fields = {"implicit": made.implicit, "marker_only": made.marker_only}
                 fields.update(kept=made.kept, whiteout_dirs=made.whiteout_dirs, walked=made.walked)
-                text = json.dumps({key: sorted(map(list, paths)) for key, paths in fields.items()})
+                record: dict[str, object] = {
+                    key: sorted(map(list, paths)) for key, paths in fields.items()
+                }
+                record["root_header"] = made.root_header
+                text = json.dumps(record)
                 sidecar.write_text(text)
                 # The tree's presence promises its sidecar: rename that first.
                 os.rename(sidecar, home / sidecar.name)
@@ -121,7 +125,11 @@ def extracted_layer(
 
 
 def made_dirs(tree: Path) -> MadeDirs:
-    """The directories the layer at ``tree`` (an ``overlay`` form) made on its own."""
+    """The directories the layer at ``tree`` (an ``overlay`` form) made on its own.
+
+    A sidecar written before ``root_header`` was recorded gives None there,
+    not known; ``backends.overlay_dirs`` says what it makes of that.
+    """
     sidecar = tree.with_name(tree.name + _DIRS_SUFFIX)
     try:
         data = json.loads(sidecar.read_text())
@@ -129,6 +137,9 @@ def made_dirs(tree: Path) -> MadeDirs:
             key: frozenset(tuple(str(part) for part in path) for path in data[key])
             for key in ("implicit", "marker_only", "kept", "whiteout_dirs", "walked")
         }
+        root_header = data.get("root_header")
+        if root_header is not None and not isinstance(root_header, bool):
+            raise TypeError(f"root_header is {root_header!r}")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise BackendError(f"extracted layer {tree} has no readable {sidecar.name}") from error
-    return MadeDirs(**paths)
+    return MadeDirs(**paths, root_header=root_header)

@@ -5,11 +5,12 @@ of the topmost layer holding it.  A layer that writes ``etc/passwd`` without
 an ``etc/`` header of its own makes ``etc`` itself, with default attributes,
 when extracted alone; in the image's union (what ``umoci unpack`` and the
 copy backend give) ``etc`` keeps the attributes of the layer below that had
-the header.  A layer that whites out ``a/b`` makes ``a`` to hold the
-whiteout; where no lower layer has a directory ``a``, the union has none
-either, and overlayfs would list a phantom ``a`` and, in it, a whiteout no
-lookup finds.  It lists whiteouts in any directory that no other layer has,
-so such a directory is stacked again, which makes it one overlayfs merges.
+the header, and so does the root of a layer without a ``./`` entry.  A layer
+that whites out ``a/b`` makes ``a`` to hold the whiteout; where no lower
+layer has a directory ``a``, the union has none either, and overlayfs would
+list a phantom ``a`` and, in it, a whiteout no lookup finds.  It lists
+whiteouts in any directory that no other layer has, so such a directory is
+stacked again, which makes it one overlayfs merges.
 
 ``plan_top_dirs`` finds both from the layers' ``MadeDirs`` and says what
 the union should look like: directories with their union attributes, and
@@ -98,19 +99,20 @@ class DirAttrs:
 def plan_top_dirs(lowers: Sequence[LowerDir]) -> TopPlan:
     """What to stack above ``lowers`` (bottom first): directories, root included, and whiteouts.
 
-    The root takes the top layer's root attributes (the stacked directory's
-    own would show otherwise); every directory whose topmost holder made it
-    without a header takes those of the nearest lower layer with a header,
-    and so do the ancestors it needs, each with its union attributes.  A
-    directory only layers that made it for markers alone hold is whited
-    out; a directory holding whiteouts is stacked too, so that overlayfs
-    merges it and does not list them.  Parents come before children.
+    The root takes the topmost ``./`` header's attributes, or the top root's
+    (the stacked directory's own would show otherwise); every directory
+    whose topmost holder made it without a header takes those of the
+    nearest lower layer with one, and so do the ancestors it needs, each
+    with its union attributes.  A directory only layers that made it for
+    markers alone hold is whited out; a directory holding whiteouts is
+    stacked too, so that overlayfs merges it and does not list them.
+    Parents come before children.
     """
     top = list(reversed(lowers))
     for index, lower in enumerate(lowers):
         _check_walked_dirs(lower, top[len(lowers) - index :])
     wanted: dict[RelPath, DirAttrs] = {}
-    wanted[()] = _root_attrs(top[0].path)
+    wanted[()] = _root_attrs(top)
     phantoms: list[RelPath] = []
     for path in sorted({p for lower in lowers for p in lower.made.marker_only}):
         if not any(path[: len(p)] == p for p in phantoms) and _phantom(top, path):
@@ -294,8 +296,13 @@ def _is_opaque(fd: int) -> bool:
         return False
 
 
-def _root_attrs(root: Path) -> DirAttrs:
-    fd = os.open(root, _DIR_FLAGS)
+def _root_attrs(top: Sequence[LowerDir]) -> DirAttrs:
+    """The root's of the topmost layer with a ``./`` header, else the top one's (top first)."""
+    # An opaque root hides the lower children, not the lower root's attributes.  None: an
+    # older lazyfs extracted the layer without recording it.  Taken as a header, its root
+    # is used as that lazyfs used the top one's, and a "./" it had is never passed over.
+    holder = next((lower for lower in top if lower.made.root_header is not False), top[0])
+    fd = os.open(holder.path, _DIR_FLAGS)
     try:
         return _from_fd(fd, ())
     finally:

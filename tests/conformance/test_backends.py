@@ -4,16 +4,19 @@ Parametrized over ``tests.support.backend_variants.VARIANTS`` (copy; bind
 for one-layer images; overlay read-only and writable; fuse read-only and
 writable, each on both FUSE paths: ``tests.support.fuse_paths``): names,
 types, modes, owners, sizes, contents, link targets, device numbers, xattrs,
-hardlinks and mtimes, of directories too.  Read-only rootfses refuse writes; writable ones take them
-without changing anything shared in the store.  A last test shows the
-comparison catches a broken layer applier (for the fuse backend's merged
-tree, ``tests/integration/test_lazy_tree.py`` shows it).
+hardlinks and mtimes, of directories too; and, which the comparison leaves
+out, the root's own attributes, from the topmost layer with a ``./`` entry.
+Read-only rootfses refuse writes; writable ones take them without changing
+anything shared in the store.  A last test shows the comparison catches a
+broken layer applier (for the fuse backend's merged tree,
+``tests/integration/test_lazy_tree.py`` shows it).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -22,8 +25,9 @@ import backends.apply_tree
 from backends.mounts import mounts_under
 from providers.errors import BackendError
 from tests.support import images
-from tests.support.backend_cases import CASES
+from tests.support.backend_cases import CASES, root_header
 from tests.support.backend_variants import (
+    IGNORED_XATTRS,
     CaseImages,
     Variant,
     assert_same_tree,
@@ -62,6 +66,28 @@ async def test_tree_equals_umoci_unpack(
     async with provisioned(prov, variant, case) as info:
         assert info.backend == variant.backend
         assert_same_tree(case_images.references[case], info.rootfs)
+
+
+@pytest.mark.parametrize("variant", params(multi_layer=True), indirect=True)
+@pytest.mark.parametrize("case", [case for case in CASES if root_header(case) is not None])
+async def test_the_root_has_the_topmost_root_headers_attributes(
+    variant: Variant, case: str, case_images: CaseImages, tmp_path: Path
+) -> None:
+    """What the tree comparison leaves out: the root's mode, owner, mtime and xattrs."""
+    header = root_header(case)
+    assert header is not None
+    prov = make_provisioner(tmp_path / "work", case_images.directory)
+    async with provisioned(prov, variant, case) as info:
+        found = os.stat(info.rootfs)
+        names = [name for name in os.listxattr(info.rootfs) if not name.startswith(IGNORED_XATTRS)]
+        xattrs = sorted((name, os.getxattr(info.rootfs, name)) for name in names)
+    assert (found.st_mode, found.st_uid, found.st_gid, found.st_mtime_ns, xattrs) == (
+        stat.S_IFDIR | header.mode,
+        header.uid,
+        header.gid,
+        header.mtime_ns,
+        sorted(header.xattrs.items()),
+    )
 
 
 @pytest.mark.parametrize("variant", params(multi_layer=True), indirect=True)

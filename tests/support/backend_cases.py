@@ -171,6 +171,21 @@ REPEATED_LAYERS: list[list[Entry]] = [
     [_dir("d", 70), _file("d/f", 71)],
 ]
 
+# The root's own attributes come from the topmost layer with a "./" entry,
+# not from the top layer (the tree comparison leaves the root out:
+# ``root_header`` says what it must be): a header in the bottom layer only,
+# where overlay once gave the top layer's own 0755 root:root root; and a
+# header over another, under a layer without one.  Both spellings, "." and "./".
+ROOT_ATTRS_LAYERS: list[list[Entry]] = [
+    [_dir(".", 90, 0o1777, 1000, 1000), _file("f", 91)],
+    [_file("g", 92)],
+]
+ROOT_ATTRS_MIDDLE_LAYERS: list[list[Entry]] = [
+    [_dir("./", 93, 0o700, 5, 6), _file("f", 94)],
+    [_dir("./", 95, 0o2775, 1000, 1001, xattrs={"user.root": b"middle"}), _file("g", 96)],
+    [_file("h", 97)],
+]
+
 CASES: dict[str, list[list[Entry]]] = {
     "rich": RICH_LAYERS,
     "types": TYPES_LAYERS,
@@ -178,4 +193,15 @@ CASES: dict[str, list[list[Entry]]] = {
     "markers": MARKERS_LAYERS,
     "opaque-root": OPAQUE_ROOT_LAYERS,
     "repeated": REPEATED_LAYERS,
+    "root-attrs": ROOT_ATTRS_LAYERS,
+    "root-attrs-middle": ROOT_ATTRS_MIDDLE_LAYERS,
 }
+
+
+def root_header(case: str) -> Entry | None:
+    """The topmost "./" entry of ``case``'s layers: what its root must look like."""
+    for entries in reversed(CASES[case]):
+        for entry in reversed(entries):
+            if entry.path.strip("/") in ("", "."):
+                return entry
+    return None
