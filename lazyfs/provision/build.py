@@ -23,6 +23,7 @@ from lazyfs.provision.lazy import remote_digests
 from lazyfs.provision.lazy_progress import lazy_progress
 from lazyfs.provision.records import ProvisionInfo, require_layers, write_info
 from providers.digest import Digest
+from providers.errors import LazyfsError
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.private_dir import private_dir
@@ -75,6 +76,8 @@ class RootfsBuilder:
         what: str,
         workload: Workload = (None, ""),
         beside: Beside | None = None,
+        *,
+        named: str | None = None,
     ) -> tuple[ImageManifest, Rootfs, tuple[Digest, ...]]:
         """Fetch ``image``, build ``what`` from it: its manifest, rootfs and layers left remote.
 
@@ -82,8 +85,19 @@ class RootfsBuilder:
         if given, runs while the backend builds, once what the
         build will return is known but the rootfs itself: its manifest,
         its rootfs directory and its layers left remote. A failure of
-        either fails the build.
+        either fails the build. ``named``: what its errors start with (a
+        volume's, which would read as the rootfs's otherwise).
         """
+        try:
+            return await self._build(image, writable, what, workload, beside)
+        except LazyfsError as error:
+            if named is None:
+                raise
+            raise error.for_image(named) from None
+
+    async def _build(
+        self, image: Image, writable: bool, what: str, workload: Workload, beside: Beside | None
+    ) -> tuple[ImageManifest, Rootfs, tuple[Digest, ...]]:
         manifest = await self.fetch(image, workload)
         require_layers(manifest)
         rootfs_dir = self.home / "backends" / self.name / "rootfses" / str(uuid.uuid4())

@@ -7,7 +7,6 @@ Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
                                                        provisioning is gone
     containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs, and one per image volume
     locks/<cid>.lock                                   held while one process works on <cid>
-                                                       (``lazyfs.provision.container_locks``)
     locks/mount:<key>.lock                             held while ``lazyfs mount`` mounts
 
 The work dir and everything lazyfs makes in it are closed to other users
@@ -159,9 +158,9 @@ class Provisioner:
 
         ``command``: what runs after the image's entrypoint (empty: its Cmd),
         in ``working_dir`` (empty: the image's), whose prefetch trace a lazy
-        rootfs records or replays. Each of
-        ``volumes`` is built by the same backend, writable if its mode is
-        ``rw``, after the rootfs and in order, and recorded with it.
+        rootfs records or replays. Each of ``volumes`` is built by the same
+        backend, writable if its mode is ``rw``, after the rootfs and in
+        order, and recorded with it; its errors name it.
         Refuses (Conflict) a container id that exists, complete or not.
         ``publish``, if given, is called with the result before the
         container is marked complete: tell the caller's caller there, so a
@@ -208,7 +207,9 @@ class Provisioner:
                 built = []
                 for volume in volumes:
                     what = f"volume {volume.container_path} of {container_id}"
-                    v_image, v_rootfs, v_remote = await build(volume.image, volume.writable, what)
+                    named = f"volume {volume.container_path}"
+                    v_image, v_rootfs, v_remote = await build(volume.image, volume.writable,
+                                                              what, named=named)  # fmt: skip
                     built.append(
                         VolumeInfo(
                             volume.container_path,

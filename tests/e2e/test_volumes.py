@@ -172,8 +172,8 @@ def test_a_volume_that_cannot_be_mounted_again_makes_its_container_broken(
         (["-v", "/data::ro"], "lazyfs: --volume '/data::ro': no image"),
         (["-v", "/:IMG"], "container path '/' is the root"),
         (["-v", "/d:IMG", "-v", "/d/:IMG"], "lazyfs: two volumes at /d"),
-        (["-v", "/d:oci:/nonexistent/layout"], "/nonexistent/layout"),
-        (["-v", "/d:IMG:ro", "-v", "/e:docker:missing:1"], "missing"),
+        (["-v", "/d:oci:/nonexistent/layout"], "lazyfs: volume /d: "),
+        (["-v", "/d:IMG:ro", "-v", "/e:docker:missing:1"], "lazyfs: volume /e: "),
     ],
 )
 def test_a_bad_volume_is_one_line_and_provisions_nothing(
@@ -183,6 +183,19 @@ def test_a_bad_volume_is_one_line_and_provisions_nothing(
     for command in (["provision", "c", "busybox", *argv], ["run", "busybox", *argv, "--", "true"]):
         result = lazyfs(*command, check=False)
         assert expected.replace("IMG", data_image) in one_line_error(result)
+        assert containers(lazyfs.work_dir) == []
+        assert mounts_under(lazyfs.work_dir) == []
+
+
+def test_a_volume_the_backend_refuses_is_named(lazyfs: Lazyfs, data_image: str) -> None:
+    for volume, expected in [
+        (f"/rw:{data_image}:rw", "read-only"),
+        ("/two:busybox", "exactly one layer"),
+    ]:
+        result = lazyfs("provision", "c", "one", "--backend", "bind", "-v", volume, check=False)
+        error = one_line_error(result)
+        assert error.startswith(f"lazyfs: volume {volume.split(':')[0]}: "), error
+        assert expected in error
         assert containers(lazyfs.work_dir) == []
         assert mounts_under(lazyfs.work_dir) == []
 
