@@ -43,7 +43,7 @@ from lazyfs.store.atomic import staged_file, write_atomic
 from lazyfs.store.usage_lock import in_use_async
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch
-from providers.fslock import exclusive_lock, try_exclusive_lock
+from providers.fslock import exclusive_lock, remove_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
@@ -120,7 +120,7 @@ class Store:
         if path.is_file():
             self._check_diff_id(layer, path)
             return path
-        with self.lock(f"blob-{hex_part(layer.digest)}"):
+        with self.lock(f"blob-{hex_part(layer.digest)}", remove=True):
             if path.is_file():  # another process fetched it while we waited
                 self._check_diff_id(layer, path)
                 return path
@@ -257,10 +257,19 @@ class Store:
     # -- plumbing ----------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """Hold an exclusive flock named ``name``; released when the process dies."""
-        with exclusive_lock(self.locks / f"{name}.lock"):
-            yield
+    def lock(self, name: str, *, remove: bool = False) -> Iterator[None]:
+        """Hold an exclusive flock named ``name``; released when the process dies.
+
+        ``remove``: its file goes as it is released (``providers.fslock.remove_lock``),
+        for a name seldom taken again, such as a blob's: one file per blob stayed.
+        """
+        path = self.locks / f"{name}.lock"
+        with exclusive_lock(path):
+            try:
+                yield
+            finally:
+                if remove:
+                    remove_lock(path)
 
     def lock_async(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """``lock`` for trio code: waiting for it yields, and a cancellation ends the wait."""

@@ -59,6 +59,16 @@ def test_a_missing_blob_is_fetched_once_from_upstream(tmp_path: Path) -> None:
     assert upstream.opened == [layer.digest]
 
 
+def test_a_fetched_blob_leaves_no_lock_file(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    layer, blob = layer_blob(tmp_path)
+    StoreBlobs(store, MemoryBlobs({layer.digest: blob})).local_blob(layer)
+    other = Layer(digest_bytes(b"other"), OCI_LAYER_TAR, len(blob))
+    with pytest.raises(DigestMismatch):  # nor a failed one
+        StoreBlobs(store, MemoryBlobs({other.digest: blob})).local_blob(other)
+    assert list(store.locks.iterdir()) == []
+
+
 def test_wrong_bytes_upstream_never_reach_the_store(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     layer, blob = layer_blob(tmp_path)
