@@ -23,7 +23,7 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.cache.remote import tidy_dir
@@ -32,6 +32,7 @@ from providers.errors import UsageError
 from providers.manifest import RuntimeConfig
 
 if TYPE_CHECKING:
+    from lazyfs.cli_exec import ContainerView
     from lazyfs.images.docker import DockerProvider
     from lazyfs.provision.provisioner import Provisioner, ProvisionInfo
     from providers.image_pb2 import Image
@@ -60,10 +61,11 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
     from lazyfs import cli_run_trace as run_trace
     from lazyfs.cli_early import started_ahead
-    from lazyfs.cli_exec import exec_problem
-    from lazyfs.cli_volumes import container_request, volume_mounts
+    from lazyfs.cli_exec import exec_problem, in_root
+    from lazyfs.cli_volumes import container_request, container_view, volume_mounts
     from lazyfs.progress import Progress
     from lazyfs.provision import runtime
+    from lazyfs.provision.image_user import resolve_user
 
     command = list(args.command_args)
     if command and command[0] == "--":
@@ -84,9 +86,15 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
     def write_bundle(info: ProvisionInfo) -> int | None:
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
+        # What the command sees: its volumes too, each checked runc can mount it.
+        view = container_view(info)
+        wanted = with_run_flags(info.config, args.env, args.user, os.environ, workdir)
+        # Who it runs as, from the container's /etc, which a volume may be. bundle_config
+        # would look in the rootfs alone: it is given the ids, then the groups and HOME.
+        user = resolve_user(info.rootfs, wanted.user, in_root(view, "/etc"))
         config = runtime.bundle_config(
             info.rootfs,
-            with_run_flags(info.config, args.env, args.user, os.environ, workdir),
+            replace(wanted, user=f"{user.uid}:{user.gid}"),
             command,
             # The copy backend's rootfs is writable whatever was asked: runc
             # makes it read-only then.
@@ -96,9 +104,11 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         )
         config["mounts"].extend(volume_mounts(info))
         process = config["process"]
-        require_workdir(info.rootfs, process["cwd"], made=info.writable)
+        process["user"]["additionalGids"] = list(user.groups)
+        process["env"] = runtime.environment(wanted, user.home)
+        require_workdir(view, process["cwd"])
         # As a shell says it, not as runc's failure to start (status 1).
-        problem = exec_problem(info.rootfs, process["args"], process["env"], process["cwd"])
+        problem = exec_problem(view, process["args"], process["env"], process["cwd"])
         if problem is not None:
             print(f"lazyfs: {problem[0]}", file=sys.stderr)
             return problem[1]
@@ -219,30 +229,34 @@ def clean_workdir(workdir: str | None) -> str:
     return tidy_dir(workdir)
 
 
-def require_workdir(rootfs: Path, cwd: str, *, made: bool) -> None:
-    """UsageError unless ``rootfs`` has the working directory ``cwd`` as a directory, or
-    ``made`` (a writable rootfs) it lacks it, which runc then makes.
+def require_workdir(root: Path | ContainerView, cwd: str, *, made: bool = False) -> None:
+    """UsageError unless the container has the working directory ``cwd`` as a directory, or
+    lacks it below a directory runc can make it in, on a writable rootfs or ``rw`` volume.
 
-    runc would fail in words of its own: to make it on a read-only mount,
-    or to make or enter one that is not a directory.
+    ``root``: the container's view, or a rootfs alone (writable if ``made``). runc would
+    fail in words of its own: to make it on a read-only mount, or to make or enter one
+    that is not a directory.
     """
-    from lazyfs.cli_exec import in_root, shown
+    from lazyfs.cli_exec import ContainerView, shown
 
+    view = root if isinstance(root, ContainerView) else ContainerView(root, made)
     # shown: the image's WorkingDir may hold escape sequences for the terminal.
-    found = in_root(rootfs, cwd)
-    if found is None:  # under a file (/etc/motd/x), runc could make it no more than enter it
-        above = PurePosixPath(cwd).parent
-        while above != above.parent and in_root(rootfs, str(above)) is None:
-            above = above.parent
-        if not (in_root(rootfs, str(above)) or rootfs).is_dir():
-            raise UsageError(f"the working directory {shown(cwd)} is under a file in the rootfs")
-    if found is None and not made:
+    place = view.find(cwd)
+    if place is None:
         raise UsageError(
-            f"the read-only rootfs has no working directory {shown(cwd)} to run in"
-            " (run it without --read-only)"
+            f"the working directory {shown(cwd)} has too many levels of symbolic links"
         )
-    if found is not None and not found.is_dir():
-        raise UsageError(f"the working directory {shown(cwd)} is not a directory in the rootfs")
+    found = place.found
+    where = view.named(found)
+    if len(found) < len(place.parts):
+        # Under a file (/etc/motd/x), runc could make it no more than enter it.
+        if not view.is_dir(found):
+            raise UsageError(f"the working directory {shown(cwd)} is under a file in {where}")
+        if not view.can_make(found):
+            what, fix = view.read_only(found)
+            raise UsageError(f"{what} has no working directory {shown(cwd)} to run in ({fix})")
+    elif not view.is_dir(found):
+        raise UsageError(f"the working directory {shown(cwd)} is not a directory in {where}")
 
 
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:

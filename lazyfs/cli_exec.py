@@ -9,11 +9,24 @@ stops there), a bare name is looked up in the container's ``PATH`` as runc
 looks it up (Go's ``exec.LookPath``: the first regular file with an execute
 bit), a name with a slash is taken from the working directory.
 
+The container is more than its rootfs: ``run`` bind-mounts image volumes
+in it, and a command, a ``PATH`` entry or a working directory may be in
+one. So the walk is through a ``ContainerView``: the rootfs, with each
+volume's rootfs in place of what lies below its path (of the volumes at
+or above a path, the deepest has it: outer paths are mounted first), and
+the directories runc makes to mount them on.
+A symlink is read in whichever tree holds it and followed in the
+container, an absolute target from the container's root, as the kernel
+follows it once the volumes are mounted; ``..`` climbs out of a volume
+into what it is mounted on. A bare rootfs path is the view of a
+container without volumes.
+
 Only reads; a rootfs changed by the command itself later is not its concern.
 The image is hostile: the walk is bounded (``_MAX_STEPS``), and the words
 show its text escaped and cut (``shown``).
-``in_root`` is that walk alone: ``run`` asks it whether a read-only rootfs
-has the directory a volume is to be mounted on.
+``in_root`` is that walk alone; ``ContainerView.find`` tells how far a path
+is there, for ``run`` to ask where runc would make a missing mount point or
+working directory.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 NOT_FOUND = 127
@@ -32,6 +46,112 @@ _MAX_LINKS = 40  # as Linux's path walk
 # in a thread that Ctrl-C and SIGTERM cannot stop. Past this, runc judges.
 _MAX_STEPS = 4096
 _SHOWN_MOST = 300  # characters of image text in a message: a PATH may be 16 MiB
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A directory mounted in a container: ``source`` at ``parts``, the path runc mounts it
+    on (symlinks resolved); ``writable`` there or not; ``name``, its path as given."""
+
+    parts: tuple[str, ...]
+    source: Path
+    writable: bool
+    name: str
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a container path leads: ``parts`` with symlinks resolved, of which the first
+    ``there`` are there (all of them: the path is), the rest names of what is not."""
+
+    parts: tuple[str, ...]
+    there: int
+
+    @property
+    def found(self) -> tuple[str, ...]:
+        """The deepest of it that is there: the path itself, or where it is missing from."""
+        return self.parts[: self.there]
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """A container's tree as its command sees it: ``rootfs`` (``writable`` or not, as
+    provisioned) with ``mounts`` over it, in the order they are mounted."""
+
+    rootfs: Path
+    writable: bool = False
+    mounts: tuple[Mount, ...] = ()
+
+    def holder(self, parts: Sequence[str]) -> Mount | None:
+        """The mount that holds the container path ``parts``; None: the rootfs does.
+
+        The deepest of those at or above it, the last mounted: it hides what is
+        below its path (a mount it hides is no longer in ``mounts``).
+        """
+        found = None
+        for mount in self.mounts:
+            if tuple(parts[: len(mount.parts)]) == mount.parts:
+                found = mount
+        return found
+
+    def host(self, parts: Sequence[str]) -> Path:
+        """Where the container path ``parts`` is on this machine."""
+        mount = self.holder(parts)
+        if mount is None:
+            return self.rootfs.joinpath(*parts)
+        return mount.source.joinpath(*parts[len(mount.parts) :])
+
+    def is_dir(self, parts: Sequence[str]) -> bool:
+        """Whether the container path ``parts``, which is there, is a directory."""
+        return self.made_dir(parts) or self.host(parts).is_dir()
+
+    def made_dir(self, parts: Sequence[str]) -> bool:
+        """Whether ``parts`` is the container's root, a mount's, or above one: a directory
+        whatever the tree below has there (runc made it, if need be, to mount on)."""
+        depth = len(parts)
+        return not parts or any(
+            len(mount.parts) >= depth and mount.parts[:depth] == tuple(parts)
+            for mount in self.mounts
+        )
+
+    def can_make(self, parts: Sequence[str]) -> bool:
+        """Whether runc can make a directory in the container's directory ``parts``."""
+        mount = self.holder(parts)
+        return self.writable if mount is None else mount.writable
+
+    def named(self, parts: Sequence[str]) -> str:
+        """What holds ``parts``, as a message names it."""
+        mount = self.holder(parts)
+        return "the rootfs" if mount is None else f"volume {mount.name}"
+
+    def read_only(self, parts: Sequence[str]) -> tuple[str, str]:
+        """What holds ``parts``, read-only, as a message names it; and what would make it
+        writable."""
+        mount = self.holder(parts)
+        if mount is None:
+            return "the read-only rootfs", "run it without --read-only"
+        return f"the read-only volume {mount.name}", f"mount {mount.name} with :rw"
+
+    def find(self, path: str, *, past_missing: bool = False) -> Place | None:
+        """Where the container path ``path`` leads; None through a symlink loop.
+
+        The walk stops at the first part not there, as the kernel's does; with
+        ``past_missing`` it takes what follows as names (``..`` going up), as runc
+        resolves where to make a mount point.
+        """
+        found = _walk(self, path, None, past_missing=past_missing)
+        return None if found is None else Place(tuple(found[0]), found[1])
+
+    def mounted(self, place: Place, source: Path, *, writable: bool, name: str) -> ContainerView:
+        """This view with ``source`` mounted at ``place``, over the mounts it hides."""
+        mount = Mount(place.parts, source, writable, name)
+        depth = len(mount.parts)
+        seen = tuple(m for m in self.mounts if m.parts[:depth] != mount.parts)
+        return ContainerView(self.rootfs, self.writable, (*seen, mount))
+
+
+def _view(root: Path | ContainerView) -> ContainerView:
+    return root if isinstance(root, ContainerView) else ContainerView(root)
 
 
 class _OutOfSteps(Exception):
@@ -51,9 +171,10 @@ class _Budget:
 
 
 def exec_problem(
-    rootfs: Path, args: Sequence[str], env: Sequence[str], cwd: str = "/"
+    root: Path | ContainerView, args: Sequence[str], env: Sequence[str], cwd: str = "/"
 ) -> tuple[str, int] | None:
-    """None if ``args[0]`` can be executed in ``rootfs``; else the line and exit status.
+    """None if ``args[0]`` can be executed in ``root`` (a rootfs, or a container's view);
+    else the line and exit status.
 
     None too when telling would take more than ``_MAX_STEPS`` filesystem calls.
     """
@@ -65,25 +186,25 @@ def exec_problem(
             NOT_EXECUTABLE
         )
     try:
-        return _problem(rootfs, args[0], env, cwd, _Budget())
+        return _problem(_view(root), args[0], env, cwd, _Budget())
     except _OutOfSteps:
         return None
 
 
 def _problem(
-    rootfs: Path, name: str, env: Sequence[str], cwd: str, budget: _Budget
+    view: ContainerView, name: str, env: Sequence[str], cwd: str, budget: _Budget
 ) -> tuple[str, int] | None:
     if "/" not in name:
         path = _env_value(env, "PATH")
         for directory in path.split(":"):
-            found = _walk(rootfs, f"{_absolute(directory or '.', cwd)}/{name}", budget)
+            found = _found(view, f"{_absolute(directory or '.', cwd)}/{name}", budget)
             if found is not None and _why_not_executable(found, budget) is None:
                 return None
         return (
             f"{shown(name)}: command not found in the container (PATH={shown(path)})",
             NOT_FOUND,
         )
-    found = _walk(rootfs, _absolute(name, cwd), budget)
+    found = _found(view, _absolute(name, cwd), budget)
     if found is None:
         return f"{shown(name)}: no such file in the container", NOT_FOUND
     why = _why_not_executable(found, budget)
@@ -129,33 +250,59 @@ def _why_not_executable(path: Path, budget: _Budget) -> str | None:
     return None
 
 
-def in_root(rootfs: Path, path: str) -> Path | None:
-    """Where ``path`` of the container is under ``rootfs``; None if it does not exist.
+def in_root(root: Path | ContainerView, path: str) -> Path | None:
+    """Where ``path`` of the container is on this machine, under ``root`` (a rootfs, or a
+    container's view); None if it does not exist.
 
     The final component is resolved too, so the answer is never a symlink.
     """
-    return _walk(rootfs, path, None)
+    return _found(_view(root), path, None)
 
 
-def _walk(rootfs: Path, path: str, budget: _Budget | None) -> Path | None:
-    """in_root, each lstat and readlink spent from ``budget`` (none: not bounded)."""
+def _found(view: ContainerView, path: str, budget: _Budget | None) -> Path | None:
+    walked = _walk(view, path, budget)
+    if walked is None or walked[1] < len(walked[0]):
+        return None
+    return view.host(walked[0])
+
+
+def _walk(
+    view: ContainerView, path: str, budget: _Budget | None, *, past_missing: bool = False
+) -> tuple[list[str], int] | None:
+    """``path`` resolved in ``view`` (see ``ContainerView.find``): its parts, and how many
+    of them, from the first, are there. Each lstat and readlink is spent from ``budget``
+    (none: not bounded)."""
     # Reversed, taken from the end: a path may have millions of parts.
     todo = [part for part in reversed(path.split("/")) if part not in ("", ".")]
     done: list[str] = []
+    there: int | None = None  # once a part is missing: how many before it are there
     links = 0
     while todo:
         part = todo.pop()
         if part == "..":
             if done:
                 done.pop()
+            if there is not None and len(done) <= there:
+                there = None  # back where the parts are there
             continue
-        here = rootfs.joinpath(*done, part)
+        if there is not None:  # below what is missing, nothing is there
+            done.append(part)
+            continue
+        if view.made_dir([*done, part]):
+            done.append(part)
+            continue
+        here = view.host([*done, part])
         if budget is not None:
             budget.spend()
         try:
             mode = os.lstat(here).st_mode
         except OSError:
-            return None
+            there = len(done)
+            done.append(part)
+            if not past_missing:
+                done.extend(reversed(todo))
+                return done, there
+            continue
         if stat.S_ISLNK(mode):
             links += 1
             if links > _MAX_LINKS:
@@ -168,4 +315,4 @@ def _walk(rootfs: Path, path: str, budget: _Budget | None) -> Path | None:
             todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
             continue
         done.append(part)
-    return rootfs.joinpath(*done)
+    return done, len(done) if there is None else there

@@ -7,7 +7,13 @@ ContainerInfo in protobuf's JSON form with both (``lazyfs.provision.volumes``).
 All of it is checked before anything is fetched.
 
 ``run`` bind-mounts each volume's rootfs at its path in the container,
-read-only unless its mode is ``rw`` (``volume_mounts``).
+read-only unless its mode is ``rw`` (``volume_mounts``), outer paths first,
+and looks for the command, its working directory and its user in the
+container those mounts make (``container_view``), volumes included. Where
+runc could not mount a volume, that is one line before runc runs rather
+than runc's log line after it: runc resolves each path in what is mounted
+before it (the rootfs and the volumes outside it), mounts on a directory
+there, and makes a missing one only where it can write.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lazyfs.cli_exec import in_root
+from lazyfs.cli_exec import ContainerView, Place
 from providers.errors import UsageError
 
 if TYPE_CHECKING:
     # Loaded by the commands that take images only: the parser needs none of it.
-    from lazyfs.provision.records import ProvisionInfo
+    from lazyfs.provision.records import ProvisionInfo, VolumeInfo
     from lazyfs.provision.volumes import ContainerSpec
     from providers.image_pb2 import Image
 
@@ -77,26 +83,64 @@ def container_request(args: argparse.Namespace, image: Callable[[], Image]) -> C
 def volume_mounts(info: ProvisionInfo) -> list[dict[str, Any]]:
     """The OCI runtime spec's mounts for ``info``'s volumes, outer paths first.
 
-    A read-only rootfs cannot be given a directory to mount on, so each
-    path must be in it already (UsageError otherwise, before runc runs).
+    UsageError for a volume runc could not mount (``container_view``), before runc runs.
     """
     from lazyfs.provision.volumes import RW
 
-    mounts = []
-    depth = lambda volume: (volume.container_path.count("/"), volume.container_path)  # noqa: E731
-    for volume in sorted(info.volumes, key=depth):
-        if not info.writable and in_root(info.rootfs, volume.container_path) is None:
-            raise UsageError(
-                f"volume {volume.container_path}: the read-only rootfs has no "
-                f"{volume.container_path} to mount it on (run it without --read-only)"
-            )
-        mounts.append(
-            {
-                "destination": volume.container_path,
-                "type": "bind",
-                "source": str(volume.rootfs),
-                # rprivate: mounts made inside the container stay out of the store.
-                "options": ["rbind", "rprivate", "rw" if volume.mode == RW else "ro"],
-            }
-        )
-    return mounts
+    container_view(info)
+    return [
+        {
+            "destination": volume.container_path,
+            "type": "bind",
+            "source": str(volume.rootfs),
+            # rprivate: mounts made inside the container stay out of the store.
+            "options": ["rbind", "rprivate", "rw" if volume.mode == RW else "ro"],
+        }
+        for volume in _outer_first(info.volumes)
+    ]
+
+
+def container_view(info: ProvisionInfo) -> ContainerView:
+    """``info``'s container as its command will see it: the rootfs, each volume over it.
+
+    UsageError, naming the volume, unless its path leads to a directory in
+    what is mounted before it, or is missing there below a directory runc
+    can make it in: on a writable rootfs or an ``rw`` volume.
+    """
+    from lazyfs.provision.volumes import RW
+
+    view = ContainerView(info.rootfs, info.writable)
+    for volume in _outer_first(info.volumes):
+        path = volume.container_path
+        # As runc finds where to mount it (or make it): missing parts taken as names.
+        place = view.find(path, past_missing=True)
+        if place is None:
+            raise UsageError(f"volume {path}: {path} has too many levels of symbolic links")
+        problem = _mount_point_problem(view, place, path)
+        if problem is not None:
+            raise UsageError(f"volume {path}: {problem}")
+        writable = volume.mode == RW and volume.writable
+        view = view.mounted(place, volume.rootfs, writable=writable, name=path)
+    return view
+
+
+def _outer_first(volumes: tuple[VolumeInfo, ...]) -> list[VolumeInfo]:
+    return sorted(
+        volumes, key=lambda volume: (volume.container_path.count("/"), volume.container_path)
+    )
+
+
+def _mount_point_problem(view: ContainerView, place: Place, path: str) -> str | None:
+    """Why runc could not mount a volume at ``path``, which leads to ``place``; None if it can."""
+    found = place.found
+    where = view.named(found)
+    if len(found) == len(place.parts):
+        if view.is_dir(found):
+            return None
+        return f"{path} is not a directory in {where} to mount it on"
+    if not view.is_dir(found):
+        return f"{path} is under a file in {where}"
+    if view.can_make(found):
+        return None  # runc makes it
+    what, fix = view.read_only(found)
+    return f"{what} has no {path} to mount it on ({fix})"

@@ -3,7 +3,9 @@
 Worked out as Docker does with runc: a name or uid, with an optional group;
 the group, supplementary groups and home directory from the image's own
 tables, never the host's. The tables are the image's to make: only a
-regular file is read, and at most ``MAX_TABLE`` bytes of it.
+regular file is read, and at most ``MAX_TABLE`` bytes of it. runc reads
+them in the container, once its volumes are mounted: the caller that knows
+the container's mounts finds its /etc (``etc``), which a volume may be.
 """
 
 from __future__ import annotations
@@ -33,21 +35,24 @@ class ImageUser:
     home: str = "/"
 
 
-def resolve_user(rootfs: Path, user: str) -> ImageUser:
+def resolve_user(rootfs: Path, user: str, etc: Path | None = None) -> ImageUser:
     """``user`` as Docker takes it (name, uid, name:group, uid:gid; empty is root).
 
-    Names are looked up in the rootfs' /etc/passwd and /etc/group, never the
-    host's. An unknown name is an error, as in Docker. The user's passwd row
-    (by name, or by uid when a number) gives the group when none is given,
-    and the home directory (``/`` without one). Without a group given, the
-    supplementary groups are those /etc/group lists the row's name in.
+    Names are looked up in the container's /etc/passwd and /etc/group, never
+    the host's: in ``etc``, the directory that is the container's /etc when
+    the caller found it (symlinks and mounts resolved in the container), else
+    in the rootfs' own /etc, through no symlink. An unknown name is an error,
+    as in Docker. The user's passwd row (by name, or by uid when a number)
+    gives the group when none is given, and the home directory (``/``
+    without one). Without a group given, the supplementary groups are those
+    /etc/group lists the row's name in.
     """
     name, _, group = user.partition(":")
     # The rows whose ids are numbers (a hostile row's are not taken for 0), as
     # (name, uid, gid, home); the first that matches wins.
     rows = [
         (row[0], uid, gid, row[5] if len(row) > 5 and row[5] else "/")
-        for row in _read_table(rootfs, "etc/passwd")
+        for row in _read_table(*_table(rootfs, etc, "passwd"))
         if len(row) > 3 and (uid := _id(row[2])) is not None and (gid := _id(row[3])) is not None
     ]
     wanted = _id(name) if name else 0
@@ -59,7 +64,7 @@ def resolve_user(rootfs: Path, user: str) -> ImageUser:
         if found is None:
             raise BadImage(f"user {name[:100]!r} is not in the image's /etc/passwd")
         login, uid, gid, home = found
-    table = _read_table(rootfs, "etc/group")
+    table = _read_table(*_table(rootfs, etc, "group"))
     if group:
         group_id = _id(group)
         if group_id is None:
@@ -90,8 +95,13 @@ def _id(text: str) -> int | None:
     return int(text)
 
 
+def _table(rootfs: Path, etc: Path | None, name: str) -> tuple[Path, str]:
+    """Where ``_read_table`` finds the table ``name`` of /etc."""
+    return (rootfs, f"etc/{name}") if etc is None else (etc, name)
+
+
 def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
-    """Read a colon table from the rootfs without following any symlink out of it.
+    """Read a colon table from the rootfs (or its /etc) without following any symlink.
 
     Only a regular file is read: the image may put a FIFO there (the read
     would never end) or a device node (opened on the host, as root, outside

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, exec_problem, in_root
+from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, ContainerView, exec_problem, in_root
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
@@ -136,6 +136,59 @@ def test_exec_problem(
 ) -> None:
     problem = exec_problem(rootfs, args, env, cwd)
     assert (problem[1] if problem else None) == status
+
+
+# -- the same through a container's view: a volume over the rootfs ---------------
+
+
+@pytest.fixture
+def view(tmp_path: Path) -> ContainerView:
+    """A rootfs with a volume mounted at /opt/vol (the rootfs has no /opt), read-only."""
+    rootfs, volume = tmp_path / "rootfs", tmp_path / "volume"
+    for directory in (rootfs / "bin", rootfs / "data", volume / "deep", volume / "sub"):
+        directory.mkdir(parents=True)
+    (rootfs / "bin/sh").write_text("")
+    (rootfs / "into").symlink_to("/opt/vol/sub")  # from the rootfs into the volume
+    (volume / "deep/out").symlink_to("../../../bin/sh")  # climbs out of the volume
+    (volume / "abs").symlink_to("/bin/sh")  # from the container's root
+    (volume / "file").write_text("")
+    view = ContainerView(rootfs, writable=True)
+    place = view.find("/opt/vol", past_missing=True)
+    assert place is not None and place.there == 0  # runc makes /opt/vol
+    return view.mounted(place, volume, writable=False, name="/opt/vol")
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        ("/opt/vol/sub", "volume/sub"),
+        ("/into", "volume/sub"),
+        ("/opt/vol/deep/out", "rootfs/bin/sh"),
+        ("/opt/vol/abs", "rootfs/bin/sh"),
+        ("/opt/vol/../vol/file", "volume/file"),
+        ("/opt/vol/sh", None),
+        ("/opt/vol/file/x", None),
+    ],
+)
+def test_a_path_resolves_in_the_containers_view(
+    view: ContainerView, tmp_path: Path, path: str, where: str | None
+) -> None:
+    assert in_root(view, path) == (tmp_path / where if where else None)
+
+
+def test_what_runc_can_make_and_a_mount_over_another(view: ContainerView, tmp_path: Path) -> None:
+    assert view.is_dir(("opt",)) and view.can_make(("opt",))  # made in the writable rootfs
+    assert not view.can_make(("opt", "vol"))
+    assert view.read_only(("opt", "vol", "sub")) == (
+        "the read-only volume /opt/vol",
+        "mount /opt/vol with :rw",
+    )
+    # A later mount over /opt hides the volume below it, and what runc made for it.
+    place = view.find("/opt")
+    assert place is not None
+    over = view.mounted(place, tmp_path / "rootfs" / "data", writable=True, name="/opt")
+    assert in_root(over, "/opt/vol/sub") is None
+    assert over.holder(("opt", "x")) == over.mounts[-1] and len(over.mounts) == 1
 
 
 def test_env_and_user_flags_reach_the_command_as_docker_run_gives_them(lazyfs: Lazyfs) -> None:

@@ -129,6 +129,9 @@ def _info(rootfs: Path, writable: bool, *paths: tuple[str, str]) -> ProvisionInf
 
 def test_run_mounts_outer_volumes_first_read_only_unless_rw(tmp_path: Path) -> None:
     info = _info(tmp_path / "r", True, ("/a/b/c", "ro"), ("/z", "rw"), ("/a", "ro"), ("/a/b", "ro"))
+    # runc makes no mount point in a read-only volume: /a and /a/b have theirs.
+    (tmp_path / "v2" / "b").mkdir(parents=True)
+    (tmp_path / "v3" / "c").mkdir(parents=True)
     mounts = volume_mounts(info)
     assert [m["destination"] for m in mounts] == ["/a", "/z", "/a/b", "/a/b/c"]
     assert [m["options"][-1] for m in mounts] == ["ro", "rw", "ro", "ro"]
