@@ -61,7 +61,7 @@ from lazyfs.provision.records import (
 )
 from lazyfs.provision.revive import revive
 from lazyfs.provision.teardown import remove_container, remove_failed
-from lazyfs.provision.usage import read_record
+from lazyfs.provision.usage import ContainerRecord, read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, in_use_async
@@ -343,7 +343,10 @@ class Provisioner:
         return blobs_for(backend, self.blobs, manifest, self.daemon, command, working_dir)
 
     def info(self, container_id: str) -> ProvisionInfo:
-        """The record of ``container_id``, its images from the store; NotFound if none."""
+        """The record of ``container_id``, with its images; NotFound if none."""
+        return load_info(self.store, self._record(container_id))
+
+    def _record(self, container_id: str) -> ContainerRecord:
         check_container_id(container_id)
         home = self.containers / container_id
         try:
@@ -351,10 +354,9 @@ class Provisioner:
         except ValueError as error:
             raise NotFound(f"container {container_id}: {error}") from None
         if record is None:
-            if home.is_dir():
-                raise NotFound(incomplete(container_id))
-            raise NotFound(f"container {container_id} is not provisioned")
-        return load_info(self.store, record)
+            raise NotFound(incomplete(container_id) if home.is_dir() else
+                           f"container {container_id} is not provisioned")  # fmt: skip
+        return record
 
     def list(self) -> list[str]:
         return sorted(p.name for p in self.containers.iterdir())
@@ -370,15 +372,12 @@ class Provisioner:
         return provider
 
     def _revive(self, container_id: str) -> bool:
-        """Check a kept container's rootfs; True if it had to be mounted again.
-
-        Raises (BackendError, NotFound) saying why the rootfs does not work
-        when it cannot be mounted again. Blocking.
-        """
-        info = self.info(container_id)
-        return revive(
-            info, self.backend(info.backend), lambda image: self.blobs_for(info.backend, image)
-        )
+        """``revive`` of a kept container: True if it had to be mounted again; raises
+        (BackendError, NotFound) why it does not work when it cannot be. Blocking."""
+        record = self._record(container_id)
+        kind = record.backend
+        return revive(record, lambda: load_info(self.store, record), self.backend(kind),
+                      lambda image: self.blobs_for(kind, image))  # fmt: skip
 
     def _remove(self, home: Path) -> None:
         """Destroy every rootfs under ``home`` with its backend, then ``home``."""

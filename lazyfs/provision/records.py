@@ -18,7 +18,7 @@ from typing import Any
 
 from lazyfs.provision.usage import ContainerRecord, ImageRecord
 from lazyfs.store.atomic import write_atomic
-from lazyfs.store.disk import Store
+from lazyfs.store.disk import DAMAGE, Store, manifest_of
 from providers.digest import Digest
 from providers.errors import BadImage, LazyfsError, NotFound, UsageError
 from providers.manifest import ImageManifest, RuntimeConfig
@@ -96,8 +96,8 @@ def _recorded(image: ImageRecord) -> ImageManifest | None:
     if image.manifest is None:
         return None
     try:
-        found = ImageManifest.from_json(image.manifest)
-    except (KeyError, TypeError, ValueError, LazyfsError):
+        found = manifest_of(image.manifest)
+    except DAMAGE:
         return None  # damaged: the store's, if it is still that image
     same = (
         found.digest == image.digest

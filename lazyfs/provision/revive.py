@@ -16,6 +16,7 @@ from pathlib import Path
 from backends.base import Backend, Remountable
 from backends.mounts import NOT_ANSWERING, mount_problem
 from lazyfs.provision.records import ProvisionInfo
+from lazyfs.provision.usage import ContainerRecord
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import ImageManifest
 from providers.source import LocalBlobSource
@@ -46,33 +47,37 @@ def mount_state(backend: str, rootfs: Path) -> str:
 
 
 def revive(
-    info: ProvisionInfo,
+    record: ContainerRecord,
+    info: Callable[[], ProvisionInfo],
     backend: Backend,
     blobs_for: Callable[[ImageManifest], LocalBlobSource],
 ) -> bool:
-    """Check ``info``'s rootfs and volumes; True if any had to be mounted again.
+    """Check ``record``'s rootfs and volumes; True if any had to be mounted again.
 
+    Their images (``info``) are looked up only then: a record of an earlier
+    lazyfs names them by reference alone, which may name another image by
+    now, and a container that needs no image must not fail for that.
     Raises BackendError saying which does not work, and why, when it
     cannot be mounted again. Blocking.
     """
-    parts = [("its rootfs", info.rootfs, info.writable, info.image)]
-    parts += [
-        (f"its volume {v.container_path} at", v.rootfs, v.writable, v.image) for v in info.volumes
-    ]
-    revived = False
-    for what, rootfs, writable, image in parts:
-        problem = rootfs_problem(info.backend, rootfs)
-        if problem is None:
-            continue
+    parts = [("its rootfs", record.rootfs, record.writable)]
+    parts += [(f"its volume {v.container_path} at", v.rootfs, v.writable) for v in record.volumes]
+    gone = [(what, rootfs, writable, problem) for what, rootfs, writable in parts
+            if (problem := rootfs_problem(record.backend, rootfs)) is not None]  # fmt: skip
+    if not gone:
+        return False
+    found = info()
+    images = {found.rootfs: found.image, **{v.rootfs: v.image for v in found.volumes}}
+    for what, rootfs, writable, problem in gone:
         # Its process lives: mounted again, two would serve one upper if it went on.
         if problem == NOT_ANSWERING or not isinstance(backend, Remountable):
             raise BackendError(f"{what} {rootfs} {problem}")
+        image = images[rootfs]
         try:
             backend.remount(image.layers, blobs_for(image), rootfs, writable=writable)
         except LazyfsError as error:
             raise BackendError(f"{what} {rootfs} {problem}: {error}") from error
-        again = rootfs_problem(info.backend, rootfs)
+        again = rootfs_problem(record.backend, rootfs)
         if again is not None:
             raise BackendError(f"{what} {rootfs} {again} after mounting it again")
-        revived = True
-    return revived
+    return True

@@ -35,7 +35,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
@@ -216,7 +216,7 @@ class Store:
             manifest = _record(path.read_bytes())
         except FileNotFoundError:
             return None
-        except _DAMAGE as exc:
+        except DAMAGE as exc:
             raise BadImage(f"store record of {reference} is damaged: {exc}") from exc
         if not all(self.has_blob(layer.digest) for layer in manifest.layers):
             return None
@@ -239,7 +239,7 @@ class Store:
                 manifest = _record(path.read_bytes())
             except FileNotFoundError:
                 continue
-            except (OSError, *_DAMAGE):
+            except (OSError, *DAMAGE):
                 found.append((path, None))
                 continue
             current = path == self._image_path(manifest.reference, manifest.platform)
@@ -302,12 +302,18 @@ class Store:
 
 
 # What a damaged image record raises as it is read (a field of the wrong JSON type too).
-_DAMAGE = (ValueError, KeyError, TypeError, AttributeError, BadImage)
+DAMAGE = (ValueError, KeyError, TypeError, AttributeError, BadImage)
 
 
 def _record(data: bytes) -> ImageManifest:
-    """The image a record holds; one of ``_DAMAGE`` for a damaged one."""
-    manifest = ImageManifest.from_json(json.loads(data))
+    """The image a record holds; one of ``DAMAGE`` for a damaged one."""
+    return manifest_of(json.loads(data))
+
+
+def manifest_of(doc: dict[str, Any]) -> ImageManifest:
+    """The image a record's JSON holds (``ImageManifest.to_json``'s, read back, in the store
+    or a container's record); one of ``DAMAGE`` for a damaged one."""
+    manifest = ImageManifest.from_json(doc)
     for layer in manifest.layers:
         parse_digest(layer.digest)  # named as a file of the store's blobs
     return manifest

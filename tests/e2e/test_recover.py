@@ -177,12 +177,19 @@ def test_a_kept_container_is_mounted_again_from_its_own_image_after_its_tag_move
     )  # fmt: skip
     rootfs, volume = Path(info["rootfs"]), Path(info["volumes"][0]["rootfs"])
     (rootfs / "mine").write_text("the container's own\n")
-    # A record of an earlier lazyfs holds no manifest: the store's has to be the same image.
-    old = Path(json.loads(lazyfs("provision", "t2", image, "--backend", "fuse").stdout)["rootfs"])
-    record = lazyfs.work_dir / "provisioner/containers/t2/info.json"
-    written = json.loads(record.read_text())
-    del written["image"]["manifest"]
-    record.write_text(json.dumps(written))
+    # Records of an earlier lazyfs hold no manifest: to mount one again, the store's has to
+    # be the same image; one that needs no mounting needs no image.
+    for cid in ("t2", "t3"):
+        lazyfs("provision", cid, image, "--backend", "fuse")
+        record = lazyfs.work_dir / f"provisioner/containers/{cid}/info.json"
+        written = json.loads(record.read_text())
+        if cid == "t2":  # a damaged one counts as none
+            written["image"]["manifest"]["config"] = []
+        else:
+            del written["image"]["manifest"]
+        record.write_text(json.dumps(written))
+    t2 = lazyfs.work_dir / "provisioner/containers/t2/info.json"
+    old = Path(json.loads(t2.read_text())["rootfs"])
     # The tag moves on, and the store follows it.
     shutil.rmtree(place)
     shutil.move(build("2"), place)
@@ -191,13 +198,14 @@ def test_a_kept_container_is_mounted_again_from_its_own_image_after_its_tag_move
     kill_mount_process(volume)
     kill_mount_process(old)
 
-    report = json.loads(lazyfs("recover", "--keep", "t1", "t2", check=False).stdout)
+    report = json.loads(lazyfs("recover", "--keep", "t1", "t2", "t3", check=False).stdout)
     assert report["remounted"] == ["t1"], report
     assert "gone from the store" in report["broken"]["t2"]  # not mounted from another image
+    assert report["kept"] == ["t1", "t3"] and "t3" not in report["broken"]
     # The image the container was made from, under the writes it made.
     assert (rootfs / "version").read_text() == "version 1\n"
     assert (volume / "version").read_text() == "version 1\n"
     assert (rootfs / "mine").read_text() == "the container's own\n"
-    lazyfs("destroy", "t1")
-    lazyfs("destroy", "t2")
+    for cid in ("t1", "t2", "t3"):
+        lazyfs("destroy", cid)
     assert mounts_under(lazyfs.work_dir) == []
