@@ -242,7 +242,14 @@ def _pass_on(runc: subprocess.Popen[bytes], pidfd: list[int], signum: int) -> bo
     knows, would go by pid to whatever process has that pid by then. Without one, by pid.
     """
     if not pidfd:
-        runc.send_signal(signum)  # polls first: nothing to an ended runc it could reap
+        # ``wait`` holds Popen's lock as this handler runs: its ``poll`` cannot tell an
+        # ended runc, so ask without reaping. A pid reaped as the handler came stays a risk.
+        try:
+            if os.waitid(os.P_PID, runc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return False
+        except ChildProcessError:
+            return False  # reaped
+        runc.send_signal(signum)
         return runc.returncode is None
     try:
         if os.waitid(os.P_PIDFD, pidfd[0], os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:

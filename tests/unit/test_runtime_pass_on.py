@@ -51,3 +51,13 @@ def test_an_ended_runc_not_reaped_yet_is_sent_nothing(by_pidfd: bool) -> None:
         for fd in pidfd:
             os.close(fd)
         process.wait()
+
+
+def test_an_ended_runc_is_sent_nothing_by_pid_while_wait_holds_popens_lock() -> None:
+    process = subprocess.Popen(["true"])
+    try:
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # ended: a zombie now
+        with process._waitpid_lock:  # type: ignore[attr-defined]  # as inside ``wait``
+            assert not _pass_on(process, [], signal.SIGTERM)
+    finally:
+        process.wait()
