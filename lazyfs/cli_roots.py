@@ -12,7 +12,12 @@ its store under ``/tmp``, and a path there is only as safe as each step.
 So, run by root, each root directory given or defaulted must pass
 ``providers.mount_path.others_can_move``, the rule ``lazyfs
 mount`` holds its mount point to: every step root's alone, or root's in a
-sticky directory. The part of the path that does not exist yet is made by
+sticky directory. One that exists must be root's and closed to others'
+writes too: what another user put in it before lazyfs closed it (a
+``runc`` state directory whose hooks root would run, a symlink where the
+cache daemon writes its pid) would be trusted as lazyfs' own, so ``/tmp``
+itself, or a directory made ``1777`` for Mesos, is refused rather than
+closed. The part of the path that does not exist yet is made by
 root later; but where its first missing directory would go in a sticky
 directory (``/tmp``), another user could make it first, so it is made now
 and checked as made, and in another directory others may write it is
@@ -63,8 +68,15 @@ def _unsafe(path: Path) -> str | None:
     while not os.path.lexists(at):
         missing, at = at, at.parent
     why = others_can_move(str(at))
-    if why is not None or missing is None:
+    if why is not None:
         return why
+    if missing is None:  # there: what is in it is trusted
+        found = os.stat(path)
+        if found.st_uid != 0:
+            return f"is a directory of uid {found.st_uid}"
+        if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return "is a directory others may write, and what they put in it would be trusted"
+        return None
     holder = os.stat(at)
     if holder.st_uid != 0:
         return f"would be made in {at}, a directory of uid {holder.st_uid}"

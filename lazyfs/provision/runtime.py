@@ -25,6 +25,7 @@ from typing import Any
 from lazyfs.provision.image_user import resolve_user
 from providers.errors import BadImage, LazyfsError
 from providers.manifest import RuntimeConfig
+from providers.private_dir import private_dir
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -181,7 +182,7 @@ def run_bundle(
     ``told`` is called with each signal passed on while runc ran, in the
     handler: the container did not end by itself.
     """
-    state_root.mkdir(parents=True, exist_ok=True)
+    private_dir(state_root)  # ours alone: runc runs the hooks of the state it finds there
     argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
     # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it.
     forwarded = [

@@ -115,3 +115,33 @@ def test_a_work_dir_to_be_made_in_another_users_directory_is_refused_unmade(
     line = one_line_error(work("images", check=False))
     assert f"would be made in {theirs}, a directory of uid {NOBODY}" in line
     assert list(theirs.iterdir()) == []
+
+
+def test_a_work_dir_others_may_write_is_refused_as_it_is(lazyfs: Lazyfs, shared: Path) -> None:
+    # Root's own, but a user put a runc state directory in it first: runc would run the
+    # hooks of the state they write there, as root.
+    planted = shared / "runc"
+    planted.mkdir()
+    os.chown(planted, NOBODY, NOBODY)
+    for argv in (["images"], ["provision", "c1", "busybox", "--backend", "copy"]):
+        result = Lazyfs(shared, lazyfs.image_dir)(*argv, check=False)
+        line = one_line_error(result)
+        assert line.startswith(f"lazyfs: --work_dir {shared}: is a directory others may write")
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777  # not closed over what is in it
+    assert sorted(p.name for p in shared.iterdir()) == ["runc"]
+
+
+def test_a_cache_dir_of_another_user_is_refused(lazyfs: Lazyfs, tmp_path: Path) -> None:
+    theirs = tmp_path / "their-cache"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    result = lazyfs("cache", "--cache_dir", str(theirs), check=False)
+    assert f"--cache_dir {theirs}: is a directory of uid {NOBODY}" in one_line_error(result)
+
+
+def test_a_runc_state_directory_of_another_user_is_refused(lazyfs: Lazyfs) -> None:
+    # Made before the work dir was closed (or by hand): runc would run its states' hooks.
+    (lazyfs.work_dir / "runc").mkdir(parents=True)
+    os.chown(lazyfs.work_dir / "runc", NOBODY, NOBODY)
+    result = lazyfs("run", "--backend", "copy", "busybox", "--", "true", check=False)
+    assert f"{lazyfs.work_dir / 'runc'} is owned by uid {NOBODY}" in one_line_error(result)
