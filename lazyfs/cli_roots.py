@@ -22,8 +22,10 @@ root later; but where its first missing directory would go in a sticky
 directory (``/tmp``), another user could make it first, so it is made now
 and checked as made, and in another directory others may write it is
 refused. Other users' lazyfs has nothing of root's to lose and is not held
-to this. Root in a user namespace, where ``/`` is not its own, is refused
-every root directory.
+to this; it is only told, in one line naming the flag, of a root directory
+it cannot use (root's ``/var/lib/lazyfs``, the default), rather than fail
+on its first write with a bare "Permission denied". Root in a user
+namespace, where ``/`` is not its own, is refused every root directory.
 """
 
 from __future__ import annotations
@@ -42,8 +44,14 @@ from providers.private_dir import PRIVATE
 
 def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     """UsageError, naming the flag, for a root directory another user could change (run by
-    root only). ``roots``: each flag's directory, absolute."""
+    root), or not this user's to use (run by another). ``roots``: each flag's directory,
+    absolute."""
     if os.geteuid() != 0:
+        for flag, path in roots.items():
+            why = _not_ours(path)
+            if why is not None:
+                raise UsageError(f"{source(args, flag)} {path}: {why}; use a directory of your"
+                                 f" own (--{flag})")  # fmt: skip
         return
     for flag, path in roots.items():
         try:
@@ -56,6 +64,22 @@ def check_roots(args: argparse.Namespace, roots: dict[str, Path]) -> None:
                 " names; as root, use a directory only root can change (such as one under"
                 " /var/lib)"
             )
+
+
+def _not_ours(path: Path) -> str | None:
+    """Why this user, not root, cannot use ``path`` as a root directory, or None."""
+    at = path
+    while not os.path.lexists(at):
+        at = at.parent
+    try:
+        found = os.stat(at)
+    except OSError as error:
+        return f"cannot be looked at: {error.strerror or error}"
+    if at == path:
+        return None if found.st_uid == os.geteuid() else f"is a directory of uid {found.st_uid}"
+    if not os.access(at, os.W_OK | os.X_OK):
+        return f"would be made in {at}, where this user may not write"
+    return None
 
 
 def _unsafe(path: Path) -> str | None:

@@ -49,6 +49,7 @@ from lazyfs.fs.mount_peers import wait_ended
 from lazyfs.fs.mount_wire import (
     READY,
     REFUSED,
+    failure,
     layer_arg,
     parse_layer_arg,
     parse_layer_args,
@@ -63,7 +64,7 @@ from lazyfs.fs.unmount import (
     signal_pid,
     unmount,
 )
-from providers.errors import BackendError, BadEntry
+from providers.errors import BackendError, BadEntry, UsageError
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
@@ -240,8 +241,7 @@ def mount(
             with contextlib.suppress(OSError):  # the refusal is what the caller must hear
                 set_aside(store / "layers", named)
         raise error
-    reason = answer.decode(errors="replace").strip() or _last_line(log_path)
-    raise BackendError(f"mounting {mountpoint} failed: {reason or 'the mount process died'}")
+    raise BackendError(f"mounting {mountpoint} failed: {failure(answer, log_path)}")
 
 
 def _start(
@@ -322,6 +322,8 @@ def mount_recorded(
     other users (``0700``): the upper gets copies of the image's setuid
     files. The caller removes ``record`` when this fails and after ``unmount``.
     """
+    if writable and os.geteuid() != 0:
+        raise UsageError("a writable fuse mount needs root: its upper keeps the image's owners")
     private_dir(record)
     upper = work = None
     if writable:
@@ -358,14 +360,6 @@ def _abandon(pid: int, mountpoint: Path, timeout: float) -> None:
     signal_pid(pid, signal.SIGKILL)
     wait_ended(pid, timeout)
     fusermount_unmount(mountpoint)
-
-
-def _last_line(log_path: Path) -> str:
-    try:
-        lines = log_path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
 
 
 def open_complete(cache_dir: Path, digest: Digest) -> BinaryIO | None:

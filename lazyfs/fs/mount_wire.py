@@ -6,8 +6,8 @@ annotations, and for a layer still in a registry its ``origin``).
 ``read_answer``: the mount process's last answer on its ready pipe.
 ``refusal`` and ``refused_error``: an error the mount process raised while
 indexing, as the answer line that carries it back, and the same error again
-on the caller's side. The answers themselves (``INDEXED``, ``READY``) are
-described in ``lazyfs.fs.mount``.
+on the caller's side; ``failure``: why it failed otherwise. The answers
+themselves (``INDEXED``, ``READY``) are described in ``lazyfs.fs.mount``.
 
 Light: providers only; ``lazyfs.cache.remote`` is loaded for a remote
 layer's origin alone, so a mount process of local layers starts without it.
@@ -219,3 +219,17 @@ def read_answer(fd: int, timeout: float) -> bytes:
         if answer == READY:
             return answer
     return answer if answer else b"timed out waiting for the mount"
+
+
+def failure(answer: bytes, log_path: Path) -> str:
+    """Why a mount process failed, from its ``answer`` and its log: what libfuse or
+    fusermount3 said there too (the log goes with the mount's record)."""
+    try:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    reason = answer.decode(errors="replace").strip() or (lines[-1] if lines else "")
+    said = [line for line in lines if line.startswith(("fuse: ", "fusermount"))]
+    if said and said[-1] not in reason:
+        reason = f"{reason} ({said[-1]})" if reason else said[-1]
+    return reason or "the mount process died"

@@ -11,12 +11,16 @@ once it was checked.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.support.lazyfs_cli import Lazyfs, one_line_error
+from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +149,24 @@ def test_a_runc_state_directory_of_another_user_is_refused(lazyfs: Lazyfs) -> No
     os.chown(lazyfs.work_dir / "runc", NOBODY, NOBODY)
     result = lazyfs("run", "--backend", "copy", "busybox", "--", "true", check=False)
     assert f"{lazyfs.work_dir / 'runc'} is owned by uid {NOBODY}" in one_line_error(result)
+
+
+def test_another_user_is_told_of_a_root_dir_it_cannot_use(lazyfs: Lazyfs) -> None:
+    base = Path(tempfile.mkdtemp(prefix="lazyfs-roots-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "roots").mkdir(mode=0o700)  # root's, as /var/lib/lazyfs is
+        for work, expected in [
+            (base / "roots", "is a directory of uid 0"),
+            (base / "new" / "work", f"would be made in {base}, where this user may not write"),
+        ]:
+            result = subprocess.run(
+                [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "pull", "busybox"],
+                capture_output=True, text=True, timeout=60, cwd=REPO, user=NOBODY,
+                group=NOBODY, extra_groups=[], stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            line = one_line_error(result)
+            assert line.startswith(f"lazyfs: --work_dir {work}: {expected}"), line
+            assert line.endswith("use a directory of your own (--work_dir)")
+    finally:
+        shutil.rmtree(base)
