@@ -27,8 +27,10 @@ class CacheUnavailable(TemporaryFailure):
 
 class DaemonLink:
     """Requests to the daemon of ``cache_dir``, each on a connection of its own while it is
-    out (a small pool of idle ones), waiting up to ``wait`` seconds for a daemon that is
-    gone. ``hint``: its asks are hints, and a daemon not answering is no warning."""
+    out (a small pool of idle ones), waiting for a daemon that is gone up to ``wait``
+    seconds from when it stopped answering: for every ask, not each (a read's read-ahead,
+    then the kernel's read, each waited a minute of their own). ``hint``: its asks are
+    hints, and a daemon not answering is no warning."""
 
     def __init__(self, cache_dir: Path, *, wait: float, hint: bool) -> None:
         self.cache_dir = cache_dir
@@ -39,6 +41,7 @@ class DaemonLink:
         self._lock = threading.Lock()
         self._idle: list[Connection] = []
         self._layout_agreed = False  # whether the daemon answering has said its chunk size
+        self._down: float | None = None  # since when it has not answered (monotonic)
 
     def close(self) -> None:
         with self._lock:
@@ -62,12 +65,17 @@ class DaemonLink:
                 self._layout_agreed = False
                 now = time.monotonic()
                 if deadline is None:
-                    deadline = now + self.wait
-                    # Expected while the daemon starts beside this mount: no warning then.
-                    quiet = self.hint or starting(self.cache_dir)
-                    level = logging.INFO if quiet else logging.WARNING
-                    log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to %gs "
-                            "for it", self._socket, error, self.wait)  # fmt: skip
+                    with self._lock:
+                        first = self._down is None
+                        if self._down is None:
+                            self._down = now
+                        deadline = self._down + self.wait
+                    if first:
+                        # Expected while the daemon starts beside this mount: no warning then.
+                        quiet = self.hint or starting(self.cache_dir)
+                        level = logging.INFO if quiet else logging.WARNING
+                        log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to"
+                                " %gs for it", self._socket, error, self.wait)  # fmt: skip
                 if now >= deadline:
                     raise CacheUnavailable(
                         f"the cache daemon at {self._socket} did not answer within "
@@ -78,7 +86,9 @@ class DaemonLink:
                 pause = min(pause * 2, 0.2)
                 continue
             self._give(connection)
-            if deadline is not None:
+            with self._lock:
+                back, self._down = self._down is not None, None
+            if back:
                 log.info("cache daemon at %s answers again", self._socket)
             if isinstance(response, Failure):
                 raise failure_error(request, response)

@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,27 @@ def test_a_daemon_that_went_away_and_is_not_starting_is_warned_about(
 ) -> None:
     _dead_socket(tmp_path)
     assert _unreachable_level(tmp_path, caplog) == logging.WARNING
+
+
+def test_a_miss_waits_from_when_the_daemon_stopped_answering_not_from_its_own_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock that moves only as the client sleeps: each wait is counted, none is spent.
+    clock = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", sleep)
+    client = CacheClient(tmp_path, {BLOB: RemoteBlob(HandleOrigin("blobs"), len(DATA))}, wait=5)
+    with pytest.raises(CacheUnavailable):
+        client.read_range(BLOB, 0, 10)  # a read-ahead: waits its 5 s
+    assert sum(slept) == pytest.approx(5)
+    slept.clear()
+    with pytest.raises(CacheUnavailable):
+        client.read_range(BLOB, 100, 10)  # the kernel's read after it: no minute of its own
+    assert slept == []
+    client.close()
