@@ -24,6 +24,7 @@ directory, so writes made through a writable mount are gone afterwards.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -72,7 +73,14 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
         raise UsageError("lazyfs mount --suid and --dev need root")
     # Where the kernel mounts, and the mount table and the record name it: symlinks followed.
     mountpoint = Path(os.path.realpath(mountpoint))
-    if not mountpoint.is_dir():
+    try:
+        is_dir = mountpoint.is_dir()
+    except OSError as error:
+        if error.errno != errno.ENOTCONN:
+            raise
+        raise Conflict(f"{mountpoint} is a mount whose process is gone: take it down with"
+                       f" lazyfs umount {mountpoint}") from None  # fmt: skip
+    if not is_dir:
         raise UsageError(f"mount point {mountpoint} is not a directory")
     if lazy_mount.is_mounted(mountpoint):
         raise Conflict(f"{mountpoint} is already a mount point")

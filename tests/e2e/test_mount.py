@@ -202,6 +202,9 @@ def test_umount_takes_down_a_mount_whose_process_died_or_stopped(
     pid = int((record / "pid").read_text())
     os.kill(pid, fate)
     try:
+        if fate == signal.SIGKILL:  # mounting over a dead one says what to do
+            line = one_line_error(lazyfs("mount", "busybox", str(mountpoint), check=False))
+            assert line.endswith(f"take it down with lazyfs umount {mountpoint}"), line
         # Looking at the mount point now asks a dead mount (ENOTCONN) or a stopped one.
         result = lazyfs("umount", str(mountpoint), check=False, timeout=60)
         assert result.returncode == 0, result.stderr
