@@ -86,15 +86,11 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
 
     def write_bundle(info: ProvisionInfo) -> int | None:
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
-        # What the command sees: its volumes too, each checked runc can mount it.
-        view = container_view(info)
         wanted = with_run_flags(info.config, args.env, args.user, os.environ, workdir)
-        # Who it runs as, from the container's /etc, which a volume may be. bundle_config
-        # would look in the rootfs alone: it is given the ids, then the groups and HOME.
-        user = resolve_user(info.rootfs, wanted.user, in_root(view, "/etc"))
         config = runtime.bundle_config(
             info.rootfs,
-            replace(wanted, user=f"{user.uid}:{user.gid}"),
+            # Its user comes after: bundle_config would look in the rootfs alone.
+            replace(wanted, user="0:0"),
             command,
             # The copy backend's rootfs is writable whatever was asked: runc
             # makes it read-only then.
@@ -102,9 +98,14 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             # Relative: runc puts it under the cgroup of the process that runs it.
             cgroups_path=f"lazyfs/{container_id}",
         )
+        # What the command sees: runc's own mounts, then the volumes, each checked runc
+        # can mount it.
+        view = container_view(info, config["mounts"])
         config["mounts"].extend(volume_mounts(info))
+        # Who it runs as, from the container's /etc, which a volume may be.
+        user = resolve_user(info.rootfs, wanted.user, in_root(view, "/etc"))
         process = config["process"]
-        process["user"]["additionalGids"] = list(user.groups)
+        process["user"] = {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.groups)}
         process["env"] = runtime.environment(wanted, user.home)
         require_workdir(view, process["cwd"])
         # As a shell says it, not as runc's failure to start (status 1).
@@ -231,11 +232,12 @@ def clean_workdir(workdir: str | None) -> str:
 
 def require_workdir(root: Path | ContainerView, cwd: str, *, made: bool = False) -> None:
     """UsageError unless the container has the working directory ``cwd`` as a directory, or
-    lacks it below a directory runc can make it in, on a writable rootfs or ``rw`` volume.
+    lacks it below a directory runc can make it in: on a writable rootfs, an ``rw`` volume
+    or runc's tmpfs.
 
     ``root``: the container's view, or a rootfs alone (writable if ``made``). runc would
-    fail in words of its own: to make it on a read-only mount, or to make or enter one
-    that is not a directory.
+    fail in words of its own: to make it on a read-only mount or through a symlink to
+    what is missing, or to make or enter one that is not a directory.
     """
     from lazyfs.cli_exec import ContainerView, shown
 
@@ -246,12 +248,23 @@ def require_workdir(root: Path | ContainerView, cwd: str, *, made: bool = False)
         raise UsageError(
             f"the working directory {shown(cwd)} has too many levels of symbolic links"
         )
+    if not place.seen:
+        # In /proc or /sys runc enters a directory the kernel has there and fails to make
+        # one it has not, as anywhere; which it is, the kernel tells runc alone.
+        return
     found = place.found
     where = view.named(found)
     if len(found) < len(place.parts):
         # Under a file (/etc/motd/x), runc could make it no more than enter it.
         if not view.is_dir(found):
             raise UsageError(f"the working directory {shown(cwd)} is under a file in {where}")
+        if place.linked:
+            # runc makes it as mkdir -p does, by its own names: a dangling link is one.
+            missing = "/" + "/".join(place.parts[: place.there + 1])
+            raise UsageError(
+                f"the working directory {shown(cwd)} leads through a symbolic link to"
+                f" {shown(missing)}, which runc cannot make"
+            )
         if not view.can_make(found):
             what, fix = view.read_only(found)
             raise UsageError(f"{what} has no working directory {shown(cwd)} to run in ({fix})")

@@ -9,17 +9,22 @@ stops there), a bare name is looked up in the container's ``PATH`` as runc
 looks it up (Go's ``exec.LookPath``: the first regular file with an execute
 bit), a name with a slash is taken from the working directory.
 
-The container is more than its rootfs: ``run`` bind-mounts image volumes
-in it, and a command, a ``PATH`` entry or a working directory may be in
-one. So the walk is through a ``ContainerView``: the rootfs, with each
-volume's rootfs in place of what lies below its path (of the volumes at
-or above a path, the deepest has it: outer paths are mounted first), and
-the directories runc makes to mount them on.
+The container is more than its rootfs: runc mounts its own filesystems
+in it (/proc, a tmpfs at /dev...), ``run`` bind-mounts image volumes
+over those, and a command, a ``PATH`` entry or a working directory may
+be in one. So the walk is through a ``ContainerView``: the rootfs, with
+each mount in place of what lies below its path (of the mounts at or
+above a path, the deepest has it: outer paths are mounted first), and
+the directories runc makes to mount them on, which hold nothing else
+where the tree below has none. A volume is its rootfs; runc's tmpfs,
+devpts and mqueue are new, with no directory; what /proc and /sys hold
+is the kernel's, not known before runc runs, so a walk into one stops
+there (``Place.seen``) and runc judges.
 A symlink is read in whichever tree holds it and followed in the
 container, an absolute target from the container's root, as the kernel
 follows it once the volumes are mounted; ``..`` climbs out of a volume
-into what it is mounted on. A bare rootfs path is the view of a
-container without volumes.
+into what it is mounted on, and fails after a file (ENOTDIR). A bare
+rootfs path is the view of a container without mounts.
 
 Only reads; a rootfs changed by the command itself later is not its concern.
 The image is hostile: the walk is bounded (``_MAX_STEPS``), and the words
@@ -50,22 +55,43 @@ _SHOWN_MOST = 300  # characters of image text in a message: a PATH may be 16 MiB
 
 @dataclass(frozen=True)
 class Mount:
-    """A directory mounted in a container: ``source`` at ``parts``, the path runc mounts it
-    on (symlinks resolved); ``writable`` there or not; ``name``, its path as given."""
+    """A filesystem mounted in a container at ``parts``, the path runc mounts it on (symlinks
+    resolved): a volume's rootfs (``source``), or one of runc's own (None), of the OCI type
+    ``kind``; ``writable`` there or not; ``name``, its path as given."""
 
     parts: tuple[str, ...]
-    source: Path
+    source: Path | None
     writable: bool
     name: str
+    kind: str = "bind"
+
+    @property
+    def seen(self) -> bool:
+        """Whether what it holds is known here: a volume's rootfs, or one of runc's that
+        is new and has no directory (the files of a devpts or mqueue are not looked for)."""
+        return self.source is not None or self.kind in ("tmpfs", "devpts", "mqueue")
 
 
 @dataclass(frozen=True)
 class Place:
     """Where a container path leads: ``parts`` with symlinks resolved, of which the first
-    ``there`` are there (all of them: the path is), the rest names of what is not."""
+    ``there`` are there (all of them: the path is), the rest names of what is not.
+
+    Not ``seen``: the rest is in a filesystem of the kernel's (/proc, /sys), whose
+    contents are not known here (names, not resolved). ``linked``: the first part
+    missing is one a symlink leads to, not one of the path's own; ``mkdir -p`` stops at
+    that link (told without ``past_missing`` only).
+    """
 
     parts: tuple[str, ...]
     there: int
+    seen: bool = True
+    linked: bool = False
+
+    @property
+    def exists(self) -> bool:
+        """Whether the path is there, all of it."""
+        return self.seen and self.there == len(self.parts)
 
     @property
     def found(self) -> tuple[str, ...]:
@@ -94,16 +120,22 @@ class ContainerView:
                 found = mount
         return found
 
-    def host(self, parts: Sequence[str]) -> Path:
-        """Where the container path ``parts`` is on this machine."""
+    def host(self, parts: Sequence[str]) -> Path | None:
+        """Where the container path ``parts`` would be on this machine; None in one of
+        runc's own filesystems, which are not."""
         mount = self.holder(parts)
         if mount is None:
             return self.rootfs.joinpath(*parts)
+        if mount.source is None:
+            return None
         return mount.source.joinpath(*parts[len(mount.parts) :])
 
     def is_dir(self, parts: Sequence[str]) -> bool:
         """Whether the container path ``parts``, which is there, is a directory."""
-        return self.made_dir(parts) or self.host(parts).is_dir()
+        if self.made_dir(parts):
+            return True
+        host = self.host(parts)
+        return host is not None and host.is_dir()
 
     def made_dir(self, parts: Sequence[str]) -> bool:
         """Whether ``parts`` is the container's root, a mount's, or above one: a directory
@@ -122,7 +154,13 @@ class ContainerView:
     def named(self, parts: Sequence[str]) -> str:
         """What holds ``parts``, as a message names it."""
         mount = self.holder(parts)
-        return "the rootfs" if mount is None else f"volume {mount.name}"
+        if mount is None:
+            return "the rootfs"
+        return (
+            f"volume {mount.name}"
+            if mount.source is not None
+            else f"runc's {mount.kind} at {mount.name}"
+        )
 
     def read_only(self, parts: Sequence[str]) -> tuple[str, str]:
         """What holds ``parts``, read-only, as a message names it; and what would make it
@@ -130,6 +168,8 @@ class ContainerView:
         mount = self.holder(parts)
         if mount is None:
             return "the read-only rootfs", "run it without --read-only"
+        if mount.source is None:
+            return f"runc's {mount.kind} at {mount.name}", "use a path outside it"
         return f"the read-only volume {mount.name}", f"mount {mount.name} with :rw"
 
     def find(self, path: str, *, past_missing: bool = False) -> Place | None:
@@ -139,15 +179,17 @@ class ContainerView:
         ``past_missing`` it takes what follows as names (``..`` going up), as runc
         resolves where to make a mount point.
         """
-        found = _walk(self, path, None, past_missing=past_missing)
-        return None if found is None else Place(tuple(found[0]), found[1])
+        return _walk(self, path, None, past_missing=past_missing)
 
-    def mounted(self, place: Place, source: Path, *, writable: bool, name: str) -> ContainerView:
-        """This view with ``source`` mounted at ``place``, over the mounts it hides."""
-        mount = Mount(place.parts, source, writable, name)
+    def mounted(
+        self, place: Place, source: Path | None, *, writable: bool, name: str, kind: str = "bind"
+    ) -> ContainerView:
+        """This view with ``source`` (None: runc's ``kind``) mounted at ``place``, over the
+        mounts it hides."""
+        mount = Mount(place.parts, source, writable, name, kind)
         depth = len(mount.parts)
-        seen = tuple(m for m in self.mounts if m.parts[:depth] != mount.parts)
-        return ContainerView(self.rootfs, self.writable, (*seen, mount))
+        kept = tuple(m for m in self.mounts if m.parts[:depth] != mount.parts)
+        return ContainerView(self.rootfs, self.writable, (*kept, mount))
 
 
 def _view(root: Path | ContainerView) -> ContainerView:
@@ -176,7 +218,8 @@ def exec_problem(
     """None if ``args[0]`` can be executed in ``root`` (a rootfs, or a container's view);
     else the line and exit status.
 
-    None too when telling would take more than ``_MAX_STEPS`` filesystem calls.
+    None too when telling would take more than ``_MAX_STEPS`` filesystem calls, or
+    looking in /proc or /sys, which runc alone sees.
     """
     if not args:
         return None
@@ -196,18 +239,26 @@ def _problem(
 ) -> tuple[str, int] | None:
     if "/" not in name:
         path = _env_value(env, "PATH")
+        unseen = False  # an entry in /proc or /sys: whether it has the command, runc tells
         for directory in path.split(":"):
-            found = _found(view, f"{_absolute(directory or '.', cwd)}/{name}", budget)
-            if found is not None and _why_not_executable(found, budget) is None:
+            place = _walk(view, f"{_absolute(directory or '.', cwd)}/{name}", budget)
+            if place is None:
+                continue
+            unseen = unseen or not place.seen
+            if place.exists and _why_not_executable(view, place, budget) is None:
                 return None
+        if unseen:
+            return None
         return (
             f"{shown(name)}: command not found in the container (PATH={shown(path)})",
             NOT_FOUND,
         )
-    found = _found(view, _absolute(name, cwd), budget)
-    if found is None:
+    place = _walk(view, _absolute(name, cwd), budget)
+    if place is not None and not place.seen:
+        return None
+    if place is None or not place.exists:
         return f"{shown(name)}: no such file in the container", NOT_FOUND
-    why = _why_not_executable(found, budget)
+    why = _why_not_executable(view, place, budget)
     if why is not None:
         return f"{shown(name)}: cannot be executed in the container: {why}", NOT_EXECUTABLE
     return None
@@ -235,7 +286,10 @@ def _env_value(env: Sequence[str], key: str) -> str:
     return ""
 
 
-def _why_not_executable(path: Path, budget: _Budget) -> str | None:
+def _why_not_executable(view: ContainerView, place: Place, budget: _Budget) -> str | None:
+    path = view.host(place.parts)
+    if path is None or view.made_dir(place.parts):  # in runc's tmpfs, only those it makes
+        return "it is a directory"
     budget.spend()
     try:
         mode = os.stat(path).st_mode
@@ -252,34 +306,39 @@ def _why_not_executable(path: Path, budget: _Budget) -> str | None:
 
 def in_root(root: Path | ContainerView, path: str) -> Path | None:
     """Where ``path`` of the container is on this machine, under ``root`` (a rootfs, or a
-    container's view); None if it does not exist.
+    container's view); None if it does not exist, or is not on this machine: in runc's
+    own filesystems, or a directory runc makes where the tree below has none.
 
     The final component is resolved too, so the answer is never a symlink.
     """
-    return _found(_view(root), path, None)
-
-
-def _found(view: ContainerView, path: str, budget: _Budget | None) -> Path | None:
-    walked = _walk(view, path, budget)
-    if walked is None or walked[1] < len(walked[0]):
+    view = _view(root)
+    place = _walk(view, path, None)
+    if place is None or not place.exists:
         return None
-    return view.host(walked[0])
+    host = view.host(place.parts)
+    return host if host is not None and os.path.lexists(host) else None
 
 
 def _walk(
     view: ContainerView, path: str, budget: _Budget | None, *, past_missing: bool = False
-) -> tuple[list[str], int] | None:
-    """``path`` resolved in ``view`` (see ``ContainerView.find``): its parts, and how many
-    of them, from the first, are there. Each lstat and readlink is spent from ``budget``
-    (none: not bounded)."""
+) -> Place | None:
+    """``path`` resolved in ``view`` (see ``ContainerView.find``). Each lstat, stat and
+    readlink is spent from ``budget`` (none: not bounded)."""
     # Reversed, taken from the end: a path may have millions of parts.
     todo = [part for part in reversed(path.split("/")) if part not in ("", ".")]
+    own = len(todo)  # the path's own parts, below those of the links met
     done: list[str] = []
     there: int | None = None  # once a part is missing: how many before it are there
     links = 0
     while todo:
+        linked = len(todo) > own
+        own = min(own, len(todo) - 1)
         part = todo.pop()
         if part == "..":
+            # The kernel looks ``..`` up in what comes before: a file has none (ENOTDIR).
+            # runc finds where to mount by names alone (securejoin), as past_missing does.
+            if there is None and done and not past_missing and not _is_dir(view, done, budget):
+                return Place((*done, part, *reversed(todo)), len(done))
             if done:
                 done.pop()
             if there is not None and len(done) <= there:
@@ -291,17 +350,21 @@ def _walk(
         if view.made_dir([*done, part]):
             done.append(part)
             continue
+        mount = view.holder([*done, part])
+        if mount is not None and not mount.seen:
+            return Place((*done, part, *reversed(todo)), len(done), seen=False)
         here = view.host([*done, part])
         if budget is not None:
             budget.spend()
         try:
+            if here is None:  # runc's tmpfs...: nothing but what runc makes in it
+                raise FileNotFoundError
             mode = os.lstat(here).st_mode
         except OSError:
             there = len(done)
             done.append(part)
             if not past_missing:
-                done.extend(reversed(todo))
-                return done, there
+                return Place((*done, *reversed(todo)), there, linked=linked)
             continue
         if stat.S_ISLNK(mode):
             links += 1
@@ -315,4 +378,10 @@ def _walk(
             todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
             continue
         done.append(part)
-    return done, len(done) if there is None else there
+    return Place(tuple(done), len(done) if there is None else there)
+
+
+def _is_dir(view: ContainerView, parts: Sequence[str], budget: _Budget | None) -> bool:
+    if budget is not None and not view.made_dir(parts):
+        budget.spend()
+    return view.is_dir(parts)

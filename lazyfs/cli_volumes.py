@@ -8,18 +8,20 @@ All of it is checked before anything is fetched.
 
 ``run`` bind-mounts each volume's rootfs at its path in the container,
 read-only unless its mode is ``rw`` (``volume_mounts``), outer paths first,
-and looks for the command, its working directory and its user in the
-container those mounts make (``container_view``), volumes included. Where
-runc could not mount a volume, that is one line before runc runs rather
-than runc's log line after it: runc resolves each path in what is mounted
-before it (the rootfs and the volumes outside it), mounts on a directory
-there, and makes a missing one only where it can write.
+after runc's own mounts (/proc, a tmpfs at /dev...), and looks for the
+command, its working directory and its user in the container those mounts
+make (``container_view``), volumes included. Where runc could not mount a
+volume, that is one line before runc runs rather than runc's log line
+after it: runc resolves each path in what is mounted before it (the
+rootfs, its own mounts and the volumes outside it), mounts on a directory
+there, and makes a missing one only where it can write; it mounts none
+in /proc, nor over the container's root.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,13 +83,10 @@ def container_request(args: argparse.Namespace, image: Callable[[], Image]) -> C
 
 
 def volume_mounts(info: ProvisionInfo) -> list[dict[str, Any]]:
-    """The OCI runtime spec's mounts for ``info``'s volumes, outer paths first.
-
-    UsageError for a volume runc could not mount (``container_view``), before runc runs.
-    """
+    """The OCI runtime spec's mounts for ``info``'s volumes, outer paths first, to follow
+    runc's own; ``container_view`` tells first whether runc can mount them."""
     from lazyfs.provision.volumes import RW
 
-    container_view(info)
     return [
         {
             "destination": volume.container_path,
@@ -100,16 +99,20 @@ def volume_mounts(info: ProvisionInfo) -> list[dict[str, Any]]:
     ]
 
 
-def container_view(info: ProvisionInfo) -> ContainerView:
-    """``info``'s container as its command will see it: the rootfs, each volume over it.
+def container_view(info: ProvisionInfo, runc: Sequence[Mapping[str, Any]] = ()) -> ContainerView:
+    """``info``'s container as its command will see it: the rootfs, runc's own mounts
+    (``runc``: the runtime spec's, as ``runtime.bundle_config`` lists them), each volume
+    over them.
 
     UsageError, naming the volume, unless its path leads to a directory in
     what is mounted before it, or is missing there below a directory runc
-    can make it in: on a writable rootfs or an ``rw`` volume.
+    can make it in: on a writable rootfs, an ``rw`` volume or a tmpfs.
     """
     from lazyfs.provision.volumes import RW
 
     view = ContainerView(info.rootfs, info.writable)
+    for mount in runc:
+        view = _with_runc_mount(view, mount)
     for volume in _outer_first(info.volumes):
         path = volume.container_path
         # As runc finds where to mount it (or make it): missing parts taken as names.
@@ -130,8 +133,35 @@ def _outer_first(volumes: tuple[VolumeInfo, ...]) -> list[VolumeInfo]:
     )
 
 
+def _with_runc_mount(view: ContainerView, mount: Mapping[str, Any]) -> ContainerView:
+    """``view`` with one of runc's own mounts in it: a tmpfs empty and writable unless
+    ``ro``, a devpts or mqueue with no directory nor a way to make one (mkdir: EPERM),
+    the kernel's proc and sysfs not looked in."""
+    destination, kind = str(mount["destination"]), str(mount["type"])
+    if kind in ("proc", "sysfs"):
+        # runc mounts these on the path as written, never through a symlink.
+        parts = tuple(part for part in destination.split("/") if part)
+        place: Place | None = Place(parts, len(parts))
+    else:
+        place = view.find(destination, past_missing=True)  # as it finds a volume's
+    if place is None or not place.parts:
+        return view  # through a loop, or to the root: runc's own mount fails, as it did
+    writable = kind == "tmpfs" and "ro" not in mount.get("options", ())
+    return view.mounted(place, None, writable=writable, name=destination, kind=kind)
+
+
 def _mount_point_problem(view: ContainerView, place: Place, path: str) -> str | None:
     """Why runc could not mount a volume at ``path``, which leads to ``place``; None if it can."""
+    holder = view.holder(place.parts)
+    if holder is not None and holder.kind == "proc":
+        # runc's own rule: nothing but a proc at /proc, nothing in it (but lxcfs' files).
+        return "runc mounts no volume on the container's /proc or in it"
+    if not place.parts:
+        return f"{path} leads to the container's root"
+    if not place.seen:
+        # In /sys runc mounts on a directory the kernel has there (/sys/fs/cgroup) and
+        # fails to make a missing one (read-only); which it is, the kernel tells runc alone.
+        return None
     found = place.found
     where = view.named(found)
     if len(found) == len(place.parts):

@@ -6,6 +6,7 @@ tables, never the host's. The tables are the image's to make: only a
 regular file is read, and at most ``MAX_TABLE`` bytes of it. runc reads
 them in the container, once its volumes are mounted: the caller that knows
 the container's mounts finds its /etc (``etc``), which a volume may be.
+Either way a message names a table as the container has it, /etc/passwd.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def resolve_user(rootfs: Path, user: str, etc: Path | None = None) -> ImageUser:
 
     Names are looked up in the container's /etc/passwd and /etc/group, never
     the host's: in ``etc``, the directory that is the container's /etc when
-    the caller found it (symlinks and mounts resolved in the container), else
-    in the rootfs' own /etc, through no symlink. An unknown name is an error,
+    the caller found it on this machine (symlinks and mounts resolved in the
+    container), else in the rootfs' own /etc, through no symlink: a scratch
+    image's, which has none, has no tables. An unknown name is an error,
     as in Docker. The user's passwd row (by name, or by uid when a number)
     gives the group when none is given, and the home directory (``/``
     without one). Without a group given, the supplementary groups are those
@@ -52,7 +54,7 @@ def resolve_user(rootfs: Path, user: str, etc: Path | None = None) -> ImageUser:
     # (name, uid, gid, home); the first that matches wins.
     rows = [
         (row[0], uid, gid, row[5] if len(row) > 5 and row[5] else "/")
-        for row in _read_table(*_table(rootfs, etc, "passwd"))
+        for row in _read_table(rootfs, etc, "passwd")
         if len(row) > 3 and (uid := _id(row[2])) is not None and (gid := _id(row[3])) is not None
     ]
     wanted = _id(name) if name else 0
@@ -64,7 +66,7 @@ def resolve_user(rootfs: Path, user: str, etc: Path | None = None) -> ImageUser:
         if found is None:
             raise BadImage(f"user {name[:100]!r} is not in the image's /etc/passwd")
         login, uid, gid, home = found
-    table = _read_table(*_table(rootfs, etc, "group"))
+    table = _read_table(rootfs, etc, "group")
     if group:
         group_id = _id(group)
         if group_id is None:
@@ -95,47 +97,47 @@ def _id(text: str) -> int | None:
     return int(text)
 
 
-def _table(rootfs: Path, etc: Path | None, name: str) -> tuple[Path, str]:
-    """Where ``_read_table`` finds the table ``name`` of /etc."""
-    return (rootfs, f"etc/{name}") if etc is None else (etc, name)
-
-
-def _read_table(rootfs: Path, relative: str) -> list[list[str]]:
-    """Read a colon table from the rootfs (or its /etc) without following any symlink.
+def _read_table(rootfs: Path, etc: Path | None, name: str) -> list[list[str]]:
+    """Read the colon table ``name`` of /etc (in ``etc``, else in the rootfs' /etc) without
+    following any symlink.
 
     Only a regular file is read: the image may put a FIFO there (the read
     would never end) or a device node (opened on the host, as root, outside
     any container's device rules); none, or anything else, is an empty
-    table. One longer than ``MAX_TABLE`` is a BadImage, as is a read that fails.
+    table, as is a missing ``etc``. One longer than ``MAX_TABLE`` is a
+    BadImage, as is a read that fails.
     """
-    *parents, last = relative.split("/")
-    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    directory, parents = (rootfs, ["etc"]) if etc is None else (etc, [])
+    shown = f"/etc/{name}"  # as the container has it, wherever it was found
+    fd = -1
     try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         for part in parents:
             nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nxt
         # O_PATH: nothing is opened but the name, whatever the image made it.
-        nxt = os.open(last, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         os.close(fd)
         fd = nxt
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError as error:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             return []  # none, or a symlink: no table
-        raise BadImage(f"cannot read the image's /{relative}: {error.strerror}") from None
+        raise BadImage(f"cannot read the image's {shown}: {error.strerror}") from None
     try:
         if not regular:
             return []
         with open(f"/proc/self/fd/{fd}", "rb") as table:  # that inode, readable
             data = table.read(MAX_TABLE + 1)
     except OSError as error:  # /proc missing too: never an empty table in silence
-        raise BadImage(f"cannot read the image's /{relative}: {error}") from None
+        raise BadImage(f"cannot read the image's {shown}: {error}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_TABLE:
-        raise BadImage(f"the image's /{relative} is larger than {MAX_TABLE} bytes")
+        raise BadImage(f"the image's {shown} is larger than {MAX_TABLE} bytes")
     # As runc reads them: each line trimmed (a CRLF file's rows match), blank ones skipped.
     lines = (line.strip() for line in data.decode("utf-8", "replace").split("\n"))
     return [line.split(":") for line in lines if line and not line.startswith("#")]

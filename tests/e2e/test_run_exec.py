@@ -26,6 +26,8 @@ def containers(work: Path) -> list[str]:
     [
         (["nosuch"], 127, "lazyfs: nosuch: command not found in the container (PATH="),
         (["/no/such"], 127, "lazyfs: /no/such: no such file in the container"),
+        # busybox is a file: the kernel finds no .. in it (ENOTDIR), runc said so in a log line.
+        (["/bin/busybox/../sh"], 127, "lazyfs: /bin/busybox/../sh: no such file in the container"),
         (["/etc/motd"], 126, "lazyfs: /etc/motd: cannot be executed in the container: it has no"),
         (["/etc"], 126, "lazyfs: /etc: cannot be executed in the container: it is a directory"),
     ],
@@ -105,6 +107,8 @@ def rootfs(tmp_path: Path) -> Path:
         ("/bin/loop", None),
         ("/bin/none", None),
         ("/data/plain/x", None),
+        ("/data/plain/../plain", None),
+        ("/bin/plain/../plain", None),  # /bin/plain -> /data/plain, a file: .. after it
     ],
 )
 def test_paths_resolve_inside_the_rootfs(rootfs: Path, path: str, where: str | None) -> None:

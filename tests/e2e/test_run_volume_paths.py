@@ -2,8 +2,9 @@
 
 The command, its ``PATH``, its working directory, its user's /etc/passwd and
 each volume's mount point are where the container has them: in the rootfs,
-or in a volume's rootfs mounted over it. A volume runc could not mount (on
-a file, or where a directory is missing and cannot be made) is one line
+in runc's own mounts (a tmpfs at /dev), or in a volume's rootfs mounted
+over them. A volume runc could not mount (on a file, in /proc, over the
+root, or where a directory is missing and cannot be made) is one line
 naming it, before runc runs, and leaves nothing behind.
 """
 
@@ -42,6 +43,19 @@ def etc(tmp_path_factory: pytest.TempPathFactory) -> str:
     layer = [
         images.Entry("passwd", data=b"root:x:0:0::/root:/bin/sh\napp:x:1234:1234::/srv:/bin/sh\n"),
         images.Entry("group", data=b"root:x:0:\napp:x:1234:\nstaff:x:50:app\n"),
+    ]
+    return f"oci:{images.build_oci_image(work, [layer], 'v1')}:v1"
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image with no /etc: /bin/busybox, /data -> / and /app -> /nowhere."""
+    work = tmp_path_factory.mktemp("scratch-image")
+    layer = [
+        images.Entry("bin", "dir", mode=0o755),
+        images.Entry("bin/busybox", data=Path("/bin/busybox").read_bytes(), mode=0o755),
+        images.Entry("data", "symlink", target="/"),
+        images.Entry("app", "symlink", target="/nowhere"),
     ]
     return f"oci:{images.build_oci_image(work, [layer], 'v1')}:v1"
 
@@ -159,4 +173,65 @@ def test_a_mount_point_on_a_file_is_one_line(
     result = lazyfs("run", "busybox", *flags, "-v", f"{path}:{tools}", "--", "true", check=False)
     assert result.returncode == 1
     assert one_line_error(result) == f"lazyfs: volume {path}: {expected}"
+    left_nothing(lazyfs.work_dir)
+
+
+def test_a_volume_in_a_scratch_images_missing_etc_runs(
+    lazyfs: Lazyfs, scratch: str, tools: str
+) -> None:
+    # runc makes /etc to mount on: it has no user tables, as the image had none.
+    volume = ("-v", f"/etc/conf:{tools}")
+    ran = lazyfs("run", scratch, *volume, "--", "/bin/busybox", "id")
+    assert ran.stdout == "uid=0 gid=0\n"
+    ran = lazyfs("run", scratch, *volume, "-u", "7", "--", "/bin/busybox", "id", "-u")
+    assert ran.stdout == "7\n"
+    named = lazyfs("run", scratch, *volume, "-u", "app", "--", "/bin/busybox", "true", check=False)
+    assert one_line_error(named) == "lazyfs: user 'app' is not in the image's /etc/passwd"
+    left_nothing(lazyfs.work_dir)
+
+
+def test_runcs_own_mounts_are_in_the_container(lazyfs: Lazyfs, tools: str) -> None:
+    ro = ("--read-only",)
+    # A tmpfs at /dev and /dev/shm: runc makes what is missing there, on a read-only rootfs.
+    ran = lazyfs("run", "busybox", *ro, "-v", f"/dev/x:{tools}", "--", "/dev/x/bin/tool")
+    assert ran.stdout == "tool ran in /\n"
+    assert lazyfs("run", "busybox", *ro, "-w", "/dev/shm", "--", "pwd").stdout == "/dev/shm\n"
+    # What /proc and /sys hold is the kernel's: runc enters or mounts on it where it has it.
+    assert lazyfs("run", "busybox", *ro, "-w", "/proc/self", "--", "pwd").stdout == "/proc/1\n"
+    sys = ("-v", f"/sys/kernel:{tools}", "--", "/sys/kernel/bin/tool")
+    assert lazyfs("run", "busybox", *ro, *sys).stdout == "tool ran in /\n"
+    # runc mounts no volume on /proc or in it, nor makes a directory in its mqueue.
+    for path, said in (
+        ("/proc", "runc mounts no volume on the container's /proc or in it"),
+        ("/proc/x", "runc mounts no volume on the container's /proc or in it"),
+        (
+            "/dev/mqueue/x",
+            "runc's mqueue at /dev/mqueue has no /dev/mqueue/x to mount it on"
+            " (use a path outside it)",
+        ),
+    ):
+        refused = lazyfs("run", "busybox", "-v", f"{path}:{tools}", "--", "true", check=False)
+        assert refused.returncode == 1
+        assert one_line_error(refused) == f"lazyfs: volume {path}: {said}"
+    left_nothing(lazyfs.work_dir)
+
+
+def test_what_runc_could_not_mount_or_make_through_a_link_is_one_line(
+    lazyfs: Lazyfs, scratch: str, tools: str
+) -> None:
+    bb = ("--", "/bin/busybox", "pwd")
+    # /data -> /: a volume there would hide the whole container.
+    root = lazyfs("run", scratch, "-v", f"/data:{tools}", *bb, check=False)
+    assert root.returncode == 1
+    assert one_line_error(root) == "lazyfs: volume /data: /data leads to the container's root"
+    # /app -> /nowhere: runc makes a working directory by its own names, and /app is a link.
+    for workdir in ("/app", "/app/sub"):
+        dangling = lazyfs("run", scratch, "-w", workdir, *bb, check=False)
+        assert dangling.returncode == 1
+        assert one_line_error(dangling) == (
+            f"lazyfs: the working directory {workdir} leads through a symbolic link to"
+            " /nowhere, which runc cannot make"
+        )
+    # Through a link to a directory that is there, runc makes it.
+    assert lazyfs("run", scratch, "-w", "/data/new", *bb).stdout == "/new\n"
     left_nothing(lazyfs.work_dir)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lazyfs.cli import build_parser
 from lazyfs.cli_parser import parse_command_line
-from lazyfs.cli_volumes import volume_mounts
+from lazyfs.cli_volumes import container_view, volume_mounts
 from lazyfs.provision.records import ProvisionInfo, VolumeInfo
 from lazyfs.provision.volumes import (
     check_container_path,
@@ -143,10 +143,11 @@ def test_a_read_only_rootfs_needs_the_mount_point(tmp_path: Path) -> None:
     rootfs = tmp_path / "r"
     (rootfs / "there").mkdir(parents=True)
     (rootfs / "link").symlink_to("/there")  # resolved inside the rootfs, as runc does
-    assert len(volume_mounts(_info(rootfs, False, ("/there", "ro"), ("/link", "ro")))) == 2
+    # Both at /there: the second over the first.
+    assert len(container_view(_info(rootfs, False, ("/there", "ro"), ("/link", "ro"))).mounts) == 1
     with pytest.raises(UsageError, match="the read-only rootfs has no /missing"):
-        volume_mounts(_info(rootfs, False, ("/missing", "ro")))
-    assert len(volume_mounts(_info(rootfs, True, ("/missing", "ro")))) == 1
+        container_view(_info(rootfs, False, ("/missing", "ro")))
+    assert len(container_view(_info(rootfs, True, ("/missing", "ro"))).mounts) == 1
 
 
 @pytest.mark.parametrize(
