@@ -216,15 +216,11 @@ class CacheClient(DaemonLink):
         parts = []
         for start in range(offset, end, MAX_PIECE):
             piece = min(MAX_PIECE, end - start)
-            answer = self._ask(Read(next(self._ids), BlobRange(digest, start, piece), blob.origin,
-                                    blob.size, True, True, own=True))  # fmt: skip
-            if not isinstance(answer, ReadOk):
-                raise TemporaryFailure(f"the cache daemon answered a read again with {answer}")
-            if answer.data is not None and len(answer.data) > piece:
-                raise TemporaryFailure(f"the cache daemon answered {len(answer.data)} bytes"
-                                       f" for a read of {piece}")  # fmt: skip
             # Extents from a daemon that predates ``own``: it read it as any piece.
-            data = self._gather(digest, answer) if answer.data is None else answer.data
+            asked = BlobRange(digest, start, piece)
+            data = self._read_answer(
+                Read(next(self._ids), asked, blob.origin, blob.size, True, True, own=True)
+            )
             if data is None:
                 raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they came")
             parts.append(data)
@@ -301,18 +297,24 @@ class CacheClient(DaemonLink):
             if len(cut) > 1 or cut[0][2] is not None:
                 return self._read_cut(digest, blob, cut)
         for _ in range(_EVICTED_RETRIES):
-            answer = self._ask(Read(next(self._ids), BlobRange(digest, offset, length),
-                                    blob.origin, blob.size, blob.exact,
-                                    blob.piece or piece))  # fmt: skip
-            if not isinstance(answer, ReadOk):
-                raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
-            if answer.data is not None and len(answer.data) > length:
-                raise TemporaryFailure(f"the cache daemon answered {len(answer.data)} bytes"
-                                       f" for a read of {length}")  # fmt: skip
-            data = self._gather(digest, answer) if answer.data is None else answer.data
+            data = self._read_answer(Read(next(self._ids), BlobRange(digest, offset, length),
+                                          blob.origin, blob.size, blob.exact,
+                                          blob.piece or piece))  # fmt: skip
             if data is not None:
                 return data
         raise TemporaryFailure(f"chunks of {digest} were evicted as soon as they were fetched")
+
+    def _read_answer(self, request: Read) -> bytes | None:
+        """The bytes the daemon answers ``request`` with, in its reply or in the cache files
+        it points at; None when a chunk went from them meanwhile."""
+        answer = self._ask(request)
+        if not isinstance(answer, ReadOk):
+            raise TemporaryFailure(f"the cache daemon answered a read with {answer}")
+        asked = request.range.length
+        if answer.data is not None and len(answer.data) > asked:
+            raise TemporaryFailure(f"the cache daemon answered {len(answer.data)} bytes"
+                                   f" for a read of {asked}")  # fmt: skip
+        return self._gather(request.range.digest, answer) if answer.data is None else answer.data
 
     def _read_cut(self, digest: Digest, blob: RemoteBlob, cut: list[Cut]) -> bytes:
         """A read cut at a replayed trace's partial chunks (``PartialChunks.split``): a part
