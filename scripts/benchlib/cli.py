@@ -17,7 +17,14 @@ import trio
 
 from backends.names import NAMES
 from benchlib import report
-from benchlib.cold import DEFAULT_RATE_MBIT, DEFAULT_RTT_MS, measure_cold_start
+from benchlib.cold import (
+    DEFAULT_RATE_MBIT,
+    DEFAULT_RTT_MS,
+    ROWS,
+    ROWS_ENV,
+    measure_cold_start,
+    unknown_rows,
+)
 from benchlib.density import measure_density, measure_density_files, stop_mount_server
 from benchlib.estargz import TOOLS as ESTARGZ_TOOLS
 from benchlib.images import BenchImage, debian_image, synthetic_image
@@ -60,6 +67,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark lazyfs against umoci, tar, kernel overlayfs and fuse-overlayfs.",
+        epilog=f"cold-start: {ROWS_ENV}='ROW,ROW' (in the environment) runs only those rows, "
+        f"named as the table names them: {'; '.join(ROWS)}.",
     )
     parser.add_argument("--runs", type=int, help="timed runs per contender (default 5, quick 1)")
     parser.add_argument("--out", type=Path, help="results directory (default results/bench/TIME)")
@@ -120,6 +129,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         unknown = [n for n in args.only if not any(_selects(n, m) for m in CHOICES)]
         if unknown:
             parser.error(f"unknown measurement {', '.join(unknown)}; known: {', '.join(CHOICES)}")
+    rows = unknown_rows(os.environ.get(ROWS_ENV, ""))
+    if rows:
+        # Rows' names hold commas: listed with semicolons between them.
+        parser.error(f"{ROWS_ENV} names no row {'; '.join(rows)}; known: {'; '.join(ROWS)}")
     return args
 
 

@@ -6,10 +6,12 @@ twice: as pushed by ``skopeo --dest-compress`` (gzip layers, "plain") and conver
 eStargz by ``ctr-remote`` (``benchlib.estargz``).  Every contender reaches
 it only through the bench's shaping proxy (``benchlib.shaper``: 100 Mbit/s
 and 20 ms round trip unless ``--link-rate``/``--link-rtt`` say otherwise),
-starting from nothing: a new work dir, store and cache each run, the page
-cache dropped.  Timed from the start of the command until the image's
-program has printed its line; the bytes counted are those that crossed the
-link by then, both ways.
+on a new work dir, store and cache each run.  Every row but the two warm
+ones with the page cache kept (``lazyfs fuse (eStargz, warm)`` and
+``lazyfs fuse (gzip, warm)``) starts from nothing, the page cache dropped;
+the warm rows start from what an untimed run left (below).  Timed from the
+start of the command until the image's program has printed its line; the
+bytes counted are those that crossed the link by then, both ways.
 
 - ``lazyfs fuse lazy (eStargz)``: ``lazyfs run --backend fuse`` of the
   eStargz image: layers indexed from their TOCs and read by range through
@@ -18,16 +20,20 @@ link by then, both ways.
   that finds the trace a first run recorded published beside the image
   (``benchlib.cold_trace``).
 - ``lazyfs fuse (eStargz, warm)``: the start after a lazy one whose layers
-  have all arrived and been copied into the store (``benchlib.cold_warm``).
+  have all arrived and been copied into the store, and one more untimed
+  start, whose cache daemon and mount server are left running, as for the
+  gzip warm row; the page cache kept (``benchlib.cold_warm``).  Compared
+  with the gzip warm row.
 - ``lazyfs fuse lazy (gzip, ...)``: ``lazyfs run --backend fuse
   --trust_published_indexes`` of the plain image, its layers read by range
   through the index published beside it (``benchlib.cold_index``: pushed by
   ``lazyfs index push``, or published by a first machine's whole pull);
   each compared with the eStargz row too.
 - ``lazyfs fuse (gzip, warm)`` and ``lazyfs fuse (gzip, warm, page cache
-  dropped)``: the plain image's start on a machine holding it whole, the
-  page cache kept or dropped; the replayed-trace row is compared with the
-  first, the second with the first (``benchlib.cold_index``).
+  dropped)``: the plain image's start on a machine holding it whole and
+  running the cache daemon and mount server of the run that pulled it, the
+  page cache kept (after a ``sync``) or dropped; the replayed-trace row is
+  compared with the first, the second with the first (``benchlib.cold_index``).
 - ``lazyfs fuse (plain)`` and ``lazyfs overlay (plain)``: ``lazyfs run`` of
   the plain image, whose layers are pulled whole first.
 - ``skopeo copy + umoci unpack``: the image copied into an OCI layout,
@@ -36,9 +42,10 @@ link by then, both ways.
 Every ``lazyfs`` runs as its command-line, as a user runs it, with this
 checkout's code (``benchlib.cold_run``).
 
-``LAZYFS_BENCH_COLD_ROWS`` (rows' names, comma-separated) keeps only those
-rows: a quick look at one of them without the minutes of whole pulls.
-Figures to compare against the peer need the ``skopeo`` row in the same run.
+``LAZYFS_BENCH_COLD_ROWS`` (rows' names, comma-separated; ``ROWS``) keeps
+only those rows: a quick look at one of them without the minutes of whole
+pulls. Figures to compare against the peer need the ``skopeo`` row in the
+same run.  A name that is not a row's is refused (``unknown_rows``).
 """
 
 from __future__ import annotations
@@ -47,8 +54,8 @@ import os
 import re
 from collections.abc import Callable
 
+from benchlib.cold_index import ESTARGZ_ROW, WARM_DROPPED_ROW, index_contenders, index_rows
 from benchlib.cold_index import WARM_ROW as GZIP_WARM_ROW
-from benchlib.cold_index import index_contenders, index_rows
 from benchlib.cold_run import lazyfs_once
 from benchlib.cold_trace import trace_contender
 from benchlib.cold_warm import NAME as WARM_ROW
@@ -62,6 +69,23 @@ from benchlib.util import drop_caches, now, run, scratch_dir
 NAME = "cold-start"
 DEFAULT_RATE_MBIT = 100.0
 DEFAULT_RTT_MS = 20.0
+ROWS_ENV = "LAZYFS_BENCH_COLD_ROWS"
+TRACE_ROW = "lazyfs fuse lazy (eStargz, replayed trace)"
+PLAIN_FUSE_ROW = "lazyfs fuse (plain)"
+PLAIN_OVERLAY_ROW = "lazyfs overlay (plain)"
+SKOPEO_ROW = "skopeo copy + umoci unpack"
+# Every row, in the order they are listed.
+ROWS = (
+    ESTARGZ_ROW,
+    TRACE_ROW,
+    *(row.name for row in index_rows()),
+    GZIP_WARM_ROW,
+    WARM_DROPPED_ROW,
+    WARM_ROW,
+    PLAIN_FUSE_ROW,
+    PLAIN_OVERLAY_ROW,
+    SKOPEO_ROW,
+)
 
 
 def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
@@ -78,24 +102,23 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
         port = int(host.rsplit(":", 1)[1])
         rate = rate_mbit * 1_000_000
         with shaping_proxy(port, rate=rate, rtt=rtt_ms / 1000) as link:
-            trace_row = "lazyfs fuse lazy (eStargz, replayed trace)"
             # A row left out is not set up either (its index pushed, its trace published).
+            # The eStargz warm row after the gzip ones: ``run_order`` runs the first two
+            # rows compared with the gzip warm row (trace, page cache dropped) beside it.
             contenders = [
-                Contender("lazyfs fuse lazy (eStargz)", True,
-                          lazyfs_once(ctx, link, lazy, "fuse", sizes[lazy])),
-                *([trace_contender(ctx, host, link, lazy, sizes[lazy], trace_row)]
-                  if _wanted(trace_row) else []),
-                Contender(WARM_ROW, True, estargz_warm_once(ctx, link, lazy, sizes[lazy]),
-                          versus=GZIP_WARM_ROW),
+                Contender(ESTARGZ_ROW, True, lazyfs_once(ctx, link, lazy, "fuse", sizes[lazy])),
+                *([trace_contender(ctx, host, link, lazy, sizes[lazy], TRACE_ROW)]
+                  if _wanted(TRACE_ROW) else []),
                 *index_contenders(ctx, host, link, plain, sizes[plain],
                                   [row for row in index_rows() if _wanted(row.name)],
                                   warm=_wanted(GZIP_WARM_ROW)),
-                Contender("lazyfs fuse (plain)", True,
+                Contender(WARM_ROW, True, estargz_warm_once(ctx, link, lazy, sizes[lazy]),
+                          versus=GZIP_WARM_ROW),
+                Contender(PLAIN_FUSE_ROW, True,
                           lazyfs_once(ctx, link, plain, "fuse", sizes[plain])),
-                Contender("lazyfs overlay (plain)", True,
+                Contender(PLAIN_OVERLAY_ROW, True,
                           lazyfs_once(ctx, link, plain, "overlay", sizes[plain])),
-                Contender("skopeo copy + umoci unpack", False,
-                          _skopeo_umoci_once(ctx, link, plain, sizes[plain])),
+                Contender(SKOPEO_ROW, False, _skopeo_umoci_once(ctx, link, plain, sizes[plain])),
             ]  # fmt: skip
             contenders = [c for c in contenders if _wanted(c.name)]
             label = f"{NAME} {image.name} ({rate_mbit:g} Mbit/s, {rtt_ms:g} ms)"
@@ -104,10 +127,18 @@ def measure_cold_start(ctx: Context, rate_mbit: float, rtt_ms: float) -> Result:
 
 def _wanted(row: str) -> bool:
     """Whether ``LAZYFS_BENCH_COLD_ROWS`` (unset or empty: every row) names ``row``."""
-    rows = os.environ.get("LAZYFS_BENCH_COLD_ROWS", "")
+    rows = os.environ.get(ROWS_ENV, "")
+    return not rows.strip() or row in _named(rows)
+
+
+def _named(rows: str) -> set[str]:
     # Rows' names hold commas inside their parentheses: split only on the others.
-    names = {name.strip() for name in re.split(r",(?![^()]*\))", rows)}
-    return not rows.strip() or row in names
+    return {name.strip() for name in re.split(r",(?![^()]*\))", rows)} - {""}
+
+
+def unknown_rows(rows: str) -> list[str]:
+    """The names in ``rows`` (``LAZYFS_BENCH_COLD_ROWS``'s value) that are no row's."""
+    return sorted(_named(rows) - set(ROWS))
 
 
 def _image_bytes(reference: str) -> int:

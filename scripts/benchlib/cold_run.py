@@ -7,11 +7,14 @@ bytes that crossed the link by then.  Everything a run starts (the cache
 daemon a lazy mount spawns, the store's mount server) is stopped after it,
 outside the timed region.  ``lazyfs_untimed`` runs the same command where a
 row needs work done first (a first machine's start), not timed or counted.
+``warm_until_printed`` times a start on a work dir an untimed run filled,
+with the cache daemon and mount server that run left still running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -23,15 +26,19 @@ from pathlib import Path
 from benchlib.measure import Context, Timing
 from benchlib.shaper import Shaper
 from benchlib.timeline import Request
-from benchlib.util import ToolError, drop_caches, now, scratch_dir
+from benchlib.util import ToolError, drop_caches, now, scratch_dir, settle
 from lazyfs.cache.connection import status
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.fs import mount_server_client as server_client
+from lazyfs.index.trace import TRACES_DIR, decode, key_image, trace_path
+from lazyfs.store.disk import Store
+from providers.errors import LazyfsError
 from providers.fslock import exclusive_lock_until
 
 REPO = Path(__file__).resolve().parents[2]
 _RUN_TIMEOUT = 900.0
 _ADOPT_TIMEOUT = 120.0
+_ANSWER_TIMEOUT = 30.0
 # A run's reference: the image's registry reference, decided per run (a row may
 # push the image to a repository of its own for each run, untimed).
 Reference = Callable[[], str]
@@ -55,10 +62,12 @@ def lazyfs_once(
     image_bytes: int,
     *,
     flags: Sequence[str] = (),
+    more_facts: Callable[[Path], dict[str, int]] | None = None,
 ) -> Callable[[], Timing]:
     """A ``once`` timing ``lazyfs [FLAGS] run`` of ``reference`` from nothing, over ``link``.
 
     ``reference``: the image, or what gives it for each run (called first, untimed).
+    ``more_facts``: what else the run left in its work dir, asked once it has ended.
     """
 
     def once() -> Timing:
@@ -67,7 +76,10 @@ def lazyfs_once(
             argv = lazyfs_argv(ctx, work, link.host, name, backend, flags)
             drop_caches()
             try:
-                return until_printed(ctx, argv, work / "lazyfs.log", link, image_bytes, work)
+                timing = until_printed(ctx, argv, work / "lazyfs.log", link, image_bytes, work)
+                if more_facts is not None:
+                    timing = dataclasses.replace(timing, facts={**timing.facts, **more_facts(work)})
+                return timing
             finally:
                 stop_leftovers(work)
 
@@ -164,6 +176,96 @@ def daemon_facts(cache: Path) -> dict[str, int]:
         "daemon_requests": found.fetches,
         "daemon_fetched_bytes": found.fetched_bytes,
     }
+
+
+def warm_until_printed(
+    ctx: Context, argv: list[str], work: Path, link: Shaper, image_bytes: int, *, drop: bool
+) -> Timing:
+    """``until_printed`` of ``argv`` on ``work``, which holds the image whole: a machine that
+    runs it already, its cache daemon and mount server answering (``wait_answering``).
+
+    After a ``sync``, the page cache kept (everything cached), or with
+    ``drop`` dropped, as before a cold start. The daemon's facts are the
+    timed start's own. ToolError if a byte crossed the link or the daemon
+    fetched: not a warm start.
+    """
+    wait_answering(work)
+    before = daemon_facts(work / "cache")
+    if drop:
+        drop_caches()  # syncs first
+    else:
+        settle()
+    timing = until_printed(ctx, argv, work / "lazyfs.log", link, image_bytes, work)
+    # The daemon counts since it started: keep what the timed start made it do.
+    facts = {key: value - before.get(key, 0) for key, value in timing.facts.items()}
+    if facts["bytes"] or facts.get("daemon_requests"):
+        raise ToolError(f"not a warm start (the link or the cache daemon fetched): {facts}")
+    return dataclasses.replace(timing, facts=facts)
+
+
+def wait_answering(work: Path, timeout: float = _ANSWER_TIMEOUT) -> None:
+    """Until the cache daemon and the mount server of a run on ``work`` both answer on their
+    sockets; ToolError naming the one that does not within ``timeout`` seconds."""
+    cache, server = work / "cache", server_client.server_dir(work / "store" / "docker")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status(cache, timeout=1.0)
+            daemon = ""
+        except (OSError, ProtocolError) as error:
+            daemon = f"the cache daemon of {cache}: {error}"
+        if not daemon and server_client.server_pid(server) is not None:
+            return
+        if time.monotonic() > deadline:
+            who = daemon or f"the mount server in {server}"
+            raise ToolError(f"not answering after {timeout:g}s: {who}")
+        time.sleep(0.05)
+
+
+def fetched_trace_reads(work: Path) -> dict[str, int]:
+    """``trace_reads``: the reads, in the image's layers, of the prefetch trace a start on
+    ``work`` fetched from its registry and kept in its store (``STORE/traces``); 0 for none.
+
+    The store and the cache were new: only that start's provision put a
+    trace there (``lazyfs.publish.traces.fetch_trace``), and a lazy mount
+    with no trace of its own in the cache replays the one the store keeps
+    under its key (``lazyfs.blobs.trace_run.start_trace``) when it names
+    the layers the mount reads remotely. The mount's log, which says so,
+    goes with the rootfs when ``lazyfs run`` ends.
+    """
+    store = work / "store" / "docker"
+    layers = {
+        image.manifest.digest: {layer.digest for layer in image.manifest.layers}
+        for image in Store(store).images()
+    }
+    reads = 0
+    for path in (store / TRACES_DIR).glob("*.json"):
+        try:
+            trace = decode(path.read_bytes())
+            if trace_path(store, trace.key) != path:
+                continue  # not where a mount looks for its key
+            named = layers.get(key_image(trace.key), set())
+        except (OSError, LazyfsError):  # TraceError among them
+            continue
+        reads += sum(1 for read in trace.reads if read.digest in named)
+    return {"trace_reads": reads}
+
+
+def replayed_only(once: Callable[[], Timing]) -> Callable[[], Timing]:
+    """``once``, refusing a start that kept no fetched trace of its image (``trace_reads``:
+    ``benchlib.cold_run.fetched_trace_reads``), so replayed none.
+
+    A failed trace lookup is one warning in the start's log, and the start
+    goes on without the trace: another row's figure under this row's name.
+    """
+
+    def checked() -> Timing:
+        timing = once()
+        if not timing.facts.get("trace_reads"):
+            raise ToolError(f"no trace replayed (none fetched into the store): {timing.facts}")
+        return timing
+
+    return checked
 
 
 def stop_leftovers(work: Path) -> None:

@@ -7,17 +7,20 @@ pushes it beside the image. Each timed run is then a new machine: new work
 dir, store and cache, the page cache dropped, ``lazyfs run --backend fuse
 --trust_published_indexes`` through the shaped link, which finds the trace
 in the registry and replays it while the program starts. Timed, and the
-bytes counted, as every cold-start row: until the program has printed.
+bytes counted, as every cold-start row: until the program has printed. A
+start that kept no fetched trace in its store (a failed lookup is one
+warning) is refused (``benchlib.cold_run.replayed_only``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from benchlib.cold_run import stop_leftovers
+from benchlib.cold_run import fetched_trace_reads, replayed_only, stop_leftovers
 from benchlib.measure import Contender, Context, Timing
 from benchlib.shaper import Shaper
 from benchlib.util import ToolError, drop_caches, now, scratch_dir
@@ -38,11 +41,13 @@ def trace_contender(
         with scratch_dir(ctx.scratch, "cold-trace-") as work:
             drop_caches()
             try:
-                return _until_printed(ctx, work, link.host, reference, link, image_bytes)
+                timing = _until_printed(ctx, work, link.host, reference, link, image_bytes)
+                facts = {**timing.facts, **fetched_trace_reads(work)}
+                return dataclasses.replace(timing, facts=facts)
             finally:
                 stop_leftovers(work)
 
-    return Contender(name, True, once)
+    return Contender(name, True, replayed_only(once))
 
 
 def _argv(ctx: Context, work: Path, registry: str, reference: str) -> list[str]:

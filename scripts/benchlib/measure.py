@@ -5,16 +5,20 @@ timed run and returns its seconds (and optional phases); whatever it needs
 before and after (a fresh directory, a mount, cleaning up) happens in
 ``once`` outside the timed region. Every contender runs once untimed first
 (warm-up: the page cache holds the layer blobs, per-layer stores are filled),
-then ``runs`` rounds in which the order rotates, so no one always goes first
-after a cache drop or a writeback.
+then ``runs`` rounds. A round runs them in ``run_order``, each row next to
+the row it is compared with (its ``versus``), and every other round in the
+reverse order (ABBA), so neither of a pair always goes first; each sample
+keeps when it started and its place in its round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -64,6 +68,9 @@ class Timing:
     facts: dict[str, int] = field(default_factory=dict)  # what was done: entries, bytes
     # The requests over the shaped link until then (cold-start), for a timeline.
     requests: tuple[Request, ...] = ()
+    # Set by ``compare``: when its ``once`` began (``time.time()``), and its place in its round.
+    started: float = 0.0
+    position: int = -1
 
 
 @dataclass
@@ -106,7 +113,11 @@ class Result:
                         phase: median([s.phases[phase] for s in c.samples])
                         for phase in (c.samples[0].phases if c.samples else {})
                     },
-                    "facts": c.samples[0].facts if c.samples else {},
+                    # When each run began (Unix time) and its place in its round (from 0).
+                    "started": [s.started for s in c.samples],
+                    "positions": [s.position for s in c.samples],
+                    "median_run_facts": c.median_sample().facts if c.samples else {},
+                    "facts_by_run": [s.facts for s in c.samples],  # in run order
                     "timeline": [r.to_json() for r in c.median_sample().requests]
                     if c.samples
                     else [],
@@ -143,9 +154,10 @@ def ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float]]:
 def paired_ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float]]:
     """The median over rounds of lazyfs' sample / the peer's sample of the same round.
 
-    ``compare`` runs every contender once a round, one after the other, so
-    the two samples of a round were taken under nearly the same load: on a
-    shared machine whose load swings from round to round this ratio is
+    ``compare`` runs every contender once a round, so the two samples of a
+    round were taken closer in time than two of different rounds, and those
+    of a row and its ``versus`` one right after the other (``adjacent``):
+    on a shared machine whose load swings from round to round this ratio is
     steadier than the ratio of medians (``ratios``). Only for pairs with a
     sample in every round.
     """
@@ -160,8 +172,45 @@ def paired_ratios(contenders: Sequence[Contender]) -> list[tuple[str, str, float
     return out
 
 
+def adjacent(a: Contender, b: Contender) -> bool:
+    """Whether in every round the samples of ``a`` and ``b`` were taken one right after the
+    other (``compare``'s positions)."""
+    pairs = list(zip(a.samples, b.samples, strict=False))
+    return (
+        bool(pairs)
+        and len(a.samples) == len(b.samples)
+        and all(x.position >= 0 and abs(x.position - y.position) == 1 for x, y in pairs)
+    )
+
+
+def run_order(contenders: Sequence[Contender]) -> list[Contender]:
+    """The order of a round: the list's, but each row next to the row it is compared with.
+
+    A row that others name as their ``versus`` runs between the first two of
+    them, the rest right after: with more than two, those after the second
+    are not next to it (``adjacent`` tells).
+    """
+    names = {c.name for c in contenders}
+    spokes: dict[str, list[Contender]] = {}
+    for c in contenders:
+        if c.versus in names and c.versus != c.name:
+            spokes.setdefault(c.versus, []).append(c)
+    by_name = {c.name: c for c in contenders}
+    order: list[Contender] = []
+    placed: set[str] = set()
+    for c in contenders:
+        hub = c.name if c.name in spokes else c.versus if c.versus in spokes else None
+        group = [c] if hub is None else [*spokes[hub][:1], by_name[hub], *spokes[hub][1:]]
+        for member in group:
+            if member.name not in placed:
+                placed.add(member.name)
+                order.append(member)
+    return order
+
+
 def compare(contenders: list[Contender], runs: int, log: Log, label: str) -> list[Contender]:
-    """Warm each contender up once, then run them ``runs`` rounds, rotating the order."""
+    """Warm each contender up once, then run them ``runs`` rounds: in ``run_order``, and
+    reversed every other round (ABBA). Each sample gets its start and place in its round."""
     alive = []
     for contender in contenders:
         try:
@@ -173,10 +222,14 @@ def compare(contenders: list[Contender], runs: int, log: Log, label: str) -> lis
             log(f"{label}: {contender.name} skipped: {contender.skipped}")
             continue
         alive.append(contender)
+    order = run_order(alive)
     for round_no in range(runs):
-        shift = round_no % len(alive) if alive else 0
-        for contender in alive[shift:] + alive[:shift]:
-            contender.samples.append(contender.once())
+        for position, contender in enumerate(order if round_no % 2 == 0 else order[::-1]):
+            started = time.time()
+            sample = contender.once()
+            contender.samples.append(
+                dataclasses.replace(sample, started=started, position=position)
+            )
         log(f"{label}: round {round_no + 1}/{runs} done")
     return contenders
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from benchlib.measure import Contender, Result, paired_ratios, ratios
+from benchlib.measure import Contender, Result, adjacent, paired_ratios, ratios
 from benchlib.timeline import render
 
 
@@ -124,8 +124,10 @@ def _ratio(value: float) -> str:
     return f"x{value:.3g}"
 
 
-def _by_round(ratio: float | None) -> str:
-    return "" if ratio is None else f" ({_ratio(ratio)} by round)"
+def _by_round(ratio: float | None, apart: bool) -> str:
+    if ratio is None:
+        return ""
+    return f" ({_ratio(ratio)} by round{', apart' if apart else ''})"
 
 
 def table(results: list[Result]) -> str:
@@ -143,8 +145,10 @@ def table(results: list[Result]) -> str:
             row = f"  {c.name:<{width}} {_fmt(median(secs))}  [{_fmt(min(secs)).strip()} .. "
             row += f"{_fmt(max(secs)).strip()}]"
             paired = {(m, p): r for m, p, r in paired_ratios(result.contenders)}
+            named = {x.name: x for x in result.contenders}
             vs = [
-                f"{_ratio(r)} {peer}" + _by_round(paired.get((mine, peer)))
+                f"{_ratio(r)} {peer}"
+                + _by_round(paired.get((mine, peer)), not adjacent(c, named[peer]))
                 for mine, peer, r in pairs
                 if mine == c.name
             ]
@@ -155,7 +159,9 @@ def table(results: list[Result]) -> str:
             lines.append(row)
     lines.append(
         "\n(median of the runs, [min .. max]; xR = lazyfs median / peer median, >1 slower;"
-        "\n by round: the median of each round's lazyfs / peer, taken one after the other)"
+        "\n by round: the median of each round's lazyfs / peer; in every round the two ran"
+        "\n one right after the other, in turns (ABBA), unless marked 'apart': then other"
+        "\n rows ran between them. results.json has each run's start and place in its round)"
     )
     return "\n".join(lines)
 

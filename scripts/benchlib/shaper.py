@@ -13,7 +13,11 @@ direction's link has serialized them (``rate``) and half the round trip has
 passed, and tells ``Shaper.heard`` (``benchlib.timeline``) what it handed
 on.  The queue between them is bounded, so a fast sender is held back by
 TCP's own flow control, as on a real link, and the proxy never holds more
-than ``_QUEUE`` pieces of a connection.  Not modelled: loss, TCP slow start.
+than ``_QUEUE`` pieces of a connection.  Bytes are counted once handed
+on.  When one end goes (a client that closes mid-response), the other is
+shut down and what was still queued for the gone end is dropped, neither
+sent over the link nor counted, as a real link would carry no more of it.
+Not modelled: loss, TCP slow start.
 """
 
 from __future__ import annotations
@@ -44,12 +48,17 @@ class Link:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, size: int, ready: float) -> float:
-        """When ``size`` bytes that reach the link at ``ready`` have left it; counts them."""
+        """When ``size`` bytes that reach the link at ``ready`` have left it (not counted yet:
+        ``delivered``)."""
         with self.lock:
             start = max(self.free_at, ready)
             self.free_at = start + size * 8 / self.rate
-            self.bytes += size
             return self.free_at
+
+    def delivered(self, size: int) -> None:
+        """Count ``size`` bytes that crossed: handed on to the receiver."""
+        with self.lock:
+            self.bytes += size
 
 
 @dataclass
@@ -82,27 +91,38 @@ def _read(source: socket.socket, pieces: queue.Queue[tuple[bytes, float]]) -> No
 
 def _write(
     sink: socket.socket,
+    source: socket.socket,
     pieces: queue.Queue[tuple[bytes, float]],
     link: Link,
     delay: float,
     heard: Callable[[bytes, float, float], None],
 ) -> None:
+    """Hand ``source``'s pieces on to ``sink`` as the link delivers them.
+
+    Once ``sink`` is gone (the client closed), ``source`` is shut down, so
+    the sender stops, and what is still queued is dropped: not sent over
+    the link, not waited for, not counted.
+    """
     broken = False
     while True:
         data, ready = pieces.get()
         if data is _END or not data:
             break
+        if broken:
+            continue  # keep draining, so the reader is never stuck on a full queue
         arrive = link.send(len(data), ready) + delay
         pause = arrive - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-        if broken:
-            continue  # keep draining, so the reader is never stuck on a full queue
         heard(data, ready, arrive)
         try:
             sink.sendall(data)
         except OSError:
             broken = True
+            with contextlib.suppress(OSError):
+                source.shutdown(socket.SHUT_RDWR)  # its reader ends, its sender hears a reset
+            continue
+        link.delivered(len(data))
     with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)
 
@@ -140,7 +160,7 @@ def shaping_proxy(upstream_port: int, *, rate: float, rtt: float) -> Iterator[Sh
         for source, sink, link, heard in ways:
             pieces: queue.Queue[tuple[bytes, float]] = queue.Queue(_QUEUE)
             start(_read, source, pieces)
-            start(_write, sink, pieces, link, rtt / 2, functools.partial(heard, number))
+            start(_write, sink, source, pieces, link, rtt / 2, functools.partial(heard, number))
 
     def accept() -> None:
         while True:

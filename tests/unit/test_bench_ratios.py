@@ -48,3 +48,60 @@ def test_no_ratio_by_round_without_a_sample_of_each_round(measure: Any) -> None:
     peer = _contender(measure, "kernel overlayfs", False, [0.05, 0.06])
     assert measure.ratios([fuse, peer])
     assert measure.paired_ratios([fuse, peer]) == []
+
+
+def test_each_row_runs_next_to_the_row_it_is_compared_with_in_turns(measure: Any) -> None:
+    # The cold-start rows' shape: two rows against eStargz, two against the warm row.
+    ran: list[str] = []
+
+    def row(name: str, versus: str = "", mine: bool = True) -> Any:
+        def once() -> Any:
+            ran.append(name)
+            return measure.Timing(1.0)
+
+        return measure.Contender(name, mine, once, versus=versus)
+
+    rows = [
+        row("eStargz"),
+        row("eStargz, trace"),
+        row("index pushed", "eStargz"),
+        row("second machine", "eStargz"),
+        row("gzip, trace", "warm"),
+        row("warm"),
+        row("warm, dropped", "warm"),
+        row("skopeo", mine=False),
+    ]
+    measure.compare(rows, 4, lambda _: None, "test")
+    assert ran[:8] == [r.name for r in rows]  # the warm-up, in the list's order
+    rounds = [ran[8 + 8 * n : 16 + 8 * n] for n in range(4)]
+    for rotation in rounds:
+        for mine, peer in [
+            ("index pushed", "eStargz"),
+            ("second machine", "eStargz"),
+            ("gzip, trace", "warm"),
+            ("warm, dropped", "warm"),
+        ]:
+            assert abs(rotation.index(mine) - rotation.index(peer)) == 1, (rotation, mine)
+    # In turns: whoever of a pair went first in a round goes second in the next (ABBA).
+    assert rounds[1] == rounds[0][::-1] and rounds[2] == rounds[0] and rounds[3] == rounds[1]
+    by_name = {r.name: r for r in rows}
+    for r in rows:
+        assert [s.position for s in r.samples] == [rounds[n].index(r.name) for n in range(4)]
+        assert all(s.started > 0 for s in r.samples)
+        assert r.samples == sorted(r.samples, key=lambda s: s.started)
+        if r.versus:
+            assert measure.adjacent(r, by_name[r.versus])
+    assert not measure.adjacent(by_name["eStargz, trace"], by_name["skopeo"])
+
+
+def test_the_json_keeps_every_runs_facts_and_names_the_median_runs(measure: Any) -> None:
+    contender = measure.Contender("row", True, lambda: measure.Timing(0.0))
+    contender.samples = [
+        measure.Timing(2.0, facts={"daemon_waits": 40}),
+        measure.Timing(1.0, facts={"daemon_waits": 3}),
+        measure.Timing(1.5, facts={"daemon_waits": 6}),
+    ]
+    (row,) = measure.Result("cold-start", "debian", [contender]).to_json()["contenders"]
+    assert row["median_run_facts"] == {"daemon_waits": 6}
+    assert row["facts_by_run"] == [{"daemon_waits": 40}, {"daemon_waits": 3}, {"daemon_waits": 6}]
+    assert "facts" not in row  # the first run's alone, which read as the median run's
