@@ -218,7 +218,8 @@ def _mount(app: App, args: argparse.Namespace) -> int:
     from lazyfs.provision import devmount
 
     image = _image(args)
-    devmount.check_mountpoint(args.mountpoint, suid=args.suid, dev=args.dev)  # before the daemon
+    # Before the daemon and the pull.
+    devmount.check_mountpoint(args.mountpoint, suid=args.suid, dev=args.dev, writable=args.writable)
     # `mount` is always the fuse backend's.
     with started_ahead(args, image, "fuse", app.store_dir.absolute()):
         return run_mount(args, image, lambda: app.store, lambda: app.provisioner, app.work_dir)

@@ -99,7 +99,8 @@ def _unsafe(path: Path) -> str | None:
         if found.st_uid != 0:
             return f"is a directory of uid {found.st_uid}"
         if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return "is a directory others may write, and what they put in it would be trusted"
+            return ("is a directory others may write, and what they put in it would be trusted"
+                    " (look at what it holds, then chmod go-w it)")  # fmt: skip
         return None
     holder = os.stat(at)
     if holder.st_uid != 0:

@@ -19,6 +19,9 @@ from providers.errors import TemporaryFailure
 log = logging.getLogger(__name__)
 
 _IDLE_CONNECTIONS = 8
+# Asks failing no further apart than this are one outage of the daemon, waited for once;
+# a failure after a quiet spell (cached reads ask nothing) is a new one, waited for anew.
+_OUTAGE_GAP = 5.0
 
 
 class CacheUnavailable(TemporaryFailure):
@@ -42,6 +45,7 @@ class DaemonLink:
         self._idle: list[Connection] = []
         self._layout_agreed = False  # whether the daemon answering has said its chunk size
         self._down: float | None = None  # since when it has not answered (monotonic)
+        self._failed = 0.0  # when an ask last found it gone
 
     def close(self) -> None:
         with self._lock:
@@ -66,9 +70,10 @@ class DaemonLink:
                 now = time.monotonic()
                 if deadline is None:
                     with self._lock:
-                        first = self._down is None
-                        if self._down is None:
+                        first = self._down is None or now - self._failed > _OUTAGE_GAP
+                        if first:
                             self._down = now
+                        assert self._down is not None
                         deadline = self._down + self.wait
                     if first:
                         # Expected while the daemon starts beside this mount: no warning then.
@@ -76,6 +81,8 @@ class DaemonLink:
                         level = logging.INFO if quiet else logging.WARNING
                         log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to"
                                 " %gs for it", self._socket, error, self.wait)  # fmt: skip
+                with self._lock:
+                    self._failed = now
                 if now >= deadline:
                     raise CacheUnavailable(
                         f"the cache daemon at {self._socket} did not answer within "

@@ -24,13 +24,13 @@ directory, so writes made through a writable mount are gone afterwards.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.mounts import mount_problem
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
 from lazyfs.provision.lazy import start_adopting
@@ -62,7 +62,7 @@ def record_dir(work_dir: Path, mountpoint: Path) -> Path:
     return work_dir / "mounts" / key
 
 
-def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
+def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool, writable: bool = False) -> Path:
     """``mountpoint`` made absolute, or the UsageError (Conflict) that refuses it.
 
     Called again by ``mount_image``; the CLI calls it first, so that a
@@ -71,19 +71,20 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool) -> Path:
     if (suid or dev) and os.geteuid() != 0:
         # fusermount3 would mount nosuid,nodev anyway, and say so only in the log.
         raise UsageError("lazyfs mount --suid and --dev need root")
+    if writable and os.geteuid() != 0:
+        raise UsageError("lazyfs mount --writable needs root: its upper keeps the image's owners")
     # Where the kernel mounts, and the mount table and the record name it: symlinks followed.
     mountpoint = Path(os.path.realpath(mountpoint))
-    try:
-        is_dir = mountpoint.is_dir()
-    except OSError as error:
-        if error.errno != errno.ENOTCONN:
-            raise
-        raise Conflict(f"{mountpoint} is a mount whose process is gone: take it down with"
-                       f" lazyfs umount {mountpoint}") from None  # fmt: skip
-    if not is_dir:
-        raise UsageError(f"mount point {mountpoint} is not a directory")
-    if lazy_mount.is_mounted(mountpoint):
+    # The mount it is in, or is: one whose process died or is stuck is asked with statfs
+    # (the kernel answers a stat from what it learnt before) before anything else asks it.
+    holder = next((p for p in (mountpoint, *mountpoint.parents) if lazy_mount.is_mounted(p)), None)
+    if holder is not None and mount_problem(holder) is not None:
+        raise Conflict(f"{holder} is a mount whose process is gone or stuck: take it down"
+                       f" with lazyfs umount {holder}")  # fmt: skip
+    if holder == mountpoint:
         raise Conflict(f"{mountpoint} is already a mount point")
+    if not mountpoint.is_dir():
+        raise UsageError(f"mount point {mountpoint} is not a directory")
     if os.geteuid() == 0:
         # Root mounts by path, seconds after this check (``providers.mount_path``).
         try:
@@ -123,7 +124,7 @@ async def mount_image(
     run here, in the caller's thread: the CLI calls this once and exits. Nothing is left
     mounted or recorded when it fails.
     """
-    mountpoint = check_mountpoint(mountpoint, suid=suid, dev=dev)
+    mountpoint = check_mountpoint(mountpoint, suid=suid, dev=dev, writable=writable)
     # Two mounts at one mount point at once would both pass the check: the second waits
     # here (':' is in no container id), then finds the first mounted.
     lock = provisioner.locks / f"mount:{record_dir(work_dir, mountpoint).name}.lock"

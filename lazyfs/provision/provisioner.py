@@ -54,6 +54,7 @@ from lazyfs.provision.records import (
     VolumeInfo,
     check_container_id,
     incomplete,
+    load_image,
     load_info,
     one_line,
     require_layers,
@@ -376,8 +377,8 @@ class Provisioner:
         (BackendError, NotFound) why it does not work when it cannot be. Blocking."""
         record = self._record(container_id)
         kind = record.backend
-        return revive(record, lambda: load_info(self.store, record), self.backend(kind),
-                      lambda image: self.blobs_for(kind, image))  # fmt: skip
+        return revive(record, lambda image, named: load_image(self.store, image, named),
+                      self.backend(kind), lambda image: self.blobs_for(kind, image))  # fmt: skip
 
     def _remove(self, home: Path) -> None:
         """Destroy every rootfs under ``home`` with its backend, then ``home``."""

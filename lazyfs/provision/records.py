@@ -117,16 +117,7 @@ def load_info(store: Store, record: ContainerRecord) -> ProvisionInfo:
     cid = record.container_id
 
     def manifest(image: ImageRecord, what: str) -> ImageManifest:
-        own = _recorded(image)
-        if own is not None:
-            return own
-        found = store.get_image(image.reference, image.platform)
-        named = f"image {image.reference} of container {cid}{what}"
-        if found is None:
-            raise NotFound(f"{named} is gone from the store")
-        if image.digest and found.digest != image.digest:
-            raise NotFound(f"{named} is gone from the store: {found.digest} has its name now")
-        return found
+        return load_image(store, image, f"image {image.reference} of container {cid}{what}")
 
     volumes = tuple(
         VolumeInfo(
@@ -148,6 +139,20 @@ def load_info(store: Store, record: ContainerRecord) -> ProvisionInfo:
         record.remote_layers,
         volumes,
     )
+
+
+def load_image(store: Store, image: ImageRecord, named: str) -> ImageManifest:
+    """The manifest of ``image`` as a container's record names it (``load_info``); NotFound,
+    saying ``named`` is gone, when neither the record nor ``store`` has that image."""
+    own = _recorded(image)
+    if own is not None:
+        return own
+    found = store.get_image(image.reference, image.platform)
+    if found is None:
+        raise NotFound(f"{named} is gone from the store")
+    if image.digest and found.digest != image.digest:
+        raise NotFound(f"{named} is gone from the store: {found.digest} has its name now")
+    return found
 
 
 @dataclass(frozen=True)

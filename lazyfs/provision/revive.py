@@ -15,8 +15,7 @@ from pathlib import Path
 
 from backends.base import Backend, Remountable
 from backends.mounts import NOT_ANSWERING, mount_problem
-from lazyfs.provision.records import ProvisionInfo
-from lazyfs.provision.usage import ContainerRecord
+from lazyfs.provision.usage import ContainerRecord, ImageRecord
 from providers.errors import BackendError, LazyfsError
 from providers.manifest import ImageManifest
 from providers.source import LocalBlobSource
@@ -48,31 +47,32 @@ def mount_state(backend: str, rootfs: Path) -> str:
 
 def revive(
     record: ContainerRecord,
-    info: Callable[[], ProvisionInfo],
+    image_of: Callable[[ImageRecord, str], ImageManifest],
     backend: Backend,
     blobs_for: Callable[[ImageManifest], LocalBlobSource],
 ) -> bool:
     """Check ``record``'s rootfs and volumes; True if any had to be mounted again.
 
-    Their images (``info``) are looked up only then: a record of an earlier
-    lazyfs names them by reference alone, which may name another image by
-    now, and a container that needs no image must not fail for that.
+    The image of each is looked up (``image_of``: the image as recorded, and
+    what to call it) only when it is mounted again: a record of an earlier
+    lazyfs names it by reference alone, which may name another image by now,
+    and a part that needs no image must not fail for that.
     Raises BackendError saying which does not work, and why, when it
     cannot be mounted again. Blocking.
     """
-    parts = [("its rootfs", record.rootfs, record.writable)]
-    parts += [(f"its volume {v.container_path} at", v.rootfs, v.writable) for v in record.volumes]
-    gone = [(what, rootfs, writable, problem) for what, rootfs, writable in parts
-            if (problem := rootfs_problem(record.backend, rootfs)) is not None]  # fmt: skip
-    if not gone:
-        return False
-    found = info()
-    images = {found.rootfs: found.image, **{v.rootfs: v.image for v in found.volumes}}
-    for what, rootfs, writable, problem in gone:
+    cid = record.container_id
+    parts = [("its rootfs", record.rootfs, record.writable, record.image, "")]
+    parts += [(f"its volume {v.container_path} at", v.rootfs, v.writable, v.image,
+               f"'s volume {v.container_path}") for v in record.volumes]  # fmt: skip
+    revived = False
+    for what, rootfs, writable, recorded, whose in parts:
+        problem = rootfs_problem(record.backend, rootfs)
+        if problem is None:
+            continue
         # Its process lives: mounted again, two would serve one upper if it went on.
         if problem == NOT_ANSWERING or not isinstance(backend, Remountable):
             raise BackendError(f"{what} {rootfs} {problem}")
-        image = images[rootfs]
+        image = image_of(recorded, f"image {recorded.reference} of container {cid}{whose}")
         try:
             backend.remount(image.layers, blobs_for(image), rootfs, writable=writable)
         except LazyfsError as error:
@@ -80,4 +80,5 @@ def revive(
         again = rootfs_problem(record.backend, rootfs)
         if again is not None:
             raise BackendError(f"{what} {rootfs} {again} after mounting it again")
-    return True
+        revived = True
+    return revived

@@ -17,13 +17,14 @@ import ctypes
 import json
 import os
 import signal
+import stat
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from lazyfs.provision.image_user import resolve_user
-from providers.errors import BadImage, LazyfsError
+from providers.errors import BackendError, BadImage, LazyfsError
 from providers.manifest import RuntimeConfig
 from providers.private_dir import private_dir
 
@@ -182,7 +183,8 @@ def run_bundle(
     ``told`` is called with each signal passed on while runc ran, in the
     handler: the container did not end by itself.
     """
-    private_dir(state_root)  # ours alone: runc runs the hooks of the state it finds there
+    private_dir(state_root)
+    _check_state(state_root, container_id)
     argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
     # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it.
     forwarded = [
@@ -291,6 +293,7 @@ def still_running(state_root: Path, container_id: str) -> bool:
     state = state_root / container_id / "state.json"
     if not state.exists():
         return False
+    _check_state(state_root, container_id)
     try:
         answer = _runc(state_root, "state", container_id)
     except FileNotFoundError:
@@ -306,6 +309,22 @@ def still_running(state_root: Path, container_id: str) -> bool:
         return True
     _runc(state_root, "delete", container_id)
     return False
+
+
+def _check_state(state_root: Path, container_id: str) -> None:
+    """BackendError unless ``state_root``, and ``container_id``'s state in it if there, are
+    this user's and no one else may write them: runc runs the hooks of the state it finds
+    (``runc delete`` a stopped container's poststop hooks), as whoever runs runc."""
+    for path in (state_root, state_root / container_id):
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if found.st_uid != os.geteuid() or found.st_mode & 0o022 or stat.S_ISLNK(found.st_mode):
+            raise BackendError(
+                f"runc's state {path} is not this user's alone: its hooks would run as this"
+                " user; remove it after looking at what it holds"
+            )
 
 
 def _runc(state_root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -200,10 +200,12 @@ def test_umount_takes_down_a_mount_whose_process_died_or_stopped(
     lazyfs("mount", "busybox", str(mountpoint))
     record = record_dir(lazyfs.work_dir, mountpoint)
     pid = int((record / "pid").read_text())
+    (mountpoint / "etc").stat()  # the kernel keeps what it learnt: no stat asks it again
     os.kill(pid, fate)
     try:
-        if fate == signal.SIGKILL:  # mounting over a dead one says what to do
-            line = one_line_error(lazyfs("mount", "busybox", str(mountpoint), check=False))
+        # Mounting over it, or under it, says what to do.
+        for place in (mountpoint, mountpoint / "etc"):
+            line = one_line_error(lazyfs("mount", "busybox", str(place), check=False))
             assert line.endswith(f"take it down with lazyfs umount {mountpoint}"), line
         # Looking at the mount point now asks a dead mount (ENOTCONN) or a stopped one.
         result = lazyfs("umount", str(mountpoint), check=False, timeout=60)

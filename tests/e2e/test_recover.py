@@ -190,6 +190,14 @@ def test_a_kept_container_is_mounted_again_from_its_own_image_after_its_tag_move
         record.write_text(json.dumps(written))
     t2 = lazyfs.work_dir / "provisioner/containers/t2/info.json"
     old = Path(json.loads(t2.read_text())["rootfs"])
+    # Only its volume is mounted again: its rootfs' image is not looked up.
+    t4 = json.loads(
+        lazyfs("provision", "t4", image, "--backend", "fuse", "-v", "/v:busybox").stdout
+    )
+    t4_record = lazyfs.work_dir / "provisioner/containers/t4/info.json"
+    written = json.loads(t4_record.read_text())
+    del written["image"]["manifest"]
+    t4_record.write_text(json.dumps(written))
     # The tag moves on, and the store follows it.
     shutil.rmtree(place)
     shutil.move(build("2"), place)
@@ -197,15 +205,17 @@ def test_a_kept_container_is_mounted_again_from_its_own_image_after_its_tag_move
     kill_mount_process(rootfs)
     kill_mount_process(volume)
     kill_mount_process(old)
+    kill_mount_process(Path(t4["volumes"][0]["rootfs"]))
 
-    report = json.loads(lazyfs("recover", "--keep", "t1", "t2", "t3", check=False).stdout)
-    assert report["remounted"] == ["t1"], report
+    keep = ("t1", "t2", "t3", "t4")
+    report = json.loads(lazyfs("recover", "--keep", *keep, check=False).stdout)
+    assert report["remounted"] == ["t1", "t4"], report
     assert "gone from the store" in report["broken"]["t2"]  # not mounted from another image
-    assert report["kept"] == ["t1", "t3"] and "t3" not in report["broken"]
+    assert report["kept"] == ["t1", "t3", "t4"] and list(report["broken"]) == ["t2"]
     # The image the container was made from, under the writes it made.
     assert (rootfs / "version").read_text() == "version 1\n"
     assert (volume / "version").read_text() == "version 1\n"
     assert (rootfs / "mine").read_text() == "the container's own\n"
-    for cid in ("t1", "t2", "t3"):
+    for cid in ("t1", "t2", "t3", "t4"):
         lazyfs("destroy", cid)
     assert mounts_under(lazyfs.work_dir) == []

@@ -170,3 +170,18 @@ def test_another_user_is_told_of_a_root_dir_it_cannot_use(lazyfs: Lazyfs) -> Non
             assert line.endswith("use a directory of your own (--work_dir)")
     finally:
         shutil.rmtree(base)
+
+
+def test_destroy_and_recover_do_not_ask_runc_of_a_state_of_another_user(lazyfs: Lazyfs) -> None:
+    lazyfs("provision", "c1", "busybox", "--backend", "copy")
+    state = lazyfs.work_dir / "runc" / "c1"
+    state.mkdir(parents=True, mode=0o700)
+    (state / "state.json").write_text("{}")  # runc delete would run the hooks it names
+    os.chown(state, NOBODY, NOBODY)
+    for argv in (["destroy", "c1"], ["recover"]):
+        result = lazyfs(*argv, check=False)
+        assert result.returncode == 1
+        assert f"runc's state {state} is not this user's alone" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    shutil.rmtree(state)
+    lazyfs("destroy", "c1")

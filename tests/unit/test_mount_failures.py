@@ -10,6 +10,7 @@ import pytest
 
 from lazyfs.fs.mount import mount_recorded
 from lazyfs.fs.mount_wire import failure
+from lazyfs.provision.devmount import check_mountpoint
 from providers.errors import UsageError
 
 FUSE_SAID = "fuse: failed to open /dev/fuse: Permission denied"
@@ -45,3 +46,11 @@ def test_a_writable_mount_by_another_user_than_root_is_refused_first(
     with pytest.raises(UsageError, match="a writable fuse mount needs root"):
         mount_recorded(record, [], tmp_path, store=tmp_path, writable=True)
     assert list(record.iterdir()) == []
+
+
+def test_lazyfs_mount_writable_by_another_user_than_root_is_refused_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(UsageError, match="--writable needs root"):
+        check_mountpoint(tmp_path, suid=False, dev=False, writable=True)
