@@ -17,7 +17,8 @@ under a CapacityLimiter.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -135,3 +136,22 @@ def stream_range(
         return pieces
     data = source.read_range(digest, offset, length)
     return iter([(offset, data)] if data else [])
+
+
+class RangeStream(io.RawIOBase):
+    """Blob ``digest`` read from its start, range by range, through ``read`` (a source's
+    ``read_range``, or another read by range): for a reader that wants a stream."""
+
+    def __init__(self, read: Callable[[Digest, int, int], bytes], digest: Digest) -> None:
+        self._read = read
+        self._digest = digest
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._read(self._digest, self._position, len(buffer))
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)

@@ -37,7 +37,7 @@ from lazyfs.cache.client_blob import RemoteBlob as RemoteBlob  # where callers h
 from lazyfs.cache.client_blob import remote_blob as remote_blob
 from lazyfs.cache.client_link import CacheUnavailable as CacheUnavailable  # where callers find it
 from lazyfs.cache.client_link import DaemonLink
-from lazyfs.cache.client_stream import BlobStream, ReadWatcher
+from lazyfs.cache.client_stream import ReadWatcher
 from lazyfs.cache.connection import status as status  # where callers have found it
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
 from lazyfs.cache.messages import (
@@ -59,6 +59,7 @@ from lazyfs.cache.partial import Cut, PartialChunks, Span
 from lazyfs.cache.pieces import MAX_PIECE
 from providers.digest import Digest
 from providers.errors import DigestMismatch, LazyfsError, NotFound, TemporaryFailure
+from providers.source import RangeStream
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class CacheClient(DaemonLink):
 
     def open(self, digest: Digest) -> BinaryIO:
         self._blob(digest)
-        return io.BufferedReader(BlobStream(self, digest), 1 << 20)
+        return io.BufferedReader(RangeStream(self.read_range, digest), 1 << 20)
 
     def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         blob = self._blob(digest)

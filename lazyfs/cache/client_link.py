@@ -93,8 +93,10 @@ class DaemonLink:
                 pause = min(pause * 2, 0.2)
                 continue
             self._give(connection)
-            with self._lock:
-                back, self._down = self._down is not None, None
+            back = False
+            if self._down is not None:  # most asks: the daemon answered the last one too
+                with self._lock:
+                    back, self._down = self._down is not None, None
             if back:
                 log.info("cache daemon at %s answers again", self._socket)
             if isinstance(response, Failure):

@@ -77,7 +77,8 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool, writable: bool 
     mountpoint = Path(os.path.realpath(mountpoint))
     # The mount it is in, or is: one whose process died or is stuck is asked with statfs
     # (the kernel answers a stat from what it learnt before) before anything else asks it.
-    holder = next((p for p in (mountpoint, *mountpoint.parents) if lazy_mount.is_mounted(p)), None)
+    points = set(lazy_mount.mount_points())  # read once: the path's every ancestor is asked
+    holder = next((p for p in (mountpoint, *mountpoint.parents) if p in points), None)
     if holder is not None and mount_problem(holder) is not None:
         raise Conflict(f"{holder} is a mount whose process is gone or stuck: take it down"
                        f" with lazyfs umount {holder}")  # fmt: skip

@@ -22,7 +22,7 @@ from providers.digest import Digest
 from providers.errors import NotFound
 from providers.fileio import pread_all
 from providers.manifest import Layer
-from providers.source import BlobSource, Evicting
+from providers.source import BlobSource, Evicting, RangeStream
 
 
 class StoreBlobs:
@@ -57,26 +57,8 @@ class StoreBlobs:
         def opener() -> BinaryIO:
             if again[0] and isinstance(upstream, Evicting):
                 upstream.evict(layer.digest, 0, layer.size, "the blob did not match its digest")
-                return io.BufferedReader(_ReadAgain(upstream, layer.digest), 1 << 20)
+                return io.BufferedReader(RangeStream(upstream.read_again, layer.digest), 1 << 20)
             again[0] = True
             return upstream.open(layer.digest)
 
         return self.store.ingest(layer, opener)
-
-
-class _ReadAgain(io.RawIOBase):
-    """Blob ``digest`` from its start through ``source.read_again``."""
-
-    def __init__(self, source: Evicting, digest: Digest) -> None:
-        self._source = source
-        self._digest = digest
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._source.read_again(self._digest, self._position, len(buffer))
-        buffer[: len(data)] = data
-        self._position += len(data)
-        return len(data)

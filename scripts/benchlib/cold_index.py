@@ -61,6 +61,7 @@ from benchlib.cold_run import (
     lazyfs_once,
     lazyfs_untimed,
     replayed_only,
+    requiring,
     stop_leftovers,
     warm_until_printed,
 )
@@ -197,14 +198,7 @@ def _lazy_only(once: Callable[[], Timing]) -> Callable[[], Timing]:
     A start that found no index pulls the image whole, which would be
     another row's figure under this row's name.
     """
-
-    def checked() -> Timing:
-        timing = once()
-        if not timing.facts.get("daemon_requests"):
-            raise ToolError(f"not a lazy start (no cache daemon fetches): {timing.facts}")
-        return timing
-
-    return checked
+    return requiring(once, "daemon_requests", "not a lazy start (no cache daemon fetches)")
 
 
 def push_index(ctx: Context, host: str, reference: str) -> None:

@@ -258,11 +258,16 @@ def replayed_only(once: Callable[[], Timing]) -> Callable[[], Timing]:
     A failed trace lookup is one warning in the start's log, and the start
     goes on without the trace: another row's figure under this row's name.
     """
+    return requiring(once, "trace_reads", "no trace replayed (none fetched into the store)")
+
+
+def requiring(once: Callable[[], Timing], fact: str, refusal: str) -> Callable[[], Timing]:
+    """``once``, refusing (ToolError: ``refusal``) a start whose ``fact`` is 0 or missing."""
 
     def checked() -> Timing:
         timing = once()
-        if not timing.facts.get("trace_reads"):
-            raise ToolError(f"no trace replayed (none fetched into the store): {timing.facts}")
+        if not timing.facts.get(fact):
+            raise ToolError(f"{refusal}: {timing.facts}")
         return timing
 
     return checked
