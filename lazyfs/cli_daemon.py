@@ -12,6 +12,12 @@ flags of this invocation, passed in its environment as ``LAZYFS_*``
 variables, not on its command line, where other users could read a
 ``--docker_config`` with credentials.
 
+``lazyfs daemon`` serves until stopped; the daemon a command starts is
+given ``--idle_exit`` (``SPAWNED_IDLE``, ``SPAWNED_FIRST_IDLE``), so that it
+goes once nothing has used it for an hour, or for a minute when nothing
+ever connected (the command that started it ahead failed, or its image had
+no lazy layer). The next mount starts another.
+
 The daemon runs in ``/``, as a service does, so that it holds no directory
 of whoever started it (a mount of theirs would stay busy for the daemon's
 life); ``anchor_paths`` first makes the relative paths among its flags
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -38,6 +45,10 @@ if TYPE_CHECKING:
     from lazyfs.store.disk import Store
 
 DEFAULT_CACHE_SIZE = "10GiB"
+# A daemon a command starts: seconds with no mount and no fetch, then it exits, as the
+# mount server does (``lazyfs.fs.mount_server``); and before its first connection.
+SPAWNED_IDLE = 3600.0
+SPAWNED_FIRST_IDLE = 60.0
 # The global flags that may name a file or a directory (or else a URL, or inline JSON).
 PATH_FLAGS = (
     "work_dir",
@@ -78,7 +89,9 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
     env["LAZYFS_WORK_DIR"] = str(Path(args.work_dir).absolute())
     env["LAZYFS_CACHE_DIR"] = str(cache_dir(args))
     env["LAZYFS_CACHE_SIZE"] = str(cache_size(args))
-    return DaemonSpec(cache_dir(args), (sys.executable, "-P", "-m", "lazyfs", "daemon"), env)
+    command = (sys.executable, "-P", "-m", "lazyfs", "daemon")
+    idle = ("--idle_exit", f"{SPAWNED_IDLE:g}", "--first_idle", f"{SPAWNED_FIRST_IDLE:g}")
+    return DaemonSpec(cache_dir(args), command + idle, env)
 
 
 def anchor_paths(args: argparse.Namespace) -> None:
@@ -134,8 +147,18 @@ def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:
         Origins(registry_options(args)),
         background=background,
         every=every,
+        idle_exit=_seconds(args, "idle_exit"),
+        first_idle=_seconds(args, "first_idle"),
     )
     return 0
+
+
+def _seconds(args: argparse.Namespace, name: str) -> float | None:
+    """``--NAME`` of ``lazyfs daemon``: None if not given, else seconds over 0."""
+    value = getattr(args, name, None)
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--{name} {value:g}: want seconds over 0")
+    return value
 
 
 def image_gc_chore(

@@ -136,7 +136,20 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     )
     sub.add_argument("--suid", action="store_true", help="honour setuid bits (default: nosuid)")
     sub.add_argument("--dev", action="store_true", help="allow device nodes (default: nodev)")
-    command("daemon", "run the machine's cache daemon in the foreground")
+    sub = command("daemon", "run the machine's cache daemon in the foreground")
+    sub.add_argument(
+        "--idle_exit",
+        type=float,
+        metavar="SECONDS",
+        help="exit after SECONDS with no mount connected and nothing being fetched (default:"
+        " never; a daemon that a command starts exits after an hour)",
+    )
+    sub.add_argument(
+        "--first_idle",
+        type=float,
+        metavar="SECONDS",
+        help="with --idle_exit: the SECONDS before anything first connects (default the same)",
+    )
     cli_cache.add_arguments(command("cache", "show the cache: size, limit, layers, completeness"))
     sub = command("umount", "take down what `lazyfs mount` mounted")
     sub.add_argument("mountpoint", type=Path, help="where `lazyfs mount` mounted the image")

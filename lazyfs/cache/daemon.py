@@ -37,6 +37,7 @@ from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import DEFAULT_UPSTREAM_REQUESTS, Fetcher
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
+from lazyfs.cache.idle import Idle, stop_when_idle
 from lazyfs.cache.layout import SOCKET_NAME, ChunkKey, socket_path
 from lazyfs.cache.messages import (
     MAX_READ_LENGTH,
@@ -97,6 +98,7 @@ async def serve(
     *,
     background: bool = True,
     background_settle: float = 0.0,
+    idle: Idle | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the cache until cancelled; ``task_status.started`` gets the socket's path.
@@ -104,7 +106,8 @@ async def serve(
     ``background``: whether background fetch requests are carried out
     (``lazyfs.cache.background``); when not, they are answered and ignored.
     ``background_settle``: how long no reader may have waited on a fetch
-    before a background request goes out.
+    before a background request goes out. ``idle``: when to stop with nothing to do
+    (``lazyfs.cache.idle``); then it returns.
     """
     path = socket_path(cache.layout.root)
     with contextlib.suppress(FileNotFoundError):
@@ -130,6 +133,8 @@ async def serve(
             pieces = Pieces(nursery, limiter, upstream.run_sync, demand=fetcher.demand)
             replays = Replays(fetcher, nursery, pieces)
             server = Server(cache, fetcher, resolve, backgrounds, replays, pieces)
+            if idle is not None:
+                nursery.start_soon(stop_when_idle, idle, server, nursery, nursery.cancel_scope)
             task_status.started(path)
             await trio.serve_listeners(server.connection, [listener])
     finally:
@@ -157,8 +162,19 @@ class Server:
         self.backgrounds = backgrounds
         self.replays = replays
         self.reads = 0  # read requests received: what a mount could not serve itself
+        self.connected = 0  # connections open now
+        self.served = 0  # connections taken, ever
 
     async def connection(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection's requests until it ends (or goes out of step)."""
+        self.connected += 1
+        self.served += 1
+        try:
+            await self._connection(stream)
+        finally:
+            self.connected -= 1
+
+    async def _connection(self, stream: trio.abc.Stream) -> None:
         sending = trio.Lock()  # one writer at a time: frames must not interleave
         slots = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
 

@@ -90,8 +90,7 @@ class Replays:
         # A queue per source (by identity: the daemon resolves one per origin),
         # in the order they are served in turn; none is kept empty.
         self._queues: OrderedDict[int, deque[_Run]] = OrderedDict()
-        self._queued = trio.Event()
-        self._running = False
+        self._running = False  # whether ``_run`` is working through the queues
         self._limiter = trio.CapacityLimiter(REQUESTS)
         self._out = 0  # replay requests out now
         self._landed = trio.Event()  # set whenever one comes back
@@ -115,11 +114,9 @@ class Replays:
         else:
             queued = self._queue(source, digest, ranges, blob_size)
         # Also when the rest was dropped: what was queued goes out.
-        if self._queues:
-            self._queued.set()
-            if not self._running:
-                self._running = True
-                self._nursery.start_soon(self._run)
+        if self._queues and not self._running:
+            self._running = True
+            self._nursery.start_soon(self._run)
         return queued
 
     def _queue(
@@ -196,25 +193,24 @@ class Replays:
         return self.fetcher.in_flight(key) or self.fetcher.cache.contains(key)
 
     async def _run(self) -> None:
-        """Work through the queue for ever; requests are tasks of the daemon's nursery."""
-        while True:
-            while not self._queues:
-                self._queued = trio.Event()
-                await self._queued.wait()
-            run = self._next()
-            await self._turn()
-            # Checked when it goes out, not when queued: a reader may have fetched it.
-            if run.piece is not None:
-                if not self._held(run):
+        """Work through the queues until they are empty; requests are tasks of the daemon's
+        nursery. A task only while there is work: an idle daemon has none (``idle``)."""
+        try:
+            while self._queues:
+                run = self._next()
+                await self._turn()
+                # Checked when it goes out, not when queued: a reader may have fetched it.
+                if run.piece is not None:
+                    if not self._held(run):
+                        self._out += 1
+                        self._nursery.start_soon(self._bring, run)
+                    continue
+                chunks = [i for i in run.chunks if not self._in_hand(run.digest, i)]
+                for part in _runs(chunks, REQUEST_CHUNKS):
                     self._out += 1
-                    self._nursery.start_soon(self._bring, run)
-                continue
-            chunks = [i for i in run.chunks if not self._in_hand(run.digest, i)]
-            if not chunks:
-                continue
-            for part in _runs(chunks, REQUEST_CHUNKS):
-                self._out += 1
-                self._nursery.start_soon(self._fetch, run.source, run.digest, list(part))
+                    self._nursery.start_soon(self._fetch, run.source, run.digest, list(part))
+        finally:
+            self._running = False  # no await since the queues were seen empty: none is lost
 
     def _next(self) -> _Run:
         """The first run of the queue whose turn it is; that queue goes last."""

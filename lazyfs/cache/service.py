@@ -13,21 +13,30 @@ name, with the registry settings the daemon was started with.  ``every``
 is a chore the daemon runs in a thread at an interval while it serves
 (image GC, handed in by the CLI: this package does not know the store); a
 chore that fails is logged and tried again at the next interval.
+
+With ``idle_exit`` it also stops once no mount has been connected and no
+fetch has been in hand for that many seconds (``first_idle``: before anyone
+connected), as a daemon a command started does (``lazyfs.cli_daemon``): the
+next mount starts another. It holds the start lock from then until the
+cache is let go (``lazyfs.cache.idle``). A chore does not keep it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
-from functools import partial
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import trio
 
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import Resolve, serve
+from lazyfs.cache.idle import Idle
+from lazyfs.cache.spawn import START_LOCK
+from providers.fslock import try_exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +58,25 @@ def run(
     *,
     background: bool = True,
     every: Chore | None = None,
+    idle_exit: float | None = None,
+    first_idle: float | None = None,
 ) -> None:
-    """Serve the cache at ``cache_dir`` until SIGTERM or SIGINT. Blocking.
+    """Serve the cache at ``cache_dir`` until SIGTERM or SIGINT, or idle for ``idle_exit``
+    seconds (``first_idle`` before the first connection; default the same). Blocking.
 
     ``background``: whether mounted layers are fetched whole in the background.
     """
+    stopping = contextlib.ExitStack()  # the start lock, once idle: let go after the cache
+
+    def may_stop() -> bool:
+        return stopping.enter_context(try_exclusive_lock(cache_dir / START_LOCK))
+
+    idle = None
+    if idle_exit is not None:
+        idle = Idle(idle_exit, idle_exit if first_idle is None else first_idle, may_stop)
     # A signal before trio listens (while the cache is taken stock of) ends the
     # process as signals do: the lock goes with it, and nothing is served yet.
-    with DiskCache.open(cache_dir, limit_bytes) as cache:
+    with stopping, DiskCache.open(cache_dir, limit_bytes) as cache:
         # Written while we own the cache: whoever reads it finds the owner (or a dead one).
         pid_file = cache_dir / PID_NAME
         pid_file.write_text(f"{os.getpid()}\n")
@@ -69,26 +89,37 @@ def run(
             stats.limit_bytes,
         )
         try:
-            trio.run(_serve, cache, resolve, background, every)
+            trio.run(_serve, cache, resolve, background, every, idle)
         finally:
             pid_file.unlink(missing_ok=True)
     log.info("cache daemon stopped")
 
 
-async def _serve(cache: DiskCache, resolve: Resolve, background: bool, every: Chore | None) -> None:
+async def _serve(
+    cache: DiskCache, resolve: Resolve, background: bool, every: Chore | None, idle: Idle | None
+) -> None:
+    settle = BACKGROUND_SETTLE
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            serving = partial(
-                serve, cache, resolve, background=background, background_settle=BACKGROUND_SETTLE
-            )
+
+            async def serving(task_status: trio.TaskStatus[Path]) -> None:
+                await serve(cache, resolve, background=background, background_settle=settle,
+                            idle=idle, task_status=task_status)  # fmt: skip
+                log.info("nothing to do for %gs: stopping", idle.seconds if idle else 0)
+                nursery.cancel_scope.cancel()  # it returns only when idle
+
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             path = await nursery.start(serving)
             log.info("cache daemon serving on %s", path)
             if every is not None:
                 nursery.start_soon(_chore, *every)
-            async for number in signals:
-                log.info("%s: stopping", signal.Signals(number).name)
-                break
-            nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for number in signals:
+        log.info("%s: stopping", signal.Signals(number).name)
+        scope.cancel()
+        return
 
 
 async def _chore(interval: float, job: Callable[[], object]) -> None:

@@ -52,7 +52,9 @@ def test_a_started_daemon_gets_the_flags_in_its_environment_not_its_command_line
         "--cache_size", "1GB",
     )  # fmt: skip
     spec = daemon_spec(args)
-    assert spec.command[-4:] == ("-P", "-m", "lazyfs", "daemon")
+    assert spec.command[1:5] == ("-P", "-m", "lazyfs", "daemon")
+    # It goes when nothing has used it for an hour, or a minute if nothing ever connected.
+    assert spec.command[5:] == ("--idle_exit", "3600", "--first_idle", "60")
     assert not any("secret" in part for part in spec.command)
     assert spec.env["LAZYFS_DOCKER_CONFIG"] == CONFIG
     assert spec.env["LAZYFS_DOCKER_REGISTRY_TIMEOUT"] == "7.0"
@@ -98,7 +100,7 @@ def test_a_started_daemon_imports_nothing_from_the_callers_directory(tmp_path: P
     (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     (planted / "__main__.py").write_text("")
     spec = daemon_spec(parse("--work_dir", str(tmp_path / "work")))
-    command = [*spec.command[:-1], "--help"]  # the daemon's interpreter and module, not its loop
+    command = [*spec.command, "--help"]  # the daemon's interpreter and module, not its loop
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "usage: lazyfs" in done.stdout

@@ -1,0 +1,192 @@
+"""A cache daemon with nothing to do stops (``lazyfs.cache.idle``): on trio's mock clock,
+in-process over its real socket, and as ``lazyfs daemon --idle_exit``."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.daemon import serve
+from lazyfs.cache.idle import Idle
+from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.messages import (
+    BadRequest,
+    BlobRange,
+    HandleOrigin,
+    Origin,
+    Prefetch,
+    PrefetchOk,
+    Status,
+    StatusOk,
+)
+from lazyfs.cache.spawn import START_LOCK
+from providers.fslock import exclusive_lock
+from providers.source import BlobSource
+from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
+from tests.unit.test_cache_daemon import connect
+
+FAKE = HandleOrigin("fake")
+
+
+@dataclass
+class Serving:
+    path: Path
+    cache: DiskCache
+    stopped: trio.Event
+
+
+@asynccontextmanager
+async def daemon(tmp_path: Path, source: FakeSource, idle: Idle) -> AsyncIterator[Serving]:
+    def resolve(origin: Origin) -> BlobSource:
+        if origin == FAKE:
+            return source
+        raise BadRequest(f"unknown origin {origin}")
+
+    root = tmp_path / "c"
+    root.mkdir(exist_ok=True)
+    stopped = trio.Event()
+
+    async def serving(cache: DiskCache, task_status: trio.TaskStatus[Path]) -> None:
+        await serve(cache, resolve, idle=idle, task_status=task_status)
+        stopped.set()
+
+    with DiskCache.open(root, 64 * os.statvfs(root).f_frsize, chunk_size=SIZE) as cache:
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(serving, cache)
+            yield Serving(path, cache, stopped)
+            nursery.cancel_scope.cancel()
+
+
+async def fetched(path: Path) -> None:
+    """Return once the daemon at ``path`` has no fetch in flight (asked on a connection of
+    its own, closed after: the clock stands still meanwhile)."""
+    async with connect(path) as client:
+        for ask in itertools.count(1):
+            status = await client.call(Status(ask))
+            assert isinstance(status, StatusOk)
+            if not status.fetches_in_flight:
+                break
+            await trio.testing.wait_all_tasks_blocked()  # its thread answers in real time
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def idle(seconds: float, first: float, may_stop: Callable[[], bool] = lambda: True) -> Idle:
+    return Idle(seconds, first, may_stop)
+
+
+async def after(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Let ``seconds`` pass on the mock clock, a second at a time, as a watcher sees them."""
+    for _ in range(int(seconds)):
+        clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_daemon_nobody_connects_to_stops_after_its_first_idle(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with daemon(tmp_path, FakeSource(), idle(100, 10)) as served:
+        await after(mock_clock, 9)
+        assert not served.stopped.is_set() and served.path.exists()
+        await after(mock_clock, 2)
+        assert served.stopped.is_set()
+        assert not served.path.exists()  # the next start finds no socket
+
+
+async def test_a_connected_mount_keeps_it_and_its_going_starts_the_wait(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with daemon(tmp_path, FakeSource(), idle(10, 5)) as served:
+        async with connect(served.path) as client:
+            assert isinstance(await client.call(Status(1)), StatusOk)
+            await after(mock_clock, 100)
+            assert not served.stopped.is_set()
+            assert isinstance(await client.call(Status(2)), StatusOk)
+        # Someone has connected: the wait is the longer one, counted from now.
+        await after(mock_clock, 9)
+        assert not served.stopped.is_set()
+        await after(mock_clock, 2)
+        assert served.stopped.is_set()
+
+
+async def test_a_fetch_in_hand_keeps_it_after_its_mount_left(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    source = FakeSource(gated=True)
+    async with daemon(tmp_path, source, idle(10, 10)) as served:
+        async with connect(served.path) as client:
+            asked = Prefetch(1, (BlobRange(BLOB, 0, 2 * SIZE),), FAKE, len(DATA))
+            assert isinstance(await client.call(asked), PrefetchOk)
+        await after(mock_clock, 30)
+        assert not served.stopped.is_set()  # the fetch waits at the gate
+        source.gate.set()
+        await fetched(served.path)
+        await after(mock_clock, 11)
+        assert served.stopped.is_set()
+
+
+async def test_a_replay_ends_its_task_with_its_queue(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with daemon(tmp_path, FakeSource(), idle(10, 10)) as served:
+        async with connect(served.path) as client:
+            replay = Prefetch(1, (BlobRange(BLOB, 0, 4 * SIZE),), FAKE, len(DATA), replay=True)
+            assert isinstance(await client.call(replay), PrefetchOk)
+        await fetched(served.path)
+        assert served.cache.contains(ChunkKey(BLOB, 3))
+        await after(mock_clock, 11)
+        assert served.stopped.is_set()
+
+
+async def test_it_stays_while_it_may_not_stop(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    allowed = False
+    async with daemon(tmp_path, FakeSource(), idle(10, 10, lambda: allowed)) as served:
+        await after(mock_clock, 30)
+        assert not served.stopped.is_set() and served.path.exists()
+        allowed = True
+        await after(mock_clock, 1)
+        assert served.stopped.is_set()
+
+
+def daemon_command(work: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-P", "-m", "lazyfs", "--work_dir", str(work), "daemon", *flags]
+
+
+def test_lazyfs_daemon_with_idle_exit_stops_and_lets_the_next_start_in(tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    cache = work / "cache"
+    done = subprocess.run(
+        daemon_command(work, "--idle_exit", "0.5"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nothing to do for 0.5s: stopping" in done.stderr
+    assert not (cache / "daemon.sock").exists() and not (cache / "daemon.pid").exists()
+    with exclusive_lock(cache / START_LOCK):  # let go: a start is not kept waiting
+        pass
+
+
+def test_lazyfs_daemon_refuses_idle_exit_that_is_not_seconds(tmp_path: Path) -> None:
+    done = subprocess.run(
+        daemon_command(tmp_path / "w", "--idle_exit", "-1"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == ["lazyfs: --idle_exit -1: want seconds over 0"]
