@@ -42,7 +42,7 @@ class DaemonLink:
         self._socket = socket_path(cache_dir)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._idle: list[Connection] = []
+        self._idle: list[tuple[Connection, float]] = []  # each with when it was opened
         self._layout_agreed = False  # whether the daemon answering has said its chunk size
         self._down: float | None = None  # since when it has not answered (monotonic)
         self._failed = 0.0  # when an ask last found it gone
@@ -50,7 +50,7 @@ class DaemonLink:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for connection in idle:
+        for connection, _ in idle:
             connection.close()
 
     def _ask(self, request: Request) -> Response:
@@ -60,7 +60,7 @@ class DaemonLink:
         while True:
             connection = None
             try:
-                connection = self._take()
+                connection, opened = self._take()
                 response = connection.call(request)
             except (OSError, ProtocolError) as error:
                 if connection is not None:
@@ -92,26 +92,32 @@ class DaemonLink:
                 # Short: a mount starts beside the daemon and may ask before it listens.
                 pause = min(pause * 2, 0.2)
                 continue
-            self._give(connection)
+            self._give(connection, opened)
             back = False
             if self._down is not None:  # most asks: the daemon answered the last one too
                 with self._lock:
-                    back, self._down = self._down is not None, None
+                    # An answer on a connection older than the outage may have been sent
+                    # before the daemon went: only one opened since says it is back.
+                    back = self._down is not None and opened >= self._down
+                    if back:
+                        self._down = None
             if back:
                 log.info("cache daemon at %s answers again", self._socket)
             if isinstance(response, Failure):
                 raise failure_error(request, response)
             return response
 
-    def _take(self) -> Connection:
+    def _take(self) -> tuple[Connection, float]:
+        """An idle connection, or a new one; with when it was opened."""
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return Connection(self._socket)
+        opened = time.monotonic()
+        return Connection(self._socket), opened
 
-    def _give(self, connection: Connection) -> None:
+    def _give(self, connection: Connection, opened: float) -> None:
         with self._lock:
             if len(self._idle) < _IDLE_CONNECTIONS:
-                self._idle.append(connection)
+                self._idle.append((connection, opened))
                 return
         connection.close()
