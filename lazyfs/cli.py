@@ -54,7 +54,7 @@ class App:
 
     Checking the flags touches nothing; the store and the provisioner are
     made (with their directories) only by the commands that use them, so
-    that ``images`` creates nothing on disk (but, as root, a root directory
+    that ``images`` creates nothing on disk (but a root directory
     to be made in a directory others may write: ``lazyfs.cli_roots``).
     """
 

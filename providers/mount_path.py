@@ -13,8 +13,15 @@ on a path every step of which only root can change.
 included (at most ``MAX_HOPS``).  Each entry it passes is safe when the
 directory holding it is root's and writable by no one else, or is sticky
 (``/tmp``) and the entry itself is root's: only then can no other user
-rename, replace or remove it.  ACLs are not read: a directory that grants
-another user write through an ACL alone is taken for safe.
+rename, replace or remove it.  ACLs are not read, and need not be: an ACL
+lets another user write only as far as its mask allows, and ``stat`` shows
+the mask as the group's bits, so such a directory is one "others may write".
+
+Asked for another ``user`` (``lazyfs.cli_roots``: the root directories of
+a lazyfs run by that user), the same walk takes that user for root's
+equal: a step may be in a directory of root's or theirs, or be theirs in a
+sticky one, and a symlink on the way must be root's or theirs too, so no
+third user's link leads them into a directory of their own.
 
 Owners and modes are only as true as the filesystem that gives them: on a
 FUSE filesystem (a user's, mounted ``allow_other``) its server says what it
@@ -32,8 +39,9 @@ from pathlib import PurePosixPath
 MAX_HOPS = 40  # the kernel's own limit on symlinks followed in one lookup
 
 
-def others_can_move(path: str) -> str | None:
-    """Why a user other than root could change what the absolute ``path`` names, or None.
+def others_can_move(path: str, user: int = 0) -> str | None:
+    """Why a user other than root and ``user`` could change what the absolute ``path`` names,
+    or None.
 
     OSError when a step of it cannot be looked at (gone, not a directory, a loop).
     """
@@ -53,7 +61,7 @@ def others_can_move(path: str) -> str | None:
         kind = answered.get(entry.st_dev)
         if kind is not None:
             return f"{here} is on a {kind} filesystem, whose owners and links prove nothing"
-        why = _unsafe(holder, entry)
+        why = _unsafe(holder, entry, user)
         if why is not None:
             return f"{here} {why}"
         if stat.S_ISLNK(entry.st_mode):
@@ -70,17 +78,22 @@ def others_can_move(path: str) -> str | None:
     return None
 
 
-def _unsafe(holder: os.stat_result, entry: os.stat_result) -> str | None:
-    """Why the entry ``entry`` of the directory ``holder`` is not root's alone, or None."""
-    if holder.st_uid != 0:
+def _unsafe(holder: os.stat_result, entry: os.stat_result, user: int) -> str | None:
+    """Why the entry ``entry`` of the directory ``holder`` is not root's and ``user``'s alone,
+    or None."""
+    ours = (0, user)
+    if holder.st_uid not in ours:
         return f"is in a directory of uid {holder.st_uid}"
-    if not holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return None
-    if holder.st_mode & stat.S_ISVTX and entry.st_uid == 0:
-        return None  # a sticky directory: only root may rename or remove root's entries
-    if holder.st_mode & stat.S_ISVTX:
-        return f"is owned by uid {entry.st_uid}, in a directory others may write"
-    return "is in a directory others may write"
+    if holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if not holder.st_mode & stat.S_ISVTX:
+            return "is in a directory others may write"
+        if entry.st_uid not in ours:  # sticky: only its owner and root rename others' entries
+            return f"is owned by uid {entry.st_uid}, in a directory others may write"
+    if user != 0 and stat.S_ISLNK(entry.st_mode) and entry.st_uid not in ours:
+        # Fixed once made, but made by a third user when they could write here, or given
+        # to them: where they chose to lead this user is not followed.
+        return f"is a symlink of uid {entry.st_uid}"
+    return None
 
 
 def _answered_by_others() -> dict[int, str]:
