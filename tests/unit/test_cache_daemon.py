@@ -15,7 +15,7 @@ import trio.testing
 from lazyfs.cache import cache_pb2 as pb
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import serve, socket_path
-from lazyfs.cache.framing import FrameDecoder, encode_frame
+from lazyfs.cache.framing import encode_frame
 from lazyfs.cache.messages import (
     BadRequest,
     BlobRange,
@@ -30,44 +30,17 @@ from lazyfs.cache.messages import (
     Read,
     ReadOk,
     RegistryOrigin,
-    Request,
     Response,
     Status,
     StatusOk,
-    decode_response,
-    encode_request,
 )
 from lazyfs.cache.pieces import MAX_PIECE, MAX_PIECES_ASKED
 from providers.digest import Digest
 from providers.source import BlobSource
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
+from tests.support.cache_socket import connect
 
 FAKE = HandleOrigin("fake")
-
-
-class Client:
-    """A mount's end of the socket, as plain as the protocol allows."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder()
-        self.pending: list[bytes] = []
-
-    async def send(self, request: Request) -> None:
-        await self.stream.send_all(encode_frame(encode_request(request)))
-
-    async def receive(self) -> Response | None:
-        """The next answer, or None when the daemon closed the connection."""
-        while not self.pending:
-            data = await self.stream.receive_some(1 << 16)
-            if not data:
-                return None
-            self.pending.extend(self.decoder.feed(data))
-        return decode_response(self.pending.pop(0))
-
-    async def call(self, request: Request) -> Response | None:
-        await self.send(request)
-        return await self.receive()
 
 
 @asynccontextmanager
@@ -84,13 +57,6 @@ async def daemon(tmp_path: Path, source: FakeSource) -> AsyncIterator[Path]:
             path = await nursery.start(serve, cache, resolve)
             yield path
             nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def connect(path: Path) -> AsyncIterator[Client]:
-    stream = await trio.open_unix_socket(str(path))
-    async with stream:
-        yield Client(stream)
 
 
 def read(request_id: int, offset: int, length: int, origin: Origin = FAKE) -> Read:

@@ -33,7 +33,7 @@ from lazyfs.cache.spawn import START_LOCK
 from providers.fslock import exclusive_lock
 from providers.source import BlobSource
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
-from tests.unit.test_cache_daemon import connect
+from tests.support.cache_socket import connect
 
 FAKE = HandleOrigin("fake")
 
