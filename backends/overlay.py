@@ -90,6 +90,13 @@ class OverlayBackend:
     ) -> Rootfs:
         if not layers:
             raise BackendError("the overlay backend needs an image of at least one layer")
+        if os.geteuid() != 0:
+            # Said before any layer is extracted: mount(8) mounts overlayfs for root
+            # alone, and would say so only after all of that, in two lines.
+            raise BackendError(
+                f"the overlay backend needs root to mount overlayfs, and this is uid "
+                f"{os.geteuid()}: use --backend copy"
+            )
         lowers = self._lowers(local_files(layers, blobs))
         first = first_mounted(lowers)
         scratch = scratch_dir(rootfs)
@@ -181,8 +188,17 @@ def mount_overlay(options: str, target: Path, *, cwd: Path) -> None:
     except FileNotFoundError:
         raise BackendError("mount(8) from util-linux is not installed") from None
     if done.returncode != 0:
-        reason = done.stderr.strip() or f"exit status {done.returncode}"
-        raise BackendError(f"mount overlay on {target} failed: {reason}")
+        reason = _mount_reason(done.stderr, target) or f"exit status {done.returncode}"
+        raise BackendError(f"the overlay backend cannot mount {target}: {reason}")
+
+
+def _mount_reason(stderr: str, target: Path) -> str:
+    """The reason in mount(8)'s ``stderr`` on one line: its first, without the
+    ``mount: TARGET:`` the error says already (the next lines point to dmesg)."""
+    lines = stderr.strip().splitlines()
+    if not lines:
+        return ""
+    return lines[0].strip().removeprefix("mount: ").removeprefix(f"{target}: ")
 
 
 def overlay_usable(tmp_dir: Path) -> bool:

@@ -24,6 +24,7 @@ from lazyfs.cache.messages import (
     encode_request,
 )
 from providers.errors import LazyfsError, NotFound, TemporaryFailure
+from providers.unix_address import unix_address
 
 _RECEIVE = 1 << 16
 
@@ -47,7 +48,8 @@ class Connection:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.settimeout(timeout)
-            self._sock.connect(str(path))
+            with unix_address(path, "--cache_dir") as address:  # a deep one by a short path
+                self._sock.connect(address)
         except BaseException:
             self._sock.close()
             raise

@@ -68,6 +68,7 @@ from lazyfs.cache.replay import Replays
 from lazyfs.cache.workers import Workers
 from providers.digest import Digest
 from providers.source import BlobSource
+from providers.unix_address import unix_address
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ async def serve(
         os.unlink(path)
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
-        await sock.bind(str(path))
+        with unix_address(path, "--cache_dir") as address:  # a deep one by a short path
+            await sock.bind(address)
         os.chmod(path, 0o600)
         sock.listen(128)
     except BaseException:

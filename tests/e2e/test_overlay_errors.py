@@ -1,0 +1,90 @@
+"""What a user is told when the overlay backend cannot mount: one line, naming the backend.
+
+As another user than root, ``--backend overlay`` is refused before a layer is
+extracted; as root, a mount that fails gives mount(8)'s reason without the
+line pointing to dmesg it adds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backends.overlay import mount_overlay
+from providers.errors import BackendError
+from tests.support.lazyfs_cli import REPO, one_line_error
+
+pytestmark = pytest.mark.integration
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobodys(image_dir: Path) -> Iterator[Path]:
+    """A directory of user 65534's in one all may search, with busybox beside it."""
+    base = Path(tempfile.mkdtemp(prefix="lazyfs-overlay-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "images").mkdir(mode=0o755)
+        shutil.copy(image_dir / "busybox:latest.tar", base / "images")
+        os.chmod(base / "images" / "busybox:latest.tar", 0o644)
+        (base / "home").mkdir()
+        os.chown(base / "home", NOBODY, NOBODY)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def as_nobody(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    work, images = base / "home" / "work", base / "images"
+    return subprocess.run(
+        [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
+         str(images), *args],
+        capture_output=True, text=True, timeout=120, cwd=REPO, user=NOBODY, group=NOBODY,
+        extra_groups=[], stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(base / "home")},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["provision", "c1", "busybox", "--backend", "overlay"],
+        ["run", "--backend", "overlay", "busybox", "--", "true"],
+        ["--image_provisioner_backend", "overlay", "run", "busybox", "--", "true"],
+    ],
+)
+def test_another_user_is_told_in_one_line_the_overlay_backend_needs_root(
+    nobodys: Path, argv: list[str]
+) -> None:
+    line = one_line_error(as_nobody(nobodys, *argv))
+    assert line == (
+        f"lazyfs: the overlay backend needs root to mount overlayfs, and this is uid {NOBODY}:"
+        " use --backend copy"
+    )
+    # Said before the layers were extracted for a mount that could not be.
+    assert list((nobodys / "home" / "work").glob("store/*/layers/*/overlay-v2")) == []
+    # The alternative it names works for this user.
+    for command in (["provision", "c2", "busybox", "--backend", "copy"], ["destroy", "c2"]):
+        done = as_nobody(nobodys, *command)
+        assert done.returncode == 0, done.stderr
+
+
+def test_a_failed_overlay_mount_is_one_line_of_mounts_reason(tmp_path: Path) -> None:
+    (tmp_path / "merged").mkdir()
+    with pytest.raises(BackendError) as caught:
+        # Lower directories that do not exist: mount(8) fails, and points to dmesg.
+        mount_overlay("ro,lowerdir=missing:gone", tmp_path / "merged", cwd=tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"the overlay backend cannot mount {tmp_path / 'merged'}: ")
+    assert "\n" not in message and "dmesg" not in message, message
+    # mount's own words, without its "mount: TARGET:" said already.
+    reason = message.split(": ", 1)[1]
+    assert reason and "mount:" not in reason and str(tmp_path) not in reason, message
+    assert list((tmp_path / "merged").iterdir()) == []
