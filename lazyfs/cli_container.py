@@ -65,7 +65,6 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     from lazyfs.cli_volumes import container_request, container_view, volume_mounts
     from lazyfs.progress import Progress
     from lazyfs.provision import runtime
-    from lazyfs.provision.image_user import resolve_user
 
     command = list(args.command_args)
     if command and command[0] == "--":
@@ -87,26 +86,24 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     def write_bundle(info: ProvisionInfo) -> int | None:
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
         wanted = with_run_flags(info.config, args.env, args.user, os.environ, workdir)
+        # What the command sees: runc's own mounts, then the volumes, each checked runc
+        # can mount it.
+        view = container_view(info, runtime.runc_mounts())
         config = runtime.bundle_config(
             info.rootfs,
-            # Its user comes after: bundle_config would look in the rootfs alone.
-            replace(wanted, user="0:0"),
+            wanted,
             command,
             # The copy backend's rootfs is writable whatever was asked: runc
             # makes it read-only then.
             readonly=args.read_only or not info.writable,
             # Relative: runc puts it under the cgroup of the process that runs it.
             cgroups_path=f"lazyfs/{container_id}",
+            # Who it runs as, from the container's /etc, which a volume may be: the
+            # rootfs' own is never read then.
+            etc=in_root(view, "/etc"),
         )
-        # What the command sees: runc's own mounts, then the volumes, each checked runc
-        # can mount it.
-        view = container_view(info, config["mounts"])
         config["mounts"].extend(volume_mounts(info))
-        # Who it runs as, from the container's /etc, which a volume may be.
-        user = resolve_user(info.rootfs, wanted.user, in_root(view, "/etc"))
         process = config["process"]
-        process["user"] = {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.groups)}
-        process["env"] = runtime.environment(wanted, user.home)
         require_workdir(view, process["cwd"])
         # As a shell says it, not as runc's failure to start (status 1).
         problem = exec_problem(view, process["args"], process["env"], process["cwd"])

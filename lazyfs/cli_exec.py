@@ -17,9 +17,10 @@ each mount in place of what lies below its path (of the mounts at or
 above a path, the deepest has it: outer paths are mounted first), and
 the directories runc makes to mount them on, which hold nothing else
 where the tree below has none. A volume is its rootfs; runc's tmpfs,
-devpts and mqueue are new, with no directory; what /proc and /sys hold
-is the kernel's, not known before runc runs, so a walk into one stops
-there (``Place.seen``) and runc judges.
+devpts and mqueue are new, with no directory but the nodes runc makes
+once all is mounted (``ContainerView.nodes``: /dev/null, /dev/fd...);
+what /proc and /sys hold is the kernel's, not known before runc runs, so
+a walk into one stops there (``Place.seen``) and runc judges.
 A symlink is read in whichever tree holds it and followed in the
 container, an absolute target from the container's root, as the kernel
 follows it once the volumes are mounted; ``..`` climbs out of a volume
@@ -39,7 +40,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 NOT_FOUND = 127
@@ -102,11 +103,14 @@ class Place:
 @dataclass(frozen=True)
 class ContainerView:
     """A container's tree as its command sees it: ``rootfs`` (``writable`` or not, as
-    provisioned) with ``mounts`` over it, in the order they are mounted."""
+    provisioned) with ``mounts`` over it, in the order they are mounted, and the ``nodes``
+    runc makes in its own once they all are, where nothing is: (path, "" for a device
+    node or a symlink's target)."""
 
     rootfs: Path
     writable: bool = False
     mounts: tuple[Mount, ...] = ()
+    nodes: tuple[tuple[tuple[str, ...], str], ...] = ()
 
     def holder(self, parts: Sequence[str]) -> Mount | None:
         """The mount that holds the container path ``parts``; None: the rootfs does.
@@ -181,6 +185,10 @@ class ContainerView:
         """
         return _walk(self, path, None, past_missing=past_missing)
 
+    def node(self, parts: Sequence[str]) -> str | None:
+        """What runc makes at ``parts`` (``nodes``): "" a device node, else a link's target."""
+        return dict(self.nodes).get(tuple(parts))
+
     def mounted(
         self, place: Place, source: Path | None, *, writable: bool, name: str, kind: str = "bind"
     ) -> ContainerView:
@@ -189,7 +197,7 @@ class ContainerView:
         mount = Mount(place.parts, source, writable, name, kind)
         depth = len(mount.parts)
         kept = tuple(m for m in self.mounts if m.parts[:depth] != mount.parts)
-        return ContainerView(self.rootfs, self.writable, (*kept, mount))
+        return replace(self, mounts=(*kept, mount))
 
 
 def _view(root: Path | ContainerView) -> ContainerView:
@@ -288,8 +296,10 @@ def _env_value(env: Sequence[str], key: str) -> str:
 
 def _why_not_executable(view: ContainerView, place: Place, budget: _Budget) -> str | None:
     path = view.host(place.parts)
-    if path is None or view.made_dir(place.parts):  # in runc's tmpfs, only those it makes
+    if view.made_dir(place.parts):  # in runc's tmpfs, the directories it makes
         return "it is a directory"
+    if path is None:  # and the device nodes
+        return "it is not a regular file"
     budget.spend()
     try:
         mode = os.stat(path).st_mode
@@ -353,26 +363,29 @@ def _walk(
         mount = view.holder([*done, part])
         if mount is not None and not mount.seen:
             return Place((*done, part, *reversed(todo)), len(done), seen=False)
-        here = view.host([*done, part])
-        if budget is not None:
-            budget.spend()
-        try:
-            if here is None:  # runc's tmpfs...: nothing but what runc makes in it
-                raise FileNotFoundError
-            mode = os.lstat(here).st_mode
-        except OSError:
-            there = len(done)
-            done.append(part)
-            if not past_missing:
-                return Place((*done, *reversed(todo)), there, linked=linked)
-            continue
-        if stat.S_ISLNK(mode):
+        target = view.node([*done, part])  # runc's: "" a device node, else a symlink
+        if target is None:
+            here = view.host([*done, part])
+            if budget is not None:
+                budget.spend()
+            try:
+                if here is None:  # runc's tmpfs...: nothing but what runc makes in it
+                    raise FileNotFoundError
+                mode = os.lstat(here).st_mode
+            except OSError:
+                there = len(done)
+                done.append(part)
+                if not past_missing:
+                    return Place((*done, *reversed(todo)), there, linked=linked)
+                continue
+            if stat.S_ISLNK(mode):
+                if budget is not None:
+                    budget.spend()
+                target = os.readlink(here)
+        if target:  # a symlink's is never empty
             links += 1
             if links > _MAX_LINKS:
                 return None
-            if budget is not None:
-                budget.spend()
-            target = os.readlink(here)
             if target.startswith("/"):
                 done = []
             todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))

@@ -15,13 +15,18 @@ volume, that is one line before runc runs rather than runc's log line
 after it: runc resolves each path in what is mounted before it (the
 rootfs, its own mounts and the volumes outside it), mounts on a directory
 there, and makes a missing one only where it can write; it mounts none
-in /proc, nor over the container's root.
+in /proc, nor over the container's root. Nor does it start with a volume
+over its /dev, or at the /dev/null or /dev/ptmx it makes there: once all
+is mounted runc makes its device nodes and links in its /dev where nothing
+is (``RUNC_DEV``), and uses those two.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +47,19 @@ CONTAINER_INFO_HELP = (
     "a file holding Mesos' ContainerInfo in protobuf's JSON form: the rootfs image "
     "(mesos.image) and image volumes (volumes), instead of IMAGE (default: none)"
 )
+
+# What runc makes in the container's /dev (its tmpfs there) once everything is mounted, where
+# nothing is (a volume at /dev/zero stays): its default device nodes (""), and symlinks.
+RUNC_DEV = {
+    **dict.fromkeys(("null", "zero", "full", "random", "urandom", "tty"), ""),
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",  # in place of whatever is there
+}
+# Those of them runc uses: it opens /dev/null in the container, and replaces /dev/ptmx.
+_RUNC_USES = ("null", "ptmx")
 
 
 def add_volume_args(sub: argparse.ArgumentParser) -> None:
@@ -101,30 +119,41 @@ def volume_mounts(info: ProvisionInfo) -> list[dict[str, Any]]:
 
 def container_view(info: ProvisionInfo, runc: Sequence[Mapping[str, Any]] = ()) -> ContainerView:
     """``info``'s container as its command will see it: the rootfs, runc's own mounts
-    (``runc``: the runtime spec's, as ``runtime.bundle_config`` lists them), each volume
-    over them.
+    (``runc``: the runtime spec's, as ``runtime.runc_mounts`` lists them), each volume
+    over them, and the nodes runc makes in its /dev after (``RUNC_DEV``).
 
     UsageError, naming the volume, unless its path leads to a directory in
     what is mounted before it, or is missing there below a directory runc
-    can make it in: on a writable rootfs, an ``rw`` volume or a tmpfs.
+    can make it in: on a writable rootfs, an ``rw`` volume or a tmpfs; and
+    unless it leaves runc's /dev, /dev/null and /dev/ptmx to runc.
     """
     from lazyfs.provision.volumes import RW
 
     view = ContainerView(info.rootfs, info.writable)
     for mount in runc:
         view = _with_runc_mount(view, mount)
+    # Where runc's tmpfs at /dev went (symlinks resolved); None: it is not mounted.
+    dev = next((m.parts for m in view.mounts if m.source is None and m.name == "/dev"), None)
     for volume in _outer_first(info.volumes):
         path = volume.container_path
         # As runc finds where to mount it (or make it): missing parts taken as names.
         place = view.find(path, past_missing=True)
         if place is None:
             raise UsageError(f"volume {path}: {path} has too many levels of symbolic links")
-        problem = _mount_point_problem(view, place, path)
+        problem = _runc_dev_problem(place, dev) or _mount_point_problem(view, place, path)
         if problem is not None:
             raise UsageError(f"volume {path}: {problem}")
         writable = volume.mode == RW and volume.writable
         view = view.mounted(place, volume.rootfs, writable=writable, name=path)
-    return view
+    if dev is None:
+        return view
+    nodes = dict(RUNC_DEV)
+    if os.path.exists("/proc/kcore"):  # runc's rule: where this machine has one
+        nodes["core"] = "/proc/kcore"
+    made = [((*dev, name), target) for name, target in nodes.items()]
+    # The devpts runc mounts at /dev/pts has its ptmx, which /dev/ptmx leads to.
+    made += [((*m.parts, "ptmx"), "") for m in view.mounts if m.kind == "devpts"]
+    return replace(view, nodes=tuple(made))
 
 
 def _outer_first(volumes: tuple[VolumeInfo, ...]) -> list[VolumeInfo]:
@@ -148,6 +177,21 @@ def _with_runc_mount(view: ContainerView, mount: Mapping[str, Any]) -> Container
         return view  # through a loop, or to the root: runc's own mount fails, as it did
     writable = kind == "tmpfs" and "ro" not in mount.get("options", ())
     return view.mounted(place, None, writable=writable, name=destination, kind=kind)
+
+
+def _runc_dev_problem(place: Place, dev: tuple[str, ...] | None) -> str | None:
+    """Why a volume that leads to ``place`` would keep runc from starting, given where its
+    tmpfs at /dev is (``dev``); None if it would not."""
+    if dev is None or not place.parts:
+        return None
+    if dev[: len(place.parts)] == place.parts:
+        # runc takes a bind mount at /dev for a /dev of the container's own and makes no
+        # device node: it fails on /dev/null, in its own words.
+        return "it would hide runc's tmpfs at /dev, which holds the container's device nodes"
+    for name in _RUNC_USES:
+        if place.parts[: len(dev) + 1] == (*dev, name):
+            return f"runc makes the container's /dev/{name} itself, and uses it"
+    return None
 
 
 def _mount_point_problem(view: ContainerView, place: Place, path: str) -> str | None:

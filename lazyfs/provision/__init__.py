@@ -4,7 +4,8 @@
 (``build``; ``revive`` mounts a kept one again), with ``records`` holding
 what it records and reports (``ProvisionInfo``, ``RecoverReport``) and the
 checks on what it is given; ``volumes`` are Mesos' image volumes, a
-container's further images mounted into it; ``usage`` reads the records
+container's further images mounted into it, whose images are all fetched
+before any rootfs is built (``fetch_first``); ``usage`` reads the records
 alone, for ``lazyfs ps`` and for image GC (``used_images``); ``devmount`` is
 ``lazyfs mount`` for a person; ``runtime`` writes OCI bundles and runs them
 with runc; ``lazy`` decides which layers of an image stay in its registry

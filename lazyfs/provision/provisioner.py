@@ -41,6 +41,7 @@ from lazyfs.progress import Progress
 from lazyfs.provision import runtime
 from lazyfs.provision.build import RecordAhead, RootfsBuilder, Workload
 from lazyfs.provision.container_locks import ContainerLocks
+from lazyfs.provision.fetch_first import FetchedFirst
 from lazyfs.provision.lazy import (
     LAZY_BACKENDS,
     LazyProvider,
@@ -161,7 +162,8 @@ class Provisioner:
         in ``working_dir`` (empty: the image's), whose prefetch trace a lazy
         rootfs records or replays. Each of ``volumes`` is built by the same
         backend, writable if its mode is ``rw``, after the rootfs and in
-        order, and recorded with it; its errors name it.
+        order, and recorded with it; its errors name it. Every image is
+        fetched before any is built (``fetch_first``).
         Refuses (Conflict) a container id that exists, complete or not.
         ``publish``, if given, is called with the result before the
         container is marked complete: tell the caller's caller there, so a
@@ -189,21 +191,18 @@ class Provisioner:
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
                 lazy = name in LAZY_BACKENDS
-                build = RootfsBuilder(
-                    home,
-                    name,
-                    chosen,
-                    progress,
-                    lambda wanted, workload: self._fetch(
-                        self._provider(wanted), wanted, progress, lazy=lazy, workload=workload
-                    ),
+                fetched = FetchedFirst(lambda wanted, workload: self._fetch(
+                    self._provider(wanted), wanted, progress, lazy=lazy, workload=workload
+                ))  # fmt: skip
+                runs = (command, working_dir)
+                await fetched.all(image, runs, volumes)  # a missing one fails before any build
+                build = RootfsBuilder(home, name, chosen, progress, fetched,
                     lambda manifest, workload: self.blobs_for(name, manifest, *workload),
                     lambda manifest, blobs: start_adopting(blobs, manifest, self.root, self.limits),
-                )
+                )  # fmt: skip
                 what = f"the rootfs of {container_id}"
                 # info.json is made durable while the backend builds, where it can be.
                 ahead = None if volumes else RecordAhead(home, container_id, name, writable)
-                runs = (command, working_dir)
                 manifest, rootfs, remote = await build(image, writable, what, runs, ahead)
                 built = []
                 for volume in volumes:

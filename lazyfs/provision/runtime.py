@@ -56,9 +56,16 @@ def bundle_config(
     readonly: bool,
     cgroups_path: str,
     hostname: str = "lazyfs",
+    etc: Path | None = None,
 ) -> dict[str, Any]:
-    """An OCI runtime spec ``config.json`` for running ``command`` in ``rootfs``."""
-    user = resolve_user(rootfs, config.user)
+    """An OCI runtime spec ``config.json`` for running ``command`` in ``rootfs``.
+
+    The image's user is looked up in ``etc``, the container's /etc as found
+    in what is mounted there (``lazyfs.cli_volumes.container_view``: a volume
+    may be it), else in the rootfs' own (``image_user.resolve_user``). The
+    mounts are runc's own (``runc_mounts``); the caller adds its volumes.
+    """
+    user = resolve_user(rootfs, config.user, etc)
     cwd = config.working_dir or "/"
     if not cwd.startswith("/"):
         cwd = "/" + cwd
@@ -77,39 +84,7 @@ def bundle_config(
         },
         "root": {"path": str(rootfs), "readonly": readonly},
         "hostname": hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {
-                "destination": "/dev",
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-            },
-            {
-                "destination": "/dev/pts",
-                "type": "devpts",
-                "source": "devpts",
-                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-            },
-            {
-                "destination": "/dev/shm",
-                "type": "tmpfs",
-                "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-            },
-            {
-                "destination": "/dev/mqueue",
-                "type": "mqueue",
-                "source": "mqueue",
-                "options": ["nosuid", "noexec", "nodev"],
-            },
-            {
-                "destination": "/sys",
-                "type": "sysfs",
-                "source": "sysfs",
-                "options": ["nosuid", "noexec", "nodev", "ro"],
-            },
-        ],
+        "mounts": runc_mounts(),
         "linux": {
             "cgroupsPath": cgroups_path,
             "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
@@ -134,6 +109,45 @@ def bundle_config(
             ],
         },
     }
+
+
+def runc_mounts() -> list[dict[str, Any]]:
+    """The runtime spec's mounts of the container's own filesystems, as ``runc spec`` writes
+    them: /proc, a tmpfs at /dev (runc makes its device nodes there), /dev/pts, /dev/shm,
+    /dev/mqueue, /sys. A new list each time: a caller adds to it."""
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+    ]
 
 
 def state_root(work_dir: Path) -> Path:
