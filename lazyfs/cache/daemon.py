@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import socket as stdlib_socket
 from collections.abc import Callable
@@ -56,6 +57,7 @@ from lazyfs.cache.messages import (
     ReadOk,
     Request,
     Response,
+    Status,
     StatusOk,
     decode_request,
     encode_response,
@@ -165,16 +167,18 @@ class Server:
         self.replays = replays
         self.reads = 0  # read requests received: what a mount could not serve itself
         self.connected = 0  # connections open now
-        self.served = 0  # connections taken, ever
+        self.last_active = -math.inf  # trio time one last opened or closed
+        self.used = False  # whether one asked for more than the status
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         """Serve one connection's requests until it ends (or goes out of step)."""
         self.connected += 1
-        self.served += 1
+        self.last_active = trio.current_time()
         try:
             await self._connection(stream)
         finally:
             self.connected -= 1
+            self.last_active = trio.current_time()
 
     async def _connection(self, stream: trio.abc.Stream) -> None:
         sending = trio.Lock()  # one writer at a time: frames must not interleave
@@ -229,6 +233,7 @@ class Server:
 
     async def answer(self, request: Request) -> Response:
         """The response to ``request``; failures are answers too, never raised."""
+        self.used = self.used or not isinstance(request, Status)
         try:
             if isinstance(request, Read):
                 self.reads += 1

@@ -5,7 +5,11 @@ use by days: every mount it served holds a connection for its whole life
 (``lazyfs.cache.client_link`` keeps them), so a daemon with no connection
 open and no work in hand has no mount to serve. Work in hand is any task in
 the daemon's nursery, each a fetch, a background fetch or a replay's run:
-what a mount asked for goes on after it left, and is let finish.
+what a mount asked for goes on after it left, and is let finish. The wait
+counts from the last connection's end, so a caller told by a status request
+that the daemon answers finds it there when its mount connects; a daemon
+that only ever answered status requests (``lazyfs cache``, a start that then
+failed) keeps to the shorter wait of one that was never used.
 
 Stopping must not race a start of the next daemon: ``Idle.may_stop`` takes
 the start lock without waiting (a start in progress means a caller is about
@@ -18,11 +22,14 @@ reset, which callers take as no daemon.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,8 @@ class Idle:
 
 class Connections(Protocol):
     connected: int  # connections being served now
-    served: int  # connections taken since the daemon started
+    last_active: float  # trio time one last opened or closed
+    used: bool  # whether one asked for more than the daemon's status
 
 
 async def stop_when_idle(
@@ -56,8 +64,15 @@ async def stop_when_idle(
         if connections.connected or len(work.child_tasks) > 1:
             quiet_since = now
             continue
-        wait = idle.seconds if connections.served else idle.first
-        # No await from here to the cancel: nothing connects in between.
+        # One that came and went between two looks counts too: a starter's status
+        # request, answered, says a mount of its own is on its way.
+        quiet_since = max(quiet_since, connections.last_active)
+        # Status requests alone (a start's, ``lazyfs cache``) are not a use.
+        wait = idle.seconds if connections.used else idle.first
+        # No await from here to the cancel. A connection accepted but not yet begun
+        # is closed with the listener: its client finds no daemon, as after the
+        # socket is gone, and starts one once the start lock is let go.
         if now - quiet_since >= wait and idle.may_stop():
+            log.info("nothing to do for %gs: stopping", wait)
             stop.cancel()
             return

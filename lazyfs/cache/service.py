@@ -15,10 +15,11 @@ is a chore the daemon runs in a thread at an interval while it serves
 chore that fails is logged and tried again at the next interval.
 
 With ``idle_exit`` it also stops once no mount has been connected and no
-fetch has been in hand for that many seconds (``first_idle``: before anyone
-connected), as a daemon a command started does (``lazyfs.cli_daemon``): the
-next mount starts another. It holds the start lock from then until the
-cache is let go (``lazyfs.cache.idle``). A chore does not keep it.
+fetch has been in hand for that many seconds (``first_idle``: while nothing
+asked it more than its status), as a daemon a command started does
+(``lazyfs.cli_daemon``): the next mount starts another. It holds the start
+lock from then until the cache is let go (``lazyfs.cache.idle``). A chore
+does not keep it, but it does not stop while a chore's run is in hand.
 """
 
 from __future__ import annotations
@@ -67,12 +68,10 @@ def run(
     ``background``: whether mounted layers are fetched whole in the background.
     """
     stopping = contextlib.ExitStack()  # the start lock, once idle: let go after the cache
-
-    def may_stop() -> bool:
-        return stopping.enter_context(try_exclusive_lock(cache_dir / START_LOCK))
-
+    chore = ChoreRunning()
     idle = None
     if idle_exit is not None:
+        may_stop = stopper(cache_dir, chore, stopping)
         idle = Idle(idle_exit, idle_exit if first_idle is None else first_idle, may_stop)
     # A signal before trio listens (while the cache is taken stock of) ends the
     # process as signals do: the lock goes with it, and nothing is served yet.
@@ -89,14 +88,39 @@ def run(
             stats.limit_bytes,
         )
         try:
-            trio.run(_serve, cache, resolve, background, every, idle)
+            chores = None if every is None else (*every, chore)
+            trio.run(_serve, cache, resolve, background, chores, idle)
         finally:
             pid_file.unlink(missing_ok=True)
     log.info("cache daemon stopped")
 
 
+class ChoreRunning:
+    """Whether the chore runs now."""
+
+    now = False
+
+
+def stopper(cache_dir: Path, chore: ChoreRunning, stopping: contextlib.ExitStack) -> Callable[[], bool]:
+    """``Idle.may_stop`` for the daemon of ``cache_dir``: the start lock, taken into
+    ``stopping``; never while ``chore`` runs."""
+
+    def may_stop() -> bool:
+        # A stop waits for the chore's run (GC may wait on a provision's lock), and
+        # would keep the start lock, every mount's start, that long.
+        if chore.now:
+            return False
+        return stopping.enter_context(try_exclusive_lock(cache_dir / START_LOCK))
+
+    return may_stop
+
+
 async def _serve(
-    cache: DiskCache, resolve: Resolve, background: bool, every: Chore | None, idle: Idle | None
+    cache: DiskCache,
+    resolve: Resolve,
+    background: bool,
+    every: tuple[float, Callable[[], object], ChoreRunning] | None,
+    idle: Idle | None,
 ) -> None:
     settle = BACKGROUND_SETTLE
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -105,7 +129,6 @@ async def _serve(
             async def serving(task_status: trio.TaskStatus[Path]) -> None:
                 await serve(cache, resolve, background=background, background_settle=settle,
                             idle=idle, task_status=task_status)  # fmt: skip
-                log.info("nothing to do for %gs: stopping", idle.seconds if idle else 0)
                 nursery.cancel_scope.cancel()  # it returns only when idle
 
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
@@ -122,13 +145,16 @@ async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) 
         return
 
 
-async def _chore(interval: float, job: Callable[[], object]) -> None:
+async def _chore(interval: float, job: Callable[[], object], running: ChoreRunning) -> None:
     """``job`` in a thread every ``interval`` seconds, one run at a time, until cancelled."""
     while True:
         await trio.sleep(interval)
+        running.now = True
         try:
             # Cancelling waits for the run in hand: GC moves things into its gc/
             # area and is safe to stop anywhere, but not to leave running unowned.
             await trio.to_thread.run_sync(job)
         except Exception as error:
             log.error("%s failed: %s", getattr(job, "__name__", "a chore"), error)
+        finally:
+            running.now = False

@@ -3,10 +3,12 @@ in-process over its real socket, and as ``lazyfs daemon --idle_exit``."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from lazyfs.cache import service
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import serve
 from lazyfs.cache.idle import Idle
@@ -26,11 +29,13 @@ from lazyfs.cache.messages import (
     Origin,
     Prefetch,
     PrefetchOk,
+    Read,
+    ReadOk,
     Status,
     StatusOk,
 )
 from lazyfs.cache.spawn import START_LOCK
-from providers.fslock import exclusive_lock
+from providers.fslock import exclusive_lock, try_exclusive_lock
 from providers.source import BlobSource
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
 from tests.support.cache_socket import connect
@@ -110,10 +115,27 @@ async def test_a_connected_mount_keeps_it_and_its_going_starts_the_wait(
             assert isinstance(await client.call(Status(1)), StatusOk)
             await after(mock_clock, 100)
             assert not served.stopped.is_set()
-            assert isinstance(await client.call(Status(2)), StatusOk)
-        # Someone has connected: the wait is the longer one, counted from now.
+            # A mount's read: the daemon is used, and waits the longer wait from now on.
+            assert isinstance(await client.call(Read(2, BlobRange(BLOB, 0, 4), FAKE)), ReadOk)
+        await fetched(served.path)
         await after(mock_clock, 9)
         assert not served.stopped.is_set()
+        await after(mock_clock, 2)
+        assert served.stopped.is_set()
+
+
+async def test_a_status_asked_between_two_looks_puts_the_stop_off(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with daemon(tmp_path, FakeSource(), idle(100, 10)) as served:
+        await after(mock_clock, 9)
+        # A start's "does it answer?", then its mount comes: not to a daemon gone since.
+        async with connect(served.path) as client:
+            assert isinstance(await client.call(Status(1)), StatusOk)
+        await trio.testing.wait_all_tasks_blocked()  # gone before the next look
+        await after(mock_clock, 9)
+        assert not served.stopped.is_set() and served.path.exists()
+        # Status requests alone are no use of it: the shorter wait holds.
         await after(mock_clock, 2)
         assert served.stopped.is_set()
 
@@ -190,3 +212,45 @@ def test_lazyfs_daemon_refuses_idle_exit_that_is_not_seconds(tmp_path: Path) -> 
     )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == ["lazyfs: --idle_exit -1: want seconds over 0"]
+
+
+async def test_no_stop_while_a_chore_runs_and_the_start_lock_stays_free(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    # Image GC waits on a provision's lock: a stop behind it would hold every start.
+    gate = threading.Event()
+    runs: list[int] = []
+
+    def job() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            assert gate.wait(timeout=30), "the gate was never opened"
+
+    def resolve(origin: Origin) -> BlobSource:
+        raise BadRequest(f"unknown origin {origin}")
+
+    root = tmp_path / "c"
+    root.mkdir()
+    chore = service.ChoreRunning()
+    stopped = trio.Event()
+    with contextlib.ExitStack() as stopping:
+        idle = Idle(5, 5, service.stopper(root, chore, stopping))
+        with DiskCache.open(root, 64 * os.statvfs(root).f_frsize, chunk_size=SIZE) as cache:
+
+            async def serving() -> None:
+                await service._serve(cache, resolve, False, (3.0, job, chore), idle)
+                stopped.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serving)
+                await after(mock_clock, 4)  # the chore's first run began at 3 s
+                assert chore.now
+                await after(mock_clock, 20)
+                assert not stopped.is_set() and (root / "daemon.sock").exists()
+                with try_exclusive_lock(root / START_LOCK) as free:
+                    assert free
+                gate.set()
+                while chore.now:
+                    await trio.testing.wait_all_tasks_blocked()  # its thread ends in real time
+                await after(mock_clock, 10)
+                assert stopped.is_set()
