@@ -101,7 +101,9 @@ class ChoreRunning:
     now = False
 
 
-def stopper(cache_dir: Path, chore: ChoreRunning, stopping: contextlib.ExitStack) -> Callable[[], bool]:
+def stopper(
+    cache_dir: Path, chore: ChoreRunning, stopping: contextlib.ExitStack
+) -> Callable[[], bool]:
     """``Idle.may_stop`` for the daemon of ``cache_dir``: the start lock, taken into
     ``stopping``; never while ``chore`` runs."""
 
