@@ -30,8 +30,9 @@ one), through no symlink of a third user's. Else a third user's link, say
 ``/tmp/shared/x`` to ``~/public_html``, would have lazyfs close the user's
 own directory to ``0700`` and fill it, or, swapped in after the check,
 hand the user blobs of the third user's making. A directory its group may
-write counts as one others may write, as OpenSSH takes ``~/.ssh``: lazyfs
-cannot know who is in a group, and a write grant in an ACL shows there too.
+write counts as one others may write (a write grant in an ACL shows there
+too), unless the group is the user's alone (``private_group``: Debian gives
+each user one, and a umask of 002), as Debian's OpenSSH takes ``~/.ssh``.
 First, though, such a user is told in one line naming the flag of a root
 directory they cannot use at all (root's ``/var/lib/lazyfs``, the default),
 rather than fail on the first write with a bare "Permission denied".
@@ -53,7 +54,7 @@ from pathlib import Path
 
 from lazyfs.cli_flags import source
 from providers.errors import UsageError
-from providers.mount_path import others_can_move
+from providers.mount_path import others_can_move, others_may_write
 from providers.private_dir import PRIVATE
 
 
@@ -117,14 +118,14 @@ def _unsafe(path: Path, user: int) -> str | None:
         found = os.stat(path)
         if found.st_uid != user:
             return f"is a directory of uid {found.st_uid}"
-        if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if others_may_write(found, user):
             return ("is a directory others may write, and what they put in it would be trusted"
                     " (look at what it holds, then chmod go-w it)")  # fmt: skip
         return None
     holder = os.stat(at)
     if holder.st_uid not in (0, user):
         return f"would be made in {at}, a directory of uid {holder.st_uid}"
-    if not holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if not others_may_write(holder, user):
         return None
     if not holder.st_mode & stat.S_ISVTX:
         return f"would be made in {at}, a directory others may write"

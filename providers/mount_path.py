@@ -21,7 +21,8 @@ Asked for another ``user`` (``lazyfs.cli_roots``: the root directories of
 a lazyfs run by that user), the same walk takes that user for root's
 equal: a step may be in a directory of root's or theirs, or be theirs in a
 sticky one, and a symlink on the way must be root's or theirs too, so no
-third user's link leads them into a directory of their own.
+third user's link leads them into a directory of their own. A directory
+writable by a group of that user's alone (``private_group``) is theirs.
 
 Owners and modes are only as true as the filesystem that gives them: on a
 FUSE filesystem (a user's, mounted ``allow_other``) its server says what it
@@ -32,7 +33,10 @@ no readlink says.
 
 from __future__ import annotations
 
+import functools
+import grp
 import os
+import pwd
 import stat
 from pathlib import PurePosixPath
 
@@ -84,7 +88,7 @@ def _unsafe(holder: os.stat_result, entry: os.stat_result, user: int) -> str | N
     ours = (0, user)
     if holder.st_uid not in ours:
         return f"is in a directory of uid {holder.st_uid}"
-    if holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if others_may_write(holder, user):
         if not holder.st_mode & stat.S_ISVTX:
             return "is in a directory others may write"
         if entry.st_uid not in ours:  # sticky: only its owner and root rename others' entries
@@ -94,6 +98,35 @@ def _unsafe(holder: os.stat_result, entry: os.stat_result, user: int) -> str | N
         # to them: where they chose to lead this user is not followed.
         return f"is a symlink of uid {entry.st_uid}"
     return None
+
+
+def others_may_write(found: os.stat_result, user: int = 0) -> bool:
+    """Whether a user other than root and ``user`` may write the file ``found`` by its mode:
+    its others' bit, or its group's unless that group is ``user``'s alone."""
+    if found.st_mode & stat.S_IWOTH:
+        return True
+    return bool(found.st_mode & stat.S_IWGRP) and not private_group(found.st_gid, user)
+
+
+@functools.lru_cache(maxsize=16)
+def private_group(gid: int, user: int) -> bool:
+    """Whether group ``gid`` is ``user``'s alone, as Debian gives each user a group of their
+    own (and a umask of 002, so their directories are group-writable): the user's primary
+    group, naming no other member, and no other account's primary group. Root has none.
+
+    Only as true as the account databases: a member added later, or an account the
+    database does not list, is not seen.
+    """
+    if user == 0:
+        return False
+    try:
+        account = pwd.getpwuid(user)
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    if account.pw_gid != gid or any(member != account.pw_name for member in group.gr_mem):
+        return False
+    return all(other.pw_gid != gid or other.pw_uid == user for other in pwd.getpwall())
 
 
 def _answered_by_others() -> dict[int, str]:
