@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from lazyfs.cli_run import run_trio
 from lazyfs.fs import mount as lazy_mount
@@ -67,12 +67,15 @@ def run_mount(
         return 0
     # SIGTERM takes Ctrl-C's path: unmount, then exit 0.
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        _follow_log(mounted.record / "mount.log", mounted.mountpoint)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        devmount.unmount_image(work_dir, mounted.mountpoint)
+    with open(mounted.record / "mount.log", encoding="utf-8", errors="replace") as log:
+        try:
+            _follow_log(log, mounted.mountpoint)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            devmount.unmount_image(work_dir, mounted.mountpoint)
+            # What it logged since the last look, and as it went: the mount process is gone.
+            _copy(log)
     return 0
 
 
@@ -86,13 +89,17 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _follow_log(log: Path, mountpoint: Path) -> None:
-    """Copy the mount process's log to stderr until the mount goes away."""
-    with open(log, encoding="utf-8", errors="replace") as lines:
-        while lazy_mount.is_mounted(mountpoint):
-            text = lines.read()
-            if text:
-                sys.stderr.write(text)
-                sys.stderr.flush()
-            else:
-                time.sleep(0.2)
+def _follow_log(log: TextIO, mountpoint: Path) -> None:
+    """Copy the mount process's ``log`` to stderr until the mount goes away."""
+    while lazy_mount.is_mounted(mountpoint):
+        if not _copy(log):
+            time.sleep(0.2)
+
+
+def _copy(log: TextIO) -> bool:
+    """Copy what ``log`` has now to stderr; whether there was any."""
+    text = log.read()
+    if text:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    return bool(text)

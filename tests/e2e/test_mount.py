@@ -173,13 +173,16 @@ def test_foreground_mount_unmounts_on_sigterm(lazyfs: Lazyfs, mountpoint: Path) 
         pid = json.loads("".join(lines))["pid"]
         assert (mountpoint / "etc/motd").is_file()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        _, shown = process.communicate(timeout=60)
+        assert process.returncode == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     assert not is_mounted(mountpoint)
     assert not pid_alive(pid)
+    # The mount's log to its end: its last line is written as it goes.
+    assert shown.rstrip().endswith(f"unmounted {mountpoint}"), shown
 
 
 def test_mount_refuses_a_busy_or_missing_place(lazyfs: Lazyfs, mountpoint: Path) -> None:
