@@ -126,11 +126,12 @@ def start_mount(
     try:
         request: dict[str, Any] = {"op": "mount", "key": key, "args": args}
         request.update(env=dict(os.environ), umask=peers.umask())
-        for _ in range(2):  # a stale server exits on our request; its successor serves
-            with _connected(directory, wait=wait, start=start) as conn:
+        stale = False  # a stale server exits on our request; its successor serves
+        for _ in range(2):
+            with _connected(directory, wait=wait, start=start, stale=stale) as conn:
                 _send(conn, request, [ready_fd, log_fd, cwd])
                 reply = _reply(conn)
-            if reply.get("stale"):
+            if stale := bool(reply.get("stale")):
                 continue
             if isinstance(reply.get("pid"), int):
                 return int(reply["pid"])
@@ -181,13 +182,14 @@ def socket_path(directory_fd: int) -> str:
 
 @contextlib.contextmanager
 def _connected(
-    directory: Path, *, wait: bool = True, start: bool = True
+    directory: Path, *, wait: bool = True, start: bool = True, stale: bool = False
 ) -> Iterator[socket.socket]:
     """A connection to the server of ``directory``, starting one if none answers (and ``start``).
 
-    Not ``wait``ing, a server started here or starting already is not waited
-    for (Unreachable: the mount is exec'd beside it, not delayed by the
-    server's imports), unless this process started it ahead (``start_ahead``).
+    Not ``wait``ing, a server started here or starting already (``stale``: as
+    the last to answer, of other code, exits) is not waited for (Unreachable:
+    the mount is exec'd beside it, not delayed by the server's imports),
+    unless this process started it ahead (``start_ahead``).
     """
     try:
         # Checked before anything in it is trusted: ours, closed to other users.
@@ -204,7 +206,8 @@ def _connected(
     if conn is None and not wait:
         conn = _start_beside(directory)
         if conn is None:
-            raise Unreachable("no mount server ran; one is starting for the next mounts")
+            ran = "the mount server ran other lazyfs code" if stale else "no mount server ran"
+            raise Unreachable(f"{ran}; one is starting for the next mounts")
     if conn is None:
         deadline = time.monotonic() + START_TIMEOUT
         try:

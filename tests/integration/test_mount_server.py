@@ -204,6 +204,34 @@ def test_a_server_of_other_code_exits_and_is_replaced(
     assert mount_servers.server_of(lazy_store.root) != old
 
 
+def test_a_mount_not_waiting_is_told_the_server_ran_other_code(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    # What a mount's log says when it starts afresh beside the server replacing the old.
+    lazy_store, _ = store
+    mounted(tmp_path / "a")
+    old = mount_servers.server_of(lazy_store.root)
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(server_client.Unreachable) as refused:
+            server_client.start_mount(
+                server_client.server_dir(lazy_store.root),
+                ["--mountpoint", str(tmp_path / "x")],
+                ready_fd=write_end,
+                log_fd=write_end,
+                key="code of another lazyfs",
+                wait=False,
+            )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert str(refused.value) == (
+        "the mount server ran other lazyfs code; one is starting for the next mounts"
+    )
+    assert mount_servers.wait_gone(old)
+    mounted(tmp_path / "b")  # by the new one, which the fixture stops
+
+
 def test_a_request_is_checked_and_its_arguments_parsed_as_an_exec_ones(
     mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
 ) -> None:
