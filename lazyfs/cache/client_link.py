@@ -13,8 +13,8 @@ from lazyfs.cache.connection import Connection, failure_error
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.layout import socket_path
 from lazyfs.cache.messages import Failure, Request, Response
-from lazyfs.cache.spawn import starting
-from providers.errors import TemporaryFailure
+from lazyfs.cache.spawn import start_daemon, started_as, starting
+from providers.errors import LazyfsError, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class DaemonLink:
                         level = logging.INFO if quiet else logging.WARNING
                         log.log(level, "cache daemon at %s unreachable (%s); a miss waits up to"
                                 " %gs for it", self._socket, error, self.wait)  # fmt: skip
+                        if not self.hint:
+                            self._start_again()
                 with self._lock:
                     self._failed = now
                 if now >= deadline:
@@ -106,6 +108,25 @@ class DaemonLink:
             if isinstance(response, Failure):
                 raise failure_error(request, response)
             return response
+
+    def _start_again(self) -> None:
+        """Start the daemon as a command last started it (``spawn.started_as``), unless one
+        answers or is on its way: it may have been killed, or exited idle under this mount
+        (its connections gone with an earlier daemon, it never knew this one). Not for a
+        daemon no command started (a service's: its manager restarts it)."""
+        spec = started_as(self.cache_dir)
+        if spec is None:
+            return
+        try:
+            start = start_daemon(spec)
+        except (LazyfsError, OSError) as error:
+            log.warning("the cache daemon at %s could not be started again: %s", self._socket,
+                        error)  # fmt: skip
+            return
+        if start is not None:
+            if start.pid is not None:
+                log.info("started the cache daemon again (pid %d)", start.pid)
+            start.hand_over()  # the wait for its answer is the ask's own
 
     def _take(self) -> tuple[Connection, float]:
         """An idle connection, or a new one; with when it was opened."""

@@ -18,6 +18,12 @@ answer yet is starting: it is waited for, not started twice. Nothing here
 kills a daemon: mounts outlive it (``lazyfs.cache.client`` waits for it),
 and it outlives the process that started it.
 
+A start also leaves how it started the daemon in ``CACHE_DIR/daemon.spec``
+(``started_as``): a mount that finds the daemon gone (killed, crashed, or
+exited idle under a mount it never knew) starts it again the same way. A
+daemon run as a service (``lazyfs daemon``) leaves none: its service
+manager restarts it.
+
 Light: loads no trio, no registry client; the mount API calls it.
 Blocking.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -40,6 +47,7 @@ from providers.reaping import reap_later
 
 START_LOCK = "start.lock"
 LOG_NAME = "daemon.log"
+SPEC_NAME = "daemon.spec"  # how the daemon was last started: ``started_as``
 START_TIMEOUT = 30.0
 # How often a start is looked at (the lock, the cache's owner, an answer): a
 # lazy mount waits on each, so the pause is latency on its start. A look is
@@ -221,7 +229,35 @@ def _owned(cache_dir: Path) -> bool:
     return False
 
 
+def started_as(cache_dir: Path) -> DaemonSpec | None:
+    """How a command last started the daemon of ``cache_dir``, or None if none did (or
+    what it left cannot be read)."""
+    try:
+        with open(cache_dir / SPEC_NAME, encoding="utf-8") as file:
+            found = json.load(file)
+        command, env = found["command"], found["env"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(command, list) and command and isinstance(env, dict)):
+        return None
+    if not all(isinstance(x, str) for x in [*command, *env, *env.values()]):
+        return None
+    return DaemonSpec(cache_dir, tuple(command), env)
+
+
+def _keep_spec(spec: DaemonSpec) -> None:
+    """Leave ``spec`` for ``started_as``: closed to others (its ``env`` may name the
+    registry flags' files, or hold a config inline), whole or not at all."""
+    path = spec.cache_dir / SPEC_NAME
+    temporary = path.with_name(f".{SPEC_NAME}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump({"command": list(spec.command), "env": dict(spec.env)}, file)
+    os.replace(temporary, path)
+
+
 def _spawn(spec: DaemonSpec) -> int:
+    _keep_spec(spec)
     log_fd = os.open(
         spec.cache_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
     )

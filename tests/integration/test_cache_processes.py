@@ -165,6 +165,32 @@ def test_a_killed_daemon_leaves_cached_reads_working_and_misses_waiting(
         waiting.wait()
 
 
+def test_a_daemon_a_command_started_is_started_again_by_the_next_miss(
+    tmp_path: Path, registry: tuple[Registry, str]
+) -> None:
+    # Killed, crashed, or exited idle under a mount it never knew: the mount brings it back.
+    server, digest = registry
+    cache_dir, work = tmp_path / "cache", tmp_path / "work"
+    cached = [(0, CHUNK_SIZE)]
+    miss = [(3 * CHUNK_SIZE, 100)]
+    try:
+        ensure_daemon(_spec(work, cache_dir))
+        first = recorded_daemon(cache_dir)
+        assert first is not None
+        assert _reader(cache_dir, digest, server.host, cached) == [expected(DATA, *cached[0])]
+        kill_recorded(cache_dir)
+        assert not answers(cache_dir)
+
+        assert _reader(cache_dir, digest, server.host, miss, wait=60) == [expected(DATA, *miss[0])]
+        again = recorded_daemon(cache_dir)
+        assert again is not None and again != first
+        found = daemon_status(cache_dir)
+        # Started as the command started it: the same cache, which kept the chunk read before.
+        assert found is not None and found.chunks == 2 and found.fetches == 1
+    finally:
+        kill_recorded(cache_dir)
+
+
 def test_lazyfs_daemon_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
     with run_daemon(tmp_path / "work", cache_dir) as daemon:
