@@ -41,7 +41,9 @@ class LayerRow:
     size: int | None  # None: not known
     cached_bytes: int
     complete: float | None  # cached over size, 0..1; None without a size
-    state: str  # partial, fetching, complete, quarantined
+    state: (
+        str  # partial, unchecked (all cached, not checked whole), fetching, complete, quarantined
+    )
     reason: str = ""
 
 
@@ -113,6 +115,8 @@ def _from_disk(directory: Path, known: Mapping[Digest, int]) -> tuple[int, int, 
         state = verdict.state.upper() if verdict is not None else "PARTIAL"
         if state == "COMPLETE" and cached.get(digest, 0) < (size or 0):
             state = "PARTIAL"  # verified once, partly evicted since
+        if state == "PARTIAL" and size and cached.get(digest, 0) >= size:
+            state = "UNCHECKED"  # every byte read in, the whole never hashed (no background fetch)
         reason = verdict.reason if verdict is not None else ""
         rows.append(_row(digest, size, cached.get(digest, 0), state, reason))
     return sum(cached.values()), chunks, rows

@@ -17,12 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTIAL = Digest("sha256:" + "aa" * 32)
 DONE = Digest("sha256:" + "bb" * 32)
 BAD = Digest("sha256:" + "cc" * 32)
+READ = Digest("sha256:" + "dd" * 32)
 
 
 def _cache(root: Path) -> None:
     with DiskCache.open(root, 64 * CHUNK_SIZE) as cache:
         cache.put(ChunkKey(PARTIAL, 0), b"x" * CHUNK_SIZE)
         cache.put(ChunkKey(DONE, 0), b"y" * 100)
+        cache.put(ChunkKey(READ, 0), b"z" * 200)  # read whole by mounts, never checked whole
     write_verdict(root, Verdict(DONE, COMPLETE, 100))
     write_verdict(root, Verdict(BAD, QUARANTINED, 5000, reason="layer diff_id: wanted a, got b"))
 
@@ -30,11 +32,13 @@ def _cache(root: Path) -> None:
 def test_without_a_daemon_the_cache_is_read_from_its_directory(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     _cache(root)
-    report = cache_report(root, 1 << 30, {PARTIAL: 4 * CHUNK_SIZE})
+    report = cache_report(root, 1 << 30, {PARTIAL: 4 * CHUNK_SIZE, READ: 200})
     assert not report.daemon_running and report.background_fetch is None
-    assert (report.used_bytes, report.limit_bytes, report.chunks) == (CHUNK_SIZE + 100, 1 << 30, 2)
+    used = (report.used_bytes, report.limit_bytes, report.chunks)
+    assert used == (CHUNK_SIZE + 300, 1 << 30, 3)
     rows = {row.digest: row for row in report.layers}
     assert (rows[PARTIAL].state, rows[PARTIAL].complete) == ("partial", 0.25)
+    assert (rows[READ].state, rows[READ].complete) == ("unchecked", 1.0)
     assert (rows[DONE].state, rows[DONE].complete, rows[DONE].size) == ("complete", 1.0, 100)
     assert rows[BAD].state == "quarantined" and "diff_id" in rows[BAD].reason
     table = render(report)
