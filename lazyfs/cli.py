@@ -31,8 +31,8 @@ from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
 from lazyfs.cli_flags import image_providers, layer_limits, source, work_dir
 from lazyfs.cli_registry import docker_registry, parsed_url, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
-from lazyfs.cli_run import failure_line, run_trio
-from providers.errors import Conflict, NotFound, Unauthorized, UsageError
+from lazyfs.cli_run import READER_GONE, failure_line, run_trio, stdout_reader_gone
+from providers.errors import Conflict, LazyfsError, NotFound, Unauthorized, UsageError
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
@@ -153,9 +153,7 @@ def _image(args: argparse.Namespace) -> Image:
         if args.image:
             raise UsageError("give an image or --image-file, not both")
         return image_from_file(args.image_file)
-    if not args.image:
-        raise UsageError("no image given")
-    return parse_image(args.image)
+    return parse_image(args.image)  # given: the parser refuses a command line without one
 
 
 def _provision(app: App, args: argparse.Namespace) -> int:
@@ -166,8 +164,15 @@ def _provision(app: App, args: argparse.Namespace) -> int:
     spec = container_request(args, lambda: _image(args))
 
     def publish(info: ProvisionInfo) -> None:
-        # Before the container counts as provisioned: a closed stdout undoes it.
-        print(json.dumps(info.to_json(), indent=1), flush=True)
+        # Before the container counts as provisioned: a closed stdout undoes it, and
+        # that is said (a listing whose reader goes away ends quietly: main).
+        try:
+            print(json.dumps(info.to_json(), indent=1), flush=True)
+        except BrokenPipeError:
+            cid = info.container_id
+            raise LazyfsError(
+                f"stdout was closed before container {cid} was handed over: not provisioned"
+            ) from None
 
     with started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()):
         info: ProvisionInfo = run_trio(
@@ -206,8 +211,10 @@ def _pull(app: App, args: argparse.Namespace) -> int:
     with in_use(app.store.root):
         manifest = run_trio(lambda: docker.fetch(image, progress))
     if progress.fetched == 0:
-        # As docker pull says "Image is up to date": on stderr, stdout is the manifest.
-        print(f"lazyfs: {manifest.reference}: already stored, nothing fetched", file=sys.stderr)
+        # As docker pull says "Image is up to date": on stderr, stdout is the manifest. Of
+        # the layers, not the image: a first pull may find them all, from other images.
+        line = f"lazyfs: {manifest.reference}: every layer already stored, nothing fetched"
+        print(line, file=sys.stderr)
     print(json.dumps(manifest.to_json(), indent=1))
     return 0
 
@@ -331,11 +338,8 @@ COMMANDS: dict[str, Callable[[App, argparse.Namespace], int]] = {
 
 
 def _help(args: argparse.Namespace) -> int:
-    parsers: Mapping[str, argparse.ArgumentParser] = args.command_parsers
-    if args.topic is None:
-        build_parser().print_help()
-    else:
-        parsers[args.topic].print_help()
+    topic = cli_parser.help_topic(args)
+    (build_parser() if topic is None else topic).print_help()
     return 0
 
 
@@ -343,19 +347,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     app: App | None = None
     args: argparse.Namespace | None = None
     try:
-        args = cli_parser.parse_command_line(build_parser(), sys.argv[1:] if argv is None else argv)
-        if args.command == "help":
-            return _help(args)
-        logging.basicConfig(
-            level=logging.DEBUG if args.debug else logging.WARNING,
-            format="lazyfs: %(levelname)s: %(message)s",
-        )
-        app = App(args)
-        return COMMANDS[args.command](app, args)
+        try:
+            argv = sys.argv[1:] if argv is None else argv
+            args = cli_parser.parse_command_line(build_parser(), argv)
+            if args.command == "help":
+                status = _help(args)
+            else:
+                logging.basicConfig(
+                    level=logging.DEBUG if args.debug else logging.WARNING,
+                    format="lazyfs: %(levelname)s: %(message)s",
+                )
+                app = App(args)
+                status = COMMANDS[args.command](app, args)
+        except SystemExit:
+            sys.stdout.flush()  # what --help or --version printed: as below
+            raise
+        # Written here, not at exit, so that a reader gone away is answered as below.
+        sys.stdout.flush()
+        return status
     except BaseException as exc:
-        if isinstance(exc, BrokenPipeError):
+        if stdout_reader_gone():
             # Nothing more can reach stdout; keep the exit-time flush quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            if isinstance(exc, BrokenPipeError):
+                # `lazyfs images | head -1`: whatever printed, no line, as SIGPIPE ends docker.
+                return READER_GONE
         failure = failure_line(exc)
         if failure is None:
             raise

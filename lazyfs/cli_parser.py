@@ -2,8 +2,8 @@
 
 Global flags (``cli_flags``) may come before the command or after it
 (``lazyfs images --work_dir X``); given in both places, the later one wins.
-``lazyfs help [COMMAND]`` and ``lazyfs --version`` answer without touching
-the disk. For ``run``, the first ``--`` ends lazyfs' own arguments: what
+``lazyfs help [COMMAND [ACTION]]`` and ``lazyfs --version`` answer without
+touching the disk. For ``run``, the first ``--`` ends lazyfs' own arguments: what
 follows is the container's command (``parse_command_line`` says how).
 """
 
@@ -139,6 +139,8 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub = command("daemon", "run the machine's cache daemon in the foreground")
     sub.add_argument(
         "--idle_exit",
+        "--idle-exit",
+        dest="idle_exit",
         type=float,
         metavar="SECONDS",
         help="exit after SECONDS with no mount connected and nothing being fetched (default:"
@@ -146,6 +148,8 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     )
     sub.add_argument(
         "--first_idle",
+        "--first-idle",
+        dest="first_idle",
         type=float,
         metavar="SECONDS",
         help="with --idle_exit: the SECONDS before anything first connects (default the same)",
@@ -211,7 +215,10 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     )
     sub = command("help", "describe a command, or lazyfs itself")
     sub.add_argument(
-        "topic", nargs="?", choices=sorted(commands.choices), metavar="COMMAND", help="a command"
+        "topic",
+        nargs="*",
+        metavar="COMMAND",
+        help="a command, and an action of it (`lazyfs help images rm`)",
     )
     parser.set_defaults(command_parsers=dict(commands.choices))
     return parser
@@ -237,7 +244,51 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
     parsed = parser.parse_args(head)
     if command is not None:
         parsed.command_args = command
+    _require_image(parsed)
     return parsed
+
+
+def _require_image(args: argparse.Namespace) -> None:
+    """A command's IMAGE, optional where a file may name the image instead, given by none:
+    the usage error (status 2) argparse gives for any other missing argument."""
+    if "image_file" not in vars(args) or args.image or args.image_file is not None:
+        return
+    instead = ["--image-file"] if args.command != "mount" else []
+    if "container_info" in vars(args):
+        if args.container_info is not None:
+            return
+        instead.append("--container-info")
+    named = f"image (or {' or '.join(instead)})" if instead else "image"
+    args.command_parsers[args.command].error(f"the following arguments are required: {named}")
+
+
+def help_topic(args: argparse.Namespace) -> argparse.ArgumentParser | None:
+    """The parser ``lazyfs help COMMAND [ACTION]`` describes (None: lazyfs itself).
+
+    An action is named after its command (``help images rm``), as the
+    usage errors of ``images rm`` say; a word that names no command or
+    action is a usage error (status 2).
+    """
+    parsers: Mapping[str, argparse.ArgumentParser] = args.command_parsers
+    found: argparse.ArgumentParser | None = None
+    for word in args.topic:
+        choices = parsers if found is None else _actions(found)
+        if word in choices:
+            found = choices[word]
+            continue
+        why = f"invalid choice: {word!r} (choose from {', '.join(map(repr, sorted(choices)))})"
+        if not choices:
+            why = f"`{found.prog if found else 'lazyfs'}` has no action {word!r}"
+        parsers["help"].error(f"argument COMMAND: {why}")
+    return found
+
+
+def _actions(parser: argparse.ArgumentParser) -> Mapping[str, argparse.ArgumentParser]:
+    """The actions (``rm``, ``prune``) a command's parser takes, by name; none for most."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 # run's own options that take a value: their value is not the image; the

@@ -7,13 +7,15 @@ command to stop where it is safe, or to let go while a clean-up must
 finish. ``failure_line`` words what
 ended a command (an error, an exception group, an interruption, a signal)
 as the CLI prints it, with its exit status: 1 for errors, 130 for Ctrl-C,
-128+N for signal N.
+128+N for signal N. ``stdout_reader_gone`` tells a closed stdout (which ends
+a command quietly, ``READER_GONE``) from other broken pipes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
 from typing import TypeVar
@@ -124,6 +126,28 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
+
+
+# What a command ends with once its stdout's reader went away (``lazyfs images | head -1``):
+# SIGPIPE's status, as docker, skopeo or cat end then, and no line.
+READER_GONE = 128 + signal.SIGPIPE
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) nobody reads any more: what it is sent is lost.
+
+    A broken pipe elsewhere (the cache daemon's socket, runc's stdin) is an error to
+    say; this tells them apart."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by one with no descriptor
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # A pipe's writer polls POLLERR once its last reader has closed it.
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def failure_line(exc: BaseException) -> tuple[str, int] | None:

@@ -37,6 +37,7 @@ from providers.manifest import (
     parse_image_config,
 )
 from providers.oci_layout import BlobLocation, TarFiles, open_location, read_file
+from providers.platforms import config_platform
 
 DEFAULT_DOMAIN = "docker.io"
 _HEX_NAME = re.compile(r"^(?:.*/)?(?:sha256[:/])?([0-9a-f]{64})(?:\.tar|\.json)?$")
@@ -170,7 +171,9 @@ def resolve_manifest_json(
         layer, where = _layer(files, name, diff_id)
         layers.append(layer)
         blobs[layer.digest] = where
-    image = ImageManifest(reference, config_digest, tuple(layers), runtime)
+    image = ImageManifest(
+        reference, config_digest, tuple(layers), runtime, config_platform(config_bytes)
+    )
     return image, blobs
 
 
@@ -226,4 +229,5 @@ def resolve_legacy(
         layer, where = _layer(files, f"{image_id}/layer.tar", None)
         layers.append(layer)
         blobs[layer.digest] = where
-    return ImageManifest(reference, digest_bytes(top_json), tuple(layers), runtime), blobs
+    platform = config_platform(top_json)
+    return ImageManifest(reference, digest_bytes(top_json), tuple(layers), runtime, platform), blobs

@@ -132,8 +132,10 @@ class ImageManifest:
     digest: Digest
     layers: tuple[Layer, ...]
     config: RuntimeConfig = field(default_factory=RuntimeConfig)
-    # The os/arch[/variant] asked for when the image was resolved ("" where
-    # that does not apply): one reference names one image per platform.
+    # As a source resolves it: the os/arch[/variant] a single image's config states
+    # ("" for one picked from an index for the platform asked for, or where the config
+    # states none). As stored: the platform it is recorded under, one reference naming
+    # one image per platform (lazyfs.images.docker).
     platform: str = ""
 
     def to_json(self) -> dict[str, Any]:

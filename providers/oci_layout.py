@@ -42,7 +42,7 @@ from providers.manifest import (
     parse_image_manifest,
 )
 from providers.platforms import Platform as Platform  # re-exported: older callers
-from providers.platforms import annotation, index_entries, select_platform
+from providers.platforms import annotation, config_platform, index_entries, select_platform
 from providers.platforms import host_arch as host_arch  # re-exported: older callers
 
 # A docker save of a large image has a few thousand members; a million is abuse.
@@ -338,7 +338,7 @@ def resolve_layout(
     entries = index_entries(index, "index.json")
     entry = select_entry(entries, files.label, full_ref, tag, digest, strict)
     pinned_ok = digest is None or entry.digest == digest
-    depth = 0
+    depth, by_platform = 0, False
     while _is_index(entry):
         depth += 1
         if depth > INDEX_DEPTH_LIMIT:
@@ -348,6 +348,7 @@ def resolve_layout(
         pinned = [c for c in children if digest is not None and c.digest == digest]
         entry = pinned[0] if pinned else select_platform(children, files.label, platform)
         pinned_ok = pinned_ok or bool(pinned)
+        by_platform = not pinned
     if not pinned_ok:
         raise DigestMismatch(
             f"{files.label}: {full_ref}", expected=str(digest), actual=entry.digest
@@ -355,7 +356,8 @@ def resolve_layout(
     if entry.media_type not in ("", OCI_MANIFEST, DOCKER_MANIFEST):
         raise BadImage(f"{files.label}: {entry.digest} has unsupported type {entry.media_type!r}")
     manifest = parse_image_manifest(read_blob(files, entry, "image manifest"), entry.media_type)
-    runtime, diff_ids = parse_image_config(read_blob(files, manifest.config, "image config"))
+    config = read_blob(files, manifest.config, "image config")
+    runtime, diff_ids = parse_image_config(config)
     if len(diff_ids) != len(manifest.layers):
         raise BadImage(
             f"{files.label}: manifest has {len(manifest.layers)} layers "
@@ -383,7 +385,7 @@ def resolve_layout(
             )
         )
         blobs[desc.digest] = where
-    image = ImageManifest(
-        reference=reference, digest=entry.digest, layers=tuple(layers), config=runtime
-    )
+    # One picked from an index is of the platform asked for; a single image says its own.
+    stated = "" if by_platform else config_platform(config)
+    image = ImageManifest(reference, entry.digest, tuple(layers), runtime, stated)
     return image, blobs

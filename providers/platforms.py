@@ -3,18 +3,20 @@
 ``Platform`` is an OCI platform (``linux/amd64``, ``linux/arm/v7``);
 ``parse_platform`` reads it as ``--platform`` takes it. ``select_platform``
 picks an index entry for a platform, passing over attestation manifests;
-``index_entries`` reads an index's entries. Pure, apart from asking the
-host's machine name.
+``index_entries`` reads an index's entries. ``config_platform`` reads the
+platform a single image's config states, and ``platform_matches`` whether it
+is the one wanted. Pure, apart from asking the host's machine name.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from providers.errors import BadImage, NotFound, UsageError
-from providers.manifest import Descriptor, parse_descriptor
+from providers.manifest import Descriptor, load_json, parse_descriptor
 
 ATTESTATION_KEY = "vnd.docker.reference.type"
 
@@ -62,6 +64,34 @@ def parse_platform(text: str, where: str = "--platform") -> Platform:
     if len(parts) not in (2, 3) or not all(parts):
         raise UsageError(f"{where} {text!r}: expected os/arch or os/arch/variant")
     return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+# One part of a platform as images write it (linux, amd64, v8). Anything else is
+# taken as no platform stated: it is neither shown to the user nor recorded.
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def config_platform(data: bytes) -> str:
+    """The ``os/architecture[/variant]`` an image config (or a schema 1 history entry)
+    states, or "" where it states none. BadImage for what is no JSON object."""
+    doc = load_json(data, "image config")
+    if not isinstance(doc, dict):
+        raise BadImage("image config is not a JSON object")
+    parts = [doc.get(key) for key in ("os", "architecture", "variant")]
+    named = [part if isinstance(part, str) and _PART.fullmatch(part) else "" for part in parts]
+    if not named[0] or not named[1] or (parts[2] not in (None, "") and not named[2]):
+        return ""
+    return "/".join(part for part in named if part)
+
+
+def platform_matches(wanted: Platform, stated: str) -> bool:
+    """Whether an image whose config states ``stated`` (``os/arch[/variant]``) is of the
+    ``wanted`` platform; a variant only one of them names matches any (arm64, arm64/v8)."""
+    parts = stated.split("/")
+    variant = parts[2] if len(parts) > 2 else None
+    return parts[:2] == [wanted.os, wanted.architecture] and (
+        wanted.variant is None or variant is None or variant == wanted.variant
+    )
 
 
 def index_entries(doc: Any, what: str) -> list[Descriptor]:

@@ -70,7 +70,7 @@ from providers.manifest import (
     parse_image_manifest,
 )
 from providers.oci_layout import INDEX_DEPTH_LIMIT
-from providers.platforms import index_entries, select_platform
+from providers.platforms import config_platform, index_entries, select_platform
 from providers.platforms import parse_platform as parse_platform  # re-exported: the CLI's
 from providers.reference import DEFAULT_REGISTRY, Reference, parse_reference
 from providers.registry_auth import is_loopback as is_loopback  # re-exported: tests use it
@@ -234,7 +234,9 @@ class RegistryClient:
             for desc, diff_id, note in zip(manifest.layers, diff_ids, notes, strict=True)
         )
         self._remember(layers, bases, ref.repository, image)
-        return ImageManifest(reference=image, digest=digest, layers=layers, config=runtime)
+        # One picked from an index is of the platform asked for; a single image says its own.
+        platform = "" if depth else named(image, config_platform, config)
+        return ImageManifest(image, digest, layers, runtime, platform)
 
     def _remember(
         self, layers: tuple[Layer, ...], bases: tuple[str, ...], repository: str, image: str
@@ -268,7 +270,7 @@ class RegistryClient:
                 raise BadImage(f"{image}: {redact(url)} {why}") from None
             layers.append(Layer(layer_digest, DOCKER_LAYER_GZIP, size))
         self._remember(tuple(layers), bases, repository, image)
-        return ImageManifest(image, digest, tuple(layers), parsed.config)
+        return ImageManifest(image, digest, tuple(layers), parsed.config, parsed.platform)
 
     def _pick(self, doc: object, image: str) -> Descriptor:
         entries = index_entries(doc, "image index")

@@ -25,6 +25,7 @@ from providers import untrusted_json
 from providers.digest import Digest, digest_bytes, parse_digest
 from providers.errors import BadImage
 from providers.manifest import RuntimeConfig, load_json, parse_image_config
+from providers.platforms import config_platform
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Schema1:
 
     layers: tuple[Digest, ...]
     config: RuntimeConfig
+    platform: str = ""  # os/arch[/variant] as the top history entry states it, or ""
 
 
 def _b64url(text: str) -> bytes:
@@ -88,7 +90,7 @@ def parse_schema1(data: bytes) -> Schema1:
         layers.append(parse_digest(blob_sum))
     top = json.dumps(compat[0]).encode()
     runtime, _ = parse_image_config(top)
-    return Schema1(tuple(layers), runtime)
+    return Schema1(tuple(layers), runtime, config_platform(top))
 
 
 def _v1_compatibility(entry: Any, index: int) -> dict[str, Any]:

@@ -35,13 +35,13 @@ from lazyfs.images.docker_published import (
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
 from providers.docker_local import LocalPuller
-from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError
+from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError, NotFound
 from providers.image_pb2 import Image
 from providers.manifest import (
     ImageManifest,
     Layer,
 )
-from providers.platforms import host_platform
+from providers.platforms import host_platform, platform_matches
 from providers.reference import parse_reference
 from providers.registry_auth import parse_docker_config
 from providers.registry_options import RegistryOptions
@@ -125,6 +125,10 @@ class DockerProvider:
 
     async def fetch(self, image: Image, progress: Progress) -> ImageManifest:
         """Resolve ``image`` and make all its layer blobs present in the store.
+
+        An image of no layers is refused (BadImage) before anything is stored;
+        so is a single image that is not of the platform asked for (NotFound,
+        ``_platform``).
 
         A stored image with a blob missing (``fetch_lazy`` left it remote) is
         resolved again, and what is missing is pulled.
@@ -224,8 +228,14 @@ class DockerProvider:
             async with FETCH_LIMIT:
                 manifest = await trio.to_thread.run_sync(resolve, abandon_on_cancel=True)
             manifest = ImageManifest(
-                reference, manifest.digest, manifest.layers, manifest.config, platform
+                reference,
+                manifest.digest,
+                manifest.layers,
+                manifest.config,
+                self._platform(reference, manifest.platform),
             )
+            if not manifest.layers:  # refused before anything is stored, as provision says it
+                raise BadImage(f"image {reference} has no layers: no root filesystem to make")
             if client is not None:
                 manifest = without_index_blobs(manifest)  # a registry's manifest never says it
                 if listings is not None:
@@ -249,6 +259,23 @@ class DockerProvider:
         if self.after_pull is not None and local is None and whole:
             await self._after_pull(self.after_pull, manifest)
         return manifest
+
+    def _platform(self, reference: str, stated: str) -> str:
+        """The platform an image is recorded under; ``stated``: the one its source says.
+
+        Wanted is the platform asked for (``--platform``), else the host's. An
+        image picked from an index for it (``stated`` empty, as where a config
+        states none) is recorded as wanted; so is a single image whose config
+        states it, so that the next lookup of the same finds it. A single image
+        of another platform is refused when one was asked for, as docker and
+        containerd refuse it, and is recorded as what it is when none was.
+        """
+        wanted = self.options.platform or host_platform()
+        if not stated or platform_matches(wanted, stated):
+            return str(wanted)
+        if self.options.platform is None:
+            return stated  # another platform's, not asked for: not labelled the host's
+        raise NotFound(f"{reference} is {stated}, not the {wanted} asked for")
 
     async def _after_pull(
         self, hook: Callable[[ImageManifest], None], image: ImageManifest

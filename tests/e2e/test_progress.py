@@ -46,7 +46,7 @@ def test_a_pull_of_a_stored_image_says_so_on_a_terminal_and_a_pipe(lazyfs: Lazyf
     assert any("already stored" in line for line in screen_lines(shown)), shown
     piped = lazyfs("pull", "busybox")
     assert piped.stderr == (
-        "lazyfs: docker.io/library/busybox:latest: already stored, nothing fetched\n"
+        "lazyfs: docker.io/library/busybox:latest: every layer already stored, nothing fetched\n"
     )
 
 

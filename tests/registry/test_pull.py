@@ -66,6 +66,25 @@ async def test_platform_missing_from_index_is_not_found(
         await dp.fetch(docker(f"{plain_registry.host}/multi:latest"), _progress())
 
 
+@pytest.mark.parametrize(("which", "name"), [("plain", "rich:oci"), ("schema1", "rich:s1")])
+async def test_a_single_image_of_another_platform_than_asked_is_refused(
+    request: pytest.FixtureRequest, which: str, name: str, tmp_path: Path
+) -> None:
+    # One image, no index: its config (a schema 1 manifest's history) says the host's.
+    registry: Registry = request.getfixturevalue(f"{which}_registry")
+    options = RegistryOptions(platform=Platform("linux", OTHER_ARCH), http=FAST)
+    dp = provider(tmp_path, registry.url, options)
+    with pytest.raises(NotFound) as refused:
+        await dp.fetch(docker(name), _progress())
+    assert str(refused.value) == (
+        f"docker.io/library/{name} is linux/{host_arch()}, not the linux/{OTHER_ARCH} asked for"
+    )
+    assert dp.store.images() == []
+    # Asked for none, it is recorded as what it is.
+    await provider(tmp_path, registry.url).fetch(docker(name), _progress())
+    assert [image.manifest.platform for image in dp.store.images()] == [f"linux/{host_arch()}"]
+
+
 async def test_a_lazy_trusting_pull_of_a_missing_image_is_not_found_as_such(
     plain_registry: Registry, tmp_path: Path
 ) -> None:
