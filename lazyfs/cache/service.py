@@ -63,7 +63,7 @@ def run(
     first_idle: float | None = None,
 ) -> None:
     """Serve the cache at ``cache_dir`` until SIGTERM or SIGINT, or idle for ``idle_exit``
-    seconds (``first_idle`` before the first connection; default the same). Blocking.
+    seconds (``first_idle`` while unused; default the same: ``lazyfs.cache.idle``). Blocking.
 
     ``background``: whether mounted layers are fetched whole in the background.
     """
