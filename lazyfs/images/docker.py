@@ -263,18 +263,16 @@ class DockerProvider:
     def _platform(self, reference: str, stated: str) -> str:
         """The platform an image is recorded under; ``stated``: the one its source says.
 
-        Wanted is the platform asked for (``--platform``), else the host's. An
-        image picked from an index for it (``stated`` empty, as where a config
-        states none) is recorded as wanted; so is a single image whose config
-        states it, so that the next lookup of the same finds it. A single image
-        of another platform is refused when one was asked for, as docker and
-        containerd refuse it, and is recorded as what it is when none was.
+        Wanted is the platform asked for (``--platform``), else the host's, and
+        an image is recorded as wanted: its next lookup asks for the same. A
+        single image of another platform is refused when one was asked for, as
+        docker and containerd refuse it; when none was, it is taken, as docker
+        takes it (an arm64 image run under qemu), and recorded under the host's
+        platform, which the store's lookups name.
         """
         wanted = self.options.platform or host_platform()
-        if not stated or platform_matches(wanted, stated):
+        if not stated or platform_matches(wanted, stated) or self.options.platform is None:
             return str(wanted)
-        if self.options.platform is None:
-            return stated  # another platform's, not asked for: not labelled the host's
         raise NotFound(f"{reference} is {stated}, not the {wanted} asked for")
 
     async def _after_pull(
