@@ -343,6 +343,12 @@ def _help(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flush_stdout() -> None:
+    # None when lazyfs was started with its stdout closed (`>&-`): nothing to write then.
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     app: App | None = None
     args: argparse.Namespace | None = None
@@ -360,10 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 app = App(args)
                 status = COMMANDS[args.command](app, args)
         except SystemExit:
-            sys.stdout.flush()  # what --help or --version printed: as below
+            _flush_stdout()  # what --help or --version printed: as below
             raise
         # Written here, not at exit, so that a reader gone away is answered as below.
-        sys.stdout.flush()
+        _flush_stdout()
         return status
     except BaseException as exc:
         if stdout_reader_gone():

@@ -58,3 +58,22 @@ def test_a_command_whose_reader_went_away_ends_quietly(
     (tmp_path / "work" / "store" / "docker").mkdir(parents=True)
     result = closed_stdout_run(["--work_dir", str(tmp_path / "work"), *argv], env)
     assert (result.returncode, result.stderr) == (141, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"), [(["--version"], 0), (["help"], 0), (["images"], 0), (["nope"], 2)]
+)
+def test_a_command_started_with_no_stdout_at_all_runs_as_ever(
+    tmp_path: Path, argv: list[str], status: int
+) -> None:
+    # `lazyfs ... >&-`: Python has no sys.stdout then; what would be printed goes nowhere.
+    command = [sys.executable, "-m", "lazyfs", "--work_dir", str(tmp_path / "work"), *argv]
+    result = subprocess.run(
+        ["sh", "-c", '"$@" >&-', "sh", *command],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
