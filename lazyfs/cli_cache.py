@@ -115,8 +115,6 @@ def _from_disk(directory: Path, known: Mapping[Digest, int]) -> tuple[int, int, 
         state = verdict.state.upper() if verdict is not None else "PARTIAL"
         if state == "COMPLETE" and cached.get(digest, 0) < (size or 0):
             state = "PARTIAL"  # verified once, partly evicted since
-        if state == "PARTIAL" and size and cached.get(digest, 0) >= size:
-            state = "UNCHECKED"  # every byte read in, the whole never hashed (no background fetch)
         reason = verdict.reason if verdict is not None else ""
         rows.append(_row(digest, size, cached.get(digest, 0), state, reason))
     return sum(cached.values()), chunks, rows
@@ -124,6 +122,8 @@ def _from_disk(directory: Path, known: Mapping[Digest, int]) -> tuple[int, int, 
 
 def _row(digest: str, size: int | None, cached: int, kind: str, reason: str) -> LayerRow:
     state = "partial" if kind == "UNKNOWN" else kind.lower()
+    if state == "partial" and size and cached >= size:
+        state = "unchecked"  # every byte read in, the whole never hashed (no background fetch)
     complete = min(cached / size, 1.0) if size else None
     return LayerRow(digest, size or None, cached, complete, state, reason)
 

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+
+import trio
 
 from lazyfs.cache.blobstate import COMPLETE, QUARANTINED, Verdict, write_verdict
 from lazyfs.cache.chunks import DiskCache
+from lazyfs.cache.daemon import serve
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkKey
+from lazyfs.cache.messages import Background, BackgroundOk, HandleOrigin, Origin
 from lazyfs.cli_cache import cache_report, local_share, render
 from providers.digest import Digest
 from providers.manifest import ImageManifest, Layer
+from providers.source import BlobSource
+from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
+from tests.support.cache_socket import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTIAL = Digest("sha256:" + "aa" * 32)
@@ -89,3 +97,29 @@ def test_a_bad_cache_size_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1 and "cache_size" in done.stderr
+
+
+async def test_with_a_daemon_a_layer_read_in_whole_but_never_checked_is_unchecked(
+    tmp_path: Path,
+) -> None:
+    # As without background fetch: mounts read every byte, nothing hashed the whole.
+    root = tmp_path / "cache"
+    root.mkdir()
+
+    def resolve(origin: Origin) -> BlobSource:
+        return FakeSource()
+
+    with DiskCache.open(root, 64 * CHUNK_SIZE, chunk_size=SIZE) as cache:
+        for index in range(len(DATA) // SIZE):
+            cache.put(ChunkKey(BLOB, index), DATA[index * SIZE : (index + 1) * SIZE])
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(partial(serve, cache, resolve, background=False))
+            async with connect(path) as client:
+                asked = Background(1, BLOB, HandleOrigin("fake"), len(DATA), None, "")
+                assert isinstance(await client.call(asked), BackgroundOk)
+            known = {BLOB: len(DATA)}  # the size, from the images that name it
+            report = await trio.to_thread.run_sync(cache_report, root, 1 << 30, known)
+            nursery.cancel_scope.cancel()
+    assert report.daemon_running
+    (row,) = report.layers
+    assert (row.digest, row.complete, row.state) == (BLOB, 1.0, "unchecked")
