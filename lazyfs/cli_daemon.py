@@ -85,7 +85,9 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
         value = getattr(args, flag.name, None)
         if value is None or value == flag.default:
             continue
-        env[flag.env] = "1" if flag.switch else str(value)
+        text = "1" if flag.switch else str(value)
+        # From here: a mount may start the daemon again later, from another directory.
+        env[flag.env] = _anchored(text) if flag.name in PATH_FLAGS else text
     env["LAZYFS_WORK_DIR"] = str(Path(args.work_dir).absolute())
     env["LAZYFS_CACHE_DIR"] = str(cache_dir(args))
     env["LAZYFS_CACHE_SIZE"] = str(cache_size(args))

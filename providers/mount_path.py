@@ -112,7 +112,8 @@ def others_may_write(found: os.stat_result, user: int = 0) -> bool:
 def private_group(gid: int, user: int) -> bool:
     """Whether group ``gid`` is ``user``'s alone, as Debian gives each user a group of their
     own (and a umask of 002, so their directories are group-writable): the user's primary
-    group, naming no other member, and no other account's primary group. Root has none.
+    group, of the user's name, in one entry naming no other member, and no other account's
+    primary group. Root has none.
 
     Only as true as the account databases: a member added later, or an account the
     database does not list, is not seen.
@@ -121,10 +122,13 @@ def private_group(gid: int, user: int) -> bool:
         return False
     try:
         account = pwd.getpwuid(user)
-        group = grp.getgrgid(gid)
     except KeyError:
         return False
-    if account.pw_gid != gid or any(member != account.pw_name for member in group.gr_mem):
+    # Every entry of that gid: a second one (a group of another name) adds members too.
+    entries = [group for group in grp.getgrall() if group.gr_gid == gid]
+    if account.pw_gid != gid or [group.gr_name for group in entries] != [account.pw_name]:
+        return False
+    if any(member != account.pw_name for member in entries[0].gr_mem):
         return False
     return all(other.pw_gid != gid or other.pw_uid == user for other in pwd.getpwall())
 

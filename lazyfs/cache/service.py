@@ -36,7 +36,7 @@ import trio
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import Resolve, serve
 from lazyfs.cache.idle import Idle
-from lazyfs.cache.spawn import START_LOCK
+from lazyfs.cache.spawn import SPEC_NAME, START_LOCK
 from providers.fslock import try_exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,10 @@ def run(
         # Written while we own the cache: whoever reads it finds the owner (or a dead one).
         pid_file = cache_dir / PID_NAME
         pid_file.write_text(f"{os.getpid()}\n")
+        if idle is None:
+            # A service's (``lazyfs daemon``): its manager restarts it, and stops it for
+            # good; no mount is to start one as an earlier command did (``spawn.started_as``).
+            (cache_dir / SPEC_NAME).unlink(missing_ok=True)
         stats = cache.stats()
         log.info(
             "cache %s: %d chunks, %d of %d bytes used",

@@ -139,6 +139,7 @@ class Starting:
     ) -> None:
         self.spec = spec
         self.pid = pid  # ours to reap; None when another process started it
+        self._spawned = pid is not None  # kept for ``started_as`` once it is seen to start
         self._lock = lock
         self._deadline = deadline
 
@@ -146,6 +147,7 @@ class Starting:
         """Return once the daemon answers; BackendError when it exits or the timeout passes."""
         try:
             _wait_answering(self.spec, self.pid, self._deadline)
+            self._started()
         except _Exited:
             self.pid = None  # reaped already: its pid may be another's by now
             raise
@@ -162,6 +164,7 @@ class Starting:
         try:
             while self.pid is not None and time.monotonic() < self._deadline:
                 if _owned(self.spec.cache_dir):
+                    self._started()
                     break
                 if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
                     self.pid = None  # exited at start, reaped: a later caller starts another
@@ -171,6 +174,15 @@ class Starting:
             self.pid = None
         finally:
             self.release()
+
+    def _started(self) -> None:
+        """The daemon started here holds its cache: it took its flags, so ``started_as``
+        may start it so again (one that exits at start, a bad flag say, leaves what an
+        earlier start kept)."""
+        if self._spawned:
+            self._spawned = False
+            with contextlib.suppress(OSError):  # a favour to later mounts, not this start
+                _keep_spec(self.spec)
 
     def release(self) -> None:
         """Let go of the start lock without waiting. Idempotent."""
@@ -257,7 +269,6 @@ def _keep_spec(spec: DaemonSpec) -> None:
 
 
 def _spawn(spec: DaemonSpec) -> int:
-    _keep_spec(spec)
     log_fd = os.open(
         spec.cache_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
     )

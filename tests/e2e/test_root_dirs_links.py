@@ -203,9 +203,10 @@ def test_a_root_to_be_made_in_a_sticky_directory_is_made_at_once_and_used(world:
     assert (work / "lazyfs" / "store" / "docker" / "blobs").is_dir()
 
 
-def _with_accounts(world: World, alice_group_members: str) -> list[str]:
+def _with_accounts(world: World, alice_group_members: str, more_groups: str = "") -> list[str]:
     """A command prefix that runs what follows as alice, in a mount namespace whose account
-    databases hold root and alice, alice's group 65534 listing ``alice_group_members``."""
+    databases hold root and alice, alice's group 65534 listing ``alice_group_members``, and
+    the lines ``more_groups``."""
     accounts = world.base / "accounts"
     accounts.mkdir()
     (accounts / "passwd").write_text(
@@ -214,7 +215,7 @@ def _with_accounts(world: World, alice_group_members: str) -> list[str]:
         f"mallory:x:{MALLORY}:{MALLORY}:mallory:/:/bin/sh\n"
     )
     (accounts / "group").write_text(
-        f"root:x:0:\nalice:x:{ALICE}:{alice_group_members}\nmallory:x:{MALLORY}:\n"
+        f"root:x:0:\nalice:x:{ALICE}:{alice_group_members}\nmallory:x:{MALLORY}:\n{more_groups}"
     )
     binds = " && ".join(
         f"mount --bind {accounts / name} /etc/{name}" for name in ("passwd", "group")
@@ -223,12 +224,15 @@ def _with_accounts(world: World, alice_group_members: str) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner, "sh"]
 
 
-def _pull_in_group_writable_home(world: World, members: str) -> subprocess.CompletedProcess[str]:
+def _pull_in_group_writable_home(
+    world: World, members: str, more_groups: str = ""
+) -> subprocess.CompletedProcess[str]:
     os.chmod(world.home, 0o775)  # made with Debian's umask 002 for users
     work = world.make(world.home / "work", 0o775, ALICE)
     return subprocess.run(
-        [*_with_accounts(world, members), sys.executable, "-m", "lazyfs", "--docker_registry",
-         str(world.base / "images"), "--work_dir", str(work), "pull", "busybox"],
+        [*_with_accounts(world, members, more_groups), sys.executable, "-m", "lazyfs",
+         "--docker_registry", str(world.base / "images"), "--work_dir", str(work), "pull",
+         "busybox"],
         capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL,
         env={**os.environ, "HOME": str(world.home)},
     )  # fmt: skip
@@ -243,8 +247,15 @@ def test_directories_writable_by_the_users_own_private_group_are_the_users(
     assert stat.S_IMODE(os.stat(world.home / "work").st_mode) == 0o700  # closed as ever
 
 
-def test_a_group_with_another_member_is_not_the_users_alone(world: World) -> None:
-    result = _pull_in_group_writable_home(world, "alice,mallory")
+@pytest.mark.parametrize(
+    ("members", "more_groups"),
+    [("alice,mallory", ""), ("", f"staff:x:{ALICE}:mallory\n")],
+    ids=["a member", "a second entry of its gid"],
+)
+def test_a_group_with_another_member_is_not_the_users_alone(
+    world: World, members: str, more_groups: str
+) -> None:
+    result = _pull_in_group_writable_home(world, members, more_groups)
     line = one_line_error(result)
     assert f"{world.home / 'work'} is in a directory others may write" in line, line
     assert not (world.home / "work" / "store").exists()

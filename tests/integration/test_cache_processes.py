@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.cache.layout import CHUNK_SIZE
-from lazyfs.cache.spawn import DaemonSpec, answers, ensure_daemon
+from lazyfs.cache.spawn import SPEC_NAME, DaemonSpec, answers, ensure_daemon, started_as
 from tests.support.cache_daemons import (
     ROOT,
     GatedProxy,
@@ -189,6 +189,17 @@ def test_a_daemon_a_command_started_is_started_again_by_the_next_miss(
         assert found is not None and found.chunks == 2 and found.fetches == 1
     finally:
         kill_recorded(cache_dir)
+
+
+def test_a_daemon_run_as_a_service_leaves_no_mount_a_way_to_start_another(
+    tmp_path: Path,
+) -> None:
+    # What a command's start left: a service's daemon is its manager's to start and stop.
+    cache_dir, work = tmp_path / "cache", tmp_path / "work"
+    cache_dir.mkdir(mode=0o700)
+    (cache_dir / SPEC_NAME).write_text(json.dumps({"command": ["/bin/true"], "env": {}}))
+    with run_daemon(work, cache_dir):
+        assert started_as(cache_dir) is None
 
 
 def test_lazyfs_daemon_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ import pytest
 
 from lazyfs.cache.layout import socket_path
 from lazyfs.cache.remote import Remote, RemoteOrigin
-from lazyfs.cache.spawn import START_LOCK, DaemonSpec, start_daemon
+from lazyfs.cache.spawn import SPEC_NAME, START_LOCK, DaemonSpec, start_daemon, started_as
 from lazyfs.fs import mount as lazy_mount
 from providers.digest import Digest
 from providers.manifest import Layer
@@ -110,3 +112,50 @@ def test_no_socket_is_no_daemon_said_without_loading_the_client(tmp_path: Path) 
     dead.bind(str(socket_path(cache_dir)))
     dead.close()
     assert ask() == "False True"
+
+
+def test_a_start_whose_daemon_exits_at_once_keeps_no_way_to_start_it(tmp_path: Path) -> None:
+    # A command whose flags the daemon refuses: its mounts must not start that again later.
+    spec = _spec(tmp_path)
+    kept = DaemonSpec(spec.cache_dir, (sys.executable, "-c", "pass", "earlier"), {"A": "1"})
+    spec.cache_dir.mkdir(mode=0o700)
+    _keep(kept)
+    starting = start_daemon(spec)
+    assert starting is not None
+    starting.hand_over()  # the "daemon" exits without taking its cache
+    assert started_as(spec.cache_dir) == kept
+
+
+def test_a_start_whose_daemon_holds_its_cache_keeps_how_it_started(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    # A "daemon" that takes the cache's lock and holds it until the test is done.
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "while os.path.exists(sys.argv[2]): time.sleep(0.02)\n"
+    )
+    held = tmp_path / "held"
+    held.touch()
+    spec = DaemonSpec(
+        cache_dir, (sys.executable, "-c", code, str(cache_dir / "lock"), str(held)),
+        {"LAZYFS_CACHE_SIZE": "1"}, timeout=60.0,
+    )  # fmt: skip
+    starting = start_daemon(spec)
+    assert starting is not None and starting.pid is not None
+    pid = starting.pid
+    try:
+        starting.hand_over()
+        again = started_as(cache_dir)
+        assert again is not None and (again.command, again.env) == (spec.command, spec.env)
+        assert stat.S_IMODE(os.stat(cache_dir / SPEC_NAME).st_mode) == 0o600
+    finally:
+        held.unlink()
+    assert reaped(pid)
+
+
+def _keep(spec: DaemonSpec) -> None:
+    """What an earlier start left."""
+    (spec.cache_dir / SPEC_NAME).write_text(
+        json.dumps({"command": list(spec.command), "env": dict(spec.env)})
+    )

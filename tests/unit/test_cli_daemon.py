@@ -139,3 +139,13 @@ def test_a_started_daemon_runs_in_the_root_and_reads_relative_flags_from_its_sta
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
     finally:
         kill_recorded(tmp_path / "work" / "cache")
+
+
+def test_a_started_daemons_relative_paths_are_from_where_the_command_ran(tmp_path: Path) -> None:
+    # A mount may start it again later, from another directory (its own runs in /).
+    args = parse("--work_dir", "w", "--docker_config", "auth.json", "--docker_registry", "imgs")
+    spec = daemon_spec(args)
+    assert spec.env["LAZYFS_DOCKER_CONFIG"] == os.path.join(os.getcwd(), "auth.json")
+    assert spec.env["LAZYFS_DOCKER_REGISTRY"] == os.path.join(os.getcwd(), "imgs")
+    inline = daemon_spec(parse("--work_dir", "w", "--docker_config", CONFIG))
+    assert inline.env["LAZYFS_DOCKER_CONFIG"] == CONFIG  # JSON, not a path
