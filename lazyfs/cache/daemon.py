@@ -168,17 +168,19 @@ class Server:
         self.reads = 0  # read requests received: what a mount could not serve itself
         self.connected = 0  # connections open now
         self.last_active = -math.inf  # trio time one last opened or closed
-        self.used = False  # whether one asked for more than the status
+        self.last_used = -math.inf  # trio time one that asked more than the status did
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         """Serve one connection's requests until it ends (or goes out of step)."""
         self.connected += 1
-        self.last_active = trio.current_time()
+        self.last_active = opened = trio.current_time()
         try:
             await self._connection(stream)
         finally:
             self.connected -= 1
             self.last_active = trio.current_time()
+            if self.last_used >= opened:  # it asked more than the status: used until now
+                self.last_used = self.last_active
 
     async def _connection(self, stream: trio.abc.Stream) -> None:
         sending = trio.Lock()  # one writer at a time: frames must not interleave
@@ -233,7 +235,8 @@ class Server:
 
     async def answer(self, request: Request) -> Response:
         """The response to ``request``; failures are answers too, never raised."""
-        self.used = self.used or not isinstance(request, Status)
+        if not isinstance(request, Status):
+            self.last_used = trio.current_time()
         try:
             if isinstance(request, Read):
                 self.reads += 1

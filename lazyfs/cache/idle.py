@@ -6,10 +6,12 @@ use by days: every mount it served holds a connection for its whole life
 open and no work in hand has no mount to serve. Work in hand is any task in
 the daemon's nursery, each a fetch, a background fetch or a replay's run:
 what a mount asked for goes on after it left, and is let finish. The wait
-counts from the last connection's end, so a caller told by a status request
-that the daemon answers finds it there when its mount connects; a daemon
-that only ever answered status requests (``lazyfs cache``, a start that then
-failed) keeps to the shorter wait of one that was never used.
+counts from the end of the last connection that asked more than the
+daemon's status (``lazyfs cache`` run by a monitor keeps no daemon alive),
+and is the shorter ``first`` while none did (the command that started it
+failed). Any connection, a status request's too, still puts the stop off by
+``first`` at least: a caller told that the daemon answers finds it there
+when its mount connects.
 
 Stopping must not race a start of the next daemon: ``Idle.may_stop`` takes
 the start lock without waiting (a start in progress means a caller is about
@@ -23,6 +25,7 @@ reset, which callers take as no daemon.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,7 +52,7 @@ class Idle:
 class Connections(Protocol):
     connected: int  # connections being served now
     last_active: float  # trio time one last opened or closed
-    used: bool  # whether one asked for more than the daemon's status
+    last_used: float  # trio time one that asked more than the daemon's status ended (-inf)
 
 
 async def stop_when_idle(
@@ -64,15 +67,19 @@ async def stop_when_idle(
         if connections.connected or len(work.child_tasks) > 1:
             quiet_since = now
             continue
-        # One that came and went between two looks counts too: a starter's status
-        # request, answered, says a mount of its own is on its way.
-        quiet_since = max(quiet_since, connections.last_active)
-        # Status requests alone (a start's, ``lazyfs cache``) are not a use.
-        wait = idle.seconds if connections.used else idle.first
+        # Status requests alone (a start's, ``lazyfs cache``) are no use: the wait
+        # counts from the last use, and is the shorter one while there was none. A
+        # status request still puts a stop off by the shorter wait at least: a
+        # starter it answered has a mount on its way. One that came and went between
+        # two looks counts too.
+        used = connections.last_used > -math.inf
+        wait = idle.seconds if used else idle.first
+        unused = now - max(quiet_since, connections.last_used)
+        asked = now - max(quiet_since, connections.last_active)
         # No await from here to the cancel. A connection accepted but not yet begun
         # is closed with the listener: its client finds no daemon, as after the
         # socket is gone, and starts one once the start lock is let go.
-        if now - quiet_since >= wait and idle.may_stop():
+        if unused >= wait and asked >= min(wait, idle.first) and idle.may_stop():
             log.info("nothing to do for %gs: stopping", wait)
             stop.cancel()
             return

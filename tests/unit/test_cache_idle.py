@@ -140,6 +140,25 @@ async def test_a_status_asked_between_two_looks_puts_the_stop_off(
         assert served.stopped.is_set()
 
 
+async def test_status_requests_keep_no_used_daemon_past_its_wait(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    # A monitor's `lazyfs cache` every so often: no use, but each puts a stop off a little.
+    async with daemon(tmp_path, FakeSource(), idle(100, 10)) as served:
+        async with connect(served.path) as client:
+            assert isinstance(await client.call(Read(1, BlobRange(BLOB, 0, 4), FAKE)), ReadOk)
+        await fetched(served.path)  # used until now: t = 0
+        for ask in (50, 45):
+            await after(mock_clock, ask)
+            async with connect(served.path) as client:
+                assert isinstance(await client.call(Status(ask)), StatusOk)
+            await trio.testing.wait_all_tasks_blocked()
+        await after(mock_clock, 9)  # t = 104: unused for 100 s, but a status 9 s ago
+        assert not served.stopped.is_set()
+        await after(mock_clock, 2)
+        assert served.stopped.is_set()
+
+
 async def test_a_fetch_in_hand_keeps_it_after_its_mount_left(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -243,6 +262,11 @@ async def test_no_stop_while_a_chore_runs_and_the_start_lock_stays_free(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serving)
+                # Up once its socket is bound (in a thread: the clock must wait for it),
+                # and the chore started after that is asleep.
+                while not (root / "daemon.sock").exists():
+                    await trio.testing.wait_all_tasks_blocked()
+                await trio.testing.wait_all_tasks_blocked()
                 await after(mock_clock, 4)  # the chore's first run began at 3 s
                 assert chore.now
                 await after(mock_clock, 20)
