@@ -8,6 +8,7 @@ from pathlib import Path
 from backends.apply import apply_layers, local_files
 from backends.base import Rootfs
 from backends.mounts import unmount_all_under
+from providers.durable import sync_filesystem
 from providers.fstree import remove_tree
 from providers.manifest import Layer
 from providers.source import LocalBlobSource
@@ -28,6 +29,9 @@ class CopyBackend:
         files = local_files(layers, blobs)
         rootfs.mkdir(mode=0o755)
         apply_layers(rootfs, files, limits=self.limits)
+        # On disk before the provision records it made: a power cut after must not leave
+        # a container recover keeps with empty files.
+        sync_filesystem(rootfs)
         # The tree is the container's own, so it is writable whatever was asked.
         return Rootfs(rootfs, self.name, writable=True)
 

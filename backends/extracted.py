@@ -25,7 +25,8 @@ Extraction is atomic and happens once: under an flock on
 ``<layers_dir>/<hex>/lock`` the tree is built in a scratch directory
 ``<tmp_dir>/<pid>.<random>`` (on the same filesystem, so the store's clean-up
 finds what a crashed extraction left) and renamed into place, its sidecar
-first.  A tree that is present is complete and never changes afterwards.
+first, once what it wrote is on disk (``providers.durable``).  A tree that
+is present is complete and never changes afterwards.
 ``<layers_dir>/<hex>`` is closed to other users (``0700``, see
 ``providers.private_dir``): the tree holds the layer's setuid files.
 Blocking.
@@ -44,6 +45,7 @@ from typing import Literal
 from backends.apply import LayerFile, apply_layers
 from backends.apply_tree import MadeDirs
 from providers.digest import hex_part
+from providers.durable import sync_directory, sync_filesystem
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock
 from providers.fstree import remove_tree
@@ -114,9 +116,14 @@ def extracted_layer(
                 record["root_header"] = made.root_header
                 text = json.dumps(record)
                 sidecar.write_text(text)
+            # Its bytes on disk before its name promises them, a crash or a power cut
+            # after (a tree present is trusted whole, by every container of the layer).
+            sync_filesystem(scratch)
+            if form == "overlay":
                 # The tree's presence promises its sidecar: rename that first.
                 os.rename(sidecar, home / sidecar.name)
             os.rename(tree, target)
+            sync_directory(home)
         finally:
             # The layer may be deeper than shutil.rmtree can recurse.
             with contextlib.suppress(OSError):

@@ -3,8 +3,7 @@
 Work is recorded under ``<work_dir>/provisioner`` as in Mesos::
 
     containers/<cid>/provisioning                      present while half done
-    containers/<cid>/info.json                         written atomically, complete once
-                                                       provisioning is gone
+    containers/<cid>/info.json                         complete once provisioning is gone
     containers/<cid>/backends/<backend>/rootfses/<id>  the rootfs, and one per image volume
     locks/<cid>.lock                                   held while one process works on <cid>
     locks/mount:<key>.lock                             held while ``lazyfs mount`` mounts
@@ -65,6 +64,7 @@ from lazyfs.provision.revive import revive
 from lazyfs.provision.teardown import remove_container, remove_failed
 from lazyfs.provision.usage import ContainerRecord, read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
+from lazyfs.store.atomic import sync_directory
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, in_use_async
 from lazyfs.store.users import register as register_user
@@ -228,6 +228,7 @@ class Provisioner:
                 if publish is not None:
                     publish(info)
                 (home / "provisioning").unlink()
+                sync_directory(home)  # provisioned, also after a power cut: recover keeps it
                 return info
             except BaseException as error:
                 with trio.CancelScope(shield=True):

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from providers.durable import sync_directory as sync_directory  # callers import it here
+
 
 @dataclass
 class Staged:
@@ -140,12 +142,3 @@ def publish(path: Path, target: Path, *, sync_dir: bool = True) -> None:
     os.rename(path, target)
     if sync_dir:
         sync_directory(target.parent)
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync ``directory``, so the names made or renamed in it last across a crash."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
