@@ -33,6 +33,10 @@ directory is the scratch directory, so every path in the options is
 relative and short; lazyfs itself never changes directory (it runs threads).
 The rootfs is mounted private, read-only unless writable was asked.
 
+``remount`` mounts a rootfs again where its mount went (a reboot) from what
+the scratch directory kept, a writable one with the container's writes; it
+mounts only the layers' trees the links lead to, once it has found them to
+be the recorded layers' in the store, never extracted again.
 ``destroy`` unmounts (everything under the rootfs first, then it), removes
 the empty mount point and the scratch directory; the shared layers stay.
 It is idempotent. ``overlay_usable`` is the probe that decides whether this
@@ -63,6 +67,7 @@ from backends.overlay_dirs import (
     union_kind,
     write_top_dirs,
 )
+from providers.digest import hex_part
 from providers.errors import BackendError
 from providers.fstree import remove_tree
 from providers.layer_entry import link_to_directory, no_link_source
@@ -98,40 +103,92 @@ class OverlayBackend:
                 f"{os.geteuid()}: use --backend copy"
             )
         lowers = self._lowers(local_files(layers, blobs))
-        first = first_mounted(lowers)
+        mounted = lowers[first_mounted(lowers) :]
         scratch = scratch_dir(rootfs)
         private_dir(scratch.parent)
         private_dir(scratch, exist_ok=False)
-        mounted = False
         try:
             private_dir(scratch / "l")
-            names = []
-            for index, lower in enumerate(reversed(lowers[first:])):
+            for index, lower in enumerate(reversed(mounted)):
                 os.symlink(lower.path, scratch / "l" / str(index))
-                names.append(f"l/{index}")
             plan = plan_top_dirs(lowers)
             if writable:
                 # upper/'s mode is the root's: write_top_dirs sets it.
                 for part in ("upper", "work"):
                     private_dir(scratch / part)
                 write_top_dirs(scratch / "upper", plan)
-                options = f"lowerdir={':'.join(names)},upperdir=upper,workdir=work"
             else:
                 private_dir(scratch / "top")
                 write_top_dirs(scratch / "top", plan)
-                options = f"ro,lowerdir={':'.join(['top', *names])}"
             rootfs.mkdir(mode=0o755)
-            mount_overlay(options, rootfs, cwd=scratch)
-            mounted = True
-            # Private, so mounts a runtime makes inside do not propagate out.
-            mount("none", rootfs, None, MS_PRIVATE)
+            _mount(scratch, rootfs, len(mounted), writable=writable)
         except BaseException:
-            if mounted:
-                unmount(rootfs)
             with contextlib.suppress(OSError):
                 remove_tree(scratch)  # top/ or upper/ may be as deep as the image
             raise
         return Rootfs(rootfs, self.name, writable=writable)
+
+    def remount(
+        self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
+    ) -> None:
+        """Mount ``rootfs`` again from its scratch directory, as ``provision`` mounted it.
+
+        After a reboot the scratch directory still holds the links to the
+        layers and top/, or upper/ with the container's writes and work/
+        (whose ``work/work`` the old mount may have left full: overlayfs
+        empties it when it mounts).  Only what was recorded is mounted: the
+        links must lead, top first, to the store's trees of the top layers
+        of ``layers`` (all of them, or down to the one whose opaque root
+        hides the rest), each still extracted there.  None is extracted
+        again: the writes in upper/ were made over those trees, and a layer
+        GC or a person removed says the store lost what this container
+        uses.  BackendError says what is missing, and nothing is mounted.
+        ``blobs`` is not read: the trees are what is mounted.
+        """
+        scratch = scratch_dir(rootfs)
+        count = self._check_links(layers, scratch / "l")
+        for part in ("upper", "work") if writable else ("top",):
+            kept = scratch / part
+            if kept.is_symlink() or not kept.is_dir():
+                raise BackendError(f"{kept}, which this rootfs mounts, is gone")
+        unmount_all_under(rootfs)  # whatever is left there
+        _mount(scratch, rootfs, count, writable=writable)
+
+    def _check_links(self, layers: Sequence[Layer], links: Path) -> int:
+        """How many of ``layers``, the top ones, the links in ``links`` stack, once each
+        is found to lead to that layer's tree in this store, extracted (``remount``)."""
+        try:
+            names = sorted(os.listdir(links), key=lambda name: (len(name), name))
+        except OSError as error:
+            raise BackendError(
+                f"{links}, the links to its layers, is gone: {error.strerror}"
+            ) from None
+        if not 0 < len(names) <= len(layers) or names != [str(i) for i in range(len(names))]:
+            raise BackendError(
+                f"{links} holds {', '.join(names) or 'nothing'}, not the links to the top of"
+                f" its image's {len(layers)} layers"
+            )
+        stacked: list[LowerDir] = []
+        for index, layer in enumerate(reversed(layers[len(layers) - len(names) :])):
+            link = links / str(index)
+            if not link.is_symlink():
+                raise BackendError(f"{link} is no link to a layer")
+            tree = Path(os.readlink(link))
+            if not tree.is_dir():
+                raise BackendError(
+                    f"layer {layer.digest} is no longer extracted in the store ({tree} is gone)"
+                )
+            if not _same_file(tree.parent, self.layers_dir / hex_part(layer.digest)):
+                raise BackendError(
+                    f"{link} leads to {tree}, not to layer {layer.digest} in {self.layers_dir}"
+                )
+            stacked.insert(0, LowerDir(tree, made_dirs(tree)))
+        # As provision chose them: below the topmost opaque root nothing, down to it everything.
+        if first_mounted(stacked) != 0 or (
+            len(stacked) < len(layers) and not stacked[0].root_opaque
+        ):
+            raise BackendError(f"{links} does not stack the layers its image's opaque roots leave")
+        return len(stacked)
 
     def _lowers(self, layers: Sequence[LayerFile]) -> list[LowerDir]:
         """Every layer extracted in overlay form, bottom first.
@@ -164,6 +221,33 @@ class OverlayBackend:
             unmount_all_under(scratch)  # never delete through a mount
             # upper/ holds whatever the container made, at any depth.
             remove_tree(scratch)
+
+
+def _mount(scratch: Path, rootfs: Path, layers: int, *, writable: bool) -> None:
+    """Mount the overlay kept in ``scratch`` on ``rootfs``, private: its first ``layers``
+    links l/0.. (top first) under upper/ and work/ if ``writable``, else under top/.
+
+    The one place the mount options are made, by ``provision`` and ``remount`` alike.
+    """
+    names = [f"l/{index}" for index in range(layers)]
+    if writable:
+        options = f"lowerdir={':'.join(names)},upperdir=upper,workdir=work"
+    else:
+        options = f"ro,lowerdir={':'.join(['top', *names])}"
+    mount_overlay(options, rootfs, cwd=scratch)
+    try:
+        # Private, so mounts a runtime makes inside do not propagate out.
+        mount("none", rootfs, None, MS_PRIVATE)
+    except BaseException:
+        unmount(rootfs)
+        raise
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False  # one is gone
 
 
 def _link_verdict(error: LinkOutsideLayer, below: Sequence[LowerDir]) -> Exception:

@@ -12,6 +12,8 @@ whether its rootfs and volumes work:
     directory    the copy backend's plain directory (no mount), present
     missing      the copy backend's directory is gone
     incomplete   its provision is under way, or died (``recover`` removes it)
+    destroying   its destroy is under way, or died (``recover`` finishes it,
+                 ``--keep`` or not); its mounts are not looked at
     unreadable   its record cannot be read
 
 The worst state of its rootfs and volumes is the container's. Containers are
@@ -22,6 +24,7 @@ once per such container.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from lazyfs.provision.revive import mount_state
 from lazyfs.provision.usage import ContainerRecord, Listed, VolumeRecord, containers
 
 # Worst last: a container shows the worst of its rootfs's and volumes' states.
-_ORDER = ("alive", "directory", "not mounted", "missing", "not answering", "dead")
+_ORDER = ("alive", "directory", "not mounted", "missing", "not answering", "dead", "destroying")
 _HEADER = ("ID", "BACKEND", "IMAGE", "ROOTFS", "VOLUMES", "WRITABLE", "MOUNT")
 _AT_ONCE = 32  # containers looked at side by side
 
@@ -39,14 +42,14 @@ def _worst(states: list[str]) -> str:
     return max(states, key=_ORDER.index)
 
 
-def _volume_json(backend: str, volume: VolumeRecord) -> dict[str, Any]:
+def _volume_json(volume: VolumeRecord, state: Callable[[Path], str]) -> dict[str, Any]:
     return {
         "container_path": volume.container_path,
         "mode": volume.mode,
         "image": volume.image.reference,
         "rootfs": str(volume.rootfs),
         "writable": volume.writable,
-        "mount": mount_state(backend, volume.rootfs),
+        "mount": state(volume.rootfs),
     }
 
 
@@ -54,13 +57,21 @@ def describe(listed: Listed) -> dict[str, Any]:
     """``listed`` as ``ps --json`` gives it."""
     record: ContainerRecord | None = listed.record
     if record is None:
-        state = "unreadable" if listed.problem.startswith("unreadable") else "incomplete"
-        return {"container_id": listed.container_id, "mount": state, "problem": listed.problem}
-    volumes = [_volume_json(record.backend, v) for v in record.volumes]
-    rootfs_state = mount_state(record.backend, record.rootfs)
-    return {
+        word = "unreadable" if listed.problem.startswith("unreadable") else "incomplete"
+        word = "destroying" if listed.destroying else word
+        return {"container_id": listed.container_id, "mount": word, "problem": listed.problem}
+    backend = record.backend
+
+    def state(rootfs: Path) -> str:
+        # One being destroyed may be half taken down: what its mounts say is not what it
+        # is, and one that no longer answers would cost seconds for nothing.
+        return "destroying" if listed.destroying else mount_state(backend, rootfs)
+
+    volumes = [_volume_json(v, state) for v in record.volumes]
+    rootfs_state = state(record.rootfs)
+    item = {
         "container_id": record.container_id,
-        "backend": record.backend,
+        "backend": backend,
         "image": record.image.reference,
         "digest": record.image.digest,
         "platform": record.image.platform,
@@ -70,6 +81,9 @@ def describe(listed: Listed) -> dict[str, Any]:
         "rootfs_mount": rootfs_state,
         "volumes": volumes,
     }
+    if listed.destroying:
+        item["problem"] = listed.problem
+    return item
 
 
 def _row(item: dict[str, Any]) -> tuple[str, ...]:

@@ -1,9 +1,12 @@
 """Whether a kept container's rootfs and volumes still work, and mounting them again.
 
-``recover --keep`` asks this of each container it keeps: a bind or fuse
-mount that is gone (a reboot) or dead (its process killed) is mounted
-again from the same layers; a rootfs that does not work and cannot be
-mounted again is an error saying why, and the container is reported broken.
+``recover --keep`` asks this of each container it keeps: a bind, overlay or
+fuse mount that is gone (a reboot) or dead (its process killed) is mounted
+again from the same layers (a writable overlay or fuse one over the writes
+its container made); a rootfs that does not work and cannot be mounted
+again is an error saying why, and the container is reported broken.  A
+container whose destroy began is never asked about: ``recover`` finishes
+its destroy (``lazyfs.provision.teardown``).
 A container's image volumes are part of it: each is checked and revived
 the same way, and one that cannot be makes the container broken.
 """

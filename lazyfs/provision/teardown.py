@@ -1,20 +1,28 @@
 """Taking a container's directory down: each rootfs by its backend, then the rest.
 
-``remove_container`` is what ``destroy`` and ``recover`` do. After a failed
-provision, ``remove_failed`` does it without raising over the provision's
-own error: a clean-up that fails too leaves a half-done container for
-``destroy`` or ``recover``, and says so in the log.
+``remove_container`` is what ``destroy`` and ``recover`` do. Before it
+removes anything it marks the container as being destroyed, durably
+(``mark_destroying``): a destroy killed halfway, or one that failed, leaves a
+container nothing takes for a provisioned one any more.  ``recover``
+destroys it, named in ``--keep`` or not, as the agent that asked for the
+destroy would ask again; ``lazyfs ps`` shows it ``destroying``.  After a
+failed provision, ``remove_failed`` does it without raising over the
+provision's own error: a clean-up that fails too leaves a half-done
+container for ``destroy`` or ``recover``, and says so in the log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import Backend
 from backends.mounts import unmount_all_under
+from lazyfs.provision.usage import DESTROYING
+from lazyfs.store.atomic import sync_directory
 from providers.errors import LazyfsError
 from providers.fstree import remove_tree
 
@@ -22,7 +30,12 @@ log = logging.getLogger(__name__)
 
 
 def remove_container(home: Path, backend_for: Callable[[str], Backend]) -> None:
-    """Destroy every rootfs under ``home`` with its backend, then ``home``. Blocking."""
+    """Destroy every rootfs under ``home`` with its backend, then ``home``. Blocking.
+
+    ``home`` is marked first (``mark_destroying``): once this starts, the
+    container is only ever destroyed, whatever stops it halfway.
+    """
+    mark_destroying(home)
     backends_dir = home / "backends"
     if backends_dir.is_dir():
         for backend_dir in backends_dir.iterdir():
@@ -42,6 +55,25 @@ def remove_container(home: Path, backend_for: Callable[[str], Backend]) -> None:
     # delete, which must never reach through a mount into shared data.
     unmount_all_under(home)
     remove_tree(home)
+
+
+def mark_destroying(home: Path) -> None:
+    """Mark the container at ``home`` as being destroyed, durably, before any of it goes.
+
+    Its record, ``info.json``, is renamed to ``destroying`` (atomic, so the
+    container is provisioned or being destroyed, never both), and ``home``
+    is fsynced, so the mark outlives a power cut as much as the removals
+    after it.  Without a record (its provision died first) ``destroying``
+    is an empty file.  The record moved stays readable where ``ps`` and
+    image GC look (``lazyfs.provision.usage``): until the destroy is done,
+    its rootfs may still be mounted over the images it names.  Idempotent.
+    """
+    marker = home / DESTROYING
+    try:
+        os.rename(home / "info.json", marker)
+    except FileNotFoundError:
+        marker.touch(mode=0o600)  # none, or a destroy before this one moved it
+    sync_directory(home)
 
 
 def remove_failed(home: Path, backend_for: Callable[[str], Backend], error: BaseException) -> None:

@@ -10,7 +10,12 @@ Records of every lazyfs version load: one without ``volumes`` has none,
 one without ``remote_layers`` left none in its registry.  A container whose
 record is missing (its provision is under way, or died) or unreadable is
 listed with ``record`` None: it may use any image, so a careful GC keeps
-everything while there is one (``Usage.unknown``).
+everything while there is one (``Usage.unknown``).  A container being
+destroyed (``DESTROYING``: its destroy is under way, or was killed or
+failed halfway; see ``lazyfs.provision.teardown``) is listed ``destroying``,
+with the record its destroy moved aside: what is left of it may still use
+those images.  ``read_record`` refuses it (``BeingDestroyed``): no command
+may take it for a provisioned container.
 
 Images a person mounted with ``lazyfs mount`` are in use too, for as long
 as their record (``<work_dir>/mounts/<key>/image.json``) is there:
@@ -20,6 +25,7 @@ as their record (``<work_dir>/mounts/<key>/image.json``) is there:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,8 @@ from typing import Any
 from providers.digest import Digest
 
 __all__ = [
+    "DESTROYING",
+    "BeingDestroyed",
     "ContainerRecord",
     "ImageRecord",
     "ImageUse",
@@ -39,6 +47,15 @@ __all__ = [
     "used_images",
     "used_layers",
 ]
+
+
+# In a container's directory: its destroy began (``lazyfs.provision.teardown``), and
+# holds the record that was ``info.json``, or nothing if there was none.
+DESTROYING = "destroying"
+
+
+class BeingDestroyed(ValueError):
+    """The container's destroy began (and may have died): it has no record to use."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +132,15 @@ class ContainerRecord:
 
 @dataclass(frozen=True)
 class Listed:
-    """A container directory: its record, or None with why there is none (one line)."""
+    """A container directory: its record, or None with why there is none (one line).
+
+    ``destroying``: its destroy began; ``record`` is the one it moved aside, if any.
+    """
 
     container_id: str
     record: ContainerRecord | None
     problem: str = ""
+    destroying: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,12 +188,22 @@ def containers_dir(work_dir: Path) -> Path:
 def read_record(home: Path) -> ContainerRecord | None:
     """The record of the container at ``home``; None if it is incomplete.
 
-    Raises ValueError (with the reason) for a record that cannot be read.
+    Raises ValueError (with the reason) for a record that cannot be read,
+    BeingDestroyed for a container whose destroy began.
     """
+    if (home / DESTROYING).exists():
+        raise BeingDestroyed(
+            "it is being destroyed, or its destroy died: destroy it or run recover"
+        )
     if (home / "provisioning").exists():
         return None
+    return _parse(home / "info.json")
+
+
+def _parse(path: Path) -> ContainerRecord | None:
+    """The record in the file ``path``; None if there is none. ValueError if unreadable."""
     try:
-        text = (home / "info.json").read_text()
+        text = path.read_text()
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -181,6 +212,23 @@ def read_record(home: Path) -> ContainerRecord | None:
         return ContainerRecord.from_json(json.loads(text))
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"damaged record: {type(error).__name__}: {error}") from error
+
+
+def _being_destroyed(home: Path) -> Listed:
+    """The container at ``home``, whose destroy began, with the record it moved aside."""
+    marker = home / DESTROYING
+    try:
+        # Empty: it had no record (its provision died before the destroy); gone: its
+        # destroy has just finished.
+        record = _parse(marker) if os.path.getsize(marker) else None
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as error:
+        # What it uses is unknown, as for any unreadable record (image GC refuses).
+        why = error.strerror if isinstance(error, OSError) else error
+        return Listed(home.name, None, f"unreadable record: {why}", destroying=True)
+    problem = "being destroyed: its destroy is under way, or died (recover finishes it)"
+    return Listed(home.name, record, problem, destroying=True)
 
 
 def containers(work_dir: Path) -> list[Listed]:
@@ -193,6 +241,9 @@ def containers(work_dir: Path) -> list[Listed]:
     for home in homes:
         try:
             record = read_record(home)
+        except BeingDestroyed:
+            listed.append(_being_destroyed(home))
+            continue
         except ValueError as error:
             listed.append(Listed(home.name, None, f"unreadable record: {error}"))
             continue

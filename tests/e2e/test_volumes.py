@@ -9,13 +9,16 @@ unless ``rw``; `recover --keep` keeps and mounts it again; `destroy` and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backends.base import scratch_dir
 from backends.mounts import is_mounted, mounts_under
+from providers.fstree import remove_tree
 from tests.support import images
 from tests.support.fuse_mounts import kill_mount_process
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
@@ -152,10 +155,15 @@ def test_a_volume_that_cannot_be_mounted_again_makes_its_container_broken(
     info = provision(lazyfs, "c", "busybox", "--backend", "overlay", "-v", f"/data:{data_image}")
     volume = Path(info["volumes"][0]["rootfs"])
     subprocess.run(["umount", volume], check=True)  # gone, as after a reboot
+    # ... and so is the extracted layer it mounted (a person, or GC, removed it).
+    (layer,) = info["volumes"][0]["image"]["layers"]
+    tree = Path(os.readlink(scratch_dir(volume) / "l" / "0"))
+    remove_tree(tree)
     result = lazyfs("recover", "--keep", "c", check=False)
     assert result.returncode == 1
     assert json.loads(result.stdout)["broken"] == {
-        "c": f"its volume /data at {volume} is not mounted"
+        "c": f"its volume /data at {volume} is not mounted: layer {layer} is no longer"
+        f" extracted in the store ({tree} is gone)"
     }
     lazyfs("destroy", "c")
     assert mounts_under(lazyfs.work_dir) == []
