@@ -8,7 +8,7 @@ from pathlib import Path
 from backends.apply import apply_layers, local_files
 from backends.base import Rootfs
 from backends.mounts import unmount_all_under
-from providers.durable import sync_filesystem
+from providers.durable import written_back
 from providers.fstree import remove_tree
 from providers.manifest import Layer
 from providers.source import LocalBlobSource
@@ -27,11 +27,12 @@ class CopyBackend:
         self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
     ) -> Rootfs:
         files = local_files(layers, blobs)
-        rootfs.mkdir(mode=0o755)
-        apply_layers(rootfs, files, limits=self.limits)
         # On disk before the provision records it made: a power cut after must not leave
-        # a container recover keeps with empty files.
-        sync_filesystem(rootfs)
+        # a container recover keeps with empty files. Its parent: the image sets the
+        # rootfs' own mode, which may keep even its owner out.
+        with written_back(rootfs.parent):
+            rootfs.mkdir(mode=0o755)
+            apply_layers(rootfs, files, limits=self.limits)
         # The tree is the container's own, so it is writable whatever was asked.
         return Rootfs(rootfs, self.name, writable=True)
 

@@ -45,7 +45,7 @@ from typing import Literal
 from backends.apply import LayerFile, apply_layers
 from backends.apply_tree import MadeDirs
 from providers.digest import hex_part
-from providers.durable import sync_directory, sync_filesystem
+from providers.durable import sync_directory, written_back
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock
 from providers.fstree import remove_tree
@@ -103,22 +103,15 @@ def extracted_layer(
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
             tree = scratch / target.name
-            tree.mkdir(mode=0o755)
-            whiteouts: Literal["apply", "overlay"] = "overlay" if form == "overlay" else "apply"
-            made = apply_layers(tree, [layer], whiteouts=whiteouts, limits=limits)
-            if form == "overlay":
-                sidecar = scratch / (target.name + _DIRS_SUFFIX)
-                fields = {"implicit": made.implicit, "marker_only": made.marker_only}
-                fields.update(kept=made.kept, whiteout_dirs=made.whiteout_dirs, walked=made.walked)
-                record: dict[str, object] = {
-                    key: sorted(map(list, paths)) for key, paths in fields.items()
-                }
-                record["root_header"] = made.root_header
-                text = json.dumps(record)
-                sidecar.write_text(text)
+            sidecar = scratch / (target.name + _DIRS_SUFFIX)
             # Its bytes on disk before its name promises them, a crash or a power cut
             # after (a tree present is trusted whole, by every container of the layer).
-            sync_filesystem(scratch)
+            with written_back(scratch):
+                tree.mkdir(mode=0o755)
+                whiteouts: Literal["apply", "overlay"] = "overlay" if form == "overlay" else "apply"
+                made = apply_layers(tree, [layer], whiteouts=whiteouts, limits=limits)
+                if form == "overlay":
+                    sidecar.write_text(_dirs_record(made))
             if form == "overlay":
                 # The tree's presence promises its sidecar: rename that first.
                 os.rename(sidecar, home / sidecar.name)
@@ -129,6 +122,15 @@ def extracted_layer(
             with contextlib.suppress(OSError):
                 remove_tree(scratch)
     return target
+
+
+def _dirs_record(made: MadeDirs) -> str:
+    """The sidecar of an overlay tree: what ``made_dirs`` reads back."""
+    fields = {"implicit": made.implicit, "marker_only": made.marker_only}
+    fields.update(kept=made.kept, whiteout_dirs=made.whiteout_dirs, walked=made.walked)
+    record: dict[str, object] = {key: sorted(map(list, paths)) for key, paths in fields.items()}
+    record["root_header"] = made.root_header
+    return json.dumps(record)
 
 
 def made_dirs(tree: Path) -> MadeDirs:

@@ -125,12 +125,20 @@ def private_group(gid: int, user: int) -> bool:
     except KeyError:
         return False
     # Every entry of that gid: a second one (a group of another name) adds members too.
-    entries = [group for group in grp.getgrall() if group.gr_gid == gid]
+    # A directory service may list none (sssd does not enumerate): then its one answer.
+    entries = [group for group in grp.getgrall() if group.gr_gid == gid] or _group(gid)
     if account.pw_gid != gid or [group.gr_name for group in entries] != [account.pw_name]:
         return False
     if any(member != account.pw_name for member in entries[0].gr_mem):
         return False
     return all(other.pw_gid != gid or other.pw_uid == user for other in pwd.getpwall())
+
+
+def _group(gid: int) -> list[grp.struct_group]:
+    try:
+        return [grp.getgrgid(gid)]
+    except KeyError:
+        return []
 
 
 def _answered_by_others() -> dict[int, str]:

@@ -167,22 +167,25 @@ class Server:
         self.replays = replays
         self.reads = 0  # read requests received: what a mount could not serve itself
         self.connected = 0  # connections open now
+        self.using = 0  # of those, the ones that asked more than the status
         self.last_active = -math.inf  # trio time one last opened or closed
         self.last_used = -math.inf  # trio time one that asked more than the status did
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         """Serve one connection's requests until it ends (or goes out of step)."""
         self.connected += 1
-        self.last_active = opened = trio.current_time()
+        self.last_active = trio.current_time()
+        used = [False]  # whether it asked more than the status: then ``using`` counts it
         try:
-            await self._connection(stream)
+            await self._connection(stream, used)
         finally:
             self.connected -= 1
             self.last_active = trio.current_time()
-            if self.last_used >= opened:  # it asked more than the status: used until now
-                self.last_used = self.last_active
+            if used[0]:
+                self.using -= 1
+                self.last_used = self.last_active  # used until now
 
-    async def _connection(self, stream: trio.abc.Stream) -> None:
+    async def _connection(self, stream: trio.abc.Stream, used: list[bool]) -> None:
         sending = trio.Lock()  # one writer at a time: frames must not interleave
         slots = trio.Semaphore(MAX_REQUESTS_PER_CONNECTION)
 
@@ -226,6 +229,9 @@ class Server:
                                 Failure(error.request_id, FailureKind.BAD_REQUEST, str(error))
                             )
                             continue
+                        if not (used[0] or isinstance(request, Status)):
+                            used[0] = True
+                            self.using += 1
                         await slots.acquire()
                         requests.start_soon(answer, request)
             except ProtocolError as error:

@@ -51,8 +51,9 @@ class Idle:
 
 class Connections(Protocol):
     connected: int  # connections being served now
+    using: int  # of those, the ones that asked more than the daemon's status
     last_active: float  # trio time one last opened or closed
-    last_used: float  # trio time one that asked more than the daemon's status ended (-inf)
+    last_used: float  # trio time one that asked more than the status last did (-inf)
 
 
 async def stop_when_idle(
@@ -64,9 +65,11 @@ async def stop_when_idle(
     while True:
         await trio.sleep(idle.look_every())
         now = trio.current_time()
-        if connections.connected or len(work.child_tasks) > 1:
+        if connections.using or len(work.child_tasks) > 1:
             quiet_since = now
             continue
+        if connections.connected:
+            continue  # a status request in flight: no use, but not to be cut off either
         # Status requests alone (a start's, ``lazyfs cache``) are no use: the wait
         # counts from the last use, and is the shorter one while there was none. A
         # status request still puts a stop off by the shorter wait at least: a

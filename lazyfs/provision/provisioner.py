@@ -64,10 +64,10 @@ from lazyfs.provision.revive import revive
 from lazyfs.provision.teardown import remove_container, remove_failed
 from lazyfs.provision.usage import ContainerRecord, read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
-from lazyfs.store.atomic import sync_directory
 from lazyfs.store.blobs import StoreBlobs
 from lazyfs.store.disk import Store, in_use_async
 from lazyfs.store.users import register as register_user
+from providers.durable import sync_filesystem
 from providers.errors import BadImage, Conflict, NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.layer_limits import LayerLimits
@@ -228,7 +228,7 @@ class Provisioner:
                 if publish is not None:
                     publish(info)
                 (home / "provisioning").unlink()
-                sync_directory(home)  # provisioned, also after a power cut: recover keeps it
+                sync_filesystem(home)  # provisioned, with all it made, also after a power cut
                 return info
             except BaseException as error:
                 with trio.CancelScope(shield=True):

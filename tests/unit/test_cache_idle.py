@@ -100,9 +100,9 @@ async def test_a_daemon_nobody_connects_to_stops_after_its_first_idle(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
     async with daemon(tmp_path, FakeSource(), idle(100, 10)) as served:
-        await after(mock_clock, 9)
+        await after(mock_clock, 8)
         assert not served.stopped.is_set() and served.path.exists()
-        await after(mock_clock, 2)
+        await after(mock_clock, 5)
         assert served.stopped.is_set()
         assert not served.path.exists()  # the next start finds no socket
 
@@ -118,9 +118,9 @@ async def test_a_connected_mount_keeps_it_and_its_going_starts_the_wait(
             # A mount's read: the daemon is used, and waits the longer wait from now on.
             assert isinstance(await client.call(Read(2, BlobRange(BLOB, 0, 4), FAKE)), ReadOk)
         await fetched(served.path)
-        await after(mock_clock, 9)
+        await after(mock_clock, 8)
         assert not served.stopped.is_set()
-        await after(mock_clock, 2)
+        await after(mock_clock, 5)
         assert served.stopped.is_set()
 
 
@@ -133,10 +133,10 @@ async def test_a_status_asked_between_two_looks_puts_the_stop_off(
         async with connect(served.path) as client:
             assert isinstance(await client.call(Status(1)), StatusOk)
         await trio.testing.wait_all_tasks_blocked()  # gone before the next look
-        await after(mock_clock, 9)
+        await after(mock_clock, 8)
         assert not served.stopped.is_set() and served.path.exists()
         # Status requests alone are no use of it: the shorter wait holds.
-        await after(mock_clock, 2)
+        await after(mock_clock, 6)
         assert served.stopped.is_set()
 
 
@@ -153,9 +153,28 @@ async def test_status_requests_keep_no_used_daemon_past_its_wait(
             async with connect(served.path) as client:
                 assert isinstance(await client.call(Status(ask)), StatusOk)
             await trio.testing.wait_all_tasks_blocked()
-        await after(mock_clock, 9)  # t = 104: unused for 100 s, but a status 9 s ago
+        await after(mock_clock, 8)  # t = 103: unused for 100 s, but a status 8 s ago
         assert not served.stopped.is_set()
-        await after(mock_clock, 2)
+        await after(mock_clock, 7)
+        assert served.stopped.is_set()
+
+
+async def test_a_status_request_in_flight_at_a_look_is_no_use_either(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with daemon(tmp_path, FakeSource(), idle(100, 10)) as served:
+        async with connect(served.path) as client:
+            assert isinstance(await client.call(Read(1, BlobRange(BLOB, 0, 4), FAKE)), ReadOk)
+        await fetched(served.path)  # used until now: t = 0
+        await after(mock_clock, 50)
+        async with connect(served.path) as client:  # open across the look at t = 51
+            assert isinstance(await client.call(Status(2)), StatusOk)
+            await after(mock_clock, 1)
+            assert not served.stopped.is_set()
+        await trio.testing.wait_all_tasks_blocked()
+        await after(mock_clock, 44)  # t = 95
+        assert not served.stopped.is_set()
+        await after(mock_clock, 10)
         assert served.stopped.is_set()
 
 
@@ -171,7 +190,7 @@ async def test_a_fetch_in_hand_keeps_it_after_its_mount_left(
         assert not served.stopped.is_set()  # the fetch waits at the gate
         source.gate.set()
         await fetched(served.path)
-        await after(mock_clock, 11)
+        await after(mock_clock, 15)
         assert served.stopped.is_set()
 
 
@@ -184,7 +203,7 @@ async def test_a_replay_ends_its_task_with_its_queue(
             assert isinstance(await client.call(replay), PrefetchOk)
         await fetched(served.path)
         assert served.cache.contains(ChunkKey(BLOB, 3))
-        await after(mock_clock, 11)
+        await after(mock_clock, 15)
         assert served.stopped.is_set()
 
 

@@ -10,7 +10,9 @@ directory or a symlink of user 65534 on it, and checks that it is refused
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.provision.devmount import check_mountpoint
+from providers import mount_path
 from providers.errors import UsageError
 from providers.mount_path import others_can_move
 from tests.support.fuse_mounts import debug_mounted
@@ -131,3 +134,20 @@ def test_a_path_through_proc_is_refused(base: Path) -> None:
     assert others_can_move("/proc/self/cwd") == (
         "/proc is on a proc filesystem, whose owners and links prove nothing"
     )
+
+
+def test_a_private_group_a_directory_service_does_not_list_is_asked_for_by_gid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # sssd does not enumerate by default: getgrall lists none of its groups, getgrgid finds it.
+    alice = pwd.struct_passwd(("alice", "x", 5000, 5000, "", "/home/alice", "/bin/sh"))
+    group = grp.struct_group(("alice", "x", 5000, []))
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: alice)
+    monkeypatch.setattr(pwd, "getpwall", lambda: [alice])
+    monkeypatch.setattr(grp, "getgrall", lambda: [])
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: group)
+    mount_path.private_group.cache_clear()
+    try:
+        assert mount_path.private_group(5000, 5000)
+    finally:
+        mount_path.private_group.cache_clear()

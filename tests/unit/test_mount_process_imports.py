@@ -119,6 +119,7 @@ START_MODULES = {
     "lazyfs.tree.packed_write",
     "providers",
     "providers.digest",
+    "providers.durable",  # lazyfs.store.atomic's sync_directory
     "providers.errors",
     "providers.extents",
     "providers.fileio",
