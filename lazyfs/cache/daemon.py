@@ -169,7 +169,7 @@ class Server:
         self.connected = 0  # connections open now
         self.using = 0  # of those, the ones that asked more than the status
         self.last_active = -math.inf  # trio time one last opened or closed
-        self.last_used = -math.inf  # trio time one that asked more than the status did
+        self.last_used = -math.inf  # trio time the last of ``using`` ended
 
     async def connection(self, stream: trio.abc.Stream) -> None:
         """Serve one connection's requests until it ends (or goes out of step)."""
@@ -241,8 +241,6 @@ class Server:
 
     async def answer(self, request: Request) -> Response:
         """The response to ``request``; failures are answers too, never raised."""
-        if not isinstance(request, Status):
-            self.last_used = trio.current_time()
         try:
             if isinstance(request, Read):
                 self.reads += 1

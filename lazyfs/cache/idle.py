@@ -53,7 +53,7 @@ class Connections(Protocol):
     connected: int  # connections being served now
     using: int  # of those, the ones that asked more than the daemon's status
     last_active: float  # trio time one last opened or closed
-    last_used: float  # trio time one that asked more than the status last did (-inf)
+    last_used: float  # trio time the last that asked more than the status ended (-inf)
 
 
 async def stop_when_idle(
