@@ -85,6 +85,19 @@ async def fetched(path: Path) -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
+async def answering(path: Path) -> None:
+    """Return once the daemon at ``path`` answers a status request; real time passes, the
+    mock clock's does not (a daemon coming up binds its socket in a thread)."""
+    while True:
+        try:
+            async with connect(path) as client:
+                if isinstance(await client.call(Status(1)), StatusOk):
+                    return
+        except OSError:
+            pass  # not bound, or not listening yet
+        await trio.testing.wait_all_tasks_blocked()
+
+
 def idle(seconds: float, first: float, may_stop: Callable[[], bool] = lambda: True) -> Idle:
     return Idle(seconds, first, may_stop)
 
@@ -281,10 +294,9 @@ async def test_no_stop_while_a_chore_runs_and_the_start_lock_stays_free(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serving)
-                # Up once its socket is bound (in a thread: the clock must wait for it),
-                # and the chore started after that is asleep.
-                while not (root / "daemon.sock").exists():
-                    await trio.testing.wait_all_tasks_blocked()
+                # The clock stands still until it serves (its socket is bound in a thread)
+                # and the chore, started as it began to, is asleep.
+                await answering(root / "daemon.sock")
                 await trio.testing.wait_all_tasks_blocked()
                 await after(mock_clock, 4)  # the chore's first run began at 3 s
                 assert chore.now
