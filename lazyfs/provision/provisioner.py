@@ -198,7 +198,7 @@ class Provisioner:
                 await fetched.all(image, runs, volumes)  # a missing one fails before any build
                 build = RootfsBuilder(home, name, chosen, progress, fetched,
                     lambda manifest, workload: self.blobs_for(name, manifest, *workload),
-                    lambda manifest, blobs: start_adopting(blobs, manifest, self.root, self.limits),
+                    self._adopt,
                 )  # fmt: skip
                 what = f"the rootfs of {container_id}"
                 # info.json is made durable while the backend builds, where it can be.
@@ -210,16 +210,8 @@ class Provisioner:
                     named = f"volume {volume.container_path}"
                     v_image, v_rootfs, v_remote = await build(volume.image, volume.writable,
                                                               what, named=named)  # fmt: skip
-                    built.append(
-                        VolumeInfo(
-                            volume.container_path,
-                            volume.mode,
-                            v_rootfs.path,
-                            v_rootfs.writable,
-                            v_image,
-                            v_remote,
-                        )
-                    )
+                    built.append(VolumeInfo(volume.container_path, volume.mode, v_rootfs.path,
+                                            v_rootfs.writable, v_image, v_remote))  # fmt: skip
                 info = ProvisionInfo(
                     container_id, rootfs.path, name, rootfs.writable, manifest, remote, tuple(built)
                 )
@@ -378,7 +370,12 @@ class Provisioner:
         record = self._record(container_id)
         kind = record.backend
         return revive(record, lambda image, named: load_image(self.store, image, named),
-                      self.backend(kind), lambda image: self.blobs_for(kind, image))  # fmt: skip
+                      self.backend(kind), lambda image: self.blobs_for(kind, image),
+                      self._adopt)  # fmt: skip
+
+    def _adopt(self, manifest: ImageManifest, blobs: LocalBlobSource) -> None:
+        """Once ``blobs`` is mounted: its remote layers copied into the store as they complete."""
+        start_adopting(blobs, manifest, self.root, self.limits)
 
     def _remove(self, home: Path) -> None:
         """Destroy every rootfs under ``home`` with its backend, then ``home``."""

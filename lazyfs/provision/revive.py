@@ -53,13 +53,17 @@ def revive(
     image_of: Callable[[ImageRecord, str], ImageManifest],
     backend: Backend,
     blobs_for: Callable[[ImageManifest], LocalBlobSource],
+    adopt: Callable[[ImageManifest, LocalBlobSource], None],
 ) -> bool:
     """Check ``record``'s rootfs and volumes; True if any had to be mounted again.
 
     The image of each is looked up (``image_of``: the image as recorded, and
     what to call it) only when it is mounted again: a record of an earlier
     lazyfs names it by reference alone, which may name another image by now,
-    and a part that needs no image must not fail for that.
+    and a part that needs no image must not fail for that. A lazy part mounted
+    again is handed to ``adopt`` once it works: the process that copied its
+    remote layers into the store as they completed is gone with the mount (a
+    reboot), and without another they would stay in the size-bounded cache.
     Raises BackendError saying which does not work, and why, when it
     cannot be mounted again. Blocking.
     """
@@ -77,11 +81,13 @@ def revive(
             raise BackendError(f"{what} {rootfs} {problem}")
         image = image_of(recorded, f"image {recorded.reference} of container {cid}{whose}")
         try:
-            backend.remount(image.layers, blobs_for(image), rootfs, writable=writable)
+            blobs = blobs_for(image)
+            backend.remount(image.layers, blobs, rootfs, writable=writable)
         except LazyfsError as error:
             raise BackendError(f"{what} {rootfs} {problem}: {error}") from error
         again = rootfs_problem(record.backend, rootfs)
         if again is not None:
             raise BackendError(f"{what} {rootfs} {again} after mounting it again")
+        adopt(image, blobs)
         revived = True
     return revived

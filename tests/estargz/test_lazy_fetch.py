@@ -37,7 +37,7 @@ from tests.support.cache_daemons import (
     wait_for,
 )
 from tests.support.estargz_writer import Blob, File, write_estargz
-from tests.support.fuse_mounts import need_fuse
+from tests.support.fuse_mounts import kill_mount_process, need_fuse
 from tests.support.lazy_fetch import many_files_blob, proxied, ranges_of, settled
 from tests.support.lazy_images import TOC_ANNOTATION, diff_id, lazyfs, push_estargz_image
 from tests.support.registry_servers import Registry, run_registry
@@ -240,6 +240,40 @@ def test_background_fetch_completes_the_layers_and_the_next_provision_has_them_l
             assert again["remote_layers"] == []
             assert (Path(again["rootfs"]) / "app/a").read_bytes() == A
             assert recorded_daemon(cache_dir) is None
+
+
+def test_a_lazy_container_mounted_again_after_a_reboot_has_its_layers_made_local(
+    registry: Registry, tmp_path: Path
+) -> None:
+    need_fuse()
+    pushed = push_estargz_image(registry.url, "lazy/reboot", "v1", [NOT_PREFETCHED, TOP])
+    work = tmp_path / "work"
+    cache_dir = work / "cache"
+    with proxied(registry) as (host, _faults):
+        url = f"http://{host}"
+        # No background fetch: the layers stay remote, and the process the start left to
+        # make them local ends, as a reboot ends it.
+        with provisioned(work, host, "lazy/reboot:v1", background=False) as info:
+            rootfs = Path(info["rootfs"])
+            assert len(info["remote_layers"]) == 2
+            wait_adopted(work, [])
+            kill_mount_process(rootfs)
+            kill_recorded(cache_dir)
+            # The agent's restart, after the reboot: its daemon fetches in the background.
+            kept = lazyfs(work, url, "recover", "--keep", "c1")
+            assert kept.returncode == 0, kept.stderr
+            assert json.loads(kept.stdout)["remounted"] == ["c1"]
+            assert (rootfs / "etc/top").read_bytes() == b"top\n" * 2000
+            # The recovered mount's layers are copied into the store as they complete,
+            # as its first start's would have been: not left in the size-bounded cache.
+            wait_adopted(work, pushed.layers)
+        stored = lazyfs(work, url, "provision", "c2", f"docker:{host}/lazy/reboot:v1",
+                        "--backend", "fuse")  # fmt: skip
+        try:
+            assert stored.returncode == 0, stored.stderr
+            assert json.loads(stored.stdout)["remote_layers"] == []
+        finally:
+            assert lazyfs(work, url, "destroy", "c2").returncode == 0
 
 
 def test_an_image_lying_about_a_layer_s_diff_id_cannot_deny_the_layer_to_other_images(
