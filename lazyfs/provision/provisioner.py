@@ -185,8 +185,8 @@ class Provisioner:
                 private_dir(home, exist_ok=False)
             except FileExistsError:
                 if not self._complete(home):
-                    # Its provision died (we hold the lock): say so, not "provisioned".
-                    raise Conflict(incomplete(container_id)) from None
+                    # Its provision or destroy died (we hold the lock): say so, not "provisioned".
+                    raise Conflict(incomplete(container_id, home)) from None
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
                 (home / "provisioning").write_text(f"{os.getpid()}\n")
@@ -347,7 +347,7 @@ class Provisioner:
         except ValueError as error:
             raise NotFound(f"container {container_id}: {error}") from None
         if record is None:
-            raise NotFound(incomplete(container_id) if home.is_dir() else
+            raise NotFound(incomplete(container_id, home) if home.is_dir() else
                            f"container {container_id} is not provisioned")  # fmt: skip
         return record
 

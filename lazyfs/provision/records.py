@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyfs.provision.usage import ContainerRecord, ImageRecord
+from lazyfs.provision.usage import DESTROYING, ContainerRecord, ImageRecord
 from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import DAMAGE, Store, manifest_of
 from providers.digest import Digest
@@ -188,7 +188,11 @@ def check_container_id(container_id: str) -> None:
         )
 
 
-def incomplete(container_id: str) -> str:
+def incomplete(container_id: str, home: Path) -> str:
+    """Why the container at ``home``, which has no record to use, cannot be used or made."""
+    if (home / DESTROYING).exists():
+        return (f"container {container_id} is being destroyed, or its destroy died; "
+                "destroy it or run recover")  # fmt: skip
     return (
         f"container {container_id} is incomplete: its provision did not finish; "
         "destroy it or run recover"

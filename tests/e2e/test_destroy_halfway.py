@@ -103,6 +103,15 @@ def test_ps_shows_a_container_whose_destroy_stopped_halfway_as_destroying(
         assert listed["other"]["mount"] == "alive"
         rows = {line.split()[0]: line.split() for line in lazyfs("ps").stdout.splitlines()[1:]}
         assert rows["c"][-1] == "destroying" and rows["other"][-1] == "alive"
+        # Provisioning its id again is refused, saying why: not a provision that died.
+        again = lazyfs("provision", "c", "busybox", "--backend", "overlay", check=False)
+        assert (again.returncode, again.stdout) == (1, "")
+        assert again.stderr == (
+            "lazyfs: container c is being destroyed, or its destroy died; "
+            "destroy it or run recover\n"
+        )
+        after = {c["container_id"]: c["mount"] for c in json.loads(lazyfs("ps", "--json").stdout)}
+        assert after == {"c": "destroying", "other": "alive"}
     finally:
         lazyfs("recover", check=False)
     assert mounts_under(lazyfs.work_dir) == []
