@@ -107,8 +107,9 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.add_argument("container_id", help="the container to destroy")
     sub = command("recover", "keep the named containers, clean up the rest; prints JSON")
     sub.add_argument(
-        "--keep", nargs="*", default=[], metavar="ID", help="containers to keep (default: none)"
-    )
+        "--keep", nargs="*", action="extend", default=[], metavar="ID",
+        help="containers to keep, repeatable (default: none)",
+    )  # fmt: skip
 
     def nested(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = actions.add_parser(name, help=text, description=text)

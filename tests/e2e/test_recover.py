@@ -115,8 +115,10 @@ def test_kept_containers_with_dead_mounts_are_mounted_again(lazyfs: Lazyfs) -> N
     assert (rootfs["bind"] / "etc/motd").read_text() == "one layer\n"
     for cid in ("fuse-ro", "fuse-rw", "overlay"):
         assert (rootfs[cid] / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
-    # Kept and healthy now: a second recover has nothing to mount.
-    again = json.loads(lazyfs("recover", "--keep", "bind", "copy", "fuse-ro", "fuse-rw").stdout)
+    # Kept and healthy now: a second recover has nothing to mount. --keep repeated adds up:
+    # an agent naming each container with its own flag must not lose all but the last.
+    again = lazyfs("recover", "--keep", "bind", "copy", "--keep", "fuse-ro", "--keep", "fuse-rw")
+    again = json.loads(again.stdout)
     assert again["kept"] == ["bind", "copy", "fuse-ro", "fuse-rw"] and again["remounted"] == []
     assert again["destroyed"] == ["overlay"]
     lazyfs("recover")
