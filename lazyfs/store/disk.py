@@ -79,8 +79,11 @@ class Store:
         self.layers = root / "layers"
         self.locks = root / "locks"
         self.tmp = root / "tmp"
-        self.gc_dir = root / "gc"  # made by the first GC pass (``lazyfs.gc``)
-        for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
+        # Where GC moves what it removes (``lazyfs.gc``): made with the store, as GC
+        # may first run on a full disk, where a new directory has no room.
+        self.gc_dir = root / "gc"
+        for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp,
+                          self.gc_dir):  # fmt: skip
             private_dir(directory)
 
     @property

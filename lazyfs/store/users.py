@@ -10,7 +10,7 @@ scratch directory). Each provisioner therefore names its work dir in the
 store (``users/<key>``, the key a hash of the path) as it starts, and GC
 reads every work dir named there that still exists.
 
-Written once per work dir, atomically; the store is closed
+Written once per work dir, atomically, when missing; the store is closed
 (``providers.private_dir``), so an entry was written by lazyfs. The work
 dir it names is another matter: it may be gone (its entry is dropped), or
 made again since by someone else (a work dir in ``/tmp`` after a reboot),
@@ -40,13 +40,23 @@ _MAX_USERS = 4096  # a GC pass reads each one's records
 def register(store_root: Path, work_dir: Path) -> None:
     """Name ``work_dir`` (absolute) among the users of the store at ``store_root``.
 
-    Written each time, not only when missing: a GC pass that found the work
-    dir gone may be dropping its entry just as it is made again.
+    Written only when it is not named already: every command starts with
+    this, and one that frees space (``destroy`` of a container that filled
+    the disk) must run on a full or read-only disk. A GC pass that found the
+    work dir gone may drop its entry just as it is made again: that pass
+    looks again after dropping it (``work_dirs``).
     """
-    folder = store_root / USERS
-    entry = folder / hashlib.sha256(os.fsencode(work_dir)).hexdigest()[:32]
-    private_dir(folder)
-    write_atomic(entry, os.fsencode(work_dir) + b"\n", mode=0o600, durable=False)
+    entry = _entry(store_root, work_dir)
+    content = os.fsencode(work_dir) + b"\n"
+    with contextlib.suppress(OSError):
+        if entry.read_bytes() == content:
+            return
+    private_dir(entry.parent)
+    write_atomic(entry, content, mode=0o600, durable=False)
+
+
+def _entry(store_root: Path, work_dir: Path) -> Path:
+    return store_root / USERS / hashlib.sha256(os.fsencode(work_dir)).hexdigest()[:32]
 
 
 def work_dirs(store_root: Path) -> list[Path]:
@@ -69,7 +79,11 @@ def work_dirs(store_root: Path) -> list[Path]:
         if not os.path.lexists(path):
             with contextlib.suppress(OSError):
                 entry.unlink()  # gone: its containers with it; made again, it registers
-            continue
+            if not os.path.lexists(path):
+                continue
+            # Made again meanwhile: its start may have found the entry still there.
+            with contextlib.suppress(OSError):
+                register(store_root, path)
         if _trusted(path, owner):
             found.add(path)
     if len(found) > _MAX_USERS:

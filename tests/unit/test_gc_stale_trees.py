@@ -58,7 +58,7 @@ def test_a_pass_keeps_the_tree_of_a_lazy_estargz_chain_and_drops_stale_ones(
     rebuilt = keep_tree(store.layers, [LOCAL], ("gzip",))
 
     trash = Trash(store.root, store.gc_dir)
-    store.gc_dir.mkdir()
+    assert store.gc_dir.is_dir()  # made with the store
     removed = remove_stale(store, trash, lambda name: False, ())
 
     assert kept.is_file()
