@@ -46,6 +46,7 @@ backend can run on a store at all.  All of it blocking.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -78,6 +79,13 @@ from providers.tar_stream import LayerLimits
 
 # mount(2) takes its options in one page, the terminating NUL included.
 MAX_OPTIONS = 4095
+
+# What the probe's writes fail with when the store's filesystem cannot take
+# anything now (full, over quota, failing), whichever backend wrote there:
+# not a reason to choose another. EROFS is not among them: a store on a
+# read-only filesystem cannot hold overlay's layers while copy still builds
+# rootfses in a work dir elsewhere from its blobs.
+_UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 
 class OverlayBackend:
@@ -290,6 +298,9 @@ def overlay_usable(tmp_dir: Path) -> bool:
 
     Tries a tiny mount with a whiteout, an opaque directory and a write in a
     scratch directory ``<tmp_dir>/<pid>.<random>``, and removes it all.
+    Raises OSError, naming ``tmp_dir``, when a write there fails for want
+    of room or with an I/O error (``_UNWRITABLE``): that says nothing of
+    overlayfs, and no backend could provision there now.
     """
     try:
         with open("/proc/filesystems", encoding="ascii") as table:
@@ -301,7 +312,8 @@ def overlay_usable(tmp_dir: Path) -> bool:
         return False
     try:
         trial = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
-    except OSError:
+    except OSError as error:
+        _raise_unwritable(error, tmp_dir)
         return False
     merged = trial / "merged"
     try:
@@ -318,9 +330,19 @@ def overlay_usable(tmp_dir: Path) -> bool:
             return not (merged / "gone").exists() and not any((merged / "d").iterdir())
         finally:
             unmount(merged)
-    except (OSError, BackendError):
+    except BackendError:
+        return False
+    except OSError as error:
+        _raise_unwritable(error, tmp_dir)
         return False
     finally:
         # Never delete through a mount that would not go away.
         if not is_mounted(merged):
             shutil.rmtree(trial, ignore_errors=True)
+
+
+def _raise_unwritable(error: OSError, tmp_dir: Path) -> None:
+    """Raise ``error`` as the store's, on one line naming ``tmp_dir``, if it is ``_UNWRITABLE``."""
+    if error.errno in _UNWRITABLE:
+        strerror = f"{error.strerror} while trying overlayfs for the default backend"
+        raise OSError(error.errno, strerror, str(tmp_dir)) from None

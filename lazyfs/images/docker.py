@@ -34,6 +34,7 @@ from lazyfs.images.docker_published import (
 )
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
+from lazyfs.store.temps import Temps
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError, NotFound
 from providers.image_pb2 import Image
@@ -138,7 +139,9 @@ class DockerProvider:
         another process, resolve it once; each blob is copied once. When one
         layer fails, the others still finish, then its error is raised.
         Cancelled, it does not wait for downloads in flight: their threads
-        are abandoned and end by themselves (see ``_ingest``).
+        are abandoned and end by themselves (see ``_ingest``), and their
+        temporary files are removed before it returns. So are the ones a
+        process that is gone left, before a pull begins.
         """
         return await self._fetch(image, progress, lazy=False)
 
@@ -209,6 +212,9 @@ class DockerProvider:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:
                     return stored
+            # Temporary files of processes that are gone (a pull killed, or one whose disk
+            # went read-only under it) would take the room this pull needs. A live one's stay.
+            await trio.to_thread.run_sync(self.store.clean_tmp)
             loads = [load_lookup_code] if lazy and self.trust_published else []
             loads += [ahead] if lazy and ahead is not None else []
             if loads:
@@ -245,12 +251,21 @@ class DockerProvider:
             # A layer that fails does not cancel the others (their threads would be
             # abandoned mid-write): all finish, then the first failure stands for all.
             failures: list[LazyfsError] = []
-            async with trio.open_nursery() as nursery:
-                for layer in manifest.layers:
-                    if lazy and lazy_layer(layer):
-                        continue  # read by range through the cache daemon
-                    progress.start(layer.digest, layer.size)
-                    nursery.start_soon(self._ingest, source, layer, progress, reference, failures)
+            temps = Temps()
+            try:
+                async with trio.open_nursery() as nursery:
+                    for layer in manifest.layers:
+                        if lazy and lazy_layer(layer):
+                            continue  # read by range through the cache daemon
+                        progress.start(layer.digest, layer.size)
+                        ingest = partial(self._ingest, source, layer, progress, reference)
+                        nursery.start_soon(ingest, failures, temps)
+            except BaseException:
+                # Cancelled (Ctrl-C, SIGTERM), or a layer failed otherwise (a full disk):
+                # threads still copying were abandoned, and the process may exit before
+                # they clean up. Their files go now, and they stop at their next chunk.
+                temps.abandon()
+                raise
             if failures:
                 raise failures[0]
             progress.finish()
@@ -298,8 +313,12 @@ class DockerProvider:
         progress: Progress,
         reference: str,
         failures: list[LazyfsError],
+        temps: Temps,
     ) -> None:
-        """Store one layer's blob; a LazyfsError goes to ``failures``, not up."""
+        """Store one layer's blob; a LazyfsError goes to ``failures``, not up.
+
+        Its temporary files are ``temps``'s, for ``_fetch`` to remove if it gives up.
+        """
 
         def opener() -> BinaryIO:
             return source.open(layer.digest)
@@ -311,11 +330,10 @@ class DockerProvider:
             try:
                 # Abandoned when cancelled (Ctrl-C, SIGTERM): a read that waits on the
                 # network, or a retry's backoff, must not hold the cancellation up. Left
-                # alone, the thread ends by itself; all it can leave is a tmp/ file named
-                # by this pid (Store.clean_tmp's) or a verified blob.
-                await trio.to_thread.run_sync(
-                    self.store.ingest, layer, opener, advance, abandon_on_cancel=True
-                )
+                # alone, the thread ends by itself, and all it can leave is a verified
+                # blob: its tmp/ files are removed by _fetch (``Temps.abandon``).
+                ingest = partial(self.store.ingest, layer, opener, advance, temps)
+                await trio.to_thread.run_sync(ingest, abandon_on_cancel=True)
             except DigestMismatch as exc:
                 # The store knows the blob, not the image: name it for the user.
                 failures.append(exc.for_image(reference))

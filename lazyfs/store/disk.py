@@ -8,7 +8,8 @@ Layout under the store root::
     layers/<hex>/             per-layer data backends derive (extracted trees)
     layers/<hex>/diff_id      the checked digest of the blob's uncompressed tar
     locks/<name>.lock         flock(2) files: one writer per blob or reference
-    tmp/                      partial writes, named <pid>.<random>
+    tmp/                      partial writes, named <pid>.<random>: removed by their writer
+                              (``Temps``), or by a pull once their process is gone (``clean_tmp``)
     gc/                       what image GC is removing (``lazyfs.gc``): moved here
                               whole first, so no trusted name is ever half removed
 
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
-from lazyfs.store.atomic import staged_file, write_atomic
+from lazyfs.store.atomic import write_atomic
 from lazyfs.store.usage_lock import in_use_async
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch
@@ -49,8 +50,9 @@ from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
-    # Only ingesting needs the decompressors and tar limits, not a mount
-    # process that finds its blobs here.
+    # Only ingesting needs the decompressors, tar limits and Temps, not a
+    # mount process that finds its blobs here.
+    from lazyfs.store.temps import Temps
     from providers.diff_id import DiffIdChecker
     from providers.tar_stream import LayerLimits
 
@@ -109,6 +111,7 @@ class Store:
         layer: Layer,
         opener: Callable[[], BinaryIO],
         progress: Progress | None = None,
+        temps: Temps | None = None,
     ) -> Path:
         """Make the blob ``layer.digest`` present, fetching it with ``opener`` if missing.
 
@@ -118,19 +121,24 @@ class Store:
         corrupted twice; a second mismatch raises DigestMismatch. Nothing
         unverified is ever stored. ``progress`` is told of both tries and
         takes back (a negative count) what the first one counted.
+        ``temps``: the caller's, to give the fetch up from another thread
+        (``Temps.abandon``: its temporary files go, and it stops at its next chunk).
         """
+        from lazyfs.store.temps import Temps  # see TYPE_CHECKING above
+
+        temps = temps or Temps()
         path = self.blob_path(layer.digest)
         if path.is_file():
-            self._check_diff_id(layer, path)
+            self._check_diff_id(layer, path, temps)
             return path
         with self.lock(f"blob-{hex_part(layer.digest)}", remove=True):
             if path.is_file():  # another process fetched it while we waited
-                self._check_diff_id(layer, path)
+                self._check_diff_id(layer, path, temps)
                 return path
             path.parent.mkdir(parents=True, exist_ok=True)
             log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
             try:
-                self._stage(layer, opener, progress, path)
+                self._stage(layer, opener, progress, path, temps)
             except OSError as error:
                 if error.filename is not None:
                     raise
@@ -143,36 +151,42 @@ class Store:
         return path
 
     def _stage(
-        self, layer: Layer, opener: Callable[[], BinaryIO], progress: Progress | None, path: Path
+        self,
+        layer: Layer,
+        opener: Callable[[], BinaryIO],
+        progress: Progress | None,
+        path: Path,
+        temps: Temps,
     ) -> None:
-        with staged_file(self.tmp, mode=0o444, prefix=f"{os.getpid()}.") as staged:
+        counted = temps.checking(progress)  # given up: no more copying into a removed file
+        with temps.staged(self.tmp, mode=0o444, prefix=f"{os.getpid()}.") as staged:
             out = staged.file
             bound = self.limits.bound(layer.size)
             try:
-                inflated = _copy_verified(layer, opener(), out, progress, bound)
+                inflated = _copy_verified(layer, opener(), out, counted, bound)
             except DigestMismatch as exc:
                 log.info("%s; fetching it again from its start", exc)
                 if progress is not None:
                     progress(-out.tell())
                 out.seek(0)
                 out.truncate()
-                inflated = _copy_verified(layer, opener(), out, progress, bound)
+                inflated = _copy_verified(layer, opener(), out, counted, bound)
             # After the blob digest: its content, checked beside it, in the same pass.
             inflated.verify()
-            self._record_diff_id(layer.digest, inflated.actual())
+            self._record_diff_id(layer.digest, inflated.actual(), temps)
             staged.commit(path)
 
     def _diff_id_record(self, digest: Digest) -> Path:
         return self.layers / hex_part(digest) / "diff_id"
 
-    def _record_diff_id(self, digest: Digest, diff_id: Digest) -> None:
+    def _record_diff_id(self, digest: Digest, diff_id: Digest, temps: Temps) -> None:
         record = self._diff_id_record(digest)
         record.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            record, diff_id.encode(), mode=0o600, temp_dir=self.tmp, prefix=f"{os.getpid()}."
-        )
+        with temps.staged(self.tmp, mode=0o600, prefix=f"{os.getpid()}.") as staged:
+            staged.file.write(diff_id.encode())
+            staged.commit(record)
 
-    def _check_diff_id(self, layer: Layer, blob: Path) -> None:
+    def _check_diff_id(self, layer: Layer, blob: Path, temps: Temps) -> None:
         """A stored blob must also be what *this* image's config says it is.
 
         Two images may share a blob and disagree about its diff_id; each is
@@ -190,7 +204,7 @@ class Store:
             with blob.open("rb") as stream:
                 bound = self.limits.bound(layer.size)
                 known = diff_id_of(stream, f"layer {layer.digest}", bound)
-            self._record_diff_id(layer.digest, known)
+            self._record_diff_id(layer.digest, known, temps)
         if known != layer.diff_id:
             raise DigestMismatch(
                 f"layer {layer.digest} diff_id", expected=layer.diff_id, actual=known
