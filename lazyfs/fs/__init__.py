@@ -4,7 +4,8 @@
 ``writable_names``, the handlers both writable paths share) map FUSE
 requests onto a merged tree and an ``upper`` (``upper``, ``upper_copy``,
 ``upper_state``, ``upper_load``, which reads back an upper a mount left,
-and ``upper_disk``, the ``*at`` calls they work through: no FUSE code,
+``upper_aside``, which makes each name change whole or none, and
+``upper_disk``, the ``*at`` calls they work through: no FUSE code,
 refusals are ``UpperError``); ``boundary`` is where every
 error of a handler becomes its answer; ``mount_main`` is the process that
 indexes an image's layers in the store and serves one mount (with the

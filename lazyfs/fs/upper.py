@@ -48,11 +48,13 @@ highest.  ``RENAME_EXCHANGE`` swaps two names with one ``renameat2`` in
 upper.  Every method raises ``UpperError`` (an errno and the facts) for
 expected refusals, which the FUSE handlers answer with that errno
 (``lazyfs.fs.boundary``); ``OSError`` from the upper directory propagates
-(the handlers log it and answer EIO).  No pyfuse3 here.  The synchronous
-methods, ``link`` and ``rename`` included, do only small metadata
-syscalls and never yield, so each is atomic with respect to other trio
-tasks; ``copy_up_data`` and ``truncate`` yield only while bytes are
-copied, under the node's lock, and look names up afterwards.
+(the handlers log it and answer EIO, or ENOSPC, EROFS and the like as
+they are), and a name operation that raises it has changed nothing
+(``Upper``).  No pyfuse3 here.  The synchronous methods, ``link`` and
+``rename`` included, do only small metadata syscalls and never yield, so
+each is atomic with respect to other trio tasks; ``copy_up_data`` and
+``truncate`` yield only while bytes are copied, under the node's lock,
+and look names up afterwards.
 """
 
 from __future__ import annotations
@@ -61,9 +63,19 @@ import errno
 import os
 import stat
 import time
+from pathlib import Path
 
+from lazyfs.blobs.ranges import TarRangeReader
+from lazyfs.fs.upper_aside import (
+    GONE,
+    clear_gone,
+    link_entry,
+    move_entry,
+    remove_entry,
+    work_dir,
+)
 from lazyfs.fs.upper_copy import UpperCopy, make_entry
-from lazyfs.fs.upper_disk import AT_FDCWD, exchange_at, remove_dir_at, set_xattr_at
+from lazyfs.fs.upper_disk import AT_FDCWD, exchange_at, set_xattr_at
 from lazyfs.fs.upper_state import (
     METACOPY_XATTR,
     OPAQUE_XATTR,
@@ -73,7 +85,8 @@ from lazyfs.fs.upper_state import (
     UpperError,
     check_name,
 )
-from lazyfs.tree.merge import ROOT_INO, InodeNo
+from lazyfs.tree.lower import LowerTree
+from lazyfs.tree.merge import ROOT_INO, InodeNo, MergedTree
 
 __all__ = [
     "METACOPY_XATTR",
@@ -92,15 +105,25 @@ RENAME_EXCHANGE = 2
 
 
 class Upper(UpperCopy):
-    """``UpperCopy`` with the operations on names: new, link, remove, rename."""
+    """``UpperCopy`` with the operations on names: new, link, remove, rename.
+
+    Each changes the upper directory whole or not at all, and memory only
+    once the upper is changed (``lazyfs.fs.upper_aside`` says how): one that
+    fails (ENOSPC, EROFS, EMLINK) changes nothing the mount shows, now or
+    after a remount.
+    """
+
+    def __init__(
+        self, tree: MergedTree | LowerTree, upper: Path, work: Path, reader: TarRangeReader
+    ) -> None:
+        clear_gone(work)
+        super().__init__(tree, upper, work, reader)
 
     # -- names --------------------------------------------------------------------------
 
-    def _free_name(self, parent: Node, name: bytes, fd: int) -> str:
-        """Make ``name`` free in ``parent`` (open at ``fd``): no whiteout left there."""
-        if self._lower_has(parent, name):
-            os.unlink(name, dir_fd=fd)  # the whiteout of what was deleted here
-        return os.fsdecode(name)
+    def _gone(self) -> str:
+        """A name in work not taken in this mount (what a mount that died left is gone)."""
+        return f"{GONE}{next(self._temps)}"
 
     def _add(self, parent: Node, name: bytes, node: Node) -> None:
         assert parent.children is not None
@@ -184,9 +207,14 @@ class Upper(UpperCopy):
         if name in parent.children:
             raise UpperError(errno.EEXIST, f"{name!r} exists in directory {parent_ino}")
         self._into_upper(node)
-        with self.at(node) as (source_fd, source), self.inside(parent) as fd:
-            where = self._free_name(parent, name, fd)
-            os.link(source, where, src_dir_fd=source_fd, dst_dir_fd=fd, follow_symlinks=False)
+        whiteout = self._lower_has(parent, name)  # of what was deleted here: the link replaces it
+        with (
+            self.at(node) as (source_fd, source),
+            self.inside(parent) as fd,
+            work_dir(self.work) as work_fd,
+        ):
+            where = os.fsdecode(name)
+            link_entry(source_fd, source, fd, where, work_fd, self._gone, whiteout=whiteout)
         self._add(parent, name, node)
         self.touch(node, data=False)
         return node
@@ -218,23 +246,24 @@ class Upper(UpperCopy):
             raise UpperError(errno.ENOTEMPTY, f"directory {name!r} in {parent_ino} is not empty")
         self._remove_from_disk(parent, name, node)
         self._drop(parent, name, node)
-        self._whiteout(parent, name)
         return node
 
     def _remove_from_disk(self, parent: Node, name: bytes, node: Node) -> None:
-        if node.copy is Copy.NONE:
-            return
-        with self.inside(parent) as fd:
-            if node.children is None:
-                os.unlink(name, dir_fd=fd)
-            else:
-                # An empty merged directory holds only whiteouts in upper.
-                remove_dir_at(fd, os.fsdecode(name))
-
-    def _whiteout(self, parent: Node, name: bytes) -> None:
-        if self._lower_has(parent, name):
-            with self.inside(parent) as fd:
-                os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=fd)
+        """Take ``name`` out of ``parent`` in upper, a whiteout left where a lower layer
+        has it: whole, or (raising) not at all."""
+        hides = self._lower_has(parent, name)
+        if node.copy is Copy.NONE and not hides:
+            return  # nothing of it in upper, nothing to hide
+        with self.inside(parent) as fd, work_dir(self.work) as work_fd:
+            remove_entry(
+                fd,
+                os.fsdecode(name),
+                work_fd,
+                self._gone,
+                present=node.copy is not Copy.NONE,
+                directory=node.children is not None,
+                whiteout=hides,
+            )
 
     async def rename(
         self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int
@@ -259,18 +288,44 @@ class Upper(UpperCopy):
         if target is not None:
             self._check_replace(node, target, new, new_parent, flags)
         self._into_upper(node)
+        self._hide_lower(node, dest_dir, new)  # where it is now, no lower layer sees it
+        self._move_on_disk(source_dir, old, dest_dir, new, target, node)
         if target is not None:
-            self._remove_from_disk(dest_dir, new, target)
             self._drop(dest_dir, new, target)
-        with self.inside(source_dir) as source_fd, self.inside(dest_dir) as dest_fd:
-            # With the target gone from upper (or only ever in a lower layer),
-            # its name is free but for a whiteout.
-            where = self._free_name(dest_dir, new, dest_fd) if target is None else os.fsdecode(new)
-            os.rename(old, where, src_dir_fd=source_fd, dst_dir_fd=dest_fd)
         self._drop(source_dir, old, node)
         self._add(dest_dir, new, node)
-        self._hide_lower(node, dest_dir, new)
-        self._whiteout(source_dir, old)
+
+    def _move_on_disk(
+        self,
+        source_dir: Node,
+        old: bytes,
+        dest_dir: Node,
+        new: bytes,
+        target: Node | None,
+        node: Node,
+    ) -> None:
+        """Rename ``old`` (``node``, in upper) to ``new`` (``target``'s, if any) in upper, a
+        whiteout left at ``old`` where a lower layer has it: whole, or (raising) not at all."""
+        # On disk at ``new``: the target's entry, or a whiteout where a lower name was deleted.
+        taken = (
+            target.copy is not Copy.NONE if target is not None else self._lower_has(dest_dir, new)
+        )
+        with (
+            self.inside(source_dir) as source_fd,
+            self.inside(dest_dir) as dest_fd,
+            work_dir(self.work) as work_fd,
+        ):
+            move_entry(
+                source_fd,
+                os.fsdecode(old),
+                dest_fd,
+                os.fsdecode(new),
+                work_fd,
+                self._gone,
+                taken=taken,
+                directory=node.children is not None,
+                whiteout=self._lower_has(source_dir, old),
+            )
 
     def _check_replace(
         self, node: Node, target: Node, new: bytes, new_parent: int, flags: int
@@ -312,26 +367,28 @@ class Upper(UpperCopy):
         self._check_move(b_node, a_dir)
         self._into_upper(a_node)
         self._into_upper(b_node)
+        self._hide_lower(a_node, b_dir, b)  # where each is now, no lower layer sees it
+        self._hide_lower(b_node, a_dir, a)
         with self.inside(a_dir) as a_fd, self.inside(b_dir) as b_fd:
             exchange_at(a_fd, a, b_fd, b)
         self._drop(a_dir, a, a_node)
         self._drop(b_dir, b, b_node)
         self._add(a_dir, a, b_node)
         self._add(b_dir, b, a_node)
-        self._hide_lower(a_node, b_dir, b)
-        self._hide_lower(b_node, a_dir, a)
 
     def _hide_lower(self, node: Node, parent: Node, name: bytes) -> None:
-        """A directory of upper's own moved to ``name`` turns opaque if a lower layer has it.
+        """A directory of upper's own to be moved to ``name`` turns opaque if a lower layer has it.
 
-        A lower directory needs not: its redirect says where its lower part is.
+        Before the move: where it is, no lower directory is (or it would be
+        opaque already), so it shows the same either way.  A lower directory
+        needs not: its redirect says where its lower part is.
         """
         if node.children is None or node.lower is not None or node.opaque:
             return
         if self._lower_has(parent, name):
-            node.opaque = True
             with self.at(node) as (fd, where):
                 set_xattr_at(fd, where, OPAQUE_XATTR, b"y")
+            node.opaque = True  # once it is: a next try sets it again
 
 
 def exchange_paths(a: os.PathLike[str] | str, b: os.PathLike[str] | str) -> None:
