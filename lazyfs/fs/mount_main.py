@@ -11,7 +11,9 @@ on ``--ready-fd``, or hands the refusal to its caller there
 index's header (where the layer's bytes are), takes the merged tree from
 the store, mapped, or merges the indexes once (``lazyfs.tree.mapped``), mounts it at
 ``--mountpoint`` (read-only, or copy-on-write into ``--upper`` with
-``--work`` for temporaries: see ``lazyfs.fs.upper``) and writes ``ready``
+``--work`` for temporaries: see ``lazyfs.fs.upper``; refused first, before
+indexing, when that upper cannot hold whiteouts: ``check_whiteouts`` in
+``lazyfs.fs.upper_disk``) and writes ``ready``
 (or one line saying why not, then exits non-zero), then serves until:
 
 - the mount is taken away (``fusermount3 -u``, umount2): it exits 0;
@@ -195,6 +197,11 @@ def _main(argv: Sequence[str] | None) -> int:
         signal.signal(number, _Stop.handler)
     with os.fdopen(args.ready_fd, "wb", buffering=0) as ready:
         try:
+            if args.upper is not None and args.work is not None:
+                # Before the layers are indexed: a writable mount that cannot delete is refused.
+                from lazyfs.fs.upper_disk import check_whiteouts
+
+                check_whiteouts(args.upper, args.work)
             indexed = index_layers(
                 *(args.store, args.layer, mount_limits(args), args.cache_dir, args.trace),
                 args.executable,

@@ -15,7 +15,9 @@ and the last component is still not followed.
 
 The work directory's own helpers are here too: ``clear_work`` removes
 what a mount that died left there, and ``STARTED`` (``is_started``,
-``mark_started``) says whether the upper beside it was set up before.
+``mark_started``) says whether the upper beside it was set up before,
+and ``check_whiteouts`` refuses, at start, one whose filesystem cannot
+hold a whiteout.
 
 Everything here is a plain blocking syscall on metadata; nothing yields.
 """
@@ -25,9 +27,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from providers.errors import BackendError
 
 # Longest path one syscall takes, without its NUL.
 PATH_MAX = 4095
@@ -41,6 +46,11 @@ STARTED = "trusted.lazyfs.upper"
 # The names in ``work`` of entries made whole there before they are renamed into
 # the upper (``lazyfs.fs.upper_copy.UpperCopy.place``).
 PLACED = "new-"
+
+# The name in ``work`` of the whiteout ``check_whiteouts`` makes and removes at start.
+WHITEOUT_PROBE = "whiteout-probe"
+# mknod's answers that say a filesystem keeps no whiteouts (overlayfs' own upper: EPERM).
+_NO_WHITEOUTS = (errno.EPERM, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.EACCES)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -170,3 +180,53 @@ def mark_started(work: Path) -> None:
     except OSError as error:
         if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
+
+
+def check_whiteouts(upper: Path, work: Path) -> None:
+    """Refuse a writable mount whose upper cannot hold whiteouts, before it starts.
+
+    A deleted or renamed lower name is a whiteout, a 0/0 character device
+    (``lazyfs.fs.upper``).  Where the filesystem refuses to make one (the
+    upper of an overlayfs refuses it in its own upper: EPERM; some refuse
+    device nodes at all), every such change inside the container would fail
+    with EIO; better one line at start.  One is made in ``work``, on the
+    upper's filesystem, and removed again.  Other errors (ENOSPC, EROFS) are
+    no answer about whiteouts: the mount's own writes say them as they come.
+    Raises BackendError.
+    """
+    probe = work / WHITEOUT_PROBE
+    # One a start that was killed right here left (``clear_work`` would remove it later).
+    with suppress(FileNotFoundError):
+        os.unlink(probe)
+    try:
+        os.mknod(probe, stat.S_IFCHR, os.makedev(0, 0))
+    except OSError as error:
+        if error.errno not in _NO_WHITEOUTS:
+            return
+        raise BackendError(
+            "a writable fuse rootfs needs an upper directory that can hold whiteouts"
+            f" (0/0 character devices); {upper} on {filesystem_type(work)} cannot:"
+            f" {error.strerror}"
+        ) from None
+    os.unlink(probe)
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem ``path`` is on, as the mount table says ("overlay", "ext4")."""
+    where = os.path.realpath(path)
+    found, longest = "an unknown filesystem", -1
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            lines = table.readlines()
+    except OSError:  # no /proc: the refusal is what matters, not this detail of it
+        return found
+    for line in lines:
+        fields = line.split(" ")
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\134", "\\")
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        # The deepest mount holding it; of several on one point, the last mounted.
+        if inside and len(point) >= longest:
+            found, longest = line.split(" - ", 1)[1].split(" ")[0], len(point)
+    return found
