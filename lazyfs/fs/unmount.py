@@ -10,6 +10,9 @@ when it is exiting, and never signalled.  Blocking.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import signal
 import subprocess
@@ -23,6 +26,8 @@ from providers.mountinfo import is_mounted
 EXIT_TIMEOUT = 10.0
 MOUNT_MODULE = "lazyfs.fs.mount_main"
 _PF_KTHREAD = 0x00200000  # proc(5), /proc/PID/stat field 9
+_MNT_DETACH = 0x2  # umount(2)
+_UMOUNT_NOFOLLOW = 0x8
 
 
 def note_pid(record: Path, mountpoint: Path, pid: int) -> None:
@@ -59,15 +64,61 @@ def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT)
 
 
 def fusermount_unmount(mountpoint: Path) -> None:
+    """Take the FUSE mount at ``mountpoint`` away, as ``fusermount3 -u`` does; lazily
+    (``-z``) only when it is busy. Fine when nothing is mounted there.
+
+    Root unmounts with umount2(2) itself: libfuse mounted without fusermount3
+    too, so a machine without it must not be left with mounts it cannot take
+    down. Anyone else needs fusermount3. Raises BackendError, one line, when
+    the mount stays or fusermount3 is missing.
+    """
     if not is_mounted(mountpoint):
         return
+    if os.geteuid() == 0:
+        _umount2_unmount(mountpoint)
+        return
     for args in (["-u"], ["-u", "-z"]):  # lazily only when busy
-        done = subprocess.run(
-            ["fusermount3", *args, str(mountpoint)], capture_output=True, text=True, check=False
-        )
+        try:
+            done = subprocess.run(
+                ["fusermount3", *args, str(mountpoint)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise BackendError(
+                f"cannot unmount {mountpoint}: fusermount3 is not installed "
+                "(package fuse3; scripts/setup installs it)"
+            ) from None
         if done.returncode == 0 or not is_mounted(mountpoint):
             return
     raise BackendError(f"fusermount3 -u {mountpoint} failed: {done.stderr.strip()}")
+
+
+def _umount2_unmount(mountpoint: Path) -> None:
+    """What ``fusermount3 -u`` and then ``-u -z`` do for root, by umount2(2).
+
+    UMOUNT_NOFOLLOW: a symlink put in the mount's place is not followed to
+    unmount whatever it names (``is_mounted`` does not follow it either).
+    """
+    path = os.fsencode(mountpoint)
+    for flags in (_UMOUNT_NOFOLLOW, _UMOUNT_NOFOLLOW | _MNT_DETACH):  # lazily only when busy
+        if _libc().umount2(path, flags) == 0:
+            return
+        number = ctypes.get_errno()
+        if not is_mounted(mountpoint):  # went away meanwhile (EINVAL, ENOENT)
+            return
+        if number != errno.EBUSY:
+            break
+    raise BackendError(f"unmount {mountpoint} failed: {os.strerror(number)}")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Not backends.mounts' copy: lazyfs.fs may not import backends (DESIGN.md, section 1).
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+    return libc
 
 
 def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"]:
