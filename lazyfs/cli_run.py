@@ -150,6 +150,10 @@ def stdout_reader_gone() -> bool:
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
+# What ``threading.Thread.start`` raises (a RuntimeError) when no thread can be had.
+NO_THREAD = "can't start new thread"
+
+
 def failure_line(exc: BaseException) -> tuple[str, int] | None:
     """The line (without ``lazyfs: ``) and exit status for what ended a command.
 
@@ -165,6 +169,10 @@ def failure_line(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, RuntimeError) and str(exc) == NO_THREAD:
+        # Said by threading when the kernel refuses a thread (EAGAIN): a limit on the
+        # user's processes, not a bug. Any other RuntimeError is one.
+        return "cannot start a thread (a process limit: ulimit -u?)", 1
     if isinstance(exc, BaseExceptionGroup):
         # Several at once, all known: an interruption says why the command
         # ended (before errors it caused), else the first error. Anything

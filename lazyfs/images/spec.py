@@ -50,6 +50,12 @@ def parse_image(spec: str) -> Image:
     """
     if not spec:
         raise BadImage("empty image: give docker:REFERENCE or appc:NAME")
+    if not _utf8(spec):
+        # Bytes that are not UTF-8 reach us as surrogate escapes (os.fsdecode). The Image
+        # message, and the JSON records that keep its name, hold UTF-8 text only.
+        raise BadImage(
+            f"image {_shown(spec)}: not UTF-8 (lazyfs takes image names and paths in UTF-8)"
+        )
     if spec.startswith(APPC_PREFIX):
         return check_image(_appc_image(spec[len(APPC_PREFIX) :]), repr(spec))
     local = parse_transport(spec)
@@ -128,6 +134,27 @@ def check_image(image: Image, source: str | None = None) -> Image:
             raise BadImage(f"{where}: type APPC but a 'docker' message is set")
         _check_appc(image.appc, where)
     return image
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, each byte that is not UTF-8 written ``\\xNN``.
+
+    Such a byte arrives from the command line as a surrogate escape, which
+    ``repr`` would show as the ``\\udcNN`` of no character the user typed.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: not from argv
+        return ascii(text)
+    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _appc_image(text: str) -> Image:

@@ -138,7 +138,10 @@ def _first(error: BaseException) -> BaseException:
     """The error to raise for ``error``, a group (of groups) of them or one.
 
     An interrupt wins, then the first that is not a cancellation (the task
-    beside a failed build is cancelled); the others are logged, not lost.
+    beside a failed build is cancelled); the others are logged, not lost:
+    as a warning when they say something the chosen one does not, at debug
+    level when they are the same failure (both out of space: the disk they
+    share is full).
     """
     leaves = list(_leaves(error))
     chosen = next(
@@ -147,8 +150,28 @@ def _first(error: BaseException) -> BaseException:
     )
     for other in leaves:
         if other is not chosen and not isinstance(other, trio.Cancelled):
-            log.warning("provision: also failed beside the build: %s", other)
+            level = logging.DEBUG if _same_failure(other, chosen) else logging.WARNING
+            log.log(level, "provision: also failed beside the build: %s", other)
     return chosen
+
+
+def _same_failure(one: BaseException, other: BaseException) -> bool:
+    """Whether ``one`` and ``other`` are the same failure: the same errno behind both (a
+    backend's error names the entry it was writing, and is raised from the OSError), else
+    the same type and message."""
+    errnos = _errno(one), _errno(other)
+    if errnos != (None, None):
+        return errnos[0] == errnos[1]
+    return type(one) is type(other) and str(one) == str(other)
+
+
+def _errno(error: BaseException | None) -> int | None:
+    """The errno of ``error``, or of the OSError it was raised from, if any."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error.errno
+        error = error.__cause__
+    return None
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:

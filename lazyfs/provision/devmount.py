@@ -58,8 +58,15 @@ class DevMount:
 
 
 def record_dir(work_dir: Path, mountpoint: Path) -> Path:
-    key = hashlib.sha256(str(mountpoint).encode()).hexdigest()[:24]
+    # Its bytes, as the kernel has them: a path that is not UTF-8 gets a key too (for
+    # umount to say there is no such mount), and a UTF-8 one the key it always had.
+    key = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:24]
     return work_dir / "mounts" / key
+
+
+def _text(path: Path) -> str:
+    """``path`` for a message, each byte that is not UTF-8 written ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool, writable: bool = False) -> Path:
@@ -75,6 +82,12 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool, writable: bool 
         raise UsageError("lazyfs mount --writable needs root: its upper keeps the image's owners")
     # Where the kernel mounts, and the mount table and the record name it: symlinks followed.
     mountpoint = Path(os.path.realpath(mountpoint))
+    if _text(mountpoint) != str(mountpoint):
+        # The record (``mountpoint``, the mount process's JSON config) and what ``mount``
+        # prints hold it as UTF-8 text.
+        raise UsageError(
+            f"mount point {_text(mountpoint)} is not UTF-8: lazyfs mounts at UTF-8 paths"
+        )
     # The mount it is in, or is: one whose process died or is stuck is asked with statfs
     # (the kernel answers a stat from what it learnt before) before anything else asks it.
     points = set(lazy_mount.mount_points())  # read once: the path's every ancestor is asked
@@ -204,7 +217,7 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
                 record = record_dir(work_dir, mountpoint)
     if not record.exists():
         # Only what lazyfs mounted, with this work dir: never someone else's mount.
-        raise NotFound(f"lazyfs has no mount at {mountpoint} (with this --work_dir)")
+        raise NotFound(f"lazyfs has no mount at {_text(mountpoint)} (with this --work_dir)")
     lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record))
     # upper/ of a writable mount holds whatever was written, at any depth.
     with contextlib.suppress(OSError):
