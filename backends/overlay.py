@@ -81,11 +81,12 @@ from providers.tar_stream import LayerLimits
 MAX_OPTIONS = 4095
 
 # What the probe's writes fail with when the store's filesystem cannot take
-# anything now (full, over quota, failing), whichever backend wrote there:
-# not a reason to choose another. EROFS is not among them: a store on a
+# anything now (full, over quota), whichever backend wrote there: not a
+# reason to choose another. EIO is not among them: overlayfs answers it for
+# reasons of its own, which are. Nor is EROFS: a store on a
 # read-only filesystem cannot hold overlay's layers while copy still builds
 # rootfses in a work dir elsewhere from its blobs.
-_UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+_UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class OverlayBackend:
@@ -299,7 +300,7 @@ def overlay_usable(tmp_dir: Path) -> bool:
     Tries a tiny mount with a whiteout, an opaque directory and a write in a
     scratch directory ``<tmp_dir>/<pid>.<random>``, and removes it all.
     Raises OSError, naming ``tmp_dir``, when a write there fails for want
-    of room or with an I/O error (``_UNWRITABLE``): that says nothing of
+    of room (``_UNWRITABLE``): that says nothing of
     overlayfs, and no backend could provision there now.
     """
     try:

@@ -77,7 +77,15 @@ def set_aside(fd: int, name: str, work_fd: int, temp: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+        # Never over what the block left at ``name`` when its own undo failed too
+        # (two failures in a row): that would lose it. Both stay then, this in work.
+        try:
+            os.lstat(name, dir_fd=fd)
+        except FileNotFoundError:
+            os.rename(temp, name, src_dir_fd=work_fd, dst_dir_fd=fd)
+        else:
+            log.error("%s stays set aside in the work directory as %s: its name is taken",
+                      name, temp)  # fmt: skip
         raise
     discard(work_fd, temp)
 

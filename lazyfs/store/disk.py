@@ -28,6 +28,7 @@ blob digest, and held against every image that names the blob.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -81,12 +82,17 @@ class Store:
         self.layers = root / "layers"
         self.locks = root / "locks"
         self.tmp = root / "tmp"
-        # Where GC moves what it removes (``lazyfs.gc``): made with the store, as GC
-        # may first run on a full disk, where a new directory has no room.
-        self.gc_dir = root / "gc"
-        for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp,
-                          self.gc_dir):  # fmt: skip
+        for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
             private_dir(directory)
+        # Where GC moves what it removes (``lazyfs.gc``): made with the store, as GC may
+        # first run on a full disk, where a new directory has no room. A store made
+        # before it was is still opened on a full or read-only disk (GC makes it).
+        self.gc_dir = root / "gc"
+        try:
+            private_dir(self.gc_dir)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
 
     @property
     def limits(self) -> LayerLimits:

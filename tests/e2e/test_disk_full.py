@@ -73,3 +73,10 @@ def test_an_image_can_be_removed_from_a_full_disk_by_the_first_gc(lazyfs: Lazyfs
     assert removed.stderr == ""
     assert os.statvfs(beside).f_bavail > 0
     assert json.loads(lazyfs("images", "--json").stdout) == []
+
+
+def test_a_store_made_before_gc_had_its_dir_still_opens_on_a_full_disk(lazyfs: Lazyfs) -> None:
+    made = lazyfs("provision", "c1", "busybox", "--backend", "overlay", "--writable")
+    (lazyfs.work_dir / "store" / "docker" / "gc").rmdir()  # as an earlier lazyfs left it
+    fill(Path(json.loads(made.stdout)["rootfs"]))
+    assert lazyfs("destroy", "c1").stdout == ""

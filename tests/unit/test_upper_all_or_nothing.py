@@ -325,3 +325,28 @@ async def test_what_a_killed_mount_left_set_aside_in_work_is_cleared_at_the_next
     for operation in (rename_dir_over_dir_of_whiteouts, remove_upper_file_over_lower):
         await operation(view)  # each makes or sets aside something in work
     assert os.listdir(work) == ["work"]
+
+
+async def test_a_rename_whose_undo_fails_too_keeps_what_was_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = index_of(tmp_path)
+    view = open_view(index, tmp_path / "v")
+    prepare(view)
+    view.new(ino(view, b"etc"), b"shadow", stat.S_IFREG | 0o600, 0, 0)  # over its whiteout
+    upper = tmp_path / "v" / "upper"
+    (upper / "etc" / "shadow").write_bytes(b"the container's own")
+    real = os.rename
+
+    def failing(src: str, dst: str, **kwargs: int) -> None:
+        # The whiteout at the old name cannot go in, nor can the file go back there.
+        if dst == "shadow" and (src == "f" or str(src).startswith("gone-")):
+            raise OSError(errno.EIO, "Input/output error (on purpose)")
+        real(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(OSError):
+        await view.rename(ino(view, b"etc"), b"shadow", ino(view, b"up"), b"f", 0)
+    monkeypatch.undo()
+    # Two failures in a row: the moved file is not replaced by the target set aside.
+    assert (upper / "up" / "f").read_bytes() == b"the container's own"
