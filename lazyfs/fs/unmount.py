@@ -10,18 +10,20 @@ when it is exiting, and never signalled.  Blocking.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from lazyfs.fs.mount_peers import wait_ended
 from providers.errors import BackendError
 from providers.mountinfo import is_mounted
+
+if TYPE_CHECKING:
+    import ctypes
 
 EXIT_TIMEOUT = 10.0
 MOUNT_MODULE = "lazyfs.fs.mount_main"
@@ -103,9 +105,10 @@ def _umount2_unmount(mountpoint: Path) -> None:
     """
     path = os.fsencode(mountpoint)
     for flags in (_UMOUNT_NOFOLLOW, _UMOUNT_NOFOLLOW | _MNT_DETACH):  # lazily only when busy
-        if _libc().umount2(path, flags) == 0:
+        libc = _libc()
+        if libc.umount2(path, flags) == 0:
             return
-        number = ctypes.get_errno()
+        number = _errno()
         if not is_mounted(mountpoint):  # went away meanwhile (EINVAL, ENOENT)
             return
         if number != errno.EBUSY:
@@ -116,9 +119,18 @@ def _umount2_unmount(mountpoint: Path) -> None:
 @functools.cache
 def _libc() -> ctypes.CDLL:
     # Not backends.mounts' copy: lazyfs.fs may not import backends (DESIGN.md, section 1).
+    # ctypes loaded here, by an unmount, not by every command that imports this module.
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
     return libc
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"]:
