@@ -84,9 +84,8 @@ class Store:
         self.tmp = root / "tmp"
         for directory in (root, self.blobs, self.images_dir, self.layers, self.locks, self.tmp):
             private_dir(directory)
-        # Where GC moves what it removes (``lazyfs.gc``): made with the store, as GC may
-        # first run on a full disk, where a new directory has no room. A store made
-        # before it was is still opened on a full or read-only disk (GC makes it).
+        # Where GC moves what it removes (``lazyfs.gc``), made here: GC may first run on a
+        # full disk. An older store without it still opens there, or read-only.
         self.gc_dir = root / "gc"
         try:
             private_dir(self.gc_dir)
