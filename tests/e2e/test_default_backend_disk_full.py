@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import errno
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backends.mounts import mounts_under, unmount_all_under
+from backends.mounts import mounts_under
 from backends.overlay import overlay_usable
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
+from tests.support.small_disks import small_disk
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs; unmounted afterwards, also when the test failed."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", where],
-                   check=True)  # fmt: skip
-    try:
+    with small_disk(tmp_path / "disk", "16m", inodes=None) as where:
         yield where
-    finally:
-        unmount_all_under(where)
-        assert mounts_under(where) == []
 
 
 def fill(directory: Path) -> list[Path]:

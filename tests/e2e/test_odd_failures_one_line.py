@@ -20,6 +20,7 @@ import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
 from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
+from tests.support.small_disks import small_disk
 
 pytestmark = pytest.mark.integration
 
@@ -116,15 +117,8 @@ def test_no_thread_to_start_is_one_line(nobodys: Path) -> None:
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs; unmounted afterwards, also when the test failed."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", where],
-                   check=True)  # fmt: skip
-    try:
+    with small_disk(tmp_path / "disk", "8m", inodes=None) as where:
         yield where
-    finally:
-        unmount_all_under(where)
-        assert mounts_under(where) == []
 
 
 def test_a_full_disk_is_said_once(disk: Path, image_dir: Path) -> None:

@@ -12,62 +12,18 @@ mounts are taken down before it.  Needs root (mount fails without it).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from backends.mounts import unmount_all_under
 from tests.support.cow_mounts import CowMounts
 from tests.support.images import Entry
+from tests.support.small_disks import no_room, small_disk
 
 pytestmark = pytest.mark.integration
 
 LAYERS = [[Entry("etc", "dir"), Entry("etc/passwd", data=b"root"), Entry("etc/gone", "dir")]]
-
-
-@contextmanager
-def small_disk(where: Path) -> Iterator[Path]:
-    """A tmpfs of 64 inodes at ``where``, unmounted afterwards whatever happened."""
-    where.mkdir()
-    options = "size=16m,nr_inodes=64,mode=0700"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "lazyfs-test", where], check=True)
-    try:
-        yield where
-    finally:
-        unmount_all_under(where)
-
-
-@contextmanager
-def no_room(disk: Path, how: str) -> Iterator[int]:
-    """``disk`` full (its inodes taken) or read-only while the block runs; the errno a
-    writer of the mount should see."""
-    if how == "read-only":
-        subprocess.run(["mount", "-o", "remount,ro", disk], check=True)
-        try:
-            yield errno.EROFS
-        finally:
-            subprocess.run(["mount", "-o", "remount,rw", disk], check=True)
-        return
-    fillers = disk / "fillers"
-    fillers.mkdir()
-    made = 0
-    try:
-        while True:
-            (fillers / str(made)).touch()
-            made += 1
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    try:
-        yield errno.ENOSPC
-    finally:
-        for n in range(made):
-            (fillers / str(n)).unlink()
-        fillers.rmdir()
 
 
 @pytest.mark.parametrize("how", ["full", "read-only"])

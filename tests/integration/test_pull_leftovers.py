@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 import requests
 
-from backends.mounts import mounts_under, unmount_all_under
 from tests.support.httpserver import relay, serve
 from tests.support.lazyfs_cli import one_line_error
 from tests.support.registry_servers import Registry, push_oci_image, run_registry
+from tests.support.small_disks import small_disk
 
 pytestmark = pytest.mark.integration
 
@@ -123,15 +123,8 @@ def proxy(image: BigImage, hold: Hold) -> Iterator[str]:
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of ``DISK`` for the work dir; unmounted afterwards, also on failure."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK},mode=0700", "tmpfs", where],
-                   check=True)  # fmt: skip
-    try:
+    with small_disk(tmp_path / "disk", DISK, inodes=None) as where:
         yield where
-    finally:
-        unmount_all_under(where)
-        assert mounts_under(where) == []
 
 
 def pull(work: Path, registry: str) -> list[str]:

@@ -18,14 +18,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from backends.mounts import unmount_all_under
 from lazyfs.blobs.ranges import LocalTars
 from lazyfs.fs.upper import Upper
 from lazyfs.index.formats import build_index
@@ -33,6 +30,7 @@ from lazyfs.index.model import LayerIndex
 from lazyfs.tree.merge import ROOT_INO, merge
 from providers.digest import digest_bytes
 from tests.support.images import Entry, write_layer
+from tests.support.small_disks import no_room, small_disk
 
 LAYER = [
     Entry("etc", "dir"),
@@ -86,46 +84,6 @@ def ino(view: Upper, *names: bytes) -> int:
         assert node is not None
         here = node.ino
     return here
-
-
-@contextmanager
-def small_disk(where: Path) -> Iterator[Path]:
-    """A tmpfs of 64 inodes at ``where``, unmounted afterwards whatever happened."""
-    where.mkdir()
-    options = "size=16m,nr_inodes=64,mode=0700"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "lazyfs-test", where], check=True)
-    try:
-        yield where
-    finally:
-        unmount_all_under(where)
-
-
-@contextmanager
-def no_room(disk: Path, how: str) -> Iterator[int]:
-    """``disk`` full (its inodes taken by files) or read-only while the block runs; the
-    errno a write there fails with."""
-    if how == "read-only":
-        subprocess.run(["mount", "-o", "remount,ro", disk], check=True)
-        try:
-            yield errno.EROFS
-        finally:
-            subprocess.run(["mount", "-o", "remount,rw", disk], check=True)
-        return
-    fillers = disk / "fillers"
-    fillers.mkdir()
-    made = 0
-    try:
-        while True:
-            (fillers / str(made)).touch()
-            made += 1
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    try:
-        yield errno.ENOSPC
-    finally:
-        for n in range(made):
-            (fillers / str(n)).unlink()
-        fillers.rmdir()
 
 
 @pytest.mark.parametrize("how", ["full", "read-only"])
