@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backends.mounts import mounts_under, unmount_all_under
-from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
+from tests.support.nobody import as_nobody, nobodys_dir
 from tests.support.small_disks import small_disk
 
 pytestmark = pytest.mark.integration
-
-NOBODY = 65534
 
 
 def fs(path: Path) -> str:
@@ -78,30 +74,8 @@ def test_a_mount_point_not_in_utf8_is_one_line_and_a_link_to_one_works(
 
 @pytest.fixture
 def nobodys(image_dir: Path) -> Iterator[Path]:
-    """A directory of user 65534's in one all may search, with busybox beside it."""
-    base = Path(tempfile.mkdtemp(prefix="lazyfs-nproc-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
-        (base / "images").mkdir(mode=0o755)
-        shutil.copy(image_dir / "busybox:latest.tar", base / "images")
-        os.chmod(base / "images" / "busybox:latest.tar", 0o644)
-        (base / "home").mkdir()
-        os.chown(base / "home", NOBODY, NOBODY)
+    with nobodys_dir(image_dir, "lazyfs-nproc-") as base:
         yield base
-    finally:
-        shutil.rmtree(base)
-
-
-def as_nobody(base: Path, *args: str, nproc: int | None = None) -> subprocess.CompletedProcess[str]:
-    """lazyfs as user 65534, under ``prlimit --nproc`` if given (it counts threads too)."""
-    limit = [] if nproc is None else ["prlimit", f"--nproc={nproc}", "--"]
-    work, images = base / "home" / "work", base / "images"
-    return subprocess.run(
-        [*limit, sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
-         str(images), *args],
-        capture_output=True, text=True, timeout=120, cwd=REPO, user=NOBODY, group=NOBODY,
-        extra_groups=[], stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(base / "home")},
-    )  # fmt: skip
 
 
 def test_no_thread_to_start_is_one_line(nobodys: Path) -> None:

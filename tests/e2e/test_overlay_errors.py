@@ -7,11 +7,6 @@ line pointing to dmesg it adds.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,37 +14,16 @@ import pytest
 
 from backends.overlay import mount_overlay
 from providers.errors import BackendError
-from tests.support.lazyfs_cli import REPO, one_line_error
+from tests.support.lazyfs_cli import one_line_error
+from tests.support.nobody import NOBODY, as_nobody, nobodys_dir
 
 pytestmark = pytest.mark.integration
-
-NOBODY = 65534
 
 
 @pytest.fixture
 def nobodys(image_dir: Path) -> Iterator[Path]:
-    """A directory of user 65534's in one all may search, with busybox beside it."""
-    base = Path(tempfile.mkdtemp(prefix="lazyfs-overlay-", dir="/tmp"))
-    try:
-        os.chmod(base, 0o755)
-        (base / "images").mkdir(mode=0o755)
-        shutil.copy(image_dir / "busybox:latest.tar", base / "images")
-        os.chmod(base / "images" / "busybox:latest.tar", 0o644)
-        (base / "home").mkdir()
-        os.chown(base / "home", NOBODY, NOBODY)
+    with nobodys_dir(image_dir, "lazyfs-overlay-") as base:
         yield base
-    finally:
-        shutil.rmtree(base)
-
-
-def as_nobody(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    work, images = base / "home" / "work", base / "images"
-    return subprocess.run(
-        [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
-         str(images), *args],
-        capture_output=True, text=True, timeout=120, cwd=REPO, user=NOBODY, group=NOBODY,
-        extra_groups=[], stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(base / "home")},
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

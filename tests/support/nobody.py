@@ -1,0 +1,49 @@
+"""lazyfs run as user 65534 (nobody), on a work dir of its own: what a user who is not root gets.
+
+``nobodys_dir`` makes a directory all may search, with the busybox image
+beside a home of nobody's; ``as_nobody`` runs ``lazyfs`` there as nobody,
+under ``prlimit --nproc`` if asked (it counts threads too).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.lazyfs_cli import REPO
+
+NOBODY = 65534
+
+
+@contextmanager
+def nobodys_dir(image_dir: Path, prefix: str) -> Iterator[Path]:
+    """A directory of user 65534's in one all may search, with busybox beside it; removed after."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "images").mkdir(mode=0o755)
+        shutil.copy(image_dir / "busybox:latest.tar", base / "images")
+        os.chmod(base / "images" / "busybox:latest.tar", 0o644)
+        (base / "home").mkdir()
+        os.chown(base / "home", NOBODY, NOBODY)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def as_nobody(base: Path, *args: str, nproc: int | None = None) -> subprocess.CompletedProcess[str]:
+    """lazyfs as user 65534 on ``base`` (``nobodys_dir``), under ``prlimit --nproc`` if given."""
+    limit = [] if nproc is None else ["prlimit", f"--nproc={nproc}", "--"]
+    work, images = base / "home" / "work", base / "images"
+    return subprocess.run(
+        [*limit, sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
+         str(images), *args],
+        capture_output=True, text=True, timeout=120, cwd=REPO, user=NOBODY, group=NOBODY,
+        extra_groups=[], stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(base / "home")},
+    )  # fmt: skip
