@@ -24,6 +24,26 @@ def mount_points() -> list[Path]:
     return points
 
 
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem ``path`` is on ("overlay", "ext4"), for a message:
+    the deepest mount holding it (of several on one point, the last mounted)."""
+    where = os.path.realpath(path)
+    found, longest = "an unknown filesystem", -1
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            lines = table.readlines()
+    except OSError:  # no /proc: a message goes without this detail
+        return found
+    for line in lines:
+        fields = line.split(" ")
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        if (where == point or where.startswith(point.rstrip("/") + "/")) and len(point) >= longest:
+            found, longest = line.split(" - ", 1)[1].split(" ")[0], len(point)
+    return found
+
+
 def is_mounted(mountpoint: Path) -> bool:
     """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too)."""
     return real_path(mountpoint) in mount_points()

@@ -254,6 +254,9 @@ class Upper(UpperCopy):
         hides = self._lower_has(parent, name)
         if node.copy is Copy.NONE and not hides:
             return  # nothing of it in upper, nothing to hide
+        if not hides and node.children is None:  # upper's own file: one unlink, no work dir
+            with self.inside(parent) as fd:
+                return os.unlink(name, dir_fd=fd)
         with self.inside(parent) as fd, work_dir(self.work) as work_fd:
             remove_entry(
                 fd,

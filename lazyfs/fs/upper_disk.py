@@ -203,30 +203,11 @@ def check_whiteouts(upper: Path, work: Path) -> None:
     except OSError as error:
         if error.errno not in _NO_WHITEOUTS:
             return
+        from providers.mountinfo import filesystem_type  # for the refusal only
+
         raise BackendError(
             "a writable fuse rootfs needs an upper directory that can hold whiteouts"
             f" (0/0 character devices); {upper} on {filesystem_type(work)} cannot:"
             f" {error.strerror}"
         ) from None
     os.unlink(probe)
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem ``path`` is on, as the mount table says ("overlay", "ext4")."""
-    where = os.path.realpath(path)
-    found, longest = "an unknown filesystem", -1
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-            lines = table.readlines()
-    except OSError:  # no /proc: the refusal is what matters, not this detail of it
-        return found
-    for line in lines:
-        fields = line.split(" ")
-        if " - " not in line or len(fields) < 5:
-            continue
-        point = fields[4].replace("\\040", " ").replace("\\134", "\\")
-        inside = where == point or where.startswith(point.rstrip("/") + "/")
-        # The deepest mount holding it; of several on one point, the last mounted.
-        if inside and len(point) >= longest:
-            found, longest = line.split(" - ", 1)[1].split(" ")[0], len(point)
-    return found
