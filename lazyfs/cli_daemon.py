@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from lazyfs.cache.spawn import DaemonSpec
 from lazyfs.cli_flags import global_flags, parse_size, source
 from lazyfs.cli_registry import registry_options
+from providers import rlimits
 from providers.errors import UsageError
 
 if TYPE_CHECKING:
@@ -133,6 +134,11 @@ def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:
 
     anchor_paths(args)
     os.chdir("/")
+    if args.idle_exit is not None:
+        # Started by a command (``daemon_spec``), it serves every later one: not under
+        # that command's lowered limits (a ``ulimit -t`` would end it). A service's
+        # limits are its manager's to set.
+        rlimits.take_the_machines()
     from lazyfs.cache.upstream import Origins
 
     root = logging.getLogger()

@@ -13,14 +13,16 @@ they ran, so the server only imports them and serves its socket with a
 plain blocking accept loop, one request at a time. Each request:
 
 - from a peer that is neither its own uid nor root (SO_PEERCRED): refused;
-- ``mount`` with another ``code_key``: answered ``stale``; the server
-  removes its socket first (the next caller starts a new server) and exits;
+- ``mount`` with another ``code_key``, or with a hard resource limit above
+  the server's own (its child could not raise its own to it): answered
+  ``stale``; the server removes its socket first (the next caller starts a
+  new server) and exits;
 - ``mount``: checked (a list of strings without ``--ready-fd``, which it
-  sets itself; an environment of strings; a umask; three descriptors), then
-  handed to the spare, a child forked before the request came (or, if
-  there is none, to a child forked now): the child becomes the mount
-  process (``mount_server_child``), the server forks the next spare and
-  answers the mount process's pid;
+  sets itself; an environment of strings; a umask; resource limits; three
+  descriptors), then handed to the spare, a child forked before the request
+  came (or, if there is none, to a child forked now): the child becomes the
+  mount process (``mount_server_child``), the server forks the next spare
+  and answers the mount process's pid;
 - ``stop``: it exits.
 
 It gives up if it is not listening within ``--start-timeout`` seconds (an
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib
 import math
@@ -44,7 +47,6 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ from lazyfs.fs.mount_peers import peer_credentials
 from lazyfs.fs.mount_server_child import MountRequest
 from lazyfs.fs.mount_server_client import SOCKET_NAME, START_TIMEOUT, socket_path
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, code_key, encode, read_exactly
-from providers import shared_libs, untrusted_json
+from providers import rlimits, shared_libs, untrusted_json
 
 # What a mount process imports, some of it only on the way (writable mounts,
 # remote and eStargz layers, limits other than the defaults, --debug): all of
@@ -117,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Opened first: a relative --dir is relative to the starter's directory.
     directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     os.chdir("/")  # pin no caller's directory
+    # It serves every command of the store for up to an hour: not under its starter's
+    # lowered limits (a ``ulimit -t`` would end it); each child takes its caller's.
+    rlimits.take_the_machines()
     key = code_key()
     # Before trio is preloaded: its import would run ``ldconfig -p`` (providers.shared_libs).
     shared_libs.install()
@@ -168,7 +173,7 @@ def _exit_on_signal(number: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-@dataclass
+@dataclasses.dataclass
 class _Server:
     listener: socket.socket
     directory: int
@@ -258,12 +263,12 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
             _answer(conn, {"stopped": os.getpid()})
             return False
         if message.get("key") != server.key:
-            _say(f"pid {pid} runs other code: exiting for a new server")
-            # Before answering: the caller's next connect must start a new server.
-            server.forget_socket()
-            _answer(conn, {"stale": True})
-            return False
+            return _make_way(conn, server, f"pid {pid} runs other code")
         request = _check(message, fds)
+        if higher := rlimits.above_own(request.limits):
+            # The child could not take them (raising a hard limit takes
+            # CAP_SYS_RESOURCE): a server the caller starts has them.
+            return _make_way(conn, server, f"pid {pid} has higher limits: {', '.join(higher)}")
         child = _start_child(server, request, fds, conn)
         server.mounts += 1
         # The child has its own copies. Ours go before the next spare is
@@ -287,6 +292,15 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
     return True
 
 
+def _make_way(conn: socket.socket, server: _Server, why: str) -> bool:
+    """Answer ``stale`` and say the server is to exit: the caller starts a new one."""
+    _say(f"{why}: exiting for a new server")
+    # Before answering: the caller's next connect must start a new server.
+    server.forget_socket()
+    _answer(conn, {"stale": True})
+    return False
+
+
 def _close_all(fds: list[int]) -> None:
     """Close ``fds`` and forget them."""
     while fds:
@@ -302,7 +316,7 @@ def _start_child(
         pid, sock = spare
         try:
             with sock:
-                message = {"args": request.args, "env": request.env, "umask": request.umask}
+                message = dataclasses.asdict(request)
                 mount_server_child.hand_over(sock, encode(message), fds)
             return pid
         except OSError as error:  # it died (killed?): the kernel reaps it
@@ -361,7 +375,9 @@ def _check(message: dict[str, Any], fds: list[int]) -> MountRequest:
         raise Refused("an environment variable without a name")
     if not isinstance(umask, int) or not 0 <= umask <= 0o777:
         raise Refused("no umask")
-    return MountRequest(list(args), dict(env), umask)
+    if not rlimits.valid(limits := message.get("limits")):
+        raise Refused("no resource limits")
+    return MountRequest(list(args), dict(env), umask, dict(limits))
 
 
 def _plain(value: object) -> bool:

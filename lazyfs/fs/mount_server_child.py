@@ -3,10 +3,10 @@
 ``fork_spare`` forks a spare ahead of the request and ``hand_over`` gives
 it the request; ``fork_mount`` forks on request (no spare, or it died).
 The child leaves the server behind (its socket, its signal handlers, its
-logging, its directory, umask and environment) and takes the caller's, in
-a session of its own, then runs ``lazyfs.fs.mount_main.main`` with the
-arguments the caller sent and exits with its status, never returning into
-the server's loop.
+logging, its directory, umask, resource limits and environment) and takes
+the caller's, in a session of its own, then runs
+``lazyfs.fs.mount_main.main`` with the arguments the caller sent and exits
+with its status, never returning into the server's loop.
 
 Its command line (``/proc/PID/cmdline``, what ``ps`` shows and what
 ``lazyfs.fs.mount.unmount`` checks before it signals a pid) is written over
@@ -25,11 +25,12 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
 from lazyfs.fs.mount_server_wire import LENGTH, read_exactly
+from providers import rlimits
 
 MOUNT_MODULE = "lazyfs.fs.mount_main"
 FDS = 3  # the ready pipe, the log, the working directory
@@ -42,6 +43,7 @@ class MountRequest:
     args: list[str]
     env: dict[str, str]
     umask: int
+    limits: dict[str, list[int]]  # ``providers.rlimits.current`` of the caller
 
 
 def fork_mount(request: MountRequest, fds: Sequence[int], close: Iterable[socket.socket]) -> int:
@@ -119,7 +121,7 @@ def _take_request(conn: socket.socket) -> tuple[MountRequest, list[int]] | None:
     # The server checked it (``mount_server._check``) before handing it over.
     if len(fds) != FDS:
         raise ValueError(f"{len(fds)} descriptors handed over, not {FDS}")
-    request = MountRequest(list(message["args"]), dict(message["env"]), int(message["umask"]))
+    request = MountRequest(**message)
     return request, list(fds)
 
 
@@ -141,7 +143,7 @@ def _become_mount(request: MountRequest, fds: Sequence[int]) -> NoReturn:
     try:
         ready_fd, log_fd, cwd_fd = fds
         argv = [*request.args, "--ready-fd", str(ready_fd)]
-        _leave_server(request.env, request.umask, log_fd=log_fd, cwd_fd=cwd_fd)
+        _leave_server(request, log_fd=log_fd, cwd_fd=cwd_fd)
         set_title([sys.executable, "-P", "-m", MOUNT_MODULE, *argv])
         sys.argv = [MOUNT_MODULE, *argv]
         from lazyfs.fs import mount_main
@@ -176,8 +178,8 @@ def _leave_session() -> None:
         logging.root.removeHandler(handler)
 
 
-def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: int) -> None:
-    """Take the request's descriptors, directory, umask and environment in place of the server's."""
+def _leave_server(request: MountRequest, *, log_fd: int, cwd_fd: int) -> None:
+    """Take the request's descriptors, directory, umask, limits and environment for the server's."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -186,9 +188,11 @@ def _leave_server(env: Mapping[str, str], umask: int, *, log_fd: int, cwd_fd: in
     os.close(log_fd)
     os.fchdir(cwd_fd)
     os.close(cwd_fd)
-    os.umask(umask)
+    os.umask(request.umask)
+    if refused := rlimits.apply(request.limits):  # the server checked it could: never here
+        print(f"lazyfs-mount: the caller's limits not taken: {', '.join(refused)}", file=sys.stderr)
     os.environ.clear()
-    os.environ.update(env)
+    os.environ.update(request.env)
 
 
 def set_title(argv: Sequence[str]) -> None:

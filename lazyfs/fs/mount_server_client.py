@@ -10,16 +10,17 @@ There is one server per store, in ``STORE/mount-server/`` (``0700``, as the
 store): its socket ``mount.sock``, ``start.lock`` (one starter at a time,
 across processes) and ``server.log``. ``start_mount`` connects, checks that
 the server runs as this user (SO_PEERCRED), and sends the mount's arguments,
-environment and umask with the file descriptors the child needs (SCM_RIGHTS:
-the ready pipe's write end, the log, the working directory); the server
-forks, and answers the child's pid. The child is then what an exec'd mount
-process is to its caller: same ready pipe, same ``/proc/PID/cmdline``, same
-signals (``lazyfs.fs.mount``).
+environment, umask and resource limits with the file descriptors the child
+needs (SCM_RIGHTS: the ready pipe's write end, the log, the working
+directory); the server forks, and answers the child's pid. The child is then
+what an exec'd mount process is to its caller: same ready pipe, same
+``/proc/PID/cmdline``, same signals and limits (``lazyfs.fs.mount``).
 
 The server serves only the code a mount would exec now: each request carries
 ``code_key()`` (the Python, the import path, the lazyfs and providers source
-files by path, size and mtime); a server with another answers ``stale`` and
-exits, and a new one is started. A socket nobody answers on is a dead
+files by path, size and mtime); a server with another, or whose hard limits
+are below the caller's (``providers.rlimits``), answers ``stale`` and exits,
+and a new one is started. A socket nobody answers on is a dead
 server's: the new server replaces it. Killing the server takes no mount with
 it: its children are in sessions of their own and never talk to it again.
 
@@ -48,6 +49,7 @@ from typing import Any
 from lazyfs.fs import mount_peers as peers
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, encode, read_exactly
 from lazyfs.fs.mount_server_wire import code_key as code_key  # callers ask it here too
+from providers import rlimits
 from providers.errors import BackendError, UsageError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
@@ -63,9 +65,7 @@ START_TIMEOUT = 30.0
 AHEAD_WAIT = 3.0  # seconds a mount waits for the server its command started ahead
 AHEAD_IDLE = 60.0  # seconds that server waits for its first request, then exits
 REPLY_TIMEOUT = 30.0
-# Bytes of the server's command line its children overwrite with a mount
-# process's (``lazyfs.fs.mount_server``): a mount point and a store path fit.
-TITLE_ROOM = 8192
+TITLE_ROOM = 8192  # bytes of the server's command line a child writes its own over
 _LOCK_FD = 3  # where a server started beside a mount gets start.lock
 
 
@@ -105,7 +105,7 @@ def start_mount(
 
     ``args`` are ``lazyfs.fs.mount_main``'s arguments without ``--ready-fd``:
     the child gets ``ready_fd`` for it, ``log_fd`` as stdout and stderr,
-    /dev/null as stdin, this process's working directory, umask and
+    /dev/null as stdin, this process's working directory, umask, limits and
     environment. The server is started when none answers; with ``wait``
     false the caller does not wait for it to come up (Unreachable: exec this
     one, the next mounts find the server); with ``start`` false none is
@@ -125,7 +125,7 @@ def start_mount(
     cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         request: dict[str, Any] = {"op": "mount", "key": key, "args": args}
-        request.update(env=dict(os.environ), umask=peers.umask())
+        request.update(env=dict(os.environ), umask=peers.umask(), limits=rlimits.current())
         stale = False  # a stale server exits on our request; its successor serves
         for _ in range(2):
             with _connected(directory, wait=wait, start=start, stale=stale) as conn:

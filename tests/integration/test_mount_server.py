@@ -8,9 +8,12 @@ both ways of starting run on each (``start``: exec and server).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -30,6 +33,7 @@ from lazyfs.gc.uses import mounted_layers
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import BackendError, LazyfsError
+from providers.fslock import exclusive_lock_until
 from providers.manifest import Layer
 from tests.support import images, mount_servers
 from tests.support.backend_variants import IGNORED_XATTRS
@@ -690,3 +694,64 @@ def test_a_mount_given_relative_paths_serves_them_from_the_root(
         assert (tmp_path / "mnt" / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
     finally:
         unmount_all([(tmp_path / "mnt", pid)])
+
+
+TWO_MIB = b"x" * (2 << 20)
+
+
+@contextlib.contextmanager
+def file_size_soft_limit(size: int) -> Iterator[None]:
+    """This process's RLIMIT_FSIZE soft limit at ``size`` inside (its hard one as it was)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_each_mount_gets_its_callers_limits_not_the_first_callers(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    # The server inherited the limits of the command that started it, and every
+    # later mount got them for the server's hour: after one `ulimit -f 1024`, a
+    # later run without limits could not write 2 MiB in its rootfs.
+    lazy_store, _ = store
+    with file_size_soft_limit(1 << 20):
+        limited = mounted(tmp_path / "a", writable=True)  # starts the server
+    server = mount_servers.server_of(lazy_store.root)
+    unlimited = mounted(tmp_path / "b", writable=True)
+    assert {limited, unlimited} <= mount_servers.children(server)
+    # Written by a process without the limit: the mount process's own is what counts.
+    (tmp_path / "b" / "two").write_bytes(TWO_MIB)
+    assert (tmp_path / "b" / "two").stat().st_size == len(TWO_MIB)
+    with pytest.raises(OSError) as refused:
+        (tmp_path / "a" / "two").write_bytes(TWO_MIB)  # as an exec'd one would refuse it
+    assert refused.value.errno == errno.EFBIG
+
+
+def test_a_server_whose_hard_limits_are_below_the_callers_makes_way(
+    mounted: Mount, store: tuple[Store, list[Layer]], tmp_path: Path
+) -> None:
+    # A hard limit cannot be raised without CAP_SYS_RESOURCE: a server started by a
+    # command under `ulimit -f 1024` (soft and hard) could give no later mount more.
+    lazy_store, _ = store
+    directory = server_client.server_dir(lazy_store.root)
+    script = (
+        "import resource, sys\n"
+        "from lazyfs.fs import mount_server_client as client\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "client.start_ahead(client.Path(sys.argv[1]))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(directory)], cwd=REPO, check=True)
+    deadline = time.monotonic() + server_client.START_TIMEOUT
+    with exclusive_lock_until(directory / server_client.LOCK_NAME, deadline, AssertionError):
+        pass  # held by the server until it listens
+    low = mount_servers.server_of(lazy_store.root)
+    assert resource.prlimit(low, resource.RLIMIT_FSIZE) == (1 << 20, 1 << 20)
+    pid = mounted(tmp_path / "a", writable=True)
+    assert mount_servers.wait_gone(low)
+    assert mount_servers.parent(pid) == mount_servers.server_of(lazy_store.root) != low
+    (tmp_path / "a" / "two").write_bytes(TWO_MIB)
+    assert (tmp_path / "a" / "two").stat().st_size == len(TWO_MIB)
+    assert "higher limits: fsize" in (directory / "server.log").read_text()

@@ -21,12 +21,13 @@ GOOD: dict[str, Any] = {
     "args": ["--mountpoint", "/m", "--store", "/s"],
     "env": {"PATH": "/usr/bin", "EMPTY": ""},
     "umask": 0o022,
+    "limits": {"fsize": [1 << 20, -1], "nofile": [1024, 4096]},
 }
 FDS = [10, 11, 12]
 
 
 def test_a_well_formed_request_is_taken_as_sent() -> None:
-    assert _check(dict(GOOD), FDS) == MountRequest(GOOD["args"], GOOD["env"], 0o022)
+    assert _check(dict(GOOD), FDS) == MountRequest(GOOD["args"], GOOD["env"], 0o022, GOOD["limits"])
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,12 @@ def test_a_well_formed_request_is_taken_as_sent() -> None:
         ({"umask": "022"}, FDS, "no umask"),
         ({"umask": 0o1000}, FDS, "no umask"),
         ({"umask": -1}, FDS, "no umask"),
+        ({"limits": None}, FDS, "no resource limits"),
+        ({"limits": {"fsize": [1, 2, 3]}}, FDS, "no resource limits"),
+        ({"limits": {"fsize": [1, -2]}}, FDS, "no resource limits"),
+        ({"limits": {"fsize": [1.0, 2]}}, FDS, "no resource limits"),
+        ({"limits": {"fsize": [True, 2]}}, FDS, "no resource limits"),
+        ({"limits": {"ofile": [1, 2]}}, FDS, "no resource limits"),
     ],
 )
 def test_a_malformed_request_is_refused_with_its_reason(
