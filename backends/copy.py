@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from backends.apply import apply_layers, local_files
 from backends.base import Rootfs
 from backends.mounts import unmount_all_under
 from providers.durable import written_back
+from providers.errors import BackendError
 from providers.fstree import remove_tree
 from providers.manifest import Layer
 from providers.source import LocalBlobSource
@@ -26,6 +28,7 @@ class CopyBackend:
     def provision(
         self, layers: Sequence[Layer], blobs: LocalBlobSource, rootfs: Path, *, writable: bool
     ) -> Rootfs:
+        refuse_noexec(rootfs.parent, self.name)
         files = local_files(layers, blobs)
         # On disk before the provision records it made: a power cut after must not leave
         # a container recover keeps with empty files. Its parent: the image sets the
@@ -42,3 +45,18 @@ class CopyBackend:
         # A runtime may have left mounts inside (proc, dev); never delete through them.
         unmount_all_under(rootfs)
         remove_tree(rootfs)
+
+
+def refuse_noexec(directory: Path, backend: str) -> None:
+    """Raise BackendError, naming ``directory``, if its filesystem is mounted noexec.
+
+    A rootfs copied there provisions fine and then runs nothing: runc
+    answers "permission denied" only when the container starts.  An overlay
+    or fuse rootfs is a mount of its own, without noexec; so is bind's (its
+    read-only remount does not carry the source's noexec).
+    """
+    if os.statvfs(directory).f_flag & os.ST_NOEXEC:
+        raise BackendError(
+            f"the {backend} backend cannot make a runnable rootfs from {directory}: its"
+            " filesystem is mounted noexec: use --backend overlay or fuse"
+        )

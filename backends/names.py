@@ -2,15 +2,17 @@
 
 ``default_backend_name`` chooses as the Mesos agent does when no backend is
 named: overlay where the kernel has overlayfs and the store's filesystem can
-hold its layers and upper directories (probed once per store tmp directory
-and process with a tiny trial mount), else copy.  bind is never chosen by
-itself: it refuses images of more than one layer; nor is fuse, lazyfs' own
-backend, which is asked for by name.
+hold its layers and upper directories, file types in its listings included
+(probed once per store tmp directory and process with a tiny trial mount),
+else copy, or fuse where that filesystem is mounted noexec (a copied rootfs
+there runs nothing).  bind is never chosen by itself: it refuses images of
+more than one layer; nor is fuse, lazyfs' own backend, elsewhere.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,7 +64,11 @@ def make_backend(
 
 def default_backend_name(store_tmp: Path) -> str:
     """What provision uses when no backend is named, for the store whose tmp is ``store_tmp``."""
-    return "overlay" if _overlay_usable(str(store_tmp.resolve())) else "copy"
+    if _overlay_usable(str(store_tmp.resolve())):
+        return "overlay"
+    # A copied rootfs on a noexec filesystem would provision and then run nothing
+    # (``backends.copy.refuse_noexec``); a FUSE mount is a filesystem of its own.
+    return "fuse" if os.statvfs(store_tmp).f_flag & os.ST_NOEXEC else "copy"
 
 
 @functools.cache

@@ -111,6 +111,14 @@ class OverlayBackend:
                 f"the overlay backend needs root to mount overlayfs, and this is uid "
                 f"{os.geteuid()}: use --backend copy"
             )
+        # Said before any layer is extracted too: where listings carry no file types,
+        # the mount works but whiteouts show (and rm -r of image directories fails).
+        for directory in _own_filesystems(self.tmp_dir, rootfs.parent):
+            if not file_types_listed(directory):
+                raise BackendError(
+                    f"the overlay backend cannot use {directory}: its filesystem lists no file"
+                    " types (d_type), which overlayfs needs to hide whiteouts: use --backend copy"
+                )
         lowers = self._lowers(local_files(layers, blobs))
         mounted = lowers[first_mounted(lowers) :]
         scratch = scratch_dir(rootfs)
@@ -294,11 +302,46 @@ def _mount_reason(stderr: str, target: Path) -> str:
     return lines[0].strip().removeprefix("mount: ").removeprefix(f"{target}: ")
 
 
+def _own_filesystems(*directories: Path) -> list[Path]:
+    """``directories``, less those on the filesystem of one before them."""
+    devices: set[int] = set()
+    kept = []
+    for directory in directories:
+        device = os.stat(directory).st_dev
+        if device not in devices:
+            devices.add(device)
+            kept.append(directory)
+    return kept
+
+
+def file_types_listed(directory: Path) -> bool:
+    """Whether listings on ``directory``'s filesystem say each entry's type (d_type).
+
+    overlayfs tells a whiteout from a file by the type its lower's and
+    upper's listings give; ext4 made without ``filetype`` and xfs with
+    ``ftype=0`` give none (DT_UNKNOWN), and docker refuses overlay2 there.
+    Lists a directory holding one file and removes the file before asking
+    the entry what it is: an entry with a type answers from it, one without
+    must stat the file, which is gone by then.  Leaves nothing behind.
+    """
+    probe = Path(tempfile.mkdtemp(dir=directory, prefix=f"{os.getpid()}.types."))
+    try:
+        (probe / "file").touch()
+        with os.scandir(probe) as listing:
+            entries = list(listing)
+        (probe / "file").unlink()
+        return len(entries) == 1 and entries[0].is_file(follow_symlinks=False)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
 def overlay_usable(tmp_dir: Path) -> bool:
     """Whether overlayfs works here with its layers and upper on ``tmp_dir``'s filesystem.
 
     Tries a tiny mount with a whiteout, an opaque directory and a write in a
-    scratch directory ``<tmp_dir>/<pid>.<random>``, and removes it all.
+    scratch directory ``<tmp_dir>/<pid>.<random>``, and removes it all; the
+    filesystem must also list file types (``file_types_listed``), which the
+    mount does not check by itself.
     Raises OSError, naming ``tmp_dir``, when a write there fails for want
     of room (``_UNWRITABLE``): that says nothing of
     overlayfs, and no backend could provision there now.
@@ -318,6 +361,8 @@ def overlay_usable(tmp_dir: Path) -> bool:
         return False
     merged = trial / "merged"
     try:
+        if not file_types_listed(trial):
+            return False
         for part in ("low", "high", "upper", "work", "merged", "low/d"):
             (trial / part).mkdir()
         (trial / "low" / "gone").write_text("x")

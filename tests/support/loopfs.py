@@ -26,8 +26,9 @@ def need_root() -> None:
 
 
 @contextlib.contextmanager
-def loop_filesystem(where: Path, size_mib: int) -> Iterator[Path]:
-    """An empty ext4 of ``size_mib`` MiB mounted at ``where/mnt``, for the block."""
+def loop_filesystem(where: Path, size_mib: int, features: str = "") -> Iterator[Path]:
+    """An empty ext4 of ``size_mib`` MiB mounted at ``where/mnt``, for the block;
+    ``features``, if given, passed to ``mkfs.ext4 -O`` (``^filetype``: no d_type)."""
     need_root()
     image = where / "disk.img"
     mountpoint = where / "mnt"
@@ -38,7 +39,8 @@ def loop_filesystem(where: Path, size_mib: int) -> Iterator[Path]:
         ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
     ).stdout.strip()
     try:
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", device], check=True)
+        options = ["-O", features] if features else []
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", *options, device], check=True)
         subprocess.run(["mount", device, str(mountpoint)], check=True)
         try:
             yield mountpoint
