@@ -49,7 +49,7 @@ from providers.durable import sync_directory, written_back
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock
 from providers.fstree import remove_tree
-from providers.private_dir import private_dir
+from providers.private_dir import private_dir, write_private
 from providers.tar_stream import LayerLimits
 
 Form = Literal["rootfs", "overlay"]
@@ -111,7 +111,7 @@ def extracted_layer(
                 whiteouts: Literal["apply", "overlay"] = "overlay" if form == "overlay" else "apply"
                 made = apply_layers(tree, [layer], whiteouts=whiteouts, limits=limits)
                 if form == "overlay":
-                    sidecar.write_text(_dirs_record(made))
+                    write_private(sidecar, _dirs_record(made).encode())
             if form == "overlay":
                 # The tree's presence promises its sidecar: rename that first.
                 os.rename(sidecar, home / sidecar.name)

@@ -40,6 +40,7 @@ from providers.fstree import remove_tree
 from providers.layer_limits import LayerLimits
 from providers.manifest import Layer
 from providers.mountinfo import real_path
+from providers.private_dir import private_dir
 from providers.source import LocalBlobSource
 
 
@@ -59,8 +60,8 @@ class FuseBackend:
         if not layers:
             raise BackendError("the fuse backend needs an image of at least one layer")
         scratch = scratch_dir(rootfs)
-        scratch.parent.mkdir(exist_ok=True)
-        scratch.mkdir()
+        private_dir(scratch.parent)
+        private_dir(scratch, exist_ok=False)
         try:
             rootfs.mkdir(mode=0o755)
             self._mount(scratch, layers, blobs, rootfs, writable=writable)

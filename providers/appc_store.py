@@ -48,7 +48,7 @@ from providers.appc_manifest import AciManifest, parse_aci_manifest
 from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
 from providers.http_session import new_session, redact, send
 from providers.layer_limits import LayerLimits
-from providers.private_dir import private_dir
+from providers.private_dir import private_dir, private_file
 from providers.retry import checkpoint, short_cause
 
 DEFAULTS_KEYS = ("os", "arch", "version")
@@ -147,13 +147,15 @@ class AppcStore:
         """
         scratch = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{os.getpid()}."))
         try:
-            with (scratch / "image.aci").open("wb") as out:
+            # Made 0600, not 0666 less the umask: the store is private whatever it is.
+            with private_file(scratch / "image.aci") as out:
                 info = read_aci(stream, out, what, self.limits, _size_of(stream))
                 out.flush()
                 os.fsync(out.fileno())
             if wanted is not None:
                 wanted(info)
-            (scratch / "manifest").write_bytes(info.manifest_bytes)
+            with private_file(scratch / "manifest") as out:
+                out.write(info.manifest_bytes)
             target = self.images / info.image_id
             if not target.is_dir():
                 try:

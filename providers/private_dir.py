@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from providers.errors import UsageError
 
@@ -77,3 +78,29 @@ def _make(path: Path, mode: int, *, exist_ok: bool) -> None:
                 raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         os.close(fd)
+
+
+def private_file(path: Path, mode: int = 0o600) -> BinaryIO:
+    """Make the file ``path`` with ``mode`` (this user's alone by default), open for writing.
+
+    For a file a path names before it is renamed into a private tree:
+    ``open(path, "wb")`` makes it 0666 less the umask, all of 0666 under a
+    umask of 0 (a service manager's, say); ``mode`` is only ever narrowed.
+    FileExistsError when ``path`` exists: a file made earlier keeps its mode.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    return os.fdopen(fd, "wb")
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to the file ``path``, made or truncated, with exactly ``mode``.
+
+    For the small records lazyfs keeps beside its trees (a pid, a sidecar):
+    ``write_text`` would make them 0666 less the umask, and keep the mode of
+    one an older lazyfs made. A symlink at ``path`` is not followed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as file:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            os.fchmod(fd, mode)
+        file.write(data)

@@ -38,6 +38,7 @@ from lazyfs.cache.daemon import Resolve, serve
 from lazyfs.cache.idle import Idle
 from lazyfs.cache.spawn import SPEC_NAME, START_LOCK
 from providers.fslock import try_exclusive_lock
+from providers.private_dir import write_private
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def run(
     with stopping, DiskCache.open(cache_dir, limit_bytes) as cache:
         # Written while we own the cache: whoever reads it finds the owner (or a dead one).
         pid_file = cache_dir / PID_NAME
-        pid_file.write_text(f"{os.getpid()}\n")
+        write_private(pid_file, f"{os.getpid()}\n".encode())
         if idle is None:
             # A service's (``lazyfs daemon``): its manager restarts it, and stops it for
             # good; no mount is to start one as an earlier command did (``spawn.started_as``).

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from lazyfs.fs.mount_peers import wait_ended
 from providers.errors import BackendError
 from providers.mountinfo import is_mounted
+from providers.private_dir import write_private
 
 if TYPE_CHECKING:
     import ctypes
@@ -37,7 +38,7 @@ def note_pid(record: Path, mountpoint: Path, pid: int) -> None:
     unmount, destroy and a remount find it; unmount it when that fails (ENOSPC, Ctrl-C):
     unrecorded, it must not stay. The write's error is the one raised."""
     try:
-        (record / "pid").write_text(f"{pid}\n")
+        write_private(record / "pid", f"{pid}\n".encode())
     except BaseException:
         with contextlib.suppress(Exception):
             unmount(mountpoint, pid=pid)

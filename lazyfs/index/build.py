@@ -35,6 +35,7 @@ from providers.compression import decompressed, sniff
 from providers.digest import Digest
 from providers.errors import BadImage
 from providers.layer_entry import EntryKind, classify_member
+from providers.private_dir import private_file
 from providers.tar_stream import (
     CHUNK,
     MAX_ENTRIES,
@@ -65,7 +66,7 @@ def scan_in_place(
 
 def copy_decompressed(digest: Digest, blob: Path, out: Path, *, limits: LayerLimits | None) -> int:
     """Write the tar stream of the compressed blob ``blob`` to ``out``; its length."""
-    with blob.open("rb") as raw, out.open("wb") as sink:
+    with blob.open("rb") as raw, private_file(out) as sink:
         # LayerReader turns corrupt compressed data into BadImage, as for apply.
         stream = LayerReader(
             decompressed(raw),

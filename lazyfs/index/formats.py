@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, TAR_NAME, LayerData, LayerIndex
 from providers.digest import Digest
 from providers.errors import BadImage
+from providers.private_dir import private_file
 
 if TYPE_CHECKING:
     from providers.tar_stream import LayerLimits
@@ -135,7 +136,8 @@ class _Gzip:
         entries, tar_size, checkpoints = scan_with_checkpoints(
             digest, blob, spacing=spacing, limits=limits
         )
-        (scratch / CHECKPOINTS_NAME).write_bytes(checkpoints)
+        with private_file(scratch / CHECKPOINTS_NAME) as out:
+            out.write(checkpoints)
         return LayerIndex(digest, self.name, tar_size, entries, len(checkpoints))
 
     def layer_data(self, home: Path, blob: Path) -> LayerData:

@@ -40,6 +40,7 @@ from lazyfs.store.atomic import write_atomic
 from providers.digest import Digest, algorithm, hex_part, parse_digest
 from providers.errors import BadImage
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
+from providers.private_dir import private_dir
 
 PUBLISHED_DIR = "published-indexes"
 SPANS_NAME = "spans"
@@ -101,7 +102,7 @@ def store_published(
     """
     where = published_layers_dir(layers_dir, artifact.layer, blob)
     home = where / hex_part(artifact.layer)
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     spans = {
         "size": artifact.layer_size,
         "spans": [list(_row(s)) for s in artifact.spans],
@@ -112,8 +113,8 @@ def store_published(
         "windows": artifact.windows,
         "windows_size": artifact.windows_size,
     }
-    write_atomic(home / SPANS_NAME, json.dumps(spans).encode(), mode=0o644)
-    write_atomic(home / INDEX_NAME, _index_text(artifact.index, text), mode=0o644)
+    write_atomic(home / SPANS_NAME, json.dumps(spans).encode(), mode=0o600)
+    write_atomic(home / INDEX_NAME, _index_text(artifact.index, text), mode=0o600)
     return where
 
 
@@ -248,7 +249,7 @@ def set_aside(layers_dir: Path, layers: Sequence[Layer]) -> list[Digest]:
     for layer in layers:
         blob = index_blob(layer)
         if blob is not None and published_layers_dir(layers_dir, layer.digest, blob).is_dir():
-            _marker(layers_dir, layer.digest, blob).touch()
+            _marker(layers_dir, layer.digest, blob).touch(mode=0o600)
             done.append(layer.digest)
     return done
 

@@ -54,6 +54,7 @@ from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
 from providers.errors import BadImage
 from providers.fslock import exclusive_lock
+from providers.private_dir import private_dir, private_file
 
 if TYPE_CHECKING:
     from lazyfs.index.estargz_chunks import ChunkTable
@@ -133,7 +134,7 @@ def ensure_index(
     if found is not None:
         return found
     home = layers_dir / hex_part(digest)
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     with exclusive_lock(home / "lock"):
         found = _usable(layers_dir, blob, load_index(layers_dir, digest))
         if found is not None:  # another process built it while we waited
@@ -187,7 +188,7 @@ def store_files(home: Path, scratch: Path, index: LayerIndex) -> None:
         publish(scratch / name, home / name, sync_dir=False)
     for name in kind.obsolete_files:
         _drop_unused(home / name)
-    write_atomic(home / INDEX_NAME, dumps(index).encode(), mode=0o644, temp_dir=scratch)
+    write_atomic(home / INDEX_NAME, dumps(index).encode(), mode=0o600, temp_dir=scratch)
 
 
 def load_chunk_table(layers_dir: Path, index: LayerIndex) -> ChunkTable:
@@ -273,7 +274,7 @@ def _stamp(table: Path) -> None:
     """Say beside the chunk table ``table`` that it is its blob's own TOC's; best effort."""
     with contextlib.suppress(OSError):  # else the check is made again next time
         write_atomic(
-            table.parent / OWN_TOC_STAMP, _first_line(table).encode(), mode=0o644, durable=False
+            table.parent / OWN_TOC_STAMP, _first_line(table).encode(), mode=0o600, durable=False
         )
 
 
@@ -297,7 +298,12 @@ def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> 
             continue
         if _built_from(data.path, blob, index):
             for name in ESTARGZ.stored_files:
-                shutil.copyfile(data.path.parent / name, scratch / name)
+                # Made private: shutil.copyfile's copy is 0666 less the umask.
+                with (
+                    (data.path.parent / name).open("rb") as src,
+                    private_file(scratch / name) as dst,
+                ):
+                    shutil.copyfileobj(src, dst)
             return index
     return None
 

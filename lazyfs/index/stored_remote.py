@@ -34,6 +34,7 @@ from providers.digest import Digest, hex_part
 from providers.errors import BadImage
 from providers.fslock import exclusive_lock
 from providers.manifest import Layer
+from providers.private_dir import private_dir, private_file
 from providers.source import BlobSource
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def ensure_remote_layer(
     if found is not None and _remote_usable(own, found, expected):
         return found, None
     home = own / hex_part(digest)
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     with exclusive_lock(home / "lock"):
         found = load_index(own, digest)
         if found is not None and _remote_usable(own, found, expected):
@@ -131,7 +132,8 @@ def ensure_remote_layer(
         index = dataclasses.replace(index, checkpoints_size=len(text))
         scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
         try:
-            (scratch / CHUNKS_NAME).write_bytes(text)
+            with private_file(scratch / CHUNKS_NAME) as out:
+                out.write(text)
             store_files(home, scratch, index)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

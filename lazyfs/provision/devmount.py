@@ -37,6 +37,7 @@ from lazyfs.provision.lazy import start_adopting
 from lazyfs.provision.lazy_progress import lazy_progress
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
+from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import locked_async
 from providers.errors import Conflict, NotFound, UsageError
 from providers.fslock import remove_lock
@@ -181,8 +182,11 @@ async def _mount_image(
             "digest": manifest.digest,
             "layers": [layer.digest for layer in manifest.layers],
         }
-        (record / "image.json").write_text(json.dumps(image_json))
-        (record / "mountpoint").write_text(f"{mountpoint}\n")
+        # Private, whatever the umask (write_text: 0666 less it).
+        write_atomic(
+            record / "image.json", json.dumps(image_json).encode(), mode=0o600, durable=False
+        )
+        write_atomic(record / "mountpoint", f"{mountpoint}\n".encode(), mode=0o600, durable=False)
         with lazy_progress(blobs, manifest, progress):
             pid = lazy_mount.mount_recorded(
                 record,

@@ -72,7 +72,7 @@ from providers.errors import BadImage, Conflict, NotFound, UsageError
 from providers.image_pb2 import Image
 from providers.layer_limits import LayerLimits
 from providers.manifest import ImageManifest
-from providers.private_dir import private_dir
+from providers.private_dir import private_dir, write_private
 from providers.source import LocalBlobSource
 
 # The records and checks live in lazyfs.provision.records; callers may take them from here.
@@ -189,7 +189,7 @@ class Provisioner:
                     raise Conflict(incomplete(container_id, home)) from None
                 raise Conflict(f"container {container_id} is already provisioned") from None
             try:
-                (home / "provisioning").write_text(f"{os.getpid()}\n")
+                write_private(home / "provisioning", f"{os.getpid()}\n".encode())
                 lazy = name in LAZY_BACKENDS
                 fetched = FetchedFirst(lambda wanted, workload: self._fetch(
                     self._provider(wanted), wanted, progress, lazy=lazy, workload=workload

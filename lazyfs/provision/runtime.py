@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.provision.image_user import resolve_user
+from lazyfs.store.atomic import write_atomic
 from providers.errors import BackendError, BadImage, LazyfsError
 from providers.manifest import RuntimeConfig
 from providers.private_dir import private_dir
@@ -353,5 +354,8 @@ def _runc(state_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def write_bundle(bundle: Path, config: dict[str, Any]) -> None:
-    bundle.mkdir(parents=True, exist_ok=True)
-    (bundle / "config.json").write_text(json.dumps(config, indent=1))
+    private_dir(bundle)
+    # Private as the rest of the work dir: write_text would make it 0666 less the umask.
+    write_atomic(
+        bundle / "config.json", json.dumps(config, indent=1).encode(), mode=0o600, durable=False
+    )

@@ -140,7 +140,7 @@ class Store:
             if path.is_file():  # another process fetched it while we waited
                 self._check_diff_id(layer, path, temps)
                 return path
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             log.debug("fetching blob %s (%d bytes)", layer.digest, layer.size)
             try:
                 self._stage(layer, opener, progress, path, temps)
@@ -186,7 +186,7 @@ class Store:
 
     def _record_diff_id(self, digest: Digest, diff_id: Digest, temps: Temps) -> None:
         record = self._diff_id_record(digest)
-        record.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(record.parent)
         with temps.staged(self.tmp, mode=0o600, prefix=f"{os.getpid()}.") as staged:
             staged.file.write(diff_id.encode())
             staged.commit(record)

@@ -43,6 +43,8 @@ from lazyfs.index.stored import index_source
 from lazyfs.store.atomic import write_atomic
 from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree, merge
 from providers.digest import Digest, hex_part
+from providers.errors import UsageError
+from providers.private_dir import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ def merged_tree(
         tree = merge(load_indexes())
     try:
         store_tree(path, digests, tree, sources=sources)
-    except OSError as error:
+    except (OSError, UsageError) as error:  # UsageError: no directory where trees go
         log.warning("cannot keep the merged tree in %s: %s", path, error)
     return tree
 
@@ -191,7 +193,7 @@ def store_tree(
         for inode in tree.inodes.values()
     ]
     payload = marshal.dumps((_header(digests, sources), rows, tree.children, tree.parents))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     # Not durable: a tree torn by a crash fails to load and is merged again.
     write_atomic(path, payload, mode=0o600, prefix=".tree.", durable=False)
 

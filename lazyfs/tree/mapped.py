@@ -52,6 +52,8 @@ from lazyfs.tree.packed import PackedTreeRefused
 from lazyfs.tree.packed_read import PackedTree
 from lazyfs.tree.packed_write import write_packed
 from providers.digest import Digest, hex_part
+from providers.errors import UsageError
+from providers.private_dir import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +140,10 @@ def mount_tree(
         return found
     tree = kept.merged_tree(layers_dir, digests, load_indexes, sources=sources)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         with kept.cyclic_gc_paused():  # sections built from many small objects, no cycles
             write_packed(tree, expected, path)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, UsageError) as error:  # UsageError: no directory for it
         log.warning("serving the merged tree from memory: cannot keep %s: %s", path, error)
         return MergedLower(tree)
     again = _open(path, expected)

@@ -38,7 +38,7 @@ def write_packed(tree: MergedTree, built_from: Sequence[str], path: Path) -> Non
     Raises ValueError for a tree the format cannot hold, OSError.
     """
     chunks = _Packer(tree).chunks(built_from)
-    with staged_file(path.parent, mode=0o644, prefix=".packed.") as staged:
+    with staged_file(path.parent, mode=0o600, prefix=".packed.") as staged:
         for chunk in chunks:
             staged.file.write(chunk)
         staged.commit(path)
