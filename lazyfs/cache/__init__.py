@@ -6,7 +6,8 @@ daemon say to each other, ``messages`` the same as checked typed values
 ``framing`` how they cross the socket: length-prefixed, decoded by a pure
 state machine. ``layout`` is the cache directory's on-disk layout, which
 mount processes read directly; ``chunks`` the daemon's side of it (atomic
-chunk writes, a size limit with LRU eviction, pins, rebuilt at start).
+chunk writes, a size limit with LRU eviction, pins, rebuilt at start:
+``stock``), ``room`` the headroom it keeps free on its filesystem.
 ``planner`` decides which range requests a read needs (pure), ``flight`` runs
 them with one fetch per missing chunk however many readers wait (each
 chunk's ``landing``, as its bytes arrive: ``arrival``), ``pieces`` fetches

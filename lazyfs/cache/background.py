@@ -45,8 +45,11 @@ than evict every other image's chunks round after round for a verdict it
 can never get.
 
 A fetch that fails leaves the blob partial with the reason logged; the next
-mount of it asks again. Nothing here is remembered across restarts but the
-verdicts.
+mount of it asks again. One that fails for want of room on the cache's disk
+(the cache evicted what it could, ``lazyfs.cache.room``) waits, letting the
+next blob have its turn, and goes on by itself, the chunks it has kept: a few
+times quickly, then every minute, for a bounded time, logged each time.
+Nothing here is remembered across restarts but the verdicts.
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ import trio
 
 from lazyfs.cache.blobstate import (
     COMPLETE,
-    QUARANTINED,
     Verdict,
     forget_wrong,
+    judge_cached,
     origin_name,
     read_verdict,
     write_verdict,
@@ -71,9 +74,10 @@ from lazyfs.cache.blobstate import (
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.room import ROOM_TRIES, ROOM_WAIT_FIRST, no_room, room_wait
 from lazyfs.cache.values import BlobInfo, BlobKind, Origin
 from providers.digest import Digest, algorithm
-from providers.errors import BadImage, DigestMismatch, LazyfsError
+from providers.errors import DigestMismatch, LazyfsError
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
@@ -104,10 +108,13 @@ class Backgrounds:
         *,
         enabled: bool = True,
         settle: float = 0.0,
+        room_wait: float = ROOM_WAIT_FIRST,
     ) -> None:
-        """``settle``: seconds without a reader waiting before each background request."""
+        """``settle``: seconds without a reader waiting before each background request;
+        ``room_wait``: before the first try again of a fetch that found no room."""
         self.fetcher = fetcher
         self.settle = settle
+        self.room_wait = room_wait
         self.cache: DiskCache = fetcher.cache
         self.enabled = enabled
         self._nursery = nursery
@@ -204,19 +211,33 @@ class Backgrounds:
         return BlobInfo(verdict.digest, kind, verdict.size, cached, verdict.reason)
 
     async def _run(self, source: BlobSource, job: _Job) -> None:
-        """Fetch, check and judge one blob; never raises but Cancelled."""
-        async with self._one_blob:
-            verdict = read_verdict(self.cache.layout.root, job.digest)
-            if verdict is not None and not self._evicted_since(verdict):
-                # Judged by a job from another origin meanwhile.
-                job.kind = BlobKind.COMPLETE if verdict.state == COMPLETE else BlobKind.QUARANTINED
-                job.reason = verdict.reason
-                return
-            try:
-                await self._fetch_and_judge(source, job)
-            except (LazyfsError, OSError) as error:
-                job.kind, job.reason = BlobKind.PARTIAL, str(error)
-                log.warning("background fetch of %s stopped: %s", job.digest, error)
+        """Fetch, check and judge one blob, waiting while the disk has no room (not
+        holding the turn of other blobs); never raises but Cancelled."""
+        for tries in range(ROOM_TRIES + 1):
+            async with self._one_blob:
+                verdict = read_verdict(self.cache.layout.root, job.digest)
+                if verdict is not None and not self._evicted_since(verdict):
+                    # Judged by a job from another origin meanwhile.
+                    complete = verdict.state == COMPLETE
+                    job.kind = BlobKind.COMPLETE if complete else BlobKind.QUARANTINED
+                    job.reason = verdict.reason
+                    return
+                try:
+                    await self._fetch_and_judge(source, job)
+                    return
+                except (LazyfsError, OSError) as error:
+                    if not no_room(error) or tries == ROOM_TRIES:
+                        job.kind, job.reason = BlobKind.PARTIAL, str(error)
+                        log.warning("background fetch of %s stopped: %s", job.digest, error)
+                        return
+                    wait = room_wait(tries, self.room_wait)
+                    job.reason = f"waiting for room in the cache: {error}"
+                    log.warning("background fetch of %s %s; again in %g s (%d of %d)",
+                                job.digest, job.reason, wait, tries + 1, ROOM_TRIES)  # fmt: skip
+            await trio.sleep(wait)
+            if self._jobs.get(job.digest) is not job:
+                return  # a mount asked for the blob from another origin since: that job's turn
+            job.reason = ""
 
     async def _fetch_and_judge(self, source: BlobSource, job: _Job) -> None:
         chunk_size = self.cache.layout.chunk_size
@@ -234,7 +255,9 @@ class Backgrounds:
             with self.cache.pinned(keys):
                 if self._next_run(job.digest, 0, count):
                     continue  # evicted before it was pinned: fetch it again
-                found = await trio.to_thread.run_sync(self._check, job)
+                found = await trio.to_thread.run_sync(
+                    judge_cached, self.cache, job.digest, job.size
+                )
             if isinstance(found, str) and not asked_anew:
                 asked_anew = True
                 wrong = await self._origin_mismatch(source, job)
@@ -270,49 +293,6 @@ class Backgrounds:
             if len(run) == _REQUEST_CHUNKS:
                 break
         return run
-
-    def _check(self, job: _Job) -> Verdict | str:
-        """The verdict on the cached blob's bytes, or why they are not blob ``job.digest``.
-
-        Blocking. Every size and digest here is computed from the chunks read.
-        """
-        what = f"layer {job.digest}"
-        count = -(-job.size // self.cache.layout.chunk_size)
-        keys = [ChunkKey(job.digest, index) for index in range(count)]
-        lengths = [self.cache.length(key) or 0 for key in keys]
-        hasher = hashlib.new(algorithm(job.digest))
-        # Loaded by the first check, not at the daemon's start: the decompressors and tar parsers.
-        from providers.diff_id import DiffIdChecker
-        from providers.layer_limits import LayerLimits
-
-        # Bounded by the size read, not the one the image says, so that a
-        # claim cannot make good bytes look like a bomb.
-        checker = DiffIdChecker(None, what, LayerLimits().bound(sum(lengths)))
-        size = 0
-        unpacks: str | None = None
-        for key in keys:
-            data = self.cache.files.read_chunk(key)
-            if data is None:
-                raise OSError(f"chunk {key.index} of {job.digest} vanished while pinned")
-            size += len(data)
-            hasher.update(data)
-            if unpacks is None:
-                try:
-                    checker.feed(data)
-                except BadImage as error:
-                    unpacks = str(error)
-        actual = Digest(f"{algorithm(job.digest)}:{hasher.hexdigest()}")
-        if actual != job.digest:
-            return str(DigestMismatch(what, expected=job.digest, actual=actual))
-        diff_id = None
-        if unpacks is None:
-            try:
-                diff_id = checker.actual()
-            except BadImage as error:
-                unpacks = str(error)
-        if unpacks is not None:
-            return Verdict(job.digest, QUARANTINED, size, None, unpacks)
-        return Verdict(job.digest, COMPLETE, size, diff_id)
 
     async def _origin_mismatch(self, source: BlobSource, job: _Job) -> str | None:
         """Why the blob as ``job.origin`` serves it is not ``job.digest``, every byte asked anew.

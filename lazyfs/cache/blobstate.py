@@ -47,13 +47,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
 from lazyfs.cache.values import Origin, RegistryOrigin
 from providers.digest import Digest, algorithm, hex_part, parse_digest
-from providers.errors import BadImage, NotFound
+from providers.errors import BadImage, DigestMismatch, NotFound
 from providers.private_dir import PRIVATE
+
+if TYPE_CHECKING:
+    from lazyfs.cache.chunks import DiskCache  # the daemon's: readers never load it
 
 COMPLETE = "complete"
 QUARANTINED = "quarantined"  # the bytes hash to the digest but are no layer (do not unpack)
@@ -272,3 +275,49 @@ class _ChunkStream(io.RawIOBase):
         buffer[: len(data)] = data
         self._position += len(data)
         return len(data)
+
+
+def judge_cached(cache: DiskCache, digest: Digest, size: int) -> Verdict | str:
+    """The verdict on the bytes of the ``size`` bytes of blob ``digest`` in ``cache``, or
+    why they are not that blob. The background fetch's (``lazyfs.cache.background``).
+
+    Blocking; the chunks pinned by the caller. Every size and digest here is
+    computed from the chunks read.
+    """
+    what = f"layer {digest}"
+    count = -(-size // cache.layout.chunk_size)
+    keys = [ChunkKey(digest, index) for index in range(count)]
+    lengths = [cache.length(key) or 0 for key in keys]
+    hasher = hashlib.new(algorithm(digest))
+    # Loaded by the first check, not at the daemon's start: the decompressors and tar parsers.
+    from providers.diff_id import DiffIdChecker
+    from providers.layer_limits import LayerLimits
+
+    # Bounded by the size read, not the one the image says, so that a
+    # claim cannot make good bytes look like a bomb.
+    checker = DiffIdChecker(None, what, LayerLimits().bound(sum(lengths)))
+    read = 0
+    unpacks: str | None = None
+    for key in keys:
+        data = cache.files.read_chunk(key)
+        if data is None:
+            raise OSError(f"chunk {key.index} of {digest} vanished while pinned")
+        read += len(data)
+        hasher.update(data)
+        if unpacks is None:
+            try:
+                checker.feed(data)
+            except BadImage as error:
+                unpacks = str(error)
+    actual = Digest(f"{algorithm(digest)}:{hasher.hexdigest()}")
+    if actual != digest:
+        return str(DigestMismatch(what, expected=digest, actual=actual))
+    diff_id = None
+    if unpacks is None:
+        try:
+            diff_id = checker.actual()
+        except BadImage as error:
+            unpacks = str(error)
+    if unpacks is not None:
+        return Verdict(digest, QUARANTINED, read, None, unpacks)
+    return Verdict(digest, COMPLETE, read, diff_id)

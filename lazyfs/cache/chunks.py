@@ -17,6 +17,11 @@ since the daemon last looked gets a second chance. When every chunk is pinned
 the cache goes over the limit rather than fail a read, and evicts down to it
 as soon as pins are released.
 
+The filesystem's free space bounds it too (``lazyfs.cache.room``): before a
+chunk is written, chunks are evicted in the same order to keep a headroom
+free there, and a write refused for want of room evicts more and is tried
+once again before it fails.
+
 Thread-safe: the daemon writes chunks from worker threads. Blocking (fsync):
 call it from trio through ``trio.to_thread.run_sync``.
 """
@@ -26,19 +31,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import tempfile
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
+from lazyfs.cache.room import headroom, no_room, short_of_room
+from lazyfs.cache.stock import take_stock
 from providers.digest import Digest
 from providers.errors import UsageError
 from providers.private_dir import PRIVATE, private_dir
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,9 +72,12 @@ class DiskCache:
     Made by ``open``; a context manager that closes it.
     """
 
-    def __init__(self, layout: Layout, limit_bytes: int, lock_fd: int, block: int) -> None:
+    def __init__(
+        self, layout: Layout, limit_bytes: int, lock_fd: int, block: int, headroom: int
+    ) -> None:
         self.layout = layout
         self.limit_bytes = limit_bytes
+        self.headroom = headroom  # bytes kept free on the filesystem, chunks evicted for it
         self.files = ChunkFiles(layout)
         self._lock_fd: int | None = lock_fd
         self._block = block
@@ -97,7 +109,7 @@ class DiskCache:
                     f"the cache at {root} is in use by another lazyfs daemon"
                 ) from None
             block = os.fstatvfs(fd).f_frsize or 4096
-            cache = cls(layout, limit_bytes, fd, block)
+            cache = cls(layout, limit_bytes, fd, block, headroom(fd))
             cache._rebuild()
         except BaseException:
             os.close(fd)
@@ -235,11 +247,14 @@ class DiskCache:
                 self._lru.move_to_end(key)
                 return path
             # Room first, and reserved, so that concurrent writers cannot
-            # together pass the limit.
+            # together pass the limit, nor the headroom on the disk.
             self._evict_for(charge)
+            self._evict_for_disk(
+                short_of_room(self.layout.root, self.headroom + self._reserved + charge)
+            )
             self._reserved += charge
         try:
-            tmp, mtime = self._write_tmp(data)
+            tmp, mtime = self._room_or_evict(lambda: self._write_tmp(data), charge)
         except BaseException:
             with self._mutex:
                 self._reserved -= charge
@@ -250,8 +265,7 @@ class DiskCache:
                 os.unlink(tmp)
                 return path
             try:
-                _mkdirs(path.parent, self.layout.chunks_dir)
-                os.replace(tmp, path)
+                self._room_or_evict(lambda: self._place(tmp, path), charge, locked=True)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
@@ -260,6 +274,23 @@ class DiskCache:
                 self._forget(key)
             self._add(key, len(data), mtime)
         return path
+
+    def _place(self, tmp: Path, path: Path) -> None:
+        _mkdirs(path.parent, self.layout.chunks_dir)  # inodes: may find no room
+        os.replace(tmp, path)
+
+    def _room_or_evict(self, write: Callable[[], T], charge: int, *, locked: bool = False) -> T:
+        """``write()``; when the filesystem refuses it for want of room, evict a headroom's
+        worth of chunks (more than the free space said was missing: it was wrong, or
+        inodes ran out) and try once more. ``locked``: the caller holds the mutex."""
+        try:
+            return write()
+        except OSError as error:
+            if not no_room(error):
+                raise
+        with contextlib.nullcontext() if locked else self._mutex:
+            self._evict_for_disk(self.headroom + charge)
+        return write()  # a failure now is the read's
 
     def _write_tmp(self, data: bytes) -> tuple[Path, float]:
         fd, name = tempfile.mkstemp(dir=self.layout.tmp_dir, prefix="chunk.")
@@ -298,7 +329,9 @@ class DiskCache:
 
     def _evict_for(self, need: int) -> None:
         """Evict until ``need`` more bytes fit under the limit, or nothing more may go."""
-        target = self.limit_bytes - need
+        self._evict_down_to(self.limit_bytes - need)
+
+    def _evict_down_to(self, target: int) -> None:
         # First pass: a chunk a mount read since we last looked is kept, as
         # recently used. Second pass: only pins protect.
         for second_chance in (True, False):
@@ -311,6 +344,11 @@ class DiskCache:
                     self._lru.move_to_end(key)
                     continue
                 self._evict(key)
+
+    def _evict_for_disk(self, short: int) -> None:
+        """Evict until the chunks charged ``short`` bytes less, or nothing more may go."""
+        if short > 0:
+            self._evict_down_to(self._used + self._reserved - short)
 
     def _was_read_since(self, key: ChunkKey) -> bool:
         entry = self._lru[key]
@@ -344,29 +382,7 @@ class DiskCache:
 
     def _rebuild(self) -> None:
         """Clear what a crash or another chunk size left; take stock of the chunks."""
-        shutil.rmtree(self.layout.tmp_dir, ignore_errors=True)
-        private_dir(self.layout.tmp_dir)
-        for other in self.layout.root.glob("chunks-*"):
-            if other != self.layout.chunks_dir:
-                shutil.rmtree(other, ignore_errors=True)
-        private_dir(self.layout.chunks_dir)
-        # What is not a directory where the layout has directories is in the way.
-        for path in [*self.layout.chunks_dir.glob("*"), *self.layout.chunks_dir.glob("*/*")]:
-            if path.is_symlink() or not path.is_dir():
-                path.unlink(missing_ok=True)
-        found: list[tuple[float, ChunkKey, int]] = []
-        for path in sorted(self.layout.chunks_dir.glob("*/*/*")):
-            key = self.layout.key_of(path)
-            st = path.lstat()
-            if key is None or not path.is_file() or path.is_symlink():
-                _remove(path)
-            elif not 0 < st.st_size <= self.layout.chunk_size:
-                path.unlink()  # never written by put: not a chunk to trust
-            else:
-                found.append((st.st_mtime, key, st.st_size))
-        for blob_dir in self.layout.chunks_dir.glob("*/*"):
-            with contextlib.suppress(OSError):
-                blob_dir.rmdir()
+        found = take_stock(self.layout)
         with self._mutex:
             for mtime, key, length in sorted(found):
                 self._add(key, length, mtime)
@@ -380,10 +396,3 @@ def _mkdirs(path: Path, top: Path) -> None:
     _mkdirs(path.parent, top)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, PRIVATE)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
