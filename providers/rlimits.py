@@ -38,6 +38,7 @@ LIMITS: dict[str, int] = {
 SERVING = ("cpu", "fsize", "data", "as", "nofile", "nproc", "sigpending")
 
 _INFINITY = resource.RLIM_INFINITY
+_MOST = 1 << 63  # what setrlimit takes: a C long
 
 
 def current() -> dict[str, list[int]]:
@@ -53,7 +54,7 @@ def valid(limits: object) -> TypeGuard[dict[str, list[int]]]:
         name in LIMITS
         and isinstance(pair, list)
         and len(pair) == 2
-        and all(type(value) is int and value >= _INFINITY for value in pair)
+        and all(type(value) is int and _INFINITY <= value < _MOST for value in pair)
         for name, pair in limits.items()
     )
 
@@ -77,7 +78,7 @@ def apply(limits: Mapping[str, Sequence[int]]) -> list[str]:
     for name, (soft, hard) in limits.items():
         try:
             resource.setrlimit(LIMITS[name], (soft, hard))
-        except (OSError, ValueError):
+        except (OSError, ValueError, OverflowError):
             refused.append(name)
     return refused
 

@@ -54,6 +54,7 @@ def test_a_well_formed_request_is_taken_as_sent() -> None:
         ({"limits": {"fsize": [1.0, 2]}}, FDS, "no resource limits"),
         ({"limits": {"fsize": [True, 2]}}, FDS, "no resource limits"),
         ({"limits": {"ofile": [1, 2]}}, FDS, "no resource limits"),
+        ({"limits": {"fsize": [1 << 63, -1]}}, FDS, "no resource limits"),
     ],
 )
 def test_a_malformed_request_is_refused_with_its_reason(
