@@ -54,6 +54,7 @@ Nothing here is remembered across restarts but the verdicts.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -223,6 +224,10 @@ class Backgrounds:
                     job.reason = verdict.reason
                     return
                 try:
+                    # Not fetched while the disk cannot hold it whole: each round would
+                    # evict every other image's chunks, then its own, and start again.
+                    if short := self.cache.no_disk_room_for(job.size):
+                        raise OSError(errno.ENOSPC, short)
                     await self._fetch_and_judge(source, job)
                     return
                 except (LazyfsError, OSError) as error:

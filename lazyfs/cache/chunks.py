@@ -41,11 +41,11 @@ from types import TracebackType
 from typing import TypeVar
 
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
-from lazyfs.cache.room import headroom, no_room, short_of_room
-from lazyfs.cache.stock import take_stock
+from lazyfs.cache.room import free_bytes, headroom, no_room
+from lazyfs.cache.stock import make_dirs, take_stock
 from providers.digest import Digest
 from providers.errors import UsageError
-from providers.private_dir import PRIVATE, private_dir
+from providers.private_dir import private_dir
 
 T = TypeVar("T")
 
@@ -153,8 +153,18 @@ class DiskCache:
     def holds_whole(self, size: int) -> bool:
         """Whether a blob of ``size`` bytes fits under the limit, its chunks charged as
         ``du`` counts them, with nothing else cached."""
+        return self._charge_whole(size) <= self.limit_bytes
+
+    def no_disk_room_for(self, size: int) -> str | None:
+        """Why ``size`` bytes of blob would not fit on the disk now, with nothing else cached."""
+        free = None if self._lock_fd is None else free_bytes(self._lock_fd)
+        if free is None or (need := self._charge_whole(size)) <= self._used + free - self.headroom:
+            return None
+        return f"the cache's disk has not the room for {need} bytes of blob ({free} free)"
+
+    def _charge_whole(self, size: int) -> int:
         whole, rest = divmod(size, self.layout.chunk_size)
-        return whole * self._charge(self.layout.chunk_size) + self._charge(rest) <= self.limit_bytes
+        return whole * self._charge(self.layout.chunk_size) + self._charge(rest)
 
     def touch(self, key: ChunkKey) -> None:
         """Count a use of ``key`` (served by this process) for eviction. No-op when absent."""
@@ -242,6 +252,8 @@ class DiskCache:
             raise ValueError(f"a chunk of {len(data)} bytes (1 to {self.layout.chunk_size})")
         path = self.layout.chunk_path(key)
         charge = self._charge(len(data))
+        assert self._lock_fd is not None, "put into a closed cache"
+        free = free_bytes(self._lock_fd)  # before the mutex: readers wait on it, not on a statfs
         with self._mutex:
             if key in self._lru and not replace:
                 self._lru.move_to_end(key)
@@ -249,9 +261,8 @@ class DiskCache:
             # Room first, and reserved, so that concurrent writers cannot
             # together pass the limit, nor the headroom on the disk.
             self._evict_for(charge)
-            self._evict_for_disk(
-                short_of_room(self.layout.root, self.headroom + self._reserved + charge)
-            )
+            if free is not None:
+                self._evict_for_disk(self.headroom + self._reserved + charge - free)
             self._reserved += charge
         try:
             tmp, mtime = self._room_or_evict(lambda: self._write_tmp(data), charge)
@@ -276,7 +287,7 @@ class DiskCache:
         return path
 
     def _place(self, tmp: Path, path: Path) -> None:
-        _mkdirs(path.parent, self.layout.chunks_dir)  # inodes: may find no room
+        make_dirs(path.parent, self.layout.chunks_dir)  # inodes: may find no room
         os.replace(tmp, path)
 
     def _room_or_evict(self, write: Callable[[], T], charge: int, *, locked: bool = False) -> T:
@@ -387,12 +398,3 @@ class DiskCache:
             for mtime, key, length in sorted(found):
                 self._add(key, length, mtime)
             self._evict_for(0)
-
-
-def _mkdirs(path: Path, top: Path) -> None:
-    """Make ``path`` and its missing parents below ``top``, each 0700."""
-    if path == top or path.is_dir():
-        return
-    _mkdirs(path.parent, top)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, PRIVATE)

@@ -51,17 +51,15 @@ def headroom(where: int | Path) -> int:
     return min(HEADROOM_BYTES, vfs.f_blocks * vfs.f_frsize // HEADROOM_SHARE)
 
 
-def short_of_room(where: int | Path, need: int) -> int:
-    """How many bytes must be freed on the filesystem ``where`` is for ``need`` more to leave
-    the headroom (given as ``need``'s part) free; 0 when there is room.
+def free_bytes(fd: int) -> int | None:
+    """The bytes free on the filesystem of ``fd``; None where it tells no sizes (its
+    writes alone say when it is full).
 
     Counts what an unprivileged writer may use (``f_bavail``): a daemon running
     as root leaves the filesystem's reserve to the system as well.
     """
-    vfs = os.statvfs(where)
-    if not vfs.f_blocks:
-        return 0  # a filesystem that tells no sizes: its writes alone say when it is full
-    return max(0, need - vfs.f_bavail * vfs.f_frsize)
+    vfs = os.fstatvfs(fd)
+    return vfs.f_bavail * vfs.f_frsize if vfs.f_blocks else None
 
 
 def no_room(error: BaseException) -> bool:

@@ -3,17 +3,19 @@
 Part of ``lazyfs.cache.chunks``' ``DiskCache.open``: ``take_stock`` clears
 ``tmp/`` (chunks a crash left half written), the chunks of another chunk
 size, and whatever is not a chunk ``put`` could have written, and returns
-the chunks that are, for the cache to trust and count.
+the chunks that are, for the cache to trust and count. ``make_dirs`` makes
+the directories a chunk ``put`` writes goes into, as ``take_stock`` expects.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
 from lazyfs.cache.layout import ChunkKey, Layout
-from providers.private_dir import private_dir
+from providers.private_dir import PRIVATE, private_dir
 
 
 def take_stock(layout: Layout) -> list[tuple[float, ChunkKey, int]]:
@@ -49,3 +51,12 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def make_dirs(path: Path, top: Path) -> None:
+    """Make ``path`` and its missing parents below ``top``, each 0700."""
+    if path == top or path.is_dir():
+        return
+    make_dirs(path.parent, top)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, PRIVATE)

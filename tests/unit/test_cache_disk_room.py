@@ -150,7 +150,7 @@ async def test_background_fetch_stopped_by_a_full_disk_completes_once_room_retur
                 while not (info := backgrounds.info(digest)).reason:
                     await trio.sleep(0.001)  # a poll: the job runs in threads
             assert info.kind is BlobKind.FETCHING, info  # before: PARTIAL, for good
-            assert "No space left" in info.reason
+            assert "waiting for room" in info.reason
             (disk / "filler").unlink()
             # No new mount asks: the job goes on by itself.
             with trio.fail_after(60):
@@ -163,3 +163,31 @@ async def test_background_fetch_stopped_by_a_full_disk_completes_once_room_retur
             assert stream is not None
             with stream:
                 assert stream.read() == LAYER
+
+
+async def test_a_blob_the_disk_cannot_hold_is_not_fetched_round_after_round(
+    tmp_path: Path,
+) -> None:
+    # Fetched anyway, each chunk written evicted every other image's chunks, then the
+    # blob's own first ones: fetched whole four times over, the cache emptied, and
+    # the blob left partial all the same.
+    big = os.urandom(400 * SIZE)  # 400 pages of the tmpfs: more than the room left
+    digest = _digest(big)
+    with small_disk(tmp_path / "disk", "4m", inodes=None) as disk:
+        async with daemon(disk) as (cache, fetcher, backgrounds):
+            await _cache_old(fetcher, cache)
+            vfs = os.statvfs(disk)
+            (disk / "filler").write_bytes(bytes(vfs.f_bavail * vfs.f_frsize - (1 << 20)))
+            source = Source(big)
+            await backgrounds.start(source, digest, len(big), None)
+            with trio.fail_after(60):  # a bound on a hang, not a timing
+                while not (info := backgrounds.info(digest)).reason:
+                    await trio.sleep(0.001)  # a poll: the job runs in threads
+            assert info.kind is BlobKind.FETCHING and "has not the room" in info.reason, info
+            assert source.calls == 0
+            assert cache.blob_usage()[_digest(OLD)] == len(OLD)
+            (disk / "filler").unlink()  # room: it goes on by itself, and is judged
+            with trio.fail_after(60):
+                while (info := backgrounds.info(digest)).kind is BlobKind.FETCHING:
+                    await trio.sleep(0.001)
+            assert info.kind is BlobKind.COMPLETE, info
