@@ -139,7 +139,7 @@ def start_mount(
             raise Unreachable(f"the mount server refused: {reply.get('error', reply)}")
     finally:
         os.close(cwd)
-    raise Unreachable("the mount server kept answering with other code than ours")
+    raise Unreachable("the mount server kept answering stale (other code, or lower limits)")
 
 
 def server_pid(directory: Path) -> int | None:
