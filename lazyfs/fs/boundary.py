@@ -96,14 +96,22 @@ def _log_failure(
         level, again = logging.DEBUG, f" ({count} times from this cause)"
     log.log(
         level,
-        "%s%r failed, answering %s: %s%s",
+        "%s%s failed, answering %s: %s%s",
         name,
-        args,
+        _shown(args),
         errno.errorcode.get(number, number),
         error if isinstance(error, OSError) else f"{type(error).__name__}: {error}",
         again,
         exc_info=error if count == 1 and number == errno.EIO else None,
     )
+
+
+def _shown(args: tuple[object, ...]) -> str:
+    """``args`` as a log line shows them: a buffer by its length, not its bytes (a
+    write's 128 KiB of what the container wrote, in a repr four times that)."""
+    buffers = (bytes, bytearray, memoryview)
+    shown = (f"<{len(a)} bytes>" if isinstance(a, buffers) else repr(a) for a in args)
+    return f"({', '.join(shown)})"
 
 
 def fuse_errors(
@@ -119,7 +127,8 @@ def fuse_errors(
         except pyfuse3.FUSEError:
             raise
         except UpperError as refusal:
-            log.debug("%s%r refused: %s", handler.__name__, args[1:], refusal)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s%s refused: %s", handler.__name__, _shown(args[1:]), refusal)
             raise pyfuse3.FUSEError(refusal.errno) from None
         except Exception as error:
             number = errno.EIO

@@ -105,3 +105,22 @@ async def test_a_read_only_upper_answers_erofs_and_a_full_one_enospc(
         assert await answer(handlers.read(errno.ENOSPC)) == errno.ENOSPC
     # Expected of a filesystem: one line each, no traceback.
     assert [(r.levelname, r.exc_info) for r in caplog.records] == [("ERROR", None)] * 2
+
+
+async def test_a_failed_write_logs_its_buffer_by_length_not_its_bytes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A write's data went into the log as a repr: 128 KiB of what the container
+    # wrote took half a megabyte of the mount's log, per failure logged.
+    class Upper:
+        @fuse_errors
+        async def write(self, fh: int, offset: int, buffer: bytes) -> int:
+            raise OSError(errno.EBADMSG, "what the upper said")
+
+    secret = b"the container's data " * 6000
+    with caplog.at_level(logging.DEBUG):
+        assert await answer(Upper().write(7, 4096, secret)) == errno.EIO
+    (record,) = caplog.records
+    line = record.getMessage()
+    assert line.startswith(f"write(7, 4096, <{len(secret)} bytes>) failed, answering EIO")
+    assert "container" not in line
