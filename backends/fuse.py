@@ -29,6 +29,7 @@ for a writable rootfs the new process takes over the ``upper/`` and
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +43,26 @@ from providers.manifest import Layer
 from providers.mountinfo import real_path
 from providers.private_dir import private_dir
 from providers.source import LocalBlobSource
+
+FUSE_DEVICE = "/dev/fuse"
+
+
+def check_fuse_device() -> None:
+    """BackendError in one line when ``/dev/fuse`` cannot be opened, as a mount needs it.
+
+    For the CLI to call before it resolves an image for this backend:
+    libfuse says the same only after the pull, in its own words. Opening the
+    device starts no FUSE session; the descriptor is closed at once.
+    """
+    try:
+        fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as error:
+        raise BackendError(
+            f"{FUSE_DEVICE}: {error.strerror}: the fuse backend needs the fuse kernel "
+            "module (modprobe fuse) and /dev/fuse readable and writable "
+            "(in a container: --device /dev/fuse)"
+        ) from None
+    os.close(fd)
 
 
 class FuseBackend:

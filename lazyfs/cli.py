@@ -22,13 +22,12 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backends.names import NAMES as BACKENDS
 from lazyfs import cli_cache, cli_parser
 from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
-from lazyfs.cli_flags import image_providers, layer_limits, source, work_dir
+from lazyfs.cli_flags import cwd_gone, image_providers, layer_limits, path_flag, source, work_dir
 from lazyfs.cli_registry import docker_registry, parsed_url, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import READER_GONE, failure_line, run_trio, stdout_reader_gone
@@ -60,12 +59,11 @@ class App:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.work_dir = Path(work_dir(args)).absolute()  # runc and mounts see other cwds
-        store_dir = args.docker_store_dir or self.work_dir / "store" / "docker"
-        self.store_dir = Path(store_dir).absolute()
+        self.work_dir = work_dir(args)  # absolute: runc and mounts see other cwds
+        self.store_dir = path_flag(args, "docker_store_dir", self.work_dir / "store" / "docker")
         self.limits = layer_limits(args)
         self.kinds = image_providers(args)
-        self.appc_dir = Path(args.appc_store_dir or self.work_dir / "store" / "appc").absolute()
+        self.appc_dir = path_flag(args, "appc_store_dir", self.work_dir / "store" / "appc")
         from lazyfs.cli_roots import check_roots
 
         roots = {"work_dir": self.work_dir, "docker_store_dir": self.store_dir,
@@ -153,7 +151,10 @@ def _image(args: argparse.Namespace) -> Image:
         if args.image:
             raise UsageError("give an image or --image-file, not both")
         return image_from_file(args.image_file)
-    return parse_image(args.image)  # given: the parser refuses a command line without one
+    try:
+        return parse_image(args.image)  # given: the parser refuses a command line without one
+    except FileNotFoundError:  # a local image's relative path, from a deleted directory
+        raise cwd_gone(args.image) from None
 
 
 def _provision(app: App, args: argparse.Namespace) -> int:
@@ -174,6 +175,7 @@ def _provision(app: App, args: argparse.Namespace) -> int:
                 f"stdout was closed before container {cid} was handed over: not provisioned"
             ) from None
 
+    _need_fuse(args.backend or app.backend)
     with started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()):
         info: ProvisionInfo = run_trio(
             lambda: app.provisioner.provision(
@@ -191,6 +193,13 @@ def _provision(app: App, args: argparse.Namespace) -> int:
 
         publish_run_traces(args, app.docker, info.image)
     return 0
+
+
+def _need_fuse(backend: str | None) -> None:
+    if backend == "fuse":  # that /dev/fuse opens, said before a pull and a container record
+        from backends.fuse import check_fuse_device
+
+        check_fuse_device()
 
 
 def _pull(app: App, args: argparse.Namespace) -> int:
@@ -225,6 +234,7 @@ def _mount(app: App, args: argparse.Namespace) -> int:
     from lazyfs.provision import devmount
 
     image = _image(args)
+    _need_fuse("fuse")
     # Before the daemon and the pull.
     devmount.check_mountpoint(args.mountpoint, suid=args.suid, dev=args.dev, writable=args.writable)
     # `mount` is always the fuse backend's.
@@ -303,6 +313,7 @@ def _stale_tree(name: str) -> bool:
 def _run(app: App, args: argparse.Namespace) -> int:
     from lazyfs.cli_container import run_container
 
+    _need_fuse(args.backend or app.backend)
     return run_container(app, args, lambda: _image(args))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from lazyfs.cache.remote import tidy_dir
+from lazyfs.cli_flags import source
 from lazyfs.cli_run import noting_signals, run_trio
 from providers.errors import UsageError
 from providers.manifest import RuntimeConfig
@@ -66,6 +67,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     from lazyfs.progress import Progress
     from lazyfs.provision import runtime
 
+    utf8_work_dir(app.work_dir, source(args, "work_dir"))
     command = list(args.command_args)
     if command and command[0] == "--":
         command = command[1:]
@@ -210,6 +212,23 @@ def with_run_flags(
     # Empty is not given, as docker takes it: the image's User (WorkingDir) stays.
     working_dir = workdir or config.working_dir
     return replace(config, env=tuple(values), user=user or config.user, working_dir=working_dir)
+
+
+def utf8_work_dir(work_dir: Path, where: str) -> None:
+    """UsageError unless ``work_dir``'s path is UTF-8 text, before ``run`` makes anything.
+
+    runc's config.json names the rootfs, which is under the work dir, and JSON
+    carries only text: bytes that are not UTF-8 (surrogate escapes here, as
+    ``os.fsdecode`` gives them) would fail inside runc, after the provision.
+    """
+    try:
+        str(work_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(work_dir).decode("utf-8", "backslashreplace")
+        raise UsageError(
+            f"{where} {shown}: not UTF-8; run needs a work dir whose path is UTF-8 "
+            "(runc's config.json, which is JSON, names the rootfs under it)"
+        ) from None
 
 
 def clean_workdir(workdir: str | None) -> str:

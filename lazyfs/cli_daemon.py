@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lazyfs.cache.spawn import DaemonSpec
-from lazyfs.cli_flags import global_flags, parse_size, source
+from lazyfs.cli_flags import absolute, cwd_gone, global_flags, parse_size, source
 from lazyfs.cli_registry import registry_options
 from providers import rlimits
 from providers.errors import UsageError
@@ -67,7 +67,7 @@ PATH_FLAGS = (
 def cache_dir(args: argparse.Namespace) -> Path:
     """``--cache_dir``, absolute: the daemon and the mounts resolve it from other directories."""
     chosen = args.cache_dir or Path(args.work_dir) / "cache"
-    return Path(chosen).absolute()
+    return absolute(chosen, source(args, "cache_dir" if args.cache_dir else "work_dir"))
 
 
 def cache_size(args: argparse.Namespace) -> int:
@@ -121,7 +121,11 @@ def _anchored(value: str) -> str:
 
 
 def _from_here(path: str) -> str:
-    return os.path.join(os.getcwd(), path)  # as the flag would have read it: a trailing / stays
+    try:
+        here = os.getcwd()
+    except FileNotFoundError:  # deleted: say so, and name the path
+        raise cwd_gone(path) from None
+    return os.path.join(here, path)  # as the flag would have read it: a trailing / stays
 
 
 def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:

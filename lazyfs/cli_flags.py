@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from providers.errors import UsageError
@@ -304,9 +305,32 @@ def split_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def work_dir(args: argparse.Namespace) -> str:
-    """``--work_dir``; empty is an error, not the current directory."""
+def absolute(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` made absolute from the current directory; ``what`` names it in the
+    error for a relative one when that directory was deleted (getcwd: ENOENT),
+    which would otherwise say "No such file or directory" and name nothing."""
+    try:
+        return Path(path).absolute()
+    except FileNotFoundError:
+        raise cwd_gone(f"{what} {os.fspath(path)}".strip()) from None
+
+
+def path_flag(args: argparse.Namespace, name: str, default: Path) -> Path:
+    """Flag ``name``'s path, else ``default``, made absolute (``absolute``)."""
+    return absolute(getattr(args, name) or default, source(args, name))
+
+
+def cwd_gone(what: str) -> UsageError:
+    """The error for the relative path ``what`` names when the current directory is gone."""
+    return UsageError(
+        f"{what}: a relative path, but the current directory is gone (deleted): "
+        "give an absolute path, or run lazyfs from a directory that exists"
+    )
+
+
+def work_dir(args: argparse.Namespace) -> Path:
+    """``--work_dir``, absolute; empty is an error, not the current directory."""
     value: str = args.work_dir
     if not value.strip():
         raise UsageError(f"{source(args, 'work_dir')} is empty: give a directory")
-    return value
+    return absolute(value, source(args, "work_dir"))

@@ -14,6 +14,7 @@ a command quietly, ``READER_GONE``) from other broken pipes.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -154,6 +155,14 @@ def stdout_reader_gone() -> bool:
 NO_THREAD = "can't start new thread"
 
 
+def _cwd_gone() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
+
+
 def failure_line(exc: BaseException) -> tuple[str, int] | None:
     """The line (without ``lazyfs: ``) and exit status for what ended a command.
 
@@ -167,6 +176,10 @@ def failure_line(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, LazyfsError):
         return str(exc), 1
     if isinstance(exc, OSError):
+        if isinstance(exc, FileNotFoundError) and not exc.filename and _cwd_gone():
+            # A relative path no check above named (getcwd: ENOENT): say why, at least.
+            gone = "the current directory is gone (deleted): give absolute paths"
+            return f"{exc.strerror}: {gone}", 1
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}", 1
     if isinstance(exc, RuntimeError) and str(exc) == NO_THREAD:

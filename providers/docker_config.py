@@ -31,7 +31,7 @@ import os
 import re
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,10 +97,29 @@ def default_config_paths(environ: Mapping[str, str]) -> list[Path]:
 
 
 def default_configs(environ: Mapping[str, str] | None = None) -> CredentialChain:
-    """The credentials of every default config that exists (``default_config_paths``)."""
+    """The credentials of every default config that exists (``default_config_paths``).
+
+    Read when first asked for, not here: a command that never talks to a
+    registry (an image from a directory) never reads them, so a broken one
+    cannot stop it. One that is broken then is warned about and passed
+    over, as docker does ("Error loading config file"): nobody named it.
+    """
     paths = default_config_paths(os.environ if environ is None else environ)
-    found = [load_docker_config(str(path), str(path)) for path in paths if path.is_file()]
-    return CredentialChain(found, looked_in=tuple(str(p) for p in paths))
+    return CredentialChain(lambda: _readable_configs(paths), looked_in=tuple(map(str, paths)))
+
+
+def _readable_configs(paths: Sequence[Path]) -> list[DockerConfig]:
+    found = []
+    for path in paths:
+        try:
+            if not path.is_file():
+                continue
+            found.append(load_docker_config(str(path), str(path)))
+        except (UsageError, OSError) as error:
+            # UsageError's line names the path; an OSError (a parent not searchable) may not.
+            why = error if isinstance(error, UsageError) else f"{path}: {error.strerror}"
+            log.warning("error loading config file %s; going on without its credentials", why)
+    return found
 
 
 class CredentialChain(Mapping[str, Credentials]):
@@ -110,11 +129,26 @@ class CredentialChain(Mapping[str, Credentials]):
     a host's helper runs once, its answer (also "none") is kept.
     """
 
-    def __init__(self, configs: Sequence[DockerConfig], looked_in: Sequence[str] = ()) -> None:
-        self.configs = tuple(configs)
+    def __init__(
+        self,
+        configs: Sequence[DockerConfig] | Callable[[], Sequence[DockerConfig]],
+        looked_in: Sequence[str] = (),
+    ) -> None:
+        # A callable is called once, when credentials are first wanted (default_configs).
+        self._load = configs if callable(configs) else lambda: configs
+        self._configs: tuple[DockerConfig, ...] | None = None
         self.looked_in = tuple(looked_in)
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # apart: _lookup reads configs under _lock
         self._found: dict[str, Credentials | None] = {}
+
+    @property
+    def configs(self) -> tuple[DockerConfig, ...]:
+        """The configs in order, loaded on first use."""
+        with self._load_lock:
+            if self._configs is None:
+                self._configs = tuple(self._load())
+            return self._configs
 
     def __getitem__(self, host: str) -> Credentials:
         with self._lock:
