@@ -15,7 +15,9 @@ volume, that is one line before runc runs rather than runc's log line
 after it: runc resolves each path in what is mounted before it (the
 rootfs, its own mounts and the volumes outside it), mounts on a directory
 there, and makes a missing one only where it can write; it mounts none
-in /proc, nor over the container's root. Nor does it start with a volume
+in /proc, nor over the container's root; and a volume whose path leads
+(through a symlink) to an earlier volume or above it would hide that one,
+which lazyfs refuses. Nor does runc start with a volume
 over its /dev, or at the /dev/null or /dev/ptmx it makes there: once all
 is mounted runc makes its device nodes and links in its /dev where nothing
 is (``RUNC_DEV``), and uses those two.
@@ -140,7 +142,11 @@ def container_view(info: ProvisionInfo, runc: Sequence[Mapping[str, Any]] = ()) 
         place = view.find(path, past_missing=True)
         if place is None:
             raise UsageError(f"volume {path}: {path} has too many levels of symbolic links")
-        problem = _runc_dev_problem(place, dev) or _mount_point_problem(view, place, path)
+        problem = (
+            _runc_dev_problem(place, dev)
+            or _hidden_volume(view, place)
+            or _mount_point_problem(view, place, path)
+        )
         if problem is not None:
             raise UsageError(f"volume {path}: {problem}")
         writable = volume.mode == RW and volume.writable
@@ -191,6 +197,20 @@ def _runc_dev_problem(place: Place, dev: tuple[str, ...] | None) -> str | None:
     for name in _RUNC_USES:
         if place.parts[: len(dev) + 1] == (*dev, name):
             return f"runc makes the container's /dev/{name} itself, and uses it"
+    return None
+
+
+def _hidden_volume(view: ContainerView, place: Place) -> str | None:
+    """Which volume mounted before would be hidden by one that leads to ``place``.
+
+    Mounted outer paths first as written, a volume whose path leads through a
+    symlink to where an earlier one is, or above it, covers that one whole.
+    """
+    depth = len(place.parts)
+    for mount in view.mounts:
+        if mount.source is not None and mount.parts[:depth] == place.parts:
+            where = "/" + "/".join(place.parts)
+            return f"it leads to {where}, where it would hide volume {mount.name}"
     return None
 
 

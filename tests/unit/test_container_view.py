@@ -131,6 +131,37 @@ def test_a_volume_that_leads_to_the_root_is_refused(rootfs: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("paths", "said"),
+    [
+        # Mounted outer first as written: /s/in first, then /x/y/z over it.
+        (
+            ("/x/y/z", "/s/in"),
+            "volume /x/y/z: it leads to /x/y/z, where it would hide volume /s/in",
+        ),
+        # Two ways to one place: the second mounted would cover the first.
+        (("/s", "/x/y/z"), "volume /x/y/z: it leads to /x/y/z, where it would hide volume /s"),
+    ],
+)
+def test_a_volume_that_would_hide_another_through_a_symlink_is_refused(
+    rootfs: Path, paths: tuple[str, ...], said: str
+) -> None:
+    # Before, the first was mounted and covered by the second: gone from the container.
+    (rootfs / "x" / "y" / "z").mkdir(parents=True)
+    (rootfs / "s").symlink_to("/x/y/z")
+    with pytest.raises(UsageError) as refused:
+        container_view(_info(rootfs, True, *paths), _runc_mounts(rootfs))
+    assert str(refused.value) == said
+
+
+def test_nested_volumes_hide_nothing(rootfs: Path) -> None:
+    (rootfs / "x").mkdir()
+    (rootfs.parent / "v1" / "in").mkdir(parents=True)  # in the volume at /x
+    view = container_view(_info(rootfs, True, "/x/in", "/x"), _runc_mounts(rootfs))
+    assert in_root(view, "/x/in") == rootfs.parent / "v0"
+    assert in_root(view, "/x") == rootfs.parent / "v1"
+
+
+@pytest.mark.parametrize(
     ("cwd", "said"),
     [
         ("/app", "the working directory /app leads through a symbolic link to /nowhere"),

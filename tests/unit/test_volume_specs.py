@@ -143,8 +143,9 @@ def test_a_read_only_rootfs_needs_the_mount_point(tmp_path: Path) -> None:
     rootfs = tmp_path / "r"
     (rootfs / "there").mkdir(parents=True)
     (rootfs / "link").symlink_to("/there")  # resolved inside the rootfs, as runc does
-    # Both at /there: the second over the first.
-    assert len(container_view(_info(rootfs, False, ("/there", "ro"), ("/link", "ro"))).mounts) == 1
+    # Both at /there: the second would hide the first.
+    with pytest.raises(UsageError, match="it leads to /there, where it would hide volume /link"):
+        container_view(_info(rootfs, False, ("/there", "ro"), ("/link", "ro")))
     with pytest.raises(UsageError, match="the read-only rootfs has no /missing"):
         container_view(_info(rootfs, False, ("/missing", "ro")))
     assert len(container_view(_info(rootfs, True, ("/missing", "ro"))).mounts) == 1
