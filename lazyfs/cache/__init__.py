@@ -20,7 +20,8 @@ rest of mounted layers while no read waits and judges each whole blob;
 ``blobstate`` keeps those verdicts in the cache directory and reads a
 complete blob back for the store. ``replay`` fetches a
 learned prefetch trace's ranges in order, yielding to reads. ``service`` is the daemon as
-a process (``lazyfs daemon``), ``spawn`` finds it or starts it for a mount
+a process (``lazyfs daemon``; it and the mount server exit once their
+directory is gone: ``pinned_dir``), ``spawn`` finds it or starts it for a mount
 that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
 read from the files, misses asked for (``connection``: one socket to the
 daemon; ``client_blob``: where each blob comes from). ``remote`` holds the

@@ -20,6 +20,21 @@ asked it more than its status), as a daemon a command started does
 (``lazyfs.cli_daemon``): the next mount starts another. It holds the start
 lock from then until the cache is let go (``lazyfs.cache.idle``). A chore
 does not keep it, but it does not stop while a chore's run is in hand.
+
+Whether it was started so or as a service, it exits (status ``GONE_STATUS``)
+within ``LOOK_EVERY`` seconds of its cache directory's going away or being
+replaced by another at its path (``lazyfs.cache.pinned_dir``), also with
+mounts connected: it can no longer serve them. Its socket is gone, so no
+mount finds it again; their chunk files are gone, so what they had cached
+is lost either way; and each chunk it fetched would be written by path into
+a directory that is gone (a failed read) or is another cache (another
+daemon's to own). Its mounts take the exit as a daemon's restart: misses
+wait for the next daemon (a mount starts one where a command left its spec
+in the new directory), else fail after their timeout. A service manager
+restarts a service on the exit status, on a fresh cache directory. It exits
+at once, not through the stop above: that stop cleans up by path (the
+socket, ``daemon.pid``), and the path may be another daemon's directory by
+now; the kernel lets go of all it held.
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ import trio
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import Resolve, serve
 from lazyfs.cache.idle import Idle
+from lazyfs.cache.pinned_dir import PinnedDir
 from lazyfs.cache.spawn import SPEC_NAME, START_LOCK
 from providers.fslock import try_exclusive_lock
 from providers.private_dir import write_private
@@ -48,6 +64,8 @@ PID_NAME = "daemon.pid"
 # them, and its start should not share the link (``lazyfs.cache.background``).
 BACKGROUND_SETTLE = 2.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+LOOK_EVERY = 2.0  # seconds between looks whether the cache directory is still there
+GONE_STATUS = 1  # not 0: a service manager restarts it (``Restart=on-failure``)
 
 
 Chore = tuple[float, Callable[[], object]]  # seconds between runs, and the blocking job
@@ -92,11 +110,15 @@ def run(
             stats.used_bytes,
             stats.limit_bytes,
         )
+        # The directory that open made or found: held to see it go (``_exit_when_gone``).
+        home = os.open(cache_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             chores = None if every is None else (*every, chore)
-            trio.run(_serve, cache, resolve, background, chores, idle)
+            trio.run(_serve, cache, resolve, background, chores, idle,
+                     PinnedDir(os.path.abspath(cache_dir), home))  # fmt: skip
         finally:
             pid_file.unlink(missing_ok=True)
+            os.close(home)
     log.info("cache daemon stopped")
 
 
@@ -128,6 +150,7 @@ async def _serve(
     background: bool,
     every: tuple[float, Callable[[], object], ChoreRunning] | None,
     idle: Idle | None,
+    home: PinnedDir | None = None,
 ) -> None:
     settle = BACKGROUND_SETTLE
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -139,6 +162,8 @@ async def _serve(
                 nursery.cancel_scope.cancel()  # it returns only when idle
 
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            if home is not None:
+                nursery.start_soon(_exit_when_gone, home)
             path = await nursery.start(serving)
             log.info("cache daemon serving on %s", path)
             if every is not None:
@@ -150,6 +175,16 @@ async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) 
         log.info("%s: stopping", signal.Signals(number).name)
         scope.cancel()
         return
+
+
+async def _exit_when_gone(home: PinnedDir) -> None:
+    """End the process once the cache directory is gone or replaced (see the module's doc)."""
+    while True:
+        await trio.sleep(LOOK_EVERY)
+        if why := home.gone():
+            log.error("cache directory %s: exiting", why)
+            logging.shutdown()  # the line out before the process goes
+            os._exit(GONE_STATUS)
 
 
 async def _chore(interval: float, job: Callable[[], object], running: ChoreRunning) -> None:

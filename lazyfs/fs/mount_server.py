@@ -28,7 +28,10 @@ plain blocking accept loop, one request at a time. Each request:
 It gives up if it is not listening within ``--start-timeout`` seconds (an
 import stuck on a dead network path, say): else it would hold ``start.lock``
 for good, and every later mount would be exec'd or wait for it in vain.
-It exits after ``--idle`` seconds without a request too. Its children are
+It exits after ``--idle`` seconds without a request too, and within
+``LOOK_EVERY`` seconds of its directory's going away (its store deleted,
+say) or being replaced by another at its path: none of them would ever be
+asked for a mount again (``lazyfs.cache.pinned_dir``). Its children are
 never its business again: SIGCHLD is ignored so the kernel reaps them, they
 run in sessions of their own, and they outlive it.
 """
@@ -46,12 +49,16 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lazyfs.cache.pinned_dir import PinnedDir
 from lazyfs.fs import mount_server_child, mount_wire
 from lazyfs.fs.mount_peers import peer_credentials
+from lazyfs.fs.mount_server_check import FDS, check
+from lazyfs.fs.mount_server_check import Refused as Refused  # callers ask for it here too
 from lazyfs.fs.mount_server_child import MountRequest
 from lazyfs.fs.mount_server_client import SOCKET_NAME, START_TIMEOUT, socket_path
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, code_key, encode, read_exactly
@@ -84,11 +91,8 @@ PRELOAD = (
 IDLE_TIMEOUT = 3600.0
 REQUEST_TIMEOUT = 10.0
 SPARE_EXIT_TIMEOUT = 5.0
-FDS = mount_server_child.FDS  # the ready pipe, the log, the working directory
-
-
-class Refused(Exception):
-    """A request the server does not serve; its message is the answer."""
+_check = check  # where it was, as callers still ask for it
+LOOK_EVERY = 2.0  # seconds between looks, while idle, whether its directory is still there
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -118,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _close_inherited(keep=args.start_lock_fd)
     # Opened first: a relative --dir is relative to the starter's directory.
     directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    home = PinnedDir(os.path.abspath(args.dir), directory)
     os.chdir("/")  # pin no caller's directory
     # It serves every command of the store for up to an hour: not under its starter's
     # lowered limits (a ``ulimit -t`` would end it); each child takes its caller's.
@@ -135,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    server = _listen(directory, key)
+    server = _listen(home, key)
     signal.alarm(0)
     if args.start_lock_fd is not None:
         os.close(args.start_lock_fd)  # listening: callers may connect, none starts another
@@ -176,7 +181,7 @@ def _exit_on_signal(number: int, frame: object) -> None:
 @dataclasses.dataclass
 class _Server:
     listener: socket.socket
-    directory: int
+    home: PinnedDir  # its directory, and the descriptor it opened at start
     inode: int  # of the socket file we bound
     key: str
     # The child that takes the next mount (``mount_server_child.fork_spare``):
@@ -208,14 +213,15 @@ class _Server:
 
     def forget_socket(self) -> None:
         """Remove the socket file if it still is ours (a successor may have replaced it)."""
-        path = socket_path(self.directory)
+        path = socket_path(self.home.fd)
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == self.inode:
                 os.unlink(path)
 
 
-def _listen(directory: int, key: str) -> _Server:
+def _listen(home: PinnedDir, key: str) -> _Server:
     """Listen on the socket, replacing a dead server's in one rename."""
+    directory = home.fd
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     temporary = f"/proc/self/fd/{directory}/.{SOCKET_NAME}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
@@ -229,23 +235,38 @@ def _listen(directory: int, key: str) -> _Server:
     inode = os.stat(temporary).st_ino
     listener.listen(64)
     os.rename(temporary, socket_path(directory))
-    return _Server(listener, directory, inode, key)
+    return _Server(listener, home, inode, key)
 
 
 def _serve(server: _Server, idle: float, first: float) -> None:
     """Requests until one says stop, or none came for ``idle`` seconds (``first`` until the
-    first mount: a connection that asks for none, as ``server_pid``'s, does not count)."""
+    first mount: a connection that asks for none, as ``server_pid``'s, does not count), or its
+    directory is gone (``PinnedDir``): a store deleted or replaced is never served again."""
     while True:
-        wait = idle if server.mounts else first
-        server.listener.settimeout(wait)
-        try:
-            conn, _ = server.listener.accept()
-        except TimeoutError:
-            _say(f"idle for {wait:g}s")
+        conn = _accept(server, idle if server.mounts else first)
+        if conn is None:
             return
         with conn:
             if not _handle(conn, server):
                 return
+
+
+def _accept(server: _Server, wait: float) -> socket.socket | None:
+    """The next connection; None after ``wait`` seconds without one, or once the directory is
+    gone, which is looked at every ``LOOK_EVERY`` seconds meanwhile."""
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        server.listener.settimeout(min(left, LOOK_EVERY))
+        try:
+            return server.listener.accept()[0]
+        except TimeoutError:
+            pass
+        if why := server.home.gone():
+            # Its socket went with it: nothing finds this server any more.
+            _say(f"{why}: exiting")
+            return None
+    _say(f"idle for {wait:g}s")
+    return None
 
 
 def _handle(conn: socket.socket, server: _Server) -> bool:
@@ -264,7 +285,7 @@ def _handle(conn: socket.socket, server: _Server) -> bool:
             return False
         if message.get("key") != server.key:
             return _make_way(conn, server, f"pid {pid} runs other code")
-        request = _check(message, fds)
+        request = check(message, fds)
         if higher := rlimits.above_own(request.limits):
             # The child could not take them (raising a hard limit takes
             # CAP_SYS_RESOURCE): a server the caller starts has them.
@@ -353,35 +374,6 @@ def _receive(conn: socket.socket, fds: list[int]) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise Refused("a request that is not an object")
     return message
-
-
-def _check(message: dict[str, Any], fds: list[int]) -> MountRequest:
-    """The mount request in ``message``; Refused unless it is well formed.
-
-    The arguments themselves are parsed by the mount process, as when exec'd.
-    """
-    args, env, umask = message.get("args"), message.get("env"), message.get("umask")
-    if message.get("op") != "mount":
-        raise Refused(f"unknown request {message.get('op')!r}")
-    if len(fds) != FDS:
-        raise Refused(f"{len(fds)} descriptors, not {FDS}")
-    if not isinstance(args, list) or not all(_plain(arg) for arg in args):
-        raise Refused("arguments that are not a list of strings")
-    if any(arg.startswith("--ready-fd") for arg in args):
-        raise Refused("--ready-fd is the server's to set")
-    if not isinstance(env, dict) or not all(_plain(k) and _plain(v) for k, v in env.items()):
-        raise Refused("an environment that is not strings")
-    if any(not name or "=" in name for name in env):
-        raise Refused("an environment variable without a name")
-    if not isinstance(umask, int) or not 0 <= umask <= 0o777:
-        raise Refused("no umask")
-    if not rlimits.valid(limits := message.get("limits")):
-        raise Refused("no resource limits")
-    return MountRequest(list(args), dict(env), umask, dict(limits))
-
-
-def _plain(value: object) -> bool:
-    return isinstance(value, str) and "\0" not in value
 
 
 def _answer(conn: socket.socket, message: dict[str, Any]) -> None:
