@@ -158,10 +158,15 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             if status is not None:
                 return status
             root = runtime.state_root(app.work_dir)
-            status = runtime.run_bundle(
-                bundle, container_id, root, told=told,
-                early=signals.noted, before=signals.stop_if_noted,
-            )  # fmt: skip
+            try:
+                status = runtime.run_bundle(
+                    bundle, container_id, root, told=told,
+                    early=signals.noted, before=signals.stop_if_noted,
+                )  # fmt: skip
+            except runtime.RuncFailed:
+                # As docker run's 125: the command never ran, whatever status runc gave.
+                # runc said why, in one line of its own (``runtime.runc_log``).
+                return 125
             return status
         except BaseException as error:
             failure = error

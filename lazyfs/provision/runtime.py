@@ -19,10 +19,12 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lazyfs.provision import runc_log
 from lazyfs.provision.image_user import resolve_user
 from lazyfs.store.atomic import write_atomic
 from providers.errors import BackendError, BadImage, LazyfsError
@@ -30,6 +32,10 @@ from providers.manifest import RuntimeConfig
 from providers.private_dir import private_dir
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class RuncFailed(LazyfsError):
+    """runc failed to run the container: the command never ran (``docker run``'s 125)."""
 
 
 def command_line(config: RuntimeConfig, command: Sequence[str]) -> list[str]:
@@ -197,10 +203,17 @@ def run_bundle(
     the parent-death signal follows the thread that started runc.
     ``told`` is called with each signal passed on while runc ran, in the
     handler: the container did not end by itself.
+
+    RuncFailed when runc failed to run the container, as runc's log says
+    (``runc_log``): runc has said why on stderr, in one line, by then. Its
+    warnings, which go to the log alone, are shown one line each.
     """
     private_dir(state_root)
     _check_state(state_root, container_id)
-    argv = ["runc", "--root", str(state_root), "run", "--bundle", str(bundle), container_id]
+    log = bundle / "runc-log.json"
+    log.unlink(missing_ok=True)
+    argv = ["runc", "--root", str(state_root), "--log", str(log), "--log-format", "json"]
+    argv += ["run", "--bundle", str(bundle), container_id]
     # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it.
     forwarded = [
         s for s in _FORWARDED if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN
@@ -248,6 +261,12 @@ def run_bundle(
                 signal.signal(sig, handler)
             for fd in pidfd:
                 os.close(fd)
+    found = runc_log.entries(log)
+    for warning in runc_log.warnings(found):
+        print(f"lazyfs: runc: warning: {warning}", file=sys.stderr)
+    failed = runc_log.failure(found)
+    if code != 0 and failed is not None:
+        raise RuncFailed(f"runc: {failed}")
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
 
