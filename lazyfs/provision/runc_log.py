@@ -50,15 +50,23 @@ def entries(log: Path) -> list[Entry]:
 def failure(found: list[Entry]) -> str | None:
     """runc's error, one line, if it failed to run the container; None if the container ran.
 
-    runc logs at level error or fatal only as it gives up: it exits right after.
+    Told by the last entry: runc's fatal end, an error or fatal entry of its run
+    command (``runc run failed: ...``), after which it exits. It logs errors of
+    its own after a container ran too (a cgroup it could not remove, a signal it
+    could not pass on): those are ``others``.
     """
-    for entry in reversed(found):
-        if entry.level in _FAILED:
-            message = " ".join(entry.msg.split())
-            return message.removeprefix(_PREFIX)
+    if found and found[-1].level in _FAILED and found[-1].msg.startswith(_PREFIX):
+        return _line(found[-1].msg).removeprefix(_PREFIX)
     return None
 
 
-def warnings(found: list[Entry]) -> list[str]:
-    """runc's warnings, one line each."""
-    return [" ".join(e.msg.split()) for e in found if e.level in ("warning", "warn")]
+def others(found: list[Entry]) -> list[str]:
+    """runc's warnings and errors but its fatal end (``failure``), one line each, with
+    their level: ``warning: ...``."""
+    shown = found[:-1] if failure(found) is not None else found
+    levels = {"warn": "warning", "warning": "warning", "error": "error", "fatal": "error"}
+    return [f"{levels[e.level]}: {_line(e.msg)}" for e in shown if e.level in levels]
+
+
+def _line(message: str) -> str:
+    return " ".join(message.split())

@@ -262,8 +262,8 @@ def run_bundle(
             for fd in pidfd:
                 os.close(fd)
     found = runc_log.entries(log)
-    for warning in runc_log.warnings(found):
-        print(f"lazyfs: runc: warning: {warning}", file=sys.stderr)
+    for said in runc_log.others(found):  # in the log alone: runc prints only its failure
+        print(f"lazyfs: runc: {said}", file=sys.stderr)
     failed = runc_log.failure(found)
     if code != 0 and failed is not None:
         raise RuncFailed(f"runc: {failed}")

@@ -20,22 +20,33 @@ def write_log(path: Path, *entries: tuple[str, str]) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("found", "failure", "warnings"),
+    ("found", "failure", "others"),
     [
         ([], None, []),
-        ([Entry("warning", "a\nb")], None, ["a b"]),
+        ([Entry("warning", "a\nb")], None, ["warning: a b"]),
         (
             [Entry("warning", "w"), Entry("error", FAILED)],
             "unable to start container process: error during container init: x",
-            ["w"],
+            ["warning: w"],
         ),
-        ([Entry("fatal", "bad   usage\n")], "bad usage", []),
+        ([Entry("fatal", "runc run failed: bad   usage\n")], "bad usage", []),
         ([Entry("info", "i"), Entry("debug", "d")], None, []),
+        # Errors runc logs after the container ran: not its failure to run it, and shown.
+        (
+            [Entry("error", "Failed to remove paths: x"), Entry("warning", "w")],
+            None,
+            ["error: Failed to remove paths: x", "warning: w"],
+        ),
+        (
+            [Entry("error", "forward signal 15: no such process")],
+            None,
+            ["error: forward signal 15: no such process"],
+        ),
     ],
 )
-def test_failure_and_warnings(found: list[Entry], failure: str | None, warnings: list[str]) -> None:
+def test_failure_and_the_rest(found: list[Entry], failure: str | None, others: list[str]) -> None:
     assert runc_log.failure(found) == failure
-    assert runc_log.warnings(found) == warnings
+    assert runc_log.others(found) == others
 
 
 def test_entries_of_a_log_and_of_none(tmp_path: Path) -> None:
