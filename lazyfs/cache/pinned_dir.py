@@ -16,6 +16,7 @@ computes its ``code_key``).
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -24,31 +25,47 @@ from dataclasses import dataclass
 class PinnedDir:
     """The directory at ``path`` (absolute) as ``fd`` holds it (O_PATH will do).
 
-    The caller owns ``fd``: open before ``path`` may change, and open as long
-    as ``gone`` is asked.
+    ``path`` as ``fd`` was opened by, not tidied: ``link/..`` leads where the
+    link's target's parent is, which ``os.path.abspath`` would make another
+    path. The caller owns ``fd``: open before ``path`` may change, and open as
+    long as ``gone`` is asked.
     """
 
     path: str
     fd: int
 
+    @classmethod
+    def opened(cls, path: str | os.PathLike[str]) -> PinnedDir:
+        """The directory at ``path`` (relative to the working directory), opened now."""
+        text = os.fspath(path)
+        fd = os.open(text, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return cls(text if os.path.isabs(text) else os.path.join(os.getcwd(), text), fd)
+
     def gone(self) -> str | None:
         """Why ``path`` no longer leads to the directory held, or None while it does.
 
-        Two stats, no more: cheap enough to ask every few seconds. An error
-        other than the path's missing (a parent made unreadable, say) is no
-        proof: None then, and the next look tells.
+        Two stats, no more: cheap enough to ask every few seconds (blocking:
+        a hung network filesystem hangs it). An error other than the path's
+        missing (a parent made unreadable, say) is no proof: None then, and the
+        next look tells.
         """
-        held = os.fstat(self.fd)
-        # Removed, even if a new directory at the path got the same inode
-        # number (tmpfs and ext4 reuse them): a removed directory has no links.
-        if held.st_nlink == 0:
-            return f"{self.path} was removed"
+        removed = f"{self.path} was removed"
+        try:
+            held = os.fstat(self.fd)
+        except OSError as error:  # ESTALE: NFS's word for a directory removed
+            return removed if error.errno == errno.ESTALE else None
         try:
             now = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):
-            return f"{self.path} is gone"  # moved away, or a parent removed or moved
-        except OSError:
-            return None
+            # Else moved away, or a parent removed or moved.
+            return removed if held.st_nlink == 0 else f"{self.path} is gone"
+        except OSError as error:
+            return removed if error.errno == errno.ESTALE else None
         if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
             return f"{self.path} is another directory now"
+        # Removed, though a new directory at the path got the same inode number
+        # (tmpfs and ext4 reuse them): a removed directory has no links, a new
+        # one has. A filesystem that counts none (some FUSE ones) shows 0 for both.
+        if held.st_nlink == 0 and now.st_nlink != 0:
+            return removed
         return None

@@ -111,14 +111,13 @@ def run(
             stats.limit_bytes,
         )
         # The directory that open made or found: held to see it go (``_exit_when_gone``).
-        home = os.open(cache_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        home = PinnedDir.opened(cache_dir)
         try:
             chores = None if every is None else (*every, chore)
-            trio.run(_serve, cache, resolve, background, chores, idle,
-                     PinnedDir(os.path.abspath(cache_dir), home))  # fmt: skip
+            trio.run(_serve, cache, resolve, background, chores, idle, home)
         finally:
             pid_file.unlink(missing_ok=True)
-            os.close(home)
+            os.close(home.fd)
     log.info("cache daemon stopped")
 
 
@@ -181,7 +180,7 @@ async def _exit_when_gone(home: PinnedDir) -> None:
     """End the process once the cache directory is gone or replaced (see the module's doc)."""
     while True:
         await trio.sleep(LOOK_EVERY)
-        if why := home.gone():
+        if why := await trio.to_thread.run_sync(home.gone):  # a hung NFS hangs no read
             log.error("cache directory %s: exiting", why)
             logging.shutdown()  # the line out before the process goes
             os._exit(GONE_STATUS)

@@ -121,8 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.alarm(max(args.start_timeout, 1))
     _close_inherited(keep=args.start_lock_fd)
     # Opened first: a relative --dir is relative to the starter's directory.
-    directory = os.open(args.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    home = PinnedDir(os.path.abspath(args.dir), directory)
+    home = PinnedDir.opened(args.dir)
     os.chdir("/")  # pin no caller's directory
     # It serves every command of the store for up to an hour: not under its starter's
     # lowered limits (a ``ulimit -t`` would end it); each child takes its caller's.
