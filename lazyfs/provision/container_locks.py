@@ -12,11 +12,13 @@ opened it before and locks it after opens the path again.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from lazyfs.store.disk import locked_async
 from providers.fslock import exclusive_lock, remove_lock, try_exclusive_lock
+from providers.private_dir import write_private
 
 
 class ContainerLocks:
@@ -31,12 +33,26 @@ class ContainerLocks:
 
     @contextlib.contextmanager
     def held(self, container_id: str) -> Iterator[None]:
-        """The container's lock for the block, waited for. Blocking."""
+        """The container's lock for the block, waited for, noted as a run's (``running``).
+        Blocking."""
         with exclusive_lock(self.path(container_id)):
+            note = self.locks / f"{container_id}.run"
             try:
+                write_private(note, f"{os.getpid()}\n".encode())
                 yield
             finally:
+                note.unlink(missing_ok=True)
                 self._forget(container_id)
+
+    def running(self, container_id: str) -> int | None:
+        """The pid of the process that holds the container to run it (``held``); None if none
+        does (a provision or destroy may hold its lock: for a while, not for a run's life)."""
+        try:
+            pid = int((self.locks / f"{container_id}.run").read_text())
+        except (OSError, ValueError):
+            return None
+        with self.tried(container_id) as free:
+            return None if free else pid  # free: a run killed left its note
 
     @contextlib.asynccontextmanager
     async def taken(self, container_id: str) -> AsyncIterator[None]:
@@ -62,6 +78,7 @@ class ContainerLocks:
         for path in self.locks.glob("*.lock"):
             with try_exclusive_lock(path) as free:
                 if free:
+                    path.with_suffix(".run").unlink(missing_ok=True)  # a killed run's note
                     remove_lock(path)
 
     def _forget(self, container_id: str) -> None:

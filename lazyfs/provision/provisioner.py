@@ -231,6 +231,9 @@ class Provisioner:
         """Unmount and remove everything of ``container_id``; False if there was nothing."""
         check_container_id(container_id)
         home = self.containers / container_id
+        if container_id not in self._held and (pid := self._locks.running(container_id)):
+            raise Conflict(f"container {container_id} is being run (lazyfs run, pid {pid}): stop"
+                           " it first; nothing was destroyed")  # fmt: skip
         async with self._locked(container_id):
             if not home.exists():
                 return False
