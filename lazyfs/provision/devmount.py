@@ -37,7 +37,6 @@ from lazyfs.provision.lazy import start_adopting
 from lazyfs.provision.lazy_progress import lazy_progress
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
-from lazyfs.store.atomic import write_atomic
 from lazyfs.store.disk import locked_async
 from providers.errors import Conflict, NotFound, UsageError
 from providers.fslock import remove_lock
@@ -46,7 +45,7 @@ from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.mount_path import others_can_move
 from providers.mountinfo import real_path
-from providers.private_dir import private_dir
+from providers.private_dir import private_dir, write_private
 
 
 @dataclass(frozen=True)
@@ -183,10 +182,8 @@ async def _mount_image(
             "layers": [layer.digest for layer in manifest.layers],
         }
         # Private, whatever the umask (write_text: 0666 less it).
-        write_atomic(
-            record / "image.json", json.dumps(image_json).encode(), mode=0o600, durable=False
-        )
-        write_atomic(record / "mountpoint", f"{mountpoint}\n".encode(), mode=0o600, durable=False)
+        write_private(record / "image.json", json.dumps(image_json).encode())
+        write_private(record / "mountpoint", f"{mountpoint}\n".encode())
         with lazy_progress(blobs, manifest, progress):
             pid = lazy_mount.mount_recorded(
                 record,

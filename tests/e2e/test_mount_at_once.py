@@ -70,7 +70,9 @@ def test_a_second_mount_at_the_same_place_waits_and_is_refused(
     first = start(lazyfs, "/image.json", first_reached, first_go, *mount)
     second = None
     try:
-        assert os.read(first_told, 1) == b"x"  # past its checks, writing its record
+        # Past its checks, writing its record (bounded: a cue never met fails, not hangs).
+        assert select.select([first_told], [], [], 120)[0], "the first never opened its record"
+        assert os.read(first_told, 1) == b"x"
         # The second, up to where it would wait for the first: or to its end, if it does not.
         second = start(lazyfs, "mount:", second_reached, -1, *mount)
         assert second.stdout is not None
