@@ -39,7 +39,7 @@ from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
 from lazyfs.store.disk import locked_async
 from providers.errors import Conflict, NotFound, UsageError
-from providers.fslock import remove_lock
+from providers.fslock import exclusive_lock, remove_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
@@ -62,6 +62,12 @@ def record_dir(work_dir: Path, mountpoint: Path) -> Path:
     # umount to say there is no such mount), and a UTF-8 one the key it always had.
     key = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:24]
     return work_dir / "mounts" / key
+
+
+def _mount_lock(locks: Path, work_dir: Path, mountpoint: Path) -> Path:
+    """The lock of the mount point ``mountpoint``, held by its mount and its unmount:
+    two at once at one place would both pass their checks (':' is in no container id)."""
+    return locks / f"mount:{record_dir(work_dir, mountpoint).name}.lock"
 
 
 def _text(path: Path) -> str:
@@ -141,7 +147,7 @@ async def mount_image(
     mountpoint = check_mountpoint(mountpoint, suid=suid, dev=dev, writable=writable)
     # Two mounts at one mount point at once would both pass the check: the second waits
     # here (':' is in no container id), then finds the first mounted.
-    lock = provisioner.locks / f"mount:{record_dir(work_dir, mountpoint).name}.lock"
+    lock = _mount_lock(provisioner.locks, work_dir, mountpoint)
     async with locked_async(lock):
         try:
             check_mountpoint(mountpoint, suid=suid, dev=dev)
@@ -216,10 +222,17 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
             if mountpoint.is_symlink():
                 mountpoint = Path(os.path.realpath(mountpoint))
                 record = record_dir(work_dir, mountpoint)
+    gone = NotFound(f"lazyfs has no mount at {_text(mountpoint)} (with this --work_dir)")
     if not record.exists():
-        # Only what lazyfs mounted, with this work dir: never someone else's mount.
-        raise NotFound(f"lazyfs has no mount at {_text(mountpoint)} (with this --work_dir)")
-    lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record))
-    # upper/ of a writable mount holds whatever was written, at any depth.
-    with contextlib.suppress(OSError):
-        remove_tree(record)
+        raise gone  # only what lazyfs mounted, with this work dir: never someone else's mount
+    lock = _mount_lock(work_dir.absolute() / "provisioner" / "locks", work_dir, mountpoint)
+    with exclusive_lock(lock):
+        try:
+            if not record.exists():
+                raise gone  # another umount took it down meanwhile: this one did nothing
+            lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record))
+            # upper/ of a writable mount holds whatever was written, at any depth.
+            with contextlib.suppress(OSError):
+                remove_tree(record)
+        finally:
+            remove_lock(lock)

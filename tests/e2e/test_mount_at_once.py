@@ -12,49 +12,15 @@ from __future__ import annotations
 import os
 import select
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lazyfs.fs.mount import is_mounted
-from tests.support.lazyfs_cli import REPO, Lazyfs, one_line_error
+from tests.support.lazyfs_cli import Lazyfs, one_line_error
+from tests.support.on_cue import start
 
 pytestmark = pytest.mark.integration
-
-# Runs ``python -m lazyfs`` with an audit hook: at the first ``open`` whose path holds
-# the cue, it writes a byte to fd TOLD and, if WAIT is set, reads one from fd WAIT.
-ON_CUE = """
-import os, runpy, sys
-
-cue, told, wait = sys.argv.pop(1), int(sys.argv.pop(1)), int(sys.argv.pop(1))
-seen = []
-
-def hook(name, args):
-    if seen or name != "open" or not isinstance(args[0], str) or cue not in args[0]:
-        return
-    seen.append(1)
-    os.write(told, b"x")
-    if wait >= 0:
-        os.read(wait, 1)
-
-sys.addaudithook(hook)
-sys.argv = ["lazyfs", *sys.argv[1:]]
-runpy.run_module("lazyfs", run_name="__main__", alter_sys=True)
-"""
-
-
-def start(lazyfs: Lazyfs, cue: str, told: int, wait: int, *args: str) -> subprocess.Popen[str]:
-    argv = lazyfs.argv(*args)
-    return subprocess.Popen(
-        [sys.executable, "-c", ON_CUE, cue, str(told), str(wait), *argv[3:]],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        pass_fds=[fd for fd in (told, wait) if fd >= 0],
-    )
 
 
 def test_a_second_mount_at_the_same_place_waits_and_is_refused(
