@@ -363,8 +363,8 @@ class Provisioner:
         kind = {Image.DOCKER: "docker", Image.APPC: "appc"}.get(image.type, "")
         provider = self.providers.get(kind)
         if provider is None:
-            enabled = ", ".join(sorted(self.providers)) or "none"
-            raise BadImage(f"no {kind or 'such'} image provider enabled (enabled: {enabled})")
+            on = ", ".join(sorted(self.providers)) or "none"
+            raise BadImage(f"no {kind or 'such'} image provider enabled (--image_providers: {on})")
         return provider
 
     def _revive(self, container_id: str) -> bool:

@@ -108,6 +108,12 @@ def parse_volume(text: str) -> VolumeSpec:
         raise UsageError(f"{where}: unknown mode {last!r}: use ro or rw")
     if not rest:
         raise UsageError(f"{where}: no image: want CONTAINER_PATH:IMAGE[:ro|rw]")
+    if rest.startswith("/"):
+        # docker's -v HOST_PATH:CONTAINER_PATH: lazyfs mounts images only, path first.
+        raise UsageError(
+            f"{where}: {rest} is a path, not an image: lazyfs mounts image volumes only,"
+            " as CONTAINER_PATH:IMAGE[:ro|rw] (no host path volumes)"
+        )
     try:
         image = parse_image(rest)
     except BadImage as error:

@@ -71,6 +71,9 @@ def test_parse_volume_takes_every_image_form() -> None:
         ("/data:busybox:mode=ro", "unknown mode 'mode=ro'"),
         ("/data:Busybox", "--volume '/data:Busybox': "),
         ("/data:appc:Bad", "invalid appc image name"),
+        # docker's HOST:CONTAINER order: said so, not an invalid image reference.
+        ("/data:/tmp/x", "/tmp/x is a path, not an image: lazyfs mounts image volumes only"),
+        ("/data:/tmp/x:ro", "/tmp/x is a path, not an image"),
     ],
 )
 def test_a_bad_volume_is_a_usage_error(text: str, error: str) -> None:
