@@ -162,7 +162,7 @@ async def _serve(
 
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             if home is not None:
-                nursery.start_soon(_exit_when_gone, home)
+                nursery.start_soon(_exit_when_gone, home, every[2] if every else ChoreRunning())
             path = await nursery.start(serving)
             log.info("cache daemon serving on %s", path)
             if every is not None:
@@ -176,11 +176,13 @@ async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) 
         return
 
 
-async def _exit_when_gone(home: PinnedDir) -> None:
-    """End the process once the cache directory is gone or replaced (see the module's doc)."""
+async def _exit_when_gone(home: PinnedDir, chore: ChoreRunning) -> None:
+    """End the process once the cache directory is gone or replaced (see the module's doc),
+    but not in the middle of a chore's run: image GC moves a store's files about."""
     while True:
         await trio.sleep(LOOK_EVERY)
-        if why := await trio.to_thread.run_sync(home.gone):  # a hung NFS hangs no read
+        why = None if chore.now else await trio.to_thread.run_sync(home.gone)  # a hung NFS
+        if why and not chore.now:  # a run may have begun while it looked
             log.error("cache directory %s: exiting", why)
             logging.shutdown()  # the line out before the process goes
             os._exit(GONE_STATUS)
