@@ -157,7 +157,7 @@ class DiskCache:
 
     def no_disk_room_for(self, size: int) -> str | None:
         """Why ``size`` bytes of blob would not fit on the disk now, with nothing else cached."""
-        free = None if self._lock_fd is None else free_bytes(self._lock_fd)
+        free = free_bytes(self._lock_fd)
         if free is None or (need := self._charge_whole(size)) <= self._used + free - self.headroom:
             return None
         return f"the cache's disk has not the room for {need} bytes of blob ({free} free)"
@@ -252,17 +252,16 @@ class DiskCache:
             raise ValueError(f"a chunk of {len(data)} bytes (1 to {self.layout.chunk_size})")
         path = self.layout.chunk_path(key)
         charge = self._charge(len(data))
-        assert self._lock_fd is not None, "put into a closed cache"
-        free = free_bytes(self._lock_fd)  # before the mutex: readers wait on it, not on a statfs
+        free = free_bytes(self._lock_fd)  # before the mutex: readers wait on it, not a statfs
         with self._mutex:
             if key in self._lru and not replace:
                 self._lru.move_to_end(key)
                 return path
-            # Room first, and reserved, so that concurrent writers cannot
-            # together pass the limit, nor the headroom on the disk.
+            # Room first, and reserved, so that concurrent writers cannot together pass
+            # the limit, nor the headroom (looked at again if short: others evict too).
             self._evict_for(charge)
-            if free is not None:
-                self._evict_for_disk(self.headroom + self._reserved + charge - free)
+            if free is not None and (need := self.headroom + self._reserved + charge) > free:
+                self._evict_for_disk(need - (free_bytes(self._lock_fd) or free))
             self._reserved += charge
         try:
             tmp, mtime = self._room_or_evict(lambda: self._write_tmp(data), charge)

@@ -51,13 +51,15 @@ def headroom(where: int | Path) -> int:
     return min(HEADROOM_BYTES, vfs.f_blocks * vfs.f_frsize // HEADROOM_SHARE)
 
 
-def free_bytes(fd: int) -> int | None:
+def free_bytes(fd: int | None) -> int | None:
     """The bytes free on the filesystem of ``fd``; None where it tells no sizes (its
-    writes alone say when it is full).
+    writes alone say when it is full), or for no ``fd`` (a cache closed).
 
     Counts what an unprivileged writer may use (``f_bavail``): a daemon running
     as root leaves the filesystem's reserve to the system as well.
     """
+    if fd is None:
+        return None
     vfs = os.fstatvfs(fd)
     return vfs.f_bavail * vfs.f_frsize if vfs.f_blocks else None
 

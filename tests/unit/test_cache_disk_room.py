@@ -21,8 +21,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 import trio
 
+from lazyfs.cache import chunks
 from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.blobstate import COMPLETE, open_complete, read_verdict
 from lazyfs.cache.chunks import DiskCache
@@ -191,3 +193,17 @@ async def test_a_blob_the_disk_cannot_hold_is_not_fetched_round_after_round(
                 while (info := backgrounds.info(digest)).kind is BlobKind.FETCHING:
                     await trio.sleep(0.001)
             assert info.kind is BlobKind.COMPLETE, info
+
+
+def test_room_that_others_freed_meanwhile_is_not_freed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The free space is read before the mutex. Read short by a writer while another
+    # evicted, it made this one evict as much again: looked at again under the mutex.
+    with DiskCache.open(tmp_path / "cache", LIMIT, chunk_size=SIZE) as cache:
+        for index in range(8):
+            cache.put(ChunkKey(_digest(OLD), index), OLD[index * SIZE : (index + 1) * SIZE])
+        looks = iter([0])  # the first look: nothing free; every later one: plenty
+        monkeypatch.setattr(chunks, "free_bytes", lambda fd: next(looks, 1 << 40))
+        cache.put(ChunkKey(_digest(NEW), 0), NEW[:SIZE])
+        assert cache.blob_usage()[_digest(OLD)] == 8 * SIZE  # nothing of it evicted
