@@ -36,9 +36,11 @@ class BindBackend:
     ) -> Rootfs:
         if writable:
             # Read-only, as in Mesos (writes need volumes): refused, never given silently.
+            # Said with what works, for each way one asks for a writable rootfs.
             raise BackendError(
-                "the bind backend makes read-only rootfses only; "
-                "a writable one needs copy, overlay or fuse"
+                "the bind backend makes read-only rootfses only: use run --read-only, "
+                "provision without --writable and volumes without :rw, "
+                "or another backend (copy, overlay or fuse) for a writable one"
             )
         if len(layers) != 1:
             raise BackendError(

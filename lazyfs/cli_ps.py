@@ -16,7 +16,10 @@ whether its rootfs and volumes work:
                  ``--keep`` or not); its mounts are not looked at
     unreadable   its record cannot be read
 
-The worst state of its rootfs and volumes is the container's. Containers are
+The worst state of its rootfs and volumes is the container's (``mount`` in
+the JSON, beside ``rootfs_mount`` and each volume's); the table's MOUNT says
+the rootfs's, then each volume's that differs (``alive, volume /data dead``),
+so a dead volume is not taken for a dead rootfs. Containers are
 looked at side by side: a mount that does not answer costs seconds, once, not
 once per such container.
 """
@@ -86,6 +89,21 @@ def describe(listed: Listed) -> dict[str, Any]:
     return item
 
 
+def _mount_cell(item: dict[str, Any]) -> str:
+    """The MOUNT cell: the rootfs's state, then each volume whose state is another.
+
+    Not the worst of them alone (``mount`` in the JSON): one dead volume must
+    not read as a dead rootfs, when ``rootfs_mount`` says it is alive.
+    """
+    rootfs_state = item["rootfs_mount"]
+    others = [
+        f"volume {v['container_path']} {v['mount']}"
+        for v in item["volumes"]
+        if v["mount"] != rootfs_state
+    ]
+    return ", ".join([rootfs_state, *others])
+
+
 def _row(item: dict[str, Any]) -> tuple[str, ...]:
     if "backend" not in item:
         return (item["container_id"], "-", "-", "-", "-", "-", item["mount"])
@@ -97,7 +115,7 @@ def _row(item: dict[str, Any]) -> tuple[str, ...]:
         item["rootfs"],
         volumes or "-",
         "yes" if item["writable"] else "no",
-        item["mount"],
+        _mount_cell(item),
     )
 
 

@@ -105,10 +105,16 @@ def default_configs(environ: Mapping[str, str] | None = None) -> CredentialChain
     over, as docker does ("Error loading config file"): nobody named it.
     """
     paths = default_config_paths(os.environ if environ is None else environ)
-    return CredentialChain(lambda: _readable_configs(paths), looked_in=tuple(map(str, paths)))
+    skipped: list[str] = []  # filled when read, for describe()
+    return CredentialChain(
+        lambda: _readable_configs(paths, skipped),
+        looked_in=tuple(map(str, paths)),
+        skipped=skipped,
+    )
 
 
-def _readable_configs(paths: Sequence[Path]) -> list[DockerConfig]:
+def _readable_configs(paths: Sequence[Path], skipped: list[str]) -> list[DockerConfig]:
+    """The configs at ``paths`` that load; each broken one's line goes to ``skipped``."""
     found = []
     for path in paths:
         try:
@@ -119,6 +125,7 @@ def _readable_configs(paths: Sequence[Path]) -> list[DockerConfig]:
             # UsageError's line names the path; an OSError (a parent not searchable) may not.
             why = error if isinstance(error, UsageError) else f"{path}: {error.strerror}"
             log.warning("error loading config file %s; going on without its credentials", why)
+            skipped.append(str(why))
     return found
 
 
@@ -133,11 +140,15 @@ class CredentialChain(Mapping[str, Credentials]):
         self,
         configs: Sequence[DockerConfig] | Callable[[], Sequence[DockerConfig]],
         looked_in: Sequence[str] = (),
+        skipped: Sequence[str] = (),
     ) -> None:
         # A callable is called once, when credentials are first wanted (default_configs).
         self._load = configs if callable(configs) else lambda: configs
         self._configs: tuple[DockerConfig, ...] | None = None
         self.looked_in = tuple(looked_in)
+        # The broken configs passed over, one line each (path: why), once loaded: the
+        # loader appends to this very sequence, so it is kept, not copied.
+        self.skipped = skipped
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # apart: _lookup reads configs under _lock
         self._found: dict[str, Credentials | None] = {}
@@ -178,12 +189,18 @@ class CredentialChain(Mapping[str, Credentials]):
         return None
 
     def describe(self) -> str:
-        """Where credentials were looked for, for a line about a refusal."""
-        if self.configs:
-            return "read " + ", ".join(config.source for config in self.configs)
-        if self.looked_in:
-            return "found no Docker config (looked for " + ", ".join(self.looked_in) + ")"
-        return "found no Docker config"
+        """Where credentials were looked for, for a line about a refusal: also the
+        broken configs passed over, which a warning named earlier (a 401 saying
+        "found no Docker config" after it would contradict it)."""
+        configs = self.configs  # loads them, filling skipped
+        usable = " usable" if self.skipped else ""
+        if configs:
+            said = "read " + ", ".join(config.source for config in configs)
+        elif self.looked_in:
+            said = f"found no{usable} Docker config (looked for " + ", ".join(self.looked_in) + ")"
+        else:
+            said = f"found no{usable} Docker config"
+        return "; ".join([said, *(f"skipped {why}" for why in self.skipped)])
 
 
 def ask_helper(name: str, host: str, source: str) -> Credentials | None:
