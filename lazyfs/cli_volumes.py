@@ -145,7 +145,7 @@ def container_view(info: ProvisionInfo, runc: Sequence[Mapping[str, Any]] = ()) 
         problem = (
             _runc_dev_problem(place, dev)
             or _hidden_volume(view, place)
-            or _mount_point_problem(view, place, path)
+            or _mount_point_problem(view, place, path, info.backend)
         )
         if problem is not None:
             raise UsageError(f"volume {path}: {problem}")
@@ -214,7 +214,9 @@ def _hidden_volume(view: ContainerView, place: Place) -> str | None:
     return None
 
 
-def _mount_point_problem(view: ContainerView, place: Place, path: str) -> str | None:
+def _mount_point_problem(
+    view: ContainerView, place: Place, path: str, backend: str = ""
+) -> str | None:
     """Why runc could not mount a volume at ``path``, which leads to ``place``; None if it can."""
     holder = view.holder(place.parts)
     if holder is not None and holder.kind == "proc":
@@ -237,4 +239,6 @@ def _mount_point_problem(view: ContainerView, place: Place, path: str) -> str | 
     if view.can_make(found):
         return None  # runc makes it
     what, fix = view.read_only(found)
+    if backend == "bind" and view.holder(found) is None:
+        fix = "make it in the image, or run with --backend copy, overlay or fuse"  # read-only
     return f"{what} has no {path} to mount it on ({fix})"

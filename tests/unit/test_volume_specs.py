@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,9 +150,17 @@ def test_a_read_only_rootfs_needs_the_mount_point(tmp_path: Path) -> None:
     # Both at /there: the second would hide the first.
     with pytest.raises(UsageError, match="it leads to /there, where it would hide volume /link"):
         container_view(_info(rootfs, False, ("/there", "ro"), ("/link", "ro")))
-    with pytest.raises(UsageError, match="the read-only rootfs has no /missing"):
+    with pytest.raises(UsageError, match=r"the read-only rootfs has no /missing .*--read-only"):
         container_view(_info(rootfs, False, ("/missing", "ro")))
     assert len(container_view(_info(rootfs, True, ("/missing", "ro"))).mounts) == 1
+    # A bind rootfs is read-only whatever run is told: "without --read-only" cannot help.
+    bind = replace(_info(rootfs, False, ("/missing", "ro")), backend="bind")
+    with pytest.raises(UsageError) as refused:
+        container_view(bind)
+    assert str(refused.value) == (
+        "volume /missing: the read-only rootfs has no /missing to mount it on (make it in"
+        " the image, or run with --backend copy, overlay or fuse)"
+    )
 
 
 @pytest.mark.parametrize(
