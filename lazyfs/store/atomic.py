@@ -19,7 +19,11 @@ before the rename (or the ``with`` body raises, or is cancelled), the
 temporary file is removed and the target is left as it was; the error
 propagates.  After a crash between steps 1 and 4 a temporary file may be
 left behind: callers that write into a shared temporary directory clean
-it (``Store.clean_tmp``).
+it (``Store.clean_tmp``).  So that a cleaner can tell such a leftover from
+a file being written, whatever pid namespace or machine the writer is in,
+the writer holds an exclusive flock on the temporary file from its making
+until it is renamed away or removed (``locked_mkstemp``): a cleaner removes
+only a file whose lock it can take.
 
 ``durable=False`` skips the fsyncs (steps 2 and 5) for files that are only
 a cache and are checked when read, so a torn one is rebuilt, not trusted.
@@ -29,6 +33,7 @@ Blocking; not thread-safe per ``Staged``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -73,9 +78,12 @@ class Staged:
             self.sync()
         if self.mode is not None:
             os.fchmod(self.file.fileno(), self.mode)
-        self.file.close()
+        # Renamed before it is closed: closing drops the flock that keeps a
+        # cleaner of the temporary directory from removing it (``locked_mkstemp``).
+        self.file.flush()  # all written: the name must not come before the bytes
         os.rename(self.path, target)
         self.committed = True
+        self.file.close()
         if sync_dir and self.durable:
             sync_directory(target.parent)
 
@@ -89,18 +97,65 @@ def staged_file(
     ``directory`` must be on the filesystem of the target ``commit`` is
     given.  ``mode`` None: the file keeps 0600 unless the caller changes it.
     """
-    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
-    staged = Staged(Path(name), os.fdopen(fd, "wb"), mode, durable)
+    fd, path = locked_mkstemp(directory, prefix)
+    staged = Staged(path, os.fdopen(fd, "wb"), mode, durable)
     try:
         yield staged
     finally:
         if not staged.committed:
+            # Removed while its lock is held (see ``locked_mkstemp``), then closed.
             # Closing flushes what is buffered, which fails as the write did (a full
             # disk): the file goes all the same, and the error that ended the block stays.
-            with contextlib.suppress(OSError):
-                staged.file.close()
             with contextlib.suppress(FileNotFoundError):
                 staged.path.unlink()
+            with contextlib.suppress(OSError):
+                staged.file.close()
+
+
+# The mark, after the pid, in the name of an entry of the store's tmp/ whose
+# writer holds its flock (``lazyfs.store.temps.clean_tmp``).
+LOCKED = "flock"
+
+
+def temp_prefix() -> str:
+    """The start of the name of a temporary file or directory made in the store's ``tmp/``."""
+    return f"{os.getpid()}.{LOCKED}."
+
+
+def locked_mkstemp(directory: Path, prefix: str) -> tuple[int, Path]:
+    """``tempfile.mkstemp`` in ``directory``, its descriptor holding an exclusive flock.
+
+    The lock says "being written" to a cleaner of ``directory`` in any pid
+    namespace, or on any machine flock reaches (``lazyfs.store.temps``);
+    the kernel drops it with the descriptor, so a writer that dies leaves
+    a file any cleaner can take.  Keep the descriptor open until the file
+    is renamed away or removed.  Between making the file and locking it a
+    cleaner may take it: then the name no longer leads to our file, and
+    we make another.
+    """
+    while True:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
+        try:
+            # Blocking: a cleaner holds it only while it removes the file.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if same_file(fd, name):
+                return fd, Path(name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def same_file(fd: int, path: str | Path) -> bool:
+    """Whether ``path`` (not followed if a symlink) is the file open at ``fd``."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def write_atomic(

@@ -8,8 +8,8 @@ Layout under the store root::
     layers/<hex>/             per-layer data backends derive (extracted trees)
     layers/<hex>/diff_id      the checked digest of the blob's uncompressed tar
     locks/<name>.lock         flock(2) files: one writer per blob or reference
-    tmp/                      partial writes, named <pid>.<random>: removed by their writer
-                              (``Temps``), or by a pull once their process is gone (``clean_tmp``)
+    tmp/                      partial writes, named <pid>.flock.<random>, flocked by their writer:
+                              removed by it (``Temps``), or by a pull once unlocked (``clean_tmp``)
     gc/                       what image GC is removing (``lazyfs.gc``): moved here
                               whole first, so no trusted name is ever half removed
 
@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +40,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
-from lazyfs.store.atomic import write_atomic
+from lazyfs.store.atomic import locked_mkstemp, temp_prefix, write_atomic
 from lazyfs.store.usage_lock import in_use_async
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock, remove_lock, try_exclusive_lock
-from providers.fstree import remove_tree
 from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
 
@@ -164,7 +162,7 @@ class Store:
         temps: Temps,
     ) -> None:
         counted = temps.checking(progress)  # given up: no more copying into a removed file
-        with temps.staged(self.tmp, mode=0o444, prefix=f"{os.getpid()}.") as staged:
+        with temps.staged(self.tmp, mode=0o444, prefix=temp_prefix()) as staged:
             out = staged.file
             bound = self.limits.bound(layer.size)
             try:
@@ -187,7 +185,7 @@ class Store:
     def _record_diff_id(self, digest: Digest, diff_id: Digest, temps: Temps) -> None:
         record = self._diff_id_record(digest)
         private_dir(record.parent)
-        with temps.staged(self.tmp, mode=0o600, prefix=f"{os.getpid()}.") as staged:
+        with temps.staged(self.tmp, mode=0o600, prefix=temp_prefix()) as staged:
             staged.file.write(diff_id.encode())
             staged.commit(record)
 
@@ -225,7 +223,7 @@ class Store:
         """Record ``manifest`` by reference and platform, atomically replacing an older one."""
         data = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode()
         target = self._image_path(manifest.reference, manifest.platform)
-        write_atomic(target, data, mode=0o600, temp_dir=self.tmp, prefix=f"{os.getpid()}.")
+        write_atomic(target, data, mode=0o600, temp_dir=self.tmp, prefix=temp_prefix())
 
     def get_image(self, reference: str, platform: str = "") -> ImageManifest | None:
         """The stored manifest of ``reference`` for ``platform`` if it and its blobs are here.
@@ -300,27 +298,21 @@ class Store:
     @contextlib.contextmanager
     def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
         """A new file under tmp/, removed on exit unless renamed away."""
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix=f"{os.getpid()}.")
-        path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        fd, path = locked_mkstemp(self.tmp, temp_prefix())  # flocked: see clean_tmp
+        with os.fdopen(fd, "wb") as out:
+            try:
                 yield path, out
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            finally:
+                # Removed before it is closed, which drops its lock.
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def clean_tmp(self) -> int:
-        """Remove partial writes left by processes that are gone; returns how many."""
-        removed = 0
-        for entry in self.tmp.iterdir():
-            pid = entry.name.split(".", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
-                continue
-            # Best effort, as before: what cannot go now is tried again next time.
-            with contextlib.suppress(OSError):
-                remove_tree(entry)  # an extraction's scratch may be deep
-            removed += 1
-        return removed
+        """Remove partial writes whose writers are gone, by their flocks
+        (``lazyfs.store.temps.clean_tmp``); returns how many."""
+        from lazyfs.store.temps import clean_tmp  # see TYPE_CHECKING above
+
+        return clean_tmp(self.tmp)
 
 
 # What a damaged image record raises as it is read (a field of the wrong JSON type too).
@@ -388,13 +380,3 @@ async def locked_async(path: Path) -> AsyncIterator[None]:
                 return
         await trio.sleep(delay)
         delay = min(delay * 2, _LOCK_POLL_MAX)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

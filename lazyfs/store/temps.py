@@ -16,16 +16,124 @@ under one lock that ``abandon`` takes too: none escapes it.  A thread whose
 file was removed under it fails to commit it (the rename finds nothing), so
 nothing half written is ever published; a file committed already is at its
 trusted name, where removing the temporary name finds nothing either.
+
+Leftovers (``clean_tmp``): files a writer could not remove (it was killed,
+the machine went down) stay in ``tmp/`` until a later pull, GC or recover
+removes them.  Which ones are leftovers is decided by flock, not by the pid
+in their name: a store may be shared by processes in different pid
+namespaces (an agent in a container and a tool on the host) or machines, to
+whom one pid means different processes.  A writer holds an exclusive flock
+on its temporary file (``atomic.locked_mkstemp``) or directory
+(``scratch_dir``) while it exists; the kernel drops it when the writer dies.
+Such entries are named ``<pid>.flock.<random>`` (the pid only for people),
+and the cleaner removes one only while holding its lock, taken without
+waiting.  Entries named otherwise come from writers that take no lock
+(older lazyfs versions, index builds and extractions that make their scratch
+directory with ``mkdtemp``): for them the pid is all there is, and they go
+only once no process here has it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lazyfs.store.atomic import Staged, staged_file
+from lazyfs.store.atomic import LOCKED, Staged, same_file, staged_file, temp_prefix
+from providers.fstree import remove_tree
+
+
+@contextlib.contextmanager
+def scratch_dir(directory: Path) -> Iterator[Path]:
+    """A new private directory in ``directory`` (the store's ``tmp/``), removed on exit.
+
+    Locked for ``clean_tmp`` as ``atomic.locked_mkstemp`` locks a file: a
+    flock on a read-only descriptor of the directory, held until it is
+    removed.  Move what is made in it out before the end of the block.
+    """
+    while True:
+        path = Path(tempfile.mkdtemp(dir=directory, prefix=temp_prefix()))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # a cleaner took it before we opened it: make another
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # a cleaner took it before we locked it: make another
+    try:
+        yield path
+    finally:
+        try:
+            # The layer may be deeper than shutil.rmtree can recurse.
+            with contextlib.suppress(OSError):
+                remove_tree(path)
+        finally:
+            os.close(fd)
+
+
+def clean_tmp(directory: Path) -> int:
+    """Remove the leftovers in ``directory`` (see the module docstring); returns how many."""
+    removed = 0
+    for entry in directory.iterdir():
+        fields = entry.name.split(".", 2)
+        if len(fields) == 3 and fields[0].isdigit() and fields[1] == LOCKED:
+            gone = _remove_unlocked(entry)
+        elif fields[0].isdigit() and _alive(int(fields[0])):
+            gone = False
+        else:
+            # Best effort, as before: what cannot go now is tried again next time.
+            with contextlib.suppress(OSError):
+                remove_tree(entry)  # an extraction's scratch may be deep
+            gone = True
+        removed += gone
+    return removed
+
+
+def _remove_unlocked(entry: Path) -> bool:
+    """Remove ``entry`` if its writer's flock is free (the writer is gone); whether it did."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False  # gone already, or not ours to judge (a symlink): next time
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False  # being written
+            raise
+        # Still the entry we locked (not removed and made again since): remove it under
+        # the lock, so its writer, if it is just making it, sees it go and makes another.
+        if not same_file(fd, entry):
+            return False
+        with contextlib.suppress(OSError):
+            remove_tree(entry)
+        return True
+    except OSError:
+        return False  # best effort: tried again next time
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` is alive in this pid namespace (for unlocked entries only)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Abandoned(Exception):
