@@ -34,11 +34,9 @@ Blocking.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +46,7 @@ from providers.digest import hex_part
 from providers.durable import sync_directory, written_back
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock
-from providers.fstree import remove_tree
+from providers.locked_temps import locked_scratch
 from providers.private_dir import private_dir, write_private
 from providers.tar_stream import LayerLimits
 
@@ -100,8 +98,9 @@ def extracted_layer(
     with exclusive_lock(home / "lock"):
         if target.is_dir():  # another process extracted it while we waited
             return target
-        scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
-        try:
+        # Flocked while it is made (no cleaner of the store's tmp/ takes it meanwhile);
+        # the layer may be deeper than shutil.rmtree can recurse: remove_tree.
+        with locked_scratch(tmp_dir) as scratch:
             tree = scratch / target.name
             sidecar = scratch / (target.name + _DIRS_SUFFIX)
             # Its bytes on disk before its name promises them, a crash or a power cut
@@ -117,10 +116,6 @@ def extracted_layer(
                 os.rename(sidecar, home / sidecar.name)
             os.rename(tree, target)
             sync_directory(home)
-        finally:
-            # The layer may be deeper than shutil.rmtree can recurse.
-            with contextlib.suppress(OSError):
-                remove_tree(scratch)
     return target
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -54,6 +53,7 @@ from lazyfs.store.atomic import publish, write_atomic
 from providers.digest import Digest, algorithm, digest_bytes, hex_part
 from providers.errors import BadImage
 from providers.fslock import exclusive_lock
+from providers.locked_temps import locked_scratch
 from providers.private_dir import private_dir, private_file
 
 if TYPE_CHECKING:
@@ -139,8 +139,7 @@ def ensure_index(
         found = _usable(layers_dir, blob, load_index(layers_dir, digest))
         if found is not None:  # another process built it while we waited
             return found
-        scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
-        try:
+        with locked_scratch(tmp_dir) as scratch:  # flocked: no cleaner takes it meanwhile
             index = _own_remote_index(home, blob, digest, scratch)
             own = index is not None
             if index is None:
@@ -148,9 +147,6 @@ def ensure_index(
             store_files(home, scratch, index)
             if own:
                 _stamp(home / CHUNKS_NAME)  # checked by _own_remote_index
-        finally:
-            # Never one cleanup error in place of the build's own.
-            shutil.rmtree(scratch, ignore_errors=True)
     return index
 
 

@@ -12,9 +12,6 @@ by layer digest and TOC digest (``lazyfs.index.estargz_store``);
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +30,7 @@ from lazyfs.index.stored import (
 from providers.digest import Digest, hex_part
 from providers.errors import BadImage
 from providers.fslock import exclusive_lock
+from providers.locked_temps import locked_scratch
 from providers.manifest import Layer
 from providers.private_dir import private_dir, private_file
 from providers.source import BlobSource
@@ -130,13 +128,10 @@ def ensure_remote_layer(
         except ValueError as error:
             raise BadImage(f"layer {digest}: its chunk table: {error}") from None
         index = dataclasses.replace(index, checkpoints_size=len(text))
-        scratch = Path(tempfile.mkdtemp(dir=tmp_dir, prefix=f"{os.getpid()}."))
-        try:
+        with locked_scratch(tmp_dir) as scratch:  # flocked: no cleaner takes it meanwhile
             with private_file(scratch / CHUNKS_NAME) as out:
                 out.write(text)
             store_files(home, scratch, index)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
     return index, table
 
 

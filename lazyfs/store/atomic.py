@@ -33,15 +33,14 @@ Blocking; not thread-safe per ``Staged``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from providers.durable import sync_directory as sync_directory  # callers import it here
+from providers.locked_temps import locked_mkstemp
 
 
 @dataclass
@@ -110,52 +109,6 @@ def staged_file(
                 staged.path.unlink()
             with contextlib.suppress(OSError):
                 staged.file.close()
-
-
-# The mark, after the pid, in the name of an entry of the store's tmp/ whose
-# writer holds its flock (``lazyfs.store.temps.clean_tmp``).
-LOCKED = "flock"
-
-
-def temp_prefix() -> str:
-    """The start of the name of a temporary file or directory made in the store's ``tmp/``."""
-    return f"{os.getpid()}.{LOCKED}."
-
-
-def locked_mkstemp(directory: Path, prefix: str) -> tuple[int, Path]:
-    """``tempfile.mkstemp`` in ``directory``, its descriptor holding an exclusive flock.
-
-    The lock says "being written" to a cleaner of ``directory`` in any pid
-    namespace, or on any machine flock reaches (``lazyfs.store.temps``);
-    the kernel drops it with the descriptor, so a writer that dies leaves
-    a file any cleaner can take.  Keep the descriptor open until the file
-    is renamed away or removed.  Between making the file and locking it a
-    cleaner may take it: then the name no longer leads to our file, and
-    we make another.
-    """
-    while True:
-        fd, name = tempfile.mkstemp(dir=directory, prefix=prefix)
-        try:
-            # Blocking: a cleaner holds it only while it removes the file.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if same_file(fd, name):
-                return fd, Path(name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-            os.close(fd)
-            raise
-        os.close(fd)
-
-
-def same_file(fd: int, path: str | Path) -> bool:
-    """Whether ``path`` (not followed if a symlink) is the file open at ``fd``."""
-    try:
-        named = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def write_atomic(

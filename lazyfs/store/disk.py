@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
-from lazyfs.store.atomic import locked_mkstemp, temp_prefix, write_atomic
+from lazyfs.store.atomic import write_atomic
 from lazyfs.store.usage_lock import in_use_async
 from providers.digest import CHUNK, Digest, VerifyingReader, hex_part, parse_digest
 from providers.errors import BadImage, DigestMismatch
 from providers.fslock import exclusive_lock, remove_lock, try_exclusive_lock
+from providers.locked_temps import locked_mkstemp, temp_prefix
 from providers.manifest import ImageManifest, Layer
 from providers.private_dir import private_dir
 

@@ -23,14 +23,14 @@ removes them.  Which ones are leftovers is decided by flock, not by the pid
 in their name: a store may be shared by processes in different pid
 namespaces (an agent in a container and a tool on the host) or machines, to
 whom one pid means different processes.  A writer holds an exclusive flock
-on its temporary file (``atomic.locked_mkstemp``) or directory
-(``scratch_dir``) while it exists; the kernel drops it when the writer dies.
-Such entries are named ``<pid>.flock.<random>`` (the pid only for people),
-and the cleaner removes one only while holding its lock, taken without
-waiting.  Entries named otherwise come from writers that take no lock
-(older lazyfs versions, index builds and extractions that make their scratch
-directory with ``mkdtemp``): for them the pid is all there is, and they go
-only once no process here has it.
+on its temporary file or directory (``providers.locked_temps``: pulls,
+records, index builds, extractions) while it exists; the kernel drops it
+when the writer dies.  Such entries are named ``<pid>.flock.<random>`` (the
+pid only for people), and the cleaner removes one only while holding its
+lock, taken without waiting.  Entries named otherwise come from writers
+that take no lock (older lazyfs versions, the overlay probe's short trial
+mount, which must not be removed through a mount that would not go): for
+them the pid is all there is, and they go only once no process here has it.
 """
 
 from __future__ import annotations
@@ -39,46 +39,13 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lazyfs.store.atomic import LOCKED, Staged, same_file, staged_file, temp_prefix
+from lazyfs.store.atomic import Staged, staged_file
 from providers.fstree import remove_tree
-
-
-@contextlib.contextmanager
-def scratch_dir(directory: Path) -> Iterator[Path]:
-    """A new private directory in ``directory`` (the store's ``tmp/``), removed on exit.
-
-    Locked for ``clean_tmp`` as ``atomic.locked_mkstemp`` locks a file: a
-    flock on a read-only descriptor of the directory, held until it is
-    removed.  Move what is made in it out before the end of the block.
-    """
-    while True:
-        path = Path(tempfile.mkdtemp(dir=directory, prefix=temp_prefix()))
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # a cleaner took it before we opened it: make another
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if same_file(fd, path):
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # a cleaner took it before we locked it: make another
-    try:
-        yield path
-    finally:
-        try:
-            # The layer may be deeper than shutil.rmtree can recurse.
-            with contextlib.suppress(OSError):
-                remove_tree(path)
-        finally:
-            os.close(fd)
+from providers.locked_temps import LOCKED, same_file
 
 
 def clean_tmp(directory: Path) -> int:

@@ -127,6 +127,7 @@ START_MODULES = {
     "providers.fstree",
     "providers.layer_entry",
     "providers.layer_rules",
+    "providers.locked_temps",  # lazyfs.store.atomic's flocked temporary file: the tree kept
     "providers.manifest",
     "providers.private_dir",
     "providers.source",

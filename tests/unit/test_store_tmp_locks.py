@@ -6,8 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from lazyfs.store.atomic import LOCKED, staged_file, temp_prefix
-from lazyfs.store.temps import clean_tmp, scratch_dir
+from lazyfs.store.atomic import staged_file
+from lazyfs.store.temps import clean_tmp
+from providers.locked_temps import LOCKED, locked_scratch, temp_prefix
 
 
 def _dead_pid() -> int:
@@ -21,7 +22,7 @@ def test_locked_entries_stay_and_unlocked_ones_go_whatever_their_pid(tmp_path: P
     dead = _dead_pid()
     with (
         staged_file(tmp_path, mode=0o600, prefix=f"{dead}.{LOCKED}.") as held,
-        scratch_dir(tmp_path) as scratch,
+        locked_scratch(tmp_path) as scratch,
     ):
         (scratch / "layer").mkdir()
         # Named by a live pid (this one), but nobody holds it: a writer in another
