@@ -8,6 +8,7 @@ store (``layers/<hex>/rootfs-v2``) and is shared by every container using it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,12 @@ class BindBackend:
                 "the bind backend makes read-only rootfses only: use run --read-only, "
                 "provision without --writable and volumes without :rw, "
                 "or another backend (copy, overlay or fuse) for a writable one"
+            )
+        if os.geteuid() != 0:
+            # Said before the layer is extracted: only root may bind-mount it.
+            raise BackendError(
+                f"the bind backend needs root to bind-mount a layer, and this is uid "
+                f"{os.geteuid()}: use --backend copy"
             )
         if len(layers) != 1:
             raise BackendError(

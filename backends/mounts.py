@@ -99,6 +99,8 @@ def unmount(target: Path) -> None:
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOENT):  # not a mount point, or gone
         return
+    if err == errno.EPERM and not is_mounted(target):  # a user's answer for no mount point
+        return
     if err == errno.EBUSY and _libc.umount2(path, MNT_DETACH) == 0:
         return
     raise BackendError(f"unmount {target} failed: {os.strerror(ctypes.get_errno() or err)}")

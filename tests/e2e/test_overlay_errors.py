@@ -7,6 +7,7 @@ line pointing to dmesg it adds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,16 @@ def test_a_failed_overlay_mount_is_one_line_of_mounts_reason(tmp_path: Path) -> 
     reason = message.split(": ", 1)[1]
     assert reason and "mount:" not in reason and str(tmp_path) not in reason, message
     assert list((tmp_path / "merged").iterdir()) == []
+
+
+def test_another_user_is_told_in_one_line_the_bind_backend_needs_root(nobodys: Path) -> None:
+    # It bind-mounted as far as mount(2) refused, then could not take down what it had
+    # not mounted (umount2 answers a user EPERM for no mount point too): the container
+    # stayed for good, which neither destroy nor recover could remove.
+    line = one_line_error(as_nobody(nobodys, "provision", "c1", "busybox", "--backend", "bind"))
+    assert line == (
+        f"lazyfs: the bind backend needs root to bind-mount a layer, and this is uid {NOBODY}:"
+        " use --backend copy"
+    )
+    listed = as_nobody(nobodys, "ps", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
