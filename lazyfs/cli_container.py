@@ -67,6 +67,13 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     from lazyfs.progress import Progress
     from lazyfs.provision import runtime
 
+    if os.geteuid() != 0:
+        # Said before the image is pulled and a rootfs built for a runc that would refuse:
+        # the bundle has no user namespace, so runc runs no container for a user.
+        raise UsageError(
+            f"lazyfs run needs root (this is uid {os.geteuid()}): its containers are not"
+            " rootless; `lazyfs mount IMAGE DIR` shows an image's tree as any user"
+        )
     utf8_work_dir(app.work_dir, source(args, "work_dir"))
     command = list(args.command_args)
     if command and command[0] == "--":

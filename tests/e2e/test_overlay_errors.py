@@ -31,8 +31,7 @@ def nobodys(image_dir: Path) -> Iterator[Path]:
     "argv",
     [
         ["provision", "c1", "busybox", "--backend", "overlay"],
-        ["run", "--backend", "overlay", "busybox", "--", "true"],
-        ["--image_provisioner_backend", "overlay", "run", "busybox", "--", "true"],
+        ["--image_provisioner_backend", "overlay", "provision", "c1", "busybox"],
     ],
 )
 def test_another_user_is_told_in_one_line_the_overlay_backend_needs_root(
@@ -76,3 +75,15 @@ def test_another_user_is_told_in_one_line_the_bind_backend_needs_root(nobodys: P
     )
     listed = as_nobody(nobodys, "ps", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run", "busybox", "--", "true"], ["run", "--backend", "overlay", "busybox", "--", "true"]],
+)
+def test_another_user_is_told_in_one_line_run_needs_root(nobodys: Path, argv: list[str]) -> None:
+    # It pulled the image and built a rootfs, then runc said "rootless container requires
+    # user namespaces": the bundle has none, so no run could ever work for a user.
+    line = one_line_error(as_nobody(nobodys, *argv))
+    assert line.startswith(f"lazyfs: lazyfs run needs root (this is uid {NOBODY})"), line
+    assert list((nobodys / "home" / "work").glob("store/*/blobs/*/*")) == []  # nothing pulled
