@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 from providers.errors import UsageError
 from providers.layer_limits import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE, LayerLimits
 
-DEFAULT_WORK_DIR = "/var/lib/lazyfs"
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
 ENV_PREFIX = "LAZYFS_"
 PROVIDERS = ("docker", "appc")
@@ -97,10 +96,21 @@ def _truth(text: str) -> bool:
     raise ValueError(text)
 
 
+def default_work_dir() -> str:
+    """Root's ``/var/lib/lazyfs``; another user's in their data home, where podman keeps a
+    user's storage: ``$XDG_DATA_HOME/lazyfs``, else ``~/.local/share/lazyfs``."""
+    if os.geteuid() == 0:
+        return "/var/lib/lazyfs"
+    data = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(data):  # unset, or relative, which the XDG spec says to ignore
+        data = os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "lazyfs")
+
+
 def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
     """Every global flag; ``backends`` names the rootfs backends for the help."""
     return (
-        Flag("work_dir", DEFAULT_WORK_DIR, "where containers' work lives"),
+        Flag("work_dir", default_work_dir(), "where containers' work lives"),
         Flag("image_providers", "docker", "comma-separated: docker, appc (any case)"),
         Flag(
             "image_provisioner_backend",

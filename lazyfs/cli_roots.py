@@ -34,7 +34,7 @@ write counts as one others may write (a write grant in an ACL shows there
 too), unless the group is the user's alone (``private_group``: Debian gives
 each user one, and a umask of 002), as Debian's OpenSSH takes ``~/.ssh``.
 First, though, such a user is told in one line naming the flag of a root
-directory they cannot use at all (root's ``/var/lib/lazyfs``, the default),
+directory they cannot use at all (root's ``/var/lib/lazyfs``, say),
 rather than fail on the first write with a bare "Permission denied".
 
 Once a path passes, only root and the user can change what it names, so

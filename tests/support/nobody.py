@@ -37,13 +37,22 @@ def nobodys_dir(image_dir: Path, prefix: str) -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-def as_nobody(base: Path, *args: str, nproc: int | None = None) -> subprocess.CompletedProcess[str]:
-    """lazyfs as user 65534 on ``base`` (``nobodys_dir``), under ``prlimit --nproc`` if given."""
+def as_nobody(
+    base: Path, *args: str, nproc: int | None = None, work_dir: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """lazyfs as user 65534 on ``base`` (``nobodys_dir``), under ``prlimit --nproc`` if given;
+    without ``work_dir``, on the default work dir, in ``base/home``."""
     limit = [] if nproc is None else ["prlimit", f"--nproc={nproc}", "--"]
-    work, images = base / "home" / "work", base / "images"
+    work = ["--work_dir", str(base / "home" / "work")] if work_dir else []
     return subprocess.run(
-        [*limit, sys.executable, "-m", "lazyfs", "--work_dir", str(work), "--docker_registry",
-         str(images), *args],
+        [*limit, sys.executable, "-m", "lazyfs", *work, "--docker_registry",
+         str(base / "images"), *args],
         capture_output=True, text=True, timeout=120, cwd=REPO, user=NOBODY, group=NOBODY,
-        extra_groups=[], stdin=subprocess.DEVNULL, env={**os.environ, "HOME": str(base / "home")},
+        extra_groups=[], stdin=subprocess.DEVNULL, env=_nobodys_env(base),
     )  # fmt: skip
+
+
+def _nobodys_env(base: Path) -> dict[str, str]:
+    """This environment with nobody's HOME, without root's XDG directories."""
+    kept = {name: value for name, value in os.environ.items() if not name.startswith("XDG_")}
+    return {**kept, "HOME": str(base / "home")}
