@@ -79,6 +79,7 @@ from providers.tar_stream import LayerLimits
 
 # mount(2) takes its options in one page, the terminating NUL included.
 MAX_OPTIONS = 4095
+MAX_LOWERS = 500  # lower directories overlayfs stacks at most (OVL_MAX_STACK)
 
 # What the probe's writes fail with when the store's filesystem cannot take
 # anything now (full, over quota), whichever backend wrote there: not a
@@ -119,6 +120,11 @@ class OverlayBackend:
                     f"the overlay backend cannot use {directory}: its filesystem lists no file"
                     " types (d_type), which overlayfs needs to hide whiteouts: use --backend copy"
                 )
+        if (stacked := len(layers) + (not writable)) > MAX_LOWERS:  # a read-only one's top/
+            raise BackendError(  # before any layer is extracted, not as mount(8)'s "wrong fs"
+                f"the overlay backend stacks at most {MAX_LOWERS} directories (the kernel's"
+                f" limit); this rootfs needs {stacked}: use --backend copy or fuse"
+            )
         lowers = self._lowers(local_files(layers, blobs))
         mounted = lowers[first_mounted(lowers) :]
         scratch = scratch_dir(rootfs)
