@@ -31,13 +31,14 @@ def _take(path: Path, wait: bool) -> int | None:
         except BaseException:
             os.close(fd)
             raise
-        if _named(fd, path):
+        if same_file(fd, path):
             return fd
         os.close(fd)  # removed by its holder meanwhile: the lock is the path's file now
 
 
-def _named(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open at ``fd``."""
+def same_file(fd: int, path: str | Path) -> bool:
+    """Whether ``path`` still names the file open at ``fd`` (one a cleaner or a holder may
+    have removed or replaced meanwhile)."""
     try:
         named = os.stat(path)
     except FileNotFoundError:

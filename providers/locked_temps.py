@@ -11,7 +11,7 @@ renamed away or removed; the kernel drops it when the writer dies. Such
 entries are named ``<pid>.flock.<random>`` (``temp_prefix``; the pid only
 for people).
 
-Imports: the standard library and ``providers.fstree``.
+Imports: the standard library, ``providers.fslock`` and ``providers.fstree``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from providers.fslock import same_file
 from providers.fstree import remove_tree
 
 # The mark, after the pid, in the name of an entry of the store's tmp/ whose
@@ -59,16 +60,6 @@ def locked_mkstemp(directory: Path, prefix: str) -> tuple[int, Path]:
             os.close(fd)
             raise
         os.close(fd)
-
-
-def same_file(fd: int, path: str | Path) -> bool:
-    """Whether ``path`` (not followed if a symlink) is the file open at ``fd``."""
-    try:
-        named = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 @contextlib.contextmanager

@@ -44,8 +44,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lazyfs.store.atomic import Staged, staged_file
+from providers.fslock import same_file
 from providers.fstree import remove_tree
-from providers.locked_temps import LOCKED, same_file
+from providers.locked_temps import LOCKED
 
 
 def clean_tmp(directory: Path) -> int:
