@@ -18,7 +18,7 @@ import pytest
 
 from lazyfs.fs.mount import is_mounted
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
-from tests.support.on_cue import start
+from tests.support.on_cue import cleaned_up, start
 
 pytestmark = pytest.mark.integration
 
@@ -54,10 +54,6 @@ def test_a_second_mount_at_the_same_place_waits_and_is_refused(
         lazyfs("umount", str(point))
         assert not is_mounted(point)  # one mount, gone with one umount
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.communicate()
-        for fd in (first_told, first_reached, first_go, first_wait, second_told, second_reached):
-            os.close(fd)
+        fds = (first_told, first_reached, first_go, first_wait, second_told, second_reached)
+        cleaned_up((first, second), fds)
         # What a failing run left mounted (stacked, perhaps) goes with the lazyfs fixture.

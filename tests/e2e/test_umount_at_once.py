@@ -18,7 +18,7 @@ import pytest
 from lazyfs.fs.mount import is_mounted
 from lazyfs.provision.devmount import record_dir
 from tests.support.lazyfs_cli import Lazyfs, one_line_error
-from tests.support.on_cue import start
+from tests.support.on_cue import cleaned_up, start
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +51,7 @@ def test_a_second_umount_at_once_is_told_there_is_no_mount(lazyfs: Lazyfs, tmp_p
         assert one_line_error(result) == said
         assert not is_mounted(point)
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.communicate()
-        for fd in (first_told, first_reached, first_go, first_wait, second_told, second_reached):
-            os.close(fd)
+        fds = (first_told, first_reached, first_go, first_wait, second_told, second_reached)
+        cleaned_up((first, second), fds)
         if is_mounted(point):
             lazyfs("umount", str(point), check=False)

@@ -7,8 +7,10 @@ knows where the command is, and holds it there, by what it does rather than by t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from tests.support.lazyfs_cli import REPO, Lazyfs
 
@@ -43,3 +45,14 @@ def start(lazyfs: Lazyfs, cue: str, told: int, wait: int, *args: str) -> subproc
         text=True,
         pass_fds=[fd for fd in (told, wait) if fd >= 0],
     )
+
+
+def cleaned_up(processes: Sequence[subprocess.Popen[str] | None], fds: Sequence[int]) -> None:
+    """A test's end, whatever it came to: ``processes`` still running killed and reaped,
+    its pipes' ``fds`` closed."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.communicate()
+    for fd in fds:
+        os.close(fd)
