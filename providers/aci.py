@@ -9,15 +9,22 @@ uncompressed tar.
 hashes it, validates the manifest and checks every entry.  Entries other
 than ``manifest`` and ``rootfs/...`` are ignored, as the spec allows;
 entries whose names escape (``..``, absolute names) and hardlinks that point
-outside ``rootfs/`` are refused with ``UnsafeLayer``.
+outside ``rootfs/`` are refused with ``UnsafeLayer``.  So is a ``rootfs/``
+entry with a component starting ``.wh.`` (``BadEntry``): appc has no
+whiteouts, so such a file is an ordinary file there, but a layer tar cannot
+carry that name (every backend would read it as a whiteout and delete a lower
+image's file), and nothing in the layer format escapes it.
 
 ``write_layer`` copies the ``rootfs/`` entries of a checked, uncompressed ACI
-into a new tar with the ``rootfs/`` prefix removed and, when given, only the
-paths a pathWhitelist lets through (and the directories above them).  The
-result is an ordinary layer tar every backend applies with its usual safety
-rules, so an ACI needs nothing special downstream.  A GNU sparse file stays
-sparse (written as PAX 1.0, its holes not written), as every layer reader
-reads holes: the layer holds no more data than the ACI.  Both are blocking.
+into a new tar with the ``rootfs/`` prefix removed, filtered as the appc
+reference renderer (``pkg/acirenderer``) filters one image of a dependency
+tree: its own pathWhitelist drops its files (never its directories) not
+listed, and the whitelist it inherits from above drops every entry neither
+listed nor a directory above a listed path.  The result is an ordinary layer
+tar every backend applies with its usual safety rules, so an ACI needs
+nothing special downstream.  A GNU sparse file stays sparse (written as PAX
+1.0, its holes not written), as every layer reader reads holes: the layer
+holds no more data than the ACI.  Both are blocking.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from providers import layer_rules as rules
 from providers.appc_manifest import AciManifest, image_id, parse_aci_manifest
 from providers.compression import decompressed
 from providers.digest import CHUNK
-from providers.errors import BadImage, UnsafeLayer
+from providers.errors import BadEntry, BadImage, UnsafeLayer
 from providers.layer_limits import LayerLimits
 from providers.tar_sparse import BLOCK, FileLayout
 from providers.tar_stream import MAX_ENTRIES, CheckedTarInfo, file_layout
@@ -106,6 +113,24 @@ def _rooted(name: str, what: str) -> rules.RelPath | None:
     return path[1:]
 
 
+def _check_not_whiteout(rel: rules.RelPath, name: str, what: str) -> None:
+    """Refuse a ``rootfs/`` entry a layer would read as a whiteout (or AUFS bookkeeping).
+
+    In an ACI ``.wh.passwd`` is a plain file; in a layer tar it deletes the
+    lower ``passwd``, and ``.wh..wh..opq`` empties its directory.  The layer
+    format has no way to carry the name literally, so the ACI is refused
+    rather than have its file delete another image's.
+    """
+    for part in rel:
+        if part.startswith(rules.WHITEOUT_PREFIX):
+            raise BadEntry(
+                what,
+                name,
+                f"is named {part!r}: appc has no whiteouts, and a layer would "
+                "take this file for one",
+            )
+
+
 def read_aci(
     stream: BinaryIO,
     out: BinaryIO,
@@ -140,6 +165,7 @@ def read_aci(
                 continue
             if not path or path[0] != ROOTFS:
                 continue
+            _check_not_whiteout(path[1:], member.name, what)
             if member.isreg():
                 # As a layer's entries are judged: a size past MAX_ENTRY_SIZE (a sparse
                 # file's holes count) or a damaged sparse map is refused here, once.
@@ -175,16 +201,32 @@ def _allowed(whitelist: Iterable[str]) -> tuple[frozenset[rules.RelPath], frozen
     return frozenset(paths), frozenset(parents)
 
 
-def write_layer(aci_tar: BinaryIO, out: BinaryIO, whitelist: tuple[str, ...], what: str) -> None:
+def write_layer(
+    aci_tar: BinaryIO,
+    out: BinaryIO,
+    whitelist: tuple[str, ...],
+    what: str,
+    *,
+    own: tuple[str, ...] = (),
+) -> None:
     """Write the ``rootfs/`` of the uncompressed ACI ``aci_tar`` to ``out`` as a layer tar.
 
-    An empty ``whitelist`` keeps everything.  A hardlink whose target the
-    whitelist drops becomes nothing (its data went with the target).
+    ``whitelist`` is the pathWhitelist the image inherits (its topmost
+    ancestor's): every entry it does not list is dropped, except the
+    directories above listed paths (kept so that a listed file's parents keep
+    the image's owner and mode).  ``own`` is the image's own pathWhitelist: it
+    drops the image's files it does not list, but no directory, as the
+    reference renderer does.  Empty means no such whitelist.  A hardlink
+    whose target was dropped becomes nothing (its data went with the target).
+    Raises BadEntry for an entry a layer would take for a whiteout.
     """
     paths, parents = _allowed(whitelist)
+    own_paths, _ = _allowed(own)
     kept: set[rules.RelPath] = set()
 
-    def keep(path: rules.RelPath) -> bool:
+    def keep(path: rules.RelPath, member: tarfile.TarInfo) -> bool:
+        if own and not member.isdir() and path not in own_paths:
+            return False
         return not whitelist or path in paths or path in parents
 
     try:
@@ -192,7 +234,11 @@ def write_layer(aci_tar: BinaryIO, out: BinaryIO, whitelist: tuple[str, ...], wh
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as layer:
             for member in source:
                 rel = _rooted(member.name, what)
-                if rel is None or not keep(rel):
+                if rel is None:
+                    continue
+                # Checked here too: an ACI kept before read_aci refused such names.
+                _check_not_whiteout(rel, member.name, what)
+                if not keep(rel, member):
                     continue
                 member.name = "/".join(rel) if rel else "./"
                 if member.islnk():

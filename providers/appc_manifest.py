@@ -15,8 +15,9 @@ raises ``BadImage`` naming the first thing wrong.  What is checked:
   (``sha512-`` and hex), optional ``labels`` and ``size``;
 - ``pathWhitelist``: absolute paths.
 
-``image_id`` makes an image id from an uncompressed ACI's SHA-512.  All
-functions are pure.
+``app.exec`` becomes the runtime config's entrypoint (``exec[0]``) and cmd
+(the rest).  ``image_id`` makes an image id from an uncompressed ACI's
+SHA-512.  All functions are pure.
 """
 
 from __future__ import annotations
@@ -137,8 +138,13 @@ def _app(value: Any) -> RuntimeConfig:
     workdir = _string(app.get("workingDirectory"), "app.workingDirectory")
     if workdir and not workdir.startswith("/"):
         raise BadImage(f"invalid ACI manifest: workingDirectory {workdir!r} is not absolute")
+    # exec[0] is the entrypoint and the rest its default arguments, so a command
+    # given at run time replaces the arguments and keeps the program, as Mesos'
+    # appc runtime isolator runs exec[0] with a task's arguments (exec whole
+    # when the task gives none) and as Docker composes Entrypoint and Cmd.
     return RuntimeConfig(
-        entrypoint=tuple(exec_),
+        entrypoint=tuple(exec_[:1]),
+        cmd=tuple(exec_[1:]),
         env=tuple(env),
         working_dir=workdir,
         user=f"{user}:{group}",

@@ -6,12 +6,19 @@ and labels) or fetched by simple discovery, each once.  Each ACI's
 ingested into the shared blob store by its sha256, so every backend takes
 Appc images as it takes Docker ones.
 
-Layer order follows the spec's rendering: the image's own files win over its
-dependencies', and an earlier dependency's over a later one's.  Visiting the
-image, then its dependencies in order, depth first, and reversing gives the
-layers bottom first.  A pathWhitelist limits the files of its image and of
-everything below it: the layer of each image keeps only paths allowed by
-every whitelist on the way down to it (parents of allowed paths stay).
+The image's own files win over its dependencies', and an earlier
+dependency's over a later one's.  Visiting the image, then its dependencies
+in order, depth first, and reversing gives the layers bottom first.
+
+pathWhitelists are applied as the appc reference renderer
+(``pkg/acirenderer``, ``getUpperPWLM``) applies them: an image is rendered
+once for each way the dependency tree reaches it, and each time its files are
+limited by its own whitelist and by the whitelist of its topmost ancestor on
+that branch that has one (whitelists in between do not count).  So an image
+that one dependency reaches under a whitelist and another reaches directly
+shows whole, whatever the order of the dependencies.  One branch's rendering
+is decided by the image and the whitelist it inherits, so each such pair is
+rendered once, where it first shows: a lower copy would add nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +47,10 @@ MAX_IMAGES = 128
 # handful of libraries); one naming more than a whole graph may hold is no
 # real image's, and each costs a lookup in the store.
 MAX_DEPENDENCIES = MAX_IMAGES
-# None: no whitelist on the way down, everything shows.
+# Layers one image may render to: an image reached under several whitelists
+# is one layer for each.
+MAX_LAYERS = MAX_IMAGES
+# The whitelist an image inherits; None: no ancestor on its branch has one.
 Whitelist = frozenset[str] | None
 
 
@@ -81,7 +91,9 @@ class AppcProvider:
     def _fetch_blocking(
         self, wanted: AppcRef, *, cached: bool, progress: Progress
     ) -> ImageManifest:
-        order: list[tuple[str, Whitelist]] = []
+        # Top first: (image id, its own whitelist, the whitelist it inherits).
+        order: list[tuple[str, tuple[str, ...], Whitelist]] = []
+        rendered: set[tuple[str, Whitelist]] = set()
         seen: set[str] = set()
         # Each stored manifest parsed once in this fetch, however many lookups.
         appc_store = self.appc_store.for_one_fetch()
@@ -95,14 +107,22 @@ class AppcProvider:
 
         top_id, top = resolve(wanted)
 
-        def visit(image_id: str, manifest: AciManifest, allowed: Whitelist) -> None:
+        def visit(image_id: str, manifest: AciManifest, upper: Whitelist) -> None:
+            # Met again under the same whitelist: rendered higher up already (or
+            # a cycle, which renders nothing more).
+            if (image_id, upper) in rendered:
+                return
+            rendered.add((image_id, upper))
             seen.add(image_id)
             if len(seen) > MAX_IMAGES:
                 raise BadImage(f"appc image {wanted.describe()}: more than {MAX_IMAGES} images")
-            if manifest.path_whitelist:
-                own = frozenset(manifest.path_whitelist)
-                allowed = own if allowed is None else allowed & own
-            order.append((image_id, allowed))
+            if len(rendered) > MAX_LAYERS:
+                raise BadImage(f"appc image {wanted.describe()}: more than {MAX_LAYERS} layers")
+            order.append((image_id, manifest.path_whitelist, upper))
+            # The topmost whitelist wins: this image's own only if none is above it.
+            below = upper
+            if below is None and manifest.path_whitelist:
+                below = frozenset(manifest.path_whitelist)
             if len(manifest.dependencies) > MAX_DEPENDENCIES:
                 raise BadImage(
                     f"appc image {manifest.name}: more than {MAX_DEPENDENCIES} dependencies"
@@ -115,11 +135,12 @@ class AppcProvider:
                     raise NotFound(
                         f"dependency {dep_wanted.describe()} of appc image {manifest.name}: {error}"
                     ) from None
-                if dep_id not in seen:
-                    visit(dep_id, dep_manifest, allowed)
+                visit(dep_id, dep_manifest, below)
 
         visit(top_id, top, None)
-        layers = tuple(self._layer(image_id, allowed) for image_id, allowed in reversed(order))
+        layers = tuple(
+            self._layer(image_id, own, upper) for image_id, own, upper in reversed(order)
+        )
         reference = "appc:" + wanted.describe()
         return ImageManifest(
             reference=reference,
@@ -157,16 +178,14 @@ class AppcProvider:
             raise NotFound(f"appc image {reference}: {image_id} is not in the store")
         return image_id, manifest
 
-    def _layer(self, image_id: str, allowed: Whitelist) -> Layer:
-        """The layer blob of ``image_id`` under ``allowed``, made and stored if missing."""
-        whitelist = tuple(sorted(allowed)) if allowed is not None else ()
-        if allowed is not None and not allowed:
-            # Whitelists that share nothing: nothing of this image shows.
-            whitelist = ("/",)
+    def _layer(self, image_id: str, own: tuple[str, ...], upper: Whitelist) -> Layer:
+        """The layer blob of ``image_id`` under its ``own`` and inherited ``upper``
+        whitelists, made and stored if missing."""
+        whitelist = tuple(sorted(upper)) if upper is not None else ()
         with self.store.temp_file() as (tmp_path, out):
             hashing = HashingWriter(out)  # hashed as it is written, not read back
             with self.appc_store.aci_path(image_id).open("rb") as aci:
-                write_layer(aci, cast(BinaryIO, hashing), whitelist, image_id)
+                write_layer(aci, cast(BinaryIO, hashing), whitelist, image_id, own=own)
             # No fsync: this file is only read back by ingest, which makes the durable copy.
             out.flush()
             layer = Layer(digest=hashing.digest(), media_type=OCI_LAYER_TAR, size=hashing.size)

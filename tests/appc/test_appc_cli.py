@@ -53,7 +53,8 @@ def test_an_aci_from_a_directory_provisions_its_rootfs(
     info = provision(appc_lazyfs, "c1", "appc:example.com/hello,version=1.0", "--backend", backend)
     config = info["config"]
     assert isinstance(config, dict)
-    assert config["entrypoint"] == APP["exec"]
+    # exec[0] runs, the rest its arguments: replaced by a run's own, as in Mesos.
+    assert (config["entrypoint"], config["cmd"]) == (APP["exec"][:1], APP["exec"][1:])
     assert config["env"] == ["GREETING=hi"]
     assert config["user"] == "0:0"
     assert config["working_dir"] == "/"

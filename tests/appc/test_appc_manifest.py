@@ -33,7 +33,7 @@ def test_a_full_manifest_gives_its_runtime_config() -> None:
     parsed = parse_aci_manifest(json.dumps(doc).encode())
     assert parsed.name == "example.com/app"
     assert parsed.label("version") == "latest"
-    assert parsed.config.entrypoint == ("/bin/sh", "-c", "true")
+    assert (parsed.config.entrypoint, parsed.config.cmd) == (("/bin/sh",), ("-c", "true"))
     assert parsed.config.env == ("PATH=/bin",)
     assert parsed.config.working_dir == "/tmp"
     assert parsed.config.user == "0:0"
