@@ -127,7 +127,9 @@ class AppcProvider:
                 raise BadImage(
                     f"appc image {manifest.name}: more than {MAX_DEPENDENCIES} dependencies"
                 )
-            for dep in manifest.dependencies:
+            # A later dependency's files win over an earlier one's (acbuild, the appc
+            # reference renderer, Mesos): visited first, it is rendered higher.
+            for dep in reversed(manifest.dependencies):
                 dep_wanted = AppcRef(dep.name, tuple(dep.labels), dep.image_id)
                 try:
                     dep_id, dep_manifest = resolve(dep_wanted)
