@@ -11,9 +11,15 @@ with the image as one uncompressed tar instead of an extracted ``rootfs/``
 The root and these directories are closed to other users (``0700``, see
 ``providers.private_dir``): an ACI holds its image's setuid files.
 
-An image directory is built in ``tmp/`` and renamed into place, so one that
-is present is complete and never changes; two processes adding the same
-image both succeed and one copy stays.
+An image directory is built in ``tmp/`` and renamed into place; two
+processes adding the same image both succeed and one copy stays.  A record
+is used only when its ``image.aci`` is there and its SHA-512 is the id
+(checked once per file and store): one without it (as Mesos keeps images,
+``manifest`` and an extracted ``rootfs/``), truncated or otherwise damaged
+is passed over with a warning, so discovery fetches the image again, and
+adding it replaces the record: exchanged with the new one in one rename
+(``renameat2``'s RENAME_EXCHANGE) where the kernel and file system allow,
+else moved aside into ``tmp/`` and the new one renamed in after it.
 
 Lookup (``find``) is by id, or by name and labels with the spec's defaults
 (``os`` linux, ``arch`` the host's in AC naming, ``version`` latest) for
@@ -28,35 +34,36 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import errno
+import hashlib
 import io
+import logging
 import os
 import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO
 from urllib.parse import urlparse
-
-import requests
-import urllib3
 
 from providers.aci import AciInfo, read_aci
 from providers.appc_manifest import AciManifest, parse_aci_manifest
-from providers.errors import BadImage, LazyfsError, NotFound, TemporaryFailure
-from providers.http_session import new_session, redact, send
+from providers.appc_manifest import image_id as image_id_of
+from providers.errors import BadImage, LazyfsError
+from providers.http_session import redact
 from providers.layer_limits import LayerLimits
-from providers.private_dir import private_dir, private_file
-from providers.retry import checkpoint, short_cause
+from providers.private_dir import private_dir, private_file, write_private
+from providers.retry import checkpoint
 
 DEFAULTS_KEYS = ("os", "arch", "version")
 # uname's machine to the App Container spec's Linux arch label.  The spec
 # keeps the kernel's own names for ARM (aarch64, armv7l...), unlike OCI's
 # arm64/arm: only the x86 names differ.
 _ARCH = {"x86_64": "amd64", "i686": "i386", "i586": "i386"}
-HTTP_TIMEOUT = 60
+log = logging.getLogger(__name__)
 
 
 def host_arch() -> str:
@@ -95,6 +102,11 @@ class AppcStore:
         self.tmp = root / "tmp"
         # Parsed manifests by image id, in a ``for_one_fetch`` copy only.
         self._parsed: dict[str, AciManifest] | None = None
+        # Shared with ``for_one_fetch`` copies: the image.aci files whose
+        # SHA-512 was found to be their id (id, device, inode, size, mtime),
+        # and the broken records warned about once already.
+        self._verified: set[tuple[str, int, int, int, int]] = set()
+        self._warned: set[str] = set()
         for directory in (root, self.images, self.tmp):
             private_dir(directory)
 
@@ -114,25 +126,80 @@ class AppcStore:
         return self.images / image_id / "image.aci"
 
     def manifest(self, image_id: str) -> AciManifest | None:
-        """The manifest of the stored image ``image_id``, or None if absent."""
+        """The manifest of the stored image ``image_id``, or None if absent or unusable.
+
+        Unusable: the record cannot be read, or has no ``image.aci`` whose
+        SHA-512 is its id; a warning names it, and fetching the image again
+        replaces it.  BadImage for a manifest that is not one.
+        """
         if self._parsed is not None and image_id in self._parsed:
             return self._parsed[image_id]
         try:
             data = (self.images / image_id / "manifest").read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as error:  # a file named like a record, a record closed to us
+            self._passed_over(image_id, f"its manifest cannot be read: {error.strerror}")
+            return None
         manifest = parse_aci_manifest(data)
+        problem = self._aci_problem(image_id)
+        if problem:
+            self._passed_over(image_id, problem)
+            return None
         if self._parsed is not None:
             self._parsed[image_id] = manifest
         return manifest
+
+    def _aci_problem(self, image_id: str) -> str:
+        """What is wrong with the stored ``image.aci`` of ``image_id``; empty if nothing.
+
+        Hashed whole once, ever: a truncated ACI may still read as a shorter
+        archive, and only its id tells. Then ``VERIFIED`` in the record notes
+        the size and mtime it had (``add`` writes it for what it hashed as it
+        wrote), so later lookups, in any process, cost a stat.
+        """
+        mark = self.images / image_id / VERIFIED
+        try:
+            with self.aci_path(image_id).open("rb") as aci:
+                stat = os.fstat(aci.fileno())
+                key = (image_id, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                if key in self._verified or _noted(mark) == _note(stat):
+                    return ""
+                hasher = hashlib.sha512()
+                while chunk := aci.read(CHUNK):
+                    checkpoint()
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            if (self.images / image_id / "rootfs").is_dir():
+                return "it has no image.aci (an extracted rootfs/, as Mesos keeps it, is not read)"
+            return "it has no image.aci"
+        except OSError as error:
+            return f"its image.aci cannot be read: {error.strerror}"
+        if image_id_of(hasher.hexdigest()) != image_id:
+            return "its image.aci is truncated or damaged (its SHA-512 is not the id)"
+        self._verified.add(key)
+        with contextlib.suppress(OSError):  # a store read-only to us: hashed again next time
+            write_private(mark, _note(stat).encode())
+        return ""
+
+    def _passed_over(self, image_id: str, why: str) -> None:
+        if image_id not in self._warned:  # one line per record, however often it is looked at
+            self._warned.add(image_id)
+            log.warning(
+                "appc store: passing over %s: %s; fetching the image again replaces it",
+                self.images / image_id,
+                why,
+            )
 
     def find(self, name: str, labels: Mapping[str, str]) -> str | None:
         """The id of a stored image named ``name`` with ``labels`` (defaults added)."""
         for home in sorted(self.images.iterdir()):
             try:
+                if not home.is_dir():
+                    continue  # a stray file (images/broken.aci) is no record
                 manifest = self.manifest(home.name)
-            except LazyfsError:
-                continue  # a damaged record is no match; adding the image replaces nothing
+            except (LazyfsError, OSError):
+                continue  # a damaged record is no match; adding the image replaces it
             if manifest is not None and matches(manifest, name, labels):
                 return home.name
         return None
@@ -152,26 +219,88 @@ class AppcStore:
                 info = read_aci(stream, out, what, self.limits, _size_of(stream))
                 out.flush()
                 os.fsync(out.fileno())
+                written = os.fstat(out.fileno())
+            write_private(scratch / VERIFIED, _note(written).encode())  # hashed as it was written
             if wanted is not None:
                 wanted(info)
             with private_file(scratch / "manifest") as out:
                 out.write(info.manifest_bytes)
-            target = self.images / info.image_id
-            if not target.is_dir():
-                try:
-                    os.rename(scratch, target)
-                except OSError as error:
-                    # EEXIST, ENOTEMPTY: another process put it there first; same bytes.
-                    # Anything else (EACCES, EXDEV...) left the image out of the store.
-                    if error.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
-                        raise OSError(
-                            error.errno,
-                            f"appc store: cannot keep {what}: {error.strerror}",
-                            str(target),
-                        ) from None
+            try:
+                self._put(scratch, info.image_id)
+                # Its SHA-512 was just taken as it was written: not hashed again on lookup.
+                key = (written.st_dev, written.st_ino, written.st_size, written.st_mtime_ns)
+                self._verified.add((info.image_id, *key))
+            except OSError as error:
+                # EACCES, EXDEV...: the image is not in the store.
+                raise OSError(
+                    error.errno,
+                    f"appc store: cannot keep {what}: {error.strerror}",
+                    str(self.images / info.image_id),
+                ) from None
             return info
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _put(self, scratch: Path, image_id: str) -> None:
+        """Make the checked record ``scratch`` the record of ``image_id``.
+
+        One already there may be broken (see ``manifest``): it is replaced,
+        as a whole one is (same bytes), so that asking again always repairs.
+        ``scratch`` ends up holding the old record, or nothing, for the caller
+        to remove.
+        """
+        target = self.images / image_id
+        try:
+            os.rename(scratch, target)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
+        if _exchange(scratch, target):
+            return
+        # No atomic exchange here: a whole record stays (same bytes, and
+        # readers never see none); a broken one is moved aside, then ours
+        # renamed in, with a moment between when there is none.
+        with contextlib.suppress(LazyfsError):  # a manifest that is none: broken
+            if self.manifest(image_id) is not None:
+                return
+        aside = Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{os.getpid()}.")) / "old"
+        try:
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                os.rename(target, aside)
+            try:
+                os.rename(scratch, target)
+            except OSError as error:
+                # Another process put its copy in between: same bytes.
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(aside.parent, ignore_errors=True)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap the paths ``first`` and ``second`` in one step; False where that cannot be done.
+
+    Linux's renameat2(RENAME_EXCHANGE), which Python's os lacks: a kernel or
+    C library without it, or a file system that refuses it, returns False.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    done = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.ENOENT):
+        return False  # ENOENT: the old record went meanwhile; the fallback copes
+    raise OSError(code, os.strerror(code), str(second))
 
 
 def discovery_location(prefix: str, name: str, labels: Mapping[str, str]) -> str:
@@ -214,68 +343,16 @@ def shown(location: str) -> str:
     return redact(location) if urlparse(location).scheme in ("http", "https") else location
 
 
-@contextlib.contextmanager
-def open_location(location: str) -> Iterator[BinaryIO]:
-    """Open a discovered ACI for reading: NotFound when it is not there.
-
-    Over HTTP, the answer's headers must arrive within ``HTTP_TIMEOUT``
-    seconds, and the body may go silent that long; TemporaryFailure (while
-    opening, or from the stream's reads) says trying again may help. Not
-    retried here: the caller retries the whole fetch (providers.appc_source).
-    """
-    if urlparse(location).scheme not in ("http", "https"):
-        try:
-            with open(location, "rb") as file:
-                yield file
-        except FileNotFoundError:
-            raise NotFound(f"appc image {shown(location)} not found", url=location) from None
-        return
-    try:
-        response = send(new_session(), "GET", location, seconds=HTTP_TIMEOUT)
-    except requests.Timeout:
-        raise TemporaryFailure(
-            f"appc image {shown(location)}: no answer within {HTTP_TIMEOUT} s", url=redact(location)
-        ) from None
-    except requests.RequestException as error:
-        raise TemporaryFailure(
-            f"appc image {shown(location)}: {short_cause(error)}", url=redact(location)
-        ) from None
-    with contextlib.closing(response):
-        status = response.status_code
-        if status == 404:
-            raise NotFound(
-                f"appc image {shown(location)} not found (HTTP 404)", url=redact(location)
-            )
-        if status >= 500 or status == 429:
-            raise TemporaryFailure(
-                f"appc image {shown(location)}: HTTP {status}", url=redact(location), status=status
-            )
-        if status != 200:
-            raise BadImage(f"appc image {shown(location)}: HTTP {status}")
-        yield cast(BinaryIO, io.BufferedReader(_Body(response, location), CHUNK))
-
-
 CHUNK = 1 << 16
+VERIFIED = "verified"  # in a record: the image.aci whose SHA-512 was its id, by size and mtime
 
 
-class _Body(io.RawIOBase):
-    """An HTTP answer's body as sent; a connection that breaks is a TemporaryFailure."""
+def _note(stat: os.stat_result) -> str:
+    return f"{stat.st_size} {stat.st_mtime_ns}\n"
 
-    def __init__(self, response: requests.Response, location: str) -> None:
-        super().__init__()
-        self._raw = response.raw
-        self._location = location
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        checkpoint()
-        try:
-            return int(self._raw.readinto(buffer))
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            # Not an OSError: the ACI reader takes those for a damaged archive.
-            raise TemporaryFailure(
-                f"appc image {shown(self._location)}: {short_cause(error)}",
-                url=redact(self._location),
-            ) from error
+def _noted(mark: Path) -> str | None:
+    try:
+        return mark.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None

@@ -43,7 +43,8 @@ from tests.support.source_cases import BlobCase, ImageCase
 RICH_CONFIG = RuntimeConfig(**dataclasses.asdict(images.RICH_CONFIG))
 ACI_NAME = "example.com/conformance"
 ACI_CONFIG = RuntimeConfig(
-    entrypoint=("/bin/app", "--serve"),
+    entrypoint=("/bin/app",),  # exec[0]; the rest, default arguments a run replaces
+    cmd=("--serve",),
     env=("MODE=test",),
     working_dir="/srv",
     user="1000:1000",
