@@ -125,29 +125,28 @@ class AppcStore:
     def aci_path(self, image_id: str) -> Path:
         return self.images / image_id / "image.aci"
 
-    def manifest(self, image_id: str) -> AciManifest | None:
+    def manifest(self, image_id: str, *, checked: bool = True) -> AciManifest | None:
         """The manifest of the stored image ``image_id``, or None if absent or unusable.
 
-        Unusable: the record cannot be read, or has no ``image.aci`` whose
-        SHA-512 is its id; a warning names it, and fetching the image again
-        replaces it.  BadImage for a manifest that is not one.
+        Unusable: the record cannot be read, or (unless not ``checked``) has no
+        ``image.aci`` whose SHA-512 is its id; a warning names it, and fetching
+        the image again replaces it.  BadImage for a manifest that is not one.
         """
-        if self._parsed is not None and image_id in self._parsed:
-            return self._parsed[image_id]
-        try:
-            data = (self.images / image_id / "manifest").read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as error:  # a file named like a record, a record closed to us
-            self._passed_over(image_id, f"its manifest cannot be read: {error.strerror}")
-            return None
-        manifest = parse_aci_manifest(data)
-        problem = self._aci_problem(image_id)
-        if problem:
+        manifest = self._parsed.get(image_id) if self._parsed is not None else None
+        if manifest is None:
+            try:
+                data = (self.images / image_id / "manifest").read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError as error:  # a file named like a record, a record closed to us
+                self._passed_over(image_id, f"its manifest cannot be read: {error.strerror}")
+                return None
+            manifest = parse_aci_manifest(data)
+            if self._parsed is not None:
+                self._parsed[image_id] = manifest
+        if checked and (problem := self._aci_problem(image_id)):
             self._passed_over(image_id, problem)
             return None
-        if self._parsed is not None:
-            self._parsed[image_id] = manifest
         return manifest
 
     def _aci_problem(self, image_id: str) -> str:
@@ -155,8 +154,8 @@ class AppcStore:
 
         Hashed whole once, ever: a truncated ACI may still read as a shorter
         archive, and only its id tells. Then ``VERIFIED`` in the record notes
-        the size and mtime it had (``add`` writes it for what it hashed as it
-        wrote), so later lookups, in any process, cost a stat.
+        the inode, size, mtime and ctime it had (``add`` writes it for what it
+        hashed as it wrote), so later lookups, in any process, cost a stat.
         """
         mark = self.images / image_id / VERIFIED
         try:
@@ -197,11 +196,15 @@ class AppcStore:
             try:
                 if not home.is_dir():
                     continue  # a stray file (images/broken.aci) is no record
-                manifest = self.manifest(home.name)
+                # Matched first, checked after: a lookup hashes no other image's ACI.
+                named = self.manifest(home.name, checked=False)
+                if named is None or not matches(named, name, labels):
+                    continue
+                if self.manifest(home.name) is None:
+                    continue
             except (LazyfsError, OSError):
                 continue  # a damaged record is no match; adding the image replaces it
-            if manifest is not None and matches(manifest, name, labels):
-                return home.name
+            return home.name
         return None
 
     def add(
@@ -239,7 +242,10 @@ class AppcStore:
                 ) from None
             return info
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch.is_dir() and not scratch.is_symlink():
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:  # a stray file that was at the record's place, exchanged here
+                scratch.unlink(missing_ok=True)
 
     def _put(self, scratch: Path, image_id: str) -> None:
         """Make the checked record ``scratch`` the record of ``image_id``.
@@ -286,7 +292,9 @@ def _exchange(first: Path, second: Path) -> bool:
     """Swap the paths ``first`` and ``second`` in one step; False where that cannot be done.
 
     Linux's renameat2(RENAME_EXCHANGE), which Python's os lacks: a kernel or
-    C library without it, or a file system that refuses it, returns False.
+    C library without it, a file system that refuses it (overlayfs: EXDEV for
+    a record in a lower layer), a seccomp filter (EPERM), or a record gone
+    meanwhile (ENOENT): False, whatever the reason, for the fallback to cope.
     """
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
@@ -295,12 +303,7 @@ def _exchange(first: Path, second: Path) -> bool:
     done = renameat2(
         _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
     )
-    if done == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.ENOENT):
-        return False  # ENOENT: the old record went meanwhile; the fallback copes
-    raise OSError(code, os.strerror(code), str(second))
+    return bool(done == 0)
 
 
 def discovery_location(prefix: str, name: str, labels: Mapping[str, str]) -> str:
@@ -348,7 +351,9 @@ VERIFIED = "verified"  # in a record: the image.aci whose SHA-512 was its id, by
 
 
 def _note(stat: os.stat_result) -> str:
-    return f"{stat.st_size} {stat.st_mtime_ns}\n"
+    # The ctime too: no one sets it, and any write or copy moves it (size and mtime
+    # survive an in-place change put back with utime, and cp -a).
+    return f"{stat.st_ino} {stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns}\n"
 
 
 def _noted(mark: Path) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,42 @@ def test_a_stray_file_in_images_does_not_break_lookups(tmp_path: Path) -> None:
     assert appc.find(NAME, {}) == IMAGE_ID
     assert appc.find("example.com/other", {}) is None
     assert AppcStoreSource(appc).resolve(NAME).layers[0].size == len(ACI)
+
+
+def test_an_aci_changed_in_place_is_hashed_again_though_size_and_mtime_stay(
+    tmp_path: Path,
+) -> None:
+    # The record's note held size and mtime only: bytes changed in place and the
+    # mtime put back (utime, cp -a) were trusted by every later process.
+    appc = AppcStore(tmp_path / "appc")
+    appc.add(io.BytesIO(ACI), "test")
+    aci = appc.aci_path(IMAGE_ID)
+    before = aci.stat()
+    with aci.open("r+b") as file:
+        file.seek(len(ACI) - 2000)
+        file.write(b"XXXXX")
+    os.utime(aci, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert AppcStore(tmp_path / "appc").manifest(IMAGE_ID) is None  # a later process's look
+
+
+def test_a_lookup_by_name_hashes_no_other_images_aci(tmp_path: Path) -> None:
+    appc = AppcStore(tmp_path / "appc")
+    other = aci_bytes(manifest_doc("example.com/other"), {"a": b"1"}, compression="none")
+    other_id = appc.add(io.BytesIO(other), "test").image_id
+    appc.add(io.BytesIO(ACI), "test")
+    for image_id in (other_id, IMAGE_ID):  # as a store filled by hand: neither hashed yet
+        (appc.images / image_id / appc_store.VERIFIED).unlink()
+    # Looked for: the one a walk of images/ meets last, after the other.
+    first, last = sorted((other_id, IMAGE_ID))
+    name = {other_id: "example.com/other", IMAGE_ID: NAME}[last]
+    assert AppcStore(tmp_path / "appc").find(name, {}) == last
+    assert (appc.images / last / appc_store.VERIFIED).exists()  # the candidate, checked
+    assert not (appc.images / first / appc_store.VERIFIED).exists()  # the other, not hashed
+
+
+def test_a_stray_file_where_a_record_goes_is_replaced_and_leaves_nothing(tmp_path: Path) -> None:
+    appc = AppcStore(tmp_path / "appc")
+    (appc.images / IMAGE_ID).write_bytes(b"not a record")
+    appc.add(io.BytesIO(ACI), "test")
+    assert appc.aci_path(IMAGE_ID).read_bytes() == ACI
+    assert list(appc.tmp.iterdir()) == []  # the file exchanged out went too
