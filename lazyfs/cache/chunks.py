@@ -261,7 +261,8 @@ class DiskCache:
             # the limit, nor the headroom (looked at again if short: others evict too).
             self._evict_for(charge)
             if free is not None and (need := self.headroom + self._reserved + charge) > free:
-                self._evict_for_disk(need - (free_bytes(self._lock_fd) or free))
+                fresh = free_bytes(self._lock_fd)  # 0 is an answer: a full disk
+                self._evict_for_disk(need - (free if fresh is None else fresh))
             self._reserved += charge
         try:
             tmp, mtime = self._room_or_evict(lambda: self._write_tmp(data), charge)

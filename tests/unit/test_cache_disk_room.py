@@ -207,3 +207,18 @@ def test_room_that_others_freed_meanwhile_is_not_freed_again(
         monkeypatch.setattr(chunks, "free_bytes", lambda fd: next(looks, 1 << 40))
         cache.put(ChunkKey(_digest(NEW), 0), NEW[:SIZE])
         assert cache.blob_usage()[_digest(OLD)] == 8 * SIZE  # nothing of it evicted
+
+
+def test_a_full_disk_looked_at_again_is_taken_at_its_word(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second look saying 0 bytes free was taken for no answer, and the first,
+    # larger one used: a fuller disk made it evict less.
+    with DiskCache.open(tmp_path / "cache", LIMIT, chunk_size=SIZE) as cache:
+        for index in range(8):
+            cache.put(ChunkKey(_digest(OLD), index), OLD[index * SIZE : (index + 1) * SIZE])
+        plenty = cache.headroom + 64 * SIZE
+        looks = iter([cache.headroom, 0])  # short by the chunk; then: nothing at all
+        monkeypatch.setattr(chunks, "free_bytes", lambda fd: next(looks, plenty))
+        cache.put(ChunkKey(_digest(NEW), 0), NEW[:SIZE])
+        assert cache.blob_usage().get(_digest(OLD), 0) == 0  # all of it given back
