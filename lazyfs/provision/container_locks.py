@@ -36,7 +36,7 @@ class ContainerLocks:
         """The container's lock for the block, waited for, noted as a run's (``running``).
         Blocking."""
         with exclusive_lock(self.path(container_id)):
-            note = self.locks / f"{container_id}.run"
+            note = self._note(container_id)
             try:
                 write_private(note, f"{os.getpid()}\n".encode())
                 yield
@@ -48,7 +48,7 @@ class ContainerLocks:
         """The pid of the process that holds the container to run it (``held``); None if none
         does (a provision or destroy may hold its lock: for a while, not for a run's life)."""
         try:
-            pid = int((self.locks / f"{container_id}.run").read_text())
+            pid = int(self._note(container_id).read_text())
         except (OSError, ValueError):
             return None
         with self.tried(container_id) as free:
@@ -58,6 +58,7 @@ class ContainerLocks:
     async def taken(self, container_id: str) -> AsyncIterator[None]:
         """``held`` for trio code: the wait ends at once when cancelled."""
         async with locked_async(self.path(container_id)):
+            self._note(container_id).unlink(missing_ok=True)  # held now: a killed run's
             try:
                 yield
             finally:
@@ -67,6 +68,8 @@ class ContainerLocks:
     def tried(self, container_id: str) -> Iterator[bool]:
         """The container's lock if it is free: yields whether it was (and is held)."""
         with try_exclusive_lock(self.path(container_id)) as free:
+            if free:
+                self._note(container_id).unlink(missing_ok=True)  # a killed run's
             try:
                 yield free
             finally:
@@ -80,6 +83,10 @@ class ContainerLocks:
                 if free:
                     path.with_suffix(".run").unlink(missing_ok=True)  # a killed run's note
                     remove_lock(path)
+
+    def _note(self, container_id: str) -> Path:
+        """Where ``held`` notes the pid of the run that holds the container."""
+        return self.locks / f"{container_id}.run"
 
     def _forget(self, container_id: str) -> None:
         """Remove the container's lock file, held, once the container is gone."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.store.disk import Store
@@ -38,10 +39,39 @@ def test_destroy_of_a_container_a_run_holds_is_refused_at_once(tmp_path: Path) -
     assert trio.run(other.destroy, "c1") is False  # the run is over: nothing left
 
 
-def test_a_run_killed_leaves_no_refusal(tmp_path: Path) -> None:
+def test_a_killed_runs_note_is_no_refusal_while_a_provision_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    # A SIGKILLed run leaves its note, its lock gone with it. Then, while another
+    # process held the lock to provision, destroy took the note for a live run.
     running = provisioner(tmp_path)
     with running.hold("c1"):
         note = running._locks.locks / "c1.run"
         kept = note.read_bytes()
-    note.write_bytes(kept)  # as a SIGKILLed run leaves it: its lock went with it
-    assert trio.run(provisioner(tmp_path).destroy, "c1") is False
+    note.write_bytes(kept)
+    other, destroying = provisioner(tmp_path), provisioner(tmp_path)
+
+    async def main() -> None:
+        taken, done = trio.Event(), trio.Event()
+
+        async def provisioning() -> None:
+            async with other._locks.taken("c1"):
+                taken.set()
+                await done.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(provisioning)
+            await taken.wait()
+            result: list[bool] = []
+
+            async def destroy() -> None:
+                result.append(await destroying.destroy("c1"))  # waits, refuses nothing
+
+            nursery.start_soon(destroy)
+            await trio.testing.wait_all_tasks_blocked()
+            assert result == []  # waiting for the lock
+            done.set()
+        assert result == [False]
+
+    trio.run(main)
+    assert not note.exists()  # and the note went with the lock's next holder
