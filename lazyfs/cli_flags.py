@@ -16,6 +16,7 @@ variable to fix; the registry's are in ``lazyfs.cli_registry``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -99,12 +100,16 @@ def _truth(text: str) -> bool:
 def default_work_dir() -> str:
     """Root's ``/var/lib/lazyfs``; another user's in their data home, where podman keeps a
     user's storage: ``$XDG_DATA_HOME/lazyfs``, else ``~/.local/share/lazyfs``."""
-    if os.geteuid() == 0:
-        return "/var/lib/lazyfs"
+    root = "/var/lib/lazyfs"
+    with contextlib.suppress(OSError):
+        if os.geteuid() == 0 or os.stat(root).st_uid == os.geteuid():
+            return root  # root's, or a user's who made it theirs before this default
     data = os.environ.get("XDG_DATA_HOME", "")
     if not os.path.isabs(data):  # unset, or relative, which the XDG spec says to ignore
         data = os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data, "lazyfs")
+    # No home to be had (HOME unset, a uid without a passwd row): root's, which
+    # such a user is told in one line to replace (``lazyfs.cli_roots``).
+    return os.path.join(data, "lazyfs") if os.path.isabs(data) else root
 
 
 def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
