@@ -39,7 +39,7 @@ from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.records import require_layers
 from lazyfs.store.disk import locked_async
 from providers.errors import Conflict, NotFound, UsageError
-from providers.fslock import exclusive_lock, remove_lock
+from providers.fslock import remove_lock, try_exclusive_lock
 from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
@@ -226,7 +226,14 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
     if not record.exists():
         raise gone  # only what lazyfs mounted, with this work dir: never someone else's mount
     lock = _mount_lock(work_dir.absolute() / "provisioner" / "locks", work_dir, mountpoint)
-    with exclusive_lock(lock):
+    # Not waited for: a mount holds it while it fetches, and an umount meant to end
+    # one stuck there would wait in silence.
+    with try_exclusive_lock(lock) as free:
+        if not free:
+            raise Conflict(
+                f"a mount or umount at {_text(mountpoint)} is in progress: try again once"
+                " it is done"
+            )
         try:
             if not record.exists():
                 raise gone  # another umount took it down meanwhile: this one did nothing

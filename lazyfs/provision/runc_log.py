@@ -29,8 +29,8 @@ class Entry(NamedTuple):
 def entries(log: Path) -> list[Entry]:
     """The entries of runc's JSON log ``log``, in order; none when it is missing.
 
-    A line that is no JSON object (runc died while writing it) is kept as an error:
-    runc did not end well.
+    A line that is no JSON object (runc died while writing it) is kept as an error,
+    shown as runc's (``others``), not taken for its failure to run the container.
     """
     try:
         text = log.read_bytes().decode("utf-8", "replace")

@@ -1,5 +1,5 @@
-"""Two ``lazyfs umount``s of one mount at once: one takes it down, the other says there is
-no mount there, as a second ``umount`` after it does.
+"""Two ``lazyfs umount``s of one mount at once: one takes it down, the other says it is
+in progress (before, both said they had taken it down).
 
 Both found its record and both said they had unmounted it. The test holds the
 first as it reads the mount's pid, on cue (an audit hook on the file's open), while
@@ -39,7 +39,7 @@ def test_a_second_umount_at_once_is_told_there_is_no_mount(lazyfs: Lazyfs, tmp_p
         assert os.read(first_told, 1) == b"x"
         second = start(lazyfs, "/mount:", second_reached, -1, "umount", str(point))
         assert second.stdout is not None
-        # At the lock, waiting for the first: or at its end, if it takes none.
+        # At the lock, which the first holds: or at its end, if it takes none.
         select.select([second_told, second.stdout.fileno()], [], [], 120)
         os.write(first_wait, b"x")
         _, first_err = first.communicate(timeout=120)
@@ -47,7 +47,7 @@ def test_a_second_umount_at_once_is_told_there_is_no_mount(lazyfs: Lazyfs, tmp_p
         second_out, second_err = second.communicate(timeout=120)
         result = subprocess.CompletedProcess(second.args, second.returncode, second_out, second_err)
         assert second.returncode == 1, second_err  # before: 0, as if it had unmounted it
-        said = f"lazyfs: lazyfs has no mount at {point} (with this --work_dir)"
+        said = f"lazyfs: a mount or umount at {point} is in progress: try again once it is done"
         assert one_line_error(result) == said
         assert not is_mounted(point)
     finally:

@@ -39,7 +39,7 @@ def test_locked_entries_stay_and_unlocked_ones_go_whatever_their_pid(tmp_path: P
 
 
 def test_entries_of_writers_that_take_no_lock_are_judged_by_pid(tmp_path: Path) -> None:
-    # Scratch directories of index builds and extractions, and older lazyfs versions.
+    # What older lazyfs versions left, and the overlay probe's short trial directory.
     live = tmp_path / f"{os.getpid()}.abcd"
     gone = tmp_path / f"{_dead_pid()}.efgh"
     live.mkdir()
