@@ -22,6 +22,7 @@ from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
 from lazyfs.provision import devmount
 from lazyfs.store.usage_lock import in_use
+from providers.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
     from lazyfs.provision.provisioner import Provisioner
@@ -73,9 +74,15 @@ def run_mount(
         except KeyboardInterrupt:
             pass
         finally:
-            devmount.unmount_image(work_dir, mounted.mountpoint)
-            # What it logged since the last look, and as it went: the mount process is gone.
-            _copy(log)
+            try:
+                devmount.unmount_image(work_dir, mounted.mountpoint)
+            except (NotFound, Conflict):
+                # Another `lazyfs umount` took it down, or is taking it down.
+                if lazy_mount.is_mounted(mounted.mountpoint):
+                    raise
+            finally:
+                # What it logged since the last look, and as it went: the mount process is gone.
+                _copy(log)
     return 0
 
 

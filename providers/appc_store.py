@@ -105,7 +105,7 @@ class AppcStore:
         # Shared with ``for_one_fetch`` copies: the image.aci files whose
         # SHA-512 was found to be their id (id, device, inode, size, mtime),
         # and the broken records warned about once already.
-        self._verified: set[tuple[str, int, int, int, int]] = set()
+        self._verified: set[tuple[str, str]] = set()
         self._warned: set[str] = set()
         for directory in (root, self.images, self.tmp):
             private_dir(directory)
@@ -161,7 +161,7 @@ class AppcStore:
         try:
             with self.aci_path(image_id).open("rb") as aci:
                 stat = os.fstat(aci.fileno())
-                key = (image_id, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                key = (image_id, f"{stat.st_dev} {_note(stat)}")  # as the note, and the device
                 if key in self._verified or _noted(mark) == _note(stat):
                     return ""
                 hasher = hashlib.sha512()
@@ -231,8 +231,7 @@ class AppcStore:
             try:
                 self._put(scratch, info.image_id)
                 # Its SHA-512 was just taken as it was written: not hashed again on lookup.
-                key = (written.st_dev, written.st_ino, written.st_size, written.st_mtime_ns)
-                self._verified.add((info.image_id, *key))
+                self._verified.add((info.image_id, f"{written.st_dev} {_note(written)}"))
             except OSError as error:
                 # EACCES, EXDEV...: the image is not in the store.
                 raise OSError(
@@ -245,7 +244,8 @@ class AppcStore:
             if scratch.is_dir() and not scratch.is_symlink():
                 shutil.rmtree(scratch, ignore_errors=True)
             else:  # a stray file that was at the record's place, exchanged here
-                scratch.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # never in place of what the add came to
+                    scratch.unlink()
 
     def _put(self, scratch: Path, image_id: str) -> None:
         """Make the checked record ``scratch`` the record of ``image_id``.

@@ -52,7 +52,11 @@ class ContainerLocks:
         except (OSError, ValueError):
             return None
         with self.tried(container_id) as free:
-            return None if free else pid  # free: a run killed left its note
+            if free:
+                return None  # a run killed left its note
+        # Held: by a run only if its note is still there (the lock's other holders
+        # remove a killed run's as they take it, maybe since it was read above).
+        return pid if self._note(container_id).exists() else None
 
     @contextlib.asynccontextmanager
     async def taken(self, container_id: str) -> AsyncIterator[None]:

@@ -131,6 +131,7 @@ def test_an_aci_changed_in_place_is_hashed_again_though_size_and_mtime_stay(
         file.write(b"XXXXX")
     os.utime(aci, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert AppcStore(tmp_path / "appc").manifest(IMAGE_ID) is None  # a later process's look
+    assert appc.manifest(IMAGE_ID) is None  # and this one's, which hashed it as it wrote it
 
 
 def test_a_lookup_by_name_hashes_no_other_images_aci(tmp_path: Path) -> None:

@@ -185,6 +185,30 @@ def test_foreground_mount_unmounts_on_sigterm(lazyfs: Lazyfs, mountpoint: Path) 
     assert shown.rstrip().endswith(f"unmounted {mountpoint}"), shown
 
 
+def test_a_foreground_mount_another_umount_takes_down_ends_well(
+    lazyfs: Lazyfs, mountpoint: Path
+) -> None:
+    # Its own unmount at the end found no mount (or a busy lock) and failed the
+    # command, losing the log's last lines, though the mount went as asked.
+    process = lazyfs.popen("mount", "busybox", str(mountpoint), "--foreground")
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        while not lines or lines[-1] != "}\n":
+            line = process.stdout.readline()
+            assert line, process.communicate()
+            lines.append(line)
+        lazyfs("umount", str(mountpoint))
+        _, shown = process.communicate(timeout=60)
+        assert process.returncode == 0, shown
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not is_mounted(mountpoint)
+    assert shown.rstrip().endswith(f"unmounted {mountpoint}"), shown
+
+
 def test_mount_refuses_a_busy_or_missing_place(lazyfs: Lazyfs, mountpoint: Path) -> None:
     (mountpoint / "file").write_text("x")
     error = one_line_error(lazyfs("mount", "busybox", str(mountpoint), check=False))

@@ -23,7 +23,7 @@ from tests.support.on_cue import cleaned_up, start
 pytestmark = pytest.mark.integration
 
 
-def test_a_second_umount_at_once_is_told_there_is_no_mount(lazyfs: Lazyfs, tmp_path: Path) -> None:
+def test_a_second_umount_at_once_is_told_one_is_in_progress(lazyfs: Lazyfs, tmp_path: Path) -> None:
     point = tmp_path / "mnt"
     point.mkdir()
     lazyfs("mount", "busybox", str(point))
