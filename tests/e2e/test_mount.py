@@ -7,7 +7,9 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,17 +162,22 @@ def test_debug_logs_every_request_the_mount_serves(lazyfs: Lazyfs, mountpoint: P
     assert logged(r"read\(\d+, 0, \d+\) -> 27 bytes")
 
 
+def summary(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """The JSON summary a ``mount --foreground`` prints once the mount is up, read whole."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or lines[-1] != "}\n":
+        line = process.stdout.readline()
+        assert line, process.communicate()
+        lines.append(line)
+    found: dict[str, Any] = json.loads("".join(lines))
+    return found
+
+
 def test_foreground_mount_unmounts_on_sigterm(lazyfs: Lazyfs, mountpoint: Path) -> None:
     process = lazyfs.popen("mount", "busybox", str(mountpoint), "--foreground")
     try:
-        assert process.stdout is not None
-        # The JSON summary is printed once the mount is up: read it whole.
-        lines: list[str] = []
-        while not lines or lines[-1] != "}\n":
-            line = process.stdout.readline()
-            assert line, process.communicate()
-            lines.append(line)
-        pid = json.loads("".join(lines))["pid"]
+        pid = summary(process)["pid"]
         assert (mountpoint / "etc/motd").is_file()
         process.send_signal(signal.SIGTERM)
         _, shown = process.communicate(timeout=60)
@@ -192,12 +199,7 @@ def test_a_foreground_mount_another_umount_takes_down_ends_well(
     # command, losing the log's last lines, though the mount went as asked.
     process = lazyfs.popen("mount", "busybox", str(mountpoint), "--foreground")
     try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        while not lines or lines[-1] != "}\n":
-            line = process.stdout.readline()
-            assert line, process.communicate()
-            lines.append(line)
+        summary(process)
         lazyfs("umount", str(mountpoint))
         _, shown = process.communicate(timeout=60)
         assert process.returncode == 0, shown
