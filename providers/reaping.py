@@ -1,4 +1,5 @@
-"""Children a process starts and forgets: reaped in a thread, so none stays a zombie."""
+"""Other processes: children started and forgotten, reaped in a thread so none stays a
+zombie, and whether a process is there at all."""
 
 from __future__ import annotations
 
@@ -15,3 +16,16 @@ def reap_later(pid: int) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether process ``pid`` is there in this pid namespace, a zombie or another user's too."""
+    if pid <= 0:
+        return False  # kill(2) would take 0 and -N for process groups
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: past pid_t, so none
+        return False
+    except PermissionError:
+        return True  # another user's: it is there
+    return True

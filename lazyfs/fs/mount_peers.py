@@ -12,6 +12,8 @@ import socket
 import struct
 import time
 
+from providers.reaping import pid_exists
+
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -105,7 +107,7 @@ def exited(pid: int) -> bool:
     """
     if pid <= 0:
         raise ValueError(f"not a process: {pid}")
-    if _gone(pid):
+    if not pid_exists(pid):
         return True
     try:
         with open(f"/proc/{pid}/status", "rb") as status:
@@ -114,16 +116,6 @@ def exited(pid: int) -> bool:
             )
     except OSError:
         # Reaped since, or hidden from this /proc (hidepid, another pid namespace's).
-        return _gone(pid)
+        return not pid_exists(pid)
     state, threads = fields.get(b"State", b"").split(), fields.get(b"Threads", b"").strip()
     return state[:1] in ([b"Z"], [b"X"]) and threads == b"1"
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # another user's: it is there
-    return False

@@ -47,6 +47,7 @@ from lazyfs.store.atomic import Staged, staged_file
 from providers.fslock import same_file
 from providers.fstree import remove_tree
 from providers.locked_temps import LOCKED
+from providers.reaping import pid_exists
 
 
 def clean_tmp(directory: Path) -> int:
@@ -56,7 +57,7 @@ def clean_tmp(directory: Path) -> int:
         fields = entry.name.split(".", 2)
         if len(fields) == 3 and fields[0].isdigit() and fields[1] == LOCKED:
             gone = _remove_unlocked(entry)
-        elif fields[0].isdigit() and _alive(int(fields[0])):
+        elif fields[0].isdigit() and pid_exists(int(fields[0])):
             gone = False
         else:
             # Best effort, as before: what cannot go now is tried again next time.
@@ -91,17 +92,6 @@ def _remove_unlocked(entry: Path) -> bool:
         return False  # best effort: tried again next time
     finally:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` is alive in this pid namespace (for unlocked entries only)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Abandoned(Exception):

@@ -46,3 +46,12 @@ def test_entries_of_writers_that_take_no_lock_are_judged_by_pid(tmp_path: Path) 
     gone.mkdir()
     assert clean_tmp(tmp_path) == 1
     assert list(tmp_path.iterdir()) == [live]
+
+
+def test_names_no_process_can_have_are_stray_files(tmp_path: Path) -> None:
+    # Past pid_t, or 0 (which kill(2) takes for its own process group): not a
+    # writer's pid, so the entry is a stray and goes, without an OverflowError.
+    for name in ("99999999999999999999.abcd", "0.efgh"):
+        (tmp_path / name).mkdir()
+    assert clean_tmp(tmp_path) == 2
+    assert list(tmp_path.iterdir()) == []
