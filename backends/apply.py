@@ -25,10 +25,14 @@ containerd and umoci do:
   them);
 - the last component of a name is never followed: a symlink there is replaced;
 - hardlinks point at another path of the image, resolved the same way;
-- owners are set only when running as root; device nodes are made only as
-  root and otherwise skipped with one warning per layer; directory modes and
-  mtimes are set when the whole layer is in, deepest first, since adding
-  children changes them.
+- owners are set only when running as root; otherwise, with
+  ``rootless_owners`` (the copy backend), a regular file's or directory's
+  owner other than 0:0 is kept in the ``user.rootlesscontainers`` xattr, as
+  ``umoci unpack --rootless`` keeps it (``backends.rootless_owners``), and the
+  files are the user's; device nodes are made only as root and otherwise
+  skipped with one warning per layer; directory modes and mtimes are set
+  when the whole layer is in, deepest first, since adding children changes
+  them.
 
 Every filesystem call goes through directory descriptors opened one
 component at a time with O_NOFOLLOW (``backends.apply_walk``), so neither
@@ -64,6 +68,7 @@ from typing import BinaryIO, Literal, cast
 
 from backends.apply_tree import OVERLAY_XATTR_PREFIX, MadeDirs, Tree
 from backends.apply_walk import backend_error
+from backends.rootless_owners import OWNER_XATTR, owner_record
 from providers import layer_rules as rules
 from providers.compression import decompressed
 from providers.digest import Digest
@@ -118,11 +123,13 @@ def apply_layers(
     *,
     whiteouts: Whiteouts = "apply",
     limits: LayerLimits | None = None,
+    rootless_owners: bool = False,
 ) -> MadeDirs:
     """Apply layer blobs (gzip, zstd or plain tar) to ``root``, bottom first.
 
     Each layer unpacks within ``limits`` (default: ``LayerLimits()``) for
     its blob's size.  Returns ``apply_layer``'s answer for the last layer.
+    ``rootless_owners``: see ``apply_layer``.
     """
     made = MadeDirs()
     for layer in layers:
@@ -134,6 +141,7 @@ def apply_layers(
                 whiteouts=whiteouts,
                 limits=limits,
                 compressed_size=os.fstat(blob.fileno()).st_size,
+                rootless_owners=rootless_owners,
             )
     return made
 
@@ -146,17 +154,21 @@ def apply_layer(
     whiteouts: Whiteouts = "apply",
     limits: LayerLimits | None = None,
     compressed_size: int | None = None,
+    rootless_owners: bool = False,
 ) -> MadeDirs:
     """Apply one uncompressed tar stream to the existing directory ``root``.
 
     ``layer`` names the layer (its digest) in errors; ``whiteouts`` applies
     them or writes them for overlayfs; the stream may have what ``limits``
     allow a blob of ``compressed_size`` (None: unknown) bytes, BadImage
-    past it.  Returns the directories the layer made without a header
-    (``MadeDirs``).  The module docstring has the rules.
+    past it.  With ``rootless_owners``, a process that is not root keeps the
+    image's owners in ``user.rootlesscontainers`` xattrs.  Returns the
+    directories the layer made without a header (``MadeDirs``).  The module
+    docstring has the rules.
     """
     stream = LayerReader(tar_stream, layer, limits=limits, compressed_size=compressed_size)
     with Tree(root, layer, overlay=whiteouts == "overlay") as tree:
+        record = rootless_owners and not tree.privileged
         try:
             # Closing the archive would close nothing of ours.
             archive = tarfile.open(fileobj=stream, mode="r:", tarinfo=CheckedTarInfo)  # noqa: SIM115
@@ -167,7 +179,7 @@ def apply_layer(
                 count += 1
                 if count > MAX_ENTRIES:
                     raise BadImage(f"bad layer {layer}: more than {MAX_ENTRIES} entries")
-                _Entry(tree, archive, member).apply()
+                _Entry(tree, archive, member, record_owners=record).apply()
             tree.finish()
             while stream.read(CHUNK):
                 pass
@@ -179,8 +191,16 @@ def apply_layer(
 class _Entry:
     """One tar member, applied to the tree as ``providers.layer_entry`` classifies it."""
 
-    def __init__(self, tree: Tree, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        archive: tarfile.TarFile,
+        member: tarfile.TarInfo,
+        *,
+        record_owners: bool = False,
+    ) -> None:
         self.tree = tree
+        self.record_owners = record_owners
         self.archive = archive
         self.member = member
         self.name = member.name
@@ -282,22 +302,34 @@ class _Entry:
         regular files); otherwise ``name`` in ``parent_fd`` is changed
         without following it.  Directories get mode and mtime in ``finish``.
         """
+        xattrs = dict(entry.xattrs)
+        directory = entry.kind is EntryKind.DIR
         if self.tree.privileged:
             if fd is not None:
                 os.fchown(fd, entry.uid, entry.gid)
             else:
                 os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
-        directory = entry.kind is EntryKind.DIR
+        elif self.record_owners:
+            if directory and fd is not None:
+                _writable_by_owner(fd)
+            owner = self._owner_record(entry, xattrs)
+            if owner is not None and not directory:
+                # Before the mode: a file of mode 0444 refuses user xattrs even to its owner.
+                # Regular files only get here, each one fresh: nothing to replace.
+                assert fd is not None
+                self._set_xattrs(fd, {OWNER_XATTR: owner}, replace=False, what="owners")
+            elif owner is not None:
+                xattrs[OWNER_XATTR] = owner
         if not directory and entry.kind is not EntryKind.SYMLINK:
             if fd is not None:
                 os.fchmod(fd, entry.mode)
             else:
                 os.chmod(name, entry.mode, dir_fd=parent_fd, follow_symlinks=False)
-        if entry.xattrs or replace_xattrs:
+        if xattrs or replace_xattrs:
             # Symlinks and nodes cannot be opened safely; reach them through
             # their pinned parent, without following the last component.
             where: int | str = fd if fd is not None else f"/proc/self/fd/{parent_fd}/{name}"
-            self._set_xattrs(where, dict(entry.xattrs), replace=replace_xattrs)
+            self._set_xattrs(where, xattrs, replace=replace_xattrs)
         if not directory:
             times = (entry.mtime_ns, entry.mtime_ns)
             if fd is not None:
@@ -305,11 +337,32 @@ class _Entry:
             else:
                 os.utime(name, ns=times, dir_fd=parent_fd, follow_symlinks=False)
 
-    def _set_xattrs(self, where: int | str, xattrs: dict[str, bytes], *, replace: bool) -> None:
+    def _owner_record(self, entry: LayerEntry, xattrs: dict[str, bytes]) -> bytes | None:
+        """The ``user.rootlesscontainers`` value ``entry`` gets, unprivileged; None for none.
+
+        As ``umoci unpack --rootless`` does, the layer's own value of it
+        (taken out of ``xattrs``) is not kept: the header's owner is the
+        truth.  Linux allows user.* xattrs only on regular files and
+        directories; umoci tries on the rest, is refused (EPERM) and
+        warns per entry: here the owners of symlinks and fifos are counted
+        and reported once per layer.  Hardlinks share their target's.
+        """
+        xattrs.pop(OWNER_XATTR, None)
+        owner = owner_record(entry.uid, entry.gid)
+        if owner is not None and entry.kind not in (EntryKind.FILE, EntryKind.DIR):
+            self.tree.skipped["owners (symlinks and special files take no user.* xattrs)"] += 1
+            return None
+        return owner
+
+    def _set_xattrs(
+        self, where: int | str, xattrs: dict[str, bytes], *, replace: bool, what: str = "xattrs"
+    ) -> None:
         """Set ``xattrs``; with ``replace``, first drop those a lower layer left.
 
         What the filesystem or our privileges refuse (user.* on a symlink,
-        security.* unprivileged) is counted and reported, not fatal.
+        security.* unprivileged, user.* where the filesystem has none, such
+        as umoci also passes over with a warning) is counted as skipped
+        ``what`` and reported, not fatal.
         """
         # Paths end in the entry itself, which must not be followed; descriptors
         # refuse the flag.
@@ -330,4 +383,16 @@ class _Entry:
         except OSError as error:
             if error.errno not in _SKIPPABLE_XATTR_ERRNOS:
                 raise
-            self.tree.skipped[f"xattrs ({os.strerror(error.errno or 0)})"] += 1
+            self.tree.skipped[f"{what} ({os.strerror(error.errno or 0)})"] += 1
+
+
+def _writable_by_owner(fd: int) -> None:
+    """Give the directory ``fd``, the user's own, write access for its owner until ``finish``.
+
+    One a lower layer left read-only (0555) refuses its owner the xattrs and
+    children this layer gives it; its header's mode is set when the layer is in.
+    (umoci loses the owner record there, with a warning.)
+    """
+    mode = os.fstat(fd).st_mode
+    if not mode & stat.S_IWUSR:
+        os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IWUSR)

@@ -1,4 +1,9 @@
-"""The copy backend: every layer applied in order into a fresh directory."""
+"""The copy backend: every layer applied in order into a fresh directory.
+
+As root the files get the image's owners; as another user they are that
+user's, with the image's owners in ``user.rootlesscontainers`` xattrs, as
+``umoci unpack --rootless`` writes them (``backends.rootless_owners``).
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,9 @@ class CopyBackend:
         # rootfs' own mode, which may keep even its owner out.
         with written_back(rootfs.parent):
             rootfs.mkdir(mode=0o755)
-            apply_layers(rootfs, files, limits=self.limits)
+            # As a user other than root the files are the user's; the image's owners
+            # go where rootless tools (umoci repack, rootless runc, PRoot) look.
+            apply_layers(rootfs, files, limits=self.limits, rootless_owners=True)
         # The tree is the container's own, so it is writable whatever was asked.
         return Rootfs(rootfs, self.name, writable=True)
 
