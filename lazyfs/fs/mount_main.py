@@ -101,7 +101,10 @@ def _operations(
 
     def whole_indexes() -> list[LayerIndex]:
         if indexed.whole:
-            return [indexed.indexes[digest] for digest in indexed.digests]
+            # Handed over, not kept: the merge is their last use, and the
+            # entries of a big image are what its first mount would otherwise
+            # hold for its life (``mount_tree`` gives their memory back).
+            return [indexed.indexes.pop(digest) for digest in indexed.digests]
         # The kept tree was there but is damaged: merging needs the entries after all.
         return [_index(homes[digest], digest) for digest in indexed.digests]
 

@@ -17,7 +17,10 @@ rename over whatever was there, then mapped.  A mapping of the old file
 keeps reading the old file, so a mount serving it is not disturbed.  When
 the packed file cannot be written or read back (a read-only store, a full
 disk) the mount serves the merged tree from memory, as before, and says so
-in its log: slower and private, never wrong.
+in its log: slower and private, never wrong.  Once the file is mapped, the
+merged tree and the indexes it came from are garbage; for a big tree their
+memory is handed back to the system (``_give_back``), so the first mount
+keeps what the next ones keep, not the merge's high-water mark.
 
 The file name holds the indexes' sources as well as the chain, because one
 chain is mounted from indexes of more than one source at a time (a local
@@ -36,6 +39,8 @@ Blocking.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import hashlib
 import logging
 import os
@@ -58,6 +63,11 @@ from providers.private_dir import private_dir
 log = logging.getLogger(__name__)
 
 PACKED_DIR = "packed-trees"
+# The merged tree's size (inodes) from which its memory is given back once it
+# is packed (``_give_back``): some 10 ms there, against half a second of merging
+# and packing, and nothing spent on the few thousand entries of an ordinary image,
+# whose merge leaves a few MB behind.
+GIVE_BACK_AT = 20_000
 
 
 def packed_path(layers_dir: Path, digests: Sequence[Digest], sources: Sequence[str]) -> Path:
@@ -150,7 +160,32 @@ def mount_tree(
     if again is None:
         log.warning("serving the merged tree from memory: %s did not read back", path)
         return MergedLower(tree)
+    big = len(tree.inodes) >= GIVE_BACK_AT
+    del tree  # the last reference: the caller handed the indexes over too
+    if big:
+        _give_back()
     return again
+
+
+def _give_back() -> None:
+    """Hand the memory of the merged tree and its indexes, garbage now, back to the system.
+
+    Freed is not given back by itself.  Python returns an arena of its
+    small objects only once every object in it is gone, and its free lists
+    (spare tuples, lists, dicts kept for reuse) hold one in many of the
+    arenas a big merge filled; only a full collection empties them (it
+    finds no cycles here).  glibc keeps what its heap freed below its top
+    until ``malloc_trim``.  Measured on a first mount of 200,000 files:
+    with neither it kept 130 MB, with either alone 85 to 95 MB, with both
+    40 MB, as a first mount of a small image does (the next mounts, which
+    load no indexing or merging code, 29 MB).
+    """
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, say): no such call
+        return
+    trim(0)
 
 
 def _open(path: Path, expected: Sequence[str]) -> PackedTree | None:
