@@ -46,7 +46,7 @@ import pyfuse3
 
 from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
-from lazyfs.tree.lower import LowerTree, as_lower
+from lazyfs.tree.lower import LowerTree, as_lower, blocks_of
 from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree
 from providers.extents import pieces
 
@@ -96,10 +96,13 @@ def entry_attributes(
     *,
     rdev: int = 0,
     timeout: float,
+    blocks: int | None = None,
 ) -> pyfuse3.EntryAttributes:
     """An entry as FUSE wants it, cached by the kernel for ``timeout`` seconds.
 
-    ``times_ns``: atime, mtime and ctime.  Both views build theirs here.
+    ``times_ns``: atime, mtime and ctime.  ``blocks``: a sparse file's
+    st_blocks (``lazyfs.tree.lower.blocks_of``); None for any other entry,
+    whose st_blocks is its size in 512-byte units.  Both views build theirs here.
     """
     found = pyfuse3.EntryAttributes()
     found.st_ino = pyfuse3.InodeT(ino)
@@ -111,7 +114,8 @@ def entry_attributes(
     found.st_rdev = rdev
     found.st_size = size
     found.st_blksize = BLOCK_SIZE
-    found.st_blocks = (size + 511) // 512
+    # What du, stat and cp --sparse=auto read allocation from: holes take none.
+    found.st_blocks = (size + 511) // 512 if blocks is None else blocks
     found.st_atime_ns, found.st_mtime_ns, found.st_ctime_ns = times_ns
     return found
 
@@ -160,6 +164,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
                 (inode.mtime_ns,) * 3,
                 rdev=inode.rdev,
                 timeout=CACHE_TIMEOUT,
+                blocks=blocks_of(inode.data),  # the Inode holds its extents already
             )
         return found
 

@@ -40,6 +40,7 @@ from lazyfs.fs.boundary import fuse_errors
 from lazyfs.fs.read_only import read_lower
 from lazyfs.fs.upper import Copy, Node, Upper
 from lazyfs.fs.writable_names import Listing, WritableNames
+from lazyfs.tree.lower import blocks_of
 from lazyfs.tree.merge import DataRef, Inode, InodeNo
 
 
@@ -75,6 +76,30 @@ class WritableOperations(WritableNames):
         self._numbers = itertools.count(1)
         self._files: dict[int, _Handle] = {}
         self._dirs: dict[int, _Dir] = {}
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def attributes(self, node: Node | Inode) -> pyfuse3.EntryAttributes:
+        """``WritableNames.attributes``, with a lower sparse file's blocks while not copied up.
+
+        A metadata-only copy reads its bytes from the lower file still, so it
+        counts the lower extents too.  A copied-up file counts its size, as
+        every file of the upper does (not what the upper's filesystem holds).
+        """
+        found = super().attributes(node)
+        blocks = blocks_of(node.data if isinstance(node, Inode) else node.lower_data)
+        if blocks is not None:
+            found.st_blocks = blocks
+        return found
+
+    def _entry_of(self, ino: int) -> pyfuse3.EntryAttributes | None:
+        """``WritableNames._entry_of``, with a lower sparse file's blocks (a readdir's entries)."""
+        found = super()._entry_of(ino)
+        # None at once in a tree without sparse files: nothing more per entry there.
+        blocks = self.upper.tree.sparse_blocks(ino)
+        if blocks is not None and found is not None and self.upper.kept(ino) is None:
+            found.st_blocks = blocks  # one with a node had ``attributes`` above
+        return found
 
     # -- open files and directories ----------------------------------------------------------
 

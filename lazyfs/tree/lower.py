@@ -15,15 +15,19 @@ readdir asks it of every entry); ``entries``,
 ``child_count`` and ``parent`` raise KeyError for an inode that is no
 directory; ``names_of`` gives every (directory, name) of an inode in
 (directory, listing) order, () for the root, KeyError for a number not in
-the tree; ``linked`` the inodes with more than one name.  Pure: no I/O.
+the tree; ``linked`` the inodes with more than one name; ``sparse_blocks``
+the 512-byte units a GNU sparse file's data takes (``blocks_of``), None for
+any other inode or number, answered at once by a tree without sparse files.
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
-from lazyfs.tree.merge import ROOT_INO, Inode, InodeNo, MergedTree
+from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo, MergedTree
+from providers.extents import Extent
 
 Names = tuple[tuple[InodeNo, bytes], ...]
 # What an entry's attributes are made of: mode, nlink, uid, gid, size, mtime_ns, rdev.
@@ -55,6 +59,8 @@ class LowerTree(Protocol):
     def max_ino(self) -> int: ...
 
     def data_blocks(self) -> int: ...
+
+    def sparse_blocks(self, ino: int) -> int | None: ...
 
 
 BLOCK_SIZE = 4096
@@ -110,6 +116,10 @@ class MergedLower:
             if inode.data is not None
         )
 
+    def sparse_blocks(self, ino: int) -> int | None:
+        found = self.merged.inodes.get(InodeNo(ino))
+        return None if found is None else blocks_of(found.data)
+
     def _all_names(self) -> dict[InodeNo, list[tuple[InodeNo, bytes]]]:
         if self._names is None:
             names: dict[InodeNo, list[tuple[InodeNo, bytes]]] = {}
@@ -125,9 +135,38 @@ def stat_of(inode: Inode) -> Stat:
     return (inode.mode, inode.nlink, inode.uid, inode.gid, inode.size, inode.mtime_ns, inode.rdev)
 
 
+def blocks_of(data: DataRef | None) -> int | None:
+    """The st_blocks of a GNU sparse file's ``data``: its extents' bytes in 512-byte units.
+
+    None for a file that is not sparse (and for no data): its st_blocks is
+    its size in 512-byte units, as ever.  The sum is rounded up once, as a
+    filesystem allocating 512 bytes at a time would count aligned extents;
+    a real one rounds each extent to its own block size (4096 for most),
+    so the copy backend's files count slightly more.
+    """
+    if data is None or data.extents is None:
+        return None
+    return extents_blocks(data.extents)
+
+
+def extents_blocks(extents: Sequence[Extent]) -> int:
+    """The bytes of data ``extents`` hold, in 512-byte units rounded up."""
+    return (sum(length for _, length, _ in extents) + 511) // 512
+
+
 def as_lower(tree: MergedTree | LowerTree) -> LowerTree:
     """``tree`` as a ``LowerTree``: a ``MergedTree`` wrapped, any other as it is."""
     return MergedLower(tree) if isinstance(tree, MergedTree) else tree
 
 
-__all__ = ["ROOT_INO", "LowerTree", "MergedLower", "Names", "Stat", "as_lower", "stat_of"]
+__all__ = [
+    "ROOT_INO",
+    "LowerTree",
+    "MergedLower",
+    "Names",
+    "Stat",
+    "as_lower",
+    "blocks_of",
+    "extents_blocks",
+    "stat_of",
+]

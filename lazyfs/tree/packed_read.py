@@ -7,7 +7,7 @@ pages.  It answers what the FUSE operations ask of a ``MergedTree``, with
 the same names (``inodes``, ``children``, ``parents``, ``lookup``: the
 ``TreeReader`` both are) and the same answers, and adds what a mount can
 ask without anything built per entry: ``inode``, ``entries`` from a
-readdir offset, ``child_count``, ``names_of`` an inode, ``data_blocks``.
+readdir offset, ``child_count``, ``names_of``, ``data_blocks``, ``sparse_blocks``.
 
 What it holds does not grow with the tree: the mapping, the header, the
 layer digests and ``built_from``.  Every ``Inode``, name and listing is
@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Protocol
 
 from lazyfs.tree import packed as fmt
-from lazyfs.tree.lower import Stat
+from lazyfs.tree.lower import Stat, extents_blocks
 from lazyfs.tree.merge import ROOT_INO, DataRef, Inode, InodeNo
 from providers.digest import Digest
 from providers.extents import Extent
@@ -70,6 +70,8 @@ class PackedTree:
         self._links = header.sections[_S.LINKS]
         self._data = header.sections[_S.DATA][0]
         self._extents = header.sections[_S.EXTENTS][0]
+        # Every sparse file stores at least its extent count there: none, no sparse file.
+        self._any_sparse = header.sections[_S.EXTENTS][1] > 0
         self._xattrs = header.sections[_S.XATTRS][0]
         self._strings = header.sections[_S.STRINGS][0]
         self._layers = tuple(Digest(text) for text in _strings_of(mapped, header, _S.LAYERS, path))
@@ -220,6 +222,14 @@ class PackedTree:
         """The 4096-byte blocks of all files with data, each rounded up, as statfs counts."""
         return self._header.data_blocks
 
+    def sparse_blocks(self, ino: int) -> int | None:
+        """``ino``'s data in 512-byte units if it is sparse, else None (at once if none is)."""
+        payload = self._payload(ino) if self._any_sparse else None
+        if payload is None or not payload[0] & fmt.HAS_DATA:
+            return None
+        record = fmt.DATA.unpack_from(self._map, self._data + payload[1] * fmt.DATA.size)
+        return extents_blocks(self._extents_at(record[4])) if record[1] & fmt.SPARSE else None
+
     def parent(self, directory: int) -> InodeNo:
         """The parent of ``directory`` (the root's is itself); KeyError if it is not one."""
         return self.parents[InodeNo(directory)]
@@ -289,16 +299,14 @@ class PackedTree:
         layer, flags, offset, size, extents_at = fmt.DATA.unpack_from(
             self._map, self._data + number * fmt.DATA.size
         )
-        extents: tuple[Extent, ...] | None = None
-        if flags & fmt.SPARSE:
-            position = self._extents + extents_at
-            (count,) = fmt.COUNT64.unpack_from(self._map, position)
-            position += fmt.COUNT64.size
-            extents = tuple(
-                fmt.EXTENT.unpack_from(self._map, position + n * fmt.EXTENT.size)
-                for n in range(count)
-            )
+        extents = self._extents_at(extents_at) if flags & fmt.SPARSE else None
         return DataRef(self._layers[layer], offset, size, extents)
+
+    def _extents_at(self, at: int) -> tuple[Extent, ...]:
+        """The extents stored at offset ``at`` of EXTENTS: a count, then the extents."""
+        (count,) = fmt.COUNT64.unpack_from(self._map, self._extents + at)
+        first, size = self._extents + at + fmt.COUNT64.size, fmt.EXTENT.size
+        return tuple(fmt.EXTENT.unpack_from(self._map, first + n * size) for n in range(count))
 
 
 def _checksum(fd: int, size: int) -> int:
