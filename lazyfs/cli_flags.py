@@ -173,8 +173,10 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
         Flag(
             "platform",
             None,
-            "os/arch[/variant] to pick from image indexes",
-            shown="linux/<this machine's arch>",
+            "os/arch[/variant] to pick from image indexes, spelt as containerd takes it"
+            " (x86_64 is amd64, aarch64 arm64, arm arm/v7); without an exact match, the"
+            " best variant that platform runs",
+            shown="linux/<this machine's arch>[/<its arm variant>]",
         ),
         Flag(
             "max_layer_size",
