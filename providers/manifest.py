@@ -6,12 +6,16 @@ registry client share it and tests can feed it tables of documents.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from providers import untrusted_json
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
+
+log = logging.getLogger(__name__)
 
 # Media types, from the OCI image spec and Docker's image manifest v2 schema 2.
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -52,6 +56,12 @@ LAYER_TYPES = frozenset(
         DOCKER_LAYER_FOREIGN,
         APPC_LAYER,
     }
+)
+# Layers an image may name without its registry holding them (Windows base
+# layers): the manifest gives ``urls`` to fetch them from instead.  lazyfs
+# never fetches those: they point anywhere the image's author chose.
+NONDISTRIBUTABLE_TYPES = frozenset(
+    {OCI_LAYER_NONDIST_TAR, OCI_LAYER_NONDIST_GZIP, OCI_LAYER_NONDIST_ZSTD, DOCKER_LAYER_FOREIGN}
 )
 
 
@@ -204,6 +214,27 @@ def _string(value: Any, what: str) -> str:
     return value
 
 
+def _environment(entries: tuple[str, ...]) -> tuple[str, ...]:
+    """An image's ``Env``, as a runtime can take it: ``NAME=VALUE`` entries only.
+
+    An entry without ``=`` is dropped with a warning, as Docker and containerd
+    drop it (their replace-or-append of the image's Env onto the defaults reads
+    ``NAME`` alone as "unset NAME"); handed on, runc refuses it ("invalid
+    environment variable").  An entry with no name (``=x``) Docker and
+    containerd pass on, and runc refuses: it is refused here, at the pull.
+    """
+    kept = []
+    for entry in entries:
+        name, eq, _ = entry.partition("=")
+        if not eq:
+            log.warning("image config Env entry %r is not NAME=VALUE: left out", entry)
+        elif not name:
+            raise BadImage(f"bad image config: Env entry {entry!r} is not NAME=VALUE")
+        else:
+            kept.append(entry)
+    return tuple(kept)
+
+
 def parse_image_config(data: bytes) -> tuple[RuntimeConfig, tuple[Digest, ...]]:
     """Parse a Docker or OCI image config: runtime config and rootfs diff_ids."""
     doc = load_json(data, "image config")
@@ -215,7 +246,7 @@ def parse_image_config(data: bytes) -> tuple[RuntimeConfig, tuple[Digest, ...]]:
     runtime = RuntimeConfig(
         entrypoint=_strings(conf.get("Entrypoint"), "Entrypoint"),
         cmd=_strings(conf.get("Cmd"), "Cmd"),
-        env=_strings(conf.get("Env"), "Env"),
+        env=_environment(_strings(conf.get("Env"), "Env")),
         working_dir=_string(conf.get("WorkingDir"), "WorkingDir"),
         user=_string(conf.get("User"), "User"),
     )
@@ -236,6 +267,8 @@ class Descriptor:
     size: int
     platform: dict[str, Any] | None = None
     annotations: dict[str, str] | None = None
+    # Where else the blob may be had (non-distributable layers); lazyfs fetches none.
+    urls: tuple[str, ...] = ()
 
 
 def parse_descriptor(item: Any, what: str) -> Descriptor:
@@ -248,12 +281,32 @@ def parse_descriptor(item: Any, what: str) -> Descriptor:
         raise BadImage(f"{what} lacks a valid digest or size") from exc
     if size < 0:
         raise BadImage(f"{what} has a negative size")
+    urls = item.get("urls")
     return Descriptor(
         media_type=str(item.get("mediaType", "")),
         digest=digest,
         size=size,
         platform=item.get("platform"),
         annotations=item.get("annotations"),
+        urls=tuple(u for u in urls if isinstance(u, str)) if isinstance(urls, list) else (),
+    )
+
+
+def nondistributable(desc: Descriptor, source: str) -> str | None:
+    """Why a layer whose blob ``source`` lacks cannot be had, if it is non-distributable.
+
+    None for any other layer: its blob is simply missing.  The first of its
+    ``urls`` is named (without credentials or query) so the user knows where it lives.
+    """
+    if desc.media_type not in NONDISTRIBUTABLE_TYPES:
+        return None
+    where = ""
+    if desc.urls:
+        url = urlsplit(desc.urls[0])
+        host = url.netloc.rpartition("@")[2]
+        where = f" (only at {url.scheme}://{host}{url.path})"
+    return (
+        f"layer {desc.digest} is non-distributable{where}: lazyfs fetches layers from {source} only"
     )
 
 
@@ -273,6 +326,28 @@ class ParsedManifest:
 # be hardlinks to one, 1.5 KiB of tar each; a registry's manifest is a request each).
 LAYER_LIMIT = 1000
 
+# The config media types of container images.  "": a config descriptor without
+# one says nothing of an artifact, and lazyfs has always read such manifests.
+IMAGE_CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG, ""})
+
+
+def _artifact_type(declared: object, config_type: str) -> str:
+    """The type of the artifact a manifest describes; "" when it describes an image.
+
+    The OCI image spec (v1.1, manifest.md) gives ``artifactType`` as "the type
+    of an artifact when the manifest is used for an artifact", required when
+    the config is the empty descriptor (``application/vnd.oci.empty.v1+json``);
+    an image has no artifact type, so a manifest that states one is not an
+    image, whatever its config.  Without it, an artifact's type is its config's
+    media type (the spec's rule for the referrers API): a Helm chart's
+    ``application/vnd.cncf.helm.config.v1+json``.  ``subject`` is no sign of
+    an artifact: an image may refer to another too.  lazyfs' own artifacts
+    (lazyfs.index, lazyfs.publish) are read by their own parsers, not this one.
+    """
+    if declared not in (None, ""):
+        return repr(str(declared)[:200])
+    return "" if config_type in IMAGE_CONFIG_TYPES else repr(config_type)
+
 
 def parse_image_manifest(data: bytes, media_type: str = "") -> ParsedManifest:
     """Parse an image manifest (not an index); ``media_type`` is a fallback."""
@@ -287,13 +362,22 @@ def parse_image_manifest(data: bytes, media_type: str = "") -> ParsedManifest:
     if doc.get("schemaVersion") != 2:
         raise BadImage(f"unsupported manifest schemaVersion {doc.get('schemaVersion')!r}")
     config = parse_descriptor(doc.get("config"), "manifest config descriptor")
+    artifact = _artifact_type(doc.get("artifactType"), config.media_type)
+    if artifact:
+        raise BadImage(f"not a container image: an OCI artifact of type {artifact}")
     layers_doc = doc.get("layers")
     if not isinstance(layers_doc, list):
         raise BadImage("image manifest has no layers list")
     if len(layers_doc) > LAYER_LIMIT:
         raise BadImage(f"image manifest lists {len(layers_doc)} layers, over {LAYER_LIMIT}")
     layers = tuple(parse_descriptor(item, f"layer {i}") for i, item in enumerate(layers_doc))
-    for layer in layers:
-        if layer.media_type not in LAYER_TYPES:
-            raise BadImage(f"unsupported layer media type {layer.media_type!r}")
+    kinds = [layer.media_type for layer in layers if layer.media_type not in LAYER_TYPES]
+    if kinds and len(kinds) == len(layers):
+        # An image's config, but not one filesystem layer: a signature (cosign's
+        # simplesigning), an attestation (in-toto) stored as an image.
+        raise BadImage(
+            f"not a container image: an OCI artifact (unsupported layer media type {kinds[0]!r})"
+        )
+    if kinds:
+        raise BadImage(f"unsupported layer media type {kinds[0]!r}")
     return ParsedManifest(media_type=kind, config=config, layers=layers)

@@ -38,6 +38,7 @@ from providers.manifest import (
     Layer,
     layer_annotations,
     load_json,
+    nondistributable,
     parse_image_config,
     parse_image_manifest,
 )
@@ -349,18 +350,30 @@ def resolve_layout(
         entry = pinned[0] if pinned else select_platform(children, files.label, platform)
         pinned_ok = pinned_ok or bool(pinned)
         by_platform = not pinned
+    named = f"{files.label}: {reference}"  # as the registry client names its errors
     if not pinned_ok:
-        raise DigestMismatch(
-            f"{files.label}: {full_ref}", expected=str(digest), actual=entry.digest
+        pin = DigestMismatch(named, expected=str(digest), actual=entry.digest)
+        pin.args = (
+            f"{named}: its manifest is {entry.digest}, not the {digest} the reference pins",
         )
+        raise pin
     if entry.media_type not in ("", OCI_MANIFEST, DOCKER_MANIFEST):
         raise BadImage(f"{files.label}: {entry.digest} has unsupported type {entry.media_type!r}")
-    manifest = parse_image_manifest(read_blob(files, entry, "image manifest"), entry.media_type)
+    # The parsers' errors do not know the image: named for it, as the registry client does.
+    try:
+        manifest = parse_image_manifest(read_blob(files, entry, "image manifest"), entry.media_type)
+    except BadImage as exc:
+        raise exc.for_image(named) from exc
     config = read_blob(files, manifest.config, "image config")
-    runtime, diff_ids = parse_image_config(config)
+    try:
+        runtime, diff_ids = parse_image_config(config)
+        # One picked from an index is of the platform asked for; a single image says its own.
+        stated = "" if by_platform else config_platform(config)
+    except BadImage as exc:
+        raise exc.for_image(named) from exc
     if len(diff_ids) != len(manifest.layers):
         raise BadImage(
-            f"{files.label}: manifest has {len(manifest.layers)} layers "
+            f"{named}: manifest has {len(manifest.layers)} layers "
             f"but config has {len(diff_ids)} diff_ids"
         )
     layers: list[Layer] = []
@@ -368,24 +381,16 @@ def resolve_layout(
     for desc, diff_id in zip(manifest.layers, diff_ids, strict=True):
         where = files.location(blob_name(desc.digest))
         if where is None:
-            raise BadImage(f"{files.label}: layer blob {desc.digest} is missing")
+            why = nondistributable(desc, "the layout") or f"layer blob {desc.digest} is missing"
+            raise BadImage(f"{files.label}: {why}")
         if where.size != desc.size:
             raise DigestMismatch(
                 f"{files.label}: layer {desc.digest} size",
                 expected=str(desc.size),
                 actual=str(where.size),
             )
-        layers.append(
-            Layer(
-                desc.digest,
-                desc.media_type,
-                desc.size,
-                diff_id,
-                layer_annotations(desc.annotations),
-            )
-        )
+        note = layer_annotations(desc.annotations)
+        layers.append(Layer(desc.digest, desc.media_type, desc.size, diff_id, note))
         blobs[desc.digest] = where
-    # One picked from an index is of the platform asked for; a single image says its own.
-    stated = "" if by_platform else config_platform(config)
     image = ImageManifest(reference, entry.digest, tuple(layers), runtime, stated)
     return image, blobs

@@ -66,6 +66,7 @@ from providers.manifest import (
     Layer,
     layer_annotations,
     load_json,
+    nondistributable,
     parse_image_config,
     parse_image_manifest,
 )
@@ -97,6 +98,7 @@ class _BlobHome:
     repository: str
     image: str
     size: int
+    missing: str | None = None  # what a 404 for it means: a non-distributable layer
 
     def url(self, base: str, digest: Digest) -> str:
         return f"{base}/v2/{self.repository}/blobs/{digest}"
@@ -233,17 +235,24 @@ class RegistryClient:
             Layer(desc.digest, desc.media_type, desc.size, diff_id, note)
             for desc, diff_id, note in zip(manifest.layers, diff_ids, notes, strict=True)
         )
-        self._remember(layers, bases, ref.repository, image)
+        why = {d.digest: nondistributable(d, "the registry") for d in manifest.layers}
+        self._remember(layers, bases, ref.repository, image, why)
         # One picked from an index is of the platform asked for; a single image says its own.
         platform = "" if depth else named(image, config_platform, config)
         return ImageManifest(image, digest, layers, runtime, platform)
 
     def _remember(
-        self, layers: tuple[Layer, ...], bases: tuple[str, ...], repository: str, image: str
+        self,
+        layers: tuple[Layer, ...],
+        bases: tuple[str, ...],
+        repository: str,
+        image: str,
+        missing: dict[Digest, str | None] | None = None,
     ) -> None:
         with self._lock:
             for layer in layers:
-                self._blobs[layer.digest] = _BlobHome(bases, repository, image, layer.size)
+                why = (missing or {}).get(layer.digest)
+                self._blobs[layer.digest] = _BlobHome(bases, repository, image, layer.size, why)
 
     def _schema1(
         self,
@@ -301,6 +310,7 @@ class RegistryClient:
             image=home.image,
             scope=f"repository:{home.repository}:pull",
             size=home.size,
+            missing=home.missing,
         )
         return io.BufferedReader(raw, 1 << 20)
 

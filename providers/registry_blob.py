@@ -26,19 +26,31 @@ from typing import Any
 
 import requests
 
-from providers.errors import TemporaryFailure
+from providers.errors import NotFound, TemporaryFailure
 from providers.registry_checks import parse_content_range
 from providers.registry_http import RegistryHttp, redact
 from providers.retry import Again, Deadline, is_temporary, retrying, seconds, short_cause
 
 
 class BlobStream(io.RawIOBase):
-    """Blocking, read-only, not seekable; ``size`` (when known) ends the body."""
+    """Blocking, read-only, not seekable; ``size`` (when known) ends the body.
+
+    ``missing``: what to say, instead of the registry's 404, when it does not
+    have the blob (providers.manifest.nondistributable: a layer it need not hold).
+    """
 
     def __init__(
-        self, http: RegistryHttp, url: str, *, image: str, scope: str, size: int | None
+        self,
+        http: RegistryHttp,
+        url: str,
+        *,
+        image: str,
+        scope: str,
+        size: int | None,
+        missing: str | None = None,
     ) -> None:
         super().__init__()
+        self._missing = missing
         self._http = http
         self._url = url
         self._image = image
@@ -115,13 +127,20 @@ class BlobStream(io.RawIOBase):
 
     def _open(self) -> Iterator[bytes]:
         headers = {"Range": f"bytes={self._pos}-"} if self._pos else {}
-        response = self._http.get(
-            self._url,
-            image=self._image,
-            scope=self._scope,
-            headers=headers,
-            ok=(200, 206),
-        )
+        try:
+            response = self._http.get(
+                self._url,
+                image=self._image,
+                scope=self._scope,
+                headers=headers,
+                ok=(200, 206),
+            )
+        except NotFound as exc:
+            if self._missing is None:
+                raise
+            raise NotFound(
+                f"{self._image}: {self._missing}", url=exc.url, image=self._image
+            ) from exc
         self._response = response
         if self._pos and response.status_code == 206:
             parsed = parse_content_range(response.headers.get("Content-Range", ""))
