@@ -11,6 +11,7 @@ their index, and the checks of a published index
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -108,3 +109,31 @@ def pieces(
         position += take
     if position < end:
         yield end - position, None
+
+
+def seek(extents: tuple[Extent, ...] | None, size: int, offset: int, whence: int) -> int | None:
+    """Where ``lseek(offset, whence)`` lands in a file, for ``os.SEEK_DATA`` or ``os.SEEK_HOLE``.
+
+    SEEK_DATA: the start of the first data at or after ``offset``; SEEK_HOLE:
+    the first byte of a hole at or after it, the end of the file counting as
+    one (so ``size`` for a file without holes after ``offset``).  None where
+    lseek(2) fails with ENXIO: ``offset`` negative or at or past ``size``,
+    or no data after it.  ValueError for any other ``whence``.
+    """
+    if whence not in (os.SEEK_DATA, os.SEEK_HOLE):
+        raise ValueError(f"whence {whence} is neither SEEK_DATA nor SEEK_HOLE")
+    if offset < 0 or offset >= size:
+        return None
+    found = data_extents(extents, size)
+    # The first extent that ends after offset: the one holding it, or the next.
+    here = max(bisect.bisect_right(found, offset, key=lambda e: e[0]) - 1, 0)
+    position = offset
+    for start, count, _ in found[here:]:
+        if start + count <= position:
+            continue
+        if whence == os.SEEK_DATA:
+            return max(start, position)
+        if start > position:
+            return position  # in the hole before this extent
+        position = start + count  # data up to here; the next extent may follow at once
+    return None if whence == os.SEEK_DATA else position

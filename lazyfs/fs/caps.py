@@ -24,7 +24,10 @@ new inode, on a writable mount too), and a container's start resolves
 the same few (``/lib``, ``/bin``, ``python3``) again and again.
 The pyfuse3 that ``scripts/setup`` builds has ``Operations.enable_cache_symlinks``
 for it (patch 0002); a stock one has not and never sees the attribute, so
-its mounts answer every readlink as before.
+its mounts answer every readlink as before.  ``lseek`` (SEEK_DATA and
+SEEK_HOLE, patch 0006) needs no looking for: the operations define it on
+every path, and a stock pyfuse3 never calls it (the kernel then answers
+as if files had no holes).
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ HANDLERS = (
     "open",
     "create",
     "read",
+    "lseek",
     "write",
     "flush",
     "release",

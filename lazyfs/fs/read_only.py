@@ -15,7 +15,9 @@ most recently, at most ``ATTRIBUTES_KEPT`` of them: a ``find`` over a
 million files does not grow the mount.
 File bytes come from ``ChunkCache`` (worker threads, bounded cache); open
 file and directory handles are the inode numbers themselves, since nothing
-is kept per handle.
+is kept per handle.  ``lseek`` SEEK_DATA and SEEK_HOLE are answered from a
+file's extents (``seek_lower``), so hole-aware tools skip a GNU sparse
+file's holes without reading them.
 
 ``NoOpenReadOnlyOperations`` answers ENOSYS to open and opendir instead
 (the no-open path, see ``lazyfs.fs.caps``): the kernel then opens files
@@ -48,7 +50,7 @@ from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
 from lazyfs.tree.lower import LowerTree, as_lower, blocks_of
 from lazyfs.tree.merge import DataRef, Inode, InodeNo, MergedTree
-from providers.extents import pieces
+from providers.extents import pieces, seek
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,24 @@ def no_entry(timeout: float) -> pyfuse3.EntryAttributes:
     missing.st_ino = pyfuse3.InodeT(0)
     missing.entry_timeout = timeout
     return missing
+
+
+def seek_lower(data: DataRef | None, off: int, whence: int) -> int:
+    """lseek(SEEK_DATA or SEEK_HOLE) in a lower file, from its extents alone.
+
+    A GNU sparse file's holes are where its sparse map says; any other file
+    is all data.  FUSEError(ENXIO) where lseek(2) fails so, EINVAL for
+    another whence (the kernel sends only these two).
+    """
+    try:
+        found = seek(
+            None if data is None else data.extents, 0 if data is None else data.size, off, whence
+        )
+    except ValueError:
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+    if found is None:
+        raise pyfuse3.FUSEError(errno.ENXIO)
+    return found
 
 
 class ReadOnlyOperations(pyfuse3.Operations):
@@ -261,6 +281,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         """File handles hold nothing."""
+
+    @fuse_errors
+    async def lseek(self, fh: pyfuse3.FileHandleT, off: int, whence: int) -> int:
+        """Where SEEK_DATA or SEEK_HOLE from ``off`` lands; no byte of the file is read."""
+        return seek_lower(self._inode(fh).data, off, whence)
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

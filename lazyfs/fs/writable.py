@@ -16,7 +16,9 @@ a handle per open.  Semantics chosen:
   layer;
 - opening for writing (or with O_TRUNC) copies the data up first;
 - pages stay cached across opens, since every write goes through this
-  mount's page cache.
+  mount's page cache;
+- lseek SEEK_DATA and SEEK_HOLE answer from the lower file's extents
+  until the file is copied up, then as the upper file's filesystem does.
 
 Every handler ends in ``pyfuse3.FUSEError`` (``lazyfs.fs.boundary``).
 Blocking file I/O runs in worker threads under ``Upper.limiter``.
@@ -37,7 +39,7 @@ import trio
 
 from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
-from lazyfs.fs.read_only import read_lower
+from lazyfs.fs.read_only import read_lower, seek_lower
 from lazyfs.fs.upper import Copy, Node, Upper
 from lazyfs.fs.writable_names import Listing, WritableNames
 from lazyfs.tree.lower import blocks_of
@@ -176,20 +178,33 @@ class WritableOperations(WritableNames):
             raise pyfuse3.FUSEError(errno.EBADF)
         return handle
 
-    @fuse_errors
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+    def _current(self, fh: int) -> _Handle:
+        """``fh``'s handle, given an fd on the upper file if the file was copied up since."""
         handle = self._file(fh)
         if handle.fd is None:
             node = handle.node if handle.node is not None else self.upper.kept(handle.ino)
             if node is not None and node.copy is Copy.DATA and node.names:
                 # Copied up since this handle was opened: the lower bytes are stale now.
                 handle.node, handle.fd = node, self.upper.open_file(node, os.O_RDONLY)
+        return handle
+
+    @fuse_errors
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        handle = self._current(fh)
         if handle.fd is not None:
             fd = handle.fd
             return await trio.to_thread.run_sync(
                 os.pread, fd, size, off, limiter=self.upper.limiter
             )
         return await read_lower(self.chunks, handle.lower, off, size)
+
+    @fuse_errors
+    async def lseek(self, fh: pyfuse3.FileHandleT, off: int, whence: int) -> int:
+        """SEEK_DATA or SEEK_HOLE: the upper file's own answer, else the lower file's extents."""
+        handle = self._current(fh)
+        if handle.fd is not None:
+            return await seek_upper(handle.fd, off, whence, self.upper.limiter)
+        return seek_lower(handle.lower, off, whence)
 
     @fuse_errors
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
@@ -247,3 +262,19 @@ class WritableOperations(WritableNames):
         for handle in self._files.values():
             if handle.ino == node.ino and handle.fd is None:
                 handle.node, handle.fd = node, self.upper.open_file(node, os.O_RDONLY)
+
+
+async def seek_upper(fd: int, off: int, whence: int, limiter: trio.CapacityLimiter) -> int:
+    """lseek(SEEK_DATA or SEEK_HOLE) on an upper file, as its filesystem answers it.
+
+    Moves ``fd``'s position, which no handler uses (they pread and pwrite).
+    ENXIO is an answer, not a failure: passed on as FUSEError, as any other
+    errno lseek(2) gives for these whences (EINVAL where the filesystem has none).
+    """
+    try:
+        found: int = await trio.to_thread.run_sync(os.lseek, fd, off, whence, limiter=limiter)
+    except OSError as error:
+        if error.errno in (errno.ENXIO, errno.EINVAL):
+            raise pyfuse3.FUSEError(error.errno) from None
+        raise
+    return found

@@ -55,10 +55,10 @@ import trio
 
 from lazyfs.blobs.ranges import ChunkCache
 from lazyfs.fs.boundary import fuse_errors
-from lazyfs.fs.read_only import read_lower
+from lazyfs.fs.read_only import read_lower, seek_lower
 from lazyfs.fs.upper import Copy, Node, Upper
 from lazyfs.fs.upper_copy import copy_lower_into
-from lazyfs.fs.writable import WritableOperations
+from lazyfs.fs.writable import WritableOperations, seek_upper
 from lazyfs.fs.writable_names import Listing, listing_order
 from lazyfs.tree.merge import Inode, InodeNo
 
@@ -247,6 +247,20 @@ class NoOpenWritableOperations(WritableOperations):
             return await trio.to_thread.run_sync(
                 os.pread, fd, size, off, limiter=self.upper.limiter
             )
+        finally:
+            if owned:
+                os.close(fd)
+
+    @fuse_errors
+    async def lseek(self, fh: pyfuse3.FileHandleT, off: int, whence: int) -> int:
+        node = self.upper.view(fh)
+        if isinstance(node, Inode):  # a lower file nothing changed
+            return seek_lower(node.data, off, whence)
+        if node.copy is not Copy.DATA or not stat.S_ISREG(node.mode):
+            return seek_lower(node.lower_data, off, whence)
+        fd, owned = self._upper_fd(node, os.O_RDONLY)
+        try:
+            return await seek_upper(fd, off, whence, self.upper.limiter)
         finally:
             if owned:
                 os.close(fd)
