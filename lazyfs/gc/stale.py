@@ -16,8 +16,12 @@ uses the layer:
 - merged trees kept (``trees/<chain>``) that no mount will take: made by
   other code or from indexes since replaced (``lazyfs.tree.kept``), or for
   a chain whose indexes are gone.  A layer's index may be the one of the
-  layer's own directory or one kept by TOC for a lazily read eStargz layer
-  (``lazyfs.index.estargz_store``): a tree made from any of those stays.
+  layer's own directory, one kept by TOC for a lazily read eStargz layer
+  (``lazyfs.index.estargz_store``) or one published beside an image
+  (``lazyfs.index.published``): a tree made from any of those stays, until
+  the layer's blob is here with an index of its own, which is then the only
+  one a mount reads.  The packed trees beside them (``packed-trees/``,
+  ``lazyfs.tree.mapped``) are not looked at: they go with their layer.
 
 And image records no lookup finds (damaged, or under an old key), unless
 the key is one a container's image has.  Each goes through the ``gc/``
@@ -39,6 +43,7 @@ from pathlib import Path
 from lazyfs.gc.trash import Trash
 from lazyfs.index.estargz_store import TOCS_DIR
 from lazyfs.index.model import CHECKPOINTS_NAME, CHUNKS_NAME, INDEX_NAME, TAR_NAME
+from lazyfs.index.published import PUBLISHED_DIR, SET_ASIDE_NAME
 from lazyfs.index.stored import index_source, layer_format, load_index
 from lazyfs.store.disk import Store
 from lazyfs.tree.kept import load_tree
@@ -75,19 +80,20 @@ def remove_stale(
         with try_exclusive_lock(home / "lock") as free:
             if not free:
                 continue  # an extraction or index build is under way: next pass
-            for path in _stale_in(store.layers, home, stale_tree, mounts, named):
+            for path in _stale_in(store, home, stale_tree, mounts, named):
                 trash.discard(path)
                 removed.append(str(path.relative_to(store.root)))
     return removed
 
 
 def _stale_in(
-    layers_dir: Path,
+    store: Store,
     home: Path,
     stale_tree: Callable[[str], bool],
     mounts: str,
     named: bytes,
 ) -> list[Path]:
+    layers_dir = store.layers
     found = []
     for entry in sorted(home.iterdir()):
         if stale_tree(entry.name) and not _mounted(mounts, home.name, entry.name):
@@ -105,7 +111,7 @@ def _stale_in(
             found.append(path)
     trees = home / "trees"
     if trees.is_dir():
-        found.extend(tree for tree in sorted(trees.iterdir()) if _stale_tree_file(layers_dir, tree))
+        found.extend(tree for tree in sorted(trees.iterdir()) if _stale_tree_file(store, tree))
     return found
 
 
@@ -113,7 +119,7 @@ def _digest(hexdigest: str) -> Digest:
     return Digest(f"{'sha512' if len(hexdigest) == 128 else 'sha256'}:{hexdigest}")
 
 
-def _stale_tree_file(layers_dir: Path, path: Path) -> bool:
+def _stale_tree_file(store: Store, path: Path) -> bool:
     """Whether the kept merged tree at ``path`` is one no mount will load."""
     try:
         header = marshal.loads(path.read_bytes())[0]
@@ -130,22 +136,41 @@ def _stale_tree_file(layers_dir: Path, path: Path) -> bool:
     if len(sources) != len(digests):
         return True
     # A mount labels each layer with the source of the index it reads: the
-    # layer's own, or one kept by TOC (lazyfs.fs.mount_main).  Not current
-    # when a layer has no index of that source: made by other code, or from
-    # indexes since replaced or gone.
+    # layer's own, one kept by TOC, or one published (lazyfs.fs.mount_main).
+    # Not current when a layer has no index of that source that a mount
+    # reads: made by other code, or from indexes since replaced or gone.
     for digest, source in zip(digests, sources, strict=True):
-        if source == "" or source not in _index_sources(layers_dir, digest):
+        if source == "" or source not in _index_sources(store, digest):
             return True
     return load_tree(path, digests, sources=sources) is None
 
 
-def _index_sources(layers_dir: Path, digest: Digest) -> set[str]:
-    """The sources (``index_source``) of every index stored for ``digest``."""
-    homes = [layers_dir]
-    with contextlib.suppress(OSError):
-        tocs = layers_dir / digest.partition(":")[2] / TOCS_DIR
-        homes += sorted(entry for entry in tocs.iterdir() if entry.is_dir())
-    return {index_source(home, digest) for home in homes} - {""}
+def _index_sources(store: Store, digest: Digest) -> set[str]:
+    """The sources (``index_source``) of the indexes of ``digest`` a mount may read.
+
+    A layer whose blob is in the store is mounted as a local layer
+    (``lazyfs.provision.lazy.remote_origins``), from the index of its own
+    directory: once that is there, no other is read again.  A layer still
+    in its registry is read by an index kept by TOC (eStargz), or by one
+    published beside its image that no mount set aside; or, once fetched
+    whole, by its own.
+    """
+    layers_dir = store.layers
+    own = index_source(layers_dir, digest)
+    if own and store.has_blob(digest):
+        return {own}
+    home = layers_dir / digest.partition(":")[2]
+    published = [d for d in _kept_dirs(home / PUBLISHED_DIR) if not (d / SET_ASIDE_NAME).exists()]
+    homes = [*_kept_dirs(home / TOCS_DIR), *published]
+    return ({own} | {index_source(where, digest) for where in homes}) - {""}
+
+
+def _kept_dirs(parent: Path) -> list[Path]:
+    """The layers dirs under ``parent``: one per TOC, or per published index blob."""
+    try:
+        return sorted(entry for entry in parent.iterdir() if entry.is_dir())
+    except OSError:  # none kept
+        return []
 
 
 def _mounted(mounts: str, home: str, name: str) -> bool:
