@@ -4,7 +4,7 @@ A lock file may be removed by its holder once what it guards is gone
 (``remove_lock``): one per container or mount point would otherwise stay for
 good. A process that opened the file before it went, and gets its lock after,
 holds the lock of a file no one else will open: it finds the path naming
-another file, or none, and opens the path again (``_take``). So two holders
+another file, or none, and opens the path again (``take_lock``). So two holders
 are never at once, whoever removed what.
 """
 
@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def _take(path: Path, wait: bool) -> int | None:
+def take_lock(path: Path, wait: bool) -> int | None:
     """An fd of ``path`` (created if missing) holding its exclusive flock, or None when
-    ``wait`` is False and another holds it."""
+    ``wait`` is False and another holds it. For a lock handed to another process (its
+    fd inherited); the caller closes it. Else use the context managers below."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -55,7 +56,7 @@ def remove_lock(path: Path) -> None:
 @contextlib.contextmanager
 def try_exclusive_lock(path: Path) -> Iterator[bool]:
     """``exclusive_lock`` without waiting: yields whether the lock was free (and is held)."""
-    fd = _take(path, wait=False)
+    fd = take_lock(path, wait=False)
     try:
         yield fd is not None
     finally:
@@ -70,7 +71,7 @@ def exclusive_lock(path: Path) -> Iterator[None]:
     Blocks until the lock is free. The kernel drops it when the process dies,
     so a crash never leaves it held.
     """
-    fd = _take(path, wait=True)
+    fd = take_lock(path, wait=True)
     assert fd is not None
     try:
         yield
@@ -88,7 +89,7 @@ def exclusive_lock_until(
     not hang the caller past its deadline. Past it, raises ``error`` (an
     exception type, or any callable) made with a message naming ``path``.
     """
-    while (fd := _take(path, wait=False)) is None:
+    while (fd := take_lock(path, wait=False)) is None:
         if time.monotonic() > deadline:
             raise error(f"{path} stayed locked: another start hangs")
         time.sleep(pause)

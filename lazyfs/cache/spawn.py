@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazyfs.cache.layout import socket_path
+from providers.append_log import open_log
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
@@ -269,9 +270,7 @@ def _keep_spec(spec: DaemonSpec) -> None:
 
 
 def _spawn(spec: DaemonSpec) -> int:
-    log_fd = os.open(
-        spec.cache_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-    )
+    log_fd = open_log(spec.cache_dir / LOG_NAME)  # renamed to .1 once past its cap
     try:
         return os.posix_spawn(
             spec.command[0],

@@ -50,6 +50,7 @@ from lazyfs.fs import mount_peers as peers
 from lazyfs.fs.mount_server_wire import LENGTH, MAX_MESSAGE, encode, read_exactly
 from lazyfs.fs.mount_server_wire import code_key as code_key  # callers ask it here too
 from providers import rlimits
+from providers.append_log import open_log
 from providers.errors import BackendError, UsageError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
@@ -313,9 +314,7 @@ def _started_ahead(directory: Path) -> socket.socket:
 
 def _spawn(directory: Path, *, lock_fd: int | None = None, first_idle: float | None = None) -> int:
     """Start a server in ``directory``, detached; its pid. It holds ``lock_fd`` till it listens."""
-    log_fd = os.open(
-        directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-    )
+    log_fd = open_log(directory / LOG_NAME)  # renamed to .1 once past its cap
     try:
         # The room argument: the children write their own command line over it.
         argv = [sys.executable, "-P", "-m", SERVER_MODULE, "--dir", str(directory)]

@@ -11,7 +11,8 @@ between looking at the store and writing its record meanwhile:
 ``lazyfs.store.usage_lock``):
 
 1. finishes what a killed pass left in ``gc/``, and ``tmp/`` files of
-   processes that are gone;
+   processes that are gone; removes the lock files of blobs, images and
+   adoptions no process holds (``lazyfs.store.lock_sweep``);
 2. removes stale leftovers (``lazyfs.gc.stale``), whatever the room;
 3. while the store's filesystem has less than the headroom free, removes,
    one at a time: layers no image record names (oldest first), then images
@@ -44,6 +45,7 @@ from lazyfs.gc.stale import remove_stale
 from lazyfs.gc.trash import Trash
 from lazyfs.gc.uses import InUse, in_use
 from lazyfs.store.disk import Store
+from lazyfs.store.lock_sweep import sweep_locks
 from lazyfs.store.usage_lock import collecting
 from providers.digest import Digest, is_digest
 from providers.errors import Conflict, NotFound
@@ -125,6 +127,7 @@ class _Pass:
         store.clean_tmp()
         self.uses: InUse = in_use(work_dir, store.root)
         self.report.stale += remove_stale(store, self.trash, stale_tree, self.uses.images)
+        sweep_locks(store.locks)  # not reported: lock files of images pulled or adopted
         self.images = [
             StoredImage(path, manifest, _mtime(path))
             for path, manifest in store.records()

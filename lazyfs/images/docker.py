@@ -205,9 +205,10 @@ class DockerProvider:
                 return stored
         source = PathPuller(local, self.options.platform) if local else self._source(image)
         key = "image-" + hashlib.sha256(f"{reference}\n{platform}".encode()).hexdigest()
-        # The lock is a blocking flock: take it in a thread, hold it across the
-        # pull, so a second process waits and then finds everything stored.
-        async with self.store.lock_async(key):
+        # Held across the pull, so a second process waits and then finds everything
+        # stored. Its file goes as it is released: one per reference ever pulled (a
+        # new tag per build, an archive's path) would stay otherwise.
+        async with self.store.lock_async(key, remove=True):
             if image.cached and local is None:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from providers.append_log import open_log
+from providers.fslock import take_lock
 from providers.manifest import ImageManifest
 from providers.reaping import reap_later
 
@@ -44,15 +46,13 @@ def adopt_later(
     otherwise it outlives this process. Raises OSError when it cannot be
     started.
     """
-    lock_fd = _above_std(os.open(
-        adopt_lock(store_root, manifest.reference, manifest.platform),
-        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
-    ))  # fmt: skip
+    # Taken as every lock of the store is (``providers.fslock``): GC removes the lock
+    # files no one holds (``lazyfs.store.lock_sweep``): one per image adopted stayed.
+    taken = take_lock(adopt_lock(store_root, manifest.reference, manifest.platform), wait=False)
+    if taken is None:
+        return None
+    lock_fd = _above_std(taken)  # the same open file, so the same lock
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
         argv = [sys.executable, "-P", "-m", "lazyfs.provision.adopt",
                 "--store", str(store_root), "--cache-dir", str(cache_dir),
                 "--reference", manifest.reference, "--platform", manifest.platform,
@@ -83,9 +83,7 @@ def _above_std(fd: int) -> int:
 
 def _spawn(argv: list[str], log_dir: Path, lock_fd: int) -> int:
     """Spawn ``argv`` detached, its output to ``adopt.log``, keeping ``lock_fd`` (3 or above)."""
-    log_fd = _above_std(
-        os.open(log_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    )
+    log_fd = _above_std(open_log(log_dir / LOG_NAME))  # renamed to .1 once past its cap
     try:
         return os.posix_spawn(
             sys.executable,

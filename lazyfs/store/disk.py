@@ -292,9 +292,11 @@ class Store:
                 if remove:
                     remove_lock(path)
 
-    def lock_async(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+    def lock_async(
+        self, name: str, *, remove: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """``lock`` for trio code: waiting for it yields, and a cancellation ends the wait."""
-        return locked_async(self.locks / f"{name}.lock")
+        return locked_async(self.locks / f"{name}.lock", remove=remove)
 
     @contextlib.contextmanager
     def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
@@ -364,8 +366,8 @@ _LOCK_POLL_MAX = 0.25
 
 
 @contextlib.asynccontextmanager
-async def locked_async(path: Path) -> AsyncIterator[None]:
-    """``exclusive_lock(path)`` for trio code.
+async def locked_async(path: Path, *, remove: bool = False) -> AsyncIterator[None]:
+    """``exclusive_lock(path)`` for trio code; ``remove`` as ``Store.lock``'s.
 
     The wait polls a non-blocking flock between trio sleeps, so Ctrl-C or
     SIGTERM end it at once, however long another process (a pull of the
@@ -377,7 +379,11 @@ async def locked_async(path: Path) -> AsyncIterator[None]:
     while True:
         with try_exclusive_lock(path) as held:
             if held:
-                yield
+                try:
+                    yield
+                finally:
+                    if remove:  # still held: a waiter that opened it opens the path again
+                        remove_lock(path)
                 return
         await trio.sleep(delay)
         delay = min(delay * 2, _LOCK_POLL_MAX)

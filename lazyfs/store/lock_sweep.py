@@ -1,0 +1,36 @@
+"""Removing the store's lock files no process holds.
+
+A blob's or an image's lock file goes as its holder lets go of it
+(``Store.lock``, ``Store.lock_async`` with ``remove``); an adoption's
+(``lazyfs.provision.adopt_spawn.adopt_lock``) is held by the adopting
+process until it exits, which leaves it; a pull killed leaves its own too.
+One per name ever locked would stay for good (an agent pulling a new tag
+per build), so image GC removes those no one holds (``sweep_locks``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from providers.fslock import remove_lock, try_exclusive_lock
+
+# The lock files that name one blob, image or adoption: one per name ever locked.
+SWEPT = ("blob-", "image-", "adopt-")
+
+
+def sweep_locks(locks: Path) -> int:
+    """Remove the lock files of ``SWEPT`` under ``locks`` that no process holds; how many.
+
+    Safe against a process that opened one before and locks it after: every
+    taker of these locks checks that it holds the file its path names, and
+    opens the path again otherwise (``providers.fslock``). Blocking.
+    """
+    removed = 0
+    for path in sorted(locks.glob("*.lock")):
+        if not path.name.startswith(SWEPT):
+            continue  # the store's usage lock, and any other, are not one per name
+        with try_exclusive_lock(path) as free:
+            if free:
+                remove_lock(path)
+                removed += 1
+    return removed
