@@ -1,7 +1,7 @@
 """mount(2) and umount2(2) through libc, and which mounts lie under a directory.
 
-``is_mounted`` and ``mount_points`` (``providers.mountinfo``) are here too,
-so backends ask one module about mounts.
+``is_mounted``, ``mount_points`` and ``mount_point_set`` (``providers.mountinfo``)
+are here too, so backends ask one module about mounts.
 """
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ import ctypes
 import errno
 import os
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 from providers.errors import BackendError
-from providers.mountinfo import is_mounted, mount_points, real_path
+from providers.mountinfo import is_mounted, mount_point_set, mount_points, real_path
 
 __all__ = [
     "NOT_ANSWERING",
     "bind_mount",
     "is_mounted",
     "mount",
+    "mount_point_set",
     "mount_points",
     "mount_problem",
     "mounts_under",
@@ -122,8 +124,13 @@ def unmount_all_under(root: Path) -> None:
         raise BackendError(f"still mounted after unmount: {', '.join(map(str, left))}")
 
 
-def mount_problem(target: Path) -> str | None:
+def mount_problem(target: Path, points: Collection[Path] | None = None) -> str | None:
     """Why ``target`` is not a working mount point (one short clause), or None.
+
+    ``points``: the mount table as read once for many targets
+    (``mount_point_set``); None, it is read now. What acts on the answer
+    (mounting again over ``target``) asks with None: a snapshot may be older
+    than a mount made or taken down since.
 
     A FUSE mount whose process died is still in the mount table; the kernel
     answers ENOTCONN for it, which is how it is told from a live one. Asked
@@ -135,7 +142,7 @@ def mount_problem(target: Path) -> str | None:
     a thread, given up on after ``ANSWER_DEADLINE`` seconds and left to end
     with the process (the kernel lets a fatal signal end the wait).
     """
-    if not is_mounted(target):
+    if not is_mounted(target, points):
         return "is not mounted"
     answer: list[OSError | None] = []
 

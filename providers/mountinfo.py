@@ -7,6 +7,7 @@ mount API of lazyfs can ask without loading each other.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 # mountinfo writes space, tab, newline and backslash in paths as \ooo.
@@ -44,9 +45,26 @@ def filesystem_type(path: Path) -> str:
     return found
 
 
-def is_mounted(mountpoint: Path) -> bool:
-    """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too)."""
-    return real_path(mountpoint) in mount_points()
+def mount_point_set() -> frozenset[Path]:
+    """Every mount point of this mount namespace, read once for many questions.
+
+    Asking ``is_mounted`` of a thousand rootfses reads and parses the table a
+    thousand times, each as long as the thousand mounts make it: one pass
+    over many mounts (``lazyfs ps``, ``recover``) reads it once into this.
+    It is a snapshot: what decides to act on a mount asks afresh.
+    """
+    return frozenset(mount_points())
+
+
+def is_mounted(mountpoint: Path, points: Collection[Path] | None = None) -> bool:
+    """Whether ``mountpoint`` is a mount point in this mount namespace (a dead FUSE one too).
+
+    ``points``: the mount points read earlier (``mount_point_set``); None, the
+    table is read now.
+    """
+    if points is None:
+        points = mount_points()
+    return real_path(mountpoint) in points
 
 
 def real_path(path: Path) -> Path:

@@ -60,7 +60,7 @@ from lazyfs.provision.records import (
     require_layers,
     write_info,
 )
-from lazyfs.provision.revive import revive
+from lazyfs.provision.revive import Checked, check_kept, revive
 from lazyfs.provision.teardown import remove_container, remove_failed
 from lazyfs.provision.usage import ContainerRecord, read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
@@ -272,12 +272,12 @@ class Provisioner:
         A container runc still runs (``runtime.still_running``) is busy
         too, whatever became of the ``lazyfs run`` that started it.
         A container's image volumes are kept, checked and mounted again
-        with it, and destroyed with it.
+        with it, and destroyed with it. The kept ones' mounts are checked side
+        by side first (``revive.check_kept``), then acted on one by one.
         """
-        kept, destroyed, busy, remounted = [], [], [], []
-        failed: list[tuple[str, str]] = []
-        broken: list[tuple[str, str]] = []
+        kept, destroyed, busy, remounted, failed, broken = [], [], [], [], [], []
         wanted = set(keep)
+        checked = await trio.to_thread.run_sync(check_kept, self.containers, wanted)
         runc = runtime.state_root(self.root.parent)  # where `lazyfs run` runs them
         for home in sorted(self.containers.iterdir()):
             cid = home.name
@@ -288,7 +288,7 @@ class Provisioner:
                     continue
                 if cid in wanted and self._complete(home):
                     try:
-                        if await trio.to_thread.run_sync(self._revive, cid):
+                        if await trio.to_thread.run_sync(self._revive, cid, checked):
                             remounted.append(cid)
                     except Exception as error:
                         broken.append((cid, one_line(error)))
@@ -367,14 +367,14 @@ class Provisioner:
             raise BadImage(f"no {kind or 'such'} image provider enabled (--image_providers: {on})")
         return provider
 
-    def _revive(self, container_id: str) -> bool:
-        """``revive`` of a kept container: True if it had to be mounted again; raises
-        (BackendError, NotFound) why it does not work when it cannot be. Blocking."""
+    def _revive(self, container_id: str, checked: Checked) -> bool:
+        """``revive`` of a kept container (``checked``: ``check_kept``): True if it had to be
+        mounted again; raises (BackendError, NotFound) why it does not work. Blocking."""
         record = self._record(container_id)
         kind = record.backend
         return revive(record, lambda image, named: load_image(self.store, image, named),
                       self.backend(kind), lambda image: self.blobs_for(kind, image),
-                      self._adopt)  # fmt: skip
+                      self._adopt, checked)  # fmt: skip
 
     def _adopt(self, manifest: ImageManifest, blobs: LocalBlobSource) -> None:
         """Once ``blobs`` is mounted: its remote layers copied into the store as they complete."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from tests.support import images
 from tests.support.lazyfs_cli import Lazyfs
+from tests.support.statfs_calls import asking_statfs
 
 pytestmark = pytest.mark.integration
 
@@ -121,22 +121,6 @@ def test_ps_and_recover_answer_with_a_mount_whose_process_is_stopped(lazyfs: Laz
     finally:
         os.kill(pid, signal.SIGCONT)
     lazyfs("destroy", "f1")
-
-
-# statfs(2), as /proc/PID/task/TID/syscall names it.
-STATFS = {"x86_64": 137, "aarch64": 43}[platform.machine()]
-
-
-def asking_statfs(pid: int) -> int:
-    """How many threads of process ``pid`` are in statfs(2) now."""
-    count = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            call = (task / "syscall").read_text().split()[0]
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        count += call == str(STATFS)
-    return count
 
 
 def test_ps_asks_mounts_that_do_not_answer_side_by_side(lazyfs: Lazyfs) -> None:
