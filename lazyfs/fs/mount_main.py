@@ -103,8 +103,11 @@ def _operations(
         if indexed.whole:
             # Handed over, not kept: the merge is their last use, and the
             # entries of a big image are what its first mount would otherwise
-            # hold for its life (``mount_tree`` gives their memory back).
-            return [indexed.indexes.pop(digest) for digest in indexed.digests]
+            # hold for its life (``mount_tree`` gives their memory back).  An
+            # image may list one layer twice: the list is made before letting go.
+            found = [indexed.indexes[digest] for digest in indexed.digests]
+            indexed.indexes.clear()
+            return found
         # The kept tree was there but is damaged: merging needs the entries after all.
         return [_index(homes[digest], digest) for digest in indexed.digests]
 

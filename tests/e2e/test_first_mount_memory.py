@@ -80,3 +80,37 @@ def test_the_first_mount_of_a_big_image_keeps_what_a_later_mount_keeps(
         assert first < 2 * second, f"first mount {first} kB, second {second} kB"
     finally:
         unmount_all(made)
+
+
+def small_layer(out: Path, name: str, data: bytes) -> Path:
+    with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_a_first_mount_of_an_image_listing_one_layer_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The indexes are handed to the merge by layer; one listed twice is merged twice.
+    usable = os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3")
+    if os.geteuid() != 0 or not usable:
+        pytest.fail("needs root, /dev/fuse and fusermount3")
+    monkeypatch.setenv(MOUNT_SERVER_ENV, "0")
+    store = Store(tmp_path / "store")
+    a, b = store_files(
+        store,
+        [small_layer(tmp_path / "a.tar", "a", b"from a\n"),
+         small_layer(tmp_path / "b.tar", "b", b"from b\n")],
+    )  # fmt: skip
+    point = tmp_path / "mnt"
+    point.mkdir()
+    made: list[tuple[Path, int]] = []
+    try:
+        made.append((point, lazy_mount.mount([a, b, a], point, store=store.root,
+                                             log_path=tmp_path / "log")))  # fmt: skip
+        assert sorted(os.listdir(point)) == ["a", "b"]
+        assert (point / "a").read_bytes() == b"from a\n"
+    finally:
+        unmount_all(made)
