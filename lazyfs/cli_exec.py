@@ -28,7 +28,7 @@ into what it is mounted on, and fails after a file (ENOTDIR). A bare
 rootfs path is the view of a container without mounts.
 
 Only reads; a rootfs changed by the command itself later is not its concern.
-The image is hostile: the walk is bounded (``_MAX_STEPS``), and the words
+The image is hostile: the walk is bounded (``exec_formats.MAX_STEPS``), and the words
 show its text escaped and cut (``shown``).
 ``in_root`` is that walk alone; ``ContainerView.find`` tells how far a path
 is there, for ``run`` to ask where runc would make a missing mount point or
@@ -43,15 +43,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-NOT_FOUND = 127
-NOT_EXECUTABLE = 126
+from lazyfs.exec_formats import NOT_EXECUTABLE as NOT_EXECUTABLE
+from lazyfs.exec_formats import NOT_FOUND as NOT_FOUND
+from lazyfs.exec_formats import Budget, Found, OutOfSteps, format_problem
+from lazyfs.exec_formats import shown as shown
+
 _MAX_LINKS = 40  # as Linux's path walk
-# Filesystem calls (lstat, readlink, stat) one exec_problem may make. A real image's
-# PATH has a handful of entries a link or two deep: tens of calls. A hostile one asks
-# for billions (a 16 MiB config holds ~4M PATH entries, each 40 links of ~800 parts)
-# in a thread that Ctrl-C and SIGTERM cannot stop. Past this, runc judges.
-_MAX_STEPS = 4096
-_SHOWN_MOST = 300  # characters of image text in a message: a PATH may be 16 MiB
 
 
 @dataclass(frozen=True)
@@ -204,29 +201,13 @@ def _view(root: Path | ContainerView) -> ContainerView:
     return root if isinstance(root, ContainerView) else ContainerView(root)
 
 
-class _OutOfSteps(Exception):
-    """The budget of filesystem calls is spent: whether the command runs is not told."""
-
-
-class _Budget:
-    """What is left of ``_MAX_STEPS``, shared by all the walks of one exec_problem."""
-
-    def __init__(self) -> None:
-        self.left = _MAX_STEPS
-
-    def spend(self) -> None:
-        if self.left <= 0:
-            raise _OutOfSteps
-        self.left -= 1
-
-
 def exec_problem(
     root: Path | ContainerView, args: Sequence[str], env: Sequence[str], cwd: str = "/"
 ) -> tuple[str, int] | None:
     """None if ``args[0]`` can be executed in ``root`` (a rootfs, or a container's view);
     else the line and exit status.
 
-    None too when telling would take more than ``_MAX_STEPS`` filesystem calls, or
+    None too when telling would take more than ``exec_formats.MAX_STEPS`` filesystem calls, or
     looking in /proc or /sys, which runc alone sees.
     """
     if not args:
@@ -237,13 +218,13 @@ def exec_problem(
             NOT_EXECUTABLE
         )
     try:
-        return _problem(_view(root), args[0], env, cwd, _Budget())
-    except _OutOfSteps:
+        return _problem(_view(root), args[0], env, cwd, Budget())
+    except OutOfSteps:
         return None
 
 
 def _problem(
-    view: ContainerView, name: str, env: Sequence[str], cwd: str, budget: _Budget
+    view: ContainerView, name: str, env: Sequence[str], cwd: str, budget: Budget
 ) -> tuple[str, int] | None:
     if "/" not in name:
         path = _env_value(env, "PATH")
@@ -254,7 +235,7 @@ def _problem(
                 continue
             unseen = unseen or not place.seen
             if place.exists and _why_not_executable(view, place, budget) is None:
-                return None
+                return _format(view, place, name, cwd, budget)
         if unseen:
             return None
         return (
@@ -269,17 +250,26 @@ def _problem(
     why = _why_not_executable(view, place, budget)
     if why is not None:
         return f"{shown(name)}: cannot be executed in the container: {why}", NOT_EXECUTABLE
-    return None
+    return _format(view, place, name, cwd, budget)
 
 
-def shown(text: str) -> str:
-    """Image text as a message shows it: as it is when printable, else quoted with its
-    escape sequences spelled out (none reaches the terminal); cut to ``_SHOWN_MOST``."""
-    head = text[:_SHOWN_MOST]
-    words = head if head.isprintable() else repr(head)
-    if len(text) > _SHOWN_MOST:
-        words += f"... (cut, {len(text)} characters)"
-    return words
+def _format(
+    view: ContainerView, place: Place, name: str, cwd: str, budget: Budget
+) -> tuple[str, int] | None:
+    """What the kernel makes of the executable file at ``place``, exec'ed as ``name``: its
+    interpreters and loader are looked for as the command is (``lazyfs.exec_formats``)."""
+
+    def find(path: str) -> Found:
+        there = _walk(view, _absolute(path, cwd), budget)
+        if there is None or not there.seen:  # a link loop (ELOOP), or /proc: runc judges
+            return Found()
+        if not there.exists:
+            return Found(missing=True)
+        return Found(view.host(there.parts), _why_not_executable(view, there, budget))
+
+    host = view.host(place.parts)
+    problem = None if host is None else format_problem(name, host, find, budget.spend)
+    return None if problem is None else (f"{shown(name)}: {problem[0]}", problem[1])
 
 
 def _absolute(path: str, cwd: str) -> str:
@@ -294,7 +284,7 @@ def _env_value(env: Sequence[str], key: str) -> str:
     return ""
 
 
-def _why_not_executable(view: ContainerView, place: Place, budget: _Budget) -> str | None:
+def _why_not_executable(view: ContainerView, place: Place, budget: Budget) -> str | None:
     path = view.host(place.parts)
     if view.made_dir(place.parts):  # in runc's tmpfs, the directories it makes
         return "it is a directory"
@@ -330,7 +320,7 @@ def in_root(root: Path | ContainerView, path: str) -> Path | None:
 
 
 def _walk(
-    view: ContainerView, path: str, budget: _Budget | None, *, past_missing: bool = False
+    view: ContainerView, path: str, budget: Budget | None, *, past_missing: bool = False
 ) -> Place | None:
     """``path`` resolved in ``view`` (see ``ContainerView.find``). Each lstat, stat and
     readlink is spent from ``budget`` (none: not bounded)."""
@@ -394,7 +384,7 @@ def _walk(
     return Place(tuple(done), len(done) if there is None else there)
 
 
-def _is_dir(view: ContainerView, parts: Sequence[str], budget: _Budget | None) -> bool:
+def _is_dir(view: ContainerView, parts: Sequence[str], budget: Budget | None) -> bool:
     if budget is not None and not view.made_dir(parts):
         budget.spend()
     return view.is_dir(parts)

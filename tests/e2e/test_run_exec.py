@@ -87,8 +87,9 @@ def rootfs(tmp_path: Path) -> Path:
     for directory in ("bin", "opt/real", "usr/bin", "data"):
         (root / directory).mkdir(parents=True)
     tool = root / "opt/real/tool"
-    tool.write_text("#!/bin/sh\n")
+    tool.write_text("#!/opt/real/sh\n")  # an interpreter the kernel would find
     tool.chmod(0o755)
+    shutil.copy("/bin/busybox", root / "opt/real/sh")  # static: needs no loader
     (root / "data/plain").write_text("")
     # Absolute and relative links, meant inside the rootfs, not on the host.
     (root / "bin/tool").symlink_to("/opt/real/tool")

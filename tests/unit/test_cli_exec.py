@@ -4,6 +4,7 @@ walk, and the image's words shown without their escape sequences."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ def rootfs(tmp_path: Path) -> Path:
     tool = tmp_path / "usr" / "bin" / "tool"
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
+    shutil.copy("/bin/busybox", tmp_path / "usr" / "bin" / "sh")  # static: needs no loader
     (tmp_path / "usr" / "bin" / "plain").write_text("")
     return tmp_path
 
