@@ -1,11 +1,13 @@
 """``lazyfs run``: a container provisioned, run by runc in the foreground, then destroyed.
 
 As ``docker run --rm``: the container's exit status is the command's. Ctrl-C,
-SIGTERM and SIGHUP cancel the provision and the making of the runtime
-bundle, which run as one piece of async work (``run_trio``; a read of the
-rootfs under way finishes first), and reach the container through runc
-while it runs, or is being started (``runtime.run_bundle``); the container
-is destroyed after either. SIGTERM and SIGHUP between those are noted
+SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 cancel the provision and the
+making of the runtime bundle, which run as one piece of async work
+(``run_trio``; a read of the rootfs under way finishes first). While runc
+runs, or is being started, they and every other signal it can take reach
+the container through runc, as docker run's --sig-proxy has it
+(``runtime.run_bundle``); the container is destroyed after either. Those
+but Ctrl-C between them are noted
 (``cli_run.noting_signals``): one noted before runc starts stops the
 command as Ctrl-C does, one while runc is being started reaches it once
 it runs, and one after runc ended is let go, so that the destroy
@@ -66,6 +68,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     from lazyfs.cli_volumes import container_request, container_view, volume_mounts
     from lazyfs.progress import Progress
     from lazyfs.provision import runtime
+    from lazyfs.provision.etc_files import hostname_for
 
     if os.geteuid() != 0:
         # Said before the image is pulled and a rootfs built for a runc that would refuse:
@@ -80,7 +83,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         command = command[1:]
     if args.read_only and args.writable:
         raise UsageError("give --read-only or --writable, not both")
-    if args.tty and not sys.stdin.isatty():
+    if args.tty and not os.isatty(0):  # sys.stdin is None if it was closed
         raise UsageError("run -t: stdin is not a terminal (run -t needs one, as docker run -t)")
     for item in args.env:
         if not item.partition("=")[0]:
@@ -95,6 +98,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
     def write_bundle(info: ProvisionInfo) -> int | None:
         """The bundle of ``info``; the exit status instead, if its command cannot run."""
         wanted = with_run_flags(info.config, args.env, args.user, os.environ, workdir)
+        wanted = with_tty_term(wanted, tty=args.tty)
         # What the command sees: runc's own mounts, then the volumes, each checked runc
         # can mount it.
         view = container_view(info, runtime.runc_mounts())
@@ -110,6 +114,9 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             # Who it runs as, from the container's /etc, which a volume may be: the
             # rootfs' own is never read then.
             etc=in_root(view, "/etc"),
+            # Its /etc/hosts and /etc/hostname are written in its bundle, and go with it.
+            bundle=bundle,
+            hostname=hostname_for(container_id),
         )
         config["mounts"].extend(volume_mounts(info))
         process = config["process"]
@@ -168,7 +175,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
             try:
                 status = runtime.run_bundle(
                     bundle, container_id, root, told=told,
-                    early=signals.noted, before=signals.stop_if_noted,
+                    early=signals.noted, before=signals.stop_if_noted, terminal=args.tty,
                 )  # fmt: skip
             except runtime.RuncFailed:
                 # As docker run's 125: the command never ran, whatever status runc gave.
@@ -224,6 +231,14 @@ def with_run_flags(
     # Empty is not given, as docker takes it: the image's User (WorkingDir) stays.
     working_dir = workdir or config.working_dir
     return replace(config, env=tuple(values), user=user or config.user, working_dir=working_dir)
+
+
+def with_tty_term(config: RuntimeConfig, *, tty: bool) -> RuntimeConfig:
+    """``config`` with ``TERM=xterm`` for a ``tty``, as docker run -t adds it, unless the
+    image or ``-e`` gave TERM: programs that draw on a terminal look it up."""
+    if not tty or any(item.partition("=")[0] == "TERM" for item in config.env):
+        return config
+    return replace(config, env=(*config.env, "TERM=xterm"))
 
 
 def utf8_work_dir(work_dir: Path, where: str) -> None:
@@ -303,8 +318,7 @@ def require_workdir(root: Path | ContainerView, cwd: str, *, made: bool = False)
 def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:
     """Destroy ``container_id`` (nothing made is no error). After ``failure``, which stays
     the error told, a destroy that fails too is logged: the container stays for recover.
-    SIGTERM and SIGHUP meanwhile are noted by ``noting_signals`` and let go (Ctrl-C still
-    ends it)."""
+    The signals ``noting_signals`` notes are let go meanwhile (Ctrl-C still ends it)."""
     try:
         run_trio(lambda: app.provisioner.destroy(container_id), watch=False)
     except Exception as error:

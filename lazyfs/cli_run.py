@@ -1,14 +1,14 @@
 """How a ``lazyfs`` command runs its async work, and how what ends it becomes one line.
 
-``run_trio`` runs the work under trio and makes SIGTERM and SIGHUP cancel
-it as Ctrl-C does, so the provisioner's clean-up (shielded) runs either
-way. Between pieces of such work, ``noting_signals`` notes them for the
-command to stop where it is safe, or to let go while a clean-up must
-finish. ``failure_line`` words what
-ended a command (an error, an exception group, an interruption, a signal)
-as the CLI prints it, with its exit status: 1 for errors, 130 for Ctrl-C,
-128+N for signal N. ``stdout_reader_gone`` tells a closed stdout (which ends
-a command quietly, ``READER_GONE``) from other broken pipes.
+``run_trio`` runs the work under trio and makes SIGTERM, SIGHUP, SIGQUIT,
+SIGUSR1 and SIGUSR2 cancel it as Ctrl-C does, so the provisioner's clean-up
+(shielded) runs either way. Between pieces of such work, ``noting_signals``
+notes them for the command to stop where it is safe, or to let go while a
+clean-up must finish. ``failure_line`` words what ended a command (an
+error, an exception group, an interruption, a signal) as the CLI prints it,
+with its exit status: 1 for errors, 130 for Ctrl-C, 128+N for signal N.
+``stdout_reader_gone`` tells a closed stdout (which ends a command quietly,
+``READER_GONE``) from other broken pipes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Stopped(Exception):
 
 
 def run_trio(work: Callable[[], Awaitable[T]], *, watch: bool = True) -> T:
-    """``trio.run(work)``; SIGTERM and SIGHUP (unless ignored) cancel it as Ctrl-C does,
+    """``trio.run(work)``; the ``_stopping`` signals cancel it as Ctrl-C does,
     then raise Stopped. Not ``watch``: they are left to the handlers in place.
 
     Cancelled, the provisioner undoes what it started (its clean-up is
@@ -71,7 +71,8 @@ def run_trio(work: Callable[[], Awaitable[T]], *, watch: bool = True) -> T:
 
 
 class NotedSignals:
-    """SIGTERM and SIGHUP noted, for a command that must clean up after them (``lazyfs run``).
+    """The ``_stopping`` signals noted, for a command that must clean up after them
+    (``lazyfs run``).
 
     The handler only notes: the command asks ``stop_if_noted`` where
     stopping is safe (it raises Stopped for the first noted), and once it
@@ -96,7 +97,7 @@ class NotedSignals:
 
 @contextlib.contextmanager
 def noting_signals() -> Iterator[NotedSignals]:
-    """SIGTERM and SIGHUP (unless ignored) noted by a ``NotedSignals`` in the block. Async
+    """The ``_stopping`` signals noted by a ``NotedSignals`` in the block. Async
     work meanwhile runs with ``run_trio``'s own handling, which stops it at once, or with
     ``watch=False`` where it must finish. Call from the main thread."""
     handler = NotedSignals()
@@ -116,10 +117,15 @@ def _handled(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]
             signal.signal(sig, before)
 
 
+# What asks a command to stop, as Ctrl-C does: by default each would end the process
+# where it stands, leaving what it made half-way (SIGQUIT: Ctrl-\).
+_STOPPING = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _stopping() -> list[signal.Signals]:
-    """SIGTERM and SIGHUP, but not one the process ignores: under nohup a hang-up must not
+    """``_STOPPING``, but not one the process ignores: under nohup a hang-up must not
     stop it."""
-    return [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
+    return [s for s in _STOPPING if signal.getsignal(s) != signal.SIG_IGN]
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -13,7 +13,6 @@ container still uses its rootfs, however its ``lazyfs run`` ended.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -24,8 +23,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lazyfs.provision import runc_log
+from lazyfs.provision import etc_files, process_defaults, runc_log
 from lazyfs.provision.image_user import resolve_user
+from lazyfs.provision.runc_signals import (
+    FORWARDED,
+    NOHUP,
+    STOPPING,
+    foreground_tty,
+    term_when_parent_dies,
+    to_foreground,
+)
 from lazyfs.store.atomic import write_atomic
 from providers.errors import BackendError, BadImage, LazyfsError
 from providers.manifest import RuntimeConfig
@@ -64,6 +71,7 @@ def bundle_config(
     cgroups_path: str,
     hostname: str = "lazyfs",
     etc: Path | None = None,
+    bundle: Path | None = None,
 ) -> dict[str, Any]:
     """An OCI runtime spec ``config.json`` for running ``command`` in ``rootfs``.
 
@@ -71,12 +79,17 @@ def bundle_config(
     in what is mounted there (``lazyfs.cli_volumes.container_view``: a volume
     may be it), else in the rootfs' own (``image_user.resolve_user``). The
     mounts are runc's own (``runc_mounts``); the caller adds its volumes.
+    With ``bundle``, /etc/hosts and /etc/hostname naming ``hostname`` go there
+    (``etc_files``). docker's process defaults: ``process_defaults``.
     """
     user = resolve_user(rootfs, config.user, etc)
     cwd = config.working_dir or "/"
     if not cwd.startswith("/"):
         cwd = "/" + cwd
-    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    mounts = runc_mounts()
+    if bundle is not None:
+        etc_files.write(bundle, hostname)
+        mounts += etc_files.mounts(bundle, rootfs, etc, readonly=readonly)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -85,15 +98,17 @@ def bundle_config(
             "args": command_line(config, command),
             "env": environment(config, user.home),
             "cwd": cwd,
-            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
+            "capabilities": process_defaults.capabilities(user.uid),
+            "rlimits": process_defaults.rlimits(),
+            "noNewPrivileges": process_defaults.NO_NEW_PRIVILEGES,
         },
         "root": {"path": str(rootfs), "readonly": readonly},
         "hostname": hostname,
-        "mounts": runc_mounts(),
+        "mounts": mounts,
         "linux": {
             "cgroupsPath": cgroups_path,
+            # A network of its own, lo alone: no bridge as docker's; the host's (Mesos without
+            # a network isolator) would be a flag of its own.
             "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": [
                 "/proc/acpi",
@@ -168,12 +183,6 @@ def state_root(work_dir: Path) -> Path:
 # runc statuses in which a container's processes may still use its rootfs.
 _LIVE = frozenset({"creating", "created", "running", "pausing", "paused"})
 
-# Forwarded to runc, which passes them on to the container: what would stop
-# `lazyfs run` stops the container, and `run` ends when it does.
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
 
 def run_bundle(
     bundle: Path,
@@ -183,24 +192,28 @@ def run_bundle(
     told: Callable[[int], None] | None = None,
     early: list[int] | None = None,
     before: Callable[[], None] | None = None,
+    terminal: bool = False,
 ) -> int:
     """Run the bundle in the foreground with runc; returns the container's exit code.
 
-    stdin, stdout and stderr are the caller's. SIGINT, SIGTERM and SIGHUP
-    (unless the caller ignores it, as under nohup) reach runc, which
-    forwards them to the container. Should the caller die without a word
-    (SIGKILL), runc gets SIGTERM (its parent-death signal) and forwards it
-    as well: runc keeps supervising, so a container that ignores it runs
-    on, and ``still_running`` says so. The runc state is deleted after.
-    ``early`` is where the caller's handler notes signals, and ``before``
+    stdin, stdout and stderr are the caller's. ``FORWARDED`` signals (SIGHUP
+    unless ignored, as under nohup) reach runc, which forwards them to the
+    container; runc has a process group of its own, so one sent to the caller's
+    group reaches it once, but with a ``terminal`` (the bundle's, which carries
+    Ctrl-C itself). It copies stdin to the container: from the caller's terminal,
+    its group takes the caller's place in the foreground, for Ctrl-C too. Should
+    the caller die without a word (SIGKILL), runc gets SIGTERM (its parent-death
+    signal) and forwards it as well: runc keeps supervising, so a container that
+    ignores it runs on, and ``still_running`` says so. The runc state is deleted
+    after. ``early`` is where the caller notes ``STOPPING`` signals, and ``before``
     is called once this forwarding is in place and before runc starts: it
     may raise to start nothing (for the caller's signals so far). With it,
-    a signal that comes while runc is being started, which has then done
+    such a signal while runc is being started, which has then done
     nothing yet, kills runc and ``before`` is called again; without it,
-    such a signal reaches runc once it runs. One that comes after runc
+    it reaches runc once it runs, as any other does. One that comes after runc
     ended, while its state is deleted, is let go: the container has ended
-    already. Call from the main thread:
-    the parent-death signal follows the thread that started runc.
+    already. Call from the main thread: the parent-death signal follows the
+    thread that started runc.
     ``told`` is called with each signal passed on while runc ran, in the
     handler: the container did not end by itself.
 
@@ -214,19 +227,20 @@ def run_bundle(
     log.unlink(missing_ok=True)
     argv = ["runc", "--root", str(state_root), "--log", str(log), "--log-format", "json"]
     argv += ["run", "--bundle", str(bundle), container_id]
-    # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it.
-    forwarded = [
-        s for s in _FORWARDED if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN
-    ]
-    previous = {sig: signal.getsignal(sig) for sig in forwarded}
+    # A hang-up the caller ignores (nohup) stays ignored, as run_trio has it; a handler
+    # not set from Python (None) could not be put back.
+    handlers = {sig: signal.getsignal(sig) for sig in FORWARDED}
+    previous = {s: h for s, h in handlers.items() if h is not None and (s, h) != NOHUP}
     started: list[subprocess.Popen[bytes]] = []
-    early = [] if early is None else early  # come before runc started
+    early = [] if early is None else early  # stopping ones come before runc started
+    waiting: list[int] = []  # others then: passed on once it runs
+    tty = None if terminal else foreground_tty()  # to give runc's group, and take back
 
     pidfd: list[int] = []  # runc's, where the kernel gives one: see ``_pass_on``
 
     def forward(signum: int, _frame: object) -> None:
         if not started:
-            early.append(signum)
+            (early if signum in STOPPING else waiting).append(signum)
             return
         if _pass_on(started[0], pidfd, signum) and told is not None:
             told(signum)
@@ -239,7 +253,9 @@ def run_bundle(
         if before is not None:
             before()
         try:
-            process = subprocess.Popen(argv, preexec_fn=_term_when_parent_dies(os.getpid()))
+            group = None if terminal else 0
+            arm = term_when_parent_dies(os.getpid(), tty)
+            process = subprocess.Popen(argv, preexec_fn=arm, process_group=group)
         except FileNotFoundError:
             raise LazyfsError("runc is not installed (run scripts/setup)") from None
         started.append(process)
@@ -249,11 +265,13 @@ def run_bundle(
             started[0].kill()  # it was being started: no container yet
             started[0].wait()
             before()
-        for signum in early:
+        for signum in early + waiting:
             forward(signum, None)
         code = started[0].wait()
     finally:
         try:
+            if tty is not None:
+                to_foreground(tty, os.getpgrp())
             if started:
                 _runc(state_root, "delete", "--force", container_id)
         finally:
@@ -295,22 +313,6 @@ def _pass_on(runc: subprocess.Popen[bytes], pidfd: list[int], signum: int) -> bo
     except (ChildProcessError, ProcessLookupError):
         return False  # reaped meanwhile
     return True
-
-
-def _term_when_parent_dies(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: SIGTERM to the child when ``parent`` dies, whatever kills it.
-
-    Not SIGKILL: runc is the container's parent but not its end (the container
-    would outlive it, unsupervised); SIGTERM reaches runc's forwarding instead.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # died before the signal was armed
-            os._exit(128 + signal.SIGTERM)
-
-    return arm
 
 
 def still_running(state_root: Path, container_id: str) -> bool:

@@ -22,8 +22,9 @@ def containers(work: Path) -> list[str]:
 
 
 def runc_refuses(where: Path) -> str:
-    """An image runc refuses to run: its Env has a variable with no name, which lazyfs
-    passes on as the image gives it and runc's init rejects before the command runs."""
+    """An image runc refuses to run: its working directory is under /proc, which only
+    runc sees (lazyfs leaves it to runc), and is not there, so runc's init cannot enter
+    it before the command runs."""
     busybox = shutil.which("busybox")
     assert busybox is not None, "needs busybox (busybox-static)"
     layer = [
@@ -33,11 +34,11 @@ def runc_refuses(where: Path) -> str:
     ]
     config = images.ImageConfig(cmd=("/bin/sh",), env=("PATH=/bin",))
     layout = images.build_oci_image(where / "layout", [layer], "latest", config)
-    # umoci refuses to write it: put it in the config blob by hand.
+    # Put in the config blob by hand, as a hostile image would.
     index = json.loads((layout / "index.json").read_text())
     manifest = json.loads(_blob(layout, index["manifests"][0]["digest"]))
     image_config = json.loads(_blob(layout, manifest["config"]["digest"]))
-    image_config["config"]["Env"].append("=nameless")
+    image_config["config"]["WorkingDir"] = "/proc/lazyfs-nowhere"
     manifest["config"] = _put(layout, json.dumps(image_config).encode()) | {
         "mediaType": manifest["config"]["mediaType"]
     }
@@ -63,7 +64,7 @@ def test_runc_failing_exits_125_with_one_line(lazyfs: Lazyfs, tmp_path: Path) ->
     # runc's own line, and only it: with its log in a file it says why once, plainly.
     (line,) = result.stderr.splitlines()
     assert line.startswith("runc run failed: "), result.stderr
-    assert "environment variable name can't be empty" in line
+    assert "/proc/lazyfs-nowhere" in line
     assert result.stdout == ""
     assert containers(lazyfs.work_dir) == []
 
