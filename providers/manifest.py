@@ -221,7 +221,8 @@ def _environment(entries: tuple[str, ...]) -> tuple[str, ...]:
     drop it (their replace-or-append of the image's Env onto the defaults reads
     ``NAME`` alone as "unset NAME"); handed on, runc refuses it ("invalid
     environment variable").  An entry with no name (``=x``) Docker and
-    containerd pass on, and runc refuses: it is refused here, at the pull.
+    containerd pass on, and runc refuses: it is refused here, at the pull, as
+    is one holding a NUL byte.
     """
     kept = []
     for entry in entries:
@@ -230,6 +231,8 @@ def _environment(entries: tuple[str, ...]) -> tuple[str, ...]:
             log.warning("image config Env entry %r is not NAME=VALUE: left out", entry)
         elif not name:
             raise BadImage(f"bad image config: Env entry {entry!r} is not NAME=VALUE")
+        elif "\0" in entry:  # no exec(2) environment holds one: runc refuses it
+            raise BadImage(f"bad image config: Env entry {entry[:200]!r} holds a NUL byte")
         else:
             kept.append(entry)
     return tuple(kept)

@@ -144,6 +144,12 @@ def test_env_entry_without_a_name_is_refused() -> None:
     assert str(caught.value) == "bad image config: Env entry '=x' is not NAME=VALUE"
 
 
+def test_env_entry_holding_a_nul_byte_is_refused() -> None:
+    with pytest.raises(BadImage) as caught:
+        parse_image_config(_config(["A=1", "B=x\0y"]))
+    assert str(caught.value) == "bad image config: Env entry 'B=x\\x00y' holds a NUL byte"
+
+
 # --- non-distributable layers -------------------------------------------------------
 
 
