@@ -118,10 +118,18 @@ def format_problem(
             problem = "not a program: no ELF header or #! line", NOT_EXECUTABLE
     except OSError:  # a read failing (EIO from a lazy mount...): runc judges
         return None
-    # binfmt_misc's handlers come first: one that takes the file, whatever it is, runs it.
-    if problem is not None and binfmt_takes(head, name, binfmt_handlers(BINFMT_MISC)):
+    if problem is None:
         return None
-    return problem
+    # binfmt_misc's handlers come first: one that takes the file, whatever it is, runs it.
+    handlers = binfmt_handlers(BINFMT_MISC)
+    if handlers is None:
+        # Not to be read here, but handlers may be registered all the same (the kernel's
+        # own before Linux 6.7, whatever this mount namespace has mounted: qemu's, set up
+        # on the host of a CI container): what one could take, a file that is another
+        # machine's program or none, is left to runc. An interpreter or a loader that is
+        # not there, no handler brings.
+        return problem if problem[1] == NOT_FOUND else None
+    return None if binfmt_takes(head, name, handlers) else problem
 
 
 def interpreter(head: bytes) -> bytes | None:
@@ -230,15 +238,16 @@ def binfmt_takes(head: bytes, name: str, handlers: Sequence[Handler]) -> bool:
     return False
 
 
-def binfmt_handlers(directory: Path) -> tuple[Handler, ...]:
+def binfmt_handlers(directory: Path) -> tuple[Handler, ...] | None:
     """The enabled handlers registered in binfmt_misc mounted at ``directory``; none when
-    it is not mounted there or is disabled. An entry not read is taken to match all."""
+    it is disabled; None when it cannot be read (not mounted there): not known. An entry
+    not read is taken to match all."""
     try:
         if (directory / "status").read_text().strip() != "enabled":
             return ()
         names = sorted(os.listdir(directory))
     except OSError:
-        return ()  # not mounted: the kernel has no handler either
+        return None
     handlers = []
     for entry in names:
         if entry in ("status", "register"):

@@ -29,9 +29,8 @@ from lazyfs.provision.runc_signals import (
     FORWARDED,
     NOHUP,
     STOPPING,
-    foreground_tty,
+    TERMINALS,
     term_when_parent_dies,
-    to_foreground,
 )
 from lazyfs.store.atomic import write_atomic
 from providers.errors import BackendError, BadImage, LazyfsError
@@ -198,10 +197,14 @@ def run_bundle(
 
     stdin, stdout and stderr are the caller's. ``FORWARDED`` signals (SIGHUP
     unless ignored, as under nohup) reach runc, which forwards them to the
-    container; runc has a process group of its own, so one sent to the caller's
-    group reaches it once, but with a ``terminal`` (the bundle's, which carries
-    Ctrl-C itself). It copies stdin to the container: from the caller's terminal,
-    its group takes the caller's place in the foreground, for Ctrl-C too. Should
+    container. runc has a process group of its own, so that one sent to the
+    caller's group reaches it once, unless it uses the caller's terminal: with
+    a ``terminal`` (the bundle's, which carries Ctrl-C itself), or stdin the
+    caller's terminal, which runc copies to the container and could not read
+    from another group. It stays in the caller's group then (a job the shell
+    stops, continues and moves as one), and what the terminal itself sends
+    that group (Ctrl-C, Ctrl-\\, Ctrl-Z: ``TERMINALS``) reaches runc from the
+    terminal alone, not passed on a second time (``_from_terminal``). Should
     the caller die without a word (SIGKILL), runc gets SIGTERM (its parent-death
     signal) and forwards it as well: runc keeps supervising, so a container that
     ignores it runs on, and ``still_running`` says so. The runc state is deleted
@@ -234,13 +237,18 @@ def run_bundle(
     started: list[subprocess.Popen[bytes]] = []
     early = [] if early is None else early  # stopping ones come before runc started
     waiting: list[int] = []  # others then: passed on once it runs
-    tty = None if terminal else foreground_tty()  # to give runc's group, and take back
+    # runc reads the caller's terminal, or the bundle's is one: in the caller's group.
+    shared = terminal or os.isatty(0)
 
     pidfd: list[int] = []  # runc's, where the kernel gives one: see ``_pass_on``
 
     def forward(signum: int, _frame: object) -> None:
         if not started:
             (early if signum in STOPPING else waiting).append(signum)
+            return
+        if shared and signum in TERMINALS and _from_terminal():
+            if told is not None:
+                told(signum)  # runc has it from the terminal, as its group's
             return
         if _pass_on(started[0], pidfd, signum) and told is not None:
             told(signum)
@@ -253,9 +261,8 @@ def run_bundle(
         if before is not None:
             before()
         try:
-            group = None if terminal else 0
-            arm = term_when_parent_dies(os.getpid(), tty)
-            process = subprocess.Popen(argv, preexec_fn=arm, process_group=group)
+            arm = term_when_parent_dies(os.getpid())
+            process = subprocess.Popen(argv, preexec_fn=arm, process_group=None if shared else 0)
         except FileNotFoundError:
             raise LazyfsError("runc is not installed (run scripts/setup)") from None
         started.append(process)
@@ -270,8 +277,6 @@ def run_bundle(
         code = started[0].wait()
     finally:
         try:
-            if tty is not None:
-                to_foreground(tty, os.getpgrp())
             if started:
                 _runc(state_root, "delete", "--force", container_id)
         finally:
@@ -287,6 +292,16 @@ def run_bundle(
         raise RuncFailed(f"runc: {failed}")
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
+
+
+def _from_terminal() -> bool:
+    """Whether a signal of the terminal's own (``TERMINALS``) came from it: stdin is a
+    terminal whose foreground is this process's group, which runc shares. A ``kill`` of
+    this process alone meanwhile is taken for one: it does not reach the container."""
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:  # not a terminal, or not this process's
+        return False
 
 
 def _pass_on(runc: subprocess.Popen[bytes], pidfd: list[int], signum: int) -> bool:

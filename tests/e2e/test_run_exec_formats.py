@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,24 @@ def other_machine(program: bytes) -> bytes:
     """``program`` (an x86-64 ELF file) with e_machine patched to AArch64's."""
     assert program[18:20] == (62).to_bytes(2, "little"), "needs an x86-64 busybox"
     return program[:18] + (183).to_bytes(2, "little") + program[20:]
+
+
+BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def binfmt_misc() -> Iterator[None]:
+    """binfmt_misc mounted, as systemd mounts it at boot: where it is not, lazyfs does not
+    know what handlers the kernel has, and leaves a file one could take to runc. Unmounted
+    after if this mounted it."""
+    if (BINFMT_MISC / "status").exists():
+        yield
+        return
+    subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MISC)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(BINFMT_MISC)], check=True)
 
 
 @pytest.fixture(scope="module")

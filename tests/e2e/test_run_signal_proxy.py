@@ -144,8 +144,9 @@ def test_a_signal_before_the_container_runs_stops_run_and_destroys(
 
 
 def test_ctrl_c_on_a_terminal_without_t_reaches_the_container_once(lazyfs: Lazyfs) -> None:
-    # run's terminal is a pty it controls; the container reads a line from it first,
-    # as runc copies stdin from there (in the terminal's foreground, or it would stop).
+    # run's terminal is a pty it controls; the container reads a line from it first, as
+    # runc copies stdin from there: runc stays in run's group, the terminal's foreground,
+    # and has the Ctrl-C from the terminal itself, which run does not pass on again.
     script = (
         'trap "echo got INT" INT; trap "echo done; exit 4" USR1; read line; echo "up $line";'
         " while :; do sleep 1000 & wait; done"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.cli_exec import NOT_EXECUTABLE, exec_problem
+from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, exec_problem
 from lazyfs.exec_formats import (
     Handler,
     binfmt_handlers,
@@ -81,7 +81,7 @@ def test_a_matching_handler_takes_the_file() -> None:
 
 
 def test_handlers_are_read_from_a_mounted_binfmt_misc(tmp_path: Path) -> None:
-    assert binfmt_handlers(tmp_path / "not-mounted") == ()
+    assert binfmt_handlers(tmp_path / "not-mounted") is None  # not known
     (tmp_path / "status").write_text("enabled\n")
     (tmp_path / "register").write_text("")
     (tmp_path / "qemu-aarch64").write_text(QEMU_AARCH64)
@@ -99,11 +99,31 @@ def test_a_file_a_handler_takes_is_not_refused(
     misc.mkdir()
     (rootfs / "app.exe").write_bytes(b"MZ\x90\x00")
     (rootfs / "app.exe").chmod(0o755)
+    monkeypatch.setattr("lazyfs.exec_formats.BINFMT_MISC", misc)
+    (misc / "status").write_text("enabled\n")
     assert exec_problem(rootfs, ["/app.exe"], []) == (
         "/app.exe: not a program: no ELF header or #! line",
         NOT_EXECUTABLE,
     )
-    monkeypatch.setattr("lazyfs.exec_formats.BINFMT_MISC", misc)
-    (misc / "status").write_text("enabled\n")
     (misc / "wine").write_text("enabled\ninterpreter /usr/bin/wine\nflags: \nextension .exe\n")
     assert exec_problem(rootfs, ["/app.exe"], []) is None
+
+
+def test_where_binfmt_misc_cannot_be_read_only_what_no_handler_brings_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not mounted here (a CI container), while the host may have registered qemu: another
+    # machine's program, or a file that is none, is left to runc; a missing interpreter
+    # is still one.
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "app.exe").write_bytes(b"MZ\x90\x00")
+    (rootfs / "script").write_bytes(b"#!/nope\n")
+    for name in ("app.exe", "script"):
+        (rootfs / name).chmod(0o755)
+    monkeypatch.setattr("lazyfs.exec_formats.BINFMT_MISC", tmp_path / "not-mounted")
+    assert exec_problem(rootfs, ["/app.exe"], []) is None
+    assert exec_problem(rootfs, ["/script"], []) == (
+        "/script: its interpreter /nope is not in the container",
+        NOT_FOUND,
+    )
