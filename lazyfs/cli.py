@@ -31,7 +31,7 @@ from lazyfs.cli_flags import cwd_gone, image_providers, layer_limits, path_flag,
 from lazyfs.cli_registry import docker_registry, parsed_url, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import READER_GONE, failure_line, run_trio, stdout_reader_gone
-from providers.errors import Conflict, LazyfsError, NotFound, Unauthorized, UsageError
+from providers.errors import LazyfsError, NotFound, Unauthorized, UsageError
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
@@ -249,18 +249,15 @@ def _umount(app: App, args: argparse.Namespace) -> int:
 
 
 def _destroy(app: App, args: argparse.Namespace) -> int:
-    from lazyfs.provision import runtime
+    from lazyfs.provision.force_stop import before_destroy
     from lazyfs.provision.records import check_container_id
 
     check_container_id(args.container_id)  # before it names a path
-    # Its `lazyfs run` may be gone (killed) while runc runs it on: as `recover` keeps
-    # such a container, a rootfs never goes from under a live one.
-    if runtime.still_running(runtime.state_root(app.work_dir), args.container_id):
-        raise Conflict(
-            f"container {args.container_id} is still running (runc); stop it first"
-            " (runc --root WORK_DIR/runc kill ID KILL); nothing was destroyed"
-        )
-    if not run_trio(lambda: app.provisioner.destroy(args.container_id)):
+    # A container runc still runs stays, or with --force is killed, and its run waited
+    # for, first: a rootfs never goes from under a live one (``force_stop``).
+    killed = before_destroy(app.work_dir, app.provisioner, args.container_id, force=args.force)
+    # A run whose container was killed destroys it itself: not found then is done.
+    if not run_trio(lambda: app.provisioner.destroy(args.container_id)) and not killed:
         raise NotFound(f"container {args.container_id} is not provisioned")
     return 0
 
@@ -397,4 +394,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if refused and args is not None and app is not None and app.registry_options is not None:
             line += unauthorized_hint(args, app.registry_options.http.credentials)
         print(f"lazyfs: {line}", file=sys.stderr)
-        return status
+        # run's own errors, before or without its command, are docker run's 125: a
+        # script tells them from the command's status 1. Signals keep theirs.
+        return 125 if status == 1 and getattr(args, "command", None) == "run" else status

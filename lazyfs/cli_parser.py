@@ -105,6 +105,10 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     image_args(sub)
     sub = command("destroy", "unmount and remove a container's rootfs")
     sub.add_argument("container_id", help="the container to destroy")
+    sub.add_argument(
+        "--force", "-f", action="store_true",
+        help="kill it first (SIGKILL, through runc) if it still runs, as docker rm -f",
+    )  # fmt: skip
     sub = command("recover", "keep the named containers, clean up the rest; prints JSON")
     sub.add_argument(
         "--keep", nargs="*", action="extend", default=[], metavar="ID",

@@ -239,12 +239,12 @@ def test_the_workdir_flag_is_where_the_command_runs_made_when_missing(lazyfs: La
     assert lazyfs("run", "-w", "/bin", "busybox", "--", "./busybox", "echo", "ok").stdout == "ok\n"
     assert lazyfs("run", "-w", "/a/../etc/", "busybox", "pwd").stdout == "/etc\n"
     refused = lazyfs("run", "-w", "etc", "busybox", "pwd", check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 125
     assert "the working directory must be an absolute path" in one_line_error(refused)
     # A read-only rootfs cannot be given it: one line before runc runs, as for a volume.
     assert lazyfs("run", "--read-only", "-w", "/etc", "busybox", "pwd").stdout == "/etc\n"
     read_only = lazyfs("run", "--read-only", "-w", "/new", "busybox", "pwd", check=False)
-    assert read_only.returncode == 1
+    assert read_only.returncode == 125
     assert one_line_error(read_only) == (
         "lazyfs: the read-only rootfs has no working directory /new to run in"
         " (run it without --read-only)"
@@ -252,7 +252,7 @@ def test_the_workdir_flag_is_where_the_command_runs_made_when_missing(lazyfs: La
     # A file is no directory to run in, writable or not: runc said so in a log line.
     for flags in ([], ["--read-only"]):
         on_a_file = lazyfs("run", *flags, "-w", "/etc/motd", "busybox", "pwd", check=False)
-        assert on_a_file.returncode == 1
+        assert on_a_file.returncode == 125
         assert one_line_error(on_a_file) == (
             "lazyfs: the working directory /etc/motd is not a directory in the rootfs"
         )

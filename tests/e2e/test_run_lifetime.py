@@ -98,8 +98,8 @@ def test_a_container_whose_run_was_killed_is_busy_until_it_stops(
     refused = lazyfs("destroy", cid, check=False)
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines() == [
-        f"lazyfs: container {cid} is still running (runc); stop it first"
-        " (runc --root WORK_DIR/runc kill ID KILL); nothing was destroyed"
+        f"lazyfs: container {cid} is still running (runc); stop it first, or kill it"
+        " with lazyfs destroy --force; nothing was destroyed"
     ]
     assert containers(work) == [cid]
     assert (rootfs / "etc" / "motd").read_text() == "hello from a lazyfs rootfs\n"

@@ -101,7 +101,7 @@ def test_a_working_directory_in_a_volume_is_where_the_command_runs(
     assert ran.stdout == "tool ran in /tmp/bin\n"
     # Missing from a read-only volume: runc could not make it.
     refused = lazyfs("run", "busybox", "-v", f"/tmp:{tools}", "-w", "/tmp/new", *tool, check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 125
     assert one_line_error(refused) == (
         "lazyfs: the read-only volume /tmp has no working directory /tmp/new to run in"
         " (mount /tmp with :rw)"
@@ -146,7 +146,7 @@ def test_a_mount_point_missing_from_a_read_only_volume_is_one_line(
 ) -> None:
     inner = ("-v", f"/data/newdir:{tools}", "--")
     refused = lazyfs("run", "busybox", "-v", f"/data:{tools}", *inner, "true", check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 125
     assert one_line_error(refused) == (
         "lazyfs: volume /data/newdir: the read-only volume /data has no /data/newdir to mount"
         " it on (mount /data with :rw)"
@@ -171,7 +171,7 @@ def test_a_mount_point_on_a_file_is_one_line(
     lazyfs: Lazyfs, tools: str, path: str, expected: str, flags: list[str]
 ) -> None:
     result = lazyfs("run", "busybox", *flags, "-v", f"{path}:{tools}", "--", "true", check=False)
-    assert result.returncode == 1
+    assert result.returncode == 125
     assert one_line_error(result) == f"lazyfs: volume {path}: {expected}"
     left_nothing(lazyfs.work_dir)
 
@@ -211,7 +211,7 @@ def test_runcs_own_mounts_are_in_the_container(lazyfs: Lazyfs, tools: str) -> No
         ),
     ):
         refused = lazyfs("run", "busybox", "-v", f"{path}:{tools}", "--", "true", check=False)
-        assert refused.returncode == 1
+        assert refused.returncode == 125
         assert one_line_error(refused) == f"lazyfs: volume {path}: {said}"
     left_nothing(lazyfs.work_dir)
 
@@ -222,12 +222,12 @@ def test_what_runc_could_not_mount_or_make_through_a_link_is_one_line(
     bb = ("--", "/bin/busybox", "pwd")
     # /data -> /: a volume there would hide the whole container.
     root = lazyfs("run", scratch, "-v", f"/data:{tools}", *bb, check=False)
-    assert root.returncode == 1
+    assert root.returncode == 125
     assert one_line_error(root) == "lazyfs: volume /data: /data leads to the container's root"
     # /app -> /nowhere: runc makes a working directory by its own names, and /app is a link.
     for workdir in ("/app", "/app/sub"):
         dangling = lazyfs("run", scratch, "-w", workdir, *bb, check=False)
-        assert dangling.returncode == 1
+        assert dangling.returncode == 125
         assert one_line_error(dangling) == (
             f"lazyfs: the working directory {workdir} leads through a symbolic link to"
             " /nowhere, which runc cannot make"
