@@ -326,7 +326,9 @@ def send(
                 method, url, stream=True, timeout=(seconds, seconds), **kwargs
             )
         except requests.RequestException as exc:
-            if watch.disarm():
+            # A read timeout here is the headers' too, come as the watchdog was due: the
+            # body is not read yet, and the socket waited ``seconds`` for them.
+            if watch.disarm() or isinstance(exc, requests.ReadTimeout):
                 raise HeadersTimeout(f"no complete answer within {seconds:g} s") from exc
             raise
         if watch.disarm():
