@@ -124,7 +124,11 @@ class RuntimeConfig:
         return cls(
             entrypoint=tuple(data.get("entrypoint", ())),
             cmd=tuple(data.get("cmd", ())),
-            env=tuple(data.get("env", ())),
+            # As the pull keeps them (``_environment``): a record an older lazyfs stored
+            # may hold what runc refuses.
+            env=tuple(
+                e for e in data.get("env", ()) if e.partition("=")[0] and "=" in e and "\0" not in e
+            ),
             working_dir=data.get("working_dir", ""),
             user=data.get("user", ""),
         )

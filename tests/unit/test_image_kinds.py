@@ -321,3 +321,10 @@ def test_a_pinned_digest_that_is_not_the_tags_says_which(tmp_path: Path) -> None
         f"not the {SHA_B} the reference pins"
     )
     assert (caught.value.expected, caught.value.actual) == (SHA_B, entry["digest"])
+
+
+def test_a_stored_config_of_an_older_lazyfs_keeps_only_what_a_pull_keeps() -> None:
+    from providers.manifest import RuntimeConfig
+
+    stored = {"env": ["A=1", "B", "=x", "C=\0", "D="]}
+    assert RuntimeConfig.from_json(stored).env == ("A=1", "D=")
