@@ -156,6 +156,7 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
         app.provisioner.hold(container_id),
     ):
         failure: BaseException | None = None
+        ran = False  # the command ran: its status is the run's, whatever the destroy says
         # For each signal passed on to the container: which trace file was there then.
         signalled: list[list[run_trace.FileId]] = []
 
@@ -181,13 +182,14 @@ def run_container(app: App, args: argparse.Namespace, image: Callable[[], Image]
                 # As docker run's 125: the command never ran, whatever status runc gave.
                 # runc said why, in one line of its own (``runtime.runc_log``).
                 return 125
+            ran = True
             return status
         except BaseException as error:
             failure = error
             raise
         finally:
             try:
-                _destroy(app, container_id, failure)
+                _destroy(app, container_id, failure, ran=ran)
             finally:
                 trace = traced[0] if traced else None
                 if trace and signalled and signalled[0]:
@@ -315,13 +317,16 @@ def require_workdir(root: Path | ContainerView, cwd: str, *, made: bool = False)
         raise UsageError(f"the working directory {shown(cwd)} is not a directory in {where}")
 
 
-def _destroy(app: App, container_id: str, failure: BaseException | None) -> None:
+def _destroy(
+    app: App, container_id: str, failure: BaseException | None, *, ran: bool = False
+) -> None:
     """Destroy ``container_id`` (nothing made is no error). After ``failure``, which stays
-    the error told, a destroy that fails too is logged: the container stays for recover.
+    the error told, or once the command ``ran``, whose status stays the run's (not its
+    own error's 125), a destroy that fails too is logged: the container stays for recover.
     The signals ``noting_signals`` notes are let go meanwhile (Ctrl-C still ends it)."""
     try:
         run_trio(lambda: app.provisioner.destroy(container_id), watch=False)
     except Exception as error:
-        if failure is None:
+        if failure is None and not ran:
             raise
         log.warning("container %s stays for recover: destroying it failed: %s", container_id, error)

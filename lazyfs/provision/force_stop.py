@@ -85,10 +85,12 @@ def kill(state_root: Path, locks: ContainerLocks, container_id: str) -> bool:
                 )
             # Again each round: a failure (it stopped meanwhile) is answered by the next.
             _runc(state_root, "kill", container_id, "KILL")
-        elif killed is None and run is not None and run != told:
-            # Its run holds it but runc has none: a run provisioning it, which the signal
-            # stops. A run whose container was killed ends by itself: no signal then,
-            # which would be its exit status.
+        elif (
+            killed is None and run is not None and run != told and not _started(locks, container_id)
+        ):
+            # Its run holds it but runc has none, and never had: a run provisioning it,
+            # which the signal stops. A run whose container was killed, or ended by
+            # itself, ends by itself: no signal then, which would be its exit status.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(run, signal.SIGTERM)
             told = run
@@ -102,6 +104,12 @@ def kill(state_root: Path, locks: ContainerLocks, container_id: str) -> bool:
         # Stopped: what a runc killed with its run left (`runc run` deletes its own).
         _runc(state_root, "delete", "--force", container_id)
     return found
+
+
+def _started(locks: ContainerLocks, container_id: str) -> bool:
+    """Whether runc was started for ``container_id``: its log is in the bundle
+    (``run_bundle`` removes any before, and runc makes it as it starts)."""
+    return (locks.containers / container_id / "bundle" / "runc-log.json").exists()
 
 
 def _live(state_root: Path, container_id: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import termios
 from collections.abc import Callable
 
 # Forwarded to runc, which passes them on to the container (as docker run's --sig-proxy):
@@ -42,3 +43,16 @@ def term_when_parent_dies(parent: int) -> Callable[[], None]:
             os._exit(128 + signal.SIGTERM)
 
     return arm
+
+
+def from_terminal(tty: int | None) -> bool:
+    """Whether a signal of the terminal's own (``TERMINALS``) may have come from it: ``tty``
+    is a terminal that sends them (ISIG: not raw, as runc makes it under -t) whose
+    foreground is this process's group, which runc shares. A ``kill`` of this process
+    alone meanwhile is taken for one: it does not reach the container."""
+    if tty is None:
+        return False
+    try:
+        return os.tcgetpgrp(tty) == os.getpgrp() and bool(termios.tcgetattr(tty)[3] & termios.ISIG)
+    except (OSError, termios.error):  # not a terminal any more, or not this process's
+        return False

@@ -30,6 +30,7 @@ from lazyfs.provision.runc_signals import (
     NOHUP,
     STOPPING,
     TERMINALS,
+    from_terminal,
     term_when_parent_dies,
 )
 from lazyfs.store.atomic import write_atomic
@@ -204,7 +205,7 @@ def run_bundle(
     from another group. It stays in the caller's group then (a job the shell
     stops, continues and moves as one), and what the terminal itself sends
     that group (Ctrl-C, Ctrl-\\, Ctrl-Z: ``TERMINALS``) reaches runc from the
-    terminal alone, not passed on a second time (``_from_terminal``). Should
+    terminal alone, not passed on a second time (``runc_signals.from_terminal``). Should
     the caller die without a word (SIGKILL), runc gets SIGTERM (its parent-death
     signal) and forwards it as well: runc keeps supervising, so a container that
     ignores it runs on, and ``still_running`` says so. The runc state is deleted
@@ -237,8 +238,10 @@ def run_bundle(
     started: list[subprocess.Popen[bytes]] = []
     early = [] if early is None else early  # stopping ones come before runc started
     waiting: list[int] = []  # others then: passed on once it runs
-    # runc reads the caller's terminal, or the bundle's is one: in the caller's group.
-    shared = terminal or os.isatty(0)
+    # runc uses the caller's terminal (stdin copied, output written: a background group
+    # is stopped for either), or the bundle's is one: in the caller's group.
+    tty = next((fd for fd in (0, 1, 2) if os.isatty(fd)), None)
+    shared = terminal or tty is not None
 
     pidfd: list[int] = []  # runc's, where the kernel gives one: see ``_pass_on``
 
@@ -246,7 +249,7 @@ def run_bundle(
         if not started:
             (early if signum in STOPPING else waiting).append(signum)
             return
-        if shared and signum in TERMINALS and _from_terminal():
+        if shared and signum in TERMINALS and from_terminal(tty):
             if told is not None:
                 told(signum)  # runc has it from the terminal, as its group's
             return
@@ -292,16 +295,6 @@ def run_bundle(
         raise RuncFailed(f"runc: {failed}")
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
-
-
-def _from_terminal() -> bool:
-    """Whether a signal of the terminal's own (``TERMINALS``) came from it: stdin is a
-    terminal whose foreground is this process's group, which runc shares. A ``kill`` of
-    this process alone meanwhile is taken for one: it does not reach the container."""
-    try:
-        return os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:  # not a terminal, or not this process's
-        return False
 
 
 def _pass_on(runc: subprocess.Popen[bytes], pidfd: list[int], signum: int) -> bool:
