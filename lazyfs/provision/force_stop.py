@@ -18,7 +18,6 @@ kills it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from lazyfs.provision import runtime
 from lazyfs.provision.container_locks import ContainerLocks
-from lazyfs.provision.runtime import _LIVE, _check_state, _runc
+from lazyfs.provision.runtime import _runc
 from providers.errors import BackendError, Conflict
 
 if TYPE_CHECKING:
@@ -116,15 +115,4 @@ def _live(state_root: Path, container_id: str) -> bool:
     """Whether runc has ``container_id`` created, running or paused (unreadable state
     counts). Unlike ``runtime.still_running`` it deletes no stopped state: the ``runc
     run`` still supervising it may be deleting it."""
-    state = state_root / container_id / "state.json"
-    if not state.exists():
-        return False
-    _check_state(state_root, container_id)
-    try:
-        answer = _runc(state_root, "state", container_id)
-    except FileNotFoundError:
-        return False  # no runc: nothing runs under it
-    try:
-        return json.loads(answer.stdout)["status"] in _LIVE
-    except (ValueError, KeyError, TypeError):
-        return state.exists()  # gone meanwhile (deleted by its runc run), or unreadable
+    return runtime.runc_status(state_root, container_id) in runtime.LIVE

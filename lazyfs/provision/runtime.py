@@ -180,8 +180,9 @@ def state_root(work_dir: Path) -> Path:
     return work_dir / "runc"
 
 
-# runc statuses in which a container's processes may still use its rootfs.
-_LIVE = frozenset({"creating", "created", "running", "pausing", "paused"})
+# runc statuses in which a container's processes may still use its rootfs; state runc
+# cannot read is one (``runc_status``): a rootfs never goes from under a live container.
+LIVE = frozenset({"creating", "created", "running", "pausing", "paused", "unreadable"})
 
 
 def run_bundle(
@@ -334,25 +335,32 @@ def still_running(state_root: Path, container_id: str) -> bool:
     leftover state is deleted on the way (``runc run`` would have, had it
     lived). Blocking.
     """
+    status = runc_status(state_root, container_id)
+    if status is None or status in LIVE:
+        return status is not None
+    _runc(state_root, "delete", container_id)
+    return False
+
+
+def runc_status(state_root: Path, container_id: str) -> str | None:
+    """What runc says of ``container_id`` (``running``, ``stopped``...); None for no state or
+    no runc; ``unreadable`` for state runc cannot read that is there still (just deleted
+    by its ``runc run`` otherwise). Deletes nothing. Blocking."""
     state = state_root / container_id / "state.json"
     if not state.exists():
-        return False
+        return None
     _check_state(state_root, container_id)
     try:
         answer = _runc(state_root, "state", container_id)
     except FileNotFoundError:
-        return False
+        return None
     try:
         status = json.loads(answer.stdout)["status"] if answer.returncode == 0 else None
     except (ValueError, KeyError, TypeError):
         status = None
     if status is None:
-        # Gone meanwhile (its runc run just deleted it), or unreadable.
-        return state.exists()
-    if status in _LIVE:
-        return True
-    _runc(state_root, "delete", container_id)
-    return False
+        return "unreadable" if state.exists() else None
+    return str(status)
 
 
 def _check_state(state_root: Path, container_id: str) -> None:

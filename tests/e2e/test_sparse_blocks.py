@@ -23,32 +23,19 @@ from pathlib import Path
 import pytest
 
 from lazyfs.fs.mount import is_mounted
-from tests.support import images, sparse
+from tests.support import sparse
 from tests.support.lazyfs_cli import Lazyfs
 
 pytestmark = pytest.mark.integration
 
-GiB = 1 << 30
-BIG = "var/big"  # 1 GiB apparent, 4 KiB of data in its middle
+GiB = sparse.GiB
+BIG = sparse.BIG
 
 
 @pytest.fixture
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An image directory with sparse:latest, its one layer made by GNU tar (overrides e2e's)."""
-    work = tmp_path_factory.mktemp("sparse-image")
-    tree = sparse.make_tree(work / "tree")
-    with (tree / BIG).open("wb") as big:
-        big.seek(GiB // 2)
-        big.write(b"b" * 4096)
-        big.truncate(GiB)
-    tar = sparse.gnu_tar(tree, work / "layer.tar", "1.0")
-    layout = work / "oci"
-    images.run("umoci", "init", "--layout", layout)
-    images.run("umoci", "new", "--image", f"{layout}:latest")
-    images.run("umoci", "raw", "add-layer", "--image", f"{layout}:latest", tar)
-    directory = work / "images"
-    images.to_oci_dir(layout, "latest", directory / "sparse:latest")
-    return directory
+    return sparse.image_dir(tmp_path_factory.mktemp("sparse-image"))
 
 
 def mapped_blocks(image_dir: Path) -> dict[str, tuple[int, int]]:

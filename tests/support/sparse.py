@@ -16,6 +16,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from tests.support import images
+
 # GNU tar's sparse forms: old GNU 'S' headers, and the three PAX encodings.
 FORMS = ("gnu", "0.0", "0.1", "1.0")
 MiB = 1 << 20
@@ -106,3 +108,25 @@ def regular_files(root: Path) -> dict[str, bytes]:
 def allocated(path: Path) -> int:
     """Bytes the file takes on disk."""
     return os.stat(path).st_blocks * 512
+
+
+BIG = "var/big"  # in ``image_dir``'s image: 1 GiB apparent, 4 KiB of data in its middle
+GiB = 1 << 30
+
+
+def image_dir(work: Path) -> Path:
+    """An image directory in ``work`` with sparse:latest: ``make_tree`` and ``BIG``, one
+    layer made by GNU tar (kept as ``work/layer.tar``, the directory is ``work/images``)."""
+    tree = make_tree(work / "tree")
+    with (tree / BIG).open("wb") as big:
+        big.seek(GiB // 2)
+        big.write(b"b" * 4096)
+        big.truncate(GiB)
+    tar = gnu_tar(tree, work / "layer.tar", "1.0")
+    layout = work / "oci"
+    images.run("umoci", "init", "--layout", layout)
+    images.run("umoci", "new", "--image", f"{layout}:latest")
+    images.run("umoci", "raw", "add-layer", "--image", f"{layout}:latest", tar)
+    directory = work / "images"
+    images.to_oci_dir(layout, "latest", directory / "sparse:latest")
+    return directory
