@@ -233,7 +233,7 @@ class Provisioner:
         home = self.containers / container_id
         if container_id not in self._held and (pid := self._locks.running(container_id)):
             raise Conflict(f"container {container_id} is being run (lazyfs run, pid {pid}): stop"
-                           " it first; nothing was destroyed")  # fmt: skip
+                           " it first, or with destroy --force; nothing was destroyed")  # fmt: skip
         async with self._locked(container_id):
             if not home.exists():
                 return False
