@@ -11,8 +11,10 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import termios
 from collections.abc import Callable
+from pathlib import Path
 
 # Forwarded to runc, which passes them on to the container (as docker run's --sig-proxy):
 # all a process can catch but its own (CHLD, PIPE, URG; TTIN, TTOU: its use of the terminal),
@@ -56,3 +58,16 @@ def from_terminal(tty: int | None) -> bool:
         return os.tcgetpgrp(tty) == os.getpgrp() and bool(termios.tcgetattr(tty)[3] & termios.ISIG)
     except (OSError, termios.error):  # not a terminal any more, or not this process's
         return False
+
+
+def interrupt(state_root: Path, container_id: str) -> bool:
+    """SIGINT to the container by ``runc kill``; whether it went (not before the container
+    exists). Not through ``runc run``: with process.terminal it takes SIGINT for a Ctrl-C
+    of its own, resets the terminal and exits 0 at once (its tty.go), the container left
+    running. docker run's proxy goes through kill as well."""
+    argv = ["runc", "--root", str(state_root), "kill", container_id, "INT"]
+    try:
+        done = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    except OSError:
+        return False
+    return done.returncode == 0

@@ -31,6 +31,7 @@ from lazyfs.provision.runc_signals import (
     STOPPING,
     TERMINALS,
     from_terminal,
+    interrupt,
     term_when_parent_dies,
 )
 from lazyfs.store.atomic import write_atomic
@@ -219,8 +220,7 @@ def run_bundle(
     ended, while its state is deleted, is let go: the container has ended
     already. Call from the main thread: the parent-death signal follows the
     thread that started runc.
-    ``told`` is called with each signal passed on while runc ran, in the
-    handler: the container did not end by itself.
+    ``told`` is called with each signal passed on while runc ran, in the handler.
 
     RuncFailed when runc failed to run the container, as runc's log says
     (``runc_log``): runc has said why on stderr, in one line, by then. Its
@@ -254,7 +254,9 @@ def run_bundle(
             if told is not None:
                 told(signum)  # runc has it from the terminal, as its group's
             return
-        if _pass_on(started[0], pidfd, signum) and told is not None:
+        # runc under a terminal ends at once on SIGINT, leaving the container: ``interrupt``.
+        sent = terminal and signum == signal.SIGINT and interrupt(state_root, container_id)
+        if (sent or _pass_on(started[0], pidfd, signum)) and told is not None:
             told(signum)
 
     # From before runc starts until its state is gone: a signal meanwhile reaches

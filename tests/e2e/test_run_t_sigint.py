@@ -1,0 +1,61 @@
+"""``lazyfs run -t`` passes a SIGINT sent to it on to its container, as docker run -t does.
+
+runc under a terminal ends at once on SIGINT (exit 0), leaving its container:
+``run`` sends it to the container by ``runc kill`` instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pty
+import select
+import signal
+import subprocess
+import termios
+
+import pytest
+
+from tests.support.lazyfs_cli import Lazyfs
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigint_to_run_t_reaches_the_container_which_ends_run(lazyfs: Lazyfs) -> None:
+    script = 'trap "echo trapped; exit 5" INT; echo up; while :; do sleep 1000 & wait; done'
+    argv = lazyfs.argv("run", "-t", "--backend", "copy", "busybox", "--", "sh", "-c", script)
+    main, tty = pty.openpty()
+    run = subprocess.Popen(
+        argv,
+        stdin=tty,
+        stdout=tty,
+        stderr=tty,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(tty)
+    seen = b""
+    try:
+        while b"up" not in seen:
+            assert select.select([main], [], [], 60)[0], seen
+            seen += os.read(main, 4096)
+        run.send_signal(signal.SIGINT)
+        while True:
+            assert select.select([main], [], [], 60)[0], seen
+            try:
+                chunk = os.read(main, 4096)
+            except OSError as error:  # EIO: run, the terminal's last user, ended
+                assert error.errno == errno.EIO
+                break
+            if not chunk:
+                break
+            seen += chunk
+        code = run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        os.close(main)
+    assert code == 5, seen
+    assert b"trapped" in seen.split(b"up", 1)[1]
