@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import images
 from tests.support.lazyfs_cli import Lazyfs
-from tests.support.statfs_calls import asking_statfs
+from tests.support.statfs_calls import asked_side_by_side
 
 pytestmark = pytest.mark.integration
 
@@ -124,35 +123,8 @@ def test_ps_and_recover_answer_with_a_mount_whose_process_is_stopped(lazyfs: Laz
 
 
 def test_ps_asks_mounts_that_do_not_answer_side_by_side(lazyfs: Lazyfs) -> None:
-    pids = []
-    for cid in ("f1", "f2"):
-        info = json.loads(lazyfs("provision", cid, "busybox", "--backend", "fuse").stdout)
-        rootfs = Path(info["rootfs"])
-        pids.append(int((rootfs.parent.parent / "scratch" / rootfs.name / "pid").read_text()))
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    stopped = True
-    try:
-        ps = lazyfs.popen("ps", "--json")
-        try:
-            # Both stopped mounts are asked at once; one by one, the second is asked only
-            # once the first has had its seconds, and shown "not answering".
-            deadline = time.monotonic() + 30  # bounds a failing test only
-            while asking_statfs(ps.pid) < 2:
-                assert ps.poll() is None and time.monotonic() < deadline, "never asked"
-                time.sleep(0.01)
-            for pid in pids:  # both answer now, within their seconds
-                os.kill(pid, signal.SIGCONT)
-            stopped = False
-            out, _ = ps.communicate(timeout=60)
-        finally:
-            ps.kill()
-            ps.wait()
-        states = [(c["container_id"], c["mount"]) for c in json.loads(out)]
-        assert states == [("f1", "alive"), ("f2", "alive")]
-    finally:
-        if stopped:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
+    out, _ = asked_side_by_side(lazyfs, "ps", "--json")
+    states = [(c["container_id"], c["mount"]) for c in json.loads(out)]
+    assert states == [("f1", "alive"), ("f2", "alive")]
     lazyfs("destroy", "f1")
     lazyfs("destroy", "f2")
