@@ -4,7 +4,6 @@ line, as a shell says it; ``-t`` gives the command a terminal."""
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, ContainerView, exec_problem, in_root
-from tests.support.lazyfs_cli import Lazyfs, one_line_error
+from tests.support.lazyfs_cli import Lazyfs, in_terminal, one_line_error
 
 pytestmark = pytest.mark.integration
 
@@ -47,27 +46,14 @@ def test_a_command_found_through_path_and_links_runs(lazyfs: Lazyfs) -> None:
     assert lazyfs("run", "busybox", "--", "../../bin/sh", "-c", "exit 0").returncode == 0
 
 
-def _in_terminal(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """``argv`` with a terminal as its stdin, stdout and stderr (``script``'s pty)."""
-    if shutil.which("script") is None:
-        pytest.skip("needs script (util-linux)")
-    return subprocess.run(
-        ["script", "-qec", shlex.join(argv), "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_run_t_gives_the_command_a_terminal(lazyfs: Lazyfs) -> None:
     probe = ["sh", "-c", "tty; exit 5"]
-    result = _in_terminal(lazyfs.argv("run", "-t", "busybox", "--", *probe))
+    result = in_terminal(lazyfs.argv("run", "-t", "busybox", "--", *probe))
     assert result.returncode == 5, result.stdout
     assert "/dev/pts/" in result.stdout
-    result = _in_terminal(lazyfs.argv("run", "busybox", "--", *probe))
+    result = in_terminal(lazyfs.argv("run", "busybox", "--", *probe))
     assert "not a tty" in result.stdout
-    result = _in_terminal(lazyfs.argv("run", "-it", "busybox", "--", *probe))  # docker's idiom
+    result = in_terminal(lazyfs.argv("run", "-it", "busybox", "--", *probe))  # docker's idiom
     assert result.returncode == 5 and "/dev/pts/" in result.stdout, result.stdout
     assert containers(lazyfs.work_dir) == []
 

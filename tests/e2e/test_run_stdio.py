@@ -7,15 +7,13 @@ run -t does, unless the image or ``-e`` gives TERM.
 
 from __future__ import annotations
 
-import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from providers.manifest import RuntimeConfig
-from tests.support.lazyfs_cli import Lazyfs, one_line_error
+from tests.support.lazyfs_cli import Lazyfs, in_terminal, one_line_error
 
 pytestmark = pytest.mark.integration
 
@@ -63,24 +61,12 @@ def test_run_t_with_stdin_closed_is_one_line(lazyfs: Lazyfs) -> None:
     assert "run -t: stdin is not a terminal" in one_line_error(result)
 
 
-def _in_terminal(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """``argv`` with a terminal as its stdin, stdout and stderr (``script``'s pty)."""
-    assert shutil.which("script"), "needs script (util-linux)"
-    return subprocess.run(
-        ["script", "-qec", shlex.join(argv), "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_run_t_sets_term_unless_given(lazyfs: Lazyfs) -> None:
     probe = ["sh", "-c", 'echo "TERM=${TERM-unset}."']
-    result = _in_terminal(lazyfs.argv("run", "-t", "busybox", "--", *probe))
+    result = in_terminal(lazyfs.argv("run", "-t", "busybox", "--", *probe))
     assert result.returncode == 0, result.stdout
     assert "TERM=xterm." in result.stdout
-    result = _in_terminal(lazyfs.argv("run", "-t", "-e", "TERM=foo", "busybox", "--", *probe))
+    result = in_terminal(lazyfs.argv("run", "-t", "-e", "TERM=foo", "busybox", "--", *probe))
     assert result.returncode == 0, result.stdout
     assert "TERM=foo." in result.stdout
     # Without a terminal, none: as docker run without -t.

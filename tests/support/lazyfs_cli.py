@@ -7,6 +7,8 @@ checks that a failure printed one line and no traceback.
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -104,3 +106,15 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr
     assert lines[0].startswith("lazyfs: ")
     return lines[0]
+
+
+def in_terminal(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` with a terminal as its stdin, stdout and stderr (``script``'s pty)."""
+    assert shutil.which("script"), "needs script (util-linux)"
+    return subprocess.run(
+        ["script", "-qec", shlex.join(argv), "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
