@@ -2,15 +2,22 @@
 
 ``is_mounted``, ``mount_points`` and ``mount_point_set`` (``providers.mountinfo``)
 are here too, so backends ask one module about mounts.
+
+``mounts_under`` and ``unmount_all_under`` read the mount table each time
+they are asked, unless a ``MountLook`` is in force (``looking_through``):
+then the table is read again only once the kernel says it changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import select
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from providers.errors import BackendError
@@ -18,8 +25,10 @@ from providers.mountinfo import is_mounted, mount_point_set, mount_points, real_
 
 __all__ = [
     "NOT_ANSWERING",
+    "MountLook",
     "bind_mount",
     "is_mounted",
+    "looking_through",
     "mount",
     "mount_point_set",
     "mount_points",
@@ -108,16 +117,76 @@ def unmount(target: Path) -> None:
     raise BackendError(f"unmount {target} failed: {os.strerror(ctypes.get_errno() or err)}")
 
 
+class MountLook:
+    """The mount table, read again only once it has changed: for a pass over many trees.
+
+    The kernel marks an open ``/proc/self/mountinfo`` (POLLPRI) when any
+    mount or unmount changes this namespace's table, ours or anyone's,
+    since it was last polled. ``points`` polls first and reads the table
+    again if it was marked, so every answer is as current as a read made
+    then, and a pass that changes nothing reads the table once. A mount
+    made after the answer is no more seen than after a read: what deletes
+    relies, as ever, on ``remove_tree`` refusing another filesystem.
+    Thread-safe; a context manager that closes it.
+    """
+
+    def __init__(self) -> None:
+        self._watched = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._watched, select.POLLPRI | select.POLLERR)
+        self._points: list[Path] | None = None
+        self._lock = threading.Lock()
+
+    def points(self) -> list[Path]:
+        """Every mount point of this namespace now (``mount_points``)."""
+        with self._lock:
+            # Polled before the read: a change meanwhile marks it again, for the next ask.
+            changed = any(
+                events & (select.POLLPRI | select.POLLERR) for _, events in self._poll.poll(0)
+            )
+            if changed or self._points is None:
+                self._points = mount_points()
+            return self._points
+
+    def close(self) -> None:
+        os.close(self._watched)
+
+    def __enter__(self) -> MountLook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_look: ContextVar[MountLook | None] = ContextVar("lazyfs_mount_look", default=None)
+
+
+@contextlib.contextmanager
+def looking_through(look: MountLook | None) -> Iterator[None]:
+    """Within the block, in this context, ``mounts_under`` and ``unmount_all_under`` ask
+    ``look`` rather than read the table each time; None: they read it."""
+    token = _look.set(look)
+    try:
+        yield
+    finally:
+        _look.reset(token)
+
+
 def mounts_under(root: Path) -> list[Path]:
     """Mount points at or below ``root``, deepest first (the order to unmount)."""
     root = real_path(root)
-    found = {p for p in mount_points() if p == root or root in p.parents}
+    look = _look.get()
+    points = mount_points() if look is None else look.points()
+    found = {p for p in points if p == root or root in p.parents}
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
 def unmount_all_under(root: Path) -> None:
     """Unmount everything at or below ``root``; raises if something stays mounted."""
-    for point in mounts_under(root):
+    found = mounts_under(root)
+    if not found:
+        return  # that look was the one asked: none needs making again
+    for point in found:
         unmount(point)
     left = mounts_under(root)
     if left:

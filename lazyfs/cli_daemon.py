@@ -27,6 +27,7 @@ absolute from where it was started.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -35,11 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazyfs.cache.spawn import DaemonSpec
+from lazyfs.cache.spawn import LOG_NAME, DaemonSpec
 from lazyfs.cli_flags import absolute, cwd_gone, global_flags, parse_size, source
 from lazyfs.cli_registry import registry_options
 from providers import rlimits
+from providers.append_log import FollowedLog
 from providers.errors import UsageError
+from providers.fslock import same_file
 
 if TYPE_CHECKING:
     from lazyfs.cache.service import Chore
@@ -146,10 +149,17 @@ def run_daemon(args: argparse.Namespace, every: Chore | None = None) -> int:
     from lazyfs.cache.upstream import Origins
 
     root = logging.getLogger()
+    log = cache_dir(args) / LOG_NAME
+    # Started by a command, its stderr is that log (``spawn``): it follows the log's renames.
+    follow = None
+    with contextlib.suppress(OSError):  # no stderr at all: nothing to follow
+        follow = FollowedLog(log) if same_file(2, log) else None
     for handler in root.handlers:
         handler.setFormatter(
             logging.Formatter("lazyfs-daemon[%(process)d] %(levelname)s %(name)s: %(message)s")
         )
+        if follow is not None:
+            handler.addFilter(follow)
     if not args.debug:
         root.setLevel(logging.INFO)
     background = not getattr(args, "no_background_fetch", False)

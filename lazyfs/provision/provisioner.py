@@ -61,7 +61,7 @@ from lazyfs.provision.records import (
     write_info,
 )
 from lazyfs.provision.revive import Checked, check_kept, revive
-from lazyfs.provision.teardown import remove_container, remove_failed
+from lazyfs.provision.teardown import destroy_pass, finish_recover, remove_container, remove_failed
 from lazyfs.provision.usage import ContainerRecord, read_record
 from lazyfs.provision.volumes import VolumeSpec, check_volumes
 from lazyfs.store.blobs import StoreBlobs
@@ -263,47 +263,47 @@ class Provisioner:
     async def recover(self, keep: Sequence[str]) -> RecoverReport:
         """Keep the named containers, destroy the rest and all half-done work.
 
-        A container whose provision is still running in another process, or
-        that a process holds (``hold``: it is running), is left alone and
-        reported busy.  A kept container's rootfs is checked: a bind or
-        fuse mount that is gone or dead is mounted again (a writable fuse
-        one over its upper, with the container's writes); any
-        other rootfs that does not work is reported broken, never kept.
-        A container runc still runs (``runtime.still_running``) is busy
-        too, whatever became of the ``lazyfs run`` that started it.
-        A container's image volumes are kept, checked and mounted again
-        with it, and destroyed with it. The kept ones' mounts are checked side
-        by side first (``revive.check_kept``), then acted on one by one.
+        A container whose provision is still running in another process, that
+        a process holds (``hold``: it is running) or that runc still runs
+        (``runtime.still_running``, whatever became of its ``lazyfs run``) is
+        left alone and reported busy.  A kept container's rootfs is checked:
+        a bind or fuse mount that is gone or dead is mounted again (a writable
+        fuse one over its upper, with the container's writes); any other
+        rootfs that does not work is reported broken, never kept, as is one
+        whose image volume does.  Mounts are checked side by side first
+        (``check_kept``), then acted on one by one; stale lock files go last.
         """
         kept, destroyed, busy, remounted, failed, broken = [], [], [], [], [], []
         wanted = set(keep)
         checked = await trio.to_thread.run_sync(check_kept, self.containers, wanted)
         runc = runtime.state_root(self.root.parent)  # where `lazyfs run` runs them
-        for home in sorted(self.containers.iterdir()):
-            cid = home.name
-            with self._locks.tried(cid) as locked:
-                # Its lock is free once `lazyfs run` dies, yet runc may run it on.
-                if not locked or await trio.to_thread.run_sync(runtime.still_running, runc, cid):
-                    busy.append(cid)
-                    continue
-                if cid in wanted and self._complete(home):
-                    try:
-                        if await trio.to_thread.run_sync(self._revive, cid, checked):
-                            remounted.append(cid)
-                    except Exception as error:
-                        broken.append((cid, one_line(error)))
+        with destroy_pass() as look:  # one look at the mount table for all destroyed
+            for home in sorted(self.containers.iterdir()):
+                cid = home.name
+                with self._locks.tried(cid) as locked:
+                    # Its lock is free once `lazyfs run` dies, yet runc may run it on.
+                    if not locked or await trio.to_thread.run_sync(
+                        runtime.still_running, runc, cid
+                    ):
+                        busy.append(cid)
                         continue
-                    kept.append(cid)
-                    continue
-                try:
-                    await trio.to_thread.run_sync(self._remove, home)
-                except Exception as error:
-                    # One container that cannot go must not keep the others.
-                    failed.append((cid, one_line(error)))
-                    continue
-                destroyed.append(cid)
-        await trio.to_thread.run_sync(self._locks.sweep)
-        await trio.to_thread.run_sync(self.store.clean_tmp)
+                    if cid in wanted and self._complete(home):
+                        try:
+                            if await trio.to_thread.run_sync(self._revive, cid, checked):
+                                remounted.append(cid)
+                        except Exception as error:
+                            broken.append((cid, one_line(error)))
+                            continue
+                        kept.append(cid)
+                        continue
+                    try:
+                        await trio.to_thread.run_sync(remove_container, home, self.backend, look)
+                    except Exception as error:
+                        # One container that cannot go must not keep the others.
+                        failed.append((cid, one_line(error)))
+                        continue
+                    destroyed.append(cid)
+        await trio.to_thread.run_sync(finish_recover, self._locks, self.store)
         return RecoverReport(
             tuple(kept),
             tuple(destroyed),

@@ -9,6 +9,17 @@ destroy would ask again; ``lazyfs ps`` shows it ``destroying``.  After a
 failed provision, ``remove_failed`` does it without raising over the
 provision's own error: a clean-up that fails too leaves a half-done
 container for ``destroy`` or ``recover``, and says so in the log.
+
+``recover`` destroys many in one pass: it gives each ``remove_container``
+one ``MountLook`` (``destroy_pass``), so the mount table is read once for
+the pass and again only after it changed (an unmount of the container
+before: once per container that had a mount), not several times for each.
+The delete still never reaches through a mount: every look is current
+(the kernel says whether the table changed since it was read), and
+``remove_tree`` refuses a mount of another filesystem even one made after
+the look.  A bind mount from the same filesystem made after it cannot be
+told by ``remove_tree``; that was so with a read per container too.
+``finish_recover`` sweeps what a pass leaves: lock files and partial writes.
 """
 
 from __future__ import annotations
@@ -20,21 +31,47 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backends.base import Backend
-from backends.mounts import unmount_all_under
+from backends.mounts import MountLook, looking_through, unmount_all_under
+from lazyfs.provision.container_locks import ContainerLocks
 from lazyfs.provision.usage import DESTROYING
 from lazyfs.store.atomic import sync_directory
+from lazyfs.store.disk import Store
+from lazyfs.store.lock_sweep import sweep_locks
 from providers.errors import LazyfsError
 from providers.fstree import remove_tree
 
 log = logging.getLogger(__name__)
 
 
-def remove_container(home: Path, backend_for: Callable[[str], Backend]) -> None:
+def remove_container(
+    home: Path, backend_for: Callable[[str], Backend], look: MountLook | None = None
+) -> None:
     """Destroy every rootfs under ``home`` with its backend, then ``home``. Blocking.
 
     ``home`` is marked first (``mark_destroying``): once this starts, the
     container is only ever destroyed, whatever stops it halfway.
+    ``look``: the mount table of a pass over many (``destroy_pass``); None, read here.
     """
+    with looking_through(look):
+        _remove_container(home, backend_for)
+
+
+def destroy_pass() -> MountLook:
+    """The one look at the mount table a pass destroying many containers shares
+    (``remove_container``); closed by the caller (a context manager)."""
+    return MountLook()
+
+
+def finish_recover(locks: ContainerLocks, store: Store) -> None:
+    """What a ``recover`` pass sweeps last: containers' lock files no one holds, the
+    store's (``sweep_locks``: one per blob, image or adoption ever locked, as GC
+    sweeps them), and partial writes whose writers are gone. Blocking."""
+    locks.sweep()
+    sweep_locks(store.locks)
+    store.clean_tmp()
+
+
+def _remove_container(home: Path, backend_for: Callable[[str], Backend]) -> None:
     mark_destroying(home)
     backends_dir = home / "backends"
     if backends_dir.is_dir():

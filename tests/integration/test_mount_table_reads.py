@@ -21,10 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from backends.mounts import mount_points, mounts_under, unmount_all_under
+from backends.base import Backend
+from backends.mounts import looking_through, mount_points, mounts_under, unmount_all_under
 from lazyfs.cli_ps import ps
 from lazyfs.provision.provisioner import Provisioner
 from lazyfs.provision.revive import check_kept
+from lazyfs.provision.teardown import destroy_pass, remove_container
+from providers.errors import BackendError
 from tests.support.backend_variants import docker, make_provisioner, one_image_registry
 
 pytestmark = pytest.mark.integration
@@ -116,3 +119,45 @@ async def test_recover_asks_again_before_mounting_over_what_it_found_unmounted(
         assert prov._revive(cid, checked) is False
         assert mount_points().count(rootfs) == 1
         assert (rootfs / "etc" / "motd").read_text() == "hi\n"
+
+
+async def test_recover_reads_the_mount_table_once_per_destroyed_mount_not_per_look(
+    tmp_path: Path,
+) -> None:
+    async with many_containers(tmp_path, COUNT) as (prov, ids):
+        with mountinfo_reads() as opened:
+            report = await prov.recover(keep=[])
+        assert report.destroyed == tuple(ids) and not report.failed
+        assert mounts_under(tmp_path) == []
+        # Each destroy's own unmount changes the table: that is read again, once, after
+        # it. Six times per container before (each backend and teardown look, twice).
+        assert len(opened) <= COUNT + 3, opened
+
+
+def test_a_look_sees_a_mount_made_after_it_and_nothing_is_deleted_through_it(
+    tmp_path: Path,
+) -> None:
+    # A bind mount from the same filesystem: remove_tree cannot tell it by st_dev.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data").write_text("keep me\n")
+    home = tmp_path / "work" / "containers" / "c1"
+    inside = home / "backends" / "none" / "rootfses" / "r" / "vol"
+    inside.mkdir(parents=True)
+    with destroy_pass() as look:
+        look.points()  # its first read
+        with looking_through(look), mountinfo_reads() as opened:
+            assert mounts_under(home) == []
+        assert opened == []  # the table unchanged: not read again
+        subprocess.run(["mount", "--bind", shared, inside], check=True)
+        try:
+            remove_container(home, _no_backend, look)
+        finally:
+            if mounts_under(tmp_path):
+                unmount_all_under(tmp_path)
+    assert not home.exists()
+    assert (shared / "data").read_text() == "keep me\n"
+
+
+def _no_backend(name: str) -> Backend:
+    raise BackendError(f"no backend {name}")

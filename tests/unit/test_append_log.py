@@ -5,13 +5,14 @@ renamed by another process is appended to rather than lost."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import stat
 import sys
 from pathlib import Path
 
 from lazyfs.cache.spawn import LOG_NAME, DaemonSpec, start_daemon
-from providers.append_log import LOG_CAP, open_log
+from providers.append_log import LOG_CAP, FollowedLog, open_log
 
 CAP = 100
 
@@ -81,3 +82,42 @@ def test_the_cache_daemons_log_past_its_cap_is_renamed_as_the_daemon_starts(
     starting.hand_over()  # returns once it exited (and was reaped)
     assert log.read_text() == "the daemon started\n"
     assert (spec.cache_dir / f"{LOG_NAME}.1").read_bytes() == old
+
+
+def _followed(path: Path) -> tuple[logging.Logger, int]:
+    """A logger writing through an fd to ``path`` that follows it (``FollowedLog``)."""
+    fd = open_log(path, CAP)
+    handler = logging.StreamHandler(open(fd, "w", closefd=False))  # noqa: SIM115
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(FollowedLog(path, CAP, fds=(fd,)))
+    logger = logging.getLogger(f"followed-{path}")
+    logger.propagate = False
+    logger.handlers = [handler]
+    return logger, fd
+
+
+def test_a_long_lived_writer_renames_its_log_once_past_its_cap(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    logger, fd = _followed(log)
+    try:
+        logger.warning("a" * CAP)  # past the cap once written
+        logger.warning("after")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "x.log.1").read_text() == "a" * CAP + "\n"
+    assert log.read_text() == "after\n"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_a_long_lived_writer_follows_a_rename_another_process_made(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    logger, fd = _followed(log)
+    try:
+        logger.warning("before")
+        os.write(fd, b"o" * CAP)  # another writer's lines, past the cap
+        _append(log, b"other\n")  # another opener renames it and begins a new one
+        logger.warning("after")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "x.log.1").read_bytes() == b"before\n" + b"o" * CAP
+    assert log.read_text() == "other\nafter\n"
