@@ -32,7 +32,10 @@ containerd and umoci do:
   files are the user's; device nodes are made only as root and otherwise
   skipped with one warning per layer; directory modes and mtimes are set
   when the whole layer is in, deepest first, since adding children changes
-  them.
+  them;
+- as a user, a directory whose mode keeps its owner out (a lower layer's
+  0555 ``usr/lib``) is opened to its owner while the layer is written, and
+  gets its mode back after, as umoci does rootless (``apply_walk``).
 
 Every filesystem call goes through directory descriptors opened one
 component at a time with O_NOFOLLOW (``backends.apply_walk``), so neither
@@ -310,8 +313,7 @@ class _Entry:
             else:
                 os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
         elif self.record_owners:
-            if directory and fd is not None:
-                _writable_by_owner(fd)
+            # A directory a lower layer left 0555 was opened to its owner (make_dir).
             owner = self._owner_record(entry, xattrs)
             if owner is not None and not directory:
                 # Before the mode: a file of mode 0444 refuses user xattrs even to its owner.
@@ -384,15 +386,3 @@ class _Entry:
             if error.errno not in _SKIPPABLE_XATTR_ERRNOS:
                 raise
             self.tree.skipped[f"{what} ({os.strerror(error.errno or 0)})"] += 1
-
-
-def _writable_by_owner(fd: int) -> None:
-    """Give the directory ``fd``, the user's own, write access for its owner until ``finish``.
-
-    One a lower layer left read-only (0555) refuses its owner the xattrs and
-    children this layer gives it; its header's mode is set when the layer is in.
-    (umoci loses the owner record there, with a warning.)
-    """
-    mode = os.fstat(fd).st_mode
-    if not mode & stat.S_IWUSR:
-        os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IWUSR)

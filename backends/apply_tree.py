@@ -7,8 +7,9 @@ can redirect a write outside the root.  It makes, replaces and removes
 entries, applies whiteouts and opaque markers (or writes them in overlayfs'
 form), keeps what a union of layers in overlay form must know about the
 directories a layer made (``MadeDirs``), and sets directory modes and times
-once the layer is in.  What an entry means is decided before it gets here;
-see ``backends.apply``.  Blocking.
+once the layer is in (as a user, the modes of those it widened to write in
+too).  What an entry means is decided before it gets here; see
+``backends.apply``.  Blocking.
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ class Tree(DirWalker):
         # where a lower namesake showed through, then (see MadeDirs.walked).
         self._walked: set[RelPath] = set()
         self._gone: set[RelPath] = set()  # implicit ones the layer removed again
-        self.privileged = os.geteuid() == 0
         self.skipped: Counter[str] = Counter()
         self.skipped_paths: set[RelPath] = set()
         self._created: set[RelPath] = set()
@@ -206,7 +206,7 @@ class Tree(DirWalker):
                 self._remove(parent_fd, name)
                 os.mkdir(name, 0o755, dir_fd=parent_fd)
                 replaced = True
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        fd = self.open_dir(name, parent_fd, resolved)
         if replaced:
             # What went may have been a symlink ``path`` itself went through
             # ("b/b" over "b -> ."): ``path`` leads elsewhere now, so it is not
@@ -360,7 +360,7 @@ class Tree(DirWalker):
                     self.remember(here, where)  # before the removal changes its time
                     self._remove(here, child)
                 elif stat.S_ISDIR(mode):  # ours, or holding ours: its lower children go
-                    here, old = os.open(child, DIR_FLAGS, dir_fd=here), here
+                    here, old = self.open_dir(child, here, at), here
                     os.close(old)
                     levels.append((os.listdir(here), at))
         finally:

@@ -15,13 +15,19 @@ It caches descriptors of recently used directories and records the times
 of each directory as first reached, so that what the layer does to their
 children can be undone to their times at the end, when the directories the
 layer has headers for take the modes and mtimes the headers give
-(``set_dir_times``).  Blocking.
+(``set_dir_times``).
+
+As a user other than root, ``open_dir`` gives the directories it opens rwx
+for their owner (``backends.rootless_owners.open_writable``), and
+``set_dir_times`` gives them back the mode they had (or their header's);
+so, as far as it can, does a layer failing half way.  Blocking.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import heapq
 import os
 from collections import OrderedDict
 from collections.abc import Container, Mapping
@@ -29,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from backends.rootless_owners import WideDir, Widened, open_writable
 from providers import layer_rules as rules
 from providers.errors import BackendError, UnsafeLayer, bad_entry
 from providers.layer_rules import RelPath
@@ -37,6 +44,8 @@ from providers.layer_rules import RelPath
 # ancestors are what is asked for again.
 FD_CACHE_SIZE = 64
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Pins a directory without opening it: needs no permission on it.
+_PIN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Missing(enum.Enum):
@@ -58,8 +67,10 @@ class DirWalker:
 
     def __init__(self, root: Path, layer: str) -> None:
         self.layer = layer
+        self.privileged = os.geteuid() == 0
+        self._widened: Widened = {}  # by open_dir, as a user
         # The caller chose root; following a symlink there is its business.
-        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.root_fd = self.open_dir(str(root), None, (), follow=True)
         self._fds: OrderedDict[RelPath, tuple[int, RelPath]] = OrderedDict()
         self._retired: list[int] = []
         # Times of directories as the walk first reached them (atime, mtime).
@@ -74,6 +85,9 @@ class DirWalker:
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if kind is not None and self._widened:
+            # The caller may keep what the layer wrote, as it is: not more open than it was.
+            self._set_modes({}, strict=False)
         self.invalidate()
         self.release()
         os.close(self.root_fd)
@@ -103,6 +117,15 @@ class DirWalker:
     def retire(self, fd: int) -> None:
         """Close ``fd`` at the next ``release``, with the descriptors that left the cache."""
         self._retired.append(fd)
+
+    def open_dir(
+        self, name: str, dir_fd: int | None, path: RelPath, *, follow: bool = False
+    ) -> int:
+        """A descriptor of the directory ``name`` in ``dir_fd`` (resolved ``path``), to write in;
+        as a user, widened (``rootless_owners.open_writable``).  ``follow``: the root only."""
+        if self.privileged:
+            return os.open(name, DIR_FLAGS & ~(os.O_NOFOLLOW if follow else 0), dir_fd=dir_fd)
+        return open_writable(name, dir_fd, path, self._widened, follow=follow)
 
     def make_missing(self, parent_fd: int, path: RelPath) -> int:
         """Make the missing directory ``path`` in ``parent_fd`` for a walk; its descriptor."""
@@ -195,8 +218,8 @@ class DirWalker:
                 if part == "..":  # only symlink targets bring these
                     if not resolved:
                         raise UnsafeLayer(self.layer, entry, "goes through a symlink above root")
-                    step: int | str | _Missing | None = os.open("..", DIR_FLAGS, dir_fd=fd)
                     resolved.pop()
+                    step: int | str | _Missing | None = self.open_dir("..", fd, tuple(resolved))
                 else:
                     step = self._step(fd, resolved, part, entry, create=create, marker=marker)
                 if step is MISSING:
@@ -252,7 +275,7 @@ class DirWalker:
         None: a non-directory the walk stops at (not ``create``, or a ``marker``).
         """
         try:
-            return os.open(part, DIR_FLAGS, dir_fd=fd)
+            return self.open_dir(part, fd, (*resolved, part))
         except FileNotFoundError:
             return MISSING
         except OSError as error:
@@ -269,32 +292,70 @@ class DirWalker:
         return target
 
     def set_dir_times(self, dirs: Mapping[RelPath, tuple[int, int]]) -> None:
-        """Give the directories in ``dirs`` their (mode, mtime), deepest first, and the
-        others the walk reached the times they had then (``restore_found_times``)."""
-        for path in sorted(dirs, key=len, reverse=True):
-            mode, mtime_ns = dirs[path]
-            entry = "/".join(path) or "."
+        """Give the directories in ``dirs`` their (mode, mtime), and those ``open_dir``
+        widened the mode they had; the others the walk reached get the times they had then
+        (``restore_found_times``)."""
+        # Times first: walking there may need what the modes take away; a chmod keeps them.
+        self.restore_found_times(dirs)
+        self._set_modes(dirs, strict=True)
+
+    def _set_modes(self, dirs: Mapping[RelPath, tuple[int, int]], *, strict: bool) -> None:
+        """Set the modes of ``dirs`` and of the widened directories, deepest first.
+
+        Deepest first, so that no walk goes through a directory whose mode
+        may refuse it.  A walk may still widen one on its way, which is
+        shallower and so set later.  ``strict``: an error is the layer's;
+        otherwise (failing half way) what can be set is set.
+        """
+        widened: Widened = {}
+        todo = [(-len(path), path) for path in dirs]
+        heapq.heapify(todo)
+        while True:
+            for path, record in self._widened.items():
+                if path not in dirs:
+                    heapq.heappush(todo, (-len(path), path))
+                widened.setdefault(path, record)
+            self._widened.clear()
+            if not todo:
+                return
+            path = heapq.heappop(todo)[1]
             try:
-                if not path:
-                    _set_dir_times(self.root_fd, mode, mtime_ns)
-                    continue
-                found = self.walk(path[:-1], entry, create=False, follow=False)
-                if found is None:
-                    continue  # a later entry of the layer replaced it
-                try:
-                    fd = os.open(path[-1], DIR_FLAGS, dir_fd=found[0])
-                except OSError:
-                    continue
-                try:
-                    _set_dir_times(fd, mode, mtime_ns)
-                finally:
-                    os.close(fd)
+                self._set_mode(path, dirs.get(path), widened.get(path))
             except OSError as error:
-                raise backend_error(self.layer, entry, error) from error
+                if strict:
+                    raise backend_error(self.layer, "/".join(path) or ".", error) from error
             finally:
                 self.release()
-        # The layer's own header decided the times of its directories.
-        self.restore_found_times(dirs)
+
+    def _set_mode(
+        self, path: RelPath, header: tuple[int, int] | None, widened: WideDir | None
+    ) -> None:
+        """Give the directory at ``path`` its header's (mode, mtime), or else, if it is
+        still the one ``open_dir`` widened, its mode from before."""
+        fd = self._pin(path) if path else self.root_fd
+        if fd is None:
+            return  # a later entry of the layer replaced it
+        try:
+            itself = f"/proc/self/fd/{fd}"
+            found = os.fstat(fd)
+            if header is not None:
+                os.chmod(itself, header[0])
+                os.utime(itself, ns=(header[1], header[1]))
+            elif widened is not None and widened.same(found):
+                os.chmod(itself, widened.mode)
+        finally:
+            if fd != self.root_fd:
+                os.close(fd)
+
+    def _pin(self, path: RelPath) -> int | None:
+        """An O_PATH descriptor of the directory at resolved ``path``, or None if there is none."""
+        found = self.walk(path[:-1], "/".join(path), create=False, follow=False)
+        if found is None:
+            return None
+        try:
+            return os.open(path[-1], _PIN_FLAGS, dir_fd=found[0])
+        except OSError:
+            return None
 
     def restore_found_times(self, keep: Container[RelPath]) -> None:
         """Give every directory the walk reached the times it had then, except those in ``keep``.
@@ -330,11 +391,6 @@ def _readlink(dir_fd: int, name: str) -> str | None:
         if error.errno == errno.EINVAL:  # not a symlink
             return None
         raise
-
-
-def _set_dir_times(fd: int, mode: int, mtime_ns: int) -> None:
-    os.fchmod(fd, mode)
-    os.utime(fd, ns=(mtime_ns, mtime_ns))
 
 
 def backend_error(layer: str, entry: str, error: OSError) -> BackendError:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -114,9 +115,28 @@ def extracted_layer(
             if form == "overlay":
                 # The tree's presence promises its sidecar: rename that first.
                 os.rename(sidecar, home / sidecar.name)
-            os.rename(tree, target)
+            _rename_dir(tree, target)
             sync_directory(home)
     return target
+
+
+def _rename_dir(tree: Path, target: Path) -> None:
+    """Rename the directory ``tree`` to ``target``, in another directory.
+
+    Moving a directory to another one rewrites its ``..``, which needs write
+    permission on it: a user who is not root lacks it where the layer gave
+    its root a mode such as 0555.  Then its owner gets it for the rename and
+    the layer's mode is set back at once, on disk too (a crash in between
+    leaves a tree whose root its owner may write in, nothing else).
+    """
+    mode = stat.S_IMODE(tree.stat().st_mode)
+    if os.geteuid() == 0 or mode & stat.S_IWUSR:
+        os.rename(tree, target)
+        return
+    tree.chmod(mode | stat.S_IWUSR)
+    with written_back(target.parent):
+        os.rename(tree, target)
+        target.chmod(mode)
 
 
 def _dirs_record(made: MadeDirs) -> str:

@@ -14,9 +14,22 @@ checked against it) writes for an image's owner: each id that is 0 becomes
 ``NOOP_ID`` (so no field is ever 0, the value proto3 would leave out), and
 an owner of 0:0, the unpacking user's own as the container sees it, gets no
 xattr at all.  Pure; the caller sets it.
+
+Root may also write in any directory; a user may not, even in their own,
+where its mode denies them (a lower layer's 0555 ``usr/lib``, a 0500
+directory, a later entry of a layer under its own 0555 one).  As umoci does
+rootless, ``open_writable`` gives such a directory rwx for its owner while
+the layer is written, noting the mode it had (``WideDir``) for the caller
+to give back (``backends.apply_walk``).  Blocking.
 """
 
 from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from providers.layer_rules import RelPath
 
 OWNER_XATTR = "user.rootlesscontainers"
 NOOP_ID = 0xFFFF_FFFF
@@ -52,3 +65,60 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+@dataclass(frozen=True)
+class WideDir:
+    """A directory ``open_writable`` widened: its device, inode and mode before."""
+
+    dev: int
+    ino: int
+    mode: int
+
+    def same(self, found: os.stat_result) -> bool:
+        """Whether ``found`` is this directory, not a namesake made after it went."""
+        return (found.st_dev, found.st_ino) == (self.dev, self.ino)
+
+
+Widened = dict[RelPath, WideDir]
+
+
+def open_writable(
+    name: str, dir_fd: int | None, path: RelPath, widened: Widened, *, follow: bool = False
+) -> int:
+    """A descriptor of the directory ``name`` in ``dir_fd``, which its owner may now write in.
+
+    If it is the process's own and its mode keeps its owner from reading,
+    writing or searching it, its owner gets all three and ``widened`` notes
+    it at ``path``, with the mode it had.  One
+    that is not ours is left as it is: what it refuses is the caller's error.
+    ``follow``: follow a symlink at ``name``.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except PermissionError:
+        # Unreadable even to its owner (0300, 0000): pinned, which needs no
+        # permission on it, widened, and opened by the pin.
+        pin = os.open(name, flags | os.O_PATH, dir_fd=dir_fd)
+        try:
+            _widen(pin, path, widened)
+            return os.open(f"/proc/self/fd/{pin}", flags & ~os.O_NOFOLLOW)
+        finally:
+            os.close(pin)
+    try:
+        _widen(fd, path, widened)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _widen(fd: int, path: RelPath, widened: Widened) -> None:
+    found = os.fstat(fd)
+    mode = stat.S_IMODE(found.st_mode)
+    if mode & stat.S_IRWXU == stat.S_IRWXU or found.st_uid != os.geteuid():
+        return
+    # Through /proc: an O_PATH descriptor takes no fchmod.
+    os.chmod(f"/proc/self/fd/{fd}", mode | stat.S_IRWXU)
+    widened[path] = WideDir(found.st_dev, found.st_ino, mode)
