@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lazyfs.store.atomic import write_atomic
@@ -65,7 +65,8 @@ def mounts(bundle: Path, rootfs: Path, etc: Path | None, *, readonly: bool) -> l
     rootfs is writable here, even if runc makes it read-only after: ``run
     --read-only`` on the copy backend); else left alone, so that a read-only
     rootfs without the file still starts (docker has an init layer for this;
-    lazyfs has none). A symlink or directory there is the image's choice.
+    lazyfs has none). A symlink or directory there is the image's choice. A
+    volume at one of them is the user's choice: ``give_way``.
 
     Writable unless the rootfs is read-only, as docker mounts them: a program may
     add a name to /etc/hosts, and the file is the container's own and goes with
@@ -97,3 +98,22 @@ def mounts(bundle: Path, rootfs: Path, etc: Path | None, *, readonly: bool) -> l
             }
         )
     return found
+
+
+def give_way(bundle: Path, spec_mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``spec_mounts`` without ``mounts``' mount of a file in ``bundle`` where another mount
+    (a volume the caller added after) is at its path, over it (/etc) or in it.
+
+    The user's mount wins, as docker leaves out its own /etc/hosts where a user's mount
+    is at that path. Kept, it would make runc first make the missing file in the image's
+    rootfs (where it stays, on a writable one) and mount it, then fail to mount the volume,
+    a directory, over that file.
+    """
+    ours = {str(bundle / name) for name in NAMES}
+    others = [PurePosixPath(m["destination"]) for m in spec_mounts if m.get("source") not in ours]
+
+    def covered(mount: dict[str, Any]) -> bool:
+        path = PurePosixPath(mount["destination"])
+        return any(path.is_relative_to(other) or other.is_relative_to(path) for other in others)
+
+    return [m for m in spec_mounts if m.get("source") not in ours or not covered(m)]

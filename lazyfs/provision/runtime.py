@@ -32,6 +32,7 @@ from lazyfs.provision.runc_signals import (
     TERMINALS,
     from_terminal,
     interrupt,
+    pass_on,
     term_when_parent_dies,
 )
 from lazyfs.store.atomic import write_atomic
@@ -79,7 +80,8 @@ def bundle_config(
     The image's user is looked up in ``etc``, the container's /etc as found
     in what is mounted there (``lazyfs.cli_volumes.container_view``: a volume
     may be it), else in the rootfs' own (``image_user.resolve_user``). The
-    mounts are runc's own (``runc_mounts``); the caller adds its volumes.
+    mounts are runc's own (``runc_mounts``); the caller adds its volumes (see
+    ``write_bundle``).
     With ``bundle``, /etc/hosts and /etc/hostname naming ``hostname`` go there
     (``etc_files``). docker's process defaults: ``process_defaults``.
     """
@@ -244,7 +246,7 @@ def run_bundle(
     tty = next((fd for fd in (0, 1, 2) if os.isatty(fd)), None)
     shared = terminal or tty is not None
 
-    pidfd: list[int] = []  # runc's, where the kernel gives one: see ``_pass_on``
+    pidfd: list[int] = []  # runc's, where the kernel gives one: see ``runc_signals.pass_on``
 
     def forward(signum: int, _frame: object) -> None:
         if not started:
@@ -255,8 +257,11 @@ def run_bundle(
                 told(signum)  # runc has it from the terminal, as its group's
             return
         # runc under a terminal ends at once on SIGINT, leaving the container: ``interrupt``.
-        sent = terminal and signum == signal.SIGINT and interrupt(state_root, container_id)
-        if (sent or _pass_on(started[0], pidfd, signum)) and told is not None:
+        if terminal and signum == signal.SIGINT:
+            sent = interrupt(state_root, container_id, lambda: pass_on(started[0], pidfd, signum))
+        else:
+            sent = pass_on(started[0], pidfd, signum)
+        if sent and told is not None:
             told(signum)
 
     # From before runc starts until its state is gone: a signal meanwhile reaches
@@ -298,32 +303,6 @@ def run_bundle(
         raise RuncFailed(f"runc: {failed}")
     # runc reports a container killed by a signal as 128+N, as shells do.
     return code if code >= 0 else 128 - code
-
-
-def _pass_on(runc: subprocess.Popen[bytes], pidfd: list[int], signum: int) -> bool:
-    """Send ``signum`` to ``runc``; whether it was still running (an exited runc not reaped
-    yet is not: the container ended by itself).
-
-    Through its pidfd: a signal that comes just as ``wait`` reaps runc, before ``Popen``
-    knows, would go by pid to whatever process has that pid by then. Without one, by pid.
-    """
-    if not pidfd:
-        # ``wait`` holds Popen's lock as this handler runs: its ``poll`` cannot tell an
-        # ended runc, so ask without reaping. A pid reaped as the handler came stays a risk.
-        try:
-            if os.waitid(os.P_PID, runc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return False
-        except ChildProcessError:
-            return False  # reaped
-        runc.send_signal(signum)
-        return runc.returncode is None
-    try:
-        if os.waitid(os.P_PIDFD, pidfd[0], os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return False
-        signal.pidfd_send_signal(pidfd[0], signum)
-    except (ChildProcessError, ProcessLookupError):
-        return False  # reaped meanwhile
-    return True
 
 
 def still_running(state_root: Path, container_id: str) -> bool:
@@ -393,7 +372,11 @@ def _runc(state_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def write_bundle(bundle: Path, config: dict[str, Any]) -> None:
+    """Write ``config`` as the bundle's config.json; its /etc files of ours give way to the
+    caller's volumes at their paths (``etc_files.give_way``)."""
     private_dir(bundle)
+    if "mounts" in config:
+        config = {**config, "mounts": etc_files.give_way(bundle, config["mounts"])}
     # Private as the rest of the work dir: write_text would make it 0666 less the umask.
     write_atomic(
         bundle / "config.json", json.dumps(config, indent=1).encode(), mode=0o600, durable=False
