@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 from backends.names import NAMES as BACKENDS
 from lazyfs import cli_cache, cli_parser
 from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
-from lazyfs.cli_flags import cwd_gone, image_providers, layer_limits, path_flag, source, work_dir
+from lazyfs.cli_flags import cwd_gone, image_providers, parse_size, path_flag, source, work_dir
 from lazyfs.cli_registry import docker_registry, parsed_url, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
 from lazyfs.cli_run import READER_GONE, failure_line, run_trio, stdout_reader_gone
 from providers.errors import LazyfsError, NotFound, Unauthorized, UsageError
+from providers.layer_limits import LayerLimits
 from providers.private_dir import private_dir
 
 if TYPE_CHECKING:
@@ -61,7 +62,8 @@ class App:
         self.args = args
         self.work_dir = work_dir(args)  # absolute: runc and mounts see other cwds
         self.store_dir = path_flag(args, "docker_store_dir", self.work_dir / "store" / "docker")
-        self.limits = layer_limits(args)
+        # Checked as parsed (``cli_flags.Flag``): a bad one is a usage error, status 2.
+        self.limits = LayerLimits(parse_size(args.max_layer_size) or 0, int(args.max_layer_ratio))
         self.kinds = image_providers(args)
         self.appc_dir = path_flag(args, "appc_store_dir", self.work_dir / "store" / "appc")
         from lazyfs.cli_roots import check_roots
@@ -234,9 +236,10 @@ def _mount(app: App, args: argparse.Namespace) -> int:
     from lazyfs.provision import devmount
 
     image = _image(args)
-    _need_fuse("fuse")
-    # Before the daemon and the pull.
+    # What the user typed first (--writable as a user, the mount point), then the
+    # machine (/dev/fuse); both before the daemon and the pull.
     devmount.check_mountpoint(args.mountpoint, suid=args.suid, dev=args.dev, writable=args.writable)
+    _need_fuse("fuse")
     # `mount` is always the fuse backend's.
     with started_ahead(args, image, "fuse", app.store_dir.absolute()):
         return run_mount(args, image, lambda: app.store, lambda: app.provisioner, app.work_dir)
@@ -263,24 +266,9 @@ def _destroy(app: App, args: argparse.Namespace) -> int:
 
 
 def _recover(app: App, args: argparse.Namespace) -> int:
-    report = run_trio(lambda: app.provisioner.recover(args.keep))
-    print(
-        json.dumps(
-            {
-                "kept": list(report.kept),
-                "destroyed": list(report.destroyed),
-                "busy": list(report.busy),
-                "failed": dict(report.failed),
-                "remounted": list(report.remounted),
-                "broken": dict(report.broken),
-            }
-        )
-    )
-    for cid, why in report.failed:
-        print(f"lazyfs: container {cid} could not be destroyed: {why}", file=sys.stderr)
-    for cid, why in report.broken:
-        print(f"lazyfs: container {cid} is broken: {why}", file=sys.stderr)
-    return 1 if report.failed or report.broken else 0
+    from lazyfs.cli_recover import run_recover
+
+    return run_recover(app.provisioner, args)
 
 
 def _images(app: App, args: argparse.Namespace) -> int:

@@ -8,15 +8,19 @@ over the default. ``FlagParser.parse_args`` applies that order, so every
 flag is set on what it returns; ``source`` names where a value came from,
 for errors.
 
-The values that need more than a string (limits, providers) are turned
-into the library's settings here, with one-line errors naming the flag or
-variable to fix; the registry's are in ``lazyfs.cli_registry``.
+A switch is on given alone (``--debug``), and is written as Mesos writes
+booleans too: ``--debug=true|false`` (a word ``_truth`` takes), ``--no-debug``.
+Every value is checked as parsed (``Flag.value``): a bad one is a usage error
+naming the flag or variable, status 2 as any command line that does not parse.
+Values that need more (limits, providers) become the library's settings here,
+with one-line errors; the registry's are in ``lazyfs.cli_registry``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -25,11 +29,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from providers.errors import UsageError
-from providers.layer_limits import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE, LayerLimits
+from providers.layer_limits import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE
+from providers.platforms import parse_platform
 
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
 ENV_PREFIX = "LAZYFS_"
 PROVIDERS = ("docker", "appc")
+_WANTED: dict[object, str] = {int: "want a whole number", float: "want a number"}
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,9 @@ class Flag:
     help: str
     kind: Callable[[str], Any] = str
     metavar: str | None = None
-    switch: bool = False  # takes no value on the command line: present means true
+    switch: bool = False  # present alone means true; =VALUE and --no-NAME: switch_words
     shown: str | None = None  # the default as help words it, when not the value itself
+    check: Callable[[Any], str | None] = lambda value: None  # why kind's value is refused
 
     @property
     def env(self) -> str:
@@ -61,20 +68,32 @@ class Flag:
             default = f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
         return f"{self.help} (default: {default}; or {self.env})"
 
-    def argument(self) -> tuple[list[str], dict[str, Any]]:
-        """``--name_with_underscores`` and its dashed spelling, and argparse's options.
+    def value(self, text: str) -> Any:
+        """``text`` as the flag takes it; ArgumentTypeError, saying why, if it cannot."""
+        try:
+            value = self.kind(text)
+            why = self.check(value)
+        except (ValueError, OverflowError):  # what kind refuses: say what it wants
+            why = _WANTED.get(self.kind, "want true or false")
+        if why is not None:
+            raise argparse.ArgumentTypeError(f"{text!r}: {why}")
+        return value
 
-        Unset unless given: ``FlagParser`` fills it from the environment or default.
-        """
-        spellings = [f"--{self.name}"]
-        if "_" in self.name:
-            spellings.append(f"--{self.name.replace('_', '-')}")
+    def spellings(self, prefix: str = "--") -> list[str]:
+        """``--name_with_underscores`` and its dashed spelling (``prefix`` ``--no-``: off)."""
+        names = dict.fromkeys([self.name, self.name.replace("_", "-")])
+        return [prefix + name for name in names]
+
+    def arguments(self) -> list[tuple[list[str], dict[str, Any]]]:
+        """argparse's options: ``--name`` in both spellings, for a switch ``--no-name`` too
+        (as Mesos takes it; not in the help). Unset unless given: ``FlagParser`` fills it."""
         options: dict[str, Any] = {"dest": self.name, "default": argparse.SUPPRESS}
-        if self.switch:
-            options["action"] = "store_true"
-        else:
-            options.update(type=self.kind, metavar=self.metavar)
-        return spellings, options
+        if not self.switch:
+            options.update(type=self.value, metavar=self.metavar, help=self.described)
+            return [(self.spellings(), options)]
+        off = {**options, "action": "store_false", "help": argparse.SUPPRESS}
+        on = {**options, "action": "store_true", "help": self.described}
+        return [(self.spellings(), on), (self.spellings("--no-") + self.spellings("--no_"), off)]
 
 
 # --docker_registry_NAME: how long a registry may take (HttpOptions says why these
@@ -88,13 +107,51 @@ REGISTRY_LIMITS = (
 
 
 def _truth(text: str) -> bool:
-    """A switch's value from the environment, as Mesos takes booleans."""
+    """A switch's value (``--debug=VALUE`` or ``LAZYFS_DEBUG``), as Mesos takes booleans."""
     word = text.strip().lower()
     if word in ("1", "true", "yes", "on"):
         return True
     if word in ("", "0", "false", "no", "off"):
         return False
     raise ValueError(text)
+
+
+def _switch(name: str, text: str) -> Flag:
+    """A switch, off unless given: ``--NAME``, ``--NAME=true|false``, ``--no-NAME``."""
+    return Flag(name, False, text, _truth, switch=True)
+
+
+def _limit_check(off: bool) -> Callable[[float], str | None]:
+    """The check of a ``REGISTRY_LIMITS`` value: finite, over 0 (or 0 when ``off``)."""
+
+    def check(value: float) -> str | None:
+        if math.isfinite(value) and (value > 0 or (off and value == 0)):
+            return None
+        return "want 0 or more" if off else "want more than 0"
+
+    return check
+
+
+def _bytes_check(text: str) -> str | None:
+    return None if (parse_size(text) or 0) >= 1 else "want bytes, e.g. 10GiB"
+
+
+def _providers_check(text: str) -> str | None:
+    unknown = [kind for kind in split_list(text) if kind.lower() not in PROVIDERS]
+    return f"unknown image provider {unknown[0]!r} (known: docker, appc)" if unknown else None
+
+
+def _ratio_check(text: str) -> str | None:
+    whole = re.fullmatch(r"0*[1-9][0-9]{0,17}", text.strip())  # over 0, in 18 digits
+    return None if whole else "want a whole number over 0"
+
+
+def _platform_check(text: str) -> str | None:
+    try:
+        parse_platform(text) if text else None  # empty: this machine's, as unset
+    except UsageError as error:  # "--platform 'TEXT': why": the why
+        return str(error).split(": ", 1)[-1]
+    return None
 
 
 def default_work_dir() -> str:
@@ -116,12 +173,18 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
     """Every global flag; ``backends`` names the rootfs backends for the help."""
     return (
         Flag("work_dir", default_work_dir(), "where containers' work lives"),
-        Flag("image_providers", "docker", "comma-separated: docker, appc (any case)"),
+        Flag(
+            "image_providers",
+            "docker",
+            "comma-separated: docker, appc (any case)",
+            check=_providers_check,
+        ),
         Flag(
             "image_provisioner_backend",
             None,
             f"one of {', '.join(backends)}",
             shown="overlay where it works, else copy",
+            check=lambda name: None if name in backends else f"want one of {', '.join(backends)}",
         ),
         Flag(
             "docker_registry",
@@ -160,6 +223,7 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
                 kind,
                 metavar,
                 shown="none" if off and default == 0 else None,
+                check=_limit_check(off),
             )
             for name, kind, default, off, metavar, text in REGISTRY_LIMITS
         ),
@@ -177,34 +241,36 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
             " (x86_64 is amd64, aarch64 arm64, arm arm/v7); without an exact match, the"
             " best variant that platform runs",
             shown="linux/<this machine's arch>[/<its arm variant>]",
+            check=_platform_check,
         ),
         Flag(
             "max_layer_size",
             f"{DEFAULT_MAX_LAYER_SIZE >> 30}GiB",
             "the most a layer may unpack to: bytes, or a number with KiB, MiB, GiB or TiB",
+            check=_bytes_check,
         ),
         Flag(
             "max_layer_ratio",
             str(DEFAULT_MAX_LAYER_RATIO),
             "the most times its compressed size a layer may unpack to (64 MiB always may)",
+            check=_ratio_check,
         ),
         Flag("cache_dir", None, "the cache daemon's directory", shown="WORK_DIR/cache"),
-        Flag("cache_size", "10GiB", "the most the cache keeps: bytes, or a number with KiB..TiB"),
-        Flag("no_background_fetch", False, "fetch only what mounts read", _truth, switch=True),
         Flag(
-            "publish_indexes",
-            False,
-            "after pulling a registry image whole, push its layer indexes beside it",
-            _truth,
-            switch=True,
+            "cache_size",
+            "10GiB",
+            "the most the cache keeps: bytes, or a number with KiB..TiB",
+            check=_bytes_check,
         ),
-        Flag(
+        _switch("no_background_fetch", "fetch only what mounts read"),
+        _switch(
+            "publish_indexes",
+            "after pulling a registry image whole, push its layer indexes beside it",
+        ),
+        _switch(
             "trust_published_indexes",
-            False,
             "mount registry images lazily from indexes published beside them, trusted as far "
             "as push rights to the image's repository",
-            _truth,
-            switch=True,
         ),
         Flag(
             "image_gc_config",
@@ -212,7 +278,7 @@ def global_flags(backends: Sequence[str]) -> tuple[Flag, ...]:
             "image GC as Mesos' ImageGcConfig: JSON, a file or a file:// URL",
             shown='{"image_disk_headroom": 0.1}, nothing excluded',
         ),
-        Flag("debug", False, "log what happens on stderr", _truth, switch=True),
+        _switch("debug", "log what happens on stderr"),
     )
 
 
@@ -236,9 +302,9 @@ class FlagParser(argparse.ArgumentParser):
         self.exit(2, f"lazyfs: {message} (see `{see}`)\n")
 
     def add_flag(self, flag: Flag) -> None:
-        """Add ``--name_with_underscores`` and its dashed spelling as one option."""
-        spellings, options = flag.argument()
-        self.add_argument(*spellings, help=flag.described, **options)
+        """Add ``--name_with_underscores`` and its dashed spelling (``Flag.arguments``)."""
+        for spellings, options in flag.arguments():
+            self.add_argument(*spellings, **options)
         self._globals.append(flag)
 
     def parse_known_args(  # type: ignore[override]
@@ -256,9 +322,9 @@ class FlagParser(argparse.ArgumentParser):
             if flag.env in environ:
                 text = environ[flag.env]
                 try:
-                    value = flag.kind(text)
-                except ValueError:
-                    raise UsageError(f"{flag.env}={text!r}: not a valid --{flag.name}") from None
+                    value = flag.value(text)
+                except argparse.ArgumentTypeError as error:  # as on the command line
+                    self.error(f"{flag.env}={error}")
                 sources[flag.name] = flag.env
             setattr(parsed, flag.name, value)
         parsed.flag_sources = sources
@@ -272,15 +338,9 @@ def source(args: argparse.Namespace, name: str) -> str:
 
 
 def image_providers(args: argparse.Namespace) -> tuple[str, ...]:
-    """The providers ``--image_providers`` enables, in lower case: Mesos writes ``APPC,DOCKER``."""
-    kinds = tuple(kind.lower() for kind in split_list(args.image_providers))
-    for kind in kinds:
-        if kind not in PROVIDERS:
-            raise UsageError(
-                f"{source(args, 'image_providers')}: unknown image provider {kind!r} "
-                f"(known: {', '.join(PROVIDERS)})"
-            )
-    return kinds
+    """The providers ``--image_providers`` enables (known ones, checked as parsed: ``Flag``),
+    in lower case: Mesos writes ``APPC,DOCKER``."""
+    return tuple(kind.lower() for kind in split_list(args.image_providers))
 
 
 # Sizes are binary (1024-based) everywhere: printed as KiB, MiB, GiB, and
@@ -302,20 +362,6 @@ def parse_size(text: str) -> int | None:
     if fraction:
         size += int(fraction) * scale // 10 ** len(fraction)
     return size if size <= MAX_SIZE else None
-
-
-def layer_limits(args: argparse.Namespace) -> LayerLimits:
-    """The bounds on unpacking a layer from ``--max_layer_size`` and ``--max_layer_ratio``."""
-    size_flag, ratio_flag = source(args, "max_layer_size"), source(args, "max_layer_ratio")
-    size = parse_size(args.max_layer_size)
-    ratio = args.max_layer_ratio.strip()
-    if size is None:
-        raise UsageError(f"{size_flag} {args.max_layer_size!r}: want bytes, e.g. 300GiB")
-    if not re.fullmatch(r"[0-9]{1,18}", ratio) or int(ratio) < 1:
-        raise UsageError(f"{ratio_flag} {args.max_layer_ratio!r}: want a whole number")
-    if size < 1:
-        raise UsageError(f"{size_flag} {args.max_layer_size!r}: want more than 0 bytes")
-    return LayerLimits(max_size=size, max_ratio=int(ratio))
 
 
 def split_list(text: str) -> tuple[str, ...]:

@@ -70,6 +70,11 @@ def add_images_parser(sub: argparse.ArgumentParser, command: MakeParser) -> None
         "remove every image and layer no container or mount uses (nor --image_gc_config "
         "excludes), and stale leftovers",
     )
+    # argparse writes the actions as ``ACTION ...``, as if one were needed:
+    # none is (a plain ``images`` lists), so say so, as the README does. Set
+    # last: the actions' own names (``lazyfs images rm``) come from the usage
+    # as it is when they are made.
+    sub.usage = "%(prog)s [-h] [--json] [-q] [rm REF... | prune]"
 
 
 def run_images(
@@ -138,14 +143,22 @@ def run_images(
 def unpacked_size(store: Store, manifest: ImageManifest) -> int | None:
     """The image's layers as tar bytes, or None while one is neither indexed nor a plain tar.
 
-    Reads only: an index's first line, or a blob's first bytes. Blocking.
+    None too for a layer indexed from its eStargz TOC, which does not say
+    how long the layer's tar is. Reads only: an index's first line, or a
+    blob's first bytes. Blocking.
     """
+    from lazyfs.index.formats import ESTARGZ
     from lazyfs.index.stored import load_index
     from providers.compression import sniff
 
     total = 0
     for layer in manifest.layers:
         index = load_index(store.layers, layer.digest, entries=False)
+        if index is not None and index.compression == ESTARGZ.name:
+            # Built from the TOC alone: its ``tar_size`` is the end of the files
+            # laid out aligned (``lazyfs.index.estargz_chunks``), not the tar's
+            # length, and the store records no inflated length of the blob.
+            return None
         if index is not None:
             total += index.tar_size
             continue

@@ -110,9 +110,11 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         help="kill it first (SIGKILL, through runc) if it still runs, as docker rm -f",
     )  # fmt: skip
     sub = command("recover", "keep the named containers, clean up the rest; prints JSON")
+    # One id at least: `--keep $IDS` with IDS empty would otherwise keep none, and
+    # destroy what was meant to be kept, in silence. To keep none, leave --keep out.
     sub.add_argument(
-        "--keep", nargs="*", action="extend", default=[], metavar="ID",
-        help="containers to keep, repeatable (default: none)",
+        "--keep", nargs="+", action="extend", default=[], metavar="ID", type=_container_id,
+        help="containers to keep, one or more, repeatable (default: none)",
     )  # fmt: skip
 
     def nested(actions: Any, name: str, text: str) -> argparse.ArgumentParser:
@@ -229,12 +231,19 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     return parser
 
 
+def _container_id(text: str) -> str:
+    """A ``--keep`` id; an empty one (a quoted empty variable) is a usage error."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty container id")
+    return text
+
+
 def _global_flags_after(sub: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
     """The global flags again, for after the command: set only when given there."""
     group = sub.add_argument_group("global flags (as before the command; `lazyfs --help`)")
     for flag in flags:
-        spellings, options = flag.argument()
-        group.add_argument(*spellings, help=argparse.SUPPRESS, **options)
+        for spellings, options in flag.arguments():
+            group.add_argument(*spellings, **{**options, "help": argparse.SUPPRESS})
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
@@ -246,11 +255,40 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
     (``run busybox sh -c 'echo hi'``), as ``docker run`` takes it.
     """
     head, command = _split_run(list(argv))
-    parsed = parser.parse_args(head)
+    parsed = parser.parse_args(switch_words(parser, head))
     if command is not None:
         parsed.command_args = command
     _require_image(parsed)
     return parsed
+
+
+def switch_words(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with each global switch given a value (``--debug=false``, as Mesos writes
+    booleans) made ``--debug`` or ``--no-debug``, which argparse takes.
+
+    argparse gives a switch no value (``--debug=false`` is "ignored explicit
+    argument"), and one that took its value from the next word would take a
+    command's (``--debug images``). A value ``_truth`` refuses is a usage
+    error naming the flag. Words after ``--`` are not lazyfs' flags.
+    """
+    switches = {
+        spelling: flag for flag in global_flags(()) if flag.switch for spelling in flag.spellings()
+    }
+    words: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            return words + argv[i:]
+        name, equals, text = word.partition("=")
+        flag = switches.get(name) if equals else None
+        if flag is None:
+            words.append(word)
+            continue
+        try:
+            on = flag.value(text)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"argument {name}: {error}")
+        words.append(name if on else "--no-" + name.removeprefix("--"))
+    return words
 
 
 def _require_image(args: argparse.Namespace) -> None:

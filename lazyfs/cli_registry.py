@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from urllib.parse import ParseResult, urlparse
 
 from lazyfs.cli_flags import REGISTRY_LIMITS, source, split_list
@@ -68,12 +69,19 @@ def _ca_file(args: argparse.Namespace) -> str | None:
 
 # skopeo's transports that name one local image, not a place holding many.
 _IMAGE_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+# A registry as docker names it, HOST:PORT (a name, an IPv4 address or a
+# bracketed IPv6 one), perhaps with a path: no URL (``127.0.0.1:5000`` would
+# be a relative directory, ``localhost:5000`` a URL of scheme "localhost").
+_HOST_PORT = re.compile(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):\d{1,5}(/.*)?"
+)
 
 
 def docker_registry(args: argparse.Namespace) -> str:
     """``--docker_registry``, checked: a directory (``/dir``, ``file:///dir``) or an http(s) URL.
 
-    A skopeo transport is a common slip (``docker://host``, ``oci:/dir``): it
+    A skopeo transport is a common slip (``docker://host``, ``oci:/dir``), and
+    so is a registry written as docker names it (``localhost:5000``): each
     gets a line saying what to write instead.
     """
     value: str = args.docker_registry
@@ -90,6 +98,12 @@ def docker_registry(args: argparse.Namespace) -> str:
         raise UsageError(
             f"{where} {value}: a skopeo transport names one image, not a registry; "
             f"give it where the image goes (lazyfs run {value}), or a directory here"
+        )
+    if _HOST_PORT.fullmatch(value) and not os.path.isdir(value):
+        # Mesos refuses it too (a registry URL needs its scheme); say which.
+        raise UsageError(
+            f"{where} {value}: a registry is a URL: give https://{value} "
+            f"(or http://{value} for a plain-HTTP registry)"
         )
     parsed = parsed_url(value, where)
     if parsed.scheme not in ("", "file", "http", "https"):

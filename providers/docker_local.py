@@ -147,6 +147,10 @@ class LocalPuller:
         for path in tried:
             if path.is_file() or path.is_dir():
                 return self.resolve_path(path, reference, wanted, wanted.full_reference)
+        if not self.directory.is_dir():
+            # Not the image missing: the place to look in (a typo, a mount not up).
+            what = "is not a directory" if self.directory.exists() else "does not exist"
+            raise NotFound(f"image {reference} not found: the directory {self.directory} {what}")
         raise NotFound(
             f"image {reference} not found in {self.directory}: "
             f"tried {', '.join(str(p) for p in tried)}"

@@ -104,7 +104,9 @@ def check_mountpoint(mountpoint: Path, *, suid: bool, dev: bool, writable: bool 
     if holder == mountpoint:
         raise Conflict(f"{mountpoint} is already a mount point")
     if not mountpoint.is_dir():
-        raise UsageError(f"mount point {mountpoint} is not a directory")
+        # Symlinks are followed above: a missing place is not there at all.
+        what = "is not a directory" if mountpoint.exists() else "does not exist"
+        raise UsageError(f"mount point {mountpoint} {what}")
     if os.geteuid() == 0:
         # Root mounts by path, seconds after this check (``providers.mount_path``).
         try:
@@ -222,7 +224,8 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
             if mountpoint.is_symlink():
                 mountpoint = Path(os.path.realpath(mountpoint))
                 record = record_dir(work_dir, mountpoint)
-    gone = NotFound(f"lazyfs has no mount at {_text(mountpoint)} (with this --work_dir)")
+    # Not "lazyfs has ...": the CLI puts "lazyfs: " before it.
+    gone = NotFound(f"no lazyfs mount at {_text(mountpoint)} (with this --work_dir)")
     if not record.exists():
         raise gone  # only what lazyfs mounted, with this work dir: never someone else's mount
     lock = _mount_lock(work_dir.absolute() / "provisioner" / "locks", work_dir, mountpoint)

@@ -68,6 +68,8 @@ class LazyView:
         )
         share = local * 100 // total if total else 100
         remote = total - local
+        if not remote:  # the cache had it all by the time the mount was ready: no rest to come
+            return f"lazyfs: {human_size(local)} local ({share}%), nothing remote"
         line = f"lazyfs: {human_size(local)} local ({share}%), {human_size(remote)} remote"
         if self.background is None:  # the daemon never answered: how the rest comes is unknown
             return line

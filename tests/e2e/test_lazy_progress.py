@@ -37,9 +37,10 @@ BOTTOM = write_estargz(
     prefetch=2,  # app/first is prefetched, app/later is not
 )
 TOP = write_estargz([File("etc", type="dir", mode=0o755), File("etc/motd", b"top\n" * 500)])
+# "nothing remote" (no remote size, no how): the cache had it all when the mount was ready.
 SUMMARY = re.compile(
-    r"lazyfs: (?P<local>[\d.]+ \w+) local \((?P<share>\d+)%\), (?P<remote>[\d.]+ \w+) remote"
-    r", (?P<how>.*)"
+    r"lazyfs: (?P<local>[\d.]+ \w+) local \((?P<share>\d+)%\), "
+    r"(?:(?P<remote>[\d.]+ \w+) remote, (?P<how>.*)|nothing remote)"
 )
 
 
@@ -83,7 +84,7 @@ def on_terminal(
     assert sum(1 for line in lines if SUMMARY.fullmatch(line.strip())) == 1, lines
     last = SUMMARY.fullmatch(lines[-1].strip())
     assert last is not None, lines
-    summary = last.groupdict()
+    summary = last.groupdict(default="")  # remote and how "" when nothing is remote
     assert int(summary["share"]) > 0, summary  # the footers and TOCs at least
     return summary
 
@@ -113,7 +114,10 @@ def test_a_lazy_provision_says_the_rest_comes_in_the_background(
     with cleaned(work, registry, ["destroy", "c1"]):
         summary = on_terminal(work, registry, pushed, "provision", "c1", ref(registry),
                               "--backend", "fuse")  # fmt: skip
-        assert summary["how"] == "fetching in the background", summary
+        # Unless the background fetch had it all by then: then no rest is promised.
+        assert summary["how"] == "fetching in the background" or (
+            summary["share"] == "100" and summary["how"] == ""
+        ), summary
 
 
 def test_a_lazy_provision_draws_nothing_on_a_pipe(

@@ -58,7 +58,7 @@ def test_a_mount_point_not_in_utf8_is_one_line_and_a_link_to_one_works(
     )
     assert mounts_under(tmp_path) == []
     line = one_line_error(lazyfs("umount", str(odd), check=False))
-    assert line == f"lazyfs: lazyfs has no mount at {tmp_path}/mp\\xff (with this --work_dir)"
+    assert line == f"lazyfs: no lazyfs mount at {tmp_path}/mp\\xff (with this --work_dir)"
     # Named through a link that is not UTF-8, a UTF-8 mount point is used as ever.
     (tmp_path / "mp").mkdir()
     link = Path(os.fsdecode(os.fsencode(tmp_path) + b"/ln\xfe"))

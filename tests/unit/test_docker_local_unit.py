@@ -411,3 +411,17 @@ def test_a_layout_blob_made_a_symlink_after_resolve_is_not_read_by_range(tmp_pat
     blob.symlink_to(outside)
     with pytest.raises(BadImage, match="is a symlink"):
         puller.read_range(layer.digest, 0, 8)
+
+
+def test_a_directory_that_is_not_there_is_named_as_missing(tmp_path: Path) -> None:
+    with pytest.raises(NotFound) as missing:
+        LocalPuller(tmp_path / "nonexistent").resolve("busybox:1")
+    assert str(missing.value) == (
+        f"image busybox:1 not found: the directory {tmp_path}/nonexistent does not exist"
+    )
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotFound) as missing:
+        LocalPuller(tmp_path / "file").resolve("busybox:1")
+    assert str(missing.value) == (
+        f"image busybox:1 not found: the directory {tmp_path}/file is not a directory"
+    )

@@ -73,3 +73,10 @@ def test_without_an_answer_from_the_daemon_the_summary_says_only_the_sizes() -> 
     view, progress = view_of(io.StringIO())
     progress.finish()
     assert view.summary() == "lazyfs: 1.0 KiB local (25%), 3.0 KiB remote"
+
+
+def test_once_everything_is_cached_the_summary_promises_no_fetch() -> None:
+    view, progress = view_of(io.StringIO())
+    view.seen(status(3072))
+    progress.finish()
+    assert view.summary() == "lazyfs: 4.0 KiB local (100%), nothing remote"

@@ -10,8 +10,8 @@ import pytest
 
 from lazyfs.fs.mount import mount_recorded
 from lazyfs.fs.mount_wire import failure
-from lazyfs.provision.devmount import check_mountpoint
-from providers.errors import UsageError
+from lazyfs.provision.devmount import check_mountpoint, unmount_image
+from providers.errors import NotFound, UsageError
 
 FUSE_SAID = "fuse: failed to open /dev/fuse: Permission denied"
 
@@ -54,3 +54,21 @@ def test_lazyfs_mount_writable_by_another_user_than_root_is_refused_before_anyth
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UsageError, match="--writable needs root"):
         check_mountpoint(tmp_path, suid=False, dev=False, writable=True)
+
+
+def test_a_missing_mount_point_is_said_to_be_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(UsageError) as refused:
+        check_mountpoint(missing, suid=False, dev=False)
+    assert str(refused.value) == f"mount point {missing} does not exist"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError) as refused:
+        check_mountpoint(tmp_path / "file", suid=False, dev=False)
+    assert str(refused.value) == f"mount point {tmp_path}/file is not a directory"
+
+
+def test_umount_of_no_mount_says_so_once_the_cli_puts_lazyfs_before_it(tmp_path: Path) -> None:
+    with pytest.raises(NotFound) as refused:
+        unmount_image(tmp_path / "work", tmp_path)
+    # The CLI prints "lazyfs: " and this: the word is not said twice.
+    assert str(refused.value) == f"no lazyfs mount at {tmp_path} (with this --work_dir)"

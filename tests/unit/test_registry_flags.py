@@ -1,6 +1,9 @@
-"""The registry's time limits as flags: both spellings, defaults, refusals."""
+"""The registry's time limits as flags: both spellings, defaults, refusals; and
+``--docker_registry`` written as docker names a registry (HOST:PORT)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -36,13 +39,45 @@ def test_both_spellings() -> None:
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("--docker_registry_timeout", "0", "expected more than 0"),
-        ("--docker_registry_timeout", "nan", "expected more than 0"),
-        ("--docker_registry_min_speed_time", "-1", "expected more than 0"),
-        ("--docker_registry_min_speed", "-5", "expected 0 or more"),
-        ("--docker_registry_blob_timeout", "inf", "expected 0 or more"),
+        ("--docker_registry_timeout", "0", "want more than 0"),
+        ("--docker_registry_timeout", "nan", "want more than 0"),
+        ("--docker_registry_min_speed_time", "-1", "want more than 0"),
+        ("--docker_registry_min_speed", "-5", "want 0 or more"),
+        ("--docker_registry_blob_timeout", "inf", "want 0 or more"),
     ],
 )
-def test_refused(flag: str, value: str, expected: str) -> None:
-    with pytest.raises(UsageError, match=f"^{flag} .*: {expected}$"):
+def test_refused(flag: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # As the value is parsed: a usage error (status 2), for every command.
+    with pytest.raises(SystemExit) as refused:
         options(flag, value)
+    assert refused.value.code == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"lazyfs: argument {flag}/") and f"{value!r}: {expected} (" in said
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["127.0.0.1:5000", "localhost:5000", "registry.example.com:443", "[::1]:5000", "reg:5000/"],
+)
+def test_a_registry_as_host_port_is_refused_with_the_url_to_write(value: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        options("--docker_registry", value)
+    assert str(refused.value) == (
+        f"--docker_registry {value}: a registry is a URL: give https://{value} "
+        f"(or http://{value} for a plain-HTTP registry)"
+    )
+
+
+def test_an_existing_directory_named_like_host_port_is_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As it always was: a relative directory (one with a scheme-like name,
+    # localhost:5000, never was: ./localhost:5000 is).
+    (tmp_path / "127.0.0.1:5000").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert (
+        registry_options(
+            build_parser().parse_args(["--docker_registry", "127.0.0.1:5000", "images"])
+        ).registry
+        == "127.0.0.1:5000"
+    )
