@@ -323,6 +323,8 @@ class DirWalker:
                 self._set_mode(path, dirs.get(path), widened.get(path))
             except OSError as error:
                 if strict:
+                    # Left for ``__exit__`` to give back, as far as it can.
+                    self._widened.update((p, r) for p, r in widened.items() if p not in dirs)
                     raise backend_error(self.layer, "/".join(path) or ".", error) from error
             finally:
                 self.release()
@@ -336,7 +338,8 @@ class DirWalker:
         if fd is None:
             return  # a later entry of the layer replaced it
         try:
-            itself = f"/proc/self/fd/{fd}"
+            # A user cannot open a 0000 one: pinned (O_PATH), set through /proc.
+            itself: int | str = fd if self.privileged else f"/proc/self/fd/{fd}"
             found = os.fstat(fd)
             if header is not None:
                 os.chmod(itself, header[0])
@@ -348,12 +351,12 @@ class DirWalker:
                 os.close(fd)
 
     def _pin(self, path: RelPath) -> int | None:
-        """An O_PATH descriptor of the directory at resolved ``path``, or None if there is none."""
+        """A descriptor (a user's: O_PATH) of the directory at ``path``, or None if none."""
         found = self.walk(path[:-1], "/".join(path), create=False, follow=False)
         if found is None:
             return None
         try:
-            return os.open(path[-1], _PIN_FLAGS, dir_fd=found[0])
+            return os.open(path[-1], DIR_FLAGS if self.privileged else _PIN_FLAGS, dir_fd=found[0])
         except OSError:
             return None
 

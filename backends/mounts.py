@@ -145,6 +145,7 @@ class MountLook:
                 events & (select.POLLPRI | select.POLLERR) for _, events in self._poll.poll(0)
             )
             if changed or self._points is None:
+                self._points = None  # a read that fails after the poll leaves none to trust
                 self._points = mount_points()
             return self._points
 

@@ -87,9 +87,14 @@ def daemon_spec(args: argparse.Namespace) -> DaemonSpec:
     env = {}
     for flag in global_flags(()):
         value = getattr(args, flag.name, None)
+        if flag.switch and value is not None:
+            # Off too: else a LAZYFS_ variable of the caller's, which --no-NAME
+            # overrode here, would turn it on again in the daemon.
+            env[flag.env] = "1" if value else "0"
+            continue
         if value is None or value == flag.default:
             continue
-        text = "1" if flag.switch else str(value)
+        text = str(value)
         # From here: a mount may start the daemon again later, from another directory.
         env[flag.env] = _anchored(text) if flag.name in PATH_FLAGS else text
     env["LAZYFS_WORK_DIR"] = str(Path(args.work_dir).absolute())

@@ -148,9 +148,9 @@ def _ratio_check(text: str) -> str | None:
 
 def _platform_check(text: str) -> str | None:
     try:
-        parse_platform(text) if text else None  # empty: this machine's, as unset
-    except UsageError as error:  # "--platform 'TEXT': why": the why
-        return str(error).split(": ", 1)[-1]
+        parse_platform(text, "WHERE") if text else None  # empty: this machine's, as unset
+    except UsageError as error:  # "WHERE 'TEXT': why": the why
+        return str(error).removeprefix(f"WHERE {text!r}: ")
     return None
 
 
@@ -319,13 +319,13 @@ class FlagParser(argparse.ArgumentParser):
             if hasattr(parsed, flag.name):
                 continue
             value = flag.default
-            if flag.env in environ:
-                text = environ[flag.env]
-                try:
-                    value = flag.value(text)
-                except argparse.ArgumentTypeError as error:  # as on the command line
+            try:
+                if flag.env in environ:
+                    value = flag.value(environ[flag.env])
+                    sources[flag.name] = flag.env
+            except argparse.ArgumentTypeError as error:  # as on the command line
+                if getattr(parsed, "command", None) != "help":  # read with any environment
                     self.error(f"{flag.env}={error}")
-                sources[flag.name] = flag.env
             setattr(parsed, flag.name, value)
         parsed.flag_sources = sources
         return parsed, rest

@@ -110,11 +110,11 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
         help="kill it first (SIGKILL, through runc) if it still runs, as docker rm -f",
     )  # fmt: skip
     sub = command("recover", "keep the named containers, clean up the rest; prints JSON")
-    # One id at least: `--keep $IDS` with IDS empty would otherwise keep none, and
-    # destroy what was meant to be kept, in silence. To keep none, leave --keep out.
+    # `--keep` with no id keeps none, as an agent that builds `--keep *ids` from no
+    # containers means it; an empty id (`--keep ""`) is a slip, refused.
     sub.add_argument(
-        "--keep", nargs="+", action="extend", default=[], metavar="ID", type=_container_id,
-        help="containers to keep, one or more, repeatable (default: none)",
+        "--keep", nargs="*", action="extend", default=[], metavar="ID", type=_container_id,
+        help="containers to keep, repeatable (default: none)",
     )  # fmt: skip
 
     def nested(actions: Any, name: str, text: str) -> argparse.ArgumentParser:

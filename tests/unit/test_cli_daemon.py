@@ -92,6 +92,18 @@ def test_stored_manifests_keep_annotations_and_records_without_them_are_unchange
         assert ("annotations" in text) == bool(layers[0].annotations)
 
 
+def test_a_switch_turned_off_on_the_command_line_stays_off_in_the_daemon() -> None:
+    # The daemon's environment is the caller's with the spec's over it.
+    args = build_parser({"LAZYFS_NO_BACKGROUND_FETCH": "1", "LAZYFS_DEBUG": "1"}).parse_args(
+        ["--no-no_background_fetch", "--no-debug", "daemon"]
+    )
+    spec = daemon_spec(args)
+    assert spec.env["LAZYFS_NO_BACKGROUND_FETCH"] == "0" and spec.env["LAZYFS_DEBUG"] == "0"
+    inherited = {"LAZYFS_NO_BACKGROUND_FETCH": "1", "LAZYFS_DEBUG": "1", **spec.env}
+    again = build_parser(inherited).parse_args(["daemon"])
+    assert again.no_background_fetch is False and again.debug is False
+
+
 def test_a_started_daemon_imports_nothing_from_the_callers_directory(tmp_path: Path) -> None:
     # Root running `lazyfs provision` from a directory another user can write
     # must not run that user's `lazyfs` package in the daemon it starts.

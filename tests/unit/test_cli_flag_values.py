@@ -1,8 +1,8 @@
 """The command line as a new user writes it: a flag's bad value is a usage error
 (status 2) for every command, ``run`` too; a switch takes ``=true|false`` and
-``--no-``, as Mesos writes booleans; ``recover --keep`` needs an id and names
-the ones that match no container; ``mount`` says what the user typed wrong
-before what the machine lacks."""
+``--no-``, as Mesos writes booleans; ``recover --keep`` refuses an empty id and
+names the ones that match no container, and keeps none given none; ``mount``
+says what the user typed wrong before what the machine lacks."""
 
 from __future__ import annotations
 
@@ -105,13 +105,22 @@ def test_a_switch_value_after_run_s_command_is_the_command_s(
     assert args.command_args == ["echo", "--debug=no"] and args.debug is False
 
 
-@pytest.mark.parametrize("argv", [["--keep"], ["--keep", ""], ["--keep", "c1", "--keep"]])
-def test_recover_keep_without_an_id_is_a_usage_error(tmp_path: Path, argv: list[str]) -> None:
+@pytest.mark.parametrize("argv", [["--keep", ""], ["--keep", "c1", "--keep", " "]])
+def test_recover_keep_of_an_empty_id_is_a_usage_error(tmp_path: Path, argv: list[str]) -> None:
     result = lazyfs(tmp_path / "work", "recover", *argv)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith("lazyfs: argument --keep: ") and "lazyfs help recover" in line
     assert result.stdout == ""
+
+
+def test_recover_keep_of_no_id_keeps_none(tmp_path: Path) -> None:
+    # As an agent with no containers writes it (`--keep` and its ids, none): the rest goes.
+    work = tmp_path / "work"
+    (work / "provisioner" / "containers" / "k1").mkdir(parents=True)  # not complete
+    result = lazyfs(work, "recover", "--keep")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["destroyed"] == ["k1"] and result.stderr == ""
 
 
 def test_recover_names_kept_ids_that_match_no_container(
@@ -147,3 +156,19 @@ def test_mount_checks_what_the_user_typed_before_dev_fuse(
     assert said.startswith("lazyfs: mount point ") and "/dev/fuse" not in said
     assert main([*base, "busybox", str(mountpoint)]) == 1  # a good command line: /dev/fuse
     assert "/dev/fuse" in capsys.readouterr().err
+
+
+def test_help_is_read_whatever_the_environment_holds(tmp_path: Path) -> None:
+    # The help is where a user reads how to mend the variable the other commands refuse.
+    bad = {"LAZYFS_CACHE_SIZE": "0", "LAZYFS_PLATFORM": "bogus"}
+    result = lazyfs(tmp_path / "work", "help", "run", env=bad)
+    assert result.returncode == 0 and "usage: lazyfs run" in result.stdout, result.stderr
+    assert lazyfs(tmp_path / "work", "ps", env=bad).returncode == 2
+
+
+def test_a_bad_platform_is_quoted_whole(tmp_path: Path) -> None:
+    result = lazyfs(tmp_path / "work", "--platform", "linux: amd64", "ps")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "lazyfs: argument --platform: 'linux: amd64': expected os/arch or os/arch/variant"
+    ), result.stderr
