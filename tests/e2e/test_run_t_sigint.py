@@ -7,17 +7,13 @@ runc under a terminal ends at once on SIGINT (exit 0), leaving its container:
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import pty
 import select
 import signal
-import subprocess
-import termios
 
 import pytest
 
-from tests.support.lazyfs_cli import Lazyfs
+from tests.support.lazyfs_cli import Lazyfs, on_new_terminal, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,22 +23,11 @@ def test_sigint_to_run_t_reaches_the_container_which_ends_run(lazyfs: Lazyfs) ->
         'trap "echo trapped; exit 5" INT; echo ready-$((3+4)); while :; do sleep 1000 & wait; done'
     )
     argv = lazyfs.argv("run", "-t", "--backend", "copy", "busybox", "--", "sh", "-c", script)
-    main, tty = pty.openpty()
-    run = subprocess.Popen(
-        argv,
-        stdin=tty,
-        stdout=tty,
-        stderr=tty,
-        start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-    )
-    os.close(tty)
+    run, main = on_new_terminal(argv)
     seen = b""
     try:
         # Computed by the shell: nothing lazyfs prints first can be it.
-        while b"ready-7" not in seen:
-            assert select.select([main], [], [], 60)[0], seen
-            seen += os.read(main, 4096)
+        seen = read_until(main, b"ready-7")
         run.send_signal(signal.SIGINT)
         while True:
             assert select.select([main], [], [], 60)[0], seen

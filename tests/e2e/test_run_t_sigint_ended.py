@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import platform
-import pty
 import select
 import signal
 import subprocess
-import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.lazyfs_cli import Lazyfs
+from tests.support.lazyfs_cli import Lazyfs, on_new_terminal, read_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,22 +76,11 @@ def test_sigint_after_the_container_ended_leaves_its_status(lazyfs: Lazyfs) -> N
     # Said as the shell computes it: nothing run writes on its terminal before can match.
     script = "echo ready-$((3 + 4)); while :; do sleep 1000 & wait; done"
     argv = lazyfs.argv("run", "-t", "--backend", "copy", "busybox", "--", "sh", "-c", script)
-    main, tty = pty.openpty()
-    run = subprocess.Popen(
-        argv,
-        stdin=tty,
-        stdout=tty,
-        stderr=tty,
-        start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-    )
-    os.close(tty)
+    run, main = on_new_terminal(argv)
     seen = b""
     held: list[int] = []  # runc, while the test holds it stopped
     try:
-        while b"ready-7" not in seen:
-            assert select.select([main], [], [], DEADLINE)[0], seen
-            seen += os.read(main, 4096)
+        seen = read_until(main, b"ready-7", timeout=DEADLINE)
         (runc,) = _children(run.pid, "runc")
         state_root = lazyfs.work_dir / "runc"
         (container_id,) = os.listdir(state_root)

@@ -7,10 +7,15 @@ checks that a failure printed one line and no traceback.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import select
 import shlex
 import shutil
 import subprocess
 import sys
+import termios
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +123,32 @@ def in_terminal(argv: list[str]) -> subprocess.CompletedProcess[str]:
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
+
+
+def on_new_terminal(argv: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """``argv`` started in a session of its own whose controlling terminal is a new pty,
+    as stdin, stdout and stderr; the process and the pty's main side, to read and close."""
+    main, tty = pty.openpty()
+    try:
+        started = subprocess.Popen(
+            argv,
+            stdin=tty,
+            stdout=tty,
+            stderr=tty,
+            start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+    except BaseException:
+        os.close(main)
+        raise
+    finally:
+        os.close(tty)
+    return started, main
+
+
+def read_until(main: int, marker: bytes, seen: bytes = b"", timeout: float = 60.0) -> bytes:
+    """What the pty ``main`` shows, read until ``marker`` is in it (after ``seen``)."""
+    while marker not in seen:
+        assert select.select([main], [], [], timeout)[0], seen
+        seen += os.read(main, 4096)
+    return seen
