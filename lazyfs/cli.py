@@ -232,9 +232,11 @@ def _pull(app: App, args: argparse.Namespace) -> int:
 
 def _mount(app: App, args: argparse.Namespace) -> int:
     from lazyfs.cli_early import started_ahead
-    from lazyfs.cli_mount import run_mount
+    from lazyfs.cli_mount import list_mounts, run_mount
     from lazyfs.provision import devmount
 
+    if args.image is None:  # nor a mount point (``cli_parser``): list the mounts
+        return list_mounts(app.work_dir, as_json=args.json)
     image = _image(args)
     # What the user typed first (--writable as a user, the mount point), then the
     # machine (/dev/fuse); both before the daemon and the pull.

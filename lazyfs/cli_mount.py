@@ -4,6 +4,10 @@
 then copies the mount process's log to stderr until the mount goes away,
 and unmounts on Ctrl-C or SIGTERM (exit 0).  The mounting itself is
 ``lazyfs.provision.devmount``'s.
+
+``mount`` with neither IMAGE nor MOUNTPOINT lists this work dir's mounts
+(``lazyfs.provision.devmount_list``), as a table or with ``--json`` as JSON,
+as ``podman image mount`` does; like ``ps``, it creates nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, TextIO
 from lazyfs.cli_run import run_trio
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
-from lazyfs.provision import devmount
+from lazyfs.provision import devmount, devmount_list
 from lazyfs.store.usage_lock import in_use
 from providers.errors import Conflict, NotFound
 
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
     from lazyfs.provision.provisioner import Provisioner
     from lazyfs.store.disk import Store
     from providers.image_pb2 import Image
+
+_HEADER = ("IMAGE", "MOUNTPOINT", "MODE", "STATE")  # the listing's, as `podman image mount`
 
 
 def run_mount(
@@ -83,6 +89,24 @@ def run_mount(
             finally:
                 # What it logged since the last look, and as it went: the mount process is gone.
                 _copy(log)
+    return 0
+
+
+def list_mounts(work_dir: Path, *, as_json: bool) -> int:
+    """``lazyfs mount [--json]``: print the mounts recorded under ``work_dir``; 0."""
+    items = devmount_list.mounts(work_dir)
+    if as_json:
+        print(json.dumps(items, indent=1))
+        return 0
+    rows: list[tuple[str, ...]] = [_HEADER]
+    for item in items:
+        cells = (item.get("image"), item["mountpoint"], item.get("mode"), item["mount"])
+        rows.append(tuple("-" if cell is None else cell for cell in cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return 0
 
 

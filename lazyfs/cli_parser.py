@@ -128,9 +128,18 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     command("gc", "one image GC pass: remove what nothing uses until the store has its headroom")
     sub = command("ps", "list the provisioned containers and their mounts (creates nothing)")
     sub.add_argument("--json", action="store_true", help="print JSON (default: a table)")
-    sub = command("mount", "mount an image at a directory to look inside")
+    sub = command("mount", "mount an image at a directory to look inside; alone, list the mounts")
     image_args(sub, optional=False)
     sub.add_argument("mountpoint", type=Path, help="an existing empty directory")
+    # Both or neither (``_require_image``): neither lists the mounts. Not nargs="?", with
+    # which argparse would take `mount IMAGE --writable DIR` as IMAGE alone and refuse DIR.
+    for action in sub._actions:
+        action.required = action.required and action.dest not in ("image", "mountpoint")
+    sub.usage = "%(prog)s [--json]\n       %(prog)s [options] image mountpoint"
+    sub.add_argument(
+        "--json", action="store_true",
+        help="with neither IMAGE nor MOUNTPOINT: list the mounts as JSON (default: a table)",
+    )  # fmt: skip
     sub.add_argument(
         "--writable",
         action="store_true",
@@ -294,15 +303,30 @@ def switch_words(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
 def _require_image(args: argparse.Namespace) -> None:
     """A command's IMAGE, optional where a file may name the image instead, given by none:
     the usage error (status 2) argparse gives for any other missing argument."""
+    if args.command == "mount":
+        _require_mount_words(args)
+        return
     if "image_file" not in vars(args) or args.image or args.image_file is not None:
         return
-    instead = ["--image-file"] if args.command != "mount" else []
+    instead = ["--image-file"]
     if "container_info" in vars(args):
         if args.container_info is not None:
             return
         instead.append("--container-info")
     named = f"image (or {' or '.join(instead)})" if instead else "image"
     args.command_parsers[args.command].error(f"the following arguments are required: {named}")
+
+
+def _require_mount_words(args: argparse.Namespace) -> None:
+    """``mount IMAGE MOUNTPOINT``, or ``mount`` alone (``--json`` aside) to list the mounts:
+    anything between is the usage error (status 2) it always was."""
+    options = args.writable or args.foreground or args.suid or args.dev
+    if args.image is None and args.mountpoint is None and not options:
+        return
+    given = (("image", bool(args.image)), ("mountpoint", args.mountpoint is not None))
+    missing = ", ".join(name for name, there in given if not there)
+    if missing:
+        args.command_parsers["mount"].error(f"the following arguments are required: {missing}")
 
 
 def help_topic(args: argparse.Namespace) -> argparse.ArgumentParser | None:

@@ -77,6 +77,10 @@ def test_help_for_what_is_no_command_is_one_line(
         (["pull", ""], "image (or --image-file)", "pull"),
         (["provision", "c1"], "image (or --image-file or --container-info)", "provision"),
         (["mount", "", "/mnt"], "image", "mount"),
+        # Half a mount command line is no listing (`lazyfs mount` alone).
+        (["mount", "busybox"], "mountpoint", "mount"),
+        (["mount", "--writable"], "image, mountpoint", "mount"),
+        (["mount", "--json", ""], "image, mountpoint", "mount"),
     ],
 )
 def test_a_missing_image_is_a_usage_error(
