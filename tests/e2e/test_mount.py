@@ -17,7 +17,7 @@ from lazyfs.fs import mount_server_client as server_client
 from lazyfs.fs.mount import is_mounted
 from lazyfs.provision.devmount import record_dir
 from tests.support import mount_servers
-from tests.support.lazyfs_cli import Lazyfs, one_line_error
+from tests.support.lazyfs_cli import Lazyfs, mount_process_alive, one_line_error
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,6 @@ def mountpoint(tmp_path: Path, lazyfs: Lazyfs):
     yield point
     if is_mounted(point):
         lazyfs("umount", str(point), check=False)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False  # it exited between the kill and the read
-    return cmdline.find(b"lazyfs.fs.mount_main") >= 0
 
 
 def test_mount_shows_the_image_read_only_and_umount_takes_it_down(
@@ -58,7 +46,7 @@ def test_mount_shows_the_image_read_only_and_umount_takes_it_down(
     lazyfs("umount", str(mountpoint))
     assert not is_mounted(mountpoint)
     assert list(mountpoint.iterdir()) == []
-    assert not pid_alive(out["pid"])
+    assert not mount_process_alive(out["pid"])
     assert list((lazyfs.work_dir / "mounts").iterdir()) == []
 
 
@@ -72,7 +60,7 @@ def test_the_first_mount_is_forked_by_the_mount_server_the_command_started_ahead
         assert mount_servers.parent(out["pid"]) == mount_servers.server_of(store)
         assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
         lazyfs("umount", str(mountpoint))
-        assert not pid_alive(out["pid"])
+        assert not mount_process_alive(out["pid"])
     finally:
         mount_servers.stop(store)
 
@@ -90,7 +78,7 @@ def test_a_mount_server_that_cannot_start_leaves_the_mount_to_be_exec_d(
     assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
     assert server_client.server_pid(directory) is None
     lazyfs("umount", str(mountpoint))
-    assert not pid_alive(pid)
+    assert not mount_process_alive(pid)
 
 
 @pytest.mark.parametrize("served", [False, True], ids=["exec'd", "forked"])
@@ -109,7 +97,7 @@ def test_a_mount_process_runs_in_the_root_not_in_its_callers_directory(
         assert os.readlink(f"/proc/{out['pid']}/cwd") == "/"
         assert (mountpoint / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
         lazyfs("umount", str(mountpoint))
-        assert not pid_alive(out["pid"])
+        assert not mount_process_alive(out["pid"])
     finally:
         mount_servers.stop(store)
 
@@ -125,7 +113,7 @@ def test_a_mount_point_given_through_a_symlink_is_where_the_kernel_mounts(
     assert out["mountpoint"] == str(mountpoint) and is_mounted(mountpoint)
     assert (link / "etc/motd").read_text() == "hello from a lazyfs rootfs\n"
     lazyfs("umount", str(link))
-    assert not is_mounted(mountpoint) and not pid_alive(out["pid"])
+    assert not is_mounted(mountpoint) and not mount_process_alive(out["pid"])
 
 
 def test_a_writable_mount_takes_writes_and_forgets_them_on_umount(
@@ -187,7 +175,7 @@ def test_foreground_mount_unmounts_on_sigterm(lazyfs: Lazyfs, mountpoint: Path) 
             process.kill()
             process.wait()
     assert not is_mounted(mountpoint)
-    assert not pid_alive(pid)
+    assert not mount_process_alive(pid)
     # The mount's log to its end: its last line is written as it goes.
     assert shown.rstrip().endswith(f"unmounted {mountpoint}"), shown
 
@@ -242,5 +230,5 @@ def test_umount_takes_down_a_mount_whose_process_died_or_stopped(
         assert not is_mounted(mountpoint)
         assert not record.exists()
     finally:
-        if pid_alive(pid):
+        if mount_process_alive(pid):
             os.kill(pid, signal.SIGKILL)

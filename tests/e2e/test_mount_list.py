@@ -12,8 +12,7 @@ import pytest
 
 from lazyfs.fs.mount import is_mounted
 from lazyfs.provision.devmount import record_dir
-from tests.e2e.test_mount import pid_alive
-from tests.support.lazyfs_cli import Lazyfs
+from tests.support.lazyfs_cli import Lazyfs, mount_process_alive
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +70,9 @@ def test_two_mounts_are_listed_with_their_image_mount_point_and_mode(
         (BUSYBOX, str(ro), "ro", False, "alive"),
         (ONE, str(rw), "rw", True, "alive"),
     ]
-    assert all(item["digest"].startswith("sha256:") and pid_alive(item["pid"]) for item in items)
+    assert all(
+        item["digest"].startswith("sha256:") and mount_process_alive(item["pid"]) for item in items
+    )
     lazyfs("umount", str(ro))
     rows, items = listed(lazyfs)
     assert rows == [HEADER, [ONE, str(rw), "rw", "alive"]]
@@ -90,5 +91,5 @@ def test_a_mount_taken_away_behind_lazyfs_back_is_listed_as_gone(
     assert [(item["mountpoint"], item["mount"]) for item in items] == [(str(point), "not mounted")]
     # Until `lazyfs umount` forgets it, with its process.
     lazyfs("umount", str(point), timeout=60)
-    assert not pid_alive(pid)
+    assert not mount_process_alive(pid)
     assert listed(lazyfs) == ([HEADER], [])

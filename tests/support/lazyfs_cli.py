@@ -152,3 +152,16 @@ def read_until(main: int, marker: bytes, seen: bytes = b"", timeout: float = 60.
         assert select.select([main], [], [], timeout)[0], seen
         seen += os.read(main, 4096)
     return seen
+
+
+def mount_process_alive(pid: int) -> bool:
+    """Whether ``pid`` is still a lazyfs mount process (not a process that took its pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False  # it exited between the kill and the read
+    return cmdline.find(b"lazyfs.fs.mount_main") >= 0
