@@ -32,8 +32,10 @@ from lazyfs.images.docker_published import (
     published,
     without_index_blobs,
 )
+from lazyfs.images.docker_stored import stored_image
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
+from lazyfs.store.pull_failures import pull_lock
 from lazyfs.store.temps import Temps
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError, NotFound
@@ -132,11 +134,13 @@ class DockerProvider:
         ``_platform``).
 
         A stored image with a blob missing (``fetch_lazy`` left it remote) is
-        resolved again, and what is missing is pulled.
+        resolved again, and what is missing is pulled; ``fetch_lazy`` takes it
+        as stored when its mount needs nothing but what is here (``docker_stored``).
 
         With ``image.cached`` (the default) a reference the store already holds
         is not resolved again. Concurrent fetches of one reference, in this or
-        another process, resolve it once; each blob is copied once. When one
+        another process, resolve it once; each blob is copied once; those that
+        waited for one that failed fail at once with its error (``pull_lock``). When one
         layer fails, the others still finish, then its error is raised.
         Cancelled, it does not wait for downloads in flight: their threads
         are abandoned and end by themselves (see ``_ingest``), and their
@@ -168,17 +172,11 @@ class DockerProvider:
         return await self._fetch(image, progress, lazy=lazy, ahead=ahead, traced=traced)
 
     def _stored(self, reference: str, platform: str, lazy: bool) -> ImageManifest | None:
-        """The stored image, if every blob it needs now is in the store. Blocking."""
-        stored = self.store.get_image(reference, platform)
-        if stored is None:
-            return None
-        if not self.trust_published:
-            # Kept by an earlier provision that trusted them: not trusted now.
-            stored = without_index_blobs(stored)
-        for layer in stored.layers:
-            if not (lazy and lazy_layer(layer)) and not self.store.has_blob(layer.digest):
-                return None
-        return stored
+        """The stored image, if every blob it needs now is in the store, or, ``lazy``, each
+        layer read by range has what its mount needs here (``docker_stored``). Blocking."""
+        return stored_image(
+            self.store, reference, platform, lazy=lazy, trust_published=self.trust_published
+        )
 
     async def _fetch(
         self,
@@ -206,9 +204,10 @@ class DockerProvider:
         source = PathPuller(local, self.options.platform) if local else self._source(image)
         key = "image-" + hashlib.sha256(f"{reference}\n{platform}".encode()).hexdigest()
         # Held across the pull, so a second process waits and then finds everything
-        # stored. Its file goes as it is released: one per reference ever pulled (a
-        # new tag per build, an archive's path) would stay otherwise.
-        async with self.store.lock_async(key, remove=True):
+        # stored, or fails at once as the pull it waited for failed (``pull_lock``). Its
+        # file goes as it is released: one per reference ever pulled (a new tag per
+        # build, an archive's path) would stay otherwise.
+        async with pull_lock(self.store.locks, key, self.store.tmp, reference):
             if image.cached and local is None:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:

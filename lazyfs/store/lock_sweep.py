@@ -5,7 +5,9 @@ A blob's or an image's lock file goes as its holder lets go of it
 (``lazyfs.provision.adopt_spawn.adopt_lock``) is held by the adopting
 process until it exits, which leaves it; a pull killed leaves its own too.
 One per name ever locked would stay for good (an agent pulling a new tag
-per build), so image GC removes those no one holds (``sweep_locks``).
+per build), so image GC removes those no one holds (``sweep_locks``), and
+with them the failures a pull recorded beside its lock for the processes
+that waited for it (``lazyfs.store.pull_failures``), once that lock is free.
 """
 
 from __future__ import annotations
@@ -16,16 +18,26 @@ from providers.fslock import remove_lock, try_exclusive_lock
 
 # The lock files that name one blob, image or adoption: one per name ever locked.
 SWEPT = ("blob-", "image-", "adopt-")
+# What a failed pull leaves beside its image's lock (``lazyfs.store.pull_failures``).
+FAILED_SUFFIX = ".failed"
 
 
 def sweep_locks(locks: Path) -> int:
     """Remove the lock files of ``SWEPT`` under ``locks`` that no process holds; how many.
+
+    A pull's failure recorded beside a lock no one holds goes too (not counted).
 
     Safe against a process that opened one before and locks it after: every
     taker of these locks checks that it holds the file its path names, and
     opens the path again otherwise (``providers.fslock``). Blocking.
     """
     removed = 0
+    for record in sorted(locks.glob(f"*{FAILED_SUFFIX}")):
+        lock = record.with_name(record.name.removesuffix(FAILED_SUFFIX) + ".lock")
+        with try_exclusive_lock(lock) as free:
+            if free:  # no pull of it under way, whose waiters would read it
+                record.unlink(missing_ok=True)
+                remove_lock(lock)
     for path in sorted(locks.glob("*.lock")):
         if not path.name.startswith(SWEPT):
             continue  # the store's usage lock, and any other, are not one per name
