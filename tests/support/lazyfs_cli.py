@@ -150,7 +150,10 @@ def read_until(main: int, marker: bytes, seen: bytes = b"", timeout: float = 60.
     """What the pty ``main`` shows, read until ``marker`` is in it (after ``seen``)."""
     while marker not in seen:
         assert select.select([main], [], [], timeout)[0], seen
-        seen += os.read(main, 4096)
+        try:
+            seen += os.read(main, 4096)
+        except OSError as error:  # EIO: the process ended first; say what it wrote
+            raise AssertionError(seen) from error
     return seen
 
 

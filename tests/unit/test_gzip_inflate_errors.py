@@ -13,6 +13,8 @@ import zlib
 import pytest
 
 from providers.compression import decompressed
+from providers.errors import BadImage
+from providers.tar_stream import LayerReader
 
 DATA = os.urandom(1000) + b"a" * 100_000
 GOOD = gzip.compress(DATA)
@@ -50,3 +52,16 @@ def test_a_bad_stream_fails_as_zlib_s_reader_fails(
         inflated = decompressed(io.BytesIO(stream))
         while inflated.read(4096):
             pass
+
+
+def test_a_member_header_longer_than_isal_takes_is_a_bad_layer_in_one_line() -> None:
+    # FNAME of 600 kB: past ISA-L's 512 KiB header buffer (zlib's reader takes it).
+    raw = zlib.compressobj(wbits=-15)
+    body = raw.compress(DATA) + raw.flush()
+    name = b"n" * 600_000 + b"\0"
+    trailer = zlib.crc32(DATA).to_bytes(4, "little") + len(DATA).to_bytes(4, "little")
+    stream = b"\x1f\x8b\x08\x08" + b"\0" * 6 + name + body + trailer
+    reader = LayerReader(decompressed(io.BytesIO(stream)), "sha256:" + "0" * 64)
+    with pytest.raises(BadImage) as refused:
+        reader.read(4096)
+    assert "\n" not in str(refused.value) and "header" in str(refused.value)
