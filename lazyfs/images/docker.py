@@ -34,7 +34,7 @@ from lazyfs.images.docker_published import (
 )
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
-from lazyfs.store.pull_failures import pull_lock
+from lazyfs.store.pull_failures import attempt_of, pull_lock
 from lazyfs.store.temps import Temps
 from providers.docker_local import LocalPuller
 from providers.errors import BackendError, BadImage, DigestMismatch, LazyfsError, NotFound
@@ -210,12 +210,17 @@ class DockerProvider:
         # Held across the pull, so a second process waits and then finds everything
         # stored, or fails at once as the pull it waited for failed (``pull_lock``). Its
         # file goes as it is released: one per reference ever pulled (a new tag per
-        # build, an archive's path) would stay otherwise.
-        async with pull_lock(self.store.locks, key, self.store.tmp, reference):
+        # build, an archive's path) would stay otherwise. Only a failure of a pull made
+        # the same way is passed on: one made otherwise may succeed (its own credentials).
+        how = attempt_of(lazy=lazy, cached=image.cached, config=image.docker.config,
+                         source=reference if local else self.registry)  # fmt: skip
+        async with pull_lock(self.store.locks, key, self.store.tmp, reference, how) as attempt:
             if image.cached and local is None:
                 stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
                 if stored is not None:
                     return stored
+            # After that look: a pull waited for may have stored it before another failed.
+            attempt.check_failed()
             # Temporary files of processes that are gone (a pull killed, or one whose disk
             # went read-only under it) would take the room this pull needs. A live one's stay.
             await trio.to_thread.run_sync(self.store.clean_tmp)

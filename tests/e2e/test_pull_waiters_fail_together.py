@@ -7,12 +7,13 @@ and never answers (``--docker_registry_timeout 1``), and fails; the others,
 which waited through that attempt, fail at once with its one-line error and
 exit status, without asking the registry again: the listener sees one
 connection, the first attempt's.  A pull begun later, which did not wait,
-tries afresh.
+tries afresh.  GC leaves the record until its waiters had time to read it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazyfs.store.disk import Store
+from lazyfs.store.lock_sweep import FAILED_KEPT
 from providers.platforms import host_platform
 from tests.support.lazyfs_cli import REPO
 
@@ -144,9 +146,14 @@ def test_pulls_that_waited_for_a_failed_pull_fail_with_its_error_at_once(tmp_pat
                                text=True, timeout=BOUND, stdin=subprocess.DEVNULL)  # fmt: skip
         assert again.returncode == 1
         assert silent.connections == 2
-    # A later success (here: the record swept as GC sweeps it) leaves nothing behind.
+    # GC sweeps the record once its waiters had time to read it (FAILED_KEPT), not before.
     failed = store.locks / f"{name}.failed"
     assert failed.is_file()
-    subprocess.run([sys.executable, "-m", "lazyfs", "--work_dir", str(work), "gc"],
-                   cwd=REPO, check=True, capture_output=True, timeout=BOUND)  # fmt: skip
+    gc = [sys.executable, "-m", "lazyfs", "--work_dir", str(work), "gc"]
+    subprocess.run(gc, cwd=REPO, check=True, capture_output=True, timeout=BOUND)
+    assert failed.is_file()
+    facts = json.loads(failed.read_bytes())
+    facts["began"] = time.time() - FAILED_KEPT - 1
+    failed.write_text(json.dumps(facts))
+    subprocess.run(gc, cwd=REPO, check=True, capture_output=True, timeout=BOUND)
     assert not failed.exists()
