@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import pytest
 
 from tests.support.images import Entry, write_layer
 from tests.support.lazyfs_cli import REPO
-from tests.support.nobody import NOBODY
+from tests.support.nobody import NOBODY, searchable_dir
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +50,8 @@ LAYERS = [
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """A directory all may search (pytest's own are root's alone), removed after."""
-    assert os.geteuid() == 0, "this test applies layers as user 65534: it needs root"
-    made = Path(tempfile.mkdtemp(prefix="lazyfs-dir-mode-refused-", dir="/tmp"))
-    try:
-        os.chmod(made, 0o755)
+    with searchable_dir("lazyfs-dir-mode-refused-") as made:
         yield made
-    finally:
-        shutil.rmtree(made)
 
 
 def test_a_refused_header_mode_leaves_no_lower_dir_opened_to_its_owner(base: Path) -> None:

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import pytest
 
 from tests.support.images import Entry, whiteout, write_layer
 from tests.support.lazyfs_cli import REPO
-from tests.support.nobody import NOBODY
+from tests.support.nobody import NOBODY, searchable_dir
 
 pytestmark = pytest.mark.integration
 
@@ -119,14 +117,8 @@ def _tree(root: Path) -> dict[str, tuple[str, ...]]:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """A directory all may search (pytest's own are root's alone), removed after."""
-    assert os.geteuid() == 0, "these tests apply layers as user 65534: they need root"
-    made = Path(tempfile.mkdtemp(prefix="lazyfs-read-only-dirs-", dir="/tmp"))
-    try:
-        os.chmod(made, 0o755)
+    with searchable_dir("lazyfs-read-only-dirs-") as made:
         yield made
-    finally:
-        shutil.rmtree(made)
 
 
 # Whiteouts in overlayfs' form need root, and lazyfs says so: no user extracts those.

@@ -1,8 +1,9 @@
 """lazyfs run as user 65534 (nobody), on a work dir of its own: what a user who is not root gets.
 
 ``nobodys_dir`` makes a directory all may search, with the busybox image
-beside a home of nobody's; ``as_nobody`` runs ``lazyfs`` there as nobody,
-under ``prlimit --nproc`` if asked (it counts threads too).
+beside a home of nobody's (``searchable_dir`` the directory alone);
+``as_nobody`` runs ``lazyfs`` there as nobody, under ``prlimit --nproc`` if
+asked (it counts threads too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ from pathlib import Path
 from tests.support.lazyfs_cli import REPO
 
 NOBODY = 65534
+
+
+@contextmanager
+def searchable_dir(prefix: str) -> Iterator[Path]:
+    """A directory under /tmp all may search (pytest's own are root's alone), removed after.
+    Made as root, for tests that work in it as user 65534."""
+    assert os.geteuid() == 0, "this test works as user 65534: it needs root"
+    made = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        os.chmod(made, 0o755)
+        yield made
+    finally:
+        shutil.rmtree(made)
 
 
 @contextmanager
