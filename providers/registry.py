@@ -177,6 +177,35 @@ class RegistryClient:
                                 reference, again)  # fmt: skip
             raise  # the upstream's failure is the one told
 
+    def named_digest(self, reference: str) -> Digest:
+        """The digest of the image manifest ``reference`` names now: of an index, the entry
+        of this client's platform, as ``resolve`` picks it (one level deep).
+
+        One request per endpoint (two for an index), each tried once: a start
+        that holds a stored image asks whether its tag still names it, and a
+        registry that cannot be reached is told by TemporaryFailure at once, not
+        after retries. Endpoints are asked in ``resolve``'s order; the last
+        one's failure is raised.
+        """
+        ref = parse_reference(reference)
+        scope = f"repository:{ref.repository}:pull"
+        endpoints = self._endpoints(ref, reference)
+        for i, base in enumerate(endpoints):
+            try:
+                data, media_type = registry_documents.fetch_manifest(
+                    self.http, base, ref.repository, ref.tag_or_digest, reference, scope,
+                    want=ref.digest, passing=i < len(endpoints) - 1, attempts=1,
+                )  # fmt: skip
+                doc = named(reference, load_json, data, "manifest")
+                if isinstance(doc, dict) and "manifests" in doc:
+                    return named(reference, self._pick, doc, reference).digest
+                return manifest_digest(data, media_type, reference)
+            except LazyfsError as exc:
+                if i == len(endpoints) - 1:
+                    raise
+                log.info("mirror %s failed for %s: %s", redact(base), reference, exc)
+        raise AssertionError("unreachable: a reference has at least one endpoint")
+
     def _resolve_at(
         self,
         bases: tuple[str, ...],

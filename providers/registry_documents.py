@@ -34,15 +34,18 @@ def fetch_manifest(
     scope: str,
     want: Descriptor | Digest | None = None,
     passing: bool = False,
+    attempts: int | None = None,
 ) -> tuple[bytes, str]:
     """The bytes and media type of manifest ``tag_or_digest`` of ``base``'s ``repository``,
     checked against the registry's ``Docker-Content-Digest`` and ``want`` (an index entry,
-    or the digest the image was named by). ``passing``: as ``RegistryHttp.get`` has it."""
+    or the digest the image was named by). ``passing`` and ``attempts``: as
+    ``RegistryHttp.get`` has them."""
     url = f"{base}/v2/{repository}/manifests/{tag_or_digest}"
-    return retrying(
-        once_more(),
-        lambda: again_on_mismatch(lambda: _manifest_once(http, url, image, scope, want, passing)),
-    )
+
+    def once() -> tuple[bytes, str]:
+        return _manifest_once(http, url, image, scope, want, passing, attempts)
+
+    return retrying(once_more(), lambda: again_on_mismatch(once))
 
 
 def _manifest_once(
@@ -52,17 +55,20 @@ def _manifest_once(
     scope: str,
     want: Descriptor | Digest | None,
     passing: bool,
+    attempts: int | None,
 ) -> tuple[bytes, str]:
     def attempt() -> tuple[requests.Response, bytes]:
         headers = {"Accept": ACCEPT}
-        response = http.get(url, image=image, scope=scope, headers=headers, passing=passing)
+        response = http.get(
+            url, image=image, scope=scope, headers=headers, passing=passing, attempts=attempts
+        )
         try:
             return response, _read_limited(http, response, image, url)
         except TemporaryFailure as exc:
             # The body broke after the headers: ask again, as for a failed request.
             raise Again(str(exc), exc) from exc
 
-    response, data = retrying(http.retries(Deadline(0)), attempt)
+    response, data = retrying(http.retries(Deadline(0), attempts), attempt)
     media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
     sent = response.headers.get("Docker-Content-Digest", "")
     if sent.startswith("sha256:"):

@@ -32,6 +32,7 @@ from lazyfs.images.docker_published import (
     published,
     without_index_blobs,
 )
+from lazyfs.images.docker_stored import remote_layers, still_named, stored_image
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
 from lazyfs.store.pull_failures import attempt_of, pull_lock
@@ -133,7 +134,9 @@ class DockerProvider:
         ``_platform``).
 
         A stored image with a blob missing (``fetch_lazy`` left it remote) is
-        resolved again, and what is missing is pulled.
+        resolved again, and what is missing is pulled; ``fetch_lazy`` takes it
+        as stored when its mount reads the missing layers by range with what is
+        here, and its reference still names it (``docker_stored``).
 
         With ``image.cached`` (the default) a reference the store already holds
         is not resolved again. Concurrent fetches of one reference, in this or
@@ -169,17 +172,29 @@ class DockerProvider:
         lazy = urlparse(self.registry).scheme in ("http", "https")
         return await self._fetch(image, progress, lazy=lazy, ahead=ahead, traced=traced)
 
-    def _stored(self, reference: str, platform: str, lazy: bool) -> ImageManifest | None:
-        """The stored image, if every blob it needs now is in the store. Blocking."""
-        stored = self.store.get_image(reference, platform)
+    async def _found(
+        self, image: Image, reference: str, platform: str, lazy: bool, traced: TraceHook | None
+    ) -> ImageManifest | None:
+        """The stored image a start takes as it is (``docker_stored``): found with every
+        blob here, or, ``lazy``, with each layer read by range mounting here and its
+        reference still naming it. With layers read by range, ``traced`` begins the
+        replay of its trace, as after a resolve (``published``)."""
+        stored = await trio.to_thread.run_sync(
+            partial(stored_image, self.store, reference, platform, lazy=lazy,
+                    trust_published=self.trust_published)
+        )  # fmt: skip
         if stored is None:
             return None
-        if not self.trust_published:
-            # Kept by an earlier provision that trusted them: not trusted now.
-            stored = without_index_blobs(stored)
-        for layer in stored.layers:
-            if not (lazy and lazy_layer(layer)) and not self.store.has_blob(layer.digest):
-                return None
+        remote = await trio.to_thread.run_sync(remote_layers, self.store, stored)
+        if not remote:
+            return stored
+        client = _registry_client(self._source(image))
+        if client is None or not await still_named(client, stored):
+            return None
+        if traced is not None:
+            with contextlib.suppress(RuntimeError):  # no thread to be had: the mount sends it
+                threading.Thread(target=traced, args=(stored, remote),
+                                 name="lazyfs-replay-ahead", daemon=True).start()  # fmt: skip
         return stored
 
     async def _fetch(
@@ -202,7 +217,7 @@ class DockerProvider:
         # One reference names an image per platform; the store keeps each.
         platform = str(self.options.platform or host_platform())
         if image.cached and local is None:
-            stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
+            stored = await self._found(image, reference, platform, lazy, traced)
             if stored is not None:
                 return stored
         source = PathPuller(local, self.options.platform) if local else self._source(image)
@@ -216,7 +231,7 @@ class DockerProvider:
                          source=reference if local else self.registry)  # fmt: skip
         async with pull_lock(self.store.locks, key, self.store.tmp, reference, how) as attempt:
             if image.cached and local is None:
-                stored = await trio.to_thread.run_sync(self._stored, reference, platform, lazy)
+                stored = await self._found(image, reference, platform, lazy, traced)
                 if stored is not None:
                     return stored
             # After that look: a pull waited for may have stored it before another failed.

@@ -232,6 +232,13 @@ class Store:
         Found, it counts as used now (its record's mtime): image GC removes
         the images used longest ago first.
         """
+        return self.find_image(reference, platform, lambda layer: self.has_blob(layer.digest))
+
+    def find_image(
+        self, reference: str, platform: str, present: Callable[[Layer], bool]
+    ) -> ImageManifest | None:
+        """``get_image``, but each layer need only be ``present``: a lazy start's own test
+        (``lazyfs.images.docker_stored``), which takes what a mount reads by range."""
         path = self._image_path(reference, platform)
         try:
             manifest = _record(path.read_bytes())
@@ -239,7 +246,7 @@ class Store:
             return None
         except DAMAGE as exc:
             raise BadImage(f"store record of {reference} is damaged: {exc}") from exc
-        if not all(self.has_blob(layer.digest) for layer in manifest.layers):
+        if not all(present(layer) for layer in manifest.layers):
             return None
         with contextlib.suppress(OSError):  # a read-only store still serves it
             os.utime(path)
