@@ -44,11 +44,18 @@ fetched in the background at all: it stays partial, read on demand, rather
 than evict every other image's chunks round after round for a verdict it
 can never get.
 
-A fetch that fails leaves the blob partial with the reason logged; the next
-mount of it asks again. One that fails for want of room on the cache's disk
-(the cache evicted what it could, ``lazyfs.cache.room``) waits, letting the
-next blob have its turn, and goes on by itself, the chunks it has kept: a few
-times quickly, then every minute, for a bounded time, logged each time.
+A fetch that fails for good (not found, refused credentials, bytes that do
+not verify) leaves the blob partial with the reason logged; the next mount
+of it asks again. One that fails for now waits, letting the next blob have
+its turn, and goes on by itself, the chunks it has kept: a few times
+quickly, then every minute, for a bounded time (``lazyfs.cache.room``),
+logged each time. For now: no room on the cache's disk (the cache evicted
+what it could), or an origin out of reach or overloaded (TemporaryFailure:
+refused, timed out, 5xx or 429 after the client's own retries). Waiting
+for a mount to ask again is no cure for a registry that blipped: its
+container runs on and nothing asks, so the layer would stay partial, and
+never be adopted into the store (``lazyfs.provision.adopt`` waits for its
+verdict).
 Nothing here is remembered across restarts but the verdicts.
 """
 
@@ -78,7 +85,7 @@ from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.room import ROOM_TRIES, ROOM_WAIT_FIRST, no_room, room_wait
 from lazyfs.cache.values import BlobInfo, BlobKind, Origin
 from providers.digest import Digest, algorithm
-from providers.errors import DigestMismatch, LazyfsError
+from providers.errors import DigestMismatch, LazyfsError, TemporaryFailure
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
@@ -109,13 +116,13 @@ class Backgrounds:
         *,
         enabled: bool = True,
         settle: float = 0.0,
-        room_wait: float = ROOM_WAIT_FIRST,
+        wait_first: float = ROOM_WAIT_FIRST,
     ) -> None:
         """``settle``: seconds without a reader waiting before each background request;
-        ``room_wait``: before the first try again of a fetch that found no room."""
+        ``wait_first``: before the first try again of a fetch that failed for now."""
         self.fetcher = fetcher
         self.settle = settle
-        self.room_wait = room_wait
+        self.wait_first = wait_first
         self.cache: DiskCache = fetcher.cache
         self.enabled = enabled
         self._nursery = nursery
@@ -212,8 +219,9 @@ class Backgrounds:
         return BlobInfo(verdict.digest, kind, verdict.size, cached, verdict.reason)
 
     async def _run(self, source: BlobSource, job: _Job) -> None:
-        """Fetch, check and judge one blob, waiting while the disk has no room (not
-        holding the turn of other blobs); never raises but Cancelled."""
+        """Fetch, check and judge one blob, waiting while the disk has no room or the
+        origin fails for now (not holding the turn of other blobs); never raises but
+        Cancelled."""
         for tries in range(ROOM_TRIES + 1):
             async with self._one_blob:
                 verdict = read_verdict(self.cache.layout.root, job.digest)
@@ -231,12 +239,13 @@ class Backgrounds:
                     await self._fetch_and_judge(source, job)
                     return
                 except (LazyfsError, OSError) as error:
-                    if not no_room(error) or tries == ROOM_TRIES:
+                    awaited = _awaited(error)
+                    if awaited is None or tries == ROOM_TRIES:
                         job.kind, job.reason = BlobKind.PARTIAL, str(error)
                         log.warning("background fetch of %s stopped: %s", job.digest, error)
                         return
-                    wait = room_wait(tries, self.room_wait)
-                    job.reason = f"waiting for room in the cache: {error}"
+                    wait = room_wait(tries, self.wait_first)
+                    job.reason = f"waiting for {awaited}: {error}"
                     log.warning("background fetch of %s %s; again in %g s (%d of %d)",
                                 job.digest, job.reason, wait, tries + 1, ROOM_TRIES)  # fmt: skip
             await trio.sleep(wait)
@@ -373,3 +382,13 @@ class Backgrounds:
             self.cache.drop(ChunkKey(job.digest, index))
             if index % _REQUEST_CHUNKS == _REQUEST_CHUNKS - 1:
                 await trio.lowlevel.checkpoint()  # let reads in between a long blob's unlinks
+
+
+def _awaited(error: BaseException) -> str | None:
+    """What a background fetch that failed with ``error`` waits for, to go on by itself;
+    None when trying again mends nothing (see the module's doc)."""
+    if no_room(error):
+        return "room in the cache"
+    if isinstance(error, TemporaryFailure):  # and Unreached, a mirror or registry not there
+        return "its origin"
+    return None

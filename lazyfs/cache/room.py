@@ -27,7 +27,9 @@ Background fetch that stops for want of room even so (every chunk pinned,
 or the disk filled by others) waits and tries again (``room_wait``): a few
 times quickly, then at most every minute, ``ROOM_TRIES`` times in all
 (about a quarter of an hour), logged each time, before it leaves the blob
-partial for the next mount to ask again.
+partial for the next mount to ask again. A background fetch whose origin
+fails for now (out of reach, overloaded) waits by the same schedule
+(``lazyfs.cache.background``).
 """
 
 from __future__ import annotations
