@@ -74,11 +74,10 @@ def cache_dir(args: argparse.Namespace) -> Path:
 
 
 def cache_size(args: argparse.Namespace) -> int:
-    """``--cache_size`` in bytes."""
-    size = parse_size(str(args.cache_size)) or 0
-    if size < 1:
-        where = source(args, "cache_size")
-        raise UsageError(f"{where} {args.cache_size!r}: want bytes, e.g. 10GiB")
+    """``--cache_size`` in bytes. Its text was checked as parsed (``cli_flags``), from
+    the command line or the environment, so it reads as bytes here."""
+    size = parse_size(args.cache_size)
+    assert size is not None
     return size
 
 

@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from providers.errors import UsageError
 from providers.layer_limits import DEFAULT_MAX_LAYER_RATIO, DEFAULT_MAX_LAYER_SIZE
-from providers.platforms import parse_platform
+from providers.platforms import platform_problem
 
 DEFAULT_REGISTRY = "https://registry-1.docker.io"
 ENV_PREFIX = "LAZYFS_"
@@ -147,11 +147,7 @@ def _ratio_check(text: str) -> str | None:
 
 
 def _platform_check(text: str) -> str | None:
-    try:
-        parse_platform(text, "WHERE") if text else None  # empty: this machine's, as unset
-    except UsageError as error:  # "WHERE 'TEXT': why": the why
-        return str(error).removeprefix(f"WHERE {text!r}: ")
-    return None
+    return platform_problem(text) if text else None  # empty: this machine's, as unset
 
 
 def default_work_dir() -> str:

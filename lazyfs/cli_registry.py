@@ -1,12 +1,12 @@
 """The registry puller's settings from the global flags: ``--docker_registry``,
-its mirrors, CA file, limits and credentials, each checked with a one-line
+its mirrors, CA file, limits and credentials. The limits and ``--platform`` were
+checked as parsed (``lazyfs.cli_flags``); the rest is checked here, with a one-line
 error naming the flag or variable to fix (``lazyfs.cli_flags.source``).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 from urllib.parse import ParseResult, urlparse
@@ -122,13 +122,9 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
     else:
         # As docker and podman look for them: DOCKER_CONFIG, ~/.docker, XDG_RUNTIME_DIR.
         credentials = default_configs()
+    # Each checked as parsed (``cli_flags.REGISTRY_LIMITS``): on the command line or in
+    # the environment, a bad one is a usage error before any command runs.
     limits = {name: getattr(args, f"docker_registry_{name}") for name, *_ in REGISTRY_LIMITS}
-    for name, _kind, _default, off, _metavar, _text in REGISTRY_LIMITS:
-        value = limits[name]
-        if not (math.isfinite(value) and (value > 0 or (off and value == 0))):
-            least = "0 or more" if off else "more than 0"
-            where = source(args, f"docker_registry_{name}")
-            raise UsageError(f"{where} {value}: expected {least}")
     return RegistryOptions(
         registry=docker_registry(args),
         mirrors=_registry_urls(args),

@@ -2,7 +2,8 @@
 
 ``Platform`` is an OCI platform (``linux/amd64``, ``linux/arm/v7``);
 ``normalise`` gives it its one spelling (x86_64 is amd64, arm is arm/v7), as
-containerd does; ``parse_platform`` reads it as ``--platform`` takes it, and
+containerd does; ``parse_platform`` reads it as ``--platform`` takes it
+(``platform_problem`` says why it would not), and
 ``host_platform`` is this machine's. ``select_platform`` picks an index entry
 for a platform, the exact one else the best the host also runs, passing over
 attestation manifests; ``index_entries`` reads an index's entries.
@@ -125,12 +126,22 @@ def host_platform(machine: str | None = None, cpuinfo: str | None = None) -> Pla
     return normalise("linux", arch, arm_variant(machine, cpuinfo))
 
 
+def platform_problem(text: str) -> str | None:
+    """Why ``parse_platform`` refuses ``text``, in words without its place (the flag
+    parser puts its own before them); None for a platform it takes."""
+    parts = text.strip().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        return "expected os/arch or os/arch/variant"
+    return None
+
+
 def parse_platform(text: str, where: str = "--platform") -> Platform:
     """``os/arch[/variant]`` as ``--platform`` takes it, normalised (``linux/x86_64`` is
     linux/amd64, ``linux/arm`` linux/arm/v7); ``where``: what gave it, for errors."""
+    problem = platform_problem(text)
+    if problem is not None:
+        raise UsageError(f"{where} {text!r}: {problem}")
     parts = text.strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"{where} {text!r}: expected os/arch or os/arch/variant")
     return normalise(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 

@@ -13,6 +13,8 @@ import pytest
 from lazyfs.cache.spawn import ensure_daemon
 from lazyfs.cli import build_parser
 from lazyfs.cli_daemon import anchor_paths, cache_dir, cache_size, daemon_spec
+from lazyfs.cli_flags import global_flags
+from lazyfs.cli_registry import registry_options
 from lazyfs.fs.mount import RemoteOrigin, layer_arg, parse_layer_args
 from providers.digest import Digest
 from providers.manifest import ImageManifest, Layer
@@ -33,12 +35,19 @@ def test_cache_size_counts_as_mesos_does(text: str, size: int) -> None:
     assert cache_size(parse("--cache_size", text)) == size
 
 
-@pytest.mark.parametrize("text", ["0", "ten", "-1GB", "1PB", ""])
+@pytest.mark.parametrize("text", ["0", "ten", "-1GB", "1PB", "", "0.5"])
 def test_a_bad_cache_size_names_its_flag(text: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as refused:  # a usage error as parsed, status 2
+    # A usage error as parsed, status 2: the one check (cache_size takes what it lets by).
+    with pytest.raises(SystemExit) as refused:
         parse(env={"LAZYFS_CACHE_SIZE": text})
     assert refused.value.code == 2
     assert capsys.readouterr().err.startswith(f"lazyfs: LAZYFS_CACHE_SIZE={text!r}: want bytes")
+    with pytest.raises(SystemExit) as refused:
+        parse(f"--cache_size={text}")  # with =: -1GB is no option
+    assert refused.value.code == 2
+    said = capsys.readouterr().err
+    assert said.startswith("lazyfs: argument --cache_size/--cache-size: ")
+    assert f"{text!r}: want bytes, e.g. 10GiB (" in said
 
 
 def test_the_default_cache_is_under_the_work_dir_and_absolute(tmp_path: Path) -> None:
@@ -66,6 +75,54 @@ def test_a_started_daemon_gets_the_flags_in_its_environment_not_its_command_line
     # What it is given reads back as the same settings.
     again = build_parser(dict(spec.env)).parse_args(["daemon"])
     assert (cache_dir(again), cache_size(again)) == (spec.cache_dir, 1 << 30)
+
+
+# Every flag whose value is checked as parsed, at a value other than its default.
+CHECKED = (
+    "--docker_registry_timeout", "2.5", "--docker_registry_min_speed", "0",
+    "--docker_registry_min_speed_time", "1e-3", "--docker_registry_blob_timeout", "600",
+    "--cache_size", "1.5kb", "--platform", "linux/arm", "--max_layer_size", "7GiB",
+    "--max_layer_ratio", "7", "--image_providers", "APPC,docker",
+    "--image_provisioner_backend", "copy", "--debug",
+)  # fmt: skip
+
+
+def test_a_started_daemon_reads_every_checked_flag_back_through_the_parsers_checks() -> None:
+    args = parse("--work_dir", "w", *CHECKED)
+    spec = daemon_spec(args)
+    again = build_parser(dict(spec.env)).parse_args(["daemon"])
+    for flag in global_flags(()):
+        if flag.name not in ("work_dir", "cache_dir", "cache_size"):  # made absolute, bytes
+            assert getattr(again, flag.name) == getattr(args, flag.name), flag.name
+    assert cache_size(again) == cache_size(args) == 1536
+    assert registry_options(again).http == registry_options(args).http
+    # Taken from its environment, so through Flag.value and its check, as a user's would be.
+    given = {word.removeprefix("--") for word in CHECKED if word.startswith("--")}
+    assert given <= set(again.flag_sources)
+
+
+@pytest.mark.parametrize(
+    ("variable", "bad"),
+    [
+        ("LAZYFS_DOCKER_REGISTRY_TIMEOUT", "0"),
+        ("LAZYFS_DOCKER_REGISTRY_MIN_SPEED", "-1"),
+        ("LAZYFS_DOCKER_REGISTRY_MIN_SPEED_TIME", "nan"),
+        ("LAZYFS_DOCKER_REGISTRY_BLOB_TIMEOUT", "inf"),
+        ("LAZYFS_CACHE_SIZE", "0"),
+        ("LAZYFS_PLATFORM", "linux"),
+        ("LAZYFS_MAX_LAYER_RATIO", "0"),
+    ],
+)
+def test_a_bad_value_in_a_started_daemons_environment_is_a_usage_error(
+    variable: str, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What daemon_spec writes is checked where the daemon parses it, as the caller's was.
+    spec = daemon_spec(parse("--work_dir", "w", *CHECKED))
+    assert variable in spec.env
+    with pytest.raises(SystemExit) as refused:
+        build_parser({**spec.env, variable: bad}).parse_args(["daemon"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.startswith(f"lazyfs: {variable}={bad!r}: ")
 
 
 LAYER = Layer(

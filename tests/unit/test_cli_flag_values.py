@@ -172,3 +172,24 @@ def test_a_bad_platform_is_quoted_whole(tmp_path: Path) -> None:
     assert result.stderr.startswith(
         "lazyfs: argument --platform: 'linux: amd64': expected os/arch or os/arch/variant"
     ), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["--platform", "bogus"], {}, "argument --platform: 'bogus'"),
+        (["--platform=a/b/c/d"], {}, "argument --platform: 'a/b/c/d'"),
+        ([], {"LAZYFS_PLATFORM": "linux//v7"}, "LAZYFS_PLATFORM='linux//v7'"),
+        ([], {"LAZYFS_PLATFORM": " "}, "LAZYFS_PLATFORM=' '"),
+    ],
+)
+def test_a_bad_platform_says_where_once_and_why(
+    argv: list[str], env: dict[str, str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        build_parser(env).parse_args([*argv, "ps"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == (
+        f"lazyfs: {said}: expected os/arch or os/arch/variant (see `lazyfs --help`)\n"
+    )
+    assert build_parser({"LAZYFS_PLATFORM": ""}).parse_args(["ps"]).platform == ""  # unset

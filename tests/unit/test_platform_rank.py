@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from providers.errors import NotFound
+from providers.errors import NotFound, UsageError
 from providers.manifest import Descriptor, parse_descriptor
 from providers.platforms import (
     Platform,
@@ -18,6 +18,7 @@ from providers.platforms import (
     normalise,
     parse_platform,
     platform_matches,
+    platform_problem,
     select_platform,
 )
 
@@ -53,6 +54,22 @@ from providers.platforms import (
 def test_a_platform_asked_for_is_normalised(text: str, normal: str) -> None:
     assert str(parse_platform(text)) == normal
     assert parse_platform(text) == parse_platform(normal)
+
+
+@pytest.mark.parametrize("text", ["linux", "linux//v7", "a/b/c/d", "/amd64", "", " ", "l: a"])
+def test_a_refused_platform_says_why_apart_from_where(text: str) -> None:
+    # The flag parser words the place itself (--platform, LAZYFS_PLATFORM): the why alone.
+    why = platform_problem(text)
+    assert why == "expected os/arch or os/arch/variant"
+    with pytest.raises(UsageError) as refused:
+        parse_platform(text, "LAZYFS_PLATFORM")
+    assert str(refused.value) == f"LAZYFS_PLATFORM {text!r}: {why}"
+
+
+@pytest.mark.parametrize("text", ["linux/amd64", " linux/arm/v7 ", "Linux/ARM64/v8"])
+def test_a_platform_taken_has_no_problem(text: str) -> None:
+    assert platform_problem(text) is None
+    assert parse_platform(text) == parse_platform(text.strip().lower())
 
 
 PI_ONE = (

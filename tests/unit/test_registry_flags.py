@@ -43,16 +43,24 @@ def test_both_spellings() -> None:
         ("--docker_registry_timeout", "nan", "want more than 0"),
         ("--docker_registry_min_speed_time", "-1", "want more than 0"),
         ("--docker_registry_min_speed", "-5", "want 0 or more"),
+        ("--docker_registry_min_speed", "1.5", "want a whole number"),
         ("--docker_registry_blob_timeout", "inf", "want 0 or more"),
     ],
 )
 def test_refused(flag: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:
-    # As the value is parsed: a usage error (status 2), for every command.
+    # As the value is parsed: a usage error (status 2), for every command; the
+    # parser's is the one check (registry_options takes what it lets through).
     with pytest.raises(SystemExit) as refused:
         options(flag, value)
     assert refused.value.code == 2
     said = capsys.readouterr().err
     assert said.startswith(f"lazyfs: argument {flag}/") and f"{value!r}: {expected} (" in said
+    # From the environment too, as a daemon a command starts is given it (daemon_spec).
+    variable = "LAZYFS_" + flag.removeprefix("--").upper()
+    with pytest.raises(SystemExit) as refused:
+        build_parser({variable: value}).parse_args(["images"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.startswith(f"lazyfs: {variable}={value!r}: {expected} (")
 
 
 @pytest.mark.parametrize(
