@@ -1,6 +1,7 @@
 """``lazyfs mount`` and ``lazyfs umount``: an image's merged tree at a directory, to look inside.
 
-``mount`` prints the mount as JSON once it is up; with ``--foreground`` it
+``mount`` prints the mount as JSON once it is up (with ``--json``, as the
+listing below gives it: one object of the same fields); with ``--foreground`` it
 then copies the mount process's log to stderr until the mount goes away,
 and unmounts on Ctrl-C or SIGTERM (exit 0).  The mounting itself is
 ``lazyfs.provision.devmount``'s.
@@ -69,6 +70,10 @@ def run_mount(
             "layers": [layer.digest for layer in mounted.image.layers],
         },
     }
+    if args.json:
+        # Read back from its record, as ``lazyfs mount --json`` lists it: a script reads
+        # one shape, whichever it asked.
+        summary = devmount_list.described(mounted.record)
     print(json.dumps(summary, indent=1), flush=True)
     if not args.foreground:
         return 0

@@ -138,7 +138,8 @@ def build_parser(backends: Sequence[str], environ: Mapping[str, str] | None = No
     sub.usage = "%(prog)s [--json]\n       %(prog)s [options] image mountpoint"
     sub.add_argument(
         "--json", action="store_true",
-        help="with neither IMAGE nor MOUNTPOINT: list the mounts as JSON (default: a table)",
+        help="list the mounts as JSON (default: a table); with IMAGE and MOUNTPOINT: "
+        "print the mount made as one such item",
     )  # fmt: skip
     sub.add_argument(
         "--writable",

@@ -11,25 +11,58 @@ Each mount's state is the word ``lazyfs ps`` gives a fuse rootfs
 (``lazyfs.provision.revive.mount_state``): ``alive``, ``dead`` (its process is
 gone), ``not answering`` (its process is stopped or stuck), ``not mounted``;
 ``unreadable`` for a record that cannot be read (one being written, or
-damaged). The mounts are asked side by side, with the mount table read once:
+damaged), listed at the mount point it still names, if any, for ``lazyfs
+umount``. The mounts are asked side by side, with the mount table read once:
 a stopped one costs its seconds once, and never hangs the listing.
+
+A mount point is looked at only if the mount table has it: the record holds
+it as the kernel mounted it (symlinks followed), so it is compared as text.
+Looking at a path asks every mount on the way to it, and one whose process
+is stopped answers never: a mount point inside another lazyfs mount, say.
+One in the table is asked in a thread given ``ANSWER_DEADLINE`` for all of
+it, path and statfs, and is ``not answering`` past that.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from backends.mounts import ANSWER_DEADLINE
 from lazyfs.provision.revive import AT_ONCE, mount_state
-from lazyfs.provision.usage import ImageRecord, mounted_images
+from lazyfs.provision.usage import ImageRecord, mount_image_record, mounted_images
 from providers.mountinfo import mount_point_set
+
+
+def _mountpoint(record: Path) -> str:
+    """The mount point ``record`` is of; OSError or ValueError if it cannot be read."""
+    # Written by ``devmount`` as the absolute path, symlinks followed, and a newline.
+    return (record / "mountpoint").read_text(encoding="utf-8").removesuffix("\n")
+
+
+def _state(mountpoint: Path, points: frozenset[Path]) -> str:
+    """``mount_state`` of the fuse mount at ``mountpoint``, never waiting for ever."""
+    if mountpoint not in points:
+        # Not looked at: its path may lie in a mount whose process is stopped.
+        return "not mounted"
+    answer: list[str] = []
+    # A daemon thread: one stuck on a stopped mount keeps neither the listing nor the
+    # command's exit waiting (it ends with the process).
+    asking = threading.Thread(
+        target=lambda: answer.append(mount_state("fuse", mountpoint, points)),
+        name="lazyfs-mount-state",
+        daemon=True,
+    )
+    asking.start()
+    asking.join(ANSWER_DEADLINE)
+    return answer[0] if answer else "not answering"
 
 
 def _describe(record: Path, image: ImageRecord, points: frozenset[Path]) -> dict[str, Any]:
     try:
-        # Written by ``devmount`` as the absolute path and a newline.
-        mountpoint = (record / "mountpoint").read_text(encoding="utf-8").removesuffix("\n")
+        mountpoint = _mountpoint(record)
     except (OSError, ValueError) as error:
         return _unreadable(record, error)
     writable = (record / "upper").is_dir()  # only a --writable mount has one
@@ -45,12 +78,28 @@ def _describe(record: Path, image: ImageRecord, points: frozenset[Path]) -> dict
         "mode": "rw" if writable else "ro",
         "writable": writable,
         "pid": pid,
-        "mount": mount_state("fuse", Path(mountpoint), points),
+        "mount": _state(Path(mountpoint), points),
     }
 
 
 def _unreadable(record: Path, why: object) -> dict[str, Any]:
-    return {"mountpoint": None, "mount": "unreadable", "problem": f"record {record}: {why}"}
+    try:
+        # Where it is, if the record still says: what ``lazyfs umount`` is given to take
+        # it down and forget it.
+        mountpoint: str | None = _mountpoint(record)
+    except (OSError, ValueError):
+        mountpoint = None  # a mount starting writes it second, after its image
+    return {"mountpoint": mountpoint, "mount": "unreadable", "problem": f"record {record}: {why}"}
+
+
+def described(record: Path) -> dict[str, Any]:
+    """The mount of ``record`` as ``mounts`` lists it (for ``lazyfs mount IMAGE DIR
+    --json``, once it is up). Blocking."""
+    try:
+        image = mount_image_record(record)
+    except ValueError as error:
+        return _unreadable(record, error)
+    return _describe(record, image, mount_point_set())
 
 
 def mounts(work_dir: Path) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ __all__ = [
     "VolumeRecord",
     "containers",
     "containers_dir",
+    "mount_image_record",
     "mounted_images",
     "used_images",
     "used_layers",
@@ -263,12 +264,19 @@ def mounted_images(work_dir: Path) -> tuple[list[tuple[Path, ImageRecord]], list
     unknown: list[str] = []
     for record in records:
         try:
-            found.append(
-                (record, ImageRecord.from_json(json.loads((record / "image.json").read_text())))
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            found.append((record, mount_image_record(record)))
+        except ValueError:
             unknown.append(f"mount:{record}")
     return found, unknown
+
+
+def mount_image_record(record: Path) -> ImageRecord:
+    """The image of the ``lazyfs mount`` record ``record``; ValueError if it cannot be read
+    (a mount starting, a damaged record, one of an older lazyfs)."""
+    try:
+        return ImageRecord.from_json(json.loads((record / "image.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"no readable image.json: {error}") from error
 
 
 def used_images(work_dir: Path) -> Usage:
