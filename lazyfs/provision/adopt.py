@@ -76,7 +76,10 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 1.0
 STATUS_SECONDS = 10.0
-PATIENCE_SECONDS = 600.0
+# Longer than a background fetch waits, in all, for a cache disk with no room or an
+# origin out of reach (``lazyfs.cache.room``: about a quarter of an hour), so a
+# registry's outage that the daemon rides out is one this process outlasts too.
+PATIENCE_SECONDS = 1200.0
 log = logging.getLogger("lazyfs.adopt")
 
 
