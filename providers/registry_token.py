@@ -118,7 +118,9 @@ def _token_once(
         )
         raise Again(f"{where}: {short_cause(exc)}", failed) from exc
     except requests.RequestException as exc:
-        raise TemporaryFailure(
+        # What is left is no connection's fault (a redirect loop, a realm that is no URL):
+        # no token is to be had, now or later.
+        raise Unauthorized(
             f"{image}: asking {where} for a token failed: {short_cause(exc)}",
             url=where,
             image=image,
@@ -134,17 +136,15 @@ def _token_once(
                 status=status,
                 image=image,
             )
-        failed = TemporaryFailure(
-            f"{image}: token server {where} answered HTTP {status}",
-            url=where,
-            status=status,
-            image=image,
-        )
+        answered = f"{image}: token server {where} answered HTTP {status}"
         if status == 429 or status >= 500:
+            failed = TemporaryFailure(answered, url=where, status=status, image=image)
             raise Again(
                 f"{where}: HTTP {status}", lambda: failed, response.headers.get("Retry-After")
             )
-        raise failed
+        # Any other answer (400, 404, 405) is a token server that gives none for this
+        # request, which asking again does not change: not a registry out of reach.
+        raise Unauthorized(answered, url=where, status=status, image=image)
     try:
         return http.read_capped(response, METADATA_LIMIT)
     except Exception as exc:
