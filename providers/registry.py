@@ -54,6 +54,7 @@ from providers.errors import (
     BadImage,
     LazyfsError,
     NotFound,
+    TemporaryFailure,
     TlsFailure,
     Unreached,
 )
@@ -178,33 +179,61 @@ class RegistryClient:
             raise  # the upstream's failure is the one told
 
     def named_digest(self, reference: str) -> Digest:
-        """The digest of the image manifest ``reference`` names now: of an index, the entry
-        of this client's platform, as ``resolve`` picks it (one level deep).
+        """The digest of the image manifest ``reference`` names now: through image
+        indexes, the entry of this client's platform, as ``resolve`` picks it.
 
-        One request per endpoint (two for an index), each tried once: a start
-        that holds a stored image asks whether its tag still names it, and a
-        registry that cannot be reached is told by TemporaryFailure at once, not
-        after retries. Endpoints are asked in ``resolve``'s order; the last
-        one's failure is raised.
+        Each request tried once, one manifest per endpoint (and each index on
+        the way): a start that holds a stored image asks whether its tag still
+        names it, and a registry that cannot be reached is told by
+        TemporaryFailure at once, not after retries. Endpoints are asked in
+        ``resolve``'s order; the last one's failure is raised.
         """
         ref = parse_reference(reference)
-        scope = f"repository:{ref.repository}:pull"
         endpoints = self._endpoints(ref, reference)
         for i, base in enumerate(endpoints):
             try:
-                data, media_type = registry_documents.fetch_manifest(
-                    self.http, base, ref.repository, ref.tag_or_digest, reference, scope,
-                    want=ref.digest, passing=i < len(endpoints) - 1, attempts=1,
-                )  # fmt: skip
-                doc = named(reference, load_json, data, "manifest")
-                if isinstance(doc, dict) and "manifests" in doc:
-                    return named(reference, self._pick, doc, reference).digest
-                return manifest_digest(data, media_type, reference)
+                return self._named_at(base, ref, reference, passing=i < len(endpoints) - 1)
             except LazyfsError as exc:
                 if i == len(endpoints) - 1:
                     raise
                 log.info("mirror %s failed for %s: %s", redact(base), reference, exc)
         raise AssertionError("unreachable: a reference has at least one endpoint")
+
+    def _named_at(self, base: str, ref: Reference, image: str, passing: bool) -> Digest:
+        scope = f"repository:{ref.repository}:pull"
+        if ref.digest is None:
+            try:
+                said = registry_documents.manifest_head(
+                    self.http, base, ref.repository, ref.tag_or_digest, image, scope, passing
+                )
+            except TemporaryFailure:
+                raise  # not there: a GET would not be answered either
+            except LazyfsError as exc:  # a registry that answers no HEAD: asked by GET
+                log.info("%s: HEAD of its manifest failed: %s", image, exc)
+                said = None
+            if said is not None:
+                return said
+        data, media_type = registry_documents.fetch_manifest(
+            self.http, base, ref.repository, ref.tag_or_digest, image, scope,
+            want=ref.digest, passing=passing, attempts=1,
+        )  # fmt: skip
+        digest = manifest_digest(data, media_type, image)
+        for _ in range(INDEX_DEPTH_LIMIT):
+            doc = named(image, load_json, data, "manifest")
+            kind = (doc.get("mediaType") if isinstance(doc, dict) else None) or media_type
+            if kind not in (OCI_INDEX, DOCKER_MANIFEST_LIST) and not (
+                isinstance(doc, dict) and "manifests" in doc
+            ):
+                return digest  # as ``_resolve_at`` tells an index from a manifest
+            entry = named(image, self._pick, doc, image)
+            if entry.media_type not in (OCI_INDEX, DOCKER_MANIFEST_LIST):
+                return entry.digest  # not asked for: its digest is all a start compares
+            data, media_type = registry_documents.fetch_manifest(
+                self.http, base, ref.repository, entry.digest, image, scope,
+                want=entry, attempts=1,
+            )  # fmt: skip
+            digest = entry.digest
+        raise BadImage(f"{image}: image indexes nest deeper than {INDEX_DEPTH_LIMIT}")
 
     def _resolve_at(
         self,

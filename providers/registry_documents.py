@@ -3,7 +3,8 @@
 ``fetch_manifest`` asks ``/v2/<repository>/manifests/<tag or digest>`` and
 checks the bytes against the registry's ``Docker-Content-Digest`` (when it
 sends one) and against what named them: an index entry's digest and size,
-or the digest the image was pulled by. ``fetch_config`` reads the config
+or the digest the image was pulled by; ``manifest_head`` asks only the digest
+a tag names, where a HEAD can say it. ``fetch_config`` reads the config
 blob, bounded by its descriptor's size and checked against it. Both cap
 what they hold at ``METADATA_LIMIT`` and ask once more for a body that did
 not verify, as Store.ingest does for blobs: corruption on the way is seldom
@@ -16,9 +17,9 @@ import contextlib
 
 import requests
 
-from providers.digest import Digest
+from providers.digest import Digest, is_digest
 from providers.errors import BadImage, DigestMismatch, TemporaryFailure
-from providers.manifest import METADATA_LIMIT, Descriptor
+from providers.manifest import DOCKER_MANIFEST, METADATA_LIMIT, OCI_MANIFEST, Descriptor
 from providers.registry_blob import BlobStream
 from providers.registry_checks import ACCEPT, again_on_mismatch, manifest_digest, once_more, verify
 from providers.registry_http import RegistryHttp, redact
@@ -84,6 +85,29 @@ def _manifest_once(
         if actual != want:
             raise DigestMismatch(f"{image}: manifest", expected=want, actual=actual, image=image)
     return data, media_type
+
+
+def manifest_head(
+    http: RegistryHttp, base: str, repository: str, tag: str, image: str, scope: str,
+    passing: bool = False,
+) -> Digest | None:  # fmt: skip
+    """The digest the registry says tag ``tag`` names, asked by HEAD, once, when it names
+    a schema 2 or OCI image manifest and the registry says its digest; None for anything
+    else (an index, a schema 1 manifest, no digest said), which takes a GET.
+
+    Docker Hub counts a GET of a manifest against a pull limit, not a HEAD. Raises as
+    ``RegistryHttp.get`` does: TemporaryFailure when the registry cannot be reached.
+    """
+    url = f"{base}/v2/{repository}/manifests/{tag}"
+    headers = {"Accept": ACCEPT}
+    response = http.get(url, image=image, scope=scope, headers=headers, method="HEAD",
+                        attempts=1, passing=passing)  # fmt: skip
+    response.close()
+    kind = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    sent = response.headers.get("Docker-Content-Digest", "")
+    if kind not in (OCI_MANIFEST, DOCKER_MANIFEST) or not is_digest(sent):
+        return None
+    return Digest(sent)
 
 
 def fetch_config(

@@ -32,7 +32,7 @@ from lazyfs.images.docker_published import (
     published,
     without_index_blobs,
 )
-from lazyfs.images.docker_stored import remote_layers, still_named, stored_image
+from lazyfs.images.docker_stored import NamedNow, remote_layers, still_named, stored_image
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
 from lazyfs.store.pull_failures import attempt_of, pull_lock
@@ -173,12 +173,19 @@ class DockerProvider:
         return await self._fetch(image, progress, lazy=lazy, ahead=ahead, traced=traced)
 
     async def _found(
-        self, image: Image, reference: str, platform: str, lazy: bool, traced: TraceHook | None
+        self,
+        image: Image,
+        reference: str,
+        platform: str,
+        lazy: bool,
+        traced: TraceHook | None,
+        named: NamedNow,
     ) -> ImageManifest | None:
         """The stored image a start takes as it is (``docker_stored``): found with every
         blob here, or, ``lazy``, with each layer read by range mounting here and its
-        reference still naming it. With layers read by range, ``traced`` begins the
-        replay of its trace, as after a resolve (``published``)."""
+        reference still naming it (asked once per start: ``named``). With layers read
+        by range, ``traced`` begins the replay of its trace, as after a resolve
+        (``published``)."""
         stored = await trio.to_thread.run_sync(
             partial(stored_image, self.store, reference, platform, lazy=lazy,
                     trust_published=self.trust_published)
@@ -188,8 +195,10 @@ class DockerProvider:
         remote = await trio.to_thread.run_sync(remote_layers, self.store, stored)
         if not remote:
             return stored
+        if not lazy:
+            return None  # a blob removed since it was found (image GC): pulled again
         client = _registry_client(self._source(image))
-        if client is None or not await still_named(client, stored):
+        if client is None or not await still_named(client, stored, named):
             return None
         if traced is not None:
             with contextlib.suppress(RuntimeError):  # no thread to be had: the mount sends it
@@ -216,8 +225,9 @@ class DockerProvider:
         lazy = lazy and local is None and not image.docker.config
         # One reference names an image per platform; the store keeps each.
         platform = str(self.options.platform or host_platform())
+        named = NamedNow()  # what the registry says the reference names: asked once
         if image.cached and local is None:
-            stored = await self._found(image, reference, platform, lazy, traced)
+            stored = await self._found(image, reference, platform, lazy, traced, named)
             if stored is not None:
                 return stored
         source = PathPuller(local, self.options.platform) if local else self._source(image)
@@ -231,7 +241,7 @@ class DockerProvider:
                          source=reference if local else self.registry)  # fmt: skip
         async with pull_lock(self.store.locks, key, self.store.tmp, reference, how) as attempt:
             if image.cached and local is None:
-                stored = await self._found(image, reference, platform, lazy, traced)
+                stored = await self._found(image, reference, platform, lazy, traced, named)
                 if stored is not None:
                     return stored
             # After that look: a pull waited for may have stored it before another failed.

@@ -16,8 +16,9 @@ One found with layers still in the registry is taken only while its
 reference still names it (``still_named``): the mount will read those
 layers by digest from the registry, so a tag moved to another image must
 be noticed at the next start, not never (the old blobs may be gone from
-the registry with the old manifest).  That costs one request, the
-manifest, instead of a resolve (manifest, config, referrers, indexes).
+the registry with the old manifest).  That costs one request, a HEAD of
+the manifest where the registry says its digest (a GET of an index, as a
+rule), instead of a resolve (manifest, config, referrers, indexes).
 When the registry cannot be reached at all, the stored image starts, with
 a warning: its remote layers serve what the cache holds, and a read of
 anything else fails (EIO), where not starting at all was the choice
@@ -28,12 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 from lazyfs.images.docker_published import lazy_layer, without_index_blobs
 from lazyfs.store.disk import Store
+from providers.digest import Digest
 from providers.errors import BadImage, LazyfsError, TemporaryFailure
 from providers.manifest import INDEX_BLOB_ANNOTATION, ImageManifest, Layer
 from providers.reference import parse_reference
@@ -73,33 +76,46 @@ def remote_layers(store: Store, image: ImageManifest) -> list[Layer]:
     return [layer for layer in image.layers if not store.has_blob(layer.digest)]
 
 
-async def still_named(client: RegistryClient, stored: ImageManifest) -> bool:
+@dataclass
+class NamedNow:
+    """What the registry said a reference names, asked at most once per start: the look
+    before the pull lock and the one after waiting for it decide from one answer, so a
+    start told that the tag moved never takes the old image on a second answer's failure."""
+
+    asked: bool = False
+    digest: Digest | None = None  # after asking: None when the registry answered with an error
+
+
+async def still_named(client: RegistryClient, stored: ImageManifest, named: NamedNow) -> bool:
     """Whether ``stored``, with layers still in its registry, is what its reference names.
 
-    Asks the registry once (``RegistryClient.named_digest``). True, with a
-    warning, when the registry cannot be reached (TemporaryFailure); False
-    when it answers otherwise, with another digest or an error, which the
-    resolve that follows meets again and reports.
+    Asks the registry (``RegistryClient.named_digest``) unless ``named`` holds
+    its answer already. True, with a warning, when the registry cannot be
+    reached (TemporaryFailure): nothing is known then, and it is asked again
+    by a later look; False when it answers otherwise, with another digest or
+    an error, which the resolve that follows meets again and reports.
     """
     if parse_reference(stored.reference).digest is not None:
         return True
-    try:
-        now = await trio.to_thread.run_sync(
-            client.named_digest, stored.reference, abandon_on_cancel=True
-        )
-    except TemporaryFailure as exc:
-        log.warning(
-            "%s; starting the image stored here: its layers still in the registry "
-            "read only what the cache holds",
-            exc.for_image(stored.reference),
-        )
-        return True
-    except LazyfsError as exc:
-        log.info("%s: resolving it again: %s", stored.reference, exc)
-        return False
-    if now != stored.digest:
-        log.info("%s: now names %s, not the %s stored", stored.reference, now, stored.digest)
-    return now == stored.digest
+    if not named.asked:
+        try:
+            named.digest = await trio.to_thread.run_sync(
+                client.named_digest, stored.reference, abandon_on_cancel=True
+            )
+        except TemporaryFailure as exc:
+            log.warning(
+                "%s; starting the image stored here: its layers still in the registry "
+                "read only what the cache holds",
+                exc.for_image(stored.reference),
+            )
+            return True
+        except LazyfsError as exc:
+            log.info("resolving %s again: %s", stored.reference, exc)
+        named.asked = True
+        if named.digest is not None and named.digest != stored.digest:
+            log.info("%s now names %s, not the %s stored", stored.reference, named.digest,
+                     stored.digest)  # fmt: skip
+    return named.digest == stored.digest
 
 
 def mounts_here(store: Store, layer: Layer) -> bool:

@@ -7,9 +7,11 @@ with the fuse backend: the layer stays remote, read by range.  While its
 blob is still not in the store:
 
 - a second start of the image takes the stored record once the registry
-  says its tag still names it: one request, the manifest, and nothing
-  else of a resolve (config, referrers, indexes);
-- a tag moved to another image is noticed: the next start mounts the new one;
+  says its tag still names it: one request, a HEAD of the manifest (which
+  Docker Hub counts as no pull), and nothing else of a resolve (config,
+  referrers, indexes);
+- a tag moved to another image is noticed: the next start mounts the new one,
+  having asked once (not again after taking the pull lock) before resolving;
 - with the registry gone, the image still starts, with a warning, and a
   file read before reads the same from the cache (DESIGN.md §4: EIO only
   for bytes never fetched).
@@ -79,7 +81,7 @@ def test_a_lazy_image_is_found_stored_while_its_tag_names_it(tmp_path: Path) -> 
             assert info["remote_layers"] == layers, info
             assert not set(layers) & _store_blobs(second.work), "the layer came whole"
             asked = [f"{e.method} {e.path}" for e in proxy.select(since=since)]
-            assert asked == ["GET /v2/solo/manifests/latest"], asked
+            assert asked == ["HEAD /v2/solo/manifests/latest"], asked
 
             # The tag moves to another image (its index pushed too): the next start
             # mounts that one, not the stored one.
@@ -88,8 +90,13 @@ def test_a_lazy_image_is_found_stored_while_its_tag_names_it(tmp_path: Path) -> 
                         f"{registry.host}/solo:latest", "oci")  # fmt: skip
             with machine(tmp_path / "third") as third:
                 third.run("index", "push", f"{registry.host}/solo:latest")
+            since = proxy.mark()
             info, _ = _provision(second, "c", image)
             assert info["remote_layers"] != layers, info
+            # Asked once whether the tag names the stored image (not again once the
+            # pull lock is had), then resolved.
+            asked = [f"{e.method} {e.path}" for e in proxy.select(since=since)]
+            assert asked.count("HEAD /v2/solo/manifests/latest") == 1, asked
             assert (second.rootfses["c"] / "etc" / "greeting").read_bytes() == moved
         # The registry and the proxy are gone: what was read is in the cache.
         info, stderr = _provision(second, "d", image)

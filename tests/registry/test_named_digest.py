@@ -10,12 +10,17 @@ so as a TemporaryFailure, asked once.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from providers.errors import NotFound, TemporaryFailure
+from providers.manifest import OCI_INDEX
+from providers.platforms import host_arch
 from providers.registry import RegistryClient, RegistryOptions
 from tests.support.registry_pulls import FAST
 from tests.support.registry_servers import Registry, free_port
@@ -53,10 +58,12 @@ def test_a_registry_failing_is_a_temporary_failure_asked_once() -> None:
             pass
 
         def do_GET(self) -> None:
-            asked.append(self.path)
+            asked.append(f"{self.command} {self.path}")
             self.send_response(503)
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        do_HEAD = do_GET
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -73,10 +80,33 @@ def test_a_registry_failing_is_a_temporary_failure_asked_once() -> None:
         server.server_close()
         thread.join()
     once = asked[:1]
-    assert once == ["/v2/rich/manifests/oci"] and len(asked) > 2, asked
+    assert once == ["HEAD /v2/rich/manifests/oci"] and len(asked) > 2, asked
 
 
 def test_a_registry_not_there_is_a_temporary_failure() -> None:
     with pytest.raises(TemporaryFailure):
         url = f"http://127.0.0.1:{free_port()}"
         _client(url).named_digest(f"127.0.0.1:{url.rsplit(':', 1)[1]}/rich:oci")
+
+
+def test_an_index_of_indexes_is_followed_as_resolve_follows_it(plain_registry: Registry) -> None:
+    inner = requests.get(f"{plain_registry.url}/v2/multi/manifests/latest",
+                         headers={"Accept": OCI_INDEX}, timeout=10)  # fmt: skip
+    inner.raise_for_status()
+    outer = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_INDEX,
+            "digest": "sha256:" + hashlib.sha256(inner.content).hexdigest(),
+            "size": len(inner.content),
+            "platform": {"os": "linux", "architecture": host_arch()},
+        }],
+    }  # fmt: skip
+    put = requests.put(f"{plain_registry.url}/v2/multi/manifests/nested",
+                       data=json.dumps(outer).encode(), headers={"Content-Type": OCI_INDEX},
+                       timeout=10)  # fmt: skip
+    put.raise_for_status()
+    reference = f"{plain_registry.host}/multi:nested"
+    resolved = _client(plain_registry.url).resolve(reference)
+    assert _client(plain_registry.url).named_digest(reference) == resolved.digest
