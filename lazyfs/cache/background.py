@@ -83,7 +83,7 @@ from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
 from lazyfs.cache.room import ROOM_TRIES, ROOM_WAIT_FIRST, no_room, room_wait
-from lazyfs.cache.values import BlobInfo, BlobKind, Origin
+from lazyfs.cache.values import WAITING, BlobInfo, BlobKind, Origin
 from providers.digest import Digest, algorithm
 from providers.errors import DigestMismatch, LazyfsError, TemporaryFailure
 from providers.source import BlobSource
@@ -245,7 +245,7 @@ class Backgrounds:
                         log.warning("background fetch of %s stopped: %s", job.digest, error)
                         return
                     wait = room_wait(tries, self.wait_first)
-                    job.reason = f"waiting for {awaited}: {error}"
+                    job.reason = f"{WAITING}{awaited}: {error}"
                     log.warning("background fetch of %s %s; again in %g s (%d of %d)",
                                 job.digest, job.reason, wait, tries + 1, ROOM_TRIES)  # fmt: skip
             await trio.sleep(wait)

@@ -105,6 +105,11 @@ class BlobKind(enum.Enum):
     PARTIAL = pb.BlobState.PARTIAL
 
 
+# How a fetching blob's reason starts while its background fetch waits to go on by itself
+# (no room on the cache's disk, its origin out of reach: ``lazyfs.cache.background``).
+WAITING = "waiting for "
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     digest: Digest

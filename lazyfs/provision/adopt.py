@@ -32,7 +32,9 @@ The process:
   start meanwhile), whether it still fetches one of the image's layers in
   the background: it stops once none is (asked again before it ends), no
   daemon answers, the image's record is gone, or no byte more of them
-  arrived for ``PATIENCE_SECONDS`` (a later start spawns another);
+  arrived for ``PATIENCE_SECONDS`` while none waits to go on by itself (the
+  daemon bounds those waits: a registry out of reach, a full disk; a later
+  start spawns another);
 - holds the store's usage lock shared while it looks, copies and indexes,
   never while it waits (image GC waits only for that), and adopts the layers
   of the image's record as it is then (GC may have removed it: then it
@@ -76,10 +78,7 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 1.0
 STATUS_SECONDS = 10.0
-# Longer than a background fetch waits, in all, for a cache disk with no room or an
-# origin out of reach (``lazyfs.cache.room``: about a quarter of an hour), so a
-# registry's outage that the daemon rides out is one this process outlasts too.
-PATIENCE_SECONDS = 1200.0
+PATIENCE_SECONDS = 600.0
 log = logging.getLogger("lazyfs.adopt")
 
 
@@ -149,7 +148,8 @@ class _Adoption:
         self.skipped: set[Digest] = set()  # failed or refused once: until complete again
 
     def run(self, follow: bool, poll: float, status_every: float, patience: float) -> list[str]:
-        from lazyfs.cache.values import BlobKind  # the protocol's protobuf code: not at a start
+        # The protocol's protobuf code: not at a start.
+        from lazyfs.cache.values import WAITING, BlobKind
 
         # The daemon is first asked after ``status_every``: it serves the start then,
         # and the start's mount has just asked it for the image's remote layers.
@@ -179,7 +179,10 @@ class _Adoption:
                         return self.adopted
                     asked = float("-inf")  # asked again, and one more pass, before it ends
                     continue
-                if any(cached > seen.get(d, -1) for d, cached in waited.items()):
+                # A blob whose fetch waits to go on by itself (an origin out of reach, no
+                # room) is waited for as long as the daemon waits, which it bounds itself.
+                biding = any(known[d].reason.startswith(WAITING) for d in waited)
+                if biding or any(cached > seen.get(d, -1) for d, cached in waited.items()):
                     progressed = now
                 elif now - progressed > patience:
                     log.warning("%s: no byte more of %d layers for %.0f s: they stay remote",

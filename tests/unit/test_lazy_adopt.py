@@ -290,3 +290,29 @@ def test_the_spawned_process_holds_the_lock_the_start_took(tmp_path: Path) -> No
         os.waitpid(pid, 0)
     with try_exclusive_lock(lock) as free:
         assert free
+
+
+def test_a_following_process_waits_for_a_fetch_that_waits_out_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daemon's background fetch waits for its origin (no byte more meanwhile), then
+    # completes the blob: the process outwaits it, whatever its patience for a stall.
+    blob, diff_id = _layer_bytes()
+    layer = Layer(_sha(blob), GZIP, len(blob), diff_id)
+    cache_dir, store, manifest = tmp_path / "cache", Store(tmp_path / "store"), _image(layer)
+    store.put_image(manifest)
+    answers: list[int] = []
+
+    def daemon_says(_: Path) -> dict[Digest, BlobInfo]:
+        answers.append(len(answers))
+        if len(answers) < 5:
+            why = "waiting for its origin: cannot reach the registry; again in 60 s"
+            return {layer.digest: BlobInfo(layer.digest, BlobKind.FETCHING, layer.size, 7, why)}
+        _cached_whole(cache_dir, layer, blob, diff_id)
+        return _status(layer, BlobKind.COMPLETE, len(blob))
+
+    monkeypatch.setattr(adopt, "_daemon_blobs", daemon_says)
+    args = (store.root, cache_dir, manifest.reference, "")
+
+    adopted = adopt_image(*args, follow=True, poll=0, status_every=0, patience=0)
+    assert adopted == [layer.digest] and len(answers) == 5
