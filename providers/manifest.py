@@ -57,6 +57,7 @@ LAYER_TYPES = frozenset(
         APPC_LAYER,
     }
 )
+ZSTD_TYPES = frozenset({OCI_LAYER_ZSTD, OCI_LAYER_NONDIST_ZSTD})
 # Layers an image may name without its registry holding them (Windows base
 # layers): the manifest gives ``urls`` to fetch them from instead.  lazyfs
 # never fetches those: they point anywhere the image's author chose.
@@ -80,6 +81,14 @@ class Layer:
     size: int
     diff_id: Digest | None = None
     annotations: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # eStargz is gzip. stargz-snapshotter's zstd:chunked layers carry its TOC digest
+        # too, of a TOC in other framing (zstd frames, a zstd footer) that lazyfs does
+        # not read: such a layer is an ordinary zstd layer here, pulled whole.
+        if self.media_type in ZSTD_TYPES and self.annotation(TOC_DIGEST_ANNOTATION):
+            kept = tuple(a for a in self.annotations if a[0] != TOC_DIGEST_ANNOTATION)
+            object.__setattr__(self, "annotations", kept)
 
     def annotation(self, key: str) -> str | None:
         return dict(self.annotations).get(key)
