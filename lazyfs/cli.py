@@ -30,7 +30,7 @@ from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
 from lazyfs.cli_flags import cwd_gone, image_providers, parse_size, path_flag, source, work_dir
 from lazyfs.cli_registry import docker_registry, parsed_url, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
-from lazyfs.cli_run import READER_GONE, failure_line, run_trio, stdout_reader_gone
+from lazyfs.cli_run import READER_GONE, failure_line, run_handed_over, run_trio, stdout_reader_gone
 from providers.errors import LazyfsError, NotFound, Unauthorized, UsageError
 from providers.layer_limits import LayerLimits
 from providers.private_dir import private_dir
@@ -179,7 +179,8 @@ def _provision(app: App, args: argparse.Namespace) -> int:
 
     _need_fuse(args.backend or app.backend)
     with started_ahead(args, spec.image, args.backend or app.backend, app.store_dir.absolute()):
-        info: ProvisionInfo = run_trio(
+        # Once provisioned (printed, marked complete), a Ctrl-C ends nothing: it stands.
+        info: ProvisionInfo = run_handed_over(
             lambda: app.provisioner.provision(
                 args.container_id,
                 spec.image,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from lazyfs.cli_run import run_trio
+from lazyfs.cli_run import run_handed_over, run_trio
 from lazyfs.fs import mount as lazy_mount
 from lazyfs.progress import Progress
 from lazyfs.provision import devmount, devmount_list
@@ -46,8 +46,10 @@ def run_mount(
 ) -> int:
     """``lazyfs mount IMAGE MOUNTPOINT``: exit status 0, or raises what the CLI words."""
     # Held shared until the mount process serves the layers (GC then sees them).
+    # Once it is up, a Ctrl-C ends nothing but a --foreground mount (unmounted then).
+    run = run_trio if args.foreground else run_handed_over
     with in_use(store().root):
-        mounted = run_trio(
+        mounted = run(
             lambda: devmount.mount_image(
                 provisioner(),
                 work_dir,

@@ -2,7 +2,8 @@
 
 ``run_trio`` runs the work under trio and makes SIGTERM, SIGHUP, SIGQUIT,
 SIGUSR1 and SIGUSR2 cancel it as Ctrl-C does, so the provisioner's clean-up
-(shielded) runs either way. Between pieces of such work, ``noting_signals``
+(shielded) runs either way; ``run_handed_over`` too, but once the work has
+handed over what it made, they end nothing any more. Between pieces of such work, ``noting_signals``
 notes them for the command to stop where it is safe, or to let go while a
 clean-up must finish. ``failure_line`` words what ended a command (an
 error, an exception group, an interruption, a signal) as the CLI prints it,
@@ -68,6 +69,55 @@ def run_trio(work: Callable[[], Awaitable[T]], *, watch: bool = True) -> T:
         if len(leaves) == 1:
             raise leaves[0] from None
         raise
+
+
+def run_handed_over(work: Callable[[], Awaitable[T]]) -> T:
+    """``run_trio(work)`` for work whose result stands once it has it: what it made is
+    complete and said (a container provisioned, printed, marked complete; a mount up).
+
+    An interruption after that (Ctrl-C or a ``_stopping`` signal, in trio's
+    close or after it) ends nothing: the result is returned, and those
+    signals do nothing for the rest of the process (``ignore_stops``), so the
+    command exits 0 over what it made, not 130 as if it had made nothing.
+    One that comes before is raised, as ``run_trio`` raises it: the work has
+    undone what it made.
+    """
+    done: list[T] = []
+
+    async def handing_over() -> T:
+        result = await work()
+        done.append(result)
+        return result
+
+    # What trio's watch puts back as it closes, and gives the signals it heard but did
+    # not act on (those after the work was done): nothing, not the default's end.
+    for sig in _stopping():
+        signal.signal(sig, _nothing)
+    try:
+        result = run_trio(handing_over)
+        ignore_stops()
+    except (KeyboardInterrupt, Stopped):
+        if not done:
+            raise
+        ignore_stops()
+        result = done[0]
+    return result
+
+
+def ignore_stops() -> None:
+    """Ignore SIGINT and the ``_stopping`` signals for the rest of the process.
+
+    SIG_IGN, not a handler that does nothing: the interpreter puts the
+    default back for its handlers as it shuts down, and a signal then would
+    still end the process by it. A process started afterwards would inherit
+    the ignoring: start none. Call from the main thread.
+    """
+    for sig in (signal.SIGINT, *_stopping()):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _nothing(_signum: int, _frame: FrameType | None) -> None:
+    pass
 
 
 class NotedSignals:

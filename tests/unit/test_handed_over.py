@@ -1,0 +1,70 @@
+"""``run_handed_over``: a signal once the work has handed over what it made ends nothing.
+
+``lazyfs provision`` prints its container and marks it complete; a Ctrl-C or
+SIGTERM that lands after that (in trio's close, or on the way to exit) made
+the command exit 130 or 143, or die by the signal, over a container that
+stays: an agent took it for never made, and its mounts leaked. Such a signal
+now ends nothing, and the command exits 0. One that lands before still
+stops the work, which undoes what it made.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazyfs.cli_run import Stopped, run_handed_over
+
+ROOT = Path(__file__).resolve().parents[2]
+WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+           signal.SIGUSR2)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _handlers_restored() -> Iterator[None]:
+    before = {sig: signal.getsignal(sig) for sig in WATCHED}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+# In a process of its own: the signals' old ending is the process's.
+_HANDED_OVER = """
+import os, signal
+from lazyfs.cli_run import run_handed_over
+
+async def provisioned():
+    # Lands as the work returns: trio's watch hears it after, in its close.
+    os.kill(os.getpid(), signal.SIGTERM)
+    return "container"
+
+print(run_handed_over(provisioned), flush=True)
+# And for the rest of the process: a Ctrl-C on the way to exit does nothing.
+os.kill(os.getpid(), signal.SIGINT)
+os.kill(os.getpid(), signal.SIGTERM)
+print("still here", flush=True)
+"""
+
+
+def test_a_signal_once_the_work_is_done_ends_nothing() -> None:
+    done = subprocess.run([sys.executable, "-c", _HANDED_OVER], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "container\nstill here\n"), done.stderr
+
+
+def test_a_signal_before_it_is_done_stops_it() -> None:
+    async def interrupted() -> str:
+        os.kill(os.getpid(), signal.SIGTERM)
+        import trio
+
+        await trio.sleep_forever()
+        return "never"
+
+    with pytest.raises(Stopped):
+        run_handed_over(interrupted)
