@@ -15,8 +15,9 @@ in the Appc store under that id.
 - ``AppcStoreSource`` finds the image in the store only: by id, or by name
   and labels with the spec's defaults.
 - ``AppcDiscoverySource`` fetches it by simple discovery (an http(s) URL
-  prefix or a directory) and adds it to the store; an image whose id or
-  name is not the one asked for is refused. Its ``resolve`` reads the whole
+  prefix or a directory) and adds it to the store; an image whose id,
+  name or labels (with the store's defaults for os and arch) are not those
+  asked for is refused. Its ``resolve`` reads the whole
   ACI: simple discovery has no metadata apart from the image. Over HTTP, a
   fetch that fails temporarily (connection, 429, 5xx, a body that broke
   off or crawled) is tried again from its start, through providers.retry,
@@ -42,7 +43,7 @@ import urllib3
 
 from providers.aci import AciInfo
 from providers.appc_manifest import AciManifest, check_image_id
-from providers.appc_store import CHUNK, AppcStore, discovery_location, shown
+from providers.appc_store import CHUNK, AppcStore, discovery_location, label_mismatch, shown
 from providers.digest import Digest
 from providers.errors import BadImage, DigestMismatch, NotFound, TemporaryFailure
 from providers.http_body import body_chunks
@@ -173,13 +174,16 @@ class AppcDiscoverySource:
             if info.manifest.name != ref.name:
                 named = info.manifest.name
                 raise BadImage(f"appc image {shown(location)} is named {named!r}, not {ref.name!r}")
-            have = dict(info.manifest.labels)
-            for key, value in ref.labels:  # those asked for (the location's defaults are not)
-                if have.get(key) != value:
-                    raise BadImage(
-                        f"appc image {shown(location)} has the label {key}={have.get(key)!r},"
-                        f" not {value!r}"
-                    )
+            # With the defaults the store looks it up by for os and arch, not only the labels
+            # asked for: an image for another arch was kept, never found again, and fetched
+            # anew by every provision. Not version's: a publisher's "latest" is as a rule a
+            # link to an ACI labelled with its own version, which is what was asked for.
+            wrong = label_mismatch(info.manifest, dict(ref.labels), implied=("os", "arch"))
+            if wrong is not None:
+                key, got, value = wrong
+                raise BadImage(
+                    f"appc image {shown(location)} has the label {key}={got!r}, not {value!r}"
+                )
 
         if urlparse(location).scheme in ("http", "https"):
             # A fetch that broke is tried again whole: the store keeps no partial ACI.

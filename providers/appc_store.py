@@ -44,7 +44,7 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -81,17 +81,30 @@ def with_defaults(labels: Mapping[str, str]) -> dict[str, str]:
     return {"os": "linux", "arch": host_arch(), "version": "latest", **labels}
 
 
-def matches(manifest: AciManifest, name: str, labels: Mapping[str, str]) -> bool:
-    if manifest.name != name:
-        return False
+def label_mismatch(
+    manifest: AciManifest, labels: Mapping[str, str], implied: Collection[str] = DEFAULTS_KEYS
+) -> tuple[str, str | None, str] | None:
+    """The first label by which ``manifest`` is not what ``labels`` (with the defaults
+    ``implied`` added) ask for: (key, the manifest's value or None, the value asked);
+    None if it is.
+
+    Lookup and discovery both judge by it, so that an image discovery keeps is one
+    a lookup finds again; discovery implies no version (``AppcDiscoverySource``).
+    """
     have = dict(manifest.labels)
     for key, value in with_defaults(labels).items():
+        if key not in labels and key not in implied:
+            continue
         got = have.get(key)
         if got is None and key in DEFAULTS_KEYS and key not in labels:
             continue
         if got != value:
-            return False
-    return True
+            return key, got, value
+    return None
+
+
+def matches(manifest: AciManifest, name: str, labels: Mapping[str, str]) -> bool:
+    return manifest.name == name and label_mismatch(manifest, labels) is None
 
 
 class AppcStore:

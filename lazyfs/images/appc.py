@@ -143,7 +143,9 @@ class AppcProvider:
         layers = tuple(
             self._layer(image_id, own, upper) for image_id, own, upper in reversed(order)
         )
-        reference = "appc:" + wanted.describe()
+        # As the command line names it, the id too when it was asked for: the id
+        # alone is no image name, and name and labels alone may name another.
+        reference = "appc:" + wanted.reference()
         return ImageManifest(
             reference=reference,
             digest=Digest("sha512:" + top_id.removeprefix("sha512-")),

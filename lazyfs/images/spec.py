@@ -11,6 +11,7 @@ On the command line::
                                       made absolute
     REFERENCE                         no prefix: a Docker image
     appc:NAME[,LABEL=VALUE...]        an Appc image (appc:example.com/app,version=1.0)
+    appc:NAME[,LABEL=VALUE...]@ID     the same, pinned to the image id ID (sha512-HEX)
 
 From a file: the Image message in protobuf's JSON form, as Mesos writes it::
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import os
 
-from providers.appc_manifest import AC_IDENTIFIER_RE
+from providers.appc_manifest import AC_IDENTIFIER_RE, check_image_id
 from providers.errors import BadImage, InvalidReference
 from providers.image_pb2 import Image, Label
 from providers.reference import parse_reference
@@ -38,6 +39,7 @@ from providers.transports import parse_transport
 
 DOCKER_PREFIXES = ("docker://", "docker:")
 APPC_PREFIX = "appc:"
+APPC_ID_MARK = "@sha512-"
 
 # The Appc spec's AC Identifier: lowercase alphanumerics joined by single -._~/
 
@@ -158,7 +160,11 @@ def _utf8(text: str) -> bool:
 
 
 def _appc_image(text: str) -> Image:
-    name, *pairs = text.split(",")
+    # A final @sha512-HEX pins the image id, as providers.appc_source.AppcRef writes it
+    # (and ``lazyfs images`` lists an image provisioned by id).
+    rest, at, hex_id = text.rpartition(APPC_ID_MARK)
+    image_id = check_image_id(APPC_ID_MARK[1:] + hex_id, "appc image") if at else ""
+    name, *pairs = (rest if at else text).split(",")
     labels = []
     for pair in pairs:
         key, equals, value = pair.partition("=")
@@ -167,7 +173,7 @@ def _appc_image(text: str) -> Image:
         if not value:
             raise BadImage(f"appc label {key!r} has no value")
         labels.append(Label(key=key, value=value))
-    appc = Image.Appc(name=name)
+    appc = Image.Appc(name=name, id=image_id) if image_id else Image.Appc(name=name)
     if labels:
         appc.labels.labels.extend(labels)
     return Image(type=Image.APPC, appc=appc)

@@ -27,10 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lazyfs.images.spec import check_image, parse_image
+from lazyfs.images.spec import APPC_PREFIX, DOCKER_PREFIXES, check_image, parse_image
 from providers import untrusted_json
 from providers.errors import BadImage, UsageError
 from providers.image_pb2 import Image, Volume
+from providers.transports import LOCAL_TRANSPORTS
 
 RO = "ro"
 RW = "rw"
@@ -41,6 +42,12 @@ _MODES = {Volume.RO: RO, Volume.RW: RW}
 _MODE_LIKE = frozenset(
     {"z", "readonly", "read-only", "readwrite", "nocopy", "shared", "slave", "private"}
     | {"rshared", "rslave", "rprivate", "rbind", "bind", "cached", "delegated", "consistent"}
+)
+
+# The image types' prefixes, without their colon: in a --volume, what follows
+# ``appc:`` alone (or ``oci:``...) is the image, never a mode.
+_PREFIXES = frozenset(
+    {prefix.partition(":")[0] for prefix in (APPC_PREFIX, *DOCKER_PREFIXES)} | set(LOCAL_TRANSPORTS)
 )
 
 # What lazyfs reads of a ContainerInfo; other fields of Mesos' message are refused
@@ -94,6 +101,7 @@ def parse_volume(text: str) -> VolumeSpec:
 
     IMAGE is what ``parse_image`` takes, colons and all; a final ``:ro`` or
     ``:rw`` is the mode (write ``IMAGE:TAG:ro`` for an image tagged ``ro``).
+    Another final word that can only be a mode is refused (``_meant_as_mode``).
     """
     where = f"--volume {text!r}"
     path, colon, rest = text.partition(":")
@@ -104,7 +112,7 @@ def parse_volume(text: str) -> VolumeSpec:
     head, colon, last = rest.rpartition(":")
     if colon and last.lower() in (RO, RW):
         rest, mode = head, last.lower()
-    elif colon and ("," in last or "=" in last or last.lower() in _MODE_LIKE):
+    elif colon and _meant_as_mode(head, last):
         raise UsageError(f"{where}: unknown mode {last!r}: use ro or rw")
     if not rest:
         raise UsageError(f"{where}: no image: want CONTAINER_PATH:IMAGE[:ro|rw]")
@@ -119,6 +127,27 @@ def parse_volume(text: str) -> VolumeSpec:
     except BadImage as error:
         raise UsageError(f"{where}: {error}") from None
     return VolumeSpec(path, image, mode)
+
+
+def _meant_as_mode(head: str, last: str) -> bool:
+    """Whether ``last``, the word after a --volume's final colon (not ro or rw), is
+    surely meant as its mode, and so refused rather than read as part of the image.
+
+    Not when ``head`` is an image type's prefix: ``appc:NAME,LABEL=VALUE`` and
+    ``oci:/a,b=c`` are the image whole, commas and all.  A Docker or podman
+    option word is a mode.  So is any word after an appc image: its name holds
+    no colon (a label value that does is written with the mode after it,
+    ``appc:NAME,key=a:b:ro``).  Else a word with "," or "=" is (``ro,z``,
+    ``mode=ro``): no Docker tag or digest, OCI ref name or docker-archive
+    NAME:TAG holds either; any other word is a tag or REF.
+    """
+    if head in _PREFIXES:
+        return False
+    if last.lower() in _MODE_LIKE:
+        return True
+    if head.startswith(APPC_PREFIX):
+        return True
+    return "," in last or "=" in last
 
 
 def volume_from_message(volume: Volume, where: str) -> VolumeSpec:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from lazyfs.cli import build_parser
 from lazyfs.cli_parser import parse_command_line
 from lazyfs.cli_volumes import container_view, volume_mounts
+from lazyfs.images.spec import parse_image
 from lazyfs.provision.records import ProvisionInfo, VolumeInfo
 from lazyfs.provision.volumes import (
     check_container_path,
@@ -53,6 +54,53 @@ def test_parse_volume_takes_every_image_form() -> None:
     assert volume.image.docker.name == "oci:/some/layout:tag"
 
 
+DIGEST = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("text", "image", "mode"),
+    [
+        # An appc image's labels hold "," and "=": no mode, not a mistyped one.
+        ("/v:appc:example.com/hello,version=1.0", "appc:example.com/hello,version=1.0", "ro"),
+        ("/v:appc:example.com/hello,version=1.0:rw", "appc:example.com/hello,version=1.0", "rw"),
+        (
+            "/v:appc:example.com/a,version=1.0,os=linux:RO",
+            "appc:example.com/a,version=1.0,os=linux",
+            "ro",
+        ),
+        ("/v:appc:example.com/hello", "appc:example.com/hello", "ro"),
+        ("/v:appc:example.com/hello:rw", "appc:example.com/hello", "rw"),
+        # After the prefix alone comes the image, whatever it is called.
+        ("/v:appc:shared", "appc:shared", "ro"),
+        ("/v:docker:bind", "docker:bind", "ro"),
+        # A label value with a colon: written with the mode after it.
+        ("/v:appc:example.com/hello,key=a:b:ro", "appc:example.com/hello,key=a:b", "ro"),
+        ("/v:docker:busybox", "docker:busybox", "ro"),
+        ("/v:docker:busybox:1.36:rw", "docker:busybox:1.36", "rw"),
+        ("/v:docker://registry:5000/app:v1", "docker://registry:5000/app:v1", "ro"),
+        (f"/v:docker:busybox@{DIGEST}", f"docker:busybox@{DIGEST}", "ro"),
+        (f"/v:busybox:1.36@{DIGEST}:rw", f"busybox:1.36@{DIGEST}", "rw"),
+        ("/v:oci:/some/layout", "oci:/some/layout", "ro"),
+        ("/v:oci:/some/layout:tag", "oci:/some/layout:tag", "ro"),
+        ("/v:oci:/some/layout:tag:rw", "oci:/some/layout:tag", "rw"),
+        # A path may hold "," and "=".
+        ("/v:oci:/some/a,b=c", "oci:/some/a,b=c", "ro"),
+        ("/v:oci-archive:/some/x=1.tar:1.0:rw", "oci-archive:/some/x=1.tar:1.0", "rw"),
+        (
+            "/v:docker-archive:/some/x.tar:busybox:1.36",
+            "docker-archive:/some/x.tar:busybox:1.36",
+            "ro",
+        ),
+        ("/v:docker-archive:/some/x.tar:busybox:rw", "docker-archive:/some/x.tar:busybox", "rw"),
+    ],
+)
+def test_every_image_form_is_a_volume_with_and_without_a_mode(
+    text: str, image: str, mode: str
+) -> None:
+    volume = parse_volume(text)
+    assert (volume.container_path, volume.image, volume.mode) == ("/v", parse_image(image), mode)
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
@@ -70,6 +118,15 @@ def test_parse_volume_takes_every_image_form() -> None:
         ("/data:busybox:readonly", "unknown mode 'readonly'"),
         ("/data:busybox:Z", "unknown mode 'Z'"),
         ("/data:busybox:mode=ro", "unknown mode 'mode=ro'"),
+        # After an appc image (its name holds no colon), any other word is a mode.
+        ("/v:appc:example.com/hello,version=1.0:r0", "unknown mode 'r0': use ro or rw"),
+        ("/v:appc:example.com/hello,version=1.0:read-only", "unknown mode 'read-only'"),
+        ("/v:appc:example.com/hello,version=1.0:rw,z", "unknown mode 'rw,z': use ro or rw"),
+        ("/v:appc:example.com/hello:mode=rw", "unknown mode 'mode=rw'"),
+        ("/v:oci:/some/layout:ro,z", "unknown mode 'ro,z'"),
+        ("/v:docker://busybox:mode=ro", "unknown mode 'mode=ro'"),
+        ("/v:docker-archive:/x.tar:busybox:1.36:rw,z", "unknown mode 'rw,z'"),
+        ("/v:oci:/some/layout:tag:readonly", "unknown mode 'readonly'"),
         ("/data:Busybox", "--volume '/data:Busybox': "),
         ("/data:appc:Bad", "invalid appc image name"),
         # docker's HOST:CONTAINER order: said so, not an invalid image reference.
