@@ -30,7 +30,14 @@ from lazyfs.cli_daemon import cache_dir, daemon_spec, image_gc_chore, run_daemon
 from lazyfs.cli_flags import cwd_gone, image_providers, parse_size, path_flag, source, work_dir
 from lazyfs.cli_registry import docker_registry, parsed_url, unauthorized_hint
 from lazyfs.cli_registry import registry_options as registry_options  # tests build options here
-from lazyfs.cli_run import READER_GONE, failure_line, run_handed_over, run_trio, stdout_reader_gone
+from lazyfs.cli_run import (
+    READER_GONE,
+    failure_line,
+    run_handed_over,
+    run_trio,
+    stdout_reader_gone,
+    stoppable,
+)
 from providers.errors import LazyfsError, NotFound, Unauthorized, UsageError
 from providers.layer_limits import LayerLimits
 from providers.private_dir import private_dir
@@ -194,7 +201,8 @@ def _provision(app: App, args: argparse.Namespace) -> int:
     if args.publish_indexes:  # traces earlier starts of the image recorded here
         from lazyfs.cli_index import publish_run_traces
 
-        publish_run_traces(args, app.docker, info.image)
+        with stoppable(f"{info.image.reference}: publishing its prefetch traces"):
+            publish_run_traces(args, app.docker, info.image)
     return 0
 
 

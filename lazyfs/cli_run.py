@@ -15,6 +15,7 @@ with its exit status: 1 for errors, 130 for Ctrl-C, 128+N for signal N.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from typing import TypeVar
 from providers.errors import LazyfsError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Stopped(Exception):
@@ -77,10 +79,11 @@ def run_handed_over(work: Callable[[], Awaitable[T]]) -> T:
 
     An interruption after that (Ctrl-C or a ``_stopping`` signal, in trio's
     close or after it) ends nothing: the result is returned, and those
-    signals do nothing for the rest of the process (``ignore_stops``), so the
-    command exits 0 over what it made, not 130 as if it had made nothing.
-    One that comes before is raised, as ``run_trio`` raises it: the work has
-    undone what it made.
+    signals are ignored for the rest of the process (``ignore_stops``; work
+    after it that may be stopped runs in ``stoppable``), so the command exits
+    0 over what it made, not 130 as if it had made nothing. One that comes
+    before is raised, as ``run_trio`` raises it: the work has undone what it
+    made, and the signals' handlers are as they were.
     """
     done: list[T] = []
 
@@ -90,18 +93,30 @@ def run_handed_over(work: Callable[[], Awaitable[T]]) -> T:
         return result
 
     # What trio's watch puts back as it closes, and gives the signals it heard but did
-    # not act on (those after the work was done): nothing, not the default's end.
-    for sig in _stopping():
+    # not act on (those after the work was done): nothing, not the default's end. (One
+    # in the moment before the watch begins is lost: the work goes on.)
+    before = {sig: signal.getsignal(sig) for sig in _stopping()}
+    for sig in before:
         signal.signal(sig, _nothing)
     try:
         result = run_trio(handing_over)
-        ignore_stops()
-    except (KeyboardInterrupt, Stopped):
-        if not done:
+    except BaseException as stop:
+        if not done or not _only_stops(stop):
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
             raise
-        ignore_stops()
         result = done[0]
+    ignore_stops()
     return result
+
+
+def _only_stops(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_stops(inner) for inner in exc.exceptions)
+    return isinstance(exc, (KeyboardInterrupt, Stopped))
+
+
+_ignored: list[signal.Signals] = []  # what ``ignore_stops`` ignores
 
 
 def ignore_stops() -> None:
@@ -112,8 +127,37 @@ def ignore_stops() -> None:
     still end the process by it. A process started afterwards would inherit
     the ignoring: start none. Call from the main thread.
     """
-    for sig in (signal.SIGINT, *_stopping()):
+    interrupt = [signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else []
+    _ignored.extend(sig for sig in (*interrupt, *_stopping()) if sig not in _ignored)
+    for sig in _ignored:
         signal.signal(sig, signal.SIG_IGN)
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def stoppable(what: str) -> Iterator[None]:
+    """After ``ignore_stops``: within, the signals it ignores end this block, with a
+    warning naming ``what``, not the command, which goes on ignoring them. For a favour
+    after the hand-over (publishing traces), which must not be left unstoppable."""
+    active = True
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        if active:
+            raise _Stop(signal.Signals(signum).name)
+
+    for sig in _ignored:
+        signal.signal(sig, stop)
+    try:
+        yield
+    except _Stop as signalled:
+        log.warning("%s: stopped by %s", what, signalled)
+    finally:
+        active = False
+        for sig in _ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _nothing(_signum: int, _frame: FrameType | None) -> None:

@@ -86,7 +86,7 @@ class Layer:
         # eStargz is gzip. stargz-snapshotter's zstd:chunked layers carry its TOC digest
         # too, of a TOC in other framing (zstd frames, a zstd footer) that lazyfs does
         # not read: such a layer is an ordinary zstd layer here, pulled whole.
-        if self.media_type in ZSTD_TYPES and self.annotation(TOC_DIGEST_ANNOTATION):
+        if self.media_type in ZSTD_TYPES and self.annotation(TOC_DIGEST_ANNOTATION) is not None:
             kept = tuple(a for a in self.annotations if a[0] != TOC_DIGEST_ANNOTATION)
             object.__setattr__(self, "annotations", kept)
 

@@ -206,8 +206,11 @@ class RegistryClient:
                 said = registry_documents.manifest_head(
                     self.http, base, ref.repository, ref.tag_or_digest, image, scope, passing
                 )
-            except TemporaryFailure:
-                raise  # not there: a GET would not be answered either
+            except TemporaryFailure as exc:
+                if exc.status is None:
+                    raise  # not there: a GET would not be answered either
+                log.info("%s: HEAD of its manifest failed: %s", image, exc)
+                said = None  # a status to HEAD alone (501 from a server that has none)
             except LazyfsError as exc:  # a registry that answers no HEAD: asked by GET
                 log.info("%s: HEAD of its manifest failed: %s", image, exc)
                 said = None

@@ -96,7 +96,8 @@ def manifest_head(
     else (an index, a schema 1 manifest, no digest said), which takes a GET.
 
     Docker Hub counts a GET of a manifest against a pull limit, not a HEAD. Raises as
-    ``RegistryHttp.get`` does: TemporaryFailure when the registry cannot be reached.
+    ``RegistryHttp.get`` does: TemporaryFailure when the registry cannot be reached (with
+    a ``status`` when it answered, which a GET may not: a server that has no HEAD).
     """
     url = f"{base}/v2/{repository}/manifests/{tag}"
     headers = {"Accept": ACCEPT}
@@ -105,9 +106,10 @@ def manifest_head(
     response.close()
     kind = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
     sent = response.headers.get("Docker-Content-Digest", "")
-    if kind not in (OCI_MANIFEST, DOCKER_MANIFEST) or not is_digest(sent):
+    # sha256, as ``resolve`` names manifests: a digest by another algorithm is no match.
+    if kind not in (OCI_MANIFEST, DOCKER_MANIFEST) or not sent.startswith("sha256:"):
         return None
-    return Digest(sent)
+    return Digest(sent) if is_digest(sent) else None
 
 
 def fetch_config(

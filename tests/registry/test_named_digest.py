@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from providers.errors import NotFound, TemporaryFailure
-from providers.manifest import OCI_INDEX
+from providers.manifest import OCI_INDEX, OCI_MANIFEST
 from providers.platforms import host_arch
 from providers.registry import RegistryClient, RegistryOptions
 from tests.support.registry_pulls import FAST
@@ -110,3 +110,55 @@ def test_an_index_of_indexes_is_followed_as_resolve_follows_it(plain_registry: R
     reference = f"{plain_registry.host}/multi:nested"
     resolved = _client(plain_registry.url).resolve(reference)
     assert _client(plain_registry.url).named_digest(reference) == resolved.digest
+
+
+_MANIFEST = json.dumps({
+    "schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+               "digest": "sha256:" + "0" * 64, "size": 2},
+}).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "head",
+    [(501, {}), (200, {"Docker-Content-Digest": "sha512:" + "ab" * 64})],
+    ids=["no-head", "sha512"],
+)
+def test_a_head_that_says_nothing_usable_is_asked_by_get(head: tuple[int, dict[str, str]]) -> None:
+    # A server with no HEAD (501 is what one answers), or one naming the manifest by
+    # another algorithm than resolve's sha256: the GET's bytes decide.
+    asked: list[str] = []
+    status, said = head
+
+    class Registry(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            asked.append("HEAD")
+            self.send_response(status)
+            for key, value in {"Content-Type": OCI_MANIFEST, **said}.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            asked.append("GET")
+            self.send_response(200)
+            self.send_header("Content-Type", OCI_MANIFEST)
+            self.send_header("Content-Length", str(len(_MANIFEST)))
+            self.end_headers()
+            self.wfile.write(_MANIFEST)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        named = _client(f"http://{host}").named_digest(f"{host}/app:1")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert named == "sha256:" + hashlib.sha256(_MANIFEST).hexdigest()
+    assert asked == ["HEAD", "GET"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.cli_run import Stopped, run_handed_over
+from providers.errors import LazyfsError
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -37,7 +38,7 @@ def _handlers_restored() -> Iterator[None]:
 # In a process of its own: the signals' old ending is the process's.
 _HANDED_OVER = """
 import os, signal
-from lazyfs.cli_run import run_handed_over
+from lazyfs.cli_run import run_handed_over, stoppable
 
 async def provisioned():
     # Lands as the work returns: trio's watch hears it after, in its close.
@@ -45,6 +46,10 @@ async def provisioned():
     return "container"
 
 print(run_handed_over(provisioned), flush=True)
+# A favour after it may be stopped, and only it: the command goes on.
+with stoppable("publishing"):
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("never", flush=True)
 # And for the rest of the process: a Ctrl-C on the way to exit does nothing.
 os.kill(os.getpid(), signal.SIGINT)
 os.kill(os.getpid(), signal.SIGTERM)
@@ -56,6 +61,7 @@ def test_a_signal_once_the_work_is_done_ends_nothing() -> None:
     done = subprocess.run([sys.executable, "-c", _HANDED_OVER], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "container\nstill here\n"), done.stderr
+    assert done.stderr.strip().endswith("publishing: stopped by SIGTERM"), done.stderr
 
 
 def test_a_signal_before_it_is_done_stops_it() -> None:
@@ -68,3 +74,14 @@ def test_a_signal_before_it_is_done_stops_it() -> None:
 
     with pytest.raises(Stopped):
         run_handed_over(interrupted)
+
+
+def test_a_failure_before_it_is_done_leaves_the_handlers_as_they_were() -> None:
+    before = {sig: signal.getsignal(sig) for sig in WATCHED}
+
+    async def failing() -> str:
+        raise LazyfsError("no room")
+
+    with pytest.raises(LazyfsError):
+        run_handed_over(failing)
+    assert {sig: signal.getsignal(sig) for sig in WATCHED} == before

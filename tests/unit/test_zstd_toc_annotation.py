@@ -32,3 +32,8 @@ def test_a_zstd_layer_drops_the_toc_digest_and_keeps_the_rest(media_type: str) -
 @pytest.mark.parametrize("media_type", [OCI_LAYER_GZIP, DOCKER_LAYER_GZIP])
 def test_a_gzip_layer_keeps_it(media_type: str) -> None:
     assert Layer(DIGEST, media_type, 10, annotations=NOTES).annotations == NOTES
+
+
+def test_an_empty_one_is_dropped_too() -> None:
+    layer = Layer(DIGEST, OCI_LAYER_ZSTD, 10, annotations=((TOC_DIGEST_ANNOTATION, ""),))
+    assert layer.annotations == ()
