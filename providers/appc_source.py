@@ -12,7 +12,8 @@ image's digest is its id (``sha512:HEX``), its one layer is the ACI itself
 the manifest's ``app``. The ACI's manifest, dependencies included, is then
 in the Appc store under that id.
 
-- ``AppcStoreSource`` finds the image in the store only: by id, or by name
+- ``AppcStoreSource`` finds the image in the store only: by id (refused
+  when its name, or a label asked for, is not the one written), or by name
   and labels with the spec's defaults.
 - ``AppcDiscoverySource`` fetches it by simple discovery (an http(s) URL
   prefix or a directory) and adds it to the store; an image whose id,
@@ -145,7 +146,23 @@ class AppcStoreSource:
         manifest = self.store.manifest(found) if found else None
         if not found or manifest is None:
             raise NotFound(f"appc image {ref.describe()} is not in the store")
+        if ref.image_id:
+            check_named(manifest, ref, ref.image_id)
         return aci_image(self.store, reference, found, manifest)
+
+
+def check_named(manifest: AciManifest, ref: AppcRef, where: str) -> None:
+    """Refuse (BadImage) an image found by id whose name, or a label ``ref`` asks
+    for, is not the one written: it would be recorded and listed under them.
+
+    Only the labels asked for: an id names one image, whatever the defaults.
+    """
+    if manifest.name != ref.name:
+        raise BadImage(f"appc image {where} is named {manifest.name!r}, not {ref.name!r}")
+    wrong = label_mismatch(manifest, dict(ref.labels), implied=())
+    if wrong is not None:
+        key, got, value = wrong
+        raise BadImage(f"appc image {where} has the label {key}={got!r}, not {value!r}")
 
 
 class AppcDiscoverySource:

@@ -261,7 +261,8 @@ def remove(
     """Remove the images ``names`` name (every platform of each) and their unused layers.
 
     A name is a reference as the command line gives it, or an image's
-    manifest digest (``sha256:`` and at least 12 hex digits).  NotFound for
+    manifest digest (``sha256:``, or an appc image's ``sha512:``, and at
+    least 12 hex digits): what ``images -q`` prints.  NotFound for
     a name no stored image has, Conflict for a digest prefix that names
     more than one image or for an image a container or a mount uses: then
     nothing is removed.
@@ -307,7 +308,10 @@ def named(images: Sequence[StoredImage], name: str) -> list[StoredImage]:
 
 
 def _is_digest_prefix(name: str) -> bool:
-    return name.startswith("sha256:") and len(name) >= len("sha256:") + 12
+    # Both algorithms a stored image's digest has: an appc image's is its id
+    # (``sha512:``), and ``images -q`` prints it for ``rm`` to take back.
+    algorithm, colon, hex_digits = name.partition(":")
+    return bool(colon) and algorithm in ("sha256", "sha512") and len(hex_digits) >= 12
 
 
 def _matches(image: StoredImage, name: str) -> bool:

@@ -11,8 +11,14 @@ The fields and defaults are Mesos': a GC pass removes images until at least
 cache daemon, once it runs GC, looks every ``image_disk_watch_interval``
 (5 minutes); ``excluded_images`` are never removed.  An excluded image is an
 ``Image`` message in protobuf's JSON form, as Mesos takes it, or, shorter,
-a string as the command line names an image (``"busybox:1.36"``).  Anything
-else is one line naming the flag and the field.  Pure, but for reading a file.
+a string as the command line names an image (``"busybox:1.36"``).  An Appc
+image (``{"type": "APPC", "appc": {"name": "example.com/app"}}``, or
+``"appc:example.com/app"``) excludes the stored appc images the store's
+lookup would take for it: the same name, each label it gives (``os``,
+``arch`` and ``version`` with the spec's defaults when it gives none) the
+one the stored image was asked by, and its id, if it gives one, the stored
+image's.  Anything else is one line naming the flag and the field.  Pure,
+but for reading a file.
 """
 
 from __future__ import annotations
@@ -26,14 +32,19 @@ from typing import Any
 from google.protobuf import json_format
 
 from providers import untrusted_json
+from providers.appc_manifest import AciManifest
+from providers.appc_source import AppcRef, parse_appc_ref
+from providers.appc_store import label_mismatch, with_defaults
 from providers.errors import BadImage, UsageError
 from providers.image_pb2 import Image
+from providers.manifest import RuntimeConfig
 from providers.reference import parse_reference
 from providers.transports import parse_transport
 
 DEFAULT_HEADROOM = 0.1
 DEFAULT_INTERVAL_NS = 300 * 1_000_000_000
 _FIELDS = ("image_disk_headroom", "image_disk_watch_interval", "excluded_images")
+APPC_PREFIX = "appc:"
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,40 @@ class GcConfig:
     interval_ns: int = DEFAULT_INTERVAL_NS
     # Each excluded image as the store may record it (``reference_forms``).
     excluded: tuple[frozenset[str], ...] = ()
+    # Each excluded Appc image: what it asks for (``appc_excludes``).
+    excluded_appc: tuple[AppcRef, ...] = ()
 
     def excludes(self, reference: str) -> bool:
-        return any(reference in forms for forms in self.excluded)
+        if any(reference in forms for forms in self.excluded):
+            return True
+        return any(appc_excludes(wanted, reference) for wanted in self.excluded_appc)
+
+
+def appc_excludes(wanted: AppcRef, reference: str) -> bool:
+    """Whether the excluded Appc image ``wanted`` names the image stored as ``reference``.
+
+    The store records an appc image as the command line asked for it
+    (``appc:NAME[,LABEL=VALUE...][@sha512-HEX]``, ``lazyfs.images.appc``),
+    and the image it holds has those labels, or none where a default was
+    taken. So it is the one ``wanted`` names when the store's lookup, asked
+    for ``wanted``, would take an image labelled as it was asked: an Image
+    message names ``example.com/app`` without labels, and the store records
+    ``appc:example.com/app``, or ``...,os=linux``, for the same image.
+    """
+    if not reference.startswith(APPC_PREFIX):
+        return False
+    try:
+        stored = parse_appc_ref(reference[len(APPC_PREFIX) :])
+    except BadImage:
+        return False  # no appc reference this lazyfs writes
+    if stored.name != wanted.name:
+        return False
+    if wanted.image_id and stored.image_id != wanted.image_id:
+        return False
+    # The image as it was asked for: each default the request left out taken.
+    labels = tuple(with_defaults(dict(stored.labels)).items())
+    asked = AciManifest(stored.name, labels, RuntimeConfig(), (), ())
+    return label_mismatch(asked, dict(wanted.labels)) is None
 
 
 def parse_gc_config(text: str, where: str = "--image_gc_config") -> GcConfig:
@@ -70,10 +112,12 @@ def parse_gc_config(text: str, where: str = "--image_gc_config") -> GcConfig:
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise UsageError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(_FIELDS)})")
+    excluded = [_excluded(item, where) for item in _list(data.get("excluded_images", []), where)]
     return GcConfig(
         _headroom(data.get("image_disk_headroom", DEFAULT_HEADROOM), where),
         _interval(data.get("image_disk_watch_interval"), where),
-        tuple(_excluded(item, where) for item in _list(data.get("excluded_images", []), where)),
+        tuple(item for item in excluded if isinstance(item, frozenset)),
+        tuple(item for item in excluded if isinstance(item, AppcRef)),
     )
 
 
@@ -110,8 +154,13 @@ def _list(value: Any, where: str) -> list[Any]:
     return value
 
 
-def _excluded(item: Any, where: str) -> frozenset[str]:
+def _excluded(item: Any, where: str) -> frozenset[str] | AppcRef:
     if isinstance(item, str):
+        if item.startswith(APPC_PREFIX):
+            try:
+                return parse_appc_ref(item[len(APPC_PREFIX) :])
+            except BadImage as error:
+                raise UsageError(f"{where}: excluded image {item!r}: {error}") from None
         name = item
     elif isinstance(item, dict):
         try:
@@ -121,7 +170,10 @@ def _excluded(item: Any, where: str) -> frozenset[str]:
         if image.type == Image.DOCKER and image.HasField("docker") and image.docker.name:
             name = image.docker.name
         elif image.type == Image.APPC and image.HasField("appc") and image.appc.name:
-            name = image.appc.name
+            # Matched as the store's lookup matches, not as a string: the store
+            # records ``appc:NAME...`` as it was asked for.
+            labels = tuple((label.key, label.value) for label in image.appc.labels.labels)
+            return AppcRef(image.appc.name, labels, image.appc.id)
         else:
             raise UsageError(f"{where}: excluded image {item!r}: names no image")
     else:

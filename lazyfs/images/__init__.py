@@ -4,5 +4,5 @@
 discovery) put verified blobs in the store; ``spec`` turns what a user names
 into the ``Image`` protobuf.
 
-Imports: lazyfs.store, lazyfs.index, lazyfs.progress, lazyfs.publish, providers.
+Imports: lazyfs.store, lazyfs.index, lazyfs.tree, lazyfs.progress, lazyfs.publish, providers.
 """

@@ -28,14 +28,16 @@ from typing import BinaryIO, cast
 
 import trio
 
+from lazyfs.index.stored import ensure_index
 from lazyfs.progress import Progress
 from lazyfs.store.disk import Store
+from lazyfs.tree.merge import merge
 from providers.aci import write_layer
 from providers.appc_manifest import AciManifest, check_image_id
 from providers.appc_source import AppcDiscoverySource, AppcRef, AppcStoreSource
 from providers.appc_store import AppcStore, shown
 from providers.digest import Digest, HashingWriter
-from providers.errors import BadImage, NotFound
+from providers.errors import BadEntry, BadImage, NotFound
 from providers.image_pb2 import Image
 from providers.manifest import OCI_LAYER_TAR, ImageManifest, Layer
 from providers.source import ImageSource
@@ -95,6 +97,7 @@ class AppcProvider:
         order: list[tuple[str, tuple[str, ...], Whitelist]] = []
         rendered: set[tuple[str, Whitelist]] = set()
         seen: set[str] = set()
+        names: dict[str, str] = {}  # image id: its manifest's name, for messages
         # Each stored manifest parsed once in this fetch, however many lookups.
         appc_store = self.appc_store.for_one_fetch()
         # One fetch per image however often the graph names it, even uncached.
@@ -114,6 +117,7 @@ class AppcProvider:
                 return
             rendered.add((image_id, upper))
             seen.add(image_id)
+            names[image_id] = manifest.name
             if len(seen) > MAX_IMAGES:
                 raise BadImage(f"appc image {wanted.describe()}: more than {MAX_IMAGES} images")
             if len(rendered) > MAX_LAYERS:
@@ -143,6 +147,12 @@ class AppcProvider:
         layers = tuple(
             self._layer(image_id, own, upper) for image_id, own, upper in reversed(order)
         )
+        names[top_id] = wanted.describe()  # as it was asked for
+        # A layer's digest: the image it was made from (the same bytes: either).
+        made_from: dict[Digest, str] = {}
+        for layer, (image_id, _, _) in zip(layers, reversed(order), strict=True):
+            made_from.setdefault(layer.digest, names[image_id])
+        self._check_tree(layers, made_from, wanted.describe())
         # As the command line names it, the id too when it was asked for: the id
         # alone is no image name, and name and labels alone may name another.
         reference = "appc:" + wanted.reference()
@@ -181,6 +191,33 @@ class AppcProvider:
         if manifest is None:
             raise NotFound(f"appc image {reference}: {image_id} is not in the store")
         return image_id, manifest
+
+    def _check_tree(
+        self, layers: tuple[Layer, ...], made_from: dict[Digest, str], top: str
+    ) -> None:
+        """Refuse the image now if its layers cannot be applied, naming the appc image.
+
+        A backend would refuse it later (an entry through a symlink above
+        root, say, maybe one a dependency made), naming a layer digest the
+        user never sees elsewhere, after the image was recorded and listed
+        as a usable one. The layers are indexed (stored: what the fuse
+        backend reads) and merged, as every backend judges them.
+        """
+        indexes = []
+        try:
+            for layer in layers:
+                blob = self.store.blob_path(layer.digest)
+                indexes.append(
+                    ensure_index(self.store.layers, self.store.tmp, layer.digest, blob,
+                                 limits=self.store.limits)
+                )  # fmt: skip
+            merge(indexes)
+        except BadEntry as error:
+            name = made_from.get(Digest(error.layer), top)
+            what = name if name == top else f"{name} (a dependency of {top})"
+            raise type(error)(f"of appc image {what}", error.entry, error.reason) from None
+        except BadImage as error:
+            raise BadImage(f"appc image {top}: {error}") from None
 
     def _layer(self, image_id: str, own: tuple[str, ...], upper: Whitelist) -> Layer:
         """The layer blob of ``image_id`` under its ``own`` and inherited ``upper``
