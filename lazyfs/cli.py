@@ -34,9 +34,9 @@ from lazyfs.cli_run import (
     READER_GONE,
     failure_line,
     run_handed_over,
+    run_stoppable,
     run_trio,
     stdout_reader_gone,
-    stoppable,
 )
 from providers.errors import LazyfsError, NotFound, Unauthorized, UsageError
 from providers.layer_limits import LayerLimits
@@ -201,8 +201,8 @@ def _provision(app: App, args: argparse.Namespace) -> int:
     if args.publish_indexes:  # traces earlier starts of the image recorded here
         from lazyfs.cli_index import publish_run_traces
 
-        with stoppable(f"{info.image.reference}: publishing its prefetch traces"):
-            publish_run_traces(args, app.docker, info.image)
+        run_stoppable(f"{info.image.reference}: publishing its prefetch traces",
+                      lambda: publish_run_traces(args, app.docker, info.image))  # fmt: skip
     return 0
 
 

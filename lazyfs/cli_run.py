@@ -79,34 +79,47 @@ def run_handed_over(work: Callable[[], Awaitable[T]]) -> T:
 
     An interruption after that (Ctrl-C or a ``_stopping`` signal, in trio's
     close or after it) ends nothing: the result is returned, and those
-    signals are ignored for the rest of the process (``ignore_stops``; work
-    after it that may be stopped runs in ``stoppable``), so the command exits
-    0 over what it made, not 130 as if it had made nothing. One that comes
-    before is raised, as ``run_trio`` raises it: the work has undone what it
-    made, and the signals' handlers are as they were.
+    signals are ignored for the rest of the process (``ignore_stops``; a
+    favour after it runs in ``run_stoppable``), so the command exits 0 over
+    what it made, not 130 as if it had made nothing. One that comes before
+    is raised, as ``run_trio`` raises it: the work has undone what it made,
+    and the signals' handlers are as they were. Once per process: async
+    work after it is not stopped by them.
     """
+    import trio  # noqa: F401  # loaded first: a signal while it loads stops the work
+
     done: list[T] = []
+    heard: list[int] = []
+    stops = _stopping()
+    interrupt = signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    ignored = [signal.SIGINT, *stops] if interrupt else stops
 
     async def handing_over() -> T:
+        if heard:  # before trio's watch began
+            raise Stopped(heard[0])
         result = await work()
         done.append(result)
+        if interrupt:  # trio puts its own Ctrl-C handler back only if it is still there
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         return result
 
-    # What trio's watch puts back as it closes, and gives the signals it heard but did
-    # not act on (those after the work was done): nothing, not the default's end. (One
-    # in the moment before the watch begins is lost: the work goes on.)
-    before = {sig: signal.getsignal(sig) for sig in _stopping()}
-    for sig in before:
-        signal.signal(sig, _nothing)
+    def note(signum: int, _frame: FrameType | None) -> None:
+        heard.append(signum)
+
+    # Heard before trio's watch begins: stops the work as it starts. Put back by the
+    # watch as it closes, with the signals it heard but did not act on (after the work
+    # was done): noted, not the default's end.
+    before = {sig: signal.signal(sig, note) for sig in stops}
     try:
         result = run_trio(handing_over)
+        ignore_stops(ignored)
     except BaseException as stop:
         if not done or not _only_stops(stop):
             for sig, handler in before.items():
                 signal.signal(sig, handler)
             raise
+        ignore_stops(ignored)
         result = done[0]
-    ignore_stops()
     return result
 
 
@@ -119,49 +132,47 @@ def _only_stops(exc: BaseException) -> bool:
 _ignored: list[signal.Signals] = []  # what ``ignore_stops`` ignores
 
 
-def ignore_stops() -> None:
-    """Ignore SIGINT and the ``_stopping`` signals for the rest of the process.
+def ignore_stops(signals: list[signal.Signals]) -> None:
+    """Ignore ``signals`` (SIGINT and the ``_stopping`` ones) for the rest of the process.
 
     SIG_IGN, not a handler that does nothing: the interpreter puts the
     default back for its handlers as it shuts down, and a signal then would
-    still end the process by it. A process started afterwards would inherit
-    the ignoring: start none. Call from the main thread.
+    still end the process by it. The helpers lazyfs starts get the default
+    back (``providers.reaping.SPAWN_DEFAULTS``). Call from the main thread.
     """
-    interrupt = [signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN else []
-    _ignored.extend(sig for sig in (*interrupt, *_stopping()) if sig not in _ignored)
+    _ignored.extend(sig for sig in signals if sig not in _ignored)
     for sig in _ignored:
         signal.signal(sig, signal.SIG_IGN)
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """A signal that ended a favour after the hand-over (``run_stoppable``); base, so
+    that no ``except Exception`` on the way takes it."""
 
 
-@contextlib.contextmanager
-def stoppable(what: str) -> Iterator[None]:
-    """After ``ignore_stops``: within, the signals it ignores end this block, with a
-    warning naming ``what``, not the command, which goes on ignoring them. For a favour
+def run_stoppable(what: str, call: Callable[[], None]) -> None:
+    """``call()``, after ``ignore_stops``, where the signals it ignores end the call, with
+    a warning naming ``what``, not the command, which goes on ignoring them. For a favour
     after the hand-over (publishing traces), which must not be left unstoppable."""
-    active = True
+    armed = True
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        if active:
+        nonlocal armed
+        if armed:  # once: a second Ctrl-C lands where the first is answered
+            armed = False
             raise _Stop(signal.Signals(signum).name)
 
-    for sig in _ignored:
-        signal.signal(sig, stop)
     try:
-        yield
+        try:
+            for sig in _ignored:
+                signal.signal(sig, stop)
+            call()
+        finally:
+            armed = False
     except _Stop as signalled:
         log.warning("%s: stopped by %s", what, signalled)
-    finally:
-        active = False
-        for sig in _ignored:
-            signal.signal(sig, signal.SIG_IGN)
-
-
-def _nothing(_signum: int, _frame: FrameType | None) -> None:
-    pass
+    for sig in _ignored:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class NotedSignals:

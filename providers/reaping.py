@@ -1,11 +1,20 @@
 """Other processes: children started and forgotten, reaped in a thread so none stays a
-zombie, and whether a process is there at all."""
+zombie, and whether a process is there at all; the signals a detached helper starts
+with their default ending."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
+
+# What a detached helper (cache daemon, mount server, mount process, adopter) starts
+# with at their default, whatever its starter ignores (``posix_spawn``'s ``setsigdef``):
+# an ignored signal is inherited across exec, and a command that has handed over its
+# container ignores these to its end (``lazyfs.cli_run.ignore_stops``).
+SPAWN_DEFAULTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                  signal.SIGUSR1, signal.SIGUSR2)  # fmt: skip
 
 
 def reap_later(pid: int) -> None:

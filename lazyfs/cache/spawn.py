@@ -44,7 +44,7 @@ from providers.append_log import open_log
 from providers.errors import BackendError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
-from providers.reaping import reap_later
+from providers.reaping import SPAWN_DEFAULTS, reap_later
 
 START_LOCK = "start.lock"
 LOG_NAME = "daemon.log"
@@ -282,6 +282,7 @@ def _spawn(spec: DaemonSpec) -> int:
                 (os.POSIX_SPAWN_DUP2, log_fd, 2),
             ],
             setsid=True,  # no signal of the starter's terminal or session reaches it
+            setsigdef=SPAWN_DEFAULTS,
         )
     finally:
         os.close(log_fd)

@@ -68,6 +68,7 @@ from providers.errors import BackendError, BadEntry, UsageError
 from providers.manifest import INDEX_BLOB_ANNOTATION, Layer
 from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import private_dir
+from providers.reaping import SPAWN_DEFAULTS
 
 if TYPE_CHECKING:
     from lazyfs.store.disk import Store
@@ -287,6 +288,7 @@ def _start(
             (os.POSIX_SPAWN_DUP2, ready_fd, ready_fd),
         ],
         setsid=True,  # detached: no signal of the caller's terminal reaches it
+        setsigdef=SPAWN_DEFAULTS,
     )
 
 

@@ -54,7 +54,7 @@ from providers.append_log import open_log
 from providers.errors import BackendError, UsageError
 from providers.fslock import exclusive_lock_until
 from providers.private_dir import private_dir
-from providers.reaping import reap_later
+from providers.reaping import SPAWN_DEFAULTS, reap_later
 
 ENV = "LAZYFS_MOUNT_SERVER"
 DIR_NAME = "mount-server"
@@ -336,6 +336,7 @@ def _spawn(directory: Path, *, lock_fd: int | None = None, first_idle: float | N
             os.environ,
             file_actions=actions,
             setsid=True,  # detached: no signal of the caller's terminal reaches it
+            setsigdef=SPAWN_DEFAULTS,
         )
     except OSError as error:
         raise Unreachable(f"cannot start the mount server: {error}") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 from providers.append_log import open_log
 from providers.fslock import take_lock
 from providers.manifest import ImageManifest
-from providers.reaping import reap_later
+from providers.reaping import SPAWN_DEFAULTS, reap_later
 
 LOG_NAME = "adopt.log"
 # The autogroup nice value of the process: the least CPU share there is.
@@ -97,6 +97,7 @@ def _spawn(argv: list[str], log_dir: Path, lock_fd: int) -> int:
                 (os.POSIX_SPAWN_DUP2, lock_fd, lock_fd),
             ],
             setsid=True,  # Ctrl-C at the terminal of `lazyfs run` does not end it
+            setsigdef=SPAWN_DEFAULTS,
         )
     finally:
         os.close(log_fd)

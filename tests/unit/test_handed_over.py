@@ -38,7 +38,7 @@ def _handlers_restored() -> Iterator[None]:
 # In a process of its own: the signals' old ending is the process's.
 _HANDED_OVER = """
 import os, signal
-from lazyfs.cli_run import run_handed_over, stoppable
+from lazyfs.cli_run import run_handed_over, run_stoppable
 
 async def provisioned():
     # Lands as the work returns: trio's watch hears it after, in its close.
@@ -47,9 +47,12 @@ async def provisioned():
 
 print(run_handed_over(provisioned), flush=True)
 # A favour after it may be stopped, and only it: the command goes on.
-with stoppable("publishing"):
+def publishing():
     os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)  # a second, as the first is answered: nothing
     print("never", flush=True)
+
+run_stoppable("publishing", publishing)
 # And for the rest of the process: a Ctrl-C on the way to exit does nothing.
 os.kill(os.getpid(), signal.SIGINT)
 os.kill(os.getpid(), signal.SIGTERM)
@@ -85,3 +88,33 @@ def test_a_failure_before_it_is_done_leaves_the_handlers_as_they_were() -> None:
     with pytest.raises(LazyfsError):
         run_handed_over(failing)
     assert {sig: signal.getsignal(sig) for sig in WATCHED} == before
+
+
+_BEFORE_THE_WATCH = """
+import os, signal
+import lazyfs.cli_run as cli_run
+
+real = cli_run.run_trio
+
+def run_trio(work, **kw):
+    os.kill(os.getpid(), signal.SIGTERM)  # heard before trio's watch begins
+    return real(work, **kw)
+
+cli_run.run_trio = run_trio
+made = []
+
+async def provisioned():
+    made.append("container")
+    return "container"
+
+try:
+    cli_run.run_handed_over(provisioned)
+except cli_run.Stopped as stopped:
+    print("stopped", stopped, made, flush=True)
+"""
+
+
+def test_a_signal_before_trio_watches_stops_the_work_before_it_starts() -> None:
+    done = subprocess.run([sys.executable, "-c", _BEFORE_THE_WATCH], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "stopped SIGTERM []\n"), done.stderr
