@@ -146,8 +146,6 @@ class AppcStoreSource:
         manifest = self.store.manifest(found) if found else None
         if not found or manifest is None:
             raise NotFound(f"appc image {ref.describe()} is not in the store")
-        if ref.image_id:
-            check_named(manifest, ref, ref.image_id)
         return aci_image(self.store, reference, found, manifest)
 
 
@@ -156,6 +154,8 @@ def check_named(manifest: AciManifest, ref: AppcRef, where: str) -> None:
     for, is not the one written: it would be recorded and listed under them.
 
     Only the labels asked for: an id names one image, whatever the defaults.
+    For the image asked for only (``lazyfs.images.appc``): a dependency pinned
+    by id is taken by its id, as Mesos takes it, and recorded nowhere.
     """
     if manifest.name != ref.name:
         raise BadImage(f"appc image {where} is named {manifest.name!r}, not {ref.name!r}")

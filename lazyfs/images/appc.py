@@ -34,7 +34,7 @@ from lazyfs.store.disk import Store
 from lazyfs.tree.merge import merge
 from providers.aci import write_layer
 from providers.appc_manifest import AciManifest, check_image_id
-from providers.appc_source import AppcDiscoverySource, AppcRef, AppcStoreSource
+from providers.appc_source import AppcDiscoverySource, AppcRef, AppcStoreSource, check_named
 from providers.appc_store import AppcStore, shown
 from providers.digest import Digest, HashingWriter
 from providers.errors import BadEntry, BadImage, NotFound
@@ -109,6 +109,8 @@ class AppcProvider:
             return resolved[want]
 
         top_id, top = resolve(wanted)
+        if wanted.image_id:  # recorded and listed under the name and labels written
+            check_named(top, wanted, wanted.image_id)
 
         def visit(image_id: str, manifest: AciManifest, upper: Whitelist) -> None:
             # Met again under the same whitelist: rendered higher up already (or
@@ -152,10 +154,13 @@ class AppcProvider:
         made_from: dict[Digest, str] = {}
         for layer, (image_id, _, _) in zip(layers, reversed(order), strict=True):
             made_from.setdefault(layer.digest, names[image_id])
-        self._check_tree(layers, made_from, wanted.describe())
         # As the command line names it, the id too when it was asked for: the id
         # alone is no image name, and name and labels alone may name another.
         reference = "appc:" + wanted.reference()
+        prior = self.store.get_image(reference)
+        if prior is None or [x.digest for x in prior.layers] != [x.digest for x in layers]:
+            # Not for every start: these layers were checked when it was recorded.
+            self._check_tree(layers, made_from, wanted.describe())
         return ImageManifest(
             reference=reference,
             digest=Digest("sha512:" + top_id.removeprefix("sha512-")),

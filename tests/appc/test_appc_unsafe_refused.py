@@ -51,3 +51,23 @@ def test_an_unsafe_entry_over_a_dependency_names_the_image_that_has_it(
     line = one_line_error(appc_lazyfs("provision", "c", "appc:example.com/top", check=False))
     assert "of appc image example.com/top: entry 'evil/pwned' goes through" in line
     assert _references(appc_lazyfs) == []
+
+
+def test_a_stored_image_is_not_checked_again_at_each_start(
+    appc_lazyfs: AppcLazyfs, aci_dir: Path
+) -> None:
+    # The check indexes and merges every layer: for a large ACI, seconds at each start
+    # of a backend that reads no index. Done once, when the image is recorded.
+    put_aci(aci_dir, "example.com/ok", aci_bytes(manifest_doc("example.com/ok", version="1.0"),
+                                                  {"etc/hello": b"hi\n"}), "1.0")  # fmt: skip
+    image = "appc:example.com/ok,version=1.0"
+    appc_lazyfs("provision", "a", image, "--backend", "copy")
+    layers = appc_lazyfs.work_dir / "store" / "docker" / "layers"
+    indexes = sorted(layers.rglob("index*"))
+    assert indexes, "the first start indexed its layers"
+    for index in indexes:
+        index.unlink()
+    appc_lazyfs("provision", "b", image, "--backend", "copy")
+    assert sorted(layers.rglob("index*")) == []
+    for container in ("a", "b"):
+        appc_lazyfs("destroy", container)
