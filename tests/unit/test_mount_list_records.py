@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lazyfs.provision.devmount import record_dir
 from lazyfs.provision.devmount_list import mounts
-
-
-def record(work_dir: Path, mountpoint: Path, *, writable: bool = False) -> Path:
-    """A record as ``devmount`` leaves it, for a mount that is not (or no longer) mounted."""
-    home = record_dir(work_dir, mountpoint)
-    home.mkdir(parents=True)
-    image = {"reference": "docker.io/library/busybox:latest", "digest": "sha256:ab",
-             "platform": "linux/amd64", "layers": []}  # fmt: skip
-    (home / "image.json").write_text(json.dumps(image))
-    (home / "mountpoint").write_text(f"{mountpoint}\n")
-    (home / "pid").write_text("4242")
-    if writable:
-        (home / "upper").mkdir()
-    return home
+from tests.support.mount_records import mount_record as record
 
 
 def test_records_are_listed_by_mount_point_gone_and_unreadable_ones_too(tmp_path: Path) -> None:
