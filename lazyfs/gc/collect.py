@@ -144,7 +144,9 @@ class _Pass:
 
     def protects(self, image: StoredImage, config: GcConfig | None) -> bool:
         users = self.uses.image_users(*image.key, _digests(image.manifest))
-        return bool(users) or (config is not None and config.excludes(image.manifest.reference))
+        return bool(users) or (
+            config is not None and config.excludes(image.manifest.reference, image.manifest.digest)
+        )
 
     def orphans(self, kept: set[Digest]) -> list[Digest]:
         """Layers present that no image record names and nothing keeps, oldest first."""

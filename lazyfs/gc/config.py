@@ -32,7 +32,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from providers import untrusted_json
-from providers.appc_manifest import AciManifest
+from providers.appc_manifest import AciManifest, check_image_id
 from providers.appc_source import AppcRef, parse_appc_ref
 from providers.appc_store import label_mismatch, with_defaults
 from providers.errors import BadImage, UsageError
@@ -56,13 +56,15 @@ class GcConfig:
     # Each excluded Appc image: what it asks for (``appc_excludes``).
     excluded_appc: tuple[AppcRef, ...] = ()
 
-    def excludes(self, reference: str) -> bool:
+    def excludes(self, reference: str, digest: str = "") -> bool:
+        """Whether the image stored as ``reference`` (its manifest's ``digest``; an appc
+        image's is its id) is excluded."""
         if any(reference in forms for forms in self.excluded):
             return True
-        return any(appc_excludes(wanted, reference) for wanted in self.excluded_appc)
+        return any(appc_excludes(wanted, reference, digest) for wanted in self.excluded_appc)
 
 
-def appc_excludes(wanted: AppcRef, reference: str) -> bool:
+def appc_excludes(wanted: AppcRef, reference: str, digest: str = "") -> bool:
     """Whether the excluded Appc image ``wanted`` names the image stored as ``reference``.
 
     The store records an appc image as the command line asked for it
@@ -75,6 +77,10 @@ def appc_excludes(wanted: AppcRef, reference: str) -> bool:
     """
     if not reference.startswith(APPC_PREFIX):
         return False
+    # An id names one image, however it was asked for: the stored image's own id (its
+    # record's digest), or the one its reference was pinned to.
+    if wanted.image_id and digest == "sha512:" + wanted.image_id.removeprefix("sha512-"):
+        return True
     try:
         stored = parse_appc_ref(reference[len(APPC_PREFIX) :])
     except BadImage:
@@ -173,7 +179,11 @@ def _excluded(item: Any, where: str) -> frozenset[str] | AppcRef:
             # Matched as the store's lookup matches, not as a string: the store
             # records ``appc:NAME...`` as it was asked for.
             labels = tuple((label.key, label.value) for label in image.appc.labels.labels)
-            return AppcRef(image.appc.name, labels, image.appc.id)
+            try:
+                image_id = check_image_id(image.appc.id, "Image.Appc.id") if image.appc.id else ""
+            except BadImage as error:  # else it would match nothing, and protect nothing
+                raise UsageError(f"{where}: excluded image {item!r}: {error}") from None
+            return AppcRef(image.appc.name, labels, image_id)
         else:
             raise UsageError(f"{where}: excluded image {item!r}: names no image")
     else:

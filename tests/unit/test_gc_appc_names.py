@@ -11,6 +11,7 @@ from lazyfs.gc.collect import StoredImage, named
 from lazyfs.gc.config import parse_gc_config
 from providers.appc_store import host_arch
 from providers.digest import Digest
+from providers.errors import UsageError
 from providers.manifest import ImageManifest
 
 ID = "sha512-" + "ab" * 64
@@ -59,3 +60,18 @@ def test_an_excluded_appc_string_matches_as_its_message_does() -> None:
     config = parse_gc_config('{"excluded_images": ["appc:example.com/app,version=1.0"]}')
     assert config.excludes("appc:example.com/app,version=1.0,os=linux")
     assert not config.excludes("appc:example.com/app")
+
+
+def test_an_excluded_id_protects_the_image_of_that_id_however_it_was_asked_for() -> None:
+    # Provisioned by name, its record's reference has no id; its digest is its id.
+    config = parse_gc_config(json.dumps({"excluded_images": [
+        {"type": "APPC", "appc": {"name": "example.com/app", "id": ID}}]}))  # fmt: skip
+    digest = "sha512:" + ID.removeprefix("sha512-")
+    assert config.excludes("appc:example.com/app,version=1.0", digest)
+    assert not config.excludes("appc:example.com/app,version=1.0", "sha512:" + "0" * 128)
+
+
+def test_an_excluded_id_that_is_no_id_is_refused() -> None:
+    bad = {"type": "APPC", "appc": {"name": "example.com/app", "id": "SHA512-XYZ"}}
+    with pytest.raises(UsageError, match="excluded image"):
+        parse_gc_config(json.dumps({"excluded_images": [bad]}))
