@@ -158,7 +158,12 @@ def read_aci(
             path = rules.normalize_name(member.name, layer=what)
             if path == (MANIFEST,) and member.isreg():
                 if member.size > MAX_MANIFEST_BYTES:
-                    raise BadImage(f"ACI {what}: manifest of {member.size} bytes")
+                    raise BadImage(
+                        f"ACI {what}: manifest of {member.size} bytes, past the"
+                        f" {MAX_MANIFEST_BYTES} taken"
+                    )
+                if manifest_bytes is not None:  # else the last would win, unsaid
+                    raise BadImage(f"ACI {what}: more than one manifest")
                 extracted = archive.extractfile(member)
                 assert extracted is not None  # a regular file always has data
                 manifest_bytes = extracted.read()

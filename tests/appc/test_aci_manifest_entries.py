@@ -1,0 +1,27 @@
+"""An ACI's manifest entry: one, within its bound, each refusal saying which."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from providers.aci import MAX_MANIFEST_BYTES, read_aci
+from providers.errors import BadImage
+from tests.support.acis import aci_bytes, manifest_doc
+
+
+def test_a_second_manifest_is_refused_as_such() -> None:
+    # The last one read would have won, unsaid: an empty second one was reported as
+    # "not valid JSON", the first being fine.
+    second = tarfile.TarInfo("manifest")
+    aci = aci_bytes(manifest_doc("example.com/two"), {"etc/x": b"x"}, extra=[second])
+    with pytest.raises(BadImage, match="more than one manifest"):
+        read_aci(io.BytesIO(aci), io.BytesIO(), "two.aci")
+
+
+def test_a_manifest_past_the_bound_says_the_bound() -> None:
+    aci = aci_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(BadImage, match=f"past the {MAX_MANIFEST_BYTES} taken"):
+        read_aci(io.BytesIO(aci), io.BytesIO(), "big.aci")
