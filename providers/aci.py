@@ -176,9 +176,14 @@ def read_aci(
                 # file's holes count) or a damaged sparse map is refused here, once.
                 file_layout(member, layer=what)
             if member.islnk():
-                target = rules.normalize_name(member.linkname, layer=what)
+                try:
+                    target = rules.normalize_name(member.linkname, layer=what)
+                except BadEntry:  # its words name the target as an entry: this one's wrong
+                    target = ()
                 if not target or target[0] != ROOTFS or len(target) < 2:
-                    raise UnsafeLayer(what, member.name, "links to a path outside rootfs/")
+                    raise UnsafeLayer(
+                        what, member.name, f"links to {member.linkname!r}, outside rootfs/"
+                    )
         while tee.read(CHUNK):  # the tar's padding counts for the id
             pass
     except (tarfile.TarError, EOFError, OSError) as error:

@@ -25,3 +25,15 @@ def test_a_manifest_past_the_bound_says_the_bound() -> None:
     aci = aci_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
     with pytest.raises(BadImage, match=f"past the {MAX_MANIFEST_BYTES} taken"):
         read_aci(io.BytesIO(aci), io.BytesIO(), "big.aci")
+
+
+@pytest.mark.parametrize("target", ["/etc/shadow", "rootfs/../../etc/shadow", "manifest"])
+def test_a_hardlink_out_of_rootfs_is_named_with_its_target(target: str) -> None:
+    # "entry '/etc/shadow' has an absolute name" named the target as if it were an entry.
+    link = tarfile.TarInfo("rootfs/hl")
+    link.type = tarfile.LNKTYPE
+    link.linkname = target
+    aci = aci_bytes(manifest_doc("example.com/hl"), {"etc/x": b"x"}, extra=[link])
+    with pytest.raises(BadImage) as refused:
+        read_aci(io.BytesIO(aci), io.BytesIO(), "hl.aci")
+    assert f"entry 'rootfs/hl' links to {target!r}, outside rootfs/" in str(refused.value)
