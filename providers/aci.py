@@ -72,6 +72,11 @@ class _Counted:
     def count(self) -> int:
         return max(self._told, self._read)
 
+    @property
+    def partial(self) -> bool:
+        """Whether ``count`` is what was read so far, not the ACI's size."""
+        return self._read > self._told
+
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
         self._read += len(data)
@@ -96,6 +101,8 @@ class _Tee:
         self._written += len(data)
         most, why = self._limits.bound(self._counted.count)
         if self._written > most:
+            if self._counted.partial:  # not its size: the bytes read so far
+                why = why.replace("for its", "for the first", 1)
             raise BadImage(f"ACI {self._what}: unpacks to more than {most} bytes, {why}")
         self.hasher.update(data)
         self._out.write(data)

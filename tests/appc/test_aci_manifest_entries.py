@@ -37,3 +37,13 @@ def test_a_hardlink_out_of_rootfs_is_named_with_its_target(target: str) -> None:
     with pytest.raises(BadImage) as refused:
         read_aci(io.BytesIO(aci), io.BytesIO(), "hl.aci")
     assert f"entry 'rootfs/hl' links to {target!r}, outside rootfs/" in str(refused.value)
+
+
+@pytest.mark.parametrize("told", [False, True])
+def test_a_bomb_says_which_compressed_bytes_it_was_judged_on(told: bool) -> None:
+    # 80 MiB of zeros in some 80 KB: past the floor of 64 MiB, and 100 times the blob.
+    aci = aci_bytes(manifest_doc("example.com/bomb"), {"zeros": bytes(80 << 20)})
+    with pytest.raises(BadImage) as refused:
+        read_aci(io.BytesIO(aci), io.BytesIO(), "bomb.aci", size=len(aci) if told else None)
+    said = f"for its {len(aci)} compressed bytes" if told else "for the first "
+    assert said in str(refused.value), refused.value
