@@ -208,6 +208,9 @@ def container_from_json(data: Any, where: str) -> ContainerSpec:
     volumes = []
     for i, item in enumerate(raw):
         at = f"{where}: volumes[{i}]"
+        if isinstance(item, dict) and "source" in item:  # Mesos' Volume.Source: no image
+            why = "source volumes (Docker volumes, host and sandbox paths, secrets, CSI)"
+            raise UsageError(f"{at}: {why} are not provisioned by lazyfs; give an image")
         volumes.append(volume_from_message(_message(Volume(), item, at), at))
     return ContainerSpec(image, check_volumes(volumes))
 

@@ -229,6 +229,11 @@ def test_a_volume_the_backend_refuses_is_named(lazyfs: Lazyfs, data_image: str) 
          "volumes[0]: type DOCKER needs a 'docker' message"),
         ({"volumes": [{"container_path": "/d", "mode": "RW", "host_path": "/etc"}]},
          "host_path volumes are not provisioned by lazyfs"),
+        # Mesos' Volume.Source (a Docker volume here): said as such, not in protobuf's words.
+        ({"volumes": [{"container_path": "/d", "mode": "RW", "source": {
+            "type": "DOCKER_VOLUME", "docker_volume": {"name": "data"}}}]},
+         "volumes[0]: source volumes (Docker volumes, host and sandbox paths, secrets, CSI) are"
+         " not provisioned by lazyfs; give an image"),
     ],
 )  # fmt: skip
 def test_a_bad_container_info_is_one_line_and_provisions_nothing(
