@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from providers.errors import LazyfsError
 
@@ -109,8 +109,10 @@ def run_handed_over(work: Callable[[], Awaitable[T]]) -> T:
     # Heard before trio's watch begins: stops the work as it starts. Put back by the
     # watch as it closes, with the signals it heard but did not act on (after the work
     # was done): noted, not the default's end.
-    before = {sig: signal.signal(sig, note) for sig in stops}
+    before: dict[signal.Signals, Any] = {}
     try:
+        for sig in stops:
+            before[sig] = signal.signal(sig, note)
         result = run_trio(handing_over)
         ignore_stops(ignored)
     except BaseException as stop:
@@ -171,8 +173,11 @@ def run_stoppable(what: str, call: Callable[[], None]) -> None:
             armed = False
     except _Stop as signalled:
         log.warning("%s: stopped by %s", what, signalled)
-    for sig in _ignored:
-        signal.signal(sig, signal.SIG_IGN)
+    except Exception as error:  # the hand-over stands: not a failure of the command
+        log.warning("%s: failed: %s", what, error, exc_info=True)
+    finally:
+        for sig in _ignored:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 class NotedSignals:

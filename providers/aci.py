@@ -163,14 +163,17 @@ def read_aci(
             if count > MAX_ENTRIES:
                 raise BadImage(f"ACI {what}: more than {MAX_ENTRIES} entries")
             path = rules.normalize_name(member.name, layer=what)
-            if path == (MANIFEST,) and member.isreg():
+            if path == (MANIFEST,):
+                # Any entry of that name: the last one would win in an unpacked copy, unsaid.
+                if manifest_bytes is not None:
+                    raise BadImage(f"ACI {what}: more than one manifest")
+                if not member.isreg():
+                    raise BadImage(f"ACI {what}: its manifest is no regular file")
                 if member.size > MAX_MANIFEST_BYTES:
                     raise BadImage(
                         f"ACI {what}: manifest of {member.size} bytes, past the"
                         f" {MAX_MANIFEST_BYTES} taken"
                     )
-                if manifest_bytes is not None:  # else the last would win, unsaid
-                    raise BadImage(f"ACI {what}: more than one manifest")
                 extracted = archive.extractfile(member)
                 assert extracted is not None  # a regular file always has data
                 manifest_bytes = extracted.read()
@@ -183,14 +186,11 @@ def read_aci(
                 # file's holes count) or a damaged sparse map is refused here, once.
                 file_layout(member, layer=what)
             if member.islnk():
-                try:
-                    target = rules.normalize_name(member.linkname, layer=what)
-                except BadEntry:  # its words name the target as an entry: this one's wrong
-                    target = ()
-                if not target or target[0] != ROOTFS or len(target) < 2:
-                    raise UnsafeLayer(
-                        what, member.name, f"links to {member.linkname!r}, outside rootfs/"
-                    )
+                # Refused for its own reason (absolute, "..", too long), naming the link.
+                target = rules.hardlink_target(member.linkname, layer=what, entry=member.name)
+                if target[0] != ROOTFS or len(target) < 2:
+                    shown = member.linkname if len(member.linkname) <= 200 else "a name"
+                    raise UnsafeLayer(what, member.name, f"links to {shown!r}, outside rootfs/")
         while tee.read(CHUNK):  # the tar's padding counts for the id
             pass
     except (tarfile.TarError, EOFError, OSError) as error:

@@ -27,8 +27,15 @@ def test_a_manifest_past_the_bound_says_the_bound() -> None:
         read_aci(io.BytesIO(aci), io.BytesIO(), "big.aci")
 
 
-@pytest.mark.parametrize("target", ["/etc/shadow", "rootfs/../../etc/shadow", "manifest"])
-def test_a_hardlink_out_of_rootfs_is_named_with_its_target(target: str) -> None:
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("/etc/shadow", "has an absolute hardlink target"),
+        ("rootfs/../../etc/shadow", "has '..' in its hardlink target"),
+        ("manifest", "links to 'manifest', outside rootfs/"),
+    ],
+)
+def test_a_hardlink_out_of_rootfs_is_refused_naming_the_link(target: str, said: str) -> None:
     # "entry '/etc/shadow' has an absolute name" named the target as if it were an entry.
     link = tarfile.TarInfo("rootfs/hl")
     link.type = tarfile.LNKTYPE
@@ -36,7 +43,17 @@ def test_a_hardlink_out_of_rootfs_is_named_with_its_target(target: str) -> None:
     aci = aci_bytes(manifest_doc("example.com/hl"), {"etc/x": b"x"}, extra=[link])
     with pytest.raises(BadImage) as refused:
         read_aci(io.BytesIO(aci), io.BytesIO(), "hl.aci")
-    assert f"entry 'rootfs/hl' links to {target!r}, outside rootfs/" in str(refused.value)
+    assert f"entry 'rootfs/hl' {said}" in str(refused.value)
+
+
+def test_a_manifest_again_as_a_link_is_a_second_manifest() -> None:
+    # An unpacked copy would read the link's target as the manifest: not the one judged.
+    again = tarfile.TarInfo("manifest")
+    again.type = tarfile.SYMTYPE
+    again.linkname = "rootfs/etc/x"
+    aci = aci_bytes(manifest_doc("example.com/two"), {"etc/x": b"{}"}, extra=[again])
+    with pytest.raises(BadImage, match="more than one manifest"):
+        read_aci(io.BytesIO(aci), io.BytesIO(), "two.aci")
 
 
 @pytest.mark.parametrize("told", [False, True])

@@ -118,3 +118,28 @@ def test_a_signal_before_trio_watches_stops_the_work_before_it_starts() -> None:
     done = subprocess.run([sys.executable, "-c", _BEFORE_THE_WATCH], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "stopped SIGTERM []\n"), done.stderr
+
+
+_FAVOUR_FAILS = """
+import os, signal
+from lazyfs.cli_run import run_handed_over, run_stoppable
+
+async def provisioned():
+    return "container"
+
+print(run_handed_over(provisioned), flush=True)
+
+def publishing():
+    raise ValueError("the registry's answer made no sense")
+
+run_stoppable("publishing", publishing)
+os.kill(os.getpid(), signal.SIGTERM)  # still ignored after the favour failed
+print("still here", flush=True)
+"""
+
+
+def test_a_favour_that_fails_after_the_hand_over_is_a_warning_and_ignores_stops() -> None:
+    done = subprocess.run([sys.executable, "-c", _FAVOUR_FAILS], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "container\nstill here\n"), done.stderr
+    assert "publishing: failed: the registry's answer made no sense" in done.stderr
