@@ -29,6 +29,7 @@ connections the threads of one client may share (``connection_pools``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -42,6 +43,11 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from providers.errors import TlsFailure
 from providers.http_proxy import proxy_for
+
+# An answer cut off mid-headers (the watchdog's deadline, a server hanging up) leaves
+# http.client half a header line: urllib3 logs it as a warning, with its traceback,
+# before the request fails as it would anyway, and the caller says that in one line.
+logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 # Idle connections kept per host by ``connection_pools``: a client's threads at once
 # (the cache daemon's readers, replays and background fetch) each leave one.
