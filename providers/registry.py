@@ -207,10 +207,10 @@ class RegistryClient:
                     self.http, base, ref.repository, ref.tag_or_digest, image, scope, passing
                 )
             except TemporaryFailure as exc:
-                if exc.status is None:
-                    raise  # not there: a GET would not be answered either
+                if exc.status != 501:  # not there, overloaded: no GET is answered either
+                    raise
                 log.info("%s: HEAD of its manifest failed: %s", image, exc)
-                said = None  # a status to HEAD alone (501 from a server that has none)
+                said = None  # a server that has no HEAD
             except LazyfsError as exc:  # a registry that answers no HEAD: asked by GET
                 log.info("%s: HEAD of its manifest failed: %s", image, exc)
                 said = None
