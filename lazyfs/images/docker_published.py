@@ -72,16 +72,19 @@ def lazy_layer(layer: Layer) -> bool:
     )
 
 
+def without_index_blob(layer: Layer) -> Layer:
+    """``layer`` naming no index blob: only ``lazyfs.publish.fetch`` names one."""
+    if layer.annotation(INDEX_BLOB_ANNOTATION) is None:
+        return layer
+    kept = tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
+    return dataclasses.replace(layer, annotations=kept)
+
+
 def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
-    """``manifest`` with no layer naming an index blob: only ``lazyfs.publish.fetch`` names one."""
+    """``manifest`` with no layer naming an index blob (``without_index_blob``)."""
     if not any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in manifest.layers):
         return manifest
-    layers = tuple(
-        dataclasses.replace(
-            layer, annotations=tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
-        )
-        for layer in manifest.layers
-    )
+    layers = tuple(without_index_blob(layer) for layer in manifest.layers)
     return dataclasses.replace(manifest, layers=layers)
 
 

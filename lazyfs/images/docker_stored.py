@@ -27,18 +27,17 @@ before.  A reference by digest names one image for good: never asked.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
-from lazyfs.images.docker_published import lazy_layer, without_index_blobs
+from lazyfs.images.docker_published import lazy_layer, without_index_blob, without_index_blobs
 from lazyfs.store.disk import Store
 from providers.digest import Digest
 from providers.errors import BadImage, LazyfsError, TemporaryFailure
-from providers.manifest import INDEX_BLOB_ANNOTATION, ImageManifest, Layer
+from providers.manifest import ImageManifest, Layer
 from providers.reference import parse_reference
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ def stored_image(
 
     def present(layer: Layer) -> bool:
         if not trust_published:
-            layer = _without_index_blob(layer)
+            layer = without_index_blob(layer)
         if store.has_blob(layer.digest):
             return True
         return lazy and lazy_layer(layer) and mounts_here(store, layer)
@@ -144,10 +143,3 @@ def mounts_here(store: Store, layer: Layer) -> bool:
         return unindexed_toc(store.layers, layer) is None
     except BadImage:
         return False  # a damaged annotation: resolved again, which says what is wrong
-
-
-def _without_index_blob(layer: Layer) -> Layer:
-    if layer.annotation(INDEX_BLOB_ANNOTATION) is None:
-        return layer
-    kept = tuple(a for a in layer.annotations if a[0] != INDEX_BLOB_ANNOTATION)
-    return dataclasses.replace(layer, annotations=kept)
