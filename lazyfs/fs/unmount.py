@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 from lazyfs.fs.mount_peers import wait_ended
 from providers.errors import BackendError
-from providers.mountinfo import is_mounted
+from providers.mountinfo import is_mounted, mount_points
 from providers.private_dir import write_private
 
 if TYPE_CHECKING:
@@ -45,15 +45,30 @@ def note_pid(record: Path, mountpoint: Path, pid: int) -> None:
         raise
 
 
-def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT) -> None:
+def unmount(
+    mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT, named: bool = False
+) -> None:
     """Unmount ``mountpoint`` and wait for its mount process ``pid`` to end.
 
     Fine when nothing is mounted there and when the process is gone.  A
     mount process that does not exit within ``timeout`` after the unmount
     gets SIGTERM, then SIGKILL; a process that cannot be told to be it is
     never signalled.  Raises BackendError if the mount stays.
+
+    ``named``: ``mountpoint`` is as the mount table names it (a record's, its
+    symlinks followed when it was mounted), so it is compared with the table
+    as text and no path on the way to it is looked at but by the unmount
+    itself.  Looking asks every mount on the way, and one whose process is
+    stopped answers never: a caller that fears one takes the mount away first
+    (``fusermount_unmount``, in a thread it can give up on), and this then
+    only waits for the process.
     """
-    fusermount_unmount(mountpoint)
+
+    def mounted() -> bool:
+        return mountpoint in mount_points() if named else is_mounted(mountpoint)
+
+    if not named or mounted():
+        fusermount_unmount(mountpoint)
     seen = "other" if pid is None else _identify(pid, mountpoint.absolute())
     if pid is not None and seen == "exiting":
         wait_ended(pid, timeout)  # cannot be told whose: reaped if ours, never signalled
@@ -62,7 +77,7 @@ def unmount(mountpoint: Path, *, pid: int | None, timeout: float = EXIT_TIMEOUT)
         if not wait_ended(pid, timeout):
             signal_pid(pid, signal.SIGKILL)
             wait_ended(pid, timeout)
-    if is_mounted(mountpoint):
+    if mounted():
         raise BackendError(f"{mountpoint} is still mounted after unmount")
 
 

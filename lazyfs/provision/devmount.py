@@ -27,12 +27,16 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from backends.mounts import mount_problem
+from backends.mounts import NOT_ANSWERING, mount_problem
 from lazyfs.fs import mount as lazy_mount
+from lazyfs.fs.unmount import fusermount_unmount
 from lazyfs.progress import Progress
+from lazyfs.provision.devmount_list import answer_in_time, mount_point_state
 from lazyfs.provision.lazy import start_adopting
 from lazyfs.provision.lazy_progress import lazy_progress
 from lazyfs.provision.provisioner import Provisioner
@@ -44,8 +48,10 @@ from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.mount_path import others_can_move
-from providers.mountinfo import real_path
+from providers.mountinfo import mount_point_set, real_path
 from providers.private_dir import private_dir, write_private
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -214,16 +220,16 @@ async def _mount_image(
 
 
 def unmount_image(work_dir: Path, mountpoint: Path) -> None:
-    """Take down the lazyfs mount at ``mountpoint`` and forget it; NotFound if none."""
-    mountpoint = real_path(mountpoint)  # the mount itself is not looked at: it may be wedged
+    """Take down the lazyfs mount at ``mountpoint`` and forget it; NotFound if none.
+
+    Nothing on the way to it is looked at without a deadline (``devmount_list``
+    asks the same way): a mount point inside a mount whose process is stopped
+    (another lazyfs mount, say) is taken down if the kernel can reach it
+    without that process, else refused (Conflict) naming the stopped mount,
+    its record kept, within seconds, never waited on for ever.
+    """
+    mountpoint = _recorded_as(work_dir, mountpoint)
     record = record_dir(work_dir, mountpoint)
-    if not record.exists():
-        # Perhaps given as a link to where it is mounted. Only now looked at: an lstat of
-        # the mount point itself asks a dead mount (ENOTCONN) or a stopped one (for ever).
-        with contextlib.suppress(OSError):
-            if mountpoint.is_symlink():
-                mountpoint = Path(os.path.realpath(mountpoint))
-                record = record_dir(work_dir, mountpoint)
     # Not "lazyfs has ...": the CLI puts "lazyfs: " before it.
     gone = NotFound(f"no lazyfs mount at {_text(mountpoint)} (with this --work_dir)")
     if not record.exists():
@@ -240,9 +246,69 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
         try:
             if not record.exists():
                 raise gone  # another umount took it down meanwhile: this one did nothing
-            lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record))
+            points = mount_point_set()
+            # As the record holds it, the mount table's own name: compared as text. The
+            # unmount walks the path to it, asking each mount on the way.
+            if mountpoint in points:
+                _asked(lambda: fusermount_unmount(mountpoint), mountpoint, points,
+                       f"cannot unmount {_text(mountpoint)}")  # fmt: skip
+            lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record), named=True)
             # upper/ of a writable mount holds whatever was written, at any depth.
             with contextlib.suppress(OSError):
                 remove_tree(record)
         finally:
             remove_lock(lock)
+
+
+def _recorded_as(work_dir: Path, given: Path) -> Path:
+    """``given`` as a record would hold it: absolute, symlinks followed (a mount point is
+    none). Conflict if following them gets no answer in time."""
+    absolute = Path(os.path.abspath(given))
+    points = mount_point_set()
+    if record_dir(work_dir, absolute).exists() or absolute in points:
+        # As lazyfs recorded it, or as the kernel names a mount: nothing to follow, so
+        # nothing on the way is looked at (a mount there may be stopped).
+        return absolute
+    return _asked(lambda: _followed(work_dir, given), absolute, points,
+                  f"cannot look up {_text(absolute)}")  # fmt: skip
+
+
+def _followed(work_dir: Path, given: Path) -> Path:
+    """``given`` with the symlinks on the way to it followed. Blocking, for ever when a
+    mount on the way is stopped: asked through ``answer_in_time``."""
+    mountpoint = real_path(given)  # the mount itself is not looked at: it may be wedged
+    if not record_dir(work_dir, mountpoint).exists():
+        # Perhaps given as a link to where it is mounted. Only now looked at: an lstat of
+        # the mount point itself asks a dead mount (ENOTCONN) or a stopped one (for ever).
+        with contextlib.suppress(OSError):
+            if mountpoint.is_symlink():
+                mountpoint = Path(os.path.realpath(mountpoint))
+    return mountpoint
+
+
+def _stopped_holder(path: Path, points: frozenset[Path]) -> Path | None:
+    """The mount ``path`` lies in, if that answers nothing (its process stopped or stuck):
+    then a look at ``path`` waits for ever, where otherwise it is only slow."""
+    holder = next((p for p in path.parents if p in points), None)
+    if holder is not None and mount_point_state(holder, points) == "not answering":
+        return holder
+    return None
+
+
+def _asked(ask: Callable[[], T], path: Path, points: frozenset[Path], failing: str) -> T:
+    """What ``ask()``, a look at ``path``, returns, waited for while the mount ``path``
+    lies in answers; Conflict (``failing``: what could not be done) when it does not."""
+    stopped: list[Path] = []
+
+    def hopeless() -> bool:
+        stopped.extend(filter(None, [_stopped_holder(path, points)]))
+        return bool(stopped)
+
+    answer = answer_in_time(ask, hopeless=hopeless)
+    if answer is None:
+        holder = _text(stopped[-1])
+        raise Conflict(
+            f"{failing}: the mount it lies in, {holder}, {NOT_ANSWERING}: continue that"
+            f" process, or unmount {holder} first"
+        )
+    return answer[0]

@@ -20,20 +20,24 @@ it as the kernel mounted it (symlinks followed), so it is compared as text.
 Looking at a path asks every mount on the way to it, and one whose process
 is stopped answers never: a mount point inside another lazyfs mount, say.
 One in the table is asked in a thread given ``ANSWER_DEADLINE`` for all of
-it, path and statfs, and is ``not answering`` past that.
+it, path and statfs (``answer_in_time``), and is ``not answering`` past that.
+``lazyfs umount`` asks the same way (``lazyfs.provision.devmount``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from backends.mounts import ANSWER_DEADLINE
 from lazyfs.provision.revive import AT_ONCE, mount_state
 from lazyfs.provision.usage import ImageRecord, mount_image_record, mounted_images
 from providers.mountinfo import mount_point_set
+
+T = TypeVar("T")
 
 
 def _mountpoint(record: Path) -> str:
@@ -42,22 +46,46 @@ def _mountpoint(record: Path) -> str:
     return (record / "mountpoint").read_text(encoding="utf-8").removesuffix("\n")
 
 
-def _state(mountpoint: Path, points: frozenset[Path]) -> str:
-    """``mount_state`` of the fuse mount at ``mountpoint``, never waiting for ever."""
+def answer_in_time(
+    ask: Callable[[], T], *, hopeless: Callable[[], bool] = lambda: True
+) -> tuple[T] | None:
+    """What ``ask()`` returns, in a 1-tuple, or None if it has not answered within
+    ``ANSWER_DEADLINE`` and ``hopeless()`` then says so (asked again after each
+    further ``ANSWER_DEADLINE``); what it raises is raised. For a look at a path,
+    which waits for ever on a mount on the way whose process is stopped.
+
+    It runs in a daemon thread: one stuck on a stopped mount keeps neither the caller
+    nor the command's exit waiting (the kernel ends it with the process: a fatal
+    signal ends the wait for a FUSE request the stopped process has not read).
+    """
+    answer: list[tuple[T] | Exception] = []
+
+    def asking() -> None:
+        try:
+            answer.append((ask(),))
+        except Exception as error:  # the caller's to handle, in its own thread
+            answer.append(error)
+
+    thread = threading.Thread(target=asking, name="lazyfs-ask", daemon=True)
+    thread.start()
+    thread.join(ANSWER_DEADLINE)
+    while not answer and not hopeless():
+        thread.join(ANSWER_DEADLINE)
+    if not answer:
+        return None
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    return answer[0]
+
+
+def mount_point_state(mountpoint: Path, points: frozenset[Path]) -> str:
+    """``mount_state`` of the fuse mount at ``mountpoint``, never waiting for ever. Of
+    another mount too (the one a mount point lies in): statfs asks any the same way."""
     if mountpoint not in points:
         # Not looked at: its path may lie in a mount whose process is stopped.
         return "not mounted"
-    answer: list[str] = []
-    # A daemon thread: one stuck on a stopped mount keeps neither the listing nor the
-    # command's exit waiting (it ends with the process).
-    asking = threading.Thread(
-        target=lambda: answer.append(mount_state("fuse", mountpoint, points)),
-        name="lazyfs-mount-state",
-        daemon=True,
-    )
-    asking.start()
-    asking.join(ANSWER_DEADLINE)
-    return answer[0] if answer else "not answering"
+    answer = answer_in_time(lambda: mount_state("fuse", mountpoint, points))
+    return "not answering" if answer is None else answer[0]
 
 
 def _describe(record: Path, image: ImageRecord, points: frozenset[Path]) -> dict[str, Any]:
@@ -78,7 +106,7 @@ def _describe(record: Path, image: ImageRecord, points: frozenset[Path]) -> dict
         "mode": "rw" if writable else "ro",
         "writable": writable,
         "pid": pid,
-        "mount": _state(Path(mountpoint), points),
+        "mount": mount_point_state(Path(mountpoint), points),
     }
 
 

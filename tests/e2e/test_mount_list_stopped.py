@@ -1,17 +1,22 @@
-"""`lazyfs mount` alone lists a mount point inside a stopped mount without waiting for it."""
+"""A mount point inside a stopped mount: `lazyfs mount` alone lists it without waiting for
+it, and `lazyfs umount` of it says what is wrong instead of waiting for ever."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from lazyfs.fs.mount import is_mounted
+from lazyfs.fs.writable_names import TIMEOUT
 from lazyfs.provision.devmount import record_dir
-from tests.support.lazyfs_cli import Lazyfs, mount_process_alive
+from providers.mountinfo import mount_point_set
+from tests.support.lazyfs_cli import Lazyfs, mount_process_alive, one_line_error
 from tests.support.mount_records import mount_record
 
 pytestmark = pytest.mark.integration
@@ -39,3 +44,75 @@ def test_a_mount_point_inside_a_stopped_mount_is_listed_and_the_listing_returns(
         if mount_process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     assert not is_mounted(outer) and not record_dir(lazyfs.work_dir, outer).exists()
+
+
+def test_a_record_inside_a_stopped_mount_is_forgotten_by_umount(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    pid = json.loads(lazyfs("mount", "busybox", str(outer)).stdout)["pid"]
+    try:
+        (outer / "etc").stat()  # the kernel keeps what it learnt: no stat asks it again
+        # Gone, at a name the kernel never asked the mount about: following the path to
+        # it asks the stopped process (before: for ever).
+        inner = outer / "etc" / "never-looked-up" / "mnt"
+        mount_record(lazyfs.work_dir, inner)
+        os.kill(pid, signal.SIGSTOP)
+        # The timeout guards against a hang; the fix looks at no path.
+        lazyfs("umount", str(inner), timeout=60)
+        assert not record_dir(lazyfs.work_dir, inner).exists()
+        # The stopped mount is left as it was.
+        assert outer in mount_point_set() and record_dir(lazyfs.work_dir, outer).exists()
+        assert mount_process_alive(pid)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        lazyfs("umount", str(outer), check=False, timeout=60)
+        if mount_process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not is_mounted(outer) and not record_dir(lazyfs.work_dir, outer).exists()
+
+
+def test_umount_inside_a_stopped_mount_names_it_then_takes_down_what_it_held(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    inner = outer / "inner"
+    # Writable: the kernel keeps its answers only TIMEOUT, as most FUSE filesystems do.
+    pid = json.loads(lazyfs("mount", "--writable", "busybox", str(outer)).stdout)["pid"]
+    try:
+        inner.mkdir()
+        # Mounted and recorded inside it (as root, lazyfs mounts in no FUSE mount: a user's
+        # mount, or one older than that check). Its pid names no mount process (4242).
+        subprocess.run(["mount", "-t", "tmpfs", "lazyfs-inner", str(inner)], check=True)
+        mount_record(lazyfs.work_dir, inner)
+        os.kill(pid, signal.SIGSTOP)
+        # Past the answers' lifetime: every look through the outer mount asks its stopped
+        # process now, as once it has been stopped for a while.
+        time.sleep(2 * TIMEOUT)
+        # The timeout guards against a hang (before: for ever); the fix needs seconds.
+        refused = lazyfs("umount", str(inner), check=False, timeout=90)
+        assert one_line_error(refused) == (
+            f"lazyfs: cannot unmount {inner}: the mount it lies in, {outer}, is not answering"
+            f" (its process is stopped or stuck): continue that process, or unmount {outer}"
+            " first"
+        )
+        # Still mounted, so still recorded (the table as text: a look would wait for ever).
+        assert inner in mount_point_set() and record_dir(lazyfs.work_dir, inner).exists()
+        # What it says to do: the stopped mount comes down, and what it held with it.
+        lazyfs("umount", str(outer), timeout=120)
+        assert not {outer, inner} & mount_point_set()
+        assert not mount_process_alive(pid)
+        lazyfs("umount", str(inner), timeout=60)
+        assert not record_dir(lazyfs.work_dir, inner).exists()
+        assert not record_dir(lazyfs.work_dir, outer).exists()
+    finally:
+        if mount_process_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+        for point in (inner, outer):
+            lazyfs("umount", str(point), check=False, timeout=120)
+            if point in mount_point_set():
+                subprocess.run(["umount", "-l", str(point)], check=False)
+        if mount_process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
