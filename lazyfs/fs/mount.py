@@ -81,6 +81,7 @@ __all__ = [
     "Remote",
     "RemoteAware",
     "RemoteOrigin",
+    "fusermount_unmount",
     "is_mounted",
     "layer_arg",
     "load_ahead_code",

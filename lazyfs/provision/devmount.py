@@ -34,7 +34,6 @@ from typing import TypeVar
 
 from backends.mounts import NOT_ANSWERING, mount_problem
 from lazyfs.fs import mount as lazy_mount
-from lazyfs.fs.unmount import fusermount_unmount
 from lazyfs.progress import Progress
 from lazyfs.provision.devmount_list import answer_in_time, mount_point_state
 from lazyfs.provision.lazy import start_adopting
@@ -250,7 +249,7 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
             # As the record holds it, the mount table's own name: compared as text. The
             # unmount walks the path to it, asking each mount on the way.
             if mountpoint in points:
-                _asked(lambda: fusermount_unmount(mountpoint), mountpoint, points,
+                _asked(lambda: lazy_mount.fusermount_unmount(mountpoint), mountpoint, points,
                        f"cannot unmount {_text(mountpoint)}")  # fmt: skip
             lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record), named=True)
             # upper/ of a writable mount holds whatever was written, at any depth.
