@@ -43,6 +43,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from providers.errors import TlsFailure
 from providers.http_proxy import proxy_for
+from providers.retry import parse_retry_after
 
 # An answer cut off mid-headers (the watchdog's deadline, a server hanging up) leaves
 # http.client half a header line: urllib3 logs it as a warning, with its traceback,
@@ -221,6 +222,12 @@ def redact(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """The seconds ``response``'s ``Retry-After`` asks to wait (seconds or an HTTP date, read
+    now), for the TemporaryFailure it means; None when it asks none or is unreadable."""
+    return parse_retry_after(response.headers.get("Retry-After", "")) or None
 
 
 def _innermost_ssl(exc: BaseException) -> ssl.SSLError | None:

@@ -14,7 +14,8 @@ the cause and the URL (never credentials):
     other 4xx                    BadImage
 
 Retries (providers.retry) back off exponentially (``Retry-After`` is
-honoured up to the cap) and end at the request's deadline: ``timeout``
+honoured up to the cap, and carried by the TemporaryFailure given up with,
+``retry_after``, for later tries) and end at the request's deadline: ``timeout``
 seconds from the first try to the response's headers. That deadline holds
 for the whole of each try, however the server dribbles its status line and
 headers (providers.http_session), and for token requests as for registry
@@ -57,7 +58,7 @@ from providers.errors import (
     Unreached,
 )
 from providers.http_body import body_chunks, read_capped
-from providers.http_session import connection_pools, new_session, send, tls_failure
+from providers.http_session import connection_pools, new_session, retry_after, send, tls_failure
 from providers.http_session import redact as redact  # re-exported: the registry's callers use it
 from providers.registry_auth import (
     Challenge,
@@ -311,7 +312,11 @@ class RegistryHttp:
             )
         if status == 429 or status >= 500:
             return TemporaryFailure(
-                f"{image}: registry failed: {cause} {where}", url=clean, status=status, image=image
+                f"{image}: registry failed: {cause} {where}",
+                url=clean,
+                status=status,
+                image=image,
+                retry_after=retry_after(response),  # for whoever tries again later
             )
         return BadImage(f"{image}: registry refused the request: {cause} {where}", image=image)
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import requests
 
 from providers.errors import TemporaryFailure, Unauthorized
-from providers.http_session import redact, send, tls_failure
+from providers.http_session import redact, retry_after, send, tls_failure
 from providers.manifest import METADATA_LIMIT
 from providers.registry_auth import Challenge, Credentials, parse_token_response
 from providers.retry import (
@@ -138,7 +138,9 @@ def _token_once(
             )
         answered = f"{image}: token server {where} answered HTTP {status}"
         if status == 429 or status >= 500:
-            failed = TemporaryFailure(answered, url=where, status=status, image=image)
+            failed = TemporaryFailure(
+                answered, url=where, status=status, image=image, retry_after=retry_after(response)
+            )
             raise Again(
                 f"{where}: HTTP {status}", lambda: failed, response.headers.get("Retry-After")
             )

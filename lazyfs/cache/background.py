@@ -51,12 +51,13 @@ its turn, and goes on by itself, the chunks it has kept: a few times
 quickly, then every minute, for a bounded time (``lazyfs.cache.room``),
 logged each time. For now: no room on the cache's disk (the cache evicted
 what it could), or an origin out of reach or overloaded (TemporaryFailure:
-refused, timed out, 5xx or 429 after the client's own retries). Waiting
-for a mount to ask again is no cure for a registry that blipped: its
-container runs on and nothing asks, so the layer would stay partial, and
-never be adopted into the store (``lazyfs.provision.adopt`` waits for its
-verdict).
-Nothing here is remembered across restarts but the verdicts.
+refused, timed out, 5xx or 429 after the client's own retries), whose
+blobs wait for it together, as long as its Retry-After at least
+(``lazyfs.cache.origin_wait``). Waiting for a mount to ask again is no cure
+for a registry that blipped: its container runs on and nothing asks, so
+the layer would stay partial, and never be adopted into the store
+(``lazyfs.provision.adopt`` waits for its verdict). Nothing here is
+remembered across restarts but the verdicts.
 """
 
 from __future__ import annotations
@@ -76,13 +77,15 @@ from lazyfs.cache.blobstate import (
     judge_cached,
     origin_name,
     read_verdict,
+    verdicts,
     write_verdict,
     write_wrong,
 )
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
-from lazyfs.cache.room import ROOM_TRIES, ROOM_WAIT_FIRST, no_room, room_wait
+from lazyfs.cache.origin_wait import OriginWaits, awaited_by, origin_key
+from lazyfs.cache.room import ROOM_TRIES, ROOM_WAIT_FIRST, room_wait
 from lazyfs.cache.values import WAITING, BlobInfo, BlobKind, Origin
 from providers.digest import Digest, algorithm
 from providers.errors import DigestMismatch, LazyfsError, TemporaryFailure
@@ -129,6 +132,7 @@ class Backgrounds:
         self._jobs: dict[Digest, _Job] = {}
         self._one_blob = trio.Lock()  # blobs one after another, in the order asked
         self._upstream = trio.CapacityLimiter(REQUESTS)
+        self._origins = OriginWaits(wait_first)
 
     async def start(
         self,
@@ -197,8 +201,6 @@ class Backgrounds:
         return [self.info(d, usage.get(d, 0)) for d in sorted(digests)]
 
     def _verdict_digests(self) -> set[Digest]:
-        from lazyfs.cache.blobstate import verdicts
-
         return {v.digest for v in verdicts(self.cache.layout.root)}
 
     def _evicted_since(self, verdict: Verdict) -> bool:
@@ -219,10 +221,20 @@ class Backgrounds:
         return BlobInfo(verdict.digest, kind, verdict.size, cached, verdict.reason)
 
     async def _run(self, source: BlobSource, job: _Job) -> None:
-        """Fetch, check and judge one blob, waiting while the disk has no room or the
-        origin fails for now (not holding the turn of other blobs); never raises but
-        Cancelled."""
-        for tries in range(ROOM_TRIES + 1):
+        """Fetch, check and judge one blob, waiting (not holding the turn of other blobs)
+        while the disk has no room or the origin fails for now; never raises but Cancelled."""
+        origin = self._origins.turn(origin_key(job.origin, source))
+        room_tries = 0
+        while self._jobs.get(job.digest) is job:  # else a mount asked for it from another origin
+            tries = room_tries + origin.failures  # its origin's failures are its tries too
+            if down := origin.down:
+                if tries > ROOM_TRIES:  # as many as it would have made alone
+                    job.kind, job.reason = BlobKind.PARTIAL, str(down)
+                    log.warning("background fetch of %s stopped: %s", job.digest, down)
+                    return
+                job.reason = f"{WAITING}its origin: {down}"
+                await origin.wait()
+                continue
             async with self._one_blob:
                 verdict = read_verdict(self.cache.layout.root, job.digest)
                 if verdict is not None and not self._evicted_since(verdict):
@@ -231,27 +243,30 @@ class Backgrounds:
                     job.kind = BlobKind.COMPLETE if complete else BlobKind.QUARANTINED
                     job.reason = verdict.reason
                     return
+                if origin.down:
+                    continue  # failed another blob's fetch while this one waited its turn
+                job.reason = ""
                 try:
                     # Not fetched while the disk cannot hold it whole: each round would
                     # evict every other image's chunks, then its own, and start again.
                     if short := self.cache.no_disk_room_for(job.size):
                         raise OSError(errno.ENOSPC, short)
                     await self._fetch_and_judge(source, job)
+                    origin.tried(None)
                     return
                 except (LazyfsError, OSError) as error:
-                    awaited = _awaited(error)
-                    if awaited is None or tries == ROOM_TRIES:
+                    wait = origin.tried(error) or room_wait(tries, self.wait_first)
+                    awaited = awaited_by(error)
+                    if awaited is None or tries >= ROOM_TRIES:
                         job.kind, job.reason = BlobKind.PARTIAL, str(error)
                         log.warning("background fetch of %s stopped: %s", job.digest, error)
                         return
-                    wait = room_wait(tries, self.wait_first)
                     job.reason = f"{WAITING}{awaited}: {error}"
                     log.warning("background fetch of %s %s; again in %g s (%d of %d)",
                                 job.digest, job.reason, wait, tries + 1, ROOM_TRIES)  # fmt: skip
-            await trio.sleep(wait)
-            if self._jobs.get(job.digest) is not job:
-                return  # a mount asked for the blob from another origin since: that job's turn
-            job.reason = ""
+                    if not isinstance(error, TemporaryFailure):
+                        room_tries += 1  # its origin's failures count themselves
+            await trio.sleep(wait)  # the origin's next try, for one that failed for now
 
     async def _fetch_and_judge(self, source: BlobSource, job: _Job) -> None:
         chunk_size = self.cache.layout.chunk_size
@@ -382,13 +397,3 @@ class Backgrounds:
             self.cache.drop(ChunkKey(job.digest, index))
             if index % _REQUEST_CHUNKS == _REQUEST_CHUNKS - 1:
                 await trio.lowlevel.checkpoint()  # let reads in between a long blob's unlinks
-
-
-def _awaited(error: BaseException) -> str | None:
-    """What a background fetch that failed with ``error`` waits for, to go on by itself;
-    None when trying again mends nothing (see the module's doc)."""
-    if no_room(error):
-        return "room in the cache"
-    if isinstance(error, TemporaryFailure):  # and Unreached, a mirror or registry not there
-        return "its origin"
-    return None
