@@ -16,7 +16,8 @@ index's windows, the parts of chunks a replayed trace needs only in part:
 ``partial``), and
 ``daemon`` serves it all over a Unix socket in the cache directory, fetching
 from ``upstream`` (the registries reads name). ``background`` fetches the
-rest of mounted layers while no read waits and judges each whole blob;
+rest of mounted layers while no read waits and judges each whole blob
+(the blobs of an origin that fails for now wait for it together: ``origin_wait``);
 ``blobstate`` keeps those verdicts in the cache directory and reads a
 complete blob back for the store. ``replay`` fetches a
 learned prefetch trace's ranges in order, yielding to reads. ``service`` is the daemon as
