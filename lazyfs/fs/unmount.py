@@ -2,9 +2,10 @@
 
 A mount process is told by its command line (``MOUNT_MODULE`` and its
 mount point), since pids get reused; one that does not exit after the
-unmount gets SIGTERM, then SIGKILL.  A process whose command line is
-empty cannot be told: it is waited for (and reaped, if it is our child)
-when it is exiting, and never signalled.  Blocking.
+unmount gets SIGTERM, then SIGKILL (a stopped one gets SIGTERM at once, and
+SIGCONT).  A process whose command line is empty cannot be told: it is
+waited for (and reaped, if it is our child) when it is exiting, and never
+signalled.  Blocking.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def unmount(
 
     Fine when nothing is mounted there and when the process is gone.  A
     mount process that does not exit within ``timeout`` after the unmount
-    gets SIGTERM, then SIGKILL; a process that cannot be told to be it is
-    never signalled.  Raises BackendError if the mount stays.
+    gets SIGTERM, then SIGKILL (a stopped one SIGTERM at once); a process
+    that cannot be told to be it is never signalled.  Raises BackendError if the mount stays.
 
     ``named``: ``mountpoint`` is as the mount table names it (a record's, its
     symlinks followed when it was mounted), so it is compared with the table
@@ -72,8 +73,12 @@ def unmount(
     seen = "other" if pid is None else _identify(pid, mountpoint.absolute())
     if pid is not None and seen == "exiting":
         wait_ended(pid, timeout)  # cannot be told whose: reaped if ours, never signalled
-    if pid is not None and seen == "mount" and not wait_ended(pid, timeout):
+    if pid is not None and seen == "mount" and (_stopped(pid) or not wait_ended(pid, timeout)):
+        # A stopped process ends on neither the unmount nor SIGTERM until it runs again:
+        # not waited for, and continued after SIGTERM (as systemd stops a unit's), so it
+        # exits as told, not killed a timeout later. Running, SIGCONT does nothing.
         signal_pid(pid, signal.SIGTERM)
+        signal_pid(pid, signal.SIGCONT)
         if not wait_ended(pid, timeout):
             signal_pid(pid, signal.SIGKILL)
             wait_ended(pid, timeout)
@@ -173,6 +178,15 @@ def _identify(pid: int, mountpoint: Path) -> Literal["mount", "exiting", "other"
         return "other"
     # A kernel thread has no memory of its own either, and never exits for us.
     return "exiting" if pages == 0 and not flags & _PF_KTHREAD else "other"
+
+
+def _stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, or a tracer's stop): ``T``/``t`` in proc(5)'s stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
 
 
 def signal_pid(pid: int, number: int) -> None:
