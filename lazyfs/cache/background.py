@@ -226,7 +226,7 @@ class Backgrounds:
         origin = self._origins.turn(origin_key(job.origin, source))
         room_tries = 0
         while self._jobs.get(job.digest) is job:  # else a mount asked for it from another origin
-            tries = room_tries + origin.failures  # its origin's failures are its tries too
+            tries = room_tries + origin.in_row  # its origin's failures in a row are its tries
             if down := origin.down:
                 if tries > ROOM_TRIES:  # as many as it would have made alone
                     job.kind, job.reason = BlobKind.PARTIAL, str(down)
@@ -245,7 +245,7 @@ class Backgrounds:
                     return
                 if origin.down:
                     continue  # failed another blob's fetch while this one waited its turn
-                job.reason = ""
+                job.reason, had = "", self.cache.blob_usage().get(job.digest, 0)
                 try:
                     # Not fetched while the disk cannot hold it whole: each round would
                     # evict every other image's chunks, then its own, and start again.
@@ -255,7 +255,8 @@ class Backgrounds:
                     origin.tried(None)
                     return
                 except (LazyfsError, OSError) as error:
-                    wait = origin.tried(error) or room_wait(tries, self.wait_first)
+                    came = self.cache.blob_usage().get(job.digest, 0) > had  # some answers
+                    wait = origin.tried(error, came) or room_wait(tries, self.wait_first)
                     awaited = awaited_by(error)
                     if awaited is None or tries >= ROOM_TRIES:
                         job.kind, job.reason = BlobKind.PARTIAL, str(error)

@@ -17,9 +17,11 @@ The wait before the next try is the one the origin's failures in a row
 give (``lazyfs.cache.room.room_wait``: 1 s doubling to a minute),
 whichever blob asked, or longer when the server's answer asked for longer
 (``Retry-After``, carried as ``TemporaryFailure.retry_after``). Each
-failure of the origin counts as a try of every blob waiting for it, so a
-blob still gives up after ``ROOM_TRIES``, as it did alone. Blobs of other
-origins are not held.
+failure of the origin since it last answered (bytes, or a refusal for
+good) counts as a try of every blob waiting for it, so an outage ends
+every blob's fetch after ``ROOM_TRIES`` rounds, as it ended one alone,
+and an origin that answers between failures (near a rate limit) ends
+none. Blobs of other origins are not held.
 
 An origin is a registry or mirror host (its repositories fail together),
 a daemon handle, or, for a job that names none, its blob source. What is
@@ -64,8 +66,7 @@ def origin_key(origin: Origin | None, source: BlobSource) -> Hashable:
 
 @dataclass
 class _Origin:
-    failures: int = 0  # for now, ever: a blob counts those since it was queued
-    in_row: int = 0  # failures since it last answered: the schedule's tries
+    in_row: int = 0  # failures since it last answered: the schedule's, and every blob's, tries
     next_try: float = -math.inf  # trio time; down until then: no blob asks it
     error: TemporaryFailure | None = None  # the last failure, while down
     back: trio.Event = field(default_factory=trio.Event)  # set when it answers again
@@ -96,12 +97,12 @@ class Turn:
     def __init__(self, origin: _Origin, first: float) -> None:
         self._origin = origin
         self._first = first
-        self._start = origin.failures
 
     @property
-    def failures(self) -> int:
-        """The origin's failures for now since the blob was queued: each a try of it."""
-        return self._origin.failures - self._start
+    def in_row(self) -> int:
+        """The origin's failures for now since it last answered: each a try of every blob
+        waiting for it (a flaky origin, answering between failures, wears out none)."""
+        return self._origin.in_row
 
     @property
     def down(self) -> TemporaryFailure | None:
@@ -114,16 +115,19 @@ class Turn:
         with trio.move_on_at(self._origin.next_try):
             await self._origin.back.wait()
 
-    def tried(self, error: BaseException | None) -> float | None:
-        """The blob's fetch ended, with ``error`` (None: the blob's bytes). Failed for now,
-        the origin is down until its next try: returns the seconds to it, the schedule's
-        for its failures in a row, or as long as its answer asked when that is longer.
-        Answered (the bytes, or a refusal for good), it is up, and the blobs waiting for
-        it go on. Any other error says nothing of it. None but for a failure for now."""
+    def tried(self, error: BaseException | None, came: bool = False) -> float | None:
+        """The blob's fetch ended, with ``error`` (None: the blob's bytes), some of its
+        bytes having ``came`` first. Failed for now, the origin is down until its next
+        try: returns the seconds to it, the schedule's for its failures in a row (counted
+        from this one when bytes came), or as long as its answer asked when that is
+        longer. Answered (the bytes, or a refusal for good), it is up, and the blobs
+        waiting for it go on. Any other error says nothing of it. None but for a failure
+        for now."""
         origin = self._origin
         if isinstance(error, TemporaryFailure):
+            if came:
+                origin.in_row = 0  # it answered before it failed: a new row of failures
             wait = max(room_wait(origin.in_row, self._first), error.retry_after or 0.0)
-            origin.failures += 1
             origin.in_row += 1
             origin.error = error
             origin.next_try = trio.current_time() + wait

@@ -28,8 +28,8 @@ or the disk filled by others) waits and tries again (``room_wait``): a few
 times quickly, then at most every minute, ``ROOM_TRIES`` times in all
 (about a quarter of an hour), logged each time, before it leaves the blob
 partial for the next mount to ask again. A background fetch whose origin
-fails for now (out of reach, overloaded) waits by the same schedule
-(``lazyfs.cache.background``).
+fails for now (out of reach, overloaded) waits by the same schedule, or
+as long as the origin's Retry-After asks (``lazyfs.cache.origin_wait``).
 """
 
 from __future__ import annotations

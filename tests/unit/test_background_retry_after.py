@@ -282,3 +282,38 @@ async def test_a_blob_of_another_origin_is_not_held_up_by_one_that_is_down(
         info = jobs.info(DIGESTS[0])
         assert info.kind is BlobKind.FETCHING and info.reason.startswith(WAITING), info
         assert [r[0] for r in source.requests] == [True]
+
+
+class Flaky(Down):
+    """An origin near its rate limit: every other request fails for now, for good."""
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        with self.lock:
+            fails = len(self.requests) % 2 == 1
+            now = self.clock.current_time()
+            self.requests.append((fails, now, now))
+        if fails:
+            raise self.failure
+        return self.blobs[digest][offset : offset + length]
+
+
+async def test_an_origin_that_answers_between_failures_wears_out_no_blob(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Blobs of some 20 requests each: every fetch of one fails partway, its bytes until
+    # then kept. A failure counts as a try only while the origin has answered nothing
+    # since, so none of the blobs gives up. Before: every blob counted every failure of
+    # the origin since it was queued, the other blobs' included, and most gave up.
+    busy = TemporaryFailure("registry failed: HTTP 429", status=429)
+    source = Flaky(autojump_clock, busy, failing=0, start=0)
+    source.blobs = {}
+    for _ in range(3):
+        blob = os.urandom(20 * REQUEST)  # stored, not inflated: any bytes do
+        source.blobs[Digest("sha256:" + hashlib.sha256(blob).hexdigest())] = blob
+    origin: Origin = RegistryOrigin("registry.test", "lazy")
+    async with backgrounds(tmp_path) as jobs:
+        for digest, blob in source.blobs.items():
+            await jobs.start(source, digest, len(blob), None, origin)
+        await _judged(jobs, list(source.blobs), BlobKind.COMPLETE)
+    # More failures than one blob may meet in a row: what the old count wore out.
+    assert sum(failed for failed, _, _ in source.requests) > 2 * 20
