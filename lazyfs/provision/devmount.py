@@ -47,10 +47,13 @@ from providers.fstree import remove_tree
 from providers.image_pb2 import Image
 from providers.manifest import ImageManifest
 from providers.mount_path import others_can_move
-from providers.mountinfo import mount_point_set, real_path
+from providers.mountinfo import mount_point_set
 from providers.private_dir import private_dir, write_private
 
 T = TypeVar("T")
+
+# Symlinks followed on the way to a mount point before it is taken as written (ELOOP's).
+_MAX_HOPS = 40
 
 
 @dataclass(frozen=True)
@@ -249,8 +252,8 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
             # As the record holds it, the mount table's own name: compared as text. The
             # unmount walks the path to it, asking each mount on the way.
             if mountpoint in points:
-                _asked(lambda: lazy_mount.fusermount_unmount(mountpoint), mountpoint, points,
-                       f"cannot unmount {_text(mountpoint)}")  # fmt: skip
+                _asked(lambda: lazy_mount.fusermount_unmount(mountpoint), [mountpoint],
+                       points, f"cannot unmount {_text(mountpoint)}")  # fmt: skip
             lazy_mount.unmount(mountpoint, pid=lazy_mount.recorded_pid(record), named=True)
             # upper/ of a writable mount holds whatever was written, at any depth.
             with contextlib.suppress(OSError):
@@ -261,46 +264,77 @@ def unmount_image(work_dir: Path, mountpoint: Path) -> None:
 
 def _recorded_as(work_dir: Path, given: Path) -> Path:
     """``given`` as a record would hold it: absolute, symlinks followed (a mount point is
-    none). Conflict if following them gets no answer in time."""
+    none). Conflict if following them waits on a mount that does not answer."""
     absolute = Path(os.path.abspath(given))
     points = mount_point_set()
     if record_dir(work_dir, absolute).exists() or absolute in points:
         # As lazyfs recorded it, or as the kernel names a mount: nothing to follow, so
         # nothing on the way is looked at (a mount there may be stopped).
         return absolute
-    return _asked(lambda: _followed(work_dir, given), absolute, points,
+    at = [absolute]
+    return _asked(lambda: _followed(work_dir, absolute, at), at, points,
                   f"cannot look up {_text(absolute)}")  # fmt: skip
 
 
-def _followed(work_dir: Path, given: Path) -> Path:
-    """``given`` with the symlinks on the way to it followed. Blocking, for ever when a
-    mount on the way is stopped: asked through ``answer_in_time``."""
-    mountpoint = real_path(given)  # the mount itself is not looked at: it may be wedged
+def _followed(work_dir: Path, absolute: Path, at: list[Path]) -> Path:
+    """``absolute`` with the symlinks on the way to it followed (``_walk``). Blocking, for
+    ever when a mount on the way is stopped: asked through ``_asked``."""
+    mountpoint = _walk(absolute.parent, at) / absolute.name  # the mount itself may be wedged
     if not record_dir(work_dir, mountpoint).exists():
         # Perhaps given as a link to where it is mounted. Only now looked at: an lstat of
         # the mount point itself asks a dead mount (ENOTCONN) or a stopped one (for ever).
+        at.append(mountpoint)
         with contextlib.suppress(OSError):
             if mountpoint.is_symlink():
-                mountpoint = Path(os.path.realpath(mountpoint))
+                mountpoint = _walk(mountpoint, at)
     return mountpoint
 
 
+def _walk(path: Path, at: list[Path]) -> Path:
+    """The absolute ``path`` through its symlinks, as ``os.path.realpath`` gives it, one
+    name at a time, each put in ``at`` before it is looked at: a symlink may lead into
+    another mount, and a look that gets no answer is about the last one (``_asked``)."""
+    done, todo, hops = Path("/"), list(path.parts[1:]), 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            done = done.parent
+            continue
+        step = done / name
+        at.append(step)
+        try:
+            target = os.readlink(step)
+        except OSError:  # no symlink (EINVAL), or nothing there: taken as it is written
+            done = step
+            continue
+        hops += 1
+        if hops > _MAX_HOPS:  # a loop: the rest as it is written, as realpath leaves it
+            return step.joinpath(*todo)
+        if os.path.isabs(target):
+            done = Path("/")
+        todo[:0] = [n for n in Path(target).parts if n not in ("/", ".")]
+    return done
+
+
 def _stopped_holder(path: Path, points: frozenset[Path]) -> Path | None:
-    """The mount ``path`` lies in, if that answers nothing (its process stopped or stuck):
-    then a look at ``path`` waits for ever, where otherwise it is only slow."""
-    holder = next((p for p in path.parents if p in points), None)
-    if holder is not None and mount_point_state(holder, points) == "not answering":
-        return holder
+    """The outermost mount at or above ``path`` that answers nothing (its process stopped
+    or stuck): a look at ``path`` waits on it for ever, where otherwise it is only slow.
+    Outermost: a mount inside a stopped one does not answer either, through no fault of
+    its own."""
+    for mount in reversed([p for p in (path, *path.parents) if p in points]):
+        if mount_point_state(mount, points) == "not answering":
+            return mount
     return None
 
 
-def _asked(ask: Callable[[], T], path: Path, points: frozenset[Path], failing: str) -> T:
-    """What ``ask()``, a look at ``path``, returns, waited for while the mount ``path``
-    lies in answers; Conflict (``failing``: what could not be done) when it does not."""
+def _asked(ask: Callable[[], T], at: list[Path], points: frozenset[Path], failing: str) -> T:
+    """What ``ask()``, a look at the path last in ``at``, returns, waited for while the
+    mounts it lies in answer; Conflict (``failing``: what could not be done) when one
+    does not."""
     stopped: list[Path] = []
 
     def hopeless() -> bool:
-        stopped.extend(filter(None, [_stopped_holder(path, points)]))
+        stopped.extend(filter(None, [_stopped_holder(at[-1], points)]))
         return bool(stopped)
 
     answer = answer_in_time(ask, hopeless=hopeless)

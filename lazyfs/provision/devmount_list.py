@@ -55,8 +55,12 @@ def answer_in_time(
     which waits for ever on a mount on the way whose process is stopped.
 
     It runs in a daemon thread: one stuck on a stopped mount keeps neither the caller
-    nor the command's exit waiting (the kernel ends it with the process: a fatal
-    signal ends the wait for a FUSE request the stopped process has not read).
+    nor, as a rule, the command's exit waiting (the kernel ends it with the process: a
+    fatal signal ends the wait for a FUSE request the stopped process has not read).
+    Not when another process asked first for the same name, and waits for that answer
+    too: the thread then waits with it, where no signal ends it, and the command,
+    having said what it had to, exits once the stopped mount is continued or taken
+    down.
     """
     answer: list[tuple[T] | Exception] = []
 

@@ -218,6 +218,8 @@ def test_umount_takes_down_a_mount_whose_process_died_or_stopped(
     record = record_dir(lazyfs.work_dir, mountpoint)
     pid = int((record / "pid").read_text())
     (mountpoint / "etc").stat()  # the kernel keeps what it learnt: no stat asks it again
+    # Read after the umount has removed the record: what the mount process logged last.
+    log = (record / "mount.log").open(encoding="utf-8")
     os.kill(pid, fate)
     try:
         # Mounting over it, or under it, says what to do.
@@ -229,6 +231,11 @@ def test_umount_takes_down_a_mount_whose_process_died_or_stopped(
         assert result.returncode == 0, result.stderr
         assert not is_mounted(mountpoint)
         assert not record.exists()
+        if fate == signal.SIGSTOP:
+            # Continued after SIGTERM, it ended as told, its last line written. Before: it
+            # could not act on SIGTERM while stopped, and was killed (SIGKILL) 20 s later.
+            assert f"unmounted {mountpoint}" in log.read()
     finally:
+        log.close()
         if mount_process_alive(pid):
             os.kill(pid, signal.SIGKILL)

@@ -78,13 +78,17 @@ def test_umount_inside_a_stopped_mount_names_it_then_takes_down_what_it_held(
 ) -> None:
     outer = tmp_path / "outer"
     outer.mkdir()
-    inner = outer / "inner"
+    mid = outer / "mid"
+    inner = mid / "inner"
     # Writable: the kernel keeps its answers only TIMEOUT, as most FUSE filesystems do.
     pid = json.loads(lazyfs("mount", "--writable", "busybox", str(outer)).stdout)["pid"]
     try:
+        mid.mkdir()
+        # A mount in it, not lazyfs' (it does not answer either: through no fault of its
+        # own), and in that one, one recorded (as root, lazyfs mounts in no FUSE mount: a
+        # user's mount, or one older than that check). Its pid names no mount process.
+        subprocess.run(["mount", "-t", "tmpfs", "lazyfs-mid", str(mid)], check=True)
         inner.mkdir()
-        # Mounted and recorded inside it (as root, lazyfs mounts in no FUSE mount: a user's
-        # mount, or one older than that check). Its pid names no mount process (4242).
         subprocess.run(["mount", "-t", "tmpfs", "lazyfs-inner", str(inner)], check=True)
         mount_record(lazyfs.work_dir, inner)
         os.kill(pid, signal.SIGSTOP)
@@ -102,7 +106,7 @@ def test_umount_inside_a_stopped_mount_names_it_then_takes_down_what_it_held(
         assert inner in mount_point_set() and record_dir(lazyfs.work_dir, inner).exists()
         # What it says to do: the stopped mount comes down, and what it held with it.
         lazyfs("umount", str(outer), timeout=120)
-        assert not {outer, inner} & mount_point_set()
+        assert not {outer, mid, inner} & mount_point_set()
         assert not mount_process_alive(pid)
         lazyfs("umount", str(inner), timeout=60)
         assert not record_dir(lazyfs.work_dir, inner).exists()
@@ -110,9 +114,40 @@ def test_umount_inside_a_stopped_mount_names_it_then_takes_down_what_it_held(
     finally:
         if mount_process_alive(pid):
             os.kill(pid, signal.SIGCONT)
-        for point in (inner, outer):
-            lazyfs("umount", str(point), check=False, timeout=120)
+        for point in (inner, mid, outer):
+            if point != mid:
+                lazyfs("umount", str(point), check=False, timeout=120)
             if point in mount_point_set():
                 subprocess.run(["umount", "-l", str(point)], check=False)
         if mount_process_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_umount_through_a_symlink_into_a_stopped_mount_names_it(
+    lazyfs: Lazyfs, tmp_path: Path
+) -> None:
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    pid = json.loads(lazyfs("mount", "busybox", str(outer)).stdout)["pid"]
+    try:
+        (outer / "etc").stat()  # the kernel keeps what it learnt: no stat asks it again
+        # The path given leads into the stopped mount only through a symlink, to a name
+        # the kernel never asked it about: following it asks the stopped process.
+        link = tmp_path / "link"
+        link.symlink_to(outer / "etc" / "never-looked-up")
+        os.kill(pid, signal.SIGSTOP)
+        # The timeout guards against a hang (before: for ever, waiting on the mount the
+        # path given lies in, /tmp's, which answers); the fix needs seconds.
+        refused = lazyfs("umount", str(link / "mnt"), check=False, timeout=90)
+        assert one_line_error(refused) == (
+            f"lazyfs: cannot look up {link / 'mnt'}: the mount it lies in, {outer}, is not"
+            f" answering (its process is stopped or stuck): continue that process, or"
+            f" unmount {outer} first"
+        )
+        assert record_dir(lazyfs.work_dir, outer).exists() and mount_process_alive(pid)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        lazyfs("umount", str(outer), check=False, timeout=60)
+        if mount_process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not is_mounted(outer) and not record_dir(lazyfs.work_dir, outer).exists()
