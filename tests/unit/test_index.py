@@ -216,14 +216,20 @@ def test_an_old_copy_a_running_mount_names_is_kept(tmp_path: Path) -> None:
     home.mkdir()
     copy = home / "tar"
     copy.write_bytes((tmp_path / "layer.tar").read_bytes())
-    # A format-1 mount process: it opens the copy on its first read of the layer.
-    argv = [sys.executable, "-c", "import sys; sys.stdin.read()", "--layer", f"{digest}={copy}"]
-    with subprocess.Popen(argv, stdin=subprocess.PIPE) as mount_process:
+    # A format-1 mount process: it opens the copy on its first read of the layer. Asked
+    # about once it runs with that command line (it says so): until it has exec'd, its
+    # command line is still this test's.
+    code = "import sys; print('up', flush=True); sys.stdin.read()"
+    argv = [sys.executable, "-c", code, "--layer", f"{digest}={copy}"]
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as mount_process:
         try:
+            assert mount_process.stdout is not None and mount_process.stdout.readline() == "up\n"
             assert ensure_index(layers, tmp, digest, blob).compression == "gzip"
             assert copy.is_file()
         finally:
-            mount_process.communicate(b"")
+            mount_process.communicate("")
     stored_index.index_path(layers, digest).unlink()  # the next call builds again
     ensure_index(layers, tmp, digest, blob)
     assert not copy.exists()
