@@ -45,19 +45,14 @@ than evict every other image's chunks round after round for a verdict it
 can never get.
 
 A fetch that fails for good (not found, refused credentials, bytes that do
-not verify) leaves the blob partial with the reason logged; the next mount
-of it asks again. One that fails for now waits, letting the next blob have
-its turn, and goes on by itself, the chunks it has kept: a few times
-quickly, then every minute, for a bounded time (``lazyfs.cache.room``),
-logged each time. For now: no room on the cache's disk (the cache evicted
-what it could), or an origin out of reach or overloaded (TemporaryFailure:
-refused, timed out, 5xx or 429 after the client's own retries), whose
-blobs wait for it together, as long as its Retry-After at least
-(``lazyfs.cache.origin_wait``). Waiting for a mount to ask again is no cure
-for a registry that blipped: its container runs on and nothing asks, so
-the layer would stay partial, and never be adopted into the store
-(``lazyfs.provision.adopt`` waits for its verdict). Nothing here is
-remembered across restarts but the verdicts.
+not verify) leaves the blob partial, the reason logged, for the next mount
+to ask again. One that fails for now (no room on the cache's disk, or an
+origin out of reach or overloaded: ``lazyfs.cache.origin_wait``) waits,
+letting the next blob have its turn, and goes on by itself with the chunks
+it kept, for a bounded time (``lazyfs.cache.room``): a container runs on
+with nothing asking, so a registry's blip would leave its layer partial for
+good, never adopted into the store (``lazyfs.provision.adopt``). Nothing
+here is remembered across restarts but the verdicts.
 """
 
 from __future__ import annotations
@@ -88,7 +83,7 @@ from lazyfs.cache.origin_wait import OriginWaits, awaited_by, origin_key
 from lazyfs.cache.room import ROOM_TRIES, ROOM_WAIT_FIRST, room_wait
 from lazyfs.cache.values import WAITING, BlobInfo, BlobKind, Origin
 from providers.digest import Digest, algorithm
-from providers.errors import DigestMismatch, LazyfsError, TemporaryFailure
+from providers.errors import DigestMismatch, LazyfsError
 from providers.source import BlobSource
 
 log = logging.getLogger(__name__)
@@ -107,6 +102,7 @@ class _Job:
     origin: Origin | None = None
     kind: BlobKind = BlobKind.FETCHING
     reason: str = ""
+    most: int = 0  # the most of its bytes cached at a failure: a try past it got some
 
 
 class Backgrounds:
@@ -245,7 +241,7 @@ class Backgrounds:
                     return
                 if origin.down:
                     continue  # failed another blob's fetch while this one waited its turn
-                job.reason, had = "", self.cache.blob_usage().get(job.digest, 0)
+                job.reason = ""
                 try:
                     # Not fetched while the disk cannot hold it whole: each round would
                     # evict every other image's chunks, then its own, and start again.
@@ -255,18 +251,22 @@ class Backgrounds:
                     origin.tried(None)
                     return
                 except (LazyfsError, OSError) as error:
-                    came = self.cache.blob_usage().get(job.digest, 0) > had  # some answers
-                    wait = origin.tried(error, came) or room_wait(tries, self.wait_first)
+                    # Bytes it never had before came: the origin answered (what eviction
+                    # took since and came again is no progress: counted as a failure).
+                    cached = self.cache.blob_usage().get(job.digest, 0)
+                    had, job.most = job.most, max(job.most, cached)
+                    wait = origin.tried(error, job.most > had)
+                    if wait is None:  # not a failure of its origin's: no room, or for good
+                        wait, room_tries = room_wait(tries, self.wait_first), room_tries + 1
+                    tries = room_tries + origin.in_row  # this failure counted
                     awaited = awaited_by(error)
-                    if awaited is None or tries >= ROOM_TRIES:
+                    if awaited is None or tries > ROOM_TRIES:
                         job.kind, job.reason = BlobKind.PARTIAL, str(error)
                         log.warning("background fetch of %s stopped: %s", job.digest, error)
                         return
                     job.reason = f"{WAITING}{awaited}: {error}"
                     log.warning("background fetch of %s %s; again in %g s (%d of %d)",
-                                job.digest, job.reason, wait, tries + 1, ROOM_TRIES)  # fmt: skip
-                    if not isinstance(error, TemporaryFailure):
-                        room_tries += 1  # its origin's failures count themselves
+                                job.digest, job.reason, wait, tries, ROOM_TRIES)  # fmt: skip
             await trio.sleep(wait)  # the origin's next try, for one that failed for now
 
     async def _fetch_and_judge(self, source: BlobSource, job: _Job) -> None:

@@ -33,7 +33,8 @@ import trio.testing
 from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
-from lazyfs.cache.room import room_wait
+from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.room import ROOM_TRIES, room_wait
 from lazyfs.cache.values import WAITING, BlobKind, Origin, RegistryOrigin
 from providers.digest import Digest
 from providers.errors import TemporaryFailure
@@ -218,7 +219,10 @@ async def _judged(jobs: Backgrounds, digests: list[Digest], kind: BlobKind) -> N
     stuck = time.monotonic() + 60  # a bound on a hang, in real time: not a timing
     while any(jobs.info(d).kind is BlobKind.FETCHING for d in digests):
         assert time.monotonic() < stuck, [jobs.info(d) for d in digests]
-        await trio.sleep(1.0)  # a poll: the jobs run in threads
+        # A poll, in a thread: the mock clock jumps only to the background's own
+        # wake-ups meanwhile (a trio.sleep here would jump it, and spin, while the
+        # jobs' requests run in their threads).
+        await trio.to_thread.run_sync(time.sleep, 0.01)
     for digest in digests:
         assert jobs.info(digest).kind is kind, jobs.info(digest)
 
@@ -317,3 +321,61 @@ async def test_an_origin_that_answers_between_failures_wears_out_no_blob(
         await _judged(jobs, list(source.blobs), BlobKind.COMPLETE)
     # More failures than one blob may meet in a row: what the old count wore out.
     assert sum(failed for failed, _, _ in source.requests) > 2 * 20
+
+
+class Scripted(Down):
+    """Each request answered or failed (for now) as ``answers`` says, in turn; answered
+    once they run out. Each try of the blob answers one request, at least."""
+
+    def __init__(self, clock: trio.testing.MockClock, answers: list[bool]) -> None:
+        super().__init__(clock, TemporaryFailure("registry failed: HTTP 503", status=503), 0, 0)
+        self.answers = answers
+        self.blob = os.urandom(4 * REQUEST)  # stored, not inflated: any bytes do
+        self.digest = Digest("sha256:" + hashlib.sha256(self.blob).hexdigest())
+        self.blobs = {self.digest: self.blob}
+
+    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        with self.lock:
+            fails = not self.answers.pop(0) if self.answers else False
+            now = self.clock.current_time()
+            self.requests.append((fails, now, now))
+        if fails:
+            raise self.failure
+        return self.blob[offset : offset + length]
+
+
+async def test_bytes_on_the_last_try_begin_a_new_row_of_tries(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Its origin down for all but the last of the blob's tries; that try's first request
+    # answered (the origin is back), its second failed: the first failure of a new row,
+    # not the last of the old one. Before: the blob gave up there, partial.
+    source = Scripted(autojump_clock, [False] * ROOM_TRIES + [True, False])
+    async with backgrounds(tmp_path) as jobs:
+        await jobs.start(source, source.digest, len(source.blob), None, RegistryOrigin("r", "a"))
+        await _judged(jobs, [source.digest], BlobKind.COMPLETE)
+
+
+async def test_a_blob_whose_bytes_are_evicted_between_tries_still_ends(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    # Each try gets one request's bytes, then a failure; while it waits, other reads
+    # evict what it got. No try gets further than the one before: they are failures in a
+    # row, and it gives up after ROOM_TRIES. Before: any bytes a try got counted as the
+    # origin answering, and it tried again every second for good. The clock stands still
+    # but when the test moves it on, past the wait, once the chunks are evicted.
+    source = Scripted(mock_clock, [True, False] * 1000)
+    async with backgrounds(tmp_path) as jobs:
+        await jobs.start(source, source.digest, len(source.blob), None, RegistryOrigin("r", "a"))
+        stuck = time.monotonic() + 60  # a bound on a hang, in real time: not a timing
+        while (info := jobs.info(source.digest)).kind is BlobKind.FETCHING:
+            failed = sum(f for f, _, _ in source.requests)
+            assert failed <= 4 * ROOM_TRIES, f"{failed} failures, and trying again"
+            assert time.monotonic() < stuck, info
+            if info.reason.startswith(WAITING):
+                for index in range(len(source.blob) // SIZE):
+                    jobs.cache.drop(ChunkKey(source.digest, index))
+                mock_clock.jump(120)  # past the longest wait of the schedule
+            await trio.to_thread.run_sync(time.sleep, 0.01)  # a poll, as in _judged
+        assert info.kind is BlobKind.PARTIAL, info
+        assert sum(f for f, _, _ in source.requests) == ROOM_TRIES + 1
