@@ -312,7 +312,7 @@ def _walk(path: Path, at: list[Path]) -> Path:
             return step.joinpath(*todo)
         if os.path.isabs(target):
             done = Path("/")
-        todo[:0] = [n for n in Path(target).parts if n not in ("/", ".")]
+        todo[:0] = [n for n in target.split("/") if n not in ("", ".")]  # "//x" too
     return done
 
 
