@@ -122,7 +122,8 @@ async def test_a_registry_s_429_retry_after_is_waited_out_once_for_all_its_blobs
     # The proxy answered 429 as often as it was told to, and the blob requests it saw
     # are the background's, one each: the failures all came first, then an answer.
     assert faults.statuses == []
-    assert [failed for failed, _, _ in asked] == [True] * BUSY + [False], asked
+    # Until it answered again (the blobs' next requests may have followed the snapshot).
+    assert [failed for failed, _, _ in asked[: BUSY + 1]] == [True] * BUSY + [False], asked
     blob_requests = [path for path, _ in faults.seen if "/blobs/" in path]
     assert len(blob_requests) == len(source.requests), blob_requests
     # One request a round for the three blobs, each after the Retry-After at least.

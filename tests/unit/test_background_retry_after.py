@@ -235,7 +235,8 @@ async def test_a_429_s_retry_after_is_waited_out_before_the_origin_is_asked_agai
     async with backgrounds(tmp_path) as jobs:
         await jobs.start(source, DIGESTS[0], len(LAYERS[0]), None, origin=None)
         await _back(source)
-        assert [r[0] for r in source.requests] == [False, True, True, True, False]
+        # The requests until it answered again (the blob's next ones may have followed).
+        assert [r[0] for r in source.requests[:5]] == [False, True, True, True, False]
         # Before: asked again after 1, 2 and 4 s, however long the registry asked for.
         assert all(gap >= 60.0 - EXACT for gap in source.gaps()), source.requests
         await _judged(jobs, DIGESTS[:1], BlobKind.COMPLETE)
@@ -257,7 +258,8 @@ async def test_blobs_of_one_origin_that_is_down_ask_it_once_a_round_between_them
             repository, DIGESTS[4], len(LAYERS[4]), None, RegistryOrigin("registry.test", "b")
         )
         await _back(source)
-        assert [r[0] for r in source.requests] == [True] * 4 + [False], source.requests
+        # Until it answered again (the blobs' next requests may have followed).
+        assert [r[0] for r in source.requests[:5]] == [True] * 4 + [False], source.requests
         # One request a round, on the schedule one blob alone keeps: 1, 2, 4 s between
         # them. Before: each blob queued asked the failing registry itself, at once.
         wanted = [room_wait(tries, FIRST) for tries in range(4)]
