@@ -34,10 +34,10 @@ a pure parser). ``for_image`` names the image for such an error, once.
 ``url`` never holds credentials or a query (providers.registry_http.redact);
 ``status`` is the HTTP status that meant the error, when one did.
 TemporaryFailure's ``retry_after`` is the wait in seconds the server asked
-for with its last answer's ``Retry-After`` (a 429 or 503 that the client's
-own retries could not outwait), at most ``RETRY_AFTER_MOST``; None when
-it asked none, or nothing readable. Whoever tries again later (the cache
-daemon's background fetch) waits at least that long.
+for with its last answer's ``Retry-After`` (a 429 or 5xx that the client's
+own retries could not outwait); None when it asked none, or nothing
+readable. Whoever tries again later decides how much of it to wait (the
+cache daemon's background fetch: ``lazyfs.cache.origin_wait``).
 DigestMismatch's ``expected`` is what was wanted, ``actual`` what was got.
 
 Lower-level exceptions (OSError, HTTP errors, JSON errors) are translated
@@ -172,12 +172,6 @@ class UnsafeLayer(BadEntry):
     WORD = "unsafe"
 
 
-# The longest wait a server's Retry-After is taken at: a registry's rate limit
-# window is a minute or an hour's share of one, and a header saying a day is
-# more likely a mistake than a plan; later tries keep asking it anyway.
-RETRY_AFTER_MOST = 600.0
-
-
 class TemporaryFailure(LazyfsError):
     def __init__(
         self,
@@ -191,9 +185,8 @@ class TemporaryFailure(LazyfsError):
         super().__init__(message, image=image)
         self.url = url
         self.status = status
-        self.retry_after: float | None = None
-        if retry_after is not None and retry_after > 0:  # NaN and 0 ask no wait
-            self.retry_after = min(retry_after, RETRY_AFTER_MOST)
+        # NaN and 0 ask no wait.
+        self.retry_after = retry_after if retry_after is not None and retry_after > 0 else None
 
 
 class Unreached(TemporaryFailure):

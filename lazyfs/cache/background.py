@@ -49,7 +49,7 @@ not verify) leaves the blob partial, the reason logged, for the next mount
 to ask again. One that fails for now (no room on the cache's disk, or an
 origin out of reach or overloaded: ``lazyfs.cache.origin_wait``) waits,
 letting the next blob have its turn, and goes on by itself with the chunks
-it kept, for a bounded time (``lazyfs.cache.room``): a container runs on
+it kept, for some twenty rounds without progress (``room``): a container runs on
 with nothing asking, so a registry's blip would leave its layer partial for
 good, never adopted into the store (``lazyfs.provision.adopt``). Nothing
 here is remembered across restarts but the verdicts.

@@ -16,14 +16,15 @@ for them all: one request a round however many blobs wait.
 The wait before the next try is the one the origin's failures in a row
 give (``lazyfs.cache.room.room_wait``: 1 s doubling to a minute),
 whichever blob asked, or longer when the server's answer asked for longer
-(``Retry-After``, carried as ``TemporaryFailure.retry_after``). Each
+(``Retry-After``, carried as ``TemporaryFailure.retry_after``; at most
+``RETRY_AFTER_MOST``). Each
 failure of the origin since it last answered (bytes, or a refusal for
 good) counts as a try of every blob waiting for it, so an outage ends
 every blob's fetch after ``ROOM_TRIES`` rounds, as it ended one alone,
 and an origin that answers between failures (near a rate limit) ends
 none. Blobs of other origins are not held.
 
-An origin is a registry or mirror host (its repositories fail together),
+An origin is a registry host, with its mirrors (its repositories fail together),
 a daemon handle, or, for a job that names none, its blob source. What is
 known of it is kept while blobs of it are queued, and forgotten with the
 last: an origin asked again an hour later starts afresh. In the trio
@@ -43,6 +44,11 @@ from lazyfs.cache.room import no_room, room_wait
 from lazyfs.cache.values import HandleOrigin, Origin, RegistryOrigin
 from providers.errors import LazyfsError, TemporaryFailure
 from providers.source import BlobSource
+
+# The longest wait a server's Retry-After is taken at: a registry's rate limit
+# window is a minute or an hour's share of one, and a header saying a day is
+# more likely a mistake than a plan; later tries keep asking it anyway.
+RETRY_AFTER_MOST = 600.0
 
 
 def awaited_by(error: BaseException) -> str | None:
@@ -127,7 +133,8 @@ class Turn:
         if isinstance(error, TemporaryFailure):
             if came:
                 origin.in_row = 0  # it answered before it failed: a new row of failures
-            wait = max(room_wait(origin.in_row, self._first), error.retry_after or 0.0)
+            asked = min(error.retry_after or 0.0, RETRY_AFTER_MOST)
+            wait = max(room_wait(origin.in_row, self._first), asked)
             origin.in_row += 1
             origin.error = error
             origin.next_try = trio.current_time() + wait

@@ -82,10 +82,8 @@ def without_index_blob(layer: Layer) -> Layer:
 
 def without_index_blobs(manifest: ImageManifest) -> ImageManifest:
     """``manifest`` with no layer naming an index blob (``without_index_blob``)."""
-    if not any(layer.annotation(INDEX_BLOB_ANNOTATION) for layer in manifest.layers):
-        return manifest
     layers = tuple(without_index_blob(layer) for layer in manifest.layers)
-    return dataclasses.replace(manifest, layers=layers)
+    return manifest if layers == manifest.layers else dataclasses.replace(manifest, layers=layers)
 
 
 class Listings:

@@ -330,7 +330,9 @@ def _stopped_holder(path: Path, points: frozenset[Path]) -> Path | None:
 def _asked(ask: Callable[[], T], at: list[Path], points: frozenset[Path], failing: str) -> T:
     """What ``ask()``, a look at the path last in ``at``, returns, waited for while the
     mounts it lies in answer; Conflict (``failing``: what could not be done) when one
-    does not."""
+    does not. The look is given up on, not ended: an unmount as a user other than root
+    is fusermount3's, a child process, which is left waiting too, and takes the mount
+    down once the stopped one is continued (the next umount forgets the record)."""
     stopped: list[Path] = []
 
     def hopeless() -> bool:

@@ -34,6 +34,7 @@ from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import Fetcher
 from lazyfs.cache.layout import ChunkKey
+from lazyfs.cache.origin_wait import RETRY_AFTER_MOST
 from lazyfs.cache.room import ROOM_TRIES, room_wait
 from lazyfs.cache.values import WAITING, BlobKind, Origin, RegistryOrigin
 from providers.digest import Digest
@@ -104,12 +105,12 @@ def _failure(busy: Busy) -> TemporaryFailure:
     [
         ("120", 429, 120.0),
         ("30", 503, 30.0),
-        ("86400", 429, 600.0),  # a day: bounded to ten minutes
+        ("86400", 429, 86400.0),  # a day: as it says (the background bounds its wait)
         ("soon", 429, None),  # unreadable: ignored
         ("0", 503, None),
         (None, 503, None),
     ],
-    ids=["seconds", "503", "bounded", "malformed", "zero", "none"],
+    ids=["seconds", "503", "a day", "malformed", "zero", "none"],
 )
 def test_the_client_s_temporary_failure_carries_the_server_s_retry_after(
     header: str | None, status: int, carried: float | None
@@ -239,6 +240,19 @@ async def test_a_429_s_retry_after_is_waited_out_before_the_origin_is_asked_agai
         assert [r[0] for r in source.requests[:5]] == [False, True, True, True, False]
         # Before: asked again after 1, 2 and 4 s, however long the registry asked for.
         assert all(gap >= 60.0 - EXACT for gap in source.gaps()), source.requests
+        await _judged(jobs, DIGESTS[:1], BlobKind.COMPLETE)
+
+
+async def test_a_retry_after_of_a_day_is_waited_out_ten_minutes_at_most(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    busy = TemporaryFailure("registry failed: HTTP 429", status=429, retry_after=86400.0)
+    source = Down(autojump_clock, busy, failing=1, start=REQUEST)
+    async with backgrounds(tmp_path) as jobs:
+        await jobs.start(source, DIGESTS[0], len(LAYERS[0]), None, origin=None)
+        await _back(source)
+        # The clock jumps only to the background's wake-ups: the gap is its wait, exactly.
+        assert source.gaps() == [pytest.approx(RETRY_AFTER_MOST)], source.requests
         await _judged(jobs, DIGESTS[:1], BlobKind.COMPLETE)
 
 
