@@ -6,7 +6,7 @@ at the offsets its index gives (not bytes of the blob, which is what
 ``providers``' blob sources read by range).  ``LocalTars`` serves it from
 tar files on this machine (the blob itself for plain tar layers, the
 store's uncompressed copy for zstd),
-``lazyfs.index.gzip_checkpoints.GzipCheckpoints`` from gzip blobs through
+``lazyfs.index.gzip_reads.GzipCheckpoints`` from gzip blobs through
 their checkpoints, ``lazyfs.blobs.estargz_reader.EstargzChunks`` from
 eStargz blobs, local or not, chunk by chunk through a ``BlobSource`` (their
 indexes' offsets are in the layer's data space, not its tar stream: the
@@ -225,8 +225,9 @@ def open_layers(
         for digest, data in plain.items()
         if data.checkpoints is not None
     }:
-        # Loaded only for gzip layers: indexed_gzip takes a lazy start's mount 10-20 ms.
-        from lazyfs.index.gzip_checkpoints import GzipCheckpoints
+        # Loaded only for gzip layers; ISA-L inflates them, so reading stored
+        # gzip layers loads no indexed_gzip (it builds their checkpoints).
+        from lazyfs.index.gzip_reads import GzipCheckpoints
 
         readers.update(dict.fromkeys(checkpointed, GzipCheckpoints(checkpointed)))
     if chunked:

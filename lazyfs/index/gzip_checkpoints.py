@@ -16,26 +16,19 @@ only ever goes where ``providers.compression.decompressed`` (the same
 decompressor ``backends.apply`` uses) has already accepted the bytes, and at
 the end both must agree on the stream's length.  Its errors become BadImage.
 
-Reading (``GzipCheckpoints``): a ``lazyfs.blobs.ranges.TarRangeReader``
-over gzip blobs with their exported checkpoints, reading the
-*uncompressed* stream.  See its docstring
-for the thread-safety and resource bounds.
+Reading is ``lazyfs.index.gzip_reads``: ISA-L, from the exported
+checkpoints, without indexed_gzip.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from indexed_gzip import IndexedGzipFile
 
-from providers.digest import Digest
 from providers.errors import BadImage
 
 # 1 MiB between checkpoints: a read decompresses 512 KiB on average (1 MiB at
@@ -47,17 +40,8 @@ SPACING = 1 << 20
 # enough that zran's file opens and index lookups do not count, small enough
 # that the blob's pages are still cached when zran reads them.
 EXTEND_EVERY = 8 << 20
-# Compressed bytes zran reads at a time.  A random read needs the compressed
-# bytes of at most ``SPACING`` plus the range: a smaller buffer reads less
-# that is thrown away; the build reads the whole blob and takes bigger gulps.
-READ_BUFFER = 256 << 10
+# Compressed bytes zran reads at a time while it builds.
 BUILD_READ_BUFFER = 1 << 20
-# Uncompressed bytes a reader handle decodes beyond a read and keeps, so the
-# next chunks of a file read front to back cost a copy, not another trip
-# from the checkpoint; small so that a small file does not decode megabytes.
-READ_AHEAD = 512 << 10
-# Handles (each holding its own copy of the checkpoints) per layer.
-HANDLES_PER_LAYER = 2
 
 
 class Checkpointer:
@@ -141,115 +125,3 @@ class _Tracked:
         self._position += len(data)
         self._checkpointer.reached(self._position)
         return data
-
-
-class GzipCheckpoints:
-    """``read_range`` over gzip blobs, each with its exported checkpoint file.
-
-    ``layers`` maps a digest to (blob, checkpoint file).  Thread-safe: an
-    IndexedGzipFile keeps its position and decoder state, so a handle serves
-    one read at a time, taken from a small pool per layer.  The pool grows
-    only when every handle of the layer is busy, up to ``handles_per_layer``:
-    a lock per layer would make the chunk cache's worker threads wait in
-    line on a big layer while zran decodes without the GIL and could run
-    them in parallel; but every handle holds its own copy of the checkpoint
-    windows (about 3% of the layer), so the pool stays small.  Handles open
-    the blob per call and keep no descriptor: descriptors in use are bounded
-    by the reads in flight, handles by layers x ``handles_per_layer``.
-    Handles are made on first use, so a mount starts without loading any.
-    """
-
-    def __init__(
-        self,
-        layers: Mapping[Digest, tuple[Path, Path]],
-        *,
-        handles_per_layer: int = HANDLES_PER_LAYER,
-    ) -> None:
-        self._pools = {
-            digest: _Pool(blob, checkpoints, handles_per_layer)
-            for digest, (blob, checkpoints) in layers.items()
-        }
-
-    def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
-        pool = self._pools[digest]  # KeyError for an unknown layer, as promised
-        if length <= 0:
-            return b""
-        try:
-            with pool.handle() as handle:
-                handle.seek(offset)  # past the end: read() gives b""
-                parts = []
-                left = length
-                while left > 0 and (data := handle.read(left)):
-                    parts.append(data)
-                    left -= len(data)
-                return b"".join(parts)
-        except (OSError, ValueError) as error:
-            # indexed_gzip raises IOError, ValueError and their subclasses.
-            raise OSError(
-                errno.EIO, f"layer {digest}: cannot read {length} bytes at {offset}: {error}"
-            ) from error
-
-    def close(self) -> None:
-        """Close the idle handles; reads may still open new ones."""
-        for pool in self._pools.values():
-            pool.close()
-
-
-class _Pool:
-    """Up to ``size`` reader handles over one blob, each lent to one thread at a time."""
-
-    def __init__(self, blob: Path, checkpoints: Path, size: int) -> None:
-        self._blob = blob
-        self._checkpoints = checkpoints
-        self._size = size
-        self._idle: list[IndexedGzipFile] = []
-        self._made = 0
-        self._changed = threading.Condition()
-
-    @contextmanager
-    def handle(self) -> Iterator[IndexedGzipFile]:
-        with self._changed:
-            while not self._idle and self._made >= self._size:
-                self._changed.wait()
-            handle = self._idle.pop() if self._idle else None
-            if handle is None:
-                self._made += 1  # reserved; opened below, outside the lock (it reads a file)
-        try:
-            if handle is None:
-                handle = self._open()
-            yield handle
-        except BaseException:
-            # A handle that failed may be in any state: drop it, a new one is cheap.
-            if handle is not None:
-                handle.close()
-            with self._changed:
-                self._made -= 1
-                self._changed.notify()
-            raise
-        with self._changed:
-            self._idle.append(handle)
-            self._changed.notify()
-
-    def _open(self) -> IndexedGzipFile:
-        checkpoints = self._checkpoints.read_bytes()
-        handle = IndexedGzipFile(
-            filename=str(self._blob),
-            auto_build=False,  # the imported index is complete; never decode to extend it
-            readbuf_size=READ_BUFFER,
-            buffer_size=READ_AHEAD,
-        )
-        try:
-            # From memory, not a file: see Checkpointer.export.
-            handle.import_index(fileobj=io.BytesIO(checkpoints))
-        except BaseException:
-            handle.close()
-            raise
-        return handle
-
-    def close(self) -> None:
-        with self._changed:
-            idle, self._idle = self._idle, []
-            self._made -= len(idle)
-            self._changed.notify_all()
-        for handle in idle:
-            handle.close()

@@ -1,4 +1,7 @@
-"""gzip checkpoints: ranges of the uncompressed stream equal slices of it, from any thread."""
+"""gzip checkpoints: ranges of the uncompressed stream equal slices of it, from any thread.
+
+Built by zran (``gzip_checkpoints``), read with ISA-L (``gzip_reads``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import errno
 import gzip
 import itertools
 import random
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +20,7 @@ from hypothesis import strategies as st
 
 from lazyfs.blobs.ranges import open_layers
 from lazyfs.index.formats import build_index
-from lazyfs.index.gzip_checkpoints import GzipCheckpoints
+from lazyfs.index.gzip_reads import GzipCheckpoints, read_checkpoints
 from lazyfs.index.model import CHECKPOINTS_NAME, LayerData, LayerIndex
 from providers.digest import Digest, digest_bytes
 from providers.errors import BadImage
@@ -160,7 +164,7 @@ def test_corrupt_gzip_is_a_bad_image_naming_the_layer(tmp_path: Path, damage: st
     assert list(scratch.iterdir()) == []
 
 
-@pytest.mark.parametrize("shape", ["members", "zero padding"])
+@pytest.mark.parametrize("shape", ["members", "empty members", "zero padding"])
 def test_multi_member_and_padded_gzip_read_back(tmp_path: Path, shape: str) -> None:
     # Concatenated members (as pigz --independent or eStargz write) and the
     # zero padding gzip readers accept must index and read like one stream.
@@ -168,6 +172,9 @@ def test_multi_member_and_padded_gzip_read_back(tmp_path: Path, shape: str) -> N
     cuts = [0, 100_000, 400_001, len(tar)]
     if shape == "members":
         data = b"".join(gzip.compress(tar[a:b]) for a, b in itertools.pairwise(cuts))
+    elif shape == "empty members":
+        parts = [gzip.compress(tar[a:b]) for a, b in itertools.pairwise(cuts)]
+        data = gzip.compress(b"") + gzip.compress(b"").join(parts) + gzip.compress(b"")
     else:
         data = gzip.compress(tar) + b"\0" * 700
     blob = tmp_path / "blob"
@@ -180,3 +187,69 @@ def test_multi_member_and_padded_gzip_read_back(tmp_path: Path, shape: str) -> N
     reader = GzipCheckpoints({digest: (blob, scratch / CHECKPOINTS_NAME)})
     for offset in (0, 99_990, 100_000, 400_000, 555_555, len(tar) - 3):
         assert reader.read_range(digest, offset, 70_000) == tar[offset : offset + 70_000]
+
+
+def _varied_layer(tmp_path: Path, seed: int) -> Layer:
+    draw = random.Random(seed)
+    entries = [
+        Entry(f"f{number}", data=draw.randbytes(draw.randrange(1, 90_000)))
+        if draw.random() < 0.5
+        else Entry(f"f{number}", data=b"".join(b"%d " % draw.randrange(99) for _ in range(40_000)))
+        for number in range(8)
+    ]
+    folder = tmp_path / str(seed)
+    folder.mkdir()
+    return Layer(folder, entries)
+
+
+def test_each_checkpoint_is_entered_at_whatever_bit_its_block_starts() -> None:
+    # Blocks start mid-byte (bits 1-7 of the byte before the offset belong to
+    # them) and stored blocks of the noise follow, aligned to the stream's
+    # bytes: each read enters at its own checkpoint, the last first.
+    bits_seen = set()
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in range(6):
+            layer = _varied_layer(Path(scratch), seed)
+            reader = GzipCheckpoints({layer.digest: (layer.blob, layer.checkpoints)})
+            for point in reversed(read_checkpoints(layer.checkpoints).points):
+                bits_seen.add(point.bits)
+                got = reader.read_range(layer.digest, point.position, 100_000)
+                assert got == layer.tar[point.position : point.position + 100_000], (seed, point)
+    assert bits_seen == set(range(8))
+
+
+def _damaged(checkpoints: bytes, damage: str) -> bytes:
+    head, point = 5 + 1 + 1 + 8 + 8 + 4 + 4 + 4, 8 + 8 + 1 + 1
+    data = bytearray(checkpoints)
+    if damage == "version":
+        data[5] = 2
+    elif damage == "bits":
+        data[head + point + 16] = 9  # the second checkpoint's bits
+    elif damage == "order":
+        data[head + point + 8 : head + point + 16] = (10**9).to_bytes(8, "little")
+    elif damage == "count":
+        data[head - 4 : head] = (int.from_bytes(data[head - 4 : head], "little") - 1).to_bytes(
+            4, "little"
+        )
+    else:
+        data += b"\0"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["version", "bits", "order", "count", "longer"])
+def test_a_damaged_checkpoint_table_is_eio(tmp_path: Path, layer: Layer, damage: str) -> None:
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(_damaged(layer.checkpoints.read_bytes(), damage))
+    with pytest.raises(OSError) as caught:
+        GzipCheckpoints({layer.digest: (layer.blob, damaged)}).read_range(layer.digest, 0, 10)
+    assert caught.value.errno == errno.EIO and layer.digest in str(caught.value)
+
+
+def test_a_blob_cut_short_after_indexing_is_eio_past_the_cut(tmp_path: Path, layer: Layer) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(layer.blob.read_bytes()[:100_000])
+    reader = GzipCheckpoints({layer.digest: (blob, layer.checkpoints)})
+    assert reader.read_range(layer.digest, 0, 50_000) == layer.tar[:50_000]
+    with pytest.raises(OSError) as caught:
+        reader.read_range(layer.digest, len(layer.tar) - 100, 50)
+    assert caught.value.errno == errno.EIO
