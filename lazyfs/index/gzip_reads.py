@@ -228,6 +228,8 @@ class Cursor:
 
     def _enter(self, index: int, source: Source) -> None:
         point = self._start = self._table.points[index]
+        if not 0 <= point.bits <= 7:
+            raise ValueError(f"a checkpoint {point.bits} bits into its byte")
         if point.window_at is None:
             self._decoder = self._inflater.decompressobj(wbits=-15)
         else:
