@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from lazyfs.index.artifact import WINDOW, Point
 
 if TYPE_CHECKING:
-    from lazyfs.index.gzip_reads import Checkpoint
+    from lazyfs.index.gzip_points import Checkpoint
 
 
 def inflate_from(
@@ -44,7 +44,8 @@ def inflate_from(
     inflated from there (``read``'s own OSError among them).
     """
     # Loaded with the first gzip read only: an eStargz layer's mount needs none of it.
-    from lazyfs.index.gzip_reads import INFLATE_ERROR, Checkpoint, Checkpoints, Cursor
+    from lazyfs.index.gzip_points import Checkpoint, Checkpoints
+    from lazyfs.index.gzip_reads import INFLATE_ERROR, Cursor
 
     if point is not first and (window is None or len(window) != WINDOW):
         raise ValueError("a checkpoint past the stream's start needs its 32 KiB window")

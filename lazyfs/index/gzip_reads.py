@@ -32,22 +32,18 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-import struct
 import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, cast
 
 from isal import isal_zlib
 
+from lazyfs.index.gzip_points import WINDOW, Checkpoint, Checkpoints, read_checkpoints
 from providers.digest import Digest
 
-WINDOW = 32768
-_HEAD = struct.Struct("<5sBBQQIII")  # magic, version, flags, sizes, spacing, window, points
-_POINT = struct.Struct("<QQBB")  # compressed offset, tar offset, bits, has a window
 # Compressed bytes read at a time: a random read reads up to this much past
 # what it needs; an inflate call's output is bounded by ``OUTPUT_AT_MOST``
 # (a run of zeros inflates a thousandfold).
@@ -103,61 +99,6 @@ def _lead_in(bits: int, byte: int) -> bytes:
     value, count = _LEAD_INS[bits]
     value |= (byte >> (8 - bits)) << count
     return value.to_bytes((count + bits) // 8, "little")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    compressed: int  # the first whole byte of the block
-    bits: int  # bits of the byte before it that are the block's start
-    position: int  # the tar-stream offset of the block's first output byte
-    window_at: int | None  # where its window is in the file; None: a member's start
-
-
-@dataclass(frozen=True)
-class Checkpoints:
-    blob_size: int
-    tar_size: int
-    points: tuple[Checkpoint, ...]
-    positions: tuple[int, ...]
-
-    def before(self, offset: int) -> int:
-        """The index of the last checkpoint at or before tar offset ``offset``."""
-        return max(bisect.bisect_right(self.positions, offset) - 1, 0)
-
-
-def read_checkpoints(path: Path) -> Checkpoints:
-    """The table of the checkpoint file at ``path`` (its windows stay in the file).
-
-    Raises OSError when it cannot be read, ValueError when it is not a
-    complete, well-formed zran index of version 1.
-    """
-    with open(path, "rb") as file:
-        head = file.read(_HEAD.size)
-        if len(head) < _HEAD.size:
-            raise ValueError("the checkpoint file is cut short")
-        magic, version, _flags, blob_size, tar_size, _spacing, window, count = _HEAD.unpack(head)
-        if magic != b"GZIDX" or version != 1 or window != WINDOW or count < 1:
-            raise ValueError("not a zran index of version 1 with 32 KiB windows")
-        table = file.read(count * _POINT.size)
-        size = os.fstat(file.fileno()).st_size
-    if len(table) < count * _POINT.size:
-        raise ValueError("the checkpoint file is cut short")
-    points: list[Checkpoint] = []
-    windows_start = _HEAD.size + count * _POINT.size
-    windows = 0
-    for compressed, position, bits, has_window in _POINT.iter_unpack(table):
-        if bits > 7 or compressed > blob_size or position > tar_size or (bits and not compressed):
-            raise ValueError(f"a checkpoint out of range: {compressed}/{bits} -> {position}")
-        if points and (position < points[-1].position or compressed < points[-1].compressed):
-            raise ValueError("checkpoints out of order")
-        window_at = windows_start + windows * WINDOW if has_window else None
-        windows += bool(has_window)
-        points.append(Checkpoint(compressed, bits, position, window_at))
-    if size != windows_start + windows * WINDOW:
-        raise ValueError(f"the checkpoint file has {size} bytes, its table says otherwise")
-    if points[0].position != 0:
-        raise ValueError("the checkpoints do not start at the stream's start")
-    return Checkpoints(blob_size, tar_size, tuple(points), tuple(p.position for p in points))
 
 
 class Source(Protocol):
@@ -253,11 +194,16 @@ class Cursor:
                 self._next_member(source)
                 decoder = self._decoder
                 assert decoder is not None
-            data = decoder.unconsumed_tail or self._compressed(source)
+            data = decoder.unconsumed_tail
             if not data:
-                raise ValueError(f"the blob ends inside the deflate stream at {self._next_in}")
-            out = decoder.decompress(data, OUTPUT_AT_MOST)
-            if out:
+                # Output held back at the last call's cap (mid-match, its input all
+                # taken) comes first: more input now could be the next span's.
+                if out := decoder.decompress(b"", OUTPUT_AT_MOST):
+                    return out
+                data = self._compressed(source)
+                if not data:
+                    raise ValueError(f"the blob ends inside the deflate stream at {self._next_in}")
+            if out := decoder.decompress(data, OUTPUT_AT_MOST):
                 return out
 
     def _next_member(self, source: Source) -> None:
@@ -382,7 +328,11 @@ class _Pool:
         table = self._table
         if table is None:
             # Two threads may both read it the first time; either table will do.
-            table = self._table = read_checkpoints(self.checkpoints)
+            table = read_checkpoints(self.checkpoints)
+            # Offsets are checked against the blob size the table says: the blob's.
+            if (size := self.blob.stat().st_size) != table.blob_size:
+                raise ValueError(f"the checkpoints are of a {table.blob_size}-byte blob: {size}")
+            self._table = table
         return table
 
     def close(self) -> None:

@@ -54,7 +54,12 @@ NOT_FOR_THE_MOUNT_PROCESS = {
 }
 NOT_FOR_STORED_INDEXES = {"tarfile", "providers.tar_stream", "providers.tar_sparse", "zstandard"}
 # Reading through gzip checkpoints (indexed_gzip, which also reads package metadata at import).
-NOT_FOR_PLAIN_TAR = {"indexed_gzip", "lazyfs.index.gzip_checkpoints", "lazyfs.index.gzip_reads"}
+NOT_FOR_PLAIN_TAR = {
+    "indexed_gzip",
+    "lazyfs.index.gzip_checkpoints",
+    "lazyfs.index.gzip_reads",
+    "lazyfs.index.gzip_points",
+}
 NOT_LOADED = (
     NOT_FOR_LOCAL_LAYERS
     | NOT_FOR_READ_ONLY
