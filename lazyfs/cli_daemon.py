@@ -47,6 +47,7 @@ from providers.fslock import same_file
 if TYPE_CHECKING:
     from lazyfs.cache.service import Chore
     from lazyfs.store.disk import Store
+    from providers.digest import Digest
 
 DEFAULT_CACHE_SIZE = "10GiB"
 # A daemon a command starts: seconds with no mount and no fetch, then it exits, as the
@@ -203,7 +204,7 @@ def image_gc_chore(
     config = gc_config(args)
     assert config is not None
 
-    def image_gc() -> None:
+    def image_gc() -> list[Digest]:
         report = gc_pass(store(), work_dir, config, stale_tree=stale_tree)
         if report.images or report.layers or not report.reached:
             reached = "reached" if report.reached else "not reached (the rest is used or excluded)"
@@ -211,5 +212,7 @@ def image_gc_chore(
                 "image GC: removed %d images, %d layers; headroom %s",
                 len(report.images), len(report.layers), reached,
             )  # fmt: skip
+        # The daemon lets go of their cached chunks too (``Chore``).
+        return [digest for digest, _ in report.layers]
 
     return config.interval_ns / 1e9, image_gc

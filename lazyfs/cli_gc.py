@@ -7,6 +7,11 @@ stale leftovers), layers left because they were busy, the filesystem's
 free and total bytes after, the headroom and whether it was reached.  Not
 reached (all that is left is in use or excluded): one line on stderr and
 status 1, as for any failure.
+
+The cache daemon's chunks of the layers a pass, ``images rm`` or ``prune``
+removed go too (``forget_cached``, ``lazyfs.cache.forget``): nothing names
+those blobs any more. ``gc`` counts them in its JSON (``cache_freed``), ``rm``
+and ``prune`` in the total they print, saying how much of it they were.
 """
 
 from __future__ import annotations
@@ -16,12 +21,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazyfs.cli_flags import source
 from lazyfs.gc.collect import Report, gc_pass
 from lazyfs.gc.config import GcConfig, parse_gc_config
 from lazyfs.progress import human_size
 from lazyfs.store.disk import Store
+
+if TYPE_CHECKING:
+    from lazyfs.cache.forget import Forgotten
 
 
 def gc_config(args: argparse.Namespace) -> GcConfig | None:
@@ -41,7 +50,9 @@ def run_gc(
 ) -> int:
     config = gc_config(args) or GcConfig()
     report = gc_pass(store(), work_dir, config, stale_tree=stale_tree)
-    print(json.dumps(report_json(report), indent=1))
+    cached = forget_cached(args, report)
+    print(json.dumps({**report_json(report), "cache_freed": cached.freed}, indent=1))
+    _say_left(cached)
     if not report.reached:
         after = report.after or report.before
         share = after.free / after.total if after.total else 0.0
@@ -70,8 +81,18 @@ def report_json(report: Report) -> dict[str, object]:
     }
 
 
-def print_removed(report: Report) -> None:
-    """``images rm`` and ``prune``: a line per removal, as docker rmi and prune print them."""
+def forget_cached(args: argparse.Namespace, report: Report) -> Forgotten:
+    """Let go of the cache's chunks of the layers ``report`` removed. Blocking."""
+    from lazyfs.cache.forget import forget
+    from lazyfs.cli_daemon import cache_dir
+
+    return forget(cache_dir(args), [digest for digest, _ in report.layers])
+
+
+def print_removed(report: Report, cached: Forgotten | None = None) -> None:
+    """``images rm`` and ``prune``: a line per removal, as docker rmi and prune print them;
+    then the bytes freed, the ``cached`` chunks' among them (said apart: they are of the
+    cache, bounded by ``--cache_size``, and maybe on another filesystem than the store)."""
     for name in report.images:
         print(f"removed image {name}")
     for digest, size in report.layers:
@@ -80,4 +101,16 @@ def print_removed(report: Report) -> None:
         print(f"removed leftover {path}")
     for digest in report.skipped:
         print(f"kept layer {digest}: busy (being extracted or indexed)", file=sys.stderr)
-    print(f"freed {human_size(report.freed)}")
+    if cached is not None:
+        _say_left(cached)
+    if cached is None or not cached.freed:
+        print(f"freed {human_size(report.freed)}")
+        return
+    total = human_size(report.freed + cached.freed)
+    print(f"freed {total} ({human_size(cached.freed)} of it cached chunks)")
+
+
+def _say_left(cached: Forgotten) -> None:
+    if cached.left is not None:
+        print(f"lazyfs: the removed layers' cached chunks stay until the cache evicts them: "
+              f"{cached.left}", file=sys.stderr)  # fmt: skip

@@ -12,7 +12,9 @@ image has; an image a container (rootfs or volume) or a mount uses is
 refused, with who uses it, and then nothing is removed.  ``prune`` removes
 every image and layer nothing uses (nor ``--image_gc_config`` excludes)
 and stale leftovers.  Both go through image GC's ``gc/`` area
-(``lazyfs.gc``), so a killed one leaves no half layer behind.  Sizes in
+(``lazyfs.gc``), so a killed one leaves no half layer behind; then the
+cache daemon's chunks of the layers they removed go too (``lazyfs.cache.forget``;
+without a daemon, from its directory), counted in what they freed.  Sizes in
 binary units (``lazyfs.progress.human_size``).
 """
 
@@ -96,13 +98,14 @@ def run_images(
         return 0
     if action is not None:
         # GC loads the index and tree code: only for the commands that remove.
-        from lazyfs.cli_gc import gc_config, print_removed
+        from lazyfs.cli_gc import forget_cached, gc_config, print_removed
         from lazyfs.gc.collect import prune, remove
 
         if action == "rm":
-            print_removed(remove(store(), work_dir, args.names, stale_tree=stale_tree))
+            report = remove(store(), work_dir, args.names, stale_tree=stale_tree)
         else:
-            print_removed(prune(store(), work_dir, gc_config(args), stale_tree=stale_tree))
+            report = prune(store(), work_dir, gc_config(args), stale_tree=stale_tree)
+        print_removed(report, forget_cached(args, report))
         return 0
     # No store yet: nothing to list, and nothing to create for it.
     stored = store().images() if store_dir.is_dir() else []

@@ -27,6 +27,11 @@ that needs it, and ``client`` is a mount's BlobSource over it: cached chunks
 read from the files, misses asked for (``connection``: one socket to the
 daemon; ``client_blob``: where each blob comes from). ``remote`` holds the
 light values a mount is given for its layers still in a registry.
+``forget`` lets go of the cached chunks of layers removed from the store
+(``images rm``, ``prune``, image GC): through the daemon (``forget_serve``,
+its request and answer in ``forget_values``), whose cache refuses them until
+they are wanted again (``release``), or from the directory when none runs.
+``chunk_write`` writes a chunk's file before it is put in place.
 
 Imports: providers.
 """

@@ -153,6 +153,15 @@ def forget_verdict(cache_dir: Path, digest: Digest) -> None:
     record_path(cache_dir, digest).unlink(missing_ok=True)
 
 
+def forget_complete(cache_dir: Path, digest: Digest) -> None:
+    """Remove the verdict on ``digest`` if it says complete: its chunks are let go
+    (``lazyfs.cache.forget``), and it would list a blob no longer here. A quarantine
+    stays: it is a fact about the bytes, and holds no room."""
+    verdict = read_verdict(cache_dir, digest)
+    if verdict is not None and verdict.state == COMPLETE:
+        forget_verdict(cache_dir, digest)
+
+
 def origin_name(origin: Origin | None) -> str:
     """How records and messages name ``origin``."""
     if origin is None:

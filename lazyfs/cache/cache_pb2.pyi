@@ -97,6 +97,20 @@ class EvictReply(_message.Message):
     chunks_evicted: int
     def __init__(self, chunks_evicted: _Optional[int] = ...) -> None: ...
 
+class ForgetRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetReply(_message.Message):
+    __slots__ = ("chunks", "bytes")
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    chunks: int
+    bytes: int
+    def __init__(self, chunks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
 class BackgroundRequest(_message.Message):
     __slots__ = ("digest", "origin", "blob_size", "diff_id", "media_type")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -204,23 +218,25 @@ class Error(_message.Message):
     def __init__(self, kind: _Optional[_Union[Error.Kind, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "read", "prefetch", "status", "evict", "background")
+    __slots__ = ("id", "read", "prefetch", "status", "evict", "background", "forget")
     ID_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     EVICT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     id: int
     read: ReadRequest
     prefetch: PrefetchRequest
     status: StatusRequest
     evict: EvictRequest
     background: BackgroundRequest
-    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadRequest, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., evict: _Optional[_Union[EvictRequest, _Mapping]] = ..., background: _Optional[_Union[BackgroundRequest, _Mapping]] = ...) -> None: ...
+    forget: ForgetRequest
+    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadRequest, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchRequest, _Mapping]] = ..., status: _Optional[_Union[StatusRequest, _Mapping]] = ..., evict: _Optional[_Union[EvictRequest, _Mapping]] = ..., background: _Optional[_Union[BackgroundRequest, _Mapping]] = ..., forget: _Optional[_Union[ForgetRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("id", "read", "prefetch", "status", "error", "evict", "background")
+    __slots__ = ("id", "read", "prefetch", "status", "error", "evict", "background", "forget")
     ID_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +244,7 @@ class Response(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     EVICT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     id: int
     read: ReadReply
     prefetch: PrefetchReply
@@ -235,4 +252,5 @@ class Response(_message.Message):
     error: Error
     evict: EvictReply
     background: BackgroundReply
-    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadReply, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., evict: _Optional[_Union[EvictReply, _Mapping]] = ..., background: _Optional[_Union[BackgroundReply, _Mapping]] = ...) -> None: ...
+    forget: ForgetReply
+    def __init__(self, id: _Optional[int] = ..., read: _Optional[_Union[ReadReply, _Mapping]] = ..., prefetch: _Optional[_Union[PrefetchReply, _Mapping]] = ..., status: _Optional[_Union[StatusReply, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., evict: _Optional[_Union[EvictReply, _Mapping]] = ..., background: _Optional[_Union[BackgroundReply, _Mapping]] = ..., forget: _Optional[_Union[ForgetReply, _Mapping]] = ...) -> None: ...

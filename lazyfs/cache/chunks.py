@@ -17,6 +17,9 @@ since the daemon last looked gets a second chance. When every chunk is pinned
 the cache goes over the limit rather than fail a read, and evicts down to it
 as soon as pins are released.
 
+A blob whose layers were removed is let go at once, its chunks refused until a
+request names it again (``release``, ``want``: ``lazyfs.cache.release``).
+
 The filesystem's free space bounds it too (``lazyfs.cache.room``): before a
 chunk is written, chunks are evicted in the same order to keep a headroom
 free there, and a write refused for want of room evicts more and is tried
@@ -31,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -40,7 +42,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from lazyfs.cache.chunk_write import write_tmp
 from lazyfs.cache.layout import CHUNK_SIZE, ChunkFiles, ChunkKey, Layout
+from lazyfs.cache.release import Releasing
 from lazyfs.cache.room import free_bytes, headroom, no_room
 from lazyfs.cache.stock import make_dirs, take_stock
 from providers.digest import Digest
@@ -66,7 +70,7 @@ class CacheStats:
     chunk_size: int
 
 
-class DiskCache:
+class DiskCache(Releasing):
     """The chunk cache under one directory, owned by this process until ``close``.
 
     Made by ``open``; a context manager that closes it.
@@ -75,6 +79,7 @@ class DiskCache:
     def __init__(
         self, layout: Layout, limit_bytes: int, lock_fd: int, block: int, headroom: int
     ) -> None:
+        super().__init__()
         self.layout = layout
         self.limit_bytes = limit_bytes
         self.headroom = headroom  # bytes kept free on the filesystem, chunks evicted for it
@@ -254,6 +259,7 @@ class DiskCache:
         charge = self._charge(len(data))
         free = free_bytes(self._lock_fd)  # before the mutex: readers wait on it, not a statfs
         with self._mutex:
+            self._refuse_unwanted(key)
             if key in self._lru and not replace:
                 self._lru.move_to_end(key)
                 return path
@@ -265,7 +271,7 @@ class DiskCache:
                 self._evict_for_disk(need - (free if fresh is None else fresh))
             self._reserved += charge
         try:
-            tmp, mtime = self._room_or_evict(lambda: self._write_tmp(data), charge)
+            tmp, mtime = self._room_or_evict(lambda: write_tmp(self.layout.tmp_dir, data), charge)
         except BaseException:
             with self._mutex:
                 self._reserved -= charge
@@ -276,6 +282,7 @@ class DiskCache:
                 os.unlink(tmp)
                 return path
             try:
+                self._refuse_unwanted(key)  # released while it was written
                 self._room_or_evict(lambda: self._place(tmp, path), charge, locked=True)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -302,24 +309,6 @@ class DiskCache:
         with contextlib.nullcontext() if locked else self._mutex:
             self._evict_for_disk(self.headroom + charge)
         return write()  # a failure now is the read's
-
-    def _write_tmp(self, data: bytes) -> tuple[Path, float]:
-        fd, name = tempfile.mkstemp(dir=self.layout.tmp_dir, prefix="chunk.")
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            # The data reaches the disk before the name does: after a crash
-            # the chunk is whole or absent, never a file of zeros. The rename
-            # itself need not be durable (a lost chunk is fetched again), so
-            # the directory is not fsynced.
-            os.fsync(fd)
-            return Path(name), os.fstat(fd).st_mtime
-        except BaseException:
-            os.unlink(name)
-            raise
-        finally:
-            os.close(fd)
 
     # Accounting and eviction (callers hold the mutex)
 

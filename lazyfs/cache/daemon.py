@@ -12,6 +12,12 @@ not served is answered with an error (``messages.Failure``) and the
 connection goes on. When a mount disconnects, its pending requests are
 dropped; the fetches they started go on for everyone else.
 
+A forget (``ForgetRequest``: the layers of those blobs were removed) drops
+their pieces, their chunks but those pinned or being read (``DiskCache.release``)
+and a complete verdict, and has the cache refuse their chunks until a read,
+prefetch or background request names the blob again: a fetch of one under way
+stops at its next chunk rather than bring the blob back.
+
 ``resolve`` turns a request's origin into the BlobSource to fetch from: the
 registry client for a registry origin, whatever the caller configured for a
 handle (``lazyfs.cache.upstream.Origins``). It raises BadRequest (or
@@ -33,10 +39,12 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from lazyfs.cache import values
 from lazyfs.cache.background import REQUESTS as BACKGROUND_REQUESTS
 from lazyfs.cache.background import Backgrounds
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.flight import DEFAULT_UPSTREAM_REQUESTS, Fetcher
+from lazyfs.cache.forget_serve import let_go, listed
 from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
 from lazyfs.cache.idle import Idle, stop_when_idle
 from lazyfs.cache.layout import SOCKET_NAME, ChunkKey, socket_path
@@ -50,6 +58,8 @@ from lazyfs.cache.messages import (
     EvictOk,
     Failure,
     FailureKind,
+    Forget,
+    ForgetOk,
     Origin,
     Prefetch,
     PrefetchOk,
@@ -102,6 +112,7 @@ async def serve(
     background: bool = True,
     background_settle: float = 0.0,
     idle: Idle | None = None,
+    on_server: Callable[[Server], None] | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the cache until cancelled; ``task_status.started`` gets the socket's path.
@@ -110,7 +121,7 @@ async def serve(
     (``lazyfs.cache.background``); when not, they are answered and ignored.
     ``background_settle``: how long no reader may have waited on a fetch
     before a background request goes out. ``idle``: when to stop with nothing to do
-    (``lazyfs.cache.idle``); then it returns.
+    (``lazyfs.cache.idle``); then it returns. ``on_server``: given the Server before it serves.
     """
     path = socket_path(cache.layout.root)
     with contextlib.suppress(FileNotFoundError):
@@ -137,6 +148,8 @@ async def serve(
             pieces = Pieces(nursery, limiter, upstream.run_sync, demand=fetcher.demand)
             replays = Replays(fetcher, nursery, pieces)
             server = Server(cache, fetcher, resolve, backgrounds, replays, pieces)
+            if on_server is not None:
+                on_server(server)
             if idle is not None:
                 nursery.start_soon(stop_when_idle, idle, server, nursery, nursery.cancel_scope)
             task_status.started(path)
@@ -204,7 +217,7 @@ class Server:
 
         async def answer(request: Request) -> None:
             try:
-                await send(await self.answer(request))
+                await send(await self.respond(request))
             finally:
                 slots.release()
 
@@ -239,13 +252,23 @@ class Server:
             # The mount is gone or out of step: its answers have nobody to go to.
             requests.cancel_scope.cancel()
 
-    async def answer(self, request: Request) -> Response:
+    async def respond(self, request: Request) -> Response:
+        """The response to ``request``, a forget too; failures are answers, never raised."""
+        if not isinstance(request, Forget):
+            return await self.answer(request)
+        try:
+            return await self.forget(request)
+        except Exception as error:  # an unlink's, say
+            return _failed(request.id, error)
+
+    async def answer(self, request: values.Request) -> values.Response:
         """The response to ``request``; failures are answers too, never raised."""
         try:
             if isinstance(request, Read):
                 self.reads += 1
                 source = self.resolve(request.origin)
                 blob = request.range
+                self.cache.want(blob.digest)
                 if request.blob_size is not None and isinstance(source, SizeHints):
                     source.note_size(blob.digest, request.blob_size)
                 if self._as_piece(request.piece, blob, request.blob_size, own=request.own):
@@ -265,6 +288,8 @@ class Server:
                 return ReadOk(request.id, tuple(extents))
             if isinstance(request, Prefetch):
                 source = self._source(request.origin, request.ranges, request.blob_size)
+                for wanted in request.ranges:
+                    self.cache.want(wanted.digest)
                 if request.replay and self.replays is not None:
                     # One add per blob's run of ranges: a trace repeating a
                     # range is weighed once, not once per copy.
@@ -300,6 +325,7 @@ class Server:
                 if self.backgrounds is None:
                     raise BadRequest("this cache daemon does no background fetch")
                 source = self.resolve(request.origin)
+                self.cache.want(request.digest)
                 if isinstance(source, SizeHints):
                     source.note_size(request.digest, request.blob_size)
                 state = await self.backgrounds.start(
@@ -318,14 +344,16 @@ class Server:
                 self.reads,
                 self.fetcher.fetches_started + (self.pieces.fetches if self.pieces else 0),
                 self.fetcher.fetched_bytes + (self.pieces.fetched_bytes if self.pieces else 0),
-                tuple(self.backgrounds.infos()) if self.backgrounds is not None else (),
+                listed(self.cache, self.backgrounds),
                 self.backgrounds is not None and self.backgrounds.enabled,
                 self.fetcher.waits,
             )
         except Exception as error:
-            kind = failure_kind(error)
-            log.warning("cache request %d failed (%s): %s", request.id, kind.name, error)
-            return Failure(request.id, kind, str(error) or type(error).__name__)
+            return _failed(request.id, error)
+
+    async def forget(self, request: Forget) -> ForgetOk:
+        """Let go of the blobs ``request`` names: their layers were removed."""
+        return await let_go(self.cache, self.pieces, request)
 
     def _as_piece(
         self, piece: bool, blob: BlobRange, blob_size: int | None, *, own: bool = False
@@ -351,3 +379,9 @@ class Server:
             for blob in ranges:
                 source.note_size(blob.digest, blob_size)
         return source
+
+
+def _failed(request_id: int, error: Exception) -> Failure:
+    kind = failure_kind(error)
+    log.warning("cache request %d failed (%s): %s", request_id, kind.name, error)
+    return Failure(request_id, kind, str(error) or type(error).__name__)

@@ -1,13 +1,13 @@
 """The daemon's messages as typed values, checked on the way in: no I/O here.
 
 ``decode_request`` turns a frame's payload into a ``Read``, ``Prefetch``,
-``Status``, ``Evict`` or ``Background`` (or raises BadRequest naming what
+``Status``, ``Evict``, ``Background`` or ``Forget`` (or raises BadRequest naming what
 is wrong, with the request's id when it had one, so the daemon can answer
 it); ``encode_request`` does the
 reverse for the mount. ``encode_response``/``decode_response`` do the same for
 the answers: ``ReadOk``, ``PrefetchOk``, ``StatusOk``, ``EvictOk``,
-``BackgroundOk`` and ``Failure``. The values themselves are in ``values``
-and named here too.
+``BackgroundOk``, ``ForgetOk`` (decoded by ``lazyfs.cache.forget``) and ``Failure``.
+The values are in ``values`` (a forget's in ``forget_values``) and named here too.
 ``failure_kind`` maps an exception onto the wire's error kinds, the one place
 the daemon's errors are translated for its clients.
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError
 
 from lazyfs.cache import cache_pb2 as pb
+from lazyfs.cache import values
+from lazyfs.cache.forget_values import MAX_FORGET, Forget, ForgetOk, forget_ok_pb, forget_pb
 from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.values import (
     Background,
@@ -39,8 +41,6 @@ from lazyfs.cache.values import (
     Read,
     ReadOk,
     RegistryOrigin,
-    Request,
-    Response,
     Status,
     StatusOk,
 )
@@ -78,6 +78,8 @@ __all__ = [
     "Extent",
     "Failure",
     "FailureKind",
+    "Forget",
+    "ForgetOk",
     "HandleOrigin",
     "Origin",
     "Prefetch",
@@ -95,6 +97,10 @@ __all__ = [
     "encode_response",
     "failure_kind",
 ]
+
+
+Request = values.Request | Forget
+Response = values.Response | ForgetOk
 
 
 class BadRequest(ProtocolError):
@@ -158,6 +164,8 @@ def encode_request(request: Request) -> bytes:
         body.blob_size = request.blob_size
         body.diff_id = request.diff_id or ""
         body.media_type = request.media_type
+    elif isinstance(request, Forget):
+        message.forget.CopyFrom(forget_pb(request))
     else:
         message.status.SetInParent()
     return message.SerializeToString()
@@ -205,7 +213,13 @@ def decode_request(payload: bytes) -> Request:
             return Evict(request_id, _range(message.evict.range), message.evict.reason)
         if body == "background":
             return _background(request_id, message.background)
-        raise BadRequest("request without a body (read, prefetch, status, evict or background)")
+        if body == "forget":
+            if len(message.forget.digests) > MAX_FORGET:
+                raise BadRequest(
+                    f"forget of {len(message.forget.digests)} blobs; at most {MAX_FORGET}"
+                )
+            return Forget(request_id, tuple(_digest(d, "blob") for d in message.forget.digests))
+        raise BadRequest("request without a body (read, prefetch, status, evict, background...)")
     except BadRequest as error:
         raise BadRequest(f"request {request_id}: {error.reason}", request_id) from None
 
@@ -298,6 +312,8 @@ def encode_response(response: Response) -> bytes:
         message.evict.SetInParent()
     elif isinstance(response, BackgroundOk):
         message.background.state.CopyFrom(_blob_pb(response.state))
+    elif isinstance(response, ForgetOk):
+        message.forget.CopyFrom(forget_ok_pb(response))
     else:
         message.error.kind = response.kind.value
         message.error.reason = wire_text(response.reason, MAX_REASON)
@@ -305,8 +321,9 @@ def encode_response(response: Response) -> bytes:
     return message.SerializeToString()
 
 
-def decode_response(payload: bytes) -> Response:
-    """The response in ``payload``. Raises ProtocolError (a broken peer) when it is not one."""
+def decode_response(payload: bytes) -> values.Response:
+    """The response in ``payload``. Raises ProtocolError (a broken peer) when it is not one,
+    or a forget's (``ForgetOk``: ``lazyfs.cache.forget`` reads it)."""
     message = pb.Response()
     try:
         message.ParseFromString(payload)

@@ -12,7 +12,9 @@ Its upstreams are ``lazyfs.cache.upstream.Origins``: the registries mounts
 name, with the registry settings the daemon was started with.  ``every``
 is a chore the daemon runs in a thread at an interval while it serves
 (image GC, handed in by the CLI: this package does not know the store); a
-chore that fails is logged and tried again at the next interval.
+chore that fails is logged and tried again at the next interval. A chore
+returns the blobs whose layers it removed, if any: the daemon lets go of
+their chunks as a ``ForgetRequest`` would have it (``lazyfs.cache.forget``).
 
 With ``idle_exit`` it also stops once no mount has been connected and no
 fetch has been in hand for that many seconds (``first_idle``: while nothing
@@ -43,16 +45,18 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import trio
 
 from lazyfs.cache.chunks import DiskCache
-from lazyfs.cache.daemon import Resolve, serve
+from lazyfs.cache.daemon import Resolve, Server, serve
+from lazyfs.cache.forget_values import Forget
 from lazyfs.cache.idle import Idle
 from lazyfs.cache.pinned_dir import PinnedDir
 from lazyfs.cache.spawn import SPEC_NAME, START_LOCK
+from providers.digest import Digest
 from providers.fslock import try_exclusive_lock
 from providers.private_dir import write_private
 
@@ -68,7 +72,8 @@ LOOK_EVERY = 2.0  # seconds between looks whether the cache directory is still t
 GONE_STATUS = 1  # not 0: a service manager restarts it (``Restart=on-failure``)
 
 
-Chore = tuple[float, Callable[[], object]]  # seconds between runs, and the blocking job
+# Seconds between runs, and the blocking job: it returns the blobs of the layers it removed.
+Chore = tuple[float, Callable[[], Iterable[Digest] | None]]
 
 
 def run(
@@ -147,17 +152,19 @@ async def _serve(
     cache: DiskCache,
     resolve: Resolve,
     background: bool,
-    every: tuple[float, Callable[[], object], ChoreRunning] | None,
+    every: tuple[float, Callable[[], Iterable[Digest] | None], ChoreRunning] | None,
     idle: Idle | None,
     home: PinnedDir | None = None,
 ) -> None:
     settle = BACKGROUND_SETTLE
+    servers: list[Server] = []
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
 
             async def serving(task_status: trio.TaskStatus[Path]) -> None:
                 await serve(cache, resolve, background=background, background_settle=settle,
-                            idle=idle, task_status=task_status)  # fmt: skip
+                            idle=idle, on_server=servers.append,
+                            task_status=task_status)  # fmt: skip
                 nursery.cancel_scope.cancel()  # it returns only when idle
 
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
@@ -166,7 +173,7 @@ async def _serve(
             path = await nursery.start(serving)
             log.info("cache daemon serving on %s", path)
             if every is not None:
-                nursery.start_soon(_chore, *every)
+                nursery.start_soon(_chore, *every, servers[0])
 
 
 async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
@@ -188,15 +195,23 @@ async def _exit_when_gone(home: PinnedDir, chore: ChoreRunning) -> None:
             os._exit(GONE_STATUS)
 
 
-async def _chore(interval: float, job: Callable[[], object], running: ChoreRunning) -> None:
-    """``job`` in a thread every ``interval`` seconds, one run at a time, until cancelled."""
+async def _chore(
+    interval: float,
+    job: Callable[[], Iterable[Digest] | None],
+    running: ChoreRunning,
+    server: Server,
+) -> None:
+    """``job`` in a thread every ``interval`` seconds, one run at a time, until cancelled;
+    ``server`` lets go of the blobs it says it removed."""
     while True:
         await trio.sleep(interval)
         running.now = True
         try:
             # Cancelling waits for the run in hand: GC moves things into its gc/
             # area and is safe to stop anywhere, but not to leave running unowned.
-            await trio.to_thread.run_sync(job)
+            removed = await trio.to_thread.run_sync(job)
+            if removed:
+                await server.forget(Forget(0, tuple(removed)))
         except Exception as error:
             log.error("%s failed: %s", getattr(job, "__name__", "a chore"), error)
         finally:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lazyfs.cache.layout import ChunkKey, Layout
+from providers.digest import Digest
 from tests.support import images
 from tests.support.lazyfs_cli import REPO, Lazyfs
 from tests.support.loopfs import loop_filesystem
@@ -217,6 +219,15 @@ def test_the_cache_daemon_runs_gc_every_watch_interval(tmp_path: Path, gc_images
     lazyfs("provision", "c0", "img0", "--backend", "copy")
     lazyfs("pull", "img1")
     assert sorted(records(store)) == ["img0", "img1"]
+    # A chunk of each layer in the daemon's cache, as lazy mounts of them would leave.
+    chunks = Layout(tmp_path / "work" / "cache")
+    cached = {}
+    for name, record in records(store).items():
+        for layer in json.loads(record.read_text())["layers"]:
+            path = chunks.chunk_path(ChunkKey(Digest(layer["digest"]), 0))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"cached")
+            cached[path] = name
     # A headroom of 100% is never reached: every pass removes all that nothing uses.
     config = '{"image_disk_headroom": 1, "image_disk_watch_interval": {"nanoseconds": 100000000}}'
     daemon = lazyfs.popen("--image_gc_config", config, "daemon")
@@ -227,6 +238,11 @@ def test_the_cache_daemon_runs_gc_every_watch_interval(tmp_path: Path, gc_images
             time.sleep(0.05)
         assert daemon.poll() is None, daemon.communicate()[1]
         assert sorted(records(store)) == ["img0"]  # c0 uses it
+        # The pass's removed layers' chunks go with them; those of the image kept stay.
+        while any(path.exists() for path, name in cached.items() if name == "img1"):
+            assert time.monotonic() < deadline, "the daemon kept the removed layers' chunks"
+            time.sleep(0.05)
+        assert all(path.exists() for path, name in cached.items() if name == "img0")
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
