@@ -45,9 +45,8 @@ from providers.errors import UsageError
 from providers.fslock import same_file
 
 if TYPE_CHECKING:
-    from lazyfs.cache.service import Chore
+    from lazyfs.cache.service import Chore, Forgets
     from lazyfs.store.disk import Store
-    from providers.digest import Digest
 
 DEFAULT_CACHE_SIZE = "10GiB"
 # A daemon a command starts: seconds with no mount and no fetch, then it exits, as the
@@ -204,15 +203,14 @@ def image_gc_chore(
     config = gc_config(args)
     assert config is not None
 
-    def image_gc() -> list[Digest]:
-        report = gc_pass(store(), work_dir, config, stale_tree=stale_tree)
+    def image_gc(forget: Forgets) -> None:
+        # The daemon lets go of the removed layers' chunks while the pass holds the store.
+        report = gc_pass(store(), work_dir, config, stale_tree=stale_tree, removed=forget)
         if report.images or report.layers or not report.reached:
             reached = "reached" if report.reached else "not reached (the rest is used or excluded)"
             logging.getLogger("lazyfs.gc").info(
                 "image GC: removed %d images, %d layers; headroom %s",
                 len(report.images), len(report.layers), reached,
             )  # fmt: skip
-        # The daemon lets go of their cached chunks too (``Chore``).
-        return [digest for digest, _ in report.layers]
 
     return config.interval_ns / 1e9, image_gc

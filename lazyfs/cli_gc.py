@@ -9,7 +9,8 @@ reached (all that is left is in use or excluded): one line on stderr and
 status 1, as for any failure.
 
 The cache daemon's chunks of the layers a pass, ``images rm`` or ``prune``
-removed go too (``forget_cached``, ``lazyfs.cache.forget``): nothing names
+removed go too, before the pass lets go of the store (``CachedChunks``,
+``lazyfs.cache.forget``): nothing names
 those blobs any more. ``gc`` counts them in its JSON (``cache_freed``), ``rm``
 and ``prune`` in the total they print, saying how much of it they were.
 """
@@ -31,6 +32,7 @@ from lazyfs.store.disk import Store
 
 if TYPE_CHECKING:
     from lazyfs.cache.forget import Forgotten
+    from providers.digest import Digest
 
 
 def gc_config(args: argparse.Namespace) -> GcConfig | None:
@@ -49,8 +51,9 @@ def run_gc(
     stale_tree: Callable[[str], bool],
 ) -> int:
     config = gc_config(args) or GcConfig()
-    report = gc_pass(store(), work_dir, config, stale_tree=stale_tree)
-    cached = forget_cached(args, report)
+    chunks = CachedChunks(args)
+    report = gc_pass(store(), work_dir, config, stale_tree=stale_tree, removed=chunks)
+    cached = chunks.forgotten
     print(json.dumps({**report_json(report), "cache_freed": cached.freed}, indent=1))
     _say_left(cached)
     if not report.reached:
@@ -81,12 +84,26 @@ def report_json(report: Report) -> dict[str, object]:
     }
 
 
-def forget_cached(args: argparse.Namespace, report: Report) -> Forgotten:
-    """Let go of the cache's chunks of the layers ``report`` removed. Blocking."""
-    from lazyfs.cache.forget import forget
-    from lazyfs.cli_daemon import cache_dir
+class CachedChunks:
+    """GC's ``removed``: lets go of the cache's chunks of the layers a pass removed, while it
+    holds the store, so that no start may want them again first. Blocking."""
 
-    return forget(cache_dir(args), [digest for digest, _ in report.layers])
+    def __init__(self, args: argparse.Namespace) -> None:
+        from lazyfs.cli_daemon import cache_dir
+
+        self._cache_dir = cache_dir(args)
+        self.forgotten = _nothing()
+
+    def __call__(self, digests: list[Digest]) -> None:
+        from lazyfs.cache.forget import forget
+
+        self.forgotten = forget(self._cache_dir, digests)
+
+
+def _nothing() -> Forgotten:
+    from lazyfs.cache.forget import Forgotten
+
+    return Forgotten()
 
 
 def print_removed(report: Report, cached: Forgotten | None = None) -> None:

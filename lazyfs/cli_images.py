@@ -98,14 +98,16 @@ def run_images(
         return 0
     if action is not None:
         # GC loads the index and tree code: only for the commands that remove.
-        from lazyfs.cli_gc import forget_cached, gc_config, print_removed
+        from lazyfs.cli_gc import CachedChunks, gc_config, print_removed
         from lazyfs.gc.collect import prune, remove
 
+        chunks = CachedChunks(args)
         if action == "rm":
-            report = remove(store(), work_dir, args.names, stale_tree=stale_tree)
+            report = remove(store(), work_dir, args.names, stale_tree=stale_tree, removed=chunks)
         else:
-            report = prune(store(), work_dir, gc_config(args), stale_tree=stale_tree)
-        print_removed(report, forget_cached(args, report))
+            config = gc_config(args)
+            report = prune(store(), work_dir, config, stale_tree=stale_tree, removed=chunks)
+        print_removed(report, chunks.forgotten)
         return 0
     # No store yet: nothing to list, and nothing to create for it.
     stored = store().images() if store_dir.is_dir() else []

@@ -192,12 +192,12 @@ class Backgrounds:
 
     def infos(self) -> list[BlobInfo]:
         """Every blob with chunks cached, a background job or a verdict, by digest."""
-        usage = self.cache.blob_usage()
-        digests = set(usage) | set(self._jobs) | self._verdict_digests()
+        usage, root = self.cache.blob_usage(), self.cache.layout.root
+        digests = set(usage) | set(self._jobs) | {v.digest for v in verdicts(root)}
         return [self.info(d, usage.get(d, 0)) for d in sorted(digests)]
 
-    def _verdict_digests(self) -> set[Digest]:
-        return {v.digest for v in verdicts(self.cache.layout.root)}
+    def forget(self, digest: Digest) -> None:  # its layer was removed: a run of it stops
+        self._jobs.pop(digest, None)
 
     def _evicted_since(self, verdict: Verdict) -> bool:
         """Whether a complete blob lost chunks to eviction since: then it is fetched again."""

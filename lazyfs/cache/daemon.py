@@ -353,7 +353,7 @@ class Server:
 
     async def forget(self, request: Forget) -> ForgetOk:
         """Let go of the blobs ``request`` names: their layers were removed."""
-        return await let_go(self.cache, self.pieces, request)
+        return await let_go(self.cache, self.pieces, self.backgrounds, request)
 
     def _as_piece(
         self, piece: bool, blob: BlobRange, blob_size: int | None, *, own: bool = False

@@ -48,9 +48,10 @@ from providers.errors import LazyfsError
 from providers.fslock import try_exclusive_lock
 from providers.unix_address import unix_address
 
-# How long the daemon may take over one request's blobs: unlinks, a thousand
-# chunks a blob at most. Past it, it counts as not answering.
-ANSWER_TIMEOUT = 120.0
+# How long the daemon may take over one request's blobs (unlinks, some
+# thousands of chunks: well under a second). Past it, it counts as not
+# answering: the command that removed the layers should not hang on it.
+ANSWER_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,11 @@ class Forgotten:
 
 def forget(cache_dir: Path, digests: Sequence[Digest]) -> Forgotten:
     """Let go of the cached chunks of blobs ``digests`` (see the module's doc)."""
-    if not digests or not cache_dir.is_dir():
-        return Forgotten()  # no cache: nothing of them in it, and nothing to make
+    try:
+        if not digests or not cache_dir.is_dir():
+            return Forgotten()  # no cache: nothing of them in it, and nothing to make
+    except OSError as problem:  # a directory on the way this user may not enter
+        return Forgotten(left=f"the cache at {cache_dir}: {problem.strerror or problem}")
     batches = [tuple(digests[at : at + MAX_FORGET]) for at in range(0, len(digests), MAX_FORGET)]
     done = Forgotten()
     try:
@@ -161,12 +165,18 @@ def _unlink_blob(blob_dir: Path) -> Forgotten:
         names = os.listdir(blob_dir)
     except FileNotFoundError:
         return Forgotten()
+    except OSError as error:
+        return Forgotten(left=f"{blob_dir}: {error.strerror or error}")
     chunks = freed = 0
+    left = None
     for name in names:
         path = blob_dir / name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            continue
+        except OSError as error:  # not a chunk's file (a link, a directory): left as it is
+            left = f"{path}: {error.strerror or error}"
             continue
         try:
             try:
@@ -175,9 +185,12 @@ def _unlink_blob(blob_dir: Path) -> Forgotten:
                 continue  # a mount is reading it: eviction takes it later
             blocks = os.fstat(fd).st_blocks * 512
             os.unlink(path)
+        except OSError as error:
+            left = f"{path}: {error.strerror or error}"
+            continue
         finally:
             os.close(fd)
         chunks, freed = chunks + 1, freed + blocks
     with contextlib.suppress(OSError):  # not empty: a chunk being read
         os.rmdir(blob_dir)
-    return Forgotten(chunks, freed)
+    return Forgotten(chunks, freed, left)

@@ -20,12 +20,16 @@ from lazyfs.cache.values import BlobInfo, BlobKind
 log = logging.getLogger(__name__)
 
 
-async def let_go(cache: DiskCache, pieces: Pieces | None, request: Forget) -> ForgetOk:
+async def let_go(
+    cache: DiskCache, pieces: Pieces | None, backgrounds: Backgrounds | None, request: Forget
+) -> ForgetOk:
     """Drop the pieces of the blobs ``request`` names, their chunks but those pinned or being
     read, and a complete verdict; and refuse their chunks until a request names them again
     (``DiskCache.release``), so that a fetch of one under way stops at its next chunk."""
     chunks = freed = 0
     for digest in request.digests:
+        if backgrounds is not None:
+            backgrounds.forget(digest)  # nor a job's state, which would outlive its verdict
         if pieces is not None:
             chunks += pieces.evict(digest, 0, 1 << 63)
         # Unlinks: in a worker thread, not the one reads are answered in. Safe there, as a

@@ -12,9 +12,11 @@ Its upstreams are ``lazyfs.cache.upstream.Origins``: the registries mounts
 name, with the registry settings the daemon was started with.  ``every``
 is a chore the daemon runs in a thread at an interval while it serves
 (image GC, handed in by the CLI: this package does not know the store); a
-chore that fails is logged and tried again at the next interval. A chore
-returns the blobs whose layers it removed, if any: the daemon lets go of
-their chunks as a ``ForgetRequest`` would have it (``lazyfs.cache.forget``).
+chore that fails is logged and tried again at the next interval. A chore is
+given a function to call with the blobs whose layers it removed, while it
+still holds the store: the daemon lets go of their chunks then, as a
+``ForgetRequest`` would have it (``lazyfs.cache.forget``), before a start may
+want them again.
 
 With ``idle_exit`` it also stops once no mount has been connected and no
 fetch has been in hand for that many seconds (``first_idle``: while nothing
@@ -45,7 +47,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -72,8 +74,10 @@ LOOK_EVERY = 2.0  # seconds between looks whether the cache directory is still t
 GONE_STATUS = 1  # not 0: a service manager restarts it (``Restart=on-failure``)
 
 
-# Seconds between runs, and the blocking job: it returns the blobs of the layers it removed.
-Chore = tuple[float, Callable[[], Iterable[Digest] | None]]
+# Seconds between runs, and the blocking job, given what to call with the blobs of the layers
+# it removed (blocking: it waits for the daemon to let go of them).
+Forgets = Callable[[Sequence[Digest]], object]
+Chore = tuple[float, Callable[[Forgets], object]]
 
 
 def run(
@@ -152,7 +156,7 @@ async def _serve(
     cache: DiskCache,
     resolve: Resolve,
     background: bool,
-    every: tuple[float, Callable[[], Iterable[Digest] | None], ChoreRunning] | None,
+    every: tuple[float, Callable[[Forgets], object], ChoreRunning] | None,
     idle: Idle | None,
     home: PinnedDir | None = None,
 ) -> None:
@@ -197,21 +201,23 @@ async def _exit_when_gone(home: PinnedDir, chore: ChoreRunning) -> None:
 
 async def _chore(
     interval: float,
-    job: Callable[[], Iterable[Digest] | None],
+    job: Callable[[Forgets], object],
     running: ChoreRunning,
     server: Server,
 ) -> None:
     """``job`` in a thread every ``interval`` seconds, one run at a time, until cancelled;
     ``server`` lets go of the blobs it says it removed."""
+
+    def forget(digests: Sequence[Digest]) -> None:  # in the job's thread
+        trio.from_thread.run(server.forget, Forget(0, tuple(digests)))
+
     while True:
         await trio.sleep(interval)
         running.now = True
         try:
             # Cancelling waits for the run in hand: GC moves things into its gc/
             # area and is safe to stop anywhere, but not to leave running unowned.
-            removed = await trio.to_thread.run_sync(job)
-            if removed:
-                await server.forget(Forget(0, tuple(removed)))
+            await trio.to_thread.run_sync(job, forget)
         except Exception as error:
             log.error("%s failed: %s", getattr(job, "__name__", "a chore"), error)
         finally:

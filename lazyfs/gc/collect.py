@@ -201,6 +201,11 @@ class _Pass:
         return self.report
 
 
+# Given the digests of the layers a pass removed, before it lets go of the store: what else
+# keeps their blobs (the cache daemon's chunks) goes before a start may want them again.
+Removed = Callable[[list[Digest]], object]
+
+
 def gc_pass(
     store: Store,
     work_dir: Path,
@@ -208,9 +213,10 @@ def gc_pass(
     *,
     stale_tree: StaleTree,
     on_move: Callable[[str], None] | None = None,
+    removed: Removed | None = None,
 ) -> Report:
     """One GC pass (the module docstring): until ``config.headroom`` of the filesystem is free."""
-    return _collect(store, work_dir, config, stale_tree, on_move, config.headroom)
+    return _collect(store, work_dir, config, stale_tree, on_move, config.headroom, removed)
 
 
 def prune(
@@ -220,9 +226,10 @@ def prune(
     *,
     stale_tree: StaleTree,
     on_move: Callable[[str], None] | None = None,
+    removed: Removed | None = None,
 ) -> Report:
     """Remove every image and layer nothing uses (nor ``config`` excludes), and leftovers."""
-    return _collect(store, work_dir, config, stale_tree, on_move, None)
+    return _collect(store, work_dir, config, stale_tree, on_move, None, removed)
 
 
 def _collect(
@@ -232,6 +239,7 @@ def _collect(
     stale_tree: StaleTree,
     on_move: Callable[[str], None] | None,
     headroom: float | None,
+    removed: Removed | None,
 ) -> Report:
     with collecting(store.root):
         run = _Pass(store, work_dir, stale_tree, on_move)
@@ -240,16 +248,19 @@ def _collect(
         def room() -> bool:
             return headroom is not None and space(store.root).has(headroom)
 
-        for digest in run.orphans(kept):
-            if room():
-                return run.finish(headroom)
-            run.drop_layer(digest)
-        for image in sorted(run.images, key=lambda image: (image.used, image.name)):
-            if room():
-                return run.finish(headroom)
-            if not run.protects(image, config):
-                run.drop_image(image, kept)
-        return run.finish(headroom)
+        def drop() -> None:
+            for digest in run.orphans(kept):
+                if room():
+                    return
+                run.drop_layer(digest)
+            for image in sorted(run.images, key=lambda image: (image.used, image.name)):
+                if room():
+                    return
+                if not run.protects(image, config):
+                    run.drop_image(image, kept)
+
+        drop()
+        return _told(run.finish(headroom), removed)
 
 
 def remove(
@@ -259,6 +270,7 @@ def remove(
     *,
     stale_tree: StaleTree,
     on_move: Callable[[str], None] | None = None,
+    removed: Removed | None = None,
 ) -> Report:
     """Remove the images ``names`` name (every platform of each) and their unused layers.
 
@@ -287,7 +299,14 @@ def remove(
                 kept.update(_digests(image.manifest))
         for image in chosen.values():
             run.drop_image(image, kept)
-        return run.finish(None)
+        return _told(run.finish(None), removed)
+
+
+def _told(report: Report, removed: Removed | None) -> Report:
+    """``report``, once ``removed`` was given the layers it removed (if any); the lock held."""
+    if removed is not None and report.layers:
+        removed([digest for digest, _ in report.layers])
+    return report
 
 
 def named(images: Sequence[StoredImage], name: str) -> list[StoredImage]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,6 +40,7 @@ from providers.errors import NotFound
 from providers.source import BlobSource
 from tests.support.cache_fakes import BLOB, DATA, SIZE, FakeSource
 from tests.support.cache_socket import connect
+from tests.support.lazyfs_cli import REPO
 
 FAKE = HandleOrigin("fake")
 OTHER = Digest("sha256:" + "ab" * 32)
@@ -130,10 +133,12 @@ async def test_a_background_fetch_of_a_blob_let_go_stops_and_brings_nothing_back
                     await trio.sleep(0.001)  # its first request is out, held upstream
             await server.forget(Forget(1, (BLOB,)))
             source.gate.set()
-            with trio.fail_after(30):
-                while backgrounds.info(BLOB).kind is BlobKind.FETCHING:
+            # Until the run has done all it will (its chunk refused, it stops).
+            with trio.fail_after(30):  # a bound on a hang, not a timing
+                while any(task.name.endswith("_run") for task in nursery.child_tasks):
                     await trio.sleep(0.001)
-            assert backgrounds.info(BLOB).kind is BlobKind.PARTIAL
+            # Its job is gone with its layer: no state of it outlives the chunks.
+            assert backgrounds.info(BLOB).kind is BlobKind.UNKNOWN
             assert len(source.calls) == 1  # it asked for no more of it
             assert _on_disk(cache.layout.root, BLOB) == []
             assert read_verdict(cache.layout.root, BLOB) is None
@@ -190,15 +195,54 @@ async def test_a_daemons_gc_chore_lets_go_of_the_blobs_it_removed(tmp_path: Path
     root = tmp_path / "c"
     _filled(root)
 
-    def image_gc() -> list[Digest]:
-        return [BLOB]
+    told: list[bool] = []
+
+    def image_gc(forget: service.Forgets) -> None:
+        forget([BLOB])  # as a pass does while it holds the store
+        told.append(not _on_disk(root, BLOB))  # gone before the pass would let go of it
 
     with _open(root) as cache:
         async with trio.open_nursery() as nursery:
             chore = (0.01, image_gc, service.ChoreRunning())
             nursery.start_soon(service._serve, cache, _resolver(FakeSource()), False, chore, None)
             with trio.fail_after(30):  # a bound on a hang, not a timing
-                while _on_disk(root, BLOB):
+                while not told:
                     await trio.sleep(0.01)
+            assert told[0] and not _on_disk(root, BLOB)
             assert _on_disk(root, OTHER) == [0]
             nursery.cancel_scope.cancel()
+
+
+def test_what_is_not_a_chunk_is_left_and_the_rest_counted(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    _filled(root)
+    blob_dir = root / f"chunks-{SIZE}" / "sha256" / BLOB.split(":")[1]
+    os.symlink("/nonexistent", blob_dir / "stray")  # a link, not a chunk's file
+    expected = _blocks(root, BLOB, list(range(CHUNKS))) + _blocks(root, OTHER, [0])
+    forgotten = forget(root, [BLOB, OTHER])
+    # Every chunk of both went and was counted; the link stayed, said in one reason.
+    assert (forgotten.chunks, forgotten.freed) == (CHUNKS + 1, expected)
+    assert forgotten.left is not None and str(blob_dir / "stray") in forgotten.left
+    assert (
+        os.listdir(blob_dir) == ["stray"]
+        and not (root / f"chunks-{SIZE}" / "sha256" / OTHER.split(":")[1]).exists()
+    )
+
+
+def test_a_cache_dir_this_user_cannot_reach_is_a_reason_not_an_error(tmp_path: Path) -> None:
+    # As nobody, root's private directory on the way: pathlib raises EACCES.
+    private = tmp_path / "private"
+    (private / "cache").mkdir(parents=True)
+    private.chmod(0o700)
+    tmp_path.chmod(0o755)
+    code = (
+        "import sys; from pathlib import Path; from lazyfs.cache.forget import forget;"
+        "print(forget(Path(sys.argv[1]), ['sha256:' + 'cd' * 32]).left)"
+    )
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", code, str(private / "cache")],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Permission denied" in done.stdout

@@ -272,7 +272,7 @@ async def test_no_stop_while_a_chore_runs_and_the_start_lock_stays_free(
     gate = threading.Event()
     runs: list[int] = []
 
-    def job() -> None:
+    def job(_forget: service.Forgets) -> None:
         runs.append(1)
         if len(runs) == 1:
             assert gate.wait(timeout=30), "the gate was never opened"
