@@ -275,8 +275,8 @@ def remove(
     """Remove the images ``names`` name (every platform of each) and their unused layers.
 
     A name is a reference as the command line gives it, or an image's
-    manifest digest (``sha256:``, or an appc image's ``sha512:``, and at
-    least 12 hex digits): what ``images -q`` prints.  NotFound for
+    manifest digest (``sha256:``, or an appc image's ``sha512:`` or its id
+    ``sha512-``, and at least 12 hex digits): what ``images -q`` prints.  NotFound for
     a name no stored image has, Conflict for a digest prefix that names
     more than one image or for an image a container or a mount uses: then
     nothing is removed.
@@ -331,14 +331,22 @@ def named(images: Sequence[StoredImage], name: str) -> list[StoredImage]:
 def _is_digest_prefix(name: str) -> bool:
     # Both algorithms a stored image's digest has: an appc image's is its id
     # (``sha512:``), and ``images -q`` prints it for ``rm`` to take back.
-    algorithm, colon, hex_digits = name.partition(":")
+    algorithm, colon, hex_digits = _as_digest(name).partition(":")
     return bool(colon) and algorithm in ("sha256", "sha512") and len(hex_digits) >= 12
+
+
+def _as_digest(name: str) -> str:
+    """``name``, with an appc image id (``sha512-HEX``, as appc and Mesos write it) as the
+    digest it is stored by; a Docker repository so named would need to be all hex."""
+    if name.startswith("sha512-") and all(c in "0123456789abcdef" for c in name[7:]):
+        return "sha512:" + name[7:]
+    return name
 
 
 def _matches(image: StoredImage, name: str) -> bool:
     digest = image.manifest.digest
     if _is_digest_prefix(name):
-        return digest.startswith(name)
+        return digest.startswith(_as_digest(name))
     return image.manifest.reference in reference_forms(name)
 
 

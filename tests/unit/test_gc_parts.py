@@ -247,3 +247,18 @@ def test_rm_refuses_a_digest_prefix_two_manifests_share() -> None:
     with pytest.raises(Conflict, match="is ambiguous: it starts 2 manifest digests"):
         named([first, second], "sha256:" + "ab" * 6)
     assert named([first, second], "sha256:" + "ab" * 6 + "00") == [first]
+
+
+def test_rm_takes_an_appc_image_id_as_appc_writes_it() -> None:
+    # An appc image is stored by its id, sha512-HEX, as the digest sha512:HEX
+    # (what ``images -q`` prints); either names it.
+    hex_id = "9f" * 64
+    manifest = ImageManifest("appc:example.com/app,version=1", Digest("sha512:" + hex_id), ())
+    appc = StoredImage(Path("/nonexistent") / "appc", manifest, 0.0)
+    docker = _stored("docker.io/library/app:1", "9f" * 32)
+    images = [appc, docker]
+    assert named(images, "sha512-" + hex_id) == [appc]
+    assert named(images, "sha512-" + hex_id[:12]) == [appc]
+    assert named(images, "sha512:" + hex_id[:12]) == [appc]
+    with pytest.raises(NotFound, match="no image sha512-ffffffffffff in the store"):
+        named(images, "sha512-ffffffffffff")
