@@ -95,6 +95,11 @@ class CachedChunks:
         self.forgotten = _nothing()
 
     def __call__(self, digests: list[Digest]) -> None:
+        try:
+            if not self._cache_dir.is_dir():
+                return  # no cache, nothing of them in it: no cache code to load
+        except OSError:
+            pass  # ``forget`` says why
         from lazyfs.cache.forget import forget
 
         self.forgotten = forget(self._cache_dir, digests)

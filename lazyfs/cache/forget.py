@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,8 @@ def forget(cache_dir: Path, digests: Sequence[Digest]) -> Forgotten:
                 error = failure_error(request, answer)
                 return done + Forgotten(left=f"the cache daemon did not take them: {error}")
             if not isinstance(answer, ForgetOk):
-                return done + Forgotten(left=f"the cache daemon answered {answer}")
+                what = type(answer).__name__
+                return done + Forgotten(left=f"the cache daemon answered a forget with {what}")
             done += Forgotten(answer.chunks, answer.freed)
             batches.pop(0)
     finally:
@@ -172,7 +174,8 @@ def _unlink_blob(blob_dir: Path) -> Forgotten:
     for name in names:
         path = blob_dir / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # Not a FIFO's open, which would wait for a writer (the store held meanwhile).
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
         except OSError as error:  # not a chunk's file (a link, a directory): left as it is
@@ -183,7 +186,11 @@ def _unlink_blob(blob_dir: Path) -> Forgotten:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a mount is reading it: eviction takes it later
-            blocks = os.fstat(fd).st_blocks * 512
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                left = f"{path}: not a chunk's file"
+                continue
+            blocks = status.st_blocks * 512
             os.unlink(path)
         except OSError as error:
             left = f"{path}: {error.strerror or error}"

@@ -28,7 +28,7 @@ class Forget:
 class ForgetOk:
     id: int
     chunks: int  # chunks and pieces dropped
-    freed: int  # bytes of the cache's disk: the chunk files' blocks, as du counts
+    freed: int  # bytes of the cache's disk: the chunk files in whole blocks (du, on most)
 
 
 def forget_pb(request: Forget) -> pb.ForgetRequest:

@@ -8,6 +8,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from lazyfs.cache.blobstate import COMPLETE, QUARANTINED, Verdict, read_verdict,
 from lazyfs.cache.chunks import DiskCache
 from lazyfs.cache.daemon import Resolve, Server, serve
 from lazyfs.cache.flight import Fetcher
-from lazyfs.cache.forget import forget
+from lazyfs.cache.forget import Forgotten, forget
 from lazyfs.cache.forget_serve import listed
 from lazyfs.cache.forget_values import Forget
 from lazyfs.cache.layout import ChunkKey
@@ -246,3 +247,17 @@ def test_a_cache_dir_this_user_cannot_reach_is_a_reason_not_an_error(tmp_path: P
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Permission denied" in done.stdout
+
+
+def test_a_fifo_among_the_chunks_is_not_waited_on(tmp_path: Path) -> None:
+    # Opening a FIFO to read waits for a writer: a forget would hold the store meanwhile.
+    root = tmp_path / "c"
+    _filled(root)
+    blob_dir = root / f"chunks-{SIZE}" / "sha256" / BLOB.split(":")[1]
+    os.mkfifo(blob_dir / "fifo")
+    got: list[Forgotten] = []
+    forgetting = threading.Thread(target=lambda: got.append(forget(root, [BLOB])), daemon=True)
+    forgetting.start()
+    forgetting.join(timeout=60)  # a bound on a hang, not a timing
+    assert got and got[0].chunks == CHUNKS
+    assert os.listdir(blob_dir) == ["fifo"]
