@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lazyfs.cache.spawn import LOG_NAME, DaemonSpec
-from lazyfs.cli_flags import absolute, cwd_gone, global_flags, parse_size, source
+from lazyfs.cli_flags import cache_dir as cache_dir  # where it was: many callers import it here
+from lazyfs.cli_flags import cwd_gone, global_flags, parse_size
 from lazyfs.cli_registry import registry_options
 from providers import rlimits
 from providers.append_log import FollowedLog
@@ -65,12 +66,6 @@ PATH_FLAGS = (
     "appc_simple_discovery_uri_prefix",
     "image_gc_config",
 )
-
-
-def cache_dir(args: argparse.Namespace) -> Path:
-    """``--cache_dir``, absolute: the daemon and the mounts resolve it from other directories."""
-    chosen = args.cache_dir or Path(args.work_dir) / "cache"
-    return absolute(chosen, source(args, "cache_dir" if args.cache_dir else "work_dir"))
 
 
 def cache_size(args: argparse.Namespace) -> int:

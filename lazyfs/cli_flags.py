@@ -339,8 +339,7 @@ def image_providers(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(kind.lower() for kind in split_list(args.image_providers))
 
 
-# Sizes are binary (1024-based) everywhere: printed as KiB, MiB, GiB, and
-# taken as KiB or as Mesos writes the same sizes (KB, MB, GB).
+# Sizes are 1024-based: printed as KiB, MiB, GiB; taken so, or as Mesos writes them (KB, MB, GB).
 _SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{1,20}))?\s*(?:([KMGT])(?:i?B)?|B)?", re.I)
 _SHIFTS = {"K": 10, "M": 20, "G": 30, "T": 40}
 MAX_SIZE = (1 << 63) - 1  # what a file offset (and the cache's wire) holds
@@ -393,3 +392,9 @@ def work_dir(args: argparse.Namespace) -> Path:
     if not value.strip():
         raise UsageError(f"{source(args, 'work_dir')} is empty: give a directory")
     return absolute(value, source(args, "work_dir"))
+
+
+def cache_dir(args: argparse.Namespace) -> Path:
+    """``--cache_dir``, absolute: the daemon and the mounts resolve it from other directories."""
+    chosen = args.cache_dir or Path(args.work_dir) / "cache"
+    return absolute(chosen, source(args, "cache_dir" if args.cache_dir else "work_dir"))

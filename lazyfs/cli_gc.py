@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazyfs.cli_flags import source
+from lazyfs.cli_flags import cache_dir, source
 from lazyfs.gc.collect import Report, gc_pass
 from lazyfs.gc.config import GcConfig, parse_gc_config
 from lazyfs.progress import human_size
@@ -89,8 +89,6 @@ class CachedChunks:
     holds the store, so that no start may want them again first. Blocking."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from lazyfs.cli_daemon import cache_dir
-
         self._cache_dir = cache_dir(args)
         self.forgotten = _nothing()
 
