@@ -28,26 +28,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
-from lazyfs.cache import cache_pb2 as pb
 from lazyfs.cache.blobstate import forget_complete
-from lazyfs.cache.connection import failure_error
+from lazyfs.cache.connection import Connection, failure_error
 from lazyfs.cache.forget_values import MAX_FORGET, Forget, ForgetOk
-from lazyfs.cache.framing import FrameDecoder, ProtocolError, encode_frame
+from lazyfs.cache.framing import ProtocolError
 from lazyfs.cache.layout import Layout, socket_path
-from lazyfs.cache.messages import Failure, Response, decode_response, encode_request
+from lazyfs.cache.messages import Failure
 from lazyfs.cache.spawn import START_LOCK
 from providers.digest import Digest, algorithm, hex_part
 from providers.errors import LazyfsError
 from providers.fslock import try_exclusive_lock
-from providers.unix_address import unix_address
 
 # How long the daemon may take over one request's blobs (unlinks, some
 # thousands of chunks: well under a second). Past it, it counts as not
@@ -78,15 +73,16 @@ def forget(cache_dir: Path, digests: Sequence[Digest]) -> Forgotten:
         return Forgotten(left=f"the cache at {cache_dir}: {problem.strerror or problem}")
     batches = [tuple(digests[at : at + MAX_FORGET]) for at in range(0, len(digests), MAX_FORGET)]
     done = Forgotten()
+    connection: Connection | None
     try:
-        connection = _connect(socket_path(cache_dir))
+        connection = Connection(socket_path(cache_dir), ANSWER_TIMEOUT)
     except OSError:
         connection = None  # no daemon answers: the directory itself
     try:
         while connection is not None and batches:
             request = Forget(len(batches), batches[0])
             try:
-                answer = _call(connection, request)
+                answer = connection.call(request)
             except (OSError, ProtocolError):
                 break  # gone (an idle exit) or hung: the rest on disk, if it is let go
             if isinstance(answer, Failure):
@@ -102,41 +98,6 @@ def forget(cache_dir: Path, digests: Sequence[Digest]) -> Forgotten:
             connection.close()
     rest = [digest for batch in batches for digest in batch]
     return done + _on_disk(cache_dir, rest) if rest else done
-
-
-def _connect(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(ANSWER_TIMEOUT)
-        with unix_address(path, "--cache_dir") as address:  # a deep one by a short path
-            sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _call(sock: socket.socket, request: Forget) -> ForgetOk | Response:
-    """The daemon's answer to ``request``: as ``connection.Connection.call``, whose decoding
-    knows no forget's answer (a mount never asks one)."""
-    sock.sendall(encode_frame(encode_request(request)))
-    decoder = FrameDecoder()
-    frames: list[bytes] = []
-    while not frames:
-        data = sock.recv(1 << 16)
-        if not data:
-            raise ConnectionResetError("the cache daemon closed the connection")
-        frames = decoder.feed(data)
-    message = pb.Response()
-    try:
-        message.ParseFromString(frames[0])
-    except DecodeError as error:
-        raise ProtocolError(f"undecodable response: {error}") from None
-    if message.id != request.id:
-        raise ProtocolError(f"answer to request {message.id}, expected {request.id}")
-    if message.WhichOneof("body") == "forget":
-        return ForgetOk(message.id, message.forget.chunks, message.forget.bytes)
-    return decode_response(frames[0])
 
 
 def _on_disk(cache_dir: Path, digests: Sequence[Digest]) -> Forgotten:

@@ -6,8 +6,8 @@ is wrong, with the request's id when it had one, so the daemon can answer
 it); ``encode_request`` does the
 reverse for the mount. ``encode_response``/``decode_response`` do the same for
 the answers: ``ReadOk``, ``PrefetchOk``, ``StatusOk``, ``EvictOk``,
-``BackgroundOk``, ``ForgetOk`` (decoded by ``lazyfs.cache.forget``) and ``Failure``.
-The values are in ``values`` (a forget's in ``forget_values``) and named here too.
+``BackgroundOk``, ``ForgetOk`` and ``Failure``. The values are in ``values`` (a
+forget's in ``forget_values``) and named here too.
 ``failure_kind`` maps an exception onto the wire's error kinds, the one place
 the daemon's errors are translated for its clients.
 
@@ -321,9 +321,8 @@ def encode_response(response: Response) -> bytes:
     return message.SerializeToString()
 
 
-def decode_response(payload: bytes) -> values.Response:
-    """The response in ``payload``. Raises ProtocolError (a broken peer) when it is not one,
-    or a forget's (``ForgetOk``: ``lazyfs.cache.forget`` reads it)."""
+def decode_response(payload: bytes) -> Response:
+    """The response in ``payload``. Raises ProtocolError (a broken peer) when it is not one."""
     message = pb.Response()
     try:
         message.ParseFromString(payload)
@@ -361,6 +360,8 @@ def decode_response(payload: bytes) -> values.Response:
         return EvictOk(message.id, message.evict.chunks_evicted)
     if body == "background":
         return BackgroundOk(message.id, _blob(message.background.state))
+    if body == "forget":
+        return ForgetOk(message.id, message.forget.chunks, message.forget.bytes)
     if body == "error":
         try:
             kind = FailureKind(message.error.kind)

@@ -25,6 +25,8 @@ from lazyfs.cache.messages import (
     Extent,
     Failure,
     FailureKind,
+    Forget,
+    ForgetOk,
     HandleOrigin,
     Prefetch,
     PrefetchOk,
@@ -71,6 +73,7 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(Evict, ids, ranges, st.text(max_size=40)),
     st.builds(Background, ids, digests, origins, u64.filter(bool), st.none() | digests,
               st.text(max_size=40)),
+    st.builds(Forget, ids, st.lists(digests, min_size=1, max_size=5).map(tuple)),
 )  # fmt: skip
 # A reason of at most 16 characters is at most 64 bytes: what the wire keeps (MAX_BLOB_REASON).
 blob_infos = st.builds(BlobInfo, digests, st.sampled_from(BlobKind), u64, u64, st.text(max_size=16))
@@ -96,6 +99,7 @@ responses: st.SearchStrategy[Response] = st.one_of(
     ),
     st.builds(EvictOk, ids, u64),
     st.builds(BackgroundOk, ids, blob_infos),
+    st.builds(ForgetOk, ids, u64, u64),
     st.builds(Failure, ids, st.sampled_from(FailureKind), st.text(max_size=60)),
 )
 
