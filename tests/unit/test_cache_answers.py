@@ -16,6 +16,7 @@ from lazyfs.cache.daemon import Server
 from lazyfs.cache.framing import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
 from lazyfs.cache.messages import (
     MAX_STATUS_BLOBS,
+    Response,
     decode_response,
     encode_request,
     encode_response,
@@ -31,7 +32,6 @@ from lazyfs.cache.values import (
     Origin,
     Read,
     Request,
-    Response,
     Status,
     StatusOk,
 )
