@@ -14,9 +14,14 @@ Where the headers start: after the data of the previous file (in stream
 order) of the index, rounded up to a tar block, or at 0 for the first;
 the members between (directories, links, PAX headers) are parsed on the
 way, so only header blocks are read.  This binds each file's data and
-metadata to the bytes; it cannot prove an entry that has no data (a
-directory, a symlink, an empty file) or checkpoint windows, which is why
-published indexes are read only when trusted (``--trust_published_indexes``).
+metadata to a tar header in the bytes, but not to the layer's own members:
+the walk starts where the index says, and a forged index that starts it
+inside a tar archive stored as a file of the layer passes with that
+archive's members (only a walk from 0 would prove the boundary, which
+would fetch most of the layer before its last file).  Nor can it prove an
+entry that has no data (a directory, a symlink, an empty file) or
+checkpoint windows, which is why published indexes are read only when
+trusted (``--trust_published_indexes``).
 
 Blocking and thread-safe; each entry is checked once per ``EntryCheck``.
 """
