@@ -290,13 +290,13 @@ class Descriptor:
 def parse_descriptor(item: Any, what: str) -> Descriptor:
     if not isinstance(item, dict):
         raise BadImage(f"{what} is not a JSON object")
+    if "digest" not in item:
+        raise BadImage(f"{what} has no digest")
+    digest = parse_digest(str(item["digest"]))
     try:
-        size = int(item["size"])
-        digest = parse_digest(str(item["digest"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadImage(f"{what} lacks a valid digest or size") from exc
-    if size < 0:
-        raise BadImage(f"{what} has a negative size")
+        size = untrusted_json.size(item.get("size"))
+    except ValueError as exc:
+        raise BadImage(f"{what} has no valid size: {exc}") from None
     urls = item.get("urls")
     return Descriptor(
         media_type=str(item.get("mediaType", "")),

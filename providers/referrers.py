@@ -113,7 +113,7 @@ def referrer_entries(data: bytes) -> tuple[Referrer, ...]:
     for item in doc["manifests"]:
         try:
             digest = parse_digest(str(item["digest"]))
-            size = int(item["size"])
+            size = untrusted_json.size(item.get("size"))
         except (BadImage, KeyError, TypeError, ValueError):
             continue
         notes = item.get("annotations")

@@ -39,6 +39,8 @@ DOCKER_HUB_ALIASES = frozenset(
 )
 # A token without expires_in lives 60 seconds (the distribution token spec).
 DEFAULT_TOKEN_LIFETIME = 60.0
+# An expires_in from this on (some 285 million years) is read as none.
+MAX_TOKEN_LIFETIME = float(1 << 53)
 # Refetch a little before expiry so a token does not die in flight.
 EXPIRY_MARGIN = 5.0
 
@@ -218,6 +220,13 @@ def parse_token_response(body: bytes) -> tuple[str, float]:
         # Sent as a header it would fail in the HTTP library, whose error shows it.
         raise ValueError("token server answer's token cannot be a header value")
     lifetime = doc.get("expires_in")
-    if not isinstance(lifetime, int | float) or lifetime <= 0:
+    # true is an int to Python, no number of seconds to JSON.  The upper bound keeps out
+    # what float() cannot take (an integer of 400 digits: OverflowError) and the
+    # infinity json reads 1e999 as (a token kept for ever).
+    if (
+        not isinstance(lifetime, int | float)
+        or isinstance(lifetime, bool)
+        or not 0 < lifetime < MAX_TOKEN_LIFETIME
+    ):
         lifetime = DEFAULT_TOKEN_LIFETIME
     return token, float(lifetime)

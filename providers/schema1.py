@@ -58,7 +58,7 @@ def schema1_payload(data: bytes) -> bytes:
         return data
     try:
         protected = untrusted_json.loads(_b64url(signatures[0]["protected"]))
-        length = int(protected["formatLength"])
+        length = untrusted_json.size(protected["formatLength"])
         tail = _b64url(protected["formatTail"])
     except (KeyError, TypeError, ValueError, IndexError, binascii.Error) as exc:
         raise BadImage("schema 1 manifest has an unreadable signature header") from exc

@@ -18,12 +18,18 @@ large (a published index's rows, tens of MiB) bounds that with
 bytes, an object (``{``) counting as three, is refused before it is
 parsed.  Brackets inside strings are counted too, which errs towards
 refusing.
+
+``size`` reads a count (a descriptor's size, a length) out of a parsed
+document, also with ValueError as its one failure.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+# The OCI image spec gives sizes as int64.
+SIZE_LIMIT = (1 << 63) - 1
 
 
 def loads(data: str | bytes, *, per_container: int | None = None, **options: Any) -> Any:
@@ -51,3 +57,18 @@ def _dense(data: str | bytes, per_container: int) -> None:
             f"{containers} arrays (an object counting three) in {len(data)} bytes:"
             f" more than one in {per_container}"
         )
+
+
+def size(value: object) -> int:
+    """``value``, a parsed JSON value, as a size: an integer from 0 to ``SIZE_LIMIT``;
+    ValueError (showing it) for anything else.
+
+    Not ``int(value)``: that takes what a document must not hold for an integer (a
+    string "123", a fraction 1.5 cut to 1, true as 1), and raises OverflowError, no
+    ValueError, for the infinity that json reads ``1e999`` and ``Infinity`` as.
+    """
+    # type(), not isinstance(): bool is an int to Python, never to JSON.
+    if type(value) is not int or not 0 <= value <= SIZE_LIMIT:
+        shown = "an array or object" if isinstance(value, list | dict) else json.dumps(value)
+        raise ValueError(f"{shown[:40]} is not an integer from 0 to 2^63-1")
+    return value

@@ -168,11 +168,13 @@ def artifact_layers(data: bytes, subject: Digest) -> dict[Digest, Descriptor]:
         notes = item.get("annotations")
         try:
             layer = parse_digest(str(notes[LAYER_ANNOTATION]))  # type: ignore[index]
-            blob = Descriptor(
-                INDEX_MEDIA_TYPE, parse_digest(str(item["digest"])), int(item["size"])
-            )
+            digest = parse_digest(str(item["digest"]))
         except (BadImage, KeyError, TypeError, ValueError):
             raise BadImage("lazyfs index manifest lists a malformed index blob") from None
+        try:
+            blob = Descriptor(INDEX_MEDIA_TYPE, digest, untrusted_json.size(item.get("size")))
+        except ValueError as error:
+            raise BadImage(f"lazyfs index blob {digest}: size {error}") from None
         if not 0 < blob.size <= MAX_BLOB:
             raise BadImage(f"lazyfs index blob {blob.digest}: size {blob.size} out of range")
         if layer in found:

@@ -241,10 +241,13 @@ def trace_blobs(data: bytes, subject: Digest) -> dict[str, Descriptor]:
             key = str(item["annotations"][KEY_ANNOTATION])
             if key_image(key) != subject:
                 raise BadImage(f"a trace of another image, {key}")
-            blob = Descriptor(TRACE_MEDIA_TYPE, parse_digest(str(item["digest"])),
-                              int(item["size"]))  # fmt: skip
+            digest = parse_digest(str(item["digest"]))
         except (KeyError, TypeError, ValueError):
             raise BadImage("lazyfs trace manifest lists a malformed trace blob") from None
+        try:
+            blob = Descriptor(TRACE_MEDIA_TYPE, digest, untrusted_json.size(item.get("size")))
+        except ValueError as error:
+            raise BadImage(f"lazyfs trace blob {digest}: size {error}") from None
         if not 0 < blob.size <= MAX_TRACE_BYTES:
             raise BadImage(f"lazyfs trace blob {blob.digest}: size {blob.size} out of range")
         found[key] = blob
