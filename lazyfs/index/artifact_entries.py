@@ -16,8 +16,8 @@ names the fields a scan never gives as they are (a symlink's mode, xattrs
 a scan drops or normalises, a hardlink's owner).
 
 What a scan checks outside those functions is checked with the same code
-or bound: every string is one a tar reader decodes bytes to (UTF-8, bytes
-that are not as U+DC80-U+DCFF), an xattr value has at most
+or bound: every string is one a tar reader decodes bytes to (``tar_text``:
+UTF-8, bytes that are not as U+DC80-U+DCFF), an xattr value has at most
 ``MAX_XATTR_VALUE_BYTES``, a file at most ``MAX_ENTRY_SIZE`` bytes, the
 extents ``checked_extents`` gives and its data inside the tar stream.
 Where in the stream beyond that (after its own header, clear of other
@@ -38,6 +38,7 @@ from dataclasses import fields
 from operator import attrgetter
 
 from lazyfs.index.model import IndexEntry, Kind, LayerIndex, written_values
+from lazyfs.index.tar_text import decoded
 from providers.errors import BadEntry
 from providers.extents import FileLayout, checked_extents
 from providers.layer_entry import EntryKind, classify_fields
@@ -100,7 +101,7 @@ def _trouble(entry: IndexEntry, tar_size: int, layer: str) -> str | None:
     else:
         return "is a whiteout of the root, which no name gives"
     if not (name.isascii() and target.isascii()) or xattrs:  # ASCII decodes as itself
-        if not (_decoded(name) and _decoded(target) and all(_decoded(x) for x, _ in xattrs)):
+        if not (decoded(name) and decoded(target) and all(decoded(x) for x, _ in xattrs)):
             return "has escaped bytes that a tar reader decodes as UTF-8"
         for _, value in xattrs:  # as tar_stream.pax_xattrs bounds them, before classify_fields
             if len(value) > MAX_XATTR_VALUE_BYTES:
@@ -138,18 +139,6 @@ def _trouble(entry: IndexEntry, tar_size: int, layer: str) -> str | None:
         ]
         return f"is {_KIND_WORDS[kind]} whose {', '.join(differ)} a scan never gives"
     return _data_trouble(entry, tar_size, name, layer) if kind is Kind.FILE else None
-
-
-def _decoded(text: str) -> bool:
-    """Whether a tar reader gives ``text`` for some bytes, as tarfile decodes names, link
-    targets and pax keys: UTF-8, with each byte that is not as U+DC80-U+DCFF (surrogateescape).
-
-    UnicodeEncodeError for any other surrogate.
-    """
-    return (
-        text.isascii()
-        or text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape") == text
-    )
 
 
 def _data_trouble(entry: IndexEntry, tar_size: int, name: str, layer: str) -> str | None:

@@ -13,9 +13,11 @@
    member it stands for, through the checks a tar scan
    (``lazyfs.index.build``) puts that member to, so names, xattrs,
    devices, owners and times are accepted, dropped or refused exactly as
-   for the same layer pulled whole;
-   eStargz's own entries (the landmarks) are left out, as stargz-snapshotter
-   hides them;
+   for the same layer pulled whole; eStargz's own entries (the TOC's name
+   and the landmarks) too, which are then left out, as stargz-snapshotter
+   hides them, when they are what eStargz writes: a regular file at the
+   layer's root that no hardlink of the layer names.  Anything else of those
+   names is a file of the image, as the layer's tar shows it;
 4. lays the regular files' bytes out in the layer's data space and maps it
    onto their chunks (``lazyfs.index.estargz_chunks``).
 
@@ -52,7 +54,7 @@ from providers.errors import BadImage, DigestMismatch, bad_entry
 from providers.extents import FileLayout
 from providers.layer_entry import EntryKind, LayerEntry, classify_fields
 from providers.layer_limits import MAX_ENTRY_SIZE, MAX_XATTR_VALUE_BYTES, LayerLimits
-from providers.layer_rules import Action, classify
+from providers.layer_rules import Action, RelPath, classify, hardlink_target
 from providers.manifest import Layer
 from providers.source import BlobSource, Evicting
 
@@ -196,6 +198,15 @@ def _classify(entry: TocEntry, layer: str) -> LayerEntry:
     )
 
 
+def _linked(toc: Toc, layer: str) -> set[RelPath]:
+    """The paths the layer's hardlinks name."""
+    return {
+        hardlink_target(e.link_name, layer=layer, entry=e.name)
+        for e in toc.entries
+        if e.type is EntryType.HARDLINK
+    }
+
+
 def _rows(entry: TocEntry, start: int) -> list[ChunkRow]:
     """The chunks of the file ``entry`` whose bytes start at ``start`` of the data space."""
     name = entry.name
@@ -230,11 +241,16 @@ def index_toc(
     rows: list[ChunkRow] = []
     dropped: Counter[str] = Counter()
     position = total = 0
+    # An own file that a hardlink of the layer names is shown: hidden, the
+    # link would name nothing, where the tar links it to that file.
+    linked = _linked(toc, name)
     for toc_entry in toc.entries:
-        if is_stargz_own(toc_entry.path):
-            continue
+        # Own entries are classified too: refused or accepted as the tar's are.
         classified = _classify(toc_entry, name)
         dropped.update(classified.dropped)
+        path = toc_entry.path
+        if classified.kind is EntryKind.FILE and is_stargz_own(path) and path not in linked:
+            continue
         layout = None
         if classified.kind is EntryKind.FILE:
             start = aligned(position) if toc_entry.size else position

@@ -13,6 +13,7 @@ same name right after it.  Names keep the TOC's spelling (``bin/``,
 the format gives it, and refuses with BadImage (UnsafeLayer for names):
 
 - names that escape (``..``, absolute), that no filesystem holds, or empty;
+- names, link targets and xattr names no tar header gives (``tar_text``);
 - owners, devices, sizes and modes out of range; a bad ``modtime``;
 - a non-empty file without offset or ``chunkDigest``, chunks that do not
   tile the file from 0 to its size, a ``chunk`` not after its file;
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from lazyfs.index.estargz_footer import MAX_DEFLATE_RATIO
+from lazyfs.index.tar_text import is_tar_text
 from providers import untrusted_json
 from providers.digest import Digest, is_digest
 from providers.errors import BadImage, bad_entry
@@ -152,9 +154,12 @@ class _Fields:
         return value
 
     def text(self, key: str) -> str:
+        """The string at ``key``, refused unless a tar header could give it."""
         value = self.raw.get(key, "")
         if not isinstance(value, str):
             raise self.bad(f"has a {key} that is not a string")
+        if not is_tar_text(value):
+            raise self.bad(f"has a {key} that no tar header gives")
         return value
 
     def digest(self, key: str) -> Digest | None:
@@ -203,6 +208,8 @@ def _xattrs(fields: _Fields) -> tuple[tuple[str, bytes], ...]:
         # Go writes []byte values as base64: 4 characters per 3 bytes.
         if not key or not isinstance(value, str) or len(value) > MAX_XATTR_VALUE * 2:
             raise fields.bad(f"has the xattr {key!r} with a bad value")
+        if not is_tar_text(key):
+            raise fields.bad(f"has the xattr name {key!r}, which no tar header gives")
         try:
             data = base64.b64decode(value, validate=True)
         except binascii.Error as error:
@@ -311,7 +318,7 @@ class _Reader:
         self.close()
         if not isinstance(kind, str) or kind not in _TYPES:
             raise fields.bad(f"has the type {kind!r}")
-        path = normalize_name(fields.name, layer=self.layer)
+        path = normalize_name(fields.text("name"), layer=self.layer)
         entry = _entry(fields, _TYPES[kind], path, self.mtimes)
         self.entries.append(entry)
         if entry.type is EntryType.REG and entry.size:
@@ -335,9 +342,8 @@ class _Reader:
         file = self.entries[-1]
         covered = sum(self.pending[-1][1:3])
         if covered != file.size:
-            raise bad_entry(
-                self.layer, file.name, f"in the TOC has chunks for {covered} of {file.size} bytes"
-            )
+            why = f"in the TOC has chunks for {covered} of {file.size} bytes"
+            raise bad_entry(self.layer, file.name, why)
         self.chunks[len(self.entries) - 1] = self.pending
         self.pending = []
 
@@ -367,11 +373,8 @@ def _place_chunks(
             need = inner + size
             room = end - offset
             if need > limits.max_chunk_bytes or need > room * MAX_DEFLATE_RATIO:
-                raise bad_entry(
-                    layer,
-                    entry.name,
-                    f"in the TOC needs {need} bytes from {room} at {offset}",
-                )
+                why = f"in the TOC needs {need} bytes from {room} at {offset}"
+                raise bad_entry(layer, entry.name, why)
             claims.setdefault(offset, []).append((inner, need, entry.name))
             placed.append(Chunk(offset, at, size, digest, inner, end))
         entries[index] = _with_chunks(entry, tuple(placed))
