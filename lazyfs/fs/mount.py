@@ -376,16 +376,20 @@ def open_complete(cache_dir: Path, digest: Digest) -> BinaryIO | None:
     return from_cache(cache_dir, digest)
 
 
-def index_stored(store: Store, digest: Digest) -> None:
+def index_stored(store: Store, digest: Digest, *, hold_toc: bool = False) -> None:
     """Build and keep the index of the stored layer ``digest`` unless it has one.
 
     What a mount's first start does (``lazyfs.index.stored.ensure_index``):
-    done ahead, a start only reads it. BadImage or UnsafeLayer as there,
-    OSError when the store cannot be written. Loaded only when called.
+    done ahead, a start only reads it. With ``hold_toc``, an eStargz index
+    its TOC gave is then held to the blob's tar (``lazyfs.index.estargz_agree``:
+    the blob inflated once, not for a start). BadImage or UnsafeLayer as
+    there, OSError when the store cannot be written. Loaded only when called.
     """
     from lazyfs.index.stored import ensure_index
 
-    ensure_index(
-        store.layers, store.tmp, digest, store.blob_path(digest),
-        entries=False, limits=store.limits,
-    )  # fmt: skip
+    blob = store.blob_path(digest)
+    ensure_index(store.layers, store.tmp, digest, blob, entries=False, limits=store.limits)
+    if hold_toc:
+        from lazyfs.index.estargz_agree import settle
+
+        settle(store.layers, digest, blob, limits=store.limits)

@@ -33,12 +33,17 @@ that blob's own TOC and size; any other is built again from the blob, in the
 blob's format.  A blob that arrives whole after its layer was read remotely
 (background fetch) takes the remote index built from its own TOC, checked so,
 as its own: a copy of two files, where a build would inflate the whole blob,
-and the offsets the mount's kept tree already holds.  Blocking.
+and the offsets the mount's kept tree already holds.  Its entries are held
+to the blob's tar later, off a start's path (``lazyfs.index.estargz_agree``):
+until then it is kept as it was read remotely, and once a verdict says they
+differ it is built again from the blob, and a TOC of that verdict is not
+taken again.  Blocking.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -62,6 +67,7 @@ if TYPE_CHECKING:
 
 # Beside a local layer's eStargz chunk table: it was checked to be the blob's own TOC's.
 OWN_TOC_STAMP = "estargz-own-toc"
+log = logging.getLogger(__name__)
 
 
 # The eStargz TOC and chunk table code (the TOC parser above all) is loaded
@@ -237,9 +243,22 @@ def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerInde
         data = check_data_present(layers_dir, blob, index)
     except BadImage:
         return None  # built again, its files first
-    if index.compression == ESTARGZ.name and not _checked_own(data.path, blob, index):
+    if index.compression == ESTARGZ.name and not (
+        _checked_own(data.path, blob, index) and _differs(data.path.parent, data.path) is None
+    ):
         return None  # built again from the verified blob, in its own format
     return index
+
+
+def _differs(home: Path, table: Path) -> str | None:
+    """How the TOC of ``table`` differs from its blob's tar, as the verdict in ``home`` says.
+
+    None when no verdict says so (none made yet: the TOC is kept meanwhile).
+    """
+    from lazyfs.index.estargz_agree import recorded
+
+    verdict = recorded(home, table)
+    return None if verdict is None or verdict.agrees else verdict.why
 
 
 def _checked_own(table: Path, blob: Path, index: LayerIndex) -> bool:
@@ -277,7 +296,8 @@ def _stamp(table: Path) -> None:
 def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> LayerIndex | None:
     """The eStargz index of ``digest`` from ``blob``'s own TOC, its files copied to ``scratch``.
 
-    None when no TOC the layer was read by is the blob's own. Which one is
+    None when no TOC the layer was read by is the blob's own, or a verdict
+    says it differs from the blob's tar (``_differs``). Which one is
     decided by the verified blob (``_built_from``), never by the TOC digest
     an image gave. Copied, not moved: mounts reading the layer remotely keep
     theirs. Cheap next to a build: no byte of the blob is inflated but its TOC.
@@ -293,6 +313,10 @@ def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> 
         except BadImage:
             continue
         if _built_from(data.path, blob, index):
+            if (why := _differs(home, data.path)) is not None:
+                log.error("layer %s: its eStargz TOC differs from its tar (%s): indexed from"
+                          " the tar", digest, why)  # fmt: skip
+                return None  # a blob has one TOC: this was it
             for name in ESTARGZ.stored_files:
                 # Made private: shutil.copyfile's copy is 0666 less the umask.
                 with (

@@ -289,7 +289,9 @@ def _index(store: Store, layer: Layer) -> None:
     if layer.annotation(TOC_DIGEST_ANNOTATION) is None:
         return
     try:
-        index_stored(store, layer.digest)
+        # Then held to the blob's tar, as only a local layer can be: a TOC that
+        # gives other entries than its tar gives way to it at the next start.
+        index_stored(store, layer.digest, hold_toc=True)
     except Exception as error:  # the next layers are adopted all the same
         log.warning(
             "layer %s is in the store, not indexed: %s: %s",

@@ -32,11 +32,16 @@ from lazyfs.index.estargz import (
     toc_digest,
     toc_member,
 )
+from lazyfs.index.estargz_agree import Verdict, settle
 from lazyfs.index.estargz_footer import FOOTER_SIZE
+from lazyfs.index.stored import ensure_index
+from lazyfs.index.stored_remote import ensure_remote_index
 from providers.digest import Digest, digest_bytes
 from providers.layer_rules import RelPath
-from providers.manifest import OCI_MANIFEST
+from providers.manifest import OCI_MANIFEST, TOC_DIGEST_ANNOTATION
+from providers.manifest import Layer as Descriptor
 from tests.support import images
+from tests.support.blob_sources import MemoryBlobs
 from tests.support.estargz_images import BIG_DATA, ESGZ_TAG, SOURCE_TAG, Converted
 from tests.support.registry_servers import Registry
 
@@ -215,6 +220,29 @@ def test_large_files_are_chunked(converted: dict[str, Converted]) -> None:
     ]  # fmt: skip
     assert layer.content(("opt", "big")) == BIG_DATA
     assert len({c.offset for c in big.chunks}) == 3
+
+
+def test_every_layer_s_toc_agrees_with_its_tar_once_local(
+    layers: list[Layer], tmp_path: Path
+) -> None:
+    # Read remotely first, then its blob whole in the store: the TOC's index
+    # stays its own (no gzip index built at the next start), checked so.
+    store, scratch = tmp_path / "layers", tmp_path / "tmp"
+    store.mkdir()
+    scratch.mkdir()
+    for number, layer in enumerate(layers):
+        toc = layer.descriptor["annotations"][TOC_DIGEST_ANNOTATION]
+        digest = Digest(layer.descriptor["digest"])
+        described = Descriptor(
+            digest, OCI_LAYER_GZIP, len(layer.blob), None, ((TOC_DIGEST_ANNOTATION, toc),)
+        )
+        remote = ensure_remote_index(store, scratch, described, MemoryBlobs({digest: layer.blob}))
+        assert remote is not None
+        blob = tmp_path / f"{number}.gz"
+        blob.write_bytes(layer.blob)
+        assert ensure_index(store, scratch, digest, blob) == remote
+        assert settle(store, digest, blob) == Verdict(True)
+        assert ensure_index(store, scratch, digest, blob) == remote
 
 
 def _range(registry: Registry, name: str, digest: str, start: int, end: int) -> bytes:
