@@ -380,15 +380,17 @@ def index_stored(store: Store, digest: Digest, *, hold_toc: bool = False) -> Non
     """Build and keep the index of the stored layer ``digest`` unless it has one.
 
     What a mount's first start does (``lazyfs.index.stored.ensure_index``):
-    done ahead, a start only reads it. With ``hold_toc``, an eStargz index
-    its TOC gave is then held to the blob's tar (``lazyfs.index.estargz_agree``:
-    the blob inflated once, not for a start). BadImage or UnsafeLayer as
+    done ahead, a start only reads it. With ``hold_toc`` (a layer adopted
+    after remote reads), the eStargz index its own TOC gave is taken, then
+    held to the blob's tar (``lazyfs.index.estargz_agree``: the blob
+    inflated once, not for a start). BadImage or UnsafeLayer as
     there, OSError when the store cannot be written. Loaded only when called.
     """
     from lazyfs.index.stored import ensure_index
 
     blob = store.blob_path(digest)
-    ensure_index(store.layers, store.tmp, digest, blob, entries=False, limits=store.limits)
+    ensure_index(store.layers, store.tmp, digest, blob,
+                 entries=False, limits=store.limits, own_toc=hold_toc)  # fmt: skip
     if hold_toc:
         from lazyfs.index.estargz_agree import settle
 

@@ -33,11 +33,10 @@ that blob's own TOC and size; any other is built again from the blob, in the
 blob's format.  A blob that arrives whole after its layer was read remotely
 (background fetch) takes the remote index built from its own TOC, checked so,
 as its own: a copy of two files, where a build would inflate the whole blob,
-and the offsets the mount's kept tree already holds.  Its entries are held
-to the blob's tar later, off a start's path (``lazyfs.index.estargz_agree``):
-until then it is kept as it was read remotely, and once a verdict says they
-differ it is built again from the blob, and a TOC of that verdict is not
-taken again.  Blocking.
+and the offsets the mount's kept tree already holds.  The adopting process
+alone takes it so, then holds its entries to the blob's tar off a start's
+path (``lazyfs.index.estargz_agree``); once a verdict says they differ it is
+built again from the blob.  Blocking.
 """
 
 from __future__ import annotations
@@ -120,6 +119,7 @@ def ensure_index(
     *,
     entries: bool = True,
     limits: LayerLimits | None = None,
+    own_toc: bool = False,
 ) -> LayerIndex:
     """The index of the verified layer blob ``blob``, built and stored if missing.
 
@@ -134,7 +134,9 @@ def ensure_index(
     within the limits of its day), UnsafeLayer for a hostile one; nothing
     is stored then.  A stored eStargz index built from ``blob``'s own TOC
     is kept, another is replaced (see the module docstring): read a kept
-    one through a ``BlobSource`` (the store's own will do).
+    one through a ``BlobSource`` (the store's own will do).  ``own_toc``: the
+    index a remote read took from the blob's own TOC is taken, not built; only
+    for the adopting process, which then holds it to the tar (``estargz_agree``).
     """
     found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
@@ -142,11 +144,11 @@ def ensure_index(
     home = layers_dir / hex_part(digest)
     private_dir(home)
     with exclusive_lock(home / "lock"):
-        found = _usable(layers_dir, blob, load_index(layers_dir, digest))
+        found = _usable(layers_dir, blob, load_index(layers_dir, digest), say=True)
         if found is not None:  # another process built it while we waited
             return found
         with locked_scratch(tmp_dir) as scratch:  # flocked: no cleaner takes it meanwhile
-            index = _own_remote_index(home, blob, digest, scratch)
+            index = _own_remote_index(home, blob, digest, scratch) if own_toc else None
             own = index is not None
             if index is None:
                 index = build_index(digest, blob, scratch, limits=limits)
@@ -232,10 +234,13 @@ def _drop_unused(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerIndex | None:
+def _usable(
+    layers_dir: Path, blob: Path, index: LayerIndex | None, *, say: bool = False
+) -> LayerIndex | None:
     """``index``, unless what it points into went missing or changed size.
 
-    Or it is an eStargz index not built from ``blob``'s own TOC.
+    Or it is an eStargz index not built from ``blob``'s own TOC, or held to
+    the blob's tar and found to differ (logged with ``say``: once a rebuild).
     """
     if index is None:
         return None
@@ -243,18 +248,18 @@ def _usable(layers_dir: Path, blob: Path, index: LayerIndex | None) -> LayerInde
         data = check_data_present(layers_dir, blob, index)
     except BadImage:
         return None  # built again, its files first
-    if index.compression == ESTARGZ.name and not (
-        _checked_own(data.path, blob, index) and _differs(data.path.parent, data.path) is None
-    ):
-        return None  # built again from the verified blob, in its own format
+    if index.compression == ESTARGZ.name:
+        if (why := _differs(data.path.parent, data.path)) is not None and say:
+            log.error("layer %s: its eStargz TOC differs from its tar (%s): indexed from"
+                      " the tar", index.digest, why)  # fmt: skip
+        if why is not None or not _checked_own(data.path, blob, index):
+            return None  # built again from the verified blob, in its own format
     return index
 
 
 def _differs(home: Path, table: Path) -> str | None:
-    """How the TOC of ``table`` differs from its blob's tar, as the verdict in ``home`` says.
-
-    None when no verdict says so (none made yet: the TOC is kept meanwhile).
-    """
+    """How the TOC of ``table`` differs from its blob's tar, as a verdict in ``home`` says;
+    None when none says so (none made yet: the TOC is kept meanwhile)."""
     from lazyfs.index.estargz_agree import recorded
 
     verdict = recorded(home, table)
@@ -313,9 +318,7 @@ def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> 
         except BadImage:
             continue
         if _built_from(data.path, blob, index):
-            if (why := _differs(home, data.path)) is not None:
-                log.error("layer %s: its eStargz TOC differs from its tar (%s): indexed from"
-                          " the tar", digest, why)  # fmt: skip
+            if _differs(home, data.path) is not None:
                 return None  # a blob has one TOC: this was it
             for name in ESTARGZ.stored_files:
                 # Made private: shutil.copyfile's copy is 0666 less the umask.

@@ -74,7 +74,7 @@ def adopt(blob: Blob, work: Path) -> Adopted:
     assert ensure_remote_index(layers, tmp, layer, MemoryBlobs({layer.digest: blob.data}))
     path = work / "blob.gz"
     path.write_bytes(blob.data)
-    index = ensure_index(layers, tmp, layer.digest, path)
+    index = ensure_index(layers, tmp, layer.digest, path, own_toc=True)  # as adopt takes it
     # No verdict yet: the TOC index is taken as the blob's own, as it was read remotely.
     assert index.compression == "estargz"
     return Adopted(layers, tmp, path, layer, index)

@@ -99,11 +99,11 @@ def remote(store: Store, blob: Blob, **kwargs: Any) -> tuple[LayerIndex, Countin
     return index, blobs
 
 
-def local(store: Store, blob: Blob, tmp_path: Path) -> LayerIndex:
-    """The same blob indexed whole, as the gzip layer it also is."""
+def local(store: Store, blob: Blob, tmp_path: Path, *, adopted: bool = True) -> LayerIndex:
+    """The same blob, local: adopted after remote reads, or come another way (a pull)."""
     path = tmp_path / "blob.gz"
     path.write_bytes(blob.data)
-    return ensure_index(store.layers, store.tmp, digest_bytes(blob.data), path)
+    return ensure_index(store.layers, store.tmp, digest_bytes(blob.data), path, own_toc=adopted)
 
 
 def without_offset(entry: IndexEntry) -> IndexEntry:
@@ -258,6 +258,18 @@ def test_a_blob_that_becomes_local_takes_the_remote_index_of_its_own_toc(
         assert (
             source.read_range(index.digest, entry.offset, entry.size) == contents(FILES)[entry.path]
         )
+
+
+def test_a_blob_that_comes_whole_another_way_is_indexed_from_its_tar(
+    store: Store, tmp_path: Path
+) -> None:
+    # Read remotely, then pulled whole (another backend, `lazyfs pull`): no
+    # adopting process holds its TOC to its tar, so the TOC index is not taken.
+    blob = write_estargz(FILES, chunk_size=20_000)
+    index, _ = remote(store, blob)
+    whole = local(store, blob, tmp_path, adopted=False)
+    assert whole.compression == "gzip" and whole != index
+    assert {e.path for e in whole.entries} >= {e.path for e in index.entries}
 
 
 def test_a_kept_index_checked_to_be_the_blob_s_own_is_not_checked_at_every_start(

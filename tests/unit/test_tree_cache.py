@@ -215,7 +215,7 @@ def test_a_tree_kept_while_the_layer_was_remote_serves_it_once_local(tmp_path: P
     lazy, sources = _lazily_kept(layers, tmp, digest, blob)
     path = tmp_path / "blob.gz"
     path.write_bytes(blob.data)
-    assert ensure_index(layers, tmp, digest, path) == lazy
+    assert ensure_index(layers, tmp, digest, path, own_toc=True) == lazy  # as adopted
     assert (index_source(layers, digest),) == sources
     indexes = Indexes([lazy])
     tree = tree_cache.merged_tree(layers, [digest], indexes, sources=sources)
