@@ -63,6 +63,10 @@ from lazyfs.fs.writable_names import Listing, listing_order
 from lazyfs.tree.merge import Inode, InodeNo
 
 SNAPSHOTS = 64
+# And at most this many entries in them all, but the newest: snapshots of a big
+# directory changed between readers would each be a copy of it (70 bytes or so
+# an entry), 64 of them for a container that adds a file before each listing.
+SNAPSHOT_ENTRIES = 1 << 18
 RESUMES = 16 * SNAPSHOTS
 _POSITION_BITS = 32
 _POSITIONS = (1 << _POSITION_BITS) - 1
@@ -80,6 +84,7 @@ class NoOpenWritableOperations(WritableOperations):
         super().__init__(upper, chunks)
         self._pinned: dict[InodeNo, int] = {}
         self._snapshots: dict[tuple[InodeNo, int], Listing] = {}
+        self._held = 0  # entries in them
         self._newest: dict[InodeNo, int] = {}  # each directory's newest snapshot's generation
         # The name a reader of (directory, generation) was last given, by the position after it.
         self._last_names: dict[tuple[InodeNo, int, int], bytes] = {}
@@ -206,12 +211,16 @@ class NoOpenWritableOperations(WritableOperations):
         return None if found is None else found[0]
 
     def _keep_snapshot(self, ino: InodeNo, generation: int, listing: Listing) -> None:
-        """``listing`` kept as the snapshot used last; the oldest dropped past ``SNAPSHOTS``."""
-        self._snapshots.pop((ino, generation), None)
+        """``listing`` kept as the snapshot used last; the oldest dropped past ``SNAPSHOTS``
+        or ``SNAPSHOT_ENTRIES`` (a reader of one dropped goes on after the last name it had)."""
+        self._held -= len(self._snapshots.pop((ino, generation), ()))
         self._snapshots[ino, generation] = listing
-        while len(self._snapshots) > SNAPSHOTS:
+        self._held += len(listing)
+        while len(self._snapshots) > SNAPSHOTS or (
+            self._held > SNAPSHOT_ENTRIES and len(self._snapshots) > 1
+        ):
             dropped = next(iter(self._snapshots))
-            del self._snapshots[dropped]
+            self._held -= len(self._snapshots.pop(dropped))
             if self._newest.get(dropped[0]) == dropped[1]:
                 del self._newest[dropped[0]]
 

@@ -357,3 +357,24 @@ async def test_a_name_gone_while_listed_is_left_out_and_one_replaced_is_listed_a
     assert entries == [(b"f%02d" % i, await ino(ops, f"many/f{i:02}")) for i in (2, 3, 4)] + [
         (b"f07", made.st_ino)
     ]
+
+
+async def test_snapshots_of_a_big_directory_changed_between_readers_are_bounded_in_entries(
+    no_open: WritableOperations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A container that adds a file before each listing: each reader gets a new snapshot.
+    monkeypatch.setattr(writable_no_open, "SNAPSHOT_ENTRIES", 4000)
+    many = await make_files(no_open, 2000)
+    listing = Listing(monkeypatch, room=3)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(SNAPSHOTS):
+            info, _ = await no_open.create(many, name(f"g{i:02}"), 0o644, os.O_WRONLY, CTX)
+            await no_open.release(info.fh)
+            await listing.next_batch(no_open, many, 0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Two snapshots' worth held at most (the cap, and the newest), not 64 copies.
+    assert grown < 8 * 2000 * 64
