@@ -28,8 +28,9 @@ into what it is mounted on, and fails after a file (ENOTDIR). A bare
 rootfs path is the view of a container without mounts.
 
 Only reads; a rootfs changed by the command itself later is not its concern.
-The image is hostile: the walk is bounded (``exec_formats.MAX_STEPS``), and the words
-show its text escaped and cut (``shown``).
+The image is hostile: each walk is bounded (``exec_formats.MAX_STEPS``: past it, runc
+judges), a path no file can have (a NUL byte, a lone surrogate) is not there, and the
+words show its text escaped and cut (``shown``).
 ``in_root`` is that walk alone; ``ContainerView.find`` tells how far a path
 is there, for ``run`` to ask where runc would make a missing mount point or
 working directory.
@@ -38,6 +39,7 @@ working directory.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -76,9 +78,10 @@ class Place:
     ``there`` are there (all of them: the path is), the rest names of what is not.
 
     Not ``seen``: the rest is in a filesystem of the kernel's (/proc, /sys), whose
-    contents are not known here (names, not resolved). ``linked``: the first part
-    missing is one a symlink leads to, not one of the path's own; ``mkdir -p`` stops at
-    that link (told without ``past_missing`` only).
+    contents are not known here (names, not resolved); or the walk took too many calls
+    (``MAX_STEPS``: all names, ``..`` going up). ``linked``: the first part missing is
+    one a symlink leads to, not one of the path's own; ``mkdir -p`` stops at that link
+    (told without ``past_missing`` only).
     """
 
     parts: tuple[str, ...]
@@ -178,9 +181,13 @@ class ContainerView:
 
         The walk stops at the first part not there, as the kernel's does; with
         ``past_missing`` it takes what follows as names (``..`` going up), as runc
-        resolves where to make a mount point.
+        resolves where to make a mount point. Not ``seen`` past ``MAX_STEPS`` calls.
         """
-        return _walk(self, path, None, past_missing=past_missing)
+        try:
+            return _walk(self, path, Budget(), past_missing=past_missing)
+        except OutOfSteps:  # a hostile WorkingDir (millions of ``d/..``), or links
+            names = posixpath.normpath(f"/{path}").split("/")
+            return Place(tuple(filter(None, names)), 0, seen=False)
 
     def node(self, parts: Sequence[str]) -> str | None:
         """What runc makes at ``parts`` (``nodes``): "" a device node, else a link's target."""
@@ -307,12 +314,16 @@ def _why_not_executable(view: ContainerView, place: Place, budget: Budget) -> st
 def in_root(root: Path | ContainerView, path: str) -> Path | None:
     """Where ``path`` of the container is on this machine, under ``root`` (a rootfs, or a
     container's view); None if it does not exist, or is not on this machine: in runc's
-    own filesystems, or a directory runc makes where the tree below has none.
+    own filesystems, or a directory runc makes where the tree below has none; or if
+    finding it takes more than ``exec_formats.MAX_STEPS`` calls (a hostile image's links).
 
     The final component is resolved too, so the answer is never a symlink.
     """
     view = _view(root)
-    place = _walk(view, path, None)
+    try:
+        place = _walk(view, path, Budget())
+    except OutOfSteps:
+        return None
     if place is None or not place.exists:
         return None
     host = view.host(place.parts)
@@ -320,10 +331,10 @@ def in_root(root: Path | ContainerView, path: str) -> Path | None:
 
 
 def _walk(
-    view: ContainerView, path: str, budget: Budget | None, *, past_missing: bool = False
+    view: ContainerView, path: str, budget: Budget, *, past_missing: bool = False
 ) -> Place | None:
     """``path`` resolved in ``view`` (see ``ContainerView.find``). Each lstat, stat and
-    readlink is spent from ``budget`` (none: not bounded)."""
+    readlink is spent from ``budget``."""
     # Reversed, taken from the end: a path may have millions of parts.
     todo = [part for part in reversed(path.split("/")) if part not in ("", ".")]
     own = len(todo)  # the path's own parts, below those of the links met
@@ -356,21 +367,20 @@ def _walk(
         target = view.node([*done, part])  # runc's: "" a device node, else a symlink
         if target is None:
             here = view.host([*done, part])
-            if budget is not None:
-                budget.spend()
+            budget.spend()
             try:
                 if here is None:  # runc's tmpfs...: nothing but what runc makes in it
                     raise FileNotFoundError
                 mode = os.lstat(here).st_mode
-            except OSError:
+            except (OSError, ValueError):
+                # ValueError: a NUL byte, a lone surrogate (UnicodeEncodeError): no file's name
                 there = len(done)
                 done.append(part)
                 if not past_missing:
                     return Place((*done, *reversed(todo)), there, linked=linked)
                 continue
             if stat.S_ISLNK(mode):
-                if budget is not None:
-                    budget.spend()
+                budget.spend()
                 target = os.readlink(here)
         if target:  # a symlink's is never empty
             links += 1
@@ -384,7 +394,7 @@ def _walk(
     return Place(tuple(done), len(done) if there is None else there)
 
 
-def _is_dir(view: ContainerView, parts: Sequence[str], budget: Budget | None) -> bool:
-    if budget is not None and not view.made_dir(parts):
+def _is_dir(view: ContainerView, parts: Sequence[str], budget: Budget) -> bool:
+    if not view.made_dir(parts):
         budget.spend()
     return view.is_dir(parts)

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from providers import untrusted_json
+from providers.config_text import checked
 from providers.digest import Digest, parse_digest
 from providers.errors import BadImage
 
@@ -213,18 +214,18 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         # Docker accepts a bare string for Cmd/Entrypoint in some old configs.
-        return (value,)
+        value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadImage(f"image config field {what} is not a list of strings")
-    return tuple(value)
+    return tuple(checked(v, f"{what} entry") for v in value)
 
 
-def _string(value: Any, what: str) -> str:
+def _string(value: Any, what: str, *, path: bool = False) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
         raise BadImage(f"image config field {what} is not a string")
-    return value
+    return checked(value, what, path=path)
 
 
 def _environment(entries: tuple[str, ...]) -> tuple[str, ...]:
@@ -235,7 +236,7 @@ def _environment(entries: tuple[str, ...]) -> tuple[str, ...]:
     ``NAME`` alone as "unset NAME"); handed on, runc refuses it ("invalid
     environment variable").  An entry with no name (``=x``) Docker and
     containerd pass on, and runc refuses: it is refused here, at the pull, as
-    is one holding a NUL byte.
+    is one holding a NUL byte (``_strings``).
     """
     kept = []
     for entry in entries:
@@ -244,8 +245,6 @@ def _environment(entries: tuple[str, ...]) -> tuple[str, ...]:
             log.warning("image config Env entry %r is not NAME=VALUE: left out", entry)
         elif not name:
             raise BadImage(f"bad image config: Env entry {entry!r} is not NAME=VALUE")
-        elif "\0" in entry:  # no exec(2) environment holds one: runc refuses it
-            raise BadImage(f"bad image config: Env entry {entry[:200]!r} holds a NUL byte")
         else:
             kept.append(entry)
     return tuple(kept)
@@ -263,7 +262,7 @@ def parse_image_config(data: bytes) -> tuple[RuntimeConfig, tuple[Digest, ...]]:
         entrypoint=_strings(conf.get("Entrypoint"), "Entrypoint"),
         cmd=_strings(conf.get("Cmd"), "Cmd"),
         env=_environment(_strings(conf.get("Env"), "Env")),
-        working_dir=_string(conf.get("WorkingDir"), "WorkingDir"),
+        working_dir=_string(conf.get("WorkingDir"), "WorkingDir", path=True),
         user=_string(conf.get("User"), "User"),
     )
     rootfs = doc.get("rootfs") or {}

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lazyfs.cli_container import require_workdir
-from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, exec_problem
+from lazyfs.cli_exec import NOT_EXECUTABLE, NOT_FOUND, ContainerView, exec_problem, in_root
+from lazyfs.exec_formats import MAX_STEPS
 from providers.errors import UsageError
 
 HOSTILE = "\x1b]0;x\x07foo"  # OSC: sets the terminal's title
@@ -20,6 +23,28 @@ HOSTILE = "\x1b]0;x\x07foo"  # OSC: sets the terminal's title
 def controls(text: str) -> list[str]:
     """What in ``text`` a terminal takes as a control: C0, DEL and C1."""
     return [c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0]
+
+
+@contextmanager
+def counted_calls(most: int) -> Iterator[list[int]]:
+    """The lstat, stat and readlink calls made within, counted in its one item; past
+    ``most`` an AssertionError (without the bound, hours of these: stop there)."""
+    count = [0]
+
+    def counted(real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            count[0] += 1
+            if count[0] > most:
+                raise AssertionError("unbounded walk")
+            return real(*args, **kwargs)
+
+        return call
+
+    # Undone on leaving, before pytest's own report stats files.
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("lstat", "stat", "readlink"):
+            patch.setattr(os, name, counted(getattr(os, name)))
+        yield count
 
 
 @pytest.fixture
@@ -51,36 +76,72 @@ def test_a_real_image_is_judged_within_the_bound(
     assert (problem[1] if problem else None) == status
 
 
-def test_a_hostile_path_and_link_chain_is_given_up_on_not_walked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # 41 links, each through ~800 `d/..` pairs: ~33,000 lstat calls for one PATH
-    # entry, and the PATH has thousands of them.
-    (tmp_path / "d").mkdir()
+def _link_chain(root: Path) -> None:
+    """/s0 to /s40, 41 links, each through 800 ``d/..`` pairs: a walk of /s0 would make
+    some 65,000 calls before it met the kernel's 40 links (ELOOP)."""
+    (root / "d").mkdir()
     for i in range(41):
-        (tmp_path / f"s{i}").symlink_to("d/../" * 800 + f"s{i + 1}")
+        (root / f"s{i}").symlink_to("d/../" * 800 + f"s{i + 1}")
+
+
+def test_a_hostile_path_and_link_chain_is_given_up_on_not_walked(tmp_path: Path) -> None:
+    # ~65,000 calls for one PATH entry, and the PATH has thousands of them.
+    _link_chain(tmp_path)
     env = ["PATH=" + ":".join(["/s0"] * 5000)]
-    calls = 0
-
-    def counted(real: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls > 100_000:  # without the bound, hours of these: stop here
-                raise AssertionError("unbounded walk")
-            return real(*args, **kwargs)
-
-        return call
-
-    monkeypatch.setattr(os, "lstat", counted(os.lstat))
-    monkeypatch.setattr(os, "readlink", counted(os.readlink))
-    monkeypatch.setattr(os, "stat", counted(os.stat))
-    try:
+    with counted_calls(100_000) as calls:
         problem = exec_problem(tmp_path, ["nosuch"], env)
-    finally:
-        monkeypatch.undo()  # pytest's own report stats files
     assert problem is None  # cannot tell: runc judges, in the container
-    assert calls <= 10_000
+    assert calls[0] <= 10_000
+
+
+@pytest.mark.parametrize("made", [True, False])
+def test_a_hostile_workdir_is_given_up_on_not_walked(tmp_path: Path, made: bool) -> None:
+    # As an image's WorkingDir may be, in 16 MiB of config: 6 million calls to walk.
+    (tmp_path / "d").mkdir()
+    cwd = "/d/.." * 3_000_000 + "/nosuch"
+    with counted_calls(100_000) as calls:
+        require_workdir(tmp_path, cwd, made=made)  # runc judges: even where it cannot make it
+        place = ContainerView(tmp_path).find(cwd)
+    assert place is not None and not place.seen
+    assert place.parts == ("nosuch",)  # the names it would be without symlinks
+    assert calls[0] <= 2 * MAX_STEPS
+
+
+def test_a_hostile_link_chain_to_etc_is_given_up_on_not_walked(tmp_path: Path) -> None:
+    _link_chain(tmp_path)
+    (tmp_path / "etc").symlink_to("s0")
+    with counted_calls(20_000) as calls:
+        assert in_root(tmp_path, "/etc") is None  # not found: its user is looked up without
+    assert calls[0] <= MAX_STEPS
+
+
+# As a config an older lazyfs kept may hold them (the pull refuses them now): a lone
+# surrogate, which os.lstat cannot encode, and a NUL byte, which it refuses.
+
+
+def test_a_path_holding_a_lone_surrogate_is_not_there(rootfs: Path) -> None:
+    lone = "\ud800"
+    assert exec_problem(rootfs, [f"/bin/{lone}"], []) == (
+        "'/bin/\\ud800': no such file in the container",
+        NOT_FOUND,
+    )
+    assert exec_problem(rootfs, ["tool"], [f"PATH=/{lone}:/bin"]) is None  # the next has it
+    assert exec_problem(rootfs, ["./tool"], [], f"/{lone}") == (
+        "./tool: no such file in the container",
+        NOT_FOUND,
+    )
+    assert in_root(rootfs, f"/{lone}") is None
+    require_workdir(rootfs, f"/{lone}/w", made=True)  # missing, on a writable rootfs: runc's
+
+
+def test_a_workdir_holding_a_nul_byte_is_not_there(rootfs: Path) -> None:
+    # Looked for before the command is, whose check refuses the NUL byte.
+    with pytest.raises(UsageError) as refused:
+        require_workdir(rootfs, "/a\0b", made=False)
+    assert str(refused.value) == (
+        "the read-only rootfs has no working directory '/a\\x00b' to run in"
+        " (run it without --read-only)"
+    )
 
 
 @pytest.mark.parametrize("name", [HOSTILE, f"/{HOSTILE}", "/bin/plain\x1b[2J"])
