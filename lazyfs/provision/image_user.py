@@ -7,6 +7,8 @@ regular file is read, and at most ``MAX_TABLE`` bytes of it. runc reads
 them in the container, once its volumes are mounted: the caller that knows
 the container's mounts finds its /etc (``etc``), which a volume may be.
 Either way a message names a table as the container has it, /etc/passwd.
+runc's own reading of them is made safe first (``check_tables``): it opens
+both whoever the user is, and a FIFO there would hold its init for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,16 @@ from providers.layer_entry import MAX_ID
 _ID = re.compile(r"[0-9]{1,10}")
 MAX_TABLE = 4 << 20  # bytes of /etc/passwd or /etc/group read: far more than any has
 MAX_GROUPS = 65536  # NGROUPS_MAX: setgroups takes no more
+_MAX_LINKS = 40  # as Linux's path walk: past it runc's open fails (ELOOP), no table
+
+# What a table that is no regular file is, and what runc's init would do with it.
+_NOT_FILES = {
+    stat.S_IFIFO: ("a FIFO", "runc would wait on it for ever"),
+    stat.S_IFCHR: ("a character device", "runc would read the device as the container starts"),
+    stat.S_IFBLK: ("a block device", "runc would read the device as the container starts"),
+    stat.S_IFSOCK: ("a socket", "runc reads it as the container starts"),
+    stat.S_IFDIR: ("a directory", "runc reads it as the container starts"),
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,92 @@ def resolve_user(rootfs: Path, user: str, etc: Path | None = None) -> ImageUser:
             f"user {login!r} is in more than {MAX_GROUPS} groups of the image's /etc/group"
         )
     return ImageUser(uid, gid, groups, home)
+
+
+def check_tables(rootfs: Path, etc: Path | None, runc_own: Iterable[str]) -> None:
+    """BadImage when the container's /etc/passwd or /etc/group is there but is no regular file.
+
+    runc's init opens both (Go's ``os.Open``: symlinks followed, from the
+    container's root) for every user, "0:0" too, once the container's mounts
+    are in place, and reads each to its end before the command runs. A FIFO
+    holds that open for ever, out of reach of the signals runc passes on (it
+    passes none before the container runs); a device, or a file of runc's
+    own filesystems (``runc_own``: /proc, /dev, /sys...; /dev/ptmx, the
+    caller's stdin as /proc/self/fd/0), may be read for ever or wait for
+    input. So each is looked up as runc would open it: in ``etc`` (the
+    container's /etc as ``resolve_user`` takes it) else the rootfs' /etc, a
+    symlink followed in the rootfs (the volumes but one at /etc are not
+    looked into), and refused unless it leads to a regular file. None there,
+    a dangling symlink, a loop or a file on the way (ENOTDIR) are no table
+    for runc either: fine. Only lstat and readlink: nothing is opened.
+    """
+    own = frozenset(runc_own)
+    roots: dict[tuple[str, ...], Path] = {(): rootfs}
+    base: tuple[str, ...] = ("etc",)
+    if etc is not None and etc.is_relative_to(rootfs):
+        base = etc.relative_to(rootfs).parts
+    elif etc is not None:  # a volume is the container's /etc: what is in it is its own
+        roots[base] = etc
+    for name in ("passwd", "group"):
+        found = _follow(roots, [*base, name], own)
+        if found is None:
+            continue
+        mode, where = found
+        shown = f"the image's /etc/{name}"
+        if where in own:
+            raise BadImage(
+                f"{shown} leads into {where}, which runc mounts: only a regular file of the"
+                " image is a table, and runc would read it as the container starts"
+            )
+        if stat.S_ISREG(mode):
+            continue
+        kind, why = _NOT_FILES.get(stat.S_IFMT(mode), ("no regular file", "runc reads it"))
+        # Where a symlink led is the image's text: not shown.
+        verb = "is" if where == "/" + "/".join((*base, name)) else "leads to"
+        raise BadImage(f"{shown} {verb} {kind}: {why}")
+
+
+def _follow(
+    roots: dict[tuple[str, ...], Path], parts: list[str], runc_own: frozenset[str]
+) -> tuple[int, str] | None:
+    """Where the container path ``parts`` leads, symlinks followed as the kernel follows
+    them in the container (an absolute target from its root, ``..`` stopping there):
+    its mode and path; for a path into one of ``runc_own``, that mount's path (mode 0).
+    A path is on this machine under the deepest of ``roots`` (container path: host
+    directory) it is in. None where runc's open would find nothing."""
+    todo = list(reversed(parts))  # taken from the end
+    done: list[str] = []
+    mode = stat.S_IFDIR  # the root's
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        done.append(part)
+        where = "/" + "/".join(done)
+        if where in runc_own:
+            return 0, where
+        prefix = max((p for p in roots if tuple(done[: len(p)]) == p), key=len)
+        host = roots[prefix].joinpath(*done[len(prefix) :])
+        try:
+            mode = os.lstat(host).st_mode
+            target = os.readlink(host) if stat.S_ISLNK(mode) else None
+        except OSError:
+            return None  # not there, or a file before the end (ENOTDIR)
+        if target is not None:
+            links += 1
+            if links > _MAX_LINKS:
+                return None
+            done = [] if target.startswith("/") else done[:-1]
+            mode = stat.S_IFDIR  # where the link is, until its target's first part
+            todo.extend(reversed(target.split("/")))
+        elif todo and not stat.S_ISDIR(mode):
+            return None  # a file with more path after it: ENOTDIR
+    return mode, "/" + "/".join(done)
 
 
 def _id(text: str) -> int | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.provision import etc_files, process_defaults, runc_log
-from lazyfs.provision.image_user import resolve_user
+from lazyfs.provision.image_user import check_tables, resolve_user
 from lazyfs.provision.runc_signals import (
     FORWARDED,
     NOHUP,
@@ -84,7 +84,10 @@ def bundle_config(
     ``write_bundle``).
     With ``bundle``, /etc/hosts and /etc/hostname naming ``hostname`` go there
     (``etc_files``). docker's process defaults: ``process_defaults``.
+    BadImage where runc's own reading of /etc/passwd or /etc/group would hang.
     """
+    # runc's init opens both whoever the user is: a FIFO there holds it for ever.
+    check_tables(rootfs, etc, (mount["destination"] for mount in runc_mounts()))
     user = resolve_user(rootfs, config.user, etc)
     cwd = config.working_dir or "/"
     if not cwd.startswith("/"):
