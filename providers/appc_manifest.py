@@ -10,7 +10,9 @@ raises ``BadImage`` naming the first thing wrong.  What is checked:
 - ``app``: ``exec`` (a list of strings starting with an absolute path, if
   given), ``user`` and ``group`` (required, non-empty), ``environment``
   (objects with a ``name`` and a string ``value``, names unique),
-  ``workingDirectory`` (absolute);
+  ``workingDirectory`` (absolute); no NUL byte or lone surrogate in any of
+  these, and a working directory shorter than PATH_MAX, as for a Docker
+  image config (``providers.config_text``);
 - ``dependencies``: objects with an ``imageName``, an optional ``imageID``
   (``sha512-`` and hex), optional ``labels`` and ``size``;
 - ``pathWhitelist``: absolute paths.
@@ -26,6 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from providers.config_text import checked
 from providers.errors import BadImage
 from providers.manifest import RuntimeConfig, load_json
 
@@ -120,22 +123,28 @@ def _app(value: Any) -> RuntimeConfig:
     exec_ = _list(app.get("exec"), "app.exec")
     if not all(isinstance(arg, str) for arg in exec_):
         raise BadImage("invalid ACI manifest: app.exec is not a list of strings")
+    # These become runc's process args, env, cwd and user: held, as a Docker image
+    # config's are, to what exec(2), chdir(2) and config.json can take (``checked``).
+    exec_ = [checked(arg, f"app.exec[{i}]") for i, arg in enumerate(exec_)]
     if exec_ and not exec_[0].startswith("/"):
         raise BadImage(f"invalid ACI manifest: app.exec[0] {exec_[0]!r} is not an absolute path")
-    user = _string(app.get("user"), "app.user", required=True)
-    group = _string(app.get("group"), "app.group", required=True)
+    user = checked(_string(app.get("user"), "app.user", required=True), "app.user")
+    group = checked(_string(app.get("group"), "app.group", required=True), "app.group")
     env: list[str] = []
     seen: set[str] = set()
     for i, item in enumerate(_list(app.get("environment"), "app.environment")):
         item = _object(item, f"app.environment[{i}]")
         name = _string(item.get("name"), f"app.environment[{i}].name", required=True)
+        # The pattern leaves no NUL byte or surrogate in a name.
         if not _ENV_NAME_RE.fullmatch(name):
             raise BadImage(f"invalid ACI manifest: environment name {name!r}")
         if name in seen:
             raise BadImage(f"invalid ACI manifest: environment {name!r} given twice")
         seen.add(name)
-        env.append(f"{name}={_string(item.get('value'), f'environment {name} value')}")
+        value = _string(item.get("value"), f"environment {name} value")
+        env.append(f"{name}={checked(value, f'app.environment {name} value')}")
     workdir = _string(app.get("workingDirectory"), "app.workingDirectory")
+    workdir = checked(workdir, "app.workingDirectory", path=True)
     if workdir and not workdir.startswith("/"):
         raise BadImage(f"invalid ACI manifest: workingDirectory {workdir!r} is not absolute")
     # exec[0] is the entrypoint and the rest its default arguments, so a command
