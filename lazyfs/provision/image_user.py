@@ -4,8 +4,10 @@ Worked out as Docker does with runc: a name or uid, with an optional group;
 the group, supplementary groups and home directory from the image's own
 tables, never the host's. The tables are the image's to make: only a
 regular file is read, and at most ``MAX_TABLE`` bytes of it. runc reads
-them in the container, once its volumes are mounted: the caller that knows
-the container's mounts finds its /etc (``etc``), which a volume may be.
+them in the container, once its volumes are mounted, symlinks followed from
+the container's root: so does ``resolve_user``, never out of the rootfs. The
+caller that knows the container's mounts finds its /etc (``etc``), which a
+volume may be.
 Either way a message names a table as the container has it, /etc/passwd.
 runc's own reading of them is made safe first (``check_tables``): it opens
 both whoever the user is, and a FIFO there would hold its init for ever.
@@ -28,6 +30,10 @@ _ID = re.compile(r"[0-9]{1,10}")
 MAX_TABLE = 4 << 20  # bytes of /etc/passwd or /etc/group read: far more than any has
 MAX_GROUPS = 65536  # NGROUPS_MAX: setgroups takes no more
 _MAX_LINKS = 40  # as Linux's path walk: past it runc's open fails (ELOOP), no table
+# runc's own filesystems (runtime.runc_mounts: /dev/pts and the like are under /dev): a
+# table there is not the image's. Not taken from there, as runtime imports this module;
+# a test keeps the two in step.
+RUNC_OWN = frozenset({"/proc", "/dev", "/sys"})
 
 # What a table that is no regular file is, and what runc's init would do with it.
 _NOT_FILES = {
@@ -55,8 +61,9 @@ def resolve_user(rootfs: Path, user: str, etc: Path | None = None) -> ImageUser:
     Names are looked up in the container's /etc/passwd and /etc/group, never
     the host's: in ``etc``, the directory that is the container's /etc when
     the caller found it on this machine (symlinks and mounts resolved in the
-    container), else in the rootfs' own /etc, through no symlink: a scratch
-    image's, which has none, has no tables. An unknown name is an error,
+    container), else in the rootfs' own /etc; a symlink on the way is followed
+    as runc follows it, from the container's root (``_read_table``). A scratch
+    image, which has no /etc, has no tables. An unknown name is an error,
     as in Docker. The user's passwd row (by name, or by uid when a number)
     gives the group when none is given, and the home directory (``/``
     without one). Without a group given, the supplementary groups are those
@@ -121,12 +128,7 @@ def check_tables(rootfs: Path, etc: Path | None, runc_own: Iterable[str]) -> Non
     for runc either: fine. Only lstat and readlink: nothing is opened.
     """
     own = frozenset(runc_own)
-    roots: dict[tuple[str, ...], Path] = {(): rootfs}
-    base: tuple[str, ...] = ("etc",)
-    if etc is not None and etc.is_relative_to(rootfs):
-        base = etc.relative_to(rootfs).parts
-    elif etc is not None:  # a volume is the container's /etc: what is in it is its own
-        roots[base] = etc
+    roots, base = _roots(rootfs, etc)
     for name in ("passwd", "group"):
         found = _follow(roots, [*base, name], own)
         if found is None:
@@ -144,6 +146,24 @@ def check_tables(rootfs: Path, etc: Path | None, runc_own: Iterable[str]) -> Non
         # Where a symlink led is the image's text: not shown.
         verb = "is" if where == "/" + "/".join((*base, name)) else "leads to"
         raise BadImage(f"{shown} {verb} {kind}: {why}")
+
+
+def _roots(rootfs: Path, etc: Path | None) -> tuple[dict[tuple[str, ...], Path], tuple[str, ...]]:
+    """The container's directories on this machine (container path: host directory) for
+    ``_follow``, and the container path of the /etc its tables are looked up in."""
+    roots: dict[tuple[str, ...], Path] = {(): rootfs}
+    base: tuple[str, ...] = ("etc",)
+    if etc is not None and etc.is_relative_to(rootfs):
+        base = etc.relative_to(rootfs).parts
+    elif etc is not None:  # a volume is the container's /etc: what is in it is its own
+        roots[base] = etc
+    return roots, base
+
+
+def _under(roots: dict[tuple[str, ...], Path], parts: list[str]) -> tuple[Path, list[str]]:
+    """The deepest of ``roots`` the container path ``parts`` is in, and the rest of it."""
+    prefix = max((p for p in roots if tuple(parts[: len(p)]) == p), key=len)
+    return roots[prefix], parts[len(prefix) :]
 
 
 def _follow(
@@ -170,8 +190,8 @@ def _follow(
         where = "/" + "/".join(done)
         if where in runc_own:
             return 0, where
-        prefix = max((p for p in roots if tuple(done[: len(p)]) == p), key=len)
-        host = roots[prefix].joinpath(*done[len(prefix) :])
+        top, rest = _under(roots, done)
+        host = top.joinpath(*rest)
         try:
             mode = os.lstat(host).st_mode
             target = os.readlink(host) if stat.S_ISLNK(mode) else None
@@ -197,34 +217,41 @@ def _id(text: str) -> int | None:
 
 
 def _read_table(rootfs: Path, etc: Path | None, name: str) -> list[list[str]]:
-    """Read the colon table ``name`` of /etc (in ``etc``, else in the rootfs' /etc) without
-    following any symlink.
+    """Read the colon table ``name`` of the container's /etc (``etc``, else the rootfs'
+    /etc) as runc's open finds it: symlinks followed from the container's root (``_follow``).
 
-    Only a regular file is read: the image may put a FIFO there (the read
-    would never end) or a device node (opened on the host, as root, outside
-    any container's device rules); none, or anything else, is an empty
-    table, as is a missing ``etc``. One longer than ``MAX_TABLE`` is a
-    BadImage, as is a read that fails.
+    What that found is then opened from the directory it is in (the rootfs,
+    or a volume at /etc), one name at a time through no symlink: nothing
+    that changed since leads out of the container, and a symlink there that
+    ``_follow`` did not see is no table. Only a regular file is read: the
+    image may put a FIFO there (the read would never end) or a device node
+    (opened on the host, as root, outside any container's device rules);
+    none, a loop, runc's own filesystems (``RUNC_OWN``: not the image's), or
+    anything else, is an empty table, as is a missing ``etc``. One longer
+    than ``MAX_TABLE`` is a BadImage, as is a read that fails.
     """
-    directory, parents = (rootfs, ["etc"]) if etc is None else (etc, [])
     shown = f"/etc/{name}"  # as the container has it, wherever it was found
+    roots, base = _roots(rootfs, etc)
+    found = _follow(roots, [*base, name], RUNC_OWN)
+    # Mode 0 for runc's own mounts: not regular either.
+    if found is None or not stat.S_ISREG(found[0]):
+        return []
+    top, rest = _under(roots, found[1].split("/")[1:])
     fd = -1
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        for part in parents:
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        fd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for at, part in enumerate(rest, 1):
+            # O_PATH: nothing is opened but the name, whatever the image made it.
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            nxt = os.open(part, flags | (os.O_DIRECTORY if at < len(rest) else 0), dir_fd=fd)
             os.close(fd)
             fd = nxt
-        # O_PATH: nothing is opened but the name, whatever the image made it.
-        nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-        os.close(fd)
-        fd = nxt
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError as error:
         if fd >= 0:
             os.close(fd)
         if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            return []  # none, or a symlink: no table
+            return []  # gone, or a symlink now: no table
         raise BadImage(f"cannot read the image's {shown}: {error.strerror}") from None
     try:
         if not regular:
