@@ -34,6 +34,7 @@ _MAX_LINKS = 40  # as Linux's path walk: past it runc's open fails (ELOOP), no t
 # table there is not the image's. Not taken from there, as runtime imports this module;
 # a test keeps the two in step.
 RUNC_OWN = frozenset({"/proc", "/dev", "/sys"})
+DEV_NULL = "/dev/null"  # where an image may point a table it does without
 
 # What a table that is no regular file is, and what runc's init would do with it.
 _NOT_FILES = {
@@ -135,6 +136,8 @@ def check_tables(rootfs: Path, etc: Path | None, runc_own: Iterable[str]) -> Non
             continue
         mode, where = found
         shown = f"the image's /etc/{name}"
+        if where == DEV_NULL:
+            continue  # an empty table to runc, as to ``resolve_user``
         if where in own:
             raise BadImage(
                 f"{shown} leads into {where}, which runc mounts: only a regular file of the"
@@ -189,6 +192,9 @@ def _follow(
         done.append(part)
         where = "/" + "/".join(done)
         if where in runc_own:
+            # runc's /dev/null (a symlink to it says "no table"): read, it is empty.
+            if where == "/dev" and [p for p in reversed(todo) if p not in ("", ".")] == ["null"]:
+                return 0, DEV_NULL
             return 0, where
         top, rest = _under(roots, done)
         host = top.joinpath(*rest)

@@ -103,6 +103,9 @@ def test_a_table_runc_would_hang_on_is_refused_in_one_line(
         link("passwd"),  # a loop
         link("hosts/fifo"),  # a file before the end: ENOTDIR
         link("/etc/hosts/../../data/fifo"),
+        # runc's /dev/null, an empty table: docker runs such images.
+        link("/dev/null"),
+        link("../dev/./null"),
     ],
 )
 def test_a_regular_file_or_nothing_is_fine(rootfs: Path, make: Callable[[Path], None]) -> None:
