@@ -381,17 +381,12 @@ def index_stored(store: Store, digest: Digest, *, hold_toc: bool = False) -> Non
 
     What a mount's first start does (``lazyfs.index.stored.ensure_index``):
     done ahead, a start only reads it. With ``hold_toc`` (a layer adopted
-    after remote reads), the eStargz index its own TOC gave is taken, then
-    held to the blob's tar (``lazyfs.index.estargz_agree``: the blob
-    inflated once, not for a start). BadImage or UnsafeLayer as
-    there, OSError when the store cannot be written. Loaded only when called.
+    after remote reads), the eStargz index its own TOC gave is taken once it
+    is held to the blob's tar (``lazyfs.index.estargz_agree``: the blob
+    inflated once, not for a start). BadImage or UnsafeLayer as there,
+    OSError when the store cannot be written. Loaded only when called.
     """
     from lazyfs.index.stored import ensure_index
 
-    blob = store.blob_path(digest)
-    ensure_index(store.layers, store.tmp, digest, blob,
+    ensure_index(store.layers, store.tmp, digest, store.blob_path(digest),
                  entries=False, limits=store.limits, own_toc=hold_toc)  # fmt: skip
-    if hold_toc:
-        from lazyfs.index.estargz_agree import settle
-
-        settle(store.layers, digest, blob, limits=store.limits)

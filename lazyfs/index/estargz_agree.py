@@ -28,12 +28,13 @@ to agree with the tar:
   are checked as they are read, as for a remote layer.
 
 The check inflates the whole blob once, member by member (ISA-L), keeping
-only where each member starts and ends, and the entries: seconds for a big
-layer, so it runs off a start's path, after the adopting process copied
-the layer in.  Its verdict is kept beside the index (``VERDICT_NAME``),
-naming the chunk table it was about by its first line (TOC digest, blob
-size, rows), and ``ensure_index`` keeps the TOC index only while no
-verdict says it differs.  Blocking.
+where each member a chunk starts at lies, and the entries: seconds for a
+big layer, so only the process that adopts the layer makes it (``hold``,
+through ``ensure_index(own_toc=True)``), never a start.  Its verdict is
+kept in the layer's directory (``VERDICT_NAME``), naming the chunk table
+it was about by its first line (TOC digest, blob size, rows); the TOC index
+is taken, and kept at later starts, only with a verdict that it agrees.
+Blocking.
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from lazyfs.index.model import CHUNKS_NAME, INDEX_NAME, IndexEntry, Kind, loads
+from lazyfs.index.model import IndexEntry, Kind
 from lazyfs.store.atomic import write_atomic
-from providers.digest import Digest, hex_part
 from providers.errors import BadImage
 
 if TYPE_CHECKING:
@@ -94,43 +94,37 @@ def recorded(home: Path, table: Path) -> Verdict | None:
         return None
 
 
-def settle(
-    layers_dir: Path, digest: Digest, blob: Path, *, limits: LayerLimits | None = None
-) -> Verdict | None:
-    """Hold the stored eStargz index of layer ``digest`` to the verified blob ``blob``'s tar.
+def hold(
+    home: Path,
+    table: Path,
+    blob: Path,
+    entries: Sequence[IndexEntry],
+    *,
+    limits: LayerLimits | None = None,
+) -> Verdict:
+    """The verdict on the TOC index (``entries`` and the chunk table ``table``) of the
+    verified blob ``blob``: the one kept in the layer directory ``home``, else worked out
+    (``differences``: the blob inflated) and kept there.
 
-    None when the stored index is none, damaged or of another format
-    (nothing to hold: ``lazyfs.index.stored`` builds it again).  Once per
-    chunk table: a verdict kept already is returned, else the blob is
-    inflated and compared (``differences``) and the verdict kept.  Raises
-    OSError when the blob or table cannot be read or the verdict cannot be
-    written, BadImage for a table that does not parse.
+    Raises OSError when the blob or table cannot be read or the verdict cannot
+    be written, BadImage for a table that does not parse: the TOC is then
+    not held, so not taken (``lazyfs.index.stored`` builds from the tar).
     """
     from lazyfs.index.estargz_chunks import loads as load_chunks
-    from lazyfs.index.formats import ESTARGZ
 
-    # Read here, not through lazyfs.index.stored, which reads verdicts through this module.
-    home = layers_dir / hex_part(digest)
-    try:
-        index = loads((home / INDEX_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if index.digest != digest or index.compression != ESTARGZ.name:
-        return None
-    table = home / CHUNKS_NAME
-    found = recorded(table.parent, table)
+    found = recorded(home, table)
     if found is not None:
         return found
     text = table.read_text(encoding="utf-8")  # read once: the head names the rows compared
     try:
         chunks = load_chunks(text)
     except ValueError as error:
-        raise BadImage(f"layer {digest}: its chunk table {table}: {error}") from None
-    why = differences(blob, index.entries, chunks, limits=limits)
+        raise BadImage(f"the chunk table {table}: {error}") from None
+    why = differences(blob, entries, chunks, limits=limits)
     verdict = Verdict(why is None, why or "")
     said = {"table": text.partition("\n")[0], "agrees": verdict.agrees, "why": verdict.why}
-    # Not durable: a verdict lost in a crash is worked out again, never taken wrong.
-    write_atomic(table.parent / VERDICT_NAME, json.dumps(said).encode(), mode=0o600, durable=False)
+    # Not durable: a verdict lost in a crash leaves the TOC untaken, never taken unheld.
+    write_atomic(home / VERDICT_NAME, json.dumps(said).encode(), mode=0o600, durable=False)
     return verdict
 
 
@@ -151,7 +145,9 @@ def differences(
 
     layer = str(table.digest)
     with blob.open("rb") as raw:
-        members = _Members(raw)
+        # Spans kept of the members chunks start at only: a blob of millions of empty
+        # members costs no more memory than its chunk table.
+        members = _Members(raw, {row.offset for row in table.rows})
         stream = LayerReader(
             members,  # type: ignore[arg-type]  # read() is all it uses
             layer,
@@ -260,13 +256,14 @@ def _name(entry: IndexEntry) -> str:
 class _Members:
     """The tar stream of a gzip blob, inflated member by member, noting where each lies.
 
-    ``spans`` maps the blob offset where a member starts to where its bytes
-    start and end in the stream and where it ends in the blob.  Raises
+    ``spans`` maps the blob offset where a member starts, of those in
+    ``starts``, to where its bytes start and end in the stream and where it
+    ends in the blob.  Raises
     zlib.error for bytes that do not inflate, EOFError for a blob that ends
     inside a member (``LayerReader`` makes both BadImage).
     """
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, starts: set[int]) -> None:
         from isal import isal_zlib  # as the layer scan inflates: ISA-L
 
         self._zlib = isal_zlib
@@ -280,6 +277,7 @@ class _Members:
         self._member: tuple[int, int] | None = None  # the open member's blob and stream starts
         self._out = bytearray()
         self._done = False
+        self._starts = starts
         self.spans: dict[int, tuple[int, int, int]] = {}
 
     def read(self, size: int = -1) -> bytes:
@@ -312,6 +310,7 @@ class _Members:
         self._out += out
         if inflater.eof:
             start, out_start = self._member
-            self.spans[start] = (out_start, self._total, self._at)
+            if start in self._starts:
+                self.spans[start] = (out_start, self._total, self._at)
             self._member = None
             self._inflater = self._zlib.decompressobj(wbits=31)

@@ -33,10 +33,10 @@ that blob's own TOC and size; any other is built again from the blob, in the
 blob's format.  A blob that arrives whole after its layer was read remotely
 (background fetch) takes the remote index built from its own TOC, checked so,
 as its own: a copy of two files, where a build would inflate the whole blob,
-and the offsets the mount's kept tree already holds.  The adopting process
-alone takes it so, then holds its entries to the blob's tar off a start's
-path (``lazyfs.index.estargz_agree``); once a verdict says they differ it is
-built again from the blob.  Blocking.
+and the offsets the mount's kept tree already holds.  Only the adopting
+process takes it so, once its entries are held to the blob's tar
+(``lazyfs.index.estargz_agree``), and a start keeps it only with that
+verdict: any other is built again from the blob.  Blocking.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def ensure_index(
         if found is not None:  # another process built it while we waited
             return found
         with locked_scratch(tmp_dir) as scratch:  # flocked: no cleaner takes it meanwhile
-            index = _own_remote_index(home, blob, digest, scratch) if own_toc else None
+            index = _own_remote_index(home, blob, digest, scratch, limits) if own_toc else None
             own = index is not None
             if index is None:
                 index = build_index(digest, blob, scratch, limits=limits)
@@ -239,8 +239,8 @@ def _usable(
 ) -> LayerIndex | None:
     """``index``, unless what it points into went missing or changed size.
 
-    Or it is an eStargz index not built from ``blob``'s own TOC, or held to
-    the blob's tar and found to differ (logged with ``say``: once a rebuild).
+    Or an eStargz index not built from ``blob``'s own TOC, or with no verdict
+    that it agrees with the tar (one that differs logged with ``say``).
     """
     if index is None:
         return None
@@ -249,21 +249,15 @@ def _usable(
     except BadImage:
         return None  # built again, its files first
     if index.compression == ESTARGZ.name:
-        if (why := _differs(data.path.parent, data.path)) is not None and say:
+        from lazyfs.index.estargz_agree import recorded  # two small reads
+
+        verdict = recorded(data.path.parent, data.path)
+        if verdict is not None and not verdict.agrees and say:
             log.error("layer %s: its eStargz TOC differs from its tar (%s): indexed from"
-                      " the tar", index.digest, why)  # fmt: skip
-        if why is not None or not _checked_own(data.path, blob, index):
+                      " the tar", index.digest, verdict.why)  # fmt: skip
+        if verdict is None or not verdict.agrees or not _checked_own(data.path, blob, index):
             return None  # built again from the verified blob, in its own format
     return index
-
-
-def _differs(home: Path, table: Path) -> str | None:
-    """How the TOC of ``table`` differs from its blob's tar, as a verdict in ``home`` says;
-    None when none says so (none made yet: the TOC is kept meanwhile)."""
-    from lazyfs.index.estargz_agree import recorded
-
-    verdict = recorded(home, table)
-    return None if verdict is None or verdict.agrees else verdict.why
 
 
 def _checked_own(table: Path, blob: Path, index: LayerIndex) -> bool:
@@ -298,15 +292,18 @@ def _stamp(table: Path) -> None:
         )
 
 
-def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> LayerIndex | None:
+def _own_remote_index(
+    home: Path, blob: Path, digest: Digest, scratch: Path, limits: LayerLimits | None
+) -> LayerIndex | None:
     """The eStargz index of ``digest`` from ``blob``'s own TOC, its files copied to ``scratch``.
 
-    None when no TOC the layer was read by is the blob's own, or a verdict
-    says it differs from the blob's tar (``_differs``). Which one is
-    decided by the verified blob (``_built_from``), never by the TOC digest
-    an image gave. Copied, not moved: mounts reading the layer remotely keep
-    theirs. Cheap next to a build: no byte of the blob is inflated but its TOC.
+    None when no TOC the layer was read by is the blob's own, or it differs
+    from the blob's tar (``estargz_agree.hold``: the blob inflated once, the
+    verdict kept). Which one is decided by the verified blob (``_built_from``),
+    never by the TOC digest an image gave. Copied, not moved: mounts reading
+    the layer remotely keep theirs.
     """
+    from lazyfs.index.estargz_agree import hold
     from lazyfs.index.estargz_store import TOCS_DIR  # loads the TOC parser: eStargz only
 
     for where in sorted((home / TOCS_DIR).glob("*")):
@@ -318,7 +315,10 @@ def _own_remote_index(home: Path, blob: Path, digest: Digest, scratch: Path) -> 
         except BadImage:
             continue
         if _built_from(data.path, blob, index):
-            if _differs(home, data.path) is not None:
+            verdict = hold(home, data.path, blob, index.entries, limits=limits)
+            if not verdict.agrees:
+                log.error("layer %s: its eStargz TOC differs from its tar (%s): indexed from"
+                          " the tar", digest, verdict.why)  # fmt: skip
                 return None  # a blob has one TOC: this was it
             for name in ESTARGZ.stored_files:
                 # Made private: shutil.copyfile's copy is 0666 less the umask.

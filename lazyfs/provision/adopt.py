@@ -9,9 +9,10 @@ that copies each remote layer of the image with ``adopt_complete`` (blob
 digest and diff_id checked, as every ingest is) once the daemon's
 background fetch has it whole, and exits when no layer of the image is
 being fetched any more; the next start finds them local. An eStargz layer
-copied so keeps the index its own TOC gave while it was remote (copied
-and stamped beside the blob, cheap: ``index_stored``), so that start only
-reads it. ``hold_stored``
+copied so keeps the index its own TOC gave while it was remote, once that
+TOC is held to the blob's tar (``index_stored``: the blob inflated once,
+after the copy, outside the store's GC lock), so that start only reads
+it; a TOC that differs gives way to the tar's index. ``hold_stored``
 is what the start itself still checks: a layer already in the store is
 held to this image's diff_id.
 
@@ -216,10 +217,14 @@ class _Adoption:
                 log.info("%s: no longer in the store, nothing more adopted", self.reference)
                 return set()
             manifest = ImageManifest.from_json(json.loads(record))
-            self.adopted += adopt_complete(self.store, self.cache_dir, manifest, self.skipped)
-            return {
-                layer.digest for layer in manifest.layers if not self.store.has_blob(layer.digest)
-            }
+            copied = adopt_complete(self.store, self.cache_dir, manifest, self.skipped)
+            left = {d.digest for d in manifest.layers if not self.store.has_blob(d.digest)}
+        self.adopted += copied
+        # Indexed once GC need not wait: holding a TOC to its tar inflates the layer.
+        for layer in manifest.layers:
+            if layer.digest in copied:
+                _index(self.store, layer)
+        return left
 
 
 def _daemon_alive(cache_dir: Path) -> bool:
@@ -251,7 +256,7 @@ def adopt_complete(
 ) -> list[Digest]:
     """Copy into ``store`` the layers of ``manifest`` the cache holds whole and verified.
 
-    Returns the layers copied; an eStargz one is indexed too (``_index``).
+    Returns the layers copied (``_Adoption.adopt_pass`` indexes each eStargz one).
     A copy that fails (a chunk evicted meanwhile,
     bytes that do not verify), a layer the cache found other than the image
     says, and a layer the store has with another diff_id are logged and
@@ -272,29 +277,28 @@ def adopt_complete(
             skip.add(layer.digest)
             continue
         adopted.append(layer.digest)
-        _index(store, layer)
     return adopted
 
 
 def _index(store: Store, layer: Layer) -> None:
     """Give the adopted eStargz ``layer`` its index now, so the next start only reads it.
 
-    The index its own TOC gave while it was remote, copied and stamped: a
-    TOC read and hashed. Only for eStargz: any other layer's index is built
-    from the whole blob, seconds, and the start that needs it waits on the
-    layer's lock meanwhile; at this process's CPU share that would be
-    longer than the start building it itself. A failure is logged in one
-    line: the layer is adopted all the same, and the start says why.
+    The index its own TOC gave while it was remote, copied and stamped, once
+    it is held to the blob's tar (the blob inflated once, at this process's
+    CPU share, under the layer's lock: a start that needs the index waits
+    for it rather than build one itself); a TOC that differs gives way to
+    the tar's index. Only for eStargz: any other layer's index is built from
+    the whole blob by the start that needs it. A failure is logged in one
+    line: the layer is adopted all the same, its index built by the next
+    start, from the tar.
     """
     if layer.annotation(TOC_DIGEST_ANNOTATION) is None:
         return
     try:
-        # Then held to the blob's tar, as only a local layer can be: a TOC that
-        # gives other entries than its tar gives way to it at the next start.
         index_stored(store, layer.digest, hold_toc=True)
     except Exception as error:  # the next layers are adopted all the same
         log.warning(
-            "layer %s is in the store, not indexed: %s: %s",
+            "layer %s is in the store, its TOC not held to its tar: %s: %s",
             layer.digest, type(error).__name__, error,
         )  # fmt: skip
 

@@ -32,8 +32,9 @@ from lazyfs.index.estargz import (
     toc_digest,
     toc_member,
 )
-from lazyfs.index.estargz_agree import Verdict, settle
+from lazyfs.index.estargz_agree import Verdict, recorded
 from lazyfs.index.estargz_footer import FOOTER_SIZE
+from lazyfs.index.model import CHUNKS_NAME
 from lazyfs.index.stored import ensure_index
 from lazyfs.index.stored_remote import ensure_remote_index
 from providers.digest import Digest, digest_bytes
@@ -241,7 +242,8 @@ def test_every_layer_s_toc_agrees_with_its_tar_once_local(
         blob = tmp_path / f"{number}.gz"
         blob.write_bytes(layer.blob)
         assert ensure_index(store, scratch, digest, blob, own_toc=True) == remote
-        assert settle(store, digest, blob) == Verdict(True)
+        home = store / digest.removeprefix("sha256:")
+        assert recorded(home, home / CHUNKS_NAME) == Verdict(True)
         assert ensure_index(store, scratch, digest, blob) == remote
 
 

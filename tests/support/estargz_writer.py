@@ -12,6 +12,7 @@ hostile layers whose TOC digest still matches.
 from __future__ import annotations
 
 import base64
+import datetime
 import gzip
 import hashlib
 import json
@@ -80,6 +81,9 @@ def _header(entry: File) -> bytes:
     info = tarfile.TarInfo(entry.name)
     info.type = _TAR_TYPES[entry.type]
     info.mode, info.uid, info.gid = entry.mode, entry.uid, entry.gid
+    # The TOC's modtime, as ctr-remote writes the tar's (whole seconds); none, 0.
+    if entry.modtime:
+        info.mtime = int(datetime.datetime.fromisoformat(entry.modtime).timestamp())
     info.linkname = entry.link
     info.devmajor, info.devminor = entry.dev
     info.size = len(entry.data) if entry.type == "reg" else 0

@@ -1,16 +1,20 @@
 """A local eStargz layer's TOC index held to its blob's tar (``lazyfs.index.estargz_agree``).
 
-A TOC index taken as the layer's own once its blob is in the store is
-checked once against the tar stream the other backends apply: an honest
-blob keeps it (the fast path), one whose TOC lies is indexed from its tar
-at the next ``ensure_index``, and a merged tree kept with the TOC's index
-is merged again."""
+The process that adopts a layer read remotely takes the index its own TOC
+gave (``ensure_index(own_toc=True)``) only once that TOC is held to the tar
+stream the other backends apply: an honest blob keeps it (the fast path),
+one whose TOC lies is indexed from its tar, and a merged tree kept with the
+TOC's index is merged again.  A start keeps a TOC index only with a verdict
+that it agrees: none (an older store's, or a check that never finished) is
+the tar's index."""
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import logging
+import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,9 @@ from typing import Any
 import pytest
 
 from lazyfs.blobs.ranges import open_layers
-from lazyfs.index.estargz_agree import VERDICT_NAME, Verdict, settle
-from lazyfs.index.model import LayerIndex
+from lazyfs.index.estargz_agree import VERDICT_NAME, Verdict, differences, recorded
+from lazyfs.index.estargz_chunks import loads as load_chunks
+from lazyfs.index.model import CHUNKS_NAME, LayerIndex
 from lazyfs.index.stored import check_data_present, ensure_index, index_path, load_index
 from lazyfs.index.stored_remote import ensure_remote_index
 from lazyfs.tree import kept
@@ -30,7 +35,7 @@ from tests.support.blob_sources import MemoryBlobs
 from tests.support.estargz_writer import Blob, File, write_estargz
 from tests.support.layer_trees import copy_tree, merged_tree_nodes
 
-# The writer's tar headers carry mtime 0: a TOC without modtime says the same.
+# The writer's tar headers carry the TOC's modtime, or 0 without one.
 TOOL = b"#!/bin/sh\necho hi\n"
 MOTD = b"Hello, honest tar\n"  # as long as TOOL: a chunk of one fits the other
 FILES = [
@@ -53,31 +58,38 @@ def layer_of(blob: Blob) -> Layer:
 
 
 @dataclasses.dataclass
-class Adopted:
-    """A layer read remotely first, whose verified blob then came into the store."""
+class Remote:
+    """A layer read remotely, whose verified blob then came into the store."""
 
     layers: Path
     tmp: Path
     blob: Path
     layer: Layer
-    toc_index: LayerIndex  # what ensure_index gave once the blob was local, before the check
+    toc_index: LayerIndex  # what its TOC gave while it was remote
+
+    def adopt(self) -> LayerIndex:
+        """What the adopting process makes the layer's index."""
+        return ensure_index(self.layers, self.tmp, self.layer.digest, self.blob, own_toc=True)
 
     def index(self) -> LayerIndex:
+        """What a later start finds."""
         return ensure_index(self.layers, self.tmp, self.layer.digest, self.blob)
 
+    @property
+    def home(self) -> Path:
+        return index_path(self.layers, self.layer.digest).parent
 
-def adopt(blob: Blob, work: Path) -> Adopted:
+
+def remote(blob: Blob, work: Path) -> Remote:
     layers, tmp = work / "layers", work / "tmp"
     layers.mkdir(parents=True)
     tmp.mkdir()
     layer = layer_of(blob)
-    assert ensure_remote_index(layers, tmp, layer, MemoryBlobs({layer.digest: blob.data}))
+    toc_index = ensure_remote_index(layers, tmp, layer, MemoryBlobs({layer.digest: blob.data}))
+    assert toc_index is not None
     path = work / "blob.gz"
     path.write_bytes(blob.data)
-    index = ensure_index(layers, tmp, layer.digest, path, own_toc=True)  # as adopt takes it
-    # No verdict yet: the TOC index is taken as the blob's own, as it was read remotely.
-    assert index.compression == "estargz"
-    return Adopted(layers, tmp, path, layer, index)
+    return Remote(layers, tmp, path, layer, toc_index)
 
 
 def tar_index(blob: Blob, work: Path) -> LayerIndex:
@@ -136,21 +148,21 @@ def test_a_toc_that_differs_from_its_tar_gives_way_to_the_tar(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     blob = write_estargz(FILES, edit_toc=lie)
-    adopted = adopt(blob, tmp_path)
-    verdict = settle(adopted.layers, adopted.layer.digest, adopted.blob)
-    assert verdict is not None and not verdict.agrees and verdict.why.startswith(why)
+    layer = remote(blob, tmp_path)
     with caplog.at_level(logging.ERROR, logger="lazyfs.index.stored"):
-        index = adopted.index()
+        index = layer.adopt()
     assert index.compression == "gzip"
     assert index == tar_index(blob, tmp_path)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
-    assert str(adopted.layer.digest) in errors[0] and why in errors[0]
-    # Kept so: stored, and the TOC is not taken again at later starts.
-    assert load_index(adopted.layers, adopted.layer.digest) == index
-    assert adopted.index() == index
+    assert str(layer.layer.digest) in errors[0] and why in errors[0]
+    said = json.loads((layer.home / VERDICT_NAME).read_text())
+    assert said["agrees"] is False and said["why"].startswith(why)
+    # Kept so: stored, and the TOC is not taken again, by a start or another adoption.
+    assert load_index(layer.layers, layer.layer.digest) == index
+    assert layer.index() == index and layer.adopt() == index
     # Every backend gives one tree: the tar's, the copy backend's.
-    data = {index.digest: check_data_present(adopted.layers, adopted.blob, index)}
+    data = {index.digest: check_data_present(layer.layers, layer.blob, index)}
     source = open_layers(data, MemoryBlobs({index.digest: blob.data}))
     served = merged_tree_nodes(
         merge([index]), lambda ref: source.read_range(ref.digest, ref.offset, ref.size)
@@ -159,12 +171,14 @@ def test_a_toc_that_differs_from_its_tar_gives_way_to_the_tar(
 
 
 def test_a_toc_whose_mtimes_are_not_the_tar_s_gives_way_to_the_tar(tmp_path: Path) -> None:
-    # The writer's TOC gives a modtime of 2020 by default, its tar headers 1970.
-    blob = write_estargz([File("a", b"a\n")])
-    adopted = adopt(blob, tmp_path)
-    verdict = settle(adopted.layers, adopted.layer.digest, adopted.blob)
-    assert verdict == Verdict(False, "'a': its tar header says mtime_ns 0, not 1600000000000000000")
-    assert adopted.index() == tar_index(blob, tmp_path)
+    # The TOC says 2020 where the tar says 1970 (the writer's tar took the TOC's before).
+    blob = write_estargz(FILES, edit_toc=lambda doc: the(doc, "bin/").update(
+        modtime="2020-09-13T12:26:40Z"
+    ))  # fmt: skip
+    layer = remote(blob, tmp_path)
+    assert layer.adopt() == tar_index(blob, tmp_path)
+    said = json.loads((layer.home / VERDICT_NAME).read_text())
+    assert said["agrees"] is False and "mtime_ns" in said["why"]
 
 
 @pytest.mark.parametrize(
@@ -176,15 +190,15 @@ def test_an_honest_toc_keeps_its_index_and_its_kept_tree(
     options: dict[str, Any], tmp_path: Path
 ) -> None:
     blob = write_estargz(FILES, **options)
-    adopted = adopt(blob, tmp_path)
-    digests = [adopted.layer.digest]
-    tree = kept.merged_tree(adopted.layers, digests, lambda: [adopted.toc_index])
-    assert settle(adopted.layers, adopted.layer.digest, adopted.blob) == Verdict(True)
-    assert adopted.index() == adopted.toc_index
-    # Checked once: the verdict kept is read back, the blob not inflated again.
-    adopted.blob.write_bytes(b"")
-    assert settle(adopted.layers, adopted.layer.digest, adopted.blob) == Verdict(True)
-    merged_again = kept.merged_tree(adopted.layers, digests, fail_if_called)
+    layer = remote(blob, tmp_path)
+    digests = [layer.layer.digest]
+    assert layer.adopt() == layer.toc_index
+    assert recorded(layer.home, layer.home / CHUNKS_NAME) == Verdict(True)
+    tree = kept.merged_tree(layer.layers, digests, lambda: [layer.toc_index])
+    # Later starts read the verdict kept: the blob is not looked at again.
+    layer.blob.write_bytes(b"")
+    assert layer.index() == layer.toc_index
+    merged_again = kept.merged_tree(layer.layers, digests, fail_if_called)
     assert merged_again.inodes == tree.inodes
 
 
@@ -196,12 +210,11 @@ def test_a_tree_kept_with_a_toc_index_is_merged_again_once_the_tar_replaces_it(
     tmp_path: Path,
 ) -> None:
     blob = write_estargz(FILES, chunk_size=5000, edit_toc=motd_is_the_tool)
-    adopted = adopt(blob, tmp_path)
-    digests = [adopted.layer.digest]
-    lying = kept.merged_tree(adopted.layers, digests, lambda: [adopted.toc_index])
-    assert kept.merged_tree(adopted.layers, digests, fail_if_called).inodes == lying.inodes
-    assert settle(adopted.layers, adopted.layer.digest, adopted.blob) is not None
-    index = adopted.index()
+    layer = remote(blob, tmp_path)
+    digests = [layer.layer.digest]
+    lying = kept.merged_tree(layer.layers, digests, lambda: [layer.toc_index])
+    assert kept.merged_tree(layer.layers, digests, fail_if_called).inodes == lying.inodes
+    index = layer.adopt()
     assert index.compression == "gzip"
     merged: list[LayerIndex] = []
 
@@ -209,20 +222,60 @@ def test_a_tree_kept_with_a_toc_index_is_merged_again_once_the_tar_replaces_it(
         merged.append(index)
         return [index]
 
-    tree = kept.merged_tree(adopted.layers, digests, indexes)
+    tree = kept.merged_tree(layer.layers, digests, indexes)
     assert merged == [index] and tree.inodes == merge([index]).inodes
     assert tree.inodes != lying.inodes  # tar offsets, not the TOC's data space
 
 
-def test_a_verdict_about_another_toc_s_table_proves_nothing(tmp_path: Path) -> None:
+def test_a_toc_index_with_no_verdict_that_it_agrees_is_the_tar_s_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    # An honest TOC, taken: then its verdict lost (an older store's index had none), or
+    # one about another TOC's table in its place. Neither proves this one: built from
+    # the tar, as for any layer pulled whole.
+    blob = write_estargz(FILES, chunk_size=5000)
+    for number, verdict in enumerate([None, {"table": "another", "agrees": True, "why": ""}]):
+        layer = remote(blob, tmp_path / str(number))
+        assert layer.adopt().compression == "estargz"
+        (layer.home / VERDICT_NAME).unlink()
+        if verdict is not None:
+            (layer.home / VERDICT_NAME).write_text(json.dumps(verdict))
+        assert layer.index() == tar_index(blob, tmp_path / str(number))
+
+
+def test_a_check_that_does_not_finish_takes_nothing(tmp_path: Path) -> None:
+    # The verdict cannot be kept (here a directory where its file goes; a kill, the
+    # disk full): the adoption fails, and the next start indexes the tar.
     blob = write_estargz(FILES, edit_toc=setuid_root)
-    adopted = adopt(blob, tmp_path)
-    verdict = index_path(adopted.layers, adopted.layer.digest).parent / VERDICT_NAME
-    verdict.write_text(json.dumps({"table": "another table", "agrees": False, "why": "lies"}))
-    assert adopted.index() == adopted.toc_index  # no verdict on this TOC yet: kept
-    found = settle(adopted.layers, adopted.layer.digest, adopted.blob)
-    assert found is not None and not found.agrees and "uid 1000, not 0" in found.why
-    assert adopted.index().compression == "gzip"
+    layer = remote(blob, tmp_path)
+    (layer.home / VERDICT_NAME).mkdir()
+    with pytest.raises(OSError):
+        layer.adopt()
+    assert load_index(layer.layers, layer.layer.digest) is None
+    (layer.home / VERDICT_NAME).rmdir()
+    assert layer.index() == tar_index(blob, tmp_path)
+
+
+def test_the_check_keeps_no_more_than_the_chunk_table_of_a_blob_of_empty_members(
+    tmp_path: Path,
+) -> None:
+    # A million empty gzip members (20 MB) before the TOC: a span each was 166 MB.
+    blob = write_estargz(FILES, chunk_size=5000)
+    empty = gzip.compress(b"", mtime=0)
+    padded = blob.data[: blob.toc_offset] + empty * 200_000 + blob.data[blob.toc_offset :]
+    path = tmp_path / "padded.gz"
+    path.write_bytes(padded)
+    layer = remote(blob, tmp_path / "remote")
+    (chunks,) = (layer.home / "estargz-tocs").glob("*/*/" + CHUNKS_NAME)
+    table = load_chunks(chunks.read_text())
+    tracemalloc.start()
+    try:
+        why = differences(path, layer.toc_index.entries, table)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert why is None
+    assert peak < 8 << 20  # a span of each of 200,000 members alone is more
 
 
 @pytest.mark.parametrize(
@@ -242,6 +295,6 @@ def test_own_names_the_toc_view_shows_are_held_to_the_tar_as_any_entry(
     extra: list[File], tmp_path: Path
 ) -> None:
     blob = write_estargz([*FILES, *extra])
-    adopted = adopt(blob, tmp_path)
-    assert settle(adopted.layers, adopted.layer.digest, adopted.blob) == Verdict(True)
-    assert adopted.index() == adopted.toc_index
+    layer = remote(blob, tmp_path)
+    assert layer.adopt() == layer.toc_index
+    assert recorded(layer.home, layer.home / CHUNKS_NAME) == Verdict(True)

@@ -248,7 +248,7 @@ def test_a_blob_that_becomes_local_takes_the_remote_index_of_its_own_toc(
     assert load_index(store.layers, index.digest) == index
     kept = index_path(store.layers, index.digest).parent
     assert sorted(p.name for p in kept.iterdir() if p.is_file()) == [
-        "estargz-chunks", "estargz-own-toc", "index.json", "lock"
+        "estargz-chunks", "estargz-own-toc", "estargz-toc-verdict", "index.json", "lock"
     ]  # fmt: skip
     assert load_index(home(store, blob), index.digest) == index
     # Read through it from the local blob: the files, every chunk checked.

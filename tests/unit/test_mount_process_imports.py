@@ -123,6 +123,7 @@ START_MODULES = {
     "lazyfs.tree.packed_read",
     "lazyfs.tree.packed_write",
     "providers",
+    "providers.config_text",  # providers.manifest's check of an image config's text
     "providers.digest",
     "providers.durable",  # lazyfs.store.atomic's sync_directory
     "providers.errors",
