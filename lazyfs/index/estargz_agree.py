@@ -89,7 +89,8 @@ def recorded(home: Path, table: Path) -> Verdict | None:
         said = json.loads((home / VERDICT_NAME).read_text(encoding="utf-8"))
         if said["table"] != head:
             return None
-        return Verdict(bool(said["agrees"]), str(said["why"]))
+        # Agreeing only as written: a damaged file's "false" is no agreement.
+        return Verdict(said["agrees"] is True, str(said["why"]))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 

@@ -298,3 +298,13 @@ def test_own_names_the_toc_view_shows_are_held_to_the_tar_as_any_entry(
     layer = remote(blob, tmp_path)
     assert layer.adopt() == layer.toc_index
     assert recorded(layer.home, layer.home / CHUNKS_NAME) == Verdict(True)
+
+
+def test_a_verdict_file_that_does_not_say_true_is_no_agreement(tmp_path: Path) -> None:
+    blob = write_estargz(FILES, chunk_size=5000)
+    layer = remote(blob, tmp_path)
+    assert layer.adopt().compression == "estargz"
+    said = json.loads((layer.home / VERDICT_NAME).read_text())
+    (layer.home / VERDICT_NAME).write_text(json.dumps({**said, "agrees": "false"}))
+    assert recorded(layer.home, layer.home / CHUNKS_NAME) == Verdict(False)
+    assert layer.index() == tar_index(blob, tmp_path)

@@ -80,6 +80,11 @@ def rootfs(tmp_path: Path) -> Path:
         # runc's own filesystems: a pty master from /dev/ptmx, its stdin at /proc/self/fd/0.
         (link("/dev/ptmx"), "the image's /etc/passwd leads into /dev, which runc mounts: "),
         (link("/proc/self/fd/0"), "the image's /etc/passwd leads into /proc, which runc "),
+        # Only /dev/null itself is an empty table: not a neighbour, nor a path past it.
+        (link("/dev/zero"), "the image's /etc/passwd leads into /dev, which runc mounts: "),
+        (link("/dev/nullx"), "the image's /etc/passwd leads into /dev, which runc mounts: "),
+        (link("/dev/null/.."), "the image's /etc/passwd leads into /dev, which runc mounts: "),
+        (link("/dev"), "the image's /etc/passwd leads into /dev, which runc mounts: "),
     ],
 )
 def test_a_table_runc_would_hang_on_is_refused_in_one_line(
