@@ -9,20 +9,18 @@ index to the blob's tar (``lazyfs.index.estargz_agree``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lazyfs.cache.messages import BlobKind
 from lazyfs.index.estargz_agree import VERDICT_NAME
-from providers.fslock import try_exclusive_lock
-from tests.support.cache_daemons import daemon_status, kill_recorded, wait_for
+from tests.support.cache_daemons import daemon_status, wait_for
 from tests.support.estargz_writer import File, write_estargz
 from tests.support.fuse_mounts import need_fuse
-from tests.support.lazy_images import lazyfs, push_estargz_image
+from tests.support.lazy_fetch import provisioned, wait_adopted
+from tests.support.lazy_images import push_estargz_image
 from tests.support.registry_servers import run_registry
 
 
@@ -42,39 +40,15 @@ LYING = write_estargz(
 )
 
 
-@contextlib.contextmanager
-def provisioned(work: Path, url: str, image: str, container: str) -> Iterator[dict[str, Any]]:
-    try:
-        done = lazyfs(work, url, "provision", container, image, "--backend", "fuse")
-        assert done.returncode == 0, done.stderr
-        yield json.loads(done.stdout)
-    finally:
-        gone = lazyfs(work, url, "destroy", container)
-        kill_recorded(work / "cache")
-        assert gone.returncode == 0, gone.stderr
-
-
-def adopted(store: Path, digest: str) -> bool:
-    """Whether the layer is in the store and no process is adopting any image."""
-    if not (store / "blobs" / "sha256" / digest.removeprefix("sha256:")).is_file():
-        return False
-    for lock in (store / "locks").glob("adopt-*.lock"):
-        with try_exclusive_lock(lock) as free:
-            if not free:
-                return False
-    return True
-
-
 def test_a_toc_that_lies_about_its_tar_gives_way_to_the_tar_once_the_layer_is_local(
     tmp_path: Path,
 ) -> None:
     need_fuse()
     with run_registry(tmp_path / "registry", tmp_path / "storage") as registry:
         (layer,) = push_estargz_image(registry.url, "lazy/lying", "v1", [LYING]).layers
-        image = f"docker:{registry.host}/lazy/lying:v1"
         work = tmp_path / "work"
         store = work / "store" / "docker"
-        with provisioned(work, registry.url, image, "c1") as info:
+        with provisioned(work, registry.host, "lazy/lying:v1", background=True) as info:
             assert info["remote_layers"] == [layer]
             # Remote, the TOC is what there is to go by (as in stargz-snapshotter).
             tool = Path(info["rootfs"]) / "bin/tool"
@@ -87,13 +61,13 @@ def test_a_toc_that_lies_about_its_tar_gives_way_to_the_tar_once_the_layer_is_lo
                 )
 
             wait_for(complete, "the layer to be fetched and verified", timeout=120)
-        wait_for(lambda: adopted(store, layer), "the layer to be adopted", timeout=120)
+        wait_adopted(work, [layer])
         verdict = json.loads(
             (store / "layers" / layer.removeprefix("sha256:") / VERDICT_NAME).read_text()
         )
         assert verdict["agrees"] is False and "'bin/tool'" in verdict["why"]
         # Local now: the next start serves the tar's tree, as every other backend does.
-        with provisioned(work, registry.url, image, "c2") as again:
+        with provisioned(work, registry.host, "lazy/lying:v1", "c2", background=True) as again:
             assert again["remote_layers"] == []
             tool = Path(again["rootfs"]) / "bin/tool"
             status = tool.stat()

@@ -11,11 +11,10 @@ from a mock. Tests that count bytes turn background fetch off
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from lazyfs.cache.tails import ask_tails
 from lazyfs.fs.mount_ahead import toc_start
 from lazyfs.index.stored import OWN_TOC_STAMP
 from providers.digest import Digest
-from providers.fslock import try_exclusive_lock
 from providers.manifest import OCI_LAYER_GZIP, Layer
 from tests.support.cache_daemons import (
     daemon_status,
@@ -38,7 +36,14 @@ from tests.support.cache_daemons import (
 )
 from tests.support.estargz_writer import Blob, File, write_estargz
 from tests.support.fuse_mounts import kill_mount_process, need_fuse
-from tests.support.lazy_fetch import many_files_blob, proxied, ranges_of, settled
+from tests.support.lazy_fetch import (
+    many_files_blob,
+    provisioned,
+    proxied,
+    ranges_of,
+    settled,
+    wait_adopted,
+)
 from tests.support.lazy_images import TOC_ANNOTATION, diff_id, lazyfs, push_estargz_image
 from tests.support.registry_servers import Registry, run_registry
 
@@ -63,23 +68,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     work = tmp_path_factory.mktemp("lazy-fetch-registry")
     with run_registry(work, work / "storage") as running:
         yield running
-
-
-@contextlib.contextmanager
-def provisioned(
-    work: Path, host: str, image: str, container: str = "c1", *, background: bool
-) -> Iterator[dict[str, Any]]:
-    """``lazyfs provision --backend fuse``; destroyed, and its daemon ended, afterwards."""
-    url = f"http://{host}"
-    try:
-        done = lazyfs(work, url, "provision", container, f"docker:{host}/{image}",
-                      "--backend", "fuse", background=background)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        yield json.loads(done.stdout)
-    finally:
-        gone = lazyfs(work, url, "destroy", container)
-        kill_recorded(work / "cache")
-        assert gone.returncode == 0, gone.stderr
 
 
 def landmark_offset(blob: Blob) -> int:
@@ -172,24 +160,6 @@ def test_the_mounting_command_asks_for_every_layers_toc_before_the_mount_reads_o
             # Each TOC member whole, from where its footer says, and nothing before it.
             assert min(first for first, _ in asked) == blob.toc_offset // (64 << 10) * (64 << 10)
             assert max(last for _, last in asked) == layer.size - 1
-
-
-def wait_adopted(work: Path, layers: Sequence[str]) -> None:
-    """Wait (bounded) until ``layers`` are in the store and no process is adopting any image."""
-    store = work / "store" / "docker"
-
-    def adopted() -> bool:
-        if not all(
-            (store / "blobs" / "sha256" / d.removeprefix("sha256:")).is_file() for d in layers
-        ):
-            return False
-        for lock in (store / "locks").glob("adopt-*.lock"):
-            with try_exclusive_lock(lock) as free:
-                if not free:
-                    return False
-        return True
-
-    wait_for(adopted, "the complete layers to be copied into the store", timeout=120)
 
 
 def _blob_states(cache_dir: Path) -> dict[str, BlobKind]:

@@ -9,15 +9,14 @@ and the rootfs serves the image's files.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.support.cache_daemons import daemon_status, kill_recorded, recorded_daemon, wait_for
 from tests.support.estargz_images import BIG_DATA
+from tests.support.flocks import held
 from tests.support.fuse_mounts import need_fuse
 from tests.support.registry_servers import Registry
 
@@ -137,14 +136,7 @@ def test_mount_starts_the_daemon_while_the_image_resolves(
 
 def _cache_owned(cache_dir: Path) -> bool:
     """Whether a process holds the cache's lock, as lazyfs.cache.chunks.DiskCache takes it."""
-    fd = os.open(cache_dir / "lock", os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held(cache_dir / "lock")
 
 
 def test_a_refused_mount_point_starts_no_daemon(estargz_registry: Registry, tmp_path: Path) -> None:

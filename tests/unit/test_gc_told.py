@@ -3,10 +3,8 @@ still holds the store: a start waiting for the store cannot want the blob before
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import io
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from lazyfs.store.disk import Store
 from lazyfs.store.usage_lock import lock_path
 from providers.digest import Digest, digest_bytes
 from providers.manifest import OCI_LAYER_TAR, ImageManifest, Layer
+from tests.support.flocks import held
 
 LAYER = b"a layer"
 IMAGE = ImageManifest(
@@ -29,14 +28,7 @@ IMAGE = ImageManifest(
 
 def _store_held(store: Store) -> bool:
     """Whether a GC pass holds the store: a start's shared lock cannot be had."""
-    fd = os.open(lock_path(store.root), os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held(lock_path(store.root))
 
 
 PASSES: dict[str, Callable[..., Report]] = {
