@@ -10,7 +10,7 @@ give a file mode 04755 and uid 0 that its tar header does not, point a
 file at another file's chunk, or add an entry the tar lacks.  While the
 layer is remote that is eStargz's model (stargz-snapshotter trusts the TOC
 too).  Once the verified blob is in the store, every backend must give one
-tree, so the TOC index stays the layer's own only once ``settle`` found it
+tree, so the TOC index becomes the layer's own only once ``hold`` found it
 to agree with the tar:
 
 - every entry of the TOC index equals the entry the layer scan

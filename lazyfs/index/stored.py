@@ -135,8 +135,8 @@ def ensure_index(
     is stored then.  A stored eStargz index built from ``blob``'s own TOC
     is kept, another is replaced (see the module docstring): read a kept
     one through a ``BlobSource`` (the store's own will do).  ``own_toc``: the
-    index a remote read took from the blob's own TOC is taken, not built; only
-    for the adopting process, which then holds it to the tar (``estargz_agree``).
+    index a remote read took from the blob's own TOC is held to the blob's tar
+    (``estargz_agree``) and taken if it agrees; for the adopting process only.
     """
     found = _usable(layers_dir, blob, load_index(layers_dir, digest, entries=entries))
     if found is not None:
